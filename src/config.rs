@@ -1,0 +1,280 @@
+//! Configuration: a TOML file, `OAUTHD_*` environment variables and command-line flags,
+//! merged in that order of increasing precedence and validated before anything starts.
+//! Every key, with its default, is listed in `oauthd.example.toml`.
+
+use crate::namespace::check_pattern;
+use crate::states::{StatePolicy, TtlRule};
+use crate::store::sqlite::Durability;
+use crate::store::sweeper::SweepPolicy;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:6288";
+pub const DEFAULT_DB: &str = "oauthd.db";
+/// Ten years: beyond this a "state" is not a state, and milliseconds stay far from overflow.
+const TTL_CEILING_SECONDS: u64 = 10 * 365 * 24 * 3600;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub db: Option<PathBuf>,
+    pub durability: Option<Durability>,
+    #[serde(default)]
+    pub states: StatesConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatesConfig {
+    pub default_ttl_seconds: u64,
+    pub max_ttl_seconds: u64,
+    pub expired_grace_seconds: u64,
+    pub sweep_interval_seconds: u64,
+    pub sweep_batch: usize,
+    pub max_data_bytes: usize,
+    pub namespaces: BTreeMap<String, NamespaceConfig>,
+}
+
+impl Default for StatesConfig {
+    fn default() -> Self {
+        StatesConfig {
+            default_ttl_seconds: 3600,
+            max_ttl_seconds: 86400,
+            expired_grace_seconds: 86400,
+            sweep_interval_seconds: 60,
+            sweep_batch: 1000,
+            max_data_bytes: 16 * 1024,
+            namespaces: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceConfig {
+    pub default_ttl_seconds: Option<u64>,
+    pub max_ttl_seconds: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// What the command line and environment said (clap reads both).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub db: Option<PathBuf>,
+    pub listen: Option<String>,
+}
+
+/// The validated settings everything else runs on.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub db: PathBuf,
+    pub durability: Durability,
+    pub states: StatePolicy,
+    pub sweep: SweepPolicy,
+}
+
+impl Settings {
+    pub fn load(over: &Overrides) -> Result<Settings, ConfigError> {
+        let file = match &over.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Settings::resolve(file, over)
+    }
+
+    pub fn resolve(file: FileConfig, over: &Overrides) -> Result<Settings, ConfigError> {
+        let listen_text = over
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = listen_text.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!("{listen_text:?} is not ADDRESS:PORT, e.g. {DEFAULT_LISTEN} or [::1]:6288"),
+            )
+        })?;
+        let db = over
+            .db
+            .clone()
+            .or(file.db)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DB));
+        if db.as_os_str().is_empty() {
+            return Err(invalid("db", "must not be empty"));
+        }
+        let s = &file.states;
+        let base = ttl_rule("states", s.default_ttl_seconds, s.max_ttl_seconds)?;
+        let mut overrides = Vec::new();
+        for (pattern, ns) in &s.namespaces {
+            let key = format!("states.namespaces.{pattern:?}");
+            check_pattern(pattern).map_err(|e| invalid(&key, e.to_string()))?;
+            let max = ns.max_ttl_seconds.unwrap_or(s.max_ttl_seconds);
+            let default = ns
+                .default_ttl_seconds
+                .unwrap_or(s.default_ttl_seconds.min(max));
+            overrides.push((pattern.clone(), ttl_rule(&key, default, max)?));
+        }
+        if s.sweep_interval_seconds == 0 {
+            return Err(invalid(
+                "states.sweep_interval_seconds",
+                "must be at least 1",
+            ));
+        }
+        if !(1..=100_000).contains(&s.sweep_batch) {
+            return Err(invalid(
+                "states.sweep_batch",
+                "must be between 1 and 100000",
+            ));
+        }
+        if s.expired_grace_seconds > TTL_CEILING_SECONDS {
+            return Err(invalid(
+                "states.expired_grace_seconds",
+                "must be at most ten years",
+            ));
+        }
+        if !(1..=1024 * 1024).contains(&s.max_data_bytes) {
+            return Err(invalid(
+                "states.max_data_bytes",
+                "must be between 1 and 1048576",
+            ));
+        }
+        Ok(Settings {
+            listen,
+            db,
+            durability: file.durability.unwrap_or_default(),
+            states: StatePolicy {
+                base,
+                overrides,
+                max_data_bytes: s.max_data_bytes,
+            },
+            sweep: SweepPolicy {
+                interval: Duration::from_secs(s.sweep_interval_seconds),
+                grace: Duration::from_secs(s.expired_grace_seconds),
+                batch: s.sweep_batch,
+            },
+        })
+    }
+}
+
+fn ttl_rule(key: &str, default: u64, max: u64) -> Result<TtlRule, ConfigError> {
+    if max == 0 || max > TTL_CEILING_SECONDS {
+        return Err(invalid(
+            format!("{key}.max_ttl_seconds"),
+            format!("must be between 1 and {TTL_CEILING_SECONDS}"),
+        ));
+    }
+    if default == 0 || default > max {
+        return Err(invalid(
+            format!("{key}.default_ttl_seconds"),
+            format!("must be between 1 and max_ttl_seconds ({max})"),
+        ));
+    }
+    Ok(TtlRule {
+        default_ttl: Duration::from_secs(default),
+        max_ttl: Duration::from_secs(max),
+    })
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Settings, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "test.toml".into(),
+            message: e.to_string(),
+        })?;
+        Settings::resolve(file, &Overrides::default())
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let s = parse("").unwrap();
+        assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(s.db, PathBuf::from(DEFAULT_DB));
+        assert_eq!(s.states.base.default_ttl, Duration::from_secs(3600));
+        assert_eq!(s.states.base.max_ttl, Duration::from_secs(86400));
+        assert_eq!(s.sweep.interval, Duration::from_secs(60));
+        assert_eq!(s.durability, Durability::Normal);
+    }
+
+    #[test]
+    fn the_example_config_parses_to_the_defaults() {
+        let example = parse(include_str!("../oauthd.example.toml")).unwrap();
+        let defaults = parse("").unwrap();
+        assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let e = parse("[states]\ndefault_tll_seconds = 5")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("default_tll_seconds"), "{e}");
+        let e = parse("[states]\ndefault_ttl_seconds = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("states.default_ttl_seconds"), "{e}");
+        let e = parse("listen = \"localhost\"").unwrap_err().to_string();
+        assert!(e.starts_with("listen:"), "{e}");
+        let e = parse("durability = \"sometimes\"").unwrap_err().to_string();
+        assert!(e.contains("sometimes"), "{e}");
+        let e = parse("[states.namespaces.\"bad ns\"]\nmax_ttl_seconds = 5")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bad ns"), "{e}");
+    }
+
+    #[test]
+    fn namespace_default_is_capped_by_its_max() {
+        let s = parse("[states.namespaces.\"2fa:*\"]\nmax_ttl_seconds = 300").unwrap();
+        let (_, rule) = &s.states.overrides[0];
+        assert_eq!(rule.max_ttl, Duration::from_secs(300));
+        assert_eq!(rule.default_ttl, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn flags_beat_the_file() {
+        let file: FileConfig = toml::from_str("listen = \"127.0.0.1:1\"\ndb = \"a.db\"").unwrap();
+        let over = Overrides {
+            listen: Some("127.0.0.1:2".into()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(file, &over).unwrap();
+        assert_eq!(s.listen.port(), 2);
+        assert_eq!(s.db, PathBuf::from("a.db"));
+    }
+}

@@ -1,0 +1,68 @@
+//! `Authorization: Bearer <API key>` on every `/v1` route.
+
+use super::problem::ApiError;
+use super::AppState;
+use crate::apikeys;
+use crate::namespace::Namespace;
+use crate::store::ApiKeyRecord;
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{web, FromRequest, HttpRequest};
+use futures_util::future::LocalBoxFuture;
+
+/// The app calling, identified by its API key.
+pub struct Caller(pub ApiKeyRecord);
+
+impl Caller {
+    /// 401 unless the key may use `ns` (keys can be limited to namespace patterns).
+    pub fn require_namespace(&self, ns: &Namespace) -> Result<(), ApiError> {
+        if apikeys::may_use(&self.0, ns) {
+            Ok(())
+        } else {
+            Err(ApiError::unauthorized(
+                "namespace_not_allowed",
+                format!("this API key may not use namespace {ns}"),
+            ))
+        }
+    }
+}
+
+fn bearer(req: &HttpRequest) -> Option<String> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let token = bearer(req);
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        Box::pin(async move {
+            let token = token.ok_or_else(|| {
+                ApiError::unauthorized(
+                    "missing_api_key",
+                    "send an API key as Authorization: Bearer <key> (create one with `oauthd keys create`)",
+                )
+            })?;
+            let state = state.ok_or_else(|| {
+                ApiError::new(
+                    actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "application state missing",
+                )
+            })?;
+            match apikeys::authenticate(state.keys.as_ref(), &token).await? {
+                Some(record) => Ok(Caller(record)),
+                None => Err(ApiError::unauthorized(
+                    "invalid_api_key",
+                    "the API key is unknown or revoked",
+                )),
+            }
+        })
+    }
+}

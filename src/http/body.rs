@@ -1,0 +1,139 @@
+//! JSON request bodies: content type, size limit, syntax, then field by field with an
+//! error code per field. Unknown fields are refused so a typo ("ttl" for "ttl_seconds")
+//! is an error, not a silently ignored setting.
+
+use super::problem::ApiError;
+use actix_web::dev::Payload;
+use actix_web::http::{header, StatusCode};
+use actix_web::{FromRequest, HttpMessage, HttpRequest};
+use futures_util::future::LocalBoxFuture;
+use futures_util::StreamExt;
+use serde_json::{Map, Value};
+
+/// Largest request body accepted, set per app as `web::Data<BodyLimit>`.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// A JSON object body, checked and parsed.
+pub struct JsonObject(Map<String, Value>);
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("the request body is larger than {limit} bytes"),
+    )
+}
+
+impl FromRequest for JsonObject {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let is_json = matches!(req.mime_type(), Ok(Some(m))
+            if m.type_() == mime::APPLICATION
+                && (m.subtype() == mime::JSON || m.suffix() == Some(mime::JSON)));
+        let limit = req
+            .app_data::<actix_web::web::Data<BodyLimit>>()
+            .map_or(64 * 1024, |l| l.0);
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let mut payload = payload.take();
+        Box::pin(async move {
+            if !is_json {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "send the body as Content-Type: application/json",
+                ));
+            }
+            if declared.is_some_and(|n| n > limit as u64) {
+                return Err(too_large(limit));
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = payload.next().await {
+                let chunk = chunk.map_err(|e| {
+                    ApiError::bad_request("bad_body", format!("could not read the body: {e}"))
+                })?;
+                if body.len() + chunk.len() > limit {
+                    return Err(too_large(limit));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            match serde_json::from_slice::<Value>(&body) {
+                Ok(Value::Object(map)) => Ok(JsonObject(map)),
+                Ok(_) => Err(ApiError::bad_request(
+                    "malformed_json",
+                    "the body must be a JSON object",
+                )),
+                Err(e) => Err(ApiError::bad_request(
+                    "malformed_json",
+                    format!("the body is not valid JSON: {e}"),
+                )),
+            }
+        })
+    }
+}
+
+impl JsonObject {
+    /// Removes and returns a field; `None` when absent.
+    fn take(&mut self, name: &str) -> Option<Value> {
+        self.0.remove(name)
+    }
+
+    /// A required string field; `code` is the error code for a missing or non-string value.
+    pub fn string(&mut self, name: &str, code: &'static str) -> Result<String, ApiError> {
+        match self.take(name) {
+            Some(Value::String(s)) => Ok(s),
+            Some(_) => Err(ApiError::bad_request(
+                code,
+                format!("{name} must be a string"),
+            )),
+            None => Err(ApiError::bad_request(code, format!("{name} is required"))),
+        }
+    }
+
+    /// An optional positive whole number; `null` counts as absent.
+    pub fn opt_positive_int(
+        &mut self,
+        name: &str,
+        code: &'static str,
+    ) -> Result<Option<u64>, ApiError> {
+        match self.take(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(v) if v > 0 => Ok(Some(v)),
+                _ => Err(ApiError::bad_request(
+                    code,
+                    format!("{name} must be a whole number of at least 1"),
+                )),
+            },
+            Some(_) => Err(ApiError::bad_request(
+                code,
+                format!("{name} must be a number"),
+            )),
+        }
+    }
+
+    /// An optional field of any JSON type.
+    pub fn opt_any(&mut self, name: &str) -> Option<Value> {
+        self.take(name)
+    }
+
+    /// Refuses whatever fields were not taken.
+    pub fn finish(self) -> Result<(), ApiError> {
+        match self.0.keys().next() {
+            None => Ok(()),
+            Some(field) => {
+                let shown: String = field.chars().take(64).collect();
+                Err(ApiError::bad_request(
+                    "unknown_field",
+                    format!("unknown field {shown:?}"),
+                ))
+            }
+        }
+    }
+}

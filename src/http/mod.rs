@@ -1,0 +1,127 @@
+//! HTTP: routes, extractors and the server. Handlers parse, call one service function
+//! and map the result; errors become HTTP only in `problem.rs`.
+
+mod auth;
+mod body;
+mod health;
+mod problem;
+mod states;
+
+use crate::config::Settings;
+use crate::states::StateService;
+use crate::store::{KeyStore, StateStore};
+use actix_web::http::header;
+use actix_web::middleware::Logger;
+use actix_web::{
+    web, App, HttpResponse, HttpResponseBuilder, HttpServer, Resource, ResponseError, Route,
+};
+pub use body::BodyLimit;
+pub use problem::ApiError;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// What every handler can reach.
+pub struct AppState {
+    pub states: StateService,
+    pub keys: Arc<dyn KeyStore>,
+    pub store: Arc<dyn StateStore>,
+}
+
+/// Responses that carry a secret must not be cached anywhere.
+fn no_store(mut builder: HttpResponseBuilder) -> HttpResponseBuilder {
+    builder.insert_header((header::CACHE_CONTROL, "no-store"));
+    builder
+}
+
+async fn method_not_allowed() -> HttpResponse {
+    ApiError::method_not_allowed().error_response()
+}
+
+async fn not_found() -> HttpResponse {
+    ApiError::not_found_route().error_response()
+}
+
+/// One path, one method; anything else there gets a 405 problem.
+fn endpoint(path: &str, route: Route) -> Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(method_not_allowed))
+}
+
+/// Every route, for the server and for in-process tests.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(endpoint("/v1/states", web::post().to(states::create)))
+        .service(endpoint(
+            "/v1/states/consume",
+            web::post().to(states::consume),
+        ))
+        .service(endpoint("/healthz", web::get().to(health::healthz)))
+        .service(endpoint("/readyz", web::get().to(health::readyz)))
+        .default_service(web::to(not_found));
+}
+
+/// Access log without query strings: callbacks carry codes and states there.
+fn access_log() -> Logger {
+    Logger::new(r#"%a "%{request}xi" %s %b %Dms"#)
+        .custom_request_replace("request", |req| format!("{} {}", req.method(), req.path()))
+}
+
+/// Serves until SIGTERM or SIGINT, then lets in-flight requests finish.
+pub async fn serve(settings: &Settings, app: AppState) -> std::io::Result<()> {
+    let app = web::Data::new(app);
+    let limit = web::Data::new(BodyLimit(settings.states.max_data_bytes + 8 * 1024));
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(app.clone())
+            .app_data(limit.clone())
+            .wrap(access_log())
+            .configure(routes)
+    })
+    .disable_signals()
+    .shutdown_timeout(10)
+    .bind(settings.listen)
+    .map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {}: {e}", settings.listen),
+        )
+    })?;
+    let bound: Vec<SocketAddr> = server.addrs();
+    for addr in &bound {
+        log::info!("listening on http://{addr}");
+    }
+    if let Some(addr) = bound.first() {
+        // A machine-readable line on stdout (port 0 picks a free port; scripts read it).
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "oauthd listening on http://{addr}");
+        let _ = out.flush();
+    }
+    let server = server.run();
+    let handle = server.handle();
+    actix_web::rt::spawn(async move {
+        wait_for_stop_signal().await;
+        log::info!("stopping: finishing requests in flight");
+        handle.stop(true).await;
+    });
+    server.await
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => log::info!("SIGTERM received"),
+                _ = int.recv() => log::info!("SIGINT received"),
+            }
+        }
+        _ => {
+            log::warn!("cannot install signal handlers; stop with SIGKILL");
+            std::future::pending::<()>().await;
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The one place where errors become HTTP: `application/problem+json` (RFC 9457) with a
+//! stable `code` that apps can branch on. Details never carry a secret.
+
+use crate::states::StateError;
+use crate::store::StoreError;
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use std::fmt;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Stable, documented machine-readable code (README, "Errors").
+    pub code: &'static str,
+    pub detail: String,
+    retry_after: Option<u32>,
+    challenge: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+            retry_after: None,
+            challenge: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+
+    /// 401 with the `WWW-Authenticate` challenge RFC 9110 asks for.
+    pub fn unauthorized(code: &'static str, detail: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::UNAUTHORIZED, code, detail);
+        e.challenge = Some(if code == "namespace_not_allowed" {
+            r#"Bearer realm="oauthd", error="insufficient_scope""#
+        } else {
+            r#"Bearer realm="oauthd""#
+        });
+        e
+    }
+
+    pub fn not_found_route() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this endpoint does not accept that method",
+        )
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.detail)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if self.status.is_server_error() {
+            log::warn!("{self}");
+        }
+        let body = serde_json::json!({
+            "type": format!("urn:oauthd:problem:{}", self.code),
+            "title": self.status.canonical_reason().unwrap_or("Error"),
+            "status": self.status.as_u16(),
+            "code": self.code,
+            "detail": self.detail,
+        });
+        let mut resp = HttpResponse::build(self.status);
+        resp.content_type("application/problem+json")
+            .insert_header((header::CACHE_CONTROL, "no-store"));
+        if let Some(seconds) = self.retry_after {
+            resp.insert_header((header::RETRY_AFTER, seconds.to_string()));
+        }
+        if let Some(challenge) = self.challenge {
+            resp.insert_header((header::WWW_AUTHENTICATE, challenge));
+        }
+        resp.body(body.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        if let StoreError::Conflict(detail) = e {
+            return ApiError::new(StatusCode::CONFLICT, "conflict", detail);
+        }
+        let mut err = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            e.to_string(),
+        );
+        err.retry_after = Some(1);
+        err
+    }
+}
+
+impl From<StateError> for ApiError {
+    fn from(e: StateError) -> Self {
+        let detail = e.to_string();
+        match e {
+            StateError::NotFound => ApiError::new(StatusCode::NOT_FOUND, "state_not_found", detail),
+            StateError::Expired => ApiError::new(StatusCode::GONE, "state_expired", detail),
+            StateError::NamespaceMismatch => {
+                ApiError::new(StatusCode::CONFLICT, "namespace_mismatch", detail)
+            }
+            StateError::TtlOutOfRange { .. } => ApiError::bad_request("invalid_ttl", detail),
+            StateError::DataTooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "data_too_large", detail)
+            }
+            StateError::Entropy => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "entropy_unavailable",
+                detail,
+            ),
+            StateError::Store(e) => e.into(),
+        }
+    }
+}

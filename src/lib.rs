@@ -1,0 +1,14 @@
+//! oauthd: OAuth plumbing for self-hosted apps.
+//!
+//! Layers, arrows pointing down only:
+//! `cli` → `http` → services (`states`, `apikeys`) → `store` (SQLite; Redis later).
+
+pub mod apikeys;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod http;
+pub mod namespace;
+pub mod secret;
+pub mod states;
+pub mod store;

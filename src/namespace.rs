@@ -1,0 +1,111 @@
+//! Namespaces partition the state store ("oauth:spotify", "2fa:email", "reset") and scope
+//! API keys. A pattern is a namespace, or a prefix ending in `*` ("oauth:*"), or `*`.
+
+use std::fmt;
+
+pub const MAX_NAMESPACE_CHARS: usize = 128;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Namespace(String);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NamespaceError {
+    #[error("a namespace must not be empty")]
+    Empty,
+    #[error("a namespace has at most {MAX_NAMESPACE_CHARS} characters")]
+    TooLong,
+    #[error(
+        "a namespace starts with a letter or digit and holds only letters, digits and . _ : / -"
+    )]
+    BadCharacter,
+}
+
+fn ns_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'/' | b'-')
+}
+
+impl Namespace {
+    pub fn parse(s: &str) -> Result<Namespace, NamespaceError> {
+        check_body(s)?;
+        Ok(Namespace(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn check_body(s: &str) -> Result<(), NamespaceError> {
+    let first = *s.as_bytes().first().ok_or(NamespaceError::Empty)?;
+    if s.len() > MAX_NAMESPACE_CHARS {
+        return Err(NamespaceError::TooLong);
+    }
+    if !first.is_ascii_alphanumeric() || !s.bytes().all(ns_char) {
+        return Err(NamespaceError::BadCharacter);
+    }
+    Ok(())
+}
+
+impl fmt::Display for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Checks a pattern's syntax: `*`, `prefix*`, or a namespace.
+pub fn check_pattern(pattern: &str) -> Result<(), NamespaceError> {
+    match pattern.strip_suffix('*') {
+        Some("") => Ok(()),
+        Some(prefix) => check_body(prefix),
+        None => check_body(pattern),
+    }
+}
+
+/// Whether `ns` falls under `pattern`.
+pub fn pattern_matches(pattern: &str, ns: &Namespace) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => ns.0.starts_with(prefix),
+        None => pattern == ns.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_documented_shapes() {
+        for ok in ["oauth:spotify", "2fa:email", "reset", "a", "x/y-z_1.2"] {
+            assert!(Namespace::parse(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_namespaces() {
+        assert_eq!(Namespace::parse(""), Err(NamespaceError::Empty));
+        assert_eq!(
+            Namespace::parse(&"a".repeat(129)),
+            Err(NamespaceError::TooLong)
+        );
+        for bad in [":x", "a b", "ü", "a;DROP TABLE", "a*", "-a"] {
+            assert_eq!(
+                Namespace::parse(bad),
+                Err(NamespaceError::BadCharacter),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn patterns_match_by_prefix_or_exactly() {
+        let ns = Namespace::parse("oauth:spotify").unwrap();
+        assert!(pattern_matches("*", &ns));
+        assert!(pattern_matches("oauth:*", &ns));
+        assert!(pattern_matches("oauth:spotify", &ns));
+        assert!(!pattern_matches("oauth:spot", &ns));
+        assert!(!pattern_matches("2fa:*", &ns));
+        assert!(check_pattern("oauth:*").is_ok());
+        assert!(check_pattern("*").is_ok());
+        assert!(check_pattern("a*b").is_err());
+    }
+}

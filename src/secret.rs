@@ -1,0 +1,151 @@
+//! Secret values oauthd hands out (state values, API keys) and their stored form.
+//!
+//! A secret is 32 bytes from the OS CSPRNG written as unpadded base64url. Only its SHA-256
+//! ever reaches storage. `Debug` and `Display` never print a whole secret: a stray `{:?}`
+//! in a log line shows at most the first 8 characters.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+/// Length of a base64url-encoded 32-byte secret without padding.
+pub const SECRET_CHARS: usize = 43;
+
+/// Prefix of API keys, so secret scanners and people can tell what a leaked string is.
+pub const API_KEY_PREFIX: &str = "oauthd_";
+
+/// SHA-256 of a secret: the only form in which states and API keys are stored.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SecretHash(pub [u8; 32]);
+
+impl SecretHash {
+    pub fn of(text: &str) -> Self {
+        SecretHash(Sha256::digest(text.as_bytes()).into())
+    }
+}
+
+impl fmt::Debug for SecretHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretHash({:02x}{:02x}…)", self.0[0], self.0[1])
+    }
+}
+
+/// Fills a buffer from the OS CSPRNG. Failure means the OS has no entropy source, which
+/// oauthd cannot work around; callers turn it into a 503.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], getrandom::Error> {
+    let mut buf = [0u8; N];
+    getrandom::fill(&mut buf)?;
+    Ok(buf)
+}
+
+fn random_token() -> Result<String, getrandom::Error> {
+    Ok(URL_SAFE_NO_PAD.encode(random_bytes::<32>()?))
+}
+
+/// True when `s` has the shape of a value oauthd issues: 43 base64url characters.
+pub fn is_token_shaped(s: &str) -> bool {
+    s.len() == SECRET_CHARS
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A state value as issued to an app. Redacted in `Debug`/`Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StateValue(String);
+
+impl StateValue {
+    pub fn generate() -> Result<Self, getrandom::Error> {
+        Ok(StateValue(random_token()?))
+    }
+
+    /// Accepts only the exact shape oauthd issues; anything else cannot be a state.
+    pub fn parse(s: &str) -> Option<Self> {
+        is_token_shaped(s).then(|| StateValue(s.to_owned()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn hash(&self) -> SecretHash {
+        SecretHash::of(&self.0)
+    }
+
+    /// The first 8 characters: enough to correlate log lines, useless to an attacker.
+    pub fn log_prefix(&self) -> &str {
+        &self.0[..8]
+    }
+}
+
+impl fmt::Debug for StateValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StateValue({}…)", self.log_prefix())
+    }
+}
+
+impl fmt::Display for StateValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}…", self.log_prefix())
+    }
+}
+
+/// An API key as shown once to the operator. Redacted in `Debug`/`Display`.
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn generate() -> Result<Self, getrandom::Error> {
+        Ok(ApiKey(format!("{API_KEY_PREFIX}{}", random_token()?)))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn hash(&self) -> SecretHash {
+        SecretHash::of(&self.0)
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey([redacted])")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_state_has_the_documented_shape() {
+        let s = StateValue::generate().unwrap();
+        assert_eq!(s.expose().len(), 43);
+        assert!(is_token_shaped(s.expose()));
+        assert_ne!(s, StateValue::generate().unwrap());
+    }
+
+    #[test]
+    fn debug_and_display_never_print_the_whole_state() {
+        let s = StateValue::generate().unwrap();
+        assert!(!format!("{s:?}").contains(s.expose()));
+        assert!(!format!("{s}").contains(s.expose()));
+        assert!(format!("{s}").starts_with(&s.expose()[..8]));
+    }
+
+    #[test]
+    fn api_key_debug_is_redacted() {
+        let k = ApiKey::generate().unwrap();
+        assert!(k.expose().starts_with(API_KEY_PREFIX));
+        assert!(!format!("{k:?}").contains(k.expose()));
+    }
+
+    #[test]
+    fn parse_rejects_wrong_shapes() {
+        assert!(StateValue::parse("short").is_none());
+        assert!(StateValue::parse(&"a".repeat(44)).is_none());
+        assert!(StateValue::parse(&format!("{}=", "a".repeat(42))).is_none());
+        assert!(StateValue::parse(&"é".repeat(21)).is_none());
+        assert!(StateValue::parse(&"a".repeat(43)).is_some());
+    }
+}

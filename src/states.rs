@@ -1,0 +1,225 @@
+//! The state service: TTL policy, issuing and consuming states.
+//!
+//! Owns the rules (which TTL a namespace gets, when a state counts as expired, what a
+//! namespace mismatch does); the store only keeps rows, the HTTP layer only translates.
+
+use crate::clock::now_ms;
+use crate::namespace::{pattern_matches, Namespace};
+use crate::secret::StateValue;
+use crate::store::{StateRow, StateStore, StoreError, Taken};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Default and maximum TTL for a namespace (or for all of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TtlRule {
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StatePolicy {
+    pub base: TtlRule,
+    /// Per-namespace rules keyed by pattern; the most specific (longest) match wins.
+    pub overrides: Vec<(String, TtlRule)>,
+    /// Largest `data` accepted, in bytes of compact JSON.
+    pub max_data_bytes: usize,
+}
+
+impl StatePolicy {
+    pub fn rule_for(&self, ns: &Namespace) -> TtlRule {
+        self.overrides
+            .iter()
+            .filter(|(pattern, _)| pattern_matches(pattern, ns))
+            .max_by_key(|(pattern, _)| (!pattern.ends_with('*'), pattern.len()))
+            .map(|(_, rule)| *rule)
+            .unwrap_or(self.base)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("unknown state: never issued, already consumed, or expired long ago")]
+    NotFound,
+    #[error("the state has expired")]
+    Expired,
+    #[error("the state belongs to another namespace; it has been invalidated")]
+    NamespaceMismatch,
+    #[error("ttl_seconds must be between 1 and {max} for namespace {namespace}")]
+    TtlOutOfRange { namespace: String, max: u64 },
+    #[error("data is {size} bytes of JSON; at most {max} are accepted")]
+    DataTooLarge { size: usize, max: usize },
+    #[error("the system random number generator failed")]
+    Entropy,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug)]
+pub struct IssuedState {
+    pub state: StateValue,
+    pub namespace: Namespace,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+#[derive(Debug)]
+pub struct ConsumedState {
+    pub namespace: String,
+    pub data: Option<serde_json::Value>,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+pub struct StateService {
+    store: Arc<dyn StateStore>,
+    policy: StatePolicy,
+}
+
+impl StateService {
+    pub fn new(store: Arc<dyn StateStore>, policy: StatePolicy) -> Self {
+        StateService { store, policy }
+    }
+
+    pub fn policy(&self) -> &StatePolicy {
+        &self.policy
+    }
+
+    /// Issues a new state. `ttl_seconds` defaults to the namespace's rule.
+    pub async fn issue(
+        &self,
+        namespace: Namespace,
+        ttl_seconds: Option<u64>,
+        data: Option<serde_json::Value>,
+    ) -> Result<IssuedState, StateError> {
+        let rule = self.policy.rule_for(&namespace);
+        let ttl = match ttl_seconds {
+            None => rule.default_ttl,
+            Some(s) if s >= 1 && s <= rule.max_ttl.as_secs() => Duration::from_secs(s),
+            Some(_) => {
+                return Err(StateError::TtlOutOfRange {
+                    namespace: namespace.to_string(),
+                    max: rule.max_ttl.as_secs(),
+                })
+            }
+        };
+        let data = match data {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => {
+                let text = v.to_string();
+                if text.len() > self.policy.max_data_bytes {
+                    return Err(StateError::DataTooLarge {
+                        size: text.len(),
+                        max: self.policy.max_data_bytes,
+                    });
+                }
+                Some(text)
+            }
+        };
+        let state = StateValue::generate().map_err(|_| StateError::Entropy)?;
+        let created_at_ms = now_ms();
+        let expires_at_ms = created_at_ms.saturating_add(ttl.as_millis() as i64);
+        self.store
+            .insert_state(StateRow {
+                key_hash: state.hash(),
+                namespace: namespace.to_string(),
+                data,
+                created_at_ms,
+                expires_at_ms,
+            })
+            .await?;
+        log::debug!(
+            "state {state} issued in {namespace}, ttl {}s",
+            ttl.as_secs()
+        );
+        Ok(IssuedState {
+            state,
+            namespace,
+            created_at_ms,
+            expires_at_ms,
+        })
+    }
+
+    /// Consumes a state exactly once.
+    ///
+    /// The row is deleted in the same step that reads it, whatever the outcome: an
+    /// expired state and a state presented under the wrong namespace are gone afterwards
+    /// too. A mismatch burns the state on purpose — a state shown to the wrong flow is a
+    /// sign of a mix-up or CSRF attempt, and the legitimate flow can simply start again.
+    pub async fn consume(
+        &self,
+        state: &StateValue,
+        namespace: &Namespace,
+    ) -> Result<ConsumedState, StateError> {
+        let row = match self.store.take_state(state.hash()).await? {
+            Taken::Missing => {
+                log::debug!("state {state}: unknown");
+                return Err(StateError::NotFound);
+            }
+            Taken::ExpiredTombstone { .. } => {
+                log::debug!("state {state}: expired (swept)");
+                return Err(StateError::Expired);
+            }
+            Taken::Row(row) => row,
+        };
+        if row.expires_at_ms <= now_ms() {
+            log::debug!("state {state}: expired");
+            return Err(StateError::Expired);
+        }
+        if row.namespace != namespace.as_str() {
+            log::warn!(
+                "state {state} of namespace {} presented for namespace {namespace}; invalidated",
+                row.namespace
+            );
+            return Err(StateError::NamespaceMismatch);
+        }
+        let data = match row.data {
+            None => None,
+            Some(text) => Some(
+                serde_json::from_str(&text)
+                    .map_err(|e| StoreError::unavailable("reading a state's data", e))?,
+            ),
+        };
+        log::debug!("state {state} consumed in {namespace}");
+        Ok(ConsumedState {
+            namespace: row.namespace,
+            data,
+            created_at_ms: row.created_at_ms,
+            expires_at_ms: row.expires_at_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(d: u64, m: u64) -> TtlRule {
+        TtlRule {
+            default_ttl: Duration::from_secs(d),
+            max_ttl: Duration::from_secs(m),
+        }
+    }
+
+    #[test]
+    fn most_specific_namespace_rule_wins() {
+        let policy = StatePolicy {
+            base: rule(3600, 86400),
+            overrides: vec![
+                ("oauth:*".into(), rule(1800, 3600)),
+                ("oauth:spotify".into(), rule(600, 900)),
+                ("*".into(), rule(100, 200)),
+            ],
+            max_data_bytes: 1024,
+        };
+        let ns = |s| Namespace::parse(s).unwrap();
+        assert_eq!(policy.rule_for(&ns("oauth:spotify")), rule(600, 900));
+        assert_eq!(policy.rule_for(&ns("oauth:tidal")), rule(1800, 3600));
+        assert_eq!(policy.rule_for(&ns("2fa")), rule(100, 200));
+        let no_overrides = StatePolicy {
+            overrides: vec![],
+            ..policy
+        };
+        assert_eq!(no_overrides.rule_for(&ns("2fa")), rule(3600, 86400));
+    }
+}

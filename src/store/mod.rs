@@ -1,0 +1,117 @@
+//! Storage: the traits the services use, and their backends.
+//!
+//! Owns SQL (and, later, Redis). Knows nothing of HTTP or OAuth; never sees a secret in
+//! clear text, only its SHA-256. Every error says what was being done.
+
+pub mod sqlite;
+pub mod sweeper;
+
+use crate::secret::SecretHash;
+use async_trait::async_trait;
+
+/// A storage fault. All of them are the operator's problem, not the client's: the HTTP
+/// layer answers 503 and the next request tries again.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("{context}: the database is locked by another process or connection")]
+    Busy { context: &'static str },
+    #[error("{context}: the disk is full")]
+    Full { context: &'static str },
+    #[error("{context}: the database is read-only")]
+    ReadOnly { context: &'static str },
+    #[error("{context}: {message}")]
+    Unavailable {
+        context: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl StoreError {
+    pub fn unavailable(context: &'static str, message: impl ToString) -> Self {
+        StoreError::Unavailable {
+            context,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// A state row as stored: the hash of the value, never the value.
+#[derive(Debug, Clone)]
+pub struct StateRow {
+    pub key_hash: SecretHash,
+    pub namespace: String,
+    /// The app's JSON, serialized; `None` when the app stored none.
+    pub data: Option<String>,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+/// What an atomic take (delete-and-return) of a state found.
+#[derive(Debug)]
+pub enum Taken {
+    /// The row, now deleted. It may have expired: the service checks `expires_at_ms`.
+    Row(StateRow),
+    /// The sweeper had already moved the expired state aside; only its namespace is left.
+    ExpiredTombstone { namespace: String },
+    /// Never issued, already consumed, or expired longer ago than the grace window.
+    Missing,
+}
+
+/// What one sweep batch removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepCount {
+    /// Expired states whose data was deleted (a tombstone stays for the grace window).
+    pub expired: usize,
+    /// Tombstones older than the grace window, deleted for good.
+    pub purged: usize,
+}
+
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// Stores a new state. Acknowledged only once durable.
+    async fn insert_state(&self, row: StateRow) -> Result<(), StoreError>;
+    /// Deletes the state and returns what was there, in one atomic step: two concurrent
+    /// takes of one state never both see the row.
+    async fn take_state(&self, key_hash: SecretHash) -> Result<Taken, StoreError>;
+    /// Removes at most `batch` expired states (keeping tombstones) and at most `batch`
+    /// tombstones older than `purge_before_ms`.
+    async fn sweep_expired(
+        &self,
+        now_ms: i64,
+        purge_before_ms: i64,
+        batch: usize,
+    ) -> Result<SweepCount, StoreError>;
+    /// Whether the store answers reads and writes.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// An API key as stored.
+#[derive(Debug, Clone)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub name: String,
+    /// Allowed namespace patterns; `None` means every namespace.
+    pub namespaces: Option<Vec<String>>,
+    pub created_at_ms: i64,
+    pub revoked_at_ms: Option<i64>,
+}
+
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// The key with this hash, if it exists and is not revoked.
+    async fn find_active_key(
+        &self,
+        key_hash: SecretHash,
+    ) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// Fails with `Conflict` when an active key already has this name.
+    async fn insert_key(
+        &self,
+        record: ApiKeyRecord,
+        key_hash: SecretHash,
+    ) -> Result<(), StoreError>;
+    async fn list_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    /// Returns false when no active key has this name.
+    async fn revoke_key(&self, name: &str, now_ms: i64) -> Result<bool, StoreError>;
+}

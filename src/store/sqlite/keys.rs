@@ -1,0 +1,104 @@
+//! `KeyStore` on SQLite. Lookups go through the read pool; changes through the writer.
+
+use super::SqliteStore;
+use crate::secret::SecretHash;
+use crate::store::{ApiKeyRecord, KeyStore, StoreError};
+use async_trait::async_trait;
+use rusqlite::{params, ErrorCode, OptionalExtension, Row};
+
+const COLUMNS: &str = "id, name, namespaces, created_at, revoked_at";
+
+fn record(r: &Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
+    let namespaces: Option<String> = r.get(2)?;
+    let namespaces = match namespaces {
+        None => None,
+        Some(json) => Some(serde_json::from_str(&json).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
+        })?),
+    };
+    Ok(ApiKeyRecord {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        namespaces,
+        created_at_ms: r.get(3)?,
+        revoked_at_ms: r.get(4)?,
+    })
+}
+
+#[async_trait]
+impl KeyStore for SqliteStore {
+    async fn find_active_key(
+        &self,
+        key_hash: SecretHash,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.read("checking an API key", move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM api_keys WHERE key_hash = ?1 AND revoked_at IS NULL"
+            ))?
+            .query_row([&key_hash.0[..]], record)
+            .optional()
+        })
+        .await
+    }
+
+    async fn insert_key(&self, rec: ApiKeyRecord, key_hash: SecretHash) -> Result<(), StoreError> {
+        let namespaces = match &rec.namespaces {
+            Some(list) => Some(
+                serde_json::to_string(list)
+                    .map_err(|e| StoreError::unavailable("storing an API key", e))?,
+            ),
+            None => None,
+        };
+        self.writer
+            .run("storing an API key", move |conn| {
+                let inserted = conn
+                    .prepare_cached(
+                        "INSERT INTO api_keys (id, name, key_hash, namespaces, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )?
+                    .execute(params![
+                        rec.id,
+                        rec.name,
+                        &key_hash.0[..],
+                        namespaces,
+                        rec.created_at_ms
+                    ]);
+                match inserted {
+                    Ok(_) => Ok(Ok(())),
+                    Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+                        Ok(Err(StoreError::Conflict(format!(
+                            "an active API key named {:?} already exists",
+                            rec.name
+                        ))))
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+            .await?
+    }
+
+    async fn list_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        self.read("listing API keys", |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM api_keys ORDER BY name, created_at"
+            ))?
+            .query_map([], record)?
+            .collect()
+        })
+        .await
+    }
+
+    async fn revoke_key(&self, name: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.writer
+            .run("revoking an API key", move |conn| {
+                let n = conn
+                    .prepare_cached(
+                        "UPDATE api_keys SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
+                    )?
+                    .execute(params![name, now_ms])?;
+                Ok(n > 0)
+            })
+            .await
+    }
+}

@@ -1,0 +1,210 @@
+//! The SQLite backend (the default): one WAL-mode file, an r2d2 pool for reads and a
+//! single writer thread that commits queued writes in groups.
+//!
+//! Why one writer: SQLite allows one writer at a time, and writers that each open their
+//! own transaction poll for the lock instead of queueing (measured: p99 up to 0.5 s and
+//! "database is locked" failures under `synchronous=FULL`). One thread draining a queue
+//! into one transaction per cycle has no lock contention and pays one commit per group.
+
+mod keys;
+mod states;
+mod writer;
+
+use super::StoreError;
+use r2d2::Pool;
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use writer::Writer;
+
+/// Numbered schema files, applied in order; `PRAGMA user_version` holds the last applied.
+const MIGRATIONS: &[&str] = &[include_str!("../../../sql/0001_init.sql")];
+
+/// How long a statement waits for a lock held by another process before failing (503).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+const READ_POOL_SIZE: u32 = 4;
+
+/// What a commit survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// `synchronous=NORMAL`: survives a crash of oauthd; the last commits may be lost if
+    /// the machine loses power.
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: survives power loss. With group commit the cost is one fsync
+    /// per group, not per request.
+    Full,
+}
+
+impl Durability {
+    fn pragma(self) -> &'static str {
+        match self {
+            Durability::Normal => "NORMAL",
+            Durability::Full => "FULL",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot create database {path}: its directory {dir} does not exist (create it first, e.g. `mkdir -p {dir}`)")]
+    NoParent { path: PathBuf, dir: PathBuf },
+    #[error("cannot create database {path}: {dir} is not a directory")]
+    ParentNotDir { path: PathBuf, dir: PathBuf },
+    #[error("cannot open database {path}: {message} (is the file and its directory writable by this user?)")]
+    Open { path: PathBuf, message: String },
+    #[error("database {path} has schema version {found}, newer than this oauthd understands ({known}): run a newer oauthd")]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("cannot migrate database {path} to schema version {version}: {message}")]
+    Migrate {
+        path: PathBuf,
+        version: usize,
+        message: String,
+    },
+}
+
+pub struct SqliteStore {
+    pool: Pool<SqliteConnectionManager>,
+    writer: Writer,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `path`, applies pending schema files
+    /// and starts the writer thread.
+    pub fn open(path: &Path, durability: Durability) -> Result<SqliteStore, OpenError> {
+        check_parent(path)?;
+        let open_err = |e: &dyn std::fmt::Display| OpenError::Open {
+            path: path.to_owned(),
+            message: e.to_string(),
+        };
+        let mut conn = Connection::open_with_flags(path, open_flags()).map_err(|e| open_err(&e))?;
+        configure(&conn, durability).map_err(|e| open_err(&e))?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(|e| open_err(&e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(open_err(&format!(
+                "could not switch to WAL mode (got {mode})"
+            )));
+        }
+        migrate(&mut conn, path)?;
+
+        let manager = SqliteConnectionManager::file(path)
+            .with_flags(open_flags())
+            .with_init(move |c| configure(c, durability));
+        let pool = Pool::builder()
+            .max_size(READ_POOL_SIZE)
+            .min_idle(Some(1))
+            .connection_timeout(BUSY_TIMEOUT)
+            .build(manager)
+            .map_err(|e| open_err(&e))?;
+        Ok(SqliteStore {
+            pool,
+            writer: Writer::start(conn),
+        })
+    }
+
+    /// Runs a read on a pooled connection, off the async threads.
+    async fn read<T, F>(&self, context: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool
+                .get()
+                .map_err(|e| StoreError::unavailable(context, e))?;
+            f(&conn).map_err(|e| classify(context, e))
+        })
+        .await
+        .map_err(|e| StoreError::unavailable(context, e))?
+    }
+}
+
+fn open_flags() -> OpenFlags {
+    OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+}
+
+fn configure(conn: &Connection, durability: Durability) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "synchronous", durability.pragma())?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+fn check_parent(path: &Path) -> Result<(), OpenError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => return Ok(()),
+    };
+    if !dir.exists() {
+        return Err(OpenError::NoParent {
+            path: path.to_owned(),
+            dir: dir.to_owned(),
+        });
+    }
+    if !dir.is_dir() {
+        return Err(OpenError::ParentNotDir {
+            path: path.to_owned(),
+            dir: dir.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), OpenError> {
+    let known = MIGRATIONS.len() as i64;
+    for (index, sql) in MIGRATIONS.iter().enumerate() {
+        let version = index + 1;
+        let fail = |e: rusqlite::Error| OpenError::Migrate {
+            path: path.to_owned(),
+            version,
+            message: e.to_string(),
+        };
+        // IMMEDIATE: a second process opening the same file waits instead of migrating twice.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(fail)?;
+        let current: i64 = tx
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(fail)?;
+        if current > known {
+            return Err(OpenError::TooNew {
+                path: path.to_owned(),
+                found: current,
+                known,
+            });
+        }
+        if current >= version as i64 {
+            continue;
+        }
+        tx.execute_batch(sql).map_err(fail)?;
+        tx.pragma_update(None, "user_version", version as i64)
+            .map_err(fail)?;
+        tx.commit().map_err(fail)?;
+        log::info!(
+            "database {}: applied schema version {version}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Maps a SQLite error to the storage error the HTTP layer turns into a 503.
+pub(crate) fn classify(context: &'static str, e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Busy { context },
+        Some(ErrorCode::DiskFull) => StoreError::Full { context },
+        Some(ErrorCode::ReadOnly) => StoreError::ReadOnly { context },
+        _ => StoreError::unavailable(context, e),
+    }
+}

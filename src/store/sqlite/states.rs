@@ -1,0 +1,119 @@
+//! `StateStore` on SQLite. Every write goes through the group-commit writer.
+
+use super::SqliteStore;
+use crate::secret::SecretHash;
+use crate::store::{StateRow, StateStore, StoreError, SweepCount, Taken};
+use async_trait::async_trait;
+use rusqlite::{params, OptionalExtension};
+
+#[async_trait]
+impl StateStore for SqliteStore {
+    async fn insert_state(&self, row: StateRow) -> Result<(), StoreError> {
+        self.writer
+            .run("storing a state", move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO states (key_hash, namespace, data, created_at, expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![
+                    &row.key_hash.0[..],
+                    row.namespace,
+                    row.data,
+                    row.created_at_ms,
+                    row.expires_at_ms
+                ])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn take_state(&self, key_hash: SecretHash) -> Result<Taken, StoreError> {
+        self.writer
+            .run("consuming a state", move |conn| {
+                // One statement: the row is gone for everyone else the moment we see it.
+                let row = conn
+                    .prepare_cached(
+                        "DELETE FROM states WHERE key_hash = ?1
+                         RETURNING namespace, data, created_at, expires_at",
+                    )?
+                    .query_row([&key_hash.0[..]], |r| {
+                        Ok(StateRow {
+                            key_hash,
+                            namespace: r.get(0)?,
+                            data: r.get(1)?,
+                            created_at_ms: r.get(2)?,
+                            expires_at_ms: r.get(3)?,
+                        })
+                    })
+                    .optional()?;
+                if let Some(row) = row {
+                    return Ok(Taken::Row(row));
+                }
+                let tombstone: Option<String> = conn
+                    .prepare_cached(
+                        "DELETE FROM expired_states WHERE key_hash = ?1 RETURNING namespace",
+                    )?
+                    .query_row([&key_hash.0[..]], |r| r.get(0))
+                    .optional()?;
+                Ok(match tombstone {
+                    Some(namespace) => Taken::ExpiredTombstone { namespace },
+                    None => Taken::Missing,
+                })
+            })
+            .await
+    }
+
+    async fn sweep_expired(
+        &self,
+        now_ms: i64,
+        purge_before_ms: i64,
+        batch: usize,
+    ) -> Result<SweepCount, StoreError> {
+        let batch = i64::try_from(batch).unwrap_or(i64::MAX);
+        self.writer
+            .run("sweeping expired states", move |conn| {
+                // Move expired states aside: keep hash and namespace for the grace window,
+                // drop the data now.
+                let moved: Vec<(Vec<u8>, String, i64)> = conn
+                    .prepare_cached(
+                        "DELETE FROM states WHERE key_hash IN
+                         (SELECT key_hash FROM states WHERE expires_at <= ?1
+                          ORDER BY expires_at LIMIT ?2)
+                         RETURNING key_hash, namespace, expires_at",
+                    )?
+                    .query_map(params![now_ms, batch], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut keep = conn.prepare_cached(
+                    "INSERT OR REPLACE INTO expired_states (key_hash, namespace, expired_at)
+                     VALUES (?1, ?2, ?3)",
+                )?;
+                for (key_hash, namespace, expired_at) in &moved {
+                    keep.execute(params![key_hash, namespace, expired_at])?;
+                }
+                let expired = moved.len();
+                let purged = conn
+                    .prepare_cached(
+                        "DELETE FROM expired_states WHERE key_hash IN
+                         (SELECT key_hash FROM expired_states WHERE expired_at < ?1
+                          ORDER BY expired_at LIMIT ?2)",
+                    )?
+                    .execute(params![purge_before_ms, batch])?;
+                Ok(SweepCount { expired, purged })
+            })
+            .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read("checking the database", |conn| {
+            conn.query_row(
+                "SELECT count(*) FROM (SELECT 1 FROM states LIMIT 1)",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+}
