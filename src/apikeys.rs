@@ -8,6 +8,9 @@ use crate::clock::now_ms;
 use crate::namespace::{check_pattern, pattern_matches, Namespace};
 use crate::secret::{ApiKey, SecretHash};
 use crate::store::{ApiKeyRecord, KeyStore, StoreError};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 pub const MAX_KEY_NAME_CHARS: usize = 64;
 
@@ -57,16 +60,72 @@ pub async fn create(
     Ok((key, record))
 }
 
-/// The active key matching what a client presented, if any.
-pub async fn authenticate(
-    store: &dyn KeyStore,
-    presented: &str,
-) -> Result<Option<ApiKeyRecord>, StoreError> {
-    // Every stored key has the prefix: anything else can be refused without a lookup.
-    if !presented.starts_with(crate::secret::API_KEY_PREFIX) {
-        return Ok(None);
+/// Verified keys kept in memory, so a request costs no database read.
+///
+/// An entry is trusted for `max_age`, then checked against the database again: a key
+/// revoked from the CLI (another process) stops working within `max_age`. With
+/// `max_age` zero every request reads the database. Only keys found active are cached,
+/// so a key created a moment ago works at once. Measured: the per-request lookup halved
+/// the state API's throughput (bench/README.md).
+pub struct KeyCache {
+    max_age: Duration,
+    entries: Mutex<HashMap<SecretHash, (ApiKeyRecord, Instant)>>,
+}
+
+/// More entries than this means something is off; start over rather than grow.
+const MAX_CACHED_KEYS: usize = 10_000;
+
+impl KeyCache {
+    pub fn new(max_age: Duration) -> Self {
+        KeyCache {
+            max_age,
+            entries: Mutex::new(HashMap::new()),
+        }
     }
-    store.find_active_key(SecretHash::of(presented)).await
+
+    fn fresh(&self, hash: &SecretHash) -> Option<ApiKeyRecord> {
+        let entries = self.entries.lock().ok()?;
+        let (record, checked) = entries.get(hash)?;
+        (checked.elapsed() < self.max_age).then(|| record.clone())
+    }
+
+    fn remember(&self, hash: SecretHash, record: Option<&ApiKeyRecord>) {
+        if self.max_age.is_zero() {
+            return;
+        }
+        if let Ok(mut entries) = self.entries.lock() {
+            match record {
+                Some(r) => {
+                    if entries.len() >= MAX_CACHED_KEYS {
+                        entries.clear();
+                    }
+                    entries.insert(hash, (r.clone(), Instant::now()));
+                }
+                None => {
+                    entries.remove(&hash);
+                }
+            }
+        }
+    }
+
+    /// The active key matching what a client presented, if any.
+    pub async fn authenticate(
+        &self,
+        store: &dyn KeyStore,
+        presented: &str,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        // Every key oauthd issues has the prefix: anything else is refused without a lookup.
+        if !presented.starts_with(crate::secret::API_KEY_PREFIX) {
+            return Ok(None);
+        }
+        let hash = SecretHash::of(presented);
+        if let Some(record) = self.fresh(&hash) {
+            return Ok(Some(record));
+        }
+        let found = store.find_active_key(hash).await?;
+        self.remember(hash, found.as_ref());
+        Ok(found)
+    }
 }
 
 /// Whether the key may use this namespace.

@@ -1,7 +1,7 @@
 //! The command line: `oauthd [serve]`, `oauthd keys …`. Wires config, storage and the
 //! HTTP server together; holds no logic of its own.
 
-use crate::apikeys;
+use crate::apikeys::{self, KeyCache};
 use crate::clock::rfc3339;
 use crate::config::{Overrides, Settings};
 use crate::http::{self, AppState};
@@ -62,7 +62,8 @@ enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke the active key with this name; requests using it get 401 at once
+    /// Revoke the active key with this name; a running oauthd refuses it within
+    /// `api_key_cache_seconds` (default 1 s)
     Revoke { name: String },
 }
 
@@ -116,6 +117,7 @@ fn serve(settings: Settings) -> Result<(), Fatal> {
         let app = AppState {
             states: StateService::new(store.clone(), settings.states.clone()),
             keys: store.clone(),
+            key_cache: KeyCache::new(settings.api_key_cache),
             store: store.clone(),
         };
         let served = http::serve(&settings, app).await;

@@ -23,6 +23,7 @@ pub struct FileConfig {
     pub listen: Option<String>,
     pub db: Option<PathBuf>,
     pub durability: Option<Durability>,
+    pub api_key_cache_seconds: Option<u64>,
     #[serde(default)]
     pub states: StatesConfig,
 }
@@ -91,6 +92,7 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub db: PathBuf,
     pub durability: Durability,
+    pub api_key_cache: Duration,
     pub states: StatePolicy,
     pub sweep: SweepPolicy,
 }
@@ -123,6 +125,10 @@ impl Settings {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DB));
         if db.as_os_str().is_empty() {
             return Err(invalid("db", "must not be empty"));
+        }
+        let api_key_cache_seconds = file.api_key_cache_seconds.unwrap_or(1);
+        if api_key_cache_seconds > 3600 {
+            return Err(invalid("api_key_cache_seconds", "must be at most 3600"));
         }
         let s = &file.states;
         let base = ttl_rule("states", s.default_ttl_seconds, s.max_ttl_seconds)?;
@@ -164,6 +170,7 @@ impl Settings {
             listen,
             db,
             durability: file.durability.unwrap_or_default(),
+            api_key_cache: Duration::from_secs(api_key_cache_seconds),
             states: StatePolicy {
                 base,
                 overrides,

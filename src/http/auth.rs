@@ -56,7 +56,11 @@ impl FromRequest for Caller {
                     "application state missing",
                 )
             })?;
-            match apikeys::authenticate(state.keys.as_ref(), &token).await? {
+            match state
+                .key_cache
+                .authenticate(state.keys.as_ref(), &token)
+                .await?
+            {
                 Some(record) => Ok(Caller(record)),
                 None => Err(ApiError::unauthorized(
                     "invalid_api_key",

@@ -7,6 +7,7 @@ mod health;
 mod problem;
 mod states;
 
+use crate::apikeys::KeyCache;
 use crate::config::Settings;
 use crate::states::StateService;
 use crate::store::{KeyStore, StateStore};
@@ -25,6 +26,7 @@ use std::sync::Arc;
 pub struct AppState {
     pub states: StateService,
     pub keys: Arc<dyn KeyStore>,
+    pub key_cache: KeyCache,
     pub store: Arc<dyn StateStore>,
 }
 

@@ -79,11 +79,18 @@ impl SqliteStore {
     /// and starts the writer thread.
     pub fn open(path: &Path, durability: Durability) -> Result<SqliteStore, OpenError> {
         check_parent(path)?;
+        let created = !path.exists();
         let open_err = |e: &dyn std::fmt::Display| OpenError::Open {
             path: path.to_owned(),
             message: e.to_string(),
         };
         let mut conn = Connection::open_with_flags(path, open_flags()).map_err(|e| open_err(&e))?;
+        if created {
+            // SQLite gives the -wal and -shm files the database file's mode.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| open_err(&e))?;
+        }
         configure(&conn, durability).map_err(|e| open_err(&e))?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))

@@ -71,7 +71,7 @@ impl StateStore for SqliteStore {
     ) -> Result<SweepCount, StoreError> {
         let batch = i64::try_from(batch).unwrap_or(i64::MAX);
         self.writer
-            .run("sweeping expired states", move |conn| {
+            .run_atomic("sweeping expired states", move |conn| {
                 // Move expired states aside: keep hash and namespace for the grace window,
                 // drop the data now.
                 let moved: Vec<(Vec<u8>, String, i64)> = conn

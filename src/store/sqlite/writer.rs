@@ -2,8 +2,9 @@
 //! (group commit) and answers each job only after its transaction committed.
 //!
 //! There is no fixed wait window: a lone request commits at once; under load, whatever
-//! queued up while the previous commit ran goes into the next one. Each job runs inside
-//! its own savepoint, so a failing job leaves no half-done writes in the group.
+//! queued up while the previous commit ran goes into the next one. A job runs inside
+//! a savepoint when it makes several changes, so a failing job leaves no half-done
+//! writes in the group.
 
 use super::classify;
 use crate::store::StoreError;
@@ -28,6 +29,8 @@ trait WriteJob: Send {
 
 struct FnJob<T, F> {
     context: &'static str,
+    /// Run inside a savepoint: needed only when the job makes several changes.
+    atomic: bool,
     work: F,
     reply: oneshot::Sender<Result<T, StoreError>>,
 }
@@ -40,13 +43,19 @@ where
     fn execute(self: Box<Self>, conn: &Connection) -> Option<Completion> {
         let FnJob {
             context,
+            atomic,
             work,
             reply,
         } = *self;
         if reply.is_closed() {
             return None;
         }
-        let result = in_savepoint(conn, work).map_err(|e| classify(context, e));
+        let result = if atomic {
+            in_savepoint(conn, work)
+        } else {
+            work(conn)
+        };
+        let result = result.map_err(|e| classify(context, e));
         Some(Box::new(move |ended: Result<(), StoreError>| {
             let _ = reply.send(ended.and(result));
         }))
@@ -89,8 +98,31 @@ impl Writer {
         Writer { queue, thread }
     }
 
-    /// Runs `work` in the next group transaction and returns its result once committed.
+    /// Runs `work`, which makes at most one change (a single statement is atomic by
+    /// itself), in the next group transaction; returns its result once committed.
     pub async fn run<T, F>(&self, context: &'static str, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.submit(context, false, work).await
+    }
+
+    /// Like `run`, for work that makes several changes: all of them or none commit.
+    pub async fn run_atomic<T, F>(&self, context: &'static str, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.submit(context, true, work).await
+    }
+
+    async fn submit<T, F>(
+        &self,
+        context: &'static str,
+        atomic: bool,
+        work: F,
+    ) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -98,6 +130,7 @@ impl Writer {
         let (reply, answer) = oneshot::channel();
         let job = Box::new(FnJob {
             context,
+            atomic,
             work,
             reply,
         });

@@ -1,0 +1,47 @@
+//! Baseline for the benchmark: the same two endpoints and JSON shapes as oauthd's state
+//! API, on actix-web with the same worker count, but no authentication and no storage.
+//! What oauthd adds on top of this is the cost of keeping states durable.
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde_json::{json, Value};
+
+async fn create(body: web::Json<Value>) -> HttpResponse {
+    let mut bytes = [0u8; 32];
+    if getrandom::fill(&mut bytes).is_err() {
+        return HttpResponse::ServiceUnavailable().finish();
+    }
+    let now = chrono::Utc::now();
+    HttpResponse::Created().json(json!({
+        "state": URL_SAFE_NO_PAD.encode(bytes),
+        "namespace": body.get("namespace"),
+        "created_at": now.to_rfc3339(),
+        "expires_at": (now + chrono::Duration::hours(1)).to_rfc3339(),
+    }))
+}
+
+async fn consume(body: web::Json<Value>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "namespace": body.get("namespace"),
+        "data": null,
+        "created_at": chrono::Utc::now().to_rfc3339(),
+    }))
+}
+
+#[actix_web::main]
+async fn main() -> std::io::Result<()> {
+    let listen = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:0".into());
+    let server = HttpServer::new(|| {
+        App::new()
+            .route("/v1/states", web::post().to(create))
+            .route("/v1/states/consume", web::post().to(consume))
+    })
+    .bind(listen)?;
+    for addr in server.addrs() {
+        println!("bare listening on http://{addr}");
+    }
+    server.run().await
+}

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Throughput and latency of the state API next to a bare actix-web handler measured in the
+# same run (machines here are noisy: compare ratios, not absolute numbers).
+#
+#   bench/run.sh                      # 10 s per measurement
+#   DURATION=30 bench/run.sh
+#   DURABILITY=full bench/run.sh      # synchronous=FULL
+#
+# For each connection count (wrk, 2 threads) oauthd starts on a fresh database and runs,
+# in this order:
+#   pairs        create, then consume the returned state; a pair counts on the 200.
+#                The table stays small, as it does when apps finish their flows.
+#   create       POST /v1/states: leaves hundreds of thousands of unconsumed states
+#   consume      POST /v1/states/consume over the states the create run got
+#   pairs+flood  pairs again, on the table the create run filled
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+DURABILITY=${DURABILITY:-normal}
+CONNS=${CONNS:-"16 64"}
+SCENARIOS=${SCENARIOS:-"pairs create consume pairs+flood"}
+
+if ! command -v wrk >/dev/null; then
+  echo "installing wrk (Debian package)" >&2
+  if [ "$(id -u)" = 0 ]; then apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+  else sudo apt-get install -y -qq wrk >/dev/null; fi
+fi
+cargo build --release --locked --bin oauthd --example bare_handler >&2
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$tmp"; }
+trap cleanup EXIT
+
+# start NAME CMD...: runs CMD, waits for its "listening on URL" line, sets $URL.
+start() {
+  local name=$1; shift
+  "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
+  pids+=($!)
+  for _ in $(seq 100); do
+    URL=$(sed -n 's/.* listening on //p' "$tmp/$name.out" | head -1)
+    [ -n "$URL" ] && return 0
+    sleep 0.1
+  done
+  echo "$name did not start:" >&2; cat "$tmp/$name.err" >&2; exit 1
+}
+
+printf 'durability = "%s"\n' "$DURABILITY" >"$tmp/oauthd.toml"
+export OAUTHD_KEY
+start bare target/release/examples/bare_handler 127.0.0.1:0; BARE=$URL
+
+# fresh_oauthd N: stops the previous oauthd, starts one on a new database, sets $OAUTHD.
+fresh_oauthd() {
+  [ -n "${OAUTHD_PID:-}" ] && { kill "$OAUTHD_PID"; wait "$OAUTHD_PID" 2>/dev/null || true; }
+  local db="$tmp/bench-$1.db"
+  OAUTHD_KEY=$(RUST_LOG=warn target/release/oauthd keys create --db "$db" --name bench 2>/dev/null | tail -1)
+  RUST_LOG=warn start oauthd target/release/oauthd --db "$db" --config "$tmp/oauthd.toml" --listen 127.0.0.1:0
+  OAUTHD=$URL OAUTHD_PID=${pids[-1]} OAUTHD_DB=$db
+}
+
+# measure TARGET URL SCRIPT CONNS -> "ok_per_s p50 p99" (latencies as wrk prints them)
+measure() {
+  local target=$1 url=$2 script=${3%+flood} conns=$4 out secs=$DURATION
+  # Consume runs half as long as the create run that stocked it, so it rarely runs dry.
+  [ "$script" = consume ] && secs=$(( DURATION / 2 > 1 ? DURATION / 2 : 1 ))
+  out=$(STATES_OUT="$tmp/states.$target" STATES_IN="$tmp/states.$target" \
+        wrk -t2 -c"$conns" -d"${secs}s" --latency -s "bench/$script.lua" "$url" 2>&1)
+  echo "$out" >>"$tmp/wrk.log"
+  local ok p50 p99
+  ok=$(echo "$out" | awk '/^OK_RESPONSES/ {print $2}')
+  p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+  local rate=$(( ok / secs ))
+  # Ran out of states: the rate is a lower bound.
+  [ "$script" = consume ] && echo "$out" | grep -q "Non-2xx" && rate=">$rate"
+  echo "$rate $p50 $p99"
+}
+
+echo "oauthd state API vs bare actix-web handler, ${DURATION}s per cell, durability=$DURABILITY, $(nproc) cores"
+printf '%-11s %5s | %10s %8s %8s | %10s %8s %8s | %6s\n' scenario conns "bare ok/s" p50 p99 "oauthd/s" p50 p99 ratio
+for conns in $CONNS; do
+  fresh_oauthd "$conns"
+  for scenario in $SCENARIOS; do
+    read -r b_ok b_50 b_99 < <(measure bare "$BARE" "$scenario" "$conns")
+    read -r o_ok o_50 o_99 < <(measure oauthd "$OAUTHD" "$scenario" "$conns")
+    ratio=$(awk -v o="${o_ok#>}" -v b="${b_ok#>}" 'BEGIN { if (b > 0) printf "%.2f", o / b; else print "n/a" }')
+    printf '%-11s %5s | %10s %8s %8s | %10s %8s %8s | %6s\n' \
+      "$scenario" "$conns" "$b_ok" "$b_50" "$b_99" "$o_ok" "$o_50" "$o_99" "$ratio"
+  done
+  rows=$(sqlite3 "file:$OAUTHD_DB?mode=ro" "SELECT count(*) FROM states" 2>/dev/null || echo "?")
+  echo "  (at $conns connections the database ended with $rows live states)"
+done
+echo "(>N: the consume run used up the states its create run stocked; the rate is a lower bound)"

@@ -1,0 +1,198 @@
+//! The command line: start-up errors, key management, env overrides.
+
+mod common;
+
+use common::{Home, BIN};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn keys_create_prints_the_key_alone_on_the_last_line() {
+    let home = Home::new();
+    let out = home.cli(&[
+        "keys",
+        "create",
+        "--name",
+        "st-bridge",
+        "--namespace",
+        "oauth:*",
+        "--namespace",
+        "2fa",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = text(&out.stdout);
+    let last = stdout.lines().last().unwrap();
+    assert!(
+        last.starts_with("oauthd_") && last.len() == 7 + 43,
+        "{last:?}"
+    );
+    assert!(!last.contains(' '));
+
+    let list = home.cli(&["keys", "list"]);
+    let listed = text(&list.stdout);
+    assert!(
+        listed.contains("st-bridge") && listed.contains("active") && listed.contains("oauth:*,2fa"),
+        "{listed}"
+    );
+    assert!(!listed.contains(last), "list must never show a key");
+
+    // Names are unique among active keys.
+    let dup = home.cli(&["keys", "create", "--name", "st-bridge"]);
+    assert_eq!(dup.status.code(), Some(1));
+    assert!(
+        text(&dup.stderr).contains("already exists"),
+        "{}",
+        text(&dup.stderr)
+    );
+
+    let revoke = home.cli(&["keys", "revoke", "st-bridge"]);
+    assert!(revoke.status.success());
+    let json = home.cli(&["keys", "list", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(rows[0]["name"], "st-bridge");
+    assert!(rows[0]["revoked_at"].is_string());
+    assert_eq!(rows[0]["namespaces"], serde_json::json!(["oauth:*", "2fa"]));
+    // A revoked key's name can be used again.
+    assert!(home
+        .cli(&["keys", "create", "--name", "st-bridge"])
+        .status
+        .success());
+}
+
+#[test]
+fn a_new_database_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = Home::new();
+    home.create_key("app", &[]);
+    let mode = std::fs::metadata(home.db()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+}
+
+#[test]
+fn keys_refuses_bad_names_patterns_and_unknown_revokes() {
+    let home = Home::new();
+    let bad_name = home.cli(&["keys", "create", "--name", "has space"]);
+    assert_eq!(bad_name.status.code(), Some(1));
+    assert!(text(&bad_name.stderr).contains("key name"));
+    let bad_ns = home.cli(&["keys", "create", "--name", "a", "--namespace", "a*b"]);
+    assert_eq!(bad_ns.status.code(), Some(1));
+    assert!(text(&bad_ns.stderr).contains("a*b"));
+    let unknown = home.cli(&["keys", "revoke", "nobody"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(text(&unknown.stderr).contains("no active API key named \"nobody\""));
+}
+
+#[test]
+fn missing_parent_directory_is_explained() {
+    let home = Home::new();
+    let db = home.dir.path().join("no/such/dir/oauthd.db");
+    let out = Command::new(BIN)
+        .arg("--db")
+        .arg(&db)
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("does not exist") && err.contains("mkdir -p"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_config_fails_at_start_naming_the_key() {
+    let home = Home::new();
+    home.write_config("[states]\nmax_ttl_seconds = 0\n");
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(home.config())
+        .arg("--db")
+        .arg(home.db())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("states.max_ttl_seconds"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !home.db().exists(),
+        "nothing is created when the config is wrong"
+    );
+
+    let missing = Command::new(BIN)
+        .args(["--config", "/nonexistent/oauthd.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing.stderr).contains("/nonexistent/oauthd.toml"));
+}
+
+#[test]
+fn plain_invocation_serves_and_env_vars_override_defaults() {
+    // `oauthd` with no subcommand serves; OAUTHD_DB / OAUTHD_LISTEN / OAUTHD_CONFIG apply.
+    let home = Home::new();
+    home.write_config("");
+    let mut child = Command::new(BIN)
+        .env("OAUTHD_DB", home.db())
+        .env("OAUTHD_LISTEN", "127.0.0.1:0")
+        .env("OAUTHD_CONFIG", home.config())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(20));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("listening line");
+    assert!(
+        line.starts_with("oauthd listening on http://127.0.0.1:"),
+        "{line}"
+    );
+    assert!(home.db().exists(), "OAUTHD_DB was not used");
+
+    // OAUTHD_CONFIG is read: a wrong value in it stops the start.
+    home.write_config("[states]\ndefault_ttl_seconds = 0\n");
+    let out = Command::new(BIN)
+        .env("OAUTHD_DB", home.db())
+        .env("OAUTHD_CONFIG", home.config())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("states.default_ttl_seconds"));
+}
+
+#[test]
+fn port_in_use_is_reported() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let home = Home::new();
+    let out = Command::new(BIN)
+        .arg("--db")
+        .arg(home.db())
+        .arg("--listen")
+        .arg(&addr)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains(&format!("cannot listen on {addr}")),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -1,0 +1,240 @@
+//! Test harness: runs the real `oauthd` binary on a temp database and a free loopback
+//! port, and talks to it over HTTP.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_oauthd");
+
+/// A temp directory holding one oauthd's database, config and log.
+pub struct Home {
+    pub dir: tempfile::TempDir,
+}
+
+impl Home {
+    pub fn new() -> Home {
+        Home {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join("oauthd.db")
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.dir.path().join("oauthd.log")
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("oauthd.toml")
+    }
+
+    pub fn write_config(&self, toml: &str) {
+        std::fs::write(self.config(), toml).expect("write config");
+    }
+
+    /// Runs an oauthd CLI command against this home's database.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .arg("--db")
+            .arg(self.db())
+            .env("RUST_LOG", "warn")
+            .env_remove("OAUTHD_CONFIG")
+            .output()
+            .expect("run oauthd")
+    }
+
+    /// Creates an API key and returns it (the last line of stdout).
+    pub fn create_key(&self, name: &str, namespaces: &[&str]) -> String {
+        let mut args = vec!["keys", "create", "--name", name];
+        for ns in namespaces {
+            args.push("--namespace");
+            args.push(ns);
+        }
+        let out = self.cli(&args);
+        assert!(out.status.success(), "keys create failed: {out:?}");
+        let stdout = String::from_utf8(out.stdout).expect("utf-8");
+        stdout.lines().last().expect("a key line").to_owned()
+    }
+
+    /// Everything oauthd processes of this home have logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log()).unwrap_or_default()
+    }
+
+    /// Bytes of the database file and its WAL.
+    pub fn db_bytes(&self) -> Vec<u8> {
+        let mut all = std::fs::read(self.db()).unwrap_or_default();
+        let mut wal = self.db().into_os_string();
+        wal.push("-wal");
+        all.extend(std::fs::read(wal).unwrap_or_default());
+        all
+    }
+
+    /// Starts the daemon with this home's config file when one was written.
+    pub fn start(&self) -> Daemon {
+        Daemon::start(self)
+    }
+}
+
+pub struct Daemon {
+    child: Child,
+    pub url: String,
+    pub http: reqwest::Client,
+}
+
+impl Daemon {
+    fn start(home: &Home) -> Daemon {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(home.log())
+            .expect("open log");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--db")
+            .arg(home.db())
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .env("RUST_LOG", "debug")
+            .env_remove("OAUTHD_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        if home.config().exists() {
+            cmd.arg("--config").arg(home.config());
+        }
+        let mut child = cmd.spawn().expect("spawn oauthd");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("oauthd listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("oauthd did not start; log:\n{}", home.log_text());
+            }
+        };
+        Daemon {
+            child,
+            url,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a signal by name (TERM, INT) and waits for the exit, at most 30 s.
+    pub fn signal_and_wait(self, sig: &str) -> ExitStatus {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        self.wait_exit()
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        key: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        let body = resp.json().await.unwrap_or(serde_json::Value::Null);
+        (status, body)
+    }
+
+    pub async fn create_state(&self, key: &str, body: serde_json::Value) -> String {
+        let (status, body) = self.post("/v1/states", key, body).await;
+        assert_eq!(status, 201, "{body}");
+        body["state"].as_str().expect("state").to_owned()
+    }
+
+    pub async fn consume(&self, key: &str, state: &str, ns: &str) -> (u16, serde_json::Value) {
+        self.post(
+            "/v1/states/consume",
+            key,
+            serde_json::json!({"state": state, "namespace": ns}),
+        )
+        .await
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Polls `check` until it returns true or `limit` passes.
+pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    check()
+}
+
+/// Counts rows of a table in the database file, read-only, as an operator with sqlite3 would.
+pub fn count_rows(db: &Path, table: &str) -> i64 {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open db read-only");
+    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .expect("count")
+}
+
+impl Daemon {
+    /// Waits (at most 30 s) for a process that was already signalled to exit.
+    pub fn wait_exit(mut self) -> ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "oauthd did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

@@ -1,0 +1,687 @@
+//! The state API over real HTTP against the real binary and a real SQLite file.
+
+mod common;
+
+use common::{count_rows, eventually, Home};
+use serde_json::json;
+use std::time::Duration;
+
+const NS: &str = "oauth:spotify";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn created_state_consumes_once_with_its_data() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let (status, body) = d
+        .post(
+            "/v1/states",
+            &key,
+            json!({"namespace": NS, "ttl_seconds": 3600, "data": {"verifier": "v1", "return_to": "/x"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let state = body["state"].as_str().unwrap();
+    assert_eq!(state.len(), 43);
+    assert!(state
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    assert_eq!(body["namespace"], NS);
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(body["expires_at"].as_str().unwrap()).unwrap();
+    let created =
+        chrono::DateTime::parse_from_rfc3339(body["created_at"].as_str().unwrap()).unwrap();
+    assert_eq!((expires - created).num_seconds(), 3600);
+
+    let (status, body) = d.consume(&key, state, NS).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"], json!({"verifier": "v1", "return_to": "/x"}));
+    assert_eq!(body["namespace"], NS);
+    assert!(chrono::DateTime::parse_from_rfc3339(body["created_at"].as_str().unwrap()).is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn default_ttl_is_sixty_minutes_and_data_is_optional() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let (status, body) = d.post("/v1/states", &key, json!({"namespace": NS})).await;
+    assert_eq!(status, 201, "{body}");
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(body["expires_at"].as_str().unwrap()).unwrap();
+    let created =
+        chrono::DateTime::parse_from_rfc3339(body["created_at"].as_str().unwrap()).unwrap();
+    assert_eq!((expires - created).num_seconds(), 3600);
+    let (status, body) = d.consume(&key, body["state"].as_str().unwrap(), NS).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["data"], serde_json::Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_consume_of_same_state_gets_404() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let state = d.create_state(&key, json!({"namespace": NS})).await;
+    assert_eq!(d.consume(&key, &state, NS).await.0, 200);
+    let (status, body) = d.consume(&key, &state, NS).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["code"], "state_not_found");
+    // A well-formed value that was never issued is just as unknown.
+    let (status, _) = d.consume(&key, &"A".repeat(43), NS).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn namespace_mismatch_gets_409_and_burns_the_state() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let state = d.create_state(&key, json!({"namespace": NS})).await;
+    let (status, body) = d.consume(&key, &state, "oauth:tidal").await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["code"], "namespace_mismatch");
+    // Documented: a mismatch invalidates the state, even for its own namespace.
+    assert_eq!(d.consume(&key, &state, NS).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn state_past_its_ttl_gets_410_even_before_the_sweeper_runs() {
+    let home = Home::new();
+    home.write_config("[states]\nsweep_interval_seconds = 3600\n");
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let state = d
+        .create_state(&key, json!({"namespace": NS, "ttl_seconds": 1}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(
+        count_rows(&home.db(), "states"),
+        1,
+        "the sweeper must not have run"
+    );
+    let (status, body) = d.consume(&key, &state, NS).await;
+    assert_eq!(status, 410, "{body}");
+    assert_eq!(body["code"], "state_expired");
+    assert_eq!(d.consume(&key, &state, NS).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sweeper_removes_expired_rows_and_keeps_410_during_grace() {
+    let home = Home::new();
+    home.write_config("[states]\nsweep_interval_seconds = 1\nexpired_grace_seconds = 3600\n");
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let expiring = d
+        .create_state(
+            &key,
+            json!({"namespace": NS, "ttl_seconds": 1, "data": {"secret": "gone-after-sweep"}}),
+        )
+        .await;
+    let live = d.create_state(&key, json!({"namespace": NS})).await;
+    let db = home.db();
+    let swept = eventually(Duration::from_secs(10), || {
+        count_rows(&db, "states") == 1 && count_rows(&db, "expired_states") == 1
+    })
+    .await;
+    assert!(swept, "the sweeper did not move the expired state aside");
+    assert!(home
+        .log_text()
+        .contains("sweeper: removed 1 expired state(s)"));
+    // Data is gone with the sweep; the grace tombstone still answers 410.
+    assert_eq!(d.consume(&key, &expiring, NS).await.0, 410);
+    assert_eq!(d.consume(&key, &live, NS).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sweeper_forgets_states_past_the_grace_window() {
+    let home = Home::new();
+    home.write_config("[states]\nsweep_interval_seconds = 1\nexpired_grace_seconds = 0\n");
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let state = d
+        .create_state(&key, json!({"namespace": NS, "ttl_seconds": 1}))
+        .await;
+    let db = home.db();
+    let gone = eventually(Duration::from_secs(10), || {
+        count_rows(&db, "states") == 0 && count_rows(&db, "expired_states") == 0
+    })
+    .await;
+    assert!(gone, "expired rows were not removed");
+    assert_eq!(d.consume(&key, &state, NS).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_without_a_valid_key_get_401() {
+    let home = Home::new();
+    // No key cache: revocation must show on the very next request.
+    home.write_config("api_key_cache_seconds = 0\n");
+    let key = home.create_key("app", &[]);
+    let scoped = home.create_key("scoped", &["2fa:*"]);
+    let d = home.start();
+    let body = json!({"namespace": NS});
+    let url = format!("{}/v1/states", d.url);
+
+    let resp = d.http.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(resp.headers().get("www-authenticate").is_some());
+    let problem: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(problem["code"], "missing_api_key");
+
+    let resp = d
+        .http
+        .post(&url)
+        .header("authorization", "Basic YTpi")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+
+    let (status, problem) = d
+        .post("/v1/states", "oauthd_not-a-real-key", body.clone())
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (401, Some("invalid_api_key"))
+    );
+
+    // Scoped key: fine inside its namespaces, 401 outside.
+    assert_eq!(
+        d.post("/v1/states", &scoped, json!({"namespace": "2fa:email"}))
+            .await
+            .0,
+        201
+    );
+    let (status, problem) = d.post("/v1/states", &scoped, body.clone()).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (401, Some("namespace_not_allowed"))
+    );
+    let state = d.create_state(&key, body.clone()).await;
+    assert_eq!(d.consume(&scoped, &state, NS).await.0, 401);
+    assert_eq!(
+        d.consume(&key, &state, NS).await.0,
+        200,
+        "a refused consume must not burn the state"
+    );
+
+    // Revoked from the CLI while the server runs: refused on the next request.
+    assert_eq!(d.post("/v1/states", &key, body.clone()).await.0, 201);
+    let out = home.cli(&["keys", "revoke", "app"]);
+    assert!(out.status.success(), "{out:?}");
+    let (status, problem) = d.post("/v1/states", &key, body.clone()).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (401, Some("invalid_api_key"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_a_4xx_problem_never_a_5xx() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let state = d.create_state(&key, json!({"namespace": NS})).await;
+    let huge = "x".repeat(1024 * 1024);
+    let long_state = "s".repeat(10_000);
+    let deep = format!("{}{}", "[".repeat(500), "]".repeat(500));
+    // (path, content type, body, expected status, expected code)
+    let cases: Vec<(&str, &str, String, u16, &str)> = vec![
+        (
+            "/v1/states",
+            "application/json",
+            "{".into(),
+            400,
+            "malformed_json",
+        ),
+        (
+            "/v1/states",
+            "application/json",
+            "".into(),
+            400,
+            "malformed_json",
+        ),
+        (
+            "/v1/states",
+            "application/json",
+            "[1,2]".into(),
+            400,
+            "malformed_json",
+        ),
+        (
+            "/v1/states",
+            "application/json",
+            format!("{{\"namespace\":\"a\",\"data\":{deep}}}"),
+            400,
+            "malformed_json",
+        ),
+        (
+            "/v1/states",
+            "text/plain",
+            json!({"namespace": NS}).to_string(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "/v1/states",
+            "application/x-www-form-urlencoded",
+            "namespace=a".into(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "/v1/states",
+            "application/json",
+            json!({}).to_string(),
+            400,
+            "invalid_namespace",
+        ),
+        (
+            "/v1/states",
+            "application/json",
+            json!({"namespace": 5}).to_string(),
+            400,
+            "invalid_namespace",
+        ),
+        (
+            "/v1/states",
+            "application/json",
+            json!({"namespace": ""}).to_string(),
+            400,
+            "invalid_namespace",
+        ),
+        (
+            "/v1/states",
+            "application/json",
+            json!({"namespace": "x'; DROP TABLE states;--"}).to_string(),
+            400,
+            "invalid_namespace",
+        ),
+        (
+            "/v1/states",
+            "application/json",
+            json!({"namespace": "名前"}).to_string(),
+            400,
+            "invalid_namespace",
+        ),
+        (
+            "/v1/states",
+            "application/json",
+            json!({"namespace": "a".repeat(129)}).to_string(),
+            400,
+            "invalid_namespace",
+        ),
+        (
+            "/v1/states",
+            "application/json",
+            json!({"namespace": NS, "ttl_seconds": 0}).to_string(),
+            400,
+            "invalid_ttl",
+        ),
+        (
+            "/v1/states",
+            "application/json",
+            json!({"namespace": NS, "ttl_seconds": -5}).to_string(),
+            400,
+            "invalid_ttl",
+        ),
+        (
+            "/v1/states",
+            "application/json",
+            json!({"namespace": NS, "ttl_seconds": 1.5}).to_string(),
+            400,
+            "invalid_ttl",
+        ),
+        (
+            "/v1/states",
+            "application/json",
+            json!({"namespace": NS, "ttl_seconds": "60"}).to_string(),
+            400,
+            "invalid_ttl",
+        ),
+        (
+            "/v1/states",
+            "application/json",
+            json!({"namespace": NS, "ttl_seconds": 86401}).to_string(),
+            400,
+            "invalid_ttl",
+        ),
+        (
+            "/v1/states",
+            "application/json",
+            format!("{{\"namespace\":\"{NS}\",\"ttl_seconds\":1e300}}"),
+            400,
+            "invalid_ttl",
+        ),
+        (
+            "/v1/states",
+            "application/json",
+            format!("{{\"namespace\":\"{NS}\",\"ttl_seconds\":99999999999999999999999}}"),
+            400,
+            "invalid_ttl",
+        ),
+        (
+            "/v1/states",
+            "application/json",
+            json!({"namespace": NS, "ttl": 60}).to_string(),
+            400,
+            "unknown_field",
+        ),
+        (
+            "/v1/states",
+            "application/json",
+            json!({"namespace": NS, "data": "x".repeat(20_000)}).to_string(),
+            413,
+            "data_too_large",
+        ),
+        (
+            "/v1/states",
+            "application/json",
+            json!({"namespace": NS, "data": huge}).to_string(),
+            413,
+            "body_too_large",
+        ),
+        (
+            "/v1/states/consume",
+            "application/json",
+            json!({"namespace": NS}).to_string(),
+            400,
+            "invalid_state",
+        ),
+        (
+            "/v1/states/consume",
+            "application/json",
+            json!({"namespace": NS, "state": 42}).to_string(),
+            400,
+            "invalid_state",
+        ),
+        (
+            "/v1/states/consume",
+            "application/json",
+            json!({"namespace": NS, "state": long_state}).to_string(),
+            400,
+            "invalid_state",
+        ),
+        (
+            "/v1/states/consume",
+            "application/json",
+            json!({"namespace": NS, "state": "ü".repeat(43)}).to_string(),
+            400,
+            "invalid_state",
+        ),
+        (
+            "/v1/states/consume",
+            "application/json",
+            json!({"namespace": NS, "state": "' OR 1=1 --"}).to_string(),
+            400,
+            "invalid_state",
+        ),
+        (
+            "/v1/states/consume",
+            "application/json",
+            json!({"namespace": NS, "state": format!("{}=", &state[..42])}).to_string(),
+            400,
+            "invalid_state",
+        ),
+        (
+            "/v1/states/consume",
+            "application/json",
+            json!({"state": state}).to_string(),
+            400,
+            "invalid_namespace",
+        ),
+        (
+            "/v1/states/consume",
+            "application/json",
+            json!({"state": state, "namespace": NS, "extra": 1}).to_string(),
+            400,
+            "unknown_field",
+        ),
+    ];
+    for (path, ctype, body, want_status, want_code) in cases {
+        let shown: String = body.chars().take(60).collect();
+        let resp = d
+            .http
+            .post(format!("{}{path}", d.url))
+            .bearer_auth(&key)
+            .header("content-type", ctype)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        assert_eq!(
+            resp.headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/problem+json"),
+            "{path} {shown}"
+        );
+        let problem: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (want_status, Some(want_code)),
+            "{path} {shown}: {problem}"
+        );
+        assert_eq!(problem["status"], status);
+    }
+    // None of that disturbed the state it was issued next to.
+    assert_eq!(d.consume(&key, &state, NS).await.0, 200);
+    let resp = d
+        .http
+        .get(format!("{}/v1/states", d.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    let resp = d
+        .http
+        .get(format!("{}/nowhere", d.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hundred_concurrent_consumes_of_one_state_give_exactly_one_200() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    for round in 0..3 {
+        let state = d
+            .create_state(&key, json!({"namespace": NS, "data": {"round": round}}))
+            .await;
+        let tries = (0..100).map(|_| d.consume(&key, &state, NS));
+        let results = futures::future::join_all(tries).await;
+        let ok: Vec<_> = results.iter().filter(|(s, _)| *s == 200).collect();
+        let not_found = results.iter().filter(|(s, _)| *s == 404).count();
+        assert_eq!(ok.len(), 1, "round {round}: {results:?}");
+        assert_eq!(not_found, 99, "round {round}");
+        assert_eq!(ok[0].1["data"]["round"], round);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledged_states_survive_kill_9_and_consume_once_after_restart() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let mut states = Vec::new();
+    for i in 0..200 {
+        states.push((
+            i,
+            d.create_state(&key, json!({"namespace": NS, "data": {"i": i}}))
+                .await,
+        ));
+    }
+    // Concurrent creates too: acknowledged means committed, whatever the grouping.
+    let more = futures::future::join_all((200..400).map(|i| {
+        let d = &d;
+        let key = &key;
+        async move {
+            (
+                i,
+                d.create_state(key, json!({"namespace": NS, "data": {"i": i}}))
+                    .await,
+            )
+        }
+    }))
+    .await;
+    states.extend(more);
+    d.kill9();
+    let d = home.start();
+    for (i, state) in &states {
+        let (status, body) = d.consume(&key, state, NS).await;
+        assert_eq!(status, 200, "state {i} lost after kill -9");
+        assert_eq!(body["data"]["i"], *i);
+        assert_eq!(d.consume(&key, state, NS).await.0, 404);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn database_and_log_never_hold_a_state_or_key_in_clear() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let mut issued = Vec::new();
+    for _ in 0..50 {
+        issued.push(d.create_state(&key, json!({"namespace": NS})).await);
+    }
+    // Exercise every outcome so their log lines are written too.
+    assert_eq!(d.consume(&key, &issued[0], NS).await.0, 200);
+    assert_eq!(d.consume(&key, &issued[0], NS).await.0, 404);
+    assert_eq!(d.consume(&key, &issued[1], "other").await.0, 409);
+    d.signal_and_wait("TERM");
+    let db = home.db_bytes();
+    let log = home.log_text();
+    assert!(
+        log.contains(&issued[0][..8]),
+        "the log should correlate by prefix"
+    );
+    for state in &issued {
+        assert!(
+            !contains(&db, state.as_bytes()),
+            "state in the database file"
+        );
+        assert!(!log.contains(state.as_str()), "state in the log");
+        // Not even a long piece of one.
+        assert!(
+            !log.contains(&state[..12]),
+            "more than 8 characters of a state in the log"
+        );
+    }
+    assert!(
+        !contains(&db, key.as_bytes()),
+        "API key in the database file"
+    );
+    assert!(!log.contains(&key), "API key in the log");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cached_keys_are_rechecked_new_keys_work_at_once_revoked_ones_stop_within_the_cache_age() {
+    let home = Home::new();
+    home.write_config("api_key_cache_seconds = 1\n");
+    let d = home.start();
+    // Created while the server runs: usable immediately (misses are never cached).
+    let key = home.create_key("late", &[]);
+    assert_eq!(
+        d.post("/v1/states", &key, json!({"namespace": NS})).await.0,
+        201
+    );
+    assert!(home.cli(&["keys", "revoke", "late"]).status.success());
+    let revoked_at = std::time::Instant::now();
+    let mut status = 201;
+    while status == 201 && revoked_at.elapsed() < Duration::from_secs(5) {
+        status = d.post("/v1/states", &key, json!({"namespace": NS})).await.0;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 401, "revoked key still accepted after 5 s");
+    assert!(
+        revoked_at.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        revoked_at.elapsed()
+    );
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_and_readiness_need_no_key() {
+    let home = Home::new();
+    let d = home.start();
+    let resp = d
+        .http
+        .get(format!("{}/healthz", d.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = d
+        .http
+        .get(format!("{}/readyz", d.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_and_sigint_stop_cleanly_with_exit_0_and_lose_nothing() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    for sig in ["TERM", "INT"] {
+        let d = home.start();
+        // Requests in flight while the signal arrives either complete or are refused,
+        // never half-done: every acknowledged state is there after the restart.
+        let d_ref = &d;
+        let key_ref = &key;
+        let creating = futures::future::join_all((0..50).map(|i| async move {
+            let r = d_ref
+                .http
+                .post(format!("{}/v1/states", d_ref.url))
+                .bearer_auth(key_ref)
+                .json(&json!({"namespace": NS, "data": {"i": i}}))
+                .send()
+                .await;
+            match r {
+                Ok(resp) if resp.status() == 201 => {
+                    let body: serde_json::Value = resp.json().await.unwrap();
+                    Some(body["state"].as_str().unwrap().to_owned())
+                }
+                Ok(resp) => panic!("unexpected status {}", resp.status()),
+                Err(_) => None,
+            }
+        }));
+        let pid = d.pid();
+        let signalling = async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            std::process::Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(pid.to_string())
+                .status()
+                .unwrap();
+        };
+        let (acked, _) = tokio::join!(creating, signalling);
+        let status = d.wait_exit();
+        assert_eq!(status.code(), Some(0), "SIG{sig}: {status:?}");
+        let acked: Vec<String> = acked.into_iter().flatten().collect();
+        let d = home.start();
+        for state in &acked {
+            assert_eq!(
+                d.consume(&key, state, NS).await.0,
+                200,
+                "SIG{sig}: acknowledged state lost"
+            );
+        }
+        d.signal_and_wait("TERM");
+    }
+    assert!(home.log_text().contains("SIGINT received"));
+    assert!(home.log_text().contains("SIGTERM received"));
+}
