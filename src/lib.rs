@@ -12,3 +12,6 @@ pub mod namespace;
 pub mod secret;
 pub mod states;
 pub mod store;
+pub mod vault;
+pub mod oauth;
+pub mod broker;

@@ -42,7 +42,7 @@ pub enum StateError {
     #[error("unknown state: never issued, already consumed, or expired long ago")]
     NotFound,
     #[error("the state has expired")]
-    Expired,
+    Expired { namespace: String },
     #[error("the state belongs to another namespace; it has been invalidated")]
     NamespaceMismatch,
     #[error("ttl_seconds must be between 1 and {max} for namespace {namespace}")]
@@ -92,6 +92,18 @@ impl StateService {
         ttl_seconds: Option<u64>,
         data: Option<serde_json::Value>,
     ) -> Result<IssuedState, StateError> {
+        let state = StateValue::generate().map_err(|_| StateError::Entropy)?;
+        self.issue_value(state, namespace, ttl_seconds, data).await
+    }
+
+    /// Issues a state value the caller generated (it needed the value before the data).
+    pub async fn issue_value(
+        &self,
+        state: StateValue,
+        namespace: Namespace,
+        ttl_seconds: Option<u64>,
+        data: Option<serde_json::Value>,
+    ) -> Result<IssuedState, StateError> {
         let rule = self.policy.rule_for(&namespace);
         let ttl = match ttl_seconds {
             None => rule.default_ttl,
@@ -116,7 +128,6 @@ impl StateService {
                 Some(text)
             }
         };
-        let state = StateValue::generate().map_err(|_| StateError::Entropy)?;
         let created_at_ms = now_ms();
         let expires_at_ms = created_at_ms.saturating_add(ttl.as_millis() as i64);
         self.store
@@ -151,27 +162,37 @@ impl StateService {
         state: &StateValue,
         namespace: &Namespace,
     ) -> Result<ConsumedState, StateError> {
+        let consumed = self.consume_any(state).await?;
+        if consumed.namespace != namespace.as_str() {
+            log::warn!(
+                "state {state} of namespace {} presented for namespace {namespace}; invalidated",
+                consumed.namespace
+            );
+            return Err(StateError::NamespaceMismatch);
+        }
+        log::debug!("state {state} consumed in {namespace}");
+        Ok(consumed)
+    }
+
+    /// Consumes a state whatever its namespace, for a caller that checks the namespace
+    /// itself (the broker's callback knows the provider, not the account).
+    pub async fn consume_any(&self, state: &StateValue) -> Result<ConsumedState, StateError> {
         let row = match self.store.take_state(state.hash()).await? {
             Taken::Missing => {
                 log::debug!("state {state}: unknown");
                 return Err(StateError::NotFound);
             }
-            Taken::ExpiredTombstone { .. } => {
+            Taken::ExpiredTombstone { namespace } => {
                 log::debug!("state {state}: expired (swept)");
-                return Err(StateError::Expired);
+                return Err(StateError::Expired { namespace });
             }
             Taken::Row(row) => row,
         };
         if row.expires_at_ms <= now_ms() {
             log::debug!("state {state}: expired");
-            return Err(StateError::Expired);
-        }
-        if row.namespace != namespace.as_str() {
-            log::warn!(
-                "state {state} of namespace {} presented for namespace {namespace}; invalidated",
-                row.namespace
-            );
-            return Err(StateError::NamespaceMismatch);
+            return Err(StateError::Expired {
+                namespace: row.namespace,
+            });
         }
         let data = match row.data {
             None => None,
@@ -180,7 +201,6 @@ impl StateService {
                     .map_err(|e| StoreError::unavailable("reading a state's data", e))?,
             ),
         };
-        log::debug!("state {state} consumed in {namespace}");
         Ok(ConsumedState {
             namespace: row.namespace,
             data,

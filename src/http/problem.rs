@@ -111,7 +111,7 @@ impl From<StateError> for ApiError {
         let detail = e.to_string();
         match e {
             StateError::NotFound => ApiError::new(StatusCode::NOT_FOUND, "state_not_found", detail),
-            StateError::Expired => ApiError::new(StatusCode::GONE, "state_expired", detail),
+            StateError::Expired { .. } => ApiError::new(StatusCode::GONE, "state_expired", detail),
             StateError::NamespaceMismatch => {
                 ApiError::new(StatusCode::CONFLICT, "namespace_mismatch", detail)
             }

@@ -115,3 +115,152 @@ pub trait KeyStore: Send + Sync {
     /// Returns false when no active key has this name.
     async fn revoke_key(&self, name: &str, now_ms: i64) -> Result<bool, StoreError>;
 }
+
+/// A connection as stored: tokens sealed, never in clear.
+#[derive(Debug, Clone)]
+pub struct ConnectionRow {
+    pub provider: String,
+    pub account: String,
+    pub status: ConnectionStatus,
+    pub scopes: Option<String>,
+    pub token_type: String,
+    pub access_token: Vec<u8>,
+    pub refresh_token: Option<Vec<u8>>,
+    pub access_expires_at_ms: Option<i64>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub last_refresh_at_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub failures: i64,
+    pub retry_at_ms: Option<i64>,
+    pub lease_until_ms: Option<i64>,
+    pub generation: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionStatus {
+    Active,
+    /// The grant is gone (invalid_grant): only the user can fix it, by connecting again.
+    NeedsReauth,
+}
+
+impl ConnectionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionStatus::Active => "active",
+            ConnectionStatus::NeedsReauth => "needs_reauth",
+        }
+    }
+
+    pub fn parse(s: &str) -> ConnectionStatus {
+        match s {
+            "needs_reauth" => ConnectionStatus::NeedsReauth,
+            _ => ConnectionStatus::Active,
+        }
+    }
+}
+
+/// Sealed tokens to store after a code exchange or a refresh.
+#[derive(Debug, Clone)]
+pub struct SealedTokens {
+    pub scopes: Option<String>,
+    pub token_type: String,
+    pub access_token: Vec<u8>,
+    /// `None` keeps the stored refresh token (a refresh response may omit it).
+    pub refresh_token: Option<Vec<u8>>,
+    pub access_expires_at_ms: Option<i64>,
+}
+
+#[async_trait]
+pub trait ConnectionStore: Send + Sync {
+    async fn get_connection(
+        &self,
+        provider: &str,
+        account: &str,
+    ) -> Result<Option<ConnectionRow>, StoreError>;
+    async fn list_connections(&self) -> Result<Vec<ConnectionRow>, StoreError>;
+    /// Stores the tokens of a (re)connect: status active, errors cleared, and the
+    /// generation bumped so that a refresh still running for the old grant is fenced off.
+    async fn save_connection(
+        &self,
+        provider: &str,
+        account: &str,
+        tokens: SealedTokens,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Takes the refresh lease when nobody holds it; returns the new generation.
+    async fn acquire_refresh_lease(
+        &self,
+        provider: &str,
+        account: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<i64>, StoreError>;
+    /// Stores refreshed tokens and releases the lease, only if `generation` still holds
+    /// it (fencing). Returns false when it no longer did: nothing was written.
+    async fn save_refreshed(
+        &self,
+        provider: &str,
+        account: &str,
+        generation: i64,
+        tokens: SealedTokens,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// Records a failed refresh and releases the lease, if `generation` still holds it.
+    async fn save_refresh_failure(
+        &self,
+        provider: &str,
+        account: &str,
+        generation: i64,
+        status: ConnectionStatus,
+        error: &str,
+        retry_at_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+    async fn delete_connection(&self, provider: &str, account: &str) -> Result<bool, StoreError>;
+}
+
+/// What an admin secret is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminSecretKind {
+    /// A one-time login link: consumed on use.
+    LoginLink,
+    /// A browser session cookie.
+    Session,
+}
+
+impl AdminSecretKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminSecretKind::LoginLink => "login_link",
+            AdminSecretKind::Session => "session",
+        }
+    }
+}
+
+#[async_trait]
+pub trait AdminStore: Send + Sync {
+    async fn insert_admin_secret(
+        &self,
+        hash: SecretHash,
+        kind: AdminSecretKind,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Deletes and reports whether an unexpired secret of this kind existed (one-time use).
+    async fn take_admin_secret(
+        &self,
+        hash: SecretHash,
+        kind: AdminSecretKind,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// Whether an unexpired secret of this kind exists (sessions).
+    async fn admin_secret_valid(
+        &self,
+        hash: SecretHash,
+        kind: AdminSecretKind,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+    async fn delete_admin_secret(&self, hash: SecretHash) -> Result<(), StoreError>;
+    /// Whether anyone ever signed in (an unexpired session exists).
+    async fn any_admin_session(&self, now_ms: i64) -> Result<bool, StoreError>;
+}

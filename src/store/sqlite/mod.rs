@@ -6,6 +6,8 @@
 //! "database is locked" failures under `synchronous=FULL`). One thread draining a queue
 //! into one transaction per cycle has no lock contention and pays one commit per group.
 
+mod admin;
+mod connections;
 mod keys;
 mod states;
 mod writer;
@@ -19,7 +21,10 @@ use std::time::Duration;
 use writer::Writer;
 
 /// Numbered schema files, applied in order; `PRAGMA user_version` holds the last applied.
-const MIGRATIONS: &[&str] = &[include_str!("../../../sql/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../sql/0001_init.sql"),
+    include_str!("../../../sql/0002_broker.sql"),
+];
 
 /// How long a statement waits for a lock held by another process before failing (503).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,0 +1,404 @@
+//! Handing out access tokens: single-flight refresh, the cross-process lease, backoff,
+//! and disconnecting with revocation.
+//!
+//! The refresh rules, each guarding against a failure seen in the field:
+//! - one refresh per connection at a time: in-process callers queue on a mutex and find
+//!   the fresh token when it is their turn; another oauthd process on the same database
+//!   is kept out by a lease whose generation fences late writers;
+//! - the new tokens are committed before anyone gets the new access token;
+//! - a refresh response without `refresh_token` keeps the stored one;
+//! - `invalid_grant` is final: the connection needs reauth and is not retried;
+//! - other failures back off exponentially (5 s doubling, at most 10 minutes).
+
+use super::{token_aad, Broker, BrokerError};
+use crate::clock::now_ms;
+use crate::oauth::flows::{self, FlowError, TokenSet};
+use crate::oauth::Provider;
+use crate::store::{ConnectionRow, ConnectionStatus, SealedTokens};
+use std::sync::Arc;
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// How long a refresh may hold the lease: longer than the provider request's timeout.
+const LEASE_MS: i64 = 30_000;
+/// How long a caller waits for a refresh another process is running.
+const WAIT_FOR_OTHER_MS: i64 = 20_000;
+const BACKOFF_FIRST_MS: i64 = 5_000;
+const BACKOFF_MAX_MS: i64 = 10 * 60_000;
+
+/// An access token for an app. Redacted in `Debug`.
+pub struct AccessToken {
+    pub access_token: Zeroizing<String>,
+    pub token_type: String,
+    pub expires_at_ms: Option<i64>,
+    pub scope: Option<String>,
+}
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessToken")
+            .field("token_type", &self.token_type)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection's metadata: never a token.
+#[derive(Debug, serde::Serialize)]
+pub struct ConnectionView {
+    pub provider: String,
+    pub account: String,
+    pub status: &'static str,
+    pub scopes: Vec<String>,
+    pub token_type: String,
+    pub expires_at: Option<String>,
+    pub has_refresh_token: bool,
+    pub last_refresh_at: Option<String>,
+    pub last_error: Option<String>,
+    pub failures: i64,
+    pub retry_at: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconnect_url: Option<String>,
+}
+
+fn backoff_ms(failures: i64) -> i64 {
+    let shift = failures.clamp(0, 20) as u32;
+    BACKOFF_FIRST_MS
+        .saturating_mul(1i64 << shift)
+        .min(BACKOFF_MAX_MS)
+}
+
+impl Broker {
+    fn flight_lock(&self, provider: &str, account: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = match self.in_flight.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.entry((provider.to_owned(), account.to_owned()))
+            .or_default()
+            .clone()
+    }
+
+    async fn row(&self, provider: &str, account: &str) -> Result<ConnectionRow, BrokerError> {
+        self.store
+            .get_connection(provider, account)
+            .await?
+            .ok_or_else(|| BrokerError::ConnectionNotFound {
+                provider: provider.to_owned(),
+                account: account.to_owned(),
+            })
+    }
+
+    fn needs_reauth(&self, row: &ConnectionRow) -> BrokerError {
+        BrokerError::NeedsReauth {
+            provider: row.provider.clone(),
+            account: row.account.clone(),
+            reason: row
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "the grant is no longer valid".into()),
+            reconnect_url: self.reconnect_url(&row.provider, &row.account),
+        }
+    }
+
+    /// The stored access token, if it has at least `min_ttl` left.
+    fn usable(&self, row: &ConnectionRow, min_ttl: Duration) -> Result<Option<AccessToken>, BrokerError> {
+        if row.status == ConnectionStatus::NeedsReauth {
+            return Err(self.needs_reauth(row));
+        }
+        let fresh = match row.access_expires_at_ms {
+            // The provider did not say: the token is good until it is refused.
+            None => true,
+            Some(at) => at.saturating_sub(now_ms()) >= min_ttl.as_millis() as i64,
+        };
+        if !fresh {
+            return Ok(None);
+        }
+        let aad = token_aad(&row.provider, &row.account, "access_token");
+        Ok(Some(AccessToken {
+            access_token: self.vault.open_str(&aad, &row.access_token)?,
+            token_type: row.token_type.clone(),
+            expires_at_ms: row.access_expires_at_ms,
+            scope: row.scopes.clone(),
+        }))
+    }
+
+    pub(super) fn seal_tokens(
+        &self,
+        provider: &str,
+        account: &str,
+        t: &TokenSet,
+        default_scopes: Option<String>,
+    ) -> Result<SealedTokens, BrokerError> {
+        let refresh_token = match &t.refresh_token {
+            Some(r) => Some(
+                self.vault
+                    .seal_str(&token_aad(provider, account, "refresh_token"), r)?,
+            ),
+            None => None,
+        };
+        Ok(SealedTokens {
+            scopes: t.scopes.as_ref().map(|s| s.join(" ")).or(default_scopes),
+            token_type: t.token_type.clone(),
+            access_token: self
+                .vault
+                .seal_str(&token_aad(provider, account, "access_token"), &t.access_token)?,
+            refresh_token,
+            access_expires_at_ms: t
+                .expires_in
+                .map(|d| now_ms().saturating_add(d.as_millis() as i64)),
+        })
+    }
+
+    /// Stores the tokens of a completed connect flow.
+    pub(super) async fn store_tokens(
+        &self,
+        provider: &Provider,
+        account: &str,
+        t: &TokenSet,
+    ) -> Result<(), BrokerError> {
+        // No scope in the response means the requested ones were granted (RFC 6749 §5.1).
+        let requested = (!provider.scopes.is_empty()).then(|| provider.scopes.join(" "));
+        let sealed = self.seal_tokens(&provider.name, account, t, requested)?;
+        self.store
+            .save_connection(&provider.name, account, sealed, now_ms())
+            .await?;
+        Ok(())
+    }
+
+    /// An access token with at least `min_ttl` of life, refreshing first when needed.
+    pub async fn access_token(
+        &self,
+        provider_name: &str,
+        account: &str,
+        min_ttl: Duration,
+    ) -> Result<AccessToken, BrokerError> {
+        let provider = self.provider(provider_name)?.clone();
+        let row = self.row(provider_name, account).await?;
+        if let Some(token) = self.usable(&row, min_ttl)? {
+            return Ok(token);
+        }
+        self.refresh_single_flight(&provider, account, min_ttl).await
+    }
+
+    async fn refresh_single_flight(
+        &self,
+        provider: &Provider,
+        account: &str,
+        min_ttl: Duration,
+    ) -> Result<AccessToken, BrokerError> {
+        let lock = self.flight_lock(&provider.name, account);
+        let _turn = lock.lock().await;
+        let deadline = now_ms() + WAIT_FOR_OTHER_MS;
+        loop {
+            // Whoever held the lock before us may have refreshed already.
+            let row = self.row(&provider.name, account).await?;
+            if let Some(token) = self.usable(&row, min_ttl)? {
+                return Ok(token);
+            }
+            let now = now_ms();
+            if let Some(retry_at) = row.retry_at_ms.filter(|r| *r > now) {
+                return Err(BrokerError::ProviderUnavailable {
+                    message: format!(
+                        "refreshing {}/{account} failed recently ({}); next try in a moment",
+                        provider.name,
+                        row.last_error.as_deref().unwrap_or("unknown error")
+                    ),
+                    retry_after_secs: ((retry_at - now + 999) / 1000) as u64,
+                });
+            }
+            match self
+                .store
+                .acquire_refresh_lease(&provider.name, account, now, LEASE_MS)
+                .await?
+            {
+                Some(generation) => return self.refresh_with_lease(provider, &row, generation).await,
+                // Another process is refreshing: wait for its result, bounded.
+                None if now < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+                None => {
+                    return Err(BrokerError::ProviderUnavailable {
+                        message: "another oauthd process is refreshing this connection".into(),
+                        retry_after_secs: 1,
+                    })
+                }
+            }
+        }
+    }
+
+    async fn refresh_with_lease(
+        &self,
+        provider: &Provider,
+        row: &ConnectionRow,
+        generation: i64,
+    ) -> Result<AccessToken, BrokerError> {
+        let (p, a) = (provider.name.as_str(), row.account.as_str());
+        let Some(sealed_refresh) = &row.refresh_token else {
+            let reason = "the access token expired and the provider gave no refresh token";
+            self.store
+                .save_refresh_failure(p, a, generation, ConnectionStatus::NeedsReauth, reason, None, now_ms())
+                .await?;
+            let mut row = row.clone();
+            row.last_error = Some(reason.into());
+            return Err(self.needs_reauth(&row));
+        };
+        let refresh_token = self
+            .vault
+            .open_str(&token_aad(p, a, "refresh_token"), sealed_refresh)?;
+        let result = match self.endpoints(provider).await {
+            Ok(endpoints) => flows::refresh(&self.http, provider, endpoints, &refresh_token).await,
+            Err(e) => Err(FlowError::Transient(e.to_string())),
+        };
+        match result {
+            Ok(tokens) => {
+                let sealed = self.seal_tokens(p, a, &tokens, None)?;
+                let expires_at_ms = sealed.access_expires_at_ms;
+                let scope = sealed.scopes.clone().or_else(|| row.scopes.clone());
+                // Committed before anyone sees the new token.
+                if !self
+                    .store
+                    .save_refreshed(p, a, generation, sealed, now_ms())
+                    .await?
+                {
+                    log::warn!("refresh {p}/{a}: superseded by a newer connection or lease; result dropped");
+                    return Err(BrokerError::ProviderUnavailable {
+                        message: "the connection changed while refreshing".into(),
+                        retry_after_secs: 1,
+                    });
+                }
+                log::info!("refresh {p}/{a}: ok");
+                Ok(AccessToken {
+                    access_token: tokens.access_token,
+                    token_type: tokens.token_type,
+                    expires_at_ms,
+                    scope,
+                })
+            }
+            Err(FlowError::InvalidGrant(reason)) => {
+                log::warn!("refresh {p}/{a}: invalid_grant ({reason}); the account must be connected again");
+                let reason = format!("invalid_grant: {reason}");
+                self.store
+                    .save_refresh_failure(p, a, generation, ConnectionStatus::NeedsReauth, &reason, None, now_ms())
+                    .await?;
+                let mut row = row.clone();
+                row.last_error = Some(reason);
+                Err(self.needs_reauth(&row))
+            }
+            Err(e) => {
+                let wait = backoff_ms(row.failures);
+                log::warn!("refresh {p}/{a}: {e}; retrying in {} s", wait / 1000);
+                self.store
+                    .save_refresh_failure(
+                        p,
+                        a,
+                        generation,
+                        ConnectionStatus::Active,
+                        &e.to_string(),
+                        Some(now_ms() + wait),
+                        now_ms(),
+                    )
+                    .await?;
+                Err(BrokerError::ProviderUnavailable {
+                    message: format!("refreshing {p}/{a} failed: {e}"),
+                    retry_after_secs: (wait / 1000) as u64,
+                })
+            }
+        }
+    }
+
+    fn view(&self, row: &ConnectionRow) -> ConnectionView {
+        use crate::clock::rfc3339;
+        ConnectionView {
+            provider: row.provider.clone(),
+            account: row.account.clone(),
+            status: row.status.as_str(),
+            scopes: row
+                .scopes
+                .as_deref()
+                .map(|s| s.split(' ').filter(|x| !x.is_empty()).map(str::to_owned).collect())
+                .unwrap_or_default(),
+            token_type: row.token_type.clone(),
+            expires_at: row.access_expires_at_ms.map(rfc3339),
+            has_refresh_token: row.refresh_token.is_some(),
+            last_refresh_at: row.last_refresh_at_ms.map(rfc3339),
+            last_error: row.last_error.clone(),
+            failures: row.failures,
+            retry_at: row.retry_at_ms.map(rfc3339),
+            created_at: rfc3339(row.created_at_ms),
+            updated_at: rfc3339(row.updated_at_ms),
+            reconnect_url: (row.status == ConnectionStatus::NeedsReauth)
+                .then(|| self.reconnect_url(&row.provider, &row.account)),
+        }
+    }
+
+    pub async fn connection(&self, provider: &str, account: &str) -> Result<ConnectionView, BrokerError> {
+        Ok(self.view(&self.row(provider, account).await?))
+    }
+
+    pub async fn connections(&self) -> Result<Vec<ConnectionView>, BrokerError> {
+        Ok(self
+            .store
+            .list_connections()
+            .await?
+            .iter()
+            .map(|r| self.view(r))
+            .collect())
+    }
+
+    /// Revokes the connection's tokens at the provider (RFC 7009) where it has a
+    /// revocation endpoint, then deletes the connection. A provider that cannot be
+    /// reached keeps the connection (503) unless `force` is set.
+    pub async fn disconnect(&self, provider_name: &str, account: &str, force: bool) -> Result<(), BrokerError> {
+        let provider = self.provider(provider_name)?.clone();
+        let row = self.row(provider_name, account).await?;
+        let revoked = self.revoke_at_provider(&provider, &row).await;
+        match revoked {
+            Err(e) if !force => return Err(e),
+            Err(e) => log::warn!("disconnect {provider_name}/{account}: revocation failed ({e}); deleting anyway (force)"),
+            Ok(()) => {}
+        }
+        self.store.delete_connection(provider_name, account).await?;
+        log::info!("disconnect {provider_name}/{account}: deleted");
+        Ok(())
+    }
+
+    async fn revoke_at_provider(&self, provider: &Provider, row: &ConnectionRow) -> Result<(), BrokerError> {
+        let endpoints = self.endpoints(provider).await?;
+        let Some(url) = endpoints.revocation.clone() else {
+            return Ok(());
+        };
+        let (p, a) = (&row.provider, &row.account);
+        // Refresh token first (revokes the grant at most providers), then the access token.
+        let mut tokens = Vec::new();
+        if let Some(sealed) = &row.refresh_token {
+            tokens.push((self.vault.open_str(&token_aad(p, a, "refresh_token"), sealed)?, "refresh_token"));
+        }
+        tokens.push((self.vault.open_str(&token_aad(p, a, "access_token"), &row.access_token)?, "access_token"));
+        for (token, hint) in tokens {
+            flows::revoke(&self.http, provider, &url, &token, hint)
+                .await
+                .map_err(|e| match e {
+                    FlowError::Transient(message) => BrokerError::ProviderUnavailable {
+                        message: format!("revocation failed: {message} (retry, or delete with force=true)"),
+                        retry_after_secs: 5,
+                    },
+                    other => BrokerError::ProviderRejected(other.to_string()),
+                })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff_ms;
+
+    #[test]
+    fn backoff_doubles_from_five_seconds_up_to_ten_minutes() {
+        assert_eq!(backoff_ms(0), 5_000);
+        assert_eq!(backoff_ms(1), 10_000);
+        assert_eq!(backoff_ms(3), 40_000);
+        assert_eq!(backoff_ms(50), 600_000);
+    }
+}

@@ -1,0 +1,582 @@
+//! The provider catalogue: presets (each provider's endpoints and quirks as data),
+//! RFC 8414 / OpenID discovery for `issuer = "…"`, and fully explicit endpoints.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+use url::Url;
+use zeroize::Zeroizing;
+
+/// How the client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// HTTP Basic (`client_secret_basic`).
+    Basic,
+    /// `client_id` and `client_secret` in the form body (`client_secret_post`).
+    Post,
+    /// A public client: `client_id` only (PKCE protects the code).
+    None,
+}
+
+/// `[providers.NAME]` in the config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub preset: Option<String>,
+    pub issuer: Option<String>,
+    pub authorization_url: Option<String>,
+    pub token_url: Option<String>,
+    pub revocation_url: Option<String>,
+    pub device_authorization_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub client_secret_file: Option<PathBuf>,
+    pub scopes: Option<Vec<String>>,
+    pub client_auth: Option<ClientAuth>,
+    pub authorize_params: Option<BTreeMap<String, String>>,
+}
+
+/// Known behaviour of a provider that the generic flows must respect.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quirks {
+    /// A refresh token that is not used for this long dies (SmartThings: 30 days).
+    /// The background refresher uses it well before then.
+    pub refresh_idle_expiry: Option<Duration>,
+}
+
+struct Preset {
+    name: &'static str,
+    issuer: Option<&'static str>,
+    authorization_url: Option<&'static str>,
+    token_url: Option<&'static str>,
+    revocation_url: Option<&'static str>,
+    device_authorization_url: Option<&'static str>,
+    client_auth: ClientAuth,
+    scopes: &'static [&'static str],
+    authorize_params: &'static [(&'static str, &'static str)],
+    quirks: Quirks,
+    /// What the preset does for the user, shown by `oauthd providers list --verbose`.
+    notes: &'static str,
+}
+
+const DAY: u64 = 24 * 3600;
+
+const PRESETS: &[Preset] = &[
+    Preset {
+        name: "smartthings",
+        issuer: None,
+        authorization_url: Some("https://api.smartthings.com/oauth/authorize"),
+        token_url: Some("https://auth-global.api.smartthings.com/oauth/token"),
+        revocation_url: None,
+        device_authorization_url: None,
+        client_auth: ClientAuth::Basic,
+        scopes: &["r:devices:*", "x:devices:*"],
+        authorize_params: &[],
+        quirks: Quirks {
+            refresh_idle_expiry: Some(Duration::from_secs(30 * DAY)),
+        },
+        notes: "HTTP Basic client auth; refresh tokens are single-use and rotate on every refresh (oauthd refreshes once per connection at a time); access tokens last 24 h; an unused refresh token dies after 30 days, so oauthd refreshes idle connections before then.",
+    },
+    Preset {
+        name: "spotify",
+        issuer: None,
+        authorization_url: Some("https://accounts.spotify.com/authorize"),
+        token_url: Some("https://accounts.spotify.com/api/token"),
+        revocation_url: None,
+        device_authorization_url: None,
+        client_auth: ClientAuth::Basic,
+        scopes: &["user-read-playback-state", "user-modify-playback-state"],
+        authorize_params: &[],
+        quirks: Quirks {
+            refresh_idle_expiry: None,
+        },
+        notes: "Loopback redirect URIs must use 127.0.0.1, not localhost; a refresh response may omit refresh_token (oauthd keeps the old one).",
+    },
+    Preset {
+        name: "tidal",
+        issuer: None,
+        authorization_url: Some("https://login.tidal.com/authorize"),
+        token_url: Some("https://auth.tidal.com/v1/oauth2/token"),
+        revocation_url: None,
+        device_authorization_url: Some("https://auth.tidal.com/v1/oauth2/device_authorization"),
+        client_auth: ClientAuth::Basic,
+        scopes: &["r_usr", "w_usr"],
+        authorize_params: &[],
+        quirks: Quirks {
+            refresh_idle_expiry: None,
+        },
+        notes: "Players connect with the device flow.",
+    },
+    Preset {
+        name: "google",
+        issuer: None,
+        authorization_url: Some("https://accounts.google.com/o/oauth2/v2/auth"),
+        token_url: Some("https://oauth2.googleapis.com/token"),
+        revocation_url: Some("https://oauth2.googleapis.com/revoke"),
+        device_authorization_url: Some("https://oauth2.googleapis.com/device/code"),
+        client_auth: ClientAuth::Post,
+        scopes: &["openid", "email"],
+        authorize_params: &[("access_type", "offline"), ("prompt", "consent")],
+        quirks: Quirks {
+            refresh_idle_expiry: None,
+        },
+        notes: "Sends access_type=offline and prompt=consent, without which Google issues no refresh token (or only on the first consent).",
+    },
+    Preset {
+        name: "github",
+        issuer: None,
+        authorization_url: Some("https://github.com/login/oauth/authorize"),
+        token_url: Some("https://github.com/login/oauth/access_token"),
+        revocation_url: None,
+        device_authorization_url: Some("https://github.com/login/device/code"),
+        client_auth: ClientAuth::Post,
+        scopes: &["read:user"],
+        authorize_params: &[],
+        quirks: Quirks {
+            refresh_idle_expiry: None,
+        },
+        notes: "OAuth apps get non-expiring tokens without a refresh token; GitHub Apps get 8-hour tokens with refresh.",
+    },
+    Preset {
+        name: "microsoft",
+        issuer: None,
+        authorization_url: Some("https://login.microsoftonline.com/common/oauth2/v2.0/authorize"),
+        token_url: Some("https://login.microsoftonline.com/common/oauth2/v2.0/token"),
+        revocation_url: None,
+        device_authorization_url: Some(
+            "https://login.microsoftonline.com/common/oauth2/v2.0/devicecode",
+        ),
+        client_auth: ClientAuth::Post,
+        scopes: &["openid", "offline_access", "User.Read"],
+        authorize_params: &[],
+        quirks: Quirks {
+            refresh_idle_expiry: Some(Duration::from_secs(90 * DAY)),
+        },
+        notes: "offline_access is needed for a refresh token; refresh tokens rotate and expire after 90 days without use.",
+    },
+];
+
+pub fn preset_names() -> Vec<&'static str> {
+    PRESETS.iter().map(|p| p.name).collect()
+}
+
+/// Endpoints, once known (from the config, a preset, or discovery).
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub authorization: Url,
+    pub token: Url,
+    pub revocation: Option<Url>,
+    pub device_authorization: Option<Url>,
+    /// The issuer identifier, when the provider has one (RFC 8414 / OpenID).
+    pub issuer: Option<String>,
+    /// The provider promised `iss` on every authorization response (RFC 9207).
+    pub iss_parameter_supported: bool,
+}
+
+/// Where the endpoints come from.
+#[derive(Debug, Clone)]
+enum Source {
+    Known(Box<Endpoints>),
+    Discover {
+        issuer: Url,
+        overrides: Box<PartialEndpoints>,
+    },
+}
+
+#[derive(Debug, Clone, Default)]
+struct PartialEndpoints {
+    authorization: Option<Url>,
+    token: Option<Url>,
+    revocation: Option<Url>,
+    device_authorization: Option<Url>,
+}
+
+/// A configured provider.
+pub struct Provider {
+    pub name: String,
+    pub preset: Option<&'static str>,
+    pub notes: Option<&'static str>,
+    pub client_id: String,
+    pub client_secret: Option<Zeroizing<String>>,
+    pub client_auth: ClientAuth,
+    pub scopes: Vec<String>,
+    pub authorize_params: Vec<(String, String)>,
+    pub quirks: Quirks,
+    source: Source,
+    resolved: OnceCell<Endpoints>,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider")
+            .field("name", &self.name)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret.as_ref().map(|_| "[redacted]"))
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("discovery at {url} failed: {message}")]
+    Failed { url: String, message: String },
+}
+
+/// What RFC 8414 and OpenID discovery documents say that oauthd uses.
+#[derive(Debug, Deserialize)]
+struct Metadata {
+    issuer: String,
+    authorization_endpoint: Option<String>,
+    token_endpoint: Option<String>,
+    revocation_endpoint: Option<String>,
+    device_authorization_endpoint: Option<String>,
+    #[serde(default)]
+    authorization_response_iss_parameter_supported: bool,
+}
+
+/// Provider and account names: safe in paths, namespaces and AAD strings.
+pub fn check_name(kind: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    ok.then_some(()).ok_or_else(|| {
+        format!("{kind} {name:?}: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    })
+}
+
+/// Parses an endpoint URL: https, or plain http on a loopback host only.
+pub fn endpoint_url(key: &str, text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|e| format!("{key}: {text:?} is not a URL ({e})"))?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => Err(format!(
+            "{key}: {text} uses plain http; tokens would cross the network unencrypted (http is allowed only for 127.0.0.1, ::1 and localhost)"
+        )),
+        other => Err(format!("{key}: unsupported scheme {other:?}")),
+    }
+}
+
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    }
+}
+
+impl Provider {
+    /// Builds a provider from its config table; `key` is the table's name for messages.
+    pub fn from_config(name: &str, cfg: &ProviderConfig) -> Result<Provider, String> {
+        let key = format!("providers.{name}");
+        check_name("provider", name).map_err(|e| format!("{key}: {e}"))?;
+        let preset = match &cfg.preset {
+            None => None,
+            Some(p) => Some(PRESETS.iter().find(|x| x.name == p).ok_or_else(|| {
+                format!(
+                    "{key}.preset: unknown preset {p:?} (known: {})",
+                    preset_names().join(", ")
+                )
+            })?),
+        };
+        let url_opt = |field: &str, explicit: &Option<String>, from_preset: Option<&str>| {
+            match explicit.as_deref().or(from_preset) {
+                None => Ok(None),
+                Some(text) => endpoint_url(&format!("{key}.{field}"), text).map(Some),
+            }
+        };
+        let partial = PartialEndpoints {
+            authorization: url_opt(
+                "authorization_url",
+                &cfg.authorization_url,
+                preset.and_then(|p| p.authorization_url),
+            )?,
+            token: url_opt("token_url", &cfg.token_url, preset.and_then(|p| p.token_url))?,
+            revocation: url_opt(
+                "revocation_url",
+                &cfg.revocation_url,
+                preset.and_then(|p| p.revocation_url),
+            )?,
+            device_authorization: url_opt(
+                "device_authorization_url",
+                &cfg.device_authorization_url,
+                preset.and_then(|p| p.device_authorization_url),
+            )?,
+        };
+        let issuer = cfg.issuer.as_deref().or(preset.and_then(|p| p.issuer));
+        let source = match issuer {
+            Some(text) => Source::Discover {
+                issuer: endpoint_url(&format!("{key}.issuer"), text)?,
+                overrides: Box::new(partial),
+            },
+            None => match (partial.authorization.clone(), partial.token.clone()) {
+                (Some(authorization), Some(token)) => Source::Known(Box::new(Endpoints {
+                    authorization,
+                    token,
+                    revocation: partial.revocation,
+                    device_authorization: partial.device_authorization,
+                    issuer: None,
+                    iss_parameter_supported: false,
+                })),
+                _ => {
+                    return Err(format!(
+                        "{key}: set preset = \"…\", issuer = \"https://…\", or both authorization_url and token_url"
+                    ))
+                }
+            },
+        };
+        let client_id = cfg
+            .client_id
+            .clone()
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| format!("{key}.client_id: required"))?;
+        let client_secret = match (&cfg.client_secret, &cfg.client_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "{key}: set client_secret or client_secret_file, not both"
+                ))
+            }
+            (Some(s), None) => Some(Zeroizing::new(s.clone())),
+            (None, Some(path)) => Some(Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        format!("{key}.client_secret_file: cannot read {}: {e}", path.display())
+                    })?
+                    .trim()
+                    .to_owned(),
+            )),
+            (None, None) => None,
+        };
+        let client_auth = cfg
+            .client_auth
+            .or(preset.map(|p| p.client_auth))
+            .unwrap_or(if client_secret.is_some() {
+                ClientAuth::Basic
+            } else {
+                ClientAuth::None
+            });
+        if client_auth != ClientAuth::None && client_secret.is_none() {
+            return Err(format!(
+                "{key}: client_auth = {client_auth:?} needs client_secret or client_secret_file (or set client_auth = \"none\" for a public client)"
+            ));
+        }
+        let scopes = cfg.scopes.clone().unwrap_or_else(|| {
+            preset
+                .map(|p| p.scopes.iter().map(|s| s.to_string()).collect())
+                .unwrap_or_default()
+        });
+        let mut authorize_params: Vec<(String, String)> = preset
+            .map(|p| {
+                p.authorize_params
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (k, v) in cfg.authorize_params.iter().flatten() {
+            const RESERVED: &[&str] = &[
+                "state",
+                "code_challenge",
+                "code_challenge_method",
+                "redirect_uri",
+                "client_id",
+                "response_type",
+                "nonce",
+            ];
+            if RESERVED.contains(&k.as_str()) {
+                return Err(format!(
+                    "{key}.authorize_params.{k}: oauthd sets this parameter itself"
+                ));
+            }
+            authorize_params.retain(|(pk, _)| pk != k);
+            authorize_params.push((k.clone(), v.clone()));
+        }
+        let resolved = OnceCell::new();
+        if let Source::Known(e) = &source {
+            let _ = resolved.set(e.as_ref().clone());
+        }
+        Ok(Provider {
+            name: name.to_owned(),
+            preset: preset.map(|p| p.name),
+            notes: preset.map(|p| p.notes),
+            client_id,
+            client_secret,
+            client_auth,
+            scopes,
+            authorize_params,
+            quirks: preset.map(|p| p.quirks).unwrap_or_default(),
+            source,
+            resolved,
+        })
+    }
+
+    /// The issuer to discover from, if any.
+    pub fn issuer(&self) -> Option<&Url> {
+        match &self.source {
+            Source::Discover { issuer, .. } => Some(issuer),
+            Source::Known(_) => None,
+        }
+    }
+
+    /// The provider's endpoints, discovering them on first use. A failed discovery is
+    /// tried again on the next call.
+    pub async fn endpoints(&self, http: &reqwest::Client) -> Result<&Endpoints, DiscoveryError> {
+        self.resolved
+            .get_or_try_init(|| async {
+                match &self.source {
+                    Source::Known(e) => Ok(e.as_ref().clone()),
+                    Source::Discover { issuer, overrides } => {
+                        let meta = discover(http, issuer).await?;
+                        endpoints_from(issuer, meta, overrides)
+                    }
+                }
+            })
+            .await
+    }
+}
+
+fn endpoints_from(
+    issuer: &Url,
+    meta: Metadata,
+    overrides: &PartialEndpoints,
+) -> Result<Endpoints, DiscoveryError> {
+    let fail = |message: String| DiscoveryError::Failed {
+        url: issuer.to_string(),
+        message,
+    };
+    // RFC 8414 §3.3 / OpenID Discovery §4.3: the document must name the issuer we asked.
+    if meta.issuer.trim_end_matches('/') != issuer.as_str().trim_end_matches('/') {
+        return Err(fail(format!(
+            "the metadata names issuer {:?}, not the configured one",
+            meta.issuer
+        )));
+    }
+    let url = |field: &str, v: Option<String>| -> Result<Option<Url>, DiscoveryError> {
+        v.map(|t| endpoint_url(field, &t).map_err(fail)).transpose()
+    };
+    let authorization = match overrides.authorization.clone() {
+        Some(u) => u,
+        None => url("authorization_endpoint", meta.authorization_endpoint)?
+            .ok_or_else(|| fail("the metadata has no authorization_endpoint".into()))?,
+    };
+    let token = match overrides.token.clone() {
+        Some(u) => u,
+        None => url("token_endpoint", meta.token_endpoint)?
+            .ok_or_else(|| fail("the metadata has no token_endpoint".into()))?,
+    };
+    Ok(Endpoints {
+        authorization,
+        token,
+        revocation: match overrides.revocation.clone() {
+            Some(u) => Some(u),
+            None => url("revocation_endpoint", meta.revocation_endpoint)?,
+        },
+        device_authorization: match overrides.device_authorization.clone() {
+            Some(u) => Some(u),
+            None => url(
+                "device_authorization_endpoint",
+                meta.device_authorization_endpoint,
+            )?,
+        },
+        issuer: Some(meta.issuer),
+        iss_parameter_supported: meta.authorization_response_iss_parameter_supported,
+    })
+}
+
+/// RFC 8414 first (`/.well-known/oauth-authorization-server` inserted before the path),
+/// then OpenID (`/.well-known/openid-configuration` appended to the path).
+async fn discover(http: &reqwest::Client, issuer: &Url) -> Result<Metadata, DiscoveryError> {
+    let path = issuer.path().trim_end_matches('/');
+    let mut rfc8414 = issuer.clone();
+    rfc8414.set_path(&format!("/.well-known/oauth-authorization-server{path}"));
+    let mut openid = issuer.clone();
+    openid.set_path(&format!("{path}/.well-known/openid-configuration"));
+    let mut last = String::new();
+    for url in [rfc8414, openid] {
+        match fetch_metadata(http, &url).await {
+            Ok(meta) => return Ok(meta),
+            Err(e) => last = format!("{url}: {e}"),
+        }
+    }
+    Err(DiscoveryError::Failed {
+        url: issuer.to_string(),
+        message: last,
+    })
+}
+
+/// Largest discovery document accepted.
+const MAX_METADATA_BYTES: usize = 256 * 1024;
+
+async fn fetch_metadata(http: &reqwest::Client, url: &Url) -> Result<Metadata, String> {
+    let resp = http
+        .get(url.clone())
+        .header(reqwest::header::ACCEPT, "application/json")
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("HTTP {}", resp.status().as_u16()));
+    }
+    let body = crate::oauth::read_limited(resp, MAX_METADATA_BYTES).await?;
+    serde_json::from_slice(&body).map_err(|e| format!("not a metadata document: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(toml_text: &str) -> ProviderConfig {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn presets_carry_their_quirks() {
+        let st = Provider::from_config("st", &cfg("preset = \"smartthings\"\nclient_id = \"a\"\nclient_secret = \"b\"")).unwrap();
+        assert_eq!(st.client_auth, ClientAuth::Basic);
+        assert_eq!(st.quirks.refresh_idle_expiry, Some(Duration::from_secs(30 * DAY)));
+        let g = Provider::from_config("g", &cfg("preset = \"google\"\nclient_id = \"a\"\nclient_secret = \"b\"")).unwrap();
+        assert!(g.authorize_params.contains(&("access_type".into(), "offline".into())));
+        assert!(g.authorize_params.contains(&("prompt".into(), "consent".into())));
+        assert_eq!(g.client_auth, ClientAuth::Post);
+    }
+
+    #[test]
+    fn explicit_settings_override_the_preset() {
+        let g = Provider::from_config(
+            "g",
+            &cfg("preset = \"google\"\nclient_id = \"a\"\nclient_secret = \"b\"\nscopes = [\"x\"]\nclient_auth = \"basic\"\n[authorize_params]\nprompt = \"select_account\""),
+        )
+        .unwrap();
+        assert_eq!(g.scopes, vec!["x"]);
+        assert_eq!(g.client_auth, ClientAuth::Basic);
+        assert!(g.authorize_params.contains(&("prompt".into(), "select_account".into())));
+        assert!(!g.authorize_params.contains(&("prompt".into(), "consent".into())));
+    }
+
+    #[test]
+    fn wrong_configs_name_the_key_and_reason() {
+        let err = |t: &str| Provider::from_config("p", &cfg(t)).unwrap_err();
+        assert!(err("client_id = \"a\"").contains("preset"));
+        assert!(err("preset = \"nope\"\nclient_id = \"a\"").contains("unknown preset"));
+        assert!(err("preset = \"spotify\"").contains("providers.p.client_id"));
+        assert!(err("preset = \"spotify\"\nclient_id = \"a\"").contains("client_secret"));
+        assert!(err("issuer = \"http://example.com\"\nclient_id = \"a\"\nclient_auth = \"none\"").contains("plain http"));
+        assert!(err("issuer = \"https://x\"\nclient_id = \"a\"\nclient_auth = \"none\"\n[authorize_params]\nstate = \"x\"").contains("authorize_params.state"));
+        assert!(err("preset = \"spotify\"\nclient_id = \"a\"\nclient_secret_file = \"/nonexistent/secret\"").contains("/nonexistent/secret"));
+        let bad_name = Provider::from_config("a b", &cfg("preset = \"spotify\"\nclient_id = \"a\"\nclient_secret = \"b\"")).unwrap_err();
+        assert!(bad_name.contains("providers.a b"));
+    }
+
+    #[test]
+    fn loopback_http_is_allowed_for_local_providers() {
+        let p = Provider::from_config("local", &cfg("issuer = \"http://127.0.0.1:9000\"\nclient_id = \"a\"\nclient_auth = \"none\"")).unwrap();
+        assert_eq!(p.issuer().unwrap().as_str(), "http://127.0.0.1:9000/");
+    }
+}

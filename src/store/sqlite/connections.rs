@@ -1,0 +1,193 @@
+//! `ConnectionStore` on SQLite. Reads through the pool, writes through the writer.
+
+use super::SqliteStore;
+use crate::store::{ConnectionRow, ConnectionStatus, ConnectionStore, SealedTokens, StoreError};
+use async_trait::async_trait;
+use rusqlite::{params, OptionalExtension, Row};
+
+const COLUMNS: &str = "provider, account, status, scopes, token_type, access_token, refresh_token,
+    access_expires_at, created_at, updated_at, last_refresh_at, last_error, failures, retry_at,
+    lease_until, generation";
+
+fn row(r: &Row<'_>) -> rusqlite::Result<ConnectionRow> {
+    Ok(ConnectionRow {
+        provider: r.get(0)?,
+        account: r.get(1)?,
+        status: ConnectionStatus::parse(&r.get::<_, String>(2)?),
+        scopes: r.get(3)?,
+        token_type: r.get(4)?,
+        access_token: r.get(5)?,
+        refresh_token: r.get(6)?,
+        access_expires_at_ms: r.get(7)?,
+        created_at_ms: r.get(8)?,
+        updated_at_ms: r.get(9)?,
+        last_refresh_at_ms: r.get(10)?,
+        last_error: r.get(11)?,
+        failures: r.get(12)?,
+        retry_at_ms: r.get(13)?,
+        lease_until_ms: r.get(14)?,
+        generation: r.get(15)?,
+    })
+}
+
+#[async_trait]
+impl ConnectionStore for SqliteStore {
+    async fn get_connection(
+        &self,
+        provider: &str,
+        account: &str,
+    ) -> Result<Option<ConnectionRow>, StoreError> {
+        let (p, a) = (provider.to_owned(), account.to_owned());
+        self.read("reading a connection", move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM connections WHERE provider = ?1 AND account = ?2"
+            ))?
+            .query_row(params![p, a], row)
+            .optional()
+        })
+        .await
+    }
+
+    async fn list_connections(&self) -> Result<Vec<ConnectionRow>, StoreError> {
+        self.read("listing connections", |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM connections ORDER BY provider, account"
+            ))?
+            .query_map([], row)?
+            .collect()
+        })
+        .await
+    }
+
+    async fn save_connection(
+        &self,
+        provider: &str,
+        account: &str,
+        t: SealedTokens,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let (p, a) = (provider.to_owned(), account.to_owned());
+        self.writer
+            .run("saving a connection", move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO connections (provider, account, status, scopes, token_type,
+                        access_token, refresh_token, access_expires_at, created_at, updated_at,
+                        last_refresh_at)
+                     VALUES (?1, ?2, 'active', ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8)
+                     ON CONFLICT (provider, account) DO UPDATE SET
+                        status = 'active', scopes = ?3, token_type = ?4, access_token = ?5,
+                        refresh_token = ?6, access_expires_at = ?7, updated_at = ?8,
+                        last_refresh_at = ?8, last_error = NULL, failures = 0, retry_at = NULL,
+                        lease_until = NULL, generation = generation + 1",
+                )?
+                .execute(params![
+                    p,
+                    a,
+                    t.scopes,
+                    t.token_type,
+                    t.access_token,
+                    t.refresh_token,
+                    t.access_expires_at_ms,
+                    now_ms
+                ])
+                .map(|_| ())
+            })
+            .await
+    }
+
+    async fn acquire_refresh_lease(
+        &self,
+        provider: &str,
+        account: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let (p, a) = (provider.to_owned(), account.to_owned());
+        self.writer
+            .run("taking a refresh lease", move |conn| {
+                conn.prepare_cached(
+                    "UPDATE connections SET lease_until = ?3 + ?4, generation = generation + 1
+                     WHERE provider = ?1 AND account = ?2
+                       AND (lease_until IS NULL OR lease_until <= ?3)
+                     RETURNING generation",
+                )?
+                .query_row(params![p, a, now_ms, lease_ms], |r| r.get(0))
+                .optional()
+            })
+            .await
+    }
+
+    async fn save_refreshed(
+        &self,
+        provider: &str,
+        account: &str,
+        generation: i64,
+        t: SealedTokens,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let (p, a) = (provider.to_owned(), account.to_owned());
+        self.writer
+            .run("saving refreshed tokens", move |conn| {
+                let n = conn
+                    .prepare_cached(
+                        "UPDATE connections SET status = 'active',
+                            scopes = coalesce(?4, scopes), token_type = ?5, access_token = ?6,
+                            refresh_token = coalesce(?7, refresh_token), access_expires_at = ?8,
+                            updated_at = ?9, last_refresh_at = ?9, last_error = NULL,
+                            failures = 0, retry_at = NULL, lease_until = NULL
+                         WHERE provider = ?1 AND account = ?2 AND generation = ?3",
+                    )?
+                    .execute(params![
+                        p,
+                        a,
+                        generation,
+                        t.scopes,
+                        t.token_type,
+                        t.access_token,
+                        t.refresh_token,
+                        t.access_expires_at_ms,
+                        now_ms
+                    ])?;
+                Ok(n == 1)
+            })
+            .await
+    }
+
+    async fn save_refresh_failure(
+        &self,
+        provider: &str,
+        account: &str,
+        generation: i64,
+        status: ConnectionStatus,
+        error: &str,
+        retry_at_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let (p, a, e) = (provider.to_owned(), account.to_owned(), error.to_owned());
+        self.writer
+            .run("recording a failed refresh", move |conn| {
+                let n = conn
+                    .prepare_cached(
+                        "UPDATE connections SET status = ?4, last_error = ?5,
+                            failures = failures + 1, retry_at = ?6, updated_at = ?7,
+                            lease_until = NULL
+                         WHERE provider = ?1 AND account = ?2 AND generation = ?3",
+                    )?
+                    .execute(params![p, a, generation, status.as_str(), e, retry_at_ms, now_ms])?;
+                Ok(n == 1)
+            })
+            .await
+    }
+
+    async fn delete_connection(&self, provider: &str, account: &str) -> Result<bool, StoreError> {
+        let (p, a) = (provider.to_owned(), account.to_owned());
+        self.writer
+            .run("deleting a connection", move |conn| {
+                let n = conn
+                    .prepare_cached("DELETE FROM connections WHERE provider = ?1 AND account = ?2")?
+                    .execute(params![p, a])?;
+                Ok(n > 0)
+            })
+            .await
+    }
+}

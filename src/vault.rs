@@ -1,0 +1,312 @@
+//! The token vault: AES-256-GCM sealing of everything secret oauthd stores (tokens, PKCE
+//! verifiers).
+//!
+//! A sealed value is `[version 1][key id 4][nonce 12][ciphertext + tag]`. The key id lets
+//! several keys coexist while values move from an old key to a new one. The associated
+//! data (AAD) names what the value is ("connection:spotify/default:refresh_token"), so a
+//! sealed value copied into another row or field fails to open.
+//!
+//! Keys are 32 random bytes written as base64 (standard or URL-safe, padded or not). A key
+//! file holds one key per line, the first one current; `#` starts a comment.
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+const VERSION: u8 = 1;
+const HEADER: usize = 1 + 4 + 12;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("a vault key is 32 bytes written as base64 (make one with `oauthd keygen`)")]
+    BadKey,
+    #[error("value sealed with key {0}, which is not loaded: restore the key file that was used")]
+    UnknownKey(String),
+    #[error("a sealed value failed to open: it was altered, moved to another field, or is not a sealed value")]
+    Corrupt,
+    #[error("the system random number generator failed")]
+    Entropy,
+    #[error("key file {path}: {message}")]
+    File { path: PathBuf, message: String },
+}
+
+struct VaultKey {
+    id: [u8; 4],
+    cipher: Aes256Gcm,
+}
+
+impl VaultKey {
+    fn new(bytes: &[u8; 32]) -> VaultKey {
+        let digest = Sha256::new()
+            .chain_update(b"oauthd vault key id\0")
+            .chain_update(bytes)
+            .finalize();
+        VaultKey {
+            id: [digest[0], digest[1], digest[2], digest[3]],
+            cipher: Aes256Gcm::new(bytes.into()),
+        }
+    }
+}
+
+fn hex(id: &[u8]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub struct Vault {
+    /// The first key seals; all of them open.
+    keys: Vec<VaultKey>,
+}
+
+/// Parses one key written as base64 of any common flavour.
+pub fn parse_key(text: &str) -> Result<Zeroizing<[u8; 32]>, VaultError> {
+    let text = text.trim();
+    for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+        if let Ok(bytes) = engine.decode(text) {
+            let bytes = Zeroizing::new(bytes);
+            if let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) {
+                return Ok(Zeroizing::new(key));
+            }
+        }
+    }
+    Err(VaultError::BadKey)
+}
+
+/// A new random key, as text for a key file or `OAUTHD_KEY`.
+pub fn generate_key_text() -> Result<Zeroizing<String>, VaultError> {
+    let bytes = Zeroizing::new(crate::secret::random_bytes::<32>().map_err(|_| VaultError::Entropy)?);
+    Ok(Zeroizing::new(STANDARD.encode(bytes.as_slice())))
+}
+
+/// Where the vault key comes from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// `OAUTHD_KEY`: the key itself.
+    Inline(Zeroizing<String>),
+    /// `OAUTHD_KEY_FILE`, or the file beside the database (created when `create` is set).
+    File { path: PathBuf, create: bool },
+}
+
+impl KeySource {
+    /// `OAUTHD_KEY`, else `OAUTHD_KEY_FILE`, else `<db>.key` beside the database.
+    pub fn from_env(db: &Path) -> KeySource {
+        if let Ok(key) = std::env::var("OAUTHD_KEY") {
+            return KeySource::Inline(Zeroizing::new(key));
+        }
+        if let Ok(path) = std::env::var("OAUTHD_KEY_FILE") {
+            return KeySource::File {
+                path: PathBuf::from(path),
+                create: false,
+            };
+        }
+        let mut path = db.as_os_str().to_owned();
+        path.push(".key");
+        KeySource::File {
+            path: PathBuf::from(path),
+            create: true,
+        }
+    }
+}
+
+impl Vault {
+    pub fn from_keys(keys: &[Zeroizing<[u8; 32]>]) -> Result<Vault, VaultError> {
+        if keys.is_empty() {
+            return Err(VaultError::BadKey);
+        }
+        Ok(Vault {
+            keys: keys.iter().map(|k| VaultKey::new(k)).collect(),
+        })
+    }
+
+    /// Parses key text: one key per line, first current, `#` comments.
+    pub fn from_text(text: &str) -> Result<Vault, VaultError> {
+        let keys = text
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim())
+            .filter(|l| !l.is_empty())
+            .map(parse_key)
+            .collect::<Result<Vec<_>, _>>()?;
+        Vault::from_keys(&keys)
+    }
+
+    /// Loads the vault, creating a 0600 key file beside the database on first run.
+    pub fn load(source: &KeySource) -> Result<Vault, VaultError> {
+        match source {
+            KeySource::Inline(text) => Vault::from_text(text),
+            KeySource::File { path, create } => {
+                let file_err = |message: String| VaultError::File {
+                    path: path.clone(),
+                    message,
+                };
+                if *create && !path.exists() {
+                    write_new_key_file(path).map_err(|e| file_err(e.to_string()))?;
+                    log::warn!(
+                        "created vault key file {}: back it up with the database; without it the stored tokens cannot be read",
+                        path.display()
+                    );
+                }
+                let text = Zeroizing::new(
+                    std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?,
+                );
+                Vault::from_text(&text).map_err(|e| file_err(e.to_string()))
+            }
+        }
+    }
+
+    /// Id of the key that seals, as hex.
+    pub fn current_key_id(&self) -> String {
+        hex(&self.keys[0].id)
+    }
+
+    pub fn seal(&self, aad: &str, plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
+        let key = &self.keys[0];
+        let nonce = crate::secret::random_bytes::<12>().map_err(|_| VaultError::Entropy)?;
+        let sealed = key
+            .cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: aad.as_bytes(),
+                },
+            )
+            .map_err(|_| VaultError::Corrupt)?;
+        let mut out = Vec::with_capacity(HEADER + sealed.len());
+        out.push(VERSION);
+        out.extend_from_slice(&key.id);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    pub fn open(&self, aad: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        if sealed.len() < HEADER + 16 || sealed[0] != VERSION {
+            return Err(VaultError::Corrupt);
+        }
+        let id = &sealed[1..5];
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.id == id)
+            .ok_or_else(|| VaultError::UnknownKey(hex(id)))?;
+        key.cipher
+            .decrypt(
+                Nonce::from_slice(&sealed[5..HEADER]),
+                Payload {
+                    msg: &sealed[HEADER..],
+                    aad: aad.as_bytes(),
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| VaultError::Corrupt)
+    }
+
+    pub fn seal_str(&self, aad: &str, plaintext: &str) -> Result<Vec<u8>, VaultError> {
+        self.seal(aad, plaintext.as_bytes())
+    }
+
+    pub fn open_str(&self, aad: &str, sealed: &[u8]) -> Result<Zeroizing<String>, VaultError> {
+        let bytes = self.open(aad, sealed)?;
+        String::from_utf8(bytes.to_vec())
+            .map(Zeroizing::new)
+            .map_err(|_| VaultError::Corrupt)
+    }
+
+    /// Whether `sealed` was sealed with the current key (false: it needs re-sealing).
+    pub fn is_current(&self, sealed: &[u8]) -> bool {
+        sealed.len() >= 5 && sealed[1..5] == self.keys[0].id
+    }
+}
+
+fn write_new_key_file(path: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = generate_key_text().map_err(std::io::Error::other)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(
+        file,
+        "# oauthd vault key. Back it up with the database; keep it private.\n{}",
+        key.as_str()
+    )?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vault() -> Vault {
+        Vault::from_text(&generate_key_text().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn seal_then_open_round_trips() {
+        let v = vault();
+        let sealed = v.seal_str("connection:a/b:access_token", "tok-123").unwrap();
+        assert!(!sealed.windows(7).any(|w| w == b"tok-123"));
+        assert_eq!(v.open_str("connection:a/b:access_token", &sealed).unwrap().as_str(), "tok-123");
+    }
+
+    #[test]
+    fn a_value_moved_to_another_field_or_row_does_not_open() {
+        let v = vault();
+        let sealed = v.seal_str("connection:a/b:access_token", "tok").unwrap();
+        assert!(matches!(v.open("connection:a/b:refresh_token", &sealed), Err(VaultError::Corrupt)));
+        assert!(matches!(v.open("connection:a/c:access_token", &sealed), Err(VaultError::Corrupt)));
+        let mut flipped = sealed.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert!(matches!(v.open("connection:a/b:access_token", &flipped), Err(VaultError::Corrupt)));
+        assert!(matches!(v.open("x", b"short"), Err(VaultError::Corrupt)));
+    }
+
+    #[test]
+    fn old_keys_open_and_the_first_key_seals() {
+        let old = generate_key_text().unwrap();
+        let new = generate_key_text().unwrap();
+        let before = Vault::from_text(&old).unwrap();
+        let sealed = before.seal_str("f", "secret").unwrap();
+        let both = Vault::from_text(&format!("{}\n# old\n{}\n", new.as_str(), old.as_str())).unwrap();
+        assert_eq!(both.open_str("f", &sealed).unwrap().as_str(), "secret");
+        assert!(!both.is_current(&sealed));
+        assert!(both.is_current(&both.seal_str("f", "x").unwrap()));
+        let only_new = Vault::from_text(&new).unwrap();
+        assert!(matches!(only_new.open("f", &sealed), Err(VaultError::UnknownKey(_))));
+    }
+
+    #[test]
+    fn keys_parse_in_every_base64_flavour() {
+        let bytes = [0xfbu8; 32];
+        for text in [
+            STANDARD.encode(bytes),
+            STANDARD_NO_PAD.encode(bytes),
+            URL_SAFE.encode(bytes),
+            URL_SAFE_NO_PAD.encode(bytes),
+        ] {
+            assert_eq!(*parse_key(&format!(" {text}\n")).unwrap(), bytes, "{text}");
+        }
+        assert!(parse_key("dG9vIHNob3J0").is_err());
+        assert!(parse_key("not base64 at all!").is_err());
+    }
+
+    #[test]
+    fn first_run_creates_a_private_key_file_and_reuses_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let source = KeySource::File {
+            path: dir.path().join("oauthd.db.key"),
+            create: true,
+        };
+        let first = Vault::load(&source).unwrap();
+        let mode = std::fs::metadata(dir.path().join("oauthd.db.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = Vault::load(&source).unwrap();
+        assert_eq!(first.current_key_id(), again.current_key_id());
+    }
+}

@@ -1,0 +1,69 @@
+// A strict OpenID provider for oauthd's tests: panva's oidc-provider on 127.0.0.1.
+//
+//   node server.mjs            prints "peer listening on http://127.0.0.1:PORT" once ready
+//
+// Environment:
+//   PEER_ACCESS_TTL   access token lifetime in seconds (default 60)
+//   PEER_CLIENT_SECRET  the confidential client's secret (default "peer-secret")
+//
+// Strict on purpose: PKCE S256 required, refresh tokens rotate on every use (replaying an
+// old one revokes the whole grant), no clock tolerance, RFC 9207 `iss` on redirects.
+import http from 'node:http';
+import Provider from 'oidc-provider';
+
+const server = http.createServer();
+await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+const { port } = server.address();
+const issuer = `http://127.0.0.1:${port}`;
+const accessTtl = Number(process.env.PEER_ACCESS_TTL || 60);
+const secret = process.env.PEER_CLIENT_SECRET || 'peer-secret';
+
+const provider = new Provider(issuer, {
+  clients: [
+    {
+      // "native": loopback redirect URIs match on any port (RFC 8252 §7.3), so the
+      // tests can start oauthd on a free port after the provider.
+      client_id: 'oauthd',
+      client_secret: secret,
+      application_type: 'native',
+      redirect_uris: ['http://127.0.0.1/callback/peer'],
+      grant_types: ['authorization_code', 'refresh_token', 'urn:ietf:params:oauth:grant-type:device_code'],
+      response_types: ['code'],
+      token_endpoint_auth_method: 'client_secret_basic',
+    },
+  ],
+  pkce: { required: () => true },
+  rotateRefreshToken: true,
+  clockTolerance: 0,
+  scopes: ['openid', 'offline_access', 'profile', 'email'],
+  claims: { openid: ['sub'], email: ['email'], profile: ['name'] },
+  findAccount: (ctx, id) => ({ accountId: id, claims: () => ({ sub: id, email: `${id}@peer.test`, name: id }) }),
+  features: {
+    devInteractions: { enabled: true },
+    deviceFlow: { enabled: true },
+    revocation: { enabled: true },
+    introspection: { enabled: true },
+  },
+  ttl: {
+    AccessToken: accessTtl,
+    AuthorizationCode: 600,
+    DeviceCode: Number(process.env.PEER_DEVICE_TTL || 600),
+    Grant: 86400,
+    IdToken: 3600,
+    Interaction: 3600,
+    RefreshToken: 86400,
+    Session: 86400,
+  },
+  // Refresh tokens for every grant that asked for offline_access.
+  issueRefreshToken: async (ctx, client, code) =>
+    client.grantTypeAllowed('refresh_token') && code.scopes.has('offline_access'),
+});
+provider.proxy = false;
+
+// The reason behind a failed grant is only in the provider's own events: log it for the
+// test output, since error bodies say no more than "grant request is invalid".
+provider.on('grant.error', (ctx, err) => console.error(`grant.error ${err.name}: ${err.error_detail || err.message}`));
+provider.on('server_error', (ctx, err) => console.error(`server_error ${err.stack}`));
+
+server.on('request', provider.callback());
+console.log(`peer listening on ${issuer}`);
