@@ -1,13 +1,16 @@
 //! The command line: `oauthd [serve]`, `oauthd keys …`. Wires config, storage and the
 //! HTTP server together; holds no logic of its own.
 
+use crate::admin::Admin;
 use crate::apikeys::{self, KeyCache};
+use crate::broker::Broker;
 use crate::clock::rfc3339;
 use crate::config::{Overrides, Settings};
 use crate::http::{self, AppState};
 use crate::states::StateService;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{sweeper, KeyStore};
+use crate::vault::{KeySource, Vault};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -111,16 +114,46 @@ fn open_store(settings: &Settings) -> Result<Arc<SqliteStore>, Fatal> {
 fn serve(settings: Settings) -> Result<(), Fatal> {
     let store = open_store(&settings)?;
     log::info!("database {}", settings.db.display());
+    let vault = Arc::new(Vault::load(&KeySource::from_env(&settings.db))?);
+    let admin = Admin::new(store.clone()).map_err(|e| Fatal(e, 2))?;
+    let listener = http::bind(&settings)?;
+    let public_url = settings.public_url_for(listener.local_addr()?);
+    let states = Arc::new(StateService::new(store.clone(), settings.states.clone()));
+    let broker = Arc::new(Broker::new(
+        settings.providers.clone(),
+        states.clone(),
+        store.clone(),
+        vault,
+        public_url.clone(),
+        settings.return_to_allowlist.clone(),
+    ));
+    for p in broker.providers() {
+        log::info!(
+            "provider {}: redirect URI {}",
+            p.name,
+            broker.redirect_uri(&p.name)
+        );
+    }
     actix_web::rt::System::new().block_on(async move {
+        if admin.needs_first_link().await? {
+            // On stdout, not in the log: the link is a credential.
+            println!(
+                "No one has signed in yet. Open this one-time link to sign in (valid 24 h):\n{}",
+                admin.login_link(&public_url).await?
+            );
+        }
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let sweeper = actix_web::rt::spawn(sweeper::run(store.clone(), settings.sweep, stopped));
         let app = AppState {
-            states: StateService::new(store.clone(), settings.states.clone()),
+            states,
             keys: store.clone(),
             key_cache: KeyCache::new(settings.api_key_cache),
             store: store.clone(),
+            broker,
+            admin,
+            secure_cookies: public_url.scheme() == "https",
         };
-        let served = http::serve(&settings, app).await;
+        let served = http::serve(&settings, listener, app).await;
         let _ = stop.send(true);
         let _ = sweeper.await;
         served?;

@@ -3,6 +3,7 @@
 //! Every key, with its default, is listed in `oauthd.example.toml`.
 
 use crate::namespace::check_pattern;
+use crate::oauth::{Provider, ProviderConfig};
 use crate::states::{StatePolicy, TtlRule};
 use crate::store::sqlite::Durability;
 use crate::store::sweeper::SweepPolicy;
@@ -10,7 +11,9 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+use url::Url;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6288";
 pub const DEFAULT_DB: &str = "oauthd.db";
@@ -24,8 +27,13 @@ pub struct FileConfig {
     pub db: Option<PathBuf>,
     pub durability: Option<Durability>,
     pub api_key_cache_seconds: Option<u64>,
+    pub public_url: Option<String>,
+    #[serde(default)]
+    pub return_to_allowlist: Vec<String>,
     #[serde(default)]
     pub states: StatesConfig,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +103,10 @@ pub struct Settings {
     pub api_key_cache: Duration,
     pub states: StatePolicy,
     pub sweep: SweepPolicy,
+    /// Where browsers reach oauthd; `None` means `http://<listen address>`.
+    pub public_url: Option<Url>,
+    pub return_to_allowlist: Vec<String>,
+    pub providers: Vec<Arc<Provider>>,
 }
 
 impl Settings {
@@ -166,6 +178,33 @@ impl Settings {
                 "must be between 1 and 1048576",
             ));
         }
+        let public_url = match &file.public_url {
+            None => None,
+            Some(text) => Some(parse_public_url(text)?),
+        };
+        for (i, entry) in file.return_to_allowlist.iter().enumerate() {
+            let ok = Url::parse(entry)
+                .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                .unwrap_or(false);
+            if !ok {
+                return Err(invalid(
+                    format!("return_to_allowlist[{i}]"),
+                    format!("{entry:?} is not an absolute http(s) URL prefix"),
+                ));
+            }
+        }
+        let providers = file
+            .providers
+            .iter()
+            .map(|(name, cfg)| {
+                Provider::from_config(name, cfg)
+                    .map(Arc::new)
+                    .map_err(|reason| match reason.split_once(": ") {
+                        Some((key, why)) => invalid(key, why),
+                        None => invalid(format!("providers.{name}"), reason),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Settings {
             listen,
             db,
@@ -181,8 +220,39 @@ impl Settings {
                 grace: Duration::from_secs(s.expired_grace_seconds),
                 batch: s.sweep_batch,
             },
+            public_url,
+            return_to_allowlist: file.return_to_allowlist,
+            providers,
         })
     }
+
+    /// `public_url`, or `http://<address>` of where the server listens.
+    pub fn public_url_for(&self, bound: SocketAddr) -> Url {
+        self.public_url.clone().unwrap_or_else(|| {
+            Url::parse(&format!("http://{bound}"))
+                .unwrap_or_else(|_| Url::parse("http://127.0.0.1/").expect("a constant URL parses"))
+        })
+    }
+}
+
+fn parse_public_url(text: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(text)
+        .map_err(|e| invalid("public_url", format!("{text:?} is not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(invalid(
+            "public_url",
+            "must be an http:// or https:// URL with a host",
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("public_url", "must not have a query or fragment"));
+    }
+    if url.scheme() == "http" && !crate::oauth::provider::is_loopback(&url) {
+        log::warn!(
+            "public_url {url} is plain http on a non-loopback host: authorization codes will cross the network unencrypted; most providers require https there"
+        );
+    }
+    Ok(url)
 }
 
 fn ttl_rule(key: &str, default: u64, max: u64) -> Result<TtlRule, ConfigError> {
@@ -225,6 +295,26 @@ mod tests {
             message: e.to_string(),
         })?;
         Settings::resolve(file, &Overrides::default())
+    }
+
+    #[test]
+    fn providers_are_validated_at_start_with_the_key_named() {
+        let e = parse("[providers.st]\npreset = \"smartthings\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("providers.st.client_id:"), "{e}");
+        let e = parse("public_url = \"ftp://x\"").unwrap_err().to_string();
+        assert!(e.starts_with("public_url:"), "{e}");
+        let e = parse("return_to_allowlist = [\"/relative\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("return_to_allowlist[0]:"), "{e}");
+        let ok = parse("public_url = \"https://auth.home.example/oauthd\"\n[providers.spotify]\npreset = \"spotify\"\nclient_id = \"a\"\nclient_secret = \"b\"\n").unwrap();
+        assert_eq!(ok.providers[0].name, "spotify");
+        assert_eq!(
+            crate::broker::redirect_uri(ok.public_url.as_ref().unwrap(), "spotify").as_str(),
+            "https://auth.home.example/oauthd/callback/spotify"
+        );
     }
 
     #[test]

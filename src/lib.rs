@@ -3,15 +3,16 @@
 //! Layers, arrows pointing down only:
 //! `cli` → `http` → services (`states`, `apikeys`) → `store` (SQLite; Redis later).
 
+pub mod admin;
 pub mod apikeys;
+pub mod broker;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod http;
 pub mod namespace;
+pub mod oauth;
 pub mod secret;
 pub mod states;
 pub mod store;
 pub mod vault;
-pub mod oauth;
-pub mod broker;

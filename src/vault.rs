@@ -77,7 +77,8 @@ pub fn parse_key(text: &str) -> Result<Zeroizing<[u8; 32]>, VaultError> {
 
 /// A new random key, as text for a key file or `OAUTHD_KEY`.
 pub fn generate_key_text() -> Result<Zeroizing<String>, VaultError> {
-    let bytes = Zeroizing::new(crate::secret::random_bytes::<32>().map_err(|_| VaultError::Entropy)?);
+    let bytes =
+        Zeroizing::new(crate::secret::random_bytes::<32>().map_err(|_| VaultError::Entropy)?);
     Ok(Zeroizing::new(STANDARD.encode(bytes.as_slice())))
 }
 
@@ -249,20 +250,36 @@ mod tests {
     #[test]
     fn seal_then_open_round_trips() {
         let v = vault();
-        let sealed = v.seal_str("connection:a/b:access_token", "tok-123").unwrap();
+        let sealed = v
+            .seal_str("connection:a/b:access_token", "tok-123")
+            .unwrap();
         assert!(!sealed.windows(7).any(|w| w == b"tok-123"));
-        assert_eq!(v.open_str("connection:a/b:access_token", &sealed).unwrap().as_str(), "tok-123");
+        assert_eq!(
+            v.open_str("connection:a/b:access_token", &sealed)
+                .unwrap()
+                .as_str(),
+            "tok-123"
+        );
     }
 
     #[test]
     fn a_value_moved_to_another_field_or_row_does_not_open() {
         let v = vault();
         let sealed = v.seal_str("connection:a/b:access_token", "tok").unwrap();
-        assert!(matches!(v.open("connection:a/b:refresh_token", &sealed), Err(VaultError::Corrupt)));
-        assert!(matches!(v.open("connection:a/c:access_token", &sealed), Err(VaultError::Corrupt)));
+        assert!(matches!(
+            v.open("connection:a/b:refresh_token", &sealed),
+            Err(VaultError::Corrupt)
+        ));
+        assert!(matches!(
+            v.open("connection:a/c:access_token", &sealed),
+            Err(VaultError::Corrupt)
+        ));
         let mut flipped = sealed.clone();
         *flipped.last_mut().unwrap() ^= 1;
-        assert!(matches!(v.open("connection:a/b:access_token", &flipped), Err(VaultError::Corrupt)));
+        assert!(matches!(
+            v.open("connection:a/b:access_token", &flipped),
+            Err(VaultError::Corrupt)
+        ));
         assert!(matches!(v.open("x", b"short"), Err(VaultError::Corrupt)));
     }
 
@@ -272,12 +289,16 @@ mod tests {
         let new = generate_key_text().unwrap();
         let before = Vault::from_text(&old).unwrap();
         let sealed = before.seal_str("f", "secret").unwrap();
-        let both = Vault::from_text(&format!("{}\n# old\n{}\n", new.as_str(), old.as_str())).unwrap();
+        let both =
+            Vault::from_text(&format!("{}\n# old\n{}\n", new.as_str(), old.as_str())).unwrap();
         assert_eq!(both.open_str("f", &sealed).unwrap().as_str(), "secret");
         assert!(!both.is_current(&sealed));
         assert!(both.is_current(&both.seal_str("f", "x").unwrap()));
         let only_new = Vault::from_text(&new).unwrap();
-        assert!(matches!(only_new.open("f", &sealed), Err(VaultError::UnknownKey(_))));
+        assert!(matches!(
+            only_new.open("f", &sealed),
+            Err(VaultError::UnknownKey(_))
+        ));
     }
 
     #[test]
@@ -304,7 +325,10 @@ mod tests {
             create: true,
         };
         let first = Vault::load(&source).unwrap();
-        let mode = std::fs::metadata(dir.path().join("oauthd.db.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("oauthd.db.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let again = Vault::load(&source).unwrap();
         assert_eq!(first.current_key_id(), again.current_key_id());

@@ -153,7 +153,9 @@ fn plain_invocation_serves_and_env_vars_override_defaults() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
+            if line.starts_with("oauthd listening on") {
+                let _ = tx.send(line);
+            }
         }
     });
     let line = rx.recv_timeout(Duration::from_secs(20));

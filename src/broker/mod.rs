@@ -128,10 +128,7 @@ impl Broker {
         return_to_allowlist: Vec<String>,
     ) -> Broker {
         Broker {
-            providers: providers
-                .into_iter()
-                .map(|p| (p.name.clone(), p))
-                .collect(),
+            providers: providers.into_iter().map(|p| (p.name.clone(), p)).collect(),
             states,
             store,
             vault,
@@ -160,7 +157,10 @@ impl Broker {
     /// Where a person reconnects an account in the browser.
     pub fn reconnect_url(&self, provider: &str, account: &str) -> String {
         let mut url = self.public_url.clone();
-        url.set_path(&format!("{}/connect/{provider}", base_path(&self.public_url)));
+        url.set_path(&format!(
+            "{}/connect/{provider}",
+            base_path(&self.public_url)
+        ));
         url.query_pairs_mut().append_pair("account", account);
         url.to_string()
     }
@@ -174,10 +174,17 @@ impl Broker {
     fn check_return_to(&self, return_to: Option<&str>) -> Result<(), BrokerError> {
         match return_to {
             None => Ok(()),
-            Some(r) if self.return_to_allowlist.iter().any(|p| r.starts_with(p.as_str())) => {
+            Some(r)
+                if self
+                    .return_to_allowlist
+                    .iter()
+                    .any(|p| r.starts_with(p.as_str())) =>
+            {
                 Ok(())
             }
-            Some(r) => Err(BrokerError::ReturnToNotAllowed(r.chars().take(200).collect())),
+            Some(r) => Err(BrokerError::ReturnToNotAllowed(
+                r.chars().take(200).collect(),
+            )),
         }
     }
 
@@ -205,11 +212,9 @@ impl Broker {
         let namespace = flow_namespace(provider_name, &account)?;
         // The state value goes into the URL, and the verifier made with the URL goes into
         // the state's data: make the value first, then issue it with its data.
-        let state = StateValue::generate().map_err(|_| {
-            BrokerError::ProviderUnavailable {
-                message: "the system random number generator failed".into(),
-                retry_after_secs: 1,
-            }
+        let state = StateValue::generate().map_err(|_| BrokerError::ProviderUnavailable {
+            message: "the system random number generator failed".into(),
+            retry_after_secs: 1,
         })?;
         let request = flows::authorize_url(
             provider,
@@ -272,7 +277,11 @@ impl Broker {
                         provider: provider_name.to_owned(),
                         account: account.to_owned(),
                     },
-                    None => failed(400, "Unknown sign-in", "This sign-in was not started for this provider.".into()),
+                    None => failed(
+                        400,
+                        "Unknown sign-in",
+                        "This sign-in was not started for this provider.".into(),
+                    ),
                 };
             }
             Err(StateError::NotFound) => {
@@ -286,8 +295,15 @@ impl Broker {
             Err(e) => return failed(503, "Storage unavailable", e.to_string()),
         };
         let Some(account) = consumed.namespace.strip_prefix(&prefix).map(str::to_owned) else {
-            log::warn!("callback {provider_name}: state {state} belongs to {}", consumed.namespace);
-            return failed(400, "Unknown sign-in", "This sign-in was not started for this provider.".into());
+            log::warn!(
+                "callback {provider_name}: state {state} belongs to {}",
+                consumed.namespace
+            );
+            return failed(
+                400,
+                "Unknown sign-in",
+                "This sign-in was not started for this provider.".into(),
+            );
         };
         let retry = Some((provider_name.to_owned(), account.clone()));
         let secrets = match self.open_flow_secrets(&consumed.namespace, consumed.data.as_ref()) {
@@ -307,7 +323,9 @@ impl Broker {
         };
         // RFC 9207: the `iss` parameter defends against mix-up attacks.
         match (&q.iss, &endpoints.issuer) {
-            (Some(iss), Some(expected)) if iss.trim_end_matches('/') != expected.trim_end_matches('/') => {
+            (Some(iss), Some(expected))
+                if iss.trim_end_matches('/') != expected.trim_end_matches('/') =>
+            {
                 log::warn!("callback {provider_name}: iss {iss:?} is not the provider's issuer {expected:?}");
                 return CallbackOutcome::Failed {
                     status: 400,
@@ -350,7 +368,11 @@ impl Broker {
                 retry,
             };
         }
-        let Some(code) = q.code.as_deref().filter(|c| !c.is_empty() && c.len() <= 4096) else {
+        let Some(code) = q
+            .code
+            .as_deref()
+            .filter(|c| !c.is_empty() && c.len() <= 4096)
+        else {
             return CallbackOutcome::Failed {
                 status: 400,
                 title: "No authorization code",

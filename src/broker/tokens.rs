@@ -104,7 +104,11 @@ impl Broker {
     }
 
     /// The stored access token, if it has at least `min_ttl` left.
-    fn usable(&self, row: &ConnectionRow, min_ttl: Duration) -> Result<Option<AccessToken>, BrokerError> {
+    fn usable(
+        &self,
+        row: &ConnectionRow,
+        min_ttl: Duration,
+    ) -> Result<Option<AccessToken>, BrokerError> {
         if row.status == ConnectionStatus::NeedsReauth {
             return Err(self.needs_reauth(row));
         }
@@ -142,9 +146,10 @@ impl Broker {
         Ok(SealedTokens {
             scopes: t.scopes.as_ref().map(|s| s.join(" ")).or(default_scopes),
             token_type: t.token_type.clone(),
-            access_token: self
-                .vault
-                .seal_str(&token_aad(provider, account, "access_token"), &t.access_token)?,
+            access_token: self.vault.seal_str(
+                &token_aad(provider, account, "access_token"),
+                &t.access_token,
+            )?,
             refresh_token,
             access_expires_at_ms: t
                 .expires_in
@@ -180,7 +185,8 @@ impl Broker {
         if let Some(token) = self.usable(&row, min_ttl)? {
             return Ok(token);
         }
-        self.refresh_single_flight(&provider, account, min_ttl).await
+        self.refresh_single_flight(&provider, account, min_ttl)
+            .await
     }
 
     async fn refresh_single_flight(
@@ -214,7 +220,9 @@ impl Broker {
                 .acquire_refresh_lease(&provider.name, account, now, LEASE_MS)
                 .await?
             {
-                Some(generation) => return self.refresh_with_lease(provider, &row, generation).await,
+                Some(generation) => {
+                    return self.refresh_with_lease(provider, &row, generation).await
+                }
                 // Another process is refreshing: wait for its result, bounded.
                 None if now < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
                 None => {
@@ -237,7 +245,15 @@ impl Broker {
         let Some(sealed_refresh) = &row.refresh_token else {
             let reason = "the access token expired and the provider gave no refresh token";
             self.store
-                .save_refresh_failure(p, a, generation, ConnectionStatus::NeedsReauth, reason, None, now_ms())
+                .save_refresh_failure(
+                    p,
+                    a,
+                    generation,
+                    ConnectionStatus::NeedsReauth,
+                    reason,
+                    None,
+                    now_ms(),
+                )
                 .await?;
             let mut row = row.clone();
             row.last_error = Some(reason.into());
@@ -279,7 +295,15 @@ impl Broker {
                 log::warn!("refresh {p}/{a}: invalid_grant ({reason}); the account must be connected again");
                 let reason = format!("invalid_grant: {reason}");
                 self.store
-                    .save_refresh_failure(p, a, generation, ConnectionStatus::NeedsReauth, &reason, None, now_ms())
+                    .save_refresh_failure(
+                        p,
+                        a,
+                        generation,
+                        ConnectionStatus::NeedsReauth,
+                        &reason,
+                        None,
+                        now_ms(),
+                    )
                     .await?;
                 let mut row = row.clone();
                 row.last_error = Some(reason);
@@ -316,7 +340,12 @@ impl Broker {
             scopes: row
                 .scopes
                 .as_deref()
-                .map(|s| s.split(' ').filter(|x| !x.is_empty()).map(str::to_owned).collect())
+                .map(|s| {
+                    s.split(' ')
+                        .filter(|x| !x.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
                 .unwrap_or_default(),
             token_type: row.token_type.clone(),
             expires_at: row.access_expires_at_ms.map(rfc3339),
@@ -332,7 +361,11 @@ impl Broker {
         }
     }
 
-    pub async fn connection(&self, provider: &str, account: &str) -> Result<ConnectionView, BrokerError> {
+    pub async fn connection(
+        &self,
+        provider: &str,
+        account: &str,
+    ) -> Result<ConnectionView, BrokerError> {
         Ok(self.view(&self.row(provider, account).await?))
     }
 
@@ -349,7 +382,12 @@ impl Broker {
     /// Revokes the connection's tokens at the provider (RFC 7009) where it has a
     /// revocation endpoint, then deletes the connection. A provider that cannot be
     /// reached keeps the connection (503) unless `force` is set.
-    pub async fn disconnect(&self, provider_name: &str, account: &str, force: bool) -> Result<(), BrokerError> {
+    pub async fn disconnect(
+        &self,
+        provider_name: &str,
+        account: &str,
+        force: bool,
+    ) -> Result<(), BrokerError> {
         let provider = self.provider(provider_name)?.clone();
         let row = self.row(provider_name, account).await?;
         let revoked = self.revoke_at_provider(&provider, &row).await;
@@ -363,7 +401,11 @@ impl Broker {
         Ok(())
     }
 
-    async fn revoke_at_provider(&self, provider: &Provider, row: &ConnectionRow) -> Result<(), BrokerError> {
+    async fn revoke_at_provider(
+        &self,
+        provider: &Provider,
+        row: &ConnectionRow,
+    ) -> Result<(), BrokerError> {
         let endpoints = self.endpoints(provider).await?;
         let Some(url) = endpoints.revocation.clone() else {
             return Ok(());
@@ -372,15 +414,25 @@ impl Broker {
         // Refresh token first (revokes the grant at most providers), then the access token.
         let mut tokens = Vec::new();
         if let Some(sealed) = &row.refresh_token {
-            tokens.push((self.vault.open_str(&token_aad(p, a, "refresh_token"), sealed)?, "refresh_token"));
+            tokens.push((
+                self.vault
+                    .open_str(&token_aad(p, a, "refresh_token"), sealed)?,
+                "refresh_token",
+            ));
         }
-        tokens.push((self.vault.open_str(&token_aad(p, a, "access_token"), &row.access_token)?, "access_token"));
+        tokens.push((
+            self.vault
+                .open_str(&token_aad(p, a, "access_token"), &row.access_token)?,
+            "access_token",
+        ));
         for (token, hint) in tokens {
             flows::revoke(&self.http, provider, &url, &token, hint)
                 .await
                 .map_err(|e| match e {
                     FlowError::Transient(message) => BrokerError::ProviderUnavailable {
-                        message: format!("revocation failed: {message} (retry, or delete with force=true)"),
+                        message: format!(
+                            "revocation failed: {message} (retry, or delete with force=true)"
+                        ),
                         retry_after_secs: 5,
                     },
                     other => BrokerError::ProviderRejected(other.to_string()),

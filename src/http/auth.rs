@@ -27,6 +27,28 @@ impl Caller {
     }
 }
 
+impl Caller {
+    /// Whether the key may reach connections of `provider` (namespace `provider:<name>`).
+    pub fn may_use_provider(&self, provider: &str) -> bool {
+        Namespace::parse(&format!("provider:{provider}"))
+            .map(|ns| apikeys::may_use(&self.0, &ns))
+            .unwrap_or(false)
+    }
+
+    pub fn require_provider(&self, provider: &str) -> Result<(), ApiError> {
+        if self.may_use_provider(provider) {
+            Ok(())
+        } else {
+            Err(ApiError::unauthorized(
+                "namespace_not_allowed",
+                format!(
+                    "this API key may not use provider {provider} (namespace provider:{provider})"
+                ),
+            ))
+        }
+    }
+}
+
 fn bearer(req: &HttpRequest) -> Option<String> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;

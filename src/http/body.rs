@@ -96,6 +96,22 @@ impl JsonObject {
         }
     }
 
+    /// An optional string field; `null` counts as absent.
+    pub fn opt_string(
+        &mut self,
+        name: &str,
+        code: &'static str,
+    ) -> Result<Option<String>, ApiError> {
+        match self.take(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(ApiError::bad_request(
+                code,
+                format!("{name} must be a string"),
+            )),
+        }
+    }
+
     /// An optional positive whole number; `null` counts as absent.
     pub fn opt_positive_int(
         &mut self,

@@ -1,13 +1,20 @@
 //! HTTP: routes, extractors and the server. Handlers parse, call one service function
 //! and map the result; errors become HTTP only in `problem.rs`.
 
+mod admin;
 mod auth;
 mod body;
+mod callback;
+mod connect;
+mod connections;
 mod health;
+mod pages;
 mod problem;
 mod states;
 
+use crate::admin::Admin;
 use crate::apikeys::KeyCache;
+use crate::broker::Broker;
 use crate::config::Settings;
 use crate::states::StateService;
 use crate::store::{KeyStore, StateStore};
@@ -24,10 +31,14 @@ use std::sync::Arc;
 
 /// What every handler can reach.
 pub struct AppState {
-    pub states: StateService,
+    pub states: Arc<StateService>,
     pub keys: Arc<dyn KeyStore>,
     pub key_cache: KeyCache,
     pub store: Arc<dyn StateStore>,
+    pub broker: Arc<Broker>,
+    pub admin: Admin,
+    /// Mark cookies `Secure` (public_url is https).
+    pub secure_cookies: bool,
 }
 
 /// Responses that carry a secret must not be cached anywhere.
@@ -60,6 +71,34 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         ))
         .service(endpoint("/healthz", web::get().to(health::healthz)))
         .service(endpoint("/readyz", web::get().to(health::readyz)))
+        .service(endpoint(
+            "/v1/connect/{provider}",
+            web::post().to(connect::start_api),
+        ))
+        .service(endpoint(
+            "/v1/connections",
+            web::get().to(connections::list),
+        ))
+        .service(
+            web::resource("/v1/connections/{provider}/{account}")
+                .route(web::get().to(connections::show))
+                .route(web::delete().to(connections::delete))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(endpoint(
+            "/v1/connections/{provider}/{account}/token",
+            web::get().to(connections::token),
+        ))
+        .service(endpoint(
+            "/connect/{provider}",
+            web::get().to(connect::start_browser),
+        ))
+        .service(endpoint(
+            "/callback/{provider}",
+            web::get().to(callback::callback),
+        ))
+        .service(endpoint("/admin/login", web::get().to(admin::login)))
+        .service(endpoint("/", web::get().to(admin::index)))
         .default_service(web::to(not_found));
 }
 
@@ -69,8 +108,22 @@ fn access_log() -> Logger {
         .custom_request_replace("request", |req| format!("{} {}", req.method(), req.path()))
 }
 
+/// Binds the listening socket (before the app is built: `public_url` may need the port).
+pub fn bind(settings: &Settings) -> std::io::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(settings.listen).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {}: {e}", settings.listen),
+        )
+    })
+}
+
 /// Serves until SIGTERM or SIGINT, then lets in-flight requests finish.
-pub async fn serve(settings: &Settings, app: AppState) -> std::io::Result<()> {
+pub async fn serve(
+    settings: &Settings,
+    listener: std::net::TcpListener,
+    app: AppState,
+) -> std::io::Result<()> {
     let app = web::Data::new(app);
     let limit = web::Data::new(BodyLimit(settings.states.max_data_bytes + 8 * 1024));
     let server = HttpServer::new(move || {
@@ -82,13 +135,7 @@ pub async fn serve(settings: &Settings, app: AppState) -> std::io::Result<()> {
     })
     .disable_signals()
     .shutdown_timeout(10)
-    .bind(settings.listen)
-    .map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot listen on {}: {e}", settings.listen),
-        )
-    })?;
+    .listen(listener)?;
     let bound: Vec<SocketAddr> = server.addrs();
     for addr in &bound {
         log::info!("listening on http://{addr}");

@@ -1,6 +1,7 @@
 //! The one place where errors become HTTP: `application/problem+json` (RFC 9457) with a
 //! stable `code` that apps can branch on. Details never carry a secret.
 
+use crate::broker::BrokerError;
 use crate::states::StateError;
 use crate::store::StoreError;
 use actix_web::http::{header, StatusCode};
@@ -13,8 +14,10 @@ pub struct ApiError {
     /// Stable, documented machine-readable code (README, "Errors").
     pub code: &'static str,
     pub detail: String,
-    retry_after: Option<u32>,
+    retry_after: Option<u64>,
     challenge: Option<&'static str>,
+    /// More members of the problem object (RFC 9457 §3.2).
+    extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
@@ -25,7 +28,18 @@ impl ApiError {
             detail: detail.into(),
             retry_after: None,
             challenge: None,
+            extra: serde_json::Map::new(),
         }
+    }
+
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds.max(1));
+        self
+    }
+
+    pub fn with(mut self, member: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.extra.insert(member.to_owned(), value.into());
+        self
     }
 
     pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
@@ -71,13 +85,19 @@ impl ResponseError for ApiError {
         if self.status.is_server_error() {
             log::warn!("{self}");
         }
-        let body = serde_json::json!({
-            "type": format!("urn:oauthd:problem:{}", self.code),
-            "title": self.status.canonical_reason().unwrap_or("Error"),
-            "status": self.status.as_u16(),
-            "code": self.code,
-            "detail": self.detail,
-        });
+        let mut body = self.extra.clone();
+        body.insert(
+            "type".into(),
+            format!("urn:oauthd:problem:{}", self.code).into(),
+        );
+        body.insert(
+            "title".into(),
+            self.status.canonical_reason().unwrap_or("Error").into(),
+        );
+        body.insert("status".into(), self.status.as_u16().into());
+        body.insert("code".into(), self.code.into());
+        body.insert("detail".into(), self.detail.clone().into());
+        let body = serde_json::Value::Object(body);
         let mut resp = HttpResponse::build(self.status);
         resp.content_type("application/problem+json")
             .insert_header((header::CACHE_CONTROL, "no-store"));
@@ -96,13 +116,12 @@ impl From<StoreError> for ApiError {
         if let StoreError::Conflict(detail) = e {
             return ApiError::new(StatusCode::CONFLICT, "conflict", detail);
         }
-        let mut err = ApiError::new(
+        ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "storage_unavailable",
             e.to_string(),
-        );
-        err.retry_after = Some(1);
-        err
+        )
+        .retry_after(1)
     }
 }
 
@@ -125,6 +144,44 @@ impl From<StateError> for ApiError {
                 detail,
             ),
             StateError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> Self {
+        let detail = e.to_string();
+        match e {
+            BrokerError::UnknownProvider(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_provider", detail)
+            }
+            BrokerError::InvalidAccount(_) => ApiError::bad_request("invalid_account", detail),
+            BrokerError::ReturnToNotAllowed(_) => {
+                ApiError::bad_request("return_to_not_allowed", detail)
+            }
+            BrokerError::ConnectionNotFound { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "connection_not_found", detail)
+            }
+            BrokerError::NeedsReauth { reconnect_url, .. } => {
+                ApiError::new(StatusCode::CONFLICT, "needs_reauth", detail)
+                    .with("reconnect_url", reconnect_url)
+            }
+            BrokerError::ProviderUnavailable {
+                retry_after_secs, ..
+            } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "provider_unavailable",
+                detail,
+            )
+            .retry_after(retry_after_secs),
+            BrokerError::ProviderRejected(_) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "provider_rejected", detail)
+            }
+            BrokerError::Vault(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "vault_error", detail)
+            }
+            BrokerError::State(e) => e.into(),
+            BrokerError::Store(e) => e.into(),
         }
     }
 }

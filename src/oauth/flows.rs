@@ -8,8 +8,7 @@ use base64::Engine;
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
 use oauth2::{
     AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, PkceCodeChallenge,
-    PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError, Scope, TokenResponse,
-    TokenUrl,
+    PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError, Scope, TokenResponse, TokenUrl,
 };
 use std::time::Duration;
 use url::Url;
@@ -43,7 +42,10 @@ impl std::fmt::Debug for TokenSet {
         f.debug_struct("TokenSet")
             .field("token_type", &self.token_type)
             .field("expires_in", &self.expires_in)
-            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[redacted]"))
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "[redacted]"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -189,7 +191,9 @@ fn token_set(r: &oauth2::basic::BasicTokenResponse) -> TokenSet {
             other => other.as_ref().to_owned(),
         },
         expires_in: r.expires_in(),
-        refresh_token: r.refresh_token().map(|t| Zeroizing::new(t.secret().clone())),
+        refresh_token: r
+            .refresh_token()
+            .map(|t| Zeroizing::new(t.secret().clone())),
         scopes: r
             .scopes()
             .map(|s| s.iter().map(|x| x.to_string()).collect()),
@@ -261,7 +265,10 @@ pub async fn revoke(
         .extend_pairs(form)
         .finish();
     let resp = req
-        .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
         .body(body)
         .send()
         .await
@@ -270,7 +277,9 @@ pub async fn revoke(
     if status.is_success() {
         Ok(())
     } else if status.is_server_error() || status.as_u16() == 429 {
-        Err(FlowError::Transient(format!("revocation answered HTTP {status}")))
+        Err(FlowError::Transient(format!(
+            "revocation answered HTTP {status}"
+        )))
     } else {
         Err(FlowError::Rejected {
             code: format!("http_{}", status.as_u16()),

@@ -214,7 +214,10 @@ impl std::fmt::Debug for Provider {
         f.debug_struct("Provider")
             .field("name", &self.name)
             .field("client_id", &self.client_id)
-            .field("client_secret", &self.client_secret.as_ref().map(|_| "[redacted]"))
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "[redacted]"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -286,19 +289,25 @@ impl Provider {
                 )
             })?),
         };
-        let url_opt = |field: &str, explicit: &Option<String>, from_preset: Option<&str>| {
-            match explicit.as_deref().or(from_preset) {
+        let url_opt =
+            |field: &str, explicit: &Option<String>, from_preset: Option<&str>| match explicit
+                .as_deref()
+                .or(from_preset)
+            {
                 None => Ok(None),
                 Some(text) => endpoint_url(&format!("{key}.{field}"), text).map(Some),
-            }
-        };
+            };
         let partial = PartialEndpoints {
             authorization: url_opt(
                 "authorization_url",
                 &cfg.authorization_url,
                 preset.and_then(|p| p.authorization_url),
             )?,
-            token: url_opt("token_url", &cfg.token_url, preset.and_then(|p| p.token_url))?,
+            token: url_opt(
+                "token_url",
+                &cfg.token_url,
+                preset.and_then(|p| p.token_url),
+            )?,
             revocation: url_opt(
                 "revocation_url",
                 &cfg.revocation_url,
@@ -347,21 +356,23 @@ impl Provider {
             (None, Some(path)) => Some(Zeroizing::new(
                 std::fs::read_to_string(path)
                     .map_err(|e| {
-                        format!("{key}.client_secret_file: cannot read {}: {e}", path.display())
+                        format!(
+                            "{key}.client_secret_file: cannot read {}: {e}",
+                            path.display()
+                        )
                     })?
                     .trim()
                     .to_owned(),
             )),
             (None, None) => None,
         };
-        let client_auth = cfg
-            .client_auth
-            .or(preset.map(|p| p.client_auth))
-            .unwrap_or(if client_secret.is_some() {
+        let client_auth = cfg.client_auth.or(preset.map(|p| p.client_auth)).unwrap_or(
+            if client_secret.is_some() {
                 ClientAuth::Basic
             } else {
                 ClientAuth::None
-            });
+            },
+        );
         if client_auth != ClientAuth::None && client_secret.is_none() {
             return Err(format!(
                 "{key}: client_auth = {client_auth:?} needs client_secret or client_secret_file (or set client_auth = \"none\" for a public client)"
@@ -538,12 +549,27 @@ mod tests {
 
     #[test]
     fn presets_carry_their_quirks() {
-        let st = Provider::from_config("st", &cfg("preset = \"smartthings\"\nclient_id = \"a\"\nclient_secret = \"b\"")).unwrap();
+        let st = Provider::from_config(
+            "st",
+            &cfg("preset = \"smartthings\"\nclient_id = \"a\"\nclient_secret = \"b\""),
+        )
+        .unwrap();
         assert_eq!(st.client_auth, ClientAuth::Basic);
-        assert_eq!(st.quirks.refresh_idle_expiry, Some(Duration::from_secs(30 * DAY)));
-        let g = Provider::from_config("g", &cfg("preset = \"google\"\nclient_id = \"a\"\nclient_secret = \"b\"")).unwrap();
-        assert!(g.authorize_params.contains(&("access_type".into(), "offline".into())));
-        assert!(g.authorize_params.contains(&("prompt".into(), "consent".into())));
+        assert_eq!(
+            st.quirks.refresh_idle_expiry,
+            Some(Duration::from_secs(30 * DAY))
+        );
+        let g = Provider::from_config(
+            "g",
+            &cfg("preset = \"google\"\nclient_id = \"a\"\nclient_secret = \"b\""),
+        )
+        .unwrap();
+        assert!(g
+            .authorize_params
+            .contains(&("access_type".into(), "offline".into())));
+        assert!(g
+            .authorize_params
+            .contains(&("prompt".into(), "consent".into())));
         assert_eq!(g.client_auth, ClientAuth::Post);
     }
 
@@ -556,8 +582,12 @@ mod tests {
         .unwrap();
         assert_eq!(g.scopes, vec!["x"]);
         assert_eq!(g.client_auth, ClientAuth::Basic);
-        assert!(g.authorize_params.contains(&("prompt".into(), "select_account".into())));
-        assert!(!g.authorize_params.contains(&("prompt".into(), "consent".into())));
+        assert!(g
+            .authorize_params
+            .contains(&("prompt".into(), "select_account".into())));
+        assert!(!g
+            .authorize_params
+            .contains(&("prompt".into(), "consent".into())));
     }
 
     #[test]
@@ -567,16 +597,30 @@ mod tests {
         assert!(err("preset = \"nope\"\nclient_id = \"a\"").contains("unknown preset"));
         assert!(err("preset = \"spotify\"").contains("providers.p.client_id"));
         assert!(err("preset = \"spotify\"\nclient_id = \"a\"").contains("client_secret"));
-        assert!(err("issuer = \"http://example.com\"\nclient_id = \"a\"\nclient_auth = \"none\"").contains("plain http"));
+        assert!(
+            err("issuer = \"http://example.com\"\nclient_id = \"a\"\nclient_auth = \"none\"")
+                .contains("plain http")
+        );
         assert!(err("issuer = \"https://x\"\nclient_id = \"a\"\nclient_auth = \"none\"\n[authorize_params]\nstate = \"x\"").contains("authorize_params.state"));
-        assert!(err("preset = \"spotify\"\nclient_id = \"a\"\nclient_secret_file = \"/nonexistent/secret\"").contains("/nonexistent/secret"));
-        let bad_name = Provider::from_config("a b", &cfg("preset = \"spotify\"\nclient_id = \"a\"\nclient_secret = \"b\"")).unwrap_err();
+        assert!(err(
+            "preset = \"spotify\"\nclient_id = \"a\"\nclient_secret_file = \"/nonexistent/secret\""
+        )
+        .contains("/nonexistent/secret"));
+        let bad_name = Provider::from_config(
+            "a b",
+            &cfg("preset = \"spotify\"\nclient_id = \"a\"\nclient_secret = \"b\""),
+        )
+        .unwrap_err();
         assert!(bad_name.contains("providers.a b"));
     }
 
     #[test]
     fn loopback_http_is_allowed_for_local_providers() {
-        let p = Provider::from_config("local", &cfg("issuer = \"http://127.0.0.1:9000\"\nclient_id = \"a\"\nclient_auth = \"none\"")).unwrap();
+        let p = Provider::from_config(
+            "local",
+            &cfg("issuer = \"http://127.0.0.1:9000\"\nclient_id = \"a\"\nclient_auth = \"none\""),
+        )
+        .unwrap();
         assert_eq!(p.issuer().unwrap().as_str(), "http://127.0.0.1:9000/");
     }
 }

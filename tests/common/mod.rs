@@ -2,6 +2,8 @@
 //! port, and talks to it over HTTP.
 #![allow(dead_code)]
 
+pub mod peer;
+
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -236,5 +238,38 @@ impl Daemon {
             assert!(Instant::now() < deadline, "oauthd did not stop");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+impl Daemon {
+    pub async fn get(&self, path: &str, key: &str) -> (u16, serde_json::Value) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Follows a provider's redirect back to oauthd (the callback), as the browser would.
+    pub async fn browser_get(&self, url: &str) -> (u16, String, Option<String>) {
+        let resp = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client")
+            .get(url)
+            .send()
+            .await
+            .expect("callback request");
+        let status = resp.status().as_u16();
+        let location = resp
+            .headers()
+            .get("location")
+            .and_then(|l| l.to_str().ok())
+            .map(str::to_owned);
+        (status, resp.text().await.unwrap_or_default(), location)
     }
 }

@@ -65,5 +65,20 @@ provider.proxy = false;
 provider.on('grant.error', (ctx, err) => console.error(`grant.error ${err.name}: ${err.error_detail || err.message}`));
 provider.on('server_error', (ctx, err) => console.error(`server_error ${err.stack}`));
 
-server.on('request', provider.callback());
+// Counters the tests read at GET /_test/stats: how many grants of each type succeeded.
+const grants = {};
+provider.on('grant.success', (ctx) => {
+  const type = ctx.oidc.params.grant_type;
+  grants[type] = (grants[type] || 0) + 1;
+});
+
+const handle = provider.callback();
+server.on('request', (req, res) => {
+  if (req.url === '/_test/stats') {
+    res.setHeader('content-type', 'application/json');
+    res.end(JSON.stringify({ grants }));
+    return;
+  }
+  handle(req, res);
+});
 console.log(`peer listening on ${issuer}`);

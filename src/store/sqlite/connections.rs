@@ -173,7 +173,15 @@ impl ConnectionStore for SqliteStore {
                             lease_until = NULL
                          WHERE provider = ?1 AND account = ?2 AND generation = ?3",
                     )?
-                    .execute(params![p, a, generation, status.as_str(), e, retry_at_ms, now_ms])?;
+                    .execute(params![
+                        p,
+                        a,
+                        generation,
+                        status.as_str(),
+                        e,
+                        retry_at_ms,
+                        now_ms
+                    ])?;
                 Ok(n == 1)
             })
             .await

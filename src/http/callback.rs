@@ -1,0 +1,92 @@
+//! `GET /callback/{provider}`: where providers send the browser back. Public (the state
+//! is the credential); answers with a page for a person, or 303 to an allowed return_to.
+
+use super::pages::{escape, page};
+use super::AppState;
+use crate::broker::{CallbackOutcome, CallbackQuery};
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+fn retry_button(app: &AppState, provider: &str, account: &str, label: &str) -> String {
+    format!(
+        "<p><a class=\"button\" href=\"{}\">{}</a></p>",
+        escape(&app.broker.reconnect_url(provider, account)),
+        escape(label)
+    )
+}
+
+pub async fn callback(
+    app: web::Data<AppState>,
+    provider: web::Path<String>,
+    req: HttpRequest,
+) -> HttpResponse {
+    let query = match web::Query::<CallbackQuery>::from_query(req.query_string()) {
+        Ok(q) => q.into_inner(),
+        Err(_) => return page(
+            400,
+            "Malformed answer",
+            "<p>The provider's answer could not be read. Start connecting again from oauthd.</p>",
+        ),
+    };
+    let ttl_minutes = app.states.policy().base.default_ttl.as_secs() / 60;
+    match app.broker.finish_callback(&provider, query).await {
+        CallbackOutcome::Connected {
+            provider,
+            account,
+            return_to,
+        } => match return_to {
+            Some(to) => HttpResponse::SeeOther()
+                .insert_header((header::LOCATION, to))
+                .insert_header((header::CACHE_CONTROL, "no-store"))
+                .finish(),
+            None => page(
+                200,
+                "Connected",
+                &format!(
+                    "<p><strong>{}</strong> account <strong>{}</strong> is connected. Apps with an API key can now fetch its access token from oauthd; you can close this tab.</p>",
+                    escape(&provider),
+                    escape(&account)
+                ),
+            ),
+        },
+        CallbackOutcome::Expired { provider, account } => page(
+            410,
+            "This sign-in expired",
+            &format!(
+                "<p>Connecting <strong>{}</strong> ({}) took longer than the {ttl_minutes} minutes oauthd keeps a sign-in open, so nothing was stored.</p>{}",
+                escape(&provider),
+                escape(&account),
+                retry_button(&app, &provider, &account, "Start again")
+            ),
+        ),
+        CallbackOutcome::Denied {
+            provider,
+            account,
+            description,
+        } => page(
+            403,
+            "Access was declined",
+            &format!(
+                "<p>{} reported that access was not granted{}. Nothing was stored.</p>{}",
+                escape(&provider),
+                if description.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (<q>{}</q>)", escape(&description))
+                },
+                retry_button(&app, &provider, &account, "Try again")
+            ),
+        ),
+        CallbackOutcome::Failed {
+            status,
+            title,
+            detail,
+            retry,
+        } => {
+            let button = retry
+                .map(|(p, a)| retry_button(&app, &p, &a, "Start again"))
+                .unwrap_or_default();
+            page(status, title, &format!("<p>{}</p>{button}", escape(&detail)))
+        }
+    }
+}

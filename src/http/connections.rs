@@ -1,0 +1,94 @@
+//! `/v1/connections`: metadata, fresh access tokens, disconnect. API key required; a key
+//! limited to namespaces reaches provider P only with a pattern matching `provider:P`.
+
+use super::auth::Caller;
+use super::problem::ApiError;
+use super::{no_store, AppState};
+use crate::clock::rfc3339;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+use std::time::Duration;
+
+/// Default for `min_ttl`: a token with less than a minute left is refreshed first.
+const DEFAULT_MIN_TTL: u64 = 60;
+const MAX_MIN_TTL: u64 = 24 * 3600;
+
+fn query_param(req: &HttpRequest, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(req.query_string().as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// `GET /v1/connections`
+pub async fn list(app: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    let visible: Vec<_> = app
+        .broker
+        .connections()
+        .await?
+        .into_iter()
+        .filter(|c| caller.may_use_provider(&c.provider))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "connections": visible })))
+}
+
+/// `GET /v1/connections/{provider}/{account}`
+pub async fn show(
+    app: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (provider, account) = path.into_inner();
+    app.broker.provider(&provider)?;
+    caller.require_provider(&provider)?;
+    Ok(HttpResponse::Ok().json(app.broker.connection(&provider, &account).await?))
+}
+
+/// `GET /v1/connections/{provider}/{account}/token?min_ttl=SECONDS`
+pub async fn token(
+    app: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let (provider, account) = path.into_inner();
+    app.broker.provider(&provider)?;
+    caller.require_provider(&provider)?;
+    let min_ttl = match query_param(&req, "min_ttl") {
+        None => DEFAULT_MIN_TTL,
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n <= MAX_MIN_TTL)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_min_ttl",
+                    format!("min_ttl is a whole number of seconds from 0 to {MAX_MIN_TTL}"),
+                )
+            })?,
+    };
+    let t = app
+        .broker
+        .access_token(&provider, &account, Duration::from_secs(min_ttl))
+        .await?;
+    Ok(no_store(HttpResponse::Ok()).json(json!({
+        "access_token": t.access_token.as_str(),
+        "token_type": t.token_type,
+        "expires_at": t.expires_at_ms.map(rfc3339),
+        "scope": t.scope,
+    })))
+}
+
+/// `DELETE /v1/connections/{provider}/{account}[?force=true]`: revoke, then delete.
+pub async fn delete(
+    app: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let (provider, account) = path.into_inner();
+    app.broker.provider(&provider)?;
+    caller.require_provider(&provider)?;
+    let force = query_param(&req, "force").is_some_and(|v| v == "true" || v == "1");
+    app.broker.disconnect(&provider, &account, force).await?;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,196 @@
+//! The test OpenID provider: panva's oidc-provider (tests/peer, pinned with a lockfile),
+//! run with node on a free loopback port, and a browser stand-in that completes its login
+//! and consent pages over plain HTTP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const CLIENT_ID: &str = "oauthd";
+pub const CLIENT_SECRET: &str = "peer-secret";
+
+pub struct Peer {
+    child: Child,
+    pub issuer: String,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn peer_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peer")
+}
+
+impl Peer {
+    /// Starts the provider; access tokens live `access_ttl` seconds.
+    pub fn start(access_ttl: u64) -> Peer {
+        let dir = peer_dir();
+        assert!(
+            dir.join("node_modules/oidc-provider").exists(),
+            "the test provider is not installed: run scripts/test (or npm ci --prefix tests/peer)"
+        );
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let log = tmp.path().join("peer.log");
+        let mut child = Command::new("node")
+            .arg(dir.join("server.mjs"))
+            .env("PEER_ACCESS_TTL", access_ttl.to_string())
+            .env("PEER_CLIENT_SECRET", CLIENT_SECRET)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(&log).expect("peer log")))
+            .spawn()
+            .expect("start node (is Node.js installed? scripts/test installs it)");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("peer listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        let issuer = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(u) => u,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the test provider did not start: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        };
+        Peer {
+            child,
+            issuer,
+            log,
+            _dir: tmp,
+        }
+    }
+
+    /// The `[providers.NAME]` table for this provider.
+    pub fn provider_toml(&self, name: &str) -> String {
+        format!(
+            "[providers.{name}]\nissuer = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n\
+             scopes = [\"openid\", \"offline_access\"]\nclient_auth = \"basic\"\n\
+             [providers.{name}.authorize_params]\nprompt = \"consent\"\n",
+            self.issuer
+        )
+    }
+
+    fn browser() -> reqwest::Client {
+        reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(20))
+            .build()
+            .expect("client")
+    }
+
+    /// Plays the user at the provider: follows the authorization URL through login
+    /// (any name) and consent, and returns where the provider sends the browser back.
+    pub async fn approve(&self, authorize_url: &str) -> String {
+        self.walk(authorize_url, "consent").await
+    }
+
+    /// Like `approve`, but the user aborts at the consent step.
+    pub async fn deny(&self, authorize_url: &str) -> String {
+        self.walk(authorize_url, "abort").await
+    }
+
+    async fn walk(&self, authorize_url: &str, at_consent: &str) -> String {
+        let browser = Self::browser();
+        let base = reqwest::Url::parse(&self.issuer).unwrap();
+        let mut next = reqwest::Url::parse(authorize_url).expect("authorize url");
+        let mut interactions = 0;
+        for _ in 0..12 {
+            let resp = browser
+                .get(next.clone())
+                .send()
+                .await
+                .expect("provider request");
+            let Some(location) = resp.headers().get("location").and_then(|l| l.to_str().ok())
+            else {
+                panic!(
+                    "the provider stopped at {next} with {}: {}",
+                    resp.status(),
+                    resp.text().await.unwrap_or_default()
+                );
+            };
+            let target = base.join(location).expect("location");
+            if target.origin() != base.origin() {
+                return target.to_string();
+            }
+            if target.path().starts_with("/interaction/") {
+                interactions += 1;
+                let form: Vec<(&str, &str)> = match (interactions, at_consent) {
+                    (1, _) => vec![("prompt", "login"), ("login", "alice"), ("password", "any")],
+                    (_, "abort") => vec![("prompt", "consent"), ("abort", "yes")],
+                    _ => vec![("prompt", "consent")],
+                };
+                let posted = browser
+                    .post(target.clone())
+                    .form(&form)
+                    .send()
+                    .await
+                    .expect("interaction");
+                let loc = posted
+                    .headers()
+                    .get("location")
+                    .and_then(|l| l.to_str().ok())
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "interaction {interactions} at {target} answered {}",
+                            posted.status()
+                        )
+                    });
+                next = base.join(loc).expect("location");
+                if next.origin() != base.origin() {
+                    return next.to_string();
+                }
+            } else {
+                next = target;
+            }
+        }
+        panic!("too many redirects at the provider");
+    }
+
+    /// How many grants of this type (`authorization_code`, `refresh_token`) succeeded.
+    pub async fn grants(&self, grant_type: &str) -> u64 {
+        let stats: serde_json::Value = reqwest::get(format!("{}/_test/stats", self.issuer))
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("stats json");
+        stats["grants"][grant_type].as_u64().unwrap_or(0)
+    }
+
+    /// RFC 7662 introspection: whether the provider still considers the token active.
+    pub async fn is_active(&self, token: &str) -> bool {
+        let resp: serde_json::Value = reqwest::Client::new()
+            .post(format!("{}/token/introspection", self.issuer))
+            .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .expect("introspection")
+            .json()
+            .await
+            .expect("introspection json");
+        resp["active"].as_bool().expect("active field")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
