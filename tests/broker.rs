@@ -74,3 +74,331 @@ async fn connect_flow_stores_a_connection_and_the_token_api_hands_out_its_token(
     assert_eq!(list["connections"][0]["account"], "alice");
     assert_eq!(peer.grants("authorization_code").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_concurrent_token_calls_at_expiry_refresh_once_and_the_grant_survives() {
+    let peer = Peer::start(3);
+    let (home, key) = setup(&peer, "");
+    let d = home.start();
+    assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
+    let (_, first) = d
+        .get("/v1/connections/peer/alice/token?min_ttl=0", &key)
+        .await;
+    let old = first["access_token"].as_str().unwrap().to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(3200)).await;
+    assert!(!peer.is_active(&old).await, "the token should have expired");
+
+    // Twenty apps ask at the moment of expiry: one refresh, one new token for all.
+    let calls = (0..20).map(|_| d.get("/v1/connections/peer/alice/token", &key));
+    let results = futures::future::join_all(calls).await;
+    for (status, body) in &results {
+        assert_eq!(*status, 200, "{body}");
+    }
+    let tokens: std::collections::HashSet<_> = results
+        .iter()
+        .map(|(_, b)| b["access_token"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        peer.grants("refresh_token").await,
+        1,
+        "the provider saw more than one refresh"
+    );
+    assert_eq!(peer.grant_errors("refresh_token").await, 0);
+    assert_eq!(tokens.len(), 1, "callers got different tokens: {tokens:?}");
+    let new = tokens.into_iter().next().unwrap();
+    assert_ne!(new, old);
+    assert!(peer.is_active(&new).await);
+
+    // The rotated refresh token was stored: the next expiry refreshes fine, and the
+    // grant is alive (a replayed refresh token would have revoked it).
+    tokio::time::sleep(std::time::Duration::from_millis(3200)).await;
+    let (status, body) = d.get("/v1/connections/peer/alice/token", &key).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(peer.grants("refresh_token").await, 2);
+    assert!(
+        peer.is_active(body["access_token"].as_str().unwrap()).await,
+        "the grant was revoked"
+    );
+    let (_, conn) = d.get("/v1/connections/peer/alice", &key).await;
+    assert!(conn["last_refresh_at"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn min_ttl_beyond_the_providers_token_lifetime_does_not_refresh_every_call() {
+    let peer = Peer::start(60);
+    let (home, key) = setup(&peer, "");
+    let d = home.start();
+    assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
+    for _ in 0..10 {
+        let (status, body) = d
+            .get("/v1/connections/peer/alice/token?min_ttl=3600", &key)
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(
+        peer.grants("refresh_token").await,
+        0,
+        "a fresh 60 s token was refreshed anyway"
+    );
+    // A min_ttl within the lifetime but above what is left still refreshes.
+    let (status, _) = d
+        .get("/v1/connections/peer/alice/token?min_ttl=0", &key)
+        .await;
+    assert_eq!(status, 200);
+    let (status, problem) = d
+        .get("/v1/connections/peer/alice/token?min_ttl=abc", &key)
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (400, Some("invalid_min_ttl"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_past_its_expiry_is_refreshed_on_request() {
+    let peer = Peer::start(2);
+    let (home, key) = setup(&peer, "");
+    let d = home.start();
+    assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
+    let (_, first) = d
+        .get("/v1/connections/peer/alice/token?min_ttl=0", &key)
+        .await;
+    assert_eq!(peer.grants("refresh_token").await, 0);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert!(
+        !peer
+            .is_active(first["access_token"].as_str().unwrap())
+            .await,
+        "token should have expired"
+    );
+    let (status, second) = d
+        .get("/v1/connections/peer/alice/token?min_ttl=0", &key)
+        .await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(peer.grants("refresh_token").await, 1);
+    assert!(
+        peer.is_active(second["access_token"].as_str().unwrap())
+            .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_grant_marks_needs_reauth_and_is_not_retried() {
+    let peer = Peer::start(2);
+    let (home, key) = setup(&peer, "");
+    let d = home.start();
+    assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
+    let (_, token) = d.get("/v1/connections/peer/alice/token", &key).await;
+    // The user revokes access at the provider: the grant and its refresh token die.
+    peer.revoke(token["access_token"].as_str().unwrap()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2300)).await;
+
+    let (status, problem) = d.get("/v1/connections/peer/alice/token", &key).await;
+    assert_eq!(status, 409, "{problem}");
+    assert_eq!(problem["code"], "needs_reauth");
+    let reconnect = problem["reconnect_url"].as_str().unwrap();
+    assert!(
+        reconnect.starts_with(&format!("{}/connect/peer?account=alice", d.url)),
+        "{reconnect}"
+    );
+    assert_eq!(peer.grant_errors("refresh_token").await, 1);
+
+    for _ in 0..5 {
+        let (status, _) = d.get("/v1/connections/peer/alice/token", &key).await;
+        assert_eq!(status, 409);
+    }
+    assert_eq!(
+        peer.grant_errors("refresh_token").await,
+        1,
+        "oauthd retried a dead grant"
+    );
+    let (_, conn) = d.get("/v1/connections/peer/alice", &key).await;
+    assert_eq!(conn["status"], "needs_reauth");
+    assert!(conn["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("invalid_grant"));
+
+    // Connecting again brings it back.
+    assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
+    let (status, _) = d.get("/v1/connections/peer/alice/token", &key).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replayed_callback_is_refused_without_redeeming_the_code_again() {
+    let peer = Peer::start(60);
+    let (home, key) = setup(&peer, "");
+    let d = home.start();
+    let (_, body) = d
+        .post("/v1/connect/peer", &key, json!({"account": "alice"}))
+        .await;
+    let callback = peer.approve(body["authorize_url"].as_str().unwrap()).await;
+    assert_eq!(d.browser_get(&callback).await.0, 200);
+    let (status, page, _) = d.browser_get(&callback).await;
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("already used"), "{page}");
+    // The provider never saw the code twice (a replayed code would revoke the grant).
+    assert_eq!(peer.grants("authorization_code").await, 1);
+    assert_eq!(peer.grant_errors("authorization_code").await, 0);
+    let (status, token) = d.get("/v1/connections/peer/alice/token", &key).await;
+    assert_eq!(status, 200);
+    assert!(
+        peer.is_active(token["access_token"].as_str().unwrap())
+            .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn callback_with_a_wrong_or_missing_iss_is_refused() {
+    let peer = Peer::start(60);
+    let (home, key) = setup(&peer, "");
+    let d = home.start();
+    for (tamper, want) in [("wrong", "Wrong issuer"), ("missing", "Missing issuer")] {
+        let (_, body) = d
+            .post("/v1/connect/peer", &key, json!({"account": "alice"}))
+            .await;
+        let callback = peer.approve(body["authorize_url"].as_str().unwrap()).await;
+        let mut url = reqwest::Url::parse(&callback).unwrap();
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .into_owned()
+            .filter(|(k, _)| k != "iss")
+            .collect();
+        {
+            let mut q = url.query_pairs_mut();
+            q.clear();
+            for (k, v) in &pairs {
+                q.append_pair(k, v);
+            }
+            if tamper == "wrong" {
+                q.append_pair("iss", "https://attacker.example");
+            }
+        }
+        let (status, page, _) = d.browser_get(url.as_str()).await;
+        assert_eq!(status, 400, "{tamper}: {page}");
+        assert!(page.contains(want), "{tamper}: {page}");
+    }
+    assert_eq!(
+        peer.grants("authorization_code").await,
+        0,
+        "a code was redeemed"
+    );
+    assert_eq!(d.get("/v1/connections/peer/alice", &key).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn declining_at_the_provider_shows_the_declined_page() {
+    let peer = Peer::start(60);
+    let (home, key) = setup(&peer, "");
+    let d = home.start();
+    let (_, body) = d
+        .post("/v1/connect/peer", &key, json!({"account": "alice"}))
+        .await;
+    let callback = peer.deny(body["authorize_url"].as_str().unwrap()).await;
+    assert!(callback.contains("error=access_denied"), "{callback}");
+    let (status, page, _) = d.browser_get(&callback).await;
+    assert_eq!(status, 403, "{page}");
+    assert!(
+        page.contains("declined") && page.contains("/connect/peer?account=alice"),
+        "{page}"
+    );
+    assert_eq!(d.get("/v1/connections/peer/alice", &key).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn callback_after_the_state_expired_offers_to_start_again() {
+    let peer = Peer::start(60);
+    let (home, key) = setup(
+        &peer,
+        "[states.namespaces.\"connect:*\"]\ndefault_ttl_seconds = 1\n",
+    );
+    let d = home.start();
+    let (_, body) = d
+        .post("/v1/connect/peer", &key, json!({"account": "bob"}))
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    let callback = peer.approve(body["authorize_url"].as_str().unwrap()).await;
+    let (status, page, _) = d.browser_get(&callback).await;
+    assert_eq!(status, 410, "{page}");
+    assert!(
+        page.contains("expired") && page.contains("/connect/peer?account=bob"),
+        "{page}"
+    );
+    assert_eq!(peer.grants("authorization_code").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_revokes_at_the_provider_then_forgets_the_connection() {
+    let peer = Peer::start(60);
+    let (home, key) = setup(&peer, "");
+    let d = home.start();
+    assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
+    let (_, token) = d.get("/v1/connections/peer/alice/token", &key).await;
+    let access = token["access_token"].as_str().unwrap().to_owned();
+    assert!(peer.is_active(&access).await);
+    let resp = d
+        .http
+        .delete(format!("{}/v1/connections/peer/alice", d.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert!(
+        !peer.is_active(&access).await,
+        "the provider still honours the token"
+    );
+    assert_eq!(d.get("/v1/connections/peer/alice", &key).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn database_and_log_hold_no_token_secret_or_full_state() {
+    let peer = Peer::start(60);
+    let (home, key) = setup(&peer, "");
+    let d = home.start();
+    let (_, body) = d
+        .post("/v1/connect/peer", &key, json!({"account": "alice"}))
+        .await;
+    let authorize = body["authorize_url"].as_str().unwrap().to_owned();
+    let state = reqwest::Url::parse(&authorize)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let callback = peer.approve(&authorize).await;
+    assert_eq!(d.browser_get(&callback).await.0, 200);
+    let mut tokens = Vec::new();
+    for min_ttl in [0, 120, 120] {
+        let (_, t) = d
+            .get(
+                &format!("/v1/connections/peer/alice/token?min_ttl={min_ttl}"),
+                &key,
+            )
+            .await;
+        tokens.push(t["access_token"].as_str().unwrap().to_owned());
+    }
+    d.signal_and_wait("TERM");
+    let db = home.db_bytes();
+    let log = home.log_text();
+    let contains =
+        |hay: &[u8], needle: &str| hay.windows(needle.len()).any(|w| w == needle.as_bytes());
+    for t in &tokens {
+        assert!(!contains(&db, t), "access token in the database file");
+        assert!(!log.contains(t.as_str()), "access token in the log");
+    }
+    for secret in [common::peer::CLIENT_SECRET, state.as_str(), key.as_str()] {
+        assert!(!contains(&db, secret), "{secret:.8}… in the database file");
+        assert!(!log.contains(secret), "{secret:.8}… in the log");
+    }
+    assert!(
+        log.contains(&state[..8]),
+        "log lines should name the state by its prefix"
+    );
+    assert!(
+        !log.contains("code="),
+        "an authorization code reached the log"
+    );
+}

@@ -8,7 +8,9 @@
 //! - the new tokens are committed before anyone gets the new access token;
 //! - a refresh response without `refresh_token` keeps the stored one;
 //! - `invalid_grant` is final: the connection needs reauth and is not retried;
-//! - other failures back off exponentially (5 s doubling, at most 10 minutes).
+//! - other failures back off exponentially (5 s doubling, at most 10 minutes);
+//! - `min_ttl` is capped at half the provider's token lifetime, so no caller can make
+//!   every request a refresh.
 
 use super::{token_aad, Broker, BrokerError};
 use crate::clock::now_ms;
@@ -63,6 +65,16 @@ pub struct ConnectionView {
     pub reconnect_url: Option<String>,
 }
 
+/// `min_ttl`, but at most half the lifetime the provider gives its tokens: asking an hour
+/// of a provider whose tokens live 30 minutes would otherwise refresh on every call.
+fn capped_min_ttl_ms(row: &ConnectionRow, min_ttl: Duration) -> i64 {
+    let wanted = min_ttl.as_millis() as i64;
+    match (row.access_expires_at_ms, row.last_refresh_at_ms) {
+        (Some(expires), Some(issued)) if expires > issued => wanted.min((expires - issued) / 2),
+        _ => wanted,
+    }
+}
+
 fn backoff_ms(failures: i64) -> i64 {
     let shift = failures.clamp(0, 20) as u32;
     BACKOFF_FIRST_MS
@@ -115,7 +127,7 @@ impl Broker {
         let fresh = match row.access_expires_at_ms {
             // The provider did not say: the token is good until it is refused.
             None => true,
-            Some(at) => at.saturating_sub(now_ms()) >= min_ttl.as_millis() as i64,
+            Some(at) => at.saturating_sub(now_ms()) >= capped_min_ttl_ms(row, min_ttl),
         };
         if !fresh {
             return Ok(None);
@@ -195,13 +207,22 @@ impl Broker {
         account: &str,
         min_ttl: Duration,
     ) -> Result<AccessToken, BrokerError> {
+        let asked_at = now_ms();
         let lock = self.flight_lock(&provider.name, account);
         let _turn = lock.lock().await;
         let deadline = now_ms() + WAIT_FOR_OTHER_MS;
         loop {
-            // Whoever held the lock before us may have refreshed already.
             let row = self.row(&provider.name, account).await?;
-            if let Some(token) = self.usable(&row, min_ttl)? {
+            // Someone refreshed while we waited: that is the freshest token there is, even
+            // when it has less than `min_ttl` left (the provider's tokens may simply live
+            // shorter). Refreshing again would only burn refresh tokens.
+            let refreshed_meanwhile = row.last_refresh_at_ms.is_some_and(|t| t >= asked_at);
+            let wanted = if refreshed_meanwhile {
+                Duration::ZERO
+            } else {
+                min_ttl
+            };
+            if let Some(token) = self.usable(&row, wanted)? {
                 return Ok(token);
             }
             let now = now_ms();

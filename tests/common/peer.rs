@@ -125,17 +125,19 @@ impl Peer {
             }
             if target.path().starts_with("/interaction/") {
                 interactions += 1;
-                let form: Vec<(&str, &str)> = match (interactions, at_consent) {
-                    (1, _) => vec![("prompt", "login"), ("login", "alice"), ("password", "any")],
-                    (_, "abort") => vec![("prompt", "consent"), ("abort", "yes")],
-                    _ => vec![("prompt", "consent")],
-                };
-                let posted = browser
-                    .post(target.clone())
-                    .form(&form)
-                    .send()
-                    .await
-                    .expect("interaction");
+                let posted = match (interactions, at_consent) {
+                    (1, _) => browser.post(target.clone()).form(&[
+                        ("prompt", "login"),
+                        ("login", "alice"),
+                        ("password", "any"),
+                    ]),
+                    // What the consent page's abort link does.
+                    (_, "abort") => browser.get(format!("{target}/abort")),
+                    _ => browser.post(target.clone()).form(&[("prompt", "consent")]),
+                }
+                .send()
+                .await
+                .expect("interaction");
                 let loc = posted
                     .headers()
                     .get("location")
@@ -157,15 +159,39 @@ impl Peer {
         panic!("too many redirects at the provider");
     }
 
-    /// How many grants of this type (`authorization_code`, `refresh_token`) succeeded.
-    pub async fn grants(&self, grant_type: &str) -> u64 {
-        let stats: serde_json::Value = reqwest::get(format!("{}/_test/stats", self.issuer))
+    async fn stats(&self) -> serde_json::Value {
+        reqwest::get(format!("{}/_test/stats", self.issuer))
             .await
             .expect("stats")
             .json()
             .await
-            .expect("stats json");
-        stats["grants"][grant_type].as_u64().unwrap_or(0)
+            .expect("stats json")
+    }
+
+    /// How many grants of this type (`authorization_code`, `refresh_token`) succeeded.
+    pub async fn grants(&self, grant_type: &str) -> u64 {
+        self.stats().await["grants"][grant_type]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// How many token requests of this grant type the provider refused.
+    pub async fn grant_errors(&self, grant_type: &str) -> u64 {
+        self.stats().await["errors"][grant_type]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// Revokes a token directly at the provider, as if the user revoked access there.
+    pub async fn revoke(&self, token: &str) {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/token/revocation", self.issuer))
+            .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .expect("revocation");
+        assert!(resp.status().is_success(), "revocation: {}", resp.status());
     }
 
     /// RFC 7662 introspection: whether the provider still considers the token active.

@@ -65,18 +65,24 @@ provider.proxy = false;
 provider.on('grant.error', (ctx, err) => console.error(`grant.error ${err.name}: ${err.error_detail || err.message}`));
 provider.on('server_error', (ctx, err) => console.error(`server_error ${err.stack}`));
 
-// Counters the tests read at GET /_test/stats: how many grants of each type succeeded.
+// Counters the tests read at GET /_test/stats: grants of each type that succeeded and
+// that failed (a failed one is a request that reached the token endpoint).
 const grants = {};
+const errors = {};
 provider.on('grant.success', (ctx) => {
   const type = ctx.oidc.params.grant_type;
   grants[type] = (grants[type] || 0) + 1;
+});
+provider.on('grant.error', (ctx) => {
+  const type = ctx.oidc.params && ctx.oidc.params.grant_type;
+  errors[type] = (errors[type] || 0) + 1;
 });
 
 const handle = provider.callback();
 server.on('request', (req, res) => {
   if (req.url === '/_test/stats') {
     res.setHeader('content-type', 'application/json');
-    res.end(JSON.stringify({ grants }));
+    res.end(JSON.stringify({ grants, errors }));
     return;
   }
   handle(req, res);
