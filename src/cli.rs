@@ -10,11 +10,12 @@ use crate::http::{self, AppState};
 use crate::states::StateService;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{sweeper, KeyStore};
-use crate::vault::{KeySource, Vault};
+use crate::vault::{self, KeySource, Vault};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use url::Url;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,6 +46,55 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Configured providers and the redirect URI to register at each
+    Providers {
+        #[command(subcommand)]
+        command: ProvidersCommand,
+    },
+    /// Connected accounts (works while the daemon runs)
+    Connections {
+        #[command(subcommand)]
+        command: ConnectionsCommand,
+    },
+    /// Browser sign-in
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Print a new random vault key (for OAUTHD_KEY or a key file)
+    Keygen,
+}
+
+#[derive(Debug, Subcommand)]
+enum ProvidersCommand {
+    /// Each provider with its redirect URI, scopes and preset notes
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConnectionsCommand {
+    /// Every connection with its status and token expiry (never a token)
+    List {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// One connection's metadata as JSON
+    Show { provider: String, account: String },
+    /// Revoke at the provider, then delete
+    Delete {
+        provider: String,
+        account: String,
+        /// Delete even when the provider cannot be reached to revoke
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Print a new one-time login link (valid 24 hours)
+    Link,
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +151,17 @@ fn run(cli: Cli) -> Result<(), Fatal> {
     match cli.command {
         None | Some(Command::Serve) => serve(settings),
         Some(Command::Keys { command }) => keys(settings, command),
+        Some(Command::Providers {
+            command: ProvidersCommand::List,
+        }) => providers_list(&settings),
+        Some(Command::Connections { command }) => connections(settings, command),
+        Some(Command::Admin {
+            command: AdminCommand::Link,
+        }) => admin_link(settings),
+        Some(Command::Keygen) => {
+            println!("{}", vault::generate_key_text()?.as_str());
+            Ok(())
+        }
     }
 }
 
@@ -114,19 +175,11 @@ fn open_store(settings: &Settings) -> Result<Arc<SqliteStore>, Fatal> {
 fn serve(settings: Settings) -> Result<(), Fatal> {
     let store = open_store(&settings)?;
     log::info!("database {}", settings.db.display());
-    let vault = Arc::new(Vault::load(&KeySource::from_env(&settings.db))?);
     let admin = Admin::new(store.clone()).map_err(|e| Fatal(e, 2))?;
     let listener = http::bind(&settings)?;
     let public_url = settings.public_url_for(listener.local_addr()?);
     let states = Arc::new(StateService::new(store.clone(), settings.states.clone()));
-    let broker = Arc::new(Broker::new(
-        settings.providers.clone(),
-        states.clone(),
-        store.clone(),
-        vault,
-        public_url.clone(),
-        settings.return_to_allowlist.clone(),
-    ));
+    let broker = broker(&settings, &store, states.clone(), public_url.clone())?;
     for p in broker.providers() {
         log::info!(
             "provider {}: redirect URI {}",
@@ -143,7 +196,13 @@ fn serve(settings: Settings) -> Result<(), Fatal> {
             );
         }
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let sweeper = actix_web::rt::spawn(sweeper::run(store.clone(), settings.sweep, stopped));
+        let sweeper =
+            actix_web::rt::spawn(sweeper::run(store.clone(), settings.sweep, stopped.clone()));
+        let refresher = actix_web::rt::spawn(crate::broker::refresher::run(
+            broker.clone(),
+            settings.refresh_check,
+            stopped,
+        ));
         let app = AppState {
             states,
             keys: store.clone(),
@@ -156,18 +215,124 @@ fn serve(settings: Settings) -> Result<(), Fatal> {
         let served = http::serve(&settings, listener, app).await;
         let _ = stop.send(true);
         let _ = sweeper.await;
+        let _ = refresher.await;
         served?;
         log::info!("stopped");
         Ok(())
     })
 }
 
+/// The broker over this store, with the vault key loaded.
+fn broker(
+    settings: &Settings,
+    store: &Arc<SqliteStore>,
+    states: Arc<StateService>,
+    public_url: Url,
+) -> Result<Arc<Broker>, Fatal> {
+    let vault = Arc::new(Vault::load(&KeySource::from_env(&settings.db))?);
+    Ok(Arc::new(Broker::new(
+        settings.providers.clone(),
+        states,
+        store.clone(),
+        vault,
+        public_url,
+        settings.return_to_allowlist.clone(),
+    )))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Fatal> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn providers_list(settings: &Settings) -> Result<(), Fatal> {
+    let public_url = settings.public_url_for(settings.listen);
+    if settings.providers.is_empty() {
+        eprintln!("No providers configured: add [providers.NAME] tables to the config file (see oauthd.example.toml).");
+    }
+    for p in &settings.providers {
+        println!("{}", p.name);
+        println!(
+            "  redirect URI: {}",
+            crate::broker::redirect_uri(&public_url, &p.name)
+        );
+        match (p.preset, p.issuer()) {
+            (Some(preset), _) => println!("  preset:       {preset}"),
+            (None, Some(issuer)) => {
+                println!("  issuer:       {issuer} (endpoints discovered on first use)")
+            }
+            (None, None) => println!("  endpoints:    explicit"),
+        }
+        println!("  client id:    {}", p.client_id);
+        println!("  scopes:       {}", p.scopes.join(" "));
+        if let Some(notes) = p.notes {
+            println!("  notes:        {notes}");
+        }
+    }
+    Ok(())
+}
+
+fn connections(settings: Settings, command: ConnectionsCommand) -> Result<(), Fatal> {
+    let store = open_store(&settings)?;
+    let states = Arc::new(StateService::new(store.clone(), settings.states.clone()));
+    let public_url = settings.public_url_for(settings.listen);
+    let broker = broker(&settings, &store, states, public_url)?;
+    runtime()?.block_on(async {
+        match command {
+            ConnectionsCommand::List { json } => {
+                let list = broker.connections().await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&list)?);
+                    return Ok(());
+                }
+                println!(
+                    "{:<16} {:<16} {:<13} {:<25} LAST ERROR",
+                    "PROVIDER", "ACCOUNT", "STATUS", "TOKEN EXPIRES"
+                );
+                for c in &list {
+                    println!(
+                        "{:<16} {:<16} {:<13} {:<25} {}",
+                        c.provider,
+                        c.account,
+                        c.status,
+                        c.expires_at.as_deref().unwrap_or("unknown"),
+                        c.last_error.as_deref().unwrap_or("")
+                    );
+                }
+                Ok(())
+            }
+            ConnectionsCommand::Show { provider, account } => {
+                let view = broker.connection(&provider, &account).await?;
+                println!("{}", serde_json::to_string_pretty(&view)?);
+                Ok(())
+            }
+            ConnectionsCommand::Delete {
+                provider,
+                account,
+                force,
+            } => {
+                broker.disconnect(&provider, &account, force).await?;
+                eprintln!("Deleted connection {provider}/{account}.");
+                Ok(())
+            }
+        }
+    })
+}
+
+fn admin_link(settings: Settings) -> Result<(), Fatal> {
+    let store = open_store(&settings)?;
+    let admin = Admin::new(store).map_err(|e| Fatal(e, 2))?;
+    let public_url = settings.public_url_for(settings.listen);
+    let link = runtime()?.block_on(admin.login_link(&public_url))?;
+    eprintln!("One-time login link, valid 24 hours:");
+    println!("{link}");
+    Ok(())
+}
+
 fn keys(settings: Settings, command: KeysCommand) -> Result<(), Fatal> {
     let store = open_store(&settings)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
+    runtime()?.block_on(async {
         match command {
             KeysCommand::Create { name, namespaces } => {
                 let (key, record) = apikeys::create(store.as_ref(), &name, namespaces).await?;

@@ -27,6 +27,7 @@ pub struct FileConfig {
     pub db: Option<PathBuf>,
     pub durability: Option<Durability>,
     pub api_key_cache_seconds: Option<u64>,
+    pub refresh_check_seconds: Option<u64>,
     pub public_url: Option<String>,
     #[serde(default)]
     pub return_to_allowlist: Vec<String>,
@@ -101,6 +102,8 @@ pub struct Settings {
     pub db: PathBuf,
     pub durability: Durability,
     pub api_key_cache: Duration,
+    /// How often the background refresher looks for tokens to renew.
+    pub refresh_check: Duration,
     pub states: StatePolicy,
     pub sweep: SweepPolicy,
     /// Where browsers reach oauthd; `None` means `http://<listen address>`.
@@ -141,6 +144,13 @@ impl Settings {
         let api_key_cache_seconds = file.api_key_cache_seconds.unwrap_or(1);
         if api_key_cache_seconds > 3600 {
             return Err(invalid("api_key_cache_seconds", "must be at most 3600"));
+        }
+        let refresh_check_seconds = file.refresh_check_seconds.unwrap_or(30);
+        if !(1..=3600).contains(&refresh_check_seconds) {
+            return Err(invalid(
+                "refresh_check_seconds",
+                "must be between 1 and 3600",
+            ));
         }
         let s = &file.states;
         let base = ttl_rule("states", s.default_ttl_seconds, s.max_ttl_seconds)?;
@@ -210,6 +220,7 @@ impl Settings {
             db,
             durability: file.durability.unwrap_or_default(),
             api_key_cache: Duration::from_secs(api_key_cache_seconds),
+            refresh_check: Duration::from_secs(refresh_check_seconds),
             states: StatePolicy {
                 base,
                 overrides,

@@ -402,3 +402,192 @@ async fn database_and_log_hold_no_token_secret_or_full_state() {
         "an authorization code reached the log"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn background_refresher_renews_tokens_before_they_expire() {
+    let peer = Peer::start(4);
+    let (home, key) = setup(&peer, "refresh_check_seconds = 1\n");
+    let d = home.start();
+    assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
+    // Nobody asks for a token; the refresher must renew it at half its 4 s life.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while peer.grants("refresh_token").await < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(
+        peer.grants("refresh_token").await >= 2,
+        "the refresher did not renew the token"
+    );
+    assert_eq!(peer.grant_errors("refresh_token").await, 0);
+    let before = peer.grants("refresh_token").await;
+    let (status, token) = d
+        .get("/v1/connections/peer/alice/token?min_ttl=1", &key)
+        .await;
+    assert_eq!(status, 200, "{token}");
+    assert!(
+        peer.is_active(token["access_token"].as_str().unwrap())
+            .await
+    );
+    assert!(peer.grants("refresh_token").await <= before + 1);
+    assert!(home.log_text().contains("refresher: renewed"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_signs_in_with_the_printed_link_and_connects_from_the_browser() {
+    let peer = Peer::start(60);
+    let (home, key) = setup(&peer, "");
+    let d = home.start();
+    let browser = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // Not signed in: no connect, no index.
+    let resp = browser
+        .get(format!("{}/connect/peer?account=bob", d.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = browser.get(format!("{}/", d.url)).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+
+    let out = home.cli(&[
+        "admin",
+        "link",
+        "--listen",
+        d.url.trim_start_matches("http://"),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let link = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(
+        link.starts_with(&format!("{}/admin/login?token=", d.url)),
+        "{link}"
+    );
+    let resp = browser.get(&link).send().await.unwrap();
+    assert_eq!(resp.status(), 303);
+    let cookie = resp
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+    // One-time: the same link does not work twice.
+    let again = reqwest::Client::new().get(&link).send().await.unwrap();
+    assert_eq!(again.status(), 401);
+
+    let index = browser.get(format!("{}/", d.url)).send().await.unwrap();
+    assert_eq!(index.status(), 200);
+    let csp = index
+        .headers()
+        .get("content-security-policy")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    let html = index.text().await.unwrap();
+    assert!(html.contains(&format!("{}/callback/peer", d.url)), "{html}");
+
+    let resp = browser
+        .get(format!("{}/connect/peer?account=bob", d.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 302);
+    let to_provider = resp
+        .headers()
+        .get("location")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(to_provider.starts_with(&peer.issuer), "{to_provider}");
+    let callback = peer.approve(&to_provider).await;
+    assert_eq!(d.browser_get(&callback).await.0, 200);
+
+    let out = home.cli(&["connections", "list"]);
+    let listed = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        listed.contains("peer") && listed.contains("bob") && listed.contains("active"),
+        "{listed}"
+    );
+    assert_eq!(d.get("/v1/connections/peer/bob/token", &key).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_limited_to_other_providers_cannot_reach_connections() {
+    let peer = Peer::start(60);
+    let (home, key) = setup(&peer, "");
+    let other = home.create_key("other", &["provider:spotify"]);
+    let scoped = home.create_key("scoped", &["provider:peer"]);
+    let d = home.start();
+    assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
+    let (status, problem) = d.get("/v1/connections/peer/alice/token", &other).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (401, Some("namespace_not_allowed"))
+    );
+    assert_eq!(d.post("/v1/connect/peer", &other, json!({})).await.0, 401);
+    let (_, list) = d.get("/v1/connections", &other).await;
+    assert_eq!(list["connections"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        d.get("/v1/connections/peer/alice/token", &scoped).await.0,
+        200
+    );
+    let (status, problem) = d.get("/v1/connections/nope/alice/token", &key).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (404, Some("unknown_provider"))
+    );
+    let (status, problem) = d.get("/v1/connections/peer/nobody/token", &key).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (404, Some("connection_not_found"))
+    );
+    let (status, problem) = d
+        .post("/v1/connect/peer", &key, json!({"account": "bad name"}))
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (400, Some("invalid_account"))
+    );
+    let (status, problem) = d
+        .post(
+            "/v1/connect/peer",
+            &key,
+            json!({"return_to": "https://evil.example/"}),
+        )
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (400, Some("return_to_not_allowed"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allowed_return_to_gets_a_303_after_connecting() {
+    let peer = Peer::start(60);
+    let (home, key) = setup(
+        &peer,
+        "return_to_allowlist = [\"http://127.0.0.1:9/app/\"]\n",
+    );
+    let d = home.start();
+    let (status, body) = d
+        .post(
+            "/v1/connect/peer",
+            &key,
+            json!({"account": "alice", "return_to": "http://127.0.0.1:9/app/done"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let callback = peer.approve(body["authorize_url"].as_str().unwrap()).await;
+    let (status, _, location) = d.browser_get(&callback).await;
+    assert_eq!(status, 303);
+    assert_eq!(location.as_deref(), Some("http://127.0.0.1:9/app/done"));
+}

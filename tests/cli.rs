@@ -198,3 +198,37 @@ fn port_in_use_is_reported() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn providers_list_prints_the_redirect_uri_to_register() {
+    let home = Home::new();
+    home.write_config(
+        "public_url = \"https://auth.home.example\"\n[providers.st]\npreset = \"smartthings\"\nclient_id = \"abc\"\nclient_secret = \"s3cret-value\"\n",
+    );
+    let out = Command::new(BIN)
+        .args(["providers", "list", "--config"])
+        .arg(home.config())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let listed = text(&out.stdout);
+    assert!(
+        listed.contains("redirect URI: https://auth.home.example/callback/st"),
+        "{listed}"
+    );
+    assert!(listed.contains("preset:       smartthings"), "{listed}");
+    assert!(
+        !listed.contains("s3cret-value"),
+        "a client secret was printed"
+    );
+}
+
+#[test]
+fn keygen_prints_a_usable_vault_key() {
+    let out = Command::new(BIN).arg("keygen").output().unwrap();
+    assert!(out.status.success());
+    let key = text(&out.stdout).trim().to_owned();
+    assert!(oauthd::vault::parse_key(&key).is_ok(), "{key}");
+    let other = text(&Command::new(BIN).arg("keygen").output().unwrap().stdout);
+    assert_ne!(key, other.trim());
+}

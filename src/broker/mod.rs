@@ -6,6 +6,7 @@
 //! consumes it *before* the code is redeemed, so a replayed callback never reaches the
 //! token endpoint.
 
+pub mod refresher;
 mod tokens;
 
 pub use tokens::{AccessToken, ConnectionView};

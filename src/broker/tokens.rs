@@ -26,6 +26,11 @@ const LEASE_MS: i64 = 30_000;
 /// How long a caller waits for a refresh another process is running.
 const WAIT_FOR_OTHER_MS: i64 = 20_000;
 const BACKOFF_FIRST_MS: i64 = 5_000;
+/// The background refresher renews a token this long before it expires (or at half its
+/// lifetime, for short-lived tokens).
+const PROACTIVE_MS: i64 = 5 * 60_000;
+/// Refresh tokens that die when idle are used this long before they would.
+const KEEP_ALIVE_MARGIN_MS: i64 = 7 * 24 * 3600 * 1000;
 const BACKOFF_MAX_MS: i64 = 10 * 60_000;
 
 /// An access token for an app. Redacted in `Debug`.
@@ -197,8 +202,47 @@ impl Broker {
         if let Some(token) = self.usable(&row, min_ttl)? {
             return Ok(token);
         }
-        self.refresh_single_flight(&provider, account, min_ttl)
+        self.refresh_single_flight(&provider, account, min_ttl, false)
             .await
+    }
+
+    /// Refreshes whatever is due: tokens close to expiry, and refresh tokens that would
+    /// die of idleness (the provider's `refresh_idle_expiry`). Returns how many were
+    /// refreshed; failures are recorded on the connection and logged.
+    pub async fn refresh_due(&self) -> Result<usize, BrokerError> {
+        let now = now_ms();
+        let mut refreshed = 0;
+        for row in self.store.list_connections().await? {
+            let Ok(provider) = self.provider(&row.provider).map(Arc::clone) else {
+                continue;
+            };
+            if row.status != ConnectionStatus::Active
+                || row.refresh_token.is_none()
+                || row.retry_at_ms.is_some_and(|r| r > now)
+            {
+                continue;
+            }
+            let expiring = row.access_expires_at_ms.is_some_and(|at| {
+                let lifetime = row.last_refresh_at_ms.map_or(PROACTIVE_MS, |r| at - r);
+                at - now <= PROACTIVE_MS.min(lifetime / 2)
+            });
+            let idle = provider.quirks.refresh_idle_expiry.is_some_and(|idle| {
+                let idle_ms = idle.as_millis() as i64;
+                let keep_alive_after = (idle_ms - KEEP_ALIVE_MARGIN_MS).max(idle_ms / 2);
+                row.last_refresh_at_ms.unwrap_or(row.created_at_ms) + keep_alive_after <= now
+            });
+            if !expiring && !idle {
+                continue;
+            }
+            match self
+                .refresh_single_flight(&provider, &row.account, Duration::ZERO, true)
+                .await
+            {
+                Ok(_) => refreshed += 1,
+                Err(e) => log::warn!("background refresh {}/{}: {e}", row.provider, row.account),
+            }
+        }
+        Ok(refreshed)
     }
 
     async fn refresh_single_flight(
@@ -206,6 +250,7 @@ impl Broker {
         provider: &Provider,
         account: &str,
         min_ttl: Duration,
+        force: bool,
     ) -> Result<AccessToken, BrokerError> {
         let asked_at = now_ms();
         let lock = self.flight_lock(&provider.name, account);
@@ -222,8 +267,13 @@ impl Broker {
             } else {
                 min_ttl
             };
-            if let Some(token) = self.usable(&row, wanted)? {
-                return Ok(token);
+            if row.status == ConnectionStatus::NeedsReauth {
+                return Err(self.needs_reauth(&row));
+            }
+            if !force || refreshed_meanwhile {
+                if let Some(token) = self.usable(&row, wanted)? {
+                    return Ok(token);
+                }
             }
             let now = now_ms();
             if let Some(retry_at) = row.retry_at_ms.filter(|r| *r > now) {
