@@ -237,6 +237,7 @@ fn broker(
         vault,
         public_url,
         settings.return_to_allowlist.clone(),
+        settings.provider_timeout,
     )))
 }
 

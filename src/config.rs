@@ -28,6 +28,7 @@ pub struct FileConfig {
     pub durability: Option<Durability>,
     pub api_key_cache_seconds: Option<u64>,
     pub refresh_check_seconds: Option<u64>,
+    pub provider_timeout_seconds: Option<u64>,
     pub public_url: Option<String>,
     #[serde(default)]
     pub return_to_allowlist: Vec<String>,
@@ -104,6 +105,8 @@ pub struct Settings {
     pub api_key_cache: Duration,
     /// How often the background refresher looks for tokens to renew.
     pub refresh_check: Duration,
+    /// Bound on each request to a provider (discovery, token, revocation).
+    pub provider_timeout: Duration,
     pub states: StatePolicy,
     pub sweep: SweepPolicy,
     /// Where browsers reach oauthd; `None` means `http://<listen address>`.
@@ -150,6 +153,13 @@ impl Settings {
             return Err(invalid(
                 "refresh_check_seconds",
                 "must be between 1 and 3600",
+            ));
+        }
+        let provider_timeout_seconds = file.provider_timeout_seconds.unwrap_or(15);
+        if !(1..=300).contains(&provider_timeout_seconds) {
+            return Err(invalid(
+                "provider_timeout_seconds",
+                "must be between 1 and 300",
             ));
         }
         let s = &file.states;
@@ -221,6 +231,7 @@ impl Settings {
             durability: file.durability.unwrap_or_default(),
             api_key_cache: Duration::from_secs(api_key_cache_seconds),
             refresh_check: Duration::from_secs(refresh_check_seconds),
+            provider_timeout: Duration::from_secs(provider_timeout_seconds),
             states: StatePolicy {
                 base,
                 overrides,

@@ -115,6 +115,8 @@ pub struct Broker {
     http: reqwest::Client,
     public_url: Url,
     return_to_allowlist: Vec<String>,
+    /// How long a refresh holds the cross-process lease: outlives the provider request.
+    lease_ms: i64,
     /// One refresh per connection at a time inside this process.
     in_flight: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -127,13 +129,15 @@ impl Broker {
         vault: Arc<Vault>,
         public_url: Url,
         return_to_allowlist: Vec<String>,
+        provider_timeout: std::time::Duration,
     ) -> Broker {
         Broker {
             providers: providers.into_iter().map(|p| (p.name.clone(), p)).collect(),
             states,
             store,
             vault,
-            http: flows::http_client(),
+            http: flows::http_client(provider_timeout),
+            lease_ms: 2 * provider_timeout.as_millis() as i64 + 5_000,
             public_url,
             return_to_allowlist,
             in_flight: Mutex::new(HashMap::new()),

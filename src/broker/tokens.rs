@@ -21,8 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use zeroize::Zeroizing;
 
-/// How long a refresh may hold the lease: longer than the provider request's timeout.
-const LEASE_MS: i64 = 30_000;
 /// How long a caller waits for a refresh another process is running.
 const WAIT_FOR_OTHER_MS: i64 = 20_000;
 const BACKOFF_FIRST_MS: i64 = 5_000;
@@ -288,7 +286,7 @@ impl Broker {
             }
             match self
                 .store
-                .acquire_refresh_lease(&provider.name, account, now, LEASE_MS)
+                .acquire_refresh_lease(&provider.name, account, now, self.lease_ms)
                 .await?
             {
                 Some(generation) => {

@@ -17,12 +17,12 @@ use zeroize::Zeroizing;
 /// Largest token response accepted from a provider.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
-/// The HTTP client for talking to providers.
-pub fn http_client() -> reqwest::Client {
+/// The HTTP client for talking to providers; `timeout` bounds each whole request.
+pub fn http_client(timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(15))
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .timeout(timeout)
         .user_agent(concat!("oauthd/", env!("CARGO_PKG_VERSION")))
         .build()
         .unwrap_or_default()

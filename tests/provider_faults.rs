@@ -1,0 +1,309 @@
+//! Provider behaviour the real test provider cannot produce: preset quirks, refresh
+//! responses without a refresh token, 5xx, garbage, huge bodies and timeouts. A mock HTTP
+//! server (wiremock) plays the provider's token endpoint.
+
+mod common;
+
+use common::{Daemon, Home};
+use serde_json::json;
+use std::time::Duration;
+use wiremock::matchers::{body_string_contains, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// A provider table using `preset` with the endpoints pointed at the mock.
+fn provider_toml(name: &str, preset: &str, mock: &MockServer) -> String {
+    format!(
+        "[providers.{name}]\npreset = \"{preset}\"\nauthorization_url = \"{uri}/authorize\"\n\
+         token_url = \"{uri}/token\"\nrevocation_url = \"{uri}/revoke\"\nclient_id = \"cid\"\nclient_secret = \"c-secret\"\n",
+        uri = mock.uri()
+    )
+}
+
+/// The mock answers the code `code` with these tokens.
+async fn on_code(mock: &MockServer, code: &str, tokens: serde_json::Value) {
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("grant_type=authorization_code"))
+        .and(body_string_contains(format!("code={code}")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(tokens))
+        .mount(mock)
+        .await;
+}
+
+/// The mock answers a refresh with `refresh_token` by `response`.
+async fn on_refresh(mock: &MockServer, refresh_token: &str, response: ResponseTemplate) {
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("grant_type=refresh_token"))
+        .and(body_string_contains(format!(
+            "refresh_token={refresh_token}"
+        )))
+        .respond_with(response)
+        .mount(mock)
+        .await;
+}
+
+/// Starts a flow and lands on the callback with `code`, as the provider would redirect.
+async fn connect(d: &Daemon, key: &str, provider: &str, account: &str, code: &str) {
+    let (status, body) = d
+        .post(
+            &format!("/v1/connect/{provider}"),
+            key,
+            json!({"account": account}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let url = reqwest::Url::parse(body["authorize_url"].as_str().unwrap()).unwrap();
+    let state = url
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let (status, page, _) = d
+        .browser_get(&format!(
+            "{}/callback/{provider}?code={code}&state={state}",
+            d.url
+        ))
+        .await;
+    assert_eq!(status, 200, "{page}");
+}
+
+async fn token_requests(mock: &MockServer, grant: &str) -> Vec<wiremock::Request> {
+    mock.received_requests()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| {
+            r.url.path() == "/token"
+                && String::from_utf8_lossy(&r.body).contains(&format!("grant_type={grant}"))
+        })
+        .collect()
+}
+
+fn basic(id: &str, secret: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spotify_refresh_without_refresh_token_keeps_the_old_one() {
+    let mock = MockServer::start().await;
+    on_code(&mock, "c1", json!({"access_token": "at-1", "token_type": "Bearer", "expires_in": 1, "refresh_token": "rt-1"})).await;
+    on_refresh(
+        &mock,
+        "rt-1",
+        ResponseTemplate::new(200).set_body_json(
+            json!({"access_token": "at-2", "token_type": "Bearer", "expires_in": 1}),
+        ),
+    )
+    .await;
+    let home = Home::new();
+    home.write_config(&provider_toml("spotify", "spotify", &mock));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    connect(&d, &key, "spotify", "me", "c1").await;
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let (status, body) = d.get("/v1/connections/spotify/me/token", &key).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["access_token"], "at-2");
+    }
+    let refreshes = token_requests(&mock, "refresh_token").await;
+    assert_eq!(refreshes.len(), 2, "each expiry should refresh once");
+    for r in &refreshes {
+        assert!(
+            String::from_utf8_lossy(&r.body).contains("refresh_token=rt-1"),
+            "the old refresh token was not kept"
+        );
+        // The preset's client authentication: HTTP Basic.
+        assert_eq!(
+            r.headers.get("authorization").unwrap().to_str().unwrap(),
+            basic("cid", "c-secret")
+        );
+    }
+    let (_, conn) = d.get("/v1/connections/spotify/me", &key).await;
+    assert_eq!(conn["has_refresh_token"], true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn smartthings_rotating_refresh_tokens_are_replaced_on_every_refresh() {
+    let mock = MockServer::start().await;
+    on_code(&mock, "c1", json!({"access_token": "at-0", "token_type": "bearer", "expires_in": 1, "refresh_token": "rt-0", "scope": "r:devices:*"})).await;
+    for i in 0..3 {
+        on_refresh(
+            &mock,
+            &format!("rt-{i}"),
+            ResponseTemplate::new(200).set_body_json(json!({
+                "access_token": format!("at-{}", i + 1), "token_type": "bearer", "expires_in": 1,
+                "refresh_token": format!("rt-{}", i + 1)
+            })),
+        )
+        .await;
+    }
+    let home = Home::new();
+    home.write_config(&provider_toml("st", "smartthings", &mock));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    connect(&d, &key, "st", "home", "c1").await;
+    for i in 1..=3 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let (status, body) = d.get("/v1/connections/st/home/token", &key).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["access_token"], format!("at-{i}"));
+        assert_eq!(
+            body["scope"], "r:devices:*",
+            "scope kept from the first grant"
+        );
+    }
+    let refreshes = token_requests(&mock, "refresh_token").await;
+    assert_eq!(refreshes.len(), 3);
+    for r in &refreshes {
+        assert_eq!(
+            r.headers.get("authorization").unwrap().to_str().unwrap(),
+            basic("cid", "c-secret")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn google_preset_asks_for_offline_access_and_posts_client_credentials() {
+    let mock = MockServer::start().await;
+    on_code(&mock, "c1", json!({"access_token": "at-1", "token_type": "Bearer", "expires_in": 3600, "refresh_token": "rt-1"})).await;
+    let home = Home::new();
+    home.write_config(&provider_toml("google", "google", &mock));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let (_, body) = d.post("/v1/connect/google", &key, json!({})).await;
+    let url = reqwest::Url::parse(body["authorize_url"].as_str().unwrap()).unwrap();
+    let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+    assert_eq!(q["access_type"], "offline");
+    assert_eq!(q["prompt"], "consent");
+    assert!(q.contains_key("nonce"), "openid scope should carry a nonce");
+    let state = &q["state"];
+    let (status, _, _) = d
+        .browser_get(&format!("{}/callback/google?code=c1&state={state}", d.url))
+        .await;
+    assert_eq!(status, 200);
+    let exchange = &token_requests(&mock, "authorization_code").await[0];
+    let form = String::from_utf8_lossy(&exchange.body).into_owned();
+    assert!(
+        form.contains("client_secret=c-secret") && form.contains("client_id=cid"),
+        "{form}"
+    );
+    assert!(form.contains("code_verifier="), "{form}");
+    assert!(exchange.headers.get("authorization").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provider_faults_become_503_with_retry_after_and_back_off() {
+    let mock = MockServer::start().await;
+    let faults = [
+        ("err500", ResponseTemplate::new(500).set_body_string("oops")),
+        (
+            "garbage",
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "application/json")
+                .set_body_string("{not json"),
+        ),
+        (
+            "html",
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "text/html")
+                .set_body_string("<html>maintenance</html>"),
+        ),
+        (
+            "huge",
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "application/json")
+                .set_body_string(format!(
+                    "{{\"access_token\":\"{}\"}}",
+                    "x".repeat(2 * 1024 * 1024)
+                )),
+        ),
+        (
+            "slow",
+            ResponseTemplate::new(200)
+                .set_delay(Duration::from_secs(4))
+                .set_body_json(json!({"access_token": "late", "token_type": "Bearer"})),
+        ),
+    ];
+    for (name, _) in &faults {
+        on_code(&mock, name, json!({"access_token": format!("at-{name}"), "token_type": "Bearer", "expires_in": 1, "refresh_token": format!("rt-{name}")})).await;
+    }
+    for (name, response) in faults.clone() {
+        on_refresh(&mock, &format!("rt-{name}"), response).await;
+    }
+    let home = Home::new();
+    home.write_config(&format!(
+        "provider_timeout_seconds = 1\n{}",
+        provider_toml("p", "spotify", &mock)
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    for (name, _) in &faults {
+        connect(&d, &key, "p", name, name).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for (name, _) in &faults {
+        let resp = d
+            .http
+            .get(format!("{}/v1/connections/p/{name}/token", d.url))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 503, "{name}");
+        let retry_after: u64 = resp
+            .headers()
+            .get("retry-after")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(retry_after >= 1, "{name}");
+        let problem: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(problem["code"], "provider_unavailable", "{name}: {problem}");
+        // Backing off: asking again at once does not reach the provider.
+        let before = token_requests(&mock, "refresh_token").await.len();
+        assert_eq!(
+            d.get(&format!("/v1/connections/p/{name}/token"), &key)
+                .await
+                .0,
+            503
+        );
+        assert_eq!(
+            token_requests(&mock, "refresh_token").await.len(),
+            before,
+            "{name}: no backoff"
+        );
+        let (_, conn) = d.get(&format!("/v1/connections/p/{name}"), &key).await;
+        assert_eq!(
+            conn["status"], "active",
+            "{name}: a transient fault is not needs_reauth"
+        );
+        assert_eq!(conn["failures"], 1, "{name}");
+        assert!(
+            conn["last_error"].is_string() && conn["retry_at"].is_string(),
+            "{name}: {conn}"
+        );
+    }
+    // No refresh lease is left behind by a fault.
+    let conn = rusqlite::Connection::open(home.db()).unwrap();
+    let stuck: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM connections WHERE lease_until IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stuck, 0);
+    assert!(
+        !home.log_text().contains(&"x".repeat(100)),
+        "a provider body reached the log"
+    );
+}
