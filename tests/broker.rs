@@ -591,3 +591,33 @@ async fn allowed_return_to_gets_a_303_after_connecting() {
     assert_eq!(status, 303);
     assert_eq!(location.as_deref(), Some("http://127.0.0.1:9/app/done"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_processes_on_one_database_refresh_a_connection_once() {
+    let peer = Peer::start(3);
+    let (home, key) = setup(&peer, "");
+    let a = home.start();
+    let b = home.start();
+    assert_eq!(connect(&a, &peer, &key, "alice").await.0, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(3200)).await;
+    let calls = (0..20).map(|i| {
+        let d = if i % 2 == 0 { &a } else { &b };
+        d.get("/v1/connections/peer/alice/token", &key)
+    });
+    let results = futures::future::join_all(calls).await;
+    for (status, body) in &results {
+        assert_eq!(*status, 200, "{body}");
+    }
+    assert_eq!(
+        peer.grants("refresh_token").await,
+        1,
+        "both processes refreshed"
+    );
+    assert_eq!(peer.grant_errors("refresh_token").await, 0);
+    let tokens: std::collections::HashSet<_> = results
+        .iter()
+        .map(|(_, b)| b["access_token"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    assert!(peer.is_active(tokens.iter().next().unwrap()).await);
+}

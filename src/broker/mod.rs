@@ -28,6 +28,9 @@ use zeroize::Zeroizing;
 
 pub const DEFAULT_ACCOUNT: &str = "default";
 
+/// One async mutex per (provider, account): the in-process single flight.
+type FlightLocks = Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("no provider named {0:?} is configured")]
@@ -118,7 +121,7 @@ pub struct Broker {
     /// How long a refresh holds the cross-process lease: outlives the provider request.
     lease_ms: i64,
     /// One refresh per connection at a time inside this process.
-    in_flight: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    in_flight: FlightLocks,
 }
 
 impl Broker {

@@ -16,7 +16,7 @@ use super::{token_aad, Broker, BrokerError};
 use crate::clock::now_ms;
 use crate::oauth::flows::{self, FlowError, TokenSet};
 use crate::oauth::Provider;
-use crate::store::{ConnectionRow, ConnectionStatus, SealedTokens};
+use crate::store::{ConnectionRow, ConnectionStatus, RefreshFailure, SealedTokens};
 use std::sync::Arc;
 use std::time::Duration;
 use zeroize::Zeroizing;
@@ -318,10 +318,12 @@ impl Broker {
                     p,
                     a,
                     generation,
-                    ConnectionStatus::NeedsReauth,
-                    reason,
-                    None,
-                    now_ms(),
+                    RefreshFailure {
+                        status: ConnectionStatus::NeedsReauth,
+                        error: reason,
+                        retry_at_ms: None,
+                        now_ms: now_ms(),
+                    },
                 )
                 .await?;
             let mut row = row.clone();
@@ -368,10 +370,12 @@ impl Broker {
                         p,
                         a,
                         generation,
-                        ConnectionStatus::NeedsReauth,
-                        &reason,
-                        None,
-                        now_ms(),
+                        RefreshFailure {
+                            status: ConnectionStatus::NeedsReauth,
+                            error: &reason,
+                            retry_at_ms: None,
+                            now_ms: now_ms(),
+                        },
                     )
                     .await?;
                 let mut row = row.clone();
@@ -386,10 +390,12 @@ impl Broker {
                         p,
                         a,
                         generation,
-                        ConnectionStatus::Active,
-                        &e.to_string(),
-                        Some(now_ms() + wait),
-                        now_ms(),
+                        RefreshFailure {
+                            status: ConnectionStatus::Active,
+                            error: &e.to_string(),
+                            retry_at_ms: Some(now_ms() + wait),
+                            now_ms: now_ms(),
+                        },
                     )
                     .await?;
                 Err(BrokerError::ProviderUnavailable {

@@ -160,6 +160,17 @@ impl ConnectionStatus {
     }
 }
 
+/// A failed refresh, as recorded on its connection.
+#[derive(Debug, Clone, Copy)]
+pub struct RefreshFailure<'a> {
+    /// `NeedsReauth` when only the user can fix it.
+    pub status: ConnectionStatus,
+    pub error: &'a str,
+    /// No automatic attempt before this (backoff); `None` for no retry at all.
+    pub retry_at_ms: Option<i64>,
+    pub now_ms: i64,
+}
+
 /// Sealed tokens to store after a code exchange or a refresh.
 #[derive(Debug, Clone)]
 pub struct SealedTokens {
@@ -212,10 +223,7 @@ pub trait ConnectionStore: Send + Sync {
         provider: &str,
         account: &str,
         generation: i64,
-        status: ConnectionStatus,
-        error: &str,
-        retry_at_ms: Option<i64>,
-        now_ms: i64,
+        failure: RefreshFailure<'_>,
     ) -> Result<bool, StoreError>;
     async fn delete_connection(&self, provider: &str, account: &str) -> Result<bool, StoreError>;
 }

@@ -1,7 +1,9 @@
 //! `ConnectionStore` on SQLite. Reads through the pool, writes through the writer.
 
 use super::SqliteStore;
-use crate::store::{ConnectionRow, ConnectionStatus, ConnectionStore, SealedTokens, StoreError};
+use crate::store::{
+    ConnectionRow, ConnectionStatus, ConnectionStore, RefreshFailure, SealedTokens, StoreError,
+};
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};
 
@@ -158,12 +160,10 @@ impl ConnectionStore for SqliteStore {
         provider: &str,
         account: &str,
         generation: i64,
-        status: ConnectionStatus,
-        error: &str,
-        retry_at_ms: Option<i64>,
-        now_ms: i64,
+        f: RefreshFailure<'_>,
     ) -> Result<bool, StoreError> {
-        let (p, a, e) = (provider.to_owned(), account.to_owned(), error.to_owned());
+        let (p, a, e) = (provider.to_owned(), account.to_owned(), f.error.to_owned());
+        let (status, retry_at_ms, now_ms) = (f.status, f.retry_at_ms, f.now_ms);
         self.writer
             .run("recording a failed refresh", move |conn| {
                 let n = conn
