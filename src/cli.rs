@@ -9,8 +9,8 @@ use crate::config::{Overrides, Settings};
 use crate::http::{self, AppState};
 use crate::states::StateService;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{sweeper, KeyStore};
-use crate::vault::{self, KeySource, Vault};
+use crate::store::{sweeper, ConnectionStore, KeyStore};
+use crate::vault::{self, KeySource, VaultHandle};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,6 +63,12 @@ enum Command {
     },
     /// Print a new random vault key (for OAUTHD_KEY or a key file)
     Keygen,
+    /// Move every sealed token to a new vault key (works while oauthd runs)
+    Rekey {
+        /// Instead: drop keys from the key file that no stored value uses any more
+        #[arg(long)]
+        prune: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,6 +164,7 @@ fn run(cli: Cli) -> Result<(), Fatal> {
         Some(Command::Admin {
             command: AdminCommand::Link,
         }) => admin_link(settings),
+        Some(Command::Rekey { prune }) => rekey(settings, prune),
         Some(Command::Keygen) => {
             println!("{}", vault::generate_key_text()?.as_str());
             Ok(())
@@ -229,7 +236,8 @@ fn broker(
     states: Arc<StateService>,
     public_url: Url,
 ) -> Result<Arc<Broker>, Fatal> {
-    let vault = Arc::new(Vault::load(&KeySource::from_env(&settings.db))?);
+    let vault = Arc::new(VaultHandle::load(KeySource::from_env(&settings.db))?);
+    check_vault_opens_tokens(&vault, store)?;
     Ok(Arc::new(Broker::new(
         settings.providers.clone(),
         states,
@@ -239,6 +247,32 @@ fn broker(
         settings.return_to_allowlist.clone(),
         settings.provider_timeout,
     )))
+}
+
+/// Refuses to start when stored tokens were sealed with keys the vault does not have
+/// (a lost or wrong key file): every token call would fail, and new tokens would be
+/// sealed with a key the old ones can never join.
+fn check_vault_opens_tokens(vault: &VaultHandle, store: &Arc<SqliteStore>) -> Result<(), Fatal> {
+    let rows = runtime()?.block_on(store.list_connections())?;
+    let known = vault.key_ids();
+    let mut missing: Vec<String> = rows
+        .iter()
+        .filter_map(|r| vault::sealed_key_id(&r.access_token))
+        .filter(|id| !known.contains(id))
+        .collect();
+    missing.sort();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Fatal(
+        format!(
+            "the database holds tokens sealed with vault key(s) {} but the loaded key file has {}: restore the key file that was used (OAUTHD_KEY / OAUTHD_KEY_FILE / <db>.key)",
+            missing.join(", "),
+            known.join(", ")
+        ),
+        2,
+    ))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Fatal> {
@@ -318,6 +352,39 @@ fn connections(settings: Settings, command: ConnectionsCommand) -> Result<(), Fa
                 Ok(())
             }
         }
+    })
+}
+
+fn rekey(settings: Settings, prune: bool) -> Result<(), Fatal> {
+    let path = match KeySource::from_env(&settings.db) {
+        KeySource::Inline(_) => {
+            return Err(Fatal(
+                "the vault key comes from OAUTHD_KEY, which a running oauthd cannot re-read: put the key in a file named by OAUTHD_KEY_FILE to rotate it".into(),
+                2,
+            ))
+        }
+        KeySource::File { path, .. } => path,
+    };
+    if !path.exists() {
+        return Err(Fatal(
+            format!("key file {} does not exist", path.display()),
+            1,
+        ));
+    }
+    let store = open_store(&settings)?;
+    runtime()?.block_on(async {
+        if prune {
+            let (kept, removed) = crate::rekey::prune(&path, store.as_ref()).await?;
+            eprintln!("Key file {}: kept {kept} key(s), removed {removed} no value uses.", path.display());
+            return Ok(());
+        }
+        let report =
+            crate::rekey::rotate(&path, store.as_ref(), std::time::Duration::from_millis(1500)).await?;
+        eprintln!(
+            "New vault key {} now seals; re-sealed {} connection(s). The {} older key(s) stay in {} so values sealed under them still open; `oauthd rekey --prune` removes them once nothing uses them.",
+            report.new_key_id, report.resealed, report.old_keys, path.display()
+        );
+        Ok(())
     })
 }
 

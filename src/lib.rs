@@ -12,6 +12,7 @@ pub mod config;
 pub mod http;
 pub mod namespace;
 pub mod oauth;
+pub mod rekey;
 pub mod secret;
 pub mod states;
 pub mod store;

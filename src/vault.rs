@@ -157,6 +157,11 @@ impl Vault {
         }
     }
 
+    /// Ids of all loaded keys, as hex; the first seals.
+    pub fn key_ids(&self) -> Vec<String> {
+        self.keys.iter().map(|k| hex(&k.id)).collect()
+    }
+
     /// Id of the key that seals, as hex.
     pub fn current_key_id(&self) -> String {
         hex(&self.keys[0].id)
@@ -333,4 +338,143 @@ mod tests {
         let again = Vault::load(&source).unwrap();
         assert_eq!(first.current_key_id(), again.current_key_id());
     }
+}
+
+/// The vault as the running server uses it: follows its key file, so `oauthd rekey`
+/// (another process) takes effect without a restart.
+pub struct VaultHandle {
+    source: KeySource,
+    current: std::sync::RwLock<Loaded>,
+}
+
+struct Loaded {
+    vault: std::sync::Arc<Vault>,
+    modified: Option<std::time::SystemTime>,
+    checked: std::time::Instant,
+}
+
+/// How often the key file's modification time is looked at.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn modified(source: &KeySource) -> Option<std::time::SystemTime> {
+    match source {
+        KeySource::File { path, .. } => std::fs::metadata(path).and_then(|m| m.modified()).ok(),
+        KeySource::Inline(_) => None,
+    }
+}
+
+impl VaultHandle {
+    pub fn load(source: KeySource) -> Result<VaultHandle, VaultError> {
+        let vault = std::sync::Arc::new(Vault::load(&source)?);
+        let loaded = Loaded {
+            vault,
+            modified: modified(&source),
+            checked: std::time::Instant::now(),
+        };
+        Ok(VaultHandle {
+            source,
+            current: std::sync::RwLock::new(loaded),
+        })
+    }
+
+    /// The vault, reloaded first when the key file changed (or when `force` is set).
+    fn vault(&self, force: bool) -> std::sync::Arc<Vault> {
+        if let Ok(cur) = self.current.read() {
+            if !force
+                && (cur.checked.elapsed() < RECHECK || matches!(self.source, KeySource::Inline(_)))
+            {
+                return cur.vault.clone();
+            }
+        }
+        let Ok(mut cur) = self.current.write() else {
+            return std::sync::Arc::new(Vault { keys: Vec::new() });
+        };
+        cur.checked = std::time::Instant::now();
+        let now_modified = modified(&self.source);
+        if force || now_modified != cur.modified {
+            match Vault::load(&self.source) {
+                Ok(v) => {
+                    if v.current_key_id() != cur.vault.current_key_id() {
+                        log::info!(
+                            "vault: key file changed; sealing with key {}",
+                            v.current_key_id()
+                        );
+                    }
+                    cur.vault = std::sync::Arc::new(v);
+                    cur.modified = now_modified;
+                }
+                Err(e) => {
+                    log::warn!("vault: cannot reload the key file, keeping the loaded keys: {e}")
+                }
+            }
+        }
+        cur.vault.clone()
+    }
+
+    pub fn seal_str(&self, aad: &str, plaintext: &str) -> Result<Vec<u8>, VaultError> {
+        self.vault(false).seal_str(aad, plaintext)
+    }
+
+    pub fn key_ids(&self) -> Vec<String> {
+        self.vault(false).key_ids()
+    }
+
+    pub fn seal(&self, aad: &str, plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
+        self.vault(false).seal(aad, plaintext)
+    }
+
+    /// Opens; a value sealed with a key this process has not loaded yet makes it reload.
+    pub fn open(&self, aad: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        match self.vault(false).open(aad, sealed) {
+            Err(VaultError::UnknownKey(_)) => self.vault(true).open(aad, sealed),
+            other => other,
+        }
+    }
+
+    pub fn open_str(&self, aad: &str, sealed: &[u8]) -> Result<Zeroizing<String>, VaultError> {
+        let bytes = self.open(aad, sealed)?;
+        String::from_utf8(bytes.to_vec())
+            .map(Zeroizing::new)
+            .map_err(|_| VaultError::Corrupt)
+    }
+}
+
+/// Key ids of the keys in a key file's text, in order (the first seals).
+pub fn key_ids(text: &str) -> Result<Vec<String>, VaultError> {
+    Ok(Vault::from_text(text)?
+        .keys
+        .iter()
+        .map(|k| hex(&k.id))
+        .collect())
+}
+
+/// The key id a sealed value names, as hex.
+pub fn sealed_key_id(sealed: &[u8]) -> Option<String> {
+    (sealed.len() >= HEADER && sealed[0] == VERSION).then(|| hex(&sealed[1..5]))
+}
+
+/// Writes key file text atomically (temp file, fsync, rename), mode 0600.
+pub fn write_key_file(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("oauthd.key")
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
 }

@@ -621,3 +621,131 @@ async fn two_processes_on_one_database_refresh_a_connection_once() {
     assert_eq!(tokens.len(), 1, "{tokens:?}");
     assert!(peer.is_active(tokens.iter().next().unwrap()).await);
 }
+
+/// Key ids of the sealed tokens stored for every connection.
+fn sealed_key_ids(home: &Home) -> std::collections::BTreeSet<String> {
+    let conn = rusqlite::Connection::open(home.db()).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT access_token, refresh_token FROM connections")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Option<Vec<u8>>>(1)?))
+        })
+        .unwrap();
+    let mut ids = std::collections::BTreeSet::new();
+    for row in rows {
+        let (a, r) = row.unwrap();
+        ids.extend(oauthd::vault::sealed_key_id(&a));
+        ids.extend(r.as_deref().and_then(oauthd::vault::sealed_key_id));
+    }
+    ids
+}
+
+fn key_file_ids(home: &Home) -> Vec<String> {
+    let mut path = home.db().into_os_string();
+    path.push(".key");
+    oauthd::vault::key_ids(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rekey_moves_every_token_to_a_new_key_while_the_server_runs() {
+    let peer = Peer::start(3);
+    let (home, key) = setup(&peer, "");
+    let d = home.start();
+    for account in ["alice", "bob"] {
+        assert_eq!(connect(&d, &peer, &key, account).await.0, 200);
+    }
+    let original = key_file_ids(&home);
+    assert_eq!(original.len(), 1);
+    assert_eq!(sealed_key_ids(&home), original.iter().cloned().collect());
+
+    let out = home.cli(&["rekey"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids = key_file_ids(&home);
+    assert_eq!(ids.len(), 2, "new key first, old key kept");
+    assert_eq!(ids[1], original[0]);
+    assert_eq!(
+        sealed_key_ids(&home),
+        [ids[0].clone()].into_iter().collect(),
+        "tokens not re-sealed"
+    );
+
+    // The running server opens the re-sealed tokens and seals new ones with the new key.
+    for account in ["alice", "bob"] {
+        let (status, body) = d
+            .get(
+                &format!("/v1/connections/peer/{account}/token?min_ttl=0"),
+                &key,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(3200)).await;
+    let (status, body) = d.get("/v1/connections/peer/alice/token", &key).await;
+    assert_eq!(status, 200, "refresh after rekey: {body}");
+    assert!(peer.is_active(body["access_token"].as_str().unwrap()).await);
+    assert_eq!(
+        sealed_key_ids(&home),
+        [ids[0].clone()].into_iter().collect()
+    );
+
+    let out = home.cli(&["rekey", "--prune"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(key_file_ids(&home), vec![ids[0].clone()]);
+    d.signal_and_wait("TERM");
+    let d = home.start();
+    let (status, _) = d
+        .get("/v1/connections/peer/bob/token?min_ttl=0", &key)
+        .await;
+    assert_eq!(
+        status, 200,
+        "the pruned key file no longer opens the tokens"
+    );
+}
+
+#[test]
+fn rekey_refuses_a_key_from_the_environment() {
+    let home = Home::new();
+    let out = std::process::Command::new(common::BIN)
+        .args(["rekey", "--db"])
+        .arg(home.db())
+        .env(
+            "OAUTHD_KEY",
+            oauthd::vault::generate_key_text().unwrap().as_str(),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("OAUTHD_KEY_FILE"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_key_file_stops_the_start_instead_of_sealing_with_a_new_key() {
+    let peer = Peer::start(60);
+    let (home, key) = setup(&peer, "");
+    let d = home.start();
+    assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
+    d.signal_and_wait("TERM");
+    let mut key_file = home.db().into_os_string();
+    key_file.push(".key");
+    std::fs::remove_file(&key_file).unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(home.config())
+        .arg("--db")
+        .arg(home.db())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("restore the key file"), "{err}");
+}

@@ -18,7 +18,7 @@ use crate::oauth::Provider;
 use crate::secret::StateValue;
 use crate::states::{StateError, StateService};
 use crate::store::{ConnectionStore, StoreError};
-use crate::vault::{Vault, VaultError};
+use crate::vault::{VaultError, VaultHandle};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use std::collections::{BTreeMap, HashMap};
@@ -114,7 +114,7 @@ pub struct Broker {
     providers: BTreeMap<String, Arc<Provider>>,
     states: Arc<StateService>,
     store: Arc<dyn ConnectionStore>,
-    vault: Arc<Vault>,
+    vault: Arc<VaultHandle>,
     http: reqwest::Client,
     public_url: Url,
     return_to_allowlist: Vec<String>,
@@ -129,7 +129,7 @@ impl Broker {
         providers: Vec<Arc<Provider>>,
         states: Arc<StateService>,
         store: Arc<dyn ConnectionStore>,
-        vault: Arc<Vault>,
+        vault: Arc<VaultHandle>,
         public_url: Url,
         return_to_allowlist: Vec<String>,
         provider_timeout: std::time::Duration,

@@ -226,6 +226,17 @@ pub trait ConnectionStore: Send + Sync {
         failure: RefreshFailure<'_>,
     ) -> Result<bool, StoreError>;
     async fn delete_connection(&self, provider: &str, account: &str) -> Result<bool, StoreError>;
+    /// Replaces a connection's sealed tokens only if they are still `old` (compare and
+    /// set): a refresh that happened meanwhile wins. Returns whether it replaced them.
+    async fn reseal_connection(
+        &self,
+        provider: &str,
+        account: &str,
+        old: (Vec<u8>, Option<Vec<u8>>),
+        new: (Vec<u8>, Option<Vec<u8>>),
+    ) -> Result<bool, StoreError>;
+    /// The sealed data of connect flows still in the state store (base64 text).
+    async fn sealed_flow_data(&self) -> Result<Vec<String>, StoreError>;
 }
 
 /// What an admin secret is for.

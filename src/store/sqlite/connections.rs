@@ -187,6 +187,41 @@ impl ConnectionStore for SqliteStore {
             .await
     }
 
+    async fn reseal_connection(
+        &self,
+        provider: &str,
+        account: &str,
+        old: (Vec<u8>, Option<Vec<u8>>),
+        new: (Vec<u8>, Option<Vec<u8>>),
+    ) -> Result<bool, StoreError> {
+        let (p, a) = (provider.to_owned(), account.to_owned());
+        self.writer
+            .run("re-sealing a connection", move |conn| {
+                let n = conn
+                    .prepare_cached(
+                        "UPDATE connections SET access_token = ?5, refresh_token = ?6
+                         WHERE provider = ?1 AND account = ?2
+                           AND access_token = ?3 AND refresh_token IS ?4",
+                    )?
+                    .execute(params![p, a, old.0, old.1, new.0, new.1])?;
+                Ok(n == 1)
+            })
+            .await
+    }
+
+    async fn sealed_flow_data(&self) -> Result<Vec<String>, StoreError> {
+        self.read("reading connect flows in progress", |conn| {
+            conn.prepare_cached(
+                "SELECT json_extract(data, '$.sealed') FROM states
+                 WHERE namespace LIKE 'connect:%' AND json_valid(data)
+                   AND json_extract(data, '$.sealed') IS NOT NULL",
+            )?
+            .query_map([], |r| r.get(0))?
+            .collect()
+        })
+        .await
+    }
+
     async fn delete_connection(&self, provider: &str, account: &str) -> Result<bool, StoreError> {
         let (p, a) = (provider.to_owned(), account.to_owned());
         self.writer

@@ -1,0 +1,166 @@
+//! `oauthd rekey`: moves every sealed value to a new vault key while oauthd runs.
+//!
+//! 1. The key file becomes `[new key, old keys…]`, written atomically. A running oauthd
+//!    notices within a second and seals with the new key from then on; it can still open
+//!    values under the old keys.
+//! 2. Every connection's tokens are re-sealed under the new key, compare-and-set, so a
+//!    refresh that lands meanwhile is never overwritten. Passes repeat until one finds
+//!    nothing left, at least a reload interval after the file changed.
+//! 3. `--prune` later drops keys that no stored value uses any more (connect flows in
+//!    progress keep theirs until they end, at most their TTL).
+
+use crate::store::{ConnectionStore, StoreError};
+use crate::vault::{self, sealed_key_id, Vault, VaultError};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RekeyError {
+    #[error("key file {path}: {message}")]
+    File { path: String, message: String },
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct RekeyReport {
+    pub new_key_id: String,
+    pub resealed: usize,
+    pub old_keys: usize,
+}
+
+fn read(path: &Path) -> Result<Zeroizing<String>, RekeyError> {
+    std::fs::read_to_string(path)
+        .map(Zeroizing::new)
+        .map_err(|e| RekeyError::File {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+}
+
+fn write(path: &Path, text: &str) -> Result<(), RekeyError> {
+    vault::write_key_file(path, text).map_err(|e| RekeyError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// The key lines of a key file, without comments.
+fn key_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+const HEADER: &str = "# oauthd vault keys, one per line: the first seals, all open.\n# Back this file up with the database; keep it private.\n";
+
+/// Re-seals what is not under the vault's current key; returns how many connections changed.
+async fn reseal_pass(vault: &Vault, store: &dyn ConnectionStore) -> Result<usize, RekeyError> {
+    let mut changed = 0;
+    for row in store.list_connections().await? {
+        let current = vault.is_current(&row.access_token)
+            && row
+                .refresh_token
+                .as_ref()
+                .is_none_or(|r| vault.is_current(r));
+        if current {
+            continue;
+        }
+        let aad = |field: &str| format!("connection:{}/{}:{field}", row.provider, row.account);
+        let reseal = |field: &str, sealed: &[u8]| -> Result<Vec<u8>, VaultError> {
+            vault.seal(&aad(field), &vault.open(&aad(field), sealed)?)
+        };
+        let new_access = reseal("access_token", &row.access_token)?;
+        let new_refresh = match &row.refresh_token {
+            Some(r) => Some(reseal("refresh_token", r)?),
+            None => None,
+        };
+        // Lost the race to a refresh: the next pass looks at the new values.
+        if store
+            .reseal_connection(
+                &row.provider,
+                &row.account,
+                (row.access_token.clone(), row.refresh_token.clone()),
+                (new_access, new_refresh),
+            )
+            .await?
+        {
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}
+
+/// Rotates to a new key. `settle` is how long running servers may take to notice.
+pub async fn rotate(
+    path: &Path,
+    store: &dyn ConnectionStore,
+    settle: Duration,
+) -> Result<RekeyReport, RekeyError> {
+    let old = read(path)?;
+    let old_keys = key_lines(&old);
+    Vault::from_text(&old)?;
+    let new_key = vault::generate_key_text()?;
+    let text = Zeroizing::new(format!(
+        "{HEADER}{}\n{}\n",
+        new_key.as_str(),
+        old_keys.join("\n")
+    ));
+    let vault = Vault::from_text(&text)?;
+    write(path, &text)?;
+    let mut resealed = reseal_pass(&vault, store).await?;
+    // Until a pass finds nothing, after servers had time to switch keys.
+    for _ in 0..20 {
+        tokio::time::sleep(settle).await;
+        let n = reseal_pass(&vault, store).await?;
+        resealed += n;
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(RekeyReport {
+        new_key_id: vault.current_key_id(),
+        resealed,
+        old_keys: old_keys.len(),
+    })
+}
+
+/// Drops keys no stored value uses. Returns (kept, removed).
+pub async fn prune(path: &Path, store: &dyn ConnectionStore) -> Result<(usize, usize), RekeyError> {
+    let text = read(path)?;
+    let lines = key_lines(&text);
+    let ids = vault::key_ids(&text)?;
+    let mut used = BTreeSet::new();
+    for row in store.list_connections().await? {
+        used.extend(sealed_key_id(&row.access_token));
+        used.extend(row.refresh_token.as_deref().and_then(sealed_key_id));
+    }
+    for data in store.sealed_flow_data().await? {
+        used.extend(
+            STANDARD
+                .decode(data)
+                .ok()
+                .as_deref()
+                .and_then(sealed_key_id),
+        );
+    }
+    let keep: Vec<&String> = lines
+        .iter()
+        .zip(&ids)
+        .enumerate()
+        .filter(|(i, (_, id))| *i == 0 || used.contains(*id))
+        .map(|(_, (line, _))| line)
+        .collect();
+    let removed = lines.len() - keep.len();
+    if removed > 0 {
+        let joined: Vec<&str> = keep.iter().map(|s| s.as_str()).collect();
+        write(path, &format!("{HEADER}{}\n", joined.join("\n")))?;
+    }
+    Ok((keep.len(), removed))
+}
