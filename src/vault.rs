@@ -244,102 +244,6 @@ fn write_new_key_file(path: &Path) -> std::io::Result<()> {
     file.sync_all()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn vault() -> Vault {
-        Vault::from_text(&generate_key_text().unwrap()).unwrap()
-    }
-
-    #[test]
-    fn seal_then_open_round_trips() {
-        let v = vault();
-        let sealed = v
-            .seal_str("connection:a/b:access_token", "tok-123")
-            .unwrap();
-        assert!(!sealed.windows(7).any(|w| w == b"tok-123"));
-        assert_eq!(
-            v.open_str("connection:a/b:access_token", &sealed)
-                .unwrap()
-                .as_str(),
-            "tok-123"
-        );
-    }
-
-    #[test]
-    fn a_value_moved_to_another_field_or_row_does_not_open() {
-        let v = vault();
-        let sealed = v.seal_str("connection:a/b:access_token", "tok").unwrap();
-        assert!(matches!(
-            v.open("connection:a/b:refresh_token", &sealed),
-            Err(VaultError::Corrupt)
-        ));
-        assert!(matches!(
-            v.open("connection:a/c:access_token", &sealed),
-            Err(VaultError::Corrupt)
-        ));
-        let mut flipped = sealed.clone();
-        *flipped.last_mut().unwrap() ^= 1;
-        assert!(matches!(
-            v.open("connection:a/b:access_token", &flipped),
-            Err(VaultError::Corrupt)
-        ));
-        assert!(matches!(v.open("x", b"short"), Err(VaultError::Corrupt)));
-    }
-
-    #[test]
-    fn old_keys_open_and_the_first_key_seals() {
-        let old = generate_key_text().unwrap();
-        let new = generate_key_text().unwrap();
-        let before = Vault::from_text(&old).unwrap();
-        let sealed = before.seal_str("f", "secret").unwrap();
-        let both =
-            Vault::from_text(&format!("{}\n# old\n{}\n", new.as_str(), old.as_str())).unwrap();
-        assert_eq!(both.open_str("f", &sealed).unwrap().as_str(), "secret");
-        assert!(!both.is_current(&sealed));
-        assert!(both.is_current(&both.seal_str("f", "x").unwrap()));
-        let only_new = Vault::from_text(&new).unwrap();
-        assert!(matches!(
-            only_new.open("f", &sealed),
-            Err(VaultError::UnknownKey(_))
-        ));
-    }
-
-    #[test]
-    fn keys_parse_in_every_base64_flavour() {
-        let bytes = [0xfbu8; 32];
-        for text in [
-            STANDARD.encode(bytes),
-            STANDARD_NO_PAD.encode(bytes),
-            URL_SAFE.encode(bytes),
-            URL_SAFE_NO_PAD.encode(bytes),
-        ] {
-            assert_eq!(*parse_key(&format!(" {text}\n")).unwrap(), bytes, "{text}");
-        }
-        assert!(parse_key("dG9vIHNob3J0").is_err());
-        assert!(parse_key("not base64 at all!").is_err());
-    }
-
-    #[test]
-    fn first_run_creates_a_private_key_file_and_reuses_it() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let source = KeySource::File {
-            path: dir.path().join("oauthd.db.key"),
-            create: true,
-        };
-        let first = Vault::load(&source).unwrap();
-        let mode = std::fs::metadata(dir.path().join("oauthd.db.key"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
-        let again = Vault::load(&source).unwrap();
-        assert_eq!(first.current_key_id(), again.current_key_id());
-    }
-}
-
 /// The vault as the running server uses it: follows its key file, so `oauthd rekey`
 /// (another process) takes effect without a restart.
 pub struct VaultHandle {
@@ -477,4 +381,100 @@ pub fn write_key_file(path: &Path, text: &str) -> std::io::Result<()> {
     file.sync_all()?;
     std::fs::rename(&tmp, path)?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vault() -> Vault {
+        Vault::from_text(&generate_key_text().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn seal_then_open_round_trips() {
+        let v = vault();
+        let sealed = v
+            .seal_str("connection:a/b:access_token", "tok-123")
+            .unwrap();
+        assert!(!sealed.windows(7).any(|w| w == b"tok-123"));
+        assert_eq!(
+            v.open_str("connection:a/b:access_token", &sealed)
+                .unwrap()
+                .as_str(),
+            "tok-123"
+        );
+    }
+
+    #[test]
+    fn a_value_moved_to_another_field_or_row_does_not_open() {
+        let v = vault();
+        let sealed = v.seal_str("connection:a/b:access_token", "tok").unwrap();
+        assert!(matches!(
+            v.open("connection:a/b:refresh_token", &sealed),
+            Err(VaultError::Corrupt)
+        ));
+        assert!(matches!(
+            v.open("connection:a/c:access_token", &sealed),
+            Err(VaultError::Corrupt)
+        ));
+        let mut flipped = sealed.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert!(matches!(
+            v.open("connection:a/b:access_token", &flipped),
+            Err(VaultError::Corrupt)
+        ));
+        assert!(matches!(v.open("x", b"short"), Err(VaultError::Corrupt)));
+    }
+
+    #[test]
+    fn old_keys_open_and_the_first_key_seals() {
+        let old = generate_key_text().unwrap();
+        let new = generate_key_text().unwrap();
+        let before = Vault::from_text(&old).unwrap();
+        let sealed = before.seal_str("f", "secret").unwrap();
+        let both =
+            Vault::from_text(&format!("{}\n# old\n{}\n", new.as_str(), old.as_str())).unwrap();
+        assert_eq!(both.open_str("f", &sealed).unwrap().as_str(), "secret");
+        assert!(!both.is_current(&sealed));
+        assert!(both.is_current(&both.seal_str("f", "x").unwrap()));
+        let only_new = Vault::from_text(&new).unwrap();
+        assert!(matches!(
+            only_new.open("f", &sealed),
+            Err(VaultError::UnknownKey(_))
+        ));
+    }
+
+    #[test]
+    fn keys_parse_in_every_base64_flavour() {
+        let bytes = [0xfbu8; 32];
+        for text in [
+            STANDARD.encode(bytes),
+            STANDARD_NO_PAD.encode(bytes),
+            URL_SAFE.encode(bytes),
+            URL_SAFE_NO_PAD.encode(bytes),
+        ] {
+            assert_eq!(*parse_key(&format!(" {text}\n")).unwrap(), bytes, "{text}");
+        }
+        assert!(parse_key("dG9vIHNob3J0").is_err());
+        assert!(parse_key("not base64 at all!").is_err());
+    }
+
+    #[test]
+    fn first_run_creates_a_private_key_file_and_reuses_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let source = KeySource::File {
+            path: dir.path().join("oauthd.db.key"),
+            create: true,
+        };
+        let first = Vault::load(&source).unwrap();
+        let mode = std::fs::metadata(dir.path().join("oauthd.db.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = Vault::load(&source).unwrap();
+        assert_eq!(first.current_key_id(), again.current_key_id());
+    }
 }

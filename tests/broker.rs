@@ -517,7 +517,23 @@ async fn admin_signs_in_with_the_printed_link_and_connects_from_the_browser() {
         listed.contains("peer") && listed.contains("bob") && listed.contains("active"),
         "{listed}"
     );
-    assert_eq!(d.get("/v1/connections/peer/bob/token", &key).await.0, 200);
+    let (_, token) = d.get("/v1/connections/peer/bob/token", &key).await;
+    let access = token["access_token"].as_str().unwrap().to_owned();
+    let out = home.cli(&["connections", "show", "peer", "bob"]);
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["status"], "active");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&access));
+    let out = home.cli(&["connections", "delete", "peer", "bob"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !peer.is_active(&access).await,
+        "the CLI delete did not revoke"
+    );
+    assert_eq!(d.get("/v1/connections/peer/bob", &key).await.0, 404);
 }
 
 #[tokio::test(flavor = "multi_thread")]

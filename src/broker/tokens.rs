@@ -78,6 +78,28 @@ fn capped_min_ttl_ms(row: &ConnectionRow, min_ttl: Duration) -> i64 {
     }
 }
 
+/// Whether the background refresher should refresh this connection now: its token is
+/// within 5 minutes of expiry (or half its lifetime, when shorter), or its refresh token
+/// would die of disuse within a week (or half the idle limit, when shorter).
+fn due_for_refresh(row: &ConnectionRow, idle_expiry: Option<Duration>, now: i64) -> bool {
+    if row.status != ConnectionStatus::Active
+        || row.refresh_token.is_none()
+        || row.retry_at_ms.is_some_and(|r| r > now)
+    {
+        return false;
+    }
+    let expiring = row.access_expires_at_ms.is_some_and(|at| {
+        let lifetime = row.last_refresh_at_ms.map_or(PROACTIVE_MS, |r| at - r);
+        at - now <= PROACTIVE_MS.min(lifetime / 2)
+    });
+    let idle = idle_expiry.is_some_and(|idle| {
+        let idle_ms = idle.as_millis() as i64;
+        let keep_alive_after = (idle_ms - KEEP_ALIVE_MARGIN_MS).max(idle_ms / 2);
+        row.last_refresh_at_ms.unwrap_or(row.created_at_ms) + keep_alive_after <= now
+    });
+    expiring || idle
+}
+
 fn backoff_ms(failures: i64) -> i64 {
     let shift = failures.clamp(0, 20) as u32;
     BACKOFF_FIRST_MS
@@ -214,22 +236,7 @@ impl Broker {
             let Ok(provider) = self.provider(&row.provider).map(Arc::clone) else {
                 continue;
             };
-            if row.status != ConnectionStatus::Active
-                || row.refresh_token.is_none()
-                || row.retry_at_ms.is_some_and(|r| r > now)
-            {
-                continue;
-            }
-            let expiring = row.access_expires_at_ms.is_some_and(|at| {
-                let lifetime = row.last_refresh_at_ms.map_or(PROACTIVE_MS, |r| at - r);
-                at - now <= PROACTIVE_MS.min(lifetime / 2)
-            });
-            let idle = provider.quirks.refresh_idle_expiry.is_some_and(|idle| {
-                let idle_ms = idle.as_millis() as i64;
-                let keep_alive_after = (idle_ms - KEEP_ALIVE_MARGIN_MS).max(idle_ms / 2);
-                row.last_refresh_at_ms.unwrap_or(row.created_at_ms) + keep_alive_after <= now
-            });
-            if !expiring && !idle {
+            if !due_for_refresh(&row, provider.quirks.refresh_idle_expiry, now) {
                 continue;
             }
             match self
@@ -519,7 +526,81 @@ impl Broker {
 
 #[cfg(test)]
 mod tests {
-    use super::backoff_ms;
+    use super::*;
+
+    const HOUR: i64 = 3600 * 1000;
+    const DAY: i64 = 24 * HOUR;
+
+    /// A SmartThings-like connection: 24 h tokens, last refreshed `refreshed_ago` ago.
+    fn row(refreshed_ago: i64, now: i64) -> ConnectionRow {
+        let refreshed = now - refreshed_ago;
+        ConnectionRow {
+            provider: "st".into(),
+            account: "home".into(),
+            status: ConnectionStatus::Active,
+            scopes: None,
+            token_type: "Bearer".into(),
+            access_token: vec![1],
+            refresh_token: Some(vec![2]),
+            access_expires_at_ms: Some(refreshed + DAY),
+            created_at_ms: refreshed,
+            updated_at_ms: refreshed,
+            last_refresh_at_ms: Some(refreshed),
+            last_error: None,
+            failures: 0,
+            retry_at_ms: None,
+            lease_until_ms: None,
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn tokens_are_renewed_five_minutes_before_expiry() {
+        let now = 1_000 * DAY;
+        assert!(!due_for_refresh(&row(HOUR, now), None, now));
+        assert!(!due_for_refresh(&row(DAY - 6 * 60_000, now), None, now));
+        assert!(due_for_refresh(&row(DAY - 4 * 60_000, now), None, now));
+        // Short-lived tokens: at half their lifetime.
+        let mut short = row(0, now);
+        short.last_refresh_at_ms = Some(now - 2_000);
+        short.access_expires_at_ms = Some(now + 2_000);
+        assert!(due_for_refresh(&short, None, now));
+        short.access_expires_at_ms = Some(now + 3_000);
+        assert!(!due_for_refresh(&short, None, now));
+    }
+
+    #[test]
+    fn idle_refresh_tokens_are_kept_alive_a_week_before_they_would_die() {
+        let now = 1_000 * DAY;
+        let idle = Some(Duration::from_secs(30 * 24 * 3600));
+        // A token that never expires (provider said nothing), idle for 22 days: not yet.
+        let mut r = row(22 * DAY, now);
+        r.access_expires_at_ms = None;
+        assert!(!due_for_refresh(&r, idle, now));
+        let mut r = row(24 * DAY, now);
+        r.access_expires_at_ms = None;
+        assert!(due_for_refresh(&r, idle, now));
+        assert!(
+            !due_for_refresh(&r, None, now),
+            "no idle limit, no keep-alive"
+        );
+    }
+
+    #[test]
+    fn nothing_is_refreshed_that_cannot_or_must_not_be() {
+        let now = 1_000 * DAY;
+        let due = row(DAY, now);
+        assert!(due_for_refresh(&due, None, now));
+        let mut r = due.clone();
+        r.status = ConnectionStatus::NeedsReauth;
+        assert!(!due_for_refresh(&r, None, now));
+        let mut r = due.clone();
+        r.refresh_token = None;
+        assert!(!due_for_refresh(&r, None, now));
+        let mut r = due.clone();
+        r.retry_at_ms = Some(now + 1);
+        assert!(!due_for_refresh(&r, None, now), "backing off");
+    }
 
     #[test]
     fn backoff_doubles_from_five_seconds_up_to_ten_minutes() {

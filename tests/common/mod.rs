@@ -41,16 +41,18 @@ impl Home {
         std::fs::write(self.config(), toml).expect("write config");
     }
 
-    /// Runs an oauthd CLI command against this home's database.
+    /// Runs an oauthd CLI command against this home's database (and config, when written).
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
             .arg("--db")
             .arg(self.db())
             .env("RUST_LOG", "warn")
-            .env_remove("OAUTHD_CONFIG")
-            .output()
-            .expect("run oauthd")
+            .env_remove("OAUTHD_CONFIG");
+        if self.config().exists() {
+            cmd.arg("--config").arg(self.config());
+        }
+        cmd.output().expect("run oauthd")
     }
 
     /// Creates an API key and returns it (the last line of stdout).
