@@ -1,29 +1,23 @@
 -- Create-then-consume pairs: each state a connection's create returns is consumed by the
 -- thread's next request. A pair counts when the consume answers 200.
-local counter = 0
-local threads = {}
-
-function setup(thread)
-  thread:set("id", counter)
-  counter = counter + 1
-  table.insert(threads, thread)
-end
+package.path = "bench/?.lua;" .. package.path
+local common = require("common")
+setup = common.setup
+done = common.done
 
 function init(args)
   ok = 0
   pending = {}
-  auth = "Bearer " .. os.getenv("OAUTHD_KEY")
-  create_body = '{"namespace":"oauth:bench","data":{"verifier":"abcdefghijklmnopqrstuvwxyz0123456789","return_to":"/done"}}'
+  headers = common.headers()
 end
 
 function request()
   local s = table.remove(pending)
-  local headers = {["Content-Type"] = "application/json", ["Authorization"] = auth}
   if s then
     return wrk.format("POST", "/v1/states/consume", headers,
       '{"namespace":"oauth:bench","state":"' .. s .. '"}')
   end
-  return wrk.format("POST", "/v1/states", headers, create_body)
+  return wrk.format("POST", "/v1/states", headers, common.create_body)
 end
 
 function response(status, headers, body)
@@ -33,10 +27,4 @@ function response(status, headers, body)
   elseif status == 200 then
     ok = ok + 1
   end
-end
-
-function done(summary, latency, requests)
-  local total = 0
-  for _, t in ipairs(threads) do total = total + t:get("ok") end
-  io.write(string.format("OK_RESPONSES %d\n", total))
 end

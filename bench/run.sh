@@ -47,14 +47,14 @@ start() {
 }
 
 printf 'durability = "%s"\n' "$DURABILITY" >"$tmp/oauthd.toml"
-export OAUTHD_KEY
+export BENCH_API_KEY
 start bare target/release/examples/bare_handler 127.0.0.1:0; BARE=$URL
 
 # fresh_oauthd N: stops the previous oauthd, starts one on a new database, sets $OAUTHD.
 fresh_oauthd() {
   [ -n "${OAUTHD_PID:-}" ] && { kill "$OAUTHD_PID"; wait "$OAUTHD_PID" 2>/dev/null || true; }
   local db="$tmp/bench-$1.db"
-  OAUTHD_KEY=$(RUST_LOG=warn target/release/oauthd keys create --db "$db" --name bench 2>/dev/null | tail -1)
+  BENCH_API_KEY=$(RUST_LOG=warn target/release/oauthd keys create --db "$db" --name bench 2>/dev/null | tail -1)
   RUST_LOG=warn start oauthd target/release/oauthd --db "$db" --config "$tmp/oauthd.toml" --listen 127.0.0.1:0
   OAUTHD=$URL OAUTHD_PID=${pids[-1]} OAUTHD_DB=$db
 }

@@ -136,7 +136,10 @@ impl Vault {
     /// Loads the vault, creating a 0600 key file beside the database on first run.
     pub fn load(source: &KeySource) -> Result<Vault, VaultError> {
         match source {
-            KeySource::Inline(text) => Vault::from_text(text),
+            KeySource::Inline(text) => Vault::from_text(text).map_err(|e| VaultError::File {
+                path: PathBuf::from("OAUTHD_KEY"),
+                message: e.to_string(),
+            }),
             KeySource::File { path, create } => {
                 let file_err = |message: String| VaultError::File {
                     path: path.clone(),

@@ -15,13 +15,19 @@ fn setup(peer: &Peer, extra_toml: &str) -> (Home, String) {
     (home, key)
 }
 
-/// Runs the whole connect flow for `account` and returns the callback page's status and body.
-async fn connect(d: &Daemon, peer: &Peer, key: &str, account: &str) -> (u16, String) {
+/// Starts a connect flow for `account` and returns the authorization URL.
+async fn start_flow(d: &Daemon, key: &str, account: &str) -> String {
     let (status, body) = d
         .post("/v1/connect/peer", key, json!({"account": account}))
         .await;
     assert_eq!(status, 201, "{body}");
-    let callback = peer.approve(body["authorize_url"].as_str().unwrap()).await;
+    body["authorize_url"].as_str().unwrap().to_owned()
+}
+
+/// Runs the whole connect flow for `account` and returns the callback page's status and body.
+async fn connect(d: &Daemon, peer: &Peer, key: &str, account: &str) -> (u16, String) {
+    let authorize = start_flow(d, key, account).await;
+    let callback = peer.approve(&authorize).await;
     assert!(
         callback.starts_with(&format!("{}/callback/peer?", d.url)),
         "{callback}"
@@ -230,10 +236,8 @@ async fn replayed_callback_is_refused_without_redeeming_the_code_again() {
     let peer = Peer::start(60);
     let (home, key) = setup(&peer, "");
     let d = home.start();
-    let (_, body) = d
-        .post("/v1/connect/peer", &key, json!({"account": "alice"}))
-        .await;
-    let callback = peer.approve(body["authorize_url"].as_str().unwrap()).await;
+    let authorize = start_flow(&d, &key, "alice").await;
+    let callback = peer.approve(&authorize).await;
     assert_eq!(d.browser_get(&callback).await.0, 200);
     let (status, page, _) = d.browser_get(&callback).await;
     assert_eq!(status, 400, "{page}");
@@ -255,10 +259,8 @@ async fn callback_with_a_wrong_or_missing_iss_is_refused() {
     let (home, key) = setup(&peer, "");
     let d = home.start();
     for (tamper, want) in [("wrong", "Wrong issuer"), ("missing", "Missing issuer")] {
-        let (_, body) = d
-            .post("/v1/connect/peer", &key, json!({"account": "alice"}))
-            .await;
-        let callback = peer.approve(body["authorize_url"].as_str().unwrap()).await;
+        let authorize = start_flow(&d, &key, "alice").await;
+        let callback = peer.approve(&authorize).await;
         let mut url = reqwest::Url::parse(&callback).unwrap();
         let pairs: Vec<(String, String)> = url
             .query_pairs()
@@ -292,10 +294,8 @@ async fn declining_at_the_provider_shows_the_declined_page() {
     let peer = Peer::start(60);
     let (home, key) = setup(&peer, "");
     let d = home.start();
-    let (_, body) = d
-        .post("/v1/connect/peer", &key, json!({"account": "alice"}))
-        .await;
-    let callback = peer.deny(body["authorize_url"].as_str().unwrap()).await;
+    let authorize = start_flow(&d, &key, "alice").await;
+    let callback = peer.deny(&authorize).await;
     assert!(callback.contains("error=access_denied"), "{callback}");
     let (status, page, _) = d.browser_get(&callback).await;
     assert_eq!(status, 403, "{page}");
@@ -314,11 +314,9 @@ async fn callback_after_the_state_expired_offers_to_start_again() {
         "[states.namespaces.\"connect:*\"]\ndefault_ttl_seconds = 1\n",
     );
     let d = home.start();
-    let (_, body) = d
-        .post("/v1/connect/peer", &key, json!({"account": "bob"}))
-        .await;
+    let authorize = start_flow(&d, &key, "bob").await;
     tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
-    let callback = peer.approve(body["authorize_url"].as_str().unwrap()).await;
+    let callback = peer.approve(&authorize).await;
     let (status, page, _) = d.browser_get(&callback).await;
     assert_eq!(status, 410, "{page}");
     assert!(
@@ -357,10 +355,8 @@ async fn database_and_log_hold_no_token_secret_or_full_state() {
     let peer = Peer::start(60);
     let (home, key) = setup(&peer, "");
     let d = home.start();
-    let (_, body) = d
-        .post("/v1/connect/peer", &key, json!({"account": "alice"}))
-        .await;
-    let authorize = body["authorize_url"].as_str().unwrap().to_owned();
+    let authorize = start_flow(&d, &key, "alice").await;
+    let authorize = authorize.clone();
     let state = reqwest::Url::parse(&authorize)
         .unwrap()
         .query_pairs()

@@ -35,7 +35,9 @@ impl Caller {
             .unwrap_or(false)
     }
 
-    pub fn require_provider(&self, provider: &str) -> Result<(), ApiError> {
+    /// 404 for a provider that is not configured, 401 when the key may not use it.
+    pub fn require_provider(&self, app: &AppState, provider: &str) -> Result<(), ApiError> {
+        app.broker.provider(provider)?;
         if self.may_use_provider(provider) {
             Ok(())
         } else {

@@ -21,8 +21,7 @@ pub async fn start_api(
     let account = body.opt_string("account", "invalid_account")?;
     let return_to = body.opt_string("return_to", "return_to_not_allowed")?;
     body.finish()?;
-    app.broker.provider(&provider)?;
-    caller.require_provider(&provider)?;
+    caller.require_provider(&app, &provider)?;
     let started = app
         .broker
         .start_connect(&provider, account.as_deref(), return_to.as_deref())

@@ -38,8 +38,7 @@ pub async fn show(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (provider, account) = path.into_inner();
-    app.broker.provider(&provider)?;
-    caller.require_provider(&provider)?;
+    caller.require_provider(&app, &provider)?;
     Ok(HttpResponse::Ok().json(app.broker.connection(&provider, &account).await?))
 }
 
@@ -51,8 +50,7 @@ pub async fn token(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let (provider, account) = path.into_inner();
-    app.broker.provider(&provider)?;
-    caller.require_provider(&provider)?;
+    caller.require_provider(&app, &provider)?;
     let min_ttl = match query_param(&req, "min_ttl") {
         None => DEFAULT_MIN_TTL,
         Some(v) => v
@@ -86,8 +84,7 @@ pub async fn delete(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let (provider, account) = path.into_inner();
-    app.broker.provider(&provider)?;
-    caller.require_provider(&provider)?;
+    caller.require_provider(&app, &provider)?;
     let force = query_param(&req, "force").is_some_and(|v| v == "true" || v == "1");
     app.broker.disconnect(&provider, &account, force).await?;
     Ok(HttpResponse::NoContent().finish())

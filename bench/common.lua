@@ -1,0 +1,24 @@
+-- Shared by the wrk scripts: per-thread ids and counting 2xx answers across threads.
+local M = {}
+local counter = 0
+local threads = {}
+
+function M.setup(thread)
+  thread:set("id", counter)
+  counter = counter + 1
+  table.insert(threads, thread)
+end
+
+function M.done()
+  local total = 0
+  for _, t in ipairs(threads) do total = total + t:get("ok") end
+  io.write(string.format("OK_RESPONSES %d\n", total))
+end
+
+M.headers = function()
+  return {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. os.getenv("BENCH_API_KEY")}
+end
+
+M.create_body = '{"namespace":"oauth:bench","data":{"verifier":"abcdefghijklmnopqrstuvwxyz0123456789","return_to":"/done"}}'
+
+return M
