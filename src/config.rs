@@ -225,6 +225,17 @@ impl Settings {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let localhost = public_url
+            .as_ref()
+            .is_some_and(|u| u.host_str() == Some("localhost"));
+        if let Some(p) = providers.iter().find(|p| p.preset == Some("spotify")) {
+            if localhost {
+                return Err(invalid(
+                    "public_url",
+                    format!("provider {} (Spotify) refuses localhost redirect URIs: use http://127.0.0.1:PORT", p.name),
+                ));
+            }
+        }
         Ok(Settings {
             listen,
             db,
@@ -331,6 +342,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("return_to_allowlist[0]:"), "{e}");
+        let e = parse("public_url = \"http://localhost:6288\"\n[providers.sp]\npreset = \"spotify\"\nclient_id = \"a\"\nclient_secret = \"b\"\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with("public_url:") && e.contains("127.0.0.1"),
+            "{e}"
+        );
         let ok = parse("public_url = \"https://auth.home.example/oauthd\"\n[providers.spotify]\npreset = \"spotify\"\nclient_id = \"a\"\nclient_secret = \"b\"\n").unwrap();
         assert_eq!(ok.providers[0].name, "spotify");
         assert_eq!(

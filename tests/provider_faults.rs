@@ -307,3 +307,99 @@ async fn provider_faults_become_503_with_retry_after_and_back_off() {
         "a provider body reached the log"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn github_tokens_without_expiry_or_refresh_token_are_served_as_they_are() {
+    let mock = MockServer::start().await;
+    on_code(
+        &mock,
+        "c1",
+        json!({"access_token": "gho_1", "token_type": "bearer", "scope": "read:user"}),
+    )
+    .await;
+    let home = Home::new();
+    home.write_config(&provider_toml("gh", "github", &mock));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    connect(&d, &key, "gh", "me", "c1").await;
+    let exchange = &token_requests(&mock, "authorization_code").await[0];
+    assert!(
+        String::from_utf8_lossy(&exchange.body).contains("client_secret=c-secret"),
+        "GitHub takes credentials in the body"
+    );
+    for _ in 0..3 {
+        let (status, body) = d
+            .get("/v1/connections/gh/me/token?min_ttl=3600", &key)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["access_token"], "gho_1");
+        assert!(body["expires_at"].is_null());
+    }
+    assert!(
+        token_requests(&mock, "refresh_token").await.is_empty(),
+        "nothing to refresh"
+    );
+    let (_, conn) = d.get("/v1/connections/gh/me", &key).await;
+    assert_eq!(conn["has_refresh_token"], false);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn microsoft_preset_asks_for_offline_access() {
+    let mock = MockServer::start().await;
+    let home = Home::new();
+    home.write_config(&provider_toml("ms", "microsoft", &mock));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let (status, body) = d.post("/v1/connect/ms", &key, json!({})).await;
+    assert_eq!(status, 201, "{body}");
+    let url = reqwest::Url::parse(body["authorize_url"].as_str().unwrap()).unwrap();
+    let scope = url
+        .query_pairs()
+        .find(|(k, _)| k == "scope")
+        .unwrap()
+        .1
+        .into_owned();
+    assert!(scope.split(' ').any(|s| s == "offline_access"), "{scope}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vault_key_from_oauthd_key_file_and_admin_token_from_the_environment() {
+    let mock = MockServer::start().await;
+    on_code(&mock, "c1", json!({"access_token": "at-1", "token_type": "Bearer", "expires_in": 3600, "refresh_token": "rt-1"})).await;
+    let home = Home::new();
+    home.write_config(&provider_toml("sp", "spotify", &mock));
+    let key_file = home.dir.path().join("vault.key");
+    std::fs::write(
+        &key_file,
+        format!("{}\n", oauthd::vault::generate_key_text().unwrap().as_str()),
+    )
+    .unwrap();
+    let key = home.create_key("app", &[]);
+    let admin_token = "a-long-enough-admin-token";
+    let d = home.start_with_env(&[
+        ("OAUTHD_KEY_FILE", key_file.to_str().unwrap()),
+        ("OAUTHD_ADMIN_TOKEN", admin_token),
+    ]);
+    connect(&d, &key, "sp", "me", "c1").await;
+    let mut default_file = home.db().into_os_string();
+    default_file.push(".key");
+    assert!(
+        !std::path::Path::new(&default_file).exists(),
+        "OAUTHD_KEY_FILE was ignored"
+    );
+    let id = oauthd::vault::key_ids(&std::fs::read_to_string(&key_file).unwrap()).unwrap();
+    let conn = rusqlite::Connection::open(home.db()).unwrap();
+    let sealed: Vec<u8> = conn
+        .query_row("SELECT access_token FROM connections", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(oauthd::vault::sealed_key_id(&sealed), Some(id[0].clone()));
+    // The admin token signs in; anything else does not.
+    let (status, _, location) = d
+        .browser_get(&format!("{}/admin/login?token={admin_token}", d.url))
+        .await;
+    assert_eq!((status, location.as_deref()), (303, Some("/")));
+    let (status, _, _) = d
+        .browser_get(&format!("{}/admin/login?token=wrong-token-0000000", d.url))
+        .await;
+    assert_eq!(status, 401);
+}

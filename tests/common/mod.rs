@@ -84,7 +84,12 @@ impl Home {
 
     /// Starts the daemon with this home's config file when one was written.
     pub fn start(&self) -> Daemon {
-        Daemon::start(self)
+        Daemon::start(self, &[])
+    }
+
+    /// Starts the daemon with extra environment variables.
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start(self, env)
     }
 }
 
@@ -95,7 +100,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    fn start(home: &Home) -> Daemon {
+    fn start(home: &Home, env: &[(&str, &str)]) -> Daemon {
         let log = File::options()
             .create(true)
             .append(true)
@@ -115,6 +120,7 @@ impl Daemon {
         if home.config().exists() {
             cmd.arg("--config").arg(home.config());
         }
+        cmd.envs(env.iter().copied());
         let mut child = cmd.spawn().expect("spawn oauthd");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
