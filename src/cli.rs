@@ -63,6 +63,16 @@ enum Command {
     },
     /// Print a new random vault key (for OAUTHD_KEY or a key file)
     Keygen,
+    /// Connect an account from this terminal with the device flow (RFC 8628)
+    Connect {
+        provider: String,
+        /// Use the device authorization grant: show a code to enter on another device
+        #[arg(long)]
+        device: bool,
+        /// Account name [default: default]
+        #[arg(long)]
+        account: Option<String>,
+    },
     /// Move every sealed token to a new vault key (works while oauthd runs)
     Rekey {
         /// Instead: drop keys from the key file that no stored value uses any more
@@ -165,6 +175,11 @@ fn run(cli: Cli) -> Result<(), Fatal> {
             command: AdminCommand::Link,
         }) => admin_link(settings),
         Some(Command::Rekey { prune }) => rekey(settings, prune),
+        Some(Command::Connect {
+            provider,
+            device,
+            account,
+        }) => connect_device(settings, &provider, device, account.as_deref()),
         Some(Command::Keygen) => {
             println!("{}", vault::generate_key_text()?.as_str());
             Ok(())
@@ -201,6 +216,10 @@ fn serve(settings: Settings) -> Result<(), Fatal> {
                 "No one has signed in yet. Open this one-time link to sign in (valid 24 h):\n{}",
                 admin.login_link(&public_url).await?
             );
+        }
+        let resumed = broker.resume_device_flows().await?;
+        if resumed > 0 {
+            log::info!("resumed polling for {resumed} device flow(s)");
         }
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let sweeper =
@@ -385,6 +404,63 @@ fn rekey(settings: Settings, prune: bool) -> Result<(), Fatal> {
             report.new_key_id, report.resealed, report.old_keys, path.display()
         );
         Ok(())
+    })
+}
+
+/// Runs a device flow from the terminal: shows the code, waits, exits 0 once connected.
+fn connect_device(
+    settings: Settings,
+    provider: &str,
+    device: bool,
+    account: Option<&str>,
+) -> Result<(), Fatal> {
+    if !device {
+        return Err(Fatal(
+            "from the terminal only the device flow works (--device); for the browser flow open oauthd's page, or use POST /v1/connect".into(),
+            2,
+        ));
+    }
+    let store = open_store(&settings)?;
+    let states = Arc::new(StateService::new(store.clone(), settings.states.clone()));
+    let broker = broker(
+        &settings,
+        &store,
+        states,
+        settings.public_url_for(settings.listen),
+    )?;
+    runtime()?.block_on(async {
+        let start = broker.start_device(provider, account).await?;
+        let account = account.unwrap_or(crate::broker::DEFAULT_ACCOUNT);
+        println!(
+            "To connect {provider}/{account}, open {}",
+            start.verification_uri
+        );
+        println!("and enter the code: {}", start.user_code);
+        if let Some(complete) = &start.verification_uri_complete {
+            println!("(or open {complete})");
+        }
+        let mut last_note = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let status = broker.device_status(provider, &start.id).await?;
+            match status.status.as_str() {
+                "pending" => {
+                    if last_note.elapsed() >= std::time::Duration::from_secs(5) {
+                        let left = (start.expires_at_ms - crate::clock::now_ms()).max(0) / 1000;
+                        eprintln!("waiting for approval… {}m{:02}s left", left / 60, left % 60);
+                        last_note = std::time::Instant::now();
+                    }
+                }
+                "connected" => {
+                    println!("Connected {provider}/{account}.");
+                    return Ok(());
+                }
+                other => {
+                    let detail = status.detail.unwrap_or_default();
+                    return Err(Fatal(format!("not connected: {other}: {detail}"), 1));
+                }
+            }
+        }
     })
 }
 

@@ -6,9 +6,11 @@
 //! consumes it *before* the code is redeemed, so a replayed callback never reaches the
 //! token endpoint.
 
+mod device;
 pub mod refresher;
 mod tokens;
 
+pub use device::{DeviceStart, DeviceStatus};
 pub use tokens::{AccessToken, ConnectionView};
 
 use crate::namespace::Namespace;
@@ -17,7 +19,7 @@ use crate::oauth::provider::{check_name, Endpoints};
 use crate::oauth::Provider;
 use crate::secret::StateValue;
 use crate::states::{StateError, StateService};
-use crate::store::{ConnectionStore, StoreError};
+use crate::store::{ConnectionStore, DeviceFlowStore, StoreError};
 use crate::vault::{VaultError, VaultHandle};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -27,6 +29,10 @@ use url::Url;
 use zeroize::Zeroizing;
 
 pub const DEFAULT_ACCOUNT: &str = "default";
+
+/// What the broker keeps: connections and device flows.
+pub trait BrokerStore: ConnectionStore + DeviceFlowStore {}
+impl<T: ConnectionStore + DeviceFlowStore> BrokerStore for T {}
 
 /// One async mutex per (provider, account): the in-process single flight.
 type FlightLocks = Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>;
@@ -55,6 +61,10 @@ pub enum BrokerError {
     },
     #[error("the provider refused: {0}")]
     ProviderRejected(String),
+    #[error("provider {0} has no device authorization endpoint")]
+    DeviceFlowUnsupported(String),
+    #[error("no device flow {0}")]
+    DeviceFlowNotFound(String),
     #[error("the token vault: {0}")]
     Vault(#[from] VaultError),
     #[error(transparent)]
@@ -113,7 +123,7 @@ struct FlowSecrets {
 pub struct Broker {
     providers: BTreeMap<String, Arc<Provider>>,
     states: Arc<StateService>,
-    store: Arc<dyn ConnectionStore>,
+    store: Arc<dyn BrokerStore>,
     vault: Arc<VaultHandle>,
     http: reqwest::Client,
     public_url: Url,
@@ -128,7 +138,7 @@ impl Broker {
     pub fn new(
         providers: Vec<Arc<Provider>>,
         states: Arc<StateService>,
-        store: Arc<dyn ConnectionStore>,
+        store: Arc<dyn BrokerStore>,
         vault: Arc<VaultHandle>,
         public_url: Url,
         return_to_allowlist: Vec<String>,

@@ -7,6 +7,7 @@ mod body;
 mod callback;
 mod connect;
 mod connections;
+mod device;
 mod health;
 mod pages;
 mod problem;
@@ -88,6 +89,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(endpoint(
             "/v1/connections/{provider}/{account}/token",
             web::get().to(connections::token),
+        ))
+        .service(endpoint(
+            "/v1/device/{provider}",
+            web::post().to(device::start),
+        ))
+        .service(endpoint(
+            "/v1/device/{provider}/{id}",
+            web::get().to(device::status),
         ))
         .service(endpoint(
             "/connect/{provider}",

@@ -177,6 +177,12 @@ impl From<BrokerError> for ApiError {
             BrokerError::ProviderRejected(_) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "provider_rejected", detail)
             }
+            BrokerError::DeviceFlowUnsupported(_) => {
+                ApiError::bad_request("device_flow_unsupported", detail)
+            }
+            BrokerError::DeviceFlowNotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "device_flow_not_found", detail)
+            }
             BrokerError::Vault(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "vault_error", detail)
             }

@@ -243,7 +243,38 @@ pub async fn revoke(
     token: &str,
     hint: &str,
 ) -> Result<(), FlowError> {
-    let mut form = vec![("token", token), ("token_type_hint", hint)];
+    let resp = authed_post(
+        http,
+        provider,
+        url,
+        &[("token", token), ("token_type_hint", hint)],
+    )
+    .send()
+    .await
+    .map_err(|e| FlowError::Transient(e.to_string()))?;
+    let status = resp.status();
+    if status.is_success() {
+        Ok(())
+    } else if status.is_server_error() || status.as_u16() == 429 {
+        Err(FlowError::Transient(format!(
+            "revocation answered HTTP {status}"
+        )))
+    } else {
+        Err(FlowError::Rejected {
+            code: format!("http_{}", status.as_u16()),
+            description: "the revocation endpoint refused the request".into(),
+        })
+    }
+}
+
+/// A form POST to a provider endpoint with the client authenticated as configured.
+fn authed_post(
+    http: &reqwest::Client,
+    provider: &Provider,
+    url: &Url,
+    params: &[(&str, &str)],
+) -> reqwest::RequestBuilder {
+    let mut form: Vec<(&str, &str)> = params.to_vec();
     let mut req = http.post(url.clone());
     match provider.client_auth {
         ClientAuth::Basic => {
@@ -264,27 +295,175 @@ pub async fn revoke(
     let body = url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(form)
         .finish();
-    let resp = req
-        .header(
-            reqwest::header::CONTENT_TYPE,
-            "application/x-www-form-urlencoded",
-        )
-        .body(body)
+    req.header(
+        reqwest::header::CONTENT_TYPE,
+        "application/x-www-form-urlencoded",
+    )
+    .header(reqwest::header::ACCEPT, "application/json")
+    .body(body)
+}
+
+/// What a device authorization request (RFC 8628 §3.2) returned, normalised.
+pub struct DeviceAuthorization {
+    pub device_code: Zeroizing<String>,
+    pub user_code: String,
+    pub verification_uri: String,
+    pub verification_uri_complete: Option<String>,
+    pub expires_in: Duration,
+    pub interval: Option<Duration>,
+}
+
+/// Reads a field under its RFC name or the spellings providers use instead
+/// (camelCase from Tidal, `verification_url` from Google).
+fn field<'a>(v: &'a serde_json::Value, names: &[&str]) -> Option<&'a serde_json::Value> {
+    names
+        .iter()
+        .find_map(|n| v.get(*n))
+        .filter(|x| !x.is_null())
+}
+
+fn with_scheme(uri: String) -> String {
+    if uri.starts_with("https://") || uri.starts_with("http://") {
+        uri
+    } else {
+        // Tidal answers "link.tidal.com/ABCDE": a URL a person cannot click.
+        format!("https://{uri}")
+    }
+}
+
+/// Parses a device authorization response in any of the shapes seen from providers.
+pub fn parse_device_authorization(body: &[u8]) -> Result<DeviceAuthorization, FlowError> {
+    let bad =
+        |m: &str| FlowError::Transient(format!("malformed device authorization response: {m}"));
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| bad(&e.to_string()))?;
+    let text = |names: &[&str]| field(&v, names).and_then(|x| x.as_str()).map(str::to_owned);
+    let seconds = |names: &[&str]| {
+        field(&v, names).and_then(|x| x.as_u64().or_else(|| x.as_str()?.parse().ok()))
+    };
+    let device_code = text(&["device_code", "deviceCode"]).ok_or_else(|| bad("no device_code"))?;
+    let user_code = text(&["user_code", "userCode"]).ok_or_else(|| bad("no user_code"))?;
+    let verification_uri = text(&[
+        "verification_uri",
+        "verificationUri",
+        "verification_url",
+        "verificationUrl",
+    ])
+    .ok_or_else(|| bad("no verification_uri"))?;
+    let expires_in = seconds(&["expires_in", "expiresIn"]).ok_or_else(|| bad("no expires_in"))?;
+    Ok(DeviceAuthorization {
+        device_code: Zeroizing::new(device_code),
+        user_code,
+        verification_uri: with_scheme(verification_uri),
+        verification_uri_complete: text(&["verification_uri_complete", "verificationUriComplete"])
+            .map(with_scheme),
+        expires_in: Duration::from_secs(expires_in.clamp(1, 24 * 3600)),
+        interval: seconds(&["interval"]).map(|s| Duration::from_secs(s.clamp(1, 600))),
+    })
+}
+
+/// Starts a device authorization grant (RFC 8628 §3.1).
+pub async fn device_authorize(
+    http: &reqwest::Client,
+    provider: &Provider,
+    url: &Url,
+) -> Result<DeviceAuthorization, FlowError> {
+    let scope = provider.scopes.join(" ");
+    let mut params = vec![];
+    if !scope.is_empty() {
+        params.push(("scope", scope.as_str()));
+    }
+    if provider.client_auth == ClientAuth::Basic {
+        params.push(("client_id", provider.client_id.as_str()));
+    }
+    let resp = authed_post(http, provider, url, &params)
         .send()
         .await
         .map_err(|e| FlowError::Transient(e.to_string()))?;
     let status = resp.status();
+    let body = super::read_limited(resp, MAX_RESPONSE_BYTES)
+        .await
+        .map_err(FlowError::Transient)?;
+    if !status.is_success() {
+        return Err(error_response(status, &body));
+    }
+    parse_device_authorization(&body)
+}
+
+/// One poll of the token endpoint for a device code (RFC 8628 §3.4–3.5).
+pub enum DevicePoll {
+    /// `authorization_pending`: ask again after the interval.
+    Pending,
+    /// `slow_down`: ask again after the interval plus 5 seconds, from now on.
+    SlowDown,
+    Done(TokenSet),
+    Denied(String),
+    Expired,
+    Failed(FlowError),
+}
+
+fn error_response(status: reqwest::StatusCode, body: &[u8]) -> FlowError {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let code = v.get("error").and_then(|e| e.as_str()).unwrap_or("");
+    let description = v
+        .get("error_description")
+        .and_then(|e| e.as_str())
+        .unwrap_or("no description")
+        .chars()
+        .take(300)
+        .collect::<String>();
+    match code {
+        "invalid_grant" => FlowError::InvalidGrant(description),
+        "" if status.is_server_error() || status.as_u16() == 429 => {
+            FlowError::Transient(format!("HTTP {status}"))
+        }
+        "" => FlowError::Transient(format!("HTTP {status} without an OAuth error")),
+        other => FlowError::Rejected {
+            code: other.chars().take(64).collect(),
+            description,
+        },
+    }
+}
+
+/// Asks the token endpoint once whether the user approved the device code.
+pub async fn device_poll(
+    http: &reqwest::Client,
+    provider: &Provider,
+    token_url: &Url,
+    device_code: &str,
+) -> DevicePoll {
+    let mut params = vec![
+        ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+        ("device_code", device_code),
+    ];
+    if provider.client_auth == ClientAuth::Basic {
+        params.push(("client_id", provider.client_id.as_str()));
+    }
+    let resp = match authed_post(http, provider, token_url, &params).send().await {
+        Ok(r) => r,
+        Err(e) => return DevicePoll::Failed(FlowError::Transient(e.to_string())),
+    };
+    let status = resp.status();
+    let body = match super::read_limited(resp, MAX_RESPONSE_BYTES).await {
+        Ok(b) => b,
+        Err(e) => return DevicePoll::Failed(FlowError::Transient(e)),
+    };
     if status.is_success() {
-        Ok(())
-    } else if status.is_server_error() || status.as_u16() == 429 {
-        Err(FlowError::Transient(format!(
-            "revocation answered HTTP {status}"
-        )))
-    } else {
-        Err(FlowError::Rejected {
-            code: format!("http_{}", status.as_u16()),
-            description: "the revocation endpoint refused the request".into(),
-        })
+        return match serde_json::from_slice::<oauth2::basic::BasicTokenResponse>(&body) {
+            Ok(t) => DevicePoll::Done(token_set(&t)),
+            Err(e) => DevicePoll::Failed(FlowError::Transient(format!(
+                "malformed token response: {e}"
+            ))),
+        };
+    }
+    match error_response(status, &body) {
+        FlowError::Rejected { code, description } => match code.as_str() {
+            "authorization_pending" => DevicePoll::Pending,
+            "slow_down" => DevicePoll::SlowDown,
+            "access_denied" => DevicePoll::Denied(description),
+            "expired_token" => DevicePoll::Expired,
+            _ => DevicePoll::Failed(FlowError::Rejected { code, description }),
+        },
+        other => DevicePoll::Failed(other),
     }
 }
 

@@ -283,3 +283,56 @@ pub trait AdminStore: Send + Sync {
     /// Whether anyone ever signed in (an unexpired session exists).
     async fn any_admin_session(&self, now_ms: i64) -> Result<bool, StoreError>;
 }
+
+/// A device authorization grant in progress (RFC 8628), as stored.
+#[derive(Debug, Clone)]
+pub struct DeviceFlowRow {
+    pub id: String,
+    pub provider: String,
+    pub account: String,
+    /// Sealed.
+    pub device_code: Vec<u8>,
+    pub user_code: String,
+    pub verification_uri: String,
+    pub verification_uri_complete: Option<String>,
+    pub interval_ms: i64,
+    pub expires_at_ms: i64,
+    pub status: String,
+    pub detail: Option<String>,
+    pub next_poll_at_ms: i64,
+    pub created_at_ms: i64,
+}
+
+/// How one poll ended, to record on the flow.
+#[derive(Debug, Clone)]
+pub enum DevicePollOutcome {
+    /// Keep polling (authorization_pending, slow_down, a transient fault).
+    Pending { interval_ms: i64 },
+    /// Final: connected, denied, expired or failed, with a detail.
+    Finished {
+        status: &'static str,
+        detail: String,
+    },
+}
+
+#[async_trait]
+pub trait DeviceFlowStore: Send + Sync {
+    async fn insert_device_flow(&self, row: DeviceFlowRow) -> Result<(), StoreError>;
+    async fn get_device_flow(&self, id: &str) -> Result<Option<DeviceFlowRow>, StoreError>;
+    async fn pending_device_flows(&self) -> Result<Vec<DeviceFlowRow>, StoreError>;
+    /// Claims the next poll of a pending flow when it is due and nobody else is polling
+    /// it; returns the flow as claimed. Exactly one process wins each poll.
+    async fn claim_device_poll(
+        &self,
+        id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<DeviceFlowRow>, StoreError>;
+    /// Records a poll's outcome and releases the claim.
+    async fn finish_device_poll(
+        &self,
+        id: &str,
+        outcome: DevicePollOutcome,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+}

@@ -26,6 +26,11 @@ fn peer_dir() -> PathBuf {
 impl Peer {
     /// Starts the provider; access tokens live `access_ttl` seconds.
     pub fn start(access_ttl: u64) -> Peer {
+        Self::start_with(access_ttl, 600)
+    }
+
+    /// Like `start`; device codes expire after `device_ttl` seconds.
+    pub fn start_with(access_ttl: u64, device_ttl: u64) -> Peer {
         let dir = peer_dir();
         assert!(
             dir.join("node_modules/oidc-provider").exists(),
@@ -36,6 +41,7 @@ impl Peer {
         let mut child = Command::new("node")
             .arg(dir.join("server.mjs"))
             .env("PEER_ACCESS_TTL", access_ttl.to_string())
+            .env("PEER_DEVICE_TTL", device_ttl.to_string())
             .env("PEER_CLIENT_SECRET", CLIENT_SECRET)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -101,60 +107,49 @@ impl Peer {
     }
 
     async fn walk(&self, authorize_url: &str, at_consent: &str) -> String {
-        let browser = Self::browser();
+        self.walk_with(&Self::browser(), authorize_url, at_consent)
+            .await
+    }
+
+    /// Follows redirects from `authorize_url`, logging in and answering consent, until the
+    /// browser leaves the provider (returns that URL) or lands on a page (returns
+    /// "page:" and its text).
+    async fn walk_with(&self, browser: &reqwest::Client, start: &str, at_consent: &str) -> String {
         let base = reqwest::Url::parse(&self.issuer).unwrap();
-        let mut next = reqwest::Url::parse(authorize_url).expect("authorize url");
+        let mut next = reqwest::Url::parse(start).expect("start url");
         let mut interactions = 0;
-        for _ in 0..12 {
-            let resp = browser
-                .get(next.clone())
-                .send()
-                .await
-                .expect("provider request");
-            let Some(location) = resp.headers().get("location").and_then(|l| l.to_str().ok())
-            else {
-                panic!(
-                    "the provider stopped at {next} with {}: {}",
-                    resp.status(),
-                    resp.text().await.unwrap_or_default()
-                );
-            };
-            let target = base.join(location).expect("location");
-            if target.origin() != base.origin() {
-                return target.to_string();
+        for _ in 0..16 {
+            if next.origin() != base.origin() {
+                return next.to_string();
             }
-            if target.path().starts_with("/interaction/") {
+            let resp = if next.path().starts_with("/interaction/") {
                 interactions += 1;
-                let posted = match (interactions, at_consent) {
-                    (1, _) => browser.post(target.clone()).form(&[
+                match (interactions, at_consent) {
+                    (1, _) => browser.post(next.clone()).form(&[
                         ("prompt", "login"),
                         ("login", "alice"),
                         ("password", "any"),
                     ]),
                     // What the consent page's abort link does.
-                    (_, "abort") => browser.get(format!("{target}/abort")),
-                    _ => browser.post(target.clone()).form(&[("prompt", "consent")]),
-                }
-                .send()
-                .await
-                .expect("interaction");
-                let loc = posted
-                    .headers()
-                    .get("location")
-                    .and_then(|l| l.to_str().ok())
-                    .unwrap_or_else(|| {
-                        panic!(
-                            "interaction {interactions} at {target} answered {}",
-                            posted.status()
-                        )
-                    });
-                next = base.join(loc).expect("location");
-                if next.origin() != base.origin() {
-                    return next.to_string();
+                    (_, "abort") => browser.get(format!("{next}/abort")),
+                    _ => browser.post(next.clone()).form(&[("prompt", "consent")]),
                 }
             } else {
-                next = target;
+                browser.get(next.clone())
             }
+            .send()
+            .await
+            .expect("provider request");
+            let Some(location) = resp.headers().get("location").and_then(|l| l.to_str().ok())
+            else {
+                assert!(
+                    resp.status().is_success(),
+                    "the provider stopped at {next} with {}",
+                    resp.status()
+                );
+                return format!("page:{}", resp.text().await.unwrap_or_default());
+            };
+            next = base.join(location).expect("location");
         }
         panic!("too many redirects at the provider");
     }
@@ -166,6 +161,56 @@ impl Peer {
             .json()
             .await
             .expect("stats json")
+    }
+
+    /// Plays the user on another device: enters `user_code` at the provider's device page,
+    /// confirms (or aborts), logs in and consents. Returns the last page's text.
+    pub async fn verify_device(&self, user_code: &str, approve: bool) -> String {
+        let browser = Self::browser();
+        let xsrf = |page: &str| {
+            let marker = "name=\"xsrf\" value=\"";
+            let start = page.find(marker).expect("xsrf field") + marker.len();
+            page[start..start + page[start..].find('"').expect("xsrf end")].to_owned()
+        };
+        let device = format!("{}/device", self.issuer);
+        let page = browser
+            .get(&device)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let page = browser
+            .post(&device)
+            .form(&[("xsrf", xsrf(&page).as_str()), ("user_code", user_code)])
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let answer = if approve { "confirm" } else { "abort" };
+        let resp = browser
+            .post(&device)
+            .form(&[
+                ("xsrf", xsrf(&page).as_str()),
+                ("user_code", user_code),
+                (answer, "yes"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        match resp.headers().get("location").and_then(|l| l.to_str().ok()) {
+            Some(location) => {
+                let next = reqwest::Url::parse(&self.issuer)
+                    .unwrap()
+                    .join(location)
+                    .unwrap();
+                self.walk_with(&browser, next.as_str(), "consent").await
+            }
+            None => format!("page:{}", resp.text().await.unwrap_or_default()),
+        }
     }
 
     /// How many grants of this type (`authorization_code`, `refresh_token`) succeeded.

@@ -8,6 +8,7 @@
 
 mod admin;
 mod connections;
+mod device;
 mod keys;
 mod states;
 mod writer;
@@ -24,6 +25,7 @@ use writer::Writer;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../sql/0001_init.sql"),
     include_str!("../../../sql/0002_broker.sql"),
+    include_str!("../../../sql/0003_device.sql"),
 ];
 
 /// How long a statement waits for a lock held by another process before failing (503).

@@ -100,6 +100,11 @@ impl StateStore for SqliteStore {
                           ORDER BY expired_at LIMIT ?2)",
                     )?
                     .execute(params![purge_before_ms, batch])?;
+                // Finished or abandoned device flows and stale admin secrets go too.
+                conn.prepare_cached("DELETE FROM device_flows WHERE expires_at < ?1")?
+                    .execute([purge_before_ms])?;
+                conn.prepare_cached("DELETE FROM admin_secrets WHERE expires_at < ?1")?
+                    .execute([now_ms])?;
                 Ok(SweepCount { expired, purged })
             })
             .await

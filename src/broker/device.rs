@@ -1,0 +1,281 @@
+//! Device authorization grant (RFC 8628): start, poll server-side, report status.
+//!
+//! Each flow is a sealed row (`device_flows`) that survives restarts. One task per
+//! pending flow polls the token endpoint: at the provider's `interval` (5 s when it gives
+//! none), 5 s slower after every `slow_down`, and never again after the first success —
+//! a strict provider revokes the tokens it just issued if the device code is used twice.
+//! Every poll is claimed in the database first, so two processes never poll one flow
+//! at the same time.
+
+use super::{Broker, BrokerError, ConnectionView};
+use crate::clock::{now_ms, rfc3339};
+use crate::oauth::flows::{self, DevicePoll, FlowError};
+use crate::oauth::provider::check_name;
+use crate::store::{DeviceFlowRow, DevicePollOutcome};
+use std::sync::Arc;
+use std::time::Duration;
+
+const DEFAULT_INTERVAL_MS: i64 = 5_000;
+const SLOW_DOWN_MS: i64 = 5_000;
+
+/// What an app (or the CLI) shows the user, and polls with.
+pub struct DeviceStart {
+    pub id: String,
+    pub user_code: String,
+    pub verification_uri: String,
+    pub verification_uri_complete: Option<String>,
+    pub expires_at_ms: i64,
+    pub interval_secs: u64,
+}
+
+/// A device flow's status for `GET /v1/device/{provider}/{id}`.
+#[derive(Debug, serde::Serialize)]
+pub struct DeviceStatus {
+    /// pending | connected | denied | expired | failed
+    pub status: String,
+    pub user_code: String,
+    pub verification_uri: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification_uri_complete: Option<String>,
+    pub expires_at: String,
+    pub interval: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection: Option<ConnectionView>,
+}
+
+fn device_aad(id: &str) -> String {
+    format!("device:{id}:device_code")
+}
+
+impl Broker {
+    /// Starts a device flow and the task that polls for it.
+    pub async fn start_device(
+        self: &Arc<Self>,
+        provider_name: &str,
+        account: Option<&str>,
+    ) -> Result<DeviceStart, BrokerError> {
+        let provider = self.provider(provider_name)?.clone();
+        let account = account.unwrap_or(super::DEFAULT_ACCOUNT).to_owned();
+        check_name("account", &account).map_err(BrokerError::InvalidAccount)?;
+        let endpoints = self.endpoints(&provider).await?;
+        let url = endpoints
+            .device_authorization
+            .clone()
+            .ok_or_else(|| BrokerError::DeviceFlowUnsupported(provider_name.to_owned()))?;
+        let auth = flows::device_authorize(&self.http, &provider, &url)
+            .await
+            .map_err(super::flow_error)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let now = now_ms();
+        let interval_ms = auth
+            .interval
+            .map_or(DEFAULT_INTERVAL_MS, |d| d.as_millis() as i64);
+        let row = DeviceFlowRow {
+            id: id.clone(),
+            provider: provider_name.to_owned(),
+            account: account.clone(),
+            device_code: self.vault.seal_str(&device_aad(&id), &auth.device_code)?,
+            user_code: auth.user_code.clone(),
+            verification_uri: auth.verification_uri.clone(),
+            verification_uri_complete: auth.verification_uri_complete.clone(),
+            interval_ms,
+            expires_at_ms: now + auth.expires_in.as_millis() as i64,
+            status: "pending".into(),
+            detail: None,
+            next_poll_at_ms: now + interval_ms,
+            created_at_ms: now,
+        };
+        let start = DeviceStart {
+            id: id.clone(),
+            user_code: row.user_code.clone(),
+            verification_uri: row.verification_uri.clone(),
+            verification_uri_complete: row.verification_uri_complete.clone(),
+            expires_at_ms: row.expires_at_ms,
+            interval_secs: (interval_ms / 1000) as u64,
+        };
+        self.store.insert_device_flow(row).await?;
+        log::info!("device {provider_name}/{account}: flow {id} started");
+        tokio::spawn(self.clone().drive_device_flow(id));
+        Ok(start)
+    }
+
+    /// Starts polling again for every flow left pending (after a restart).
+    pub async fn resume_device_flows(self: &Arc<Self>) -> Result<usize, BrokerError> {
+        let pending = self.store.pending_device_flows().await?;
+        for flow in &pending {
+            log::info!(
+                "device {}/{}: resuming flow {}",
+                flow.provider,
+                flow.account,
+                flow.id
+            );
+            tokio::spawn(self.clone().drive_device_flow(flow.id.clone()));
+        }
+        Ok(pending.len())
+    }
+
+    pub async fn device_status(
+        &self,
+        provider: &str,
+        id: &str,
+    ) -> Result<DeviceStatus, BrokerError> {
+        let flow = self
+            .store
+            .get_device_flow(id)
+            .await?
+            .filter(|f| f.provider == provider)
+            .ok_or_else(|| BrokerError::DeviceFlowNotFound(id.chars().take(64).collect()))?;
+        let mut status = flow.status.clone();
+        // Past its expiry with no poller left to say so (e.g. oauthd was down).
+        if status == "pending" && now_ms() >= flow.expires_at_ms {
+            status = "expired".into();
+        }
+        let connection = if status == "connected" {
+            Some(self.connection(&flow.provider, &flow.account).await?)
+        } else {
+            None
+        };
+        Ok(DeviceStatus {
+            status,
+            user_code: flow.user_code,
+            verification_uri: flow.verification_uri,
+            verification_uri_complete: flow.verification_uri_complete,
+            expires_at: rfc3339(flow.expires_at_ms),
+            interval: (flow.interval_ms / 1000) as u64,
+            detail: flow.detail,
+            connection,
+        })
+    }
+
+    /// Polls one flow until it ends. Safe to run in several processes at once.
+    async fn drive_device_flow(self: Arc<Self>, id: String) {
+        loop {
+            let flow = match self.store.get_device_flow(&id).await {
+                Ok(Some(f)) if f.status == "pending" => f,
+                Ok(_) => return,
+                Err(e) => {
+                    log::warn!("device flow {id}: {e}; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let now = now_ms();
+            if now >= flow.expires_at_ms {
+                self.finish_device(
+                    &id,
+                    "expired",
+                    "the code expired before it was approved".into(),
+                )
+                .await;
+                return;
+            }
+            let wait = flow.next_poll_at_ms.min(flow.expires_at_ms) - now;
+            if wait > 0 {
+                tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+                continue;
+            }
+            match self.store.claim_device_poll(&id, now, self.lease_ms).await {
+                Ok(Some(claimed)) => {
+                    if self.poll_device_once(claimed).await {
+                        return;
+                    }
+                }
+                // Another process polls it now, or it is not due: look again shortly.
+                Ok(None) => tokio::time::sleep(Duration::from_millis(500)).await,
+                Err(e) => {
+                    log::warn!("device flow {id}: {e}; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// One poll of a claimed flow; returns true when the flow has ended.
+    async fn poll_device_once(&self, flow: DeviceFlowRow) -> bool {
+        let (id, p, a) = (
+            flow.id.as_str(),
+            flow.provider.as_str(),
+            flow.account.as_str(),
+        );
+        let provider = match self.provider(p) {
+            Ok(p) => p.clone(),
+            Err(e) => {
+                self.finish_device(id, "failed", e.to_string()).await;
+                return true;
+            }
+        };
+        let device_code = match self.vault.open_str(&device_aad(id), &flow.device_code) {
+            Ok(c) => c,
+            Err(e) => {
+                self.finish_device(id, "failed", e.to_string()).await;
+                return true;
+            }
+        };
+        let result = match self.endpoints(&provider).await {
+            Ok(endpoints) => {
+                flows::device_poll(&self.http, &provider, &endpoints.token, &device_code).await
+            }
+            Err(e) => DevicePoll::Failed(FlowError::Transient(e.to_string())),
+        };
+        let keep_polling = |interval_ms: i64| DevicePollOutcome::Pending { interval_ms };
+        let outcome = match result {
+            DevicePoll::Pending => keep_polling(flow.interval_ms),
+            DevicePoll::SlowDown => {
+                log::info!(
+                    "device {p}/{a}: slow_down; polling every {} s",
+                    (flow.interval_ms + SLOW_DOWN_MS) / 1000
+                );
+                keep_polling(flow.interval_ms + SLOW_DOWN_MS)
+            }
+            DevicePoll::Failed(FlowError::Transient(e)) => {
+                log::warn!("device {p}/{a}: poll failed ({e}); trying again");
+                keep_polling(flow.interval_ms)
+            }
+            DevicePoll::Done(tokens) => {
+                // The first success ends polling whatever happens next.
+                let (status, detail) = match self.store_tokens(&provider, a, &tokens).await {
+                    Ok(()) => ("connected", "connected".to_owned()),
+                    Err(e) => (
+                        "failed",
+                        format!("tokens were issued but could not be stored: {e}"),
+                    ),
+                };
+                log::info!("device {p}/{a}: {detail}");
+                self.finish_device(id, status, detail).await;
+                return true;
+            }
+            DevicePoll::Denied(d) => {
+                self.finish_device(id, "denied", format!("access was declined: {d}"))
+                    .await;
+                return true;
+            }
+            DevicePoll::Expired => {
+                self.finish_device(
+                    id,
+                    "expired",
+                    "the code expired before it was approved".into(),
+                )
+                .await;
+                return true;
+            }
+            DevicePoll::Failed(e) => {
+                self.finish_device(id, "failed", e.to_string()).await;
+                return true;
+            }
+        };
+        if let Err(e) = self.store.finish_device_poll(id, outcome, now_ms()).await {
+            log::warn!("device flow {id}: {e}");
+        }
+        false
+    }
+
+    async fn finish_device(&self, id: &str, status: &'static str, detail: String) {
+        log::info!("device flow {id}: {status}");
+        let outcome = DevicePollOutcome::Finished { status, detail };
+        if let Err(e) = self.store.finish_device_poll(id, outcome, now_ms()).await {
+            log::warn!("device flow {id}: could not record {status}: {e}");
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! `/v1/device/{provider}`: the device authorization grant for apps (API key).
+
+use super::auth::Caller;
+use super::body::JsonObject;
+use super::problem::ApiError;
+use super::{no_store, AppState};
+use crate::clock::rfc3339;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+/// `POST /v1/device/{provider}` `{"account"?}` -> 201 with the code to show the user.
+pub async fn start(
+    app: web::Data<AppState>,
+    caller: Caller,
+    provider: web::Path<String>,
+    mut body: JsonObject,
+) -> Result<HttpResponse, ApiError> {
+    let account = body.opt_string("account", "invalid_account")?;
+    body.finish()?;
+    caller.require_provider(&app, &provider)?;
+    let started = app
+        .broker
+        .start_device(&provider, account.as_deref())
+        .await?;
+    let mut out = json!({
+        "id": started.id,
+        "user_code": started.user_code,
+        "verification_uri": started.verification_uri,
+        "expires_at": rfc3339(started.expires_at_ms),
+        "interval": started.interval_secs,
+    });
+    if let Some(complete) = started.verification_uri_complete {
+        out["verification_uri_complete"] = complete.into();
+    }
+    Ok(no_store(HttpResponse::Created()).json(out))
+}
+
+/// `GET /v1/device/{provider}/{id}`: 202 pending, 200 connected, 403 denied, 410 expired,
+/// 502 failed.
+pub async fn status(
+    app: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (provider, id) = path.into_inner();
+    caller.require_provider(&app, &provider)?;
+    let status = app.broker.device_status(&provider, &id).await?;
+    let code = match status.status.as_str() {
+        "pending" => StatusCode::ACCEPTED,
+        "connected" => StatusCode::OK,
+        "denied" => StatusCode::FORBIDDEN,
+        "expired" => StatusCode::GONE,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    Ok(no_store(HttpResponse::build(code)).json(status))
+}

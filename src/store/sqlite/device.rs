@@ -1,0 +1,129 @@
+//! `DeviceFlowStore` on SQLite.
+
+use super::SqliteStore;
+use crate::store::{DeviceFlowRow, DeviceFlowStore, DevicePollOutcome, StoreError};
+use async_trait::async_trait;
+use rusqlite::{params, OptionalExtension, Row};
+
+const COLUMNS: &str = "id, provider, account, device_code, user_code, verification_uri,
+    verification_uri_complete, interval_ms, expires_at, status, detail, next_poll_at, created_at";
+
+fn row(r: &Row<'_>) -> rusqlite::Result<DeviceFlowRow> {
+    Ok(DeviceFlowRow {
+        id: r.get(0)?,
+        provider: r.get(1)?,
+        account: r.get(2)?,
+        device_code: r.get(3)?,
+        user_code: r.get(4)?,
+        verification_uri: r.get(5)?,
+        verification_uri_complete: r.get(6)?,
+        interval_ms: r.get(7)?,
+        expires_at_ms: r.get(8)?,
+        status: r.get(9)?,
+        detail: r.get(10)?,
+        next_poll_at_ms: r.get(11)?,
+        created_at_ms: r.get(12)?,
+    })
+}
+
+#[async_trait]
+impl DeviceFlowStore for SqliteStore {
+    async fn insert_device_flow(&self, f: DeviceFlowRow) -> Result<(), StoreError> {
+        self.writer
+            .run("storing a device flow", move |conn| {
+                conn.prepare_cached(&format!(
+                    "INSERT INTO device_flows ({COLUMNS}, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)"
+                ))?
+                .execute(params![
+                    f.id,
+                    f.provider,
+                    f.account,
+                    f.device_code,
+                    f.user_code,
+                    f.verification_uri,
+                    f.verification_uri_complete,
+                    f.interval_ms,
+                    f.expires_at_ms,
+                    f.status,
+                    f.detail,
+                    f.next_poll_at_ms,
+                    f.created_at_ms
+                ])
+                .map(|_| ())
+            })
+            .await
+    }
+
+    async fn get_device_flow(&self, id: &str) -> Result<Option<DeviceFlowRow>, StoreError> {
+        let id = id.to_owned();
+        self.read("reading a device flow", move |conn| {
+            conn.prepare_cached(&format!("SELECT {COLUMNS} FROM device_flows WHERE id = ?1"))?
+                .query_row([id], row)
+                .optional()
+        })
+        .await
+    }
+
+    async fn pending_device_flows(&self) -> Result<Vec<DeviceFlowRow>, StoreError> {
+        self.read("listing device flows", |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM device_flows WHERE status = 'pending'"
+            ))?
+            .query_map([], row)?
+            .collect()
+        })
+        .await
+    }
+
+    async fn claim_device_poll(
+        &self,
+        id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<DeviceFlowRow>, StoreError> {
+        let id = id.to_owned();
+        self.writer
+            .run("claiming a device poll", move |conn| {
+                conn.prepare_cached(&format!(
+                    "UPDATE device_flows SET lease_until = ?2 + ?3, updated_at = ?2
+                     WHERE id = ?1 AND status = 'pending' AND next_poll_at <= ?2
+                       AND (lease_until IS NULL OR lease_until <= ?2)
+                     RETURNING {COLUMNS}"
+                ))?
+                .query_row(params![id, now_ms, lease_ms], row)
+                .optional()
+            })
+            .await
+    }
+
+    async fn finish_device_poll(
+        &self,
+        id: &str,
+        outcome: DevicePollOutcome,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.writer
+            .run("recording a device poll", move |conn| {
+                match outcome {
+                    DevicePollOutcome::Pending { interval_ms } => conn
+                        .prepare_cached(
+                            "UPDATE device_flows SET interval_ms = ?2, next_poll_at = ?3 + ?2,
+                                lease_until = NULL, updated_at = ?3
+                             WHERE id = ?1 AND status = 'pending'",
+                        )?
+                        .execute(params![id, interval_ms, now_ms]),
+                    DevicePollOutcome::Finished { status, detail } => conn
+                        .prepare_cached(
+                            "UPDATE device_flows SET status = ?2, detail = ?3, lease_until = NULL,
+                                updated_at = ?4
+                             WHERE id = ?1 AND status = 'pending'",
+                        )?
+                        .execute(params![id, status, detail, now_ms]),
+                }
+                .map(|_| ())
+            })
+            .await
+    }
+}

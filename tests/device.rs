@@ -1,0 +1,265 @@
+//! Device authorization grant (RFC 8628): against the real provider's device pages, and a
+//! mock for what it never does (slow_down, Tidal's response shape).
+
+mod common;
+
+use common::peer::Peer;
+use common::{Daemon, Home};
+use serde_json::json;
+use std::time::{Duration, Instant};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+fn setup(peer: &Peer) -> (Home, String) {
+    let home = Home::new();
+    home.write_config(&peer.provider_toml("peer"));
+    let key = home.create_key("app", &[]);
+    (home, key)
+}
+
+/// Polls oauthd's status endpoint until it is no longer 202, at most `limit`.
+async fn wait_final(d: &Daemon, key: &str, id: &str, limit: Duration) -> (u16, serde_json::Value) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (status, body) = d.get(&format!("/v1/device/peer/{id}"), key).await;
+        if status != 202 || Instant::now() > deadline {
+            return (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn approved_device_flow_connects_and_stops_polling_at_the_first_success() {
+    let peer = Peer::start(60);
+    let (home, key) = setup(&peer);
+    let d = home.start();
+    let (status, start) = d
+        .post("/v1/device/peer", &key, json!({"account": "tv"}))
+        .await;
+    assert_eq!(status, 201, "{start}");
+    let id = start["id"].as_str().unwrap().to_owned();
+    let user_code = start["user_code"].as_str().unwrap().to_owned();
+    assert!(start["verification_uri"]
+        .as_str()
+        .unwrap()
+        .starts_with(&peer.issuer));
+    assert!(start["verification_uri_complete"]
+        .as_str()
+        .unwrap()
+        .contains(&user_code));
+    assert_eq!(
+        start["interval"], 5,
+        "the provider gives no interval: RFC 8628 says 5 s"
+    );
+    assert!(start["expires_at"].is_string());
+
+    let (status, pending) = d.get(&format!("/v1/device/peer/{id}"), &key).await;
+    assert_eq!((status, pending["status"].as_str()), (202, Some("pending")));
+
+    let page = peer.verify_device(&user_code, true).await;
+    assert!(page.contains("Sign-in Success"), "{page}");
+    let (status, done) = wait_final(&d, &key, &id, Duration::from_secs(20)).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["status"], "connected");
+    assert_eq!(done["connection"]["account"], "tv");
+    assert_eq!(peer.grants(DEVICE_GRANT).await, 1);
+
+    // No poll after success: a second one would have revoked the grant.
+    let refused_before = peer.grant_errors(DEVICE_GRANT).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        peer.grant_errors(DEVICE_GRANT).await,
+        refused_before,
+        "oauthd polled after success"
+    );
+    let (status, token) = d.get("/v1/connections/peer/tv/token", &key).await;
+    assert_eq!(status, 200, "{token}");
+    assert!(
+        peer.is_active(token["access_token"].as_str().unwrap())
+            .await,
+        "the grant is dead"
+    );
+    let (status, _) = d.get("/v1/connections/peer/tv/token?min_ttl=0", &key).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn denied_device_flow_answers_403() {
+    let peer = Peer::start(60);
+    let (home, key) = setup(&peer);
+    let d = home.start();
+    let (_, start) = d.post("/v1/device/peer", &key, json!({})).await;
+    peer.verify_device(start["user_code"].as_str().unwrap(), false)
+        .await;
+    let (status, body) = wait_final(
+        &d,
+        &key,
+        start["id"].as_str().unwrap(),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (403, Some("denied")),
+        "{body}"
+    );
+    assert_eq!(d.get("/v1/connections/peer/default", &key).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unapproved_device_flow_expires_with_410() {
+    let peer = Peer::start_with(60, 3);
+    let (home, key) = setup(&peer);
+    let d = home.start();
+    let (_, start) = d.post("/v1/device/peer", &key, json!({})).await;
+    let (status, body) = wait_final(
+        &d,
+        &key,
+        start["id"].as_str().unwrap(),
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (410, Some("expired")),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn polling_resumes_after_a_restart_mid_flow() {
+    let peer = Peer::start(60);
+    let (home, key) = setup(&peer);
+    let d = home.start();
+    let (_, start) = d
+        .post("/v1/device/peer", &key, json!({"account": "box"}))
+        .await;
+    let id = start["id"].as_str().unwrap().to_owned();
+    d.kill9();
+    peer.verify_device(start["user_code"].as_str().unwrap(), true)
+        .await;
+    let d = home.start();
+    let (status, body) = wait_final(&d, &key, &id, Duration::from_secs(20)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(peer.grants(DEVICE_GRANT).await, 1);
+    assert!(home.log_text().contains(&format!("resuming flow {id}")));
+    assert_eq!(d.get("/v1/connections/peer/box/token", &key).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_connect_device_prints_the_code_and_exits_0_once_connected() {
+    use std::io::{BufRead, BufReader};
+    let peer = Peer::start(60);
+    let (home, _key) = setup(&peer);
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["connect", "peer", "--device", "--account", "cli", "--db"])
+        .arg(home.db())
+        .arg("--config")
+        .arg(home.config())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut code = None;
+    for line in lines.by_ref().map_while(Result::ok) {
+        if let Some(c) = line.strip_prefix("and enter the code: ") {
+            code = Some(c.to_owned());
+            break;
+        }
+    }
+    let code = code.expect("the CLI printed no code");
+    peer.verify_device(&code, true).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the CLI did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l == "Connected peer/cli."), "{rest:?}");
+    let out = home.cli(&["connections", "show", "peer", "cli"]);
+    assert!(out.status.success());
+}
+
+/// A provider whose device endpoint answers like Tidal and whose token endpoint says
+/// `slow_down` once, then `authorization_pending`.
+async fn mock_provider() -> MockServer {
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/device"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "deviceCode": "dc-1", "userCode": "ABCDE", "verificationUri": "link.tidal.com",
+            "verificationUriComplete": "link.tidal.com/ABCDE", "expiresIn": 120, "interval": 1
+        })))
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({"error": "slow_down"})))
+        .up_to_n_times(1)
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(
+            ResponseTemplate::new(400).set_body_json(json!({"error": "authorization_pending"})),
+        )
+        .mount(&mock)
+        .await;
+    mock
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_down_adds_five_seconds_and_tidal_shapes_are_normalised() {
+    let mock = mock_provider().await;
+    let home = Home::new();
+    home.write_config(&format!(
+        "[providers.tidal]\npreset = \"tidal\"\ndevice_authorization_url = \"{uri}/device\"\ntoken_url = \"{uri}/token\"\nclient_id = \"cid\"\nclient_secret = \"cs\"\n",
+        uri = mock.uri()
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let (status, start) = d.post("/v1/device/tidal", &key, json!({})).await;
+    assert_eq!(status, 201, "{start}");
+    assert_eq!(start["user_code"], "ABCDE");
+    assert_eq!(start["verification_uri"], "https://link.tidal.com");
+    assert_eq!(
+        start["verification_uri_complete"],
+        "https://link.tidal.com/ABCDE"
+    );
+    assert_eq!(start["interval"], 1);
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let polls = loop {
+        let polls: Vec<_> = mock
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.url.path() == "/token")
+            .collect();
+        if polls.len() >= 3 || Instant::now() > deadline {
+            break polls;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(polls.len() >= 3, "only {} polls", polls.len());
+    assert!(String::from_utf8_lossy(&polls[0].body).contains("device_code=dc-1"));
+    // The flow keeps the slower pace: 1 s + 5 s between polls after slow_down.
+    let (_, status) = d
+        .get(
+            &format!("/v1/device/tidal/{}", start["id"].as_str().unwrap()),
+            &key,
+        )
+        .await;
+    assert_eq!(status["status"], "pending");
+    assert_eq!(status["interval"], 6, "slow_down did not grow the interval");
+    assert!(home.log_text().contains("slow_down; polling every 6 s"));
+}
