@@ -1,0 +1,149 @@
+//! Providers and connected accounts from the terminal: `providers list`,
+//! `connections list|show|delete`, `connect --device`, `admin link`.
+
+use super::{broker, open_store, runtime, ConnectionsCommand, Fatal};
+use crate::admin::Admin;
+use crate::config::Settings;
+use crate::states::StateService;
+use std::sync::Arc;
+
+pub(super) fn providers_list(settings: &Settings) -> Result<(), Fatal> {
+    let public_url = settings.public_url_for(settings.listen);
+    if settings.providers.is_empty() {
+        eprintln!("No providers configured: add [providers.NAME] tables to the config file (see oauthd.example.toml).");
+    }
+    for p in &settings.providers {
+        println!("{}", p.name);
+        println!(
+            "  redirect URI: {}",
+            crate::broker::redirect_uri(&public_url, &p.name)
+        );
+        match (p.preset, p.issuer()) {
+            (Some(preset), _) => println!("  preset:       {preset}"),
+            (None, Some(issuer)) => {
+                println!("  issuer:       {issuer} (endpoints discovered on first use)")
+            }
+            (None, None) => println!("  endpoints:    explicit"),
+        }
+        println!("  client id:    {}", p.client_id);
+        println!("  scopes:       {}", p.scopes.join(" "));
+        if let Some(notes) = p.notes {
+            println!("  notes:        {notes}");
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Result<(), Fatal> {
+    let store = open_store(&settings)?;
+    let states = Arc::new(StateService::new(store.clone(), settings.states.clone()));
+    let public_url = settings.public_url_for(settings.listen);
+    let broker = broker(&settings, &store, states, public_url)?;
+    runtime()?.block_on(async {
+        match command {
+            ConnectionsCommand::List { json } => {
+                let list = broker.connections().await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&list)?);
+                    return Ok(());
+                }
+                println!(
+                    "{:<16} {:<16} {:<13} {:<25} LAST ERROR",
+                    "PROVIDER", "ACCOUNT", "STATUS", "TOKEN EXPIRES"
+                );
+                for c in &list {
+                    println!(
+                        "{:<16} {:<16} {:<13} {:<25} {}",
+                        c.provider,
+                        c.account,
+                        c.status,
+                        c.expires_at.as_deref().unwrap_or("unknown"),
+                        c.last_error.as_deref().unwrap_or("")
+                    );
+                }
+                Ok(())
+            }
+            ConnectionsCommand::Show { provider, account } => {
+                let view = broker.connection(&provider, &account).await?;
+                println!("{}", serde_json::to_string_pretty(&view)?);
+                Ok(())
+            }
+            ConnectionsCommand::Delete {
+                provider,
+                account,
+                force,
+            } => {
+                broker.disconnect(&provider, &account, force).await?;
+                eprintln!("Deleted connection {provider}/{account}.");
+                Ok(())
+            }
+        }
+    })
+}
+
+/// Runs a device flow from the terminal: shows the code, waits, exits 0 once connected.
+pub(super) fn connect_device(
+    settings: Settings,
+    provider: &str,
+    device: bool,
+    account: Option<&str>,
+) -> Result<(), Fatal> {
+    if !device {
+        return Err(Fatal(
+            "from the terminal only the device flow works (--device); for the browser flow open oauthd's page, or use POST /v1/connect".into(),
+            2,
+        ));
+    }
+    let store = open_store(&settings)?;
+    let states = Arc::new(StateService::new(store.clone(), settings.states.clone()));
+    let broker = broker(
+        &settings,
+        &store,
+        states,
+        settings.public_url_for(settings.listen),
+    )?;
+    runtime()?.block_on(async {
+        let start = broker.start_device(provider, account).await?;
+        let account = account.unwrap_or(crate::broker::DEFAULT_ACCOUNT);
+        println!(
+            "To connect {provider}/{account}, open {}",
+            start.verification_uri
+        );
+        println!("and enter the code: {}", start.user_code);
+        if let Some(complete) = &start.verification_uri_complete {
+            println!("(or open {complete})");
+        }
+        let mut last_note = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let status = broker.device_status(provider, &start.id).await?;
+            match status.status.as_str() {
+                "pending" => {
+                    if last_note.elapsed() >= std::time::Duration::from_secs(5) {
+                        let left = (start.expires_at_ms - crate::clock::now_ms()).max(0) / 1000;
+                        eprintln!("waiting for approval… {}m{:02}s left", left / 60, left % 60);
+                        last_note = std::time::Instant::now();
+                    }
+                }
+                "connected" => {
+                    println!("Connected {provider}/{account}.");
+                    return Ok(());
+                }
+                other => {
+                    let detail = status.detail.unwrap_or_default();
+                    return Err(Fatal(format!("not connected: {other}: {detail}"), 1));
+                }
+            }
+        }
+    })
+}
+
+pub(super) fn admin_link(settings: Settings) -> Result<(), Fatal> {
+    let store = open_store(&settings)?;
+    let admin = Admin::new(store).map_err(|e| Fatal(e, 2))?;
+    let public_url = settings.public_url_for(settings.listen);
+    let link = runtime()?.block_on(admin.login_link(&public_url))?;
+    eprintln!("One-time login link, valid 24 hours:");
+    println!("{link}");
+    Ok(())
+}

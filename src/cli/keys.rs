@@ -1,0 +1,79 @@
+//! `oauthd keys create|list|revoke`.
+
+use super::{open_store, runtime, Fatal, KeysCommand};
+use crate::apikeys;
+use crate::clock::rfc3339;
+use crate::config::Settings;
+use crate::store::KeyStore;
+
+pub(super) fn keys(settings: Settings, command: KeysCommand) -> Result<(), Fatal> {
+    let store = open_store(&settings)?;
+    runtime()?.block_on(async {
+        match command {
+            KeysCommand::Create { name, namespaces } => {
+                let (key, record) = apikeys::create(store.as_ref(), &name, namespaces).await?;
+                let scope = record
+                    .namespaces
+                    .as_ref()
+                    .map_or("every namespace".to_owned(), |n| n.join(", "));
+                eprintln!("Created API key {:?} for {scope}.", record.name);
+                eprintln!(
+                    "Store it now: it is not shown again. Use it as Authorization: Bearer <key>."
+                );
+                println!("{}", key.expose());
+                Ok(())
+            }
+            KeysCommand::List { json } => list_keys(store.as_ref(), json).await,
+            KeysCommand::Revoke { name } => {
+                if store.revoke_key(&name, crate::clock::now_ms()).await? {
+                    eprintln!("Revoked API key {name:?}.");
+                    Ok(())
+                } else {
+                    Err(Fatal(format!("no active API key named {name:?}"), 1))
+                }
+            }
+        }
+    })
+}
+
+pub(super) async fn list_keys(store: &dyn KeyStore, json: bool) -> Result<(), Fatal> {
+    let keys = store.list_keys().await?;
+    if json {
+        let rows: Vec<_> = keys
+            .iter()
+            .map(|k| {
+                serde_json::json!({
+                    "id": k.id,
+                    "name": k.name,
+                    "namespaces": k.namespaces,
+                    "created_at": rfc3339(k.created_at_ms),
+                    "revoked_at": k.revoked_at_ms.map(rfc3339),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<8} {:<24} NAMESPACES",
+        "NAME", "STATUS", "CREATED"
+    );
+    for k in &keys {
+        let status = if k.revoked_at_ms.is_some() {
+            "revoked"
+        } else {
+            "active"
+        };
+        let scope = k
+            .namespaces
+            .as_ref()
+            .map_or("*".to_owned(), |n| n.join(","));
+        println!(
+            "{:<24} {:<8} {:<24} {scope}",
+            k.name,
+            status,
+            rfc3339(k.created_at_ms)
+        );
+    }
+    Ok(())
+}

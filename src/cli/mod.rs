@@ -1,0 +1,251 @@
+//! The command line: `oauthd [serve]`, `oauthd keys …`. Wires config, storage and the
+//! HTTP server together; holds no logic of its own.
+
+mod accounts;
+mod keys;
+mod serve;
+mod vault_keys;
+
+use crate::broker::Broker;
+use crate::config::{Overrides, Settings};
+use crate::states::StateService;
+use crate::store::sqlite::SqliteStore;
+use crate::store::ConnectionStore;
+use crate::vault::{self, KeySource, VaultHandle};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use url::Url;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "oauthd",
+    version,
+    about = "OAuth plumbing for self-hosted apps: a durable state store and token broker"
+)]
+pub struct Cli {
+    /// SQLite database file (created when missing) [default: oauthd.db]
+    #[arg(long, global = true, env = "OAUTHD_DB", value_name = "PATH")]
+    db: Option<PathBuf>,
+    /// TOML configuration file (see oauthd.example.toml)
+    #[arg(long, global = true, env = "OAUTHD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to serve HTTP on; port 0 picks a free port [default: 127.0.0.1:6288]
+    #[arg(long, global = true, env = "OAUTHD_LISTEN", value_name = "ADDR:PORT")]
+    listen: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the daemon (the default when no command is given)
+    Serve,
+    /// Manage the API keys apps use (works while the daemon runs)
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Configured providers and the redirect URI to register at each
+    Providers {
+        #[command(subcommand)]
+        command: ProvidersCommand,
+    },
+    /// Connected accounts (works while the daemon runs)
+    Connections {
+        #[command(subcommand)]
+        command: ConnectionsCommand,
+    },
+    /// Browser sign-in
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Print a new random vault key (for OAUTHD_KEY or a key file)
+    Keygen,
+    /// Connect an account from this terminal with the device flow (RFC 8628)
+    Connect {
+        provider: String,
+        /// Use the device authorization grant: show a code to enter on another device
+        #[arg(long)]
+        device: bool,
+        /// Account name [default: default]
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Move every sealed token to a new vault key (works while oauthd runs)
+    Rekey {
+        /// Instead: drop keys from the key file that no stored value uses any more
+        #[arg(long)]
+        prune: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ProvidersCommand {
+    /// Each provider with its redirect URI, scopes and preset notes
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConnectionsCommand {
+    /// Every connection with its status and token expiry (never a token)
+    List {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// One connection's metadata as JSON
+    Show { provider: String, account: String },
+    /// Revoke at the provider, then delete
+    Delete {
+        provider: String,
+        account: String,
+        /// Delete even when the provider cannot be reached to revoke
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AdminCommand {
+    /// Print a new one-time login link (valid 24 hours)
+    Link,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Create a key; the key is printed once, alone on the last line of stdout
+    Create {
+        /// A name to tell keys apart, e.g. the app using it
+        #[arg(long)]
+        name: String,
+        /// Namespace (or prefix pattern like "oauth:*") the key may use; repeatable.
+        /// Without it the key may use every namespace.
+        #[arg(long = "namespace", value_name = "PATTERN")]
+        namespaces: Vec<String>,
+    },
+    /// List keys (never the keys themselves)
+    List {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke the active key with this name; a running oauthd refuses it within
+    /// `api_key_cache_seconds` (default 1 s)
+    Revoke { name: String },
+}
+
+/// A failure that ends the process: the message and the exit code.
+pub(crate) struct Fatal(pub(crate) String, pub(crate) u8);
+
+impl<E: std::fmt::Display> From<E> for Fatal {
+    fn from(e: E) -> Self {
+        Fatal(e.to_string(), 1)
+    }
+}
+
+pub fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fatal(message, code)) => {
+            eprintln!("oauthd: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Fatal> {
+    let overrides = Overrides {
+        config: cli.config,
+        db: cli.db,
+        listen: cli.listen,
+    };
+    let settings = Settings::load(&overrides).map_err(|e| Fatal(e.to_string(), 2))?;
+    match cli.command {
+        None | Some(Command::Serve) => serve::serve(settings),
+        Some(Command::Keys { command }) => keys::keys(settings, command),
+        Some(Command::Providers {
+            command: ProvidersCommand::List,
+        }) => accounts::providers_list(&settings),
+        Some(Command::Connections { command }) => accounts::connections(settings, command),
+        Some(Command::Admin {
+            command: AdminCommand::Link,
+        }) => accounts::admin_link(settings),
+        Some(Command::Rekey { prune }) => vault_keys::rekey(settings, prune),
+        Some(Command::Connect {
+            provider,
+            device,
+            account,
+        }) => accounts::connect_device(settings, &provider, device, account.as_deref()),
+        Some(Command::Keygen) => {
+            println!("{}", vault::generate_key_text()?.as_str());
+            Ok(())
+        }
+    }
+}
+
+pub(super) fn open_store(settings: &Settings) -> Result<Arc<SqliteStore>, Fatal> {
+    Ok(Arc::new(SqliteStore::open(
+        &settings.db,
+        settings.durability,
+    )?))
+}
+
+/// The broker over this store, with the vault key loaded.
+pub(super) fn broker(
+    settings: &Settings,
+    store: &Arc<SqliteStore>,
+    states: Arc<StateService>,
+    public_url: Url,
+) -> Result<Arc<Broker>, Fatal> {
+    let vault = Arc::new(VaultHandle::load(KeySource::from_env(&settings.db))?);
+    check_vault_opens_tokens(&vault, store)?;
+    Ok(Arc::new(Broker::new(
+        settings.providers.clone(),
+        states,
+        store.clone(),
+        vault,
+        public_url,
+        settings.return_to_allowlist.clone(),
+        settings.provider_timeout,
+    )))
+}
+
+/// Refuses to start when stored tokens were sealed with keys the vault does not have
+/// (a lost or wrong key file): every token call would fail, and new tokens would be
+/// sealed with a key the old ones can never join.
+pub(super) fn check_vault_opens_tokens(
+    vault: &VaultHandle,
+    store: &Arc<SqliteStore>,
+) -> Result<(), Fatal> {
+    let rows = runtime()?.block_on(store.list_connections())?;
+    let known = vault.key_ids();
+    let mut missing: Vec<String> = rows
+        .iter()
+        .filter_map(|r| vault::sealed_key_id(&r.access_token))
+        .filter(|id| !known.contains(id))
+        .collect();
+    missing.sort();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Fatal(
+        format!(
+            "the database holds tokens sealed with vault key(s) {} but the loaded key file has {}: restore the key file that was used (OAUTHD_KEY / OAUTHD_KEY_FILE / <db>.key)",
+            missing.join(", "),
+            known.join(", ")
+        ),
+        2,
+    ))
+}
+
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime, Fatal> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}

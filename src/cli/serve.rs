@@ -1,0 +1,64 @@
+//! `oauthd [serve]`: wires storage, vault, broker and HTTP together and runs until a signal.
+
+use super::{broker, open_store, Fatal};
+use crate::admin::Admin;
+use crate::apikeys::KeyCache;
+use crate::config::Settings;
+use crate::http::{self, AppState};
+use crate::states::StateService;
+use crate::store::sweeper;
+use std::sync::Arc;
+
+pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
+    let store = open_store(&settings)?;
+    log::info!("database {}", settings.db.display());
+    let admin = Admin::new(store.clone()).map_err(|e| Fatal(e, 2))?;
+    let listener = http::bind(&settings)?;
+    let public_url = settings.public_url_for(listener.local_addr()?);
+    let states = Arc::new(StateService::new(store.clone(), settings.states.clone()));
+    let broker = broker(&settings, &store, states.clone(), public_url.clone())?;
+    for p in broker.providers() {
+        log::info!(
+            "provider {}: redirect URI {}",
+            p.name,
+            broker.redirect_uri(&p.name)
+        );
+    }
+    actix_web::rt::System::new().block_on(async move {
+        if admin.needs_first_link().await? {
+            // On stdout, not in the log: the link is a credential.
+            println!(
+                "No one has signed in yet. Open this one-time link to sign in (valid 24 h):\n{}",
+                admin.login_link(&public_url).await?
+            );
+        }
+        let resumed = broker.resume_device_flows().await?;
+        if resumed > 0 {
+            log::info!("resumed polling for {resumed} device flow(s)");
+        }
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let sweeper =
+            actix_web::rt::spawn(sweeper::run(store.clone(), settings.sweep, stopped.clone()));
+        let refresher = actix_web::rt::spawn(crate::broker::refresher::run(
+            broker.clone(),
+            settings.refresh_check,
+            stopped,
+        ));
+        let app = AppState {
+            states,
+            keys: store.clone(),
+            key_cache: KeyCache::new(settings.api_key_cache),
+            store: store.clone(),
+            broker,
+            admin,
+            secure_cookies: public_url.scheme() == "https",
+        };
+        let served = http::serve(&settings, listener, app).await;
+        let _ = stop.send(true);
+        let _ = sweeper.await;
+        let _ = refresher.await;
+        served?;
+        log::info!("stopped");
+        Ok(())
+    })
+}

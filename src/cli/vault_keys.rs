@@ -1,0 +1,38 @@
+//! `oauthd rekey [--prune]`: rotating the vault key.
+
+use super::{open_store, runtime, Fatal};
+use crate::config::Settings;
+use crate::vault::KeySource;
+
+pub(super) fn rekey(settings: Settings, prune: bool) -> Result<(), Fatal> {
+    let path = match KeySource::from_env(&settings.db) {
+        KeySource::Inline(_) => {
+            return Err(Fatal(
+                "the vault key comes from OAUTHD_KEY, which a running oauthd cannot re-read: put the key in a file named by OAUTHD_KEY_FILE to rotate it".into(),
+                2,
+            ))
+        }
+        KeySource::File { path, .. } => path,
+    };
+    if !path.exists() {
+        return Err(Fatal(
+            format!("key file {} does not exist", path.display()),
+            1,
+        ));
+    }
+    let store = open_store(&settings)?;
+    runtime()?.block_on(async {
+        if prune {
+            let (kept, removed) = crate::rekey::prune(&path, store.as_ref()).await?;
+            eprintln!("Key file {}: kept {kept} key(s), removed {removed} no value uses.", path.display());
+            return Ok(());
+        }
+        let report =
+            crate::rekey::rotate(&path, store.as_ref(), std::time::Duration::from_millis(1500)).await?;
+        eprintln!(
+            "New vault key {} now seals; re-sealed {} connection(s). The {} older key(s) stay in {} so values sealed under them still open; `oauthd rekey --prune` removes them once nothing uses them.",
+            report.new_key_id, report.resealed, report.old_keys, path.display()
+        );
+        Ok(())
+    })
+}
