@@ -685,3 +685,48 @@ async fn sigterm_and_sigint_stop_cleanly_with_exit_0_and_lose_nothing() {
     assert!(home.log_text().contains("SIGINT received"));
     assert!(home.log_text().contains("SIGTERM received"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_locked_by_another_process_gives_503_and_recovers_by_itself() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let before = d.create_state(&key, json!({"namespace": NS})).await;
+
+    // Another process (this test) takes SQLite's write lock and keeps it.
+    let locker = rusqlite::Connection::open(home.db()).unwrap();
+    locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let resp = d
+        .http
+        .post(format!("{}/v1/states", d.url))
+        .bearer_auth(&key)
+        .json(&json!({"namespace": NS}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().get("retry-after").is_some());
+    let problem: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(problem["code"], "storage_unavailable");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("locked"),
+        "{problem}"
+    );
+    // Reads still answer while writes wait (WAL).
+    assert_eq!(
+        d.http
+            .get(format!("{}/readyz", d.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    locker.execute_batch("ROLLBACK").unwrap();
+    drop(locker);
+    // No restart: the next write goes through, and nothing acknowledged was lost.
+    let after = d.create_state(&key, json!({"namespace": NS})).await;
+    assert_eq!(d.consume(&key, &before, NS).await.0, 200);
+    assert_eq!(d.consume(&key, &after, NS).await.0, 200);
+}
