@@ -761,3 +761,46 @@ async fn a_lost_key_file_stops_the_start_instead_of_sealing_with_a_new_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("restore the key file"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reports_database_key_file_and_providers() {
+    use std::os::unix::fs::PermissionsExt;
+    let peer = Peer::start(60);
+    let (home, key) = setup(&peer, "");
+    let d = home.start();
+    assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
+    let out = home.cli(&["check"]);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{report}");
+    assert!(
+        report.contains("ok    database:") && report.contains("passes integrity_check"),
+        "{report}"
+    );
+    assert!(
+        report.contains("ok    vault: key") && report.contains("opens all 1 connection(s)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("ok    provider peer: token endpoint"),
+        "{report}"
+    );
+
+    let mut key_file = home.db().into_os_string();
+    key_file.push(".key");
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    home.write_config(&format!(
+        "{}\n[providers.down]\nauthorization_url = \"http://127.0.0.1:9/auth\"\ntoken_url = \"http://127.0.0.1:9/token\"\nclient_id = \"x\"\nclient_auth = \"none\"\n",
+        peer.provider_toml("peer")
+    ));
+    let out = home.cli(&["check"]);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("warn  key file:") && report.contains("chmod 600"),
+        "{report}"
+    );
+    assert!(
+        report.contains("FAIL  provider down: token endpoint http://127.0.0.1:9/token unreachable"),
+        "{report}"
+    );
+}

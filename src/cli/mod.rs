@@ -2,6 +2,7 @@
 //! HTTP server together; holds no logic of its own.
 
 mod accounts;
+mod check;
 mod keys;
 mod serve;
 mod vault_keys;
@@ -64,6 +65,8 @@ pub(crate) enum Command {
     },
     /// Print a new random vault key (for OAUTHD_KEY or a key file)
     Keygen,
+    /// Check the config, the database, the vault key file and every provider's endpoints
+    Check,
     /// Connect an account from this terminal with the device flow (RFC 8628)
     Connect {
         provider: String,
@@ -181,6 +184,7 @@ fn run(cli: Cli) -> Result<(), Fatal> {
             device,
             account,
         }) => accounts::connect_device(settings, &provider, device, account.as_deref()),
+        Some(Command::Check) => check::check(settings),
         Some(Command::Keygen) => {
             println!("{}", vault::generate_key_text()?.as_str());
             Ok(())

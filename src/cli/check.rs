@@ -1,0 +1,142 @@
+//! `oauthd check`: a report an operator can read before (or while) running oauthd —
+//! configuration, database integrity, the vault key file, and every provider's endpoints.
+//! Exit code 0 when nothing failed (warnings allowed), 1 otherwise.
+
+use super::{open_store, runtime, Fatal};
+use crate::config::Settings;
+use crate::oauth::flows;
+use crate::store::ConnectionStore;
+use crate::vault::{self, KeySource, Vault};
+use std::os::unix::fs::PermissionsExt;
+
+#[derive(Default)]
+struct Report {
+    failed: usize,
+}
+
+impl Report {
+    fn line(&mut self, verdict: &str, what: &str, detail: impl std::fmt::Display) {
+        if verdict == "FAIL" {
+            self.failed += 1;
+        }
+        println!("{verdict:<4}  {what}: {detail}");
+    }
+}
+
+pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
+    let mut r = Report::default();
+    r.line(
+        "ok",
+        "config",
+        format!(
+            "{} provider(s), listen {}",
+            settings.providers.len(),
+            settings.listen
+        ),
+    );
+    let store = open_store(&settings)?;
+    let integrity: Result<String, _> = rusqlite::Connection::open(&settings.db)
+        .and_then(|c| c.query_row("PRAGMA integrity_check", [], |row| row.get(0)));
+    match integrity {
+        Ok(s) if s == "ok" => r.line(
+            "ok",
+            "database",
+            format!("{} passes integrity_check", settings.db.display()),
+        ),
+        Ok(s) => r.line("FAIL", "database", format!("integrity_check: {s}")),
+        Err(e) => r.line("FAIL", "database", e),
+    }
+    let source = KeySource::from_env(&settings.db);
+    if let KeySource::File { path, create } = &source {
+        match std::fs::metadata(path) {
+            Err(_) if *create => r.line(
+                "ok",
+                "key file",
+                format!(
+                    "{} does not exist yet; oauthd creates it at first start",
+                    path.display()
+                ),
+            ),
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => r.line(
+                "warn",
+                "key file",
+                format!(
+                    "{} is readable by others (mode {:o}): chmod 600 it",
+                    path.display(),
+                    m.permissions().mode() & 0o777
+                ),
+            ),
+            Ok(_) => r.line("ok", "key file", format!("{} (mode 600)", path.display())),
+            Err(e) => r.line("FAIL", "key file", format!("{}: {e}", path.display())),
+        }
+    }
+    let vault = match &source {
+        KeySource::File { path, .. } if !path.exists() => None,
+        _ => match Vault::load(&source) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                r.line("FAIL", "vault", e);
+                None
+            }
+        },
+    };
+    runtime()?.block_on(async {
+        if let Some(v) = &vault {
+            let rows = store.list_connections().await?;
+            let known = v.key_ids();
+            let unreadable = rows
+                .iter()
+                .filter(|c| {
+                    vault::sealed_key_id(&c.access_token).is_none_or(|id| !known.contains(&id))
+                })
+                .count();
+            if unreadable == 0 {
+                r.line(
+                    "ok",
+                    "vault",
+                    format!(
+                        "key {} opens all {} connection(s)",
+                        v.current_key_id(),
+                        rows.len()
+                    ),
+                );
+            } else {
+                r.line(
+                    "FAIL",
+                    "vault",
+                    format!("{unreadable} connection(s) sealed with keys this key file lacks"),
+                );
+            }
+        }
+        let http = flows::http_client(settings.provider_timeout);
+        for p in &settings.providers {
+            let what = format!("provider {}", p.name);
+            match p.endpoints(&http).await {
+                Err(e) => r.line("FAIL", &what, e),
+                // Any HTTP answer from the token endpoint (a 400 for an empty request is
+                // expected) shows it is reachable; only no answer at all fails.
+                Ok(e) => match http.post(e.token.clone()).send().await {
+                    Ok(resp) => r.line(
+                        "ok",
+                        &what,
+                        format!(
+                            "token endpoint {} answers (HTTP {})",
+                            e.token,
+                            resp.status().as_u16()
+                        ),
+                    ),
+                    Err(err) => r.line(
+                        "FAIL",
+                        &what,
+                        format!("token endpoint {} unreachable: {err}", e.token),
+                    ),
+                },
+            }
+        }
+        Ok::<(), Fatal>(())
+    })?;
+    if r.failed > 0 {
+        return Err(Fatal(format!("{} check(s) failed", r.failed), 1));
+    }
+    Ok(())
+}
