@@ -16,6 +16,18 @@ pub const SESSION_COOKIE: &str = "oauthd_session";
 const LOGIN_LINK_TTL_MS: i64 = 24 * 3600 * 1000;
 pub const SESSION_TTL_SECS: i64 = 7 * 24 * 3600;
 
+/// The CSRF token of a session: derived, so nothing more is stored.
+pub fn csrf_token(session: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::new()
+        .chain_update(b"oauthd csrf\0")
+        .chain_update(session.as_bytes())
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 pub struct Admin {
     store: Arc<dyn AdminStore>,
     static_token: Option<Zeroizing<String>>,

@@ -27,6 +27,20 @@ pub struct StatePolicy {
 }
 
 impl StatePolicy {
+    /// How long a browser connect flow for this provider and account stays open, in
+    /// words ("60 minutes").
+    pub fn flow_ttl_text(&self, provider: &str, account: &str) -> String {
+        let secs = Namespace::parse(&format!("connect:{provider}:{account}"))
+            .map(|ns| self.rule_for(&ns).default_ttl.as_secs())
+            .unwrap_or(self.base.default_ttl.as_secs());
+        match secs {
+            s if s % 60 == 0 && s >= 120 => format!("{} minutes", s / 60),
+            60 => "1 minute".into(),
+            1 => "1 second".into(),
+            s => format!("{s} seconds"),
+        }
+    }
+
     pub fn rule_for(&self, ns: &Namespace) -> TtlRule {
         self.overrides
             .iter()

@@ -204,7 +204,7 @@ async fn invalid_grant_marks_needs_reauth_and_is_not_retried() {
     assert_eq!(problem["code"], "needs_reauth");
     let reconnect = problem["reconnect_url"].as_str().unwrap();
     assert!(
-        reconnect.starts_with(&format!("{}/connect/peer?account=alice", d.url)),
+        reconnect.starts_with(&format!("{}/?reconnect=peer&account=alice", d.url)),
         "{reconnect}"
     );
     assert_eq!(peer.grant_errors("refresh_token").await, 1);
@@ -300,7 +300,7 @@ async fn declining_at_the_provider_shows_the_declined_page() {
     let (status, page, _) = d.browser_get(&callback).await;
     assert_eq!(status, 403, "{page}");
     assert!(
-        page.contains("declined") && page.contains("/connect/peer?account=alice"),
+        page.contains("declined") && page.contains("reconnect=peer&amp;account=alice"),
         "{page}"
     );
     assert_eq!(d.get("/v1/connections/peer/alice", &key).await.0, 404);
@@ -320,7 +320,7 @@ async fn callback_after_the_state_expired_offers_to_start_again() {
     let (status, page, _) = d.browser_get(&callback).await;
     assert_eq!(status, 410, "{page}");
     assert!(
-        page.contains("expired") && page.contains("/connect/peer?account=bob"),
+        page.contains("expired") && page.contains("reconnect=peer&amp;account=bob"),
         "{page}"
     );
     assert_eq!(peer.grants("authorization_code").await, 0);
@@ -438,14 +438,19 @@ async fn admin_signs_in_with_the_printed_link_and_connects_from_the_browser() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    // Not signed in: no connect, no index.
+    // Not signed in: no data, no flows.
     let resp = browser
-        .get(format!("{}/connect/peer?account=bob", d.url))
+        .get(format!("{}/ui/api/overview", d.url))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
-    let resp = browser.get(format!("{}/", d.url)).send().await.unwrap();
+    let resp = browser
+        .post(format!("{}/ui/api/connect/peer", d.url))
+        .json(&json!({"account": "bob"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401);
 
     let out = home.cli(&[
@@ -486,23 +491,40 @@ async fn admin_signs_in_with_the_printed_link_and_connects_from_the_browser() {
         .to_str()
         .unwrap()
         .to_owned();
-    assert!(csp.contains("default-src 'none'"), "{csp}");
-    let html = index.text().await.unwrap();
-    assert!(html.contains(&format!("{}/callback/peer", d.url)), "{html}");
-
-    let resp = browser
-        .get(format!("{}/connect/peer?account=bob", d.url))
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert_eq!(index.headers().get("x-frame-options").unwrap(), "DENY");
+    let overview: serde_json::Value = browser
+        .get(format!("{}/ui/api/overview", d.url))
         .send()
         .await
+        .unwrap()
+        .json()
+        .await
         .unwrap();
-    assert_eq!(resp.status(), 302);
-    let to_provider = resp
-        .headers()
-        .get("location")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    assert_eq!(
+        overview["providers"][0]["redirect_uri"],
+        format!("{}/callback/peer", d.url)
+    );
+    assert_eq!(overview["providers"][0]["device"], true);
+    let csrf = overview["csrf"].as_str().unwrap().to_owned();
+
+    // State-changing calls need the session's CSRF token.
+    let start = |token: &str| {
+        browser
+            .post(format!("{}/ui/api/connect/peer", d.url))
+            .header("x-csrf-token", token)
+            .json(&json!({"account": "bob"}))
+            .send()
+    };
+    let refused = start("not-the-token").await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let resp = start(&csrf).await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let started: serde_json::Value = resp.json().await.unwrap();
+    let to_provider = started["authorize_url"].as_str().unwrap().to_owned();
     assert!(to_provider.starts_with(&peer.issuer), "{to_provider}");
     let callback = peer.approve(&to_provider).await;
     assert_eq!(d.browser_get(&callback).await.0, 200);

@@ -172,15 +172,26 @@ impl Broker {
         redirect_uri(&self.public_url, provider)
     }
 
-    /// Where a person reconnects an account in the browser.
+    /// Where a person reconnects an account: the page, with that provider and account
+    /// picked (one click on Connect; no flow starts by merely opening a link).
     pub fn reconnect_url(&self, provider: &str, account: &str) -> String {
         let mut url = self.public_url.clone();
-        url.set_path(&format!(
-            "{}/connect/{provider}",
-            base_path(&self.public_url)
-        ));
-        url.query_pairs_mut().append_pair("account", account);
+        url.set_path(&format!("{}/", base_path(&self.public_url)));
+        url.query_pairs_mut()
+            .append_pair("reconnect", provider)
+            .append_pair("account", account);
         url.to_string()
+    }
+
+    /// Whether the provider offers the device flow (discovering its endpoints if needed).
+    pub async fn supports_device_flow(&self, provider: &str) -> bool {
+        match self.providers.get(provider) {
+            Some(p) => p
+                .endpoints(&self.http)
+                .await
+                .is_ok_and(|e| e.device_authorization.is_some()),
+            None => false,
+        }
     }
 
     fn account(account: Option<&str>) -> Result<String, BrokerError> {

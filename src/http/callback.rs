@@ -7,12 +7,30 @@ use crate::broker::{CallbackOutcome, CallbackQuery};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-fn retry_button(app: &AppState, provider: &str, account: &str, label: &str) -> String {
-    format!(
-        "<p><a class=\"button\" href=\"{}\">{}</a></p>",
-        escape(&app.broker.reconnect_url(provider, account)),
-        escape(label)
-    )
+/// One click to start again: a CSRF-protected form when the browser is signed in,
+/// else a link to the page (which asks to sign in first).
+fn retry_button(
+    app: &AppState,
+    csrf: Option<&str>,
+    provider: &str,
+    account: &str,
+    label: &str,
+) -> String {
+    match csrf {
+        Some(token) => format!(
+            "<form method=\"post\" action=\"/connect/{p}\"><input type=\"hidden\" name=\"account\" value=\"{a}\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{t}\"><button type=\"submit\">{l}</button></form>",
+            p = escape(provider),
+            a = escape(account),
+            t = escape(token),
+            l = escape(label)
+        ),
+        None => format!(
+            "<p><a class=\"button\" href=\"{}\">{}</a></p>",
+            escape(&app.broker.reconnect_url(provider, account)),
+            escape(label)
+        ),
+    }
 }
 
 pub async fn callback(
@@ -28,7 +46,8 @@ pub async fn callback(
             "<p>The provider's answer could not be read. Start connecting again from oauthd.</p>",
         ),
     };
-    let ttl_minutes = app.states.policy().base.default_ttl.as_secs() / 60;
+    let csrf = super::ui::csrf_for(&app, &req).await;
+    let csrf = csrf.as_deref();
     match app.broker.finish_callback(&provider, query).await {
         CallbackOutcome::Connected {
             provider,
@@ -53,10 +72,11 @@ pub async fn callback(
             410,
             "This sign-in expired",
             &format!(
-                "<p>Connecting <strong>{}</strong> ({}) took longer than the {ttl_minutes} minutes oauthd keeps a sign-in open, so nothing was stored.</p>{}",
+                "<p>Connecting <strong>{}</strong> ({}) took longer than the {} oauthd keeps a sign-in open, so nothing was stored.</p>{}",
                 escape(&provider),
                 escape(&account),
-                retry_button(&app, &provider, &account, "Start again")
+                app.states.policy().flow_ttl_text(&provider, &account),
+                retry_button(&app, csrf, &provider, &account, "Start again")
             ),
         ),
         CallbackOutcome::Denied {
@@ -74,7 +94,7 @@ pub async fn callback(
                 } else {
                     format!(" (<q>{}</q>)", escape(&description))
                 },
-                retry_button(&app, &provider, &account, "Try again")
+                retry_button(&app, csrf, &provider, &account, "Try again")
             ),
         ),
         CallbackOutcome::Failed {
@@ -84,7 +104,7 @@ pub async fn callback(
             retry,
         } => {
             let button = retry
-                .map(|(p, a)| retry_button(&app, &p, &a, "Start again"))
+                .map(|(p, a)| retry_button(&app, csrf, &p, &a, "Start again"))
                 .unwrap_or_default();
             page(status, title, &format!("<p>{}</p>{button}", escape(&detail)))
         }

@@ -1,14 +1,12 @@
-//! Starting a connect flow: `POST /v1/connect/{provider}` for apps (API key),
-//! `GET /connect/{provider}?account=NAME` for a signed-in admin's browser.
+//! Starting a connect flow from an app: `POST /v1/connect/{provider}` (API key). The
+//! page starts flows through `/ui/api` (see ui.rs).
 
-use super::admin::AdminSession;
 use super::auth::Caller;
 use super::body::JsonObject;
 use super::problem::ApiError;
 use super::{no_store, AppState};
 use crate::clock::rfc3339;
-use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 /// `POST /v1/connect/{provider}` `{"account"?, "return_to"?}` -> 201.
@@ -31,29 +29,4 @@ pub async fn start_api(
         "expires_at": rfc3339(started.expires_at_ms),
         "redirect_uri": app.broker.redirect_uri(&provider).as_str(),
     })))
-}
-
-/// `GET /connect/{provider}?account=NAME` -> 302 to the provider.
-pub async fn start_browser(
-    app: web::Data<AppState>,
-    _admin: AdminSession,
-    provider: web::Path<String>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
-    let params: Vec<(String, String)> = url::form_urlencoded::parse(req.query_string().as_bytes())
-        .into_owned()
-        .collect();
-    let get = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let started = app
-        .broker
-        .start_connect(&provider, get("account"), get("return_to"))
-        .await?;
-    Ok(no_store(HttpResponse::Found())
-        .insert_header((header::LOCATION, started.authorize_url.as_str()))
-        .finish())
 }

@@ -12,6 +12,7 @@ mod health;
 mod pages;
 mod problem;
 mod states;
+mod ui;
 
 use crate::admin::Admin;
 use crate::apikeys::KeyCache;
@@ -100,14 +101,32 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         ))
         .service(endpoint(
             "/connect/{provider}",
-            web::get().to(connect::start_browser),
+            web::post().to(ui::connect_form),
         ))
+        .service(endpoint("/ui/api/overview", web::get().to(ui::overview)))
+        .service(endpoint(
+            "/ui/api/connect/{provider}",
+            web::post().to(ui::connect),
+        ))
+        .service(endpoint(
+            "/ui/api/device/{provider}",
+            web::post().to(ui::device_start),
+        ))
+        .service(endpoint(
+            "/ui/api/device/{provider}/{id}",
+            web::get().to(ui::device_status),
+        ))
+        .service(endpoint(
+            "/ui/api/connections/{provider}/{account}",
+            web::delete().to(ui::disconnect),
+        ))
+        .service(endpoint("/static/{name}", web::get().to(ui::asset)))
         .service(endpoint(
             "/callback/{provider}",
             web::get().to(callback::callback),
         ))
         .service(endpoint("/admin/login", web::get().to(admin::login)))
-        .service(endpoint("/", web::get().to(admin::index)))
+        .service(endpoint("/", web::get().to(ui::index)))
         .default_service(web::to(not_found));
 }
 

@@ -1,0 +1,241 @@
+//! The page: an HTML shell and its assets (embedded in the binary), and the JSON API the
+//! page calls. Every UI API call needs the admin session cookie; every state-changing one
+//! also needs the session's CSRF token in `X-CSRF-Token` (or the `csrf` form field).
+
+use super::pages::{page, security_headers};
+use super::problem::ApiError;
+use super::{no_store, AppState};
+use crate::admin::{csrf_token, SESSION_COOKIE};
+use crate::clock::rfc3339;
+use actix_web::dev::Payload;
+use actix_web::http::{header, Method, StatusCode};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use futures_util::future::LocalBoxFuture;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+const INDEX: &str = include_str!("../../static/index.html");
+const APP_JS: &str = include_str!("../../static/app.js");
+const STYLE: &str = include_str!("../../static/style.css");
+
+/// `GET /`: the page shell; it asks `/ui/api/overview` for data.
+pub async fn index() -> HttpResponse {
+    asset_response("text/html; charset=utf-8", INDEX)
+}
+
+/// `GET /static/{name}`
+pub async fn asset(name: web::Path<String>) -> HttpResponse {
+    match name.as_str() {
+        "app.js" => asset_response("text/javascript; charset=utf-8", APP_JS),
+        "style.css" => asset_response("text/css; charset=utf-8", STYLE),
+        _ => actix_web::ResponseError::error_response(&ApiError::not_found_route()),
+    }
+}
+
+fn asset_response(content_type: &str, body: &'static str) -> HttpResponse {
+    let mut b = HttpResponse::Ok();
+    security_headers(&mut b);
+    b.content_type(content_type)
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(body)
+}
+
+/// A signed-in admin, with the session's CSRF token already checked for non-GET calls.
+pub struct UiSession {
+    pub csrf: String,
+}
+
+/// The session cookie, if it names a live session.
+async fn session(app: &AppState, req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(cookie) = req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned()) else {
+        return Ok(None);
+    };
+    Ok(app.admin.session_valid(&cookie).await?.then_some(cookie))
+}
+
+fn csrf_matches(expected: &str, presented: &str) -> bool {
+    bool::from(expected.as_bytes().ct_eq(presented.as_bytes()))
+}
+
+impl FromRequest for UiSession {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let app = req
+                .app_data::<web::Data<AppState>>()
+                .cloned()
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        "application state missing",
+                    )
+                })?;
+            let cookie = session(&app, &req).await?.ok_or_else(|| {
+                ApiError::unauthorized("not_signed_in", "sign in with a login link first")
+            })?;
+            let csrf = csrf_token(&cookie);
+            if req.method() != Method::GET {
+                let presented = req
+                    .headers()
+                    .get("x-csrf-token")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if !csrf_matches(&csrf, presented) {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "csrf_failed",
+                        "missing or wrong X-CSRF-Token",
+                    ));
+                }
+            }
+            Ok(UiSession { csrf })
+        })
+    }
+}
+
+/// `GET /ui/api/overview`: providers, connections, the CSRF token and the flow TTL.
+pub async fn overview(app: web::Data<AppState>, s: UiSession) -> Result<HttpResponse, ApiError> {
+    let mut providers = Vec::new();
+    for p in app.broker.providers() {
+        providers.push(json!({
+            "name": p.name,
+            "flow_ttl": app.states.policy().flow_ttl_text(&p.name, crate::broker::DEFAULT_ACCOUNT),
+            "redirect_uri": app.broker.redirect_uri(&p.name).as_str(),
+            "device": app.broker.supports_device_flow(&p.name).await,
+        }));
+    }
+    Ok(no_store(HttpResponse::Ok()).json(json!({
+        "csrf": s.csrf,
+        "providers": providers,
+        "connections": app.broker.connections().await?,
+    })))
+}
+
+fn account_of(body: &serde_json::Value) -> Option<&str> {
+    body.get("account")
+        .and_then(|a| a.as_str())
+        .filter(|a| !a.is_empty())
+}
+
+/// `POST /ui/api/connect/{provider}` `{"account"}` -> `{"authorize_url"}`.
+pub async fn connect(
+    app: web::Data<AppState>,
+    _s: UiSession,
+    provider: web::Path<String>,
+    body: web::Json<serde_json::Value>,
+) -> Result<HttpResponse, ApiError> {
+    let started = app
+        .broker
+        .start_connect(&provider, account_of(&body), None)
+        .await?;
+    Ok(no_store(HttpResponse::Created()).json(json!({
+        "authorize_url": started.authorize_url.as_str(),
+        "expires_at": rfc3339(started.expires_at_ms),
+    })))
+}
+
+/// `POST /ui/api/device/{provider}` `{"account"}`
+pub async fn device_start(
+    app: web::Data<AppState>,
+    _s: UiSession,
+    provider: web::Path<String>,
+    body: web::Json<serde_json::Value>,
+) -> Result<HttpResponse, ApiError> {
+    let d = app
+        .broker
+        .start_device(&provider, account_of(&body))
+        .await?;
+    Ok(no_store(HttpResponse::Created()).json(json!({
+        "id": d.id,
+        "user_code": d.user_code,
+        "verification_uri": d.verification_uri,
+        "verification_uri_complete": d.verification_uri_complete,
+        "expires_at": rfc3339(d.expires_at_ms),
+    })))
+}
+
+/// `GET /ui/api/device/{provider}/{id}`: 202 while pending, 200 once it ended.
+pub async fn device_status(
+    app: web::Data<AppState>,
+    _s: UiSession,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (provider, id) = path.into_inner();
+    let status = app.broker.device_status(&provider, &id).await?;
+    let code = if status.status == "pending" {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok(no_store(HttpResponse::build(code)).json(status))
+}
+
+/// `DELETE /ui/api/connections/{provider}/{account}`: revoke, then delete.
+pub async fn disconnect(
+    app: web::Data<AppState>,
+    _s: UiSession,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (provider, account) = path.into_inner();
+    app.broker.disconnect(&provider, &account, false).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(serde::Deserialize)]
+pub struct StartForm {
+    account: Option<String>,
+    csrf: String,
+}
+
+/// `POST /connect/{provider}` (form: account, csrf): the one-click "start again" on the
+/// callback pages -> 303 to the provider.
+pub async fn connect_form(
+    app: web::Data<AppState>,
+    req: HttpRequest,
+    provider: web::Path<String>,
+    form: web::Form<StartForm>,
+) -> HttpResponse {
+    let signed_in = match session(&app, &req).await {
+        Ok(Some(cookie)) => cookie,
+        Ok(None) => {
+            return page(
+                401,
+                "Sign in",
+                "<p>Sign in with a login link first (<code>oauthd admin link</code>).</p>",
+            )
+        }
+        Err(e) => return page(503, "Storage unavailable", &super::pages::escape(&e.detail)),
+    };
+    if !csrf_matches(&csrf_token(&signed_in), &form.csrf) {
+        return page(
+            403,
+            "Please start from oauthd's page",
+            "<p>This form was not issued for your session.</p>",
+        );
+    }
+    let account = form.account.as_deref().filter(|a| !a.is_empty());
+    match app.broker.start_connect(&provider, account, None).await {
+        Ok(started) => HttpResponse::SeeOther()
+            .insert_header((header::LOCATION, started.authorize_url.as_str()))
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .finish(),
+        Err(e) => page(
+            400,
+            "Could not start",
+            &super::pages::escape(&e.to_string()),
+        ),
+    }
+}
+
+/// For callback pages: the CSRF token when the browser is signed in.
+pub async fn csrf_for(app: &AppState, req: &HttpRequest) -> Option<String> {
+    session(app, req)
+        .await
+        .ok()
+        .flatten()
+        .map(|c| csrf_token(&c))
+}

@@ -1,0 +1,136 @@
+// oauthd's page: plain DOM, no build step. Data is inserted as text, never as HTML.
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+let csrf = "";
+let providers = [];
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+
+function notice(text) { $("#notice").textContent = text; }
+
+async function api(method, path, body) {
+  const resp = await fetch(path, {
+    method,
+    credentials: "same-origin",
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const data = await resp.json().catch(() => ({}));
+  if (!resp.ok && resp.status !== 202) throw new Error(data.detail || `HTTP ${resp.status}`);
+  return { status: resp.status, data };
+}
+
+function statusText(c) {
+  if (c.status === "needs_reauth") return ["needs reauth", "status-needs_reauth"];
+  if (c.failures > 0) return ["refreshing error", "status-failing"];
+  return ["active", "status-active"];
+}
+
+function renderConnections(list) {
+  const body = $("#connections tbody");
+  body.replaceChildren();
+  $("#connections").hidden = list.length === 0;
+  $("#no-connections").hidden = list.length !== 0;
+  for (const c of list) {
+    const [text, cls] = statusText(c);
+    const actions = el("td", { class: "row" });
+    if (c.status === "needs_reauth") {
+      actions.append(el("button", { onclick: () => connect(c.provider, c.account) }, "Reconnect"));
+    }
+    actions.append(el("button", { class: "danger", onclick: () => disconnect(c.provider, c.account) }, "Disconnect"));
+    const status = el("td", {}, el("span", { class: cls }, text));
+    if (c.last_error) status.append(el("div", { class: "hint" }, c.last_error));
+    body.append(el("tr", { "data-connection": `${c.provider}/${c.account}` },
+      el("td", {}, c.provider), el("td", {}, c.account), status,
+      el("td", {}, c.scopes.join(" ")), el("td", {}, c.expires_at || "unknown"),
+      el("td", {}, c.last_refresh_at || "never"), actions));
+  }
+}
+
+function renderProviders(providers, focus) {
+  const root = $("#providers");
+  root.replaceChildren();
+  for (const p of providers) {
+    const id = `account-${p.name}`;
+    const account = el("input", { id, value: focus && focus.provider === p.name ? focus.account : "default", "aria-label": `Account name for ${p.name}` });
+    const copy = el("button", { class: "secondary", onclick: async () => {
+      try { await navigator.clipboard.writeText(p.redirect_uri); notice("Redirect URI copied."); }
+      catch { notice("Copy it by hand: " + p.redirect_uri); }
+    } }, "Copy");
+    const buttons = el("div", { class: "row" },
+      el("label", { for: id }, "Account"), account,
+      el("button", { "data-connect": p.name, onclick: () => connect(p.name, account.value) }, `Connect ${p.name}`));
+    if (p.device) {
+      buttons.append(el("button", { class: "secondary", onclick: () => device(p.name, account.value) }, "Connect with a code"));
+    }
+    root.append(el("div", { class: "card" },
+      el("h3", {}, p.name),
+      el("div", { class: "row" }, el("span", { class: "hint" }, "Redirect URI to register:"), el("code", {}, p.redirect_uri), copy),
+      buttons,
+      el("p", { class: "hint" }, `After you click Connect you have ${p.flow_ttl} to finish at ${p.name}.`),
+      el("div", { id: `device-${p.name}` })));
+    if (focus && focus.provider === p.name) account.focus();
+  }
+}
+
+async function load() {
+  const resp = await fetch("/ui/api/overview", { credentials: "same-origin" });
+  if (resp.status === 401) { $("#signin").hidden = false; $("#app").hidden = true; return; }
+  const data = await resp.json();
+  csrf = data.csrf;
+  providers = data.providers;
+  const params = new URLSearchParams(location.search);
+  const focus = params.get("reconnect") ? { provider: params.get("reconnect"), account: params.get("account") || "default" } : null;
+  if (focus) notice(`Reconnect ${focus.provider} (${focus.account}): press its Connect button.`);
+  renderConnections(data.connections);
+  renderProviders(data.providers, focus);
+  $("#signin").hidden = true;
+  $("#app").hidden = false;
+}
+
+async function connect(provider, account) {
+  try {
+    const { data } = await api("POST", `/ui/api/connect/${encodeURIComponent(provider)}`, { account });
+    const p = providers.find((x) => x.name === provider);
+    notice(`Opening ${provider}… you have ${p ? p.flow_ttl : "60 minutes"} to finish there.`);
+    location.assign(data.authorize_url);
+  } catch (e) { notice(`Could not start: ${e.message}`); }
+}
+
+async function disconnect(provider, account) {
+  if (!confirm(`Disconnect ${provider}/${account}? oauthd revokes its tokens at ${provider} and forgets them.`)) return;
+  try {
+    await api("DELETE", `/ui/api/connections/${encodeURIComponent(provider)}/${encodeURIComponent(account)}`);
+    notice(`Disconnected ${provider}/${account}.`);
+    await load();
+  } catch (e) { notice(`Could not disconnect: ${e.message}`); }
+}
+
+async function device(provider, account) {
+  const box = document.getElementById(`device-${provider}`);
+  try {
+    const { data } = await api("POST", `/ui/api/device/${encodeURIComponent(provider)}`, { account });
+    const link = el("a", { href: data.verification_uri_complete || data.verification_uri, target: "_blank", rel: "noopener" }, data.verification_uri);
+    box.replaceChildren(el("p", {}, "On any device, open ", link, " and enter:"), el("p", { class: "code" }, data.user_code),
+      el("p", { class: "hint", role: "status" }, "Waiting for approval…"));
+    const poll = async () => {
+      const r = await api("GET", `/ui/api/device/${encodeURIComponent(provider)}/${data.id}`).catch((e) => ({ status: 0, data: { status: e.message } }));
+      if (r.status === 202) { setTimeout(poll, 3000); return; }
+      box.replaceChildren(el("p", { role: "status" }, r.data.status === "connected" ? `Connected ${provider}/${account}.` : `Not connected: ${r.data.status}`));
+      await load();
+    };
+    setTimeout(poll, 3000);
+  } catch (e) { notice(`Could not start: ${e.message}`); }
+}
+
+load().catch((e) => notice(`oauthd did not answer: ${e.message}`));
