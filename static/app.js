@@ -18,6 +18,13 @@ function el(tag, attrs = {}, ...children) {
 
 function notice(text) { $("#notice").textContent = text; }
 
+// A time in the reader's locale, short; the exact RFC 3339 value stays in the tooltip.
+function when(iso, none) {
+  if (!iso) return el("span", {}, none);
+  const d = new Date(iso);
+  return el("time", { datetime: iso, title: iso }, d.toLocaleString([], { dateStyle: "short", timeStyle: "short" }));
+}
+
 async function api(method, path, body) {
   const resp = await fetch(path, {
     method,
@@ -43,7 +50,7 @@ function renderConnections(list) {
   $("#no-connections").hidden = list.length !== 0;
   for (const c of list) {
     const [text, cls] = statusText(c);
-    const actions = el("td", { class: "row" });
+    const actions = el("div", { class: "row" });
     if (c.status === "needs_reauth") {
       actions.append(el("button", { onclick: () => connect(c.provider, c.account) }, "Reconnect"));
     }
@@ -52,8 +59,8 @@ function renderConnections(list) {
     if (c.last_error) status.append(el("div", { class: "hint" }, c.last_error));
     body.append(el("tr", { "data-connection": `${c.provider}/${c.account}` },
       el("td", {}, c.provider), el("td", {}, c.account), status,
-      el("td", {}, c.scopes.join(" ")), el("td", {}, c.expires_at || "unknown"),
-      el("td", {}, c.last_refresh_at || "never"), actions));
+      el("td", {}, c.scopes.join(" ")), el("td", {}, when(c.expires_at, "unknown")),
+      el("td", {}, when(c.last_refresh_at, "never")), el("td", {}, actions)));
   }
 }
 

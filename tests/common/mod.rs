@@ -2,6 +2,7 @@
 //! port, and talks to it over HTTP.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod peer;
 
 use std::fs::File;

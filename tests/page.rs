@@ -1,0 +1,163 @@
+//! The page in a real headless Chromium: sign in, connect at the real test provider,
+//! see the connection, disconnect; and the expired-state retry. Screenshots of every
+//! step are written to test-artifacts/.
+
+mod common;
+
+use common::browser::Browser;
+use common::peer::Peer;
+use common::Home;
+use fantoccini::Locator;
+use std::time::{Duration, Instant};
+
+fn setup(peer: &Peer, extra: &str) -> (Home, String) {
+    let home = Home::new();
+    home.write_config(&format!("{extra}\n{}", peer.provider_toml("peer")));
+    let key = home.create_key("app", &[]);
+    (home, key)
+}
+
+fn login_link(home: &Home, d: &common::Daemon) -> String {
+    let out = home.cli(&[
+        "admin",
+        "link",
+        "--listen",
+        d.url.trim_start_matches("http://"),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_list_and_disconnect_from_the_page() {
+    let peer = Peer::start(60);
+    let (home, key) = setup(&peer, "");
+    let d = home.start();
+    let b = Browser::start("connect").await;
+
+    b.client.goto(&format!("{}/", d.url)).await.unwrap();
+    b.wait_for("#signin:not([hidden])").await;
+    b.screenshot("01-not-signed-in.png").await;
+
+    b.client.goto(&login_link(&home, &d)).await.unwrap();
+    b.wait_for("[data-connect=peer]").await;
+    assert!(b
+        .text("#providers")
+        .await
+        .contains(&format!("{}/callback/peer", d.url)));
+    assert!(b.text("#providers").await.contains("60 minutes"));
+    b.screenshot("02-signed-in.png").await;
+
+    b.wait_for("[data-connect=peer]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.login_and_consent_at_provider("03").await;
+    b.wait_text("h1", "Connected").await;
+    assert!(b
+        .url()
+        .await
+        .starts_with(&format!("{}/callback/peer?", d.url)));
+    b.screenshot("04-connected.png").await;
+
+    b.client.goto(&format!("{}/", d.url)).await.unwrap();
+    let row = b.text("tr[data-connection='peer/default']").await;
+    assert!(
+        row.contains("active") && row.contains("openid offline_access"),
+        "{row}"
+    );
+    b.screenshot("05-listed.png").await;
+    // Phone width: everything fits without sideways scrolling.
+    b.client.set_window_size(390, 844).await.unwrap();
+    let overflow = b
+        .client
+        .execute(
+            "const w = document.documentElement.clientWidth; \
+             const wide = [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > w + 1 && !e.closest('.table-wrap')).map(e => e.tagName + '.' + e.className); \
+             return wide.length ? wide.join(' ') : document.documentElement.scrollWidth - w",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        overflow.as_i64().unwrap_or(1) <= 0,
+        "the page scrolls sideways at phone width: {overflow}"
+    );
+    b.screenshot("05-listed-phone.png").await;
+    b.client.set_window_size(1100, 900).await.unwrap();
+    let (status, _) = d.get("/v1/connections/peer/default/token", &key).await;
+    assert_eq!(status, 200);
+
+    b.client
+        .find(Locator::Css(
+            "tr[data-connection='peer/default'] button.danger",
+        ))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let text = b.client.get_alert_text().await.unwrap();
+    assert!(text.contains("Disconnect peer/default?"), "{text}");
+    b.client.accept_alert().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while b
+        .client
+        .find(Locator::Css("tr[data-connection='peer/default']"))
+        .await
+        .is_ok()
+    {
+        assert!(Instant::now() < deadline, "the connection is still listed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(b
+        .text("#notice")
+        .await
+        .contains("Disconnected peer/default"));
+    b.screenshot("06-disconnected.png").await;
+    assert_eq!(d.get("/v1/connections/peer/default", &key).await.0, 404);
+    // Nothing secret reached the page.
+    let html = b.client.source().await.unwrap();
+    assert!(!html.contains(&key));
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_sign_in_shows_the_retry_page_and_one_click_starts_again() {
+    let peer = Peer::start(60);
+    let (home, _key) = setup(
+        &peer,
+        "[states.namespaces.\"connect:*\"]\ndefault_ttl_seconds = 2\n",
+    );
+    let d = home.start();
+    let b = Browser::start("expired").await;
+    b.client.goto(&login_link(&home, &d)).await.unwrap();
+    b.wait_for("[data-connect=peer]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.wait_for("input[name=login]").await;
+    // The user is slow at the provider.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    b.login_and_consent_at_provider("01").await;
+    b.wait_text("h1", "This sign-in expired").await;
+    assert!(b.text("main").await.contains("2 seconds"));
+    b.screenshot("02-expired.png").await;
+
+    b.wait_for("form button[type=submit]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.wait_for("input[name=prompt]").await;
+    assert!(
+        b.url().await.starts_with(&peer.issuer),
+        "the retry did not start a new flow"
+    );
+    b.login_and_consent_at_provider("03").await;
+    b.wait_text("h1", "Connected").await;
+    b.screenshot("04-connected.png").await;
+    b.close().await;
+}
