@@ -78,7 +78,7 @@ function renderProviders(providers, focus) {
       el("label", { for: id }, "Account"), account,
       el("button", { "data-connect": p.name, onclick: () => connect(p.name, account.value) }, `Connect ${p.name}`));
     if (p.device) {
-      buttons.append(el("button", { class: "secondary", onclick: () => device(p.name, account.value) }, "Connect with a code"));
+      buttons.append(el("button", { class: "secondary", "data-device": p.name, onclick: () => device(p.name, account.value) }, "Connect with a code"));
     }
     root.append(el("div", { class: "card" },
       el("h3", {}, p.name),
@@ -133,8 +133,8 @@ async function device(provider, account) {
     const poll = async () => {
       const r = await api("GET", `/ui/api/device/${encodeURIComponent(provider)}/${data.id}`).catch((e) => ({ status: 0, data: { status: e.message } }));
       if (r.status === 202) { setTimeout(poll, 3000); return; }
-      box.replaceChildren(el("p", { role: "status" }, r.data.status === "connected" ? `Connected ${provider}/${account}.` : `Not connected: ${r.data.status}`));
-      await load();
+      await load(); // redraws the providers, this box included
+      notice(r.data.status === "connected" ? `Connected ${provider}/${account}.` : `Not connected: ${r.data.status}`);
     };
     setTimeout(poll, 3000);
   } catch (e) { notice(`Could not start: ${e.message}`); }

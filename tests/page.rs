@@ -161,3 +161,26 @@ async fn expired_sign_in_shows_the_retry_page_and_one_click_starts_again() {
     b.screenshot("04-connected.png").await;
     b.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_page_offers_the_device_flow_and_shows_the_code() {
+    let peer = Peer::start(60);
+    let (home, key) = setup(&peer, "");
+    let d = home.start();
+    let b = Browser::start("device").await;
+    b.client.goto(&login_link(&home, &d)).await.unwrap();
+    b.wait_for("[data-connect=peer]").await;
+    let account = b.wait_for("#account-peer").await;
+    account.clear().await.unwrap();
+    account.send_keys("tv").await.unwrap();
+    b.click("[data-device=peer]").await;
+    let code = b.text("#device-peer .code").await;
+    assert_eq!(code.len(), 9, "{code:?}");
+    b.screenshot("01-code.png").await;
+    peer.verify_device(&code, true).await;
+    b.wait_text("#notice", "Connected peer/tv.").await;
+    b.wait_for("tr[data-connection='peer/tv']").await;
+    b.screenshot("02-connected.png").await;
+    assert_eq!(d.get("/v1/connections/peer/tv/token", &key).await.0, 200);
+    b.close().await;
+}

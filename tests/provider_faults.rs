@@ -393,7 +393,18 @@ async fn vault_key_from_oauthd_key_file_and_admin_token_from_the_environment() {
         .query_row("SELECT access_token FROM connections", [], |r| r.get(0))
         .unwrap();
     assert_eq!(oauthd::vault::sealed_key_id(&sealed), Some(id[0].clone()));
-    // The admin token signs in; anything else does not.
+    // The admin token signs in (link-style, and through the page's form); anything else does not.
+    let form = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{}/admin/login", d.url))
+        .form(&[("token", admin_token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 303);
+    assert!(form.headers().get("set-cookie").is_some());
     let (status, _, location) = d
         .browser_get(&format!("{}/admin/login?token={admin_token}", d.url))
         .await;

@@ -13,7 +13,22 @@ pub async fn login(app: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default();
-    match app.admin.sign_in(&token).await {
+    sign_in(&app, &token).await
+}
+
+#[derive(serde::Deserialize)]
+pub struct LoginForm {
+    token: String,
+}
+
+/// `POST /admin/login` (form: token): the page's sign-in form, for `OAUTHD_ADMIN_TOKEN`
+/// (a POST keeps the token out of URLs and browser history).
+pub async fn login_form(app: web::Data<AppState>, form: web::Form<LoginForm>) -> HttpResponse {
+    sign_in(&app, &form.token).await
+}
+
+async fn sign_in(app: &AppState, token: &str) -> HttpResponse {
+    match app.admin.sign_in(token).await {
         Ok(Some(session)) => {
             let cookie = Cookie::build(SESSION_COOKIE, session.to_string())
                 .path("/")

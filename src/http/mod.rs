@@ -125,7 +125,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/callback/{provider}",
             web::get().to(callback::callback),
         ))
-        .service(endpoint("/admin/login", web::get().to(admin::login)))
+        .service(
+            web::resource("/admin/login")
+                .route(web::get().to(admin::login))
+                .route(web::post().to(admin::login_form))
+                .default_service(web::to(method_not_allowed)),
+        )
         .service(endpoint("/", web::get().to(ui::index)))
         .default_service(web::to(not_found));
 }
