@@ -521,6 +521,17 @@ async fn admin_signs_in_with_the_printed_link_and_connects_from_the_browser() {
     };
     let refused = start("not-the-token").await.unwrap();
     assert_eq!(refused.status(), 403);
+    let malformed = browser
+        .post(format!("{}/ui/api/connect/peer", d.url))
+        .header("x-csrf-token", &csrf)
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 400);
+    let problem: serde_json::Value = malformed.json().await.unwrap();
+    assert_eq!(problem["code"], "malformed_json");
     let resp = start(&csrf).await.unwrap();
     assert_eq!(resp.status(), 201);
     let started: serde_json::Value = resp.json().await.unwrap();

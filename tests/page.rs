@@ -184,3 +184,38 @@ async fn the_page_offers_the_device_flow_and_shows_the_code() {
     assert_eq!(d.get("/v1/connections/peer/tv/token", &key).await.0, 200);
     b.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_that_needs_reauth_offers_reconnect() {
+    let peer = Peer::start(2);
+    let (home, key) = setup(&peer, "");
+    let d = home.start();
+    // Connect through the API, then the user revokes access at the provider.
+    let (_, started) = d
+        .post(
+            "/v1/connect/peer",
+            &key,
+            serde_json::json!({"account": "alice"}),
+        )
+        .await;
+    let callback = peer
+        .approve(started["authorize_url"].as_str().unwrap())
+        .await;
+    assert_eq!(d.browser_get(&callback).await.0, 200);
+    let (_, token) = d.get("/v1/connections/peer/alice/token", &key).await;
+    peer.revoke(token["access_token"].as_str().unwrap()).await;
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    assert_eq!(d.get("/v1/connections/peer/alice/token", &key).await.0, 409);
+
+    let b = Browser::start("reauth").await;
+    b.client.goto(&login_link(&home, &d)).await.unwrap();
+    b.wait_text("tr[data-connection='peer/alice']", "needs reauth")
+        .await;
+    b.screenshot("01-needs-reauth.png").await;
+    b.click("tr[data-connection='peer/alice'] button:not(.danger)")
+        .await;
+    b.login_and_consent_at_provider("02").await;
+    b.wait_text("h1", "Connected").await;
+    assert_eq!(d.get("/v1/connections/peer/alice/token", &key).await.0, 200);
+    b.close().await;
+}

@@ -2,6 +2,7 @@
 //! page calls. Every UI API call needs the admin session cookie; every state-changing one
 //! also needs the session's CSRF token in `X-CSRF-Token` (or the `csrf` form field).
 
+use super::body::JsonObject;
 use super::pages::{page, security_headers};
 use super::problem::ApiError;
 use super::{no_store, AppState};
@@ -115,10 +116,11 @@ pub async fn overview(app: web::Data<AppState>, s: UiSession) -> Result<HttpResp
     })))
 }
 
-fn account_of(body: &serde_json::Value) -> Option<&str> {
-    body.get("account")
-        .and_then(|a| a.as_str())
-        .filter(|a| !a.is_empty())
+/// The page's `{"account"}` body; an empty name means the default account.
+fn account(mut body: JsonObject) -> Result<Option<String>, ApiError> {
+    let account = body.opt_string("account", "invalid_account")?;
+    body.finish()?;
+    Ok(account.filter(|a| !a.is_empty()))
 }
 
 /// `POST /ui/api/connect/{provider}` `{"account"}` -> `{"authorize_url"}`.
@@ -126,11 +128,12 @@ pub async fn connect(
     app: web::Data<AppState>,
     _s: UiSession,
     provider: web::Path<String>,
-    body: web::Json<serde_json::Value>,
+    body: JsonObject,
 ) -> Result<HttpResponse, ApiError> {
+    let account = account(body)?;
     let started = app
         .broker
-        .start_connect(&provider, account_of(&body), None)
+        .start_connect(&provider, account.as_deref(), None)
         .await?;
     Ok(no_store(HttpResponse::Created()).json(json!({
         "authorize_url": started.authorize_url.as_str(),
@@ -143,11 +146,12 @@ pub async fn device_start(
     app: web::Data<AppState>,
     _s: UiSession,
     provider: web::Path<String>,
-    body: web::Json<serde_json::Value>,
+    body: JsonObject,
 ) -> Result<HttpResponse, ApiError> {
+    let account = account(body)?;
     let d = app
         .broker
-        .start_device(&provider, account_of(&body))
+        .start_device(&provider, account.as_deref())
         .await?;
     Ok(no_store(HttpResponse::Created()).json(json!({
         "id": d.id,
