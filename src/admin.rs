@@ -42,22 +42,7 @@ fn new_secret() -> Result<Zeroizing<String>, StoreError> {
 impl Admin {
     /// `OAUTHD_ADMIN_TOKEN` (or the file named by `OAUTHD_ADMIN_TOKEN_FILE`) signs in too.
     pub fn new(store: Arc<dyn AdminStore>) -> Result<Admin, String> {
-        let static_token = match (
-            std::env::var("OAUTHD_ADMIN_TOKEN"),
-            std::env::var("OAUTHD_ADMIN_TOKEN_FILE"),
-        ) {
-            (Ok(t), _) => Some(Zeroizing::new(t)),
-            (_, Ok(path)) => Some(Zeroizing::new(
-                std::fs::read_to_string(&path)
-                    .map_err(|e| format!("OAUTHD_ADMIN_TOKEN_FILE: cannot read {path}: {e}"))?
-                    .trim()
-                    .to_owned(),
-            )),
-            _ => None,
-        };
-        if static_token.as_ref().is_some_and(|t| t.len() < 16) {
-            return Err("OAUTHD_ADMIN_TOKEN must be at least 16 characters".into());
-        }
+        let static_token = crate::config::secret_from_env("OAUTHD_ADMIN_TOKEN")?;
         Ok(Admin {
             store,
             static_token,

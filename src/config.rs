@@ -288,6 +288,25 @@ fn parse_public_url(text: &str) -> Result<Url, ConfigError> {
     Ok(url)
 }
 
+/// A secret from the environment: `NAME` itself, or the file named by `NAME_FILE`
+/// (systemd credentials, container secrets). At least 16 characters when set.
+pub fn secret_from_env(name: &str) -> Result<Option<zeroize::Zeroizing<String>>, String> {
+    let secret = match (std::env::var(name), std::env::var(format!("{name}_FILE"))) {
+        (Ok(t), _) => Some(zeroize::Zeroizing::new(t)),
+        (_, Ok(path)) => Some(zeroize::Zeroizing::new(
+            std::fs::read_to_string(&path)
+                .map_err(|e| format!("{name}_FILE: cannot read {path}: {e}"))?
+                .trim()
+                .to_owned(),
+        )),
+        _ => None,
+    };
+    if secret.as_ref().is_some_and(|t| t.len() < 16) {
+        return Err(format!("{name} must be at least 16 characters"));
+    }
+    Ok(secret)
+}
+
 fn ttl_rule(key: &str, default: u64, max: u64) -> Result<TtlRule, ConfigError> {
     if max == 0 || max > TTL_CEILING_SECONDS {
         return Err(invalid(

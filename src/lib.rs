@@ -10,6 +10,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod namespace;
 pub mod oauth;
 pub mod rekey;

@@ -4,6 +4,7 @@
 //! namespace mismatch does); the store only keeps rows, the HTTP layer only translates.
 
 use crate::clock::now_ms;
+use crate::metrics;
 use crate::namespace::{pattern_matches, Namespace};
 use crate::secret::StateValue;
 use crate::store::{StateRow, StateStore, StoreError, Taken};
@@ -153,6 +154,9 @@ impl StateService {
                 expires_at_ms,
             })
             .await?;
+        metrics::STATES_CREATED
+            .with_label_values(&[namespace.as_str()])
+            .inc();
         log::debug!(
             "state {state} issued in {namespace}, ttl {}s",
             ttl.as_secs()
@@ -182,8 +186,10 @@ impl StateService {
                 "state {state} of namespace {} presented for namespace {namespace}; invalidated",
                 consumed.namespace
             );
+            record_consume("mismatch");
             return Err(StateError::NamespaceMismatch);
         }
+        record_consume("ok");
         log::debug!("state {state} consumed in {namespace}");
         Ok(consumed)
     }
@@ -194,16 +200,19 @@ impl StateService {
         let row = match self.store.take_state(state.hash()).await? {
             Taken::Missing => {
                 log::debug!("state {state}: unknown");
+                record_consume("unknown");
                 return Err(StateError::NotFound);
             }
             Taken::ExpiredTombstone { namespace } => {
                 log::debug!("state {state}: expired (swept)");
+                record_consume("expired");
                 return Err(StateError::Expired { namespace });
             }
             Taken::Row(row) => row,
         };
         if row.expires_at_ms <= now_ms() {
             log::debug!("state {state}: expired");
+            record_consume("expired");
             return Err(StateError::Expired {
                 namespace: row.namespace,
             });
@@ -222,6 +231,11 @@ impl StateService {
             expires_at_ms: row.expires_at_ms,
         })
     }
+}
+
+/// Counts a consume outcome: ok, unknown, expired or mismatch.
+pub fn record_consume(outcome: &str) {
+    metrics::STATE_CONSUMES.with_label_values(&[outcome]).inc();
 }
 
 #[cfg(test)]

@@ -186,6 +186,20 @@ async fn token_past_its_expiry_is_refreshed_on_request() {
         peer.is_active(second["access_token"].as_str().unwrap())
             .await
     );
+    let metrics = reqwest::get(format!("{}/metrics", d.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("oauthd_refreshes_total{provider=\"peer\",result=\"ok\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("oauthd_connections{provider=\"peer\",status=\"active\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

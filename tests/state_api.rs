@@ -730,3 +730,86 @@ async fn a_database_locked_by_another_process_gives_503_and_recovers_by_itself()
     assert_eq!(d.consume(&key, &before, NS).await.0, 200);
     assert_eq!(d.consume(&key, &after, NS).await.0, 200);
 }
+
+/// The value of one sample line of Prometheus text (`name{labels} value`).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_states_outcomes_and_requests_behind_an_optional_token() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let token = "metrics-token-0123456789";
+    let d = home.start_with_env(&[("OAUTHD_METRICS_TOKEN", token)]);
+    let a = d.create_state(&key, json!({"namespace": NS})).await;
+    d.create_state(&key, json!({"namespace": "2fa:email"}))
+        .await;
+    let b = d.create_state(&key, json!({"namespace": NS})).await;
+    assert_eq!(d.consume(&key, &a, NS).await.0, 200);
+    assert_eq!(d.consume(&key, &a, NS).await.0, 404);
+    assert_eq!(d.consume(&key, &b, "other").await.0, 409);
+    for i in 0..5 {
+        d.http
+            .get(format!("{}/probe/{i}", d.url))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    let url = format!("{}/metrics", d.url);
+    assert_eq!(d.http.get(&url).send().await.unwrap().status(), 401);
+    let text = d
+        .http
+        .get(&url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(
+            &text,
+            "oauthd_states_created_total{namespace=\"oauth:spotify\"}"
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "oauthd_states_created_total{namespace=\"2fa:email\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "oauthd_state_consumes_total{outcome=\"ok\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "oauthd_state_consumes_total{outcome=\"unknown\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "oauthd_state_consumes_total{outcome=\"mismatch\"}"),
+        Some(1.0)
+    );
+    assert!(
+        text.contains(
+            "oauthd_http_requests_total{endpoint=\"/v1/states\",method=\"POST\",status=\"201\"} 3"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("oauthd_http_requests_duration_seconds_bucket"),
+        "no latency histogram"
+    );
+    // Unknown paths are one label, not one per path.
+    assert!(text.contains("endpoint=\"UNMATCHED\""), "{text}");
+    assert!(!text.contains("/probe/"), "unmatched paths became labels");
+}

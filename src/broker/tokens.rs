@@ -100,6 +100,12 @@ fn due_for_refresh(row: &ConnectionRow, idle_expiry: Option<Duration>, now: i64)
     expiring || idle
 }
 
+fn refreshed(provider: &str, result: &str) {
+    crate::metrics::REFRESHES
+        .with_label_values(&[provider, result])
+        .inc();
+}
+
 fn backoff_ms(failures: i64) -> i64 {
     let shift = failures.clamp(0, 20) as u32;
     BACKOFF_FIRST_MS
@@ -362,6 +368,7 @@ impl Broker {
                     });
                 }
                 log::info!("refresh {p}/{a}: ok");
+                refreshed(p, "ok");
                 Ok(AccessToken {
                     access_token: tokens.access_token,
                     token_type: tokens.token_type,
@@ -372,6 +379,7 @@ impl Broker {
             Err(FlowError::InvalidGrant(reason)) => {
                 log::warn!("refresh {p}/{a}: invalid_grant ({reason}); the account must be connected again");
                 let reason = format!("invalid_grant: {reason}");
+                refreshed(p, "needs_reauth");
                 self.store
                     .save_refresh_failure(
                         p,
@@ -391,6 +399,7 @@ impl Broker {
             }
             Err(e) => {
                 let wait = backoff_ms(row.failures);
+                refreshed(p, "failed");
                 log::warn!("refresh {p}/{a}: {e}; retrying in {} s", wait / 1000);
                 self.store
                     .save_refresh_failure(

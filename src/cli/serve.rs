@@ -13,6 +13,8 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
     let store = open_store(&settings)?;
     log::info!("database {}", settings.db.display());
     let admin = Admin::new(store.clone()).map_err(|e| Fatal(e, 2))?;
+    let metrics_token =
+        crate::config::secret_from_env("OAUTHD_METRICS_TOKEN").map_err(|e| Fatal(e, 2))?;
     let listener = http::bind(&settings)?;
     let public_url = settings.public_url_for(listener.local_addr()?);
     let states = Arc::new(StateService::new(store.clone(), settings.states.clone()));
@@ -52,6 +54,7 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
             broker,
             admin,
             secure_cookies: public_url.scheme() == "https",
+            metrics_token,
         };
         let served = http::serve(&settings, listener, app).await;
         let _ = stop.send(true);

@@ -9,6 +9,7 @@ mod connect;
 mod connections;
 mod device;
 mod health;
+mod metrics;
 mod pages;
 mod problem;
 mod states;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub admin: Admin,
     /// Mark cookies `Secure` (public_url is https).
     pub secure_cookies: bool,
+    /// Bearer token `/metrics` asks for, when set.
+    pub metrics_token: Option<zeroize::Zeroizing<String>>,
 }
 
 /// Responses that carry a secret must not be cached anywhere.
@@ -121,6 +124,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::delete().to(ui::disconnect),
         ))
         .service(endpoint("/static/{name}", web::get().to(ui::asset)))
+        .service(endpoint("/metrics", web::get().to(metrics::metrics)))
         .service(endpoint(
             "/callback/{provider}",
             web::get().to(callback::callback),
@@ -159,10 +163,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = web::Data::new(app);
     let limit = web::Data::new(BodyLimit(settings.states.max_data_bytes + 8 * 1024));
+    let prometheus = crate::metrics::http_middleware().map_err(std::io::Error::other)?;
     let server = HttpServer::new(move || {
         App::new()
             .app_data(app.clone())
             .app_data(limit.clone())
+            .wrap(prometheus.clone())
             .wrap(access_log())
             .configure(routes)
     })

@@ -116,6 +116,7 @@ impl From<StoreError> for ApiError {
         if let StoreError::Conflict(detail) = e {
             return ApiError::new(StatusCode::CONFLICT, "conflict", detail);
         }
+        crate::metrics::STORAGE_ERRORS.inc();
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "storage_unavailable",

@@ -52,7 +52,11 @@ pub async fn run(store: Arc<dyn StateStore>, policy: SweepPolicy, mut stop: watc
         if *stop.borrow() {
             break;
         }
-        match sweep_once(store.as_ref(), &policy, crate::clock::now_ms()).await {
+        let swept = sweep_once(store.as_ref(), &policy, crate::clock::now_ms()).await;
+        if let Ok(n) = &swept {
+            crate::metrics::STATES_SWEPT.inc_by(n.expired as u64);
+        }
+        match swept {
             Ok(n) if n.expired > 0 || n.purged > 0 => log::info!(
                 "sweeper: removed {} expired state(s), forgot {} past the grace window",
                 n.expired,

@@ -1,0 +1,41 @@
+//! `GET /metrics`: Prometheus text. Open, or behind `OAUTHD_METRICS_TOKEN` as a bearer token.
+
+use super::problem::ApiError;
+use super::AppState;
+use crate::metrics;
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use subtle::ConstantTimeEq;
+
+pub async fn metrics(app: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    if let Some(token) = &app.metrics_token {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !bool::from(token.as_bytes().ct_eq(presented.as_bytes())) {
+            return Err(ApiError::unauthorized(
+                "invalid_metrics_token",
+                "send the metrics token as Authorization: Bearer <token>",
+            ));
+        }
+    }
+    // Connections by status, counted now.
+    metrics::CONNECTIONS.reset();
+    for c in app.broker.connections().await? {
+        let status = if c.status == "active" && c.failures > 0 {
+            "refresh_failing"
+        } else {
+            c.status
+        };
+        metrics::CONNECTIONS
+            .with_label_values(&[c.provider.as_str(), status])
+            .inc();
+    }
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(metrics::render()))
+}

@@ -1,0 +1,93 @@
+//! Prometheus metrics: what oauthd did, for operators who do not read logs. One registry,
+//! served at `/metrics`; HTTP request counts and latencies come from actix-web-prom with
+//! unmatched paths collapsed into one label, so probing bots cannot explode the label set.
+
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use std::sync::LazyLock;
+
+pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help).namespace("oauthd"), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    // Registering a fresh, uniquely named metric cannot fail; a failure is a programming error.
+    let _ = REGISTRY.register(Box::new(c.clone()));
+    c
+}
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::with_opts(Opts::new(name, help).namespace("oauthd"))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = REGISTRY.register(Box::new(c.clone()));
+    c
+}
+
+pub static STATES_CREATED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "states_created_total",
+        "States issued, by namespace.",
+        &["namespace"],
+    )
+});
+
+/// outcome: ok, unknown, expired, mismatch.
+pub static STATE_CONSUMES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "state_consumes_total",
+        "State consume attempts, by outcome.",
+        &["outcome"],
+    )
+});
+
+pub static STATES_SWEPT: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "states_swept_total",
+        "Expired states removed by the sweeper.",
+    )
+});
+
+/// result: ok, failed, needs_reauth.
+pub static REFRESHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "refreshes_total",
+        "Token refreshes at providers, by provider and result.",
+        &["provider", "result"],
+    )
+});
+
+pub static STORAGE_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "storage_errors_total",
+        "Requests answered 503 because storage failed.",
+    )
+});
+
+pub static CONNECTIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    let g = IntGaugeVec::new(
+        Opts::new(
+            "connections",
+            "Connections by provider and status, at the last scrape.",
+        )
+        .namespace("oauthd"),
+        &["provider", "status"],
+    )
+    .unwrap_or_else(|e| panic!("metric connections: {e}"));
+    let _ = REGISTRY.register(Box::new(g.clone()));
+    g
+});
+
+/// Prometheus text format of everything registered.
+pub fn render() -> String {
+    let mut out = String::new();
+    let _ = prometheus::TextEncoder::new().encode_utf8(&REGISTRY.gather(), &mut out);
+    out
+}
+
+/// The HTTP middleware: requests by route pattern and status, with a latency histogram.
+pub fn http_middleware() -> Result<actix_web_prom::PrometheusMetrics, String> {
+    actix_web_prom::PrometheusMetricsBuilder::new("oauthd")
+        .registry(REGISTRY.clone())
+        .mask_unmatched_patterns("UNMATCHED")
+        .build()
+        .map_err(|e| e.to_string())
+}
