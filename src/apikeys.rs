@@ -83,6 +83,11 @@ impl KeyCache {
         }
     }
 
+    /// The key's record when it was verified recently, without touching the database.
+    pub fn cached(&self, presented: &str) -> Option<ApiKeyRecord> {
+        self.fresh(&SecretHash::of(presented))
+    }
+
     fn fresh(&self, hash: &SecretHash) -> Option<ApiKeyRecord> {
         let entries = self.entries.lock().ok()?;
         let (record, checked) = entries.get(hash)?;

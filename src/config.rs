@@ -36,6 +36,26 @@ pub struct FileConfig {
     pub states: StatesConfig,
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub public_per_minute: u32,
+    pub failed_auth_per_minute: u32,
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            public_per_minute: 120,
+            failed_auth_per_minute: 30,
+            trusted_proxies: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,6 +133,10 @@ pub struct Settings {
     pub public_url: Option<Url>,
     pub return_to_allowlist: Vec<String>,
     pub providers: Vec<Arc<Provider>>,
+    /// Per client address and minute: public routes, failed API-key attempts (0: off).
+    pub public_per_minute: u32,
+    pub failed_auth_per_minute: u32,
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Settings {
@@ -256,6 +280,9 @@ impl Settings {
             public_url,
             return_to_allowlist: file.return_to_allowlist,
             providers,
+            public_per_minute: file.limits.public_per_minute,
+            failed_auth_per_minute: file.limits.failed_auth_per_minute,
+            trusted_proxies: file.limits.trusted_proxies,
         })
     }
 

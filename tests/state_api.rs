@@ -813,3 +813,80 @@ async fn metrics_count_states_outcomes_and_requests_behind_an_optional_token() {
     assert!(text.contains("endpoint=\"UNMATCHED\""), "{text}");
     assert!(!text.contains("/probe/"), "unmatched paths became labels");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_api_keys_are_rate_limited_without_locking_out_valid_ones() {
+    let home = Home::new();
+    home.write_config("[limits]\nfailed_auth_per_minute = 3\n");
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    assert_eq!(
+        d.post("/v1/states", &key, json!({"namespace": NS})).await.0,
+        201
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            d.post("/v1/states", "oauthd_wrong", json!({"namespace": NS}))
+                .await
+                .0,
+            401
+        );
+    }
+    let resp = d
+        .http
+        .post(format!("{}/v1/states", d.url))
+        .bearer_auth("oauthd_wrong")
+        .json(&json!({"namespace": NS}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    let wait: u64 = resp
+        .headers()
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    let problem: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(problem["code"], "rate_limited");
+    // The app with the right key, on the same address, carries on.
+    assert_eq!(
+        d.post("/v1/states", &key, json!({"namespace": NS})).await.0,
+        201
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn public_routes_are_rate_limited_per_client_and_forwarded_for_is_trusted_only_from_proxies()
+{
+    let get = |d: &common::Daemon, xff: &str| {
+        d.http
+            .get(format!("{}/callback/none?state=x", d.url))
+            .header("x-forwarded-for", xff.to_owned())
+            .send()
+    };
+    // Not behind a trusted proxy: X-Forwarded-For is ignored, everyone is 127.0.0.1.
+    let home = Home::new();
+    home.write_config("[limits]\npublic_per_minute = 3\n");
+    let d = home.start();
+    for i in 0..3 {
+        assert_ne!(get(&d, &format!("10.0.0.{i}")).await.unwrap().status(), 429);
+    }
+    let resp = get(&d, "10.0.0.9").await.unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().get("retry-after").is_some());
+    assert!(resp.text().await.unwrap().contains("Too many requests"));
+
+    // Behind a trusted proxy: each forwarded client has its own budget.
+    let home = Home::new();
+    home.write_config("[limits]\npublic_per_minute = 3\ntrusted_proxies = [\"127.0.0.1\"]\n");
+    let d = home.start();
+    for _ in 0..3 {
+        assert_ne!(get(&d, "10.0.0.1").await.unwrap().status(), 429);
+    }
+    assert_eq!(get(&d, "10.0.0.1").await.unwrap().status(), 429);
+    assert_ne!(get(&d, "10.0.0.2").await.unwrap().status(), 429);
+}

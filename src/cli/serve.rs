@@ -55,6 +55,9 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
             admin,
             secure_cookies: public_url.scheme() == "https",
             metrics_token,
+            public_limit: crate::http::RateLimiter::new(settings.public_per_minute),
+            failed_auth_limit: crate::http::RateLimiter::new(settings.failed_auth_per_minute),
+            trusted_proxies: settings.trusted_proxies.clone(),
         };
         let served = http::serve(&settings, listener, app).await;
         let _ = stop.send(true);

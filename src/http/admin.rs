@@ -9,6 +9,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 /// `GET /admin/login?token=…`: a login link or the admin token -> session cookie -> `/`.
 pub async fn login(app: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    if let Err(e) = app.public_route_hit(&req) {
+        return super::pages::too_many(&e);
+    }
     let token = url::form_urlencoded::parse(req.query_string().as_bytes())
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.into_owned())
@@ -23,7 +26,14 @@ pub struct LoginForm {
 
 /// `POST /admin/login` (form: token): the page's sign-in form, for `OAUTHD_ADMIN_TOKEN`
 /// (a POST keeps the token out of URLs and browser history).
-pub async fn login_form(app: web::Data<AppState>, form: web::Form<LoginForm>) -> HttpResponse {
+pub async fn login_form(
+    app: web::Data<AppState>,
+    req: HttpRequest,
+    form: web::Form<LoginForm>,
+) -> HttpResponse {
+    if let Err(e) = app.public_route_hit(&req) {
+        return super::pages::too_many(&e);
+    }
     sign_in(&app, &form.token).await
 }
 

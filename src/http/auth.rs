@@ -66,6 +66,9 @@ impl FromRequest for Caller {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let token = bearer(req);
         let state = req.app_data::<web::Data<AppState>>().cloned();
+        let ip = state
+            .as_ref()
+            .and_then(|s| super::ratelimit::client_ip(req, &s.trusted_proxies));
         Box::pin(async move {
             let token = token.ok_or_else(|| {
                 ApiError::unauthorized(
@@ -80,16 +83,32 @@ impl FromRequest for Caller {
                     "application state missing",
                 )
             })?;
+            // A key verified moments ago passes even while its address is over the
+            // failure budget: one misbehaving app must not lock out the others.
+            if let Some(record) = state.key_cache.cached(&token) {
+                return Ok(Caller(record));
+            }
+            if let Some(wait) = ip.and_then(|ip| state.failed_auth_limit.blocked(ip)) {
+                return Err(super::ratelimit::too_many(wait));
+            }
             match state
                 .key_cache
                 .authenticate(state.keys.as_ref(), &token)
                 .await?
             {
                 Some(record) => Ok(Caller(record)),
-                None => Err(ApiError::unauthorized(
-                    "invalid_api_key",
-                    "the API key is unknown or revoked",
-                )),
+                None => {
+                    if let Some(ip) = ip {
+                        state
+                            .failed_auth_limit
+                            .hit(ip)
+                            .map_err(super::ratelimit::too_many)?;
+                    }
+                    Err(ApiError::unauthorized(
+                        "invalid_api_key",
+                        "the API key is unknown or revoked",
+                    ))
+                }
             }
         })
     }

@@ -38,6 +38,9 @@ pub async fn callback(
     provider: web::Path<String>,
     req: HttpRequest,
 ) -> HttpResponse {
+    if let Err(e) = app.public_route_hit(&req) {
+        return super::pages::too_many(&e);
+    }
     let query = match web::Query::<CallbackQuery>::from_query(req.query_string()) {
         Ok(q) => q.into_inner(),
         Err(_) => return page(

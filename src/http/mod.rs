@@ -12,6 +12,7 @@ mod health;
 mod metrics;
 mod pages;
 mod problem;
+mod ratelimit;
 mod states;
 mod ui;
 
@@ -28,6 +29,7 @@ use actix_web::{
 };
 pub use body::BodyLimit;
 pub use problem::ApiError;
+pub use ratelimit::RateLimiter;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,9 +46,25 @@ pub struct AppState {
     pub secure_cookies: bool,
     /// Bearer token `/metrics` asks for, when set.
     pub metrics_token: Option<zeroize::Zeroizing<String>>,
+    /// Budget per client address on the public routes.
+    pub public_limit: RateLimiter,
+    /// Budget per client address for requests with a wrong API key.
+    pub failed_auth_limit: RateLimiter,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// Responses that carry a secret must not be cached anywhere.
+impl AppState {
+    /// Counts a hit on a public route; `Err` (429) when the client is over its budget.
+    pub fn public_route_hit(&self, req: &actix_web::HttpRequest) -> Result<(), ApiError> {
+        match ratelimit::client_ip(req, &self.trusted_proxies) {
+            Some(ip) => self.public_limit.hit(ip).map_err(ratelimit::too_many),
+            None => Ok(()),
+        }
+    }
+}
+
 fn no_store(mut builder: HttpResponseBuilder) -> HttpResponseBuilder {
     builder.insert_header((header::CACHE_CONTROL, "no-store"));
     builder

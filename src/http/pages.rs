@@ -36,6 +36,22 @@ pub fn page(status: u16, title: &str, body: &str) -> HttpResponse {
         .body(html)
 }
 
+/// 429 for people: a page that says when to come back, with `Retry-After`.
+pub fn too_many(err: &super::ApiError) -> HttpResponse {
+    let mut resp = page(
+        429,
+        "Too many requests",
+        &format!("<p>{}</p>", escape(&err.detail)),
+    );
+    if let Some(v) = err
+        .retry_after_secs()
+        .and_then(|s| header::HeaderValue::from_str(&s.to_string()).ok())
+    {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
+}
+
 /// What every page and asset carries: no scripts or styles but oauthd's own files, no
 /// framing, no referrer. (No form-action: the start-again form redirects to a provider.)
 pub fn security_headers(b: &mut actix_web::HttpResponseBuilder) {

@@ -203,6 +203,9 @@ pub async fn connect_form(
     provider: web::Path<String>,
     form: web::Form<StartForm>,
 ) -> HttpResponse {
+    if let Err(e) = app.public_route_hit(&req) {
+        return super::pages::too_many(&e);
+    }
     let signed_in = match session(&app, &req).await {
         Ok(Some(cookie)) => cookie,
         Ok(None) => {
