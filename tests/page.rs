@@ -48,11 +48,22 @@ async fn connect_list_and_disconnect_from_the_page() {
     assert!(b.text("#providers").await.contains("60 minutes"));
     b.screenshot("02-signed-in.png").await;
 
-    b.wait_for("[data-connect=peer]")
+    // By keyboard: from the account field, Tab reaches Connect and Enter presses it.
+    b.wait_for("#account-peer").await.click().await.unwrap();
+    let (tab, enter) = ("\u{E004}", "\u{E007}");
+    b.client
+        .active_element()
         .await
-        .click()
+        .unwrap()
+        .send_keys(tab)
         .await
         .unwrap();
+    let focused = b.client.active_element().await.unwrap();
+    assert_eq!(
+        focused.attr("data-connect").await.unwrap().as_deref(),
+        Some("peer")
+    );
+    focused.send_keys(enter).await.unwrap();
     b.login_and_consent_at_provider("03").await;
     b.wait_text("h1", "Connected").await;
     assert!(b
