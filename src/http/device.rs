@@ -4,6 +4,7 @@ use super::auth::Caller;
 use super::body::JsonObject;
 use super::problem::ApiError;
 use super::{no_store, AppState};
+use crate::broker::DeviceStart;
 use crate::clock::rfc3339;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
@@ -23,6 +24,11 @@ pub async fn start(
         .broker
         .start_device(&provider, account.as_deref())
         .await?;
+    Ok(no_store(HttpResponse::Created()).json(started_json(&started)))
+}
+
+/// The 201 body of a started device flow (API and page alike).
+pub(super) fn started_json(started: &DeviceStart) -> serde_json::Value {
     let mut out = json!({
         "id": started.id,
         "user_code": started.user_code,
@@ -30,10 +36,10 @@ pub async fn start(
         "expires_at": rfc3339(started.expires_at_ms),
         "interval": started.interval_secs,
     });
-    if let Some(complete) = started.verification_uri_complete {
-        out["verification_uri_complete"] = complete.into();
+    if let Some(complete) = &started.verification_uri_complete {
+        out["verification_uri_complete"] = complete.as_str().into();
     }
-    Ok(no_store(HttpResponse::Created()).json(out))
+    out
 }
 
 /// `GET /v1/device/{provider}/{id}`: 202 pending, 200 connected, 403 denied, 410 expired,

@@ -153,13 +153,7 @@ pub async fn device_start(
         .broker
         .start_device(&provider, account.as_deref())
         .await?;
-    Ok(no_store(HttpResponse::Created()).json(json!({
-        "id": d.id,
-        "user_code": d.user_code,
-        "verification_uri": d.verification_uri,
-        "verification_uri_complete": d.verification_uri_complete,
-        "expires_at": rfc3339(d.expires_at_ms),
-    })))
+    Ok(no_store(HttpResponse::Created()).json(super::device::started_json(&d)))
 }
 
 /// `GET /ui/api/device/{provider}/{id}`: 202 while pending, 200 once it ended.
