@@ -115,8 +115,4 @@ impl Admin {
             .admin_secret_valid(SecretHash::of(cookie), AdminSecretKind::Session, now_ms())
             .await
     }
-
-    pub async fn sign_out(&self, cookie: &str) -> Result<(), StoreError> {
-        self.store.delete_admin_secret(SecretHash::of(cookie)).await
-    }
 }

@@ -113,7 +113,8 @@ impl KeyCache {
         }
     }
 
-    /// The active key matching what a client presented, if any.
+    /// Looks the presented key up in the database (callers try `cached` first) and
+    /// remembers the answer: an active key is cached, a missing one forgotten.
     pub async fn authenticate(
         &self,
         store: &dyn KeyStore,
@@ -124,9 +125,6 @@ impl KeyCache {
             return Ok(None);
         }
         let hash = SecretHash::of(presented);
-        if let Some(record) = self.fresh(&hash) {
-            return Ok(Some(record));
-        }
         let found = store.find_active_key(hash).await?;
         self.remember(hash, found.as_ref());
         Ok(found)

@@ -279,7 +279,6 @@ pub trait AdminStore: Send + Sync {
         kind: AdminSecretKind,
         now_ms: i64,
     ) -> Result<bool, StoreError>;
-    async fn delete_admin_secret(&self, hash: SecretHash) -> Result<(), StoreError>;
     /// Whether anyone ever signed in (an unexpired session exists).
     async fn any_admin_session(&self, now_ms: i64) -> Result<bool, StoreError>;
 }

@@ -62,16 +62,6 @@ impl AdminStore for SqliteStore {
         .await
     }
 
-    async fn delete_admin_secret(&self, hash: SecretHash) -> Result<(), StoreError> {
-        self.writer
-            .run("ending an admin session", move |conn| {
-                conn.prepare_cached("DELETE FROM admin_secrets WHERE secret_hash = ?1")?
-                    .execute([&hash.0[..]])
-                    .map(|_| ())
-            })
-            .await
-    }
-
     async fn any_admin_session(&self, now_ms: i64) -> Result<bool, StoreError> {
         self.read("checking for admin sessions", move |conn| {
             conn.prepare_cached(
