@@ -5,6 +5,8 @@
 #   bench/run.sh                      # 10 s per measurement
 #   DURATION=30 bench/run.sh
 #   DURABILITY=full bench/run.sh      # synchronous=FULL
+#   bench/run.sh --store redis        # the Redis backend (a local redis-server started here,
+#                                     # append-only file on, appendfsync everysec)
 #
 # For each connection count (wrk, 2 threads) oauthd starts on a fresh database and runs,
 # in this order:
@@ -16,6 +18,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+STORE=sqlite
+while [ $# -gt 0 ]; do
+  case $1 in
+    --store) STORE=${2:?--store needs sqlite or redis}; shift 2 ;;
+    --store=*) STORE=${1#--store=}; shift ;;
+    *) echo "usage: bench/run.sh [--store sqlite|redis]" >&2; exit 2 ;;
+  esac
+done
+case $STORE in sqlite|redis) ;; *) echo "--store: sqlite or redis" >&2; exit 2 ;; esac
+
 DURATION=${DURATION:-10}
 DURABILITY=${DURABILITY:-normal}
 CONNS=${CONNS:-"16 64"}
@@ -26,7 +38,17 @@ if ! command -v wrk >/dev/null; then
   if [ "$(id -u)" = 0 ]; then apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
   else sudo apt-get install -y -qq wrk >/dev/null; fi
 fi
-cargo build --release --locked --bin oauthd --example bare_handler >&2
+FEATURES=""
+if [ "$STORE" = redis ]; then
+  FEATURES="--features redis"
+  command -v redis-server >/dev/null || {
+    echo "installing redis-server (Debian package)" >&2
+    if [ "$(id -u)" = 0 ]; then apt-get install -y -qq redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+    else sudo apt-get install -y -qq redis-server >/dev/null; fi
+  }
+fi
+# shellcheck disable=SC2086
+cargo build --release --locked $FEATURES --bin oauthd --example bare_handler >&2
 
 tmp=$(mktemp -d)
 pids=()
@@ -47,6 +69,17 @@ start() {
 }
 
 printf 'durability = "%s"\n' "$DURABILITY" >"$tmp/oauthd.toml"
+STORE_ARGS=()
+if [ "$STORE" = redis ]; then
+  REDIS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$tmp" --save "" \
+    --appendonly yes --appendfsync everysec --daemonize no >"$tmp/redis.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  target/release/oauthd keygen >"$tmp/vault.key"; chmod 600 "$tmp/vault.key"
+  export OAUTHD_KEY_FILE="$tmp/vault.key"
+  STORE_ARGS=(--store "redis://127.0.0.1:$REDIS_PORT/0")
+fi
 export BENCH_API_KEY
 start bare target/release/examples/bare_handler 127.0.0.1:0; BARE=$URL
 
@@ -54,8 +87,9 @@ start bare target/release/examples/bare_handler 127.0.0.1:0; BARE=$URL
 fresh_oauthd() {
   [ -n "${OAUTHD_PID:-}" ] && { kill "$OAUTHD_PID"; wait "$OAUTHD_PID" 2>/dev/null || true; }
   local db="$tmp/bench-$1.db"
-  BENCH_API_KEY=$(RUST_LOG=warn target/release/oauthd keys create --db "$db" --name bench 2>/dev/null | tail -1)
-  RUST_LOG=warn start oauthd target/release/oauthd --db "$db" --config "$tmp/oauthd.toml" --listen 127.0.0.1:0
+  [ "$STORE" = redis ] && redis-cli -p "$REDIS_PORT" flushdb >/dev/null
+  BENCH_API_KEY=$(RUST_LOG=warn target/release/oauthd keys create --db "$db" "${STORE_ARGS[@]}" --name bench 2>/dev/null | tail -1)
+  RUST_LOG=warn start oauthd target/release/oauthd --db "$db" "${STORE_ARGS[@]}" --config "$tmp/oauthd.toml" --listen 127.0.0.1:0
   OAUTHD=$URL OAUTHD_PID=${pids[-1]} OAUTHD_DB=$db
 }
 
@@ -77,7 +111,11 @@ measure() {
   echo "$rate $p50 $p99"
 }
 
-echo "oauthd state API vs bare actix-web handler, ${DURATION}s per cell, durability=$DURABILITY, $(nproc) cores"
+if [ "$STORE" = redis ]; then
+  echo "oauthd state API on Redis $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/') (appendfsync everysec) vs bare actix-web handler, ${DURATION}s per cell, $(nproc) cores"
+else
+  echo "oauthd state API vs bare actix-web handler, ${DURATION}s per cell, durability=$DURABILITY, $(nproc) cores"
+fi
 printf '%-11s %5s | %10s %8s %8s | %10s %8s %8s | %6s\n' scenario conns "bare ok/s" p50 p99 "oauthd/s" p50 p99 ratio
 for conns in $CONNS; do
   fresh_oauthd "$conns"
@@ -88,7 +126,12 @@ for conns in $CONNS; do
     printf '%-11s %5s | %10s %8s %8s | %10s %8s %8s | %6s\n' \
       "$scenario" "$conns" "$b_ok" "$b_50" "$b_99" "$o_ok" "$o_50" "$o_99" "$ratio"
   done
-  rows=$(sqlite3 "file:$OAUTHD_DB?mode=ro" "SELECT count(*) FROM states" 2>/dev/null || echo "?")
-  echo "  (at $conns connections the database ended with $rows live states)"
+  if [ "$STORE" = redis ]; then
+    rows=$(redis-cli -p "$REDIS_PORT" dbsize)
+    echo "  (at $conns connections Redis ended with $rows keys: two per live state)"
+  else
+    rows=$(sqlite3 "file:$OAUTHD_DB?mode=ro" "SELECT count(*) FROM states" 2>/dev/null || echo "?")
+    echo "  (at $conns connections the database ended with $rows live states)"
+  fi
 done
 echo "(>N: the consume run used up the states its create run stocked; the rate is a lower bound)"

@@ -7,6 +7,7 @@ use crate::oauth::{Provider, ProviderConfig};
 use crate::states::{StatePolicy, TtlRule};
 use crate::store::sqlite::Durability;
 use crate::store::sweeper::SweepPolicy;
+use crate::store::target::StoreTarget;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,6 +26,9 @@ const TTL_CEILING_SECONDS: u64 = 10 * 365 * 24 * 3600;
 pub struct FileConfig {
     pub listen: Option<String>,
     pub db: Option<PathBuf>,
+    /// `redis://…` to share data between instances; the SQLite file `db` otherwise.
+    pub store: Option<String>,
+    pub redis_prefix: Option<String>,
     pub durability: Option<Durability>,
     pub api_key_cache_seconds: Option<u64>,
     pub refresh_check_seconds: Option<u64>,
@@ -114,6 +118,7 @@ pub struct Overrides {
     pub config: Option<PathBuf>,
     pub db: Option<PathBuf>,
     pub listen: Option<String>,
+    pub store: Option<String>,
 }
 
 /// The validated settings everything else runs on.
@@ -121,6 +126,7 @@ pub struct Overrides {
 pub struct Settings {
     pub listen: SocketAddr,
     pub db: PathBuf,
+    pub store: StoreTarget,
     pub durability: Durability,
     pub api_key_cache: Duration,
     /// How often the background refresher looks for tokens to renew.
@@ -149,6 +155,7 @@ impl Settings {
     }
 
     pub fn resolve(file: FileConfig, over: &Overrides) -> Result<Settings, ConfigError> {
+        let store = store_target(over, &file)?;
         let listen_text = over
             .listen
             .clone()
@@ -263,6 +270,7 @@ impl Settings {
         Ok(Settings {
             listen,
             db,
+            store,
             durability: file.durability.unwrap_or_default(),
             api_key_cache: Duration::from_secs(api_key_cache_seconds),
             refresh_check: Duration::from_secs(refresh_check_seconds),
@@ -315,19 +323,44 @@ fn parse_public_url(text: &str) -> Result<Url, ConfigError> {
     Ok(url)
 }
 
-/// A secret from the environment: `NAME` itself, or the file named by `NAME_FILE`
-/// (systemd credentials, container secrets). At least 16 characters when set.
-pub fn secret_from_env(name: &str) -> Result<Option<zeroize::Zeroizing<String>>, String> {
-    let secret = match (std::env::var(name), std::env::var(format!("{name}_FILE"))) {
-        (Ok(t), _) => Some(zeroize::Zeroizing::new(t)),
-        (_, Ok(path)) => Some(zeroize::Zeroizing::new(
+/// `NAME`, else the trimmed contents of the file named by `NAME_FILE`; empty counts as unset.
+fn env_or_file(name: &str) -> Result<Option<zeroize::Zeroizing<String>>, String> {
+    if let Ok(t) = std::env::var(name) {
+        if !t.is_empty() {
+            return Ok(Some(zeroize::Zeroizing::new(t)));
+        }
+    }
+    match std::env::var(format!("{name}_FILE")) {
+        Ok(path) if !path.is_empty() => Ok(Some(zeroize::Zeroizing::new(
             std::fs::read_to_string(&path)
                 .map_err(|e| format!("{name}_FILE: cannot read {path}: {e}"))?
                 .trim()
                 .to_owned(),
-        )),
-        _ => None,
+        ))),
+        _ => Ok(None),
+    }
+}
+
+/// `--store`, else `OAUTHD_STORE` / `OAUTHD_STORE_FILE`, else the file's `store`; SQLite
+/// when none is given.
+fn store_target(over: &Overrides, file: &FileConfig) -> Result<StoreTarget, ConfigError> {
+    let env = env_or_file("OAUTHD_STORE").map_err(|e| invalid("OAUTHD_STORE", e))?;
+    let text = match (&over.store, env, &file.store) {
+        (Some(t), _, _) => zeroize::Zeroizing::new(t.clone()),
+        (None, Some(t), _) => t,
+        (None, None, Some(t)) => zeroize::Zeroizing::new(t.clone()),
+        (None, None, None) => return Ok(StoreTarget::Sqlite),
     };
+    let password =
+        env_or_file("OAUTHD_REDIS_PASSWORD").map_err(|e| invalid("OAUTHD_REDIS_PASSWORD", e))?;
+    crate::store::target::parse(&text, file.redis_prefix.clone(), password)
+        .map_err(|e| invalid("store", e))
+}
+
+/// A secret from the environment: `NAME` itself, or the file named by `NAME_FILE`
+/// (systemd credentials, container secrets). At least 16 characters when set.
+pub fn secret_from_env(name: &str) -> Result<Option<zeroize::Zeroizing<String>>, String> {
+    let secret = env_or_file(name)?;
     if secret.as_ref().is_some_and(|t| t.len() < 16) {
         return Err(format!("{name} must be at least 16 characters"));
     }

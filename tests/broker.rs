@@ -7,13 +7,32 @@ use common::peer::Peer;
 use common::{Daemon, Home};
 use serde_json::json;
 
-/// oauthd with the peer configured as provider "peer", and an API key.
+/// oauthd on SQLite with the peer configured as provider "peer", and an API key.
 fn setup(peer: &Peer, extra_toml: &str) -> (Home, String) {
     let home = Home::new();
-    home.write_config(&format!("{extra_toml}\n{}", peer.provider_toml("peer")));
-    let key = home.create_key("app", &[]);
+    let key = setup_on(&home, peer, extra_toml);
     (home, key)
 }
+
+/// Configures the peer as provider "peer" in `home` and returns a new API key.
+fn setup_on(home: &Home, peer: &Peer, extra_toml: &str) -> String {
+    home.write_config(&format!("{extra_toml}\n{}", peer.provider_toml("peer")));
+    home.create_key("app", &[])
+}
+
+// The broker's storage contract: each runs on SQLite and on Redis.
+contract![
+    connect_flow_stores_a_connection_and_the_token_api_hands_out_its_token,
+    twenty_concurrent_token_calls_at_expiry_refresh_once_and_the_grant_survives,
+    token_past_its_expiry_is_refreshed_on_request,
+    invalid_grant_marks_needs_reauth_and_is_not_retried,
+    replayed_callback_is_refused_without_redeeming_the_code_again,
+    callback_after_the_state_expired_offers_to_start_again,
+    delete_revokes_at_the_provider_then_forgets_the_connection,
+    database_and_log_hold_no_token_secret_or_full_state,
+    background_refresher_renews_tokens_before_they_expire,
+    admin_signs_in_with_the_printed_link_and_connects_from_the_browser,
+];
 
 /// Starts a connect flow for `account` and returns the authorization URL.
 async fn start_flow(d: &Daemon, key: &str, account: &str) -> String {
@@ -36,10 +55,9 @@ async fn connect(d: &Daemon, peer: &Peer, key: &str, account: &str) -> (u16, Str
     (status, page)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn connect_flow_stores_a_connection_and_the_token_api_hands_out_its_token() {
+async fn connect_flow_stores_a_connection_and_the_token_api_hands_out_its_token(home: Home) {
     let peer = Peer::start(60);
-    let (home, key) = setup(&peer, "");
+    let key = setup_on(&home, &peer, "");
     let d = home.start();
 
     let (status, body) = d
@@ -81,10 +99,9 @@ async fn connect_flow_stores_a_connection_and_the_token_api_hands_out_its_token(
     assert_eq!(peer.grants("authorization_code").await, 1);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn twenty_concurrent_token_calls_at_expiry_refresh_once_and_the_grant_survives() {
+async fn twenty_concurrent_token_calls_at_expiry_refresh_once_and_the_grant_survives(home: Home) {
     let peer = Peer::start(3);
-    let (home, key) = setup(&peer, "");
+    let key = setup_on(&home, &peer, "");
     let d = home.start();
     assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
     let (_, first) = d
@@ -160,10 +177,9 @@ async fn min_ttl_beyond_the_providers_token_lifetime_does_not_refresh_every_call
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn token_past_its_expiry_is_refreshed_on_request() {
+async fn token_past_its_expiry_is_refreshed_on_request(home: Home) {
     let peer = Peer::start(2);
-    let (home, key) = setup(&peer, "");
+    let key = setup_on(&home, &peer, "");
     let d = home.start();
     assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
     let (_, first) = d
@@ -202,10 +218,9 @@ async fn token_past_its_expiry_is_refreshed_on_request() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn invalid_grant_marks_needs_reauth_and_is_not_retried() {
+async fn invalid_grant_marks_needs_reauth_and_is_not_retried(home: Home) {
     let peer = Peer::start(2);
-    let (home, key) = setup(&peer, "");
+    let key = setup_on(&home, &peer, "");
     let d = home.start();
     assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
     let (_, token) = d.get("/v1/connections/peer/alice/token", &key).await;
@@ -245,10 +260,9 @@ async fn invalid_grant_marks_needs_reauth_and_is_not_retried() {
     assert_eq!(status, 200);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn replayed_callback_is_refused_without_redeeming_the_code_again() {
+async fn replayed_callback_is_refused_without_redeeming_the_code_again(home: Home) {
     let peer = Peer::start(60);
-    let (home, key) = setup(&peer, "");
+    let key = setup_on(&home, &peer, "");
     let d = home.start();
     let authorize = start_flow(&d, &key, "alice").await;
     let callback = peer.approve(&authorize).await;
@@ -320,10 +334,10 @@ async fn declining_at_the_provider_shows_the_declined_page() {
     assert_eq!(d.get("/v1/connections/peer/alice", &key).await.0, 404);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn callback_after_the_state_expired_offers_to_start_again() {
+async fn callback_after_the_state_expired_offers_to_start_again(home: Home) {
     let peer = Peer::start(60);
-    let (home, key) = setup(
+    let key = setup_on(
+        &home,
         &peer,
         "[states.namespaces.\"connect:*\"]\ndefault_ttl_seconds = 1\n",
     );
@@ -340,10 +354,9 @@ async fn callback_after_the_state_expired_offers_to_start_again() {
     assert_eq!(peer.grants("authorization_code").await, 0);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn delete_revokes_at_the_provider_then_forgets_the_connection() {
+async fn delete_revokes_at_the_provider_then_forgets_the_connection(home: Home) {
     let peer = Peer::start(60);
-    let (home, key) = setup(&peer, "");
+    let key = setup_on(&home, &peer, "");
     let d = home.start();
     assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
     let (_, token) = d.get("/v1/connections/peer/alice/token", &key).await;
@@ -364,10 +377,9 @@ async fn delete_revokes_at_the_provider_then_forgets_the_connection() {
     assert_eq!(d.get("/v1/connections/peer/alice", &key).await.0, 404);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn database_and_log_hold_no_token_secret_or_full_state() {
+async fn database_and_log_hold_no_token_secret_or_full_state(home: Home) {
     let peer = Peer::start(60);
-    let (home, key) = setup(&peer, "");
+    let key = setup_on(&home, &peer, "");
     let d = home.start();
     let authorize = start_flow(&d, &key, "alice").await;
     let authorize = authorize.clone();
@@ -391,10 +403,11 @@ async fn database_and_log_hold_no_token_secret_or_full_state() {
         tokens.push(t["access_token"].as_str().unwrap().to_owned());
     }
     d.signal_and_wait("TERM");
-    let db = home.db_bytes();
+    let db = home.stored_bytes();
     let log = home.log_text();
     let contains =
         |hay: &[u8], needle: &str| hay.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(contains(&db, "alice"), "the backend's files were not read");
     for t in &tokens {
         assert!(!contains(&db, t), "access token in the database file");
         assert!(!log.contains(t.as_str()), "access token in the log");
@@ -413,10 +426,9 @@ async fn database_and_log_hold_no_token_secret_or_full_state() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn background_refresher_renews_tokens_before_they_expire() {
+async fn background_refresher_renews_tokens_before_they_expire(home: Home) {
     let peer = Peer::start(4);
-    let (home, key) = setup(&peer, "refresh_check_seconds = 1\n");
+    let key = setup_on(&home, &peer, "refresh_check_seconds = 1\n");
     let d = home.start();
     assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
     // Nobody asks for a token; the refresher must renew it at half its 4 s life.
@@ -442,10 +454,9 @@ async fn background_refresher_renews_tokens_before_they_expire() {
     assert!(home.log_text().contains("refresher: renewed"));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn admin_signs_in_with_the_printed_link_and_connects_from_the_browser() {
+async fn admin_signs_in_with_the_printed_link_and_connects_from_the_browser(home: Home) {
     let peer = Peer::start(60);
-    let (home, key) = setup(&peer, "");
+    let key = setup_on(&home, &peer, "");
     let d = home.start();
     let browser = reqwest::Client::builder()
         .cookie_store(true)
@@ -820,7 +831,7 @@ async fn check_reports_database_key_file_and_providers() {
     let report = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{report}");
     assert!(
-        report.contains("ok    database:") && report.contains("passes integrity_check"),
+        report.contains("ok    store: database") && report.contains("passes integrity_check"),
         "{report}"
     );
     assert!(

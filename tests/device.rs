@@ -14,10 +14,23 @@ const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
 fn setup(peer: &Peer) -> (Home, String) {
     let home = Home::new();
-    home.write_config(&peer.provider_toml("peer"));
-    let key = home.create_key("app", &[]);
+    let key = setup_on(&home, peer);
     (home, key)
 }
+
+/// Configures the peer as provider "peer" in `home` and returns a new API key.
+fn setup_on(home: &Home, peer: &Peer) -> String {
+    home.write_config(&peer.provider_toml("peer"));
+    home.create_key("app", &[])
+}
+
+// Device flows' storage contract: each runs on SQLite and on Redis.
+contract![
+    approved_device_flow_connects_and_stops_polling_at_the_first_success,
+    denied_device_flow_answers_403,
+    unapproved_device_flow_expires_with_410,
+    polling_resumes_after_a_restart_mid_flow,
+];
 
 /// Polls oauthd's status endpoint until it is no longer 202, at most `limit`.
 async fn wait_final(d: &Daemon, key: &str, id: &str, limit: Duration) -> (u16, serde_json::Value) {
@@ -31,10 +44,9 @@ async fn wait_final(d: &Daemon, key: &str, id: &str, limit: Duration) -> (u16, s
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn approved_device_flow_connects_and_stops_polling_at_the_first_success() {
+async fn approved_device_flow_connects_and_stops_polling_at_the_first_success(home: Home) {
     let peer = Peer::start(60);
-    let (home, key) = setup(&peer);
+    let key = setup_on(&home, &peer);
     let d = home.start();
     let (status, start) = d
         .post("/v1/device/peer", &key, json!({"account": "tv"}))
@@ -86,10 +98,9 @@ async fn approved_device_flow_connects_and_stops_polling_at_the_first_success() 
     assert_eq!(status, 200);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn denied_device_flow_answers_403() {
+async fn denied_device_flow_answers_403(home: Home) {
     let peer = Peer::start(60);
-    let (home, key) = setup(&peer);
+    let key = setup_on(&home, &peer);
     let d = home.start();
     let (_, start) = d.post("/v1/device/peer", &key, json!({})).await;
     peer.verify_device(start["user_code"].as_str().unwrap(), false)
@@ -109,10 +120,9 @@ async fn denied_device_flow_answers_403() {
     assert_eq!(d.get("/v1/connections/peer/default", &key).await.0, 404);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn unapproved_device_flow_expires_with_410() {
+async fn unapproved_device_flow_expires_with_410(home: Home) {
     let peer = Peer::start_with(60, 3);
-    let (home, key) = setup(&peer);
+    let key = setup_on(&home, &peer);
     let d = home.start();
     let (_, start) = d.post("/v1/device/peer", &key, json!({})).await;
     let (status, body) = wait_final(
@@ -129,10 +139,9 @@ async fn unapproved_device_flow_expires_with_410() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn polling_resumes_after_a_restart_mid_flow() {
+async fn polling_resumes_after_a_restart_mid_flow(home: Home) {
     let peer = Peer::start(60);
-    let (home, key) = setup(&peer);
+    let key = setup_on(&home, &peer);
     let d = home.start();
     let (_, start) = d
         .post("/v1/device/peer", &key, json!({"account": "box"}))

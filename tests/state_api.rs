@@ -1,4 +1,5 @@
-//! The state API over real HTTP against the real binary and a real SQLite file.
+//! The state API over real HTTP against the real binary. The tests listed in `contract!`
+//! are the storage contract: each runs on a real SQLite file and on a real redis-server.
 
 mod common;
 
@@ -8,9 +9,52 @@ use std::time::Duration;
 
 const NS: &str = "oauth:spotify";
 
-#[tokio::test(flavor = "multi_thread")]
-async fn created_state_consumes_once_with_its_data() {
-    let home = Home::new();
+contract![
+    created_state_consumes_once_with_its_data,
+    default_ttl_is_sixty_minutes_and_data_is_optional,
+    second_consume_of_same_state_gets_404,
+    namespace_mismatch_gets_409_and_burns_the_state,
+    state_past_its_ttl_gets_410_even_before_the_sweeper_runs,
+    requests_without_a_valid_key_get_401,
+    bad_input_gets_a_4xx_problem_never_a_5xx,
+    hundred_concurrent_consumes_of_one_state_give_exactly_one_200,
+    acknowledged_states_survive_kill_9_and_consume_once_after_restart,
+    database_and_log_never_hold_a_state_or_key_in_clear,
+    cached_keys_are_rechecked_new_keys_work_at_once_revoked_ones_stop_within_the_cache_age,
+    health_and_readiness_need_no_key,
+    sigterm_and_sigint_stop_cleanly_with_exit_0_and_lose_nothing,
+    expired_states_answer_410_during_the_grace_window_and_404_after,
+    metrics_count_states_outcomes_and_requests_behind_an_optional_token,
+];
+
+/// The grace window: an expired state answers 410 (so the app can say "start again")
+/// until `expired_grace_seconds` after expiry, then 404 like any unknown value.
+async fn expired_states_answer_410_during_the_grace_window_and_404_after(home: Home) {
+    home.write_config("[states]\nsweep_interval_seconds = 1\nexpired_grace_seconds = 2\n");
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let early = d
+        .create_state(&key, json!({"namespace": NS, "ttl_seconds": 1}))
+        .await;
+    let late = d
+        .create_state(&key, json!({"namespace": NS, "ttl_seconds": 1}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, body) = d.consume(&key, &early, NS).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (410, Some("state_expired"))
+    );
+    // 1 s of life + 2 s of grace + a sweep interval of slack.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let (status, body) = d.consume(&key, &late, NS).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("state_not_found"))
+    );
+}
+
+async fn created_state_consumes_once_with_its_data(home: Home) {
     let key = home.create_key("app", &[]);
     let d = home.start();
     let (status, body) = d
@@ -40,9 +84,7 @@ async fn created_state_consumes_once_with_its_data() {
     assert!(chrono::DateTime::parse_from_rfc3339(body["created_at"].as_str().unwrap()).is_ok());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn default_ttl_is_sixty_minutes_and_data_is_optional() {
-    let home = Home::new();
+async fn default_ttl_is_sixty_minutes_and_data_is_optional(home: Home) {
     let key = home.create_key("app", &[]);
     let d = home.start();
     let (status, body) = d.post("/v1/states", &key, json!({"namespace": NS})).await;
@@ -57,9 +99,7 @@ async fn default_ttl_is_sixty_minutes_and_data_is_optional() {
     assert_eq!(body["data"], serde_json::Value::Null);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn second_consume_of_same_state_gets_404() {
-    let home = Home::new();
+async fn second_consume_of_same_state_gets_404(home: Home) {
     let key = home.create_key("app", &[]);
     let d = home.start();
     let state = d.create_state(&key, json!({"namespace": NS})).await;
@@ -72,9 +112,7 @@ async fn second_consume_of_same_state_gets_404() {
     assert_eq!(status, 404);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn namespace_mismatch_gets_409_and_burns_the_state() {
-    let home = Home::new();
+async fn namespace_mismatch_gets_409_and_burns_the_state(home: Home) {
     let key = home.create_key("app", &[]);
     let d = home.start();
     let state = d.create_state(&key, json!({"namespace": NS})).await;
@@ -85,9 +123,7 @@ async fn namespace_mismatch_gets_409_and_burns_the_state() {
     assert_eq!(d.consume(&key, &state, NS).await.0, 404);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn state_past_its_ttl_gets_410_even_before_the_sweeper_runs() {
-    let home = Home::new();
+async fn state_past_its_ttl_gets_410_even_before_the_sweeper_runs(home: Home) {
     home.write_config("[states]\nsweep_interval_seconds = 3600\n");
     let key = home.create_key("app", &[]);
     let d = home.start();
@@ -95,11 +131,13 @@ async fn state_past_its_ttl_gets_410_even_before_the_sweeper_runs() {
         .create_state(&key, json!({"namespace": NS, "ttl_seconds": 1}))
         .await;
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    assert_eq!(
-        count_rows(&home.db(), "states"),
-        1,
-        "the sweeper must not have run"
-    );
+    if home.shared().is_none() {
+        assert_eq!(
+            count_rows(&home.db(), "states"),
+            1,
+            "the sweeper must not have run"
+        );
+    }
     let (status, body) = d.consume(&key, &state, NS).await;
     assert_eq!(status, 410, "{body}");
     assert_eq!(body["code"], "state_expired");
@@ -151,9 +189,7 @@ async fn sweeper_forgets_states_past_the_grace_window() {
     assert_eq!(d.consume(&key, &state, NS).await.0, 404);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn requests_without_a_valid_key_get_401() {
-    let home = Home::new();
+async fn requests_without_a_valid_key_get_401(home: Home) {
     // No key cache: revocation must show on the very next request.
     home.write_config("api_key_cache_seconds = 0\n");
     let key = home.create_key("app", &[]);
@@ -217,9 +253,7 @@ async fn requests_without_a_valid_key_get_401() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn bad_input_gets_a_4xx_problem_never_a_5xx() {
-    let home = Home::new();
+async fn bad_input_gets_a_4xx_problem_never_a_5xx(home: Home) {
     let key = home.create_key("app", &[]);
     let d = home.start();
     let state = d.create_state(&key, json!({"namespace": NS})).await;
@@ -485,9 +519,7 @@ async fn bad_input_gets_a_4xx_problem_never_a_5xx() {
     assert_eq!(resp.status(), 404);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn hundred_concurrent_consumes_of_one_state_give_exactly_one_200() {
-    let home = Home::new();
+async fn hundred_concurrent_consumes_of_one_state_give_exactly_one_200(home: Home) {
     let key = home.create_key("app", &[]);
     let d = home.start();
     for round in 0..3 {
@@ -504,9 +536,7 @@ async fn hundred_concurrent_consumes_of_one_state_give_exactly_one_200() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn acknowledged_states_survive_kill_9_and_consume_once_after_restart() {
-    let home = Home::new();
+async fn acknowledged_states_survive_kill_9_and_consume_once_after_restart(home: Home) {
     let key = home.create_key("app", &[]);
     let d = home.start();
     let mut states = Vec::new();
@@ -541,9 +571,7 @@ async fn acknowledged_states_survive_kill_9_and_consume_once_after_restart() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn database_and_log_never_hold_a_state_or_key_in_clear() {
-    let home = Home::new();
+async fn database_and_log_never_hold_a_state_or_key_in_clear(home: Home) {
     let key = home.create_key("app", &[]);
     let d = home.start();
     let mut issued = Vec::new();
@@ -555,7 +583,11 @@ async fn database_and_log_never_hold_a_state_or_key_in_clear() {
     assert_eq!(d.consume(&key, &issued[0], NS).await.0, 404);
     assert_eq!(d.consume(&key, &issued[1], "other").await.0, 409);
     d.signal_and_wait("TERM");
-    let db = home.db_bytes();
+    let db = home.stored_bytes();
+    assert!(
+        contains(&db, NS.as_bytes()),
+        "the backend's files were not read"
+    );
     let log = home.log_text();
     assert!(
         log.contains(&issued[0][..8]),
@@ -580,9 +612,9 @@ async fn database_and_log_never_hold_a_state_or_key_in_clear() {
     assert!(!log.contains(&key), "API key in the log");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn cached_keys_are_rechecked_new_keys_work_at_once_revoked_ones_stop_within_the_cache_age() {
-    let home = Home::new();
+async fn cached_keys_are_rechecked_new_keys_work_at_once_revoked_ones_stop_within_the_cache_age(
+    home: Home,
+) {
     home.write_config("api_key_cache_seconds = 1\n");
     let d = home.start();
     // Created while the server runs: usable immediately (misses are never cached).
@@ -610,9 +642,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn health_and_readiness_need_no_key() {
-    let home = Home::new();
+async fn health_and_readiness_need_no_key(home: Home) {
     let d = home.start();
     let resp = d
         .http
@@ -632,9 +662,7 @@ async fn health_and_readiness_need_no_key() {
     assert_eq!(body["status"], "ready");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_and_sigint_stop_cleanly_with_exit_0_and_lose_nothing() {
-    let home = Home::new();
+async fn sigterm_and_sigint_stop_cleanly_with_exit_0_and_lose_nothing(home: Home) {
     let key = home.create_key("app", &[]);
     for sig in ["TERM", "INT"] {
         let d = home.start();
@@ -739,9 +767,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn metrics_count_states_outcomes_and_requests_behind_an_optional_token() {
-    let home = Home::new();
+async fn metrics_count_states_outcomes_and_requests_behind_an_optional_token(home: Home) {
     let key = home.create_key("app", &[]);
     let token = "metrics-token-0123456789";
     let d = home.start_with_env(&[("OAUTHD_METRICS_TOKEN", token)]);

@@ -19,7 +19,7 @@ use crate::oauth::provider::{check_name, Endpoints};
 use crate::oauth::Provider;
 use crate::secret::StateValue;
 use crate::states::{StateError, StateService};
-use crate::store::{ConnectionStore, DeviceFlowStore, StoreError};
+use crate::store::StoreError;
 use crate::vault::{VaultError, VaultHandle};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -31,8 +31,7 @@ use zeroize::Zeroizing;
 pub const DEFAULT_ACCOUNT: &str = "default";
 
 /// What the broker keeps: connections and device flows.
-pub trait BrokerStore: ConnectionStore + DeviceFlowStore {}
-impl<T: ConnectionStore + DeviceFlowStore> BrokerStore for T {}
+pub use crate::store::BrokerStore;
 
 /// One async mutex per (provider, account): the in-process single flight.
 type FlightLocks = Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>;

@@ -5,7 +5,6 @@
 use super::{open_store, runtime, Fatal};
 use crate::config::Settings;
 use crate::oauth::flows;
-use crate::store::ConnectionStore;
 use crate::vault::{self, KeySource, Vault};
 use std::os::unix::fs::PermissionsExt;
 
@@ -35,18 +34,22 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
         ),
     );
     let store = open_store(&settings)?;
-    let integrity: Result<String, _> = rusqlite::Connection::open(&settings.db)
-        .and_then(|c| c.query_row("PRAGMA integrity_check", [], |row| row.get(0)));
-    match integrity {
-        Ok(s) if s == "ok" => r.line(
-            "ok",
-            "database",
-            format!("{} passes integrity_check", settings.db.display()),
-        ),
-        Ok(s) => r.line("FAIL", "database", format!("integrity_check: {s}")),
-        Err(e) => r.line("FAIL", "database", e),
+    let rt = runtime()?;
+    match rt.block_on(store.integrity()) {
+        Ok(detail) => r.line("ok", "store", detail),
+        Err(e) => r.line("FAIL", "store", e),
     }
-    let source = KeySource::from_env(&settings.db);
+    match rt.block_on(store.warnings()) {
+        Ok(warnings) => warnings.iter().for_each(|w| r.line("warn", "store", w)),
+        Err(e) => r.line("FAIL", "store", e),
+    }
+    let source = match super::key_source(&settings) {
+        Ok(s) => s,
+        Err(e) => {
+            r.line("FAIL", "key file", e);
+            return Err(Fatal(format!("{} check(s) failed", r.failed), 1));
+        }
+    };
     if let KeySource::File { path, create } = &source {
         match std::fs::metadata(path) {
             Err(_) if *create => r.line(
@@ -80,7 +83,7 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
             }
         },
     };
-    runtime()?.block_on(async {
+    rt.block_on(async {
         if let Some(v) = &vault {
             let rows = store.list_connections().await?;
             let known = v.key_ids();

@@ -11,7 +11,8 @@ use crate::broker::Broker;
 use crate::config::{Overrides, Settings};
 use crate::states::StateService;
 use crate::store::sqlite::SqliteStore;
-use crate::store::ConnectionStore;
+use crate::store::target::StoreTarget;
+use crate::store::Store;
 use crate::vault::{self, KeySource, VaultHandle};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -32,6 +33,10 @@ pub struct Cli {
     /// TOML configuration file (see oauthd.example.toml)
     #[arg(long, global = true, env = "OAUTHD_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Where data lives: redis://[:PASSWORD@]HOST:PORT/DB (or rediss://) to share it between
+    /// instances, "sqlite" for the --db file [env: OAUTHD_STORE, OAUTHD_STORE_FILE]
+    #[arg(long, global = true, value_name = "URL")]
+    store: Option<String>,
     /// Address to serve HTTP on; port 0 picks a free port [default: 127.0.0.1:6288]
     #[arg(long, global = true, env = "OAUTHD_LISTEN", value_name = "ADDR:PORT")]
     listen: Option<String>,
@@ -166,6 +171,7 @@ fn run(cli: Cli) -> Result<(), Fatal> {
         config: cli.config,
         db: cli.db,
         listen: cli.listen,
+        store: cli.store,
     };
     let settings = Settings::load(&overrides).map_err(|e| Fatal(e.to_string(), 2))?;
     match cli.command {
@@ -192,21 +198,60 @@ fn run(cli: Cli) -> Result<(), Fatal> {
     }
 }
 
-pub(super) fn open_store(settings: &Settings) -> Result<Arc<SqliteStore>, Fatal> {
-    Ok(Arc::new(SqliteStore::open(
-        &settings.db,
-        settings.durability,
-    )?))
+pub(super) fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, Fatal> {
+    match &settings.store {
+        StoreTarget::Sqlite => Ok(Arc::new(SqliteStore::open(
+            &settings.db,
+            settings.durability,
+        )?)),
+        StoreTarget::Redis(target) => open_redis(settings, target),
+    }
+}
+
+#[cfg(feature = "redis")]
+fn open_redis(
+    settings: &Settings,
+    target: &crate::store::target::RedisTarget,
+) -> Result<Arc<dyn Store>, Fatal> {
+    let store = crate::store::redis::RedisStore::open(target, settings.sweep.grace)?;
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "redis"))]
+fn open_redis(
+    _settings: &Settings,
+    target: &crate::store::target::RedisTarget,
+) -> Result<Arc<dyn Store>, Fatal> {
+    Err(Fatal(
+        format!(
+            "store {}: this oauthd was built without Redis support; rebuild it with the cargo feature `redis` (cargo build --release --features redis)",
+            target.display()
+        ),
+        2,
+    ))
+}
+
+/// Where the vault key comes from. With a shared store every instance must hold the same
+/// key, so the per-database key file that SQLite creates on first start is not offered.
+pub(super) fn key_source(settings: &Settings) -> Result<KeySource, String> {
+    let source = KeySource::from_env(&settings.db);
+    match (&settings.store, &source) {
+        (StoreTarget::Redis(_), KeySource::File { create: true, .. }) => Err(
+            "with a Redis store every instance must use the same vault key: create one with `oauthd keygen > oauthd.key && chmod 600 oauthd.key`, copy it to each instance and set OAUTHD_KEY_FILE (or OAUTHD_KEY)".to_owned(),
+        ),
+        _ => Ok(source),
+    }
 }
 
 /// The broker over this store, with the vault key loaded.
 pub(super) fn broker(
     settings: &Settings,
-    store: &Arc<SqliteStore>,
+    store: &Arc<dyn Store>,
     states: Arc<StateService>,
     public_url: Url,
 ) -> Result<Arc<Broker>, Fatal> {
-    let vault = Arc::new(VaultHandle::load(KeySource::from_env(&settings.db))?);
+    let source = key_source(settings).map_err(|e| Fatal(e, 2))?;
+    let vault = Arc::new(VaultHandle::load(source)?);
     check_vault_opens_tokens(&vault, store)?;
     Ok(Arc::new(Broker::new(
         settings.providers.clone(),
@@ -224,7 +269,7 @@ pub(super) fn broker(
 /// sealed with a key the old ones can never join.
 pub(super) fn check_vault_opens_tokens(
     vault: &VaultHandle,
-    store: &Arc<SqliteStore>,
+    store: &Arc<dyn Store>,
 ) -> Result<(), Fatal> {
     let rows = runtime()?.block_on(store.list_connections())?;
     let known = vault.key_ids();

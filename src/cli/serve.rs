@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
     let store = open_store(&settings)?;
-    log::info!("database {}", settings.db.display());
+    log::info!("{}", store.describe());
     let admin = Admin::new(store.clone()).map_err(|e| Fatal(e, 2))?;
     let metrics_token =
         crate::config::secret_from_env("OAUTHD_METRICS_TOKEN").map_err(|e| Fatal(e, 2))?;
@@ -27,6 +27,9 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
         );
     }
     actix_web::rt::System::new().block_on(async move {
+        for warning in store.warnings().await? {
+            log::warn!("{warning}");
+        }
         if admin.needs_first_link().await? {
             // On stdout, not in the log: the link is a credential.
             println!(

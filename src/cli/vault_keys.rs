@@ -5,7 +5,7 @@ use crate::config::Settings;
 use crate::vault::KeySource;
 
 pub(super) fn rekey(settings: Settings, prune: bool) -> Result<(), Fatal> {
-    let path = match KeySource::from_env(&settings.db) {
+    let path = match super::key_source(&settings).map_err(|e| Fatal(e, 2))? {
         KeySource::Inline(_) => {
             return Err(Fatal(
                 "the vault key comes from OAUTHD_KEY, which a running oauthd cannot re-read: put the key in a file named by OAUTHD_KEY_FILE to rotate it".into(),

@@ -1,10 +1,13 @@
 //! Storage: the traits the services use, and their backends.
 //!
-//! Owns SQL (and, later, Redis). Knows nothing of HTTP or OAuth; never sees a secret in
+//! Owns SQL and Redis. Knows nothing of HTTP or OAuth; never sees a secret in
 //! clear text, only its SHA-256. Every error says what was being done.
 
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod sqlite;
 pub mod sweeper;
+pub mod target;
 
 use crate::secret::SecretHash;
 use async_trait::async_trait;
@@ -334,4 +337,19 @@ pub trait DeviceFlowStore: Send + Sync {
         outcome: DevicePollOutcome,
         now_ms: i64,
     ) -> Result<(), StoreError>;
+}
+
+/// What the broker needs: connections and device flows.
+pub trait BrokerStore: ConnectionStore + DeviceFlowStore {}
+impl<T: ConnectionStore + DeviceFlowStore> BrokerStore for T {}
+
+/// One backend holding everything: the SQLite file or a shared Redis.
+#[async_trait]
+pub trait Store: StateStore + KeyStore + AdminStore + BrokerStore {
+    /// Where the data lives, for logs and reports (never a password).
+    fn describe(&self) -> String;
+    /// What an operator should hear about at start (say, Redis without persistence).
+    async fn warnings(&self) -> Result<Vec<String>, StoreError>;
+    /// A deep self-test for `oauthd check`: what was verified, or what is wrong.
+    async fn integrity(&self) -> Result<String, String>;
 }

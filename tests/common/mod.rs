@@ -4,25 +4,105 @@
 
 pub mod browser;
 pub mod peer;
+pub mod redis;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_oauthd");
 
-/// A temp directory holding one oauthd's database, config and log.
+/// A temp directory holding one oauthd's database (or its Redis), config and log.
 pub struct Home {
     pub dir: tempfile::TempDir,
+    shared: Option<Shared>,
+}
+
+/// A Redis store and the vault key file every instance on it uses.
+#[derive(Clone)]
+pub struct Shared {
+    pub redis: Arc<Mutex<redis::RedisServer>>,
+    pub url: String,
+    pub key_file: PathBuf,
 }
 
 impl Home {
+    /// On the SQLite file.
     pub fn new() -> Home {
         Home {
             dir: tempfile::tempdir().expect("temp dir"),
+            shared: None,
+        }
+    }
+
+    /// On a Redis server of its own (append-only file on), with a shared-style key file.
+    pub fn redis() -> Home {
+        Home::redis_with(redis::RedisServer::start())
+    }
+
+    pub fn redis_with(server: redis::RedisServer) -> Home {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key_file = dir.path().join("shared.key");
+        let out = Command::new(BIN).arg("keygen").output().expect("keygen");
+        assert!(out.status.success());
+        std::fs::write(&key_file, &out.stdout).expect("write key file");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let url = server.url();
+        Home {
+            dir,
+            shared: Some(Shared {
+                redis: Arc::new(Mutex::new(server)),
+                url,
+                key_file,
+            }),
+        }
+    }
+
+    /// A second instance's home on the same Redis with the same key: its own directory,
+    /// log and config.
+    pub fn sharing(other: &Home) -> Home {
+        Home {
+            dir: tempfile::tempdir().expect("temp dir"),
+            shared: Some(other.shared.clone().expect("a Redis home")),
+        }
+    }
+
+    pub fn shared(&self) -> Option<&Shared> {
+        self.shared.as_ref()
+    }
+
+    /// The Redis server (panics for a SQLite home).
+    pub fn redis_server(&self) -> std::sync::MutexGuard<'_, redis::RedisServer> {
+        self.shared
+            .as_ref()
+            .expect("a Redis home")
+            .redis
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What the backend holds at rest: the database file and WAL, or Redis' files.
+    pub fn stored_bytes(&self) -> Vec<u8> {
+        match &self.shared {
+            None => self.db_bytes(),
+            Some(_) => self.redis_server().stored_bytes(),
+        }
+    }
+
+    /// `--store` and the vault key for a Redis home.
+    fn store_args(&self, cmd: &mut Command) {
+        cmd.env_remove("OAUTHD_STORE")
+            .env_remove("OAUTHD_STORE_FILE")
+            .env_remove("OAUTHD_KEY")
+            .env_remove("OAUTHD_KEY_FILE");
+        if let Some(s) = &self.shared {
+            cmd.arg("--store")
+                .arg(&s.url)
+                .env("OAUTHD_KEY_FILE", &s.key_file);
         }
     }
 
@@ -50,6 +130,7 @@ impl Home {
             .arg(self.db())
             .env("RUST_LOG", "warn")
             .env_remove("OAUTHD_CONFIG");
+        self.store_args(&mut cmd);
         if self.config().exists() {
             cmd.arg("--config").arg(self.config());
         }
@@ -118,6 +199,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
+        home.store_args(&mut cmd);
         if home.config().exists() {
             cmd.arg("--config").arg(home.config());
         }
@@ -281,4 +363,31 @@ impl Daemon {
             .map(str::to_owned);
         (status, resp.text().await.unwrap_or_default(), location)
     }
+}
+
+/// Runs each listed test against both backends: `sqlite::NAME` on a real SQLite file and,
+/// with the `redis` feature, `redis::NAME` on a real redis-server. Each test is an
+/// `async fn NAME(home: Home)` and gets a fresh `Home` on its backend.
+#[macro_export]
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    super::$name($crate::common::Home::new()).await
+                }
+            )*
+        }
+
+        #[cfg(feature = "redis")]
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    super::$name($crate::common::Home::redis()).await
+                }
+            )*
+        }
+    };
 }

@@ -79,6 +79,7 @@ pub enum OpenError {
 pub struct SqliteStore {
     pool: Pool<SqliteConnectionManager>,
     writer: Writer,
+    path: PathBuf,
 }
 
 impl SqliteStore {
@@ -121,6 +122,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             pool,
             writer: Writer::start(conn),
+            path: path.to_owned(),
         })
     }
 
@@ -139,6 +141,34 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::unavailable(context, e))?
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Store for SqliteStore {
+    fn describe(&self) -> String {
+        format!("database {}", self.path.display())
+    }
+
+    async fn warnings(&self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn integrity(&self) -> Result<String, String> {
+        let verdict: String = self
+            .read("checking database integrity", |conn| {
+                conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        if verdict == "ok" {
+            Ok(format!(
+                "database {} passes integrity_check",
+                self.path.display()
+            ))
+        } else {
+            Err(format!("integrity_check: {verdict}"))
+        }
     }
 }
 

@@ -1,0 +1,354 @@
+//! `ConnectionStore` on Redis: one hash per connection (tokens sealed exactly as in
+//! SQLite), a sorted set as the index, and the refresh lease as its own key taken with
+//! `SET NX PX`. Every token write checks the fencing generation inside the same script,
+//! so a refresher whose lease ran out cannot overwrite what a newer one stored.
+
+use super::{int, need_int, need_text, text, Changes, Fields, RedisStore, APPLY_LUA};
+use crate::store::{
+    ConnectionRow, ConnectionStatus, ConnectionStore, RefreshFailure, SealedTokens, StoreError,
+};
+use async_trait::async_trait;
+use redis::Script;
+use std::sync::LazyLock;
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{APPLY_LUA}\n{body}"))
+}
+
+/// KEYS: conn, lease, index. ARGV: member, now, changes… (from ARGV[3]).
+static SAVE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'created', ARGV[2], 'generation', 0, 'failures', 0)
+end
+apply(KEYS[1], 3)
+redis.call('HINCRBY', KEYS[1], 'generation', 1)
+redis.call('DEL', KEYS[2])
+redis.call('ZADD', KEYS[3], 0, ARGV[1])
+"#,
+    )
+});
+
+/// KEYS: conn, lease. ARGV: now, lease ms. Returns the new generation, or nil.
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if redis.call('EXISTS', KEYS[2]) == 1 then return false end
+local g = redis.call('HINCRBY', KEYS[1], 'generation', 1)
+redis.call('SET', KEYS[2], g, 'NX', 'PX', ARGV[2])
+redis.call('HSET', KEYS[1], 'lease_until', tonumber(ARGV[1]) + tonumber(ARGV[2]))
+return g
+"#,
+    )
+});
+
+/// KEYS: conn, lease. ARGV: generation, failure flag ("1" counts a failure), changes… (ARGV[3]).
+static FENCED: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('HGET', KEYS[1], 'generation') ~= ARGV[1] then return 0 end
+apply(KEYS[1], 3)
+if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[1], 'failures', 1) end
+redis.call('HDEL', KEYS[1], 'lease_until')
+redis.call('DEL', KEYS[2])
+return 1
+"#,
+    )
+});
+
+/// KEYS: conn. ARGV: old access, old refresh, old has refresh ("1"/"0"), new access,
+/// new refresh, new has refresh.
+static RESEAL: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local at = redis.call('HGET', KEYS[1], 'access_token')
+if not at or at ~= ARGV[1] then return 0 end
+local rt = redis.call('HGET', KEYS[1], 'refresh_token')
+if ARGV[3] == '1' then
+  if rt ~= ARGV[2] then return 0 end
+elseif rt then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'access_token', ARGV[4])
+if ARGV[6] == '1' then
+  redis.call('HSET', KEYS[1], 'refresh_token', ARGV[5])
+else
+  redis.call('HDEL', KEYS[1], 'refresh_token')
+end
+return 1
+"#,
+    )
+});
+
+fn row(f: &Fields) -> Result<ConnectionRow, StoreError> {
+    const CONTEXT: &str = "reading a connection";
+    Ok(ConnectionRow {
+        provider: need_text(CONTEXT, f, "provider")?,
+        account: need_text(CONTEXT, f, "account")?,
+        status: ConnectionStatus::parse(&need_text(CONTEXT, f, "status")?),
+        scopes: text(f, "scopes"),
+        token_type: need_text(CONTEXT, f, "token_type")?,
+        access_token: f
+            .get("access_token")
+            .cloned()
+            .ok_or_else(|| super::corrupt(CONTEXT, "access_token"))?,
+        refresh_token: f.get("refresh_token").cloned(),
+        access_expires_at_ms: int(f, "access_expires_at"),
+        created_at_ms: need_int(CONTEXT, f, "created")?,
+        updated_at_ms: need_int(CONTEXT, f, "updated")?,
+        last_refresh_at_ms: int(f, "last_refresh_at"),
+        last_error: text(f, "last_error"),
+        failures: int(f, "failures").unwrap_or(0),
+        retry_at_ms: int(f, "retry_at"),
+        lease_until_ms: int(f, "lease_until"),
+        generation: need_int(CONTEXT, f, "generation")?,
+    })
+}
+
+/// The token fields of a save. `keep_missing`: a refresh that returned no refresh token
+/// (or no scopes) keeps the stored one instead of clearing it.
+fn token_changes(t: SealedTokens, now_ms: i64, keep_missing: bool) -> Changes {
+    let mut ch = Changes::default();
+    ch.put("status", ConnectionStatus::Active.as_str())
+        .put("token_type", t.token_type)
+        .put("access_token", t.access_token)
+        .opt_num("access_expires_at", t.access_expires_at_ms)
+        .num("updated", now_ms)
+        .num("last_refresh_at", now_ms)
+        .num("failures", 0)
+        .opt("last_error", None::<Vec<u8>>)
+        .opt_num("retry_at", None);
+    match (t.scopes, keep_missing) {
+        (Some(s), _) => ch.put("scopes", s),
+        (None, false) => ch.opt("scopes", None::<Vec<u8>>),
+        (None, true) => &mut ch,
+    };
+    match (t.refresh_token, keep_missing) {
+        (Some(r), _) => ch.put("refresh_token", r),
+        (None, false) => ch.opt("refresh_token", None::<Vec<u8>>),
+        (None, true) => &mut ch,
+    };
+    ch
+}
+
+impl RedisStore {
+    fn conn_keys(&self, provider: &str, account: &str) -> (String, String, String) {
+        let member = format!("{provider}/{account}");
+        (self.key("c", &member), self.key("cl", &member), member)
+    }
+
+    /// Runs FENCED: writes `changes` only while `generation` holds the connection.
+    async fn fenced(
+        &self,
+        context: &'static str,
+        (provider, account): (&str, &str),
+        generation: i64,
+        failure: bool,
+        changes: Changes,
+    ) -> Result<bool, StoreError> {
+        let (key, lease, _) = self.conn_keys(provider, account);
+        let mut c = self.conn();
+        let n: i64 = self
+            .run(context, async move {
+                let mut inv = FENCED.prepare_invoke();
+                inv.key(key)
+                    .key(lease)
+                    .arg(generation)
+                    .arg(if failure { "1" } else { "0" });
+                changes.to_args(&mut inv);
+                inv.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(n == 1)
+    }
+}
+
+#[async_trait]
+impl ConnectionStore for RedisStore {
+    async fn get_connection(
+        &self,
+        provider: &str,
+        account: &str,
+    ) -> Result<Option<ConnectionRow>, StoreError> {
+        let (key, _, _) = self.conn_keys(provider, account);
+        let mut c = self.conn();
+        let f: Fields = self
+            .run("reading a connection", async move {
+                redis::cmd("HGETALL").arg(key).query_async(&mut c).await
+            })
+            .await?;
+        if f.is_empty() {
+            return Ok(None);
+        }
+        row(&f).map(Some)
+    }
+
+    async fn list_connections(&self) -> Result<Vec<ConnectionRow>, StoreError> {
+        let (index, prefix) = (self.index("cs"), self.key("c", ""));
+        let mut c = self.conn();
+        let rows: Vec<Fields> = self
+            .run("listing connections", async move {
+                let members: Vec<String> = redis::cmd("ZRANGE")
+                    .arg(&index)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut c)
+                    .await?;
+                if members.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut pipe = redis::pipe();
+                for m in &members {
+                    pipe.cmd("HGETALL").arg(format!("{prefix}{m}"));
+                }
+                pipe.query_async(&mut c).await
+            })
+            .await?;
+        let mut out = rows
+            .iter()
+            .filter(|f| !f.is_empty())
+            .map(row)
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by(|a, b| (&a.provider, &a.account).cmp(&(&b.provider, &b.account)));
+        Ok(out)
+    }
+
+    async fn save_connection(
+        &self,
+        provider: &str,
+        account: &str,
+        t: SealedTokens,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let (key, lease, member) = self.conn_keys(provider, account);
+        let index = self.index("cs");
+        let mut changes = token_changes(t, now_ms, false);
+        changes
+            .put("provider", provider)
+            .put("account", account)
+            .opt_num("lease_until", None);
+        let mut c = self.conn();
+        self.run("saving a connection", async move {
+            let mut inv = SAVE.prepare_invoke();
+            inv.key(key).key(lease).key(index).arg(member).arg(now_ms);
+            changes.to_args(&mut inv);
+            inv.invoke_async::<()>(&mut c).await
+        })
+        .await
+    }
+
+    async fn acquire_refresh_lease(
+        &self,
+        provider: &str,
+        account: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let (key, lease, _) = self.conn_keys(provider, account);
+        let mut c = self.conn();
+        self.run("taking a refresh lease", async move {
+            ACQUIRE
+                .key(key)
+                .key(lease)
+                .arg(now_ms)
+                .arg(lease_ms.max(1))
+                .invoke_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn save_refreshed(
+        &self,
+        provider: &str,
+        account: &str,
+        generation: i64,
+        t: SealedTokens,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let changes = token_changes(t, now_ms, true);
+        self.fenced(
+            "saving refreshed tokens",
+            (provider, account),
+            generation,
+            false,
+            changes,
+        )
+        .await
+    }
+
+    async fn save_refresh_failure(
+        &self,
+        provider: &str,
+        account: &str,
+        generation: i64,
+        f: RefreshFailure<'_>,
+    ) -> Result<bool, StoreError> {
+        let mut changes = Changes::default();
+        changes
+            .put("status", f.status.as_str())
+            .put("last_error", f.error)
+            .opt_num("retry_at", f.retry_at_ms)
+            .num("updated", f.now_ms);
+        self.fenced(
+            "recording a failed refresh",
+            (provider, account),
+            generation,
+            true,
+            changes,
+        )
+        .await
+    }
+
+    async fn delete_connection(&self, provider: &str, account: &str) -> Result<bool, StoreError> {
+        let (key, lease, member) = self.conn_keys(provider, account);
+        let index = self.index("cs");
+        let mut c = self.conn();
+        let (deleted, _, _): (i64, i64, i64) = self
+            .run("deleting a connection", async move {
+                redis::pipe()
+                    .atomic()
+                    .del(key)
+                    .del(lease)
+                    .zrem(index, member)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(deleted > 0)
+    }
+
+    async fn reseal_connection(
+        &self,
+        provider: &str,
+        account: &str,
+        old: (Vec<u8>, Option<Vec<u8>>),
+        new: (Vec<u8>, Option<Vec<u8>>),
+    ) -> Result<bool, StoreError> {
+        let (key, _, _) = self.conn_keys(provider, account);
+        let flag = |r: &Option<Vec<u8>>| if r.is_some() { "1" } else { "0" };
+        let (old_has, new_has) = (flag(&old.1), flag(&new.1));
+        let mut c = self.conn();
+        let n: i64 = self
+            .run("re-sealing a connection", async move {
+                RESEAL
+                    .key(key)
+                    .arg(old.0)
+                    .arg(old.1.unwrap_or_default())
+                    .arg(old_has)
+                    .arg(new.0)
+                    .arg(new.1.unwrap_or_default())
+                    .arg(new_has)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn sealed_flow_data(&self) -> Result<Vec<String>, StoreError> {
+        self.scan_flow_data().await
+    }
+}

@@ -1,0 +1,216 @@
+//! `DeviceFlowStore` on Redis: one hash per flow that expires `grace` after the flow does
+//! (so its outcome stays readable), a set of pending ids, and a per-flow claim key taken
+//! with `SET NX PX` so that exactly one instance sends each poll.
+
+use super::{need_int, need_text, text, Changes, Fields, RedisStore, APPLY_LUA};
+use crate::store::{DeviceFlowRow, DeviceFlowStore, DevicePollOutcome, StoreError};
+use async_trait::async_trait;
+use redis::Script;
+use std::sync::LazyLock;
+
+/// KEYS: flow, claim. ARGV: now, claim ms. Returns the flow's fields, or nil.
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return false end
+if tonumber(redis.call('HGET', KEYS[1], 'next_poll_at')) > tonumber(ARGV[1]) then return false end
+if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then return false end
+redis.call('HSET', KEYS[1], 'updated', ARGV[1])
+return redis.call('HGETALL', KEYS[1])
+"#,
+    )
+});
+
+/// KEYS: flow, claim, pending set. ARGV: id, finished ("1"/"0"), changes… (ARGV[3]).
+static FINISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{APPLY_LUA}\n{}",
+        r#"
+if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
+apply(KEYS[1], 3)
+if ARGV[2] == '1' then redis.call('SREM', KEYS[3], ARGV[1]) end
+redis.call('DEL', KEYS[2])
+return 1
+"#
+    ))
+});
+
+fn row(f: &Fields) -> Result<DeviceFlowRow, StoreError> {
+    const CONTEXT: &str = "reading a device flow";
+    Ok(DeviceFlowRow {
+        id: need_text(CONTEXT, f, "id")?,
+        provider: need_text(CONTEXT, f, "provider")?,
+        account: need_text(CONTEXT, f, "account")?,
+        device_code: f
+            .get("device_code")
+            .cloned()
+            .ok_or_else(|| super::corrupt(CONTEXT, "device_code"))?,
+        user_code: need_text(CONTEXT, f, "user_code")?,
+        verification_uri: need_text(CONTEXT, f, "verification_uri")?,
+        verification_uri_complete: text(f, "verification_uri_complete"),
+        interval_ms: need_int(CONTEXT, f, "interval_ms")?,
+        expires_at_ms: need_int(CONTEXT, f, "expires_at")?,
+        status: need_text(CONTEXT, f, "status")?,
+        detail: text(f, "detail"),
+        next_poll_at_ms: need_int(CONTEXT, f, "next_poll_at")?,
+        created_at_ms: need_int(CONTEXT, f, "created")?,
+    })
+}
+
+/// Reads a flat HGETALL-style reply (`[field, value, …]`) into fields.
+fn pairs(flat: Vec<Vec<u8>>) -> Fields {
+    let mut it = flat.into_iter();
+    let mut f = Fields::new();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        f.insert(String::from_utf8_lossy(&k).into_owned(), v);
+    }
+    f
+}
+
+#[async_trait]
+impl DeviceFlowStore for RedisStore {
+    async fn insert_device_flow(&self, d: DeviceFlowRow) -> Result<(), StoreError> {
+        let (key, pending) = (self.key("d", &d.id), self.index("dp"));
+        let keep_ms = (d.expires_at_ms - crate::clock::now_ms())
+            .max(1)
+            .saturating_add(self.grace_ms);
+        let mut ch = Changes::default();
+        ch.put("id", d.id.as_str())
+            .put("provider", d.provider)
+            .put("account", d.account)
+            .put("device_code", d.device_code)
+            .put("user_code", d.user_code)
+            .put("verification_uri", d.verification_uri)
+            .opt("verification_uri_complete", d.verification_uri_complete)
+            .num("interval_ms", d.interval_ms)
+            .num("expires_at", d.expires_at_ms)
+            .put("status", d.status.as_str())
+            .opt("detail", d.detail)
+            .num("next_poll_at", d.next_poll_at_ms)
+            .num("created", d.created_at_ms)
+            .num("updated", d.created_at_ms);
+        let pending_flow = (d.status == "pending").then(|| d.id.clone());
+        let mut c = self.conn();
+        self.run("storing a device flow", async move {
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .hset_multiple(&key, &ch.set)
+                .ignore()
+                .pexpire(&key, keep_ms)
+                .ignore();
+            if let Some(id) = pending_flow {
+                pipe.sadd(&pending, id).ignore();
+            }
+            pipe.query_async::<()>(&mut c).await
+        })
+        .await
+    }
+
+    async fn get_device_flow(&self, id: &str) -> Result<Option<DeviceFlowRow>, StoreError> {
+        let key = self.key("d", id);
+        let mut c = self.conn();
+        let f: Fields = self
+            .run("reading a device flow", async move {
+                redis::cmd("HGETALL").arg(key).query_async(&mut c).await
+            })
+            .await?;
+        if f.is_empty() {
+            return Ok(None);
+        }
+        row(&f).map(Some)
+    }
+
+    async fn pending_device_flows(&self) -> Result<Vec<DeviceFlowRow>, StoreError> {
+        let (pending, prefix) = (self.index("dp"), self.key("d", ""));
+        let mut c = self.conn();
+        let (ids, rows): (Vec<String>, Vec<Fields>) = self
+            .run("listing device flows", async move {
+                let ids: Vec<String> = redis::cmd("SMEMBERS")
+                    .arg(&pending)
+                    .query_async(&mut c)
+                    .await?;
+                if ids.is_empty() {
+                    return Ok((ids, Vec::new()));
+                }
+                let mut pipe = redis::pipe();
+                for id in &ids {
+                    pipe.cmd("HGETALL").arg(format!("{prefix}{id}"));
+                }
+                let rows: Vec<Fields> = pipe.query_async(&mut c).await?;
+                // Flows that expired in Redis leave their id behind: tidy it up.
+                let gone: Vec<&String> = ids
+                    .iter()
+                    .zip(&rows)
+                    .filter(|(_, f)| f.is_empty())
+                    .map(|(id, _)| id)
+                    .collect();
+                if !gone.is_empty() {
+                    redis::cmd("SREM")
+                        .arg(&pending)
+                        .arg(gone)
+                        .query_async::<()>(&mut c)
+                        .await?;
+                }
+                Ok((ids, rows))
+            })
+            .await?;
+        debug_assert_eq!(ids.len(), rows.len());
+        rows.iter()
+            .filter(|f| f.get("status").is_some_and(|s| s == b"pending"))
+            .map(row)
+            .collect()
+    }
+
+    async fn claim_device_poll(
+        &self,
+        id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<DeviceFlowRow>, StoreError> {
+        let (key, claim) = (self.key("d", id), self.key("dl", id));
+        let mut c = self.conn();
+        let flat: Option<Vec<Vec<u8>>> = self
+            .run("claiming a device poll", async move {
+                CLAIM
+                    .key(key)
+                    .key(claim)
+                    .arg(now_ms)
+                    .arg(lease_ms.max(1))
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        flat.map(|flat| row(&pairs(flat))).transpose()
+    }
+
+    async fn finish_device_poll(
+        &self,
+        id: &str,
+        outcome: DevicePollOutcome,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let (key, claim, pending) = (self.key("d", id), self.key("dl", id), self.index("dp"));
+        let mut ch = Changes::default();
+        ch.num("updated", now_ms);
+        let finished = match outcome {
+            DevicePollOutcome::Pending { interval_ms } => {
+                ch.num("interval_ms", interval_ms)
+                    .num("next_poll_at", now_ms.saturating_add(interval_ms));
+                "0"
+            }
+            DevicePollOutcome::Finished { status, detail } => {
+                ch.put("status", status).put("detail", detail);
+                "1"
+            }
+        };
+        let id = id.to_owned();
+        let mut c = self.conn();
+        self.run("recording a device poll", async move {
+            let mut inv = FINISH.prepare_invoke();
+            inv.key(key).key(claim).key(pending).arg(id).arg(finished);
+            ch.to_args(&mut inv);
+            inv.invoke_async::<()>(&mut c).await
+        })
+        .await
+    }
+}

@@ -1,0 +1,156 @@
+//! `KeyStore` on Redis: one hash per key (by the key's SHA-256), a name → hash map of the
+//! active keys (names are unique among them) and a sorted set of every key for listing.
+
+use super::{hex, int, need_int, need_text, text, Fields, RedisStore};
+use crate::secret::SecretHash;
+use crate::store::{ApiKeyRecord, KeyStore, StoreError};
+use async_trait::async_trait;
+use redis::Script;
+use std::sync::LazyLock;
+
+/// KEYS: record, names, all. ARGV: hash, id, name, created, namespaces ("" for none).
+static INSERT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HSETNX', KEYS[2], ARGV[3], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'id', ARGV[2], 'name', ARGV[3], 'created', ARGV[4])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'namespaces', ARGV[5]) end
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+return 1
+"#,
+    )
+});
+
+/// KEYS: names. ARGV: name, now, record key prefix.
+static REVOKE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local h = redis.call('HGET', KEYS[1], ARGV[1])
+if not h then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HSET', ARGV[3] .. h, 'revoked', ARGV[2])
+return 1
+"#,
+    )
+});
+
+fn record(f: &Fields) -> Result<ApiKeyRecord, StoreError> {
+    const CONTEXT: &str = "reading an API key";
+    let namespaces = match text(f, "namespaces") {
+        None => None,
+        Some(json) => {
+            Some(serde_json::from_str(&json).map_err(|_| super::corrupt(CONTEXT, "namespaces"))?)
+        }
+    };
+    Ok(ApiKeyRecord {
+        id: need_text(CONTEXT, f, "id")?,
+        name: need_text(CONTEXT, f, "name")?,
+        namespaces,
+        created_at_ms: need_int(CONTEXT, f, "created")?,
+        revoked_at_ms: int(f, "revoked"),
+    })
+}
+
+#[async_trait]
+impl KeyStore for RedisStore {
+    async fn find_active_key(
+        &self,
+        key_hash: SecretHash,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let key = self.key("k", &hex(&key_hash));
+        let mut c = self.conn();
+        let f: Fields = self
+            .run("checking an API key", async move {
+                redis::cmd("HGETALL").arg(key).query_async(&mut c).await
+            })
+            .await?;
+        if f.is_empty() || f.contains_key("revoked") {
+            return Ok(None);
+        }
+        record(&f).map(Some)
+    }
+
+    async fn insert_key(&self, rec: ApiKeyRecord, key_hash: SecretHash) -> Result<(), StoreError> {
+        const CONTEXT: &str = "storing an API key";
+        let id = hex(&key_hash);
+        let namespaces = match &rec.namespaces {
+            Some(list) => {
+                serde_json::to_string(list).map_err(|e| StoreError::unavailable(CONTEXT, e))?
+            }
+            None => String::new(),
+        };
+        let (key, names, all) = (self.key("k", &id), self.index("kn"), self.index("ks"));
+        let (rid, name, created) = (rec.id.clone(), rec.name.clone(), rec.created_at_ms);
+        let mut c = self.conn();
+        let inserted: i64 = self
+            .run(CONTEXT, async move {
+                INSERT
+                    .key(key)
+                    .key(names)
+                    .key(all)
+                    .arg(id)
+                    .arg(rid)
+                    .arg(name)
+                    .arg(created)
+                    .arg(namespaces)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        if inserted == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict(format!(
+                "an active API key named {:?} already exists",
+                rec.name
+            )))
+        }
+    }
+
+    async fn list_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let (all, prefix) = (self.index("ks"), self.key("k", ""));
+        let mut c = self.conn();
+        let rows: Vec<Fields> = self
+            .run("listing API keys", async move {
+                let ids: Vec<String> = redis::cmd("ZRANGE")
+                    .arg(&all)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut c)
+                    .await?;
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut pipe = redis::pipe();
+                for id in &ids {
+                    pipe.cmd("HGETALL").arg(format!("{prefix}{id}"));
+                }
+                pipe.query_async(&mut c).await
+            })
+            .await?;
+        let mut keys = rows
+            .iter()
+            .filter(|f| !f.is_empty())
+            .map(record)
+            .collect::<Result<Vec<_>, _>>()?;
+        keys.sort_by(|a, b| (&a.name, a.created_at_ms).cmp(&(&b.name, b.created_at_ms)));
+        Ok(keys)
+    }
+
+    async fn revoke_key(&self, name: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let (names, prefix, name) = (self.index("kn"), self.key("k", ""), name.to_owned());
+        let mut c = self.conn();
+        let n: i64 = self
+            .run("revoking an API key", async move {
+                REVOKE
+                    .key(names)
+                    .arg(name)
+                    .arg(now_ms)
+                    .arg(prefix)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(n == 1)
+    }
+}

@@ -1,0 +1,346 @@
+//! The Redis backend (cargo feature `redis`): several oauthd instances share one Redis and
+//! behave as one.
+//!
+//! Every multi-step change is one Lua script, so Redis runs it atomically; values that
+//! must expire carry a Redis TTL, so there is nothing to sweep and no `KEYS`/`SCAN` on any
+//! request path. Key layout, all under the configured prefix `P` (default `oauthd:`):
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `P s:<hash>` | string | a live state (JSON), TTL = its lifetime |
+//! | `P g:<hash>` | string | the state's namespace, TTL = lifetime + grace: answers 410 after expiry |
+//! | `P k:<hash>` | hash | an API key record; `P kn` name → hash of the active key; `P ks` all (zset) |
+//! | `P c:<provider>/<account>` | hash | a connection, tokens sealed as in SQLite; `P cs` the index (zset) |
+//! | `P cl:<provider>/<account>` | string | the refresh lease (`SET NX PX`), value = fencing generation |
+//! | `P d:<id>` | hash | a device flow; `P dp` pending ids (set); `P dl:<id>` the poll claim |
+//! | `P a:<kind>:<hash>` | string | an admin login link or session; `P a:any-session` |
+//!
+//! Only SHA-256 hashes of secrets and sealed tokens are stored, as in SQLite.
+//!
+//! The store runs its own small Tokio runtime (one thread), like the SQLite writer thread:
+//! the Redis connection's driver lives there, whatever runtime calls the store.
+
+mod admin;
+mod connections;
+mod device;
+mod keys;
+mod states;
+
+use super::target::RedisTarget;
+use super::StoreError;
+use crate::secret::SecretHash;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::RedisResult;
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+/// Upper bound on one Redis round trip (including a reconnect attempt) before a 503.
+const OP_TIMEOUT: Duration = Duration::from_secs(3);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct RedisStore {
+    runtime: Option<tokio::runtime::Runtime>,
+    conn: ConnectionManager,
+    prefix: String,
+    /// How long an expired state still answers 410 rather than 404.
+    grace_ms: i64,
+    display: String,
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        // Never blocks: the store may be dropped on an async thread.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A record read with HGETALL.
+type Fields = HashMap<String, Vec<u8>>;
+
+impl RedisStore {
+    /// Connects (failing fast when Redis cannot be reached) and checks the server version.
+    pub fn open(target: &RedisTarget, grace: Duration) -> Result<RedisStore, String> {
+        let display = target.display();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("oauthd-redis")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("store {display}: {e}"))?;
+        let client =
+            redis::Client::open(target.url()).map_err(|e| format!("store {display}: {e}"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(OP_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = runtime
+            .block_on(async {
+                tokio::time::timeout(
+                    OP_TIMEOUT,
+                    ConnectionManager::new_with_config(client, config),
+                )
+                .await
+            })
+            .map_err(|_| format!("cannot reach Redis at {display}: no answer"))?
+            .map_err(|e| format!("cannot reach Redis at {display}: {e}"))?;
+        let store = RedisStore {
+            runtime: Some(runtime),
+            conn,
+            prefix: target.prefix.clone(),
+            grace_ms: i64::try_from(grace.as_millis()).unwrap_or(i64::MAX),
+            display,
+        };
+        let info = store
+            .block_on_info("server")
+            .map_err(|e| format!("Redis at {}: {e}", store.display))?;
+        let version = info_field(&info, "redis_version").unwrap_or_default();
+        if !version_at_least(&version, (6, 2)) {
+            return Err(format!(
+                "Redis at {} is version {version}; oauthd needs 6.2 or newer (GETDEL, SET … GET)",
+                store.display
+            ));
+        }
+        Ok(store)
+    }
+
+    fn block_on_info(&self, section: &'static str) -> Result<String, StoreError> {
+        let rt = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| StoreError::unavailable("reading Redis INFO", "store closed"))?;
+        let mut c = self.conn.clone();
+        rt.block_on(async move {
+            redis::cmd("INFO")
+                .arg(section)
+                .query_async::<String>(&mut c)
+                .await
+        })
+        .map_err(|e| classify("reading Redis INFO", &e))
+    }
+
+    /// Runs one Redis exchange on the store's runtime, bounded by `OP_TIMEOUT`.
+    async fn run<T, F>(&self, context: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = RedisResult<T>> + Send + 'static,
+    {
+        let rt = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| StoreError::unavailable(context, "store closed"))?;
+        match rt.spawn(tokio::time::timeout(OP_TIMEOUT, f)).await {
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(e))) => Err(classify(context, &e)),
+            Ok(Err(_)) => Err(StoreError::unavailable(
+                context,
+                format!(
+                    "Redis is unreachable (no answer within {} s)",
+                    OP_TIMEOUT.as_secs()
+                ),
+            )),
+            Err(e) => Err(StoreError::unavailable(context, e)),
+        }
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    fn key(&self, kind: &str, id: &str) -> String {
+        format!("{}{kind}:{id}", self.prefix)
+    }
+
+    fn index(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Store for RedisStore {
+    fn describe(&self) -> String {
+        format!("Redis {} (key prefix {:?})", self.display, self.prefix)
+    }
+
+    async fn warnings(&self) -> Result<Vec<String>, StoreError> {
+        let mut c = self.conn();
+        let info = self
+            .run("reading Redis INFO", async move {
+                redis::cmd("INFO")
+                    .arg("persistence")
+                    .query_async::<String>(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(persistence_warning(&info).into_iter().collect())
+    }
+
+    async fn integrity(&self) -> Result<String, String> {
+        let mut c = self.conn();
+        let info = self
+            .run("reading Redis INFO", async move {
+                redis::cmd("INFO").query_async::<String>(&mut c).await
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let version = info_field(&info, "redis_version").unwrap_or_default();
+        Ok(format!("Redis {} answers, version {version}", self.display))
+    }
+}
+
+/// Tokens live in Redis: without the append-only file a Redis restart loses up to the
+/// last snapshot interval (or everything, with no snapshots either).
+fn persistence_warning(info: &str) -> Option<String> {
+    if info_field(info, "aof_enabled").as_deref() == Some("1") {
+        return None;
+    }
+    Some(
+        "Redis runs without the append-only file (appendonly no): a Redis restart can lose \
+         connected accounts and flows in progress. Enable it with `CONFIG SET appendonly yes` \
+         and `appendonly yes` in redis.conf"
+            .to_owned(),
+    )
+}
+
+fn info_field(info: &str, name: &str) -> Option<String> {
+    info.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .map(|v| v.trim().to_owned())
+    })
+}
+
+fn version_at_least(version: &str, (major, minor): (u32, u32)) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
+/// Maps a Redis error to the storage error the HTTP layer turns into a 503.
+fn classify(context: &'static str, e: &redis::RedisError) -> StoreError {
+    if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() || e.is_timeout() {
+        return StoreError::unavailable(context, format!("Redis is unreachable ({e})"));
+    }
+    match e.code() {
+        Some("OOM") => StoreError::unavailable(
+            context,
+            "Redis is out of memory (maxmemory reached) and refuses writes",
+        ),
+        Some("READONLY") => StoreError::ReadOnly { context },
+        Some("MISCONF") => StoreError::unavailable(
+            context,
+            "Redis refuses writes because it cannot save to disk (MISCONF)",
+        ),
+        Some("NOAUTH" | "WRONGPASS") => {
+            StoreError::unavailable(context, "Redis refused the credentials")
+        }
+        _ => StoreError::unavailable(context, e),
+    }
+}
+
+pub(super) fn hex(hash: &SecretHash) -> String {
+    hash.0.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn corrupt(context: &'static str, field: &str) -> StoreError {
+    StoreError::unavailable(
+        context,
+        format!("malformed record in Redis (field {field})"),
+    )
+}
+
+fn text(f: &Fields, name: &str) -> Option<String> {
+    f.get(name).map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+fn int(f: &Fields, name: &str) -> Option<i64> {
+    f.get(name)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|s| s.parse().ok())
+}
+
+fn need_text(context: &'static str, f: &Fields, name: &str) -> Result<String, StoreError> {
+    text(f, name).ok_or_else(|| corrupt(context, name))
+}
+
+fn need_int(context: &'static str, f: &Fields, name: &str) -> Result<i64, StoreError> {
+    int(f, name).ok_or_else(|| corrupt(context, name))
+}
+
+/// Field/value pairs to HSET and field names to HDEL, built from optional values.
+#[derive(Default)]
+struct Changes {
+    set: Vec<(&'static str, Vec<u8>)>,
+    del: Vec<&'static str>,
+}
+
+impl Changes {
+    fn put(&mut self, field: &'static str, value: impl Into<Vec<u8>>) -> &mut Self {
+        self.set.push((field, value.into()));
+        self
+    }
+
+    fn num(&mut self, field: &'static str, value: i64) -> &mut Self {
+        self.put(field, value.to_string())
+    }
+
+    fn opt(&mut self, field: &'static str, value: Option<impl Into<Vec<u8>>>) -> &mut Self {
+        match value {
+            Some(v) => self.put(field, v),
+            None => {
+                self.del.push(field);
+                self
+            }
+        }
+    }
+
+    fn opt_num(&mut self, field: &'static str, value: Option<i64>) -> &mut Self {
+        self.opt(field, value.map(|v| v.to_string()))
+    }
+
+    /// Appends `nset, f1, v1, …, fn, vn, del1, del2, …` for the scripts' `apply` helper.
+    fn to_args(&self, inv: &mut redis::ScriptInvocation<'_>) {
+        inv.arg(self.set.len());
+        for (f, v) in &self.set {
+            inv.arg(*f).arg(v.as_slice());
+        }
+        for f in &self.del {
+            inv.arg(*f);
+        }
+    }
+}
+
+/// Lua: applies the `Changes` arguments starting at ARGV[first] to hash `key`.
+const APPLY_LUA: &str = r#"
+local function apply(key, first)
+  local n = tonumber(ARGV[first])
+  local i = first + 1
+  for _ = 1, n do
+    redis.call('HSET', key, ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+  while i <= #ARGV do
+    redis.call('HDEL', key, ARGV[i])
+    i = i + 1
+  end
+end
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_info_fields_and_versions() {
+        let info = "# Server\r\nredis_version:7.0.15\r\naof_enabled:0\r\n";
+        assert_eq!(info_field(info, "redis_version").as_deref(), Some("7.0.15"));
+        assert!(version_at_least("7.0.15", (6, 2)));
+        assert!(version_at_least("6.2.0", (6, 2)));
+        assert!(!version_at_least("6.0.16", (6, 2)));
+        assert!(persistence_warning(info).is_some());
+        assert!(persistence_warning("aof_enabled:1\r\n").is_none());
+    }
+}

@@ -1,0 +1,178 @@
+//! `StateStore` on Redis: `SET … NX PX` to create, one script to take (GETDEL semantics
+//! plus the 410 tombstone), Redis TTLs instead of a sweeper.
+
+use super::{hex, RedisStore};
+use crate::secret::SecretHash;
+use crate::store::{StateRow, StateStore, StoreError, SweepCount, Taken};
+use async_trait::async_trait;
+use redis::Script;
+use serde::{Deserialize, Serialize};
+use std::sync::LazyLock;
+
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    n: String,
+    d: Option<String>,
+    c: i64,
+    e: i64,
+}
+
+/// KEYS: state, tombstone. Takes the state (and drops its tombstone), or else the
+/// tombstone: `{"row", json}`, `{"gone", namespace}` or `{}`.
+static TAKE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local v = redis.call('GETDEL', KEYS[1])
+if v then
+  redis.call('DEL', KEYS[2])
+  return {'row', v}
+end
+local ns = redis.call('GETDEL', KEYS[2])
+if ns then return {'gone', ns} end
+return {}
+"#,
+    )
+});
+
+/// KEYS: state, tombstone. ARGV: value, ttl ms, namespace, tombstone ttl ms.
+static INSERT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+return 1
+"#,
+    )
+});
+
+#[async_trait]
+impl StateStore for RedisStore {
+    async fn insert_state(&self, row: StateRow) -> Result<(), StoreError> {
+        const CONTEXT: &str = "storing a state";
+        let id = hex(&row.key_hash);
+        let (key, tomb) = (self.key("s", &id), self.key("g", &id));
+        let ttl = (row.expires_at_ms - crate::clock::now_ms()).max(1);
+        let tomb_ttl = ttl.saturating_add(self.grace_ms.max(1));
+        let value = serde_json::to_string(&Stored {
+            n: row.namespace.clone(),
+            d: row.data,
+            c: row.created_at_ms,
+            e: row.expires_at_ms,
+        })
+        .map_err(|e| StoreError::unavailable(CONTEXT, e))?;
+        let ns = row.namespace;
+        let mut c = self.conn();
+        let stored: i64 = self
+            .run(CONTEXT, async move {
+                INSERT
+                    .key(key)
+                    .key(tomb)
+                    .arg(value)
+                    .arg(ttl)
+                    .arg(ns)
+                    .arg(tomb_ttl)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        if stored == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::unavailable(
+                CONTEXT,
+                "a state with this value already exists",
+            ))
+        }
+    }
+
+    async fn take_state(&self, key_hash: SecretHash) -> Result<Taken, StoreError> {
+        const CONTEXT: &str = "consuming a state";
+        let id = hex(&key_hash);
+        let (key, tomb) = (self.key("s", &id), self.key("g", &id));
+        let mut c = self.conn();
+        let reply: Vec<Vec<u8>> = self
+            .run(CONTEXT, async move {
+                TAKE.key(key).key(tomb).invoke_async(&mut c).await
+            })
+            .await?;
+        match reply.as_slice() {
+            [kind, v] if kind == b"row" => {
+                let s: Stored =
+                    serde_json::from_slice(v).map_err(|_| super::corrupt(CONTEXT, "state"))?;
+                Ok(Taken::Row(StateRow {
+                    key_hash,
+                    namespace: s.n,
+                    data: s.d,
+                    created_at_ms: s.c,
+                    expires_at_ms: s.e,
+                }))
+            }
+            [kind, ns] if kind == b"gone" => Ok(Taken::ExpiredTombstone {
+                namespace: String::from_utf8_lossy(ns).into_owned(),
+            }),
+            _ => Ok(Taken::Missing),
+        }
+    }
+
+    /// Redis expires states and tombstones by itself; there is nothing to sweep.
+    async fn sweep_expired(
+        &self,
+        _now_ms: i64,
+        _purge_before_ms: i64,
+        _batch: usize,
+    ) -> Result<SweepCount, StoreError> {
+        Ok(SweepCount::default())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut c = self.conn();
+        self.run("checking Redis", async move {
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        })
+        .await
+        .map(|_| ())
+    }
+}
+
+impl RedisStore {
+    /// The sealed data of connect flows in progress. Walks the state keys with SCAN: only
+    /// `oauthd rekey --prune` asks, never a request.
+    pub(super) async fn scan_flow_data(&self) -> Result<Vec<String>, StoreError> {
+        const CONTEXT: &str = "reading connect flows in progress";
+        let pattern = self.key("s", "*");
+        let mut c = self.conn();
+        let values: Vec<Vec<u8>> = self
+            .run(CONTEXT, async move {
+                let mut cursor: u64 = 0;
+                let mut out = Vec::new();
+                loop {
+                    let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut c)
+                        .await?;
+                    if !keys.is_empty() {
+                        let vals: Vec<Option<Vec<u8>>> =
+                            redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
+                        out.extend(vals.into_iter().flatten());
+                    }
+                    if next == 0 {
+                        return Ok(out);
+                    }
+                    cursor = next;
+                }
+            })
+            .await?;
+        Ok(values
+            .iter()
+            .filter_map(|v| serde_json::from_slice::<Stored>(v).ok())
+            .filter(|s| s.n.starts_with("connect:"))
+            .filter_map(|s| s.d)
+            .filter_map(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+            .filter_map(|d| d.get("sealed").and_then(|s| s.as_str()).map(str::to_owned))
+            .collect())
+    }
+}

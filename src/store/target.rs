@@ -1,0 +1,155 @@
+//! Where the data lives: the SQLite file (the default) or a Redis server shared by several
+//! oauthd instances. Parsed from `--store`, `OAUTHD_STORE` (or `OAUTHD_STORE_FILE`) and the
+//! config file's `store`.
+
+use url::Url;
+use zeroize::Zeroizing;
+
+pub const DEFAULT_REDIS_PREFIX: &str = "oauthd:";
+
+#[derive(Debug, Clone)]
+pub enum StoreTarget {
+    /// The SQLite file named by `db`.
+    Sqlite,
+    Redis(RedisTarget),
+}
+
+/// A Redis URL (it may hold a password) and the prefix of every key oauthd writes.
+#[derive(Clone)]
+pub struct RedisTarget {
+    url: Zeroizing<String>,
+    pub prefix: String,
+}
+
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RedisTarget({}, prefix {:?})",
+            self.display(),
+            self.prefix
+        )
+    }
+}
+
+impl RedisTarget {
+    /// The URL with its password, for the client only.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The URL as logs may show it: scheme, host, port and database, never a password.
+    pub fn display(&self) -> String {
+        match Url::parse(&self.url) {
+            Ok(u) => format!(
+                "{}://{}:{}{}",
+                u.scheme(),
+                u.host_str().unwrap_or("?"),
+                u.port().unwrap_or(6379),
+                if u.path().is_empty() { "/0" } else { u.path() }
+            ),
+            Err(_) => "redis".to_owned(),
+        }
+    }
+}
+
+/// Parses a store URL. `password` (from `OAUTHD_REDIS_PASSWORD[_FILE]`) fills in a Redis
+/// URL that has none, so the URL itself can live in a world-readable config file.
+pub fn parse(
+    text: &str,
+    prefix: Option<String>,
+    password: Option<Zeroizing<String>>,
+) -> Result<StoreTarget, String> {
+    let text = text.trim();
+    if text == "sqlite" {
+        return Ok(StoreTarget::Sqlite);
+    }
+    let mut url = Url::parse(text).map_err(|_| {
+        "expected redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://… for TLS, or \"sqlite\""
+            .to_owned()
+    })?;
+    if !matches!(url.scheme(), "redis" | "rediss") {
+        return Err(format!(
+            "unsupported scheme {:?}: use redis:// or rediss:// (TLS), or \"sqlite\" for the database file",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("the Redis URL needs a host, e.g. redis://127.0.0.1:6379/0".into());
+    }
+    let db = url.path().trim_start_matches('/');
+    if !db.is_empty() && db.parse::<u32>().is_err() {
+        return Err(format!(
+            "the Redis database must be a number (redis://HOST:PORT/0), not {db:?}"
+        ));
+    }
+    if let Some(pw) = password {
+        if url.password().is_none() && url.set_password(Some(&pw)).is_err() {
+            return Err("cannot put OAUTHD_REDIS_PASSWORD into this URL".into());
+        }
+    }
+    let prefix = prefix.unwrap_or_else(|| DEFAULT_REDIS_PREFIX.to_owned());
+    if prefix.is_empty()
+        || prefix.len() > 64
+        || prefix
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return Err("redis_prefix must be 1 to 64 characters without spaces".into());
+    }
+    Ok(StoreTarget::Redis(RedisTarget {
+        url: Zeroizing::new(url.to_string()),
+        prefix,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redis(text: &str, pw: Option<&str>) -> RedisTarget {
+        match parse(text, None, pw.map(|p| Zeroizing::new(p.to_owned()))) {
+            Ok(StoreTarget::Redis(t)) => t,
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_redis_urls_and_never_shows_the_password() {
+        let t = redis("redis://:hunter2hunter2@10.0.0.5:6380/3", None);
+        assert_eq!(t.display(), "redis://10.0.0.5:6380/3");
+        assert!(!format!("{t:?}").contains("hunter2"));
+        assert!(t.url().contains("hunter2"));
+        assert_eq!(t.prefix, "oauthd:");
+        assert_eq!(
+            redis("rediss://cache.example", None).display(),
+            "rediss://cache.example:6379/0"
+        );
+    }
+
+    #[test]
+    fn password_from_the_environment_fills_a_url_without_one() {
+        let t = redis("redis://127.0.0.1:6379/0", Some("s3cret-s3cret"));
+        assert!(t.url().contains(":s3cret-s3cret@"), "{}", t.url());
+        let t = redis("redis://:inurl@127.0.0.1/0", Some("other"));
+        assert!(t.url().contains(":inurl@") && !t.url().contains("other"));
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_store() {
+        for bad in [
+            "postgres://x/y",
+            "redis://",
+            "redis://h/abc",
+            "nonsense",
+            "",
+        ] {
+            assert!(parse(bad, None, None).is_err(), "{bad:?} accepted");
+        }
+        assert!(matches!(
+            parse("sqlite", None, None),
+            Ok(StoreTarget::Sqlite)
+        ));
+        assert!(parse("redis://h/0", Some("has space".into()), None).is_err());
+    }
+}

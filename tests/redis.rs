@@ -1,0 +1,310 @@
+//! Scale-out: several oauthd processes on one real redis-server behave as one. (The storage
+//! contract itself — the same tests on SQLite and Redis — lives in state_api.rs and
+//! broker.rs.)
+
+mod common;
+
+use std::process::Command;
+
+/// A build without the `redis` feature names the feature when given a Redis URL.
+/// scripts/test builds that binary (default features) before the test run.
+#[test]
+fn without_the_feature_a_redis_url_fails_at_start_naming_the_feature() {
+    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/oauthd-without-redis");
+    assert!(
+        bin.exists(),
+        "{} is missing: scripts/test builds it with `cargo build` (default features)",
+        bin.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["--store", "redis://127.0.0.1:6379/0", "keys", "list"],
+        vec!["--store", "redis://127.0.0.1:6379/0"],
+    ] {
+        let out = Command::new(&bin)
+            .args(&args)
+            .arg("--db")
+            .arg(dir.path().join("x.db"))
+            .env_remove("OAUTHD_STORE")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("feature `redis`"), "{err}");
+        assert!(err.contains("--features redis"), "{err}");
+    }
+    assert!(
+        !dir.path().join("x.db").exists(),
+        "no SQLite file as a fallback"
+    );
+}
+
+#[cfg(feature = "redis")]
+mod shared {
+    use super::common::peer::Peer;
+    use super::common::redis::RedisServer;
+    use super::common::{Daemon, Home, BIN};
+    use super::*;
+    use serde_json::json;
+    use std::time::Duration;
+
+    const NS: &str = "oauth:app";
+
+    /// Two instances (own directories and logs) on one Redis, one key file; an API key.
+    fn pair(config: &str) -> (Home, Home, String) {
+        let a = Home::redis();
+        let b = Home::sharing(&a);
+        a.write_config(config);
+        b.write_config(config);
+        let key = a.create_key("app", &[]);
+        (a, b, key)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_state_created_on_one_instance_is_consumed_on_the_other_exactly_once() {
+        let (ha, hb, key) = pair("");
+        let (a, b) = (ha.start(), hb.start());
+        let state = a
+            .create_state(&key, json!({"namespace": NS, "data": {"v": 1}}))
+            .await;
+        let (status, body) = b.consume(&key, &state, NS).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["v"], 1);
+        assert_eq!(a.consume(&key, &state, NS).await.0, 404);
+        assert_eq!(b.consume(&key, &state, NS).await.0, 404);
+
+        // A key created through instance B's CLI works on A at once.
+        let late = hb.create_key("late", &[]);
+        assert_eq!(
+            a.post("/v1/states", &late, json!({"namespace": NS}))
+                .await
+                .0,
+            201
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn hundred_concurrent_consumes_spread_over_two_instances_give_one_success() {
+        let (ha, hb, key) = pair("");
+        let (a, b) = (ha.start(), hb.start());
+        for round in 0..3 {
+            let state = a
+                .create_state(&key, json!({"namespace": NS, "data": {"round": round}}))
+                .await;
+            let tries = (0..100).map(|i| {
+                let d = if i % 2 == 0 { &a } else { &b };
+                d.consume(&key, &state, NS)
+            });
+            let results = futures::future::join_all(tries).await;
+            let ok: Vec<_> = results.iter().filter(|(s, _)| *s == 200).collect();
+            let not_found = results.iter().filter(|(s, _)| *s == 404).count();
+            assert_eq!(ok.len(), 1, "round {round}: {results:?}");
+            assert_eq!(not_found, 99, "round {round}");
+            assert_eq!(ok[0].1["data"]["round"], round);
+        }
+    }
+
+    /// Behind a load balancer both instances have the same public URL; the provider's
+    /// redirect may reach either.
+    async fn connect_across(peer: &Peer, a: &Daemon, b: &Daemon, key: &str, lb: &str) {
+        let (status, body) = a
+            .post("/v1/connect/peer", key, json!({"account": "alice"}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let callback = peer.approve(body["authorize_url"].as_str().unwrap()).await;
+        let on_b = callback
+            .strip_prefix(lb)
+            .map(|rest| format!("{}{rest}", b.url))
+            .unwrap_or_else(|| panic!("{callback} is not under {lb}"));
+        let (status, page, _) = b.browser_get(&on_b).await;
+        assert_eq!(status, 200, "{page}");
+        assert!(page.contains("Connected"), "{page}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_connect_flow_started_on_one_instance_completes_on_the_other_and_refreshes_once() {
+        let peer = Peer::start(3);
+        let lb = "http://127.0.0.1:7";
+        let config = format!("public_url = \"{lb}\"\n{}", peer.provider_toml("peer"));
+        let (ha, hb, key) = pair(&config);
+        let (a, b) = (ha.start(), hb.start());
+        connect_across(&peer, &a, &b, &key, lb).await;
+        assert_eq!(peer.grants("authorization_code").await, 1);
+        // A sees the connection B stored (and can open its sealed tokens).
+        let (status, body) = a
+            .get("/v1/connections/peer/alice/token?min_ttl=0", &key)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let old = body["access_token"].as_str().unwrap().to_owned();
+
+        tokio::time::sleep(Duration::from_millis(3200)).await;
+        let calls = (0..20).map(|i| {
+            let d = if i % 2 == 0 { &a } else { &b };
+            d.get("/v1/connections/peer/alice/token", &key)
+        });
+        let results = futures::future::join_all(calls).await;
+        for (status, body) in &results {
+            assert_eq!(*status, 200, "{body}");
+        }
+        assert_eq!(
+            peer.grants("refresh_token").await,
+            1,
+            "more than one refresh reached the provider"
+        );
+        assert_eq!(peer.grant_errors("refresh_token").await, 0);
+        let tokens: std::collections::HashSet<_> = results
+            .iter()
+            .map(|(_, b)| b["access_token"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(tokens.len(), 1, "{tokens:?}");
+        let new = tokens.into_iter().next().unwrap();
+        assert_ne!(new, old);
+        assert!(peer.is_active(&new).await, "the grant was revoked");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn redis_down_gives_503_and_not_ready_then_recovers_without_a_restart() {
+        let (ha, hb, key) = pair("api_key_cache_seconds = 0\n");
+        let (a, b) = (ha.start(), hb.start());
+        let kept = a.create_state(&key, json!({"namespace": NS})).await;
+        ha.redis_server().kill();
+
+        for d in [&a, &b] {
+            let (status, body) = d.post("/v1/states", &key, json!({"namespace": NS})).await;
+            assert_eq!(status, 503, "{body}");
+            assert_eq!(body["code"], "storage_unavailable");
+            assert!(
+                body["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("Redis is unreachable"),
+                "{body}"
+            );
+            let resp = d
+                .http
+                .get(format!("{}/readyz", d.url))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 503);
+            assert!(resp.headers().contains_key("retry-after"));
+        }
+
+        ha.redis_server().restart();
+        // Same processes: each recovers by itself.
+        for d in [&a, &b] {
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            let mut ready = false;
+            while !ready && std::time::Instant::now() < deadline {
+                let resp = d.http.get(format!("{}/readyz", d.url)).send().await;
+                ready = resp.is_ok_and(|r| r.status() == 200);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert!(ready, "{} not ready again after Redis came back", d.url);
+            assert_eq!(
+                d.post("/v1/states", &key, json!({"namespace": NS})).await.0,
+                201
+            );
+        }
+        // Acknowledged before the outage, kept by the append-only file.
+        assert_eq!(b.consume(&key, &kept, NS).await.0, 200);
+        assert!(
+            ha.log_text().contains("storage"),
+            "the outage was not logged"
+        );
+    }
+
+    #[test]
+    fn start_warns_when_redis_does_not_persist_and_check_reports_it() {
+        let home = Home::redis_with(RedisServer::start_with(false));
+        let out = home.cli(&["check"]);
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            report.contains("ok    store: Redis redis://127.0.0.1:")
+                && report.contains("warn  store: Redis runs without the append-only file"),
+            "{report}"
+        );
+        assert!(report.contains("appendonly"), "{report}");
+        let d = home.start();
+        drop(d);
+        assert!(
+            home.log_text().contains("without the append-only file"),
+            "{}",
+            home.log_text()
+        );
+
+        let durable = Home::redis();
+        let d = durable.start();
+        drop(d);
+        assert!(
+            !durable.log_text().contains("append-only"),
+            "{}",
+            durable.log_text()
+        );
+        let out = durable.cli(&["check"]);
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{report}");
+        assert!(report.contains("ok    store: Redis"), "{report}");
+    }
+
+    #[test]
+    fn a_redis_store_needs_an_explicit_shared_vault_key() {
+        let home = Home::redis();
+        let url = home.shared().unwrap().url.clone();
+        let out = Command::new(BIN)
+            .args(["--store", &url, "--listen", "127.0.0.1:0"])
+            .env_remove("OAUTHD_KEY")
+            .env_remove("OAUTHD_KEY_FILE")
+            .current_dir(home.dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("same vault key") && err.contains("OAUTHD_KEY_FILE"),
+            "{err}"
+        );
+        assert!(!home.dir.path().join("oauthd.db.key").exists());
+    }
+
+    #[test]
+    fn unreachable_redis_at_start_fails_with_a_clear_message() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(BIN)
+            .args(["--store", &format!("redis://:pw-secret@127.0.0.1:{port}/0")])
+            .args(["keys", "list"])
+            .env("OAUTHD_KEY_FILE", dir.path().join("none"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains(&format!("cannot reach Redis at redis://127.0.0.1:{port}/0")),
+            "{err}"
+        );
+        assert!(!err.contains("pw-secret"), "password in the message: {err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn instances_with_different_prefixes_share_a_redis_without_seeing_each_other() {
+        let a = Home::redis();
+        let b = Home::sharing(&a);
+        b.write_config("redis_prefix = \"other:\"\n");
+        let (ka, kb) = (a.create_key("app", &[]), b.create_key("app", &[]));
+        let (da, db) = (a.start(), b.start());
+        let state = da.create_state(&ka, json!({"namespace": NS})).await;
+        assert_eq!(
+            db.post("/v1/states", &ka, json!({"namespace": NS})).await.0,
+            401
+        );
+        assert_eq!(db.consume(&kb, &state, NS).await.0, 404);
+        assert_eq!(da.consume(&ka, &state, NS).await.0, 200);
+        let keys = a.redis_server().command("DBSIZE").unwrap();
+        assert_ne!(keys, ":0");
+    }
+}
