@@ -307,4 +307,27 @@ mod shared {
         let keys = a.redis_server().command("DBSIZE").unwrap();
         assert_ne!(keys, ":0");
     }
+
+    /// Redis at maxmemory (noeviction) refuses writes: 503 with a clear reason, reads and
+    /// consumes still work, and raising the limit is all it takes.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn redis_out_of_memory_gives_503_and_recovers_when_memory_is_raised() {
+        let (ha, _hb, key) = pair("");
+        let d = ha.start();
+        let kept = d.create_state(&key, json!({"namespace": NS})).await;
+        let set = |cmd: &str| assert_eq!(ha.redis_server().command(cmd).as_deref(), Some("+OK"));
+        set("CONFIG SET maxmemory-policy noeviction");
+        set("CONFIG SET maxmemory 1");
+        let (status, body) = d.post("/v1/states", &key, json!({"namespace": NS})).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains("out of memory"),
+            "{body}"
+        );
+        // Taking a state frees memory, so Redis allows it even now.
+        assert_eq!(d.consume(&key, &kept, NS).await.0, 200);
+        set("CONFIG SET maxmemory 0");
+        let again = d.create_state(&key, json!({"namespace": NS})).await;
+        assert_eq!(d.consume(&key, &again, NS).await.0, 200);
+    }
 }

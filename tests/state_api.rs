@@ -5,6 +5,7 @@ mod common;
 
 use common::{count_rows, eventually, Home};
 use serde_json::json;
+use std::io::{BufRead, Write};
 use std::time::Duration;
 
 const NS: &str = "oauth:spotify";
@@ -721,9 +722,19 @@ async fn a_database_locked_by_another_process_gives_503_and_recovers_by_itself()
     let d = home.start();
     let before = d.create_state(&key, json!({"namespace": NS})).await;
 
-    // Another process (this test) takes SQLite's write lock and keeps it.
-    let locker = rusqlite::Connection::open(home.db()).unwrap();
-    locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // Another process, the sqlite3 shell an operator might leave open, takes the write lock.
+    let mut locker = std::process::Command::new("sqlite3")
+        .arg(home.db())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sqlite3 (scripts/test installs it)");
+    let mut shell_in = locker.stdin.take().unwrap();
+    let mut shell_out = std::io::BufReader::new(locker.stdout.take().unwrap());
+    writeln!(shell_in, "BEGIN IMMEDIATE; SELECT 'locked';").unwrap();
+    let mut line = String::new();
+    shell_out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "locked", "sqlite3 did not take the lock");
     let resp = d
         .http
         .post(format!("{}/v1/states", d.url))
@@ -751,8 +762,9 @@ async fn a_database_locked_by_another_process_gives_503_and_recovers_by_itself()
         200
     );
 
-    locker.execute_batch("ROLLBACK").unwrap();
-    drop(locker);
+    writeln!(shell_in, "ROLLBACK;").unwrap();
+    drop(shell_in);
+    assert!(locker.wait().unwrap().success());
     // No restart: the next write goes through, and nothing acknowledged was lost.
     let after = d.create_state(&key, json!({"namespace": NS})).await;
     assert_eq!(d.consume(&key, &before, NS).await.0, 200);
@@ -915,4 +927,80 @@ async fn public_routes_are_rate_limited_per_client_and_forwarded_for_is_trusted_
     }
     assert_eq!(get(&d, "10.0.0.1").await.unwrap().status(), 429);
     assert_ne!(get(&d, "10.0.0.2").await.unwrap().status(), 429);
+}
+
+/// A full disk, made with a file-size limit on the running process (RLIMIT_FSIZE via
+/// prlimit; SIGXFSZ ignored, as a daemon's writes would just fail with EFBIG/ENOSPC): writes
+/// answer 503, nothing acknowledged is lost, and lifting the limit is all it takes to recover.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_gives_503_and_recovers_by_itself_when_space_returns() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start_via_shell("trap '' XFSZ; exec \"$@\"");
+    let mut before = Vec::new();
+    for i in 0..20 {
+        before.push(
+            d.create_state(&key, json!({"namespace": NS, "data": {"i": i}}))
+                .await,
+        );
+    }
+    let prlimit = |limit: &str| {
+        let status = std::process::Command::new("prlimit")
+            .arg("--pid")
+            .arg(d.pid().to_string())
+            .arg(format!("--fsize={limit}"))
+            .status()
+            .expect("prlimit (util-linux)");
+        assert!(status.success());
+    };
+    prlimit("1:unlimited");
+    let mut refused = 0;
+    for _ in 0..20 {
+        let (status, body) = d
+            .post(
+                "/v1/states",
+                &key,
+                json!({"namespace": NS, "data": {"x": "y".repeat(4000)}}),
+            )
+            .await;
+        assert!(status == 201 || status == 503, "{status} {body}");
+        if status == 503 {
+            assert_eq!(body["code"], "storage_unavailable", "{body}");
+            refused += 1;
+        }
+    }
+    assert!(
+        refused > 0,
+        "no write failed with the file-size limit at 1 byte"
+    );
+    let resp = d
+        .http
+        .post(format!("{}/v1/states", d.url))
+        .bearer_auth(&key)
+        .json(&json!({"namespace": NS, "data": {"x": "y".repeat(4000)}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().get("retry-after").is_some());
+
+    prlimit("unlimited:unlimited");
+    let after = d.create_state(&key, json!({"namespace": NS})).await;
+    for (i, state) in before.iter().enumerate() {
+        let (status, body) = d.consume(&key, state, NS).await;
+        assert_eq!(
+            status, 200,
+            "state {i} acknowledged before the disk filled: {body}"
+        );
+        assert_eq!(body["data"]["i"], i);
+    }
+    assert_eq!(d.consume(&key, &after, NS).await.0, 200);
+    // And after a restart: what was acknowledged is on disk, intact.
+    d.signal_and_wait("TERM");
+    let out = std::process::Command::new("sqlite3")
+        .arg(home.db())
+        .arg("PRAGMA integrity_check;")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
 }

@@ -173,6 +173,12 @@ impl Home {
     pub fn start_with_env(&self, env: &[(&str, &str)]) -> Daemon {
         Daemon::start(self, env)
     }
+
+    /// Starts the daemon through `sh -c SCRIPT`, which ends with `exec "$@"` (so the PID is
+    /// oauthd's): for limits and signal dispositions set before oauthd runs.
+    pub fn start_via_shell(&self, script: &str) -> Daemon {
+        Daemon::start_inner(self, &[], Some(script))
+    }
 }
 
 pub struct Daemon {
@@ -183,12 +189,23 @@ pub struct Daemon {
 
 impl Daemon {
     fn start(home: &Home, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_inner(home, env, None)
+    }
+
+    fn start_inner(home: &Home, env: &[(&str, &str)], shell: Option<&str>) -> Daemon {
         let log = File::options()
             .create(true)
             .append(true)
             .open(home.log())
             .expect("open log");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match shell {
+            None => Command::new(BIN),
+            Some(script) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", script, "sh", BIN]);
+                c
+            }
+        };
         cmd.arg("serve")
             .arg("--db")
             .arg(home.db())
