@@ -518,6 +518,57 @@ async fn bad_input_gets_a_4xx_problem_never_a_5xx(home: Home) {
         .await
         .unwrap();
     assert_eq!(resp.status(), 404);
+
+    // Request line and headers have hard limits too, on every route (public ones included).
+    let long_query = format!("state={}", "a".repeat(9000));
+    for path in ["/v1/states", "/callback/peer", "/healthz"] {
+        let resp = d
+            .http
+            .get(format!("{}{path}?{long_query}", d.url))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 414, "{path}");
+        let problem: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(problem["code"], "uri_too_long");
+    }
+    let resp = d
+        .http
+        .post(format!("{}/v1/states", d.url))
+        .bearer_auth(&key)
+        .header("x-padding", "p".repeat(20_000))
+        .json(&json!({"namespace": NS}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 431);
+    let problem: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(problem["code"], "headers_too_large");
+    let mut many = reqwest::header::HeaderMap::new();
+    for i in 0..150 {
+        many.insert(
+            reqwest::header::HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap(),
+            reqwest::header::HeaderValue::from_static("1"),
+        );
+    }
+    let resp = d
+        .http
+        .get(format!("{}/healthz", d.url))
+        .headers(many)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 431);
+    // Just under the limits is fine.
+    let resp = d
+        .http
+        .get(format!("{}/healthz?{}", d.url, "a".repeat(7000)))
+        .header("x-padding", "p".repeat(10_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
 }
 
 async fn hundred_concurrent_consumes_of_one_state_give_exactly_one_200(home: Home) {

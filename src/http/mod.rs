@@ -9,6 +9,7 @@ mod connect;
 mod connections;
 mod device;
 mod health;
+mod limits;
 mod metrics;
 mod pages;
 mod problem;
@@ -186,6 +187,7 @@ pub async fn serve(
         App::new()
             .app_data(app.clone())
             .app_data(limit.clone())
+            .wrap(actix_web::middleware::from_fn(limits::enforce))
             .wrap(prometheus.clone())
             .wrap(access_log())
             .configure(routes)
