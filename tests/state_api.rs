@@ -62,7 +62,7 @@ async fn created_state_consumes_once_with_its_data(home: Home) {
         .post(
             "/v1/states",
             &key,
-            json!({"namespace": NS, "ttl_seconds": 3600, "data": {"verifier": "v1", "return_to": "/x"}}),
+            json!({"namespace": NS, "ttl_seconds": 3600, "data": {"verifier": "v1", "return_to": "/x", "f": [-1.666645458591923e94, 0.30000000000000004]}}),
         )
         .await;
     assert_eq!(status, 201, "{body}");
@@ -80,7 +80,10 @@ async fn created_state_consumes_once_with_its_data(home: Home) {
 
     let (status, body) = d.consume(&key, state, NS).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["data"], json!({"verifier": "v1", "return_to": "/x"}));
+    assert_eq!(
+        body["data"],
+        json!({"verifier": "v1", "return_to": "/x", "f": [-1.666645458591923e94, 0.30000000000000004]})
+    );
     assert_eq!(body["namespace"], NS);
     assert!(chrono::DateTime::parse_from_rfc3339(body["created_at"].as_str().unwrap()).is_ok());
 }

@@ -63,18 +63,25 @@ impl FromRequest for JsonObject {
                 }
                 body.extend_from_slice(&chunk);
             }
-            match serde_json::from_slice::<Value>(&body) {
-                Ok(Value::Object(map)) => Ok(JsonObject(map)),
-                Ok(_) => Err(ApiError::bad_request(
-                    "malformed_json",
-                    "the body must be a JSON object",
-                )),
-                Err(e) => Err(ApiError::bad_request(
-                    "malformed_json",
-                    format!("the body is not valid JSON: {e}"),
-                )),
-            }
+            JsonObject::parse(&body)
         })
+    }
+}
+
+impl JsonObject {
+    /// Parses a complete body: a JSON object, or `malformed_json`.
+    pub fn parse(body: &[u8]) -> Result<JsonObject, ApiError> {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(map)) => Ok(JsonObject(map)),
+            Ok(_) => Err(ApiError::bad_request(
+                "malformed_json",
+                "the body must be a JSON object",
+            )),
+            Err(e) => Err(ApiError::bad_request(
+                "malformed_json",
+                format!("the body is not valid JSON: {e}"),
+            )),
+        }
     }
 }
 

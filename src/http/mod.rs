@@ -8,6 +8,8 @@ mod callback;
 mod connect;
 mod connections;
 mod device;
+#[cfg(test)]
+mod fuzz;
 mod health;
 mod limits;
 mod metrics;

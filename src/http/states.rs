@@ -16,16 +16,37 @@ fn namespace(body: &mut JsonObject) -> Result<Namespace, ApiError> {
     Namespace::parse(&text).map_err(|e| ApiError::bad_request("invalid_namespace", e.to_string()))
 }
 
-/// `POST /v1/states` `{"namespace", "ttl_seconds"?, "data"?}` -> 201.
-pub async fn create(
-    app: web::Data<AppState>,
-    caller: Caller,
-    mut body: JsonObject,
-) -> Result<HttpResponse, ApiError> {
+/// A create request's fields: namespace, TTL, data.
+type CreateRequest = (Namespace, Option<u64>, Option<serde_json::Value>);
+
+pub(super) fn create_request(mut body: JsonObject) -> Result<CreateRequest, ApiError> {
     let ns = namespace(&mut body)?;
     let ttl = body.opt_positive_int("ttl_seconds", "invalid_ttl")?;
     let data = body.opt_any("data");
     body.finish()?;
+    Ok((ns, ttl, data))
+}
+
+pub(super) fn consume_request(mut body: JsonObject) -> Result<(StateValue, Namespace), ApiError> {
+    let state = body.string("state", "invalid_state")?;
+    let ns = namespace(&mut body)?;
+    body.finish()?;
+    let state = StateValue::parse(&state).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_state",
+            "state must be the 43-character value oauthd issued",
+        )
+    })?;
+    Ok((state, ns))
+}
+
+/// `POST /v1/states` `{"namespace", "ttl_seconds"?, "data"?}` -> 201.
+pub async fn create(
+    app: web::Data<AppState>,
+    caller: Caller,
+    body: JsonObject,
+) -> Result<HttpResponse, ApiError> {
+    let (ns, ttl, data) = create_request(body)?;
     caller.require_namespace(&ns)?;
     let issued = app.states.issue(ns, ttl, data).await?;
     Ok(no_store(HttpResponse::Created()).json(json!({
@@ -40,18 +61,10 @@ pub async fn create(
 pub async fn consume(
     app: web::Data<AppState>,
     caller: Caller,
-    mut body: JsonObject,
+    body: JsonObject,
 ) -> Result<HttpResponse, ApiError> {
-    let state = body.string("state", "invalid_state")?;
-    let ns = namespace(&mut body)?;
-    body.finish()?;
+    let (state, ns) = consume_request(body)?;
     caller.require_namespace(&ns)?;
-    let state = StateValue::parse(&state).ok_or_else(|| {
-        ApiError::bad_request(
-            "invalid_state",
-            "state must be the 43-character value oauthd issued",
-        )
-    })?;
     let consumed = app.states.consume(&state, &ns).await?;
     Ok(no_store(HttpResponse::Ok()).json(json!({
         "namespace": consumed.namespace,
