@@ -71,6 +71,8 @@ pub struct StatesConfig {
     pub sweep_interval_seconds: u64,
     pub sweep_batch: usize,
     pub max_data_bytes: usize,
+    /// Live states one namespace may hold.
+    pub max_states: u64,
     pub namespaces: BTreeMap<String, NamespaceConfig>,
 }
 
@@ -83,6 +85,7 @@ impl Default for StatesConfig {
             sweep_interval_seconds: 60,
             sweep_batch: 1000,
             max_data_bytes: 16 * 1024,
+            max_states: 100_000,
             namespaces: BTreeMap::new(),
         }
     }
@@ -93,6 +96,7 @@ impl Default for StatesConfig {
 pub struct NamespaceConfig {
     pub default_ttl_seconds: Option<u64>,
     pub max_ttl_seconds: Option<u64>,
+    pub max_states: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -194,7 +198,12 @@ impl Settings {
             ));
         }
         let s = &file.states;
-        let base = ttl_rule("states", s.default_ttl_seconds, s.max_ttl_seconds)?;
+        let base = ttl_rule(
+            "states",
+            s.default_ttl_seconds,
+            s.max_ttl_seconds,
+            s.max_states,
+        )?;
         let mut overrides = Vec::new();
         for (pattern, ns) in &s.namespaces {
             let key = format!("states.namespaces.{pattern:?}");
@@ -203,7 +212,8 @@ impl Settings {
             let default = ns
                 .default_ttl_seconds
                 .unwrap_or(s.default_ttl_seconds.min(max));
-            overrides.push((pattern.clone(), ttl_rule(&key, default, max)?));
+            let max_states = ns.max_states.unwrap_or(s.max_states);
+            overrides.push((pattern.clone(), ttl_rule(&key, default, max, max_states)?));
         }
         if s.sweep_interval_seconds == 0 {
             return Err(invalid(
@@ -367,7 +377,13 @@ pub fn secret_from_env(name: &str) -> Result<Option<zeroize::Zeroizing<String>>,
     Ok(secret)
 }
 
-fn ttl_rule(key: &str, default: u64, max: u64) -> Result<TtlRule, ConfigError> {
+fn ttl_rule(key: &str, default: u64, max: u64, max_states: u64) -> Result<TtlRule, ConfigError> {
+    if max_states == 0 || max_states > 100_000_000 {
+        return Err(invalid(
+            format!("{key}.max_states"),
+            "must be between 1 and 100000000",
+        ));
+    }
     if max == 0 || max > TTL_CEILING_SECONDS {
         return Err(invalid(
             format!("{key}.max_ttl_seconds"),
@@ -383,6 +399,7 @@ fn ttl_rule(key: &str, default: u64, max: u64) -> Result<TtlRule, ConfigError> {
     Ok(TtlRule {
         default_ttl: Duration::from_secs(default),
         max_ttl: Duration::from_secs(max),
+        max_states,
     })
 }
 

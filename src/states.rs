@@ -16,6 +16,9 @@ use std::time::Duration;
 pub struct TtlRule {
     pub default_ttl: Duration,
     pub max_ttl: Duration,
+    /// Most live (unconsumed, unexpired) states the namespace may hold: a flood of creates
+    /// is refused (429) instead of filling the disk.
+    pub max_states: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +67,8 @@ pub enum StateError {
     TtlOutOfRange { namespace: String, max: u64 },
     #[error("data is {size} bytes of JSON; at most {max} are accepted")]
     DataTooLarge { size: usize, max: usize },
+    #[error("namespace {namespace} already holds {max} live states (states.max_states); consume or let some expire first")]
+    NamespaceFull { namespace: String, max: u64 },
     #[error("the system random number generator failed")]
     Entropy,
     #[error(transparent)]
@@ -145,15 +150,29 @@ impl StateService {
         };
         let created_at_ms = now_ms();
         let expires_at_ms = created_at_ms.saturating_add(ttl.as_millis() as i64);
-        self.store
-            .insert_state(StateRow {
-                key_hash: state.hash(),
-                namespace: namespace.to_string(),
-                data,
-                created_at_ms,
-                expires_at_ms,
-            })
+        let stored = self
+            .store
+            .insert_state(
+                StateRow {
+                    key_hash: state.hash(),
+                    namespace: namespace.to_string(),
+                    data,
+                    created_at_ms,
+                    expires_at_ms,
+                },
+                rule.max_states,
+            )
             .await?;
+        if !stored {
+            log::warn!(
+                "namespace {namespace} is full ({} live states): create refused",
+                rule.max_states
+            );
+            return Err(StateError::NamespaceFull {
+                namespace: namespace.to_string(),
+                max: rule.max_states,
+            });
+        }
         metrics::STATES_CREATED
             .with_label_values(&[namespace.as_str()])
             .inc();
@@ -246,6 +265,7 @@ mod tests {
         TtlRule {
             default_ttl: Duration::from_secs(d),
             max_ttl: Duration::from_secs(m),
+            max_states: 100_000,
         }
     }
 

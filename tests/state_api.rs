@@ -25,8 +25,63 @@ contract![
     health_and_readiness_need_no_key,
     sigterm_and_sigint_stop_cleanly_with_exit_0_and_lose_nothing,
     expired_states_answer_410_during_the_grace_window_and_404_after,
+    a_namespace_holds_at_most_max_states_live_states,
     metrics_count_states_outcomes_and_requests_behind_an_optional_token,
 ];
+
+/// A flood cannot fill the disk: past `max_states` live states a namespace refuses creates
+/// with 429 until states are consumed or expire; other namespaces are unaffected.
+async fn a_namespace_holds_at_most_max_states_live_states(home: Home) {
+    home.write_config(
+        "[states]\nmax_states = 3\nsweep_interval_seconds = 1\n[states.namespaces.\"2fa:*\"]\nmax_states = 1\n",
+    );
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let mut live = Vec::new();
+    for _ in 0..3 {
+        live.push(d.create_state(&key, json!({"namespace": NS})).await);
+    }
+    let resp = d
+        .http
+        .post(format!("{}/v1/states", d.url))
+        .bearer_auth(&key)
+        .json(&json!({"namespace": NS}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().get("retry-after").is_some());
+    let problem: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(problem["code"], "too_many_states", "{problem}");
+    // Another namespace has its own budget; a pattern can set a smaller one.
+    d.create_state(&key, json!({"namespace": "oauth:other"}))
+        .await;
+    d.create_state(&key, json!({"namespace": "2fa:email"}))
+        .await;
+    assert_eq!(
+        d.post("/v1/states", &key, json!({"namespace": "2fa:email"}))
+            .await
+            .0,
+        429
+    );
+    // Consuming frees a place at once...
+    assert_eq!(d.consume(&key, &live[0], NS).await.0, 200);
+    let short = d
+        .create_state(&key, json!({"namespace": NS, "ttl_seconds": 1}))
+        .await;
+    assert_eq!(
+        d.post("/v1/states", &key, json!({"namespace": NS})).await.0,
+        429
+    );
+    // ...and so does expiry (after the sweeper, or Redis, notices).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        d.post("/v1/states", &key, json!({"namespace": NS})).await.0,
+        201
+    );
+    assert_eq!(d.consume(&key, &short, NS).await.0, 410);
+    assert_eq!(d.consume(&key, &live[1], NS).await.0, 200);
+}
 
 /// The grace window: an expired state answers 410 (so the app can say "start again")
 /// until `expired_grace_seconds` after expiry, then 404 like any unknown value.

@@ -143,6 +143,10 @@ impl From<StateError> for ApiError {
             StateError::DataTooLarge { .. } => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "data_too_large", detail)
             }
+            StateError::NamespaceFull { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_states", detail)
+                    .retry_after(60)
+            }
             StateError::Entropy => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "entropy_unavailable",

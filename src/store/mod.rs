@@ -73,8 +73,9 @@ pub struct SweepCount {
 
 #[async_trait]
 pub trait StateStore: Send + Sync {
-    /// Stores a new state. Acknowledged only once durable.
-    async fn insert_state(&self, row: StateRow) -> Result<(), StoreError>;
+    /// Stores a new state unless its namespace already holds `max_live` live states
+    /// (returns false then). Acknowledged only once durable.
+    async fn insert_state(&self, row: StateRow, max_live: u64) -> Result<bool, StoreError>;
     /// Deletes the state and returns what was there, in one atomic step: two concurrent
     /// takes of one state never both see the row.
     async fn take_state(&self, key_hash: SecretHash) -> Result<Taken, StoreError>;

@@ -17,14 +17,16 @@ struct Stored {
     e: i64,
 }
 
-/// KEYS: state, tombstone. Takes the state (and drops its tombstone), or else the
-/// tombstone: `{"row", json}`, `{"gone", namespace}` or `{}`.
+/// KEYS: state, tombstone. ARGV: namespace-set key prefix, hash. Takes the state (and
+/// drops its tombstone and its entry in the namespace's live set), or else the tombstone:
+/// `{"row", json}`, `{"gone", namespace}` or `{}`.
 static TAKE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local v = redis.call('GETDEL', KEYS[1])
 if v then
-  redis.call('DEL', KEYS[2])
+  local ns = redis.call('GETDEL', KEYS[2])
+  if ns then redis.call('ZREM', ARGV[1] .. ns, ARGV[2]) end
   return {'row', v}
 end
 local ns = redis.call('GETDEL', KEYS[2])
@@ -34,12 +36,20 @@ return {}
     )
 });
 
-/// KEYS: state, tombstone. ARGV: value, ttl ms, namespace, tombstone ttl ms.
+/// KEYS: state, tombstone, the namespace's live set (hash -> expiry). ARGV: value, ttl ms,
+/// namespace, tombstone ttl ms, hash, now, expires at, most live states. Returns 1, or -1
+/// when the namespace is full (0: the value exists).
 static INSERT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[6])
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[8]) then return -1 end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
 redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[7], ARGV[5])
+if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[3], ARGV[2])
+end
 return 1
 "#,
     )
@@ -47,11 +57,13 @@ return 1
 
 #[async_trait]
 impl StateStore for RedisStore {
-    async fn insert_state(&self, row: StateRow) -> Result<(), StoreError> {
+    async fn insert_state(&self, row: StateRow, max_live: u64) -> Result<bool, StoreError> {
         const CONTEXT: &str = "storing a state";
         let id = hex(&row.key_hash);
         let (key, tomb) = (self.key("s", &id), self.key("g", &id));
-        let ttl = (row.expires_at_ms - crate::clock::now_ms()).max(1);
+        let live = self.key("n", &row.namespace);
+        let now = crate::clock::now_ms();
+        let (expires, ttl) = (row.expires_at_ms, (row.expires_at_ms - now).max(1));
         let tomb_ttl = ttl.saturating_add(self.grace_ms.max(1));
         let value = serde_json::to_string(&Stored {
             n: row.namespace.clone(),
@@ -67,32 +79,42 @@ impl StateStore for RedisStore {
                 INSERT
                     .key(key)
                     .key(tomb)
+                    .key(live)
                     .arg(value)
                     .arg(ttl)
                     .arg(ns)
                     .arg(tomb_ttl)
+                    .arg(id)
+                    .arg(now)
+                    .arg(expires)
+                    .arg(max_live)
                     .invoke_async(&mut c)
                     .await
             })
             .await?;
-        if stored == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::unavailable(
+        match stored {
+            1 => Ok(true),
+            -1 => Ok(false),
+            _ => Err(StoreError::unavailable(
                 CONTEXT,
                 "a state with this value already exists",
-            ))
+            )),
         }
     }
 
     async fn take_state(&self, key_hash: SecretHash) -> Result<Taken, StoreError> {
         const CONTEXT: &str = "consuming a state";
         let id = hex(&key_hash);
-        let (key, tomb) = (self.key("s", &id), self.key("g", &id));
+        let (key, tomb, live) = (self.key("s", &id), self.key("g", &id), self.key("n", ""));
         let mut c = self.conn();
         let reply: Vec<Vec<u8>> = self
             .run(CONTEXT, async move {
-                TAKE.key(key).key(tomb).invoke_async(&mut c).await
+                TAKE.key(key)
+                    .key(tomb)
+                    .arg(live)
+                    .arg(id)
+                    .invoke_async(&mut c)
+                    .await
             })
             .await?;
         match reply.as_slice() {

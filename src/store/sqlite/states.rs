@@ -8,21 +8,27 @@ use rusqlite::{params, OptionalExtension};
 
 #[async_trait]
 impl StateStore for SqliteStore {
-    async fn insert_state(&self, row: StateRow) -> Result<(), StoreError> {
+    async fn insert_state(&self, row: StateRow, max_live: u64) -> Result<bool, StoreError> {
+        let max_live = i64::try_from(max_live).unwrap_or(i64::MAX);
         self.writer
             .run("storing a state", move |conn| {
-                conn.prepare_cached(
-                    "INSERT INTO states (key_hash, namespace, data, created_at, expires_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?
-                .execute(params![
-                    &row.key_hash.0[..],
-                    row.namespace,
-                    row.data,
-                    row.created_at_ms,
-                    row.expires_at_ms
-                ])?;
-                Ok(())
+                // The count is kept by triggers (sql/0004); the single writer makes the
+                // check and the insert one step.
+                let n = conn
+                    .prepare_cached(
+                        "INSERT INTO states (key_hash, namespace, data, created_at, expires_at)
+                         SELECT ?1, ?2, ?3, ?4, ?5
+                         WHERE coalesce((SELECT live FROM namespace_counts WHERE namespace = ?2), 0) < ?6",
+                    )?
+                    .execute(params![
+                        &row.key_hash.0[..],
+                        row.namespace,
+                        row.data,
+                        row.created_at_ms,
+                        row.expires_at_ms,
+                        max_live
+                    ])?;
+                Ok(n == 1)
             })
             .await
     }
