@@ -112,25 +112,8 @@ async fn twenty_concurrent_token_calls_at_expiry_refresh_once_and_the_grant_surv
     assert!(!peer.is_active(&old).await, "the token should have expired");
 
     // Twenty apps ask at the moment of expiry: one refresh, one new token for all.
-    let calls = (0..20).map(|_| d.get("/v1/connections/peer/alice/token", &key));
-    let results = futures::future::join_all(calls).await;
-    for (status, body) in &results {
-        assert_eq!(*status, 200, "{body}");
-    }
-    let tokens: std::collections::HashSet<_> = results
-        .iter()
-        .map(|(_, b)| b["access_token"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(
-        peer.grants("refresh_token").await,
-        1,
-        "the provider saw more than one refresh"
-    );
-    assert_eq!(peer.grant_errors("refresh_token").await, 0);
-    assert_eq!(tokens.len(), 1, "callers got different tokens: {tokens:?}");
-    let new = tokens.into_iter().next().unwrap();
+    let new = common::peer::twenty_token_calls_refresh_once(&peer, &[&d], &key).await;
     assert_ne!(new, old);
-    assert!(peer.is_active(&new).await);
 
     // The rotated refresh token was stored: the next expiry refreshes fine, and the
     // grant is alive (a replayed refresh token would have revoked it).
@@ -670,26 +653,7 @@ async fn two_processes_on_one_database_refresh_a_connection_once() {
     let b = home.start();
     assert_eq!(connect(&a, &peer, &key, "alice").await.0, 200);
     tokio::time::sleep(std::time::Duration::from_millis(3200)).await;
-    let calls = (0..20).map(|i| {
-        let d = if i % 2 == 0 { &a } else { &b };
-        d.get("/v1/connections/peer/alice/token", &key)
-    });
-    let results = futures::future::join_all(calls).await;
-    for (status, body) in &results {
-        assert_eq!(*status, 200, "{body}");
-    }
-    assert_eq!(
-        peer.grants("refresh_token").await,
-        1,
-        "both processes refreshed"
-    );
-    assert_eq!(peer.grant_errors("refresh_token").await, 0);
-    let tokens: std::collections::HashSet<_> = results
-        .iter()
-        .map(|(_, b)| b["access_token"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(tokens.len(), 1, "{tokens:?}");
-    assert!(peer.is_active(tokens.iter().next().unwrap()).await);
+    common::peer::twenty_token_calls_refresh_once(&peer, &[&a, &b], &key).await;
 }
 
 /// Key ids of the sealed tokens stored for every connection.

@@ -91,16 +91,8 @@ mod shared {
             let state = a
                 .create_state(&key, json!({"namespace": NS, "data": {"round": round}}))
                 .await;
-            let tries = (0..100).map(|i| {
-                let d = if i % 2 == 0 { &a } else { &b };
-                d.consume(&key, &state, NS)
-            });
-            let results = futures::future::join_all(tries).await;
-            let ok: Vec<_> = results.iter().filter(|(s, _)| *s == 200).collect();
-            let not_found = results.iter().filter(|(s, _)| *s == 404).count();
-            assert_eq!(ok.len(), 1, "round {round}: {results:?}");
-            assert_eq!(not_found, 99, "round {round}");
-            assert_eq!(ok[0].1["data"]["round"], round);
+            let won = super::common::consume_race(&[&a, &b], &key, &state, NS, 100).await;
+            assert_eq!(won["data"]["round"], round);
         }
     }
 
@@ -138,28 +130,9 @@ mod shared {
         let old = body["access_token"].as_str().unwrap().to_owned();
 
         tokio::time::sleep(Duration::from_millis(3200)).await;
-        let calls = (0..20).map(|i| {
-            let d = if i % 2 == 0 { &a } else { &b };
-            d.get("/v1/connections/peer/alice/token", &key)
-        });
-        let results = futures::future::join_all(calls).await;
-        for (status, body) in &results {
-            assert_eq!(*status, 200, "{body}");
-        }
-        assert_eq!(
-            peer.grants("refresh_token").await,
-            1,
-            "more than one refresh reached the provider"
-        );
-        assert_eq!(peer.grant_errors("refresh_token").await, 0);
-        let tokens: std::collections::HashSet<_> = results
-            .iter()
-            .map(|(_, b)| b["access_token"].as_str().unwrap().to_owned())
-            .collect();
-        assert_eq!(tokens.len(), 1, "{tokens:?}");
-        let new = tokens.into_iter().next().unwrap();
+        let new =
+            super::common::peer::twenty_token_calls_refresh_once(&peer, &[&a, &b], &key).await;
         assert_ne!(new, old);
-        assert!(peer.is_active(&new).await, "the grant was revoked");
     }
 
     #[tokio::test(flavor = "multi_thread")]

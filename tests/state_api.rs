@@ -41,17 +41,7 @@ async fn a_namespace_holds_at_most_max_states_live_states(home: Home) {
     for _ in 0..3 {
         live.push(d.create_state(&key, json!({"namespace": NS})).await);
     }
-    let resp = d
-        .http
-        .post(format!("{}/v1/states", d.url))
-        .bearer_auth(&key)
-        .json(&json!({"namespace": NS}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 429);
-    assert!(resp.headers().get("retry-after").is_some());
-    let problem: serde_json::Value = resp.json().await.unwrap();
+    let problem = d.create_refused(&key, NS, 429).await;
     assert_eq!(problem["code"], "too_many_states", "{problem}");
     // Another namespace has its own budget; a pattern can set a smaller one.
     d.create_state(&key, json!({"namespace": "oauth:other"}))
@@ -636,13 +626,8 @@ async fn hundred_concurrent_consumes_of_one_state_give_exactly_one_200(home: Hom
         let state = d
             .create_state(&key, json!({"namespace": NS, "data": {"round": round}}))
             .await;
-        let tries = (0..100).map(|_| d.consume(&key, &state, NS));
-        let results = futures::future::join_all(tries).await;
-        let ok: Vec<_> = results.iter().filter(|(s, _)| *s == 200).collect();
-        let not_found = results.iter().filter(|(s, _)| *s == 404).count();
-        assert_eq!(ok.len(), 1, "round {round}: {results:?}");
-        assert_eq!(not_found, 99, "round {round}");
-        assert_eq!(ok[0].1["data"]["round"], round);
+        let won = common::consume_race(&[&d], &key, &state, NS, 100).await;
+        assert_eq!(won["data"]["round"], round);
     }
 }
 
@@ -844,17 +829,7 @@ async fn a_database_locked_by_another_process_gives_503_and_recovers_by_itself()
     let mut line = String::new();
     shell_out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "locked", "sqlite3 did not take the lock");
-    let resp = d
-        .http
-        .post(format!("{}/v1/states", d.url))
-        .bearer_auth(&key)
-        .json(&json!({"namespace": NS}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 503);
-    assert!(resp.headers().get("retry-after").is_some());
-    let problem: serde_json::Value = resp.json().await.unwrap();
+    let problem = d.create_refused(&key, NS, 503).await;
     assert_eq!(problem["code"], "storage_unavailable");
     assert!(
         problem["detail"].as_str().unwrap().contains("locked"),

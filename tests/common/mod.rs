@@ -408,3 +408,47 @@ macro_rules! contract {
         }
     };
 }
+
+impl Daemon {
+    /// POSTs a state create that must be refused with `status` and a `Retry-After`;
+    /// returns the problem body.
+    pub async fn create_refused(
+        &self,
+        key: &str,
+        namespace: &str,
+        status: u16,
+    ) -> serde_json::Value {
+        let resp = self
+            .http
+            .post(format!("{}/v1/states", self.url))
+            .bearer_auth(key)
+            .json(&serde_json::json!({"namespace": namespace}))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status().as_u16(), status);
+        assert!(
+            resp.headers().get("retry-after").is_some(),
+            "no Retry-After"
+        );
+        resp.json().await.expect("a problem body")
+    }
+}
+
+/// `n` concurrent consumes of one state spread over `daemons`: exactly one must win and
+/// every other get 404. Returns the winner's body.
+pub async fn consume_race(
+    daemons: &[&Daemon],
+    key: &str,
+    state: &str,
+    namespace: &str,
+    n: usize,
+) -> serde_json::Value {
+    let tries = (0..n).map(|i| daemons[i % daemons.len()].consume(key, state, namespace));
+    let results = futures::future::join_all(tries).await;
+    let ok: Vec<_> = results.iter().filter(|(s, _)| *s == 200).collect();
+    let not_found = results.iter().filter(|(s, _)| *s == 404).count();
+    assert_eq!(ok.len(), 1, "{results:?}");
+    assert_eq!(not_found, n - 1);
+    ok[0].1.clone()
+}

@@ -265,3 +265,33 @@ impl Drop for Peer {
         let _ = self.child.wait();
     }
 }
+
+/// Twenty token calls for peer/alice spread over `daemons`, at a moment the token has
+/// expired: all must get 200 and the same new token, from exactly one refresh at the
+/// provider, and the grant must stay alive. Returns the token.
+pub async fn twenty_token_calls_refresh_once(
+    peer: &Peer,
+    daemons: &[&super::Daemon],
+    key: &str,
+) -> String {
+    let calls =
+        (0..20).map(|i| daemons[i % daemons.len()].get("/v1/connections/peer/alice/token", key));
+    let results = futures::future::join_all(calls).await;
+    for (status, body) in &results {
+        assert_eq!(*status, 200, "{body}");
+    }
+    assert_eq!(
+        peer.grants("refresh_token").await,
+        1,
+        "more than one refresh reached the provider"
+    );
+    assert_eq!(peer.grant_errors("refresh_token").await, 0);
+    let tokens: std::collections::HashSet<_> = results
+        .iter()
+        .map(|(_, b)| b["access_token"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(tokens.len(), 1, "callers got different tokens: {tokens:?}");
+    let token = tokens.into_iter().next().unwrap_or_default();
+    assert!(peer.is_active(&token).await, "the grant was revoked");
+    token
+}
