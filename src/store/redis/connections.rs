@@ -173,44 +173,17 @@ impl ConnectionStore for RedisStore {
         account: &str,
     ) -> Result<Option<ConnectionRow>, StoreError> {
         let (key, _, _) = self.conn_keys(provider, account);
-        let mut c = self.conn();
-        let f: Fields = self
-            .run("reading a connection", async move {
-                redis::cmd("HGETALL").arg(key).query_async(&mut c).await
-            })
-            .await?;
-        if f.is_empty() {
-            return Ok(None);
-        }
-        row(&f).map(Some)
+        self.record("reading a connection", key)
+            .await?
+            .map(|f| row(&f))
+            .transpose()
     }
 
     async fn list_connections(&self) -> Result<Vec<ConnectionRow>, StoreError> {
-        let (index, prefix) = (self.index("cs"), self.key("c", ""));
-        let mut c = self.conn();
-        let rows: Vec<Fields> = self
-            .run("listing connections", async move {
-                let members: Vec<String> = redis::cmd("ZRANGE")
-                    .arg(&index)
-                    .arg(0)
-                    .arg(-1)
-                    .query_async(&mut c)
-                    .await?;
-                if members.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let mut pipe = redis::pipe();
-                for m in &members {
-                    pipe.cmd("HGETALL").arg(format!("{prefix}{m}"));
-                }
-                pipe.query_async(&mut c).await
-            })
+        let rows = self
+            .indexed_records("listing connections", self.index("cs"), self.key("c", ""))
             .await?;
-        let mut out = rows
-            .iter()
-            .filter(|f| !f.is_empty())
-            .map(row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = rows.iter().map(row).collect::<Result<Vec<_>, _>>()?;
         out.sort_by(|a, b| (&a.provider, &a.account).cmp(&(&b.provider, &b.account)));
         Ok(out)
     }

@@ -107,17 +107,10 @@ impl DeviceFlowStore for RedisStore {
     }
 
     async fn get_device_flow(&self, id: &str) -> Result<Option<DeviceFlowRow>, StoreError> {
-        let key = self.key("d", id);
-        let mut c = self.conn();
-        let f: Fields = self
-            .run("reading a device flow", async move {
-                redis::cmd("HGETALL").arg(key).query_async(&mut c).await
-            })
-            .await?;
-        if f.is_empty() {
-            return Ok(None);
-        }
-        row(&f).map(Some)
+        self.record("reading a device flow", self.key("d", id))
+            .await?
+            .map(|f| row(&f))
+            .transpose()
     }
 
     async fn pending_device_flows(&self) -> Result<Vec<DeviceFlowRow>, StoreError> {

@@ -58,13 +58,10 @@ impl KeyStore for RedisStore {
         key_hash: SecretHash,
     ) -> Result<Option<ApiKeyRecord>, StoreError> {
         let key = self.key("k", &hex(&key_hash));
-        let mut c = self.conn();
-        let f: Fields = self
-            .run("checking an API key", async move {
-                redis::cmd("HGETALL").arg(key).query_async(&mut c).await
-            })
-            .await?;
-        if f.is_empty() || f.contains_key("revoked") {
+        let Some(f) = self.record("checking an API key", key).await? else {
+            return Ok(None);
+        };
+        if f.contains_key("revoked") {
             return Ok(None);
         }
         record(&f).map(Some)
@@ -108,31 +105,10 @@ impl KeyStore for RedisStore {
     }
 
     async fn list_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
-        let (all, prefix) = (self.index("ks"), self.key("k", ""));
-        let mut c = self.conn();
-        let rows: Vec<Fields> = self
-            .run("listing API keys", async move {
-                let ids: Vec<String> = redis::cmd("ZRANGE")
-                    .arg(&all)
-                    .arg(0)
-                    .arg(-1)
-                    .query_async(&mut c)
-                    .await?;
-                if ids.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let mut pipe = redis::pipe();
-                for id in &ids {
-                    pipe.cmd("HGETALL").arg(format!("{prefix}{id}"));
-                }
-                pipe.query_async(&mut c).await
-            })
+        let rows = self
+            .indexed_records("listing API keys", self.index("ks"), self.key("k", ""))
             .await?;
-        let mut keys = rows
-            .iter()
-            .filter(|f| !f.is_empty())
-            .map(record)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut keys = rows.iter().map(record).collect::<Result<Vec<_>, _>>()?;
         keys.sort_by(|a, b| (&a.name, a.created_at_ms).cmp(&(&b.name, b.created_at_ms)));
         Ok(keys)
     }

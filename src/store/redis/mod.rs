@@ -146,6 +146,51 @@ impl RedisStore {
         }
     }
 
+    /// One record (HGETALL), or `None` when the key does not exist.
+    async fn record(
+        &self,
+        context: &'static str,
+        key: String,
+    ) -> Result<Option<Fields>, StoreError> {
+        let mut c = self.conn();
+        let f: Fields = self
+            .run(context, async move {
+                redis::cmd("HGETALL").arg(key).query_async(&mut c).await
+            })
+            .await?;
+        Ok((!f.is_empty()).then_some(f))
+    }
+
+    /// Every record named in the sorted set `index` (members are key suffixes after
+    /// `prefix`), in one pipeline; records that vanished meanwhile are skipped.
+    async fn indexed_records(
+        &self,
+        context: &'static str,
+        index: String,
+        prefix: String,
+    ) -> Result<Vec<Fields>, StoreError> {
+        let mut c = self.conn();
+        let rows: Vec<Fields> = self
+            .run(context, async move {
+                let members: Vec<String> = redis::cmd("ZRANGE")
+                    .arg(&index)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut c)
+                    .await?;
+                if members.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut pipe = redis::pipe();
+                for m in &members {
+                    pipe.cmd("HGETALL").arg(format!("{prefix}{m}"));
+                }
+                pipe.query_async(&mut c).await
+            })
+            .await?;
+        Ok(rows.into_iter().filter(|f| !f.is_empty()).collect())
+    }
+
     fn conn(&self) -> ConnectionManager {
         self.conn.clone()
     }

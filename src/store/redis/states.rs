@@ -36,17 +36,18 @@ return {}
     )
 });
 
-/// KEYS: state, tombstone, the namespace's live set (hash -> expiry). ARGV: value, ttl ms,
+/// The first write is the state's SET, so a Redis at maxmemory refuses the script (OOM)
+/// before it changes anything. KEYS: state, tombstone, the namespace's live set (hash -> expiry). ARGV: value, ttl ms,
 /// namespace, tombstone ttl ms, hash, now, expires at, most live states. Returns 1, or -1
 /// when the namespace is full (0: the value exists).
 static INSERT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[6])
-if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[8]) then return -1 end
+if redis.call('ZCOUNT', KEYS[3], '(' .. ARGV[6], '+inf') >= tonumber(ARGV[8]) then return -1 end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
 redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[7], ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[6])
 if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[2]) then
   redis.call('PEXPIRE', KEYS[3], ARGV[2])
 end
