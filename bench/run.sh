@@ -68,7 +68,9 @@ start() {
   echo "$name did not start:" >&2; cat "$tmp/$name.err" >&2; exit 1
 }
 
-printf 'durability = "%s"\n' "$DURABILITY" >"$tmp/oauthd.toml"
+# The flood scenarios create far more than the default per-namespace cap (100,000 live
+# states): lift it so they measure storage, not the cap.
+printf 'durability = "%s"\n[states]\nmax_states = 100000000\n' "$DURABILITY" >"$tmp/oauthd.toml"
 STORE_ARGS=()
 if [ "$STORE" = redis ]; then
   REDIS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
