@@ -116,14 +116,14 @@ impl DeviceFlowStore for RedisStore {
     async fn pending_device_flows(&self) -> Result<Vec<DeviceFlowRow>, StoreError> {
         let (pending, prefix) = (self.index("dp"), self.key("d", ""));
         let mut c = self.conn();
-        let (ids, rows): (Vec<String>, Vec<Fields>) = self
+        let rows: Vec<Fields> = self
             .run("listing device flows", async move {
                 let ids: Vec<String> = redis::cmd("SMEMBERS")
                     .arg(&pending)
                     .query_async(&mut c)
                     .await?;
                 if ids.is_empty() {
-                    return Ok((ids, Vec::new()));
+                    return Ok(Vec::new());
                 }
                 let mut pipe = redis::pipe();
                 for id in &ids {
@@ -144,10 +144,9 @@ impl DeviceFlowStore for RedisStore {
                         .query_async::<()>(&mut c)
                         .await?;
                 }
-                Ok((ids, rows))
+                Ok(rows)
             })
             .await?;
-        debug_assert_eq!(ids.len(), rows.len());
         rows.iter()
             .filter(|f| f.get("status").is_some_and(|s| s == b"pending"))
             .map(row)

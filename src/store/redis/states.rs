@@ -63,7 +63,8 @@ impl StateStore for RedisStore {
         let id = hex(&row.key_hash);
         let (key, tomb) = (self.key("s", &id), self.key("g", &id));
         let live = self.key("n", &row.namespace);
-        let now = crate::clock::now_ms();
+        // The row was made just now: its creation time is the clock reading to use.
+        let now = row.created_at_ms;
         let (expires, ttl) = (row.expires_at_ms, (row.expires_at_ms - now).max(1));
         let tomb_ttl = ttl.saturating_add(self.grace_ms.max(1));
         let value = serde_json::to_string(&Stored {
