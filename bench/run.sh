@@ -4,7 +4,7 @@
 #
 #   bench/run.sh                      # 10 s per measurement
 #   DURATION=30 bench/run.sh
-#   DURABILITY=full bench/run.sh      # synchronous=FULL
+#   DURABILITY=normal bench/run.sh    # synchronous=NORMAL (the default is full)
 #   bench/run.sh --store redis        # the Redis backend (a local redis-server started here,
 #                                     # append-only file on, appendfsync everysec)
 #
@@ -29,7 +29,7 @@ done
 case $STORE in sqlite|redis) ;; *) echo "--store: sqlite or redis" >&2; exit 2 ;; esac
 
 DURATION=${DURATION:-10}
-DURABILITY=${DURABILITY:-normal}
+DURABILITY=${DURABILITY:-full}
 CONNS=${CONNS:-"16 64"}
 SCENARIOS=${SCENARIOS:-"pairs create consume pairs+flood"}
 

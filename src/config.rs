@@ -459,7 +459,7 @@ mod tests {
         assert_eq!(s.states.base.default_ttl, Duration::from_secs(3600));
         assert_eq!(s.states.base.max_ttl, Duration::from_secs(86400));
         assert_eq!(s.sweep.interval, Duration::from_secs(60));
-        assert_eq!(s.durability, Durability::Normal);
+        assert_eq!(s.durability, Durability::Full);
     }
 
     #[test]

@@ -31,11 +31,17 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
             log::warn!("{warning}");
         }
         if admin.needs_first_link().await? {
-            // On stdout, not in the log: the link is a credential.
-            println!(
-                "No one has signed in yet. Open this one-time link to sign in (valid 24 h):\n{}",
-                admin.login_link(&public_url).await?
-            );
+            // On stdout, not in the log: the link is a credential. A database that cannot
+            // be written now (read-only) must not keep oauthd from serving what it can.
+            match admin.login_link(&public_url).await {
+                Ok(link) => println!(
+                    "No one has signed in yet. Open this one-time link to sign in (valid 24 h):\n{link}"
+                ),
+                Err(e) => log::error!(
+                    "no sign-in link printed ({e}); once the database can be written, \
+                     `oauthd admin link` prints one"
+                ),
+            }
         }
         let resumed = broker.resume_device_flows().await?;
         if resumed > 0 {

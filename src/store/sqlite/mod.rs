@@ -14,10 +14,12 @@ mod states;
 mod writer;
 
 use super::StoreError;
-use r2d2::Pool;
+use r2d2::{ManageConnection, Pool};
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{Connection, ErrorCode, OpenFlags};
+use rusqlite::{Connection, ErrorCode, OpenFlags, MAIN_DB};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use writer::Writer;
 
@@ -38,11 +40,13 @@ const READ_POOL_SIZE: u32 = 4;
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// `synchronous=NORMAL`: survives a crash of oauthd; the last commits may be lost if
-    /// the machine loses power.
-    #[default]
+    /// the machine loses power or the filesystem fails (measured: an ext4 filesystem
+    /// going read-only after an error lost every commit of the last seconds).
     Normal,
-    /// `synchronous=FULL`: survives power loss. With group commit the cost is one fsync
-    /// per group, not per request.
+    /// `synchronous=FULL` (default): survives power loss and a filesystem going read-only.
+    /// With group commit the cost is one fsync per group, not per request (measured: no
+    /// difference in throughput beyond run-to-run noise, see bench/README.md).
+    #[default]
     Full,
 }
 
@@ -61,10 +65,20 @@ pub enum OpenError {
     NoParent { path: PathBuf, dir: PathBuf },
     #[error("cannot create database {path}: {dir} is not a directory")]
     ParentNotDir { path: PathBuf, dir: PathBuf },
-    #[error("cannot open database {path}: {message} (is the file and its directory writable by this user?)")]
-    Open { path: PathBuf, message: String },
+    #[error("cannot open database {path}: {message} ({hint})")]
+    Open {
+        path: PathBuf,
+        message: String,
+        hint: &'static str,
+    },
     #[error("database {path} has schema version {found}, newer than this oauthd understands ({known}): run a newer oauthd")]
     TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("database {path} is read-only for this user and needs schema version {known} (it has {found}): make it, its -wal and -shm files and its directory writable, then start again")]
+    ReadOnlyNeedsMigration {
         path: PathBuf,
         found: i64,
         known: i64,
@@ -78,21 +92,47 @@ pub enum OpenError {
 }
 
 pub struct SqliteStore {
-    pool: Pool<SqliteConnectionManager>,
+    pool: Pool<ReadManager>,
     writer: Writer,
     path: PathBuf,
+}
+
+/// The read pool's connection manager: SQLite's, except that a connection opened while
+/// the database was read-only is dropped (and replaced) once the writer can write again,
+/// so no reader is left on the fallback path SQLite takes for read-only WAL files.
+struct ReadManager {
+    inner: SqliteConnectionManager,
+    read_only: Arc<AtomicBool>,
+}
+
+impl ManageConnection for ReadManager {
+    type Connection = Connection;
+    type Error = rusqlite::Error;
+
+    fn connect(&self) -> rusqlite::Result<Connection> {
+        self.inner.connect()
+    }
+
+    fn is_valid(&self, conn: &mut Connection) -> rusqlite::Result<()> {
+        self.inner.is_valid(conn)
+    }
+
+    fn has_broken(&self, conn: &mut Connection) -> bool {
+        !self.read_only.load(Ordering::Acquire) && conn.is_readonly(MAIN_DB).unwrap_or(true)
+    }
 }
 
 impl SqliteStore {
     /// Opens (creating if missing) the database at `path`, applies pending schema files
     /// and starts the writer thread.
+    ///
+    /// A database this process cannot write (read-only filesystem, file mode) still opens
+    /// when its schema is current: reads are served, writes answer 503 and the writer
+    /// retries until it can write. Only a pending schema change makes that fatal.
     pub fn open(path: &Path, durability: Durability) -> Result<SqliteStore, OpenError> {
         check_parent(path)?;
         let created = !path.exists();
-        let open_err = |e: &dyn std::fmt::Display| OpenError::Open {
-            path: path.to_owned(),
-            message: e.to_string(),
-        };
+        let open_err = |e: &dyn std::fmt::Display| OpenError::open(path, e);
         let mut conn = Connection::open_with_flags(path, open_flags()).map_err(|e| open_err(&e))?;
         if created {
             // SQLite gives the -wal and -shm files the database file's mode.
@@ -109,11 +149,22 @@ impl SqliteStore {
                 "could not switch to WAL mode (got {mode})"
             )));
         }
-        migrate(&mut conn, path)?;
+        if conn.is_readonly(MAIN_DB).unwrap_or(true) {
+            check_schema_read_only(&conn, path)?;
+        } else {
+            migrate(&mut conn, path)?;
+        }
 
-        let manager = SqliteConnectionManager::file(path)
-            .with_flags(open_flags())
-            .with_init(move |c| configure(c, durability));
+        let opener = manager(path, durability);
+        let writer = Writer::start(
+            conn,
+            Box::new(move || opener.connect()),
+            path.display().to_string(),
+        );
+        let manager = ReadManager {
+            inner: manager(path, durability),
+            read_only: writer.read_only_flag(),
+        };
         let pool = Pool::builder()
             .max_size(READ_POOL_SIZE)
             .min_idle(Some(1))
@@ -122,7 +173,7 @@ impl SqliteStore {
             .map_err(|e| open_err(&e))?;
         Ok(SqliteStore {
             pool,
-            writer: Writer::start(conn),
+            writer,
             path: path.to_owned(),
         })
     }
@@ -162,15 +213,32 @@ impl super::Store for SqliteStore {
             })
             .await
             .map_err(|e| e.to_string())?;
-        if verdict == "ok" {
-            Ok(format!(
-                "database {} passes integrity_check",
-                self.path.display()
-            ))
-        } else {
-            Err(format!("integrity_check: {verdict}"))
+        if verdict != "ok" {
+            return Err(format!("integrity_check: {verdict}"));
         }
+        self.writer
+            .check_writable("checking the database is writable")
+            .await
+            .map_err(|e| {
+                format!(
+                    "database {} passes integrity_check, but {e} for this user: make the \
+                     file, its -wal and -shm files and its directory writable",
+                    self.path.display()
+                )
+            })?;
+        Ok(format!(
+            "database {} passes integrity_check",
+            self.path.display()
+        ))
     }
+}
+
+/// Opens connections configured like the first one: for the read pool, and for the writer
+/// when it replaces a connection that could not write.
+fn manager(path: &Path, durability: Durability) -> SqliteConnectionManager {
+    SqliteConnectionManager::file(path)
+        .with_flags(open_flags())
+        .with_init(move |c| configure(c, durability))
 }
 
 fn open_flags() -> OpenFlags {
@@ -184,6 +252,30 @@ fn configure(conn: &Connection, durability: Durability) -> rusqlite::Result<()> 
     conn.pragma_update(None, "synchronous", durability.pragma())?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(())
+}
+
+impl OpenError {
+    fn open(path: &Path, e: &dyn std::fmt::Display) -> OpenError {
+        OpenError::Open {
+            path: path.to_owned(),
+            message: e.to_string(),
+            hint: write_hint(path),
+        }
+    }
+}
+
+/// Why the database may not open for writing, as far as the filesystem tells.
+fn write_hint(path: &Path) -> &'static str {
+    use std::io::ErrorKind;
+    match std::fs::OpenOptions::new().read(true).write(true).open(path) {
+        Err(e) if e.kind() == ErrorKind::ReadOnlyFilesystem => {
+            "its filesystem is read-only, and SQLite cannot create the -wal and -shm files it needs there"
+        }
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+            "this user may not write it: check its owner and mode, and its directory's"
+        }
+        _ => "is the file and its directory writable by this user?",
+    }
 }
 
 fn check_parent(path: &Path) -> Result<(), OpenError> {
@@ -203,6 +295,35 @@ fn check_parent(path: &Path) -> Result<(), OpenError> {
             dir: dir.to_owned(),
         });
     }
+    Ok(())
+}
+
+/// On a database this process cannot write: fine when no schema change is pending.
+fn check_schema_read_only(conn: &Connection, path: &Path) -> Result<(), OpenError> {
+    let known = MIGRATIONS.len() as i64;
+    let found: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| OpenError::open(path, &e))?;
+    if found > known {
+        return Err(OpenError::TooNew {
+            path: path.to_owned(),
+            found,
+            known,
+        });
+    }
+    if found < known {
+        return Err(OpenError::ReadOnlyNeedsMigration {
+            path: path.to_owned(),
+            found,
+            known,
+        });
+    }
+    log::error!(
+        "database {} is read-only for this process (read-only filesystem, or the file, its \
+         -wal and -shm files or its directory not writable by this user): serving reads; \
+         writes answer 503 until it can be written, retried every second",
+        path.display()
+    );
     Ok(())
 }
 

@@ -125,6 +125,9 @@ impl StateStore for SqliteStore {
             )
             .map(|_| ())
         })
-        .await
+        .await?;
+        self.writer
+            .check_writable("checking the database is writable")
+            .await
     }
 }

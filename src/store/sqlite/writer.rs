@@ -5,24 +5,38 @@
 //! queued up while the previous commit ran goes into the next one. A job runs inside
 //! a savepoint when it makes several changes, so a failing job leaves no half-done
 //! writes in the group.
+//!
+//! A connection that cannot write (the file or its filesystem went read-only, an I/O
+//! error) is not given up on: the writer marks itself read-only and, before each later
+//! group, at most once a second, opens a fresh connection. Once that one can write, the
+//! writer swaps it in and carries on; no restart is needed.
 
 use super::classify;
 use crate::store::StoreError;
-use rusqlite::Connection;
+use rusqlite::{Connection, ErrorCode, MAIN_DB};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most jobs committed in one transaction: bounds how long one commit holds the lock.
 const MAX_GROUP: usize = 512;
 /// Jobs that may wait in the queue; further callers wait for room (backpressure).
 const QUEUE_DEPTH: usize = 8192;
+/// Least time between two attempts to reopen a connection that cannot write.
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
+
+/// Opens a new connection to the database, configured like the first one.
+pub type Reopen = Box<dyn Fn() -> rusqlite::Result<Connection> + Send>;
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 trait WriteJob: Send {
     /// Runs the job inside the open transaction; returns what to do once the transaction
-    /// ends, or `None` when the caller already gave up (so nothing was written).
-    fn execute(self: Box<Self>, conn: &Connection) -> Option<Completion>;
+    /// ends, or `None` when the caller already gave up (so nothing was written). Sets
+    /// `cannot_write` when the job failed because the connection cannot write.
+    fn execute(self: Box<Self>, conn: &Connection, cannot_write: &mut bool) -> Option<Completion>;
     /// Answers the caller without running (no transaction could be started).
     fn abort(self: Box<Self>, err: StoreError);
 }
@@ -40,7 +54,7 @@ where
     T: Send + 'static,
     F: FnOnce(&Connection) -> rusqlite::Result<T> + Send,
 {
-    fn execute(self: Box<Self>, conn: &Connection) -> Option<Completion> {
+    fn execute(self: Box<Self>, conn: &Connection, cannot_write: &mut bool) -> Option<Completion> {
         let FnJob {
             context,
             atomic,
@@ -55,7 +69,10 @@ where
         } else {
             work(conn)
         };
-        let result = result.map_err(|e| classify(context, e));
+        let result = result.map_err(|e| {
+            *cannot_write |= is_write_fault(&e);
+            classify(context, e)
+        });
         Some(Box::new(move |ended: Result<(), StoreError>| {
             let _ = reply.send(ended.and(result));
         }))
@@ -83,19 +100,61 @@ fn in_savepoint<T>(
     result
 }
 
+/// Errors after which the connection is replaced: it cannot write, and a fresh one may.
+fn is_write_fault(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::ReadOnly | ErrorCode::SystemIoFailure | ErrorCode::CannotOpen)
+    )
+}
+
 pub struct Writer {
     queue: mpsc::Sender<Box<dyn WriteJob>>,
     thread: Option<JoinHandle<()>>,
+    read_only: Arc<AtomicBool>,
 }
 
 impl Writer {
-    pub fn start(conn: Connection) -> Writer {
+    /// Starts the writer thread on `conn`; `reopen` replaces it when it cannot write.
+    /// `name` (the database path) is for the log.
+    pub fn start(conn: Connection, reopen: Reopen, name: String) -> Writer {
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
+        let read_only = Arc::new(AtomicBool::new(conn_is_read_only(&conn)));
+        let link = Link {
+            conn,
+            reopen,
+            name,
+            read_only: read_only.clone(),
+            last_reopen: None,
+        };
         let thread = std::thread::Builder::new()
             .name("oauthd-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(link, rx))
             .ok();
-        Writer { queue, thread }
+        Writer {
+            queue,
+            thread,
+            read_only,
+        }
+    }
+
+    /// Whether the last write (or open) found the database read-only. Shared with the
+    /// read pool, which drops connections opened read-only once this turns false.
+    pub fn read_only_flag(&self) -> Arc<AtomicBool> {
+        self.read_only.clone()
+    }
+
+    /// Asks the writer whether it can write now: when it could not, this is what makes it
+    /// try a fresh connection (at most once a second) even while no request writes.
+    pub async fn check_writable(&self, context: &'static str) -> Result<(), StoreError> {
+        if !self.read_only.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.run(context, |_| Ok(())).await?;
+        if self.read_only.load(Ordering::Acquire) {
+            return Err(StoreError::ReadOnly { context });
+        }
+        Ok(())
     }
 
     /// Runs `work`, which makes at most one change (a single statement is atomic by
@@ -151,7 +210,61 @@ impl Drop for Writer {
     }
 }
 
-fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Box<dyn WriteJob>>) {
+fn conn_is_read_only(conn: &Connection) -> bool {
+    conn.is_readonly(MAIN_DB).unwrap_or(true)
+}
+
+/// The writer thread's connection and what it needs to replace it.
+struct Link {
+    conn: Connection,
+    reopen: Reopen,
+    name: String,
+    read_only: Arc<AtomicBool>,
+    last_reopen: Option<Instant>,
+}
+
+impl Link {
+    fn is_read_only(&self) -> bool {
+        self.read_only.load(Ordering::Acquire)
+    }
+
+    fn mark_read_only(&mut self) {
+        if !self.read_only.swap(true, Ordering::AcqRel) {
+            log::error!(
+                "database {} cannot be written (read-only filesystem, or the file, its -wal \
+                 and -shm files or its directory not writable by this user): writes answer \
+                 503 until it can; retrying every {}s",
+                self.name,
+                REOPEN_EVERY.as_secs()
+            );
+        }
+    }
+
+    /// When read-only, opens a fresh connection (at most once per `REOPEN_EVERY`) and
+    /// swaps it in. A fresh connection that is read-only too still replaces the old one:
+    /// writes then fail at once with "read-only" instead of an I/O error.
+    fn heal(&mut self) {
+        if !self.is_read_only() || self.last_reopen.is_some_and(|t| t.elapsed() < REOPEN_EVERY) {
+            return;
+        }
+        self.last_reopen = Some(Instant::now());
+        match (self.reopen)() {
+            Ok(fresh) => {
+                let writable = !conn_is_read_only(&fresh);
+                self.conn = fresh;
+                if writable {
+                    self.read_only.store(false, Ordering::Release);
+                    log::info!("database {} is writable again", self.name);
+                } else {
+                    log::debug!("database {} is still read-only", self.name);
+                }
+            }
+            Err(e) => log::debug!("database {}: reopening failed: {e}", self.name),
+        }
+    }
+}
+
+fn writer_loop(mut link: Link, mut rx: mpsc::Receiver<Box<dyn WriteJob>>) {
     let mut group: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = rx.blocking_recv() {
         group.push(first);
@@ -161,26 +274,32 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Box<dyn WriteJob>>) {
                 Err(_) => break,
             }
         }
-        commit_group(&conn, &mut group);
+        link.heal();
+        if commit_group(&link.conn, &mut group) {
+            link.mark_read_only();
+        }
     }
     log::debug!("database writer stopped");
 }
 
-fn commit_group(conn: &Connection, group: &mut Vec<Box<dyn WriteJob>>) {
+/// Commits the group; returns true when a failure says the connection cannot write.
+fn commit_group(conn: &Connection, group: &mut Vec<Box<dyn WriteJob>>) -> bool {
+    let mut cannot_write = false;
     let mut jobs = group.drain(..);
     while jobs.len() > 0 {
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            cannot_write |= is_write_fault(&e);
             let err = classify("starting a write transaction", e);
             log::warn!("{err}");
             for job in jobs.by_ref() {
                 job.abort(err.clone());
             }
-            return;
+            return cannot_write;
         }
         let mut done: Vec<Completion> = Vec::new();
         let mut rolled_back = false;
         for job in jobs.by_ref() {
-            done.extend(job.execute(conn));
+            done.extend(job.execute(conn, &mut cannot_write));
             if conn.is_autocommit() {
                 // SQLite ended the transaction itself; what ran so far is undone.
                 rolled_back = true;
@@ -194,6 +313,7 @@ fn commit_group(conn: &Connection, group: &mut Vec<Box<dyn WriteJob>>) {
             ))
         } else {
             conn.execute_batch("COMMIT").map_err(|e| {
+                cannot_write |= is_write_fault(&e);
                 let _ = conn.execute_batch("ROLLBACK");
                 classify("committing", e)
             })
@@ -205,4 +325,5 @@ fn commit_group(conn: &Connection, group: &mut Vec<Box<dyn WriteJob>>) {
             complete(ended.clone());
         }
     }
+    cannot_write
 }

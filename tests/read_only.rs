@@ -1,0 +1,357 @@
+//! The database going read-only under oauthd, two ways it happens on real machines:
+//!
+//! - the file's mode or owner no longer lets oauthd write it (a restore as the wrong user,
+//!   a stray `chmod`): oauthd still starts, serves reads, answers writes with 503, and
+//!   recovers by itself once the file is writable again;
+//! - the filesystem goes read-only under the running daemon after an error (ext4
+//!   `errors=remount-ro`; here an ext4 image on a loop device, the error triggered through
+//!   the kernel's `trigger_fs_error`): writes answer 503, and after the operator's fsck and
+//!   restart every state acknowledged before the fault is still there.
+//!
+//! Both run as root: the first drops CAP_DAC_OVERRIDE so file modes apply; the second needs
+//! loop devices and a private mount namespace (unshare), so nothing shows in the machine's
+//! mounts and the loop device detaches when oauthd exits.
+
+mod common;
+
+use common::{Daemon, Home, BIN};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+const NS: &str = "ro";
+/// Runs the rest as root without CAP_DAC_OVERRIDE: file modes apply as to any user.
+const NO_DAC_OVERRIDE: &[&str] = &[
+    "setpriv",
+    "--bounding-set",
+    "-dac_override,-dac_read_search",
+    "--inh-caps=-all",
+];
+
+/// Runs oauthd with `args` (and `--db`) held to file modes, at most 20 s.
+fn oauthd_without_dac_override(home: &Home, args: &[&str]) -> Output {
+    Command::new("timeout")
+        .arg("20")
+        .args(NO_DAC_OVERRIDE)
+        .arg(BIN)
+        .args(args)
+        .arg("--db")
+        .arg(home.db())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("timeout, setpriv (coreutils, util-linux)")
+}
+
+fn set_db_mode(home: &Home, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let path = PathBuf::from(format!("{}{suffix}", home.db().display()));
+        if path.exists() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        }
+    }
+}
+
+/// Polls `/readyz` until it answers `want`, at most 10 s; returns the last answer.
+async fn readyz_until(d: &Daemon, want: u16) -> (u16, serde_json::Value) {
+    let mut last = d.get("/readyz", "").await;
+    for _ in 0..100 {
+        if last.0 == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        last = d.get("/readyz", "").await;
+    }
+    last
+}
+
+fn assert_read_only_503(status: u16, body: &serde_json::Value) {
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "storage_unavailable", "{body}");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("read-only"), "{body}");
+}
+
+async fn create_numbered(d: &Daemon, key: &str, n: usize) -> Vec<String> {
+    let mut states = Vec::new();
+    for i in 0..n {
+        states.push(
+            d.create_state(key, json!({"namespace": NS, "data": {"i": i}}))
+                .await,
+        );
+    }
+    states
+}
+
+async fn consume_numbered(d: &Daemon, key: &str, states: &[String]) {
+    for (i, state) in states.iter().enumerate() {
+        let (status, body) = d.consume(key, state, NS).await;
+        assert_eq!(
+            status, 200,
+            "state {i}, acknowledged before the fault: {body}"
+        );
+        assert_eq!(body["data"]["i"], i, "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_file_made_read_only_serves_reads_refuses_writes_and_recovers_by_itself() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let before = create_numbered(&d, &key, 10).await;
+    assert!(d.signal_and_wait("TERM").success());
+
+    set_db_mode(&home, 0o444);
+    let d = home.start_via_shell(&format!("exec {} \"$@\"", NO_DAC_OVERRIDE.join(" ")));
+    assert!(
+        home.log_text().contains("is read-only for this process"),
+        "{}",
+        home.log_text()
+    );
+    let (status, body) = d.get("/readyz", "").await;
+    assert_read_only_503(status, &body);
+    let (status, body) = d.post("/v1/states", &key, json!({"namespace": NS})).await;
+    assert_read_only_503(status, &body);
+    let (status, body) = d.consume(&key, &before[0], NS).await;
+    assert_read_only_503(status, &body);
+    // Reads still work: the API key is checked and the connection list is read.
+    let (status, body) = d.get("/v1/connections", &key).await;
+    assert_eq!(status, 200, "{body}");
+    // `oauthd check` fails on it and says why.
+    let out = oauthd_without_dac_override(&home, &["check"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("read-only")),
+        "{report}"
+    );
+
+    set_db_mode(&home, 0o600);
+    let (status, body) = readyz_until(&d, 200).await;
+    assert_eq!(
+        status, 200,
+        "not ready 10 s after the file became writable: {body}"
+    );
+    assert!(home.log_text().contains("is writable again"));
+    consume_numbered(&d, &key, &before).await;
+    let after = d.create_state(&key, json!({"namespace": NS})).await;
+    assert_eq!(d.consume(&key, &after, NS).await.0, 200);
+    // A key created now by another process is seen: no reader is left on a stale snapshot.
+    let late = home.create_key("late", &[]);
+    assert_eq!(d.get("/v1/connections", &late).await.0, 200);
+
+    assert!(d.signal_and_wait("TERM").success());
+    let out = Command::new("sqlite3")
+        .arg(home.db())
+        .arg("PRAGMA integrity_check;")
+        .output()
+        .expect("sqlite3");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+}
+
+/// An ext4 image, mounted (errors=remount-ro) over a Home's directory in a private mount
+/// namespace of each command run through it.
+struct Ext4 {
+    _dir: tempfile::TempDir,
+    image: PathBuf,
+    mount: PathBuf,
+}
+
+/// Mounts the image ($1) on the directory ($2), then execs the rest.
+const MOUNT_THEN_EXEC: &str = "mount -o loop,errors=remount-ro \"$1\" \"$2\" || { echo \
+     \"mount -o loop failed: this test needs loop devices and CAP_SYS_ADMIN\" >&2; exit 97; }; \
+     shift 2; exec \"$@\"";
+
+impl Ext4 {
+    fn new(home: &Home) -> Ext4 {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let image = dir.path().join("ext4.img");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(64 << 20))
+            .expect("image file");
+        run_ok(Command::new("mkfs.ext4").arg("-q").arg("-F").arg(&image));
+        Ext4 {
+            _dir: dir,
+            image,
+            mount: home.dir.path().to_owned(),
+        }
+    }
+
+    /// A shell line for `Home::start_via_shell`: oauthd in its own mount namespace.
+    fn wrapper(&self) -> String {
+        format!(
+            "exec unshare -m --propagation private sh -c '{MOUNT_THEN_EXEC}' sh {} {} \"$@\"",
+            self.image.display(),
+            self.mount.display()
+        )
+    }
+
+    /// Runs a command with the image mounted.
+    fn run(&self, args: &[&str]) -> Output {
+        let out = Command::new("unshare")
+            .args([
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                MOUNT_THEN_EXEC,
+                "sh",
+            ])
+            .arg(&self.image)
+            .arg(&self.mount)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("unshare (util-linux)");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Makes the kernel take the filesystem read-only as after a metadata error.
+    fn fail(&self) {
+        let out = run_ok(Command::new("losetup").arg("-j").arg(&self.image));
+        let listing = String::from_utf8_lossy(&out.stdout);
+        let device = listing
+            .split(':')
+            .next()
+            .and_then(|d| Path::new(d.trim()).file_name())
+            .unwrap_or_else(|| panic!("no loop device for the image: {listing:?}"));
+        let trigger = Path::new("/sys/fs/ext4")
+            .join(device)
+            .join("trigger_fs_error");
+        std::fs::write(&trigger, "oauthd read-only test").expect("trigger_fs_error");
+    }
+
+    /// What the operator does before starting oauthd again: fsck the filesystem.
+    fn fsck(&self) {
+        let out = Command::new("e2fsck")
+            .arg("-fy")
+            .arg(&self.image)
+            .output()
+            .expect("e2fsck (e2fsprogs)");
+        // 0: clean, 1: errors corrected (the error the test triggered).
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "e2fsck: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_filesystem_gone_read_only_under_oauthd_gives_503_and_loses_no_acknowledged_state() {
+    let home = Home::new();
+    let fs = Ext4::new(&home);
+    let db = home.db().display().to_string();
+    let out = fs.run(&[BIN, "keys", "create", "--db", &db, "--name", "app"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let key = stdout.lines().last().expect("key").trim().to_owned();
+
+    // The default durability: what a 201 promises must hold without tuning.
+    let d = home.start_via_shell(&fs.wrapper());
+    let before = create_numbered(&d, &key, 20).await;
+    fs.fail();
+
+    let (status, body) = d.post("/v1/states", &key, json!({"namespace": NS})).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "storage_unavailable", "{body}");
+    // A consume is refused too: the state is not lost by trying.
+    let (status, body) = d.consume(&key, &before[0], NS).await;
+    assert_eq!(status, 503, "{body}");
+    // Once the writer has tried a fresh connection, the reason is plain.
+    let (status, body) = readyz_until(&d, 503).await;
+    assert_read_only_503(status, &body);
+    let (status, body) = d.post("/v1/states", &key, json!({"namespace": NS})).await;
+    assert_read_only_503(status, &body);
+    let (status, body) = d.get("/v1/connections", &key).await;
+    assert_eq!(status, 200, "reads go on: {body}");
+    assert!(d.signal_and_wait("TERM").success(), "{}", home.log_text());
+
+    fs.fsck();
+    let d = home.start_via_shell(&fs.wrapper());
+    consume_numbered(&d, &key, &before).await;
+    let after = d.create_state(&key, json!({"namespace": NS})).await;
+    assert_eq!(d.consume(&key, &after, NS).await.0, 200);
+    assert!(d.signal_and_wait("TERM").success());
+    let out = fs.run(&["sqlite3", &db, "PRAGMA integrity_check;"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+}
+
+#[test]
+fn a_read_only_database_that_needs_a_schema_upgrade_refuses_to_start_with_the_reason() {
+    let home = Home::new();
+    home.create_key("app", &[]);
+    let out = Command::new("sqlite3")
+        .arg(home.db())
+        .arg("PRAGMA user_version = 1;")
+        .output()
+        .expect("sqlite3");
+    assert!(out.status.success());
+    set_db_mode(&home, 0o444);
+    let out = oauthd_without_dac_override(&home, &["serve", "--listen", "127.0.0.1:0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("is read-only for this user and needs schema version"),
+        "{err}"
+    );
+    // Nothing was changed: the schema version is still the old one.
+    let out = Command::new("sqlite3")
+        .arg(home.db())
+        .arg("PRAGMA user_version;")
+        .output()
+        .expect("sqlite3");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+}
+
+#[test]
+fn a_read_only_filesystem_at_start_is_named_in_the_error() {
+    let home = Home::new();
+    home.create_key("app", &[]);
+    // The CLI closed the database cleanly: no -wal or -shm file is left, and SQLite cannot
+    // create them on a read-only filesystem, so this is the one case it cannot open at all.
+    assert!(!PathBuf::from(format!("{}-wal", home.db().display())).exists());
+    let out = Command::new("timeout")
+        .args([
+            "20",
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+        ])
+        .arg(
+            "mount --bind \"$1\" \"$1\" && mount -o remount,bind,ro \"$1\" && shift && exec \"$@\"",
+        )
+        .arg("sh")
+        .arg(home.dir.path())
+        .arg(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(home.db())
+        .output()
+        .expect("timeout, unshare");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("its filesystem is read-only"), "{err}");
+}
