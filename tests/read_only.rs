@@ -43,6 +43,21 @@ fn oauthd_without_dac_override(home: &Home, args: &[&str]) -> Output {
         .expect("timeout, setpriv (coreutils, util-linux)")
 }
 
+/// What the sqlite3 shell prints for `sql` on the database (as an operator would run it).
+fn sqlite3(db: &Path, sql: &str) -> String {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("sqlite3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 fn set_db_mode(home: &Home, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     for suffix in ["", "-wal", "-shm"] {
@@ -145,12 +160,7 @@ async fn a_database_file_made_read_only_serves_reads_refuses_writes_and_recovers
     assert_eq!(d.get("/v1/connections", &late).await.0, 200);
 
     assert!(d.signal_and_wait("TERM").success());
-    let out = Command::new("sqlite3")
-        .arg(home.db())
-        .arg("PRAGMA integrity_check;")
-        .output()
-        .expect("sqlite3");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    assert_eq!(sqlite3(&home.db(), "PRAGMA integrity_check;"), "ok");
 }
 
 /// An ext4 image, mounted (errors=remount-ro) over a Home's directory in a private mount
@@ -301,12 +311,7 @@ async fn a_filesystem_gone_read_only_under_oauthd_gives_503_and_loses_no_acknowl
 fn a_read_only_database_that_needs_a_schema_upgrade_refuses_to_start_with_the_reason() {
     let home = Home::new();
     home.create_key("app", &[]);
-    let out = Command::new("sqlite3")
-        .arg(home.db())
-        .arg("PRAGMA user_version = 1;")
-        .output()
-        .expect("sqlite3");
-    assert!(out.status.success());
+    sqlite3(&home.db(), "PRAGMA user_version = 1;");
     set_db_mode(&home, 0o444);
     let out = oauthd_without_dac_override(&home, &["serve", "--listen", "127.0.0.1:0"]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -316,12 +321,7 @@ fn a_read_only_database_that_needs_a_schema_upgrade_refuses_to_start_with_the_re
         "{err}"
     );
     // Nothing was changed: the schema version is still the old one.
-    let out = Command::new("sqlite3")
-        .arg(home.db())
-        .arg("PRAGMA user_version;")
-        .output()
-        .expect("sqlite3");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+    assert_eq!(sqlite3(&home.db(), "PRAGMA user_version;"), "1");
 }
 
 #[test]
