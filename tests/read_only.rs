@@ -45,16 +45,7 @@ fn oauthd_without_dac_override(home: &Home, args: &[&str]) -> Output {
 
 /// What the sqlite3 shell prints for `sql` on the database (as an operator would run it).
 fn sqlite3(db: &Path, sql: &str) -> String {
-    let out = Command::new("sqlite3")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .expect("sqlite3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(Command::new("sqlite3").arg(db).arg(sql));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -202,28 +193,22 @@ impl Ext4 {
 
     /// Runs a command with the image mounted.
     fn run(&self, args: &[&str]) -> Output {
-        let out = Command::new("unshare")
-            .args([
-                "-m",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                MOUNT_THEN_EXEC,
-                "sh",
-            ])
-            .arg(&self.image)
-            .arg(&self.mount)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("unshare (util-linux)");
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        run_ok(
+            Command::new("unshare")
+                .args([
+                    "-m",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    MOUNT_THEN_EXEC,
+                    "sh",
+                ])
+                .arg(&self.image)
+                .arg(&self.mount)
+                .args(args)
+                .env("RUST_LOG", "warn"),
+        )
     }
 
     /// Makes the kernel take the filesystem read-only as after a metadata error.
