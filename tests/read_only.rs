@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{Daemon, Home, BIN};
+use common::{eventually, Daemon, Home, BIN};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -142,7 +142,13 @@ async fn a_database_file_made_read_only_serves_reads_refuses_writes_and_recovers
         status, 200,
         "not ready 10 s after the file became writable: {body}"
     );
-    assert!(home.log_text().contains("is writable again"));
+    // Logged by the writer thread once the commit answered: may trail the response a little.
+    assert!(
+        eventually(Duration::from_secs(5), || home
+            .log_text()
+            .contains("is writable again"))
+        .await
+    );
     consume_numbered(&d, &key, &before).await;
     let after = d.create_state(&key, json!({"namespace": NS})).await;
     assert_eq!(d.consume(&key, &after, NS).await.0, 200);

@@ -18,8 +18,6 @@ use r2d2::{ManageConnection, Pool};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, ErrorCode, OpenFlags, MAIN_DB};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 use writer::Writer;
 
@@ -97,12 +95,12 @@ pub struct SqliteStore {
     path: PathBuf,
 }
 
-/// The read pool's connection manager: SQLite's, except that a connection opened while
-/// the database was read-only is dropped (and replaced) once the writer can write again,
-/// so no reader is left on the fallback path SQLite takes for read-only WAL files.
+/// The read pool's connection manager: SQLite's, except that a connection opened
+/// read-only is not kept. SQLite shares one view of the `-shm` file among the connections
+/// of a process; an idle read-only one would pin a read-only view, and the writer's fresh
+/// connection would get it too and stay unable to write after the file is fixed.
 struct ReadManager {
     inner: SqliteConnectionManager,
-    read_only: Arc<AtomicBool>,
 }
 
 impl ManageConnection for ReadManager {
@@ -118,7 +116,7 @@ impl ManageConnection for ReadManager {
     }
 
     fn has_broken(&self, conn: &mut Connection) -> bool {
-        !self.read_only.load(Ordering::Acquire) && conn.is_readonly(MAIN_DB).unwrap_or(true)
+        conn.is_readonly(MAIN_DB).unwrap_or(true)
     }
 }
 
@@ -163,7 +161,6 @@ impl SqliteStore {
         );
         let manager = ReadManager {
             inner: manager(path, durability),
-            read_only: writer.read_only_flag(),
         };
         let pool = Pool::builder()
             .max_size(READ_POOL_SIZE)

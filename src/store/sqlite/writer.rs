@@ -8,8 +8,8 @@
 //!
 //! A connection that cannot write (the file or its filesystem went read-only, an I/O
 //! error) is not given up on: the writer marks itself read-only and, before each later
-//! group, at most once a second, opens a fresh connection. Once that one can write, the
-//! writer swaps it in and carries on; no restart is needed.
+//! group, at most once a second, swaps in a fresh connection. The first group that commits
+//! clears the mark; no restart is needed.
 
 use super::classify;
 use crate::store::StoreError;
@@ -138,23 +138,20 @@ impl Writer {
         }
     }
 
-    /// Whether the last write (or open) found the database read-only. Shared with the
-    /// read pool, which drops connections opened read-only once this turns false.
-    pub fn read_only_flag(&self) -> Arc<AtomicBool> {
-        self.read_only.clone()
-    }
-
     /// Asks the writer whether it can write now: when it could not, this is what makes it
     /// try a fresh connection (at most once a second) even while no request writes.
     pub async fn check_writable(&self, context: &'static str) -> Result<(), StoreError> {
         if !self.read_only.load(Ordering::Acquire) {
             return Ok(());
         }
-        self.run(context, |_| Ok(())).await?;
-        if self.read_only.load(Ordering::Acquire) {
-            return Err(StoreError::ReadOnly { context });
-        }
-        Ok(())
+        // A write statement that matches nothing: it needs the write lock and a writable
+        // file (else SQLITE_READONLY) and changes nothing on disk.
+        self.run(context, |conn| {
+            conn.prepare_cached("DELETE FROM states WHERE 0")?
+                .execute([])
+                .map(|_| ())
+        })
+        .await
     }
 
     /// Runs `work`, which makes at most one change (a single statement is atomic by
@@ -228,6 +225,12 @@ impl Link {
         self.read_only.load(Ordering::Acquire)
     }
 
+    fn mark_writable(&mut self) {
+        if self.read_only.swap(false, Ordering::AcqRel) {
+            log::info!("database {} is writable again", self.name);
+        }
+    }
+
     fn mark_read_only(&mut self) {
         if !self.read_only.swap(true, Ordering::AcqRel) {
             log::error!(
@@ -241,24 +244,15 @@ impl Link {
     }
 
     /// When read-only, opens a fresh connection (at most once per `REOPEN_EVERY`) and
-    /// swaps it in. A fresh connection that is read-only too still replaces the old one:
-    /// writes then fail at once with "read-only" instead of an I/O error.
+    /// swaps it in, read-only or not: the next commit tells whether it can write, and a
+    /// read-only one makes writes fail at once with "read-only" instead of an I/O error.
     fn heal(&mut self) {
         if !self.is_read_only() || self.last_reopen.is_some_and(|t| t.elapsed() < REOPEN_EVERY) {
             return;
         }
         self.last_reopen = Some(Instant::now());
         match (self.reopen)() {
-            Ok(fresh) => {
-                let writable = !conn_is_read_only(&fresh);
-                self.conn = fresh;
-                if writable {
-                    self.read_only.store(false, Ordering::Release);
-                    log::info!("database {} is writable again", self.name);
-                } else {
-                    log::debug!("database {} is still read-only", self.name);
-                }
-            }
+            Ok(fresh) => self.conn = fresh,
             Err(e) => log::debug!("database {}: reopening failed: {e}", self.name),
         }
     }
@@ -275,16 +269,33 @@ fn writer_loop(mut link: Link, mut rx: mpsc::Receiver<Box<dyn WriteJob>>) {
             }
         }
         link.heal();
-        if commit_group(&link.conn, &mut group) {
-            link.mark_read_only();
+        match commit_group(&link.conn, &mut group) {
+            Outcome::Committed => link.mark_writable(),
+            Outcome::CannotWrite => link.mark_read_only(),
+            Outcome::Failed => {}
         }
     }
     log::debug!("database writer stopped");
 }
 
-/// Commits the group; returns true when a failure says the connection cannot write.
-fn commit_group(conn: &Connection, group: &mut Vec<Box<dyn WriteJob>>) -> bool {
+/// How a group ended, for the writer's read-only mark.
+enum Outcome {
+    /// Every transaction committed and no job found the connection unable to write.
+    Committed,
+    /// A failure said the connection cannot write.
+    CannotWrite,
+    /// Something else failed (a lock held too long, a full disk).
+    Failed,
+}
+
+fn commit_group(conn: &Connection, group: &mut Vec<Box<dyn WriteJob>>) -> Outcome {
     let mut cannot_write = false;
+    let mut failed = false;
+    let outcome = |cannot_write: bool, failed: bool| match (cannot_write, failed) {
+        (true, _) => Outcome::CannotWrite,
+        (false, true) => Outcome::Failed,
+        (false, false) => Outcome::Committed,
+    };
     let mut jobs = group.drain(..);
     while jobs.len() > 0 {
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
@@ -294,7 +305,7 @@ fn commit_group(conn: &Connection, group: &mut Vec<Box<dyn WriteJob>>) -> bool {
             for job in jobs.by_ref() {
                 job.abort(err.clone());
             }
-            return cannot_write;
+            return outcome(cannot_write, true);
         }
         let mut done: Vec<Completion> = Vec::new();
         let mut rolled_back = false;
@@ -319,11 +330,12 @@ fn commit_group(conn: &Connection, group: &mut Vec<Box<dyn WriteJob>>) -> bool {
             })
         };
         if let Err(e) = &ended {
+            failed = true;
             log::warn!("write group of {} failed: {e}", done.len());
         }
         for complete in done {
             complete(ended.clone());
         }
     }
-    cannot_write
+    outcome(cannot_write, failed)
 }
