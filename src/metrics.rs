@@ -2,7 +2,7 @@
 //! served at `/metrics`; HTTP request counts and latencies come from actix-web-prom with
 //! unmatched paths collapsed into one label, so probing bots cannot explode the label set.
 
-use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use std::sync::LazyLock;
 
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
@@ -60,6 +60,19 @@ pub static STORAGE_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
         "storage_errors_total",
         "Requests answered 503 because storage failed.",
     )
+});
+
+pub static STORAGE_READ_ONLY: LazyLock<IntGauge> = LazyLock::new(|| {
+    let g = IntGauge::with_opts(
+        Opts::new(
+            "storage_read_only",
+            "1 while the SQLite database cannot be written (writes answer 503), else 0.",
+        )
+        .namespace("oauthd"),
+    )
+    .unwrap_or_else(|e| panic!("metric storage_read_only: {e}"));
+    let _ = REGISTRY.register(Box::new(g.clone()));
+    g
 });
 
 pub static CONNECTIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {

@@ -120,6 +120,7 @@ impl Writer {
     pub fn start(conn: Connection, reopen: Reopen, name: String) -> Writer {
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
         let read_only = Arc::new(AtomicBool::new(conn_is_read_only(&conn)));
+        crate::metrics::STORAGE_READ_ONLY.set(read_only.load(Ordering::Acquire).into());
         let link = Link {
             conn,
             reopen,
@@ -227,12 +228,14 @@ impl Link {
 
     fn mark_writable(&mut self) {
         if self.read_only.swap(false, Ordering::AcqRel) {
+            crate::metrics::STORAGE_READ_ONLY.set(0);
             log::info!("database {} is writable again", self.name);
         }
     }
 
     fn mark_read_only(&mut self) {
         if !self.read_only.swap(true, Ordering::AcqRel) {
+            crate::metrics::STORAGE_READ_ONLY.set(1);
             log::error!(
                 "database {} cannot be written (read-only filesystem, or the file, its -wal \
                  and -shm files or its directory not writable by this user): writes answer \
