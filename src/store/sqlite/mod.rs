@@ -318,7 +318,8 @@ fn check_schema_read_only(conn: &Connection, path: &Path) -> Result<(), OpenErro
     log::error!(
         "database {} is read-only for this process (read-only filesystem, or the file, its \
          -wal and -shm files or its directory not writable by this user): serving reads; \
-         writes answer 503 until it can be written, retried every second",
+         writes answer 503 until it can be written; each write or /readyz tries again, at most \
+         once a second",
         path.display()
     );
     Ok(())

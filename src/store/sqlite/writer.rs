@@ -239,7 +239,8 @@ impl Link {
             log::error!(
                 "database {} cannot be written (read-only filesystem, or the file, its -wal \
                  and -shm files or its directory not writable by this user): writes answer \
-                 503 until it can; retrying every {}s",
+                 503 until it can; each write or /readyz tries a fresh connection, at most \
+                 once every {}s",
                 self.name,
                 REOPEN_EVERY.as_secs()
             );
