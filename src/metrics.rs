@@ -3,7 +3,8 @@
 //! unmatched paths collapsed into one label, so probing bots cannot explode the label set.
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
-use std::sync::LazyLock;
+use std::collections::HashSet;
+use std::sync::{LazyLock, RwLock};
 
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
 
@@ -22,7 +23,33 @@ fn counter(name: &str, help: &str) -> IntCounter {
     c
 }
 
-pub static STATES_CREATED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+/// Most namespaces that get a label of their own; states of any further namespace count
+/// under `_other`. Apps may invent namespaces freely: this keeps the scrape bounded.
+pub const MAX_NAMESPACE_LABELS: usize = 200;
+/// The label for namespaces past the limit; not a valid namespace, so it cannot collide.
+pub const OTHER_NAMESPACES: &str = "_other";
+/// The label for a consume whose namespace is not known (an unknown state at a callback).
+pub const NO_NAMESPACE: &str = "_none";
+
+static NAMESPACE_LABELS: LazyLock<RwLock<HashSet<String>>> = LazyLock::new(Default::default);
+
+/// `namespace` itself while fewer than `MAX_NAMESPACE_LABELS` namespaces were labelled,
+/// else `_other`.
+fn namespace_label(namespace: &str) -> String {
+    let known = |seen: &HashSet<String>| seen.contains(namespace);
+    if NAMESPACE_LABELS.read().is_ok_and(|seen| known(&seen)) {
+        return namespace.to_owned();
+    }
+    match NAMESPACE_LABELS.write() {
+        Ok(mut seen) if known(&seen) || seen.len() < MAX_NAMESPACE_LABELS => {
+            seen.insert(namespace.to_owned());
+            namespace.to_owned()
+        }
+        _ => OTHER_NAMESPACES.to_owned(),
+    }
+}
+
+static STATES_CREATED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "states_created_total",
         "States issued, by namespace.",
@@ -30,21 +57,41 @@ pub static STATES_CREATED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
-/// outcome: ok, unknown, expired, mismatch.
-pub static STATE_CONSUMES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+static STATE_CONSUMES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "state_consumes_total",
-        "State consume attempts, by outcome.",
-        &["outcome"],
+        "State consume attempts, by namespace and outcome (ok, unknown, expired, mismatch).",
+        &["namespace", "outcome"],
     )
 });
 
-pub static STATES_SWEPT: LazyLock<IntCounter> = LazyLock::new(|| {
-    counter(
+static STATES_SWEPT: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
         "states_swept_total",
-        "Expired states removed by the sweeper.",
+        "Expired states removed by the sweeper, by namespace.",
+        &["namespace"],
     )
 });
+
+pub fn state_created(namespace: &str) {
+    STATES_CREATED
+        .with_label_values(&[namespace_label(namespace)])
+        .inc();
+}
+
+/// `namespace`: the state's, or the one it was presented for; `None` when neither is known.
+pub fn state_consumed(namespace: Option<&str>, outcome: &str) {
+    let label = namespace.map_or_else(|| NO_NAMESPACE.to_owned(), namespace_label);
+    STATE_CONSUMES
+        .with_label_values(&[label.as_str(), outcome])
+        .inc();
+}
+
+pub fn states_swept(namespace: &str, count: u64) {
+    STATES_SWEPT
+        .with_label_values(&[namespace_label(namespace)])
+        .inc_by(count);
+}
 
 /// result: ok, failed, needs_reauth.
 pub static REFRESHES: LazyLock<IntCounterVec> = LazyLock::new(|| {

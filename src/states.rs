@@ -173,9 +173,7 @@ impl StateService {
                 max: rule.max_states,
             });
         }
-        metrics::STATES_CREATED
-            .with_label_values(&[namespace.as_str()])
-            .inc();
+        metrics::state_created(namespace.as_str());
         log::debug!(
             "state {state} issued in {namespace}, ttl {}s",
             ttl.as_secs()
@@ -199,39 +197,50 @@ impl StateService {
         state: &StateValue,
         namespace: &Namespace,
     ) -> Result<ConsumedState, StateError> {
-        let consumed = self.consume_any(state).await?;
+        let consumed = self.take(state, Some(namespace.as_str())).await?;
         if consumed.namespace != namespace.as_str() {
             log::warn!(
                 "state {state} of namespace {} presented for namespace {namespace}; invalidated",
                 consumed.namespace
             );
-            record_consume("mismatch");
+            record_consume("mismatch", Some(&consumed.namespace));
             return Err(StateError::NamespaceMismatch);
         }
-        record_consume("ok");
+        record_consume("ok", Some(&consumed.namespace));
         log::debug!("state {state} consumed in {namespace}");
         Ok(consumed)
     }
 
     /// Consumes a state whatever its namespace, for a caller that checks the namespace
     /// itself (the broker's callback knows the provider, not the account).
+    /// The caller records "ok" or "mismatch" once it has checked the namespace.
     pub async fn consume_any(&self, state: &StateValue) -> Result<ConsumedState, StateError> {
+        self.take(state, None).await
+    }
+
+    /// Takes the state; records the outcomes decided here (unknown, expired). `presented`:
+    /// the namespace the caller named, the label of an unknown state.
+    async fn take(
+        &self,
+        state: &StateValue,
+        presented: Option<&str>,
+    ) -> Result<ConsumedState, StateError> {
         let row = match self.store.take_state(state.hash()).await? {
             Taken::Missing => {
                 log::debug!("state {state}: unknown");
-                record_consume("unknown");
+                record_consume("unknown", presented);
                 return Err(StateError::NotFound);
             }
             Taken::ExpiredTombstone { namespace } => {
                 log::debug!("state {state}: expired (swept)");
-                record_consume("expired");
+                record_consume("expired", Some(&namespace));
                 return Err(StateError::Expired { namespace });
             }
             Taken::Row(row) => row,
         };
         if row.expires_at_ms <= now_ms() {
             log::debug!("state {state}: expired");
-            record_consume("expired");
+            record_consume("expired", Some(&row.namespace));
             return Err(StateError::Expired {
                 namespace: row.namespace,
             });
@@ -252,9 +261,9 @@ impl StateService {
     }
 }
 
-/// Counts a consume outcome: ok, unknown, expired or mismatch.
-pub fn record_consume(outcome: &str) {
-    metrics::STATE_CONSUMES.with_label_values(&[outcome]).inc();
+/// Counts a consume outcome (ok, unknown, expired or mismatch) in a namespace.
+pub fn record_consume(outcome: &str, namespace: Option<&str>) {
+    metrics::state_consumed(namespace, outcome);
 }
 
 #[cfg(test)]

@@ -218,6 +218,43 @@ async fn sweeper_removes_expired_rows_and_keeps_410_during_grace() {
     // Data is gone with the sweep; the grace tombstone still answers 410.
     assert_eq!(d.consume(&key, &expiring, NS).await.0, 410);
     assert_eq!(d.consume(&key, &live, NS).await.0, 200);
+    let text = metrics_text(&d).await;
+    for series in [
+        format!("oauthd_states_swept_total{{namespace=\"{NS}\"}}"),
+        format!("oauthd_state_consumes_total{{namespace=\"{NS}\",outcome=\"expired\"}}"),
+        format!("oauthd_state_consumes_total{{namespace=\"{NS}\",outcome=\"ok\"}}"),
+    ] {
+        assert_eq!(sample(&text, &series), Some(1.0), "{series}\n{text}");
+    }
+}
+
+async fn metrics_text(d: &common::Daemon) -> String {
+    let resp = d.http.get(format!("{}/metrics", d.url)).send().await;
+    resp.expect("metrics").text().await.expect("metrics text")
+}
+
+/// Apps may invent namespaces freely; the metrics label at most 200 of them and count the
+/// rest as `_other`, so a scrape stays bounded.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_label_at_most_two_hundred_namespaces() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    for i in 0..205 {
+        d.create_state(&key, json!({"namespace": format!("app:n{i}")}))
+            .await;
+    }
+    let text = metrics_text(&d).await;
+    let labelled = text
+        .lines()
+        .filter(|l| l.starts_with("oauthd_states_created_total{namespace=\"app:n"))
+        .count();
+    assert_eq!(labelled, 200, "{text}");
+    assert_eq!(
+        sample(&text, "oauthd_states_created_total{namespace=\"_other\"}"),
+        Some(5.0),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -909,18 +946,12 @@ async fn metrics_count_states_outcomes_and_requests_behind_an_optional_token(hom
         ),
         Some(1.0)
     );
-    assert_eq!(
-        sample(&text, "oauthd_state_consumes_total{outcome=\"ok\"}"),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample(&text, "oauthd_state_consumes_total{outcome=\"unknown\"}"),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample(&text, "oauthd_state_consumes_total{outcome=\"mismatch\"}"),
-        Some(1.0)
-    );
+    // Consumes by the state's namespace (an unknown state: the one it was presented for).
+    for outcome in ["ok", "unknown", "mismatch"] {
+        let series =
+            format!("oauthd_state_consumes_total{{namespace=\"{NS}\",outcome=\"{outcome}\"}}");
+        assert_eq!(sample(&text, &series), Some(1.0), "{series}\n{text}");
+    }
     assert!(
         text.contains(
             "oauthd_http_requests_total{endpoint=\"/v1/states\",method=\"POST\",status=\"201\"} 3"

@@ -30,9 +30,9 @@ pub async fn sweep_once(
         let n = store
             .sweep_expired(now_ms, purge_before, policy.batch)
             .await?;
-        total.expired += n.expired;
-        total.purged += n.purged;
-        if n.expired < policy.batch && n.purged < policy.batch {
+        let last = n.expired < policy.batch && n.purged < policy.batch;
+        total.add(n);
+        if last {
             return Ok(total);
         }
         tokio::task::yield_now().await;
@@ -54,7 +54,9 @@ pub async fn run(store: Arc<dyn StateStore>, policy: SweepPolicy, mut stop: watc
         }
         let swept = sweep_once(store.as_ref(), &policy, crate::clock::now_ms()).await;
         if let Ok(n) = &swept {
-            crate::metrics::STATES_SWEPT.inc_by(n.expired as u64);
+            for (namespace, count) in &n.expired_by_namespace {
+                crate::metrics::states_swept(namespace, *count);
+            }
         }
         match swept {
             Ok(n) if n.expired > 0 || n.purged > 0 => log::info!(

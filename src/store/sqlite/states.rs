@@ -95,8 +95,10 @@ impl StateStore for SqliteStore {
                     "INSERT OR REPLACE INTO expired_states (key_hash, namespace, expired_at)
                      VALUES (?1, ?2, ?3)",
                 )?;
+                let mut expired_by_namespace = std::collections::BTreeMap::new();
                 for (key_hash, namespace, expired_at) in &moved {
                     keep.execute(params![key_hash, namespace, expired_at])?;
+                    *expired_by_namespace.entry(namespace.clone()).or_default() += 1;
                 }
                 let expired = moved.len();
                 let purged = conn
@@ -111,7 +113,11 @@ impl StateStore for SqliteStore {
                     .execute([purge_before_ms])?;
                 conn.prepare_cached("DELETE FROM admin_secrets WHERE expires_at < ?1")?
                     .execute([now_ms])?;
-                Ok(SweepCount { expired, purged })
+                Ok(SweepCount {
+                    expired,
+                    expired_by_namespace,
+                    purged,
+                })
             })
             .await
     }
