@@ -2,25 +2,31 @@
 //! served at `/metrics`; HTTP request counts and latencies come from actix-web-prom with
 //! unmatched paths collapsed into one label, so probing bots cannot explode the label set.
 
+use prometheus::core::Collector;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use std::collections::HashSet;
 use std::sync::{LazyLock, RwLock};
 
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
 
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace("oauthd")
+}
+
+/// Registers a freshly made metric. Making and registering a uniquely named metric cannot
+/// fail; a failure is a programming error, caught by the first test that scrapes.
+fn registered<M: Collector + Clone + 'static>(name: &str, made: prometheus::Result<M>) -> M {
+    let metric = made.unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = REGISTRY.register(Box::new(metric.clone()));
+    metric
+}
+
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help).namespace("oauthd"), labels)
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    // Registering a fresh, uniquely named metric cannot fail; a failure is a programming error.
-    let _ = REGISTRY.register(Box::new(c.clone()));
-    c
+    registered(name, IntCounterVec::new(opts(name, help), labels))
 }
 
 fn counter(name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::with_opts(Opts::new(name, help).namespace("oauthd"))
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    let _ = REGISTRY.register(Box::new(c.clone()));
-    c
+    registered(name, IntCounter::with_opts(opts(name, help)))
 }
 
 /// Most namespaces that get a label of their own; states of any further namespace count
@@ -110,30 +116,18 @@ pub static STORAGE_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
 });
 
 pub static STORAGE_READ_ONLY: LazyLock<IntGauge> = LazyLock::new(|| {
-    let g = IntGauge::with_opts(
-        Opts::new(
-            "storage_read_only",
-            "1 while the SQLite database cannot be written (writes answer 503), else 0.",
-        )
-        .namespace("oauthd"),
-    )
-    .unwrap_or_else(|e| panic!("metric storage_read_only: {e}"));
-    let _ = REGISTRY.register(Box::new(g.clone()));
-    g
+    let name = "storage_read_only";
+    let help = "1 while the SQLite database cannot be written (writes answer 503), else 0.";
+    registered(name, IntGauge::with_opts(opts(name, help)))
 });
 
 pub static CONNECTIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    let g = IntGaugeVec::new(
-        Opts::new(
-            "connections",
-            "Connections by provider and status, at the last scrape.",
-        )
-        .namespace("oauthd"),
-        &["provider", "status"],
+    let name = "connections";
+    let help = "Connections by provider and status, at the last scrape.";
+    registered(
+        name,
+        IntGaugeVec::new(opts(name, help), &["provider", "status"]),
     )
-    .unwrap_or_else(|e| panic!("metric connections: {e}"));
-    let _ = REGISTRY.register(Box::new(g.clone()));
-    g
 });
 
 /// Prometheus text format of everything registered.

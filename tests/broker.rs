@@ -185,12 +185,7 @@ async fn token_past_its_expiry_is_refreshed_on_request(home: Home) {
         peer.is_active(second["access_token"].as_str().unwrap())
             .await
     );
-    let metrics = reqwest::get(format!("{}/metrics", d.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = d.metrics_text().await;
     assert!(
         metrics.contains("oauthd_refreshes_total{provider=\"peer\",result=\"ok\"} 1"),
         "{metrics}"

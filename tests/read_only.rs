@@ -125,22 +125,8 @@ async fn a_database_file_made_read_only_serves_reads_refuses_writes_and_recovers
     // Reads still work: the API key is checked and the connection list is read.
     let (status, body) = d.get("/v1/connections", &key).await;
     assert_eq!(status, 200, "{body}");
-    let metric = |text: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix("oauthd_storage_read_only "))
-            .map(str::to_owned)
-    };
-    let metrics = || async {
-        d.http
-            .get(format!("{}/metrics", d.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
-    assert_eq!(metric(&metrics().await).as_deref(), Some("1"));
+    const READ_ONLY: &str = "oauthd_storage_read_only";
+    assert_eq!(d.metric(READ_ONLY).await.as_deref(), Some("1"));
     // `oauthd check` fails on it and says why.
     let out = oauthd_without_dac_override(&home, &["check"]);
     let report = String::from_utf8_lossy(&out.stdout);
@@ -165,7 +151,7 @@ async fn a_database_file_made_read_only_serves_reads_refuses_writes_and_recovers
             .contains("is writable again"))
         .await
     );
-    assert_eq!(metric(&metrics().await).as_deref(), Some("0"));
+    assert_eq!(d.metric(READ_ONLY).await.as_deref(), Some("0"));
     consume_numbered(&d, &key, &before).await;
     let after = d.create_state(&key, json!({"namespace": NS})).await;
     assert_eq!(d.consume(&key, &after, NS).await.0, 200);

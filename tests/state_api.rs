@@ -218,7 +218,7 @@ async fn sweeper_removes_expired_rows_and_keeps_410_during_grace() {
     // Data is gone with the sweep; the grace tombstone still answers 410.
     assert_eq!(d.consume(&key, &expiring, NS).await.0, 410);
     assert_eq!(d.consume(&key, &live, NS).await.0, 200);
-    let text = metrics_text(&d).await;
+    let text = d.metrics_text().await;
     for series in [
         format!("oauthd_states_swept_total{{namespace=\"{NS}\"}}"),
         format!("oauthd_state_consumes_total{{namespace=\"{NS}\",outcome=\"expired\"}}"),
@@ -226,11 +226,6 @@ async fn sweeper_removes_expired_rows_and_keeps_410_during_grace() {
     ] {
         assert_eq!(sample(&text, &series), Some(1.0), "{series}\n{text}");
     }
-}
-
-async fn metrics_text(d: &common::Daemon) -> String {
-    let resp = d.http.get(format!("{}/metrics", d.url)).send().await;
-    resp.expect("metrics").text().await.expect("metrics text")
 }
 
 /// Apps may invent namespaces freely; the metrics label at most 200 of them and count the
@@ -244,7 +239,7 @@ async fn metrics_label_at_most_two_hundred_namespaces() {
         d.create_state(&key, json!({"namespace": format!("app:n{i}")}))
             .await;
     }
-    let text = metrics_text(&d).await;
+    let text = d.metrics_text().await;
     let labelled = text
         .lines()
         .filter(|l| l.starts_with("oauthd_states_created_total{namespace=\"app:n"))

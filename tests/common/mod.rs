@@ -289,6 +289,19 @@ impl Daemon {
         (status, body)
     }
 
+    /// `GET /metrics` (no token), as text.
+    pub async fn metrics_text(&self) -> String {
+        let resp = self.http.get(format!("{}/metrics", self.url)).send().await;
+        resp.expect("metrics").text().await.expect("metrics text")
+    }
+
+    /// The value of one series in `/metrics`, as printed.
+    pub async fn metric(&self, series: &str) -> Option<String> {
+        let text = self.metrics_text().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ').map(str::to_owned))
+    }
+
     pub async fn create_state(&self, key: &str, body: serde_json::Value) -> String {
         let (status, body) = self.post("/v1/states", key, body).await;
         assert_eq!(status, 201, "{body}");
