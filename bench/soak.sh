@@ -94,3 +94,5 @@ else
   echo "keys in Redis at the end: $(redis-cli -p "$port" dbsize)"
 fi
 echo "oauthd log lines at warn or above: $(wc -l <"$tmp/oauthd.err")"
+# The distinct ones (timestamps cut), most frequent first.
+sed 's/^\[[^]]*\] //' "$tmp/oauthd.err" | sort | uniq -c | sort -rn | head -5
