@@ -203,10 +203,10 @@ impl StateService {
                 "state {state} of namespace {} presented for namespace {namespace}; invalidated",
                 consumed.namespace
             );
-            record_consume("mismatch", Some(&consumed.namespace));
+            metrics::state_consumed(Some(&consumed.namespace), "mismatch");
             return Err(StateError::NamespaceMismatch);
         }
-        record_consume("ok", Some(&consumed.namespace));
+        metrics::state_consumed(Some(&consumed.namespace), "ok");
         log::debug!("state {state} consumed in {namespace}");
         Ok(consumed)
     }
@@ -228,19 +228,19 @@ impl StateService {
         let row = match self.store.take_state(state.hash()).await? {
             Taken::Missing => {
                 log::debug!("state {state}: unknown");
-                record_consume("unknown", presented);
+                metrics::state_consumed(presented, "unknown");
                 return Err(StateError::NotFound);
             }
             Taken::ExpiredTombstone { namespace } => {
                 log::debug!("state {state}: expired (swept)");
-                record_consume("expired", Some(&namespace));
+                metrics::state_consumed(Some(&namespace), "expired");
                 return Err(StateError::Expired { namespace });
             }
             Taken::Row(row) => row,
         };
         if row.expires_at_ms <= now_ms() {
             log::debug!("state {state}: expired");
-            record_consume("expired", Some(&row.namespace));
+            metrics::state_consumed(Some(&row.namespace), "expired");
             return Err(StateError::Expired {
                 namespace: row.namespace,
             });
@@ -259,11 +259,6 @@ impl StateService {
             expires_at_ms: row.expires_at_ms,
         })
     }
-}
-
-/// Counts a consume outcome (ok, unknown, expired or mismatch) in a namespace.
-pub fn record_consume(outcome: &str, namespace: Option<&str>) {
-    metrics::state_consumed(namespace, outcome);
 }
 
 #[cfg(test)]

@@ -323,10 +323,8 @@ impl Broker {
             Err(e) => return failed(503, "Storage unavailable", e.to_string()),
         };
         let account = consumed.namespace.strip_prefix(&prefix).map(str::to_owned);
-        crate::states::record_consume(
-            if account.is_some() { "ok" } else { "mismatch" },
-            Some(&consumed.namespace),
-        );
+        let outcome = if account.is_some() { "ok" } else { "mismatch" };
+        crate::metrics::state_consumed(Some(&consumed.namespace), outcome);
         let Some(account) = account else {
             log::warn!(
                 "callback {provider_name}: state {state} belongs to {}",

@@ -65,18 +65,21 @@ pub enum Taken {
 /// What one sweep batch removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SweepCount {
-    /// Expired states whose data was deleted (a tombstone stays for the grace window).
-    pub expired: usize,
-    /// The same, by namespace.
+    /// Expired states whose data was deleted (a tombstone stays for the grace window), by
+    /// namespace.
     pub expired_by_namespace: std::collections::BTreeMap<String, u64>,
     /// Tombstones older than the grace window, deleted for good.
     pub purged: usize,
 }
 
 impl SweepCount {
+    /// Expired states whose data was deleted, in all namespaces.
+    pub fn expired(&self) -> usize {
+        self.expired_by_namespace.values().sum::<u64>() as usize
+    }
+
     /// Adds another batch's counts to these.
     pub fn add(&mut self, other: SweepCount) {
-        self.expired += other.expired;
         self.purged += other.purged;
         for (namespace, n) in other.expired_by_namespace {
             *self.expired_by_namespace.entry(namespace).or_default() += n;

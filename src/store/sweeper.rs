@@ -30,7 +30,7 @@ pub async fn sweep_once(
         let n = store
             .sweep_expired(now_ms, purge_before, policy.batch)
             .await?;
-        let last = n.expired < policy.batch && n.purged < policy.batch;
+        let last = n.expired() < policy.batch && n.purged < policy.batch;
         total.add(n);
         if last {
             return Ok(total);
@@ -59,9 +59,9 @@ pub async fn run(store: Arc<dyn StateStore>, policy: SweepPolicy, mut stop: watc
             }
         }
         match swept {
-            Ok(n) if n.expired > 0 || n.purged > 0 => log::info!(
+            Ok(n) if n.expired() > 0 || n.purged > 0 => log::info!(
                 "sweeper: removed {} expired state(s), forgot {} past the grace window",
-                n.expired,
+                n.expired(),
                 n.purged
             ),
             Ok(_) => log::debug!("sweeper: nothing expired"),

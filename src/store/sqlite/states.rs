@@ -100,7 +100,6 @@ impl StateStore for SqliteStore {
                     keep.execute(params![key_hash, namespace, expired_at])?;
                     *expired_by_namespace.entry(namespace.clone()).or_default() += 1;
                 }
-                let expired = moved.len();
                 let purged = conn
                     .prepare_cached(
                         "DELETE FROM expired_states WHERE key_hash IN
@@ -114,7 +113,6 @@ impl StateStore for SqliteStore {
                 conn.prepare_cached("DELETE FROM admin_secrets WHERE expires_at < ?1")?
                     .execute([now_ms])?;
                 Ok(SweepCount {
-                    expired,
                     expired_by_namespace,
                     purged,
                 })
