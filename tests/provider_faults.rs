@@ -250,12 +250,8 @@ async fn provider_faults_become_503_with_retry_after_and_back_off() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     for (name, _) in &faults {
         let resp = d
-            .http
-            .get(format!("{}/v1/connections/p/{name}/token", d.url))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap();
+            .get_raw(&format!("/v1/connections/p/{name}/token"), Some(&key))
+            .await;
         assert_eq!(resp.status(), 503, "{name}");
         let retry_after: u64 = resp
             .headers()

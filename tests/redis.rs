@@ -153,12 +153,7 @@ mod shared {
                     .contains("Redis is unreachable"),
                 "{body}"
             );
-            let resp = d
-                .http
-                .get(format!("{}/readyz", d.url))
-                .send()
-                .await
-                .unwrap();
+            let resp = d.get_raw("/readyz", None).await;
             assert_eq!(resp.status(), 503);
             assert!(resp.headers().contains_key("retry-after"));
         }

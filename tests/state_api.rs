@@ -583,32 +583,15 @@ async fn bad_input_gets_a_4xx_problem_never_a_5xx(home: Home) {
     }
     // None of that disturbed the state it was issued next to.
     assert_eq!(d.consume(&key, &state, NS).await.0, 200);
-    let resp = d
-        .http
-        .get(format!("{}/v1/states", d.url))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let resp = d.get_raw("/v1/states", Some(&key)).await;
     assert_eq!(resp.status(), 405);
-    let resp = d
-        .http
-        .get(format!("{}/nowhere", d.url))
-        .send()
-        .await
-        .unwrap();
+    let resp = d.get_raw("/nowhere", None).await;
     assert_eq!(resp.status(), 404);
 
     // Request line and headers have hard limits too, on every route (public ones included).
     let long_query = format!("state={}", "a".repeat(9000));
     for path in ["/v1/states", "/callback/peer", "/healthz"] {
-        let resp = d
-            .http
-            .get(format!("{}{path}?{long_query}", d.url))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap();
+        let resp = d.get_raw(&format!("{path}?{long_query}"), Some(&key)).await;
         assert_eq!(resp.status(), 414, "{path}");
         let problem: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(problem["code"], "uri_too_long");
@@ -771,19 +754,9 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 async fn health_and_readiness_need_no_key(home: Home) {
     let d = home.start();
-    let resp = d
-        .http
-        .get(format!("{}/healthz", d.url))
-        .send()
-        .await
-        .unwrap();
+    let resp = d.get_raw("/healthz", None).await;
     assert_eq!(resp.status(), 200);
-    let resp = d
-        .http
-        .get(format!("{}/readyz", d.url))
-        .send()
-        .await
-        .unwrap();
+    let resp = d.get_raw("/readyz", None).await;
     assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["status"], "ready");
@@ -868,15 +841,7 @@ async fn a_database_locked_by_another_process_gives_503_and_recovers_by_itself()
         "{problem}"
     );
     // Reads still answer while writes wait (WAL).
-    assert_eq!(
-        d.http
-            .get(format!("{}/readyz", d.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(d.get_raw("/readyz", None).await.status(), 200);
 
     writeln!(shell_in, "ROLLBACK;").unwrap();
     drop(shell_in);
@@ -907,11 +872,7 @@ async fn metrics_count_states_outcomes_and_requests_behind_an_optional_token(hom
     assert_eq!(d.consume(&key, &a, NS).await.0, 404);
     assert_eq!(d.consume(&key, &b, "other").await.0, 409);
     for i in 0..5 {
-        d.http
-            .get(format!("{}/probe/{i}", d.url))
-            .send()
-            .await
-            .unwrap();
+        d.get_raw(&format!("/probe/{i}"), None).await;
     }
 
     let url = format!("{}/metrics", d.url);

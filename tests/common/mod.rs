@@ -291,8 +291,8 @@ impl Daemon {
 
     /// `GET /metrics` (no token), as text.
     pub async fn metrics_text(&self) -> String {
-        let resp = self.http.get(format!("{}/metrics", self.url)).send().await;
-        resp.expect("metrics").text().await.expect("metrics text")
+        let resp = self.get_raw("/metrics", None).await;
+        resp.text().await.expect("metrics text")
     }
 
     /// The value of one series in `/metrics`, as printed.
@@ -363,14 +363,17 @@ impl Daemon {
 }
 
 impl Daemon {
+    /// `GET path`, with the API key as bearer token when there is one.
+    pub async fn get_raw(&self, path: &str, key: Option<&str>) -> reqwest::Response {
+        let mut req = self.http.get(format!("{}{path}", self.url));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        req.send().await.expect("request")
+    }
+
     pub async fn get(&self, path: &str, key: &str) -> (u16, serde_json::Value) {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .bearer_auth(key)
-            .send()
-            .await
-            .expect("request");
+        let resp = self.get_raw(path, Some(key)).await;
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(serde_json::Value::Null))
     }
