@@ -14,7 +14,8 @@ use zeroize::Zeroizing;
 
 pub const SESSION_COOKIE: &str = "oauthd_session";
 const LOGIN_LINK_TTL_MS: i64 = 24 * 3600 * 1000;
-pub const SESSION_TTL_SECS: i64 = 7 * 24 * 3600;
+/// How long a browser session lasts unless `admin_session_hours` says otherwise.
+pub const DEFAULT_SESSION_HOURS: u64 = 7 * 24;
 
 /// The CSRF token of a session: derived, so nothing more is stored.
 pub fn csrf_token(session: &str) -> String {
@@ -28,9 +29,37 @@ pub fn csrf_token(session: &str) -> String {
         .collect()
 }
 
+/// Whether `presented` is `expected`, in time that depends on neither's content nor
+/// length: both are hashed to 32 bytes first, and the digests compared in constant time.
+pub fn secret_matches(expected: &str, presented: &str) -> bool {
+    SecretHash::of(expected)
+        .0
+        .ct_eq(&SecretHash::of(presented).0)
+        .into()
+}
+
+/// A browser session as `oauthd admin sessions list` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionInfo {
+    /// The first 16 hex digits of the session's hash: enough to revoke it, useless to sign in.
+    pub id: String,
+    pub expires_at: String,
+}
+
+const SESSION_ID_CHARS: usize = 16;
+
+/// How a sign-in was presented: a login link's token (link page), or the sign-in form,
+/// where the fixed admin token is accepted too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignInWith {
+    LoginLink,
+    Form,
+}
+
 pub struct Admin {
     store: Arc<dyn AdminStore>,
     static_token: Option<Zeroizing<String>>,
+    session_ttl_ms: i64,
 }
 
 fn new_secret() -> Result<Zeroizing<String>, StoreError> {
@@ -41,16 +70,30 @@ fn new_secret() -> Result<Zeroizing<String>, StoreError> {
 
 impl Admin {
     /// `OAUTHD_ADMIN_TOKEN` (or the file named by `OAUTHD_ADMIN_TOKEN_FILE`) signs in too.
-    pub fn new(store: Arc<dyn AdminStore>) -> Result<Admin, String> {
+    pub fn new(store: Arc<dyn AdminStore>, session_hours: u64) -> Result<Admin, String> {
         let static_token = crate::config::secret_from_env("OAUTHD_ADMIN_TOKEN")?;
         Ok(Admin {
             store,
             static_token,
+            session_ttl_ms: i64::try_from(session_hours.saturating_mul(3_600_000))
+                .unwrap_or(i64::MAX),
         })
+    }
+
+    /// How long a session lasts, in seconds (the cookie's Max-Age).
+    pub fn session_ttl_secs(&self) -> i64 {
+        self.session_ttl_ms / 1000
     }
 
     pub fn has_static_token(&self) -> bool {
         self.static_token.is_some()
+    }
+
+    /// Whether `presented` is the fixed admin token.
+    pub fn is_static_token(&self, presented: &str) -> bool {
+        self.static_token
+            .as_ref()
+            .is_some_and(|t| secret_matches(t, presented))
     }
 
     /// A new one-time login link, valid 24 hours.
@@ -72,17 +115,33 @@ impl Admin {
         Ok(url)
     }
 
+    /// Whether a login link still works, without using it up (a link preview may look).
+    pub async fn login_link_valid(&self, presented: &str) -> Result<bool, StoreError> {
+        if !is_token_shaped(presented) {
+            return Ok(false);
+        }
+        self.store
+            .admin_secret_valid(
+                SecretHash::of(presented),
+                AdminSecretKind::LoginLink,
+                now_ms(),
+            )
+            .await
+    }
+
     /// Whether a login link should be printed at start: nobody can sign in otherwise.
     pub async fn needs_first_link(&self) -> Result<bool, StoreError> {
         Ok(!self.has_static_token() && !self.store.any_admin_session(now_ms()).await?)
     }
 
-    /// Exchanges a login link's token (used up) or the admin token for a session secret.
-    pub async fn sign_in(&self, presented: &str) -> Result<Option<Zeroizing<String>>, StoreError> {
-        let by_static = self
-            .static_token
-            .as_ref()
-            .is_some_and(|t| bool::from(t.as_bytes().ct_eq(presented.as_bytes())));
+    /// Exchanges a login link's token (used up) or, from the sign-in form only, the admin
+    /// token for a session secret.
+    pub async fn sign_in(
+        &self,
+        presented: &str,
+        with: SignInWith,
+    ) -> Result<Option<Zeroizing<String>>, StoreError> {
+        let by_static = with == SignInWith::Form && self.is_static_token(presented);
         let by_link = !by_static
             && is_token_shaped(presented)
             && self
@@ -101,7 +160,7 @@ impl Admin {
             .insert_admin_secret(
                 SecretHash::of(&session),
                 AdminSecretKind::Session,
-                now_ms() + SESSION_TTL_SECS * 1000,
+                now_ms().saturating_add(self.session_ttl_ms),
             )
             .await?;
         Ok(Some(session))
@@ -114,5 +173,88 @@ impl Admin {
         self.store
             .admin_secret_valid(SecretHash::of(cookie), AdminSecretKind::Session, now_ms())
             .await
+    }
+
+    /// Ends a session: deleted server-side, so the cookie is worthless even if kept.
+    pub async fn sign_out(&self, cookie: &str) -> Result<bool, StoreError> {
+        if !is_token_shaped(cookie) {
+            return Ok(false);
+        }
+        self.store
+            .take_admin_secret(SecretHash::of(cookie), AdminSecretKind::Session, now_ms())
+            .await
+    }
+
+    /// Live sessions, soonest expiry first.
+    pub async fn sessions(&self) -> Result<Vec<SessionInfo>, StoreError> {
+        Ok(self
+            .store
+            .list_admin_sessions(now_ms())
+            .await?
+            .into_iter()
+            .map(|(hash, expires)| SessionInfo {
+                id: hash.to_hex()[..SESSION_ID_CHARS].to_owned(),
+                expires_at: crate::clock::rfc3339(expires),
+            })
+            .collect())
+    }
+
+    /// Revokes the sessions whose id starts with `id` (every session with `None`);
+    /// returns how many ended. An id must name exactly one session.
+    pub async fn revoke_sessions(&self, id: Option<&str>) -> Result<usize, RevokeError> {
+        let Some(id) = id else {
+            return Ok(self.store.delete_admin_sessions(None).await?);
+        };
+        let id = id.to_ascii_lowercase();
+        if id.len() < 4 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(RevokeError::BadId);
+        }
+        let matching: Vec<SecretHash> = self
+            .store
+            .list_admin_sessions(now_ms())
+            .await?
+            .into_iter()
+            .map(|(hash, _)| hash)
+            .filter(|hash| hash.to_hex().starts_with(&id))
+            .collect();
+        match matching.len() {
+            0 => Err(RevokeError::NotFound),
+            1 => Ok(self.store.delete_admin_sessions(Some(matching)).await?),
+            n => Err(RevokeError::Ambiguous(n)),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeError {
+    #[error("a session id is at least 4 hex digits, as `oauthd admin sessions list` prints it")]
+    BadId,
+    #[error("no live session has that id (see `oauthd admin sessions list`)")]
+    NotFound,
+    #[error("{0} sessions start with that id; give more digits")]
+    Ambiguous(usize),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::secret_matches;
+
+    #[test]
+    fn secrets_match_by_digest_whatever_their_length() {
+        assert!(secret_matches(
+            "admin-token-0123456789",
+            "admin-token-0123456789"
+        ));
+        assert!(!secret_matches(
+            "admin-token-0123456789",
+            "admin-token-012345678"
+        ));
+        assert!(!secret_matches("admin-token-0123456789", ""));
+        assert!(!secret_matches(
+            "a",
+            "admin-token-0123456789-and-much-longer"
+        ));
     }
 }

@@ -31,6 +31,8 @@ pub struct FileConfig {
     pub redis_prefix: Option<String>,
     pub durability: Option<Durability>,
     pub api_key_cache_seconds: Option<u64>,
+    /// How long a browser sign-in lasts (default 168: seven days).
+    pub admin_session_hours: Option<u64>,
     pub refresh_check_seconds: Option<u64>,
     pub provider_timeout_seconds: Option<u64>,
     pub public_url: Option<String>,
@@ -50,6 +52,8 @@ pub struct LimitsConfig {
     pub public_per_minute: u32,
     pub failed_auth_per_minute: u32,
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Device flows one API key (or the page) may have pending at once.
+    pub max_device_flows_per_key: u32,
 }
 
 impl Default for LimitsConfig {
@@ -58,6 +62,7 @@ impl Default for LimitsConfig {
             public_per_minute: 120,
             failed_auth_per_minute: 30,
             trusted_proxies: Vec::new(),
+            max_device_flows_per_key: 20,
         }
     }
 }
@@ -133,6 +138,7 @@ pub struct Settings {
     pub store: StoreTarget,
     pub durability: Durability,
     pub api_key_cache: Duration,
+    pub admin_session_hours: u64,
     /// How often the background refresher looks for tokens to renew.
     pub refresh_check: Duration,
     /// Bound on each request to a provider (discovery, token, revocation).
@@ -141,12 +147,13 @@ pub struct Settings {
     pub sweep: SweepPolicy,
     /// Where browsers reach oauthd; `None` means `http://<listen address>`.
     pub public_url: Option<Url>,
-    pub return_to_allowlist: Vec<String>,
+    pub return_to_allowlist: Vec<Url>,
     pub providers: Vec<Arc<Provider>>,
     /// Per client address and minute: public routes, failed API-key attempts (0: off).
     pub public_per_minute: u32,
     pub failed_auth_per_minute: u32,
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub max_device_flows_per_key: u32,
 }
 
 impl Settings {
@@ -178,6 +185,21 @@ impl Settings {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DB));
         if db.as_os_str().is_empty() {
             return Err(invalid("db", "must not be empty"));
+        }
+        let admin_session_hours = file
+            .admin_session_hours
+            .unwrap_or(crate::admin::DEFAULT_SESSION_HOURS);
+        if !(1..=24 * 366).contains(&admin_session_hours) {
+            return Err(invalid(
+                "admin_session_hours",
+                "must be between 1 and 8784 (a year)",
+            ));
+        }
+        if !(1..=10_000).contains(&file.limits.max_device_flows_per_key) {
+            return Err(invalid(
+                "limits.max_device_flows_per_key",
+                "must be between 1 and 10000",
+            ));
         }
         let api_key_cache_seconds = file.api_key_cache_seconds.unwrap_or(1);
         if api_key_cache_seconds > 3600 {
@@ -243,16 +265,19 @@ impl Settings {
             None => None,
             Some(text) => Some(parse_public_url(text)?),
         };
+        let mut return_to_allowlist = Vec::new();
         for (i, entry) in file.return_to_allowlist.iter().enumerate() {
-            let ok = Url::parse(entry)
-                .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-                .unwrap_or(false);
-            if !ok {
-                return Err(invalid(
-                    format!("return_to_allowlist[{i}]"),
-                    format!("{entry:?} is not an absolute http(s) URL prefix"),
-                ));
-            }
+            let url = Url::parse(entry)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                .filter(|u| u.username().is_empty() && u.password().is_none())
+                .ok_or_else(|| {
+                    invalid(
+                        format!("return_to_allowlist[{i}]"),
+                        format!("{entry:?} is not an absolute http(s) URL (scheme, host, optional port and path)"),
+                    )
+                })?;
+            return_to_allowlist.push(url);
         }
         let providers = file
             .providers
@@ -283,6 +308,8 @@ impl Settings {
             store,
             durability: file.durability.unwrap_or_default(),
             api_key_cache: Duration::from_secs(api_key_cache_seconds),
+            admin_session_hours,
+            max_device_flows_per_key: file.limits.max_device_flows_per_key,
             refresh_check: Duration::from_secs(refresh_check_seconds),
             provider_timeout: Duration::from_secs(provider_timeout_seconds),
             states: StatePolicy {
@@ -296,7 +323,7 @@ impl Settings {
                 batch: s.sweep_batch,
             },
             public_url,
-            return_to_allowlist: file.return_to_allowlist,
+            return_to_allowlist,
             providers,
             public_per_minute: file.limits.public_per_minute,
             failed_auth_per_minute: file.limits.failed_auth_per_minute,

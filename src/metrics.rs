@@ -66,7 +66,7 @@ static STATES_CREATED: LazyLock<IntCounterVec> = LazyLock::new(|| {
 static STATE_CONSUMES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "state_consumes_total",
-        "State consume attempts, by namespace and outcome (ok, unknown, expired, mismatch).",
+        "State consume attempts, by namespace and outcome (ok, unknown, expired).",
         &["namespace", "outcome"],
     )
 });

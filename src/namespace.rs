@@ -5,6 +5,10 @@ use std::fmt;
 
 pub const MAX_NAMESPACE_CHARS: usize = 128;
 
+/// Namespaces oauthd keeps for itself: the broker's connect flows (`connect:…`) and the
+/// provider scopes of API keys (`provider:…`). The state API refuses them for every key.
+pub const RESERVED_PREFIXES: [&str; 2] = ["connect:", "provider:"];
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Namespace(String);
 
@@ -32,6 +36,11 @@ impl Namespace {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Whether oauthd keeps this namespace for itself (see `RESERVED_PREFIXES`).
+    pub fn is_reserved(&self) -> bool {
+        RESERVED_PREFIXES.iter().any(|p| self.0.starts_with(p))
     }
 }
 

@@ -6,10 +6,14 @@
 //! 2. Every connection's tokens are re-sealed under the new key, compare-and-set, so a
 //!    refresh that lands meanwhile is never overwritten. Passes repeat until one finds
 //!    nothing left, at least a reload interval after the file changed.
-//! 3. `--prune` later drops keys that no stored value uses any more (connect flows in
-//!    progress keep theirs until they end, at most their TTL).
+//!    Pending device flows' codes are re-sealed the same way (a finished flow keeps no
+//!    code).
+//! 3. `--prune` later drops keys that no stored value uses any more: connections' tokens,
+//!    pending device flows' codes, and connect flows in progress (which keep their key
+//!    until they end, at most their TTL).
 
-use crate::store::{ConnectionStore, StoreError};
+use crate::broker::{device_aad, token_aad};
+use crate::store::{BrokerStore, StoreError};
 use crate::vault::{self, sealed_key_id, Vault, VaultError};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -60,8 +64,11 @@ fn key_lines(text: &str) -> Vec<String> {
 
 const HEADER: &str = "# oauthd vault keys, one per line: the first seals, all open.\n# Back this file up with the database; keep it private.\n";
 
-/// Re-seals what is not under the vault's current key; returns how many connections changed.
-async fn reseal_pass(vault: &Vault, store: &dyn ConnectionStore) -> Result<usize, RekeyError> {
+/// Re-seals what is not under the vault's current key; returns how many values changed.
+async fn reseal_pass(vault: &Vault, store: &dyn BrokerStore) -> Result<usize, RekeyError> {
+    let reseal = |aad: &str, sealed: &[u8]| -> Result<Vec<u8>, VaultError> {
+        vault.seal(aad, &vault.open(aad, sealed)?)
+    };
     let mut changed = 0;
     for row in store.list_connections().await? {
         let current = vault.is_current(&row.access_token)
@@ -72,13 +79,10 @@ async fn reseal_pass(vault: &Vault, store: &dyn ConnectionStore) -> Result<usize
         if current {
             continue;
         }
-        let aad = |field: &str| format!("connection:{}/{}:{field}", row.provider, row.account);
-        let reseal = |field: &str, sealed: &[u8]| -> Result<Vec<u8>, VaultError> {
-            vault.seal(&aad(field), &vault.open(&aad(field), sealed)?)
-        };
-        let new_access = reseal("access_token", &row.access_token)?;
+        let aad = |field: &str| token_aad(&row.provider, &row.account, field);
+        let new_access = reseal(&aad("access_token"), &row.access_token)?;
         let new_refresh = match &row.refresh_token {
-            Some(r) => Some(reseal("refresh_token", r)?),
+            Some(r) => Some(reseal(&aad("refresh_token"), r)?),
             None => None,
         };
         // Lost the race to a refresh: the next pass looks at the new values.
@@ -94,13 +98,26 @@ async fn reseal_pass(vault: &Vault, store: &dyn ConnectionStore) -> Result<usize
             changed += 1;
         }
     }
+    for flow in store.pending_device_flows().await? {
+        if flow.device_code.is_empty() || vault.is_current(&flow.device_code) {
+            continue;
+        }
+        let new = reseal(&device_aad(&flow.id), &flow.device_code)?;
+        // Lost the race to the flow ending: nothing left to re-seal.
+        if store
+            .reseal_device_code(&flow.id, flow.device_code.clone(), new)
+            .await?
+        {
+            changed += 1;
+        }
+    }
     Ok(changed)
 }
 
 /// Rotates to a new key. `settle` is how long running servers may take to notice.
 pub async fn rotate(
     path: &Path,
-    store: &dyn ConnectionStore,
+    store: &dyn BrokerStore,
     settle: Duration,
 ) -> Result<RekeyReport, RekeyError> {
     let old = read(path)?;
@@ -132,7 +149,7 @@ pub async fn rotate(
 }
 
 /// Drops keys no stored value uses. Returns (kept, removed).
-pub async fn prune(path: &Path, store: &dyn ConnectionStore) -> Result<(usize, usize), RekeyError> {
+pub async fn prune(path: &Path, store: &dyn BrokerStore) -> Result<(usize, usize), RekeyError> {
     let text = read(path)?;
     let lines = key_lines(&text);
     let ids = vault::key_ids(&text)?;
@@ -140,6 +157,9 @@ pub async fn prune(path: &Path, store: &dyn ConnectionStore) -> Result<(usize, u
     for row in store.list_connections().await? {
         used.extend(sealed_key_id(&row.access_token));
         used.extend(row.refresh_token.as_deref().and_then(sealed_key_id));
+    }
+    for flow in store.pending_device_flows().await? {
+        used.extend(sealed_key_id(&flow.device_code));
     }
     for data in store.sealed_flow_data().await? {
         used.extend(

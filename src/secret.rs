@@ -23,6 +23,26 @@ impl SecretHash {
     pub fn of(text: &str) -> Self {
         SecretHash(Sha256::digest(text.as_bytes()).into())
     }
+
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        <[u8; 32]>::try_from(bytes).ok().map(SecretHash)
+    }
+
+    /// Lower-case hex: not secret (a digest of 256 random bits), fit for ids and keys.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn from_hex(text: &str) -> Option<Self> {
+        if text.len() != 64 || !text.is_ascii() {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(SecretHash(out))
+    }
 }
 
 impl fmt::Debug for SecretHash {

@@ -7,7 +7,7 @@ use crate::clock::now_ms;
 use crate::metrics;
 use crate::namespace::{pattern_matches, Namespace};
 use crate::secret::StateValue;
-use crate::store::{StateRow, StateStore, StoreError, Taken};
+use crate::store::{NamespaceFilter, StateRow, StateStore, StoreError, Taken};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,12 +57,12 @@ impl StatePolicy {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("unknown state: never issued, already consumed, or expired long ago")]
+    #[error(
+        "unknown state: never issued in this namespace, already consumed, or expired long ago"
+    )]
     NotFound,
     #[error("the state has expired")]
     Expired { namespace: String },
-    #[error("the state belongs to another namespace; it has been invalidated")]
-    NamespaceMismatch,
     #[error("ttl_seconds must be between 1 and {max} for namespace {namespace}")]
     TtlOutOfRange { namespace: String, max: u64 },
     #[error("data is {size} bytes of JSON; at most {max} are accepted")]
@@ -186,48 +186,53 @@ impl StateService {
         })
     }
 
-    /// Consumes a state exactly once.
+    /// Consumes a state of `namespace` exactly once.
     ///
-    /// The row is deleted in the same step that reads it, whatever the outcome: an
-    /// expired state and a state presented under the wrong namespace are gone afterwards
-    /// too. A mismatch burns the state on purpose — a state shown to the wrong flow is a
-    /// sign of a mix-up or CSRF attempt, and the legitimate flow can simply start again.
+    /// Only a state of that namespace is touched: one presented under another namespace
+    /// stays as it is and answers `NotFound`, exactly like a state that never existed, so
+    /// a caller that may not use a namespace can neither burn its states nor learn that
+    /// they exist. (Up to 0.1 a mismatch burned the state and answered 409.) An expired
+    /// state is gone afterwards, whatever the outcome.
     pub async fn consume(
         &self,
         state: &StateValue,
         namespace: &Namespace,
     ) -> Result<ConsumedState, StateError> {
-        let consumed = self.take(state, Some(namespace.as_str())).await?;
-        if consumed.namespace != namespace.as_str() {
-            log::warn!(
-                "state {state} of namespace {} presented for namespace {namespace}; invalidated",
-                consumed.namespace
-            );
-            metrics::state_consumed(Some(&consumed.namespace), "mismatch");
-            return Err(StateError::NamespaceMismatch);
-        }
+        let filter = NamespaceFilter::Exact(namespace.to_string());
+        let consumed = self.take(state, &filter).await?;
         metrics::state_consumed(Some(&consumed.namespace), "ok");
         log::debug!("state {state} consumed in {namespace}");
         Ok(consumed)
     }
 
-    /// Consumes a state whatever its namespace, for a caller that checks the namespace
-    /// itself (the broker's callback knows the provider, not the account).
-    /// The caller records "ok" or "mismatch" once it has checked the namespace.
-    pub async fn consume_any(&self, state: &StateValue) -> Result<ConsumedState, StateError> {
-        self.take(state, None).await
+    /// Consumes a state whose namespace starts with `prefix` (the broker's callback knows
+    /// the provider, not the account); states of other namespaces are untouched.
+    pub async fn consume_prefixed(
+        &self,
+        state: &StateValue,
+        prefix: &str,
+    ) -> Result<ConsumedState, StateError> {
+        let consumed = self
+            .take(state, &NamespaceFilter::Prefix(prefix.to_owned()))
+            .await?;
+        metrics::state_consumed(Some(&consumed.namespace), "ok");
+        Ok(consumed)
     }
 
-    /// Takes the state; records the outcomes decided here (unknown, expired). `presented`:
-    /// the namespace the caller named, the label of an unknown state.
+    /// Takes the state; records the outcomes decided here (unknown, expired). An unknown
+    /// state is counted under the namespace it was presented for.
     async fn take(
         &self,
         state: &StateValue,
-        presented: Option<&str>,
+        filter: &NamespaceFilter,
     ) -> Result<ConsumedState, StateError> {
-        let row = match self.store.take_state(state.hash()).await? {
+        let row = match self.store.take_state(state.hash(), filter).await? {
             Taken::Missing => {
                 log::debug!("state {state}: unknown");
+                let presented = match filter {
+                    NamespaceFilter::Exact(ns) => Some(ns.as_str()),
+                    NamespaceFilter::Prefix(_) => None,
+                };
                 metrics::state_consumed(presented, "unknown");
                 return Err(StateError::NotFound);
             }

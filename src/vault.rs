@@ -82,13 +82,26 @@ pub fn generate_key_text() -> Result<Zeroizing<String>, VaultError> {
     Ok(Zeroizing::new(STANDARD.encode(bytes.as_slice())))
 }
 
-/// Where the vault key comes from.
-#[derive(Debug, Clone)]
+/// Where the vault key comes from. `Debug` never shows an inline key.
+#[derive(Clone)]
 pub enum KeySource {
     /// `OAUTHD_KEY`: the key itself.
     Inline(Zeroizing<String>),
     /// `OAUTHD_KEY_FILE`, or the file beside the database (created when `create` is set).
     File { path: PathBuf, create: bool },
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::Inline(_) => f.write_str("Inline([redacted])"),
+            KeySource::File { path, create } => f
+                .debug_struct("File")
+                .field("path", path)
+                .field("create", create)
+                .finish(),
+        }
+    }
 }
 
 impl KeySource {
@@ -389,6 +402,13 @@ pub fn write_key_file(path: &Path, text: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_of_an_inline_key_redacts_it() {
+        let source = KeySource::Inline(Zeroizing::new("k1-inline-secret".into()));
+        let shown = format!("{source:?}");
+        assert!(!shown.contains("inline-secret"), "{shown}");
+    }
 
     fn vault() -> Vault {
         Vault::from_text(&generate_key_text().unwrap()).unwrap()

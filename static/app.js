@@ -2,6 +2,8 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
+// The path oauthd is served under ("" at the root; "/oauthd" behind a proxy's prefix).
+const BASE = document.querySelector('meta[name="oauthd-base"]').content;
 let csrf = "";
 let providers = [];
 
@@ -26,7 +28,7 @@ function when(iso, none) {
 }
 
 async function api(method, path, body) {
-  const resp = await fetch(path, {
+  const resp = await fetch(BASE + path, {
     method,
     credentials: "same-origin",
     headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
@@ -41,6 +43,13 @@ function statusText(c) {
   if (c.status === "needs_reauth") return ["needs reauth", "status-needs_reauth"];
   if (c.failures > 0) return ["refreshing error", "status-failing"];
   return ["active", "status-active"];
+}
+
+// Which account at the provider this is, when its ID token said.
+function whichAccount(c) {
+  const a = c.provider_account;
+  if (!a) return "";
+  return el("div", { class: "hint", "data-provider-account": "" }, a.email || a.name || a.sub);
 }
 
 function renderConnections(list) {
@@ -58,7 +67,7 @@ function renderConnections(list) {
     const status = el("td", {}, el("span", { class: cls }, text));
     if (c.last_error) status.append(el("div", { class: "hint" }, c.last_error));
     body.append(el("tr", { "data-connection": `${c.provider}/${c.account}` },
-      el("td", {}, c.provider), el("td", {}, c.account), status,
+      el("td", {}, c.provider), el("td", {}, c.account, whichAccount(c)), status,
       el("td", {}, c.scopes.join(" ")), el("td", {}, when(c.expires_at, "unknown")),
       el("td", {}, when(c.last_refresh_at, "never")), el("td", {}, actions)));
   }
@@ -91,10 +100,11 @@ function renderProviders(providers, focus) {
 }
 
 async function load() {
-  const resp = await fetch("/ui/api/overview", { credentials: "same-origin" });
+  const resp = await fetch(`${BASE}/ui/api/overview`, { credentials: "same-origin" });
   if (resp.status === 401) { $("#signin").hidden = false; $("#app").hidden = true; return; }
   const data = await resp.json();
   csrf = data.csrf;
+  $("#signout-csrf").value = csrf;
   providers = data.providers;
   const params = new URLSearchParams(location.search);
   const focus = params.get("reconnect") ? { provider: params.get("reconnect"), account: params.get("account") || "default" } : null;

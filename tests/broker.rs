@@ -456,19 +456,21 @@ async fn admin_signs_in_with_the_printed_link_and_connects_from_the_browser(home
         .unwrap();
     assert_eq!(resp.status(), 401);
 
-    let out = home.cli(&[
-        "admin",
-        "link",
-        "--listen",
-        d.url.trim_start_matches("http://"),
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    let link = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let link = home.login_link(&d);
     assert!(
         link.starts_with(&format!("{}/admin/login?token=", d.url)),
         "{link}"
     );
-    let resp = browser.get(&link).send().await.unwrap();
+    // Opening the link shows a button; pressing it (a POST) signs in.
+    let page = browser.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let token = common::query_param(&link, "token");
+    let resp = browser
+        .post(format!("{}/admin/login", d.url))
+        .form(&[("link", token.as_str())])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 303);
     let cookie = resp
         .headers()
@@ -482,7 +484,9 @@ async fn admin_signs_in_with_the_printed_link_and_connects_from_the_browser(home
         "{cookie}"
     );
     // One-time: the same link does not work twice.
-    let again = reqwest::Client::new().get(&link).send().await.unwrap();
+    let again = d
+        .post_form("/admin/login", &[("link", token.as_str())], None)
+        .await;
     assert_eq!(again.status(), 401);
 
     let index = browser.get(format!("{}/", d.url)).send().await.unwrap();

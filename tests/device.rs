@@ -34,24 +34,14 @@ contract![
 
 /// Polls oauthd's status endpoint until it is no longer 202, at most `limit`.
 async fn wait_final(d: &Daemon, key: &str, id: &str, limit: Duration) -> (u16, serde_json::Value) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let (status, body) = d.get(&format!("/v1/device/peer/{id}"), key).await;
-        if status != 202 || Instant::now() > deadline {
-            return (status, body);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    d.wait_device(key, "peer", id, limit).await
 }
 
 async fn approved_device_flow_connects_and_stops_polling_at_the_first_success(home: Home) {
     let peer = Peer::start(60);
     let key = setup_on(&home, &peer);
     let d = home.start();
-    let (status, start) = d
-        .post("/v1/device/peer", &key, json!({"account": "tv"}))
-        .await;
-    assert_eq!(status, 201, "{start}");
+    let start = d.start_device(&key, "peer", "tv").await;
     let id = start["id"].as_str().unwrap().to_owned();
     let user_code = start["user_code"].as_str().unwrap().to_owned();
     assert!(start["verification_uri"]

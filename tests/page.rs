@@ -17,17 +17,6 @@ fn setup(peer: &Peer, extra: &str) -> (Home, String) {
     (home, key)
 }
 
-fn login_link(home: &Home, d: &common::Daemon) -> String {
-    let out = home.cli(&[
-        "admin",
-        "link",
-        "--listen",
-        d.url.trim_start_matches("http://"),
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn connect_list_and_disconnect_from_the_page() {
     let peer = Peer::start(60);
@@ -39,7 +28,7 @@ async fn connect_list_and_disconnect_from_the_page() {
     b.wait_for("#signin:not([hidden])").await;
     b.screenshot("01-not-signed-in.png").await;
 
-    b.client.goto(&login_link(&home, &d)).await.unwrap();
+    b.sign_in(&home.login_link(&d)).await;
     b.wait_for("[data-connect=peer]").await;
     assert!(b
         .text("#providers")
@@ -75,7 +64,7 @@ async fn connect_list_and_disconnect_from_the_page() {
     b.client.goto(&format!("{}/", d.url)).await.unwrap();
     let row = b.text("tr[data-connection='peer/default']").await;
     assert!(
-        row.contains("active") && row.contains("openid offline_access"),
+        row.contains("active") && row.contains("openid offline_access") && row.contains("alice"),
         "{row}"
     );
     b.screenshot("05-listed.png").await;
@@ -143,7 +132,7 @@ async fn expired_sign_in_shows_the_retry_page_and_one_click_starts_again() {
     );
     let d = home.start();
     let b = Browser::start("expired").await;
-    b.client.goto(&login_link(&home, &d)).await.unwrap();
+    b.sign_in(&home.login_link(&d)).await;
     b.wait_for("[data-connect=peer]")
         .await
         .click()
@@ -179,7 +168,7 @@ async fn the_page_offers_the_device_flow_and_shows_the_code() {
     let (home, key) = setup(&peer, "");
     let d = home.start();
     let b = Browser::start("device").await;
-    b.client.goto(&login_link(&home, &d)).await.unwrap();
+    b.sign_in(&home.login_link(&d)).await;
     b.wait_for("[data-connect=peer]").await;
     let account = b.wait_for("#account-peer").await;
     account.clear().await.unwrap();
@@ -219,7 +208,7 @@ async fn a_connection_that_needs_reauth_offers_reconnect() {
     assert_eq!(d.get("/v1/connections/peer/alice/token", &key).await.0, 409);
 
     let b = Browser::start("reauth").await;
-    b.client.goto(&login_link(&home, &d)).await.unwrap();
+    b.sign_in(&home.login_link(&d)).await;
     b.wait_text("tr[data-connection='peer/alice']", "needs reauth")
         .await;
     b.screenshot("01-needs-reauth.png").await;
@@ -229,4 +218,80 @@ async fn a_connection_that_needs_reauth_offers_reconnect() {
     b.wait_text("h1", "Connected").await;
     assert_eq!(d.get("/v1/connections/peer/alice/token", &key).await.0, 200);
     b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_page_works_below_a_path_prefix_behind_a_proxy() {
+    let peer = Peer::start(60);
+    let (proxy, backend) = common::proxy::PrefixProxy::bind("/oauthd").await;
+    let public = format!("{}/oauthd", proxy.url);
+    let (home, _key) = setup(&peer, &format!("public_url = \"{public}\""));
+    let d = home.start();
+    let _ = backend.send(d.url.clone());
+    let b = Browser::start("behind-proxy").await;
+
+    // The link the CLI prints already points below the prefix.
+    let out = home.cli(&["admin", "link"]);
+    assert!(out.status.success(), "{out:?}");
+    let link = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(
+        link.starts_with(&format!("{public}/admin/login?token=")),
+        "{link}"
+    );
+    b.sign_in(&link).await;
+    b.wait_for("[data-connect=peer]").await;
+    assert!(b.url().await.starts_with(&format!("{public}/")));
+    assert!(b
+        .text("#providers")
+        .await
+        .contains(&format!("{public}/callback/peer")));
+    // The stylesheet applied: the page is styled, not the browser's default.
+    let styled = b
+        .client
+        .execute(
+            "return getComputedStyle(document.querySelector('main')).maxWidth",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_ne!(styled.as_str(), Some("none"), "style.css did not load");
+    b.screenshot("01-signed-in-below-prefix.png").await;
+
+    b.click("[data-connect=peer]").await;
+    b.login_and_consent_at_provider("02").await;
+    b.wait_text("h1", "Connected").await;
+    assert!(b
+        .url()
+        .await
+        .starts_with(&format!("{public}/callback/peer?")));
+    b.client.goto(&format!("{public}/")).await.unwrap();
+    let row = b.text("tr[data-connection='peer/default']").await;
+    assert!(row.contains("active"), "{row}");
+
+    b.click("#sign-out").await;
+    b.wait_for("#signin:not([hidden])").await;
+    assert!(b.url().await.starts_with(&format!("{public}/")));
+    b.screenshot("03-signed-out.png").await;
+    b.close().await;
+
+    let paths = proxy.paths();
+    let stray: Vec<&String> = paths
+        .iter()
+        // The browser asks for /favicon.ico on its own; oauthd never names it.
+        .filter(|p| !p.starts_with("/oauthd/") && p.as_str() != "/favicon.ico")
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "requests left the prefix: {stray:?} (all: {paths:?})"
+    );
+    for asset in [
+        "/oauthd/static/style.css",
+        "/oauthd/static/app.js",
+        "/oauthd/ui/api/overview",
+    ] {
+        assert!(
+            paths.iter().any(|p| p == asset),
+            "{asset} never requested: {paths:?}"
+        );
+    }
 }

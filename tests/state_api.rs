@@ -14,7 +14,7 @@ contract![
     created_state_consumes_once_with_its_data,
     default_ttl_is_sixty_minutes_and_data_is_optional,
     second_consume_of_same_state_gets_404,
-    namespace_mismatch_gets_409_and_burns_the_state,
+    state_presented_under_another_namespace_gets_404_and_stays_usable,
     state_past_its_ttl_gets_410_even_before_the_sweeper_runs,
     requests_without_a_valid_key_get_401,
     bad_input_gets_a_4xx_problem_never_a_5xx,
@@ -161,15 +161,15 @@ async fn second_consume_of_same_state_gets_404(home: Home) {
     assert_eq!(status, 404);
 }
 
-async fn namespace_mismatch_gets_409_and_burns_the_state(home: Home) {
+async fn state_presented_under_another_namespace_gets_404_and_stays_usable(home: Home) {
     let key = home.create_key("app", &[]);
     let d = home.start();
     let state = d.create_state(&key, json!({"namespace": NS})).await;
     let (status, body) = d.consume(&key, &state, "oauth:tidal").await;
-    assert_eq!(status, 409, "{body}");
-    assert_eq!(body["code"], "namespace_mismatch");
-    // Documented: a mismatch invalidates the state, even for its own namespace.
-    assert_eq!(d.consume(&key, &state, NS).await.0, 404);
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["code"], "state_not_found");
+    // Documented: a state presented under the wrong namespace is left as it was.
+    assert_eq!(d.consume(&key, &state, NS).await.0, 200);
 }
 
 async fn state_past_its_ttl_gets_410_even_before_the_sweeper_runs(home: Home) {
@@ -691,7 +691,7 @@ async fn database_and_log_never_hold_a_state_or_key_in_clear(home: Home) {
     // Exercise every outcome so their log lines are written too.
     assert_eq!(d.consume(&key, &issued[0], NS).await.0, 200);
     assert_eq!(d.consume(&key, &issued[0], NS).await.0, 404);
-    assert_eq!(d.consume(&key, &issued[1], "other").await.0, 409);
+    assert_eq!(d.consume(&key, &issued[1], "other").await.0, 404);
     d.signal_and_wait("TERM");
     let db = home.stored_bytes();
     assert!(
@@ -870,7 +870,7 @@ async fn metrics_count_states_outcomes_and_requests_behind_an_optional_token(hom
     let b = d.create_state(&key, json!({"namespace": NS})).await;
     assert_eq!(d.consume(&key, &a, NS).await.0, 200);
     assert_eq!(d.consume(&key, &a, NS).await.0, 404);
-    assert_eq!(d.consume(&key, &b, "other").await.0, 409);
+    assert_eq!(d.consume(&key, &b, "other").await.0, 404);
     for i in 0..5 {
         d.get_raw(&format!("/probe/{i}"), None).await;
     }
@@ -903,9 +903,10 @@ async fn metrics_count_states_outcomes_and_requests_behind_an_optional_token(hom
         Some(1.0)
     );
     // Consumes by the state's namespace (an unknown state: the one it was presented for).
-    for outcome in ["ok", "unknown", "mismatch"] {
-        let series =
-            format!("oauthd_state_consumes_total{{namespace=\"{NS}\",outcome=\"{outcome}\"}}");
+    for (namespace, outcome) in [(NS, "ok"), (NS, "unknown"), ("other", "unknown")] {
+        let series = format!(
+            "oauthd_state_consumes_total{{namespace=\"{namespace}\",outcome=\"{outcome}\"}}"
+        );
         assert_eq!(sample(&text, &series), Some(1.0), "{series}\n{text}");
     }
     assert!(

@@ -45,20 +45,35 @@ pub struct DeviceStatus {
     pub connection: Option<ConnectionView>,
 }
 
-fn device_aad(id: &str) -> String {
+/// AAD of a sealed device code: binds it to its flow.
+pub(crate) fn device_aad(id: &str) -> String {
     format!("device:{id}:device_code")
 }
 
 impl Broker {
-    /// Starts a device flow and the task that polls for it.
+    /// Starts a device flow and the task that polls for it. `started_by` names who asked
+    /// ("key:<id>", "admin", "cli"): each may have at most `max_device_flows_per_key`
+    /// flows pending, so no caller can start unbounded polling.
     pub async fn start_device(
         self: &Arc<Self>,
         provider_name: &str,
         account: Option<&str>,
+        started_by: &str,
     ) -> Result<DeviceStart, BrokerError> {
         let provider = self.provider(provider_name)?.clone();
         let account = account.unwrap_or(super::DEFAULT_ACCOUNT).to_owned();
         check_name("account", &account).map_err(BrokerError::InvalidAccount)?;
+        let max = self.max_device_flows;
+        // Checked before the provider is asked for a code, and again when the flow is
+        // stored (concurrent starts).
+        if self
+            .store
+            .pending_device_flows_of(started_by, now_ms())
+            .await?
+            >= max
+        {
+            return Err(BrokerError::TooManyDeviceFlows { max });
+        }
         let endpoints = self.endpoints(&provider).await?;
         let url = endpoints
             .device_authorization
@@ -86,6 +101,7 @@ impl Broker {
             detail: None,
             next_poll_at_ms: now + interval_ms,
             created_at_ms: now,
+            started_by: started_by.to_owned(),
         };
         let start = DeviceStart {
             id: id.clone(),
@@ -95,7 +111,9 @@ impl Broker {
             expires_at_ms: row.expires_at_ms,
             interval_secs: (interval_ms / 1000) as u64,
         };
-        self.store.insert_device_flow(row).await?;
+        if !self.store.insert_device_flow(row, max).await? {
+            return Err(BrokerError::TooManyDeviceFlows { max });
+        }
         log::info!("device {provider_name}/{account}: flow {id} started");
         tokio::spawn(self.clone().drive_device_flow(id));
         Ok(start)
@@ -235,7 +253,7 @@ impl Broker {
             }
             DevicePoll::Done(tokens) => {
                 // The first success ends polling whatever happens next.
-                let (status, detail) = match self.store_tokens(&provider, a, &tokens).await {
+                let (status, detail) = match self.store_tokens(&provider, a, &tokens, None).await {
                     Ok(()) => ("connected", "connected".to_owned()),
                     Err(e) => (
                         "failed",

@@ -8,8 +8,10 @@
 
 mod device;
 pub mod refresher;
+pub mod return_to;
 mod tokens;
 
+pub(crate) use device::device_aad;
 pub use device::{DeviceStart, DeviceStatus};
 pub use tokens::{AccessToken, ConnectionView};
 
@@ -29,6 +31,8 @@ use url::Url;
 use zeroize::Zeroizing;
 
 pub const DEFAULT_ACCOUNT: &str = "default";
+/// Namespaces of the broker's own connect flows: `connect:<provider>:<account>`.
+pub const CONNECT_PREFIX: &str = "connect:";
 
 /// What the broker keeps: connections and device flows.
 pub use crate::store::BrokerStore;
@@ -42,8 +46,8 @@ pub enum BrokerError {
     UnknownProvider(String),
     #[error("{0}")]
     InvalidAccount(String),
-    #[error("return_to {0:?} is not on the configured return_to allowlist")]
-    ReturnToNotAllowed(String),
+    #[error(transparent)]
+    ReturnToNotAllowed(#[from] return_to::ReturnToError),
     #[error("no connection {provider}/{account}")]
     ConnectionNotFound { provider: String, account: String },
     #[error("the connection {provider}/{account} needs to be connected again: {reason}")]
@@ -64,6 +68,10 @@ pub enum BrokerError {
     DeviceFlowUnsupported(String),
     #[error("no device flow {0}")]
     DeviceFlowNotFound(String),
+    #[error("{max} device flows started by this caller are still pending (limits.max_device_flows_per_key); finish or let some expire first")]
+    TooManyDeviceFlows { max: u32 },
+    #[error("{0}")]
+    IdToken(String),
     #[error("the token vault: {0}")]
     Vault(#[from] VaultError),
     #[error(transparent)]
@@ -78,14 +86,28 @@ pub struct ConnectStart {
     pub expires_at_ms: i64,
 }
 
-/// The query of a redirect back from the provider.
-#[derive(Debug, Default, serde::Deserialize)]
+/// The query of a redirect back from the provider. `Debug` shows neither the state nor
+/// the code: both are credentials.
+#[derive(Default, serde::Deserialize)]
 pub struct CallbackQuery {
     pub state: Option<String>,
     pub code: Option<String>,
     pub error: Option<String>,
     pub error_description: Option<String>,
     pub iss: Option<String>,
+}
+
+impl std::fmt::Debug for CallbackQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |v: &Option<String>| v.as_ref().map(|_| "[redacted]");
+        f.debug_struct("CallbackQuery")
+            .field("state", &redacted(&self.state))
+            .field("code", &redacted(&self.code))
+            .field("error", &self.error)
+            .field("error_description", &self.error_description)
+            .field("iss", &self.iss)
+            .finish()
+    }
 }
 
 /// How a callback ended, for the page the browser sees.
@@ -117,6 +139,18 @@ pub enum CallbackOutcome {
 struct FlowSecrets {
     verifier: String,
     return_to: Option<String>,
+    /// The OpenID nonce sent with the request; the ID token must carry it back.
+    #[serde(default)]
+    nonce: Option<String>,
+}
+
+/// The broker's settings from the config: where browsers reach oauthd, where they may be
+/// sent afterwards, how long providers may take, how many device flows a caller may run.
+pub struct BrokerSettings {
+    pub public_url: Url,
+    pub return_to_allowlist: Vec<Url>,
+    pub provider_timeout: std::time::Duration,
+    pub max_device_flows: u32,
 }
 
 pub struct Broker {
@@ -126,11 +160,13 @@ pub struct Broker {
     vault: Arc<VaultHandle>,
     http: reqwest::Client,
     public_url: Url,
-    return_to_allowlist: Vec<String>,
+    return_to_allowlist: Vec<Url>,
     /// How long a refresh holds the cross-process lease: outlives the provider request.
     lease_ms: i64,
     /// One refresh per connection at a time inside this process.
     in_flight: FlightLocks,
+    /// Pending device flows one caller may have (`limits.max_device_flows_per_key`).
+    max_device_flows: u32,
 }
 
 impl Broker {
@@ -139,20 +175,20 @@ impl Broker {
         states: Arc<StateService>,
         store: Arc<dyn BrokerStore>,
         vault: Arc<VaultHandle>,
-        public_url: Url,
-        return_to_allowlist: Vec<String>,
-        provider_timeout: std::time::Duration,
+        settings: BrokerSettings,
     ) -> Broker {
+        let timeout = settings.provider_timeout;
         Broker {
             providers: providers.into_iter().map(|p| (p.name.clone(), p)).collect(),
             states,
             store,
             vault,
-            http: flows::http_client(provider_timeout),
-            lease_ms: 2 * provider_timeout.as_millis() as i64 + 5_000,
-            public_url,
-            return_to_allowlist,
+            http: flows::http_client(timeout),
+            lease_ms: 2 * timeout.as_millis() as i64 + 5_000,
+            public_url: settings.public_url,
+            return_to_allowlist: settings.return_to_allowlist,
             in_flight: Mutex::new(HashMap::new()),
+            max_device_flows: settings.max_device_flows,
         }
     }
 
@@ -199,19 +235,12 @@ impl Broker {
         Ok(account.to_owned())
     }
 
-    fn check_return_to(&self, return_to: Option<&str>) -> Result<(), BrokerError> {
+    /// The normalised `return_to`, when one was given and the allowlist permits it.
+    fn check_return_to(&self, return_to: Option<&str>) -> Result<Option<String>, BrokerError> {
         match return_to {
-            None => Ok(()),
-            Some(r)
-                if self
-                    .return_to_allowlist
-                    .iter()
-                    .any(|p| r.starts_with(p.as_str())) =>
-            {
-                Ok(())
-            }
-            Some(r) => Err(BrokerError::ReturnToNotAllowed(
-                r.chars().take(200).collect(),
+            None => Ok(None),
+            Some(r) => Ok(Some(
+                return_to::check(r, &self.return_to_allowlist)?.to_string(),
             )),
         }
     }
@@ -235,7 +264,7 @@ impl Broker {
     ) -> Result<ConnectStart, BrokerError> {
         let provider = self.provider(provider_name)?;
         let account = Self::account(account)?;
-        self.check_return_to(return_to)?;
+        let return_to = self.check_return_to(return_to)?;
         let endpoints = self.endpoints(provider).await?;
         let namespace = flow_namespace(provider_name, &account)?;
         // The state value goes into the URL, and the verifier made with the URL goes into
@@ -253,7 +282,8 @@ impl Broker {
         .map_err(flow_error)?;
         let secrets = FlowSecrets {
             verifier: request.pkce_verifier.to_string(),
-            return_to: return_to.map(str::to_owned),
+            return_to,
+            nonce: request.nonce.clone(),
         };
         let plain = Zeroizing::new(serde_json::to_vec(&secrets).unwrap_or_default());
         let sealed = self.vault.seal(&state_aad(namespace.as_str()), &plain)?;
@@ -296,20 +326,16 @@ impl Broker {
                 "This link carries no valid state. Start connecting again from oauthd.".into(),
             );
         };
-        let prefix = format!("connect:{provider_name}:");
-        let consumed = match self.states.consume_any(&state).await {
+        // Only a state of this provider's connect flows is touched: an app's state, or
+        // another provider's flow, presented here stays as it is and reads as unknown.
+        let prefix = format!("{CONNECT_PREFIX}{provider_name}:");
+        let consumed = match self.states.consume_prefixed(&state, &prefix).await {
             Ok(c) => c,
             Err(StateError::Expired { namespace }) => {
-                return match namespace.strip_prefix(&prefix) {
-                    Some(account) => CallbackOutcome::Expired {
-                        provider: provider_name.to_owned(),
-                        account: account.to_owned(),
-                    },
-                    None => failed(
-                        400,
-                        "Unknown sign-in",
-                        "This sign-in was not started for this provider.".into(),
-                    ),
+                let account = namespace.strip_prefix(&prefix).unwrap_or_default();
+                return CallbackOutcome::Expired {
+                    provider: provider_name.to_owned(),
+                    account: account.to_owned(),
                 };
             }
             Err(StateError::NotFound) => {
@@ -317,25 +343,16 @@ impl Broker {
                 return failed(
                     400,
                     "Unknown sign-in",
-                    "This sign-in link was already used or was never issued by oauthd. Start connecting again.".into(),
+                    "This sign-in link was already used, was started for another provider, or was never issued by oauthd. Start connecting again.".into(),
                 );
             }
             Err(e) => return failed(503, "Storage unavailable", e.to_string()),
         };
-        let account = consumed.namespace.strip_prefix(&prefix).map(str::to_owned);
-        let outcome = if account.is_some() { "ok" } else { "mismatch" };
-        crate::metrics::state_consumed(Some(&consumed.namespace), outcome);
-        let Some(account) = account else {
-            log::warn!(
-                "callback {provider_name}: state {state} belongs to {}",
-                consumed.namespace
-            );
-            return failed(
-                400,
-                "Unknown sign-in",
-                "This sign-in was not started for this provider.".into(),
-            );
-        };
+        let account = consumed
+            .namespace
+            .strip_prefix(&prefix)
+            .unwrap_or_default()
+            .to_owned();
         let retry = Some((provider_name.to_owned(), account.clone()));
         let secrets = match self.open_flow_secrets(&consumed.namespace, consumed.data.as_ref()) {
             Ok(s) => s,
@@ -376,13 +393,8 @@ impl Broker {
             _ => {}
         }
         if let Some(error) = q.error.as_deref() {
-            let description: String = q
-                .error_description
-                .as_deref()
-                .unwrap_or("")
-                .chars()
-                .take(300)
-                .collect();
+            let description =
+                crate::oauth::provider_text(q.error_description.as_deref().unwrap_or(""), 300);
             if error == "access_denied" {
                 log::info!("callback {provider_name}/{account}: access denied by the user");
                 return CallbackOutcome::Denied {
@@ -391,7 +403,10 @@ impl Broker {
                     description,
                 };
             }
-            let error: String = error.chars().take(64).collect();
+            let error = crate::oauth::provider_text(error, 64);
+            log::warn!(
+                "callback {provider_name}/{account}: the provider reported {error}: {description}"
+            );
             return CallbackOutcome::Failed {
                 status: 400,
                 title: "The provider reported an error",
@@ -433,8 +448,21 @@ impl Broker {
                 };
             }
         };
-        if let Err(e) = self.store_tokens(provider, &account, &tokens).await {
-            return failed(503, "Could not store the connection", e.to_string());
+        match self
+            .store_tokens(provider, &account, &tokens, secrets.nonce.as_deref())
+            .await
+        {
+            Ok(()) => {}
+            Err(BrokerError::IdToken(e)) => {
+                log::warn!("callback {provider_name}/{account}: {e}; nothing stored");
+                return CallbackOutcome::Failed {
+                    status: 502,
+                    title: "The provider's ID token did not verify",
+                    detail: format!("{e}. Nothing was stored."),
+                    retry,
+                };
+            }
+            Err(e) => return failed(503, "Could not store the connection", e.to_string()),
         }
         log::info!("connect {provider_name}/{account}: connected");
         CallbackOutcome::Connected {
@@ -470,7 +498,7 @@ fn flow_error(e: FlowError) -> BrokerError {
 }
 
 fn flow_namespace(provider: &str, account: &str) -> Result<Namespace, BrokerError> {
-    Namespace::parse(&format!("connect:{provider}:{account}"))
+    Namespace::parse(&format!("{CONNECT_PREFIX}{provider}:{account}"))
         .map_err(|e| BrokerError::InvalidAccount(e.to_string()))
 }
 
@@ -490,6 +518,26 @@ pub fn redirect_uri(public_url: &Url, provider: &str) -> Url {
 }
 
 /// AAD of a sealed token field: binds it to its connection and field.
-fn token_aad(provider: &str, account: &str, field: &str) -> String {
+pub(crate) fn token_aad(provider: &str, account: &str, field: &str) -> String {
     format!("connection:{provider}/{account}:{field}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn debug_of_a_callback_query_hides_state_and_code() {
+        let q = super::CallbackQuery {
+            state: Some("the-state-value".into()),
+            code: Some("the-code-value".into()),
+            error: None,
+            error_description: None,
+            iss: Some("https://id.example".into()),
+        };
+        let shown = format!("{q:?}");
+        assert!(
+            !shown.contains("the-state-value") && !shown.contains("the-code-value"),
+            "{shown}"
+        );
+        assert!(shown.contains("id.example"));
+    }
 }

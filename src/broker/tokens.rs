@@ -15,8 +15,10 @@
 use super::{token_aad, Broker, BrokerError};
 use crate::clock::now_ms;
 use crate::oauth::flows::{self, FlowError, TokenSet};
-use crate::oauth::Provider;
-use crate::store::{ConnectionRow, ConnectionStatus, RefreshFailure, SealedTokens};
+use crate::oauth::{id_token, Provider};
+use crate::store::{
+    AccountIdentity, ConnectionRow, ConnectionStatus, RefreshFailure, SealedTokens,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use zeroize::Zeroizing;
@@ -64,6 +66,9 @@ pub struct ConnectionView {
     pub retry_at: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// Which account at the provider this is (from a verified ID token), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_account: Option<AccountIdentity>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reconnect_url: Option<String>,
 }
@@ -200,20 +205,65 @@ impl Broker {
         })
     }
 
-    /// Stores the tokens of a completed connect flow.
+    /// Stores the tokens of a completed connect flow. An ID token in the answer is
+    /// verified first (signature, issuer, audience, expiry and, when one was sent, the
+    /// nonce); one that does not verify stores nothing.
     pub(super) async fn store_tokens(
         &self,
         provider: &Provider,
         account: &str,
         t: &TokenSet,
+        nonce: Option<&str>,
     ) -> Result<(), BrokerError> {
+        let identity = self.verify_id_token(provider, t, nonce).await?;
         // No scope in the response means the requested ones were granted (RFC 6749 §5.1).
         let requested = (!provider.scopes.is_empty()).then(|| provider.scopes.join(" "));
         let sealed = self.seal_tokens(&provider.name, account, t, requested)?;
         self.store
-            .save_connection(&provider.name, account, sealed, now_ms())
+            .save_connection(&provider.name, account, sealed, identity, now_ms())
             .await?;
         Ok(())
+    }
+
+    /// The account an ID token names, when the answer carried one and the provider has an
+    /// issuer to check it against (an explicitly configured provider without `issuer` has
+    /// no trust anchor for ID tokens: the token is then ignored).
+    async fn verify_id_token(
+        &self,
+        provider: &Provider,
+        t: &TokenSet,
+        nonce: Option<&str>,
+    ) -> Result<AccountIdentity, BrokerError> {
+        let Some(token) = t.id_token.as_deref() else {
+            return Ok(AccountIdentity::default());
+        };
+        let endpoints = self.endpoints(provider).await?;
+        let Some(issuer) = endpoints.issuer.as_deref() else {
+            log::debug!(
+                "{}: an ID token came back, but no issuer is configured to verify it; ignored",
+                provider.name
+            );
+            return Ok(AccountIdentity::default());
+        };
+        let expected = id_token::Expected {
+            issuer,
+            client_id: &provider.client_id,
+            nonce,
+        };
+        let verified = id_token::verify(
+            &self.http,
+            &provider.jwks,
+            endpoints.jwks.as_ref(),
+            token,
+            &expected,
+        )
+        .await
+        .map_err(|e| BrokerError::IdToken(e.to_string()))?;
+        Ok(AccountIdentity {
+            sub: Some(verified.sub),
+            email: verified.email,
+            name: verified.name,
+        })
     }
 
     /// An access token with at least `min_ttl` of life, refreshing first when needed.
@@ -445,6 +495,7 @@ impl Broker {
             last_error: row.last_error.clone(),
             failures: row.failures,
             retry_at: row.retry_at_ms.map(rfc3339),
+            provider_account: (!row.identity.is_empty()).then(|| row.identity.clone()),
             created_at: rfc3339(row.created_at_ms),
             updated_at: rfc3339(row.updated_at_ms),
             reconnect_url: (row.status == ConnectionStatus::NeedsReauth)
@@ -560,6 +611,7 @@ mod tests {
             retry_at_ms: None,
             lease_until_ms: None,
             generation: 1,
+            identity: AccountIdentity::default(),
         }
     }
 

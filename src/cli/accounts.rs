@@ -1,7 +1,7 @@
 //! Providers and connected accounts from the terminal: `providers list`,
 //! `connections list|show|delete`, `connect --device`, `admin link`.
 
-use super::{broker, open_store, runtime, ConnectionsCommand, Fatal};
+use super::{broker, open_store, runtime, ConnectionsCommand, Fatal, SessionsCommand};
 use crate::admin::Admin;
 use crate::config::Settings;
 use crate::states::StateService;
@@ -103,7 +103,7 @@ pub(super) fn connect_device(
         settings.public_url_for(settings.listen),
     )?;
     runtime()?.block_on(async {
-        let start = broker.start_device(provider, account).await?;
+        let start = broker.start_device(provider, account, "cli").await?;
         let account = account.unwrap_or(crate::broker::DEFAULT_ACCOUNT);
         println!(
             "To connect {provider}/{account}, open {}",
@@ -140,10 +140,40 @@ pub(super) fn connect_device(
 
 pub(super) fn admin_link(settings: Settings) -> Result<(), Fatal> {
     let store = open_store(&settings)?;
-    let admin = Admin::new(store).map_err(|e| Fatal(e, 2))?;
+    let admin = Admin::new(store, settings.admin_session_hours).map_err(|e| Fatal(e, 2))?;
     let public_url = settings.public_url_for(settings.listen);
     let link = runtime()?.block_on(admin.login_link(&public_url))?;
     eprintln!("One-time login link, valid 24 hours:");
     println!("{link}");
     Ok(())
+}
+
+pub(super) fn admin_sessions(settings: Settings, command: SessionsCommand) -> Result<(), Fatal> {
+    let store = open_store(&settings)?;
+    let admin = Admin::new(store, settings.admin_session_hours).map_err(|e| Fatal(e, 2))?;
+    runtime()?.block_on(async {
+        match command {
+            SessionsCommand::List { json } => {
+                let sessions = admin.sessions().await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&sessions)?);
+                } else if sessions.is_empty() {
+                    eprintln!("No browser is signed in.");
+                } else {
+                    println!("{:<18} EXPIRES", "ID");
+                    for s in &sessions {
+                        println!("{:<18} {}", s.id, s.expires_at);
+                    }
+                }
+                Ok(())
+            }
+            SessionsCommand::Revoke { id, all } => {
+                let n = admin
+                    .revoke_sessions(if all { None } else { id.as_deref() })
+                    .await?;
+                println!("Signed out {n} session(s).");
+                Ok(())
+            }
+        }
+    })
 }

@@ -7,7 +7,7 @@ mod keys;
 mod serve;
 mod vault_keys;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, BrokerSettings};
 use crate::config::{Overrides, Settings};
 use crate::states::StateService;
 use crate::store::sqlite::SqliteStore;
@@ -120,6 +120,30 @@ pub(crate) enum ConnectionsCommand {
 pub(crate) enum AdminCommand {
     /// Print a new one-time login link (valid 24 hours)
     Link,
+    /// Browser sessions: list them, or sign browsers out
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SessionsCommand {
+    /// Signed-in browser sessions, with their ids and expiry (never a session secret)
+    List {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign out the session with this id (as `list` prints it), or every session
+    Revoke {
+        /// The session's id, or its first digits
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Sign out every browser
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -184,6 +208,9 @@ fn run(cli: Cli) -> Result<(), Fatal> {
         Some(Command::Admin {
             command: AdminCommand::Link,
         }) => accounts::admin_link(settings),
+        Some(Command::Admin {
+            command: AdminCommand::Sessions { command },
+        }) => accounts::admin_sessions(settings, command),
         Some(Command::Rekey { prune }) => vault_keys::rekey(settings, prune),
         Some(Command::Connect {
             provider,
@@ -258,9 +285,12 @@ pub(super) fn broker(
         states,
         store.clone(),
         vault,
-        public_url,
-        settings.return_to_allowlist.clone(),
-        settings.provider_timeout,
+        BrokerSettings {
+            public_url,
+            return_to_allowlist: settings.return_to_allowlist.clone(),
+            provider_timeout: settings.provider_timeout,
+            max_device_flows: settings.max_device_flows_per_key,
+        },
     )))
 }
 

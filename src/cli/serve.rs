@@ -12,7 +12,7 @@ use std::sync::Arc;
 pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
     let store = open_store(&settings)?;
     log::info!("{}", store.describe());
-    let admin = Admin::new(store.clone()).map_err(|e| Fatal(e, 2))?;
+    let admin = Admin::new(store.clone(), settings.admin_session_hours).map_err(|e| Fatal(e, 2))?;
     let metrics_token =
         crate::config::secret_from_env("OAUTHD_METRICS_TOKEN").map_err(|e| Fatal(e, 2))?;
     let listener = http::bind(&settings)?;
@@ -63,6 +63,7 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
             broker,
             admin,
             secure_cookies: public_url.scheme() == "https",
+            base_path: public_url.path().trim_end_matches('/').to_owned(),
             metrics_token,
             public_limit: crate::http::RateLimiter::new(settings.public_per_minute),
             failed_auth_limit: crate::http::RateLimiter::new(settings.failed_auth_per_minute),

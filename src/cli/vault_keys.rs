@@ -30,7 +30,7 @@ pub(super) fn rekey(settings: Settings, prune: bool) -> Result<(), Fatal> {
         let report =
             crate::rekey::rotate(&path, store.as_ref(), std::time::Duration::from_millis(1500)).await?;
         eprintln!(
-            "New vault key {} now seals; re-sealed {} connection(s). The {} older key(s) stay in {} so values sealed under them still open; `oauthd rekey --prune` removes them once nothing uses them.",
+            "New vault key {} now seals; re-sealed {} value(s) (connection tokens, pending device codes). The {} older key(s) stay in {} so values sealed under them still open; `oauthd rekey --prune` removes them once nothing uses them.",
             report.new_key_id, report.resealed, report.old_keys, path.display()
         );
         Ok(())

@@ -1,63 +1,147 @@
-//! Browser sign-in: `/admin/login?token=…` sets the session cookie and goes to the page.
+//! Browser sign-in and sign-out.
+//!
+//! A login link (`GET /admin/login?token=…`) never signs in by itself: mail and chat apps
+//! open links to preview them, and a GET that used the link up would sign the previewer
+//! in. The GET shows one button that POSTs the token; only that POST signs in. The fixed
+//! admin token is accepted only from the sign-in form (a POST), never in a URL.
 
-use super::pages::{escape, page};
+use super::pages::{escape, page, too_many};
 use super::AppState;
-use crate::admin::{SESSION_COOKIE, SESSION_TTL_SECS};
+use crate::admin::{csrf_token, SignInWith, SESSION_COOKIE};
 use actix_web::cookie::{time::Duration as CookieDuration, Cookie, SameSite};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-/// `GET /admin/login?token=…`: a login link or the admin token -> session cookie -> `/`.
+/// `GET /admin/login?token=…`: a page with one button that signs in with the link.
 pub async fn login(app: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    let base = app.base_path.as_str();
     if let Err(e) = app.public_route_hit(&req) {
-        return super::pages::too_many(&e);
+        return too_many(base, &e);
     }
     let token = url::form_urlencoded::parse(req.query_string().as_bytes())
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default();
-    sign_in(&app, &token).await
+    if app.admin.is_static_token(&token) {
+        log::warn!("the admin token was sent in a URL and refused; type it into the sign-in form instead (and consider changing it: URLs end up in histories and logs)");
+        return page(
+            base,
+            400,
+            "Not in a link",
+            &format!("<p>The admin token is never accepted in a URL. Type it into the sign-in form on <a href=\"{}/\">oauthd's page</a>.</p>", escape(base)),
+        );
+    }
+    match app.admin.login_link_valid(&token).await {
+        Ok(true) => page(
+            base,
+            200,
+            "Sign in to oauthd",
+            &format!(
+                "<p>This one-time link signs this browser in to oauthd.</p>\
+                 <form method=\"post\" action=\"{}/admin/login\">\
+                 <input type=\"hidden\" name=\"link\" value=\"{}\">\
+                 <button type=\"submit\" id=\"sign-in\">Sign in</button></form>",
+                escape(base),
+                escape(&token)
+            ),
+        ),
+        Ok(false) => link_not_working(base),
+        Err(e) => page(base, 503, "Storage unavailable", &escape(&e.to_string())),
+    }
 }
 
+fn link_not_working(base: &str) -> HttpResponse {
+    page(
+        base,
+        401,
+        "This login link does not work",
+        "<p>It was already used, has expired, or was never valid. Make a new one with <code>oauthd admin link</code>.</p>",
+    )
+}
+
+/// The sign-in form: `link` from a login link's page, or `token` from the page's form
+/// (the admin token, or a login link's token pasted by hand).
 #[derive(serde::Deserialize)]
 pub struct LoginForm {
-    token: String,
+    link: Option<String>,
+    token: Option<String>,
 }
 
-/// `POST /admin/login` (form: token): the page's sign-in form, for `OAUTHD_ADMIN_TOKEN`
-/// (a POST keeps the token out of URLs and browser history).
+/// `POST /admin/login` -> session cookie -> 303 to the page.
 pub async fn login_form(
     app: web::Data<AppState>,
     req: HttpRequest,
     form: web::Form<LoginForm>,
 ) -> HttpResponse {
+    let base = app.base_path.as_str();
     if let Err(e) = app.public_route_hit(&req) {
-        return super::pages::too_many(&e);
+        return too_many(base, &e);
     }
-    sign_in(&app, &form.token).await
-}
-
-async fn sign_in(app: &AppState, token: &str) -> HttpResponse {
-    match app.admin.sign_in(token).await {
+    let form = form.into_inner();
+    let (presented, with) = match (form.link, form.token) {
+        (Some(link), _) => (link, SignInWith::LoginLink),
+        (None, Some(token)) => (token, SignInWith::Form),
+        (None, None) => (String::new(), SignInWith::LoginLink),
+    };
+    match app.admin.sign_in(&presented, with).await {
         Ok(Some(session)) => {
             let cookie = Cookie::build(SESSION_COOKIE, session.to_string())
-                .path("/")
+                .path(format!("{base}/"))
                 .http_only(true)
                 .same_site(SameSite::Lax)
                 .secure(app.secure_cookies)
-                .max_age(CookieDuration::seconds(SESSION_TTL_SECS))
+                .max_age(CookieDuration::seconds(app.admin.session_ttl_secs()))
                 .finish();
-            HttpResponse::SeeOther()
-                .cookie(cookie)
-                .insert_header((header::LOCATION, "/"))
-                .insert_header((header::CACHE_CONTROL, "no-store"))
-                .finish()
+            log::info!("admin: a browser signed in");
+            to_page(base).cookie(cookie).finish()
         }
-        Ok(None) => page(
-            401,
-            "This login link does not work",
-            "<p>It was already used, has expired, or was never valid. Make a new one with <code>oauthd admin link</code>.</p>",
-        ),
-        Err(e) => page(503, "Storage unavailable", &escape(&e.to_string())),
+        Ok(None) => link_not_working(base),
+        Err(e) => page(base, 503, "Storage unavailable", &escape(&e.to_string())),
+    }
+}
+
+fn to_page(base: &str) -> actix_web::HttpResponseBuilder {
+    let mut b = HttpResponse::SeeOther();
+    b.insert_header((header::LOCATION, format!("{base}/")))
+        .insert_header((header::CACHE_CONTROL, "no-store"));
+    b
+}
+
+#[derive(serde::Deserialize)]
+pub struct LogoutForm {
+    csrf: String,
+}
+
+/// `POST /admin/logout` (form: csrf): deletes the session server-side, clears the cookie.
+pub async fn logout(
+    app: web::Data<AppState>,
+    req: HttpRequest,
+    form: web::Form<LogoutForm>,
+) -> HttpResponse {
+    let base = app.base_path.as_str();
+    let Some(cookie) = req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned()) else {
+        return to_page(base).finish();
+    };
+    if !crate::admin::secret_matches(&csrf_token(&cookie), &form.csrf) {
+        return page(
+            base,
+            403,
+            "Please sign out from oauthd's page",
+            "<p>This form was not issued for your session.</p>",
+        );
+    }
+    match app.admin.sign_out(&cookie).await {
+        Ok(_) => {
+            log::info!("admin: a browser signed out");
+            let mut gone = Cookie::build(SESSION_COOKIE, "")
+                .path(format!("{base}/"))
+                .http_only(true)
+                .same_site(SameSite::Lax)
+                .secure(app.secure_cookies)
+                .finish();
+            gone.make_removal();
+            to_page(base).cookie(gone).finish()
+        }
+        Err(e) => page(base, 503, "Storage unavailable", &escape(&e.to_string())),
     }
 }

@@ -18,8 +18,9 @@ fn retry_button(
 ) -> String {
     match csrf {
         Some(token) => format!(
-            "<form method=\"post\" action=\"/connect/{p}\"><input type=\"hidden\" name=\"account\" value=\"{a}\">\
+            "<form method=\"post\" action=\"{b}/connect/{p}\"><input type=\"hidden\" name=\"account\" value=\"{a}\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{t}\"><button type=\"submit\">{l}</button></form>",
+            b = escape(&app.base_path),
             p = escape(provider),
             a = escape(account),
             t = escape(token),
@@ -38,12 +39,14 @@ pub async fn callback(
     provider: web::Path<String>,
     req: HttpRequest,
 ) -> HttpResponse {
+    let base = app.base_path.as_str();
     if let Err(e) = app.public_route_hit(&req) {
-        return super::pages::too_many(&e);
+        return super::pages::too_many(base, &e);
     }
     let query = match web::Query::<CallbackQuery>::from_query(req.query_string()) {
         Ok(q) => q.into_inner(),
         Err(_) => return page(
+            base,
             400,
             "Malformed answer",
             "<p>The provider's answer could not be read. Start connecting again from oauthd.</p>",
@@ -62,6 +65,7 @@ pub async fn callback(
                 .insert_header((header::CACHE_CONTROL, "no-store"))
                 .finish(),
             None => page(
+                base,
                 200,
                 "Connected",
                 &format!(
@@ -72,6 +76,7 @@ pub async fn callback(
             ),
         },
         CallbackOutcome::Expired { provider, account } => page(
+                base,
             410,
             "This sign-in expired",
             &format!(
@@ -87,6 +92,7 @@ pub async fn callback(
             account,
             description,
         } => page(
+                base,
             403,
             "Access was declined",
             &format!(
@@ -109,7 +115,7 @@ pub async fn callback(
             let button = retry
                 .map(|(p, a)| retry_button(&app, csrf, &p, &a, "Start again"))
                 .unwrap_or_default();
-            page(status, title, &format!("<p>{}</p>{button}", escape(&detail)))
+            page(base, status, title, &format!("<p>{}</p>{button}", escape(&detail)))
         }
     }
 }

@@ -22,7 +22,11 @@ pub async fn start(
     caller.require_provider(&app, &provider)?;
     let started = app
         .broker
-        .start_device(&provider, account.as_deref())
+        .start_device(
+            &provider,
+            account.as_deref(),
+            &format!("key:{}", caller.0.id),
+        )
         .await?;
     Ok(no_store(HttpResponse::Created()).json(started_json(&started)))
 }

@@ -5,7 +5,6 @@ use super::AppState;
 use crate::metrics;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use subtle::ConstantTimeEq;
 
 pub async fn metrics(app: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     if let Some(token) = &app.metrics_token {
@@ -15,7 +14,7 @@ pub async fn metrics(app: web::Data<AppState>, req: HttpRequest) -> Result<HttpR
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if !bool::from(token.as_bytes().ct_eq(presented.as_bytes())) {
+        if !crate::admin::secret_matches(token, presented) {
             return Err(ApiError::unauthorized(
                 "invalid_metrics_token",
                 "send the metrics token as Authorization: Bearer <token>",

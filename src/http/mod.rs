@@ -47,6 +47,9 @@ pub struct AppState {
     pub admin: Admin,
     /// Mark cookies `Secure` (public_url is https).
     pub secure_cookies: bool,
+    /// The path oauthd is served under: `public_url`'s, without the final `/` ("" at the
+    /// root). Every address oauthd emits starts with it.
+    pub base_path: String,
     /// Bearer token `/metrics` asks for, when set.
     pub metrics_token: Option<zeroize::Zeroizing<String>>,
     /// Budget per client address on the public routes.
@@ -156,6 +159,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(admin::login_form))
                 .default_service(web::to(method_not_allowed)),
         )
+        .service(endpoint("/admin/logout", web::post().to(admin::logout)))
         .service(endpoint("/", web::get().to(ui::index)))
         .default_service(web::to(not_found));
 }

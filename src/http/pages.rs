@@ -19,15 +19,17 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-/// A page; `body` must already be escaped HTML.
-pub fn page(status: u16, title: &str, body: &str) -> HttpResponse {
+/// A page; `body` must already be escaped HTML. `base`: the path oauthd is served under
+/// (`public_url`'s path, "" at the root), for the stylesheet's address.
+pub fn page(base: &str, status: u16, title: &str, body: &str) -> HttpResponse {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{t} · oauthd</title><link rel=\"stylesheet\" href=\"/static/style.css\"></head>\
+         <title>{t} · oauthd</title><link rel=\"stylesheet\" href=\"{b}/static/style.css\"></head>\
          <body><main><h1>{t}</h1>{body}</main></body></html>",
-        t = escape(title)
+        t = escape(title),
+        b = escape(base)
     );
     let mut b = HttpResponse::build(status);
     security_headers(&mut b);
@@ -37,8 +39,9 @@ pub fn page(status: u16, title: &str, body: &str) -> HttpResponse {
 }
 
 /// 429 for people: a page that says when to come back, with `Retry-After`.
-pub fn too_many(err: &super::ApiError) -> HttpResponse {
+pub fn too_many(base: &str, err: &super::ApiError) -> HttpResponse {
     let mut resp = page(
+        base,
         429,
         "Too many requests",
         &format!("<p>{}</p>", escape(&err.detail)),

@@ -136,9 +136,6 @@ impl From<StateError> for ApiError {
         match e {
             StateError::NotFound => ApiError::new(StatusCode::NOT_FOUND, "state_not_found", detail),
             StateError::Expired { .. } => ApiError::new(StatusCode::GONE, "state_expired", detail),
-            StateError::NamespaceMismatch => {
-                ApiError::new(StatusCode::CONFLICT, "namespace_mismatch", detail)
-            }
             StateError::TtlOutOfRange { .. } => ApiError::bad_request("invalid_ttl", detail),
             StateError::DataTooLarge { .. } => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "data_too_large", detail)
@@ -165,6 +162,12 @@ impl From<BrokerError> for ApiError {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_provider", detail)
             }
             BrokerError::InvalidAccount(_) => ApiError::bad_request("invalid_account", detail),
+            BrokerError::TooManyDeviceFlows { .. } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_device_flows",
+                detail,
+            )
+            .retry_after(60),
             BrokerError::ReturnToNotAllowed(_) => {
                 ApiError::bad_request("return_to_not_allowed", detail)
             }
@@ -185,6 +188,9 @@ impl From<BrokerError> for ApiError {
             .retry_after(retry_after_secs),
             BrokerError::ProviderRejected(_) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "provider_rejected", detail)
+            }
+            BrokerError::IdToken(_) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "id_token_invalid", detail)
             }
             BrokerError::DeviceFlowUnsupported(_) => {
                 ApiError::bad_request("device_flow_unsupported", detail)

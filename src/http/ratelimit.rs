@@ -1,31 +1,59 @@
-//! Per-client rate limits: a fixed one-minute window per IP address.
+//! Per-client rate limits: a fixed one-minute window per client address.
 //!
 //! Applied to the public routes (callbacks, connect forms, sign-in) and to failed API-key
-//! attempts. The client address is the TCP peer, or the last address in
-//! `X-Forwarded-For` that is not a trusted proxy, when the peer itself is one.
+//! attempts. The client address is the TCP peer or, when the peer is a trusted proxy, the
+//! nearest address in `X-Forwarded-For` that is not one; IPv6 clients count per /64 (one
+//! host usually holds a whole /64). A full table drops finished windows, then the oldest
+//! windows of addresses still under their budget: it is never wiped, so flooding it with
+//! new addresses does not lift a block.
 
 use super::problem::ApiError;
 use actix_web::http::StatusCode;
 use actix_web::HttpRequest;
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const WINDOW: Duration = Duration::from_secs(60);
-/// Addresses tracked at once; beyond it, finished windows are dropped first.
+/// Addresses tracked at once.
 const MAX_TRACKED: usize = 10_000;
+
+/// What one budget is kept for: an IPv4 address or an IPv6 /64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct ClientKey(IpAddr);
+
+impl From<IpAddr> for ClientKey {
+    fn from(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => ClientKey(IpAddr::V4(v4)),
+                None => {
+                    let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                    ClientKey(IpAddr::V6(Ipv6Addr::from(prefix)))
+                }
+            },
+            v4 => ClientKey(v4),
+        }
+    }
+}
 
 pub struct RateLimiter {
     per_minute: u32,
-    windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    max_tracked: usize,
+    windows: Mutex<HashMap<ClientKey, (Instant, u32)>>,
 }
 
 impl RateLimiter {
     /// `per_minute` 0 disables the limit.
     pub fn new(per_minute: u32) -> RateLimiter {
+        RateLimiter::with_capacity(per_minute, MAX_TRACKED)
+    }
+
+    fn with_capacity(per_minute: u32, max_tracked: usize) -> RateLimiter {
         RateLimiter {
             per_minute,
+            max_tracked: max_tracked.max(8),
             windows: Mutex::new(HashMap::new()),
         }
     }
@@ -36,7 +64,7 @@ impl RateLimiter {
             return None;
         }
         let windows = self.windows.lock().ok()?;
-        let (start, count) = windows.get(&ip)?;
+        let (start, count) = windows.get(&ClientKey::from(ip))?;
         let left = WINDOW.checked_sub(start.elapsed())?;
         (*count >= self.per_minute).then(|| left.as_secs().max(1))
     }
@@ -49,38 +77,70 @@ impl RateLimiter {
         let Ok(mut windows) = self.windows.lock() else {
             return Ok(());
         };
-        if windows.len() >= MAX_TRACKED {
-            windows.retain(|_, (start, _)| start.elapsed() < WINDOW);
-            if windows.len() >= MAX_TRACKED {
-                windows.clear();
-            }
+        let key = ClientKey::from(ip);
+        if windows.len() >= self.max_tracked && !windows.contains_key(&key) {
+            self.make_room(&mut windows);
         }
-        let entry = windows.entry(ip).or_insert((Instant::now(), 0));
+        let entry = windows.entry(key).or_insert((Instant::now(), 0));
         if entry.0.elapsed() >= WINDOW {
             *entry = (Instant::now(), 0);
         }
-        entry.1 += 1;
+        entry.1 = entry.1.saturating_add(1);
         if entry.1 > self.per_minute {
             Err(WINDOW.saturating_sub(entry.0.elapsed()).as_secs().max(1))
         } else {
             Ok(())
         }
     }
+
+    /// Drops finished windows; when that is not enough, the oldest eighth of the table,
+    /// addresses under their budget first (a blocked address stays blocked).
+    fn make_room(&self, windows: &mut HashMap<ClientKey, (Instant, u32)>) {
+        windows.retain(|_, (start, _)| start.elapsed() < WINDOW);
+        if windows.len() < self.max_tracked {
+            return;
+        }
+        let mut order: Vec<(bool, Instant, ClientKey)> = windows
+            .iter()
+            .map(|(k, (start, n))| (*n >= self.per_minute, *start, *k))
+            .collect();
+        order.sort_unstable();
+        for (_, _, key) in order.into_iter().take(self.max_tracked / 8) {
+            windows.remove(&key);
+        }
+    }
 }
 
 /// The client's address, believing `X-Forwarded-For` only from trusted proxies.
+///
+/// Walks the forwarded addresses from the nearest hop outwards, skipping trusted proxies;
+/// the first other entry is the client. An entry that is not an address (or a missing
+/// header) ends the walk at the last trusted hop: the client is then counted under that
+/// hop's address, never under no limit at all. `None` only when the peer is unknown.
 pub fn client_ip(req: &HttpRequest, trusted_proxies: &[IpAddr]) -> Option<IpAddr> {
     let peer = req.peer_addr()?.ip();
     if !trusted_proxies.contains(&peer) {
         return Some(peer);
     }
-    let forwarded = req.headers().get("x-forwarded-for")?.to_str().ok()?;
-    forwarded
-        .split(',')
-        .rev()
-        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
-        .find(|a| !trusted_proxies.contains(a))
-        .or(Some(peer))
+    let headers: Vec<&[u8]> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .map(|v| v.as_bytes())
+        .collect();
+    let mut client = peer;
+    for entry in headers.iter().rev().flat_map(|h| h.rsplit(|b| *b == b',')) {
+        let Some(ip) = std::str::from_utf8(entry)
+            .ok()
+            .and_then(|t| t.trim().parse::<IpAddr>().ok())
+        else {
+            break;
+        };
+        client = ip;
+        if !trusted_proxies.contains(&ip) {
+            break;
+        }
+    }
+    Some(client)
 }
 
 pub fn too_many(retry_after: u64) -> ApiError {
@@ -109,5 +169,33 @@ mod tests {
         assert!(l.blocked(b).is_none());
         assert!(l.hit(b).is_ok());
         assert!(RateLimiter::new(0).hit(a).is_ok(), "0 disables the limit");
+    }
+
+    #[test]
+    fn ipv6_clients_share_a_budget_per_64() {
+        let l = RateLimiter::new(2);
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(l.hit(a).is_ok());
+        assert!(l.hit(b).is_ok());
+        assert!(l.hit(a).is_err());
+        assert!(l.blocked(b).is_some());
+        assert!(l.hit(other).is_ok());
+    }
+
+    #[test]
+    fn a_full_table_keeps_blocked_addresses() {
+        let l = RateLimiter::with_capacity(2, 64);
+        let bad: IpAddr = "10.9.9.9".parse().unwrap();
+        for _ in 0..3 {
+            let _ = l.hit(bad);
+        }
+        for i in 0..1000u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            let _ = l.hit(ip);
+            assert!(l.windows.lock().unwrap().len() <= 64);
+        }
+        assert!(l.blocked(bad).is_some(), "the flood lifted the block");
     }
 }

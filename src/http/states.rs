@@ -13,7 +13,18 @@ use serde_json::json;
 
 fn namespace(body: &mut JsonObject) -> Result<Namespace, ApiError> {
     let text = body.string("namespace", "invalid_namespace")?;
-    Namespace::parse(&text).map_err(|e| ApiError::bad_request("invalid_namespace", e.to_string()))
+    let ns = Namespace::parse(&text)
+        .map_err(|e| ApiError::bad_request("invalid_namespace", e.to_string()))?;
+    if ns.is_reserved() {
+        return Err(ApiError::bad_request(
+            "reserved_namespace",
+            format!(
+                "namespaces starting with {} are oauthd's own; pick another",
+                crate::namespace::RESERVED_PREFIXES.join(" or ")
+            ),
+        ));
+    }
+    Ok(ns)
 }
 
 /// A create request's fields: namespace, TTL, data.

@@ -13,27 +13,29 @@ use actix_web::http::{header, Method, StatusCode};
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use futures_util::future::LocalBoxFuture;
 use serde_json::json;
-use subtle::ConstantTimeEq;
 
 const INDEX: &str = include_str!("../../static/index.html");
 const APP_JS: &str = include_str!("../../static/app.js");
 const STYLE: &str = include_str!("../../static/style.css");
 
-/// `GET /`: the page shell; it asks `/ui/api/overview` for data.
-pub async fn index() -> HttpResponse {
-    asset_response("text/html; charset=utf-8", INDEX)
+/// `GET /`: the page shell; it asks `/ui/api/overview` for data. Every address in it
+/// starts with the path oauthd is served under (`public_url`'s), so the page works
+/// behind a proxy that serves oauthd below a prefix.
+pub async fn index(app: web::Data<AppState>) -> HttpResponse {
+    let html = INDEX.replace("{base}", &super::pages::escape(&app.base_path));
+    asset_response("text/html; charset=utf-8", html)
 }
 
 /// `GET /static/{name}`
 pub async fn asset(name: web::Path<String>) -> HttpResponse {
     match name.as_str() {
-        "app.js" => asset_response("text/javascript; charset=utf-8", APP_JS),
-        "style.css" => asset_response("text/css; charset=utf-8", STYLE),
+        "app.js" => asset_response("text/javascript; charset=utf-8", APP_JS.to_owned()),
+        "style.css" => asset_response("text/css; charset=utf-8", STYLE.to_owned()),
         _ => actix_web::ResponseError::error_response(&ApiError::not_found_route()),
     }
 }
 
-fn asset_response(content_type: &str, body: &'static str) -> HttpResponse {
+fn asset_response(content_type: &str, body: String) -> HttpResponse {
     let mut b = HttpResponse::Ok();
     security_headers(&mut b);
     b.content_type(content_type)
@@ -55,7 +57,7 @@ async fn session(app: &AppState, req: &HttpRequest) -> Result<Option<String>, Ap
 }
 
 fn csrf_matches(expected: &str, presented: &str) -> bool {
-    bool::from(expected.as_bytes().ct_eq(presented.as_bytes()))
+    crate::admin::secret_matches(expected, presented)
 }
 
 impl FromRequest for UiSession {
@@ -151,7 +153,7 @@ pub async fn device_start(
     let account = account(body)?;
     let d = app
         .broker
-        .start_device(&provider, account.as_deref())
+        .start_device(&provider, account.as_deref(), "admin")
         .await?;
     Ok(no_store(HttpResponse::Created()).json(super::device::started_json(&d)))
 }
@@ -197,22 +199,32 @@ pub async fn connect_form(
     provider: web::Path<String>,
     form: web::Form<StartForm>,
 ) -> HttpResponse {
+    let base = app.base_path.as_str();
     if let Err(e) = app.public_route_hit(&req) {
-        return super::pages::too_many(&e);
+        return super::pages::too_many(base, &e);
     }
     let signed_in = match session(&app, &req).await {
         Ok(Some(cookie)) => cookie,
         Ok(None) => {
             return page(
+                base,
                 401,
                 "Sign in",
                 "<p>Sign in with a login link first (<code>oauthd admin link</code>).</p>",
             )
         }
-        Err(e) => return page(503, "Storage unavailable", &super::pages::escape(&e.detail)),
+        Err(e) => {
+            return page(
+                base,
+                503,
+                "Storage unavailable",
+                &super::pages::escape(&e.detail),
+            )
+        }
     };
     if !csrf_matches(&csrf_token(&signed_in), &form.csrf) {
         return page(
+            base,
             403,
             "Please start from oauthd's page",
             "<p>This form was not issued for your session.</p>",
@@ -225,6 +237,7 @@ pub async fn connect_form(
             .insert_header((header::CACHE_CONTROL, "no-store"))
             .finish(),
         Err(e) => page(
+            base,
             400,
             "Could not start",
             &super::pages::escape(&e.to_string()),

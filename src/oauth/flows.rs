@@ -5,10 +5,14 @@
 use super::provider::{ClientAuth, Endpoints, Provider};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use oauth2::basic::{BasicClient, BasicErrorResponseType};
+use oauth2::basic::{
+    BasicErrorResponse, BasicErrorResponseType, BasicRevocationErrorResponse,
+    BasicTokenIntrospectionResponse, BasicTokenType,
+};
 use oauth2::{
-    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, PkceCodeChallenge,
-    PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError, Scope, TokenResponse, TokenUrl,
+    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, ExtraTokenFields,
+    PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError, Scope,
+    StandardRevocableToken, StandardTokenResponse, TokenResponse, TokenUrl,
 };
 use std::time::Duration;
 use url::Url;
@@ -35,7 +39,26 @@ pub struct TokenSet {
     pub expires_in: Option<Duration>,
     pub refresh_token: Option<Zeroizing<String>>,
     pub scopes: Option<Vec<String>>,
+    /// The OpenID ID token, when the provider sent one (not verified yet).
+    pub id_token: Option<Zeroizing<String>>,
 }
+
+/// The fields of a token response beyond RFC 6749's: the OpenID `id_token`.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct IdTokenField {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id_token: Option<String>,
+}
+
+impl std::fmt::Debug for IdTokenField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdTokenField([redacted])")
+    }
+}
+
+impl ExtraTokenFields for IdTokenField {}
+
+type ProviderTokenResponse = StandardTokenResponse<IdTokenField, BasicTokenType>;
 
 impl std::fmt::Debug for TokenSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -70,7 +93,21 @@ pub struct AuthorizeRequest {
     pub nonce: Option<String>,
 }
 
-type ConfiguredClient = BasicClient<
+/// A client whose token responses keep the `id_token`; endpoints are set below.
+type BaseClient = oauth2::Client<
+    BasicErrorResponse,
+    ProviderTokenResponse,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+>;
+
+type ConfiguredClient = oauth2::Client<
+    BasicErrorResponse,
+    ProviderTokenResponse,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
     oauth2::EndpointSet,
     oauth2::EndpointNotSet,
     oauth2::EndpointNotSet,
@@ -79,7 +116,7 @@ type ConfiguredClient = BasicClient<
 >;
 
 fn client(provider: &Provider, endpoints: &Endpoints, redirect: Option<&Url>) -> ConfiguredClient {
-    let mut c = BasicClient::new(ClientId::new(provider.client_id.clone()))
+    let mut c = BaseClient::new(ClientId::new(provider.client_id.clone()))
         .set_auth_uri(AuthUrl::from_url(endpoints.authorization.clone()))
         .set_token_uri(TokenUrl::from_url(endpoints.token.clone()))
         .set_auth_type(match provider.client_auth {
@@ -165,12 +202,11 @@ fn classify<E: std::error::Error>(
         RequestTokenError::ServerResponse(r) => {
             let description = r
                 .error_description()
-                .cloned()
-                .unwrap_or_else(|| "no description".into());
+                .map_or_else(|| "no description".into(), |d| super::provider_text(d, 300));
             match r.error() {
                 BasicErrorResponseType::InvalidGrant => FlowError::InvalidGrant(description),
                 other => FlowError::Rejected {
-                    code: other.to_string(),
+                    code: super::provider_text(other.as_ref(), 64),
                     description,
                 },
             }
@@ -183,7 +219,7 @@ fn classify<E: std::error::Error>(
     }
 }
 
-fn token_set(r: &oauth2::basic::BasicTokenResponse) -> TokenSet {
+fn token_set(r: &ProviderTokenResponse) -> TokenSet {
     TokenSet {
         access_token: Zeroizing::new(r.access_token().secret().clone()),
         token_type: match r.token_type() {
@@ -197,6 +233,7 @@ fn token_set(r: &oauth2::basic::BasicTokenResponse) -> TokenSet {
         scopes: r
             .scopes()
             .map(|s| s.iter().map(|x| x.to_string()).collect()),
+        id_token: r.extra_fields().id_token.clone().map(Zeroizing::new),
     }
 }
 
@@ -404,13 +441,12 @@ pub enum DevicePoll {
 fn error_response(status: reqwest::StatusCode, body: &[u8]) -> FlowError {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     let code = v.get("error").and_then(|e| e.as_str()).unwrap_or("");
-    let description = v
-        .get("error_description")
-        .and_then(|e| e.as_str())
-        .unwrap_or("no description")
-        .chars()
-        .take(300)
-        .collect::<String>();
+    let description = super::provider_text(
+        v.get("error_description")
+            .and_then(|e| e.as_str())
+            .unwrap_or("no description"),
+        300,
+    );
     match code {
         "invalid_grant" => FlowError::InvalidGrant(description),
         "" if status.is_server_error() || status.as_u16() == 429 => {
@@ -418,7 +454,7 @@ fn error_response(status: reqwest::StatusCode, body: &[u8]) -> FlowError {
         }
         "" => FlowError::Transient(format!("HTTP {status} without an OAuth error")),
         other => FlowError::Rejected {
-            code: other.chars().take(64).collect(),
+            code: super::provider_text(other, 64),
             description,
         },
     }
@@ -448,7 +484,7 @@ pub async fn device_poll(
         Err(e) => return DevicePoll::Failed(FlowError::Transient(e)),
     };
     if status.is_success() {
-        return match serde_json::from_slice::<oauth2::basic::BasicTokenResponse>(&body) {
+        return match serde_json::from_slice::<ProviderTokenResponse>(&body) {
             Ok(t) => DevicePoll::Done(token_set(&t)),
             Err(e) => DevicePoll::Failed(FlowError::Transient(format!(
                 "malformed token response: {e}"

@@ -2,9 +2,27 @@
 //! refresh, revocation). Knows nothing of storage or HTTP serving.
 
 pub mod flows;
+pub mod id_token;
 pub mod provider;
 
 pub use provider::{ClientAuth, Provider, ProviderConfig};
+
+/// Text a provider sent (an error code or description): at most `max` characters, with
+/// control, line-separator and bidirectional-override characters escaped, so that it can
+/// neither forge log lines nor disguise itself wherever it is shown or stored.
+pub fn provider_text(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for c in text.chars().take(max) {
+        let unsafe_char = c.is_control()
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if unsafe_char {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
 
 /// Reads a response body, refusing more than `limit` bytes (a provider answering with an
 /// endless body must not exhaust memory).
@@ -17,4 +35,18 @@ pub async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<V
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn provider_text_cannot_start_a_log_line() {
+        let t = super::provider_text("bad\n2026-12-01T00:00:00Z ERROR forged\r\u{202e}x", 300);
+        assert!(
+            !t.contains('\n') && !t.contains('\r') && !t.contains('\u{202e}'),
+            "{t}"
+        );
+        assert!(t.starts_with("bad\\n2026"), "{t}");
+        assert_eq!(super::provider_text("ééé", 2), "éé");
+    }
 }

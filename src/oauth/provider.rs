@@ -21,8 +21,8 @@ pub enum ClientAuth {
     None,
 }
 
-/// `[providers.NAME]` in the config file.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[providers.NAME]` in the config file. `Debug` never shows the client secret.
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     pub preset: Option<String>,
@@ -37,6 +37,28 @@ pub struct ProviderConfig {
     pub scopes: Option<Vec<String>>,
     pub client_auth: Option<ClientAuth>,
     pub authorize_params: Option<BTreeMap<String, String>>,
+}
+
+impl std::fmt::Debug for ProviderConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderConfig")
+            .field("preset", &self.preset)
+            .field("issuer", &self.issuer)
+            .field("authorization_url", &self.authorization_url)
+            .field("token_url", &self.token_url)
+            .field("revocation_url", &self.revocation_url)
+            .field("device_authorization_url", &self.device_authorization_url)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "[redacted]"),
+            )
+            .field("client_secret_file", &self.client_secret_file)
+            .field("scopes", &self.scopes)
+            .field("client_auth", &self.client_auth)
+            .field("authorize_params", &self.authorize_params)
+            .finish()
+    }
 }
 
 /// Known behaviour of a provider that the generic flows must respect.
@@ -172,6 +194,8 @@ pub struct Endpoints {
     pub device_authorization: Option<Url>,
     /// The issuer identifier, when the provider has one (RFC 8414 / OpenID).
     pub issuer: Option<String>,
+    /// Where the issuer publishes its signing keys, for ID tokens.
+    pub jwks: Option<Url>,
     /// The provider promised `iss` on every authorization response (RFC 9207).
     pub iss_parameter_supported: bool,
 }
@@ -205,6 +229,8 @@ pub struct Provider {
     pub scopes: Vec<String>,
     pub authorize_params: Vec<(String, String)>,
     pub quirks: Quirks,
+    /// The issuer's signing keys, once fetched.
+    pub jwks: super::id_token::JwksCache,
     source: Source,
     resolved: OnceCell<Endpoints>,
 }
@@ -236,6 +262,7 @@ struct Metadata {
     token_endpoint: Option<String>,
     revocation_endpoint: Option<String>,
     device_authorization_endpoint: Option<String>,
+    jwks_uri: Option<String>,
     #[serde(default)]
     authorization_response_iss_parameter_supported: bool,
 }
@@ -271,6 +298,25 @@ pub fn is_loopback(url: &Url) -> bool {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    }
+}
+
+/// Whether the URL names this machine: a loopback or unspecified address, or localhost.
+fn is_this_machine(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback() || ip.is_unspecified(),
+        Some(url::Host::Ipv6(ip)) => {
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || ip
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| v4.is_loopback() || v4.is_unspecified())
+        }
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
         None => false,
     }
 }
@@ -332,6 +378,7 @@ impl Provider {
                     revocation: partial.revocation,
                     device_authorization: partial.device_authorization,
                     issuer: None,
+                    jwks: None,
                     iss_parameter_supported: false,
                 })),
                 _ => {
@@ -423,6 +470,7 @@ impl Provider {
             scopes,
             authorize_params,
             quirks: preset.map(|p| p.quirks).unwrap_or_default(),
+            jwks: Default::default(),
             source,
             resolved,
         })
@@ -469,8 +517,20 @@ fn endpoints_from(
             meta.issuer
         )));
     }
+    // A remote issuer must not point oauthd at loopback endpoints: that would make it POST
+    // the client secret and refresh tokens to whatever listens on this machine.
+    let remote_issuer = !is_this_machine(issuer);
     let url = |field: &str, v: Option<String>| -> Result<Option<Url>, DiscoveryError> {
-        v.map(|t| endpoint_url(field, &t).map_err(fail)).transpose()
+        v.map(|t| {
+            let u = endpoint_url(field, &t).map_err(fail)?;
+            if remote_issuer && is_this_machine(&u) {
+                return Err(fail(format!(
+                    "{field} {u} is on a loopback address, which only a loopback issuer may use"
+                )));
+            }
+            Ok(u)
+        })
+        .transpose()
     };
     let authorization = match overrides.authorization.clone() {
         Some(u) => u,
@@ -496,6 +556,7 @@ fn endpoints_from(
                 meta.device_authorization_endpoint,
             )?,
         },
+        jwks: url("jwks_uri", meta.jwks_uri)?,
         issuer: Some(meta.issuer),
         iss_parameter_supported: meta.authorization_response_iss_parameter_supported,
     })
@@ -542,6 +603,70 @@ async fn fetch_metadata(http: &reqwest::Client, url: &Url) -> Result<Metadata, S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn metadata(issuer: &str, token: &str, jwks: &str) -> Metadata {
+        Metadata {
+            issuer: issuer.into(),
+            authorization_endpoint: Some(format!("{issuer}/authorize")),
+            token_endpoint: Some(token.into()),
+            revocation_endpoint: None,
+            device_authorization_endpoint: None,
+            jwks_uri: Some(jwks.into()),
+            authorization_response_iss_parameter_supported: false,
+        }
+    }
+
+    #[test]
+    fn a_remote_issuer_cannot_point_at_this_machine() {
+        let issuer = Url::parse("https://id.example.net").unwrap();
+        for local in [
+            "http://127.0.0.1:8080/token",
+            "https://127.0.0.1/token",
+            "https://localhost/token",
+            "https://api.localhost/token",
+            "https://[::1]/token",
+            "https://0.0.0.0/token",
+        ] {
+            let meta = metadata(
+                "https://id.example.net",
+                local,
+                "https://id.example.net/jwks",
+            );
+            let err = endpoints_from(&issuer, meta, &PartialEndpoints::default()).unwrap_err();
+            assert!(err.to_string().contains("loopback"), "{local}: {err}");
+            let meta = metadata(
+                "https://id.example.net",
+                "https://id.example.net/token",
+                local,
+            );
+            assert!(
+                endpoints_from(&issuer, meta, &PartialEndpoints::default()).is_err(),
+                "jwks_uri {local}"
+            );
+        }
+        let meta = metadata(
+            "https://id.example.net",
+            "https://id.example.net/token",
+            "https://id.example.net/jwks",
+        );
+        assert!(endpoints_from(&issuer, meta, &PartialEndpoints::default()).is_ok());
+        // A loopback issuer (a test provider, a local IdP) may use loopback endpoints.
+        let local = Url::parse("http://127.0.0.1:9000").unwrap();
+        let meta = metadata(
+            "http://127.0.0.1:9000",
+            "http://127.0.0.1:9000/token",
+            "http://127.0.0.1:9000/jwks",
+        );
+        assert!(endpoints_from(&local, meta, &PartialEndpoints::default()).is_ok());
+    }
+
+    #[test]
+    fn debug_never_shows_the_client_secret() {
+        let c = cfg("preset = \"spotify\"\nclient_id = \"a\"\nclient_secret = \"s3cr3t-value\"");
+        assert!(!format!("{c:?}").contains("s3cr3t-value"), "{c:?}");
+        let p = Provider::from_config("sp", &c).unwrap();
+        assert!(!format!("{p:?}").contains("s3cr3t-value"));
+    }
 
     fn cfg(toml_text: &str) -> ProviderConfig {
         toml::from_str(toml_text).unwrap()

@@ -62,6 +62,34 @@ pub enum Taken {
     Missing,
 }
 
+/// Which namespaces a take may match. A state of any other namespace is left untouched
+/// and reported missing: whoever presents it under the wrong flow can neither burn it
+/// nor learn that it exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamespaceFilter {
+    /// Exactly this namespace (the state API).
+    Exact(String),
+    /// Any namespace starting with this text (a provider's connect flows).
+    Prefix(String),
+}
+
+impl NamespaceFilter {
+    pub fn matches(&self, namespace: &str) -> bool {
+        match self {
+            NamespaceFilter::Exact(ns) => namespace == ns,
+            NamespaceFilter::Prefix(p) => namespace.starts_with(p.as_str()),
+        }
+    }
+
+    /// The text compared, and whether it is a prefix.
+    pub fn parts(&self) -> (&str, bool) {
+        match self {
+            NamespaceFilter::Exact(ns) => (ns, false),
+            NamespaceFilter::Prefix(p) => (p, true),
+        }
+    }
+}
+
 /// What one sweep batch removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SweepCount {
@@ -93,8 +121,13 @@ pub trait StateStore: Send + Sync {
     /// (returns false then). Acknowledged only once durable.
     async fn insert_state(&self, row: StateRow, max_live: u64) -> Result<bool, StoreError>;
     /// Deletes the state and returns what was there, in one atomic step: two concurrent
-    /// takes of one state never both see the row.
-    async fn take_state(&self, key_hash: SecretHash) -> Result<Taken, StoreError>;
+    /// takes of one state never both see the row. A state (or tombstone) whose namespace
+    /// `filter` does not match stays as it is and counts as `Missing`.
+    async fn take_state(
+        &self,
+        key_hash: SecretHash,
+        filter: &NamespaceFilter,
+    ) -> Result<Taken, StoreError>;
     /// Removes at most `batch` expired states (keeping tombstones) and at most `batch`
     /// tombstones older than `purge_before_ms`.
     async fn sweep_expired(
@@ -155,6 +188,26 @@ pub struct ConnectionRow {
     pub retry_at_ms: Option<i64>,
     pub lease_until_ms: Option<i64>,
     pub generation: i64,
+    /// Which provider account this is, from the last verified ID token.
+    pub identity: AccountIdentity,
+}
+
+/// Which account at the provider a connection is: claims of a verified ID token. Not
+/// secret; each field is absent when the provider did not say.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AccountIdentity {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl AccountIdentity {
+    pub fn is_empty(&self) -> bool {
+        self.sub.is_none() && self.email.is_none() && self.name.is_none()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,13 +263,15 @@ pub trait ConnectionStore: Send + Sync {
         account: &str,
     ) -> Result<Option<ConnectionRow>, StoreError>;
     async fn list_connections(&self) -> Result<Vec<ConnectionRow>, StoreError>;
-    /// Stores the tokens of a (re)connect: status active, errors cleared, and the
-    /// generation bumped so that a refresh still running for the old grant is fenced off.
+    /// Stores the tokens of a (re)connect: status active, errors cleared, the account's
+    /// identity replaced, and the generation bumped so that a refresh still running for
+    /// the old grant is fenced off.
     async fn save_connection(
         &self,
         provider: &str,
         account: &str,
         tokens: SealedTokens,
+        identity: AccountIdentity,
         now_ms: i64,
     ) -> Result<(), StoreError>;
     /// Takes the refresh lease when nobody holds it; returns the new generation.
@@ -301,6 +356,13 @@ pub trait AdminStore: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Whether anyone ever signed in (an unexpired session exists).
     async fn any_admin_session(&self, now_ms: i64) -> Result<bool, StoreError>;
+    /// Unexpired browser sessions, by hash and expiry, soonest expiry first.
+    async fn list_admin_sessions(&self, now_ms: i64) -> Result<Vec<(SecretHash, i64)>, StoreError>;
+    /// Deletes these sessions (every session with `None`); returns how many were there.
+    async fn delete_admin_sessions(
+        &self,
+        hashes: Option<Vec<SecretHash>>,
+    ) -> Result<usize, StoreError>;
 }
 
 /// A device authorization grant in progress (RFC 8628), as stored.
@@ -320,6 +382,8 @@ pub struct DeviceFlowRow {
     pub detail: Option<String>,
     pub next_poll_at_ms: i64,
     pub created_at_ms: i64,
+    /// Who started it: "key:<API key id>", "admin" (the page) or "cli".
+    pub started_by: String,
 }
 
 /// How one poll ended, to record on the flow.
@@ -336,7 +400,19 @@ pub enum DevicePollOutcome {
 
 #[async_trait]
 pub trait DeviceFlowStore: Send + Sync {
-    async fn insert_device_flow(&self, row: DeviceFlowRow) -> Result<(), StoreError>;
+    /// Stores a new flow unless its starter already has `max_pending` pending, unexpired
+    /// flows (returns false then).
+    async fn insert_device_flow(
+        &self,
+        row: DeviceFlowRow,
+        max_pending: u32,
+    ) -> Result<bool, StoreError>;
+    /// How many pending, unexpired flows this starter has.
+    async fn pending_device_flows_of(
+        &self,
+        started_by: &str,
+        now_ms: i64,
+    ) -> Result<u32, StoreError>;
     async fn get_device_flow(&self, id: &str) -> Result<Option<DeviceFlowRow>, StoreError>;
     async fn pending_device_flows(&self) -> Result<Vec<DeviceFlowRow>, StoreError>;
     /// Claims the next poll of a pending flow when it is due and nobody else is polling
@@ -347,7 +423,16 @@ pub trait DeviceFlowStore: Send + Sync {
         now_ms: i64,
         lease_ms: i64,
     ) -> Result<Option<DeviceFlowRow>, StoreError>;
-    /// Records a poll's outcome and releases the claim.
+    /// Replaces a pending flow's sealed device code only if it is still `old` (compare
+    /// and set, for `oauthd rekey`). Returns whether it replaced it.
+    async fn reseal_device_code(
+        &self,
+        id: &str,
+        old: Vec<u8>,
+        new: Vec<u8>,
+    ) -> Result<bool, StoreError>;
+    /// Records a poll's outcome and releases the claim. A finished flow's device code is
+    /// erased: it is never sent again, so nothing sealed is left in the row.
     async fn finish_device_poll(
         &self,
         id: &str,

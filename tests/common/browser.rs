@@ -119,6 +119,13 @@ impl Browser {
         panic!("{css} never read {expected:?} (last: {last:?})");
     }
 
+    /// Opens a one-time login link and presses its Sign in button (a GET alone never
+    /// signs in).
+    pub async fn sign_in(&self, link: &str) {
+        self.client.goto(link).await.unwrap();
+        self.click("#sign-in").await;
+    }
+
     pub async fn text(&self, css: &str) -> String {
         self.wait_for(css).await.text().await.unwrap()
     }

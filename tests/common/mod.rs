@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod peer;
+pub mod proxy;
 pub mod redis;
 
 use std::fs::File;
@@ -467,4 +468,110 @@ pub async fn consume_race(
     assert_eq!(ok.len(), 1, "{results:?}");
     assert_eq!(not_found, n - 1);
     ok[0].1.clone()
+}
+
+/// One query parameter of a URL (panics when it is missing: the test expected it).
+pub fn query_param(url: &str, name: &str) -> String {
+    let url = reqwest::Url::parse(url).unwrap_or_else(|e| panic!("{url:?}: {e}"));
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| panic!("no {name} in {url}"))
+}
+
+/// A client that never follows redirects, like a test that wants to see them.
+pub fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+impl Home {
+    /// A fresh one-time login link from the CLI, for this daemon's address.
+    pub fn login_link(&self, d: &Daemon) -> String {
+        let out = self.cli(&[
+            "admin",
+            "link",
+            "--listen",
+            d.url.trim_start_matches("http://"),
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_owned()
+    }
+}
+
+impl Daemon {
+    /// Starts a connect flow over the API; returns the authorization URL.
+    pub async fn start_connect(&self, key: &str, provider: &str, account: &str) -> String {
+        let (status, body) = self
+            .post(
+                &format!("/v1/connect/{provider}"),
+                key,
+                serde_json::json!({"account": account}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["authorize_url"]
+            .as_str()
+            .expect("authorize_url")
+            .to_owned()
+    }
+
+    /// POSTs a form (with a session cookie, when given), following no redirect.
+    pub async fn post_form(
+        &self,
+        path: &str,
+        fields: &[(&str, &str)],
+        session: Option<&str>,
+    ) -> reqwest::Response {
+        let mut req = no_redirects()
+            .post(format!("{}{path}", self.url))
+            .form(fields);
+        if let Some(cookie) = session {
+            req = req.header("cookie", format!("oauthd_session={cookie}"));
+        }
+        req.send().await.expect("form request")
+    }
+}
+
+impl Daemon {
+    /// Starts a device flow over the API; returns the 201 body.
+    pub async fn start_device(
+        &self,
+        key: &str,
+        provider: &str,
+        account: &str,
+    ) -> serde_json::Value {
+        let (status, body) = self
+            .post(
+                &format!("/v1/device/{provider}"),
+                key,
+                serde_json::json!({"account": account}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body
+    }
+
+    /// Polls a device flow's status until it is no longer 202, at most `limit`.
+    pub async fn wait_device(
+        &self,
+        key: &str,
+        provider: &str,
+        id: &str,
+        limit: Duration,
+    ) -> (u16, serde_json::Value) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let (status, body) = self.get(&format!("/v1/device/{provider}/{id}"), key).await;
+            if status != 202 || Instant::now() > deadline {
+                return (status, body);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
 }

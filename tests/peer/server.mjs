@@ -26,7 +26,8 @@ const provider = new Provider(issuer, {
       client_id: 'oauthd',
       client_secret: secret,
       application_type: 'native',
-      redirect_uris: ['http://127.0.0.1/callback/peer'],
+      // The second: oauthd served below a path prefix by a proxy (public_url with a path).
+      redirect_uris: ['http://127.0.0.1/callback/peer', 'http://127.0.0.1/oauthd/callback/peer'],
       grant_types: ['authorization_code', 'refresh_token', 'urn:ietf:params:oauth:grant-type:device_code'],
       response_types: ['code'],
       token_endpoint_auth_method: 'client_secret_basic',

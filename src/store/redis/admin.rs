@@ -25,6 +25,11 @@ impl RedisStore {
         self.key("a", &format!("{}:{}", kind.as_str(), hex(hash)))
     }
 
+    /// What every key of this kind starts with.
+    fn admin_prefix(&self, kind: AdminSecretKind) -> String {
+        self.key("a", &format!("{}:", kind.as_str()))
+    }
+
     async fn admin_get(
         &self,
         context: &'static str,
@@ -101,5 +106,63 @@ impl AdminStore for RedisStore {
             .admin_get("checking for admin sessions", "GET", key)
             .await?;
         Ok(expires.is_some_and(|e| e > now_ms))
+    }
+
+    async fn list_admin_sessions(&self, now_ms: i64) -> Result<Vec<(SecretHash, i64)>, StoreError> {
+        const CONTEXT: &str = "listing admin sessions";
+        let prefix = self.admin_prefix(AdminSecretKind::Session);
+        let keys = self.scan_keys(CONTEXT, format!("{prefix}*")).await?;
+        let expiries = self.mget(CONTEXT, &keys).await?;
+        let mut out: Vec<(SecretHash, i64)> = keys
+            .iter()
+            .zip(expiries)
+            .filter_map(|(key, expires)| {
+                let hash = SecretHash::from_hex(key.strip_prefix(&prefix)?)?;
+                let expires: i64 = std::str::from_utf8(&expires?).ok()?.parse().ok()?;
+                (expires > now_ms).then_some((hash, expires))
+            })
+            .collect();
+        out.sort_by_key(|(_, e)| *e);
+        Ok(out)
+    }
+
+    async fn delete_admin_sessions(
+        &self,
+        hashes: Option<Vec<SecretHash>>,
+    ) -> Result<usize, StoreError> {
+        const CONTEXT: &str = "revoking admin sessions";
+        let mut keys = match hashes {
+            Some(list) => list
+                .iter()
+                .map(|h| self.admin_key(h, AdminSecretKind::Session))
+                .collect(),
+            None => {
+                let prefix = self.admin_prefix(AdminSecretKind::Session);
+                self.scan_keys(CONTEXT, format!("{prefix}*")).await?
+            }
+        };
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let n = keys.len();
+        let mut c = self.conn();
+        let removed: usize = self
+            .run(CONTEXT, async move {
+                redis::cmd("DEL").arg(&keys).query_async(&mut c).await
+            })
+            .await?;
+        // With no session left, the "someone signed in" marker must not outlive them.
+        if removed > 0 && self.list_admin_sessions(i64::MIN).await?.is_empty() {
+            keys = vec![self.key("a", "any-session")];
+            let mut c = self.conn();
+            self.run(CONTEXT, async move {
+                redis::cmd("DEL")
+                    .arg(&keys)
+                    .query_async::<usize>(&mut c)
+                    .await
+            })
+            .await?;
+        }
+        Ok(removed.min(n))
     }
 }

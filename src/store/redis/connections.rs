@@ -5,7 +5,8 @@
 
 use super::{int, need_int, need_text, text, Changes, Fields, RedisStore, APPLY_LUA};
 use crate::store::{
-    ConnectionRow, ConnectionStatus, ConnectionStore, RefreshFailure, SealedTokens, StoreError,
+    AccountIdentity, ConnectionRow, ConnectionStatus, ConnectionStore, RefreshFailure,
+    SealedTokens, StoreError,
 };
 use async_trait::async_trait;
 use redis::Script;
@@ -104,6 +105,11 @@ fn row(f: &Fields) -> Result<ConnectionRow, StoreError> {
         retry_at_ms: int(f, "retry_at"),
         lease_until_ms: int(f, "lease_until"),
         generation: need_int(CONTEXT, f, "generation")?,
+        identity: AccountIdentity {
+            sub: text(f, "account_sub"),
+            email: text(f, "account_email"),
+            name: text(f, "account_name"),
+        },
     })
 }
 
@@ -193,6 +199,7 @@ impl ConnectionStore for RedisStore {
         provider: &str,
         account: &str,
         t: SealedTokens,
+        identity: AccountIdentity,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let (key, lease, member) = self.conn_keys(provider, account);
@@ -201,7 +208,10 @@ impl ConnectionStore for RedisStore {
         changes
             .put("provider", provider)
             .put("account", account)
-            .opt_num("lease_until", None);
+            .opt_num("lease_until", None)
+            .opt("account_sub", identity.sub)
+            .opt("account_email", identity.email)
+            .opt("account_name", identity.name);
         let mut c = self.conn();
         self.run("saving a connection", async move {
             let mut inv = SAVE.prepare_invoke();

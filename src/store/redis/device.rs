@@ -21,6 +21,54 @@ return redis.call('HGETALL', KEYS[1])
     )
 });
 
+/// KEYS: pending set. ARGV: flow key prefix, starter, now. How many of the starter's
+/// flows are pending and unexpired.
+const COUNT_LUA: &str = r#"
+local function pending_of(set, prefix, starter, now)
+  local n = 0
+  for _, id in ipairs(redis.call('SMEMBERS', set)) do
+    local f = redis.call('HMGET', prefix .. id, 'started_by', 'status', 'expires_at')
+    if f[1] == starter and f[2] == 'pending' and tonumber(f[3] or 0) > tonumber(now) then
+      n = n + 1
+    end
+  end
+  return n
+end
+"#;
+
+static COUNT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{COUNT_LUA}\nreturn pending_of(KEYS[1], ARGV[1], ARGV[2], ARGV[3])"
+    ))
+});
+
+/// KEYS: flow, pending set. ARGV: flow key prefix, starter, now, most pending, id, keep ms,
+/// fields… (ARGV[7]). Stores the flow unless its starter has too many pending: 1 or 0.
+static INSERT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{COUNT_LUA}\n{APPLY_LUA}\n{}",
+        r#"
+if pending_of(KEYS[2], ARGV[1], ARGV[2], ARGV[3]) >= tonumber(ARGV[4]) then return 0 end
+apply(KEYS[1], 7)
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('SADD', KEYS[2], ARGV[5])
+return 1
+"#
+    ))
+});
+
+/// KEYS: flow. ARGV: old sealed code, new one. Replaces it only if still pending and old.
+static RESEAL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
+if redis.call('HGET', KEYS[1], 'device_code') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'device_code', ARGV[2])
+return 1
+"#,
+    )
+});
+
 /// KEYS: flow, claim, pending set. ARGV: id, finished ("1"/"0"), changes… (ARGV[3]).
 static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
@@ -54,6 +102,7 @@ fn row(f: &Fields) -> Result<DeviceFlowRow, StoreError> {
         detail: text(f, "detail"),
         next_poll_at_ms: need_int(CONTEXT, f, "next_poll_at")?,
         created_at_ms: need_int(CONTEXT, f, "created")?,
+        started_by: text(f, "started_by").unwrap_or_default(),
     })
 }
 
@@ -69,11 +118,16 @@ fn pairs(flat: Vec<Vec<u8>>) -> Fields {
 
 #[async_trait]
 impl DeviceFlowStore for RedisStore {
-    async fn insert_device_flow(&self, d: DeviceFlowRow) -> Result<(), StoreError> {
-        let (key, pending) = (self.key("d", &d.id), self.index("dp"));
-        let keep_ms = (d.expires_at_ms - crate::clock::now_ms())
+    async fn insert_device_flow(
+        &self,
+        d: DeviceFlowRow,
+        max_pending: u32,
+    ) -> Result<bool, StoreError> {
+        let (key, pending, prefix) = (self.key("d", &d.id), self.index("dp"), self.key("d", ""));
+        let keep_ms = (d.expires_at_ms - d.created_at_ms)
             .max(1)
             .saturating_add(self.grace_ms);
+        let (id, starter, now) = (d.id.clone(), d.started_by.clone(), d.created_at_ms);
         let mut ch = Changes::default();
         ch.put("id", d.id.as_str())
             .put("provider", d.provider)
@@ -88,20 +142,43 @@ impl DeviceFlowStore for RedisStore {
             .opt("detail", d.detail)
             .num("next_poll_at", d.next_poll_at_ms)
             .num("created", d.created_at_ms)
-            .num("updated", d.created_at_ms);
-        let pending_flow = (d.status == "pending").then(|| d.id.clone());
+            .num("updated", d.created_at_ms)
+            .put("started_by", d.started_by);
         let mut c = self.conn();
-        self.run("storing a device flow", async move {
-            let mut pipe = redis::pipe();
-            pipe.atomic()
-                .hset_multiple(&key, &ch.set)
-                .ignore()
-                .pexpire(&key, keep_ms)
-                .ignore();
-            if let Some(id) = pending_flow {
-                pipe.sadd(&pending, id).ignore();
-            }
-            pipe.query_async::<()>(&mut c).await
+        let stored: i64 = self
+            .run("storing a device flow", async move {
+                let mut inv = INSERT.prepare_invoke();
+                inv.key(key)
+                    .key(pending)
+                    .arg(prefix)
+                    .arg(starter)
+                    .arg(now)
+                    .arg(max_pending)
+                    .arg(id)
+                    .arg(keep_ms);
+                ch.to_args(&mut inv);
+                inv.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(stored == 1)
+    }
+
+    async fn pending_device_flows_of(
+        &self,
+        started_by: &str,
+        now_ms: i64,
+    ) -> Result<u32, StoreError> {
+        let (pending, prefix) = (self.index("dp"), self.key("d", ""));
+        let starter = started_by.to_owned();
+        let mut c = self.conn();
+        self.run("counting device flows", async move {
+            COUNT
+                .key(pending)
+                .arg(prefix)
+                .arg(starter)
+                .arg(now_ms)
+                .invoke_async(&mut c)
+                .await
         })
         .await
     }
@@ -191,7 +268,9 @@ impl DeviceFlowStore for RedisStore {
                 "0"
             }
             DevicePollOutcome::Finished { status, detail } => {
-                ch.put("status", status).put("detail", detail);
+                ch.put("status", status)
+                    .put("detail", detail)
+                    .put("device_code", Vec::<u8>::new());
                 "1"
             }
         };
@@ -204,5 +283,21 @@ impl DeviceFlowStore for RedisStore {
             inv.invoke_async::<()>(&mut c).await
         })
         .await
+    }
+
+    async fn reseal_device_code(
+        &self,
+        id: &str,
+        old: Vec<u8>,
+        new: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        let key = self.key("d", id);
+        let mut c = self.conn();
+        let n: i64 = self
+            .run("re-sealing a device code", async move {
+                RESEAL.key(key).arg(old).arg(new).invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(n == 1)
     }
 }

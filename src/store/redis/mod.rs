@@ -195,6 +195,55 @@ impl RedisStore {
         self.conn.clone()
     }
 
+    /// Every key matching `pattern`, by SCAN: for the CLI, never a request's hot path.
+    async fn scan_keys(
+        &self,
+        context: &'static str,
+        pattern: String,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut c = self.conn();
+        self.run(context, async move {
+            let mut cursor: u64 = 0;
+            let mut out = Vec::new();
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut c)
+                    .await?;
+                out.extend(keys);
+                if next == 0 {
+                    return Ok(out);
+                }
+                cursor = next;
+            }
+        })
+        .await
+    }
+
+    /// The values of `keys` (`None` where a key is gone), fetched 1,000 at a time.
+    async fn mget(
+        &self,
+        context: &'static str,
+        keys: &[String],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for batch in keys.chunks(1000) {
+            let batch = batch.to_vec();
+            let mut c = self.conn();
+            let found: Vec<Option<Vec<u8>>> = self
+                .run(context, async move {
+                    redis::cmd("MGET").arg(&batch).query_async(&mut c).await
+                })
+                .await?;
+            out.extend(found);
+        }
+        Ok(out)
+    }
+
     fn key(&self, kind: &str, id: &str) -> String {
         format!("{}{kind}:{id}", self.prefix)
     }

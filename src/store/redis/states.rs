@@ -3,7 +3,7 @@
 
 use super::{hex, RedisStore};
 use crate::secret::SecretHash;
-use crate::store::{StateRow, StateStore, StoreError, SweepCount, Taken};
+use crate::store::{NamespaceFilter, StateRow, StateStore, StoreError, SweepCount, Taken};
 use async_trait::async_trait;
 use redis::Script;
 use serde::{Deserialize, Serialize};
@@ -17,20 +17,31 @@ struct Stored {
     e: i64,
 }
 
-/// KEYS: state, tombstone. ARGV: namespace-set key prefix, hash. Takes the state (and
-/// drops its tombstone and its entry in the namespace's live set), or else the tombstone:
-/// `{"row", json}`, `{"gone", namespace}` or `{}`.
+/// KEYS: state, tombstone. ARGV: namespace-set key prefix, hash, namespace, "p" when the
+/// namespace is a prefix. Takes the state (and drops its tombstone and its entry in the
+/// namespace's live set), or else the tombstone, only when its namespace matches:
+/// `{"row", json}`, `{"gone", namespace}` or `{}` (a state of another namespace is left
+/// as it is).
 static TAKE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local v = redis.call('GETDEL', KEYS[1])
+local function ours(ns)
+  if ARGV[4] == 'p' then return string.sub(ns, 1, #ARGV[3]) == ARGV[3] end
+  return ns == ARGV[3]
+end
+local v = redis.call('GET', KEYS[1])
 if v then
+  if not ours(cjson.decode(v)['n']) then return {} end
+  redis.call('DEL', KEYS[1])
   local ns = redis.call('GETDEL', KEYS[2])
   if ns then redis.call('ZREM', ARGV[1] .. ns, ARGV[2]) end
   return {'row', v}
 end
-local ns = redis.call('GETDEL', KEYS[2])
-if ns then return {'gone', ns} end
+local ns = redis.call('GET', KEYS[2])
+if ns and ours(ns) then
+  redis.call('DEL', KEYS[2])
+  return {'gone', ns}
+end
 return {}
 "#,
     )
@@ -104,8 +115,14 @@ impl StateStore for RedisStore {
         }
     }
 
-    async fn take_state(&self, key_hash: SecretHash) -> Result<Taken, StoreError> {
+    async fn take_state(
+        &self,
+        key_hash: SecretHash,
+        filter: &NamespaceFilter,
+    ) -> Result<Taken, StoreError> {
         const CONTEXT: &str = "consuming a state";
+        let (ns, prefix) = filter.parts();
+        let (ns, mode) = (ns.to_owned(), if prefix { "p" } else { "=" });
         let id = hex(&key_hash);
         let (key, tomb, live) = (self.key("s", &id), self.key("g", &id), self.key("n", ""));
         let mut c = self.conn();
@@ -115,6 +132,8 @@ impl StateStore for RedisStore {
                     .key(tomb)
                     .arg(live)
                     .arg(id)
+                    .arg(ns)
+                    .arg(mode)
                     .invoke_async(&mut c)
                     .await
             })
@@ -163,35 +182,11 @@ impl RedisStore {
     /// `oauthd rekey --prune` asks, never a request.
     pub(super) async fn scan_flow_data(&self) -> Result<Vec<String>, StoreError> {
         const CONTEXT: &str = "reading connect flows in progress";
-        let pattern = self.key("s", "*");
-        let mut c = self.conn();
-        let values: Vec<Vec<u8>> = self
-            .run(CONTEXT, async move {
-                let mut cursor: u64 = 0;
-                let mut out = Vec::new();
-                loop {
-                    let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut c)
-                        .await?;
-                    if !keys.is_empty() {
-                        let vals: Vec<Option<Vec<u8>>> =
-                            redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
-                        out.extend(vals.into_iter().flatten());
-                    }
-                    if next == 0 {
-                        return Ok(out);
-                    }
-                    cursor = next;
-                }
-            })
-            .await?;
+        let keys = self.scan_keys(CONTEXT, self.key("s", "*")).await?;
+        let values = self.mget(CONTEXT, &keys).await?;
         Ok(values
             .iter()
+            .flatten()
             .filter_map(|v| serde_json::from_slice::<Stored>(v).ok())
             .filter(|s| s.n.starts_with("connect:"))
             .filter_map(|s| s.d)

@@ -73,4 +73,47 @@ impl AdminStore for SqliteStore {
         })
         .await
     }
+
+    async fn list_admin_sessions(&self, now_ms: i64) -> Result<Vec<(SecretHash, i64)>, StoreError> {
+        self.read("listing admin sessions", move |conn| {
+            conn.prepare_cached(
+                "SELECT secret_hash, expires_at FROM admin_secrets
+                 WHERE kind = 'session' AND expires_at > ?1 ORDER BY expires_at",
+            )?
+            .query_map([now_ms], |r| {
+                let hash: Vec<u8> = r.get(0)?;
+                Ok((hash, r.get(1)?))
+            })?
+            .map(|row| {
+                let (hash, expires) = row?;
+                Ok(SecretHash::from_slice(&hash).map(|h| (h, expires)))
+            })
+            .filter_map(|r: rusqlite::Result<_>| r.transpose())
+            .collect()
+        })
+        .await
+    }
+
+    async fn delete_admin_sessions(
+        &self,
+        hashes: Option<Vec<SecretHash>>,
+    ) -> Result<usize, StoreError> {
+        self.writer
+            .run("revoking admin sessions", move |conn| match &hashes {
+                None => conn
+                    .prepare_cached("DELETE FROM admin_secrets WHERE kind = 'session'")?
+                    .execute([]),
+                Some(list) => {
+                    let mut stmt = conn.prepare_cached(
+                        "DELETE FROM admin_secrets WHERE kind = 'session' AND secret_hash = ?1",
+                    )?;
+                    let mut n = 0;
+                    for h in list {
+                        n += stmt.execute([&h.0[..]])?;
+                    }
+                    Ok(n)
+                }
+            })
+            .await
+    }
 }

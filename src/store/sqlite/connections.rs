@@ -2,14 +2,15 @@
 
 use super::SqliteStore;
 use crate::store::{
-    ConnectionRow, ConnectionStatus, ConnectionStore, RefreshFailure, SealedTokens, StoreError,
+    AccountIdentity, ConnectionRow, ConnectionStatus, ConnectionStore, RefreshFailure,
+    SealedTokens, StoreError,
 };
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};
 
 const COLUMNS: &str = "provider, account, status, scopes, token_type, access_token, refresh_token,
     access_expires_at, created_at, updated_at, last_refresh_at, last_error, failures, retry_at,
-    lease_until, generation";
+    lease_until, generation, account_sub, account_email, account_name";
 
 fn row(r: &Row<'_>) -> rusqlite::Result<ConnectionRow> {
     Ok(ConnectionRow {
@@ -29,6 +30,11 @@ fn row(r: &Row<'_>) -> rusqlite::Result<ConnectionRow> {
         retry_at_ms: r.get(13)?,
         lease_until_ms: r.get(14)?,
         generation: r.get(15)?,
+        identity: AccountIdentity {
+            sub: r.get(16)?,
+            email: r.get(17)?,
+            name: r.get(18)?,
+        },
     })
 }
 
@@ -66,6 +72,7 @@ impl ConnectionStore for SqliteStore {
         provider: &str,
         account: &str,
         t: SealedTokens,
+        identity: AccountIdentity,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let (p, a) = (provider.to_owned(), account.to_owned());
@@ -74,13 +81,14 @@ impl ConnectionStore for SqliteStore {
                 conn.prepare_cached(
                     "INSERT INTO connections (provider, account, status, scopes, token_type,
                         access_token, refresh_token, access_expires_at, created_at, updated_at,
-                        last_refresh_at)
-                     VALUES (?1, ?2, 'active', ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8)
+                        last_refresh_at, account_sub, account_email, account_name)
+                     VALUES (?1, ?2, 'active', ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8, ?9, ?10, ?11)
                      ON CONFLICT (provider, account) DO UPDATE SET
                         status = 'active', scopes = ?3, token_type = ?4, access_token = ?5,
                         refresh_token = ?6, access_expires_at = ?7, updated_at = ?8,
                         last_refresh_at = ?8, last_error = NULL, failures = 0, retry_at = NULL,
-                        lease_until = NULL, generation = generation + 1",
+                        lease_until = NULL, generation = generation + 1, account_sub = ?9,
+                        account_email = ?10, account_name = ?11",
                 )?
                 .execute(params![
                     p,
@@ -90,7 +98,10 @@ impl ConnectionStore for SqliteStore {
                     t.access_token,
                     t.refresh_token,
                     t.access_expires_at_ms,
-                    now_ms
+                    now_ms,
+                    identity.sub,
+                    identity.email,
+                    identity.name
                 ])
                 .map(|_| ())
             })

@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};
 
 const COLUMNS: &str = "id, provider, account, device_code, user_code, verification_uri,
-    verification_uri_complete, interval_ms, expires_at, status, detail, next_poll_at, created_at";
+    verification_uri_complete, interval_ms, expires_at, status, detail, next_poll_at, created_at,
+    started_by";
 
 fn row(r: &Row<'_>) -> rusqlite::Result<DeviceFlowRow> {
     Ok(DeviceFlowRow {
@@ -23,17 +24,25 @@ fn row(r: &Row<'_>) -> rusqlite::Result<DeviceFlowRow> {
         detail: r.get(10)?,
         next_poll_at_ms: r.get(11)?,
         created_at_ms: r.get(12)?,
+        started_by: r.get(13)?,
     })
 }
 
 #[async_trait]
 impl DeviceFlowStore for SqliteStore {
-    async fn insert_device_flow(&self, f: DeviceFlowRow) -> Result<(), StoreError> {
+    async fn insert_device_flow(
+        &self,
+        f: DeviceFlowRow,
+        max_pending: u32,
+    ) -> Result<bool, StoreError> {
         self.writer
             .run("storing a device flow", move |conn| {
+                // The single writer makes the count and the insert one step.
                 conn.prepare_cached(&format!(
                     "INSERT INTO device_flows ({COLUMNS}, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)"
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?13
+                     WHERE (SELECT count(*) FROM device_flows WHERE started_by = ?14
+                            AND status = 'pending' AND expires_at > ?13) < ?15"
                 ))?
                 .execute(params![
                     f.id,
@@ -48,11 +57,29 @@ impl DeviceFlowStore for SqliteStore {
                     f.status,
                     f.detail,
                     f.next_poll_at_ms,
-                    f.created_at_ms
+                    f.created_at_ms,
+                    f.started_by,
+                    max_pending
                 ])
-                .map(|_| ())
+                .map(|n| n == 1)
             })
             .await
+    }
+
+    async fn pending_device_flows_of(
+        &self,
+        started_by: &str,
+        now_ms: i64,
+    ) -> Result<u32, StoreError> {
+        let started_by = started_by.to_owned();
+        self.read("counting device flows", move |conn| {
+            conn.prepare_cached(
+                "SELECT count(*) FROM device_flows WHERE started_by = ?1
+                 AND status = 'pending' AND expires_at > ?2",
+            )?
+            .query_row(params![started_by, now_ms], |r| r.get(0))
+        })
+        .await
     }
 
     async fn get_device_flow(&self, id: &str) -> Result<Option<DeviceFlowRow>, StoreError> {
@@ -117,12 +144,31 @@ impl DeviceFlowStore for SqliteStore {
                     DevicePollOutcome::Finished { status, detail } => conn
                         .prepare_cached(
                             "UPDATE device_flows SET status = ?2, detail = ?3, lease_until = NULL,
-                                updated_at = ?4
+                                updated_at = ?4, device_code = x''
                              WHERE id = ?1 AND status = 'pending'",
                         )?
                         .execute(params![id, status, detail, now_ms]),
                 }
                 .map(|_| ())
+            })
+            .await
+    }
+
+    async fn reseal_device_code(
+        &self,
+        id: &str,
+        old: Vec<u8>,
+        new: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.writer
+            .run("re-sealing a device code", move |conn| {
+                conn.prepare_cached(
+                    "UPDATE device_flows SET device_code = ?3
+                     WHERE id = ?1 AND status = 'pending' AND device_code = ?2",
+                )?
+                .execute(params![id, old, new])
+                .map(|n| n == 1)
             })
             .await
     }

@@ -27,6 +27,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../sql/0002_broker.sql"),
     include_str!("../../../sql/0003_device.sql"),
     include_str!("../../../sql/0004_namespace_counts.sql"),
+    include_str!("../../../sql/0005_identity_and_starters.sql"),
 ];
 
 /// How long a statement waits for a lock held by another process before failing (503).

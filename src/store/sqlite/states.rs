@@ -2,7 +2,7 @@
 
 use super::SqliteStore;
 use crate::secret::SecretHash;
-use crate::store::{StateRow, StateStore, StoreError, SweepCount, Taken};
+use crate::store::{NamespaceFilter, StateRow, StateStore, StoreError, SweepCount, Taken};
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 
@@ -33,16 +33,24 @@ impl StateStore for SqliteStore {
             .await
     }
 
-    async fn take_state(&self, key_hash: SecretHash) -> Result<Taken, StoreError> {
+    async fn take_state(
+        &self,
+        key_hash: SecretHash,
+        filter: &NamespaceFilter,
+    ) -> Result<Taken, StoreError> {
+        let (ns, prefix) = filter.parts();
+        let (ns, prefix) = (ns.to_owned(), prefix);
         self.writer
             .run("consuming a state", move |conn| {
-                // One statement: the row is gone for everyone else the moment we see it.
+                // One statement: the row is gone for everyone else the moment we see it,
+                // and only a row of the namespace asked for is touched at all.
                 let row = conn
                     .prepare_cached(
-                        "DELETE FROM states WHERE key_hash = ?1
+                        "DELETE FROM states WHERE key_hash = ?1 AND (namespace = ?2
+                           OR (?3 AND substr(namespace, 1, length(?2)) = ?2))
                          RETURNING namespace, data, created_at, expires_at",
                     )?
-                    .query_row([&key_hash.0[..]], |r| {
+                    .query_row(params![&key_hash.0[..], ns, prefix], |r| {
                         Ok(StateRow {
                             key_hash,
                             namespace: r.get(0)?,
@@ -57,9 +65,11 @@ impl StateStore for SqliteStore {
                 }
                 let tombstone: Option<String> = conn
                     .prepare_cached(
-                        "DELETE FROM expired_states WHERE key_hash = ?1 RETURNING namespace",
+                        "DELETE FROM expired_states WHERE key_hash = ?1 AND (namespace = ?2
+                           OR (?3 AND substr(namespace, 1, length(?2)) = ?2))
+                         RETURNING namespace",
                     )?
-                    .query_row([&key_hash.0[..]], |r| r.get(0))
+                    .query_row(params![&key_hash.0[..], ns, prefix], |r| r.get(0))
                     .optional()?;
                 Ok(match tombstone {
                     Some(namespace) => Taken::ExpiredTombstone { namespace },

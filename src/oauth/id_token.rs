@@ -1,0 +1,255 @@
+//! OpenID Connect ID tokens (Core 1.0 §3.1.3.7): when a token response carries one, its
+//! signature is checked against the issuer's published keys (`jwks_uri`), and so are
+//! `iss`, `aud` (and `azp`), `exp` and the `nonce` oauthd sent. Only asymmetric algorithms
+//! are accepted; the keys are fetched on first use and again when a token names a key id
+//! the cached set does not hold (at most once every 30 seconds).
+
+use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use std::time::{Duration, Instant};
+use url::Url;
+
+/// Clock difference tolerated on `exp`/`iat`/`nbf`.
+const LEEWAY_SECS: u64 = 60;
+/// How soon the key set may be fetched again for an unknown key id.
+const REFETCH_AFTER: Duration = Duration::from_secs(30);
+/// Largest key set accepted.
+const MAX_JWKS_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IdTokenError {
+    #[error("the ID token did not verify: {0}")]
+    Invalid(String),
+    #[error("the provider's signing keys could not be read: {0}")]
+    Keys(String),
+}
+
+/// What the broker keeps of a verified ID token: which account this is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifiedIdentity {
+    pub sub: String,
+    pub email: Option<String>,
+    pub name: Option<String>,
+}
+
+/// What the ID token must match.
+pub struct Expected<'a> {
+    pub issuer: &'a str,
+    pub client_id: &'a str,
+    /// The nonce sent with the authorization request; `None` where none was sent (the
+    /// device flow), and then none is checked.
+    pub nonce: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default)]
+    aud: serde_json::Value,
+    azp: Option<String>,
+    nonce: Option<String>,
+    email: Option<String>,
+    name: Option<String>,
+}
+
+/// The issuer's keys, cached.
+#[derive(Default)]
+pub struct JwksCache {
+    keys: tokio::sync::Mutex<Option<(Instant, JwkSet)>>,
+}
+
+impl JwksCache {
+    async fn key(
+        &self,
+        http: &reqwest::Client,
+        url: &Url,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Result<DecodingKey, IdTokenError> {
+        let mut cached = self.keys.lock().await;
+        let stale = cached
+            .as_ref()
+            .is_none_or(|(at, set)| pick(set, kid, alg).is_none() && at.elapsed() >= REFETCH_AFTER);
+        if stale {
+            *cached = Some((Instant::now(), fetch(http, url).await?));
+        }
+        let set = cached.as_ref().map(|(_, set)| set);
+        let jwk = set.and_then(|s| pick(s, kid, alg)).ok_or_else(|| {
+            IdTokenError::Invalid(match kid {
+                Some(k) => format!(
+                    "no signing key with id {:?} at {url}",
+                    super::provider_text(k, 64)
+                ),
+                None => {
+                    format!("the token names no key id and {url} holds no single key for {alg:?}")
+                }
+            })
+        })?;
+        DecodingKey::from_jwk(jwk).map_err(|e| IdTokenError::Keys(e.to_string()))
+    }
+}
+
+/// The key a token asks for: by id, or the one signing key that fits the algorithm.
+fn pick<'a>(set: &'a JwkSet, kid: Option<&str>, alg: Algorithm) -> Option<&'a Jwk> {
+    let fits = |k: &&Jwk| {
+        !matches!(k.common.public_key_use, Some(PublicKeyUse::Encryption))
+            && k.common
+                .key_algorithm
+                .is_none_or(|a| format!("{a:?}") == format!("{alg:?}"))
+    };
+    match kid {
+        Some(kid) => set
+            .keys
+            .iter()
+            .filter(fits)
+            .find(|k| k.common.key_id.as_deref() == Some(kid)),
+        None => {
+            let mut candidates = set.keys.iter().filter(fits);
+            match (candidates.next(), candidates.next()) {
+                (Some(only), None) => Some(only),
+                _ => None,
+            }
+        }
+    }
+}
+
+async fn fetch(http: &reqwest::Client, url: &Url) -> Result<JwkSet, IdTokenError> {
+    let keys = |m: String| IdTokenError::Keys(format!("{url}: {m}"));
+    let resp = http
+        .get(url.clone())
+        .header(reqwest::header::ACCEPT, "application/json")
+        .send()
+        .await
+        .map_err(|e| keys(e.to_string()))?;
+    if !resp.status().is_success() {
+        return Err(keys(format!("HTTP {}", resp.status().as_u16())));
+    }
+    let body = super::read_limited(resp, MAX_JWKS_BYTES)
+        .await
+        .map_err(keys)?;
+    // Keys of types this build cannot use are skipped, not fatal.
+    let raw: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| keys(format!("not a key set: {e}")))?;
+    let list = raw
+        .get("keys")
+        .and_then(|k| k.as_array())
+        .ok_or_else(|| keys("not a key set: no \"keys\" array".into()))?;
+    Ok(JwkSet {
+        keys: list
+            .iter()
+            .filter_map(|k| serde_json::from_value(k.clone()).ok())
+            .collect(),
+    })
+}
+
+/// Verifies `token` and returns the account it names.
+pub async fn verify(
+    http: &reqwest::Client,
+    cache: &JwksCache,
+    jwks_uri: Option<&Url>,
+    token: &str,
+    expected: &Expected<'_>,
+) -> Result<VerifiedIdentity, IdTokenError> {
+    let invalid = |m: String| IdTokenError::Invalid(m);
+    let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(e.to_string()))?;
+    let asymmetric = !matches!(
+        header.alg,
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+    );
+    if !asymmetric {
+        return Err(invalid(format!(
+            "{:?} (a shared-secret signature) is not accepted",
+            header.alg
+        )));
+    }
+    let url = jwks_uri
+        .ok_or_else(|| IdTokenError::Keys("the provider's metadata names no jwks_uri".into()))?;
+    let key = cache
+        .key(http, url, header.kid.as_deref(), header.alg)
+        .await?;
+    let mut validation = Validation::new(header.alg);
+    validation.set_issuer(&[expected.issuer]);
+    validation.set_audience(&[expected.client_id]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    validation.leeway = LEEWAY_SECS;
+    let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
+        .map_err(|e| invalid(e.to_string()))?
+        .claims;
+    check_azp(&claims, expected.client_id)?;
+    if let Some(nonce) = expected.nonce {
+        match claims.nonce.as_deref() {
+            Some(n) if crate::admin::secret_matches(nonce, n) => {}
+            Some(_) => return Err(invalid("the nonce is not the one oauthd sent".into())),
+            None => return Err(invalid("the token carries no nonce".into())),
+        }
+    }
+    Ok(VerifiedIdentity {
+        sub: super::provider_text(&claims.sub, 255),
+        email: claims.email.map(|e| super::provider_text(&e, 255)),
+        name: claims.name.map(|n| super::provider_text(&n, 255)),
+    })
+}
+
+/// Core §3.1.3.7 items 4–5: with several audiences, `azp` must be present and be us.
+fn check_azp(claims: &Claims, client_id: &str) -> Result<(), IdTokenError> {
+    let several = claims.aud.as_array().is_some_and(|a| a.len() > 1);
+    match claims.azp.as_deref() {
+        Some(azp) if azp != client_id => {
+            Err(IdTokenError::Invalid("azp names another client".into()))
+        }
+        None if several => Err(IdTokenError::Invalid("several audiences and no azp".into())),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(aud: serde_json::Value, azp: Option<&str>) -> Claims {
+        Claims {
+            sub: "s".into(),
+            aud,
+            azp: azp.map(str::to_owned),
+            nonce: None,
+            email: None,
+            name: None,
+        }
+    }
+
+    #[test]
+    fn azp_rules() {
+        assert!(check_azp(&claims(json("c"), None), "c").is_ok());
+        assert!(check_azp(&claims(serde_json::json!(["c", "x"]), None), "c").is_err());
+        assert!(check_azp(&claims(serde_json::json!(["c", "x"]), Some("c")), "c").is_ok());
+        assert!(check_azp(&claims(json("c"), Some("other")), "c").is_err());
+    }
+
+    fn json(s: &str) -> serde_json::Value {
+        serde_json::Value::String(s.into())
+    }
+
+    #[tokio::test]
+    async fn a_shared_secret_signature_is_refused_before_any_key_is_fetched() {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine;
+        let part = |v: serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        let token = format!(
+            "{}.{}.{}",
+            part(serde_json::json!({"alg": "HS256", "typ": "JWT"})),
+            part(serde_json::json!({"sub": "a", "iss": "i", "aud": "c", "exp": 9_999_999_999u64})),
+            URL_SAFE_NO_PAD.encode(b"sig")
+        );
+        let expected = Expected {
+            issuer: "i",
+            client_id: "c",
+            nonce: None,
+        };
+        let http = reqwest::Client::new();
+        let err = verify(&http, &JwksCache::default(), None, &token, &expected)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not accepted"), "{err}");
+    }
+}

@@ -1,0 +1,291 @@
+//! What oauthd believes of a provider: an ID token only once its signature and claims
+//! verify (against the real test provider, and against a mock that signs whatever a case
+//! needs), and provider text only escaped in the log.
+
+mod common;
+
+use common::peer::Peer;
+use common::{query_param, Daemon, Home};
+use serde_json::json;
+use std::path::Path;
+use std::process::Command;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_verified_id_token_names_the_connected_account() {
+    let peer = Peer::start(60);
+    let home = Home::new();
+    home.write_config(&peer.provider_toml("peer"));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let (status, body) = d
+        .post("/v1/connect/peer", &key, json!({"account": "main"}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let authorize = body["authorize_url"].as_str().unwrap();
+    assert!(authorize.contains("nonce="), "{authorize}");
+    let callback = peer.approve(authorize).await;
+    let (status, page, _) = d.browser_get(&callback).await;
+    assert_eq!(status, 200, "{page}");
+    let (_, conn) = d.get("/v1/connections/peer/main", &key).await;
+    // The test provider signs in whatever name it is given; the harness uses "alice".
+    assert_eq!(conn["provider_account"]["sub"], "alice", "{conn}");
+}
+
+/// An RSA key made with openssl: (PKCS#1 DER for signing, the public JWK).
+fn rsa_key(dir: &Path, name: &str, kid: &str) -> (Vec<u8>, serde_json::Value) {
+    let pem = dir.join(format!("{name}.pem"));
+    let der = dir.join(format!("{name}.der"));
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        out.stdout
+    };
+    run(&["genrsa", "-out", pem.to_str().unwrap(), "2048"]);
+    run(&[
+        "rsa",
+        "-in",
+        pem.to_str().unwrap(),
+        "-outform",
+        "DER",
+        "-traditional",
+        "-out",
+        der.to_str().unwrap(),
+    ]);
+    let modulus = String::from_utf8(run(&[
+        "rsa",
+        "-in",
+        pem.to_str().unwrap(),
+        "-noout",
+        "-modulus",
+    ]))
+    .unwrap();
+    let hex = modulus.trim().trim_start_matches("Modulus=");
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let jwk = json!({"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256",
+                     "n": b64.encode(bytes), "e": "AQAB"});
+    (std::fs::read(der).unwrap(), jwk)
+}
+
+fn sign(der: &[u8], kid: &str, alg: jsonwebtoken::Algorithm, claims: &serde_json::Value) -> String {
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = Some(kid.to_owned());
+    let key = match alg {
+        jsonwebtoken::Algorithm::HS256 => jsonwebtoken::EncodingKey::from_secret(b"c-secret"),
+        _ => jsonwebtoken::EncodingKey::from_rsa_der(der),
+    };
+    jsonwebtoken::encode(&header, claims, &key).unwrap()
+}
+
+/// Mounts discovery, the key set and a token endpoint that answers with `id_token`.
+async fn provider(mock: &MockServer, jwks: &serde_json::Value, id_token: &str) {
+    mock.reset().await;
+    let uri = mock.uri();
+    Mock::given(method("GET"))
+        .and(path("/.well-known/openid-configuration"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "issuer": uri,
+            "authorization_endpoint": format!("{uri}/authorize"),
+            "token_endpoint": format!("{uri}/token"),
+            "jwks_uri": format!("{uri}/jwks"),
+        })))
+        .mount(mock)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/jwks"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(jwks))
+        .mount(mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "access_token": "at-1", "token_type": "Bearer", "expires_in": 3600,
+            "id_token": id_token,
+        })))
+        .mount(mock)
+        .await;
+}
+
+/// Starts a flow: (state, nonce) from the authorization URL.
+async fn start(d: &Daemon, key: &str) -> (String, String) {
+    let authorize = d.start_connect(key, "op", "a").await;
+    (
+        query_param(&authorize, "state"),
+        query_param(&authorize, "nonce"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_id_token_that_does_not_verify_stores_nothing() {
+    let mock = MockServer::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let (good, jwk) = rsa_key(keys.path(), "good", "k1");
+    let (other, _) = rsa_key(keys.path(), "other", "k1");
+    let jwks = json!({"keys": [jwk]});
+    let home = Home::new();
+    home.write_config(&format!(
+        "[providers.op]\nissuer = \"{}\"\nclient_id = \"cid\"\nclient_secret = \"c-secret\"\nscopes = [\"openid\"]\n",
+        mock.uri()
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let now = chrono::Utc::now().timestamp();
+    let issuer = mock.uri();
+    let claims = |nonce: &str| {
+        json!({"iss": issuer, "aud": "cid", "sub": "user-7", "exp": now + 600,
+               "iat": now, "nonce": nonce, "email": "u7@op.test", "name": "User Seven"})
+    };
+    use jsonwebtoken::Algorithm::{HS256, RS256};
+    // (what is wrong, signing key, key id, algorithm, change to the claims)
+    type Edit = fn(&mut serde_json::Value, i64);
+    let cases: [(&str, &[u8], &str, jsonwebtoken::Algorithm, Edit); 7] = [
+        ("signed by another key", &other, "k1", RS256, |_, _| {}),
+        ("a nonce oauthd did not send", &good, "k1", RS256, |c, _| {
+            c["nonce"] = json!("not-the-nonce")
+        }),
+        ("another audience", &good, "k1", RS256, |c, _| {
+            c["aud"] = json!("someone-else")
+        }),
+        ("another issuer", &good, "k1", RS256, |c, _| {
+            c["iss"] = json!("https://evil.example")
+        }),
+        ("expired an hour ago", &good, "k1", RS256, |c, now| {
+            c["exp"] = json!(now - 3600)
+        }),
+        (
+            "an HMAC signature with the client secret",
+            &good,
+            "k1",
+            HS256,
+            |_, _| {},
+        ),
+        ("an unknown key id", &good, "k9", RS256, |_, _| {}),
+    ];
+    // Discovery happens when the first flow starts; each case then swaps the token answer.
+    provider(&mock, &jwks, "not-yet").await;
+    for (case, signer, kid, alg, edit) in cases {
+        let (state, nonce) = start(&d, &key).await;
+        let mut c = claims(&nonce);
+        edit(&mut c, now);
+        provider(&mock, &jwks, &sign(signer, kid, alg, &c)).await;
+        let (status, page, _) = d
+            .browser_get(&format!("{}/callback/op?code=c1&state={state}", d.url))
+            .await;
+        assert_eq!(status, 502, "{case}: {page}");
+        assert!(page.contains("ID token did not verify"), "{case}: {page}");
+        let (status, _) = d.get("/v1/connections/op/a", &key).await;
+        assert_eq!(status, 404, "{case}: a connection was stored");
+    }
+
+    let (state, nonce) = start(&d, &key).await;
+    provider(&mock, &jwks, &sign(&good, "k1", RS256, &claims(&nonce))).await;
+    let (status, page, _) = d
+        .browser_get(&format!("{}/callback/op?code=c1&state={state}", d.url))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let (_, conn) = d.get("/v1/connections/op/a", &key).await;
+    assert_eq!(
+        conn["provider_account"],
+        json!({"sub": "user-7", "email": "u7@op.test", "name": "User Seven"}),
+        "{conn}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provider_text_cannot_forge_log_lines() {
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({
+            "error": "invalid_request",
+            "error_description": "nope\n2026-12-01T00:00:00Z ERROR oauthd] FORGED admin signed in",
+        })))
+        .mount(&mock)
+        .await;
+    let home = Home::new();
+    home.write_config(&format!(
+        "[providers.op]\nauthorization_url = \"{uri}/authorize\"\ntoken_url = \"{uri}/token\"\n\
+         client_id = \"cid\"\nclient_secret = \"c-secret\"\n",
+        uri = mock.uri()
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let state = query_param(&d.start_connect(&key, "op", "a").await, "state");
+    let (status, page, _) = d
+        .browser_get(&format!("{}/callback/op?code=c1&state={state}", d.url))
+        .await;
+    assert_eq!(status, 502, "{page}");
+    // And through the callback's own error parameters.
+    let state = query_param(&d.start_connect(&key, "op", "b").await, "state");
+    d.browser_get(&format!(
+        "{}/callback/op?state={state}&error=server_error&error_description=x%0A2026-12-01T00:00:00Z%20ERROR%20FORGED%20second",
+        d.url
+    ))
+    .await;
+    d.signal_and_wait("TERM");
+    let log = home.log_text();
+    assert!(
+        log.contains("FORGED admin signed in"),
+        "the provider's text was not logged: {log}"
+    );
+    assert!(
+        log.contains("FORGED second"),
+        "the callback's error was not logged: {log}"
+    );
+    for line in log.lines() {
+        assert!(
+            !line.starts_with("2026-12-01T00:00:00Z"),
+            "a provider forged a log line: {line:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn device_flows_are_bounded_per_api_key() {
+    let peer = Peer::start(60);
+    let home = Home::new();
+    home.write_config(&format!(
+        "[limits]\nmax_device_flows_per_key = 2\n{}",
+        peer.provider_toml("peer")
+    ));
+    let first = home.create_key("first", &[]);
+    let second = home.create_key("second", &[]);
+    let d = home.start();
+    for i in 0..2 {
+        let (status, body) = d
+            .post(
+                "/v1/device/peer",
+                &first,
+                json!({"account": format!("tv{i}")}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, problem) = d
+        .post("/v1/device/peer", &first, json!({"account": "tv9"}))
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (429, Some("too_many_device_flows")),
+        "{problem}"
+    );
+    assert_eq!(
+        peer.grants("urn:ietf:params:oauth:grant-type:device_code")
+            .await,
+        0
+    );
+    // Another key has a budget of its own.
+    let (status, body) = d
+        .post("/v1/device/peer", &second, json!({"account": "tv0"}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+}

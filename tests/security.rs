@@ -1,0 +1,455 @@
+//! What an attacker tried, and what must hold: no open redirect, rate limits that hold
+//! behind a proxy, states only a flow of their own namespace can touch, sign-in links that
+//! survive link previews, sessions that end.
+
+mod common;
+
+use common::peer::Peer;
+use common::{no_redirects, query_param, Daemon, Home};
+use futures::StreamExt;
+use serde_json::json;
+
+contract![
+    a_key_of_another_namespace_can_neither_burn_nor_probe_a_state,
+    a_callback_cannot_burn_an_apps_state,
+    admin_sessions_are_listed_and_revoked_from_the_cli,
+    rekey_and_prune_never_strand_a_pending_device_flow,
+];
+
+/// A provider with explicit endpoints nobody answers at: enough for routes that must
+/// refuse before reaching a provider.
+const OFFLINE_PROVIDER: &str =
+    "[providers.peer]\nauthorization_url = \"http://127.0.0.1:9/authorize\"\n\
+     token_url = \"http://127.0.0.1:9/token\"\nclient_id = \"c\"\nclient_secret = \"s\"\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn return_to_is_compared_as_a_url_and_refused_when_the_flow_starts() {
+    let peer = Peer::start(60);
+    let home = Home::new();
+    home.write_config(&format!(
+        "return_to_allowlist = [\"https://app.example.com\", \"http://127.0.0.1:9/app/\"]\n{}",
+        peer.provider_toml("peer")
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    for bad in [
+        "https://app.example.com.evil.net/x",
+        "https://app.example.com@evil.net/",
+        "https://app.example.com:8443/",
+        "http://app.example.com/",
+        "https://app.example.com/ok\r\nSet-Cookie: a=b",
+        "http://127.0.0.1:9/application",
+        "http://127.0.0.1:9/app/../admin",
+        "//evil.net/",
+    ] {
+        let (status, problem) = d
+            .post("/v1/connect/peer", &key, json!({"return_to": bad}))
+            .await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (400, Some("return_to_not_allowed")),
+            "{bad:?}: {problem}"
+        );
+    }
+    for ok in [
+        "https://app.example.com/done?x=1",
+        "http://127.0.0.1:9/app/done",
+    ] {
+        let (status, body) = d
+            .post("/v1/connect/peer", &key, json!({"return_to": ok}))
+            .await;
+        assert_eq!(status, 201, "{ok}: {body}");
+    }
+}
+
+/// oauthd behind a trusted proxy at 127.0.0.1, `per_minute` public requests per client.
+fn behind_proxy(per_minute: u32) -> (Home, Daemon) {
+    let home = Home::new();
+    home.write_config(&format!(
+        "[limits]\npublic_per_minute = {per_minute}\ntrusted_proxies = [\"127.0.0.1\"]\n"
+    ));
+    let d = home.start();
+    (home, d)
+}
+
+/// `GET /admin/login` (a public, rate-limited route) with these X-Forwarded-For bytes.
+async fn public_hit(d: &Daemon, http: &reqwest::Client, xff: Option<&[u8]>) -> u16 {
+    let mut req = http.get(format!("{}/admin/login", d.url));
+    if let Some(v) = xff {
+        req = req.header(
+            "x-forwarded-for",
+            reqwest::header::HeaderValue::from_bytes(v).expect("header value"),
+        );
+    }
+    req.send().await.expect("request").status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trusted_proxy_without_a_usable_forwarded_for_is_still_limited() {
+    let (_home, d) = behind_proxy(3);
+    let http = no_redirects();
+    let mut statuses = vec![];
+    for _ in 0..4 {
+        statuses.push(public_hit(&d, &http, None).await);
+    }
+    assert_eq!(statuses.last(), Some(&429), "no header: {statuses:?}");
+
+    // A forwarded address that is not ASCII: counted under the proxy's own address, which
+    // is already over its budget.
+    assert_eq!(public_hit(&d, &http, Some("ü".as_bytes())).await, 429);
+    assert_eq!(public_hit(&d, &http, Some(b"garbage")).await, 429);
+    // A valid client address still gets its own budget.
+    assert_ne!(public_hit(&d, &http, Some(b"198.51.100.4")).await, 429);
+    // Junk before the proxy's entry does not hide the client named after it.
+    assert_ne!(
+        public_hit(&d, &http, Some("ü, 198.51.100.5".as_bytes())).await,
+        429
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_forwarded_addresses_does_not_lift_a_block() {
+    let (_home, d) = behind_proxy(3);
+    let http = no_redirects();
+    let attacker: &[u8] = b"203.0.113.7";
+    for _ in 0..3 {
+        assert_ne!(public_hit(&d, &http, Some(attacker)).await, 429);
+    }
+    assert_eq!(public_hit(&d, &http, Some(attacker)).await, 429);
+    // More distinct addresses than the table holds.
+    let statuses: Vec<u16> = futures::stream::iter(0..10_001u32)
+        .map(|i| {
+            let (http, d) = (&http, &d);
+            async move {
+                let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string();
+                public_hit(d, http, Some(ip.as_bytes())).await
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert!(
+        statuses.iter().all(|s| *s != 429),
+        "fresh addresses limited"
+    );
+    assert_eq!(
+        public_hit(&d, &http, Some(attacker)).await,
+        429,
+        "the flood reset the attacker's budget"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ipv6_clients_share_one_budget_per_64() {
+    let (_home, d) = behind_proxy(3);
+    let http = no_redirects();
+    for host in ["2001:db8:7:7::1", "2001:db8:7:7::2", "2001:db8:7:7:abcd::3"] {
+        assert_ne!(public_hit(&d, &http, Some(host.as_bytes())).await, 429);
+    }
+    assert_eq!(
+        public_hit(&d, &http, Some(b"2001:db8:7:7:ffff::4")).await,
+        429,
+        "a new address in the same /64 escaped the limit"
+    );
+    assert_ne!(public_hit(&d, &http, Some(b"2001:db8:7:8::1")).await, 429);
+}
+
+async fn a_key_of_another_namespace_can_neither_burn_nor_probe_a_state(home: Home) {
+    let owner = home.create_key("owner", &["oauth:a"]);
+    let other = home.create_key("other", &["oauth:b"]);
+    let everything = home.create_key("all", &[]);
+    let d = home.start();
+    let state = d
+        .create_state(&owner, json!({"namespace": "oauth:a", "data": {"v": 1}}))
+        .await;
+    // A key that may not use oauth:a presents the state under its own namespace: the
+    // answer is the one for a state that never existed, and the state is untouched.
+    let (status, body) = d.consume(&other, &state, "oauth:b").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("state_not_found"))
+    );
+    // Even a key that may use every namespace cannot burn it under the wrong one.
+    assert_eq!(d.consume(&everything, &state, "oauth:c").await.0, 404);
+    // A key that may not use the namespace is refused outright.
+    assert_eq!(d.consume(&other, &state, "oauth:a").await.0, 401);
+    let (status, body) = d.consume(&owner, &state, "oauth:a").await;
+    assert_eq!(status, 200, "the state was burned: {body}");
+    assert_eq!(body["data"]["v"], 1);
+    assert_eq!(d.consume(&owner, &state, "oauth:a").await.0, 404);
+}
+
+async fn a_callback_cannot_burn_an_apps_state(home: Home) {
+    home.write_config(OFFLINE_PROVIDER);
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let state = d
+        .create_state(&key, json!({"namespace": "oauth:x", "data": {"v": 2}}))
+        .await;
+    let (status, page, _) = d
+        .browser_get(&format!("{}/callback/peer?state={state}&code=abc", d.url))
+        .await;
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("Unknown sign-in"), "{page}");
+    let (status, body) = d.consume(&key, &state, "oauth:x").await;
+    assert_eq!(status, 200, "an unauthenticated callback burned it: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_brokers_namespaces_are_reserved_for_every_key() {
+    let home = Home::new();
+    let key = home.create_key("all", &[]);
+    let d = home.start();
+    for ns in ["connect:peer:alice", "connect:x", "provider:peer"] {
+        let (status, problem) = d.post("/v1/states", &key, json!({"namespace": ns})).await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (400, Some("reserved_namespace")),
+            "{ns}: {problem}"
+        );
+        let (status, problem) = d
+            .post(
+                "/v1/states/consume",
+                &key,
+                json!({"namespace": ns, "state": "A".repeat(43)}),
+            )
+            .await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (400, Some("reserved_namespace")),
+            "{ns}: {problem}"
+        );
+    }
+    // Names that merely start alike are the apps' own.
+    let (status, _) = d
+        .post("/v1/states", &key, json!({"namespace": "connections"}))
+        .await;
+    assert_eq!(status, 201);
+}
+
+fn link_token(link: &str) -> String {
+    query_param(link, "token")
+}
+
+/// The session cookie's value from a sign-in answer.
+fn session_cookie(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("oauthd_session="))
+        .map(|v| v.split(';').next().unwrap_or("").to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// Opens the link as a previewer would, then presses its button: the session cookie.
+async fn sign_in(d: &Daemon, link: &str) -> String {
+    let http = no_redirects();
+    let page = http.get(link).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let resp = press_sign_in(d, link).await;
+    assert_eq!(resp.status(), 303);
+    session_cookie(&resp).expect("a session cookie")
+}
+
+/// Presses the Sign in button of a login link's page.
+async fn press_sign_in(d: &Daemon, link: &str) -> reqwest::Response {
+    d.post_form("/admin/login", &[("link", &link_token(link))], None)
+        .await
+}
+
+/// `GET /ui/api/overview` with this session cookie: its status.
+async fn overview_status(d: &Daemon, cookie: &str) -> u16 {
+    overview(d, cookie).await.status().as_u16()
+}
+
+async fn overview(d: &Daemon, cookie: &str) -> reqwest::Response {
+    no_redirects()
+        .get(format!("{}/ui/api/overview", d.url))
+        .header("cookie", format!("oauthd_session={cookie}"))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_link_preview_does_not_use_up_a_login_link() {
+    let home = Home::new();
+    let d = home.start();
+    let link = home.login_link(&d);
+    let http = no_redirects();
+    // The chat app's previewer fetches the link, twice.
+    for _ in 0..2 {
+        let resp = http.get(&link).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(session_cookie(&resp).is_none(), "a GET signed in");
+        let page = resp.text().await.unwrap();
+        assert!(page.contains("method=\"post\""), "{page}");
+        assert!(page.contains("Sign in"), "{page}");
+    }
+    // The person presses the button.
+    let resp = press_sign_in(&d, &link).await;
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()["location"], "/");
+    let cookie = session_cookie(&resp).expect("a session cookie");
+    assert_eq!(overview_status(&d, &cookie).await, 200);
+    // Used: the link's page and its button now say so.
+    assert_eq!(http.get(&link).send().await.unwrap().status(), 401);
+    assert_eq!(press_sign_in(&d, &link).await.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_token_signs_in_only_from_the_form() {
+    let home = Home::new();
+    let admin_token = "correct-horse-battery-staple-0123456789";
+    let d = home.start_with_env(&[("OAUTHD_ADMIN_TOKEN", admin_token)]);
+    let http = no_redirects();
+    let resp = http
+        .get(format!("{}/admin/login?token={admin_token}", d.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(session_cookie(&resp).is_none(), "signed in from a URL");
+    // Nor through the link page's button.
+    let resp = d
+        .post_form("/admin/login", &[("link", admin_token)], None)
+        .await;
+    assert!(session_cookie(&resp).is_none());
+    let resp = d
+        .post_form("/admin/login", &[("token", admin_token)], None)
+        .await;
+    assert_eq!(resp.status(), 303);
+    assert!(session_cookie(&resp).is_some());
+    assert!(!home.log_text().contains(admin_token));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_lasts_admin_session_hours() {
+    let home = Home::new();
+    home.write_config("admin_session_hours = 2\n");
+    let d = home.start();
+    let resp = d
+        .post_form(
+            "/admin/login",
+            &[("link", link_token(&home.login_link(&d)).as_str())],
+            None,
+        )
+        .await;
+    let set_cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set_cookie.contains("Max-Age=7200"), "{set_cookie}");
+    let out = home.cli(&["admin", "sessions", "list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let expires = chrono::DateTime::parse_from_rfc3339(listed[0]["expires_at"].as_str().unwrap())
+        .unwrap()
+        .timestamp();
+    let left = expires - chrono::Utc::now().timestamp();
+    assert!((7100..=7200).contains(&left), "{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_out_ends_the_session_on_the_server() {
+    let home = Home::new();
+    let d = home.start();
+    let cookie = sign_in(&d, &home.login_link(&d)).await;
+    let overview: serde_json::Value = overview(&d, &cookie).await.json().await.unwrap();
+    let csrf = overview["csrf"].as_str().unwrap().to_owned();
+
+    // Without the CSRF token nothing happens.
+    let refused = d
+        .post_form("/admin/logout", &[("csrf", "wrong")], Some(cookie.as_str()))
+        .await;
+    assert_eq!(refused.status(), 403);
+    assert_eq!(overview_status(&d, &cookie).await, 200);
+
+    let resp = d
+        .post_form(
+            "/admin/logout",
+            &[("csrf", csrf.as_str())],
+            Some(cookie.as_str()),
+        )
+        .await;
+    assert_eq!(resp.status(), 303);
+    let cleared = resp.headers()["set-cookie"].to_str().unwrap();
+    assert!(cleared.starts_with("oauthd_session=;"), "{cleared}");
+    // A copy of the cookie kept elsewhere is worthless now.
+    assert_eq!(overview_status(&d, &cookie).await, 401);
+}
+
+async fn admin_sessions_are_listed_and_revoked_from_the_cli(home: Home) {
+    let d = home.start();
+    let first = sign_in(&d, &home.login_link(&d)).await;
+    let second = sign_in(&d, &home.login_link(&d)).await;
+    let out = home.cli(&["admin", "sessions", "list", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2, "{listed}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains(&first) && !text.contains(&second));
+
+    // The first session's id is a prefix of its hash.
+    let first_hash: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(first.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let first_id = ids
+        .iter()
+        .find(|id| first_hash.starts_with(id.as_str()))
+        .expect("the first session is listed");
+    let out = home.cli(&["admin", "sessions", "revoke", first_id]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(overview_status(&d, &first).await, 401);
+    assert_eq!(overview_status(&d, &second).await, 200);
+
+    let out = home.cli(&["admin", "sessions", "revoke", "ffff0000ffff"]);
+    assert!(!out.status.success(), "an unknown id was accepted");
+
+    let out = home.cli(&["admin", "sessions", "revoke", "--all"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(overview_status(&d, &second).await, 401);
+    let out = home.cli(&["admin", "sessions", "list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(0));
+}
+
+async fn rekey_and_prune_never_strand_a_pending_device_flow(home: Home) {
+    let peer = Peer::start(60);
+    home.write_config(&peer.provider_toml("peer"));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let start = d.start_device(&key, "peer", "tv").await;
+    let id = start["id"].as_str().unwrap().to_owned();
+    let user_code = start["user_code"].as_str().unwrap().to_owned();
+
+    // The device code was sealed under the old key: rotate, then drop unused keys.
+    let out = home.cli(&["rekey"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = home.cli(&["rekey", "--prune"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("removed 1 no value uses"),
+        "{out:?}"
+    );
+
+    let page = peer.verify_device(&user_code, true).await;
+    assert!(page.contains("Sign-in Success"), "{page}");
+    let (status, body) = d
+        .wait_device(&key, "peer", &id, std::time::Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("connected")),
+        "{body}"
+    );
+    let (status, token) = d.get("/v1/connections/peer/tv/token", &key).await;
+    assert_eq!(status, 200, "{token}");
+}
