@@ -352,6 +352,15 @@ fn parse_public_url(text: &str) -> Result<Url, ConfigError> {
     if url.query().is_some() || url.fragment().is_some() {
         return Err(invalid("public_url", "must not have a query or fragment"));
     }
+    // The path starts every address oauthd emits, the session cookie's Path included:
+    // "//host" would make them point elsewhere, and ; , \ would break the cookie header.
+    let path = url.path();
+    if path.starts_with("//") || path.contains([';', ',', '\\']) || !url.username().is_empty() {
+        return Err(invalid(
+            "public_url",
+            "its path must be plain segments (no leading //, no ; , or \\) and it must not carry a user name",
+        ));
+    }
     if url.scheme() == "http" && !crate::oauth::provider::is_loopback(&url) {
         log::warn!(
             "public_url {url} is plain http on a non-loopback host: authorization codes will cross the network unencrypted; most providers require https there"
@@ -461,6 +470,17 @@ mod tests {
         assert!(e.starts_with("providers.st.client_id:"), "{e}");
         let e = parse("public_url = \"ftp://x\"").unwrap_err().to_string();
         assert!(e.starts_with("public_url:"), "{e}");
+        for bad in [
+            "https://auth.example//evil.example",
+            "https://auth.example/oauthd;Domain=evil",
+            "https://user@auth.example/",
+        ] {
+            let e = parse(&format!("public_url = \"{bad}\""))
+                .expect_err(bad)
+                .to_string();
+            assert!(e.starts_with("public_url:"), "{bad}: {e}");
+        }
+        assert!(parse("public_url = \"https://auth.example/oauthd\"").is_ok());
         let e = parse("return_to_allowlist = [\"/relative\"]")
             .unwrap_err()
             .to_string();

@@ -142,7 +142,8 @@ async fn an_id_token_that_does_not_verify_stores_nothing() {
     let issuer = mock.uri();
     let claims = |nonce: &str| {
         json!({"iss": issuer, "aud": "cid", "sub": "user-7", "exp": now + 600,
-               "iat": now, "nonce": nonce, "email": "u7@op.test", "name": "User Seven"})
+               "iat": now, "nonce": nonce, "email": "u7@op.test", "email_verified": true,
+               "name": "User Seven"})
     };
     use jsonwebtoken::Algorithm::{HS256, RS256};
     // (what is wrong, signing key, key id, algorithm, change to the claims)
@@ -186,18 +187,27 @@ async fn an_id_token_that_does_not_verify_stores_nothing() {
         assert_eq!(status, 404, "{case}: a connection was stored");
     }
 
-    let (state, nonce) = start(&d, &key).await;
-    provider(&mock, &jwks, &sign(&good, "k1", RS256, &claims(&nonce))).await;
-    let (status, page, _) = d
-        .browser_get(&format!("{}/callback/op?code=c1&state={state}", d.url))
-        .await;
-    assert_eq!(status, 200, "{page}");
-    let (_, conn) = d.get("/v1/connections/op/a", &key).await;
-    assert_eq!(
-        conn["provider_account"],
+    // A good token names the account; an email the provider did not verify is not shown.
+    let unverified: Edit = |c, _| c["email_verified"] = json!(false);
+    let expected = [
         json!({"sub": "user-7", "email": "u7@op.test", "name": "User Seven"}),
-        "{conn}"
-    );
+        json!({"sub": "user-7", "name": "User Seven"}),
+    ];
+    for (edit, expected) in [(|_: &mut serde_json::Value, _| {}) as Edit, unverified]
+        .into_iter()
+        .zip(expected)
+    {
+        let (state, nonce) = start(&d, &key).await;
+        let mut c = claims(&nonce);
+        edit(&mut c, now);
+        provider(&mock, &jwks, &sign(&good, "k1", RS256, &c)).await;
+        let (status, page, _) = d
+            .browser_get(&format!("{}/callback/op?code=c1&state={state}", d.url))
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let (_, conn) = d.get("/v1/connections/op/a", &key).await;
+        assert_eq!(conn["provider_account"], expected, "{conn}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

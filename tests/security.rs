@@ -62,6 +62,37 @@ async fn return_to_is_compared_as_a_url_and_refused_when_the_flow_starts() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn return_to_is_checked_again_when_the_flow_ends() {
+    let peer = Peer::start(60);
+    let home = Home::new();
+    // One public_url for both runs: the redirect URI must not change under the flow.
+    let public = "public_url = \"http://127.0.0.1:9\"\n";
+    home.write_config(&format!(
+        "{public}return_to_allowlist = [\"http://127.0.0.1:9/app/\"]\n{}",
+        peer.provider_toml("peer")
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let (status, body) = d
+        .post(
+            "/v1/connect/peer",
+            &key,
+            json!({"account": "alice", "return_to": "http://127.0.0.1:9/app/done"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let callback = peer.approve(body["authorize_url"].as_str().unwrap()).await;
+    // The operator takes the entry off the allowlist while the user is at the provider.
+    d.signal_and_wait("TERM");
+    home.write_config(&format!("{public}{}", peer.provider_toml("peer")));
+    let again = home.start();
+    let callback = callback.replacen("http://127.0.0.1:9", &again.url, 1);
+    let (status, page, location) = again.browser_get(&callback).await;
+    assert_eq!((status, location), (200, None), "{page}");
+    assert!(page.contains("Connected"), "{page}");
+}
+
 /// oauthd behind a trusted proxy at 127.0.0.1, `per_minute` public requests per client.
 fn behind_proxy(per_minute: u32) -> (Home, Daemon) {
     let home = Home::new();

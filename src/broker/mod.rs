@@ -465,10 +465,18 @@ impl Broker {
             Err(e) => return failed(503, "Could not store the connection", e.to_string()),
         }
         log::info!("connect {provider_name}/{account}: connected");
+        // Checked again: the allowlist may have changed since the flow started.
+        let return_to = match self.check_return_to(secrets.return_to.as_deref()) {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("callback {provider_name}/{account}: {e}; showing the page instead");
+                None
+            }
+        };
         CallbackOutcome::Connected {
             provider: provider_name.to_owned(),
             account,
-            return_to: secrets.return_to,
+            return_to,
         }
     }
 

@@ -118,8 +118,10 @@ impl RateLimiter {
 /// header) ends the walk at the last trusted hop: the client is then counted under that
 /// hop's address, never under no limit at all. `None` only when the peer is unknown.
 pub fn client_ip(req: &HttpRequest, trusted_proxies: &[IpAddr]) -> Option<IpAddr> {
-    let peer = req.peer_addr()?.ip();
-    if !trusted_proxies.contains(&peer) {
+    // On a dual-stack listener an IPv4 proxy arrives as ::ffff:a.b.c.d.
+    let peer = req.peer_addr()?.ip().to_canonical();
+    let trusted = |ip: &IpAddr| trusted_proxies.iter().any(|t| t.to_canonical() == *ip);
+    if !trusted(&peer) {
         return Some(peer);
     }
     let headers: Vec<&[u8]> = req
@@ -129,18 +131,26 @@ pub fn client_ip(req: &HttpRequest, trusted_proxies: &[IpAddr]) -> Option<IpAddr
         .collect();
     let mut client = peer;
     for entry in headers.iter().rev().flat_map(|h| h.rsplit(|b| *b == b',')) {
-        let Some(ip) = std::str::from_utf8(entry)
-            .ok()
-            .and_then(|t| t.trim().parse::<IpAddr>().ok())
-        else {
+        let Some(ip) = std::str::from_utf8(entry).ok().and_then(forwarded_address) else {
             break;
         };
         client = ip;
-        if !trusted_proxies.contains(&ip) {
+        if !trusted(&ip) {
             break;
         }
     }
     Some(client)
+}
+
+/// One `X-Forwarded-For` entry: an address, or an address with a port as some proxies
+/// write it (`198.51.100.7:4711`, `[2001:db8::1]:4711`).
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        .map(|ip| ip.to_canonical())
 }
 
 pub fn too_many(retry_after: u64) -> ApiError {
@@ -169,6 +179,18 @@ mod tests {
         assert!(l.blocked(b).is_none());
         assert!(l.hit(b).is_ok());
         assert!(RateLimiter::new(0).hit(a).is_ok(), "0 disables the limit");
+    }
+
+    #[test]
+    fn forwarded_entries_with_ports_and_mapped_addresses_parse() {
+        let v4: IpAddr = "198.51.100.7".parse().unwrap();
+        assert_eq!(forwarded_address(" 198.51.100.7:4711"), Some(v4));
+        assert_eq!(forwarded_address("::ffff:198.51.100.7"), Some(v4));
+        assert_eq!(
+            forwarded_address("[2001:db8::1]:4711"),
+            "2001:db8::1".parse().ok()
+        );
+        assert_eq!(forwarded_address("unknown"), None);
     }
 
     #[test]

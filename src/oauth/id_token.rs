@@ -12,8 +12,11 @@ use url::Url;
 
 /// Clock difference tolerated on `exp`/`iat`/`nbf`.
 const LEEWAY_SECS: u64 = 60;
-/// How soon the key set may be fetched again for an unknown key id.
-const REFETCH_AFTER: Duration = Duration::from_secs(30);
+/// How soon the key set may be fetched again for a key id it does not hold.
+const REFETCH_AFTER: Duration = Duration::from_secs(5);
+/// How long a fetched key set is trusted at all: a key the provider withdrew stops
+/// verifying within this time.
+const KEYS_TTL: Duration = Duration::from_secs(3600);
 /// Largest key set accepted.
 const MAX_JWKS_BYTES: usize = 256 * 1024;
 
@@ -50,6 +53,8 @@ struct Claims {
     azp: Option<String>,
     nonce: Option<String>,
     email: Option<String>,
+    #[serde(default)]
+    email_verified: bool,
     name: Option<String>,
 }
 
@@ -68,9 +73,10 @@ impl JwksCache {
         alg: Algorithm,
     ) -> Result<DecodingKey, IdTokenError> {
         let mut cached = self.keys.lock().await;
-        let stale = cached
-            .as_ref()
-            .is_none_or(|(at, set)| pick(set, kid, alg).is_none() && at.elapsed() >= REFETCH_AFTER);
+        let stale = cached.as_ref().is_none_or(|(at, set)| {
+            at.elapsed() >= KEYS_TTL
+                || (pick(set, kid, alg).is_none() && at.elapsed() >= REFETCH_AFTER)
+        });
         if stale {
             *cached = Some((Instant::now(), fetch(http, url).await?));
         }
@@ -186,7 +192,11 @@ pub async fn verify(
     }
     Ok(VerifiedIdentity {
         sub: super::provider_text(&claims.sub, 255),
-        email: claims.email.map(|e| super::provider_text(&e, 255)),
+        // An address the provider did not verify could be anyone's: not shown as the account.
+        email: claims
+            .email
+            .filter(|_| claims.email_verified)
+            .map(|e| super::provider_text(&e, 255)),
         name: claims.name.map(|n| super::provider_text(&n, 255)),
     })
 }
@@ -214,6 +224,7 @@ mod tests {
             azp: azp.map(str::to_owned),
             nonce: None,
             email: None,
+            email_verified: false,
             name: None,
         }
     }

@@ -137,8 +137,11 @@ impl AdminStore for RedisStore {
                 .map(|h| self.admin_key(h, AdminSecretKind::Session))
                 .collect(),
             None => {
+                // A prefix may hold glob characters: keep only keys that really start with it.
                 let prefix = self.admin_prefix(AdminSecretKind::Session);
-                self.scan_keys(CONTEXT, format!("{prefix}*")).await?
+                let mut keys = self.scan_keys(CONTEXT, format!("{prefix}*")).await?;
+                keys.retain(|k| k.starts_with(&prefix));
+                keys
             }
         };
         if keys.is_empty() {
