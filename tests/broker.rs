@@ -630,15 +630,14 @@ async fn allowed_return_to_gets_a_303_after_connecting() {
         "return_to_allowlist = [\"http://127.0.0.1:9/app/\"]\n",
     );
     let d = home.start();
-    let (status, body) = d
-        .post(
-            "/v1/connect/peer",
+    let authorize = d
+        .start_connect_with(
             &key,
+            "peer",
             json!({"account": "alice", "return_to": "http://127.0.0.1:9/app/done"}),
         )
         .await;
-    assert_eq!(status, 201, "{body}");
-    let callback = peer.approve(body["authorize_url"].as_str().unwrap()).await;
+    let callback = peer.approve(&authorize).await;
     let (status, _, location) = d.browser_get(&callback).await;
     assert_eq!(status, 303);
     assert_eq!(location.as_deref(), Some("http://127.0.0.1:9/app/done"));

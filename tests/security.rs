@@ -74,15 +74,14 @@ async fn return_to_is_checked_again_when_the_flow_ends() {
     ));
     let key = home.create_key("app", &[]);
     let d = home.start();
-    let (status, body) = d
-        .post(
-            "/v1/connect/peer",
+    let authorize = d
+        .start_connect_with(
             &key,
+            "peer",
             json!({"account": "alice", "return_to": "http://127.0.0.1:9/app/done"}),
         )
         .await;
-    assert_eq!(status, 201, "{body}");
-    let callback = peer.approve(body["authorize_url"].as_str().unwrap()).await;
+    let callback = peer.approve(&authorize).await;
     // The operator takes the entry off the allowlist while the user is at the provider.
     d.signal_and_wait("TERM");
     home.write_config(&format!("{public}{}", peer.provider_toml("peer")));

@@ -507,12 +507,19 @@ impl Home {
 impl Daemon {
     /// Starts a connect flow over the API; returns the authorization URL.
     pub async fn start_connect(&self, key: &str, provider: &str, account: &str) -> String {
+        self.start_connect_with(key, provider, serde_json::json!({"account": account}))
+            .await
+    }
+
+    /// Starts a connect flow with this request body; returns the authorization URL.
+    pub async fn start_connect_with(
+        &self,
+        key: &str,
+        provider: &str,
+        request: serde_json::Value,
+    ) -> String {
         let (status, body) = self
-            .post(
-                &format!("/v1/connect/{provider}"),
-                key,
-                serde_json::json!({"account": account}),
-            )
+            .post(&format!("/v1/connect/{provider}"), key, request)
             .await;
         assert_eq!(status, 201, "{body}");
         body["authorize_url"]
