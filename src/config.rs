@@ -159,7 +159,18 @@ pub struct Settings {
 impl Settings {
     pub fn load(over: &Overrides) -> Result<Settings, ConfigError> {
         let file = match &over.config {
-            Some(path) => read_file(path)?,
+            Some(path) => {
+                let mut file = read_file(path)?;
+                // A relative `db` in a file means beside that file, wherever oauthd is
+                // started from (`oauthd keys create --config /etc/oauthd/oauthd.toml` must
+                // reach the daemon's database, not one in the current directory).
+                if let (Some(db), Some(dir)) = (file.db.as_mut(), path.parent()) {
+                    if db.is_relative() {
+                        *db = dir.join(&*db);
+                    }
+                }
+                file
+            }
             None => FileConfig::default(),
         };
         Settings::resolve(file, over)

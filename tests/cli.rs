@@ -17,6 +17,7 @@ fn keys_create_prints_the_key_alone_on_the_last_line() {
     let out = home.cli(&[
         "keys",
         "create",
+        "--create",
         "--name",
         "st-bridge",
         "--namespace",
@@ -76,6 +77,7 @@ fn a_new_database_is_private_to_its_owner() {
 #[test]
 fn keys_refuses_bad_names_patterns_and_unknown_revokes() {
     let home = Home::new();
+    home.create_key("first", &[]);
     let bad_name = home.cli(&["keys", "create", "--name", "has space"]);
     assert_eq!(bad_name.status.code(), Some(1));
     assert!(text(&bad_name.stderr).contains("key name"));
@@ -85,6 +87,52 @@ fn keys_refuses_bad_names_patterns_and_unknown_revokes() {
     let unknown = home.cli(&["keys", "revoke", "nobody"]);
     assert_eq!(unknown.status.code(), Some(1));
     assert!(text(&unknown.stderr).contains("no active API key named \"nobody\""));
+}
+
+#[test]
+fn only_the_server_creates_a_database() {
+    let home = Home::new();
+    // A typo in --db: every command but the server refuses, naming the path it tried.
+    for args in [
+        &["keys", "create", "--name", "app"][..],
+        &["keys", "list"],
+        &["check"],
+        &["admin", "link"],
+        &["admin", "sessions", "list"],
+        &["connections", "list"],
+    ] {
+        let out = home.cli(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("no database at") && err.contains(&home.db().display().to_string()),
+            "{args:?}: {err}"
+        );
+        assert!(!home.db().exists(), "{args:?} created the database");
+    }
+    // Before the first start, a key can be made on purpose.
+    let out = home.cli(&["keys", "create", "--create", "--name", "app"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(home.db().exists());
+}
+
+#[test]
+fn a_relative_db_in_a_config_file_is_beside_the_file() {
+    let home = Home::new();
+    std::fs::write(home.config(), "db = \"state/oauthd.db\"\n").unwrap();
+    std::fs::create_dir(home.dir.path().join("state")).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["keys", "create", "--create", "--name", "app", "--config"])
+        .arg(home.config())
+        .current_dir(elsewhere.path())
+        .env_remove("OAUTHD_DB")
+        .env_remove("OAUTHD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(home.dir.path().join("state/oauthd.db").exists());
+    assert!(!elsewhere.path().join("state").exists());
 }
 
 #[test]

@@ -267,7 +267,9 @@ async fn a_filesystem_gone_read_only_under_oauthd_gives_503_and_loses_no_acknowl
     let home = Home::new();
     let fs = Ext4::new(&home);
     let db = home.db().display().to_string();
-    let out = fs.run(&[BIN, "keys", "create", "--db", &db, "--name", "app"]);
+    let out = fs.run(&[
+        BIN, "keys", "create", "--create", "--db", &db, "--name", "app",
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let key = stdout.lines().last().expect("key").trim().to_owned();
 

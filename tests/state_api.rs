@@ -967,6 +967,27 @@ async fn wrong_api_keys_are_rate_limited_without_locking_out_valid_ones() {
         d.post("/v1/states", &key, json!({"namespace": NS})).await.0,
         201
     );
+    // So does an app whose key oauthd has not seen yet (nothing cached), and one that comes
+    // back after the key cache forgot it: a valid key is never refused for others' errors.
+    let other = home.create_key("other", &[]);
+    assert_eq!(
+        d.post("/v1/states", &other, json!({"namespace": NS}))
+            .await
+            .0,
+        201
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        d.post("/v1/states", &key, json!({"namespace": NS})).await.0,
+        201
+    );
+    // While wrong keys stay over the budget.
+    assert_eq!(
+        d.post("/v1/states", "oauthd_wrong", json!({"namespace": NS}))
+            .await
+            .0,
+        429
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -35,7 +35,7 @@ pub(super) fn providers_list(settings: &Settings) -> Result<(), Fatal> {
 }
 
 pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Result<(), Fatal> {
-    let store = open_store(&settings)?;
+    let store = open_store(&settings, super::Missing::Refuse)?;
     let states = Arc::new(StateService::new(store.clone(), settings.states.clone()));
     let public_url = settings.public_url_for(settings.listen);
     let broker = broker(&settings, &store, states, public_url)?;
@@ -94,7 +94,7 @@ pub(super) fn connect_device(
             2,
         ));
     }
-    let store = open_store(&settings)?;
+    let store = open_store(&settings, super::Missing::Refuse)?;
     let states = Arc::new(StateService::new(store.clone(), settings.states.clone()));
     let broker = broker(
         &settings,
@@ -139,7 +139,7 @@ pub(super) fn connect_device(
 }
 
 pub(super) fn admin_link(settings: Settings) -> Result<(), Fatal> {
-    let store = open_store(&settings)?;
+    let store = open_store(&settings, super::Missing::Refuse)?;
     let admin = Admin::new(store, settings.admin_session_hours).map_err(|e| Fatal(e, 2))?;
     let public_url = settings.public_url_for(settings.listen);
     let link = runtime()?.block_on(admin.login_link(&public_url))?;
@@ -149,7 +149,7 @@ pub(super) fn admin_link(settings: Settings) -> Result<(), Fatal> {
 }
 
 pub(super) fn admin_sessions(settings: Settings, command: SessionsCommand) -> Result<(), Fatal> {
-    let store = open_store(&settings)?;
+    let store = open_store(&settings, super::Missing::Refuse)?;
     let admin = Admin::new(store, settings.admin_session_hours).map_err(|e| Fatal(e, 2))?;
     runtime()?.block_on(async {
         match command {

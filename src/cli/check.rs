@@ -33,7 +33,7 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
             settings.listen
         ),
     );
-    let store = open_store(&settings)?;
+    let store = open_store(&settings, super::Missing::Refuse)?;
     let rt = runtime()?;
     match rt.block_on(store.integrity()) {
         Ok(detail) => r.line("ok", "store", detail),

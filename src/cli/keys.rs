@@ -1,16 +1,22 @@
 //! `oauthd keys create|list|revoke`.
 
-use super::{open_store, runtime, Fatal, KeysCommand};
+use super::{open_store, runtime, Fatal, KeysCommand, Missing};
 use crate::apikeys;
 use crate::clock::rfc3339;
 use crate::config::Settings;
 use crate::store::KeyStore;
 
 pub(super) fn keys(settings: Settings, command: KeysCommand) -> Result<(), Fatal> {
-    let store = open_store(&settings)?;
+    let missing = match command {
+        KeysCommand::Create { create: true, .. } => Missing::Create,
+        _ => Missing::Refuse,
+    };
+    let store = open_store(&settings, missing)?;
     runtime()?.block_on(async {
         match command {
-            KeysCommand::Create { name, namespaces } => {
+            KeysCommand::Create {
+                name, namespaces, ..
+            } => {
                 let (key, record) = apikeys::create(store.as_ref(), &name, namespaces).await?;
                 let scope = record
                     .namespaces

@@ -27,7 +27,9 @@ use url::Url;
     about = "OAuth plumbing for self-hosted apps: a durable state store and token broker"
 )]
 pub struct Cli {
-    /// SQLite database file (created when missing) [default: oauthd.db]
+    /// SQLite database file [default: oauthd.db]. Only the server creates it when missing;
+    /// other commands refuse a missing one (keys create takes --create). A relative `db` in
+    /// a config file is relative to that file's directory.
     #[arg(long, global = true, env = "OAUTHD_DB", value_name = "PATH")]
     db: Option<PathBuf>,
     /// TOML configuration file (see oauthd.example.toml)
@@ -153,6 +155,9 @@ pub(crate) enum KeysCommand {
         /// A name to tell keys apart, e.g. the app using it
         #[arg(long)]
         name: String,
+        /// Create the database when it does not exist yet (before the server's first start)
+        #[arg(long)]
+        create: bool,
         /// Namespace (or prefix pattern like "oauth:*") the key may use; repeatable.
         /// Without it the key may use every namespace.
         #[arg(long = "namespace", value_name = "PATTERN")]
@@ -225,12 +230,31 @@ fn run(cli: Cli) -> Result<(), Fatal> {
     }
 }
 
-pub(super) fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, Fatal> {
+/// Whether a command may create a missing SQLite database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Missing {
+    Create,
+    Refuse,
+}
+
+pub(super) fn open_store(settings: &Settings, missing: Missing) -> Result<Arc<dyn Store>, Fatal> {
     match &settings.store {
-        StoreTarget::Sqlite => Ok(Arc::new(SqliteStore::open(
-            &settings.db,
-            settings.durability,
-        )?)),
+        StoreTarget::Sqlite => {
+            if missing == Missing::Refuse && !settings.db.exists() {
+                let shown = std::path::absolute(&settings.db).unwrap_or(settings.db.clone());
+                return Err(Fatal(
+                    format!(
+                        "no database at {}: only `oauthd serve` creates one. Check --db (or OAUTHD_DB, or `db` in the config file, which is relative to that file)",
+                        shown.display()
+                    ),
+                    1,
+                ));
+            }
+            Ok(Arc::new(SqliteStore::open(
+                &settings.db,
+                settings.durability,
+            )?))
+        }
         StoreTarget::Redis(target) => open_redis(settings, target),
     }
 }

@@ -10,7 +10,7 @@ use crate::store::sweeper;
 use std::sync::Arc;
 
 pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
-    let store = open_store(&settings)?;
+    let store = open_store(&settings, super::Missing::Create)?;
     log::info!("{}", store.describe());
     let admin = Admin::new(store.clone(), settings.admin_session_hours).map_err(|e| Fatal(e, 2))?;
     let metrics_token =

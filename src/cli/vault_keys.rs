@@ -20,7 +20,7 @@ pub(super) fn rekey(settings: Settings, prune: bool) -> Result<(), Fatal> {
             1,
         ));
     }
-    let store = open_store(&settings)?;
+    let store = open_store(&settings, super::Missing::Refuse)?;
     runtime()?.block_on(async {
         if prune {
             let (kept, removed) = crate::rekey::prune(&path, store.as_ref()).await?;

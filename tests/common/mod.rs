@@ -140,7 +140,7 @@ impl Home {
 
     /// Creates an API key and returns it (the last line of stdout).
     pub fn create_key(&self, name: &str, namespaces: &[&str]) -> String {
-        let mut args = vec!["keys", "create", "--name", name];
+        let mut args = vec!["keys", "create", "--create", "--name", name];
         for ns in namespaces {
             args.push("--namespace");
             args.push(ns);
