@@ -4,6 +4,9 @@
 ALTER TABLE connections ADD COLUMN account_sub   TEXT;
 ALTER TABLE connections ADD COLUMN account_email TEXT;
 ALTER TABLE connections ADD COLUMN account_name  TEXT;
+-- When the tokens came from a (re)connect, so that "last refresh" can say "never" until a
+-- refresh happens.
+ALTER TABLE connections ADD COLUMN connected_at  INTEGER;
 
 -- Who started a device flow ("key:<id>" for an API key, "admin" for the page, "cli" for
 -- the terminal), so that pending flows can be bounded per starter

@@ -130,6 +130,18 @@ pub struct Overrides {
     pub store: Option<String>,
 }
 
+impl Overrides {
+    /// These, with `other`'s where these say nothing.
+    pub fn or(self, other: Overrides) -> Overrides {
+        Overrides {
+            config: self.config.or(other.config),
+            db: self.db.or(other.db),
+            listen: self.listen.or(other.listen),
+            store: self.store.or(other.store),
+        }
+    }
+}
+
 /// The validated settings everything else runs on.
 #[derive(Debug, Clone)]
 pub struct Settings {

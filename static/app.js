@@ -35,11 +35,16 @@ async function api(method, path, body) {
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const data = await resp.json().catch(() => ({}));
-  if (!resp.ok && resp.status !== 202) throw new Error(data.detail || `HTTP ${resp.status}`);
+  if (!resp.ok && resp.status !== 202) {
+    const err = new Error(data.detail || `HTTP ${resp.status}`);
+    err.code = data.code;
+    throw err;
+  }
   return { status: resp.status, data };
 }
 
 function statusText(c) {
+  if (c.status === "provider_missing") return ["provider not configured", "status-needs_reauth"];
   if (c.status === "needs_reauth") return ["needs reauth", "status-needs_reauth"];
   if (c.failures > 0) return ["refreshing error", "status-failing"];
   return ["active", "status-active"];
@@ -60,22 +65,29 @@ function renderConnections(list) {
   for (const c of list) {
     const [text, cls] = statusText(c);
     const actions = el("div", { class: "row" });
+    const missing = c.status === "provider_missing";
     if (c.status === "needs_reauth") {
       actions.append(el("button", { onclick: () => connect(c.provider, c.account) }, "Reconnect"));
     }
-    actions.append(el("button", { class: "danger", onclick: () => disconnect(c.provider, c.account) }, "Disconnect"));
+    actions.append(el("button", { class: "danger", onclick: () => disconnect(c.provider, c.account, missing) }, missing ? "Delete" : "Disconnect"));
     const status = el("td", {}, el("span", { class: cls }, text));
     if (c.last_error) status.append(el("div", { class: "hint" }, c.last_error));
+    status.setAttribute("data-label", "Status");
     body.append(el("tr", { "data-connection": `${c.provider}/${c.account}` },
-      el("td", {}, c.provider), el("td", {}, c.account, whichAccount(c)), status,
-      el("td", {}, c.scopes.join(" ")), el("td", {}, when(c.expires_at, "unknown")),
-      el("td", {}, when(c.last_refresh_at, "never")), el("td", {}, actions)));
+      el("td", { "data-label": "Provider" }, c.provider),
+      el("td", { "data-label": "Account" }, c.account, whichAccount(c)), status,
+      el("td", { "data-label": "Scopes" }, c.scopes.join(" ")),
+      el("td", { "data-label": "Token expires" }, when(c.expires_at, "unknown")),
+      el("td", { "data-label": "Last refresh" }, when(c.last_refresh_at, "never")), el("td", {}, actions)));
   }
 }
 
 function renderProviders(providers, focus) {
   const root = $("#providers");
   root.replaceChildren();
+  if (providers.length === 0) {
+    root.append(el("p", { id: "no-providers" }, "No providers are configured yet. Add a [providers.NAME] table to oauthd's config file (see oauthd.example.toml and the README's \"Provider configuration\"), restart oauthd, and it appears here."));
+  }
   for (const p of providers) {
     const id = `account-${p.name}`;
     const account = el("input", { id, value: focus && focus.provider === p.name ? focus.account : "default", "aria-label": `Account name for ${p.name}` });
@@ -89,8 +101,13 @@ function renderProviders(providers, focus) {
     if (p.device) {
       buttons.append(el("button", { class: "secondary", "data-device": p.name, onclick: () => device(p.name, account.value) }, "Connect with a code"));
     }
+    const cred = p.credentials || { status: "unknown", detail: "" };
+    const credText = { accepted: "Client id and secret: accepted by " + p.name,
+      refused: "Client id and secret: refused by " + p.name + ". Fix client_id / client_secret in the config before connecting.",
+      unknown: "Client id and secret: could not be checked" }[cred.status];
     root.append(el("div", { class: "card" },
       el("h3", {}, p.name),
+      el("p", { class: cred.status === "refused" ? "hint status-needs_reauth" : "hint", "data-credentials": cred.status, title: cred.detail || "" }, credText),
       el("div", { class: "row" }, el("span", { class: "hint" }, "Redirect URI to register:"), el("code", {}, p.redirect_uri), copy),
       buttons,
       el("p", { class: "hint" }, `After you click Connect you have ${p.flow_ttl} to finish at ${p.name}.`),
@@ -108,7 +125,7 @@ async function load() {
   providers = data.providers;
   const params = new URLSearchParams(location.search);
   const focus = params.get("reconnect") ? { provider: params.get("reconnect"), account: params.get("account") || "default" } : null;
-  if (focus) notice(`Reconnect ${focus.provider} (${focus.account}): press its Connect button.`);
+  if (focus) notice(`Reconnect ${focus.provider} (${focus.account}): press "Connect ${focus.provider}" below.`);
   renderConnections(data.connections);
   renderProviders(data.providers, focus);
   $("#signin").hidden = true;
@@ -124,13 +141,29 @@ async function connect(provider, account) {
   } catch (e) { notice(`Could not start: ${e.message}`); }
 }
 
-async function disconnect(provider, account) {
-  if (!confirm(`Disconnect ${provider}/${account}? oauthd revokes its tokens at ${provider} and forgets them.`)) return;
+async function disconnect(provider, account, missing) {
+  const what = missing
+    ? `Delete ${provider}/${account}? ${provider} is no longer configured, so oauthd cannot revoke its tokens there; it only forgets them.`
+    : `Disconnect ${provider}/${account}? oauthd revokes its tokens at ${provider} and forgets them.`;
+  if (!confirm(what)) return;
+  const path = `/ui/api/connections/${encodeURIComponent(provider)}/${encodeURIComponent(account)}`;
   try {
-    await api("DELETE", `/ui/api/connections/${encodeURIComponent(provider)}/${encodeURIComponent(account)}`);
-    notice(`Disconnected ${provider}/${account}.`);
+    const { data } = await api("DELETE", path);
+    notice(data && data.detail ? `Deleted ${provider}/${account}: ${data.detail}.` : `Disconnected ${provider}/${account}.`);
     await load();
-  } catch (e) { notice(`Could not disconnect: ${e.message}`); }
+  } catch (e) {
+    if (e.code !== "provider_unavailable") { notice(`Could not disconnect: ${e.message}`); return; }
+    // The provider cannot be reached to revoke: offer to delete anyway, saying what stays.
+    if (!confirm(`${provider} could not be reached to revoke the tokens (${e.message}). Delete oauthd's copy anyway? The grant then stays valid at ${provider} until it expires or you revoke it there.`)) {
+      notice(`Not disconnected: ${provider} could not be reached.`);
+      return;
+    }
+    try {
+      const { data } = await api("DELETE", `${path}?force=true`);
+      notice(`Deleted ${provider}/${account}: ${data && data.detail ? data.detail : "done"}.`);
+      await load();
+    } catch (e2) { notice(`Could not disconnect: ${e2.message}`); }
+  }
 }
 
 async function device(provider, account) {
@@ -139,7 +172,7 @@ async function device(provider, account) {
     const { data } = await api("POST", `/ui/api/device/${encodeURIComponent(provider)}`, { account });
     const link = el("a", { href: data.verification_uri_complete || data.verification_uri, target: "_blank", rel: "noopener" }, data.verification_uri);
     box.replaceChildren(el("p", {}, "On any device, open ", link, " and enter:"), el("p", { class: "code" }, data.user_code),
-      el("p", { class: "hint", role: "status" }, "Waiting for approval…"));
+      el("p", { class: "hint", role: "status" }, "Waiting for approval… the code works until ", when(data.expires_at, "it expires"), "."));
     const poll = async () => {
       const r = await api("GET", `/ui/api/device/${encodeURIComponent(provider)}/${data.id}`).catch((e) => ({ status: 0, data: { status: e.message } }));
       if (r.status === 202) { setTimeout(poll, 3000); return; }

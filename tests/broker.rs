@@ -340,13 +340,7 @@ async fn delete_revokes_at_the_provider_then_forgets_the_connection(home: Home) 
     let (_, token) = d.get("/v1/connections/peer/alice/token", &key).await;
     let access = token["access_token"].as_str().unwrap().to_owned();
     assert!(peer.is_active(&access).await);
-    let resp = d
-        .http
-        .delete(format!("{}/v1/connections/peer/alice", d.url))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let resp = d.delete("/v1/connections/peer/alice", &key).await;
     assert_eq!(resp.status(), 204);
     assert!(
         !peer.is_active(&access).await,

@@ -280,3 +280,49 @@ fn keygen_prints_a_usable_vault_key() {
     let other = text(&Command::new(BIN).arg("keygen").output().unwrap().stdout);
     assert_ne!(key, other.trim());
 }
+
+#[test]
+fn each_command_lists_only_the_flags_it_uses() {
+    let help = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        text(&out.stdout)
+    };
+    let keygen = help(&["keygen"]);
+    assert!(
+        !keygen.contains("--db") && !keygen.contains("--listen"),
+        "{keygen}"
+    );
+    let create = help(&["keys", "create"]);
+    assert!(
+        create.contains("--db") && create.contains("--create"),
+        "{create}"
+    );
+    assert!(!create.contains("--listen"), "{create}");
+    let providers = help(&["providers", "list"]);
+    assert!(
+        providers.contains("--config") && !providers.contains("--db"),
+        "{providers}"
+    );
+    let show = help(&["connections", "show"]);
+    assert!(
+        show.contains("<PROVIDER>") && show.contains("account name"),
+        "{show}"
+    );
+}
+
+#[test]
+fn flags_before_the_command_still_count() {
+    let home = Home::new();
+    home.create_key("app", &[]);
+    let out = Command::new(BIN)
+        .arg("--db")
+        .arg(home.db())
+        .args(["keys", "list"])
+        .env_remove("OAUTHD_DB")
+        .env_remove("OAUTHD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(text(&out.stdout).contains("app"));
+}

@@ -84,6 +84,21 @@ async fn connect_list_and_disconnect_from_the_page() {
         overflow.as_i64().unwrap_or(1) <= 0,
         "the page scrolls sideways at phone width: {overflow}"
     );
+    // Disconnect is reachable on a phone without scrolling sideways.
+    let reachable = b
+        .client
+        .execute(
+            "const r = document.querySelector(\"tr[data-connection='peer/default'] button.danger\").getBoundingClientRect(); \
+             return r.width > 0 && r.left >= 0 && r.right <= document.documentElement.clientWidth",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reachable.as_bool(),
+        Some(true),
+        "Disconnect is off-screen on a phone"
+    );
     b.screenshot("05-listed-phone.png").await;
     b.client.set_window_size(1100, 900).await.unwrap();
     let (status, _) = d.get("/v1/connections/peer/default/token", &key).await;
@@ -268,6 +283,13 @@ async fn the_page_works_below_a_path_prefix_behind_a_proxy() {
     let row = b.text("tr[data-connection='peer/default']").await;
     assert!(row.contains("active"), "{row}");
 
+    // Result pages lead back to the page below the prefix.
+    b.client
+        .goto(&format!("{public}/callback/peer?state=unknown"))
+        .await
+        .unwrap();
+    b.click("p.back a").await;
+    b.wait_for("[data-connect=peer]").await;
     b.click("#sign-out").await;
     b.wait_for("#signin:not([hidden])").await;
     assert!(b.url().await.starts_with(&format!("{public}/")));
@@ -294,4 +316,73 @@ async fn the_page_works_below_a_path_prefix_behind_a_proxy() {
             "{asset} never requested: {paths:?}"
         );
     }
+}
+
+/// Waits until the alert's text contains `expected`, then answers it.
+async fn answer_confirm(b: &Browser, expected: &str, accept: bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let text = loop {
+        match b.client.get_alert_text().await {
+            Ok(t) => break t,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("no dialog saying {expected:?}: {e}"),
+        }
+    };
+    assert!(text.contains(expected), "{text}");
+    if accept {
+        b.client.accept_alert().await.unwrap();
+    } else {
+        b.client.dismiss_alert().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disconnect_offers_to_force_when_the_provider_is_down_and_removed_providers_can_be_deleted()
+{
+    let peer = Peer::start(60);
+    let (home, key) = setup(&peer, "");
+    let d = home.start();
+    for account in ["alice", "bob"] {
+        let authorize = d.start_connect(&key, "peer", account).await;
+        let callback = peer.approve(&authorize).await;
+        assert_eq!(d.browser_get(&callback).await.0, 200);
+    }
+    let b = Browser::start("provider-down").await;
+    b.sign_in(&home.login_link(&d)).await;
+    b.wait_for("tr[data-connection='peer/alice']").await;
+
+    // The provider goes away: revocation cannot reach it.
+    drop(peer);
+    b.click("tr[data-connection='peer/alice'] button.danger")
+        .await;
+    answer_confirm(&b, "Disconnect peer/alice?", true).await;
+    answer_confirm(&b, "could not be reached", false).await;
+    b.wait_text("#notice", "Not disconnected").await;
+    assert_eq!(d.get("/v1/connections/peer/alice", &key).await.0, 200);
+    b.click("tr[data-connection='peer/alice'] button.danger")
+        .await;
+    answer_confirm(&b, "Disconnect peer/alice?", true).await;
+    answer_confirm(&b, "stays valid at peer", true).await;
+    b.wait_text("#notice", "Deleted peer/alice").await;
+    b.screenshot("01-forced.png").await;
+    assert_eq!(d.get("/v1/connections/peer/alice", &key).await.0, 404);
+
+    // The provider leaves the config: its connection is marked, and can be deleted.
+    d.signal_and_wait("TERM");
+    home.write_config("");
+    let d = home.start();
+    b.sign_in(&home.login_link(&d)).await;
+    let row = b.text("tr[data-connection='peer/bob']").await;
+    assert!(row.contains("provider not configured"), "{row}");
+    assert!(b.text("#no-providers").await.contains("[providers.NAME]"));
+    b.screenshot("02-provider-missing.png").await;
+    b.click("tr[data-connection='peer/bob'] button.danger")
+        .await;
+    answer_confirm(&b, "no longer configured", true).await;
+    b.wait_text("#notice", "only oauthd's copy was deleted")
+        .await;
+    assert_eq!(d.get("/v1/connections/peer/bob", &key).await.0, 404);
+    b.close().await;
 }

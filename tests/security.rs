@@ -5,7 +5,7 @@
 mod common;
 
 use common::peer::Peer;
-use common::{no_redirects, query_param, Daemon, Home};
+use common::{no_redirects, query_param, session_cookie, Daemon, Home};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -261,25 +261,9 @@ fn link_token(link: &str) -> String {
     query_param(link, "token")
 }
 
-/// The session cookie's value from a sign-in answer.
-fn session_cookie(resp: &reqwest::Response) -> Option<String> {
-    resp.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|v| v.strip_prefix("oauthd_session="))
-        .map(|v| v.split(';').next().unwrap_or("").to_owned())
-        .filter(|v| !v.is_empty())
-}
-
 /// Opens the link as a previewer would, then presses its button: the session cookie.
 async fn sign_in(d: &Daemon, link: &str) -> String {
-    let http = no_redirects();
-    let page = http.get(link).send().await.unwrap();
-    assert_eq!(page.status(), 200);
-    let resp = press_sign_in(d, link).await;
-    assert_eq!(resp.status(), 303);
-    session_cookie(&resp).expect("a session cookie")
+    d.sign_in(link).await
 }
 
 /// Presses the Sign in button of a login link's page.
@@ -294,12 +278,7 @@ async fn overview_status(d: &Daemon, cookie: &str) -> u16 {
 }
 
 async fn overview(d: &Daemon, cookie: &str) -> reqwest::Response {
-    no_redirects()
-        .get(format!("{}/ui/api/overview", d.url))
-        .header("cookie", format!("oauthd_session={cookie}"))
-        .send()
-        .await
-        .unwrap()
+    d.ui_get("/ui/api/overview", cookie).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -346,6 +325,15 @@ async fn the_admin_token_signs_in_only_from_the_form() {
         .post_form("/admin/login", &[("link", admin_token)], None)
         .await;
     assert!(session_cookie(&resp).is_none());
+    let wrong = d
+        .post_form(
+            "/admin/login",
+            &[("token", "not-the-admin-token-at-all")],
+            None,
+        )
+        .await;
+    assert_eq!(wrong.status(), 401);
+    assert!(wrong.text().await.unwrap().contains("admin token"));
     let resp = d
         .post_form("/admin/login", &[("token", admin_token)], None)
         .await;

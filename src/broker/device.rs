@@ -115,23 +115,42 @@ impl Broker {
             return Err(BrokerError::TooManyDeviceFlows { max });
         }
         log::info!("device {provider_name}/{account}: flow {id} started");
-        tokio::spawn(self.clone().drive_device_flow(id));
+        if self.claim_driver(&id) {
+            tokio::spawn(self.clone().drive_device_flow(id));
+        }
         Ok(start)
     }
 
-    /// Starts polling again for every flow left pending (after a restart).
-    pub async fn resume_device_flows(self: &Arc<Self>) -> Result<usize, BrokerError> {
+    /// Starts polling for every pending flow nobody in this process polls yet: after a
+    /// restart, and for flows another process started and left (the CLI's `connect
+    /// --device` stopped with Ctrl-C): the daemon owns polling, whoever started the flow.
+    /// Flows of providers this process does not know are left alone for a process that
+    /// does (several may share one database). Returns how many it took on.
+    pub async fn adopt_device_flows(self: &Arc<Self>) -> Result<usize, BrokerError> {
         let pending = self.store.pending_device_flows().await?;
-        for flow in &pending {
+        let mut adopted = 0;
+        for flow in pending {
+            if !self.providers.contains_key(&flow.provider) || !self.claim_driver(&flow.id) {
+                continue;
+            }
             log::info!(
-                "device {}/{}: resuming flow {}",
+                "device {}/{}: resuming flow {} (nobody here polled it yet)",
                 flow.provider,
                 flow.account,
                 flow.id
             );
-            tokio::spawn(self.clone().drive_device_flow(flow.id.clone()));
+            tokio::spawn(self.clone().drive_device_flow(flow.id));
+            adopted += 1;
         }
-        Ok(pending.len())
+        Ok(adopted)
+    }
+
+    /// Marks this process as polling `id`; false when it already does.
+    fn claim_driver(&self, id: &str) -> bool {
+        self.device_drivers
+            .lock()
+            .map(|mut d| d.insert(id.to_owned()))
+            .unwrap_or(false)
     }
 
     pub async fn device_status(
@@ -169,6 +188,14 @@ impl Broker {
 
     /// Polls one flow until it ends. Safe to run in several processes at once.
     async fn drive_device_flow(self: Arc<Self>, id: String) {
+        self.poll_until_done(&id).await;
+        if let Ok(mut d) = self.device_drivers.lock() {
+            d.remove(&id);
+        }
+    }
+
+    async fn poll_until_done(&self, id: &str) {
+        let id = id.to_owned();
         loop {
             let flow = match self.store.get_device_flow(&id).await {
                 Ok(Some(f)) if f.status == "pending" => f,
@@ -179,6 +206,13 @@ impl Broker {
                     continue;
                 }
             };
+            if !self.providers.contains_key(&flow.provider) {
+                log::info!(
+                    "device flow {id}: provider {} is not configured here; leaving the flow to a process that has it",
+                    flow.provider
+                );
+                return;
+            }
             let now = now_ms();
             if now >= flow.expires_at_ms {
                 self.finish_device(
@@ -296,4 +330,18 @@ impl Broker {
             log::warn!("device flow {id}: could not record {status}: {e}");
         }
     }
+}
+
+/// Looks for pending device flows nobody here polls, every `interval`, until `stop`.
+pub async fn watch_device_flows(
+    broker: Arc<Broker>,
+    interval: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    super::refresher::every(interval, stop, || async {
+        if let Err(e) = broker.adopt_device_flows().await {
+            log::warn!("device flows: {e}; will look again in {interval:?}");
+        }
+    })
+    .await;
 }

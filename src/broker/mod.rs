@@ -12,8 +12,8 @@ pub mod return_to;
 mod tokens;
 
 pub(crate) use device::device_aad;
-pub use device::{DeviceStart, DeviceStatus};
-pub use tokens::{AccessToken, ConnectionView};
+pub use device::{watch_device_flows, DeviceStart, DeviceStatus};
+pub use tokens::{AccessToken, ConnectionView, Disconnected};
 
 use crate::namespace::Namespace;
 use crate::oauth::flows::{self, FlowError};
@@ -167,6 +167,10 @@ pub struct Broker {
     in_flight: FlightLocks,
     /// Pending device flows one caller may have (`limits.max_device_flows_per_key`).
     max_device_flows: u32,
+    /// Device flows this process polls now.
+    device_drivers: Mutex<std::collections::HashSet<String>>,
+    /// Whether each provider accepted the client credentials, and when that was asked.
+    client_checks: Mutex<HashMap<String, (std::time::Instant, flows::ClientCheck)>>,
 }
 
 impl Broker {
@@ -189,6 +193,8 @@ impl Broker {
             return_to_allowlist: settings.return_to_allowlist,
             in_flight: Mutex::new(HashMap::new()),
             max_device_flows: settings.max_device_flows,
+            device_drivers: Mutex::new(Default::default()),
+            client_checks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -216,6 +222,31 @@ impl Broker {
             .append_pair("reconnect", provider)
             .append_pair("account", account);
         url.to_string()
+    }
+
+    /// Whether the provider accepts oauthd's client id and secret, asked at most every
+    /// ten minutes (the page shows it on the provider's card).
+    pub async fn client_check(&self, provider: &str) -> Option<flows::ClientCheck> {
+        const FRESH: std::time::Duration = std::time::Duration::from_secs(600);
+        let p = self.providers.get(provider)?;
+        if let Some((at, check)) = self.client_checks.lock().ok()?.get(provider) {
+            if at.elapsed() < FRESH {
+                return Some(check.clone());
+            }
+        }
+        let check = match p.endpoints(&self.http).await {
+            Ok(endpoints) => {
+                flows::check_client(&self.http, p, endpoints, &self.redirect_uri(provider)).await
+            }
+            Err(e) => flows::ClientCheck::Unknown(e.to_string()),
+        };
+        if let Ok(mut checks) = self.client_checks.lock() {
+            checks.insert(
+                provider.to_owned(),
+                (std::time::Instant::now(), check.clone()),
+            );
+        }
+        Some(check)
     }
 
     /// Whether the provider offers the device flow (discovering its endpoints if needed).
@@ -438,6 +469,20 @@ impl Broker {
         .await
         {
             Ok(t) => t,
+            Err(FlowError::Rejected { code, description })
+                if code == "invalid_client" || code == "unauthorized_client" =>
+            {
+                log::warn!("callback {provider_name}/{account}: the provider refused oauthd's client credentials ({code}: {description})");
+                // Starting again cannot help until the operator fixes the config.
+                return CallbackOutcome::Failed {
+                    status: 502,
+                    title: "The provider refused oauthd's client credentials",
+                    detail: format!(
+                        "{provider_name} answered {code} ({description}): the client_id or client_secret (client_secret_file) configured for provider {provider_name} is wrong. Fix it in oauthd's config, restart oauthd, then connect again; `oauthd check` tells when it is right."
+                    ),
+                    retry: None,
+                };
+            }
             Err(e) => {
                 log::warn!("callback {provider_name}/{account}: code exchange failed: {e}");
                 return CallbackOutcome::Failed {

@@ -6,7 +6,25 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-pub async fn run(broker: Arc<Broker>, interval: Duration, mut stop: watch::Receiver<bool>) {
+pub async fn run(broker: Arc<Broker>, interval: Duration, stop: watch::Receiver<bool>) {
+    every(interval, stop, || async {
+        match broker.refresh_due().await {
+            Ok(0) => {}
+            Ok(n) => log::info!("refresher: renewed {n} connection(s)"),
+            Err(e) => log::warn!("refresher: {e}; will retry in {interval:?}"),
+        }
+    })
+    .await;
+    log::debug!("refresher stopped");
+}
+
+/// Runs `tick` every `interval` (the first right away) until `stop` changes; a slow tick
+/// delays the next one instead of piling them up.
+pub async fn every<F, Fut>(interval: Duration, mut stop: watch::Receiver<bool>, mut tick: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -14,11 +32,6 @@ pub async fn run(broker: Arc<Broker>, interval: Duration, mut stop: watch::Recei
             _ = ticks.tick() => {}
             _ = stop.changed() => break,
         }
-        match broker.refresh_due().await {
-            Ok(0) => {}
-            Ok(n) => log::info!("refresher: renewed {n} connection(s)"),
-            Err(e) => log::warn!("refresher: {e}; will retry in {interval:?}"),
-        }
+        tick().await;
     }
-    log::debug!("refresher stopped");
 }

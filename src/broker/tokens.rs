@@ -73,6 +73,28 @@ pub struct ConnectionView {
     pub reconnect_url: Option<String>,
 }
 
+/// How a disconnect went at the provider; the connection is deleted in every case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disconnected {
+    /// Revoked where the provider offers revocation.
+    Revoked,
+    /// The provider could not be reached or refused, and `force` deleted it anyway.
+    RevocationFailed,
+    /// The provider is no longer configured: deleted locally, nothing revoked.
+    ProviderMissing,
+}
+
+impl Disconnected {
+    /// What happened, in words, for people.
+    pub fn describe(self, provider: &str) -> String {
+        match self {
+            Disconnected::Revoked => "revoked at the provider where it offers revocation".into(),
+            Disconnected::RevocationFailed => "revocation at the provider failed; its grant may still be valid there".into(),
+            Disconnected::ProviderMissing => format!("provider {provider} is no longer configured: nothing was revoked there, only oauthd's copy was deleted"),
+        }
+    }
+}
+
 /// `min_ttl`, but at most half the lifetime the provider gives its tokens: asking an hour
 /// of a provider whose tokens live 30 minutes would otherwise refresh on every call.
 fn capped_min_ttl_ms(row: &ConnectionRow, min_ttl: Duration) -> i64 {
@@ -477,7 +499,12 @@ impl Broker {
         ConnectionView {
             provider: row.provider.clone(),
             account: row.account.clone(),
-            status: row.status.as_str(),
+            // A connection whose provider left the config cannot be refreshed or revoked.
+            status: if self.providers.contains_key(&row.provider) {
+                row.status.as_str()
+            } else {
+                "provider_missing"
+            },
             scopes: row
                 .scopes
                 .as_deref()
@@ -491,7 +518,11 @@ impl Broker {
             token_type: row.token_type.clone(),
             expires_at: row.access_expires_at_ms.map(rfc3339),
             has_refresh_token: row.refresh_token.is_some(),
-            last_refresh_at: row.last_refresh_at_ms.map(rfc3339),
+            // "never" until a refresh after the last (re)connect.
+            last_refresh_at: row
+                .last_refresh_at_ms
+                .filter(|t| row.connected_at_ms.is_none_or(|c| *t > c))
+                .map(rfc3339),
             last_error: row.last_error.clone(),
             failures: row.failures,
             retry_at: row.retry_at_ms.map(rfc3339),
@@ -523,24 +554,33 @@ impl Broker {
 
     /// Revokes the connection's tokens at the provider (RFC 7009) where it has a
     /// revocation endpoint, then deletes the connection. A provider that cannot be
-    /// reached keeps the connection (503) unless `force` is set.
+    /// reached keeps the connection (503) unless `force` is set. A connection whose
+    /// provider is no longer configured is deleted here only: there is nothing to revoke
+    /// with, and the answer says so.
     pub async fn disconnect(
         &self,
         provider_name: &str,
         account: &str,
         force: bool,
-    ) -> Result<(), BrokerError> {
-        let provider = self.provider(provider_name)?.clone();
+    ) -> Result<Disconnected, BrokerError> {
         let row = self.row(provider_name, account).await?;
-        let revoked = self.revoke_at_provider(&provider, &row).await;
-        match revoked {
-            Err(e) if !force => return Err(e),
-            Err(e) => log::warn!("disconnect {provider_name}/{account}: revocation failed ({e}); deleting anyway (force)"),
-            Ok(()) => {}
-        }
+        let outcome = match self.providers.get(provider_name) {
+            None => Disconnected::ProviderMissing,
+            Some(provider) => match self.revoke_at_provider(provider, &row).await {
+                Ok(()) => Disconnected::Revoked,
+                Err(e) if !force => return Err(e),
+                Err(e) => {
+                    log::warn!("disconnect {provider_name}/{account}: revocation failed ({e}); deleting anyway (force)");
+                    Disconnected::RevocationFailed
+                }
+            },
+        };
         self.store.delete_connection(provider_name, account).await?;
-        log::info!("disconnect {provider_name}/{account}: deleted");
-        Ok(())
+        log::info!(
+            "disconnect {provider_name}/{account}: deleted ({})",
+            outcome.describe(provider_name)
+        );
+        Ok(outcome)
     }
 
     async fn revoke_at_provider(
@@ -612,6 +652,7 @@ mod tests {
             lease_until_ms: None,
             generation: 1,
             identity: AccountIdentity::default(),
+            connected_at_ms: None,
         }
     }
 

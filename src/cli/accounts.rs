@@ -73,8 +73,11 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
                 account,
                 force,
             } => {
-                broker.disconnect(&provider, &account, force).await?;
-                eprintln!("Deleted connection {provider}/{account}.");
+                let outcome = broker.disconnect(&provider, &account, force).await?;
+                eprintln!(
+                    "Deleted connection {provider}/{account}: {}.",
+                    outcome.describe(&provider)
+                );
                 Ok(())
             }
         }

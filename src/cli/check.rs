@@ -118,22 +118,30 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
                 Err(e) => r.line("FAIL", &what, e),
                 // Any HTTP answer from the token endpoint (a 400 for an empty request is
                 // expected) shows it is reachable; only no answer at all fails.
-                Ok(e) => match http.post(e.token.clone()).send().await {
-                    Ok(resp) => r.line(
-                        "ok",
+                Ok(e) => {
+                    if let Err(err) = http.post(e.token.clone()).send().await {
+                        r.line(
+                            "FAIL",
+                            &what,
+                            format!("token endpoint {} unreachable: {err}", e.token),
+                        );
+                        continue;
+                    }
+                    let public_url = settings.public_url_for(settings.listen);
+                    let redirect = crate::broker::redirect_uri(&public_url, &p.name);
+                    let line = match flows::check_client(&http, p, e, &redirect).await {
+                        flows::ClientCheck::Accepted(d) => ("ok", d),
+                        flows::ClientCheck::Refused(d) => ("FAIL", d),
+                        flows::ClientCheck::Unknown(d) => {
+                            ("warn", format!("credentials could not be verified: {d}"))
+                        }
+                    };
+                    r.line(
+                        line.0,
                         &what,
-                        format!(
-                            "token endpoint {} answers (HTTP {})",
-                            e.token,
-                            resp.status().as_u16()
-                        ),
-                    ),
-                    Err(err) => r.line(
-                        "FAIL",
-                        &what,
-                        format!("token endpoint {} unreachable: {err}", e.token),
-                    ),
-                },
+                        format!("token endpoint {}: {}", e.token, line.1),
+                    );
+                }
             }
         }
         Ok::<(), Fatal>(())

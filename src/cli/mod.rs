@@ -14,68 +14,120 @@ use crate::store::sqlite::SqliteStore;
 use crate::store::target::StoreTarget;
 use crate::store::Store;
 use crate::vault::{self, KeySource, VaultHandle};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use url::Url;
 
+const DB_HELP: &str = "SQLite database file [default: oauthd.db]. Only the server creates it \
+    when missing; other commands refuse a missing one. A relative `db` in a config file is \
+    relative to that file's directory";
+const CONFIG_HELP: &str = "TOML configuration file (see oauthd.example.toml)";
+const STORE_HELP: &str = "Where data lives: redis://[:PASSWORD@]HOST:PORT/DB (or rediss://) to \
+    share it between instances, \"sqlite\" for the --db file [env: OAUTHD_STORE, OAUTHD_STORE_FILE]";
+const LISTEN_HELP: &str =
+    "Address to serve HTTP on (and to name in links); port 0 picks a free port [default: 127.0.0.1:6288]";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "oauthd",
     version,
-    about = "OAuth plumbing for self-hosted apps: a durable state store and token broker"
+    about = "OAuth plumbing for self-hosted apps: a durable state store and token broker",
+    after_help = "Without a command, oauthd serves: `oauthd --db PATH` is `oauthd serve --db PATH`."
 )]
 pub struct Cli {
-    /// SQLite database file [default: oauthd.db]. Only the server creates it when missing;
-    /// other commands refuse a missing one (keys create takes --create). A relative `db` in
-    /// a config file is relative to that file's directory.
-    #[arg(long, global = true, env = "OAUTHD_DB", value_name = "PATH")]
-    db: Option<PathBuf>,
-    /// TOML configuration file (see oauthd.example.toml)
-    #[arg(long, global = true, env = "OAUTHD_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Where data lives: redis://[:PASSWORD@]HOST:PORT/DB (or rediss://) to share it between
-    /// instances, "sqlite" for the --db file [env: OAUTHD_STORE, OAUTHD_STORE_FILE]
-    #[arg(long, global = true, value_name = "URL")]
-    store: Option<String>,
-    /// Address to serve HTTP on; port 0 picks a free port [default: 127.0.0.1:6288]
-    #[arg(long, global = true, env = "OAUTHD_LISTEN", value_name = "ADDR:PORT")]
-    listen: Option<String>,
+    /// For the server, the default command.
+    #[command(flatten)]
+    serve: ServeArgs,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// The server's flags.
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct ServeArgs {
+    #[arg(long, env = "OAUTHD_DB", value_name = "PATH", help = DB_HELP)]
+    db: Option<PathBuf>,
+    #[arg(long, env = "OAUTHD_CONFIG", value_name = "FILE", help = CONFIG_HELP)]
+    config: Option<PathBuf>,
+    #[arg(long, value_name = "URL", help = STORE_HELP)]
+    store: Option<String>,
+    #[arg(long, env = "OAUTHD_LISTEN", value_name = "ADDR:PORT", help = LISTEN_HELP)]
+    listen: Option<String>,
+}
+
+/// Where a command finds the data: database (or Redis) and config. Given before or after
+/// the command's own subcommand.
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct DataArgs {
+    #[arg(long, global = true, env = "OAUTHD_DB", value_name = "PATH", help = DB_HELP)]
+    db: Option<PathBuf>,
+    #[arg(long, global = true, env = "OAUTHD_CONFIG", value_name = "FILE", help = CONFIG_HELP)]
+    config: Option<PathBuf>,
+    #[arg(long, global = true, value_name = "URL", help = STORE_HELP)]
+    store: Option<String>,
+}
+
+/// For commands that print oauthd's own addresses (links, redirect URIs).
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct ListenArgs {
+    #[arg(long, global = true, env = "OAUTHD_LISTEN", value_name = "ADDR:PORT", help = LISTEN_HELP)]
+    listen: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run the daemon (the default when no command is given)
-    Serve,
+    Serve(ServeArgs),
     /// Manage the API keys apps use (works while the daemon runs)
     Keys {
+        #[command(flatten)]
+        data: DataArgs,
         #[command(subcommand)]
         command: KeysCommand,
     },
     /// Configured providers and the redirect URI to register at each
     Providers {
+        /// The configuration file naming the providers
+        #[arg(long, global = true, env = "OAUTHD_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        listen: ListenArgs,
         #[command(subcommand)]
         command: ProvidersCommand,
     },
     /// Connected accounts (works while the daemon runs)
     Connections {
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        listen: ListenArgs,
         #[command(subcommand)]
         command: ConnectionsCommand,
     },
-    /// Browser sign-in
+    /// Browser sign-in: one-time links and sessions
     Admin {
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        listen: ListenArgs,
         #[command(subcommand)]
         command: AdminCommand,
     },
     /// Print a new random vault key (for OAUTHD_KEY or a key file)
     Keygen,
     /// Check the config, the database, the vault key file and every provider's endpoints
-    Check,
+    /// and client credentials
+    Check {
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        listen: ListenArgs,
+    },
     /// Connect an account from this terminal with the device flow (RFC 8628)
     Connect {
+        /// The provider's name, as in the config file's [providers.NAME]
         provider: String,
         /// Use the device authorization grant: show a code to enter on another device
         #[arg(long)]
@@ -83,13 +135,62 @@ pub(crate) enum Command {
         /// Account name [default: default]
         #[arg(long)]
         account: Option<String>,
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        listen: ListenArgs,
     },
     /// Move every sealed token to a new vault key (works while oauthd runs)
     Rekey {
         /// Instead: drop keys from the key file that no stored value uses any more
         #[arg(long)]
         prune: bool,
+        #[command(flatten)]
+        data: DataArgs,
     },
+}
+
+impl Command {
+    /// The flags that say where the data is, whichever command carries them.
+    fn overrides(&self) -> Overrides {
+        let data = |d: &DataArgs, l: Option<&ListenArgs>| Overrides {
+            config: d.config.clone(),
+            db: d.db.clone(),
+            store: d.store.clone(),
+            listen: l.and_then(|l| l.listen.clone()),
+        };
+        match self {
+            Command::Serve(s) => s.overrides(),
+            Command::Keys { data: d, .. } | Command::Rekey { data: d, .. } => data(d, None),
+            Command::Providers { config, listen, .. } => Overrides {
+                config: config.clone(),
+                listen: listen.listen.clone(),
+                ..Overrides::default()
+            },
+            Command::Connections {
+                data: d, listen, ..
+            }
+            | Command::Admin {
+                data: d, listen, ..
+            }
+            | Command::Check { data: d, listen }
+            | Command::Connect {
+                data: d, listen, ..
+            } => data(d, Some(listen)),
+            Command::Keygen => Overrides::default(),
+        }
+    }
+}
+
+impl ServeArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            config: self.config.clone(),
+            db: self.db.clone(),
+            listen: self.listen.clone(),
+            store: self.store.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,10 +208,17 @@ pub(crate) enum ConnectionsCommand {
         json: bool,
     },
     /// One connection's metadata as JSON
-    Show { provider: String, account: String },
+    Show {
+        /// The provider's name, as in [providers.NAME]
+        provider: String,
+        /// The account name the connection was made under (default: "default")
+        account: String,
+    },
     /// Revoke at the provider, then delete
     Delete {
+        /// The provider's name, as in [providers.NAME]
         provider: String,
+        /// The account name the connection was made under (default: "default")
         account: String,
         /// Delete even when the provider cannot be reached to revoke
         #[arg(long)]
@@ -171,7 +279,10 @@ pub(crate) enum KeysCommand {
     },
     /// Revoke the active key with this name; a running oauthd refuses it within
     /// `api_key_cache_seconds` (default 1 s)
-    Revoke { name: String },
+    Revoke {
+        /// The key's name, as `keys list` shows it
+        name: String,
+    },
 }
 
 /// A failure that ends the process: the message and the exit code.
@@ -196,37 +307,43 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), Fatal> {
-    let overrides = Overrides {
-        config: cli.config,
-        db: cli.db,
-        listen: cli.listen,
-        store: cli.store,
+    // Flags before the command (`oauthd --db X keys list`) count where the command's own
+    // do not say otherwise.
+    let top = cli.serve.overrides();
+    let overrides = match &cli.command {
+        None => top,
+        Some(command) => command.overrides().or(top),
     };
+    if let Some(Command::Keygen) = cli.command {
+        println!("{}", vault::generate_key_text()?.as_str());
+        return Ok(());
+    }
     let settings = Settings::load(&overrides).map_err(|e| Fatal(e.to_string(), 2))?;
     match cli.command {
-        None | Some(Command::Serve) => serve::serve(settings),
-        Some(Command::Keys { command }) => keys::keys(settings, command),
+        None | Some(Command::Serve(_)) => serve::serve(settings),
+        Some(Command::Keys { command, .. }) => keys::keys(settings, command),
         Some(Command::Providers {
             command: ProvidersCommand::List,
+            ..
         }) => accounts::providers_list(&settings),
-        Some(Command::Connections { command }) => accounts::connections(settings, command),
+        Some(Command::Connections { command, .. }) => accounts::connections(settings, command),
         Some(Command::Admin {
             command: AdminCommand::Link,
+            ..
         }) => accounts::admin_link(settings),
         Some(Command::Admin {
             command: AdminCommand::Sessions { command },
+            ..
         }) => accounts::admin_sessions(settings, command),
-        Some(Command::Rekey { prune }) => vault_keys::rekey(settings, prune),
+        Some(Command::Rekey { prune, .. }) => vault_keys::rekey(settings, prune),
         Some(Command::Connect {
             provider,
             device,
             account,
+            ..
         }) => accounts::connect_device(settings, &provider, device, account.as_deref()),
-        Some(Command::Check) => check::check(settings),
-        Some(Command::Keygen) => {
-            println!("{}", vault::generate_key_text()?.as_str());
-            Ok(())
-        }
+        Some(Command::Check { .. }) => check::check(settings),
+        Some(Command::Keygen) => Ok(()),
     }
 }
 

@@ -43,13 +43,19 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
                 ),
             }
         }
-        let resumed = broker.resume_device_flows().await?;
+        let resumed = broker.adopt_device_flows().await?;
         if resumed > 0 {
             log::info!("resumed polling for {resumed} device flow(s)");
         }
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let sweeper =
             actix_web::rt::spawn(sweeper::run(store.clone(), settings.sweep, stopped.clone()));
+        // Flows started elsewhere (the CLI) and left: picked up within seconds.
+        let device_watch = actix_web::rt::spawn(crate::broker::watch_device_flows(
+            broker.clone(),
+            std::time::Duration::from_secs(3),
+            stopped.clone(),
+        ));
         let refresher = actix_web::rt::spawn(crate::broker::refresher::run(
             broker.clone(),
             settings.refresh_check,
@@ -73,6 +79,7 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
         let _ = stop.send(true);
         let _ = sweeper.await;
         let _ = refresher.await;
+        let _ = device_watch.await;
         served?;
         log::info!("stopped");
         Ok(())

@@ -95,6 +95,12 @@ pub async fn login_form(
             log::info!("admin: a browser signed in");
             to_page(base).cookie(cookie).finish()
         }
+        Ok(None) if with == SignInWith::Form => page(
+            base,
+            401,
+            "That did not sign you in",
+            "<p>The admin token (or login link) you entered is not right. Check <code>OAUTHD_ADMIN_TOKEN</code>, or make a one-time link with <code>oauthd admin link</code>.</p>",
+        ),
         Ok(None) => link_not_working(base),
         Err(e) => page(base, 503, "Storage unavailable", &escape(&e.to_string())),
     }

@@ -38,6 +38,11 @@ impl Caller {
     /// 404 for a provider that is not configured, 401 when the key may not use it.
     pub fn require_provider(&self, app: &AppState, provider: &str) -> Result<(), ApiError> {
         app.broker.provider(provider)?;
+        self.require_provider_scope(provider)
+    }
+
+    /// 401 when the key may not use `provider`, configured or not.
+    pub fn require_provider_scope(&self, provider: &str) -> Result<(), ApiError> {
         if self.may_use_provider(provider) {
             Ok(())
         } else {

@@ -25,6 +25,14 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
+fn not_json() -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "send the body as Content-Type: application/json",
+    )
+}
+
 impl FromRequest for JsonObject {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
@@ -33,6 +41,8 @@ impl FromRequest for JsonObject {
         let is_json = matches!(req.mime_type(), Ok(Some(m))
             if m.type_() == mime::APPLICATION
                 && (m.subtype() == mime::JSON || m.suffix() == Some(mime::JSON)));
+        // No body at all (and no content type) is an empty object: every field optional.
+        let no_content_type = !req.headers().contains_key(header::CONTENT_TYPE);
         let limit = req
             .app_data::<actix_web::web::Data<BodyLimit>>()
             .map_or(64 * 1024, |l| l.0);
@@ -43,12 +53,9 @@ impl FromRequest for JsonObject {
             .and_then(|v| v.parse::<u64>().ok());
         let mut payload = payload.take();
         Box::pin(async move {
-            if !is_json {
-                return Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
-                    "send the body as Content-Type: application/json",
-                ));
+            let may_be_empty = no_content_type && declared.is_none_or(|n| n == 0);
+            if !(is_json || may_be_empty) {
+                return Err(not_json());
             }
             if declared.is_some_and(|n| n > limit as u64) {
                 return Err(too_large(limit));
@@ -62,6 +69,12 @@ impl FromRequest for JsonObject {
                     return Err(too_large(limit));
                 }
                 body.extend_from_slice(&chunk);
+            }
+            if !is_json {
+                if !body.is_empty() {
+                    return Err(not_json());
+                }
+                return Ok(JsonObject(Map::new()));
             }
             JsonObject::parse(&body)
         })

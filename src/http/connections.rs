@@ -4,6 +4,7 @@
 use super::auth::Caller;
 use super::problem::ApiError;
 use super::{no_store, AppState};
+use crate::broker::Disconnected;
 use crate::clock::rfc3339;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
@@ -38,7 +39,9 @@ pub async fn show(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (provider, account) = path.into_inner();
-    caller.require_provider(&app, &provider)?;
+    // No configured-provider check: a connection whose provider left the config is still
+    // shown (status provider_missing) and can be deleted.
+    caller.require_provider_scope(&provider)?;
     Ok(HttpResponse::Ok().json(app.broker.connection(&provider, &account).await?))
 }
 
@@ -77,6 +80,7 @@ pub async fn token(
 }
 
 /// `DELETE /v1/connections/{provider}/{account}[?force=true]`: revoke, then delete.
+/// `204`, or `200` with what was not revoked (forced, or the provider left the config).
 pub async fn delete(
     app: web::Data<AppState>,
     caller: Caller,
@@ -84,8 +88,31 @@ pub async fn delete(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let (provider, account) = path.into_inner();
-    caller.require_provider(&app, &provider)?;
-    let force = query_param(&req, "force").is_some_and(|v| v == "true" || v == "1");
-    app.broker.disconnect(&provider, &account, force).await?;
-    Ok(HttpResponse::NoContent().finish())
+    caller.require_provider_scope(&provider)?;
+    let outcome = app
+        .broker
+        .disconnect(&provider, &account, force_param(&req))
+        .await?;
+    Ok(disconnected_response(&provider, outcome))
+}
+
+/// `?force=true` (or `1`): delete even when the provider cannot be reached to revoke.
+pub(super) fn force_param(req: &HttpRequest) -> bool {
+    query_param(req, "force").is_some_and(|v| v == "true" || v == "1")
+}
+
+/// The answer to a disconnect, for the API and the page alike.
+pub(super) fn disconnected_response(provider: &str, outcome: Disconnected) -> HttpResponse {
+    match outcome {
+        Disconnected::Revoked => HttpResponse::NoContent().finish(),
+        other => HttpResponse::Ok().json(json!({
+            "deleted": true,
+            "revoked": false,
+            "reason": match other {
+                Disconnected::ProviderMissing => "provider_missing",
+                _ => "revocation_failed",
+            },
+            "detail": other.describe(provider),
+        })),
+    }
 }

@@ -1,5 +1,7 @@
 //! Hard limits on what a request may carry before any handler sees it: the request line
-//! (path and query) and the headers. Bodies are limited per extractor (`BodyLimit`).
+//! (path and query), the headers, and which query parameters an API route knows (a typo
+//! such as `?minttl=5` is refused, as unknown body fields are). Bodies are limited per
+//! extractor (`BodyLimit`).
 
 use super::problem::ApiError;
 use actix_web::body::{EitherBody, MessageBody};
@@ -49,5 +51,39 @@ fn check(req: &ServiceRequest) -> Option<ApiError> {
             format!("headers may be at most {MAX_HEADER_BYTES} bytes in {MAX_HEADERS} fields"),
         ));
     }
-    None
+    unknown_query_parameter(req)
+}
+
+/// The query parameters a `/v1` route takes.
+fn known_query(method: &actix_web::http::Method, path: &str) -> &'static [&'static str] {
+    if path.starts_with("/v1/connections/") && path.ends_with("/token") {
+        &["min_ttl"]
+    } else if path.starts_with("/v1/connections/") && method == actix_web::http::Method::DELETE {
+        &["force"]
+    } else {
+        &[]
+    }
+}
+
+fn unknown_query_parameter(req: &ServiceRequest) -> Option<ApiError> {
+    let path = req.path();
+    if !path.starts_with("/v1/") {
+        return None;
+    }
+    let known = known_query(req.method(), path);
+    let unknown = url::form_urlencoded::parse(req.query_string().as_bytes())
+        .map(|(k, _)| k)
+        .find(|k| !known.contains(&k.as_ref()))?;
+    let takes = if known.is_empty() {
+        "this endpoint takes no query parameters".to_owned()
+    } else {
+        format!("this endpoint takes: {}", known.join(", "))
+    };
+    Some(ApiError::bad_request(
+        "unknown_parameter",
+        format!(
+            "unknown query parameter {:?}; {takes}",
+            unknown.chars().take(64).collect::<String>()
+        ),
+    ))
 }

@@ -27,7 +27,7 @@ pub fn page(base: &str, status: u16, title: &str, body: &str) -> HttpResponse {
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{t} · oauthd</title><link rel=\"stylesheet\" href=\"{b}/static/style.css\"></head>\
-         <body><main><h1>{t}</h1>{body}</main></body></html>",
+         <body><main><h1>{t}</h1>{body}<p class=\"back\"><a href=\"{b}/\">Back to oauthd</a></p></main></body></html>",
         t = escape(title),
         b = escape(base)
     );

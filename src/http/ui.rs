@@ -109,6 +109,7 @@ pub async fn overview(app: web::Data<AppState>, s: UiSession) -> Result<HttpResp
             "flow_ttl": app.states.policy().flow_ttl_text(&p.name, crate::broker::DEFAULT_ACCOUNT),
             "redirect_uri": app.broker.redirect_uri(&p.name).as_str(),
             "device": app.broker.supports_device_flow(&p.name).await,
+            "credentials": app.broker.client_check(&p.name).await,
         }));
     }
     Ok(no_store(HttpResponse::Ok()).json(json!({
@@ -174,15 +175,19 @@ pub async fn device_status(
     Ok(no_store(HttpResponse::build(code)).json(status))
 }
 
-/// `DELETE /ui/api/connections/{provider}/{account}`: revoke, then delete.
+/// `DELETE /ui/api/connections/{provider}/{account}[?force=true]`: revoke, then delete.
 pub async fn disconnect(
     app: web::Data<AppState>,
     _s: UiSession,
     path: web::Path<(String, String)>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let (provider, account) = path.into_inner();
-    app.broker.disconnect(&provider, &account, false).await?;
-    Ok(HttpResponse::NoContent().finish())
+    let force = super::connections::force_param(&req);
+    let outcome = app.broker.disconnect(&provider, &account, force).await?;
+    Ok(super::connections::disconnected_response(
+        &provider, outcome,
+    ))
 }
 
 #[derive(serde::Deserialize)]

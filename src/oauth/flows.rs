@@ -255,6 +255,46 @@ pub async fn exchange_code(
     Ok(token_set(&resp))
 }
 
+/// Whether a provider accepts oauthd's client credentials, found out before any user is
+/// sent there: a token request for a made-up code is refused as `invalid_grant` when the
+/// client id and secret are right, and as `invalid_client` when they are not (RFC 6749
+/// §5.2). Providers that answer otherwise (GitHub answers 200 with an error) cannot be
+/// told apart: `Unknown`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "status", content = "detail", rename_all = "snake_case")]
+pub enum ClientCheck {
+    Accepted(String),
+    Refused(String),
+    Unknown(String),
+}
+
+pub async fn check_client(
+    http: &reqwest::Client,
+    provider: &Provider,
+    endpoints: &Endpoints,
+    redirect: &Url,
+) -> ClientCheck {
+    let made_up = "oauthd-credentials-check-not-a-real-code";
+    let verifier = "oauthd-credentials-check-verifier-0123456789abcdef";
+    match exchange_code(http, provider, endpoints, redirect, made_up, verifier).await {
+        Err(FlowError::InvalidGrant(_)) => ClientCheck::Accepted(
+            "a made-up code was refused as invalid_grant, so the client id and secret were accepted".into(),
+        ),
+        Err(FlowError::Rejected { code, description })
+            if code == "invalid_client" || code == "unauthorized_client" =>
+        {
+            ClientCheck::Refused(format!(
+                "the provider refused the client id or secret ({code}: {description}): check client_id and client_secret (or client_secret_file)"
+            ))
+        }
+        Err(FlowError::Rejected { code, .. }) => ClientCheck::Unknown(format!(
+            "the provider answered {code}, which does not tell whether the credentials are right"
+        )),
+        Err(FlowError::Transient(e)) => ClientCheck::Unknown(e),
+        Ok(_) => ClientCheck::Unknown("the provider accepted a made-up code".into()),
+    }
+}
+
 pub async fn refresh(
     http: &reqwest::Client,
     provider: &Provider,

@@ -190,6 +190,8 @@ pub struct ConnectionRow {
     pub generation: i64,
     /// Which provider account this is, from the last verified ID token.
     pub identity: AccountIdentity,
+    /// When the tokens last came from a (re)connect (unknown for rows older than 0.2).
+    pub connected_at_ms: Option<i64>,
 }
 
 /// Which account at the provider a connection is: claims of a verified ID token. Not

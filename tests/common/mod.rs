@@ -528,6 +528,16 @@ impl Daemon {
             .to_owned()
     }
 
+    /// `DELETE path` with the API key.
+    pub async fn delete(&self, path: &str, key: &str) -> reqwest::Response {
+        self.http
+            .delete(format!("{}{path}", self.url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("request")
+    }
+
     /// POSTs a form (with a session cookie, when given), following no redirect.
     pub async fn post_form(
         &self,
@@ -580,5 +590,41 @@ impl Daemon {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+}
+
+/// The session cookie's value from a sign-in answer.
+pub fn session_cookie(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("oauthd_session="))
+        .map(|v| v.split(';').next().unwrap_or("").to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+impl Daemon {
+    /// Signs a browser in as a person does: opens the login link (a page with a button),
+    /// then presses the button. Returns the session cookie's value.
+    pub async fn sign_in(&self, link: &str) -> String {
+        let page = no_redirects().get(link).send().await.expect("link page");
+        assert_eq!(page.status(), 200);
+        let token = query_param(link, "token");
+        let resp = self
+            .post_form("/admin/login", &[("link", &token)], None)
+            .await;
+        assert_eq!(resp.status(), 303);
+        session_cookie(&resp).expect("a session cookie")
+    }
+
+    /// `GET path` as a signed-in browser.
+    pub async fn ui_get(&self, path: &str, session: &str) -> reqwest::Response {
+        no_redirects()
+            .get(format!("{}{path}", self.url))
+            .header("cookie", format!("oauthd_session={session}"))
+            .send()
+            .await
+            .expect("request")
     }
 }

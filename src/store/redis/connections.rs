@@ -110,6 +110,7 @@ fn row(f: &Fields) -> Result<ConnectionRow, StoreError> {
             email: text(f, "account_email"),
             name: text(f, "account_name"),
         },
+        connected_at_ms: int(f, "connected_at"),
     })
 }
 
@@ -211,7 +212,8 @@ impl ConnectionStore for RedisStore {
             .opt_num("lease_until", None)
             .opt("account_sub", identity.sub)
             .opt("account_email", identity.email)
-            .opt("account_name", identity.name);
+            .opt("account_name", identity.name)
+            .num("connected_at", now_ms);
         let mut c = self.conn();
         self.run("saving a connection", async move {
             let mut inv = SAVE.prepare_invoke();

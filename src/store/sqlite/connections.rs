@@ -10,7 +10,7 @@ use rusqlite::{params, OptionalExtension, Row};
 
 const COLUMNS: &str = "provider, account, status, scopes, token_type, access_token, refresh_token,
     access_expires_at, created_at, updated_at, last_refresh_at, last_error, failures, retry_at,
-    lease_until, generation, account_sub, account_email, account_name";
+    lease_until, generation, account_sub, account_email, account_name, connected_at";
 
 fn row(r: &Row<'_>) -> rusqlite::Result<ConnectionRow> {
     Ok(ConnectionRow {
@@ -35,6 +35,7 @@ fn row(r: &Row<'_>) -> rusqlite::Result<ConnectionRow> {
             email: r.get(17)?,
             name: r.get(18)?,
         },
+        connected_at_ms: r.get(19)?,
     })
 }
 
@@ -81,14 +82,14 @@ impl ConnectionStore for SqliteStore {
                 conn.prepare_cached(
                     "INSERT INTO connections (provider, account, status, scopes, token_type,
                         access_token, refresh_token, access_expires_at, created_at, updated_at,
-                        last_refresh_at, account_sub, account_email, account_name)
-                     VALUES (?1, ?2, 'active', ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8, ?9, ?10, ?11)
+                        last_refresh_at, account_sub, account_email, account_name, connected_at)
+                     VALUES (?1, ?2, 'active', ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8, ?9, ?10, ?11, ?8)
                      ON CONFLICT (provider, account) DO UPDATE SET
                         status = 'active', scopes = ?3, token_type = ?4, access_token = ?5,
                         refresh_token = ?6, access_expires_at = ?7, updated_at = ?8,
                         last_refresh_at = ?8, last_error = NULL, failures = 0, retry_at = NULL,
                         lease_until = NULL, generation = generation + 1, account_sub = ?9,
-                        account_email = ?10, account_name = ?11",
+                        account_email = ?10, account_name = ?11, connected_at = ?8",
                 )?
                 .execute(params![
                     p,

@@ -1,0 +1,286 @@
+//! Traps an operator falls into in the first weeks: a provider taken out of the config, a
+//! second oauthd on the same database, a CLI device flow stopped halfway.
+
+mod common;
+
+use common::peer::Peer;
+use common::{Daemon, Home, BIN};
+use serde_json::json;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Connects peer/`account` over the API and the test provider.
+async fn connect(d: &Daemon, peer: &Peer, key: &str, account: &str) {
+    let authorize = d.start_connect(key, "peer", account).await;
+    let callback = peer.approve(&authorize).await;
+    let (status, page, _) = d.browser_get(&callback).await;
+    assert_eq!(status, 200, "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_of_a_removed_provider_are_listed_and_can_be_deleted() {
+    let peer = Peer::start(60);
+    let home = Home::new();
+    home.write_config(&peer.provider_toml("peer"));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    connect(&d, &peer, &key, "alice").await;
+    connect(&d, &peer, &key, "bob").await;
+    let (_, token) = d.get("/v1/connections/peer/alice/token", &key).await;
+    let token = token["access_token"].as_str().unwrap().to_owned();
+    d.signal_and_wait("TERM");
+
+    // The operator removes the provider from the config.
+    home.write_config("");
+    let d = home.start();
+    let (status, conn) = d.get("/v1/connections/peer/alice", &key).await;
+    assert_eq!(status, 200, "{conn}");
+    assert_eq!(conn["status"], "provider_missing");
+    let metrics = d.metrics_text().await;
+    assert!(
+        metrics.contains("oauthd_connections{provider=\"peer\",status=\"provider_missing\"} 2"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("status=\"active\"} "), "{metrics}");
+
+    let resp = d.delete("/v1/connections/peer/alice", &key).await;
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        (&body["revoked"], &body["reason"]),
+        (&json!(false), &json!("provider_missing")),
+        "{body}"
+    );
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("no longer configured"));
+    assert_eq!(d.get("/v1/connections/peer/alice", &key).await.0, 404);
+    // Nothing was revoked at the provider (the answer said so).
+    assert!(peer.is_active(&token).await);
+
+    let out = home.cli(&["connections", "delete", "peer", "bob"]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("no longer configured"), "{said}");
+    assert_eq!(d.get("/v1/connections/peer/bob", &key).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_oauthd_without_the_provider_leaves_device_flows_alone() {
+    let peer = Peer::start(60);
+    let home = Home::new();
+    home.write_config(&peer.provider_toml("peer"));
+    let key = home.create_key("app", &[]);
+    let with = home.start();
+    let start = with.start_device(&key, "peer", "tv").await;
+    let id = start["id"].as_str().unwrap().to_owned();
+
+    // Another process on the same database, whose config lacks the provider.
+    let other = Home::new();
+    other.write_config("");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(home.db())
+        .arg("--config")
+        .arg(other.config())
+        .env_remove("OAUTHD_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut without = cmd.spawn().unwrap();
+    // Long enough for it to start, look at pending flows and reach the flow's first poll.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let (status, body) = with.get(&format!("/v1/device/peer/{id}"), &key).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (202, Some("pending")),
+        "{body}"
+    );
+
+    let page = peer
+        .verify_device(start["user_code"].as_str().unwrap(), true)
+        .await;
+    assert!(page.contains("Sign-in Success"), "{page}");
+    let (status, body) = with
+        .wait_device(&key, "peer", &id, Duration::from_secs(20))
+        .await;
+    let _ = without.kill();
+    let _ = without.wait();
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("connected")),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_finishes_a_device_flow_the_cli_started_and_left() {
+    let peer = Peer::start(60);
+    let home = Home::new();
+    home.write_config(&peer.provider_toml("peer"));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let mut cli = Command::new(BIN)
+        .args(["connect", "peer", "--device", "--account", "tv", "--db"])
+        .arg(home.db())
+        .arg("--config")
+        .arg(home.config())
+        .env_remove("OAUTHD_CONFIG")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = cli.stdout.take().unwrap();
+    let code = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("and enter the code: ").map(str::to_owned))
+        .expect("the CLI shows a code");
+    // Ctrl-C: the CLI is gone before the user approves.
+    Command::new("kill")
+        .args(["-INT", &cli.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = cli.wait();
+
+    let page = peer.verify_device(&code, true).await;
+    assert!(page.contains("Sign-in Success"), "{page}");
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let mut last = (0, serde_json::Value::Null);
+    while Instant::now() < deadline {
+        last = d.get("/v1/connections/peer/tv", &key).await;
+        if last.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        last.0, 200,
+        "the daemon never finished the flow: {}",
+        last.1
+    );
+    assert_eq!(
+        peer.grants("urn:ietf:params:oauth:grant-type:device_code")
+            .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_requests_need_no_body_where_every_field_is_optional_and_refuse_unknown_query_parameters(
+) {
+    let peer = Peer::start(60);
+    let home = Home::new();
+    home.write_config(&peer.provider_toml("peer"));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let resp = d
+        .http
+        .post(format!("{}/v1/connect/peer", d.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
+    connect(&d, &peer, &key, "alice").await;
+    for (method, path) in [
+        ("GET", "/v1/connections/peer/alice/token?minttl=5"),
+        ("GET", "/v1/connections?provider=peer"),
+        ("DELETE", "/v1/connections/peer/alice?forse=true"),
+        ("POST", "/v1/states?namespace=x"),
+    ] {
+        let resp = d
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", d.url))
+            .bearer_auth(&key)
+            .json(&json!({"namespace": "app"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{method} {path}");
+        let problem: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(
+            problem["code"], "unknown_parameter",
+            "{method} {path}: {problem}"
+        );
+    }
+    // The connection is still there: the misspelt delete did nothing.
+    let (status, _) = d
+        .get("/v1/connections/peer/alice/token?min_ttl=5", &key)
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_client_secret_is_found_before_anyone_is_sent_to_the_provider() {
+    let peer = Peer::start(60);
+    let home = Home::new();
+    let wrong = peer
+        .provider_toml("peer")
+        .replace(common::peer::CLIENT_SECRET, "not-the-secret");
+    home.write_config(&wrong);
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let out = home.cli(&["check", "--listen", d.url.trim_start_matches("http://")]);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("FAIL") && report.contains("refused the client id or secret"),
+        "{report}"
+    );
+
+    // The page's provider card says so too.
+    let cookie = d.sign_in(&home.login_link(&d)).await;
+    let overview: serde_json::Value = d
+        .ui_get("/ui/api/overview", &cookie)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        overview["providers"][0]["credentials"]["status"], "refused",
+        "{overview}"
+    );
+
+    // A user who connects anyway is told what is wrong, with no "start again" that can
+    // only fail again.
+    let authorize = d.start_connect(&key, "peer", "alice").await;
+    let callback = peer.approve(&authorize).await;
+    let (status, page, _) = d.browser_get(&callback).await;
+    assert_eq!(status, 502, "{page}");
+    assert!(page.contains("client_secret"), "{page}");
+    assert!(!page.contains("Start again"), "{page}");
+    d.signal_and_wait("TERM");
+
+    // With the right secret, check says the credentials were accepted.
+    home.write_config(&peer.provider_toml("peer"));
+    let out = home.cli(&["check"]);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{report}");
+    assert!(
+        report.contains("client id and secret were accepted"),
+        "{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn last_refresh_is_never_until_a_refresh_happens() {
+    let peer = Peer::start(2);
+    let home = Home::new();
+    home.write_config(&peer.provider_toml("peer"));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    connect(&d, &peer, &key, "alice").await;
+    let (_, conn) = d.get("/v1/connections/peer/alice", &key).await;
+    assert!(conn["last_refresh_at"].is_null(), "{conn}");
+    // Two-second tokens: past half their life the token API refreshes first.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(d.get("/v1/connections/peer/alice/token", &key).await.0, 200);
+    assert_eq!(peer.grants("refresh_token").await, 1);
+    let (_, conn) = d.get("/v1/connections/peer/alice", &key).await;
+    assert!(conn["last_refresh_at"].is_string(), "{conn}");
+}
