@@ -227,6 +227,12 @@ async fn a_connection_that_needs_reauth_offers_reconnect() {
     b.wait_text("tr[data-connection='peer/alice']", "needs reauth")
         .await;
     b.screenshot("01-needs-reauth.png").await;
+    // The reconnect link apps get names the button to press.
+    b.client
+        .goto(&format!("{}/?reconnect=peer&account=alice", d.url))
+        .await
+        .unwrap();
+    b.wait_text("#notice", "press \"Connect peer\"").await;
     b.click("tr[data-connection='peer/alice'] button:not(.danger)")
         .await;
     b.login_and_consent_at_provider("02").await;
