@@ -355,6 +355,10 @@ impl Settings {
     }
 
     /// `public_url`, or `http://<address>` of where the server listens.
+    #[expect(
+        clippy::expect_used,
+        reason = "http:// followed by a socket address, or a constant, always parses"
+    )]
     pub fn public_url_for(&self, bound: SocketAddr) -> Url {
         self.public_url.clone().unwrap_or_else(|| {
             Url::parse(&format!("http://{bound}"))

@@ -1,7 +1,21 @@
-//! oauthd: OAuth plumbing for self-hosted apps.
+//! oauthd: OAuth plumbing for self-hosted apps: a durable store for short-lived secrets
+//! (OAuth `state` and the like) and a token broker for configured providers.
 //!
 //! Layers, arrows pointing down only:
-//! `cli` → `http` → services (`states`, `apikeys`) → `store` (SQLite; Redis later).
+//! `cli` → `http` → services (`states`, `apikeys`, `admin`, `broker` over `oauth` and
+//! `vault`) → `store` (SQLite by default; Redis with the `redis` feature).
+//!
+//! Outside tests, nothing a user or the network can influence may panic: unwrap, expect,
+//! panic and unchecked indexing are compile errors here (each exception says why).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
 
 pub mod admin;
 pub mod apikeys;

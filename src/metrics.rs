@@ -15,6 +15,10 @@ fn opts(name: &str, help: &str) -> Opts {
 
 /// Registers a freshly made metric. Making and registering a uniquely named metric cannot
 /// fail; a failure is a programming error, caught by the first test that scrapes.
+#[expect(
+    clippy::panic,
+    reason = "metric names and labels are constants: a clash is a programming error every test run catches"
+)]
 fn registered<M: Collector + Clone + 'static>(name: &str, made: prometheus::Result<M>) -> M {
     let metric = made.unwrap_or_else(|e| panic!("metric {name}: {e}"));
     let _ = REGISTRY.register(Box::new(metric.clone()));

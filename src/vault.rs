@@ -45,8 +45,9 @@ impl VaultKey {
             .chain_update(b"oauthd vault key id\0")
             .chain_update(bytes)
             .finalize();
+        let [a, b, c, d, ..]: [u8; 32] = digest.into();
         VaultKey {
-            id: [digest[0], digest[1], digest[2], digest[3]],
+            id: [a, b, c, d],
             cipher: Aes256Gcm::new(bytes.into()),
         }
     }
@@ -56,9 +57,23 @@ fn hex(id: &[u8]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Never empty: the key that seals always exists.
 pub struct Vault {
-    /// The first key seals; all of them open.
-    keys: Vec<VaultKey>,
+    /// Seals, and opens.
+    current: VaultKey,
+    /// Open only (values sealed before a rotation).
+    older: Vec<VaultKey>,
+}
+
+/// A sealed value's parts: version, key id, nonce, ciphertext with tag.
+fn parts(sealed: &[u8]) -> Option<([u8; 4], &[u8], &[u8])> {
+    let (&version, rest) = sealed.split_first()?;
+    if version != VERSION {
+        return None;
+    }
+    let (id, rest) = rest.split_at_checked(4)?;
+    let (nonce, msg) = rest.split_at_checked(12)?;
+    Some((id.try_into().ok()?, nonce, msg))
 }
 
 /// Parses one key written as base64 of any common flavour.
@@ -127,12 +142,16 @@ impl KeySource {
 
 impl Vault {
     pub fn from_keys(keys: &[Zeroizing<[u8; 32]>]) -> Result<Vault, VaultError> {
-        if keys.is_empty() {
-            return Err(VaultError::BadKey);
-        }
+        let (first, rest) = keys.split_first().ok_or(VaultError::BadKey)?;
         Ok(Vault {
-            keys: keys.iter().map(|k| VaultKey::new(k)).collect(),
+            current: VaultKey::new(first),
+            older: rest.iter().map(|k| VaultKey::new(k)).collect(),
         })
+    }
+
+    /// Every loaded key, the one that seals first.
+    fn keys(&self) -> impl Iterator<Item = &VaultKey> {
+        std::iter::once(&self.current).chain(&self.older)
     }
 
     /// Parses key text: one key per line, first current, `#` comments.
@@ -175,16 +194,16 @@ impl Vault {
 
     /// Ids of all loaded keys, as hex; the first seals.
     pub fn key_ids(&self) -> Vec<String> {
-        self.keys.iter().map(|k| hex(&k.id)).collect()
+        self.keys().map(|k| hex(&k.id)).collect()
     }
 
     /// Id of the key that seals, as hex.
     pub fn current_key_id(&self) -> String {
-        hex(&self.keys[0].id)
+        hex(&self.current.id)
     }
 
     pub fn seal(&self, aad: &str, plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
-        let key = &self.keys[0];
+        let key = &self.current;
         let nonce = crate::secret::random_bytes::<12>().map_err(|_| VaultError::Entropy)?;
         let sealed = key
             .cipher
@@ -205,20 +224,18 @@ impl Vault {
     }
 
     pub fn open(&self, aad: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, VaultError> {
-        if sealed.len() < HEADER + 16 || sealed[0] != VERSION {
-            return Err(VaultError::Corrupt);
-        }
-        let id = &sealed[1..5];
+        let (id, nonce, msg) = parts(sealed)
+            .filter(|(_, _, msg)| msg.len() >= 16)
+            .ok_or(VaultError::Corrupt)?;
         let key = self
-            .keys
-            .iter()
+            .keys()
             .find(|k| k.id == id)
-            .ok_or_else(|| VaultError::UnknownKey(hex(id)))?;
+            .ok_or_else(|| VaultError::UnknownKey(hex(&id)))?;
         key.cipher
             .decrypt(
-                Nonce::from_slice(&sealed[5..HEADER]),
+                Nonce::from_slice(nonce),
                 Payload {
-                    msg: &sealed[HEADER..],
+                    msg,
                     aad: aad.as_bytes(),
                 },
             )
@@ -239,7 +256,7 @@ impl Vault {
 
     /// Whether `sealed` was sealed with the current key (false: it needs re-sealing).
     pub fn is_current(&self, sealed: &[u8]) -> bool {
-        sealed.len() >= 5 && sealed[1..5] == self.keys[0].id
+        parts(sealed).is_some_and(|(id, _, _)| id == self.current.id)
     }
 }
 
@@ -299,16 +316,23 @@ impl VaultHandle {
 
     /// The vault, reloaded first when the key file changed (or when `force` is set).
     fn vault(&self, force: bool) -> std::sync::Arc<Vault> {
-        if let Ok(cur) = self.current.read() {
+        {
+            let cur = self
+                .current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if !force
                 && (cur.checked.elapsed() < RECHECK || matches!(self.source, KeySource::Inline(_)))
             {
                 return cur.vault.clone();
             }
         }
-        let Ok(mut cur) = self.current.write() else {
-            return std::sync::Arc::new(Vault { keys: Vec::new() });
-        };
+        // A panic elsewhere while the lock was held leaves a loaded vault that is still
+        // whole (an Arc and two timestamps): carry on with it.
+        let mut cur = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         cur.checked = std::time::Instant::now();
         let now_modified = modified(&self.source);
         if force || now_modified != cur.modified {
@@ -361,16 +385,12 @@ impl VaultHandle {
 
 /// Key ids of the keys in a key file's text, in order (the first seals).
 pub fn key_ids(text: &str) -> Result<Vec<String>, VaultError> {
-    Ok(Vault::from_text(text)?
-        .keys
-        .iter()
-        .map(|k| hex(&k.id))
-        .collect())
+    Ok(Vault::from_text(text)?.key_ids())
 }
 
 /// The key id a sealed value names, as hex.
 pub fn sealed_key_id(sealed: &[u8]) -> Option<String> {
-    (sealed.len() >= HEADER && sealed[0] == VERSION).then(|| hex(&sealed[1..5]))
+    parts(sealed).map(|(id, _, _)| hex(&id))
 }
 
 /// Writes key file text atomically (temp file, fsync, rename), mode 0600.
@@ -402,6 +422,21 @@ pub fn write_key_file(path: &Path, text: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_poisoned_lock_keeps_the_loaded_keys() {
+        let key = generate_key_text().unwrap();
+        let handle = std::sync::Arc::new(VaultHandle::load(KeySource::Inline(key)).unwrap());
+        let holder = handle.clone();
+        let _ = std::thread::spawn(move || {
+            let _guard = holder.current.write().unwrap();
+            panic!("a panic while the lock is held poisons it");
+        })
+        .join();
+        assert!(handle.current.is_poisoned());
+        let sealed = handle.seal("aad", b"still works").unwrap();
+        assert_eq!(&handle.open("aad", &sealed).unwrap()[..], b"still works");
+    }
 
     #[test]
     fn debug_of_an_inline_key_redacts_it() {

@@ -180,14 +180,14 @@ impl Broker {
         store: Arc<dyn BrokerStore>,
         vault: Arc<VaultHandle>,
         settings: BrokerSettings,
-    ) -> Broker {
+    ) -> Result<Broker, String> {
         let timeout = settings.provider_timeout;
-        Broker {
+        Ok(Broker {
             providers: providers.into_iter().map(|p| (p.name.clone(), p)).collect(),
             states,
             store,
             vault,
-            http: flows::http_client(timeout),
+            http: flows::http_client(timeout)?,
             lease_ms: 2 * timeout.as_millis() as i64 + 5_000,
             public_url: settings.public_url,
             return_to_allowlist: settings.return_to_allowlist,
@@ -195,7 +195,7 @@ impl Broker {
             max_device_flows: settings.max_device_flows,
             device_drivers: Mutex::new(Default::default()),
             client_checks: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     pub fn providers(&self) -> impl Iterator<Item = &Arc<Provider>> {
@@ -316,7 +316,10 @@ impl Broker {
             return_to,
             nonce: request.nonce.clone(),
         };
-        let plain = Zeroizing::new(serde_json::to_vec(&secrets).unwrap_or_default());
+        // Never seal an empty value in its place: a flow that cannot keep its verifier fails.
+        let plain = Zeroizing::new(
+            serde_json::to_vec(&secrets).map_err(|_| BrokerError::Vault(VaultError::Corrupt))?,
+        );
         let sealed = self.vault.seal(&state_aad(namespace.as_str()), &plain)?;
         let issued = self
             .states

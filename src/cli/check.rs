@@ -111,7 +111,7 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
                 );
             }
         }
-        let http = flows::http_client(settings.provider_timeout);
+        let http = flows::http_client(settings.provider_timeout).map_err(|e| Fatal(e, 1))?;
         for p in &settings.providers {
             let what = format!("provider {}", p.name);
             match p.endpoints(&http).await {

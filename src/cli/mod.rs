@@ -421,18 +421,21 @@ pub(super) fn broker(
     let source = key_source(settings).map_err(|e| Fatal(e, 2))?;
     let vault = Arc::new(VaultHandle::load(source)?);
     check_vault_opens_tokens(&vault, store)?;
-    Ok(Arc::new(Broker::new(
-        settings.providers.clone(),
-        states,
-        store.clone(),
-        vault,
-        BrokerSettings {
-            public_url,
-            return_to_allowlist: settings.return_to_allowlist.clone(),
-            provider_timeout: settings.provider_timeout,
-            max_device_flows: settings.max_device_flows_per_key,
-        },
-    )))
+    Ok(Arc::new(
+        Broker::new(
+            settings.providers.clone(),
+            states,
+            store.clone(),
+            vault,
+            BrokerSettings {
+                public_url,
+                return_to_allowlist: settings.return_to_allowlist.clone(),
+                provider_timeout: settings.provider_timeout,
+                max_device_flows: settings.max_device_flows_per_key,
+            },
+        )
+        .map_err(|e| Fatal(e, 1))?,
+    ))
 }
 
 /// Refuses to start when stored tokens were sealed with keys the vault does not have

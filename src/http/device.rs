@@ -40,8 +40,8 @@ pub(super) fn started_json(started: &DeviceStart) -> serde_json::Value {
         "expires_at": rfc3339(started.expires_at_ms),
         "interval": started.interval_secs,
     });
-    if let Some(complete) = &started.verification_uri_complete {
-        out["verification_uri_complete"] = complete.as_str().into();
+    if let (Some(complete), Some(obj)) = (&started.verification_uri_complete, out.as_object_mut()) {
+        obj.insert("verification_uri_complete".into(), complete.as_str().into());
     }
     out
 }

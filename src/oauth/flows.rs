@@ -21,15 +21,17 @@ use zeroize::Zeroizing;
 /// Largest token response accepted from a provider.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
-/// The HTTP client for talking to providers; `timeout` bounds each whole request.
-pub fn http_client(timeout: Duration) -> reqwest::Client {
+/// The HTTP client for talking to providers; `timeout` bounds each whole request. It never
+/// follows redirects. Failing to build it (no TLS roots, say) is a start-up error: a default
+/// client would follow redirects and wait forever.
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(timeout.min(Duration::from_secs(5)))
         .timeout(timeout)
         .user_agent(concat!("oauthd/", env!("CARGO_PKG_VERSION")))
         .build()
-        .unwrap_or_default()
+        .map_err(|e| format!("cannot set up the HTTP client for providers: {e}"))
 }
 
 /// Tokens as a provider returned them. Redacted in `Debug`.

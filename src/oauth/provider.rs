@@ -274,7 +274,10 @@ pub fn check_name(kind: &str, name: &str) -> Result<(), String> {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        && name.as_bytes()[0].is_ascii_alphanumeric();
+        && name
+            .as_bytes()
+            .first()
+            .is_some_and(u8::is_ascii_alphanumeric);
     ok.then_some(()).ok_or_else(|| {
         format!("{kind} {name:?}: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
     })

@@ -159,7 +159,8 @@ impl SqliteStore {
             conn,
             Box::new(move || opener.connect()),
             path.display().to_string(),
-        );
+        )
+        .map_err(|e| open_err(&format!("cannot start the writer thread: {e}")))?;
         let manager = ReadManager {
             inner: manager(path, durability),
         };

@@ -117,7 +117,9 @@ pub struct Writer {
 impl Writer {
     /// Starts the writer thread on `conn`; `reopen` replaces it when it cannot write.
     /// `name` (the database path) is for the log.
-    pub fn start(conn: Connection, reopen: Reopen, name: String) -> Writer {
+    /// Starts the writer thread; the OS refusing a thread is an error, not a writer that
+    /// silently never writes.
+    pub fn start(conn: Connection, reopen: Reopen, name: String) -> std::io::Result<Writer> {
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
         let read_only = Arc::new(AtomicBool::new(conn_is_read_only(&conn)));
         crate::metrics::STORAGE_READ_ONLY.set(read_only.load(Ordering::Acquire).into());
@@ -130,13 +132,12 @@ impl Writer {
         };
         let thread = std::thread::Builder::new()
             .name("oauthd-sqlite-writer".into())
-            .spawn(move || writer_loop(link, rx))
-            .ok();
-        Writer {
+            .spawn(move || writer_loop(link, rx))?;
+        Ok(Writer {
             queue,
-            thread,
+            thread: Some(thread),
             read_only,
-        }
+        })
     }
 
     /// Asks the writer whether it can write now: when it could not, this is what makes it
