@@ -5,9 +5,12 @@ use std::fmt;
 
 pub const MAX_NAMESPACE_CHARS: usize = 128;
 
-/// Namespaces oauthd keeps for itself: the broker's connect flows (`connect:…`) and the
-/// provider scopes of API keys (`provider:…`). The state API refuses them for every key.
-pub const RESERVED_PREFIXES: [&str; 2] = ["connect:", "provider:"];
+/// The broker's connect flows: `connect:<provider>:<account>`.
+pub const CONNECT_PREFIX: &str = "connect:";
+/// API key scopes for the broker: `provider:<name>`.
+pub const PROVIDER_SCOPE_PREFIX: &str = "provider:";
+/// Namespaces oauthd keeps for itself. The state API refuses them for every key.
+pub const RESERVED_PREFIXES: [&str; 2] = [CONNECT_PREFIX, PROVIDER_SCOPE_PREFIX];
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Namespace(String);

@@ -12,11 +12,9 @@
 //!    pending device flows' codes, and connect flows in progress (which keep their key
 //!    until they end, at most their TTL).
 
-use crate::broker::{device_aad, token_aad};
-use crate::store::{BrokerStore, StoreError};
+use crate::broker::{device_aad, sealed_flow_secrets, token_aad, CONNECT_PREFIX};
+use crate::store::{BrokerStore, Store, StoreError};
 use crate::vault::{self, sealed_key_id, Vault, VaultError};
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
@@ -149,7 +147,7 @@ pub async fn rotate(
 }
 
 /// Drops keys no stored value uses. Returns (kept, removed).
-pub async fn prune(path: &Path, store: &dyn BrokerStore) -> Result<(usize, usize), RekeyError> {
+pub async fn prune(path: &Path, store: &dyn Store) -> Result<(usize, usize), RekeyError> {
     let text = read(path)?;
     let lines = key_lines(&text);
     let ids = vault::key_ids(&text)?;
@@ -161,14 +159,11 @@ pub async fn prune(path: &Path, store: &dyn BrokerStore) -> Result<(usize, usize
     for flow in store.pending_device_flows().await? {
         used.extend(sealed_key_id(&flow.device_code));
     }
-    for data in store.sealed_flow_data().await? {
-        used.extend(
-            STANDARD
-                .decode(data)
-                .ok()
-                .as_deref()
-                .and_then(sealed_key_id),
-        );
+    for data in store.state_data_with_prefix(CONNECT_PREFIX).await? {
+        let sealed = serde_json::from_str(&data)
+            .ok()
+            .and_then(|v| sealed_flow_secrets(&v));
+        used.extend(sealed.as_deref().and_then(sealed_key_id));
     }
     let keep: Vec<&String> = lines
         .iter()

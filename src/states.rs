@@ -31,18 +31,9 @@ pub struct StatePolicy {
 }
 
 impl StatePolicy {
-    /// How long a browser connect flow for this provider and account stays open, in
-    /// words ("60 minutes").
-    pub fn flow_ttl_text(&self, provider: &str, account: &str) -> String {
-        let secs = Namespace::parse(&format!("connect:{provider}:{account}"))
-            .map(|ns| self.rule_for(&ns).default_ttl.as_secs())
-            .unwrap_or(self.base.default_ttl.as_secs());
-        match secs {
-            s if s % 60 == 0 && s >= 120 => format!("{} minutes", s / 60),
-            60 => "1 minute".into(),
-            1 => "1 second".into(),
-            s => format!("{s} seconds"),
-        }
+    /// A namespace's default TTL, in words ("60 minutes").
+    pub fn default_ttl_text(&self, ns: &Namespace) -> String {
+        ttl_text(self.rule_for(ns).default_ttl.as_secs())
     }
 
     pub fn rule_for(&self, ns: &Namespace) -> TtlRule {
@@ -52,6 +43,16 @@ impl StatePolicy {
             .max_by_key(|(pattern, _)| (!pattern.ends_with('*'), pattern.len()))
             .map(|(_, rule)| *rule)
             .unwrap_or(self.base)
+    }
+}
+
+/// Seconds in words, for people: "60 minutes", "1 minute", "90 seconds".
+pub fn ttl_text(secs: u64) -> String {
+    match secs {
+        s if s % 60 == 0 && s >= 120 => format!("{} minutes", s / 60),
+        60 => "1 minute".into(),
+        1 => "1 second".into(),
+        s => format!("{s} seconds"),
     }
 }
 

@@ -31,8 +31,7 @@ use url::Url;
 use zeroize::Zeroizing;
 
 pub const DEFAULT_ACCOUNT: &str = "default";
-/// Namespaces of the broker's own connect flows: `connect:<provider>:<account>`.
-pub const CONNECT_PREFIX: &str = "connect:";
+pub use crate::namespace::CONNECT_PREFIX;
 
 /// What the broker keeps: connections and device flows.
 pub use crate::store::BrokerStore;
@@ -222,6 +221,16 @@ impl Broker {
             .append_pair("reconnect", provider)
             .append_pair("account", account);
         url.to_string()
+    }
+
+    /// How long a browser connect flow for this provider and account stays open, in
+    /// words ("60 minutes").
+    pub fn flow_ttl_text(&self, provider: &str, account: &str) -> String {
+        let policy = self.states.policy();
+        match flow_namespace(provider, account) {
+            Ok(ns) => policy.default_ttl_text(&ns),
+            Err(_) => crate::states::ttl_text(policy.base.default_ttl.as_secs()),
+        }
     }
 
     /// Whether the provider accepts oauthd's client id and secret, asked at most every
@@ -534,13 +543,18 @@ impl Broker {
         data: Option<&serde_json::Value>,
     ) -> Result<FlowSecrets, BrokerError> {
         let sealed = data
-            .and_then(|d| d.get("sealed"))
-            .and_then(|s| s.as_str())
-            .and_then(|s| STANDARD.decode(s).ok())
+            .and_then(sealed_flow_secrets)
             .ok_or(VaultError::Corrupt)?;
         let plain = self.vault.open(&state_aad(namespace), &sealed)?;
         serde_json::from_slice(&plain).map_err(|_| BrokerError::Vault(VaultError::Corrupt))
     }
+}
+
+/// The sealed secrets in a connect flow's state data (`{"sealed": "<base64>"}`).
+pub fn sealed_flow_secrets(data: &serde_json::Value) -> Option<Vec<u8>> {
+    data.get("sealed")
+        .and_then(|s| s.as_str())
+        .and_then(|s| STANDARD.decode(s).ok())
 }
 
 fn flow_error(e: FlowError) -> BrokerError {

@@ -3,7 +3,7 @@
 use super::problem::ApiError;
 use super::AppState;
 use crate::apikeys;
-use crate::namespace::Namespace;
+use crate::namespace::{Namespace, PROVIDER_SCOPE_PREFIX};
 use crate::store::ApiKeyRecord;
 use actix_web::dev::Payload;
 use actix_web::http::header;
@@ -30,7 +30,7 @@ impl Caller {
 impl Caller {
     /// Whether the key may reach connections of `provider` (namespace `provider:<name>`).
     pub fn may_use_provider(&self, provider: &str) -> bool {
-        Namespace::parse(&format!("provider:{provider}"))
+        Namespace::parse(&format!("{PROVIDER_SCOPE_PREFIX}{provider}"))
             .map(|ns| apikeys::may_use(&self.0, &ns))
             .unwrap_or(false)
     }

@@ -83,7 +83,7 @@ pub async fn callback(
                 "<p>Connecting <strong>{}</strong> ({}) took longer than the {} oauthd keeps a sign-in open, so nothing was stored.</p>{}",
                 escape(&provider),
                 escape(&account),
-                app.states.policy().flow_ttl_text(&provider, &account),
+                app.broker.flow_ttl_text(&provider, &account),
                 retry_button(&app, csrf, &provider, &account, "Start again")
             ),
         ),

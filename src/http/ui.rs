@@ -106,7 +106,7 @@ pub async fn overview(app: web::Data<AppState>, s: UiSession) -> Result<HttpResp
     for p in app.broker.providers() {
         providers.push(json!({
             "name": p.name,
-            "flow_ttl": app.states.policy().flow_ttl_text(&p.name, crate::broker::DEFAULT_ACCOUNT),
+            "flow_ttl": app.broker.flow_ttl_text(&p.name, crate::broker::DEFAULT_ACCOUNT),
             "redirect_uri": app.broker.redirect_uri(&p.name).as_str(),
             "device": app.broker.supports_device_flow(&p.name).await,
             "credentials": app.broker.client_check(&p.name).await,

@@ -136,6 +136,9 @@ pub trait StateStore: Send + Sync {
         purge_before_ms: i64,
         batch: usize,
     ) -> Result<SweepCount, StoreError>;
+    /// The data of every state whose namespace starts with `prefix` (for maintenance such
+    /// as `oauthd rekey --prune`, never a request: it reads the whole table or keyspace).
+    async fn state_data_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
     /// Whether the store answers reads and writes.
     async fn ping(&self) -> Result<(), StoreError>;
 }
@@ -312,8 +315,6 @@ pub trait ConnectionStore: Send + Sync {
         old: (Vec<u8>, Option<Vec<u8>>),
         new: (Vec<u8>, Option<Vec<u8>>),
     ) -> Result<bool, StoreError>;
-    /// The sealed data of connect flows still in the state store (base64 text).
-    async fn sealed_flow_data(&self) -> Result<Vec<String>, StoreError>;
 }
 
 /// What an admin secret is for.

@@ -332,8 +332,4 @@ impl ConnectionStore for RedisStore {
             .await?;
         Ok(n == 1)
     }
-
-    async fn sealed_flow_data(&self) -> Result<Vec<String>, StoreError> {
-        self.scan_flow_data().await
-    }
 }

@@ -167,6 +167,20 @@ impl StateStore for RedisStore {
         Ok(SweepCount::default())
     }
 
+    /// Walks the state keys with SCAN: only maintenance asks, never a request.
+    async fn state_data_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        const CONTEXT: &str = "reading states by namespace";
+        let keys = self.scan_keys(CONTEXT, self.key("s", "*")).await?;
+        let values = self.mget(CONTEXT, &keys).await?;
+        Ok(values
+            .iter()
+            .flatten()
+            .filter_map(|v| serde_json::from_slice::<Stored>(v).ok())
+            .filter(|s| s.n.starts_with(prefix))
+            .filter_map(|s| s.d)
+            .collect())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let mut c = self.conn();
         self.run("checking Redis", async move {
@@ -174,24 +188,5 @@ impl StateStore for RedisStore {
         })
         .await
         .map(|_| ())
-    }
-}
-
-impl RedisStore {
-    /// The sealed data of connect flows in progress. Walks the state keys with SCAN: only
-    /// `oauthd rekey --prune` asks, never a request.
-    pub(super) async fn scan_flow_data(&self) -> Result<Vec<String>, StoreError> {
-        const CONTEXT: &str = "reading connect flows in progress";
-        let keys = self.scan_keys(CONTEXT, self.key("s", "*")).await?;
-        let values = self.mget(CONTEXT, &keys).await?;
-        Ok(values
-            .iter()
-            .flatten()
-            .filter_map(|v| serde_json::from_slice::<Stored>(v).ok())
-            .filter(|s| s.n.starts_with("connect:"))
-            .filter_map(|s| s.d)
-            .filter_map(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
-            .filter_map(|d| d.get("sealed").and_then(|s| s.as_str()).map(str::to_owned))
-            .collect())
     }
 }

@@ -221,19 +221,6 @@ impl ConnectionStore for SqliteStore {
             .await
     }
 
-    async fn sealed_flow_data(&self) -> Result<Vec<String>, StoreError> {
-        self.read("reading connect flows in progress", |conn| {
-            conn.prepare_cached(
-                "SELECT json_extract(data, '$.sealed') FROM states
-                 WHERE namespace LIKE 'connect:%' AND json_valid(data)
-                   AND json_extract(data, '$.sealed') IS NOT NULL",
-            )?
-            .query_map([], |r| r.get(0))?
-            .collect()
-        })
-        .await
-    }
-
     async fn delete_connection(&self, provider: &str, account: &str) -> Result<bool, StoreError> {
         let (p, a) = (provider.to_owned(), account.to_owned());
         self.writer

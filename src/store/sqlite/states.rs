@@ -130,6 +130,19 @@ impl StateStore for SqliteStore {
             .await
     }
 
+    async fn state_data_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = prefix.to_owned();
+        self.read("reading states by namespace", move |conn| {
+            conn.prepare_cached(
+                "SELECT data FROM states
+                 WHERE substr(namespace, 1, length(?1)) = ?1 AND data IS NOT NULL",
+            )?
+            .query_map([prefix], |r| r.get(0))?
+            .collect()
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.read("checking the database", |conn| {
             conn.query_row(
