@@ -1,6 +1,6 @@
 //! The command line: start-up errors, key management, env overrides.
 
-mod common;
+use crate::common;
 
 use common::{Home, BIN};
 use std::io::{BufRead, BufReader};

@@ -2,7 +2,7 @@
 //! responses without a refresh token, 5xx, garbage, huge bodies and timeouts. A mock HTTP
 //! server (wiremock) plays the provider's token endpoint.
 
-mod common;
+use crate::common;
 
 use common::{Daemon, Home};
 use serde_json::json;

@@ -2,7 +2,7 @@
 //! see the connection, disconnect; and the expired-state retry. Screenshots of every
 //! step are written to test-artifacts/.
 
-mod common;
+use crate::common;
 
 use common::browser::Browser;
 use common::peer::Peer;

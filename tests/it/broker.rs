@@ -1,7 +1,7 @@
 //! The broker against a real OpenID provider (panva's oidc-provider, run by the harness):
 //! connect with authorization code + PKCE, tokens sealed at rest, refresh rules.
 
-mod common;
+use crate::common;
 
 use common::peer::Peer;
 use common::{Daemon, Home};

@@ -2,7 +2,7 @@
 //! key, a connection with sealed tokens, a browser session and (from version 3) a pending
 //! device flow, is opened by the current binary, and every row is still usable.
 
-mod common;
+use crate::common;
 
 use common::Home;
 use serde_json::json;
@@ -11,10 +11,10 @@ use std::path::Path;
 
 /// The schema files, in order, as the binary applies them.
 const SCHEMA: &[&str] = &[
-    include_str!("../sql/0001_init.sql"),
-    include_str!("../sql/0002_broker.sql"),
-    include_str!("../sql/0003_device.sql"),
-    include_str!("../sql/0004_namespace_counts.sql"),
+    include_str!("../../sql/0001_init.sql"),
+    include_str!("../../sql/0002_broker.sql"),
+    include_str!("../../sql/0003_device.sql"),
+    include_str!("../../sql/0004_namespace_counts.sql"),
 ];
 
 const STATE: &str = "migrationstatevalue0123456789abcdefghijklmn";

@@ -2,7 +2,7 @@
 //! contract itself — the same tests on SQLite and Redis — lives in state_api.rs and
 //! broker.rs.)
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

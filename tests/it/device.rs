@@ -1,7 +1,7 @@
 //! Device authorization grant (RFC 8628): against the real provider's device pages, and a
 //! mock for what it never does (slow_down, Tidal's response shape).
 
-mod common;
+use crate::common;
 
 use common::peer::Peer;
 use common::{Daemon, Home};

@@ -2,7 +2,7 @@
 //! behind a proxy, states only a flow of their own namespace can touch, sign-in links that
 //! survive link previews, sessions that end.
 
-mod common;
+use crate::common;
 
 use common::peer::Peer;
 use common::{no_redirects, query_param, session_cookie, Daemon, Home};

@@ -12,7 +12,7 @@
 //! loop devices and a private mount namespace (unshare), so nothing shows in the machine's
 //! mounts and the loop device detaches when oauthd exits.
 
-mod common;
+use crate::common;
 
 use common::{eventually, Daemon, Home, BIN};
 use serde_json::json;

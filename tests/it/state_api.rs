@@ -1,7 +1,7 @@
 //! The state API over real HTTP against the real binary. The tests listed in `contract!`
 //! are the storage contract: each runs on a real SQLite file and on a real redis-server.
 
-mod common;
+use crate::common;
 
 use common::{count_rows, eventually, Home};
 use serde_json::json;

@@ -2,7 +2,7 @@
 //! verify (against the real test provider, and against a mock that signs whatever a case
 //! needs), and provider text only escaped in the log.
 
-mod common;
+use crate::common;
 
 use common::peer::Peer;
 use common::{query_param, Daemon, Home};

@@ -1,7 +1,7 @@
 //! Traps an operator falls into in the first weeks: a provider taken out of the config, a
 //! second oauthd on the same database, a CLI device flow stopped halfway.
 
-mod common;
+use crate::common;
 
 use common::peer::Peer;
 use common::{Daemon, Home, BIN};

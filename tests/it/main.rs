@@ -1,0 +1,19 @@
+//! The black-box suite: every test runs the real `oauthd` binary (and real peers: the test
+//! OpenID provider, redis-server, Chromium) and talks to it over HTTP or its CLI. One test
+//! binary, so the harness in `common` compiles and links once.
+
+#[macro_use]
+mod common;
+
+mod broker;
+mod cli;
+mod device;
+mod migrations;
+mod operator;
+mod page;
+mod provider_faults;
+mod provider_trust;
+mod read_only;
+mod redis;
+mod security;
+mod state_api;
