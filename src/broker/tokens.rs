@@ -371,13 +371,14 @@ impl Broker {
             }
             match self
                 .store
-                .acquire_refresh_lease(&provider.name, account, now, self.lease_ms)
+                .acquire_refresh_lease(&provider.name, account, row.generation, now, self.lease_ms)
                 .await?
             {
                 Some(generation) => {
                     return self.refresh_with_lease(provider, &row, generation).await
                 }
-                // Another process is refreshing: wait for its result, bounded.
+                // Another process is refreshing, or refreshed since `row` was read: look
+                // again (bounded), never refresh with the refresh token read before.
                 None if now < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
                 None => {
                     return Err(BrokerError::ProviderUnavailable {

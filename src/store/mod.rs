@@ -279,11 +279,16 @@ pub trait ConnectionStore: Send + Sync {
         identity: AccountIdentity,
         now_ms: i64,
     ) -> Result<(), StoreError>;
-    /// Takes the refresh lease when nobody holds it; returns the new generation.
+    /// Takes the refresh lease when nobody holds it and the connection is still at
+    /// `seen_generation` (the row the caller decided on); returns the new generation.
+    /// A row that changed meanwhile (another process refreshed and released the lease)
+    /// answers `None`: refreshing with the refresh token read before would replay a
+    /// rotated-out token, which makes strict providers revoke the whole grant.
     async fn acquire_refresh_lease(
         &self,
         provider: &str,
         account: &str,
+        seen_generation: i64,
         now_ms: i64,
         lease_ms: i64,
     ) -> Result<Option<i64>, StoreError>;

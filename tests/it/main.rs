@@ -17,3 +17,4 @@ mod read_only;
 mod redis;
 mod security;
 mod state_api;
+mod store_contract;

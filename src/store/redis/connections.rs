@@ -31,12 +31,14 @@ redis.call('ZADD', KEYS[3], 0, ARGV[1])
     )
 });
 
-/// KEYS: conn, lease. ARGV: now, lease ms. Returns the new generation, or nil.
+/// KEYS: conn, lease. ARGV: now, lease ms, the generation the caller read. Returns the new
+/// generation, or nil (leased, or changed since the caller read it).
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 if redis.call('EXISTS', KEYS[2]) == 1 then return false end
+if tonumber(redis.call('HGET', KEYS[1], 'generation') or '0') ~= tonumber(ARGV[3]) then return false end
 local g = redis.call('HINCRBY', KEYS[1], 'generation', 1)
 redis.call('SET', KEYS[2], g, 'NX', 'PX', ARGV[2])
 redis.call('HSET', KEYS[1], 'lease_until', tonumber(ARGV[1]) + tonumber(ARGV[2]))
@@ -228,6 +230,7 @@ impl ConnectionStore for RedisStore {
         &self,
         provider: &str,
         account: &str,
+        seen_generation: i64,
         now_ms: i64,
         lease_ms: i64,
     ) -> Result<Option<i64>, StoreError> {
@@ -239,6 +242,7 @@ impl ConnectionStore for RedisStore {
                 .key(lease)
                 .arg(now_ms)
                 .arg(lease_ms.max(1))
+                .arg(seen_generation)
                 .invoke_async(&mut c)
                 .await
         })

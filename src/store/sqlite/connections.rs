@@ -113,6 +113,7 @@ impl ConnectionStore for SqliteStore {
         &self,
         provider: &str,
         account: &str,
+        seen_generation: i64,
         now_ms: i64,
         lease_ms: i64,
     ) -> Result<Option<i64>, StoreError> {
@@ -121,11 +122,13 @@ impl ConnectionStore for SqliteStore {
             .run("taking a refresh lease", move |conn| {
                 conn.prepare_cached(
                     "UPDATE connections SET lease_until = ?3 + ?4, generation = generation + 1
-                     WHERE provider = ?1 AND account = ?2
+                     WHERE provider = ?1 AND account = ?2 AND generation = ?5
                        AND (lease_until IS NULL OR lease_until <= ?3)
                      RETURNING generation",
                 )?
-                .query_row(params![p, a, now_ms, lease_ms], |r| r.get(0))
+                .query_row(params![p, a, now_ms, lease_ms, seen_generation], |r| {
+                    r.get(0)
+                })
                 .optional()
             })
             .await
