@@ -3,7 +3,7 @@
 //! cookie. Only hashes of links and sessions are stored.
 
 use crate::clock::now_ms;
-use crate::secret::{is_token_shaped, random_bytes, SecretHash};
+use crate::secret::{is_token_shaped, random_bytes, SecretHash, SecretText};
 use crate::store::{AdminSecretKind, AdminStore, StoreError};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -58,7 +58,7 @@ pub enum SignInWith {
 
 pub struct Admin {
     store: Arc<dyn AdminStore>,
-    static_token: Option<Zeroizing<String>>,
+    static_token: Option<SecretText>,
     session_ttl_ms: i64,
 }
 
@@ -69,15 +69,18 @@ fn new_secret() -> Result<Zeroizing<String>, StoreError> {
 }
 
 impl Admin {
-    /// `OAUTHD_ADMIN_TOKEN` (or the file named by `OAUTHD_ADMIN_TOKEN_FILE`) signs in too.
-    pub fn new(store: Arc<dyn AdminStore>, session_hours: u64) -> Result<Admin, String> {
-        let static_token = crate::config::secret_from_env("OAUTHD_ADMIN_TOKEN")?;
-        Ok(Admin {
+    /// `static_token` (`OAUTHD_ADMIN_TOKEN`, from the settings) signs in too.
+    pub fn new(
+        store: Arc<dyn AdminStore>,
+        session_hours: u64,
+        static_token: Option<SecretText>,
+    ) -> Admin {
+        Admin {
             store,
             static_token,
             session_ttl_ms: i64::try_from(session_hours.saturating_mul(3_600_000))
                 .unwrap_or(i64::MAX),
-        })
+        }
     }
 
     /// How long a session lasts, in seconds (the cookie's Max-Age).
@@ -93,7 +96,7 @@ impl Admin {
     pub fn is_static_token(&self, presented: &str) -> bool {
         self.static_token
             .as_ref()
-            .is_some_and(|t| secret_matches(t, presented))
+            .is_some_and(|t| secret_matches(t.expose(), presented))
     }
 
     /// A new one-time login link, valid 24 hours.

@@ -4,10 +4,12 @@
 
 use crate::namespace::check_pattern;
 use crate::oauth::{Provider, ProviderConfig};
+use crate::secret::SecretText;
 use crate::states::{StatePolicy, TtlRule};
 use crate::store::sqlite::Durability;
 use crate::store::sweeper::SweepPolicy;
 use crate::store::target::StoreTarget;
+use crate::vault::KeySource;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -166,6 +168,12 @@ pub struct Settings {
     pub failed_auth_per_minute: u32,
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub max_device_flows_per_key: u32,
+    /// `OAUTHD_ADMIN_TOKEN(_FILE)`: signs a browser in from the sign-in form.
+    pub admin_token: Option<SecretText>,
+    /// `OAUTHD_METRICS_TOKEN(_FILE)`: the bearer token `/metrics` asks for.
+    pub metrics_token: Option<SecretText>,
+    /// Where the vault key comes from (`OAUTHD_KEY`, `OAUTHD_KEY_FILE`, beside `db`).
+    pub key_source: KeySource,
 }
 
 impl Settings {
@@ -325,6 +333,7 @@ impl Settings {
                 ));
             }
         }
+        let key_source = key_source(&db);
         Ok(Settings {
             listen,
             db,
@@ -333,6 +342,9 @@ impl Settings {
             api_key_cache: Duration::from_secs(api_key_cache_seconds),
             admin_session_hours,
             max_device_flows_per_key: file.limits.max_device_flows_per_key,
+            admin_token: secret_from_env("OAUTHD_ADMIN_TOKEN")?,
+            metrics_token: secret_from_env("OAUTHD_METRICS_TOKEN")?,
+            key_source,
             refresh_check: Duration::from_secs(refresh_check_seconds),
             provider_timeout: Duration::from_secs(provider_timeout_seconds),
             states: StatePolicy {
@@ -396,21 +408,51 @@ fn parse_public_url(text: &str) -> Result<Url, ConfigError> {
     Ok(url)
 }
 
-/// `NAME`, else the trimmed contents of the file named by `NAME_FILE`; empty counts as unset.
+/// An environment variable by the one rule every `OAUTHD_*` setting follows: trimmed, and
+/// empty counts as unset.
+fn env_text(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// `NAME`, else the trimmed contents of the file named by `NAME_FILE`; empty counts as
+/// unset; a `NAME_FILE` that cannot be read is an error naming it.
 fn env_or_file(name: &str) -> Result<Option<zeroize::Zeroizing<String>>, String> {
-    if let Ok(t) = std::env::var(name) {
-        if !t.is_empty() {
-            return Ok(Some(zeroize::Zeroizing::new(t)));
-        }
+    if let Some(t) = env_text(name) {
+        return Ok(Some(zeroize::Zeroizing::new(t)));
     }
-    match std::env::var(format!("{name}_FILE")) {
-        Ok(path) if !path.is_empty() => Ok(Some(zeroize::Zeroizing::new(
-            std::fs::read_to_string(&path)
-                .map_err(|e| format!("{name}_FILE: cannot read {path}: {e}"))?
-                .trim()
-                .to_owned(),
-        ))),
-        _ => Ok(None),
+    match env_text(&format!("{name}_FILE")) {
+        Some(path) => {
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| format!("{name}_FILE: cannot read {path}: {e}"))?,
+            );
+            let trimmed = text.trim();
+            Ok((!trimmed.is_empty()).then(|| zeroize::Zeroizing::new(trimmed.to_owned())))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The vault key: `OAUTHD_KEY`, else the file `OAUTHD_KEY_FILE`, else `<db>.key` beside
+/// the database (created at the server's first start).
+fn key_source(db: &Path) -> KeySource {
+    if let Some(key) = env_text("OAUTHD_KEY") {
+        return KeySource::Inline(zeroize::Zeroizing::new(key));
+    }
+    if let Some(path) = env_text("OAUTHD_KEY_FILE") {
+        return KeySource::File {
+            path: PathBuf::from(path),
+            create: false,
+        };
+    }
+    let mut path = db.as_os_str().to_owned();
+    path.push(".key");
+    KeySource::File {
+        path: PathBuf::from(path),
+        create: true,
     }
 }
 
@@ -432,12 +474,12 @@ fn store_target(over: &Overrides, file: &FileConfig) -> Result<StoreTarget, Conf
 
 /// A secret from the environment: `NAME` itself, or the file named by `NAME_FILE`
 /// (systemd credentials, container secrets). At least 16 characters when set.
-pub fn secret_from_env(name: &str) -> Result<Option<zeroize::Zeroizing<String>>, String> {
-    let secret = env_or_file(name)?;
+fn secret_from_env(name: &str) -> Result<Option<SecretText>, ConfigError> {
+    let secret = env_or_file(name).map_err(|e| invalid(name, e))?;
     if secret.as_ref().is_some_and(|t| t.len() < 16) {
-        return Err(format!("{name} must be at least 16 characters"));
+        return Err(invalid(name, "must be at least 16 characters"));
     }
-    Ok(secret)
+    Ok(secret.map(|t| SecretText::new(t.to_string())))
 }
 
 fn ttl_rule(key: &str, default: u64, max: u64, max_states: u64) -> Result<TtlRule, ConfigError> {

@@ -51,6 +51,26 @@ impl fmt::Debug for SecretHash {
     }
 }
 
+/// A secret setting (admin token, metrics token): zeroized on drop, redacted in `Debug`.
+#[derive(Clone)]
+pub struct SecretText(zeroize::Zeroizing<String>);
+
+impl SecretText {
+    pub fn new(text: String) -> Self {
+        SecretText(zeroize::Zeroizing::new(text))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretText([redacted])")
+    }
+}
+
 /// Fills a buffer from the OS CSPRNG. Failure means the OS has no entropy source, which
 /// oauthd cannot work around; callers turn it into a 503.
 pub fn random_bytes<const N: usize>() -> Result<[u8; N], getrandom::Error> {

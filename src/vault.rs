@@ -119,27 +119,6 @@ impl std::fmt::Debug for KeySource {
     }
 }
 
-impl KeySource {
-    /// `OAUTHD_KEY`, else `OAUTHD_KEY_FILE`, else `<db>.key` beside the database.
-    pub fn from_env(db: &Path) -> KeySource {
-        if let Ok(key) = std::env::var("OAUTHD_KEY") {
-            return KeySource::Inline(Zeroizing::new(key));
-        }
-        if let Ok(path) = std::env::var("OAUTHD_KEY_FILE") {
-            return KeySource::File {
-                path: PathBuf::from(path),
-                create: false,
-            };
-        }
-        let mut path = db.as_os_str().to_owned();
-        path.push(".key");
-        KeySource::File {
-            path: PathBuf::from(path),
-            create: true,
-        }
-    }
-}
-
 impl Vault {
     pub fn from_keys(keys: &[Zeroizing<[u8; 32]>]) -> Result<Vault, VaultError> {
         let (first, rest) = keys.split_first().ok_or(VaultError::BadKey)?;

@@ -143,7 +143,11 @@ pub(super) fn connect_device(
 
 pub(super) fn admin_link(settings: Settings) -> Result<(), Fatal> {
     let store = open_store(&settings, super::Missing::Refuse)?;
-    let admin = Admin::new(store, settings.admin_session_hours).map_err(|e| Fatal(e, 2))?;
+    let admin = Admin::new(
+        store,
+        settings.admin_session_hours,
+        settings.admin_token.clone(),
+    );
     let public_url = settings.public_url_for(settings.listen);
     let link = runtime()?.block_on(admin.login_link(&public_url))?;
     eprintln!("One-time login link, valid 24 hours:");
@@ -153,7 +157,11 @@ pub(super) fn admin_link(settings: Settings) -> Result<(), Fatal> {
 
 pub(super) fn admin_sessions(settings: Settings, command: SessionsCommand) -> Result<(), Fatal> {
     let store = open_store(&settings, super::Missing::Refuse)?;
-    let admin = Admin::new(store, settings.admin_session_hours).map_err(|e| Fatal(e, 2))?;
+    let admin = Admin::new(
+        store,
+        settings.admin_session_hours,
+        settings.admin_token.clone(),
+    );
     runtime()?.block_on(async {
         match command {
             SessionsCommand::List { json } => {

@@ -402,7 +402,7 @@ fn open_redis(
 /// Where the vault key comes from. With a shared store every instance must hold the same
 /// key, so the per-database key file that SQLite creates on first start is not offered.
 pub(super) fn key_source(settings: &Settings) -> Result<KeySource, String> {
-    let source = KeySource::from_env(&settings.db);
+    let source = settings.key_source.clone();
     match (&settings.store, &source) {
         (StoreTarget::Redis(_), KeySource::File { create: true, .. }) => Err(
             "with a Redis store every instance must use the same vault key: create one with `oauthd keygen > oauthd.key && chmod 600 oauthd.key`, copy it to each instance and set OAUTHD_KEY_FILE (or OAUTHD_KEY)".to_owned(),

@@ -12,9 +12,12 @@ use std::sync::Arc;
 pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
     let store = open_store(&settings, super::Missing::Create)?;
     log::info!("{}", store.describe());
-    let admin = Admin::new(store.clone(), settings.admin_session_hours).map_err(|e| Fatal(e, 2))?;
-    let metrics_token =
-        crate::config::secret_from_env("OAUTHD_METRICS_TOKEN").map_err(|e| Fatal(e, 2))?;
+    let admin = Admin::new(
+        store.clone(),
+        settings.admin_session_hours,
+        settings.admin_token.clone(),
+    );
+    let metrics_token = settings.metrics_token.clone();
     let listener = http::bind(&settings)?;
     let public_url = settings.public_url_for(listener.local_addr()?);
     let states = Arc::new(StateService::new(store.clone(), settings.states.clone()));

@@ -14,7 +14,7 @@ pub async fn metrics(app: web::Data<AppState>, req: HttpRequest) -> Result<HttpR
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if !crate::admin::secret_matches(token, presented) {
+        if !crate::admin::secret_matches(token.expose(), presented) {
             return Err(ApiError::unauthorized(
                 "invalid_metrics_token",
                 "send the metrics token as Authorization: Bearer <token>",

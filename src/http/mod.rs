@@ -51,7 +51,7 @@ pub struct AppState {
     /// root). Every address oauthd emits starts with it.
     pub base_path: String,
     /// Bearer token `/metrics` asks for, when set.
-    pub metrics_token: Option<zeroize::Zeroizing<String>>,
+    pub metrics_token: Option<crate::secret::SecretText>,
     /// Budget per client address on the public routes.
     pub public_limit: RateLimiter,
     /// Budget per client address for requests with a wrong API key.

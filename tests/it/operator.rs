@@ -284,3 +284,40 @@ async fn last_refresh_is_never_until_a_refresh_happens() {
     let (_, conn) = d.get("/v1/connections/peer/alice", &key).await;
     assert!(conn["last_refresh_at"].is_string(), "{conn}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_setting_from_the_environment_follows_one_rule_trimmed_and_empty_is_unset() {
+    let home = Home::new();
+    // An empty OAUTHD_KEY (a compose file's `OAUTHD_KEY=`) means unset: the key file beside
+    // the database is used, as without it.
+    let d = home.start_with_env(&[
+        ("OAUTHD_KEY", ""),
+        ("OAUTHD_ADMIN_TOKEN", "  correct-horse-battery-0123456789\n"),
+    ]);
+    assert!(home.log_text().contains("created vault key file"));
+    // A token pasted with spaces or a newline around it is the token.
+    let resp = d
+        .post_form(
+            "/admin/login",
+            &[("token", "correct-horse-battery-0123456789")],
+            None,
+        )
+        .await;
+    assert_eq!(resp.status(), 303);
+    d.signal_and_wait("TERM");
+
+    // A *_FILE that cannot be read stops oauthd, naming the variable and the path.
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(home.db())
+        .env("OAUTHD_METRICS_TOKEN_FILE", "/nonexistent/metrics-token")
+        .env_remove("OAUTHD_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("OAUTHD_METRICS_TOKEN_FILE") && err.contains("/nonexistent/metrics-token"),
+        "{err}"
+    );
+}
