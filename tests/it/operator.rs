@@ -67,6 +67,16 @@ async fn connections_of_a_removed_provider_are_listed_and_can_be_deleted() {
     assert_eq!(d.get("/v1/connections/peer/bob", &key).await.0, 404);
 }
 
+/// A child process killed (by PID) and reaped when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_oauthd_without_the_provider_leaves_device_flows_alone() {
     let peer = Peer::start(60);
@@ -89,7 +99,8 @@ async fn a_second_oauthd_without_the_provider_leaves_device_flows_alone() {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let mut without = cmd.spawn().unwrap();
+    // Stopped by PID when the test ends, whether it passes or not.
+    let _without = KillOnDrop(cmd.spawn().unwrap());
     // Long enough for it to start, look at pending flows and reach the flow's first poll.
     tokio::time::sleep(Duration::from_secs(7)).await;
     let (status, body) = with.get(&format!("/v1/device/peer/{id}"), &key).await;
@@ -106,8 +117,6 @@ async fn a_second_oauthd_without_the_provider_leaves_device_flows_alone() {
     let (status, body) = with
         .wait_device(&key, "peer", &id, Duration::from_secs(20))
         .await;
-    let _ = without.kill();
-    let _ = without.wait();
     assert_eq!(
         (status, body["status"].as_str()),
         (200, Some("connected")),
@@ -122,19 +131,21 @@ async fn the_daemon_finishes_a_device_flow_the_cli_started_and_left() {
     home.write_config(&peer.provider_toml("peer"));
     let key = home.create_key("app", &[]);
     let d = home.start();
-    let mut cli = Command::new(BIN)
-        .args(["connect", "peer", "--device", "--account", "tv", "--db"])
-        .arg(home.db())
-        .arg("--config")
-        .arg(home.config())
-        .env_remove("OAUTHD_CONFIG")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = cli.stdout.take().unwrap();
+    let mut cli = KillOnDrop(
+        Command::new(BIN)
+            .args(["connect", "peer", "--device", "--account", "tv", "--db"])
+            .arg(home.db())
+            .arg("--config")
+            .arg(home.config())
+            .env_remove("OAUTHD_CONFIG")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = cli.0.stdout.take().unwrap();
     let code = BufReader::new(stdout)
         .lines()
         .map_while(Result::ok)
@@ -142,10 +153,10 @@ async fn the_daemon_finishes_a_device_flow_the_cli_started_and_left() {
         .expect("the CLI shows a code");
     // Ctrl-C: the CLI is gone before the user approves.
     Command::new("kill")
-        .args(["-INT", &cli.id().to_string()])
+        .args(["-INT", &cli.0.id().to_string()])
         .status()
         .unwrap();
-    let _ = cli.wait();
+    let _ = cli.0.wait();
 
     let page = peer.verify_device(&code, true).await;
     assert!(page.contains("Sign-in Success"), "{page}");
