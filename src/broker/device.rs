@@ -251,12 +251,11 @@ impl Broker {
             flow.provider.as_str(),
             flow.account.as_str(),
         );
-        let provider = match self.provider(p) {
-            Ok(p) => p.clone(),
-            Err(e) => {
-                self.finish_device(id, "failed", e.to_string()).await;
-                return true;
-            }
+        // The same rule as when adopting flows: a provider this process does not know is
+        // another process's to poll, never a reason to fail the flow.
+        let Ok(provider) = self.provider(p).map(Arc::clone) else {
+            log::info!("device flow {id}: provider {p} is not configured here; leaving it");
+            return true;
         };
         let device_code = match self.vault.open_str(&device_aad(id), &flow.device_code) {
             Ok(c) => c,

@@ -2,6 +2,7 @@
 //! contract itself — the same tests on SQLite and Redis — lives in state_api.rs and
 //! broker.rs.)
 
+#[cfg(feature = "redis")]
 use crate::common;
 
 use std::process::Command;
