@@ -2,7 +2,7 @@
 //! signs in, and by `oauthd admin link`), or a fixed `OAUTHD_ADMIN_TOKEN`; then a session
 //! cookie. Only hashes of links and sessions are stored.
 
-use crate::clock::now_ms;
+use crate::clock::Clock;
 use crate::secret::{is_token_shaped, random_bytes, SecretHash, SecretText};
 use crate::store::{AdminSecretKind, AdminStore, StoreError};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -60,6 +60,7 @@ pub struct Admin {
     store: Arc<dyn AdminStore>,
     static_token: Option<SecretText>,
     session_ttl_ms: i64,
+    clock: Clock,
 }
 
 fn new_secret() -> Result<Zeroizing<String>, StoreError> {
@@ -74,10 +75,12 @@ impl Admin {
         store: Arc<dyn AdminStore>,
         session_hours: u64,
         static_token: Option<SecretText>,
+        clock: Clock,
     ) -> Admin {
         Admin {
             store,
             static_token,
+            clock,
             session_ttl_ms: i64::try_from(session_hours.saturating_mul(3_600_000))
                 .unwrap_or(i64::MAX),
         }
@@ -106,7 +109,7 @@ impl Admin {
             .insert_admin_secret(
                 SecretHash::of(&secret),
                 AdminSecretKind::LoginLink,
-                now_ms() + LOGIN_LINK_TTL_MS,
+                self.clock.now_ms() + LOGIN_LINK_TTL_MS,
             )
             .await?;
         let mut url = public_url.clone();
@@ -127,14 +130,14 @@ impl Admin {
             .admin_secret_valid(
                 SecretHash::of(presented),
                 AdminSecretKind::LoginLink,
-                now_ms(),
+                self.clock.now_ms(),
             )
             .await
     }
 
     /// Whether a login link should be printed at start: nobody can sign in otherwise.
     pub async fn needs_first_link(&self) -> Result<bool, StoreError> {
-        Ok(!self.has_static_token() && !self.store.any_admin_session(now_ms()).await?)
+        Ok(!self.has_static_token() && !self.store.any_admin_session(self.clock.now_ms()).await?)
     }
 
     /// Exchanges a login link's token (used up) or, from the sign-in form only, the admin
@@ -152,7 +155,7 @@ impl Admin {
                 .take_admin_secret(
                     SecretHash::of(presented),
                     AdminSecretKind::LoginLink,
-                    now_ms(),
+                    self.clock.now_ms(),
                 )
                 .await?;
         if !by_static && !by_link {
@@ -163,7 +166,7 @@ impl Admin {
             .insert_admin_secret(
                 SecretHash::of(&session),
                 AdminSecretKind::Session,
-                now_ms().saturating_add(self.session_ttl_ms),
+                self.clock.now_ms().saturating_add(self.session_ttl_ms),
             )
             .await?;
         Ok(Some(session))
@@ -174,7 +177,7 @@ impl Admin {
             return Ok(false);
         }
         self.store
-            .admin_secret_valid(SecretHash::of(cookie), AdminSecretKind::Session, now_ms())
+            .admin_secret_valid(SecretHash::of(cookie), AdminSecretKind::Session, self.clock.now_ms())
             .await
     }
 
@@ -184,7 +187,7 @@ impl Admin {
             return Ok(false);
         }
         self.store
-            .take_admin_secret(SecretHash::of(cookie), AdminSecretKind::Session, now_ms())
+            .take_admin_secret(SecretHash::of(cookie), AdminSecretKind::Session, self.clock.now_ms())
             .await
     }
 
@@ -192,7 +195,7 @@ impl Admin {
     pub async fn sessions(&self) -> Result<Vec<SessionInfo>, StoreError> {
         Ok(self
             .store
-            .list_admin_sessions(now_ms())
+            .list_admin_sessions(self.clock.now_ms())
             .await?
             .into_iter()
             .map(|(hash, expires)| SessionInfo {
@@ -214,7 +217,7 @@ impl Admin {
         }
         let matching: Vec<SecretHash> = self
             .store
-            .list_admin_sessions(now_ms())
+            .list_admin_sessions(self.clock.now_ms())
             .await?
             .into_iter()
             .map(|(hash, _)| hash)

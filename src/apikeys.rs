@@ -4,7 +4,6 @@
 //! bits, so a fast hash is enough (no password hashing needed). A key may be limited to
 //! namespace patterns.
 
-use crate::clock::now_ms;
 use crate::namespace::{check_pattern, pattern_matches, Namespace};
 use crate::secret::{ApiKey, SecretHash};
 use crate::store::{ApiKeyRecord, KeyStore, StoreError};
@@ -40,6 +39,7 @@ pub async fn create(
     store: &dyn KeyStore,
     name: &str,
     namespaces: Vec<String>,
+    now_ms: i64,
 ) -> Result<(ApiKey, ApiKeyRecord), KeyError> {
     check_name(name)?;
     for pattern in &namespaces {
@@ -53,7 +53,7 @@ pub async fn create(
         id: uuid::Uuid::new_v4().to_string(),
         name: name.to_owned(),
         namespaces: (!namespaces.is_empty()).then_some(namespaces),
-        created_at_ms: now_ms(),
+        created_at_ms: now_ms,
         revoked_at_ms: None,
     };
     store.insert_key(record.clone(), key.hash()).await?;

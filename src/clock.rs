@@ -1,9 +1,58 @@
-//! Wall-clock time in the forms oauthd stores (unix milliseconds) and shows (RFC 3339).
+//! Time, as a value services are given: wall-clock milliseconds in the form oauthd stores,
+//! and RFC 3339 in the form it shows.
+//!
+//! Nothing reads the system time except through a [`Clock`]: the server and each CLI
+//! command make one system clock and hand it to the services they build; tests hand in a
+//! manual one and move it, so TTLs, grace windows, backoff and keep-alive are tested
+//! without waiting. Stores never read a clock: they are given times as arguments.
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
-pub fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
+/// Where "now" comes from. Cheap to clone; clones of a manual clock move together.
+#[derive(Debug, Clone, Default)]
+pub struct Clock(Source);
+
+#[derive(Debug, Clone, Default)]
+enum Source {
+    #[default]
+    System,
+    Manual(Arc<AtomicI64>),
+}
+
+impl Clock {
+    /// The machine's wall clock.
+    pub fn system() -> Clock {
+        Clock(Source::System)
+    }
+
+    /// A clock that stands at `start_ms` until moved with [`Clock::advance`].
+    pub fn manual(start_ms: i64) -> Clock {
+        Clock(Source::Manual(Arc::new(AtomicI64::new(start_ms))))
+    }
+
+    /// Unix time in milliseconds.
+    pub fn now_ms(&self) -> i64 {
+        match &self.0 {
+            Source::System => Utc::now().timestamp_millis(),
+            Source::Manual(t) => t.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Moves a manual clock (and every clone of it) forward. The system clock moves by
+    /// itself: returns false and changes nothing.
+    pub fn advance(&self, by: Duration) -> bool {
+        match &self.0 {
+            Source::System => false,
+            Source::Manual(t) => {
+                let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+                t.fetch_add(ms, Ordering::SeqCst);
+                true
+            }
+        }
+    }
 }
 
 /// RFC 3339 in UTC with millisecond precision, e.g. `2026-11-21T08:35:59.123Z`.
@@ -11,4 +60,19 @@ pub fn rfc3339(ms: i64) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms)
         .unwrap_or_default()
         .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manual_clock_moves_only_when_told_and_its_clones_with_it() {
+        let clock = Clock::manual(1_000);
+        let twin = clock.clone();
+        assert_eq!(clock.now_ms(), 1_000);
+        assert!(twin.advance(Duration::from_secs(90)));
+        assert_eq!(clock.now_ms(), 91_000);
+        assert!(!Clock::system().advance(Duration::from_secs(1)));
+    }
 }

@@ -3,7 +3,7 @@
 //! Owns the rules (which TTL a namespace gets, when a state counts as expired, what a
 //! namespace mismatch does); the store only keeps rows, the HTTP layer only translates.
 
-use crate::clock::now_ms;
+use crate::clock::Clock;
 use crate::metrics;
 use crate::namespace::{pattern_matches, Namespace};
 use crate::secret::StateValue;
@@ -95,11 +95,16 @@ pub struct ConsumedState {
 pub struct StateService {
     store: Arc<dyn StateStore>,
     policy: StatePolicy,
+    clock: Clock,
 }
 
 impl StateService {
-    pub fn new(store: Arc<dyn StateStore>, policy: StatePolicy) -> Self {
-        StateService { store, policy }
+    pub fn new(store: Arc<dyn StateStore>, policy: StatePolicy, clock: Clock) -> Self {
+        StateService {
+            store,
+            policy,
+            clock,
+        }
     }
 
     pub fn policy(&self) -> &StatePolicy {
@@ -149,7 +154,7 @@ impl StateService {
                 Some(text)
             }
         };
-        let created_at_ms = now_ms();
+        let created_at_ms = self.clock.now_ms();
         let expires_at_ms = created_at_ms.saturating_add(ttl.as_millis() as i64);
         let stored = self
             .store
@@ -244,7 +249,7 @@ impl StateService {
             }
             Taken::Row(row) => row,
         };
-        if row.expires_at_ms <= now_ms() {
+        if row.expires_at_ms <= self.clock.now_ms() {
             log::debug!("state {state}: expired");
             metrics::state_consumed(Some(&row.namespace), "expired");
             return Err(StateError::Expired {

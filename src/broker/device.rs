@@ -8,7 +8,7 @@
 //! at the same time.
 
 use super::{Broker, BrokerError, ConnectionView};
-use crate::clock::{now_ms, rfc3339};
+use crate::clock::rfc3339;
 use crate::oauth::flows::{self, DevicePoll, FlowError};
 use crate::oauth::provider::check_name;
 use crate::store::{DeviceFlowRow, DevicePollOutcome};
@@ -68,7 +68,7 @@ impl Broker {
         // stored (concurrent starts).
         if self
             .store
-            .pending_device_flows_of(started_by, now_ms())
+            .pending_device_flows_of(started_by, self.clock.now_ms())
             .await?
             >= max
         {
@@ -83,7 +83,7 @@ impl Broker {
             .await
             .map_err(super::flow_error)?;
         let id = uuid::Uuid::new_v4().to_string();
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let interval_ms = auth
             .interval
             .map_or(DEFAULT_INTERVAL_MS, |d| d.as_millis() as i64);
@@ -166,7 +166,7 @@ impl Broker {
             .ok_or_else(|| BrokerError::DeviceFlowNotFound(id.chars().take(64).collect()))?;
         let mut status = flow.status.clone();
         // Past its expiry with no poller left to say so (e.g. oauthd was down).
-        if status == "pending" && now_ms() >= flow.expires_at_ms {
+        if status == "pending" && self.clock.now_ms() >= flow.expires_at_ms {
             status = "expired".into();
         }
         let connection = if status == "connected" {
@@ -213,7 +213,7 @@ impl Broker {
                 );
                 return;
             }
-            let now = now_ms();
+            let now = self.clock.now_ms();
             if now >= flow.expires_at_ms {
                 self.finish_device(
                     &id,
@@ -316,7 +316,7 @@ impl Broker {
                 return true;
             }
         };
-        if let Err(e) = self.store.finish_device_poll(id, outcome, now_ms()).await {
+        if let Err(e) = self.store.finish_device_poll(id, outcome, self.clock.now_ms()).await {
             log::warn!("device flow {id}: {e}");
         }
         false
@@ -325,7 +325,7 @@ impl Broker {
     async fn finish_device(&self, id: &str, status: &'static str, detail: String) {
         log::info!("device flow {id}: {status}");
         let outcome = DevicePollOutcome::Finished { status, detail };
-        if let Err(e) = self.store.finish_device_poll(id, outcome, now_ms()).await {
+        if let Err(e) = self.store.finish_device_poll(id, outcome, self.clock.now_ms()).await {
             log::warn!("device flow {id}: could not record {status}: {e}");
         }
     }

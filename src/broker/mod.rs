@@ -15,6 +15,7 @@ pub(crate) use device::device_aad;
 pub use device::{watch_device_flows, DeviceStart, DeviceStatus};
 pub use tokens::{AccessToken, ConnectionView, Disconnected};
 
+use crate::clock::Clock;
 use crate::namespace::Namespace;
 use crate::oauth::flows::{self, FlowError};
 use crate::oauth::provider::{check_name, Endpoints};
@@ -150,6 +151,8 @@ pub struct BrokerSettings {
     pub return_to_allowlist: Vec<Url>,
     pub provider_timeout: std::time::Duration,
     pub max_device_flows: u32,
+    /// What time it is (the states service is given the same clock).
+    pub clock: Clock,
 }
 
 pub struct Broker {
@@ -170,6 +173,7 @@ pub struct Broker {
     device_drivers: Mutex<std::collections::HashSet<String>>,
     /// Whether each provider accepted the client credentials, and when that was asked.
     client_checks: Mutex<HashMap<String, (std::time::Instant, flows::ClientCheck)>>,
+    clock: Clock,
 }
 
 impl Broker {
@@ -194,6 +198,7 @@ impl Broker {
             max_device_flows: settings.max_device_flows,
             device_drivers: Mutex::new(Default::default()),
             client_checks: Mutex::new(HashMap::new()),
+            clock: settings.clock,
         })
     }
 

@@ -13,7 +13,6 @@
 //!   every request a refresh.
 
 use super::{token_aad, Broker, BrokerError};
-use crate::clock::now_ms;
 use crate::oauth::flows::{self, FlowError, TokenSet};
 use crate::oauth::{id_token, Provider};
 use crate::store::{
@@ -185,7 +184,7 @@ impl Broker {
         let fresh = match row.access_expires_at_ms {
             // The provider did not say: the token is good until it is refused.
             None => true,
-            Some(at) => at.saturating_sub(now_ms()) >= capped_min_ttl_ms(row, min_ttl),
+            Some(at) => at.saturating_sub(self.clock.now_ms()) >= capped_min_ttl_ms(row, min_ttl),
         };
         if !fresh {
             return Ok(None);
@@ -223,7 +222,7 @@ impl Broker {
             refresh_token,
             access_expires_at_ms: t
                 .expires_in
-                .map(|d| now_ms().saturating_add(d.as_millis() as i64)),
+                .map(|d| self.clock.now_ms().saturating_add(d.as_millis() as i64)),
         })
     }
 
@@ -242,7 +241,7 @@ impl Broker {
         let requested = (!provider.scopes.is_empty()).then(|| provider.scopes.join(" "));
         let sealed = self.seal_tokens(&provider.name, account, t, requested)?;
         self.store
-            .save_connection(&provider.name, account, sealed, identity, now_ms())
+            .save_connection(&provider.name, account, sealed, identity, self.clock.now_ms())
             .await?;
         Ok(())
     }
@@ -271,6 +270,7 @@ impl Broker {
             issuer,
             client_id: &provider.client_id,
             nonce,
+            now_ms: self.clock.now_ms(),
         };
         let verified = id_token::verify(
             &self.http,
@@ -308,7 +308,7 @@ impl Broker {
     /// die of idleness (the provider's `refresh_idle_expiry`). Returns how many were
     /// refreshed; failures are recorded on the connection and logged.
     pub async fn refresh_due(&self) -> Result<usize, BrokerError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut refreshed = 0;
         for row in self.store.list_connections().await? {
             let Ok(provider) = self.provider(&row.provider).map(Arc::clone) else {
@@ -335,10 +335,10 @@ impl Broker {
         min_ttl: Duration,
         force: bool,
     ) -> Result<AccessToken, BrokerError> {
-        let asked_at = now_ms();
+        let asked_at = self.clock.now_ms();
         let lock = self.flight_lock(&provider.name, account);
         let _turn = lock.lock().await;
-        let deadline = now_ms() + WAIT_FOR_OTHER_MS;
+        let deadline = self.clock.now_ms() + WAIT_FOR_OTHER_MS;
         loop {
             let row = self.row(&provider.name, account).await?;
             // Someone refreshed while we waited: that is the freshest token there is, even
@@ -358,7 +358,7 @@ impl Broker {
                     return Ok(token);
                 }
             }
-            let now = now_ms();
+            let now = self.clock.now_ms();
             if let Some(retry_at) = row.retry_at_ms.filter(|r| *r > now) {
                 return Err(BrokerError::ProviderUnavailable {
                     message: format!(
@@ -408,7 +408,7 @@ impl Broker {
                         status: ConnectionStatus::NeedsReauth,
                         error: reason,
                         retry_at_ms: None,
-                        now_ms: now_ms(),
+                        now_ms: self.clock.now_ms(),
                     },
                 )
                 .await?;
@@ -431,7 +431,7 @@ impl Broker {
                 // Committed before anyone sees the new token.
                 if !self
                     .store
-                    .save_refreshed(p, a, generation, sealed, now_ms())
+                    .save_refreshed(p, a, generation, sealed, self.clock.now_ms())
                     .await?
                 {
                     log::warn!("refresh {p}/{a}: superseded by a newer connection or lease; result dropped");
@@ -462,7 +462,7 @@ impl Broker {
                             status: ConnectionStatus::NeedsReauth,
                             error: &reason,
                             retry_at_ms: None,
-                            now_ms: now_ms(),
+                            now_ms: self.clock.now_ms(),
                         },
                     )
                     .await?;
@@ -482,8 +482,8 @@ impl Broker {
                         RefreshFailure {
                             status: ConnectionStatus::Active,
                             error: &e.to_string(),
-                            retry_at_ms: Some(now_ms() + wait),
-                            now_ms: now_ms(),
+                            retry_at_ms: Some(self.clock.now_ms() + wait),
+                            now_ms: self.clock.now_ms(),
                         },
                     )
                     .await?;

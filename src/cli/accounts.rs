@@ -4,6 +4,7 @@
 use super::{broker, open_store, runtime, ConnectionsCommand, Fatal, SessionsCommand};
 use crate::admin::Admin;
 use crate::config::Settings;
+use crate::clock::Clock;
 use crate::states::StateService;
 use std::sync::Arc;
 
@@ -36,9 +37,14 @@ pub(super) fn providers_list(settings: &Settings) -> Result<(), Fatal> {
 
 pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Result<(), Fatal> {
     let store = open_store(&settings, super::Missing::Refuse)?;
-    let states = Arc::new(StateService::new(store.clone(), settings.states.clone()));
+    let clock = Clock::system();
+    let states = Arc::new(StateService::new(
+        store.clone(),
+        settings.states.clone(),
+        clock.clone(),
+    ));
     let public_url = settings.public_url_for(settings.listen);
-    let broker = broker(&settings, &store, states, public_url)?;
+    let broker = broker(&settings, &store, states, clock, public_url)?;
     runtime()?.block_on(async {
         match command {
             ConnectionsCommand::List { json } => {
@@ -98,11 +104,17 @@ pub(super) fn connect_device(
         ));
     }
     let store = open_store(&settings, super::Missing::Refuse)?;
-    let states = Arc::new(StateService::new(store.clone(), settings.states.clone()));
+    let clock = Clock::system();
+    let states = Arc::new(StateService::new(
+        store.clone(),
+        settings.states.clone(),
+        clock.clone(),
+    ));
     let broker = broker(
         &settings,
         &store,
         states,
+        clock.clone(),
         settings.public_url_for(settings.listen),
     )?;
     runtime()?.block_on(async {
@@ -123,7 +135,7 @@ pub(super) fn connect_device(
             match status.status.as_str() {
                 "pending" => {
                     if last_note.elapsed() >= std::time::Duration::from_secs(5) {
-                        let left = (start.expires_at_ms - crate::clock::now_ms()).max(0) / 1000;
+                        let left = (start.expires_at_ms - clock.now_ms()).max(0) / 1000;
                         eprintln!("waiting for approval… {}m{:02}s left", left / 60, left % 60);
                         last_note = std::time::Instant::now();
                     }
@@ -147,6 +159,7 @@ pub(super) fn admin_link(settings: Settings) -> Result<(), Fatal> {
         store,
         settings.admin_session_hours,
         settings.admin_token.clone(),
+        Clock::system(),
     );
     let public_url = settings.public_url_for(settings.listen);
     let link = runtime()?.block_on(admin.login_link(&public_url))?;
@@ -161,6 +174,7 @@ pub(super) fn admin_sessions(settings: Settings, command: SessionsCommand) -> Re
         store,
         settings.admin_session_hours,
         settings.admin_token.clone(),
+        Clock::system(),
     );
     runtime()?.block_on(async {
         match command {

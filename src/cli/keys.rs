@@ -2,7 +2,7 @@
 
 use super::{open_store, runtime, Fatal, KeysCommand, Missing};
 use crate::apikeys;
-use crate::clock::rfc3339;
+use crate::clock::{rfc3339, Clock};
 use crate::config::Settings;
 use crate::store::KeyStore;
 
@@ -12,12 +12,13 @@ pub(super) fn keys(settings: Settings, command: KeysCommand) -> Result<(), Fatal
         _ => Missing::Refuse,
     };
     let store = open_store(&settings, missing)?;
+    let clock = Clock::system();
     runtime()?.block_on(async {
         match command {
             KeysCommand::Create {
                 name, namespaces, ..
             } => {
-                let (key, record) = apikeys::create(store.as_ref(), &name, namespaces).await?;
+                let (key, record) = apikeys::create(store.as_ref(), &name, namespaces, clock.now_ms()).await?;
                 let scope = record
                     .namespaces
                     .as_ref()
@@ -31,7 +32,7 @@ pub(super) fn keys(settings: Settings, command: KeysCommand) -> Result<(), Fatal
             }
             KeysCommand::List { json } => list_keys(store.as_ref(), json).await,
             KeysCommand::Revoke { name } => {
-                if store.revoke_key(&name, crate::clock::now_ms()).await? {
+                if store.revoke_key(&name, clock.now_ms()).await? {
                     eprintln!("Revoked API key {name:?}.");
                     Ok(())
                 } else {

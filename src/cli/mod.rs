@@ -7,6 +7,7 @@ mod keys;
 mod serve;
 mod vault_keys;
 
+use crate::clock::Clock;
 use crate::broker::{Broker, BrokerSettings};
 use crate::config::{Overrides, Settings};
 use crate::states::StateService;
@@ -416,6 +417,7 @@ pub(super) fn broker(
     settings: &Settings,
     store: &Arc<dyn Store>,
     states: Arc<StateService>,
+    clock: Clock,
     public_url: Url,
 ) -> Result<Arc<Broker>, Fatal> {
     let source = key_source(settings).map_err(|e| Fatal(e, 2))?;
@@ -432,6 +434,7 @@ pub(super) fn broker(
                 return_to_allowlist: settings.return_to_allowlist.clone(),
                 provider_timeout: settings.provider_timeout,
                 max_device_flows: settings.max_device_flows_per_key,
+                clock,
             },
         )
         .map_err(|e| Fatal(e, 1))?,

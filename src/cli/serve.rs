@@ -3,6 +3,7 @@
 use super::{broker, open_store, Fatal};
 use crate::admin::Admin;
 use crate::apikeys::KeyCache;
+use crate::clock::Clock;
 use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::states::StateService;
@@ -12,16 +13,29 @@ use std::sync::Arc;
 pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
     let store = open_store(&settings, super::Missing::Create)?;
     log::info!("{}", store.describe());
+    // The one system clock every service of this process reads.
+    let clock = Clock::system();
     let admin = Admin::new(
         store.clone(),
         settings.admin_session_hours,
         settings.admin_token.clone(),
+        clock.clone(),
     );
     let metrics_token = settings.metrics_token.clone();
     let listener = http::bind(&settings)?;
     let public_url = settings.public_url_for(listener.local_addr()?);
-    let states = Arc::new(StateService::new(store.clone(), settings.states.clone()));
-    let broker = broker(&settings, &store, states.clone(), public_url.clone())?;
+    let states = Arc::new(StateService::new(
+        store.clone(),
+        settings.states.clone(),
+        clock.clone(),
+    ));
+    let broker = broker(
+        &settings,
+        &store,
+        states.clone(),
+        clock.clone(),
+        public_url.clone(),
+    )?;
     for p in broker.providers() {
         log::info!(
             "provider {}: redirect URI {}",
@@ -52,7 +66,12 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
         }
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let sweeper =
-            actix_web::rt::spawn(sweeper::run(store.clone(), settings.sweep, stopped.clone()));
+            actix_web::rt::spawn(sweeper::run(
+            store.clone(),
+            settings.sweep,
+            clock.clone(),
+            stopped.clone(),
+        ));
         // Flows started elsewhere (the CLI) and left: picked up within seconds.
         let device_watch = actix_web::rt::spawn(crate::broker::watch_device_flows(
             broker.clone(),

@@ -43,6 +43,8 @@ pub struct Expected<'a> {
     /// The nonce sent with the authorization request; `None` where none was sent (the
     /// device flow), and then none is checked.
     pub nonce: Option<&'a str>,
+    /// What time it is (unix ms), for `exp` and `nbf`.
+    pub now_ms: i64,
 }
 
 #[derive(Deserialize)]
@@ -56,6 +58,8 @@ struct Claims {
     #[serde(default)]
     email_verified: bool,
     name: Option<String>,
+    exp: f64,
+    nbf: Option<f64>,
 }
 
 /// The issuer's keys, cached.
@@ -178,10 +182,13 @@ pub async fn verify(
     validation.set_issuer(&[expected.issuer]);
     validation.set_audience(&[expected.client_id]);
     validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-    validation.leeway = LEEWAY_SECS;
+    // Time is checked below against the clock oauthd was given, not the library's.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
     let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
         .map_err(|e| invalid(e.to_string()))?
         .claims;
+    check_time(claims.exp, claims.nbf, expected.now_ms)?;
     check_azp(&claims, expected.client_id)?;
     if let Some(nonce) = expected.nonce {
         match claims.nonce.as_deref() {
@@ -201,6 +208,19 @@ pub async fn verify(
     })
 }
 
+/// Core §3.1.3.7 item 9 (`exp`), and `nbf` when present, with `LEEWAY_SECS` either way.
+fn check_time(exp: f64, nbf: Option<f64>, now_ms: i64) -> Result<(), IdTokenError> {
+    let now = now_ms as f64 / 1000.0;
+    let leeway = LEEWAY_SECS as f64;
+    if !exp.is_finite() || exp + leeway < now {
+        return Err(IdTokenError::Invalid("the token has expired".into()));
+    }
+    if nbf.is_some_and(|nbf| !nbf.is_finite() || nbf - leeway > now) {
+        return Err(IdTokenError::Invalid("the token is not valid yet".into()));
+    }
+    Ok(())
+}
+
 /// Core §3.1.3.7 items 4–5: with several audiences, `azp` must be present and be us.
 fn check_azp(claims: &Claims, client_id: &str) -> Result<(), IdTokenError> {
     let several = claims.aud.as_array().is_some_and(|a| a.len() > 1);
@@ -217,6 +237,17 @@ fn check_azp(claims: &Claims, client_id: &str) -> Result<(), IdTokenError> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn expiry_and_not_before_are_judged_by_the_given_time_with_a_minute_of_leeway() {
+        let at = |secs: i64| secs * 1000;
+        assert!(check_time(1_000.0, None, at(1_000)).is_ok());
+        assert!(check_time(1_000.0, None, at(1_060)).is_ok());
+        assert!(check_time(1_000.0, None, at(1_061)).is_err());
+        assert!(check_time(2_000.0, Some(1_100.0), at(1_040)).is_ok());
+        assert!(check_time(2_000.0, Some(1_100.0), at(1_039)).is_err());
+        assert!(check_time(f64::NAN, None, at(0)).is_err());
+    }
+
     fn claims(aud: serde_json::Value, azp: Option<&str>) -> Claims {
         Claims {
             sub: "s".into(),
@@ -226,6 +257,8 @@ mod tests {
             email: None,
             email_verified: false,
             name: None,
+            exp: 0.0,
+            nbf: None,
         }
     }
 
@@ -256,6 +289,7 @@ mod tests {
             issuer: "i",
             client_id: "c",
             nonce: None,
+            now_ms: 0,
         };
         let http = reqwest::Client::new();
         let err = verify(&http, &JwksCache::default(), None, &token, &expected)

@@ -6,6 +6,7 @@
 //! the whole sweep.
 
 use super::{StateStore, StoreError, SweepCount};
+use crate::clock::Clock;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -41,7 +42,12 @@ pub async fn sweep_once(
 
 /// Runs `sweep_once` every `policy.interval` until `stop` turns true. Failures are logged
 /// and retried at the next tick: a locked or full disk must not end the sweeper.
-pub async fn run(store: Arc<dyn StateStore>, policy: SweepPolicy, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    store: Arc<dyn StateStore>,
+    policy: SweepPolicy,
+    clock: Clock,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut ticks = tokio::time::interval(policy.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -52,7 +58,7 @@ pub async fn run(store: Arc<dyn StateStore>, policy: SweepPolicy, mut stop: watc
         if *stop.borrow() {
             break;
         }
-        let swept = sweep_once(store.as_ref(), &policy, crate::clock::now_ms()).await;
+        let swept = sweep_once(store.as_ref(), &policy, clock.now_ms()).await;
         if let Ok(n) = &swept {
             for (namespace, count) in &n.expired_by_namespace {
                 crate::metrics::states_swept(namespace, *count);

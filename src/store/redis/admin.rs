@@ -8,13 +8,14 @@ use async_trait::async_trait;
 use redis::Script;
 use std::sync::LazyLock;
 
-/// KEYS: secret, marker (or the secret again). ARGV: expires at, ttl ms, is session.
+/// KEYS: secret, marker (or the secret again). ARGV: expires at (unix ms), is session.
+/// Expiry is absolute (`PXAT`): the store never needs to know what time it is.
 static INSERT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if ARGV[3] == '1' and redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then
-  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[1])
+if ARGV[2] == '1' and tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[2], ARGV[1], 'PXAT', ARGV[1])
 end
 "#,
     )
@@ -54,7 +55,6 @@ impl AdminStore for RedisStore {
     ) -> Result<(), StoreError> {
         let key = self.admin_key(&hash, kind);
         let marker = self.key("a", "any-session");
-        let ttl = (expires_at_ms - crate::clock::now_ms()).max(1);
         let session = if kind == AdminSecretKind::Session {
             "1"
         } else {
@@ -66,7 +66,6 @@ impl AdminStore for RedisStore {
                 .key(key)
                 .key(marker)
                 .arg(expires_at_ms)
-                .arg(ttl)
                 .arg(session)
                 .invoke_async::<()>(&mut c)
                 .await
