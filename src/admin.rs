@@ -177,7 +177,11 @@ impl Admin {
             return Ok(false);
         }
         self.store
-            .admin_secret_valid(SecretHash::of(cookie), AdminSecretKind::Session, self.clock.now_ms())
+            .admin_secret_valid(
+                SecretHash::of(cookie),
+                AdminSecretKind::Session,
+                self.clock.now_ms(),
+            )
             .await
     }
 
@@ -187,7 +191,11 @@ impl Admin {
             return Ok(false);
         }
         self.store
-            .take_admin_secret(SecretHash::of(cookie), AdminSecretKind::Session, self.clock.now_ms())
+            .take_admin_secret(
+                SecretHash::of(cookie),
+                AdminSecretKind::Session,
+                self.clock.now_ms(),
+            )
             .await
     }
 

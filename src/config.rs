@@ -351,6 +351,7 @@ impl Settings {
                 base,
                 overrides,
                 max_data_bytes: s.max_data_bytes,
+                expired_grace: Duration::from_secs(s.expired_grace_seconds),
             },
             sweep: SweepPolicy {
                 interval: Duration::from_secs(s.sweep_interval_seconds),

@@ -86,8 +86,7 @@ async fn reseal_pass(vault: &Vault, store: &dyn BrokerStore) -> Result<usize, Re
         // Lost the race to a refresh: the next pass looks at the new values.
         if store
             .reseal_connection(
-                &row.provider,
-                &row.account,
+                &row.key(),
                 (row.access_token.clone(), row.refresh_token.clone()),
                 (new_access, new_refresh),
             )

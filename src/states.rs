@@ -7,7 +7,7 @@ use crate::clock::Clock;
 use crate::metrics;
 use crate::namespace::{pattern_matches, Namespace};
 use crate::secret::StateValue;
-use crate::store::{NamespaceFilter, StateRow, StateStore, StoreError, Taken};
+use crate::store::{InsertRules, NamespaceFilter, StateRow, StateStore, StoreError, Taken};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +28,9 @@ pub struct StatePolicy {
     pub overrides: Vec<(String, TtlRule)>,
     /// Largest `data` accepted, in bytes of compact JSON.
     pub max_data_bytes: usize,
+    /// How long after expiry a consume still answers "expired" (410) rather than
+    /// "unknown" (404), on every backend.
+    pub expired_grace: Duration,
 }
 
 impl StatePolicy {
@@ -111,6 +114,10 @@ impl StateService {
         &self.policy
     }
 
+    fn grace_ms(&self) -> i64 {
+        i64::try_from(self.policy.expired_grace.as_millis()).unwrap_or(i64::MAX)
+    }
+
     /// Issues a new state. `ttl_seconds` defaults to the namespace's rule.
     pub async fn issue(
         &self,
@@ -166,7 +173,11 @@ impl StateService {
                     created_at_ms,
                     expires_at_ms,
                 },
-                rule.max_states,
+                InsertRules {
+                    max_live: rule.max_states,
+                    now_ms: created_at_ms,
+                    keep_until_ms: expires_at_ms.saturating_add(self.grace_ms()),
+                },
             )
             .await?;
         if !stored {
@@ -232,29 +243,36 @@ impl StateService {
         state: &StateValue,
         filter: &NamespaceFilter,
     ) -> Result<ConsumedState, StateError> {
+        let now = self.clock.now_ms();
+        let unknown = || {
+            log::debug!("state {state}: unknown");
+            let presented = match filter {
+                NamespaceFilter::Exact(ns) => Some(ns.as_str()),
+                NamespaceFilter::Prefix(_) => None,
+            };
+            metrics::state_consumed(presented, "unknown");
+            StateError::NotFound
+        };
+        // Past expiry plus the grace window a state is as unknown as one never issued,
+        // whether or not the backend has forgotten it yet.
+        let expired = |namespace: String, expired_at: Option<i64>| {
+            if expired_at.is_some_and(|at| at.saturating_add(self.grace_ms()) <= now) {
+                return unknown();
+            }
+            log::debug!("state {state}: expired");
+            metrics::state_consumed(Some(&namespace), "expired");
+            StateError::Expired { namespace }
+        };
         let row = match self.store.take_state(state.hash(), filter).await? {
-            Taken::Missing => {
-                log::debug!("state {state}: unknown");
-                let presented = match filter {
-                    NamespaceFilter::Exact(ns) => Some(ns.as_str()),
-                    NamespaceFilter::Prefix(_) => None,
-                };
-                metrics::state_consumed(presented, "unknown");
-                return Err(StateError::NotFound);
-            }
-            Taken::ExpiredTombstone { namespace } => {
-                log::debug!("state {state}: expired (swept)");
-                metrics::state_consumed(Some(&namespace), "expired");
-                return Err(StateError::Expired { namespace });
-            }
+            Taken::Missing => return Err(unknown()),
+            Taken::ExpiredTombstone {
+                namespace,
+                expired_at_ms,
+            } => return Err(expired(namespace, expired_at_ms)),
             Taken::Row(row) => row,
         };
-        if row.expires_at_ms <= self.clock.now_ms() {
-            log::debug!("state {state}: expired");
-            metrics::state_consumed(Some(&row.namespace), "expired");
-            return Err(StateError::Expired {
-                namespace: row.namespace,
-            });
+        if row.expires_at_ms <= now {
+            return Err(expired(row.namespace, Some(row.expires_at_ms)));
         }
         let data = match row.data {
             None => None,
@@ -294,6 +312,7 @@ mod tests {
                 ("*".into(), rule(100, 200)),
             ],
             max_data_bytes: 1024,
+            expired_grace: Duration::from_secs(60),
         };
         let ns = |s| Namespace::parse(s).unwrap();
         assert_eq!(policy.rule_for(&ns("oauth:spotify")), rule(600, 900));

@@ -11,7 +11,7 @@ use super::{Broker, BrokerError, ConnectionView};
 use crate::clock::rfc3339;
 use crate::oauth::flows::{self, DevicePoll, FlowError};
 use crate::oauth::provider::check_name;
-use crate::store::{DeviceFlowRow, DevicePollOutcome};
+use crate::store::{DeviceFlowRow, DeviceFlowStatus, DevicePollOutcome};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ pub struct DeviceStart {
 #[derive(Debug, serde::Serialize)]
 pub struct DeviceStatus {
     /// pending | connected | denied | expired | failed
-    pub status: String,
+    pub status: DeviceFlowStatus,
     pub user_code: String,
     pub verification_uri: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -97,7 +97,7 @@ impl Broker {
             verification_uri_complete: auth.verification_uri_complete.clone(),
             interval_ms,
             expires_at_ms: now + auth.expires_in.as_millis() as i64,
-            status: "pending".into(),
+            status: DeviceFlowStatus::Pending,
             detail: None,
             next_poll_at_ms: now + interval_ms,
             created_at_ms: now,
@@ -164,12 +164,12 @@ impl Broker {
             .await?
             .filter(|f| f.provider == provider)
             .ok_or_else(|| BrokerError::DeviceFlowNotFound(id.chars().take(64).collect()))?;
-        let mut status = flow.status.clone();
+        let mut status = flow.status;
         // Past its expiry with no poller left to say so (e.g. oauthd was down).
-        if status == "pending" && self.clock.now_ms() >= flow.expires_at_ms {
-            status = "expired".into();
+        if status == DeviceFlowStatus::Pending && self.clock.now_ms() >= flow.expires_at_ms {
+            status = DeviceFlowStatus::Expired;
         }
-        let connection = if status == "connected" {
+        let connection = if status == DeviceFlowStatus::Connected {
             Some(self.connection(&flow.provider, &flow.account).await?)
         } else {
             None
@@ -198,7 +198,7 @@ impl Broker {
         let id = id.to_owned();
         loop {
             let flow = match self.store.get_device_flow(&id).await {
-                Ok(Some(f)) if f.status == "pending" => f,
+                Ok(Some(f)) if f.status == DeviceFlowStatus::Pending => f,
                 Ok(_) => return,
                 Err(e) => {
                     log::warn!("device flow {id}: {e}; retrying");
@@ -217,7 +217,7 @@ impl Broker {
             if now >= flow.expires_at_ms {
                 self.finish_device(
                     &id,
-                    "expired",
+                    DeviceFlowStatus::Expired,
                     "the code expired before it was approved".into(),
                 )
                 .await;
@@ -260,7 +260,8 @@ impl Broker {
         let device_code = match self.vault.open_str(&device_aad(id), &flow.device_code) {
             Ok(c) => c,
             Err(e) => {
-                self.finish_device(id, "failed", e.to_string()).await;
+                self.finish_device(id, DeviceFlowStatus::Failed, e.to_string())
+                    .await;
                 return true;
             }
         };
@@ -287,9 +288,9 @@ impl Broker {
             DevicePoll::Done(tokens) => {
                 // The first success ends polling whatever happens next.
                 let (status, detail) = match self.store_tokens(&provider, a, &tokens, None).await {
-                    Ok(()) => ("connected", "connected".to_owned()),
+                    Ok(()) => (DeviceFlowStatus::Connected, "connected".to_owned()),
                     Err(e) => (
-                        "failed",
+                        DeviceFlowStatus::Failed,
                         format!("tokens were issued but could not be stored: {e}"),
                     ),
                 };
@@ -298,34 +299,47 @@ impl Broker {
                 return true;
             }
             DevicePoll::Denied(d) => {
-                self.finish_device(id, "denied", format!("access was declined: {d}"))
-                    .await;
+                self.finish_device(
+                    id,
+                    DeviceFlowStatus::Denied,
+                    format!("access was declined: {d}"),
+                )
+                .await;
                 return true;
             }
             DevicePoll::Expired => {
                 self.finish_device(
                     id,
-                    "expired",
+                    DeviceFlowStatus::Expired,
                     "the code expired before it was approved".into(),
                 )
                 .await;
                 return true;
             }
             DevicePoll::Failed(e) => {
-                self.finish_device(id, "failed", e.to_string()).await;
+                self.finish_device(id, DeviceFlowStatus::Failed, e.to_string())
+                    .await;
                 return true;
             }
         };
-        if let Err(e) = self.store.finish_device_poll(id, outcome, self.clock.now_ms()).await {
+        if let Err(e) = self
+            .store
+            .finish_device_poll(id, outcome, self.clock.now_ms())
+            .await
+        {
             log::warn!("device flow {id}: {e}");
         }
         false
     }
 
-    async fn finish_device(&self, id: &str, status: &'static str, detail: String) {
+    async fn finish_device(&self, id: &str, status: DeviceFlowStatus, detail: String) {
         log::info!("device flow {id}: {status}");
         let outcome = DevicePollOutcome::Finished { status, detail };
-        if let Err(e) = self.store.finish_device_poll(id, outcome, self.clock.now_ms()).await {
+        if let Err(e) = self
+            .store
+            .finish_device_poll(id, outcome, self.clock.now_ms())
+            .await
+        {
             log::warn!("device flow {id}: could not record {status}: {e}");
         }
     }

@@ -6,14 +6,16 @@
 //! consumes it *before* the code is redeemed, so a replayed callback never reaches the
 //! token endpoint.
 
+mod callback;
 mod device;
 pub mod refresher;
 pub mod return_to;
 mod tokens;
 
+pub use callback::{CallbackError, CallbackQuery, Connected, IssuerProblem};
 pub(crate) use device::device_aad;
 pub use device::{watch_device_flows, DeviceStart, DeviceStatus};
-pub use tokens::{AccessToken, ConnectionView, Disconnected};
+pub use tokens::{AccessToken, ConnectionView, Disconnected, ViewStatus};
 
 use crate::clock::Clock;
 use crate::namespace::Namespace;
@@ -22,7 +24,7 @@ use crate::oauth::provider::{check_name, Endpoints};
 use crate::oauth::Provider;
 use crate::secret::StateValue;
 use crate::states::{StateError, StateService};
-use crate::store::StoreError;
+use crate::store::{ConnectionKey, StoreError};
 use crate::vault::{VaultError, VaultHandle};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -38,7 +40,7 @@ pub use crate::namespace::CONNECT_PREFIX;
 pub use crate::store::BrokerStore;
 
 /// One async mutex per (provider, account): the in-process single flight.
-type FlightLocks = Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>;
+type FlightLocks = Mutex<HashMap<ConnectionKey, Arc<tokio::sync::Mutex<()>>>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -86,55 +88,6 @@ pub struct ConnectStart {
     pub expires_at_ms: i64,
 }
 
-/// The query of a redirect back from the provider. `Debug` shows neither the state nor
-/// the code: both are credentials.
-#[derive(Default, serde::Deserialize)]
-pub struct CallbackQuery {
-    pub state: Option<String>,
-    pub code: Option<String>,
-    pub error: Option<String>,
-    pub error_description: Option<String>,
-    pub iss: Option<String>,
-}
-
-impl std::fmt::Debug for CallbackQuery {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let redacted = |v: &Option<String>| v.as_ref().map(|_| "[redacted]");
-        f.debug_struct("CallbackQuery")
-            .field("state", &redacted(&self.state))
-            .field("code", &redacted(&self.code))
-            .field("error", &self.error)
-            .field("error_description", &self.error_description)
-            .field("iss", &self.iss)
-            .finish()
-    }
-}
-
-/// How a callback ended, for the page the browser sees.
-#[derive(Debug)]
-pub enum CallbackOutcome {
-    Connected {
-        provider: String,
-        account: String,
-        return_to: Option<String>,
-    },
-    /// The state's TTL passed while the user was at the provider.
-    Expired { provider: String, account: String },
-    /// The user declined at the provider.
-    Denied {
-        provider: String,
-        account: String,
-        description: String,
-    },
-    /// Anything else: status, a short title and what happened.
-    Failed {
-        status: u16,
-        title: &'static str,
-        detail: String,
-        retry: Option<(String, String)>,
-    },
-}
-
 #[derive(serde::Serialize, serde::Deserialize)]
 struct FlowSecrets {
     verifier: String,
@@ -161,6 +114,8 @@ pub struct Broker {
     store: Arc<dyn BrokerStore>,
     vault: Arc<VaultHandle>,
     http: reqwest::Client,
+    /// Where code exchanges and refreshes are sent (the network, unless a test says).
+    token_endpoint: Arc<dyn flows::TokenEndpoint>,
     public_url: Url,
     return_to_allowlist: Vec<Url>,
     /// How long a refresh holds the cross-process lease: outlives the provider request.
@@ -185,12 +140,14 @@ impl Broker {
         settings: BrokerSettings,
     ) -> Result<Broker, String> {
         let timeout = settings.provider_timeout;
+        let http = flows::http_client(timeout)?;
         Ok(Broker {
+            token_endpoint: Arc::new(flows::Network(http.clone())),
             providers: providers.into_iter().map(|p| (p.name.clone(), p)).collect(),
             states,
             store,
             vault,
-            http: flows::http_client(timeout)?,
+            http,
             lease_ms: 2 * timeout.as_millis() as i64 + 5_000,
             public_url: settings.public_url,
             return_to_allowlist: settings.return_to_allowlist,
@@ -200,6 +157,13 @@ impl Broker {
             client_checks: Mutex::new(HashMap::new()),
             clock: settings.clock,
         })
+    }
+
+    /// Sends code exchanges and refreshes to `endpoint` instead of the network (tests
+    /// script a provider's token endpoint this way, and count its calls).
+    pub fn with_token_endpoint(mut self, endpoint: Arc<dyn flows::TokenEndpoint>) -> Self {
+        self.token_endpoint = endpoint;
+        self
     }
 
     pub fn providers(&self) -> impl Iterator<Item = &Arc<Provider>> {
@@ -250,7 +214,13 @@ impl Broker {
         }
         let check = match p.endpoints(&self.http).await {
             Ok(endpoints) => {
-                flows::check_client(&self.http, p, endpoints, &self.redirect_uri(provider)).await
+                flows::check_client(
+                    self.token_endpoint.as_ref(),
+                    p,
+                    endpoints,
+                    &self.redirect_uri(provider),
+                )
+                .await
             }
             Err(e) => flows::ClientCheck::Unknown(e.to_string()),
         };
@@ -353,206 +323,6 @@ impl Broker {
             expires_at_ms: issued.expires_at_ms,
         })
     }
-
-    /// Finishes a flow from the provider's redirect. Never panics, never redeems a code
-    /// whose state is unknown, used, expired or for another provider.
-    pub async fn finish_callback(&self, provider_name: &str, q: CallbackQuery) -> CallbackOutcome {
-        let failed = |status: u16, title: &'static str, detail: String| CallbackOutcome::Failed {
-            status,
-            title,
-            detail,
-            retry: None,
-        };
-        let provider = match self.provider(provider_name) {
-            Ok(p) => p,
-            Err(e) => return failed(404, "Unknown provider", e.to_string()),
-        };
-        let Some(state) = q.state.as_deref().and_then(StateValue::parse) else {
-            return failed(
-                400,
-                "Unknown sign-in",
-                "This link carries no valid state. Start connecting again from oauthd.".into(),
-            );
-        };
-        // Only a state of this provider's connect flows is touched: an app's state, or
-        // another provider's flow, presented here stays as it is and reads as unknown.
-        let prefix = format!("{CONNECT_PREFIX}{provider_name}:");
-        let consumed = match self.states.consume_prefixed(&state, &prefix).await {
-            Ok(c) => c,
-            Err(StateError::Expired { namespace }) => {
-                let account = namespace.strip_prefix(&prefix).unwrap_or_default();
-                return CallbackOutcome::Expired {
-                    provider: provider_name.to_owned(),
-                    account: account.to_owned(),
-                };
-            }
-            Err(StateError::NotFound) => {
-                log::warn!("callback {provider_name}: unknown or replayed state {state}");
-                return failed(
-                    400,
-                    "Unknown sign-in",
-                    "This sign-in link was already used, was started for another provider, or was never issued by oauthd. Start connecting again.".into(),
-                );
-            }
-            Err(e) => return failed(503, "Storage unavailable", e.to_string()),
-        };
-        let account = consumed
-            .namespace
-            .strip_prefix(&prefix)
-            .unwrap_or_default()
-            .to_owned();
-        let retry = Some((provider_name.to_owned(), account.clone()));
-        let secrets = match self.open_flow_secrets(&consumed.namespace, consumed.data.as_ref()) {
-            Ok(s) => s,
-            Err(e) => return failed(500, "Cannot read the sign-in", e.to_string()),
-        };
-        let endpoints = match self.endpoints(provider).await {
-            Ok(e) => e,
-            Err(e) => {
-                return CallbackOutcome::Failed {
-                    status: 503,
-                    title: "Provider unreachable",
-                    detail: e.to_string(),
-                    retry,
-                }
-            }
-        };
-        // RFC 9207: the `iss` parameter defends against mix-up attacks.
-        match (&q.iss, &endpoints.issuer) {
-            (Some(iss), Some(expected))
-                if iss.trim_end_matches('/') != expected.trim_end_matches('/') =>
-            {
-                log::warn!("callback {provider_name}: iss {iss:?} is not the provider's issuer {expected:?}");
-                return CallbackOutcome::Failed {
-                    status: 400,
-                    title: "Wrong issuer",
-                    detail: "The answer came from a different authorization server than the one this sign-in was started with. Nothing was stored.".into(),
-                    retry,
-                };
-            }
-            (None, Some(_)) if endpoints.iss_parameter_supported => {
-                return CallbackOutcome::Failed {
-                    status: 400,
-                    title: "Missing issuer",
-                    detail: "The provider promised to identify itself (iss) on every answer, and this answer did not. Nothing was stored.".into(),
-                    retry,
-                };
-            }
-            _ => {}
-        }
-        if let Some(error) = q.error.as_deref() {
-            let description =
-                crate::oauth::provider_text(q.error_description.as_deref().unwrap_or(""), 300);
-            if error == "access_denied" {
-                log::info!("callback {provider_name}/{account}: access denied by the user");
-                return CallbackOutcome::Denied {
-                    provider: provider_name.to_owned(),
-                    account,
-                    description,
-                };
-            }
-            let error = crate::oauth::provider_text(error, 64);
-            log::warn!(
-                "callback {provider_name}/{account}: the provider reported {error}: {description}"
-            );
-            return CallbackOutcome::Failed {
-                status: 400,
-                title: "The provider reported an error",
-                detail: format!("{error}: {description}"),
-                retry,
-            };
-        }
-        let Some(code) = q
-            .code
-            .as_deref()
-            .filter(|c| !c.is_empty() && c.len() <= 4096)
-        else {
-            return CallbackOutcome::Failed {
-                status: 400,
-                title: "No authorization code",
-                detail: "The provider's answer carried neither a code nor an error.".into(),
-                retry,
-            };
-        };
-        let redirect = self.redirect_uri(provider_name);
-        let tokens = match flows::exchange_code(
-            &self.http,
-            provider,
-            endpoints,
-            &redirect,
-            code,
-            &secrets.verifier,
-        )
-        .await
-        {
-            Ok(t) => t,
-            Err(FlowError::Rejected { code, description })
-                if code == "invalid_client" || code == "unauthorized_client" =>
-            {
-                log::warn!("callback {provider_name}/{account}: the provider refused oauthd's client credentials ({code}: {description})");
-                // Starting again cannot help until the operator fixes the config.
-                return CallbackOutcome::Failed {
-                    status: 502,
-                    title: "The provider refused oauthd's client credentials",
-                    detail: format!(
-                        "{provider_name} answered {code} ({description}): the client_id or client_secret (client_secret_file) configured for provider {provider_name} is wrong. Fix it in oauthd's config, restart oauthd, then connect again; `oauthd check` tells when it is right."
-                    ),
-                    retry: None,
-                };
-            }
-            Err(e) => {
-                log::warn!("callback {provider_name}/{account}: code exchange failed: {e}");
-                return CallbackOutcome::Failed {
-                    status: 502,
-                    title: "The provider did not hand out tokens",
-                    detail: e.to_string(),
-                    retry,
-                };
-            }
-        };
-        match self
-            .store_tokens(provider, &account, &tokens, secrets.nonce.as_deref())
-            .await
-        {
-            Ok(()) => {}
-            Err(BrokerError::IdToken(e)) => {
-                log::warn!("callback {provider_name}/{account}: {e}; nothing stored");
-                return CallbackOutcome::Failed {
-                    status: 502,
-                    title: "The provider's ID token did not verify",
-                    detail: format!("{e}. Nothing was stored."),
-                    retry,
-                };
-            }
-            Err(e) => return failed(503, "Could not store the connection", e.to_string()),
-        }
-        log::info!("connect {provider_name}/{account}: connected");
-        // Checked again: the allowlist may have changed since the flow started.
-        let return_to = match self.check_return_to(secrets.return_to.as_deref()) {
-            Ok(r) => r,
-            Err(e) => {
-                log::warn!("callback {provider_name}/{account}: {e}; showing the page instead");
-                None
-            }
-        };
-        CallbackOutcome::Connected {
-            provider: provider_name.to_owned(),
-            account,
-            return_to,
-        }
-    }
-
-    fn open_flow_secrets(
-        &self,
-        namespace: &str,
-        data: Option<&serde_json::Value>,
-    ) -> Result<FlowSecrets, BrokerError> {
-        let sealed = data
-            .and_then(sealed_flow_secrets)
-            .ok_or(VaultError::Corrupt)?;
-        let plain = self.vault.open(&state_aad(namespace), &sealed)?;
-        serde_json::from_slice(&plain).map_err(|_| BrokerError::Vault(VaultError::Corrupt))
-    }
 }
 
 /// The sealed secrets in a connect flow's state data (`{"sealed": "<base64>"}`).
@@ -595,24 +365,4 @@ pub fn redirect_uri(public_url: &Url, provider: &str) -> Url {
 /// AAD of a sealed token field: binds it to its connection and field.
 pub(crate) fn token_aad(provider: &str, account: &str, field: &str) -> String {
     format!("connection:{provider}/{account}:{field}")
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn debug_of_a_callback_query_hides_state_and_code() {
-        let q = super::CallbackQuery {
-            state: Some("the-state-value".into()),
-            code: Some("the-code-value".into()),
-            error: None,
-            error_description: None,
-            iss: Some("https://id.example".into()),
-        };
-        let shown = format!("{q:?}");
-        assert!(
-            !shown.contains("the-state-value") && !shown.contains("the-code-value"),
-            "{shown}"
-        );
-        assert!(shown.contains("id.example"));
-    }
 }

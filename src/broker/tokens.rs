@@ -16,14 +16,14 @@ use super::{token_aad, Broker, BrokerError};
 use crate::oauth::flows::{self, FlowError, TokenSet};
 use crate::oauth::{id_token, Provider};
 use crate::store::{
-    AccountIdentity, ConnectionRow, ConnectionStatus, RefreshFailure, SealedTokens,
+    AccountIdentity, ConnectionKey, ConnectionRow, ConnectionStatus, RefreshFailure, SealedTokens,
 };
 use std::sync::Arc;
 use std::time::Duration;
 use zeroize::Zeroizing;
 
 /// How long a caller waits for a refresh another process is running.
-const WAIT_FOR_OTHER_MS: i64 = 20_000;
+const WAIT_FOR_OTHER: Duration = Duration::from_secs(20);
 const BACKOFF_FIRST_MS: i64 = 5_000;
 /// The background refresher renews a token this long before it expires (or at half its
 /// lifetime, for short-lived tokens).
@@ -54,7 +54,7 @@ impl std::fmt::Debug for AccessToken {
 pub struct ConnectionView {
     pub provider: String,
     pub account: String,
-    pub status: &'static str,
+    pub status: ViewStatus,
     pub scopes: Vec<String>,
     pub token_type: String,
     pub expires_at: Option<String>,
@@ -70,6 +70,33 @@ pub struct ConnectionView {
     pub provider_account: Option<AccountIdentity>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reconnect_url: Option<String>,
+}
+
+/// A connection's status as apps and the page see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ViewStatus {
+    Active,
+    /// The grant is gone: only the user can fix it, by connecting again.
+    NeedsReauth,
+    /// The provider left the config: the connection can be neither refreshed nor revoked.
+    ProviderMissing,
+}
+
+impl ViewStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ViewStatus::Active => "active",
+            ViewStatus::NeedsReauth => "needs_reauth",
+            ViewStatus::ProviderMissing => "provider_missing",
+        }
+    }
+}
+
+impl std::fmt::Display for ViewStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// How a disconnect went at the provider; the connection is deleted in every case.
@@ -132,6 +159,14 @@ fn refreshed(provider: &str, result: &str) {
         .inc();
 }
 
+/// Why a refresh failed, as far as what happens next is concerned.
+enum Failure {
+    /// The grant is gone: only the user can fix it, by connecting again.
+    Reauth(String),
+    /// Worth another try after a backoff.
+    Transient(String),
+}
+
 fn backoff_ms(failures: i64) -> i64 {
     let shift = failures.clamp(0, 20) as u32;
     BACKOFF_FIRST_MS
@@ -140,23 +175,21 @@ fn backoff_ms(failures: i64) -> i64 {
 }
 
 impl Broker {
-    fn flight_lock(&self, provider: &str, account: &str) -> Arc<tokio::sync::Mutex<()>> {
+    fn flight_lock(&self, key: &ConnectionKey) -> Arc<tokio::sync::Mutex<()>> {
         let mut map = match self.in_flight.lock() {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
         };
-        map.entry((provider.to_owned(), account.to_owned()))
-            .or_default()
-            .clone()
+        map.entry(key.clone()).or_default().clone()
     }
 
-    async fn row(&self, provider: &str, account: &str) -> Result<ConnectionRow, BrokerError> {
+    async fn row(&self, key: &ConnectionKey) -> Result<ConnectionRow, BrokerError> {
         self.store
-            .get_connection(provider, account)
+            .get_connection(key)
             .await?
             .ok_or_else(|| BrokerError::ConnectionNotFound {
-                provider: provider.to_owned(),
-                account: account.to_owned(),
+                provider: key.provider.clone(),
+                account: key.account.clone(),
             })
     }
 
@@ -241,7 +274,12 @@ impl Broker {
         let requested = (!provider.scopes.is_empty()).then(|| provider.scopes.join(" "));
         let sealed = self.seal_tokens(&provider.name, account, t, requested)?;
         self.store
-            .save_connection(&provider.name, account, sealed, identity, self.clock.now_ms())
+            .save_connection(
+                &ConnectionKey::new(&provider.name, account),
+                sealed,
+                identity,
+                self.clock.now_ms(),
+            )
             .await?;
         Ok(())
     }
@@ -296,11 +334,12 @@ impl Broker {
         min_ttl: Duration,
     ) -> Result<AccessToken, BrokerError> {
         let provider = self.provider(provider_name)?.clone();
-        let row = self.row(provider_name, account).await?;
+        let key = ConnectionKey::new(provider_name, account);
+        let row = self.row(&key).await?;
         if let Some(token) = self.usable(&row, min_ttl)? {
             return Ok(token);
         }
-        self.refresh_single_flight(&provider, account, min_ttl, false)
+        self.refresh_single_flight(&provider, &key, min_ttl, false)
             .await
     }
 
@@ -318,7 +357,7 @@ impl Broker {
                 continue;
             }
             match self
-                .refresh_single_flight(&provider, &row.account, Duration::ZERO, true)
+                .refresh_single_flight(&provider, &row.key(), Duration::ZERO, true)
                 .await
             {
                 Ok(_) => refreshed += 1,
@@ -331,16 +370,18 @@ impl Broker {
     async fn refresh_single_flight(
         &self,
         provider: &Provider,
-        account: &str,
+        key: &ConnectionKey,
         min_ttl: Duration,
         force: bool,
     ) -> Result<AccessToken, BrokerError> {
         let asked_at = self.clock.now_ms();
-        let lock = self.flight_lock(&provider.name, account);
+        let lock = self.flight_lock(key);
         let _turn = lock.lock().await;
-        let deadline = self.clock.now_ms() + WAIT_FOR_OTHER_MS;
+        // How long to wait for another process is real waiting, not a time rule: measured
+        // on the monotonic clock.
+        let deadline = tokio::time::Instant::now() + WAIT_FOR_OTHER;
         loop {
-            let row = self.row(&provider.name, account).await?;
+            let row = self.row(key).await?;
             // Someone refreshed while we waited: that is the freshest token there is, even
             // when it has less than `min_ttl` left (the provider's tokens may simply live
             // shorter). Refreshing again would only burn refresh tokens.
@@ -362,8 +403,7 @@ impl Broker {
             if let Some(retry_at) = row.retry_at_ms.filter(|r| *r > now) {
                 return Err(BrokerError::ProviderUnavailable {
                     message: format!(
-                        "refreshing {}/{account} failed recently ({}); next try in a moment",
-                        provider.name,
+                        "refreshing {key} failed recently ({}); next try in a moment",
                         row.last_error.as_deref().unwrap_or("unknown error")
                     ),
                     retry_after_secs: ((retry_at - now + 999) / 1000) as u64,
@@ -371,7 +411,7 @@ impl Broker {
             }
             match self
                 .store
-                .acquire_refresh_lease(&provider.name, account, row.generation, now, self.lease_ms)
+                .acquire_refresh_lease(key, row.generation, now, self.lease_ms)
                 .await?
             {
                 Some(generation) => {
@@ -379,7 +419,9 @@ impl Broker {
                 }
                 // Another process is refreshing, or refreshed since `row` was read: look
                 // again (bounded), never refresh with the refresh token read before.
-                None if now < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+                None if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
                 None => {
                     return Err(BrokerError::ProviderUnavailable {
                         message: "another oauthd process is refreshing this connection".into(),
@@ -399,99 +441,116 @@ impl Broker {
         let (p, a) = (provider.name.as_str(), row.account.as_str());
         let Some(sealed_refresh) = &row.refresh_token else {
             let reason = "the access token expired and the provider gave no refresh token";
-            self.store
-                .save_refresh_failure(
-                    p,
-                    a,
-                    generation,
-                    RefreshFailure {
-                        status: ConnectionStatus::NeedsReauth,
-                        error: reason,
-                        retry_at_ms: None,
-                        now_ms: self.clock.now_ms(),
-                    },
-                )
-                .await?;
-            let mut row = row.clone();
-            row.last_error = Some(reason.into());
-            return Err(self.needs_reauth(&row));
+            return Err(self
+                .record_failure(row, generation, Failure::Reauth(reason.into()))
+                .await);
         };
         let refresh_token = self
             .vault
             .open_str(&token_aad(p, a, "refresh_token"), sealed_refresh)?;
         let result = match self.endpoints(provider).await {
-            Ok(endpoints) => flows::refresh(&self.http, provider, endpoints, &refresh_token).await,
+            Ok(endpoints) => {
+                flows::refresh(
+                    self.token_endpoint.as_ref(),
+                    provider,
+                    endpoints,
+                    &refresh_token,
+                )
+                .await
+            }
             Err(e) => Err(FlowError::Transient(e.to_string())),
         };
-        match result {
-            Ok(tokens) => {
-                let sealed = self.seal_tokens(p, a, &tokens, None)?;
-                let expires_at_ms = sealed.access_expires_at_ms;
-                let scope = sealed.scopes.clone().or_else(|| row.scopes.clone());
-                // Committed before anyone sees the new token.
-                if !self
-                    .store
-                    .save_refreshed(p, a, generation, sealed, self.clock.now_ms())
-                    .await?
-                {
-                    log::warn!("refresh {p}/{a}: superseded by a newer connection or lease; result dropped");
-                    return Err(BrokerError::ProviderUnavailable {
-                        message: "the connection changed while refreshing".into(),
-                        retry_after_secs: 1,
-                    });
-                }
-                log::info!("refresh {p}/{a}: ok");
-                refreshed(p, "ok");
-                Ok(AccessToken {
-                    access_token: tokens.access_token,
-                    token_type: tokens.token_type,
-                    expires_at_ms,
-                    scope,
-                })
-            }
+        let tokens = match result {
+            Ok(tokens) => tokens,
             Err(FlowError::InvalidGrant(reason)) => {
                 log::warn!("refresh {p}/{a}: invalid_grant ({reason}); the account must be connected again");
-                let reason = format!("invalid_grant: {reason}");
                 refreshed(p, "needs_reauth");
-                self.store
-                    .save_refresh_failure(
-                        p,
-                        a,
-                        generation,
-                        RefreshFailure {
-                            status: ConnectionStatus::NeedsReauth,
-                            error: &reason,
-                            retry_at_ms: None,
-                            now_ms: self.clock.now_ms(),
-                        },
-                    )
-                    .await?;
-                let mut row = row.clone();
-                row.last_error = Some(reason);
-                Err(self.needs_reauth(&row))
+                let failure = Failure::Reauth(format!("invalid_grant: {reason}"));
+                return Err(self.record_failure(row, generation, failure).await);
             }
             Err(e) => {
-                let wait = backoff_ms(row.failures);
                 refreshed(p, "failed");
-                log::warn!("refresh {p}/{a}: {e}; retrying in {} s", wait / 1000);
-                self.store
-                    .save_refresh_failure(
-                        p,
-                        a,
-                        generation,
-                        RefreshFailure {
-                            status: ConnectionStatus::Active,
-                            error: &e.to_string(),
-                            retry_at_ms: Some(self.clock.now_ms() + wait),
-                            now_ms: self.clock.now_ms(),
-                        },
-                    )
-                    .await?;
-                Err(BrokerError::ProviderUnavailable {
-                    message: format!("refreshing {p}/{a} failed: {e}"),
-                    retry_after_secs: (wait / 1000) as u64,
-                })
+                return Err(self
+                    .record_failure(row, generation, Failure::Transient(e.to_string()))
+                    .await);
             }
+        };
+        let sealed = self.seal_tokens(p, a, &tokens, None)?;
+        let expires_at_ms = sealed.access_expires_at_ms;
+        let scope = sealed.scopes.clone().or_else(|| row.scopes.clone());
+        // Committed before anyone sees the new token.
+        if !self
+            .store
+            .save_refreshed(&row.key(), generation, sealed, self.clock.now_ms())
+            .await?
+        {
+            log::warn!(
+                "refresh {p}/{a}: superseded by a newer connection or lease; result dropped"
+            );
+            return Err(BrokerError::ProviderUnavailable {
+                message: "the connection changed while refreshing".into(),
+                retry_after_secs: 1,
+            });
+        }
+        log::info!("refresh {p}/{a}: ok");
+        refreshed(p, "ok");
+        Ok(AccessToken {
+            access_token: tokens.access_token,
+            token_type: tokens.token_type,
+            expires_at_ms,
+            scope,
+        })
+    }
+
+    /// Records a failed refresh on the connection (releasing the lease) and returns the
+    /// error the caller gets: `NeedsReauth` when only the user can fix it, else
+    /// `ProviderUnavailable` with the backoff as Retry-After.
+    async fn record_failure(
+        &self,
+        row: &ConnectionRow,
+        generation: i64,
+        failure: Failure,
+    ) -> BrokerError {
+        let now = self.clock.now_ms();
+        let (status, error, retry_at_ms) = match &failure {
+            Failure::Reauth(reason) => (ConnectionStatus::NeedsReauth, reason.as_str(), None),
+            Failure::Transient(e) => {
+                let wait = backoff_ms(row.failures);
+                log::warn!(
+                    "refresh {}/{}: {e}; retrying in {} s",
+                    row.provider,
+                    row.account,
+                    wait / 1000
+                );
+                (ConnectionStatus::Active, e.as_str(), Some(now + wait))
+            }
+        };
+        let recorded = self
+            .store
+            .save_refresh_failure(
+                &row.key(),
+                generation,
+                RefreshFailure {
+                    status,
+                    error,
+                    retry_at_ms,
+                    now_ms: now,
+                },
+            )
+            .await;
+        if let Err(e) = recorded {
+            return e.into();
+        }
+        match failure {
+            Failure::Reauth(reason) => {
+                let mut row = row.clone();
+                row.last_error = Some(reason);
+                self.needs_reauth(&row)
+            }
+            Failure::Transient(e) => BrokerError::ProviderUnavailable {
+                message: format!("refreshing {}/{} failed: {e}", row.provider, row.account),
+                retry_after_secs: (retry_at_ms.unwrap_or(now) - now).max(0) as u64 / 1000,
+            },
         }
     }
 
@@ -501,10 +560,10 @@ impl Broker {
             provider: row.provider.clone(),
             account: row.account.clone(),
             // A connection whose provider left the config cannot be refreshed or revoked.
-            status: if self.providers.contains_key(&row.provider) {
-                row.status.as_str()
-            } else {
-                "provider_missing"
+            status: match row.status {
+                _ if !self.providers.contains_key(&row.provider) => ViewStatus::ProviderMissing,
+                ConnectionStatus::Active => ViewStatus::Active,
+                ConnectionStatus::NeedsReauth => ViewStatus::NeedsReauth,
             },
             scopes: row
                 .scopes
@@ -540,7 +599,7 @@ impl Broker {
         provider: &str,
         account: &str,
     ) -> Result<ConnectionView, BrokerError> {
-        Ok(self.view(&self.row(provider, account).await?))
+        Ok(self.view(&self.row(&ConnectionKey::new(provider, account)).await?))
     }
 
     pub async fn connections(&self) -> Result<Vec<ConnectionView>, BrokerError> {
@@ -564,7 +623,8 @@ impl Broker {
         account: &str,
         force: bool,
     ) -> Result<Disconnected, BrokerError> {
-        let row = self.row(provider_name, account).await?;
+        let key = ConnectionKey::new(provider_name, account);
+        let row = self.row(&key).await?;
         let outcome = match self.providers.get(provider_name) {
             None => Disconnected::ProviderMissing,
             Some(provider) => match self.revoke_at_provider(provider, &row).await {
@@ -576,7 +636,7 @@ impl Broker {
                 }
             },
         };
-        self.store.delete_connection(provider_name, account).await?;
+        self.store.delete_connection(&key).await?;
         log::info!(
             "disconnect {provider_name}/{account}: deleted ({})",
             outcome.describe(provider_name)

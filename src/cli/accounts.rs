@@ -3,9 +3,10 @@
 
 use super::{broker, open_store, runtime, ConnectionsCommand, Fatal, SessionsCommand};
 use crate::admin::Admin;
-use crate::config::Settings;
 use crate::clock::Clock;
+use crate::config::Settings;
 use crate::states::StateService;
+use crate::store::DeviceFlowStatus;
 use std::sync::Arc;
 
 pub(super) fn providers_list(settings: &Settings) -> Result<(), Fatal> {
@@ -132,15 +133,15 @@ pub(super) fn connect_device(
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             let status = broker.device_status(provider, &start.id).await?;
-            match status.status.as_str() {
-                "pending" => {
+            match status.status {
+                DeviceFlowStatus::Pending => {
                     if last_note.elapsed() >= std::time::Duration::from_secs(5) {
                         let left = (start.expires_at_ms - clock.now_ms()).max(0) / 1000;
                         eprintln!("waiting for approval… {}m{:02}s left", left / 60, left % 60);
                         last_note = std::time::Instant::now();
                     }
                 }
-                "connected" => {
+                DeviceFlowStatus::Connected => {
                     println!("Connected {provider}/{account}.");
                     return Ok(());
                 }

@@ -129,13 +129,16 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
                     }
                     let public_url = settings.public_url_for(settings.listen);
                     let redirect = crate::broker::redirect_uri(&public_url, &p.name);
-                    let line = match flows::check_client(&http, p, e, &redirect).await {
-                        flows::ClientCheck::Accepted(d) => ("ok", d),
-                        flows::ClientCheck::Refused(d) => ("FAIL", d),
-                        flows::ClientCheck::Unknown(d) => {
-                            ("warn", format!("credentials could not be verified: {d}"))
-                        }
-                    };
+                    let line =
+                        match flows::check_client(&flows::Network(http.clone()), p, e, &redirect)
+                            .await
+                        {
+                            flows::ClientCheck::Accepted(d) => ("ok", d),
+                            flows::ClientCheck::Refused(d) => ("FAIL", d),
+                            flows::ClientCheck::Unknown(d) => {
+                                ("warn", format!("credentials could not be verified: {d}"))
+                            }
+                        };
                     r.line(
                         line.0,
                         &what,

@@ -18,7 +18,8 @@ pub(super) fn keys(settings: Settings, command: KeysCommand) -> Result<(), Fatal
             KeysCommand::Create {
                 name, namespaces, ..
             } => {
-                let (key, record) = apikeys::create(store.as_ref(), &name, namespaces, clock.now_ms()).await?;
+                let (key, record) =
+                    apikeys::create(store.as_ref(), &name, namespaces, clock.now_ms()).await?;
                 let scope = record
                     .namespaces
                     .as_ref()

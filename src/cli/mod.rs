@@ -7,8 +7,8 @@ mod keys;
 mod serve;
 mod vault_keys;
 
-use crate::clock::Clock;
 use crate::broker::{Broker, BrokerSettings};
+use crate::clock::Clock;
 use crate::config::{Overrides, Settings};
 use crate::states::StateService;
 use crate::store::sqlite::SqliteStore;

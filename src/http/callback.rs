@@ -3,7 +3,7 @@
 
 use super::pages::{escape, page};
 use super::AppState;
-use crate::broker::{CallbackOutcome, CallbackQuery};
+use crate::broker::{CallbackError, CallbackQuery, Connected, IssuerProblem};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -55,67 +55,146 @@ pub async fn callback(
     let csrf = super::ui::csrf_for(&app, &req).await;
     let csrf = csrf.as_deref();
     match app.broker.finish_callback(&provider, query).await {
-        CallbackOutcome::Connected {
-            provider,
-            account,
-            return_to,
-        } => match return_to {
-            Some(to) => HttpResponse::SeeOther()
-                .insert_header((header::LOCATION, to))
-                .insert_header((header::CACHE_CONTROL, "no-store"))
-                .finish(),
-            None => page(
-                base,
-                200,
-                "Connected",
-                &format!(
-                    "<p><strong>{}</strong> account <strong>{}</strong> is connected. Apps with an API key can now fetch its access token from oauthd; you can close this tab.</p>",
-                    escape(&provider),
-                    escape(&account)
-                ),
-            ),
-        },
-        CallbackOutcome::Expired { provider, account } => page(
-                base,
-            410,
-            "This sign-in expired",
+        Ok(Connected {
+            return_to: Some(to),
+            ..
+        }) => HttpResponse::SeeOther()
+            .insert_header((header::LOCATION, to))
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .finish(),
+        Ok(Connected {
+            provider, account, ..
+        }) => page(
+            base,
+            200,
+            "Connected",
             &format!(
-                "<p>Connecting <strong>{}</strong> ({}) took longer than the {} oauthd keeps a sign-in open, so nothing was stored.</p>{}",
+                "<p><strong>{}</strong> account <strong>{}</strong> is connected. Apps with an API key can now fetch its access token from oauthd; you can close this tab.</p>",
                 escape(&provider),
-                escape(&account),
-                app.broker.flow_ttl_text(&provider, &account),
-                retry_button(&app, csrf, &provider, &account, "Start again")
+                escape(&account)
             ),
         ),
-        CallbackOutcome::Denied {
-            provider,
+        Err(e) => failed(&app, csrf, &provider, e),
+    }
+}
+
+/// The page for a callback that stored nothing: the only place that words these.
+fn failed(app: &AppState, csrf: Option<&str>, provider: &str, e: CallbackError) -> HttpResponse {
+    use CallbackError::*;
+    let base = app.base_path.as_str();
+    let again = |account: &str, label: &str| retry_button(app, csrf, provider, account, label);
+    let (status, title, body) = match &e {
+        Expired { account } => (
+            410,
+            "This sign-in expired",
+            format!(
+                "<p>Connecting <strong>{}</strong> ({}) took longer than the {} oauthd keeps a sign-in open, so nothing was stored.</p>{}",
+                escape(provider),
+                escape(account),
+                app.broker.flow_ttl_text(provider, account),
+                again(account, "Start again")
+            ),
+        ),
+        Denied {
             account,
             description,
-        } => page(
-                base,
+        } => (
             403,
             "Access was declined",
-            &format!(
+            format!(
                 "<p>{} reported that access was not granted{}. Nothing was stored.</p>{}",
-                escape(&provider),
+                escape(provider),
                 if description.is_empty() {
                     String::new()
                 } else {
-                    format!(" (<q>{}</q>)", escape(&description))
+                    format!(" (<q>{}</q>)", escape(description))
                 },
-                retry_button(&app, csrf, &provider, &account, "Try again")
+                again(account, "Try again")
             ),
         ),
-        CallbackOutcome::Failed {
-            status,
-            title,
-            detail,
-            retry,
-        } => {
-            let button = retry
-                .map(|(p, a)| retry_button(&app, csrf, &p, &a, "Start again"))
+        _ => {
+            let (status, title, detail) = wording(provider, &e);
+            let button = e
+                .retry_account()
+                .map(|a| again(a, "Start again"))
                 .unwrap_or_default();
-            page(base, status, title, &format!("<p>{}</p>{button}", escape(&detail)))
+            (status, title, format!("<p>{}</p>{button}", escape(&detail)))
         }
+    };
+    page(base, status, title, &body)
+}
+
+/// Status, title and plain-text detail of the failures that share one page layout.
+fn wording(provider: &str, e: &CallbackError) -> (u16, &'static str, String) {
+    use CallbackError::*;
+    let start_again = "Start connecting again.";
+    match e {
+        UnknownProvider => (
+            404,
+            "Unknown provider",
+            format!(
+                "no provider named {:?} is configured",
+                provider.chars().take(64).collect::<String>()
+            ),
+        ),
+        NoState => (
+            400,
+            "Unknown sign-in",
+            "This link carries no valid state. Start connecting again from oauthd.".into(),
+        ),
+        UnknownState => (
+            400,
+            "Unknown sign-in",
+            format!("This sign-in link was already used, was started for another provider, or was never issued by oauthd. {start_again}"),
+        ),
+        Storage(message) => (503, "Storage unavailable", message.clone()),
+        NotStored(message) => (503, "Could not store the connection", message.clone()),
+        FlowUnreadable(message) => (500, "Cannot read the sign-in", message.clone()),
+        ProviderUnreachable { message, .. } => (503, "Provider unreachable", message.clone()),
+        Issuer {
+            problem: IssuerProblem::Wrong,
+            ..
+        } => (
+            400,
+            "Wrong issuer",
+            "The answer came from a different authorization server than the one this sign-in was started with. Nothing was stored.".into(),
+        ),
+        Issuer {
+            problem: IssuerProblem::Missing,
+            ..
+        } => (
+            400,
+            "Missing issuer",
+            "The provider promised to identify itself (iss) on every answer, and this answer did not. Nothing was stored.".into(),
+        ),
+        ProviderError {
+            error, description, ..
+        } => (
+            400,
+            "The provider reported an error",
+            format!("{error}: {description}"),
+        ),
+        NoCode { .. } => (
+            400,
+            "No authorization code",
+            "The provider's answer carried neither a code nor an error.".into(),
+        ),
+        // Starting again cannot help until the operator fixes the config.
+        ClientRefused { code, description } => (
+            502,
+            "The provider refused oauthd's client credentials",
+            format!(
+                "{provider} answered {code} ({description}): the client_id or client_secret (client_secret_file) configured for provider {provider} is wrong. Fix it in oauthd's config, restart oauthd, then connect again; `oauthd check` tells when it is right."
+            ),
+        ),
+        ExchangeFailed { message, .. } => {
+            (502, "The provider did not hand out tokens", message.clone())
+        }
+        IdToken { message, .. } => (
+            502,
+            "The provider's ID token did not verify",
+            format!("{message}. Nothing was stored."),
+        ),
+        Expired { .. } | Denied { .. } => (400, "Not connected", String::new()),
     }
 }

@@ -6,6 +6,7 @@ use super::problem::ApiError;
 use super::{no_store, AppState};
 use crate::broker::DeviceStart;
 use crate::clock::rfc3339;
+use crate::store::DeviceFlowStatus;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
@@ -56,12 +57,12 @@ pub async fn status(
     let (provider, id) = path.into_inner();
     caller.require_provider(&app, &provider)?;
     let status = app.broker.device_status(&provider, &id).await?;
-    let code = match status.status.as_str() {
-        "pending" => StatusCode::ACCEPTED,
-        "connected" => StatusCode::OK,
-        "denied" => StatusCode::FORBIDDEN,
-        "expired" => StatusCode::GONE,
-        _ => StatusCode::BAD_GATEWAY,
+    let code = match status.status {
+        DeviceFlowStatus::Pending => StatusCode::ACCEPTED,
+        DeviceFlowStatus::Connected => StatusCode::OK,
+        DeviceFlowStatus::Denied => StatusCode::FORBIDDEN,
+        DeviceFlowStatus::Expired => StatusCode::GONE,
+        DeviceFlowStatus::Failed => StatusCode::BAD_GATEWAY,
     };
     Ok(no_store(HttpResponse::build(code)).json(status))
 }

@@ -2,6 +2,7 @@
 
 use super::problem::ApiError;
 use super::AppState;
+use crate::broker::ViewStatus;
 use crate::metrics;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -24,10 +25,10 @@ pub async fn metrics(app: web::Data<AppState>, req: HttpRequest) -> Result<HttpR
     // Connections by status, counted now.
     metrics::CONNECTIONS.reset();
     for c in app.broker.connections().await? {
-        let status = if c.status == "active" && c.failures > 0 {
+        let status = if c.status == ViewStatus::Active && c.failures > 0 {
             "refresh_failing"
         } else {
-            c.status
+            c.status.as_str()
         };
         metrics::CONNECTIONS
             .with_label_values(&[c.provider.as_str(), status])

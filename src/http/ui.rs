@@ -167,7 +167,7 @@ pub async fn device_status(
 ) -> Result<HttpResponse, ApiError> {
     let (provider, id) = path.into_inner();
     let status = app.broker.device_status(&provider, &id).await?;
-    let code = if status.status == "pending" {
+    let code = if status.status == crate::store::DeviceFlowStatus::Pending {
         StatusCode::ACCEPTED
     } else {
         StatusCode::OK

@@ -172,9 +172,28 @@ pub fn authorize_url(
     })
 }
 
+/// Where token-endpoint requests (code exchange, refresh) go: the network in the daemon;
+/// tests put a function of their own here and script the provider's answers.
+pub trait TokenEndpoint: Send + Sync {
+    fn send<'a>(&'a self, req: oauth2::HttpRequest) -> TokenFuture<'a>;
+}
+
+pub type TokenFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<oauth2::HttpResponse, std::io::Error>> + Send + 'a>,
+>;
+
+/// The network, through the shared client (no redirects, a size cap on answers).
+pub struct Network(pub reqwest::Client);
+
+impl TokenEndpoint for Network {
+    fn send<'a>(&'a self, req: oauth2::HttpRequest) -> TokenFuture<'a> {
+        Box::pin(send(&self.0, req))
+    }
+}
+
 /// Sends one request for the `oauth2` crate, through the shared client, with a size cap.
 async fn send(
-    http: reqwest::Client,
+    http: &reqwest::Client,
     req: oauth2::HttpRequest,
 ) -> Result<oauth2::HttpResponse, std::io::Error> {
     let (parts, body) = req.into_parts();
@@ -240,18 +259,17 @@ fn token_set(r: &ProviderTokenResponse) -> TokenSet {
 }
 
 pub async fn exchange_code(
-    http: &reqwest::Client,
+    http: &dyn TokenEndpoint,
     provider: &Provider,
     endpoints: &Endpoints,
     redirect: &Url,
     code: &str,
     pkce_verifier: &str,
 ) -> Result<TokenSet, FlowError> {
-    let http = http.clone();
     let resp = client(provider, endpoints, Some(redirect))
         .exchange_code(AuthorizationCode::new(code.to_owned()))
         .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_owned()))
-        .request_async(&move |req| send(http.clone(), req))
+        .request_async(&|req| http.send(req))
         .await
         .map_err(classify)?;
     Ok(token_set(&resp))
@@ -271,7 +289,7 @@ pub enum ClientCheck {
 }
 
 pub async fn check_client(
-    http: &reqwest::Client,
+    http: &dyn TokenEndpoint,
     provider: &Provider,
     endpoints: &Endpoints,
     redirect: &Url,
@@ -298,16 +316,15 @@ pub async fn check_client(
 }
 
 pub async fn refresh(
-    http: &reqwest::Client,
+    http: &dyn TokenEndpoint,
     provider: &Provider,
     endpoints: &Endpoints,
     refresh_token: &str,
 ) -> Result<TokenSet, FlowError> {
-    let http = http.clone();
     let token = RefreshToken::new(refresh_token.to_owned());
     let resp = client(provider, endpoints, None)
         .exchange_refresh_token(&token)
-        .request_async(&move |req| send(http.clone(), req))
+        .request_async(&|req| http.send(req))
         .await
         .map_err(classify)?;
     Ok(token_set(&resp))

@@ -56,8 +56,12 @@ pub struct StateRow {
 pub enum Taken {
     /// The row, now deleted. It may have expired: the service checks `expires_at_ms`.
     Row(StateRow),
-    /// The sweeper had already moved the expired state aside; only its namespace is left.
-    ExpiredTombstone { namespace: String },
+    /// The sweeper had already moved the expired state aside; only its namespace (and,
+    /// where the backend keeps it, when it expired) is left.
+    ExpiredTombstone {
+        namespace: String,
+        expired_at_ms: Option<i64>,
+    },
     /// Never issued, already consumed, or expired longer ago than the grace window.
     Missing,
 }
@@ -115,11 +119,25 @@ impl SweepCount {
     }
 }
 
+/// The rules an insert must keep, decided by the state service: both backends apply the
+/// same ones (`tests/it/store_contract.rs` holds them to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InsertRules {
+    /// Most live states the namespace may hold. A state is live until it expires, whether
+    /// or not anything has removed it yet: an expired state never counts.
+    pub max_live: u64,
+    /// The time "live" is judged at.
+    pub now_ms: i64,
+    /// Until when a take of the state, once expired, must still find at least a tombstone
+    /// (answered 410 rather than 404): its expiry plus the grace window.
+    pub keep_until_ms: i64,
+}
+
 #[async_trait]
 pub trait StateStore: Send + Sync {
-    /// Stores a new state unless its namespace already holds `max_live` live states
+    /// Stores a new state unless its namespace already holds `rules.max_live` live states
     /// (returns false then). Acknowledged only once durable.
-    async fn insert_state(&self, row: StateRow, max_live: u64) -> Result<bool, StoreError>;
+    async fn insert_state(&self, row: StateRow, rules: InsertRules) -> Result<bool, StoreError>;
     /// Deletes the state and returns what was there, in one atomic step: two concurrent
     /// takes of one state never both see the row. A state (or tombstone) whose namespace
     /// `filter` does not match stays as it is and counts as `Missing`.
@@ -197,6 +215,12 @@ pub struct ConnectionRow {
     pub connected_at_ms: Option<i64>,
 }
 
+impl ConnectionRow {
+    pub fn key(&self) -> ConnectionKey {
+        ConnectionKey::new(&self.provider, &self.account)
+    }
+}
+
 /// Which account at the provider a connection is: claims of a verified ID token. Not
 /// secret; each field is absent when the provider did not say.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -230,11 +254,94 @@ impl ConnectionStatus {
         }
     }
 
-    pub fn parse(s: &str) -> ConnectionStatus {
+    /// A stored status. Anything else is a damaged row, not an active connection.
+    pub fn parse(s: &str) -> Result<ConnectionStatus, UnknownValue> {
         match s {
-            "needs_reauth" => ConnectionStatus::NeedsReauth,
-            _ => ConnectionStatus::Active,
+            "active" => Ok(ConnectionStatus::Active),
+            "needs_reauth" => Ok(ConnectionStatus::NeedsReauth),
+            other => Err(UnknownValue::new("connection status", other)),
         }
+    }
+}
+
+/// A stored value oauthd does not know: a damaged row, or one written by a newer version.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {kind} {value:?} in the store")]
+pub struct UnknownValue {
+    pub kind: &'static str,
+    pub value: String,
+}
+
+impl UnknownValue {
+    fn new(kind: &'static str, value: &str) -> Self {
+        UnknownValue {
+            kind,
+            value: value.chars().take(64).collect(),
+        }
+    }
+}
+
+/// Which connection: a provider and the account name oauthd keeps it under.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionKey {
+    pub provider: String,
+    pub account: String,
+}
+
+impl ConnectionKey {
+    pub fn new(provider: impl Into<String>, account: impl Into<String>) -> Self {
+        ConnectionKey {
+            provider: provider.into(),
+            account: account.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ConnectionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.provider, self.account)
+    }
+}
+
+/// Where a device flow stands. Only `Pending` ever changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceFlowStatus {
+    Pending,
+    Connected,
+    Denied,
+    Expired,
+    Failed,
+}
+
+impl std::fmt::Display for DeviceFlowStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl DeviceFlowStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceFlowStatus::Pending => "pending",
+            DeviceFlowStatus::Connected => "connected",
+            DeviceFlowStatus::Denied => "denied",
+            DeviceFlowStatus::Expired => "expired",
+            DeviceFlowStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<DeviceFlowStatus, UnknownValue> {
+        [
+            DeviceFlowStatus::Pending,
+            DeviceFlowStatus::Connected,
+            DeviceFlowStatus::Denied,
+            DeviceFlowStatus::Expired,
+            DeviceFlowStatus::Failed,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+        .ok_or_else(|| UnknownValue::new("device flow status", s))
     }
 }
 
@@ -264,8 +371,7 @@ pub struct SealedTokens {
 pub trait ConnectionStore: Send + Sync {
     async fn get_connection(
         &self,
-        provider: &str,
-        account: &str,
+        key: &ConnectionKey,
     ) -> Result<Option<ConnectionRow>, StoreError>;
     async fn list_connections(&self) -> Result<Vec<ConnectionRow>, StoreError>;
     /// Stores the tokens of a (re)connect: status active, errors cleared, the account's
@@ -273,8 +379,7 @@ pub trait ConnectionStore: Send + Sync {
     /// the old grant is fenced off.
     async fn save_connection(
         &self,
-        provider: &str,
-        account: &str,
+        key: &ConnectionKey,
         tokens: SealedTokens,
         identity: AccountIdentity,
         now_ms: i64,
@@ -286,8 +391,7 @@ pub trait ConnectionStore: Send + Sync {
     /// rotated-out token, which makes strict providers revoke the whole grant.
     async fn acquire_refresh_lease(
         &self,
-        provider: &str,
-        account: &str,
+        key: &ConnectionKey,
         seen_generation: i64,
         now_ms: i64,
         lease_ms: i64,
@@ -296,8 +400,7 @@ pub trait ConnectionStore: Send + Sync {
     /// it (fencing). Returns false when it no longer did: nothing was written.
     async fn save_refreshed(
         &self,
-        provider: &str,
-        account: &str,
+        key: &ConnectionKey,
         generation: i64,
         tokens: SealedTokens,
         now_ms: i64,
@@ -305,18 +408,16 @@ pub trait ConnectionStore: Send + Sync {
     /// Records a failed refresh and releases the lease, if `generation` still holds it.
     async fn save_refresh_failure(
         &self,
-        provider: &str,
-        account: &str,
+        key: &ConnectionKey,
         generation: i64,
         failure: RefreshFailure<'_>,
     ) -> Result<bool, StoreError>;
-    async fn delete_connection(&self, provider: &str, account: &str) -> Result<bool, StoreError>;
+    async fn delete_connection(&self, key: &ConnectionKey) -> Result<bool, StoreError>;
     /// Replaces a connection's sealed tokens only if they are still `old` (compare and
     /// set): a refresh that happened meanwhile wins. Returns whether it replaced them.
     async fn reseal_connection(
         &self,
-        provider: &str,
-        account: &str,
+        key: &ConnectionKey,
         old: (Vec<u8>, Option<Vec<u8>>),
         new: (Vec<u8>, Option<Vec<u8>>),
     ) -> Result<bool, StoreError>;
@@ -386,7 +487,7 @@ pub struct DeviceFlowRow {
     pub verification_uri_complete: Option<String>,
     pub interval_ms: i64,
     pub expires_at_ms: i64,
-    pub status: String,
+    pub status: DeviceFlowStatus,
     pub detail: Option<String>,
     pub next_poll_at_ms: i64,
     pub created_at_ms: i64,
@@ -401,7 +502,7 @@ pub enum DevicePollOutcome {
     Pending { interval_ms: i64 },
     /// Final: connected, denied, expired or failed, with a detail.
     Finished {
-        status: &'static str,
+        status: DeviceFlowStatus,
         detail: String,
     },
 }
@@ -462,4 +563,29 @@ pub trait Store: StateStore + KeyStore + AdminStore + BrokerStore {
     async fn warnings(&self) -> Result<Vec<String>, StoreError>;
     /// A deep self-test for `oauthd check`: what was verified, or what is wrong.
     async fn integrity(&self) -> Result<String, String>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_statuses_read_back_and_unknown_words_are_errors_not_defaults() {
+        for s in [ConnectionStatus::Active, ConnectionStatus::NeedsReauth] {
+            assert_eq!(ConnectionStatus::parse(s.as_str()), Ok(s));
+        }
+        assert!(ConnectionStatus::parse("suspended").is_err());
+        assert!(ConnectionStatus::parse("").is_err());
+        for s in ["pending", "connected", "denied", "expired", "failed"] {
+            assert_eq!(
+                DeviceFlowStatus::parse(s).map(DeviceFlowStatus::as_str),
+                Ok(s)
+            );
+        }
+        let e = DeviceFlowStatus::parse("paused").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown device flow status \"paused\" in the store"
+        );
+    }
 }

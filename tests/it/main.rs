@@ -16,5 +16,6 @@ mod provider_trust;
 mod read_only;
 mod redis;
 mod security;
+mod services;
 mod state_api;
 mod store_contract;

@@ -63,8 +63,8 @@ async fn a_namespace_holds_at_most_max_states_live_states(home: Home) {
         d.post("/v1/states", &key, json!({"namespace": NS})).await.0,
         429
     );
-    // ...and so does expiry (after the sweeper, or Redis, notices).
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // ...and so does expiry, at once: an expired state never counts, swept or not.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
         d.post("/v1/states", &key, json!({"namespace": NS})).await.0,
         201
@@ -91,8 +91,8 @@ async fn expired_states_answer_410_during_the_grace_window_and_404_after(home: H
         (status, body["code"].as_str()),
         (410, Some("state_expired"))
     );
-    // 1 s of life + 2 s of grace + a sweep interval of slack.
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // 1 s of life + 2 s of grace: unknown from then on, swept or not.
+    tokio::time::sleep(Duration::from_millis(1700)).await;
     let (status, body) = d.consume(&key, &late, NS).await;
     assert_eq!(
         (status, body["code"].as_str()),

@@ -1,7 +1,7 @@
 //! The storage traits called directly, on a real SQLite file and a real redis-server: rules
 //! both backends must keep, without an HTTP round trip in the way.
 
-use oauthd::store::{AccountIdentity, SealedTokens};
+use oauthd::store::{AccountIdentity, ConnectionKey, SealedTokens};
 use std::sync::Arc;
 
 fn tokens(access: &[u8], refresh: &[u8]) -> SealedTokens {
@@ -15,13 +15,13 @@ fn tokens(access: &[u8], refresh: &[u8]) -> SealedTokens {
 }
 
 /// One backend's store, with what keeps it alive.
-struct Backend {
-    store: Arc<dyn oauthd::store::Store>,
+pub struct Backend {
+    pub store: Arc<dyn oauthd::store::Store>,
     _dir: tempfile::TempDir,
     _redis: Option<crate::common::redis::RedisServer>,
 }
 
-fn sqlite() -> Backend {
+pub fn sqlite() -> Backend {
     let dir = tempfile::tempdir().unwrap();
     let store = oauthd::store::sqlite::SqliteStore::open(
         &dir.path().join("oauthd.db"),
@@ -36,7 +36,7 @@ fn sqlite() -> Backend {
 }
 
 #[cfg(feature = "redis")]
-fn redis() -> Backend {
+pub fn redis() -> Backend {
     let server = crate::common::redis::RedisServer::start();
     let target = match oauthd::store::target::parse(&server.url(), None, None).unwrap() {
         oauthd::store::target::StoreTarget::Redis(t) => t,
@@ -56,51 +56,41 @@ fn redis() -> Backend {
 /// and a strict provider revokes the whole grant for that replay.
 async fn a_refresh_lease_is_refused_to_a_caller_that_read_an_older_row(b: Backend) {
     let s = b.store.as_ref();
+    let key = ConnectionKey::new("p", "a");
     s.save_connection(
-        "p",
-        "a",
+        &key,
         tokens(b"a1", b"r1"),
         AccountIdentity::default(),
         1_000,
     )
     .await
     .unwrap();
-    let seen = s.get_connection("p", "a").await.unwrap().unwrap();
+    let seen = s.get_connection(&key).await.unwrap().unwrap();
     // The first process refreshes and lets go of the lease.
     let g = s
-        .acquire_refresh_lease("p", "a", seen.generation, 2_000, 30_000)
+        .acquire_refresh_lease(&key, seen.generation, 2_000, 30_000)
         .await
         .unwrap()
         .expect("a free lease");
     assert!(s
-        .save_refreshed("p", "a", g, tokens(b"a2", b"r2"), 3_000)
+        .save_refreshed(&key, g, tokens(b"a2", b"r2"), 3_000)
         .await
         .unwrap());
     // The second one decided on the row it read before: refused.
     assert_eq!(
-        s.acquire_refresh_lease("p", "a", seen.generation, 4_000, 30_000)
+        s.acquire_refresh_lease(&key, seen.generation, 4_000, 30_000)
             .await
             .unwrap(),
         None
     );
     // Having read the row again, it sees the new tokens and could take the lease.
-    let fresh = s.get_connection("p", "a").await.unwrap().unwrap();
+    let fresh = s.get_connection(&key).await.unwrap().unwrap();
     assert_eq!(fresh.refresh_token.as_deref(), Some(&b"r2"[..]));
     assert!(s
-        .acquire_refresh_lease("p", "a", fresh.generation, 4_000, 30_000)
+        .acquire_refresh_lease(&key, fresh.generation, 4_000, 30_000)
         .await
         .unwrap()
         .is_some());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sqlite_a_refresh_lease_is_refused_to_a_caller_that_read_an_older_row() {
-    a_refresh_lease_is_refused_to_a_caller_that_read_an_older_row(sqlite()).await;
-}
-
-#[cfg(feature = "redis")]
-#[tokio::test(flavor = "multi_thread")]
-async fn redis_a_refresh_lease_is_refused_to_a_caller_that_read_an_older_row() {
-    let backend = tokio::task::spawn_blocking(redis).await.unwrap();
-    a_refresh_lease_is_refused_to_a_caller_that_read_an_older_row(backend).await;
-}
+backends!(a_refresh_lease_is_refused_to_a_caller_that_read_an_older_row);

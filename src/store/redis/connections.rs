@@ -5,8 +5,8 @@
 
 use super::{int, need_int, need_text, text, Changes, Fields, RedisStore, APPLY_LUA};
 use crate::store::{
-    AccountIdentity, ConnectionRow, ConnectionStatus, ConnectionStore, RefreshFailure,
-    SealedTokens, StoreError,
+    AccountIdentity, ConnectionKey, ConnectionRow, ConnectionStatus, ConnectionStore,
+    RefreshFailure, SealedTokens, StoreError,
 };
 use async_trait::async_trait;
 use redis::Script;
@@ -90,7 +90,8 @@ fn row(f: &Fields) -> Result<ConnectionRow, StoreError> {
     Ok(ConnectionRow {
         provider: need_text(CONTEXT, f, "provider")?,
         account: need_text(CONTEXT, f, "account")?,
-        status: ConnectionStatus::parse(&need_text(CONTEXT, f, "status")?),
+        status: ConnectionStatus::parse(&need_text(CONTEXT, f, "status")?)
+            .map_err(|e| StoreError::unavailable(CONTEXT, e))?,
         scopes: text(f, "scopes"),
         token_type: need_text(CONTEXT, f, "token_type")?,
         access_token: f
@@ -178,9 +179,9 @@ impl RedisStore {
 impl ConnectionStore for RedisStore {
     async fn get_connection(
         &self,
-        provider: &str,
-        account: &str,
+        key: &ConnectionKey,
     ) -> Result<Option<ConnectionRow>, StoreError> {
+        let (provider, account) = (key.provider.as_str(), key.account.as_str());
         let (key, _, _) = self.conn_keys(provider, account);
         self.record("reading a connection", key)
             .await?
@@ -199,12 +200,12 @@ impl ConnectionStore for RedisStore {
 
     async fn save_connection(
         &self,
-        provider: &str,
-        account: &str,
+        key: &ConnectionKey,
         t: SealedTokens,
         identity: AccountIdentity,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        let (provider, account) = (key.provider.as_str(), key.account.as_str());
         let (key, lease, member) = self.conn_keys(provider, account);
         let index = self.index("cs");
         let mut changes = token_changes(t, now_ms, false);
@@ -228,12 +229,12 @@ impl ConnectionStore for RedisStore {
 
     async fn acquire_refresh_lease(
         &self,
-        provider: &str,
-        account: &str,
+        key: &ConnectionKey,
         seen_generation: i64,
         now_ms: i64,
         lease_ms: i64,
     ) -> Result<Option<i64>, StoreError> {
+        let (provider, account) = (key.provider.as_str(), key.account.as_str());
         let (key, lease, _) = self.conn_keys(provider, account);
         let mut c = self.conn();
         self.run("taking a refresh lease", async move {
@@ -251,12 +252,12 @@ impl ConnectionStore for RedisStore {
 
     async fn save_refreshed(
         &self,
-        provider: &str,
-        account: &str,
+        key: &ConnectionKey,
         generation: i64,
         t: SealedTokens,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
+        let (provider, account) = (key.provider.as_str(), key.account.as_str());
         let changes = token_changes(t, now_ms, true);
         self.fenced(
             "saving refreshed tokens",
@@ -270,11 +271,11 @@ impl ConnectionStore for RedisStore {
 
     async fn save_refresh_failure(
         &self,
-        provider: &str,
-        account: &str,
+        key: &ConnectionKey,
         generation: i64,
         f: RefreshFailure<'_>,
     ) -> Result<bool, StoreError> {
+        let (provider, account) = (key.provider.as_str(), key.account.as_str());
         let mut changes = Changes::default();
         changes
             .put("status", f.status.as_str())
@@ -291,7 +292,8 @@ impl ConnectionStore for RedisStore {
         .await
     }
 
-    async fn delete_connection(&self, provider: &str, account: &str) -> Result<bool, StoreError> {
+    async fn delete_connection(&self, key: &ConnectionKey) -> Result<bool, StoreError> {
+        let (provider, account) = (key.provider.as_str(), key.account.as_str());
         let (key, lease, member) = self.conn_keys(provider, account);
         let index = self.index("cs");
         let mut c = self.conn();
@@ -311,11 +313,11 @@ impl ConnectionStore for RedisStore {
 
     async fn reseal_connection(
         &self,
-        provider: &str,
-        account: &str,
+        key: &ConnectionKey,
         old: (Vec<u8>, Option<Vec<u8>>),
         new: (Vec<u8>, Option<Vec<u8>>),
     ) -> Result<bool, StoreError> {
+        let (provider, account) = (key.provider.as_str(), key.account.as_str());
         let (key, _, _) = self.conn_keys(provider, account);
         let flag = |r: &Option<Vec<u8>>| if r.is_some() { "1" } else { "0" };
         let (old_has, new_has) = (flag(&old.1), flag(&new.1));

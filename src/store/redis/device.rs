@@ -3,7 +3,9 @@
 //! with `SET NX PX` so that exactly one instance sends each poll.
 
 use super::{need_int, need_text, text, Changes, Fields, RedisStore, APPLY_LUA};
-use crate::store::{DeviceFlowRow, DeviceFlowStore, DevicePollOutcome, StoreError};
+use crate::store::{
+    DeviceFlowRow, DeviceFlowStatus, DeviceFlowStore, DevicePollOutcome, StoreError,
+};
 use async_trait::async_trait;
 use redis::Script;
 use std::sync::LazyLock;
@@ -98,7 +100,8 @@ fn row(f: &Fields) -> Result<DeviceFlowRow, StoreError> {
         verification_uri_complete: text(f, "verification_uri_complete"),
         interval_ms: need_int(CONTEXT, f, "interval_ms")?,
         expires_at_ms: need_int(CONTEXT, f, "expires_at")?,
-        status: need_text(CONTEXT, f, "status")?,
+        status: DeviceFlowStatus::parse(&need_text(CONTEXT, f, "status")?)
+            .map_err(|e| StoreError::unavailable(CONTEXT, e))?,
         detail: text(f, "detail"),
         next_poll_at_ms: need_int(CONTEXT, f, "next_poll_at")?,
         created_at_ms: need_int(CONTEXT, f, "created")?,
@@ -268,7 +271,7 @@ impl DeviceFlowStore for RedisStore {
                 "0"
             }
             DevicePollOutcome::Finished { status, detail } => {
-                ch.put("status", status)
+                ch.put("status", status.as_str())
                     .put("detail", detail)
                     .put("device_code", Vec::<u8>::new());
                 "1"

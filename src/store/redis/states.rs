@@ -3,7 +3,9 @@
 
 use super::{hex, RedisStore};
 use crate::secret::SecretHash;
-use crate::store::{NamespaceFilter, StateRow, StateStore, StoreError, SweepCount, Taken};
+use crate::store::{
+    InsertRules, NamespaceFilter, StateRow, StateStore, StoreError, SweepCount, Taken,
+};
 use async_trait::async_trait;
 use redis::Script;
 use serde::{Deserialize, Serialize};
@@ -69,15 +71,15 @@ return 1
 
 #[async_trait]
 impl StateStore for RedisStore {
-    async fn insert_state(&self, row: StateRow, max_live: u64) -> Result<bool, StoreError> {
+    async fn insert_state(&self, row: StateRow, rules: InsertRules) -> Result<bool, StoreError> {
         const CONTEXT: &str = "storing a state";
         let id = hex(&row.key_hash);
         let (key, tomb) = (self.key("s", &id), self.key("g", &id));
         let live = self.key("n", &row.namespace);
-        // The row was made just now: its creation time is the clock reading to use.
-        let now = row.created_at_ms;
+        let now = rules.now_ms;
         let (expires, ttl) = (row.expires_at_ms, (row.expires_at_ms - now).max(1));
-        let tomb_ttl = ttl.saturating_add(self.grace_ms.max(1));
+        // At least a millisecond past the state itself, so a tombstone outlives its state.
+        let tomb_ttl = (rules.keep_until_ms - now).max(ttl.saturating_add(1));
         let value = serde_json::to_string(&Stored {
             n: row.namespace.clone(),
             d: row.data,
@@ -100,7 +102,7 @@ impl StateStore for RedisStore {
                     .arg(id)
                     .arg(now)
                     .arg(expires)
-                    .arg(max_live)
+                    .arg(rules.max_live)
                     .invoke_async(&mut c)
                     .await
             })
@@ -151,6 +153,7 @@ impl StateStore for RedisStore {
                 }))
             }
             [kind, ns] if kind == b"gone" => Ok(Taken::ExpiredTombstone {
+                expired_at_ms: None,
                 namespace: String::from_utf8_lossy(ns).into_owned(),
             }),
             _ => Ok(Taken::Missing),

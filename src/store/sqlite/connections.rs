@@ -2,8 +2,8 @@
 
 use super::SqliteStore;
 use crate::store::{
-    AccountIdentity, ConnectionRow, ConnectionStatus, ConnectionStore, RefreshFailure,
-    SealedTokens, StoreError,
+    AccountIdentity, ConnectionKey, ConnectionRow, ConnectionStore, RefreshFailure, SealedTokens,
+    StoreError,
 };
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};
@@ -16,7 +16,7 @@ fn row(r: &Row<'_>) -> rusqlite::Result<ConnectionRow> {
     Ok(ConnectionRow {
         provider: r.get(0)?,
         account: r.get(1)?,
-        status: ConnectionStatus::parse(&r.get::<_, String>(2)?),
+        status: r.get(2)?,
         scopes: r.get(3)?,
         token_type: r.get(4)?,
         access_token: r.get(5)?,
@@ -43,9 +43,9 @@ fn row(r: &Row<'_>) -> rusqlite::Result<ConnectionRow> {
 impl ConnectionStore for SqliteStore {
     async fn get_connection(
         &self,
-        provider: &str,
-        account: &str,
+        key: &ConnectionKey,
     ) -> Result<Option<ConnectionRow>, StoreError> {
+        let (provider, account) = (key.provider.as_str(), key.account.as_str());
         let (p, a) = (provider.to_owned(), account.to_owned());
         self.read("reading a connection", move |conn| {
             conn.prepare_cached(&format!(
@@ -70,12 +70,12 @@ impl ConnectionStore for SqliteStore {
 
     async fn save_connection(
         &self,
-        provider: &str,
-        account: &str,
+        key: &ConnectionKey,
         t: SealedTokens,
         identity: AccountIdentity,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        let (provider, account) = (key.provider.as_str(), key.account.as_str());
         let (p, a) = (provider.to_owned(), account.to_owned());
         self.writer
             .run("saving a connection", move |conn| {
@@ -111,12 +111,12 @@ impl ConnectionStore for SqliteStore {
 
     async fn acquire_refresh_lease(
         &self,
-        provider: &str,
-        account: &str,
+        key: &ConnectionKey,
         seen_generation: i64,
         now_ms: i64,
         lease_ms: i64,
     ) -> Result<Option<i64>, StoreError> {
+        let (provider, account) = (key.provider.as_str(), key.account.as_str());
         let (p, a) = (provider.to_owned(), account.to_owned());
         self.writer
             .run("taking a refresh lease", move |conn| {
@@ -136,12 +136,12 @@ impl ConnectionStore for SqliteStore {
 
     async fn save_refreshed(
         &self,
-        provider: &str,
-        account: &str,
+        key: &ConnectionKey,
         generation: i64,
         t: SealedTokens,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
+        let (provider, account) = (key.provider.as_str(), key.account.as_str());
         let (p, a) = (provider.to_owned(), account.to_owned());
         self.writer
             .run("saving refreshed tokens", move |conn| {
@@ -172,11 +172,11 @@ impl ConnectionStore for SqliteStore {
 
     async fn save_refresh_failure(
         &self,
-        provider: &str,
-        account: &str,
+        key: &ConnectionKey,
         generation: i64,
         f: RefreshFailure<'_>,
     ) -> Result<bool, StoreError> {
+        let (provider, account) = (key.provider.as_str(), key.account.as_str());
         let (p, a, e) = (provider.to_owned(), account.to_owned(), f.error.to_owned());
         let (status, retry_at_ms, now_ms) = (f.status, f.retry_at_ms, f.now_ms);
         self.writer
@@ -204,11 +204,11 @@ impl ConnectionStore for SqliteStore {
 
     async fn reseal_connection(
         &self,
-        provider: &str,
-        account: &str,
+        key: &ConnectionKey,
         old: (Vec<u8>, Option<Vec<u8>>),
         new: (Vec<u8>, Option<Vec<u8>>),
     ) -> Result<bool, StoreError> {
+        let (provider, account) = (key.provider.as_str(), key.account.as_str());
         let (p, a) = (provider.to_owned(), account.to_owned());
         self.writer
             .run("re-sealing a connection", move |conn| {
@@ -224,7 +224,8 @@ impl ConnectionStore for SqliteStore {
             .await
     }
 
-    async fn delete_connection(&self, provider: &str, account: &str) -> Result<bool, StoreError> {
+    async fn delete_connection(&self, key: &ConnectionKey) -> Result<bool, StoreError> {
+        let (provider, account) = (key.provider.as_str(), key.account.as_str());
         let (p, a) = (provider.to_owned(), account.to_owned());
         self.writer
             .run("deleting a connection", move |conn| {

@@ -11,6 +11,7 @@ mod connections;
 mod device;
 mod keys;
 mod states;
+mod values;
 mod writer;
 
 use super::StoreError;

@@ -2,33 +2,42 @@
 
 use super::SqliteStore;
 use crate::secret::SecretHash;
-use crate::store::{NamespaceFilter, StateRow, StateStore, StoreError, SweepCount, Taken};
+use crate::store::{
+    InsertRules, NamespaceFilter, StateRow, StateStore, StoreError, SweepCount, Taken,
+};
 use async_trait::async_trait;
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 
 #[async_trait]
 impl StateStore for SqliteStore {
-    async fn insert_state(&self, row: StateRow, max_live: u64) -> Result<bool, StoreError> {
-        let max_live = i64::try_from(max_live).unwrap_or(i64::MAX);
+    async fn insert_state(&self, row: StateRow, rules: InsertRules) -> Result<bool, StoreError> {
+        let max_live = i64::try_from(rules.max_live).unwrap_or(i64::MAX);
         self.writer
             .run("storing a state", move |conn| {
                 // The count is kept by triggers (sql/0004); the single writer makes the
                 // check and the insert one step.
-                let n = conn
-                    .prepare_cached(
-                        "INSERT INTO states (key_hash, namespace, data, created_at, expires_at)
-                         SELECT ?1, ?2, ?3, ?4, ?5
-                         WHERE coalesce((SELECT live FROM namespace_counts WHERE namespace = ?2), 0) < ?6",
-                    )?
-                    .execute(params![
-                        &row.key_hash.0[..],
-                        row.namespace,
-                        row.data,
-                        row.created_at_ms,
-                        row.expires_at_ms,
-                        max_live
-                    ])?;
-                Ok(n == 1)
+                let mut insert = conn.prepare_cached(
+                    "INSERT INTO states (key_hash, namespace, data, created_at, expires_at)
+                     SELECT ?1, ?2, ?3, ?4, ?5
+                     WHERE coalesce((SELECT live FROM namespace_counts WHERE namespace = ?2), 0) < ?6",
+                )?;
+                let args = params![
+                    &row.key_hash.0[..],
+                    row.namespace,
+                    row.data,
+                    row.created_at_ms,
+                    row.expires_at_ms,
+                    max_live
+                ];
+                if insert.execute(args)? == 1 {
+                    return Ok(true);
+                }
+                // The count includes expired states the sweeper has not reached yet, and
+                // those must not count: set this namespace's aside now, then look again.
+                if retire_expired(conn, &row.namespace, rules.now_ms)? == 0 {
+                    return Ok(false);
+                }
+                Ok(insert.execute(args)? == 1)
             })
             .await
     }
@@ -63,16 +72,21 @@ impl StateStore for SqliteStore {
                 if let Some(row) = row {
                     return Ok(Taken::Row(row));
                 }
-                let tombstone: Option<String> = conn
+                let tombstone: Option<(String, i64)> = conn
                     .prepare_cached(
                         "DELETE FROM expired_states WHERE key_hash = ?1 AND (namespace = ?2
                            OR (?3 AND substr(namespace, 1, length(?2)) = ?2))
-                         RETURNING namespace",
+                         RETURNING namespace, expired_at",
                     )?
-                    .query_row(params![&key_hash.0[..], ns, prefix], |r| r.get(0))
+                    .query_row(params![&key_hash.0[..], ns, prefix], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
                     .optional()?;
                 Ok(match tombstone {
-                    Some(namespace) => Taken::ExpiredTombstone { namespace },
+                    Some((namespace, expired_at)) => Taken::ExpiredTombstone {
+                        namespace,
+                        expired_at_ms: Some(expired_at),
+                    },
                     None => Taken::Missing,
                 })
             })
@@ -156,5 +170,35 @@ impl StateStore for SqliteStore {
         self.writer
             .check_writable("checking the database is writable")
             .await
+    }
+}
+
+/// Moves one namespace's expired states aside as the sweeper does (tombstones keep the
+/// 410 answer for the grace window), all or nothing. Returns how many moved.
+fn retire_expired(conn: &Connection, namespace: &str, now_ms: i64) -> rusqlite::Result<usize> {
+    conn.execute_batch("SAVEPOINT retire_expired")?;
+    let moved = (|| {
+        let mut keep = conn.prepare_cached(
+            "INSERT OR REPLACE INTO expired_states (key_hash, namespace, expired_at)
+             VALUES (?1, ?2, ?3)",
+        )?;
+        let rows: Vec<(Vec<u8>, i64)> = conn
+            .prepare_cached(
+                "DELETE FROM states WHERE expires_at <= ?1 AND namespace = ?2
+                 RETURNING key_hash, expires_at",
+            )?
+            .query_map(params![now_ms, namespace], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (key_hash, expired_at) in &rows {
+            keep.execute(params![key_hash, namespace, expired_at])?;
+        }
+        Ok(rows.len())
+    })();
+    match moved {
+        Ok(n) => conn.execute_batch("RELEASE retire_expired").map(|()| n),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK TO retire_expired; RELEASE retire_expired");
+            Err(e)
+        }
     }
 }

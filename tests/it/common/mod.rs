@@ -426,6 +426,34 @@ macro_rules! contract {
     };
 }
 
+/// Like `contract!`, for in-process tests that take a store `Backend` instead of a `Home`:
+/// each test runs on a SQLite file and on a real redis-server.
+macro_rules! backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    super::$name($crate::store_contract::sqlite()).await
+                }
+            )*
+        }
+
+        #[cfg(feature = "redis")]
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    let backend = tokio::task::spawn_blocking($crate::store_contract::redis)
+                        .await
+                        .unwrap();
+                    super::$name(backend).await
+                }
+            )*
+        }
+    };
+}
+
 impl Daemon {
     /// POSTs a state create that must be refused with `status` and a `Retry-After`;
     /// returns the problem body.

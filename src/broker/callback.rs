@@ -1,0 +1,405 @@
+//! Finishing a browser connect flow from the provider's redirect: the rules, as a typed
+//! outcome. What the browser sees (status codes, page wording) is `http/callback.rs`'s.
+//!
+//! Order matters and is fixed here: the state is consumed first (a replayed or foreign
+//! redirect stops before anything else), then the provider's identity (`iss`) is checked,
+//! then its answer is read, and only then is a code redeemed.
+
+use super::{sealed_flow_secrets, state_aad, Broker, BrokerError, FlowSecrets, CONNECT_PREFIX};
+use crate::oauth::flows::{self, FlowError};
+use crate::oauth::provider_text;
+use crate::secret::StateValue;
+use crate::states::StateError;
+use crate::vault::VaultError;
+
+/// The query of a redirect back from the provider. `Debug` shows neither the state nor
+/// the code: both are credentials.
+#[derive(Default, serde::Deserialize)]
+pub struct CallbackQuery {
+    pub state: Option<String>,
+    pub code: Option<String>,
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+    pub iss: Option<String>,
+}
+
+impl std::fmt::Debug for CallbackQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |v: &Option<String>| v.as_ref().map(|_| "[redacted]");
+        f.debug_struct("CallbackQuery")
+            .field("state", &redacted(&self.state))
+            .field("code", &redacted(&self.code))
+            .field("error", &self.error)
+            .field("error_description", &self.error_description)
+            .field("iss", &self.iss)
+            .finish()
+    }
+}
+
+/// A flow that ended with stored tokens.
+#[derive(Debug)]
+pub struct Connected {
+    pub provider: String,
+    pub account: String,
+    /// Where to send the browser: allowed when the flow started and still allowed now.
+    pub return_to: Option<String>,
+}
+
+/// Why a callback stored nothing. Variants that carry `account` happened after the state
+/// was consumed: the person can start that account's flow again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallbackError {
+    UnknownProvider,
+    /// The redirect carried no state of the shape oauthd issues.
+    NoState,
+    /// Used already, never issued, or issued for another provider.
+    UnknownState,
+    /// The state's TTL passed while the person was at the provider.
+    Expired {
+        account: String,
+    },
+    /// The store did not answer while taking the state (retry later).
+    Storage(String),
+    /// The tokens came back but could not be stored.
+    NotStored(String),
+    /// The flow's sealed secrets could not be opened (wrong vault key, damaged row).
+    FlowUnreadable(String),
+    ProviderUnreachable {
+        account: String,
+        message: String,
+    },
+    Issuer {
+        account: String,
+        problem: IssuerProblem,
+    },
+    /// The person declined at the provider.
+    Denied {
+        account: String,
+        description: String,
+    },
+    /// The provider answered with another error.
+    ProviderError {
+        account: String,
+        error: String,
+        description: String,
+    },
+    NoCode {
+        account: String,
+    },
+    /// The provider refused oauthd's client id or secret: only the operator can fix that,
+    /// so there is nothing to retry.
+    ClientRefused {
+        code: String,
+        description: String,
+    },
+    ExchangeFailed {
+        account: String,
+        message: String,
+    },
+    IdToken {
+        account: String,
+        message: String,
+    },
+}
+
+impl CallbackError {
+    /// The account whose flow may be started again, when starting again can help.
+    pub fn retry_account(&self) -> Option<&str> {
+        use CallbackError::*;
+        match self {
+            ProviderUnreachable { account, .. }
+            | Issuer { account, .. }
+            | ProviderError { account, .. }
+            | NoCode { account }
+            | ExchangeFailed { account, .. }
+            | IdToken { account, .. } => Some(account),
+            _ => None,
+        }
+    }
+}
+
+/// What is wrong with the authorization server's identification (RFC 9207).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssuerProblem {
+    /// `iss` names another server than the one the flow was started with (a mix-up).
+    Wrong,
+    /// The server promised `iss` on every answer and this one has none.
+    Missing,
+}
+
+/// RFC 9207 §2.4: an `iss` that is present must be the expected issuer (a trailing slash
+/// aside); a missing one is refused only when the server promised to send it.
+pub fn check_issuer(
+    presented: Option<&str>,
+    expected: Option<&str>,
+    promised: bool,
+) -> Result<(), IssuerProblem> {
+    match (presented, expected) {
+        (Some(iss), Some(expected))
+            if iss.trim_end_matches('/') != expected.trim_end_matches('/') =>
+        {
+            Err(IssuerProblem::Wrong)
+        }
+        (None, Some(_)) if promised => Err(IssuerProblem::Missing),
+        _ => Ok(()),
+    }
+}
+
+/// What the provider's redirect says, read from its error parameters and code.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ProviderAnswer<'a> {
+    Code(&'a str),
+    /// `error=access_denied`: the person said no.
+    Denied {
+        description: String,
+    },
+    Error {
+        error: String,
+        description: String,
+    },
+    NoCode,
+}
+
+/// Longest code redeemed; a longer one is not a code.
+const MAX_CODE_BYTES: usize = 4096;
+
+/// RFC 6749 §4.1.2: an `error` wins over a `code`; provider text is made safe to show.
+pub fn read_answer(q: &CallbackQuery) -> ProviderAnswer<'_> {
+    if let Some(error) = q.error.as_deref() {
+        let description = provider_text(q.error_description.as_deref().unwrap_or(""), 300);
+        if error == "access_denied" {
+            return ProviderAnswer::Denied { description };
+        }
+        return ProviderAnswer::Error {
+            error: provider_text(error, 64),
+            description,
+        };
+    }
+    match q.code.as_deref() {
+        Some(c) if !c.is_empty() && c.len() <= MAX_CODE_BYTES => ProviderAnswer::Code(c),
+        _ => ProviderAnswer::NoCode,
+    }
+}
+
+impl Broker {
+    /// Finishes a flow from the provider's redirect. Never redeems a code whose state is
+    /// unknown, used, expired or for another provider.
+    pub async fn finish_callback(
+        &self,
+        provider_name: &str,
+        q: CallbackQuery,
+    ) -> Result<Connected, CallbackError> {
+        let provider = self
+            .provider(provider_name)
+            .map_err(|_| CallbackError::UnknownProvider)?;
+        let state = q
+            .state
+            .as_deref()
+            .and_then(StateValue::parse)
+            .ok_or(CallbackError::NoState)?;
+        // Only a state of this provider's connect flows is touched: an app's state, or
+        // another provider's flow, presented here stays as it is and reads as unknown.
+        let prefix = format!("{CONNECT_PREFIX}{provider_name}:");
+        let account_of = |namespace: &str| {
+            namespace
+                .strip_prefix(&prefix)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let consumed = match self.states.consume_prefixed(&state, &prefix).await {
+            Ok(c) => c,
+            Err(StateError::Expired { namespace }) => {
+                return Err(CallbackError::Expired {
+                    account: account_of(&namespace),
+                })
+            }
+            Err(StateError::NotFound) => {
+                log::warn!("callback {provider_name}: unknown or replayed state {state}");
+                return Err(CallbackError::UnknownState);
+            }
+            Err(e) => return Err(CallbackError::Storage(e.to_string())),
+        };
+        let account = account_of(&consumed.namespace);
+        let secrets = self
+            .open_flow_secrets(&consumed.namespace, consumed.data.as_ref())
+            .map_err(|e| CallbackError::FlowUnreadable(e.to_string()))?;
+        let endpoints =
+            self.endpoints(provider)
+                .await
+                .map_err(|e| CallbackError::ProviderUnreachable {
+                    account: account.clone(),
+                    message: e.to_string(),
+                })?;
+        if let Err(problem) = check_issuer(
+            q.iss.as_deref(),
+            endpoints.issuer.as_deref(),
+            endpoints.iss_parameter_supported,
+        ) {
+            log::warn!("callback {provider_name}/{account}: issuer check failed ({problem:?}), presented {:?}", q.iss);
+            return Err(CallbackError::Issuer { account, problem });
+        }
+        let code = match read_answer(&q) {
+            ProviderAnswer::Code(code) => code,
+            ProviderAnswer::Denied { description } => {
+                log::info!("callback {provider_name}/{account}: access denied by the user");
+                return Err(CallbackError::Denied {
+                    account,
+                    description,
+                });
+            }
+            ProviderAnswer::Error { error, description } => {
+                log::warn!(
+                    "callback {provider_name}/{account}: the provider reported {error}: {description}"
+                );
+                return Err(CallbackError::ProviderError {
+                    account,
+                    error,
+                    description,
+                });
+            }
+            ProviderAnswer::NoCode => return Err(CallbackError::NoCode { account }),
+        };
+        let redirect = self.redirect_uri(provider_name);
+        let tokens =
+            flows::exchange_code(self.token_endpoint.as_ref(), provider, endpoints, &redirect, code, &secrets.verifier)
+                .await
+                .map_err(|e| match e {
+                    FlowError::Rejected { code, description }
+                        if code == "invalid_client" || code == "unauthorized_client" =>
+                    {
+                        log::warn!("callback {provider_name}/{account}: the provider refused oauthd's client credentials ({code}: {description})");
+                        CallbackError::ClientRefused { code, description }
+                    }
+                    e => {
+                        log::warn!("callback {provider_name}/{account}: code exchange failed: {e}");
+                        CallbackError::ExchangeFailed {
+                            account: account.clone(),
+                            message: e.to_string(),
+                        }
+                    }
+                })?;
+        match self
+            .store_tokens(provider, &account, &tokens, secrets.nonce.as_deref())
+            .await
+        {
+            Ok(()) => {}
+            Err(BrokerError::IdToken(message)) => {
+                log::warn!("callback {provider_name}/{account}: {message}; nothing stored");
+                return Err(CallbackError::IdToken { account, message });
+            }
+            Err(e) => return Err(CallbackError::NotStored(e.to_string())),
+        }
+        log::info!("connect {provider_name}/{account}: connected");
+        // Checked again: the allowlist may have changed since the flow started.
+        let return_to = self
+            .check_return_to(secrets.return_to.as_deref())
+            .unwrap_or_else(|e| {
+                log::warn!("callback {provider_name}/{account}: {e}; showing the page instead");
+                None
+            });
+        Ok(Connected {
+            provider: provider_name.to_owned(),
+            account,
+            return_to,
+        })
+    }
+
+    fn open_flow_secrets(
+        &self,
+        namespace: &str,
+        data: Option<&serde_json::Value>,
+    ) -> Result<FlowSecrets, BrokerError> {
+        let sealed = data
+            .and_then(sealed_flow_secrets)
+            .ok_or(VaultError::Corrupt)?;
+        let plain = self.vault.open(&state_aad(namespace), &sealed)?;
+        serde_json::from_slice(&plain).map_err(|_| BrokerError::Vault(VaultError::Corrupt))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(pairs: &[(&str, &str)]) -> CallbackQuery {
+        let get = |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        };
+        CallbackQuery {
+            state: get("state"),
+            code: get("code"),
+            error: get("error"),
+            error_description: get("error_description"),
+            iss: get("iss"),
+        }
+    }
+
+    #[test]
+    fn debug_of_a_callback_query_hides_state_and_code() {
+        let q = query(&[
+            ("state", "the-state-value"),
+            ("code", "the-code-value"),
+            ("iss", "https://id.example"),
+        ]);
+        let shown = format!("{q:?}");
+        assert!(
+            !shown.contains("the-state-value") && !shown.contains("the-code-value"),
+            "{shown}"
+        );
+        assert!(shown.contains("id.example"));
+    }
+
+    #[test]
+    fn the_issuer_must_match_when_present_and_be_present_when_promised() {
+        let ex = Some("https://id.example/");
+        assert_eq!(check_issuer(Some("https://id.example"), ex, true), Ok(()));
+        assert_eq!(check_issuer(Some("https://id.example/"), ex, false), Ok(()));
+        assert_eq!(
+            check_issuer(Some("https://evil.example"), ex, false),
+            Err(IssuerProblem::Wrong)
+        );
+        assert_eq!(check_issuer(None, ex, true), Err(IssuerProblem::Missing));
+        assert_eq!(check_issuer(None, ex, false), Ok(()));
+        // No issuer configured (explicit endpoints): nothing to compare with.
+        assert_eq!(
+            check_issuer(Some("https://any.example"), None, true),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn an_error_wins_over_a_code_and_provider_text_is_made_safe() {
+        let denied = query(&[("error", "access_denied"), ("code", "c")]);
+        assert_eq!(
+            read_answer(&denied),
+            ProviderAnswer::Denied {
+                description: String::new()
+            }
+        );
+        let other = query(&[
+            ("error", "server_error"),
+            ("error_description", "down\u{1b}[31m for <b>maintenance</b>"),
+        ]);
+        match read_answer(&other) {
+            ProviderAnswer::Error { error, description } => {
+                assert_eq!(error, "server_error");
+                assert!(!description.contains('\u{1b}'), "{description:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            read_answer(&query(&[("code", "abc")])),
+            ProviderAnswer::Code("abc")
+        );
+        assert_eq!(read_answer(&query(&[("code", "")])), ProviderAnswer::NoCode);
+        let long = "c".repeat(MAX_CODE_BYTES + 1);
+        assert_eq!(
+            read_answer(&query(&[("code", &long)])),
+            ProviderAnswer::NoCode
+        );
+        assert_eq!(read_answer(&query(&[])), ProviderAnswer::NoCode);
+    }
+}

@@ -1,0 +1,290 @@
+//! The services called in-process, with a manual clock and (for the broker) a scripted
+//! token endpoint: the rules about time — TTLs, the grace window, the live-state cap,
+//! refresh backoff — tested by moving the clock, never by waiting. Each runs on SQLite
+//! and on a real redis-server.
+
+use crate::store_contract::Backend;
+use oauthd::broker::{Broker, BrokerError, BrokerSettings, CallbackQuery};
+use oauthd::clock::Clock;
+use oauthd::namespace::Namespace;
+use oauthd::oauth::flows::{TokenEndpoint, TokenFuture};
+use oauthd::oauth::{Provider, ProviderConfig};
+use oauthd::states::{StateError, StatePolicy, StateService, TtlRule};
+use oauthd::vault::{KeySource, VaultHandle};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn policy(max_states: u64) -> StatePolicy {
+    StatePolicy {
+        base: TtlRule {
+            default_ttl: 60 * MINUTE,
+            max_ttl: 24 * 60 * MINUTE,
+            max_states,
+        },
+        overrides: vec![],
+        max_data_bytes: 4096,
+        expired_grace: 10 * MINUTE,
+    }
+}
+
+/// A manual clock at the real time (Redis keeps its own TTLs in real time; the rules
+/// under test are judged by the clock the service is given).
+fn clock() -> Clock {
+    Clock::manual(chrono::Utc::now().timestamp_millis())
+}
+
+fn ns(s: &str) -> Namespace {
+    Namespace::parse(s).unwrap()
+}
+
+/// A state is good until its TTL, then "expired" (410) for the grace window, then as
+/// unknown (404) as one never issued — whether or not the backend has forgotten it.
+async fn expiry_and_the_grace_window_follow_the_clock(b: Backend) {
+    let clock = clock();
+    let states = StateService::new(b.store.clone(), policy(1000), clock.clone());
+    let issue = || states.issue(ns("login"), Some(60), None);
+    let (early, in_grace, late) = (
+        issue().await.unwrap(),
+        issue().await.unwrap(),
+        issue().await.unwrap(),
+    );
+    clock.advance(Duration::from_secs(59));
+    states.consume(&early.state, &ns("login")).await.unwrap();
+    clock.advance(Duration::from_secs(2));
+    assert!(matches!(
+        states.consume(&in_grace.state, &ns("login")).await,
+        Err(StateError::Expired { .. })
+    ));
+    clock.advance(10 * MINUTE);
+    assert!(matches!(
+        states.consume(&late.state, &ns("login")).await,
+        Err(StateError::NotFound)
+    ));
+}
+
+/// The cap counts live states only: states past their expiry free their places at once,
+/// before any sweep (SQLite counted them until the sweeper came by).
+async fn expired_states_never_count_against_the_cap(b: Backend) {
+    let clock = clock();
+    let states = StateService::new(b.store.clone(), policy(3), clock.clone());
+    let mut live = Vec::new();
+    for _ in 0..3 {
+        live.push(states.issue(ns("2fa"), Some(30), None).await.unwrap());
+    }
+    assert!(matches!(
+        states.issue(ns("2fa"), Some(30), None).await,
+        Err(StateError::NamespaceFull { max: 3, .. })
+    ));
+    clock.advance(Duration::from_secs(31));
+    for _ in 0..3 {
+        states.issue(ns("2fa"), Some(30), None).await.unwrap();
+    }
+    assert!(matches!(
+        states.issue(ns("2fa"), Some(30), None).await,
+        Err(StateError::NamespaceFull { .. })
+    ));
+    // The states that made room still answer "expired", not "unknown", in their grace.
+    assert!(matches!(
+        states.consume(&live[0].state, &ns("2fa")).await,
+        Err(StateError::Expired { .. })
+    ));
+}
+
+/// A provider's token endpoint, scripted: each answer is (status, JSON body); calls are
+/// counted, and each takes `delay` (in tokio time) so that concurrent callers overlap.
+struct Scripted {
+    answers: Mutex<Vec<(u16, serde_json::Value)>>,
+    calls: AtomicUsize,
+    delay: Duration,
+}
+
+impl Scripted {
+    fn new(delay: Duration) -> Arc<Scripted> {
+        Arc::new(Scripted {
+            answers: Mutex::new(Vec::new()),
+            calls: AtomicUsize::new(0),
+            delay,
+        })
+    }
+
+    fn then(&self, status: u16, body: serde_json::Value) {
+        self.answers.lock().unwrap().push((status, body));
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl TokenEndpoint for Scripted {
+    fn send<'a>(&'a self, _req: oauth2::HttpRequest) -> TokenFuture<'a> {
+        Box::pin(async move {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            let (status, body) = {
+                let mut answers = self.answers.lock().unwrap();
+                assert!(
+                    !answers.is_empty(),
+                    "the token endpoint was called more often than scripted"
+                );
+                answers.remove(0)
+            };
+            Ok(oauth2::http::Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(body.to_string().into_bytes())
+                .unwrap())
+        })
+    }
+}
+
+fn tokens(access: &str, refresh: &str, expires_in: u64) -> serde_json::Value {
+    serde_json::json!({
+        "access_token": access, "token_type": "Bearer",
+        "refresh_token": refresh, "expires_in": expires_in
+    })
+}
+
+/// A broker with one provider ("p", explicit endpoints that are never dialled: every
+/// token request goes to `endpoint`), and an account "a" connected through a real
+/// connect flow whose tokens expire in an hour.
+async fn connected(b: &Backend, clock: &Clock, endpoint: Arc<Scripted>) -> Arc<Broker> {
+    let provider = Provider::from_config(
+        "p",
+        &ProviderConfig {
+            authorization_url: Some("https://provider.test/authorize".into()),
+            token_url: Some("https://provider.test/token".into()),
+            client_id: Some("client".into()),
+            client_secret: Some("secret".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let states = Arc::new(StateService::new(
+        b.store.clone(),
+        policy(1000),
+        clock.clone(),
+    ));
+    let key = oauthd::vault::generate_key_text().unwrap();
+    let vault = Arc::new(VaultHandle::load(KeySource::Inline(key)).unwrap());
+    let broker = Broker::new(
+        vec![Arc::new(provider)],
+        states,
+        b.store.clone(),
+        vault,
+        BrokerSettings {
+            public_url: "http://127.0.0.1:9/".parse().unwrap(),
+            return_to_allowlist: vec![],
+            provider_timeout: Duration::from_secs(5),
+            max_device_flows: 5,
+            clock: clock.clone(),
+        },
+    )
+    .unwrap()
+    .with_token_endpoint(endpoint.clone());
+    let start = broker.start_connect("p", Some("a"), None).await.unwrap();
+    let state = start
+        .authorize_url
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned());
+    endpoint.then(200, tokens("access-1", "refresh-1", 3600));
+    let query = CallbackQuery {
+        state,
+        code: Some("the-code".into()),
+        ..Default::default()
+    };
+    broker.finish_callback("p", query).await.unwrap();
+    Arc::new(broker)
+}
+
+/// Ten callers find the token expired at once: one refresh reaches the provider, and all
+/// ten get its token (a second refresh would replay a rotated-out refresh token).
+async fn concurrent_callers_share_one_refresh(b: Backend) {
+    let clock = clock();
+    let endpoint = Scripted::new(Duration::from_millis(200));
+    let broker = connected(&b, &clock, endpoint.clone()).await;
+    assert_eq!(endpoint.calls(), 1);
+    let token = broker.access_token("p", "a", MINUTE).await.unwrap();
+    assert_eq!(token.access_token.as_str(), "access-1");
+    assert_eq!(endpoint.calls(), 1, "a fresh token costs no provider call");
+
+    clock.advance(60 * MINUTE);
+    endpoint.then(200, tokens("access-2", "refresh-2", 3600));
+    // Ten calls in flight together (the scripted endpoint takes 200 ms to answer).
+    let callers = (0..10).map(|_| broker.access_token("p", "a", MINUTE));
+    for token in futures::future::join_all(callers).await {
+        assert_eq!(token.unwrap().access_token.as_str(), "access-2");
+    }
+    assert_eq!(endpoint.calls(), 2, "exactly one refresh for ten callers");
+}
+
+/// A failed refresh backs off: callers in the backoff get 503 without a provider call;
+/// once the clock passes it, the next caller refreshes. No waiting involved.
+async fn a_failed_refresh_backs_off_by_the_clock(b: Backend) {
+    let clock = clock();
+    let endpoint = Scripted::new(Duration::ZERO);
+    let broker = connected(&b, &clock, endpoint.clone()).await;
+    clock.advance(61 * MINUTE);
+    endpoint.then(503, serde_json::json!({"error": "temporarily_unavailable"}));
+    let first = broker.access_token("p", "a", MINUTE).await.unwrap_err();
+    assert!(
+        matches!(
+            first,
+            BrokerError::ProviderUnavailable {
+                retry_after_secs: 5,
+                ..
+            }
+        ),
+        "{first:?}"
+    );
+    assert_eq!(endpoint.calls(), 2);
+    clock.advance(Duration::from_secs(4));
+    let during = broker.access_token("p", "a", MINUTE).await.unwrap_err();
+    assert!(
+        matches!(
+            during,
+            BrokerError::ProviderUnavailable {
+                retry_after_secs: 1,
+                ..
+            }
+        ),
+        "{during:?}"
+    );
+    assert_eq!(endpoint.calls(), 2, "no provider call during the backoff");
+    clock.advance(Duration::from_secs(1));
+    endpoint.then(200, tokens("access-2", "refresh-2", 3600));
+    let token = broker.access_token("p", "a", MINUTE).await.unwrap();
+    assert_eq!(token.access_token.as_str(), "access-2");
+    assert_eq!(endpoint.calls(), 3);
+}
+
+/// `invalid_grant` ends refreshing: the connection needs the user, and no later call
+/// goes to the provider until they reconnect.
+async fn invalid_grant_stops_refreshing_for_good(b: Backend) {
+    let clock = clock();
+    let endpoint = Scripted::new(Duration::ZERO);
+    let broker = connected(&b, &clock, endpoint.clone()).await;
+    clock.advance(61 * MINUTE);
+    endpoint.then(
+        400,
+        serde_json::json!({"error": "invalid_grant", "error_description": "revoked"}),
+    );
+    for _ in 0..3 {
+        let e = broker.access_token("p", "a", MINUTE).await.unwrap_err();
+        assert!(matches!(e, BrokerError::NeedsReauth { .. }), "{e:?}");
+        clock.advance(MINUTE);
+    }
+    assert_eq!(endpoint.calls(), 2);
+}
+
+backends!(
+    expiry_and_the_grace_window_follow_the_clock,
+    expired_states_never_count_against_the_cap,
+    concurrent_callers_share_one_refresh,
+    a_failed_refresh_backs_off_by_the_clock,
+    invalid_grant_stops_refreshing_for_good,
+);
