@@ -15,6 +15,13 @@ function M.done()
   io.write(string.format("OK_RESPONSES %d\n", total))
 end
 
+-- Makes this module's setup and done the script's (wrk calls them by global name).
+function M.install()
+  setup = M.setup
+  done = M.done
+  return M
+end
+
 M.headers = function()
   return {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. os.getenv("BENCH_API_KEY")}
 end

@@ -1,9 +1,7 @@
 -- POST /v1/states/consume over the states a create run saved (STATES_IN.<thread id>).
 -- Only 200 answers count; a thread that runs out of states sends unknown ones (404).
 package.path = "bench/?.lua;" .. package.path
-local common = require("common")
-setup = common.setup
-done = common.done
+local common = require("common").install()
 
 function init(args)
   ok = 0

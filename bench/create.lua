@@ -1,9 +1,7 @@
 -- POST /v1/states; with STATES_OUT set, each thread appends the states it got to
 -- STATES_OUT.<thread id> for the consume run.
 package.path = "bench/?.lua;" .. package.path
-local common = require("common")
-setup = common.setup
-done = common.done
+local common = require("common").install()
 
 function init(args)
   ok = 0

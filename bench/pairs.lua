@@ -1,9 +1,7 @@
 -- Create-then-consume pairs: each state a connection's create returns is consumed by the
 -- thread's next request. A pair counts when the consume answers 200.
 package.path = "bench/?.lua;" .. package.path
-local common = require("common")
-setup = common.setup
-done = common.done
+local common = require("common").install()
 
 function init(args)
   ok = 0

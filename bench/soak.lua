@@ -2,9 +2,7 @@
 -- consumed right away, a quarter consumed twice (404), the rest left to expire and be
 -- swept; every 50th request is a wrong API key (401) and every 100th a bad body (400).
 package.path = "bench/?.lua;" .. package.path
-local common = require("common")
-setup = common.setup
-done = common.done
+local common = require("common").install()
 
 function init(args)
   ok = 0

@@ -4,7 +4,7 @@
 
 use crate::clock::Clock;
 use crate::secret::{is_token_shaped, random_bytes, SecretHash, SecretText};
-use crate::store::{AdminSecretKind, AdminStore, StoreError};
+use crate::store::{AdminSecretKind, AdminStore, SecretUse, StoreError};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use std::sync::Arc;
@@ -123,15 +123,23 @@ impl Admin {
 
     /// Whether a login link still works, without using it up (a link preview may look).
     pub async fn login_link_valid(&self, presented: &str) -> Result<bool, StoreError> {
+        self.use_secret(presented, AdminSecretKind::LoginLink, SecretUse::Check)
+            .await
+    }
+
+    /// Whether `presented` is an unexpired secret of this kind (taken when `how` says).
+    async fn use_secret(
+        &self,
+        presented: &str,
+        kind: AdminSecretKind,
+        how: SecretUse,
+    ) -> Result<bool, StoreError> {
         if !is_token_shaped(presented) {
             return Ok(false);
         }
+        let secret = (SecretHash::of(presented), kind);
         self.store
-            .admin_secret_valid(
-                SecretHash::of(presented),
-                AdminSecretKind::LoginLink,
-                self.clock.now_ms(),
-            )
+            .use_admin_secret(secret, how, self.clock.now_ms())
             .await
     }
 
@@ -149,14 +157,8 @@ impl Admin {
     ) -> Result<Option<Zeroizing<String>>, StoreError> {
         let by_static = with == SignInWith::Form && self.is_static_token(presented);
         let by_link = !by_static
-            && is_token_shaped(presented)
             && self
-                .store
-                .take_admin_secret(
-                    SecretHash::of(presented),
-                    AdminSecretKind::LoginLink,
-                    self.clock.now_ms(),
-                )
+                .use_secret(presented, AdminSecretKind::LoginLink, SecretUse::Take)
                 .await?;
         if !by_static && !by_link {
             return Ok(None);
@@ -173,29 +175,13 @@ impl Admin {
     }
 
     pub async fn session_valid(&self, cookie: &str) -> Result<bool, StoreError> {
-        if !is_token_shaped(cookie) {
-            return Ok(false);
-        }
-        self.store
-            .admin_secret_valid(
-                SecretHash::of(cookie),
-                AdminSecretKind::Session,
-                self.clock.now_ms(),
-            )
+        self.use_secret(cookie, AdminSecretKind::Session, SecretUse::Check)
             .await
     }
 
     /// Ends a session: deleted server-side, so the cookie is worthless even if kept.
     pub async fn sign_out(&self, cookie: &str) -> Result<bool, StoreError> {
-        if !is_token_shaped(cookie) {
-            return Ok(false);
-        }
-        self.store
-            .take_admin_secret(
-                SecretHash::of(cookie),
-                AdminSecretKind::Session,
-                self.clock.now_ms(),
-            )
+        self.use_secret(cookie, AdminSecretKind::Session, SecretUse::Take)
             .await
     }
 

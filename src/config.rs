@@ -3,7 +3,7 @@
 //! Every key, with its default, is listed in `oauthd.example.toml`.
 
 use crate::namespace::check_pattern;
-use crate::oauth::{Provider, ProviderConfig};
+use crate::oauth::ProviderConfig;
 use crate::secret::SecretText;
 use crate::states::{StatePolicy, TtlRule};
 use crate::store::sqlite::Durability;
@@ -14,7 +14,6 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
 
@@ -162,7 +161,9 @@ pub struct Settings {
     /// Where browsers reach oauthd; `None` means `http://<listen address>`.
     pub public_url: Option<Url>,
     pub return_to_allowlist: Vec<Url>,
-    pub providers: Vec<Arc<Provider>>,
+    /// `[providers.NAME]` as written: the oauth layer builds and checks them
+    /// (`oauth::provider::build_all`).
+    pub providers: BTreeMap<String, ProviderConfig>,
     /// Per client address and minute: public routes, failed API-key attempts (0: off).
     pub public_per_minute: u32,
     pub failed_auth_per_minute: u32,
@@ -310,29 +311,6 @@ impl Settings {
                 })?;
             return_to_allowlist.push(url);
         }
-        let providers = file
-            .providers
-            .iter()
-            .map(|(name, cfg)| {
-                Provider::from_config(name, cfg)
-                    .map(Arc::new)
-                    .map_err(|reason| match reason.split_once(": ") {
-                        Some((key, why)) => invalid(key, why),
-                        None => invalid(format!("providers.{name}"), reason),
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let localhost = public_url
-            .as_ref()
-            .is_some_and(|u| u.host_str() == Some("localhost"));
-        if let Some(p) = providers.iter().find(|p| p.preset == Some("spotify")) {
-            if localhost {
-                return Err(invalid(
-                    "public_url",
-                    format!("provider {} (Spotify) refuses localhost redirect URIs: use http://127.0.0.1:PORT", p.name),
-                ));
-            }
-        }
         let key_source = key_source(&db);
         Ok(Settings {
             listen,
@@ -360,7 +338,7 @@ impl Settings {
             },
             public_url,
             return_to_allowlist,
-            providers,
+            providers: file.providers,
             public_per_minute: file.limits.public_per_minute,
             failed_auth_per_minute: file.limits.failed_auth_per_minute,
             trusted_proxies: file.limits.trusted_proxies,
@@ -533,11 +511,7 @@ mod tests {
     }
 
     #[test]
-    fn providers_are_validated_at_start_with_the_key_named() {
-        let e = parse("[providers.st]\npreset = \"smartthings\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.starts_with("providers.st.client_id:"), "{e}");
+    fn settings_are_validated_at_start_with_the_key_named() {
         let e = parse("public_url = \"ftp://x\"").unwrap_err().to_string();
         assert!(e.starts_with("public_url:"), "{e}");
         for bad in [
@@ -555,17 +529,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("return_to_allowlist[0]:"), "{e}");
-        let e = parse("public_url = \"http://localhost:6288\"\n[providers.sp]\npreset = \"spotify\"\nclient_id = \"a\"\nclient_secret = \"b\"\n").unwrap_err().to_string();
-        assert!(
-            e.starts_with("public_url:") && e.contains("127.0.0.1"),
-            "{e}"
-        );
-        let ok = parse("public_url = \"https://auth.home.example/oauthd\"\n[providers.spotify]\npreset = \"spotify\"\nclient_id = \"a\"\nclient_secret = \"b\"\n").unwrap();
-        assert_eq!(ok.providers[0].name, "spotify");
-        assert_eq!(
-            crate::broker::redirect_uri(ok.public_url.as_ref().unwrap(), "spotify").as_str(),
-            "https://auth.home.example/oauthd/callback/spotify"
-        );
     }
 
     #[test]

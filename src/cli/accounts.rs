@@ -1,20 +1,18 @@
 //! Providers and connected accounts from the terminal: `providers list`,
 //! `connections list|show|delete`, `connect --device`, `admin link`.
 
-use super::{broker, open_store, runtime, ConnectionsCommand, Fatal, SessionsCommand};
-use crate::admin::Admin;
+use super::{admin, open_store, runtime, services, ConnectionsCommand, Fatal, SessionsCommand};
 use crate::clock::Clock;
 use crate::config::Settings;
-use crate::states::StateService;
 use crate::store::DeviceFlowStatus;
-use std::sync::Arc;
 
 pub(super) fn providers_list(settings: &Settings) -> Result<(), Fatal> {
     let public_url = settings.public_url_for(settings.listen);
-    if settings.providers.is_empty() {
+    let providers = super::providers(settings)?;
+    if providers.is_empty() {
         eprintln!("No providers configured: add [providers.NAME] tables to the config file (see oauthd.example.toml).");
     }
-    for p in &settings.providers {
+    for p in &providers {
         println!("{}", p.name);
         println!(
             "  redirect URI: {}",
@@ -38,14 +36,14 @@ pub(super) fn providers_list(settings: &Settings) -> Result<(), Fatal> {
 
 pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Result<(), Fatal> {
     let store = open_store(&settings, super::Missing::Refuse)?;
-    let clock = Clock::system();
-    let states = Arc::new(StateService::new(
-        store.clone(),
-        settings.states.clone(),
-        clock.clone(),
-    ));
     let public_url = settings.public_url_for(settings.listen);
-    let broker = broker(&settings, &store, states, clock, public_url)?;
+    let (_, broker) = services(
+        &settings,
+        &store,
+        super::providers(&settings)?,
+        Clock::system(),
+        public_url,
+    )?;
     runtime()?.block_on(async {
         match command {
             ConnectionsCommand::List { json } => {
@@ -106,17 +104,13 @@ pub(super) fn connect_device(
     }
     let store = open_store(&settings, super::Missing::Refuse)?;
     let clock = Clock::system();
-    let states = Arc::new(StateService::new(
-        store.clone(),
-        settings.states.clone(),
-        clock.clone(),
-    ));
-    let broker = broker(
+    let public_url = settings.public_url_for(settings.listen);
+    let (_, broker) = services(
         &settings,
         &store,
-        states,
+        super::providers(&settings)?,
         clock.clone(),
-        settings.public_url_for(settings.listen),
+        public_url,
     )?;
     runtime()?.block_on(async {
         let start = broker.start_device(provider, account, "cli").await?;
@@ -156,12 +150,7 @@ pub(super) fn connect_device(
 
 pub(super) fn admin_link(settings: Settings) -> Result<(), Fatal> {
     let store = open_store(&settings, super::Missing::Refuse)?;
-    let admin = Admin::new(
-        store,
-        settings.admin_session_hours,
-        settings.admin_token.clone(),
-        Clock::system(),
-    );
+    let admin = admin(&settings, store, Clock::system());
     let public_url = settings.public_url_for(settings.listen);
     let link = runtime()?.block_on(admin.login_link(&public_url))?;
     eprintln!("One-time login link, valid 24 hours:");
@@ -171,12 +160,7 @@ pub(super) fn admin_link(settings: Settings) -> Result<(), Fatal> {
 
 pub(super) fn admin_sessions(settings: Settings, command: SessionsCommand) -> Result<(), Fatal> {
     let store = open_store(&settings, super::Missing::Refuse)?;
-    let admin = Admin::new(
-        store,
-        settings.admin_session_hours,
-        settings.admin_token.clone(),
-        Clock::system(),
-    );
+    let admin = admin(&settings, store, Clock::system());
     runtime()?.block_on(async {
         match command {
             SessionsCommand::List { json } => {

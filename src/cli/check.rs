@@ -23,13 +23,14 @@ impl Report {
 }
 
 pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
+    let providers = super::providers(&settings)?;
     let mut r = Report::default();
     r.line(
         "ok",
         "config",
         format!(
             "{} provider(s), listen {}",
-            settings.providers.len(),
+            providers.len(),
             settings.listen
         ),
     );
@@ -112,7 +113,7 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
             }
         }
         let http = flows::http_client(settings.provider_timeout).map_err(|e| Fatal(e, 1))?;
-        for p in &settings.providers {
+        for p in &providers {
             let what = format!("provider {}", p.name);
             match p.endpoints(&http).await {
                 Err(e) => r.line("FAIL", &what, e),

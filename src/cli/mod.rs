@@ -7,9 +7,11 @@ mod keys;
 mod serve;
 mod vault_keys;
 
+use crate::admin::Admin;
 use crate::broker::{Broker, BrokerSettings};
 use crate::clock::Clock;
 use crate::config::{Overrides, Settings};
+use crate::oauth::Provider;
 use crate::states::StateService;
 use crate::store::sqlite::SqliteStore;
 use crate::store::target::StoreTarget;
@@ -412,21 +414,45 @@ pub(super) fn key_source(settings: &Settings) -> Result<KeySource, String> {
     }
 }
 
-/// The broker over this store, with the vault key loaded.
-pub(super) fn broker(
+/// The configured providers, built and checked against where browsers reach oauthd. A
+/// provider configured wrongly stops the command as a config error (exit code 2).
+pub(super) fn providers(settings: &Settings) -> Result<Vec<Arc<Provider>>, Fatal> {
+    let public_url = settings.public_url_for(settings.listen);
+    crate::oauth::provider::build_all(&settings.providers, &public_url)
+        .map_err(|e| Fatal(e.to_string(), 2))
+}
+
+/// Admin sign-in over this store.
+pub(super) fn admin(settings: &Settings, store: Arc<dyn Store>, clock: Clock) -> Admin {
+    Admin::new(
+        store,
+        settings.admin_session_hours,
+        settings.admin_token.clone(),
+        clock,
+    )
+}
+
+/// The state service and the broker over this store, both reading `clock`, with the
+/// vault key loaded.
+pub(super) fn services(
     settings: &Settings,
     store: &Arc<dyn Store>,
-    states: Arc<StateService>,
+    providers: Vec<Arc<Provider>>,
     clock: Clock,
     public_url: Url,
-) -> Result<Arc<Broker>, Fatal> {
+) -> Result<(Arc<StateService>, Arc<Broker>), Fatal> {
+    let states = Arc::new(StateService::new(
+        store.clone(),
+        settings.states.clone(),
+        clock.clone(),
+    ));
     let source = key_source(settings).map_err(|e| Fatal(e, 2))?;
     let vault = Arc::new(VaultHandle::load(source)?);
     check_vault_opens_tokens(&vault, store)?;
-    Ok(Arc::new(
+    let broker = Arc::new(
         Broker::new(
-            settings.providers.clone(),
-            states,
+            providers,
+            states.clone(),
             store.clone(),
             vault,
             BrokerSettings {
@@ -438,7 +464,8 @@ pub(super) fn broker(
             },
         )
         .map_err(|e| Fatal(e, 1))?,
-    ))
+    );
+    Ok((states, broker))
 }
 
 /// Refuses to start when stored tokens were sealed with keys the vault does not have

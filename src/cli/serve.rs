@@ -1,38 +1,27 @@
 //! `oauthd [serve]`: wires storage, vault, broker and HTTP together and runs until a signal.
 
-use super::{broker, open_store, Fatal};
-use crate::admin::Admin;
+use super::{open_store, services, Fatal};
 use crate::apikeys::KeyCache;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::http::{self, AppState};
-use crate::states::StateService;
 use crate::store::sweeper;
-use std::sync::Arc;
 
 pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
+    // Checked before anything is created: a config error leaves no database behind.
+    let providers = super::providers(&settings)?;
     let store = open_store(&settings, super::Missing::Create)?;
     log::info!("{}", store.describe());
     // The one system clock every service of this process reads.
     let clock = Clock::system();
-    let admin = Admin::new(
-        store.clone(),
-        settings.admin_session_hours,
-        settings.admin_token.clone(),
-        clock.clone(),
-    );
+    let admin = super::admin(&settings, store.clone(), clock.clone());
     let metrics_token = settings.metrics_token.clone();
     let listener = http::bind(&settings)?;
     let public_url = settings.public_url_for(listener.local_addr()?);
-    let states = Arc::new(StateService::new(
-        store.clone(),
-        settings.states.clone(),
-        clock.clone(),
-    ));
-    let broker = broker(
+    let (states, broker) = services(
         &settings,
         &store,
-        states.clone(),
+        providers,
         clock.clone(),
         public_url.clone(),
     )?;

@@ -98,6 +98,17 @@ impl JsonObject {
     }
 }
 
+fn as_string(v: Value) -> Result<String, &'static str> {
+    match v {
+        Value::String(s) => Ok(s),
+        _ => Err("must be a string"),
+    }
+}
+
+fn invalid(name: &str, code: &'static str, why: &str) -> ApiError {
+    ApiError::bad_request(code, format!("{name} {why}"))
+}
+
 impl JsonObject {
     /// Removes and returns a field; `None` when absent.
     fn take(&mut self, name: &str) -> Option<Value> {
@@ -107,11 +118,7 @@ impl JsonObject {
     /// A required string field; `code` is the error code for a missing or non-string value.
     pub fn string(&mut self, name: &str, code: &'static str) -> Result<String, ApiError> {
         match self.take(name) {
-            Some(Value::String(s)) => Ok(s),
-            Some(_) => Err(ApiError::bad_request(
-                code,
-                format!("{name} must be a string"),
-            )),
+            Some(v) => as_string(v).map_err(|why| invalid(name, code, why)),
             None => Err(ApiError::bad_request(code, format!("{name} is required"))),
         }
     }
@@ -122,14 +129,7 @@ impl JsonObject {
         name: &str,
         code: &'static str,
     ) -> Result<Option<String>, ApiError> {
-        match self.take(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(ApiError::bad_request(
-                code,
-                format!("{name} must be a string"),
-            )),
-        }
+        self.optional(name, code, as_string)
     }
 
     /// An optional positive whole number; `null` counts as absent.
@@ -138,19 +138,26 @@ impl JsonObject {
         name: &str,
         code: &'static str,
     ) -> Result<Option<u64>, ApiError> {
+        self.optional(name, code, |v| match v {
+            Value::Number(n) => n
+                .as_u64()
+                .filter(|v| *v > 0)
+                .ok_or("must be a whole number of at least 1"),
+            _ => Err("must be a number"),
+        })
+    }
+
+    /// An optional field, read by `read` (which says what is wrong with a bad value);
+    /// `null` counts as absent.
+    fn optional<T>(
+        &mut self,
+        name: &str,
+        code: &'static str,
+        read: impl FnOnce(Value) -> Result<T, &'static str>,
+    ) -> Result<Option<T>, ApiError> {
         match self.take(name) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => match n.as_u64() {
-                Some(v) if v > 0 => Ok(Some(v)),
-                _ => Err(ApiError::bad_request(
-                    code,
-                    format!("{name} must be a whole number of at least 1"),
-                )),
-            },
-            Some(_) => Err(ApiError::bad_request(
-                code,
-                format!("{name} must be a number"),
-            )),
+            Some(v) => read(v).map(Some).map_err(|why| invalid(name, code, why)),
         }
     }
 

@@ -4,6 +4,7 @@
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 use url::Url;
@@ -67,6 +68,9 @@ pub struct Quirks {
     /// A refresh token that is not used for this long dies (SmartThings: 30 days).
     /// The background refresher uses it well before then.
     pub refresh_idle_expiry: Option<Duration>,
+    /// The provider refuses redirect URIs on `localhost` and wants a loopback IP literal
+    /// instead (Spotify: `http://127.0.0.1:PORT`).
+    pub refuses_localhost_redirects: bool,
 }
 
 struct Preset {
@@ -99,6 +103,7 @@ const PRESETS: &[Preset] = &[
         authorize_params: &[],
         quirks: Quirks {
             refresh_idle_expiry: Some(Duration::from_secs(30 * DAY)),
+            refuses_localhost_redirects: false,
         },
         notes: "HTTP Basic client auth; refresh tokens are single-use and rotate on every refresh (oauthd refreshes once per connection at a time); access tokens last 24 h; an unused refresh token dies after 30 days, so oauthd refreshes idle connections before then.",
     },
@@ -114,6 +119,7 @@ const PRESETS: &[Preset] = &[
         authorize_params: &[],
         quirks: Quirks {
             refresh_idle_expiry: None,
+            refuses_localhost_redirects: true,
         },
         notes: "Loopback redirect URIs must use 127.0.0.1, not localhost; a refresh response may omit refresh_token (oauthd keeps the old one).",
     },
@@ -129,6 +135,7 @@ const PRESETS: &[Preset] = &[
         authorize_params: &[],
         quirks: Quirks {
             refresh_idle_expiry: None,
+            refuses_localhost_redirects: false,
         },
         notes: "Players connect with the device flow.",
     },
@@ -144,6 +151,7 @@ const PRESETS: &[Preset] = &[
         authorize_params: &[("access_type", "offline"), ("prompt", "consent")],
         quirks: Quirks {
             refresh_idle_expiry: None,
+            refuses_localhost_redirects: false,
         },
         notes: "Sends access_type=offline and prompt=consent, without which Google issues no refresh token (or only on the first consent).",
     },
@@ -159,6 +167,7 @@ const PRESETS: &[Preset] = &[
         authorize_params: &[],
         quirks: Quirks {
             refresh_idle_expiry: None,
+            refuses_localhost_redirects: false,
         },
         notes: "OAuth apps get non-expiring tokens without a refresh token; GitHub Apps get 8-hour tokens with refresh.",
     },
@@ -176,10 +185,53 @@ const PRESETS: &[Preset] = &[
         authorize_params: &[],
         quirks: Quirks {
             refresh_idle_expiry: Some(Duration::from_secs(90 * DAY)),
+            refuses_localhost_redirects: false,
         },
         notes: "offline_access is needed for a refresh token; refresh tokens rotate and expire after 90 days without use.",
     },
 ];
+
+/// A provider the config describes wrongly: the key to fix, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct ProviderError {
+    pub key: String,
+    pub reason: String,
+}
+
+/// Builds every configured provider and checks each against the address browsers reach
+/// oauthd at (`public_url`): a preset's quirks about redirect URIs included.
+pub fn build_all(
+    configs: &BTreeMap<String, ProviderConfig>,
+    public_url: &Url,
+) -> Result<Vec<Arc<Provider>>, ProviderError> {
+    let mut providers = Vec::with_capacity(configs.len());
+    for (name, cfg) in configs {
+        let provider =
+            Provider::from_config(name, cfg).map_err(|reason| match reason.split_once(": ") {
+                Some((key, why)) => ProviderError {
+                    key: key.to_owned(),
+                    reason: why.to_owned(),
+                },
+                None => ProviderError {
+                    key: format!("providers.{name}"),
+                    reason,
+                },
+            })?;
+        if provider.quirks.refuses_localhost_redirects && public_url.host_str() == Some("localhost")
+        {
+            return Err(ProviderError {
+                key: "public_url".into(),
+                reason: format!(
+                    "provider {name} ({}) refuses localhost redirect URIs: use http://127.0.0.1:PORT",
+                    provider.preset.unwrap_or("custom")
+                ),
+            });
+        }
+        providers.push(Arc::new(provider));
+    }
+    Ok(providers)
+}
 
 pub fn preset_names() -> Vec<&'static str> {
     PRESETS.iter().map(|p| p.name).collect()
@@ -338,34 +390,23 @@ impl Provider {
                 )
             })?),
         };
-        let url_opt =
-            |field: &str, explicit: &Option<String>, from_preset: Option<&str>| match explicit
-                .as_deref()
-                .or(from_preset)
-            {
+        // An endpoint from the config, else from the preset; validated either way.
+        let url_opt = |field: &str, explicit: &Option<String>, of: fn(&Preset) -> Option<&str>| {
+            match explicit.as_deref().or(preset.and_then(of)) {
                 None => Ok(None),
                 Some(text) => endpoint_url(&format!("{key}.{field}"), text).map(Some),
-            };
+            }
+        };
         let partial = PartialEndpoints {
-            authorization: url_opt(
-                "authorization_url",
-                &cfg.authorization_url,
-                preset.and_then(|p| p.authorization_url),
-            )?,
-            token: url_opt(
-                "token_url",
-                &cfg.token_url,
-                preset.and_then(|p| p.token_url),
-            )?,
-            revocation: url_opt(
-                "revocation_url",
-                &cfg.revocation_url,
-                preset.and_then(|p| p.revocation_url),
-            )?,
+            authorization: url_opt("authorization_url", &cfg.authorization_url, |p| {
+                p.authorization_url
+            })?,
+            token: url_opt("token_url", &cfg.token_url, |p| p.token_url)?,
+            revocation: url_opt("revocation_url", &cfg.revocation_url, |p| p.revocation_url)?,
             device_authorization: url_opt(
                 "device_authorization_url",
                 &cfg.device_authorization_url,
-                preset.and_then(|p| p.device_authorization_url),
+                |p| p.device_authorization_url,
             )?,
         };
         let issuer = cfg.issuer.as_deref().or(preset.and_then(|p| p.issuer));
@@ -606,6 +647,34 @@ async fn fetch_metadata(http: &reqwest::Client, url: &Url) -> Result<Metadata, S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn building_names_the_key_to_fix_and_keeps_each_presets_redirect_quirks() {
+        let configs =
+            |text: &str| -> BTreeMap<String, ProviderConfig> { toml::from_str(text).unwrap() };
+        let at = |url: &str| Url::parse(url).unwrap();
+        let e = build_all(
+            &configs("[st]\npreset = \"smartthings\"\n"),
+            &at("http://127.0.0.1:6288"),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "providers.st.client_id", "{e}");
+        let spotify =
+            configs("[sp]\npreset = \"spotify\"\nclient_id = \"a\"\nclient_secret = \"b\"\n");
+        let e = build_all(&spotify, &at("http://localhost:6288")).unwrap_err();
+        assert_eq!(e.key, "public_url");
+        assert!(
+            e.reason.contains("127.0.0.1") && e.reason.contains("spotify"),
+            "{e}"
+        );
+        let built = build_all(&spotify, &at("http://127.0.0.1:6288")).unwrap();
+        assert_eq!(built[0].name, "sp");
+        assert!(build_all(&spotify, &at("https://auth.home.example/oauthd")).is_ok());
+        // Only the preset with the quirk minds localhost.
+        let st =
+            configs("[st]\npreset = \"smartthings\"\nclient_id = \"a\"\nclient_secret = \"b\"\n");
+        assert!(build_all(&st, &at("http://localhost:6288")).is_ok());
+    }
 
     fn metadata(issuer: &str, token: &str, jwks: &str) -> Metadata {
         Metadata {

@@ -397,7 +397,8 @@ pub trait ConnectionStore: Send + Sync {
         lease_ms: i64,
     ) -> Result<Option<i64>, StoreError>;
     /// Stores refreshed tokens and releases the lease, only if `generation` still holds
-    /// it (fencing). Returns false when it no longer did: nothing was written.
+    /// it (fencing). Returns false when it no longer did: nothing was written. The
+    /// generation moves on: a row read while the lease was held is stale afterwards.
     async fn save_refreshed(
         &self,
         key: &ConnectionKey,
@@ -405,7 +406,8 @@ pub trait ConnectionStore: Send + Sync {
         tokens: SealedTokens,
         now_ms: i64,
     ) -> Result<bool, StoreError>;
-    /// Records a failed refresh and releases the lease, if `generation` still holds it.
+    /// Records a failed refresh and releases the lease, if `generation` still holds it;
+    /// the generation moves on, as for `save_refreshed`.
     async fn save_refresh_failure(
         &self,
         key: &ConnectionKey,
@@ -441,6 +443,15 @@ impl AdminSecretKind {
     }
 }
 
+/// What using an admin secret does to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretUse {
+    /// Only look (a session on every request, a link preview).
+    Check,
+    /// Delete it in the same step (a login link is used once; signing out).
+    Take,
+}
+
 #[async_trait]
 pub trait AdminStore: Send + Sync {
     async fn insert_admin_secret(
@@ -449,18 +460,12 @@ pub trait AdminStore: Send + Sync {
         kind: AdminSecretKind,
         expires_at_ms: i64,
     ) -> Result<(), StoreError>;
-    /// Deletes and reports whether an unexpired secret of this kind existed (one-time use).
-    async fn take_admin_secret(
+    /// Whether an unexpired secret of this kind exists; `SecretUse::Take` deletes it in
+    /// the same step (one-time links, sign-out).
+    async fn use_admin_secret(
         &self,
-        hash: SecretHash,
-        kind: AdminSecretKind,
-        now_ms: i64,
-    ) -> Result<bool, StoreError>;
-    /// Whether an unexpired secret of this kind exists (sessions).
-    async fn admin_secret_valid(
-        &self,
-        hash: SecretHash,
-        kind: AdminSecretKind,
+        secret: (SecretHash, AdminSecretKind),
+        how: SecretUse,
         now_ms: i64,
     ) -> Result<bool, StoreError>;
     /// Whether anyone ever signed in (an unexpired session exists).

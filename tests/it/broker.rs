@@ -3,15 +3,17 @@
 
 use crate::common;
 
-use common::peer::Peer;
+use common::peer::{approved_with_return_to, Peer};
 use common::{Daemon, Home};
 use serde_json::json;
 
-/// oauthd on SQLite with the peer configured as provider "peer", and an API key.
-fn setup(peer: &Peer, extra_toml: &str) -> (Home, String) {
+/// A peer whose tokens live `token_secs`, and oauthd on SQLite with it as provider
+/// "peer" and an API key.
+fn setup(token_secs: u64, extra_toml: &str) -> (Peer, Home, String) {
+    let peer = Peer::start(token_secs);
     let home = Home::new();
-    let key = setup_on(&home, peer, extra_toml);
-    (home, key)
+    let key = setup_on(&home, &peer, extra_toml);
+    (peer, home, key)
 }
 
 /// Configures the peer as provider "peer" in `home` and returns a new API key.
@@ -53,6 +55,16 @@ async fn connect(d: &Daemon, peer: &Peer, key: &str, account: &str) -> (u16, Str
     );
     let (status, page, _) = d.browser_get(&callback).await;
     (status, page)
+}
+
+/// oauthd in `home` with the peer (tokens living `token_secs`) as provider "peer", and
+/// account "alice" connected through the browser flow.
+async fn connected_alice(home: &Home, token_secs: u64, extra_toml: &str) -> (Peer, String, Daemon) {
+    let peer = Peer::start(token_secs);
+    let key = setup_on(home, &peer, extra_toml);
+    let d = home.start();
+    assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
+    (peer, key, d)
 }
 
 async fn connect_flow_stores_a_connection_and_the_token_api_hands_out_its_token(home: Home) {
@@ -100,10 +112,7 @@ async fn connect_flow_stores_a_connection_and_the_token_api_hands_out_its_token(
 }
 
 async fn twenty_concurrent_token_calls_at_expiry_refresh_once_and_the_grant_survives(home: Home) {
-    let peer = Peer::start(3);
-    let key = setup_on(&home, &peer, "");
-    let d = home.start();
-    assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
+    let (peer, key, d) = connected_alice(&home, 3, "").await;
     let (_, first) = d
         .get("/v1/connections/peer/alice/token?min_ttl=0", &key)
         .await;
@@ -131,8 +140,7 @@ async fn twenty_concurrent_token_calls_at_expiry_refresh_once_and_the_grant_surv
 
 #[tokio::test(flavor = "multi_thread")]
 async fn min_ttl_beyond_the_providers_token_lifetime_does_not_refresh_every_call() {
-    let peer = Peer::start(60);
-    let (home, key) = setup(&peer, "");
+    let (peer, home, key) = setup(60, "");
     let d = home.start();
     assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
     for _ in 0..10 {
@@ -161,10 +169,7 @@ async fn min_ttl_beyond_the_providers_token_lifetime_does_not_refresh_every_call
 }
 
 async fn token_past_its_expiry_is_refreshed_on_request(home: Home) {
-    let peer = Peer::start(2);
-    let key = setup_on(&home, &peer, "");
-    let d = home.start();
-    assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
+    let (peer, key, d) = connected_alice(&home, 2, "").await;
     let (_, first) = d
         .get("/v1/connections/peer/alice/token?min_ttl=0", &key)
         .await;
@@ -197,10 +202,7 @@ async fn token_past_its_expiry_is_refreshed_on_request(home: Home) {
 }
 
 async fn invalid_grant_marks_needs_reauth_and_is_not_retried(home: Home) {
-    let peer = Peer::start(2);
-    let key = setup_on(&home, &peer, "");
-    let d = home.start();
-    assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
+    let (peer, key, d) = connected_alice(&home, 2, "").await;
     let (_, token) = d.get("/v1/connections/peer/alice/token", &key).await;
     // The user revokes access at the provider: the grant and its refresh token die.
     peer.revoke(token["access_token"].as_str().unwrap()).await;
@@ -261,8 +263,7 @@ async fn replayed_callback_is_refused_without_redeeming_the_code_again(home: Hom
 
 #[tokio::test(flavor = "multi_thread")]
 async fn callback_with_a_wrong_or_missing_iss_is_refused() {
-    let peer = Peer::start(60);
-    let (home, key) = setup(&peer, "");
+    let (peer, home, key) = setup(60, "");
     let d = home.start();
     for (tamper, want) in [("wrong", "Wrong issuer"), ("missing", "Missing issuer")] {
         let authorize = start_flow(&d, &key, "alice").await;
@@ -297,8 +298,7 @@ async fn callback_with_a_wrong_or_missing_iss_is_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn declining_at_the_provider_shows_the_declined_page() {
-    let peer = Peer::start(60);
-    let (home, key) = setup(&peer, "");
+    let (peer, home, key) = setup(60, "");
     let d = home.start();
     let authorize = start_flow(&d, &key, "alice").await;
     let callback = peer.deny(&authorize).await;
@@ -333,10 +333,7 @@ async fn callback_after_the_state_expired_offers_to_start_again(home: Home) {
 }
 
 async fn delete_revokes_at_the_provider_then_forgets_the_connection(home: Home) {
-    let peer = Peer::start(60);
-    let key = setup_on(&home, &peer, "");
-    let d = home.start();
-    assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
+    let (peer, key, d) = connected_alice(&home, 60, "").await;
     let (_, token) = d.get("/v1/connections/peer/alice/token", &key).await;
     let access = token["access_token"].as_str().unwrap().to_owned();
     assert!(peer.is_active(&access).await);
@@ -399,10 +396,7 @@ async fn database_and_log_hold_no_token_secret_or_full_state(home: Home) {
 }
 
 async fn background_refresher_renews_tokens_before_they_expire(home: Home) {
-    let peer = Peer::start(4);
-    let key = setup_on(&home, &peer, "refresh_check_seconds = 1\n");
-    let d = home.start();
-    assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
+    let (peer, key, d) = connected_alice(&home, 4, "refresh_check_seconds = 1\n").await;
     // Nobody asks for a token; the refresher must renew it at half its 4 s life.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while peer.grants("refresh_token").await < 2 && std::time::Instant::now() < deadline {
@@ -466,13 +460,7 @@ async fn admin_signs_in_with_the_printed_link_and_connects_from_the_browser(home
         .await
         .unwrap();
     assert_eq!(resp.status(), 303);
-    let cookie = resp
-        .headers()
-        .get("set-cookie")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let cookie = common::header(&resp, "set-cookie");
     assert!(
         cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
         "{cookie}"
@@ -485,13 +473,7 @@ async fn admin_signs_in_with_the_printed_link_and_connects_from_the_browser(home
 
     let index = browser.get(format!("{}/", d.url)).send().await.unwrap();
     assert_eq!(index.status(), 200);
-    let csp = index
-        .headers()
-        .get("content-security-policy")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let csp = common::header(&index, "content-security-policy");
     assert!(
         csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
         "{csp}"
@@ -531,8 +513,7 @@ async fn admin_signs_in_with_the_printed_link_and_connects_from_the_browser(home
         .await
         .unwrap();
     assert_eq!(malformed.status(), 400);
-    let problem: serde_json::Value = malformed.json().await.unwrap();
-    assert_eq!(problem["code"], "malformed_json");
+    common::assert_code(malformed, "malformed_json").await;
     let resp = start(&csrf).await.unwrap();
     assert_eq!(resp.status(), 201);
     let started: serde_json::Value = resp.json().await.unwrap();
@@ -568,8 +549,7 @@ async fn admin_signs_in_with_the_printed_link_and_connects_from_the_browser(home
 
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_limited_to_other_providers_cannot_reach_connections() {
-    let peer = Peer::start(60);
-    let (home, key) = setup(&peer, "");
+    let (peer, home, key) = setup(60, "");
     let other = home.create_key("other", &["provider:spotify"]);
     let scoped = home.create_key("scoped", &["provider:peer"]);
     let d = home.start();
@@ -618,20 +598,9 @@ async fn keys_limited_to_other_providers_cannot_reach_connections() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn allowed_return_to_gets_a_303_after_connecting() {
-    let peer = Peer::start(60);
-    let (home, key) = setup(
-        &peer,
-        "return_to_allowlist = [\"http://127.0.0.1:9/app/\"]\n",
-    );
+    let (peer, home, key) = setup(60, "return_to_allowlist = [\"http://127.0.0.1:9/app/\"]\n");
     let d = home.start();
-    let authorize = d
-        .start_connect_with(
-            &key,
-            "peer",
-            json!({"account": "alice", "return_to": "http://127.0.0.1:9/app/done"}),
-        )
-        .await;
-    let callback = peer.approve(&authorize).await;
+    let callback = approved_with_return_to(&d, &peer, &key).await;
     let (status, _, location) = d.browser_get(&callback).await;
     assert_eq!(status, 303);
     assert_eq!(location.as_deref(), Some("http://127.0.0.1:9/app/done"));
@@ -639,8 +608,7 @@ async fn allowed_return_to_gets_a_303_after_connecting() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_processes_on_one_database_refresh_a_connection_once() {
-    let peer = Peer::start(3);
-    let (home, key) = setup(&peer, "");
+    let (peer, home, key) = setup(3, "");
     let a = home.start();
     let b = home.start();
     assert_eq!(connect(&a, &peer, &key, "alice").await.0, 200);
@@ -676,8 +644,7 @@ fn key_file_ids(home: &Home) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rekey_moves_every_token_to_a_new_key_while_the_server_runs() {
-    let peer = Peer::start(3);
-    let (home, key) = setup(&peer, "");
+    let (peer, home, key) = setup(3, "");
     let d = home.start();
     for account in ["alice", "bob"] {
         assert_eq!(connect(&d, &peer, &key, account).await.0, 200);
@@ -756,21 +723,14 @@ fn rekey_refuses_a_key_from_the_environment() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_key_file_stops_the_start_instead_of_sealing_with_a_new_key() {
-    let peer = Peer::start(60);
-    let (home, key) = setup(&peer, "");
+    let (peer, home, key) = setup(60, "");
     let d = home.start();
     assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
     d.signal_and_wait("TERM");
     let mut key_file = home.db().into_os_string();
     key_file.push(".key");
     std::fs::remove_file(&key_file).unwrap();
-    let out = std::process::Command::new(common::BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(home.config())
-        .arg("--db")
-        .arg(home.db())
-        .output()
-        .unwrap();
+    let out = home.serve_once();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("restore the key file"), "{err}");
@@ -779,8 +739,7 @@ async fn a_lost_key_file_stops_the_start_instead_of_sealing_with_a_new_key() {
 #[tokio::test(flavor = "multi_thread")]
 async fn check_reports_database_key_file_and_providers() {
     use std::os::unix::fs::PermissionsExt;
-    let peer = Peer::start(60);
-    let (home, key) = setup(&peer, "");
+    let (peer, home, key) = setup(60, "");
     let d = home.start();
     assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
     let out = home.cli(&["check"]);

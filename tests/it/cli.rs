@@ -158,13 +158,7 @@ fn missing_parent_directory_is_explained() {
 fn bad_config_fails_at_start_naming_the_key() {
     let home = Home::new();
     home.write_config("[states]\nmax_ttl_seconds = 0\n");
-    let out = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(home.config())
-        .arg("--db")
-        .arg(home.db())
-        .output()
-        .unwrap();
+    let out = home.serve_once();
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("states.max_ttl_seconds"),

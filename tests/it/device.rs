@@ -37,6 +37,23 @@ async fn wait_final(d: &Daemon, key: &str, id: &str, limit: Duration) -> (u16, s
     d.wait_device(key, "peer", id, limit).await
 }
 
+/// Waits up to `secs` for the flow `start` to end, and checks how it ended.
+async fn expect_final(
+    d: &Daemon,
+    key: &str,
+    start: &serde_json::Value,
+    secs: u64,
+    (status, word): (u16, &str),
+) {
+    let id = start["id"].as_str().unwrap();
+    let (got, body) = wait_final(d, key, id, Duration::from_secs(secs)).await;
+    assert_eq!(
+        (got, body["status"].as_str()),
+        (status, Some(word)),
+        "{body}"
+    );
+}
+
 async fn approved_device_flow_connects_and_stops_polling_at_the_first_success(home: Home) {
     let peer = Peer::start(60);
     let key = setup_on(&home, &peer);
@@ -95,18 +112,7 @@ async fn denied_device_flow_answers_403(home: Home) {
     let (_, start) = d.post("/v1/device/peer", &key, json!({})).await;
     peer.verify_device(start["user_code"].as_str().unwrap(), false)
         .await;
-    let (status, body) = wait_final(
-        &d,
-        &key,
-        start["id"].as_str().unwrap(),
-        Duration::from_secs(20),
-    )
-    .await;
-    assert_eq!(
-        (status, body["status"].as_str()),
-        (403, Some("denied")),
-        "{body}"
-    );
+    expect_final(&d, &key, &start, 20, (403, "denied")).await;
     assert_eq!(d.get("/v1/connections/peer/default", &key).await.0, 404);
 }
 
@@ -115,18 +121,7 @@ async fn unapproved_device_flow_expires_with_410(home: Home) {
     let key = setup_on(&home, &peer);
     let d = home.start();
     let (_, start) = d.post("/v1/device/peer", &key, json!({})).await;
-    let (status, body) = wait_final(
-        &d,
-        &key,
-        start["id"].as_str().unwrap(),
-        Duration::from_secs(15),
-    )
-    .await;
-    assert_eq!(
-        (status, body["status"].as_str()),
-        (410, Some("expired")),
-        "{body}"
-    );
+    expect_final(&d, &key, &start, 15, (410, "expired")).await;
 }
 
 async fn polling_resumes_after_a_restart_mid_flow(home: Home) {

@@ -239,14 +239,7 @@ async fn provider_faults_become_503_with_retry_after_and_back_off() {
             .get_raw(&format!("/v1/connections/p/{name}/token"), Some(&key))
             .await;
         assert_eq!(resp.status(), 503, "{name}");
-        let retry_after: u64 = resp
-            .headers()
-            .get("retry-after")
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let retry_after: u64 = common::retry_after(&resp);
         assert!(retry_after >= 1, "{name}");
         let problem: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(problem["code"], "provider_unavailable", "{name}: {problem}");

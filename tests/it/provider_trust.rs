@@ -262,11 +262,7 @@ async fn provider_text_cannot_forge_log_lines() {
 #[tokio::test(flavor = "multi_thread")]
 async fn device_flows_are_bounded_per_api_key() {
     let peer = Peer::start(60);
-    let home = Home::new();
-    home.write_config(&format!(
-        "[limits]\nmax_device_flows_per_key = 2\n{}",
-        peer.provider_toml("peer")
-    ));
+    let home = peer.home("[limits]\nmax_device_flows_per_key = 2\n");
     let first = home.create_key("first", &[]);
     let second = home.create_key("second", &[]);
     let d = home.start();

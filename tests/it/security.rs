@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use common::peer::Peer;
+use common::peer::{approved_with_return_to, Peer};
 use common::{no_redirects, query_param, session_cookie, Daemon, Home};
 use futures::StreamExt;
 use serde_json::json;
@@ -25,11 +25,8 @@ const OFFLINE_PROVIDER: &str =
 #[tokio::test(flavor = "multi_thread")]
 async fn return_to_is_compared_as_a_url_and_refused_when_the_flow_starts() {
     let peer = Peer::start(60);
-    let home = Home::new();
-    home.write_config(&format!(
-        "return_to_allowlist = [\"https://app.example.com\", \"http://127.0.0.1:9/app/\"]\n{}",
-        peer.provider_toml("peer")
-    ));
+    let home = peer
+        .home("return_to_allowlist = [\"https://app.example.com\", \"http://127.0.0.1:9/app/\"]\n");
     let key = home.create_key("app", &[]);
     let d = home.start();
     for bad in [
@@ -74,14 +71,7 @@ async fn return_to_is_checked_again_when_the_flow_ends() {
     ));
     let key = home.create_key("app", &[]);
     let d = home.start();
-    let authorize = d
-        .start_connect_with(
-            &key,
-            "peer",
-            json!({"account": "alice", "return_to": "http://127.0.0.1:9/app/done"}),
-        )
-        .await;
-    let callback = peer.approve(&authorize).await;
+    let callback = approved_with_return_to(&d, &peer, &key).await;
     // The operator takes the entry off the allowlist while the user is at the provider.
     d.signal_and_wait("TERM");
     home.write_config(&format!("{public}{}", peer.provider_toml("peer")));

@@ -282,8 +282,7 @@ async fn requests_without_a_valid_key_get_401(home: Home) {
     let resp = d.http.post(&url).json(&body).send().await.unwrap();
     assert_eq!(resp.status(), 401);
     assert!(resp.headers().get("www-authenticate").is_some());
-    let problem: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(problem["code"], "missing_api_key");
+    common::assert_code(resp, "missing_api_key").await;
 
     let resp = d
         .http
@@ -593,8 +592,7 @@ async fn bad_input_gets_a_4xx_problem_never_a_5xx(home: Home) {
     for path in ["/v1/states", "/callback/peer", "/healthz"] {
         let resp = d.get_raw(&format!("{path}?{long_query}"), Some(&key)).await;
         assert_eq!(resp.status(), 414, "{path}");
-        let problem: serde_json::Value = resp.json().await.unwrap();
-        assert_eq!(problem["code"], "uri_too_long");
+        common::assert_code(resp, "uri_too_long").await;
     }
     let resp = d
         .http
@@ -606,8 +604,7 @@ async fn bad_input_gets_a_4xx_problem_never_a_5xx(home: Home) {
         .await
         .unwrap();
     assert_eq!(resp.status(), 431);
-    let problem: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(problem["code"], "headers_too_large");
+    common::assert_code(resp, "headers_too_large").await;
     let mut many = reqwest::header::HeaderMap::new();
     for i in 0..150 {
         many.insert(
@@ -877,16 +874,7 @@ async fn metrics_count_states_outcomes_and_requests_behind_an_optional_token(hom
 
     let url = format!("{}/metrics", d.url);
     assert_eq!(d.http.get(&url).send().await.unwrap().status(), 401);
-    let text = d
-        .http
-        .get(&url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::text(d.http.get(&url).bearer_auth(token)).await;
     assert_eq!(
         sample(
             &text,
@@ -951,17 +939,9 @@ async fn wrong_api_keys_are_rate_limited_without_locking_out_valid_ones() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 429);
-    let wait: u64 = resp
-        .headers()
-        .get("retry-after")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let wait: u64 = common::retry_after(&resp);
     assert!((1..=60).contains(&wait), "{wait}");
-    let problem: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(problem["code"], "rate_limited");
+    common::assert_code(resp, "rate_limited").await;
     // The app with the right key, on the same address, carries on.
     assert_eq!(
         d.post("/v1/states", &key, json!({"namespace": NS})).await.0,

@@ -93,4 +93,62 @@ async fn a_refresh_lease_is_refused_to_a_caller_that_read_an_older_row(b: Backen
         .is_some());
 }
 
-backends!(a_refresh_lease_is_refused_to_a_caller_that_read_an_older_row);
+/// The same for a process that read the connection while another held the lease: once
+/// the holder stores its refresh and lets go, that read is stale too (it still carries
+/// the refresh token the provider has just rotated out).
+async fn a_row_read_during_someone_elses_lease_is_stale_once_they_let_go(b: Backend) {
+    let s = b.store.as_ref();
+    let key = ConnectionKey::new("p", "a");
+    s.save_connection(
+        &key,
+        tokens(b"a1", b"r1"),
+        AccountIdentity::default(),
+        1_000,
+    )
+    .await
+    .unwrap();
+    let first = s.get_connection(&key).await.unwrap().unwrap();
+    let g = s
+        .acquire_refresh_lease(&key, first.generation, 2_000, 30_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let during = s.get_connection(&key).await.unwrap().unwrap();
+    assert!(s
+        .save_refreshed(&key, g, tokens(b"a2", b"r2"), 3_000)
+        .await
+        .unwrap());
+    assert_eq!(
+        s.acquire_refresh_lease(&key, during.generation, 4_000, 30_000)
+            .await
+            .unwrap(),
+        None,
+        "a lease for a row read during someone else's refresh"
+    );
+    // The same after a failed refresh.
+    let now = s.get_connection(&key).await.unwrap().unwrap();
+    let g = s
+        .acquire_refresh_lease(&key, now.generation, 5_000, 30_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let during = s.get_connection(&key).await.unwrap().unwrap();
+    let failure = oauthd::store::RefreshFailure {
+        status: oauthd::store::ConnectionStatus::Active,
+        error: "down",
+        retry_at_ms: None,
+        now_ms: 6_000,
+    };
+    assert!(s.save_refresh_failure(&key, g, failure).await.unwrap());
+    assert_eq!(
+        s.acquire_refresh_lease(&key, during.generation, 7_000, 30_000)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+backends!(
+    a_refresh_lease_is_refused_to_a_caller_that_read_an_older_row,
+    a_row_read_during_someone_elses_lease_is_stale_once_they_let_go,
+);

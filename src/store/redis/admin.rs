@@ -3,7 +3,7 @@
 
 use super::{hex, RedisStore};
 use crate::secret::SecretHash;
-use crate::store::{AdminSecretKind, AdminStore, StoreError};
+use crate::store::{AdminSecretKind, AdminStore, SecretUse, StoreError};
 use async_trait::async_trait;
 use redis::Script;
 use std::sync::LazyLock;
@@ -73,29 +73,18 @@ impl AdminStore for RedisStore {
         .await
     }
 
-    async fn take_admin_secret(
+    async fn use_admin_secret(
         &self,
-        hash: SecretHash,
-        kind: AdminSecretKind,
+        (hash, kind): (SecretHash, AdminSecretKind),
+        how: SecretUse,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
+        let cmd = match how {
+            SecretUse::Check => "GET",
+            SecretUse::Take => "GETDEL",
+        };
         let key = self.admin_key(&hash, kind);
-        let expires = self
-            .admin_get("using an admin login link", "GETDEL", key)
-            .await?;
-        Ok(expires.is_some_and(|e| e > now_ms))
-    }
-
-    async fn admin_secret_valid(
-        &self,
-        hash: SecretHash,
-        kind: AdminSecretKind,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let key = self.admin_key(&hash, kind);
-        let expires = self
-            .admin_get("checking an admin session", "GET", key)
-            .await?;
+        let expires = self.admin_get("using an admin secret", cmd, key).await?;
         Ok(expires.is_some_and(|e| e > now_ms))
     }
 

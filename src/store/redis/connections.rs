@@ -54,6 +54,7 @@ static FENCED: LazyLock<Script> = LazyLock::new(|| {
 if redis.call('HGET', KEYS[1], 'generation') ~= ARGV[1] then return 0 end
 apply(KEYS[1], 3)
 if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[1], 'failures', 1) end
+redis.call('HINCRBY', KEYS[1], 'generation', 1)
 redis.call('HDEL', KEYS[1], 'lease_until')
 redis.call('DEL', KEYS[2])
 return 1

@@ -2,7 +2,7 @@
 
 use super::SqliteStore;
 use crate::secret::SecretHash;
-use crate::store::{AdminSecretKind, AdminStore, StoreError};
+use crate::store::{AdminSecretKind, AdminStore, SecretUse, StoreError};
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 
@@ -25,14 +25,27 @@ impl AdminStore for SqliteStore {
             .await
     }
 
-    async fn take_admin_secret(
+    async fn use_admin_secret(
         &self,
-        hash: SecretHash,
-        kind: AdminSecretKind,
+        (hash, kind): (SecretHash, AdminSecretKind),
+        how: SecretUse,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
+        if how == SecretUse::Check {
+            return self
+                .read("checking an admin session", move |conn| {
+                    conn.prepare_cached(
+                        "SELECT 1 FROM admin_secrets
+                         WHERE secret_hash = ?1 AND kind = ?2 AND expires_at > ?3",
+                    )?
+                    .query_row(params![&hash.0[..], kind.as_str(), now_ms], |_| Ok(()))
+                    .optional()
+                    .map(|found| found.is_some())
+                })
+                .await;
+        }
         self.writer
-            .run("using an admin login link", move |conn| {
+            .run("using an admin secret", move |conn| {
                 let expires: Option<i64> = conn
                     .prepare_cached(
                         "DELETE FROM admin_secrets WHERE secret_hash = ?1 AND kind = ?2
@@ -43,23 +56,6 @@ impl AdminStore for SqliteStore {
                 Ok(expires.is_some_and(|e| e > now_ms))
             })
             .await
-    }
-
-    async fn admin_secret_valid(
-        &self,
-        hash: SecretHash,
-        kind: AdminSecretKind,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
-        self.read("checking an admin session", move |conn| {
-            conn.prepare_cached(
-                "SELECT 1 FROM admin_secrets WHERE secret_hash = ?1 AND kind = ?2 AND expires_at > ?3",
-            )?
-            .query_row(params![&hash.0[..], kind.as_str(), now_ms], |_| Ok(()))
-            .optional()
-            .map(|found| found.is_some())
-        })
-        .await
     }
 
     async fn any_admin_session(&self, now_ms: i64) -> Result<bool, StoreError> {

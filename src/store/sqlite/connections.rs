@@ -151,7 +151,8 @@ impl ConnectionStore for SqliteStore {
                             scopes = coalesce(?4, scopes), token_type = ?5, access_token = ?6,
                             refresh_token = coalesce(?7, refresh_token), access_expires_at = ?8,
                             updated_at = ?9, last_refresh_at = ?9, last_error = NULL,
-                            failures = 0, retry_at = NULL, lease_until = NULL
+                            failures = 0, retry_at = NULL, lease_until = NULL,
+                            generation = generation + 1
                          WHERE provider = ?1 AND account = ?2 AND generation = ?3",
                     )?
                     .execute(params![
@@ -185,7 +186,7 @@ impl ConnectionStore for SqliteStore {
                     .prepare_cached(
                         "UPDATE connections SET status = ?4, last_error = ?5,
                             failures = failures + 1, retry_at = ?6, updated_at = ?7,
-                            lease_until = NULL
+                            lease_until = NULL, generation = generation + 1
                          WHERE provider = ?1 AND account = ?2 AND generation = ?3",
                     )?
                     .execute(params![

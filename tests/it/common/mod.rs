@@ -165,6 +165,18 @@ impl Home {
         all
     }
 
+    /// Runs `oauthd serve` with this home's config and database where it must stop at
+    /// start (a config or key error), and returns what it said.
+    pub fn serve_once(&self) -> Output {
+        Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(self.config())
+            .arg("--db")
+            .arg(self.db())
+            .output()
+            .unwrap()
+    }
+
     /// Starts the daemon with this home's config file when one was written.
     pub fn start(&self) -> Daemon {
         Daemon::start(self, &[])
@@ -622,6 +634,29 @@ impl Daemon {
 }
 
 /// The session cookie's value from a sign-in answer.
+/// Sends the request and returns the body of whatever answer comes back.
+pub async fn text(request: reqwest::RequestBuilder) -> String {
+    request.send().await.unwrap().text().await.unwrap()
+}
+
+/// Reads the response as a problem document and checks its stable error code.
+pub async fn assert_code(resp: reqwest::Response, code: &str) {
+    let problem: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(problem["code"], code, "{problem}");
+}
+
+/// The `Retry-After` seconds the response must carry.
+pub fn retry_after(resp: &reqwest::Response) -> u64 {
+    header(resp, "retry-after").parse().unwrap()
+}
+
+/// A header the response must carry, as text.
+pub fn header(resp: &reqwest::Response, name: &str) -> String {
+    let value = resp.headers().get(name);
+    let value = value.unwrap_or_else(|| panic!("no {name} header in {resp:?}"));
+    value.to_str().unwrap().to_owned()
+}
+
 pub fn session_cookie(resp: &reqwest::Response) -> Option<String> {
     resp.headers()
         .get_all("set-cookie")

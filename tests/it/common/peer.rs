@@ -77,6 +77,13 @@ impl Peer {
     }
 
     /// The `[providers.NAME]` table for this provider.
+    /// A new SQLite home whose config is `extra_toml` and this peer as provider "peer".
+    pub fn home(&self, extra_toml: &str) -> super::Home {
+        let home = super::Home::new();
+        home.write_config(&format!("{extra_toml}{}", self.provider_toml("peer")));
+        home
+    }
+
     pub fn provider_toml(&self, name: &str) -> String {
         format!(
             "[providers.{name}]\nissuer = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n\
@@ -173,23 +180,13 @@ impl Peer {
             page[start..start + page[start..].find('"').expect("xsrf end")].to_owned()
         };
         let device = format!("{}/device", self.issuer);
-        let page = browser
-            .get(&device)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let page = browser
-            .post(&device)
-            .form(&[("xsrf", xsrf(&page).as_str()), ("user_code", user_code)])
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let page = crate::common::text(browser.get(&device)).await;
+        let page = crate::common::text(
+            browser
+                .post(&device)
+                .form(&[("xsrf", xsrf(&page).as_str()), ("user_code", user_code)]),
+        )
+        .await;
         let answer = if approve { "confirm" } else { "abort" };
         let resp = browser
             .post(&device)
@@ -294,4 +291,13 @@ pub async fn twenty_token_calls_refresh_once(
     let token = tokens.into_iter().next().unwrap_or_default();
     assert!(peer.is_active(&token).await, "the grant was revoked");
     token
+}
+
+/// Starts a connect flow for "alice" at provider "peer" with return_to
+/// `http://127.0.0.1:9/app/done`, approves it, and returns the callback URL.
+pub async fn approved_with_return_to(d: &super::Daemon, peer: &Peer, key: &str) -> String {
+    let request =
+        serde_json::json!({"account": "alice", "return_to": "http://127.0.0.1:9/app/done"});
+    let authorize = d.start_connect_with(key, "peer", request).await;
+    peer.approve(&authorize).await
 }
