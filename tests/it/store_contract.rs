@@ -51,87 +51,71 @@ pub fn redis() -> Backend {
     }
 }
 
+/// Connection p/a, stored at t=1000 with tokens a1/r1.
+async fn connected(b: &Backend) -> ConnectionKey {
+    let key = ConnectionKey::new("p", "a");
+    let identity = AccountIdentity::default();
+    let stored = b
+        .store
+        .save_connection(&key, tokens(b"a1", b"r1"), identity, 1_000);
+    stored.await.unwrap();
+    key
+}
+
+/// Takes the free lease on `key` for the row read as `seen`, at `now`.
+async fn lease(
+    s: &dyn oauthd::store::Store,
+    key: &ConnectionKey,
+    seen: i64,
+    now: i64,
+) -> Option<i64> {
+    s.acquire_refresh_lease(key, seen, now, 30_000)
+        .await
+        .unwrap()
+}
+
 /// A process that read the connection before another one refreshed it must not get the
 /// refresh lease: it would refresh with the refresh token it read, already rotated out,
 /// and a strict provider revokes the whole grant for that replay.
 async fn a_refresh_lease_is_refused_to_a_caller_that_read_an_older_row(b: Backend) {
-    let s = b.store.as_ref();
-    let key = ConnectionKey::new("p", "a");
-    s.save_connection(
-        &key,
-        tokens(b"a1", b"r1"),
-        AccountIdentity::default(),
-        1_000,
-    )
-    .await
-    .unwrap();
+    let (s, key) = (b.store.as_ref(), connected(&b).await);
     let seen = s.get_connection(&key).await.unwrap().unwrap();
     // The first process refreshes and lets go of the lease.
-    let g = s
-        .acquire_refresh_lease(&key, seen.generation, 2_000, 30_000)
+    let g = lease(s, &key, seen.generation, 2_000)
         .await
-        .unwrap()
         .expect("a free lease");
     assert!(s
         .save_refreshed(&key, g, tokens(b"a2", b"r2"), 3_000)
         .await
         .unwrap());
     // The second one decided on the row it read before: refused.
-    assert_eq!(
-        s.acquire_refresh_lease(&key, seen.generation, 4_000, 30_000)
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(lease(s, &key, seen.generation, 4_000).await, None);
     // Having read the row again, it sees the new tokens and could take the lease.
     let fresh = s.get_connection(&key).await.unwrap().unwrap();
     assert_eq!(fresh.refresh_token.as_deref(), Some(&b"r2"[..]));
-    assert!(s
-        .acquire_refresh_lease(&key, fresh.generation, 4_000, 30_000)
-        .await
-        .unwrap()
-        .is_some());
+    assert!(lease(s, &key, fresh.generation, 4_000).await.is_some());
 }
 
 /// The same for a process that read the connection while another held the lease: once
 /// the holder stores its refresh and lets go, that read is stale too (it still carries
 /// the refresh token the provider has just rotated out).
 async fn a_row_read_during_someone_elses_lease_is_stale_once_they_let_go(b: Backend) {
-    let s = b.store.as_ref();
-    let key = ConnectionKey::new("p", "a");
-    s.save_connection(
-        &key,
-        tokens(b"a1", b"r1"),
-        AccountIdentity::default(),
-        1_000,
-    )
-    .await
-    .unwrap();
+    let (s, key) = (b.store.as_ref(), connected(&b).await);
     let first = s.get_connection(&key).await.unwrap().unwrap();
-    let g = s
-        .acquire_refresh_lease(&key, first.generation, 2_000, 30_000)
-        .await
-        .unwrap()
-        .unwrap();
+    let g = lease(s, &key, first.generation, 2_000).await.unwrap();
     let during = s.get_connection(&key).await.unwrap().unwrap();
     assert!(s
         .save_refreshed(&key, g, tokens(b"a2", b"r2"), 3_000)
         .await
         .unwrap());
     assert_eq!(
-        s.acquire_refresh_lease(&key, during.generation, 4_000, 30_000)
-            .await
-            .unwrap(),
+        lease(s, &key, during.generation, 4_000).await,
         None,
         "a lease for a row read during someone else's refresh"
     );
     // The same after a failed refresh.
     let now = s.get_connection(&key).await.unwrap().unwrap();
-    let g = s
-        .acquire_refresh_lease(&key, now.generation, 5_000, 30_000)
-        .await
-        .unwrap()
-        .unwrap();
+    let g = lease(s, &key, now.generation, 5_000).await.unwrap();
     let during = s.get_connection(&key).await.unwrap().unwrap();
     let failure = oauthd::store::RefreshFailure {
         status: oauthd::store::ConnectionStatus::Active,
@@ -140,12 +124,7 @@ async fn a_row_read_during_someone_elses_lease_is_stale_once_they_let_go(b: Back
         now_ms: 6_000,
     };
     assert!(s.save_refresh_failure(&key, g, failure).await.unwrap());
-    assert_eq!(
-        s.acquire_refresh_lease(&key, during.generation, 7_000, 30_000)
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(lease(s, &key, during.generation, 7_000).await, None);
 }
 
 backends!(
