@@ -1,6 +1,9 @@
-//! Baseline for the benchmark: the same two endpoints and JSON shapes as oauthd's state
-//! API, on actix-web with the same worker count, but no authentication and no storage.
-//! What oauthd adds on top of this is the cost of keeping states durable.
+//! Baseline for the benchmark: the same endpoints and JSON shapes as oauthd's state API and
+//! token API, on actix-web with the same worker count, but no authentication and no
+//! storage. What oauthd adds on top of this is the cost of its work.
+//!
+//! It also stands in for provider "bench"'s token endpoint (`POST /provider/token`), so
+//! the benchmark can connect an account without a real provider.
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -29,6 +32,27 @@ async fn consume(body: web::Json<Value>) -> HttpResponse {
     }))
 }
 
+async fn token() -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header(("cache-control", "no-store"))
+        .json(json!({
+            "access_token": "bench-access-token-0123456789abcdefghijklmnopqrstuvwxyz",
+            "token_type": "Bearer",
+            "expires_at": (chrono::Utc::now() + chrono::Duration::hours(24)).to_rfc3339(),
+            "scope": null,
+        }))
+}
+
+/// Provider "bench": hands out a day-long token for any code or refresh token.
+async fn provider_token() -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "access_token": "bench-access-token-0123456789abcdefghijklmnopqrstuvwxyz",
+        "token_type": "Bearer",
+        "expires_in": 86400,
+        "refresh_token": "bench-refresh-token",
+    }))
+}
+
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
     let listen = std::env::args()
@@ -38,6 +62,11 @@ async fn main() -> std::io::Result<()> {
         App::new()
             .route("/v1/states", web::post().to(create))
             .route("/v1/states/consume", web::post().to(consume))
+            .route(
+                "/v1/connections/{provider}/{account}/token",
+                web::get().to(token),
+            )
+            .route("/provider/token", web::post().to(provider_token))
     })
     .bind(listen)?;
     for addr in server.addrs() {

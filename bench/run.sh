@@ -15,6 +15,8 @@
 #   create       POST /v1/states: leaves hundreds of thousands of unconsumed states
 #   consume      POST /v1/states/consume over the states the create run got
 #   pairs+flood  pairs again, on the table the create run filled
+#   token        GET /v1/connections/bench/default/token: a connected account whose token
+#                is fresh (the bare handler plays the provider for the connect)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +33,7 @@ case $STORE in sqlite|redis) ;; *) echo "--store: sqlite or redis" >&2; exit 2 ;
 DURATION=${DURATION:-10}
 DURABILITY=${DURABILITY:-full}
 CONNS=${CONNS:-"16 64"}
-SCENARIOS=${SCENARIOS:-"pairs create consume pairs+flood"}
+SCENARIOS=${SCENARIOS:-"token pairs create consume pairs+flood"}
 
 if ! command -v wrk >/dev/null; then
   echo "installing wrk (Debian package)" >&2
@@ -50,50 +52,8 @@ fi
 # shellcheck disable=SC2086
 cargo build --release --locked $FEATURES --bin oauthd --example bare_handler >&2
 
-tmp=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$tmp"; }
-trap cleanup EXIT
-
-# start NAME CMD...: runs CMD, waits for its "listening on URL" line, sets $URL.
-start() {
-  local name=$1; shift
-  "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
-  pids+=($!)
-  for _ in $(seq 100); do
-    URL=$(sed -n 's/.* listening on //p' "$tmp/$name.out" | head -1)
-    [ -n "$URL" ] && return 0
-    sleep 0.1
-  done
-  echo "$name did not start:" >&2; cat "$tmp/$name.err" >&2; exit 1
-}
-
-# The flood scenarios create far more than the default per-namespace cap (100,000 live
-# states): lift it so they measure storage, not the cap.
-printf 'durability = "%s"\n[states]\nmax_states = 100000000\n' "$DURABILITY" >"$tmp/oauthd.toml"
-STORE_ARGS=()
-if [ "$STORE" = redis ]; then
-  REDIS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$tmp" --save "" \
-    --appendonly yes --appendfsync everysec --daemonize no >"$tmp/redis.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
-  target/release/oauthd keygen >"$tmp/vault.key"; chmod 600 "$tmp/vault.key"
-  export OAUTHD_KEY_FILE="$tmp/vault.key"
-  STORE_ARGS=(--store "redis://127.0.0.1:$REDIS_PORT/0")
-fi
-export BENCH_API_KEY
-start bare target/release/examples/bare_handler 127.0.0.1:0; BARE=$URL
-
-# fresh_oauthd N: stops the previous oauthd, starts one on a new database, sets $OAUTHD.
-fresh_oauthd() {
-  [ -n "${OAUTHD_PID:-}" ] && { kill "$OAUTHD_PID"; wait "$OAUTHD_PID" 2>/dev/null || true; }
-  local db="$tmp/bench-$1.db"
-  [ "$STORE" = redis ] && redis-cli -p "$REDIS_PORT" flushdb >/dev/null
-  BENCH_API_KEY=$(RUST_LOG=warn target/release/oauthd keys create --db "$db" "${STORE_ARGS[@]}" --name bench 2>/dev/null | tail -1)
-  RUST_LOG=warn start oauthd target/release/oauthd --db "$db" "${STORE_ARGS[@]}" --config "$tmp/oauthd.toml" --listen 127.0.0.1:0
-  OAUTHD=$URL OAUTHD_PID=${pids[-1]} OAUTHD_DB=$db
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 # measure TARGET URL SCRIPT CONNS -> "ok_per_s p50 p99" (latencies as wrk prints them)
 measure() {

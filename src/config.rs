@@ -32,6 +32,7 @@ pub struct FileConfig {
     pub redis_prefix: Option<String>,
     pub durability: Option<Durability>,
     pub api_key_cache_seconds: Option<u64>,
+    pub token_cache_seconds: Option<u64>,
     /// How long a browser sign-in lasts (default 168: seven days).
     pub admin_session_hours: Option<u64>,
     pub refresh_check_seconds: Option<u64>,
@@ -151,6 +152,9 @@ pub struct Settings {
     pub store: StoreTarget,
     pub durability: Durability,
     pub api_key_cache: Duration,
+    /// How long a token read from the store answers the token API from memory; a change
+    /// another process makes is seen within this (0 reads the store on every call).
+    pub token_cache: Duration,
     pub admin_session_hours: u64,
     /// How often the background refresher looks for tokens to renew.
     pub refresh_check: Duration,
@@ -232,6 +236,10 @@ impl Settings {
                 "limits.max_device_flows_per_key",
                 "must be between 1 and 10000",
             ));
+        }
+        let token_cache_seconds = file.token_cache_seconds.unwrap_or(1);
+        if token_cache_seconds > 60 {
+            return Err(invalid("token_cache_seconds", "must be at most 60"));
         }
         let api_key_cache_seconds = file.api_key_cache_seconds.unwrap_or(1);
         if api_key_cache_seconds > 3600 {
@@ -318,6 +326,7 @@ impl Settings {
             store,
             durability: file.durability.unwrap_or_default(),
             api_key_cache: Duration::from_secs(api_key_cache_seconds),
+            token_cache: Duration::from_secs(token_cache_seconds),
             admin_session_hours,
             max_device_flows_per_key: file.limits.max_device_flows_per_key,
             admin_token: secret_from_env("OAUTHD_ADMIN_TOKEN")?,

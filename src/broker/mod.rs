@@ -10,6 +10,7 @@ mod callback;
 mod device;
 pub mod refresher;
 pub mod return_to;
+mod token_cache;
 mod tokens;
 
 pub use callback::{CallbackError, CallbackQuery, Connected, IssuerProblem};
@@ -106,6 +107,8 @@ pub struct BrokerSettings {
     pub max_device_flows: u32,
     /// What time it is (the states service is given the same clock).
     pub clock: Clock,
+    /// How long a token read from the store answers from memory (`token_cache_seconds`).
+    pub token_cache: std::time::Duration,
 }
 
 pub struct Broker {
@@ -129,6 +132,8 @@ pub struct Broker {
     /// Whether each provider accepted the client credentials, and when that was asked.
     client_checks: Mutex<HashMap<String, (std::time::Instant, flows::ClientCheck)>>,
     clock: Clock,
+    /// Tokens read from the store within `token_cache_seconds`: the token API's hot path.
+    token_cache: token_cache::TokenCache,
 }
 
 impl Broker {
@@ -156,6 +161,7 @@ impl Broker {
             device_drivers: Mutex::new(Default::default()),
             client_checks: Mutex::new(HashMap::new()),
             clock: settings.clock,
+            token_cache: token_cache::TokenCache::new(settings.token_cache),
         })
     }
 

@@ -32,7 +32,8 @@ const PROACTIVE_MS: i64 = 5 * 60_000;
 const KEEP_ALIVE_MARGIN_MS: i64 = 7 * 24 * 3600 * 1000;
 const BACKOFF_MAX_MS: i64 = 10 * 60_000;
 
-/// An access token for an app. Redacted in `Debug`.
+/// An access token for an app. Redacted in `Debug`; zeroized when dropped.
+#[derive(Clone)]
 pub struct AccessToken {
     pub access_token: Zeroizing<String>,
     pub token_type: String,
@@ -121,14 +122,27 @@ impl Disconnected {
     }
 }
 
-/// `min_ttl`, but at most half the lifetime the provider gives its tokens: asking an hour
-/// of a provider whose tokens live 30 minutes would otherwise refresh on every call.
-fn capped_min_ttl_ms(row: &ConnectionRow, min_ttl: Duration) -> i64 {
-    let wanted = min_ttl.as_millis() as i64;
+/// Half the lifetime the provider gave the row's access token, when known.
+fn half_life_ms(row: &ConnectionRow) -> Option<i64> {
     match (row.access_expires_at_ms, row.last_refresh_at_ms) {
-        (Some(expires), Some(issued)) if expires > issued => wanted.min((expires - issued) / 2),
-        _ => wanted,
+        (Some(expires), Some(issued)) if expires > issued => Some((expires - issued) / 2),
+        _ => None,
     }
+}
+
+/// Whether a token expiring at `expires_at_ms` still has `min_ttl` at `now`, where
+/// `min_ttl` counts at most half the token's lifetime: asking an hour of a provider whose
+/// tokens live 30 minutes would otherwise refresh on every call. A token without a known
+/// expiry is good until it is refused.
+fn lasts(
+    expires_at_ms: Option<i64>,
+    half_life_ms: Option<i64>,
+    min_ttl: Duration,
+    now: i64,
+) -> bool {
+    let wanted = i64::try_from(min_ttl.as_millis()).unwrap_or(i64::MAX);
+    let needed = half_life_ms.map_or(wanted, |half| wanted.min(half));
+    expires_at_ms.is_none_or(|at| at.saturating_sub(now) >= needed)
 }
 
 /// Whether the background refresher should refresh this connection now: its token is
@@ -214,21 +228,19 @@ impl Broker {
         if row.status == ConnectionStatus::NeedsReauth {
             return Err(self.needs_reauth(row));
         }
-        let fresh = match row.access_expires_at_ms {
-            // The provider did not say: the token is good until it is refused.
-            None => true,
-            Some(at) => at.saturating_sub(self.clock.now_ms()) >= capped_min_ttl_ms(row, min_ttl),
-        };
-        if !fresh {
+        let now = self.clock.now_ms();
+        if !lasts(row.access_expires_at_ms, half_life_ms(row), min_ttl, now) {
             return Ok(None);
         }
         let aad = token_aad(&row.provider, &row.account, "access_token");
-        Ok(Some(AccessToken {
+        let token = AccessToken {
             access_token: self.vault.open_str(&aad, &row.access_token)?,
             token_type: row.token_type.clone(),
             expires_at_ms: row.access_expires_at_ms,
             scope: row.scopes.clone(),
-        }))
+        };
+        self.token_cache.put(&row.key(), &token, half_life_ms(row));
+        Ok(Some(token))
     }
 
     pub(super) fn seal_tokens(
@@ -273,6 +285,8 @@ impl Broker {
         // No scope in the response means the requested ones were granted (RFC 6749 §5.1).
         let requested = (!provider.scopes.is_empty()).then(|| provider.scopes.join(" "));
         let sealed = self.seal_tokens(&provider.name, account, t, requested)?;
+        let key = ConnectionKey::new(&provider.name, account);
+        self.token_cache.forget(&key);
         self.store
             .save_connection(
                 &ConnectionKey::new(&provider.name, account),
@@ -335,6 +349,12 @@ impl Broker {
     ) -> Result<AccessToken, BrokerError> {
         let provider = self.provider(provider_name)?.clone();
         let key = ConnectionKey::new(provider_name, account);
+        // The hot path: a token read from the store within `token_cache_seconds`.
+        if let Some((token, half_life)) = self.token_cache.get(&key) {
+            if lasts(token.expires_at_ms, half_life, min_ttl, self.clock.now_ms()) {
+                return Ok(token);
+            }
+        }
         let row = self.row(&key).await?;
         if let Some(token) = self.usable(&row, min_ttl)? {
             return Ok(token);
@@ -494,12 +514,15 @@ impl Broker {
         }
         log::info!("refresh {p}/{a}: ok");
         refreshed(p, "ok");
-        Ok(AccessToken {
+        let token = AccessToken {
             access_token: tokens.access_token,
             token_type: tokens.token_type,
             expires_at_ms,
             scope,
-        })
+        };
+        let half_life = expires_at_ms.map(|at| (at - self.clock.now_ms()) / 2);
+        self.token_cache.put(&row.key(), &token, half_life);
+        Ok(token)
     }
 
     /// Records a failed refresh on the connection (releasing the lease) and returns the
@@ -511,6 +534,7 @@ impl Broker {
         generation: i64,
         failure: Failure,
     ) -> BrokerError {
+        self.token_cache.forget(&row.key());
         let now = self.clock.now_ms();
         let (status, error, retry_at_ms) = match &failure {
             Failure::Reauth(reason) => (ConnectionStatus::NeedsReauth, reason.as_str(), None),
@@ -636,6 +660,7 @@ impl Broker {
                 }
             },
         };
+        self.token_cache.forget(&key);
         self.store.delete_connection(&key).await?;
         log::info!(
             "disconnect {provider_name}/{account}: deleted ({})",

@@ -461,6 +461,7 @@ pub(super) fn services(
                 provider_timeout: settings.provider_timeout,
                 max_device_flows: settings.max_device_flows_per_key,
                 clock,
+                token_cache: settings.token_cache,
             },
         )
         .map_err(|e| Fatal(e, 1))?,

@@ -34,7 +34,48 @@ contract![
     database_and_log_hold_no_token_secret_or_full_state,
     background_refresher_renews_tokens_before_they_expire,
     admin_signs_in_with_the_printed_link_and_connects_from_the_browser,
+    the_token_api_sees_another_processs_delete_within_token_cache_seconds,
 ];
+
+/// The token API answers from memory for `token_cache_seconds`: a delete made by another
+/// process (the CLI) is seen within that bound, not at once; with 0, at once.
+async fn the_token_api_sees_another_processs_delete_within_token_cache_seconds(home: Home) {
+    const PATH: &str = "/v1/connections/peer/alice/token";
+    let (peer, key, d) = connected_alice(&home, 60, "token_cache_seconds = 3\n").await;
+    assert_eq!(d.get(PATH, &key).await.0, 200);
+    let read_at = std::time::Instant::now();
+    let out = home.cli(&["connections", "delete", "peer", "alice"]);
+    assert!(out.status.success(), "{out:?}");
+    // Still in memory: the delete happened in another process.
+    assert_eq!(d.get(PATH, &key).await.0, 200);
+    let mut status = 200;
+    while status == 200 && read_at.elapsed() < std::time::Duration::from_secs(10) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        status = d.get(PATH, &key).await.0;
+    }
+    assert_eq!(status, 404);
+    let seen_after = read_at.elapsed();
+    assert!(
+        seen_after < std::time::Duration::from_millis(4500),
+        "the delete reached the token API only after {seen_after:?}"
+    );
+    d.signal_and_wait("TERM");
+
+    home.write_config(&format!(
+        "token_cache_seconds = 0\n{}",
+        peer.provider_toml("peer")
+    ));
+    let d = home.start();
+    assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
+    assert_eq!(d.get(PATH, &key).await.0, 200);
+    let out = home.cli(&["connections", "delete", "peer", "alice"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        d.get(PATH, &key).await.0,
+        404,
+        "token_cache_seconds = 0 reads the store"
+    );
+}
 
 /// Starts a connect flow for `account` and returns the authorization URL.
 async fn start_flow(d: &Daemon, key: &str, account: &str) -> String {

@@ -181,6 +181,7 @@ async fn connected(b: &Backend, clock: &Clock, endpoint: Arc<Scripted>) -> Arc<B
             provider_timeout: Duration::from_secs(5),
             max_device_flows: 5,
             clock: clock.clone(),
+            token_cache: Duration::from_secs(1),
         },
     )
     .unwrap()

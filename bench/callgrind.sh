@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# CPU instructions per request, counted by valgrind's callgrind: a cost figure that does
+# not move with the machine (wrk's ratios do). A fixed sequential run per scenario, on
+# oauthd and on the bare handler, both under callgrind; counters are zeroed after a
+# warm-up, so start-up is not counted. Background work during the run (the writer, the
+# sweeper's ticks) is, as it is part of what a request costs.
+#
+#   bench/callgrind.sh                 # 2,000 token calls and 2,000 create+consume pairs
+#   COUNT=500 SCENARIOS=token bench/callgrind.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STORE=sqlite
+DURABILITY=${DURABILITY:-full}
+COUNT=${COUNT:-2000}
+SCENARIOS=${SCENARIOS:-"token pairs"}
+
+for tool in valgrind:valgrind callgrind_control:valgrind curl:curl python3:python3; do
+  command -v "${tool%%:*}" >/dev/null && continue
+  echo "installing ${tool#*:} (Debian package)" >&2
+  if [ "$(id -u)" = 0 ]; then apt-get install -y -qq "${tool#*:}" >/dev/null || { apt-get update -qq && apt-get install -y -qq "${tool#*:}" >/dev/null; }
+  else sudo apt-get install -y -qq "${tool#*:}" >/dev/null; fi
+done
+cargo build --release --locked --bin oauthd --example bare_handler >&2
+
+cgdir=$(mktemp -d)
+START_TRIES=1200  # two minutes: everything starts slowly under valgrind
+BARE_WRAP="valgrind --tool=callgrind --callgrind-out-file=$cgdir/bare.%p"
+OAUTHD_WRAP="valgrind --tool=callgrind --callgrind-out-file=$cgdir/oauthd.%p"
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+trap 'cleanup; rm -rf "$cgdir"' EXIT
+BARE_PID=${pids[0]}
+fresh_oauthd callgrind
+
+# count NAME PID URL SCENARIO -> instructions per request (a pair counts as one)
+count() {
+  local name=$1 pid=$2 url=$3 scenario=$4 before dump ir
+  python3 bench/sequential.py "$url" "$scenario" 50
+  callgrind_control -z "$pid" >/dev/null
+  python3 bench/sequential.py "$url" "$scenario" "$COUNT"
+  before=$(ls "$cgdir" | wc -l)
+  callgrind_control -d "$pid" >/dev/null
+  for _ in $(seq 100); do [ "$(ls "$cgdir" | wc -l)" -gt "$before" ] && break; sleep 0.1; done
+  dump=$(ls -t "$cgdir"/"$name".* | head -1)
+  ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
+  echo $(( ir / COUNT ))
+}
+
+echo "instructions per request under callgrind, $COUNT sequential requests per cell (a pair is one create and one consume), durability=$DURABILITY"
+printf '%-8s | %14s | %14s | %6s\n' scenario "bare Ir/req" "oauthd Ir/req" ratio
+for scenario in $SCENARIOS; do
+  b=$(count bare "$BARE_PID" "$BARE" "$scenario")
+  o=$(count oauthd "$OAUTHD_PID" "$OAUTHD" "$scenario")
+  printf '%-8s | %14s | %14s | %6s\n' "$scenario" "$b" "$o" "$(awk -v o="$o" -v b="$b" 'BEGIN { printf "%.2f", o / b }')"
+done

@@ -1,0 +1,77 @@
+# Shared by bench/run.sh and bench/callgrind.sh (sourced, not run): a temporary directory
+# cleaned up on exit, processes started and stopped by PID, the bare handler (which also
+# plays provider "bench"), oauthd's config, and a fresh oauthd with bench/default
+# connected. Expects STORE and DURABILITY; BARE_WRAP and OAUTHD_WRAP prefix the commands
+# (callgrind.sh runs both under valgrind).
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$tmp"; }
+trap cleanup EXIT
+
+# start NAME CMD...: runs CMD, waits for its "listening on URL" line (START_TRIES tenths of
+# a second), sets $URL.
+start() {
+  local name=$1; shift
+  "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
+  pids+=($!)
+  for _ in $(seq "${START_TRIES:-100}"); do
+    URL=$(sed -n 's/.* listening on //p' "$tmp/$name.out" | head -1)
+    [ -n "$URL" ] && return 0
+    sleep 0.1
+  done
+  echo "$name did not start:" >&2; cat "$tmp/$name.err" >&2; exit 1
+}
+
+export BENCH_API_KEY
+# shellcheck disable=SC2086
+start bare ${BARE_WRAP:-} target/release/examples/bare_handler 127.0.0.1:0; BARE=$URL
+# The flood scenarios create far more than the default per-namespace cap (100,000 live
+# states): lift it so they measure storage, not the cap. Provider "bench" is the bare
+# handler's stand-in token endpoint.
+cat >"$tmp/oauthd.toml" <<TOML
+durability = "$DURABILITY"
+${TOKEN_CACHE_SECONDS:+token_cache_seconds = $TOKEN_CACHE_SECONDS}
+[states]
+max_states = 100000000
+[providers.bench]
+authorization_url = "$BARE/provider/authorize"
+token_url = "$BARE/provider/token"
+client_id = "bench"
+client_secret = "bench"
+TOML
+STORE_ARGS=()
+if [ "$STORE" = redis ]; then
+  REDIS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$tmp" --save "" \
+    --appendonly yes --appendfsync everysec --daemonize no >"$tmp/redis.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  target/release/oauthd keygen >"$tmp/vault.key"; chmod 600 "$tmp/vault.key"
+  export OAUTHD_KEY_FILE="$tmp/vault.key"
+  STORE_ARGS=(--store "redis://127.0.0.1:$REDIS_PORT/0")
+fi
+
+# fresh_oauthd N: stops the previous oauthd, starts one on a new database, sets $OAUTHD.
+fresh_oauthd() {
+  [ -n "${OAUTHD_PID:-}" ] && { kill "$OAUTHD_PID"; wait "$OAUTHD_PID" 2>/dev/null || true; }
+  local db="$tmp/bench-$1.db"
+  [ "$STORE" = redis ] && redis-cli -p "$REDIS_PORT" flushdb >/dev/null
+  BENCH_API_KEY=$(RUST_LOG=warn target/release/oauthd keys create --create --db "$db" "${STORE_ARGS[@]}" --name bench 2>/dev/null | tail -1)
+  # shellcheck disable=SC2086
+  RUST_LOG=warn start oauthd ${OAUTHD_WRAP:-} target/release/oauthd --db "$db" "${STORE_ARGS[@]}" --config "$tmp/oauthd.toml" --listen 127.0.0.1:0
+  OAUTHD=$URL OAUTHD_PID=${pids[-1]} OAUTHD_DB=$db
+  connect_bench
+}
+
+# connect_bench: connects account bench/default through the browser flow's callback, the
+# bare handler answering as the provider's token endpoint.
+connect_bench() {
+  local authorize state page
+  authorize=$(curl -sf -X POST -H "Authorization: Bearer $BENCH_API_KEY" \
+    -H 'Content-Type: application/json' -d '{}' "$OAUTHD/v1/connect/bench")
+  state=$(echo "$authorize" | sed -n 's/.*[?&]state=\([^&"]*\).*/\1/p')
+  page=$(curl -s "$OAUTHD/callback/bench?state=$state&code=bench")
+  echo "$page" | grep -q "is connected" || { echo "could not connect bench/default: $page" >&2; exit 1; }
+}
+

@@ -1,0 +1,45 @@
+"""Sends a fixed number of requests one after another over one keep-alive connection, for
+instruction counts under callgrind (the rate does not matter there, the count does).
+
+    python3 bench/sequential.py URL SCENARIO COUNT    # SCENARIO: token or pairs
+
+BENCH_API_KEY is sent as the bearer token. Exits non-zero if any answer is not 2xx.
+"""
+
+import http.client
+import json
+import os
+import sys
+import urllib.parse
+
+
+def main() -> int:
+    url, scenario, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    parsed = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=120)
+    headers = {
+        "Authorization": "Bearer " + os.environ.get("BENCH_API_KEY", ""),
+        "Content-Type": "application/json",
+    }
+
+    def call(method: str, path: str, body=None) -> dict:
+        conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        if resp.status // 100 != 2:
+            raise SystemExit(f"{method} {path}: {resp.status} {data[:200]!r}")
+        return json.loads(data) if data else {}
+
+    for _ in range(count):
+        if scenario == "token":
+            call("GET", "/v1/connections/bench/default/token")
+        elif scenario == "pairs":
+            created = call("POST", "/v1/states", {"namespace": "oauth:bench", "data": {"verifier": "abcdefghijklmnopqrstuvwxyz0123456789", "return_to": "/done"}})
+            call("POST", "/v1/states/consume", {"state": created["state"], "namespace": "oauth:bench"})
+        else:
+            raise SystemExit(f"unknown scenario {scenario}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
