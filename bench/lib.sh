@@ -2,7 +2,8 @@
 # cleaned up on exit, processes started and stopped by PID, the bare handler (which also
 # plays provider "bench"), oauthd's config, and a fresh oauthd with bench/default
 # connected. Expects STORE and DURABILITY; BARE_WRAP and OAUTHD_WRAP prefix the commands
-# (callgrind.sh runs both under valgrind).
+# (callgrind.sh runs both under valgrind); OAUTHD_BIN runs another oauthd binary (an
+# earlier commit's, for a before/after in one sitting).
 
 tmp=$(mktemp -d)
 pids=()
@@ -47,7 +48,7 @@ if [ "$STORE" = redis ]; then
     --appendonly yes --appendfsync everysec --daemonize no >"$tmp/redis.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
-  target/release/oauthd keygen >"$tmp/vault.key"; chmod 600 "$tmp/vault.key"
+  ${OAUTHD_BIN:-target/release/oauthd} keygen >"$tmp/vault.key"; chmod 600 "$tmp/vault.key"
   export OAUTHD_KEY_FILE="$tmp/vault.key"
   STORE_ARGS=(--store "redis://127.0.0.1:$REDIS_PORT/0")
 fi
@@ -57,9 +58,9 @@ fresh_oauthd() {
   [ -n "${OAUTHD_PID:-}" ] && { kill "$OAUTHD_PID"; wait "$OAUTHD_PID" 2>/dev/null || true; }
   local db="$tmp/bench-$1.db"
   [ "$STORE" = redis ] && redis-cli -p "$REDIS_PORT" flushdb >/dev/null
-  BENCH_API_KEY=$(RUST_LOG=warn target/release/oauthd keys create --create --db "$db" "${STORE_ARGS[@]}" --name bench 2>/dev/null | tail -1)
+  BENCH_API_KEY=$(RUST_LOG=warn ${OAUTHD_BIN:-target/release/oauthd} keys create --create --db "$db" "${STORE_ARGS[@]}" --name bench 2>/dev/null | tail -1)
   # shellcheck disable=SC2086
-  RUST_LOG=warn start oauthd ${OAUTHD_WRAP:-} target/release/oauthd --db "$db" "${STORE_ARGS[@]}" --config "$tmp/oauthd.toml" --listen 127.0.0.1:0
+  RUST_LOG=warn start oauthd ${OAUTHD_WRAP:-} ${OAUTHD_BIN:-target/release/oauthd} --db "$db" "${STORE_ARGS[@]}" --config "$tmp/oauthd.toml" --listen 127.0.0.1:0
   OAUTHD=$URL OAUTHD_PID=${pids[-1]} OAUTHD_DB=$db
   connect_bench
 }

@@ -17,6 +17,9 @@
 #   pairs+flood  pairs again, on the table the create run filled
 #   token        GET /v1/connections/bench/default/token: a connected account whose token
 #                is fresh (the bare handler plays the provider for the connect)
+#   sweep        pairs for SWEEP_SECONDS (default 20) on an empty table, then again on a
+#                table holding SWEEP_ROWS (default 1,000,000) expired states while the
+#                sweeper removes them; prints both and what the sweep cost (SQLite only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,9 +58,9 @@ cargo build --release --locked $FEATURES --bin oauthd --example bare_handler >&2
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 
-# measure TARGET URL SCRIPT CONNS -> "ok_per_s p50 p99" (latencies as wrk prints them)
+# measure TARGET URL SCRIPT CONNS [SECONDS] -> "ok_per_s p50 p99" (latencies as wrk prints them)
 measure() {
-  local target=$1 url=$2 script=${3%+flood} conns=$4 out secs=$DURATION
+  local target=$1 url=$2 script=${3%+flood} conns=$4 out secs=${5:-$DURATION}
   # Consume runs half as long as the create run that stocked it, so it rarely runs dry.
   [ "$script" = consume ] && secs=$(( DURATION / 2 > 1 ? DURATION / 2 : 1 ))
   out=$(STATES_OUT="$tmp/states.$target" STATES_IN="$tmp/states.$target" \
@@ -79,7 +82,39 @@ else
   echo "oauthd state API vs bare actix-web handler, ${DURATION}s per cell, durability=$DURABILITY, $(nproc) cores"
 fi
 printf '%-11s %5s | %10s %8s %8s | %10s %8s %8s | %6s\n' scenario conns "bare ok/s" p50 p99 "oauthd/s" p50 p99 ratio
+# sweep_run CONNS: the sweep scenario (see the top of this file).
+sweep_run() {
+  local conns=$1 secs=${SWEEP_SECONDS:-20} rows=${SWEEP_ROWS:-1000000} e_ok e_50 e_99 f_ok f_50 f_99
+  fresh_oauthd "sweep-empty-$conns"
+  read -r e_ok e_50 e_99 < <(measure oauthd "$OAUTHD" pairs "$conns" "$secs")
+  # A database holding $rows expired states, filled directly, then oauthd on it: its
+  # sweeper starts at once and meets the pairs load.
+  kill "$OAUTHD_PID"; wait "$OAUTHD_PID" 2>/dev/null || true; OAUTHD_PID=
+  local db="$tmp/bench-sweep-$conns.db"
+  RUST_LOG=warn target/release/oauthd keys create --create --db "$db" --name sweep >/dev/null 2>&1
+  sqlite3 "$db" "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $rows)
+    INSERT INTO states (key_hash, namespace, data, created_at, expires_at)
+    SELECT randomblob(32), 'oauth:expired', '{\"verifier\":\"abcdefghijklmnopqrstuvwxyz0123456789\"}', 0, ${SWEEP_EXPIRES_AT:-1} FROM n;"
+  # SWEEP_SETTINGS: more [states] lines, e.g. "sweep_batch = 1000" to compare pacing.
+  sed "s/^\[states\]\$/[states]\nsweep_interval_seconds = 1\n${SWEEP_SETTINGS:-}/" "$tmp/oauthd.toml" >"$tmp/sweep.toml"
+  BENCH_API_KEY=$(RUST_LOG=warn target/release/oauthd keys create --db "$db" --name bench 2>/dev/null | tail -1)
+  RUST_LOG=warn,oauthd::store::sweeper=info start oauthd target/release/oauthd --db "$db" --config "$tmp/sweep.toml" --listen 127.0.0.1:0
+  OAUTHD=$URL OAUTHD_PID=${pids[-1]}
+  read -r f_ok f_50 f_99 < <(measure oauthd "$OAUTHD" pairs "$conns" "$secs")
+  local left
+  left=$(sqlite3 "file:$db?mode=ro" "SELECT count(*) FROM states" 2>/dev/null || echo "?")
+  printf '%-11s %5s | %10s %8s %8s | %10s %8s %8s | %6s\n' "sweep" "$conns" "$e_ok" "$e_50" "$e_99" "$f_ok" "$f_50" "$f_99" \
+    "$(awk -v f="$f_ok" -v e="$e_ok" 'BEGIN { if (e > 0) printf "%.2f", f / e; else print "n/a" }')"
+  echo "  (sweep: left, pairs on an empty table; right, the same while sweeping $rows expired states, $left still in the table after ${secs}s; ratio = rate while sweeping / rate on the empty table)"
+  grep -h "sweeper:" "$tmp/oauthd.err" | tail -1 | sed 's/^/  /' || true
+}
+
 for conns in $CONNS; do
+  if [ "$SCENARIOS" = sweep ]; then
+    [ "$STORE" = sqlite ] || { echo "the sweep scenario is SQLite's (Redis expires keys by itself)" >&2; exit 2; }
+    sweep_run "$conns"
+    continue
+  fi
   fresh_oauthd "$conns"
   for scenario in $SCENARIOS; do
     read -r b_ok b_50 b_99 < <(measure bare "$BARE" "$scenario" "$conns")

@@ -77,6 +77,7 @@ pub struct StatesConfig {
     pub expired_grace_seconds: u64,
     pub sweep_interval_seconds: u64,
     pub sweep_batch: usize,
+    pub sweep_per_second: u32,
     pub max_data_bytes: usize,
     /// Live states one namespace may hold.
     pub max_states: u64,
@@ -90,7 +91,8 @@ impl Default for StatesConfig {
             max_ttl_seconds: 86400,
             expired_grace_seconds: 86400,
             sweep_interval_seconds: 60,
-            sweep_batch: 1000,
+            sweep_batch: 200,
+            sweep_per_second: 20_000,
             max_data_bytes: 16 * 1024,
             max_states: 100_000,
             namespaces: BTreeMap::new(),
@@ -283,6 +285,12 @@ impl Settings {
                 "must be at least 1",
             ));
         }
+        if !(100..=1_000_000).contains(&s.sweep_per_second) {
+            return Err(invalid(
+                "states.sweep_per_second",
+                "must be between 100 and 1000000",
+            ));
+        }
         if !(1..=100_000).contains(&s.sweep_batch) {
             return Err(invalid(
                 "states.sweep_batch",
@@ -344,6 +352,7 @@ impl Settings {
                 interval: Duration::from_secs(s.sweep_interval_seconds),
                 grace: Duration::from_secs(s.expired_grace_seconds),
                 batch: s.sweep_batch,
+                per_second: s.sweep_per_second,
             },
             public_url,
             return_to_allowlist,

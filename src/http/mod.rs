@@ -91,12 +91,19 @@ fn endpoint(path: &str, route: Route) -> Resource {
         .default_service(web::to(method_not_allowed))
 }
 
-/// Every route, for the server and for in-process tests.
+/// Every route, for the server and for in-process tests. The router tries them in this
+/// order; a static path is a string comparison, a pattern with a `{segment}` a regex match
+/// (measured: three of them were a sixth of the token API's CPU). The hot paths come
+/// first: the state API's static paths, then the token API.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(endpoint("/v1/states", web::post().to(states::create)))
         .service(endpoint(
             "/v1/states/consume",
             web::post().to(states::consume),
+        ))
+        .service(endpoint(
+            "/v1/connections/{provider}/{account}/token",
+            web::get().to(connections::token),
         ))
         .service(endpoint("/healthz", web::get().to(health::healthz)))
         .service(endpoint("/readyz", web::get().to(health::readyz)))
@@ -114,10 +121,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::delete().to(connections::delete))
                 .default_service(web::to(method_not_allowed)),
         )
-        .service(endpoint(
-            "/v1/connections/{provider}/{account}/token",
-            web::get().to(connections::token),
-        ))
         .service(endpoint(
             "/v1/device/{provider}",
             web::post().to(device::start),

@@ -1,9 +1,10 @@
-//! The sweeper: removes expired states on a schedule, in bounded batches.
+//! The sweeper: removes expired states on a schedule, in small, paced batches.
 //!
 //! Expiry is enforced on read, so the sweeper is about disk space and about not keeping
-//! an app's data longer than needed — never about correctness. Each batch is its own
-//! write job: requests queued meanwhile commit between batches instead of waiting for
-//! the whole sweep.
+//! an app's data longer than needed — never about correctness, and never in a hurry. Each
+//! batch is its own write job, so requests queued meanwhile commit between batches; and a
+//! backlog (a million states left by apps that never finished their flows) is worked off
+//! at `per_second`, so the single writer spends a bounded share of its time on it.
 
 use super::{StateStore, StoreError, SweepCount};
 use crate::clock::Clock;
@@ -17,6 +18,8 @@ pub struct SweepPolicy {
     /// How long after expiry a consume still answers 410 instead of 404.
     pub grace: Duration,
     pub batch: usize,
+    /// Most expired states removed per second (`states.sweep_per_second`).
+    pub per_second: u32,
 }
 
 /// One full sweep: batches until a batch comes back short.
@@ -26,8 +29,11 @@ pub async fn sweep_once(
     now_ms: i64,
 ) -> Result<SweepCount, StoreError> {
     let purge_before = now_ms.saturating_sub(policy.grace.as_millis() as i64);
+    // Each batch's share of a second at the allowed pace.
+    let share = Duration::from_secs_f64(policy.batch as f64 / f64::from(policy.per_second.max(1)));
     let mut total = SweepCount::default();
     loop {
+        let started = tokio::time::Instant::now();
         let n = store
             .sweep_expired(now_ms, purge_before, policy.batch)
             .await?;
@@ -36,6 +42,7 @@ pub async fn sweep_once(
         if last {
             return Ok(total);
         }
+        tokio::time::sleep_until(started + share).await;
         tokio::task::yield_now().await;
     }
 }
@@ -75,4 +82,84 @@ pub async fn run(
         }
     }
     log::debug!("sweeper stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::SecretHash;
+    use crate::store::{InsertRules, NamespaceFilter, StateRow, Taken};
+    use async_trait::async_trait;
+    use std::sync::Mutex;
+
+    /// A table holding `left` expired states, removed `batch` at a time.
+    struct Backlog {
+        left: Mutex<usize>,
+        batches: Mutex<usize>,
+    }
+
+    #[async_trait]
+    impl StateStore for Backlog {
+        async fn insert_state(&self, _: StateRow, _: InsertRules) -> Result<bool, StoreError> {
+            Ok(true)
+        }
+        async fn take_state(
+            &self,
+            _: SecretHash,
+            _: &NamespaceFilter,
+        ) -> Result<Taken, StoreError> {
+            Ok(Taken::Missing)
+        }
+        async fn sweep_expired(
+            &self,
+            _: i64,
+            _: i64,
+            batch: usize,
+        ) -> Result<SweepCount, StoreError> {
+            let mut left = self
+                .left
+                .lock()
+                .map_err(|_| StoreError::unavailable("test", "poisoned"))?;
+            let n = batch.min(*left);
+            *left -= n;
+            *self
+                .batches
+                .lock()
+                .map_err(|_| StoreError::unavailable("test", "poisoned"))? += 1;
+            let mut count = SweepCount::default();
+            count.expired_by_namespace.insert("ns".into(), n as u64);
+            Ok(count)
+        }
+        async fn state_data_with_prefix(&self, _: &str) -> Result<Vec<String>, StoreError> {
+            Ok(vec![])
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_backlog_is_removed_at_the_paced_rate_not_at_once() {
+        let store = Backlog {
+            left: Mutex::new(1_000),
+            batches: Mutex::new(0),
+        };
+        // 250 a batch at 2,500 a second: each batch gets 100 ms.
+        let policy = SweepPolicy {
+            interval: Duration::from_secs(60),
+            grace: Duration::from_secs(60),
+            batch: 250,
+            per_second: 2_500,
+        };
+        let started = std::time::Instant::now();
+        let swept = sweep_once(&store, &policy, 0).await.unwrap();
+        assert_eq!(swept.expired(), 1_000);
+        // Five batches (the last comes back short), four pauses between them.
+        assert_eq!(*store.batches.lock().unwrap(), 5);
+        assert!(
+            started.elapsed() >= Duration::from_millis(400),
+            "{:?}",
+            started.elapsed()
+        );
+    }
 }

@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use common::peer::{approved_with_return_to, Peer};
+use common::peer::{approved_with_return_to, connect, Peer};
 use common::{Daemon, Home};
 use serde_json::json;
 
@@ -11,15 +11,8 @@ use serde_json::json;
 /// "peer" and an API key.
 fn setup(token_secs: u64, extra_toml: &str) -> (Peer, Home, String) {
     let peer = Peer::start(token_secs);
-    let home = Home::new();
-    let key = setup_on(&home, &peer, extra_toml);
+    let (home, key) = peer.home_with_key(extra_toml);
     (peer, home, key)
-}
-
-/// Configures the peer as provider "peer" in `home` and returns a new API key.
-fn setup_on(home: &Home, peer: &Peer, extra_toml: &str) -> String {
-    home.write_config(&format!("{extra_toml}\n{}", peer.provider_toml("peer")));
-    home.create_key("app", &[])
 }
 
 // The broker's storage contract: each runs on SQLite and on Redis.
@@ -86,23 +79,11 @@ async fn start_flow(d: &Daemon, key: &str, account: &str) -> String {
     body["authorize_url"].as_str().unwrap().to_owned()
 }
 
-/// Runs the whole connect flow for `account` and returns the callback page's status and body.
-async fn connect(d: &Daemon, peer: &Peer, key: &str, account: &str) -> (u16, String) {
-    let authorize = start_flow(d, key, account).await;
-    let callback = peer.approve(&authorize).await;
-    assert!(
-        callback.starts_with(&format!("{}/callback/peer?", d.url)),
-        "{callback}"
-    );
-    let (status, page, _) = d.browser_get(&callback).await;
-    (status, page)
-}
-
 /// oauthd in `home` with the peer (tokens living `token_secs`) as provider "peer", and
 /// account "alice" connected through the browser flow.
 async fn connected_alice(home: &Home, token_secs: u64, extra_toml: &str) -> (Peer, String, Daemon) {
     let peer = Peer::start(token_secs);
-    let key = setup_on(home, &peer, extra_toml);
+    let key = peer.configure(home, extra_toml);
     let d = home.start();
     assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
     (peer, key, d)
@@ -110,7 +91,7 @@ async fn connected_alice(home: &Home, token_secs: u64, extra_toml: &str) -> (Pee
 
 async fn connect_flow_stores_a_connection_and_the_token_api_hands_out_its_token(home: Home) {
     let peer = Peer::start(60);
-    let key = setup_on(&home, &peer, "");
+    let key = peer.configure(&home, "");
     let d = home.start();
 
     let (status, body) = d
@@ -283,7 +264,7 @@ async fn invalid_grant_marks_needs_reauth_and_is_not_retried(home: Home) {
 
 async fn replayed_callback_is_refused_without_redeeming_the_code_again(home: Home) {
     let peer = Peer::start(60);
-    let key = setup_on(&home, &peer, "");
+    let key = peer.configure(&home, "");
     let d = home.start();
     let authorize = start_flow(&d, &key, "alice").await;
     let callback = peer.approve(&authorize).await;
@@ -355,9 +336,8 @@ async fn declining_at_the_provider_shows_the_declined_page() {
 
 async fn callback_after_the_state_expired_offers_to_start_again(home: Home) {
     let peer = Peer::start(60);
-    let key = setup_on(
+    let key = peer.configure(
         &home,
-        &peer,
         "[states.namespaces.\"connect:*\"]\ndefault_ttl_seconds = 1\n",
     );
     let d = home.start();
@@ -389,7 +369,7 @@ async fn delete_revokes_at_the_provider_then_forgets_the_connection(home: Home) 
 
 async fn database_and_log_hold_no_token_secret_or_full_state(home: Home) {
     let peer = Peer::start(60);
-    let key = setup_on(&home, &peer, "");
+    let key = peer.configure(&home, "");
     let d = home.start();
     let authorize = start_flow(&d, &key, "alice").await;
     let authorize = authorize.clone();
@@ -463,7 +443,7 @@ async fn background_refresher_renews_tokens_before_they_expire(home: Home) {
 
 async fn admin_signs_in_with_the_printed_link_and_connects_from_the_browser(home: Home) {
     let peer = Peer::start(60);
-    let key = setup_on(&home, &peer, "");
+    let key = peer.configure(&home, "");
     let d = home.start();
     let browser = reqwest::Client::builder()
         .cookie_store(true)

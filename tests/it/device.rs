@@ -12,18 +12,6 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
-fn setup(peer: &Peer) -> (Home, String) {
-    let home = Home::new();
-    let key = setup_on(&home, peer);
-    (home, key)
-}
-
-/// Configures the peer as provider "peer" in `home` and returns a new API key.
-fn setup_on(home: &Home, peer: &Peer) -> String {
-    home.write_config(&peer.provider_toml("peer"));
-    home.create_key("app", &[])
-}
-
 // Device flows' storage contract: each runs on SQLite and on Redis.
 contract![
     approved_device_flow_connects_and_stops_polling_at_the_first_success,
@@ -56,7 +44,7 @@ async fn expect_final(
 
 async fn approved_device_flow_connects_and_stops_polling_at_the_first_success(home: Home) {
     let peer = Peer::start(60);
-    let key = setup_on(&home, &peer);
+    let key = peer.configure(&home, "");
     let d = home.start();
     let start = d.start_device(&key, "peer", "tv").await;
     let id = start["id"].as_str().unwrap().to_owned();
@@ -107,7 +95,7 @@ async fn approved_device_flow_connects_and_stops_polling_at_the_first_success(ho
 
 async fn denied_device_flow_answers_403(home: Home) {
     let peer = Peer::start(60);
-    let key = setup_on(&home, &peer);
+    let key = peer.configure(&home, "");
     let d = home.start();
     let (_, start) = d.post("/v1/device/peer", &key, json!({})).await;
     peer.verify_device(start["user_code"].as_str().unwrap(), false)
@@ -118,7 +106,7 @@ async fn denied_device_flow_answers_403(home: Home) {
 
 async fn unapproved_device_flow_expires_with_410(home: Home) {
     let peer = Peer::start_with(60, 3);
-    let key = setup_on(&home, &peer);
+    let key = peer.configure(&home, "");
     let d = home.start();
     let (_, start) = d.post("/v1/device/peer", &key, json!({})).await;
     expect_final(&d, &key, &start, 15, (410, "expired")).await;
@@ -126,7 +114,7 @@ async fn unapproved_device_flow_expires_with_410(home: Home) {
 
 async fn polling_resumes_after_a_restart_mid_flow(home: Home) {
     let peer = Peer::start(60);
-    let key = setup_on(&home, &peer);
+    let key = peer.configure(&home, "");
     let d = home.start();
     let (_, start) = d
         .post("/v1/device/peer", &key, json!({"account": "box"}))
@@ -147,7 +135,7 @@ async fn polling_resumes_after_a_restart_mid_flow(home: Home) {
 async fn cli_connect_device_prints_the_code_and_exits_0_once_connected() {
     use std::io::{BufRead, BufReader};
     let peer = Peer::start(60);
-    let (home, _key) = setup(&peer);
+    let (home, _key) = peer.home_with_key("");
     let mut child = std::process::Command::new(common::BIN)
         .args(["connect", "peer", "--device", "--account", "cli", "--db"])
         .arg(home.db())

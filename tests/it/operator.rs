@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 
 /// Connects peer/`account` over the API and the test provider.
 async fn connect(d: &Daemon, peer: &Peer, key: &str, account: &str) {
-    let authorize = d.start_connect(key, "peer", account).await;
-    let callback = peer.approve(&authorize).await;
-    let (status, page, _) = d.browser_get(&callback).await;
+    let (status, page) = common::peer::connect(d, peer, key, account).await;
     assert_eq!(status, 200, "{page}");
 }
 

@@ -6,21 +6,13 @@ use crate::common;
 
 use common::browser::Browser;
 use common::peer::Peer;
-use common::Home;
 use fantoccini::Locator;
 use std::time::{Duration, Instant};
-
-fn setup(peer: &Peer, extra: &str) -> (Home, String) {
-    let home = Home::new();
-    home.write_config(&format!("{extra}\n{}", peer.provider_toml("peer")));
-    let key = home.create_key("app", &[]);
-    (home, key)
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connect_list_and_disconnect_from_the_page() {
     let peer = Peer::start(60);
-    let (home, key) = setup(&peer, "");
+    let (home, key) = peer.home_with_key("");
     let d = home.start();
     let b = Browser::start("connect").await;
 
@@ -141,10 +133,8 @@ async fn connect_list_and_disconnect_from_the_page() {
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_sign_in_shows_the_retry_page_and_one_click_starts_again() {
     let peer = Peer::start(60);
-    let (home, _key) = setup(
-        &peer,
-        "[states.namespaces.\"connect:*\"]\ndefault_ttl_seconds = 2\n",
-    );
+    let (home, _key) =
+        peer.home_with_key("[states.namespaces.\"connect:*\"]\ndefault_ttl_seconds = 2\n");
     let d = home.start();
     let b = Browser::start("expired").await;
     b.sign_in(&home.login_link(&d)).await;
@@ -180,7 +170,7 @@ async fn expired_sign_in_shows_the_retry_page_and_one_click_starts_again() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_page_offers_the_device_flow_and_shows_the_code() {
     let peer = Peer::start(60);
-    let (home, key) = setup(&peer, "");
+    let (home, key) = peer.home_with_key("");
     let d = home.start();
     let b = Browser::start("device").await;
     b.sign_in(&home.login_link(&d)).await;
@@ -203,7 +193,7 @@ async fn the_page_offers_the_device_flow_and_shows_the_code() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_that_needs_reauth_offers_reconnect() {
     let peer = Peer::start(2);
-    let (home, key) = setup(&peer, "");
+    let (home, key) = peer.home_with_key("");
     let d = home.start();
     // Connect through the API, then the user revokes access at the provider.
     let (_, started) = d
@@ -246,7 +236,7 @@ async fn the_page_works_below_a_path_prefix_behind_a_proxy() {
     let peer = Peer::start(60);
     let (proxy, backend) = common::proxy::PrefixProxy::bind("/oauthd").await;
     let public = format!("{}/oauthd", proxy.url);
-    let (home, _key) = setup(&peer, &format!("public_url = \"{public}\""));
+    let (home, _key) = peer.home_with_key(&format!("public_url = \"{public}\""));
     let d = home.start();
     let _ = backend.send(d.url.clone());
     let b = Browser::start("behind-proxy").await;
@@ -348,7 +338,7 @@ async fn answer_confirm(b: &Browser, expected: &str, accept: bool) {
 async fn disconnect_offers_to_force_when_the_provider_is_down_and_removed_providers_can_be_deleted()
 {
     let peer = Peer::start(60);
-    let (home, key) = setup(&peer, "");
+    let (home, key) = peer.home_with_key("");
     let d = home.start();
     for account in ["alice", "bob"] {
         let authorize = d.start_connect(&key, "peer", account).await;

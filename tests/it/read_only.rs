@@ -126,7 +126,7 @@ async fn a_database_file_made_read_only_serves_reads_refuses_writes_and_recovers
     let (status, body) = d.get("/v1/connections", &key).await;
     assert_eq!(status, 200, "{body}");
     const READ_ONLY: &str = "oauthd_storage_read_only";
-    assert_eq!(d.metric(READ_ONLY).await.as_deref(), Some("1"));
+    assert_eq!(d.metric(READ_ONLY).await, Some(1.0));
     // `oauthd check` fails on it and says why.
     let out = oauthd_without_dac_override(&home, &["check"]);
     let report = String::from_utf8_lossy(&out.stdout);
@@ -151,7 +151,7 @@ async fn a_database_file_made_read_only_serves_reads_refuses_writes_and_recovers
             .contains("is writable again"))
         .await
     );
-    assert_eq!(d.metric(READ_ONLY).await.as_deref(), Some("0"));
+    assert_eq!(d.metric(READ_ONLY).await, Some(0.0));
     consume_numbered(&d, &key, &before).await;
     let after = d.create_state(&key, json!({"namespace": NS})).await;
     assert_eq!(d.consume(&key, &after, NS).await.0, 200);

@@ -224,7 +224,11 @@ async fn sweeper_removes_expired_rows_and_keeps_410_during_grace() {
         format!("oauthd_state_consumes_total{{namespace=\"{NS}\",outcome=\"expired\"}}"),
         format!("oauthd_state_consumes_total{{namespace=\"{NS}\",outcome=\"ok\"}}"),
     ] {
-        assert_eq!(sample(&text, &series), Some(1.0), "{series}\n{text}");
+        assert_eq!(
+            common::sample(&text, &series),
+            Some(1.0),
+            "{series}\n{text}"
+        );
     }
 }
 
@@ -246,7 +250,7 @@ async fn metrics_label_at_most_two_hundred_namespaces() {
         .count();
     assert_eq!(labelled, 200, "{text}");
     assert_eq!(
-        sample(&text, "oauthd_states_created_total{namespace=\"_other\"}"),
+        common::sample(&text, "oauthd_states_created_total{namespace=\"_other\"}"),
         Some(5.0),
         "{text}"
     );
@@ -849,14 +853,6 @@ async fn a_database_locked_by_another_process_gives_503_and_recovers_by_itself()
     assert_eq!(d.consume(&key, &after, NS).await.0, 200);
 }
 
-/// The value of one sample line of Prometheus text (`name{labels} value`).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 async fn metrics_count_states_outcomes_and_requests_behind_an_optional_token(home: Home) {
     let key = home.create_key("app", &[]);
     let token = "metrics-token-0123456789";
@@ -876,7 +872,7 @@ async fn metrics_count_states_outcomes_and_requests_behind_an_optional_token(hom
     assert_eq!(d.http.get(&url).send().await.unwrap().status(), 401);
     let text = common::text(d.http.get(&url).bearer_auth(token)).await;
     assert_eq!(
-        sample(
+        common::sample(
             &text,
             "oauthd_states_created_total{namespace=\"oauth:spotify\"}"
         ),
@@ -884,7 +880,7 @@ async fn metrics_count_states_outcomes_and_requests_behind_an_optional_token(hom
         "{text}"
     );
     assert_eq!(
-        sample(
+        common::sample(
             &text,
             "oauthd_states_created_total{namespace=\"2fa:email\"}"
         ),
@@ -895,7 +891,11 @@ async fn metrics_count_states_outcomes_and_requests_behind_an_optional_token(hom
         let series = format!(
             "oauthd_state_consumes_total{{namespace=\"{namespace}\",outcome=\"{outcome}\"}}"
         );
-        assert_eq!(sample(&text, &series), Some(1.0), "{series}\n{text}");
+        assert_eq!(
+            common::sample(&text, &series),
+            Some(1.0),
+            "{series}\n{text}"
+        );
     }
     assert!(
         text.contains(

@@ -308,11 +308,9 @@ impl Daemon {
         resp.text().await.expect("metrics text")
     }
 
-    /// The value of one series in `/metrics`, as printed.
-    pub async fn metric(&self, series: &str) -> Option<String> {
-        let text = self.metrics_text().await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ').map(str::to_owned))
+    /// The value of one series in `/metrics`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        sample(&self.metrics_text().await, series)
     }
 
     pub async fn create_state(&self, key: &str, body: serde_json::Value) -> String {
@@ -648,6 +646,13 @@ pub async fn assert_code(resp: reqwest::Response, code: &str) {
 /// The `Retry-After` seconds the response must carry.
 pub fn retry_after(resp: &reqwest::Response) -> u64 {
     header(resp, "retry-after").parse().unwrap()
+}
+
+/// The value of one sample line of Prometheus text (`name{labels} value`).
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
 }
 
 /// A header the response must carry, as text.

@@ -84,6 +84,20 @@ impl Peer {
         home
     }
 
+    /// Writes `extra_toml` and this peer as provider "peer" into `home`'s config, and
+    /// returns a new API key ("app") for every namespace and provider.
+    pub fn configure(&self, home: &super::Home, extra_toml: &str) -> String {
+        home.write_config(&format!("{extra_toml}\n{}", self.provider_toml("peer")));
+        home.create_key("app", &[])
+    }
+
+    /// A new SQLite home configured as `configure` does, and its API key.
+    pub fn home_with_key(&self, extra_toml: &str) -> (super::Home, String) {
+        let home = super::Home::new();
+        let key = self.configure(&home, extra_toml);
+        (home, key)
+    }
+
     pub fn provider_toml(&self, name: &str) -> String {
         format!(
             "[providers.{name}]\nissuer = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n\
@@ -300,4 +314,17 @@ pub async fn approved_with_return_to(d: &super::Daemon, peer: &Peer, key: &str) 
         serde_json::json!({"account": "alice", "return_to": "http://127.0.0.1:9/app/done"});
     let authorize = d.start_connect_with(key, "peer", request).await;
     peer.approve(&authorize).await
+}
+
+/// Connects peer/`account` through the browser flow (the peer approves at once); returns
+/// the status and page of oauthd's callback.
+pub async fn connect(d: &super::Daemon, peer: &Peer, key: &str, account: &str) -> (u16, String) {
+    let authorize = d.start_connect(key, "peer", account).await;
+    let callback = peer.approve(&authorize).await;
+    assert!(
+        callback.starts_with(&format!("{}/callback/peer?", d.url)),
+        "{callback}"
+    );
+    let (status, page, _) = d.browser_get(&callback).await;
+    (status, page)
 }
