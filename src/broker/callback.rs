@@ -16,10 +16,15 @@ use crate::vault::VaultError;
 /// the code: both are credentials.
 #[derive(Default, serde::Deserialize)]
 pub struct CallbackQuery {
+    /// The state oauthd issued when the flow started (RFC 6749 §4.1.2).
     pub state: Option<String>,
+    /// The authorization code, on success.
     pub code: Option<String>,
+    /// The provider's error code, on failure (`access_denied` when the person declined).
     pub error: Option<String>,
+    /// Provider text explaining the error: shown only after `oauth::provider_text`.
     pub error_description: Option<String>,
+    /// Which authorization server answered (RFC 9207).
     pub iss: Option<String>,
 }
 

@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use common::peer::{approved_with_return_to, connect, Peer};
+use common::peer::{approved_with_return_to, connect, serving, Peer};
 use common::{Daemon, Home};
 use serde_json::json;
 
@@ -82,17 +82,13 @@ async fn start_flow(d: &Daemon, key: &str, account: &str) -> String {
 /// oauthd in `home` with the peer (tokens living `token_secs`) as provider "peer", and
 /// account "alice" connected through the browser flow.
 async fn connected_alice(home: &Home, token_secs: u64, extra_toml: &str) -> (Peer, String, Daemon) {
-    let peer = Peer::start(token_secs);
-    let key = peer.configure(home, extra_toml);
-    let d = home.start();
+    let (peer, key, d) = serving(home, token_secs, extra_toml);
     assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
     (peer, key, d)
 }
 
 async fn connect_flow_stores_a_connection_and_the_token_api_hands_out_its_token(home: Home) {
-    let peer = Peer::start(60);
-    let key = peer.configure(&home, "");
-    let d = home.start();
+    let (peer, key, d) = serving(&home, 60, "");
 
     let (status, body) = d
         .post("/v1/connect/peer", &key, json!({"account": "alice"}))
@@ -263,9 +259,7 @@ async fn invalid_grant_marks_needs_reauth_and_is_not_retried(home: Home) {
 }
 
 async fn replayed_callback_is_refused_without_redeeming_the_code_again(home: Home) {
-    let peer = Peer::start(60);
-    let key = peer.configure(&home, "");
-    let d = home.start();
+    let (peer, key, d) = serving(&home, 60, "");
     let authorize = start_flow(&d, &key, "alice").await;
     let callback = peer.approve(&authorize).await;
     assert_eq!(d.browser_get(&callback).await.0, 200);
@@ -368,9 +362,7 @@ async fn delete_revokes_at_the_provider_then_forgets_the_connection(home: Home) 
 }
 
 async fn database_and_log_hold_no_token_secret_or_full_state(home: Home) {
-    let peer = Peer::start(60);
-    let key = peer.configure(&home, "");
-    let d = home.start();
+    let (peer, key, d) = serving(&home, 60, "");
     let authorize = start_flow(&d, &key, "alice").await;
     let authorize = authorize.clone();
     let state = reqwest::Url::parse(&authorize)
@@ -442,9 +434,7 @@ async fn background_refresher_renews_tokens_before_they_expire(home: Home) {
 }
 
 async fn admin_signs_in_with_the_printed_link_and_connects_from_the_browser(home: Home) {
-    let peer = Peer::start(60);
-    let key = peer.configure(&home, "");
-    let d = home.start();
+    let (peer, key, d) = serving(&home, 60, "");
     let browser = reqwest::Client::builder()
         .cookie_store(true)
         .redirect(reqwest::redirect::Policy::none())

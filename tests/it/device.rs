@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use common::peer::Peer;
+use common::peer::{serving, Peer};
 use common::{Daemon, Home};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -43,9 +43,7 @@ async fn expect_final(
 }
 
 async fn approved_device_flow_connects_and_stops_polling_at_the_first_success(home: Home) {
-    let peer = Peer::start(60);
-    let key = peer.configure(&home, "");
-    let d = home.start();
+    let (peer, key, d) = serving(&home, 60, "");
     let start = d.start_device(&key, "peer", "tv").await;
     let id = start["id"].as_str().unwrap().to_owned();
     let user_code = start["user_code"].as_str().unwrap().to_owned();
@@ -94,9 +92,7 @@ async fn approved_device_flow_connects_and_stops_polling_at_the_first_success(ho
 }
 
 async fn denied_device_flow_answers_403(home: Home) {
-    let peer = Peer::start(60);
-    let key = peer.configure(&home, "");
-    let d = home.start();
+    let (peer, key, d) = serving(&home, 60, "");
     let (_, start) = d.post("/v1/device/peer", &key, json!({})).await;
     peer.verify_device(start["user_code"].as_str().unwrap(), false)
         .await;
@@ -113,9 +109,7 @@ async fn unapproved_device_flow_expires_with_410(home: Home) {
 }
 
 async fn polling_resumes_after_a_restart_mid_flow(home: Home) {
-    let peer = Peer::start(60);
-    let key = peer.configure(&home, "");
-    let d = home.start();
+    let (peer, key, d) = serving(&home, 60, "");
     let (_, start) = d
         .post("/v1/device/peer", &key, json!({"account": "box"}))
         .await;

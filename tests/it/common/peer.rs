@@ -328,3 +328,16 @@ pub async fn connect(d: &super::Daemon, peer: &Peer, key: &str, account: &str) -
     let (status, page, _) = d.browser_get(&callback).await;
     (status, page)
 }
+
+/// A peer whose tokens live `token_secs`, configured in `home` (with `extra_toml`) as
+/// provider "peer", an API key, and oauthd serving that home.
+pub fn serving(
+    home: &super::Home,
+    token_secs: u64,
+    extra_toml: &str,
+) -> (Peer, String, super::Daemon) {
+    let peer = Peer::start(token_secs);
+    let key = peer.configure(home, extra_toml);
+    let d = home.start();
+    (peer, key, d)
+}
