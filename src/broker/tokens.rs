@@ -286,15 +286,12 @@ impl Broker {
         let requested = (!provider.scopes.is_empty()).then(|| provider.scopes.join(" "));
         let sealed = self.seal_tokens(&provider.name, account, t, requested)?;
         let key = ConnectionKey::new(&provider.name, account);
-        self.token_cache.forget(&key);
         self.store
-            .save_connection(
-                &ConnectionKey::new(&provider.name, account),
-                sealed,
-                identity,
-                self.clock.now_ms(),
-            )
+            .save_connection(&key, sealed, identity, self.clock.now_ms())
             .await?;
+        // Dropped after the write. A call that read the old row just before it may still
+        // put that token back: it is then served for at most token_cache_seconds.
+        self.token_cache.forget(&key);
         Ok(())
     }
 
@@ -660,8 +657,8 @@ impl Broker {
                 }
             },
         };
-        self.token_cache.forget(&key);
         self.store.delete_connection(&key).await?;
+        self.token_cache.forget(&key);
         log::info!(
             "disconnect {provider_name}/{account}: deleted ({})",
             outcome.describe(provider_name)
