@@ -3,9 +3,10 @@
 //! Without it every token call reads the connection (a hop to the blocking pool for
 //! SQLite, a round trip for Redis) and opens the sealed token. With it a call within
 //! `max_age` of the last read answers from memory. What this process changes (a refresh,
-//! a reconnect, a delete) replaces or drops the entry at once; what another process
-//! changes on the same store is seen within `max_age` (`token_cache_seconds`, default 1;
-//! 0 reads the store on every call). Tokens held here are zeroized when dropped and never
+//! a reconnect, a delete) replaces or drops the entry at once (a call that read the row
+//! just before the change may still put the old token back, for at most `max_age`); what
+//! another process changes on the same store is seen within `max_age`
+//! (`token_cache_seconds`, default 1; 0 reads the store on every call). Tokens held here are zeroized when dropped and never
 //! leave the process except in an answer.
 
 use super::tokens::AccessToken;
