@@ -224,6 +224,7 @@ impl Broker {
         &self,
         row: &ConnectionRow,
         min_ttl: Duration,
+        read_began: std::time::Instant,
     ) -> Result<Option<AccessToken>, BrokerError> {
         if row.status == ConnectionStatus::NeedsReauth {
             return Err(self.needs_reauth(row));
@@ -239,7 +240,8 @@ impl Broker {
             expires_at_ms: row.access_expires_at_ms,
             scope: row.scopes.clone(),
         };
-        self.token_cache.put(&row.key(), &token, half_life_ms(row));
+        self.token_cache
+            .put(&row.key(), &token, half_life_ms(row), read_began);
         Ok(Some(token))
     }
 
@@ -289,8 +291,7 @@ impl Broker {
         self.store
             .save_connection(&key, sealed, identity, self.clock.now_ms())
             .await?;
-        // Dropped after the write. A call that read the old row just before it may still
-        // put that token back: it is then served for at most token_cache_seconds.
+        // Dropped after the write: reads that began before it cannot put the old token back.
         self.token_cache.forget(&key);
         Ok(())
     }
@@ -352,8 +353,9 @@ impl Broker {
                 return Ok(token);
             }
         }
+        let read_began = std::time::Instant::now();
         let row = self.row(&key).await?;
-        if let Some(token) = self.usable(&row, min_ttl)? {
+        if let Some(token) = self.usable(&row, min_ttl, read_began)? {
             return Ok(token);
         }
         self.refresh_single_flight(&provider, &key, min_ttl, false)
@@ -398,6 +400,7 @@ impl Broker {
         // on the monotonic clock.
         let deadline = tokio::time::Instant::now() + WAIT_FOR_OTHER;
         loop {
+            let read_began = std::time::Instant::now();
             let row = self.row(key).await?;
             // Someone refreshed while we waited: that is the freshest token there is, even
             // when it has less than `min_ttl` left (the provider's tokens may simply live
@@ -412,7 +415,7 @@ impl Broker {
                 return Err(self.needs_reauth(&row));
             }
             if !force || refreshed_meanwhile {
-                if let Some(token) = self.usable(&row, wanted)? {
+                if let Some(token) = self.usable(&row, wanted, read_began)? {
                     return Ok(token);
                 }
             }
@@ -496,6 +499,7 @@ impl Broker {
         let expires_at_ms = sealed.access_expires_at_ms;
         let scope = sealed.scopes.clone().or_else(|| row.scopes.clone());
         // Committed before anyone sees the new token.
+        let saved_at = std::time::Instant::now();
         if !self
             .store
             .save_refreshed(&row.key(), generation, sealed, self.clock.now_ms())
@@ -518,7 +522,8 @@ impl Broker {
             scope,
         };
         let half_life = expires_at_ms.map(|at| (at - self.clock.now_ms()) / 2);
-        self.token_cache.put(&row.key(), &token, half_life);
+        self.token_cache
+            .put(&row.key(), &token, half_life, saved_at);
         Ok(token)
     }
 
