@@ -21,6 +21,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:6288";
 pub const DEFAULT_DB: &str = "oauthd.db";
 /// Ten years: beyond this a "state" is not a state, and milliseconds stay far from overflow.
 const TTL_CEILING_SECONDS: u64 = 10 * 365 * 24 * 3600;
+/// Most wrong codes a state may be allowed (`states.max_attempts`, per create).
+pub const MAX_ATTEMPTS_CEILING: u32 = 100;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,6 +83,12 @@ pub struct StatesConfig {
     pub max_data_bytes: usize,
     /// Live states one namespace may hold.
     pub max_states: u64,
+    /// Wrong codes a state created with a `secret` survives, unless the create says.
+    pub max_attempts: u32,
+    /// Whether creates may ask for `sliding` states, and the latest a sliding state may
+    /// live to, counted from its creation.
+    pub sliding: bool,
+    pub max_lifetime_seconds: u64,
     pub namespaces: BTreeMap<String, NamespaceConfig>,
 }
 
@@ -95,6 +103,9 @@ impl Default for StatesConfig {
             sweep_per_second: 20_000,
             max_data_bytes: 16 * 1024,
             max_states: 100_000,
+            max_attempts: 5,
+            sliding: true,
+            max_lifetime_seconds: 30 * 86400,
             namespaces: BTreeMap::new(),
         }
     }
@@ -106,6 +117,9 @@ pub struct NamespaceConfig {
     pub default_ttl_seconds: Option<u64>,
     pub max_ttl_seconds: Option<u64>,
     pub max_states: Option<u64>,
+    pub max_attempts: Option<u32>,
+    pub sliding: Option<bool>,
+    pub max_lifetime_seconds: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -264,20 +278,34 @@ impl Settings {
         let s = &file.states;
         let base = ttl_rule(
             "states",
-            s.default_ttl_seconds,
-            s.max_ttl_seconds,
-            s.max_states,
+            &NamespaceConfig {
+                default_ttl_seconds: Some(s.default_ttl_seconds),
+                max_ttl_seconds: Some(s.max_ttl_seconds),
+                max_states: Some(s.max_states),
+                max_attempts: Some(s.max_attempts),
+                sliding: Some(s.sliding),
+                max_lifetime_seconds: Some(s.max_lifetime_seconds),
+            },
         )?;
         let mut overrides = Vec::new();
         for (pattern, ns) in &s.namespaces {
             let key = format!("states.namespaces.{pattern:?}");
             check_pattern(pattern).map_err(|e| invalid(&key, e.to_string()))?;
             let max = ns.max_ttl_seconds.unwrap_or(s.max_ttl_seconds);
-            let default = ns
-                .default_ttl_seconds
-                .unwrap_or(s.default_ttl_seconds.min(max));
-            let max_states = ns.max_states.unwrap_or(s.max_states);
-            overrides.push((pattern.clone(), ttl_rule(&key, default, max, max_states)?));
+            let resolved = NamespaceConfig {
+                default_ttl_seconds: Some(
+                    ns.default_ttl_seconds
+                        .unwrap_or(s.default_ttl_seconds.min(max)),
+                ),
+                max_ttl_seconds: Some(max),
+                max_states: Some(ns.max_states.unwrap_or(s.max_states)),
+                max_attempts: Some(ns.max_attempts.unwrap_or(s.max_attempts)),
+                sliding: Some(ns.sliding.unwrap_or(s.sliding)),
+                max_lifetime_seconds: Some(
+                    ns.max_lifetime_seconds.unwrap_or(s.max_lifetime_seconds),
+                ),
+            };
+            overrides.push((pattern.clone(), ttl_rule(&key, &resolved)?));
         }
         if s.sweep_interval_seconds == 0 {
             return Err(invalid(
@@ -479,7 +507,25 @@ fn secret_from_env(name: &str) -> Result<Option<SecretText>, ConfigError> {
     Ok(secret.map(|t| SecretText::new(t.to_string())))
 }
 
-fn ttl_rule(key: &str, default: u64, max: u64, max_states: u64) -> Result<TtlRule, ConfigError> {
+/// Checks one namespace rule, every value given (`resolve` fills in the defaults).
+fn ttl_rule(key: &str, values: &NamespaceConfig) -> Result<TtlRule, ConfigError> {
+    let default = values.default_ttl_seconds.unwrap_or(0);
+    let max = values.max_ttl_seconds.unwrap_or(0);
+    let max_states = values.max_states.unwrap_or(0);
+    let max_attempts = values.max_attempts.unwrap_or(0);
+    let max_lifetime = values.max_lifetime_seconds.unwrap_or(0);
+    if !(1..=MAX_ATTEMPTS_CEILING).contains(&max_attempts) {
+        return Err(invalid(
+            format!("{key}.max_attempts"),
+            format!("must be between 1 and {MAX_ATTEMPTS_CEILING}"),
+        ));
+    }
+    if !(1..=TTL_CEILING_SECONDS).contains(&max_lifetime) {
+        return Err(invalid(
+            format!("{key}.max_lifetime_seconds"),
+            format!("must be between 1 and {TTL_CEILING_SECONDS}"),
+        ));
+    }
     if max_states == 0 || max_states > 100_000_000 {
         return Err(invalid(
             format!("{key}.max_states"),
@@ -502,6 +548,9 @@ fn ttl_rule(key: &str, default: u64, max: u64, max_states: u64) -> Result<TtlRul
         default_ttl: Duration::from_secs(default),
         max_ttl: Duration::from_secs(max),
         max_states,
+        max_attempts,
+        sliding: values.sliding.unwrap_or(false),
+        max_lifetime: Duration::from_secs(max_lifetime),
     })
 }
 

@@ -116,6 +116,56 @@ impl StateValue {
     pub fn log_prefix(&self) -> &str {
         &self.0[..8]
     }
+
+    /// The keyed hash of a code guarding this state (a 2FA or email code): HMAC-SHA256
+    /// keyed with the state value. The state value is never stored, so a copy of the
+    /// database cannot be used to try the few million 6-digit codes offline, and a hash
+    /// is useless for any other state.
+    pub fn code_hash(&self, code: &str) -> SecretHash {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.0.as_bytes())
+            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+        mac.update(b"oauthd state code v1\0");
+        mac.update(code.as_bytes());
+        SecretHash(mac.finalize().into_bytes().into())
+    }
+}
+
+/// A state's public identifier: a UUID (version 8, RFC 9562) made of the first 16 bytes
+/// of the state's SHA-256. It names a state for listing and revoking and can do nothing
+/// else: neither it nor the hash lead back to the state value. Derived, so it needs no
+/// column or index of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateId(uuid::Uuid);
+
+impl StateId {
+    pub fn of(hash: &SecretHash) -> Self {
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&hash.0[..16]);
+        StateId(uuid::Builder::from_custom_bytes(bytes).into_uuid())
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        let id = uuid::Uuid::try_parse(text).ok()?;
+        (id.get_version_num() == 8 && id.get_variant() == uuid::Variant::RFC4122)
+            .then_some(StateId(id))
+    }
+
+    /// The lowest and highest hash that can carry this identifier. The first six bytes of
+    /// the hash are in the identifier unchanged; a lookup scans this (almost always
+    /// one-row) range of the primary key and compares the identifier of what it finds.
+    pub fn hash_range(&self) -> ([u8; 32], [u8; 32]) {
+        let (mut low, mut high) = ([0u8; 32], [0xffu8; 32]);
+        low[..6].copy_from_slice(&self.0.as_bytes()[..6]);
+        high[..6].copy_from_slice(&self.0.as_bytes()[..6]);
+        (low, high)
+    }
+}
+
+impl fmt::Display for StateId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
 }
 
 impl fmt::Debug for StateValue {
@@ -178,6 +228,31 @@ mod tests {
         let k = ApiKey::generate().unwrap();
         assert!(k.expose().starts_with(API_KEY_PREFIX));
         assert!(!format!("{k:?}").contains(k.expose()));
+    }
+
+    #[test]
+    fn a_state_id_names_its_hash_and_only_it() {
+        let s = StateValue::generate().unwrap();
+        let id = StateId::of(&s.hash());
+        let text = id.to_string();
+        assert_eq!(StateId::parse(&text), Some(id));
+        let (low, high) = id.hash_range();
+        assert!(low <= s.hash().0 && s.hash().0 <= high);
+        let other = StateValue::generate().unwrap();
+        assert_ne!(StateId::of(&other.hash()), id);
+        assert!(StateId::parse(&uuid::Uuid::new_v4().to_string()).is_none());
+        assert!(StateId::parse("not-a-uuid").is_none());
+    }
+
+    #[test]
+    fn a_code_hash_is_bound_to_its_state() {
+        let (a, b) = (
+            StateValue::generate().unwrap(),
+            StateValue::generate().unwrap(),
+        );
+        assert_eq!(a.code_hash("123456"), a.code_hash("123456"));
+        assert_ne!(a.code_hash("123456"), a.code_hash("123457"));
+        assert_ne!(a.code_hash("123456"), b.code_hash("123456"));
     }
 
     #[test]

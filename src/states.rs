@@ -6,8 +6,11 @@
 use crate::clock::Clock;
 use crate::metrics;
 use crate::namespace::{pattern_matches, Namespace};
-use crate::secret::StateValue;
-use crate::store::{InsertRules, NamespaceFilter, StateRow, StateStore, StoreError, Taken};
+use crate::secret::{StateId, StateValue};
+use crate::store::{
+    Attempted, Found, InsertRules, NamespaceFilter, Sliding, StateRow, StateSecret, StateStore,
+    StoreError, Taken,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +22,11 @@ pub struct TtlRule {
     /// Most live (unconsumed, unexpired) states the namespace may hold: a flood of creates
     /// is refused (429) instead of filling the disk.
     pub max_states: u64,
+    /// Wrong codes a state with a secret survives when the create does not say.
+    pub max_attempts: u32,
+    /// Whether `sliding` states may be created, and the longest any may live.
+    pub sliding: bool,
+    pub max_lifetime: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +81,24 @@ pub enum StateError {
     DataTooLarge { size: usize, max: usize },
     #[error("namespace {namespace} already holds {max} live states (states.max_states); consume or let some expire first")]
     NamespaceFull { namespace: String, max: u64 },
+    #[error("wrong code")]
+    WrongSecret { attempts_left: u32 },
+    #[error("this state is guarded by a code: present it with POST /v1/states/attempt")]
+    SecretRequired,
+    #[error("this state has no code; consume it with POST /v1/states/consume")]
+    NoSecret,
+    #[error("namespace {namespace} does not allow sliding states (states.sliding)")]
+    SlidingNotAllowed { namespace: String },
+    #[error(
+        "max_lifetime_seconds must be between the TTL ({min}) and {max} for namespace {namespace}"
+    )]
+    LifetimeOutOfRange {
+        namespace: String,
+        min: u64,
+        max: u64,
+    },
+    #[error("replace needs a subject: it revokes the subject's other states")]
+    SubjectRequired,
     #[error("the system random number generator failed")]
     Entropy,
     #[error(transparent)]
@@ -87,12 +113,58 @@ pub struct IssuedState {
     pub expires_at_ms: i64,
 }
 
+impl IssuedState {
+    pub fn id(&self) -> StateId {
+        StateId::of(&self.state.hash())
+    }
+}
+
+/// What a create asks for beyond the namespace (the state API's optional fields).
+#[derive(Debug, Default)]
+pub struct NewState {
+    pub ttl_seconds: Option<u64>,
+    pub data: Option<serde_json::Value>,
+    pub subject: Option<String>,
+    /// A code the user will type, and how many wrong ones it survives.
+    pub secret: Option<(String, Option<u32>)>,
+    /// Revoke the subject's other live states of the namespace in the same step.
+    pub replace: bool,
+    /// `Some(max_lifetime_seconds)` for a sliding state (`None` inside: the namespace's).
+    pub sliding: Option<Option<u64>>,
+}
+
+/// A state as apps see it (never its value): what consume, verify and listing answer.
 #[derive(Debug)]
-pub struct ConsumedState {
+pub struct StateView {
+    pub id: StateId,
     pub namespace: String,
+    pub subject: Option<String>,
     pub data: Option<serde_json::Value>,
     pub created_at_ms: i64,
     pub expires_at_ms: i64,
+    /// Wrong codes left, for a state guarded by one.
+    pub attempts_left: Option<u32>,
+}
+
+impl StateView {
+    fn of(row: StateRow) -> Result<StateView, StateError> {
+        let data = match row.data {
+            None => None,
+            Some(text) => Some(
+                serde_json::from_str(&text)
+                    .map_err(|e| StoreError::unavailable("reading a state's data", e))?,
+            ),
+        };
+        Ok(StateView {
+            id: StateId::of(&row.key_hash),
+            namespace: row.namespace,
+            subject: row.subject,
+            data,
+            created_at_ms: row.created_at_ms,
+            expires_at_ms: row.expires_at_ms,
+            attempts_left: row.secret.map(|s| s.attempts_left),
+        })
+    }
 }
 
 pub struct StateService {
@@ -137,8 +209,33 @@ impl StateService {
         ttl_seconds: Option<u64>,
         data: Option<serde_json::Value>,
     ) -> Result<IssuedState, StateError> {
+        let request = NewState {
+            ttl_seconds,
+            data,
+            ..NewState::default()
+        };
+        self.store_new(state, namespace, request).await
+    }
+
+    /// Issues a state with any of the state API's options (subject, code, replace,
+    /// sliding).
+    pub async fn create(
+        &self,
+        namespace: Namespace,
+        request: NewState,
+    ) -> Result<IssuedState, StateError> {
+        let state = StateValue::generate().map_err(|_| StateError::Entropy)?;
+        self.store_new(state, namespace, request).await
+    }
+
+    async fn store_new(
+        &self,
+        state: StateValue,
+        namespace: Namespace,
+        request: NewState,
+    ) -> Result<IssuedState, StateError> {
         let rule = self.policy.rule_for(&namespace);
-        let ttl = match ttl_seconds {
+        let ttl = match request.ttl_seconds {
             None => rule.default_ttl,
             Some(s) if s >= 1 && s <= rule.max_ttl.as_secs() => Duration::from_secs(s),
             Some(_) => {
@@ -148,7 +245,7 @@ impl StateService {
                 })
             }
         };
-        let data = match data {
+        let data = match request.data {
             None | Some(serde_json::Value::Null) => None,
             Some(v) => {
                 let text = v.to_string();
@@ -161,8 +258,39 @@ impl StateService {
                 Some(text)
             }
         };
+        if request.replace && request.subject.is_none() {
+            return Err(StateError::SubjectRequired);
+        }
         let created_at_ms = self.clock.now_ms();
         let expires_at_ms = created_at_ms.saturating_add(ttl.as_millis() as i64);
+        let sliding = match request.sliding {
+            None => None,
+            Some(_) if !rule.sliding => {
+                return Err(StateError::SlidingNotAllowed {
+                    namespace: namespace.to_string(),
+                })
+            }
+            Some(lifetime) => {
+                let max = rule.max_lifetime.as_secs();
+                let lifetime = lifetime.unwrap_or(max);
+                if lifetime < ttl.as_secs() || lifetime > max {
+                    return Err(StateError::LifetimeOutOfRange {
+                        namespace: namespace.to_string(),
+                        min: ttl.as_secs(),
+                        max,
+                    });
+                }
+                Some(Sliding {
+                    ttl_ms: ttl.as_millis() as i64,
+                    max_expires_at_ms: created_at_ms
+                        .saturating_add((lifetime as i64).saturating_mul(1000)),
+                })
+            }
+        };
+        let secret = request.secret.map(|(code, attempts)| StateSecret {
+            hash: state.code_hash(&code),
+            attempts_left: attempts.unwrap_or(rule.max_attempts),
+        });
         let stored = self
             .store
             .insert_state(
@@ -172,11 +300,15 @@ impl StateService {
                     data,
                     created_at_ms,
                     expires_at_ms,
+                    subject: request.subject,
+                    secret,
+                    sliding,
                 },
                 InsertRules {
                     max_live: rule.max_states,
                     now_ms: created_at_ms,
                     keep_until_ms: expires_at_ms.saturating_add(self.grace_ms()),
+                    replace_subject: request.replace,
                 },
             )
             .await?;
@@ -214,7 +346,7 @@ impl StateService {
         &self,
         state: &StateValue,
         namespace: &Namespace,
-    ) -> Result<ConsumedState, StateError> {
+    ) -> Result<StateView, StateError> {
         let filter = NamespaceFilter::Exact(namespace.to_string());
         let consumed = self.take(state, &filter).await?;
         metrics::state_consumed(Some(&consumed.namespace), "ok");
@@ -228,7 +360,7 @@ impl StateService {
         &self,
         state: &StateValue,
         prefix: &str,
-    ) -> Result<ConsumedState, StateError> {
+    ) -> Result<StateView, StateError> {
         let consumed = self
             .take(state, &NamespaceFilter::Prefix(prefix.to_owned()))
             .await?;
@@ -242,7 +374,7 @@ impl StateService {
         &self,
         state: &StateValue,
         filter: &NamespaceFilter,
-    ) -> Result<ConsumedState, StateError> {
+    ) -> Result<StateView, StateError> {
         let now = self.clock.now_ms();
         let unknown = || {
             log::debug!("state {state}: unknown");
@@ -265,6 +397,7 @@ impl StateService {
         };
         let row = match self.store.take_state(state.hash(), filter).await? {
             Taken::Missing => return Err(unknown()),
+            Taken::SecretRequired => return Err(StateError::SecretRequired),
             Taken::ExpiredTombstone {
                 namespace,
                 expired_at_ms,
@@ -274,19 +407,143 @@ impl StateService {
         if row.expires_at_ms <= now {
             return Err(expired(row.namespace, Some(row.expires_at_ms)));
         }
-        let data = match row.data {
-            None => None,
-            Some(text) => Some(
-                serde_json::from_str(&text)
-                    .map_err(|e| StoreError::unavailable("reading a state's data", e))?,
-            ),
+        StateView::of(row)
+    }
+
+    /// An expired state's answer: 410 within the grace window, else as unknown (404).
+    fn expired_error(&self, now: i64, namespace: String, expired_at: Option<i64>) -> StateError {
+        if expired_at.is_some_and(|at| at.saturating_add(self.grace_ms()) <= now) {
+            StateError::NotFound
+        } else {
+            StateError::Expired { namespace }
+        }
+    }
+
+    /// Reads a state without consuming it; with `touch`, a sliding state's expiry moves
+    /// to now + its TTL (never past its lifetime). Only a touch writes.
+    pub async fn verify(
+        &self,
+        state: &StateValue,
+        namespace: &Namespace,
+        touch: bool,
+    ) -> Result<StateView, StateError> {
+        let now = self.clock.now_ms();
+        let found = if touch {
+            self.store
+                .touch_state(state.hash(), namespace.as_str(), now, self.grace_ms())
+                .await?
+        } else {
+            self.store
+                .read_state(state.hash(), namespace.as_str())
+                .await?
         };
-        Ok(ConsumedState {
-            namespace: row.namespace,
-            data,
-            created_at_ms: row.created_at_ms,
-            expires_at_ms: row.expires_at_ms,
-        })
+        match found {
+            Found::Row(row) if row.expires_at_ms > now => StateView::of(row),
+            Found::Row(row) => Err(self.expired_error(now, row.namespace, Some(row.expires_at_ms))),
+            Found::ExpiredTombstone {
+                namespace,
+                expired_at_ms,
+            } => Err(self.expired_error(now, namespace, expired_at_ms)),
+            Found::Missing => Err(StateError::NotFound),
+        }
+    }
+
+    /// One try of the code guarding a state: a match consumes it; a miss costs one of its
+    /// attempts, and the last one deletes it.
+    pub async fn attempt(
+        &self,
+        state: &StateValue,
+        namespace: &Namespace,
+        code: &str,
+    ) -> Result<StateView, StateError> {
+        let now = self.clock.now_ms();
+        let ns = namespace.as_str();
+        let attempted = self
+            .store
+            .attempt_state(state.hash(), ns, state.code_hash(code), now)
+            .await?;
+        let outcome = match attempted {
+            Attempted::Matched(row) => {
+                metrics::state_consumed(Some(ns), "ok");
+                return StateView::of(row);
+            }
+            Attempted::Wrong { attempts_left } => {
+                log::debug!("state {state}: wrong code, {attempts_left} attempts left");
+                StateError::WrongSecret { attempts_left }
+            }
+            Attempted::NoSecret => StateError::NoSecret,
+            Attempted::Expired {
+                namespace,
+                expired_at_ms,
+            } => self.expired_error(now, namespace, expired_at_ms),
+            Attempted::Missing => StateError::NotFound,
+        };
+        let label = match outcome {
+            StateError::Expired { .. } => "expired",
+            StateError::NotFound => "unknown",
+            _ => return Err(outcome),
+        };
+        metrics::state_consumed(Some(ns), label);
+        Err(outcome)
+    }
+
+    /// Revokes one state (and its tombstone): it answers 404 from now on.
+    pub async fn revoke(
+        &self,
+        state: &StateValue,
+        namespace: &Namespace,
+    ) -> Result<(), StateError> {
+        let now = self.clock.now_ms();
+        match self
+            .store
+            .revoke_state(state.hash(), namespace.as_str(), now)
+            .await?
+        {
+            true => Ok(()),
+            false => Err(StateError::NotFound),
+        }
+    }
+
+    /// Revokes the state with this identifier.
+    pub async fn revoke_id(&self, namespace: &Namespace, id: &StateId) -> Result<(), StateError> {
+        let now = self.clock.now_ms();
+        let id = id.to_string();
+        match self
+            .store
+            .revoke_state_id(namespace.as_str(), &id, now)
+            .await?
+        {
+            true => Ok(()),
+            false => Err(StateError::NotFound),
+        }
+    }
+
+    /// The live states of `subject` in `namespace`, oldest first.
+    pub async fn subject_states(
+        &self,
+        namespace: &Namespace,
+        subject: &str,
+    ) -> Result<Vec<StateView>, StateError> {
+        let now = self.clock.now_ms();
+        self.store
+            .subject_states(namespace.as_str(), subject, now)
+            .await?
+            .into_iter()
+            .map(StateView::of)
+            .collect()
+    }
+
+    /// Revokes every state of `subject` in `namespace`; returns how many were live.
+    pub async fn revoke_subject(
+        &self,
+        namespace: &Namespace,
+        subject: &str,
+    ) -> Result<u64, StateError> {
+        let now = self.clock.now_ms();
+        Ok(self
+            .store
+            .revoke_subject(namespace.as_str(), subject, now)
+            .await?)
     }
 }
 
@@ -299,6 +556,9 @@ mod tests {
             default_ttl: Duration::from_secs(d),
             max_ttl: Duration::from_secs(m),
             max_states: 100_000,
+            max_attempts: 5,
+            sliding: true,
+            max_lifetime: Duration::from_secs(86400),
         }
     }
 

@@ -147,6 +147,11 @@ impl JsonObject {
         })
     }
 
+    /// An optional true/false; `null` counts as absent.
+    pub fn opt_bool(&mut self, name: &str, code: &'static str) -> Result<Option<bool>, ApiError> {
+        self.optional(name, code, |v| v.as_bool().ok_or("must be true or false"))
+    }
+
     /// An optional field, read by `read` (which says what is wrong with a bad value);
     /// `null` counts as absent.
     fn optional<T>(

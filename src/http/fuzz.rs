@@ -39,6 +39,12 @@ fn api_body() -> impl Strategy<Value = Vec<u8>> {
         Just("state".to_owned()),
         Just("ttl_seconds".to_owned()),
         Just("data".to_owned()),
+        Just("subject".to_owned()),
+        Just("secret".to_owned()),
+        Just("max_attempts".to_owned()),
+        Just("replace".to_owned()),
+        Just("sliding".to_owned()),
+        Just("max_lifetime_seconds".to_owned()),
         "[a-z_]{1,10}",
     ];
     let value = prop_oneof![
@@ -99,11 +105,11 @@ proptest! {
         if let Some(d) = &data { body.insert("data".into(), d.clone()); }
         let bytes = serde_json::to_vec(&body).unwrap();
         let obj = JsonObject::parse(&bytes).map_err(|e| TestCaseError::fail(e.detail))?;
-        let (got_ns, got_ttl, got_data) =
+        let (got_ns, got) =
             create_request(obj).map_err(|e| TestCaseError::fail(e.detail))?;
         prop_assert_eq!(got_ns.as_str(), ns.as_str());
-        prop_assert_eq!(got_ttl, ttl);
-        prop_assert_eq!(got_data, data);
+        prop_assert_eq!(got.ttl_seconds, ttl);
+        prop_assert_eq!(got.data, data);
     }
 
     #[test]

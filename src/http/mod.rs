@@ -102,8 +102,30 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::post().to(states::consume),
         ))
         .service(endpoint(
+            "/v1/states/verify",
+            web::post().to(states::verify),
+        ))
+        .service(endpoint(
             "/v1/connections/{provider}/{account}/token",
             web::get().to(connections::token),
+        ))
+        .service(endpoint(
+            "/v1/states/attempt",
+            web::post().to(states::attempt),
+        ))
+        .service(endpoint(
+            "/v1/states/revoke",
+            web::post().to(states::revoke),
+        ))
+        .service(
+            web::resource("/v1/namespaces/{namespace}/subjects/{subject}/states")
+                .route(web::get().to(states::list_subject))
+                .route(web::delete().to(states::revoke_subject))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(endpoint(
+            "/v1/namespaces/{namespace}/states/{id}",
+            web::delete().to(states::revoke_id),
         ))
         .service(endpoint("/healthz", web::get().to(health::healthz)))
         .service(endpoint("/readyz", web::get().to(health::readyz)))

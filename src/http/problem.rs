@@ -144,6 +144,21 @@ impl From<StateError> for ApiError {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_states", detail)
                     .retry_after(60)
             }
+            StateError::WrongSecret { attempts_left } => {
+                ApiError::new(StatusCode::FORBIDDEN, "wrong_secret", detail)
+                    .with("attempts_left", attempts_left)
+            }
+            StateError::SecretRequired => {
+                ApiError::new(StatusCode::FORBIDDEN, "secret_required", detail)
+            }
+            StateError::NoSecret => ApiError::new(StatusCode::CONFLICT, "no_secret", detail),
+            StateError::SlidingNotAllowed { .. } => {
+                ApiError::bad_request("sliding_not_allowed", detail)
+            }
+            StateError::LifetimeOutOfRange { .. } => {
+                ApiError::bad_request("invalid_max_lifetime", detail)
+            }
+            StateError::SubjectRequired => ApiError::bad_request("subject_required", detail),
             StateError::Entropy => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "entropy_unavailable",

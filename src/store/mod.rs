@@ -49,6 +49,61 @@ pub struct StateRow {
     pub data: Option<String>,
     pub created_at_ms: i64,
     pub expires_at_ms: i64,
+    /// Whom the state belongs to (a user, a tenant), for listing and revoking by subject.
+    pub subject: Option<String>,
+    /// The keyed hash of a code the user must present to consume the state.
+    pub secret: Option<StateSecret>,
+    /// Set when a verify with `touch` may push the expiry out.
+    pub sliding: Option<Sliding>,
+}
+
+/// A user code guarding a state: its keyed hash and the tries left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateSecret {
+    pub hash: SecretHash,
+    pub attempts_left: u32,
+}
+
+/// How far a sliding state's expiry may move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sliding {
+    /// Each touch sets the expiry to now plus this.
+    pub ttl_ms: i64,
+    /// Never later than this (created at plus the longest lifetime).
+    pub max_expires_at_ms: i64,
+}
+
+/// What a read (or a keyed change) of one state found, without consuming it.
+#[derive(Debug)]
+pub enum Found {
+    /// The row as stored; it may have expired (the caller judges with its clock).
+    Row(StateRow),
+    /// Only the tombstone of an expired state is left.
+    ExpiredTombstone {
+        namespace: String,
+        expired_at_ms: Option<i64>,
+    },
+    Missing,
+}
+
+/// What one try of a state's code did.
+#[derive(Debug)]
+pub enum Attempted {
+    /// The code matched: the state is consumed and here.
+    Matched(StateRow),
+    /// The code did not match; the state stays with this many tries left, or is deleted
+    /// when none are left (then later attempts find nothing).
+    Wrong {
+        attempts_left: u32,
+    },
+    /// The state has no code: consume it instead. Left untouched.
+    NoSecret,
+    /// The state had expired (now deleted) or only its tombstone was left.
+    Expired {
+        namespace: String,
+        expired_at_ms: Option<i64>,
+    },
+    Missing,
 }
 
 /// What an atomic take (delete-and-return) of a state found.
@@ -64,6 +119,8 @@ pub enum Taken {
     },
     /// Never issued, already consumed, or expired longer ago than the grace window.
     Missing,
+    /// The state is guarded by a code (see `attempt_state`); it was left untouched.
+    SecretRequired,
 }
 
 /// Which namespaces a take may match. A state of any other namespace is left untouched
@@ -131,6 +188,8 @@ pub struct InsertRules {
     /// Until when a take of the state, once expired, must still find at least a tombstone
     /// (answered 410 rather than 404): its expiry plus the grace window.
     pub keep_until_ms: i64,
+    /// Delete every other state of the same namespace and subject in the same step.
+    pub replace_subject: bool,
 }
 
 #[async_trait]
@@ -146,6 +205,58 @@ pub trait StateStore: Send + Sync {
         key_hash: SecretHash,
         filter: &NamespaceFilter,
     ) -> Result<Taken, StoreError>;
+    /// The state, without changing anything. A state of a namespace other than `namespace`
+    /// counts as `Missing`.
+    async fn read_state(&self, key_hash: SecretHash, namespace: &str) -> Result<Found, StoreError>;
+    /// Pushes a live sliding state's expiry to `now_ms` plus its TTL, never earlier than it
+    /// is and never past its `max_expires_at_ms`, and returns the row as it is afterwards
+    /// (its tombstone, if it expires later, lasts `grace_ms` past the new expiry). A state
+    /// that is not sliding, or has expired, is returned unchanged.
+    async fn touch_state(
+        &self,
+        key_hash: SecretHash,
+        namespace: &str,
+        now_ms: i64,
+        grace_ms: i64,
+    ) -> Result<Found, StoreError>;
+    /// One try of a state's code, in one atomic step: concurrent tries are counted one by
+    /// one and at most one matching try consumes the state. `candidate` is compared with
+    /// the stored hash in constant time.
+    async fn attempt_state(
+        &self,
+        key_hash: SecretHash,
+        namespace: &str,
+        candidate: SecretHash,
+        now_ms: i64,
+    ) -> Result<Attempted, StoreError>;
+    /// Deletes the state (and any tombstone). True when a live state was there.
+    async fn revoke_state(
+        &self,
+        key_hash: SecretHash,
+        namespace: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// Deletes the state with this identifier. True when a live state was there.
+    async fn revoke_state_id(
+        &self,
+        namespace: &str,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// The live states of one subject in a namespace (an index lookup), oldest first.
+    async fn subject_states(
+        &self,
+        namespace: &str,
+        subject: &str,
+        now_ms: i64,
+    ) -> Result<Vec<StateRow>, StoreError>;
+    /// Deletes every state of one subject in a namespace; returns how many were live.
+    async fn revoke_subject(
+        &self,
+        namespace: &str,
+        subject: &str,
+        now_ms: i64,
+    ) -> Result<u64, StoreError>;
     /// Removes at most `batch` expired states (keeping tombstones) and at most `batch`
     /// tombstones older than `purge_before_ms`.
     async fn sweep_expired(

@@ -18,4 +18,5 @@ mod redis;
 mod security;
 mod services;
 mod state_api;
+mod state_kinds;
 mod store_contract;

@@ -17,12 +17,15 @@ use std::time::Duration;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-fn policy(max_states: u64) -> StatePolicy {
+pub fn policy(max_states: u64) -> StatePolicy {
     StatePolicy {
         base: TtlRule {
             default_ttl: 60 * MINUTE,
             max_ttl: 24 * 60 * MINUTE,
             max_states,
+            max_attempts: 5,
+            sliding: true,
+            max_lifetime: 30 * 24 * 60 * MINUTE,
         },
         overrides: vec![],
         max_data_bytes: 4096,
@@ -32,11 +35,11 @@ fn policy(max_states: u64) -> StatePolicy {
 
 /// A manual clock at the real time (Redis keeps its own TTLs in real time; the rules
 /// under test are judged by the clock the service is given).
-fn clock() -> Clock {
+pub fn clock() -> Clock {
     Clock::manual(chrono::Utc::now().timestamp_millis())
 }
 
-fn ns(s: &str) -> Namespace {
+pub fn ns(s: &str) -> Namespace {
     Namespace::parse(s).unwrap()
 }
 

@@ -1,10 +1,16 @@
-//! `StateStore` on Redis: `SET … NX PX` to create, one script to take (GETDEL semantics
-//! plus the 410 tombstone), Redis TTLs instead of a sweeper.
+//! `StateStore` on Redis: one Lua script per change (create, take, try a code, touch,
+//! revoke), so each is atomic; Redis TTLs instead of a sweeper.
+//!
+//! Besides the state (`s:<hash>`) and its tombstone (`g:<hash>`), a state has an entry in
+//! its namespace's live set (`n:<namespace>`, hash -> expiry, for the cap), and when it has
+//! them, in its subject's set (`u:<namespace>\0<subject>`, hash -> expiry, for listing and
+//! revoking by subject: never a scan) and an identifier key (`i:<id>` -> hash).
 
 use super::{hex, RedisStore};
-use crate::secret::SecretHash;
+use crate::secret::{SecretHash, StateId};
 use crate::store::{
-    InsertRules, NamespaceFilter, StateRow, StateStore, StoreError, SweepCount, Taken,
+    Attempted, Found, InsertRules, NamespaceFilter, Sliding, StateRow, StateSecret, StateStore,
+    StoreError, SweepCount, Taken,
 };
 use async_trait::async_trait;
 use redis::Script;
@@ -17,15 +23,108 @@ struct Stored {
     d: Option<String>,
     c: i64,
     e: i64,
+    /// The state's identifier (names its `i:` key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    i: Option<String>,
+    /// Subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    u: Option<String>,
+    /// The code's keyed hash (hex) and the tries left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    h: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    a: Option<u32>,
+    /// Sliding: TTL and latest expiry, in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    t: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    m: Option<i64>,
 }
 
-/// KEYS: state, tombstone. ARGV: namespace-set key prefix, hash, namespace, "p" when the
-/// namespace is a prefix. Takes the state (and drops its tombstone and its entry in the
-/// namespace's live set), or else the tombstone, only when its namespace matches:
-/// `{"row", json}`, `{"gone", namespace}` or `{}` (a state of another namespace is left
-/// as it is).
+impl Stored {
+    fn from_row(row: StateRow) -> Stored {
+        Stored {
+            i: Some(StateId::of(&row.key_hash).to_string()),
+            n: row.namespace,
+            d: row.data,
+            c: row.created_at_ms,
+            e: row.expires_at_ms,
+            u: row.subject,
+            h: row.secret.map(|s| hex(&s.hash)),
+            a: row.secret.map(|s| s.attempts_left),
+            t: row.sliding.map(|s| s.ttl_ms),
+            m: row.sliding.map(|s| s.max_expires_at_ms),
+        }
+    }
+
+    fn into_row(self, key_hash: SecretHash) -> StateRow {
+        let secret = self
+            .h
+            .as_deref()
+            .and_then(SecretHash::from_hex)
+            .map(|hash| StateSecret {
+                hash,
+                attempts_left: self.a.unwrap_or(0),
+            });
+        let sliding = match (self.t, self.m) {
+            (Some(ttl_ms), Some(max_expires_at_ms)) => Some(Sliding {
+                ttl_ms,
+                max_expires_at_ms,
+            }),
+            _ => None,
+        };
+        StateRow {
+            key_hash,
+            namespace: self.n,
+            data: self.d,
+            created_at_ms: self.c,
+            expires_at_ms: self.e,
+            subject: self.u,
+            secret,
+            sliding,
+        }
+    }
+}
+
+const CONTEXT_READ: &str = "reading a state";
+
+fn parse_row(
+    context: &'static str,
+    key_hash: SecretHash,
+    v: &[u8],
+) -> Result<StateRow, StoreError> {
+    serde_json::from_slice::<Stored>(v)
+        .map(|s| s.into_row(key_hash))
+        .map_err(|_| super::corrupt(context, "state"))
+}
+
+/// Shared by every script: ARGV[1] is the key prefix, ARGV[2] the state's hash (hex).
+/// `drop` deletes a state and everything naming it.
+const LIB: &str = r#"
+local P, H = ARGV[1], ARGV[2]
+local function live_set(ns) return P .. 'n:' .. ns end
+local function subject_set(ns, u) return P .. 'u:' .. ns .. '\0' .. u end
+local function drop(h, s)
+  redis.call('DEL', P .. 's:' .. h, P .. 'g:' .. h)
+  redis.call('ZREM', live_set(s['n']), h)
+  if s['u'] then redis.call('ZREM', subject_set(s['n'], s['u']), h) end
+  if s['i'] then redis.call('DEL', P .. 'i:' .. s['i']) end
+end
+local function keep_at_least(key, ms)
+  if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
+end
+"#;
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{LIB}{body}"))
+}
+
+/// KEYS: state, tombstone. ARGV: P, hash, namespace, "p" when the namespace is a prefix.
+/// Takes the state (with everything naming it), or else the tombstone, only when its
+/// namespace matches and it has no code: `{"row", json}`, `{"gone", namespace}`,
+/// `{"secret"}` or `{}` (a state of another namespace is left as it is).
 static TAKE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    script(
         r#"
 local function ours(ns)
   if ARGV[4] == 'p' then return string.sub(ns, 1, #ARGV[3]) == ARGV[3] end
@@ -33,10 +132,10 @@ local function ours(ns)
 end
 local v = redis.call('GET', KEYS[1])
 if v then
-  if not ours(cjson.decode(v)['n']) then return {} end
-  redis.call('DEL', KEYS[1])
-  local ns = redis.call('GETDEL', KEYS[2])
-  if ns then redis.call('ZREM', ARGV[1] .. ns, ARGV[2]) end
+  local s = cjson.decode(v)
+  if not ours(s['n']) then return {} end
+  if s['h'] then return {'secret'} end
+  drop(H, s)
   return {'row', v}
 end
 local ns = redis.call('GET', KEYS[2])
@@ -49,65 +148,261 @@ return {}
     )
 });
 
-/// The first write is the state's SET, so a Redis at maxmemory refuses the script (OOM)
-/// before it changes anything. KEYS: state, tombstone, the namespace's live set (hash -> expiry). ARGV: value, ttl ms,
-/// namespace, tombstone ttl ms, hash, now, expires at, most live states. Returns 1, or -1
-/// when the namespace is full (0: the value exists).
+/// KEYS: state, tombstone. ARGV: P, hash, value, ttl ms, namespace, tombstone ttl ms,
+/// now, expires at, most live states, id, subject ("" for none), "1" to replace the
+/// subject's other states. Returns 1, or -1 when the namespace is full (0: the value
+/// exists). The first write is the state's SET, so a Redis at maxmemory refuses the
+/// script (OOM) before it changes anything.
 static INSERT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    script(
         r#"
-if redis.call('ZCOUNT', KEYS[3], '(' .. ARGV[6], '+inf') >= tonumber(ARGV[8]) then return -1 end
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
-redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
-redis.call('ZADD', KEYS[3], ARGV[7], ARGV[5])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[6])
-if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[2]) then
-  redis.call('PEXPIRE', KEYS[3], ARGV[2])
+local ttl, ns, now, expires = tonumber(ARGV[4]), ARGV[5], ARGV[7], ARGV[8]
+local subject, live = ARGV[11], live_set(ARGV[5])
+local sub = subject ~= '' and subject_set(ns, subject) or nil
+local freed = 0
+if sub and ARGV[12] == '1' then freed = redis.call('ZCOUNT', sub, '(' .. now, '+inf') end
+if redis.call('ZCOUNT', live, '(' .. now, '+inf') - freed >= tonumber(ARGV[9]) then return -1 end
+if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'PX', ttl) then return 0 end
+if sub and ARGV[12] == '1' then
+  for _, h in ipairs(redis.call('ZRANGE', sub, 0, -1)) do
+    local v = redis.call('GET', P .. 's:' .. h)
+    if v then drop(h, cjson.decode(v)) end
+  end
+  redis.call('DEL', sub)
+end
+redis.call('SET', KEYS[2], ns, 'PX', ARGV[6])
+redis.call('SET', P .. 'i:' .. ARGV[10], H, 'PX', ARGV[6])
+redis.call('ZADD', live, expires, H)
+redis.call('ZREMRANGEBYSCORE', live, '-inf', now)
+keep_at_least(live, ttl)
+if sub then
+  redis.call('ZADD', sub, expires, H)
+  redis.call('ZREMRANGEBYSCORE', sub, '-inf', now)
+  keep_at_least(sub, ttl)
 end
 return 1
 "#,
     )
 });
 
+/// KEYS: state, tombstone. ARGV: P, hash, namespace, candidate code hash (hex), now.
+/// `{"row", json}` (matched, taken), `{"wrong", left}`, `{"nosecret"}`,
+/// `{"expired", namespace, expired at}`, `{"gone", namespace}` or `{}`. The comparison
+/// reads every byte whatever it finds.
+static ATTEMPT: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local v = redis.call('GET', KEYS[1])
+if not v then
+  local ns = redis.call('GET', KEYS[2])
+  if ns and ns == ARGV[3] then
+    redis.call('DEL', KEYS[2])
+    return {'gone', ns}
+  end
+  return {}
+end
+local s = cjson.decode(v)
+if s['n'] ~= ARGV[3] then return {} end
+if s['e'] <= tonumber(ARGV[5]) then
+  drop(H, s)
+  return {'expired', s['n'], string.format('%d', s['e'])}
+end
+if not s['h'] then return {'nosecret'} end
+local a, b = s['h'], ARGV[4]
+local diff = (#a == #b) and 0 or 1
+for i = 1, math.min(#a, #b) do
+  diff = bit.bor(diff, bit.bxor(string.byte(a, i), string.byte(b, i)))
+end
+if diff == 0 then
+  drop(H, s)
+  return {'row', v}
+end
+local left = (s['a'] or 1) - 1
+if left <= 0 then
+  drop(H, s)
+  return {'wrong', '0'}
+end
+s['a'] = left
+redis.call('SET', KEYS[1], cjson.encode(s), 'KEEPTTL')
+return {'wrong', string.format('%d', left)}
+"#,
+    )
+});
+
+/// KEYS: state, tombstone. ARGV: P, hash, namespace, now, grace ms. Moves a live sliding
+/// state's expiry to now + its TTL (never back, never past its latest expiry) together
+/// with everything that expires with it. `{"row", json}`, `{"gone", namespace}` or `{}`.
+static TOUCH: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local now, grace = tonumber(ARGV[4]), tonumber(ARGV[5])
+local v = redis.call('GET', KEYS[1])
+if v then
+  local s = cjson.decode(v)
+  if s['n'] ~= ARGV[3] then return {} end
+  if s['t'] and s['e'] > now then
+    local e = math.max(s['e'], math.min(now + s['t'], s['m']))
+    if e > s['e'] then
+      s['e'] = e
+      v = cjson.encode(s)
+      local ttl = string.format('%d', e - now)
+      local keep = string.format('%d', e - now + grace)
+      redis.call('SET', KEYS[1], v, 'PX', ttl)
+      redis.call('SET', KEYS[2], s['n'], 'PX', keep)
+      if s['i'] then redis.call('PEXPIRE', P .. 'i:' .. s['i'], keep) end
+      redis.call('ZADD', live_set(s['n']), string.format('%d', e), H)
+      keep_at_least(live_set(s['n']), e - now)
+      if s['u'] then
+        redis.call('ZADD', subject_set(s['n'], s['u']), string.format('%d', e), H)
+        keep_at_least(subject_set(s['n'], s['u']), e - now)
+      end
+    end
+  end
+  return {'row', v}
+end
+local ns = redis.call('GET', KEYS[2])
+if ns and ns == ARGV[3] then return {'gone', ns} end
+return {}
+"#,
+    )
+});
+
+/// ARGV: P, hash or "" (then ARGV[5] is an identifier to look up), namespace, now, id.
+/// Deletes the state and its tombstone; returns 1 when a live state was there.
+static REVOKE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local h = H
+if h == '' then
+  h = redis.call('GET', P .. 'i:' .. ARGV[5])
+  if not h then return 0 end
+end
+local v = redis.call('GET', P .. 's:' .. h)
+if not v then
+  if redis.call('GET', P .. 'g:' .. h) == ARGV[3] then redis.call('DEL', P .. 'g:' .. h) end
+  return 0
+end
+local s = cjson.decode(v)
+if s['n'] ~= ARGV[3] then return 0 end
+drop(h, s)
+if s['e'] > tonumber(ARGV[4]) then return 1 end
+return 0
+"#,
+    )
+});
+
+/// ARGV: P, "", namespace, subject, now. Deletes every state of the subject; returns how
+/// many were live.
+static REVOKE_SUBJECT: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local sub, n = subject_set(ARGV[3], ARGV[4]), 0
+for _, h in ipairs(redis.call('ZRANGE', sub, 0, -1)) do
+  local v = redis.call('GET', P .. 's:' .. h)
+  if v then
+    local s = cjson.decode(v)
+    if s['n'] == ARGV[3] and s['u'] == ARGV[4] then
+      drop(h, s)
+      if s['e'] > tonumber(ARGV[5]) then n = n + 1 end
+    end
+  end
+end
+redis.call('DEL', sub)
+return n
+"#,
+    )
+});
+
+/// A script's answer: `{kind, fields...}` as byte strings.
+type Reply = Vec<Vec<u8>>;
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn number(context: &'static str, bytes: &[u8]) -> Result<i64, StoreError> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| super::corrupt(context, "number"))
+}
+
+/// A `{"row", json}` / `{"gone", namespace}` / `{}` answer as `Found`.
+fn found(context: &'static str, key_hash: SecretHash, reply: &Reply) -> Result<Found, StoreError> {
+    Ok(match reply.as_slice() {
+        [kind, v] if kind == b"row" => Found::Row(parse_row(context, key_hash, v)?),
+        [kind, ns] if kind == b"gone" => Found::ExpiredTombstone {
+            namespace: text(ns),
+            expired_at_ms: None,
+        },
+        _ => Found::Missing,
+    })
+}
+
+impl RedisStore {
+    /// Runs one of the state scripts with the state's two keys and `P, hash, args...`.
+    async fn state_script<T: redis::FromRedisValue + Send + 'static>(
+        &self,
+        context: &'static str,
+        script: &'static Script,
+        key_hash: Option<&SecretHash>,
+        args: Vec<String>,
+    ) -> Result<T, StoreError> {
+        let id = key_hash.map(hex).unwrap_or_default();
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.key("s", &id))
+            .key(self.key("g", &id))
+            .arg(self.index(""))
+            .arg(&id);
+        for a in args {
+            invocation.arg(a);
+        }
+        let mut c = self.conn();
+        self.run(
+            context,
+            async move { invocation.invoke_async(&mut c).await },
+        )
+        .await
+    }
+}
+
 #[async_trait]
 impl StateStore for RedisStore {
     async fn insert_state(&self, row: StateRow, rules: InsertRules) -> Result<bool, StoreError> {
         const CONTEXT: &str = "storing a state";
-        let id = hex(&row.key_hash);
-        let (key, tomb) = (self.key("s", &id), self.key("g", &id));
-        let live = self.key("n", &row.namespace);
         let now = rules.now_ms;
         let (expires, ttl) = (row.expires_at_ms, (row.expires_at_ms - now).max(1));
         // At least a millisecond past the state itself, so a tombstone outlives its state.
         let tomb_ttl = (rules.keep_until_ms - now).max(ttl.saturating_add(1));
-        let value = serde_json::to_string(&Stored {
-            n: row.namespace.clone(),
-            d: row.data,
-            c: row.created_at_ms,
-            e: row.expires_at_ms,
-        })
-        .map_err(|e| StoreError::unavailable(CONTEXT, e))?;
-        let ns = row.namespace;
-        let mut c = self.conn();
-        let stored: i64 = self
-            .run(CONTEXT, async move {
-                INSERT
-                    .key(key)
-                    .key(tomb)
-                    .key(live)
-                    .arg(value)
-                    .arg(ttl)
-                    .arg(ns)
-                    .arg(tomb_ttl)
-                    .arg(id)
-                    .arg(now)
-                    .arg(expires)
-                    .arg(rules.max_live)
-                    .invoke_async(&mut c)
-                    .await
-            })
+        let key_hash = row.key_hash;
+        let ns = row.namespace.clone();
+        let subject = row.subject.clone().unwrap_or_default();
+        let stored = Stored::from_row(row);
+        let id = stored.i.clone().unwrap_or_default();
+        let value =
+            serde_json::to_string(&stored).map_err(|e| StoreError::unavailable(CONTEXT, e))?;
+        let replace = if rules.replace_subject { "1" } else { "0" };
+        let answer: i64 = self
+            .state_script(
+                CONTEXT,
+                &INSERT,
+                Some(&key_hash),
+                vec![
+                    value,
+                    ttl.to_string(),
+                    ns,
+                    tomb_ttl.to_string(),
+                    now.to_string(),
+                    expires.to_string(),
+                    rules.max_live.to_string(),
+                    id,
+                    subject,
+                    replace.to_owned(),
+                ],
+            )
             .await?;
-        match stored {
+        match answer {
             1 => Ok(true),
             -1 => Ok(false),
             _ => Err(StoreError::unavailable(
@@ -124,40 +419,205 @@ impl StateStore for RedisStore {
     ) -> Result<Taken, StoreError> {
         const CONTEXT: &str = "consuming a state";
         let (ns, prefix) = filter.parts();
-        let (ns, mode) = (ns.to_owned(), if prefix { "p" } else { "=" });
+        let mode = if prefix { "p" } else { "=" };
+        let reply: Reply = self
+            .state_script(
+                CONTEXT,
+                &TAKE,
+                Some(&key_hash),
+                vec![ns.to_owned(), mode.to_owned()],
+            )
+            .await?;
+        Ok(match reply.as_slice() {
+            [kind] if kind == b"secret" => Taken::SecretRequired,
+            _ => match found(CONTEXT, key_hash, &reply)? {
+                Found::Row(row) => Taken::Row(row),
+                Found::ExpiredTombstone {
+                    namespace,
+                    expired_at_ms,
+                } => Taken::ExpiredTombstone {
+                    namespace,
+                    expired_at_ms,
+                },
+                Found::Missing => Taken::Missing,
+            },
+        })
+    }
+
+    async fn read_state(&self, key_hash: SecretHash, namespace: &str) -> Result<Found, StoreError> {
         let id = hex(&key_hash);
-        let (key, tomb, live) = (self.key("s", &id), self.key("g", &id), self.key("n", ""));
+        let keys = [self.key("s", &id), self.key("g", &id)];
+        let values = self.mget(CONTEXT_READ, &keys).await?;
+        let ours = |ns: &str| ns == namespace;
+        match values.as_slice() {
+            [Some(v), _] => {
+                let row = parse_row(CONTEXT_READ, key_hash, v)?;
+                Ok(if ours(&row.namespace) {
+                    Found::Row(row)
+                } else {
+                    Found::Missing
+                })
+            }
+            [None, Some(ns)] if ours(&text(ns)) => Ok(Found::ExpiredTombstone {
+                namespace: text(ns),
+                expired_at_ms: None,
+            }),
+            _ => Ok(Found::Missing),
+        }
+    }
+
+    async fn touch_state(
+        &self,
+        key_hash: SecretHash,
+        namespace: &str,
+        now_ms: i64,
+        grace_ms: i64,
+    ) -> Result<Found, StoreError> {
+        const CONTEXT: &str = "extending a state";
+        let reply: Reply = self
+            .state_script(
+                CONTEXT,
+                &TOUCH,
+                Some(&key_hash),
+                vec![
+                    namespace.to_owned(),
+                    now_ms.to_string(),
+                    grace_ms.to_string(),
+                ],
+            )
+            .await?;
+        found(CONTEXT, key_hash, &reply)
+    }
+
+    async fn attempt_state(
+        &self,
+        key_hash: SecretHash,
+        namespace: &str,
+        candidate: SecretHash,
+        now_ms: i64,
+    ) -> Result<Attempted, StoreError> {
+        const CONTEXT: &str = "trying a state's code";
+        let reply: Reply = self
+            .state_script(
+                CONTEXT,
+                &ATTEMPT,
+                Some(&key_hash),
+                vec![namespace.to_owned(), hex(&candidate), now_ms.to_string()],
+            )
+            .await?;
+        Ok(match reply.as_slice() {
+            [kind, left] if kind == b"wrong" => Attempted::Wrong {
+                attempts_left: u32::try_from(number(CONTEXT, left)?).unwrap_or(0),
+            },
+            [kind] if kind == b"nosecret" => Attempted::NoSecret,
+            [kind, ns, at] if kind == b"expired" => Attempted::Expired {
+                namespace: text(ns),
+                expired_at_ms: Some(number(CONTEXT, at)?),
+            },
+            _ => match found(CONTEXT, key_hash, &reply)? {
+                Found::Row(row) => Attempted::Matched(row),
+                Found::ExpiredTombstone {
+                    namespace,
+                    expired_at_ms,
+                } => Attempted::Expired {
+                    namespace,
+                    expired_at_ms,
+                },
+                Found::Missing => Attempted::Missing,
+            },
+        })
+    }
+
+    async fn revoke_state(
+        &self,
+        key_hash: SecretHash,
+        namespace: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .state_script(
+                "revoking a state",
+                &REVOKE,
+                Some(&key_hash),
+                vec![namespace.to_owned(), now_ms.to_string(), String::new()],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn revoke_state_id(
+        &self,
+        namespace: &str,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let Some(id) = StateId::parse(id) else {
+            return Ok(false);
+        };
+        let n: i64 = self
+            .state_script(
+                "revoking a state",
+                &REVOKE,
+                None,
+                vec![namespace.to_owned(), now_ms.to_string(), id.to_string()],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn subject_states(
+        &self,
+        namespace: &str,
+        subject: &str,
+        now_ms: i64,
+    ) -> Result<Vec<StateRow>, StoreError> {
+        const CONTEXT: &str = "listing a subject's states";
+        let set = self.key("u", &format!("{namespace}\0{subject}"));
         let mut c = self.conn();
-        let reply: Vec<Vec<u8>> = self
+        let hashes: Vec<String> = self
             .run(CONTEXT, async move {
-                TAKE.key(key)
-                    .key(tomb)
-                    .arg(live)
-                    .arg(id)
-                    .arg(ns)
-                    .arg(mode)
-                    .invoke_async(&mut c)
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(set)
+                    .arg(format!("({now_ms}"))
+                    .arg("+inf")
+                    .query_async(&mut c)
                     .await
             })
             .await?;
-        match reply.as_slice() {
-            [kind, v] if kind == b"row" => {
-                let s: Stored =
-                    serde_json::from_slice(v).map_err(|_| super::corrupt(CONTEXT, "state"))?;
-                Ok(Taken::Row(StateRow {
-                    key_hash,
-                    namespace: s.n,
-                    data: s.d,
-                    created_at_ms: s.c,
-                    expires_at_ms: s.e,
-                }))
+        let keys: Vec<String> = hashes.iter().map(|h| self.key("s", h)).collect();
+        let values = self.mget(CONTEXT, &keys).await?;
+        let mut rows = Vec::new();
+        for (h, v) in hashes.iter().zip(values) {
+            let (Some(key_hash), Some(v)) = (SecretHash::from_hex(h), v) else {
+                continue;
+            };
+            let row = parse_row(CONTEXT, key_hash, &v)?;
+            if row.namespace == namespace
+                && row.subject.as_deref() == Some(subject)
+                && row.expires_at_ms > now_ms
+            {
+                rows.push(row);
             }
-            [kind, ns] if kind == b"gone" => Ok(Taken::ExpiredTombstone {
-                expired_at_ms: None,
-                namespace: String::from_utf8_lossy(ns).into_owned(),
-            }),
-            _ => Ok(Taken::Missing),
         }
+        rows.sort_by_key(|r| r.created_at_ms);
+        Ok(rows)
+    }
+
+    async fn revoke_subject(
+        &self,
+        namespace: &str,
+        subject: &str,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .state_script(
+                "revoking a subject's states",
+                &REVOKE_SUBJECT,
+                None,
+                vec![namespace.to_owned(), subject.to_owned(), now_ms.to_string()],
+            )
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// Redis expires states and tombstones by itself; there is nothing to sweep.

@@ -29,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../sql/0003_device.sql"),
     include_str!("../../../sql/0004_namespace_counts.sql"),
     include_str!("../../../sql/0005_identity_and_starters.sql"),
+    include_str!("../../../sql/0006_state_kinds.sql"),
 ];
 
 /// How long a statement waits for a lock held by another process before failing (503).

@@ -1,45 +1,158 @@
-//! `StateStore` on SQLite. Every write goes through the group-commit writer.
+//! `StateStore` on SQLite. Every write goes through the group-commit writer; reads that
+//! change nothing (verify, list) go to the reader pool.
 
 use super::SqliteStore;
-use crate::secret::SecretHash;
+use crate::secret::{SecretHash, StateId};
 use crate::store::{
-    InsertRules, NamespaceFilter, StateRow, StateStore, StoreError, SweepCount, Taken,
+    Attempted, Found, InsertRules, NamespaceFilter, Sliding, StateRow, StateSecret, StateStore,
+    StoreError, SweepCount, Taken,
 };
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use subtle::ConstantTimeEq;
+
+/// The columns `state_row` reads, in its order.
+const COLUMNS: &str = "key_hash, namespace, data, created_at, expires_at, subject, \
+                       secret_hash, attempts_left, sliding_ttl, max_expires_at";
+
+fn state_row(r: &Row<'_>) -> rusqlite::Result<StateRow> {
+    let hash: Vec<u8> = r.get(0)?;
+    let blob = |i: usize, bytes: Vec<u8>| {
+        SecretHash::from_slice(&bytes).ok_or(rusqlite::Error::InvalidColumnType(
+            i,
+            "hash".into(),
+            rusqlite::types::Type::Blob,
+        ))
+    };
+    let secret: Option<Vec<u8>> = r.get(6)?;
+    let secret = match secret {
+        Some(bytes) => Some(StateSecret {
+            hash: blob(6, bytes)?,
+            attempts_left: r.get::<_, Option<u32>>(7)?.unwrap_or(0),
+        }),
+        None => None,
+    };
+    let sliding = match (r.get::<_, Option<i64>>(8)?, r.get::<_, Option<i64>>(9)?) {
+        (Some(ttl_ms), Some(max_expires_at_ms)) => Some(Sliding {
+            ttl_ms,
+            max_expires_at_ms,
+        }),
+        _ => None,
+    };
+    let key_hash = blob(0, hash)?;
+    Ok(StateRow {
+        key_hash,
+        namespace: r.get(1)?,
+        data: r.get(2)?,
+        created_at_ms: r.get(3)?,
+        expires_at_ms: r.get(4)?,
+        subject: r.get(5)?,
+        secret,
+        sliding,
+    })
+}
+
+/// The state with this hash in this namespace, as it is.
+fn select(
+    conn: &Connection,
+    key_hash: &SecretHash,
+    ns: &str,
+) -> rusqlite::Result<Option<StateRow>> {
+    conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM states WHERE key_hash = ?1 AND namespace = ?2"
+    ))?
+    .query_row(params![&key_hash.0[..], ns], state_row)
+    .optional()
+}
+
+/// Deletes one state row (it is known to be there).
+fn delete(conn: &Connection, key_hash: &SecretHash) -> rusqlite::Result<()> {
+    conn.prepare_cached("DELETE FROM states WHERE key_hash = ?1")?
+        .execute([&key_hash.0[..]])
+        .map(|_| ())
+}
+
+/// Takes the tombstone of an expired state of a matching namespace, if one is left.
+fn take_tombstone(
+    conn: &Connection,
+    key_hash: &SecretHash,
+    ns: &str,
+    prefix: bool,
+) -> rusqlite::Result<Option<(String, i64)>> {
+    conn.prepare_cached(
+        "DELETE FROM expired_states WHERE key_hash = ?1 AND (namespace = ?2
+           OR (?3 AND substr(namespace, 1, length(?2)) = ?2))
+         RETURNING namespace, expired_at",
+    )?
+    .query_row(params![&key_hash.0[..], ns, prefix], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
+    .optional()
+}
+
+/// The state whose identifier is `id`, in `ns`.
+fn select_by_id(conn: &Connection, ns: &str, id: &StateId) -> rusqlite::Result<Option<StateRow>> {
+    let (low, high) = id.hash_range();
+    let rows: Vec<StateRow> = conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM states
+             WHERE key_hash BETWEEN ?1 AND ?2 AND namespace = ?3"
+        ))?
+        .query_map(params![&low[..], &high[..], ns], state_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows
+        .into_iter()
+        .find(|row| StateId::of(&row.key_hash) == *id))
+}
 
 #[async_trait]
 impl StateStore for SqliteStore {
     async fn insert_state(&self, row: StateRow, rules: InsertRules) -> Result<bool, StoreError> {
         let max_live = i64::try_from(rules.max_live).unwrap_or(i64::MAX);
-        self.writer
-            .run("storing a state", move |conn| {
-                // The count is kept by triggers (sql/0004); the single writer makes the
-                // check and the insert one step.
-                let mut insert = conn.prepare_cached(
-                    "INSERT INTO states (key_hash, namespace, data, created_at, expires_at)
-                     SELECT ?1, ?2, ?3, ?4, ?5
-                     WHERE coalesce((SELECT live FROM namespace_counts WHERE namespace = ?2), 0) < ?6",
-                )?;
-                let args = params![
-                    &row.key_hash.0[..],
-                    row.namespace,
-                    row.data,
-                    row.created_at_ms,
-                    row.expires_at_ms,
-                    max_live
-                ];
-                if insert.execute(args)? == 1 {
-                    return Ok(true);
-                }
-                // The count includes expired states the sweeper has not reached yet, and
-                // those must not count: set this namespace's aside now, then look again.
-                if retire_expired(conn, &row.namespace, rules.now_ms)? == 0 {
-                    return Ok(false);
-                }
-                Ok(insert.execute(args)? == 1)
-            })
-            .await
+        let work = move |conn: &Connection| {
+            if rules.replace_subject {
+                conn.prepare_cached(
+                    "DELETE FROM states INDEXED BY states_subject
+                     WHERE namespace = ?1 AND subject = ?2",
+                )?
+                .execute(params![row.namespace, row.subject])?;
+            }
+            // The count is kept by triggers (sql/0004); the single writer makes the
+            // check and the insert one step.
+            let mut insert = conn.prepare_cached(
+                "INSERT INTO states (key_hash, namespace, data, created_at, expires_at,
+                   subject, secret_hash, attempts_left, sliding_ttl, max_expires_at)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10
+                 WHERE coalesce((SELECT live FROM namespace_counts WHERE namespace = ?2), 0) < ?11",
+            )?;
+            let args = params![
+                &row.key_hash.0[..],
+                row.namespace,
+                row.data,
+                row.created_at_ms,
+                row.expires_at_ms,
+                row.subject,
+                row.secret.map(|s| s.hash.0.to_vec()),
+                row.secret.map(|s| s.attempts_left),
+                row.sliding.map(|s| s.ttl_ms),
+                row.sliding.map(|s| s.max_expires_at_ms),
+                max_live
+            ];
+            if insert.execute(args)? == 1 {
+                return Ok(true);
+            }
+            // The count includes expired states the sweeper has not reached yet, and
+            // those must not count: set this namespace's aside now, then look again.
+            if retire_expired(conn, &row.namespace, rules.now_ms)? == 0 {
+                return Ok(false);
+            }
+            Ok(insert.execute(args)? == 1)
+        };
+        if rules.replace_subject {
+            self.writer.run_atomic("storing a state", work).await
+        } else {
+            self.writer.run("storing a state", work).await
+        }
     }
 
     async fn take_state(
@@ -52,43 +165,195 @@ impl StateStore for SqliteStore {
         self.writer
             .run("consuming a state", move |conn| {
                 // One statement: the row is gone for everyone else the moment we see it,
-                // and only a row of the namespace asked for is touched at all.
+                // and only a row of the namespace asked for, without a code, is touched.
                 let row = conn
-                    .prepare_cached(
+                    .prepare_cached(&format!(
                         "DELETE FROM states WHERE key_hash = ?1 AND (namespace = ?2
                            OR (?3 AND substr(namespace, 1, length(?2)) = ?2))
-                         RETURNING namespace, data, created_at, expires_at",
-                    )?
-                    .query_row(params![&key_hash.0[..], ns, prefix], |r| {
-                        Ok(StateRow {
-                            key_hash,
-                            namespace: r.get(0)?,
-                            data: r.get(1)?,
-                            created_at_ms: r.get(2)?,
-                            expires_at_ms: r.get(3)?,
-                        })
-                    })
+                           AND secret_hash IS NULL
+                         RETURNING {COLUMNS}"
+                    ))?
+                    .query_row(params![&key_hash.0[..], ns, prefix], state_row)
                     .optional()?;
                 if let Some(row) = row {
                     return Ok(Taken::Row(row));
                 }
-                let tombstone: Option<(String, i64)> = conn
-                    .prepare_cached(
-                        "DELETE FROM expired_states WHERE key_hash = ?1 AND (namespace = ?2
-                           OR (?3 AND substr(namespace, 1, length(?2)) = ?2))
-                         RETURNING namespace, expired_at",
-                    )?
-                    .query_row(params![&key_hash.0[..], ns, prefix], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })
-                    .optional()?;
-                Ok(match tombstone {
+                if !prefix && select(conn, &key_hash, &ns)?.is_some() {
+                    return Ok(Taken::SecretRequired);
+                }
+                Ok(match take_tombstone(conn, &key_hash, &ns, prefix)? {
                     Some((namespace, expired_at)) => Taken::ExpiredTombstone {
                         namespace,
                         expired_at_ms: Some(expired_at),
                     },
                     None => Taken::Missing,
                 })
+            })
+            .await
+    }
+
+    async fn read_state(&self, key_hash: SecretHash, namespace: &str) -> Result<Found, StoreError> {
+        let ns = namespace.to_owned();
+        self.read("reading a state", move |conn| found(conn, &key_hash, &ns))
+            .await
+    }
+
+    async fn touch_state(
+        &self,
+        key_hash: SecretHash,
+        namespace: &str,
+        now_ms: i64,
+        _grace_ms: i64,
+    ) -> Result<Found, StoreError> {
+        // The sweeper gives a tombstone its grace from `expires_at` when it moves the row,
+        // so a later expiry needs nothing more here.
+        let ns = namespace.to_owned();
+        self.writer
+            .run("extending a state", move |conn| {
+                let row = conn
+                    .prepare_cached(&format!(
+                        "UPDATE states
+                         SET expires_at = max(expires_at, min(?3 + sliding_ttl, max_expires_at))
+                         WHERE key_hash = ?1 AND namespace = ?2 AND sliding_ttl IS NOT NULL
+                           AND expires_at > ?3
+                         RETURNING {COLUMNS}"
+                    ))?
+                    .query_row(params![&key_hash.0[..], ns, now_ms], state_row)
+                    .optional()?;
+                match row {
+                    Some(row) => Ok(Found::Row(row)),
+                    None => found(conn, &key_hash, &ns),
+                }
+            })
+            .await
+    }
+
+    async fn attempt_state(
+        &self,
+        key_hash: SecretHash,
+        namespace: &str,
+        candidate: SecretHash,
+        now_ms: i64,
+    ) -> Result<Attempted, StoreError> {
+        let ns = namespace.to_owned();
+        self.writer
+            .run_atomic("trying a state's code", move |conn| {
+                let Some(row) = select(conn, &key_hash, &ns)? else {
+                    return Ok(match take_tombstone(conn, &key_hash, &ns, false)? {
+                        Some((namespace, at)) => Attempted::Expired {
+                            namespace,
+                            expired_at_ms: Some(at),
+                        },
+                        None => Attempted::Missing,
+                    });
+                };
+                if row.expires_at_ms <= now_ms {
+                    delete(conn, &key_hash)?;
+                    return Ok(Attempted::Expired {
+                        namespace: row.namespace,
+                        expired_at_ms: Some(row.expires_at_ms),
+                    });
+                }
+                let Some(secret) = row.secret else {
+                    return Ok(Attempted::NoSecret);
+                };
+                if bool::from(secret.hash.0.ct_eq(&candidate.0)) {
+                    delete(conn, &key_hash)?;
+                    return Ok(Attempted::Matched(row));
+                }
+                let attempts_left = secret.attempts_left.saturating_sub(1);
+                if attempts_left == 0 {
+                    delete(conn, &key_hash)?;
+                } else {
+                    conn.prepare_cached(
+                        "UPDATE states SET attempts_left = ?2 WHERE key_hash = ?1",
+                    )?
+                    .execute(params![&key_hash.0[..], attempts_left])?;
+                }
+                Ok(Attempted::Wrong { attempts_left })
+            })
+            .await
+    }
+
+    async fn revoke_state(
+        &self,
+        key_hash: SecretHash,
+        namespace: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let ns = namespace.to_owned();
+        self.writer
+            .run_atomic("revoking a state", move |conn| {
+                let expires_at: Option<i64> = conn
+                    .prepare_cached(
+                        "DELETE FROM states WHERE key_hash = ?1 AND namespace = ?2
+                         RETURNING expires_at",
+                    )?
+                    .query_row(params![&key_hash.0[..], ns], |r| r.get(0))
+                    .optional()?;
+                take_tombstone(conn, &key_hash, &ns, false)?;
+                Ok(expires_at.is_some_and(|at| at > now_ms))
+            })
+            .await
+    }
+
+    async fn revoke_state_id(
+        &self,
+        namespace: &str,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let Some(id) = StateId::parse(id) else {
+            return Ok(false);
+        };
+        let ns = namespace.to_owned();
+        self.writer
+            .run("revoking a state", move |conn| {
+                let Some(row) = select_by_id(conn, &ns, &id)? else {
+                    return Ok(false);
+                };
+                delete(conn, &row.key_hash)?;
+                Ok(row.expires_at_ms > now_ms)
+            })
+            .await
+    }
+
+    async fn subject_states(
+        &self,
+        namespace: &str,
+        subject: &str,
+        now_ms: i64,
+    ) -> Result<Vec<StateRow>, StoreError> {
+        let (ns, subject) = (namespace.to_owned(), subject.to_owned());
+        self.read("listing a subject's states", move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM states INDEXED BY states_subject
+                 WHERE namespace = ?1 AND subject = ?2 AND expires_at > ?3
+                 ORDER BY created_at"
+            ))?
+            .query_map(params![ns, subject, now_ms], state_row)?
+            .collect()
+        })
+        .await
+    }
+
+    async fn revoke_subject(
+        &self,
+        namespace: &str,
+        subject: &str,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let (ns, subject) = (namespace.to_owned(), subject.to_owned());
+        self.writer
+            .run("revoking a subject's states", move |conn| {
+                let expiries: Vec<i64> = conn
+                    .prepare_cached(
+                        "DELETE FROM states INDEXED BY states_subject WHERE namespace = ?1 AND subject = ?2
+                         RETURNING expires_at",
+                    )?
+                    .query_map(params![ns, subject], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                Ok(expiries.iter().filter(|&&at| at > now_ms).count() as u64)
             })
             .await
     }
@@ -171,6 +436,26 @@ impl StateStore for SqliteStore {
             .check_writable("checking the database is writable")
             .await
     }
+}
+
+/// The state (or its tombstone) of this namespace, changing nothing.
+fn found(conn: &Connection, key_hash: &SecretHash, ns: &str) -> rusqlite::Result<Found> {
+    if let Some(row) = select(conn, key_hash, ns)? {
+        return Ok(Found::Row(row));
+    }
+    let tombstone: Option<i64> = conn
+        .prepare_cached(
+            "SELECT expired_at FROM expired_states WHERE key_hash = ?1 AND namespace = ?2",
+        )?
+        .query_row(params![&key_hash.0[..], ns], |r| r.get(0))
+        .optional()?;
+    Ok(match tombstone {
+        Some(at) => Found::ExpiredTombstone {
+            namespace: ns.to_owned(),
+            expired_at_ms: Some(at),
+        },
+        None => Found::Missing,
+    })
 }
 
 /// Moves one namespace's expired states aside as the sweeper does (tombstones keep the

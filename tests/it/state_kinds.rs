@@ -1,0 +1,362 @@
+//! States beyond OAuth flows, through the state service on SQLite and a real redis-server:
+//! codes with a limited number of tries, one live state per subject, sliding expiry,
+//! verify without consuming, listing and revoking by subject and by id. Time moves by the
+//! manual clock, never by waiting.
+
+use crate::services::{clock, ns, policy};
+use crate::store_contract::Backend;
+use oauthd::clock::Clock;
+use oauthd::states::{NewState, StateError, StateService};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn service(b: &Backend) -> (Arc<StateService>, Clock) {
+    let clock = clock();
+    let states = StateService::new(b.store.clone(), policy(100_000), clock.clone());
+    (Arc::new(states), clock)
+}
+
+fn with_code(code: &str, attempts: u32) -> NewState {
+    NewState {
+        ttl_seconds: Some(300),
+        secret: Some((code.to_owned(), Some(attempts))),
+        ..NewState::default()
+    }
+}
+
+fn of_subject(subject: &str, replace: bool) -> NewState {
+    NewState {
+        subject: Some(subject.to_owned()),
+        replace,
+        ..NewState::default()
+    }
+}
+
+/// 100 concurrent wrong codes against `max_attempts: 5`: exactly five are evaluated (4, 3,
+/// 2, 1, 0 tries left, once each), the fifth deletes the state, the other 95 find nothing.
+async fn concurrent_wrong_codes_use_up_exactly_the_allowed_attempts(b: Backend) {
+    let (states, _) = service(&b);
+    let issued = states
+        .create(ns("2fa"), with_code("123456", 5))
+        .await
+        .unwrap();
+    let tries = (0..100).map(|i| {
+        let (states, state) = (states.clone(), issued.state.clone());
+        tokio::spawn(async move {
+            states
+                .attempt(&state, &ns("2fa"), &format!("{i:06}x"))
+                .await
+        })
+    });
+    let mut left = Vec::new();
+    let mut not_found = 0;
+    for t in futures::future::join_all(tries).await {
+        match t.unwrap() {
+            Err(StateError::WrongSecret { attempts_left }) => left.push(attempts_left),
+            Err(StateError::NotFound) => not_found += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    left.sort();
+    assert_eq!(left, vec![0, 1, 2, 3, 4]);
+    assert_eq!(not_found, 95);
+    // The right code is too late: the state is gone.
+    assert!(matches!(
+        states.attempt(&issued.state, &ns("2fa"), "123456").await,
+        Err(StateError::NotFound)
+    ));
+}
+
+/// The right code racing wrong ones consumes the state exactly once.
+async fn a_right_code_racing_wrong_ones_succeeds_once(b: Backend) {
+    let (states, _) = service(&b);
+    let issued = states
+        .create(ns("2fa"), with_code("424242", 100))
+        .await
+        .unwrap();
+    let tries = (0..40).map(|i| {
+        let (states, state) = (states.clone(), issued.state.clone());
+        let code = if i % 2 == 0 { "424242" } else { "000000" };
+        tokio::spawn(async move { states.attempt(&state, &ns("2fa"), code).await })
+    });
+    let outcomes: Vec<_> = futures::future::join_all(tries).await;
+    let won = outcomes
+        .iter()
+        .filter(|o| matches!(o.as_ref().unwrap(), Ok(_)))
+        .count();
+    assert_eq!(won, 1);
+}
+
+/// A state with a code is consumed only through its code; one without cannot be tried.
+async fn a_state_with_a_code_is_consumed_only_with_it(b: Backend) {
+    let (states, _) = service(&b);
+    let guarded = states.create(ns("2fa"), with_code("777", 3)).await.unwrap();
+    assert!(matches!(
+        states.consume(&guarded.state, &ns("2fa")).await,
+        Err(StateError::SecretRequired)
+    ));
+    let view = states
+        .attempt(&guarded.state, &ns("2fa"), "777")
+        .await
+        .unwrap();
+    assert_eq!(view.id, guarded.id());
+    let plain = states.issue(ns("2fa"), None, None).await.unwrap();
+    assert!(matches!(
+        states.attempt(&plain.state, &ns("2fa"), "777").await,
+        Err(StateError::NoSecret)
+    ));
+    // Left untouched by the refused attempt.
+    states.consume(&plain.state, &ns("2fa")).await.unwrap();
+    // A wrong try counts, under its own namespace only.
+    let guarded = states.create(ns("2fa"), with_code("1", 3)).await.unwrap();
+    assert!(matches!(
+        states.attempt(&guarded.state, &ns("other"), "2").await,
+        Err(StateError::NotFound)
+    ));
+    assert!(matches!(
+        states.attempt(&guarded.state, &ns("2fa"), "2").await,
+        Err(StateError::WrongSecret { attempts_left: 2 })
+    ));
+    let seen = states
+        .verify(&guarded.state, &ns("2fa"), false)
+        .await
+        .unwrap();
+    assert_eq!(seen.attempts_left, Some(2));
+}
+
+/// `replace` leaves exactly one live state for the subject, even when creates race; other
+/// subjects keep theirs.
+async fn replace_leaves_one_live_state_per_subject(b: Backend) {
+    let (states, _) = service(&b);
+    let mut old = Vec::new();
+    for _ in 0..3 {
+        old.push(
+            states
+                .create(ns("reset"), of_subject("alice", false))
+                .await
+                .unwrap(),
+        );
+    }
+    let bob = states
+        .create(ns("reset"), of_subject("bob", false))
+        .await
+        .unwrap();
+    let racing = (0..10).map(|_| {
+        let states = states.clone();
+        tokio::spawn(async move { states.create(ns("reset"), of_subject("alice", true)).await })
+    });
+    let issued: Vec<_> = futures::future::join_all(racing)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().unwrap())
+        .collect();
+    let listed = states.subject_states(&ns("reset"), "alice").await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let mut live = 0;
+    for s in issued.iter().chain(&old) {
+        match states.verify(&s.state, &ns("reset"), false).await {
+            Ok(v) => {
+                live += 1;
+                assert_eq!(v.id, listed[0].id);
+            }
+            Err(StateError::NotFound) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(live, 1);
+    assert_eq!(
+        states.subject_states(&ns("reset"), "bob").await.unwrap()[0].id,
+        bob.id()
+    );
+    assert!(matches!(
+        states
+            .create(
+                ns("reset"),
+                NewState {
+                    replace: true,
+                    ..NewState::default()
+                }
+            )
+            .await,
+        Err(StateError::SubjectRequired)
+    ));
+}
+
+/// A touch moves a sliding state's expiry to now + TTL, never past its lifetime; a verify
+/// without touch changes nothing; an expired state answers as consume does.
+async fn touch_slides_the_expiry_but_never_past_the_lifetime(b: Backend) {
+    let (states, clock) = service(&b);
+    let sliding = |lifetime| NewState {
+        ttl_seconds: Some(60),
+        sliding: Some(Some(lifetime)),
+        subject: Some("alice".into()),
+        ..NewState::default()
+    };
+    let issued = states.create(ns("session"), sliding(150)).await.unwrap();
+    let created = issued.created_at_ms;
+    let session = ns("session");
+    clock.advance(Duration::from_secs(50));
+    let v = states.verify(&issued.state, &session, true).await.unwrap();
+    assert_eq!(v.expires_at_ms, created + 110_000);
+    // What the subject's list says moved too.
+    let listed = states.subject_states(&session, "alice").await.unwrap();
+    assert_eq!(listed[0].expires_at_ms, created + 110_000);
+    clock.advance(Duration::from_secs(50));
+    let v = states.verify(&issued.state, &session, true).await.unwrap();
+    assert_eq!(v.expires_at_ms, created + 150_000, "capped at the lifetime");
+    clock.advance(Duration::from_secs(49));
+    let v = states.verify(&issued.state, &session, true).await.unwrap();
+    assert_eq!(v.expires_at_ms, created + 150_000);
+    clock.advance(Duration::from_secs(1));
+    assert!(matches!(
+        states.verify(&issued.state, &session, true).await,
+        Err(StateError::Expired { .. })
+    ));
+
+    // Without touch, the expiry stays; expired, then unknown past the grace window.
+    let plain = states.create(ns("session"), sliding(150)).await.unwrap();
+    clock.advance(Duration::from_secs(50));
+    let v = states.verify(&plain.state, &session, false).await.unwrap();
+    assert_eq!(v.expires_at_ms, plain.expires_at_ms);
+    clock.advance(Duration::from_secs(10));
+    assert!(matches!(
+        states.verify(&plain.state, &session, false).await,
+        Err(StateError::Expired { .. })
+    ));
+    clock.advance(Duration::from_secs(11 * 60));
+    assert!(matches!(
+        states.verify(&plain.state, &session, true).await,
+        Err(StateError::NotFound)
+    ));
+
+    // A state that is not sliding keeps its expiry when touched.
+    let fixed = states.issue(ns("session"), Some(60), None).await.unwrap();
+    clock.advance(Duration::from_secs(30));
+    let v = states.verify(&fixed.state, &session, true).await.unwrap();
+    assert_eq!(v.expires_at_ms, fixed.expires_at_ms);
+    // A lifetime shorter than the TTL, or longer than the namespace allows, is refused.
+    for lifetime in [59, 31 * 24 * 3600] {
+        assert!(matches!(
+            states.create(ns("session"), sliding(lifetime)).await,
+            Err(StateError::LifetimeOutOfRange { .. })
+        ));
+    }
+}
+
+/// Verify reads without consuming and answers only in the state's namespace.
+async fn verify_reads_without_consuming_in_its_namespace_only(b: Backend) {
+    let (states, _) = service(&b);
+    let data = serde_json::json!({"user": 7});
+    let issued = states
+        .issue(ns("codes"), Some(60), Some(data.clone()))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let v = states
+            .verify(&issued.state, &ns("codes"), false)
+            .await
+            .unwrap();
+        assert_eq!(v.data, Some(data.clone()));
+        assert_eq!(v.id, issued.id());
+    }
+    assert!(matches!(
+        states.verify(&issued.state, &ns("other"), false).await,
+        Err(StateError::NotFound)
+    ));
+    assert!(matches!(
+        states.verify(&issued.state, &ns("other"), true).await,
+        Err(StateError::NotFound)
+    ));
+    let consumed = states.consume(&issued.state, &ns("codes")).await.unwrap();
+    assert_eq!(consumed.data, Some(data));
+    assert!(matches!(
+        states.verify(&issued.state, &ns("codes"), false).await,
+        Err(StateError::NotFound)
+    ));
+}
+
+/// Listing shows a subject's live states (oldest first, never expired ones); revoking by
+/// id, by state and by subject each end what they name and nothing else.
+async fn states_are_listed_and_revoked_by_subject_and_id(b: Backend) {
+    let (states, clock) = service(&b);
+    let sessions = ns("session");
+    let short = NewState {
+        ttl_seconds: Some(10),
+        ..of_subject("alice", false)
+    };
+    let expiring = states.create(sessions.clone(), short).await.unwrap();
+    clock.advance(Duration::from_secs(1));
+    let mut alice = Vec::new();
+    for i in 0..3 {
+        let request = NewState {
+            data: Some(serde_json::json!({ "device": i })),
+            ..of_subject("alice", false)
+        };
+        alice.push(states.create(sessions.clone(), request).await.unwrap());
+        clock.advance(Duration::from_millis(5));
+    }
+    let other_ns = states
+        .create(ns("session2"), of_subject("alice", false))
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(10));
+    let listed = states.subject_states(&sessions, "alice").await.unwrap();
+    let ids: Vec<_> = listed.iter().map(|v| v.id).collect();
+    assert_eq!(ids, alice.iter().map(|s| s.id()).collect::<Vec<_>>());
+    assert_eq!(listed[1].data, Some(serde_json::json!({ "device": 1 })));
+    assert!(!ids.contains(&expiring.id()));
+
+    states.revoke_id(&sessions, &alice[0].id()).await.unwrap();
+    assert!(matches!(
+        states.revoke_id(&sessions, &alice[0].id()).await,
+        Err(StateError::NotFound)
+    ));
+    // An id names a state in its own namespace only.
+    assert!(matches!(
+        states.revoke_id(&sessions, &other_ns.id()).await,
+        Err(StateError::NotFound)
+    ));
+    assert!(matches!(
+        states.consume(&alice[0].state, &sessions).await,
+        Err(StateError::NotFound)
+    ));
+    states.revoke(&alice[1].state, &sessions).await.unwrap();
+    assert!(matches!(
+        states.revoke(&alice[1].state, &sessions).await,
+        Err(StateError::NotFound)
+    ));
+    let bob = states
+        .create(sessions.clone(), of_subject("bob", false))
+        .await
+        .unwrap();
+    assert_eq!(states.revoke_subject(&sessions, "alice").await.unwrap(), 1);
+    assert!(states
+        .subject_states(&sessions, "alice")
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        states.verify(&alice[2].state, &sessions, false).await,
+        Err(StateError::NotFound)
+    ));
+    // Other subjects and namespaces keep theirs.
+    states.verify(&bob.state, &sessions, false).await.unwrap();
+    states
+        .verify(&other_ns.state, &ns("session2"), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        states.subject_states(&sessions, "bob").await.unwrap().len(),
+        1
+    );
+}
+
+backends!(
+    concurrent_wrong_codes_use_up_exactly_the_allowed_attempts,
+    a_right_code_racing_wrong_ones_succeeds_once,
+    a_state_with_a_code_is_consumed_only_with_it,
+    replace_leaves_one_live_state_per_subject,
+    touch_slides_the_expiry_but_never_past_the_lifetime,
+    verify_reads_without_consuming_in_its_namespace_only,
+    states_are_listed_and_revoked_by_subject_and_id,
+);
