@@ -19,4 +19,5 @@ mod security;
 mod services;
 mod state_api;
 mod state_kinds;
+mod state_routes;
 mod store_contract;

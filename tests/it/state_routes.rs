@@ -1,0 +1,356 @@
+//! The state API's routes for sessions, 2FA challenges and reset links, over real HTTP
+//! against the real binary, on SQLite and on a real redis-server (`contract!`).
+
+use crate::common::{self, Daemon, Home};
+use serde_json::{json, Value};
+
+contract![
+    a_two_factor_challenge_takes_its_code_and_counts_wrong_ones,
+    sessions_are_verified_listed_and_revoked_per_subject,
+    state_options_are_checked_with_stable_codes,
+];
+
+/// A subject with characters a path must escape.
+const SUBJECT: &str = "alice/ü 100%";
+
+fn escaped(subject: &str) -> String {
+    url::form_urlencoded::byte_serialize(subject.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+async fn created(d: &Daemon, key: &str, body: Value) -> Value {
+    let (status, answer) = d.post("/v1/states", key, body).await;
+    assert_eq!(status, 201, "{answer}");
+    answer
+}
+
+/// The 2FA walk-through: the code is required, wrong codes count down and are reported,
+/// the right one consumes; 100 concurrent wrong codes use up exactly `max_attempts`.
+async fn a_two_factor_challenge_takes_its_code_and_counts_wrong_ones(home: Home) {
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let body = json!({"namespace": "2fa", "subject": "alice", "secret": "123456",
+                      "ttl_seconds": 300, "data": {"user": 7}});
+    let answer = created(&d, &key, body).await;
+    let state = answer["state"].as_str().unwrap().to_owned();
+    let id = answer["id"].as_str().unwrap().to_owned();
+    assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 8);
+    assert_eq!(answer["subject"], "alice");
+    let (status, problem) = d.consume(&key, &state, "2fa").await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (403, Some("secret_required"))
+    );
+    let attempt = |secret: &'static str| {
+        let (d, key, state) = (&d, &key, &state);
+        async move {
+            d.post(
+                "/v1/states/attempt",
+                key,
+                json!({"state": state, "namespace": "2fa", "secret": secret}),
+            )
+            .await
+        }
+    };
+    let (status, problem) = attempt("000000").await;
+    assert_eq!(status, 403, "{problem}");
+    assert_eq!(problem["code"], "wrong_secret");
+    assert_eq!(problem["attempts_left"], 4);
+    let (status, seen) = d
+        .post(
+            "/v1/states/verify",
+            &key,
+            json!({"state": state, "namespace": "2fa"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(seen["attempts_left"], 4);
+    assert_eq!(seen["id"], id.as_str());
+    assert!(seen.get("state").is_none() && seen.get("secret").is_none());
+    let (status, done) = attempt("123456").await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["data"], json!({"user": 7}));
+    assert_eq!(attempt("123456").await.0, 404);
+
+    let body = json!({"namespace": "2fa", "secret": "9999", "max_attempts": 5});
+    let state = created(&d, &key, body).await["state"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tries = (0..100).map(|i| {
+        d.post(
+            "/v1/states/attempt",
+            &key,
+            json!({"state": state, "namespace": "2fa", "secret": format!("{i}")}),
+        )
+    });
+    let answers = futures::future::join_all(tries).await;
+    let mut left: Vec<i64> = answers
+        .iter()
+        .filter(|(s, _)| *s == 403)
+        .map(|(_, p)| p["attempts_left"].as_i64().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, vec![0, 1, 2, 3, 4]);
+    assert_eq!(answers.iter().filter(|(s, _)| *s == 404).count(), 95);
+}
+
+/// Sessions: a sliding state verified (and touched) on every request, listed per user
+/// without its value, signed out per device (by id), by value, and everywhere.
+async fn sessions_are_verified_listed_and_revoked_per_subject(home: Home) {
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let session = |device: &str| {
+        json!({"namespace": "session", "subject": SUBJECT, "ttl_seconds": 86400,
+               "sliding": true, "max_lifetime_seconds": 30 * 86400, "data": {"device": device}})
+    };
+    let mut ids = Vec::new();
+    let mut states = Vec::new();
+    for device in ["phone", "laptop", "tv"] {
+        let answer = created(&d, &key, session(device)).await;
+        ids.push(answer["id"].as_str().unwrap().to_owned());
+        states.push(answer["state"].as_str().unwrap().to_owned());
+    }
+    let verify = json!({"state": states[0], "namespace": "session", "touch": true});
+    let (status, seen) = d.post("/v1/states/verify", &key, verify).await;
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(seen["subject"], SUBJECT);
+    assert_eq!(seen["data"], json!({"device": "phone"}));
+
+    let path = format!(
+        "/v1/namespaces/session/subjects/{}/states",
+        escaped(SUBJECT)
+    );
+    let (status, listed) = d.get(&path, &key).await;
+    assert_eq!(status, 200, "{listed}");
+    let listed = listed["states"].as_array().unwrap().clone();
+    let listed_ids: Vec<&str> = listed.iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        listed_ids,
+        ids.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert_eq!(listed[1]["data"], json!({"device": "laptop"}));
+    let text = serde_json::to_string(&listed).unwrap();
+    assert!(states.iter().all(|s| !text.contains(s.as_str())), "{text}");
+
+    // Sign out one device by id, another by its value.
+    let by_id = format!("/v1/namespaces/session/states/{}", ids[1]);
+    assert_eq!(d.delete(&by_id, &key).await.status(), 204);
+    assert_eq!(d.delete(&by_id, &key).await.status(), 404);
+    let revoke = json!({"state": states[2], "namespace": "session"});
+    let (status, _) = d.post("/v1/states/revoke", &key, revoke.clone()).await;
+    assert_eq!(status, 204);
+    assert_eq!(d.post("/v1/states/revoke", &key, revoke).await.0, 404);
+    let (_, listed) = d.get(&path, &key).await;
+    assert_eq!(listed["states"].as_array().unwrap().len(), 1);
+
+    // Everywhere.
+    created(&d, &key, session("watch")).await;
+    let resp = d.delete(&path, &key).await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["revoked"], 2);
+    let (_, listed) = d.get(&path, &key).await;
+    assert_eq!(listed["states"], json!([]));
+    let verify = json!({"state": states[0], "namespace": "session"});
+    assert_eq!(d.post("/v1/states/verify", &key, verify).await.0, 404);
+
+    // One active reset link per user: replace revokes the earlier one.
+    let reset =
+        json!({"namespace": "reset", "subject": "alice", "replace": true, "ttl_seconds": 900});
+    let first = created(&d, &key, reset.clone()).await["state"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let second = created(&d, &key, reset).await["state"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(d.consume(&key, &first, "reset").await.0, 404);
+    let verify = json!({"state": second, "namespace": "reset"});
+    assert_eq!(d.post("/v1/states/verify", &key, verify).await.0, 200);
+    assert_eq!(d.consume(&key, &second, "reset").await.0, 200);
+}
+
+/// Every option is checked, and refusals are 4xx problems with stable codes; a key sees
+/// only its namespaces on every new route.
+async fn state_options_are_checked_with_stable_codes(home: Home) {
+    home.write_config("[states.namespaces.\"2fa\"]\nsliding = false\n");
+    let key = home.create_key("app", &[]);
+    let limited = home.create_key("limited", &["2fa"]);
+    let d = home.start();
+    let refused = [
+        (json!({"namespace": "s", "subject": ""}), "invalid_subject"),
+        (
+            json!({"namespace": "s", "subject": "a".repeat(257)}),
+            "invalid_subject",
+        ),
+        (json!({"namespace": "s", "subject": 5}), "invalid_subject"),
+        (
+            json!({"namespace": "s", "secret": "12\n34"}),
+            "invalid_secret",
+        ),
+        (
+            json!({"namespace": "s", "secret": "1", "max_attempts": 0}),
+            "invalid_max_attempts",
+        ),
+        (
+            json!({"namespace": "s", "secret": "1", "max_attempts": 101}),
+            "invalid_max_attempts",
+        ),
+        (
+            json!({"namespace": "s", "max_attempts": 3}),
+            "invalid_max_attempts",
+        ),
+        (
+            json!({"namespace": "s", "replace": true}),
+            "subject_required",
+        ),
+        (
+            json!({"namespace": "s", "replace": "yes", "subject": "a"}),
+            "invalid_replace",
+        ),
+        (
+            json!({"namespace": "s", "max_lifetime_seconds": 60}),
+            "invalid_max_lifetime",
+        ),
+        (
+            json!({"namespace": "s", "sliding": true, "ttl_seconds": 120, "max_lifetime_seconds": 60}),
+            "invalid_max_lifetime",
+        ),
+        (
+            json!({"namespace": "2fa", "sliding": true}),
+            "sliding_not_allowed",
+        ),
+    ];
+    for (body, code) in refused {
+        let (status, problem) = d.post("/v1/states", &key, body.clone()).await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (400, Some(code)),
+            "{body}: {problem}"
+        );
+    }
+    let state = created(&d, &key, json!({"namespace": "session", "subject": "bob"})).await;
+    let state = state["state"].as_str().unwrap();
+    let bad = [
+        (
+            "/v1/states/verify",
+            json!({"state": state, "namespace": "session", "touch": 1}),
+            400,
+            "invalid_touch",
+        ),
+        (
+            "/v1/states/verify",
+            json!({"state": state, "namespace": "session", "x": 1}),
+            400,
+            "unknown_field",
+        ),
+        (
+            "/v1/states/attempt",
+            json!({"state": state, "namespace": "session"}),
+            400,
+            "invalid_secret",
+        ),
+        (
+            "/v1/states/attempt",
+            json!({"state": state, "namespace": "session", "secret": "1"}),
+            409,
+            "no_secret",
+        ),
+        (
+            "/v1/states/revoke",
+            json!({"state": "short", "namespace": "session"}),
+            400,
+            "invalid_state",
+        ),
+        (
+            "/v1/states/verify",
+            json!({"state": state, "namespace": "session"}),
+            401,
+            "namespace_not_allowed",
+        ),
+    ];
+    for (i, (path, body, status, code)) in bad.into_iter().enumerate() {
+        let who = if i == 5 { &limited } else { &key };
+        let (got, problem) = d.post(path, who, body.clone()).await;
+        assert_eq!(
+            (got, problem["code"].as_str()),
+            (status, Some(code)),
+            "{path} {body}: {problem}"
+        );
+    }
+    let paths = [
+        (
+            "/v1/namespaces/session/subjects/bob/states",
+            &limited,
+            401,
+            "namespace_not_allowed",
+        ),
+        (
+            "/v1/namespaces/connect:x/subjects/bob/states",
+            &key,
+            400,
+            "reserved_namespace",
+        ),
+        (
+            "/v1/namespaces/bad%20ns/subjects/bob/states",
+            &key,
+            400,
+            "invalid_namespace",
+        ),
+        (
+            "/v1/namespaces/session/subjects/%0A/states",
+            &key,
+            400,
+            "invalid_subject",
+        ),
+    ];
+    for (path, who, status, code) in paths {
+        let resp = d.delete(path, who).await;
+        assert_eq!(resp.status().as_u16(), status, "{path}");
+        common::assert_code(resp, code).await;
+        let (got, problem) = d.get(path, who).await;
+        assert_eq!(
+            (got, problem["code"].as_str()),
+            (status, Some(code)),
+            "{path}"
+        );
+    }
+    let resp = d
+        .delete("/v1/namespaces/session/states/not-an-id", &key)
+        .await;
+    assert_eq!(resp.status(), 400);
+    common::assert_code(resp, "invalid_id").await;
+    let resp = d
+        .get_raw("/v1/namespaces/session/states/x", Some(&key))
+        .await;
+    assert_eq!(resp.status(), 405);
+    // The state survived all of that.
+    assert_eq!(d.consume(&key, state, "session").await.0, 200);
+}
+
+/// A namespace rule's new settings are checked at start, naming the key to fix.
+#[test]
+fn state_policy_settings_are_checked_at_start() {
+    for (toml, named) in [
+        (
+            "[states.namespaces.\"2fa\"]\nmax_attempts = 0\n",
+            "states.namespaces.\"2fa\".max_attempts",
+        ),
+        ("[states]\nmax_attempts = 101\n", "states.max_attempts"),
+        (
+            "[states]\nmax_lifetime_seconds = 0\n",
+            "states.max_lifetime_seconds",
+        ),
+        ("[states.namespaces.\"s\"]\nsliding = \"yes\"\n", "sliding"),
+    ] {
+        let home = Home::new();
+        home.write_config(toml);
+        let out = home.serve_once();
+        assert_eq!(out.status.code(), Some(2), "{toml}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(named), "{toml}: {err}");
+    }
+}
