@@ -62,6 +62,8 @@ async fn main() -> std::io::Result<()> {
         App::new()
             .route("/v1/states", web::post().to(create))
             .route("/v1/states/consume", web::post().to(consume))
+            // Verify answers what consume does (a read, not a delete, in oauthd).
+            .route("/v1/states/verify", web::post().to(consume))
             .route(
                 "/v1/connections/{provider}/{account}/token",
                 web::get().to(token),

@@ -5,7 +5,8 @@
 # warm-up, so start-up is not counted. Background work during the run (the writer, the
 # sweeper's ticks) is, as it is part of what a request costs.
 #
-#   bench/callgrind.sh                 # 2,000 token calls and 2,000 create+consume pairs
+#   bench/callgrind.sh                 # 2,000 token calls, 2,000 create+consume pairs and
+#                                      # 2,000 verifies of live states
 #   COUNT=500 SCENARIOS=token bench/callgrind.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/.."
 STORE=sqlite
 DURABILITY=${DURABILITY:-full}
 COUNT=${COUNT:-2000}
-SCENARIOS=${SCENARIOS:-"token pairs"}
+SCENARIOS=${SCENARIOS:-"token pairs verify"}
 
 for tool in valgrind:valgrind callgrind_control:valgrind curl:curl python3:python3; do
   command -v "${tool%%:*}" >/dev/null && continue

@@ -15,6 +15,9 @@
 #   create       POST /v1/states: leaves hundreds of thousands of unconsumed states
 #   consume      POST /v1/states/consume over the states the create run got
 #   pairs+flood  pairs again, on the table the create run filled
+#   verify       POST /v1/states/verify of states picked at random from a pool of live ones
+#                (a two-second create run stocks it first; the bare handler answers as for
+#                consume)
 #   token        GET /v1/connections/bench/default/token: a connected account whose token
 #                is fresh (the bare handler plays the provider for the connect)
 #   sweep        pairs for SWEEP_SECONDS (default 20) on an empty table, then again on a
@@ -36,7 +39,7 @@ case $STORE in sqlite|redis) ;; *) echo "--store: sqlite or redis" >&2; exit 2 ;
 DURATION=${DURATION:-10}
 DURABILITY=${DURABILITY:-full}
 CONNS=${CONNS:-"16 64"}
-SCENARIOS=${SCENARIOS:-"token pairs create consume pairs+flood"}
+SCENARIOS=${SCENARIOS:-"token verify pairs create consume pairs+flood"}
 
 if ! command -v wrk >/dev/null; then
   echo "installing wrk (Debian package)" >&2
@@ -61,6 +64,8 @@ cargo build --release --locked $FEATURES --bin oauthd --example bare_handler >&2
 # measure TARGET URL SCRIPT CONNS [SECONDS] -> "ok_per_s p50 p99" (latencies as wrk prints them)
 measure() {
   local target=$1 url=$2 script=${3%+flood} conns=$4 out secs=${5:-$DURATION}
+  # Verify picks from the live states a short create run leaves.
+  [ "$script" = verify ] && measure "$target" "$url" create "$conns" 2 >/dev/null
   # Consume runs half as long as the create run that stocked it, so it rarely runs dry.
   [ "$script" = consume ] && secs=$(( DURATION / 2 > 1 ? DURATION / 2 : 1 ))
   out=$(STATES_OUT="$tmp/states.$target" STATES_IN="$tmp/states.$target" \

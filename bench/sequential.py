@@ -1,7 +1,7 @@
 """Sends a fixed number of requests one after another over one keep-alive connection, for
 instruction counts under callgrind (the rate does not matter there, the count does).
 
-    python3 bench/sequential.py URL SCENARIO COUNT    # SCENARIO: token or pairs
+    python3 bench/sequential.py URL SCENARIO COUNT    # SCENARIO: token, pairs or verify
 
 BENCH_API_KEY is sent as the bearer token. Exits non-zero if any answer is not 2xx.
 """
@@ -30,12 +30,19 @@ def main() -> int:
             raise SystemExit(f"{method} {path}: {resp.status} {data[:200]!r}")
         return json.loads(data) if data else {}
 
-    for _ in range(count):
+    # verify: a pool of 100 live states, verified in turn.
+    pool = []
+    if scenario == "verify":
+        for _ in range(100):
+            pool.append(call("POST", "/v1/states", {"namespace": "session", "subject": "bench", "data": {"device": "bench"}})["state"])
+    for i in range(count):
         if scenario == "token":
             call("GET", "/v1/connections/bench/default/token")
         elif scenario == "pairs":
             created = call("POST", "/v1/states", {"namespace": "oauth:bench", "data": {"verifier": "abcdefghijklmnopqrstuvwxyz0123456789", "return_to": "/done"}})
             call("POST", "/v1/states/consume", {"state": created["state"], "namespace": "oauth:bench"})
+        elif scenario == "verify":
+            call("POST", "/v1/states/verify", {"state": pool[i % len(pool)], "namespace": "session"})
         else:
             raise SystemExit(f"unknown scenario {scenario}")
     return 0

@@ -1,5 +1,5 @@
 -- oauthd schema, version 6: states for more than OAuth flows (sessions, 2FA challenges,
--- reset links, an app's own authorization codes and tokens).
+-- reset links, an app's own authorization codes and tokens), and per-tenant API keys.
 -- A state's public identifier is derived from key_hash (see src/store/state_id.rs), so it
 -- needs no column and no index of its own.
 -- Whom the state belongs to (a user or a tenant), for "list" and "sign out everywhere".
@@ -16,3 +16,7 @@ ALTER TABLE states ADD COLUMN max_expires_at INTEGER;
 -- Only states with a subject are in this index: plain OAuth states cost nothing more.
 CREATE INDEX states_subject ON states (namespace, subject, created_at)
     WHERE subject IS NOT NULL;
+
+-- API keys limited to connection accounts (JSON array of patterns; NULL = every account),
+-- so one tenant's key cannot read another tenant's tokens.
+ALTER TABLE api_keys ADD COLUMN accounts TEXT;

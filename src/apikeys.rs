@@ -5,6 +5,7 @@
 //! namespace patterns.
 
 use crate::namespace::{check_pattern, pattern_matches, Namespace};
+use crate::oauth::provider::check_name as check_account_name;
 use crate::secret::{ApiKey, SecretHash};
 use crate::store::{ApiKeyRecord, KeyStore, StoreError};
 use std::collections::HashMap;
@@ -19,6 +20,8 @@ pub enum KeyError {
     BadName,
     #[error("namespace pattern {pattern:?}: {reason}")]
     BadPattern { pattern: String, reason: String },
+    #[error("account pattern {pattern:?}: {reason}")]
+    BadAccountPattern { pattern: String, reason: String },
     #[error("the system random number generator failed")]
     Entropy,
     #[error(transparent)]
@@ -34,25 +37,54 @@ fn check_name(name: &str) -> Result<(), KeyError> {
     ok.then_some(()).ok_or(KeyError::BadName)
 }
 
+/// Checks an account pattern: `*`, `prefix*`, or an account name.
+fn check_account_pattern(pattern: &str) -> Result<(), KeyError> {
+    let bad = |reason: String| KeyError::BadAccountPattern {
+        pattern: pattern.to_owned(),
+        reason,
+    };
+    match pattern.strip_suffix('*') {
+        Some("") => Ok(()),
+        // A prefix is the start of an account name: the same characters.
+        Some(prefix) => check_account_name("account prefix", prefix).map_err(bad),
+        None => check_account_name("account", pattern).map_err(bad),
+    }
+}
+
+/// What a key may reach: namespace patterns and connection account patterns (empty: all).
+#[derive(Debug, Default, Clone)]
+pub struct KeyScope {
+    pub namespaces: Vec<String>,
+    pub accounts: Vec<String>,
+}
+
 /// Creates a key and returns it with its record; the key itself is never stored.
 pub async fn create(
     store: &dyn KeyStore,
     name: &str,
-    namespaces: Vec<String>,
+    scope: KeyScope,
     now_ms: i64,
 ) -> Result<(ApiKey, ApiKeyRecord), KeyError> {
     check_name(name)?;
+    let KeyScope {
+        namespaces,
+        accounts,
+    } = scope;
     for pattern in &namespaces {
         check_pattern(pattern).map_err(|e| KeyError::BadPattern {
             pattern: pattern.clone(),
             reason: e.to_string(),
         })?;
     }
+    for pattern in &accounts {
+        check_account_pattern(pattern)?;
+    }
     let key = ApiKey::generate().map_err(|_| KeyError::Entropy)?;
     let record = ApiKeyRecord {
         id: uuid::Uuid::new_v4().to_string(),
         name: name.to_owned(),
         namespaces: (!namespaces.is_empty()).then_some(namespaces),
+        accounts: (!accounts.is_empty()).then_some(accounts),
         created_at_ms: now_ms,
         revoked_at_ms: None,
     };
@@ -128,6 +160,17 @@ impl KeyCache {
         let found = store.find_active_key(hash).await?;
         self.remember(hash, found.as_ref());
         Ok(found)
+    }
+}
+
+/// Whether the key may reach connections of this account (keys limited with `--account`).
+pub fn may_use_account(record: &ApiKeyRecord, account: &str) -> bool {
+    match &record.accounts {
+        None => true,
+        Some(patterns) => patterns.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => account.starts_with(prefix),
+            None => p == account,
+        }),
     }
 }
 

@@ -33,6 +33,8 @@ pub struct DeviceStart {
 pub struct DeviceStatus {
     /// pending | connected | denied | expired | failed
     pub status: DeviceFlowStatus,
+    /// The account the flow connects.
+    pub account: String,
     pub user_code: String,
     pub verification_uri: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -176,6 +178,7 @@ impl Broker {
         };
         Ok(DeviceStatus {
             status,
+            account: flow.account.clone(),
             user_code: flow.user_code,
             verification_uri: flow.verification_uri,
             verification_uri_complete: flow.verification_uri_complete,

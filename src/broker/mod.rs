@@ -8,6 +8,7 @@
 
 mod callback;
 mod device;
+mod import;
 pub mod refresher;
 pub mod return_to;
 mod token_cache;
@@ -36,6 +37,7 @@ use zeroize::Zeroizing;
 
 pub const DEFAULT_ACCOUNT: &str = "default";
 pub use crate::namespace::CONNECT_PREFIX;
+pub use import::{Imported, ImportedTokens};
 
 /// What the broker keeps: connections and device flows.
 pub use crate::store::BrokerStore;
@@ -49,6 +51,8 @@ pub enum BrokerError {
     UnknownProvider(String),
     #[error("{0}")]
     InvalidAccount(String),
+    #[error("{0}")]
+    InvalidImport(String),
     #[error(transparent)]
     ReturnToNotAllowed(#[from] return_to::ReturnToError),
     #[error("no connection {provider}/{account}")]

@@ -2,6 +2,7 @@
 //! `connections list|show|delete`, `connect --device`, `admin link`.
 
 use super::{admin, open_store, runtime, services, ConnectionsCommand, Fatal, SessionsCommand};
+use crate::broker::{Imported, ImportedTokens};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::store::DeviceFlowStatus;
@@ -73,6 +74,7 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
                 println!("{}", serde_json::to_string_pretty(&view)?);
                 Ok(())
             }
+            ConnectionsCommand::Import { file } => import(&broker, &file).await,
             ConnectionsCommand::Delete {
                 provider,
                 account,
@@ -86,6 +88,65 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
                 Ok(())
             }
         }
+    })
+}
+
+/// `connections import --file`: each line on its own; a refused line is reported (never
+/// with a token in the message) and the others go on.
+async fn import(broker: &crate::broker::Broker, file: &std::path::Path) -> Result<(), Fatal> {
+    use std::io::BufRead;
+    let reader: Box<dyn BufRead> = if file.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let f = std::fs::File::open(file)
+            .map_err(|e| Fatal(format!("cannot read {}: {e}", file.display()), 1))?;
+        Box::new(std::io::BufReader::new(f))
+    };
+    let (mut done, mut refused) = (0, 0);
+    for (n, line) in reader.lines().enumerate() {
+        let line = zeroize::Zeroizing::new(
+            line.map_err(|e| Fatal(format!("cannot read {}: {e}", file.display()), 1))?,
+        );
+        if line.trim().is_empty() {
+            continue;
+        }
+        match import_line(broker, &line).await {
+            Ok(said) => {
+                println!("line {}: {said}", n + 1);
+                done += 1;
+            }
+            Err(why) => {
+                println!("line {}: refused: {why}", n + 1);
+                refused += 1;
+            }
+        }
+    }
+    eprintln!("{done} imported, {refused} refused.");
+    if refused > 0 {
+        return Err(Fatal(format!("{refused} line(s) refused"), 1));
+    }
+    Ok(())
+}
+
+async fn import_line(broker: &crate::broker::Broker, line: &str) -> Result<String, String> {
+    let mut map = match serde_json::from_str::<serde_json::Value>(line) {
+        Ok(serde_json::Value::Object(map)) => map,
+        // serde's message could quote part of the line, which may hold a token.
+        _ => return Err("not a JSON object".into()),
+    };
+    let mut name = |field: &str| match map.remove(field) {
+        Some(serde_json::Value::String(s)) => Ok(s),
+        _ => Err(format!("{field} is required (a string)")),
+    };
+    let (provider, account) = (name("provider")?, name("account")?);
+    let tokens = ImportedTokens::from_json(map).map_err(|e| e.to_string())?;
+    let done = broker
+        .import_tokens(&provider, &account, tokens)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(match done {
+        Imported::Created => format!("created {provider}/{account}"),
+        Imported::Replaced => format!("replaced {provider}/{account}"),
     })
 }
 

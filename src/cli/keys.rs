@@ -16,15 +16,28 @@ pub(super) fn keys(settings: Settings, command: KeysCommand) -> Result<(), Fatal
     runtime()?.block_on(async {
         match command {
             KeysCommand::Create {
-                name, namespaces, ..
+                name,
+                namespaces,
+                accounts,
+                ..
             } => {
+                let scope = apikeys::KeyScope {
+                    namespaces,
+                    accounts,
+                };
                 let (key, record) =
-                    apikeys::create(store.as_ref(), &name, namespaces, clock.now_ms()).await?;
+                    apikeys::create(store.as_ref(), &name, scope, clock.now_ms()).await?;
                 let scope = record
                     .namespaces
                     .as_ref()
                     .map_or("every namespace".to_owned(), |n| n.join(", "));
-                eprintln!("Created API key {:?} for {scope}.", record.name);
+                let accounts = record
+                    .accounts
+                    .as_ref()
+                    .map_or("every account".to_owned(), |a| {
+                        format!("accounts {}", a.join(", "))
+                    });
+                eprintln!("Created API key {:?} for {scope}; {accounts}.", record.name);
                 eprintln!(
                     "Store it now: it is not shown again. Use it as Authorization: Bearer <key>."
                 );
@@ -54,6 +67,7 @@ pub(super) async fn list_keys(store: &dyn KeyStore, json: bool) -> Result<(), Fa
                     "id": k.id,
                     "name": k.name,
                     "namespaces": k.namespaces,
+                    "accounts": k.accounts,
                     "created_at": rfc3339(k.created_at_ms),
                     "revoked_at": k.revoked_at_ms.map(rfc3339),
                 })
@@ -63,8 +77,8 @@ pub(super) async fn list_keys(store: &dyn KeyStore, json: bool) -> Result<(), Fa
         return Ok(());
     }
     println!(
-        "{:<24} {:<8} {:<24} NAMESPACES",
-        "NAME", "STATUS", "CREATED"
+        "{:<24} {:<8} {:<24} {:<24} ACCOUNTS",
+        "NAME", "STATUS", "CREATED", "NAMESPACES"
     );
     for k in &keys {
         let status = if k.revoked_at_ms.is_some() {
@@ -76,8 +90,9 @@ pub(super) async fn list_keys(store: &dyn KeyStore, json: bool) -> Result<(), Fa
             .namespaces
             .as_ref()
             .map_or("*".to_owned(), |n| n.join(","));
+        let accounts = k.accounts.as_ref().map_or("*".to_owned(), |a| a.join(","));
         println!(
-            "{:<24} {:<8} {:<24} {scope}",
+            "{:<24} {:<8} {:<24} {scope:<24} {accounts}",
             k.name,
             status,
             rfc3339(k.created_at_ms)

@@ -227,6 +227,15 @@ pub(crate) enum ConnectionsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Import tokens an app already holds, one JSON object per line: {"provider",
+    /// "account", "access_token", "refresh_token"?, "expires_at"? or "expires_in"?,
+    /// "scope"?, "token_type"?}. Reports each line; running it again replaces the same
+    /// connections (idempotent). Exits 1 when a line was refused.
+    Import {
+        /// The JSON lines file ("-" reads standard input)
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -273,6 +282,10 @@ pub(crate) enum KeysCommand {
         /// Without it the key may use every namespace.
         #[arg(long = "namespace", value_name = "PATTERN")]
         namespaces: Vec<String>,
+        /// Connection account (or prefix pattern like "acme.*") the key may reach on every
+        /// connection route; repeatable. Without it the key reaches every account.
+        #[arg(long = "account", value_name = "PATTERN")]
+        accounts: Vec<String>,
     },
     /// List keys (never the keys themselves)
     List {

@@ -41,6 +41,29 @@ impl Caller {
         self.require_provider_scope(provider)
     }
 
+    /// Whether the key may reach connections of `account` (keys made with `--account`).
+    pub fn may_use_account(&self, account: &str) -> bool {
+        apikeys::may_use_account(&self.0, account)
+    }
+
+    /// 401 when the key is limited to other accounts.
+    pub fn require_account(&self, account: &str) -> Result<(), ApiError> {
+        if self.may_use_account(account) {
+            Ok(())
+        } else {
+            Err(ApiError::unauthorized(
+                "account_not_allowed",
+                format!("this API key may not reach account {account:?}"),
+            ))
+        }
+    }
+
+    /// Provider and account scope together: what every route naming a connection checks.
+    pub fn require_connection(&self, provider: &str, account: &str) -> Result<(), ApiError> {
+        self.require_provider_scope(provider)?;
+        self.require_account(account)
+    }
+
     /// 401 when the key may not use `provider`, configured or not.
     pub fn require_provider_scope(&self, provider: &str) -> Result<(), ApiError> {
         if self.may_use_provider(provider) {

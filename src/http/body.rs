@@ -171,6 +171,11 @@ impl JsonObject {
         self.take(name)
     }
 
+    /// The fields not taken yet, for a reader of its own.
+    pub fn into_map(self) -> Map<String, Value> {
+        self.0
+    }
+
     /// Refuses whatever fields were not taken.
     pub fn finish(self) -> Result<(), ApiError> {
         match self.0.keys().next() {

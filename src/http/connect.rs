@@ -20,6 +20,7 @@ pub async fn start_api(
     let return_to = body.opt_string("return_to", "return_to_not_allowed")?;
     body.finish()?;
     caller.require_provider(&app, &provider)?;
+    caller.require_account(account.as_deref().unwrap_or(crate::broker::DEFAULT_ACCOUNT))?;
     let started = app
         .broker
         .start_connect(&provider, account.as_deref(), return_to.as_deref())

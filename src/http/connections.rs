@@ -2,9 +2,10 @@
 //! limited to namespaces reaches provider P only with a pattern matching `provider:P`.
 
 use super::auth::Caller;
+use super::body::JsonObject;
 use super::problem::ApiError;
 use super::{no_store, AppState};
-use crate::broker::Disconnected;
+use crate::broker::{Disconnected, Imported, ImportedTokens};
 use crate::clock::rfc3339;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
@@ -27,7 +28,7 @@ pub async fn list(app: web::Data<AppState>, caller: Caller) -> Result<HttpRespon
         .connections()
         .await?
         .into_iter()
-        .filter(|c| caller.may_use_provider(&c.provider))
+        .filter(|c| caller.may_use_provider(&c.provider) && caller.may_use_account(&c.account))
         .collect();
     Ok(HttpResponse::Ok().json(json!({ "connections": visible })))
 }
@@ -41,7 +42,7 @@ pub async fn show(
     let (provider, account) = path.into_inner();
     // No configured-provider check: a connection whose provider left the config is still
     // shown (status provider_missing) and can be deleted.
-    caller.require_provider_scope(&provider)?;
+    caller.require_connection(&provider, &account)?;
     Ok(HttpResponse::Ok().json(app.broker.connection(&provider, &account).await?))
 }
 
@@ -54,6 +55,7 @@ pub async fn token(
 ) -> Result<HttpResponse, ApiError> {
     let (provider, account) = path.into_inner();
     caller.require_provider(&app, &provider)?;
+    caller.require_account(&account)?;
     let min_ttl = match query_param(&req, "min_ttl") {
         None => DEFAULT_MIN_TTL,
         Some(v) => v
@@ -79,6 +81,31 @@ pub async fn token(
     })))
 }
 
+/// `PUT /v1/connections/{provider}/{account}` `{"access_token", "refresh_token"?,
+/// "expires_at"? | "expires_in"?, "scope"?, "token_type"?}`: 201 new, 200 replaced; the
+/// answer is the connection's metadata, never a token.
+pub async fn import(
+    app: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    body: JsonObject,
+) -> Result<HttpResponse, ApiError> {
+    let (provider, account) = path.into_inner();
+    caller.require_provider(&app, &provider)?;
+    caller.require_account(&account)?;
+    let tokens = ImportedTokens::from_json(body.into_map())?;
+    let status = match app
+        .broker
+        .import_tokens(&provider, &account, tokens)
+        .await?
+    {
+        Imported::Created => HttpResponse::Created(),
+        Imported::Replaced => HttpResponse::Ok(),
+    };
+    let view = app.broker.connection(&provider, &account).await?;
+    Ok(no_store(status).json(view))
+}
+
 /// `DELETE /v1/connections/{provider}/{account}[?force=true]`: revoke, then delete.
 /// `204`, or `200` with what was not revoked (forced, or the provider left the config).
 pub async fn delete(
@@ -88,7 +115,7 @@ pub async fn delete(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let (provider, account) = path.into_inner();
-    caller.require_provider_scope(&provider)?;
+    caller.require_connection(&provider, &account)?;
     let outcome = app
         .broker
         .disconnect(&provider, &account, force_param(&req))

@@ -21,6 +21,7 @@ pub async fn start(
     let account = body.opt_string("account", "invalid_account")?;
     body.finish()?;
     caller.require_provider(&app, &provider)?;
+    caller.require_account(account.as_deref().unwrap_or(crate::broker::DEFAULT_ACCOUNT))?;
     let started = app
         .broker
         .start_device(
@@ -57,6 +58,7 @@ pub async fn status(
     let (provider, id) = path.into_inner();
     caller.require_provider(&app, &provider)?;
     let status = app.broker.device_status(&provider, &id).await?;
+    caller.require_account(&status.account)?;
     let code = match status.status {
         DeviceFlowStatus::Pending => StatusCode::ACCEPTED,
         DeviceFlowStatus::Connected => StatusCode::OK,

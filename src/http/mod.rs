@@ -140,6 +140,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/v1/connections/{provider}/{account}")
                 .route(web::get().to(connections::show))
+                .route(web::put().to(connections::import))
                 .route(web::delete().to(connections::delete))
                 .default_service(web::to(method_not_allowed)),
         )

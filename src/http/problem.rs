@@ -53,11 +53,13 @@ impl ApiError {
     /// 401 with the `WWW-Authenticate` challenge RFC 9110 asks for.
     pub fn unauthorized(code: &'static str, detail: impl Into<String>) -> Self {
         let mut e = Self::new(StatusCode::UNAUTHORIZED, code, detail);
-        e.challenge = Some(if code == "namespace_not_allowed" {
-            r#"Bearer realm="oauthd", error="insufficient_scope""#
-        } else {
-            r#"Bearer realm="oauthd""#
-        });
+        e.challenge = Some(
+            if matches!(code, "namespace_not_allowed" | "account_not_allowed") {
+                r#"Bearer realm="oauthd", error="insufficient_scope""#
+            } else {
+                r#"Bearer realm="oauthd""#
+            },
+        );
         e
     }
 
@@ -177,6 +179,7 @@ impl From<BrokerError> for ApiError {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_provider", detail)
             }
             BrokerError::InvalidAccount(_) => ApiError::bad_request("invalid_account", detail),
+            BrokerError::InvalidImport(_) => ApiError::bad_request("invalid_tokens", detail),
             BrokerError::TooManyDeviceFlows { .. } => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_device_flows",

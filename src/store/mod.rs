@@ -192,8 +192,21 @@ pub struct InsertRules {
     pub replace_subject: bool,
 }
 
+/// Removing expired states: all the sweeper needs of a store.
 #[async_trait]
-pub trait StateStore: Send + Sync {
+pub trait SweepStates: Send + Sync {
+    /// Removes at most `batch` expired states (keeping tombstones) and at most `batch`
+    /// tombstones older than `purge_before_ms`.
+    async fn sweep_expired(
+        &self,
+        now_ms: i64,
+        purge_before_ms: i64,
+        batch: usize,
+    ) -> Result<SweepCount, StoreError>;
+}
+
+#[async_trait]
+pub trait StateStore: SweepStates {
     /// Stores a new state unless its namespace already holds `rules.max_live` live states
     /// (returns false then). Acknowledged only once durable.
     async fn insert_state(&self, row: StateRow, rules: InsertRules) -> Result<bool, StoreError>;
@@ -257,14 +270,6 @@ pub trait StateStore: Send + Sync {
         subject: &str,
         now_ms: i64,
     ) -> Result<u64, StoreError>;
-    /// Removes at most `batch` expired states (keeping tombstones) and at most `batch`
-    /// tombstones older than `purge_before_ms`.
-    async fn sweep_expired(
-        &self,
-        now_ms: i64,
-        purge_before_ms: i64,
-        batch: usize,
-    ) -> Result<SweepCount, StoreError>;
     /// The data of every state whose namespace starts with `prefix` (for maintenance such
     /// as `oauthd rekey --prune`, never a request: it reads the whole table or keyspace).
     async fn state_data_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
@@ -279,6 +284,8 @@ pub struct ApiKeyRecord {
     pub name: String,
     /// Allowed namespace patterns; `None` means every namespace.
     pub namespaces: Option<Vec<String>>,
+    /// Allowed connection account patterns; `None` means every account.
+    pub accounts: Option<Vec<String>>,
     pub created_at_ms: i64,
     pub revoked_at_ms: Option<i64>,
 }

@@ -6,7 +6,7 @@
 //! backlog (a million states left by apps that never finished their flows) is worked off
 //! at `per_second`, so the single writer spends a bounded share of its time on it.
 
-use super::{StateStore, StoreError, SweepCount};
+use super::{StateStore, StoreError, SweepCount, SweepStates};
 use crate::clock::Clock;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +24,7 @@ pub struct SweepPolicy {
 
 /// One full sweep: batches until a batch comes back short.
 pub async fn sweep_once(
-    store: &dyn StateStore,
+    store: &dyn SweepStates,
     policy: &SweepPolicy,
     now_ms: i64,
 ) -> Result<SweepCount, StoreError> {
@@ -87,8 +87,6 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::SecretHash;
-    use crate::store::{InsertRules, NamespaceFilter, StateRow, Taken};
     use async_trait::async_trait;
     use std::sync::Mutex;
 
@@ -99,17 +97,7 @@ mod tests {
     }
 
     #[async_trait]
-    impl StateStore for Backlog {
-        async fn insert_state(&self, _: StateRow, _: InsertRules) -> Result<bool, StoreError> {
-            Ok(true)
-        }
-        async fn take_state(
-            &self,
-            _: SecretHash,
-            _: &NamespaceFilter,
-        ) -> Result<Taken, StoreError> {
-            Ok(Taken::Missing)
-        }
+    impl SweepStates for Backlog {
         async fn sweep_expired(
             &self,
             _: i64,
@@ -129,12 +117,6 @@ mod tests {
             let mut count = SweepCount::default();
             count.expired_by_namespace.insert("ns".into(), n as u64);
             Ok(count)
-        }
-        async fn state_data_with_prefix(&self, _: &str) -> Result<Vec<String>, StoreError> {
-            Ok(vec![])
-        }
-        async fn ping(&self) -> Result<(), StoreError> {
-            Ok(())
         }
     }
 

@@ -21,3 +21,4 @@ mod state_api;
 mod state_kinds;
 mod state_routes;
 mod store_contract;
+mod tenants;

@@ -8,13 +8,15 @@ use async_trait::async_trait;
 use redis::Script;
 use std::sync::LazyLock;
 
-/// KEYS: record, names, all. ARGV: hash, id, name, created, namespaces ("" for none).
+/// KEYS: record, names, all. ARGV: hash, id, name, created, namespaces, accounts ("" for
+/// none).
 static INSERT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 if redis.call('HSETNX', KEYS[2], ARGV[3], ARGV[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'id', ARGV[2], 'name', ARGV[3], 'created', ARGV[4])
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'namespaces', ARGV[5]) end
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'accounts', ARGV[6]) end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 return 1
 "#,
@@ -36,16 +38,18 @@ return 1
 
 fn record(f: &Fields) -> Result<ApiKeyRecord, StoreError> {
     const CONTEXT: &str = "reading an API key";
-    let namespaces = match text(f, "namespaces") {
-        None => None,
-        Some(json) => {
-            Some(serde_json::from_str(&json).map_err(|_| super::corrupt(CONTEXT, "namespaces"))?)
-        }
+    let patterns = |field: &str| -> Result<Option<Vec<String>>, StoreError> {
+        text(f, field)
+            .map(|json| {
+                serde_json::from_str(&json).map_err(|_| super::corrupt(CONTEXT, "patterns"))
+            })
+            .transpose()
     };
     Ok(ApiKeyRecord {
         id: need_text(CONTEXT, f, "id")?,
         name: need_text(CONTEXT, f, "name")?,
-        namespaces,
+        namespaces: patterns("namespaces")?,
+        accounts: patterns("accounts")?,
         created_at_ms: need_int(CONTEXT, f, "created")?,
         revoked_at_ms: int(f, "revoked"),
     })
@@ -70,12 +74,13 @@ impl KeyStore for RedisStore {
     async fn insert_key(&self, rec: ApiKeyRecord, key_hash: SecretHash) -> Result<(), StoreError> {
         const CONTEXT: &str = "storing an API key";
         let id = hex(&key_hash);
-        let namespaces = match &rec.namespaces {
+        let json = |list: &Option<Vec<String>>| match list {
             Some(list) => {
-                serde_json::to_string(list).map_err(|e| StoreError::unavailable(CONTEXT, e))?
+                serde_json::to_string(list).map_err(|e| StoreError::unavailable(CONTEXT, e))
             }
-            None => String::new(),
+            None => Ok(String::new()),
         };
+        let (namespaces, accounts) = (json(&rec.namespaces)?, json(&rec.accounts)?);
         let (key, names, all) = (self.key("k", &id), self.index("kn"), self.index("ks"));
         let (rid, name, created) = (rec.id.clone(), rec.name.clone(), rec.created_at_ms);
         let mut c = self.conn();
@@ -90,6 +95,7 @@ impl KeyStore for RedisStore {
                     .arg(name)
                     .arg(created)
                     .arg(namespaces)
+                    .arg(accounts)
                     .invoke_async(&mut c)
                     .await
             })

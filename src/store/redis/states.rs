@@ -10,7 +10,7 @@ use super::{hex, RedisStore};
 use crate::secret::{SecretHash, StateId};
 use crate::store::{
     Attempted, Found, InsertRules, NamespaceFilter, Sliding, StateRow, StateSecret, StateStore,
-    StoreError, SweepCount, Taken,
+    StoreError, SweepCount, SweepStates, Taken,
 };
 use async_trait::async_trait;
 use redis::Script;
@@ -368,6 +368,19 @@ impl RedisStore {
 }
 
 #[async_trait]
+impl SweepStates for RedisStore {
+    /// Redis expires states and tombstones by itself; there is nothing to sweep.
+    async fn sweep_expired(
+        &self,
+        _now_ms: i64,
+        _purge_before_ms: i64,
+        _batch: usize,
+    ) -> Result<SweepCount, StoreError> {
+        Ok(SweepCount::default())
+    }
+}
+
+#[async_trait]
 impl StateStore for RedisStore {
     async fn insert_state(&self, row: StateRow, rules: InsertRules) -> Result<bool, StoreError> {
         const CONTEXT: &str = "storing a state";
@@ -618,16 +631,6 @@ impl StateStore for RedisStore {
             )
             .await?;
         Ok(u64::try_from(n).unwrap_or(0))
-    }
-
-    /// Redis expires states and tombstones by itself; there is nothing to sweep.
-    async fn sweep_expired(
-        &self,
-        _now_ms: i64,
-        _purge_before_ms: i64,
-        _batch: usize,
-    ) -> Result<SweepCount, StoreError> {
-        Ok(SweepCount::default())
     }
 
     /// Walks the state keys with SCAN: only maintenance asks, never a request.

@@ -6,23 +6,35 @@ use crate::store::{ApiKeyRecord, KeyStore, StoreError};
 use async_trait::async_trait;
 use rusqlite::{params, ErrorCode, OptionalExtension, Row};
 
-const COLUMNS: &str = "id, name, namespaces, created_at, revoked_at";
+const COLUMNS: &str = "id, name, namespaces, created_at, revoked_at, accounts";
+
+/// A JSON array of patterns, or NULL.
+fn patterns(r: &Row<'_>, i: usize) -> rusqlite::Result<Option<Vec<String>>> {
+    let text: Option<String> = r.get(i)?;
+    text.map(|json| {
+        serde_json::from_str(&json).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+        })
+    })
+    .transpose()
+}
 
 fn record(r: &Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
-    let namespaces: Option<String> = r.get(2)?;
-    let namespaces = match namespaces {
-        None => None,
-        Some(json) => Some(serde_json::from_str(&json).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
-        })?),
-    };
     Ok(ApiKeyRecord {
         id: r.get(0)?,
         name: r.get(1)?,
-        namespaces,
+        namespaces: patterns(r, 2)?,
+        accounts: patterns(r, 5)?,
         created_at_ms: r.get(3)?,
         revoked_at_ms: r.get(4)?,
     })
+}
+
+fn patterns_json(list: &Option<Vec<String>>) -> Result<Option<String>, StoreError> {
+    list.as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StoreError::unavailable("storing an API key", e))
 }
 
 #[async_trait]
@@ -42,26 +54,22 @@ impl KeyStore for SqliteStore {
     }
 
     async fn insert_key(&self, rec: ApiKeyRecord, key_hash: SecretHash) -> Result<(), StoreError> {
-        let namespaces = match &rec.namespaces {
-            Some(list) => Some(
-                serde_json::to_string(list)
-                    .map_err(|e| StoreError::unavailable("storing an API key", e))?,
-            ),
-            None => None,
-        };
+        let namespaces = patterns_json(&rec.namespaces)?;
+        let accounts = patterns_json(&rec.accounts)?;
         self.writer
             .run("storing an API key", move |conn| {
                 let inserted = conn
                     .prepare_cached(
-                        "INSERT INTO api_keys (id, name, key_hash, namespaces, created_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                        "INSERT INTO api_keys (id, name, key_hash, namespaces, created_at, accounts)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     )?
                     .execute(params![
                         rec.id,
                         rec.name,
                         &key_hash.0[..],
                         namespaces,
-                        rec.created_at_ms
+                        rec.created_at_ms,
+                        accounts
                     ]);
                 match inserted {
                     Ok(_) => Ok(Ok(())),

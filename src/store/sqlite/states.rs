@@ -5,7 +5,7 @@ use super::SqliteStore;
 use crate::secret::{SecretHash, StateId};
 use crate::store::{
     Attempted, Found, InsertRules, NamespaceFilter, Sliding, StateRow, StateSecret, StateStore,
-    StoreError, SweepCount, Taken,
+    StoreError, SweepCount, SweepStates, Taken,
 };
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -103,6 +103,60 @@ fn select_by_id(conn: &Connection, ns: &str, id: &StateId) -> rusqlite::Result<O
     Ok(rows
         .into_iter()
         .find(|row| StateId::of(&row.key_hash) == *id))
+}
+
+#[async_trait]
+impl SweepStates for SqliteStore {
+    async fn sweep_expired(
+        &self,
+        now_ms: i64,
+        purge_before_ms: i64,
+        batch: usize,
+    ) -> Result<SweepCount, StoreError> {
+        let batch = i64::try_from(batch).unwrap_or(i64::MAX);
+        self.writer
+            .run_atomic("sweeping expired states", move |conn| {
+                // Move expired states aside: keep hash and namespace for the grace window,
+                // drop the data now.
+                let moved: Vec<(Vec<u8>, String, i64)> = conn
+                    .prepare_cached(
+                        "DELETE FROM states WHERE key_hash IN
+                         (SELECT key_hash FROM states WHERE expires_at <= ?1
+                          ORDER BY expires_at LIMIT ?2)
+                         RETURNING key_hash, namespace, expires_at",
+                    )?
+                    .query_map(params![now_ms, batch], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut keep = conn.prepare_cached(
+                    "INSERT OR REPLACE INTO expired_states (key_hash, namespace, expired_at)
+                     VALUES (?1, ?2, ?3)",
+                )?;
+                let mut expired_by_namespace = std::collections::BTreeMap::new();
+                for (key_hash, namespace, expired_at) in &moved {
+                    keep.execute(params![key_hash, namespace, expired_at])?;
+                    *expired_by_namespace.entry(namespace.clone()).or_default() += 1;
+                }
+                let purged = conn
+                    .prepare_cached(
+                        "DELETE FROM expired_states WHERE key_hash IN
+                         (SELECT key_hash FROM expired_states WHERE expired_at < ?1
+                          ORDER BY expired_at LIMIT ?2)",
+                    )?
+                    .execute(params![purge_before_ms, batch])?;
+                // Finished or abandoned device flows and stale admin secrets go too.
+                conn.prepare_cached("DELETE FROM device_flows WHERE expires_at < ?1")?
+                    .execute([purge_before_ms])?;
+                conn.prepare_cached("DELETE FROM admin_secrets WHERE expires_at < ?1")?
+                    .execute([now_ms])?;
+                Ok(SweepCount {
+                    expired_by_namespace,
+                    purged,
+                })
+            })
+            .await
+    }
 }
 
 #[async_trait]
@@ -354,57 +408,6 @@ impl StateStore for SqliteStore {
                     .query_map(params![ns, subject], |r| r.get(0))?
                     .collect::<rusqlite::Result<_>>()?;
                 Ok(expiries.iter().filter(|&&at| at > now_ms).count() as u64)
-            })
-            .await
-    }
-
-    async fn sweep_expired(
-        &self,
-        now_ms: i64,
-        purge_before_ms: i64,
-        batch: usize,
-    ) -> Result<SweepCount, StoreError> {
-        let batch = i64::try_from(batch).unwrap_or(i64::MAX);
-        self.writer
-            .run_atomic("sweeping expired states", move |conn| {
-                // Move expired states aside: keep hash and namespace for the grace window,
-                // drop the data now.
-                let moved: Vec<(Vec<u8>, String, i64)> = conn
-                    .prepare_cached(
-                        "DELETE FROM states WHERE key_hash IN
-                         (SELECT key_hash FROM states WHERE expires_at <= ?1
-                          ORDER BY expires_at LIMIT ?2)
-                         RETURNING key_hash, namespace, expires_at",
-                    )?
-                    .query_map(params![now_ms, batch], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                    })?
-                    .collect::<rusqlite::Result<_>>()?;
-                let mut keep = conn.prepare_cached(
-                    "INSERT OR REPLACE INTO expired_states (key_hash, namespace, expired_at)
-                     VALUES (?1, ?2, ?3)",
-                )?;
-                let mut expired_by_namespace = std::collections::BTreeMap::new();
-                for (key_hash, namespace, expired_at) in &moved {
-                    keep.execute(params![key_hash, namespace, expired_at])?;
-                    *expired_by_namespace.entry(namespace.clone()).or_default() += 1;
-                }
-                let purged = conn
-                    .prepare_cached(
-                        "DELETE FROM expired_states WHERE key_hash IN
-                         (SELECT key_hash FROM expired_states WHERE expired_at < ?1
-                          ORDER BY expired_at LIMIT ?2)",
-                    )?
-                    .execute(params![purge_before_ms, batch])?;
-                // Finished or abandoned device flows and stale admin secrets go too.
-                conn.prepare_cached("DELETE FROM device_flows WHERE expires_at < ?1")?
-                    .execute([purge_before_ms])?;
-                conn.prepare_cached("DELETE FROM admin_secrets WHERE expires_at < ?1")?
-                    .execute([now_ms])?;
-                Ok(SweepCount {
-                    expired_by_namespace,
-                    purged,
-                })
             })
             .await
     }

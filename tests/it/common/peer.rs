@@ -224,6 +224,58 @@ impl Peer {
         }
     }
 
+    /// Tokens obtained from the provider directly, as an app that ran its own device flow
+    /// would hold them (for importing into oauthd): `(access_token, refresh_token)`.
+    pub async fn device_tokens(&self) -> (String, String) {
+        let http = reqwest::Client::new();
+        let meta: serde_json::Value = http
+            .get(format!("{}/.well-known/openid-configuration", self.issuer))
+            .send()
+            .await
+            .expect("discovery")
+            .json()
+            .await
+            .expect("discovery json");
+        let endpoint = |name: &str| meta[name].as_str().expect(name).to_owned();
+        let started: serde_json::Value = http
+            .post(endpoint("device_authorization_endpoint"))
+            .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+            .form(&[("scope", "openid offline_access")])
+            .send()
+            .await
+            .expect("device authorization")
+            .json()
+            .await
+            .expect("device json");
+        let user_code = started["user_code"].as_str().expect("user_code");
+        self.verify_device(user_code, true).await;
+        let device_code = started["device_code"].as_str().expect("device_code");
+        for _ in 0..20 {
+            let answer: serde_json::Value = http
+                .post(endpoint("token_endpoint"))
+                .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+                .form(&[
+                    ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                    ("device_code", device_code),
+                ])
+                .send()
+                .await
+                .expect("token request")
+                .json()
+                .await
+                .expect("token json");
+            if let (Some(a), Some(r)) = (
+                answer["access_token"].as_str(),
+                answer["refresh_token"].as_str(),
+            ) {
+                return (a.to_owned(), r.to_owned());
+            }
+            assert_eq!(answer["error"], "authorization_pending", "{answer}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        panic!("the device flow did not finish");
+    }
+
     /// How many grants of this type (`authorization_code`, `refresh_token`) succeeded.
     pub async fn grants(&self, grant_type: &str) -> u64 {
         self.stats().await["grants"][grant_type]

@@ -1,0 +1,214 @@
+//! Token import: tokens an app already holds (in its own table, from before oauthd)
+//! handed over without asking every user to sign in again. Stored exactly as tokens from
+//! a flow: sealed, refreshed and kept alive from then on; a refresh token the provider
+//! rejects ends as `needs_reauth` like any other.
+
+use super::{Broker, BrokerError};
+use crate::oauth::flows::TokenSet;
+use crate::store::{AccountIdentity, ConnectionKey};
+use chrono::DateTime;
+use serde_json::{Map, Value};
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// Longest token accepted, in bytes (JWT access tokens with many claims run to a few KB).
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// The fields an import object may carry besides the ones a caller reads itself.
+pub const IMPORT_FIELDS: [&str; 6] = [
+    "access_token",
+    "refresh_token",
+    "expires_at",
+    "expires_in",
+    "scope",
+    "token_type",
+];
+
+/// When the imported access token expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportExpiry {
+    Unknown,
+    AtMs(i64),
+    In(Duration),
+}
+
+/// Tokens to import. Zeroized when dropped; `Debug` never shows them.
+pub struct ImportedTokens {
+    access_token: Zeroizing<String>,
+    refresh_token: Option<Zeroizing<String>>,
+    expiry: ImportExpiry,
+    scope: Option<String>,
+    token_type: String,
+}
+
+impl std::fmt::Debug for ImportedTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportedTokens")
+            .field("expiry", &self.expiry)
+            .field("has_refresh_token", &self.refresh_token.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether the import made a new connection or replaced one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Imported {
+    Created,
+    Replaced,
+}
+
+fn bad(message: impl Into<String>) -> BrokerError {
+    BrokerError::InvalidImport(message.into())
+}
+
+/// A string field; the message names the field, never its value.
+fn string_field(map: &mut Map<String, Value>, name: &str) -> Result<Option<String>, BrokerError> {
+    match map.remove(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Err(bad(format!("{name} must not be empty"))),
+        Some(Value::String(s)) if s.len() > MAX_TOKEN_BYTES => Err(bad(format!(
+            "{name} is longer than {MAX_TOKEN_BYTES} bytes"
+        ))),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(bad(format!("{name} must be a string"))),
+    }
+}
+
+impl ImportedTokens {
+    /// Reads an import object: `access_token`, and optionally `refresh_token`,
+    /// `expires_at` (RFC 3339) or `expires_in` (seconds), `scope`, `token_type`. Unknown
+    /// fields are refused; no message repeats a value.
+    pub fn from_json(mut map: Map<String, Value>) -> Result<ImportedTokens, BrokerError> {
+        let access_token = string_field(&mut map, "access_token")?
+            .ok_or_else(|| bad("access_token is required"))?;
+        let refresh_token = string_field(&mut map, "refresh_token")?;
+        let expires_at = string_field(&mut map, "expires_at")?;
+        let expires_in = match map.remove("expires_in") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => Some(
+                n.as_u64()
+                    .ok_or_else(|| bad("expires_in must be a whole number of seconds"))?,
+            ),
+            Some(_) => return Err(bad("expires_in must be a number of seconds")),
+        };
+        let scope = string_field(&mut map, "scope")?;
+        let token_type = string_field(&mut map, "token_type")?.unwrap_or_else(|| "Bearer".into());
+        if token_type.len() > 64 {
+            return Err(bad("token_type is longer than 64 bytes"));
+        }
+        if let Some(field) = map.keys().next() {
+            let shown: String = field.chars().take(64).collect();
+            return Err(bad(format!(
+                "unknown field {shown:?}; an import has {}",
+                IMPORT_FIELDS.join(", ")
+            )));
+        }
+        let expiry = match (expires_at, expires_in) {
+            (Some(_), Some(_)) => return Err(bad("send expires_at or expires_in, not both")),
+            (Some(at), None) => ImportExpiry::AtMs(
+                DateTime::parse_from_rfc3339(&at)
+                    .map_err(|_| bad("expires_at must be an RFC 3339 time"))?
+                    .timestamp_millis(),
+            ),
+            (None, Some(secs)) => ImportExpiry::In(Duration::from_secs(secs.min(10 * 365 * 86400))),
+            (None, None) => ImportExpiry::Unknown,
+        };
+        Ok(ImportedTokens {
+            access_token: Zeroizing::new(access_token),
+            refresh_token: refresh_token.map(Zeroizing::new),
+            expiry,
+            scope,
+            token_type,
+        })
+    }
+}
+
+impl Broker {
+    /// Stores tokens an app already holds for a configured provider, sealed as if oauthd
+    /// had obtained them. Importing the same tokens again replaces them (idempotent).
+    pub async fn import_tokens(
+        &self,
+        provider: &str,
+        account: &str,
+        tokens: ImportedTokens,
+    ) -> Result<Imported, BrokerError> {
+        let provider = self.provider(provider)?.name.clone();
+        let account = Self::account(Some(account))?;
+        let key = ConnectionKey::new(&provider, &account);
+        let existed = self.store.get_connection(&key).await?.is_some();
+        let now = self.clock.now_ms();
+        let set = TokenSet {
+            access_token: tokens.access_token,
+            token_type: tokens.token_type,
+            expires_in: None,
+            refresh_token: tokens.refresh_token,
+            scopes: tokens
+                .scope
+                .map(|s| s.split_whitespace().map(str::to_owned).collect()),
+            id_token: None,
+        };
+        let mut sealed = self.seal_tokens(&provider, &account, &set, None)?;
+        sealed.access_expires_at_ms = match tokens.expiry {
+            ImportExpiry::Unknown => None,
+            ImportExpiry::AtMs(at) => Some(at),
+            ImportExpiry::In(d) => Some(now.saturating_add(d.as_millis() as i64)),
+        };
+        self.store
+            .save_connection(&key, sealed, AccountIdentity::default(), now)
+            .await?;
+        // Dropped after the write: reads that began before it cannot put the old token back.
+        self.token_cache.forget(&key);
+        log::info!("connection {provider}/{account}: tokens imported");
+        Ok(if existed {
+            Imported::Replaced
+        } else {
+            Imported::Created
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<ImportedTokens, BrokerError> {
+        match v {
+            Value::Object(map) => ImportedTokens::from_json(map),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn an_import_object_reads_back_and_refusals_never_repeat_a_value() {
+        let t = parse(
+            json!({"access_token": "at", "refresh_token": "rt", "expires_in": 60,
+                             "scope": "a b", "token_type": "bearer"}),
+        )
+        .unwrap();
+        assert_eq!(t.access_token.as_str(), "at");
+        assert_eq!(t.expiry, ImportExpiry::In(Duration::from_secs(60)));
+        let t = parse(json!({"access_token": "at", "expires_at": "2030-01-01T00:00:00Z"})).unwrap();
+        assert_eq!(t.expiry, ImportExpiry::AtMs(1_893_456_000_000));
+        assert_eq!(t.token_type, "Bearer");
+        for bad in [
+            json!({}),
+            json!({"access_token": ""}),
+            json!({"access_token": 5}),
+            json!({"access_token": "a", "expires_in": "SECRET-VALUE"}),
+            json!({"access_token": "a", "expires_at": "SECRET-VALUE"}),
+            json!({"access_token": "a", "expires_in": 5, "expires_at": "2030-01-01T00:00:00Z"}),
+            json!({"access_token": "a", "refresh": "SECRET-VALUE"}),
+            json!({"access_token": "a", "expires_in": -1}),
+        ] {
+            let e = parse(bad.clone()).unwrap_err().to_string();
+            assert!(!e.contains("SECRET-VALUE"), "{bad}: {e}");
+            assert!(matches!(
+                parse(bad).unwrap_err(),
+                BrokerError::InvalidImport(_)
+            ));
+        }
+        assert!(
+            !format!("{:?}", parse(json!({"access_token": "SECRET"})).unwrap()).contains("SECRET")
+        );
+    }
+}

@@ -1,0 +1,283 @@
+//! Per-tenant API keys (`keys create --account PATTERN`) and token import (`PUT
+//! /v1/connections/{p}/{a}`, `connections import`), against the real binary and the test
+//! OpenID provider, on SQLite and on a real redis-server.
+
+use crate::common::peer::{connect, serving};
+use crate::common::{self, Home};
+use serde_json::{json, Value};
+
+contract![
+    an_account_scoped_key_reaches_only_its_accounts_on_every_connection_route,
+    imported_tokens_are_served_refreshed_and_end_as_needs_reauth_when_rejected,
+    connections_import_reports_each_line_and_can_run_again,
+];
+
+fn tenant_key(home: &Home, name: &str, accounts: &[&str]) -> String {
+    let mut args = vec!["keys", "create", "--name", name];
+    for a in accounts {
+        args.extend(["--account", a]);
+    }
+    let out = home.cli(&args);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned()
+}
+
+async fn assert_refused(resp: reqwest::Response, what: &str) {
+    assert_eq!(resp.status(), 401, "{what}");
+    common::assert_code(resp, "account_not_allowed").await;
+}
+
+/// A key made with `--account acme.*` sees and touches only acme accounts: token,
+/// metadata, list, connect, device, import and delete; a key without it is unchanged.
+async fn an_account_scoped_key_reaches_only_its_accounts_on_every_connection_route(home: Home) {
+    let (peer, key, d) = serving(&home, 3600, "");
+    for account in ["alice", "acme.bob"] {
+        assert_eq!(connect(&d, &peer, &key, account).await.0, 200);
+    }
+    let tenant = tenant_key(&home, "acme", &["acme.*"]);
+    let out = home.cli(&["keys", "list", "--json"]);
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let acme = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "acme")
+        .unwrap();
+    assert_eq!(acme["accounts"], json!(["acme.*"]));
+
+    let (status, list) = d.get("/v1/connections", &tenant).await;
+    assert_eq!(status, 200);
+    let accounts: Vec<&str> = list["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["account"].as_str().unwrap())
+        .collect();
+    assert_eq!(accounts, vec!["acme.bob"]);
+    let (_, list) = d.get("/v1/connections", &key).await;
+    assert_eq!(list["connections"].as_array().unwrap().len(), 2);
+
+    let (status, token) = d.get("/v1/connections/peer/acme.bob/token", &tenant).await;
+    assert_eq!(status, 200, "{token}");
+    for path in [
+        "/v1/connections/peer/alice/token",
+        "/v1/connections/peer/alice",
+    ] {
+        assert_refused(d.get_raw(path, Some(&tenant)).await, path).await;
+    }
+    assert_refused(
+        d.delete("/v1/connections/peer/alice", &tenant).await,
+        "delete",
+    )
+    .await;
+    let import = d
+        .http
+        .put(format!("{}/v1/connections/peer/alice", d.url))
+        .bearer_auth(&tenant)
+        .json(&json!({"access_token": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_refused(import, "import").await;
+    for (path, body) in [
+        ("/v1/connect/peer", json!({"account": "alice"})),
+        ("/v1/connect/peer", json!({})),
+        ("/v1/device/peer", json!({"account": "alice"})),
+    ] {
+        let (status, problem) = d.post(path, &tenant, body.clone()).await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (401, Some("account_not_allowed")),
+            "{path} {body}"
+        );
+    }
+    let (status, _) = d
+        .post(
+            "/v1/connect/peer",
+            &tenant,
+            json!({"account": "acme.carol"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, flow) = d
+        .post("/v1/device/peer", &key, json!({"account": "alice"}))
+        .await;
+    assert_eq!(status, 201, "{flow}");
+    let status_path = format!("/v1/device/peer/{}", flow["id"].as_str().unwrap());
+    assert_refused(
+        d.get_raw(&status_path, Some(&tenant)).await,
+        "device status",
+    )
+    .await;
+    assert_eq!(d.get(&status_path, &key).await.0, 202);
+    // Still alive after all of that; the tenant's own delete works.
+    assert_eq!(d.get("/v1/connections/peer/alice/token", &key).await.0, 200);
+    assert_eq!(
+        d.delete("/v1/connections/peer/acme.bob", &tenant)
+            .await
+            .status(),
+        204
+    );
+
+    let out = home.cli(&["keys", "create", "--name", "bad", "--account", "no spaces*"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("account"),
+        "{out:?}"
+    );
+}
+
+async fn put(d: &common::Daemon, key: &str, path: &str, body: Value) -> (u16, String) {
+    let resp = d
+        .http
+        .put(format!("{}{path}", d.url))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// Tokens an app got by itself are handed to oauthd: served as they are, refreshed with
+/// the imported refresh token when due, and `needs_reauth` when the provider rejects it.
+async fn imported_tokens_are_served_refreshed_and_end_as_needs_reauth_when_rejected(home: Home) {
+    let (peer, key, d) = serving(&home, 3600, "");
+    let (access, refresh) = peer.device_tokens().await;
+    let path = "/v1/connections/peer/imported";
+    let body = json!({"access_token": access, "refresh_token": refresh, "expires_in": 3600,
+                      "scope": "openid offline_access"});
+    let (status, answer) = put(&d, &key, path, body.clone()).await;
+    assert_eq!(status, 201, "{answer}");
+    assert!(
+        !answer.contains(&access) && !answer.contains(&refresh),
+        "{answer}"
+    );
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["status"], "active");
+    let (status, token) = d.get(&format!("{path}/token"), &key).await;
+    assert_eq!(status, 200);
+    assert_eq!(token["access_token"], access.as_str());
+    // The same import again replaces (200); sealed at rest like any token.
+    assert_eq!(put(&d, &key, path, body).await.0, 200);
+    let stored = home.stored_bytes();
+    for secret in [&access, &refresh] {
+        assert!(!stored.windows(secret.len()).any(|w| w == secret.as_bytes()));
+    }
+
+    // Due (expired): refreshed with the imported refresh token, once.
+    let due = json!({"access_token": access, "refresh_token": refresh,
+                     "expires_at": "2020-01-01T00:00:00Z"});
+    assert_eq!(put(&d, &key, path, due).await.0, 200);
+    let (status, token) = d.get(&format!("{path}/token"), &key).await;
+    assert_eq!(status, 200, "{token}");
+    assert_ne!(token["access_token"], access.as_str());
+    assert_eq!(peer.grants("refresh_token").await, 1);
+    assert!(
+        peer.is_active(token["access_token"].as_str().unwrap())
+            .await
+    );
+
+    // A refresh token the provider does not know ends as needs_reauth, not in retries.
+    let rejected = json!({"access_token": "old", "refresh_token": "not-a-real-refresh-token",
+                          "expires_in": 0});
+    assert_eq!(
+        put(&d, &key, "/v1/connections/peer/stale", rejected)
+            .await
+            .0,
+        201
+    );
+    let (status, problem) = d.get("/v1/connections/peer/stale/token", &key).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (409, Some("needs_reauth")),
+        "{problem}"
+    );
+    let (_, view) = d.get("/v1/connections/peer/stale", &key).await;
+    assert_eq!(view["status"], "needs_reauth");
+
+    // Bad imports are 4xx problems that never repeat a token.
+    for (target, body, status, code) in [
+        (path, json!({}), 400, "invalid_tokens"),
+        (
+            path,
+            json!({"access_token": "SECRET-1", "expires_in": "SECRET-2"}),
+            400,
+            "invalid_tokens",
+        ),
+        (
+            path,
+            json!({"access_token": "SECRET-1", "expires_in": 5, "expires_at": "2030-01-01T00:00:00Z"}),
+            400,
+            "invalid_tokens",
+        ),
+        (
+            path,
+            json!({"access_token": "SECRET-1", "refresh": "SECRET-2"}),
+            400,
+            "invalid_tokens",
+        ),
+        (
+            "/v1/connections/nobody/x",
+            json!({"access_token": "SECRET-1"}),
+            404,
+            "unknown_provider",
+        ),
+        (
+            "/v1/connections/peer/bad%20name",
+            json!({"access_token": "SECRET-1"}),
+            400,
+            "invalid_account",
+        ),
+    ] {
+        let (got, answer) = put(&d, &key, target, body.clone()).await;
+        assert_eq!(got, status, "{body}: {answer}");
+        assert!(
+            answer.contains(code) && !answer.contains("SECRET-"),
+            "{body}: {answer}"
+        );
+    }
+    assert!(!home.log_text().contains(&refresh));
+}
+
+/// `connections import --file`: each line reported, bad lines refused without a token in
+/// the message (exit 1), the good ones imported; running it again replaces them.
+async fn connections_import_reports_each_line_and_can_run_again(home: Home) {
+    let (_peer, key, d) = serving(&home, 3600, "");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let lines = [
+        json!({"provider": "peer", "account": "one", "access_token": "tok-1", "expires_in": 3600}),
+        json!({"provider": "peer", "account": "two", "access_token": "tok-2", "refresh_token": "rt-2"}),
+        json!({"provider": "nobody", "account": "x", "access_token": "SECRET-A"}),
+        json!({"provider": "peer", "account": "y", "access_token": "SECRET-B", "expires_in": "SECRET-C"}),
+    ];
+    let mut text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    text.push_str("\n{not json SECRET-D\n");
+    std::fs::write(file.path(), text).unwrap();
+    let path = file.path().to_str().unwrap();
+    let out = home.cli(&["connections", "import", "--file", path]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stdout.contains("line 1: created peer/one"), "{stdout}");
+    assert!(stdout.contains("line 2: created peer/two"), "{stdout}");
+    for n in [3, 4, 6] {
+        assert!(stdout.contains(&format!("line {n}: refused")), "{stdout}");
+    }
+    let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!all.contains("SECRET-") && !all.contains("tok-"), "{all}");
+    let (status, token) = d.get("/v1/connections/peer/one/token", &key).await;
+    assert_eq!(
+        (status, token["access_token"].as_str()),
+        (200, Some("tok-1"))
+    );
+
+    let out = home.cli(&["connections", "import", "--file", path]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("line 1: replaced peer/one"), "{stdout}");
+    let (_, list) = d.get("/v1/connections", &key).await;
+    assert_eq!(list["connections"].as_array().unwrap().len(), 2);
+}
