@@ -77,6 +77,8 @@ pub struct StatesConfig {
     pub default_ttl_seconds: u64,
     pub max_ttl_seconds: u64,
     pub expired_grace_seconds: u64,
+    /// How long a state read by verify answers from memory (0: read the store every time).
+    pub verify_cache_seconds: u64,
     pub sweep_interval_seconds: u64,
     pub sweep_batch: usize,
     pub sweep_per_second: u32,
@@ -98,6 +100,7 @@ impl Default for StatesConfig {
             default_ttl_seconds: 3600,
             max_ttl_seconds: 86400,
             expired_grace_seconds: 86400,
+            verify_cache_seconds: 1,
             sweep_interval_seconds: 60,
             sweep_batch: 200,
             sweep_per_second: 20_000,
@@ -331,6 +334,9 @@ impl Settings {
                 "must be at most ten years",
             ));
         }
+        if s.verify_cache_seconds > 60 {
+            return Err(invalid("states.verify_cache_seconds", "must be at most 60"));
+        }
         if !(1..=1024 * 1024).contains(&s.max_data_bytes) {
             return Err(invalid(
                 "states.max_data_bytes",
@@ -375,6 +381,7 @@ impl Settings {
                 overrides,
                 max_data_bytes: s.max_data_bytes,
                 expired_grace: Duration::from_secs(s.expired_grace_seconds),
+                verify_cache: Duration::from_secs(s.verify_cache_seconds),
             },
             sweep: SweepPolicy {
                 interval: Duration::from_secs(s.sweep_interval_seconds),

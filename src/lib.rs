@@ -27,6 +27,7 @@ pub mod http;
 pub mod metrics;
 pub mod namespace;
 pub mod oauth;
+pub mod read_cache;
 pub mod rekey;
 pub mod secret;
 pub mod states;

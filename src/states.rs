@@ -6,7 +6,8 @@
 use crate::clock::Clock;
 use crate::metrics;
 use crate::namespace::{pattern_matches, Namespace};
-use crate::secret::{StateId, StateValue};
+use crate::read_cache::ReadCache;
+use crate::secret::{SecretHash, StateId, StateValue};
 use crate::store::{
     Attempted, Found, InsertRules, NamespaceFilter, Sliding, StateRow, StateSecret, StateStore,
     StoreError, Taken,
@@ -39,6 +40,9 @@ pub struct StatePolicy {
     /// How long after expiry a consume still answers "expired" (410) rather than
     /// "unknown" (404), on every backend.
     pub expired_grace: Duration,
+    /// How long a state read by verify answers from memory: a consume or revoke made by
+    /// another process is seen by verify within this long (by this process at once).
+    pub verify_cache: Duration,
 }
 
 impl StatePolicy {
@@ -171,11 +175,14 @@ pub struct StateService {
     store: Arc<dyn StateStore>,
     policy: StatePolicy,
     clock: Clock,
+    /// Live states verify has read within `verify_cache`, by hash: the session hot path.
+    seen: ReadCache<SecretHash, Arc<StateView>>,
 }
 
 impl StateService {
     pub fn new(store: Arc<dyn StateStore>, policy: StatePolicy, clock: Clock) -> Self {
         StateService {
+            seen: ReadCache::new(policy.verify_cache),
             store,
             policy,
             clock,
@@ -312,6 +319,10 @@ impl StateService {
                 },
             )
             .await?;
+        if request.replace {
+            // The subject's other states are gone: whatever verify held of them too.
+            self.seen.forget_all();
+        }
         if !stored {
             log::warn!(
                 "namespace {namespace} is full ({} live states): create refused",
@@ -395,7 +406,10 @@ impl StateService {
             metrics::state_consumed(Some(&namespace), "expired");
             StateError::Expired { namespace }
         };
-        let row = match self.store.take_state(state.hash(), filter).await? {
+        let taken = self.store.take_state(state.hash(), filter).await;
+        // Dropped after the write: a verify that read before it cannot put the state back.
+        self.seen.forget(&state.hash());
+        let row = match taken? {
             Taken::Missing => return Err(unknown()),
             Taken::SecretRequired => return Err(StateError::SecretRequired),
             Taken::ExpiredTombstone {
@@ -426,19 +440,36 @@ impl StateService {
         state: &StateValue,
         namespace: &Namespace,
         touch: bool,
-    ) -> Result<StateView, StateError> {
+    ) -> Result<Arc<StateView>, StateError> {
         let now = self.clock.now_ms();
+        let hash = state.hash();
+        // The hot path: a live state read within `verify_cache_seconds`.
+        if !touch {
+            if let Some(seen) = self.seen.get(&hash) {
+                if seen.namespace == namespace.as_str() && seen.expires_at_ms > now {
+                    return Ok(seen);
+                }
+            }
+        }
+        let read_began = std::time::Instant::now();
         let found = if touch {
-            self.store
-                .touch_state(state.hash(), namespace.as_str(), now, self.grace_ms())
-                .await?
+            let touched = self
+                .store
+                .touch_state(hash, namespace.as_str(), now, self.grace_ms())
+                .await;
+            self.seen.forget(&hash);
+            touched?
         } else {
-            self.store
-                .read_state(state.hash(), namespace.as_str())
-                .await?
+            self.store.read_state(hash, namespace.as_str()).await?
         };
         match found {
-            Found::Row(row) if row.expires_at_ms > now => StateView::of(row),
+            Found::Row(row) if row.expires_at_ms > now => {
+                let view = Arc::new(StateView::of(row)?);
+                if !touch {
+                    self.seen.put(&hash, view.clone(), read_began);
+                }
+                Ok(view)
+            }
             Found::Row(row) => Err(self.expired_error(now, row.namespace, Some(row.expires_at_ms))),
             Found::ExpiredTombstone {
                 namespace,
@@ -461,7 +492,9 @@ impl StateService {
         let attempted = self
             .store
             .attempt_state(state.hash(), ns, state.code_hash(code), now)
-            .await?;
+            .await;
+        self.seen.forget(&state.hash());
+        let attempted = attempted?;
         let outcome = match attempted {
             Attempted::Matched(row) => {
                 metrics::state_consumed(Some(ns), "ok");
@@ -494,28 +527,25 @@ impl StateService {
         namespace: &Namespace,
     ) -> Result<(), StateError> {
         let now = self.clock.now_ms();
-        match self
+        let revoked = self
             .store
             .revoke_state(state.hash(), namespace.as_str(), now)
-            .await?
-        {
-            true => Ok(()),
-            false => Err(StateError::NotFound),
-        }
+            .await;
+        self.seen.forget(&state.hash());
+        found_or_not(revoked?)
     }
 
     /// Revokes the state with this identifier.
     pub async fn revoke_id(&self, namespace: &Namespace, id: &StateId) -> Result<(), StateError> {
         let now = self.clock.now_ms();
         let id = id.to_string();
-        match self
+        let revoked = self
             .store
             .revoke_state_id(namespace.as_str(), &id, now)
-            .await?
-        {
-            true => Ok(()),
-            false => Err(StateError::NotFound),
-        }
+            .await;
+        // Verify keeps states by hash, and the id does not say which: drop them all.
+        self.seen.forget_all();
+        found_or_not(revoked?)
     }
 
     /// The live states of `subject` in `namespace`, oldest first.
@@ -540,10 +570,20 @@ impl StateService {
         subject: &str,
     ) -> Result<u64, StateError> {
         let now = self.clock.now_ms();
-        Ok(self
+        let revoked = self
             .store
             .revoke_subject(namespace.as_str(), subject, now)
-            .await?)
+            .await;
+        self.seen.forget_all();
+        Ok(revoked?)
+    }
+}
+
+fn found_or_not(found: bool) -> Result<(), StateError> {
+    if found {
+        Ok(())
+    } else {
+        Err(StateError::NotFound)
     }
 }
 
@@ -573,6 +613,7 @@ mod tests {
             ],
             max_data_bytes: 1024,
             expired_grace: Duration::from_secs(60),
+            verify_cache: Duration::from_secs(1),
         };
         let ns = |s| Namespace::parse(s).unwrap();
         assert_eq!(policy.rule_for(&ns("oauth:spotify")), rule(600, 900));

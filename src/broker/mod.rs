@@ -11,7 +11,6 @@ mod device;
 mod import;
 pub mod refresher;
 pub mod return_to;
-mod token_cache;
 mod tokens;
 
 pub use callback::{CallbackError, CallbackQuery, Connected, IssuerProblem};
@@ -24,6 +23,7 @@ use crate::namespace::Namespace;
 use crate::oauth::flows::{self, FlowError};
 use crate::oauth::provider::{check_name, Endpoints};
 use crate::oauth::Provider;
+use crate::read_cache::ReadCache;
 use crate::secret::StateValue;
 use crate::states::{StateError, StateService};
 use crate::store::{ConnectionKey, StoreError};
@@ -136,8 +136,10 @@ pub struct Broker {
     /// Whether each provider accepted the client credentials, and when that was asked.
     client_checks: Mutex<HashMap<String, (std::time::Instant, flows::ClientCheck)>>,
     clock: Clock,
-    /// Tokens read from the store within `token_cache_seconds`: the token API's hot path.
-    token_cache: token_cache::TokenCache,
+    /// Tokens read from the store within `token_cache_seconds`, with half their lifetime
+    /// (`min_ttl` is capped by it): the token API's hot path. Zeroized when dropped; they
+    /// leave the process only in an answer.
+    token_cache: ReadCache<ConnectionKey, (AccessToken, Option<i64>)>,
 }
 
 impl Broker {
@@ -165,7 +167,7 @@ impl Broker {
             device_drivers: Mutex::new(Default::default()),
             client_checks: Mutex::new(HashMap::new()),
             clock: settings.clock,
-            token_cache: token_cache::TokenCache::new(settings.token_cache),
+            token_cache: ReadCache::new(settings.token_cache),
         })
     }
 

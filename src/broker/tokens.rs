@@ -241,7 +241,7 @@ impl Broker {
             scope: row.scopes.clone(),
         };
         self.token_cache
-            .put(&row.key(), &token, half_life_ms(row), read_began);
+            .put(&row.key(), (token.clone(), half_life_ms(row)), read_began);
         Ok(Some(token))
     }
 
@@ -523,7 +523,7 @@ impl Broker {
         };
         let half_life = expires_at_ms.map(|at| (at - self.clock.now_ms()) / 2);
         self.token_cache
-            .put(&row.key(), &token, half_life, saved_at);
+            .put(&row.key(), (token.clone(), half_life), saved_at);
         Ok(token)
     }
 

@@ -30,6 +30,7 @@ pub fn policy(max_states: u64) -> StatePolicy {
         overrides: vec![],
         max_data_bytes: 4096,
         expired_grace: 10 * MINUTE,
+        verify_cache: Duration::from_secs(1),
     }
 }
 

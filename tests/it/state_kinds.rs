@@ -122,6 +122,16 @@ async fn a_state_with_a_code_is_consumed_only_with_it(b: Backend) {
         .await
         .unwrap();
     assert_eq!(seen.attempts_left, Some(2));
+    // What verify holds in memory follows a wrong try at once.
+    assert!(matches!(
+        states.attempt(&guarded.state, &ns("2fa"), "3").await,
+        Err(StateError::WrongSecret { attempts_left: 1 })
+    ));
+    let seen = states
+        .verify(&guarded.state, &ns("2fa"), false)
+        .await
+        .unwrap();
+    assert_eq!(seen.attempts_left, Some(1));
 }
 
 /// `replace` leaves exactly one live state for the subject, even when creates race; other
@@ -306,7 +316,15 @@ async fn states_are_listed_and_revoked_by_subject_and_id(b: Backend) {
     assert_eq!(listed[1].data, Some(serde_json::json!({ "device": 1 })));
     assert!(!ids.contains(&expiring.id()));
 
+    states
+        .verify(&alice[0].state, &sessions, false)
+        .await
+        .unwrap();
     states.revoke_id(&sessions, &alice[0].id()).await.unwrap();
+    assert!(matches!(
+        states.verify(&alice[0].state, &sessions, false).await,
+        Err(StateError::NotFound)
+    ));
     assert!(matches!(
         states.revoke_id(&sessions, &alice[0].id()).await,
         Err(StateError::NotFound)
@@ -327,6 +345,11 @@ async fn states_are_listed_and_revoked_by_subject_and_id(b: Backend) {
     ));
     let bob = states
         .create(sessions.clone(), of_subject("bob", false))
+        .await
+        .unwrap();
+    // Verified (and so held in memory) just before: revoking by subject still ends it.
+    states
+        .verify(&alice[2].state, &sessions, false)
         .await
         .unwrap();
     assert_eq!(states.revoke_subject(&sessions, "alice").await.unwrap(), 1);

@@ -8,6 +8,7 @@ contract![
     a_two_factor_challenge_takes_its_code_and_counts_wrong_ones,
     sessions_are_verified_listed_and_revoked_per_subject,
     state_options_are_checked_with_stable_codes,
+    verify_sees_another_processs_consume_within_verify_cache_seconds,
 ];
 
 /// A subject with characters a path must escape.
@@ -353,4 +354,60 @@ fn state_policy_settings_are_checked_at_start() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(named), "{toml}: {err}");
     }
+}
+
+/// Verify answers from memory for `verify_cache_seconds`: a consume in this process is
+/// seen at once, one in another process on the same store within that bound; 0 reads the
+/// store every time.
+async fn verify_sees_another_processs_consume_within_verify_cache_seconds(home: Home) {
+    home.write_config("[states]\nverify_cache_seconds = 3\n");
+    let key = home.create_key("app", &[]);
+    let (a, b) = (home.start(), home.start());
+    let verify = |state: &str| json!({"state": state, "namespace": "session"});
+    let here = created(&a, &key, json!({"namespace": "session"})).await;
+    let here = here["state"].as_str().unwrap();
+    assert_eq!(a.post("/v1/states/verify", &key, verify(here)).await.0, 200);
+    assert_eq!(a.consume(&key, here, "session").await.0, 200);
+    assert_eq!(a.post("/v1/states/verify", &key, verify(here)).await.0, 404);
+
+    let there = created(&a, &key, json!({"namespace": "session"})).await;
+    let there = there["state"].as_str().unwrap();
+    assert_eq!(
+        a.post("/v1/states/verify", &key, verify(there)).await.0,
+        200
+    );
+    let read_at = std::time::Instant::now();
+    assert_eq!(b.consume(&key, there, "session").await.0, 200);
+    // Still in memory: the consume happened in another process.
+    assert_eq!(
+        a.post("/v1/states/verify", &key, verify(there)).await.0,
+        200
+    );
+    let mut status = 200;
+    while status == 200 && read_at.elapsed() < std::time::Duration::from_secs(10) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        status = a.post("/v1/states/verify", &key, verify(there)).await.0;
+    }
+    assert_eq!(status, 404);
+    let seen_after = read_at.elapsed();
+    assert!(
+        seen_after < std::time::Duration::from_millis(4500),
+        "{seen_after:?}"
+    );
+    drop((a, b));
+
+    home.write_config("[states]\nverify_cache_seconds = 0\n");
+    let (a, b) = (home.start(), home.start());
+    let state = created(&a, &key, json!({"namespace": "session"})).await;
+    let state = state["state"].as_str().unwrap();
+    assert_eq!(
+        a.post("/v1/states/verify", &key, verify(state)).await.0,
+        200
+    );
+    assert_eq!(b.consume(&key, state, "session").await.0, 200);
+    assert_eq!(
+        a.post("/v1/states/verify", &key, verify(state)).await.0,
+        404,
+        "0 reads the store"
+    );
 }
