@@ -6,7 +6,7 @@
 # sweeper's ticks) is, as it is part of what a request costs.
 #
 #   bench/callgrind.sh                 # 2,000 token calls, 2,000 create+consume pairs and
-#                                      # 2,000 verifies of live states
+#                                      # 2,000 verifies, each of another live state
 #   COUNT=500 SCENARIOS=token bench/callgrind.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,20 +24,29 @@ for tool in valgrind:valgrind callgrind_control:valgrind curl:curl python3:pytho
 done
 cargo build --release --locked --bin oauthd --example bare_handler >&2
 
-cgdir=$(mktemp -d)
+cgdir=$(mktemp -d) pooldir=$(mktemp -d)
 START_TRIES=1200  # two minutes: everything starts slowly under valgrind
 BARE_WRAP="valgrind --tool=callgrind --callgrind-out-file=$cgdir/bare.%p"
 OAUTHD_WRAP="valgrind --tool=callgrind --callgrind-out-file=$cgdir/oauthd.%p"
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-trap 'cleanup; rm -rf "$cgdir"' EXIT
+trap 'cleanup; rm -rf "$cgdir" "$pooldir"' EXIT
 BARE_PID=${pids[0]}
 fresh_oauthd callgrind
 
 # count NAME PID URL SCENARIO -> instructions per request (a pair counts as one)
 count() {
   local name=$1 pid=$2 url=$3 scenario=$4 before dump ir
-  python3 bench/sequential.py "$url" "$scenario" 50
+  export POOL_FILE="$pooldir/$name"
+  if [ "$scenario" = verify ]; then
+    # Warm up on states of their own; then the live states to verify, each once (so every
+    # verify reads the store), made before the counters are zeroed.
+    POOL_FILE="$pooldir/$name.warm" python3 bench/sequential.py "$url" pool 50
+    POOL_FILE="$pooldir/$name.warm" python3 bench/sequential.py "$url" verify 50
+    python3 bench/sequential.py "$url" pool "$COUNT"
+  else
+    python3 bench/sequential.py "$url" "$scenario" 50
+  fi
   callgrind_control -z "$pid" >/dev/null
   python3 bench/sequential.py "$url" "$scenario" "$COUNT"
   before=$(ls "$cgdir" | wc -l)

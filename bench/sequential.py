@@ -3,6 +3,9 @@ instruction counts under callgrind (the rate does not matter there, the count do
 
     python3 bench/sequential.py URL SCENARIO COUNT    # SCENARIO: token, pairs or verify
 
+verify reads the states a `pool` run (same COUNT) created and saved to $POOL_FILE, each once:
+every verify reads the store (none answers from the verify cache).
+
 BENCH_API_KEY is sent as the bearer token. Exits non-zero if any answer is not 2xx.
 """
 
@@ -30,11 +33,16 @@ def main() -> int:
             raise SystemExit(f"{method} {path}: {resp.status} {data[:200]!r}")
         return json.loads(data) if data else {}
 
-    # verify: a pool of 100 live states, verified in turn.
+    pool_file = os.environ.get("POOL_FILE", "/tmp/oauthd-bench-pool")
     pool = []
+    if scenario == "pool":
+        with open(pool_file, "w") as f:
+            for _ in range(count):
+                f.write(call("POST", "/v1/states", {"namespace": "session", "data": {"device": "bench"}})["state"] + "\n")
+        return 0
     if scenario == "verify":
-        for _ in range(100):
-            pool.append(call("POST", "/v1/states", {"namespace": "session", "subject": "bench", "data": {"device": "bench"}})["state"])
+        with open(pool_file) as f:
+            pool = f.read().split()
     for i in range(count):
         if scenario == "token":
             call("GET", "/v1/connections/bench/default/token")

@@ -1,6 +1,6 @@
 -- oauthd schema, version 6: states for more than OAuth flows (sessions, 2FA challenges,
 -- reset links, an app's own authorization codes and tokens), and per-tenant API keys.
--- A state's public identifier is derived from key_hash (see src/store/state_id.rs), so it
+-- A state's public identifier is derived from key_hash (see StateId in src/secret.rs), so it
 -- needs no column and no index of its own.
 -- Whom the state belongs to (a user or a tenant), for "list" and "sign out everywhere".
 ALTER TABLE states ADD COLUMN subject        TEXT;

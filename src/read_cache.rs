@@ -70,7 +70,10 @@ impl<K: Hash + Eq + Clone, V: Clone> ReadCache<K, V> {
             return;
         }
         if inner.entries.len() >= MAX_ENTRIES && !inner.entries.contains_key(key) {
+            // The drops go too: no read older than this may put a value back.
             inner.entries.clear();
+            inner.cleared = Some(Instant::now());
+            return;
         }
         let entry = Entry {
             value: Some(value),
@@ -137,6 +140,20 @@ mod tests {
         assert_eq!(cache.get(&"b"), None);
         cache.put(&"b", 3, Instant::now());
         assert_eq!(cache.get(&"b"), Some(3));
+    }
+
+    #[test]
+    fn starting_over_when_full_keeps_older_reads_out() {
+        let cache = ReadCache::new(Duration::from_secs(60));
+        let read_began = Instant::now();
+        cache.forget(&0);
+        for k in 1..MAX_ENTRIES {
+            cache.put(&k, k, Instant::now());
+        }
+        // Full: this put starts over, and the drop of key 0 must outlive that.
+        cache.put(&MAX_ENTRIES, 0, Instant::now());
+        cache.put(&0, 0, read_began);
+        assert_eq!(cache.get(&0), None, "a read older than the drop came back");
     }
 
     #[test]

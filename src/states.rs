@@ -124,7 +124,8 @@ impl IssuedState {
 }
 
 /// What a create asks for beyond the namespace (the state API's optional fields).
-#[derive(Debug, Default)]
+/// `Debug` never shows the code.
+#[derive(Default)]
 pub struct NewState {
     pub ttl_seconds: Option<u64>,
     pub data: Option<serde_json::Value>,
@@ -135,6 +136,21 @@ pub struct NewState {
     pub replace: bool,
     /// `Some(max_lifetime_seconds)` for a sliding state (`None` inside: the namespace's).
     pub sliding: Option<Option<u64>>,
+}
+
+impl std::fmt::Debug for NewState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewState")
+            .field("ttl_seconds", &self.ttl_seconds)
+            .field("subject", &self.subject)
+            .field(
+                "secret",
+                &self.secret.as_ref().map(|(_, n)| ("[redacted]", n)),
+            )
+            .field("replace", &self.replace)
+            .field("sliding", &self.sliding)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A state as apps see it (never its value): what consume, verify and listing answer.
@@ -318,11 +334,13 @@ impl StateService {
                     replace_subject: request.replace,
                 },
             )
-            .await?;
+            .await;
         if request.replace {
-            // The subject's other states are gone: whatever verify held of them too.
+            // The subject's other states may be gone even when the answer was an error
+            // (a Redis timeout after the script ran): whatever verify held of them goes.
             self.seen.forget_all();
         }
+        let stored = stored?;
         if !stored {
             log::warn!(
                 "namespace {namespace} is full ({} live states): create refused",

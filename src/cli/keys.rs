@@ -38,6 +38,9 @@ pub(super) fn keys(settings: Settings, command: KeysCommand) -> Result<(), Fatal
                         format!("accounts {}", a.join(", "))
                     });
                 eprintln!("Created API key {:?} for {scope}; {accounts}.", record.name);
+                if record.accounts.is_some() && record.namespaces.is_none() {
+                    eprintln!("Note: --account limits connections only; this key may still use every state namespace (add --namespace to limit that too).");
+                }
                 eprintln!(
                     "Store it now: it is not shown again. Use it as Authorization: Bearer <key>."
                 );

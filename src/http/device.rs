@@ -58,7 +58,13 @@ pub async fn status(
     let (provider, id) = path.into_inner();
     caller.require_provider(&app, &provider)?;
     let status = app.broker.device_status(&provider, &id).await?;
-    caller.require_account(&status.account)?;
+    // Another tenant's flow is as unknown as one that never existed (its account is not
+    // named, and the id's existence is not confirmed).
+    if !caller.may_use_account(&status.account) {
+        return Err(
+            crate::broker::BrokerError::DeviceFlowNotFound(id.chars().take(64).collect()).into(),
+        );
+    }
     let code = match status.status {
         DeviceFlowStatus::Pending => StatusCode::ACCEPTED,
         DeviceFlowStatus::Connected => StatusCode::OK,

@@ -215,13 +215,20 @@ pub async fn serve(
     let app = web::Data::new(app);
     let limit = web::Data::new(BodyLimit(settings.states.max_data_bytes + 8 * 1024));
     let prometheus = crate::metrics::http_middleware().map_err(std::io::Error::other)?;
+    // The access log formats every request before the logger decides to drop the line:
+    // with access logs filtered out (RUST_LOG=warn) it is not installed at all.
+    let access_logged =
+        log::log_enabled!(target: "actix_web::middleware::logger", log::Level::Info);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(app.clone())
             .app_data(limit.clone())
             .wrap(actix_web::middleware::from_fn(limits::enforce))
             .wrap(prometheus.clone())
-            .wrap(access_log())
+            .wrap(actix_web::middleware::Condition::new(
+                access_logged,
+                access_log(),
+            ))
             .configure(routes)
     })
     .disable_signals()

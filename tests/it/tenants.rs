@@ -108,11 +108,14 @@ async fn an_account_scoped_key_reaches_only_its_accounts_on_every_connection_rou
         .await;
     assert_eq!(status, 201, "{flow}");
     let status_path = format!("/v1/device/peer/{}", flow["id"].as_str().unwrap());
-    assert_refused(
-        d.get_raw(&status_path, Some(&tenant)).await,
-        "device status",
-    )
-    .await;
+    // Another tenant's flow is as unknown as a flow that never existed.
+    let resp = d.get_raw(&status_path, Some(&tenant)).await;
+    assert_eq!(resp.status(), 404);
+    let body = resp.text().await.unwrap();
+    assert!(
+        body.contains("device_flow_not_found") && !body.contains("alice"),
+        "{body}"
+    );
     assert_eq!(d.get(&status_path, &key).await.0, 202);
     // Still alive after all of that; the tenant's own delete works.
     assert_eq!(d.get("/v1/connections/peer/alice/token", &key).await.0, 200);

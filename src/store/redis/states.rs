@@ -166,7 +166,10 @@ if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'PX', ttl) then return 0 end
 if sub and ARGV[12] == '1' then
   for _, h in ipairs(redis.call('ZRANGE', sub, 0, -1)) do
     local v = redis.call('GET', P .. 's:' .. h)
-    if v then drop(h, cjson.decode(v)) end
+    if v then
+      local s = cjson.decode(v)
+      if s['n'] == ns and s['u'] == subject then drop(h, s) end
+    end
   end
   redis.call('DEL', sub)
 end

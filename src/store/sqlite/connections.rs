@@ -47,7 +47,7 @@ impl ConnectionStore for SqliteStore {
     ) -> Result<Option<ConnectionRow>, StoreError> {
         let (provider, account) = (key.provider.as_str(), key.account.as_str());
         let (p, a) = (provider.to_owned(), account.to_owned());
-        self.read("reading a connection", move |conn| {
+        self.point_read("reading a connection", move |conn| {
             conn.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM connections WHERE provider = ?1 AND account = ?2"
             ))?

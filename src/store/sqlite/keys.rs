@@ -43,7 +43,7 @@ impl KeyStore for SqliteStore {
         &self,
         key_hash: SecretHash,
     ) -> Result<Option<ApiKeyRecord>, StoreError> {
-        self.read("checking an API key", move |conn| {
+        self.point_read("checking an API key", move |conn| {
             conn.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM api_keys WHERE key_hash = ?1 AND revoked_at IS NULL"
             ))?

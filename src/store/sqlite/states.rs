@@ -248,7 +248,7 @@ impl StateStore for SqliteStore {
 
     async fn read_state(&self, key_hash: SecretHash, namespace: &str) -> Result<Found, StoreError> {
         let ns = namespace.to_owned();
-        self.read("reading a state", move |conn| found(conn, &key_hash, &ns))
+        self.point_read("reading a state", move |conn| found(conn, &key_hash, &ns))
             .await
     }
 
