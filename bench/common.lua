@@ -22,6 +22,17 @@ function M.install()
   return M
 end
 
+-- The states a create run saved for this thread (STATES_IN.<thread id>), or an empty list.
+function M.load_states()
+  local states = {}
+  local f = io.open(os.getenv("STATES_IN") .. "." .. id, "r")
+  if f then
+    for line in f:lines() do table.insert(states, line) end
+    f:close()
+  end
+  return states
+end
+
 M.headers = function()
   return {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. os.getenv("BENCH_API_KEY")}
 end

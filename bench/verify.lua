@@ -5,12 +5,7 @@ local common = require("common").install()
 
 function init(args)
   ok = 0
-  states = {}
-  local f = io.open(os.getenv("STATES_IN") .. "." .. id, "r")
-  if f then
-    for line in f:lines() do table.insert(states, line) end
-    f:close()
-  end
+  states = common.load_states()
   if #states == 0 then table.insert(states, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA") end
   math.randomseed(id + 1)
   headers = common.headers()

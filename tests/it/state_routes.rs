@@ -177,7 +177,7 @@ async fn sessions_are_verified_listed_and_revoked_per_subject(home: Home) {
 /// Every option is checked, and refusals are 4xx problems with stable codes; a key sees
 /// only its namespaces on every new route.
 async fn state_options_are_checked_with_stable_codes(home: Home) {
-    home.write_config("[states.namespaces.\"2fa\"]\nsliding = false\n");
+    home.write_config("[states.namespaces.\"2fa\"]\nsliding = false\nmax_attempts = 2\n");
     let key = home.create_key("app", &[]);
     let limited = home.create_key("limited", &["2fa"]);
     let d = home.start();
@@ -330,6 +330,15 @@ async fn state_options_are_checked_with_stable_codes(home: Home) {
     assert_eq!(resp.status(), 405);
     // The state survived all of that.
     assert_eq!(d.consume(&key, state, "session").await.0, 200);
+
+    // The namespace's max_attempts is the default: two wrong codes end this one.
+    let guarded = created(&d, &key, json!({"namespace": "2fa", "secret": "1"})).await;
+    let attempt = json!({"state": guarded["state"], "namespace": "2fa", "secret": "2"});
+    let (status, problem) = d.post("/v1/states/attempt", &key, attempt.clone()).await;
+    assert_eq!((status, problem["attempts_left"].as_u64()), (403, Some(1)));
+    let (status, problem) = d.post("/v1/states/attempt", &key, attempt.clone()).await;
+    assert_eq!((status, problem["attempts_left"].as_u64()), (403, Some(0)));
+    assert_eq!(d.post("/v1/states/attempt", &key, attempt).await.0, 404);
 }
 
 /// A namespace rule's new settings are checked at start, naming the key to fix.

@@ -74,15 +74,15 @@ async fn an_account_scoped_key_reaches_only_its_accounts_on_every_connection_rou
         "delete",
     )
     .await;
-    let import = d
-        .http
-        .put(format!("{}/v1/connections/peer/alice", d.url))
-        .bearer_auth(&tenant)
-        .json(&json!({"access_token": "x"}))
-        .send()
-        .await
-        .unwrap();
-    assert_refused(import, "import").await;
+    let (status, problem) = d
+        .put(
+            "/v1/connections/peer/alice",
+            &tenant,
+            json!({"access_token": "x"}),
+        )
+        .await;
+    assert_eq!(status, 401);
+    assert!(problem.contains("account_not_allowed"), "{problem}");
     for (path, body) in [
         ("/v1/connect/peer", json!({"account": "alice"})),
         ("/v1/connect/peer", json!({})),
@@ -134,18 +134,6 @@ async fn an_account_scoped_key_reaches_only_its_accounts_on_every_connection_rou
     );
 }
 
-async fn put(d: &common::Daemon, key: &str, path: &str, body: Value) -> (u16, String) {
-    let resp = d
-        .http
-        .put(format!("{}{path}", d.url))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.text().await.unwrap())
-}
-
 /// Tokens an app got by itself are handed to oauthd: served as they are, refreshed with
 /// the imported refresh token when due, and `needs_reauth` when the provider rejects it.
 async fn imported_tokens_are_served_refreshed_and_end_as_needs_reauth_when_rejected(home: Home) {
@@ -154,7 +142,7 @@ async fn imported_tokens_are_served_refreshed_and_end_as_needs_reauth_when_rejec
     let path = "/v1/connections/peer/imported";
     let body = json!({"access_token": access, "refresh_token": refresh, "expires_in": 3600,
                       "scope": "openid offline_access"});
-    let (status, answer) = put(&d, &key, path, body.clone()).await;
+    let (status, answer) = d.put(path, &key, body.clone()).await;
     assert_eq!(status, 201, "{answer}");
     assert!(
         !answer.contains(&access) && !answer.contains(&refresh),
@@ -166,7 +154,7 @@ async fn imported_tokens_are_served_refreshed_and_end_as_needs_reauth_when_rejec
     assert_eq!(status, 200);
     assert_eq!(token["access_token"], access.as_str());
     // The same import again replaces (200); sealed at rest like any token.
-    assert_eq!(put(&d, &key, path, body).await.0, 200);
+    assert_eq!(d.put(path, &key, body).await.0, 200);
     let stored = home.stored_bytes();
     for secret in [&access, &refresh] {
         assert!(!stored.windows(secret.len()).any(|w| w == secret.as_bytes()));
@@ -175,7 +163,7 @@ async fn imported_tokens_are_served_refreshed_and_end_as_needs_reauth_when_rejec
     // Due (expired): refreshed with the imported refresh token, once.
     let due = json!({"access_token": access, "refresh_token": refresh,
                      "expires_at": "2020-01-01T00:00:00Z"});
-    assert_eq!(put(&d, &key, path, due).await.0, 200);
+    assert_eq!(d.put(path, &key, due).await.0, 200);
     let (status, token) = d.get(&format!("{path}/token"), &key).await;
     assert_eq!(status, 200, "{token}");
     assert_ne!(token["access_token"], access.as_str());
@@ -189,9 +177,7 @@ async fn imported_tokens_are_served_refreshed_and_end_as_needs_reauth_when_rejec
     let rejected = json!({"access_token": "old", "refresh_token": "not-a-real-refresh-token",
                           "expires_in": 0});
     assert_eq!(
-        put(&d, &key, "/v1/connections/peer/stale", rejected)
-            .await
-            .0,
+        d.put("/v1/connections/peer/stale", &key, rejected).await.0,
         201
     );
     let (status, problem) = d.get("/v1/connections/peer/stale/token", &key).await;
@@ -237,7 +223,7 @@ async fn imported_tokens_are_served_refreshed_and_end_as_needs_reauth_when_rejec
             "invalid_account",
         ),
     ] {
-        let (got, answer) = put(&d, &key, target, body.clone()).await;
+        let (got, answer) = d.put(target, &key, body.clone()).await;
         assert_eq!(got, status, "{body}: {answer}");
         assert!(
             answer.contains(code) && !answer.contains("SECRET-"),

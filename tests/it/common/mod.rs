@@ -283,23 +283,39 @@ impl Daemon {
         self.wait_exit()
     }
 
+    /// Sends `body` as JSON with `method` and the API key.
+    async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: serde_json::Value,
+    ) -> reqwest::Response {
+        self.http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
     pub async fn post(
         &self,
         path: &str,
         key: &str,
         body: serde_json::Value,
     ) -> (u16, serde_json::Value) {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .bearer_auth(key)
-            .json(&body)
-            .send()
-            .await
-            .expect("request");
+        let resp = self.send_json(reqwest::Method::POST, path, key, body).await;
         let status = resp.status().as_u16();
         let body = resp.json().await.unwrap_or(serde_json::Value::Null);
         (status, body)
+    }
+
+    /// `PUT path` with a JSON body; the answer as text (to look for what must not be in it).
+    pub async fn put(&self, path: &str, key: &str, body: serde_json::Value) -> (u16, String) {
+        let resp = self.send_json(reqwest::Method::PUT, path, key, body).await;
+        (resp.status().as_u16(), resp.text().await.expect("body"))
     }
 
     /// `GET /metrics` (no token), as text.
