@@ -414,15 +414,15 @@ impl StateService {
             metrics::state_consumed(presented, "unknown");
             StateError::NotFound
         };
-        // Past expiry plus the grace window a state is as unknown as one never issued,
-        // whether or not the backend has forgotten it yet.
-        let expired = |namespace: String, expired_at: Option<i64>| {
-            if expired_at.is_some_and(|at| at.saturating_add(self.grace_ms()) <= now) {
-                return unknown();
+        let expired = |namespace: String, expired_at: Option<i64>| match self
+            .expired_error(now, namespace, expired_at)
+        {
+            StateError::Expired { namespace } => {
+                log::debug!("state {state}: expired");
+                metrics::state_consumed(Some(&namespace), "expired");
+                StateError::Expired { namespace }
             }
-            log::debug!("state {state}: expired");
-            metrics::state_consumed(Some(&namespace), "expired");
-            StateError::Expired { namespace }
+            _ => unknown(),
         };
         let taken = self.store.take_state(state.hash(), filter).await;
         // Dropped after the write: a verify that read before it cannot put the state back.
@@ -442,7 +442,9 @@ impl StateService {
         StateView::of(row)
     }
 
-    /// An expired state's answer: 410 within the grace window, else as unknown (404).
+    /// An expired state's answer: 410 within the grace window, else as unknown (404):
+    /// past expiry plus the grace window a state is as unknown as one never issued,
+    /// whether or not the backend has forgotten it yet.
     fn expired_error(&self, now: i64, namespace: String, expired_at: Option<i64>) -> StateError {
         if expired_at.is_some_and(|at| at.saturating_add(self.grace_ms()) <= now) {
             StateError::NotFound
