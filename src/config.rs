@@ -85,7 +85,7 @@ pub struct StatesConfig {
     pub max_data_bytes: usize,
     /// Live states one namespace may hold.
     pub max_states: u64,
-    /// Wrong codes a state created with a `secret` survives, unless the create says.
+    /// Tries of its code a state created with a `secret` allows, unless the create says.
     pub max_attempts: u32,
     /// Whether creates may ask for `sliding` states, and the latest a sliding state may
     /// live to, counted from its creation.

@@ -23,7 +23,8 @@ pub struct TtlRule {
     /// Most live (unconsumed, unexpired) states the namespace may hold: a flood of creates
     /// is refused (429) instead of filling the disk.
     pub max_states: u64,
-    /// Wrong codes a state with a secret survives when the create does not say.
+    /// Tries of its code a state with a secret allows when the create does not say (the
+    /// wrong one that uses the last deletes it).
     pub max_attempts: u32,
     /// Whether `sliding` states may be created, and the longest any may live.
     pub sliding: bool,
@@ -130,7 +131,7 @@ pub struct NewState {
     pub ttl_seconds: Option<u64>,
     pub data: Option<serde_json::Value>,
     pub subject: Option<String>,
-    /// A code the user will type, and how many wrong ones it survives.
+    /// A code the user will type, and how many tries it allows.
     pub secret: Option<(String, Option<u32>)>,
     /// Revoke the subject's other live states of the namespace in the same step.
     pub replace: bool,
