@@ -85,6 +85,8 @@ pub struct StatesConfig {
     pub max_data_bytes: usize,
     /// Live states one namespace may hold.
     pub max_states: u64,
+    /// Live states one subject may hold in a namespace (bounds listing and revoking it).
+    pub max_states_per_subject: u64,
     /// Tries of its code a state created with a `secret` allows, unless the create says.
     pub max_attempts: u32,
     /// Whether creates may ask for `sliding` states, and the latest a sliding state may
@@ -106,6 +108,7 @@ impl Default for StatesConfig {
             sweep_per_second: 20_000,
             max_data_bytes: 16 * 1024,
             max_states: 100_000,
+            max_states_per_subject: 1000,
             max_attempts: 5,
             sliding: true,
             max_lifetime_seconds: 30 * 86400,
@@ -120,6 +123,7 @@ pub struct NamespaceConfig {
     pub default_ttl_seconds: Option<u64>,
     pub max_ttl_seconds: Option<u64>,
     pub max_states: Option<u64>,
+    pub max_states_per_subject: Option<u64>,
     pub max_attempts: Option<u32>,
     pub sliding: Option<bool>,
     pub max_lifetime_seconds: Option<u64>,
@@ -285,6 +289,7 @@ impl Settings {
                 default_ttl_seconds: Some(s.default_ttl_seconds),
                 max_ttl_seconds: Some(s.max_ttl_seconds),
                 max_states: Some(s.max_states),
+                max_states_per_subject: Some(s.max_states_per_subject),
                 max_attempts: Some(s.max_attempts),
                 sliding: Some(s.sliding),
                 max_lifetime_seconds: Some(s.max_lifetime_seconds),
@@ -302,6 +307,10 @@ impl Settings {
                 ),
                 max_ttl_seconds: Some(max),
                 max_states: Some(ns.max_states.unwrap_or(s.max_states)),
+                max_states_per_subject: Some(
+                    ns.max_states_per_subject
+                        .unwrap_or(s.max_states_per_subject),
+                ),
                 max_attempts: Some(ns.max_attempts.unwrap_or(s.max_attempts)),
                 sliding: Some(ns.sliding.unwrap_or(s.sliding)),
                 max_lifetime_seconds: Some(
@@ -519,6 +528,13 @@ fn ttl_rule(key: &str, values: &NamespaceConfig) -> Result<TtlRule, ConfigError>
     let default = values.default_ttl_seconds.unwrap_or(0);
     let max = values.max_ttl_seconds.unwrap_or(0);
     let max_states = values.max_states.unwrap_or(0);
+    let max_per_subject = values.max_states_per_subject.unwrap_or(0);
+    if !(1..=100_000).contains(&max_per_subject) {
+        return Err(invalid(
+            format!("{key}.max_states_per_subject"),
+            "must be between 1 and 100000",
+        ));
+    }
     let max_attempts = values.max_attempts.unwrap_or(0);
     let max_lifetime = values.max_lifetime_seconds.unwrap_or(0);
     if !(1..=MAX_ATTEMPTS_CEILING).contains(&max_attempts) {
@@ -555,6 +571,7 @@ fn ttl_rule(key: &str, values: &NamespaceConfig) -> Result<TtlRule, ConfigError>
         default_ttl: Duration::from_secs(default),
         max_ttl: Duration::from_secs(max),
         max_states,
+        max_per_subject,
         max_attempts,
         sliding: values.sliding.unwrap_or(false),
         max_lifetime: Duration::from_secs(max_lifetime),

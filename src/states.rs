@@ -9,8 +9,8 @@ use crate::namespace::{pattern_matches, Namespace};
 use crate::read_cache::ReadCache;
 use crate::secret::{SecretHash, StateId, StateValue};
 use crate::store::{
-    Attempted, Found, InsertRules, NamespaceFilter, Sliding, StateRow, StateSecret, StateStore,
-    StoreError, Taken,
+    Attempted, Found, InsertRules, Inserted, NamespaceFilter, Sliding, StateRow, StateSecret,
+    StateStore, StoreError, Taken,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +23,9 @@ pub struct TtlRule {
     /// Most live (unconsumed, unexpired) states the namespace may hold: a flood of creates
     /// is refused (429) instead of filling the disk.
     pub max_states: u64,
+    /// Most live states one subject may hold in the namespace: listing and revoking a
+    /// subject stay bounded, and one user cannot fill the namespace.
+    pub max_per_subject: u64,
     /// Tries of its code a state with a secret allows when the create does not say (the
     /// wrong one that uses the last deletes it).
     pub max_attempts: u32,
@@ -86,6 +89,8 @@ pub enum StateError {
     DataTooLarge { size: usize, max: usize },
     #[error("namespace {namespace} already holds {max} live states (states.max_states); consume or let some expire first")]
     NamespaceFull { namespace: String, max: u64 },
+    #[error("this subject already holds {max} live states in namespace {namespace} (states.max_states_per_subject); revoke some, or create with replace")]
+    SubjectFull { namespace: String, max: u64 },
     #[error("wrong code")]
     WrongSecret { attempts_left: u32 },
     #[error("this state is guarded by a code: present it with POST /v1/states/attempt")]
@@ -333,6 +338,7 @@ impl StateService {
                     now_ms: created_at_ms,
                     keep_until_ms: expires_at_ms.saturating_add(self.grace_ms()),
                     replace_subject: request.replace,
+                    max_per_subject: rule.max_per_subject,
                 },
             )
             .await;
@@ -341,16 +347,24 @@ impl StateService {
             // (a Redis timeout after the script ran): whatever verify held of them goes.
             self.seen.forget_all();
         }
-        let stored = stored?;
-        if !stored {
-            log::warn!(
-                "namespace {namespace} is full ({} live states): create refused",
-                rule.max_states
-            );
-            return Err(StateError::NamespaceFull {
-                namespace: namespace.to_string(),
-                max: rule.max_states,
-            });
+        match stored? {
+            Inserted::Stored => {}
+            Inserted::NamespaceFull => {
+                log::warn!(
+                    "namespace {namespace} is full ({} live states): create refused",
+                    rule.max_states
+                );
+                return Err(StateError::NamespaceFull {
+                    namespace: namespace.to_string(),
+                    max: rule.max_states,
+                });
+            }
+            Inserted::SubjectFull => {
+                return Err(StateError::SubjectFull {
+                    namespace: namespace.to_string(),
+                    max: rule.max_per_subject,
+                })
+            }
         }
         metrics::state_created(namespace.as_str());
         log::debug!(
@@ -617,6 +631,7 @@ mod tests {
             default_ttl: Duration::from_secs(d),
             max_ttl: Duration::from_secs(m),
             max_states: 100_000,
+            max_per_subject: 1000,
             max_attempts: 5,
             sliding: true,
             max_lifetime: Duration::from_secs(86400),

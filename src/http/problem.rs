@@ -146,6 +146,11 @@ impl From<StateError> for ApiError {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_states", detail)
                     .retry_after(60)
             }
+            StateError::SubjectFull { .. } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_subject_states",
+                detail,
+            ),
             StateError::WrongSecret { attempts_left } => {
                 ApiError::new(StatusCode::FORBIDDEN, "wrong_secret", detail)
                     .with("attempts_left", attempts_left)

@@ -190,6 +190,19 @@ pub struct InsertRules {
     pub keep_until_ms: i64,
     /// Delete every other state of the same namespace and subject in the same step.
     pub replace_subject: bool,
+    /// Most live states the row's subject may hold in its namespace (after a replace
+    /// there is only the new one).
+    pub max_per_subject: u64,
+}
+
+/// What an insert did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    Stored,
+    /// Refused: the namespace holds `max_live` live states.
+    NamespaceFull,
+    /// Refused: the subject holds `max_per_subject` live states in the namespace.
+    SubjectFull,
 }
 
 /// Removing expired states: all the sweeper needs of a store.
@@ -207,9 +220,10 @@ pub trait SweepStates: Send + Sync {
 
 #[async_trait]
 pub trait StateStore: SweepStates {
-    /// Stores a new state unless its namespace already holds `rules.max_live` live states
-    /// (returns false then). Acknowledged only once durable.
-    async fn insert_state(&self, row: StateRow, rules: InsertRules) -> Result<bool, StoreError>;
+    /// Stores a new state unless its namespace already holds `rules.max_live` live states,
+    /// or its subject `rules.max_per_subject`. Acknowledged only once durable.
+    async fn insert_state(&self, row: StateRow, rules: InsertRules)
+        -> Result<Inserted, StoreError>;
     /// Deletes the state and returns what was there, in one atomic step: two concurrent
     /// takes of one state never both see the row. A state (or tombstone) whose namespace
     /// `filter` does not match stays as it is and counts as `Missing`.

@@ -23,6 +23,7 @@ pub fn policy(max_states: u64) -> StatePolicy {
             default_ttl: 60 * MINUTE,
             max_ttl: 24 * 60 * MINUTE,
             max_states,
+            max_per_subject: 1000,
             max_attempts: 5,
             sliding: true,
             max_lifetime: 30 * 24 * 60 * MINUTE,

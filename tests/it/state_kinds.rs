@@ -374,7 +374,53 @@ async fn states_are_listed_and_revoked_by_subject_and_id(b: Backend) {
     );
 }
 
+/// A subject holds at most `max_per_subject` live states in a namespace: listing and
+/// revoking it stay bounded. Other subjects, replace, and expiry make room as expected.
+async fn a_subject_holds_at_most_its_cap_of_live_states(b: Backend) {
+    let clock = clock();
+    let mut rules = policy(100_000);
+    rules.base.max_per_subject = 3;
+    let states = StateService::new(b.store.clone(), rules, clock.clone());
+    let short = |subject: &str| NewState {
+        ttl_seconds: Some(60),
+        ..of_subject(subject, false)
+    };
+    for _ in 0..3 {
+        states.create(ns("session"), short("alice")).await.unwrap();
+    }
+    assert!(matches!(
+        states.create(ns("session"), short("alice")).await,
+        Err(StateError::SubjectFull { max: 3, .. })
+    ));
+    // Another subject, another namespace: their own room.
+    states.create(ns("session"), short("bob")).await.unwrap();
+    states.create(ns("other"), short("alice")).await.unwrap();
+    // Replace is always possible: it leaves one.
+    states
+        .create(ns("session"), of_subject("alice", true))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        states.create(ns("session"), short("alice")).await.unwrap();
+    }
+    assert!(matches!(
+        states.create(ns("session"), short("alice")).await,
+        Err(StateError::SubjectFull { .. })
+    ));
+    // Expired states do not count.
+    let mut full = policy(100_000);
+    full.base.max_per_subject = 2;
+    let states = StateService::new(b.store.clone(), full, clock.clone());
+    for _ in 0..2 {
+        states.create(ns("2fa"), short("carol")).await.unwrap();
+    }
+    assert!(states.create(ns("2fa"), short("carol")).await.is_err());
+    clock.advance(Duration::from_secs(61));
+    states.create(ns("2fa"), short("carol")).await.unwrap();
+}
+
 backends!(
+    a_subject_holds_at_most_its_cap_of_live_states,
     concurrent_wrong_codes_use_up_exactly_the_allowed_attempts,
     a_right_code_racing_wrong_ones_succeeds_once,
     a_state_with_a_code_is_consumed_only_with_it,

@@ -177,7 +177,7 @@ async fn sessions_are_verified_listed_and_revoked_per_subject(home: Home) {
 /// Every option is checked, and refusals are 4xx problems with stable codes; a key sees
 /// only its namespaces on every new route.
 async fn state_options_are_checked_with_stable_codes(home: Home) {
-    home.write_config("[states.namespaces.\"2fa\"]\nsliding = false\nmax_attempts = 2\n");
+    home.write_config("[states.namespaces.\"2fa\"]\nsliding = false\nmax_attempts = 2\nmax_states_per_subject = 2\n");
     let key = home.create_key("app", &[]);
     let limited = home.create_key("limited", &["2fa"]);
     let d = home.start();
@@ -339,6 +339,23 @@ async fn state_options_are_checked_with_stable_codes(home: Home) {
     let (status, problem) = d.post("/v1/states/attempt", &key, attempt.clone()).await;
     assert_eq!((status, problem["attempts_left"].as_u64()), (403, Some(0)));
     assert_eq!(d.post("/v1/states/attempt", &key, attempt).await.0, 404);
+
+    // Two live states per subject in "2fa": a third is refused, other subjects are not.
+    for _ in 0..2 {
+        created(&d, &key, json!({"namespace": "2fa", "subject": "u"})).await;
+    }
+    let (status, problem) = d
+        .post(
+            "/v1/states",
+            &key,
+            json!({"namespace": "2fa", "subject": "u"}),
+        )
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (429, Some("too_many_subject_states"))
+    );
+    created(&d, &key, json!({"namespace": "2fa", "subject": "v"})).await;
 }
 
 /// A namespace rule's new settings are checked at start, naming the key to fix.
@@ -353,6 +370,10 @@ fn state_policy_settings_are_checked_at_start() {
         (
             "[states]\nmax_lifetime_seconds = 0\n",
             "states.max_lifetime_seconds",
+        ),
+        (
+            "[states]\nmax_states_per_subject = 0\n",
+            "states.max_states_per_subject",
         ),
         ("[states.namespaces.\"s\"]\nsliding = \"yes\"\n", "sliding"),
     ] {

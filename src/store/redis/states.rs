@@ -9,8 +9,8 @@
 use super::{hex, RedisStore};
 use crate::secret::{SecretHash, StateId};
 use crate::store::{
-    Attempted, Found, InsertRules, NamespaceFilter, Sliding, StateRow, StateSecret, StateStore,
-    StoreError, SweepCount, SweepStates, Taken,
+    Attempted, Found, InsertRules, Inserted, NamespaceFilter, Sliding, StateRow, StateSecret,
+    StateStore, StoreError, SweepCount, SweepStates, Taken,
 };
 use async_trait::async_trait;
 use redis::Script;
@@ -150,8 +150,8 @@ return {}
 
 /// KEYS: state, tombstone. ARGV: P, hash, value, ttl ms, namespace, tombstone ttl ms,
 /// now, expires at, most live states, id, subject ("" for none), "1" to replace the
-/// subject's other states. Returns 1, or -1 when the namespace is full (0: the value
-/// exists). The first write is the state's SET, so a Redis at maxmemory refuses the
+/// subject's other states, most live states of the subject. Returns 1, or -1 when the
+/// namespace is full, -2 when the subject is (0: the value exists). The first write is the state's SET, so a Redis at maxmemory refuses the
 /// script (OOM) before it changes anything.
 static INSERT: LazyLock<Script> = LazyLock::new(|| {
     script(
@@ -162,6 +162,9 @@ local sub = subject ~= '' and subject_set(ns, subject) or nil
 local freed = 0
 if sub and ARGV[12] == '1' then freed = redis.call('ZCOUNT', sub, '(' .. now, '+inf') end
 if redis.call('ZCOUNT', live, '(' .. now, '+inf') - freed >= tonumber(ARGV[9]) then return -1 end
+if sub and ARGV[12] ~= '1' and redis.call('ZCOUNT', sub, '(' .. now, '+inf') >= tonumber(ARGV[13]) then
+  return -2
+end
 if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'PX', ttl) then return 0 end
 if sub and ARGV[12] == '1' then
   for _, h in ipairs(redis.call('ZRANGE', sub, 0, -1)) do
@@ -385,7 +388,11 @@ impl SweepStates for RedisStore {
 
 #[async_trait]
 impl StateStore for RedisStore {
-    async fn insert_state(&self, row: StateRow, rules: InsertRules) -> Result<bool, StoreError> {
+    async fn insert_state(
+        &self,
+        row: StateRow,
+        rules: InsertRules,
+    ) -> Result<Inserted, StoreError> {
         const CONTEXT: &str = "storing a state";
         let now = rules.now_ms;
         let (expires, ttl) = (row.expires_at_ms, (row.expires_at_ms - now).max(1));
@@ -415,12 +422,14 @@ impl StateStore for RedisStore {
                     id,
                     subject,
                     replace.to_owned(),
+                    rules.max_per_subject.to_string(),
                 ],
             )
             .await?;
         match answer {
-            1 => Ok(true),
-            -1 => Ok(false),
+            1 => Ok(Inserted::Stored),
+            -1 => Ok(Inserted::NamespaceFull),
+            -2 => Ok(Inserted::SubjectFull),
             _ => Err(StoreError::unavailable(
                 CONTEXT,
                 "a state with this value already exists",

@@ -4,8 +4,8 @@
 use super::SqliteStore;
 use crate::secret::{SecretHash, StateId};
 use crate::store::{
-    Attempted, Found, InsertRules, NamespaceFilter, Sliding, StateRow, StateSecret, StateStore,
-    StoreError, SweepCount, SweepStates, Taken,
+    Attempted, Found, InsertRules, Inserted, NamespaceFilter, Sliding, StateRow, StateSecret,
+    StateStore, StoreError, SweepCount, SweepStates, Taken,
 };
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -161,9 +161,25 @@ impl SweepStates for SqliteStore {
 
 #[async_trait]
 impl StateStore for SqliteStore {
-    async fn insert_state(&self, row: StateRow, rules: InsertRules) -> Result<bool, StoreError> {
+    async fn insert_state(
+        &self,
+        row: StateRow,
+        rules: InsertRules,
+    ) -> Result<Inserted, StoreError> {
         let max_live = i64::try_from(rules.max_live).unwrap_or(i64::MAX);
+        let max_per_subject = i64::try_from(rules.max_per_subject).unwrap_or(i64::MAX);
         let work = move |conn: &Connection| {
+            if let (Some(subject), false) = (&row.subject, rules.replace_subject) {
+                let live: i64 = conn
+                    .prepare_cached(
+                        "SELECT count(*) FROM states INDEXED BY states_subject
+                         WHERE namespace = ?1 AND subject = ?2 AND expires_at > ?3",
+                    )?
+                    .query_row(params![row.namespace, subject, rules.now_ms], |r| r.get(0))?;
+                if live >= max_per_subject {
+                    return Ok(Inserted::SubjectFull);
+                }
+            }
             if rules.replace_subject {
                 conn.prepare_cached(
                     "DELETE FROM states INDEXED BY states_subject
@@ -193,14 +209,16 @@ impl StateStore for SqliteStore {
                 max_live
             ];
             if insert.execute(args)? == 1 {
-                return Ok(true);
+                return Ok(Inserted::Stored);
             }
             // The count includes expired states the sweeper has not reached yet, and
             // those must not count: set this namespace's aside now, then look again.
-            if retire_expired(conn, &row.namespace, rules.now_ms)? == 0 {
-                return Ok(false);
+            if retire_expired(conn, &row.namespace, rules.now_ms)? == 0
+                || insert.execute(args)? == 0
+            {
+                return Ok(Inserted::NamespaceFull);
             }
-            Ok(insert.execute(args)? == 1)
+            Ok(Inserted::Stored)
         };
         if rules.replace_subject {
             self.writer.run_atomic("storing a state", work).await
