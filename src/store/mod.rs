@@ -86,6 +86,23 @@ pub enum Found {
     Missing,
 }
 
+/// What a take found is what it took: the same three outcomes.
+impl From<Found> for Taken {
+    fn from(found: Found) -> Taken {
+        match found {
+            Found::Row(row) => Taken::Row(row),
+            Found::ExpiredTombstone {
+                namespace,
+                expired_at_ms,
+            } => Taken::ExpiredTombstone {
+                namespace,
+                expired_at_ms,
+            },
+            Found::Missing => Taken::Missing,
+        }
+    }
+}
+
 /// What one try of a state's code did.
 #[derive(Debug)]
 pub enum Attempted {

@@ -86,8 +86,6 @@ impl Stored {
     }
 }
 
-const CONTEXT_READ: &str = "reading a state";
-
 fn parse_row(
     context: &'static str,
     key_hash: SecretHash,
@@ -455,28 +453,19 @@ impl StateStore for RedisStore {
             .await?;
         Ok(match reply.as_slice() {
             [kind] if kind == b"secret" => Taken::SecretRequired,
-            _ => match found(CONTEXT, key_hash, &reply)? {
-                Found::Row(row) => Taken::Row(row),
-                Found::ExpiredTombstone {
-                    namespace,
-                    expired_at_ms,
-                } => Taken::ExpiredTombstone {
-                    namespace,
-                    expired_at_ms,
-                },
-                Found::Missing => Taken::Missing,
-            },
+            _ => found(CONTEXT, key_hash, &reply)?.into(),
         })
     }
 
     async fn read_state(&self, key_hash: SecretHash, namespace: &str) -> Result<Found, StoreError> {
         let id = hex(&key_hash);
         let keys = [self.key("s", &id), self.key("g", &id)];
-        let values = self.mget(CONTEXT_READ, &keys).await?;
+        const CONTEXT: &str = "reading a state";
+        let values = self.mget(CONTEXT, &keys).await?;
         let ours = |ns: &str| ns == namespace;
         match values.as_slice() {
             [Some(v), _] => {
-                let row = parse_row(CONTEXT_READ, key_hash, v)?;
+                let row = parse_row(CONTEXT, key_hash, v)?;
                 Ok(if ours(&row.namespace) {
                     Found::Row(row)
                 } else {
