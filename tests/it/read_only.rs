@@ -14,7 +14,7 @@
 
 use crate::common;
 
-use common::{eventually, Daemon, Home, BIN};
+use common::{eventually, Daemon, Home, SqliteShell, BIN};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -109,6 +109,10 @@ async fn a_database_file_made_read_only_serves_reads_refuses_writes_and_recovers
     let before = create_numbered(&d, &key, 10).await;
     assert!(d.signal_and_wait("TERM").success());
 
+    // The operator's sqlite3 shell, open on the database, keeps its -wal and -shm files:
+    // they turn read-only with it, so oauthd maps its shared-memory index read-only.
+    let mut shell = SqliteShell::open(&home.db());
+    assert_eq!(shell.query("SELECT count(*) > 0 FROM states;"), "1");
     set_db_mode(&home, 0o444);
     let d = home.start_via_shell(&format!("exec {} \"$@\"", NO_DAC_OVERRIDE.join(" ")));
     assert!(
@@ -122,9 +126,12 @@ async fn a_database_file_made_read_only_serves_reads_refuses_writes_and_recovers
     assert_read_only_503(status, &body);
     let (status, body) = d.consume(&key, &before[0], NS).await;
     assert_read_only_503(status, &body);
-    // Reads still work: the API key is checked and the connection list is read.
-    let (status, body) = d.get("/v1/connections", &key).await;
-    assert_eq!(status, 200, "{body}");
+    // Reads still work: the API key is checked and the connection list is read. Several at
+    // once, so the read pool holds more than one connection opened while read-only.
+    let reads = (0..16).map(|_| d.get("/v1/connections", &key));
+    for (status, body) in futures::future::join_all(reads).await {
+        assert_eq!(status, 200, "{body}");
+    }
     const READ_ONLY: &str = "oauthd_storage_read_only";
     assert_eq!(d.metric(READ_ONLY).await, Some(1.0));
     // `oauthd check` fails on it and says why.
@@ -139,6 +146,12 @@ async fn a_database_file_made_read_only_serves_reads_refuses_writes_and_recovers
     );
 
     set_db_mode(&home, 0o600);
+    // Reads racing the writer's recovery: a connection that read while the database was
+    // read-only must not keep the writer from writing once it can.
+    let reads = (0..16).map(|_| d.get("/v1/connections", &key));
+    for (status, body) in futures::future::join_all(reads).await {
+        assert_eq!(status, 200, "{body}");
+    }
     let (status, body) = readyz_until(&d, 200).await;
     assert_eq!(
         status, 200,
@@ -160,6 +173,7 @@ async fn a_database_file_made_read_only_serves_reads_refuses_writes_and_recovers
     assert_eq!(d.get("/v1/connections", &late).await.0, 200);
 
     assert!(d.signal_and_wait("TERM").success());
+    assert!(shell.close().success());
     assert_eq!(sqlite3(&home.db(), "PRAGMA integrity_check;"), "ok");
 }
 

@@ -3,9 +3,8 @@
 
 use crate::common;
 
-use common::{count_rows, eventually, Home};
+use common::{count_rows, eventually, Home, SqliteShell};
 use serde_json::json;
-use std::io::{BufRead, Write};
 use std::time::Duration;
 
 const NS: &str = "oauth:spotify";
@@ -823,18 +822,12 @@ async fn a_database_locked_by_another_process_gives_503_and_recovers_by_itself()
     let before = d.create_state(&key, json!({"namespace": NS})).await;
 
     // Another process, the sqlite3 shell an operator might leave open, takes the write lock.
-    let mut locker = std::process::Command::new("sqlite3")
-        .arg(home.db())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("sqlite3 (scripts/test installs it)");
-    let mut shell_in = locker.stdin.take().unwrap();
-    let mut shell_out = std::io::BufReader::new(locker.stdout.take().unwrap());
-    writeln!(shell_in, "BEGIN IMMEDIATE; SELECT 'locked';").unwrap();
-    let mut line = String::new();
-    shell_out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "locked", "sqlite3 did not take the lock");
+    let mut locker = SqliteShell::open(&home.db());
+    assert_eq!(
+        locker.query("BEGIN IMMEDIATE; SELECT 'locked';"),
+        "locked",
+        "sqlite3 did not take the lock"
+    );
     let problem = d.create_refused(&key, NS, 503).await;
     assert_eq!(problem["code"], "storage_unavailable");
     assert!(
@@ -844,9 +837,8 @@ async fn a_database_locked_by_another_process_gives_503_and_recovers_by_itself()
     // Reads still answer while writes wait (WAL).
     assert_eq!(d.get_raw("/readyz", None).await.status(), 200);
 
-    writeln!(shell_in, "ROLLBACK;").unwrap();
-    drop(shell_in);
-    assert!(locker.wait().unwrap().success());
+    assert_eq!(locker.query("ROLLBACK; SELECT 'free';"), "free");
+    assert!(locker.close().success());
     // No restart: the next write goes through, and nothing acknowledged was lost.
     let after = d.create_state(&key, json!({"namespace": NS})).await;
     assert_eq!(d.consume(&key, &before, NS).await.0, 200);

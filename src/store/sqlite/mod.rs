@@ -19,6 +19,8 @@ use r2d2::{ManageConnection, Pool};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, ErrorCode, OpenFlags, MAIN_DB};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use writer::Writer;
 
@@ -98,12 +100,24 @@ pub struct SqliteStore {
     path: PathBuf,
 }
 
-/// The read pool's connection manager: SQLite's, except that a connection opened
-/// read-only is not kept. SQLite shares one view of the `-shm` file among the connections
-/// of a process; an idle read-only one would pin a read-only view, and the writer's fresh
-/// connection would get it too and stay unable to write after the file is fixed.
+/// The read pool's connection manager: SQLite's, careful with one thing. SQLite shares
+/// one mapping of the `-shm` file among the connections of a process, read-only when the
+/// file was read-only as the first of them mapped it, and any connection still holding it
+/// (even one opened read-write after the file was fixed) hands it to the writer's fresh
+/// connection, which then cannot write. So while the writer cannot write, a new connection
+/// does not read the schema when opened (`tune` would), and no connection is kept after
+/// it was used.
 struct ReadManager {
     inner: SqliteConnectionManager,
+    durability: Durability,
+    /// The writer's mark: set while it cannot write.
+    writer_read_only: Arc<AtomicBool>,
+}
+
+impl ReadManager {
+    fn writer_read_only(&self) -> bool {
+        self.writer_read_only.load(Ordering::Acquire)
+    }
 }
 
 impl ManageConnection for ReadManager {
@@ -111,7 +125,11 @@ impl ManageConnection for ReadManager {
     type Error = rusqlite::Error;
 
     fn connect(&self) -> rusqlite::Result<Connection> {
-        self.inner.connect()
+        let conn = self.inner.connect()?;
+        if !self.writer_read_only() {
+            tune(&conn, self.durability)?;
+        }
+        Ok(conn)
     }
 
     fn is_valid(&self, conn: &mut Connection) -> rusqlite::Result<()> {
@@ -119,7 +137,7 @@ impl ManageConnection for ReadManager {
     }
 
     fn has_broken(&self, conn: &mut Connection) -> bool {
-        conn.is_readonly(MAIN_DB).unwrap_or(true)
+        self.writer_read_only() || conn.is_readonly(MAIN_DB).unwrap_or(true)
     }
 }
 
@@ -141,7 +159,9 @@ impl SqliteStore {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
                 .map_err(|e| open_err(&e))?;
         }
-        configure(&conn, durability).map_err(|e| open_err(&e))?;
+        configure(&conn)
+            .and_then(|()| tune(&conn, durability))
+            .map_err(|e| open_err(&e))?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
             .map_err(|e| open_err(&e))?;
@@ -156,15 +176,21 @@ impl SqliteStore {
             migrate(&mut conn, path)?;
         }
 
-        let opener = manager(path, durability);
+        let opener = manager(path);
         let writer = Writer::start(
             conn,
-            Box::new(move || opener.connect()),
+            Box::new(move || {
+                let conn = opener.connect()?;
+                tune(&conn, durability)?;
+                Ok(conn)
+            }),
             path.display().to_string(),
         )
         .map_err(|e| open_err(&format!("cannot start the writer thread: {e}")))?;
         let manager = ReadManager {
-            inner: manager(path, durability),
+            inner: manager(path),
+            durability,
+            writer_read_only: writer.read_only_mark(),
         };
         let pool = Pool::builder()
             .max_size(READ_POOL_SIZE)
@@ -254,10 +280,10 @@ impl super::Store for SqliteStore {
 
 /// Opens connections configured like the first one: for the read pool, and for the writer
 /// when it replaces a connection that could not write.
-fn manager(path: &Path, durability: Durability) -> SqliteConnectionManager {
+fn manager(path: &Path) -> SqliteConnectionManager {
     SqliteConnectionManager::file(path)
         .with_flags(open_flags())
-        .with_init(move |c| configure(c, durability))
+        .with_init(|c| configure(c))
 }
 
 fn open_flags() -> OpenFlags {
@@ -266,12 +292,19 @@ fn open_flags() -> OpenFlags {
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
 }
 
-fn configure(conn: &Connection, durability: Durability) -> rusqlite::Result<()> {
+/// What every connection is set to when opened; none of it reads the database.
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.pragma_update(None, "synchronous", durability.pragma())?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.pragma_update(None, "cache_size", -16 * 1024)?;
     Ok(())
+}
+
+/// Settings that read the schema, so maps the `-shm` file: the durability asked for, and a
+/// 16 MiB page cache (SQLite's default of 2 MB missed on a table of tens of thousands of
+/// states: bench/README.md). Without them a connection syncs fully (SQLite's default).
+fn tune(conn: &Connection, durability: Durability) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "synchronous", durability.pragma())?;
+    conn.pragma_update(None, "cache_size", -16 * 1024)
 }
 
 impl OpenError {

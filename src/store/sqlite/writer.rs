@@ -124,7 +124,7 @@ impl Writer {
         let read_only = Arc::new(AtomicBool::new(conn_is_read_only(&conn)));
         crate::metrics::STORAGE_READ_ONLY.set(read_only.load(Ordering::Acquire).into());
         let link = Link {
-            conn,
+            conn: Some(conn),
             reopen,
             name,
             read_only: read_only.clone(),
@@ -138,6 +138,11 @@ impl Writer {
             thread: Some(thread),
             read_only,
         })
+    }
+
+    /// Set while the writer cannot write, cleared by its next commit.
+    pub fn read_only_mark(&self) -> Arc<AtomicBool> {
+        self.read_only.clone()
     }
 
     /// Asks the writer whether it can write now: when it could not, this is what makes it
@@ -215,7 +220,8 @@ fn conn_is_read_only(conn: &Connection) -> bool {
 
 /// The writer thread's connection and what it needs to replace it.
 struct Link {
-    conn: Connection,
+    /// `None` after a reopen failed: each group is refused until one succeeds.
+    conn: Option<Connection>,
     reopen: Reopen,
     name: String,
     read_only: Arc<AtomicBool>,
@@ -248,17 +254,20 @@ impl Link {
         }
     }
 
-    /// When read-only, opens a fresh connection (at most once per `REOPEN_EVERY`) and
-    /// swaps it in, read-only or not: the next commit tells whether it can write, and a
+    /// When read-only, replaces the connection with a fresh one (at most once per
+    /// `REOPEN_EVERY`), read-only or not: the next commit tells whether it can write, and a
     /// read-only one makes writes fail at once with "read-only" instead of an I/O error.
+    /// The old one is closed first: a connection opened while it still maps a read-only
+    /// `-shm` file shares that mapping and could never write.
     fn heal(&mut self) {
         if !self.is_read_only() || self.last_reopen.is_some_and(|t| t.elapsed() < REOPEN_EVERY) {
             return;
         }
         self.last_reopen = Some(Instant::now());
+        self.conn = None;
         match (self.reopen)() {
-            Ok(fresh) => self.conn = fresh,
-            Err(e) => log::debug!("database {}: reopening failed: {e}", self.name),
+            Ok(fresh) => self.conn = Some(fresh),
+            Err(e) => log::warn!("database {}: reopening failed: {e}", self.name),
         }
     }
 }
@@ -274,7 +283,14 @@ fn writer_loop(mut link: Link, mut rx: mpsc::Receiver<Box<dyn WriteJob>>) {
             }
         }
         link.heal();
-        match commit_group(&link.conn, &mut group) {
+        let Some(conn) = &link.conn else {
+            let err = StoreError::unavailable("opening the database", "it could not be reopened");
+            for job in group.drain(..) {
+                job.abort(err.clone());
+            }
+            continue;
+        };
+        match commit_group(conn, &mut group) {
             Outcome::Committed => link.mark_writable(),
             Outcome::CannotWrite => link.mark_read_only(),
             Outcome::Failed => {}

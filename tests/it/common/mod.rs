@@ -366,6 +366,57 @@ pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> boo
     check()
 }
 
+/// The sqlite3 shell an operator leaves open on the database: another process, killed by
+/// PID when dropped.
+pub struct SqliteShell {
+    child: Child,
+    input: Option<std::process::ChildStdin>,
+    output: BufReader<std::process::ChildStdout>,
+}
+
+impl SqliteShell {
+    pub fn open(db: &Path) -> SqliteShell {
+        let mut child = Command::new("sqlite3")
+            .arg(db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sqlite3 (scripts/test installs it)");
+        let input = child.stdin.take().expect("sqlite3 stdin");
+        let output = BufReader::new(child.stdout.take().expect("sqlite3 stdout"));
+        SqliteShell {
+            child,
+            input: Some(input),
+            output,
+        }
+    }
+
+    /// Runs `sql` and returns the line it printed (`sql` must print exactly one).
+    pub fn query(&mut self, sql: &str) -> String {
+        use std::io::Write;
+        let input = self.input.as_mut().expect("sqlite3 still open");
+        writeln!(input, "{sql}").expect("write to sqlite3");
+        let mut line = String::new();
+        self.output.read_line(&mut line).expect("read from sqlite3");
+        line.trim().to_owned()
+    }
+
+    /// Ends the shell as an operator would (end of input) and waits for it.
+    pub fn close(mut self) -> ExitStatus {
+        drop(self.input.take());
+        self.child.wait().expect("wait for sqlite3")
+    }
+}
+
+impl Drop for SqliteShell {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Counts rows of a table in the database file, read-only, as an operator with sqlite3 would.
 pub fn count_rows(db: &Path, table: &str) -> i64 {
     let conn =
