@@ -41,6 +41,17 @@ token_url = "$BARE/provider/token"
 client_id = "bench"
 client_secret = "bench"
 TOML
+# The same with a notification target nobody answers (a closed loopback port), retried
+# every second: what a dead webhook costs the token API (scenario token+deadhook).
+cp "$tmp/oauthd.toml" "$tmp/deadhook.toml"
+cat >>"$tmp/deadhook.toml" <<TOML
+[[notify]]
+name = "dead"
+url = "http://127.0.0.1:9/hook"
+[events]
+retry_min_seconds = 1
+retry_max_seconds = 1
+TOML
 STORE_ARGS=()
 if [ "$STORE" = redis ]; then
   REDIS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -60,7 +71,7 @@ fresh_oauthd() {
   [ "$STORE" = redis ] && redis-cli -p "$REDIS_PORT" flushdb >/dev/null
   BENCH_API_KEY=$(RUST_LOG=warn ${OAUTHD_BIN:-target/release/oauthd} keys create --create --db "$db" "${STORE_ARGS[@]}" --name bench 2>/dev/null | tail -1)
   # shellcheck disable=SC2086
-  RUST_LOG=warn start oauthd ${OAUTHD_WRAP:-} ${OAUTHD_BIN:-target/release/oauthd} --db "$db" "${STORE_ARGS[@]}" --config "$tmp/oauthd.toml" --listen 127.0.0.1:0
+  RUST_LOG=warn start oauthd ${OAUTHD_WRAP:-} ${OAUTHD_BIN:-target/release/oauthd} --db "$db" "${STORE_ARGS[@]}" --config "${OAUTHD_TOML:-$tmp/oauthd.toml}" --listen 127.0.0.1:0
   OAUTHD=$URL OAUTHD_PID=${pids[-1]} OAUTHD_DB=$db
   connect_bench
 }

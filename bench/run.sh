@@ -20,6 +20,9 @@
 #                consume)
 #   token        GET /v1/connections/bench/default/token: a connected account whose token
 #                is fresh (the bare handler plays the provider for the connect)
+#   token+deadhook  the same on an oauthd (started afresh) with a [[notify]] target that
+#                never answers and 20 undeliverable events it retries every second: compare
+#                its ratio with token's
 #   sweep        pairs for SWEEP_SECONDS (default 20) on an empty table, then again on a
 #                table holding SWEEP_ROWS (default 1,000,000) expired states while the
 #                sweeper removes them; prints both and what the sweep cost (SQLite only)
@@ -39,7 +42,7 @@ case $STORE in sqlite|redis) ;; *) echo "--store: sqlite or redis" >&2; exit 2 ;
 DURATION=${DURATION:-10}
 DURABILITY=${DURABILITY:-full}
 CONNS=${CONNS:-"16 64"}
-SCENARIOS=${SCENARIOS:-"token verify pairs create consume pairs+flood"}
+SCENARIOS=${SCENARIOS:-"token verify pairs create consume pairs+flood token+deadhook"}
 
 if ! command -v wrk >/dev/null; then
   echo "installing wrk (Debian package)" >&2
@@ -63,7 +66,7 @@ cargo build --release --locked $FEATURES --bin oauthd --example bare_handler >&2
 
 # measure TARGET URL SCRIPT CONNS [SECONDS] -> "ok_per_s p50 p99" (latencies as wrk prints them)
 measure() {
-  local target=$1 url=$2 script=${3%+flood} conns=$4 out secs=${5:-$DURATION}
+  local target=$1 url=$2 script=${3%%+*} conns=$4 out secs=${5:-$DURATION}
   # Verify picks from the live states a short create run leaves.
   [ "$script" = verify ] && measure "$target" "$url" create "$conns" 2 >/dev/null
   # Consume runs half as long as the create run that stocked it, so it rarely runs dry.
@@ -122,6 +125,10 @@ for conns in $CONNS; do
   fi
   fresh_oauthd "$conns"
   for scenario in $SCENARIOS; do
+    if [ "$scenario" = token+deadhook ]; then
+      OAUTHD_TOML="$tmp/deadhook.toml" fresh_oauthd "deadhook-$conns"
+      for _ in $(seq 19); do connect_bench; done
+    fi
     read -r b_ok b_50 b_99 < <(measure bare "$BARE" "$scenario" "$conns")
     read -r o_ok o_50 o_99 < <(measure oauthd "$OAUTHD" "$scenario" "$conns")
     ratio=$(awk -v o="${o_ok#>}" -v b="${b_ok#>}" 'BEGIN { if (b > 0) printf "%.2f", o / b; else print "n/a" }')

@@ -48,6 +48,74 @@ pub struct FileConfig {
     pub providers: BTreeMap<String, ProviderConfig>,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// `[[notify]]`: webhook and phone targets for events.
+    #[serde(default)]
+    pub notify: Vec<crate::notify::NotifyConfig>,
+    #[serde(default)]
+    pub events: EventsConfig,
+}
+
+/// `[events]`: when a failing refresh is worth telling, and how deliveries are retried.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    pub refresh_failing_after_seconds: u64,
+    pub retry_for_seconds: u64,
+    pub retry_min_seconds: u64,
+    pub retry_max_seconds: u64,
+    pub keep_days: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        let p = crate::notify::EventsPolicy::default();
+        EventsConfig {
+            refresh_failing_after_seconds: p.failing_after.as_secs(),
+            retry_for_seconds: p.retry_for.as_secs(),
+            retry_min_seconds: p.retry_min.as_secs(),
+            retry_max_seconds: p.retry_max.as_secs(),
+            keep_days: p.keep.as_secs() / 86400,
+        }
+    }
+}
+
+impl EventsConfig {
+    fn policy(&self) -> Result<crate::notify::EventsPolicy, ConfigError> {
+        let e = self;
+        let within = |key: &str, v: u64, range: std::ops::RangeInclusive<u64>| {
+            if range.contains(&v) {
+                Ok(v)
+            } else {
+                Err(invalid(
+                    format!("events.{key}"),
+                    format!("must be between {} and {}", range.start(), range.end()),
+                ))
+            }
+        };
+        let min = within("retry_min_seconds", e.retry_min_seconds, 1..=3600)?;
+        let max = within("retry_max_seconds", e.retry_max_seconds, 1..=86400)?;
+        if max < min {
+            return Err(invalid(
+                "events.retry_max_seconds",
+                "must be at least events.retry_min_seconds",
+            ));
+        }
+        Ok(crate::notify::EventsPolicy {
+            failing_after: Duration::from_secs(within(
+                "refresh_failing_after_seconds",
+                e.refresh_failing_after_seconds,
+                0..=30 * 86400,
+            )?),
+            retry_for: Duration::from_secs(within(
+                "retry_for_seconds",
+                e.retry_for_seconds,
+                1..=30 * 86400,
+            )?),
+            retry_min: Duration::from_secs(min),
+            retry_max: Duration::from_secs(max),
+            keep: Duration::from_secs(86400 * within("keep_days", e.keep_days, 1..=365)?),
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,6 +270,9 @@ pub struct Settings {
     pub metrics_token: Option<SecretText>,
     /// Where the vault key comes from (`OAUTHD_KEY`, `OAUTHD_KEY_FILE`, beside `db`).
     pub key_source: KeySource,
+    /// `[[notify]]` as written: `notify::build_targets` checks and reads them.
+    pub notify: Vec<crate::notify::NotifyConfig>,
+    pub events: crate::notify::EventsPolicy,
 }
 
 impl Settings {
@@ -371,6 +442,7 @@ impl Settings {
             return_to_allowlist.push(url);
         }
         let key_source = key_source(&db);
+        let events = file.events.policy()?;
         Ok(Settings {
             listen,
             db,
@@ -404,6 +476,8 @@ impl Settings {
             public_per_minute: file.limits.public_per_minute,
             failed_auth_per_minute: file.limits.failed_auth_per_minute,
             trusted_proxies: file.limits.trusted_proxies,
+            notify: file.notify,
+            events,
         })
     }
 

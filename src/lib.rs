@@ -26,6 +26,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod namespace;
+pub mod notify;
 pub mod oauth;
 pub mod read_cache;
 pub mod rekey;

@@ -112,6 +112,30 @@ pub static REFRESHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Events that happened, by type, whether or not a target wanted them.
+pub static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "events_total",
+        "Events (connection.*, device_flow.*, notify.test), by type.",
+        &["type"],
+    )
+});
+
+/// result: delivered, failed (retried later), dead.
+pub static DELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "deliveries_total",
+        "Notification delivery attempts, by target and result (delivered, failed, dead).",
+        &["target", "result"],
+    )
+});
+
+pub static OUTBOX_PENDING: LazyLock<IntGauge> = LazyLock::new(|| {
+    let name = "outbox_pending";
+    let help = "Notification deliveries waiting to be sent or retried, at the last scrape.";
+    registered(name, IntGauge::with_opts(opts(name, help)))
+});
+
 pub static STORAGE_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
         "storage_errors_total",

@@ -130,6 +130,35 @@ async function load() {
   renderProviders(data.providers, focus);
   $("#signin").hidden = true;
   $("#app").hidden = false;
+  await loadNotifications().catch((e) => notice(`Notifications could not be read: ${e.message}`));
+}
+
+function failureText(d) {
+  if (!d) return "none";
+  return `${d.type}: ${d.last_error || d.status} (${d.status}, ${d.attempts} attempts)`;
+}
+
+async function loadNotifications() {
+  const { data } = await api("GET", "/ui/api/events");
+  $("#no-targets").hidden = data.targets.length > 0;
+  $("#notify").hidden = data.targets.length === 0;
+  $("#targets tbody").replaceChildren(...data.targets.map((t) => el("tr", { "data-target": t.name },
+    el("td", {}, t.name),
+    el("td", {}, `${t.host} (${t.format}${t.signed ? ", signed" : ""})`),
+    el("td", {}, t.last_delivered ? when(t.last_delivered.finished_at, "never") : "never"),
+    el("td", { class: t.last_failure ? "status-failing" : "" }, failureText(t.last_failure)))));
+  $("#deliveries tbody").replaceChildren(...data.deliveries.map((d) => el("tr", {},
+    el("td", {}, d.type), el("td", {}, d.target), el("td", {}, d.status), el("td", {}, String(d.attempts)),
+    el("td", {}, when(d.created_at, "")), el("td", {}, d.last_error || ""))));
+  $("#outbox-pending").textContent = data.pending > 0 ? `${data.pending} waiting to be delivered` : "";
+}
+
+async function notifyTest() {
+  try {
+    const { data } = await api("POST", "/ui/api/notify/test");
+    notice(`Test notification sent to ${data.targets.join(", ")}; it arrives within seconds.`);
+    setTimeout(() => loadNotifications().catch(() => {}), 2000);
+  } catch (e) { notice(`Could not send a test notification: ${e.message}`); }
 }
 
 async function connect(provider, account) {
@@ -183,4 +212,5 @@ async function device(provider, account) {
   } catch (e) { notice(`Could not start: ${e.message}`); }
 }
 
+$("#notify-test").addEventListener("click", notifyTest);
 load().catch((e) => notice(`oauthd did not answer: ${e.message}`));

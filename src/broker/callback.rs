@@ -284,7 +284,13 @@ impl Broker {
                     }
                 })?;
         match self
-            .store_tokens(provider, &account, &tokens, secrets.nonce.as_deref())
+            .store_tokens(
+                provider,
+                &account,
+                &tokens,
+                secrets.nonce.as_deref(),
+                super::events::Via::Connect,
+            )
             .await
         {
             Ok(()) => {}

@@ -7,6 +7,7 @@
 //! Every poll is claimed in the database first, so two processes never poll one flow
 //! at the same time.
 
+use super::events::Via;
 use super::{Broker, BrokerError, ConnectionView};
 use crate::clock::rfc3339;
 use crate::oauth::flows::{self, DevicePoll, FlowError};
@@ -219,7 +220,7 @@ impl Broker {
             let now = self.clock.now_ms();
             if now >= flow.expires_at_ms {
                 self.finish_device(
-                    &id,
+                    &flow,
                     DeviceFlowStatus::Expired,
                     "the code expired before it was approved".into(),
                 )
@@ -263,7 +264,7 @@ impl Broker {
         let device_code = match self.vault.open_str(&device_aad(id), &flow.device_code) {
             Ok(c) => c,
             Err(e) => {
-                self.finish_device(id, DeviceFlowStatus::Failed, e.to_string())
+                self.finish_device(&flow, DeviceFlowStatus::Failed, e.to_string())
                     .await;
                 return true;
             }
@@ -290,7 +291,10 @@ impl Broker {
             }
             DevicePoll::Done(tokens) => {
                 // The first success ends polling whatever happens next.
-                let (status, detail) = match self.store_tokens(&provider, a, &tokens, None).await {
+                let (status, detail) = match self
+                    .store_tokens(&provider, a, &tokens, None, Via::Device)
+                    .await
+                {
                     Ok(()) => (DeviceFlowStatus::Connected, "connected".to_owned()),
                     Err(e) => (
                         DeviceFlowStatus::Failed,
@@ -298,12 +302,12 @@ impl Broker {
                     ),
                 };
                 log::info!("device {p}/{a}: {detail}");
-                self.finish_device(id, status, detail).await;
+                self.finish_device(&flow, status, detail).await;
                 return true;
             }
             DevicePoll::Denied(d) => {
                 self.finish_device(
-                    id,
+                    &flow,
                     DeviceFlowStatus::Denied,
                     format!("access was declined: {d}"),
                 )
@@ -312,7 +316,7 @@ impl Broker {
             }
             DevicePoll::Expired => {
                 self.finish_device(
-                    id,
+                    &flow,
                     DeviceFlowStatus::Expired,
                     "the code expired before it was approved".into(),
                 )
@@ -320,14 +324,14 @@ impl Broker {
                 return true;
             }
             DevicePoll::Failed(e) => {
-                self.finish_device(id, DeviceFlowStatus::Failed, e.to_string())
+                self.finish_device(&flow, DeviceFlowStatus::Failed, e.to_string())
                     .await;
                 return true;
             }
         };
         if let Err(e) = self
             .store
-            .finish_device_poll(id, outcome, self.clock.now_ms())
+            .finish_device_poll(id, outcome, self.clock.now_ms(), Vec::new())
             .await
         {
             log::warn!("device flow {id}: {e}");
@@ -335,15 +339,23 @@ impl Broker {
         false
     }
 
-    async fn finish_device(&self, id: &str, status: DeviceFlowStatus, detail: String) {
+    async fn finish_device(&self, flow: &DeviceFlowRow, status: DeviceFlowStatus, detail: String) {
+        let id = flow.id.as_str();
         log::info!("device flow {id}: {status}");
+        let events = vec![self.device_event(flow, status.as_str(), &detail)];
         let outcome = DevicePollOutcome::Finished { status, detail };
-        if let Err(e) = self
+        match self
             .store
-            .finish_device_poll(id, outcome, self.clock.now_ms())
+            .finish_device_poll(
+                id,
+                outcome,
+                self.clock.now_ms(),
+                self.notifier.deliveries(&events),
+            )
             .await
         {
-            log::warn!("device flow {id}: could not record {status}: {e}");
+            Ok(()) => self.notifier.written(&events),
+            Err(e) => log::warn!("device flow {id}: could not record {status}: {e}"),
         }
     }
 }

@@ -134,7 +134,7 @@ impl Broker {
         let provider = self.provider(provider)?.name.clone();
         let account = Self::account(Some(account))?;
         let key = ConnectionKey::new(&provider, &account);
-        let existed = self.store.get_connection(&key).await?.is_some();
+        let before = self.store.get_connection(&key).await?;
         let now = self.clock.now_ms();
         let set = TokenSet {
             access_token: tokens.access_token,
@@ -152,13 +152,21 @@ impl Broker {
             ImportExpiry::AtMs(at) => Some(at),
             ImportExpiry::In(d) => Some(now.saturating_add(d.as_millis() as i64)),
         };
+        let events = self.connected_events(&key, before.as_ref(), super::events::Via::Import);
         self.store
-            .save_connection(&key, sealed, AccountIdentity::default(), now)
+            .save_connection(
+                &key,
+                sealed,
+                AccountIdentity::default(),
+                now,
+                self.notifier.deliveries(&events),
+            )
             .await?;
+        self.notifier.written(&events);
         // Dropped after the write: reads that began before it cannot put the old token back.
         self.token_cache.forget(&key);
         log::info!("connection {provider}/{account}: tokens imported");
-        Ok(if existed {
+        Ok(if before.is_some() {
             Imported::Replaced
         } else {
             Imported::Created

@@ -8,6 +8,7 @@
 
 mod callback;
 mod device;
+mod events;
 mod import;
 pub mod refresher;
 pub mod return_to;
@@ -20,6 +21,7 @@ pub use tokens::{AccessToken, ConnectionView, Disconnected, ViewStatus};
 
 use crate::clock::Clock;
 use crate::namespace::Namespace;
+use crate::notify::Notifier;
 use crate::oauth::flows::{self, FlowError};
 use crate::oauth::provider::{check_name, Endpoints};
 use crate::oauth::Provider;
@@ -113,6 +115,8 @@ pub struct BrokerSettings {
     pub clock: Clock,
     /// How long a token read from the store answers from memory (`token_cache_seconds`).
     pub token_cache: std::time::Duration,
+    /// Who hears about connections needing the user, and the like.
+    pub notifier: Arc<Notifier>,
 }
 
 pub struct Broker {
@@ -140,6 +144,7 @@ pub struct Broker {
     /// (`min_ttl` is capped by it): the token API's hot path. Zeroized when dropped; they
     /// leave the process only in an answer.
     token_cache: ReadCache<ConnectionKey, (AccessToken, Option<i64>)>,
+    notifier: Arc<Notifier>,
 }
 
 impl Broker {
@@ -168,6 +173,7 @@ impl Broker {
             client_checks: Mutex::new(HashMap::new()),
             clock: settings.clock,
             token_cache: ReadCache::new(settings.token_cache),
+            notifier: settings.notifier,
         })
     }
 

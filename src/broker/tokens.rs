@@ -12,6 +12,7 @@
 //! - `min_ttl` is capped at half the provider's token lifetime, so no caller can make
 //!   every request a refresh.
 
+use super::events::Via;
 use super::{token_aad, Broker, BrokerError};
 use crate::oauth::flows::{self, FlowError, TokenSet};
 use crate::oauth::{id_token, Provider};
@@ -282,15 +283,25 @@ impl Broker {
         account: &str,
         t: &TokenSet,
         nonce: Option<&str>,
+        via: Via,
     ) -> Result<(), BrokerError> {
         let identity = self.verify_id_token(provider, t, nonce).await?;
         // No scope in the response means the requested ones were granted (RFC 6749 §5.1).
         let requested = (!provider.scopes.is_empty()).then(|| provider.scopes.join(" "));
         let sealed = self.seal_tokens(&provider.name, account, t, requested)?;
         let key = ConnectionKey::new(&provider.name, account);
+        let before = self.store.get_connection(&key).await?;
+        let events = self.connected_events(&key, before.as_ref(), via);
         self.store
-            .save_connection(&key, sealed, identity, self.clock.now_ms())
+            .save_connection(
+                &key,
+                sealed,
+                identity,
+                self.clock.now_ms(),
+                self.notifier.deliveries(&events),
+            )
             .await?;
+        self.notifier.written(&events);
         // Dropped after the write: reads that began before it cannot put the old token back.
         self.token_cache.forget(&key);
         Ok(())
@@ -500,9 +511,16 @@ impl Broker {
         let scope = sealed.scopes.clone().or_else(|| row.scopes.clone());
         // Committed before anyone sees the new token.
         let saved_at = std::time::Instant::now();
+        let events = self.refreshed_events(row, expires_at_ms);
         if !self
             .store
-            .save_refreshed(&row.key(), generation, sealed, self.clock.now_ms())
+            .save_refreshed(
+                &row.key(),
+                generation,
+                sealed,
+                self.clock.now_ms(),
+                self.notifier.deliveries(&events),
+            )
             .await?
         {
             log::warn!(
@@ -513,6 +531,7 @@ impl Broker {
                 retry_after_secs: 1,
             });
         }
+        self.notifier.written(&events);
         log::info!("refresh {p}/{a}: ok");
         refreshed(p, "ok");
         let token = AccessToken {
@@ -551,6 +570,13 @@ impl Broker {
                 (ConnectionStatus::Active, e.as_str(), Some(now + wait))
             }
         };
+        let events: Vec<_> = match &failure {
+            Failure::Reauth(reason) => Some(self.needs_reauth_event(row, reason)),
+            Failure::Transient(e) => self.failing_event(row, e, now, retry_at_ms),
+        }
+        .into_iter()
+        .collect();
+        let notified = matches!(failure, Failure::Transient(_)) && !events.is_empty();
         let recorded = self
             .store
             .save_refresh_failure(
@@ -561,11 +587,15 @@ impl Broker {
                     error,
                     retry_at_ms,
                     now_ms: now,
+                    notified,
                 },
+                self.notifier.deliveries(&events),
             )
             .await;
-        if let Err(e) = recorded {
-            return e.into();
+        match recorded {
+            Err(e) => return e.into(),
+            Ok(true) => self.notifier.written(&events),
+            Ok(false) => {}
         }
         match failure {
             Failure::Reauth(reason) => {
@@ -662,7 +692,19 @@ impl Broker {
                 }
             },
         };
-        self.store.delete_connection(&key).await?;
+        let revocation = match outcome {
+            Disconnected::Revoked => "revoked",
+            Disconnected::RevocationFailed => "failed",
+            Disconnected::ProviderMissing => "provider_missing",
+        };
+        let events = vec![self.deleted_event(&key, revocation)];
+        if self
+            .store
+            .delete_connection(&key, self.notifier.deliveries(&events))
+            .await?
+        {
+            self.notifier.written(&events);
+        }
         self.token_cache.forget(&key);
         log::info!(
             "disconnect {provider_name}/{account}: deleted ({})",
@@ -741,6 +783,8 @@ mod tests {
             generation: 1,
             identity: AccountIdentity::default(),
             connected_at_ms: None,
+            failing_since_ms: None,
+            failing_notified: false,
         }
     }
 

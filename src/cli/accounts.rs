@@ -38,12 +38,14 @@ pub(super) fn providers_list(settings: &Settings) -> Result<(), Fatal> {
 pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Result<(), Fatal> {
     let store = open_store(&settings, super::Missing::Refuse)?;
     let public_url = settings.public_url_for(settings.listen);
+    let clock = Clock::system();
     let (_, broker) = services(
         &settings,
         &store,
         super::providers(&settings)?,
-        Clock::system(),
+        clock.clone(),
         public_url,
+        super::notifier(&settings, clock)?,
     )?;
     runtime()?.block_on(async {
         match command {
@@ -172,6 +174,7 @@ pub(super) fn connect_device(
         super::providers(&settings)?,
         clock.clone(),
         public_url,
+        super::notifier(&settings, clock.clone())?,
     )?;
     runtime()?.block_on(async {
         let start = broker.start_device(provider, account, "cli").await?;

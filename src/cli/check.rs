@@ -24,13 +24,15 @@ impl Report {
 
 pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
     let providers = super::providers(&settings)?;
+    let notifier = super::notifier(&settings, crate::clock::Clock::system())?;
     let mut r = Report::default();
     r.line(
         "ok",
         "config",
         format!(
-            "{} provider(s), listen {}",
+            "{} provider(s), {} notification target(s), listen {}",
             providers.len(),
+            notifier.targets().len(),
             settings.listen
         ),
     );

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod check;
+mod events;
 mod keys;
 mod serve;
 mod vault_keys;
@@ -11,6 +12,7 @@ use crate::admin::Admin;
 use crate::broker::{Broker, BrokerSettings};
 use crate::clock::Clock;
 use crate::config::{Overrides, Settings};
+use crate::notify::Notifier;
 use crate::oauth::Provider;
 use crate::states::StateService;
 use crate::store::sqlite::SqliteStore;
@@ -118,6 +120,14 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Events sent to [[notify]] targets: recent deliveries, and retrying failed ones
+    /// (works while the daemon runs; the daemon delivers)
+    Events {
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
     /// Print a new random vault key (for OAUTHD_KEY or a key file)
     Keygen,
     /// Check the config, the database, the vault key file and every provider's endpoints
@@ -164,7 +174,9 @@ impl Command {
         };
         match self {
             Command::Serve(s) => s.overrides(),
-            Command::Keys { data: d, .. } | Command::Rekey { data: d, .. } => data(d, None),
+            Command::Keys { data: d, .. }
+            | Command::Rekey { data: d, .. }
+            | Command::Events { data: d, .. } => data(d, None),
             Command::Providers { config, listen, .. } => Overrides {
                 config: config.clone(),
                 listen: listen.listen.clone(),
@@ -235,6 +247,28 @@ pub(crate) enum ConnectionsCommand {
         /// The JSON lines file ("-" reads standard input)
         #[arg(long, value_name = "FILE")]
         file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum EventsCommand {
+    /// The newest deliveries (one line per event and target), newest first
+    List {
+        /// Only dead deliveries and those still being retried after a failure
+        #[arg(long)]
+        failed: bool,
+        /// How many to show
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10000))]
+        limit: u32,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a delivery again now (a dead one gets a new `events.retry_for_seconds`); the running
+    /// daemon picks it up within a second
+    Retry {
+        /// The delivery's id, as `events list` shows it (dlv_…)
+        id: String,
     },
 }
 
@@ -352,6 +386,7 @@ fn run(cli: Cli) -> Result<(), Fatal> {
             ..
         }) => accounts::admin_sessions(settings, command),
         Some(Command::Rekey { prune, .. }) => vault_keys::rekey(settings, prune),
+        Some(Command::Events { command, .. }) => events::events(settings, command),
         Some(Command::Connect {
             provider,
             device,
@@ -445,14 +480,23 @@ pub(super) fn admin(settings: &Settings, store: Arc<dyn Store>, clock: Clock) ->
     )
 }
 
+/// The `[[notify]]` targets, checked (a bad one stops the command as a config error,
+/// exit code 2), with the `[events]` rules.
+pub(super) fn notifier(settings: &Settings, clock: Clock) -> Result<Arc<Notifier>, Fatal> {
+    let targets = crate::notify::build_targets(&settings.notify).map_err(|e| Fatal(e, 2))?;
+    Ok(Arc::new(Notifier::new(targets, settings.events, clock)))
+}
+
 /// The state service and the broker over this store, both reading `clock`, with the
-/// vault key loaded.
+/// vault key loaded. Events the broker's changes tell of go to the outbox for `notifier`'s
+/// targets (a serving oauthd delivers them, whichever process wrote them).
 pub(super) fn services(
     settings: &Settings,
     store: &Arc<dyn Store>,
     providers: Vec<Arc<Provider>>,
     clock: Clock,
     public_url: Url,
+    notifier: Arc<Notifier>,
 ) -> Result<(Arc<StateService>, Arc<Broker>), Fatal> {
     let states = Arc::new(StateService::new(
         store.clone(),
@@ -475,6 +519,7 @@ pub(super) fn services(
                 max_device_flows: settings.max_device_flows_per_key,
                 clock,
                 token_cache: settings.token_cache,
+                notifier,
             },
         )
         .map_err(|e| Fatal(e, 1))?,

@@ -8,12 +8,23 @@ use crate::http::{self, AppState};
 use crate::store::sweeper;
 
 pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
-    // Checked before anything is created: a config error leaves no database behind.
-    let providers = super::providers(&settings)?;
-    let store = open_store(&settings, super::Missing::Create)?;
-    log::info!("{}", store.describe());
     // The one system clock every service of this process reads.
     let clock = Clock::system();
+    // Checked before anything is created: a config error leaves no database behind.
+    let providers = super::providers(&settings)?;
+    let notifier = super::notifier(&settings, clock.clone())?;
+    let delivery_http = crate::notify::deliver::http_client().map_err(|e| Fatal(e, 1))?;
+    let store = open_store(&settings, super::Missing::Create)?;
+    log::info!("{}", store.describe());
+    for t in notifier.targets() {
+        log::info!(
+            "notify {}: {} ({:?}{})",
+            t.name,
+            t.url.host_str().unwrap_or(""),
+            t.format,
+            if t.key.is_some() { ", signed" } else { "" }
+        );
+    }
     let admin = super::admin(&settings, store.clone(), clock.clone());
     let metrics_token = settings.metrics_token.clone();
     let listener = http::bind(&settings)?;
@@ -24,6 +35,7 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
         providers,
         clock.clone(),
         public_url.clone(),
+        notifier.clone(),
     )?;
     for p in broker.providers() {
         log::info!(
@@ -70,6 +82,12 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
         let refresher = actix_web::rt::spawn(crate::broker::refresher::run(
             broker.clone(),
             settings.refresh_check,
+            stopped.clone(),
+        ));
+        let deliveries = actix_web::rt::spawn(crate::notify::deliver::run(
+            store.clone(),
+            notifier.clone(),
+            delivery_http,
             stopped,
         ));
         let app = AppState {
@@ -78,6 +96,8 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
             key_cache: KeyCache::new(settings.api_key_cache),
             store: store.clone(),
             broker,
+            notifier,
+            outbox: store.clone(),
             admin,
             secure_cookies: public_url.scheme() == "https",
             base_path: public_url.path().trim_end_matches('/').to_owned(),
@@ -91,6 +111,7 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
         let _ = sweeper.await;
         let _ = refresher.await;
         let _ = device_watch.await;
+        let _ = deliveries.await;
         served?;
         log::info!("stopped");
         Ok(())

@@ -34,6 +34,8 @@ pub async fn metrics(app: web::Data<AppState>, req: HttpRequest) -> Result<HttpR
             .with_label_values(&[c.provider.as_str(), status])
             .inc();
     }
+    let pending = app.outbox.pending_deliveries().await?;
+    metrics::OUTBOX_PENDING.set(i64::try_from(pending).unwrap_or(i64::MAX));
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, "no-store"))

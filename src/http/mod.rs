@@ -13,6 +13,7 @@ mod fuzz;
 mod health;
 mod limits;
 mod metrics;
+mod notify;
 mod pages;
 mod problem;
 mod ratelimit;
@@ -23,8 +24,9 @@ use crate::admin::Admin;
 use crate::apikeys::KeyCache;
 use crate::broker::Broker;
 use crate::config::Settings;
+use crate::notify::Notifier;
 use crate::states::StateService;
-use crate::store::{KeyStore, StateStore};
+use crate::store::{KeyStore, OutboxStore, StateStore};
 use actix_web::http::header;
 use actix_web::middleware::Logger;
 use actix_web::{
@@ -44,6 +46,9 @@ pub struct AppState {
     pub key_cache: KeyCache,
     pub store: Arc<dyn StateStore>,
     pub broker: Arc<Broker>,
+    /// Targets for events, and the outbox they are stored in.
+    pub notifier: Arc<Notifier>,
+    pub outbox: Arc<dyn OutboxStore>,
     pub admin: Admin,
     /// Mark cookies `Secure` (public_url is https).
     pub secure_cookies: bool,
@@ -172,6 +177,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(endpoint(
             "/ui/api/connections/{provider}/{account}",
             web::delete().to(ui::disconnect),
+        ))
+        .service(endpoint("/v1/notify/test", web::post().to(notify::test)))
+        .service(endpoint("/ui/api/events", web::get().to(notify::ui_events)))
+        .service(endpoint(
+            "/ui/api/notify/test",
+            web::post().to(notify::ui_test),
         ))
         .service(endpoint("/static/{name}", web::get().to(ui::asset)))
         .service(endpoint("/metrics", web::get().to(metrics::metrics)))

@@ -3,6 +3,7 @@
 //! Owns SQL and Redis. Knows nothing of HTTP or OAuth; never sees a secret in
 //! clear text, only its SHA-256. Every error says what was being done.
 
+pub mod outbox;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod sqlite;
@@ -11,6 +12,9 @@ pub mod target;
 
 use crate::secret::SecretHash;
 use async_trait::async_trait;
+pub use outbox::{
+    DeliveryFilter, DeliveryOutcome, DeliveryRow, DeliveryStatus, NewDelivery, OutboxStore,
+};
 
 /// A storage fault. All of them are the operator's problem, not the client's: the HTTP
 /// layer answers 503 and the next request tries again.
@@ -362,6 +366,10 @@ pub struct ConnectionRow {
     pub identity: AccountIdentity,
     /// When the tokens last came from a (re)connect (unknown for rows older than 0.2).
     pub connected_at_ms: Option<i64>,
+    /// Since when refreshes have failed without a success in between.
+    pub failing_since_ms: Option<i64>,
+    /// Whether `connection.refresh_failing` was sent for this run of failures.
+    pub failing_notified: bool,
 }
 
 impl ConnectionRow {
@@ -503,6 +511,9 @@ pub struct RefreshFailure<'a> {
     /// No automatic attempt before this (backoff); `None` for no retry at all.
     pub retry_at_ms: Option<i64>,
     pub now_ms: i64,
+    /// Marks this run of failures as told (`connection.refresh_failing` is among the
+    /// events written with it).
+    pub notified: bool,
 }
 
 /// Sealed tokens to store after a code exchange or a refresh.
@@ -526,12 +537,16 @@ pub trait ConnectionStore: Send + Sync {
     /// Stores the tokens of a (re)connect: status active, errors cleared, the account's
     /// identity replaced, and the generation bumped so that a refresh still running for
     /// the old grant is fenced off.
+    ///
+    /// Every write that changes a connection also adds `events` to the outbox, in the same
+    /// transaction, and only when the change itself is made.
     async fn save_connection(
         &self,
         key: &ConnectionKey,
         tokens: SealedTokens,
         identity: AccountIdentity,
         now_ms: i64,
+        events: Vec<NewDelivery>,
     ) -> Result<(), StoreError>;
     /// Takes the refresh lease when nobody holds it and the connection is still at
     /// `seen_generation` (the row the caller decided on); returns the new generation.
@@ -554,6 +569,7 @@ pub trait ConnectionStore: Send + Sync {
         generation: i64,
         tokens: SealedTokens,
         now_ms: i64,
+        events: Vec<NewDelivery>,
     ) -> Result<bool, StoreError>;
     /// Records a failed refresh and releases the lease, if `generation` still holds it;
     /// the generation moves on, as for `save_refreshed`.
@@ -562,8 +578,13 @@ pub trait ConnectionStore: Send + Sync {
         key: &ConnectionKey,
         generation: i64,
         failure: RefreshFailure<'_>,
+        events: Vec<NewDelivery>,
     ) -> Result<bool, StoreError>;
-    async fn delete_connection(&self, key: &ConnectionKey) -> Result<bool, StoreError>;
+    async fn delete_connection(
+        &self,
+        key: &ConnectionKey,
+        events: Vec<NewDelivery>,
+    ) -> Result<bool, StoreError>;
     /// Replaces a connection's sealed tokens only if they are still `old` (compare and
     /// set): a refresh that happened meanwhile wins. Returns whether it replaced them.
     async fn reseal_connection(
@@ -696,17 +717,19 @@ pub trait DeviceFlowStore: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Records a poll's outcome and releases the claim. A finished flow's device code is
     /// erased: it is never sent again, so nothing sealed is left in the row.
+    /// `events` are added to the outbox in the same transaction.
     async fn finish_device_poll(
         &self,
         id: &str,
         outcome: DevicePollOutcome,
         now_ms: i64,
+        events: Vec<NewDelivery>,
     ) -> Result<(), StoreError>;
 }
 
-/// What the broker needs: connections and device flows.
-pub trait BrokerStore: ConnectionStore + DeviceFlowStore {}
-impl<T: ConnectionStore + DeviceFlowStore> BrokerStore for T {}
+/// What the broker needs: connections, device flows, and the outbox their events go to.
+pub trait BrokerStore: ConnectionStore + DeviceFlowStore + OutboxStore {}
+impl<T: ConnectionStore + DeviceFlowStore + OutboxStore> BrokerStore for T {}
 
 /// One backend holding everything: the SQLite file or a shared Redis.
 #[async_trait]

@@ -9,6 +9,7 @@ mod broker;
 mod cli;
 mod device;
 mod migrations;
+mod notify;
 mod operator;
 mod page;
 mod provider_faults;

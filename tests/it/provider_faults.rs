@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use common::{Daemon, Home};
+use common::Home;
 use serde_json::json;
 use std::time::Duration;
 use wiremock::matchers::{body_string_contains, method, path};
@@ -44,16 +44,7 @@ async fn on_refresh(mock: &MockServer, refresh_token: &str, response: ResponseTe
 }
 
 /// Starts a flow and lands on the callback with `code`, as the provider would redirect.
-async fn connect(d: &Daemon, key: &str, provider: &str, account: &str, code: &str) {
-    let state = common::query_param(&d.start_connect(key, provider, account).await, "state");
-    let (status, page, _) = d
-        .browser_get(&format!(
-            "{}/callback/{provider}?code={code}&state={state}",
-            d.url
-        ))
-        .await;
-    assert_eq!(status, 200, "{page}");
-}
+use common::connect_with_code as connect;
 
 async fn token_requests(mock: &MockServer, grant: &str) -> Vec<wiremock::Request> {
     mock.received_requests()

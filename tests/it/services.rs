@@ -187,6 +187,7 @@ async fn connected(b: &Backend, clock: &Clock, endpoint: Arc<Scripted>) -> Arc<B
             max_device_flows: 5,
             clock: clock.clone(),
             token_cache: Duration::from_secs(1),
+            notifier: Arc::new(oauthd::notify::Notifier::silent(clock.clone())),
         },
     )
     .unwrap()

@@ -1,7 +1,10 @@
 //! The storage traits called directly, on a real SQLite file and a real redis-server: rules
 //! both backends must keep, without an HTTP round trip in the way.
 
-use oauthd::store::{AccountIdentity, ConnectionKey, SealedTokens};
+use oauthd::store::{
+    AccountIdentity, ConnectionKey, DeliveryFilter, DeliveryOutcome, DeliveryStatus, NewDelivery,
+    SealedTokens,
+};
 use std::sync::Arc;
 
 fn tokens(access: &[u8], refresh: &[u8]) -> SealedTokens {
@@ -57,7 +60,7 @@ async fn connected(b: &Backend) -> ConnectionKey {
     let identity = AccountIdentity::default();
     let stored = b
         .store
-        .save_connection(&key, tokens(b"a1", b"r1"), identity, 1_000);
+        .save_connection(&key, tokens(b"a1", b"r1"), identity, 1_000, Vec::new());
     stored.await.unwrap();
     key
 }
@@ -85,7 +88,7 @@ async fn a_refresh_lease_is_refused_to_a_caller_that_read_an_older_row(b: Backen
         .await
         .expect("a free lease");
     assert!(s
-        .save_refreshed(&key, g, tokens(b"a2", b"r2"), 3_000)
+        .save_refreshed(&key, g, tokens(b"a2", b"r2"), 3_000, Vec::new())
         .await
         .unwrap());
     // The second one decided on the row it read before: refused.
@@ -105,7 +108,7 @@ async fn a_row_read_during_someone_elses_lease_is_stale_once_they_let_go(b: Back
     let g = lease(s, &key, first.generation, 2_000).await.unwrap();
     let during = s.get_connection(&key).await.unwrap().unwrap();
     assert!(s
-        .save_refreshed(&key, g, tokens(b"a2", b"r2"), 3_000)
+        .save_refreshed(&key, g, tokens(b"a2", b"r2"), 3_000, Vec::new())
         .await
         .unwrap());
     assert_eq!(
@@ -122,12 +125,194 @@ async fn a_row_read_during_someone_elses_lease_is_stale_once_they_let_go(b: Back
         error: "down",
         retry_at_ms: None,
         now_ms: 6_000,
+        notified: false,
     };
-    assert!(s.save_refresh_failure(&key, g, failure).await.unwrap());
+    assert!(s
+        .save_refresh_failure(&key, g, failure, Vec::new())
+        .await
+        .unwrap());
     assert_eq!(lease(s, &key, during.generation, 7_000).await, None);
+}
+
+fn delivery(id: &str, target: &str, created: i64) -> NewDelivery {
+    NewDelivery {
+        id: id.into(),
+        event_id: format!("msg_{id}"),
+        event_type: "connection.needs_reauth".into(),
+        target: target.into(),
+        body: r#"{"type":"connection.needs_reauth"}"#.into(),
+        created_at_ms: created,
+        deadline_ms: created + 60_000,
+    }
+}
+
+async fn ids(s: &dyn oauthd::store::Store, filter: DeliveryFilter) -> Vec<String> {
+    let rows = s.list_deliveries(filter, 100).await.unwrap();
+    rows.into_iter().map(|d| d.id).collect()
+}
+
+/// An event is in the outbox exactly when the change it tells of was made: a refresh that
+/// lost its lease stores neither its tokens nor its events.
+async fn events_are_stored_with_their_change_and_only_with_it(b: Backend) {
+    let (s, key) = (b.store.as_ref(), connected(&b).await);
+    let row = s.get_connection(&key).await.unwrap().unwrap();
+    let g = lease(s, &key, row.generation, 2_000).await.unwrap();
+    let fenced_off = s
+        .save_refreshed(
+            &key,
+            g + 1,
+            tokens(b"x", b"y"),
+            3_000,
+            vec![delivery("d1", "t", 3_000)],
+        )
+        .await
+        .unwrap();
+    assert!(!fenced_off);
+    assert!(ids(s, DeliveryFilter::All).await.is_empty());
+    let failure = oauthd::store::RefreshFailure {
+        status: oauthd::store::ConnectionStatus::Active,
+        error: "down",
+        retry_at_ms: Some(9_000),
+        now_ms: 4_000,
+        notified: true,
+    };
+    assert!(s
+        .save_refresh_failure(&key, g, failure, vec![delivery("d2", "t", 4_000)])
+        .await
+        .unwrap());
+    let failing = s.get_connection(&key).await.unwrap().unwrap();
+    assert_eq!(failing.failing_since_ms, Some(4_000));
+    assert!(failing.failing_notified);
+    assert_eq!(ids(s, DeliveryFilter::All).await, vec!["d2"]);
+    // Deleting a connection that is not there tells nothing.
+    let gone = ConnectionKey::new("p", "nobody");
+    assert!(!s
+        .delete_connection(&gone, vec![delivery("d3", "t", 5_000)])
+        .await
+        .unwrap());
+    assert!(s
+        .delete_connection(&key, vec![delivery("d4", "t", 6_000)])
+        .await
+        .unwrap());
+    assert_eq!(ids(s, DeliveryFilter::All).await, vec!["d4", "d2"]);
+    assert_eq!(s.pending_deliveries().await.unwrap(), 2);
+}
+
+/// A claim takes a due delivery for the lease: nobody else gets it until the lease ends,
+/// and a claimer whose lease ran out cannot record over the next attempt.
+async fn deliveries_are_claimed_once_per_lease_and_finished_by_their_claim(b: Backend) {
+    let s = b.store.as_ref();
+    s.add_deliveries(vec![delivery("a", "t", 1_000), delivery("b", "t", 1_500)])
+        .await
+        .unwrap();
+    assert!(s
+        .claim_deliveries(999, 10_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let first = s.claim_deliveries(2_000, 10_000, 1).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!((first[0].id.as_str(), first[0].attempts), ("a", 1));
+    let second = s.claim_deliveries(2_000, 10_000, 10).await.unwrap();
+    assert_eq!(
+        second.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        ["b"]
+    );
+    assert!(s
+        .finish_delivery("b", 1, DeliveryOutcome::Delivered, 3_000)
+        .await
+        .unwrap());
+    assert!(s
+        .claim_deliveries(11_999, 10_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // "a"'s worker died: after the lease it is claimed again, as attempt 2.
+    let again = s.claim_deliveries(12_000, 10_000, 10).await.unwrap();
+    assert_eq!((again[0].id.as_str(), again[0].attempts), ("a", 2));
+    let late = DeliveryOutcome::Delivered;
+    assert!(!s.finish_delivery("a", 1, late, 12_500).await.unwrap());
+    let retry = DeliveryOutcome::Retry {
+        at_ms: 20_000,
+        error: "HTTP 500".into(),
+    };
+    assert!(s.finish_delivery("a", 2, retry, 13_000).await.unwrap());
+    assert_eq!(ids(s, DeliveryFilter::Failed).await, vec!["a"]);
+    assert!(s
+        .claim_deliveries(19_999, 10_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let third = s.claim_deliveries(20_000, 10_000, 10).await.unwrap();
+    assert_eq!(third[0].attempts, 3);
+    assert_eq!(third[0].last_error.as_deref(), Some("HTTP 500"));
+    let dead = DeliveryOutcome::Dead {
+        error: "HTTP 404".into(),
+    };
+    assert!(s.finish_delivery("a", 3, dead, 21_000).await.unwrap());
+    assert_eq!(
+        s.pending_deliveries().await.unwrap(),
+        0,
+        "{:?}",
+        s.list_deliveries(DeliveryFilter::All, 10).await
+    );
+    let rows = s.list_deliveries(DeliveryFilter::All, 10).await.unwrap();
+    let status: Vec<_> = rows.iter().map(|d| (d.id.as_str(), d.status)).collect();
+    assert_eq!(
+        status,
+        [
+            ("b", DeliveryStatus::Delivered),
+            ("a", DeliveryStatus::Dead)
+        ]
+    );
+    // Retried by hand: due at once, with a new deadline.
+    assert!(s.retry_delivery("a", 30_000, 90_000).await.unwrap());
+    assert!(!s.retry_delivery("nope", 30_000, 90_000).await.unwrap());
+    let retried = s.claim_deliveries(30_000, 10_000, 10).await.unwrap();
+    assert_eq!(
+        (retried[0].id.as_str(), retried[0].deadline_ms),
+        ("a", 90_000)
+    );
+    // Finished ones are pruned once old enough; pending ones never.
+    assert_eq!(s.prune_deliveries(3_000).await.unwrap(), 0);
+    assert_eq!(s.prune_deliveries(3_001).await.unwrap(), 1);
+    assert_eq!(ids(s, DeliveryFilter::All).await, vec!["a"]);
+}
+
+/// Claimers racing for the same due deliveries (two instances on one store) split them:
+/// each delivery is attempted by exactly one.
+async fn racing_claimers_split_the_due_deliveries(b: Backend) {
+    let s = b.store.clone();
+    let all: Vec<NewDelivery> = (0..40)
+        .map(|i| delivery(&format!("r{i:02}"), "t", 1_000))
+        .collect();
+    s.add_deliveries(all).await.unwrap();
+    let claimers = (0..4).map(|_| {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let batch = s.claim_deliveries(2_000, 60_000, 3).await.unwrap();
+                if batch.is_empty() {
+                    return got;
+                }
+                got.extend(batch.into_iter().map(|d| d.id));
+            }
+        })
+    });
+    let mut claimed: Vec<String> = Vec::new();
+    for c in futures::future::join_all(claimers).await {
+        claimed.extend(c.unwrap());
+    }
+    claimed.sort();
+    let expected: Vec<String> = (0..40).map(|i| format!("r{i:02}")).collect();
+    assert_eq!(claimed, expected, "every delivery claimed exactly once");
 }
 
 backends!(
     a_refresh_lease_is_refused_to_a_caller_that_read_an_older_row,
     a_row_read_during_someone_elses_lease_is_stale_once_they_let_go,
+    events_are_stored_with_their_change_and_only_with_it,
+    deliveries_are_claimed_once_per_lease_and_finished_by_their_claim,
+    racing_claimers_split_the_due_deliveries,
 );

@@ -3,9 +3,10 @@
 //! `SET NX PX`. Every token write checks the fencing generation inside the same script,
 //! so a refresher whose lease ran out cannot overwrite what a newer one stored.
 
+use super::outbox::ENQUEUE_LUA;
 use super::{int, need_int, need_text, text, Changes, Fields, RedisStore, APPLY_LUA};
 use crate::store::{
-    AccountIdentity, ConnectionKey, ConnectionRow, ConnectionStatus, ConnectionStore,
+    AccountIdentity, ConnectionKey, ConnectionRow, ConnectionStatus, ConnectionStore, NewDelivery,
     RefreshFailure, SealedTokens, StoreError,
 };
 use async_trait::async_trait;
@@ -13,17 +14,18 @@ use redis::Script;
 use std::sync::LazyLock;
 
 fn script(body: &str) -> Script {
-    Script::new(&format!("{APPLY_LUA}\n{body}"))
+    Script::new(&format!("{APPLY_LUA}\n{ENQUEUE_LUA}\n{body}"))
 }
 
-/// KEYS: conn, lease, index. ARGV: member, now, changes… (from ARGV[3]).
+/// KEYS: conn, lease, index, then the outbox's. ARGV: member, now, the deliveries (from
+/// ARGV[3]), changes….
 static SAVE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], 'created', ARGV[2], 'generation', 0, 'failures', 0)
 end
-apply(KEYS[1], 3)
+apply(KEYS[1], enqueue(4, 3))
 redis.call('HINCRBY', KEYS[1], 'generation', 1)
 redis.call('DEL', KEYS[2])
 redis.call('ZADD', KEYS[3], 0, ARGV[1])
@@ -47,16 +49,34 @@ return g
     )
 });
 
-/// KEYS: conn, lease. ARGV: generation, failure flag ("1" counts a failure), changes… (ARGV[3]).
+/// KEYS: conn, lease, then the outbox's. ARGV: generation, failure flag ("1" counts a
+/// failure), the deliveries (from ARGV[3]), changes….
 static FENCED: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 if redis.call('HGET', KEYS[1], 'generation') ~= ARGV[1] then return 0 end
-apply(KEYS[1], 3)
-if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[1], 'failures', 1) end
+apply(KEYS[1], enqueue(3, 3))
+if ARGV[2] == '1' then
+  redis.call('HINCRBY', KEYS[1], 'failures', 1)
+  redis.call('HSETNX', KEYS[1], 'failing_since', redis.call('HGET', KEYS[1], 'updated'))
+end
 redis.call('HINCRBY', KEYS[1], 'generation', 1)
 redis.call('HDEL', KEYS[1], 'lease_until')
 redis.call('DEL', KEYS[2])
+return 1
+"#,
+    )
+});
+
+/// KEYS: conn, lease, index, then the outbox's. ARGV: member, the deliveries (ARGV[2]).
+static DELETE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local existed = redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+if existed == 0 then return 0 end
+enqueue(4, 2)
 return 1
 "#,
     )
@@ -115,6 +135,8 @@ fn row(f: &Fields) -> Result<ConnectionRow, StoreError> {
             name: text(f, "account_name"),
         },
         connected_at_ms: int(f, "connected_at"),
+        failing_since_ms: int(f, "failing_since"),
+        failing_notified: int(f, "failing_notified") == Some(1),
     })
 }
 
@@ -130,7 +152,9 @@ fn token_changes(t: SealedTokens, now_ms: i64, keep_missing: bool) -> Changes {
         .num("last_refresh_at", now_ms)
         .num("failures", 0)
         .opt("last_error", None::<Vec<u8>>)
-        .opt_num("retry_at", None);
+        .opt_num("retry_at", None)
+        .opt_num("failing_since", None)
+        .opt_num("failing_notified", None);
     match (t.scopes, keep_missing) {
         (Some(s), _) => ch.put("scopes", s),
         (None, false) => ch.opt("scopes", None::<Vec<u8>>),
@@ -157,20 +181,19 @@ impl RedisStore {
         (provider, account): (&str, &str),
         generation: i64,
         failure: bool,
-        changes: Changes,
+        (changes, events): (Changes, Vec<NewDelivery>),
     ) -> Result<bool, StoreError> {
         let (key, lease, _) = self.conn_keys(provider, account);
+        let mut inv = FENCED.prepare_invoke();
+        inv.key(key)
+            .key(lease)
+            .arg(generation)
+            .arg(if failure { "1" } else { "0" });
+        self.enqueue_args(&mut inv, &events);
+        changes.to_args(&mut inv);
         let mut c = self.conn();
         let n: i64 = self
-            .run(context, async move {
-                let mut inv = FENCED.prepare_invoke();
-                inv.key(key)
-                    .key(lease)
-                    .arg(generation)
-                    .arg(if failure { "1" } else { "0" });
-                changes.to_args(&mut inv);
-                inv.invoke_async(&mut c).await
-            })
+            .run(context, async move { inv.invoke_async(&mut c).await })
             .await?;
         Ok(n == 1)
     }
@@ -205,6 +228,7 @@ impl ConnectionStore for RedisStore {
         t: SealedTokens,
         identity: AccountIdentity,
         now_ms: i64,
+        events: Vec<NewDelivery>,
     ) -> Result<(), StoreError> {
         let (provider, account) = (key.provider.as_str(), key.account.as_str());
         let (key, lease, member) = self.conn_keys(provider, account);
@@ -218,11 +242,12 @@ impl ConnectionStore for RedisStore {
             .opt("account_email", identity.email)
             .opt("account_name", identity.name)
             .num("connected_at", now_ms);
+        let mut inv = SAVE.prepare_invoke();
+        inv.key(key).key(lease).key(index).arg(member).arg(now_ms);
+        self.enqueue_args(&mut inv, &events);
+        changes.to_args(&mut inv);
         let mut c = self.conn();
         self.run("saving a connection", async move {
-            let mut inv = SAVE.prepare_invoke();
-            inv.key(key).key(lease).key(index).arg(member).arg(now_ms);
-            changes.to_args(&mut inv);
             inv.invoke_async::<()>(&mut c).await
         })
         .await
@@ -257,6 +282,7 @@ impl ConnectionStore for RedisStore {
         generation: i64,
         t: SealedTokens,
         now_ms: i64,
+        events: Vec<NewDelivery>,
     ) -> Result<bool, StoreError> {
         let (provider, account) = (key.provider.as_str(), key.account.as_str());
         let changes = token_changes(t, now_ms, true);
@@ -265,7 +291,7 @@ impl ConnectionStore for RedisStore {
             (provider, account),
             generation,
             false,
-            changes,
+            (changes, events),
         )
         .await
     }
@@ -275,6 +301,7 @@ impl ConnectionStore for RedisStore {
         key: &ConnectionKey,
         generation: i64,
         f: RefreshFailure<'_>,
+        events: Vec<NewDelivery>,
     ) -> Result<bool, StoreError> {
         let (provider, account) = (key.provider.as_str(), key.account.as_str());
         let mut changes = Changes::default();
@@ -283,33 +310,36 @@ impl ConnectionStore for RedisStore {
             .put("last_error", f.error)
             .opt_num("retry_at", f.retry_at_ms)
             .num("updated", f.now_ms);
+        if f.notified {
+            changes.num("failing_notified", 1);
+        }
         self.fenced(
             "recording a failed refresh",
             (provider, account),
             generation,
             true,
-            changes,
+            (changes, events),
         )
         .await
     }
 
-    async fn delete_connection(&self, key: &ConnectionKey) -> Result<bool, StoreError> {
+    async fn delete_connection(
+        &self,
+        key: &ConnectionKey,
+        events: Vec<NewDelivery>,
+    ) -> Result<bool, StoreError> {
         let (provider, account) = (key.provider.as_str(), key.account.as_str());
         let (key, lease, member) = self.conn_keys(provider, account);
-        let index = self.index("cs");
+        let mut inv = DELETE.prepare_invoke();
+        inv.key(key).key(lease).key(self.index("cs")).arg(member);
+        self.enqueue_args(&mut inv, &events);
         let mut c = self.conn();
-        let (deleted, _, _): (i64, i64, i64) = self
+        let deleted: i64 = self
             .run("deleting a connection", async move {
-                redis::pipe()
-                    .atomic()
-                    .del(key)
-                    .del(lease)
-                    .zrem(index, member)
-                    .query_async(&mut c)
-                    .await
+                inv.invoke_async(&mut c).await
             })
             .await?;
-        Ok(deleted > 0)
+        Ok(deleted == 1)
     }
 
     async fn reseal_connection(

@@ -2,9 +2,10 @@
 //! (so its outcome stays readable), a set of pending ids, and a per-flow claim key taken
 //! with `SET NX PX` so that exactly one instance sends each poll.
 
+use super::outbox::ENQUEUE_LUA;
 use super::{need_int, need_text, text, Changes, Fields, RedisStore, APPLY_LUA};
 use crate::store::{
-    DeviceFlowRow, DeviceFlowStatus, DeviceFlowStore, DevicePollOutcome, StoreError,
+    DeviceFlowRow, DeviceFlowStatus, DeviceFlowStore, DevicePollOutcome, NewDelivery, StoreError,
 };
 use async_trait::async_trait;
 use redis::Script;
@@ -74,10 +75,10 @@ return 1
 /// KEYS: flow, claim, pending set. ARGV: id, finished ("1"/"0"), changes… (ARGV[3]).
 static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{APPLY_LUA}\n{}",
+        "{APPLY_LUA}\n{ENQUEUE_LUA}\n{}",
         r#"
 if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
-apply(KEYS[1], 3)
+apply(KEYS[1], enqueue(4, 3))
 if ARGV[2] == '1' then redis.call('SREM', KEYS[3], ARGV[1]) end
 redis.call('DEL', KEYS[2])
 return 1
@@ -260,6 +261,7 @@ impl DeviceFlowStore for RedisStore {
         id: &str,
         outcome: DevicePollOutcome,
         now_ms: i64,
+        events: Vec<NewDelivery>,
     ) -> Result<(), StoreError> {
         let (key, claim, pending) = (self.key("d", id), self.key("dl", id), self.index("dp"));
         let mut ch = Changes::default();
@@ -277,12 +279,12 @@ impl DeviceFlowStore for RedisStore {
                 "1"
             }
         };
-        let id = id.to_owned();
+        let mut inv = FINISH.prepare_invoke();
+        inv.key(key).key(claim).key(pending).arg(id).arg(finished);
+        self.enqueue_args(&mut inv, &events);
+        ch.to_args(&mut inv);
         let mut c = self.conn();
         self.run("recording a device poll", async move {
-            let mut inv = FINISH.prepare_invoke();
-            inv.key(key).key(claim).key(pending).arg(id).arg(finished);
-            ch.to_args(&mut inv);
             inv.invoke_async::<()>(&mut c).await
         })
         .await

@@ -1,16 +1,18 @@
 //! `ConnectionStore` on SQLite. Reads through the pool, writes through the writer.
 
+use super::outbox::enqueue;
 use super::SqliteStore;
 use crate::store::{
-    AccountIdentity, ConnectionKey, ConnectionRow, ConnectionStore, RefreshFailure, SealedTokens,
-    StoreError,
+    AccountIdentity, ConnectionKey, ConnectionRow, ConnectionStore, NewDelivery, RefreshFailure,
+    SealedTokens, StoreError,
 };
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};
 
 const COLUMNS: &str = "provider, account, status, scopes, token_type, access_token, refresh_token,
     access_expires_at, created_at, updated_at, last_refresh_at, last_error, failures, retry_at,
-    lease_until, generation, account_sub, account_email, account_name, connected_at";
+    lease_until, generation, account_sub, account_email, account_name, connected_at,
+    failing_since, failing_notified";
 
 fn row(r: &Row<'_>) -> rusqlite::Result<ConnectionRow> {
     Ok(ConnectionRow {
@@ -36,6 +38,8 @@ fn row(r: &Row<'_>) -> rusqlite::Result<ConnectionRow> {
             name: r.get(18)?,
         },
         connected_at_ms: r.get(19)?,
+        failing_since_ms: r.get(20)?,
+        failing_notified: r.get(21)?,
     })
 }
 
@@ -74,11 +78,12 @@ impl ConnectionStore for SqliteStore {
         t: SealedTokens,
         identity: AccountIdentity,
         now_ms: i64,
+        events: Vec<NewDelivery>,
     ) -> Result<(), StoreError> {
         let (provider, account) = (key.provider.as_str(), key.account.as_str());
         let (p, a) = (provider.to_owned(), account.to_owned());
         self.writer
-            .run("saving a connection", move |conn| {
+            .run_atomic("saving a connection", move |conn| {
                 conn.prepare_cached(
                     "INSERT INTO connections (provider, account, status, scopes, token_type,
                         access_token, refresh_token, access_expires_at, created_at, updated_at,
@@ -89,7 +94,8 @@ impl ConnectionStore for SqliteStore {
                         refresh_token = ?6, access_expires_at = ?7, updated_at = ?8,
                         last_refresh_at = ?8, last_error = NULL, failures = 0, retry_at = NULL,
                         lease_until = NULL, generation = generation + 1, account_sub = ?9,
-                        account_email = ?10, account_name = ?11, connected_at = ?8",
+                        account_email = ?10, account_name = ?11, connected_at = ?8,
+                        failing_since = NULL, failing_notified = 0",
                 )?
                 .execute(params![
                     p,
@@ -103,8 +109,8 @@ impl ConnectionStore for SqliteStore {
                     identity.sub,
                     identity.email,
                     identity.name
-                ])
-                .map(|_| ())
+                ])?;
+                enqueue(conn, &events)
             })
             .await
     }
@@ -140,11 +146,12 @@ impl ConnectionStore for SqliteStore {
         generation: i64,
         t: SealedTokens,
         now_ms: i64,
+        events: Vec<NewDelivery>,
     ) -> Result<bool, StoreError> {
         let (provider, account) = (key.provider.as_str(), key.account.as_str());
         let (p, a) = (provider.to_owned(), account.to_owned());
         self.writer
-            .run("saving refreshed tokens", move |conn| {
+            .run_atomic("saving refreshed tokens", move |conn| {
                 let n = conn
                     .prepare_cached(
                         "UPDATE connections SET status = 'active',
@@ -152,7 +159,8 @@ impl ConnectionStore for SqliteStore {
                             refresh_token = coalesce(?7, refresh_token), access_expires_at = ?8,
                             updated_at = ?9, last_refresh_at = ?9, last_error = NULL,
                             failures = 0, retry_at = NULL, lease_until = NULL,
-                            generation = generation + 1
+                            generation = generation + 1, failing_since = NULL,
+                            failing_notified = 0
                          WHERE provider = ?1 AND account = ?2 AND generation = ?3",
                     )?
                     .execute(params![
@@ -166,6 +174,9 @@ impl ConnectionStore for SqliteStore {
                         t.access_expires_at_ms,
                         now_ms
                     ])?;
+                if n == 1 {
+                    enqueue(conn, &events)?;
+                }
                 Ok(n == 1)
             })
             .await
@@ -176,17 +187,21 @@ impl ConnectionStore for SqliteStore {
         key: &ConnectionKey,
         generation: i64,
         f: RefreshFailure<'_>,
+        events: Vec<NewDelivery>,
     ) -> Result<bool, StoreError> {
         let (provider, account) = (key.provider.as_str(), key.account.as_str());
         let (p, a, e) = (provider.to_owned(), account.to_owned(), f.error.to_owned());
-        let (status, retry_at_ms, now_ms) = (f.status, f.retry_at_ms, f.now_ms);
+        let (status, retry_at_ms, now_ms, notified) =
+            (f.status, f.retry_at_ms, f.now_ms, f.notified);
         self.writer
-            .run("recording a failed refresh", move |conn| {
+            .run_atomic("recording a failed refresh", move |conn| {
                 let n = conn
                     .prepare_cached(
                         "UPDATE connections SET status = ?4, last_error = ?5,
                             failures = failures + 1, retry_at = ?6, updated_at = ?7,
-                            lease_until = NULL, generation = generation + 1
+                            lease_until = NULL, generation = generation + 1,
+                            failing_since = coalesce(failing_since, ?7),
+                            failing_notified = failing_notified OR ?8
                          WHERE provider = ?1 AND account = ?2 AND generation = ?3",
                     )?
                     .execute(params![
@@ -196,8 +211,12 @@ impl ConnectionStore for SqliteStore {
                         status.as_str(),
                         e,
                         retry_at_ms,
-                        now_ms
+                        now_ms,
+                        notified
                     ])?;
+                if n == 1 {
+                    enqueue(conn, &events)?;
+                }
                 Ok(n == 1)
             })
             .await
@@ -225,14 +244,21 @@ impl ConnectionStore for SqliteStore {
             .await
     }
 
-    async fn delete_connection(&self, key: &ConnectionKey) -> Result<bool, StoreError> {
+    async fn delete_connection(
+        &self,
+        key: &ConnectionKey,
+        events: Vec<NewDelivery>,
+    ) -> Result<bool, StoreError> {
         let (provider, account) = (key.provider.as_str(), key.account.as_str());
         let (p, a) = (provider.to_owned(), account.to_owned());
         self.writer
-            .run("deleting a connection", move |conn| {
+            .run_atomic("deleting a connection", move |conn| {
                 let n = conn
                     .prepare_cached("DELETE FROM connections WHERE provider = ?1 AND account = ?2")?
                     .execute(params![p, a])?;
+                if n > 0 {
+                    enqueue(conn, &events)?;
+                }
                 Ok(n > 0)
             })
             .await

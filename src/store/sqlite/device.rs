@@ -1,7 +1,8 @@
 //! `DeviceFlowStore` on SQLite.
 
+use super::outbox::enqueue;
 use super::SqliteStore;
-use crate::store::{DeviceFlowRow, DeviceFlowStore, DevicePollOutcome, StoreError};
+use crate::store::{DeviceFlowRow, DeviceFlowStore, DevicePollOutcome, NewDelivery, StoreError};
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};
 
@@ -129,11 +130,12 @@ impl DeviceFlowStore for SqliteStore {
         id: &str,
         outcome: DevicePollOutcome,
         now_ms: i64,
+        events: Vec<NewDelivery>,
     ) -> Result<(), StoreError> {
         let id = id.to_owned();
         self.writer
-            .run("recording a device poll", move |conn| {
-                match outcome {
+            .run_atomic("recording a device poll", move |conn| {
+                let n = match outcome {
                     DevicePollOutcome::Pending { interval_ms } => conn
                         .prepare_cached(
                             "UPDATE device_flows SET interval_ms = ?2, next_poll_at = ?3 + ?2,
@@ -148,8 +150,11 @@ impl DeviceFlowStore for SqliteStore {
                              WHERE id = ?1 AND status = 'pending'",
                         )?
                         .execute(params![id, status, detail, now_ms]),
+                }?;
+                if n == 1 {
+                    enqueue(conn, &events)?;
                 }
-                .map(|_| ())
+                Ok(())
             })
             .await
     }

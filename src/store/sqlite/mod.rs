@@ -10,6 +10,7 @@ mod admin;
 mod connections;
 mod device;
 mod keys;
+mod outbox;
 mod states;
 mod values;
 mod writer;
@@ -32,6 +33,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../sql/0004_namespace_counts.sql"),
     include_str!("../../../sql/0005_identity_and_starters.sql"),
     include_str!("../../../sql/0006_state_kinds.sql"),
+    include_str!("../../../sql/0007_outbox.sql"),
 ];
 
 /// How long a statement waits for a lock held by another process before failing (503).

@@ -1,7 +1,7 @@
 //! How oauthd's enums are stored in SQLite: as the same words the API shows. A word
 //! oauthd does not know is a read error naming it, never a silent default.
 
-use crate::store::{ConnectionStatus, DeviceFlowStatus};
+use crate::store::{ConnectionStatus, DeliveryStatus, DeviceFlowStatus};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 
 /// `FromSql` by the type's `parse`, `ToSql` by its `as_str`.
@@ -21,4 +21,4 @@ macro_rules! stored_as_word {
     )*};
 }
 
-stored_as_word!(ConnectionStatus, DeviceFlowStatus);
+stored_as_word!(ConnectionStatus, DeviceFlowStatus, DeliveryStatus);

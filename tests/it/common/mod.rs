@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod peer;
 pub mod proxy;
+pub mod receiver;
 pub mod redis;
 
 use std::fs::File;
@@ -696,6 +697,19 @@ impl Daemon {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
+}
+
+/// Connects `provider`/`account` by calling oauthd's callback with `code` directly, as a
+/// provider that needs no user (a mock) would send the browser back.
+pub async fn connect_with_code(d: &Daemon, key: &str, provider: &str, account: &str, code: &str) {
+    let state = query_param(&d.start_connect(key, provider, account).await, "state");
+    let (status, page, _) = d
+        .browser_get(&format!(
+            "{}/callback/{provider}?code={code}&state={state}",
+            d.url
+        ))
+        .await;
+    assert_eq!(status, 200, "{page}");
 }
 
 /// The session cookie's value from a sign-in answer.

@@ -1,0 +1,145 @@
+//! The events the broker's changes tell of. Each is built before the store write that
+//! makes the change and stored with it (`Notifier::deliveries`), so a change is never told
+//! without having happened, and never happens without being told.
+
+use super::Broker;
+use crate::notify::{Event, EventType};
+use crate::store::{ConnectionKey, ConnectionRow, ConnectionStatus, DeviceFlowRow};
+use serde_json::{json, Value};
+
+/// How a connection got its tokens.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Via {
+    Connect,
+    Device,
+    Import,
+}
+
+impl Broker {
+    fn connection_event(&self, kind: EventType, key: &ConnectionKey, more: Value) -> Event {
+        let mut data = json!({"provider": key.provider, "account": key.account});
+        if let (Some(data), Value::Object(more)) = (data.as_object_mut(), more) {
+            data.extend(more);
+        }
+        self.notifier.event(kind, data)
+    }
+
+    /// A (re)connect: `connection.connected`, and `connection.recovered` when the user was
+    /// told the connection needed them (`before` is the row it replaces).
+    pub(super) fn connected_events(
+        &self,
+        key: &ConnectionKey,
+        before: Option<&ConnectionRow>,
+        via: Via,
+    ) -> Vec<Event> {
+        let via = match via {
+            Via::Connect => "connect",
+            Via::Device => "device",
+            Via::Import => "import",
+        };
+        let mut events = vec![self.connection_event(
+            EventType::ConnectionConnected,
+            key,
+            json!({"via": via, "reconnected": before.is_some()}),
+        )];
+        events.extend(before.and_then(|row| self.recovered(row)));
+        events
+    }
+
+    /// `connection.recovered` for a row that had been reported broken or failing.
+    fn recovered(&self, row: &ConnectionRow) -> Option<Event> {
+        let after = if row.status == ConnectionStatus::NeedsReauth {
+            "needs_reauth"
+        } else if row.failing_notified {
+            "refresh_failing"
+        } else {
+            return None;
+        };
+        Some(self.connection_event(
+            EventType::ConnectionRecovered,
+            &row.key(),
+            json!({"after": after}),
+        ))
+    }
+
+    /// A successful refresh of `row`: `connection.refreshed` (for targets that opted in)
+    /// and `connection.recovered` if failures had been reported.
+    pub(super) fn refreshed_events(
+        &self,
+        row: &ConnectionRow,
+        expires_at_ms: Option<i64>,
+    ) -> Vec<Event> {
+        let mut events = vec![self.connection_event(
+            EventType::ConnectionRefreshed,
+            &row.key(),
+            json!({"expires_at": expires_at_ms.map(crate::clock::rfc3339)}),
+        )];
+        events.extend(self.recovered(row));
+        events
+    }
+
+    pub(super) fn needs_reauth_event(&self, row: &ConnectionRow, error: &str) -> Event {
+        self.connection_event(
+            EventType::ConnectionNeedsReauth,
+            &row.key(),
+            json!({
+                "error": error,
+                "reconnect_url": self.reconnect_url(&row.provider, &row.account),
+            }),
+        )
+    }
+
+    /// `connection.refresh_failing` when this transient failure makes the run of failures
+    /// older than `events.refresh_failing_after_seconds` and it was not told yet.
+    pub(super) fn failing_event(
+        &self,
+        row: &ConnectionRow,
+        error: &str,
+        now_ms: i64,
+        retry_at_ms: Option<i64>,
+    ) -> Option<Event> {
+        let since = row.failing_since_ms.unwrap_or(now_ms);
+        let after =
+            i64::try_from(self.notifier.policy().failing_after.as_millis()).unwrap_or(i64::MAX);
+        if row.failing_notified || now_ms.saturating_sub(since) < after {
+            return None;
+        }
+        Some(self.connection_event(
+            EventType::ConnectionRefreshFailing,
+            &row.key(),
+            json!({
+                "error": error,
+                "failing_since": crate::clock::rfc3339(since),
+                "failures": row.failures + 1,
+                "retry_at": retry_at_ms.map(crate::clock::rfc3339),
+            }),
+        ))
+    }
+
+    pub(super) fn deleted_event(&self, key: &ConnectionKey, revoked: &str) -> Event {
+        self.connection_event(
+            EventType::ConnectionDeleted,
+            key,
+            json!({"revocation": revoked}),
+        )
+    }
+
+    /// `device_flow.completed` or `device_flow.failed` for a flow that just ended.
+    pub(super) fn device_event(&self, flow: &DeviceFlowRow, status: &str, detail: &str) -> Event {
+        let kind = if status == "connected" {
+            EventType::DeviceFlowCompleted
+        } else {
+            EventType::DeviceFlowFailed
+        };
+        self.notifier.event(
+            kind,
+            json!({
+                "id": flow.id,
+                "provider": flow.provider,
+                "account": flow.account,
+                "status": status,
+                "detail": detail,
+            }),
+        )
+    }
+}

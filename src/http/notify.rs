@@ -1,0 +1,103 @@
+//! Notifications over HTTP: a test event on demand (`POST /v1/notify/test` with an API key,
+//! `POST /ui/api/notify/test` from the page), and the page's view of recent deliveries.
+
+use super::auth::Caller;
+use super::problem::ApiError;
+use super::ui::UiSession;
+use super::{no_store, AppState};
+use crate::clock::rfc3339;
+use crate::notify::TestSent;
+use crate::store::{DeliveryFilter, DeliveryRow, DeliveryStatus};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+/// Deliveries the page lists.
+const PAGE_DELIVERIES: u32 = 50;
+
+/// `POST /v1/notify/test` -> 202 `{"event_id", "type", "targets"}`.
+pub async fn test(app: web::Data<AppState>, _caller: Caller) -> Result<HttpResponse, ApiError> {
+    send_test(&app).await
+}
+
+/// `POST /ui/api/notify/test`: the page's button.
+pub async fn ui_test(app: web::Data<AppState>, _s: UiSession) -> Result<HttpResponse, ApiError> {
+    send_test(&app).await
+}
+
+async fn send_test(app: &AppState) -> Result<HttpResponse, ApiError> {
+    match app.notifier.send_test(app.outbox.as_ref()).await? {
+        TestSent::Sent { event, targets } => Ok(no_store(HttpResponse::Accepted()).json(json!({
+            "event_id": event.id,
+            "type": event.kind.as_str(),
+            "targets": targets,
+        }))),
+        TestSent::NoTargets => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_notify_targets",
+            "no [[notify]] target is configured: add one to the config file and restart",
+        )),
+        TestSent::TooSoon { retry_after_secs } => Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_tests",
+            "a test notification was sent less than 5 seconds ago",
+        )
+        .retry_after(retry_after_secs)),
+    }
+}
+
+fn delivery_json(d: &DeliveryRow) -> serde_json::Value {
+    json!({
+        "id": d.id,
+        "event_id": d.event_id,
+        "type": d.event_type,
+        "target": d.target,
+        "status": d.status.as_str(),
+        "attempts": d.attempts,
+        "last_error": d.last_error,
+        "created_at": rfc3339(d.created_at_ms),
+        "next_attempt_at": (d.status == DeliveryStatus::Pending)
+            .then_some(d.next_attempt_at_ms)
+            .flatten()
+            .map(rfc3339),
+        "finished_at": d.finished_at_ms.map(rfc3339),
+    })
+}
+
+/// `GET /ui/api/events`: each target with its last delivery and last failure, and the
+/// newest deliveries.
+pub async fn ui_events(app: web::Data<AppState>, _s: UiSession) -> Result<HttpResponse, ApiError> {
+    let recent = app
+        .outbox
+        .list_deliveries(DeliveryFilter::All, PAGE_DELIVERIES)
+        .await?;
+    let failed = app
+        .outbox
+        .list_deliveries(DeliveryFilter::Failed, PAGE_DELIVERIES)
+        .await?;
+    let targets: Vec<_> = app
+        .notifier
+        .targets()
+        .iter()
+        .map(|t| {
+            let last = |rows: &[DeliveryRow], status: Option<DeliveryStatus>| {
+                rows.iter()
+                    .find(|d| d.target == t.name && status.is_none_or(|s| d.status == s))
+                    .map(delivery_json)
+            };
+            json!({
+                "name": t.name,
+                "host": t.url.host_str(),
+                "format": format!("{:?}", t.format).to_lowercase(),
+                "signed": t.key.is_some(),
+                "last_delivered": last(&recent, Some(DeliveryStatus::Delivered)),
+                "last_failure": last(&failed, None),
+            })
+        })
+        .collect();
+    Ok(no_store(HttpResponse::Ok()).json(json!({
+        "targets": targets,
+        "deliveries": recent.iter().map(delivery_json).collect::<Vec<_>>(),
+        "pending": app.outbox.pending_deliveries().await?,
+    })))
+}

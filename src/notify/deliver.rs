@@ -1,0 +1,287 @@
+//! The delivery worker: claims due deliveries from the outbox (a lease, so that with
+//! several instances each attempt belongs to one), sends them, and records the outcome: a
+//! 2xx ends a delivery; anything else is retried with backoff until its deadline, then it
+//! is dead. It runs beside the request handlers and never holds them up.
+
+use super::event::message;
+use super::{Format, Notifier, Target};
+use crate::store::{DeliveryOutcome, DeliveryRow, OutboxStore};
+use reqwest::header::CONTENT_TYPE;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest one attempt may take before it counts as failed.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a claim holds a delivery: outlives an attempt, so only a worker that died
+/// leaves it to be claimed again.
+const LEASE_MS: i64 = 30_000;
+/// Deliveries claimed (and sent concurrently) at once.
+const BATCH: u32 = 16;
+/// How often the outbox is looked at without being woken (retries that fell due, events
+/// another instance wrote).
+const POLL: Duration = Duration::from_secs(1);
+/// How often finished deliveries past `keep` are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// The HTTP client for deliveries: no redirects (a target that moved must be
+/// reconfigured, not followed), bounded time.
+pub fn http_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(ATTEMPT_TIMEOUT)
+        .connect_timeout(ATTEMPT_TIMEOUT)
+        .user_agent(concat!("oauthd/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client for notifications: {e}"))
+}
+
+/// Delivers until `stop` turns true. Does nothing while no target is configured.
+pub async fn run(
+    store: Arc<dyn OutboxStore>,
+    notifier: Arc<Notifier>,
+    http: reqwest::Client,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    if notifier.targets().is_empty() {
+        return;
+    }
+    match store.release_claims(notifier.now_ms()).await {
+        Ok(0) => {}
+        Ok(n) => log::info!(
+            "notifications: {n} delivery attempt(s) a previous run left unfinished are due now"
+        ),
+        Err(e) => log::warn!("notifications: {e}"),
+    }
+    let mut last_prune: Option<std::time::Instant> = None;
+    let mut failing = false;
+    while !*stop.borrow() {
+        if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            last_prune = Some(std::time::Instant::now());
+            let before = notifier.now_ms() - super::millis(notifier.policy().keep);
+            if let Err(e) = store.prune_deliveries(before).await {
+                log::warn!("notifications: pruning old deliveries: {e}");
+            }
+        }
+        let claimed = store
+            .claim_deliveries(notifier.now_ms(), LEASE_MS, BATCH)
+            .await;
+        let batch = match claimed {
+            Ok(batch) => {
+                if failing {
+                    log::info!("notifications: the outbox answers again");
+                    failing = false;
+                }
+                batch
+            }
+            Err(e) => {
+                if !failing {
+                    log::warn!("notifications: {e}; trying again every {POLL:?}");
+                    failing = true;
+                }
+                Vec::new()
+            }
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                _ = notifier.woken() => {}
+                _ = tokio::time::sleep(POLL) => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        let attempts = batch
+            .into_iter()
+            .map(|d| attempt(store.as_ref(), &notifier, &http, d));
+        futures_util::future::join_all(attempts).await;
+    }
+}
+
+/// Sends one delivery and records how it went.
+async fn attempt(
+    store: &dyn OutboxStore,
+    notifier: &Notifier,
+    http: &reqwest::Client,
+    d: DeliveryRow,
+) {
+    let outcome = match notifier.target(&d.target) {
+        None => DeliveryOutcome::Dead {
+            error: format!("no target named {:?} is configured", d.target),
+        },
+        Some(target) => match send(http, &target, &d, notifier.now_ms()).await {
+            Ok(()) => DeliveryOutcome::Delivered,
+            Err(error) => {
+                let now = notifier.now_ms();
+                if now >= d.deadline_ms {
+                    DeliveryOutcome::Dead { error }
+                } else {
+                    let wait = backoff_ms(notifier.policy(), d.attempts);
+                    DeliveryOutcome::Retry {
+                        at_ms: now.saturating_add(wait).min(d.deadline_ms),
+                        error,
+                    }
+                }
+            }
+        },
+    };
+    let result = match &outcome {
+        DeliveryOutcome::Delivered => "delivered",
+        DeliveryOutcome::Retry { .. } => "failed",
+        DeliveryOutcome::Dead { .. } => "dead",
+    };
+    match &outcome {
+        DeliveryOutcome::Delivered => log::info!(
+            "notification {} ({}) delivered to {} (attempt {})",
+            d.event_id,
+            d.event_type,
+            d.target,
+            d.attempts
+        ),
+        DeliveryOutcome::Retry { at_ms, error } => log::warn!(
+            "notification {} ({}) to {}: {error}; retrying in {} s",
+            d.event_id,
+            d.event_type,
+            d.target,
+            (at_ms - notifier.now_ms()).max(0) / 1000
+        ),
+        DeliveryOutcome::Dead { error } => log::error!(
+            "notification {} ({}) to {}: {error}; given up after {} attempts (oauthd events retry {})",
+            d.event_id,
+            d.event_type,
+            d.target,
+            d.attempts,
+            d.id
+        ),
+    }
+    crate::metrics::DELIVERIES
+        .with_label_values(&[d.target.as_str(), result])
+        .inc();
+    match store
+        .finish_delivery(&d.id, d.attempts, outcome, notifier.now_ms())
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => log::info!(
+            "notification {} to {}: changed meanwhile (retried by hand or claimed again); outcome not recorded",
+            d.event_id,
+            d.target
+        ),
+        // The claim runs out and the delivery is attempted again: at least once.
+        Err(e) => log::warn!("notification {} to {}: {e}", d.event_id, d.target),
+    }
+}
+
+/// The wait before the next attempt after `attempts` failed ones: `retry_min` doubled each
+/// time, at most `retry_max`.
+fn backoff_ms(policy: super::EventsPolicy, attempts: u32) -> i64 {
+    let min = super::millis(policy.retry_min).max(1);
+    let max = super::millis(policy.retry_max).max(min);
+    let doublings = attempts.saturating_sub(1).min(30);
+    min.saturating_mul(1 << doublings).min(max)
+}
+
+/// One POST to the target. The error says what happened without the URL (which may hold
+/// a topic name or a token).
+async fn send(
+    http: &reqwest::Client,
+    target: &Target,
+    d: &DeliveryRow,
+    now_ms: i64,
+) -> Result<(), String> {
+    let timestamp = now_ms / 1000;
+    let (content_type, body) = match target.format {
+        Format::Json => ("application/json", d.body.clone()),
+        Format::Text | Format::Gotify => {
+            let m = message(&d.body).ok_or("the stored event cannot be read")?;
+            match target.format {
+                Format::Gotify => (
+                    "application/json",
+                    serde_json::json!({
+                        "title": m.title,
+                        "message": m.text,
+                        "priority": if m.urgent { 8 } else { 4 },
+                    })
+                    .to_string(),
+                ),
+                _ => ("text/plain; charset=utf-8", m.text),
+            }
+        }
+    };
+    let mut req = http
+        .post(target.url.clone())
+        .header(CONTENT_TYPE, content_type)
+        .header("webhook-id", &d.event_id)
+        .header("webhook-timestamp", timestamp.to_string());
+    if let Some(key) = &target.key {
+        req = req.header("webhook-signature", key.sign(&d.event_id, timestamp, &body));
+    }
+    if target.format == Format::Text {
+        if let Some(m) = message(&d.body) {
+            req = req.header("Title", header_text(&m.title));
+            if m.urgent {
+                req = req.header("Priority", "high");
+            }
+            if let Some(link) = m.link {
+                req = req.header("Click", header_text(&link));
+            }
+        }
+    }
+    let resp = req
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| describe(&e.without_url()))?;
+    let status = resp.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("HTTP {}", status.as_u16()))
+    }
+}
+
+/// A header value from free text: visible ASCII only (anything else would make the request
+/// unsendable, and every retry fail the same way).
+fn header_text(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    use std::error::Error;
+    let mut text = if e.is_timeout() {
+        format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs())
+    } else if e.is_connect() {
+        "cannot connect".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_minimum_up_to_the_maximum() {
+        let policy = super::super::EventsPolicy {
+            retry_min: Duration::from_secs(5),
+            retry_max: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let waits: Vec<i64> = (1..=6).map(|n| backoff_ms(policy, n)).collect();
+        assert_eq!(waits, vec![5_000, 10_000, 20_000, 40_000, 60_000, 60_000]);
+        assert_eq!(backoff_ms(policy, u32::MAX), 60_000);
+    }
+}

@@ -1,0 +1,385 @@
+//! Notifications: who hears about what (`[[notify]]` targets and their event patterns),
+//! events turned into outbox rows for the matching targets, and the delivery worker
+//! (`deliver`) that sends them at least once.
+//!
+//! Events are written by the broker in the same store transaction as the change they tell
+//! of; this module decides which targets get one and what each receives.
+
+pub mod deliver;
+pub mod event;
+pub mod sign;
+
+pub use event::{Event, EventType};
+
+use crate::clock::Clock;
+use crate::oauth::provider::endpoint_url;
+use crate::store::{NewDelivery, OutboxStore, StoreError};
+use serde::Deserialize;
+use serde_json::Value;
+use sign::SigningKey;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use url::Url;
+
+/// `[[notify]]` as written in the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// How the target is named in metrics, listings and logs (default: the URL's host).
+    pub name: Option<String>,
+    pub url: String,
+    /// A file holding `whsec_<base64>`: every delivery is signed with it.
+    pub secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub format: Format,
+    /// Patterns: `*`, `connection.*`, or a type; default every event (except opt-in ones).
+    pub events: Option<Vec<String>>,
+}
+
+/// What a target receives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// The event's JSON (Standard Webhooks).
+    #[default]
+    Json,
+    /// A sentence as `text/plain`, with a title (ntfy style).
+    Text,
+    /// `{"title", "message", "priority"}` as JSON (Gotify style).
+    Gotify,
+}
+
+/// `[events]`: when to tell and how long to keep trying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventsPolicy {
+    /// Transient refresh failures for this long send `connection.refresh_failing` (once).
+    pub failing_after: Duration,
+    /// A delivery is retried for this long after its event, then dead.
+    pub retry_for: Duration,
+    /// The first retry waits this long; each next one twice as long, up to `retry_max`.
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    /// Delivered and dead deliveries are listed for this long, then deleted.
+    pub keep: Duration,
+}
+
+impl Default for EventsPolicy {
+    fn default() -> Self {
+        EventsPolicy {
+            failing_after: Duration::from_secs(15 * 60),
+            retry_for: Duration::from_secs(24 * 3600),
+            retry_min: Duration::from_secs(5),
+            retry_max: Duration::from_secs(3600),
+            keep: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// A target, checked and ready.
+#[derive(Debug)]
+pub struct Target {
+    pub name: String,
+    pub url: Url,
+    pub key: Option<SigningKey>,
+    pub format: Format,
+    patterns: Vec<String>,
+}
+
+impl Target {
+    /// Whether this target gets events of this type.
+    pub fn wants(&self, kind: EventType) -> bool {
+        kind == EventType::NotifyTest
+            || self.patterns.iter().any(|p| {
+                p == kind.as_str()
+                    || (!kind.opt_in()
+                        && (p == "*"
+                            || p.strip_suffix('*')
+                                .is_some_and(|group| kind.as_str().starts_with(group))))
+            })
+    }
+}
+
+/// Checks every `[[notify]]` entry: an https (or loopback http) URL, a readable signing
+/// secret, known event patterns, unique names. Errors name the entry.
+pub fn build_targets(configs: &[NotifyConfig]) -> Result<Vec<Target>, String> {
+    let mut targets: Vec<Target> = Vec::new();
+    for (i, c) in configs.iter().enumerate() {
+        let key = format!("notify[{i}]");
+        let url = endpoint_url(&format!("{key}.url"), &c.url)?;
+        let name = match &c.name {
+            Some(n) => n.clone(),
+            None => url.host_str().unwrap_or("target").to_owned(),
+        };
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch))
+        {
+            return Err(format!(
+                "{key}.name: {name:?} must be 1-64 letters, digits, '.', '_' or '-'"
+            ));
+        }
+        if targets.iter().any(|t| t.name == name) {
+            return Err(format!(
+                "{key}: another target is already named {name:?}; give each a distinct `name`"
+            ));
+        }
+        let secret = match &c.secret_file {
+            None => None,
+            Some(path) => {
+                let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+                    format!("{key}.secret_file: cannot read {}: {e}", path.display())
+                })?);
+                Some(
+                    SigningKey::parse(&text)
+                        .map_err(|e| format!("{key}.secret_file {}: {e}", path.display()))?,
+                )
+            }
+        };
+        let patterns = c.events.clone().unwrap_or_else(|| vec!["*".to_owned()]);
+        for p in &patterns {
+            let known = p == "*"
+                || EventType::parse(p).is_some()
+                || p.strip_suffix(".*").is_some_and(|group| {
+                    EventType::ALL
+                        .iter()
+                        .any(|t| t.as_str().starts_with(&format!("{group}.")))
+                });
+            if !known {
+                let types: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+                return Err(format!(
+                    "{key}.events: {p:?} is not \"*\", a group like \"connection.*\", or one of {}",
+                    types.join(", ")
+                ));
+            }
+        }
+        targets.push(Target {
+            name,
+            url,
+            key: secret,
+            format: c.format,
+            patterns,
+        });
+    }
+    Ok(targets)
+}
+
+/// Least time between two test events: a leaked API key cannot make a phone ring on end.
+const TEST_EVERY_MS: i64 = 5_000;
+
+/// What a request for a test event got.
+#[derive(Debug)]
+pub enum TestSent {
+    /// Stored for these targets; the worker sends it within a second.
+    Sent {
+        event: Event,
+        targets: Vec<String>,
+    },
+    NoTargets,
+    /// Another test was sent less than five seconds ago.
+    TooSoon {
+        retry_after_secs: u64,
+    },
+}
+
+/// Turns events into outbox rows for the targets that want them, and wakes the delivery
+/// worker when some were written.
+pub struct Notifier {
+    targets: Vec<Arc<Target>>,
+    policy: EventsPolicy,
+    clock: Clock,
+    wake: tokio::sync::Notify,
+    last_test_ms: std::sync::atomic::AtomicI64,
+}
+
+impl Notifier {
+    pub fn new(targets: Vec<Target>, policy: EventsPolicy, clock: Clock) -> Notifier {
+        Notifier {
+            targets: targets.into_iter().map(Arc::new).collect(),
+            policy,
+            clock,
+            wake: tokio::sync::Notify::new(),
+            last_test_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
+        }
+    }
+
+    /// No targets and default rules: for commands that send nothing.
+    pub fn silent(clock: Clock) -> Notifier {
+        Notifier::new(Vec::new(), EventsPolicy::default(), clock)
+    }
+
+    pub fn policy(&self) -> EventsPolicy {
+        self.policy
+    }
+
+    pub fn targets(&self) -> &[Arc<Target>] {
+        &self.targets
+    }
+
+    pub fn target(&self, name: &str) -> Option<Arc<Target>> {
+        self.targets.iter().find(|t| t.name == name).cloned()
+    }
+
+    /// A new event of this type, now.
+    pub fn event(&self, kind: EventType, data: Value) -> Event {
+        Event {
+            id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+            kind,
+            at_ms: self.clock.now_ms(),
+            data,
+        }
+    }
+
+    /// The outbox rows for `events`: one per event and target that wants it.
+    pub fn deliveries(&self, events: &[Event]) -> Vec<NewDelivery> {
+        events
+            .iter()
+            .flat_map(|e| {
+                self.targets
+                    .iter()
+                    .filter(|t| t.wants(e.kind))
+                    .map(|t| self.delivery(e, t))
+            })
+            .collect()
+    }
+
+    fn delivery(&self, e: &Event, t: &Target) -> NewDelivery {
+        NewDelivery {
+            id: format!("dlv_{}", uuid::Uuid::new_v4().simple()),
+            event_id: e.id.clone(),
+            event_type: e.kind.as_str().to_owned(),
+            target: t.name.clone(),
+            body: e.body(),
+            created_at_ms: e.at_ms,
+            deadline_ms: e.at_ms.saturating_add(millis(self.policy.retry_for)),
+        }
+    }
+
+    /// After the write that stored `events` committed: counts them and wakes the worker.
+    pub fn written(&self, events: &[Event]) {
+        for e in events {
+            crate::metrics::EVENTS
+                .with_label_values(&[e.kind.as_str()])
+                .inc();
+        }
+        if !self.targets.is_empty() {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Stores a `notify.test` event for every target, whatever its `events`.
+    pub async fn send_test(&self, store: &dyn OutboxStore) -> Result<TestSent, StoreError> {
+        use std::sync::atomic::Ordering;
+        if self.targets.is_empty() {
+            return Ok(TestSent::NoTargets);
+        }
+        let now = self.clock.now_ms();
+        let last = self.last_test_ms.load(Ordering::Acquire);
+        let wait = last.saturating_add(TEST_EVERY_MS).saturating_sub(now);
+        if wait > 0
+            || self
+                .last_test_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return Ok(TestSent::TooSoon {
+                retry_after_secs: (wait.max(1) as u64).div_ceil(1000),
+            });
+        }
+        let event = self.event(
+            EventType::NotifyTest,
+            serde_json::json!({"message": "a test notification from oauthd"}),
+        );
+        let rows: Vec<NewDelivery> = self
+            .targets
+            .iter()
+            .map(|t| self.delivery(&event, t))
+            .collect();
+        store.add_deliveries(rows).await?;
+        self.written(std::slice::from_ref(&event));
+        let targets = self.targets.iter().map(|t| t.name.clone()).collect();
+        Ok(TestSent::Sent { event, targets })
+    }
+
+    /// A new deadline for a delivery retried by hand.
+    pub fn retry_deadline(&self) -> i64 {
+        self.clock
+            .now_ms()
+            .saturating_add(millis(self.policy.retry_for))
+    }
+
+    pub(crate) async fn woken(&self) {
+        self.wake.notified().await
+    }
+
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(events: Option<Vec<&str>>) -> Result<Vec<Target>, String> {
+        build_targets(&[NotifyConfig {
+            name: None,
+            url: "https://hooks.example.net/oauthd".into(),
+            secret_file: None,
+            format: Format::Json,
+            events: events.map(|v| v.into_iter().map(str::to_owned).collect()),
+        }])
+    }
+
+    #[test]
+    fn patterns_match_groups_and_types_but_opt_in_only_by_name() {
+        let all = target(None).expect("targets");
+        let t = &all[0];
+        assert_eq!(t.name, "hooks.example.net");
+        assert!(t.wants(EventType::ConnectionNeedsReauth));
+        assert!(t.wants(EventType::DeviceFlowFailed));
+        assert!(!t.wants(EventType::ConnectionRefreshed));
+
+        let group = target(Some(vec!["connection.*"])).expect("targets");
+        assert!(group[0].wants(EventType::ConnectionDeleted));
+        assert!(!group[0].wants(EventType::DeviceFlowCompleted));
+        assert!(!group[0].wants(EventType::ConnectionRefreshed));
+        assert!(group[0].wants(EventType::NotifyTest));
+
+        let named = target(Some(vec!["connection.refreshed"])).expect("targets");
+        assert!(named[0].wants(EventType::ConnectionRefreshed));
+        assert!(!named[0].wants(EventType::ConnectionConnected));
+    }
+
+    #[test]
+    fn bad_targets_are_refused_naming_the_entry() {
+        let e = target(Some(vec!["connection.lost"])).expect_err("unknown type");
+        assert!(e.starts_with("notify[0].events"), "{e}");
+        let e = target(Some(vec!["token.*"])).expect_err("unknown group");
+        assert!(e.contains("token.*"), "{e}");
+        let e = build_targets(&[NotifyConfig {
+            name: None,
+            url: "http://192.168.1.5/hook".into(),
+            secret_file: None,
+            format: Format::Text,
+            events: None,
+        }])
+        .expect_err("plain http off loopback");
+        assert!(e.starts_with("notify[0].url"), "{e}");
+        let twice = NotifyConfig {
+            name: Some("phone".into()),
+            url: "https://ntfy.example.net/t".into(),
+            secret_file: None,
+            format: Format::Text,
+            events: None,
+        };
+        let e = build_targets(&[twice.clone(), twice]).expect_err("same name");
+        assert!(e.contains("\"phone\""), "{e}");
+    }
+}

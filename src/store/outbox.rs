@@ -1,0 +1,145 @@
+//! The outbox: events waiting to be delivered to notification targets, written in the
+//! same transaction as the change they tell of, then claimed, sent and finished by a
+//! delivery worker. The store knows nothing of what an event says: a body, a type and a
+//! target name.
+
+use super::StoreError;
+use async_trait::async_trait;
+
+/// One event for one target, as the broker hands it to a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    /// Unique per event and target.
+    pub id: String,
+    /// The event's id (`webhook-id`): the same for every target and every retry.
+    pub event_id: String,
+    pub event_type: String,
+    pub target: String,
+    /// The event as JSON.
+    pub body: String,
+    pub created_at_ms: i64,
+    /// Retried until then, then dead.
+    pub deadline_ms: i64,
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    /// Waiting for its first or next attempt (or being attempted now).
+    Pending,
+    /// A 2xx answer ended it.
+    Delivered,
+    /// Given up on: past its deadline, or its target is gone.
+    Dead,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<DeliveryStatus, super::UnknownValue> {
+        match s {
+            "pending" => Ok(DeliveryStatus::Pending),
+            "delivered" => Ok(DeliveryStatus::Delivered),
+            "dead" => Ok(DeliveryStatus::Dead),
+            other => Err(super::UnknownValue::new("delivery status", other)),
+        }
+    }
+}
+
+/// A delivery as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRow {
+    pub id: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub target: String,
+    pub body: String,
+    pub created_at_ms: i64,
+    pub deadline_ms: i64,
+    pub status: DeliveryStatus,
+    /// Attempts started so far; a claim counts one, and finishing needs the same count
+    /// (a worker whose claim ran out cannot overwrite a newer attempt's outcome).
+    pub attempts: u32,
+    /// When a pending delivery is due, or when a running attempt's claim ends.
+    pub next_attempt_at_ms: Option<i64>,
+    pub last_attempt_at_ms: Option<i64>,
+    /// What the last failed attempt got ("HTTP 500", "connection refused").
+    pub last_error: Option<String>,
+    pub finished_at_ms: Option<i64>,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    Delivered,
+    /// Try again at this time.
+    Retry {
+        at_ms: i64,
+        error: String,
+    },
+    Dead {
+        error: String,
+    },
+}
+
+/// Which deliveries a listing shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryFilter {
+    All,
+    /// Dead ones, and pending ones that failed at least once.
+    Failed,
+}
+
+#[async_trait]
+pub trait OutboxStore: Send + Sync {
+    /// Adds deliveries not tied to another change (a test event).
+    async fn add_deliveries(&self, deliveries: Vec<NewDelivery>) -> Result<(), StoreError>;
+    /// Claims up to `limit` due pending deliveries for `lease_ms`: each counts an attempt
+    /// and is due again when the lease ends, so a worker that dies mid-attempt leaves it
+    /// to another. Oldest due first.
+    async fn claim_deliveries(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<DeliveryRow>, StoreError>;
+    /// Records how the attempt numbered `attempt` ended; false (nothing written) when the
+    /// delivery moved on meanwhile (claimed again after the lease ran out, retried by hand).
+    async fn finish_delivery(
+        &self,
+        id: &str,
+        attempt: u32,
+        outcome: DeliveryOutcome,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// Newest first.
+    async fn list_deliveries(
+        &self,
+        filter: DeliveryFilter,
+        limit: u32,
+    ) -> Result<Vec<DeliveryRow>, StoreError>;
+    /// Makes a delivery pending and due now, with a new deadline; false when no delivery
+    /// has this id.
+    async fn retry_delivery(
+        &self,
+        id: &str,
+        now_ms: i64,
+        deadline_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// At start, on a store only this process works on (SQLite): deliveries a previous run
+    /// claimed and never finished (killed mid-attempt) are due now rather than when their
+    /// claim would end. On a shared store (Redis) the claims may be other instances' live
+    /// ones: nothing changes, and a dead instance's claims end with their lease.
+    async fn release_claims(&self, now_ms: i64) -> Result<u64, StoreError>;
+    /// How many deliveries are pending.
+    async fn pending_deliveries(&self) -> Result<u64, StoreError>;
+    /// Deletes delivered and dead deliveries that finished before `before_ms`; returns how
+    /// many.
+    async fn prune_deliveries(&self, before_ms: i64) -> Result<u64, StoreError>;
+}

@@ -1,0 +1,210 @@
+//! `OutboxStore` on SQLite: the `deliveries` table. `enqueue` is what every other write
+//! that tells of a change calls inside its own transaction.
+
+use super::SqliteStore;
+use crate::store::{
+    DeliveryFilter, DeliveryOutcome, DeliveryRow, DeliveryStatus, NewDelivery, OutboxStore,
+    StoreError,
+};
+use async_trait::async_trait;
+use rusqlite::{params, Connection, Row};
+
+const COLUMNS: &str = "id, event_id, event_type, target, body, created_at, deadline, status,
+    attempts, next_attempt_at, last_attempt_at, last_error, finished_at";
+
+fn row(r: &Row<'_>) -> rusqlite::Result<DeliveryRow> {
+    Ok(DeliveryRow {
+        id: r.get(0)?,
+        event_id: r.get(1)?,
+        event_type: r.get(2)?,
+        target: r.get(3)?,
+        body: r.get(4)?,
+        created_at_ms: r.get(5)?,
+        deadline_ms: r.get(6)?,
+        status: r.get(7)?,
+        attempts: r.get(8)?,
+        next_attempt_at_ms: r.get(9)?,
+        last_attempt_at_ms: r.get(10)?,
+        last_error: r.get(11)?,
+        finished_at_ms: r.get(12)?,
+    })
+}
+
+/// Adds `deliveries` to the outbox on `conn`, inside the caller's transaction: they
+/// commit, or roll back, with the change they tell of.
+pub(super) fn enqueue(conn: &Connection, deliveries: &[NewDelivery]) -> rusqlite::Result<()> {
+    if deliveries.is_empty() {
+        return Ok(());
+    }
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO deliveries (id, event_id, event_type, target, body, created_at, deadline,
+            next_attempt_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6)",
+    )?;
+    for d in deliveries {
+        insert.execute(params![
+            d.id,
+            d.event_id,
+            d.event_type,
+            d.target,
+            d.body,
+            d.created_at_ms,
+            d.deadline_ms
+        ])?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl OutboxStore for SqliteStore {
+    async fn add_deliveries(&self, deliveries: Vec<NewDelivery>) -> Result<(), StoreError> {
+        self.writer
+            .run_atomic("adding events to the outbox", move |conn| {
+                enqueue(conn, &deliveries)
+            })
+            .await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<DeliveryRow>, StoreError> {
+        // Looked for on a reader first: the worker asks every second, and most times
+        // nothing is due, which needs no write transaction.
+        let any_due = self
+            .point_read("looking for due deliveries", move |conn| {
+                conn.prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM deliveries
+                                    WHERE status = 'pending' AND next_attempt_at <= ?1)",
+                )?
+                .query_row(params![now_ms], |r| r.get::<_, bool>(0))
+            })
+            .await?;
+        if !any_due {
+            return Ok(Vec::new());
+        }
+        self.writer
+            .run("claiming deliveries", move |conn| {
+                conn.prepare_cached(&format!(
+                    "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = ?1 + ?2,
+                        claimed_until = ?1 + ?2, last_attempt_at = ?1
+                     WHERE id IN (SELECT id FROM deliveries
+                                  WHERE status = 'pending' AND next_attempt_at <= ?1
+                                  ORDER BY next_attempt_at LIMIT ?3)
+                     RETURNING {COLUMNS}"
+                ))?
+                .query_map(params![now_ms, lease_ms, limit], row)?
+                .collect()
+            })
+            .await
+    }
+
+    async fn finish_delivery(
+        &self,
+        id: &str,
+        attempt: u32,
+        outcome: DeliveryOutcome,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        let (status, next, error) = match outcome {
+            DeliveryOutcome::Delivered => (DeliveryStatus::Delivered, None, None),
+            DeliveryOutcome::Retry { at_ms, error } => {
+                (DeliveryStatus::Pending, Some(at_ms), Some(error))
+            }
+            DeliveryOutcome::Dead { error } => (DeliveryStatus::Dead, None, Some(error)),
+        };
+        let finished = (status != DeliveryStatus::Pending).then_some(now_ms);
+        self.writer
+            .run("recording a delivery", move |conn| {
+                let n = conn
+                    .prepare_cached(
+                        "UPDATE deliveries SET status = ?3, next_attempt_at = ?4,
+                            last_error = coalesce(?5, last_error), finished_at = ?6,
+                            claimed_until = NULL
+                         WHERE id = ?1 AND attempts = ?2 AND status = 'pending'",
+                    )?
+                    .execute(params![id, attempt, status, next, error, finished])?;
+                Ok(n == 1)
+            })
+            .await
+    }
+
+    async fn list_deliveries(
+        &self,
+        filter: DeliveryFilter,
+        limit: u32,
+    ) -> Result<Vec<DeliveryRow>, StoreError> {
+        let only_failed = filter == DeliveryFilter::Failed;
+        self.read("listing deliveries", move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM deliveries
+                 WHERE NOT ?1 OR status = 'dead' OR (status = 'pending' AND last_error IS NOT NULL)
+                 ORDER BY created_at DESC, id DESC LIMIT ?2"
+            ))?
+            .query_map(params![only_failed, limit], row)?
+            .collect()
+        })
+        .await
+    }
+
+    async fn retry_delivery(
+        &self,
+        id: &str,
+        now_ms: i64,
+        deadline_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.writer
+            .run("retrying a delivery", move |conn| {
+                let n = conn
+                    .prepare_cached(
+                        "UPDATE deliveries SET status = 'pending', next_attempt_at = ?2,
+                            deadline = ?3, finished_at = NULL, claimed_until = NULL
+                         WHERE id = ?1",
+                    )?
+                    .execute(params![id, now_ms, deadline_ms])?;
+                Ok(n == 1)
+            })
+            .await
+    }
+
+    async fn release_claims(&self, now_ms: i64) -> Result<u64, StoreError> {
+        self.writer
+            .run("releasing unfinished deliveries", move |conn| {
+                let n = conn
+                    .prepare_cached(
+                        "UPDATE deliveries SET next_attempt_at = ?1, claimed_until = NULL
+                         WHERE status = 'pending' AND claimed_until IS NOT NULL",
+                    )?
+                    .execute(params![now_ms])?;
+                Ok(n as u64)
+            })
+            .await
+    }
+
+    async fn pending_deliveries(&self) -> Result<u64, StoreError> {
+        self.read("counting pending deliveries", |conn| {
+            conn.prepare_cached("SELECT count(*) FROM deliveries WHERE status = 'pending'")?
+                .query_row([], |r| r.get::<_, i64>(0))
+        })
+        .await
+        .map(|n| n.max(0) as u64)
+    }
+
+    async fn prune_deliveries(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.writer
+            .run("pruning finished deliveries", move |conn| {
+                let n = conn
+                    .prepare_cached(
+                        "DELETE FROM deliveries
+                         WHERE status != 'pending' AND finished_at < ?1",
+                    )?
+                    .execute(params![before_ms])?;
+                Ok(n as u64)
+            })
+            .await
+    }
+}

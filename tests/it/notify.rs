@@ -1,0 +1,555 @@
+//! Notifications: events from the real flows (the test provider, a real SQLite file or
+//! redis-server) delivered to a real receiver that verifies every signature with the
+//! Standard Webhooks reference library from PyPI; at least once, through a receiver that
+//! is down or failing, a `kill -9` of oauthd, and two instances on one Redis.
+
+use crate::common;
+
+use common::peer::{connect, Peer};
+use common::receiver::{new_secret, Receiver};
+use common::{Daemon, Home};
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A `[[notify]]` table for `receiver`, signed with `secret` (written beside the config).
+fn target_toml(home: &Home, name: &str, receiver: &Receiver, secret: &str, extra: &str) -> String {
+    let file = home.dir.path().join(format!("{name}.secret"));
+    std::fs::write(&file, format!("{secret}\n")).unwrap();
+    format!(
+        "[[notify]]\nname = \"{name}\"\nurl = \"{}\"\nsecret_file = \"{}\"\n{extra}\n",
+        receiver.url("/hooks/oauthd"),
+        file.display()
+    )
+}
+
+/// Fast retries, and a failing refresh is told at once.
+const EVENTS_TOML: &str =
+    "[events]\nrefresh_failing_after_seconds = 0\nretry_min_seconds = 1\nretry_max_seconds = 2\n";
+
+/// Every delivery verified with the reference library, none carries a token.
+fn assert_verified(deliveries: &[Value], tokens: &[&str]) {
+    for d in deliveries {
+        assert_eq!(d["verified"], true, "signature did not verify: {d}");
+        for t in tokens {
+            assert!(!d["body"].as_str().unwrap().contains(t), "a token in {d}");
+        }
+    }
+}
+
+/// Connect, lose the grant at the provider, reconnect, delete: each event exactly once,
+/// at its moment, signed; the phone target gets only what it asked for, as sentences.
+async fn connection_events_fire_once_each_from_the_real_flows(home: Home) {
+    let secret = new_secret();
+    let hooks = Receiver::start(Some(&secret));
+    let phone = Receiver::start(None);
+    let peer = Peer::start(2);
+    let mut toml = target_toml(&home, "app", &hooks, &secret, "");
+    toml.push_str(&format!(
+        "[[notify]]\nname = \"phone\"\nurl = \"{}\"\nformat = \"text\"\nevents = [\"connection.needs_reauth\", \"connection.recovered\"]\n{EVENTS_TOML}",
+        phone.url("/homelab")
+    ));
+    let key = peer.configure(&home, &toml);
+    let d = home.start();
+
+    assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
+    let connected = hooks.wait_for("connection.connected", 1, WAIT).await;
+    assert_eq!(connected.len(), 1, "{connected:?}");
+    let data = &connected[0]["json"]["data"];
+    assert_eq!(
+        (&data["provider"], &data["account"], &data["via"]),
+        (&json!("peer"), &json!("alice"), &json!("connect"))
+    );
+    let (_, token) = d.get("/v1/connections/peer/alice/token", &key).await;
+    let access = token["access_token"].as_str().unwrap().to_owned();
+
+    // The user revokes access at the provider; the next refresh is refused for good.
+    peer.revoke(&access).await;
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    assert_eq!(d.get("/v1/connections/peer/alice/token", &key).await.0, 409);
+    let reauth = hooks.wait_for("connection.needs_reauth", 1, WAIT).await;
+    assert_eq!(reauth.len(), 1);
+    let data = &reauth[0]["json"]["data"];
+    assert!(
+        data["error"].as_str().unwrap().contains("invalid_grant"),
+        "{data}"
+    );
+    assert!(
+        data["reconnect_url"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}/?reconnect=peer&account=alice", d.url)),
+        "{data}"
+    );
+    // Asking again does not tell again.
+    assert_eq!(d.get("/v1/connections/peer/alice/token", &key).await.0, 409);
+
+    assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
+    let recovered = hooks.wait_for("connection.recovered", 1, WAIT).await;
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(recovered[0]["json"]["data"]["after"], "needs_reauth");
+    assert_eq!(hooks.of_type("connection.connected").await.len(), 2);
+
+    let resp = d.delete("/v1/connections/peer/alice", &key).await;
+    assert_eq!(resp.status(), 204);
+    let deleted = hooks.wait_for("connection.deleted", 1, WAIT).await;
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(deleted[0]["json"]["data"]["revocation"], "revoked");
+
+    // Events of one change are sent side by side: count them, in the order of the changes.
+    let all = hooks.received().await;
+    let kinds: Vec<&str> = all
+        .iter()
+        .map(|r| r["json"]["type"].as_str().unwrap())
+        .collect();
+    let position = |kind: &str| kinds.iter().rposition(|k| *k == kind).unwrap();
+    assert_eq!(kinds.len(), 5, "{kinds:?}");
+    assert!(position("connection.needs_reauth") < position("connection.recovered"));
+    assert!(position("connection.recovered") < position("connection.deleted"));
+    assert_verified(&all, &[&access]);
+    let ids: HashSet<_> = all.iter().map(|r| r["webhook_id"].clone()).collect();
+    assert_eq!(ids.len(), all.len(), "webhook-ids are per event");
+
+    // The phone: two sentences, the urgent one with the reconnect link to open.
+    let texts = phone.wait_for_all(2, WAIT).await;
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert!(texts.iter().all(|t| t["content_type"]
+        .as_str()
+        .unwrap()
+        .starts_with("text/plain")));
+    let first = texts[0]["body"].as_str().unwrap();
+    assert!(
+        first.contains("peer/alice must be connected again"),
+        "{first}"
+    );
+    assert_eq!(texts[0]["priority"], "high");
+    assert!(texts[0]["click"]
+        .as_str()
+        .unwrap()
+        .contains("reconnect=peer"));
+    assert!(texts[1]["body"].as_str().unwrap().contains("works again"));
+
+    assert_eq!(
+        d.metric("oauthd_events_total{type=\"connection.connected\"}")
+            .await,
+        Some(2.0)
+    );
+    assert_eq!(
+        d.metric("oauthd_deliveries_total{result=\"delivered\",target=\"app\"}")
+            .await,
+        Some(5.0)
+    );
+    assert_eq!(d.metric("oauthd_outbox_pending").await, Some(0.0));
+}
+
+/// A device flow that completes and one that is declined.
+async fn device_flow_events_tell_how_the_flow_ended(home: Home) {
+    let secret = new_secret();
+    let hooks = Receiver::start(Some(&secret));
+    let peer = Peer::start(600);
+    let toml = target_toml(
+        &home,
+        "app",
+        &hooks,
+        &secret,
+        "events = [\"device_flow.*\"]",
+    );
+    let key = peer.configure(&home, &toml);
+    let d = home.start();
+    for (account, approve) in [("tv", true), ("radio", false)] {
+        let started = d.start_device(&key, "peer", account).await;
+        peer.verify_device(started["user_code"].as_str().unwrap(), approve)
+            .await;
+        let id = started["id"].as_str().unwrap();
+        let (status, body) = d.wait_device(&key, "peer", id, WAIT).await;
+        let ended = if approve {
+            (200, "connected")
+        } else {
+            (403, "denied")
+        };
+        assert_eq!((status, body["status"].as_str().unwrap()), ended, "{body}");
+    }
+    let done = hooks.wait_for("device_flow.completed", 1, WAIT).await;
+    let failed = hooks.wait_for("device_flow.failed", 1, WAIT).await;
+    assert_eq!((done.len(), failed.len()), (1, 1));
+    assert_eq!(done[0]["json"]["data"]["account"], "tv");
+    assert_eq!(failed[0]["json"]["data"]["account"], "radio");
+    assert_eq!(failed[0]["json"]["data"]["status"], "denied");
+    // The target asked for device flows only: no connection.connected.
+    assert_eq!(hooks.received().await.len(), 2);
+    assert_verified(&hooks.received().await, &[]);
+}
+
+/// Deliveries survive `kill -9` of oauthd right after the change: the event was committed
+/// with it, the receiver was down, and the restarted oauthd delivers it (even when the kill
+/// came mid-attempt: a restart on SQLite, the only process working on it, takes over the
+/// unfinished claim at once; on Redis a dead instance's claim ends with its lease, which
+/// the store contract tests).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_needs_reauth_survives_kill_9_and_is_delivered_after_restart() {
+    let home = Home::new();
+    let secret = new_secret();
+    let mut hooks = Receiver::start(Some(&secret));
+    let peer = Peer::start(2);
+    let toml = target_toml(&home, "app", &hooks, &secret, "") + EVENTS_TOML;
+    let key = peer.configure(&home, &toml);
+    let d = home.start();
+    assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
+    assert_eq!(
+        hooks.wait_for("connection.connected", 1, WAIT).await.len(),
+        1
+    );
+    let (_, token) = d.get("/v1/connections/peer/alice/token", &key).await;
+    peer.revoke(token["access_token"].as_str().unwrap()).await;
+    hooks.stop();
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    assert_eq!(d.get("/v1/connections/peer/alice/token", &key).await.0, 409);
+    d.kill9();
+
+    hooks.restart();
+    let d = home.start();
+    let reauth = hooks.wait_for("connection.needs_reauth", 1, WAIT).await;
+    assert_eq!(reauth.len(), 1, "{:?}", hooks.received().await);
+    assert_verified(&reauth, &[]);
+    assert!(d.signal_and_wait("TERM").success());
+}
+
+/// A receiver that is down, then answers 500, then 200: the same event with the same
+/// `webhook-id` until it gets through; `events list` shows where it stands.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_receiver_gets_the_same_webhook_id_until_it_accepts() {
+    let home = Home::new();
+    let secret = new_secret();
+    let mut hooks = Receiver::start(Some(&secret));
+    home.write_config(&(target_toml(&home, "app", &hooks, &secret, "") + EVENTS_TOML));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    hooks.stop();
+    let (status, sent) = d.post("/v1/notify/test", &key, json!({})).await;
+    assert_eq!(status, 202, "{sent}");
+    assert_eq!(sent["targets"], json!(["app"]));
+    let event_id = sent["event_id"].as_str().unwrap().to_owned();
+
+    // Down: attempts fail and are listed as failing.
+    assert!(
+        common::eventually(WAIT, || {
+            let out = home.cli(&["events", "list", "--failed", "--json"]);
+            let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            list.as_array().is_some_and(|l| {
+                l.iter().any(|d| {
+                    d["event_id"] == event_id.as_str()
+                        && d["status"] == "pending"
+                        && d["last_error"]
+                            .as_str()
+                            .is_some_and(|e| e.contains("connect"))
+                })
+            })
+        })
+        .await
+    );
+    hooks.restart();
+    hooks.fail_next(1, 500).await;
+    let got = hooks.wait_for("notify.test", 2, WAIT).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(
+        got.iter()
+            .map(|g| g["answered"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [500, 200]
+    );
+    assert!(got.iter().all(|g| g["webhook_id"] == event_id.as_str()));
+    assert_verified(&got, &[]);
+
+    let out = home.cli(&["events", "list", "--json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = &list.as_array().unwrap()[0];
+    assert_eq!(row["status"], "delivered", "{row}");
+    assert!(row["attempts"].as_u64().unwrap() >= 3, "{row}");
+    assert!(
+        d.metric("oauthd_deliveries_total{result=\"failed\",target=\"app\"}")
+            .await
+            .unwrap_or(0.0)
+            >= 2.0
+    );
+    // A second test at once is refused; without a key, 401.
+    let (status, problem) = d.post("/v1/notify/test", &key, json!({})).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (429, Some("too_many_tests"))
+    );
+    assert_eq!(d.post("/v1/notify/test", "", json!({})).await.0, 401);
+}
+
+/// A delivery given up on is dead, counted, and sent again by `oauthd events retry`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_delivery_is_sent_again_by_events_retry() {
+    let home = Home::new();
+    let secret = new_secret();
+    let hooks = Receiver::start(Some(&secret));
+    let toml = target_toml(&home, "app", &hooks, &secret, "")
+        + "[events]\nretry_for_seconds = 3\nretry_min_seconds = 1\nretry_max_seconds = 1\n";
+    home.write_config(&toml);
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    hooks.fail_next(1000, 410).await;
+    let (status, sent) = d.post("/v1/notify/test", &key, json!({})).await;
+    assert_eq!(status, 202);
+    let dead = |home: &Home| {
+        let out = home.cli(&["events", "list", "--failed", "--json"]);
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (list[0]["status"] == "dead").then(|| list[0].clone())
+    };
+    assert!(common::eventually(WAIT, || dead(&home).is_some()).await);
+    let row = dead(&home).unwrap();
+    assert_eq!(row["event_id"], sent["event_id"]);
+    assert_eq!(row["last_error"], "HTTP 410");
+    let attempts = hooks.of_type("notify.test").await.len();
+    assert!(attempts >= 3, "{attempts} attempts in the 3 s window");
+    assert_eq!(
+        d.metric("oauthd_deliveries_total{result=\"dead\",target=\"app\"}")
+            .await,
+        Some(1.0)
+    );
+    // The receiver is fixed; retrying by hand sends it at once.
+    hooks.fail_next(0, 500).await;
+    let id = row["id"].as_str().unwrap();
+    let out = home.cli(&["events", "retry", id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = hooks.wait_for("notify.test", attempts + 1, WAIT).await;
+    assert_eq!(got.last().unwrap()["answered"], 200);
+    assert!(
+        common::eventually(WAIT, || {
+            let out = home.cli(&["events", "list", "--json"]);
+            let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            list[0]["status"] == "delivered"
+        })
+        .await
+    );
+    let out = home.cli(&["events", "retry", "dlv_nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    drop(d);
+}
+
+/// Refreshes that fail for a while are told once; the next success tells the recovery,
+/// and a target that opted in hears of every refresh.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_refresh_is_told_once_and_its_recovery_too() {
+    use wiremock::matchers::{body_string_contains, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("grant_type=authorization_code"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "access_token": "at-1", "token_type": "Bearer", "expires_in": 1,
+            "refresh_token": "rt-1"})))
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("grant_type=refresh_token"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("grant_type=refresh_token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "access_token": "at-2", "token_type": "Bearer", "expires_in": 3600})))
+        .mount(&mock)
+        .await;
+    let home = Home::new();
+    let secret = new_secret();
+    let hooks = Receiver::start(Some(&secret));
+    let chatty = Receiver::start(None);
+    let toml = format!(
+        "{}[[notify]]\nname = \"chatty\"\nurl = \"{}\"\nevents = [\"connection.refreshed\"]\n{EVENTS_TOML}\
+         [providers.mock]\nauthorization_url = \"{uri}/authorize\"\ntoken_url = \"{uri}/token\"\n\
+         client_id = \"cid\"\nclient_secret = \"c-secret\"\n",
+        target_toml(&home, "app", &hooks, &secret, ""),
+        chatty.url("/all"),
+        uri = mock.uri()
+    );
+    home.write_config(&toml);
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    common::connect_with_code(&d, &key, "mock", "alice", "c1").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, problem) = d.get("/v1/connections/mock/alice/token", &key).await;
+    assert_eq!(status, 503, "{problem}");
+    let failing = hooks.wait_for("connection.refresh_failing", 1, WAIT).await;
+    assert_eq!(failing.len(), 1);
+    let data = &failing[0]["json"]["data"];
+    assert_eq!(data["failures"], 1);
+    assert!(data["retry_at"].is_string(), "{data}");
+    // The first retry comes after the broker's backoff (5 s).
+    let mut token = (0, Value::Null);
+    for _ in 0..40 {
+        token = d.get("/v1/connections/mock/alice/token", &key).await;
+        if token.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(token.0, 200, "{}", token.1);
+    let recovered = hooks.wait_for("connection.recovered", 1, WAIT).await;
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(recovered[0]["json"]["data"]["after"], "refresh_failing");
+    assert_eq!(hooks.of_type("connection.refresh_failing").await.len(), 1);
+    assert!(hooks.of_type("connection.refreshed").await.is_empty());
+    let refreshed = chatty.wait_for("connection.refreshed", 1, WAIT).await;
+    assert_eq!(refreshed.len(), 1);
+    assert_eq!(
+        chatty.received().await.len(),
+        1,
+        "chatty asked for refreshes only"
+    );
+    assert_verified(&hooks.received().await, &["at-1", "at-2", "rt-1"]);
+}
+
+/// Two instances on one Redis: each event is delivered by one of them, once.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_on_one_redis_deliver_each_event_once() {
+    let a = Home::redis();
+    let b = Home::sharing(&a);
+    let secret = new_secret();
+    let hooks = Receiver::start(Some(&secret));
+    let peer = Peer::start(600);
+    let toml = target_toml(&a, "app", &hooks, &secret, "") + EVENTS_TOML;
+    let key = peer.configure(&a, &toml);
+    b.write_config(&std::fs::read_to_string(a.config()).unwrap());
+    let (da, db) = (a.start(), b.start());
+    for (i, d) in [&da, &db, &da, &db].into_iter().enumerate() {
+        assert_eq!(connect(d, &peer, &key, &format!("user{i}")).await.0, 200);
+    }
+    for d in [&da, &db] {
+        assert_eq!(d.post("/v1/notify/test", &key, json!({})).await.0, 202);
+    }
+    let connected = hooks.wait_for("connection.connected", 4, WAIT).await;
+    let tests = hooks.wait_for("notify.test", 2, WAIT).await;
+    assert_eq!((connected.len(), tests.len()), (4, 2));
+    // Give a duplicate time to show up, then count.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let all = hooks.received().await;
+    let ids: Vec<_> = all.iter().map(|r| r["webhook_id"].clone()).collect();
+    let unique: HashSet<_> = ids.iter().collect();
+    assert_eq!(ids.len(), 6, "{ids:?}");
+    assert_eq!(unique.len(), 6, "an event was delivered twice: {ids:?}");
+    assert_verified(&all, &[]);
+}
+
+/// A target oauthd cannot use stops the start with the entry named (exit code 2).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_target_is_refused_at_start() {
+    let cases = [
+        (
+            "[[notify]]\nurl = \"http://192.168.1.10/hook\"\n",
+            "notify[0].url",
+        ),
+        (
+            "[[notify]]\nurl = \"https://x.example/h\"\nevents = [\"connection.lost\"]\n",
+            "notify[0].events",
+        ),
+        (
+            "[[notify]]\nurl = \"https://x.example/h\"\nsecret_file = \"/nonexistent/s\"\n",
+            "notify[0].secret_file",
+        ),
+        (
+            "[[notify]]\nurl = \"https://x.example/h\"\nformat = \"xml\"\n",
+            "format",
+        ),
+    ];
+    for (toml, named) in cases {
+        let home = Home::new();
+        home.write_config(toml);
+        let out = home.serve_once();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{toml}: {err}");
+        assert!(err.contains(named), "{toml}: {err}");
+        assert!(!home.db().exists(), "a config error left a database behind");
+    }
+    // A secret that is not whsec_ base64 is refused without being repeated.
+    let home = Home::new();
+    let file = home.dir.path().join("s");
+    std::fs::write(&file, "hunter2-not-a-webhook-secret").unwrap();
+    home.write_config(&format!(
+        "[[notify]]\nurl = \"https://x.example/h\"\nsecret_file = \"{}\"\n",
+        file.display()
+    ));
+    let out = home.serve_once();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("whsec_") && !err.contains("hunter2"), "{err}");
+}
+
+/// Without a target, a test event has nowhere to go: 409.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_test_event_without_targets_is_a_conflict() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d: Daemon = home.start();
+    let (status, problem) = d.post("/v1/notify/test", &key, json!({})).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (409, Some("no_notify_targets"))
+    );
+}
+
+contract![
+    connection_events_fire_once_each_from_the_real_flows,
+    device_flow_events_tell_how_the_flow_ended,
+];
+
+/// The page lists each target and sends a test notification from its button.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_page_shows_targets_and_sends_a_test_notification() {
+    let home = Home::new();
+    let secret = new_secret();
+    let hooks = Receiver::start(Some(&secret));
+    home.write_config(&(target_toml(&home, "app", &hooks, &secret, "") + EVENTS_TOML));
+    let d = home.start();
+    let b = common::browser::Browser::start("notify").await;
+    b.client.goto(&format!("{}/", d.url)).await.unwrap();
+    b.sign_in(&home.login_link(&d)).await;
+    let row = b
+        .wait_for("tr[data-target='app']")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(row.contains("127.0.0.1") && row.contains("signed"), "{row}");
+    b.click("#notify-test").await;
+    b.wait_text("#notice", "Test notification sent to app")
+        .await;
+    let got = hooks.wait_for("notify.test", 1, WAIT).await;
+    assert_eq!(got.len(), 1);
+    assert_verified(&got, &[]);
+    b.screenshot("01-test-sent.png").await;
+    // The page's API refuses the test without the session's CSRF token, and lists what
+    // was sent.
+    let session = d.sign_in(&home.login_link(&d)).await;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/ui/api/notify/test", d.url))
+        .header("Cookie", format!("oauthd_session={session}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let events: Value = d
+        .ui_get("/ui/api/events", &session)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(events["deliveries"][0]["type"], "notify.test", "{events}");
+    assert_eq!(events["targets"][0]["name"], "app");
+    b.close().await;
+}
