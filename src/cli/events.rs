@@ -4,7 +4,7 @@
 use super::{open_store, runtime, EventsCommand, Fatal, Missing};
 use crate::clock::{rfc3339, Clock};
 use crate::config::Settings;
-use crate::store::{DeliveryFilter, DeliveryStatus};
+use crate::store::DeliveryFilter;
 
 pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), Fatal> {
     let store = open_store(&settings, Missing::Refuse)?;
@@ -26,22 +26,12 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
                     let list: Vec<_> = rows
                         .iter()
                         .map(|d| {
-                            serde_json::json!({
-                                "id": d.id,
-                                "event_id": d.event_id,
-                                "type": d.event_type,
-                                "target": d.target,
-                                "status": d.status.as_str(),
-                                "attempts": d.attempts,
-                                "last_error": d.last_error,
-                                "created_at": rfc3339(d.created_at_ms),
-                                "next_attempt_at": (d.status == DeliveryStatus::Pending)
-                                    .then_some(d.next_attempt_at_ms)
-                                    .flatten()
-                                    .map(rfc3339),
-                                "finished_at": d.finished_at_ms.map(rfc3339),
-                                "body": serde_json::from_str::<serde_json::Value>(&d.body).ok(),
-                            })
+                            let mut v = crate::notify::delivery_json(d);
+                            if let Some(fields) = v.as_object_mut() {
+                                let body = serde_json::from_str(&d.body).unwrap_or_default();
+                                fields.insert("body".into(), body);
+                            }
+                            v
                         })
                         .collect();
                     println!("{}", serde_json::to_string_pretty(&list)?);

@@ -5,8 +5,7 @@ use super::auth::Caller;
 use super::problem::ApiError;
 use super::ui::UiSession;
 use super::{no_store, AppState};
-use crate::clock::rfc3339;
-use crate::notify::TestSent;
+use crate::notify::{delivery_json, TestSent};
 use crate::store::{DeliveryFilter, DeliveryRow, DeliveryStatus};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
@@ -15,8 +14,15 @@ use serde_json::json;
 /// Deliveries the page lists.
 const PAGE_DELIVERIES: u32 = 50;
 
-/// `POST /v1/notify/test` -> 202 `{"event_id", "type", "targets"}`.
-pub async fn test(app: web::Data<AppState>, _caller: Caller) -> Result<HttpResponse, ApiError> {
+/// `POST /v1/notify/test` -> 202 `{"event_id", "type", "targets"}`. Targets are the
+/// operator's: a key limited to some namespaces or accounts (a tenant's) may not ring them.
+pub async fn test(app: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    if caller.0.namespaces.is_some() || caller.0.accounts.is_some() {
+        return Err(ApiError::unauthorized(
+            "notify_not_allowed",
+            "only an API key without --namespace or --account limits may send a test notification",
+        ));
+    }
     send_test(&app).await
 }
 
@@ -44,24 +50,6 @@ async fn send_test(app: &AppState) -> Result<HttpResponse, ApiError> {
         )
         .retry_after(retry_after_secs)),
     }
-}
-
-fn delivery_json(d: &DeliveryRow) -> serde_json::Value {
-    json!({
-        "id": d.id,
-        "event_id": d.event_id,
-        "type": d.event_type,
-        "target": d.target,
-        "status": d.status.as_str(),
-        "attempts": d.attempts,
-        "last_error": d.last_error,
-        "created_at": rfc3339(d.created_at_ms),
-        "next_attempt_at": (d.status == DeliveryStatus::Pending)
-            .then_some(d.next_attempt_at_ms)
-            .flatten()
-            .map(rfc3339),
-        "finished_at": d.finished_at_ms.map(rfc3339),
-    })
 }
 
 /// `GET /ui/api/events`: each target with its last delivery and last failure, and the

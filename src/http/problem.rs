@@ -54,7 +54,10 @@ impl ApiError {
     pub fn unauthorized(code: &'static str, detail: impl Into<String>) -> Self {
         let mut e = Self::new(StatusCode::UNAUTHORIZED, code, detail);
         e.challenge = Some(
-            if matches!(code, "namespace_not_allowed" | "account_not_allowed") {
+            if matches!(
+                code,
+                "namespace_not_allowed" | "account_not_allowed" | "notify_not_allowed"
+            ) {
                 r#"Bearer realm="oauthd", error="insufficient_scope""#
             } else {
                 r#"Bearer realm="oauthd""#

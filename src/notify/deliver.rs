@@ -7,6 +7,7 @@ use super::event::message;
 use super::{Format, Notifier, Target};
 use crate::store::{DeliveryOutcome, DeliveryRow, OutboxStore};
 use reqwest::header::CONTENT_TYPE;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +16,10 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a claim holds a delivery: outlives an attempt, so only a worker that died
 /// leaves it to be claimed again.
 const LEASE_MS: i64 = 30_000;
-/// Deliveries claimed (and sent concurrently) at once.
-const BATCH: u32 = 16;
+/// Attempts running at once, and at once to one target: a target that hangs until the
+/// timeout holds two slots, never the others' deliveries.
+const MAX_IN_FLIGHT: usize = 16;
+const PER_TARGET: usize = 2;
 /// How often the outbox is looked at without being woken (retries that fell due, events
 /// another instance wrote).
 const POLL: Duration = Duration::from_secs(1);
@@ -54,6 +57,8 @@ pub async fn run(
     }
     let mut last_prune: Option<std::time::Instant> = None;
     let mut failing = false;
+    let mut running: tokio::task::JoinSet<String> = tokio::task::JoinSet::new();
+    let mut busy: HashMap<String, usize> = HashMap::new();
     while !*stop.borrow() {
         if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
             last_prune = Some(std::time::Instant::now());
@@ -62,38 +67,61 @@ pub async fn run(
                 log::warn!("notifications: pruning old deliveries: {e}");
             }
         }
-        let claimed = store
-            .claim_deliveries(notifier.now_ms(), LEASE_MS, BATCH)
-            .await;
-        let batch = match claimed {
-            Ok(batch) => {
-                if failing {
-                    log::info!("notifications: the outbox answers again");
-                    failing = false;
+        let room = MAX_IN_FLIGHT.saturating_sub(running.len());
+        if room > 0 {
+            let skip: Vec<String> = busy
+                .iter()
+                .filter(|(_, n)| **n >= PER_TARGET)
+                .map(|(t, _)| t.clone())
+                .collect();
+            let claimed = store
+                .claim_deliveries(notifier.now_ms(), LEASE_MS, room as u32, &skip)
+                .await;
+            match claimed {
+                Ok(batch) => {
+                    if failing {
+                        log::info!("notifications: the outbox answers again");
+                        failing = false;
+                    }
+                    for d in batch {
+                        *busy.entry(d.target.clone()).or_default() += 1;
+                        let (store, notifier, http) =
+                            (store.clone(), notifier.clone(), http.clone());
+                        running.spawn(async move {
+                            let target = d.target.clone();
+                            attempt(store.as_ref(), &notifier, &http, d).await;
+                            target
+                        });
+                    }
                 }
-                batch
-            }
-            Err(e) => {
-                if !failing {
-                    log::warn!("notifications: {e}; trying again every {POLL:?}");
-                    failing = true;
+                Err(e) => {
+                    if !failing {
+                        log::warn!("notifications: {e}; trying again every {POLL:?}");
+                        failing = true;
+                    }
                 }
-                Vec::new()
             }
-        };
-        if batch.is_empty() {
-            tokio::select! {
-                _ = notifier.woken() => {}
-                _ = tokio::time::sleep(POLL) => {}
-                _ = stop.changed() => {}
-            }
-            continue;
         }
-        let attempts = batch
-            .into_iter()
-            .map(|d| attempt(store.as_ref(), &notifier, &http, d));
-        futures_util::future::join_all(attempts).await;
+        tokio::select! {
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                if let Ok(target) = done {
+                    if let Some(n) = busy.get_mut(&target) {
+                        *n = n.saturating_sub(1);
+                    }
+                }
+            }
+            _ = notifier.woken() => {}
+            _ = tokio::time::sleep(POLL) => {}
+            _ = stop.changed() => {}
+        }
+        // A task that panicked gave no target back: recount from what still runs.
+        if running.is_empty() {
+            busy.clear();
+        }
     }
+    // Attempts still running are dropped: their claims end (or, on SQLite, are released at
+    // the next start) and they are sent again.
+    running.shutdown().await;
 }
 
 /// Sends one delivery and records how it went.
@@ -103,25 +131,26 @@ async fn attempt(
     http: &reqwest::Client,
     d: DeliveryRow,
 ) {
-    let outcome = match notifier.target(&d.target) {
-        None => DeliveryOutcome::Dead {
-            error: format!("no target named {:?} is configured", d.target),
-        },
-        Some(target) => match send(http, &target, &d, notifier.now_ms()).await {
-            Ok(()) => DeliveryOutcome::Delivered,
-            Err(error) => {
-                let now = notifier.now_ms();
-                if now >= d.deadline_ms {
-                    DeliveryOutcome::Dead { error }
-                } else {
-                    let wait = backoff_ms(notifier.policy(), d.attempts);
-                    DeliveryOutcome::Retry {
-                        at_ms: now.saturating_add(wait).min(d.deadline_ms),
-                        error,
-                    }
+    // A target this process does not have (a config being rolled out, a renamed target)
+    // is retried like a failing one: another instance, or this one restarted, may have it.
+    let sent = match notifier.target(&d.target) {
+        None => Err(format!("no target named {:?} is configured here", d.target)),
+        Some(target) => send(http, &target, &d, notifier.now_ms()).await,
+    };
+    let outcome = match sent {
+        Ok(()) => DeliveryOutcome::Delivered,
+        Err(error) => {
+            let now = notifier.now_ms();
+            if now >= d.deadline_ms {
+                DeliveryOutcome::Dead { error }
+            } else {
+                let wait = backoff_ms(notifier.policy(), d.attempts);
+                DeliveryOutcome::Retry {
+                    at_ms: now.saturating_add(wait).min(d.deadline_ms),
+                    error,
                 }
             }
-        },
+        }
     };
     let result = match &outcome {
         DeliveryOutcome::Delivered => "delivered",
@@ -161,7 +190,7 @@ async fn attempt(
     {
         Ok(true) => {}
         Ok(false) => log::info!(
-            "notification {} to {}: changed meanwhile (retried by hand or claimed again); outcome not recorded",
+            "notification {} to {}: claimed again meanwhile (its claim ran out); outcome not recorded",
             d.event_id,
             d.target
         ),

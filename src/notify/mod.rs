@@ -12,8 +12,8 @@ pub mod sign;
 pub use event::{Event, EventType};
 
 use crate::clock::Clock;
-use crate::oauth::provider::endpoint_url;
-use crate::store::{NewDelivery, OutboxStore, StoreError};
+use crate::oauth::provider::is_loopback;
+use crate::store::{DeliveryRow, DeliveryStatus, NewDelivery, OutboxStore, StoreError};
 use serde::Deserialize;
 use serde_json::Value;
 use sign::SigningKey;
@@ -106,10 +106,31 @@ pub fn build_targets(configs: &[NotifyConfig]) -> Result<Vec<Target>, String> {
     let mut targets: Vec<Target> = Vec::new();
     for (i, c) in configs.iter().enumerate() {
         let key = format!("notify[{i}]");
-        let url = endpoint_url(&format!("{key}.url"), &c.url)?;
+        // The URL is not repeated: a push service's may carry a token or a secret topic.
+        let url = match Url::parse(&c.url) {
+            Err(e) => return Err(format!("{key}.url: not a URL ({e})")),
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                return Err(format!(
+                    "{key}.url: credentials in the URL are not supported; use secret_file to sign deliveries"
+                ))
+            }
+            Ok(u) => match (u.scheme(), is_loopback(&u)) {
+                ("https", _) | ("http", true) => u,
+                (scheme, _) => {
+                    return Err(format!(
+                        "{key}.url: {scheme}://{}… must be https, or plain http on a loopback address (127.0.0.1, ::1, localhost)",
+                        u.host_str().unwrap_or("")
+                    ))
+                }
+            },
+        };
         let name = match &c.name {
             Some(n) => n.clone(),
-            None => url.host_str().unwrap_or("target").to_owned(),
+            None => url
+                .host_str()
+                .unwrap_or("target")
+                .trim_matches(|c| c == '[' || c == ']')
+                .replace(':', "-"),
         };
         if name.is_empty()
             || name.len() > 64
@@ -166,7 +187,7 @@ pub fn build_targets(configs: &[NotifyConfig]) -> Result<Vec<Target>, String> {
     Ok(targets)
 }
 
-/// Least time between two test events: a leaked API key cannot make a phone ring on end.
+/// Least time between two test events (only keys without limits, and the page, may ask).
 const TEST_EVERY_MS: i64 = 5_000;
 
 /// What a request for a test event got.
@@ -317,6 +338,26 @@ impl Notifier {
     pub(crate) fn now_ms(&self) -> i64 {
         self.clock.now_ms()
     }
+}
+
+/// A delivery as the page and `oauthd events list --json` show it (never the target's URL).
+pub fn delivery_json(d: &DeliveryRow) -> Value {
+    use crate::clock::rfc3339;
+    serde_json::json!({
+        "id": d.id,
+        "event_id": d.event_id,
+        "type": d.event_type,
+        "target": d.target,
+        "status": d.status.as_str(),
+        "attempts": d.attempts,
+        "last_error": d.last_error,
+        "created_at": rfc3339(d.created_at_ms),
+        "next_attempt_at": (d.status == DeliveryStatus::Pending)
+            .then_some(d.next_attempt_at_ms)
+            .flatten()
+            .map(rfc3339),
+        "finished_at": d.finished_at_ms.map(rfc3339),
+    })
 }
 
 fn millis(d: Duration) -> i64 {

@@ -88,6 +88,19 @@ pub enum DeliveryOutcome {
     },
 }
 
+impl DeliveryOutcome {
+    /// What it records: the status, when it is due again, and the error to keep.
+    pub fn parts(self) -> (DeliveryStatus, Option<i64>, Option<String>) {
+        match self {
+            DeliveryOutcome::Delivered => (DeliveryStatus::Delivered, None, None),
+            DeliveryOutcome::Retry { at_ms, error } => {
+                (DeliveryStatus::Pending, Some(at_ms), Some(error))
+            }
+            DeliveryOutcome::Dead { error } => (DeliveryStatus::Dead, None, Some(error)),
+        }
+    }
+}
+
 /// Which deliveries a listing shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryFilter {
@@ -102,12 +115,13 @@ pub trait OutboxStore: Send + Sync {
     async fn add_deliveries(&self, deliveries: Vec<NewDelivery>) -> Result<(), StoreError>;
     /// Claims up to `limit` due pending deliveries for `lease_ms`: each counts an attempt
     /// and is due again when the lease ends, so a worker that dies mid-attempt leaves it
-    /// to another. Oldest due first.
+    /// to another. Oldest due first; none for the targets in `skip` (busy ones).
     async fn claim_deliveries(
         &self,
         now_ms: i64,
         lease_ms: i64,
         limit: u32,
+        skip: &[String],
     ) -> Result<Vec<DeliveryRow>, StoreError>;
     /// Records how the attempt numbered `attempt` ended; false (nothing written) when the
     /// delivery moved on meanwhile (claimed again after the lease ran out, retried by hand).
@@ -132,10 +146,12 @@ pub trait OutboxStore: Send + Sync {
         now_ms: i64,
         deadline_ms: i64,
     ) -> Result<bool, StoreError>;
-    /// At start, on a store only this process works on (SQLite): deliveries a previous run
-    /// claimed and never finished (killed mid-attempt) are due now rather than when their
-    /// claim would end. On a shared store (Redis) the claims may be other instances' live
-    /// ones: nothing changes, and a dead instance's claims end with their lease.
+    /// At start, on SQLite: deliveries a previous run claimed and never finished (killed
+    /// mid-attempt) are due now rather than when their claim would end. Should another
+    /// process on the same file be attempting one right now, the receiver gets it twice
+    /// (at least once; the `webhook-id` tells); that process's outcome is not recorded
+    /// over the new claim's. On Redis the claims may be other instances' live ones: nothing
+    /// changes, and a dead instance's claims end with their lease.
     async fn release_claims(&self, now_ms: i64) -> Result<u64, StoreError>;
     /// How many deliveries are pending.
     async fn pending_deliveries(&self) -> Result<u64, StoreError>;

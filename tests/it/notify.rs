@@ -280,6 +280,15 @@ async fn a_failing_receiver_gets_the_same_webhook_id_until_it_accepts() {
         (429, Some("too_many_tests"))
     );
     assert_eq!(d.post("/v1/notify/test", "", json!({})).await.0, 401);
+    // A tenant's key (limited to some accounts or namespaces) may not ring the operator's
+    // targets.
+    let out = home.cli(&["keys", "create", "--name", "tenant", "--account", "acme.*"]);
+    let tenant = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (status, problem) = d.post("/v1/notify/test", &tenant, json!({})).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (401, Some("notify_not_allowed"))
+    );
 }
 
 /// A delivery given up on is dead, counted, and sent again by `oauthd events retry`.
@@ -476,6 +485,16 @@ async fn a_bad_target_is_refused_at_start() {
         assert!(err.contains(named), "{toml}: {err}");
         assert!(!home.db().exists(), "a config error left a database behind");
     }
+    // A push URL may carry a token: an error never repeats it.
+    let home = Home::new();
+    home.write_config("[[notify]]\nurl = \"http://gotify.lan/message?token=SeCrEtToKeN\"\n");
+    let out = home.serve_once();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("gotify.lan") && !err.contains("SeCrEtToKeN"),
+        "{err}"
+    );
     // A secret that is not whsec_ base64 is refused without being repeated.
     let home = Home::new();
     let file = home.dir.path().join("s");
@@ -552,4 +571,51 @@ async fn the_page_shows_targets_and_sends_a_test_notification() {
     assert_eq!(events["deliveries"][0]["type"], "notify.test", "{events}");
     assert_eq!(events["targets"][0]["name"], "app");
     b.close().await;
+}
+
+/// A delivery for a target this instance does not have (written by a process with another
+/// config: a rollout, a rename) is kept and retried, not given up on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_for_a_target_not_configured_here_is_kept_and_retried() {
+    let home = Home::new();
+    let secret = new_secret();
+    let hooks = Receiver::start(Some(&secret));
+    let provider =
+        "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n";
+    let app = target_toml(&home, "app", &hooks, &secret, "");
+    let ghost = "[[notify]]\nname = \"ghost\"\nurl = \"https://ghost.example/h\"\n";
+    // The CLI runs with a config that has a second target…
+    home.write_config(&format!("{app}{ghost}{provider}{EVENTS_TOML}"));
+    home.create_key("app", &[]);
+    let file = home.dir.path().join("tokens.jsonl");
+    std::fs::write(
+        &file,
+        "{\"provider\":\"gh\",\"account\":\"me\",\"access_token\":\"tok-GHOST\"}\n",
+    )
+    .unwrap();
+    let out = home.cli(&["connections", "import", "--file", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // …the daemon with one that does not.
+    home.write_config(&format!("{app}{provider}{EVENTS_TOML}"));
+    let _d = home.start();
+    let connected = hooks.wait_for("connection.connected", 1, WAIT).await;
+    assert_eq!(connected.len(), 1);
+    assert_verified(&connected, &["tok-GHOST"]);
+    let ghost_row = |home: &Home| {
+        let out = home.cli(&["events", "list", "--json"]);
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        list.as_array()
+            .and_then(|l| l.iter().find(|d| d["target"] == "ghost").cloned())
+    };
+    assert!(
+        common::eventually(WAIT, || ghost_row(&home).is_some_and(|r| r["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("ghost"))))
+        .await
+    );
+    assert_eq!(ghost_row(&home).unwrap()["status"], "pending");
 }

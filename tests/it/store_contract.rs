@@ -206,14 +206,14 @@ async fn deliveries_are_claimed_once_per_lease_and_finished_by_their_claim(b: Ba
         .await
         .unwrap();
     assert!(s
-        .claim_deliveries(999, 10_000, 10)
+        .claim_deliveries(999, 10_000, 10, &[])
         .await
         .unwrap()
         .is_empty());
-    let first = s.claim_deliveries(2_000, 10_000, 1).await.unwrap();
+    let first = s.claim_deliveries(2_000, 10_000, 1, &[]).await.unwrap();
     assert_eq!(first.len(), 1);
     assert_eq!((first[0].id.as_str(), first[0].attempts), ("a", 1));
-    let second = s.claim_deliveries(2_000, 10_000, 10).await.unwrap();
+    let second = s.claim_deliveries(2_000, 10_000, 10, &[]).await.unwrap();
     assert_eq!(
         second.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
         ["b"]
@@ -223,12 +223,12 @@ async fn deliveries_are_claimed_once_per_lease_and_finished_by_their_claim(b: Ba
         .await
         .unwrap());
     assert!(s
-        .claim_deliveries(11_999, 10_000, 10)
+        .claim_deliveries(11_999, 10_000, 10, &[])
         .await
         .unwrap()
         .is_empty());
     // "a"'s worker died: after the lease it is claimed again, as attempt 2.
-    let again = s.claim_deliveries(12_000, 10_000, 10).await.unwrap();
+    let again = s.claim_deliveries(12_000, 10_000, 10, &[]).await.unwrap();
     assert_eq!((again[0].id.as_str(), again[0].attempts), ("a", 2));
     let late = DeliveryOutcome::Delivered;
     assert!(!s.finish_delivery("a", 1, late, 12_500).await.unwrap());
@@ -239,11 +239,11 @@ async fn deliveries_are_claimed_once_per_lease_and_finished_by_their_claim(b: Ba
     assert!(s.finish_delivery("a", 2, retry, 13_000).await.unwrap());
     assert_eq!(ids(s, DeliveryFilter::Failed).await, vec!["a"]);
     assert!(s
-        .claim_deliveries(19_999, 10_000, 10)
+        .claim_deliveries(19_999, 10_000, 10, &[])
         .await
         .unwrap()
         .is_empty());
-    let third = s.claim_deliveries(20_000, 10_000, 10).await.unwrap();
+    let third = s.claim_deliveries(20_000, 10_000, 10, &[]).await.unwrap();
     assert_eq!(third[0].attempts, 3);
     assert_eq!(third[0].last_error.as_deref(), Some("HTTP 500"));
     let dead = DeliveryOutcome::Dead {
@@ -268,7 +268,7 @@ async fn deliveries_are_claimed_once_per_lease_and_finished_by_their_claim(b: Ba
     // Retried by hand: due at once, with a new deadline.
     assert!(s.retry_delivery("a", 30_000, 90_000).await.unwrap());
     assert!(!s.retry_delivery("nope", 30_000, 90_000).await.unwrap());
-    let retried = s.claim_deliveries(30_000, 10_000, 10).await.unwrap();
+    let retried = s.claim_deliveries(30_000, 10_000, 10, &[]).await.unwrap();
     assert_eq!(
         (retried[0].id.as_str(), retried[0].deadline_ms),
         ("a", 90_000)
@@ -292,7 +292,7 @@ async fn racing_claimers_split_the_due_deliveries(b: Backend) {
         tokio::spawn(async move {
             let mut got = Vec::new();
             loop {
-                let batch = s.claim_deliveries(2_000, 60_000, 3).await.unwrap();
+                let batch = s.claim_deliveries(2_000, 60_000, 3, &[]).await.unwrap();
                 if batch.is_empty() {
                     return got;
                 }
@@ -309,7 +309,30 @@ async fn racing_claimers_split_the_due_deliveries(b: Backend) {
     assert_eq!(claimed, expected, "every delivery claimed exactly once");
 }
 
+/// A busy target's deliveries are left for later; the others' are claimed.
+async fn a_claim_leaves_the_skipped_targets_deliveries_due(b: Backend) {
+    let s = b.store.as_ref();
+    s.add_deliveries(vec![
+        delivery("s1", "slow", 1_000),
+        delivery("s2", "slow", 1_000),
+        delivery("f1", "fast", 1_100),
+    ])
+    .await
+    .unwrap();
+    let skip = ["slow".to_owned()];
+    let got = s.claim_deliveries(2_000, 10_000, 10, &skip).await.unwrap();
+    assert_eq!(
+        got.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        ["f1"]
+    );
+    let later = s.claim_deliveries(2_000, 10_000, 10, &[]).await.unwrap();
+    let mut ids: Vec<_> = later.iter().map(|d| d.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["s1", "s2"]);
+}
+
 backends!(
+    a_claim_leaves_the_skipped_targets_deliveries_due,
     a_refresh_lease_is_refused_to_a_caller_that_read_an_older_row,
     a_row_read_during_someone_elses_lease_is_stale_once_they_let_go,
     events_are_stored_with_their_change_and_only_with_it,

@@ -40,8 +40,9 @@ end
 static ADD: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{ENQUEUE_LUA}\nenqueue(1, 1)\nreturn 1")));
 
-/// KEYS: due, hash. ARGV: id, now, lease ms. The claimed delivery's fields (flat), or an
-/// empty list when it is not due (another instance claimed it first).
+/// KEYS: due, hash. ARGV: id, now, lease ms, targets to skip…. The claimed delivery's
+/// fields (flat), or an empty list when it is not due (another instance claimed it first)
+/// or its target is to be skipped.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -50,6 +51,10 @@ if not due or tonumber(due) > tonumber(ARGV[2]) then return {} end
 if redis.call('HGET', KEYS[2], 'status') ~= 'pending' then
   redis.call('ZREM', KEYS[1], ARGV[1])
   return {}
+end
+local target = redis.call('HGET', KEYS[2], 'target')
+for i = 4, #ARGV do
+  if ARGV[i] == target then return {} end
 end
 local lease_end = tonumber(ARGV[2]) + tonumber(ARGV[3])
 redis.call('HINCRBY', KEYS[2], 'attempts', 1)
@@ -110,6 +115,9 @@ return 1
 "#,
     )
 });
+
+/// Deliveries looked at per pruning round trip.
+const PRUNE_BATCH: u64 = 1000;
 
 fn row(f: &Fields) -> Result<DeliveryRow, StoreError> {
     const CONTEXT: &str = "reading a delivery";
@@ -206,7 +214,9 @@ impl OutboxStore for RedisStore {
         now_ms: i64,
         lease_ms: i64,
         limit: u32,
+        skip: &[String],
     ) -> Result<Vec<DeliveryRow>, StoreError> {
+        // More than `limit` are looked at: some may be for skipped targets.
         let mut due = redis::cmd("ZRANGE");
         due.arg(self.due_set())
             .arg("-inf")
@@ -214,22 +224,26 @@ impl OutboxStore for RedisStore {
             .arg("BYSCORE")
             .arg("LIMIT")
             .arg(0)
-            .arg(limit);
+            .arg(limit.saturating_mul(4).max(16));
         let ids = self.delivery_ids("claiming deliveries", due).await?;
         let mut claimed = Vec::new();
         for id in ids {
-            let (due, key) = (self.due_set(), self.delivery_key(&id));
+            if claimed.len() >= limit as usize {
+                break;
+            }
+            let mut inv = CLAIM.prepare_invoke();
+            inv.key(self.due_set())
+                .key(self.delivery_key(&id))
+                .arg(id)
+                .arg(now_ms)
+                .arg(lease_ms);
+            for t in skip {
+                inv.arg(t);
+            }
             let mut c = self.conn();
             let flat: Vec<Vec<u8>> = self
                 .run("claiming a delivery", async move {
-                    CLAIM
-                        .key(due)
-                        .key(key)
-                        .arg(id)
-                        .arg(now_ms)
-                        .arg(lease_ms)
-                        .invoke_async(&mut c)
-                        .await
+                    inv.invoke_async(&mut c).await
                 })
                 .await?;
             if !flat.is_empty() {
@@ -246,13 +260,11 @@ impl OutboxStore for RedisStore {
         outcome: DeliveryOutcome,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let (status, next, error) = match outcome {
-            DeliveryOutcome::Delivered => (DeliveryStatus::Delivered, String::new(), String::new()),
-            DeliveryOutcome::Retry { at_ms, error } => {
-                (DeliveryStatus::Pending, at_ms.to_string(), error)
-            }
-            DeliveryOutcome::Dead { error } => (DeliveryStatus::Dead, String::new(), error),
-        };
+        let (status, next, error) = outcome.parts();
+        let (next, error) = (
+            next.map(|t| t.to_string()).unwrap_or_default(),
+            error.unwrap_or_default(),
+        );
         let (due, key, id) = (self.due_set(), self.delivery_key(id), id.to_owned());
         let mut c = self.conn();
         let n: i64 = self
@@ -357,32 +369,44 @@ impl OutboxStore for RedisStore {
 
     async fn prune_deliveries(&self, before_ms: i64) -> Result<u64, StoreError> {
         // A delivery finishes after it was created: only those created before the cutoff
-        // can have finished before it.
-        let mut old = redis::cmd("ZRANGE");
-        old.arg(self.delivery_log())
-            .arg("-inf")
-            .arg(format!("({before_ms}"))
-            .arg("BYSCORE")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(1000);
+        // can have finished before it. Batches of 1,000, oldest first, until a batch
+        // deletes nothing (what is left is pending or finished too recently).
         let mut pruned = 0;
-        for id in self.delivery_ids("pruning deliveries", old).await? {
-            let (log, key) = (self.delivery_log(), self.delivery_key(&id));
-            let mut c = self.conn();
-            let n: i64 = self
-                .run("pruning a delivery", async move {
-                    PRUNE
-                        .key(log)
-                        .key(key)
-                        .arg(id)
-                        .arg(before_ms)
-                        .invoke_async(&mut c)
-                        .await
-                })
-                .await?;
-            pruned += n as u64;
+        let mut offset: u64 = 0;
+        loop {
+            let mut old = redis::cmd("ZRANGE");
+            old.arg(self.delivery_log())
+                .arg("-inf")
+                .arg(format!("({before_ms}"))
+                .arg("BYSCORE")
+                .arg("LIMIT")
+                .arg(offset)
+                .arg(PRUNE_BATCH);
+            let ids = self.delivery_ids("pruning deliveries", old).await?;
+            let seen = ids.len() as u64;
+            let mut deleted = 0;
+            for id in ids {
+                let (log, key) = (self.delivery_log(), self.delivery_key(&id));
+                let mut c = self.conn();
+                let n: i64 = self
+                    .run("pruning a delivery", async move {
+                        PRUNE
+                            .key(log)
+                            .key(key)
+                            .arg(id)
+                            .arg(before_ms)
+                            .invoke_async(&mut c)
+                            .await
+                    })
+                    .await?;
+                deleted += n.max(0) as u64;
+            }
+            pruned += deleted;
+            // The ones kept stay in the log: look past them next time.
+            offset += seen - deleted;
+            if seen < PRUNE_BATCH {
+                return Ok(pruned);
+            }
         }
-        Ok(pruned)
     }
 }

@@ -70,16 +70,21 @@ impl OutboxStore for SqliteStore {
         now_ms: i64,
         lease_ms: i64,
         limit: u32,
+        skip: &[String],
     ) -> Result<Vec<DeliveryRow>, StoreError> {
+        let skip = serde_json::to_string(skip)
+            .map_err(|e| StoreError::unavailable("claiming deliveries", e))?;
+        let skipped = skip.clone();
         // Looked for on a reader first: the worker asks every second, and most times
         // nothing is due, which needs no write transaction.
         let any_due = self
             .point_read("looking for due deliveries", move |conn| {
                 conn.prepare_cached(
                     "SELECT EXISTS (SELECT 1 FROM deliveries
-                                    WHERE status = 'pending' AND next_attempt_at <= ?1)",
+                                    WHERE status = 'pending' AND next_attempt_at <= ?1
+                                      AND target NOT IN (SELECT value FROM json_each(?2)))",
                 )?
-                .query_row(params![now_ms], |r| r.get::<_, bool>(0))
+                .query_row(params![now_ms, skipped], |r| r.get::<_, bool>(0))
             })
             .await?;
         if !any_due {
@@ -92,10 +97,11 @@ impl OutboxStore for SqliteStore {
                         claimed_until = ?1 + ?2, last_attempt_at = ?1
                      WHERE id IN (SELECT id FROM deliveries
                                   WHERE status = 'pending' AND next_attempt_at <= ?1
+                                    AND target NOT IN (SELECT value FROM json_each(?4))
                                   ORDER BY next_attempt_at LIMIT ?3)
                      RETURNING {COLUMNS}"
                 ))?
-                .query_map(params![now_ms, lease_ms, limit], row)?
+                .query_map(params![now_ms, lease_ms, limit, skip], row)?
                 .collect()
             })
             .await
@@ -109,13 +115,7 @@ impl OutboxStore for SqliteStore {
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         let id = id.to_owned();
-        let (status, next, error) = match outcome {
-            DeliveryOutcome::Delivered => (DeliveryStatus::Delivered, None, None),
-            DeliveryOutcome::Retry { at_ms, error } => {
-                (DeliveryStatus::Pending, Some(at_ms), Some(error))
-            }
-            DeliveryOutcome::Dead { error } => (DeliveryStatus::Dead, None, Some(error)),
-        };
+        let (status, next, error) = outcome.parts();
         let finished = (status != DeliveryStatus::Pending).then_some(now_ms);
         self.writer
             .run("recording a delivery", move |conn| {
