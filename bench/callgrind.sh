@@ -8,6 +8,8 @@
 #   bench/callgrind.sh                 # 2,000 token calls, 2,000 create+consume pairs and
 #                                      # 2,000 verifies, each of another live state
 #   COUNT=500 SCENARIOS=token bench/callgrind.sh
+#   DEADHOOK=1 SCENARIOS=token bench/callgrind.sh   # oauthd with a [[notify]] target that
+#                                      # never answers and 20 events it retries every second
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +34,12 @@ OAUTHD_WRAP="valgrind --tool=callgrind --callgrind-out-file=$cgdir/oauthd.%p"
 . bench/lib.sh
 trap 'cleanup; rm -rf "$cgdir" "$pooldir"' EXIT
 BARE_PID=${pids[0]}
-fresh_oauthd callgrind
+if [ -n "${DEADHOOK:-}" ]; then
+  OAUTHD_TOML="$tmp/deadhook.toml" fresh_oauthd callgrind
+  for _ in $(seq 19); do connect_bench; done
+else
+  fresh_oauthd callgrind
+fi
 
 # count NAME PID URL SCENARIO -> instructions per request (a pair counts as one)
 count() {

@@ -22,7 +22,8 @@
 #                is fresh (the bare handler plays the provider for the connect)
 #   token+deadhook  the same on an oauthd (started afresh) with a [[notify]] target that
 #                never answers and 20 undeliverable events it retries every second: compare
-#                its ratio with token's
+#                its ratio with token's (interleave them: SCENARIOS="token token+deadhook
+#                token token+deadhook")
 #   sweep        pairs for SWEEP_SECONDS (default 20) on an empty table, then again on a
 #                table holding SWEEP_ROWS (default 1,000,000) expired states while the
 #                sweeper removes them; prints both and what the sweep cost (SQLite only)
@@ -117,6 +118,7 @@ sweep_run() {
   grep -h "sweeper:" "$tmp/oauthd.err" | tail -1 | sed 's/^/  /' || true
 }
 
+restarts=0
 for conns in $CONNS; do
   if [ "$SCENARIOS" = sweep ]; then
     [ "$STORE" = sqlite ] || { echo "the sweep scenario is SQLite's (Redis expires keys by itself)" >&2; exit 2; }
@@ -126,7 +128,7 @@ for conns in $CONNS; do
   fresh_oauthd "$conns"
   for scenario in $SCENARIOS; do
     if [ "$scenario" = token+deadhook ]; then
-      OAUTHD_TOML="$tmp/deadhook.toml" fresh_oauthd "deadhook-$conns"
+      OAUTHD_TOML="$tmp/deadhook.toml" fresh_oauthd "deadhook-$conns-$((++restarts))"
       for _ in $(seq 19); do connect_bench; done
     fi
     read -r b_ok b_50 b_99 < <(measure bare "$BARE" "$scenario" "$conns")
@@ -134,6 +136,8 @@ for conns in $CONNS; do
     ratio=$(awk -v o="${o_ok#>}" -v b="${b_ok#>}" 'BEGIN { if (b > 0) printf "%.2f", o / b; else print "n/a" }')
     printf '%-11s %5s | %10s %8s %8s | %10s %8s %8s | %6s\n' \
       "$scenario" "$conns" "$b_ok" "$b_50" "$b_99" "$o_ok" "$o_50" "$o_99" "$ratio"
+    # Back to an oauthd without the dead target for what follows.
+    if [ "$scenario" = token+deadhook ]; then fresh_oauthd "$conns-$((++restarts))"; fi
   done
   if [ "$STORE" = redis ]; then
     rows=$(redis-cli -p "$REDIS_PORT" dbsize)
