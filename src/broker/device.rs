@@ -342,7 +342,7 @@ impl Broker {
     async fn finish_device(&self, flow: &DeviceFlowRow, status: DeviceFlowStatus, detail: String) {
         let id = flow.id.as_str();
         log::info!("device flow {id}: {status}");
-        let events = vec![self.device_event(flow, status.as_str(), &detail)];
+        let events = vec![self.device_event(flow, status, &detail)];
         let outcome = DevicePollOutcome::Finished { status, detail };
         match self
             .store

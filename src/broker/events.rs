@@ -4,7 +4,9 @@
 
 use super::Broker;
 use crate::notify::{Event, EventType};
-use crate::store::{ConnectionKey, ConnectionRow, ConnectionStatus, DeviceFlowRow};
+use crate::store::{
+    ConnectionKey, ConnectionRow, ConnectionStatus, DeviceFlowRow, DeviceFlowStatus,
+};
 use serde_json::{json, Value};
 
 /// How a connection got its tokens.
@@ -125,8 +127,13 @@ impl Broker {
     }
 
     /// `device_flow.completed` or `device_flow.failed` for a flow that just ended.
-    pub(super) fn device_event(&self, flow: &DeviceFlowRow, status: &str, detail: &str) -> Event {
-        let kind = if status == "connected" {
+    pub(super) fn device_event(
+        &self,
+        flow: &DeviceFlowRow,
+        status: DeviceFlowStatus,
+        detail: &str,
+    ) -> Event {
+        let kind = if status == DeviceFlowStatus::Connected {
             EventType::DeviceFlowCompleted
         } else {
             EventType::DeviceFlowFailed
@@ -137,7 +144,7 @@ impl Broker {
                 "id": flow.id,
                 "provider": flow.provider,
                 "account": flow.account,
-                "status": status,
+                "status": status.as_str(),
                 "detail": detail,
             }),
         )
