@@ -10,6 +10,7 @@
 #   COUNT=500 SCENARIOS=token bench/callgrind.sh
 #   DEADHOOK=1 SCENARIOS=token bench/callgrind.sh   # oauthd with a [[notify]] target that
 #                                      # never answers and 20 events it retries every second
+#   KEEP=dir bench/callgrind.sh        # keep the callgrind dumps in dir (callgrind_annotate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +33,7 @@ BARE_WRAP="valgrind --tool=callgrind --callgrind-out-file=$cgdir/bare.%p"
 OAUTHD_WRAP="valgrind --tool=callgrind --callgrind-out-file=$cgdir/oauthd.%p"
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-trap 'cleanup; rm -rf "$cgdir" "$pooldir"' EXIT
+trap 'cleanup; [ -z "${KEEP:-}" ] || { mkdir -p "$KEEP" && cp "$cgdir"/* "$KEEP"/; }; rm -rf "$cgdir" "$pooldir"' EXIT
 BARE_PID=${pids[0]}
 if [ -n "${DEADHOOK:-}" ]; then
   OAUTHD_TOML="$tmp/deadhook.toml" fresh_oauthd callgrind
