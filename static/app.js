@@ -109,9 +109,11 @@ function renderProviders(providers, focus) {
       el("h3", {}, p.name),
       el("p", { class: cred.status === "refused" ? "hint status-needs_reauth" : "hint", "data-credentials": cred.status, title: cred.detail || "" }, credText),
       el("div", { class: "row" }, el("span", { class: "hint" }, "Redirect URI to register:"), el("code", {}, p.redirect_uri), copy),
+      p.paste ? el("p", { class: "hint" }, "Paste-back: nothing answers at this address. After you approve, you copy the address your browser ends on back here.") : "",
       buttons,
       el("p", { class: "hint" }, `After you click Connect you have ${p.flow_ttl} to finish at ${p.name}.`),
-      el("div", { id: `device-${p.name}` })));
+      el("div", { id: `device-${p.name}` }),
+      el("div", { id: `paste-${p.name}` })));
     if (focus && focus.provider === p.name) account.focus();
   }
 }
@@ -162,12 +164,53 @@ async function notifyTest() {
 }
 
 async function connect(provider, account) {
+  const p = providers.find((x) => x.name === provider);
+  // Paste-back opens the provider in a new tab (opened now, while the click counts, so no
+  // popup blocker stops it) and keeps this page for the address to paste.
+  const tab = p && p.paste ? window.open("about:blank", "_blank") : null;
+  if (tab) tab.opener = null;
   try {
     const { data } = await api("POST", `/ui/api/connect/${encodeURIComponent(provider)}`, { account });
-    const p = providers.find((x) => x.name === provider);
     notice(`Opening ${provider}… you have ${p ? p.flow_ttl : "60 minutes"} to finish there.`);
-    location.assign(data.authorize_url);
-  } catch (e) { notice(`Could not start: ${e.message}`); }
+    if (p && p.paste) {
+      if (tab) tab.location.assign(data.authorize_url);
+      pasteBox(provider, account, data.authorize_url);
+    } else {
+      location.assign(data.authorize_url);
+    }
+  } catch (e) {
+    if (tab) tab.close();
+    notice(`Could not start: ${e.message}`);
+  }
+}
+
+// The paste-back field: the address the browser ended on after approving at the provider.
+function pasteBox(provider, account, authorizeUrl) {
+  const box = document.getElementById(`paste-${provider}`);
+  const id = `paste-url-${provider}`;
+  const field = el("input", { id, type: "url", class: "wide", autocomplete: "off", spellcheck: "false", placeholder: "http://127.0.0.1/callback/…?code=…&state=…" });
+  const status = el("p", { class: "hint", role: "status" });
+  const finish = async () => {
+    status.textContent = "Checking…";
+    try {
+      const { data } = await api("POST", `/ui/api/paste/${encodeURIComponent(provider)}`, { url: field.value });
+      box.replaceChildren();
+      notice(`Connected ${data.provider}/${data.account}.`);
+      await load();
+    } catch (e) {
+      status.textContent = e.code === "flow_expired" || e.code === "unknown_state"
+        ? `${e.message} Press "Connect ${provider}" to start again.`
+        : e.message;
+    }
+  };
+  box.replaceChildren(
+    el("p", {}, "A new tab opened at ", el("a", { href: authorizeUrl, target: "_blank", rel: "noopener noreferrer" }, provider),
+      ` (for ${account || "default"}). After you approve, your browser will show a page that cannot be reached — copy its whole address and paste it here.`),
+    el("div", { class: "row" }, el("label", { for: id }, "Address"), field,
+      el("button", { "data-paste": provider, onclick: finish }, "Finish connecting")),
+    status);
+  field.addEventListener("keydown", (ev) => { if (ev.key === "Enter") finish(); });
+  field.focus();
 }
 
 async function disconnect(provider, account, missing) {

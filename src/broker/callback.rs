@@ -105,6 +105,12 @@ pub enum CallbackError {
         account: String,
         message: String,
     },
+    /// A pasted text that is not an address (paste-back).
+    PasteUnreadable,
+    /// A pasted address that is not the redirect URI registered for this provider.
+    PasteElsewhere {
+        expected: String,
+    },
 }
 
 impl CallbackError {
@@ -186,7 +192,61 @@ pub fn read_answer(q: &CallbackQuery) -> ProviderAnswer<'_> {
     }
 }
 
+/// Longest pasted address read; a provider's redirect is far shorter.
+const MAX_PASTE_BYTES: usize = 16 * 1024;
+
+/// The query of a pasted address, when it is the redirect URI `expected` (scheme, host,
+/// port and path; the query is the provider's answer). A parameter given twice makes the
+/// address unreadable, as it does on the callback route.
+pub fn read_pasted(pasted: &str, expected: &url::Url) -> Result<CallbackQuery, CallbackError> {
+    let text = pasted.trim();
+    if text.is_empty() || text.len() > MAX_PASTE_BYTES {
+        return Err(CallbackError::PasteUnreadable);
+    }
+    let url = url::Url::parse(text).map_err(|_| CallbackError::PasteUnreadable)?;
+    let same_place = url.scheme() == expected.scheme()
+        && url.host() == expected.host()
+        && url.port_or_known_default() == expected.port_or_known_default()
+        && url.path() == expected.path();
+    if !same_place {
+        return Err(CallbackError::PasteElsewhere {
+            expected: expected.to_string(),
+        });
+    }
+    let mut q = CallbackQuery::default();
+    for (name, value) in url.query_pairs() {
+        let slot = match name.as_ref() {
+            "state" => &mut q.state,
+            "code" => &mut q.code,
+            "error" => &mut q.error,
+            "error_description" => &mut q.error_description,
+            "iss" => &mut q.iss,
+            _ => continue,
+        };
+        if slot.replace(value.into_owned()).is_some() {
+            return Err(CallbackError::PasteUnreadable);
+        }
+    }
+    Ok(q)
+}
+
 impl Broker {
+    /// Finishes a flow from the address the person's browser ended on, pasted back
+    /// (paste-back): the same rules as the callback, once the address is the provider's
+    /// registered redirect URI.
+    pub async fn finish_pasted(
+        &self,
+        provider_name: &str,
+        pasted: &str,
+    ) -> Result<Connected, CallbackError> {
+        let provider = self
+            .provider(provider_name)
+            .map_err(|_| CallbackError::UnknownProvider)?;
+        let expected = super::redirect_uri(&self.public_url, provider);
+        let query = read_pasted(pasted, &expected)?;
+        self.finish_callback(provider_name, query).await
+    }
+
     /// Finishes a flow from the provider's redirect. Never redeems a code whose state is
     /// unknown, used, expired or for another provider.
     pub async fn finish_callback(

@@ -194,9 +194,13 @@ impl Broker {
             .ok_or_else(|| BrokerError::UnknownProvider(name.chars().take(64).collect()))
     }
 
-    /// `{public_url}/callback/{provider}`: what to register at the provider.
+    /// What to register at the provider: `{public_url}/callback/{provider}`, or the
+    /// loopback address of a paste-back provider.
     pub fn redirect_uri(&self, provider: &str) -> Url {
-        redirect_uri(&self.public_url, provider)
+        match self.providers.get(provider) {
+            Some(p) => redirect_uri(&self.public_url, p),
+            None => callback_uri(&self.public_url, provider),
+        }
     }
 
     /// Where a person reconnects an account: the page, with that provider and account
@@ -373,7 +377,16 @@ fn base_path(public_url: &Url) -> &str {
     public_url.path().trim_end_matches('/')
 }
 
-pub fn redirect_uri(public_url: &Url, provider: &str) -> Url {
+/// Where the provider sends the browser back for `provider`: its paste-back address when
+/// it has one, else oauthd's callback.
+pub fn redirect_uri(public_url: &Url, provider: &Provider) -> Url {
+    match &provider.paste_redirect {
+        Some(url) => url.clone(),
+        None => callback_uri(public_url, &provider.name),
+    }
+}
+
+fn callback_uri(public_url: &Url, provider: &str) -> Url {
     let mut url = public_url.clone();
     url.set_path(&format!("{}/callback/{provider}", base_path(public_url)));
     url.set_query(None);

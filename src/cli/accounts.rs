@@ -1,5 +1,5 @@
 //! Providers and connected accounts from the terminal: `providers list`,
-//! `connections list|show|delete`, `connect --device`, `admin link`.
+//! `connections list|show|delete`, `connect --device|--paste`, `admin link`.
 
 use super::{admin, open_store, runtime, services, ConnectionsCommand, Fatal, SessionsCommand};
 use crate::broker::{Imported, ImportedTokens};
@@ -16,9 +16,17 @@ pub(super) fn providers_list(settings: &Settings) -> Result<(), Fatal> {
     for p in &providers {
         println!("{}", p.name);
         println!(
-            "  redirect URI: {}",
-            crate::broker::redirect_uri(&public_url, &p.name)
+            "  redirect URI: {}{}",
+            crate::broker::redirect_uri(&public_url, p),
+            if p.paste_redirect.is_some() {
+                "  (paste-back: register it as is; nothing needs to answer there)"
+            } else {
+                ""
+            }
         );
+        if let Some(base) = &p.api_base {
+            println!("  API (proxy):  {base}");
+        }
         match (p.preset, p.issuer()) {
             (Some(preset), _) => println!("  preset:       {preset}"),
             (None, Some(issuer)) => {
@@ -161,21 +169,11 @@ pub(super) fn connect_device(
 ) -> Result<(), Fatal> {
     if !device {
         return Err(Fatal(
-            "from the terminal only the device flow works (--device); for the browser flow open oauthd's page, or use POST /v1/connect".into(),
+            "from the terminal, connect with the device flow (--device) or paste-back (--paste); for the browser flow open oauthd's page, or use POST /v1/connect".into(),
             2,
         ));
     }
-    let store = open_store(&settings, super::Missing::Refuse)?;
-    let clock = Clock::system();
-    let public_url = settings.public_url_for(settings.listen);
-    let (_, broker) = services(
-        &settings,
-        &store,
-        super::providers(&settings)?,
-        clock.clone(),
-        public_url,
-        super::notifier(&settings, clock.clone())?,
-    )?;
+    let (broker, clock) = terminal_broker(&settings)?;
     runtime()?.block_on(async {
         let start = broker.start_device(provider, account, "cli").await?;
         let account = account.unwrap_or(crate::broker::DEFAULT_ACCOUNT);
@@ -207,6 +205,68 @@ pub(super) fn connect_device(
                     let detail = status.detail.unwrap_or_default();
                     return Err(Fatal(format!("not connected: {other}: {detail}"), 1));
                 }
+            }
+        }
+    })
+}
+
+/// The broker a terminal command drives, on the configured store.
+fn terminal_broker(
+    settings: &Settings,
+) -> Result<(std::sync::Arc<crate::broker::Broker>, Clock), Fatal> {
+    let store = open_store(settings, super::Missing::Refuse)?;
+    let clock = Clock::system();
+    let public_url = settings.public_url_for(settings.listen);
+    let (_, broker) = services(
+        settings,
+        &store,
+        super::providers(settings)?,
+        clock.clone(),
+        public_url,
+        super::notifier(settings, clock.clone())?,
+    )?;
+    Ok((broker, clock))
+}
+
+/// Paste-back from the terminal: prints where to approve, reads the address the browser
+/// ended on from stdin, finishes the flow with the callback's rules.
+pub(super) fn connect_paste(
+    settings: Settings,
+    provider: &str,
+    account: Option<&str>,
+) -> Result<(), Fatal> {
+    let (broker, _) = terminal_broker(&settings)?;
+    runtime()?.block_on(async {
+        let start = broker.start_connect(provider, account, None).await?;
+        let redirect = broker.redirect_uri(provider);
+        let account = account.unwrap_or(crate::broker::DEFAULT_ACCOUNT);
+        println!("To connect {provider}/{account}, open in a browser:");
+        println!("{}", start.authorize_url);
+        println!(
+            "After you approve, the browser goes to {redirect}… and shows a page that cannot be reached."
+        );
+        println!(
+            "Copy that page's whole address from the address bar, paste it here and press Enter (within {}):",
+            broker.flow_ttl_text(provider, account)
+        );
+        let line = tokio::task::spawn_blocking(|| {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map(|_| line)
+        })
+        .await
+        .map_err(|e| Fatal(format!("reading stdin: {e}"), 1))?
+        .map_err(|e| Fatal(format!("reading stdin: {e}"), 1))?;
+        if line.trim().is_empty() {
+            return Err(Fatal("nothing was pasted; not connected".into(), 1));
+        }
+        match broker.finish_pasted(provider, &line).await {
+            Ok(c) => {
+                println!("Connected {}/{}.", c.provider, c.account);
+                Ok(())
+            }
+            Err(e) => {
+                let (_, title, detail) = crate::http::callback_wording(provider, &e);
+                Err(Fatal(format!("not connected: {title}: {detail}"), 1))
             }
         }
     })

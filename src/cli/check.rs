@@ -131,7 +131,7 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
                         continue;
                     }
                     let public_url = settings.public_url_for(settings.listen);
-                    let redirect = crate::broker::redirect_uri(&public_url, &p.name);
+                    let redirect = crate::broker::redirect_uri(&public_url, p);
                     let line =
                         match flows::check_client(&flows::Network(http.clone()), p, e, &redirect)
                             .await

@@ -138,13 +138,17 @@ pub(crate) enum Command {
         #[command(flatten)]
         listen: ListenArgs,
     },
-    /// Connect an account from this terminal with the device flow (RFC 8628)
+    /// Connect an account from this terminal: the device flow (RFC 8628) or paste-back
     Connect {
         /// The provider's name, as in the config file's [providers.NAME]
         provider: String,
         /// Use the device authorization grant: show a code to enter on another device
-        #[arg(long)]
+        #[arg(long, conflicts_with = "paste")]
         device: bool,
+        /// Paste-back: print the authorization URL, then read from stdin the address the
+        /// browser ended on after approving (for redirect URIs nothing answers at)
+        #[arg(long)]
+        paste: bool,
         /// Account name [default: default]
         #[arg(long)]
         account: Option<String>,
@@ -387,6 +391,12 @@ fn run(cli: Cli) -> Result<(), Fatal> {
         }) => accounts::admin_sessions(settings, command),
         Some(Command::Rekey { prune, .. }) => vault_keys::rekey(settings, prune),
         Some(Command::Events { command, .. }) => events::events(settings, command),
+        Some(Command::Connect {
+            provider,
+            paste: true,
+            account,
+            ..
+        }) => accounts::connect_paste(settings, &provider, account.as_deref()),
         Some(Command::Connect {
             provider,
             device,

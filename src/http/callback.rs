@@ -124,8 +124,9 @@ fn failed(app: &AppState, csrf: Option<&str>, provider: &str, e: CallbackError) 
     page(base, status, title, &body)
 }
 
-/// Status, title and plain-text detail of the failures that share one page layout.
-fn wording(provider: &str, e: &CallbackError) -> (u16, &'static str, String) {
+/// Status, title and plain-text detail of a callback that stored nothing: the page's
+/// words, and the `detail` of the paste-back API's problem.
+pub fn wording(provider: &str, e: &CallbackError) -> (u16, &'static str, String) {
     use CallbackError::*;
     let start_again = "Start connecting again.";
     match e {
@@ -195,6 +196,29 @@ fn wording(provider: &str, e: &CallbackError) -> (u16, &'static str, String) {
             "The provider's ID token did not verify",
             format!("{message}. Nothing was stored."),
         ),
-        Expired { .. } | Denied { .. } => (400, "Not connected", String::new()),
+        Expired { account } => (
+            410,
+            "This sign-in expired",
+            format!("Connecting {provider} ({account}) took longer than oauthd keeps a sign-in open, so nothing was stored. {start_again}"),
+        ),
+        Denied { description, .. } => (
+            403,
+            "Access was declined",
+            if description.is_empty() {
+                format!("{provider} reported that access was not granted. Nothing was stored.")
+            } else {
+                format!("{provider} reported that access was not granted ({description}). Nothing was stored.")
+            },
+        ),
+        PasteUnreadable => (
+            400,
+            "Not an address",
+            "Paste the whole address from the browser's address bar (it starts with http://).".into(),
+        ),
+        PasteElsewhere { expected } => (
+            400,
+            "Not the address oauthd waits for",
+            format!("The pasted address is not {expected}, the redirect URI registered for {provider}: paste the address of the page the provider sent you to after you approved."),
+        ),
     }
 }

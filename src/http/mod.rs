@@ -33,6 +33,7 @@ use actix_web::{
     web, App, HttpResponse, HttpResponseBuilder, HttpServer, Resource, ResponseError, Route,
 };
 pub use body::BodyLimit;
+pub use callback::wording as callback_wording;
 pub use problem::ApiError;
 pub use ratelimit::RateLimiter;
 use std::io::Write;
@@ -165,6 +166,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(endpoint(
             "/ui/api/connect/{provider}",
             web::post().to(ui::connect),
+        ))
+        .service(endpoint(
+            "/ui/api/paste/{provider}",
+            web::post().to(ui::paste),
         ))
         .service(endpoint(
             "/ui/api/device/{provider}",

@@ -1,7 +1,7 @@
 //! The one place where errors become HTTP: `application/problem+json` (RFC 9457) with a
 //! stable `code` that apps can branch on. Details never carry a secret.
 
-use crate::broker::BrokerError;
+use crate::broker::{BrokerError, CallbackError};
 use crate::states::StateError;
 use crate::store::StoreError;
 use actix_web::http::{header, StatusCode};
@@ -230,5 +230,50 @@ impl From<BrokerError> for ApiError {
             BrokerError::State(e) => e.into(),
             BrokerError::Store(e) => e.into(),
         }
+    }
+}
+
+/// A connect flow finished from a pasted address that stored nothing: the callback page's
+/// status and words, with a stable code, and the account when starting again can help.
+pub fn callback_problem(provider: &str, e: &CallbackError) -> ApiError {
+    use CallbackError::*;
+    let (status, _, detail) = super::callback::wording(provider, e);
+    let code = match e {
+        UnknownProvider => "unknown_provider",
+        NoState => "no_state",
+        UnknownState => "unknown_state",
+        Expired { .. } => "flow_expired",
+        Storage(_) | NotStored(_) => {
+            crate::metrics::STORAGE_ERRORS.inc();
+            "storage_unavailable"
+        }
+        FlowUnreadable(_) => "flow_unreadable",
+        ProviderUnreachable { .. } => "provider_unavailable",
+        Issuer {
+            problem: crate::broker::IssuerProblem::Wrong,
+            ..
+        } => "wrong_issuer",
+        Issuer { .. } => "missing_issuer",
+        Denied { .. } => "access_denied",
+        ProviderError { .. } => "provider_error",
+        NoCode { .. } => "no_code",
+        ClientRefused { .. } => "client_refused",
+        ExchangeFailed { .. } => "exchange_failed",
+        IdToken { .. } => "id_token_invalid",
+        PasteUnreadable => "paste_unreadable",
+        PasteElsewhere { .. } => "paste_wrong_address",
+    };
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut problem = ApiError::new(status, code, detail);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        problem = problem.retry_after(5);
+    }
+    let account = match e {
+        Expired { account } | Denied { account, .. } => Some(account.as_str()),
+        other => other.retry_account(),
+    };
+    match account {
+        Some(a) => problem.with("account", a),
+        None => problem,
     }
 }

@@ -108,6 +108,7 @@ pub async fn overview(app: web::Data<AppState>, s: UiSession) -> Result<HttpResp
             "name": p.name,
             "flow_ttl": app.broker.flow_ttl_text(&p.name, crate::broker::DEFAULT_ACCOUNT),
             "redirect_uri": app.broker.redirect_uri(&p.name).as_str(),
+            "paste": p.paste_redirect.is_some(),
             "device": app.broker.supports_device_flow(&p.name).await,
             "credentials": app.broker.client_check(&p.name).await,
         }));
@@ -141,6 +142,30 @@ pub async fn connect(
     Ok(no_store(HttpResponse::Created()).json(json!({
         "authorize_url": started.authorize_url.as_str(),
         "expires_at": rfc3339(started.expires_at_ms),
+    })))
+}
+
+/// `POST /ui/api/paste/{provider}` `{"url"}`: finishes a paste-back connect from the
+/// address the browser ended on -> 200 `{"provider", "account", "status": "connected"}`.
+pub async fn paste(
+    app: web::Data<AppState>,
+    _s: UiSession,
+    provider: web::Path<String>,
+    mut body: JsonObject,
+) -> Result<HttpResponse, ApiError> {
+    let url = body
+        .opt_string("url", "paste_unreadable")?
+        .unwrap_or_default();
+    body.finish()?;
+    let connected = app
+        .broker
+        .finish_pasted(&provider, &url)
+        .await
+        .map_err(|e| super::problem::callback_problem(&provider, &e))?;
+    Ok(no_store(HttpResponse::Ok()).json(json!({
+        "provider": connected.provider,
+        "account": connected.account,
+        "status": "connected",
     })))
 }
 

@@ -38,6 +38,22 @@ pub struct ProviderConfig {
     pub scopes: Option<Vec<String>>,
     pub client_auth: Option<ClientAuth>,
     pub authorize_params: Option<BTreeMap<String, String>>,
+    /// A loopback redirect URI (`http://127.0.0.1:PORT/…`) that oauthd does not serve: the
+    /// person pastes the address their browser ends on back into oauthd (paste-back).
+    pub redirect_uri: Option<String>,
+    pub redirect_mode: Option<RedirectMode>,
+    /// Where the provider's API lives, for `/v1/proxy/{provider}/{account}/{path}`.
+    pub api_base_url: Option<String>,
+}
+
+/// How the browser comes back from the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedirectMode {
+    /// To oauthd's own `{public_url}/callback/{provider}` (the default).
+    Callback,
+    /// To a loopback address nothing answers at; the person pastes it into oauthd.
+    Paste,
 }
 
 impl std::fmt::Debug for ProviderConfig {
@@ -58,6 +74,9 @@ impl std::fmt::Debug for ProviderConfig {
             .field("scopes", &self.scopes)
             .field("client_auth", &self.client_auth)
             .field("authorize_params", &self.authorize_params)
+            .field("redirect_uri", &self.redirect_uri)
+            .field("redirect_mode", &self.redirect_mode)
+            .field("api_base_url", &self.api_base_url)
             .finish()
     }
 }
@@ -83,6 +102,8 @@ struct Preset {
     client_auth: ClientAuth,
     scopes: &'static [&'static str],
     authorize_params: &'static [(&'static str, &'static str)],
+    /// The provider's API, for the credential-injecting proxy.
+    api_base_url: &'static str,
     quirks: Quirks,
     /// What the preset does for the user, shown by `oauthd providers list --verbose`.
     notes: &'static str,
@@ -101,6 +122,7 @@ const PRESETS: &[Preset] = &[
         client_auth: ClientAuth::Basic,
         scopes: &["r:devices:*", "x:devices:*"],
         authorize_params: &[],
+        api_base_url: "https://api.smartthings.com/",
         quirks: Quirks {
             refresh_idle_expiry: Some(Duration::from_secs(30 * DAY)),
             refuses_localhost_redirects: false,
@@ -117,6 +139,7 @@ const PRESETS: &[Preset] = &[
         client_auth: ClientAuth::Basic,
         scopes: &["user-read-playback-state", "user-modify-playback-state"],
         authorize_params: &[],
+        api_base_url: "https://api.spotify.com/",
         quirks: Quirks {
             refresh_idle_expiry: None,
             refuses_localhost_redirects: true,
@@ -133,6 +156,7 @@ const PRESETS: &[Preset] = &[
         client_auth: ClientAuth::Basic,
         scopes: &["r_usr", "w_usr"],
         authorize_params: &[],
+        api_base_url: "https://openapi.tidal.com/",
         quirks: Quirks {
             refresh_idle_expiry: None,
             refuses_localhost_redirects: false,
@@ -149,6 +173,7 @@ const PRESETS: &[Preset] = &[
         client_auth: ClientAuth::Post,
         scopes: &["openid", "email"],
         authorize_params: &[("access_type", "offline"), ("prompt", "consent")],
+        api_base_url: "https://www.googleapis.com/",
         quirks: Quirks {
             refresh_idle_expiry: None,
             refuses_localhost_redirects: false,
@@ -165,6 +190,7 @@ const PRESETS: &[Preset] = &[
         client_auth: ClientAuth::Post,
         scopes: &["read:user"],
         authorize_params: &[],
+        api_base_url: "https://api.github.com/",
         quirks: Quirks {
             refresh_idle_expiry: None,
             refuses_localhost_redirects: false,
@@ -183,6 +209,7 @@ const PRESETS: &[Preset] = &[
         client_auth: ClientAuth::Post,
         scopes: &["openid", "offline_access", "User.Read"],
         authorize_params: &[],
+        api_base_url: "https://graph.microsoft.com/",
         quirks: Quirks {
             refresh_idle_expiry: Some(Duration::from_secs(90 * DAY)),
             refuses_localhost_redirects: false,
@@ -218,7 +245,9 @@ pub fn build_all(
                     reason,
                 },
             })?;
-        if provider.quirks.refuses_localhost_redirects && public_url.host_str() == Some("localhost")
+        if provider.quirks.refuses_localhost_redirects
+            && provider.paste_redirect.is_none()
+            && public_url.host_str() == Some("localhost")
         {
             return Err(ProviderError {
                 key: "public_url".into(),
@@ -281,6 +310,11 @@ pub struct Provider {
     pub scopes: Vec<String>,
     pub authorize_params: Vec<(String, String)>,
     pub quirks: Quirks,
+    /// Paste-back: the loopback redirect URI registered at the provider, which the person
+    /// copies from their browser into oauthd. `None`: oauthd's own callback.
+    pub paste_redirect: Option<Url>,
+    /// The provider's API, for the proxy; `None`: the proxy answers 404.
+    pub api_base: Option<Url>,
     /// The issuer's signing keys, once fetched.
     pub jwks: super::id_token::JwksCache,
     source: Source,
@@ -346,6 +380,58 @@ pub fn endpoint_url(key: &str, text: &str) -> Result<Url, String> {
         )),
         other => Err(format!("{key}: unsupported scheme {other:?}")),
     }
+}
+
+/// The paste-back redirect URI, when `redirect_uri` or `redirect_mode = "paste"` asks for
+/// one: a loopback IP literal over plain http (RFC 8252 §7.3), so the browser's last
+/// request never leaves the machine it runs on, and nothing needs to answer there.
+fn paste_redirect(key: &str, name: &str, cfg: &ProviderConfig) -> Result<Option<Url>, String> {
+    let text = match (cfg.redirect_mode, cfg.redirect_uri.as_deref()) {
+        (Some(RedirectMode::Callback), Some(_)) => {
+            return Err(format!(
+                "{key}.redirect_uri: a redirect_uri is for paste-back; with redirect_mode = \"callback\" oauthd's own {{public_url}}/callback/{name} is used (remove one of the two)"
+            ))
+        }
+        (Some(RedirectMode::Callback), None) | (None, None) => return Ok(None),
+        (_, Some(text)) => text.to_owned(),
+        (Some(RedirectMode::Paste), None) => format!("http://127.0.0.1/callback/{name}"),
+    };
+    let field = format!("{key}.redirect_uri");
+    let url = Url::parse(&text).map_err(|e| format!("{field}: {text:?} is not a URL ({e})"))?;
+    let loopback_ip = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        _ => false,
+    };
+    if url.scheme() != "http" || !loopback_ip {
+        return Err(format!(
+            "{field}: {text} is not a loopback IP literal over http (use http://127.0.0.1:PORT/…; providers such as Spotify refuse localhost). For a redirect that reaches oauthd, set public_url instead"
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("{field}: no user name or password in the URI"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("{field}: no query or fragment in the URI"));
+    }
+    Ok(Some(url))
+}
+
+/// Parses an API base URL for the proxy: an endpoint URL (https, or http on loopback)
+/// without credentials, query or fragment; its path always ends in `/`.
+pub fn api_base_url(key: &str, text: &str) -> Result<Url, String> {
+    let mut url = endpoint_url(key, text)?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("{key}: no user name or password in the URL"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("{key}: no query or fragment in the URL"));
+    }
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
 }
 
 pub fn is_loopback(url: &Url) -> bool {
@@ -500,6 +586,15 @@ impl Provider {
             authorize_params.retain(|(pk, _)| pk != k);
             authorize_params.push((k.clone(), v.clone()));
         }
+        let paste_redirect = paste_redirect(&key, name, cfg)?;
+        let api_base = match cfg
+            .api_base_url
+            .as_deref()
+            .or(preset.map(|p| p.api_base_url))
+        {
+            None => None,
+            Some(text) => Some(api_base_url(&format!("{key}.api_base_url"), text)?),
+        };
         let resolved = OnceCell::new();
         if let Source::Known(e) = &source {
             let _ = resolved.set(e.as_ref().clone());
@@ -514,6 +609,8 @@ impl Provider {
             scopes,
             authorize_params,
             quirks: preset.map(|p| p.quirks).unwrap_or_default(),
+            paste_redirect,
+            api_base,
             jwks: Default::default(),
             source,
             resolved,
@@ -819,5 +916,96 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.issuer().unwrap().as_str(), "http://127.0.0.1:9000/");
+    }
+
+    #[test]
+    fn paste_back_redirects_are_loopback_ip_literals_over_http() {
+        let sp = "preset = \"spotify\"\nclient_id = \"a\"\nclient_secret = \"b\"\n";
+        let build = |extra: &str| Provider::from_config("sp", &cfg(&format!("{sp}{extra}")));
+        assert_eq!(build("").unwrap().paste_redirect, None);
+        let paste = build("redirect_mode = \"paste\"").unwrap();
+        assert_eq!(
+            paste.paste_redirect.unwrap().as_str(),
+            "http://127.0.0.1/callback/sp"
+        );
+        let own = build("redirect_uri = \"http://127.0.0.1:8888/callback\"").unwrap();
+        assert_eq!(
+            own.paste_redirect.unwrap().as_str(),
+            "http://127.0.0.1:8888/callback"
+        );
+        assert!(
+            build("redirect_uri = \"http://[::1]:8888/cb\"\nredirect_mode = \"paste\"").is_ok()
+        );
+        for (bad, why) in [
+            (
+                "redirect_uri = \"http://localhost:8888/cb\"",
+                "loopback IP literal",
+            ),
+            (
+                "redirect_uri = \"https://127.0.0.1:8888/cb\"",
+                "loopback IP literal",
+            ),
+            (
+                "redirect_uri = \"http://192.168.1.10:6288/cb\"",
+                "public_url",
+            ),
+            ("redirect_uri = \"http://u:p@127.0.0.1:1/cb\"", "user name"),
+            ("redirect_uri = \"http://127.0.0.1:1/cb?x=1\"", "no query"),
+            ("redirect_uri = \"nonsense\"", "not a URL"),
+            (
+                "redirect_uri = \"http://127.0.0.1:1/cb\"\nredirect_mode = \"callback\"",
+                "remove one",
+            ),
+        ] {
+            let e = build(bad).unwrap_err();
+            assert!(
+                e.contains("providers.sp.redirect_uri") && e.contains(why),
+                "{bad}: {e}"
+            );
+        }
+        assert!(toml::from_str::<ProviderConfig>("redirect_mode = \"relay\"").is_err());
+        // Paste-back never reaches oauthd's own address: a localhost public_url is fine then.
+        let configs: BTreeMap<String, ProviderConfig> =
+            toml::from_str(&format!("[sp]\n{sp}redirect_mode = \"paste\"\n")).unwrap();
+        let localhost = Url::parse("http://localhost:6288/").unwrap();
+        assert!(build_all(&configs, &localhost).is_ok());
+    }
+
+    #[test]
+    fn api_bases_come_from_presets_or_the_config() {
+        let build = |text: &str| Provider::from_config("p", &cfg(text));
+        let creds = "client_id = \"a\"\nclient_secret = \"b\"\n";
+        for (preset, base) in [
+            ("smartthings", "https://api.smartthings.com/"),
+            ("spotify", "https://api.spotify.com/"),
+            ("tidal", "https://openapi.tidal.com/"),
+            ("google", "https://www.googleapis.com/"),
+            ("github", "https://api.github.com/"),
+            ("microsoft", "https://graph.microsoft.com/"),
+        ] {
+            let p = build(&format!("preset = \"{preset}\"\n{creds}")).unwrap();
+            assert_eq!(p.api_base.unwrap().as_str(), base);
+        }
+        let explicit = "authorization_url = \"https://x/a\"\ntoken_url = \"https://x/t\"\n";
+        assert!(build(&format!("{explicit}{creds}"))
+            .unwrap()
+            .api_base
+            .is_none());
+        let p = build(&format!(
+            "{explicit}{creds}api_base_url = \"https://api.x/v2\""
+        ))
+        .unwrap();
+        assert_eq!(p.api_base.unwrap().as_str(), "https://api.x/v2/");
+        for (bad, why) in [
+            ("http://api.x/", "plain http"),
+            ("https://u:p@api.x/", "user name"),
+            ("https://api.x/?k=1", "no query"),
+        ] {
+            let e = build(&format!("{explicit}{creds}api_base_url = \"{bad}\"")).unwrap_err();
+            assert!(
+                e.contains("providers.p.api_base_url") && e.contains(why),
+                "{bad}: {e}"
+            );
+        }
     }
 }

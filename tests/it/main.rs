@@ -12,6 +12,7 @@ mod migrations;
 mod notify;
 mod operator;
 mod page;
+mod paste;
 mod provider_faults;
 mod provider_trust;
 mod read_only;

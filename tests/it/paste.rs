@@ -1,0 +1,406 @@
+//! Paste-back connect, for installs the provider cannot redirect to: the provider sends the
+//! browser to a loopback address where nothing listens, and the person pastes that address
+//! into oauthd (the page, or `oauthd connect --paste`). Against the real test provider,
+//! whose client is registered with the loopback redirect URI.
+
+use crate::common;
+
+use common::browser::Browser;
+use common::peer::Peer;
+use common::{Daemon, Home};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// A loopback port nothing listens on (bound, then released).
+fn dead_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// The peer as provider "peer" with a paste-back redirect URI on `port`, plus `extra`.
+fn paste_home(peer: &Peer, port: u16, extra: &str) -> (Home, String) {
+    let provider = peer.provider_toml("peer").replace(
+        "[providers.peer.authorize_params]",
+        &format!(
+            "redirect_uri = \"http://127.0.0.1:{port}/callback/peer\"\n[providers.peer.authorize_params]"
+        ),
+    );
+    let home = Home::new();
+    home.write_config(&format!("{extra}\n{provider}"));
+    let key = home.create_key("app", &[]);
+    (home, key)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn paste_back_from_the_page_in_chromium() {
+    let peer = Peer::start(60);
+    let port = dead_port();
+    let (home, key) = paste_home(&peer, port, "");
+    let d = home.start();
+    let b = Browser::start("paste").await;
+    b.sign_in(&home.login_link(&d)).await;
+    b.wait_for("[data-connect=peer]").await;
+    let card = b.text("#providers").await;
+    assert!(
+        card.contains(&format!("http://127.0.0.1:{port}/callback/peer"))
+            && card.contains("Paste-back"),
+        "{card}"
+    );
+    let page_window = b.client.window().await.unwrap();
+    b.click("[data-connect=peer]").await;
+
+    // The provider opens in a new tab; the page keeps the field for the address.
+    b.wait_for("#paste-url-peer").await;
+    let mut windows = Vec::new();
+    for _ in 0..50 {
+        windows = b.client.windows().await.unwrap();
+        if windows.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let provider_tab = windows
+        .into_iter()
+        .find(|w| *w != page_window)
+        .expect("Connect opened no tab for the provider");
+    b.client.switch_to_window(provider_tab).await.unwrap();
+    b.login_and_consent_at_provider("01").await;
+    // The browser ends on the loopback address, where nothing answers.
+    let landed = format!("http://127.0.0.1:{port}/callback/peer?");
+    let mut address = String::new();
+    for _ in 0..100 {
+        address = b.url().await;
+        if address.starts_with(&landed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        address.starts_with(&landed),
+        "the browser ended on {address}"
+    );
+    assert!(
+        address.contains("code=") && address.contains("state="),
+        "{address}"
+    );
+    b.screenshot("02-unreachable.png").await;
+    b.client.close_window().await.unwrap();
+
+    b.client.switch_to_window(page_window).await.unwrap();
+    b.wait_for("#paste-url-peer")
+        .await
+        .send_keys(&address)
+        .await
+        .unwrap();
+    b.screenshot("03-pasted.png").await;
+    b.click("[data-paste=peer]").await;
+    b.wait_text("#notice", "Connected peer/default").await;
+    b.wait_for("tr[data-connection='peer/default']").await;
+    b.screenshot("04-connected.png").await;
+    assert_eq!(
+        d.get("/v1/connections/peer/default/token", &key).await.0,
+        200
+    );
+
+    // The same address again: its state was used; the page says so and how to go on.
+    b.click("[data-connect=peer]").await;
+    let field = b.wait_for("#paste-url-peer").await;
+    field.send_keys(&address).await.unwrap();
+    b.click("[data-paste=peer]").await;
+    b.wait_text("#paste-peer", "already used").await;
+    b.wait_text("#paste-peer", "start again").await;
+    b.screenshot("05-used.png").await;
+    b.close().await;
+}
+
+/// Signs in over HTTP; returns the session cookie and its CSRF token.
+async fn ui_session(home: &Home, d: &Daemon) -> (String, String) {
+    let session = d.sign_in(&home.login_link(d)).await;
+    let overview: serde_json::Value = d
+        .ui_get("/ui/api/overview", &session)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let csrf = overview["csrf"].as_str().expect("csrf").to_owned();
+    (session, csrf)
+}
+
+async fn ui_post(
+    d: &Daemon,
+    (session, csrf): &(String, String),
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}{path}", d.url))
+        .header("cookie", format!("oauthd_session={session}"))
+        .header("x-csrf-token", csrf)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or_default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pasting_runs_the_callbacks_rules() {
+    let peer = Peer::start(60);
+    let port = dead_port();
+    let (home, key) = paste_home(&peer, port, "");
+    let d = home.start();
+    let ui = ui_session(&home, &d).await;
+    let paste = |url: String| {
+        let (d, ui) = (&d, &ui);
+        async move {
+            ui_post(
+                d,
+                ui,
+                "/ui/api/paste/peer",
+                serde_json::json!({ "url": url }),
+            )
+            .await
+        }
+    };
+    let (status, started) = ui_post(&d, &ui, "/ui/api/connect/peer", serde_json::json!({})).await;
+    assert_eq!(status, 201, "{started}");
+    let authorize = started["authorize_url"].as_str().unwrap().to_owned();
+    assert!(
+        authorize.contains(&format!(
+            "redirect_uri=http%3A%2F%2F127.0.0.1%3A{port}%2Fcallback%2Fpeer"
+        )),
+        "{authorize}"
+    );
+    let address = peer.approve(&authorize).await;
+    assert!(address.starts_with(&format!("http://127.0.0.1:{port}/callback/peer?")));
+
+    // Garbage, and addresses that are not the registered redirect URI, touch nothing.
+    for (text, code) in [
+        ("", "paste_unreadable"),
+        ("not an address at all", "paste_unreadable"),
+        ("code=abc&state=def", "paste_unreadable"),
+    ] {
+        let (status, body) = paste(text.into()).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (400, Some(code)),
+            "{text}: {body}"
+        );
+    }
+    let query = address.split_once('?').unwrap().1;
+    for elsewhere in [
+        format!("http://127.0.0.1:{}/callback/peer?{query}", dead_port()),
+        format!("http://127.0.0.1:{port}/callback/other?{query}"),
+        format!("https://127.0.0.1:{port}/callback/peer?{query}"),
+        format!("http://evil.example/callback/peer?{query}"),
+    ] {
+        let (status, body) = paste(elsewhere.clone()).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (400, Some("paste_wrong_address")),
+            "{elsewhere}: {body}"
+        );
+        assert!(!body.to_string().contains("code="), "{body}");
+    }
+    // A state given twice is not read either way.
+    let (status, body) = paste(format!("{address}&state=x")).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("paste_unreadable")),
+        "{body}"
+    );
+    // Without the CSRF token nothing happens.
+    let (status, body) = ui_post(
+        &d,
+        &(ui.0.clone(), "wrong".into()),
+        "/ui/api/paste/peer",
+        serde_json::json!({ "url": address }),
+    )
+    .await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("csrf_failed")));
+
+    // The real address, with surrounding whitespace as copied: connected.
+    let (status, body) = paste(format!("  {address}\n")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["account"], "default");
+    assert_eq!(
+        d.get("/v1/connections/peer/default/token", &key).await.0,
+        200
+    );
+    // Used: the state is gone, the code is never redeemed twice.
+    let (status, body) = paste(address.clone()).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("unknown_state")),
+        "{body}"
+    );
+
+    // The provider's error, shown with the account to start again for.
+    let (_, started) = ui_post(
+        &d,
+        &ui,
+        "/ui/api/connect/peer",
+        serde_json::json!({"account": "second"}),
+    )
+    .await;
+    let denied = peer.deny(started["authorize_url"].as_str().unwrap()).await;
+    assert!(denied.contains("error=access_denied"), "{denied}");
+    let (status, body) = paste(denied).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("access_denied")),
+        "{body}"
+    );
+    assert_eq!(body["account"], "second");
+
+    // A state for another provider's flow pasted here reads as unknown.
+    let (status, body) = paste(format!(
+        "http://127.0.0.1:{port}/callback/peer?state=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA&code=x"
+    ))
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("unknown_state")),
+        "{body}"
+    );
+    assert!(
+        !home.log_text().contains(query),
+        "the pasted query reached the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_paste_says_start_again() {
+    let peer = Peer::start(60);
+    let port = dead_port();
+    let (home, _key) = paste_home(
+        &peer,
+        port,
+        "[states.namespaces.\"connect:*\"]\ndefault_ttl_seconds = 1\n",
+    );
+    let d = home.start();
+    let ui = ui_session(&home, &d).await;
+    let (_, started) = ui_post(&d, &ui, "/ui/api/connect/peer", serde_json::json!({})).await;
+    let address = peer
+        .approve(started["authorize_url"].as_str().unwrap())
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, body) = ui_post(
+        &d,
+        &ui,
+        "/ui/api/paste/peer",
+        serde_json::json!({ "url": address }),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (410, Some("flow_expired")),
+        "{body}"
+    );
+    assert_eq!(body["account"], "default");
+}
+
+/// `oauthd connect peer --paste`: prints the authorization URL, reads the address from
+/// stdin. Returns the exit status and everything printed.
+async fn cli_paste(
+    home: &Home,
+    peer: &Peer,
+    answer: impl FnOnce(String) -> String,
+) -> (bool, String) {
+    let mut child = Command::new(common::BIN)
+        .args(["connect", "peer", "--paste", "--db"])
+        .arg(home.db())
+        .arg("--config")
+        .arg(home.config())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run oauthd");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut printed = String::new();
+    let mut authorize = None;
+    for _ in 0..10 {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        printed.push_str(&line);
+        if line.starts_with(&peer.issuer) {
+            authorize = Some(line.trim().to_owned());
+        }
+        if line.contains("paste it here") {
+            break;
+        }
+    }
+    let authorize = authorize.unwrap_or_else(|| panic!("no authorization URL printed: {printed}"));
+    let address = peer.approve(&authorize).await;
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{}", answer(address)).unwrap();
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    printed.push_str(&rest);
+    let output = child.wait_with_output().unwrap();
+    printed.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), printed)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn paste_back_from_the_terminal() {
+    let peer = Peer::start(60);
+    let port = dead_port();
+    let (home, _key) = paste_home(&peer, port, "");
+    // The terminal flow needs no running daemon: it works on the database itself.
+    let listed = Command::new(common::BIN)
+        .args(["providers", "list", "--config"])
+        .arg(home.config())
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(
+        listed.contains(&format!(
+            "redirect URI: http://127.0.0.1:{port}/callback/peer"
+        )) && listed.contains("paste-back"),
+        "{listed}"
+    );
+
+    let mut kept = String::new();
+    let (ok, printed) = cli_paste(&home, &peer, |a| {
+        kept = a.clone();
+        a
+    })
+    .await;
+    assert!(ok, "{printed}");
+    assert!(printed.contains("Connected peer/default."), "{printed}");
+    assert!(
+        printed.contains(&format!("http://127.0.0.1:{port}/callback/peer")),
+        "{printed}"
+    );
+    let list = home.cli(&["connections", "list"]);
+    assert!(
+        String::from_utf8_lossy(&list.stdout).contains("peer"),
+        "{list:?}"
+    );
+
+    // The used address again, garbage and another address: not connected, exit 1, and why.
+    let (ok, printed) = cli_paste(&home, &peer, |_| kept.clone()).await;
+    assert!(!ok && printed.contains("already used"), "{printed}");
+    let (ok, printed) = cli_paste(&home, &peer, |_| "garbage".into()).await;
+    assert!(!ok && printed.contains("Not an address"), "{printed}");
+    let (ok, printed) =
+        cli_paste(&home, &peer, |a| a.replace("/callback/peer", "/elsewhere")).await;
+    assert!(
+        !ok && printed.contains("Not the address oauthd waits for"),
+        "{printed}"
+    );
+    let (ok, printed) = cli_paste(&home, &peer, |_| String::new()).await;
+    assert!(!ok && printed.contains("nothing was pasted"), "{printed}");
+}
