@@ -53,6 +53,61 @@ pub struct FileConfig {
     pub notify: Vec<crate::notify::NotifyConfig>,
     #[serde(default)]
     pub events: EventsConfig,
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+}
+
+/// `[proxy]`: bounds on one request through `/v1/proxy/…`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    pub max_request_bytes: u64,
+    pub max_response_bytes: u64,
+    pub timeout_seconds: u64,
+    pub read_timeout_seconds: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        let p = crate::proxy::ProxyPolicy::default();
+        ProxyConfig {
+            max_request_bytes: p.max_request_bytes as u64,
+            max_response_bytes: p.max_response_bytes,
+            timeout_seconds: p.timeout.as_secs(),
+            read_timeout_seconds: p.read_timeout.as_secs(),
+        }
+    }
+}
+
+impl ProxyConfig {
+    fn policy(&self) -> Result<crate::proxy::ProxyPolicy, ConfigError> {
+        let within = |key: &str, v: u64, range: std::ops::RangeInclusive<u64>| {
+            if range.contains(&v) {
+                Ok(v)
+            } else {
+                Err(invalid(
+                    format!("proxy.{key}"),
+                    format!("must be between {} and {}", range.start(), range.end()),
+                ))
+            }
+        };
+        const GIB: u64 = 1024 * 1024 * 1024;
+        Ok(crate::proxy::ProxyPolicy {
+            max_request_bytes: within("max_request_bytes", self.max_request_bytes, 0..=GIB)?
+                as usize,
+            max_response_bytes: within(
+                "max_response_bytes",
+                self.max_response_bytes,
+                1024..=64 * GIB,
+            )?,
+            timeout: Duration::from_secs(within("timeout_seconds", self.timeout_seconds, 1..=600)?),
+            read_timeout: Duration::from_secs(within(
+                "read_timeout_seconds",
+                self.read_timeout_seconds,
+                1..=3600,
+            )?),
+        })
+    }
 }
 
 /// `[events]`: when a failing refresh is worth telling, and how deliveries are retried.
@@ -273,6 +328,7 @@ pub struct Settings {
     /// `[[notify]]` as written: `notify::build_targets` checks and reads them.
     pub notify: Vec<crate::notify::NotifyConfig>,
     pub events: crate::notify::EventsPolicy,
+    pub proxy: crate::proxy::ProxyPolicy,
 }
 
 impl Settings {
@@ -443,6 +499,7 @@ impl Settings {
         }
         let key_source = key_source(&db);
         let events = file.events.policy()?;
+        let proxy = file.proxy.policy()?;
         Ok(Settings {
             listen,
             db,
@@ -478,6 +535,7 @@ impl Settings {
             trusted_proxies: file.limits.trusted_proxies,
             notify: file.notify,
             events,
+            proxy,
         })
     }
 
@@ -726,6 +784,14 @@ mod tests {
         assert!(e.contains("states.default_ttl_seconds"), "{e}");
         let e = parse("listen = \"localhost\"").unwrap_err().to_string();
         assert!(e.starts_with("listen:"), "{e}");
+        let e = parse("[proxy]\ntimeout_seconds = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("proxy.timeout_seconds"), "{e}");
+        let e = parse("[proxy]\nmax_response_bytes = 10")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("proxy.max_response_bytes"), "{e}");
         let e = parse("durability = \"sometimes\"").unwrap_err().to_string();
         assert!(e.contains("sometimes"), "{e}");
         let e = parse("[states.namespaces.\"bad ns\"]\nmax_ttl_seconds = 5")

@@ -3,7 +3,7 @@
 //!
 //! Layers, arrows pointing down only:
 //! `cli` → `http` → services (`states`, `apikeys`, `admin`, `broker` over `oauth` and
-//! `vault`) → `store` (SQLite by default; Redis with the `redis` feature).
+//! `vault`, `proxy`) → `store` (SQLite by default; Redis with the `redis` feature).
 //!
 //! Outside tests, nothing a user or the network can influence may panic: unwrap, expect,
 //! panic and unchecked indexing are compile errors here (each exception says why).
@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod namespace;
 pub mod notify;
 pub mod oauth;
+pub mod proxy;
 pub mod read_cache;
 pub mod rekey;
 pub mod secret;

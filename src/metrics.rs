@@ -112,6 +112,29 @@ pub static REFRESHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Requests through `/v1/proxy`, by provider and the provider's status class (`error`:
+/// no answer at all).
+static PROXIED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "proxy_requests_total",
+        "Requests through the proxy, by provider and the answer's status class (2xx..5xx, error).",
+        &["provider", "class"],
+    )
+});
+
+/// Counts a proxied request; `status` 0 when the provider's API gave no answer.
+pub fn proxied(provider: &str, status: u16) {
+    let class = match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "error",
+    };
+    PROXIED.with_label_values(&[provider, class]).inc();
+}
+
 /// Events that happened, by type, whether or not a target wanted them.
 pub static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(

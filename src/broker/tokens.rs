@@ -32,6 +32,9 @@ const PROACTIVE_MS: i64 = 5 * 60_000;
 /// Refresh tokens that die when idle are used this long before they would.
 const KEEP_ALIVE_MARGIN_MS: i64 = 7 * 24 * 3600 * 1000;
 const BACKOFF_MAX_MS: i64 = 10 * 60_000;
+/// A token the provider's API refuses this soon after it was issued is not refreshed
+/// again (see `access_token_instead_of`).
+const REJECTED_MIN_AGE_MS: i64 = 30_000;
 
 /// An access token for an app. Redacted in `Debug`; zeroized when dropped.
 #[derive(Clone)]
@@ -369,8 +372,51 @@ impl Broker {
         if let Some(token) = self.usable(&row, min_ttl, read_began)? {
             return Ok(token);
         }
-        self.refresh_single_flight(&provider, &key, min_ttl, false)
+        self.refresh_single_flight(&provider, &key, min_ttl, false, None)
             .await
+    }
+
+    /// Another access token than `rejected`, which the provider's API just refused (the
+    /// proxy's `401`): the stored one when a refresh (here, or in another process) already
+    /// replaced it, else a refresh now, once for every caller holding the same rejected
+    /// token (they queue on the single-flight). `None` when oauthd refreshed the rejected
+    /// token less than `REJECTED_MIN_AGE_MS` ago: that `401` is not about an old token, and
+    /// refreshing on every such answer would burn refresh tokens for nothing.
+    pub async fn access_token_instead_of(
+        &self,
+        provider_name: &str,
+        account: &str,
+        rejected: &AccessToken,
+    ) -> Result<Option<AccessToken>, BrokerError> {
+        let provider = self.provider(provider_name)?.clone();
+        let key = ConnectionKey::new(provider_name, account);
+        let read_began = std::time::Instant::now();
+        let row = self.row(&key).await?;
+        if let Some(current) = self.usable(&row, Duration::ZERO, read_began)? {
+            if current.access_token.as_str() != rejected.access_token.as_str() {
+                return Ok(Some(current));
+            }
+            // Only a token oauthd refreshed itself is known to be new; one from a connect
+            // or an import (which also set last_refresh_at) may be older than it looks,
+            // and gets its one refresh.
+            let now = self.clock.now_ms();
+            let refreshed_recently = row.last_refresh_at_ms.is_some_and(|t| {
+                now.saturating_sub(t) < REJECTED_MIN_AGE_MS
+                    && row.connected_at_ms.is_none_or(|c| t > c)
+            });
+            if refreshed_recently {
+                return Ok(None);
+            }
+        }
+        self.refresh_single_flight(
+            &provider,
+            &key,
+            Duration::ZERO,
+            false,
+            Some(rejected.access_token.as_str()),
+        )
+        .await
+        .map(Some)
     }
 
     /// Refreshes whatever is due: tokens close to expiry, and refresh tokens that would
@@ -387,7 +433,7 @@ impl Broker {
                 continue;
             }
             match self
-                .refresh_single_flight(&provider, &row.key(), Duration::ZERO, true)
+                .refresh_single_flight(&provider, &row.key(), Duration::ZERO, true, None)
                 .await
             {
                 Ok(_) => refreshed += 1,
@@ -403,6 +449,7 @@ impl Broker {
         key: &ConnectionKey,
         min_ttl: Duration,
         force: bool,
+        rejected: Option<&str>,
     ) -> Result<AccessToken, BrokerError> {
         let asked_at = self.clock.now_ms();
         let lock = self.flight_lock(key);
@@ -427,7 +474,10 @@ impl Broker {
             }
             if !force || refreshed_meanwhile {
                 if let Some(token) = self.usable(&row, wanted, read_began)? {
-                    return Ok(token);
+                    // A token the provider refused is only good for refreshing.
+                    if rejected.is_none_or(|r| r != token.access_token.as_str()) {
+                        return Ok(token);
+                    }
                 }
             }
             let now = self.clock.now_ms();

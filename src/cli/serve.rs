@@ -14,6 +14,8 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
     let providers = super::providers(&settings)?;
     let notifier = super::notifier(&settings, clock.clone())?;
     let delivery_http = crate::notify::deliver::http_client().map_err(|e| Fatal(e, 1))?;
+    let proxy =
+        std::sync::Arc::new(crate::proxy::Proxy::new(settings.proxy).map_err(|e| Fatal(e, 1))?);
     let store = open_store(&settings, super::Missing::Create)?;
     log::info!("{}", store.describe());
     for t in notifier.targets() {
@@ -91,6 +93,7 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
             stopped,
         ));
         let app = AppState {
+            proxy: proxy.clone(),
             states,
             keys: store.clone(),
             key_cache: KeyCache::new(settings.api_key_cache),

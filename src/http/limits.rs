@@ -67,7 +67,8 @@ fn known_query(method: &actix_web::http::Method, path: &str) -> &'static [&'stat
 
 fn unknown_query_parameter(req: &ServiceRequest) -> Option<ApiError> {
     let path = req.path();
-    if !path.starts_with("/v1/") {
+    // The proxy's query is the provider's, passed on as it is.
+    if !path.starts_with("/v1/") || path.starts_with("/v1/proxy/") {
         return None;
     }
     let known = known_query(req.method(), path);

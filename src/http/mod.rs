@@ -16,6 +16,7 @@ mod metrics;
 mod notify;
 mod pages;
 mod problem;
+mod proxy;
 mod ratelimit;
 mod states;
 mod ui;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub key_cache: KeyCache,
     pub store: Arc<dyn StateStore>,
     pub broker: Arc<Broker>,
+    /// Sends `/v1/proxy` requests to providers' APIs.
+    pub proxy: Arc<crate::proxy::Proxy>,
     /// Targets for events, and the outbox they are stored in.
     pub notifier: Arc<Notifier>,
     pub outbox: Arc<dyn OutboxStore>,
@@ -154,6 +157,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/v1/device/{provider}",
             web::post().to(device::start),
         ))
+        .service(
+            web::resource("/v1/proxy/{provider}/{account}/{path:.*}")
+                .route(web::route().to(proxy::forward)),
+        )
         .service(endpoint(
             "/v1/device/{provider}/{id}",
             web::get().to(device::status),

@@ -15,6 +15,7 @@ mod page;
 mod paste;
 mod provider_faults;
 mod provider_trust;
+mod proxy;
 mod read_only;
 mod redis;
 mod security;

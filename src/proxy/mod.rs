@@ -1,0 +1,141 @@
+//! The credential-injecting proxy: a request to `/v1/proxy/{provider}/{account}/{path}`
+//! goes to the provider's API base with `Authorization: Bearer <fresh token>`, and the
+//! answer streams back. This module sends one attempt; `http/proxy.rs` takes the caller's
+//! request apart, asks the broker for tokens (and for another one after a `401`) and
+//! streams the answer.
+//!
+//! Never: a redirect followed, a host other than the base's, the caller's credentials or
+//! cookies passed on (see `headers`), a path outside the base (see `path`).
+
+pub mod headers;
+pub mod path;
+
+use crate::broker::AccessToken;
+use bytes::Bytes;
+use std::time::Duration;
+use url::Url;
+
+/// `[proxy]` in the config file: sizes and times that bound one proxied request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyPolicy {
+    /// Largest request body; it is held in memory so that a retry after a refresh can
+    /// send it again.
+    pub max_request_bytes: usize,
+    /// Largest answer streamed back; a longer one is cut off.
+    pub max_response_bytes: u64,
+    /// How long the provider's API may take to start answering (status and headers).
+    pub timeout: Duration,
+    /// Longest silence while the answer's body streams.
+    pub read_timeout: Duration,
+}
+
+impl Default for ProxyPolicy {
+    fn default() -> Self {
+        ProxyPolicy {
+            max_request_bytes: 10 * 1024 * 1024,
+            max_response_bytes: 100 * 1024 * 1024,
+            timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("the provider's API did not answer within {0} s")]
+    Timeout(u64),
+    #[error("the provider's API could not be reached: {0}")]
+    Unreachable(String),
+    #[error("the provider's answer is larger than the proxy's limit of {0} bytes (proxy.max_response_bytes)")]
+    TooLarge(u64),
+}
+
+/// One attempt at the provider's API.
+pub struct Outgoing<'a> {
+    pub method: &'a str,
+    pub url: &'a Url,
+    /// The caller's headers that `headers::forwards_request` let through.
+    pub headers: &'a [(String, Vec<u8>)],
+    pub body: Bytes,
+}
+
+pub struct Proxy {
+    client: reqwest::Client,
+    pub policy: ProxyPolicy,
+}
+
+impl Proxy {
+    /// Failing to build the client (no TLS roots, say) is a start-up error.
+    pub fn new(policy: ProxyPolicy) -> Result<Proxy, String> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(policy.timeout.min(Duration::from_secs(10)))
+            .read_timeout(policy.read_timeout)
+            .user_agent(concat!("oauthd/", env!("CARGO_PKG_VERSION"), " (proxy)"))
+            .build()
+            .map_err(|e| format!("cannot set up the HTTP client for the proxy: {e}"))?;
+        Ok(Proxy { client, policy })
+    }
+
+    /// Sends one attempt with `token`; returns the provider's answer once its status and
+    /// headers arrived (the body streams later).
+    pub async fn send(
+        &self,
+        out: &Outgoing<'_>,
+        token: &AccessToken,
+    ) -> Result<reqwest::Response, ProxyError> {
+        let method = reqwest::Method::from_bytes(out.method.as_bytes())
+            .map_err(|_| ProxyError::Unreachable("unsupported method".into()))?;
+        let mut request = self.client.request(method, out.url.clone());
+        for (name, value) in out.headers {
+            request = request.header(name.as_str(), value.as_slice());
+        }
+        let mut bearer =
+            reqwest::header::HeaderValue::try_from(format!("Bearer {}", *token.access_token))
+                .map_err(|_| {
+                    ProxyError::Unreachable("the access token is not a valid header value".into())
+                })?;
+        bearer.set_sensitive(true);
+        request = request.header(reqwest::header::AUTHORIZATION, bearer);
+        if !out.body.is_empty() {
+            request = request.body(out.body.clone());
+        }
+        match tokio::time::timeout(self.policy.timeout, request.send()).await {
+            Err(_) => Err(ProxyError::Timeout(self.policy.timeout.as_secs())),
+            Ok(Err(e)) if e.is_timeout() => Err(ProxyError::Timeout(self.policy.timeout.as_secs())),
+            // Without the URL: it may carry the caller's query.
+            Ok(Err(e)) => Err(ProxyError::Unreachable(describe(&e))),
+            Ok(Ok(resp)) => {
+                if resp
+                    .content_length()
+                    .is_some_and(|n| n > self.policy.max_response_bytes)
+                {
+                    return Err(ProxyError::TooLarge(self.policy.max_response_bytes));
+                }
+                Ok(resp)
+            }
+        }
+    }
+}
+
+/// What went wrong, without the URL reqwest puts in its messages.
+fn describe(e: &reqwest::Error) -> String {
+    let kind = if e.is_connect() {
+        "connection failed"
+    } else if e.is_request() {
+        "request failed"
+    } else {
+        "no valid answer"
+    };
+    let mut source = std::error::Error::source(e);
+    let mut detail = String::new();
+    while let Some(s) = source {
+        detail = s.to_string();
+        source = s.source();
+    }
+    if detail.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{kind} ({detail})")
+    }
+}

@@ -1,0 +1,171 @@
+//! Where a proxied request goes: the provider's API base plus the caller's path, and
+//! nowhere else. The path is checked segment by segment as it arrived (percent-encoded),
+//! then the joined URL is checked again against the base.
+
+use url::Url;
+
+/// Why a path was refused; `Display` is the problem's detail (never the path itself:
+/// a query may carry secrets, and the path is the caller's own).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("an empty path segment (`//`) is not allowed")]
+    EmptySegment,
+    #[error("`.` and `..` segments are not allowed, encoded or not")]
+    DotSegment,
+    #[error("the path may not carry a scheme (`name:` as its first segment)")]
+    Scheme,
+    #[error("the path contains a character that is not allowed (`@`, `\\`, `%`-encoded `/`, `\\`, `%` or controls, or a malformed escape)")]
+    Character,
+    #[error("the path leaves the provider's API base")]
+    OutsideBase,
+}
+
+/// Bytes allowed as they are in a path segment (RFC 3986 `pchar` without `@` and `%`,
+/// which are checked separately).
+fn plain(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:".contains(&b)
+}
+
+/// One segment as it arrived: percent escapes are well formed, and what they decode to is
+/// neither a separator, `@`, a backslash, a percent sign (no double encoding), nor a control.
+fn check_segment(raw: &str) -> Result<String, PathError> {
+    let mut decoded = Vec::with_capacity(raw.len());
+    let mut bytes = raw.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next(), bytes.next()];
+            let value = match hex {
+                [Some(h), Some(l)] => std::str::from_utf8(&[h, l])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok()),
+                _ => None,
+            };
+            decoded.push(value.ok_or(PathError::Character)?);
+        } else if plain(b) {
+            decoded.push(b);
+        } else {
+            return Err(PathError::Character);
+        }
+    }
+    if decoded
+        .iter()
+        .any(|&b| matches!(b, b'/' | b'\\' | b'@' | b'%' | b'?' | b'#') || b < 0x20 || b == 0x7f)
+    {
+        return Err(PathError::Character);
+    }
+    let text = String::from_utf8(decoded).map_err(|_| PathError::Character)?;
+    if text == "." || text == ".." {
+        return Err(PathError::DotSegment);
+    }
+    Ok(text)
+}
+
+/// `base` + `rest` (the caller's path after `/v1/proxy/{provider}/{account}/`, as it
+/// arrived) + `query`. `base` ends in `/` (the config loader makes sure).
+pub fn upstream_url(base: &Url, rest: &str, query: Option<&str>) -> Result<Url, PathError> {
+    let segments: Vec<&str> = rest.split('/').collect();
+    let last = segments.len() - 1;
+    for (i, raw) in segments.iter().enumerate() {
+        // A trailing slash is a path of its own at most APIs: allowed; `//` is not.
+        if raw.is_empty() {
+            if i == last {
+                continue;
+            }
+            return Err(PathError::EmptySegment);
+        }
+        let decoded = check_segment(raw)?;
+        if i == 0 && decoded.contains(':') {
+            return Err(PathError::Scheme);
+        }
+    }
+    let mut url = base.clone();
+    url.set_path(&format!("{}{rest}", base.path()));
+    url.set_query(query.filter(|q| !q.is_empty()));
+    url.set_fragment(None);
+    let same_origin = url.scheme() == base.scheme()
+        && url.host() == base.host()
+        && url.port_or_known_default() == base.port_or_known_default()
+        && url.username().is_empty()
+        && url.password().is_none();
+    if !same_origin || !url.path().starts_with(base.path()) {
+        return Err(PathError::OutsideBase);
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Url {
+        Url::parse("https://api.example.com/v1/").unwrap()
+    }
+
+    #[test]
+    fn the_path_and_query_go_below_the_base() {
+        let u = upstream_url(&base(), "me/player", Some("market=DE&x=%20y")).unwrap();
+        assert_eq!(
+            u.as_str(),
+            "https://api.example.com/v1/me/player?market=DE&x=%20y"
+        );
+        assert_eq!(
+            upstream_url(&base(), "", None).unwrap().as_str(),
+            "https://api.example.com/v1/"
+        );
+        assert_eq!(
+            upstream_url(&base(), "items/", None).unwrap().as_str(),
+            "https://api.example.com/v1/items/"
+        );
+        // Encoded characters that are not separators stay as sent.
+        assert_eq!(
+            upstream_url(&base(), "search/a%20b", None).unwrap().path(),
+            "/v1/search/a%20b"
+        );
+        let ip = Url::parse("http://127.0.0.1:8080/").unwrap();
+        assert_eq!(
+            upstream_url(&ip, "users/me:batch", None).unwrap().as_str(),
+            "http://127.0.0.1:8080/users/me:batch"
+        );
+    }
+
+    #[test]
+    fn nothing_escapes_the_base() {
+        use PathError::*;
+        for (rest, why) in [
+            ("..", DotSegment),
+            ("../admin", DotSegment),
+            ("me/../../admin", DotSegment),
+            ("./me", DotSegment),
+            ("%2e%2e/admin", DotSegment),
+            ("%2E%2E/admin", DotSegment),
+            (".%2e/admin", DotSegment),
+            ("%2e/admin", DotSegment),
+            ("me/%2e%2e", DotSegment),
+            ("/evil.example/x", EmptySegment),
+            ("//evil.example/x", EmptySegment),
+            ("me//x", EmptySegment),
+            ("https:/evil.example/x", Scheme),
+            ("https:%2f%2fevil.example", Character),
+            ("http:evil.example", Scheme),
+            ("javascript:alert(1)", Scheme),
+            ("user@evil.example/x", Character),
+            ("me%40evil.example", Character),
+            ("..%2fadmin", Character),
+            ("me%2f..%2fadmin", Character),
+            ("me%5c..%5cadmin", Character),
+            ("me\\..\\admin", Character),
+            ("%252e%252e/admin", Character),
+            ("me%00", Character),
+            ("me%0d%0aHost:%20evil", Character),
+            ("me%", Character),
+            ("me%zz", Character),
+            ("me%c0%ae%c0%ae", Character),
+            ("me?x=1", Character),
+            ("me#frag", Character),
+            ("caf\u{e9}", Character),
+            ("a b", Character),
+        ] {
+            assert_eq!(upstream_url(&base(), rest, None), Err(why), "{rest}");
+        }
+    }
+}

@@ -1,0 +1,576 @@
+//! The credential-injecting proxy, `/v1/proxy/{provider}/{account}/{path}`: against the
+//! real test provider's userinfo endpoint as the API (a real token, validated by the
+//! provider), and a mock upstream (wiremock, or a raw socket for streaming) for what a real
+//! provider cannot be made to do: a 401 that a refresh cures, a slow answer, a large or
+//! endless body, redirects, and every attempt to leave the API base.
+
+use crate::common;
+
+use common::peer::Peer;
+use common::{Daemon, Home};
+use serde_json::json;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wiremock::matchers::{body_string, body_string_contains, header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// Provider "mock": token endpoint and API at `mock` (the API under `/api/`).
+fn mock_provider(mock: &MockServer, api_base: &str) -> String {
+    format!(
+        "[providers.mock]\nauthorization_url = \"{uri}/authorize\"\ntoken_url = \"{uri}/token\"\n\
+         client_id = \"cid\"\nclient_secret = \"c-secret\"\napi_base_url = \"{api_base}\"\n",
+        uri = mock.uri()
+    )
+}
+
+/// A home with provider "mock" (plus `extra`), started, and mock/default holding the
+/// tokens `old` / `r1` (imported, as an app that had them would).
+async fn mock_home(mock: &MockServer, extra: &str) -> (Home, Daemon, String) {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{extra}\n{}",
+        mock_provider(mock, &format!("{}/api/", mock.uri()))
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let (status, body) = d
+        .put(
+            "/v1/connections/mock/default",
+            &key,
+            json!({"access_token": "old", "refresh_token": "r1", "expires_in": 3600}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    (home, d, key)
+}
+
+async fn on_refresh(mock: &MockServer, refresh_token: &str, response: ResponseTemplate) {
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("grant_type=refresh_token"))
+        .and(body_string_contains(format!(
+            "refresh_token={refresh_token}"
+        )))
+        .respond_with(response)
+        .mount(mock)
+        .await;
+}
+
+async fn requests_to(mock: &MockServer, prefix: &str) -> Vec<wiremock::Request> {
+    mock.received_requests()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.url.path().starts_with(prefix))
+        .collect()
+}
+
+fn proxy_url(d: &Daemon, rest: &str) -> String {
+    format!("{}/v1/proxy/mock/default/{rest}", d.url)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_real_providers_api_sees_a_real_token() {
+    let peer = Peer::start(60);
+    let home = Home::new();
+    let provider = peer.provider_toml("peer").replace(
+        "[providers.peer.authorize_params]",
+        &format!(
+            "api_base_url = \"{}/\"\n[providers.peer.authorize_params]",
+            peer.issuer
+        ),
+    );
+    // A second provider without an API: the proxy has nowhere to send.
+    let plain = peer
+        .provider_toml("other")
+        .replace("other.authorize_params", "other.x");
+    let plain = plain
+        .split("[providers.other.x]")
+        .next()
+        .unwrap()
+        .to_owned();
+    home.write_config(&format!("{provider}\n{plain}"));
+    let key = home.create_key("app", &[]);
+    let scoped = home.create_key("other-only", &["provider:other"]);
+    let d = home.start();
+    let (status, page) = common::peer::connect(&d, &peer, &key, "default").await;
+    assert_eq!(status, 200, "{page}");
+
+    // The provider's userinfo endpoint validates the token oauthd puts in.
+    let resp = d
+        .http
+        .get(format!("{}/v1/proxy/peer/default/me", d.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(common::header(&resp, "content-type").starts_with("application/json"));
+    let me: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(me["sub"], "alice", "{me}");
+    // POST works the same (userinfo accepts both).
+    let resp = d
+        .http
+        .post(format!("{}/v1/proxy/peer/default/me", d.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // Scope, configuration and connection are checked first.
+    let get = |url: String, key: String| {
+        let http = d.http.clone();
+        async move { http.get(url).bearer_auth(key).send().await.unwrap() }
+    };
+    common::assert_code(
+        get(
+            format!("{}/v1/proxy/peer/default/me", d.url),
+            scoped.clone(),
+        )
+        .await,
+        "namespace_not_allowed",
+    )
+    .await;
+    common::assert_code(
+        get(format!("{}/v1/proxy/other/default/me", d.url), key.clone()).await,
+        "proxy_not_configured",
+    )
+    .await;
+    common::assert_code(
+        get(format!("{}/v1/proxy/peer/nobody/me", d.url), key.clone()).await,
+        "connection_not_found",
+    )
+    .await;
+    common::assert_code(
+        get(format!("{}/v1/proxy/nope/default/me", d.url), key.clone()).await,
+        "unknown_provider",
+    )
+    .await;
+    let resp = d
+        .http
+        .get(format!("{}/v1/proxy/peer/default/me", d.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+
+    let metrics = d.metrics_text().await;
+    assert!(
+        common::sample(
+            &metrics,
+            "oauthd_proxy_requests_total{class=\"2xx\",provider=\"peer\"}"
+        )
+        .is_some_and(|n| n >= 2.0),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_401_is_cured_by_one_refresh_shared_by_every_caller() {
+    let mock = MockServer::start().await;
+    let (_home, d, key) = mock_home(&mock, "").await;
+    on_refresh(
+        &mock,
+        "r1",
+        ResponseTemplate::new(200)
+            .set_body_json(json!({"access_token": "new", "token_type": "Bearer", "expires_in": 3600, "refresh_token": "r2"}))
+            .set_delay(Duration::from_millis(300)),
+    )
+    .await;
+    Mock::given(method("POST"))
+        .and(path("/api/items"))
+        .and(header("authorization", "Bearer old"))
+        .respond_with(
+            ResponseTemplate::new(401)
+                .insert_header("www-authenticate", "Bearer error=\"invalid_token\""),
+        )
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/items"))
+        .and(header("authorization", "Bearer new"))
+        .and(body_string("{\"name\":\"lamp\"}"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"created": true})))
+        .mount(&mock)
+        .await;
+
+    // Eight callers at once: each sends its body twice (the 401, then the retry); one refresh.
+    let calls = (0..8).map(|_| {
+        d.http
+            .post(proxy_url(&d, "items"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body("{\"name\":\"lamp\"}")
+            .send()
+    });
+    for resp in futures::future::join_all(calls).await {
+        let resp = resp.unwrap();
+        assert_eq!(resp.status(), 201);
+        assert_eq!(
+            resp.json::<serde_json::Value>().await.unwrap()["created"],
+            true
+        );
+    }
+    let refreshes = requests_to(&mock, "/token").await;
+    assert_eq!(refreshes.len(), 1, "one refresh for all callers");
+    // The token API hands out the refreshed token too.
+    let (status, token) = d.get("/v1/connections/mock/default/token", &key).await;
+    assert_eq!((status, token["access_token"].as_str()), (200, Some("new")));
+
+    // An endpoint that refuses even the fresh token: its 401 comes back as it is, and
+    // no second refresh burns the new refresh token.
+    Mock::given(method("GET"))
+        .and(path("/api/admin"))
+        .respond_with(
+            ResponseTemplate::new(401)
+                .insert_header("www-authenticate", "Bearer error=\"insufficient_scope\""),
+        )
+        .mount(&mock)
+        .await;
+    let resp = d
+        .http
+        .get(proxy_url(&d, "admin"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(common::header(&resp, "www-authenticate").contains("insufficient_scope"));
+    assert_eq!(requests_to(&mock, "/token").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_grant_on_the_refresh_is_needs_reauth() {
+    let mock = MockServer::start().await;
+    let (_home, d, key) = mock_home(&mock, "").await;
+    on_refresh(
+        &mock,
+        "r1",
+        ResponseTemplate::new(400).set_body_json(json!({"error": "invalid_grant"})),
+    )
+    .await;
+    Mock::given(method("GET"))
+        .and(path("/api/me"))
+        .respond_with(ResponseTemplate::new(401))
+        .mount(&mock)
+        .await;
+    let resp = d
+        .http
+        .get(proxy_url(&d, "me"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "needs_reauth");
+    assert!(body["reconnect_url"].as_str().is_some());
+    let (_, conn) = d.get("/v1/connections/mock/default", &key).await;
+    assert_eq!(conn["status"], "needs_reauth");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn headers_query_and_redirects() {
+    let mock = MockServer::start().await;
+    let elsewhere = MockServer::start().await;
+    let (home, d, key) = mock_home(&mock, "").await;
+    Mock::given(method("GET"))
+        .and(path("/api/echo"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string("ok")
+                .insert_header("set-cookie", "upstream=1")
+                .insert_header("x-ratelimit-remaining", "41")
+                .insert_header("strict-transport-security", "max-age=1"),
+        )
+        .mount(&mock)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/moved"))
+        .respond_with(
+            ResponseTemplate::new(302)
+                .insert_header("location", format!("{}/stolen", elsewhere.uri()).as_str()),
+        )
+        .mount(&mock)
+        .await;
+    let resp = d
+        .http
+        .get(proxy_url(&d, "echo?market=DE&q=a%20b&q=c"))
+        .bearer_auth(&key)
+        .header("cookie", "oauthd_session=secret-cookie")
+        .header("x-forwarded-for", "10.0.0.1")
+        .header("x-api-key", "another-secret")
+        .header("x-app-version", "7")
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(common::header(&resp, "x-ratelimit-remaining"), "41");
+    assert!(resp.headers().get("set-cookie").is_none());
+    assert!(resp.headers().get("strict-transport-security").is_none());
+    let seen = requests_to(&mock, "/api/echo").await;
+    assert_eq!(seen.len(), 1);
+    let r = &seen[0];
+    assert_eq!(r.url.query(), Some("market=DE&q=a%20b&q=c"));
+    let h = |name: &str| r.headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(h("authorization").as_deref(), Some("Bearer old"));
+    assert_eq!(h("x-app-version").as_deref(), Some("7"));
+    assert_eq!(h("accept").as_deref(), Some("application/json"));
+    for gone in ["cookie", "x-forwarded-for", "x-api-key"] {
+        assert!(h(gone).is_none(), "{gone} reached the provider");
+    }
+    assert_eq!(
+        h("host").as_deref(),
+        Some(mock.uri().trim_start_matches("http://"))
+    );
+    // The oauthd API key never reaches the provider, in any header.
+    assert!(!format!("{:?}", r.headers).contains(&key));
+
+    // A redirect is handed back, never followed.
+    let resp = common::no_redirects()
+        .get(proxy_url(&d, "moved"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 302);
+    assert_eq!(
+        common::header(&resp, "location"),
+        format!("{}/stolen", elsewhere.uri())
+    );
+    assert!(elsewhere
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .is_empty());
+    assert!(
+        !home.log_text().contains("market=DE"),
+        "the proxied query reached the log"
+    );
+}
+
+/// Sends a request line as written (no client normalises its path) and returns the status
+/// and body.
+async fn raw_request(d: &Daemon, key: &str, target: &str) -> (u16, String) {
+    let addr = d.url.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, out)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_path_leaves_the_api_base() {
+    let mock = MockServer::start().await;
+    let (_home, d, key) = mock_home(&mock, "").await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("reached"))
+        .mount(&mock)
+        .await;
+    let prefix = "/v1/proxy/mock/default/";
+    for rest in [
+        "..",
+        "../token",
+        "../../token",
+        "me/../../token",
+        "./me",
+        "%2e%2e/token",
+        "%2E%2E/token",
+        ".%2e/token",
+        "me/%2e%2e/%2e%2e/token",
+        "..%2ftoken",
+        "..%2Ftoken",
+        "me%2f..%2f..%2ftoken",
+        "..%5ctoken",
+        "..\\token",
+        "%252e%252e/token",
+        "/token",
+        "//evil.example/x",
+        "http://evil.example/x",
+        "https:%2f%2fevil.example/x",
+        "http:evil.example",
+        "user@evil.example/x",
+        "me%40evil.example",
+        "me%00",
+        "me%0d%0aHost:%20evil",
+        "%",
+        "me%zz",
+    ] {
+        let (status, out) = raw_request(&d, &key, &format!("{prefix}{rest}")).await;
+        assert!(
+            status == 400 && out.contains("invalid_proxy_path"),
+            "{rest}: {out}"
+        );
+    }
+    let seen = requests_to(&mock, "/").await;
+    assert!(
+        seen.is_empty(),
+        "reached the upstream: {:?}",
+        seen.iter().map(|r| r.url.to_string()).collect::<Vec<_>>()
+    );
+    // Plain paths do reach it, below the base.
+    let (status, out) = raw_request(&d, &key, &format!("{prefix}v1/me:batch/x-y_z~")).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(requests_to(&mock, "/api/v1/me:batch/x-y_z~").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_on_size_and_time() {
+    let mock = MockServer::start().await;
+    let (_home, d, key) = mock_home(
+        &mock,
+        "[proxy]\nmax_request_bytes = 1024\nmax_response_bytes = 1048576\ntimeout_seconds = 1\n",
+    )
+    .await;
+    Mock::given(method("GET"))
+        .and(path("/api/slow"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(5)))
+        .mount(&mock)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/huge"))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(vec![b'x'; 2 * 1024 * 1024]))
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/upload"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&mock)
+        .await;
+
+    let started = Instant::now();
+    let resp = d
+        .http
+        .get(proxy_url(&d, "slow"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    common::assert_code(resp, "upstream_timeout").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let resp = d
+        .http
+        .get(proxy_url(&d, "huge"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    common::assert_code(resp, "upstream_too_large").await;
+
+    let resp = d
+        .http
+        .post(proxy_url(&d, "upload"))
+        .bearer_auth(&key)
+        .body(vec![0u8; 1025])
+        .send()
+        .await
+        .unwrap();
+    common::assert_code(resp, "body_too_large").await;
+    let resp = d
+        .http
+        .post(proxy_url(&d, "upload"))
+        .bearer_auth(&key)
+        .body(vec![0u8; 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_eq!(requests_to(&mock, "/api/upload").await.len(), 1);
+}
+
+/// An upstream on a raw socket: answers every request with a chunked body of `first`,
+/// then waits for `go`, then sends `rest` bytes in 64 KiB chunks.
+async fn chunked_upstream(rest: usize) -> (String, tokio::sync::mpsc::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let (go_tx, mut go_rx) = tokio::sync::mpsc::channel::<()>(4);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 8192];
+            let _ = s.read(&mut buf).await;
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(b"5\r\nfirst\r\n").await;
+            let _ = s.flush().await;
+            if go_rx.recv().await.is_none() {
+                return;
+            }
+            let chunk = vec![b'y'; 65536];
+            let mut left = rest;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                let _ = s.write_all(format!("{n:x}\r\n").as_bytes()).await;
+                let _ = s.write_all(&chunk[..n]).await;
+                let _ = s.write_all(b"\r\n").await;
+                left -= n;
+            }
+            let _ = s.write_all(b"0\r\n\r\n").await;
+        }
+    });
+    (url, go_tx)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_stream_through_and_stop_at_the_limit() {
+    let mock = MockServer::start().await;
+    let (upstream, go) = chunked_upstream(20 * 1024 * 1024).await;
+    let home = Home::new();
+    home.write_config(&format!(
+        "[proxy]\nmax_response_bytes = 8388608\n{}",
+        mock_provider(&mock, &upstream)
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let (status, body) = d
+        .put(
+            "/v1/connections/mock/default",
+            &key,
+            json!({"access_token": "t"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    // The first bytes arrive while the upstream still holds the rest back: streamed,
+    // not buffered. Then the body runs past max_response_bytes and is cut off.
+    let mut resp = d
+        .http
+        .get(proxy_url(&d, "file"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let first = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+        .await
+        .expect("the first chunk did not arrive before the rest was sent: buffered?")
+        .unwrap()
+        .unwrap();
+    assert_eq!(&first[..], b"first");
+    go.send(()).await.unwrap();
+    let mut received = first.len();
+    let cut = loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => received += c.len(),
+            Ok(None) => break false,
+            Err(_) => break true,
+        }
+    };
+    assert!(cut, "a body over the limit ended as if whole");
+    assert!(received <= 8 * 1024 * 1024, "{received}");
+}
