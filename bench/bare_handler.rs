@@ -53,6 +53,17 @@ async fn provider_token() -> HttpResponse {
     }))
 }
 
+/// Provider "bench"'s API, for the proxy scenario: a small JSON answer, as `/v1/me` of a
+/// music service gives. Called directly (the baseline) and through oauthd's proxy.
+async fn api_me() -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "id": "bench-user",
+        "display_name": "Bench User",
+        "country": "DE",
+        "product": "premium",
+    }))
+}
+
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
     let listen = std::env::args()
@@ -69,6 +80,7 @@ async fn main() -> std::io::Result<()> {
                 web::get().to(token),
             )
             .route("/provider/token", web::post().to(provider_token))
+            .route("/api/me", web::get().to(api_me))
     })
     .bind(listen)?;
     for addr in server.addrs() {

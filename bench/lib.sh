@@ -38,6 +38,7 @@ max_states = 100000000
 [providers.bench]
 authorization_url = "$BARE/provider/authorize"
 token_url = "$BARE/provider/token"
+api_base_url = "$BARE/"
 client_id = "bench"
 client_secret = "bench"
 TOML

@@ -190,7 +190,12 @@ function pasteBox(provider, account, authorizeUrl) {
   const id = `paste-url-${provider}`;
   const field = el("input", { id, type: "url", class: "wide", autocomplete: "off", spellcheck: "false", placeholder: "http://127.0.0.1/callback/…?code=…&state=…" });
   const status = el("p", { class: "hint", role: "status" });
+  const button = el("button", { "data-paste": provider }, "Finish connecting");
+  let busy = false;
   const finish = async () => {
+    if (busy) return; // Enter and a click: one request, not two
+    busy = true;
+    button.disabled = true;
     status.textContent = "Checking…";
     try {
       const { data } = await api("POST", `/ui/api/paste/${encodeURIComponent(provider)}`, { url: field.value });
@@ -201,13 +206,16 @@ function pasteBox(provider, account, authorizeUrl) {
       status.textContent = e.code === "flow_expired" || e.code === "unknown_state"
         ? `${e.message} Press "Connect ${provider}" to start again.`
         : e.message;
+    } finally {
+      busy = false;
+      button.disabled = false;
     }
   };
+  button.addEventListener("click", finish);
   box.replaceChildren(
     el("p", {}, "A new tab opened at ", el("a", { href: authorizeUrl, target: "_blank", rel: "noopener noreferrer" }, provider),
       ` (for ${account || "default"}). After you approve, your browser will show a page that cannot be reached — copy its whole address and paste it here.`),
-    el("div", { class: "row" }, el("label", { for: id }, "Address"), field,
-      el("button", { "data-paste": provider, onclick: finish }, "Finish connecting")),
+    el("div", { class: "row" }, el("label", { for: id }, "Address"), field, button),
     status);
   field.addEventListener("keydown", (ev) => { if (ev.key === "Enter") finish(); });
   field.focus();

@@ -32,9 +32,10 @@ const PROACTIVE_MS: i64 = 5 * 60_000;
 /// Refresh tokens that die when idle are used this long before they would.
 const KEEP_ALIVE_MARGIN_MS: i64 = 7 * 24 * 3600 * 1000;
 const BACKOFF_MAX_MS: i64 = 10 * 60_000;
-/// A token the provider's API refuses this soon after it was issued is not refreshed
-/// again (see `access_token_instead_of`).
-const REJECTED_MIN_AGE_MS: i64 = 30_000;
+/// A token the provider's API refuses this soon after oauthd refreshed it is not
+/// refreshed again (see `access_token_instead_of`): at most one such refresh per
+/// connection in this time, however often an endpoint answers 401.
+const REJECTED_MIN_AGE_MS: i64 = 10 * 60_000;
 
 /// An access token for an app. Redacted in `Debug`; zeroized when dropped.
 #[derive(Clone)]
@@ -474,8 +475,12 @@ impl Broker {
             }
             if !force || refreshed_meanwhile {
                 if let Some(token) = self.usable(&row, wanted, read_began)? {
-                    // A token the provider refused is only good for refreshing.
-                    if rejected.is_none_or(|r| r != token.access_token.as_str()) {
+                    // A token the provider refused is only good for refreshing, unless a
+                    // refresh just gave it back (some providers return a still-valid
+                    // token): refreshing again would not change it.
+                    if refreshed_meanwhile
+                        || rejected.is_none_or(|r| r != token.access_token.as_str())
+                    {
                         return Ok(token);
                     }
                 }

@@ -19,12 +19,45 @@ fn invalid_path(detail: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_proxy_path", detail)
 }
 
-/// The caller's body, whole (a retry sends it again), refused past the limit.
-async fn read_body(
+/// The caller's body, whole (a retry sends it again): refused past the limit, when the
+/// shared budget for bodies in memory is spent, or when it takes longer than the proxy's
+/// timeout to arrive.
+async fn read_body<'a>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    proxy: &'a crate::proxy::Proxy,
+    room: &mut crate::proxy::BodyRoom<'a>,
+) -> Result<bytes::Bytes, ApiError> {
+    let timeout = proxy.policy.timeout;
+    tokio::time::timeout(timeout, read_body_within(req, payload, proxy, room))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {} s",
+                    timeout.as_secs()
+                ),
+            ))
+        })
+}
+
+async fn read_body_within<'a>(
     req: &HttpRequest,
     mut payload: web::Payload,
-    limit: usize,
+    proxy: &'a crate::proxy::Proxy,
+    room: &mut crate::proxy::BodyRoom<'a>,
 ) -> Result<bytes::Bytes, ApiError> {
+    let limit = proxy.policy.max_request_bytes;
+    let busy = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "proxy_busy",
+            "the proxy holds as many request bodies in memory as it may; retry shortly",
+        )
+        .retry_after(1)
+    };
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -50,6 +83,9 @@ async fn read_body(
         if body.len() + chunk.len() > limit {
             return Err(too_large());
         }
+        if !proxy.claim(room, chunk.len()) {
+            return Err(busy());
+        }
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
@@ -74,7 +110,9 @@ pub async fn forward(
         .to_owned();
     caller.require_provider(&app, &provider)?;
     caller.require_account(&account)?;
-    let base = app.broker.provider(&provider)?.api_base.clone().ok_or_else(|| {
+    let configured = app.broker.provider(&provider)?;
+    let extra_headers = configured.proxy_headers.clone();
+    let base = configured.api_base.clone().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "proxy_not_configured",
@@ -89,11 +127,12 @@ pub async fn forward(
         })?;
     let url = path::upstream_url(&base, rest, req.uri().query())
         .map_err(|e| invalid_path(e.to_string()))?;
-    let body = read_body(&req, payload, app.proxy.policy.max_request_bytes).await?;
+    let mut room = app.proxy.body_room();
+    let body = read_body(&req, payload, &app.proxy, &mut room).await?;
     let forwarded: Vec<(String, Vec<u8>)> = req
         .headers()
         .iter()
-        .filter(|(name, _)| headers::forwards_request(name.as_str()))
+        .filter(|(name, _)| headers::forwards_request(name.as_str(), &extra_headers))
         .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
         .collect();
     let out = Outgoing {
@@ -117,6 +156,9 @@ pub async fn forward(
         }
     }
     crate::metrics::proxied(&provider, answer.status().as_u16());
+    // The body is sent: its room in the budget is free again while the answer streams.
+    drop(out);
+    drop(room);
     Ok(stream_back(
         answer,
         req.method(),
@@ -158,6 +200,11 @@ fn stream_back(answer: reqwest::Response, method: &Method, limit: u64) -> HttpRe
             resp.append_header((name.as_str(), value.as_bytes()));
         }
     }
+    // The answer is served from oauthd's origin, to a caller holding a key: never
+    // rendered as a page there, never kept by a cache in between.
+    resp.insert_header(("x-content-type-options", "nosniff"))
+        .insert_header(("content-security-policy", "sandbox; default-src 'none'"))
+        .insert_header(("cache-control", "no-store"));
     let length = answer.content_length();
     if method == Method::HEAD || matches!(status.as_u16(), 204 | 304) {
         return resp.finish();

@@ -44,6 +44,8 @@ pub struct ProviderConfig {
     pub redirect_mode: Option<RedirectMode>,
     /// Where the provider's API lives, for `/v1/proxy/{provider}/{account}/{path}`.
     pub api_base_url: Option<String>,
+    /// Headers the proxy passes on besides its own allowlist (`x-github-api-version`).
+    pub proxy_headers: Option<Vec<String>>,
 }
 
 /// How the browser comes back from the provider.
@@ -77,6 +79,7 @@ impl std::fmt::Debug for ProviderConfig {
             .field("redirect_uri", &self.redirect_uri)
             .field("redirect_mode", &self.redirect_mode)
             .field("api_base_url", &self.api_base_url)
+            .field("proxy_headers", &self.proxy_headers)
             .finish()
     }
 }
@@ -315,6 +318,8 @@ pub struct Provider {
     pub paste_redirect: Option<Url>,
     /// The provider's API, for the proxy; `None`: the proxy answers 404.
     pub api_base: Option<Url>,
+    /// Caller headers the proxy passes on besides its allowlist (lower case).
+    pub proxy_headers: Vec<String>,
     /// The issuer's signing keys, once fetched.
     pub jwks: super::id_token::JwksCache,
     source: Source,
@@ -595,6 +600,16 @@ impl Provider {
             None => None,
             Some(text) => Some(api_base_url(&format!("{key}.api_base_url"), text)?),
         };
+        let mut proxy_headers = Vec::new();
+        for (i, name) in cfg.proxy_headers.iter().flatten().enumerate() {
+            let lower = name.trim().to_ascii_lowercase();
+            if !crate::proxy::headers::may_forward(&lower) {
+                return Err(format!(
+                    "{key}.proxy_headers[{i}]: {name:?} is not a header the proxy may pass on (credentials, cookies, routing and hop-by-hop headers never are)"
+                ));
+            }
+            proxy_headers.push(lower);
+        }
         let resolved = OnceCell::new();
         if let Source::Known(e) = &source {
             let _ = resolved.set(e.as_ref().clone());
@@ -611,6 +626,7 @@ impl Provider {
             quirks: preset.map(|p| p.quirks).unwrap_or_default(),
             paste_redirect,
             api_base,
+            proxy_headers,
             jwks: Default::default(),
             source,
             resolved,

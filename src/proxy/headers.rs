@@ -1,13 +1,14 @@
 //! Which headers cross the proxy. Both directions are allowlists: what is not named here
 //! stays behind. The caller's `Authorization` (its oauthd API key), `Cookie`, `Host`,
-//! `Forwarded`/`X-Forwarded-*` and hop-by-hop headers never reach the provider; the
-//! provider's `Set-Cookie`, HSTS and hop-by-hop headers never reach the caller.
+//! `Forwarded`/`X-Forwarded-*`, identity headers a sign-in proxy in front of oauthd adds
+//! and hop-by-hop headers never reach the provider; a provider that needs an `X-` header
+//! (`X-GitHub-Api-Version`) lists it in `proxy_headers`. The provider's `Set-Cookie`, HSTS,
+//! caching and hop-by-hop headers never reach the caller.
 
 /// Request headers passed to the provider.
 const REQUEST: &[&str] = &[
     "accept",
     "accept-language",
-    "cache-control",
     "content-encoding",
     "content-language",
     "content-type",
@@ -24,14 +25,12 @@ const REQUEST: &[&str] = &[
 /// Response headers passed back to the caller.
 const RESPONSE: &[&str] = &[
     "accept-ranges",
-    "cache-control",
     "content-disposition",
     "content-encoding",
     "content-language",
     "content-range",
     "content-type",
     "etag",
-    "expires",
     "last-modified",
     "link",
     "location",
@@ -40,14 +39,40 @@ const RESPONSE: &[&str] = &[
     "www-authenticate",
 ];
 
-/// `X-` headers that say who the client is or carry another credential: never forwarded.
-const X_NEVER: &[&str] = &["x-forwarded-", "x-real-ip", "x-csrf-token", "x-api-key"];
+/// Headers no `proxy_headers` entry may name: credentials, routing and hop-by-hop.
+const NEVER: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "host",
+    "forwarded",
+    "x-real-ip",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "expect",
+];
 
-/// Whether the caller's header `name` (lower case) goes to the provider. Besides the
-/// allowlist, provider-specific `X-` headers do (`X-GitHub-Api-Version`, say).
-pub fn forwards_request(name: &str) -> bool {
-    REQUEST.contains(&name)
-        || (name.starts_with("x-") && !X_NEVER.iter().any(|n| name.starts_with(n)))
+/// Whether a provider's `proxy_headers` may name `name` (lower case): a header name that
+/// carries no credential and does not steer the connection.
+pub fn may_forward(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !NEVER.contains(&name)
+        && !name.starts_with("x-forwarded")
+        && !name.starts_with("proxy-")
+}
+
+/// Whether the caller's header `name` (lower case) goes to the provider: the allowlist,
+/// and the provider's own `proxy_headers` (`extra`).
+pub fn forwards_request(name: &str, extra: &[String]) -> bool {
+    REQUEST.contains(&name) || extra.iter().any(|e| e == name)
 }
 
 /// Whether the provider's header `name` (lower case) goes back to the caller; rate-limit
@@ -79,16 +104,34 @@ mod tests {
             "upgrade",
             "content-length",
             "accept-encoding",
+            "cache-control",
+            // What sign-in proxies in front of oauthd add.
+            "x-auth-request-access-token",
+            "x-amzn-oidc-accesstoken",
+            "x-forwarded_for",
+            "x-client-ip",
         ] {
-            assert!(!forwards_request(name), "{name}");
+            assert!(!forwards_request(name, &[]), "{name}");
+        }
+        for name in ["accept", "content-type", "if-none-match", "range"] {
+            assert!(forwards_request(name, &[]), "{name}");
+        }
+        let github = ["x-github-api-version".to_owned()];
+        assert!(forwards_request("x-github-api-version", &github));
+        assert!(!forwards_request("x-other", &github));
+        for name in ["x-github-api-version", "prefer", "x-goog-user-project"] {
+            assert!(may_forward(name), "{name}");
         }
         for name in [
-            "accept",
-            "content-type",
-            "if-none-match",
-            "x-github-api-version",
+            "authorization",
+            "Cookie",
+            "x-forwarded-for",
+            "proxy-authorization",
+            "host",
+            "x y",
+            "",
         ] {
-            assert!(forwards_request(name), "{name}");
+            assert!(!may_forward(name), "{name}");
         }
         for name in [
             "set-cookie",
@@ -96,6 +139,8 @@ mod tests {
             "connection",
             "transfer-encoding",
             "alt-svc",
+            "cache-control",
+            "expires",
         ] {
             assert!(!returns_response(name), "{name}");
         }

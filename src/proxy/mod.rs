@@ -62,7 +62,16 @@ pub struct Outgoing<'a> {
 pub struct Proxy {
     client: reqwest::Client,
     pub policy: ProxyPolicy,
+    /// Request bodies held in memory at once, in KiB, across every proxied request:
+    /// four full-size bodies or 64 MiB, whichever is more. Past it, 503 `proxy_busy`.
+    buffered: tokio::sync::Semaphore,
 }
+
+/// Methods the proxy passes on; CONNECT and TRACE (which echoes the token back) are not.
+pub const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// Room for one request's body in the shared budget; released when dropped.
+pub struct BodyRoom<'a>(Vec<tokio::sync::SemaphorePermit<'a>>);
 
 impl Proxy {
     /// Failing to build the client (no TLS roots, say) is a start-up error.
@@ -74,7 +83,31 @@ impl Proxy {
             .user_agent(concat!("oauthd/", env!("CARGO_PKG_VERSION"), " (proxy)"))
             .build()
             .map_err(|e| format!("cannot set up the HTTP client for the proxy: {e}"))?;
-        Ok(Proxy { client, policy })
+        let budget_kib = (policy.max_request_bytes.saturating_mul(4) / 1024).max(64 * 1024);
+        let budget_kib = budget_kib.min(tokio::sync::Semaphore::MAX_PERMITS);
+        Ok(Proxy {
+            client,
+            policy,
+            buffered: tokio::sync::Semaphore::new(budget_kib),
+        })
+    }
+
+    /// An empty claim on the body budget, to grow as the body arrives.
+    pub fn body_room(&self) -> BodyRoom<'_> {
+        BodyRoom(Vec::new())
+    }
+
+    /// Claims room for `bytes` more of a body; `false` when the budget is spent (the
+    /// caller answers 503 and its claim is released).
+    pub fn claim<'a>(&'a self, room: &mut BodyRoom<'a>, bytes: usize) -> bool {
+        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+        match self.buffered.try_acquire_many(kib) {
+            Ok(permit) => {
+                room.0.push(permit);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Sends one attempt with `token`; returns the provider's answer once its status and
@@ -137,5 +170,40 @@ fn describe(e: &reqwest::Error) -> String {
         kind.to_owned()
     } else {
         format!("{kind} ({detail})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_in_memory_share_one_budget() {
+        let proxy = Proxy::new(ProxyPolicy {
+            max_request_bytes: 32 * 1024 * 1024,
+            ..ProxyPolicy::default()
+        })
+        .unwrap();
+        // Four full-size bodies fit (128 MiB); a fifth byte does not.
+        let mut rooms: Vec<BodyRoom<'_>> = Vec::new();
+        for _ in 0..4 {
+            let mut room = proxy.body_room();
+            assert!(proxy.claim(&mut room, 32 * 1024 * 1024));
+            rooms.push(room);
+        }
+        let mut more = proxy.body_room();
+        assert!(!proxy.claim(&mut more, 1));
+        // A finished request gives its room back.
+        rooms.pop();
+        assert!(proxy.claim(&mut more, 1024));
+        // Small bodies: never less than 64 MiB in all.
+        let small = Proxy::new(ProxyPolicy {
+            max_request_bytes: 1024,
+            ..ProxyPolicy::default()
+        })
+        .unwrap();
+        let mut room = small.body_room();
+        assert!(small.claim(&mut room, 64 * 1024 * 1024));
+        assert!(!small.claim(&mut room, 1));
     }
 }

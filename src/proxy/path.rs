@@ -14,7 +14,7 @@ pub enum PathError {
     DotSegment,
     #[error("the path may not carry a scheme (`name:` as its first segment)")]
     Scheme,
-    #[error("the path contains a character that is not allowed (`@`, `\\`, `%`-encoded `/`, `\\`, `%` or controls, or a malformed escape)")]
+    #[error("the path contains a character that is not allowed (`@`, `\\`, `%`-encoded `/`, `\\`, `%`, `?`, `#`, controls or non-ASCII, or a malformed escape)")]
     Character,
     #[error("the path leaves the provider's API base")]
     OutsideBase,
@@ -47,14 +47,17 @@ fn check_segment(raw: &str) -> Result<String, PathError> {
             return Err(PathError::Character);
         }
     }
-    if decoded
-        .iter()
-        .any(|&b| matches!(b, b'/' | b'\\' | b'@' | b'%' | b'?' | b'#') || b < 0x20 || b == 0x7f)
-    {
+    // Non-ASCII is refused too: some servers fold full-width dots and slashes into `.`
+    // and `/`.
+    if decoded.iter().any(|&b| {
+        matches!(b, b'/' | b'\\' | b'@' | b'%' | b'?' | b'#') || !(0x20..0x7f).contains(&b)
+    }) {
         return Err(PathError::Character);
     }
     let text = String::from_utf8(decoded).map_err(|_| PathError::Character)?;
-    if text == "." || text == ".." {
+    // `..;x` is `..` to servers that strip path parameters (Tomcat, Spring).
+    let before_params = text.split(';').next().unwrap_or_default();
+    if before_params == "." || before_params == ".." {
         return Err(PathError::DotSegment);
     }
     Ok(text)
@@ -155,6 +158,12 @@ mod tests {
             ("me%5c..%5cadmin", Character),
             ("me\\..\\admin", Character),
             ("%252e%252e/admin", Character),
+            ("..;/admin", DotSegment),
+            ("..;jsessionid=x/admin", DotSegment),
+            (".;/admin", DotSegment),
+            ("%2e%2e;/admin", DotSegment),
+            ("%EF%BC%8E%EF%BC%8E/admin", Character),
+            ("me%EF%BC%8Fadmin", Character),
             ("me%00", Character),
             ("me%0d%0aHost:%20evil", Character),
             ("me%", Character),

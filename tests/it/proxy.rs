@@ -8,6 +8,7 @@ use crate::common;
 
 use common::peer::Peer;
 use common::{Daemon, Home};
+use futures::StreamExt;
 use serde_json::json;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,7 +19,8 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 fn mock_provider(mock: &MockServer, api_base: &str) -> String {
     format!(
         "[providers.mock]\nauthorization_url = \"{uri}/authorize\"\ntoken_url = \"{uri}/token\"\n\
-         client_id = \"cid\"\nclient_secret = \"c-secret\"\napi_base_url = \"{api_base}\"\n",
+         client_id = \"cid\"\nclient_secret = \"c-secret\"\napi_base_url = \"{api_base}\"\n\
+         proxy_headers = [\"X-App-Version\"]\n",
         uri = mock.uri()
     )
 }
@@ -155,6 +157,12 @@ async fn the_real_providers_api_sees_a_real_token() {
         .unwrap();
     assert_eq!(resp.status(), 401);
 
+    // Nothing is logged per proxied request (the metrics middleware once warned on each).
+    let log = home.log_text();
+    assert!(
+        !log.contains("actix_web_prom") && !log.contains("Cannot build"),
+        "{log}"
+    );
     let metrics = d.metrics_text().await;
     assert!(
         common::sample(
@@ -302,6 +310,8 @@ async fn headers_query_and_redirects() {
         .header("x-forwarded-for", "10.0.0.1")
         .header("x-api-key", "another-secret")
         .header("x-app-version", "7")
+        .header("x-other", "8")
+        .header("x-auth-request-access-token", "front-proxy-token")
         .header("accept", "application/json")
         .send()
         .await
@@ -310,6 +320,10 @@ async fn headers_query_and_redirects() {
     assert_eq!(common::header(&resp, "x-ratelimit-remaining"), "41");
     assert!(resp.headers().get("set-cookie").is_none());
     assert!(resp.headers().get("strict-transport-security").is_none());
+    // Served from oauthd's origin: never sniffed into a page, never cached in between.
+    assert_eq!(common::header(&resp, "x-content-type-options"), "nosniff");
+    assert_eq!(common::header(&resp, "cache-control"), "no-store");
+    assert!(common::header(&resp, "content-security-policy").contains("sandbox"));
     let seen = requests_to(&mock, "/api/echo").await;
     assert_eq!(seen.len(), 1);
     let r = &seen[0];
@@ -318,7 +332,13 @@ async fn headers_query_and_redirects() {
     assert_eq!(h("authorization").as_deref(), Some("Bearer old"));
     assert_eq!(h("x-app-version").as_deref(), Some("7"));
     assert_eq!(h("accept").as_deref(), Some("application/json"));
-    for gone in ["cookie", "x-forwarded-for", "x-api-key"] {
+    for gone in [
+        "cookie",
+        "x-forwarded-for",
+        "x-api-key",
+        "x-other",
+        "x-auth-request-access-token",
+    ] {
         assert!(h(gone).is_none(), "{gone} reached the provider");
     }
     assert_eq!(
@@ -491,6 +511,25 @@ async fn limits_on_size_and_time() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 204);
+    assert_eq!(requests_to(&mock, "/api/upload").await.len(), 1);
+    // A body that stops arriving holds nothing for long.
+    let stalled = futures::stream::iter([Ok::<_, std::io::Error>(vec![1u8; 10])])
+        .chain(futures::stream::pending());
+    let started = Instant::now();
+    let resp = d
+        .http
+        .post(proxy_url(&d, "upload"))
+        .bearer_auth(&key)
+        .body(reqwest::Body::wrap_stream(stalled))
+        .send()
+        .await
+        .unwrap();
+    common::assert_code(resp, "body_timeout").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(requests_to(&mock, "/api/upload").await.len(), 1);
 }
 
