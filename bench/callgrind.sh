@@ -5,8 +5,10 @@
 # warm-up, so start-up is not counted. Background work during the run (the writer, the
 # sweeper's ticks) is, as it is part of what a request costs.
 #
-#   bench/callgrind.sh                 # 2,000 token calls, 2,000 create+consume pairs and
-#                                      # 2,000 verifies, each of another live state
+#   bench/callgrind.sh                 # 2,000 token calls, 2,000 create+consume pairs,
+#                                      # 2,000 verifies, each of another live state, and
+#                                      # 2,000 proxied API calls (oauthd's own work for each,
+#                                      # against the bare handler answering the API directly)
 #   COUNT=500 SCENARIOS=token bench/callgrind.sh
 #   DEADHOOK=1 SCENARIOS=token bench/callgrind.sh   # oauthd with a [[notify]] target that
 #                                      # never answers and 20 events it retries every second
@@ -17,7 +19,7 @@ cd "$(dirname "$0")/.."
 STORE=sqlite
 DURABILITY=${DURABILITY:-full}
 COUNT=${COUNT:-2000}
-SCENARIOS=${SCENARIOS:-"token pairs verify"}
+SCENARIOS=${SCENARIOS:-"token pairs verify proxy"}
 
 for tool in valgrind:valgrind callgrind_control:valgrind curl:curl python3:python3; do
   command -v "${tool%%:*}" >/dev/null && continue
@@ -45,7 +47,7 @@ fi
 # count NAME PID URL SCENARIO -> instructions per request (a pair counts as one)
 count() {
   local name=$1 pid=$2 url=$3 scenario=$4 before dump ir
-  export POOL_FILE="$pooldir/$name"
+  export POOL_FILE="$pooldir/$name" TARGET=$name
   if [ "$scenario" = verify ]; then
     # Warm up on states of their own; then the live states to verify, each once (so every
     # verify reads the store), made before the counters are zeroed.

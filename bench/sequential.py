@@ -1,7 +1,9 @@
 """Sends a fixed number of requests one after another over one keep-alive connection, for
 instruction counts under callgrind (the rate does not matter there, the count does).
 
-    python3 bench/sequential.py URL SCENARIO COUNT    # SCENARIO: token, pairs or verify
+    python3 bench/sequential.py URL SCENARIO COUNT    # SCENARIO: token, pairs, verify, proxy
+
+proxy calls provider bench's API: through /v1/proxy on oauthd, directly when TARGET=bare.
 
 verify reads the states a `pool` run (same COUNT) created and saved to $POOL_FILE, each once:
 every verify reads the store (none answers from the verify cache).
@@ -51,6 +53,8 @@ def main() -> int:
             call("POST", "/v1/states/consume", {"state": created["state"], "namespace": "oauth:bench"})
         elif scenario == "verify":
             call("POST", "/v1/states/verify", {"state": pool[i % len(pool)], "namespace": "session"})
+        elif scenario == "proxy":
+            call("GET", "/api/me" if os.environ.get("TARGET") == "bare" else "/v1/proxy/bench/default/api/me")
         else:
             raise SystemExit(f"unknown scenario {scenario}")
     return 0

@@ -98,16 +98,23 @@ pub async fn forward(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let provider = req
-        .match_info()
-        .get("provider")
+    if !crate::proxy::METHODS.contains(&req.method().as_str()) {
+        return Err(ApiError::method_not_allowed());
+    }
+    // `/v1/proxy/{provider}/{account}/{rest}`, as it arrived (still percent-encoded):
+    // `rest` is what the provider will see. Provider and account names need no decoding
+    // (letters, digits, `. _ -`); one written encoded is unknown.
+    let mut parts = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/proxy/")
         .unwrap_or_default()
-        .to_owned();
-    let account = req
-        .match_info()
-        .get("account")
-        .unwrap_or_default()
-        .to_owned();
+        .splitn(3, '/');
+    let (Some(provider), Some(account), Some(rest)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ApiError::not_found_route());
+    };
+    let (provider, account) = (provider.to_owned(), account.to_owned());
     caller.require_provider(&app, &provider)?;
     caller.require_account(&account)?;
     let configured = app.broker.provider(&provider)?;
@@ -119,12 +126,6 @@ pub async fn forward(
             format!("provider {provider} has no API to proxy: set api_base_url in [providers.{provider}]"),
         )
     })?;
-    // The path as it arrived (still percent-encoded): what the provider will see.
-    let prefix = format!("/v1/proxy/{provider}/{account}/");
-    let rest =
-        req.uri().path().strip_prefix(&prefix).ok_or_else(|| {
-            invalid_path("provider and account must be written plainly in the path")
-        })?;
     let url = path::upstream_url(&base, rest, req.uri().query())
         .map_err(|e| invalid_path(e.to_string()))?;
     let mut room = app.proxy.body_room();

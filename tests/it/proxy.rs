@@ -365,6 +365,16 @@ async fn headers_query_and_redirects() {
         .await
         .unwrap_or_default()
         .is_empty());
+    // TRACE would echo the token back; CONNECT is not an API call. Neither is sent.
+    let resp = d
+        .http
+        .request(reqwest::Method::TRACE, proxy_url(&d, "echo"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    common::assert_code(resp, "method_not_allowed").await;
+    assert_eq!(requests_to(&mock, "/api/echo").await.len(), 1);
     assert!(
         !home.log_text().contains("market=DE"),
         "the proxied query reached the log"
