@@ -64,6 +64,12 @@ async fn api_me() -> HttpResponse {
     }))
 }
 
+/// The same answer after 20 ms, as a provider's API across the internet gives it.
+async fn api_me_remote() -> HttpResponse {
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    api_me().await
+}
+
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
     let listen = std::env::args()
@@ -81,6 +87,7 @@ async fn main() -> std::io::Result<()> {
             )
             .route("/provider/token", web::post().to(provider_token))
             .route("/api/me", web::get().to(api_me))
+            .route("/api/me-20ms", web::get().to(api_me_remote))
     })
     .bind(listen)?;
     for addr in server.addrs() {

@@ -26,6 +26,7 @@
 #                token token+deadhook")
 #   proxy        GET /api/me of provider bench's API (the bare handler plays it): directly
 #                for the baseline, through /v1/proxy/bench/default/api/me for oauthd
+#   proxy+20ms   the same against an API that answers after 20 ms (one across the internet)
 #   sweep        pairs for SWEEP_SECONDS (default 20) on an empty table, then again on a
 #                table holding SWEEP_ROWS (default 1,000,000) expired states while the
 #                sweeper removes them; prints both and what the sweep cost (SQLite only)
@@ -74,7 +75,7 @@ measure() {
   [ "$script" = verify ] && measure "$target" "$url" create "$conns" 2 >/dev/null
   # Consume runs half as long as the create run that stocked it, so it rarely runs dry.
   [ "$script" = consume ] && secs=$(( DURATION / 2 > 1 ? DURATION / 2 : 1 ))
-  out=$(STATES_OUT="$tmp/states.$target" STATES_IN="$tmp/states.$target" TARGET="$target" \
+  out=$(STATES_OUT="$tmp/states.$target" STATES_IN="$tmp/states.$target" TARGET="$target" SCENARIO="$3" \
         wrk -t2 -c"$conns" -d"${secs}s" --latency -s "bench/$script.lua" "$url" 2>&1)
   echo "$out" >>"$tmp/wrk.log"
   local ok p50 p99

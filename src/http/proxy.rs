@@ -12,6 +12,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::{StreamExt, TryStreamExt};
 use std::time::Duration;
 
+/// An answer up to this size (by its `Content-Length`) is read whole and sent in one
+/// piece; a larger one, or one of unknown size, streams.
+const WHOLE_ANSWER_BYTES: u64 = 64 * 1024;
+
 /// The token handed to the provider has at least this long left.
 const MIN_TTL: Duration = Duration::from_secs(60);
 
@@ -160,11 +164,14 @@ pub async fn forward(
     // The body is sent: its room in the budget is free again while the answer streams.
     drop(out);
     drop(room);
-    Ok(stream_back(
-        answer,
-        req.method(),
-        app.proxy.policy.max_response_bytes,
-    ))
+    let limit = app.proxy.policy.max_response_bytes;
+    if answer
+        .content_length()
+        .is_some_and(|n| n <= WHOLE_ANSWER_BYTES)
+    {
+        return answer_whole(answer, req.method()).await;
+    }
+    Ok(stream_back(answer, req.method(), limit))
 }
 
 async fn send(
@@ -191,9 +198,29 @@ async fn send(
     })
 }
 
-/// The provider's status, allowed headers and body, streamed; a body that runs past the
-/// limit is cut off (the connection ends, so the caller cannot mistake it for whole).
-fn stream_back(answer: reqwest::Response, method: &Method, limit: u64) -> HttpResponse {
+/// A small answer, read whole: one write to the caller instead of headers, then body.
+async fn answer_whole(
+    answer: reqwest::Response,
+    method: &Method,
+) -> Result<HttpResponse, ApiError> {
+    let mut resp = answer_head(&answer);
+    let status = answer.status().as_u16();
+    let body = answer.bytes().await.map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_unavailable",
+            "the provider's answer broke off",
+        )
+        .retry_after(5)
+    })?;
+    if method == Method::HEAD || matches!(status, 204 | 304) {
+        return Ok(resp.finish());
+    }
+    Ok(resp.body(body))
+}
+
+/// The status and allowed headers of the provider's answer, with the proxy's own.
+fn answer_head(answer: &reqwest::Response) -> actix_web::HttpResponseBuilder {
     let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut resp = HttpResponse::build(status);
     for (name, value) in answer.headers() {
@@ -206,8 +233,16 @@ fn stream_back(answer: reqwest::Response, method: &Method, limit: u64) -> HttpRe
     resp.insert_header(("x-content-type-options", "nosniff"))
         .insert_header(("content-security-policy", "sandbox; default-src 'none'"))
         .insert_header(("cache-control", "no-store"));
+    resp
+}
+
+/// The provider's status, allowed headers and body, streamed; a body that runs past the
+/// limit is cut off (the connection ends, so the caller cannot mistake it for whole).
+fn stream_back(answer: reqwest::Response, method: &Method, limit: u64) -> HttpResponse {
+    let mut resp = answer_head(&answer);
+    let status = answer.status().as_u16();
     let length = answer.content_length();
-    if method == Method::HEAD || matches!(status.as_u16(), 204 | 304) {
+    if method == Method::HEAD || matches!(status, 204 | 304) {
         return resp.finish();
     }
     let mut seen: u64 = 0;

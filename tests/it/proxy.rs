@@ -494,6 +494,26 @@ async fn limits_on_size_and_time() {
         started.elapsed()
     );
 
+    // Under the limit with a Content-Length: streamed with its length, byte for byte.
+    let medium: Vec<u8> = (0..300 * 1024).map(|i| (i % 251) as u8).collect();
+    Mock::given(method("GET"))
+        .and(path("/api/medium"))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(medium.clone()))
+        .mount(&mock)
+        .await;
+    let resp = d
+        .http
+        .get(proxy_url(&d, "medium"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.content_length(), Some(medium.len() as u64));
+    assert!(
+        resp.bytes().await.unwrap() == medium,
+        "the body changed on the way"
+    );
     let resp = d
         .http
         .get(proxy_url(&d, "huge"))
