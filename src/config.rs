@@ -57,6 +57,23 @@ pub struct FileConfig {
     pub proxy: ProxyConfig,
 }
 
+/// `v` when it is in `range`, else an error naming `section.key`.
+fn within(
+    section: &str,
+    key: &str,
+    v: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(invalid(
+            format!("{section}.{key}"),
+            format!("must be between {} and {}", range.start(), range.end()),
+        ))
+    }
+}
+
 /// `[proxy]`: bounds on one request through `/v1/proxy/…`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -81,16 +98,7 @@ impl Default for ProxyConfig {
 
 impl ProxyConfig {
     fn policy(&self) -> Result<crate::proxy::ProxyPolicy, ConfigError> {
-        let within = |key: &str, v: u64, range: std::ops::RangeInclusive<u64>| {
-            if range.contains(&v) {
-                Ok(v)
-            } else {
-                Err(invalid(
-                    format!("proxy.{key}"),
-                    format!("must be between {} and {}", range.start(), range.end()),
-                ))
-            }
-        };
+        let within = |key: &str, v: u64, range| within("proxy", key, v, range);
         const GIB: u64 = 1024 * 1024 * 1024;
         Ok(crate::proxy::ProxyPolicy {
             max_request_bytes: within("max_request_bytes", self.max_request_bytes, 0..=GIB)?
@@ -137,16 +145,7 @@ impl Default for EventsConfig {
 impl EventsConfig {
     fn policy(&self) -> Result<crate::notify::EventsPolicy, ConfigError> {
         let e = self;
-        let within = |key: &str, v: u64, range: std::ops::RangeInclusive<u64>| {
-            if range.contains(&v) {
-                Ok(v)
-            } else {
-                Err(invalid(
-                    format!("events.{key}"),
-                    format!("must be between {} and {}", range.start(), range.end()),
-                ))
-            }
-        };
+        let within = |key: &str, v: u64, range| within("events", key, v, range);
         let min = within("retry_min_seconds", e.retry_min_seconds, 1..=3600)?;
         let max = within("retry_max_seconds", e.retry_max_seconds, 1..=86400)?;
         if max < min {

@@ -30,18 +30,7 @@ async fn on_code(mock: &MockServer, code: &str, tokens: serde_json::Value) {
         .await;
 }
 
-/// The mock answers a refresh with `refresh_token` by `response`.
-async fn on_refresh(mock: &MockServer, refresh_token: &str, response: ResponseTemplate) {
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .and(body_string_contains("grant_type=refresh_token"))
-        .and(body_string_contains(format!(
-            "refresh_token={refresh_token}"
-        )))
-        .respond_with(response)
-        .mount(mock)
-        .await;
-}
+use common::on_refresh;
 
 /// Starts a flow and lands on the callback with `code`, as the provider would redirect.
 use common::connect_with_code as connect;

@@ -7,12 +7,12 @@
 use crate::common;
 
 use common::peer::Peer;
-use common::{Daemon, Home};
+use common::{on_refresh, Daemon, Home};
 use futures::StreamExt;
 use serde_json::json;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wiremock::matchers::{body_string, body_string_contains, header, method, path};
+use wiremock::matchers::{body_string, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 /// Provider "mock": token endpoint and API at `mock` (the API under `/api/`).
@@ -46,18 +46,6 @@ async fn mock_home(mock: &MockServer, extra: &str) -> (Home, Daemon, String) {
     (home, d, key)
 }
 
-async fn on_refresh(mock: &MockServer, refresh_token: &str, response: ResponseTemplate) {
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .and(body_string_contains("grant_type=refresh_token"))
-        .and(body_string_contains(format!(
-            "refresh_token={refresh_token}"
-        )))
-        .respond_with(response)
-        .mount(mock)
-        .await;
-}
-
 async fn requests_to(mock: &MockServer, prefix: &str) -> Vec<wiremock::Request> {
     mock.received_requests()
         .await
@@ -69,6 +57,44 @@ async fn requests_to(mock: &MockServer, prefix: &str) -> Vec<wiremock::Request> 
 
 fn proxy_url(d: &Daemon, rest: &str) -> String {
     format!("{}/v1/proxy/mock/default/{rest}", d.url)
+}
+
+/// `method` of `/v1/proxy/{target}`, with the key (none when empty).
+async fn call(d: &Daemon, key: &str, method: reqwest::Method, target: &str) -> reqwest::Response {
+    let mut req = d
+        .http
+        .request(method, format!("{}/v1/proxy/{target}", d.url));
+    if !key.is_empty() {
+        req = req.bearer_auth(key);
+    }
+    req.send().await.unwrap()
+}
+
+/// `GET` of `rest` through mock/default's proxy route, with the key.
+async fn get(d: &Daemon, key: &str, rest: &str) -> reqwest::Response {
+    call(
+        d,
+        key,
+        reqwest::Method::GET,
+        &format!("mock/default/{rest}"),
+    )
+    .await
+}
+
+/// `POST` of `body` to `rest` through mock/default's proxy route, with the key.
+async fn post(
+    d: &Daemon,
+    key: &str,
+    rest: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    d.http
+        .post(proxy_url(d, rest))
+        .bearer_auth(key)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -99,62 +125,26 @@ async fn the_real_providers_api_sees_a_real_token() {
     assert_eq!(status, 200, "{page}");
 
     // The provider's userinfo endpoint validates the token oauthd puts in.
-    let resp = d
-        .http
-        .get(format!("{}/v1/proxy/peer/default/me", d.url))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let resp = call(&d, &key, reqwest::Method::GET, "peer/default/me").await;
     assert_eq!(resp.status(), 200);
     assert!(common::header(&resp, "content-type").starts_with("application/json"));
     let me: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(me["sub"], "alice", "{me}");
     // POST works the same (userinfo accepts both).
-    let resp = d
-        .http
-        .post(format!("{}/v1/proxy/peer/default/me", d.url))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let resp = call(&d, &key, reqwest::Method::POST, "peer/default/me").await;
     assert_eq!(resp.status(), 200);
 
     // Scope, configuration and connection are checked first.
-    let get = |url: String, key: String| {
-        let http = d.http.clone();
-        async move { http.get(url).bearer_auth(key).send().await.unwrap() }
-    };
-    common::assert_code(
-        get(
-            format!("{}/v1/proxy/peer/default/me", d.url),
-            scoped.clone(),
-        )
-        .await,
-        "namespace_not_allowed",
-    )
-    .await;
-    common::assert_code(
-        get(format!("{}/v1/proxy/other/default/me", d.url), key.clone()).await,
-        "proxy_not_configured",
-    )
-    .await;
-    common::assert_code(
-        get(format!("{}/v1/proxy/peer/nobody/me", d.url), key.clone()).await,
-        "connection_not_found",
-    )
-    .await;
-    common::assert_code(
-        get(format!("{}/v1/proxy/nope/default/me", d.url), key.clone()).await,
-        "unknown_provider",
-    )
-    .await;
-    let resp = d
-        .http
-        .get(format!("{}/v1/proxy/peer/default/me", d.url))
-        .send()
-        .await
-        .unwrap();
+    for (k, target, code) in [
+        (&scoped, "peer/default/me", "namespace_not_allowed"),
+        (&key, "other/default/me", "proxy_not_configured"),
+        (&key, "peer/nobody/me", "connection_not_found"),
+        (&key, "nope/default/me", "unknown_provider"),
+        (&key, "peer/default", "not_found"),
+    ] {
+        common::assert_code(call(&d, k, reqwest::Method::GET, target).await, code).await;
+    }
+    let resp = call(&d, "", reqwest::Method::GET, "peer/default/me").await;
     assert_eq!(resp.status(), 401);
 
     // Nothing is logged per proxied request (the metrics middleware once warned on each).
@@ -236,13 +226,7 @@ async fn a_401_is_cured_by_one_refresh_shared_by_every_caller() {
         )
         .mount(&mock)
         .await;
-    let resp = d
-        .http
-        .get(proxy_url(&d, "admin"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let resp = get(&d, &key, "admin").await;
     assert_eq!(resp.status(), 401);
     assert!(common::header(&resp, "www-authenticate").contains("insufficient_scope"));
     assert_eq!(requests_to(&mock, "/token").await.len(), 1);
@@ -263,13 +247,7 @@ async fn invalid_grant_on_the_refresh_is_needs_reauth() {
         .respond_with(ResponseTemplate::new(401))
         .mount(&mock)
         .await;
-    let resp = d
-        .http
-        .get(proxy_url(&d, "me"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let resp = get(&d, &key, "me").await;
     assert_eq!(resp.status(), 409);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["code"], "needs_reauth");
@@ -480,13 +458,7 @@ async fn limits_on_size_and_time() {
         .await;
 
     let started = Instant::now();
-    let resp = d
-        .http
-        .get(proxy_url(&d, "slow"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let resp = get(&d, &key, "slow").await;
     common::assert_code(resp, "upstream_timeout").await;
     assert!(
         started.elapsed() < Duration::from_secs(4),
@@ -501,59 +473,26 @@ async fn limits_on_size_and_time() {
         .respond_with(ResponseTemplate::new(200).set_body_bytes(medium.clone()))
         .mount(&mock)
         .await;
-    let resp = d
-        .http
-        .get(proxy_url(&d, "medium"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let resp = get(&d, &key, "medium").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.content_length(), Some(medium.len() as u64));
     assert!(
         resp.bytes().await.unwrap() == medium,
         "the body changed on the way"
     );
-    let resp = d
-        .http
-        .get(proxy_url(&d, "huge"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let resp = get(&d, &key, "huge").await;
     common::assert_code(resp, "upstream_too_large").await;
 
-    let resp = d
-        .http
-        .post(proxy_url(&d, "upload"))
-        .bearer_auth(&key)
-        .body(vec![0u8; 1025])
-        .send()
-        .await
-        .unwrap();
+    let resp = post(&d, &key, "upload", vec![0u8; 1025]).await;
     common::assert_code(resp, "body_too_large").await;
-    let resp = d
-        .http
-        .post(proxy_url(&d, "upload"))
-        .bearer_auth(&key)
-        .body(vec![0u8; 1024])
-        .send()
-        .await
-        .unwrap();
+    let resp = post(&d, &key, "upload", vec![0u8; 1024]).await;
     assert_eq!(resp.status(), 204);
     assert_eq!(requests_to(&mock, "/api/upload").await.len(), 1);
     // A body that stops arriving holds nothing for long.
     let stalled = futures::stream::iter([Ok::<_, std::io::Error>(vec![1u8; 10])])
         .chain(futures::stream::pending());
     let started = Instant::now();
-    let resp = d
-        .http
-        .post(proxy_url(&d, "upload"))
-        .bearer_auth(&key)
-        .body(reqwest::Body::wrap_stream(stalled))
-        .send()
-        .await
-        .unwrap();
+    let resp = post(&d, &key, "upload", reqwest::Body::wrap_stream(stalled)).await;
     common::assert_code(resp, "body_timeout").await;
     assert!(
         started.elapsed() < Duration::from_secs(4),
@@ -617,13 +556,7 @@ async fn answers_stream_through_and_stop_at_the_limit() {
 
     // The first bytes arrive while the upstream still holds the rest back: streamed,
     // not buffered. Then the body runs past max_response_bytes and is cut off.
-    let mut resp = d
-        .http
-        .get(proxy_url(&d, "file"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let mut resp = get(&d, &key, "file").await;
     assert_eq!(resp.status(), 200);
     let first = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
         .await

@@ -777,3 +777,22 @@ impl Daemon {
             .expect("request")
     }
 }
+
+/// A mock token endpoint (wiremock, at `/token`) answers a refresh with `refresh_token`
+/// by `response`.
+pub async fn on_refresh(
+    mock: &wiremock::MockServer,
+    refresh_token: &str,
+    response: wiremock::ResponseTemplate,
+) {
+    use wiremock::matchers::{body_string_contains, method, path};
+    wiremock::Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("grant_type=refresh_token"))
+        .and(body_string_contains(format!(
+            "refresh_token={refresh_token}"
+        )))
+        .respond_with(response)
+        .mount(mock)
+        .await;
+}
