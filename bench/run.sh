@@ -29,7 +29,8 @@
 #   proxy+20ms   the same against an API that answers after 20 ms (one across the internet)
 #   sweep        pairs for SWEEP_SECONDS (default 20) on an empty table, then again on a
 #                table holding SWEEP_ROWS (default 1,000,000) expired states while the
-#                sweeper removes them; prints both and what the sweep cost (SQLite only)
+#                sweeper removes them; prints both and what the sweep cost (SQLite only;
+#                SWEEP_KEYS=random fills all-random keys, as versions before 2026-12-01 kept)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -103,10 +104,15 @@ sweep_run() {
   # sweeper starts at once and meets the pairs load.
   kill "$OAUTHD_PID"; wait "$OAUTHD_PID" 2>/dev/null || true; OAUTHD_PID=
   local db="$tmp/bench-sweep-$conns.db"
+  # Keys as oauthd makes them: creation time first (these were made long ago, so they sort
+  # before every new state), then 26 bytes of hash. SWEEP_KEYS=random: all-random keys,
+  # as versions before time-ordered keys stored them.
+  local keys="CAST(x'000000000001' || randomblob(26) AS BLOB)"
+  [ "${SWEEP_KEYS:-time}" = random ] && keys="randomblob(32)"
   RUST_LOG=warn target/release/oauthd keys create --create --db "$db" --name sweep >/dev/null 2>&1
   sqlite3 "$db" "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $rows)
     INSERT INTO states (key_hash, namespace, data, created_at, expires_at)
-    SELECT randomblob(32), 'oauth:expired', '{\"verifier\":\"abcdefghijklmnopqrstuvwxyz0123456789\"}', 0, ${SWEEP_EXPIRES_AT:-1} FROM n;"
+    SELECT $keys, 'oauth:expired', '{\"verifier\":\"abcdefghijklmnopqrstuvwxyz0123456789\"}', 0, ${SWEEP_EXPIRES_AT:-1} FROM n;"
   # SWEEP_SETTINGS: more [states] lines, e.g. "sweep_batch = 1000" to compare pacing.
   sed "s/^\[states\]\$/[states]\nsweep_interval_seconds = 1\n${SWEEP_SETTINGS:-}/" "$tmp/oauthd.toml" >"$tmp/sweep.toml"
   BENCH_API_KEY=$(RUST_LOG=warn target/release/oauthd keys create --db "$db" --name bench 2>/dev/null | tail -1)

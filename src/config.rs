@@ -204,6 +204,7 @@ pub struct StatesConfig {
     pub sweep_interval_seconds: u64,
     pub sweep_batch: usize,
     pub sweep_per_second: u32,
+    pub sweep_min_per_second: u32,
     pub max_data_bytes: usize,
     /// Live states one namespace may hold.
     pub max_states: u64,
@@ -228,6 +229,7 @@ impl Default for StatesConfig {
             sweep_interval_seconds: 60,
             sweep_batch: 200,
             sweep_per_second: 20_000,
+            sweep_min_per_second: 1_000,
             max_data_bytes: 16 * 1024,
             max_states: 100_000,
             max_states_per_subject: 1000,
@@ -457,6 +459,12 @@ impl Settings {
                 "must be between 100 and 1000000",
             ));
         }
+        if !(1..=s.sweep_per_second).contains(&s.sweep_min_per_second) {
+            return Err(invalid(
+                "states.sweep_min_per_second",
+                "must be between 1 and states.sweep_per_second",
+            ));
+        }
         if !(1..=100_000).contains(&s.sweep_batch) {
             return Err(invalid(
                 "states.sweep_batch",
@@ -525,6 +533,7 @@ impl Settings {
                 grace: Duration::from_secs(s.expired_grace_seconds),
                 batch: s.sweep_batch,
                 per_second: s.sweep_per_second,
+                min_per_second: s.sweep_min_per_second,
             },
             public_url,
             return_to_allowlist,

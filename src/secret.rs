@@ -1,8 +1,9 @@
 //! Secret values oauthd hands out (state values, API keys) and their stored form.
 //!
-//! A secret is 32 bytes from the OS CSPRNG written as unpadded base64url. Only its SHA-256
-//! ever reaches storage. `Debug` and `Display` never print a whole secret: a stray `{:?}`
-//! in a log line shows at most the first 8 characters.
+//! A secret is 32 bytes written as unpadded base64url: from the OS CSPRNG, except that a
+//! state value starts with its creation time (see `StateValue`). Only a hash ever reaches
+//! storage. `Debug` and `Display` never print a whole secret: a stray `{:?}` in a log line
+//! shows at most the first 8 characters.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -91,12 +92,27 @@ pub fn is_token_shaped(s: &str) -> bool {
 }
 
 /// A state value as issued to an app. Redacted in `Debug`/`Display`.
+///
+/// Its first 6 bytes are the creation time (milliseconds since the epoch, big-endian),
+/// the other 26 come from the OS CSPRNG (208 bits). The stored key (`hash`) starts with the
+/// same 6 bytes, so rows sit in the primary key in the order they were made: new states
+/// and the consumes that soon follow touch the same few pages at its end however many
+/// older or expired states the table holds, and a sweep deletes neighbouring rows.
 #[derive(Clone, PartialEq, Eq)]
 pub struct StateValue(String);
 
+/// Bytes of creation time at the start of a state value and of its stored key.
+const TIME_PREFIX: usize = 6;
+
 impl StateValue {
     pub fn generate() -> Result<Self, getrandom::Error> {
-        Ok(StateValue(random_token()?))
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut bytes = [0u8; 32];
+        bytes[..TIME_PREFIX].copy_from_slice(&millis.to_be_bytes()[8 - TIME_PREFIX..]);
+        bytes[TIME_PREFIX..].copy_from_slice(&random_bytes::<{ 32 - TIME_PREFIX }>()?);
+        Ok(StateValue(URL_SAFE_NO_PAD.encode(bytes)))
     }
 
     /// Accepts only the exact shape oauthd issues; anything else cannot be a state.
@@ -108,7 +124,26 @@ impl StateValue {
         &self.0
     }
 
+    /// The stored key: the value's first 6 bytes (its creation time) followed by 26 bytes
+    /// of the value's SHA-256. Neither leads back to the value's random part.
     pub fn hash(&self) -> SecretHash {
+        let digest: [u8; 32] = Sha256::digest(self.0.as_bytes()).into();
+        let mut key = [0u8; 32];
+        // The first 8 characters are exactly the first 6 bytes; `parse` checked the
+        // alphabet, so they decode.
+        if let Ok(prefix) = URL_SAFE_NO_PAD.decode(self.0.get(..8).unwrap_or_default()) {
+            if let Some(prefix) = prefix.get(..TIME_PREFIX) {
+                key[..TIME_PREFIX].copy_from_slice(prefix);
+            }
+        }
+        key[TIME_PREFIX..].copy_from_slice(&digest[..32 - TIME_PREFIX]);
+        SecretHash(key)
+    }
+
+    /// The key states issued before time-ordered keys were stored under: the value's
+    /// whole SHA-256. Looked up when `hash` finds nothing, so that states (and sessions,
+    /// which may live for weeks) made by an earlier version keep working.
+    pub fn legacy_hash(&self) -> SecretHash {
         SecretHash::of(&self.0)
     }
 
@@ -242,6 +277,30 @@ mod tests {
         assert_ne!(StateId::of(&other.hash()), id);
         assert!(StateId::parse(&uuid::Uuid::new_v4().to_string()).is_none());
         assert!(StateId::parse("not-a-uuid").is_none());
+    }
+
+    #[test]
+    fn state_keys_sort_by_creation_and_keep_208_bits_of_hash() {
+        let first = StateValue::generate().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let second = StateValue::generate().unwrap();
+        assert!(
+            first.hash().0 < second.hash().0,
+            "keys sort by creation time"
+        );
+        assert_eq!(first.hash(), first.hash());
+        assert_ne!(first.hash(), first.legacy_hash());
+        let digest = Sha256::digest(first.expose().as_bytes());
+        assert_eq!(first.hash().0[6..], digest[..26]);
+        assert_eq!(first.legacy_hash().0[..], digest[..]);
+        // The random part differs between values made in the same millisecond.
+        let many: std::collections::HashSet<_> = (0..1000)
+            .map(|_| StateValue::generate().unwrap().hash().0)
+            .collect();
+        assert_eq!(many.len(), 1000);
+        // A value of the old, all-random shape still parses and has both keys.
+        let old = StateValue::parse(&random_token().unwrap()).unwrap();
+        assert_eq!(old.legacy_hash(), SecretHash::of(old.expose()));
     }
 
     #[test]

@@ -439,7 +439,10 @@ impl StateService {
             }
             _ => unknown(),
         };
-        let taken = self.store.take_state(state.hash(), filter).await;
+        let mut taken = self.store.take_state(state.hash(), filter).await;
+        if matches!(taken, Ok(Taken::Missing)) {
+            taken = self.store.take_state(state.legacy_hash(), filter).await;
+        }
         // Dropped after the write: a verify that read before it cannot put the state back.
         self.seen.forget(&state.hash());
         let row = match taken? {
@@ -487,16 +490,22 @@ impl StateService {
             }
         }
         let read_began = std::time::Instant::now();
-        let found = if touch {
-            let touched = self
-                .store
-                .touch_state(hash, namespace.as_str(), now, self.grace_ms())
-                .await;
-            self.seen.forget(&hash);
-            touched?
-        } else {
-            self.store.read_state(hash, namespace.as_str()).await?
-        };
+        let mut found = Found::Missing;
+        for key in [hash, state.legacy_hash()] {
+            found = if touch {
+                let touched = self
+                    .store
+                    .touch_state(key, namespace.as_str(), now, self.grace_ms())
+                    .await;
+                self.seen.forget(&hash);
+                touched?
+            } else {
+                self.store.read_state(key, namespace.as_str()).await?
+            };
+            if !matches!(found, Found::Missing) {
+                break;
+            }
+        }
         match found {
             Found::Row(row) if row.expires_at_ms > now => {
                 let view = Arc::new(StateView::of(row)?);
@@ -524,10 +533,16 @@ impl StateService {
     ) -> Result<StateView, StateError> {
         let now = self.clock.now_ms();
         let ns = namespace.as_str();
-        let attempted = self
+        let mut attempted = self
             .store
             .attempt_state(state.hash(), ns, state.code_hash(code), now)
             .await;
+        if matches!(attempted, Ok(Attempted::Missing)) {
+            attempted = self
+                .store
+                .attempt_state(state.legacy_hash(), ns, state.code_hash(code), now)
+                .await;
+        }
         self.seen.forget(&state.hash());
         let attempted = attempted?;
         let outcome = match attempted {
@@ -562,10 +577,16 @@ impl StateService {
         namespace: &Namespace,
     ) -> Result<(), StateError> {
         let now = self.clock.now_ms();
-        let revoked = self
+        let mut revoked = self
             .store
             .revoke_state(state.hash(), namespace.as_str(), now)
             .await;
+        if matches!(revoked, Ok(false)) {
+            revoked = self
+                .store
+                .revoke_state(state.legacy_hash(), namespace.as_str(), now)
+                .await;
+        }
         self.seen.forget(&state.hash());
         found_or_not(revoked?)
     }

@@ -237,6 +237,12 @@ pub trait SweepStates: Send + Sync {
         purge_before_ms: i64,
         batch: usize,
     ) -> Result<SweepCount, StoreError>;
+
+    /// Whether requests are waiting for the store right now (the sweeper then slows to
+    /// its floor pace and lets them go first). Stores without a queue say no.
+    fn busy(&self) -> bool {
+        false
+    }
 }
 
 #[async_trait]

@@ -4,7 +4,9 @@
 //! an app's data longer than needed — never about correctness, and never in a hurry. Each
 //! batch is its own write job, so requests queued meanwhile commit between batches; and a
 //! backlog (a million states left by apps that never finished their flows) is worked off
-//! at `per_second`, so the single writer spends a bounded share of its time on it.
+//! at `per_second`, so the single writer spends a bounded share of its time on it — and
+//! at `min_per_second` while requests are waiting for the store, so that under load the
+//! sweep yields to them and still gets done.
 
 use super::{StateStore, StoreError, SweepCount, SweepStates};
 use crate::clock::Clock;
@@ -20,6 +22,8 @@ pub struct SweepPolicy {
     pub batch: usize,
     /// Most expired states removed per second (`states.sweep_per_second`).
     pub per_second: u32,
+    /// The pace while requests are waiting for the store (`states.sweep_min_per_second`).
+    pub min_per_second: u32,
 }
 
 /// One full sweep: batches until a batch comes back short.
@@ -29,8 +33,11 @@ pub async fn sweep_once(
     now_ms: i64,
 ) -> Result<SweepCount, StoreError> {
     let purge_before = now_ms.saturating_sub(policy.grace.as_millis() as i64);
-    // Each batch's share of a second at the allowed pace.
-    let share = Duration::from_secs_f64(policy.batch as f64 / f64::from(policy.per_second.max(1)));
+    // Each batch's share of a second at the allowed pace: the floor pace while requests
+    // wait for the store.
+    let share = |per_second: u32| {
+        Duration::from_secs_f64(policy.batch as f64 / f64::from(per_second.max(1)))
+    };
     let mut total = SweepCount::default();
     loop {
         let started = tokio::time::Instant::now();
@@ -42,7 +49,12 @@ pub async fn sweep_once(
         if last {
             return Ok(total);
         }
-        tokio::time::sleep_until(started + share).await;
+        let pace = if store.busy() {
+            policy.min_per_second
+        } else {
+            policy.per_second
+        };
+        tokio::time::sleep_until(started + share(pace)).await;
         tokio::task::yield_now().await;
     }
 }
@@ -90,10 +102,12 @@ mod tests {
     use async_trait::async_trait;
     use std::sync::Mutex;
 
-    /// A table holding `left` expired states, removed `batch` at a time.
+    /// A table holding `left` expired states, removed `batch` at a time; `busy` says
+    /// whether requests are waiting.
     struct Backlog {
         left: Mutex<usize>,
         batches: Mutex<usize>,
+        busy: bool,
     }
 
     #[async_trait]
@@ -118,20 +132,30 @@ mod tests {
             count.expired_by_namespace.insert("ns".into(), n as u64);
             Ok(count)
         }
+
+        fn busy(&self) -> bool {
+            self.busy
+        }
+    }
+
+    fn backlog(left: usize, busy: bool) -> Backlog {
+        Backlog {
+            left: Mutex::new(left),
+            batches: Mutex::new(0),
+            busy,
+        }
     }
 
     #[tokio::test]
     async fn a_backlog_is_removed_at_the_paced_rate_not_at_once() {
-        let store = Backlog {
-            left: Mutex::new(1_000),
-            batches: Mutex::new(0),
-        };
+        let store = backlog(1_000, false);
         // 250 a batch at 2,500 a second: each batch gets 100 ms.
         let policy = SweepPolicy {
             interval: Duration::from_secs(60),
             grace: Duration::from_secs(60),
             batch: 250,
             per_second: 2_500,
+            min_per_second: 250,
         };
         let started = std::time::Instant::now();
         let swept = sweep_once(&store, &policy, 0).await.unwrap();
@@ -143,5 +167,27 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    #[tokio::test]
+    async fn while_requests_wait_the_sweep_slows_to_its_floor() {
+        let policy = SweepPolicy {
+            interval: Duration::from_secs(60),
+            grace: Duration::from_secs(60),
+            batch: 100,
+            per_second: 10_000,
+            min_per_second: 1_000,
+        };
+        // 500 states, 5 batches, 4 pauses: 10 ms each when idle, 100 ms each when busy.
+        let idle = backlog(500, false);
+        let started = std::time::Instant::now();
+        assert_eq!(sweep_once(&idle, &policy, 0).await.unwrap().expired(), 500);
+        let idle_took = started.elapsed();
+        let busy = backlog(500, true);
+        let started = std::time::Instant::now();
+        assert_eq!(sweep_once(&busy, &policy, 0).await.unwrap().expired(), 500);
+        let busy_took = started.elapsed();
+        assert!(busy_took >= Duration::from_millis(400), "{busy_took:?}");
+        assert!(idle_took < Duration::from_millis(300), "{idle_took:?}");
     }
 }

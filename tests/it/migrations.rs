@@ -152,3 +152,82 @@ async fn every_earlier_schema_version_upgrades_with_its_rows_usable() {
         assert_eq!(check, "ok");
     }
 }
+
+/// States an earlier version issued (stored under the value's whole SHA-256, before keys
+/// began with the creation time) work on every operation after the upgrade: made here,
+/// then their keys rewritten to the old form while oauthd is stopped.
+#[tokio::test(flavor = "multi_thread")]
+async fn states_stored_under_the_old_key_keep_working() {
+    let home = Home::new();
+    home.write_config("[states.namespaces.\"session\"]\nsliding = true\n");
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let mut made = Vec::new();
+    for (ns, body) in [
+        (
+            "session",
+            json!({"namespace": "session", "sliding": true, "max_lifetime_seconds": 7200}),
+        ),
+        ("2fa", json!({"namespace": "2fa", "secret": "123456"})),
+        ("reset", json!({"namespace": "reset"})),
+        ("oauth", json!({"namespace": "oauth"})),
+    ] {
+        made.push((ns, d.create_state(&key, body).await));
+    }
+    drop(d);
+    let conn = rusqlite::Connection::open(home.db()).unwrap();
+    for (ns, state) in &made {
+        let changed = conn
+            .execute(
+                "UPDATE states SET key_hash = ?1 WHERE namespace = ?2",
+                rusqlite::params![sha256(state), ns],
+            )
+            .unwrap();
+        assert_eq!(changed, 1, "{ns}");
+    }
+    drop(conn);
+
+    let d = home.start();
+    let state = |ns: &str| made.iter().find(|(n, _)| *n == ns).unwrap().1.clone();
+    for touch in [false, true] {
+        let (status, body) = d
+            .post(
+                "/v1/states/verify",
+                &key,
+                json!({"state": state("session"), "namespace": "session", "touch": touch}),
+            )
+            .await;
+        assert_eq!(status, 200, "verify touch={touch}: {body}");
+    }
+    let attempt = |code: &'static str| {
+        let (d, key, state) = (&d, &key, state("2fa"));
+        async move {
+            d.post(
+                "/v1/states/attempt",
+                key,
+                json!({"state": state, "namespace": "2fa", "secret": code}),
+            )
+            .await
+        }
+    };
+    let (status, body) = attempt("000000").await;
+    assert_eq!(
+        (status, body["attempts_left"].as_i64()),
+        (403, Some(4)),
+        "{body}"
+    );
+    assert_eq!(attempt("123456").await.0, 200);
+    let (status, _) = d
+        .post(
+            "/v1/states/revoke",
+            &key,
+            json!({"state": state("reset"), "namespace": "reset"}),
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(d.consume(&key, &state("oauth"), "oauth").await.0, 200);
+    // Each exactly once.
+    assert_eq!(d.consume(&key, &state("oauth"), "oauth").await.0, 404);
+    assert_eq!(attempt("123456").await.0, 404);
+    assert_eq!(d.consume(&key, &state("reset"), "reset").await.0, 404);
+}

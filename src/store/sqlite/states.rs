@@ -157,6 +157,11 @@ impl SweepStates for SqliteStore {
             })
             .await
     }
+
+    /// Writes are waiting: requests come first.
+    fn busy(&self) -> bool {
+        self.writer.queued() > 0
+    }
 }
 
 #[async_trait]

@@ -115,6 +115,11 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// Jobs waiting for the writer now.
+    pub fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
     /// Starts the writer thread on `conn`; `reopen` replaces it when it cannot write.
     /// `name` (the database path) is for the log.
     /// Starts the writer thread; the OS refusing a thread is an error, not a writer that
