@@ -89,7 +89,10 @@ async fn paste_back_from_the_page_in_chromium() {
     b.screenshot("02-unreachable.png").await;
     b.client.close_window().await.unwrap();
 
-    b.client.switch_to_window(page_window).await.unwrap();
+    b.client
+        .switch_to_window(page_window.clone())
+        .await
+        .unwrap();
     b.wait_for("#paste-url-peer")
         .await
         .send_keys(&address)
@@ -113,6 +116,44 @@ async fn paste_back_from_the_page_in_chromium() {
     b.wait_text("#paste-peer", "already used").await;
     b.wait_text("#paste-peer", "start again").await;
     b.screenshot("05-used.png").await;
+
+    // Garbage: the page says what to paste.
+    let field = b.wait_for("#paste-url-peer").await;
+    field.clear().await.unwrap();
+    field.send_keys("garbage").await.unwrap();
+    b.click("[data-paste=peer]").await;
+    b.wait_text("#paste-peer", "Paste the whole address").await;
+    b.screenshot("06-garbage.png").await;
+
+    // The provider's error: in the tab this Connect opened, the person declines; the
+    // address the browser ends on carries error=access_denied.
+    let tab = b
+        .client
+        .windows()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|w| *w != page_window)
+        .expect("Connect opened no tab for the provider");
+    b.client.switch_to_window(tab).await.unwrap();
+    b.click("a[href$='/abort']").await;
+    let mut denied = String::new();
+    for _ in 0..100 {
+        denied = b.url().await;
+        if denied.starts_with(&landed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(denied.contains("error=access_denied"), "{denied}");
+    b.client.close_window().await.unwrap();
+    b.client.switch_to_window(page_window).await.unwrap();
+    let field = b.wait_for("#paste-url-peer").await;
+    field.clear().await.unwrap();
+    field.send_keys(&denied).await.unwrap();
+    b.click("[data-paste=peer]").await;
+    b.wait_text("#paste-peer", "access was not granted").await;
+    b.screenshot("07-declined.png").await;
     b.close().await;
 }
 
