@@ -46,30 +46,21 @@ impl FromRequest for JsonObject {
         let limit = req
             .app_data::<actix_web::web::Data<BodyLimit>>()
             .map_or(64 * 1024, |l| l.0);
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared = declared_length(req);
         let mut payload = payload.take();
         Box::pin(async move {
             let may_be_empty = no_content_type && declared.is_none_or(|n| n == 0);
             if !(is_json || may_be_empty) {
                 return Err(not_json());
             }
-            if declared.is_some_and(|n| n > limit as u64) {
-                return Err(too_large(limit));
-            }
-            let mut body = Vec::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|e| {
-                    ApiError::bad_request("bad_body", format!("could not read the body: {e}"))
-                })?;
-                if body.len() + chunk.len() > limit {
-                    return Err(too_large(limit));
-                }
-                body.extend_from_slice(&chunk);
-            }
+            let body = read_limited(
+                &mut payload,
+                declared,
+                limit,
+                || too_large(limit),
+                |_| Ok(()),
+            )
+            .await?;
             if !is_json {
                 if !body.is_empty() {
                     return Err(not_json());
@@ -79,6 +70,45 @@ impl FromRequest for JsonObject {
             JsonObject::parse(&body)
         })
     }
+}
+
+/// The body's length as its `Content-Length` declares it, when it does.
+pub fn declared_length(req: &HttpRequest) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Reads a whole request body of at most `limit` bytes: refused by its declared length
+/// before reading, else as soon as it runs past the limit. `admit` sees each chunk's size
+/// before it is kept and may refuse it.
+pub async fn read_limited<S>(
+    payload: &mut S,
+    declared: Option<u64>,
+    limit: usize,
+    too_large: impl Fn() -> ApiError,
+    mut admit: impl FnMut(usize) -> Result<(), ApiError>,
+) -> Result<Vec<u8>, ApiError>
+where
+    S: futures_util::Stream<Item = Result<actix_web::web::Bytes, actix_web::error::PayloadError>>
+        + Unpin,
+{
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request("bad_body", format!("could not read the body: {e}"))
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        admit(chunk.len())?;
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 impl JsonObject {

@@ -9,7 +9,7 @@ use crate::proxy::{headers, path, Outgoing, ProxyError};
 use actix_web::body::SizedStream;
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::TryStreamExt;
 use std::time::Duration;
 
 /// An answer up to this size (by its `Content-Length`) is read whole and sent in one
@@ -71,28 +71,21 @@ async fn read_body_within<'a>(
             ),
         )
     };
-    let declared = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    let mut body = bytes::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::bad_request("bad_body", format!("could not read the body: {e}"))
-        })?;
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
-        }
-        if !proxy.claim(room, chunk.len()) {
-            return Err(busy());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
+    let body = super::body::read_limited(
+        &mut payload,
+        super::body::declared_length(req),
+        limit,
+        too_large,
+        |n| {
+            if proxy.claim(room, n) {
+                Ok(())
+            } else {
+                Err(busy())
+            }
+        },
+    )
+    .await?;
+    Ok(body.into())
 }
 
 /// `ANY /v1/proxy/{provider}/{account}/{path…}`
