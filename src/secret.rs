@@ -181,6 +181,11 @@ impl StateId {
     }
 
     pub fn parse(text: &str) -> Option<Self> {
+        // Only the hyphenated form oauthd writes (the parser also takes braces, `urn:`
+        // and bare hex).
+        if text.len() != 36 {
+            return None;
+        }
         let id = uuid::Uuid::try_parse(text).ok()?;
         (id.get_version_num() == 8 && id.get_variant() == uuid::Variant::RFC4122)
             .then_some(StateId(id))

@@ -30,7 +30,7 @@ pub struct DeviceStart {
 }
 
 /// A device flow's status for `GET /v1/device/{provider}/{id}`.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct DeviceStatus {
     /// pending | connected | denied | expired | failed
     pub status: DeviceFlowStatus,

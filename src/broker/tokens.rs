@@ -56,7 +56,7 @@ impl std::fmt::Debug for AccessToken {
 }
 
 /// A connection's metadata: never a token.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ConnectionView {
     pub provider: String,
     pub account: String,
@@ -79,7 +79,7 @@ pub struct ConnectionView {
 }
 
 /// A connection's status as apps and the page see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ViewStatus {
     Active,

@@ -130,6 +130,8 @@ pub(crate) enum Command {
     },
     /// Print a new random vault key (for OAUTHD_KEY or a key file)
     Keygen,
+    /// Print the OpenAPI 3.1 description of the HTTP API (as GET /openapi.json serves it)
+    Openapi,
     /// Check the config, the database, the vault key file and every provider's endpoints
     /// and client credentials
     Check {
@@ -196,7 +198,7 @@ impl Command {
             | Command::Connect {
                 data: d, listen, ..
             } => data(d, Some(listen)),
-            Command::Keygen => Overrides::default(),
+            Command::Keygen | Command::Openapi => Overrides::default(),
         }
     }
 }
@@ -368,9 +370,19 @@ fn run(cli: Cli) -> Result<(), Fatal> {
         None => top,
         Some(command) => command.overrides().or(top),
     };
-    if let Some(Command::Keygen) = cli.command {
-        println!("{}", vault::generate_key_text()?.as_str());
-        return Ok(());
+    match cli.command {
+        Some(Command::Keygen) => {
+            println!("{}", vault::generate_key_text()?.as_str());
+            return Ok(());
+        }
+        // Needs neither a config nor a database.
+        Some(Command::Openapi) => {
+            use std::io::Write;
+            // A closed pipe (`oauthd openapi | head`) is not an error.
+            let _ = writeln!(std::io::stdout().lock(), "{}", crate::http::openapi_json());
+            return Ok(());
+        }
+        _ => {}
     }
     let settings = Settings::load(&overrides).map_err(|e| Fatal(e.to_string(), 2))?;
     match cli.command {
@@ -404,7 +416,7 @@ fn run(cli: Cli) -> Result<(), Fatal> {
             ..
         }) => accounts::connect_device(settings, &provider, device, account.as_deref()),
         Some(Command::Check { .. }) => check::check(settings),
-        Some(Command::Keygen) => Ok(()),
+        Some(Command::Keygen | Command::Openapi) => Ok(()),
     }
 }
 

@@ -3,13 +3,38 @@
 
 use super::auth::Caller;
 use super::body::JsonObject;
+use super::openapi::{ConnectRequest, ProblemDoc};
 use super::problem::ApiError;
 use super::{no_store, AppState};
 use crate::clock::rfc3339;
 use actix_web::{web, HttpResponse};
-use serde_json::json;
 
-/// `POST /v1/connect/{provider}` `{"account"?, "return_to"?}` -> 201.
+/// A started connect flow.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ConnectStarted<'a> {
+    /// Send the person here (a browser): the provider's consent page.
+    #[schema(value_type = String)]
+    authorize_url: &'a str,
+    /// The flow must finish by then.
+    #[schema(format = DateTime)]
+    expires_at: String,
+    /// Where the provider sends the person back: register it at the provider as it is.
+    #[schema(value_type = String)]
+    redirect_uri: &'a str,
+}
+
+/// Start connecting an account
+///
+/// `{"account"?, "return_to"?}` -> 201 with the address to send the person to
+/// (authorization code + PKCE).
+#[utoipa::path(post, path = "/v1/connect/{provider}", tag = "connect",
+    params(("provider" = String, Path, description = "A provider's name in the config.")),
+    request_body = ConnectRequest,
+    responses(
+        (status = 201, description = "Started.", body = ConnectStarted),
+        (status = 400, description = "A bad account name (`invalid_account`), or a `return_to` the config does not allow (`return_to_not_allowed`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such provider in the config (`unknown_provider`).", body = ProblemDoc, content_type = "application/problem+json"),
+    ))]
 pub async fn start_api(
     app: web::Data<AppState>,
     caller: Caller,
@@ -25,9 +50,10 @@ pub async fn start_api(
         .broker
         .start_connect(&provider, account.as_deref(), return_to.as_deref())
         .await?;
-    Ok(no_store(HttpResponse::Created()).json(json!({
-        "authorize_url": started.authorize_url.as_str(),
-        "expires_at": rfc3339(started.expires_at_ms),
-        "redirect_uri": app.broker.redirect_uri(&provider).as_str(),
-    })))
+    let redirect_uri = app.broker.redirect_uri(&provider);
+    Ok(no_store(HttpResponse::Created()).json(ConnectStarted {
+        authorize_url: started.authorize_url.as_str(),
+        expires_at: rfc3339(started.expires_at_ms),
+        redirect_uri: redirect_uri.as_str(),
+    }))
 }

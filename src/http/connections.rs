@@ -3,12 +3,12 @@
 
 use super::auth::Caller;
 use super::body::JsonObject;
+use super::openapi::{ImportTokens, ProblemDoc};
 use super::problem::ApiError;
 use super::{no_store, AppState};
-use crate::broker::{Disconnected, Imported, ImportedTokens};
+use crate::broker::{ConnectionView, Disconnected, Imported, ImportedTokens};
 use crate::clock::rfc3339;
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::json;
 use std::time::Duration;
 
 /// Default for `min_ttl`: a token with less than a minute left is refreshed first.
@@ -21,7 +21,58 @@ fn query_param(req: &HttpRequest, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// `GET /v1/connections`
+/// `GET /v1/connections`' answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ConnectionList {
+    connections: Vec<ConnectionView>,
+}
+
+/// A fresh access token.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct AccessToken<'a> {
+    /// Valid for at least `min_ttl` seconds from now (when the provider says how long).
+    #[schema(value_type = String)]
+    access_token: &'a str,
+    #[schema(value_type = String, example = "Bearer")]
+    token_type: &'a str,
+    /// `null` when the provider did not say.
+    #[schema(format = DateTime)]
+    expires_at: Option<String>,
+    #[schema(value_type = Option<String>)]
+    scope: Option<&'a str>,
+}
+
+/// A deleted connection whose grant was not revoked at the provider.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct NotRevoked {
+    /// Always true: the connection is gone from oauthd.
+    deleted: bool,
+    /// Always false.
+    revoked: bool,
+    /// `provider_missing` (the provider left the config) or `revocation_failed` (forced).
+    #[schema(example = "revocation_failed")]
+    reason: &'static str,
+    detail: String,
+}
+
+/// `{provider}` and `{account}` in a connection's path.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // described; the handlers read the path with `web::Path`
+pub struct PathProviderAccount {
+    /// A provider's name in the config.
+    #[param(example = "spotify")]
+    provider: String,
+    /// Which of the provider's accounts (`default` unless connected under another name).
+    #[param(example = "default")]
+    account: String,
+}
+
+/// List connections
+///
+/// The ones the key may see: its provider and account limits filter the list.
+#[utoipa::path(get, path = "/v1/connections", tag = "connections",
+    responses((status = 200, description = "Every connection this key may use; never a token.", body = ConnectionList)))]
 pub async fn list(app: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     let visible: Vec<_> = app
         .broker
@@ -30,10 +81,20 @@ pub async fn list(app: web::Data<AppState>, caller: Caller) -> Result<HttpRespon
         .into_iter()
         .filter(|c| caller.may_use_provider(&c.provider) && caller.may_use_account(&c.account))
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "connections": visible })))
+    Ok(HttpResponse::Ok().json(ConnectionList {
+        connections: visible,
+    }))
 }
 
-/// `GET /v1/connections/{provider}/{account}`
+/// Show a connection
+///
+/// Its metadata; never a token.
+#[utoipa::path(get, path = "/v1/connections/{provider}/{account}", tag = "connections",
+    params(PathProviderAccount),
+    responses(
+        (status = 200, description = "The connection.", body = ConnectionView),
+        (status = 404, description = "No such connection (`connection_not_found`).", body = ProblemDoc, content_type = "application/problem+json"),
+    ))]
 pub async fn show(
     app: web::Data<AppState>,
     caller: Caller,
@@ -46,7 +107,23 @@ pub async fn show(
     Ok(HttpResponse::Ok().json(app.broker.connection(&provider, &account).await?))
 }
 
-/// `GET /v1/connections/{provider}/{account}/token?min_ttl=SECONDS`
+/// Get a fresh access token
+///
+/// `?min_ttl=SECONDS` (default 60): refreshed first when it has less left; concurrent
+/// callers share one refresh.
+#[utoipa::path(get, path = "/v1/connections/{provider}/{account}/token", tag = "connections",
+    params(
+        PathProviderAccount,
+        ("min_ttl" = Option<u64>, Query, minimum = 0, maximum = 86400, description = "Seconds the token must still be valid for (default 60)."),
+    ),
+    responses(
+        (status = 200, description = "A token valid for at least `min_ttl`.", body = AccessToken),
+        (status = 400, description = "`min_ttl` is not 0 to 86400 (`invalid_min_ttl`), or an unknown query parameter (`unknown_parameter`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such provider in the config (`unknown_provider`) or connection (`connection_not_found`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "The grant is gone: a person must connect again at `reconnect_url` (`needs_reauth`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 502, description = "The provider refused the refresh in a way that is not `invalid_grant` (`provider_rejected`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "The provider or storage is unavailable (`provider_unavailable`, `storage_unavailable`, `vault_error`): retry after `Retry-After`.", body = ProblemDoc, content_type = "application/problem+json"),
+    ))]
 pub async fn token(
     app: web::Data<AppState>,
     caller: Caller,
@@ -73,17 +150,27 @@ pub async fn token(
         .broker
         .access_token(&provider, &account, Duration::from_secs(min_ttl))
         .await?;
-    Ok(no_store(HttpResponse::Ok()).json(json!({
-        "access_token": t.access_token.as_str(),
-        "token_type": t.token_type,
-        "expires_at": t.expires_at_ms.map(rfc3339),
-        "scope": t.scope,
-    })))
+    Ok(no_store(HttpResponse::Ok()).json(AccessToken {
+        access_token: t.access_token.as_str(),
+        token_type: &t.token_type,
+        expires_at: t.expires_at_ms.map(rfc3339),
+        scope: t.scope.as_deref(),
+    }))
 }
 
-/// `PUT /v1/connections/{provider}/{account}` `{"access_token", "refresh_token"?,
-/// "expires_at"? | "expires_in"?, "scope"?, "token_type"?}`: 201 new, 200 replaced; the
-/// answer is the connection's metadata, never a token.
+/// Import tokens
+///
+/// `{"access_token", "refresh_token"?, "expires_at"? | "expires_in"?, "scope"?,
+/// "token_type"?}`: 201 new, 200 replaced; sealed and kept alive as if oauthd had obtained
+/// them. The answer is the connection's metadata, never a token.
+#[utoipa::path(put, path = "/v1/connections/{provider}/{account}", tag = "connections",
+    params(PathProviderAccount), request_body = ImportTokens,
+    responses(
+        (status = 201, description = "Imported: a new connection.", body = ConnectionView),
+        (status = 200, description = "Imported: the connection's tokens were replaced.", body = ConnectionView),
+        (status = 400, description = "The tokens are not what import takes (`invalid_tokens`), or the account name (`invalid_account`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such provider in the config (`unknown_provider`).", body = ProblemDoc, content_type = "application/problem+json"),
+    ))]
 pub async fn import(
     app: web::Data<AppState>,
     caller: Caller,
@@ -106,8 +193,23 @@ pub async fn import(
     Ok(no_store(status).json(view))
 }
 
-/// `DELETE /v1/connections/{provider}/{account}[?force=true]`: revoke, then delete.
-/// `204`, or `200` with what was not revoked (forced, or the provider left the config).
+/// Disconnect
+///
+/// Revokes the grant at the provider, then deletes the connection: `204`, or `200` with
+/// what was not revoked (`?force=true` when the provider cannot be reached, or the
+/// provider left the config).
+#[utoipa::path(delete, path = "/v1/connections/{provider}/{account}", tag = "connections",
+    params(
+        PathProviderAccount,
+        ("force" = Option<bool>, Query, description = "Delete even when the provider cannot be reached to revoke."),
+    ),
+    responses(
+        (status = 204, description = "Revoked and deleted."),
+        (status = 200, description = "Deleted, not revoked.", body = NotRevoked),
+        (status = 404, description = "No such connection (`connection_not_found`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 502, description = "The provider refused the revocation (`provider_rejected`): nothing deleted; `?force=true` deletes anyway.", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "The provider cannot be reached to revoke (`provider_unavailable`): nothing deleted.", body = ProblemDoc, content_type = "application/problem+json"),
+    ))]
 pub async fn delete(
     app: web::Data<AppState>,
     caller: Caller,
@@ -132,14 +234,14 @@ pub(super) fn force_param(req: &HttpRequest) -> bool {
 pub(super) fn disconnected_response(provider: &str, outcome: Disconnected) -> HttpResponse {
     match outcome {
         Disconnected::Revoked => HttpResponse::NoContent().finish(),
-        other => HttpResponse::Ok().json(json!({
-            "deleted": true,
-            "revoked": false,
-            "reason": match other {
+        other => HttpResponse::Ok().json(NotRevoked {
+            deleted: true,
+            revoked: false,
+            reason: match other {
                 Disconnected::ProviderMissing => "provider_missing",
                 _ => "revocation_failed",
             },
-            "detail": other.describe(provider),
-        })),
+            detail: other.describe(provider),
+        }),
     }
 }

@@ -2,16 +2,29 @@
 
 use super::auth::Caller;
 use super::body::JsonObject;
+use super::openapi::{DeviceRequest, ProblemDoc};
 use super::problem::ApiError;
 use super::{no_store, AppState};
-use crate::broker::DeviceStart;
+use crate::broker::{DeviceStart, DeviceStatus};
 use crate::clock::rfc3339;
 use crate::store::DeviceFlowStatus;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
-use serde_json::json;
 
-/// `POST /v1/device/{provider}` `{"account"?}` -> 201 with the code to show the user.
+/// Start a device flow
+///
+/// `{"account"?}` -> 201 with the code to show the person, who enters it at
+/// `verification_uri` on another device; oauthd polls the provider meanwhile.
+#[utoipa::path(post, path = "/v1/device/{provider}", tag = "connect",
+    params(("provider" = String, Path, description = "A provider's name in the config.")),
+    request_body = DeviceRequest,
+    responses(
+        (status = 201, description = "Started.", body = DeviceStarted),
+        (status = 400, description = "The provider has no device flow (`device_flow_unsupported`), or a bad account name (`invalid_account`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such provider in the config (`unknown_provider`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Too many device flows pending for this key (`too_many_device_flows`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 502, description = "The provider refused to start one (`provider_rejected`).", body = ProblemDoc, content_type = "application/problem+json"),
+    ))]
 pub async fn start(
     app: web::Data<AppState>,
     caller: Caller,
@@ -30,26 +43,59 @@ pub async fn start(
             &format!("key:{}", caller.0.id),
         )
         .await?;
-    Ok(no_store(HttpResponse::Created()).json(started_json(&started)))
+    Ok(no_store(HttpResponse::Created()).json(started_body(&started)))
 }
 
-/// The 201 body of a started device flow (API and page alike).
-pub(super) fn started_json(started: &DeviceStart) -> serde_json::Value {
-    let mut out = json!({
-        "id": started.id,
-        "user_code": started.user_code,
-        "verification_uri": started.verification_uri,
-        "expires_at": rfc3339(started.expires_at_ms),
-        "interval": started.interval_secs,
-    });
-    if let (Some(complete), Some(obj)) = (&started.verification_uri_complete, out.as_object_mut()) {
-        obj.insert("verification_uri_complete".into(), complete.as_str().into());
+/// A started device flow (API and page alike).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct DeviceStarted<'a> {
+    /// Polls the flow: `GET /v1/device/{provider}/{id}`.
+    #[schema(value_type = String)]
+    id: &'a str,
+    /// What the person enters.
+    #[schema(value_type = String, example = "WDJB-MJHT")]
+    user_code: &'a str,
+    /// Where the person enters it.
+    #[schema(value_type = String)]
+    verification_uri: &'a str,
+    /// The same with the code filled in, when the provider offers it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    verification_uri_complete: Option<&'a str>,
+    #[schema(format = DateTime)]
+    expires_at: String,
+    /// Seconds between polls that the provider asks for.
+    interval: u64,
+}
+
+pub(super) fn started_body(started: &DeviceStart) -> DeviceStarted<'_> {
+    DeviceStarted {
+        id: &started.id,
+        user_code: &started.user_code,
+        verification_uri: &started.verification_uri,
+        verification_uri_complete: started.verification_uri_complete.as_deref(),
+        expires_at: rfc3339(started.expires_at_ms),
+        interval: started.interval_secs,
     }
-    out
 }
 
-/// `GET /v1/device/{provider}/{id}`: 202 pending, 200 connected, 403 denied, 410 expired,
-/// 502 failed.
+/// A device flow's status
+///
+/// 202 pending, 200 connected, 403 denied, 410 expired, 502 failed: the status code and
+/// `status` say the same.
+#[utoipa::path(get, path = "/v1/device/{provider}/{id}", tag = "connect",
+    params(
+        ("provider" = String, Path, description = "A provider's name in the config."),
+        ("id" = String, Path, description = "The id the start answered."),
+    ),
+    responses(
+        (status = 200, description = "Connected.", body = DeviceStatus),
+        (status = 202, description = "Pending: the person has not finished.", body = DeviceStatus),
+        (status = 403, description = "The person declined.", body = DeviceStatus),
+        (status = 404, description = "No such flow (`device_flow_not_found`) or provider (`unknown_provider`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 410, description = "Expired before the person finished.", body = DeviceStatus),
+        (status = 502, description = "The provider failed the flow (`detail` says how).", body = DeviceStatus),
+    ))]
 pub async fn status(
     app: web::Data<AppState>,
     caller: Caller,

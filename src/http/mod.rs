@@ -14,6 +14,7 @@ mod health;
 mod limits;
 mod metrics;
 mod notify;
+mod openapi;
 mod pages;
 mod problem;
 mod proxy;
@@ -28,13 +29,15 @@ use crate::config::Settings;
 use crate::notify::Notifier;
 use crate::states::StateService;
 use crate::store::{KeyStore, OutboxStore, StateStore};
-use actix_web::http::header;
+use actix_web::http::{header, Method};
 use actix_web::middleware::Logger;
 use actix_web::{
-    web, App, HttpResponse, HttpResponseBuilder, HttpServer, Resource, ResponseError, Route,
+    guard, web, App, HttpResponse, HttpResponseBuilder, HttpServer, Resource, ResponseError, Route,
+    Scope,
 };
 pub use body::BodyLimit;
 pub use callback::wording as callback_wording;
+pub use openapi::json as openapi_json;
 pub use problem::ApiError;
 pub use ratelimit::RateLimiter;
 use std::io::Write;
@@ -85,8 +88,17 @@ fn no_store(mut builder: HttpResponseBuilder) -> HttpResponseBuilder {
     builder
 }
 
-async fn method_not_allowed() -> HttpResponse {
-    ApiError::method_not_allowed().error_response()
+/// A resource's answer to a method it does not take: 405 with `Allow`.
+fn method_not_allowed<'a>(allowed: impl IntoIterator<Item = &'a Method>) -> Route {
+    let allow = allowed
+        .into_iter()
+        .map(Method::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    web::to(move || {
+        let allow = allow.clone();
+        async move { ApiError::method_not_allowed(allow).error_response() }
+    })
 }
 
 async fn not_found() -> HttpResponse {
@@ -94,122 +106,216 @@ async fn not_found() -> HttpResponse {
 }
 
 /// One path, one method; anything else there gets a 405 problem.
-fn endpoint(path: &str, route: Route) -> Resource {
+fn endpoint(path: &str, method: Method, route: Route) -> Resource {
     web::resource(path)
-        .route(route)
-        .default_service(web::to(method_not_allowed))
+        .route(route.method(method.clone()))
+        .default_service(method_not_allowed([&method]))
 }
 
-/// Every route, for the server and for in-process tests. The router tries them in this
-/// order; a static path is a string comparison, a pattern with a `{segment}` a regex match
-/// (measured: three of them were a sixth of the token API's CPU). The hot paths come
-/// first: the state API's static paths, then the token API and the proxy.
+/// A `/v1` operation as the router registers it. Its path and methods are its OpenAPI
+/// description's (`#[utoipa::path]` on the handler): a `/v1` route cannot exist without
+/// one, and a test holds this list and the description's to each other.
+pub(crate) struct Operation {
+    pub path: String,
+    /// Read by the test that holds routes and descriptions to each other.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub methods: Vec<Method>,
+    /// `None`: the proxy, a prefix whose handler reads the rest of the path itself.
+    route: Option<Route>,
+}
+
+fn http_method(m: &utoipa::openapi::HttpMethod) -> Method {
+    use utoipa::openapi::HttpMethod as M;
+    match m {
+        M::Get => Method::GET,
+        M::Post => Method::POST,
+        M::Put => Method::PUT,
+        M::Delete => Method::DELETE,
+        M::Options => Method::OPTIONS,
+        M::Head => Method::HEAD,
+        M::Patch => Method::PATCH,
+        M::Trace => Method::TRACE,
+    }
+}
+
+/// The operation `P` describes, answered by `handler`.
+fn op<P, F, Args>(handler: F) -> Operation
+where
+    P: utoipa::Path,
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    let methods: Vec<Method> = P::methods().iter().map(http_method).collect();
+    let any_of = methods
+        .iter()
+        .fold(None, |any: Option<guard::AnyGuard>, m| {
+            let one = guard::Method(m.clone());
+            Some(match any {
+                None => guard::Any(one),
+                Some(any) => any.or(one),
+            })
+        });
+    let route = match any_of {
+        Some(g) => web::route().guard(g),
+        None => web::route(),
+    };
+    Operation {
+        path: P::path(),
+        methods,
+        route: Some(route.to(handler)),
+    }
+}
+
+/// Every `/v1` operation, in the order the router tries them: a static path is a string
+/// comparison, a pattern with a `{segment}` a regex match (measured: three of them were a
+/// sixth of the token API's CPU), so the hot paths come first: the state API's static
+/// paths, then the proxy's prefix and the token API.
+pub(crate) fn v1_operations() -> Vec<Operation> {
+    let proxy = Operation {
+        path: <proxy::__path_forward as utoipa::Path>::path(),
+        methods: <proxy::__path_forward as utoipa::Path>::methods()
+            .iter()
+            .map(http_method)
+            .collect(),
+        route: None,
+    };
+    vec![
+        op::<states::__path_create, _, _>(states::create),
+        op::<states::__path_consume, _, _>(states::consume),
+        op::<states::__path_verify, _, _>(states::verify),
+        proxy,
+        op::<connections::__path_token, _, _>(connections::token),
+        op::<states::__path_attempt, _, _>(states::attempt),
+        op::<states::__path_revoke, _, _>(states::revoke),
+        op::<states::__path_list_subject, _, _>(states::list_subject),
+        op::<states::__path_revoke_subject, _, _>(states::revoke_subject),
+        op::<states::__path_revoke_id, _, _>(states::revoke_id),
+        op::<connect::__path_start_api, _, _>(connect::start_api),
+        op::<connections::__path_list, _, _>(connections::list),
+        op::<connections::__path_show, _, _>(connections::show),
+        op::<connections::__path_import, _, _>(connections::import),
+        op::<connections::__path_delete, _, _>(connections::delete),
+        op::<device::__path_start, _, _>(device::start),
+        op::<device::__path_status, _, _>(device::status),
+        op::<notify::__path_test, _, _>(notify::test),
+    ]
+}
+
+/// `/v1`: the operations, each path one resource (another method there gets a 405); any
+/// other `/v1` path a 404, whatever is registered after this scope.
+fn v1_scope() -> Scope {
+    let mut resources: Vec<(String, Vec<Method>, Vec<Route>)> = Vec::new();
+    let mut scope = web::scope("/v1");
+    let mut proxy_at = None;
+    for operation in v1_operations() {
+        let path = operation
+            .path
+            .strip_prefix("/v1")
+            .unwrap_or(&operation.path)
+            .to_owned();
+        match operation.route {
+            None => proxy_at = Some((resources.len(), path)),
+            Some(route) => match resources.iter_mut().find(|(p, _, _)| *p == path) {
+                Some((_, methods, routes)) => {
+                    methods.extend(operation.methods);
+                    routes.push(route);
+                }
+                None => resources.push((path, operation.methods, vec![route])),
+            },
+        }
+    }
+    for (index, (path, methods, routes)) in resources.into_iter().enumerate() {
+        if let Some((_, proxy_path)) = proxy_at.as_ref().filter(|(at, _)| *at == index) {
+            // The proxy: a static prefix (a string comparison, where a `{segment}` pattern
+            // ran regexes that measured a seventh of a proxied call's instructions); the
+            // handler reads provider, account and path from the request's path itself.
+            let prefix = proxy_path.split("/{").next().unwrap_or("/proxy");
+            scope = scope.service(web::scope(prefix).default_service(web::to(proxy::forward)));
+        }
+        let resource = routes
+            .into_iter()
+            .fold(web::resource(path), |r, route| r.route(route));
+        scope = scope.service(resource.default_service(method_not_allowed(&methods)));
+    }
+    scope.default_service(web::to(not_found))
+}
+
+/// Every route, for the server and for in-process tests: `/v1` first (the hot paths),
+/// then the page, health, metrics and the OpenAPI description.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(endpoint("/v1/states", web::post().to(states::create)))
+    cfg.service(v1_scope())
         .service(endpoint(
-            "/v1/states/consume",
-            web::post().to(states::consume),
+            "/openapi.json",
+            Method::GET,
+            web::to(openapi::serve),
         ))
-        .service(endpoint(
-            "/v1/states/verify",
-            web::post().to(states::verify),
-        ))
-        // The proxy: a static prefix (a string comparison, where a `{segment}` pattern
-        // ran regexes that measured a seventh of a proxied call's instructions); the
-        // handler reads provider, account and path from the request's path itself.
-        .service(web::scope("/v1/proxy").default_service(web::to(proxy::forward)))
-        .service(endpoint(
-            "/v1/connections/{provider}/{account}/token",
-            web::get().to(connections::token),
-        ))
-        .service(endpoint(
-            "/v1/states/attempt",
-            web::post().to(states::attempt),
-        ))
-        .service(endpoint(
-            "/v1/states/revoke",
-            web::post().to(states::revoke),
-        ))
-        .service(
-            web::resource("/v1/namespaces/{namespace}/subjects/{subject}/states")
-                .route(web::get().to(states::list_subject))
-                .route(web::delete().to(states::revoke_subject))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(endpoint(
-            "/v1/namespaces/{namespace}/states/{id}",
-            web::delete().to(states::revoke_id),
-        ))
-        .service(endpoint("/healthz", web::get().to(health::healthz)))
-        .service(endpoint("/readyz", web::get().to(health::readyz)))
-        .service(endpoint(
-            "/v1/connect/{provider}",
-            web::post().to(connect::start_api),
-        ))
-        .service(endpoint(
-            "/v1/connections",
-            web::get().to(connections::list),
-        ))
-        .service(
-            web::resource("/v1/connections/{provider}/{account}")
-                .route(web::get().to(connections::show))
-                .route(web::put().to(connections::import))
-                .route(web::delete().to(connections::delete))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(endpoint(
-            "/v1/device/{provider}",
-            web::post().to(device::start),
-        ))
-        .service(endpoint(
-            "/v1/device/{provider}/{id}",
-            web::get().to(device::status),
-        ))
+        .service(endpoint("/healthz", Method::GET, web::to(health::healthz)))
+        .service(endpoint("/readyz", Method::GET, web::to(health::readyz)))
         .service(endpoint(
             "/connect/{provider}",
-            web::post().to(ui::connect_form),
+            Method::POST,
+            web::to(ui::connect_form),
         ))
-        .service(endpoint("/ui/api/overview", web::get().to(ui::overview)))
+        .service(endpoint(
+            "/ui/api/overview",
+            Method::GET,
+            web::to(ui::overview),
+        ))
         .service(endpoint(
             "/ui/api/connect/{provider}",
-            web::post().to(ui::connect),
+            Method::POST,
+            web::to(ui::connect),
         ))
         .service(endpoint(
             "/ui/api/paste/{provider}",
-            web::post().to(ui::paste),
+            Method::POST,
+            web::to(ui::paste),
         ))
         .service(endpoint(
             "/ui/api/device/{provider}",
-            web::post().to(ui::device_start),
+            Method::POST,
+            web::to(ui::device_start),
         ))
         .service(endpoint(
             "/ui/api/device/{provider}/{id}",
-            web::get().to(ui::device_status),
+            Method::GET,
+            web::to(ui::device_status),
         ))
         .service(endpoint(
             "/ui/api/connections/{provider}/{account}",
-            web::delete().to(ui::disconnect),
+            Method::DELETE,
+            web::to(ui::disconnect),
         ))
-        .service(endpoint("/v1/notify/test", web::post().to(notify::test)))
-        .service(endpoint("/ui/api/events", web::get().to(notify::ui_events)))
+        .service(endpoint(
+            "/ui/api/events",
+            Method::GET,
+            web::to(notify::ui_events),
+        ))
         .service(endpoint(
             "/ui/api/notify/test",
-            web::post().to(notify::ui_test),
+            Method::POST,
+            web::to(notify::ui_test),
         ))
-        .service(endpoint("/static/{name}", web::get().to(ui::asset)))
-        .service(endpoint("/metrics", web::get().to(metrics::metrics)))
+        .service(endpoint("/static/{name}", Method::GET, web::to(ui::asset)))
+        .service(endpoint("/metrics", Method::GET, web::to(metrics::metrics)))
         .service(endpoint(
             "/callback/{provider}",
-            web::get().to(callback::callback),
+            Method::GET,
+            web::to(callback::callback),
         ))
         .service(
             web::resource("/admin/login")
                 .route(web::get().to(admin::login))
                 .route(web::post().to(admin::login_form))
-                .default_service(web::to(method_not_allowed)),
+                .default_service(method_not_allowed(&[Method::GET, Method::POST])),
         )
-        .service(endpoint("/admin/logout", web::post().to(admin::logout)))
-        .service(endpoint("/", web::get().to(ui::index)))
+        .service(endpoint(
+            "/admin/logout",
+            Method::POST,
+            web::to(admin::logout),
+        ))
+        .service(endpoint("/", Method::GET, web::to(ui::index)))
         .default_service(web::to(not_found));
 }
 

@@ -2,6 +2,7 @@
 //! `POST /ui/api/notify/test` from the page), and the page's view of recent deliveries.
 
 use super::auth::Caller;
+use super::openapi::ProblemDoc;
 use super::problem::ApiError;
 use super::ui::UiSession;
 use super::{no_store, AppState};
@@ -14,8 +15,29 @@ use serde_json::json;
 /// Deliveries the page lists.
 const PAGE_DELIVERIES: u32 = 50;
 
-/// `POST /v1/notify/test` -> 202 `{"event_id", "type", "targets"}`. Targets are the
-/// operator's: a key limited to some namespaces or accounts (a tenant's) may not ring them.
+/// A test notification, queued.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct TestQueued<'a> {
+    /// The event's id: its deliveries carry it as `webhook-id`.
+    #[schema(value_type = String)]
+    event_id: &'a str,
+    #[schema(value_type = String, example = "notify.test")]
+    #[serde(rename = "type")]
+    kind: &'a str,
+    /// The targets it goes to, by name.
+    targets: Vec<String>,
+}
+
+/// Send a test notification
+///
+/// To every `[[notify]]` target. Targets are the operator's: a key limited to some
+/// namespaces or accounts (a tenant's) may not ring them.
+#[utoipa::path(post, path = "/v1/notify/test", tag = "notify",
+    responses(
+        (status = 202, description = "Queued for every target.", body = TestQueued),
+        (status = 409, description = "No `[[notify]]` target is configured (`no_notify_targets`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "One was sent less than 5 seconds ago (`too_many_tests`).", body = ProblemDoc, content_type = "application/problem+json"),
+    ))]
 pub async fn test(app: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     if caller.0.namespaces.is_some() || caller.0.accounts.is_some() {
         return Err(ApiError::unauthorized(
@@ -33,11 +55,13 @@ pub async fn ui_test(app: web::Data<AppState>, _s: UiSession) -> Result<HttpResp
 
 async fn send_test(app: &AppState) -> Result<HttpResponse, ApiError> {
     match app.notifier.send_test(app.outbox.as_ref()).await? {
-        TestSent::Sent { event, targets } => Ok(no_store(HttpResponse::Accepted()).json(json!({
-            "event_id": event.id,
-            "type": event.kind.as_str(),
-            "targets": targets,
-        }))),
+        TestSent::Sent { event, targets } => {
+            Ok(no_store(HttpResponse::Accepted()).json(TestQueued {
+                event_id: &event.id,
+                kind: event.kind.as_str(),
+                targets,
+            }))
+        }
         TestSent::NoTargets => Err(ApiError::new(
             StatusCode::CONFLICT,
             "no_notify_targets",

@@ -1,6 +1,7 @@
 //! The one place where errors become HTTP: `application/problem+json` (RFC 9457) with a
 //! stable `code` that apps can branch on. Details never carry a secret.
 
+use super::openapi::Problem;
 use crate::broker::{BrokerError, CallbackError};
 use crate::states::StateError;
 use crate::store::StoreError;
@@ -16,8 +17,18 @@ pub struct ApiError {
     pub detail: String,
     retry_after: Option<u64>,
     challenge: Option<&'static str>,
-    /// More members of the problem object (RFC 9457 §3.2).
-    extra: serde_json::Map<String, serde_json::Value>,
+    /// What few problems carry (boxed: errors travel in every handler's `Result`).
+    more: Option<Box<More>>,
+}
+
+/// More members of the problem object (RFC 9457 §3.2), as `Problem` names them, and the
+/// `Allow` header of a 405 (RFC 9110 §15.5.6).
+#[derive(Debug, Default)]
+struct More {
+    attempts_left: Option<u32>,
+    reconnect_url: Option<String>,
+    account: Option<String>,
+    allow: Option<String>,
 }
 
 impl ApiError {
@@ -28,7 +39,7 @@ impl ApiError {
             detail: detail.into(),
             retry_after: None,
             challenge: None,
-            extra: serde_json::Map::new(),
+            more: None,
         }
     }
 
@@ -41,8 +52,25 @@ impl ApiError {
         self
     }
 
-    pub fn with(mut self, member: &str, value: impl Into<serde_json::Value>) -> Self {
-        self.extra.insert(member.to_owned(), value.into());
+    fn more(&mut self) -> &mut More {
+        self.more.get_or_insert_with(Default::default)
+    }
+
+    /// `wrong_secret`: tries left.
+    pub fn attempts_left(mut self, n: u32) -> Self {
+        self.more().attempts_left = Some(n);
+        self
+    }
+
+    /// `needs_reauth`: where a person connects the account again.
+    pub fn reconnect_url(mut self, url: impl Into<String>) -> Self {
+        self.more().reconnect_url = Some(url.into());
+        self
+    }
+
+    /// The account a failed connect flow was for.
+    pub fn account(mut self, account: impl Into<String>) -> Self {
+        self.more().account = Some(account.into());
         self
     }
 
@@ -70,12 +98,15 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
     }
 
-    pub fn method_not_allowed() -> Self {
-        Self::new(
+    /// 405, naming the methods the resource takes (`allow`: "GET, POST").
+    pub fn method_not_allowed(allow: impl Into<String>) -> Self {
+        let mut e = Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "this endpoint does not accept that method",
-        )
+        );
+        e.more().allow = Some(allow.into());
+        e
     }
 }
 
@@ -94,29 +125,31 @@ impl ResponseError for ApiError {
         if self.status.is_server_error() {
             log::warn!("{self}");
         }
-        let mut body = self.extra.clone();
-        body.insert(
-            "type".into(),
-            format!("urn:oauthd:problem:{}", self.code).into(),
-        );
-        body.insert(
-            "title".into(),
-            self.status.canonical_reason().unwrap_or("Error").into(),
-        );
-        body.insert("status".into(), self.status.as_u16().into());
-        body.insert("code".into(), self.code.into());
-        body.insert("detail".into(), self.detail.clone().into());
-        let body = serde_json::Value::Object(body);
+        let none = More::default();
+        let more = self.more.as_deref().unwrap_or(&none);
+        let body = Problem {
+            kind: format!("urn:oauthd:problem:{}", self.code),
+            title: self.status.canonical_reason().unwrap_or("Error"),
+            status: self.status.as_u16(),
+            code: self.code,
+            detail: &self.detail,
+            attempts_left: more.attempts_left,
+            reconnect_url: more.reconnect_url.as_deref(),
+            account: more.account.as_deref(),
+        };
         let mut resp = HttpResponse::build(self.status);
         resp.content_type("application/problem+json")
             .insert_header((header::CACHE_CONTROL, "no-store"));
         if let Some(seconds) = self.retry_after {
             resp.insert_header((header::RETRY_AFTER, seconds.to_string()));
         }
+        if let Some(allow) = &more.allow {
+            resp.insert_header((header::ALLOW, allow.as_str()));
+        }
         if let Some(challenge) = self.challenge {
             resp.insert_header((header::WWW_AUTHENTICATE, challenge));
         }
-        resp.body(body.to_string())
+        resp.body(serde_json::to_string(&body).unwrap_or_default())
     }
 }
 
@@ -156,7 +189,7 @@ impl From<StateError> for ApiError {
             ),
             StateError::WrongSecret { attempts_left } => {
                 ApiError::new(StatusCode::FORBIDDEN, "wrong_secret", detail)
-                    .with("attempts_left", attempts_left)
+                    .attempts_left(attempts_left)
             }
             StateError::SecretRequired => {
                 ApiError::new(StatusCode::FORBIDDEN, "secret_required", detail)
@@ -202,7 +235,7 @@ impl From<BrokerError> for ApiError {
             }
             BrokerError::NeedsReauth { reconnect_url, .. } => {
                 ApiError::new(StatusCode::CONFLICT, "needs_reauth", detail)
-                    .with("reconnect_url", reconnect_url)
+                    .reconnect_url(reconnect_url)
             }
             BrokerError::ProviderUnavailable {
                 retry_after_secs, ..
@@ -273,7 +306,7 @@ pub fn callback_problem(provider: &str, e: &CallbackError) -> ApiError {
         other => other.retry_account(),
     };
     match account {
-        Some(a) => problem.with("account", a),
+        Some(a) => problem.account(a),
         None => problem,
     }
 }

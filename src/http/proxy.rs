@@ -3,6 +3,7 @@
 //! fresh access token, the answer streams back. One refresh and one retry after a `401`.
 
 use super::auth::Caller;
+use super::openapi::ProblemDoc;
 use super::problem::ApiError;
 use super::AppState;
 use crate::proxy::{headers, path, Outgoing, ProxyError};
@@ -88,7 +89,32 @@ async fn read_body_within<'a>(
     Ok(body.into())
 }
 
-/// `ANY /v1/proxy/{provider}/{account}/{path…}`
+/// Call a provider's API with the account's token
+///
+/// The request goes to the provider's `api_base_url` + `{path}` (which may hold `/`; the
+/// query is passed on) with a fresh access token in place of any `Authorization`; the
+/// answer streams back. On a `401` from the API, one refresh and one retry. Redirects are
+/// handed back, never followed.
+#[utoipa::path(
+    method(get, post, put, patch, delete, head, options),
+    path = "/v1/proxy/{provider}/{account}/{path}", tag = "proxy",
+    params(
+        ("provider" = String, Path, description = "A provider's name in the config, with an `api_base_url`."),
+        ("account" = String, Path, description = "The connection's account."),
+        ("path" = String, Path, description = "The API's path below `api_base_url`; may hold `/`, never `..` or an escape out of it."),
+    ),
+    request_body(content = Vec<u8>, content_type = "*/*", description = "Passed on as it is (at most `proxy.max_request_bytes`)."),
+    responses(
+        (status = "default", description = "The provider's answer, with its status, as it is (`Cache-Control: no-store`)."),
+        (status = 400, description = "A path that could leave the API's base (`invalid_proxy_path`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such provider (`unknown_provider`), no `api_base_url` for it (`proxy_not_configured`), or no such connection (`connection_not_found`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 408, description = "The request body did not arrive in time (`body_timeout`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "The grant is gone: connect again at `reconnect_url` (`needs_reauth`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 413, description = "The request body is larger than `proxy.max_request_bytes` (`body_too_large`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 502, description = "The API's answer is larger than `proxy.max_response_bytes` (`upstream_too_large`) or it cannot be reached (`upstream_unavailable`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "Too many request bodies in memory at once (`proxy_busy`), or the provider cannot refresh the token now (`provider_unavailable`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 504, description = "The API did not answer within `proxy.timeout_seconds` (`upstream_timeout`).", body = ProblemDoc, content_type = "application/problem+json"),
+    ))]
 pub async fn forward(
     app: web::Data<AppState>,
     caller: Caller,
@@ -96,7 +122,9 @@ pub async fn forward(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     if !crate::proxy::METHODS.contains(&req.method().as_str()) {
-        return Err(ApiError::method_not_allowed());
+        return Err(ApiError::method_not_allowed(
+            crate::proxy::METHODS.join(", "),
+        ));
     }
     // `/v1/proxy/{provider}/{account}/{rest}`, as it arrived (still percent-encoded):
     // `rest` is what the provider will see. Provider and account names need no decoding

@@ -4,6 +4,10 @@
 
 use super::auth::Caller;
 use super::body::JsonObject;
+use super::openapi::{
+    AttemptState, CreateState, NamespaceName, ProblemDoc, StateIdText, StateKey, SubjectText,
+    VerifyState,
+};
 use super::problem::ApiError;
 use super::{no_store, AppState};
 use crate::clock::rfc3339;
@@ -12,7 +16,7 @@ use crate::namespace::Namespace;
 use crate::secret::{StateId, StateValue};
 use crate::states::{NewState, StateView};
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// Longest `subject`, in characters.
 pub const MAX_SUBJECT_CHARS: usize = 256;
@@ -153,21 +157,30 @@ fn keyed_request<T>(
 }
 
 /// A state as consume, verify and attempt answer it (serialized straight from the view:
-/// verify is a hot path).
-#[derive(serde::Serialize)]
-struct ViewBody<'a> {
+/// verify is a hot path). Never the state's value.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct StateInfo<'a> {
+    /// Not secret: lists and revokes, never consumes.
+    #[schema(format = Uuid)]
     id: String,
+    #[schema(value_type = String)]
     namespace: &'a str,
+    #[schema(value_type = Option<String>)]
     subject: Option<&'a str>,
+    /// What create was given, as it was given (`null` when nothing).
+    #[schema(value_type = Value)]
     data: &'a Option<Value>,
+    #[schema(format = DateTime)]
     created_at: String,
+    #[schema(format = DateTime)]
     expires_at: String,
+    /// States created with a `secret`: wrong codes still allowed.
     #[serde(skip_serializing_if = "Option::is_none")]
     attempts_left: Option<u32>,
 }
 
-fn view(v: &StateView) -> ViewBody<'_> {
-    ViewBody {
+fn view(v: &StateView) -> StateInfo<'_> {
+    StateInfo {
         id: v.id.to_string(),
         namespace: &v.namespace,
         subject: v.subject.as_deref(),
@@ -182,8 +195,61 @@ fn ok_view(v: &StateView) -> HttpResponse {
     no_store(HttpResponse::Ok()).json(view(v))
 }
 
-/// `POST /v1/states` `{"namespace", "ttl_seconds"?, "data"?, "subject"?, "secret"?,
-/// "max_attempts"?, "replace"?, "sliding"?, "max_lifetime_seconds"?}` -> 201.
+/// `POST /v1/states`' answer: the state value, given out this once.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct StateCreated<'a> {
+    /// The secret to hand on (in an OAuth `state` parameter, a link, a cookie).
+    #[schema(value_type = String, min_length = 43, max_length = 43)]
+    state: &'a str,
+    #[schema(format = Uuid)]
+    id: String,
+    #[schema(value_type = String)]
+    namespace: &'a str,
+    #[schema(value_type = Option<String>)]
+    subject: Option<&'a str>,
+    #[schema(format = DateTime)]
+    created_at: String,
+    #[schema(format = DateTime)]
+    expires_at: String,
+}
+
+/// A subject's live state (never its value).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct SubjectState<'a> {
+    #[schema(format = Uuid)]
+    id: String,
+    #[schema(value_type = Value)]
+    data: &'a Option<Value>,
+    #[schema(format = DateTime)]
+    created_at: String,
+    #[schema(format = DateTime)]
+    expires_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempts_left: Option<u32>,
+}
+
+/// `GET /v1/namespaces/{namespace}/subjects/{subject}/states`' answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct SubjectStates<'a> {
+    states: Vec<SubjectState<'a>>,
+}
+
+/// How many states a "sign out everywhere" revoked.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Revoked {
+    revoked: u64,
+}
+
+/// Issue a state
+///
+/// `{"namespace", "ttl_seconds"?, "data"?, "subject"?, "secret"?, "max_attempts"?,
+/// "replace"?, "sliding"?, "max_lifetime_seconds"?}` -> 201 with the state's value.
+#[utoipa::path(post, path = "/v1/states", tag = "states", request_body = CreateState,
+    responses(
+        (status = 201, description = "Issued: the value is given out this once.", body = StateCreated),
+        (status = 413, description = "`data` is larger than `states.max_data_bytes` (`data_too_large`), or the body too large (`body_too_large`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "The namespace holds its maximum of live states (`too_many_states`), or the subject (`too_many_subject_states`).", body = ProblemDoc, content_type = "application/problem+json"),
+    ))]
 pub async fn create(
     app: web::Data<AppState>,
     caller: Caller,
@@ -193,17 +259,26 @@ pub async fn create(
     caller.require_namespace(&ns)?;
     let subject = request.subject.clone();
     let issued = app.states.create(ns, request).await?;
-    Ok(no_store(HttpResponse::Created()).json(json!({
-        "state": issued.state.expose(),
-        "id": issued.id().to_string(),
-        "namespace": issued.namespace.as_str(),
-        "subject": subject,
-        "created_at": rfc3339(issued.created_at_ms),
-        "expires_at": rfc3339(issued.expires_at_ms),
-    })))
+    Ok(no_store(HttpResponse::Created()).json(StateCreated {
+        state: issued.state.expose(),
+        id: issued.id().to_string(),
+        namespace: issued.namespace.as_str(),
+        subject: subject.as_deref(),
+        created_at: rfc3339(issued.created_at_ms),
+        expires_at: rfc3339(issued.expires_at_ms),
+    }))
 }
 
-/// `POST /v1/states/consume` `{"state", "namespace"}` -> 200 once, then 404.
+/// Consume a state
+///
+/// `{"state", "namespace"}` -> 200 once, then 404.
+#[utoipa::path(post, path = "/v1/states/consume", tag = "states", request_body = StateKey,
+    responses(
+        (status = 200, description = "Consumed: this state is gone.", body = StateInfo),
+        (status = 403, description = "Created with a `secret`: only `/v1/states/attempt` consumes it (`secret_required`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such state in this namespace: never issued, consumed, revoked or swept (`state_not_found`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 410, description = "Expired, within the grace window after its expiry (`state_expired`).", body = ProblemDoc, content_type = "application/problem+json"),
+    ))]
 pub async fn consume(
     app: web::Data<AppState>,
     caller: Caller,
@@ -214,7 +289,15 @@ pub async fn consume(
     Ok(ok_view(&app.states.consume(&state, &ns).await?))
 }
 
-/// `POST /v1/states/verify` `{"state", "namespace", "touch"?}` -> 200, the state stays.
+/// Verify a state without consuming it
+///
+/// `{"state", "namespace", "touch"?}` -> 200, the state stays.
+#[utoipa::path(post, path = "/v1/states/verify", tag = "states", request_body = VerifyState,
+    responses(
+        (status = 200, description = "Live; with `touch` on a sliding state, its new expiry.", body = StateInfo),
+        (status = 404, description = "No such state in this namespace: never issued, consumed, revoked or swept (`state_not_found`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 410, description = "Expired, within the grace window after its expiry (`state_expired`).", body = ProblemDoc, content_type = "application/problem+json"),
+    ))]
 pub async fn verify(
     app: web::Data<AppState>,
     caller: Caller,
@@ -229,8 +312,18 @@ pub async fn verify(
     Ok(ok_view(&v))
 }
 
-/// `POST /v1/states/attempt` `{"state", "namespace", "secret"}` -> 200 and consumed, or
-/// 403 `wrong_secret` with `attempts_left`.
+/// Try a state's secret
+///
+/// `{"state", "namespace", "secret"}` -> 200 and consumed, or 403 `wrong_secret` with
+/// `attempts_left`; the try that uses up the last deletes the state.
+#[utoipa::path(post, path = "/v1/states/attempt", tag = "states", request_body = AttemptState,
+    responses(
+        (status = 200, description = "The secret matched: the state is consumed.", body = StateInfo),
+        (status = 403, description = "Wrong secret (`wrong_secret`, with `attempts_left`; at 0 the state is gone).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "The state was created without a secret (`no_secret`): consume it.", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such state in this namespace: never issued, consumed, revoked or swept (`state_not_found`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 410, description = "Expired, within the grace window after its expiry (`state_expired`).", body = ProblemDoc, content_type = "application/problem+json"),
+    ))]
 pub async fn attempt(
     app: web::Data<AppState>,
     caller: Caller,
@@ -241,7 +334,14 @@ pub async fn attempt(
     Ok(ok_view(&app.states.attempt(&state, &ns, &secret).await?))
 }
 
-/// `POST /v1/states/revoke` `{"state", "namespace"}` -> 204, or 404.
+/// Revoke a state
+///
+/// `{"state", "namespace"}` -> 204, or 404.
+#[utoipa::path(post, path = "/v1/states/revoke", tag = "states", request_body = StateKey,
+    responses(
+        (status = 204, description = "Revoked."),
+        (status = 404, description = "No such state in this namespace: never issued, consumed, revoked or swept (`state_not_found`).", body = ProblemDoc, content_type = "application/problem+json"),
+    ))]
 pub async fn revoke(
     app: web::Data<AppState>,
     caller: Caller,
@@ -280,33 +380,45 @@ fn subject_path(req: &HttpRequest, caller: &Caller) -> Result<(Namespace, String
     Ok((ns, subject))
 }
 
-/// `GET /v1/namespaces/{namespace}/subjects/{subject}/states` -> the live states (never
-/// their values).
+/// List a subject's live states
+///
+/// Never their values: ids to revoke one ("sign out that device").
+#[utoipa::path(get, path = "/v1/namespaces/{namespace}/subjects/{subject}/states", tag = "states",
+    params(
+        ("namespace" = NamespaceName, Path, description = "The states' namespace."),
+        ("subject" = SubjectText, Path, description = "The user or tenant (percent-encoded)."),
+    ),
+    responses((status = 200, description = "The live states, oldest first.", body = SubjectStates)))]
 pub async fn list_subject(
     app: web::Data<AppState>,
     caller: Caller,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let (ns, subject) = subject_path(&req, &caller)?;
-    let states: Vec<Value> = app
-        .states
-        .subject_states(&ns, &subject)
-        .await?
+    let live = app.states.subject_states(&ns, &subject).await?;
+    // The path already says namespace and subject.
+    let states = live
         .iter()
-        .map(|v| {
-            // The path already says namespace and subject.
-            let mut out = json!(view(v));
-            if let Some(map) = out.as_object_mut() {
-                map.remove("namespace");
-                map.remove("subject");
-            }
-            out
+        .map(|v| SubjectState {
+            id: v.id.to_string(),
+            data: &v.data,
+            created_at: rfc3339(v.created_at_ms),
+            expires_at: rfc3339(v.expires_at_ms),
+            attempts_left: v.attempts_left,
         })
         .collect();
-    Ok(no_store(HttpResponse::Ok()).json(json!({ "states": states })))
+    Ok(no_store(HttpResponse::Ok()).json(SubjectStates { states }))
 }
 
-/// `DELETE /v1/namespaces/{namespace}/subjects/{subject}/states` -> `{"revoked": N}`.
+/// Revoke all of a subject's states
+///
+/// "Sign out everywhere": `{"revoked": N}`.
+#[utoipa::path(delete, path = "/v1/namespaces/{namespace}/subjects/{subject}/states", tag = "states",
+    params(
+        ("namespace" = NamespaceName, Path, description = "The states' namespace."),
+        ("subject" = SubjectText, Path, description = "The user or tenant (percent-encoded)."),
+    ),
+    responses((status = 200, description = "How many were revoked.", body = Revoked)))]
 pub async fn revoke_subject(
     app: web::Data<AppState>,
     caller: Caller,
@@ -314,10 +426,21 @@ pub async fn revoke_subject(
 ) -> Result<HttpResponse, ApiError> {
     let (ns, subject) = subject_path(&req, &caller)?;
     let revoked = app.states.revoke_subject(&ns, &subject).await?;
-    Ok(HttpResponse::Ok().json(json!({ "revoked": revoked })))
+    Ok(HttpResponse::Ok().json(Revoked { revoked }))
 }
 
-/// `DELETE /v1/namespaces/{namespace}/states/{id}` -> 204, or 404.
+/// Revoke a state by its id
+///
+/// "Sign out that device": 204, or 404.
+#[utoipa::path(delete, path = "/v1/namespaces/{namespace}/states/{id}", tag = "states",
+    params(
+        ("namespace" = NamespaceName, Path, description = "The state's namespace."),
+        ("id" = StateIdText, Path, description = "The id create answered."),
+    ),
+    responses(
+        (status = 204, description = "Revoked."),
+        (status = 404, description = "No such state in this namespace: never issued, consumed, revoked or swept (`state_not_found`).", body = ProblemDoc, content_type = "application/problem+json"),
+    ))]
 pub async fn revoke_id(
     app: web::Data<AppState>,
     caller: Caller,

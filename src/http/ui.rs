@@ -181,7 +181,7 @@ pub async fn device_start(
         .broker
         .start_device(&provider, account.as_deref(), "admin")
         .await?;
-    Ok(no_store(HttpResponse::Created()).json(super::device::started_json(&d)))
+    Ok(no_store(HttpResponse::Created()).json(super::device::started_body(&d)))
 }
 
 /// `GET /ui/api/device/{provider}/{id}`: 202 while pending, 200 once it ended.

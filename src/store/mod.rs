@@ -386,7 +386,7 @@ impl ConnectionRow {
 
 /// Which account at the provider a connection is: claims of a verified ID token. Not
 /// secret; each field is absent when the provider did not say.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct AccountIdentity {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
@@ -467,7 +467,7 @@ impl std::fmt::Display for ConnectionKey {
 }
 
 /// Where a device flow stands. Only `Pending` ever changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceFlowStatus {
     Pending,

@@ -10,6 +10,7 @@ mod cli;
 mod device;
 mod migrations;
 mod notify;
+mod openapi;
 mod operator;
 mod page;
 mod paste;
