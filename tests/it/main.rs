@@ -7,6 +7,7 @@ mod common;
 
 mod broker;
 mod cli;
+mod clients;
 mod device;
 mod migrations;
 mod notify;

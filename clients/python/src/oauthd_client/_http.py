@@ -1,0 +1,144 @@
+"""The transport: JSON over HTTP with the standard library, bounded retries."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional
+
+from .errors import ConnectionFailed, OauthdError, error_for
+
+# Statuses after which the same request can be sent again: nothing was done.
+RETRYABLE = (429, 503)
+IDEMPOTENT = ("GET", "HEAD", "PUT", "DELETE", "OPTIONS")
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else None
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    # A redirect is an answer to hand back (the proxy's), never one to follow.
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class Transport:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 10.0,
+        retries: int = 3,
+        max_retry_wait: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self.timeout = timeout
+        self.retries = retries
+        self.max_retry_wait = max_retry_wait
+        self._sleep = sleep
+        self._opener = urllib.request.build_opener(_NoRedirect)
+
+    def __repr__(self) -> str:  # never the key
+        return f"Transport({self.base_url!r})"
+
+    def url(self, *segments: str, query: Optional[Mapping[str, Any]] = None) -> str:
+        path = "/".join(urllib.parse.quote(s, safe="") for s in segments)
+        url = f"{self.base_url}/{path}"
+        if query:
+            pairs = {k: v for k, v in query.items() if v is not None}
+            if pairs:
+                url += "?" + urllib.parse.urlencode(pairs)
+        return url
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: Optional[bytes] = None,
+        headers: Optional[Mapping[str, str]] = None,
+    ) -> Response:
+        """One request, sent again after 429/503 (waiting `Retry-After`, at most
+        `max_retry_wait` seconds each) and after a refused connection, up to `retries`
+        times; any answer comes back as it is."""
+        all_headers = {"Authorization": f"Bearer {self._api_key}", "Accept": "application/json"}
+        all_headers.update(headers or {})
+        attempt = 0
+        while True:
+            request = urllib.request.Request(url, data=body, method=method, headers=all_headers)
+            try:
+                with self._opener.open(request, timeout=self.timeout) as r:
+                    answer = Response(r.status, dict(r.headers.items()), r.read())
+            except urllib.error.HTTPError as e:
+                answer = Response(e.code, dict(e.headers.items()), e.read())
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+                reason = getattr(e, "reason", e)
+                # Nothing was sent when the connection was refused; an idempotent request
+                # may be sent again whatever happened.
+                again = isinstance(reason, ConnectionRefusedError) or method in IDEMPOTENT
+                if again and attempt < self.retries:
+                    attempt += 1
+                    self._sleep(min(2.0 ** (attempt - 1), self.max_retry_wait))
+                    continue
+                raise ConnectionFailed(f"cannot reach oauthd at {self.base_url}: {reason}") from None
+            if answer.status in RETRYABLE and attempt < self.retries:
+                attempt += 1
+                self._sleep(self._wait(answer, attempt))
+                continue
+            return answer
+
+    def _wait(self, answer: Response, attempt: int) -> float:
+        value = {k.lower(): v for k, v in answer.headers.items()}.get("retry-after")
+        try:
+            seconds = float(value) if value is not None else 2.0 ** (attempt - 1)
+        except ValueError:
+            seconds = 2.0 ** (attempt - 1)
+        return max(0.0, min(seconds, self.max_retry_wait))
+
+    def call(
+        self,
+        method: str,
+        *segments: str,
+        json_body: Any = None,
+        query: Optional[Mapping[str, Any]] = None,
+        ok: tuple = (200, 201, 204),
+    ) -> Response:
+        """A JSON API call: its answer when the status is in `ok`, else the problem raised."""
+        body = None
+        headers = {}
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            headers["Content-Type"] = "application/json"
+        answer = self.send(method, self.url(*segments, query=query), body=body, headers=headers)
+        if answer.status in ok:
+            return answer
+        raise problem_of(answer)
+
+
+def problem_of(answer: Response) -> OauthdError:
+    try:
+        problem = json.loads(answer.body)
+        if not isinstance(problem, dict):
+            raise ValueError
+    except ValueError:
+        problem = {"code": "unexpected_answer", "detail": answer.body[:200].decode("utf-8", "replace")}
+    retry_after = {k.lower(): v for k, v in answer.headers.items()}.get("retry-after")
+    if retry_after is not None:
+        problem["_retry_after"] = retry_after
+    return error_for(answer.status, problem)

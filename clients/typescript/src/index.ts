@@ -1,0 +1,498 @@
+/**
+ * Client for oauthd: short-lived secrets (OAuth state, 2FA codes, reset links, sessions)
+ * and fresh access tokens for connected accounts. No runtime dependencies: `fetch` (Node 20+).
+ *
+ *     import { Client } from "oauthd-client";
+ *     const oauthd = new Client("http://127.0.0.1:6288", apiKey);
+ *     const s = await oauthd.states.create("myapp:oauth", { data: { verifier } });
+ *     const { data } = await oauthd.states.consume(s.state, "myapp:oauth");
+ *     const { access_token } = await oauthd.connections.token("spotify");
+ */
+
+/** An error answer: every one carries a stable `code` to branch on (README, "Errors"). */
+export class OauthdError extends Error {
+  readonly status: number;
+  readonly code: string;
+  readonly detail: string;
+  readonly problem: Record<string, unknown>;
+  /** Seconds the answer asked to wait (`Retry-After`), when it did. */
+  readonly retryAfter: number | undefined;
+
+  constructor(status: number, problem: Record<string, unknown>, retryAfter?: number) {
+    const code = typeof problem.code === "string" ? problem.code : "unknown";
+    const detail = typeof problem.detail === "string" ? problem.detail : "";
+    super(`${status} ${code}: ${detail}`);
+    this.name = new.target.name;
+    this.status = status;
+    this.code = code;
+    this.detail = detail;
+    this.problem = problem;
+    this.retryAfter = retryAfter;
+  }
+}
+
+/** 401: no key, an unknown or revoked one, or one whose limits exclude this. */
+export class Unauthorized extends OauthdError {}
+/** 404: e.g. `state_not_found`, `connection_not_found`, `unknown_provider`. */
+export class NotFound extends OauthdError {}
+/** 410: e.g. `state_expired`. */
+export class Gone extends OauthdError {}
+/** 403 `wrong_secret`. */
+export class WrongSecret extends OauthdError {
+  get attemptsLeft(): number {
+    return Number(this.problem.attempts_left ?? 0);
+  }
+}
+/** 409 `needs_reauth`: a person must connect the account again at `reconnectUrl`. */
+export class NeedsReauth extends OauthdError {
+  get reconnectUrl(): string | undefined {
+    const url = this.problem.reconnect_url;
+    return typeof url === "string" ? url : undefined;
+  }
+}
+/** 429, still after the client's bounded retries. */
+export class RateLimited extends OauthdError {}
+/** 503, still after the client's bounded retries. */
+export class Unavailable extends OauthdError {}
+/** oauthd could not be reached. */
+export class ConnectionFailed extends Error {}
+
+function errorFor(status: number, problem: Record<string, unknown>, retryAfter?: number): OauthdError {
+  const code = problem.code;
+  if (status === 403 && code === "wrong_secret") return new WrongSecret(status, problem, retryAfter);
+  if (status === 409 && code === "needs_reauth") return new NeedsReauth(status, problem, retryAfter);
+  const byStatus: Record<number, typeof OauthdError> = {
+    401: Unauthorized,
+    404: NotFound,
+    410: Gone,
+    429: RateLimited,
+    503: Unavailable,
+  };
+  const Kind = byStatus[status] ?? OauthdError;
+  return new Kind(status, problem, retryAfter);
+}
+
+export interface CreatedState {
+  /** The secret to hand on, given out this once. */
+  state: string;
+  id: string;
+  namespace: string;
+  subject: string | null;
+  created_at: string;
+  expires_at: string;
+}
+
+export interface State {
+  id: string;
+  namespace: string;
+  subject: string | null;
+  data: unknown;
+  created_at: string;
+  expires_at: string;
+  attempts_left?: number;
+}
+
+export interface SubjectState {
+  id: string;
+  data: unknown;
+  created_at: string;
+  expires_at: string;
+  attempts_left?: number;
+}
+
+export interface CreateOptions {
+  ttl_seconds?: number;
+  data?: unknown;
+  subject?: string;
+  secret?: string;
+  max_attempts?: number;
+  replace?: boolean;
+  sliding?: boolean;
+  max_lifetime_seconds?: number;
+}
+
+export interface AccessToken {
+  access_token: string;
+  token_type: string;
+  expires_at: string | null;
+  scope: string | null;
+}
+
+export interface Connection {
+  provider: string;
+  account: string;
+  status: "active" | "needs_reauth" | "provider_missing";
+  scopes: string[];
+  token_type: string;
+  expires_at: string | null;
+  has_refresh_token: boolean;
+  last_refresh_at: string | null;
+  last_error: string | null;
+  failures: number;
+  retry_at: string | null;
+  created_at: string;
+  updated_at: string;
+  provider_account?: { sub?: string; email?: string; name?: string };
+  reconnect_url?: string;
+}
+
+export interface ImportOptions {
+  refresh_token?: string;
+  expires_in?: number;
+  expires_at?: string;
+  scope?: string;
+  token_type?: string;
+}
+
+export interface ConnectStarted {
+  authorize_url: string;
+  expires_at: string;
+  redirect_uri: string;
+}
+
+export interface DeviceStarted {
+  id: string;
+  user_code: string;
+  verification_uri: string;
+  verification_uri_complete?: string;
+  expires_at: string;
+  interval: number;
+}
+
+export interface DeviceStatus {
+  status: "pending" | "connected" | "denied" | "expired" | "failed";
+  account: string;
+  user_code: string;
+  verification_uri: string;
+  verification_uri_complete?: string;
+  expires_at: string;
+  interval: number;
+  detail?: string;
+  connection?: Connection;
+}
+
+export interface ClientOptions {
+  /** Per request, in milliseconds (default 10,000). */
+  timeoutMs?: number;
+  /** How many times a 429, a 503 or a refused connection is retried (default 3). */
+  retries?: number;
+  /** The longest single wait before a retry, in milliseconds (default 30,000). */
+  maxRetryWaitMs?: number;
+  /** For tests: how to wait. */
+  sleep?: (ms: number) => Promise<void>;
+  /** For tests or proxies: which fetch to use. */
+  fetch?: typeof fetch;
+}
+
+interface Answer {
+  status: number;
+  headers: Headers;
+  body: ArrayBuffer;
+}
+
+const RETRYABLE = new Set([429, 503]);
+const IDEMPOTENT = new Set(["GET", "HEAD", "PUT", "DELETE", "OPTIONS"]);
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+const segment = (s: string) => encodeURIComponent(s);
+
+function refused(e: unknown): boolean {
+  const cause = (e as { cause?: { code?: string } })?.cause;
+  return cause?.code === "ECONNREFUSED";
+}
+
+class Transport {
+  readonly baseUrl: string;
+  readonly #key: string;
+  readonly #o: Required<Omit<ClientOptions, "fetch">> & { fetch: typeof fetch };
+
+  constructor(baseUrl: string, apiKey: string, options: ClientOptions) {
+    if (!/^https?:\/\//.test(baseUrl)) throw new TypeError("baseUrl must start with http:// or https://");
+    this.baseUrl = baseUrl.replace(/\/+$/, "");
+    this.#key = apiKey;
+    this.#o = {
+      timeoutMs: options.timeoutMs ?? 10_000,
+      retries: options.retries ?? 3,
+      maxRetryWaitMs: options.maxRetryWaitMs ?? 30_000,
+      sleep: options.sleep ?? sleep,
+      fetch: options.fetch ?? globalThis.fetch.bind(globalThis),
+    };
+  }
+
+  url(segments: string[], query?: Record<string, string | number | boolean | undefined>): string {
+    let url = `${this.baseUrl}/${segments.map(segment).join("/")}`;
+    const pairs = Object.entries(query ?? {}).filter(([, v]) => v !== undefined);
+    if (pairs.length) url += "?" + new URLSearchParams(pairs.map(([k, v]) => [k, String(v)])).toString();
+    return url;
+  }
+
+  /** One request; 429/503 sent again after `Retry-After` (bounded), a refused connection
+   * too; any other answer comes back as it is. */
+  async send(method: string, url: string, body?: BodyInit, headers?: Record<string, string>): Promise<Answer> {
+    const all = { authorization: `Bearer ${this.#key}`, accept: "application/json", ...headers };
+    for (let attempt = 0; ; attempt++) {
+      let answer: Answer;
+      try {
+        const r = await this.#o.fetch(url, {
+          method,
+          headers: all,
+          body,
+          redirect: "manual",
+          signal: AbortSignal.timeout(this.#o.timeoutMs),
+        });
+        answer = { status: r.status, headers: r.headers, body: await r.arrayBuffer() };
+      } catch (e) {
+        if ((refused(e) || IDEMPOTENT.has(method)) && attempt < this.#o.retries) {
+          await this.#o.sleep(Math.min(1000 * 2 ** attempt, this.#o.maxRetryWaitMs));
+          continue;
+        }
+        throw new ConnectionFailed(`cannot reach oauthd at ${this.baseUrl}: ${(e as Error).message}`);
+      }
+      if (RETRYABLE.has(answer.status) && attempt < this.#o.retries) {
+        await this.#o.sleep(this.#wait(answer, attempt));
+        continue;
+      }
+      return answer;
+    }
+  }
+
+  #wait(answer: Answer, attempt: number): number {
+    const seconds = Number(answer.headers.get("retry-after"));
+    const ms = Number.isFinite(seconds) && seconds >= 0 && answer.headers.has("retry-after")
+      ? seconds * 1000
+      : 1000 * 2 ** attempt;
+    return Math.min(ms, this.#o.maxRetryWaitMs);
+  }
+
+  /** A JSON call: the parsed answer when its status is in `ok`, else the problem thrown. */
+  async call<T>(
+    method: string,
+    segments: string[],
+    { json, query, ok = [200, 201, 204] }: {
+      json?: unknown;
+      query?: Record<string, string | number | boolean | undefined>;
+      ok?: number[];
+    } = {},
+  ): Promise<T> {
+    const body = json === undefined ? undefined : JSON.stringify(json);
+    const headers: Record<string, string> = body === undefined ? {} : { "content-type": "application/json" };
+    const answer = await this.send(method, this.url(segments, query), body, headers);
+    if (!ok.includes(answer.status)) throw problemOf(answer);
+    const text = new TextDecoder().decode(answer.body);
+    return (text ? JSON.parse(text) : undefined) as T;
+  }
+}
+
+function problemOf(answer: Answer): OauthdError {
+  const text = new TextDecoder().decode(answer.body);
+  let problem: Record<string, unknown>;
+  try {
+    const parsed: unknown = JSON.parse(text);
+    problem = parsed && typeof parsed === "object" && !Array.isArray(parsed)
+      ? (parsed as Record<string, unknown>)
+      : { code: "unexpected_answer", detail: text.slice(0, 200) };
+  } catch {
+    problem = { code: "unexpected_answer", detail: text.slice(0, 200) };
+  }
+  const header = answer.headers.get("retry-after");
+  return errorFor(answer.status, problem, header === null ? undefined : Number(header));
+}
+
+const defined = <T extends object>(o: T) =>
+  Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined));
+
+/** Short-lived secrets: `POST /v1/states` and what follows. */
+export class States {
+  constructor(private readonly t: Transport) {}
+
+  create(namespace: string, options: CreateOptions = {}): Promise<CreatedState> {
+    return this.t.call("POST", ["v1", "states"], { json: { namespace, ...defined(options) } });
+  }
+
+  /** Once: the next call for the same state throws NotFound. */
+  consume(state: string, namespace: string): Promise<State> {
+    return this.t.call("POST", ["v1", "states", "consume"], { json: { state, namespace } });
+  }
+
+  /** Without consuming; `touch` slides a sliding state's expiry. */
+  verify(state: string, namespace: string, options: { touch?: boolean } = {}): Promise<State> {
+    return this.t.call("POST", ["v1", "states", "verify"], { json: { state, namespace, ...defined(options) } });
+  }
+
+  /** Consumes on a match; throws WrongSecret (with `attemptsLeft`) otherwise. */
+  attempt(state: string, namespace: string, secret: string): Promise<State> {
+    return this.t.call("POST", ["v1", "states", "attempt"], { json: { state, namespace, secret } });
+  }
+
+  async revoke(state: string, namespace: string): Promise<void> {
+    await this.t.call("POST", ["v1", "states", "revoke"], { json: { state, namespace } });
+  }
+
+  async listSubject(namespace: string, subject: string): Promise<SubjectState[]> {
+    const answer = await this.t.call<{ states: SubjectState[] }>("GET", [
+      "v1", "namespaces", namespace, "subjects", subject, "states",
+    ]);
+    return answer.states;
+  }
+
+  /** "Sign out everywhere": how many were revoked. */
+  async revokeSubject(namespace: string, subject: string): Promise<number> {
+    const answer = await this.t.call<{ revoked: number }>("DELETE", [
+      "v1", "namespaces", namespace, "subjects", subject, "states",
+    ]);
+    return answer.revoked;
+  }
+
+  /** "Sign out that device", by the id `create` answered. */
+  async revokeId(namespace: string, id: string): Promise<void> {
+    await this.t.call("DELETE", ["v1", "namespaces", namespace, "states", id]);
+  }
+}
+
+/** Connected accounts and their fresh access tokens. */
+export class Connections {
+  constructor(private readonly t: Transport) {}
+
+  /** A token valid for at least `minTtl` seconds (oauthd's default: 60), refreshed first
+   * when needed; throws NeedsReauth when a person must connect again. */
+  token(provider: string, account = "default", options: { minTtl?: number } = {}): Promise<AccessToken> {
+    return this.t.call("GET", ["v1", "connections", provider, account, "token"], {
+      query: { min_ttl: options.minTtl },
+    });
+  }
+
+  async list(): Promise<Connection[]> {
+    return (await this.t.call<{ connections: Connection[] }>("GET", ["v1", "connections"])).connections;
+  }
+
+  get(provider: string, account = "default"): Promise<Connection> {
+    return this.t.call("GET", ["v1", "connections", provider, account]);
+  }
+
+  importTokens(provider: string, account: string, accessToken: string, options: ImportOptions = {}): Promise<Connection> {
+    return this.t.call("PUT", ["v1", "connections", provider, account], {
+      json: { access_token: accessToken, ...defined(options) },
+    });
+  }
+
+  /** Revokes at the provider, then deletes; `{}` when revoked, else what was not. */
+  async delete(provider: string, account = "default", options: { force?: boolean } = {}): Promise<Record<string, unknown>> {
+    const answer = await this.t.call<Record<string, unknown> | undefined>("DELETE", ["v1", "connections", provider, account], {
+      query: { force: options.force ? "true" : undefined },
+    });
+    return answer ?? {};
+  }
+}
+
+export class Connect {
+  constructor(private readonly t: Transport) {}
+
+  /** Where to send the person (authorization code + PKCE, run by oauthd). */
+  start(provider: string, options: { account?: string; return_to?: string } = {}): Promise<ConnectStarted> {
+    return this.t.call("POST", ["v1", "connect", provider], { json: defined(options) });
+  }
+}
+
+/** The device flow (RFC 8628): a code the person enters on another device. */
+export class Device {
+  constructor(private readonly t: Transport, private readonly wait: (ms: number) => Promise<void>) {}
+
+  start(provider: string, options: { account?: string } = {}): Promise<DeviceStarted> {
+    return this.t.call("POST", ["v1", "device", provider], { json: defined(options) });
+  }
+
+  /** Every final status is an answer, not an error: 200, 202, 403, 410, 502. */
+  status(provider: string, id: string): Promise<DeviceStatus> {
+    return this.t.call("GET", ["v1", "device", provider, id], { ok: [200, 202, 403, 410, 502] });
+  }
+
+  /** Waits until the flow is no longer pending and returns how it ended; throws after
+   * `timeoutMs`. */
+  async pollUntilDone(
+    provider: string,
+    id: string,
+    options: { timeoutMs?: number; intervalMs?: number } = {},
+  ): Promise<DeviceStatus> {
+    const deadline = options.timeoutMs === undefined ? Infinity : Date.now() + options.timeoutMs;
+    for (;;) {
+      const status = await this.status(provider, id);
+      if (status.status !== "pending") return status;
+      if (Date.now() >= deadline) throw new Error(`device flow ${id} still pending after ${options.timeoutMs} ms`);
+      const interval = options.intervalMs ?? Math.max(1, status.interval) * 1000;
+      await this.wait(Math.max(0, Math.min(interval, deadline - Date.now())));
+    }
+  }
+}
+
+export interface ProxyResponse {
+  status: number;
+  headers: Headers;
+  body: ArrayBuffer;
+  json<T = unknown>(): T;
+  text(): string;
+}
+
+/** Calls to a provider's API through oauthd, which adds the account's token. */
+export class Proxy {
+  constructor(private readonly t: Transport) {}
+
+  /** The provider's answer as it is, whatever its status; oauthd's own problems
+   * (`needs_reauth`, `invalid_proxy_path`, …) are thrown. */
+  async request(
+    method: string,
+    provider: string,
+    account: string,
+    path: string,
+    options: { body?: BodyInit; json?: unknown; headers?: Record<string, string> } = {},
+  ): Promise<ProxyResponse> {
+    const headers = { ...options.headers };
+    let body = options.body;
+    if (options.json !== undefined) {
+      body = JSON.stringify(options.json);
+      headers["content-type"] ??= "application/json";
+    }
+    const url = `${this.t.url(["v1", "proxy", provider, account])}/${path.replace(/^\/+/, "")}`;
+    const answer = await this.t.send(method.toUpperCase(), url, body, headers);
+    if (isOauthdsProblem(answer)) throw problemOf(answer);
+    const text = () => new TextDecoder().decode(answer.body);
+    return { ...answer, text, json: <T>() => JSON.parse(text()) as T };
+  }
+
+  get(provider: string, account: string, path: string, options = {}): Promise<ProxyResponse> {
+    return this.request("GET", provider, account, path, options);
+  }
+
+  post(provider: string, account: string, path: string, options = {}): Promise<ProxyResponse> {
+    return this.request("POST", provider, account, path, options);
+  }
+}
+
+/** oauthd's own problem (its `type` is `urn:oauthd:problem:…`), not the provider's. */
+function isOauthdsProblem(answer: Answer): boolean {
+  if (!(answer.headers.get("content-type") ?? "").startsWith("application/problem+json")) return false;
+  try {
+    const type = JSON.parse(new TextDecoder().decode(answer.body))?.type;
+    return typeof type === "string" && type.startsWith("urn:oauthd:problem:");
+  } catch {
+    return false;
+  }
+}
+
+/** `new Client("http://127.0.0.1:6288", apiKey)`: `states`, `connections`, `connect`,
+ * `device`, `proxy`. 429 and 503 are retried after their `Retry-After` (bounded); errors
+ * throw `OauthdError` subclasses carrying the problem's `code`. */
+export class Client {
+  readonly states: States;
+  readonly connections: Connections;
+  readonly connect: Connect;
+  readonly device: Device;
+  readonly proxy: Proxy;
+
+  constructor(baseUrl: string, apiKey: string, options: ClientOptions = {}) {
+    const t = new Transport(baseUrl, apiKey, options);
+    this.states = new States(t);
+    this.connections = new Connections(t);
+    this.connect = new Connect(t);
+    this.device = new Device(t, options.sleep ?? sleep);
+    this.proxy = new Proxy(t);
+  }
+}

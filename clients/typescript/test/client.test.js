@@ -1,0 +1,176 @@
+// The client against a real oauthd (tests/it/clients.rs starts it, with a real OpenID
+// provider as `OAUTHD_PROVIDER`, account `default` connected; `OAUTHD_PERSON_DIR` is where a
+// device flow's user code goes for the person on the other device), and its retry rules
+// against a server that answers what oauthd only does under faults.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { createServer } from "node:http";
+import { randomUUID } from "node:crypto";
+import { renameSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import {
+  Client, ConnectionFailed, Gone, NotFound, OauthdError, Unauthorized, Unavailable, WrongSecret,
+} from "../dist/index.js";
+
+const { OAUTHD_URL, OAUTHD_KEY, OAUTHD_PROVIDER: provider, OAUTHD_PERSON_DIR } = process.env;
+const live = { skip: !OAUTHD_URL && "OAUTHD_URL is not set: run through `cargo test --test it clients`" };
+const oauthd = () => new Client(OAUTHD_URL, OAUTHD_KEY, { retries: 2, maxRetryWaitMs: 2000 });
+const ns = () => `node:${randomUUID().slice(0, 12)}`;
+
+test("a state is consumed exactly once", live, async () => {
+  const c = oauthd();
+  const space = ns();
+  const created = await c.states.create(space, { ttl_seconds: 600, data: { verifier: "v1" } });
+  assert.equal(created.state.length, 43);
+  assert.deepEqual((await c.states.verify(created.state, space)).data, { verifier: "v1" });
+  assert.deepEqual((await c.states.consume(created.state, space)).data, { verifier: "v1" });
+  await assert.rejects(c.states.consume(created.state, space), (e) => {
+    assert.ok(e instanceof NotFound);
+    assert.equal(e.code, "state_not_found");
+    assert.equal(e.status, 404);
+    return true;
+  });
+});
+
+test("a two-factor code allows its attempts and no more", live, async () => {
+  const c = oauthd();
+  const space = ns();
+  const created = await c.states.create(space, { ttl_seconds: 300, subject: "alice", secret: "123456", max_attempts: 2 });
+  await assert.rejects(c.states.consume(created.state, space), (e) => e.code === "secret_required");
+  await assert.rejects(c.states.attempt(created.state, space, "000000"),
+    (e) => e instanceof WrongSecret && e.attemptsLeft === 1);
+  assert.equal((await c.states.attempt(created.state, space, "123456")).subject, "alice");
+  const usedUp = await c.states.create(space, { secret: "123456", max_attempts: 1 });
+  await assert.rejects(c.states.attempt(usedUp.state, space, "999999"),
+    (e) => e instanceof WrongSecret && e.attemptsLeft === 0);
+  await assert.rejects(c.states.attempt(usedUp.state, space, "123456"), NotFound);
+});
+
+test("sessions are listed per subject and signed out", live, async () => {
+  const c = oauthd();
+  const space = ns();
+  const first = await c.states.create(space, { subject: "bob", sliding: true, ttl_seconds: 600, data: { device: "phone" } });
+  const second = await c.states.create(space, { subject: "bob", data: { device: "laptop" } });
+  const listed = await c.states.listSubject(space, "bob");
+  assert.deepEqual(listed.map((s) => s.data.device).sort(), ["laptop", "phone"]);
+  const touched = await c.states.verify(first.state, space, { touch: true });
+  assert.ok(touched.expires_at >= first.expires_at);
+  await c.states.revokeId(space, second.id);
+  assert.deepEqual((await c.states.listSubject(space, "bob")).map((s) => s.id), [first.id]);
+  assert.equal(await c.states.revokeSubject(space, "bob"), 1);
+  await assert.rejects(c.states.verify(first.state, space), NotFound);
+  const third = await c.states.create(space);
+  await c.states.revoke(third.state, space);
+  await assert.rejects(c.states.revoke(third.state, space), NotFound);
+});
+
+test("an expired state is gone", live, async () => {
+  const c = oauthd();
+  const space = ns();
+  const created = await c.states.create(space, { ttl_seconds: 1 });
+  await new Promise((r) => setTimeout(r, 2200));
+  await assert.rejects(c.states.consume(created.state, space), (e) => e instanceof Gone && e.code === "state_expired");
+});
+
+test("a wrong key is unauthorized", live, async () => {
+  const wrong = new Client(OAUTHD_URL, "oauthd_" + "x".repeat(43), { retries: 0 });
+  await assert.rejects(wrong.states.create("app"), (e) => e instanceof Unauthorized && e.code === "invalid_api_key");
+});
+
+test("a fresh token for the connected account", live, async () => {
+  const c = oauthd();
+  const token = await c.connections.token(provider, "default", { minTtl: 10 });
+  assert.ok(token.access_token);
+  assert.equal(token.token_type.toLowerCase(), "bearer");
+  const all = await c.connections.list();
+  assert.ok(all.some((x) => x.provider === provider && x.account === "default" && x.status === "active"));
+  assert.ok((await c.connections.get(provider)).has_refresh_token);
+  await assert.rejects(c.connections.token(provider, "nobody"), (e) => e.code === "connection_not_found");
+});
+
+test("the proxy reaches the provider's API with the token", live, async () => {
+  const c = oauthd();
+  const answer = await c.proxy.get(provider, "default", "me");
+  assert.equal(answer.status, 200, answer.text());
+  assert.equal(answer.json().sub, "alice");
+  await assert.rejects(c.proxy.get(provider, "default", "a%5c..%5csecret"), (e) => e.code === "invalid_proxy_path");
+});
+
+test("imported tokens make a connection and delete ends it", live, async () => {
+  const c = oauthd();
+  const imported = await c.connections.importTokens(provider, "imported-js", "at-" + randomUUID(), { expires_in: 3600 });
+  assert.equal(imported.account, "imported-js");
+  assert.ok((await c.connections.token(provider, "imported-js")).access_token.startsWith("at-"));
+  await c.connections.delete(provider, "imported-js", { force: true });
+  await assert.rejects(c.connections.get(provider, "imported-js"), NotFound);
+});
+
+test("connect.start gives the provider's address", live, async () => {
+  const started = await oauthd().connect.start(provider, { account: "second-js" });
+  assert.match(started.authorize_url, /code_challenge=/);
+  assert.ok(started.redirect_uri.endsWith(`/callback/${provider}`));
+});
+
+test("a device flow ends connected when the person approves", live, async () => {
+  const c = oauthd();
+  const started = await c.device.start(provider, { account: "tv-js" });
+  assert.ok(started.user_code);
+  // The person enters the code on another device (the harness plays them).
+  writeFileSync(join(OAUTHD_PERSON_DIR, "device.tmp"), started.user_code);
+  renameSync(join(OAUTHD_PERSON_DIR, "device.tmp"), join(OAUTHD_PERSON_DIR, "device"));
+  const done = await c.device.pollUntilDone(provider, started.id, { timeoutMs: 60_000, intervalMs: 500 });
+  assert.equal(done.status, "connected", JSON.stringify(done));
+  assert.ok((await c.connections.token(provider, "tv-js")).access_token);
+});
+
+/** A server answering its scripted statuses in turn, then 201 with a state. */
+async function faulty(script) {
+  const seen = [];
+  const server = createServer((req, res) => {
+    seen.push(req.headers.authorization);
+    req.resume();
+    req.on("end", () => {
+      const [status, headers] = script.shift() ?? [201, {}];
+      const body = status >= 400
+        ? { type: "urn:oauthd:problem:x", code: "storage_unavailable", detail: "d" }
+        : { state: "s".repeat(43), id: randomUUID(), namespace: "app", subject: null, created_at: "x", expires_at: "y" };
+      res.writeHead(status, { ...headers, "content-type": status >= 400 ? "application/problem+json" : "application/json" });
+      res.end(JSON.stringify(body));
+    });
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return { url: `http://127.0.0.1:${server.address().port}`, seen, close: () => server.close() };
+}
+
+test("Retry-After is honoured for 503 and 429 a bounded number of times", async () => {
+  const script = [[503, { "retry-after": "1" }], [429, { "retry-after": "120" }]];
+  const s = await faulty(script);
+  try {
+    const waits = [];
+    const c = new Client(s.url, "oauthd_k", { retries: 3, maxRetryWaitMs: 5000, sleep: async (ms) => { waits.push(ms); } });
+    assert.equal((await c.states.create("app")).namespace, "app");
+    assert.deepEqual(waits, [1000, 5000]);
+    assert.equal(s.seen.length, 3);
+    assert.equal(s.seen[0], "Bearer oauthd_k");
+    waits.length = 0;
+    script.push(...Array(4).fill([503, { "retry-after": "2" }]));
+    await assert.rejects(c.states.create("app"),
+      (e) => e instanceof Unavailable && e.retryAfter === 2 && e.code === "storage_unavailable");
+    assert.deepEqual(waits, [2000, 2000, 2000]);
+  } finally {
+    s.close();
+  }
+});
+
+test("an unreachable oauthd is a clear error", async () => {
+  // A port nothing listens on (fetch refuses some well-known ones outright).
+  const probe = createServer();
+  await new Promise((r) => probe.listen(0, "127.0.0.1", r));
+  const port = probe.address().port;
+  await new Promise((r) => probe.close(r));
+  const waits = [];
+  const c = new Client(`http://127.0.0.1:${port}`, "oauthd_k", { retries: 2, sleep: async (ms) => { waits.push(ms); } });
+  await assert.rejects(c.states.create("app"), (e) => e instanceof ConnectionFailed && /cannot reach oauthd/.test(e.message));
+  assert.equal(waits.length, 2);
+  assert.ok(OauthdError);
+});
