@@ -9,6 +9,7 @@ mod broker;
 mod cli;
 mod clients;
 mod device;
+mod examples;
 mod migrations;
 mod notify;
 mod openapi;

@@ -32,6 +32,16 @@ const provider = new Provider(issuer, {
       response_types: ['code'],
       token_endpoint_auth_method: 'client_secret_basic',
     },
+    {
+      // examples/express-oauth, which runs its own authorization-code flow.
+      client_id: 'express-example',
+      client_secret: secret,
+      application_type: 'native',
+      redirect_uris: ['http://127.0.0.1/callback'],
+      grant_types: ['authorization_code'],
+      response_types: ['code'],
+      token_endpoint_auth_method: 'client_secret_basic',
+    },
   ],
   pkce: { required: () => true },
   rotateRefreshToken: true,

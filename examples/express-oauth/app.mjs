@@ -1,0 +1,150 @@
+// An Express app that signs people in with an OpenID provider by its own authorization-code
+// flow (PKCE), then guards an action with a 2FA code — and keeps every short-lived secret in
+// oauthd instead of in memory or a Redis of its own:
+//
+//   the OAuth state and PKCE verifier   oauthd state, 60 minutes, consumed once on /callback
+//   the session                          oauthd state, 24 h sliding, verified on each request
+//   the 2FA code                         oauthd state with a secret, 5 minutes, 5 attempts
+//
+// Restart the app (or oauthd) in the middle of a sign-in, or let the person take a quarter
+// of an hour over the provider's own 2FA: the sign-in still finishes.
+//
+// Environment: OAUTHD_URL, OAUTHD_KEY; ISSUER (the provider), CLIENT_ID, CLIENT_SECRET;
+// PORT (0: a free one); CODE_OUTBOX (a file the 2FA code is "sent" to; a real app mails it).
+import express from "express";
+import { createHash, randomBytes, randomInt } from "node:crypto";
+import { appendFileSync } from "node:fs";
+import { Client, Gone, NotFound, WrongSecret } from "oauthd-client";
+
+const env = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set`);
+  return value;
+};
+const oauthd = new Client(env("OAUTHD_URL"), env("OAUTHD_KEY"));
+const issuer = env("ISSUER");
+const client = { id: env("CLIENT_ID"), secret: env("CLIENT_SECRET") };
+const meta = await (await fetch(`${issuer}/.well-known/openid-configuration`)).json();
+
+const SIGN_IN = "express:oauth"; // the OAuth state: one per sign-in, consumed on /callback
+const SESSIONS = "express:session"; // one per signed-in browser
+const CODES = "express:2fa"; // one per 2FA challenge
+
+const b64url = (bytes) => Buffer.from(bytes).toString("base64url");
+const page = (res, status, text) => res.status(status).type("text/plain").send(text + "\n");
+const cookie = (req, name) =>
+  (req.headers.cookie ?? "").split(/;\s*/).map((c) => c.split("=")).find(([k]) => k === name)?.[1];
+
+const app = express();
+app.use(express.urlencoded({ extended: false }));
+
+app.get("/login", async (req, res) => {
+  const verifier = b64url(randomBytes(32));
+  // The state and the verifier live in oauthd: 60 minutes, whatever restarts meanwhile.
+  const { state } = await oauthd.states.create(SIGN_IN, { ttl_seconds: 3600, data: { verifier } });
+  const redirectUri = `${req.protocol}://${req.get("host")}/callback`;
+  const url = new URL(meta.authorization_endpoint);
+  url.search = new URLSearchParams({
+    response_type: "code",
+    client_id: client.id,
+    redirect_uri: redirectUri,
+    scope: "openid",
+    state,
+    code_challenge: b64url(createHash("sha256").update(verifier).digest()),
+    code_challenge_method: "S256",
+  }).toString();
+  res.redirect(url.toString());
+});
+
+app.get("/callback", async (req, res) => {
+  const { state, code, iss, error } = req.query;
+  if (typeof state !== "string") return page(res, 400, "no state: start again at /login");
+  let signIn;
+  try {
+    // Exactly once: a replayed callback finds nothing.
+    signIn = await oauthd.states.consume(state, SIGN_IN);
+  } catch (e) {
+    if (e instanceof Gone) return page(res, 410, "this sign-in took too long: start again at /login");
+    if (e instanceof NotFound) return page(res, 400, "unknown or already used sign-in: start again at /login");
+    throw e;
+  }
+  if (error) return page(res, 403, `the provider said: ${error}`);
+  if (iss !== issuer) return page(res, 400, "the answer did not come from the provider");
+  const token = await fetch(meta.token_endpoint, {
+    method: "POST",
+    headers: {
+      authorization: `Basic ${Buffer.from(`${client.id}:${client.secret}`).toString("base64")}`,
+      "content-type": "application/x-www-form-urlencoded",
+    },
+    body: new URLSearchParams({
+      grant_type: "authorization_code",
+      code,
+      redirect_uri: `${req.protocol}://${req.get("host")}/callback`,
+      code_verifier: signIn.data.verifier,
+    }),
+  });
+  if (!token.ok) return page(res, 502, `the provider refused the code (${token.status})`);
+  const { access_token } = await token.json();
+  const me = await (await fetch(meta.userinfo_endpoint, { headers: { authorization: `Bearer ${access_token}` } })).json();
+  // The session: 24 h, sliding on each request; listed and revoked per user.
+  const session = await oauthd.states.create(SESSIONS, {
+    subject: me.sub, sliding: true, ttl_seconds: 86400, data: { sub: me.sub },
+  });
+  res.setHeader("set-cookie", `session=${session.state}; HttpOnly; SameSite=Lax; Path=/`);
+  page(res, 200, `signed in as ${me.sub}`);
+});
+
+/** The signed-in person, from the session cookie (verified, and its expiry slid). */
+async function person(req) {
+  const value = cookie(req, "session");
+  if (!value) return undefined;
+  try {
+    return (await oauthd.states.verify(value, SESSIONS, { touch: true })).subject;
+  } catch (e) {
+    if (e instanceof NotFound || e instanceof Gone) return undefined;
+    throw e;
+  }
+}
+
+app.get("/me", async (req, res) => {
+  const who = await person(req);
+  if (!who) return page(res, 401, "not signed in: /login");
+  page(res, 200, `signed in as ${who}`);
+});
+
+app.post("/2fa/start", async (req, res) => {
+  const who = await person(req);
+  if (!who) return page(res, 401, "not signed in: /login");
+  const code = String(randomInt(0, 1_000_000)).padStart(6, "0");
+  // One challenge per person (replace), 5 minutes, 5 attempts; oauthd keeps only a hash.
+  const challenge = await oauthd.states.create(CODES, {
+    subject: who, secret: code, max_attempts: 5, ttl_seconds: 300, replace: true,
+  });
+  appendFileSync(env("CODE_OUTBOX"), `${who} ${code}\n`); // a real app mails or texts it
+  res.json({ challenge: challenge.state });
+});
+
+app.post("/2fa/verify", async (req, res) => {
+  const { challenge, code } = req.body;
+  try {
+    const done = await oauthd.states.attempt(String(challenge), CODES, String(code));
+    page(res, 200, `verified ${done.subject}`);
+  } catch (e) {
+    if (e instanceof WrongSecret) {
+      return e.attemptsLeft > 0
+        ? page(res, 403, `wrong code: ${e.attemptsLeft} attempts left`)
+        : page(res, 403, "wrong code: no attempts left, ask for a new one");
+    }
+    if (e instanceof NotFound || e instanceof Gone) return page(res, 410, "this code is no longer valid: ask for a new one");
+    throw e;
+  }
+});
+
+app.use((err, req, res, _next) => {
+  console.error(err);
+  page(res, 503, "something went wrong: try again");
+});
+
+const server = app.listen(Number(process.env.PORT ?? 3000), "127.0.0.1", () => {
+  console.log(`express-oauth listening on http://127.0.0.1:${server.address().port}`);
+});

@@ -1,0 +1,367 @@
+//! The example apps (examples/), end to end against a real oauthd and the real test
+//! provider: what their READMEs promise, checked from outside like a browser or a caller.
+
+use crate::common::{self, peer::Peer, Home};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A process that prints "... listening on URL" once it serves; killed by PID when dropped.
+struct Listening {
+    child: Child,
+    url: String,
+}
+
+impl Listening {
+    fn start(mut cmd: Command, log: &Path) -> Listening {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
+            .spawn()
+            .expect("start the example");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some((_, url)) = line.split_once(" listening on ") {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(url) => Listening { child, url },
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the example did not start: {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// libfaketime (Debian package `faketime`, installed by scripts/test), found where dpkg put it.
+fn libfaketime() -> String {
+    let out = Command::new("dpkg")
+        .args(["-L", "libfaketime"])
+        .output()
+        .expect("dpkg");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.ends_with("/libfaketime.so.1"))
+        .expect("libfaketime is not installed: run scripts/test (Debian package faketime)")
+        .to_owned()
+}
+
+/// oauthd on a clock that `clock_file` moves ("+660": eleven minutes ahead), while its
+/// timers keep real time: virtual minutes pass at once.
+fn oauthd_on_a_virtual_clock(home: &Home, clock_file: &Path) -> common::Daemon {
+    std::fs::write(clock_file, "+0").unwrap();
+    home.start_via_shell(&format!(
+        "export LD_PRELOAD='{}' FAKETIME_TIMESTAMP_FILE='{}' FAKETIME_NO_CACHE=1 \
+         FAKETIME_DONT_FAKE_MONOTONIC=1; exec \"$@\"",
+        libfaketime(),
+        clock_file.display()
+    ))
+}
+
+async fn body(resp: reqwest::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn express_signs_in_a_slow_user_and_checks_2fa_codes_with_state_in_oauthd() {
+    let dir = root().join("examples/express-oauth");
+    assert!(
+        dir.join("node_modules/express").exists(),
+        "examples/express-oauth is not installed: run scripts/test (npm ci)"
+    );
+    let peer = Peer::start(3600);
+    let home = Home::new();
+    let key = home.create_key("express", &["express:*"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = tmp.path().join("clock");
+    let d = oauthd_on_a_virtual_clock(&home, &clock);
+    let outbox = tmp.path().join("codes");
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join("app.mjs"))
+        .current_dir(&dir)
+        .env("OAUTHD_URL", &d.url)
+        .env("OAUTHD_KEY", &key)
+        .env("ISSUER", &peer.issuer)
+        .env("CLIENT_ID", "express-example")
+        .env("CLIENT_SECRET", common::peer::CLIENT_SECRET)
+        .env("PORT", "0")
+        .env("CODE_OUTBOX", &outbox);
+    let app = Listening::start(cmd, &tmp.path().join("express.log"));
+    let http = common::no_redirects();
+    let get = |path: &str| http.get(format!("{}{path}", app.url));
+
+    // A sign-in where the person spends eleven minutes on the provider's own 2FA: a
+    // ten-minute in-memory state would be gone; the app's 60-minute state in oauthd is not.
+    let login = get("/login").send().await.unwrap();
+    assert_eq!(login.status(), 302);
+    let authorize = common::header(&login, "location");
+    assert!(authorize.starts_with(&peer.issuer), "{authorize}");
+    std::fs::write(&clock, "+660").unwrap();
+    let callback = peer.approve(&authorize).await;
+    assert!(
+        callback.starts_with(&format!("{}/callback?", app.url)),
+        "{callback}"
+    );
+    let resp = http.get(&callback).send().await.unwrap();
+    let session = common::header(&resp, "set-cookie");
+    assert_eq!(body(resp).await, (200, "signed in as alice\n".into()));
+    let session = session.split(';').next().unwrap().to_owned();
+    let me = get("/me").header("cookie", &session).send().await.unwrap();
+    assert_eq!(body(me).await, (200, "signed in as alice\n".into()));
+    // The same callback again: consumed exactly once.
+    let again = http.get(&callback).send().await.unwrap();
+    assert_eq!(body(again).await.0, 400);
+
+    // Past the hour the app chose, the sign-in is refused with its own words.
+    let login = get("/login").send().await.unwrap();
+    let authorize = common::header(&login, "location");
+    std::fs::write(&clock, "+4320").unwrap();
+    let callback = peer.approve(&authorize).await;
+    let late = http.get(&callback).send().await.unwrap();
+    assert_eq!(
+        body(late).await,
+        (
+            410,
+            "this sign-in took too long: start again at /login\n".into()
+        )
+    );
+
+    // A 2FA code: five attempts, then none; the right code once.
+    let start_2fa = || async {
+        let resp = http
+            .post(format!("{}/2fa/start", app.url))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let challenge: serde_json::Value = resp.json().await.unwrap();
+        let sent = std::fs::read_to_string(&outbox).unwrap();
+        let code = sent.lines().last().unwrap().split(' ').nth(1).unwrap();
+        (
+            challenge["challenge"].as_str().unwrap().to_owned(),
+            code.to_owned(),
+        )
+    };
+    let verify = |challenge: String, code: String| {
+        let http = http.clone();
+        let url = format!("{}/2fa/verify", app.url);
+        async move {
+            body(
+                http.post(url)
+                    .form(&[("challenge", challenge), ("code", code)])
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let wrong = |code: &str| if code == "000000" { "111111" } else { "000000" }.to_owned();
+    let (challenge, code) = start_2fa().await;
+    assert_eq!(
+        verify(challenge.clone(), wrong(&code)).await,
+        (403, "wrong code: 4 attempts left\n".into())
+    );
+    assert_eq!(
+        verify(challenge.clone(), code.clone()).await,
+        (200, "verified alice\n".into())
+    );
+    assert_eq!(verify(challenge, code).await.0, 410);
+    let (challenge, code) = start_2fa().await;
+    for left in (0..5).rev() {
+        let expected = if left > 0 {
+            format!("wrong code: {left} attempts left\n")
+        } else {
+            "wrong code: no attempts left, ask for a new one\n".into()
+        };
+        assert_eq!(
+            verify(challenge.clone(), wrong(&code)).await,
+            (403, expected)
+        );
+    }
+    assert_eq!(verify(challenge, code).await.0, 410);
+    // Five virtual minutes later a code is no longer valid, even the right one.
+    let (challenge, code) = start_2fa().await;
+    std::fs::write(&clock, "+4640").unwrap();
+    assert_eq!(
+        verify(challenge, code).await,
+        (
+            410,
+            "this code is no longer valid: ask for a new one\n".into()
+        )
+    );
+    drop(app);
+    assert!(!home.log_text().contains("panicked"));
+}
+
+/// A free loopback port (bound, then let go).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// oauthd on `port` of `home` (so that it can be restarted where apps expect it).
+fn oauthd_on(home: &Home, port: u16, log: &Path) -> Listening {
+    let mut cmd = Command::new(common::BIN);
+    cmd.arg("serve")
+        .arg("--db")
+        .arg(home.db())
+        .arg("--config")
+        .arg(home.config())
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "info")
+        .env_remove("OAUTHD_CONFIG");
+    Listening::start(cmd, log)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_music_gets_a_token_per_call_links_a_speaker_and_survives_an_oauthd_restart() {
+    let python = root().join("clients/python/.venv/bin/python");
+    assert!(
+        python.exists(),
+        "the Python client is not installed: run scripts/test"
+    );
+    let peer = Peer::start(3600);
+    let home = Home::new();
+    home.write_config(&peer.provider_toml("peer"));
+    let key = home.create_key("music", &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut daemon = oauthd_on(&home, port, &tmp.path().join("oauthd-1.log"));
+    let http = common::no_redirects();
+
+    // The listener's own account, connected in the browser (the provider approves).
+    let started: serde_json::Value = http
+        .post(format!("{}/v1/connect/peer", daemon.url))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let callback = peer
+        .approve(started["authorize_url"].as_str().unwrap())
+        .await;
+    let connected = http.get(&callback).send().await.unwrap();
+    assert_eq!(connected.status(), 200);
+
+    let mut cmd = Command::new(&python);
+    cmd.arg(root().join("examples/python-music/app.py"))
+        .env("OAUTHD_URL", &daemon.url)
+        .env("OAUTHD_KEY", &key)
+        .env("PROVIDER", "peer")
+        .env("MUSIC_API", format!("{}/me", peer.issuer))
+        .env("PORT", "0");
+    let music = Listening::start(cmd, &tmp.path().join("music.log"));
+    let now_playing = |account: &str| {
+        let url = format!("{}/now-playing?account={account}", music.url);
+        let http = http.clone();
+        async move {
+            let resp = http.get(url).send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    for _ in 0..5 {
+        let (status, body) = now_playing("default").await;
+        assert_eq!(
+            (status, body["listener"].as_str()),
+            (200, Some("alice")),
+            "{body}"
+        );
+    }
+
+    // A second account, for a speaker, by the device flow.
+    let speaker: serde_json::Value = http
+        .post(format!("{}/speakers", music.url))
+        .json(&serde_json::json!({"account": "kitchen"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let user_code = speaker["user_code"]
+        .as_str()
+        .expect("a user code")
+        .to_owned();
+
+    // oauthd restarts in the middle: a call made while it is down is answered once it is
+    // back, and the pending device flow carries on.
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    let during = tokio::spawn(now_playing("default"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    daemon = oauthd_on(&home, port, &tmp.path().join("oauthd-2.log"));
+    let (status, body) = during.await.unwrap();
+    assert_eq!(
+        (status, body["listener"].as_str()),
+        (200, Some("alice")),
+        "{body}"
+    );
+
+    let page = peer.verify_device(&user_code, true).await;
+    assert!(!page.contains("error"), "{page}");
+    let mut linked = false;
+    for _ in 0..300 {
+        let status: serde_json::Value = http
+            .get(format!("{}/speakers/kitchen", music.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["status"] == "connected" {
+            linked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(linked, "the speaker's device flow did not end connected");
+    let (status, body) = now_playing("kitchen").await;
+    assert_eq!(
+        (status, body["listener"].as_str()),
+        (200, Some("alice")),
+        "{body}"
+    );
+    let (status, _) = now_playing("nobody").await;
+    assert_eq!(status, 404);
+    drop(music);
+    drop(daemon);
+    for log in ["oauthd-1.log", "oauthd-2.log"] {
+        let text = std::fs::read_to_string(tmp.path().join(log)).unwrap();
+        assert!(!text.contains("panicked"), "{text}");
+    }
+}
