@@ -165,6 +165,7 @@ impl ToSchema for AccountName {}
 /// `POST /v1/states`.
 #[derive(serde::Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"namespace": "myapp:2fa", "ttl_seconds": 300, "subject": "alice", "secret": "123456", "max_attempts": 5, "data": {"action": "login"}}))]
 #[allow(dead_code)]
 pub struct CreateState {
     pub namespace: NamespaceName,
@@ -199,6 +200,7 @@ pub struct CreateState {
 /// A state and its namespace: consume, revoke.
 #[derive(serde::Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"state": "AZRQd2xYk3xw2r8n0cPzq1m2bF4sT7uV9wXyZaBcDeF", "namespace": "myapp:oauth"}))]
 #[allow(dead_code)]
 pub struct StateKey {
     pub state: StateValueText,
@@ -208,6 +210,7 @@ pub struct StateKey {
 /// `POST /v1/states/verify`.
 #[derive(serde::Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"state": "AZRQd2xYk3xw2r8n0cPzq1m2bF4sT7uV9wXyZaBcDeF", "namespace": "myapp:session", "touch": true}))]
 #[allow(dead_code)]
 pub struct VerifyState {
     pub state: StateValueText,
@@ -219,6 +222,7 @@ pub struct VerifyState {
 /// `POST /v1/states/attempt`.
 #[derive(serde::Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"state": "AZRQd2xYk3xw2r8n0cPzq1m2bF4sT7uV9wXyZaBcDeF", "namespace": "myapp:2fa", "secret": "123456"}))]
 #[allow(dead_code)]
 pub struct AttemptState {
     pub state: StateValueText,
@@ -230,6 +234,7 @@ pub struct AttemptState {
 /// `POST /v1/connect/{provider}`.
 #[derive(serde::Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"account": "default"}))]
 #[allow(dead_code)]
 pub struct ConnectRequest {
     pub account: Option<AccountName>,
@@ -240,6 +245,7 @@ pub struct ConnectRequest {
 /// `POST /v1/device/{provider}`.
 #[derive(serde::Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"account": "living-room"}))]
 #[allow(dead_code)]
 pub struct DeviceRequest {
     pub account: Option<AccountName>,
@@ -248,6 +254,7 @@ pub struct DeviceRequest {
 /// `PUT /v1/connections/{provider}/{account}`: tokens an app obtained itself.
 #[derive(serde::Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"access_token": "ya29.a0…", "refresh_token": "1//0g…", "expires_in": 3599, "scope": "openid email", "token_type": "Bearer"}))]
 #[allow(dead_code)]
 pub struct ImportTokens {
     #[schema(min_length = 1)]
@@ -563,6 +570,27 @@ mod tests {
              described without a route (add it to v1_operations): {unrouted:?}"
         );
         assert!(routed.len() >= 22, "{routed:?}");
+    }
+
+    /// A route added beside the described ones, under `/v1`, is never reached: the `/v1`
+    /// scope answers every path below it, and takes its routes only from descriptions.
+    #[actix_web::test]
+    async fn a_v1_route_registered_without_a_description_is_unreachable() {
+        use actix_web::{test, web, App};
+        let app = test::init_service(
+            App::new()
+                .service(super::super::v1_scope())
+                .route("/v1/extra", web::get().to(|| async { "reached" })),
+        )
+        .await;
+        let req = test::TestRequest::get().uri("/v1/extra").to_request();
+        let resp = test::call_service(&app, req).await;
+        assert_eq!(resp.status(), 404);
+        let body = test::read_body(resp).await;
+        assert!(
+            String::from_utf8_lossy(&body).contains("\"not_found\""),
+            "{body:?}"
+        );
     }
 
     #[test]
