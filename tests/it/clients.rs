@@ -17,13 +17,7 @@ fn root() -> PathBuf {
 async fn run_suite(mut cmd: Command) -> String {
     let peer = Peer::start(3600);
     let home = Home::new();
-    let provider = peer.provider_toml("peer").replace(
-        "[providers.peer.authorize_params]",
-        &format!(
-            "api_base_url = \"{}/\"\n[providers.peer.authorize_params]",
-            peer.issuer
-        ),
-    );
+    let provider = peer.provider_toml_with_api("peer");
     home.write_config(&provider);
     let key = home.create_key("clients", &[]);
     let d = home.start();

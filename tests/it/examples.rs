@@ -260,16 +260,12 @@ async fn python_music_gets_a_token_per_call_links_a_speaker_and_survives_an_oaut
     let http = common::no_redirects();
 
     // The listener's own account, connected in the browser (the provider approves).
-    let started: serde_json::Value = http
-        .post(format!("{}/v1/connect/peer", daemon.url))
-        .bearer_auth(&key)
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let started = common::json(
+        http.post(format!("{}/v1/connect/peer", daemon.url))
+            .bearer_auth(&key)
+            .json(&serde_json::json!({})),
+    )
+    .await;
     let callback = peer
         .approve(started["authorize_url"].as_str().unwrap())
         .await;
@@ -303,15 +299,11 @@ async fn python_music_gets_a_token_per_call_links_a_speaker_and_survives_an_oaut
     }
 
     // A second account, for a speaker, by the device flow.
-    let speaker: serde_json::Value = http
-        .post(format!("{}/speakers", music.url))
-        .json(&serde_json::json!({"account": "kitchen"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let speaker = common::json(
+        http.post(format!("{}/speakers", music.url))
+            .json(&serde_json::json!({"account": "kitchen"})),
+    )
+    .await;
     let user_code = speaker["user_code"]
         .as_str()
         .expect("a user code")
@@ -335,14 +327,7 @@ async fn python_music_gets_a_token_per_call_links_a_speaker_and_survives_an_oaut
     assert!(!page.contains("error"), "{page}");
     let mut linked = false;
     for _ in 0..300 {
-        let status: serde_json::Value = http
-            .get(format!("{}/speakers/kitchen", music.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status = common::json(http.get(format!("{}/speakers/kitchen", music.url))).await;
         if status["status"] == "connected" {
             linked = true;
             break;

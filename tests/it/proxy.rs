@@ -101,13 +101,7 @@ async fn post(
 async fn the_real_providers_api_sees_a_real_token() {
     let peer = Peer::start(60);
     let home = Home::new();
-    let provider = peer.provider_toml("peer").replace(
-        "[providers.peer.authorize_params]",
-        &format!(
-            "api_base_url = \"{}/\"\n[providers.peer.authorize_params]",
-            peer.issuer
-        ),
-    );
+    let provider = peer.provider_toml_with_api("peer");
     // A second provider without an API: the proxy has nowhere to send.
     let plain = peer
         .provider_toml("other")

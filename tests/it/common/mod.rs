@@ -712,7 +712,17 @@ pub async fn connect_with_code(d: &Daemon, key: &str, provider: &str, account: &
     assert_eq!(status, 200, "{page}");
 }
 
-/// The session cookie's value from a sign-in answer.
+/// The JSON answer to `request` (whatever its status).
+pub async fn json(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("a JSON answer")
+}
+
 /// Sends the request and returns the body of whatever answer comes back.
 pub async fn text(request: reqwest::RequestBuilder) -> String {
     request.send().await.unwrap().text().await.unwrap()

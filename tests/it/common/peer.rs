@@ -107,6 +107,18 @@ impl Peer {
         )
     }
 
+    /// `provider_toml`, with this provider's own endpoints as the proxy's API
+    /// (`api_base_url`: its userinfo endpoint is `me`).
+    pub fn provider_toml_with_api(&self, name: &str) -> String {
+        self.provider_toml(name).replace(
+            &format!("[providers.{name}.authorize_params]"),
+            &format!(
+                "api_base_url = \"{}/\"\n[providers.{name}.authorize_params]",
+                self.issuer
+            ),
+        )
+    }
+
     fn browser() -> reqwest::Client {
         reqwest::Client::builder()
             .cookie_store(true)
