@@ -27,6 +27,7 @@ pub mod http;
 pub mod metrics;
 pub mod namespace;
 pub mod notify;
+pub mod numbers;
 pub mod oauth;
 pub mod proxy;
 pub mod read_cache;

@@ -10,7 +10,8 @@
 // of an hour over the provider's own 2FA: the sign-in still finishes.
 //
 // Environment: OAUTHD_URL, OAUTHD_KEY; ISSUER (the provider), CLIENT_ID, CLIENT_SECRET;
-// PORT (0: a free one); CODE_OUTBOX (a file the 2FA code is "sent" to; a real app mails it).
+// PORT (0: a free one); PUBLIC_URL (where browsers reach the app; default its loopback
+// address); CODE_OUTBOX (a file the 2FA code is "sent" to; a real app mails or texts it).
 import express from "express";
 import { createHash, randomBytes, randomInt } from "node:crypto";
 import { appendFileSync } from "node:fs";
@@ -32,6 +33,9 @@ const CODES = "express:2fa"; // one per 2FA challenge
 
 const b64url = (bytes) => Buffer.from(bytes).toString("base64url");
 const page = (res, status, text) => res.status(status).type("text/plain").send(text + "\n");
+let publicUrl = process.env.PUBLIC_URL; // set once listening when not configured
+const secure = () => (publicUrl.startsWith("https:") ? "; Secure" : "");
+const redirectUri = () => `${publicUrl}/callback`;
 const cookie = (req, name) =>
   (req.headers.cookie ?? "").split(/;\s*/).map((c) => c.split("=")).find(([k]) => k === name)?.[1];
 
@@ -42,12 +46,14 @@ app.get("/login", async (req, res) => {
   const verifier = b64url(randomBytes(32));
   // The state and the verifier live in oauthd: 60 minutes, whatever restarts meanwhile.
   const { state } = await oauthd.states.create(SIGN_IN, { ttl_seconds: 3600, data: { verifier } });
-  const redirectUri = `${req.protocol}://${req.get("host")}/callback`;
+  // ... and is bound to this browser: a callback link someone else started (to sign the
+  // victim in to the attacker's account) finds no matching cookie.
+  res.setHeader("set-cookie", `signin=${state}; HttpOnly; SameSite=Lax; Path=/callback; Max-Age=3600${secure()}`);
   const url = new URL(meta.authorization_endpoint);
   url.search = new URLSearchParams({
     response_type: "code",
     client_id: client.id,
-    redirect_uri: redirectUri,
+    redirect_uri: redirectUri(),
     scope: "openid",
     state,
     code_challenge: b64url(createHash("sha256").update(verifier).digest()),
@@ -59,6 +65,9 @@ app.get("/login", async (req, res) => {
 app.get("/callback", async (req, res) => {
   const { state, code, iss, error } = req.query;
   if (typeof state !== "string") return page(res, 400, "no state: start again at /login");
+  if (cookie(req, "signin") !== state) {
+    return page(res, 403, "this sign-in was not started in this browser: start again at /login");
+  }
   let signIn;
   try {
     // Exactly once: a replayed callback finds nothing.
@@ -68,8 +77,8 @@ app.get("/callback", async (req, res) => {
     if (e instanceof NotFound) return page(res, 400, "unknown or already used sign-in: start again at /login");
     throw e;
   }
-  if (error) return page(res, 403, `the provider said: ${error}`);
-  if (iss !== issuer) return page(res, 400, "the answer did not come from the provider");
+  if (error) return page(res, 403, "the provider did not sign you in: start again at /login");
+  if (iss !== issuer || typeof code !== "string") return page(res, 400, "the answer did not come from the provider");
   const token = await fetch(meta.token_endpoint, {
     method: "POST",
     headers: {
@@ -79,18 +88,23 @@ app.get("/callback", async (req, res) => {
     body: new URLSearchParams({
       grant_type: "authorization_code",
       code,
-      redirect_uri: `${req.protocol}://${req.get("host")}/callback`,
+      redirect_uri: redirectUri(),
       code_verifier: signIn.data.verifier,
     }),
   });
   if (!token.ok) return page(res, 502, `the provider refused the code (${token.status})`);
   const { access_token } = await token.json();
-  const me = await (await fetch(meta.userinfo_endpoint, { headers: { authorization: `Bearer ${access_token}` } })).json();
+  const info = await fetch(meta.userinfo_endpoint, { headers: { authorization: `Bearer ${access_token}` } });
+  if (!info.ok) return page(res, 502, `the provider did not say who you are (${info.status})`);
+  const me = await info.json();
   // The session: 24 h, sliding on each request; listed and revoked per user.
   const session = await oauthd.states.create(SESSIONS, {
     subject: me.sub, sliding: true, ttl_seconds: 86400, data: { sub: me.sub },
   });
-  res.setHeader("set-cookie", `session=${session.state}; HttpOnly; SameSite=Lax; Path=/`);
+  res.setHeader("set-cookie", [
+    `session=${session.state}; HttpOnly; SameSite=Lax; Path=/${secure()}`,
+    "signin=; HttpOnly; SameSite=Lax; Path=/callback; Max-Age=0",
+  ]);
   page(res, 200, `signed in as ${me.sub}`);
 });
 
@@ -112,6 +126,8 @@ app.get("/me", async (req, res) => {
   page(res, 200, `signed in as ${who}`);
 });
 
+// A real app also limits how often a person may ask for a new code: each new one comes with
+// five fresh attempts.
 app.post("/2fa/start", async (req, res) => {
   const who = await person(req);
   if (!who) return page(res, 401, "not signed in: /login");
@@ -125,9 +141,14 @@ app.post("/2fa/start", async (req, res) => {
 });
 
 app.post("/2fa/verify", async (req, res) => {
-  const { challenge, code } = req.body;
+  const who = await person(req);
+  if (!who) return page(res, 401, "not signed in: /login");
+  const { challenge, code } = req.body ?? {};
+  if (typeof challenge !== "string" || typeof code !== "string") return page(res, 400, "send challenge and code");
   try {
-    const done = await oauthd.states.attempt(String(challenge), CODES, String(code));
+    const done = await oauthd.states.attempt(challenge, CODES, code);
+    // Another person's challenge verifies nothing for this one.
+    if (done.subject !== who) return page(res, 403, "this code is someone else's");
     page(res, 200, `verified ${done.subject}`);
   } catch (e) {
     if (e instanceof WrongSecret) {
@@ -146,5 +167,7 @@ app.use((err, req, res, _next) => {
 });
 
 const server = app.listen(Number(process.env.PORT ?? 3000), "127.0.0.1", () => {
-  console.log(`express-oauth listening on http://127.0.0.1:${server.address().port}`);
+  const here = `http://127.0.0.1:${server.address().port}`;
+  publicUrl ??= here;
+  console.log(`express-oauth listening on ${here}`);
 });

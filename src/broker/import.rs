@@ -85,7 +85,7 @@ impl ImportedTokens {
         let expires_in = match map.remove("expires_in") {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) => Some(
-                n.as_u64()
+                crate::numbers::whole_number(&n)
                     .ok_or_else(|| bad("expires_in must be a whole number of seconds"))?,
             ),
             Some(_) => return Err(bad("expires_in must be a number of seconds")),
@@ -195,6 +195,9 @@ mod tests {
         .unwrap();
         assert_eq!(t.access_token.as_str(), "at");
         assert_eq!(t.expiry, ImportExpiry::In(Duration::from_secs(60)));
+        // A whole number however it is written (JSON Schema's integers, as clients send them).
+        let t = parse(json!({"access_token": "at", "expires_in": 3599.0})).unwrap();
+        assert_eq!(t.expiry, ImportExpiry::In(Duration::from_secs(3599)));
         let t = parse(json!({"access_token": "at", "expires_at": "2030-01-01T00:00:00Z"})).unwrap();
         assert_eq!(t.expiry, ImportExpiry::AtMs(1_893_456_000_000));
         assert_eq!(t.token_type, "Bearer");
@@ -207,6 +210,7 @@ mod tests {
             json!({"access_token": "a", "expires_in": 5, "expires_at": "2030-01-01T00:00:00Z"}),
             json!({"access_token": "a", "refresh": "SECRET-VALUE"}),
             json!({"access_token": "a", "expires_in": -1}),
+            json!({"access_token": "a", "expires_in": 1.5}),
         ] {
             let e = parse(bad.clone()).unwrap_err().to_string();
             assert!(!e.contains("SECRET-VALUE"), "{bad}: {e}");

@@ -169,7 +169,7 @@ impl JsonObject {
         code: &'static str,
     ) -> Result<Option<u64>, ApiError> {
         self.optional(name, code, |v| match v {
-            Value::Number(n) => whole_number(&n)
+            Value::Number(n) => crate::numbers::whole_number(&n)
                 .filter(|v| *v > 0)
                 .ok_or("must be a whole number of at least 1"),
             _ => Err("must be a number"),
@@ -218,16 +218,4 @@ impl JsonObject {
             }
         }
     }
-}
-
-/// A JSON number that is a whole number, written as one (`600`) or not (`600.0`, `6e2`:
-/// JSON Schema counts both as integers).
-fn whole_number(n: &serde_json::Number) -> Option<u64> {
-    /// Integers above this are not all exact in a double.
-    const EXACT: f64 = 9_007_199_254_740_992.0;
-    n.as_u64().or_else(|| {
-        n.as_f64()
-            .filter(|f| f.fract() == 0.0 && (0.0..=EXACT).contains(f))
-            .map(|f| f as u64)
-    })
 }

@@ -117,8 +117,6 @@ fn endpoint(path: &str, method: Method, route: Route) -> Resource {
 /// one, and a test holds this list and the description's to each other.
 pub(crate) struct Operation {
     pub path: String,
-    /// Read by the test that holds routes and descriptions to each other.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub methods: Vec<Method>,
     /// `None`: the proxy, a prefix whose handler reads the rest of the path itself.
     route: Option<Route>,
@@ -202,42 +200,55 @@ pub(crate) fn v1_operations() -> Vec<Operation> {
     ]
 }
 
+/// What the `/v1` scope holds, in order: a path's operations, or the proxy's prefix.
+enum V1Entry {
+    Resource(String, Vec<Method>, Vec<Route>),
+    Proxy(String),
+}
+
 /// `/v1`: the operations, each path one resource (another method there gets a 405); any
 /// other `/v1` path a 404, whatever is registered after this scope.
 fn v1_scope() -> Scope {
-    let mut resources: Vec<(String, Vec<Method>, Vec<Route>)> = Vec::new();
-    let mut scope = web::scope("/v1");
-    let mut proxy_at = None;
+    let mut entries: Vec<V1Entry> = Vec::new();
     for operation in v1_operations() {
         let path = operation
             .path
             .strip_prefix("/v1")
             .unwrap_or(&operation.path)
             .to_owned();
-        match operation.route {
-            None => proxy_at = Some((resources.len(), path)),
-            Some(route) => match resources.iter_mut().find(|(p, _, _)| *p == path) {
-                Some((_, methods, routes)) => {
-                    methods.extend(operation.methods);
-                    routes.push(route);
-                }
-                None => resources.push((path, operation.methods, vec![route])),
-            },
-        }
-    }
-    for (index, (path, methods, routes)) in resources.into_iter().enumerate() {
-        if let Some((_, proxy_path)) = proxy_at.as_ref().filter(|(at, _)| *at == index) {
+        let Some(route) = operation.route else {
             // The proxy: a static prefix (a string comparison, where a `{segment}` pattern
             // ran regexes that measured a seventh of a proxied call's instructions); the
             // handler reads provider, account and path from the request's path itself.
-            let prefix = proxy_path.split("/{").next().unwrap_or("/proxy");
-            scope = scope.service(web::scope(prefix).default_service(web::to(proxy::forward)));
+            let prefix = path.split("/{").next().unwrap_or_default().to_owned();
+            entries.push(V1Entry::Proxy(prefix));
+            continue;
+        };
+        let same_path = entries.iter_mut().find_map(|e| match e {
+            V1Entry::Resource(p, methods, routes) if *p == path => Some((methods, routes)),
+            _ => None,
+        });
+        match same_path {
+            Some((methods, routes)) => {
+                methods.extend(operation.methods);
+                routes.push(route);
+            }
+            None => entries.push(V1Entry::Resource(path, operation.methods, vec![route])),
         }
-        let resource = routes
-            .into_iter()
-            .fold(web::resource(path), |r, route| r.route(route));
-        scope = scope.service(resource.default_service(method_not_allowed(&methods)));
     }
+    let scope = entries
+        .into_iter()
+        .fold(web::scope("/v1"), |scope, entry| match entry {
+            V1Entry::Proxy(prefix) => {
+                scope.service(web::scope(&prefix).default_service(web::to(proxy::forward)))
+            }
+            V1Entry::Resource(path, methods, routes) => {
+                let resource = routes
+                    .into_iter()
+                    .fold(web::resource(path), |r, route| r.route(route));
+                scope.service(resource.default_service(method_not_allowed(&methods)))
+            }
+        });
     scope.default_service(web::to(not_found))
 }
 

@@ -5,7 +5,7 @@
 //! are read field by field (`JsonObject`: a stable code per bad field), so their schemas
 //! below are descriptions; the fuzz tests in CI send what they allow and what they do not,
 //! and fail where the handlers disagree. The router registers `/v1` operations from the
-//! same descriptions (`super::v1_routes`), and a test fails when the two lists differ.
+//! same descriptions (`super::v1_operations`), and a test fails when the two lists differ.
 
 use super::{connect, connections, device, notify, proxy, states};
 use crate::namespace::MAX_NAMESPACE_CHARS;
@@ -158,6 +158,25 @@ impl PartialSchema for AccountName {
 }
 
 impl ToSchema for AccountName {}
+
+/// The proxy's request body: any bytes, passed on as they are.
+pub struct ProxyBody;
+
+impl PartialSchema for ProxyBody {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                utoipa::openapi::KnownFormat::Binary,
+            )))
+            .description(Some(
+                "Any bytes: passed on to the provider's API as they are.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for ProxyBody {}
 
 // Request bodies. oauthd reads them field by field (`JsonObject`); these are the
 // description, which the fuzz tests hold the handlers to (see the module's comment).
@@ -346,7 +365,14 @@ pub async fn serve() -> HttpResponse {
         notify::test,
         proxy::forward,
     ),
-    components(schemas(Problem, NamespaceName, StateIdText, SubjectText, AccountName)),
+    components(schemas(
+        Problem,
+        NamespaceName,
+        StateIdText,
+        SubjectText,
+        AccountName,
+        ProxyBody
+    )),
     modifiers(&Common),
     security(("api_key" = [])),
     tags(
@@ -375,8 +401,8 @@ const COMMON: &[(&str, &str)] = &[
     ("414", "The path and query are too long (`uri_too_long`)."),
     (
         "429",
-        "Too many requests (`rate_limited`, and per route: see the codes); `Retry-After` says \
-         when to try again.",
+        "Too many requests (`rate_limited`, and per route: see the codes); `Retry-After`, \
+         when present, says when to try again.",
     ),
     ("431", "The headers are too large (`headers_too_large`)."),
     (
@@ -415,7 +441,11 @@ fn problem_response(description: &str) -> RefOr<Response> {
 }
 
 fn add_errors(op: &mut Operation) {
-    let takes_body = op.request_body.is_some();
+    // A JSON body (the proxy's is anything, passed on as it is).
+    let takes_body = op
+        .request_body
+        .as_ref()
+        .is_some_and(|b| b.content.contains_key("application/json"));
     let more = if takes_body { WITH_BODY } else { &[] };
     for (status, description) in COMMON.iter().chain(more) {
         op.responses
@@ -618,7 +648,11 @@ mod tests {
                         "{name}: no {status}"
                     );
                 }
-                if op.request_body.is_some() {
+                if op
+                    .request_body
+                    .as_ref()
+                    .is_some_and(|b| b.content.contains_key("application/json"))
+                {
                     for status in ["400", "413", "415"] {
                         assert!(
                             op.responses.responses.contains_key(status),

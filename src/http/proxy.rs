@@ -3,7 +3,7 @@
 //! fresh access token, the answer streams back. One refresh and one retry after a `401`.
 
 use super::auth::Caller;
-use super::openapi::ProblemDoc;
+use super::openapi::{ProblemDoc, ProxyBody};
 use super::problem::ApiError;
 use super::AppState;
 use crate::proxy::{headers, path, Outgoing, ProxyError};
@@ -101,9 +101,9 @@ async fn read_body_within<'a>(
     params(
         ("provider" = String, Path, description = "A provider's name in the config, with an `api_base_url`."),
         ("account" = String, Path, description = "The connection's account."),
-        ("path" = String, Path, description = "The API's path below `api_base_url`; may hold `/`, never `..` or an escape out of it."),
+        ("path" = String, Path, description = "The API's path below `api_base_url`, sent as it is: it may hold `/` (not `%2F`, which reaches the API encoded), never `..` or an escape out of the base."),
     ),
-    request_body(content = Vec<u8>, content_type = "*/*", description = "Passed on as it is (at most `proxy.max_request_bytes`)."),
+    request_body(content = ProxyBody, content_type = "*/*", description = "Passed on as it is (at most `proxy.max_request_bytes`)."),
     responses(
         (status = "default", description = "The provider's answer, with its status, as it is (`Cache-Control: no-store`)."),
         (status = 400, description = "A path that could leave the API's base (`invalid_proxy_path`).", body = ProblemDoc, content_type = "application/problem+json"),

@@ -81,6 +81,12 @@ fn oauthd_on_a_virtual_clock(home: &Home, clock_file: &Path) -> common::Daemon {
     ))
 }
 
+/// `name=value` of the first cookie an answer sets.
+fn first_cookie(resp: &reqwest::Response) -> String {
+    let set = common::header(resp, "set-cookie");
+    set.split(';').next().unwrap_or_default().to_owned()
+}
+
 async fn body(resp: reqwest::Response) -> (u16, String) {
     let status = resp.status().as_u16();
     (status, resp.text().await.unwrap_or_default())
@@ -119,6 +125,7 @@ async fn express_signs_in_a_slow_user_and_checks_2fa_codes_with_state_in_oauthd(
     let login = get("/login").send().await.unwrap();
     assert_eq!(login.status(), 302);
     let authorize = common::header(&login, "location");
+    let signin = first_cookie(&login);
     assert!(authorize.starts_with(&peer.issuer), "{authorize}");
     std::fs::write(&clock, "+660").unwrap();
     let callback = peer.approve(&authorize).await;
@@ -126,22 +133,48 @@ async fn express_signs_in_a_slow_user_and_checks_2fa_codes_with_state_in_oauthd(
         callback.starts_with(&format!("{}/callback?", app.url)),
         "{callback}"
     );
-    let resp = http.get(&callback).send().await.unwrap();
-    let session = common::header(&resp, "set-cookie");
+    // The same link opened in another browser (an attacker's sign-in pressed on a victim)
+    // is refused, and leaves the sign-in to its own browser.
+    let elsewhere = http.get(&callback).send().await.unwrap();
+    assert_eq!(
+        body(elsewhere).await,
+        (
+            403,
+            "this sign-in was not started in this browser: start again at /login\n".into()
+        )
+    );
+    let resp = http
+        .get(&callback)
+        .header("cookie", &signin)
+        .send()
+        .await
+        .unwrap();
+    let session = first_cookie(&resp);
+    assert!(session.starts_with("session="), "{session}");
     assert_eq!(body(resp).await, (200, "signed in as alice\n".into()));
-    let session = session.split(';').next().unwrap().to_owned();
     let me = get("/me").header("cookie", &session).send().await.unwrap();
     assert_eq!(body(me).await, (200, "signed in as alice\n".into()));
     // The same callback again: consumed exactly once.
-    let again = http.get(&callback).send().await.unwrap();
+    let again = http
+        .get(&callback)
+        .header("cookie", &signin)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(body(again).await.0, 400);
 
     // Past the hour the app chose, the sign-in is refused with its own words.
     let login = get("/login").send().await.unwrap();
     let authorize = common::header(&login, "location");
+    let signin = first_cookie(&login);
     std::fs::write(&clock, "+4320").unwrap();
     let callback = peer.approve(&authorize).await;
-    let late = http.get(&callback).send().await.unwrap();
+    let late = http
+        .get(&callback)
+        .header("cookie", &signin)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(
         body(late).await,
         (
@@ -170,9 +203,11 @@ async fn express_signs_in_a_slow_user_and_checks_2fa_codes_with_state_in_oauthd(
     let verify = |challenge: String, code: String| {
         let http = http.clone();
         let url = format!("{}/2fa/verify", app.url);
+        let session = session.clone();
         async move {
             body(
                 http.post(url)
+                    .header("cookie", session)
                     .form(&[("challenge", challenge), ("code", code)])
                     .send()
                     .await

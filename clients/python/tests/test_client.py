@@ -18,6 +18,7 @@ from oauthd_client import (
     Gone,
     NotFound,
     OauthdError,
+    RateLimited,
     Unauthorized,
     Unavailable,
     WrongSecret,
@@ -34,7 +35,9 @@ def test_a_state_is_consumed_exactly_once(oauthd):
     assert len(created.state) == 43 and created.namespace == space
     assert created.state not in repr(created)
     assert oauthd.states.verify(created.state, space).data == {"verifier": "v1"}
-    assert oauthd.states.consume(created.state, space).data == {"verifier": "v1"}
+    consumed = oauthd.states.consume(created.state, space)
+    assert consumed.data == {"verifier": "v1"}
+    assert "verifier" not in repr(consumed)  # what apps store there stays out of logs
     with pytest.raises(NotFound) as e:
         oauthd.states.consume(created.state, space)
     assert e.value.code == "state_not_found" and e.value.status == 404
@@ -164,9 +167,11 @@ class _Faulty(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         self.seen.append(self.headers.get("Authorization"))
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        status, headers = self.script.pop(0) if self.script else (201, {})
+        status, headers, code = self.script.pop(0) if self.script else (201, {}, None)
+        # code None: a problem the proxy passes on from a provider (not oauthd's own).
+        kind = f"urn:oauthd:problem:{code}" if code else "https://provider.example/problem"
         body = (
-            json.dumps({"type": "urn:oauthd:problem:x", "code": "storage_unavailable", "detail": "d"})
+            json.dumps({"type": kind, "code": code or "provider_says_no", "detail": "d"})
             if status >= 400
             else json.dumps(
                 {
@@ -206,16 +211,30 @@ def test_retry_after_is_honoured_for_503_and_429_a_bounded_number_of_times(fault
     waits = []
     url = f"http://127.0.0.1:{faulty.server_address[1]}"
     client = Client(url, "oauthd_k", retries=3, max_retry_wait=5, sleep=waits.append)
-    _Faulty.script = [(503, {"Retry-After": "1"}), (429, {"Retry-After": "120"})]
+    _Faulty.script = [(503, {"Retry-After": "1"}, "storage_unavailable"), (429, {"Retry-After": "120"}, "rate_limited")]
     assert client.states.create("app").namespace == "app"
     assert waits == [1.0, 5.0]  # the second capped at max_retry_wait
     assert len(_Faulty.seen) == 3 and _Faulty.seen[0] == "Bearer oauthd_k"
     waits.clear()
-    _Faulty.script = [(503, {"Retry-After": "2"})] * 4
+    _Faulty.script = [(503, {"Retry-After": "2"}, "storage_unavailable")] * 4
     with pytest.raises(Unavailable) as e:
         client.states.create("app")
     assert waits == [2.0, 2.0, 2.0] and e.value.retry_after == 2.0
     assert e.value.code == "storage_unavailable"
+
+
+def test_a_limit_that_holds_and_a_providers_answer_are_not_sent_again(faulty):
+    waits = []
+    url = f"http://127.0.0.1:{faulty.server_address[1]}"
+    client = Client(url, "oauthd_k", retries=3, sleep=waits.append)
+    _Faulty.script = [(429, {"Retry-After": "60"}, "too_many_states")]
+    with pytest.raises(RateLimited) as e:
+        client.states.create("app")
+    assert e.value.code == "too_many_states" and waits == [] and len(_Faulty.seen) == 1
+    # A POST through the proxy that the provider answers 503: its answer, sent once.
+    _Faulty.script = [(503, {"Retry-After": "1"}, None)]
+    answer = client.proxy.post("spotify", "default", "v1/me/player/next")
+    assert answer.status == 503 and waits == [] and len(_Faulty.seen) == 2
 
 
 def test_an_unreachable_oauthd_is_a_clear_error():

@@ -190,7 +190,12 @@ interface Answer {
   body: ArrayBuffer;
 }
 
-const RETRYABLE = new Set([429, 503]);
+/** oauthd's own problems (429 and 503) that mean nothing was done and soon can be: the
+ * same request is sent again. Not `too_many_states` and the like (a limit that holds until
+ * something else changes), and never an answer the proxy passes on from a provider. */
+const RETRY_CODES = new Set([
+  "rate_limited", "storage_unavailable", "proxy_busy", "provider_unavailable", "entropy_unavailable",
+]);
 const IDEMPOTENT = new Set(["GET", "HEAD", "PUT", "DELETE", "OPTIONS"]);
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 const segment = (s: string) => encodeURIComponent(s);
@@ -225,8 +230,9 @@ class Transport {
     return url;
   }
 
-  /** One request; 429/503 sent again after `Retry-After` (bounded), a refused connection
-   * too; any other answer comes back as it is. */
+  /** One request; sent again after oauthd's own 429/503 that mean nothing was done
+   * (waiting `Retry-After`, bounded) and after a refused connection; any other answer
+   * comes back as it is. */
   async send(method: string, url: string, body?: BodyInit, headers?: Record<string, string>): Promise<Answer> {
     const all = { authorization: `Bearer ${this.#key}`, accept: "application/json", ...headers };
     for (let attempt = 0; ; attempt++) {
@@ -247,7 +253,8 @@ class Transport {
         }
         throw new ConnectionFailed(`cannot reach oauthd at ${this.baseUrl}: ${(e as Error).message}`);
       }
-      if (RETRYABLE.has(answer.status) && attempt < this.#o.retries) {
+      if ((answer.status === 429 || answer.status === 503) && attempt < this.#o.retries
+        && RETRY_CODES.has(String(oauthdsProblem(answer)?.code))) {
         await this.#o.sleep(this.#wait(answer, attempt));
         continue;
       }
@@ -452,7 +459,7 @@ export class Proxy {
     }
     const url = `${this.t.url(["v1", "proxy", provider, account])}/${path.replace(/^\/+/, "")}`;
     const answer = await this.t.send(method.toUpperCase(), url, body, headers);
-    if (isOauthdsProblem(answer)) throw problemOf(answer);
+    if (oauthdsProblem(answer)) throw problemOf(answer);
     const text = () => new TextDecoder().decode(answer.body);
     return { ...answer, text, json: <T>() => JSON.parse(text()) as T };
   }
@@ -466,19 +473,25 @@ export class Proxy {
   }
 }
 
-/** oauthd's own problem (its `type` is `urn:oauthd:problem:…`), not the provider's. */
-function isOauthdsProblem(answer: Answer): boolean {
-  if (!(answer.headers.get("content-type") ?? "").startsWith("application/problem+json")) return false;
+/** The problem document when the answer is oauthd's own (its `type` is
+ * `urn:oauthd:problem:…`), not one a provider sent through the proxy. */
+function oauthdsProblem(answer: Answer): Record<string, unknown> | undefined {
+  if (!(answer.headers.get("content-type") ?? "").startsWith("application/problem+json")) return undefined;
   try {
-    const type = JSON.parse(new TextDecoder().decode(answer.body))?.type;
-    return typeof type === "string" && type.startsWith("urn:oauthd:problem:");
+    const problem: unknown = JSON.parse(new TextDecoder().decode(answer.body));
+    if (!problem || typeof problem !== "object") return undefined;
+    const type = (problem as Record<string, unknown>).type;
+    return typeof type === "string" && type.startsWith("urn:oauthd:problem:")
+      ? (problem as Record<string, unknown>)
+      : undefined;
   } catch {
-    return false;
+    return undefined;
   }
 }
 
 /** `new Client("http://127.0.0.1:6288", apiKey)`: `states`, `connections`, `connect`,
- * `device`, `proxy`. 429 and 503 are retried after their `Retry-After` (bounded); errors
+ * `device`, `proxy`. oauthd's own 429 and 503 that mean nothing was done are retried after
+ * their `Retry-After` (bounded); a provider's answer through the proxy never is. Errors
  * throw `OauthdError` subclasses carrying the problem's `code`. */
 export class Client {
   readonly states: States;

@@ -9,7 +9,7 @@ import { randomUUID } from "node:crypto";
 import { renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
-  Client, ConnectionFailed, Gone, NotFound, OauthdError, Unauthorized, Unavailable, WrongSecret,
+  Client, ConnectionFailed, Gone, NotFound, OauthdError, RateLimited, Unauthorized, Unavailable, WrongSecret,
 } from "../dist/index.js";
 
 const { OAUTHD_URL, OAUTHD_KEY, OAUTHD_PROVIDER: provider, OAUTHD_PERSON_DIR } = process.env;
@@ -130,9 +130,10 @@ async function faulty(script) {
     seen.push(req.headers.authorization);
     req.resume();
     req.on("end", () => {
-      const [status, headers] = script.shift() ?? [201, {}];
+      const [status, headers, code] = script.shift() ?? [201, {}, null];
+      // code null: a problem the proxy passes on from a provider (not oauthd's own).
       const body = status >= 400
-        ? { type: "urn:oauthd:problem:x", code: "storage_unavailable", detail: "d" }
+        ? { type: code ? `urn:oauthd:problem:${code}` : "https://provider.example/problem", code: code ?? "provider_says_no", detail: "d" }
         : { state: "s".repeat(43), id: randomUUID(), namespace: "app", subject: null, created_at: "x", expires_at: "y" };
       res.writeHead(status, { ...headers, "content-type": status >= 400 ? "application/problem+json" : "application/json" });
       res.end(JSON.stringify(body));
@@ -143,7 +144,7 @@ async function faulty(script) {
 }
 
 test("Retry-After is honoured for 503 and 429 a bounded number of times", async () => {
-  const script = [[503, { "retry-after": "1" }], [429, { "retry-after": "120" }]];
+  const script = [[503, { "retry-after": "1" }, "storage_unavailable"], [429, { "retry-after": "120" }, "rate_limited"]];
   const s = await faulty(script);
   try {
     const waits = [];
@@ -153,10 +154,28 @@ test("Retry-After is honoured for 503 and 429 a bounded number of times", async 
     assert.equal(s.seen.length, 3);
     assert.equal(s.seen[0], "Bearer oauthd_k");
     waits.length = 0;
-    script.push(...Array(4).fill([503, { "retry-after": "2" }]));
+    script.push(...Array(4).fill([503, { "retry-after": "2" }, "storage_unavailable"]));
     await assert.rejects(c.states.create("app"),
       (e) => e instanceof Unavailable && e.retryAfter === 2 && e.code === "storage_unavailable");
     assert.deepEqual(waits, [2000, 2000, 2000]);
+  } finally {
+    s.close();
+  }
+});
+
+test("a limit that holds and a provider's answer are not sent again", async () => {
+  const script = [[429, { "retry-after": "60" }, "too_many_states"], [503, { "retry-after": "1" }, null]];
+  const s = await faulty(script);
+  try {
+    const waits = [];
+    const c = new Client(s.url, "oauthd_k", { retries: 3, sleep: async (ms) => { waits.push(ms); } });
+    await assert.rejects(c.states.create("app"), (e) => e instanceof RateLimited && e.code === "too_many_states");
+    assert.deepEqual(waits, []);
+    // A POST through the proxy that the provider answers 503: its answer, sent once.
+    const answer = await c.proxy.post("spotify", "default", "v1/me/player/next");
+    assert.equal(answer.status, 503);
+    assert.deepEqual(waits, []);
+    assert.equal(s.seen.length, 2);
   } finally {
     s.close();
   }

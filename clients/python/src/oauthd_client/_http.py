@@ -12,8 +12,12 @@ from typing import Any, Callable, Mapping, Optional
 
 from .errors import ConnectionFailed, OauthdError, error_for
 
-# Statuses after which the same request can be sent again: nothing was done.
-RETRYABLE = (429, 503)
+# oauthd's own problems (429 and 503) that mean nothing was done and soon can be: the same
+# request is sent again. Not `too_many_states` and the like (a limit that holds until
+# something else changes), and never an answer the proxy passes on from a provider.
+RETRY_CODES = frozenset(
+    {"rate_limited", "storage_unavailable", "proxy_busy", "provider_unavailable", "entropy_unavailable"}
+)
 IDEMPOTENT = ("GET", "HEAD", "PUT", "DELETE", "OPTIONS")
 
 
@@ -74,9 +78,9 @@ class Transport:
         body: Optional[bytes] = None,
         headers: Optional[Mapping[str, str]] = None,
     ) -> Response:
-        """One request, sent again after 429/503 (waiting `Retry-After`, at most
-        `max_retry_wait` seconds each) and after a refused connection, up to `retries`
-        times; any answer comes back as it is."""
+        """One request, sent again after oauthd's own 429/503 that mean nothing was done
+        (waiting `Retry-After`, at most `max_retry_wait` seconds each) and after a refused
+        connection, up to `retries` times; any other answer comes back as it is."""
         all_headers = {"Authorization": f"Bearer {self._api_key}", "Accept": "application/json"}
         all_headers.update(headers or {})
         attempt = 0
@@ -97,7 +101,7 @@ class Transport:
                     self._sleep(min(2.0 ** (attempt - 1), self.max_retry_wait))
                     continue
                 raise ConnectionFailed(f"cannot reach oauthd at {self.base_url}: {reason}") from None
-            if answer.status in RETRYABLE and attempt < self.retries:
+            if answer.status in (429, 503) and attempt < self.retries and _retryable(answer):
                 attempt += 1
                 self._sleep(self._wait(answer, attempt))
                 continue
@@ -129,6 +133,25 @@ class Transport:
         if answer.status in ok:
             return answer
         raise problem_of(answer)
+
+
+def oauthds_problem(answer: Response) -> Optional[dict]:
+    """The problem document when the answer is oauthd's own (`urn:oauthd:problem:…`), not
+    one a provider sent through the proxy."""
+    lower = {k.lower(): v for k, v in answer.headers.items()}
+    if not lower.get("content-type", "").startswith("application/problem+json"):
+        return None
+    try:
+        problem = json.loads(answer.body)
+    except ValueError:
+        return None
+    kind = problem.get("type") if isinstance(problem, dict) else None
+    return problem if isinstance(kind, str) and kind.startswith("urn:oauthd:problem:") else None
+
+
+def _retryable(answer: Response) -> bool:
+    problem = oauthds_problem(answer)
+    return problem is not None and problem.get("code") in RETRY_CODES
 
 
 def problem_of(answer: Response) -> OauthdError:

@@ -7,7 +7,7 @@ import time
 import urllib.parse
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-from ._http import Response, Transport, problem_of
+from ._http import Transport, oauthds_problem, problem_of
 from .errors import OauthdError
 from .models import (
     AccessToken,
@@ -217,7 +217,7 @@ class Proxy:
         if query:
             url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
         answer = self._t.send(method.upper(), url, body=body, headers=all_headers)
-        if _is_oauthds_problem(answer):
+        if oauthds_problem(answer) is not None:
             raise problem_of(answer)
         return ProxyResponse(answer.status, answer.headers, answer.body)
 
@@ -228,23 +228,12 @@ class Proxy:
         return self.request("POST", provider, account, path, **kw)
 
 
-def _is_oauthds_problem(answer: Response) -> bool:
-    """oauthd's own problem (its `type` is `urn:oauthd:problem:…`), not the provider's."""
-    lower = {k.lower(): v for k, v in answer.headers.items()}
-    if not lower.get("content-type", "").startswith("application/problem+json"):
-        return False
-    try:
-        kind = _json.loads(answer.body).get("type", "")
-    except (ValueError, AttributeError):
-        return False
-    return isinstance(kind, str) and kind.startswith("urn:oauthd:problem:")
-
-
 class Client:
     """`Client("http://127.0.0.1:6288", api_key)`: `states`, `connections`, `connect`,
-    `device`, `proxy`. Answers of 429 and 503 are retried after their `Retry-After` (at
-    most `max_retry_wait` seconds each, `retries` times); errors raise `OauthdError`
-    subclasses carrying the problem's `code`."""
+    `device`, `proxy`. oauthd's own 429 and 503 that mean nothing was done (`rate_limited`,
+    `storage_unavailable`, …) are retried after their `Retry-After` (at most
+    `max_retry_wait` seconds each, `retries` times); a provider's answer through the proxy
+    never is. Errors raise `OauthdError` subclasses carrying the problem's `code`."""
 
     def __init__(
         self,

@@ -39,7 +39,8 @@ class State:
     id: str
     namespace: str
     subject: Optional[str]
-    data: Any
+    # What the app stored (a PKCE verifier, say): kept out of logs and tracebacks.
+    data: Any = field(repr=False)
     created_at: str
     expires_at: str
     attempts_left: Optional[int] = None
@@ -49,7 +50,7 @@ class State:
 @dataclass(frozen=True)
 class SubjectState:
     id: str
-    data: Any
+    data: Any = field(repr=False)
     created_at: str
     expires_at: str
     attempts_left: Optional[int] = None
