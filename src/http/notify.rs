@@ -35,6 +35,7 @@ pub struct TestQueued<'a> {
 #[utoipa::path(post, path = "/v1/notify/test", tag = "notify",
     responses(
         (status = 202, description = "Queued for every target.", body = TestQueued),
+        (status = 401, description = "No API key (`missing_api_key`), an unknown or revoked one (`invalid_api_key`), or one limited by `--namespace` or `--account`: a tenant's (`notify_not_allowed`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "No `[[notify]]` target is configured (`no_notify_targets`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 429, description = "One was sent less than 5 seconds ago (`too_many_tests`).", body = ProblemDoc, content_type = "application/problem+json"),
     ))]

@@ -623,6 +623,28 @@ mod tests {
         );
     }
 
+    /// Every code in the README's error tables is named in the description (but the
+    /// router's own: a path or method that no operation has).
+    #[test]
+    fn every_error_code_the_readme_lists_is_described() {
+        let readme = include_str!("../../README.md");
+        let json = json();
+        let mut missing = Vec::new();
+        for row in readme.lines().filter(|l| {
+            l.len() > 6 && l.starts_with("| ") && l.as_bytes()[2..5].iter().all(u8::is_ascii_digit)
+        }) {
+            let codes = row.split('|').nth(2).unwrap_or_default();
+            for code in codes.split('`').skip(1).step_by(2) {
+                if !["not_found", "method_not_allowed"].contains(&code)
+                    && !json.contains(&format!("`{code}`"))
+                {
+                    missing.push(code.to_owned());
+                }
+            }
+        }
+        assert!(missing.is_empty(), "not in the description: {missing:?}");
+    }
+
     #[test]
     fn every_operation_has_a_summary_a_success_and_its_errors() {
         let doc = document();

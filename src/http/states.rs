@@ -247,6 +247,7 @@ pub struct Revoked {
 #[utoipa::path(post, path = "/v1/states", tag = "states", request_body = CreateState,
     responses(
         (status = 201, description = "Issued: the value is given out this once.", body = StateCreated),
+        (status = 400, description = "A member out of range: `invalid_namespace`, `reserved_namespace`, `invalid_ttl`, `invalid_subject`, `invalid_secret`, `invalid_max_attempts`, `invalid_replace`, `invalid_sliding`, `invalid_max_lifetime`, `sliding_not_allowed` (the namespace's policy), `subject_required` (`replace` without a subject); or the body itself: `malformed_json`, `bad_body`, `unknown_field`.", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 413, description = "`data` is larger than `states.max_data_bytes` (`data_too_large`), or the body too large (`body_too_large`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 429, description = "The namespace holds its maximum of live states (`too_many_states`), or the subject (`too_many_subject_states`).", body = ProblemDoc, content_type = "application/problem+json"),
     ))]
@@ -275,6 +276,7 @@ pub async fn create(
 #[utoipa::path(post, path = "/v1/states/consume", tag = "states", request_body = StateKey,
     responses(
         (status = 200, description = "Consumed: this state is gone.", body = StateInfo),
+        (status = 400, description = "A member out of range: `invalid_state`, `invalid_namespace`, `reserved_namespace`; or the body itself: `malformed_json`, `bad_body`, `unknown_field`.", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "Created with a `secret`: only `/v1/states/attempt` consumes it (`secret_required`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such state in this namespace: never issued, consumed, revoked or swept (`state_not_found`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 410, description = "Expired, within the grace window after its expiry (`state_expired`).", body = ProblemDoc, content_type = "application/problem+json"),
@@ -295,6 +297,7 @@ pub async fn consume(
 #[utoipa::path(post, path = "/v1/states/verify", tag = "states", request_body = VerifyState,
     responses(
         (status = 200, description = "Live; with `touch` on a sliding state, its new expiry.", body = StateInfo),
+        (status = 400, description = "A member out of range: `invalid_state`, `invalid_namespace`, `reserved_namespace`, `invalid_touch`; or the body itself: `malformed_json`, `bad_body`, `unknown_field`.", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such state in this namespace: never issued, consumed, revoked or swept (`state_not_found`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 410, description = "Expired, within the grace window after its expiry (`state_expired`).", body = ProblemDoc, content_type = "application/problem+json"),
     ))]
@@ -319,6 +322,7 @@ pub async fn verify(
 #[utoipa::path(post, path = "/v1/states/attempt", tag = "states", request_body = AttemptState,
     responses(
         (status = 200, description = "The secret matched: the state is consumed.", body = StateInfo),
+        (status = 400, description = "A member out of range: `invalid_state`, `invalid_namespace`, `reserved_namespace`, `invalid_secret`; or the body itself: `malformed_json`, `bad_body`, `unknown_field`.", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "Wrong secret (`wrong_secret`, with `attempts_left`; at 0 the state is gone).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "The state was created without a secret (`no_secret`): consume it.", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such state in this namespace: never issued, consumed, revoked or swept (`state_not_found`).", body = ProblemDoc, content_type = "application/problem+json"),
@@ -340,6 +344,7 @@ pub async fn attempt(
 #[utoipa::path(post, path = "/v1/states/revoke", tag = "states", request_body = StateKey,
     responses(
         (status = 204, description = "Revoked."),
+        (status = 400, description = "A member out of range: `invalid_state`, `invalid_namespace`, `reserved_namespace`; or the body itself: `malformed_json`, `bad_body`, `unknown_field`.", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such state in this namespace: never issued, consumed, revoked or swept (`state_not_found`).", body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 pub async fn revoke(
@@ -388,7 +393,10 @@ fn subject_path(req: &HttpRequest, caller: &Caller) -> Result<(Namespace, String
         ("namespace" = NamespaceName, Path, description = "The states' namespace."),
         ("subject" = SubjectText, Path, description = "The user or tenant (percent-encoded)."),
     ),
-    responses((status = 200, description = "The live states, oldest first.", body = SubjectStates)))]
+    responses(
+        (status = 200, description = "The live states, oldest first.", body = SubjectStates),
+        (status = 400, description = "A path segment out of range: `invalid_namespace`, `reserved_namespace`, `invalid_subject`, `invalid_path` (not UTF-8).", body = ProblemDoc, content_type = "application/problem+json"),
+    ))]
 pub async fn list_subject(
     app: web::Data<AppState>,
     caller: Caller,
@@ -418,7 +426,10 @@ pub async fn list_subject(
         ("namespace" = NamespaceName, Path, description = "The states' namespace."),
         ("subject" = SubjectText, Path, description = "The user or tenant (percent-encoded)."),
     ),
-    responses((status = 200, description = "How many were revoked.", body = Revoked)))]
+    responses(
+        (status = 200, description = "How many were revoked.", body = Revoked),
+        (status = 400, description = "A path segment out of range: `invalid_namespace`, `reserved_namespace`, `invalid_subject`, `invalid_path` (not UTF-8).", body = ProblemDoc, content_type = "application/problem+json"),
+    ))]
 pub async fn revoke_subject(
     app: web::Data<AppState>,
     caller: Caller,
@@ -439,6 +450,7 @@ pub async fn revoke_subject(
     ),
     responses(
         (status = 204, description = "Revoked."),
+        (status = 400, description = "A path segment out of range: `invalid_namespace`, `reserved_namespace`, `invalid_id`, `invalid_path` (not UTF-8).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such state in this namespace: never issued, consumed, revoked or swept (`state_not_found`).", body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 pub async fn revoke_id(

@@ -182,7 +182,7 @@ async fn schemathesis_finds_no_fault_in_the_api_or_its_description() {
                     "--exclude-checks",
                     "positive_data_acceptance,use_after_free,ensure_resource_availability",
                 ])
-                .args(["--max-examples", "30", "--seed", "1", "--workers", "1"])
+                .args(["--max-examples", "20", "--seed", "1", "--workers", "1"])
                 .args(["--request-timeout", "10", "--no-color"])
                 .output()
                 .expect("run schemathesis")
@@ -207,7 +207,7 @@ async fn schemathesis_finds_no_fault_in_the_api_or_its_description() {
         .and_then(|l| l.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    assert!(generated >= 1000, "only {generated} cases:\n{report}");
+    assert!(generated >= 800, "only {generated} cases:\n{report}");
     assert!(
         report.contains("6 covered / 6 selected / 6 total"),
         "{report}"
