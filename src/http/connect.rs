@@ -29,7 +29,7 @@ pub struct ConnectStarted<'a> {
 /// (authorization code + PKCE).
 #[utoipa::path(post, path = "/v1/connect/{provider}", tag = "connect",
     params(("provider" = String, Path, description = "A provider's name in the config.")),
-    request_body = ConnectRequest,
+    request_body = Option<ConnectRequest>,
     responses(
         (status = 201, description = "Started.", body = ConnectStarted),
         (status = 400, description = "A bad account name (`invalid_account`), or a `return_to` the config does not allow (`return_to_not_allowed`).", body = ProblemDoc, content_type = "application/problem+json"),

@@ -205,6 +205,7 @@ pub async fn import(
     ),
     responses(
         (status = 204, description = "Revoked and deleted."),
+        (status = 400, description = "`force` is not `true` or `false` (`invalid_force`), or an unknown query parameter (`unknown_parameter`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 200, description = "Deleted, not revoked.", body = NotRevoked),
         (status = 404, description = "No such connection (`connection_not_found`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 502, description = "The provider refused the revocation (`provider_rejected`): nothing deleted; `?force=true` deletes anyway.", body = ProblemDoc, content_type = "application/problem+json"),
@@ -220,14 +221,22 @@ pub async fn delete(
     caller.require_connection(&provider, &account)?;
     let outcome = app
         .broker
-        .disconnect(&provider, &account, force_param(&req))
+        .disconnect(&provider, &account, force_param(&req)?)
         .await?;
     Ok(disconnected_response(&provider, outcome))
 }
 
-/// `?force=true` (or `1`): delete even when the provider cannot be reached to revoke.
-pub(super) fn force_param(req: &HttpRequest) -> bool {
-    query_param(req, "force").is_some_and(|v| v == "true" || v == "1")
+/// `?force=true` (or `1`): delete even when the provider cannot be reached to revoke;
+/// `false`, `0` or none: do not. Anything else is refused, not read as `false`.
+pub(super) fn force_param(req: &HttpRequest) -> Result<bool, ApiError> {
+    match query_param(req, "force").as_deref() {
+        None | Some("false" | "0") => Ok(false),
+        Some("true" | "1") => Ok(true),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_force",
+            "force is true or false",
+        )),
+    }
 }
 
 /// The answer to a disconnect, for the API and the page alike.

@@ -17,7 +17,7 @@ use actix_web::{web, HttpResponse};
 /// `verification_uri` on another device; oauthd polls the provider meanwhile.
 #[utoipa::path(post, path = "/v1/device/{provider}", tag = "connect",
     params(("provider" = String, Path, description = "A provider's name in the config.")),
-    request_body = DeviceRequest,
+    request_body = Option<DeviceRequest>,
     responses(
         (status = 201, description = "Started.", body = DeviceStarted),
         (status = 400, description = "The provider has no device flow (`device_flow_unsupported`), or a bad account name (`invalid_account`).", body = ProblemDoc, content_type = "application/problem+json"),

@@ -159,6 +159,21 @@ impl PartialSchema for AccountName {
 
 impl ToSchema for AccountName {}
 
+/// A whole number of seconds, 0 or more (any size: JSON has no 64-bit limit).
+#[derive(serde::Deserialize)]
+pub struct Seconds(#[allow(dead_code)] u64);
+
+impl PartialSchema for Seconds {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(0))
+            .into()
+    }
+}
+
+impl ToSchema for Seconds {}
+
 /// The proxy's request body: any bytes, passed on as they are.
 pub struct ProxyBody;
 
@@ -281,8 +296,8 @@ pub struct ImportTokens {
     pub refresh_token: Option<String>,
     /// RFC 3339; or `expires_in`, not both.
     pub expires_at: Option<String>,
-    /// Seconds from now; or `expires_at`, not both.
-    pub expires_in: Option<u64>,
+    /// Seconds from now (more than ten years counts as ten); or `expires_at`, not both.
+    pub expires_in: Option<Seconds>,
     /// Space-separated, as OAuth writes scopes.
     pub scope: Option<String>,
     #[schema(example = "Bearer")]
@@ -302,6 +317,7 @@ pub fn json() -> &'static str {
         let mut doc = serde_json::to_value(document()).unwrap_or_default();
         add_rules_between_members(&mut doc);
         add_state_links(&mut doc);
+        any_answer_through_the_proxy(&mut doc);
         serde_json::to_string_pretty(&doc).unwrap_or_default()
     })
 }
@@ -371,7 +387,8 @@ pub async fn serve() -> HttpResponse {
         StateIdText,
         SubjectText,
         AccountName,
-        ProxyBody
+        ProxyBody,
+        Seconds
     )),
     modifiers(&Common),
     security(("api_key" = [])),
@@ -461,6 +478,37 @@ fn add_errors(op: &mut Operation) {
             .or_insert_with(|| {
                 problem_response("A query parameter the operation does not take (`unknown_parameter`) or a path segment out of range.")
             });
+    }
+}
+
+/// The proxy passes on the provider's answers, whatever their status and media type:
+/// every answer it describes may also be one of those (and HEAD's have no body).
+fn any_answer_through_the_proxy(doc: &mut serde_json::Value) {
+    let Some(item) = doc
+        .pointer_mut("/paths/~1v1~1proxy~1{provider}~1{account}~1{path}")
+        .and_then(|i| i.as_object_mut())
+    else {
+        return;
+    };
+    for (method, operation) in item.iter_mut() {
+        let Some(responses) = operation
+            .get_mut("responses")
+            .and_then(|r| r.as_object_mut())
+        else {
+            continue;
+        };
+        for response in responses.values_mut().filter_map(|r| r.as_object_mut()) {
+            if method == "head" {
+                // An answer to HEAD has no body, and need not say what it would be.
+                response.remove("content");
+            } else if let Some(content) = response
+                .entry("content")
+                .or_insert_with(|| serde_json::json!({}))
+                .as_object_mut()
+            {
+                content.insert("*/*".into(), serde_json::json!({}));
+            }
+        }
     }
 }
 

@@ -208,7 +208,7 @@ pub async fn disconnect(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let (provider, account) = path.into_inner();
-    let force = super::connections::force_param(&req);
+    let force = super::connections::force_param(&req)?;
     let outcome = app.broker.disconnect(&provider, &account, force).await?;
     Ok(super::connections::disconnected_response(
         &provider, outcome,

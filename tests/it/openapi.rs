@@ -156,16 +156,31 @@ fn schemathesis_dir() -> PathBuf {
 /// subject's list of states is a collection: after "sign out everywhere" it is empty, not
 /// gone) and `ensure_resource_availability` (a chain that consumed or revoked a state
 /// before a step that uses it again gets 404: consumed exactly once).
-#[tokio::test]
+///
+/// The broker's operations reach a real provider: the test OpenID provider is configured
+/// as `peer` (its userinfo endpoint as the proxy's API) with account `default` connected,
+/// and every `{provider}` and `{account}` the fuzzer sends names them.
+#[tokio::test(flavor = "multi_thread")]
 async fn schemathesis_finds_no_fault_in_the_api_or_its_description() {
     let st = schemathesis_dir().join(".venv/bin/schemathesis");
     assert!(
         st.exists(),
         "schemathesis' venv is missing: run scripts/test (it installs tests/schemathesis/requirements.txt)"
     );
+    let peer = common::peer::Peer::start(3600);
     let home = Home::new();
-    let d = home.start();
+    home.write_config(&peer.provider_toml_with_api("peer"));
     let key = home.create_key("fuzz", &[]);
+    let d = home.start();
+    let (status, page) = common::peer::connect(&d, &peer, &key, "default").await;
+    assert_eq!(status, 200, "{page}");
+    let config = home.dir.path().join("schemathesis.toml");
+    let shared = std::fs::read_to_string(schemathesis_dir().join("schemathesis.toml")).unwrap();
+    std::fs::write(
+        &config,
+        format!("{shared}\n[parameters]\n\"path.provider\" = \"peer\"\n\"path.account\" = \"default\"\n"),
+    )
+    .unwrap();
     let out = tokio::task::spawn_blocking({
         let url = format!("{}/openapi.json", d.url);
         // It keeps a cache in its working directory: the test's own.
@@ -174,7 +189,7 @@ async fn schemathesis_finds_no_fault_in_the_api_or_its_description() {
             Command::new(st)
                 .current_dir(cwd)
                 .arg("--config-file")
-                .arg(schemathesis_dir().join("schemathesis.toml"))
+                .arg(config)
                 .args(["run", &url])
                 .args(["--header", &format!("Authorization: Bearer {key}")])
                 .args(["--checks", "all"])
@@ -215,4 +230,39 @@ async fn schemathesis_finds_no_fault_in_the_api_or_its_description() {
     println!("schemathesis: {generated} cases");
     let log = home.log_text();
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// What the fuzzer found, each checked on its own: a whole number written `600.0`, a state
+/// id in another spelling than oauthd's, a `force` that is not a boolean.
+#[tokio::test]
+async fn what_the_fuzzer_found_stays_fixed() {
+    let home = Home::new();
+    let d = home.start();
+    let key = home.create_key("found", &[]);
+    let (status, body) = d
+        .post(
+            "/v1/states",
+            &key,
+            serde_json::json!({"namespace": "app", "ttl_seconds": 600.0}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    for id in [
+        "{01a23386-935c-8a64-be8f-08124bbecda8}",
+        "01a23386935c8a64be8f08124bbecda8",
+        "urn:uuid:01a23386-935c-8a64-be8f-08124bbecda8",
+    ] {
+        let resp = d
+            .delete(&format!("/v1/namespaces/app/states/{id}"), &key)
+            .await;
+        assert_eq!(resp.status(), 400, "{id}");
+        common::assert_code(resp, "invalid_id").await;
+    }
+    for force in ["null", "yes", ""] {
+        let resp = d
+            .delete(&format!("/v1/connections/p/a?force={force}"), &key)
+            .await;
+        assert_eq!(resp.status(), 400, "force={force}");
+        common::assert_code(resp, "invalid_force").await;
+    }
 }
