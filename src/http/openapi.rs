@@ -56,6 +56,16 @@ pub struct Problem<'a> {
 /// `Problem` as the descriptions name it.
 pub type ProblemDoc = Problem<'static>;
 
+/// A string schema: `pattern`, length bounds, a description.
+fn text_schema(description: &str, pattern: String, min: usize, max: usize) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(description))
+        .min_length(Some(min))
+        .max_length(Some(max))
+        .pattern(Some(pattern))
+}
+
 /// A namespace: 1 to 128 characters, a letter or digit first, then letters, digits and
 /// `. _ : / -`; `connect:` and `provider:` are oauthd's own.
 #[derive(serde::Deserialize)]
@@ -63,17 +73,14 @@ pub struct NamespaceName(#[allow(dead_code)] String);
 
 impl PartialSchema for NamespaceName {
     fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .description(Some("A namespace: a letter or digit, then letters, digits and `. _ : / -`; `connect:` and `provider:` are oauthd's own."))
-            .min_length(Some(1))
-            .max_length(Some(MAX_NAMESPACE_CHARS))
-            .pattern(Some(format!(
-                "^[A-Za-z0-9][A-Za-z0-9._:/-]{{0,{}}}$",
-                MAX_NAMESPACE_CHARS - 1
-            )))
-            .examples(["myapp:oauth"])
-            .into()
+        text_schema(
+            "A namespace: a letter or digit, then letters, digits and `. _ : / -`; `connect:` and `provider:` are oauthd's own.",
+            format!("^[A-Za-z0-9][A-Za-z0-9._:/-]{{0,{}}}$", MAX_NAMESPACE_CHARS - 1),
+            1,
+            MAX_NAMESPACE_CHARS,
+        )
+        .examples(["myapp:oauth"])
+        .into()
     }
 }
 
@@ -85,28 +92,17 @@ pub struct StateValueText(#[allow(dead_code)] String);
 
 impl PartialSchema for StateValueText {
     fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .description(Some("A state's value exactly as create answered it."))
-            .min_length(Some(SECRET_CHARS))
-            .max_length(Some(SECRET_CHARS))
-            .pattern(Some(format!("^[A-Za-z0-9_-]{{{SECRET_CHARS}}}$")))
-            .into()
+        text_schema(
+            "A state's value exactly as create answered it.",
+            format!("^[A-Za-z0-9_-]{{{SECRET_CHARS}}}$"),
+            SECRET_CHARS,
+            SECRET_CHARS,
+        )
+        .into()
     }
 }
 
 impl ToSchema for StateValueText {}
-
-/// A string schema: `pattern`, length bounds, a description.
-fn text_schema(description: &str, pattern: String, min: usize, max: usize) -> RefOr<Schema> {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .description(Some(description))
-        .min_length(Some(min))
-        .max_length(Some(max))
-        .pattern(Some(pattern))
-        .into()
-}
 
 /// A state's id as create answered it (a UUID of version 8: not secret).
 pub struct StateIdText;
@@ -120,6 +116,7 @@ impl PartialSchema for StateIdText {
             36,
             36,
         )
+        .into()
     }
 }
 
@@ -137,6 +134,7 @@ impl PartialSchema for SubjectText {
             1,
             super::states::MAX_SUBJECT_CHARS,
         )
+        .into()
     }
 }
 
@@ -154,6 +152,7 @@ impl PartialSchema for AccountName {
             1,
             64,
         )
+        .into()
     }
 }
 
@@ -457,12 +456,15 @@ fn problem_response(description: &str) -> RefOr<Response> {
         .into()
 }
 
-fn add_errors(op: &mut Operation) {
-    // A JSON body (the proxy's is anything, passed on as it is).
-    let takes_body = op
-        .request_body
+/// Whether the operation takes a JSON body (the proxy's is anything, passed on as it is).
+fn takes_json(op: &Operation) -> bool {
+    op.request_body
         .as_ref()
-        .is_some_and(|b| b.content.contains_key("application/json"));
+        .is_some_and(|b| b.content.contains_key("application/json"))
+}
+
+fn add_errors(op: &mut Operation) {
+    let takes_body = takes_json(op);
     let more = if takes_body { WITH_BODY } else { &[] };
     for (status, description) in COMMON.iter().chain(more) {
         op.responses
@@ -718,11 +720,7 @@ mod tests {
                         "{name}: no {status}"
                     );
                 }
-                if op
-                    .request_body
-                    .as_ref()
-                    .is_some_and(|b| b.content.contains_key("application/json"))
-                {
+                if takes_json(op) {
                     for status in ["400", "413", "415"] {
                         assert!(
                             op.responses.responses.contains_key(status),

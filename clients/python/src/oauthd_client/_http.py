@@ -30,6 +30,11 @@ class Response:
     def json(self) -> Any:
         return json.loads(self.body) if self.body else None
 
+    def header(self, name: str) -> Optional[str]:
+        """A header's value, whatever case the server wrote its name in."""
+        name = name.lower()
+        return next((v for k, v in self.headers.items() if k.lower() == name), None)
+
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     # A redirect is an answer to hand back (the proxy's), never one to follow.
@@ -108,7 +113,7 @@ class Transport:
             return answer
 
     def _wait(self, answer: Response, attempt: int) -> float:
-        value = {k.lower(): v for k, v in answer.headers.items()}.get("retry-after")
+        value = answer.header("retry-after")
         try:
             seconds = float(value) if value is not None else 2.0 ** (attempt - 1)
         except ValueError:
@@ -138,8 +143,7 @@ class Transport:
 def oauthds_problem(answer: Response) -> Optional[dict]:
     """The problem document when the answer is oauthd's own (`urn:oauthd:problem:…`), not
     one a provider sent through the proxy."""
-    lower = {k.lower(): v for k, v in answer.headers.items()}
-    if not lower.get("content-type", "").startswith("application/problem+json"):
+    if not (answer.header("content-type") or "").startswith("application/problem+json"):
         return None
     try:
         problem = json.loads(answer.body)
@@ -161,7 +165,7 @@ def problem_of(answer: Response) -> OauthdError:
             raise ValueError
     except ValueError:
         problem = {"code": "unexpected_answer", "detail": answer.body[:200].decode("utf-8", "replace")}
-    retry_after = {k.lower(): v for k, v in answer.headers.items()}.get("retry-after")
+    retry_after = answer.header("retry-after")
     if retry_after is not None:
         problem["_retry_after"] = retry_after
     return error_for(answer.status, problem)
