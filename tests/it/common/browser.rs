@@ -46,8 +46,8 @@ impl Browser {
         let url = format!("http://127.0.0.1:{port}");
         let mut last = None;
         for _ in 0..50 {
-            match ClientBuilder::rustls()
-                .unwrap()
+            let http = hyper_util::client::legacy::connect::HttpConnector::new();
+            match ClientBuilder::new(http)
                 .capabilities(caps.clone())
                 .connect(&url)
                 .await
