@@ -10,6 +10,8 @@
 #                                      # 2,000 proxied API calls (oauthd's own work for each,
 #                                      # against the bare handler answering the API directly)
 #   COUNT=500 SCENARIOS=token bench/callgrind.sh
+#   SCENARIOS=verify-hot bench/callgrind.sh   # 2,000 verifies of states verified once before
+#                                      # (answered from memory)
 #   DEADHOOK=1 SCENARIOS=token bench/callgrind.sh   # oauthd with a [[notify]] target that
 #                                      # never answers and 20 events it retries every second
 #   KEEP=dir bench/callgrind.sh        # keep the callgrind dumps in dir (callgrind_annotate)
@@ -48,17 +50,22 @@ fi
 count() {
   local name=$1 pid=$2 url=$3 scenario=$4 before dump ir
   export POOL_FILE="$pooldir/$name" TARGET=$name
-  if [ "$scenario" = verify ]; then
-    # Warm up on states of their own; then the live states to verify, each once (so every
-    # verify reads the store), made before the counters are zeroed.
+  local run=$scenario
+  if [ "$scenario" = verify ] || [ "$scenario" = verify-hot ]; then
+    # Warm up on states of their own; then the live states to verify, made before the
+    # counters are zeroed. verify: each verified once, so every verify reads the store;
+    # verify-hot: each verified once before the counters are zeroed, so every counted
+    # verify answers from memory (a session verified on each of its user's requests).
     POOL_FILE="$pooldir/$name.warm" python3 bench/sequential.py "$url" pool 50
     POOL_FILE="$pooldir/$name.warm" python3 bench/sequential.py "$url" verify 50
     python3 bench/sequential.py "$url" pool "$COUNT"
+    run=verify
+    [ "$scenario" = verify ] || python3 bench/sequential.py "$url" verify "$COUNT"
   else
     python3 bench/sequential.py "$url" "$scenario" 50
   fi
   callgrind_control -z "$pid" >/dev/null
-  python3 bench/sequential.py "$url" "$scenario" "$COUNT"
+  python3 bench/sequential.py "$url" "$run" "$COUNT"
   before=$(ls "$cgdir" | wc -l)
   callgrind_control -d "$pid" >/dev/null
   for _ in $(seq 100); do [ "$(ls "$cgdir" | wc -l)" -gt "$before" ] && break; sleep 0.1; done

@@ -104,6 +104,24 @@ pub fn states_swept(namespace: &str, count: u64) {
 }
 
 /// result: ok, failed, needs_reauth.
+static CACHE_READS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "cache_reads_total",
+        "Hot-path reads of the in-memory caches, by cache (verify, token) and result (hit: \
+         answered from memory; miss: read from the store).",
+        &["cache", "result"],
+    )
+});
+
+/// The hit and miss counters of the cache `name`, resolved once (the hot paths count
+/// without looking labels up).
+pub fn cache_counters(name: &str) -> (IntCounter, IntCounter) {
+    (
+        CACHE_READS.with_label_values(&[name, "hit"]),
+        CACHE_READS.with_label_values(&[name, "miss"]),
+    )
+}
+
 pub static REFRESHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "refreshes_total",

@@ -1,85 +1,239 @@
-//! Values read from the store, kept in memory for a short while: the hot paths' cache
-//! (access tokens for the token API, live states for verify).
+//! Values read from the store, kept in memory: the hot paths' cache (access tokens for the
+//! token API, live states for verify).
 //!
 //! A value is answered from memory while its read began within `max_age`. What this
 //! process changes drops the entry (or, for a change that touches many, every entry) at
 //! once, and a read that began before the drop cannot put its older value back; what
 //! another process changes on the same store is seen within `max_age`. With `max_age`
 //! zero nothing is held.
+//!
+//! Where the store watches for other processes' changes (SQLite), a value lives on past
+//! `max_age` for as long as the watch has looked within `max_age` and seen nothing change
+//! elsewhere since the value was read: another process's change is still seen within
+//! `max_age`, and a value read once answers until this process changes it.
 
+use crate::store::ChangeWatch;
+use prometheus::IntCounter;
 use std::collections::HashMap;
-use std::hash::Hash;
-use std::sync::Mutex;
+use std::hash::{BuildHasher, Hash};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// More entries than this means something is off; start over rather than grow.
+/// Entries held at most, by default.
 const MAX_ENTRIES: usize = 10_000;
+/// Drops are remembered per slot of keys (by hash), not per key: memory stays fixed, and a
+/// read of another key of the slot that began before the drop only misses its put.
+const DROP_SLOTS: usize = 1024;
 
 pub struct ReadCache<K, V> {
     max_age: Duration,
+    max_entries: usize,
+    /// Bytes of values held at most, as `weigh` counts them.
+    max_bytes: usize,
+    weigh: fn(&V) -> usize,
+    watch: Option<Arc<ChangeWatch>>,
+    /// Hits and misses, for `/metrics`.
+    counters: Option<(IntCounter, IntCounter)>,
     inner: Mutex<Inner<K, V>>,
+}
+
+/// Taken before the store is read; `put` holds the value only if nothing outranked it.
+#[derive(Clone, Copy)]
+pub struct ReadTicket {
+    began: Instant,
+    generation: u64,
 }
 
 struct Inner<K, V> {
     entries: HashMap<K, Entry<V>>,
-    /// When everything was last dropped: older reads cannot put their values back.
+    /// The bytes of the values in `entries`.
+    bytes: usize,
+    /// When a key of each slot was last dropped: older reads of its keys cannot put their
+    /// values back.
+    dropped: Vec<Option<Instant>>,
+    /// When everything was last dropped.
     cleared: Option<Instant>,
 }
 
 struct Entry<V> {
-    /// `None`: dropped at `since` (the value changed in this process).
-    value: Option<V>,
-    /// When the read that found the value began (or when it was dropped).
+    value: V,
+    /// When the read that found the value began.
     since: Instant,
+    /// The watch's generation when that read began.
+    generation: u64,
+    bytes: usize,
+}
+
+impl<K, V> Inner<K, V> {
+    fn slot(&self, key: &K) -> usize
+    where
+        K: Hash + Eq,
+    {
+        let hash = self.entries.hasher().hash_one(key);
+        usize::try_from(hash % DROP_SLOTS as u64).unwrap_or(0)
+    }
+
+    fn remove(&mut self, key: &K) -> Option<Entry<V>>
+    where
+        K: Hash + Eq,
+    {
+        let old = self.entries.remove(key)?;
+        self.bytes -= old.bytes;
+        Some(old)
+    }
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> ReadCache<K, V> {
     pub fn new(max_age: Duration) -> Self {
         ReadCache {
             max_age,
+            max_entries: MAX_ENTRIES,
+            max_bytes: usize::MAX,
+            weigh: |_| 0,
+            watch: None,
+            counters: None,
             inner: Mutex::new(Inner {
                 entries: HashMap::new(),
+                bytes: 0,
+                dropped: vec![None; DROP_SLOTS],
                 cleared: None,
             }),
         }
     }
 
-    /// The value held for `key` when its read began within `max_age`.
+    /// Values live on while `watch` sees no change made elsewhere (see the module's text).
+    pub fn watched_by(mut self, watch: Option<Arc<ChangeWatch>>) -> Self {
+        self.watch = watch;
+        self
+    }
+
+    /// Counts hits and misses as cache `name` in `/metrics`.
+    pub fn counted(mut self, name: &str) -> Self {
+        self.counters = Some(crate::metrics::cache_counters(name));
+        self
+    }
+
+    /// Holds at most `max_entries` values, and values of at most `max_bytes` in all as
+    /// `weigh` counts them (one larger than an eighth of that is not held).
+    pub fn bounded(mut self, max_entries: usize, max_bytes: usize, weigh: fn(&V) -> usize) -> Self {
+        self.max_entries = max_entries.max(4);
+        self.max_bytes = max_bytes;
+        self.weigh = weigh;
+        self
+    }
+
+    /// When the watch last confirmed and what it had counted by then (in this order: a
+    /// look records its change before its confirmation).
+    fn watched(&self) -> (Option<Instant>, u64) {
+        match &self.watch {
+            Some(watch) => {
+                let confirmed = watch.confirmed_at();
+                (confirmed, watch.generation())
+            }
+            None => (None, 0),
+        }
+    }
+
+    /// Whether a value read as `entry` says may still be answered.
+    fn fresh(&self, entry: &Entry<V>, confirmed: Option<Instant>, generation: u64) -> bool {
+        if entry.generation != generation {
+            return false;
+        }
+        let from = confirmed.map_or(entry.since, |c| c.max(entry.since));
+        from.elapsed() < self.max_age
+    }
+
+    /// To take before reading the store, for `put`.
+    pub fn begin_read(&self) -> ReadTicket {
+        ReadTicket {
+            began: Instant::now(),
+            generation: self.watched().1,
+        }
+    }
+
+    /// The value held for `key`, if it may still be answered.
     pub fn get(&self, key: &K) -> Option<V> {
+        let found = self.lookup(key);
+        if let Some((hits, misses)) = &self.counters {
+            if found.is_some() { hits } else { misses }.inc();
+        }
+        found
+    }
+
+    fn lookup(&self, key: &K) -> Option<V> {
         if self.max_age.is_zero() {
             return None;
         }
+        let (confirmed, generation) = self.watched();
         let inner = self.inner.lock().ok()?;
         let entry = inner.entries.get(key)?;
-        let value = entry.value.as_ref()?;
-        (entry.since.elapsed() < self.max_age).then(|| value.clone())
+        self.fresh(entry, confirmed, generation)
+            .then(|| entry.value.clone())
     }
 
-    /// Holds `value`, found by a read of the store that began at `read_began`, unless the
-    /// entry (or everything) was dropped or replaced after that read began.
-    pub fn put(&self, key: &K, value: V, read_began: Instant) {
+    /// Holds `value`, found by the read `ticket` began, unless the entry (or everything)
+    /// was dropped or replaced after that read began, or something changed elsewhere.
+    pub fn put(&self, key: &K, value: V, ticket: ReadTicket) {
         if self.max_age.is_zero() {
+            return;
+        }
+        let bytes = (self.weigh)(&value);
+        if bytes > self.max_bytes / 8 {
+            return;
+        }
+        let (confirmed, generation) = self.watched();
+        if ticket.generation != generation {
             return;
         }
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
-        if inner.cleared.is_some_and(|c| c > read_began)
-            || inner.entries.get(key).is_some_and(|e| e.since > read_began)
+        let slot = inner.slot(key);
+        let outranked = |at: Option<Instant>| at.is_some_and(|at| at > ticket.began);
+        if outranked(inner.cleared)
+            || inner.dropped.get(slot).is_some_and(|&at| outranked(at))
+            || inner
+                .entries
+                .get(key)
+                .is_some_and(|e| e.since > ticket.began)
         {
             return;
         }
-        if inner.entries.len() >= MAX_ENTRIES && !inner.entries.contains_key(key) {
-            // The drops go too: no read older than this may put a value back.
-            inner.entries.clear();
-            inner.cleared = Some(Instant::now());
-            return;
+        inner.remove(key);
+        if inner.entries.len() >= self.max_entries
+            || inner.bytes.saturating_add(bytes) > self.max_bytes
+        {
+            self.make_room(&mut inner, confirmed, generation);
         }
         let entry = Entry {
-            value: Some(value),
-            since: read_began,
+            value,
+            since: ticket.began,
+            generation: ticket.generation,
+            bytes,
         };
+        inner.bytes += bytes;
         inner.entries.insert(key.clone(), entry);
+    }
+
+    /// Frees a quarter of the room: values that may no longer be answered go first, then
+    /// any.
+    fn make_room(&self, inner: &mut Inner<K, V>, confirmed: Option<Instant>, generation: u64) {
+        inner
+            .entries
+            .retain(|_, e| self.fresh(e, confirmed, generation));
+        let target_entries = self.max_entries / 4 * 3;
+        let target_bytes = self.max_bytes / 4 * 3;
+        let mut bytes: usize = inner.entries.values().map(|e| e.bytes).sum();
+        let mut count = inner.entries.len();
+        inner.entries.retain(|_, e| {
+            if count <= target_entries && bytes <= target_bytes {
+                return true;
+            }
+            count -= 1;
+            bytes -= e.bytes;
+            false
+        });
+        inner.bytes = bytes;
     }
 
     /// Drops what is held for `key`: it changed in this process. Reads that began before
@@ -89,11 +243,11 @@ impl<K: Hash + Eq + Clone, V: Clone> ReadCache<K, V> {
             return;
         }
         if let Ok(mut inner) = self.inner.lock() {
-            let dropped = Entry {
-                value: None,
-                since: Instant::now(),
-            };
-            inner.entries.insert(key.clone(), dropped);
+            inner.remove(key);
+            let slot = inner.slot(key);
+            if let Some(at) = inner.dropped.get_mut(slot) {
+                *at = Some(Instant::now());
+            }
         }
     }
 
@@ -104,6 +258,7 @@ impl<K: Hash + Eq + Clone, V: Clone> ReadCache<K, V> {
         }
         if let Ok(mut inner) = self.inner.lock() {
             inner.entries.clear();
+            inner.bytes = 0;
             inner.cleared = Some(Instant::now());
         }
     }
@@ -113,53 +268,106 @@ impl<K: Hash + Eq + Clone, V: Clone> ReadCache<K, V> {
 mod tests {
     use super::*;
 
+    const MINUTE: Duration = Duration::from_secs(60);
+
     #[test]
     fn a_read_that_began_before_a_drop_cannot_put_its_value_back() {
-        let cache = ReadCache::new(Duration::from_secs(60));
-        let read_began = Instant::now();
-        cache.put(&"k", "old", read_began);
+        let cache = ReadCache::new(MINUTE);
+        let ticket = cache.begin_read();
+        cache.put(&"k", "old", ticket);
         assert_eq!(cache.get(&"k"), Some("old"));
         cache.forget(&"k");
         assert_eq!(cache.get(&"k"), None);
         // The racing call finishes its read of the old row only now.
-        cache.put(&"k", "old", read_began);
+        cache.put(&"k", "old", ticket);
         assert_eq!(cache.get(&"k"), None, "a stale read outranked the drop");
         // A read that began after the drop is held.
-        cache.put(&"k", "new", Instant::now());
+        cache.put(&"k", "new", cache.begin_read());
         assert_eq!(cache.get(&"k"), Some("new"));
     }
 
     #[test]
     fn forget_all_outranks_every_older_read() {
-        let cache = ReadCache::new(Duration::from_secs(60));
-        let read_began = Instant::now();
-        cache.put(&"a", 1, read_began);
+        let cache = ReadCache::new(MINUTE);
+        let ticket = cache.begin_read();
+        cache.put(&"a", 1, ticket);
         cache.forget_all();
         assert_eq!(cache.get(&"a"), None);
-        cache.put(&"b", 2, read_began);
+        cache.put(&"b", 2, ticket);
         assert_eq!(cache.get(&"b"), None);
-        cache.put(&"b", 3, Instant::now());
+        cache.put(&"b", 3, cache.begin_read());
         assert_eq!(cache.get(&"b"), Some(3));
     }
 
     #[test]
-    fn starting_over_when_full_keeps_older_reads_out() {
-        let cache = ReadCache::new(Duration::from_secs(60));
-        let read_began = Instant::now();
+    fn a_full_cache_makes_room_and_still_keeps_older_reads_out() {
+        let cache = ReadCache::new(MINUTE).bounded(100, usize::MAX, |_| 0);
+        let ticket = cache.begin_read();
         cache.forget(&0);
-        for k in 1..MAX_ENTRIES {
-            cache.put(&k, k, Instant::now());
+        for k in 1..1000 {
+            cache.put(&k, k, cache.begin_read());
+            assert!(cache.inner.lock().expect("lock").entries.len() <= 100);
         }
-        // Full: this put starts over, and the drop of key 0 must outlive that.
-        cache.put(&MAX_ENTRIES, 0, Instant::now());
-        cache.put(&0, 0, read_began);
+        // The newest value is held: room is made, not everything thrown away.
+        assert_eq!(cache.get(&999), Some(999));
+        cache.put(&0, 0, ticket);
         assert_eq!(cache.get(&0), None, "a read older than the drop came back");
+    }
+
+    #[test]
+    fn values_are_bounded_by_their_bytes() {
+        let cache = ReadCache::new(MINUTE).bounded(1000, 800, |v: &Vec<u8>| v.len());
+        let big = "big".to_owned();
+        cache.put(&big, vec![0; 101], cache.begin_read());
+        assert_eq!(cache.get(&big), None, "larger than an eighth of the budget");
+        for k in 0..100 {
+            cache.put(&k.to_string(), vec![0; 100], cache.begin_read());
+            assert!(cache.inner.lock().expect("lock").bytes <= 800);
+        }
+        let inner = cache.inner.lock().expect("lock");
+        let counted: usize = inner.entries.values().map(|e| e.bytes).sum();
+        assert_eq!(inner.bytes, counted);
+        assert!(inner.entries.contains_key("99"));
     }
 
     #[test]
     fn zero_holds_nothing() {
         let cache = ReadCache::new(Duration::ZERO);
-        cache.put(&"k", 1, Instant::now());
+        cache.put(&"k", 1, cache.begin_read());
         assert_eq!(cache.get(&"k"), None);
+    }
+
+    #[test]
+    fn unwatched_values_answer_for_max_age() {
+        let cache = ReadCache::new(Duration::from_millis(100));
+        cache.put(&"k", 1, cache.begin_read());
+        assert_eq!(cache.get(&"k"), Some(1));
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(cache.get(&"k"), None);
+    }
+
+    #[test]
+    fn watched_values_live_while_nothing_changes_elsewhere() {
+        let watch = Arc::new(ChangeWatch::default());
+        let cache = ReadCache::new(Duration::from_millis(100)).watched_by(Some(watch.clone()));
+        cache.put(&"k", 1, cache.begin_read());
+        std::thread::sleep(Duration::from_millis(200));
+        // The watch has not looked for longer than max_age: as if unwatched.
+        assert_eq!(cache.get(&"k"), None);
+        watch.record(Instant::now(), false);
+        assert_eq!(
+            cache.get(&"k"),
+            Some(1),
+            "nothing changed elsewhere since the read"
+        );
+        // A change made elsewhere drops what was read before it was seen...
+        let ticket = cache.begin_read();
+        watch.record(Instant::now(), true);
+        assert_eq!(cache.get(&"k"), None);
+        // ...and what was being read while it was seen.
+        cache.put(&"k", 2, ticket);
+        assert_eq!(cache.get(&"k"), None);
+        cache.put(&"k", 3, cache.begin_read());
+        assert_eq!(cache.get(&"k"), Some(3));
     }
 }

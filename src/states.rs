@@ -170,10 +170,16 @@ pub struct StateView {
     pub expires_at_ms: i64,
     /// Wrong codes left, for a state guarded by one.
     pub attempts_left: Option<u32>,
+    /// Roughly what it holds in memory: its data as stored and its names.
+    pub size: usize,
 }
 
 impl StateView {
     fn of(row: StateRow) -> Result<StateView, StateError> {
+        let size = 128
+            + row.namespace.len()
+            + row.subject.as_ref().map_or(0, String::len)
+            + row.data.as_ref().map_or(0, |d| 2 * d.len());
         let data = match row.data {
             None => None,
             Some(text) => Some(
@@ -189,9 +195,15 @@ impl StateView {
             created_at_ms: row.created_at_ms,
             expires_at_ms: row.expires_at_ms,
             attempts_left: row.secret.map(|s| s.attempts_left),
+            size,
         })
     }
 }
+
+/// Live states verify holds at most (sessions: each is verified on every request).
+const VERIFY_CACHE_ENTRIES: usize = 100_000;
+/// What they may hold in memory at most, in bytes (their data counted twice: parsed).
+const VERIFY_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 pub struct StateService {
     store: Arc<dyn StateStore>,
@@ -204,7 +216,10 @@ pub struct StateService {
 impl StateService {
     pub fn new(store: Arc<dyn StateStore>, policy: StatePolicy, clock: Clock) -> Self {
         StateService {
-            seen: ReadCache::new(policy.verify_cache),
+            seen: ReadCache::new(policy.verify_cache)
+                .watched_by(store.change_watch())
+                .counted("verify")
+                .bounded(VERIFY_CACHE_ENTRIES, VERIFY_CACHE_BYTES, |view| view.size),
             store,
             policy,
             clock,
@@ -489,7 +504,7 @@ impl StateService {
                 }
             }
         }
-        let read_began = std::time::Instant::now();
+        let ticket = self.seen.begin_read();
         let mut found = Found::Missing;
         for key in [hash, state.legacy_hash()] {
             found = if touch {
@@ -510,7 +525,7 @@ impl StateService {
             Found::Row(row) if row.expires_at_ms > now => {
                 let view = Arc::new(StateView::of(row)?);
                 if !touch {
-                    self.seen.put(&hash, view.clone(), read_began);
+                    self.seen.put(&hash, view.clone(), ticket);
                 }
                 Ok(view)
             }

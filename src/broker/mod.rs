@@ -157,6 +157,9 @@ impl Broker {
     ) -> Result<Broker, String> {
         let timeout = settings.provider_timeout;
         let http = flows::http_client(timeout)?;
+        let token_cache = ReadCache::new(settings.token_cache)
+            .watched_by(store.change_watch())
+            .counted("token");
         Ok(Broker {
             token_endpoint: Arc::new(flows::Network(http.clone())),
             providers: providers.into_iter().map(|p| (p.name.clone(), p)).collect(),
@@ -172,7 +175,7 @@ impl Broker {
             device_drivers: Mutex::new(Default::default()),
             client_checks: Mutex::new(HashMap::new()),
             clock: settings.clock,
-            token_cache: ReadCache::new(settings.token_cache),
+            token_cache,
             notifier: settings.notifier,
         })
     }

@@ -16,6 +16,7 @@ use super::events::Via;
 use super::{token_aad, Broker, BrokerError};
 use crate::oauth::flows::{self, FlowError, TokenSet};
 use crate::oauth::{id_token, Provider};
+use crate::read_cache::ReadTicket;
 use crate::store::{
     AccountIdentity, ConnectionKey, ConnectionRow, ConnectionStatus, RefreshFailure, SealedTokens,
 };
@@ -229,7 +230,7 @@ impl Broker {
         &self,
         row: &ConnectionRow,
         min_ttl: Duration,
-        read_began: std::time::Instant,
+        ticket: ReadTicket,
     ) -> Result<Option<AccessToken>, BrokerError> {
         if row.status == ConnectionStatus::NeedsReauth {
             return Err(self.needs_reauth(row));
@@ -246,7 +247,7 @@ impl Broker {
             scope: row.scopes.clone(),
         };
         self.token_cache
-            .put(&row.key(), (token.clone(), half_life_ms(row)), read_began);
+            .put(&row.key(), (token.clone(), half_life_ms(row)), ticket);
         Ok(Some(token))
     }
 
@@ -368,9 +369,9 @@ impl Broker {
                 return Ok(token);
             }
         }
-        let read_began = std::time::Instant::now();
+        let ticket = self.token_cache.begin_read();
         let row = self.row(&key).await?;
-        if let Some(token) = self.usable(&row, min_ttl, read_began)? {
+        if let Some(token) = self.usable(&row, min_ttl, ticket)? {
             return Ok(token);
         }
         self.refresh_single_flight(&provider, &key, min_ttl, false, None)
@@ -391,9 +392,9 @@ impl Broker {
     ) -> Result<Option<AccessToken>, BrokerError> {
         let provider = self.provider(provider_name)?.clone();
         let key = ConnectionKey::new(provider_name, account);
-        let read_began = std::time::Instant::now();
+        let ticket = self.token_cache.begin_read();
         let row = self.row(&key).await?;
-        if let Some(current) = self.usable(&row, Duration::ZERO, read_began)? {
+        if let Some(current) = self.usable(&row, Duration::ZERO, ticket)? {
             if current.access_token.as_str() != rejected.access_token.as_str() {
                 return Ok(Some(current));
             }
@@ -459,7 +460,7 @@ impl Broker {
         // on the monotonic clock.
         let deadline = tokio::time::Instant::now() + WAIT_FOR_OTHER;
         loop {
-            let read_began = std::time::Instant::now();
+            let ticket = self.token_cache.begin_read();
             let row = self.row(key).await?;
             // Someone refreshed while we waited: that is the freshest token there is, even
             // when it has less than `min_ttl` left (the provider's tokens may simply live
@@ -474,7 +475,7 @@ impl Broker {
                 return Err(self.needs_reauth(&row));
             }
             if !force || refreshed_meanwhile {
-                if let Some(token) = self.usable(&row, wanted, read_began)? {
+                if let Some(token) = self.usable(&row, wanted, ticket)? {
                     // A token the provider refused is only good for refreshing, unless a
                     // refresh just gave it back (some providers return a still-valid
                     // token): refreshing again would not change it.
@@ -565,7 +566,7 @@ impl Broker {
         let expires_at_ms = sealed.access_expires_at_ms;
         let scope = sealed.scopes.clone().or_else(|| row.scopes.clone());
         // Committed before anyone sees the new token.
-        let saved_at = std::time::Instant::now();
+        let ticket = self.token_cache.begin_read();
         let events = self.refreshed_events(row, expires_at_ms);
         if !self
             .store
@@ -597,7 +598,7 @@ impl Broker {
         };
         let half_life = expires_at_ms.map(|at| (at - self.clock.now_ms()) / 2);
         self.token_cache
-            .put(&row.key(), (token.clone(), half_life), saved_at);
+            .put(&row.key(), (token.clone(), half_life), ticket);
         Ok(token)
     }
 

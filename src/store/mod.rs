@@ -3,6 +3,7 @@
 //! Owns SQL and Redis. Knows nothing of HTTP or OAuth; never sees a secret in
 //! clear text, only its SHA-256. Every error says what was being done.
 
+pub mod change_watch;
 pub mod outbox;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -12,9 +13,11 @@ pub mod target;
 
 use crate::secret::SecretHash;
 use async_trait::async_trait;
+pub use change_watch::ChangeWatch;
 pub use outbox::{
     DeliveryFilter, DeliveryOutcome, DeliveryRow, DeliveryStatus, NewDelivery, OutboxStore,
 };
+use std::sync::Arc;
 
 /// A storage fault. All of them are the operator's problem, not the client's: the HTTP
 /// layer answers 503 and the next request tries again.
@@ -247,6 +250,11 @@ pub trait SweepStates: Send + Sync {
 
 #[async_trait]
 pub trait StateStore: SweepStates {
+    /// Where the store watches for other processes' changes: the verify cache then keeps
+    /// states while nobody else writes.
+    fn change_watch(&self) -> Option<Arc<ChangeWatch>> {
+        None
+    }
     /// Stores a new state unless its namespace already holds `rules.max_live` live states,
     /// or its subject `rules.max_per_subject`. Acknowledged only once durable.
     async fn insert_state(&self, row: StateRow, rules: InsertRules)
@@ -535,6 +543,11 @@ pub struct SealedTokens {
 
 #[async_trait]
 pub trait ConnectionStore: Send + Sync {
+    /// Where the store watches for other processes' changes: the token cache then keeps
+    /// tokens while nobody else writes.
+    fn change_watch(&self) -> Option<Arc<ChangeWatch>> {
+        None
+    }
     async fn get_connection(
         &self,
         key: &ConnectionKey,

@@ -30,26 +30,45 @@ contract![
     the_token_api_sees_another_processs_delete_within_token_cache_seconds,
 ];
 
-/// The token API answers from memory for `token_cache_seconds`: a delete made by another
-/// process (the CLI) is seen within that bound, not at once; with 0, at once.
+/// The token API answers from memory: a delete made by another process (the CLI) is seen
+/// within `token_cache_seconds` (on SQLite at the writer's next look for other processes'
+/// commits, four times a second, and while nothing else writes a token read once answers
+/// from memory past that bound); with 0, at once.
 async fn the_token_api_sees_another_processs_delete_within_token_cache_seconds(home: Home) {
     const PATH: &str = "/v1/connections/peer/alice/token";
     let (peer, key, d) = connected_alice(&home, 60, "token_cache_seconds = 3\n").await;
+    let hits = r#"oauthd_cache_reads_total{cache="token",result="hit"}"#;
     assert_eq!(d.get(PATH, &key).await.0, 200);
-    let read_at = std::time::Instant::now();
+    // SQLite's writer watches for other processes' commits; Redis has no such watch.
+    let watched = home.shared().is_none();
+    if watched {
+        let hits_before = d.metric(hits).await.unwrap_or(0.0);
+        tokio::time::sleep(std::time::Duration::from_millis(4000)).await;
+        assert_eq!(d.get(PATH, &key).await.0, 200);
+        assert_eq!(
+            d.metric(hits).await,
+            Some(hits_before + 1.0),
+            "not from memory"
+        );
+    }
+
+    let deleted_at = std::time::Instant::now();
     let out = home.cli(&["connections", "delete", "peer", "alice"]);
     assert!(out.status.success(), "{out:?}");
-    // Still in memory: the delete happened in another process.
-    assert_eq!(d.get(PATH, &key).await.0, 200);
+    if !watched {
+        // Still in memory: the delete happened in another process.
+        assert_eq!(d.get(PATH, &key).await.0, 200);
+    }
     let mut status = 200;
-    while status == 200 && read_at.elapsed() < std::time::Duration::from_secs(10) {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    while status == 200 && deleted_at.elapsed() < std::time::Duration::from_secs(10) {
         status = d.get(PATH, &key).await.0;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(status, 404);
-    let seen_after = read_at.elapsed();
+    let seen_after = deleted_at.elapsed();
+    let bound = std::time::Duration::from_millis(if watched { 2500 } else { 4500 });
     assert!(
-        seen_after < std::time::Duration::from_millis(4500),
+        seen_after < bound,
         "the delete reached the token API only after {seen_after:?}"
     );
     d.signal_and_wait("TERM");

@@ -45,6 +45,10 @@ fn row(r: &Row<'_>) -> rusqlite::Result<ConnectionRow> {
 
 #[async_trait]
 impl ConnectionStore for SqliteStore {
+    fn change_watch(&self) -> Option<std::sync::Arc<crate::store::ChangeWatch>> {
+        Some(self.watch.clone())
+    }
+
     async fn get_connection(
         &self,
         key: &ConnectionKey,

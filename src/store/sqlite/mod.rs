@@ -15,7 +15,7 @@ mod states;
 mod values;
 mod writer;
 
-use super::StoreError;
+use super::{ChangeWatch, StoreError};
 use r2d2::{ManageConnection, Pool};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, ErrorCode, OpenFlags, MAIN_DB};
@@ -100,6 +100,8 @@ pub struct SqliteStore {
     pool: Pool<ReadManager>,
     writer: Writer,
     path: PathBuf,
+    /// Other processes' commits, as the writer sees them.
+    watch: Arc<ChangeWatch>,
 }
 
 /// The read pool's connection manager: SQLite's, careful with one thing. SQLite shares
@@ -179,6 +181,7 @@ impl SqliteStore {
         }
 
         let opener = manager(path);
+        let watch = Arc::new(ChangeWatch::default());
         let writer = Writer::start(
             conn,
             Box::new(move || {
@@ -187,6 +190,7 @@ impl SqliteStore {
                 Ok(conn)
             }),
             path.display().to_string(),
+            watch.clone(),
         )
         .map_err(|e| open_err(&format!("cannot start the writer thread: {e}")))?;
         let manager = ReadManager {
@@ -207,6 +211,7 @@ impl SqliteStore {
             pool,
             writer,
             path: path.to_owned(),
+            watch,
         })
     }
 

@@ -166,6 +166,10 @@ impl SweepStates for SqliteStore {
 
 #[async_trait]
 impl StateStore for SqliteStore {
+    fn change_watch(&self) -> Option<std::sync::Arc<crate::store::ChangeWatch>> {
+        Some(self.watch.clone())
+    }
+
     async fn insert_state(
         &self,
         row: StateRow,

@@ -10,9 +10,15 @@
 //! error) is not given up on: the writer marks itself read-only and, before each later
 //! group, at most once a second, swaps in a fresh connection. The first group that commits
 //! clears the mark; no restart is needed.
+//!
+//! The writer also watches for other processes' commits (`ChangeWatch`): every change this
+//! process makes goes through its connection, so its `PRAGMA data_version` moves only when
+//! another process (the CLI, another oauthd on the file) committed. It looks after a group
+//! when the last look is `LOOK_EVERY` old, and a ticker wakes it for that when idle.
 
 use super::classify;
-use crate::store::StoreError;
+use crate::store::change_watch::LOOK_EVERY;
+use crate::store::{ChangeWatch, StoreError};
 use rusqlite::{Connection, ErrorCode, MAIN_DB};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -31,6 +37,13 @@ const REOPEN_EVERY: Duration = Duration::from_secs(1);
 pub type Reopen = Box<dyn Fn() -> rusqlite::Result<Connection> + Send>;
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// What the writer's queue carries.
+enum Msg {
+    Job(Box<dyn WriteJob>),
+    /// Time to look for other processes' changes (sent while the writer idles).
+    Look,
+}
 
 trait WriteJob: Send {
     /// Runs the job inside the open transaction; returns what to do once the transaction
@@ -109,7 +122,7 @@ fn is_write_fault(e: &rusqlite::Error) -> bool {
 }
 
 pub struct Writer {
-    queue: mpsc::Sender<Box<dyn WriteJob>>,
+    queue: mpsc::Sender<Msg>,
     thread: Option<JoinHandle<()>>,
     read_only: Arc<AtomicBool>,
 }
@@ -121,10 +134,15 @@ impl Writer {
     }
 
     /// Starts the writer thread on `conn`; `reopen` replaces it when it cannot write.
-    /// `name` (the database path) is for the log.
-    /// Starts the writer thread; the OS refusing a thread is an error, not a writer that
-    /// silently never writes.
-    pub fn start(conn: Connection, reopen: Reopen, name: String) -> std::io::Result<Writer> {
+    /// `name` (the database path) is for the log; `watch` hears of other processes'
+    /// commits. The OS refusing a thread is an error, not a writer that silently never
+    /// writes.
+    pub fn start(
+        conn: Connection,
+        reopen: Reopen,
+        name: String,
+        watch: Arc<ChangeWatch>,
+    ) -> std::io::Result<Writer> {
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
         let read_only = Arc::new(AtomicBool::new(conn_is_read_only(&conn)));
         crate::metrics::STORAGE_READ_ONLY.set(read_only.load(Ordering::Acquire).into());
@@ -134,10 +152,23 @@ impl Writer {
             name,
             read_only: read_only.clone(),
             last_reopen: None,
+            watch,
+            data_version: None,
+            last_look: None,
         };
         let thread = std::thread::Builder::new()
             .name("oauthd-sqlite-writer".into())
             .spawn(move || writer_loop(link, rx))?;
+        // Holds only a weak handle: the queue still closes when the Writer is dropped.
+        let ticks = queue.downgrade();
+        std::thread::Builder::new()
+            .name("oauthd-sqlite-watch".into())
+            .spawn(move || loop {
+                std::thread::sleep(LOOK_EVERY);
+                let Some(queue) = ticks.upgrade() else { break };
+                // A full queue means the writer is busy, and looks after its groups.
+                let _ = queue.try_send(Msg::Look);
+            })?;
         Ok(Writer {
             queue,
             thread: Some(thread),
@@ -203,7 +234,7 @@ impl Writer {
             reply,
         });
         let gone = || StoreError::unavailable(context, "the database writer has stopped");
-        self.queue.send(job).await.map_err(|_| gone())?;
+        self.queue.send(Msg::Job(job)).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
 }
@@ -231,6 +262,10 @@ struct Link {
     name: String,
     read_only: Arc<AtomicBool>,
     last_reopen: Option<Instant>,
+    watch: Arc<ChangeWatch>,
+    /// `PRAGMA data_version` at the last look (`None`: not looked on this connection).
+    data_version: Option<i64>,
+    last_look: Option<Instant>,
 }
 
 impl Link {
@@ -270,6 +305,8 @@ impl Link {
         }
         self.last_reopen = Some(Instant::now());
         self.conn = None;
+        // A fresh connection's data_version says nothing about what changed meanwhile.
+        self.data_version = None;
         match (self.reopen)() {
             Ok(fresh) => self.conn = Some(fresh),
             Err(e) => log::warn!("database {}: reopening failed: {e}", self.name),
@@ -277,31 +314,67 @@ impl Link {
     }
 }
 
-fn writer_loop(mut link: Link, mut rx: mpsc::Receiver<Box<dyn WriteJob>>) {
+impl Link {
+    /// Looks for other processes' commits when the last look is `LOOK_EVERY` old. A
+    /// change (or a connection not looked on before) bumps the watch's generation; a
+    /// failed look confirms nothing, so caches fall back to their age bound.
+    fn look(&mut self) {
+        if self.last_look.is_some_and(|t| t.elapsed() < LOOK_EVERY) {
+            return;
+        }
+        let Some(conn) = &self.conn else { return };
+        let began = Instant::now();
+        self.last_look = Some(began);
+        match conn.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0)) {
+            Ok(version) => {
+                let changed = self.data_version != Some(version);
+                self.data_version = Some(version);
+                self.watch.record(began, changed);
+            }
+            Err(e) => log::debug!("database {}: looking for changes: {e}", self.name),
+        }
+    }
+}
+
+fn writer_loop(mut link: Link, mut rx: mpsc::Receiver<Msg>) {
     let mut group: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = rx.blocking_recv() {
-        group.push(first);
+        group.extend(job_of(first));
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
-                Ok(job) => group.push(job),
+                Ok(msg) => group.extend(job_of(msg)),
                 Err(_) => break,
             }
         }
-        link.heal();
-        let Some(conn) = &link.conn else {
-            let err = StoreError::unavailable("opening the database", "it could not be reopened");
-            for job in group.drain(..) {
-                job.abort(err.clone());
-            }
-            continue;
-        };
-        match commit_group(conn, &mut group) {
-            Outcome::Committed => link.mark_writable(),
-            Outcome::CannotWrite => link.mark_read_only(),
-            Outcome::Failed => {}
+        if !group.is_empty() {
+            write_group(&mut link, &mut group);
         }
+        link.look();
     }
     log::debug!("database writer stopped");
+}
+
+fn job_of(msg: Msg) -> Option<Box<dyn WriteJob>> {
+    match msg {
+        Msg::Job(job) => Some(job),
+        Msg::Look => None,
+    }
+}
+
+fn write_group(link: &mut Link, group: &mut Vec<Box<dyn WriteJob>>) {
+    link.heal();
+    let Some(conn) = &link.conn else {
+        let err = StoreError::unavailable("opening the database", "it could not be reopened");
+        for job in group.drain(..) {
+            job.abort(err.clone());
+        }
+        return;
+    };
+    match commit_group(conn, group) {
+        Outcome::Committed => link.mark_writable(),
+        Outcome::CannotWrite => link.mark_read_only(),
+        Outcome::Failed => {}
+    }
 }
 
 /// How a group ended, for the writer's read-only mark.
