@@ -9,7 +9,7 @@ use crate::oauth::provider::check_name as check_account_name;
 use crate::secret::{ApiKey, SecretHash};
 use crate::store::{ApiKeyRecord, KeyStore, StoreError};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const MAX_KEY_NAME_CHARS: usize = 64;
@@ -101,7 +101,7 @@ pub async fn create(
 /// the state API's throughput (bench/README.md).
 pub struct KeyCache {
     max_age: Duration,
-    entries: Mutex<HashMap<SecretHash, (ApiKeyRecord, Instant)>>,
+    entries: Mutex<HashMap<SecretHash, (Arc<ApiKeyRecord>, Instant)>>,
 }
 
 /// More entries than this means something is off; start over rather than grow.
@@ -116,17 +116,17 @@ impl KeyCache {
     }
 
     /// The key's record when it was verified recently, without touching the database.
-    pub fn cached(&self, presented: &str) -> Option<ApiKeyRecord> {
+    pub fn cached(&self, presented: &str) -> Option<Arc<ApiKeyRecord>> {
         self.fresh(&SecretHash::of(presented))
     }
 
-    fn fresh(&self, hash: &SecretHash) -> Option<ApiKeyRecord> {
+    fn fresh(&self, hash: &SecretHash) -> Option<Arc<ApiKeyRecord>> {
         let entries = self.entries.lock().ok()?;
         let (record, checked) = entries.get(hash)?;
         (checked.elapsed() < self.max_age).then(|| record.clone())
     }
 
-    fn remember(&self, hash: SecretHash, record: Option<&ApiKeyRecord>) {
+    fn remember(&self, hash: SecretHash, record: Option<&Arc<ApiKeyRecord>>) {
         if self.max_age.is_zero() {
             return;
         }
@@ -151,13 +151,13 @@ impl KeyCache {
         &self,
         store: &dyn KeyStore,
         presented: &str,
-    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+    ) -> Result<Option<Arc<ApiKeyRecord>>, StoreError> {
         // Every key oauthd issues has the prefix: anything else is refused without a lookup.
         if !presented.starts_with(crate::secret::API_KEY_PREFIX) {
             return Ok(None);
         }
         let hash = SecretHash::of(presented);
-        let found = store.find_active_key(hash).await?;
+        let found = store.find_active_key(hash).await?.map(Arc::new);
         self.remember(hash, found.as_ref());
         Ok(found)
     }

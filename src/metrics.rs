@@ -44,18 +44,18 @@ pub const NO_NAMESPACE: &str = "_none";
 static NAMESPACE_LABELS: LazyLock<RwLock<HashSet<String>>> = LazyLock::new(Default::default);
 
 /// `namespace` itself while fewer than `MAX_NAMESPACE_LABELS` namespaces were labelled,
-/// else `_other`.
-fn namespace_label(namespace: &str) -> String {
+/// else `_other` (a namespace labelled already costs no allocation).
+fn namespace_label(namespace: &str) -> &str {
     let known = |seen: &HashSet<String>| seen.contains(namespace);
     if NAMESPACE_LABELS.read().is_ok_and(|seen| known(&seen)) {
-        return namespace.to_owned();
+        return namespace;
     }
     match NAMESPACE_LABELS.write() {
         Ok(mut seen) if known(&seen) || seen.len() < MAX_NAMESPACE_LABELS => {
             seen.insert(namespace.to_owned());
-            namespace.to_owned()
+            namespace
         }
-        _ => OTHER_NAMESPACES.to_owned(),
+        _ => OTHER_NAMESPACES,
     }
 }
 
@@ -91,10 +91,8 @@ pub fn state_created(namespace: &str) {
 
 /// `namespace`: the state's, or the one it was presented for; `None` when neither is known.
 pub fn state_consumed(namespace: Option<&str>, outcome: &str) {
-    let label = namespace.map_or_else(|| NO_NAMESPACE.to_owned(), namespace_label);
-    STATE_CONSUMES
-        .with_label_values(&[label.as_str(), outcome])
-        .inc();
+    let label = namespace.map_or(NO_NAMESPACE, namespace_label);
+    STATE_CONSUMES.with_label_values(&[label, outcome]).inc();
 }
 
 pub fn states_swept(namespace: &str, count: u64) {

@@ -11,7 +11,7 @@ use actix_web::{web, FromRequest, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 
 /// The app calling, identified by its API key.
-pub struct Caller(pub ApiKeyRecord);
+pub struct Caller(pub std::sync::Arc<ApiKeyRecord>);
 
 impl Caller {
     /// 401 unless the key may use `ns` (keys can be limited to namespace patterns).

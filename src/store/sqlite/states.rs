@@ -245,18 +245,20 @@ impl StateStore for SqliteStore {
         let (ns, prefix) = (ns.to_owned(), prefix);
         self.writer
             .run("consuming a state", move |conn| {
-                // One statement: the row is gone for everyone else the moment we see it,
-                // and only a row of the namespace asked for, without a code, is touched.
+                // Read, then delete, in the writer's transaction: no other write comes
+                // between them, and readers see neither until both commit. Only a row of
+                // the namespace asked for, without a code, is touched. (A DELETE with
+                // RETURNING would build a temporary table for its one row each time.)
                 let row = conn
                     .prepare_cached(&format!(
-                        "DELETE FROM states WHERE key_hash = ?1 AND (namespace = ?2
+                        "SELECT {COLUMNS} FROM states WHERE key_hash = ?1 AND (namespace = ?2
                            OR (?3 AND substr(namespace, 1, length(?2)) = ?2))
-                           AND secret_hash IS NULL
-                         RETURNING {COLUMNS}"
+                           AND secret_hash IS NULL"
                     ))?
                     .query_row(params![&key_hash.0[..], ns, prefix], state_row)
                     .optional()?;
                 if let Some(row) = row {
+                    delete(conn, &key_hash)?;
                     return Ok(Taken::Row(row));
                 }
                 if !prefix && select(conn, &key_hash, &ns)?.is_some() {

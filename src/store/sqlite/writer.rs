@@ -113,6 +113,12 @@ fn in_savepoint<T>(
     result
 }
 
+/// Runs a statement without parameters from the connection's statement cache: a group's
+/// BEGIN and COMMIT are not parsed again for every group.
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 /// Errors after which the connection is replaced: it cannot write, and a fresh one may.
 fn is_write_fault(e: &rusqlite::Error) -> bool {
     matches!(
@@ -397,7 +403,7 @@ fn commit_group(conn: &Connection, group: &mut Vec<Box<dyn WriteJob>>) -> Outcom
     };
     let mut jobs = group.drain(..);
     while jobs.len() > 0 {
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = run_cached(conn, "BEGIN IMMEDIATE") {
             cannot_write |= is_write_fault(&e);
             let err = classify("starting a write transaction", e);
             log::warn!("{err}");
@@ -422,9 +428,9 @@ fn commit_group(conn: &Connection, group: &mut Vec<Box<dyn WriteJob>>) -> Outcom
                 "the transaction was rolled back by the database",
             ))
         } else {
-            conn.execute_batch("COMMIT").map_err(|e| {
+            run_cached(conn, "COMMIT").map_err(|e| {
                 cannot_write |= is_write_fault(&e);
-                let _ = conn.execute_batch("ROLLBACK");
+                let _ = run_cached(conn, "ROLLBACK");
                 classify("committing", e)
             })
         };
