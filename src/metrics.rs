@@ -101,7 +101,6 @@ pub fn states_swept(namespace: &str, count: u64) {
         .inc_by(count);
 }
 
-/// result: ok, failed, needs_reauth.
 static CACHE_READS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "cache_reads_total",
@@ -120,6 +119,7 @@ pub fn cache_counters(name: &str) -> (IntCounter, IntCounter) {
     )
 }
 
+/// result: ok, failed, needs_reauth.
 pub static REFRESHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "refreshes_total",

@@ -189,7 +189,8 @@ impl<K: Hash + Eq + Clone, V: Clone> ReadCache<K, V> {
             return;
         };
         let slot = inner.slot(key);
-        let outranked = |at: Option<Instant>| at.is_some_and(|at| at > ticket.began);
+        // A drop in the same clock tick as the read's start outranks it too.
+        let outranked = |at: Option<Instant>| at.is_some_and(|at| at >= ticket.began);
         if outranked(inner.cleared)
             || inner.dropped.get(slot).is_some_and(|&at| outranked(at))
             || inner
@@ -251,6 +252,24 @@ impl<K: Hash + Eq + Clone, V: Clone> ReadCache<K, V> {
         }
     }
 
+    /// Drops what is held for `key` when the guard goes: taken before a write that changes
+    /// the key's value, it drops after the write even when the caller is cancelled while
+    /// waiting for the store, or returns early with an error.
+    pub fn forget_after(&self, key: &K) -> ForgetAfter<'_, K, V> {
+        ForgetAfter {
+            cache: self,
+            key: Some(key.clone()),
+        }
+    }
+
+    /// Like `forget_after`, for a write that may change any entry.
+    pub fn forget_all_after(&self) -> ForgetAfter<'_, K, V> {
+        ForgetAfter {
+            cache: self,
+            key: None,
+        }
+    }
+
     /// Drops everything (a change that may touch any entry, e.g. revoking by subject).
     pub fn forget_all(&self) {
         if self.max_age.is_zero() {
@@ -260,6 +279,22 @@ impl<K: Hash + Eq + Clone, V: Clone> ReadCache<K, V> {
             inner.entries.clear();
             inner.bytes = 0;
             inner.cleared = Some(Instant::now());
+        }
+    }
+}
+
+/// Drops a key (or everything) from a `ReadCache` when it goes out of scope.
+pub struct ForgetAfter<'a, K: Hash + Eq + Clone, V: Clone> {
+    cache: &'a ReadCache<K, V>,
+    /// `None`: everything.
+    key: Option<K>,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Drop for ForgetAfter<'_, K, V> {
+    fn drop(&mut self) {
+        match &self.key {
+            Some(key) => self.cache.forget(key),
+            None => self.cache.forget_all(),
         }
     }
 }
@@ -328,6 +363,29 @@ mod tests {
         let counted: usize = inner.entries.values().map(|e| e.bytes).sum();
         assert_eq!(inner.bytes, counted);
         assert!(inner.entries.contains_key("99"));
+    }
+
+    #[test]
+    fn forget_after_drops_when_the_guard_goes_and_outranks_reads_begun_before() {
+        let cache = ReadCache::new(MINUTE);
+        cache.put(&"k", 1, cache.begin_read());
+        let ticket = {
+            let _writing = cache.forget_after(&"k");
+            // A read racing the write (it began while the write was under way).
+            let ticket = cache.begin_read();
+            assert_eq!(cache.get(&"k"), Some(1), "dropped only when the guard goes");
+            ticket
+        };
+        assert_eq!(cache.get(&"k"), None);
+        cache.put(&"k", 1, ticket);
+        assert_eq!(
+            cache.get(&"k"),
+            None,
+            "a read from before the drop came back"
+        );
+        cache.put(&"other", 2, cache.begin_read());
+        drop(cache.forget_all_after());
+        assert_eq!(cache.get(&"other"), None);
     }
 
     #[test]

@@ -170,23 +170,39 @@ pub struct StateView {
     pub expires_at_ms: i64,
     /// Wrong codes left, for a state guarded by one.
     pub attempts_left: Option<u32>,
-    /// Roughly what it holds in memory: its data as stored and its names.
+    /// Roughly what it holds in memory, in bytes (its parsed data and its names).
     pub size: usize,
+}
+
+/// Roughly what a parsed JSON value holds in memory: a parsed `[0,0,...]` takes 16 times
+/// its text, so the text's length is no measure.
+fn json_size(value: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    let own = std::mem::size_of::<Value>();
+    own + match value {
+        Value::String(s) => s.len(),
+        Value::Array(items) => items.iter().map(json_size).sum(),
+        Value::Object(members) => members
+            .iter()
+            .map(|(k, v)| k.len() + own + json_size(v))
+            .sum(),
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+    }
 }
 
 impl StateView {
     fn of(row: StateRow) -> Result<StateView, StateError> {
-        let size = 128
-            + row.namespace.len()
-            + row.subject.as_ref().map_or(0, String::len)
-            + row.data.as_ref().map_or(0, |d| 2 * d.len());
-        let data = match row.data {
+        let data: Option<serde_json::Value> = match row.data {
             None => None,
             Some(text) => Some(
                 serde_json::from_str(&text)
                     .map_err(|e| StoreError::unavailable("reading a state's data", e))?,
             ),
         };
+        let size = 128
+            + row.namespace.len()
+            + row.subject.as_ref().map_or(0, String::len)
+            + data.as_ref().map_or(0, json_size);
         Ok(StateView {
             id: StateId::of(&row.key_hash),
             namespace: row.namespace,
@@ -335,6 +351,7 @@ impl StateService {
             hash: state.code_hash(&code),
             attempts_left: attempts.unwrap_or(rule.max_attempts),
         });
+        let replacing = request.replace.then(|| self.seen.forget_all_after());
         let stored = self
             .store
             .insert_state(
@@ -357,11 +374,9 @@ impl StateService {
                 },
             )
             .await;
-        if request.replace {
-            // The subject's other states may be gone even when the answer was an error
-            // (a Redis timeout after the script ran): whatever verify held of them goes.
-            self.seen.forget_all();
-        }
+        // The subject's other states may be gone even when the answer was an error (a Redis
+        // timeout after the script ran): whatever verify held of them goes.
+        drop(replacing);
         match stored? {
             Inserted::Stored => {}
             Inserted::NamespaceFull => {
@@ -454,12 +469,14 @@ impl StateService {
             }
             _ => unknown(),
         };
+        // Dropped after the write (even when this call is cancelled meanwhile): a verify
+        // that read before it cannot put the state back.
+        let consumed = self.seen.forget_after(&state.hash());
         let mut taken = self.store.take_state(state.hash(), filter).await;
         if matches!(taken, Ok(Taken::Missing)) {
             taken = self.store.take_state(state.legacy_hash(), filter).await;
         }
-        // Dropped after the write: a verify that read before it cannot put the state back.
-        self.seen.forget(&state.hash());
+        drop(consumed);
         let row = match taken? {
             Taken::Missing => return Err(unknown()),
             Taken::SecretRequired => return Err(StateError::SecretRequired),
@@ -508,12 +525,10 @@ impl StateService {
         let mut found = Found::Missing;
         for key in [hash, state.legacy_hash()] {
             found = if touch {
-                let touched = self
-                    .store
+                let _touched = self.seen.forget_after(&hash);
+                self.store
                     .touch_state(key, namespace.as_str(), now, self.grace_ms())
-                    .await;
-                self.seen.forget(&hash);
-                touched?
+                    .await?
             } else {
                 self.store.read_state(key, namespace.as_str()).await?
             };
@@ -548,6 +563,7 @@ impl StateService {
     ) -> Result<StateView, StateError> {
         let now = self.clock.now_ms();
         let ns = namespace.as_str();
+        let tried = self.seen.forget_after(&state.hash());
         let mut attempted = self
             .store
             .attempt_state(state.hash(), ns, state.code_hash(code), now)
@@ -558,7 +574,7 @@ impl StateService {
                 .attempt_state(state.legacy_hash(), ns, state.code_hash(code), now)
                 .await;
         }
-        self.seen.forget(&state.hash());
+        drop(tried);
         let attempted = attempted?;
         let outcome = match attempted {
             Attempted::Matched(row) => {
@@ -592,6 +608,7 @@ impl StateService {
         namespace: &Namespace,
     ) -> Result<(), StateError> {
         let now = self.clock.now_ms();
+        let _revoked = self.seen.forget_after(&state.hash());
         let mut revoked = self
             .store
             .revoke_state(state.hash(), namespace.as_str(), now)
@@ -602,7 +619,6 @@ impl StateService {
                 .revoke_state(state.legacy_hash(), namespace.as_str(), now)
                 .await;
         }
-        self.seen.forget(&state.hash());
         found_or_not(revoked?)
     }
 
@@ -610,12 +626,12 @@ impl StateService {
     pub async fn revoke_id(&self, namespace: &Namespace, id: &StateId) -> Result<(), StateError> {
         let now = self.clock.now_ms();
         let id = id.to_string();
+        // Verify keeps states by hash, and the id does not say which: drop them all.
+        let _revoked = self.seen.forget_all_after();
         let revoked = self
             .store
             .revoke_state_id(namespace.as_str(), &id, now)
             .await;
-        // Verify keeps states by hash, and the id does not say which: drop them all.
-        self.seen.forget_all();
         found_or_not(revoked?)
     }
 
@@ -641,12 +657,11 @@ impl StateService {
         subject: &str,
     ) -> Result<u64, StateError> {
         let now = self.clock.now_ms();
-        let revoked = self
+        let _revoked = self.seen.forget_all_after();
+        Ok(self
             .store
             .revoke_subject(namespace.as_str(), subject, now)
-            .await;
-        self.seen.forget_all();
-        Ok(revoked?)
+            .await?)
     }
 }
 
@@ -661,6 +676,26 @@ fn found_or_not(found: bool) -> Result<(), StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parsed_values_size_counts_every_element_not_its_text() {
+        let text = format!("[{}0]", "0,".repeat(8000));
+        let value: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let size = json_size(&value);
+        assert!(
+            size >= 8001 * std::mem::size_of::<serde_json::Value>(),
+            "{size}"
+        );
+        assert!(
+            size > 8 * text.len(),
+            "{size} for {} bytes of text",
+            text.len()
+        );
+        let object = serde_json::json!({"device": "phone", "ip": "10.0.0.1"});
+        assert!(
+            json_size(&object) > "devicephone".len() + 3 * std::mem::size_of::<serde_json::Value>()
+        );
+    }
 
     fn rule(d: u64, m: u64) -> TtlRule {
         TtlRule {

@@ -153,6 +153,9 @@ impl Broker {
             ImportExpiry::In(d) => Some(now.saturating_add(d.as_millis() as i64)),
         };
         let events = self.connected_events(&key, before.as_ref(), super::events::Via::Import);
+        // Dropped after the write (even when this call is cancelled meanwhile): reads that
+        // began before it cannot put the old token back.
+        let saving = self.token_cache.forget_after(&key);
         self.store
             .save_connection(
                 &key,
@@ -163,8 +166,7 @@ impl Broker {
             )
             .await?;
         self.notifier.written(&events);
-        // Dropped after the write: reads that began before it cannot put the old token back.
-        self.token_cache.forget(&key);
+        drop(saving);
         log::info!("connection {provider}/{account}: tokens imported");
         Ok(if before.is_some() {
             Imported::Replaced

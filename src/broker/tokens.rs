@@ -297,6 +297,9 @@ impl Broker {
         let key = ConnectionKey::new(&provider.name, account);
         let before = self.store.get_connection(&key).await?;
         let events = self.connected_events(&key, before.as_ref(), via);
+        // Dropped after the write (even when this call is cancelled meanwhile): reads that
+        // began before it cannot put the old token back.
+        let _saved = self.token_cache.forget_after(&key);
         self.store
             .save_connection(
                 &key,
@@ -307,8 +310,6 @@ impl Broker {
             )
             .await?;
         self.notifier.written(&events);
-        // Dropped after the write: reads that began before it cannot put the old token back.
-        self.token_cache.forget(&key);
         Ok(())
     }
 
@@ -565,10 +566,12 @@ impl Broker {
         let sealed = self.seal_tokens(p, a, &tokens, None)?;
         let expires_at_ms = sealed.access_expires_at_ms;
         let scope = sealed.scopes.clone().or_else(|| row.scopes.clone());
-        // Committed before anyone sees the new token.
-        let ticket = self.token_cache.begin_read();
+        // Committed before anyone sees the new token. What was read before the commit is
+        // dropped after it (even when this call is cancelled meanwhile), and only then is
+        // the new token held: a read that began before the commit cannot put the old back.
         let events = self.refreshed_events(row, expires_at_ms);
-        if !self
+        let saving = self.token_cache.forget_after(&row.key());
+        let saved = self
             .store
             .save_refreshed(
                 &row.key(),
@@ -577,8 +580,10 @@ impl Broker {
                 self.clock.now_ms(),
                 self.notifier.deliveries(&events),
             )
-            .await?
-        {
+            .await;
+        drop(saving);
+        let ticket = self.token_cache.begin_read();
+        if !saved? {
             log::warn!(
                 "refresh {p}/{a}: superseded by a newer connection or lease; result dropped"
             );
@@ -611,7 +616,8 @@ impl Broker {
         generation: i64,
         failure: Failure,
     ) -> BrokerError {
-        self.token_cache.forget(&row.key());
+        // Dropped once the failure is stored: a read before that would hide needs_reauth.
+        let _failed = self.token_cache.forget_after(&row.key());
         let now = self.clock.now_ms();
         let (status, error, retry_at_ms) = match &failure {
             Failure::Reauth(reason) => (ConnectionStatus::NeedsReauth, reason.as_str(), None),
@@ -754,6 +760,7 @@ impl Broker {
             Disconnected::ProviderMissing => "provider_missing",
         };
         let events = vec![self.deleted_event(&key, revocation)];
+        let deleting = self.token_cache.forget_after(&key);
         if self
             .store
             .delete_connection(&key, self.notifier.deliveries(&events))
@@ -761,7 +768,7 @@ impl Broker {
         {
             self.notifier.written(&events);
         }
-        self.token_cache.forget(&key);
+        drop(deleting);
         log::info!(
             "disconnect {provider_name}/{account}: deleted ({})",
             outcome.describe(provider_name)

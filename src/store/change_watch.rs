@@ -50,6 +50,13 @@ impl ChangeWatch {
         }
     }
 
+    /// This process changed the store for a caller that was gone by the time the change
+    /// committed (a request cancelled while it waited): nobody is left to drop what the
+    /// caches hold of it, so everything goes, as for a change made elsewhere.
+    pub fn changed_unseen(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// A look that began at `began` found that something changed elsewhere since the
     /// previous look (`changed`), or that nothing did.
     pub fn record(&self, began: Instant, changed: bool) {

@@ -36,7 +36,8 @@ const REOPEN_EVERY: Duration = Duration::from_secs(1);
 /// Opens a new connection to the database, configured like the first one.
 pub type Reopen = Box<dyn Fn() -> rusqlite::Result<Connection> + Send>;
 
-type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// Answers the caller how the transaction ended; false when the caller was gone.
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) -> bool + Send>;
 
 /// What the writer's queue carries.
 enum Msg {
@@ -87,7 +88,7 @@ where
             classify(context, e)
         });
         Some(Box::new(move |ended: Result<(), StoreError>| {
-            let _ = reply.send(ended.and(result));
+            reply.send(ended.and(result)).is_ok()
         }))
     }
 
@@ -329,6 +330,11 @@ impl Link {
             return;
         }
         let Some(conn) = &self.conn else { return };
+        // Inside a transaction (a COMMIT that failed and left it open) the pragma would
+        // read that transaction's old snapshot: confirm nothing then.
+        if !conn.is_autocommit() {
+            return;
+        }
         let began = Instant::now();
         self.last_look = Some(began);
         match conn.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0)) {
@@ -376,7 +382,7 @@ fn write_group(link: &mut Link, group: &mut Vec<Box<dyn WriteJob>>) {
         }
         return;
     };
-    match commit_group(conn, group) {
+    match commit_group(conn, group, &link.watch) {
         Outcome::Committed => link.mark_writable(),
         Outcome::CannotWrite => link.mark_read_only(),
         Outcome::Failed => {}
@@ -393,7 +399,13 @@ enum Outcome {
     Failed,
 }
 
-fn commit_group(conn: &Connection, group: &mut Vec<Box<dyn WriteJob>>) -> Outcome {
+/// Runs the group in as few transactions as failures allow. A job that committed for a
+/// caller who was gone by then makes `watch` drop every cached value (nobody else will).
+fn commit_group(
+    conn: &Connection,
+    group: &mut Vec<Box<dyn WriteJob>>,
+    watch: &ChangeWatch,
+) -> Outcome {
     let mut cannot_write = false;
     let mut failed = false;
     let outcome = |cannot_write: bool, failed: bool| match (cannot_write, failed) {
@@ -438,9 +450,83 @@ fn commit_group(conn: &Connection, group: &mut Vec<Box<dyn WriteJob>>) -> Outcom
             failed = true;
             log::warn!("write group of {} failed: {e}", done.len());
         }
+        let mut unseen = false;
         for complete in done {
-            complete(ended.clone());
+            unseen |= !complete(ended.clone());
+        }
+        if unseen && ended.is_ok() {
+            watch.changed_unseen();
         }
     }
     outcome(cannot_write, failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_change_committed_for_a_caller_who_left_makes_the_caches_drop_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("writer.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (x INTEGER)")
+            .unwrap();
+        let watch = Arc::new(ChangeWatch::default());
+        let reopen_path = path.clone();
+        let writer = Writer::start(
+            conn,
+            Box::new(move || Connection::open(&reopen_path)),
+            "test".into(),
+            watch.clone(),
+        )
+        .unwrap();
+        // The first look (a connection not looked on before counts as a change).
+        while watch.confirmed_at().is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let before = watch.generation();
+
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let mut call = Box::pin(writer.run("test", move |c| {
+            let _ = started_tx.send(());
+            let _ = go_rx.recv();
+            c.execute("INSERT INTO t VALUES (1)", []).map(|_| ())
+        }));
+        // The caller waits until its job runs, then leaves (a cancelled request).
+        while started.try_recv().is_err() {
+            tokio::select! {
+                _ = &mut call => panic!("answered before the job was let go"),
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+        }
+        drop(call);
+        go.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while watch.generation() == before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            watch.generation(),
+            before + 1,
+            "nobody dropped what was cached"
+        );
+        let rows: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1, "the change committed");
+
+        // A caller who stays drops what it changed itself: no drop of everything.
+        writer
+            .run("test", |c| {
+                c.execute("INSERT INTO t VALUES (2)", []).map(|_| ())
+            })
+            .await
+            .unwrap();
+        tokio::time::sleep(LOOK_EVERY * 2).await;
+        assert_eq!(watch.generation(), before + 1);
+    }
 }
