@@ -238,8 +238,9 @@ impl<K: Hash + Eq + Clone, V: Clone> ReadCache<K, V> {
     }
 
     /// Drops what is held for `key`: it changed in this process. Reads that began before
-    /// now cannot put their value back.
-    pub fn forget(&self, key: &K) {
+    /// now cannot put their value back. Callers go through `forget_after`, so that the drop
+    /// comes after the write on every path.
+    fn forget(&self, key: &K) {
         if self.max_age.is_zero() {
             return;
         }
@@ -271,7 +272,7 @@ impl<K: Hash + Eq + Clone, V: Clone> ReadCache<K, V> {
     }
 
     /// Drops everything (a change that may touch any entry, e.g. revoking by subject).
-    pub fn forget_all(&self) {
+    fn forget_all(&self) {
         if self.max_age.is_zero() {
             return;
         }

@@ -218,7 +218,7 @@ impl StateView {
 
 /// Live states verify holds at most (sessions: each is verified on every request).
 const VERIFY_CACHE_ENTRIES: usize = 100_000;
-/// What they may hold in memory at most, in bytes (their data counted twice: parsed).
+/// What they may hold in memory at most, in bytes (as `json_size` weighs their data).
 const VERIFY_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 pub struct StateService {
