@@ -330,6 +330,20 @@ impl Daemon {
         sample(&self.metrics_text().await, series)
     }
 
+    /// Polls one series of `/metrics` until it shows `want` or `limit` passes, and returns
+    /// the last value seen: for counters moved by work that ends after what the test
+    /// observed (a delivery is counted once the receiver's answer is back).
+    pub async fn metric_reaches(&self, series: &str, want: f64, limit: Duration) -> Option<f64> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let value = self.metric(series).await;
+            if value == Some(want) || Instant::now() >= deadline {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn create_state(&self, key: &str, body: serde_json::Value) -> String {
         let (status, body) = self.post("/v1/states", key, body).await;
         assert_eq!(status, 201, "{body}");
