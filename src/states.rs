@@ -12,7 +12,8 @@ use crate::store::{
     Attempted, Found, InsertRules, Inserted, NamespaceFilter, Sliding, StateRow, StateSecret,
     StateStore, StoreError, Taken,
 };
-use std::sync::Arc;
+use bytes::Bytes;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Default and maximum TTL for a namespace (or for all of them).
@@ -170,8 +171,12 @@ pub struct StateView {
     pub expires_at_ms: i64,
     /// Wrong codes left, for a state guarded by one.
     pub attempts_left: Option<u32>,
-    /// Roughly what it holds in memory, in bytes (its parsed data and its names).
+    /// Roughly what it holds in memory, in bytes (its parsed data, its names and its
+    /// answer).
     pub size: usize,
+    /// The body of its `200` answer, rendered the first time one is asked for: a view the
+    /// verify cache holds answers every later verify with the same bytes.
+    answer: OnceLock<Bytes>,
 }
 
 /// Roughly what a parsed JSON value holds in memory: a parsed `[0,0,...]` takes 16 times
@@ -190,8 +195,13 @@ fn json_size(value: &serde_json::Value) -> usize {
     }
 }
 
+/// What an answer adds to its data's text: names, the id, two timestamps (and their
+/// escaping, at most).
+const ANSWER_OVERHEAD: usize = 256;
+
 impl StateView {
     fn of(row: StateRow) -> Result<StateView, StateError> {
+        let text_len = row.data.as_ref().map_or(0, String::len);
         let data: Option<serde_json::Value> = match row.data {
             None => None,
             Some(text) => Some(
@@ -199,10 +209,15 @@ impl StateView {
                     .map_err(|e| StoreError::unavailable("reading a state's data", e))?,
             ),
         };
+        let names = row.namespace.len() + row.subject.as_ref().map_or(0, String::len);
+        // The view, then its answer: the names again (twice, for escaping), the data as
+        // compact text (no longer than the text it was parsed from).
         let size = 128
-            + row.namespace.len()
-            + row.subject.as_ref().map_or(0, String::len)
-            + data.as_ref().map_or(0, json_size);
+            + names
+            + data.as_ref().map_or(0, json_size)
+            + ANSWER_OVERHEAD
+            + 2 * names
+            + text_len;
         Ok(StateView {
             id: StateId::of(&row.key_hash),
             namespace: row.namespace,
@@ -212,7 +227,21 @@ impl StateView {
             expires_at_ms: row.expires_at_ms,
             attempts_left: row.secret.map(|s| s.attempts_left),
             size,
+            answer: OnceLock::new(),
         })
+    }
+
+    /// The body of its `200` answer: rendered by `render` the first time, the same bytes
+    /// after.
+    pub fn answer<E>(
+        &self,
+        render: impl FnOnce(&StateView) -> Result<Vec<u8>, E>,
+    ) -> Result<Bytes, E> {
+        if let Some(body) = self.answer.get() {
+            return Ok(body.clone());
+        }
+        let body = Bytes::from(render(self)?);
+        Ok(self.answer.get_or_init(|| body).clone())
     }
 }
 
@@ -695,6 +724,35 @@ mod tests {
         assert!(
             json_size(&object) > "devicephone".len() + 3 * std::mem::size_of::<serde_json::Value>()
         );
+    }
+
+    #[test]
+    fn a_views_answer_is_rendered_once_and_weighed_with_the_view() {
+        let data = r#"{"device": "phone"}"#;
+        let view = StateView::of(StateRow {
+            key_hash: SecretHash::of("x"),
+            namespace: "sessions".into(),
+            data: Some(data.into()),
+            created_at_ms: 0,
+            expires_at_ms: 1,
+            subject: Some("alice".into()),
+            secret: None,
+            sliding: None,
+        })
+        .expect("view");
+        let renders = std::cell::Cell::new(0);
+        let render = |v: &StateView| {
+            renders.set(renders.get() + 1);
+            serde_json::to_vec(&v.data)
+        };
+        let first = view.answer(render).expect("answer");
+        let second = view.answer(render).expect("answer");
+        assert_eq!(
+            (renders.get(), &first[..]),
+            (1, br#"{"device":"phone"}"#.as_slice())
+        );
+        assert_eq!(first, second);
+        assert!(view.size >= ANSWER_OVERHEAD + data.len() + 2 * "sessionsalice".len());
     }
 
     fn rule(d: u64, m: u64) -> TtlRule {
