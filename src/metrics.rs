@@ -1,9 +1,12 @@
 //! Prometheus metrics: what oauthd did, for operators who do not read logs. One registry,
-//! served at `/metrics`; HTTP request counts and latencies come from actix-web-prom with
-//! unmatched paths collapsed into one label, so probing bots cannot explode the label set.
+//! served at `/metrics`; HTTP request counts and latencies are recorded by
+//! `http::request_metrics`.
 
 use prometheus::core::Collector;
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
 use std::collections::HashSet;
 use std::sync::{LazyLock, RwLock};
 
@@ -204,11 +207,27 @@ pub fn render() -> String {
     out
 }
 
-/// The HTTP middleware: requests by route pattern and status, with a latency histogram.
-pub fn http_middleware() -> Result<actix_web_prom::PrometheusMetrics, String> {
-    actix_web_prom::PrometheusMetricsBuilder::new("oauthd")
-        .registry(REGISTRY.clone())
-        .mask_unmatched_patterns("UNMATCHED")
-        .build()
-        .map_err(|e| e.to_string())
+const HTTP_LABELS: [&str; 3] = ["endpoint", "method", "status"];
+
+static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "http_requests_total",
+        "Total number of HTTP requests",
+        &HTTP_LABELS,
+    )
+});
+
+static HTTP_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    let name = "http_requests_duration_seconds";
+    let opts = HistogramOpts::new(name, "HTTP request duration in seconds for all requests")
+        .namespace("oauthd");
+    registered(name, HistogramVec::new(opts, &HTTP_LABELS))
+});
+
+/// Counts an HTTP answer by route pattern, method and status; returns the histogram its
+/// latency goes into once its body is done.
+pub fn http_answered(endpoint: &str, method: &str, status: &str) -> Histogram {
+    let labels = [endpoint, method, status];
+    HTTP_REQUESTS.with_label_values(&labels).inc();
+    HTTP_DURATION.with_label_values(&labels)
 }

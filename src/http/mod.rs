@@ -19,6 +19,7 @@ mod pages;
 mod problem;
 mod proxy;
 mod ratelimit;
+mod request_metrics;
 mod states;
 mod ui;
 
@@ -354,7 +355,6 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = web::Data::new(app);
     let limit = web::Data::new(BodyLimit(settings.states.max_data_bytes + 8 * 1024));
-    let prometheus = crate::metrics::http_middleware().map_err(std::io::Error::other)?;
     // The access log formats every request before the logger decides to drop the line:
     // with access logs filtered out (RUST_LOG=warn) it is not installed at all.
     let access_logged =
@@ -364,7 +364,7 @@ pub async fn serve(
             .app_data(app.clone())
             .app_data(limit.clone())
             .wrap(actix_web::middleware::from_fn(limits::enforce))
-            .wrap(prometheus.clone())
+            .wrap(actix_web::middleware::from_fn(request_metrics::record))
             .wrap(actix_web::middleware::Condition::new(
                 access_logged,
                 access_log(),

@@ -1,0 +1,121 @@
+//! Every answer counted by route pattern, method and status
+//! (`oauthd_http_requests_total`), and timed to the end of its body
+//! (`oauthd_http_requests_duration_seconds`: a streamed proxy answer counts until its last
+//! byte). Paths no route matched count as `UNMATCHED`, so probing bots cannot grow the
+//! label set.
+
+use crate::metrics;
+use actix_web::body::{BodySize, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::web::Bytes;
+use pin_project_lite::pin_project;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// The endpoint label of a request no route matched.
+pub const UNMATCHED: &str = "UNMATCHED";
+
+/// The middleware (`from_fn`).
+pub async fn record(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<Timed<impl MessageBody>>, actix_web::Error> {
+    let started = Instant::now();
+    let res = next.call(req).await?;
+    let endpoint = res.request().match_pattern();
+    let latency = metrics::http_answered(
+        endpoint.as_deref().unwrap_or(UNMATCHED),
+        res.request().method().as_str(),
+        res.status().as_str(),
+    );
+    Ok(res.map_body(|_, body| Timed {
+        body,
+        latency: Some((latency, started)),
+    }))
+}
+
+pin_project! {
+    /// An answer's body that observes its request's latency when it is dropped: after its
+    /// last byte was written, or when the client left.
+    pub struct Timed<B> {
+        #[pin]
+        body: B,
+        latency: Option<(prometheus::Histogram, Instant)>,
+    }
+
+    impl<B> PinnedDrop for Timed<B> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some((histogram, started)) = this.project().latency.take() {
+                histogram.observe(started.elapsed().as_secs_f64());
+            }
+        }
+    }
+}
+
+impl<B: MessageBody> MessageBody for Timed<B> {
+    type Error = B::Error;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        self.project().body.poll_next(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::{test, web, App, HttpResponse};
+
+    fn sample(series: &str) -> f64 {
+        metrics::render()
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    #[actix_web::test]
+    async fn answers_are_counted_by_pattern_and_timed_when_their_body_is_done() {
+        let app = test::init_service(
+            App::new()
+                .wrap(actix_web::middleware::from_fn(record))
+                .route(
+                    "/t/{name}",
+                    web::get().to(|| async { HttpResponse::Ok().body("x".repeat(10)) }),
+                ),
+        )
+        .await;
+        let count =
+            "oauthd_http_requests_total{endpoint=\"/t/{name}\",method=\"GET\",status=\"200\"}";
+        let timed =
+            "oauthd_http_requests_duration_seconds_count{endpoint=\"/t/{name}\",method=\"GET\",status=\"200\"}";
+        let unmatched =
+            "oauthd_http_requests_total{endpoint=\"UNMATCHED\",method=\"GET\",status=\"404\"}";
+        let (count0, timed0, unmatched0) = (sample(count), sample(timed), sample(unmatched));
+
+        let res = test::call_service(&app, test::TestRequest::get().uri("/t/a").to_request()).await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(sample(count), count0 + 1.0);
+        // Not timed before its body is done with.
+        assert_eq!(sample(timed), timed0);
+        assert_eq!(test::read_body(res).await.len(), 10);
+        assert_eq!(sample(timed), timed0 + 1.0);
+
+        let res = test::call_service(
+            &app,
+            test::TestRequest::get().uri("/nowhere/x").to_request(),
+        )
+        .await;
+        assert_eq!(res.status(), 404);
+        drop(res);
+        assert_eq!(sample(unmatched), unmatched0 + 1.0);
+        assert!(!metrics::render().contains("/nowhere"));
+    }
+}
