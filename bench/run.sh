@@ -45,6 +45,7 @@ done
 case $STORE in sqlite|redis) ;; *) echo "--store: sqlite or redis" >&2; exit 2 ;; esac
 
 DURATION=${DURATION:-10}
+SLICES=${SLICES:-5}
 DURABILITY=${DURABILITY:-full}
 CONNS=${CONNS:-"16 64"}
 SCENARIOS=${SCENARIOS:-"token verify pairs create consume pairs+flood token+deadhook"}
@@ -72,8 +73,6 @@ cargo build --release --locked $FEATURES --bin oauthd --example bare_handler >&2
 # measure TARGET URL SCRIPT CONNS [SECONDS] -> "ok_per_s p50 p99" (latencies as wrk prints them)
 measure() {
   local target=$1 url=$2 script=${3%%+*} conns=$4 out secs=${5:-$DURATION}
-  # Verify picks from the live states a short create run leaves.
-  [ "$script" = verify ] && measure "$target" "$url" create "$conns" 2 >/dev/null
   # Consume runs half as long as the create run that stocked it, so it rarely runs dry.
   [ "$script" = consume ] && secs=$(( DURATION / 2 > 1 ? DURATION / 2 : 1 ))
   out=$(STATES_OUT="$tmp/states.$target" STATES_IN="$tmp/states.$target" TARGET="$target" SCENARIO="$3" \
@@ -89,12 +88,55 @@ measure() {
   echo "$rate $p50 $p99"
 }
 
+# ms LATENCY -> milliseconds (wrk prints us, ms or s)
+ms() { awk -v l="$1" 'BEGIN { v = l + 0; if (l ~ /us$/) v /= 1000; else if (l ~ /[^m]s$/) v *= 1000; printf "%.2f", v }'; }
+
+# cell SCENARIO CONNS -> "bare_ok_per_s p50 p99 oauthd_ok_per_s p50 p99 ratio spread": the
+# two sides in SLICES alternating slices (bare, oauthd, bare, ...) that add up to DURATION
+# each, so a drift of the machine during the cell (the bare handler alone measured 19k to
+# 32k verifies a second minutes apart) weighs on both alike. Rates are over all slices;
+# p50 is the slices' median, p99 their worst; spread is the lowest and highest slice ratio.
+# Create and consume, which stock each other, run in one piece.
+cell() {
+  local scenario=$1 conns=$2 slices=$SLICES script=${1%%+*}
+  case $script in create|consume) slices=1 ;; esac
+  local secs=$(( DURATION / slices > 1 ? DURATION / slices : 1 ))
+  # Verify picks from the live states a short create run leaves.
+  if [ "$script" = verify ]; then
+    measure bare "$BARE" create "$conns" 2 >/dev/null
+    measure oauthd "$OAUTHD" create "$conns" 2 >/dev/null
+  fi
+  local i b o rows=()
+  for i in $(seq "$slices"); do
+    b=$(measure bare "$BARE" "$scenario" "$conns" "$secs")
+    o=$(measure oauthd "$OAUTHD" "$scenario" "$conns" "$secs")
+    rows+=("$b $o")
+  done
+  printf '%s\n' "${rows[@]}" | while read -r b_ok b_50 b_99 o_ok o_50 o_99; do
+    echo "$b_ok $(ms "$b_50") $(ms "$b_99") $o_ok $(ms "$o_50") $(ms "$o_99")"
+  done | awk '
+    function median(a, n,   i, j, t) {
+      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+      return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    { n++; lt = ($1 ~ /^>/ || $4 ~ /^>/) ? ">" : lt
+      b = $1; sub(/^>/, "", b); o = $4; sub(/^>/, "", o)
+      bs += b; os += o; b50[n] = $2; o50[n] = $5
+      if ($3 > b99) b99 = $3; if ($6 > o99) o99 = $6
+      r = b > 0 ? o / b : 0; if (n == 1 || r < lo) lo = r; if (n == 1 || r > hi) hi = r }
+    END {
+      printf "%s%d %.2fms %.2fms %s%d %.2fms %.2fms ", lt, bs / n, median(b50, n), b99, lt, os / n, median(o50, n), o99
+      printf "%s ", (bs > 0 ? sprintf("%.2f", os / bs) : "n/a")
+      printf "%s\n", (n > 1 ? sprintf("%.2f-%.2f", lo, hi) : "-")
+    }'
+}
+
 if [ "$STORE" = redis ]; then
-  echo "oauthd state API on Redis $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/') (appendfsync everysec) vs bare actix-web handler, ${DURATION}s per cell, $(nproc) cores"
+  echo "oauthd state API on Redis $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/') (appendfsync everysec) vs bare actix-web handler, ${DURATION}s a side per cell in $SLICES alternating slices, $(nproc) cores"
 else
-  echo "oauthd state API vs bare actix-web handler, ${DURATION}s per cell, durability=$DURABILITY, $(nproc) cores"
+  echo "oauthd state API vs bare actix-web handler, ${DURATION}s a side per cell in $SLICES alternating slices, durability=$DURABILITY, $(nproc) cores"
 fi
-printf '%-11s %5s | %10s %8s %8s | %10s %8s %8s | %6s\n' scenario conns "bare ok/s" p50 p99 "oauthd/s" p50 p99 ratio
+printf '%-11s %5s | %10s %8s %8s | %10s %8s %8s | %6s %9s\n' scenario conns "bare ok/s" p50 p99 "oauthd/s" p50 p99 ratio spread
 # sweep_run CONNS: the sweep scenario (see the top of this file).
 sweep_run() {
   local conns=$1 secs=${SWEEP_SECONDS:-20} rows=${SWEEP_ROWS:-1000000} e_ok e_50 e_99 f_ok f_50 f_99
@@ -140,11 +182,9 @@ for conns in $CONNS; do
       OAUTHD_TOML="$tmp/deadhook.toml" fresh_oauthd "deadhook-$conns-$((++restarts))"
       for _ in $(seq 19); do connect_bench; done
     fi
-    read -r b_ok b_50 b_99 < <(measure bare "$BARE" "$scenario" "$conns")
-    read -r o_ok o_50 o_99 < <(measure oauthd "$OAUTHD" "$scenario" "$conns")
-    ratio=$(awk -v o="${o_ok#>}" -v b="${b_ok#>}" 'BEGIN { if (b > 0) printf "%.2f", o / b; else print "n/a" }')
-    printf '%-11s %5s | %10s %8s %8s | %10s %8s %8s | %6s\n' \
-      "$scenario" "$conns" "$b_ok" "$b_50" "$b_99" "$o_ok" "$o_50" "$o_99" "$ratio"
+    read -r b_ok b_50 b_99 o_ok o_50 o_99 ratio spread < <(cell "$scenario" "$conns")
+    printf '%-11s %5s | %10s %8s %8s | %10s %8s %8s | %6s %9s\n' \
+      "$scenario" "$conns" "$b_ok" "$b_50" "$b_99" "$o_ok" "$o_50" "$o_99" "$ratio" "$spread"
     # Back to an oauthd without the dead target for what follows.
     if [ "$scenario" = token+deadhook ]; then fresh_oauthd "$conns-$((++restarts))"; fi
   done
