@@ -46,6 +46,8 @@ case $STORE in sqlite|redis) ;; *) echo "--store: sqlite or redis" >&2; exit 2 ;
 
 DURATION=${DURATION:-10}
 SLICES=${SLICES:-5}
+case $SLICES in ''|*[!0-9]*|0) echo "SLICES: a whole number of at least 1" >&2; exit 2 ;; esac
+SLICE_SECONDS=$(( DURATION / SLICES > 1 ? DURATION / SLICES : 1 ))
 DURABILITY=${DURABILITY:-full}
 CONNS=${CONNS:-"16 64"}
 SCENARIOS=${SCENARIOS:-"token verify pairs create consume pairs+flood token+deadhook"}
@@ -100,7 +102,8 @@ ms() { awk -v l="$1" 'BEGIN { v = l + 0; if (l ~ /us$/) v /= 1000; else if (l ~ 
 cell() {
   local scenario=$1 conns=$2 slices=$SLICES script=${1%%+*}
   case $script in create|consume) slices=1 ;; esac
-  local secs=$(( DURATION / slices > 1 ? DURATION / slices : 1 ))
+  local secs=$SLICE_SECONDS
+  [ "$slices" = 1 ] && secs=$DURATION
   # Verify picks from the live states a short create run leaves.
   if [ "$script" = verify ]; then
     measure bare "$BARE" create "$conns" 2 >/dev/null
@@ -119,22 +122,22 @@ cell() {
       for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
       return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
     }
-    { n++; lt = ($1 ~ /^>/ || $4 ~ /^>/) ? ">" : lt
+    { n++; if ($1 ~ /^>/) bl = ">"; if ($4 ~ /^>/) ol = ">"
       b = $1; sub(/^>/, "", b); o = $4; sub(/^>/, "", o)
       bs += b; os += o; b50[n] = $2; o50[n] = $5
       if ($3 > b99) b99 = $3; if ($6 > o99) o99 = $6
       r = b > 0 ? o / b : 0; if (n == 1 || r < lo) lo = r; if (n == 1 || r > hi) hi = r }
     END {
-      printf "%s%d %.2fms %.2fms %s%d %.2fms %.2fms ", lt, bs / n, median(b50, n), b99, lt, os / n, median(o50, n), o99
+      printf "%s%d %.2fms %.2fms %s%d %.2fms %.2fms ", bl, bs / n, median(b50, n), b99, ol, os / n, median(o50, n), o99
       printf "%s ", (bs > 0 ? sprintf("%.2f", os / bs) : "n/a")
       printf "%s\n", (n > 1 ? sprintf("%.2f-%.2f", lo, hi) : "-")
     }'
 }
 
 if [ "$STORE" = redis ]; then
-  echo "oauthd state API on Redis $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/') (appendfsync everysec) vs bare actix-web handler, ${DURATION}s a side per cell in $SLICES alternating slices, $(nproc) cores"
+  echo "oauthd state API on Redis $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/') (appendfsync everysec) vs bare actix-web handler, $SLICES alternating slices of ${SLICE_SECONDS}s a side per cell, $(nproc) cores"
 else
-  echo "oauthd state API vs bare actix-web handler, ${DURATION}s a side per cell in $SLICES alternating slices, durability=$DURABILITY, $(nproc) cores"
+  echo "oauthd state API vs bare actix-web handler, $SLICES alternating slices of ${SLICE_SECONDS}s a side per cell, durability=$DURABILITY, $(nproc) cores"
 fi
 printf '%-11s %5s | %10s %8s %8s | %10s %8s %8s | %6s %9s\n' scenario conns "bare ok/s" p50 p99 "oauthd/s" p50 p99 ratio spread
 # sweep_run CONNS: the sweep scenario (see the top of this file).

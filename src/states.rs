@@ -240,7 +240,8 @@ impl StateView {
         if let Some(body) = self.answer.get() {
             return Ok(body.clone());
         }
-        let body = Bytes::from(render(self)?);
+        // Shrunk to its length: the cache weighs the text, not the buffer that grew to it.
+        let body = Bytes::from(render(self)?.into_boxed_slice());
         Ok(self.answer.get_or_init(|| body).clone())
     }
 }

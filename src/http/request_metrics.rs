@@ -1,12 +1,13 @@
 //! Every answer counted by route pattern, method and status
 //! (`oauthd_http_requests_total`), and timed to the end of its body
 //! (`oauthd_http_requests_duration_seconds`: a streamed proxy answer counts until its last
-//! byte). Paths no route matched count as `UNMATCHED`, so probing bots cannot grow the
-//! label set.
+//! byte). Paths no route matched count as `UNMATCHED` and methods outside HTTP's own as
+//! `OTHER`, so probing bots cannot grow the label set.
 
 use crate::metrics;
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::web::Bytes;
 use pin_project_lite::pin_project;
@@ -16,6 +17,26 @@ use std::time::Instant;
 
 /// The endpoint label of a request no route matched.
 pub const UNMATCHED: &str = "UNMATCHED";
+
+/// The method label: HTTP's own methods by name, any other token a client makes up (actix
+/// accepts every one, however long) as `OTHER`.
+fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::HEAD, "HEAD"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::DELETE, "DELETE"),
+        (Method::PATCH, "PATCH"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::CONNECT, "CONNECT"),
+        (Method::TRACE, "TRACE"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(known, _)| known == method)
+        .map_or("OTHER", |(_, name)| name)
+}
 
 /// The middleware (`from_fn`).
 pub async fn record(
@@ -27,7 +48,7 @@ pub async fn record(
     let endpoint = res.request().match_pattern();
     let latency = metrics::http_answered(
         endpoint.as_deref().unwrap_or(UNMATCHED),
-        res.request().method().as_str(),
+        method_label(res.request().method()),
         res.status().as_str(),
     );
     Ok(res.map_body(|_, body| Timed {
@@ -117,5 +138,19 @@ mod tests {
         drop(res);
         assert_eq!(sample(unmatched), unmatched0 + 1.0);
         assert!(!metrics::render().contains("/nowhere"));
+
+        // A method a client made up is one label, however many it makes up.
+        // (The route answers only GET: actix answers another method 404.)
+        let other =
+            "oauthd_http_requests_total{endpoint=\"/t/{name}\",method=\"OTHER\",status=\"404\"}";
+        let other0 = sample(other);
+        for made_up in ["FOO123", "BAR456"] {
+            let method = Method::from_bytes(made_up.as_bytes()).expect("token");
+            let req = test::TestRequest::default().method(method).uri("/t/a");
+            let res = test::call_service(&app, req.to_request()).await;
+            assert_eq!(res.status(), 404);
+        }
+        assert_eq!(sample(other), other0 + 2.0, "{}", metrics::render());
+        assert!(!metrics::render().contains("FOO123"));
     }
 }
