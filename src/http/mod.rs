@@ -240,9 +240,11 @@ fn v1_scope() -> Scope {
     let scope = entries
         .into_iter()
         .fold(web::scope("/v1"), |scope, entry| match entry {
-            V1Entry::Proxy(prefix) => {
-                scope.service(web::scope(&prefix).default_service(web::to(proxy::forward)))
-            }
+            V1Entry::Proxy(prefix) => scope.service(
+                web::scope(&prefix)
+                    .wrap(actix_web::middleware::from_fn(proxy::label))
+                    .default_service(web::to(proxy::forward)),
+            ),
             V1Entry::Resource(path, methods, routes) => {
                 let resource = routes
                     .into_iter()

@@ -7,8 +7,10 @@ use super::openapi::{ProblemDoc, ProxyBody};
 use super::problem::ApiError;
 use super::AppState;
 use crate::proxy::{headers, path, Outgoing, ProxyError};
-use actix_web::body::SizedStream;
+use actix_web::body::{MessageBody, SizedStream};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{Method, StatusCode};
+use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::TryStreamExt;
 use std::time::Duration;
@@ -88,6 +90,19 @@ async fn read_body_within<'a>(
     .await?;
     Ok(body.into())
 }
+
+/// The proxy's endpoint label in the HTTP metrics: its routes are a prefix, for which
+/// actix has no pattern.
+pub async fn label(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    super::request_metrics::set_endpoint(&req, ENDPOINT);
+    next.call(req).await
+}
+
+/// The proxy's path, as the OpenAPI description spells it.
+const ENDPOINT: &str = "/v1/proxy/{provider}/{account}/{path}";
 
 /// Call a provider's API with the account's token
 ///

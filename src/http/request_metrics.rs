@@ -10,6 +10,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::web::Bytes;
+use actix_web::HttpMessage;
 use pin_project_lite::pin_project;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -17,6 +18,17 @@ use std::time::Instant;
 
 /// The endpoint label of a request no route matched.
 pub const UNMATCHED: &str = "UNMATCHED";
+
+/// The endpoint label of requests served under a prefix whose handler reads the rest of
+/// the path itself (the proxy), where actix has no route pattern to tell: set on the
+/// request (`set_endpoint`) before anything else runs.
+#[derive(Clone, Copy)]
+struct Endpoint(&'static str);
+
+/// Labels `req` `endpoint` in the metrics, whatever actix's router knows of it.
+pub fn set_endpoint(req: &ServiceRequest, endpoint: &'static str) {
+    req.extensions_mut().insert(Endpoint(endpoint));
+}
 
 /// The method label: HTTP's own methods by name, any other token a client makes up (actix
 /// accepts every one, however long) as `OTHER`.
@@ -45,9 +57,14 @@ pub async fn record(
 ) -> Result<ServiceResponse<Timed<impl MessageBody>>, actix_web::Error> {
     let started = Instant::now();
     let res = next.call(req).await?;
-    let endpoint = res.request().match_pattern();
+    let labelled = res.request().extensions().get::<Endpoint>().copied();
+    let pattern = match labelled {
+        Some(_) => None,
+        None => res.request().match_pattern(),
+    };
+    let endpoint = labelled.map_or(pattern.as_deref().unwrap_or(UNMATCHED), |e| e.0);
     let latency = metrics::http_answered(
-        endpoint.as_deref().unwrap_or(UNMATCHED),
+        endpoint,
         method_label(res.request().method()),
         res.status().as_str(),
     );

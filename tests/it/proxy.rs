@@ -156,6 +156,17 @@ async fn the_real_providers_api_sees_a_real_token() {
         .is_some_and(|n| n >= 2.0),
         "{metrics}"
     );
+    // Proxied calls, refused ones too, have their own endpoint in the HTTP metrics, apart
+    // from probes.
+    for status in [200, 404] {
+        let series = format!(
+            "oauthd_http_requests_total{{endpoint=\"/v1/proxy/{{provider}}/{{account}}/{{path}}\",method=\"GET\",status=\"{status}\"}}"
+        );
+        assert!(
+            common::sample(&metrics, &series).is_some_and(|n| n >= 1.0),
+            "{series}\n{metrics}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
