@@ -22,7 +22,6 @@ pub const UNMATCHED: &str = "UNMATCHED";
 /// The endpoint label of requests served under a prefix whose handler reads the rest of
 /// the path itself (the proxy), where actix has no route pattern to tell: set on the
 /// request (`set_endpoint`) before anything else runs.
-#[derive(Clone, Copy)]
 struct Endpoint(&'static str);
 
 /// Labels `req` `endpoint` in the metrics, whatever actix's router knows of it.
@@ -57,14 +56,13 @@ pub async fn record(
 ) -> Result<ServiceResponse<Timed<impl MessageBody>>, actix_web::Error> {
     let started = Instant::now();
     let res = next.call(req).await?;
-    let labelled = res.request().extensions().get::<Endpoint>().copied();
+    let labelled = res.request().extensions().get::<Endpoint>().map(|e| e.0);
     let pattern = match labelled {
         Some(_) => None,
         None => res.request().match_pattern(),
     };
-    let endpoint = labelled.map_or(pattern.as_deref().unwrap_or(UNMATCHED), |e| e.0);
     let latency = metrics::http_answered(
-        endpoint,
+        labelled.or(pattern.as_deref()).unwrap_or(UNMATCHED),
         method_label(res.request().method()),
         res.status().as_str(),
     );
