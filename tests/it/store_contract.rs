@@ -1,9 +1,11 @@
 //! The storage traits called directly, on a real SQLite file and a real redis-server: rules
 //! both backends must keep, without an HTTP round trip in the way.
 
+use oauthd::secret::{SecretHash, StateId};
 use oauthd::store::{
-    AccountIdentity, ConnectionKey, DeliveryFilter, DeliveryOutcome, DeliveryStatus, NewDelivery,
-    SealedTokens,
+    AccountIdentity, Attempted, ConnectionKey, DeliveryFilter, DeliveryOutcome, DeliveryStatus,
+    InsertRules, Inserted, NamespaceFilter, NewDelivery, SealedTokens, StateRow, StateSecret,
+    Taken,
 };
 use std::sync::Arc;
 
@@ -331,11 +333,192 @@ async fn a_claim_leaves_the_skipped_targets_deliveries_due(b: Backend) {
     assert_eq!(ids, ["s1", "s2"]);
 }
 
+/// State `n` of namespace "cap", expiring at `expires_at_ms`.
+fn capped(n: u8, expires_at_ms: i64, subject: Option<&str>) -> StateRow {
+    StateRow {
+        key_hash: SecretHash([n; 32]),
+        namespace: "cap".into(),
+        data: None,
+        created_at_ms: 1_000,
+        expires_at_ms,
+        subject: subject.map(str::to_owned),
+        secret: None,
+        sliding: None,
+    }
+}
+
+/// Inserts `row` under a cap of 3 live states, at `now_ms`.
+async fn insert_capped(s: &dyn oauthd::store::Store, row: StateRow, now_ms: i64) -> Inserted {
+    insert_replacing(s, row, now_ms, false).await
+}
+
+async fn insert_replacing(
+    s: &dyn oauthd::store::Store,
+    row: StateRow,
+    now_ms: i64,
+    replace_subject: bool,
+) -> Inserted {
+    let rules = InsertRules {
+        max_live: 3,
+        now_ms,
+        keep_until_ms: row.expires_at_ms + 60_000,
+        replace_subject,
+        max_per_subject: 100,
+    };
+    s.insert_state(row, rules).await.unwrap()
+}
+
+/// The per-namespace cap sees every state that each path adds or removes, at once: each
+/// step frees one place (or two), which the next insert takes, and the one after that is
+/// refused.
+async fn the_namespace_cap_counts_what_every_path_leaves_live(b: Backend) {
+    let s = b.store.as_ref();
+    let later = 1_000_000;
+    for n in 1..=3 {
+        assert_eq!(
+            insert_capped(s, capped(n, later, None), 10_000).await,
+            Inserted::Stored
+        );
+    }
+    let full = |what: &str, got: Inserted| {
+        assert_eq!(got, Inserted::NamespaceFull, "the cap after {what}");
+    };
+    full(
+        "three inserts",
+        insert_capped(s, capped(4, later, None), 10_000).await,
+    );
+
+    // Consumed.
+    let exact = NamespaceFilter::Exact("cap".into());
+    assert!(matches!(
+        s.take_state(SecretHash([1; 32]), &exact).await.unwrap(),
+        Taken::Row(_)
+    ));
+    assert_eq!(
+        insert_capped(s, capped(4, later, None), 10_000).await,
+        Inserted::Stored
+    );
+    full(
+        "a consume",
+        insert_capped(s, capped(5, later, None), 10_000).await,
+    );
+
+    // Revoked by value, then by id.
+    assert!(s
+        .revoke_state(SecretHash([2; 32]), "cap", 10_000)
+        .await
+        .unwrap());
+    let mut guarded = capped(5, later, None);
+    guarded.secret = Some(StateSecret {
+        hash: SecretHash([0xee; 32]),
+        attempts_left: 1,
+    });
+    assert_eq!(insert_capped(s, guarded, 10_000).await, Inserted::Stored);
+    full(
+        "a revoke",
+        insert_capped(s, capped(6, later, None), 10_000).await,
+    );
+    let id = StateId::of(&SecretHash([3; 32])).to_string();
+    assert!(s.revoke_state_id("cap", &id, 10_000).await.unwrap());
+    assert_eq!(
+        insert_capped(s, capped(6, later, Some("u")), 10_000).await,
+        Inserted::Stored
+    );
+    full(
+        "a revoke by id",
+        insert_capped(s, capped(7, later, None), 10_000).await,
+    );
+
+    // A code guessed wrong until no try is left.
+    let wrong = s
+        .attempt_state(SecretHash([5; 32]), "cap", SecretHash([0; 32]), 10_000)
+        .await
+        .unwrap();
+    assert!(
+        matches!(wrong, Attempted::Wrong { attempts_left: 0 }),
+        "{wrong:?}"
+    );
+    assert_eq!(
+        insert_capped(s, capped(7, later, Some("u")), 10_000).await,
+        Inserted::Stored
+    );
+    full(
+        "a spent code",
+        insert_capped(s, capped(8, later, None), 10_000).await,
+    );
+
+    // A subject signed out everywhere (6 and 7), then one replaced (8 by 10).
+    assert_eq!(s.revoke_subject("cap", "u", 10_000).await.unwrap(), 2);
+    assert_eq!(
+        insert_capped(s, capped(8, later, Some("v")), 10_000).await,
+        Inserted::Stored
+    );
+    assert_eq!(
+        insert_capped(s, capped(9, 40_000, None), 10_000).await,
+        Inserted::Stored
+    );
+    full(
+        "a subject's revoke",
+        insert_capped(s, capped(10, later, None), 10_000).await,
+    );
+    let replacing = insert_replacing(s, capped(10, later, Some("v")), 10_000, true).await;
+    assert_eq!(replacing, Inserted::Stored);
+    full(
+        "a replace",
+        insert_capped(s, capped(11, later, None), 10_000).await,
+    );
+
+    // Live now: 4, 9 (expires at 40,000) and 10. At 50,000 the insert that finds the
+    // namespace full sets 9 aside and takes its place.
+    assert_eq!(
+        insert_capped(s, capped(11, 55_000, None), 50_000).await,
+        Inserted::Stored
+    );
+    full(
+        "an expired state set aside",
+        insert_capped(s, capped(12, later, None), 50_000).await,
+    );
+
+    // The sweeper removes 11 (expired at 55,000), which leaves a place the insert finds
+    // without setting anything aside.
+    s.sweep_expired(60_000, 0, 100).await.unwrap();
+    assert_eq!(
+        insert_capped(s, capped(12, later, None), 60_000).await,
+        Inserted::Stored
+    );
+    full(
+        "a sweep",
+        insert_capped(s, capped(13, later, None), 60_000).await,
+    );
+}
+
 backends!(
     a_claim_leaves_the_skipped_targets_deliveries_due,
+    the_namespace_cap_counts_what_every_path_leaves_live,
     a_refresh_lease_is_refused_to_a_caller_that_read_an_older_row,
     a_row_read_during_someone_elses_lease_is_stale_once_they_let_go,
     events_are_stored_with_their_change_and_only_with_it,
     deliveries_are_claimed_once_per_lease_and_finished_by_their_claim,
     racing_claimers_split_the_due_deliveries,
 );
+
+/// SQLite keeps the counts in the writer, once per group commit: no trigger runs on each
+/// insert or delete of a state (they were an eighth of a create + consume pair's work).
+#[test]
+fn sqlite_runs_no_trigger_on_each_state_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("oauthd.db");
+    drop(
+        oauthd::store::sqlite::SqliteStore::open(&db, oauthd::store::sqlite::Durability::Full)
+            .unwrap(),
+    );
+    let triggers: Vec<String> = rusqlite::Connection::open(&db)
+        .unwrap()
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'states'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(triggers, Vec::<String>::new());
+}

@@ -10,6 +10,7 @@ mod admin;
 mod connections;
 mod device;
 mod keys;
+mod live_counts;
 mod outbox;
 mod states;
 mod values;
@@ -34,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../sql/0005_identity_and_starters.sql"),
     include_str!("../../../sql/0006_state_kinds.sql"),
     include_str!("../../../sql/0007_outbox.sql"),
+    include_str!("../../../sql/0008_counts_by_the_writer.sql"),
 ];
 
 /// How long a statement waits for a lock held by another process before failing (503).

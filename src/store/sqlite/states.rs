@@ -1,6 +1,7 @@
 //! `StateStore` on SQLite. Every write goes through the group-commit writer; reads that
 //! change nothing (verify, list) go to the reader pool.
 
+use super::live_counts::Tx;
 use super::SqliteStore;
 use crate::secret::{SecretHash, StateId};
 use crate::store::{
@@ -65,11 +66,13 @@ fn select(
     .optional()
 }
 
-/// Deletes one state row (it is known to be there).
-fn delete(conn: &Connection, key_hash: &SecretHash) -> rusqlite::Result<()> {
-    conn.prepare_cached("DELETE FROM states WHERE key_hash = ?1")?
-        .execute([&key_hash.0[..]])
-        .map(|_| ())
+/// Deletes one state row of `namespace` (it is known to be there).
+fn delete(tx: &Tx, key_hash: &SecretHash, namespace: &str) -> rusqlite::Result<()> {
+    let deleted = tx
+        .prepare_cached("DELETE FROM states WHERE key_hash = ?1")?
+        .execute([&key_hash.0[..]])?;
+    tx.states_changed(namespace, -(deleted as i64));
+    Ok(())
 }
 
 /// Takes the tombstone of an expired state of a matching namespace, if one is left.
@@ -138,6 +141,9 @@ impl SweepStates for SqliteStore {
                     keep.execute(params![key_hash, namespace, expired_at])?;
                     *expired_by_namespace.entry(namespace.clone()).or_default() += 1;
                 }
+                for (namespace, moved) in &expired_by_namespace {
+                    conn.states_changed(namespace, -(*moved as i64));
+                }
                 let purged = conn
                     .prepare_cached(
                         "DELETE FROM expired_states WHERE key_hash IN
@@ -177,7 +183,7 @@ impl StateStore for SqliteStore {
     ) -> Result<Inserted, StoreError> {
         let max_live = i64::try_from(rules.max_live).unwrap_or(i64::MAX);
         let max_per_subject = i64::try_from(rules.max_per_subject).unwrap_or(i64::MAX);
-        let work = move |conn: &Connection| {
+        let work = move |conn: &Tx| {
             if let (Some(subject), false) = (&row.subject, rules.replace_subject) {
                 let live: i64 = conn
                     .prepare_cached(
@@ -190,21 +196,29 @@ impl StateStore for SqliteStore {
                 }
             }
             if rules.replace_subject {
-                conn.prepare_cached(
-                    "DELETE FROM states INDEXED BY states_subject
-                     WHERE namespace = ?1 AND subject = ?2",
-                )?
-                .execute(params![row.namespace, row.subject])?;
+                let replaced = conn
+                    .prepare_cached(
+                        "DELETE FROM states INDEXED BY states_subject
+                         WHERE namespace = ?1 AND subject = ?2",
+                    )?
+                    .execute(params![row.namespace, row.subject])?;
+                conn.states_changed(&row.namespace, -(replaced as i64));
             }
-            // The count is kept by triggers (sql/0004); the single writer makes the
-            // check and the insert one step.
-            let mut insert = conn.prepare_cached(
+            // The single writer makes the check and the insert one step. The count includes
+            // expired states the sweeper has not reached yet, and those must not count: at
+            // the cap, this namespace's are set aside now, then it looks again.
+            if conn.live_states(&row.namespace)? >= max_live
+                && (retire_expired(conn, &row.namespace, rules.now_ms)? == 0
+                    || conn.live_states(&row.namespace)? >= max_live)
+            {
+                return Ok(Inserted::NamespaceFull);
+            }
+            conn.prepare_cached(
                 "INSERT INTO states (key_hash, namespace, data, created_at, expires_at,
                    subject, secret_hash, attempts_left, sliding_ttl, max_expires_at)
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10
-                 WHERE coalesce((SELECT live FROM namespace_counts WHERE namespace = ?2), 0) < ?11",
-            )?;
-            let args = params![
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
                 &row.key_hash.0[..],
                 row.namespace,
                 row.data,
@@ -215,18 +229,8 @@ impl StateStore for SqliteStore {
                 row.secret.map(|s| s.attempts_left),
                 row.sliding.map(|s| s.ttl_ms),
                 row.sliding.map(|s| s.max_expires_at_ms),
-                max_live
-            ];
-            if insert.execute(args)? == 1 {
-                return Ok(Inserted::Stored);
-            }
-            // The count includes expired states the sweeper has not reached yet, and
-            // those must not count: set this namespace's aside now, then look again.
-            if retire_expired(conn, &row.namespace, rules.now_ms)? == 0
-                || insert.execute(args)? == 0
-            {
-                return Ok(Inserted::NamespaceFull);
-            }
+            ])?;
+            conn.states_changed(&row.namespace, 1);
             Ok(Inserted::Stored)
         };
         if rules.replace_subject {
@@ -258,7 +262,7 @@ impl StateStore for SqliteStore {
                     .query_row(params![&key_hash.0[..], ns, prefix], state_row)
                     .optional()?;
                 if let Some(row) = row {
-                    delete(conn, &key_hash)?;
+                    delete(conn, &key_hash, &row.namespace)?;
                     return Ok(Taken::Row(row));
                 }
                 if !prefix && select(conn, &key_hash, &ns)?.is_some() {
@@ -331,7 +335,7 @@ impl StateStore for SqliteStore {
                     });
                 };
                 if row.expires_at_ms <= now_ms {
-                    delete(conn, &key_hash)?;
+                    delete(conn, &key_hash, &row.namespace)?;
                     return Ok(Attempted::Expired {
                         namespace: row.namespace,
                         expired_at_ms: Some(row.expires_at_ms),
@@ -341,12 +345,12 @@ impl StateStore for SqliteStore {
                     return Ok(Attempted::NoSecret);
                 };
                 if bool::from(secret.hash.0.ct_eq(&candidate.0)) {
-                    delete(conn, &key_hash)?;
+                    delete(conn, &key_hash, &row.namespace)?;
                     return Ok(Attempted::Matched(row));
                 }
                 let attempts_left = secret.attempts_left.saturating_sub(1);
                 if attempts_left == 0 {
-                    delete(conn, &key_hash)?;
+                    delete(conn, &key_hash, &row.namespace)?;
                 } else {
                     conn.prepare_cached(
                         "UPDATE states SET attempts_left = ?2 WHERE key_hash = ?1",
@@ -374,6 +378,9 @@ impl StateStore for SqliteStore {
                     )?
                     .query_row(params![&key_hash.0[..], ns], |r| r.get(0))
                     .optional()?;
+                if expires_at.is_some() {
+                    conn.states_changed(&ns, -1);
+                }
                 take_tombstone(conn, &key_hash, &ns, false)?;
                 Ok(expires_at.is_some_and(|at| at > now_ms))
             })
@@ -395,7 +402,7 @@ impl StateStore for SqliteStore {
                 let Some(row) = select_by_id(conn, &ns, &id)? else {
                     return Ok(false);
                 };
-                delete(conn, &row.key_hash)?;
+                delete(conn, &row.key_hash, &row.namespace)?;
                 Ok(row.expires_at_ms > now_ms)
             })
             .await
@@ -436,6 +443,7 @@ impl StateStore for SqliteStore {
                     )?
                     .query_map(params![ns, subject], |r| r.get(0))?
                     .collect::<rusqlite::Result<_>>()?;
+                conn.states_changed(&ns, -(expiries.len() as i64));
                 Ok(expiries.iter().filter(|&&at| at > now_ms).count() as u64)
             })
             .await
@@ -492,7 +500,7 @@ fn found(conn: &Connection, key_hash: &SecretHash, ns: &str) -> rusqlite::Result
 
 /// Moves one namespace's expired states aside as the sweeper does (tombstones keep the
 /// 410 answer for the grace window), all or nothing. Returns how many moved.
-fn retire_expired(conn: &Connection, namespace: &str, now_ms: i64) -> rusqlite::Result<usize> {
+fn retire_expired(conn: &Tx, namespace: &str, now_ms: i64) -> rusqlite::Result<usize> {
     conn.execute_batch("SAVEPOINT retire_expired")?;
     let moved = (|| {
         let mut keep = conn.prepare_cached(
@@ -512,7 +520,11 @@ fn retire_expired(conn: &Connection, namespace: &str, now_ms: i64) -> rusqlite::
         Ok(rows.len())
     })();
     match moved {
-        Ok(n) => conn.execute_batch("RELEASE retire_expired").map(|()| n),
+        Ok(n) => {
+            conn.execute_batch("RELEASE retire_expired")?;
+            conn.states_changed(namespace, -(n as i64));
+            Ok(n)
+        }
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK TO retire_expired; RELEASE retire_expired");
             Err(e)

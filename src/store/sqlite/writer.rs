@@ -17,9 +17,11 @@
 //! when the last look is `LOOK_EVERY` old, and a ticker wakes it for that when idle.
 
 use super::classify;
+use super::live_counts::{LiveCounts, Tx};
 use crate::store::change_watch::LOOK_EVERY;
 use crate::store::{ChangeWatch, StoreError};
 use rusqlite::{Connection, ErrorCode, MAIN_DB};
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -50,7 +52,7 @@ trait WriteJob: Send {
     /// Runs the job inside the open transaction; returns what to do once the transaction
     /// ends, or `None` when the caller already gave up (so nothing was written). Sets
     /// `cannot_write` when the job failed because the connection cannot write.
-    fn execute(self: Box<Self>, conn: &Connection, cannot_write: &mut bool) -> Option<Completion>;
+    fn execute(self: Box<Self>, tx: &Tx, cannot_write: &mut bool) -> Option<Completion>;
     /// Answers the caller without running (no transaction could be started).
     fn abort(self: Box<Self>, err: StoreError);
 }
@@ -66,9 +68,9 @@ struct FnJob<T, F> {
 impl<T, F> WriteJob for FnJob<T, F>
 where
     T: Send + 'static,
-    F: FnOnce(&Connection) -> rusqlite::Result<T> + Send,
+    F: FnOnce(&Tx) -> rusqlite::Result<T> + Send,
 {
-    fn execute(self: Box<Self>, conn: &Connection, cannot_write: &mut bool) -> Option<Completion> {
+    fn execute(self: Box<Self>, tx: &Tx, cannot_write: &mut bool) -> Option<Completion> {
         let FnJob {
             context,
             atomic,
@@ -79,9 +81,9 @@ where
             return None;
         }
         let result = if atomic {
-            in_savepoint(conn, work)
+            in_savepoint(tx, work)
         } else {
-            work(conn)
+            work(tx)
         };
         let result = result.map_err(|e| {
             *cannot_write |= is_write_fault(&e);
@@ -97,20 +99,19 @@ where
     }
 }
 
-fn in_savepoint<T>(
-    conn: &Connection,
-    work: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-) -> rusqlite::Result<T> {
-    conn.prepare_cached("SAVEPOINT job")?.execute([])?;
-    let result = work(conn);
-    if conn.is_autocommit() {
+fn in_savepoint<T>(tx: &Tx, work: impl FnOnce(&Tx) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    tx.prepare_cached("SAVEPOINT job")?.execute([])?;
+    let counts = tx.snapshot();
+    let result = work(tx);
+    if tx.is_autocommit() {
         // SQLite rolled the whole transaction back (disk full, I/O error): nothing to undo.
         return result;
     }
     if result.is_err() {
-        conn.prepare_cached("ROLLBACK TO job")?.execute([])?;
+        tx.prepare_cached("ROLLBACK TO job")?.execute([])?;
+        tx.restore(counts);
     }
-    conn.prepare_cached("RELEASE job")?.execute([])?;
+    tx.prepare_cached("RELEASE job")?.execute([])?;
     result
 }
 
@@ -196,8 +197,8 @@ impl Writer {
         }
         // A write statement that matches nothing: it needs the write lock and a writable
         // file (else SQLITE_READONLY) and changes nothing on disk.
-        self.run(context, |conn| {
-            conn.prepare_cached("DELETE FROM states WHERE 0")?
+        self.run(context, |tx| {
+            tx.prepare_cached("DELETE FROM states WHERE 0")?
                 .execute([])
                 .map(|_| ())
         })
@@ -209,7 +210,7 @@ impl Writer {
     pub async fn run<T, F>(&self, context: &'static str, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        F: FnOnce(&Tx) -> rusqlite::Result<T> + Send + 'static,
     {
         self.submit(context, false, work).await
     }
@@ -218,7 +219,7 @@ impl Writer {
     pub async fn run_atomic<T, F>(&self, context: &'static str, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        F: FnOnce(&Tx) -> rusqlite::Result<T> + Send + 'static,
     {
         self.submit(context, true, work).await
     }
@@ -231,7 +232,7 @@ impl Writer {
     ) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        F: FnOnce(&Tx) -> rusqlite::Result<T> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let job = Box::new(FnJob {
@@ -426,8 +427,10 @@ fn commit_group(
         }
         let mut done: Vec<Completion> = Vec::new();
         let mut rolled_back = false;
+        let counts = RefCell::new(LiveCounts::default());
+        let tx = Tx::new(conn, &counts);
         for job in jobs.by_ref() {
-            done.extend(job.execute(conn, &mut cannot_write));
+            done.extend(job.execute(&tx, &mut cannot_write));
             if conn.is_autocommit() {
                 // SQLite ended the transaction itself; what ran so far is undone.
                 rolled_back = true;
@@ -440,11 +443,14 @@ fn commit_group(
                 "the transaction was rolled back by the database",
             ))
         } else {
-            run_cached(conn, "COMMIT").map_err(|e| {
-                cannot_write |= is_write_fault(&e);
-                let _ = run_cached(conn, "ROLLBACK");
-                classify("committing", e)
-            })
+            let counted = counts.borrow_mut().write(conn);
+            counted
+                .and_then(|()| run_cached(conn, "COMMIT"))
+                .map_err(|e| {
+                    cannot_write |= is_write_fault(&e);
+                    let _ = run_cached(conn, "ROLLBACK");
+                    classify("committing", e)
+                })
         };
         if let Err(e) = &ended {
             failed = true;
@@ -528,5 +534,48 @@ mod tests {
             .unwrap();
         tokio::time::sleep(LOOK_EVERY * 2).await;
         assert_eq!(watch.generation(), before + 1);
+    }
+    #[tokio::test]
+    async fn the_counts_of_a_job_that_failed_and_was_undone_are_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("writer.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             CREATE TABLE namespace_counts (namespace TEXT PRIMARY KEY, live INTEGER NOT NULL)",
+        )
+        .unwrap();
+        let reopen_path = path.clone();
+        let writer = Writer::start(
+            conn,
+            Box::new(move || Connection::open(&reopen_path)),
+            "test".into(),
+            Arc::new(ChangeWatch::default()),
+        )
+        .unwrap();
+        let failed = writer
+            .run_atomic("test", |tx| {
+                tx.states_changed("kept", 1);
+                tx.states_changed("undone", 5);
+                Err::<(), _>(rusqlite::Error::QueryReturnedNoRows)
+            })
+            .await;
+        assert!(failed.is_err());
+        writer
+            .run("test", |tx| {
+                tx.states_changed("kept", 2);
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let stored: Vec<(String, i64)> = Connection::open(&path)
+            .unwrap()
+            .prepare("SELECT namespace, live FROM namespace_counts ORDER BY namespace")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(stored, vec![("kept".into(), 2)]);
     }
 }

@@ -1,0 +1,167 @@
+//! Live states per namespace (`namespace_counts`, what the per-namespace cap is checked
+//! against), kept by the writer: each job says how many states of which namespace it added
+//! or removed, and the group's changes are written with one upsert per namespace just
+//! before its commit. Until schema 8 two triggers did this on every insert and delete of a
+//! state, which was an eighth of the instructions of a create + consume pair
+//! (bench/README.md).
+//!
+//! Every change to `states` goes through the writer of some oauthd process, each of which
+//! keeps the counts the same way in the same transaction as its change, so the table stays
+//! exact. A state written to the file by other means is not counted.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ops::Deref;
+
+/// One namespace's count in the open transaction.
+#[derive(Debug, Clone, Copy, Default)]
+struct Count {
+    /// As stored when the transaction first needed it (`None`: not read).
+    stored: Option<i64>,
+    /// Added (or, negative, removed) by this transaction's jobs so far.
+    change: i64,
+}
+
+/// The counts the open transaction changed or read.
+#[derive(Debug, Clone, Default)]
+pub struct LiveCounts {
+    namespaces: HashMap<String, Count>,
+}
+
+impl LiveCounts {
+    /// Live states of `namespace` as this transaction leaves them so far. The stored count
+    /// is read once per transaction: nothing else writes it while the writer holds the
+    /// write lock.
+    fn live(&mut self, conn: &Connection, namespace: &str) -> rusqlite::Result<i64> {
+        if let Some(Count {
+            stored: Some(stored),
+            change,
+        }) = self.namespaces.get(namespace)
+        {
+            return Ok(stored + change);
+        }
+        let stored: i64 = conn
+            .prepare_cached("SELECT live FROM namespace_counts WHERE namespace = ?1")?
+            .query_row([namespace], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        let count = self.namespaces.entry(namespace.to_owned()).or_default();
+        count.stored = Some(stored);
+        Ok(stored + count.change)
+    }
+
+    fn add(&mut self, namespace: &str, change: i64) {
+        if change == 0 {
+            return;
+        }
+        match self.namespaces.get_mut(namespace) {
+            Some(count) => count.change += change,
+            None => {
+                self.namespaces.insert(
+                    namespace.to_owned(),
+                    Count {
+                        stored: None,
+                        change,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Writes the transaction's changes (inside it, just before its commit).
+    pub fn write(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        for (namespace, count) in self.namespaces.drain() {
+            if count.change == 0 {
+                continue;
+            }
+            conn.prepare_cached(
+                "INSERT INTO namespace_counts (namespace, live) VALUES (?1, ?2)
+                 ON CONFLICT (namespace) DO UPDATE SET live = live + ?2",
+            )?
+            .execute(params![namespace, count.change])?;
+        }
+        Ok(())
+    }
+}
+
+/// The writer's connection inside a group transaction, with the transaction's counts. It
+/// derefs to the connection, so a job runs its statements on it as on a `Connection`.
+pub struct Tx<'a> {
+    conn: &'a Connection,
+    counts: &'a RefCell<LiveCounts>,
+}
+
+impl<'a> Tx<'a> {
+    pub fn new(conn: &'a Connection, counts: &'a RefCell<LiveCounts>) -> Tx<'a> {
+        Tx { conn, counts }
+    }
+
+    /// Live states of `namespace`, this transaction's changes included.
+    pub fn live_states(&self, namespace: &str) -> rusqlite::Result<i64> {
+        self.counts.borrow_mut().live(self.conn, namespace)
+    }
+
+    /// `change` states of `namespace` were added (negative: removed) by a statement that
+    /// succeeded.
+    pub fn states_changed(&self, namespace: &str, change: i64) {
+        self.counts.borrow_mut().add(namespace, change);
+    }
+
+    /// The counts as they are now, to put back with `restore` when a job's savepoint is
+    /// rolled back.
+    pub fn snapshot(&self) -> LiveCounts {
+        self.counts.borrow().clone()
+    }
+
+    pub fn restore(&self, counts: LiveCounts) {
+        *self.counts.borrow_mut() = counts;
+    }
+}
+
+impl Deref for Tx<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_are_written_once_per_namespace_on_top_of_what_is_stored() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE namespace_counts (namespace TEXT PRIMARY KEY, live INTEGER NOT NULL);
+             INSERT INTO namespace_counts VALUES ('a', 5);",
+        )
+        .unwrap();
+        let counts = RefCell::new(LiveCounts::default());
+        let tx = Tx::new(&conn, &counts);
+        tx.states_changed("a", 1);
+        assert_eq!(tx.live_states("a").unwrap(), 6);
+        tx.states_changed("a", -3);
+        assert_eq!(tx.live_states("a").unwrap(), 3);
+        tx.states_changed("b", 2);
+        assert_eq!(tx.live_states("b").unwrap(), 2);
+        let before = tx.snapshot();
+        tx.states_changed("b", 7);
+        tx.restore(before);
+        assert_eq!(tx.live_states("b").unwrap(), 2);
+        assert_eq!(tx.live_states("c").unwrap(), 0);
+
+        counts.borrow_mut().write(&conn).unwrap();
+        let stored: Vec<(String, i64)> = conn
+            .prepare("SELECT namespace, live FROM namespace_counts ORDER BY namespace")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(stored, vec![("a".into(), 3), ("b".into(), 2)]);
+        assert!(counts.borrow().namespaces.is_empty());
+    }
+}
