@@ -522,3 +522,84 @@ fn sqlite_runs_no_trigger_on_each_state_written() {
         .unwrap();
     assert_eq!(triggers, Vec::<String>::new());
 }
+
+/// On SQLite, after inserts racing for the last places of two namespaces, a consume by
+/// namespace prefix (the broker's callback), a code tried right and one tried on an
+/// expired state, the stored counts are exactly the rows left.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_counts_are_the_rows_left_after_racing_inserts_and_every_kind_of_take() {
+    use oauthd::store::StateStore;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("oauthd.db");
+    let s = oauthd::store::sqlite::SqliteStore::open(&db, oauthd::store::sqlite::Durability::Full)
+        .unwrap();
+    let row = |namespace: &str, n: u8, expires_at_ms: i64| StateRow {
+        namespace: namespace.into(),
+        ..capped(n, expires_at_ms, None)
+    };
+    let rules = |now_ms: i64| InsertRules {
+        max_live: 3,
+        now_ms,
+        keep_until_ms: 2_000_000,
+        replace_subject: false,
+        max_per_subject: 100,
+    };
+    let racing = (0..20u8).map(|n| {
+        let namespace = if n < 10 { "oauth:p:a" } else { "other" };
+        s.insert_state(row(namespace, n, 1_000_000), rules(10_000))
+    });
+    let results = futures::future::join_all(racing).await;
+    let stored: Vec<u8> = (0..20u8)
+        .filter(|&n| results[n as usize].as_ref().unwrap() == &Inserted::Stored)
+        .collect();
+    assert_eq!(
+        (stored.iter().filter(|&&n| n < 10).count(), stored.len()),
+        (3, 6),
+        "exactly three of each namespace's ten: {results:?}"
+    );
+
+    let prefix = NamespaceFilter::Prefix("oauth:p:".into());
+    let taken = s
+        .take_state(SecretHash([stored[0]; 32]), &prefix)
+        .await
+        .unwrap();
+    assert!(matches!(taken, Taken::Row(_)), "{taken:?}");
+
+    let code = SecretHash([0xc0; 32]);
+    for (n, expires_at_ms) in [(30, 1_000_000), (31, 20_000)] {
+        let mut guarded = row("codes", n, expires_at_ms);
+        guarded.secret = Some(StateSecret {
+            hash: code,
+            attempts_left: 3,
+        });
+        assert_eq!(
+            s.insert_state(guarded, rules(10_000)).await.unwrap(),
+            Inserted::Stored
+        );
+    }
+    let right = s
+        .attempt_state(SecretHash([30; 32]), "codes", code, 10_000)
+        .await
+        .unwrap();
+    assert!(matches!(right, Attempted::Matched(_)), "{right:?}");
+    let late = s
+        .attempt_state(SecretHash([31; 32]), "codes", code, 30_000)
+        .await
+        .unwrap();
+    assert!(matches!(late, Attempted::Expired { .. }), "{late:?}");
+    drop(s);
+
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let table = |sql: &str| -> Vec<(String, i64)> {
+        conn.prepare(sql)
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    };
+    let counted = table("SELECT namespace, live FROM namespace_counts WHERE live > 0 ORDER BY 1");
+    let rows = table("SELECT namespace, count(*) FROM states GROUP BY namespace ORDER BY 1");
+    assert_eq!(counted, rows);
+    assert_eq!(rows, vec![("oauth:p:a".into(), 2), ("other".into(), 3)]);
+}

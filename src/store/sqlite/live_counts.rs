@@ -7,7 +7,9 @@
 //!
 //! Every change to `states` goes through the writer of some oauthd process, each of which
 //! keeps the counts the same way in the same transaction as its change, so the table stays
-//! exact. A state written to the file by other means is not counted.
+//! exact. A state written to the file by other means (the `sqlite3` shell, an oauthd from
+//! before schema 8 still running on the file) is not counted; a count is never written
+//! below zero.
 
 use rusqlite::{params, Connection, OptionalExtension};
 use std::cell::RefCell;
@@ -75,9 +77,11 @@ impl LiveCounts {
             if count.change == 0 {
                 continue;
             }
+            // Never below zero: a count some other writer left too low must not give a
+            // namespace room above its cap for good.
             conn.prepare_cached(
-                "INSERT INTO namespace_counts (namespace, live) VALUES (?1, ?2)
-                 ON CONFLICT (namespace) DO UPDATE SET live = live + ?2",
+                "INSERT INTO namespace_counts (namespace, live) VALUES (?1, max(?2, 0))
+                 ON CONFLICT (namespace) DO UPDATE SET live = max(live + ?2, 0)",
             )?
             .execute(params![namespace, count.change])?;
         }
@@ -128,8 +132,18 @@ impl Deref for Tx<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    /// The stored counts, by namespace.
+    pub fn stored(conn: &Connection) -> Vec<(String, i64)> {
+        conn.prepare("SELECT namespace, live FROM namespace_counts ORDER BY namespace")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
 
     #[test]
     fn changes_are_written_once_per_namespace_on_top_of_what_is_stored() {
@@ -154,14 +168,14 @@ mod tests {
         assert_eq!(tx.live_states("c").unwrap(), 0);
 
         counts.borrow_mut().write(&conn).unwrap();
-        let stored: Vec<(String, i64)> = conn
-            .prepare("SELECT namespace, live FROM namespace_counts ORDER BY namespace")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
-        assert_eq!(stored, vec![("a".into(), 3), ("b".into(), 2)]);
+        assert_eq!(stored(&conn), vec![("a".into(), 3), ("b".into(), 2)]);
         assert!(counts.borrow().namespaces.is_empty());
+
+        // A count left too low by another writer is never written below zero.
+        tx.states_changed("a", -5);
+        tx.states_changed("z", -2);
+        counts.borrow_mut().write(&conn).unwrap();
+        let floor = vec![("a".into(), 0), ("b".into(), 2), ("z".into(), 0)];
+        assert_eq!(stored(&conn), floor);
     }
 }

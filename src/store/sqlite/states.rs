@@ -434,8 +434,10 @@ impl StateStore for SqliteStore {
         now_ms: i64,
     ) -> Result<u64, StoreError> {
         let (ns, subject) = (namespace.to_owned(), subject.to_owned());
+        // Atomic: the rows are deleted before RETURNING hands them over, so an error while
+        // reading them must undo the deletes, which were not counted.
         self.writer
-            .run("revoking a subject's states", move |conn| {
+            .run_atomic("revoking a subject's states", move |conn| {
                 let expiries: Vec<i64> = conn
                     .prepare_cached(
                         "DELETE FROM states INDEXED BY states_subject WHERE namespace = ?1 AND subject = ?2
@@ -519,9 +521,8 @@ fn retire_expired(conn: &Tx, namespace: &str, now_ms: i64) -> rusqlite::Result<u
         }
         Ok(rows.len())
     })();
-    match moved {
+    match moved.and_then(|n| conn.execute_batch("RELEASE retire_expired").map(|()| n)) {
         Ok(n) => {
-            conn.execute_batch("RELEASE retire_expired")?;
             conn.states_changed(namespace, -(n as i64));
             Ok(n)
         }

@@ -568,14 +568,8 @@ mod tests {
             })
             .await
             .unwrap();
-        let stored: Vec<(String, i64)> = Connection::open(&path)
-            .unwrap()
-            .prepare("SELECT namespace, live FROM namespace_counts ORDER BY namespace")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
+        let stored =
+            crate::store::sqlite::live_counts::tests::stored(&Connection::open(&path).unwrap());
         assert_eq!(stored, vec![("kept".into(), 2)]);
     }
 }
