@@ -368,25 +368,32 @@ async fn insert_replacing(
     s.insert_state(row, rules).await.unwrap()
 }
 
+/// Inserts `rows` at `now_ms`, each of which must be stored, then finds the namespace full.
+async fn fill_up(s: &dyn oauthd::store::Store, what: &str, rows: Vec<StateRow>, now_ms: i64) {
+    for row in rows {
+        assert_eq!(
+            insert_capped(s, row, now_ms).await,
+            Inserted::Stored,
+            "{what}"
+        );
+    }
+    // Always refused, so the same state serves every time.
+    let probe = capped(0xff, 1_000_000, None);
+    assert_eq!(
+        insert_capped(s, probe, now_ms).await,
+        Inserted::NamespaceFull,
+        "the cap after {what}"
+    );
+}
+
 /// The per-namespace cap sees every state that each path adds or removes, at once: each
-/// step frees one place (or two), which the next insert takes, and the one after that is
+/// step frees one place (or two), which the next inserts take, and the one after that is
 /// refused.
 async fn the_namespace_cap_counts_what_every_path_leaves_live(b: Backend) {
     let s = b.store.as_ref();
     let later = 1_000_000;
-    for n in 1..=3 {
-        assert_eq!(
-            insert_capped(s, capped(n, later, None), 10_000).await,
-            Inserted::Stored
-        );
-    }
-    let full = |what: &str, got: Inserted| {
-        assert_eq!(got, Inserted::NamespaceFull, "the cap after {what}");
-    };
-    full(
-        "three inserts",
-        insert_capped(s, capped(4, later, None), 10_000).await,
-    );
+    let states = |numbers: &[u8]| numbers.iter().map(|&n| capped(n, later, None)).collect();
+    fill_up(s, "three inserts", states(&[1, 2, 3]), 10_000).await;
 
     // Consumed.
     let exact = NamespaceFilter::Exact("cap".into());
@@ -394,14 +401,7 @@ async fn the_namespace_cap_counts_what_every_path_leaves_live(b: Backend) {
         s.take_state(SecretHash([1; 32]), &exact).await.unwrap(),
         Taken::Row(_)
     ));
-    assert_eq!(
-        insert_capped(s, capped(4, later, None), 10_000).await,
-        Inserted::Stored
-    );
-    full(
-        "a consume",
-        insert_capped(s, capped(5, later, None), 10_000).await,
-    );
+    fill_up(s, "a consume", states(&[4]), 10_000).await;
 
     // Revoked by value, then by id.
     assert!(s
@@ -413,21 +413,16 @@ async fn the_namespace_cap_counts_what_every_path_leaves_live(b: Backend) {
         hash: SecretHash([0xee; 32]),
         attempts_left: 1,
     });
-    assert_eq!(insert_capped(s, guarded, 10_000).await, Inserted::Stored);
-    full(
-        "a revoke",
-        insert_capped(s, capped(6, later, None), 10_000).await,
-    );
+    fill_up(s, "a revoke", vec![guarded], 10_000).await;
     let id = StateId::of(&SecretHash([3; 32])).to_string();
     assert!(s.revoke_state_id("cap", &id, 10_000).await.unwrap());
-    assert_eq!(
-        insert_capped(s, capped(6, later, Some("u")), 10_000).await,
-        Inserted::Stored
-    );
-    full(
+    fill_up(
+        s,
         "a revoke by id",
-        insert_capped(s, capped(7, later, None), 10_000).await,
-    );
+        vec![capped(6, later, Some("u"))],
+        10_000,
+    )
+    .await;
 
     // A code guessed wrong until no try is left.
     let wrong = s
@@ -438,58 +433,25 @@ async fn the_namespace_cap_counts_what_every_path_leaves_live(b: Backend) {
         matches!(wrong, Attempted::Wrong { attempts_left: 0 }),
         "{wrong:?}"
     );
-    assert_eq!(
-        insert_capped(s, capped(7, later, Some("u")), 10_000).await,
-        Inserted::Stored
-    );
-    full(
-        "a spent code",
-        insert_capped(s, capped(8, later, None), 10_000).await,
-    );
+    fill_up(s, "a spent code", vec![capped(7, later, Some("u"))], 10_000).await;
 
     // A subject signed out everywhere (6 and 7), then one replaced (8 by 10).
     assert_eq!(s.revoke_subject("cap", "u", 10_000).await.unwrap(), 2);
-    assert_eq!(
-        insert_capped(s, capped(8, later, Some("v")), 10_000).await,
-        Inserted::Stored
-    );
-    assert_eq!(
-        insert_capped(s, capped(9, 40_000, None), 10_000).await,
-        Inserted::Stored
-    );
-    full(
-        "a subject's revoke",
-        insert_capped(s, capped(10, later, None), 10_000).await,
-    );
+    let freed = vec![capped(8, later, Some("v")), capped(9, 40_000, None)];
+    fill_up(s, "a subject's revoke", freed, 10_000).await;
     let replacing = insert_replacing(s, capped(10, later, Some("v")), 10_000, true).await;
     assert_eq!(replacing, Inserted::Stored);
-    full(
-        "a replace",
-        insert_capped(s, capped(11, later, None), 10_000).await,
-    );
+    fill_up(s, "a replace", Vec::new(), 10_000).await;
 
     // Live now: 4, 9 (expires at 40,000) and 10. At 50,000 the insert that finds the
     // namespace full sets 9 aside and takes its place.
-    assert_eq!(
-        insert_capped(s, capped(11, 55_000, None), 50_000).await,
-        Inserted::Stored
-    );
-    full(
-        "an expired state set aside",
-        insert_capped(s, capped(12, later, None), 50_000).await,
-    );
+    let expiring = vec![capped(11, 55_000, None)];
+    fill_up(s, "an expired state set aside", expiring, 50_000).await;
 
     // The sweeper removes 11 (expired at 55,000), which leaves a place the insert finds
     // without setting anything aside.
     s.sweep_expired(60_000, 0, 100).await.unwrap();
-    assert_eq!(
-        insert_capped(s, capped(12, later, None), 60_000).await,
-        Inserted::Stored
-    );
-    full(
-        "a sweep",
-        insert_capped(s, capped(13, later, None), 60_000).await,
-    );
+    fill_up(s, "a sweep", states(&[12]), 60_000).await;
 }
 
 backends!(
