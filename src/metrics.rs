@@ -7,7 +7,8 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
-use std::collections::HashSet;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::sync::{LazyLock, RwLock};
 
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
@@ -86,16 +87,92 @@ static STATES_SWEPT: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Label sets one thread keeps its own handles for, per metric; past this it looks each
+/// further one up as before.
+const MAX_LOCAL_SERIES: usize = 1024;
+
+/// A thread's handles to the series of one metric, by the values it was asked for:
+/// prometheus hashes a label set and takes a lock to find its series on every call, and
+/// the hot paths count several series on every request. The first value is the map's
+/// key, so a hit allocates nothing.
+pub(crate) struct LocalSeries<M> {
+    by_first: HashMap<String, Vec<(Vec<String>, M)>>,
+    len: usize,
+}
+
+impl<M> Default for LocalSeries<M> {
+    fn default() -> Self {
+        LocalSeries {
+            by_first: HashMap::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<M> LocalSeries<M> {
+    /// Runs `use_it` on the handle for `values` (at least one), made by `resolve` the
+    /// first time.
+    pub(crate) fn with<R>(
+        &mut self,
+        values: &[&str],
+        resolve: impl FnOnce() -> M,
+        use_it: impl FnOnce(&M) -> R,
+    ) -> R {
+        let (first, rest) = values.split_first().unwrap_or((&"", &[]));
+        let same = |kept: &[String]| kept.iter().map(String::as_str).eq(rest.iter().copied());
+        if let Some(list) = self.by_first.get(*first) {
+            if let Some((_, metric)) = list.iter().find(|(kept, _)| same(kept)) {
+                return use_it(metric);
+            }
+        }
+        let metric = resolve();
+        let answer = use_it(&metric);
+        if self.len >= MAX_LOCAL_SERIES {
+            // Full: forget what was kept rather than grow (label sets an app invents).
+            self.by_first.clear();
+            self.len = 0;
+        }
+        self.len += 1;
+        let rest = rest.iter().map(|v| (*v).to_owned()).collect();
+        self.by_first
+            .entry((*first).to_owned())
+            .or_default()
+            .push((rest, metric));
+        answer
+    }
+}
+
+thread_local! {
+    static CREATED_LOCAL: RefCell<LocalSeries<IntCounter>> = RefCell::default();
+    static CONSUMED_LOCAL: RefCell<LocalSeries<IntCounter>> = RefCell::default();
+    static HTTP_LOCAL: RefCell<LocalSeries<(IntCounter, Histogram)>> = RefCell::default();
+}
+
 pub fn state_created(namespace: &str) {
-    STATES_CREATED
-        .with_label_values(&[namespace_label(namespace)])
-        .inc();
+    CREATED_LOCAL.with_borrow_mut(|local| {
+        local.with(
+            &[namespace],
+            || STATES_CREATED.with_label_values(&[namespace_label(namespace)]),
+            IntCounter::inc,
+        )
+    });
 }
 
 /// `namespace`: the state's, or the one it was presented for; `None` when neither is known.
 pub fn state_consumed(namespace: Option<&str>, outcome: &str) {
-    let label = namespace.map_or(NO_NAMESPACE, namespace_label);
-    STATE_CONSUMES.with_label_values(&[label, outcome]).inc();
+    let Some(namespace) = namespace else {
+        STATE_CONSUMES
+            .with_label_values(&[NO_NAMESPACE, outcome])
+            .inc();
+        return;
+    };
+    CONSUMED_LOCAL.with_borrow_mut(|local| {
+        local.with(
+            &[namespace, outcome],
+            || STATE_CONSUMES.with_label_values(&[namespace_label(namespace), outcome]),
+            IntCounter::inc,
+        )
+    });
 }
 
 pub fn states_swept(namespace: &str, count: u64) {
@@ -228,6 +305,61 @@ static HTTP_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
 /// latency goes into once its body is done.
 pub fn http_answered(endpoint: &str, method: &str, status: &str) -> Histogram {
     let labels = [endpoint, method, status];
-    HTTP_REQUESTS.with_label_values(&labels).inc();
-    HTTP_DURATION.with_label_values(&labels)
+    HTTP_LOCAL.with_borrow_mut(|local| {
+        local.with(
+            &labels,
+            || {
+                (
+                    HTTP_REQUESTS.with_label_values(&labels),
+                    HTTP_DURATION.with_label_values(&labels),
+                )
+            },
+            |(count, latency)| {
+                count.inc();
+                latency.clone()
+            },
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_keeps_one_handle_per_label_set_and_never_mixes_two() {
+        let mut local = LocalSeries::<u32>::default();
+        let mut made = 0;
+        let mut get = |local: &mut LocalSeries<u32>, values: &[&str]| {
+            local.with(
+                values,
+                || {
+                    made += 1;
+                    made
+                },
+                |m| *m,
+            )
+        };
+        assert_eq!(get(&mut local, &["/a", "GET", "200"]), 1);
+        assert_eq!(get(&mut local, &["/a", "GET", "404"]), 2);
+        assert_eq!(get(&mut local, &["/a", "POST", "200"]), 3);
+        assert_eq!(get(&mut local, &["/b", "GET", "200"]), 4);
+        assert_eq!(get(&mut local, &["/a", "GET", "200"]), 1);
+        assert_eq!(get(&mut local, &["/a", "GET", "404"]), 2);
+        assert_eq!(get(&mut local, &["/b", "GET", "200"]), 4);
+    }
+
+    #[test]
+    fn a_thread_forgets_its_handles_rather_than_keep_more_than_its_bound() {
+        let mut local = LocalSeries::<usize>::default();
+        for i in 0..MAX_LOCAL_SERIES + 10 {
+            let name = format!("ns{i}");
+            assert_eq!(local.with(&[&name], || i, |m| *m), i);
+            assert!(local.len <= MAX_LOCAL_SERIES);
+        }
+        let kept: usize = local.by_first.values().map(Vec::len).sum();
+        assert_eq!(kept, local.len);
+        // Forgotten handles are made again, as the same series.
+        assert_eq!(local.with(&["ns0"], || 0, |m| *m), 0);
+    }
 }

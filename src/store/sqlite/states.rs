@@ -12,9 +12,17 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use subtle::ConstantTimeEq;
 
-/// The columns `state_row` reads, in its order.
-const COLUMNS: &str = "key_hash, namespace, data, created_at, expires_at, subject, \
-                       secret_hash, attempts_left, sliding_ttl, max_expires_at";
+/// `sql!("SELECT ", columns, " FROM …")`: a statement naming the columns `state_row` reads,
+/// in its order, put together at compile time (hot paths look their statements up in the
+/// connection's cache by text, and a `format!` per call was an allocation each time).
+macro_rules! sql {
+    ($($part:tt),+) => { concat!($(sql!(@part $part)),+) };
+    (@part columns) => {
+        "key_hash, namespace, data, created_at, expires_at, subject, \
+         secret_hash, attempts_left, sliding_ttl, max_expires_at"
+    };
+    (@part $text:literal) => { $text };
+}
 
 fn state_row(r: &Row<'_>) -> rusqlite::Result<StateRow> {
     let hash: Vec<u8> = r.get(0)?;
@@ -59,8 +67,10 @@ fn select(
     key_hash: &SecretHash,
     ns: &str,
 ) -> rusqlite::Result<Option<StateRow>> {
-    conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM states WHERE key_hash = ?1 AND namespace = ?2"
+    conn.prepare_cached(sql!(
+        "SELECT ",
+        columns,
+        " FROM states WHERE key_hash = ?1 AND namespace = ?2"
     ))?
     .query_row(params![&key_hash.0[..], ns], state_row)
     .optional()
@@ -97,8 +107,10 @@ fn take_tombstone(
 fn select_by_id(conn: &Connection, ns: &str, id: &StateId) -> rusqlite::Result<Option<StateRow>> {
     let (low, high) = id.hash_range();
     let rows: Vec<StateRow> = conn
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM states
+        .prepare_cached(sql!(
+            "SELECT ",
+            columns,
+            " FROM states
              WHERE key_hash BETWEEN ?1 AND ?2 AND namespace = ?3"
         ))?
         .query_map(params![&low[..], &high[..], ns], state_row)?
@@ -254,8 +266,10 @@ impl StateStore for SqliteStore {
                 // the namespace asked for, without a code, is touched. (A DELETE with
                 // RETURNING would build a temporary table for its one row each time.)
                 let row = conn
-                    .prepare_cached(&format!(
-                        "SELECT {COLUMNS} FROM states WHERE key_hash = ?1 AND (namespace = ?2
+                    .prepare_cached(sql!(
+                        "SELECT ",
+                        columns,
+                        " FROM states WHERE key_hash = ?1 AND (namespace = ?2
                            OR (?3 AND substr(namespace, 1, length(?2)) = ?2))
                            AND secret_hash IS NULL"
                     ))?
@@ -298,12 +312,14 @@ impl StateStore for SqliteStore {
         self.writer
             .run("extending a state", move |conn| {
                 let row = conn
-                    .prepare_cached(&format!(
+                    .prepare_cached(sql!(
                         "UPDATE states
                          SET expires_at = max(expires_at, min(?3 + sliding_ttl, max_expires_at))
                          WHERE key_hash = ?1 AND namespace = ?2 AND sliding_ttl IS NOT NULL
                            AND expires_at > ?3
-                         RETURNING {COLUMNS}"
+                         RETURNING ",
+                        columns,
+                        ""
                     ))?
                     .query_row(params![&key_hash.0[..], ns, now_ms], state_row)
                     .optional()?;
@@ -416,8 +432,10 @@ impl StateStore for SqliteStore {
     ) -> Result<Vec<StateRow>, StoreError> {
         let (ns, subject) = (namespace.to_owned(), subject.to_owned());
         self.read("listing a subject's states", move |conn| {
-            conn.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM states INDEXED BY states_subject
+            conn.prepare_cached(sql!(
+                "SELECT ",
+                columns,
+                " FROM states INDEXED BY states_subject
                  WHERE namespace = ?1 AND subject = ?2 AND expires_at > ?3
                  ORDER BY created_at"
             ))?

@@ -38,9 +38,6 @@ const REOPEN_EVERY: Duration = Duration::from_secs(1);
 /// Opens a new connection to the database, configured like the first one.
 pub type Reopen = Box<dyn Fn() -> rusqlite::Result<Connection> + Send>;
 
-/// Answers the caller how the transaction ended; false when the caller was gone.
-type Completion = Box<dyn FnOnce(Result<(), StoreError>) -> bool + Send>;
-
 /// What the writer's queue carries.
 enum Msg {
     Job(Box<dyn WriteJob>),
@@ -49,19 +46,30 @@ enum Msg {
 }
 
 trait WriteJob: Send {
-    /// Runs the job inside the open transaction; returns what to do once the transaction
-    /// ends, or `None` when the caller already gave up (so nothing was written). Sets
-    /// `cannot_write` when the job failed because the connection cannot write.
-    fn execute(self: Box<Self>, tx: &Tx, cannot_write: &mut bool) -> Option<Completion>;
+    /// Runs the job inside the open transaction and keeps its result for `complete`;
+    /// false when the caller already gave up (so nothing was run). Sets `cannot_write`
+    /// when the job failed because the connection cannot write.
+    fn execute(&mut self, tx: &Tx, cannot_write: &mut bool) -> bool;
+    /// Answers the caller how the transaction ended, with the result kept by `execute`;
+    /// false when the caller was gone.
+    fn complete(self: Box<Self>, ended: Result<(), StoreError>) -> bool;
     /// Answers the caller without running (no transaction could be started).
     fn abort(self: Box<Self>, err: StoreError);
+}
+
+/// A job's work until it runs, then its result until the transaction ends: one allocation
+/// carries both.
+enum Stage<T, F> {
+    Queued(F),
+    Ran(Result<T, StoreError>),
+    Taken,
 }
 
 struct FnJob<T, F> {
     context: &'static str,
     /// Run inside a savepoint: needed only when the job makes several changes.
     atomic: bool,
-    work: F,
+    stage: Stage<T, F>,
     reply: oneshot::Sender<Result<T, StoreError>>,
 }
 
@@ -70,28 +78,36 @@ where
     T: Send + 'static,
     F: FnOnce(&Tx) -> rusqlite::Result<T> + Send,
 {
-    fn execute(self: Box<Self>, tx: &Tx, cannot_write: &mut bool) -> Option<Completion> {
-        let FnJob {
-            context,
-            atomic,
-            work,
-            reply,
-        } = *self;
-        if reply.is_closed() {
-            return None;
+    fn execute(&mut self, tx: &Tx, cannot_write: &mut bool) -> bool {
+        if self.reply.is_closed() {
+            return false;
         }
-        let result = if atomic {
+        let Stage::Queued(work) = std::mem::replace(&mut self.stage, Stage::Taken) else {
+            return false;
+        };
+        let result = if self.atomic {
             in_savepoint(tx, work)
         } else {
             work(tx)
         };
-        let result = result.map_err(|e| {
+        let context = self.context;
+        self.stage = Stage::Ran(result.map_err(|e| {
             *cannot_write |= is_write_fault(&e);
             classify(context, e)
-        });
-        Some(Box::new(move |ended: Result<(), StoreError>| {
-            reply.send(ended.and(result)).is_ok()
-        }))
+        }));
+        true
+    }
+
+    fn complete(self: Box<Self>, ended: Result<(), StoreError>) -> bool {
+        let result = match self.stage {
+            Stage::Ran(result) => ended.and(result),
+            // Never ran: `execute` returned false and the job was not kept.
+            Stage::Queued(_) | Stage::Taken => Err(StoreError::unavailable(
+                self.context,
+                "the write was not run",
+            )),
+        };
+        self.reply.send(result).is_ok()
     }
 
     fn abort(self: Box<Self>, err: StoreError) {
@@ -238,7 +254,7 @@ impl Writer {
         let job = Box::new(FnJob {
             context,
             atomic,
-            work,
+            stage: Stage::Queued(work),
             reply,
         });
         let gone = || StoreError::unavailable(context, "the database writer has stopped");
@@ -425,12 +441,14 @@ fn commit_group(
             }
             return outcome(cannot_write, true);
         }
-        let mut done: Vec<Completion> = Vec::new();
+        let mut done: Vec<Box<dyn WriteJob>> = Vec::with_capacity(jobs.len());
         let mut rolled_back = false;
         let counts = RefCell::new(LiveCounts::default());
         let tx = Tx::new(conn, &counts);
-        for job in jobs.by_ref() {
-            done.extend(job.execute(&tx, &mut cannot_write));
+        for mut job in jobs.by_ref() {
+            if job.execute(&tx, &mut cannot_write) {
+                done.push(job);
+            }
             if conn.is_autocommit() {
                 // SQLite ended the transaction itself; what ran so far is undone.
                 rolled_back = true;
@@ -457,8 +475,8 @@ fn commit_group(
             log::warn!("write group of {} failed: {e}", done.len());
         }
         let mut unseen = false;
-        for complete in done {
-            unseen |= !complete(ended.clone());
+        for job in done {
+            unseen |= !job.complete(ended.clone());
         }
         if unseen && ended.is_ok() {
             watch.changed_unseen();
