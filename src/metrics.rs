@@ -87,8 +87,8 @@ static STATES_SWEPT: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
-/// Label sets one thread keeps its own handles for, per metric; past this it looks each
-/// further one up as before.
+/// Label sets one thread keeps its own handles for, per metric; it looks any further one
+/// up each time, as before.
 const MAX_LOCAL_SERIES: usize = 1024;
 
 /// A thread's handles to the series of one metric, by the values it was asked for:
@@ -128,9 +128,9 @@ impl<M> LocalSeries<M> {
         let metric = resolve();
         let answer = use_it(&metric);
         if self.len >= MAX_LOCAL_SERIES {
-            // Full: forget what was kept rather than grow (label sets an app invents).
-            self.by_first.clear();
-            self.len = 0;
+            // Full (label sets an app invents): further ones are looked up each time, and
+            // the ones kept stay fast.
+            return answer;
         }
         self.len += 1;
         let rest = rest.iter().map(|v| (*v).to_owned()).collect();
@@ -350,16 +350,20 @@ mod tests {
     }
 
     #[test]
-    fn a_thread_forgets_its_handles_rather_than_keep_more_than_its_bound() {
+    fn past_its_bound_a_thread_keeps_no_more_handles_and_still_answers_right() {
         let mut local = LocalSeries::<usize>::default();
         for i in 0..MAX_LOCAL_SERIES + 10 {
             let name = format!("ns{i}");
             assert_eq!(local.with(&[&name], || i, |m| *m), i);
-            assert!(local.len <= MAX_LOCAL_SERIES);
         }
+        assert_eq!(local.len, MAX_LOCAL_SERIES);
         let kept: usize = local.by_first.values().map(Vec::len).sum();
-        assert_eq!(kept, local.len);
-        // Forgotten handles are made again, as the same series.
-        assert_eq!(local.with(&["ns0"], || 0, |m| *m), 0);
+        assert_eq!(kept, MAX_LOCAL_SERIES);
+        // The first ones are still kept: not made again.
+        assert_eq!(local.with(&["ns0"], || usize::MAX, |m| *m), 0);
+        // One past the bound was not kept: made again each time.
+        let past = format!("ns{}", MAX_LOCAL_SERIES + 1);
+        assert_eq!(local.with(&[&past], || 7, |m| *m), 7);
+        assert_eq!(local.with(&[&past], || 8, |m| *m), 8);
     }
 }

@@ -72,47 +72,55 @@ impl fmt::Debug for SecretText {
     }
 }
 
-/// Bytes from the OS CSPRNG a thread fetches at once: one system call per few dozen state
-/// values instead of one per value (under the pairs load it was 1.5 % of a worker's CPU).
-const RANDOM_BATCH: usize = 1024;
+/// Fills a buffer from the OS CSPRNG. Failure means the OS has no entropy source, which
+/// oauthd cannot work around; callers turn it into a 503.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], getrandom::Error> {
+    let mut buf = [0u8; N];
+    getrandom::fill(&mut buf)?;
+    Ok(buf)
+}
 
-/// A thread's fetched and not yet used CSPRNG bytes: `bytes[used..]`. Each byte handed out
-/// is overwritten in the buffer at once, and the rest is wiped when the thread ends.
-struct RandomPool {
-    bytes: zeroize::Zeroizing<[u8; RANDOM_BATCH]>,
+/// Bytes from the OS CSPRNG a thread fetches at once for state values: one system call
+/// per 39 values instead of one each (under the pairs load it was 1.5 % of a worker's
+/// CPU).
+const STATE_RANDOM_BATCH: usize = 1024;
+
+/// A thread's fetched and not yet used CSPRNG bytes for state values: `bytes[used..]`.
+/// Each byte handed out is overwritten in the buffer at once, and the rest is wiped when
+/// the thread ends. Only state values draw from it: keys, nonces and other secrets come
+/// from the OS each time, so nothing long-lived waits here before it exists. A copy of
+/// the process (a fork, a restored snapshot) would draw the same bytes again, but a state
+/// value also carries its creation time to the millisecond.
+struct StatePool {
+    bytes: zeroize::Zeroizing<[u8; STATE_RANDOM_BATCH]>,
     used: usize,
 }
 
 thread_local! {
-    static RANDOM_POOL: std::cell::RefCell<RandomPool> = std::cell::RefCell::new(RandomPool {
-        bytes: zeroize::Zeroizing::new([0; RANDOM_BATCH]),
-        used: RANDOM_BATCH,
+    static STATE_POOL: std::cell::RefCell<StatePool> = std::cell::RefCell::new(StatePool {
+        bytes: zeroize::Zeroizing::new([0; STATE_RANDOM_BATCH]),
+        used: STATE_RANDOM_BATCH,
     });
 }
 
-/// Fills a buffer from the OS CSPRNG (through the thread's pool of fetched bytes, each
-/// used once). Failure means the OS has no entropy source, which oauthd cannot work
-/// around; callers turn it into a 503.
-pub fn random_bytes<const N: usize>() -> Result<[u8; N], getrandom::Error> {
-    let mut buf = [0u8; N];
-    if N > RANDOM_BATCH / 4 {
-        getrandom::fill(&mut buf)?;
-        return Ok(buf);
-    }
-    RANDOM_POOL.with_borrow_mut(|pool| {
-        if RANDOM_BATCH - pool.used < N {
+/// The random part of a new state value, from the thread's pool.
+fn state_random_bytes<const N: usize>() -> Result<[u8; N], getrandom::Error> {
+    STATE_POOL.with_borrow_mut(|pool| {
+        if STATE_RANDOM_BATCH - pool.used < N {
             getrandom::fill(&mut pool.bytes[..])?;
             pool.used = 0;
         }
         let from = pool.used;
-        if let Some(taken) = pool.bytes.get_mut(from..from + N) {
-            buf.copy_from_slice(taken);
-            zeroize::Zeroize::zeroize(taken);
-            pool.used += N;
-            return Ok(buf);
+        let mut buf = [0u8; N];
+        match pool.bytes.get_mut(from..from + N) {
+            Some(taken) => {
+                buf.copy_from_slice(taken);
+                zeroize::Zeroize::zeroize(taken);
+                pool.used += N;
+            }
+            // Larger than the pool: straight from the OS.
+            None => getrandom::fill(&mut buf)?,
         }
-        // Unreachable (the pool was refilled above); the OS answers directly.
-        getrandom::fill(&mut buf)?;
         Ok(buf)
     })
 }
@@ -148,7 +156,7 @@ impl StateValue {
             .map_or(0, |d| d.as_millis() as u64);
         let mut bytes = [0u8; 32];
         bytes[..TIME_PREFIX].copy_from_slice(&millis.to_be_bytes()[8 - TIME_PREFIX..]);
-        bytes[TIME_PREFIX..].copy_from_slice(&random_bytes::<{ 32 - TIME_PREFIX }>()?);
+        bytes[TIME_PREFIX..].copy_from_slice(&state_random_bytes::<{ 32 - TIME_PREFIX }>()?);
         Ok(StateValue(URL_SAFE_NO_PAD.encode(bytes)))
     }
 
@@ -295,13 +303,13 @@ mod tests {
     #[test]
     fn pooled_random_bytes_are_each_handed_out_once_and_wiped_from_the_pool() {
         // Enough draws to refill the thread's pool several times.
-        let draws: Vec<[u8; 26]> = (0..RANDOM_BATCH / 26 * 4)
-            .map(|_| random_bytes::<26>().unwrap())
+        let draws: Vec<[u8; 26]> = (0..STATE_RANDOM_BATCH / 26 * 4)
+            .map(|_| state_random_bytes::<26>().unwrap())
             .collect();
         let distinct: std::collections::HashSet<_> = draws.iter().collect();
         assert_eq!(distinct.len(), draws.len(), "a value came out twice");
         assert!(draws.iter().all(|d| d.iter().any(|b| *b != 0)));
-        RANDOM_POOL.with_borrow(|pool| {
+        STATE_POOL.with_borrow(|pool| {
             assert!(pool.used > 0);
             assert!(
                 pool.bytes[..pool.used].iter().all(|b| *b == 0),
