@@ -13,8 +13,9 @@
 # Each slice prints its rate (wrk's requests/s: a pair counts as two), the server's CPU per
 # request (every thread of the process, the writer's included, from
 # /proc/PID/task/*/schedstat) and wrk's p99; then each side's median rate and CPU, and A's
-# and B's median ratio to the bare slice of their round. SCENARIO: pairs or token (those
-# need no stock of states). Each oauthd runs on its own fresh database with its own key.
+# and B's median ratio to the bare slice of their round. SCENARIO: pairs, token or verify
+# (each side first stocked with the live states of a 2 s create run, as bench/run.sh
+# does). Each oauthd runs on its own fresh database with its own key.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +25,7 @@ SCENARIO=${SCENARIO:-pairs}
 ROUNDS=${ROUNDS:-6}
 SLICE=${SLICE:-5}
 CONNS=${CONNS:-64}
-case $SCENARIO in pairs|token) ;; *) echo "SCENARIO: pairs or token" >&2; exit 2 ;; esac
+case $SCENARIO in pairs|token|verify) ;; *) echo "SCENARIO: pairs, token or verify" >&2; exit 2 ;; esac
 for n in "$ROUNDS" "$SLICE" "$CONNS"; do
   case $n in ''|*[!0-9]*|0) echo "ROUNDS, SLICE and CONNS: whole numbers of at least 1" >&2; exit 2 ;; esac
 done
@@ -50,11 +51,11 @@ B_URL=$OAUTHD B_PID=$OAUTHD_PID B_KEY=$BENCH_API_KEY
 # cpu_ns PID -> nanoseconds every thread of PID has run
 cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'; }
 
-# slice NAME PID URL KEY -> "rate cpu_us_per_request p99_ms"
+# slice NAME PID URL KEY SIDE -> "rate cpu_us_per_request p99_ms"
 slice() {
   local before after out n
   before=$(cpu_ns "$2")
-  out=$(BENCH_API_KEY=$4 TARGET=$1 wrk -t2 -c"$CONNS" -d"${SLICE}s" --latency -s "bench/$SCENARIO.lua" "$3" 2>&1)
+  out=$(BENCH_API_KEY=$4 TARGET=$1 STATES_IN="$tmp/states.$5" wrk -t2 -c"$CONNS" -d"${SLICE}s" --latency -s "bench/$SCENARIO.lua" "$3" 2>&1)
   after=$(cpu_ns "$2")
   echo "$out" | grep -q "Non-2xx" && { echo "$1 answered non-2xx: $out" >&2; exit 1; }
   n=$(echo "$out" | awk '/requests in/ {print $1}')
@@ -64,14 +65,25 @@ slice() {
     END {printf "%d %.1f %.2f\n", rate, c / 1000 / n, p}'
 }
 
+# stock SIDE URL KEY: a 2 s create run whose states verify picks from.
+stock() {
+  BENCH_API_KEY=$3 TARGET=$1 STATES_OUT="$tmp/states.$1" wrk -t2 -c"$CONNS" -d2s -s bench/create.lua "$2" >/dev/null 2>&1
+  echo "$1: $(cat "$tmp/states.$1".* | wc -l) live states to verify"
+}
+if [ "$SCENARIO" = verify ]; then
+  stock bare "$BARE" ""
+  stock a "$A_URL" "$A_KEY"
+  stock b "$B_URL" "$B_KEY"
+fi
+
 echo "$SCENARIO at $CONNS connections, $ROUNDS rounds of ${SLICE}s slices, $(nproc) cores"
 echo "A: $A (durability $DURABILITY)"
 echo "B: $B (durability ${B_DURABILITY:-$DURABILITY})"
 printf '%-5s | %8s %8s | %8s %8s %8s %6s | %8s %8s %8s %6s\n' round "bare/s" "cpu_us" "A/s" "cpu_us" "p99ms" ratio "B/s" "cpu_us" "p99ms" ratio
 for round in $(seq "$ROUNDS"); do
-  read -r br bc _ < <(slice bare "$BARE_PID" "$BARE" "")
-  read -r ar ac ap < <(slice oauthd "$A_PID" "$A_URL" "$A_KEY")
-  read -r xr xc xp < <(slice oauthd "$B_PID" "$B_URL" "$B_KEY")
+  read -r br bc _ < <(slice bare "$BARE_PID" "$BARE" "" bare)
+  read -r ar ac ap < <(slice oauthd "$A_PID" "$A_URL" "$A_KEY" a)
+  read -r xr xc xp < <(slice oauthd "$B_PID" "$B_URL" "$B_KEY" b)
   [ -n "$br" ] && [ -n "$ar" ] && [ -n "$xr" ] || exit 1
   echo "$round $br $bc $ar $ac $ap $xr $xc $xp"
 done | awk '

@@ -51,6 +51,12 @@ SLICE_SECONDS=$(( DURATION / SLICES > 1 ? DURATION / SLICES : 1 ))
 DURABILITY=${DURABILITY:-full}
 CONNS=${CONNS:-"16 64"}
 SCENARIOS=${SCENARIOS:-"token verify pairs create consume pairs+flood token+deadhook"}
+for scenario in $SCENARIOS; do
+  case $scenario in
+    sweep) [ "$STORE" = sqlite ] || { echo "the sweep scenario is SQLite's (Redis expires keys by itself)" >&2; exit 2; } ;;
+    *) [ -f "bench/${scenario%%+*}.lua" ] || { echo "unknown scenario: $scenario" >&2; exit 2; } ;;
+  esac
+done
 
 if ! command -v wrk >/dev/null; then
   echo "installing wrk (Debian package)" >&2
@@ -174,13 +180,14 @@ sweep_run() {
 
 restarts=0
 for conns in $CONNS; do
-  if [ "$SCENARIOS" = sweep ]; then
-    [ "$STORE" = sqlite ] || { echo "the sweep scenario is SQLite's (Redis expires keys by itself)" >&2; exit 2; }
-    sweep_run "$conns"
-    continue
-  fi
   fresh_oauthd "$conns"
   for scenario in $SCENARIOS; do
+    if [ "$scenario" = sweep ]; then
+      # Runs on databases of its own; what follows gets a fresh oauthd again.
+      sweep_run "$conns"
+      fresh_oauthd "$conns-$((++restarts))"
+      continue
+    fi
     if [ "$scenario" = token+deadhook ]; then
       OAUTHD_TOML="$tmp/deadhook.toml" fresh_oauthd "deadhook-$conns-$((++restarts))"
       for _ in $(seq 19); do connect_bench; done

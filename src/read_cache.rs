@@ -14,7 +14,7 @@
 
 use crate::store::ChangeWatch;
 use prometheus::IntCounter;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -46,6 +46,13 @@ pub struct ReadTicket {
 
 struct Inner<K, V> {
     entries: HashMap<K, Entry<V>>,
+    /// Keys in the order their values were put, each with its entry's `put` number: a full
+    /// cache lets go of the oldest first, one for each new value. Keys dropped or put again
+    /// since stay here until they reach the front; the queue is kept under twice
+    /// `max_entries` by letting go of its front.
+    order: VecDeque<(K, u64)>,
+    /// The `put` number of the next value held.
+    puts: u64,
     /// The bytes of the values in `entries`.
     bytes: usize,
     /// When a key of each slot was last dropped: older reads of its keys cannot put their
@@ -62,6 +69,8 @@ struct Entry<V> {
     /// The watch's generation when that read began.
     generation: u64,
     bytes: usize,
+    /// Which item of `order` stands for this value.
+    put: u64,
 }
 
 impl<K, V> Inner<K, V> {
@@ -94,6 +103,8 @@ impl<K: Hash + Eq + Clone, V: Clone> ReadCache<K, V> {
             counters: None,
             inner: Mutex::new(Inner {
                 entries: HashMap::new(),
+                order: VecDeque::new(),
+                puts: 0,
                 bytes: 0,
                 dropped: vec![None; DROP_SLOTS],
                 cleared: None,
@@ -181,7 +192,7 @@ impl<K: Hash + Eq + Clone, V: Clone> ReadCache<K, V> {
         if bytes > self.max_bytes / 8 {
             return;
         }
-        let (confirmed, generation) = self.watched();
+        let (_, generation) = self.watched();
         if ticket.generation != generation {
             return;
         }
@@ -201,40 +212,37 @@ impl<K: Hash + Eq + Clone, V: Clone> ReadCache<K, V> {
             return;
         }
         inner.remove(key);
-        if inner.entries.len() >= self.max_entries
-            || inner.bytes.saturating_add(bytes) > self.max_bytes
-        {
-            self.make_room(&mut inner, confirmed, generation);
-        }
+        self.make_room(&mut inner, bytes);
+        let put = inner.puts;
+        inner.puts += 1;
         let entry = Entry {
             value,
             since: ticket.began,
             generation: ticket.generation,
             bytes,
+            put,
         };
         inner.bytes += bytes;
         inner.entries.insert(key.clone(), entry);
+        inner.order.push_back((key.clone(), put));
     }
 
-    /// Frees a quarter of the room: values that may no longer be answered go first, then
-    /// any.
-    fn make_room(&self, inner: &mut Inner<K, V>, confirmed: Option<Instant>, generation: u64) {
-        inner
-            .entries
-            .retain(|_, e| self.fresh(e, confirmed, generation));
-        let target_entries = self.max_entries / 4 * 3;
-        let target_bytes = self.max_bytes / 4 * 3;
-        let mut bytes: usize = inner.entries.values().map(|e| e.bytes).sum();
-        let mut count = inner.entries.len();
-        inner.entries.retain(|_, e| {
-            if count <= target_entries && bytes <= target_bytes {
-                return true;
+    /// Lets go of the oldest values until one of `bytes` more fits: a few per put, never a
+    /// pass over the whole cache while the lock is held (that pass, a quarter of 100,000
+    /// verified states at a time, stalled both HTTP workers for milliseconds:
+    /// bench/README.md).
+    fn make_room(&self, inner: &mut Inner<K, V>, bytes: usize) {
+        while inner.entries.len() >= self.max_entries
+            || inner.bytes.saturating_add(bytes) > self.max_bytes
+            || inner.order.len() >= self.max_entries.saturating_mul(2)
+        {
+            let Some((key, put)) = inner.order.pop_front() else {
+                break;
+            };
+            if inner.entries.get(&key).is_some_and(|e| e.put == put) {
+                inner.remove(&key);
             }
-            count -= 1;
-            bytes -= e.bytes;
-            false
-        });
-        inner.bytes = bytes;
+        }
     }
 
     /// Drops what is held for `key`: it changed in this process. Reads that began before
@@ -278,6 +286,7 @@ impl<K: Hash + Eq + Clone, V: Clone> ReadCache<K, V> {
         }
         if let Ok(mut inner) = self.inner.lock() {
             inner.entries.clear();
+            inner.order.clear();
             inner.bytes = 0;
             inner.cleared = Some(Instant::now());
         }
@@ -348,6 +357,41 @@ mod tests {
         assert_eq!(cache.get(&999), Some(999));
         cache.put(&0, 0, ticket);
         assert_eq!(cache.get(&0), None, "a read older than the drop came back");
+    }
+
+    #[test]
+    fn a_full_cache_lets_go_of_its_oldest_value_one_for_each_new_one() {
+        let cache = ReadCache::new(MINUTE).bounded(100, usize::MAX, |_| 0);
+        for k in 0..100 {
+            cache.put(&k, k, cache.begin_read());
+        }
+        // Put again: now the newest, not the oldest.
+        cache.put(&0, 0, cache.begin_read());
+        cache.put(&100, 100, cache.begin_read());
+        cache.put(&101, 101, cache.begin_read());
+        assert_eq!(cache.inner.lock().expect("lock").entries.len(), 100);
+        assert_eq!(cache.get(&1), None);
+        assert_eq!(cache.get(&2), None);
+        for k in [0, 3, 50, 99, 100, 101] {
+            assert_eq!(cache.get(&k), Some(k), "{k} was let go");
+        }
+    }
+
+    #[test]
+    fn the_order_of_puts_stays_bounded_while_values_come_and_go() {
+        let cache = ReadCache::new(MINUTE).bounded(100, usize::MAX, |_| 0);
+        for k in 0..10_000 {
+            cache.put(&k, k, cache.begin_read());
+            if k % 2 == 0 {
+                cache.forget(&k);
+            } else {
+                cache.put(&k, k, cache.begin_read());
+            }
+            let inner = cache.inner.lock().expect("lock");
+            assert!(inner.order.len() <= 200, "{}", inner.order.len());
+            assert!(inner.entries.len() <= 100);
+        }
+        assert_eq!(cache.get(&9_999), Some(9_999));
     }
 
     #[test]

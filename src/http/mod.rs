@@ -109,6 +109,7 @@ async fn not_found() -> HttpResponse {
 /// One path, one method; anything else there gets a 405 problem.
 fn endpoint(path: &str, method: Method, route: Route) -> Resource {
     web::resource(path)
+        .app_data(request_metrics::RoutePattern::new(path))
         .route(route.method(method.clone()))
         .default_service(method_not_allowed([&method]))
 }
@@ -246,9 +247,12 @@ fn v1_scope() -> Scope {
                     .default_service(web::to(proxy::forward)),
             ),
             V1Entry::Resource(path, methods, routes) => {
+                let pattern = request_metrics::RoutePattern::new(&format!("/v1{path}"));
                 let resource = routes
                     .into_iter()
-                    .fold(web::resource(path), |r, route| r.route(route));
+                    .fold(web::resource(path).app_data(pattern), |r, route| {
+                        r.route(route)
+                    });
                 scope.service(resource.default_service(method_not_allowed(&methods)))
             }
         });

@@ -859,6 +859,12 @@ async fn metrics_count_states_outcomes_and_requests_behind_an_optional_token(hom
     for i in 0..5 {
         d.get_raw(&format!("/probe/{i}"), None).await;
     }
+    // Routes with `{segment}` patterns, answered and refused, and one outside /v1.
+    let token_path = "/v1/connections/nobody/none/token";
+    assert_eq!(d.get_raw(token_path, Some(&key)).await.status(), 404);
+    assert_eq!(d.get_raw(token_path, None).await.status(), 401);
+    assert_eq!(d.get_raw("/v1/states", Some(&key)).await.status(), 405);
+    assert_eq!(d.get_raw("/healthz", None).await.status(), 200);
 
     let url = format!("{}/metrics", d.url);
     assert_eq!(d.http.get(&url).send().await.unwrap().status(), 401);
@@ -895,6 +901,21 @@ async fn metrics_count_states_outcomes_and_requests_behind_an_optional_token(hom
         ),
         "{text}"
     );
+    for (endpoint, method, status) in [
+        ("/v1/connections/{provider}/{account}/token", "GET", "404"),
+        ("/v1/connections/{provider}/{account}/token", "GET", "401"),
+        ("/v1/states", "GET", "405"),
+        ("/healthz", "GET", "200"),
+    ] {
+        let series = format!(
+            "oauthd_http_requests_total{{endpoint=\"{endpoint}\",method=\"{method}\",status=\"{status}\"}}"
+        );
+        assert_eq!(
+            common::sample(&text, &series),
+            Some(1.0),
+            "{series}\n{text}"
+        );
+    }
     assert!(
         text.contains("oauthd_http_requests_duration_seconds_bucket"),
         "no latency histogram"
