@@ -44,6 +44,7 @@ pub use ratelimit::RateLimiter;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// What every handler can reach.
 pub struct AppState {
@@ -383,6 +384,9 @@ pub async fn serve(
     .tcp_nodelay(true)
     .shutdown_timeout(10)
     .listen(listener)?;
+    // Caught from before oauthd says it listens: a signal sent as soon as it does stops it
+    // cleanly instead of killing it (seen when the process had not yet run the task).
+    let signals = stop_signals();
     let bound: Vec<SocketAddr> = server.addrs();
     for addr in &bound {
         log::info!("listening on http://{addr}");
@@ -396,28 +400,35 @@ pub async fn serve(
     let server = server.run();
     let handle = server.handle();
     actix_web::rt::spawn(async move {
-        wait_for_stop_signal().await;
+        wait_for_stop_signal(signals).await;
         log::info!("stopping: finishing requests in flight");
         handle.stop(true).await;
     });
     server.await
 }
 
-async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
+/// SIGTERM and SIGINT, caught from now on.
+fn stop_signals() -> Option<(Signal, Signal)> {
     match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) {
-        (Ok(mut term), Ok(mut int)) => {
+        (Ok(term), Ok(int)) => Some((term, int)),
+        _ => {
+            log::warn!("cannot install signal handlers; stop with SIGKILL");
+            None
+        }
+    }
+}
+
+async fn wait_for_stop_signal(signals: Option<(Signal, Signal)>) {
+    match signals {
+        Some((mut term, mut int)) => {
             tokio::select! {
                 _ = term.recv() => log::info!("SIGTERM received"),
                 _ = int.recv() => log::info!("SIGINT received"),
             }
         }
-        _ => {
-            log::warn!("cannot install signal handlers; stop with SIGKILL");
-            std::future::pending::<()>().await;
-        }
+        None => std::future::pending::<()>().await,
     }
 }
