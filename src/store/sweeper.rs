@@ -7,6 +7,9 @@
 //! at `per_second`, so the single writer spends a bounded share of its time on it — and
 //! at `min_per_second` while requests are waiting for the store, so that under load the
 //! sweep yields to them and still gets done.
+//!
+//! A stop ends a sweep between two batches: it never waits for a backlog to be worked off
+//! (a million states are most of a minute even at full pace); the next start goes on.
 
 use super::{StateStore, StoreError, SweepCount, SweepStates};
 use crate::clock::Clock;
@@ -26,11 +29,13 @@ pub struct SweepPolicy {
     pub min_per_second: u32,
 }
 
-/// One full sweep: batches until a batch comes back short.
+/// One full sweep: batches until a batch comes back short, or until `stop` turns true
+/// (what was removed by then is counted).
 pub async fn sweep_once(
     store: &dyn SweepStates,
     policy: &SweepPolicy,
     now_ms: i64,
+    stop: &mut watch::Receiver<bool>,
 ) -> Result<SweepCount, StoreError> {
     let purge_before = now_ms.saturating_sub(policy.grace.as_millis() as i64);
     // Each batch's share of a second at the allowed pace: the floor pace while requests
@@ -46,7 +51,7 @@ pub async fn sweep_once(
             .await?;
         let last = n.expired() < policy.batch && n.purged < policy.batch;
         total.add(n);
-        if last {
+        if last || *stop.borrow() {
             return Ok(total);
         }
         let pace = if store.busy() {
@@ -54,7 +59,11 @@ pub async fn sweep_once(
         } else {
             policy.per_second
         };
-        tokio::time::sleep_until(started + share(pace)).await;
+        tokio::select! {
+            _ = tokio::time::sleep_until(started + share(pace)) => {}
+            // A closed channel is a stop too: nobody is left to ask for one.
+            _ = stop.changed() => return Ok(total),
+        }
         tokio::task::yield_now().await;
     }
 }
@@ -70,6 +79,10 @@ pub async fn run(
     let mut ticks = tokio::time::interval(policy.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Checked before waiting as well: a sweep that a stop ended has seen the change.
+        if *stop.borrow() {
+            break;
+        }
         tokio::select! {
             _ = ticks.tick() => {}
             _ = stop.changed() => break,
@@ -77,7 +90,7 @@ pub async fn run(
         if *stop.borrow() {
             break;
         }
-        let swept = sweep_once(store.as_ref(), &policy, clock.now_ms()).await;
+        let swept = sweep_once(store.as_ref(), &policy, clock.now_ms(), &mut stop).await;
         if let Ok(n) = &swept {
             for (namespace, count) in &n.expired_by_namespace {
                 crate::metrics::states_swept(namespace, *count);
@@ -158,7 +171,8 @@ mod tests {
             min_per_second: 250,
         };
         let started = std::time::Instant::now();
-        let swept = sweep_once(&store, &policy, 0).await.unwrap();
+        let (_keep, mut stop) = watch::channel(false);
+        let swept = sweep_once(&store, &policy, 0, &mut stop).await.unwrap();
         assert_eq!(swept.expired(), 1_000);
         // Five batches (the last comes back short), four pauses between them.
         assert_eq!(*store.batches.lock().unwrap(), 5);
@@ -167,6 +181,34 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    #[tokio::test]
+    async fn a_stop_ends_a_sweep_between_two_batches() {
+        // 100 a batch at 100 a second: the whole backlog would take 100 s.
+        let policy = SweepPolicy {
+            interval: Duration::from_secs(60),
+            grace: Duration::from_secs(60),
+            batch: 100,
+            per_second: 100,
+            min_per_second: 100,
+        };
+        let store = backlog(10_000, false);
+        let (stopping, mut stop) = watch::channel(false);
+        let sweeping = sweep_once(&store, &policy, 0, &mut stop);
+        let stopper = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = stopping.send(true);
+        };
+        let (swept, ()) = tokio::time::timeout(Duration::from_secs(30), async {
+            tokio::join!(sweeping, stopper)
+        })
+        .await
+        .expect("the sweep went on after the stop");
+        // The batch before the stop counts; none ran after it.
+        assert_eq!(swept.unwrap().expired(), 100);
+        assert_eq!(*store.batches.lock().unwrap(), 1);
+        assert_eq!(*store.left.lock().unwrap(), 9_900);
     }
 
     #[tokio::test]
@@ -179,13 +221,26 @@ mod tests {
             min_per_second: 1_000,
         };
         // 500 states, 5 batches, 4 pauses: 10 ms each when idle, 100 ms each when busy.
+        let (_keep, mut stop) = watch::channel(false);
         let idle = backlog(500, false);
         let started = std::time::Instant::now();
-        assert_eq!(sweep_once(&idle, &policy, 0).await.unwrap().expired(), 500);
+        assert_eq!(
+            sweep_once(&idle, &policy, 0, &mut stop)
+                .await
+                .unwrap()
+                .expired(),
+            500
+        );
         let idle_took = started.elapsed();
         let busy = backlog(500, true);
         let started = std::time::Instant::now();
-        assert_eq!(sweep_once(&busy, &policy, 0).await.unwrap().expired(), 500);
+        assert_eq!(
+            sweep_once(&busy, &policy, 0, &mut stop)
+                .await
+                .unwrap()
+                .expired(),
+            500
+        );
         let busy_took = started.elapsed();
         assert!(busy_took >= Duration::from_millis(400), "{busy_took:?}");
         assert!(idle_took < Duration::from_millis(300), "{idle_took:?}");

@@ -255,6 +255,44 @@ async fn metrics_label_at_most_two_hundred_namespaces() {
     );
 }
 
+/// A stop does not wait for the sweeper to work off its backlog (at the default pace a
+/// million expired states held a SIGTERM for most of a minute): it ends between two
+/// batches, and the next start sweeps on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_does_not_wait_for_the_sweep_backlog() {
+    let home = Home::new();
+    // 100 a batch, 100 a second: the 20,000 expired states below are 200 s of sweeping.
+    home.write_config(
+        "[states]\nsweep_interval_seconds = 1\nsweep_batch = 100\n\
+         sweep_per_second = 100\nsweep_min_per_second = 100\n",
+    );
+    home.create_key("app", &[]);
+    let db = home.db();
+    rusqlite::Connection::open(&db)
+        .expect("open db")
+        .execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+             INSERT INTO states (key_hash, namespace, data, created_at, expires_at)
+             SELECT randomblob(32), 'oauth:left', NULL, 0, 1 FROM n",
+        )
+        .expect("fill expired states");
+    let d = home.start();
+    let sweeping = eventually(Duration::from_secs(10), || {
+        count_rows(&db, "states") < 20_000
+    })
+    .await;
+    assert!(sweeping, "the sweeper did not start");
+    // `signal_and_wait` gives up after 30 s: the rest of the backlog would take minutes.
+    let status = d.signal_and_wait("TERM");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let left = count_rows(&db, "states");
+    assert!(left > 19_000, "the stop waited for the sweep: {left} left");
+    assert!(home.log_text().contains("stopped"));
+    let _d = home.start();
+    let resumed = eventually(Duration::from_secs(10), || count_rows(&db, "states") < left).await;
+    assert!(resumed, "the next start did not sweep on");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sweeper_forgets_states_past_the_grace_window() {
     let home = Home::new();
