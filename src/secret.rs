@@ -143,11 +143,32 @@ pub fn is_token_shaped(s: &str) -> bool {
 /// same 6 bytes, so rows sit in the primary key in the order they were made: new states
 /// and the consumes that soon follow touch the same few pages at its end however many
 /// older or expired states the table holds, and a sweep deletes neighbouring rows.
+///
+/// Its stored key is worked out once, when the value is made or parsed: a request asks
+/// for it more than once (to drop it from the verify cache, then to find the row).
 #[derive(Clone, PartialEq, Eq)]
-pub struct StateValue(String);
+pub struct StateValue {
+    value: String,
+    key: SecretHash,
+}
 
 /// Bytes of creation time at the start of a state value and of its stored key.
 const TIME_PREFIX: usize = 6;
+
+/// A state value's stored key (see `StateValue::hash`).
+fn stored_key(value: &str) -> SecretHash {
+    let digest: [u8; 32] = Sha256::digest(value.as_bytes()).into();
+    let mut key = [0u8; 32];
+    // The first 8 characters are exactly the first 6 bytes; `parse` checked the alphabet,
+    // so they decode.
+    if let Ok(prefix) = URL_SAFE_NO_PAD.decode(value.get(..8).unwrap_or_default()) {
+        if let Some(prefix) = prefix.get(..TIME_PREFIX) {
+            key[..TIME_PREFIX].copy_from_slice(prefix);
+        }
+    }
+    key[TIME_PREFIX..].copy_from_slice(&digest[..32 - TIME_PREFIX]);
+    SecretHash(key)
+}
 
 impl StateValue {
     pub fn generate() -> Result<Self, getrandom::Error> {
@@ -157,44 +178,39 @@ impl StateValue {
         let mut bytes = [0u8; 32];
         bytes[..TIME_PREFIX].copy_from_slice(&millis.to_be_bytes()[8 - TIME_PREFIX..]);
         bytes[TIME_PREFIX..].copy_from_slice(&state_random_bytes::<{ 32 - TIME_PREFIX }>()?);
-        Ok(StateValue(URL_SAFE_NO_PAD.encode(bytes)))
+        Ok(StateValue::of(URL_SAFE_NO_PAD.encode(bytes)))
     }
 
     /// Accepts only the exact shape oauthd issues; anything else cannot be a state.
     pub fn parse(s: &str) -> Option<Self> {
-        is_token_shaped(s).then(|| StateValue(s.to_owned()))
+        is_token_shaped(s).then(|| StateValue::of(s.to_owned()))
+    }
+
+    fn of(value: String) -> Self {
+        let key = stored_key(&value);
+        StateValue { value, key }
     }
 
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.value
     }
 
     /// The stored key: the value's first 6 bytes (its creation time) followed by 26 bytes
     /// of the value's SHA-256. Neither leads back to the value's random part.
     pub fn hash(&self) -> SecretHash {
-        let digest: [u8; 32] = Sha256::digest(self.0.as_bytes()).into();
-        let mut key = [0u8; 32];
-        // The first 8 characters are exactly the first 6 bytes; `parse` checked the
-        // alphabet, so they decode.
-        if let Ok(prefix) = URL_SAFE_NO_PAD.decode(self.0.get(..8).unwrap_or_default()) {
-            if let Some(prefix) = prefix.get(..TIME_PREFIX) {
-                key[..TIME_PREFIX].copy_from_slice(prefix);
-            }
-        }
-        key[TIME_PREFIX..].copy_from_slice(&digest[..32 - TIME_PREFIX]);
-        SecretHash(key)
+        self.key
     }
 
     /// The key states issued before time-ordered keys were stored under: the value's
     /// whole SHA-256. Looked up when `hash` finds nothing, so that states (and sessions,
     /// which may live for weeks) made by an earlier version keep working.
     pub fn legacy_hash(&self) -> SecretHash {
-        SecretHash::of(&self.0)
+        SecretHash::of(&self.value)
     }
 
     /// The first 8 characters: enough to correlate log lines, useless to an attacker.
     pub fn log_prefix(&self) -> &str {
-        &self.0[..8]
+        &self.value[..8]
     }
 
     /// The keyed hash of a code guarding this state (a 2FA or email code): HMAC-SHA256
@@ -203,7 +219,7 @@ impl StateValue {
     /// is useless for any other state.
     pub fn code_hash(&self, code: &str) -> SecretHash {
         use hmac::{Hmac, Mac};
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.0.as_bytes())
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.value.as_bytes())
             .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
         mac.update(b"oauthd state code v1\0");
         mac.update(code.as_bytes());
@@ -358,6 +374,9 @@ mod tests {
             "keys sort by creation time"
         );
         assert_eq!(first.hash(), first.hash());
+        let parsed = StateValue::parse(first.expose()).unwrap();
+        assert_eq!(parsed.hash(), first.hash());
+        assert_eq!(parsed, first);
         assert_ne!(first.hash(), first.legacy_hash());
         let digest = Sha256::digest(first.expose().as_bytes());
         assert_eq!(first.hash().0[6..], digest[..26]);
