@@ -27,9 +27,10 @@
 #   proxy        GET /api/me of provider bench's API (the bare handler plays it): directly
 #                for the baseline, through /v1/proxy/bench/default/api/me for oauthd
 #   proxy+20ms   the same against an API that answers after 20 ms (one across the internet)
-#   sweep        pairs for SWEEP_SECONDS (default 20) on an empty table, then again on a
+#   sweep        pairs for SWEEP_SECONDS (default 20) on an empty table and as long on a
 #                table holding SWEEP_ROWS (default 1,000,000) expired states while the
-#                sweeper removes them; prints both and what the sweep cost (SQLite only;
+#                sweeper removes them, in SLICES alternating slices (two oauthds, each
+#                paused while the other is measured); prints both and what the sweep cost (SQLite only;
 #                SWEEP_KEYS=random fills all-random keys, as versions before 2026-12-01 kept)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -146,14 +147,19 @@ else
   echo "oauthd state API vs bare actix-web handler, $SLICES alternating slices of ${SLICE_SECONDS}s a side per cell, durability=$DURABILITY, $(nproc) cores"
 fi
 printf '%-11s %5s | %10s %8s %8s | %10s %8s %8s | %6s %9s\n' scenario conns "bare ok/s" p50 p99 "oauthd/s" p50 p99 ratio spread
-# sweep_run CONNS: the sweep scenario (see the top of this file).
+# sweep_run CONNS: the sweep scenario (see the top of this file). Two oauthds run side by
+# side, one on an empty table and one on a table of expired states its sweeper works
+# through; their pairs slices alternate (SLICES each), and each is stopped (SIGSTOP) while
+# the other is measured, so the sweep runs only during its own slices and a drift of the
+# machine (the same pairs load measured 8k and 14k a second 20 s apart here) weighs on both.
 sweep_run() {
-  local conns=$1 secs=${SWEEP_SECONDS:-20} rows=${SWEEP_ROWS:-1000000} e_ok e_50 e_99 f_ok f_50 f_99
+  local conns=$1 secs=${SWEEP_SECONDS:-20} rows=${SWEEP_ROWS:-1000000}
+  local slice_secs=$(( secs / SLICES > 1 ? secs / SLICES : 1 ))
   fresh_oauthd "sweep-empty-$conns"
-  read -r e_ok e_50 e_99 < <(measure oauthd "$OAUTHD" pairs "$conns" "$secs")
+  local e_url=$OAUTHD e_pid=$OAUTHD_PID e_key=$BENCH_API_KEY
+  OAUTHD_PID=
   # A database holding $rows expired states, filled directly, then oauthd on it: its
-  # sweeper starts at once and meets the pairs load.
-  kill "$OAUTHD_PID"; wait "$OAUTHD_PID" 2>/dev/null || true; OAUTHD_PID=
+  # sweeper starts at once.
   local db="$tmp/bench-sweep-$conns.db"
   # Keys as oauthd makes them: creation time first (these were made long ago, so they sort
   # before every new state), then 26 bytes of hash. SWEEP_KEYS=random: all-random keys,
@@ -166,16 +172,39 @@ sweep_run() {
     SELECT $keys, 'oauth:expired', '{\"verifier\":\"abcdefghijklmnopqrstuvwxyz0123456789\"}', 0, ${SWEEP_EXPIRES_AT:-1} FROM n;"
   # SWEEP_SETTINGS: more [states] lines, e.g. "sweep_batch = 1000" to compare pacing.
   sed "s/^\[states\]\$/[states]\nsweep_interval_seconds = 1\n${SWEEP_SETTINGS:-}/" "$tmp/oauthd.toml" >"$tmp/sweep.toml"
-  BENCH_API_KEY=$(RUST_LOG=warn target/release/oauthd keys create --db "$db" --name bench 2>/dev/null | tail -1)
-  RUST_LOG=warn,oauthd::store::sweeper=info start oauthd target/release/oauthd --db "$db" --config "$tmp/sweep.toml" --listen 127.0.0.1:0
-  OAUTHD=$URL OAUTHD_PID=${pids[-1]}
-  read -r f_ok f_50 f_99 < <(measure oauthd "$OAUTHD" pairs "$conns" "$secs")
+  local f_key
+  f_key=$(RUST_LOG=warn target/release/oauthd keys create --db "$db" --name bench 2>/dev/null | tail -1)
+  RUST_LOG=warn,oauthd::store::sweeper=info start sweeping target/release/oauthd --db "$db" --config "$tmp/sweep.toml" --listen 127.0.0.1:0
+  local f_url=$URL f_pid=${pids[-1]}
+  kill -STOP "$f_pid"
+  local i e f rows_out=()
+  for i in $(seq "$SLICES"); do
+    kill -CONT "$e_pid"; e=$(BENCH_API_KEY=$e_key measure oauthd "$e_url" pairs "$conns" "$slice_secs"); kill -STOP "$e_pid"
+    kill -CONT "$f_pid"; f=$(BENCH_API_KEY=$f_key measure oauthd "$f_url" pairs "$conns" "$slice_secs"); kill -STOP "$f_pid"
+    rows_out+=("$e $f")
+  done
+  kill -CONT "$e_pid" "$f_pid"
+  kill "$e_pid"; wait "$e_pid" 2>/dev/null || true
   local left
   left=$(sqlite3 "file:$db?mode=ro" "SELECT count(*) FROM states" 2>/dev/null || echo "?")
-  printf '%-11s %5s | %10s %8s %8s | %10s %8s %8s | %6s\n' "sweep" "$conns" "$e_ok" "$e_50" "$e_99" "$f_ok" "$f_50" "$f_99" \
-    "$(awk -v f="$f_ok" -v e="$e_ok" 'BEGIN { if (e > 0) printf "%.2f", f / e; else print "n/a" }')"
-  echo "  (sweep: left, pairs on an empty table; right, the same while sweeping $rows expired states, $left still in the table after ${secs}s; ratio = rate while sweeping / rate on the empty table)"
-  grep -h "sweeper:" "$tmp/oauthd.err" | tail -1 | sed 's/^/  /' || true
+  kill "$f_pid"; wait "$f_pid" 2>/dev/null || true
+  printf '%s\n' "${rows_out[@]}" | while read -r e_ok e_50 e_99 f_ok f_50 f_99; do
+    echo "$e_ok $(ms "$e_50") $(ms "$e_99") $f_ok $(ms "$f_50") $(ms "$f_99")"
+  done | awk -v conns="$conns" '
+    function median(a, n,   i, j, t) {
+      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+      return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    { n++; es += $1; fs += $4; e50[n] = $2; f50[n] = $5; e99[n] = $3; f99[n] = $6
+      if ($3 > ew) ew = $3; if ($6 > fw) fw = $6
+      r = $1 > 0 ? $4 / $1 : 0; if (n == 1 || r < lo) lo = r; if (n == 1 || r > hi) hi = r }
+    END {
+      printf "%-11s %5s | %10d %6.2fms %6.2fms | %10d %6.2fms %6.2fms | %6s %4.2f-%4.2f\n", "sweep", conns,
+        es / n, median(e50, n), ew, fs / n, median(f50, n), fw, (es > 0 ? sprintf("%.2f", fs / es) : "n/a"), lo, hi
+      printf "  (p99 median of the slices: %.2fms empty, %.2fms sweeping)\n", median(e99, n), median(f99, n)
+    }'
+  echo "  (sweep: left, pairs on an empty table; right, the same while sweeping $rows expired states, $left still in the table after $SLICES slices of ${slice_secs}s; ratio = rate while sweeping / rate on the empty table; p99 is the worst slice's)"
+  grep -h "sweeper:" "$tmp/sweeping.err" | tail -1 | sed 's/^/  /' || true
 }
 
 restarts=0
