@@ -181,7 +181,8 @@ pub struct SweepCount {
     /// Expired states whose data was deleted (a tombstone stays for the grace window), by
     /// namespace.
     pub expired_by_namespace: std::collections::BTreeMap<String, u64>,
-    /// Tombstones older than the grace window, deleted for good.
+    /// States forgotten for good: tombstones older than the grace window, and expired
+    /// states swept only after it (they get no tombstone).
     pub purged: usize,
 }
 

@@ -255,6 +255,46 @@ async fn metrics_label_at_most_two_hundred_namespaces() {
     );
 }
 
+/// A state swept only after its grace window (a backlog left while oauthd was down) gets no
+/// tombstone: it answers 404 either way, and a tombstone written only to be purged in the
+/// same batch tripled a backlog's writes. One swept within the window still gets its 410.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_swept_after_its_grace_window_gets_no_tombstone() {
+    let home = Home::new();
+    home.write_config("[states]\nsweep_interval_seconds = 1\nexpired_grace_seconds = 3600\n");
+    let key = home.create_key("app", &[]);
+    let db = home.db();
+    // Three states that expired in 1970, and a count of every tombstone written.
+    rusqlite::Connection::open(&db)
+        .expect("open db")
+        .execute_batch(
+            "CREATE TABLE tombstones_written (n INTEGER NOT NULL);
+             INSERT INTO tombstones_written VALUES (0);
+             CREATE TRIGGER count_tombstones AFTER INSERT ON expired_states
+             BEGIN UPDATE tombstones_written SET n = n + 1; END;
+             INSERT INTO states (key_hash, namespace, data, created_at, expires_at)
+             SELECT randomblob(32), 'oauth:left', NULL, 0, 1 FROM (SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3)",
+        )
+        .expect("set up");
+    let d = home.start();
+    let recent = d
+        .create_state(&key, json!({"namespace": NS, "ttl_seconds": 1}))
+        .await;
+    let swept = eventually(Duration::from_secs(10), || count_rows(&db, "states") == 0).await;
+    assert!(swept, "the sweeper did not remove the expired states");
+    let written: i64 = rusqlite::Connection::open(&db)
+        .expect("open db")
+        .query_row("SELECT n FROM tombstones_written", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(
+        written, 1,
+        "only the state within its grace window gets a tombstone"
+    );
+    assert_eq!(count_rows(&db, "expired_states"), 1);
+    assert_eq!(d.consume(&key, &recent, NS).await.0, 410);
+    assert!(home.log_text().contains("forgot 3 past the grace window"));
+}
+
 /// A stop does not wait for the sweeper to work off its backlog (at the default pace a
 /// million expired states held a SIGTERM for most of a minute): it ends between two
 /// batches, and the next start sweeps on.

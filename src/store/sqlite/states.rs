@@ -132,7 +132,10 @@ impl SweepStates for SqliteStore {
         self.writer
             .run_atomic("sweeping expired states", move |conn| {
                 // Move expired states aside: keep hash and namespace for the grace window,
-                // drop the data now.
+                // drop the data now. One already past its grace window (a backlog left
+                // while oauthd was down, or swept late) gets no tombstone: it answers 404
+                // either way, and a tombstone written only to be purged in the same batch
+                // would triple the batch's writes.
                 let moved: Vec<(Vec<u8>, String, i64)> = conn
                     .prepare_cached(
                         "DELETE FROM states WHERE key_hash IN
@@ -149,8 +152,13 @@ impl SweepStates for SqliteStore {
                      VALUES (?1, ?2, ?3)",
                 )?;
                 let mut expired_by_namespace = std::collections::BTreeMap::new();
+                let mut forgotten = 0;
                 for (key_hash, namespace, expired_at) in &moved {
-                    keep.execute(params![key_hash, namespace, expired_at])?;
+                    if *expired_at < purge_before_ms {
+                        forgotten += 1;
+                    } else {
+                        keep.execute(params![key_hash, namespace, expired_at])?;
+                    }
                     *expired_by_namespace.entry(namespace.clone()).or_default() += 1;
                 }
                 for (namespace, moved) in &expired_by_namespace {
@@ -162,7 +170,8 @@ impl SweepStates for SqliteStore {
                          (SELECT key_hash FROM expired_states WHERE expired_at < ?1
                           ORDER BY expired_at LIMIT ?2)",
                     )?
-                    .execute(params![purge_before_ms, batch])?;
+                    .execute(params![purge_before_ms, batch])?
+                    + forgotten;
                 // Finished or abandoned device flows and stale admin secrets go too.
                 conn.prepare_cached("DELETE FROM device_flows WHERE expires_at < ?1")?
                     .execute([purge_before_ms])?;
