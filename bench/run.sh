@@ -166,15 +166,15 @@ sweep_run() {
   # as versions before time-ordered keys stored them.
   local keys="CAST(x'000000000001' || randomblob(26) AS BLOB)"
   [ "${SWEEP_KEYS:-time}" = random ] && keys="randomblob(32)"
-  RUST_LOG=warn target/release/oauthd keys create --create --db "$db" --name sweep >/dev/null 2>&1
+  RUST_LOG=warn "${OAUTHD_BIN:-target/release/oauthd}" keys create --create --db "$db" --name sweep >/dev/null 2>&1
   sqlite3 "$db" "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $rows)
     INSERT INTO states (key_hash, namespace, data, created_at, expires_at)
     SELECT $keys, 'oauth:expired', '{\"verifier\":\"abcdefghijklmnopqrstuvwxyz0123456789\"}', 0, ${SWEEP_EXPIRES_AT:-1} FROM n;"
   # SWEEP_SETTINGS: more [states] lines, e.g. "sweep_batch = 1000" to compare pacing.
   sed "s/^\[states\]\$/[states]\nsweep_interval_seconds = 1\n${SWEEP_SETTINGS:-}/" "$tmp/oauthd.toml" >"$tmp/sweep.toml"
   local f_key
-  f_key=$(RUST_LOG=warn target/release/oauthd keys create --db "$db" --name bench 2>/dev/null | tail -1)
-  RUST_LOG=warn,oauthd::store::sweeper=info start sweeping target/release/oauthd --db "$db" --config "$tmp/sweep.toml" --listen 127.0.0.1:0
+  f_key=$(RUST_LOG=warn "${OAUTHD_BIN:-target/release/oauthd}" keys create --db "$db" --name bench 2>/dev/null | tail -1)
+  RUST_LOG=warn,oauthd::store::sweeper=info start sweeping "${OAUTHD_BIN:-target/release/oauthd}" --db "$db" --config "$tmp/sweep.toml" --listen 127.0.0.1:0
   local f_url=$URL f_pid=${pids[-1]}
   kill -STOP "$f_pid"
   local i e f rows_out=()
