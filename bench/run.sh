@@ -97,6 +97,14 @@ measure() {
   echo "$rate $p50 $p99"
 }
 
+# verify_reads -> "hits misses": oauthd's verify cache counters so far
+verify_reads() {
+  curl -s "$OAUTHD/metrics" | awk '
+    /^oauthd_cache_reads_total\{cache="verify",result="hit"\}/ {h = $2}
+    /^oauthd_cache_reads_total\{cache="verify",result="miss"\}/ {m = $2}
+    END {printf "%d %d\n", h, m}'
+}
+
 # ms LATENCY -> milliseconds (wrk prints us, ms or s)
 ms() { awk -v l="$1" 'BEGIN { v = l + 0; if (l ~ /us$/) v /= 1000; else if (l ~ /[^m]s$/) v *= 1000; printf "%.2f", v }'; }
 
@@ -221,9 +229,17 @@ for conns in $CONNS; do
       OAUTHD_TOML="$tmp/deadhook.toml" fresh_oauthd "deadhook-$conns-$((++restarts))"
       for _ in $(seq 19); do connect_bench; done
     fi
+    [ "$scenario" = verify ] && read -r hits0 misses0 < <(verify_reads)
     read -r b_ok b_50 b_99 o_ok o_50 o_99 ratio spread < <(cell "$scenario" "$conns")
     printf '%-11s %5s | %10s %8s %8s | %10s %8s %8s | %6s %9s\n' \
       "$scenario" "$conns" "$b_ok" "$b_50" "$b_99" "$o_ok" "$o_50" "$o_99" "$ratio" "$spread"
+    if [ "$scenario" = verify ]; then
+      # How many verifies the cache answered depends on how many states the short create
+      # run left to pick from (more on a faster machine) against the cache's 100,000.
+      read -r hits misses < <(verify_reads)
+      awk -v h=$((hits - hits0)) -v m=$((misses - misses0)) -v n="$(cat "$tmp"/states.oauthd.* 2>/dev/null | wc -l)" \
+        'BEGIN { if (h + m > 0) printf "  (verify: %d live states to pick from; %.0f %% of %d verifies answered from memory)\n", n, 100 * h / (h + m), h + m }'
+    fi
     # Back to an oauthd without the dead target for what follows.
     if [ "$scenario" = token+deadhook ]; then fresh_oauthd "$conns-$((++restarts))"; fi
   done
