@@ -286,7 +286,7 @@ impl Broker {
         };
         let account = account_of(&consumed.namespace);
         let secrets = self
-            .open_flow_secrets(&consumed.namespace, consumed.data.as_ref())
+            .open_flow_secrets(&consumed.namespace, consumed.parsed_data().as_ref())
             .map_err(|e| CallbackError::FlowUnreadable(e.to_string()))?;
         let endpoints =
             self.endpoints(provider)

@@ -16,7 +16,7 @@ use crate::namespace::Namespace;
 use crate::secret::{StateId, StateValue};
 use crate::states::{NewState, StateView};
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// Longest `subject`, in characters.
 pub const MAX_SUBJECT_CHARS: usize = 256;
@@ -169,7 +169,7 @@ pub struct StateInfo<'a> {
     subject: Option<&'a str>,
     /// What create was given, as it was given (`null` when nothing).
     #[schema(value_type = Value)]
-    data: &'a Option<Value>,
+    data: &'a Option<Box<RawValue>>,
     #[schema(format = DateTime)]
     created_at: String,
     #[schema(format = DateTime)]
@@ -226,7 +226,7 @@ pub struct SubjectState<'a> {
     #[schema(format = Uuid)]
     id: String,
     #[schema(value_type = Value)]
-    data: &'a Option<Value>,
+    data: &'a Option<Box<RawValue>>,
     #[schema(format = DateTime)]
     created_at: String,
     #[schema(format = DateTime)]

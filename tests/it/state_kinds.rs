@@ -266,7 +266,7 @@ async fn verify_reads_without_consuming_in_its_namespace_only(b: Backend) {
             .verify(&issued.state, &ns("codes"), false)
             .await
             .unwrap();
-        assert_eq!(v.data, Some(data.clone()));
+        assert_eq!(v.parsed_data(), Some(data.clone()));
         assert_eq!(v.id, issued.id());
     }
     assert!(matches!(
@@ -278,7 +278,7 @@ async fn verify_reads_without_consuming_in_its_namespace_only(b: Backend) {
         Err(StateError::NotFound)
     ));
     let consumed = states.consume(&issued.state, &ns("codes")).await.unwrap();
-    assert_eq!(consumed.data, Some(data));
+    assert_eq!(consumed.parsed_data(), Some(data));
     assert!(matches!(
         states.verify(&issued.state, &ns("codes"), false).await,
         Err(StateError::NotFound)
@@ -313,7 +313,10 @@ async fn states_are_listed_and_revoked_by_subject_and_id(b: Backend) {
     let listed = states.subject_states(&sessions, "alice").await.unwrap();
     let ids: Vec<_> = listed.iter().map(|v| v.id).collect();
     assert_eq!(ids, alice.iter().map(|s| s.id()).collect::<Vec<_>>());
-    assert_eq!(listed[1].data, Some(serde_json::json!({ "device": 1 })));
+    assert_eq!(
+        listed[1].parsed_data(),
+        Some(serde_json::json!({ "device": 1 }))
+    );
     assert!(!ids.contains(&expiring.id()));
 
     states
