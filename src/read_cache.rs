@@ -145,6 +145,12 @@ impl<K: Hash + Eq + Clone, V: Clone> ReadCache<K, V> {
         }
     }
 
+    /// What the watch has counted so far (for a ticket: its confirmation time is not
+    /// needed).
+    fn generation(&self) -> u64 {
+        self.watch.as_ref().map_or(0, |watch| watch.generation())
+    }
+
     /// Whether a value read as `entry` says may still be answered.
     fn fresh(&self, entry: &Entry<V>, confirmed: Option<Instant>, generation: u64) -> bool {
         if entry.generation != generation {
@@ -158,7 +164,7 @@ impl<K: Hash + Eq + Clone, V: Clone> ReadCache<K, V> {
     pub fn begin_read(&self) -> ReadTicket {
         ReadTicket {
             began: Instant::now(),
-            generation: self.watched().1,
+            generation: self.generation(),
         }
     }
 
@@ -192,8 +198,7 @@ impl<K: Hash + Eq + Clone, V: Clone> ReadCache<K, V> {
         if bytes > self.max_bytes / 8 {
             return;
         }
-        let (_, generation) = self.watched();
-        if ticket.generation != generation {
+        if ticket.generation != self.generation() {
             return;
         }
         let Ok(mut inner) = self.inner.lock() else {

@@ -962,37 +962,33 @@ async fn metrics_count_states_outcomes_and_requests_behind_an_optional_token(hom
         ),
         Some(1.0)
     );
-    // Consumes by the state's namespace (an unknown state: the one it was presented for).
-    for (namespace, outcome) in [(NS, "ok"), (NS, "unknown"), ("other", "unknown")] {
-        let series = format!(
-            "oauthd_state_consumes_total{{namespace=\"{namespace}\",outcome=\"{outcome}\"}}"
-        );
-        assert_eq!(
-            common::sample(&text, &series),
-            Some(1.0),
-            "{series}\n{text}"
-        );
-    }
     assert!(
         text.contains(
             "oauthd_http_requests_total{endpoint=\"/v1/states\",method=\"POST\",status=\"201\"} 3"
         ),
         "{text}"
     );
-    for (endpoint, method, status) in [
+    // Each once: consumes by the state's namespace (an unknown state: the one it was
+    // presented for), and answers by route pattern.
+    let consumes =
+        [(NS, "ok"), (NS, "unknown"), ("other", "unknown")].map(|(namespace, outcome)| {
+            format!(
+                "oauthd_state_consumes_total{{namespace=\"{namespace}\",outcome=\"{outcome}\"}}"
+            )
+        });
+    let answers = [
         ("/v1/connections/{provider}/{account}/token", "GET", "404"),
         ("/v1/connections/{provider}/{account}/token", "GET", "401"),
         ("/v1/states", "GET", "405"),
         ("/healthz", "GET", "200"),
-    ] {
-        let series = format!(
+    ]
+    .map(|(endpoint, method, status)| {
+        format!(
             "oauthd_http_requests_total{{endpoint=\"{endpoint}\",method=\"{method}\",status=\"{status}\"}}"
-        );
-        assert_eq!(
-            common::sample(&text, &series),
-            Some(1.0),
-            "{series}\n{text}"
-        );
+        )
+    });
+    for series in consumes.iter().chain(&answers) {
+        assert_eq!(common::sample(&text, series), Some(1.0), "{series}\n{text}");
     }
     assert!(
         text.contains("oauthd_http_requests_duration_seconds_bucket"),
