@@ -71,8 +71,10 @@ fresh_oauthd() {
   local db="$tmp/bench-$1.db"
   [ "$STORE" = redis ] && redis-cli -p "$REDIS_PORT" flushdb >/dev/null
   BENCH_API_KEY=$(RUST_LOG=warn ${OAUTHD_BIN:-target/release/oauthd} keys create --create --db "$db" "${STORE_ARGS[@]}" --name bench 2>/dev/null | tail -1)
+  # At oauthd's own log level (info, as it runs unless told otherwise): what users run is
+  # what is measured, access lines included.
   # shellcheck disable=SC2086
-  RUST_LOG=warn start oauthd ${OAUTHD_WRAP:-} ${OAUTHD_BIN:-target/release/oauthd} --db "$db" "${STORE_ARGS[@]}" --config "${OAUTHD_TOML:-$tmp/oauthd.toml}" --listen 127.0.0.1:0
+  RUST_LOG=${OAUTHD_RUST_LOG:-info} start oauthd ${OAUTHD_WRAP:-} ${OAUTHD_BIN:-target/release/oauthd} --db "$db" "${STORE_ARGS[@]}" --config "${OAUTHD_TOML:-$tmp/oauthd.toml}" --listen 127.0.0.1:0
   OAUTHD=$URL OAUTHD_PID=${pids[-1]} OAUTHD_DB=$db
   connect_bench
 }

@@ -182,7 +182,7 @@ sweep_run() {
   sed "s/^\[states\]\$/[states]\nsweep_interval_seconds = 1\n${SWEEP_SETTINGS:-}/" "$tmp/oauthd.toml" >"$tmp/sweep.toml"
   local f_key
   f_key=$(RUST_LOG=warn "${OAUTHD_BIN:-target/release/oauthd}" keys create --db "$db" --name bench 2>/dev/null | tail -1)
-  RUST_LOG=warn,oauthd::store::sweeper=info start sweeping "${OAUTHD_BIN:-target/release/oauthd}" --db "$db" --config "$tmp/sweep.toml" --listen 127.0.0.1:0
+  RUST_LOG=${OAUTHD_RUST_LOG:-info} start sweeping "${OAUTHD_BIN:-target/release/oauthd}" --db "$db" --config "$tmp/sweep.toml" --listen 127.0.0.1:0
   local f_url=$URL f_pid=${pids[-1]}
   kill -STOP "$f_pid"
   local i e f rows_out=()

@@ -52,7 +52,7 @@ if [ "$STORE" = redis ]; then
 fi
 BENCH_API_KEY=$(RUST_LOG=warn target/release/oauthd keys create --db "$db" "${STORE_ARGS[@]}" --name soak 2>/dev/null | tail -1)
 export BENCH_API_KEY
-RUST_LOG=warn target/release/oauthd --db "$db" "${STORE_ARGS[@]}" --config "$tmp/oauthd.toml" \
+RUST_LOG=${OAUTHD_RUST_LOG:-info} target/release/oauthd --db "$db" "${STORE_ARGS[@]}" --config "$tmp/oauthd.toml" \
   --listen 127.0.0.1:0 >"$tmp/oauthd.out" 2>"$tmp/oauthd.err" &
 pids+=($!); PID=$!
 for _ in $(seq 100); do URL=$(sed -n 's/^oauthd listening on //p' "$tmp/oauthd.out"); [ -n "$URL" ] && break; sleep 0.1; done

@@ -2,6 +2,7 @@
 //! merged in that order of increasing precedence and validated before anything starts.
 //! Every key, with its default, is listed in `oauthd.example.toml`.
 
+use crate::http::AccessLogPolicy;
 use crate::namespace::check_pattern;
 use crate::oauth::ProviderConfig;
 use crate::secret::SecretText;
@@ -33,6 +34,8 @@ pub struct FileConfig {
     pub store: Option<String>,
     pub redis_prefix: Option<String>,
     pub durability: Option<Durability>,
+    /// Which answers get an access line at `info`: "errors" (default), "all" or "off".
+    pub access_log: Option<AccessLogPolicy>,
     pub api_key_cache_seconds: Option<u64>,
     pub token_cache_seconds: Option<u64>,
     /// How long a browser sign-in lasts (default 168: seven days).
@@ -298,6 +301,7 @@ pub struct Settings {
     pub db: PathBuf,
     pub store: StoreTarget,
     pub durability: Durability,
+    pub access_log: AccessLogPolicy,
     pub api_key_cache: Duration,
     /// How long a token read from the store answers the token API from memory; a change
     /// another process makes is seen within this (0 reads the store on every call).
@@ -512,6 +516,7 @@ impl Settings {
             db,
             store,
             durability: file.durability.unwrap_or_default(),
+            access_log: file.access_log.unwrap_or_default(),
             api_key_cache: Duration::from_secs(api_key_cache_seconds),
             token_cache: Duration::from_secs(token_cache_seconds),
             admin_session_hours,

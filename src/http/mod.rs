@@ -1,6 +1,7 @@
 //! HTTP: routes, extractors and the server. Handlers parse, call one service function
 //! and map the result; errors become HTTP only in `problem.rs`.
 
+mod access_log;
 mod admin;
 mod auth;
 mod body;
@@ -30,8 +31,8 @@ use crate::config::Settings;
 use crate::notify::Notifier;
 use crate::states::StateService;
 use crate::store::{KeyStore, OutboxStore, StateStore};
+pub use access_log::{AccessLog, AccessLogPolicy};
 use actix_web::http::{header, Method};
-use actix_web::middleware::Logger;
 use actix_web::{
     guard, web, App, HttpResponse, HttpResponseBuilder, HttpServer, Resource, ResponseError, Route,
     Scope,
@@ -338,12 +339,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(not_found));
 }
 
-/// Access log without query strings: callbacks carry codes and states there.
-fn access_log() -> Logger {
-    Logger::new(r#"%a "%{request}xi" %s %b %Dms"#)
-        .custom_request_replace("request", |req| format!("{} {}", req.method(), req.path()))
-}
-
 /// Binds the listening socket (before the app is built: `public_url` may need the port).
 pub fn bind(settings: &Settings) -> std::io::Result<std::net::TcpListener> {
     std::net::TcpListener::bind(settings.listen).map_err(|e| {
@@ -362,20 +357,17 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = web::Data::new(app);
     let limit = web::Data::new(BodyLimit(settings.states.max_data_bytes + 8 * 1024));
-    // The access log formats every request before the logger decides to drop the line:
-    // with access logs filtered out (RUST_LOG=warn) it is not installed at all.
-    let access_logged =
-        log::log_enabled!(target: "actix_web::middleware::logger", log::Level::Info);
+    let access_log = AccessLog {
+        policy: settings.access_log,
+        trusted_proxies: settings.trusted_proxies.clone(),
+    };
     let server = HttpServer::new(move || {
         App::new()
             .app_data(app.clone())
             .app_data(limit.clone())
+            .app_data(access_log.clone())
             .wrap(actix_web::middleware::from_fn(limits::enforce))
             .wrap(actix_web::middleware::from_fn(request_metrics::record))
-            .wrap(actix_web::middleware::Condition::new(
-                access_logged,
-                access_log(),
-            ))
             .configure(routes)
     })
     .disable_signals()

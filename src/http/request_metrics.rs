@@ -2,8 +2,10 @@
 //! (`oauthd_http_requests_total`), and timed to the end of its body
 //! (`oauthd_http_requests_duration_seconds`: a streamed proxy answer counts until its last
 //! byte). Paths no route matched count as `UNMATCHED` and methods outside HTTP's own as
-//! `OTHER`, so probing bots cannot grow the label set.
+//! `OTHER`, so probing bots cannot grow the label set. The access log's line, when one is
+//! logged (`access_log`), is written at the same moment with the same duration.
 
+use super::access_log::{AccessLog, Line};
 use crate::metrics;
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -89,25 +91,35 @@ pub async fn record(
         method_label(request.method()),
         res.status().as_str(),
     );
+    let line = request
+        .app_data::<AccessLog>()
+        .and_then(|log| log.line(request, res.status()));
     Ok(res.map_body(|_, body| Timed {
         body,
         latency: Some((latency, started)),
+        line,
     }))
 }
 
 pin_project! {
-    /// An answer's body that observes its request's latency when it is dropped: after its
-    /// last byte was written, or when the client left.
+    /// An answer's body that observes its request's latency (and writes its access line)
+    /// when it is dropped: after its last byte was written, or when the client left.
     pub struct Timed<B> {
         #[pin]
         body: B,
         latency: Option<(prometheus::Histogram, Instant)>,
+        line: Option<Line>,
     }
 
     impl<B> PinnedDrop for Timed<B> {
         fn drop(this: Pin<&mut Self>) {
-            if let Some((histogram, started)) = this.project().latency.take() {
-                histogram.observe(started.elapsed().as_secs_f64());
+            let this = this.project();
+            if let Some((histogram, started)) = this.latency.take() {
+                let elapsed = started.elapsed();
+                histogram.observe(elapsed.as_secs_f64());
+                if let Some(line) = this.line.take() {
+                    line.write(elapsed);
+                }
             }
         }
     }
@@ -124,7 +136,12 @@ impl<B: MessageBody> MessageBody for Timed<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, Self::Error>>> {
-        self.project().body.poll_next(cx)
+        let this = self.project();
+        let polled = this.body.poll_next(cx);
+        if let (Some(line), Poll::Ready(Some(Ok(bytes)))) = (this.line.as_mut(), &polled) {
+            line.sent(bytes.len());
+        }
+        polled
     }
 }
 

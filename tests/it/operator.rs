@@ -330,3 +330,80 @@ async fn every_setting_from_the_environment_follows_one_rule_trimmed_and_empty_i
         "{err}"
     );
 }
+
+/// The access lines (target `oauthd::access`) in a home's log.
+fn access_lines(home: &Home) -> Vec<String> {
+    home.log_text()
+        .lines()
+        .filter(|l| l.contains(" oauthd::access] "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_access_log_writes_failed_answers_by_default_every_answer_with_all_and_none_when_off() {
+    // At the log level oauthd runs at unless told otherwise (the tests' daemons log debug).
+    let info = [("RUST_LOG", "info")];
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start_with_env(&info);
+    d.create_state(&key, json!({"namespace": "oauth:x"})).await;
+    // Refused (400: a query parameter the operation does not take); the query is not logged.
+    let refused = d
+        .get_raw("/v1/connections?code=SECRETQUERY", Some(&key))
+        .await;
+    assert_eq!(refused.status(), 400);
+    let refused_bytes = refused.bytes().await.unwrap().len();
+    assert!(d.signal_and_wait("TERM").success());
+    let lines = access_lines(&home);
+    assert_eq!(lines.len(), 1, "only the 400 at info: {lines:?}");
+    let want = format!("] 127.0.0.1 \"GET /v1/connections\" 400 {refused_bytes} ");
+    assert!(lines[0].contains(&want), "{lines:?}");
+    assert!(lines[0].ends_with("ms"), "{lines:?}");
+    assert!(!home.log_text().contains("SECRETQUERY"));
+
+    // "all": every answer, the client named by a trusted proxy, the body's bytes counted.
+    let home = Home::new();
+    home.write_config("access_log = \"all\"\n[limits]\ntrusted_proxies = [\"127.0.0.1\"]\n");
+    let key = home.create_key("app", &[]);
+    let d = home.start_with_env(&info);
+    let created = d
+        .http
+        .post(format!("{}/v1/states", d.url))
+        .bearer_auth(&key)
+        .header("x-forwarded-for", "203.0.113.9")
+        .json(&json!({"namespace": "oauth:x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let created_bytes = created.bytes().await.unwrap().len();
+    assert!(d.signal_and_wait("TERM").success());
+    let lines = access_lines(&home);
+    let want = format!("] 203.0.113.9 \"POST /v1/states\" 201 {created_bytes} ");
+    assert!(lines.iter().any(|l| l.contains(&want)), "{lines:?}");
+    assert!(lines.iter().all(|l| l.contains(" INFO ")), "{lines:?}");
+
+    // "off": none, even at debug.
+    let home = Home::new();
+    home.write_config("access_log = \"off\"\n");
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    d.create_state(&key, json!({"namespace": "oauth:x"})).await;
+    assert_eq!(
+        d.get_raw("/v1/connections", Some("wrong-key"))
+            .await
+            .status(),
+        401
+    );
+    assert!(d.signal_and_wait("TERM").success());
+    assert_eq!(access_lines(&home), Vec::<String>::new());
+    assert!(home.log_text().contains("SIGTERM received"), "it did log");
+
+    // A value it does not know stops it at start, naming the key.
+    home.write_config("access_log = \"verbose\"\n");
+    let out = home.serve_once();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("access_log"), "{said}");
+}
