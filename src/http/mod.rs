@@ -360,7 +360,19 @@ pub async fn serve(
     let access_log = AccessLog {
         policy: settings.access_log,
         trusted_proxies: settings.trusted_proxies.clone(),
+        budget: std::sync::Arc::new(access_log::Budget::new(settings.access_log_per_second)),
     };
+    if access_log.budget.limited() && settings.access_log != AccessLogPolicy::Off {
+        // Sums up a burst's last second even when no line follows it.
+        let budget = access_log.budget.clone();
+        actix_web::rt::spawn(async move {
+            let mut tick = actix_web::rt::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                budget.flush();
+            }
+        });
+    }
     let server = HttpServer::new(move || {
         App::new()
             .app_data(app.clone())

@@ -340,6 +340,81 @@ fn access_lines(home: &Home) -> Vec<String> {
         .collect()
 }
 
+/// Sends `n` requests with a wrong key (401 each) as fast as one connection goes; how long
+/// that took.
+async fn refused_burst(d: &Daemon, n: usize) -> Duration {
+    let started = Instant::now();
+    for _ in 0..n {
+        let res = d.get_raw("/v1/connections", Some("wrong-key")).await;
+        assert_eq!(res.status(), 401);
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_access_log_writes_at_most_its_lines_a_second_and_sums_up_what_it_left_out() {
+    let info = [("RUST_LOG", "info")];
+    let home = Home::new();
+    home.write_config("access_log_per_second = 5\n[limits]\nfailed_auth_per_minute = 1000\n");
+    let d = home.start_with_env(&info);
+    let took = refused_burst(&d, 40).await;
+    // The second the burst ended in is summed up by the ticker, with no request after it.
+    let summed_up = || {
+        access_lines(&home)
+            .iter()
+            .filter_map(|l| {
+                let (_, rest) = l.split_once(" oauthd::access] ")?;
+                let (n, rest) = rest.split_once(" access lines left out in one second (")?;
+                assert!(
+                    rest.starts_with("401: ")
+                        && rest
+                            .ends_with("): at most 5 are written a second (access_log_per_second)"),
+                    "{l}"
+                );
+                n.parse::<u64>().ok()
+            })
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while summed_up().iter().sum::<u64>() + (refused_lines(&home) as u64) < 40
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(d.signal_and_wait("TERM").success());
+    let (written, left_out) = (refused_lines(&home) as u64, summed_up());
+    // Every answer is either written or counted, and the seconds the burst spanned wrote
+    // five lines each at most.
+    assert_eq!(
+        written + left_out.iter().sum::<u64>(),
+        40,
+        "{written} {left_out:?}"
+    );
+    let seconds = took.as_secs() + 2;
+    assert!(
+        written <= 5 * seconds,
+        "{written} lines in at most {seconds} s"
+    );
+    assert!(!left_out.is_empty());
+
+    // 0: no limit.
+    let home = Home::new();
+    home.write_config("access_log_per_second = 0\n[limits]\nfailed_auth_per_minute = 1000\n");
+    let d = home.start_with_env(&info);
+    refused_burst(&d, 40).await;
+    assert!(d.signal_and_wait("TERM").success());
+    assert_eq!(refused_lines(&home), 40);
+    assert!(!home.log_text().contains("left out"));
+}
+
+/// Access lines for `GET /v1/connections` answered 401.
+fn refused_lines(home: &Home) -> usize {
+    access_lines(home)
+        .iter()
+        .filter(|l| l.contains("\"GET /v1/connections\" 401 "))
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_access_log_writes_failed_answers_by_default_every_answer_with_all_and_none_when_off() {
     // At the log level oauthd runs at unless told otherwise (the tests' daemons log debug).
