@@ -36,7 +36,8 @@ pub struct FileConfig {
     pub durability: Option<Durability>,
     /// Which answers get an access line at `info`: "errors" (default), "all" or "off".
     pub access_log: Option<AccessLogPolicy>,
-    /// Most access lines written a second (default 100; 0 = no limit).
+    /// Most access lines of each class (2xx, 4xx, 5xx) written a second (default 50; 0 = no
+    /// limit).
     pub access_log_per_second: Option<u32>,
     pub api_key_cache_seconds: Option<u64>,
     pub token_cache_seconds: Option<u64>,
@@ -304,8 +305,8 @@ pub struct Settings {
     pub store: StoreTarget,
     pub durability: Durability,
     pub access_log: AccessLogPolicy,
-    /// Most access lines written a second; the rest are counted in a summary line. 0 = no
-    /// limit.
+    /// Most access lines of each class written a second; the rest are counted in a summary
+    /// line. 0 = no limit.
     pub access_log_per_second: u32,
     pub api_key_cache: Duration,
     /// How long a token read from the store answers the token API from memory; a change
@@ -522,7 +523,7 @@ impl Settings {
             store,
             durability: file.durability.unwrap_or_default(),
             access_log: file.access_log.unwrap_or_default(),
-            access_log_per_second: file.access_log_per_second.unwrap_or(100),
+            access_log_per_second: file.access_log_per_second.unwrap_or(50),
             api_key_cache: Duration::from_secs(api_key_cache_seconds),
             token_cache: Duration::from_secs(token_cache_seconds),
             admin_session_hours,

@@ -10,20 +10,29 @@
 //! `"all"` logs every answer at `info`; `"off"` logs none. A line is put together only when
 //! its level is logged.
 //!
-//! At most `access_log_per_second` lines are written a second (default 100; 0 for no
-//! limit). Past it, lines are counted by status instead, and one summary line says how many
-//! were left out: a client hammering oauthd with a wrong key cannot push the journal past its
-//! rate limit, which would drop oauthd's own warnings with the access lines.
+//! Each second writes at most `access_log_per_second` lines (default 50; 0 for no limit) of
+//! each class of answer: 1xx to 3xx, 4xx, 5xx, so that a flood of refused requests does not
+//! crowd out the server errors. Past it, lines are counted by status instead, and one summary
+//! line says how many were left out: a client hammering oauthd with a wrong key cannot push
+//! the journal past its rate limit, which would drop oauthd's own warnings with the access
+//! lines. For the same reason a line's size is bounded: a method oauthd does not know is
+//! written `OTHER`, a path past `MAX_PATH` bytes is cut, and `"` and `\` in a path are
+//! written `%22` and `%5C`, so that the quoted request cannot be closed early.
 
 use super::ratelimit::client_ip;
+use super::request_metrics::method_label;
 use actix_web::http::StatusCode;
 use actix_web::HttpRequest;
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The log target of access lines (`RUST_LOG=oauthd::access=warn` silences them too).
 pub const TARGET: &str = "oauthd::access";
+
+/// Longest path written whole; a longer one is cut and says how much was left off.
+const MAX_PATH: usize = 512;
 
 /// `access_log` in the config file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
@@ -71,11 +80,34 @@ impl AccessLog {
         Some(Line {
             level,
             client: client_ip(req, &self.trusted_proxies),
-            request: format!("{} {}", req.method(), req.path()),
+            request: format!("{} {}", method_label(req.method()), logged_path(req.path())),
             status: status.as_u16(),
             bytes: 0,
         })
     }
+}
+
+/// `path` as an access line writes it: `"` and `\` escaped, at most `MAX_PATH` bytes.
+fn logged_path(path: &str) -> Cow<'_, str> {
+    if path.len() <= MAX_PATH && !path.contains(['"', '\\']) {
+        return Cow::Borrowed(path);
+    }
+    let mut end = path.len().min(MAX_PATH);
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut logged = String::with_capacity(end + 24);
+    for c in path.get(..end).unwrap_or_default().chars() {
+        match c {
+            '"' => logged.push_str("%22"),
+            '\\' => logged.push_str("%5C"),
+            c => logged.push(c),
+        }
+    }
+    if end < path.len() {
+        logged.push_str(&format!("...(+{} bytes)", path.len() - end));
+    }
+    Cow::Owned(logged)
 }
 
 /// One answer's line until its body is done with.
@@ -111,22 +143,43 @@ impl Line {
     }
 }
 
-/// How many access lines are written a second; the rest are counted and summed up.
+/// How many access lines of each class are written a second; the rest are counted and
+/// summed up.
 #[derive(Debug)]
 pub struct Budget {
-    /// 0: no limit.
+    /// Per class; 0: no limit.
     per_second: u32,
     started: Instant,
     window: Mutex<Window>,
 }
 
-/// The current second's count, and what it left out.
+/// Lines written in one second, by class of answer: each class has a budget of its own.
+#[derive(Debug, Default)]
+struct Written {
+    /// 1xx to 3xx.
+    others: u32,
+    client_errors: u32,
+    server_errors: u32,
+}
+
+impl Written {
+    fn of(&mut self, status: u16) -> &mut u32 {
+        match status / 100 {
+            5.. => &mut self.server_errors,
+            4 => &mut self.client_errors,
+            _ => &mut self.others,
+        }
+    }
+}
+
+/// The current second's counts, and what it left out.
 #[derive(Debug, Default)]
 struct Window {
     /// Seconds since `started`.
     second: u64,
-    written: u32,
-    /// Lines left out, by status, in the order first left out.
+    written: Written,
+    /// Lines left out, by status, in the order first left out (at most the few hundred
+    /// statuses HTTP has).
     left_out: Vec<(u16, u64)>,
 }
 
@@ -168,6 +221,13 @@ impl Budget {
         }
     }
 
+    /// Writes what the current second left out so far (when the server stops).
+    pub fn flush_all(&self) {
+        if let Some(left_out) = self.ended_before(self.now() + 1) {
+            left_out.write(self.per_second);
+        }
+    }
+
     fn now(&self) -> u64 {
         self.started.elapsed().as_secs()
     }
@@ -177,8 +237,9 @@ impl Budget {
         // A poisoned lock only means a thread panicked while counting: the counts are fine.
         let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
         let ended = window.start(second);
-        if window.written < self.per_second {
-            window.written += 1;
+        let written = window.written.of(status);
+        if *written < self.per_second {
+            *written += 1;
             return (true, ended);
         }
         match window.left_out.iter_mut().find(|(s, _)| *s == status) {
@@ -202,7 +263,7 @@ impl Window {
             return None;
         }
         self.second = second;
-        self.written = 0;
+        self.written = Written::default();
         let left_out = std::mem::take(&mut self.left_out);
         (!left_out.is_empty()).then_some(LeftOut(left_out))
     }
@@ -220,11 +281,12 @@ impl LeftOut {
             .map(|(status, n)| format!("{status}: {n}"))
             .collect::<Vec<_>>()
             .join(", ");
+        let total = self.total();
+        let lines = if total == 1 { "line" } else { "lines" };
         log::info!(
             target: TARGET,
-            "{} access lines left out in one second ({by_status}): at most {per_second} \
-             are written a second (access_log_per_second)",
-            self.total()
+            "{total} access {lines} left out in one second ({by_status}): at most {per_second} \
+             of each class (2xx, 4xx, 5xx) are written a second (access_log_per_second)"
         );
     }
 }
@@ -278,6 +340,52 @@ mod tests {
         assert_eq!(budget.ended_before(6), Some(LeftOut(vec![(500, 1)])));
         // A clock read late on another thread does not go back to an older second.
         assert_eq!(budget.admit_at(4, 500), (true, None));
+    }
+
+    #[test]
+    fn a_flood_of_one_class_leaves_the_others_their_lines() {
+        let budget = Budget::new(2);
+        for _ in 0..1000 {
+            budget.admit_at(0, 401);
+        }
+        assert_eq!(budget.admit_at(0, 502), (true, None));
+        assert_eq!(budget.admit_at(0, 503), (true, None));
+        assert_eq!(budget.admit_at(0, 500), (false, None));
+        assert_eq!(budget.admit_at(0, 200), (true, None));
+        assert_eq!(budget.admit_at(0, 302), (true, None));
+        assert_eq!(budget.admit_at(0, 204), (false, None));
+        assert_eq!(
+            budget.ended_before(1),
+            Some(LeftOut(vec![(401, 998), (500, 1), (204, 1)]))
+        );
+        // What the current second left out so far, as the server stops.
+        budget.admit_at(1, 404);
+        budget.admit_at(1, 404);
+        budget.admit_at(1, 404);
+        assert_eq!(budget.ended_before(1), None);
+        assert_eq!(budget.ended_before(2), Some(LeftOut(vec![(404, 1)])));
+    }
+
+    #[test]
+    fn a_logged_path_is_bounded_and_cannot_close_its_quotes() {
+        assert!(matches!(
+            logged_path("/v1/states"),
+            Cow::Borrowed("/v1/states")
+        ));
+        assert_eq!(logged_path("/x\"_401_0\\"), "/x%22_401_0%5C");
+        let long = format!("/{}", "a".repeat(2000));
+        let logged = logged_path(&long);
+        assert_eq!(
+            logged,
+            format!("/{}...(+1489 bytes)", "a".repeat(MAX_PATH - 1))
+        );
+        // Cut at a character's boundary, whatever the byte at the limit.
+        let wide = format!("/{}", "é".repeat(600));
+        assert!(
+            logged_path(&wide).ends_with("...(+690 bytes)"),
+            "{}",
+            logged_path(&wide)
+        );
     }
 
     #[test]

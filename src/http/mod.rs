@@ -362,6 +362,7 @@ pub async fn serve(
         trusted_proxies: settings.trusted_proxies.clone(),
         budget: std::sync::Arc::new(access_log::Budget::new(settings.access_log_per_second)),
     };
+    let budget = access_log.budget.clone();
     if access_log.budget.limited() && settings.access_log != AccessLogPolicy::Off {
         // Sums up a burst's last second even when no line follows it.
         let budget = access_log.budget.clone();
@@ -408,7 +409,10 @@ pub async fn serve(
         log::info!("stopping: finishing requests in flight");
         handle.stop(true).await;
     });
-    server.await
+    let served = server.await;
+    // The last second's summary, which no later tick will write.
+    budget.flush_all();
+    served
 }
 
 /// SIGTERM and SIGINT, caught from now on.

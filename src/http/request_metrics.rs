@@ -47,7 +47,7 @@ pub fn set_endpoint(req: &ServiceRequest, endpoint: &'static str) {
 
 /// The method label: HTTP's own methods by name, any other token a client makes up (actix
 /// accepts every one, however long) as `OTHER`.
-fn method_label(method: &Method) -> &'static str {
+pub(super) fn method_label(method: &Method) -> &'static str {
     const KNOWN: [(Method, &str); 9] = [
         (Method::GET, "GET"),
         (Method::HEAD, "HEAD"),

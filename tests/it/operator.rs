@@ -9,6 +9,7 @@ use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Connects peer/`account` over the API and the test provider.
 async fn connect(d: &Daemon, peer: &Peer, key: &str, account: &str) {
@@ -367,8 +368,10 @@ async fn the_access_log_writes_at_most_its_lines_a_second_and_sums_up_what_it_le
                 let (n, rest) = rest.split_once(" access lines left out in one second (")?;
                 assert!(
                     rest.starts_with("401: ")
-                        && rest
-                            .ends_with("): at most 5 are written a second (access_log_per_second)"),
+                        && rest.ends_with(
+                            "): at most 5 of each class (2xx, 4xx, 5xx) are written a \
+                                 second (access_log_per_second)"
+                        ),
                     "{l}"
                 );
                 n.parse::<u64>().ok()
@@ -402,9 +405,24 @@ async fn the_access_log_writes_at_most_its_lines_a_second_and_sums_up_what_it_le
     home.write_config("access_log_per_second = 0\n[limits]\nfailed_auth_per_minute = 1000\n");
     let d = home.start_with_env(&info);
     refused_burst(&d, 40).await;
+    // A made-up method and a long path with a quote in it, as a client may send them.
+    let addr = d.url.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let path = format!("/nope\"x{}", "a".repeat(600));
+    let req = format!("FROBNICATE {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
     assert!(d.signal_and_wait("TERM").success());
     assert_eq!(refused_lines(&home), 40);
     assert!(!home.log_text().contains("left out"));
+    let odd = access_lines(&home)
+        .into_iter()
+        .find(|l| l.contains("\"OTHER /nope"))
+        .expect("the made-up method's line");
+    let cut = format!("\"OTHER /nope%22x{}...(+95 bytes)\" 4", "a".repeat(505));
+    assert!(odd.contains(&cut), "{odd}");
 }
 
 /// Access lines for `GET /v1/connections` answered 401.
