@@ -1,12 +1,13 @@
--- POST /v1/states; with STATES_OUT set, each thread appends the states it got to
--- STATES_OUT.<thread id> for the consume run.
+-- POST /v1/states; with STATES_OUT set, each thread writes the states it got to
+-- STATES_OUT.<thread id> for the consume (or verify) run.
 package.path = "bench/?.lua;" .. package.path
 local common = require("common").install()
 
 function init(args)
   ok = 0
   local out = os.getenv("STATES_OUT")
-  if out then file = io.open(out .. "." .. id, "w") end
+  -- STATES_APPEND=1 adds to what an earlier run saved.
+  if out then file = io.open(out .. "." .. id, os.getenv("STATES_APPEND") and "a" or "w") end
   wrk.method = "POST"
   wrk.path = "/v1/states"
   for k, v in pairs(common.headers()) do wrk.headers[k] = v end
