@@ -128,10 +128,15 @@ impl Disconnected {
     }
 }
 
+/// The longest `expires_in` taken from a provider as it is (ten years; imports clamp to it too).
+const MAX_EXPIRES_IN: Duration = Duration::from_secs(10 * 365 * 86400);
+
 /// Half the lifetime the provider gave the row's access token, when known.
 fn half_life_ms(row: &ConnectionRow) -> Option<i64> {
     match (row.access_expires_at_ms, row.last_refresh_at_ms) {
-        (Some(expires), Some(issued)) if expires > issued => Some((expires - issued) / 2),
+        (Some(expires), Some(issued)) if expires > issued => {
+            Some(expires.saturating_sub(issued) / 2)
+        }
         _ => None,
     }
 }
@@ -162,8 +167,10 @@ fn due_for_refresh(row: &ConnectionRow, idle_expiry: Option<Duration>, now: i64)
         return false;
     }
     let expiring = row.access_expires_at_ms.is_some_and(|at| {
-        let lifetime = row.last_refresh_at_ms.map_or(PROACTIVE_MS, |r| at - r);
-        at - now <= PROACTIVE_MS.min(lifetime / 2)
+        let lifetime = row
+            .last_refresh_at_ms
+            .map_or(PROACTIVE_MS, |r| at.saturating_sub(r));
+        at.saturating_sub(now) <= PROACTIVE_MS.min(lifetime / 2)
     });
     let idle = idle_expiry.is_some_and(|idle| {
         let idle_ms = idle.as_millis() as i64;
@@ -273,9 +280,12 @@ impl Broker {
                 &t.access_token,
             )?,
             refresh_token,
-            access_expires_at_ms: t
-                .expires_in
-                .map(|d| self.clock.now_ms().saturating_add(d.as_millis() as i64)),
+            access_expires_at_ms: t.expires_in.map(|d| {
+                // A provider may say "never" with a huge number (Java's Long.MAX_VALUE):
+                // ten years at most, as for imports, so that no sum wraps around.
+                let ms = d.min(MAX_EXPIRES_IN).as_millis() as i64;
+                self.clock.now_ms().saturating_add(ms)
+            }),
         })
     }
 
@@ -567,8 +577,11 @@ impl Broker {
         let expires_at_ms = sealed.access_expires_at_ms;
         let scope = sealed.scopes.clone().or_else(|| row.scopes.clone());
         // Committed before anyone sees the new token. What was read before the commit is
-        // dropped after it (even when this call is cancelled meanwhile), and only then is
-        // the new token held: a read that began before the commit cannot put the old back.
+        // dropped after it (even when this call is cancelled meanwhile), so a read that
+        // began before the commit cannot put the old token back. The new one is not held
+        // from here: only a read that begins after the commit may put it, so that a
+        // delete, reconnect or import committed right after this refresh (by this process,
+        // whose drop may come before this line, or by another) is never hidden by it.
         let events = self.refreshed_events(row, expires_at_ms);
         let saving = self.token_cache.forget_after(&row.key());
         let saved = self
@@ -582,7 +595,6 @@ impl Broker {
             )
             .await;
         drop(saving);
-        let ticket = self.token_cache.begin_read();
         if !saved? {
             log::warn!(
                 "refresh {p}/{a}: superseded by a newer connection or lease; result dropped"
@@ -595,16 +607,12 @@ impl Broker {
         self.notifier.written(&events);
         log::info!("refresh {p}/{a}: ok");
         refreshed(p, "ok");
-        let token = AccessToken {
+        Ok(AccessToken {
             access_token: tokens.access_token,
             token_type: tokens.token_type,
             expires_at_ms,
             scope,
-        };
-        let half_life = expires_at_ms.map(|at| (at - self.clock.now_ms()) / 2);
-        self.token_cache
-            .put(&row.key(), (token.clone(), half_life), ticket);
-        Ok(token)
+        })
     }
 
     /// Records a failed refresh on the connection (releasing the lease) and returns the

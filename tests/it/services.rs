@@ -280,7 +280,58 @@ async fn invalid_grant_stops_refreshing_for_good(b: Backend) {
     assert_eq!(endpoint.calls(), 2);
 }
 
+/// A refresh's token is held in memory only once a read that began after the refresh
+/// committed found it. Holding it straight away let a change committed right after the
+/// refresh (a delete or a reconnect, whose drop of the token could come before the hold)
+/// hide behind it: the token API went on answering a deleted connection's, or the previous
+/// account's, token for as long as it lived. Here the connection goes behind the cache's
+/// back, as that racing change did.
+async fn a_refreshed_token_is_held_only_once_a_read_finds_it(b: Backend) {
+    let clock = clock();
+    let endpoint = Scripted::new(Duration::ZERO);
+    let broker = connected(&b, &clock, endpoint.clone()).await;
+    clock.advance(61 * MINUTE);
+    endpoint.then(200, tokens("access-2", "refresh-2", 3600));
+    let token = broker.access_token("p", "a", MINUTE).await.unwrap();
+    assert_eq!(token.access_token.as_str(), "access-2");
+    let key = oauthd::store::ConnectionKey::new("p", "a");
+    assert!(b.store.delete_connection(&key, vec![]).await.unwrap());
+    let after = broker.access_token("p", "a", MINUTE).await;
+    assert!(
+        matches!(after, Err(BrokerError::ConnectionNotFound { .. })),
+        "answered from memory: {after:?}"
+    );
+    assert_eq!(endpoint.calls(), 2);
+}
+
+/// A provider that says "never" with a huge `expires_in` (Java's Long.MAX_VALUE seconds)
+/// gives a token good for years, not one that wrapped around into the past and is refreshed
+/// on every call.
+async fn a_huge_expires_in_is_years_not_the_past(b: Backend) {
+    let clock = clock();
+    let endpoint = Scripted::new(Duration::ZERO);
+    let broker = connected(&b, &clock, endpoint.clone()).await;
+    clock.advance(61 * MINUTE);
+    endpoint.then(
+        200,
+        serde_json::json!({
+            "access_token": "access-2", "token_type": "Bearer",
+            "refresh_token": "refresh-2", "expires_in": 9_223_372_036_854_775_807_u64
+        }),
+    );
+    for _ in 0..3 {
+        let token = broker.access_token("p", "a", MINUTE).await.unwrap();
+        assert_eq!(token.access_token.as_str(), "access-2");
+        let left = token.expires_at_ms.unwrap() - clock.now_ms();
+        assert!(left > 9 * 365 * 86_400_000, "{left} ms");
+        clock.advance(MINUTE);
+    }
+    assert_eq!(endpoint.calls(), 2, "one refresh, then the token lasts");
+}
+
 backends!(
+    a_refreshed_token_is_held_only_once_a_read_finds_it,
+    a_huge_expires_in_is_years_not_the_past,
     expiry_and_the_grace_window_follow_the_clock,
     expired_states_never_count_against_the_cap,
     concurrent_callers_share_one_refresh,
