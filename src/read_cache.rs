@@ -273,6 +273,7 @@ impl<K: Hash + Eq + Clone, V: Clone> ReadCache<K, V> {
         ForgetAfter {
             cache: self,
             key: Some(key.clone()),
+            armed: true,
         }
     }
 
@@ -281,20 +282,29 @@ impl<K: Hash + Eq + Clone, V: Clone> ReadCache<K, V> {
         ForgetAfter {
             cache: self,
             key: None,
+            armed: true,
         }
     }
 
-    /// Drops everything (a change that may touch any entry, e.g. revoking by subject).
+    /// Drops everything (a change that may touch any entry, e.g. revoking by subject). The
+    /// values are let go of after the lock is released: freeing a full cache (100,000
+    /// states) takes milliseconds, which every other reader would wait out.
     fn forget_all(&self) {
         if self.max_age.is_zero() {
             return;
         }
-        if let Ok(mut inner) = self.inner.lock() {
-            inner.entries.clear();
-            inner.order.clear();
-            inner.bytes = 0;
-            inner.cleared = Some(Instant::now());
-        }
+        let held = match self.inner.lock() {
+            Ok(mut inner) => {
+                inner.bytes = 0;
+                inner.cleared = Some(Instant::now());
+                Some((
+                    std::mem::take(&mut inner.entries),
+                    std::mem::take(&mut inner.order),
+                ))
+            }
+            Err(_) => None,
+        };
+        drop(held);
     }
 }
 
@@ -303,10 +313,22 @@ pub struct ForgetAfter<'a, K: Hash + Eq + Clone, V: Clone> {
     cache: &'a ReadCache<K, V>,
     /// `None`: everything.
     key: Option<K>,
+    /// False once the write is known to have changed nothing.
+    armed: bool,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> ForgetAfter<'_, K, V> {
+    /// The write changed nothing (the store says so): what is held stays.
+    pub fn changed_nothing(mut self) {
+        self.armed = false;
+    }
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> Drop for ForgetAfter<'_, K, V> {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         match &self.key {
             Some(key) => self.cache.forget(key),
             None => self.cache.forget_all(),

@@ -645,12 +645,16 @@ impl StateService {
     pub async fn revoke_id(&self, namespace: &Namespace, id: &StateId) -> Result<(), StateError> {
         let now = self.clock.now_ms();
         let id = id.to_string();
-        // Verify keeps states by hash, and the id does not say which: drop them all.
-        let _revoked = self.seen.forget_all_after();
+        // Verify keeps states by hash, and the id does not say which: drop them all, unless
+        // the store found nothing to revoke (then any key could empty the cache at will).
+        let revoking = self.seen.forget_all_after();
         let revoked = self
             .store
             .revoke_state_id(namespace.as_str(), &id, now)
             .await;
+        if matches!(revoked, Ok(false)) {
+            revoking.changed_nothing();
+        }
         found_or_not(revoked?)
     }
 
@@ -676,11 +680,16 @@ impl StateService {
         subject: &str,
     ) -> Result<u64, StateError> {
         let now = self.clock.now_ms();
-        let _revoked = self.seen.forget_all_after();
-        Ok(self
+        let revoking = self.seen.forget_all_after();
+        let revoked = self
             .store
             .revoke_subject(namespace.as_str(), subject, now)
-            .await?)
+            .await;
+        // No live state went: what verify holds is live, so none of it changed.
+        if matches!(revoked, Ok(0)) {
+            revoking.changed_nothing();
+        }
+        Ok(revoked?)
     }
 }
 

@@ -9,6 +9,7 @@ contract![
     sessions_are_verified_listed_and_revoked_per_subject,
     state_options_are_checked_with_stable_codes,
     verify_sees_another_processs_consume_within_verify_cache_seconds,
+    revoking_nothing_leaves_what_verify_holds,
 ];
 
 /// A subject with characters a path must escape.
@@ -468,4 +469,35 @@ async fn verify_sees_another_processs_consume_within_verify_cache_seconds(home: 
         404,
         "0 reads the store"
     );
+}
+
+/// Revoking by id or by subject drops every state verify holds in memory (neither says
+/// which states they are), but only when something was revoked: a key of another app that
+/// revokes an id or a subject nobody has, over and over, must not empty everyone's cache.
+async fn revoking_nothing_leaves_what_verify_holds(home: Home) {
+    home.write_config("[states]\nverify_cache_seconds = 30\n");
+    let a = home.create_key("a", &["session"]);
+    let b = home.create_key("b", &["other"]);
+    let d = home.start();
+    let state = created(&d, &a, json!({"namespace": "session"})).await;
+    let verify = json!({"state": state["state"], "namespace": "session"});
+    assert_eq!(d.post("/v1/states/verify", &a, verify.clone()).await.0, 200);
+    let hits = r#"oauthd_cache_reads_total{cache="verify",result="hit"}"#;
+    let hit = || async {
+        let before = d.metric(hits).await.unwrap_or(0.0);
+        assert_eq!(d.post("/v1/states/verify", &a, verify.clone()).await.0, 200);
+        d.metric(hits).await.unwrap_or(0.0) > before
+    };
+    assert!(hit().await, "held after its first verify");
+    let nobody = "/v1/namespaces/other/states/00000000-0000-8000-8000-000000000000";
+    assert_eq!(d.delete(nobody, &b).await.status(), 404);
+    let subject = "/v1/namespaces/other/subjects/nobody/states";
+    assert_eq!(d.delete(subject, &b).await.status(), 200);
+    assert!(hit().await, "a revoke of nothing emptied the cache");
+    // One that revokes something does drop it (the state's view is read again).
+    let other = created(&d, &b, json!({"namespace": "other", "subject": "bob"})).await;
+    let id = other["id"].as_str().unwrap();
+    let path = format!("/v1/namespaces/other/states/{id}");
+    assert_eq!(d.delete(&path, &b).await.status(), 204);
+    assert!(!hit().await, "a revoke of a state kept the cache");
 }
