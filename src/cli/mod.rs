@@ -19,7 +19,7 @@ use crate::store::sqlite::SqliteStore;
 use crate::store::target::StoreTarget;
 use crate::store::Store;
 use crate::vault::{self, KeySource, VaultHandle};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -232,14 +232,16 @@ pub(crate) enum ConnectionsCommand {
     Show {
         /// The provider's name, as in [providers.NAME]
         provider: String,
-        /// The account name the connection was made under (default: "default")
+        /// The account name the connection was made under
+        #[arg(default_value = "default")]
         account: String,
     },
     /// Revoke at the provider, then delete
     Delete {
         /// The provider's name, as in [providers.NAME]
         provider: String,
-        /// The account name the connection was made under (default: "default")
+        /// The account name the connection was made under
+        #[arg(default_value = "default")]
         account: String,
         /// Delete even when the provider cannot be reached to revoke
         #[arg(long)]
@@ -352,8 +354,10 @@ impl<E: std::fmt::Display> From<E> for Fatal {
 
 pub fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
-    match run(cli) {
+    tidy_env();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match run(cli, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fatal(message, code)) => {
             eprintln!("oauthd: {message}");
@@ -362,13 +366,52 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<(), Fatal> {
+/// The variables clap reads itself (`--db`, `--config`, `--listen`) are taken as the
+/// others are: trimmed, and empty as unset. Clap would refuse an empty one as a flag given
+/// without its value, even for commands that use neither.
+fn tidy_env() {
+    for name in ["OAUTHD_DB", "OAUTHD_CONFIG", "OAUTHD_LISTEN"] {
+        let Some(value) = std::env::var_os(name) else {
+            continue;
+        };
+        let Some(text) = value.to_str() else {
+            continue;
+        };
+        let trimmed = text.trim();
+        if trimmed.is_empty() {
+            std::env::remove_var(name);
+        } else if trimmed.len() != text.len() {
+            std::env::set_var(name, trimmed);
+        }
+    }
+}
+
+/// `overrides` with only what was given on the command line (`matches` says where each
+/// value came from): the rest came from the environment.
+fn typed(matches: &clap::ArgMatches, overrides: Overrides) -> Overrides {
+    let typed = |id: &str| {
+        matches.ids().any(|i| i.as_str() == id)
+            && matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+    };
+    Overrides {
+        config: overrides.config.filter(|_| typed("config")),
+        db: overrides.db.filter(|_| typed("db")),
+        listen: overrides.listen.filter(|_| typed("listen")),
+        store: overrides.store.filter(|_| typed("store")),
+    }
+}
+
+fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<(), Fatal> {
     // Flags before the command (`oauthd --db X keys list`) count where the command's own
-    // do not say otherwise.
+    // do not say otherwise, and a flag wherever it stands outranks the environment (both
+    // levels read the same variables).
     let top = cli.serve.overrides();
-    let overrides = match &cli.command {
-        None => top,
-        Some(command) => command.overrides().or(top),
+    let overrides = match (&cli.command, matches.subcommand()) {
+        (None, _) => top,
+        (Some(command), Some((_, sub))) => typed(sub, command.overrides())
+            .or(typed(matches, top.clone()))
+            .or(command.overrides().or(top)),
+        (Some(command), None) => command.overrides().or(top),
     };
     match cli.command {
         Some(Command::Keygen) => {

@@ -320,3 +320,63 @@ fn flags_before_the_command_still_count() {
     assert!(out.status.success(), "{out:?}");
     assert!(text(&out.stdout).contains("app"));
 }
+
+/// A flag outranks the environment wherever it stands: `oauthd --db X keys list` in a
+/// container whose image sets `OAUTHD_DB` uses X. A variable set to nothing counts as
+/// unset, as for every other `OAUTHD_*` variable, and spaces around a value are dropped.
+#[test]
+fn a_flag_outranks_the_environment_before_the_command_and_empty_variables_are_unset() {
+    let home = Home::new();
+    home.create_key("app", &[]);
+    let elsewhere = Home::new();
+    let out = Command::new(BIN)
+        .arg("--db")
+        .arg(home.db())
+        .args(["keys", "list"])
+        .env("OAUTHD_DB", elsewhere.db())
+        .env_remove("OAUTHD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(text(&out.stdout).contains("app"));
+    // The same before `serve`: the database named by the flag is the one it cannot create.
+    let out = Command::new(BIN)
+        .arg("--db")
+        .arg(home.dir.path().join("flag/x.db"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("OAUTHD_DB", home.dir.path().join("variable/x.db"))
+        .env_remove("OAUTHD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(text(&out.stderr).contains("flag/x.db"), "{out:?}");
+
+    let out = Command::new(BIN)
+        .args(["keys", "list", "--db"])
+        .arg(home.db())
+        .env("OAUTHD_DB", "")
+        .env("OAUTHD_CONFIG", " ")
+        .env("OAUTHD_LISTEN", "")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(text(&out.stdout).contains("app"));
+    let out = Command::new(BIN)
+        .arg("keygen")
+        .env("OAUTHD_DB", "")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    let mut padded = std::ffi::OsString::from("  ");
+    padded.push(home.db());
+    padded.push(" ");
+    let out = Command::new(BIN)
+        .args(["keys", "list"])
+        .env("OAUTHD_DB", padded)
+        .env_remove("OAUTHD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(text(&out.stdout).contains("app"));
+}
