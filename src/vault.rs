@@ -392,6 +392,26 @@ pub fn write_key_file(path: &Path, text: &str) -> std::io::Result<()> {
         .create_new(true)
         .mode(0o600)
         .open(&tmp)?;
+    // The file it replaces keeps its owner: root running `oauthd rekey` on the key file
+    // of a service that runs as its own user must not leave it a file it cannot read.
+    if let Ok(old) = std::fs::metadata(path) {
+        use std::os::unix::fs::MetadataExt;
+        let mine = file.metadata()?;
+        if (old.uid(), old.gid()) != (mine.uid(), mine.gid()) {
+            if let Err(e) = std::os::unix::fs::fchown(&file, Some(old.uid()), Some(old.gid())) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot give the new key file the owner of the one it replaces \
+                         (uid {}, gid {}): {e}; run this as that user or as root",
+                        old.uid(),
+                        old.gid()
+                    ),
+                ));
+            }
+        }
+    }
     file.write_all(text.as_bytes())?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)?;

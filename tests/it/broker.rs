@@ -735,6 +735,30 @@ async fn rekey_moves_every_token_to_a_new_key_while_the_server_runs() {
     );
 }
 
+/// Root rekeying the key file of a service that runs as its own user (systemd's
+/// DynamicUser) leaves the file that user's, not root's: the service reads it again on its
+/// next start.
+#[test]
+fn rekey_keeps_the_key_files_owner() {
+    use std::os::unix::fs::MetadataExt;
+    let home = Home::new();
+    let d = home.start();
+    assert!(d.signal_and_wait("TERM").success());
+    let mut key_file = home.db().into_os_string();
+    key_file.push(".key");
+    std::os::unix::fs::chown(&key_file, Some(65534), Some(65534)).unwrap();
+    let out = home.cli(&["rekey"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta = std::fs::metadata(&key_file).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    assert_eq!(key_file_ids(&home).len(), 2);
+}
+
 #[test]
 fn rekey_refuses_a_key_from_the_environment() {
     let home = Home::new();
