@@ -286,7 +286,7 @@ impl LeftOut {
         log::info!(
             target: TARGET,
             "{total} access {lines} left out in one second ({by_status}): at most {per_second} \
-             of each class (2xx, 4xx, 5xx) are written a second (access_log_per_second)"
+             of each class (1xx-3xx, 4xx, 5xx) are written a second (access_log_per_second)"
         );
     }
 }

@@ -369,7 +369,7 @@ async fn the_access_log_writes_at_most_its_lines_a_second_and_sums_up_what_it_le
                 assert!(
                     rest.starts_with("401: ")
                         && rest.ends_with(
-                            "): at most 5 of each class (2xx, 4xx, 5xx) are written a \
+                            "): at most 5 of each class (1xx-3xx, 4xx, 5xx) are written a \
                                  second (access_log_per_second)"
                         ),
                     "{l}"
