@@ -472,7 +472,10 @@ impl Settings {
         if !(1..=s.sweep_per_second).contains(&s.sweep_min_per_second) {
             return Err(invalid(
                 "states.sweep_min_per_second",
-                "must be between 1 and states.sweep_per_second",
+                format!(
+                    "must be between 1 and states.sweep_per_second ({})",
+                    s.sweep_per_second
+                ),
             ));
         }
         if !(1..=100_000).contains(&s.sweep_batch) {
@@ -564,10 +567,33 @@ impl Settings {
         clippy::expect_used,
         reason = "http:// followed by a socket address, or a constant, always parses"
     )]
+    /// Without `public_url`, an address that listens on every interface (0.0.0.0 or ::, as
+    /// in the container image) stands for this machine's loopback address: a browser
+    /// cannot open http://0.0.0.0:6288/ everywhere, and a provider will not take it as a
+    /// redirect URI.
     pub fn public_url_for(&self, bound: SocketAddr) -> Url {
         self.public_url.clone().unwrap_or_else(|| {
-            Url::parse(&format!("http://{bound}"))
+            let mut reached = bound;
+            if bound.ip().is_unspecified() {
+                reached.set_ip(match bound {
+                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            Url::parse(&format!("http://{reached}"))
                 .unwrap_or_else(|_| Url::parse("http://127.0.0.1/").expect("a constant URL parses"))
+        })
+    }
+
+    /// Said at start when links stand for the loopback address of a server that listens on
+    /// every interface: other machines' browsers need `public_url`.
+    pub fn public_url_hint(&self, bound: SocketAddr) -> Option<String> {
+        (self.public_url.is_none() && bound.ip().is_unspecified()).then(|| {
+            format!(
+                "listening on {bound} without public_url: links and redirect URIs use {}; \
+                 set public_url to the address browsers reach oauthd at",
+                self.public_url_for(bound)
+            )
         })
     }
 }
@@ -783,6 +809,26 @@ mod tests {
         assert_eq!(s.states.base.max_ttl, Duration::from_secs(86400));
         assert_eq!(s.sweep.interval, Duration::from_secs(60));
         assert_eq!(s.durability, Durability::Full);
+    }
+
+    #[test]
+    fn an_address_on_every_interface_stands_for_loopback_in_links() {
+        let s = parse("").unwrap();
+        let url = |addr: &str| s.public_url_for(addr.parse().unwrap()).to_string();
+        assert_eq!(url("0.0.0.0:6288"), "http://127.0.0.1:6288/");
+        assert_eq!(url("[::]:6288"), "http://[::1]:6288/");
+        assert_eq!(url("192.168.1.5:6288"), "http://192.168.1.5:6288/");
+        assert!(s.public_url_hint("0.0.0.0:6288".parse().unwrap()).is_some());
+        assert!(s
+            .public_url_hint("127.0.0.1:6288".parse().unwrap())
+            .is_none());
+        let s = parse("public_url = \"https://auth.example.net\"").unwrap();
+        assert_eq!(
+            s.public_url_for("0.0.0.0:6288".parse().unwrap())
+                .to_string(),
+            "https://auth.example.net/"
+        );
+        assert!(s.public_url_hint("0.0.0.0:6288".parse().unwrap()).is_none());
     }
 
     #[test]

@@ -30,7 +30,11 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
     let admin = super::admin(&settings, store.clone(), clock.clone());
     let metrics_token = settings.metrics_token.clone();
     let listener = http::bind(&settings)?;
-    let public_url = settings.public_url_for(listener.local_addr()?);
+    let bound = listener.local_addr()?;
+    let public_url = settings.public_url_for(bound);
+    if let Some(hint) = settings.public_url_hint(bound) {
+        log::warn!("{hint}");
+    }
     let (states, broker) = services(
         &settings,
         &store,
