@@ -126,17 +126,24 @@ impl KeyCache {
         (checked.elapsed() < self.max_age).then(|| record.clone())
     }
 
-    fn remember(&self, hash: SecretHash, record: Option<&Arc<ApiKeyRecord>>) {
+    /// Keeps what a read that began at `began` found. The answer counts from when the read
+    /// began, not from when it came back: a key revoked while the read was on its way is
+    /// refused within `max_age` of its revocation however slow the store was, and an older
+    /// read that comes back last cannot make a newer answer last longer.
+    fn remember(&self, hash: SecretHash, record: Option<&Arc<ApiKeyRecord>>, began: Instant) {
         if self.max_age.is_zero() {
             return;
         }
         if let Ok(mut entries) = self.entries.lock() {
             match record {
                 Some(r) => {
+                    if entries.get(&hash).is_some_and(|(_, at)| *at > began) {
+                        return;
+                    }
                     if entries.len() >= MAX_CACHED_KEYS {
                         entries.clear();
                     }
-                    entries.insert(hash, (r.clone(), Instant::now()));
+                    entries.insert(hash, (r.clone(), began));
                 }
                 None => {
                     entries.remove(&hash);
@@ -157,8 +164,9 @@ impl KeyCache {
             return Ok(None);
         }
         let hash = SecretHash::of(presented);
+        let began = Instant::now();
         let found = store.find_active_key(hash).await?.map(Arc::new);
-        self.remember(hash, found.as_ref());
+        self.remember(hash, found.as_ref(), began);
         Ok(found)
     }
 }
@@ -179,5 +187,83 @@ pub fn may_use(record: &ApiKeyRecord, ns: &Namespace) -> bool {
     match &record.namespaces {
         None => true,
         Some(patterns) => patterns.iter().any(|p| pattern_matches(p, ns)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{ApiKeyRecord, KeyStore, StoreError};
+    use async_trait::async_trait;
+
+    /// A key store whose one key is active and whose reads take `delay`.
+    struct Slow {
+        delay: Duration,
+    }
+
+    #[async_trait]
+    impl KeyStore for Slow {
+        async fn find_active_key(
+            &self,
+            _key_hash: SecretHash,
+        ) -> Result<Option<ApiKeyRecord>, StoreError> {
+            tokio::time::sleep(self.delay).await;
+            Ok(Some(ApiKeyRecord {
+                id: "id".into(),
+                name: "app".into(),
+                namespaces: None,
+                accounts: None,
+                created_at_ms: 0,
+                revoked_at_ms: None,
+            }))
+        }
+        async fn insert_key(&self, _: ApiKeyRecord, _: SecretHash) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn list_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+            Ok(vec![])
+        }
+        async fn revoke_key(&self, _: &str, _: i64) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_verified_key_counts_from_when_its_read_began() {
+        let key = format!("{}example", crate::secret::API_KEY_PREFIX);
+        let cache = KeyCache::new(Duration::from_millis(400));
+        let store = Slow {
+            delay: Duration::from_millis(300),
+        };
+        let started = Instant::now();
+        assert!(cache.authenticate(&store, &key).await.unwrap().is_some());
+        assert!(cache.cached(&key).is_some(), "held after the read");
+        // 450 ms after the read began (150 after it came back): a revoke made while it
+        // was on its way must be honoured by now.
+        tokio::time::sleep(Duration::from_millis(450).saturating_sub(started.elapsed())).await;
+        assert!(
+            cache.cached(&key).is_none(),
+            "held past max_age from the read's start"
+        );
+    }
+
+    #[test]
+    fn an_older_read_does_not_outlast_a_newer_one() {
+        let cache = KeyCache::new(Duration::from_secs(60));
+        let hash = SecretHash::of("k");
+        let record = Arc::new(ApiKeyRecord {
+            id: "id".into(),
+            name: "app".into(),
+            namespaces: None,
+            accounts: None,
+            created_at_ms: 0,
+            revoked_at_ms: None,
+        });
+        let older = Instant::now();
+        let newer = older + Duration::from_millis(5);
+        cache.remember(hash, Some(&record), newer);
+        cache.remember(hash, Some(&record), older);
+        let at = cache.entries.lock().unwrap().get(&hash).map(|(_, at)| *at);
+        assert_eq!(at, Some(newer));
     }
 }
