@@ -266,6 +266,14 @@ impl<K: Hash + Eq + Clone, V: Clone> ReadCache<K, V> {
         }
     }
 
+    /// Drops what is held for each of `keys` now: a write that changed them has just
+    /// ended (and only then said which they were).
+    pub fn forget_now(&self, keys: &[K]) {
+        for key in keys {
+            self.forget(key);
+        }
+    }
+
     /// Drops what is held for `key` when the guard goes: taken before a write that changes
     /// the key's value, it drops after the write even when the caller is cancelled while
     /// waiting for the store, or returns early with an error.

@@ -6,11 +6,11 @@
 use crate::clock::Clock;
 use crate::metrics;
 use crate::namespace::{pattern_matches, Namespace};
-use crate::read_cache::ReadCache;
+use crate::read_cache::{ForgetAfter, ReadCache};
 use crate::secret::{SecretHash, StateId, StateValue};
 use crate::store::{
-    Attempted, Found, InsertRules, Inserted, NamespaceFilter, Sliding, StateRow, StateSecret,
-    StateStore, StoreError, Taken,
+    Attempted, Found, InsertRules, Inserted, NamespaceFilter, Revoked, Sliding, StateRow,
+    StateSecret, StateStore, StoreError, Taken,
 };
 use bytes::Bytes;
 use std::sync::{Arc, OnceLock};
@@ -394,10 +394,14 @@ impl StateService {
             )
             .await;
         // The subject's other states may be gone even when the answer was an error (a Redis
-        // timeout after the script ran): whatever verify held of them goes.
-        drop(replacing);
+        // timeout after the script ran): then whatever verify held goes. Otherwise the store
+        // said which states it replaced, and only those go.
+        if let (Some(replacing), Ok(Inserted::Stored { replaced })) = (replacing, &stored) {
+            self.seen.forget_now(replaced);
+            replacing.changed_nothing();
+        }
         match stored? {
-            Inserted::Stored => {}
+            Inserted::Stored { .. } => {}
             Inserted::NamespaceFull => {
                 log::warn!(
                     "namespace {namespace} is full ({} live states): create refused",
@@ -542,7 +546,12 @@ impl StateService {
         }
         let ticket = self.seen.begin_read();
         let mut found = Found::Missing;
+        // Held in memory only when found under its own key: every change drops what it
+        // holds by the stored key, and a state made before 2026-12-01 is stored under its
+        // legacy one (a revoke by id or subject would not find it here).
+        let mut found_under = hash;
         for key in [hash, state.legacy_hash()] {
+            found_under = key;
             found = if touch {
                 let _touched = self.seen.forget_after(&hash);
                 self.store
@@ -558,7 +567,7 @@ impl StateService {
         match found {
             Found::Row(row) if row.expires_at_ms > now => {
                 let view = Arc::new(StateView::of(row)?);
-                if !touch {
+                if !touch && found_under == hash {
                     self.seen.put(&hash, view.clone(), ticket);
                 }
                 Ok(view)
@@ -645,17 +654,15 @@ impl StateService {
     pub async fn revoke_id(&self, namespace: &Namespace, id: &StateId) -> Result<(), StateError> {
         let now = self.clock.now_ms();
         let id = id.to_string();
-        // Verify keeps states by hash, and the id does not say which: drop them all, unless
-        // the store found nothing to revoke (then any key could empty the cache at will).
+        // Verify keeps states by hash, and the id does not say which: the store says what it
+        // removed. Everything goes only when it could not say (an error, a cancelled call).
         let revoking = self.seen.forget_all_after();
         let revoked = self
             .store
             .revoke_state_id(namespace.as_str(), &id, now)
             .await;
-        if matches!(revoked, Ok(false)) {
-            revoking.changed_nothing();
-        }
-        found_or_not(revoked?)
+        let revoked = self.forget_revoked(revoking, revoked)?;
+        found_or_not(revoked.live > 0)
     }
 
     /// The live states of `subject` in `namespace`, oldest first.
@@ -685,11 +692,21 @@ impl StateService {
             .store
             .revoke_subject(namespace.as_str(), subject, now)
             .await;
-        // No live state went: what verify holds is live, so none of it changed.
-        if matches!(revoked, Ok(0)) {
+        Ok(self.forget_revoked(revoking, revoked)?.live)
+    }
+
+    /// Drops from verify's memory what a revoke removed; everything, through `revoking`,
+    /// when the store could not say what that was.
+    fn forget_revoked(
+        &self,
+        revoking: ForgetAfter<'_, SecretHash, Arc<StateView>>,
+        revoked: Result<Revoked, StoreError>,
+    ) -> Result<Revoked, StoreError> {
+        if let Ok(r) = &revoked {
+            self.seen.forget_now(&r.keys);
             revoking.changed_nothing();
         }
-        Ok(revoked?)
+        revoked
     }
 }
 

@@ -220,10 +220,19 @@ pub struct InsertRules {
     pub max_per_subject: u64,
 }
 
+/// What a revoke removed: how many of the states were live, and the key of every state
+/// it removed (live or expired), for the caches that hold them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revoked {
+    pub live: u64,
+    pub keys: Vec<SecretHash>,
+}
+
 /// What an insert did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inserted {
-    Stored,
+    /// Stored; with `replace_subject`, the keys of the subject's states it removed.
+    Stored { replaced: Vec<SecretHash> },
     /// Refused: the namespace holds `max_live` live states.
     NamespaceFull,
     /// Refused: the subject holds `max_per_subject` live states in the namespace.
@@ -299,13 +308,13 @@ pub trait StateStore: SweepStates {
         namespace: &str,
         now_ms: i64,
     ) -> Result<bool, StoreError>;
-    /// Deletes the state with this identifier. True when a live state was there.
+    /// Deletes the state with this identifier.
     async fn revoke_state_id(
         &self,
         namespace: &str,
         id: &str,
         now_ms: i64,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Revoked, StoreError>;
     /// The live states of one subject in a namespace (an index lookup), oldest first.
     async fn subject_states(
         &self,
@@ -313,13 +322,13 @@ pub trait StateStore: SweepStates {
         subject: &str,
         now_ms: i64,
     ) -> Result<Vec<StateRow>, StoreError>;
-    /// Deletes every state of one subject in a namespace; returns how many were live.
+    /// Deletes every state of one subject in a namespace.
     async fn revoke_subject(
         &self,
         namespace: &str,
         subject: &str,
         now_ms: i64,
-    ) -> Result<u64, StoreError>;
+    ) -> Result<Revoked, StoreError>;
     /// The data of every state whose namespace starts with `prefix` (for maintenance such
     /// as `oauthd rekey --prune`, never a request: it reads the whole table or keyspace).
     async fn state_data_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError>;

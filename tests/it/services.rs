@@ -329,7 +329,51 @@ async fn a_huge_expires_in_is_years_not_the_past(b: Backend) {
     assert_eq!(endpoint.calls(), 2, "one refresh, then the token lasts");
 }
 
+/// A state made before 2026-12-01 is stored under its value's whole SHA-256: it still
+/// verifies, and once revoked (by id, as a list of a subject's states shows it) it does
+/// not verify from memory.
+async fn a_state_under_its_legacy_key_verifies_until_revoked(b: Backend) {
+    use oauthd::secret::{StateId, StateValue};
+    use oauthd::store::{InsertRules, StateRow};
+    let clock = clock();
+    let states = StateService::new(b.store.clone(), policy(1000), clock.clone());
+    let value = StateValue::generate().unwrap();
+    let key = value.legacy_hash();
+    let now = clock.now_ms();
+    let row = StateRow {
+        key_hash: key,
+        namespace: "session".into(),
+        data: None,
+        created_at_ms: now,
+        expires_at_ms: now + 3_600_000,
+        subject: None,
+        secret: None,
+        sliding: None,
+    };
+    let rules = InsertRules {
+        max_live: 1000,
+        now_ms: now,
+        keep_until_ms: now + 7_200_000,
+        replace_subject: false,
+        max_per_subject: 100,
+    };
+    b.store.insert_state(row, rules).await.unwrap();
+    for _ in 0..2 {
+        states.verify(&value, &ns("session"), false).await.unwrap();
+    }
+    states
+        .revoke_id(&ns("session"), &StateId::of(&key))
+        .await
+        .unwrap();
+    let after = states.verify(&value, &ns("session"), false).await;
+    assert!(
+        matches!(after, Err(StateError::NotFound)),
+        "verified after its revoke: {after:?}"
+    );
+}
+
 backends!(
+    a_state_under_its_legacy_key_verifies_until_revoked,
     a_refreshed_token_is_held_only_once_a_read_finds_it,
     a_huge_expires_in_is_years_not_the_past,
     expiry_and_the_grace_window_follow_the_clock,

@@ -9,7 +9,7 @@ contract![
     sessions_are_verified_listed_and_revoked_per_subject,
     state_options_are_checked_with_stable_codes,
     verify_sees_another_processs_consume_within_verify_cache_seconds,
-    revoking_nothing_leaves_what_verify_holds,
+    a_revoke_drops_from_verify_only_what_it_removed,
 ];
 
 /// A subject with characters a path must escape.
@@ -471,15 +471,15 @@ async fn verify_sees_another_processs_consume_within_verify_cache_seconds(home: 
     );
 }
 
-/// Revoking by id or by subject drops every state verify holds in memory (neither says
-/// which states they are), but only when something was revoked: a key of another app that
-/// revokes an id or a subject nobody has, over and over, must not empty everyone's cache.
-async fn revoking_nothing_leaves_what_verify_holds(home: Home) {
+/// A revoke (by id, by subject, or a create that replaces a subject's states) drops from
+/// verify's memory the states it removed, and only those: another app's revokes, over and
+/// over, must not empty everyone's cache, and a revoked state never verifies from memory.
+async fn a_revoke_drops_from_verify_only_what_it_removed(home: Home) {
     home.write_config("[states]\nverify_cache_seconds = 30\n");
     let a = home.create_key("a", &["session"]);
     let b = home.create_key("b", &["other"]);
     let d = home.start();
-    let state = created(&d, &a, json!({"namespace": "session"})).await;
+    let state = created(&d, &a, json!({"namespace": "session", "subject": "alice"})).await;
     let verify = json!({"state": state["state"], "namespace": "session"});
     assert_eq!(d.post("/v1/states/verify", &a, verify.clone()).await.0, 200);
     let hits = r#"oauthd_cache_reads_total{cache="verify",result="hit"}"#;
@@ -494,10 +494,49 @@ async fn revoking_nothing_leaves_what_verify_holds(home: Home) {
     let subject = "/v1/namespaces/other/subjects/nobody/states";
     assert_eq!(d.delete(subject, &b).await.status(), 200);
     assert!(hit().await, "a revoke of nothing emptied the cache");
-    // One that revokes something does drop it (the state's view is read again).
-    let other = created(&d, &b, json!({"namespace": "other", "subject": "bob"})).await;
+    // B's own states, replaced, revoked by id and by subject.
+    let bob = json!({"namespace": "other", "subject": "bob"});
+    created(&d, &b, bob.clone()).await;
+    let replacing = json!({"namespace": "other", "subject": "bob", "replace": true});
+    let other = created(&d, &b, replacing).await;
+    assert!(
+        hit().await,
+        "a replace of another subject emptied the cache"
+    );
+    created(&d, &b, bob).await;
     let id = other["id"].as_str().unwrap();
     let path = format!("/v1/namespaces/other/states/{id}");
     assert_eq!(d.delete(&path, &b).await.status(), 204);
-    assert!(!hit().await, "a revoke of a state kept the cache");
+    assert!(hit().await, "a revoke of another state emptied the cache");
+    let bobs = "/v1/namespaces/other/subjects/bob/states";
+    assert_eq!(d.delete(bobs, &b).await.status(), 200);
+    assert!(hit().await, "a subject's revoke emptied the cache");
+    // A's own state, revoked by id: gone from memory too.
+    let id = state["id"].as_str().unwrap();
+    let path = format!("/v1/namespaces/session/states/{id}");
+    assert_eq!(d.delete(&path, &a).await.status(), 204);
+    assert_eq!(d.post("/v1/states/verify", &a, verify.clone()).await.0, 404);
+    // And by a replace of its subject, and by its subject's revoke.
+    for replace in [true, false] {
+        let state = created(&d, &a, json!({"namespace": "session", "subject": "alice"})).await;
+        let verify = json!({"state": state["state"], "namespace": "session"});
+        assert_eq!(d.post("/v1/states/verify", &a, verify.clone()).await.0, 200);
+        if replace {
+            let again = json!({"namespace": "session", "subject": "alice", "replace": true});
+            created(&d, &a, again).await;
+        } else {
+            let alices = "/v1/namespaces/session/subjects/alice/states";
+            assert_eq!(d.delete(alices, &a).await.status(), 200);
+        }
+        assert_eq!(
+            d.post("/v1/states/verify", &a, verify).await.0,
+            404,
+            "verified from memory after {}",
+            if replace {
+                "a replace"
+            } else {
+                "a subject's revoke"
+            }
+        );
+    }
 }

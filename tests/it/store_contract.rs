@@ -4,8 +4,8 @@
 use oauthd::secret::{SecretHash, StateId};
 use oauthd::store::{
     AccountIdentity, Attempted, ConnectionKey, DeliveryFilter, DeliveryOutcome, DeliveryStatus,
-    InsertRules, Inserted, NamespaceFilter, NewDelivery, SealedTokens, StateRow, StateSecret,
-    Taken,
+    InsertRules, Inserted, NamespaceFilter, NewDelivery, Revoked, SealedTokens, StateRow,
+    StateSecret, Taken,
 };
 use std::sync::Arc;
 
@@ -373,7 +373,7 @@ async fn fill_up(s: &dyn oauthd::store::Store, what: &str, rows: Vec<StateRow>, 
     for row in rows {
         assert_eq!(
             insert_capped(s, row, now_ms).await,
-            Inserted::Stored,
+            Inserted::Stored { replaced: vec![] },
             "{what}"
         );
     }
@@ -415,7 +415,18 @@ async fn the_namespace_cap_counts_what_every_path_leaves_live(b: Backend) {
     });
     fill_up(s, "a revoke", vec![guarded], 10_000).await;
     let id = StateId::of(&SecretHash([3; 32])).to_string();
-    assert!(s.revoke_state_id("cap", &id, 10_000).await.unwrap());
+    // Each revoke says which states it removed (verify's memory drops those).
+    assert_eq!(
+        s.revoke_state_id("cap", &id, 10_000).await.unwrap(),
+        Revoked {
+            live: 1,
+            keys: vec![SecretHash([3; 32])]
+        }
+    );
+    assert_eq!(
+        s.revoke_state_id("cap", &id, 10_000).await.unwrap(),
+        Revoked::default()
+    );
     fill_up(
         s,
         "a revoke by id",
@@ -436,11 +447,24 @@ async fn the_namespace_cap_counts_what_every_path_leaves_live(b: Backend) {
     fill_up(s, "a spent code", vec![capped(7, later, Some("u"))], 10_000).await;
 
     // A subject signed out everywhere (6 and 7), then one replaced (8 by 10).
-    assert_eq!(s.revoke_subject("cap", "u", 10_000).await.unwrap(), 2);
+    let mut signed_out = s.revoke_subject("cap", "u", 10_000).await.unwrap();
+    signed_out.keys.sort_by_key(|k| k.0);
+    assert_eq!(
+        signed_out,
+        Revoked {
+            live: 2,
+            keys: vec![SecretHash([6; 32]), SecretHash([7; 32])]
+        }
+    );
     let freed = vec![capped(8, later, Some("v")), capped(9, 40_000, None)];
     fill_up(s, "a subject's revoke", freed, 10_000).await;
     let replacing = insert_replacing(s, capped(10, later, Some("v")), 10_000, true).await;
-    assert_eq!(replacing, Inserted::Stored);
+    assert_eq!(
+        replacing,
+        Inserted::Stored {
+            replaced: vec![SecretHash([8; 32])]
+        }
+    );
     fill_up(s, "a replace", Vec::new(), 10_000).await;
 
     // Live now: 4, 9 (expires at 40,000) and 10. At 50,000 the insert that finds the
@@ -512,7 +536,12 @@ async fn sqlite_counts_are_the_rows_left_after_racing_inserts_and_every_kind_of_
     });
     let results = futures::future::join_all(racing).await;
     let stored: Vec<u8> = (0..20u8)
-        .filter(|&n| results[n as usize].as_ref().unwrap() == &Inserted::Stored)
+        .filter(|&n| {
+            matches!(
+                results[n as usize].as_ref().unwrap(),
+                Inserted::Stored { .. }
+            )
+        })
         .collect();
     assert_eq!(
         (stored.iter().filter(|&&n| n < 10).count(), stored.len()),
@@ -536,7 +565,7 @@ async fn sqlite_counts_are_the_rows_left_after_racing_inserts_and_every_kind_of_
         });
         assert_eq!(
             s.insert_state(guarded, rules(10_000)).await.unwrap(),
-            Inserted::Stored
+            Inserted::Stored { replaced: vec![] }
         );
     }
     let right = s

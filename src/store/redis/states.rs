@@ -9,8 +9,8 @@
 use super::{hex, RedisStore};
 use crate::secret::{SecretHash, StateId};
 use crate::store::{
-    Attempted, Found, InsertRules, Inserted, NamespaceFilter, Sliding, StateRow, StateSecret,
-    StateStore, StoreError, SweepCount, SweepStates, Taken,
+    Attempted, Found, InsertRules, Inserted, NamespaceFilter, Revoked, Sliding, StateRow,
+    StateSecret, StateStore, StoreError, SweepCount, SweepStates, Taken,
 };
 use async_trait::async_trait;
 use redis::Script;
@@ -148,8 +148,9 @@ return {}
 
 /// KEYS: state, tombstone. ARGV: P, hash, value, ttl ms, namespace, tombstone ttl ms,
 /// now, expires at, most live states, id, subject ("" for none), "1" to replace the
-/// subject's other states, most live states of the subject. Returns 1, or -1 when the
-/// namespace is full, -2 when the subject is (0: the value exists). The first write is the state's SET, so a Redis at maxmemory refuses the
+/// subject's other states, most live states of the subject. Returns `{"1", replaced
+/// hashes...}`, or `{"-1"}` when the namespace is full, `{"-2"}` when the subject is
+/// (`{"0"}`: the value exists). The first write is the state's SET, so a Redis at maxmemory refuses the
 /// script (OOM) before it changes anything.
 static INSERT: LazyLock<Script> = LazyLock::new(|| {
     script(
@@ -159,17 +160,21 @@ local subject, live = ARGV[11], live_set(ARGV[5])
 local sub = subject ~= '' and subject_set(ns, subject) or nil
 local freed = 0
 if sub and ARGV[12] == '1' then freed = redis.call('ZCOUNT', sub, '(' .. now, '+inf') end
-if redis.call('ZCOUNT', live, '(' .. now, '+inf') - freed >= tonumber(ARGV[9]) then return -1 end
+if redis.call('ZCOUNT', live, '(' .. now, '+inf') - freed >= tonumber(ARGV[9]) then return {'-1'} end
 if sub and ARGV[12] ~= '1' and redis.call('ZCOUNT', sub, '(' .. now, '+inf') >= tonumber(ARGV[13]) then
-  return -2
+  return {'-2'}
 end
-if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'PX', ttl) then return 0 end
+if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'PX', ttl) then return {'0'} end
+local answer = {'1'}
 if sub and ARGV[12] == '1' then
   for _, h in ipairs(redis.call('ZRANGE', sub, 0, -1)) do
     local v = redis.call('GET', P .. 's:' .. h)
     if v then
       local s = cjson.decode(v)
-      if s['n'] == ns and s['u'] == subject then drop(h, s) end
+      if s['n'] == ns and s['u'] == subject then
+        drop(h, s)
+        table.insert(answer, h)
+      end
     end
   end
   redis.call('DEL', sub)
@@ -184,7 +189,7 @@ if sub then
   redis.call('ZREMRANGEBYSCORE', sub, '-inf', now)
   keep_at_least(sub, ttl)
 end
-return 1
+return answer
 "#,
     )
 });
@@ -272,47 +277,50 @@ return {}
 });
 
 /// ARGV: P, hash or "" (then ARGV[5] is an identifier to look up), namespace, now, id.
-/// Deletes the state and its tombstone; returns 1 when a live state was there.
+/// Deletes the state and its tombstone; returns `{"1", hash}` when a live state was there,
+/// `{"0", hash}` when an expired one, `{"0"}` when none.
 static REVOKE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local h = H
 if h == '' then
   h = redis.call('GET', P .. 'i:' .. ARGV[5])
-  if not h then return 0 end
+  if not h then return {'0'} end
 end
 local v = redis.call('GET', P .. 's:' .. h)
 if not v then
   if redis.call('GET', P .. 'g:' .. h) == ARGV[3] then redis.call('DEL', P .. 'g:' .. h) end
-  return 0
+  return {'0'}
 end
 local s = cjson.decode(v)
-if s['n'] ~= ARGV[3] then return 0 end
+if s['n'] ~= ARGV[3] then return {'0'} end
 drop(h, s)
-if s['e'] > tonumber(ARGV[4]) then return 1 end
-return 0
+if s['e'] > tonumber(ARGV[4]) then return {'1', h} end
+return {'0', h}
 "#,
     )
 });
 
-/// ARGV: P, "", namespace, subject, now. Deletes every state of the subject; returns how
-/// many were live.
+/// ARGV: P, "", namespace, subject, now. Deletes every state of the subject; returns
+/// `{how many were live, the removed hashes...}`.
 static REVOKE_SUBJECT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-local sub, n = subject_set(ARGV[3], ARGV[4]), 0
+local sub, n, removed = subject_set(ARGV[3], ARGV[4]), 0, {}
 for _, h in ipairs(redis.call('ZRANGE', sub, 0, -1)) do
   local v = redis.call('GET', P .. 's:' .. h)
   if v then
     local s = cjson.decode(v)
     if s['n'] == ARGV[3] and s['u'] == ARGV[4] then
       drop(h, s)
+      table.insert(removed, h)
       if s['e'] > tonumber(ARGV[5]) then n = n + 1 end
     end
   end
 end
 redis.call('DEL', sub)
-return n
+table.insert(removed, 1, tostring(n))
+return removed
 "#,
     )
 });
@@ -329,6 +337,26 @@ fn number(context: &'static str, bytes: &[u8]) -> Result<i64, StoreError> {
         .ok()
         .and_then(|t| t.parse().ok())
         .ok_or_else(|| super::corrupt(context, "number"))
+}
+
+/// A `{number, hashes...}` answer: the number, and the hashes (hex) as keys.
+fn counted_keys(
+    context: &'static str,
+    reply: &Reply,
+) -> Result<(i64, Vec<SecretHash>), StoreError> {
+    let (first, rest) = reply
+        .split_first()
+        .ok_or_else(|| super::corrupt(context, "answer"))?;
+    let keys = rest
+        .iter()
+        .map(|h| {
+            std::str::from_utf8(h)
+                .ok()
+                .and_then(SecretHash::from_hex)
+                .ok_or_else(|| super::corrupt(context, "hash"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((number(context, first)?, keys))
 }
 
 /// A `{"row", json}` / `{"gone", namespace}` / `{}` answer as `Found`.
@@ -404,7 +432,7 @@ impl StateStore for RedisStore {
         let value =
             serde_json::to_string(&stored).map_err(|e| StoreError::unavailable(CONTEXT, e))?;
         let replace = if rules.replace_subject { "1" } else { "0" };
-        let answer: i64 = self
+        let answer: Reply = self
             .state_script(
                 CONTEXT,
                 &INSERT,
@@ -424,8 +452,9 @@ impl StateStore for RedisStore {
                 ],
             )
             .await?;
-        match answer {
-            1 => Ok(Inserted::Stored),
+        let (code, replaced) = counted_keys(CONTEXT, &answer)?;
+        match code {
+            1 => Ok(Inserted::Stored { replaced }),
             -1 => Ok(Inserted::NamespaceFull),
             -2 => Ok(Inserted::SubjectFull),
             _ => Err(StoreError::unavailable(
@@ -548,15 +577,16 @@ impl StateStore for RedisStore {
         namespace: &str,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let n: i64 = self
+        const CONTEXT: &str = "revoking a state";
+        let answer: Reply = self
             .state_script(
-                "revoking a state",
+                CONTEXT,
                 &REVOKE,
                 Some(&key_hash),
                 vec![namespace.to_owned(), now_ms.to_string(), String::new()],
             )
             .await?;
-        Ok(n == 1)
+        Ok(counted_keys(CONTEXT, &answer)?.0 == 1)
     }
 
     async fn revoke_state_id(
@@ -564,19 +594,24 @@ impl StateStore for RedisStore {
         namespace: &str,
         id: &str,
         now_ms: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Revoked, StoreError> {
+        const CONTEXT: &str = "revoking a state";
         let Some(id) = StateId::parse(id) else {
-            return Ok(false);
+            return Ok(Revoked::default());
         };
-        let n: i64 = self
+        let answer: Reply = self
             .state_script(
-                "revoking a state",
+                CONTEXT,
                 &REVOKE,
                 None,
                 vec![namespace.to_owned(), now_ms.to_string(), id.to_string()],
             )
             .await?;
-        Ok(n == 1)
+        let (live, keys) = counted_keys(CONTEXT, &answer)?;
+        Ok(Revoked {
+            live: u64::try_from(live).unwrap_or(0),
+            keys,
+        })
     }
 
     async fn subject_states(
@@ -622,16 +657,21 @@ impl StateStore for RedisStore {
         namespace: &str,
         subject: &str,
         now_ms: i64,
-    ) -> Result<u64, StoreError> {
-        let n: i64 = self
+    ) -> Result<Revoked, StoreError> {
+        const CONTEXT: &str = "revoking a subject's states";
+        let answer: Reply = self
             .state_script(
-                "revoking a subject's states",
+                CONTEXT,
                 &REVOKE_SUBJECT,
                 None,
                 vec![namespace.to_owned(), subject.to_owned(), now_ms.to_string()],
             )
             .await?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        let (live, keys) = counted_keys(CONTEXT, &answer)?;
+        Ok(Revoked {
+            live: u64::try_from(live).unwrap_or(0),
+            keys,
+        })
     }
 
     /// Walks the state keys with SCAN: only maintenance asks, never a request.

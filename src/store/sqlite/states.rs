@@ -5,8 +5,8 @@ use super::live_counts::Tx;
 use super::SqliteStore;
 use crate::secret::{SecretHash, StateId};
 use crate::store::{
-    Attempted, Found, InsertRules, Inserted, NamespaceFilter, Sliding, StateRow, StateSecret,
-    StateStore, StoreError, SweepCount, SweepStates, Taken,
+    Attempted, Found, InsertRules, Inserted, NamespaceFilter, Revoked, Sliding, StateRow,
+    StateSecret, StateStore, StoreError, SweepCount, SweepStates, Taken,
 };
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -22,6 +22,16 @@ macro_rules! sql {
          secret_hash, attempts_left, sliding_ttl, max_expires_at"
     };
     (@part $text:literal) => { $text };
+}
+
+/// A stored key (column 0) as a hash.
+fn stored_key(r: &Row<'_>) -> rusqlite::Result<SecretHash> {
+    let bytes: Vec<u8> = r.get(0)?;
+    SecretHash::from_slice(&bytes).ok_or(rusqlite::Error::InvalidColumnType(
+        0,
+        "key_hash".into(),
+        rusqlite::types::Type::Blob,
+    ))
 }
 
 fn state_row(r: &Row<'_>) -> rusqlite::Result<StateRow> {
@@ -216,14 +226,16 @@ impl StateStore for SqliteStore {
                     return Ok(Inserted::SubjectFull);
                 }
             }
+            let mut replaced = Vec::new();
             if rules.replace_subject {
-                let replaced = conn
+                replaced = conn
                     .prepare_cached(
                         "DELETE FROM states INDEXED BY states_subject
-                         WHERE namespace = ?1 AND subject = ?2",
+                         WHERE namespace = ?1 AND subject = ?2 RETURNING key_hash",
                     )?
-                    .execute(params![row.namespace, row.subject])?;
-                conn.states_changed(&row.namespace, -(replaced as i64));
+                    .query_map(params![row.namespace, row.subject], stored_key)?
+                    .collect::<rusqlite::Result<_>>()?;
+                conn.states_changed(&row.namespace, -(replaced.len() as i64));
             }
             // The single writer makes the check and the insert one step. The count includes
             // expired states the sweeper has not reached yet, and those must not count: at
@@ -252,7 +264,7 @@ impl StateStore for SqliteStore {
                 row.sliding.map(|s| s.max_expires_at_ms),
             ])?;
             conn.states_changed(&row.namespace, 1);
-            Ok(Inserted::Stored)
+            Ok(Inserted::Stored { replaced })
         };
         if rules.replace_subject {
             self.writer.run_atomic("storing a state", work).await
@@ -417,18 +429,21 @@ impl StateStore for SqliteStore {
         namespace: &str,
         id: &str,
         now_ms: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Revoked, StoreError> {
         let Some(id) = StateId::parse(id) else {
-            return Ok(false);
+            return Ok(Revoked::default());
         };
         let ns = namespace.to_owned();
         self.writer
             .run("revoking a state", move |conn| {
                 let Some(row) = select_by_id(conn, &ns, &id)? else {
-                    return Ok(false);
+                    return Ok(Revoked::default());
                 };
                 delete(conn, &row.key_hash, &row.namespace)?;
-                Ok(row.expires_at_ms > now_ms)
+                Ok(Revoked {
+                    live: u64::from(row.expires_at_ms > now_ms),
+                    keys: vec![row.key_hash],
+                })
             })
             .await
     }
@@ -459,21 +474,24 @@ impl StateStore for SqliteStore {
         namespace: &str,
         subject: &str,
         now_ms: i64,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Revoked, StoreError> {
         let (ns, subject) = (namespace.to_owned(), subject.to_owned());
         // Atomic: the rows are deleted before RETURNING hands them over, so an error while
         // reading them must undo the deletes, which were not counted.
         self.writer
             .run_atomic("revoking a subject's states", move |conn| {
-                let expiries: Vec<i64> = conn
+                let removed: Vec<(SecretHash, i64)> = conn
                     .prepare_cached(
                         "DELETE FROM states INDEXED BY states_subject WHERE namespace = ?1 AND subject = ?2
-                         RETURNING expires_at",
+                         RETURNING key_hash, expires_at",
                     )?
-                    .query_map(params![ns, subject], |r| r.get(0))?
+                    .query_map(params![ns, subject], |r| Ok((stored_key(r)?, r.get(1)?)))?
                     .collect::<rusqlite::Result<_>>()?;
-                conn.states_changed(&ns, -(expiries.len() as i64));
-                Ok(expiries.iter().filter(|&&at| at > now_ms).count() as u64)
+                conn.states_changed(&ns, -(removed.len() as i64));
+                Ok(Revoked {
+                    live: removed.iter().filter(|(_, at)| *at > now_ms).count() as u64,
+                    keys: removed.into_iter().map(|(key, _)| key).collect(),
+                })
             })
             .await
     }
