@@ -750,6 +750,12 @@ impl Broker {
         force: bool,
     ) -> Result<Disconnected, BrokerError> {
         let key = ConnectionKey::new(provider_name, account);
+        // A refresh of this connection on its way in this process ends first, so that what
+        // is revoked is what the provider issued last: revoking the tokens read before it
+        // would leave the refreshed ones live at the provider, with no row left to revoke
+        // them from.
+        let lock = self.flight_lock(&key);
+        let _turn = lock.lock().await;
         let row = self.row(&key).await?;
         let outcome = match self.providers.get(provider_name) {
             None => Disconnected::ProviderMissing,

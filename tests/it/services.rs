@@ -157,11 +157,22 @@ fn tokens(access: &str, refresh: &str, expires_in: u64) -> serde_json::Value {
 /// token request goes to `endpoint`), and an account "a" connected through a real
 /// connect flow whose tokens expire in an hour.
 async fn connected(b: &Backend, clock: &Clock, endpoint: Arc<Scripted>) -> Arc<Broker> {
+    connected_revoking_at(b, clock, endpoint, None).await
+}
+
+/// `connected`, with the provider's revocation endpoint at `revocation_url`.
+async fn connected_revoking_at(
+    b: &Backend,
+    clock: &Clock,
+    endpoint: Arc<Scripted>,
+    revocation_url: Option<String>,
+) -> Arc<Broker> {
     let provider = Provider::from_config(
         "p",
         &ProviderConfig {
             authorization_url: Some("https://provider.test/authorize".into()),
             token_url: Some("https://provider.test/token".into()),
+            revocation_url,
             client_id: Some("client".into()),
             client_secret: Some("secret".into()),
             ..Default::default()
@@ -372,7 +383,49 @@ async fn a_state_under_its_legacy_key_verifies_until_revoked(b: Backend) {
     );
 }
 
+/// A disconnect while a refresh of the same connection is on its way in this process
+/// waits for it, then revokes what the provider issued last. Revoking the tokens it read
+/// before the refresh left the refreshed ones live at the provider, with nothing left to
+/// revoke them from.
+async fn a_disconnect_during_a_refresh_revokes_the_refreshed_tokens(b: Backend) {
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&provider)
+        .await;
+    let clock = clock();
+    let endpoint = Scripted::new(Duration::from_millis(300));
+    let revocation = Some(format!("{}/revoke", provider.uri()));
+    let broker = connected_revoking_at(&b, &clock, endpoint.clone(), revocation).await;
+    clock.advance(61 * MINUTE);
+    endpoint.then(200, tokens("access-2", "refresh-2", 3600));
+    let (refreshed, disconnected) = tokio::join!(broker.access_token("p", "a", MINUTE), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        broker.disconnect("p", "a", false).await
+    });
+    disconnected.unwrap();
+    assert_eq!(refreshed.unwrap().access_token.as_str(), "access-2");
+    let revoked: Vec<String> = provider
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert!(
+        revoked.iter().any(|body| body.contains("token=refresh-2")),
+        "{revoked:?}"
+    );
+    assert!(
+        broker.connection("p", "a").await.is_err(),
+        "still connected"
+    );
+}
+
 backends!(
+    a_disconnect_during_a_refresh_revokes_the_refreshed_tokens,
     a_state_under_its_legacy_key_verifies_until_revoked,
     a_refreshed_token_is_held_only_once_a_read_finds_it,
     a_huge_expires_in_is_years_not_the_past,
