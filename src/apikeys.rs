@@ -196,6 +196,17 @@ mod tests {
     use crate::store::{ApiKeyRecord, KeyStore, StoreError};
     use async_trait::async_trait;
 
+    fn record() -> ApiKeyRecord {
+        ApiKeyRecord {
+            id: "id".into(),
+            name: "app".into(),
+            namespaces: None,
+            accounts: None,
+            created_at_ms: 0,
+            revoked_at_ms: None,
+        }
+    }
+
     /// A key store whose one key is active and whose reads take `delay`.
     struct Slow {
         delay: Duration,
@@ -208,14 +219,7 @@ mod tests {
             _key_hash: SecretHash,
         ) -> Result<Option<ApiKeyRecord>, StoreError> {
             tokio::time::sleep(self.delay).await;
-            Ok(Some(ApiKeyRecord {
-                id: "id".into(),
-                name: "app".into(),
-                namespaces: None,
-                accounts: None,
-                created_at_ms: 0,
-                revoked_at_ms: None,
-            }))
+            Ok(Some(record()))
         }
         async fn insert_key(&self, _: ApiKeyRecord, _: SecretHash) -> Result<(), StoreError> {
             Ok(())
@@ -251,14 +255,7 @@ mod tests {
     fn an_older_read_does_not_outlast_a_newer_one() {
         let cache = KeyCache::new(Duration::from_secs(60));
         let hash = SecretHash::of("k");
-        let record = Arc::new(ApiKeyRecord {
-            id: "id".into(),
-            name: "app".into(),
-            namespaces: None,
-            accounts: None,
-            created_at_ms: 0,
-            revoked_at_ms: None,
-        });
+        let record = Arc::new(record());
         let older = Instant::now();
         let newer = older + Duration::from_millis(5);
         cache.remember(hash, Some(&record), newer);
