@@ -211,9 +211,13 @@ async fn sweeper_removes_expired_rows_and_keeps_410_during_grace() {
     })
     .await;
     assert!(swept, "the sweeper did not move the expired state aside");
-    assert!(home
-        .log_text()
-        .contains("sweeper: removed 1 expired state(s)"));
+    // The sweeper logs once its batch has committed: a moment after the rows moved.
+    let logged = eventually(Duration::from_secs(5), || {
+        home.log_text()
+            .contains("sweeper: removed 1 expired state(s)")
+    })
+    .await;
+    assert!(logged, "{}", home.log_text());
     // Data is gone with the sweep; the grace tombstone still answers 410.
     assert_eq!(d.consume(&key, &expiring, NS).await.0, 410);
     assert_eq!(d.consume(&key, &live, NS).await.0, 200);
