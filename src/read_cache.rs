@@ -266,14 +266,6 @@ impl<K: Hash + Eq + Clone, V: Clone> ReadCache<K, V> {
         }
     }
 
-    /// Drops what is held for each of `keys` now: a write that changed them has just
-    /// ended (and only then said which they were).
-    pub fn forget_now(&self, keys: &[K]) {
-        for key in keys {
-            self.forget(key);
-        }
-    }
-
     /// Drops what is held for `key` when the guard goes: taken before a write that changes
     /// the key's value, it drops after the write even when the caller is cancelled while
     /// waiting for the store, or returns early with an error.
@@ -326,9 +318,13 @@ pub struct ForgetAfter<'a, K: Hash + Eq + Clone, V: Clone> {
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> ForgetAfter<'_, K, V> {
-    /// The write changed nothing (the store says so): what is held stays.
-    pub fn changed_nothing(mut self) {
+    /// The write has ended and said what it changed: only `keys` go (none, when it changed
+    /// nothing); what else is held stays.
+    pub fn changed_only(mut self, keys: &[K]) {
         self.armed = false;
+        for key in keys {
+            self.cache.forget(key);
+        }
     }
 }
 

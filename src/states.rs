@@ -397,8 +397,7 @@ impl StateService {
         // timeout after the script ran): then whatever verify held goes. Otherwise the store
         // said which states it replaced, and only those go.
         if let (Some(replacing), Ok(Inserted::Stored { replaced })) = (replacing, &stored) {
-            self.seen.forget_now(replaced);
-            replacing.changed_nothing();
+            replacing.changed_only(replaced);
         }
         match stored? {
             Inserted::Stored { .. } => {}
@@ -661,7 +660,7 @@ impl StateService {
             .store
             .revoke_state_id(namespace.as_str(), &id, now)
             .await;
-        let revoked = self.forget_revoked(revoking, revoked)?;
+        let revoked = forget_revoked(revoking, revoked)?;
         found_or_not(revoked.live > 0)
     }
 
@@ -692,22 +691,20 @@ impl StateService {
             .store
             .revoke_subject(namespace.as_str(), subject, now)
             .await;
-        Ok(self.forget_revoked(revoking, revoked)?.live)
+        Ok(forget_revoked(revoking, revoked)?.live)
     }
+}
 
-    /// Drops from verify's memory what a revoke removed; everything, through `revoking`,
-    /// when the store could not say what that was.
-    fn forget_revoked(
-        &self,
-        revoking: ForgetAfter<'_, SecretHash, Arc<StateView>>,
-        revoked: Result<Revoked, StoreError>,
-    ) -> Result<Revoked, StoreError> {
-        if let Ok(r) = &revoked {
-            self.seen.forget_now(&r.keys);
-            revoking.changed_nothing();
-        }
-        revoked
+/// Drops from verify's memory what a revoke removed; everything, through `revoking`, when
+/// the store could not say what that was.
+fn forget_revoked(
+    revoking: ForgetAfter<'_, SecretHash, Arc<StateView>>,
+    revoked: Result<Revoked, StoreError>,
+) -> Result<Revoked, StoreError> {
+    if let Ok(r) = &revoked {
+        revoking.changed_only(&r.keys);
     }
+    revoked
 }
 
 fn found_or_not(found: bool) -> Result<(), StateError> {
