@@ -26,6 +26,9 @@ use zeroize::Zeroizing;
 
 /// How long a caller waits for a refresh another process is running.
 const WAIT_FOR_OTHER: Duration = Duration::from_secs(20);
+/// How many times a disconnect revokes newer tokens that another process stored while it
+/// revoked the ones it had read, before it gives up with a 503.
+const DISCONNECT_ATTEMPTS: usize = 5;
 const BACKOFF_FIRST_MS: i64 = 5_000;
 /// The background refresher renews a token this long before it expires (or at half its
 /// lifetime, for short-lived tokens).
@@ -124,6 +127,15 @@ impl Disconnected {
             Disconnected::Revoked => "revoked at the provider where it offers revocation".into(),
             Disconnected::RevocationFailed => "revocation at the provider failed; its grant may still be valid there".into(),
             Disconnected::ProviderMissing => format!("provider {provider} is no longer configured: nothing was revoked there, only oauthd's copy was deleted"),
+        }
+    }
+
+    /// The `revocation` field of the `connection.deleted` event.
+    fn revocation(self) -> &'static str {
+        match self {
+            Disconnected::Revoked => "revoked",
+            Disconnected::RevocationFailed => "failed",
+            Disconnected::ProviderMissing => "provider_missing",
         }
     }
 }
@@ -753,41 +765,83 @@ impl Broker {
         // A refresh of this connection on its way in this process ends first, so that what
         // is revoked is what the provider issued last: revoking the tokens read before it
         // would leave the refreshed ones live at the provider, with no row left to revoke
-        // them from.
+        // them from. Another process's refresh is waited for through its lease, and one
+        // that starts meanwhile moves the generation on, which keeps the row (below).
         let lock = self.flight_lock(&key);
         let _turn = lock.lock().await;
-        let row = self.row(&key).await?;
-        let outcome = match self.providers.get(provider_name) {
-            None => Disconnected::ProviderMissing,
-            Some(provider) => match self.revoke_at_provider(provider, &row).await {
-                Ok(()) => Disconnected::Revoked,
-                Err(e) if !force => return Err(e),
-                Err(e) => {
-                    log::warn!("disconnect {provider_name}/{account}: revocation failed ({e}); deleting anyway (force)");
-                    Disconnected::RevocationFailed
+        let deadline = tokio::time::Instant::now() + WAIT_FOR_OTHER;
+        let mut row = self.row(&key).await?;
+        let mut attempts = 0;
+        while attempts < DISCONNECT_ATTEMPTS {
+            let leased = row
+                .lease_until_ms
+                .is_some_and(|until| until > self.clock.now_ms());
+            if leased && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                row = self.row(&key).await?;
+                continue;
+            }
+            if leased && !force {
+                return Err(BrokerError::ProviderUnavailable {
+                    message: "another oauthd process is refreshing this connection; retry, or delete with force=true".into(),
+                    retry_after_secs: 1,
+                });
+            }
+            let outcome = self.revoke_for_disconnect(&row, force).await?;
+            let events = vec![self.deleted_event(&key, outcome.revocation())];
+            let deleting = self.token_cache.forget_after(&key);
+            let deleted = self
+                .store
+                .delete_connection(&key, row.generation, self.notifier.deliveries(&events))
+                .await?;
+            drop(deleting);
+            if deleted {
+                self.notifier.written(&events);
+            }
+            // Not deleted: another process deleted it meanwhile, or refreshed or
+            // reconnected it after `row` was read; the newer tokens are revoked in turn.
+            match (deleted, self.store.get_connection(&key).await?) {
+                (false, Some(newer)) => {
+                    row = newer;
+                    attempts += 1;
                 }
-            },
-        };
-        let revocation = match outcome {
-            Disconnected::Revoked => "revoked",
-            Disconnected::RevocationFailed => "failed",
-            Disconnected::ProviderMissing => "provider_missing",
-        };
-        let events = vec![self.deleted_event(&key, revocation)];
-        let deleting = self.token_cache.forget_after(&key);
-        if self
-            .store
-            .delete_connection(&key, self.notifier.deliveries(&events))
-            .await?
-        {
-            self.notifier.written(&events);
+                _ => {
+                    log::info!(
+                        "disconnect {provider_name}/{account}: deleted ({})",
+                        outcome.describe(provider_name)
+                    );
+                    return Ok(outcome);
+                }
+            }
         }
-        drop(deleting);
-        log::info!(
-            "disconnect {provider_name}/{account}: deleted ({})",
-            outcome.describe(provider_name)
-        );
-        Ok(outcome)
+        Err(BrokerError::ProviderUnavailable {
+            message: "the connection kept changing while it was being disconnected; retry".into(),
+            retry_after_secs: 1,
+        })
+    }
+
+    /// Revokes `row`'s tokens for a disconnect; with `force` a failure is logged and the
+    /// disconnect goes on.
+    async fn revoke_for_disconnect(
+        &self,
+        row: &ConnectionRow,
+        force: bool,
+    ) -> Result<Disconnected, BrokerError> {
+        let Some(provider) = self.providers.get(&row.provider) else {
+            return Ok(Disconnected::ProviderMissing);
+        };
+        match self.revoke_at_provider(provider, row).await {
+            Ok(()) => Ok(Disconnected::Revoked),
+            Err(e) if !force => Err(e),
+            Err(e) => {
+                log::warn!(
+                    "disconnect {}/{}: revocation failed ({e}); deleting anyway (force)",
+                    row.provider,
+                    row.account
+                );
+                Ok(Disconnected::RevocationFailed)
+            }
+        }
     }
 
     async fn revoke_at_provider(

@@ -209,7 +209,7 @@ pub async fn import(
         (status = 200, description = "Deleted, not revoked.", body = NotRevoked),
         (status = 404, description = "No such connection (`connection_not_found`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 502, description = "The provider refused the revocation (`provider_rejected`): nothing deleted; `?force=true` deletes anyway.", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "The provider cannot be reached to revoke (`provider_unavailable`): nothing deleted.", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "The provider cannot be reached to revoke, or another oauthd process sharing the store is refreshing the connection (`provider_unavailable`, with `Retry-After`): nothing deleted.", body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 pub async fn delete(
     app: web::Data<AppState>,

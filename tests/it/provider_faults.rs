@@ -364,3 +364,73 @@ async fn vault_key_from_oauthd_key_file_and_admin_token_from_the_environment() {
         .await;
     assert_eq!(status, 401);
 }
+
+// Two processes on one store: each runs on SQLite and on Redis.
+contract![a_disconnect_revokes_what_another_processs_refresh_brings];
+
+/// The `token` values of the revocation requests the mock received.
+async fn revoked_tokens(mock: &MockServer) -> Vec<String> {
+    mock.received_requests()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.url.path() == "/revoke")
+        .filter_map(|r| {
+            url::form_urlencoded::parse(&r.body)
+                .find(|(k, _)| k == "token")
+                .map(|(_, v)| v.into_owned())
+        })
+        .collect()
+}
+
+/// A disconnect made while another oauthd process on the same store is refreshing the
+/// connection revokes the tokens that refresh brings, not only the ones it read first:
+/// deleting the row under the refresh would leave the new grant live at the provider,
+/// with no row left to revoke it from.
+async fn a_disconnect_revokes_what_another_processs_refresh_brings(home: Home) {
+    let mock = MockServer::start().await;
+    on_code(&mock, "c1", json!({"access_token": "at-1", "token_type": "bearer", "expires_in": 1, "refresh_token": "rt-1"})).await;
+    on_refresh(
+        &mock,
+        "rt-1",
+        ResponseTemplate::new(200)
+            .set_delay(Duration::from_millis(1500))
+            .set_body_json(json!({"access_token": "at-2", "token_type": "bearer", "expires_in": 3600, "refresh_token": "rt-2"})),
+    )
+    .await;
+    Mock::given(method("POST"))
+        .and(path("/revoke"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&mock)
+        .await;
+    home.write_config(&provider_toml("st", "smartthings", &mock));
+    let key = home.create_key("app", &[]);
+    let (a, b) = (home.start(), home.start());
+    connect(&a, &key, "st", "home", "c1").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let disconnect = async {
+        // Once b's refresh is at the provider (its answer takes 1.5 s), a disconnects.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while token_requests(&mock, "refresh_token").await.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "b never refreshed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let resp = a.delete("/v1/connections/st/home", &key).await;
+        (resp.status(), resp.text().await.unwrap_or_default())
+    };
+    let ((status, body), deleted) =
+        tokio::join!(b.get("/v1/connections/st/home/token", &key), disconnect);
+    assert_eq!(deleted.0, 204, "{}", deleted.1);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["access_token"], "at-2");
+    let revoked = revoked_tokens(&mock).await;
+    assert!(
+        revoked.contains(&"rt-2".to_owned()) && revoked.contains(&"at-2".to_owned()),
+        "the refreshed grant was left live at the provider; revoked: {revoked:?}"
+    );
+    for d in [&a, &b] {
+        let (status, body) = d.get("/v1/connections/st/home/token", &key).await;
+        assert_eq!(status, 404, "{body}");
+    }
+}

@@ -306,7 +306,18 @@ async fn a_refreshed_token_is_held_only_once_a_read_finds_it(b: Backend) {
     let token = broker.access_token("p", "a", MINUTE).await.unwrap();
     assert_eq!(token.access_token.as_str(), "access-2");
     let key = oauthd::store::ConnectionKey::new("p", "a");
-    assert!(b.store.delete_connection(&key, vec![]).await.unwrap());
+    let generation = b
+        .store
+        .get_connection(&key)
+        .await
+        .unwrap()
+        .unwrap()
+        .generation;
+    assert!(b
+        .store
+        .delete_connection(&key, generation, vec![])
+        .await
+        .unwrap());
     let after = broker.access_token("p", "a", MINUTE).await;
     assert!(
         matches!(after, Err(BrokerError::ConnectionNotFound { .. })),

@@ -68,15 +68,18 @@ return 1
     )
 });
 
-/// KEYS: conn, lease, index, then the outbox's. ARGV: member, the deliveries (ARGV[2]).
+/// KEYS: conn, lease, index, then the outbox's. ARGV: member, the generation the caller
+/// read, the deliveries (ARGV[3]). Returns 1 when it deleted the connection.
 static DELETE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
+local g = redis.call('HGET', KEYS[1], 'generation')
+if g and tonumber(g) ~= tonumber(ARGV[2]) then return 0 end
 local existed = redis.call('DEL', KEYS[1])
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
 if existed == 0 then return 0 end
-enqueue(4, 2)
+enqueue(4, 3)
 return 1
 "#,
     )
@@ -326,12 +329,17 @@ impl ConnectionStore for RedisStore {
     async fn delete_connection(
         &self,
         key: &ConnectionKey,
+        generation: i64,
         events: Vec<NewDelivery>,
     ) -> Result<bool, StoreError> {
         let (provider, account) = (key.provider.as_str(), key.account.as_str());
         let (key, lease, member) = self.conn_keys(provider, account);
         let mut inv = DELETE.prepare_invoke();
-        inv.key(key).key(lease).key(self.index("cs")).arg(member);
+        inv.key(key)
+            .key(lease)
+            .key(self.index("cs"))
+            .arg(member)
+            .arg(generation);
         self.enqueue_args(&mut inv, &events);
         let mut c = self.conn();
         let deleted: i64 = self

@@ -251,6 +251,7 @@ impl ConnectionStore for SqliteStore {
     async fn delete_connection(
         &self,
         key: &ConnectionKey,
+        generation: i64,
         events: Vec<NewDelivery>,
     ) -> Result<bool, StoreError> {
         let (provider, account) = (key.provider.as_str(), key.account.as_str());
@@ -258,8 +259,11 @@ impl ConnectionStore for SqliteStore {
         self.writer
             .run_atomic("deleting a connection", move |conn| {
                 let n = conn
-                    .prepare_cached("DELETE FROM connections WHERE provider = ?1 AND account = ?2")?
-                    .execute(params![p, a])?;
+                    .prepare_cached(
+                        "DELETE FROM connections
+                         WHERE provider = ?1 AND account = ?2 AND generation = ?3",
+                    )?
+                    .execute(params![p, a, generation])?;
                 if n > 0 {
                     enqueue(conn, &events)?;
                 }
