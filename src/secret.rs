@@ -148,7 +148,8 @@ pub fn is_token_shaped(s: &str) -> bool {
 /// for it more than once (to drop it from the verify cache, then to find the row).
 #[derive(Clone, PartialEq, Eq)]
 pub struct StateValue {
-    value: String,
+    /// Zeroed when dropped, as every copy oauthd keeps of a secret is.
+    value: zeroize::Zeroizing<String>,
     key: SecretHash,
 }
 
@@ -188,7 +189,10 @@ impl StateValue {
 
     fn of(value: String) -> Self {
         let key = stored_key(&value);
-        StateValue { value, key }
+        StateValue {
+            value: zeroize::Zeroizing::new(value),
+            key,
+        }
     }
 
     pub fn expose(&self) -> &str {
@@ -224,6 +228,60 @@ impl StateValue {
         mac.update(b"oauthd state code v1\0");
         mac.update(code.as_bytes());
         SecretHash(mac.finalize().into_bytes().into())
+    }
+}
+
+/// `value` as JSON in `Bytes` that are zeroed when the last copy of them is dropped: for an
+/// answer that carries a token, which the HTTP stack takes as `Bytes` and would otherwise
+/// free as they are. The buffer is sized first, so that no partial copy is left behind by
+/// growing it. (What the HTTP libraries copy into their own connection buffers is theirs,
+/// and is overwritten by the connection's next message.)
+pub fn wiped_json<T: serde::Serialize>(value: &T) -> Result<bytes::Bytes, serde_json::Error> {
+    let mut size = ByteCount(0);
+    serde_json::to_writer(&mut size, value)?;
+    let mut buffer = Vec::with_capacity(size.0);
+    let written = serde_json::to_writer(&mut buffer, value);
+    let owner = Wiped(buffer);
+    written?;
+    Ok(bytes::Bytes::from_owner(owner))
+}
+
+/// `parts` one after the other in `Bytes` that are zeroed when the last copy is dropped
+/// (see `wiped_json`): for a header that carries a token.
+pub fn wiped_concat(parts: &[&str]) -> bytes::Bytes {
+    let mut buffer = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        buffer.extend_from_slice(part.as_bytes());
+    }
+    bytes::Bytes::from_owner(Wiped(buffer))
+}
+
+/// Counts what a serializer writes.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Owns the buffer behind `wiped_json`'s and `wiped_concat`'s `Bytes`; zeroes it when dropped.
+struct Wiped<T: zeroize::Zeroize + AsRef<[u8]>>(T);
+
+impl<T: zeroize::Zeroize + AsRef<[u8]>> AsRef<[u8]> for Wiped<T> {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_ref()
+    }
+}
+
+impl<T: zeroize::Zeroize + AsRef<[u8]>> Drop for Wiped<T> {
+    fn drop(&mut self) {
+        self.0.zeroize();
     }
 }
 
@@ -307,6 +365,49 @@ impl fmt::Debug for ApiKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A buffer that tells when it was zeroed.
+    struct Probe(Vec<u8>, std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+    impl zeroize::Zeroize for Probe {
+        fn zeroize(&mut self) {
+            self.0.zeroize();
+            self.1.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl AsRef<[u8]> for Probe {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    #[test]
+    fn wiped_buffers_are_zeroed_once_their_last_copy_is_dropped() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let zeroed = std::sync::Arc::new(AtomicBool::new(false));
+        let bytes = bytes::Bytes::from_owner(Wiped(Probe(b"secret".to_vec(), zeroed.clone())));
+        let tail = bytes.slice(1..);
+        drop(bytes);
+        assert!(
+            !zeroed.load(Ordering::SeqCst),
+            "zeroed while a copy was held"
+        );
+        assert_eq!(&tail[..], b"ecret");
+        drop(tail);
+        assert!(zeroed.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn wiped_json_and_concat_hold_what_they_were_given() {
+        let value = serde_json::json!({"access_token": "a\"b\\c\u{1}é", "expires_in": 5});
+        assert_eq!(
+            wiped_json(&value).unwrap(),
+            serde_json::to_vec(&value).unwrap()
+        );
+        assert_eq!(wiped_concat(&["Bearer ", "t0k"]), "Bearer t0k");
+        assert_eq!(wiped_concat(&[]), "");
+    }
 
     #[test]
     fn generated_state_has_the_documented_shape() {

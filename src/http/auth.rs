@@ -79,12 +79,14 @@ impl Caller {
     }
 }
 
-fn bearer(req: &HttpRequest) -> Option<String> {
+/// The API key the request carries, in a copy zeroed when dropped (the future that checks
+/// it outlives the request's borrow).
+fn bearer(req: &HttpRequest) -> Option<zeroize::Zeroizing<String>> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_owned())
+        .then(|| zeroize::Zeroizing::new(token.trim().to_owned()))
 }
 
 impl FromRequest for Caller {

@@ -151,11 +151,15 @@ impl Proxy {
         for (name, value) in out.headers {
             request = request.header(name.as_str(), value.as_slice());
         }
+        // Zeroed once the request is done with it, as the token it carries is.
         let mut bearer =
-            reqwest::header::HeaderValue::try_from(format!("Bearer {}", *token.access_token))
-                .map_err(|_| {
-                    ProxyError::Unreachable("the access token is not a valid header value".into())
-                })?;
+            reqwest::header::HeaderValue::from_maybe_shared(crate::secret::wiped_concat(&[
+                "Bearer ",
+                &token.access_token,
+            ]))
+            .map_err(|_| {
+                ProxyError::Unreachable("the access token is not a valid header value".into())
+            })?;
         bearer.set_sensitive(true);
         request = request.header(reqwest::header::AUTHORIZATION, bearer);
         if !out.body.is_empty() {
