@@ -199,10 +199,15 @@ impl Default for LimitsConfig {
     }
 }
 
+/// The TTL a state gets when its create names none and the config sets no default: 60
+/// minutes, long enough for a user who is slow at the provider's login and 2FA.
+const DEFAULT_TTL_SECONDS: u64 = 3600;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StatesConfig {
-    pub default_ttl_seconds: u64,
+    /// Unset: 3600, or `max_ttl_seconds` when that is lower.
+    pub default_ttl_seconds: Option<u64>,
     pub max_ttl_seconds: u64,
     pub expired_grace_seconds: u64,
     /// How long a state read by verify answers from memory (0: read the store every time).
@@ -228,7 +233,7 @@ pub struct StatesConfig {
 impl Default for StatesConfig {
     fn default() -> Self {
         StatesConfig {
-            default_ttl_seconds: 3600,
+            default_ttl_seconds: None,
             max_ttl_seconds: 86400,
             expired_grace_seconds: 86400,
             verify_cache_seconds: 1,
@@ -421,10 +426,15 @@ impl Settings {
             ));
         }
         let s = &file.states;
+        // A default given nowhere follows a lower maximum, as a namespace's does: setting
+        // only `max_ttl_seconds = 600` is not an error about a default nobody wrote.
+        let default_ttl = s
+            .default_ttl_seconds
+            .unwrap_or(DEFAULT_TTL_SECONDS.min(s.max_ttl_seconds));
         let base = ttl_rule(
             "states",
             &NamespaceConfig {
-                default_ttl_seconds: Some(s.default_ttl_seconds),
+                default_ttl_seconds: Some(default_ttl),
                 max_ttl_seconds: Some(s.max_ttl_seconds),
                 max_states: Some(s.max_states),
                 max_states_per_subject: Some(s.max_states_per_subject),
@@ -439,10 +449,7 @@ impl Settings {
             check_pattern(pattern).map_err(|e| invalid(&key, e.to_string()))?;
             let max = ns.max_ttl_seconds.unwrap_or(s.max_ttl_seconds);
             let resolved = NamespaceConfig {
-                default_ttl_seconds: Some(
-                    ns.default_ttl_seconds
-                        .unwrap_or(s.default_ttl_seconds.min(max)),
-                ),
+                default_ttl_seconds: Some(ns.default_ttl_seconds.unwrap_or(default_ttl.min(max))),
                 max_ttl_seconds: Some(max),
                 max_states: Some(ns.max_states.unwrap_or(s.max_states)),
                 max_states_per_subject: Some(
@@ -864,6 +871,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("bad ns"), "{e}");
+    }
+
+    #[test]
+    fn an_unset_default_follows_a_lower_max_and_a_set_one_must_fit() {
+        let s = parse("[states]\nmax_ttl_seconds = 600").unwrap();
+        assert_eq!(s.states.base.default_ttl, Duration::from_secs(600));
+        let s = parse("[states]\nmax_ttl_seconds = 7200").unwrap();
+        assert_eq!(s.states.base.default_ttl, Duration::from_secs(3600));
+        let s = parse("[states]\nmax_ttl_seconds = 600\n[states.namespaces.\"a\"]\nmax_states = 5")
+            .unwrap();
+        assert_eq!(
+            s.states.overrides[0].1.default_ttl,
+            Duration::from_secs(600)
+        );
+        let e = parse("[states]\nmax_ttl_seconds = 600\ndefault_ttl_seconds = 3600")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("states.default_ttl_seconds"), "{e}");
     }
 
     #[test]
