@@ -9,6 +9,7 @@
 mod callback;
 mod device;
 mod events;
+mod flight;
 mod import;
 pub mod refresher;
 pub mod return_to;
@@ -43,9 +44,6 @@ pub use import::{Imported, ImportedTokens};
 
 /// What the broker keeps: connections and device flows.
 pub use crate::store::BrokerStore;
-
-/// One async mutex per (provider, account): the in-process single flight.
-type FlightLocks = Mutex<HashMap<ConnectionKey, Arc<tokio::sync::Mutex<()>>>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -132,7 +130,7 @@ pub struct Broker {
     /// How long a refresh holds the cross-process lease: outlives the provider request.
     lease_ms: i64,
     /// One refresh per connection at a time inside this process.
-    in_flight: FlightLocks,
+    in_flight: flight::FlightLocks,
     /// Pending device flows one caller may have (`limits.max_device_flows_per_key`).
     max_device_flows: u32,
     /// Device flows this process polls now.
@@ -170,7 +168,7 @@ impl Broker {
             lease_ms: 2 * timeout.as_millis() as i64 + 5_000,
             public_url: settings.public_url,
             return_to_allowlist: settings.return_to_allowlist,
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight: flight::FlightLocks::default(),
             max_device_flows: settings.max_device_flows,
             device_drivers: Mutex::new(Default::default()),
             client_checks: Mutex::new(HashMap::new()),

@@ -214,14 +214,6 @@ fn backoff_ms(failures: i64) -> i64 {
 }
 
 impl Broker {
-    fn flight_lock(&self, key: &ConnectionKey) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = match self.in_flight.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        map.entry(key.clone()).or_default().clone()
-    }
-
     async fn row(&self, key: &ConnectionKey) -> Result<ConnectionRow, BrokerError> {
         self.store
             .get_connection(key)
@@ -477,8 +469,7 @@ impl Broker {
         rejected: Option<&str>,
     ) -> Result<AccessToken, BrokerError> {
         let asked_at = self.clock.now_ms();
-        let lock = self.flight_lock(key);
-        let _turn = lock.lock().await;
+        let _turn = self.in_flight.turn(key).await;
         // How long to wait for another process is real waiting, not a time rule: measured
         // on the monotonic clock.
         let deadline = tokio::time::Instant::now() + WAIT_FOR_OTHER;
@@ -767,8 +758,7 @@ impl Broker {
         // would leave the refreshed ones live at the provider, with no row left to revoke
         // them from. Another process's refresh is waited for through its lease, and one
         // that starts meanwhile moves the generation on, which keeps the row (below).
-        let lock = self.flight_lock(&key);
-        let _turn = lock.lock().await;
+        let _turn = self.in_flight.turn(&key).await;
         let deadline = tokio::time::Instant::now() + WAIT_FOR_OTHER;
         let mut row = self.row(&key).await?;
         let mut attempts = 0;
