@@ -340,11 +340,16 @@ impl fmt::Display for StateValue {
 }
 
 /// An API key as shown once to the operator. Redacted in `Debug`/`Display`.
-pub struct ApiKey(String);
+pub struct ApiKey(zeroize::Zeroizing<String>);
 
 impl ApiKey {
     pub fn generate() -> Result<Self, getrandom::Error> {
-        Ok(ApiKey(format!("{API_KEY_PREFIX}{}", random_token()?)))
+        let token = zeroize::Zeroizing::new(random_token()?);
+        let mut key =
+            zeroize::Zeroizing::new(String::with_capacity(API_KEY_PREFIX.len() + token.len()));
+        key.push_str(API_KEY_PREFIX);
+        key.push_str(&token);
+        Ok(ApiKey(key))
     }
 
     pub fn expose(&self) -> &str {
@@ -401,10 +406,13 @@ mod tests {
     #[test]
     fn wiped_json_and_concat_hold_what_they_were_given() {
         let value = serde_json::json!({"access_token": "a\"b\\c\u{1}é", "expires_in": 5});
-        assert_eq!(
-            wiped_json(&value).unwrap(),
-            serde_json::to_vec(&value).unwrap()
-        );
+        let json = wiped_json(&value).unwrap();
+        assert_eq!(json, serde_json::to_vec(&value).unwrap());
+        // Held by its wiping owner: never handed over as a plain buffer that would be
+        // freed as it is (a `Bytes` made from a `Vec` can be).
+        assert!(json.try_into_mut().is_err());
+        assert!(bytes::Bytes::from(b"x".to_vec()).try_into_mut().is_ok());
+        assert!(wiped_concat(&["a"]).try_into_mut().is_err());
         assert_eq!(wiped_concat(&["Bearer ", "t0k"]), "Bearer t0k");
         assert_eq!(wiped_concat(&[]), "");
     }

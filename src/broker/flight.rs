@@ -33,8 +33,8 @@ impl FlightLocks {
     pub(super) async fn turn(&self, key: &ConnectionKey) -> Turn<'_> {
         let lock = self.map().entry(key.clone()).or_default().clone();
         // Built before the wait: a caller that gives up waiting (a cancelled request) still
-        // removes the lock it no longer waits for (the wait, made later, is dropped first;
-        // the test below holds that).
+        // removes the lock it no longer waits for (the wait, made later, is dropped first,
+        // and with it the lock's copy it holds; the test below checks the map is empty).
         let mut turn = Turn {
             guard: None,
             locks: self,
@@ -93,11 +93,25 @@ mod tests {
         drop(second);
         assert_eq!(locks.len(), 0);
 
-        // A wait given up on (a cancelled request) leaves nothing behind either.
+        // A wait given up on (a cancelled request) leaves nothing behind either: given up
+        // while the lock is held, or after it was handed to the waiter, which is dropped
+        // before it took its turn.
         let held = locks.turn(&key).await;
         let given_up = tokio::time::timeout(Duration::from_millis(10), locks.turn(&key)).await;
         assert!(given_up.is_err());
         drop(held);
         assert_eq!(locks.len(), 0);
+        let held = locks.turn(&key).await;
+        let mut waiting = Box::pin(locks.turn(&key));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), waiting.as_mut())
+                .await
+                .is_err()
+        );
+        drop(held);
+        drop(waiting);
+        assert_eq!(locks.len(), 0);
+        let again = tokio::time::timeout(Duration::from_millis(100), locks.turn(&key)).await;
+        assert!(again.is_ok(), "the lock was left held");
     }
 }

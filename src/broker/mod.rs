@@ -8,6 +8,7 @@
 
 mod callback;
 mod device;
+mod disconnect;
 mod events;
 mod flight;
 mod import;
@@ -18,7 +19,8 @@ mod tokens;
 pub use callback::{CallbackError, CallbackQuery, Connected, IssuerProblem};
 pub(crate) use device::device_aad;
 pub use device::{watch_device_flows, DeviceStart, DeviceStatus};
-pub use tokens::{AccessToken, ConnectionView, Disconnected, ViewStatus};
+pub use disconnect::Disconnected;
+pub use tokens::{AccessToken, ConnectionView, ViewStatus};
 
 use crate::clock::Clock;
 use crate::namespace::Namespace;

@@ -1,5 +1,4 @@
-//! Handing out access tokens: single-flight refresh, the cross-process lease, backoff,
-//! and disconnecting with revocation.
+//! Handing out access tokens: single-flight refresh, the cross-process lease and backoff.
 //!
 //! The refresh rules, each guarding against a failure seen in the field:
 //! - one refresh per connection at a time: in-process callers queue on a mutex and find
@@ -25,10 +24,7 @@ use std::time::Duration;
 use zeroize::Zeroizing;
 
 /// How long a caller waits for a refresh another process is running.
-const WAIT_FOR_OTHER: Duration = Duration::from_secs(20);
-/// How many times a disconnect revokes newer tokens that another process stored while it
-/// revoked the ones it had read, before it gives up with a 503.
-const DISCONNECT_ATTEMPTS: usize = 5;
+pub(super) const WAIT_FOR_OTHER: Duration = Duration::from_secs(20);
 const BACKOFF_FIRST_MS: i64 = 5_000;
 /// The background refresher renews a token this long before it expires (or at half its
 /// lifetime, for short-lived tokens).
@@ -109,37 +105,6 @@ impl std::fmt::Display for ViewStatus {
     }
 }
 
-/// How a disconnect went at the provider; the connection is deleted in every case.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disconnected {
-    /// Revoked where the provider offers revocation.
-    Revoked,
-    /// The provider could not be reached or refused, and `force` deleted it anyway.
-    RevocationFailed,
-    /// The provider is no longer configured: deleted locally, nothing revoked.
-    ProviderMissing,
-}
-
-impl Disconnected {
-    /// What happened, in words, for people.
-    pub fn describe(self, provider: &str) -> String {
-        match self {
-            Disconnected::Revoked => "revoked at the provider where it offers revocation".into(),
-            Disconnected::RevocationFailed => "revocation at the provider failed; its grant may still be valid there".into(),
-            Disconnected::ProviderMissing => format!("provider {provider} is no longer configured: nothing was revoked there, only oauthd's copy was deleted"),
-        }
-    }
-
-    /// The `revocation` field of the `connection.deleted` event.
-    fn revocation(self) -> &'static str {
-        match self {
-            Disconnected::Revoked => "revoked",
-            Disconnected::RevocationFailed => "failed",
-            Disconnected::ProviderMissing => "provider_missing",
-        }
-    }
-}
-
 /// The longest `expires_in` taken from a provider as it is (ten years; imports clamp to it too).
 const MAX_EXPIRES_IN: Duration = Duration::from_secs(10 * 365 * 86400);
 
@@ -214,7 +179,7 @@ fn backoff_ms(failures: i64) -> i64 {
 }
 
 impl Broker {
-    async fn row(&self, key: &ConnectionKey) -> Result<ConnectionRow, BrokerError> {
+    pub(super) async fn row(&self, key: &ConnectionKey) -> Result<ConnectionRow, BrokerError> {
         self.store
             .get_connection(key)
             .await?
@@ -602,6 +567,7 @@ impl Broker {
             log::warn!(
                 "refresh {p}/{a}: superseded by a newer connection or lease; result dropped"
             );
+            self.revoke_orphaned(provider, &row.key(), &tokens).await;
             return Err(BrokerError::ProviderUnavailable {
                 message: "the connection changed while refreshing".into(),
                 retry_after_secs: 1,
@@ -739,139 +705,6 @@ impl Broker {
             .iter()
             .map(|r| self.view(r))
             .collect())
-    }
-
-    /// Revokes the connection's tokens at the provider (RFC 7009) where it has a
-    /// revocation endpoint, then deletes the connection. A provider that cannot be
-    /// reached keeps the connection (503) unless `force` is set. A connection whose
-    /// provider is no longer configured is deleted here only: there is nothing to revoke
-    /// with, and the answer says so.
-    pub async fn disconnect(
-        &self,
-        provider_name: &str,
-        account: &str,
-        force: bool,
-    ) -> Result<Disconnected, BrokerError> {
-        let key = ConnectionKey::new(provider_name, account);
-        // A refresh of this connection on its way in this process ends first, so that what
-        // is revoked is what the provider issued last: revoking the tokens read before it
-        // would leave the refreshed ones live at the provider, with no row left to revoke
-        // them from. Another process's refresh is waited for through its lease, and one
-        // that starts meanwhile moves the generation on, which keeps the row (below).
-        let _turn = self.in_flight.turn(&key).await;
-        let deadline = tokio::time::Instant::now() + WAIT_FOR_OTHER;
-        let mut row = self.row(&key).await?;
-        let mut attempts = 0;
-        while attempts < DISCONNECT_ATTEMPTS {
-            let leased = row
-                .lease_until_ms
-                .is_some_and(|until| until > self.clock.now_ms());
-            if leased && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                row = self.row(&key).await?;
-                continue;
-            }
-            if leased && !force {
-                return Err(BrokerError::ProviderUnavailable {
-                    message: "another oauthd process is refreshing this connection; retry, or delete with force=true".into(),
-                    retry_after_secs: 1,
-                });
-            }
-            let outcome = self.revoke_for_disconnect(&row, force).await?;
-            let events = vec![self.deleted_event(&key, outcome.revocation())];
-            let deleting = self.token_cache.forget_after(&key);
-            let deleted = self
-                .store
-                .delete_connection(&key, row.generation, self.notifier.deliveries(&events))
-                .await?;
-            drop(deleting);
-            if deleted {
-                self.notifier.written(&events);
-            }
-            // Not deleted: another process deleted it meanwhile, or refreshed or
-            // reconnected it after `row` was read; the newer tokens are revoked in turn.
-            match (deleted, self.store.get_connection(&key).await?) {
-                (false, Some(newer)) => {
-                    row = newer;
-                    attempts += 1;
-                }
-                _ => {
-                    log::info!(
-                        "disconnect {provider_name}/{account}: deleted ({})",
-                        outcome.describe(provider_name)
-                    );
-                    return Ok(outcome);
-                }
-            }
-        }
-        Err(BrokerError::ProviderUnavailable {
-            message: "the connection kept changing while it was being disconnected; retry".into(),
-            retry_after_secs: 1,
-        })
-    }
-
-    /// Revokes `row`'s tokens for a disconnect; with `force` a failure is logged and the
-    /// disconnect goes on.
-    async fn revoke_for_disconnect(
-        &self,
-        row: &ConnectionRow,
-        force: bool,
-    ) -> Result<Disconnected, BrokerError> {
-        let Some(provider) = self.providers.get(&row.provider) else {
-            return Ok(Disconnected::ProviderMissing);
-        };
-        match self.revoke_at_provider(provider, row).await {
-            Ok(()) => Ok(Disconnected::Revoked),
-            Err(e) if !force => Err(e),
-            Err(e) => {
-                log::warn!(
-                    "disconnect {}/{}: revocation failed ({e}); deleting anyway (force)",
-                    row.provider,
-                    row.account
-                );
-                Ok(Disconnected::RevocationFailed)
-            }
-        }
-    }
-
-    async fn revoke_at_provider(
-        &self,
-        provider: &Provider,
-        row: &ConnectionRow,
-    ) -> Result<(), BrokerError> {
-        let endpoints = self.endpoints(provider).await?;
-        let Some(url) = endpoints.revocation.clone() else {
-            return Ok(());
-        };
-        let (p, a) = (&row.provider, &row.account);
-        // Refresh token first (revokes the grant at most providers), then the access token.
-        let mut tokens = Vec::new();
-        if let Some(sealed) = &row.refresh_token {
-            tokens.push((
-                self.vault
-                    .open_str(&token_aad(p, a, "refresh_token"), sealed)?,
-                "refresh_token",
-            ));
-        }
-        tokens.push((
-            self.vault
-                .open_str(&token_aad(p, a, "access_token"), &row.access_token)?,
-            "access_token",
-        ));
-        for (token, hint) in tokens {
-            flows::revoke(&self.http, provider, &url, &token, hint)
-                .await
-                .map_err(|e| match e {
-                    FlowError::Transient(message) => BrokerError::ProviderUnavailable {
-                        message: format!(
-                            "revocation failed: {message} (retry, or delete with force=true)"
-                        ),
-                        retry_after_secs: 5,
-                    },
-                    other => BrokerError::ProviderRejected(other.to_string()),
-                })?;
-        }
-        Ok(())
     }
 }
 

@@ -609,14 +609,17 @@ pub trait ConnectionStore: Send + Sync {
         failure: RefreshFailure<'_>,
         events: Vec<NewDelivery>,
     ) -> Result<bool, StoreError>;
-    /// Deletes the connection only while it is still at `generation` (the row the caller
-    /// revoked at the provider): a refresh, lease or reconnect since then moved it on, and
-    /// its tokens would be left live at the provider with no row to revoke them from.
-    /// Returns false when nothing was deleted (gone, or moved on).
+    /// Deletes the connection only while it is still the row the caller revoked at the
+    /// provider: at `generation` and holding the sealed `access_token` it read. A refresh,
+    /// lease or reconnect since then moved it on, and its tokens would be left live at
+    /// the provider with no row to revoke them from. (The token, sealed with a fresh
+    /// nonce on every save, tells apart a row deleted and created again, whose generation
+    /// starts over.) Returns false when nothing was deleted (gone, or moved on).
     async fn delete_connection(
         &self,
         key: &ConnectionKey,
         generation: i64,
+        access_token: &[u8],
         events: Vec<NewDelivery>,
     ) -> Result<bool, StoreError>;
     /// Replaces a connection's sealed tokens only if they are still `old` (compare and

@@ -366,7 +366,11 @@ async fn vault_key_from_oauthd_key_file_and_admin_token_from_the_environment() {
 }
 
 // Two processes on one store: each runs on SQLite and on Redis.
-contract![a_disconnect_revokes_what_another_processs_refresh_brings];
+contract![
+    a_disconnect_revokes_what_another_processs_refresh_brings,
+    a_refresh_that_starts_while_a_disconnect_revokes_is_revoked_too,
+    a_refresh_refused_while_a_disconnect_revokes_sends_no_token_twice,
+];
 
 /// The `token` values of the revocation requests the mock received.
 async fn revoked_tokens(mock: &MockServer) -> Vec<String> {
@@ -433,4 +437,88 @@ async fn a_disconnect_revokes_what_another_processs_refresh_brings(home: Home) {
         let (status, body) = d.get("/v1/connections/st/home/token", &key).await;
         assert_eq!(status, 404, "{body}");
     }
+}
+
+/// The other order: another process starts refreshing after the disconnect read the row,
+/// while the provider is still answering its revocations. The delete finds the row moved
+/// on and revokes the refreshed tokens in turn, without sending the first ones again.
+async fn a_refresh_that_starts_while_a_disconnect_revokes_is_revoked_too(home: Home) {
+    let refreshed = json!({"access_token": "at-2", "token_type": "bearer", "expires_in": 3600, "refresh_token": "rt-2"});
+    let (status, body, revoked) =
+        refresh_while_disconnecting(home, ResponseTemplate::new(200).set_body_json(refreshed))
+            .await;
+    assert_eq!(status, 200, "b refreshed before the delete: {body}");
+    assert_eq!(body["access_token"], "at-2");
+    assert_eq!(
+        revoked,
+        ["at-1", "at-2", "rt-1", "rt-2"],
+        "each token revoked once, the refreshed ones included"
+    );
+}
+
+/// A refresh refused meanwhile (the disconnect revoked its refresh token first) moves the
+/// row on with the same tokens: the delete tries again without revoking them twice, which
+/// providers that answer 400 for a revoked token would refuse for good.
+async fn a_refresh_refused_while_a_disconnect_revokes_sends_no_token_twice(home: Home) {
+    let refused = json!({"error": "invalid_grant", "error_description": "revoked"});
+    let (status, body, revoked) =
+        refresh_while_disconnecting(home, ResponseTemplate::new(400).set_body_json(refused)).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("needs_reauth")),
+        "{body}"
+    );
+    assert_eq!(revoked, ["at-1", "rt-1"], "a token was revoked twice");
+}
+
+/// Connects st/home on two processes' shared store, lets its token expire, then has a
+/// disconnect (process a) and a refresh (process b, answered with `refresh`) overlap: b
+/// starts once a's revocation of rt-1 is at the provider, which takes 1.5 s to answer.
+/// Checks the delete and that the connection is gone for both; returns b's answer and the
+/// tokens revoked, sorted.
+async fn refresh_while_disconnecting(
+    home: Home,
+    refresh: ResponseTemplate,
+) -> (u16, serde_json::Value, Vec<String>) {
+    let mock = MockServer::start().await;
+    on_code(&mock, "c1", json!({"access_token": "at-1", "token_type": "bearer", "expires_in": 1, "refresh_token": "rt-1"})).await;
+    on_refresh(&mock, "rt-1", refresh).await;
+    Mock::given(method("POST"))
+        .and(path("/revoke"))
+        .and(body_string_contains("token=rt-1"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(1500)))
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/revoke"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&mock)
+        .await;
+    home.write_config(&provider_toml("st", "smartthings", &mock));
+    let key = home.create_key("app", &[]);
+    let (a, b) = (home.start(), home.start());
+    connect(&a, &key, "st", "home", "c1").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let refresh = async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while revoked_tokens(&mock).await.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "a never revoked");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        b.get("/v1/connections/st/home/token", &key).await
+    };
+    let delete = async {
+        let resp = a.delete("/v1/connections/st/home", &key).await;
+        (resp.status(), resp.text().await.unwrap_or_default())
+    };
+    let (deleted, (status, body)) = tokio::join!(delete, refresh);
+    assert_eq!(deleted.0, 204, "{}", deleted.1);
+    for d in [&a, &b] {
+        let (status, body) = d.get("/v1/connections/st/home/token", &key).await;
+        assert_eq!(status, 404, "{body}");
+    }
+    let mut revoked = revoked_tokens(&mock).await;
+    revoked.sort();
+    (status, body, revoked)
 }

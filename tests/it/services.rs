@@ -167,6 +167,44 @@ async fn connected_revoking_at(
     endpoint: Arc<Scripted>,
     revocation_url: Option<String>,
 ) -> Arc<Broker> {
+    let key = oauthd::vault::generate_key_text().unwrap();
+    connected_with_key(b, clock, endpoint, revocation_url, &key).await
+}
+
+/// `connected_revoking_at`, its tokens sealed with `vault_key`.
+async fn connected_with_key(
+    b: &Backend,
+    clock: &Clock,
+    endpoint: Arc<Scripted>,
+    revocation_url: Option<String>,
+    vault_key: &str,
+) -> Arc<Broker> {
+    let broker = broker_on(b, clock, endpoint.clone(), revocation_url, vault_key);
+    let start = broker.start_connect("p", Some("a"), None).await.unwrap();
+    let state = start
+        .authorize_url
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned());
+    endpoint.then(200, tokens("access-1", "refresh-1", 3600));
+    let query = CallbackQuery {
+        state,
+        code: Some("the-code".into()),
+        ..Default::default()
+    };
+    broker.finish_callback("p", query).await.unwrap();
+    Arc::new(broker)
+}
+
+/// A broker for provider "p" on `b`'s store, its tokens sealed with `vault_key`: one
+/// oauthd process (two of them on one store share the key, as processes on one file do).
+fn broker_on(
+    b: &Backend,
+    clock: &Clock,
+    endpoint: Arc<Scripted>,
+    revocation_url: Option<String>,
+    vault_key: &str,
+) -> Broker {
     let provider = Provider::from_config(
         "p",
         &ProviderConfig {
@@ -184,9 +222,9 @@ async fn connected_revoking_at(
         policy(1000),
         clock.clone(),
     ));
-    let key = oauthd::vault::generate_key_text().unwrap();
+    let key = zeroize::Zeroizing::new(vault_key.to_owned());
     let vault = Arc::new(VaultHandle::load(KeySource::Inline(key)).unwrap());
-    let broker = Broker::new(
+    Broker::new(
         vec![Arc::new(provider)],
         states,
         b.store.clone(),
@@ -202,21 +240,7 @@ async fn connected_revoking_at(
         },
     )
     .unwrap()
-    .with_token_endpoint(endpoint.clone());
-    let start = broker.start_connect("p", Some("a"), None).await.unwrap();
-    let state = start
-        .authorize_url
-        .query_pairs()
-        .find(|(k, _)| k == "state")
-        .map(|(_, v)| v.into_owned());
-    endpoint.then(200, tokens("access-1", "refresh-1", 3600));
-    let query = CallbackQuery {
-        state,
-        code: Some("the-code".into()),
-        ..Default::default()
-    };
-    broker.finish_callback("p", query).await.unwrap();
-    Arc::new(broker)
+    .with_token_endpoint(endpoint)
 }
 
 /// Ten callers find the token expired at once: one refresh reaches the provider, and all
@@ -306,16 +330,10 @@ async fn a_refreshed_token_is_held_only_once_a_read_finds_it(b: Backend) {
     let token = broker.access_token("p", "a", MINUTE).await.unwrap();
     assert_eq!(token.access_token.as_str(), "access-2");
     let key = oauthd::store::ConnectionKey::new("p", "a");
-    let generation = b
-        .store
-        .get_connection(&key)
-        .await
-        .unwrap()
-        .unwrap()
-        .generation;
+    let row = b.store.get_connection(&key).await.unwrap().unwrap();
     assert!(b
         .store
-        .delete_connection(&key, generation, vec![])
+        .delete_connection(&key, row.generation, &row.access_token, vec![])
         .await
         .unwrap());
     let after = broker.access_token("p", "a", MINUTE).await;
@@ -435,7 +453,55 @@ async fn a_disconnect_during_a_refresh_revokes_the_refreshed_tokens(b: Backend) 
     );
 }
 
+/// A refresh whose connection was deleted under it (here by another process once the
+/// refresh's lease had run out; a forced disconnect does the same) revokes the tokens it
+/// got: nothing else could, with no row left to revoke them from.
+async fn a_refresh_that_finds_its_connection_deleted_revokes_what_it_got(b: Backend) {
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&provider)
+        .await;
+    let clock = clock();
+    let endpoint = Scripted::new(Duration::from_millis(500));
+    let revocation = Some(format!("{}/revoke", provider.uri()));
+    let key = oauthd::vault::generate_key_text().unwrap();
+    let other = broker_on(&b, &clock, endpoint.clone(), revocation.clone(), &key);
+    let this = connected_with_key(&b, &clock, endpoint.clone(), revocation, &key).await;
+    clock.advance(61 * MINUTE);
+    endpoint.then(200, tokens("access-2", "refresh-2", 3600));
+    let (refreshed, disconnected) = tokio::join!(this.access_token("p", "a", MINUTE), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The refresh's lease (15 s) has run out by the other process's clock.
+        clock.advance(MINUTE);
+        other.disconnect("p", "a", false).await
+    });
+    disconnected.unwrap();
+    assert!(
+        refreshed.is_err(),
+        "handed out a token of a deleted connection"
+    );
+    let revoked: Vec<String> = provider
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    for token in ["refresh-1", "access-1", "refresh-2", "access-2"] {
+        assert!(
+            revoked
+                .iter()
+                .any(|body| body.contains(&format!("token={token}&"))),
+            "{token} not revoked: {revoked:?}"
+        );
+    }
+}
+
 backends!(
+    a_refresh_that_finds_its_connection_deleted_revokes_what_it_got,
     a_disconnect_during_a_refresh_revokes_the_refreshed_tokens,
     a_state_under_its_legacy_key_verifies_until_revoked,
     a_refreshed_token_is_held_only_once_a_read_finds_it,

@@ -188,20 +188,26 @@ async fn events_are_stored_with_their_change_and_only_with_it(b: Backend) {
     assert_eq!(ids(s, DeliveryFilter::All).await, vec!["d2"]);
     // Deleting a connection that is not there tells nothing.
     let gone = ConnectionKey::new("p", "nobody");
+    // Nor does one whose row moved on since the caller read it (a refresh or reconnect
+    // by another process), or that was deleted and made again (its generation starts
+    // over; its sealed token does not repeat): it stays, with its newer tokens.
+    let seen = s.get_connection(&key).await.unwrap().unwrap();
+    let (g, sealed) = (seen.generation, seen.access_token.clone());
     assert!(!s
-        .delete_connection(&gone, 0, vec![delivery("d3", "t", 5_000)])
+        .delete_connection(&gone, 0, b"", vec![delivery("d3", "t", 5_000)])
         .await
         .unwrap());
-    // Nor does one whose row moved on since the caller read it (a refresh or reconnect
-    // by another process): it stays, with its newer tokens.
-    let g = s.get_connection(&key).await.unwrap().unwrap().generation;
     assert!(!s
-        .delete_connection(&key, g - 1, vec![delivery("d3", "t", 5_000)])
+        .delete_connection(&key, g - 1, &sealed, vec![delivery("d3", "t", 5_000)])
+        .await
+        .unwrap());
+    assert!(!s
+        .delete_connection(&key, g, b"another seal", vec![delivery("d3", "t", 5_000)])
         .await
         .unwrap());
     assert!(s.get_connection(&key).await.unwrap().is_some());
     assert!(s
-        .delete_connection(&key, g, vec![delivery("d4", "t", 6_000)])
+        .delete_connection(&key, g, &sealed, vec![delivery("d4", "t", 6_000)])
         .await
         .unwrap());
     assert_eq!(ids(s, DeliveryFilter::All).await, vec!["d4", "d2"]);

@@ -68,18 +68,22 @@ return 1
     )
 });
 
-/// KEYS: conn, lease, index, then the outbox's. ARGV: member, the generation the caller
-/// read, the deliveries (ARGV[3]). Returns 1 when it deleted the connection.
+/// KEYS: conn, lease, index, then the outbox's. ARGV: member, the generation and the
+/// sealed access token the caller read, the deliveries (ARGV[4]). Returns 1 when it
+/// deleted the connection.
 static DELETE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local g = redis.call('HGET', KEYS[1], 'generation')
-if g and tonumber(g) ~= tonumber(ARGV[2]) then return 0 end
+if g and (tonumber(g) ~= tonumber(ARGV[2])
+          or redis.call('HGET', KEYS[1], 'access_token') ~= ARGV[3]) then
+  return 0
+end
 local existed = redis.call('DEL', KEYS[1])
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
 if existed == 0 then return 0 end
-enqueue(4, 3)
+enqueue(4, 4)
 return 1
 "#,
     )
@@ -330,6 +334,7 @@ impl ConnectionStore for RedisStore {
         &self,
         key: &ConnectionKey,
         generation: i64,
+        access_token: &[u8],
         events: Vec<NewDelivery>,
     ) -> Result<bool, StoreError> {
         let (provider, account) = (key.provider.as_str(), key.account.as_str());
@@ -339,7 +344,8 @@ impl ConnectionStore for RedisStore {
             .key(lease)
             .key(self.index("cs"))
             .arg(member)
-            .arg(generation);
+            .arg(generation)
+            .arg(access_token);
         self.enqueue_args(&mut inv, &events);
         let mut c = self.conn();
         let deleted: i64 = self

@@ -252,18 +252,23 @@ impl ConnectionStore for SqliteStore {
         &self,
         key: &ConnectionKey,
         generation: i64,
+        access_token: &[u8],
         events: Vec<NewDelivery>,
     ) -> Result<bool, StoreError> {
         let (provider, account) = (key.provider.as_str(), key.account.as_str());
-        let (p, a) = (provider.to_owned(), account.to_owned());
+        let (p, a, t) = (
+            provider.to_owned(),
+            account.to_owned(),
+            access_token.to_vec(),
+        );
         self.writer
             .run_atomic("deleting a connection", move |conn| {
                 let n = conn
                     .prepare_cached(
-                        "DELETE FROM connections
-                         WHERE provider = ?1 AND account = ?2 AND generation = ?3",
+                        "DELETE FROM connections WHERE provider = ?1 AND account = ?2
+                           AND generation = ?3 AND access_token = ?4",
                     )?
-                    .execute(params![p, a, generation])?;
+                    .execute(params![p, a, generation, t])?;
                 if n > 0 {
                     enqueue(conn, &events)?;
                 }

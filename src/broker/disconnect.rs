@@ -1,0 +1,263 @@
+//! Disconnecting: revoking a connection's grant at the provider (RFC 7009), then deleting
+//! it, so that no token oauthd obtained is left live at the provider without a row to
+//! revoke it from.
+//!
+//! Another oauthd process on the same store may refresh or reconnect the connection
+//! meanwhile. A refresh it is running is waited for through its lease; one that starts,
+//! or a reconnect made, after the row was read moves the row on, which the delete checks
+//! (its generation and its sealed access token, which no other save repeats): the newer
+//! tokens are revoked in turn. A refresh whose row was deleted under it revokes what it
+//! got itself (`revoke_orphaned`).
+
+use super::tokens::WAIT_FOR_OTHER;
+use super::{token_aad, Broker, BrokerError};
+use crate::oauth::flows::{self, FlowError, TokenSet};
+use crate::oauth::Provider;
+use crate::store::{ConnectionKey, ConnectionRow};
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// How many times a disconnect revokes newer tokens that another process stored while it
+/// revoked the ones it had read, before it gives up with a 503.
+const ATTEMPTS: usize = 5;
+
+/// How a disconnect went at the provider; the connection is deleted in every case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disconnected {
+    /// Revoked where the provider offers revocation.
+    Revoked,
+    /// The provider could not be reached or refused, and `force` deleted it anyway.
+    RevocationFailed,
+    /// The provider is no longer configured: deleted locally, nothing revoked.
+    ProviderMissing,
+}
+
+impl Disconnected {
+    /// What happened, in words, for people.
+    pub fn describe(self, provider: &str) -> String {
+        match self {
+            Disconnected::Revoked => "revoked at the provider where it offers revocation".into(),
+            Disconnected::RevocationFailed => "revocation at the provider failed; its grant may still be valid there".into(),
+            Disconnected::ProviderMissing => format!("provider {provider} is no longer configured: nothing was revoked there, only oauthd's copy was deleted"),
+        }
+    }
+
+    /// The `revocation` field of the `connection.deleted` event.
+    fn revocation(self) -> &'static str {
+        match self {
+            Disconnected::Revoked => "revoked",
+            Disconnected::RevocationFailed => "failed",
+            Disconnected::ProviderMissing => "provider_missing",
+        }
+    }
+
+    /// The outcome of a disconnect that revoked in more than one pass: a pass that failed
+    /// is not hidden by a later one that succeeded.
+    fn and(self, later: Disconnected) -> Disconnected {
+        match (self, later) {
+            (Disconnected::RevocationFailed, _) => self,
+            _ => later,
+        }
+    }
+}
+
+/// Tokens one disconnect has revoked already: a later pass (the row moved on, but kept
+/// some of its tokens) does not send them again. Some providers answer 400 for a token
+/// already revoked, which would make the disconnect fail for good.
+#[derive(Default)]
+struct Revoked(Vec<Zeroizing<String>>);
+
+impl Revoked {
+    fn contains(&self, token: &str) -> bool {
+        self.0.iter().any(|t| t.as_str() == token)
+    }
+}
+
+impl Broker {
+    /// Revokes the connection's tokens at the provider (RFC 7009) where it has a
+    /// revocation endpoint, then deletes the connection. A provider that cannot be
+    /// reached keeps the connection (503) unless `force` is set. A connection whose
+    /// provider is no longer configured is deleted here only: there is nothing to revoke
+    /// with, and the answer says so.
+    pub async fn disconnect(
+        &self,
+        provider_name: &str,
+        account: &str,
+        force: bool,
+    ) -> Result<Disconnected, BrokerError> {
+        let key = ConnectionKey::new(provider_name, account);
+        // A refresh of this connection on its way in this process ends first, so that what
+        // is revoked is what the provider issued last. The turn is held through the waits
+        // below: this process's own refreshes of the connection queue behind the delete.
+        let _turn = self.in_flight.turn(&key).await;
+        let deadline = tokio::time::Instant::now() + WAIT_FOR_OTHER;
+        let mut row = self.row(&key).await?;
+        let mut revoked = Revoked::default();
+        let mut outcome: Option<Disconnected> = None;
+        let mut attempts = 0;
+        loop {
+            let now = self.clock.now_ms();
+            if let Some(until) = row.lease_until_ms.filter(|until| *until > now) {
+                if tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    row = self.row(&key).await?;
+                    continue;
+                }
+                if !force {
+                    return Err(BrokerError::ProviderUnavailable {
+                        message: "another oauthd process is refreshing this connection; retry, or delete with force=true".into(),
+                        retry_after_secs: (until.saturating_sub(now) as u64).div_ceil(1000),
+                    });
+                }
+                // Forced: deleted under the lease; that refresh revokes what it gets.
+            }
+            let pass = self
+                .revoke_for_disconnect(&row, force, &mut revoked)
+                .await?;
+            let sum = outcome.map_or(pass, |o| o.and(pass));
+            outcome = Some(sum);
+            let events = vec![self.deleted_event(&key, sum.revocation())];
+            let deleting = self.token_cache.forget_after(&key);
+            let deleted = self
+                .store
+                .delete_connection(
+                    &key,
+                    row.generation,
+                    &row.access_token,
+                    self.notifier.deliveries(&events),
+                )
+                .await?;
+            drop(deleting);
+            if deleted {
+                self.notifier.written(&events);
+            }
+            // Not deleted: another process deleted it meanwhile, or refreshed or
+            // reconnected it after `row` was read; the newer tokens are revoked in turn.
+            let newer = match deleted {
+                true => None,
+                false => self.store.get_connection(&key).await?,
+            };
+            match newer {
+                None => {
+                    log::info!(
+                        "disconnect {provider_name}/{account}: deleted ({})",
+                        sum.describe(provider_name)
+                    );
+                    return Ok(sum);
+                }
+                Some(_) if attempts + 1 >= ATTEMPTS => {
+                    return Err(BrokerError::ProviderUnavailable {
+                        message:
+                            "the connection kept changing while it was being disconnected; retry"
+                                .into(),
+                        retry_after_secs: 1,
+                    })
+                }
+                Some(newer) => {
+                    row = newer;
+                    attempts += 1;
+                }
+            }
+        }
+    }
+
+    /// Revokes `row`'s tokens that are not in `revoked` yet; with `force` a failure is
+    /// logged and the disconnect goes on.
+    async fn revoke_for_disconnect(
+        &self,
+        row: &ConnectionRow,
+        force: bool,
+        revoked: &mut Revoked,
+    ) -> Result<Disconnected, BrokerError> {
+        let Some(provider) = self.providers.get(&row.provider) else {
+            return Ok(Disconnected::ProviderMissing);
+        };
+        let (p, a) = (&row.provider, &row.account);
+        // Refresh token first (revokes the grant at most providers), then the access token.
+        let mut tokens = Vec::new();
+        if let Some(sealed) = &row.refresh_token {
+            let token = self
+                .vault
+                .open_str(&token_aad(p, a, "refresh_token"), sealed)?;
+            tokens.push((token, "refresh_token"));
+        }
+        let token = self
+            .vault
+            .open_str(&token_aad(p, a, "access_token"), &row.access_token)?;
+        tokens.push((token, "access_token"));
+        tokens.retain(|(token, _)| !revoked.contains(token));
+        match self.revoke_tokens(provider, tokens, revoked).await {
+            Ok(()) => Ok(Disconnected::Revoked),
+            Err(e) if !force => Err(e),
+            Err(e) => {
+                log::warn!("disconnect {p}/{a}: revocation failed ({e}); deleting anyway (force)");
+                Ok(Disconnected::RevocationFailed)
+            }
+        }
+    }
+
+    /// Revokes `tokens` in order where the provider has a revocation endpoint, adding each
+    /// one revoked to `revoked`; stops at the first failure.
+    async fn revoke_tokens(
+        &self,
+        provider: &Provider,
+        tokens: Vec<(Zeroizing<String>, &'static str)>,
+        revoked: &mut Revoked,
+    ) -> Result<(), BrokerError> {
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let endpoints = self.endpoints(provider).await?;
+        let Some(url) = endpoints.revocation.clone() else {
+            return Ok(());
+        };
+        for (token, hint) in tokens {
+            flows::revoke(&self.http, provider, &url, &token, hint)
+                .await
+                .map_err(|e| match e {
+                    FlowError::Transient(message) => BrokerError::ProviderUnavailable {
+                        message: format!(
+                            "revocation failed: {message} (retry, or delete with force=true)"
+                        ),
+                        retry_after_secs: 5,
+                    },
+                    other => BrokerError::ProviderRejected(other.to_string()),
+                })?;
+            revoked.0.push(token);
+        }
+        Ok(())
+    }
+
+    /// A refresh found its connection deleted when it came to save what the provider gave
+    /// it (a disconnect forced past its lease, or one made after the lease ran out): those
+    /// tokens have no row left to be revoked from, so they are revoked here, as far as the
+    /// provider can be reached. Only then: a row that moved on (a reconnect) may share
+    /// the grant, which revoking would end.
+    pub(super) async fn revoke_orphaned(
+        &self,
+        provider: &Provider,
+        key: &ConnectionKey,
+        tokens: &TokenSet,
+    ) {
+        match self.store.get_connection(key).await {
+            Ok(None) => {}
+            Ok(Some(_)) => return,
+            Err(e) => {
+                log::warn!("refresh {key}: could not tell whether the connection was deleted ({e}); its new tokens were not revoked");
+                return;
+            }
+        }
+        let mut orphaned = Vec::new();
+        if let Some(refresh) = &tokens.refresh_token {
+            orphaned.push((refresh.clone(), "refresh_token"));
+        }
+        orphaned.push((tokens.access_token.clone(), "access_token"));
+        match self
+            .revoke_tokens(provider, orphaned, &mut Revoked::default())
+            .await
+        {
+            Ok(()) => log::info!("refresh {key}: the connection was deleted meanwhile; the new tokens were revoked"),
+            Err(e) => log::warn!("refresh {key}: the connection was deleted meanwhile, and revoking the new tokens failed ({e}); they may stay valid at the provider until they expire"),
+        }
+    }
+}
