@@ -387,7 +387,10 @@ pub async fn serve(
     // Answers written in more than one piece (the proxy's streamed bodies) go out at
     // once instead of waiting for the client's delayed ACK (measured: 40 ms at p99).
     .tcp_nodelay(true)
-    .shutdown_timeout(10)
+    // A stop waits for requests in flight as long as a provider may take to answer one
+    // of them: a refresh cut off half-way loses the refresh token a rotating provider
+    // has just issued.
+    .shutdown_timeout(shutdown_grace(settings.provider_timeout).as_secs())
     .listen(listener)?;
     // Caught from before oauthd says it listens: a signal sent as soon as it does stops it
     // cleanly instead of killing it (seen when the process had not yet run the task).
@@ -413,6 +416,12 @@ pub async fn serve(
     // The last second's summary, which no later tick will write.
     budget.flush_all();
     served
+}
+
+/// How long a stop waits for requests in flight: a provider's answer and a moment to
+/// store it, and at least 10 s.
+fn shutdown_grace(provider_timeout: std::time::Duration) -> std::time::Duration {
+    (provider_timeout + std::time::Duration::from_secs(2)).max(std::time::Duration::from_secs(10))
 }
 
 /// SIGTERM and SIGINT, caught from now on.

@@ -29,6 +29,14 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(timeout.min(Duration::from_secs(5)))
         .timeout(timeout)
+        // A connection per request. A pooled connection is driven by a task on the runtime
+        // of the call that opened it (an HTTP worker's, or the refresher's): a later call
+        // on another worker failed with "error sending request" once that worker stopped
+        // (at SIGTERM, while a refresh the provider was already answering went on). A
+        // failed refresh keeps the refresh token a rotating provider may have just
+        // retired. Provider calls are rare (a refresh an hour per connection), so the
+        // handshakes cost nothing measurable.
+        .pool_max_idle_per_host(0)
         .user_agent(concat!("oauthd/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| format!("cannot set up the HTTP client for providers: {e}"))

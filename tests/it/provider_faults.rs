@@ -522,3 +522,63 @@ async fn refresh_while_disconnecting(
     revoked.sort();
     (status, body, revoked)
 }
+
+/// A stop (SIGTERM) while a token call waits for the provider's refresh answer waits for
+/// that answer (up to `provider_timeout_seconds`, 15 s by default), so the call gets the
+/// new token and the refresh token the provider rotated is stored. Cut off half-way (the
+/// stop used to wait 10 s), the rotated-out refresh token stayed stored, and replaying it
+/// makes strict providers revoke the whole grant.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_waits_for_a_refresh_the_provider_is_answering() {
+    let mock = MockServer::start().await;
+    on_code(&mock, "c1", json!({"access_token": "at-1", "token_type": "bearer", "expires_in": 1, "refresh_token": "rt-1"})).await;
+    on_refresh(
+        &mock,
+        "rt-1",
+        ResponseTemplate::new(200)
+            .set_delay(Duration::from_secs(11))
+            .set_body_json(json!({"access_token": "at-2", "token_type": "bearer", "expires_in": 3600, "refresh_token": "rt-2"})),
+    )
+    .await;
+    let home = Home::new();
+    home.write_config(&provider_toml("st", "smartthings", &mock));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    connect(&d, &key, "st", "home", "c1").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let call = tokio::spawn({
+        let (url, key) = (
+            format!("{}/v1/connections/st/home/token", d.url),
+            key.clone(),
+        );
+        async move {
+            let resp = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            Ok::<_, String>((status, resp.text().await.unwrap_or_default()))
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while token_requests(&mock, "refresh_token").await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no refresh");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopped = tokio::task::spawn_blocking(move || d.signal_and_wait("TERM"))
+        .await
+        .unwrap();
+    assert!(stopped.success(), "{stopped:?}");
+    let (status, body) = call.await.unwrap().expect("an answer before the stop");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"at-2\""), "{body}");
+
+    let d = home.start();
+    let (status, body) = d.get("/v1/connections/st/home/token", &key).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["access_token"], "at-2");
+    assert_eq!(token_requests(&mock, "refresh_token").await.len(), 1);
+}
