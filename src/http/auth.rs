@@ -35,10 +35,12 @@ impl Caller {
             .unwrap_or(false)
     }
 
-    /// 404 for a provider that is not configured, 401 when the key may not use it.
+    /// 401 when the key may not use `provider` (configured or not: a key limited to other
+    /// providers learns nothing of which are), else 404 for one that is not configured.
     pub fn require_provider(&self, app: &AppState, provider: &str) -> Result<(), ApiError> {
+        self.require_provider_scope(provider)?;
         app.broker.provider(provider)?;
-        self.require_provider_scope(provider)
+        Ok(())
     }
 
     /// Whether the key may reach connections of `account` (keys made with `--account`).

@@ -601,6 +601,18 @@ async fn keys_limited_to_other_providers_cannot_reach_connections() {
         (status, problem["code"].as_str()),
         (404, Some("unknown_provider"))
     );
+    // A key limited to other providers learns nothing of which are configured: the
+    // same 401 for one that is (peer) and one that is not (nope).
+    for provider in ["peer", "nope"] {
+        let (status, problem) = d
+            .get(&format!("/v1/connections/{provider}/alice/token"), &other)
+            .await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (401, Some("namespace_not_allowed")),
+            "{provider}"
+        );
+    }
     let (status, problem) = d.get("/v1/connections/peer/nobody/token", &key).await;
     assert_eq!(
         (status, problem["code"].as_str()),
