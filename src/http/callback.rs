@@ -8,7 +8,9 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 /// One click to start again: a CSRF-protected form when the browser is signed in,
-/// else a link to the page (which asks to sign in first).
+/// else a link to the page (which asks to sign in first). The label names the account
+/// it connects: the flow may have been started by an app, for an account of its own, and
+/// an unlabelled button would let it have the admin's grant for a click.
 fn retry_button(
     app: &AppState,
     csrf: Option<&str>,
@@ -16,6 +18,7 @@ fn retry_button(
     account: &str,
     label: &str,
 ) -> String {
+    let label = format!("{label} (account {account})");
     match csrf {
         Some(token) => format!(
             "<form method=\"post\" action=\"{b}/connect/{p}\"><input type=\"hidden\" name=\"account\" value=\"{a}\">\
@@ -24,12 +27,12 @@ fn retry_button(
             p = escape(provider),
             a = escape(account),
             t = escape(token),
-            l = escape(label)
+            l = escape(&label)
         ),
         None => format!(
             "<p><a class=\"button\" href=\"{}\">{}</a></p>",
             escape(&app.broker.reconnect_url(provider, account)),
-            escape(label)
+            escape(&label)
         ),
     }
 }

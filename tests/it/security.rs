@@ -461,3 +461,34 @@ async fn rekey_and_prune_never_strand_a_pending_device_flow(home: Home) {
     let (status, token) = d.get("/v1/connections/peer/tv/token", &key).await;
     assert_eq!(status, 200, "{token}");
 }
+
+/// A flow an app started (here for account `evil`) that comes back to a signed-in
+/// browser as a failure offers to start again: the button says which account it would
+/// connect, so the admin cannot be led to hand their own grant to another app's account
+/// by a click on an unlabelled "Try again".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_callbacks_retry_button_names_the_account_it_connects() {
+    let peer = Peer::start(60);
+    let home = Home::new();
+    home.write_config(&peer.provider_toml("peer"));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let cookie = sign_in(&d, &home.login_link(&d)).await;
+    let state = query_param(&d.start_connect(&key, "peer", "evil").await, "state");
+    let resp = d
+        .ui_get(
+            &format!("/callback/peer?state={state}&error=access_denied"),
+            &cookie,
+        )
+        .await;
+    // The test provider promises `iss` on every answer: this one (no `iss`) fails as
+    // "Missing issuer", and offers to start again.
+    let status = resp.status();
+    let page = resp.text().await.unwrap();
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("name=\"csrf\""), "not signed in: {page}");
+    assert!(
+        page.contains("Start again (account evil)</button>"),
+        "the button does not say which account: {page}"
+    );
+}
