@@ -392,61 +392,22 @@ async fn revoked_tokens(mock: &MockServer) -> Vec<String> {
 /// deleting the row under the refresh would leave the new grant live at the provider,
 /// with no row left to revoke it from.
 async fn a_disconnect_revokes_what_another_processs_refresh_brings(home: Home) {
-    let mock = MockServer::start().await;
-    on_code(&mock, "c1", json!({"access_token": "at-1", "token_type": "bearer", "expires_in": 1, "refresh_token": "rt-1"})).await;
-    on_refresh(
-        &mock,
-        "rt-1",
-        ResponseTemplate::new(200)
-            .set_delay(Duration::from_millis(1500))
-            .set_body_json(json!({"access_token": "at-2", "token_type": "bearer", "expires_in": 3600, "refresh_token": "rt-2"})),
-    )
-    .await;
-    Mock::given(method("POST"))
-        .and(path("/revoke"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&mock)
-        .await;
-    home.write_config(&provider_toml("st", "smartthings", &mock));
-    let key = home.create_key("app", &[]);
-    let (a, b) = (home.start(), home.start());
-    connect(&a, &key, "st", "home", "c1").await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-
-    let disconnect = async {
-        // Once b's refresh is at the provider (its answer takes 1.5 s), a disconnects.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while token_requests(&mock, "refresh_token").await.is_empty() {
-            assert!(std::time::Instant::now() < deadline, "b never refreshed");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let resp = a.delete("/v1/connections/st/home", &key).await;
-        (resp.status(), resp.text().await.unwrap_or_default())
-    };
-    let ((status, body), deleted) =
-        tokio::join!(b.get("/v1/connections/st/home/token", &key), disconnect);
-    assert_eq!(deleted.0, 204, "{}", deleted.1);
+    let (status, body, revoked) =
+        disconnect_and_refresh(home, First::Refresh, refreshed().set_delay(SLOW)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["access_token"], "at-2");
-    let revoked = revoked_tokens(&mock).await;
     assert!(
         revoked.contains(&"rt-2".to_owned()) && revoked.contains(&"at-2".to_owned()),
         "the refreshed grant was left live at the provider; revoked: {revoked:?}"
     );
-    for d in [&a, &b] {
-        let (status, body) = d.get("/v1/connections/st/home/token", &key).await;
-        assert_eq!(status, 404, "{body}");
-    }
 }
 
 /// The other order: another process starts refreshing after the disconnect read the row,
 /// while the provider is still answering its revocations. The delete finds the row moved
 /// on and revokes the refreshed tokens in turn, without sending the first ones again.
 async fn a_refresh_that_starts_while_a_disconnect_revokes_is_revoked_too(home: Home) {
-    let refreshed = json!({"access_token": "at-2", "token_type": "bearer", "expires_in": 3600, "refresh_token": "rt-2"});
     let (status, body, revoked) =
-        refresh_while_disconnecting(home, ResponseTemplate::new(200).set_body_json(refreshed))
-            .await;
+        disconnect_and_refresh(home, First::Disconnect, refreshed()).await;
     assert_eq!(status, 200, "b refreshed before the delete: {body}");
     assert_eq!(body["access_token"], "at-2");
     assert_eq!(
@@ -461,8 +422,12 @@ async fn a_refresh_that_starts_while_a_disconnect_revokes_is_revoked_too(home: H
 /// providers that answer 400 for a revoked token would refuse for good.
 async fn a_refresh_refused_while_a_disconnect_revokes_sends_no_token_twice(home: Home) {
     let refused = json!({"error": "invalid_grant", "error_description": "revoked"});
-    let (status, body, revoked) =
-        refresh_while_disconnecting(home, ResponseTemplate::new(400).set_body_json(refused)).await;
+    let (status, body, revoked) = disconnect_and_refresh(
+        home,
+        First::Disconnect,
+        ResponseTemplate::new(400).set_body_json(refused),
+    )
+    .await;
     assert_eq!(
         (status, body["code"].as_str()),
         (409, Some("needs_reauth")),
@@ -471,24 +436,49 @@ async fn a_refresh_refused_while_a_disconnect_revokes_sends_no_token_twice(home:
     assert_eq!(revoked, ["at-1", "rt-1"], "a token was revoked twice");
 }
 
-/// Connects st/home on two processes' shared store, lets its token expire, then has a
-/// disconnect (process a) and a refresh (process b, answered with `refresh`) overlap: b
-/// starts once a's revocation of rt-1 is at the provider, which takes 1.5 s to answer.
-/// Checks the delete and that the connection is gone for both; returns b's answer and the
-/// tokens revoked, sorted.
-async fn refresh_while_disconnecting(
+/// How long the provider takes over the first side's request in `disconnect_and_refresh`.
+const SLOW: Duration = Duration::from_millis(1500);
+
+/// The code c1 gets at-1, which expires after a second, and rt-1.
+async fn on_code_expiring(mock: &MockServer) {
+    let tokens = json!({"access_token": "at-1", "token_type": "bearer", "expires_in": 1, "refresh_token": "rt-1"});
+    on_code(mock, "c1", tokens).await;
+}
+
+/// The provider's answer to a refresh of rt-1: at-2 and rt-2.
+fn refreshed() -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({"access_token": "at-2", "token_type": "bearer", "expires_in": 3600, "refresh_token": "rt-2"}))
+}
+
+/// Which side of `disconnect_and_refresh` reaches the provider first.
+enum First {
+    /// b's refresh (answered by `refresh`, which should take `SLOW`), then a's disconnect.
+    Refresh,
+    /// a's disconnect (the revocation of rt-1 takes `SLOW`), then b's refresh.
+    Disconnect,
+}
+
+/// Connects st/home on two processes' shared store and lets its token expire; then a
+/// disconnects it while b refreshes it (answered by `refresh`), the side that is not
+/// `first` starting once the provider has the first one's request. Checks that the
+/// delete answered 204 and that the connection is gone for both; returns b's answer and
+/// the tokens revoked, sorted.
+async fn disconnect_and_refresh(
     home: Home,
+    first: First,
     refresh: ResponseTemplate,
 ) -> (u16, serde_json::Value, Vec<String>) {
     let mock = MockServer::start().await;
-    on_code(&mock, "c1", json!({"access_token": "at-1", "token_type": "bearer", "expires_in": 1, "refresh_token": "rt-1"})).await;
+    on_code_expiring(&mock).await;
     on_refresh(&mock, "rt-1", refresh).await;
-    Mock::given(method("POST"))
-        .and(path("/revoke"))
-        .and(body_string_contains("token=rt-1"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(1500)))
-        .mount(&mock)
-        .await;
+    if matches!(first, First::Disconnect) {
+        Mock::given(method("POST"))
+            .and(path("/revoke"))
+            .and(body_string_contains("token=rt-1"))
+            .respond_with(ResponseTemplate::new(200).set_delay(SLOW))
+            .mount(&mock)
+            .await;
+    }
     Mock::given(method("POST"))
         .and(path("/revoke"))
         .respond_with(ResponseTemplate::new(200))
@@ -500,17 +490,39 @@ async fn refresh_while_disconnecting(
     connect(&a, &key, "st", "home", "c1").await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
-    let refresh = async {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while revoked_tokens(&mock).await.is_empty() {
-            assert!(std::time::Instant::now() < deadline, "a never revoked");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    // The second side starts once the provider has the first one's request.
+    let started = |side: First| {
+        let mock = &mock;
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let seen = match side {
+                    First::Refresh => !token_requests(mock, "refresh_token").await.is_empty(),
+                    First::Disconnect => !revoked_tokens(mock).await.is_empty(),
+                };
+                if seen {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the first side never started"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
-        b.get("/v1/connections/st/home/token", &key).await
     };
     let delete = async {
+        if matches!(first, First::Refresh) {
+            started(First::Refresh).await;
+        }
         let resp = a.delete("/v1/connections/st/home", &key).await;
         (resp.status(), resp.text().await.unwrap_or_default())
+    };
+    let refresh = async {
+        if matches!(first, First::Disconnect) {
+            started(First::Disconnect).await;
+        }
+        b.get("/v1/connections/st/home/token", &key).await
     };
     let (deleted, (status, body)) = tokio::join!(delete, refresh);
     assert_eq!(deleted.0, 204, "{}", deleted.1);
@@ -531,13 +543,11 @@ async fn refresh_while_disconnecting(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stop_waits_for_a_refresh_the_provider_is_answering() {
     let mock = MockServer::start().await;
-    on_code(&mock, "c1", json!({"access_token": "at-1", "token_type": "bearer", "expires_in": 1, "refresh_token": "rt-1"})).await;
+    on_code_expiring(&mock).await;
     on_refresh(
         &mock,
         "rt-1",
-        ResponseTemplate::new(200)
-            .set_delay(Duration::from_secs(11))
-            .set_body_json(json!({"access_token": "at-2", "token_type": "bearer", "expires_in": 3600, "refresh_token": "rt-2"})),
+        refreshed().set_delay(Duration::from_secs(11)),
     )
     .await;
     let home = Home::new();

@@ -412,11 +412,9 @@ async fn a_state_under_its_legacy_key_verifies_until_revoked(b: Backend) {
     );
 }
 
-/// A disconnect while a refresh of the same connection is on its way in this process
-/// waits for it, then revokes what the provider issued last. Revoking the tokens it read
-/// before the refresh left the refreshed ones live at the provider, with nothing left to
-/// revoke them from.
-async fn a_disconnect_during_a_refresh_revokes_the_refreshed_tokens(b: Backend) {
+/// A provider's revocation endpoint (wiremock) that accepts every request: the server,
+/// and its URL for `connected_revoking_at`.
+async fn revocation_endpoint() -> (wiremock::MockServer, Option<String>) {
     use wiremock::matchers::method;
     use wiremock::{Mock, MockServer, ResponseTemplate};
     let provider = MockServer::start().await;
@@ -424,9 +422,29 @@ async fn a_disconnect_during_a_refresh_revokes_the_refreshed_tokens(b: Backend) 
         .respond_with(ResponseTemplate::new(200))
         .mount(&provider)
         .await;
+    let url = format!("{}/revoke", provider.uri());
+    (provider, Some(url))
+}
+
+/// The bodies of the revocation requests `provider` received.
+async fn revocations(provider: &wiremock::MockServer) -> Vec<String> {
+    provider
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect()
+}
+
+/// A disconnect while a refresh of the same connection is on its way in this process
+/// waits for it, then revokes what the provider issued last. Revoking the tokens it read
+/// before the refresh left the refreshed ones live at the provider, with nothing left to
+/// revoke them from.
+async fn a_disconnect_during_a_refresh_revokes_the_refreshed_tokens(b: Backend) {
+    let (provider, revocation) = revocation_endpoint().await;
     let clock = clock();
     let endpoint = Scripted::new(Duration::from_millis(300));
-    let revocation = Some(format!("{}/revoke", provider.uri()));
     let broker = connected_revoking_at(&b, &clock, endpoint.clone(), revocation).await;
     clock.advance(61 * MINUTE);
     endpoint.then(200, tokens("access-2", "refresh-2", 3600));
@@ -436,13 +454,7 @@ async fn a_disconnect_during_a_refresh_revokes_the_refreshed_tokens(b: Backend) 
     });
     disconnected.unwrap();
     assert_eq!(refreshed.unwrap().access_token.as_str(), "access-2");
-    let revoked: Vec<String> = provider
-        .received_requests()
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
-        .collect();
+    let revoked = revocations(&provider).await;
     assert!(
         revoked.iter().any(|body| body.contains("token=refresh-2")),
         "{revoked:?}"
@@ -457,16 +469,9 @@ async fn a_disconnect_during_a_refresh_revokes_the_refreshed_tokens(b: Backend) 
 /// refresh's lease had run out; a forced disconnect does the same) revokes the tokens it
 /// got: nothing else could, with no row left to revoke them from.
 async fn a_refresh_that_finds_its_connection_deleted_revokes_what_it_got(b: Backend) {
-    use wiremock::matchers::method;
-    use wiremock::{Mock, MockServer, ResponseTemplate};
-    let provider = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&provider)
-        .await;
+    let (provider, revocation) = revocation_endpoint().await;
     let clock = clock();
     let endpoint = Scripted::new(Duration::from_millis(500));
-    let revocation = Some(format!("{}/revoke", provider.uri()));
     let key = oauthd::vault::generate_key_text().unwrap();
     let other = broker_on(&b, &clock, endpoint.clone(), revocation.clone(), &key);
     let this = connected_with_key(&b, &clock, endpoint.clone(), revocation, &key).await;
@@ -483,13 +488,7 @@ async fn a_refresh_that_finds_its_connection_deleted_revokes_what_it_got(b: Back
         refreshed.is_err(),
         "handed out a token of a deleted connection"
     );
-    let revoked: Vec<String> = provider
-        .received_requests()
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
-        .collect();
+    let revoked = revocations(&provider).await;
     for token in ["refresh-1", "access-1", "refresh-2", "access-2"] {
         assert!(
             revoked
