@@ -51,8 +51,8 @@ impl Disconnected {
         }
     }
 
-    /// The outcome of a disconnect that revoked in more than one pass: a pass that failed
-    /// is not hidden by a later one that succeeded.
+    /// The outcome of a disconnect that revoked in more than one pass (the first starting
+    /// from `Revoked`): a pass that failed is not hidden by a later one that succeeded.
     fn and(self, later: Disconnected) -> Disconnected {
         match (self, later) {
             (Disconnected::RevocationFailed, _) => self,
@@ -93,7 +93,7 @@ impl Broker {
         let deadline = tokio::time::Instant::now() + WAIT_FOR_OTHER;
         let mut row = self.row(&key).await?;
         let mut revoked = Revoked::default();
-        let mut outcome: Option<Disconnected> = None;
+        let mut outcome = Disconnected::Revoked;
         let mut attempts = 0;
         loop {
             let now = self.clock.now_ms();
@@ -114,9 +114,8 @@ impl Broker {
             let pass = self
                 .revoke_for_disconnect(&row, force, &mut revoked)
                 .await?;
-            let sum = outcome.map_or(pass, |o| o.and(pass));
-            outcome = Some(sum);
-            let events = vec![self.deleted_event(&key, sum.revocation())];
+            outcome = outcome.and(pass);
+            let events = vec![self.deleted_event(&key, outcome.revocation())];
             let deleting = self.token_cache.forget_after(&key);
             let deleted = self
                 .store
@@ -133,17 +132,18 @@ impl Broker {
             }
             // Not deleted: another process deleted it meanwhile, or refreshed or
             // reconnected it after `row` was read; the newer tokens are revoked in turn.
-            let newer = match deleted {
-                true => None,
-                false => self.store.get_connection(&key).await?,
+            let newer = if deleted {
+                None
+            } else {
+                self.store.get_connection(&key).await?
             };
             match newer {
                 None => {
                     log::info!(
                         "disconnect {provider_name}/{account}: deleted ({})",
-                        sum.describe(provider_name)
+                        outcome.describe(provider_name)
                     );
-                    return Ok(sum);
+                    return Ok(outcome);
                 }
                 Some(_) if attempts + 1 >= ATTEMPTS => {
                     return Err(BrokerError::ProviderUnavailable {
