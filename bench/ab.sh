@@ -29,11 +29,9 @@ case $SCENARIO in pairs|token|verify) ;; *) echo "SCENARIO: pairs, token or veri
 for n in "$ROUNDS" "$SLICE" "$CONNS"; do
   case $n in ''|*[!0-9]*|0) echo "ROUNDS, SLICE and CONNS: whole numbers of at least 1" >&2; exit 2 ;; esac
 done
-command -v wrk >/dev/null || {
-  echo "installing wrk (Debian package)" >&2
-  if [ "$(id -u)" = 0 ]; then apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-  else sudo apt-get install -y -qq wrk >/dev/null; fi
-}
+# shellcheck source=scripts/apt.sh
+. scripts/apt.sh
+need_commands wrk:wrk
 cargo build --release --locked --bin oauthd --example bare_handler >&2
 A=${A:-target/release/oauthd} B=${B:-target/release/oauthd}
 for bin in "$A" "$B"; do [ -x "$bin" ] || { echo "not an executable: $bin" >&2; exit 2; }; done

@@ -23,12 +23,9 @@ DURABILITY=${DURABILITY:-full}
 COUNT=${COUNT:-2000}
 SCENARIOS=${SCENARIOS:-"token pairs verify proxy"}
 
-for tool in valgrind:valgrind callgrind_control:valgrind curl:curl python3:python3; do
-  command -v "${tool%%:*}" >/dev/null && continue
-  echo "installing ${tool#*:} (Debian package)" >&2
-  if [ "$(id -u)" = 0 ]; then apt-get install -y -qq "${tool#*:}" >/dev/null || { apt-get update -qq && apt-get install -y -qq "${tool#*:}" >/dev/null; }
-  else sudo apt-get install -y -qq "${tool#*:}" >/dev/null; fi
-done
+# shellcheck source=scripts/apt.sh
+. scripts/apt.sh
+need_commands valgrind:valgrind callgrind_control:valgrind curl:curl python3:python3
 cargo build --release --locked --bin oauthd --example bare_handler >&2
 
 cgdir=$(mktemp -d) pooldir=$(mktemp -d)

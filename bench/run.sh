@@ -61,19 +61,13 @@ for scenario in $SCENARIOS; do
   esac
 done
 
-if ! command -v wrk >/dev/null; then
-  echo "installing wrk (Debian package)" >&2
-  if [ "$(id -u)" = 0 ]; then apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-  else sudo apt-get install -y -qq wrk >/dev/null; fi
-fi
+# shellcheck source=scripts/apt.sh
+. scripts/apt.sh
+need_commands wrk:wrk
 FEATURES=""
 if [ "$STORE" = redis ]; then
   FEATURES="--features redis"
-  command -v redis-server >/dev/null || {
-    echo "installing redis-server (Debian package)" >&2
-    if [ "$(id -u)" = 0 ]; then apt-get install -y -qq redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
-    else sudo apt-get install -y -qq redis-server >/dev/null; fi
-  }
+  need_commands redis-server:redis-server
 fi
 # shellcheck disable=SC2086
 cargo build --release --locked $FEATURES --bin oauthd --example bare_handler >&2

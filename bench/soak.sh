@@ -14,13 +14,9 @@ STORE=sqlite
 [ "${1:-}" = "--store" ] && STORE=${2:?--store needs sqlite or redis}
 case $STORE in sqlite|redis) ;; *) echo "--store: sqlite or redis" >&2; exit 2 ;; esac
 
-for tool in wrk:wrk sqlite3:sqlite3 $([ "$STORE" = redis ] && echo redis-server:redis-server); do
-  command -v "${tool%%:*}" >/dev/null || {
-    echo "installing ${tool#*:} (Debian package)" >&2
-    if [ "$(id -u)" = 0 ]; then apt-get install -y -qq "${tool#*:}" >/dev/null || { apt-get update -qq && apt-get install -y -qq "${tool#*:}" >/dev/null; }
-    else sudo apt-get install -y -qq "${tool#*:}" >/dev/null; fi
-  }
-done
+# shellcheck source=scripts/apt.sh
+. scripts/apt.sh
+need_commands wrk:wrk sqlite3:sqlite3 $([ "$STORE" = redis ] && echo redis-server:redis-server)
 FEATURES=""; [ "$STORE" = redis ] && FEATURES="--features redis"
 # shellcheck disable=SC2086
 cargo build --release --locked $FEATURES --bin oauthd >&2
