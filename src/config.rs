@@ -352,12 +352,26 @@ impl Settings {
         let file = match &over.config {
             Some(path) => {
                 let mut file = read_file(path)?;
-                // A relative `db` in a file means beside that file, wherever oauthd is
+                // A relative path in a file means beside that file, wherever oauthd is
                 // started from (`oauthd keys create --config /etc/oauthd/oauthd.toml` must
-                // reach the daemon's database, not one in the current directory).
-                if let (Some(db), Some(dir)) = (file.db.as_mut(), path.parent()) {
-                    if db.is_relative() {
-                        *db = dir.join(&*db);
+                // reach the daemon's database, not one in the current directory; a
+                // secret file must be found from wherever `oauthd check` runs).
+                if let Some(dir) = path.parent() {
+                    let paths = file
+                        .db
+                        .iter_mut()
+                        .chain(
+                            file.providers
+                                .values_mut()
+                                .filter_map(|p| p.client_secret_file.as_mut()),
+                        )
+                        .chain(
+                            file.notify
+                                .iter_mut()
+                                .filter_map(|n| n.secret_file.as_mut()),
+                        );
+                    for relative in paths.filter(|p| p.is_relative()) {
+                        *relative = dir.join(&*relative);
                     }
                 }
                 file
@@ -768,10 +782,59 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
         path: path.to_owned(),
         message: e.to_string(),
     })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path: path.to_owned(),
-        message: e.to_string(),
+    parse_text(path, &text)
+}
+
+/// The file's settings, or where and why it does not parse. The error never quotes the
+/// file: the line it is on may hold a secret (`client_secret = s3cret` without its
+/// quotes), and it goes to the terminal, or the journal under systemd.
+fn parse_text(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|mut e| {
+        let at = e
+            .span()
+            .and_then(|span| text.get(..span.start))
+            .map(|before| {
+                let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+                let line = before.matches('\n').count() + 1;
+                let column = before.get(line_start..).map_or(0, |l| l.chars().count()) + 1;
+                format!("line {line}, column {column}: ")
+            });
+        // Without its input the error leaves out the quoted line and names the key instead.
+        e.set_input(None);
+        let message = without_quoted_strings(e.to_string().trim_end()).replace('\n', "; ");
+        ConfigError::Parse {
+            path: path.to_owned(),
+            message: format!("{}{message}", at.unwrap_or_default()),
+        }
     })
+}
+
+/// A type error quotes the string it refused (`invalid type: string "…", expected a
+/// sequence`): a secret written where a table or list belongs would be printed. The
+/// string is left out.
+fn without_quoted_strings(message: &str) -> String {
+    const QUOTED: &str = "string \"";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(QUOTED) {
+        out.push_str(&rest[..at + "string".len()]);
+        let quoted = &rest[at + QUOTED.len()..];
+        let mut escaped = false;
+        let end = quoted.char_indices().find_map(|(i, c)| match c {
+            '"' if !escaped => Some(i),
+            '\\' => {
+                escaped = !escaped;
+                None
+            }
+            _ => {
+                escaped = false;
+                None
+            }
+        });
+        rest = end.and_then(|i| quoted.get(i + 1..)).unwrap_or("");
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -779,11 +842,44 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Settings, ConfigError> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: "test.toml".into(),
-            message: e.to_string(),
-        })?;
+        let file = parse_text(Path::new("test.toml"), text)?;
         Settings::resolve(file, &Overrides::default())
+    }
+
+    #[test]
+    fn a_file_that_does_not_parse_is_named_by_line_never_quoted() {
+        const SECRET: &str = "Sup3rS3cretValue";
+        for (text, line) in [
+            // A secret without its quotes, in a list, where a list of tables belongs, and on
+            // a line with something after the value.
+            (format!("[providers.x]\nclient_secret={SECRET}\n"), 2),
+            (
+                format!("[providers.x]\nclient_secret = [\"{SECRET}\"]\n"),
+                2,
+            ),
+            (
+                format!("listen = \"127.0.0.1:1\"\nnotify = \"https://h.example/?t={SECRET}\"\n"),
+                2,
+            ),
+            (format!("store = \"redis://:{SECRET}@h:1/0\" x\n"), 1),
+            (
+                format!("[states]\ndurability = \"{SECRET}\\\"quoted\\\"\" \n"),
+                2,
+            ),
+        ] {
+            let e = parse(&text).expect_err(&text).to_string();
+            assert!(!e.contains(SECRET), "{e}");
+            assert!(e.starts_with("config file test.toml: "), "{e}");
+            assert!(e.contains(&format!("line {line}, column ")), "{e}");
+        }
+        assert_eq!(
+            without_quoted_strings(r#"invalid type: string "a\"b\\", expected a map"#),
+            "invalid type: string, expected a map"
+        );
+        assert_eq!(
+            without_quoted_strings(r#"string "x" or string "y", expected `"`"#),
+            "string or string, expected `\"`"
+        );
     }
 
     #[test]
