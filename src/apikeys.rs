@@ -28,6 +28,16 @@ pub enum KeyError {
     Store(#[from] StoreError),
 }
 
+impl KeyError {
+    /// The name or a pattern given is not valid (and never will be).
+    pub fn is_input(&self) -> bool {
+        matches!(
+            self,
+            KeyError::BadName | KeyError::BadPattern { .. } | KeyError::BadAccountPattern { .. }
+        )
+    }
+}
+
 fn check_name(name: &str) -> Result<(), KeyError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_KEY_NAME_CHARS

@@ -105,7 +105,7 @@ impl Broker {
                 }
                 if !force {
                     return Err(BrokerError::ProviderUnavailable {
-                        message: "another oauthd process is refreshing this connection; retry, or delete with force=true".into(),
+                        message: "another oauthd process is refreshing this connection; retry, or delete with force (`?force=true`, or `--force` on the command line)".into(),
                         retry_after_secs: (until.saturating_sub(now) as u64).div_ceil(1000),
                     });
                 }
@@ -217,7 +217,7 @@ impl Broker {
                 .map_err(|e| match e {
                     FlowError::Transient(message) => BrokerError::ProviderUnavailable {
                         message: format!(
-                            "revocation failed: {message} (retry, or delete with force=true)"
+                            "revocation failed: {message} (retry, or delete with force: `?force=true`, or `--force` on the command line)"
                         ),
                         retry_after_secs: 5,
                     },

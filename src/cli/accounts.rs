@@ -2,6 +2,7 @@
 //! `connections list|show|delete`, `connect --device|--paste`, `admin link`.
 
 use super::{admin, open_store, runtime, services, ConnectionsCommand, Fatal, SessionsCommand};
+use crate::admin::RevokeError;
 use crate::broker::{Imported, ImportedTokens};
 use crate::clock::Clock;
 use crate::config::Settings;
@@ -14,8 +15,8 @@ pub(super) fn providers_list(settings: &Settings) -> Result<(), Fatal> {
         eprintln!("No providers configured: add [providers.NAME] tables to the config file (see oauthd.example.toml).");
     }
     for p in &providers {
-        println!("{}", p.name);
-        println!(
+        out!("{}", p.name);
+        out!(
             "  redirect URI: {}{}",
             crate::broker::redirect_uri(&public_url, p),
             if p.paste_redirect.is_some() {
@@ -25,19 +26,19 @@ pub(super) fn providers_list(settings: &Settings) -> Result<(), Fatal> {
             }
         );
         if let Some(base) = &p.api_base {
-            println!("  API (proxy):  {base}");
+            out!("  API (proxy):  {base}");
         }
         match (p.preset, p.issuer()) {
-            (Some(preset), _) => println!("  preset:       {preset}"),
+            (Some(preset), _) => out!("  preset:       {preset}"),
             (None, Some(issuer)) => {
-                println!("  issuer:       {issuer} (endpoints discovered on first use)")
+                out!("  issuer:       {issuer} (endpoints discovered on first use)")
             }
-            (None, None) => println!("  endpoints:    explicit"),
+            (None, None) => out!("  endpoints:    explicit"),
         }
-        println!("  client id:    {}", p.client_id);
-        println!("  scopes:       {}", p.scopes.join(" "));
+        out!("  client id:    {}", p.client_id);
+        out!("  scopes:       {}", p.scopes.join(" "));
         if let Some(notes) = p.notes {
-            println!("  notes:        {notes}");
+            out!("  notes:        {notes}");
         }
     }
     Ok(())
@@ -60,15 +61,18 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
             ConnectionsCommand::List { json } => {
                 let list = broker.connections().await?;
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&list)?);
+                    out!("{}", serde_json::to_string_pretty(&list)?);
                     return Ok(());
                 }
-                println!(
+                out!(
                     "{:<16} {:<16} {:<13} {:<25} LAST ERROR",
-                    "PROVIDER", "ACCOUNT", "STATUS", "TOKEN EXPIRES"
+                    "PROVIDER",
+                    "ACCOUNT",
+                    "STATUS",
+                    "TOKEN EXPIRES"
                 );
                 for c in &list {
-                    println!(
+                    out!(
                         "{:<16} {:<16} {:<13} {:<25} {}",
                         c.provider,
                         c.account,
@@ -81,7 +85,7 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
             }
             ConnectionsCommand::Show { provider, account } => {
                 let view = broker.connection(&provider, &account).await?;
-                println!("{}", serde_json::to_string_pretty(&view)?);
+                out!("{}", serde_json::to_string_pretty(&view)?);
                 Ok(())
             }
             ConnectionsCommand::Import { file } => import(&broker, &file).await,
@@ -122,11 +126,11 @@ async fn import(broker: &crate::broker::Broker, file: &std::path::Path) -> Resul
         }
         match import_line(broker, &line).await {
             Ok(said) => {
-                println!("line {}: {said}", n + 1);
+                out!("line {}: {said}", n + 1);
                 done += 1;
             }
             Err(why) => {
-                println!("line {}: refused: {why}", n + 1);
+                out!("line {}: refused: {why}", n + 1);
                 refused += 1;
             }
         }
@@ -177,13 +181,13 @@ pub(super) fn connect_device(
     runtime()?.block_on(async {
         let start = broker.start_device(provider, account, "cli").await?;
         let account = account.unwrap_or(crate::broker::DEFAULT_ACCOUNT);
-        println!(
+        out!(
             "To connect {provider}/{account}, open {}",
             start.verification_uri
         );
-        println!("and enter the code: {}", start.user_code);
+        out!("and enter the code: {}", start.user_code);
         if let Some(complete) = &start.verification_uri_complete {
-            println!("(or open {complete})");
+            out!("(or open {complete})");
         }
         let mut last_note = std::time::Instant::now();
         loop {
@@ -198,7 +202,7 @@ pub(super) fn connect_device(
                     }
                 }
                 DeviceFlowStatus::Connected => {
-                    println!("Connected {provider}/{account}.");
+                    out!("Connected {provider}/{account}.");
                     return Ok(());
                 }
                 other => {
@@ -240,12 +244,12 @@ pub(super) fn connect_paste(
         let start = broker.start_connect(provider, account, None).await?;
         let redirect = broker.redirect_uri(provider);
         let account = account.unwrap_or(crate::broker::DEFAULT_ACCOUNT);
-        println!("To connect {provider}/{account}, open in a browser:");
-        println!("{}", start.authorize_url);
-        println!(
+        out!("To connect {provider}/{account}, open in a browser:");
+        out!("{}", start.authorize_url);
+        out!(
             "After you approve, the browser goes to {redirect}… and shows a page that cannot be reached."
         );
-        println!(
+        out!(
             "Copy that page's whole address from the address bar, paste it here and press Enter (within {}):",
             broker.flow_ttl_text(provider, account)
         );
@@ -261,7 +265,7 @@ pub(super) fn connect_paste(
         }
         match broker.finish_pasted(provider, &line).await {
             Ok(c) => {
-                println!("Connected {}/{}.", c.provider, c.account);
+                out!("Connected {}/{}.", c.provider, c.account);
                 Ok(())
             }
             Err(e) => {
@@ -278,7 +282,7 @@ pub(super) fn admin_link(settings: Settings) -> Result<(), Fatal> {
     let public_url = settings.public_url_for(settings.listen);
     let link = runtime()?.block_on(admin.login_link(&public_url))?;
     eprintln!("One-time login link, valid 24 hours:");
-    println!("{link}");
+    out!("{link}");
     Ok(())
 }
 
@@ -290,13 +294,13 @@ pub(super) fn admin_sessions(settings: Settings, command: SessionsCommand) -> Re
             SessionsCommand::List { json } => {
                 let sessions = admin.sessions().await?;
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&sessions)?);
+                    out!("{}", serde_json::to_string_pretty(&sessions)?);
                 } else if sessions.is_empty() {
                     eprintln!("No browser is signed in.");
                 } else {
-                    println!("{:<18} EXPIRES", "ID");
+                    out!("{:<18} EXPIRES", "ID");
                     for s in &sessions {
-                        println!("{:<18} {}", s.id, s.expires_at);
+                        out!("{:<18} {}", s.id, s.expires_at);
                     }
                 }
                 Ok(())
@@ -304,8 +308,17 @@ pub(super) fn admin_sessions(settings: Settings, command: SessionsCommand) -> Re
             SessionsCommand::Revoke { id, all } => {
                 let n = admin
                     .revoke_sessions(if all { None } else { id.as_deref() })
-                    .await?;
-                println!("Signed out {n} session(s).");
+                    .await
+                    .map_err(|e| {
+                        // An id that is not one (too short, not hex) is a command-line error.
+                        let code = if matches!(e, RevokeError::BadId) {
+                            2
+                        } else {
+                            1
+                        };
+                        Fatal(e.to_string(), code)
+                    })?;
+                out!("Signed out {n} session(s).");
                 Ok(())
             }
         }

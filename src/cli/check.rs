@@ -18,7 +18,7 @@ impl Report {
         if verdict == "FAIL" {
             self.failed += 1;
         }
-        println!("{verdict:<4}  {what}: {detail}");
+        out!("{verdict:<4}  {what}: {detail}");
     }
 }
 

@@ -34,15 +34,20 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
                             v
                         })
                         .collect();
-                    println!("{}", serde_json::to_string_pretty(&list)?);
+                    out!("{}", serde_json::to_string_pretty(&list)?);
                     return Ok(());
                 }
-                println!(
+                out!(
                     "{:<36} {:<27} {:<16} {:<9} {:>8} {:<25} LAST ERROR",
-                    "ID", "TYPE", "TARGET", "STATUS", "ATTEMPTS", "CREATED"
+                    "ID",
+                    "TYPE",
+                    "TARGET",
+                    "STATUS",
+                    "ATTEMPTS",
+                    "CREATED"
                 );
                 for d in &rows {
-                    println!(
+                    out!(
                         "{:<36} {:<27} {:<16} {:<9} {:>8} {:<25} {}",
                         d.id,
                         d.event_type,

@@ -25,8 +25,13 @@ pub(super) fn keys(settings: Settings, command: KeysCommand) -> Result<(), Fatal
                     namespaces,
                     accounts,
                 };
-                let (key, record) =
-                    apikeys::create(store.as_ref(), &name, scope, clock.now_ms()).await?;
+                let (key, record) = apikeys::create(store.as_ref(), &name, scope, clock.now_ms())
+                    .await
+                    .map_err(|e| {
+                        // A name or pattern that can never be valid is a command-line error.
+                        let code = if e.is_input() { 2 } else { 1 };
+                        Fatal(e.to_string(), code)
+                    })?;
                 let scope = record
                     .namespaces
                     .as_ref()
@@ -44,7 +49,7 @@ pub(super) fn keys(settings: Settings, command: KeysCommand) -> Result<(), Fatal
                 eprintln!(
                     "Store it now: it is not shown again. Use it as Authorization: Bearer <key>."
                 );
-                println!("{}", key.expose());
+                out!("{}", key.expose());
                 Ok(())
             }
             KeysCommand::List { json } => list_keys(store.as_ref(), json).await,
@@ -76,12 +81,15 @@ pub(super) async fn list_keys(store: &dyn KeyStore, json: bool) -> Result<(), Fa
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        out!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!(
+    out!(
         "{:<24} {:<8} {:<24} {:<24} ACCOUNTS",
-        "NAME", "STATUS", "CREATED", "NAMESPACES"
+        "NAME",
+        "STATUS",
+        "CREATED",
+        "NAMESPACES"
     );
     for k in &keys {
         let status = if k.revoked_at_ms.is_some() {
@@ -94,7 +102,7 @@ pub(super) async fn list_keys(store: &dyn KeyStore, json: bool) -> Result<(), Fa
             .as_ref()
             .map_or("*".to_owned(), |n| n.join(","));
         let accounts = k.accounts.as_ref().map_or("*".to_owned(), |a| a.join(","));
-        println!(
+        out!(
             "{:<24} {:<8} {:<24} {scope:<24} {accounts}",
             k.name,
             status,

@@ -1,6 +1,17 @@
 //! The command line: `oauthd [serve]`, `oauthd keys …`. Wires config, storage and the
 //! HTTP server together; holds no logic of its own.
 
+/// `println!` for a command's output. A reader that went away (`oauthd check | head -3`)
+/// ends the command quietly, as it ends any Unix tool, where `println!` would panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            $crate::cli::output_failed(&e);
+        }
+    }};
+}
+
 mod accounts;
 mod check;
 mod events;
@@ -343,6 +354,16 @@ pub(crate) enum KeysCommand {
     },
 }
 
+/// Ends a command whose output cannot be written: quietly (exit 0) when the reader closed
+/// the pipe, since it wanted no more; with the error (exit 1) otherwise (a full disk).
+pub(crate) fn output_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("oauthd: writing the output: {e}");
+    std::process::exit(1)
+}
+
 /// A failure that ends the process: the message and the exit code.
 pub(crate) struct Fatal(pub(crate) String, pub(crate) u8);
 
@@ -415,7 +436,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<(), Fatal> {
     };
     match cli.command {
         Some(Command::Keygen) => {
-            println!("{}", vault::generate_key_text()?.as_str());
+            out!("{}", vault::generate_key_text()?.as_str());
             return Ok(());
         }
         // Needs neither a config nor a database.
@@ -480,13 +501,14 @@ pub(super) fn open_store(settings: &Settings, missing: Missing) -> Result<Arc<dy
                         "no database at {}: only `oauthd serve` creates one. Check --db (or OAUTHD_DB, or `db` in the config file, which is relative to that file)",
                         shown.display()
                     ),
-                    1,
+                    2,
                 ));
             }
-            Ok(Arc::new(SqliteStore::open(
-                &settings.db,
-                settings.durability,
-            )?))
+            // A path that cannot work is a configuration error (exit 2: the systemd unit
+            // does not restart for it); a file that cannot be opened now may be later.
+            let store = SqliteStore::open(&settings.db, settings.durability)
+                .map_err(|e| Fatal(e.to_string(), if e.is_configuration() { 2 } else { 1 }))?;
+            Ok(Arc::new(store))
         }
         StoreTarget::Redis(target) => open_redis(settings, target),
     }

@@ -58,9 +58,14 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
             // On stdout, not in the log: the link is a credential. A database that cannot
             // be written now (read-only) must not keep oauthd from serving what it can.
             match admin.login_link(&public_url).await {
-                Ok(link) => println!(
-                    "No one has signed in yet. Open this one-time link to sign in (valid 24 h):\n{link}"
-                ),
+                Ok(link) => {
+                    use std::io::Write as _;
+                    // A closed stdout must not stop the server (`println!` would panic).
+                    let _ = writeln!(
+                        std::io::stdout().lock(),
+                        "No one has signed in yet. Open this one-time link to sign in (valid 24 h):\n{link}"
+                    );
+                }
                 Err(e) => log::error!(
                     "no sign-in link printed ({e}); once the database can be written, \
                      `oauthd admin link` prints one"

@@ -66,6 +66,30 @@ fn keys_create_prints_the_key_alone_on_the_last_line() {
 }
 
 #[test]
+fn output_to_a_reader_that_went_away_ends_quietly() {
+    let home = Home::new();
+    home.create_key("app", &[]);
+    let mut keygen = Command::new(BIN);
+    keygen.arg("keygen");
+    for (args, mut command) in [
+        (&["keys", "list"][..], home.cli_command(&["keys", "list"])),
+        (&["keygen"], keygen),
+    ] {
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before the command writes, as `| head -0` does.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+#[test]
 fn a_new_database_is_private_to_its_owner() {
     use std::os::unix::fs::PermissionsExt;
     let home = Home::new();
@@ -78,11 +102,12 @@ fn a_new_database_is_private_to_its_owner() {
 fn keys_refuses_bad_names_patterns_and_unknown_revokes() {
     let home = Home::new();
     home.create_key("first", &[]);
+    // Command-line errors exit 2 (README: the systemd unit does not restart for them).
     let bad_name = home.cli(&["keys", "create", "--name", "has space"]);
-    assert_eq!(bad_name.status.code(), Some(1));
+    assert_eq!(bad_name.status.code(), Some(2));
     assert!(text(&bad_name.stderr).contains("key name"));
     let bad_ns = home.cli(&["keys", "create", "--name", "a", "--namespace", "a*b"]);
-    assert_eq!(bad_ns.status.code(), Some(1));
+    assert_eq!(bad_ns.status.code(), Some(2));
     assert!(text(&bad_ns.stderr).contains("a*b"));
     let unknown = home.cli(&["keys", "revoke", "nobody"]);
     assert_eq!(unknown.status.code(), Some(1));
@@ -102,7 +127,7 @@ fn only_the_server_creates_a_database() {
         &["connections", "list"],
     ] {
         let out = home.cli(args);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
         let err = text(&out.stderr);
         assert!(
             err.contains("no database at") && err.contains(&home.db().display().to_string()),
@@ -136,6 +161,30 @@ fn a_relative_db_in_a_config_file_is_beside_the_file() {
 }
 
 #[test]
+fn a_relative_secret_file_in_a_config_file_is_beside_the_file() {
+    let home = Home::new();
+    std::fs::write(home.dir.path().join("peer-secret"), "s3cret\n").unwrap();
+    std::fs::write(
+        home.config(),
+        "[providers.peer]\nauthorization_url = \"https://peer.example/authorize\"\n\
+         token_url = \"https://peer.example/token\"\nclient_id = \"app\"\n\
+         client_secret_file = \"peer-secret\"\n",
+    )
+    .unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["providers", "list", "--config"])
+        .arg(home.config())
+        .current_dir(elsewhere.path())
+        .env_remove("OAUTHD_DB")
+        .env_remove("OAUTHD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("peer"), "{out:?}");
+}
+
+#[test]
 fn missing_parent_directory_is_explained() {
     let home = Home::new();
     let db = home.dir.path().join("no/such/dir/oauthd.db");
@@ -146,7 +195,8 @@ fn missing_parent_directory_is_explained() {
         .arg("127.0.0.1:0")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    // A configuration error: exit 2, which the systemd unit does not restart for.
+    assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
         err.contains("does not exist") && err.contains("mkdir -p"),

@@ -419,7 +419,10 @@ async fn admin_sessions_are_listed_and_revoked_from_the_cli(home: Home) {
     assert_eq!(overview_status(&d, &second).await, 200);
 
     let out = home.cli(&["admin", "sessions", "revoke", "ffff0000ffff"]);
-    assert!(!out.status.success(), "an unknown id was accepted");
+    assert_eq!(out.status.code(), Some(1), "an unknown id: {out:?}");
+    // Not an id at all: a command-line error, exit 2 as for every other.
+    let out = home.cli(&["admin", "sessions", "revoke", "zzz"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
 
     let out = home.cli(&["admin", "sessions", "revoke", "--all"]);
     assert!(out.status.success(), "{out:?}");

@@ -98,6 +98,17 @@ pub enum OpenError {
     },
 }
 
+impl OpenError {
+    /// The path or the file's version can never work as configured: trying again later
+    /// will not help (a file that cannot be opened now, or migrated, may be later).
+    pub fn is_configuration(&self) -> bool {
+        matches!(
+            self,
+            OpenError::NoParent { .. } | OpenError::ParentNotDir { .. } | OpenError::TooNew { .. }
+        )
+    }
+}
+
 pub struct SqliteStore {
     pool: Pool<ReadManager>,
     writer: Writer,
@@ -164,6 +175,10 @@ impl SqliteStore {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
                 .map_err(|e| open_err(&e))?;
+            // The full path: a relative one started from another directory is a new, empty
+            // database, and the log should say where it went.
+            let shown = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+            log::info!("created a new database at {}", shown.display());
         }
         configure(&conn)
             .and_then(|()| tune(&conn, durability))

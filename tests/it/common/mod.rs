@@ -126,6 +126,11 @@ impl Home {
 
     /// Runs an oauthd CLI command against this home's database (and config, when written).
     pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_command(args).output().expect("run oauthd")
+    }
+
+    /// The command `cli` runs, to run another way.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.args(args)
             .arg("--db")
@@ -136,7 +141,7 @@ impl Home {
         if self.config().exists() {
             cmd.arg("--config").arg(self.config());
         }
-        cmd.output().expect("run oauthd")
+        cmd
     }
 
     /// Creates an API key and returns it (the last line of stdout).
