@@ -632,12 +632,14 @@ fn parse_public_url(text: &str) -> Result<Url, ConfigError> {
         return Err(invalid("public_url", "must not have a query or fragment"));
     }
     // The path starts every address oauthd emits, the session cookie's Path included:
-    // "//host" would make them point elsewhere, and ; , \ would break the cookie header.
+    // "//host" would make them point elsewhere, an empty segment inside ("/a//b") is one a
+    // proxy may merge away (so the cookie's path and the redirect URIs would not match what
+    // browsers send), and ; , \ would break the cookie header.
     let path = url.path();
-    if path.starts_with("//") || path.contains([';', ',', '\\']) || !url.username().is_empty() {
+    if path.contains("//") || path.contains([';', ',', '\\']) || !url.username().is_empty() {
         return Err(invalid(
             "public_url",
-            "its path must be plain segments (no leading //, no ; , or \\) and it must not carry a user name",
+            "its path must be plain segments (no //, no ; , or \\) and it must not carry a user name",
         ));
     }
     if url.scheme() == "http" && !crate::oauth::provider::is_loopback(&url) {
@@ -888,6 +890,7 @@ mod tests {
         assert!(e.starts_with("public_url:"), "{e}");
         for bad in [
             "https://auth.example//evil.example",
+            "https://auth.example/a//b",
             "https://auth.example/oauthd;Domain=evil",
             "https://user@auth.example/",
         ] {

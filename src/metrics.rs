@@ -279,6 +279,11 @@ pub static CONNECTIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 
 /// Prometheus text format of everything registered.
 pub fn render() -> String {
+    // A counter without labels is shown from the start, at 0: an alert on its rate, or a
+    // dashboard, should not find it missing until the first storage failure.
+    LazyLock::force(&STORAGE_ERRORS);
+    LazyLock::force(&STORAGE_READ_ONLY);
+    LazyLock::force(&OUTBOX_PENDING);
     let mut out = String::new();
     let _ = prometheus::TextEncoder::new().encode_utf8(&REGISTRY.gather(), &mut out);
     out

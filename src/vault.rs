@@ -106,6 +106,16 @@ pub enum KeySource {
     File { path: PathBuf, create: bool },
 }
 
+impl KeySource {
+    /// Where the key comes from, for messages (never the key itself).
+    pub fn describe(&self) -> String {
+        match self {
+            KeySource::Inline(_) => "OAUTHD_KEY".to_owned(),
+            KeySource::File { path, .. } => path.display().to_string(),
+        }
+    }
+}
+
 impl std::fmt::Debug for KeySource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

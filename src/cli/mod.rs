@@ -591,8 +591,9 @@ pub(super) fn services(
         clock.clone(),
     ));
     let source = key_source(settings).map_err(|e| Fatal(e, 2))?;
+    let from = source.describe();
     let vault = Arc::new(VaultHandle::load(source)?);
-    check_vault_opens_tokens(&vault, store)?;
+    check_vault_opens_tokens(&vault, &from, store)?;
     let broker = Arc::new(
         Broker::new(
             providers,
@@ -619,6 +620,7 @@ pub(super) fn services(
 /// sealed with a key the old ones can never join.
 pub(super) fn check_vault_opens_tokens(
     vault: &VaultHandle,
+    from: &str,
     store: &Arc<dyn Store>,
 ) -> Result<(), Fatal> {
     let rows = runtime()?.block_on(store.list_connections())?;
@@ -635,7 +637,7 @@ pub(super) fn check_vault_opens_tokens(
     }
     Err(Fatal(
         format!(
-            "the database holds tokens sealed with vault key(s) {} but the loaded key file has {}: restore the key file that was used (OAUTHD_KEY / OAUTHD_KEY_FILE / <db>.key)",
+            "the database holds tokens sealed with vault key(s) {} but the vault key loaded from {from} has {}: restore the key that was used (OAUTHD_KEY / OAUTHD_KEY_FILE / <db>.key)",
             missing.join(", "),
             known.join(", ")
         ),

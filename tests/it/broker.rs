@@ -799,7 +799,10 @@ async fn a_lost_key_file_stops_the_start_instead_of_sealing_with_a_new_key() {
     let out = home.serve_once();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("restore the key file"), "{err}");
+    assert!(err.contains("restore the key that was used"), "{err}");
+    // It names where the key it has came from (here the new file beside the database).
+    let from = format!("loaded from {}", key_file.to_string_lossy());
+    assert!(err.contains(&from), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

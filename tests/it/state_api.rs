@@ -959,6 +959,12 @@ async fn metrics_count_states_outcomes_and_requests_behind_an_optional_token(hom
         Some(2.0),
         "{text}"
     );
+    // Counters without labels are there from the start, at 0, for alerts on their rate.
+    assert_eq!(
+        common::sample(&text, "oauthd_storage_errors_total"),
+        Some(0.0),
+        "{text}"
+    );
     assert_eq!(
         common::sample(
             &text,
