@@ -44,6 +44,19 @@ impl FlightLocks {
         turn
     }
 
+    /// `key`'s turn if nobody holds it or waits for it now; `None` otherwise.
+    pub(super) fn try_turn(&self, key: &ConnectionKey) -> Option<Turn<'_>> {
+        let lock = self.map().entry(key.clone()).or_default().clone();
+        // As in `turn`: built first, so that a lock taken for nothing leaves the map.
+        let mut turn = Turn {
+            guard: None,
+            locks: self,
+            key: key.clone(),
+        };
+        turn.guard = Some(lock.try_lock_owned().ok()?);
+        Some(turn)
+    }
+
     /// Connections with a turn held or waited for.
     #[cfg(test)]
     fn len(&self) -> usize {
@@ -113,5 +126,21 @@ mod tests {
         assert_eq!(locks.len(), 0);
         let again = tokio::time::timeout(Duration::from_millis(100), locks.turn(&key)).await;
         assert!(again.is_ok(), "the lock was left held");
+    }
+
+    #[tokio::test]
+    async fn a_turn_tried_is_had_only_when_free_and_leaves_nothing_behind() {
+        let locks = FlightLocks::default();
+        let key = ConnectionKey::new("p", "a");
+        let held = locks.turn(&key).await;
+        assert!(locks.try_turn(&key).is_none(), "had while held");
+        assert_eq!(locks.len(), 1);
+        drop(held);
+        assert_eq!(locks.len(), 0);
+        let tried = locks.try_turn(&key);
+        assert!(tried.is_some(), "not had while free");
+        assert!(locks.try_turn(&key).is_none(), "had twice");
+        drop(tried);
+        assert_eq!(locks.len(), 0);
     }
 }

@@ -12,6 +12,7 @@
 //!   every request a refresh.
 
 use super::events::Via;
+use super::flight::Turn;
 use super::{token_aad, Broker, BrokerError};
 use crate::oauth::flows::{self, FlowError, TokenSet};
 use crate::oauth::{id_token, Provider};
@@ -414,8 +415,20 @@ impl Broker {
             if !due_for_refresh(&row, provider.quirks.refresh_idle_expiry, now) {
                 continue;
             }
+            // A connection something in this process is on already (a token call's
+            // refresh, or a disconnect waiting for a provider) is left for the next round:
+            // waiting for it would hold up every connection after it.
+            let key = row.key();
+            let Some(turn) = self.in_flight.try_turn(&key) else {
+                log::debug!(
+                    "background refresh {}/{}: busy, left for the next round",
+                    row.provider,
+                    row.account
+                );
+                continue;
+            };
             match self
-                .refresh_single_flight(&provider, &row.key(), Duration::ZERO, true, None)
+                .refresh_in_turn(turn, &provider, &key, Duration::ZERO, true, None)
                 .await
             {
                 Ok(_) => refreshed += 1,
@@ -433,8 +446,22 @@ impl Broker {
         force: bool,
         rejected: Option<&str>,
     ) -> Result<AccessToken, BrokerError> {
+        let turn = self.in_flight.turn(key).await;
+        self.refresh_in_turn(turn, provider, key, min_ttl, force, rejected)
+            .await
+    }
+
+    /// `refresh_single_flight` once `key`'s turn is had (held until this returns).
+    async fn refresh_in_turn(
+        &self,
+        _turn: Turn<'_>,
+        provider: &Provider,
+        key: &ConnectionKey,
+        min_ttl: Duration,
+        force: bool,
+        rejected: Option<&str>,
+    ) -> Result<AccessToken, BrokerError> {
         let asked_at = self.clock.now_ms();
-        let _turn = self.in_flight.turn(key).await;
         // How long to wait for another process is real waiting, not a time rule: measured
         // on the monotonic clock.
         let deadline = tokio::time::Instant::now() + WAIT_FOR_OTHER;

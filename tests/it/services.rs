@@ -180,7 +180,17 @@ async fn connected_with_key(
     vault_key: &str,
 ) -> Arc<Broker> {
     let broker = broker_on(b, clock, endpoint.clone(), revocation_url, vault_key);
-    let start = broker.start_connect("p", Some("a"), None).await.unwrap();
+    connect_account(&broker, &endpoint, "a").await;
+    Arc::new(broker)
+}
+
+/// Connects `account` of provider "p" through a real connect flow; its tokens expire in
+/// an hour.
+async fn connect_account(broker: &Broker, endpoint: &Scripted, account: &str) {
+    let start = broker
+        .start_connect("p", Some(account), None)
+        .await
+        .unwrap();
     let state = start
         .authorize_url
         .query_pairs()
@@ -193,7 +203,6 @@ async fn connected_with_key(
         ..Default::default()
     };
     broker.finish_callback("p", query).await.unwrap();
-    Arc::new(broker)
 }
 
 /// A broker for provider "p" on `b`'s store, its tokens sealed with `vault_key`: one
@@ -499,7 +508,54 @@ async fn a_refresh_that_finds_its_connection_deleted_revokes_what_it_got(b: Back
     }
 }
 
+/// The background refresher goes one connection at a time. One that something in this
+/// process is on already (here a disconnect waiting for a slow revocation endpoint) is
+/// left for the next round instead of holding up every connection after it.
+async fn the_refresher_passes_a_connection_a_disconnect_is_on(b: Backend) {
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let provider = MockServer::start().await;
+    // Slower than the broker's provider timeout (5 s): the disconnect holds the
+    // connection's turn until it gives up.
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(10)))
+        .mount(&provider)
+        .await;
+    let clock = clock();
+    let endpoint = Scripted::new(Duration::ZERO);
+    let revocation = Some(format!("{}/revoke", provider.uri()));
+    let broker = connected_revoking_at(&b, &clock, endpoint.clone(), revocation).await;
+    connect_account(&broker, &endpoint, "b").await;
+    clock.advance(61 * MINUTE);
+    let disconnect = tokio::spawn({
+        let broker = broker.clone();
+        async move { broker.disconnect("p", "a", false).await }
+    });
+    // The disconnect holds the turn once its revocation has reached the provider.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while revocations(&provider).await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no revocation sent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    endpoint.then(200, tokens("access-b2", "refresh-b2", 3600));
+    let refreshed = broker.refresh_due().await.unwrap();
+    assert!(
+        !disconnect.is_finished(),
+        "the refresher waited for the disconnect"
+    );
+    assert_eq!(refreshed, 1);
+    let token = broker.access_token("p", "b", MINUTE).await.unwrap();
+    assert_eq!(token.access_token.as_str(), "access-b2");
+    assert_eq!(
+        endpoint.calls(),
+        3,
+        "a refresh of the busy connection was sent"
+    );
+    let _ = disconnect.await;
+}
+
 backends!(
+    the_refresher_passes_a_connection_a_disconnect_is_on,
     a_refresh_that_finds_its_connection_deleted_revokes_what_it_got,
     a_disconnect_during_a_refresh_revokes_the_refreshed_tokens,
     a_state_under_its_legacy_key_verifies_until_revoked,
