@@ -803,7 +803,7 @@ fn parse_text(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
             });
         // Without its input the error leaves out the quoted line and names the key instead.
         e.set_input(None);
-        let message = without_quoted_strings(e.to_string().trim_end()).replace('\n', "; ");
+        let message = without_values(e.to_string().trim_end()).replace('\n', "; ");
         ConfigError::Parse {
             path: path.to_owned(),
             message: format!("{}{message}", at.unwrap_or_default()),
@@ -811,20 +811,34 @@ fn parse_text(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
     })
 }
 
-/// A type error quotes the string it refused (`invalid type: string "…", expected a
-/// sequence`): a secret written where a table or list belongs would be printed. The
-/// string is left out.
-fn without_quoted_strings(message: &str) -> String {
-    const QUOTED: &str = "string \"";
+/// Serde's errors quote the value they refused (`invalid type: string "…", expected a
+/// sequence`, ``unknown variant `…` ``, ``integer `…` ``): a secret written where a
+/// table, a list, a number or one of a few words belongs would be printed. The value is
+/// left out; the key, the line and what was expected are enough to find it.
+fn without_values(message: &str) -> String {
+    // What comes before a value, and the character its quoting ends with.
+    const QUOTED: [(&str, char); 6] = [
+        ("string \"", '"'),
+        ("unknown variant `", '`'),
+        ("integer `", '`'),
+        ("floating point `", '`'),
+        ("boolean `", '`'),
+        ("character `", '`'),
+    ];
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
-    while let Some(at) = rest.find(QUOTED) {
-        out.push_str(&rest[..at + "string".len()]);
-        let quoted = &rest[at + QUOTED.len()..];
+    while let Some((at, prefix, close)) = QUOTED
+        .iter()
+        .filter_map(|&(prefix, close)| rest.find(prefix).map(|at| (at, prefix, close)))
+        .min_by_key(|&(at, ..)| at)
+    {
+        // Keep the words ("unknown variant"), drop the quoted value.
+        out.push_str(&rest[..at + prefix.len() - 2]);
+        let quoted = &rest[at + prefix.len()..];
         let mut escaped = false;
         let end = quoted.char_indices().find_map(|(i, c)| match c {
-            '"' if !escaped => Some(i),
-            '\\' => {
+            c if c == close && !escaped => Some(i),
+            '\\' if close == '"' => {
                 escaped = !escaped;
                 None
             }
@@ -868,19 +882,36 @@ mod tests {
                 format!("[states]\ndurability = \"{SECRET}\\\"quoted\\\"\" \n"),
                 2,
             ),
+            // A value where one of a few words, a number or a flag belongs.
+            (format!("[providers.x]\nclient_auth = \"{SECRET}\"\n"), 2),
+            (format!("durability = '{SECRET}'\n"), 1),
+            (format!("durability = \"\"\"\n{SECRET}\"\"\"\n"), 1),
+            (format!("[proxy]\ntimeout_seconds = \"{SECRET}\"\n"), 2),
         ] {
             let e = parse(&text).expect_err(&text).to_string();
             assert!(!e.contains(SECRET), "{e}");
             assert!(e.starts_with("config file test.toml: "), "{e}");
             assert!(e.contains(&format!("line {line}, column ")), "{e}");
         }
+        // A number where a string belongs.
+        let e = parse("[providers.x]\nclient_id = \"a\"\nclient_secret = 8347561209\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !e.contains("8347561209") && e.contains("line 3, column "),
+            "{e}"
+        );
         assert_eq!(
-            without_quoted_strings(r#"invalid type: string "a\"b\\", expected a map"#),
+            without_values(r#"invalid type: string "a\"b\\", expected a map"#),
             "invalid type: string, expected a map"
         );
         assert_eq!(
-            without_quoted_strings(r#"string "x" or string "y", expected `"`"#),
+            without_values(r#"string "x" or string "y", expected `"`"#),
             "string or string, expected `\"`"
+        );
+        assert_eq!(
+            without_values("unknown variant `xy`, expected `basic`; integer `7"),
+            "unknown variant, expected `basic`; integer"
         );
     }
 
@@ -964,8 +995,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("proxy.max_response_bytes"), "{e}");
+        // The value refused is not repeated (it could be a secret in the wrong place);
+        // the key and what it takes are named.
         let e = parse("durability = \"sometimes\"").unwrap_err().to_string();
-        assert!(e.contains("sometimes"), "{e}");
+        assert!(
+            e.contains("durability") && e.contains("`full`") && !e.contains("sometimes"),
+            "{e}"
+        );
         let e = parse("[states.namespaces.\"bad ns\"]\nmax_ttl_seconds = 5")
             .unwrap_err()
             .to_string();
