@@ -12,7 +12,7 @@ pub(super) fn providers_list(settings: &Settings) -> Result<(), Fatal> {
     let public_url = settings.public_url_for(settings.listen);
     let providers = super::providers(settings)?;
     if providers.is_empty() {
-        eprintln!("No providers configured: add [providers.NAME] tables to the config file (see oauthd.example.toml).");
+        say!("No providers configured: add [providers.NAME] tables to the config file (see oauthd.example.toml).");
     }
     for p in &providers {
         out!("{}", p.name);
@@ -95,7 +95,7 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
                 force,
             } => {
                 let outcome = broker.disconnect(&provider, &account, force).await?;
-                eprintln!(
+                say!(
                     "Deleted connection {provider}/{account}: {}.",
                     outcome.describe(&provider)
                 );
@@ -135,7 +135,7 @@ async fn import(broker: &crate::broker::Broker, file: &std::path::Path) -> Resul
             }
         }
     }
-    eprintln!("{done} imported, {refused} refused.");
+    say!("{done} imported, {refused} refused.");
     if refused > 0 {
         return Err(Fatal(format!("{refused} line(s) refused"), 1));
     }
@@ -197,7 +197,7 @@ pub(super) fn connect_device(
                 DeviceFlowStatus::Pending => {
                     if last_note.elapsed() >= std::time::Duration::from_secs(5) {
                         let left = (start.expires_at_ms - clock.now_ms()).max(0) / 1000;
-                        eprintln!("waiting for approval… {}m{:02}s left", left / 60, left % 60);
+                        say!("waiting for approval… {}m{:02}s left", left / 60, left % 60);
                         last_note = std::time::Instant::now();
                     }
                 }
@@ -281,7 +281,7 @@ pub(super) fn admin_link(settings: Settings) -> Result<(), Fatal> {
     let admin = admin(&settings, store, Clock::system());
     let public_url = settings.public_url_for(settings.listen);
     let link = runtime()?.block_on(admin.login_link(&public_url))?;
-    eprintln!("One-time login link, valid 24 hours:");
+    say!("One-time login link, valid 24 hours:");
     out!("{link}");
     Ok(())
 }
@@ -296,7 +296,7 @@ pub(super) fn admin_sessions(settings: Settings, command: SessionsCommand) -> Re
                 if json {
                     out!("{}", serde_json::to_string_pretty(&sessions)?);
                 } else if sessions.is_empty() {
-                    eprintln!("No browser is signed in.");
+                    say!("No browser is signed in.");
                 } else {
                     out!("{:<18} EXPIRES", "ID");
                     for s in &sessions {

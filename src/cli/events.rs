@@ -59,7 +59,7 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
                     );
                 }
                 if rows.is_empty() {
-                    eprintln!("No deliveries{}.", if failed { " failed" } else { "" });
+                    say!("No deliveries{}.", if failed { " failed" } else { "" });
                 }
                 Ok(())
             }
@@ -69,9 +69,7 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
                     .retry_delivery(&id, now, notifier.retry_deadline())
                     .await?
                 {
-                    eprintln!(
-                        "Delivery {id} is due now; the running oauthd sends it within a second."
-                    );
+                    say!("Delivery {id} is due now; the running oauthd sends it within a second.");
                     Ok(())
                 } else {
                     Err(Fatal(

@@ -42,11 +42,11 @@ pub(super) fn keys(settings: Settings, command: KeysCommand) -> Result<(), Fatal
                     .map_or("every account".to_owned(), |a| {
                         format!("accounts {}", a.join(", "))
                     });
-                eprintln!("Created API key {:?} for {scope}; {accounts}.", record.name);
+                say!("Created API key {:?} for {scope}; {accounts}.", record.name);
                 if record.accounts.is_some() && record.namespaces.is_none() {
-                    eprintln!("Note: --account limits connections only; this key may still use every state namespace (add --namespace to limit that too).");
+                    say!("Note: --account limits connections only; this key may still use every state namespace (add --namespace to limit that too).");
                 }
-                eprintln!(
+                say!(
                     "Store it now: it is not shown again. Use it as Authorization: Bearer <key>."
                 );
                 out!("{}", key.expose());
@@ -55,7 +55,7 @@ pub(super) fn keys(settings: Settings, command: KeysCommand) -> Result<(), Fatal
             KeysCommand::List { json } => list_keys(store.as_ref(), json).await,
             KeysCommand::Revoke { name } => {
                 if store.revoke_key(&name, clock.now_ms()).await? {
-                    eprintln!("Revoked API key {name:?}.");
+                    say!("Revoked API key {name:?}.");
                     Ok(())
                 } else {
                     Err(Fatal(format!("no active API key named {name:?}"), 1))

@@ -2,13 +2,22 @@
 //! HTTP server together; holds no logic of its own.
 
 /// `println!` for a command's output. A reader that went away (`oauthd check | head -3`)
-/// ends the command quietly, as it ends any Unix tool, where `println!` would panic.
+/// ends the command as SIGPIPE ends any Unix tool, where `println!` would panic.
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
         if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
             $crate::cli::output_failed(&e);
         }
+    }};
+}
+
+/// `eprintln!` for what a command tells the operator: a closed stderr is no reason to
+/// stop (nor to panic, as `eprintln!` does); the exit code still says how it ended.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
     }};
 }
 
@@ -354,13 +363,15 @@ pub(crate) enum KeysCommand {
     },
 }
 
-/// Ends a command whose output cannot be written: quietly (exit 0) when the reader closed
-/// the pipe, since it wanted no more; with the error (exit 1) otherwise (a full disk).
+/// Ends a command whose output cannot be written. A reader that closed the pipe gets
+/// exit status 141, what a shell reports for a tool that SIGPIPE stopped: the command did
+/// not finish (an import stops at the line it was on), and `set -o pipefail` sees it.
+/// Any other failure (a full disk) is said, with exit 1.
 pub(crate) fn output_failed(e: &std::io::Error) -> ! {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
-        std::process::exit(0);
+        std::process::exit(141);
     }
-    eprintln!("oauthd: writing the output: {e}");
+    say!("oauthd: writing the output: {e}");
     std::process::exit(1)
 }
 
@@ -381,7 +392,7 @@ pub fn main() -> ExitCode {
     match run(cli, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fatal(message, code)) => {
-            eprintln!("oauthd: {message}");
+            say!("oauthd: {message}");
             ExitCode::from(code)
         }
     }
@@ -494,7 +505,14 @@ pub(super) enum Missing {
 pub(super) fn open_store(settings: &Settings, missing: Missing) -> Result<Arc<dyn Store>, Fatal> {
     match &settings.store {
         StoreTarget::Sqlite => {
-            if missing == Missing::Refuse && !settings.db.exists() {
+            // A path that cannot be looked at now (no permission) is not "no database"; one
+            // through a file is (`check_parent` names it).
+            let exists = match settings.db.try_exists() {
+                Ok(exists) => exists,
+                Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => false,
+                Err(e) => return Err(Fatal(format!("database {}: {e}", settings.db.display()), 1)),
+            };
+            if missing == Missing::Refuse && !exists {
                 let shown = std::path::absolute(&settings.db).unwrap_or(settings.db.clone());
                 return Err(Fatal(
                     format!(

@@ -24,12 +24,12 @@ pub(super) fn rekey(settings: Settings, prune: bool) -> Result<(), Fatal> {
     runtime()?.block_on(async {
         if prune {
             let (kept, removed) = crate::rekey::prune(&path, store.as_ref()).await?;
-            eprintln!("Key file {}: kept {kept} key(s), removed {removed} no value uses.", path.display());
+            say!("Key file {}: kept {kept} key(s), removed {removed} no value uses.", path.display());
             return Ok(());
         }
         let report =
             crate::rekey::rotate(&path, store.as_ref(), std::time::Duration::from_millis(1500)).await?;
-        eprintln!(
+        say!(
             "New vault key {} now seals; re-sealed {} value(s) (connection tokens, pending device codes). The {} older key(s) stay in {} so values sealed under them still open; `oauthd rekey --prune` removes them once nothing uses them.",
             report.new_key_id, report.resealed, report.old_keys, path.display()
         );

@@ -80,13 +80,25 @@ fn output_to_a_reader_that_went_away_ends_quietly() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        // The reader goes away before the command writes, as `| head -0` does.
+        // The reader goes away before the command writes, as `| head -0` does: the
+        // command stops as SIGPIPE stops a Unix tool (a shell's 141), without a panic.
         drop(child.stdout.take());
         let out = child.wait_with_output().unwrap();
         let err = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
+    // A closed stderr is no reason to stop: the key is made and printed.
+    let mut child = home
+        .cli_command(&["keys", "create", "--name", "second"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(text(&out.stdout).trim().starts_with("oauthd_"), "{out:?}");
 }
 
 #[test]
