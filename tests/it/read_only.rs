@@ -365,3 +365,33 @@ fn a_read_only_filesystem_at_start_is_named_in_the_error() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("its filesystem is read-only"), "{err}");
 }
+
+/// A database directory this user cannot look into may be fixed while oauthd waits to be
+/// started again (modes fixed, a filesystem mounted late): exit 1, which the systemd unit
+/// restarts after, and the reason; not "does not exist" with exit 2, which it does not.
+#[test]
+fn a_database_directory_that_cannot_be_looked_into_is_not_a_missing_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = Home::new();
+    let locked = home.dir.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let db = locked.join("state/oauthd.db");
+    let out = Command::new("timeout")
+        .arg("20")
+        .args(NO_DAC_OVERRIDE)
+        .arg(BIN)
+        .arg("--db")
+        .arg(&db)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("timeout, setpriv (coreutils, util-linux)");
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("Permission denied") && !err.contains("does not exist"),
+        "{err}"
+    );
+}

@@ -360,19 +360,29 @@ fn check_parent(path: &Path) -> Result<(), OpenError> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => return Ok(()),
     };
-    if !dir.exists() {
-        return Err(OpenError::NoParent {
+    // Only a directory that is not there is a configuration error: one that cannot be
+    // looked at now (no permission, a network filesystem not answering) may be later.
+    use std::io::ErrorKind;
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Err(OpenError::NoParent {
             path: path.to_owned(),
             dir: dir.to_owned(),
-        });
-    }
-    if !dir.is_dir() {
-        return Err(OpenError::ParentNotDir {
+        }),
+        // A file where the path needs a directory.
+        Ok(_) => Err(OpenError::ParentNotDir {
             path: path.to_owned(),
             dir: dir.to_owned(),
-        });
+        }),
+        Err(e) if e.kind() == ErrorKind::NotADirectory => Err(OpenError::ParentNotDir {
+            path: path.to_owned(),
+            dir: dir.to_owned(),
+        }),
+        Err(e) => Err(OpenError::open(
+            path,
+            &format!("its directory {}: {e}", dir.display()),
+        )),
     }
-    Ok(())
 }
 
 /// On a database this process cannot write: fine when no schema change is pending.
