@@ -11,9 +11,10 @@ apt_install() {
   local sudo="" log
   [ "$(id -u)" = 0 ] || sudo="sudo"
   log=$(mktemp)
-  if DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >"$log" 2>&1 \
+  # (Through env: sudo does not pass DEBIAN_FRONTEND on.)
+  if $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >"$log" 2>&1 \
     || { $sudo apt-get update -qq >"$log" 2>&1 \
-      && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >"$log" 2>&1; }; then
+      && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >"$log" 2>&1; }; then
     rm -f "$log"
     return 0
   fi
