@@ -283,6 +283,13 @@ pub(super) fn admin_link(settings: Settings) -> Result<(), Fatal> {
     let link = runtime()?.block_on(admin.login_link(&public_url))?;
     say!("One-time login link, valid 24 hours:");
     out!("{link}");
+    // This command cannot know the address of a server started with another --listen.
+    if settings.public_url.is_none() {
+        say!(
+            "It names {public_url}, from --listen / OAUTHD_LISTEN / listen: for a server \
+             listening elsewhere, open the same path at its address (or set public_url)."
+        );
+    }
     Ok(())
 }
 
