@@ -4,6 +4,7 @@ use crate::common;
 
 use common::{Home, BIN};
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -65,8 +66,24 @@ fn keys_create_prints_the_key_alone_on_the_last_line() {
         .success());
 }
 
+/// Runs `command` with its stdout (or its stderr) read by nobody: the pipe is closed
+/// before the command writes, as `| head -0` (or `2>&-`) does.
+fn run_unread(command: &mut Command, stdout: bool) -> std::process::Output {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    if stdout {
+        drop(child.stdout.take());
+    } else {
+        drop(child.stderr.take());
+    }
+    child.wait_with_output().unwrap()
+}
+
 #[test]
-fn output_to_a_reader_that_went_away_ends_quietly() {
+fn a_reader_that_went_away_stops_a_command_as_sigpipe_would() {
     let home = Home::new();
     home.create_key("app", &[]);
     let mut keygen = Command::new(BIN);
@@ -75,28 +92,17 @@ fn output_to_a_reader_that_went_away_ends_quietly() {
         (&["keys", "list"][..], home.cli_command(&["keys", "list"])),
         (&["keygen"], keygen),
     ] {
-        let mut child = command
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        // The reader goes away before the command writes, as `| head -0` does: the
-        // command stops as SIGPIPE stops a Unix tool (a shell's 141), without a panic.
-        drop(child.stdout.take());
-        let out = child.wait_with_output().unwrap();
+        // A shell's 141 for a tool SIGPIPE stopped, without a panic.
+        let out = run_unread(&mut command, true);
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(141), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
     // A closed stderr is no reason to stop: the key is made and printed.
-    let mut child = home
-        .cli_command(&["keys", "create", "--name", "second"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stderr.take());
-    let out = child.wait_with_output().unwrap();
+    let out = run_unread(
+        &mut home.cli_command(&["keys", "create", "--name", "second"]),
+        false,
+    );
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(text(&out.stdout).trim().starts_with("oauthd_"), "{out:?}");
 }
@@ -153,20 +159,31 @@ fn only_the_server_creates_a_database() {
     assert!(home.db().exists());
 }
 
+/// Runs `args` with `--config` of `home`, from another directory (`elsewhere`), with no
+/// database or config named in the environment.
+fn run_from_elsewhere(home: &Home, elsewhere: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(home.config())
+        .current_dir(elsewhere)
+        .env_remove("OAUTHD_DB")
+        .env_remove("OAUTHD_CONFIG")
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn a_relative_db_in_a_config_file_is_beside_the_file() {
     let home = Home::new();
     std::fs::write(home.config(), "db = \"state/oauthd.db\"\n").unwrap();
     std::fs::create_dir(home.dir.path().join("state")).unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .args(["keys", "create", "--create", "--name", "app", "--config"])
-        .arg(home.config())
-        .current_dir(elsewhere.path())
-        .env_remove("OAUTHD_DB")
-        .env_remove("OAUTHD_CONFIG")
-        .output()
-        .unwrap();
+    let out = run_from_elsewhere(
+        &home,
+        elsewhere.path(),
+        &["keys", "create", "--create", "--name", "app"],
+    );
     assert!(out.status.success(), "{out:?}");
     assert!(home.dir.path().join("state/oauthd.db").exists());
     assert!(!elsewhere.path().join("state").exists());
@@ -184,14 +201,7 @@ fn a_relative_secret_file_in_a_config_file_is_beside_the_file() {
     )
     .unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .args(["providers", "list", "--config"])
-        .arg(home.config())
-        .current_dir(elsewhere.path())
-        .env_remove("OAUTHD_DB")
-        .env_remove("OAUTHD_CONFIG")
-        .output()
-        .unwrap();
+    let out = run_from_elsewhere(&home, elsewhere.path(), &["providers", "list"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("peer"), "{out:?}");
 }
