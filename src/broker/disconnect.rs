@@ -17,6 +17,11 @@ use crate::store::{ConnectionKey, ConnectionRow};
 use std::time::Duration;
 use zeroize::Zeroizing;
 
+/// What a disconnect that could not revoke tells the caller: the API's flag and the
+/// command line's.
+const FORCE_HINT: &str =
+    "retry, or delete with force: `?force=true`, or `--force` on the command line";
+
 /// How many times a disconnect revokes newer tokens that another process stored while it
 /// revoked the ones it had read, before it gives up with a 503.
 const ATTEMPTS: usize = 5;
@@ -105,7 +110,9 @@ impl Broker {
                 }
                 if !force {
                     return Err(BrokerError::ProviderUnavailable {
-                        message: "another oauthd process is refreshing this connection; retry, or delete with force (`?force=true`, or `--force` on the command line)".into(),
+                        message: format!(
+                            "another oauthd process is refreshing this connection; {FORCE_HINT}"
+                        ),
                         retry_after_secs: (until.saturating_sub(now) as u64).div_ceil(1000),
                     });
                 }
@@ -207,7 +214,17 @@ impl Broker {
         if tokens.is_empty() {
             return Ok(());
         }
-        let endpoints = self.endpoints(provider).await?;
+        // Its endpoints unknown (discovery failed): nothing was revoked or deleted either.
+        let endpoints = self.endpoints(provider).await.map_err(|e| match e {
+            BrokerError::ProviderUnavailable {
+                message,
+                retry_after_secs,
+            } => BrokerError::ProviderUnavailable {
+                message: format!("{message}: nothing was deleted ({FORCE_HINT})"),
+                retry_after_secs,
+            },
+            other => other,
+        })?;
         let Some(url) = endpoints.revocation.clone() else {
             return Ok(());
         };
@@ -216,9 +233,7 @@ impl Broker {
                 .await
                 .map_err(|e| match e {
                     FlowError::Transient(message) => BrokerError::ProviderUnavailable {
-                        message: format!(
-                            "revocation failed: {message} (retry, or delete with force: `?force=true`, or `--force` on the command line)"
-                        ),
+                        message: format!("revocation failed: {message} ({FORCE_HINT})"),
                         retry_after_secs: 5,
                     },
                     other => BrokerError::ProviderRejected(other.to_string()),

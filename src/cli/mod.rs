@@ -610,6 +610,22 @@ pub(super) fn services(
     ));
     let source = key_source(settings).map_err(|e| Fatal(e, 2))?;
     let from = source.describe();
+    // A key file made now (none was there) could not open tokens already stored: a
+    // database restored without its key. Refuse before making one, which would sit
+    // where the real key must be put back.
+    if let KeySource::File { path, create: true } = &source {
+        let missing = keys_missing_for_tokens(&[], store)?;
+        if !path.exists() && !missing.is_empty() {
+            return Err(Fatal(
+                format!(
+                    "the database holds tokens sealed with vault key(s) {} but there is no key file at {}: restore the key file that was used (or set OAUTHD_KEY_FILE / OAUTHD_KEY); no new key was made",
+                    missing.join(", "),
+                    path.display()
+                ),
+                2,
+            ));
+        }
+    }
     let vault = Arc::new(VaultHandle::load(source)?);
     check_vault_opens_tokens(&vault, &from, store)?;
     let broker = Arc::new(
@@ -641,15 +657,8 @@ pub(super) fn check_vault_opens_tokens(
     from: &str,
     store: &Arc<dyn Store>,
 ) -> Result<(), Fatal> {
-    let rows = runtime()?.block_on(store.list_connections())?;
     let known = vault.key_ids();
-    let mut missing: Vec<String> = rows
-        .iter()
-        .filter_map(|r| vault::sealed_key_id(&r.access_token))
-        .filter(|id| !known.contains(id))
-        .collect();
-    missing.sort();
-    missing.dedup();
+    let missing = keys_missing_for_tokens(&known, store)?;
     if missing.is_empty() {
         return Ok(());
     }
@@ -661,6 +670,20 @@ pub(super) fn check_vault_opens_tokens(
         ),
         2,
     ))
+}
+
+/// The ids of the keys stored tokens were sealed with that are not in `known`, sorted,
+/// each once.
+fn keys_missing_for_tokens(known: &[String], store: &Arc<dyn Store>) -> Result<Vec<String>, Fatal> {
+    let rows = runtime()?.block_on(store.list_connections())?;
+    let mut missing: Vec<String> = rows
+        .iter()
+        .filter_map(|r| vault::sealed_key_id(&r.access_token))
+        .filter(|id| !known.contains(id))
+        .collect();
+    missing.sort();
+    missing.dedup();
+    Ok(missing)
 }
 
 pub(super) fn runtime() -> Result<tokio::runtime::Runtime, Fatal> {

@@ -17,14 +17,19 @@ pub(super) fn rekey(settings: Settings, prune: bool) -> Result<(), Fatal> {
     if !path.exists() {
         return Err(Fatal(
             format!("key file {} does not exist", path.display()),
-            1,
+            2,
         ));
     }
     let store = open_store(&settings, super::Missing::Refuse)?;
     runtime()?.block_on(async {
         if prune {
             let (kept, removed) = crate::rekey::prune(&path, store.as_ref()).await?;
-            say!("Key file {}: kept {kept} key(s), removed {removed} no value uses.", path.display());
+            say!(
+                "Key file {}: removed {removed} key(s) that nothing uses; kept {kept} (the \
+                 current one, and any that still seal a stored value: connection tokens, \
+                 pending device codes or connect flows, which end within their TTL).",
+                path.display()
+            );
             return Ok(());
         }
         let report =

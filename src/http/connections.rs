@@ -245,7 +245,7 @@ pub(super) fn force_param(req: &HttpRequest) -> Result<bool, ApiError> {
         Some("true" | "1") => Ok(true),
         Some(_) => Err(ApiError::bad_request(
             "invalid_force",
-            "force is true or false",
+            "force is true or false (or 1 or 0)",
         )),
     }
 }

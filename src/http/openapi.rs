@@ -271,7 +271,7 @@ pub struct AttemptState {
 #[allow(dead_code)]
 pub struct ConnectRequest {
     pub account: Option<AccountName>,
-    /// Where the page sends the person afterwards: an address `allowed_return_to` allows.
+    /// Where the page sends the person afterwards: an address `return_to_allowlist` allows.
     pub return_to: Option<String>,
 }
 

@@ -108,6 +108,16 @@ async fn connected_alice(home: &Home, token_secs: u64, extra_toml: &str) -> (Pee
 
 async fn connect_flow_stores_a_connection_and_the_token_api_hands_out_its_token(home: Home) {
     let (peer, key, d) = serving(&home, 60, "");
+    // Every field is optional: no body works, with a JSON content type too.
+    let resp = d
+        .http
+        .post(format!("{}/v1/connect/peer", d.url))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
 
     let (status, body) = d
         .post("/v1/connect/peer", &key, json!({"account": "alice"}))
@@ -787,6 +797,25 @@ fn rekey_refuses_a_key_from_the_environment() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("OAUTHD_KEY_FILE"));
 }
 
+/// A delete from the command line while the provider cannot be reached (its discovery
+/// fails in the new process) keeps the connection, and says how to delete it anyway.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delete_while_the_provider_is_down_says_how_to_force_it() {
+    let home = Home::new();
+    let (peer, _key, d) = connected_alice(&home, 60, "").await;
+    d.signal_and_wait("TERM");
+    drop(peer);
+    let out = home.cli(&["connections", "delete", "peer", "alice"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("nothing was deleted") && err.contains("--force"),
+        "{err}"
+    );
+    let out = home.cli(&["connections", "delete", "--force", "peer", "alice"]);
+    assert!(out.status.success(), "{out:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_key_file_stops_the_start_instead_of_sealing_with_a_new_key() {
     let (peer, home, key) = setup(60, "");
@@ -799,10 +828,30 @@ async fn a_lost_key_file_stops_the_start_instead_of_sealing_with_a_new_key() {
     let out = home.serve_once();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("restore the key that was used"), "{err}");
-    // It names where the key it has came from (here the new file beside the database).
+    assert!(err.contains("restore the key file that was used"), "{err}");
+    assert!(err.contains(&*key_file.to_string_lossy()), "{err}");
+    // No new key file was made where the real one must be put back.
+    assert!(
+        !std::path::Path::new(&key_file).exists(),
+        "a new key file was made"
+    );
+
+    // A wrong key file names where the key it has came from.
+    std::fs::write(
+        &key_file,
+        oauthd::vault::generate_key_text().unwrap().as_str(),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = home.serve_once();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
     let from = format!("loaded from {}", key_file.to_string_lossy());
-    assert!(err.contains(&from), "{err}");
+    assert!(
+        err.contains("restore the key that was used") && err.contains(&from),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -447,7 +447,7 @@ async fn rekey_and_prune_never_strand_a_pending_device_flow(home: Home) {
     let out = home.cli(&["rekey", "--prune"]);
     assert!(out.status.success(), "{out:?}");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("removed 1 no value uses"),
+        String::from_utf8_lossy(&out.stderr).contains("removed 1 key(s) that nothing uses"),
         "{out:?}"
     );
 

@@ -434,12 +434,14 @@ async fn bad_input_gets_a_4xx_problem_never_a_5xx(home: Home) {
             400,
             "malformed_json",
         ),
+        // No body is an empty object (README: a request without a body works where
+        // every field is optional); here the namespace is missing.
         (
             "/v1/states",
             "application/json",
             "".into(),
             400,
-            "malformed_json",
+            "invalid_namespace",
         ),
         (
             "/v1/states",
