@@ -4,7 +4,7 @@
 use super::{open_store, runtime, EventsCommand, Fatal, Missing};
 use crate::clock::{rfc3339, Clock};
 use crate::config::Settings;
-use crate::store::DeliveryFilter;
+use crate::store::{DeliveryFilter, Retried};
 
 pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), Fatal> {
     let store = open_store(&settings, Missing::Refuse)?;
@@ -63,19 +63,28 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
                 }
                 Ok(())
             }
-            EventsCommand::Retry { id } => {
+            EventsCommand::Retry { id, again } => {
                 let now = Clock::system().now_ms();
-                if store
-                    .retry_delivery(&id, now, notifier.retry_deadline())
+                match store
+                    .retry_delivery(&id, now, notifier.retry_deadline(), again)
                     .await?
                 {
-                    say!("Delivery {id} is due now; the running oauthd sends it within a second.");
-                    Ok(())
-                } else {
-                    Err(Fatal(
+                    Retried::Due => {
+                        say!("Delivery {id} is due now; the running oauthd sends it within a second.");
+                        Ok(())
+                    }
+                    // It may have gone through since it was listed (oauthd retries by itself).
+                    Retried::AlreadyDelivered => Err(Fatal(
+                        format!(
+                            "delivery {id} was delivered already (see `oauthd events list`); \
+                             `--again` sends it once more"
+                        ),
+                        1,
+                    )),
+                    Retried::NotFound => Err(Fatal(
                         format!("no delivery {id:?} (see `oauthd events list`)"),
                         1,
-                    ))
+                    )),
                 }
             }
         }

@@ -297,6 +297,9 @@ pub(crate) enum EventsCommand {
     Retry {
         /// The delivery's id, as `events list` shows it (dlv_…)
         id: String,
+        /// Send it even though it was delivered (the receiver lost it)
+        #[arg(long)]
+        again: bool,
     },
 }
 

@@ -15,7 +15,7 @@ use crate::secret::SecretHash;
 use async_trait::async_trait;
 pub use change_watch::ChangeWatch;
 pub use outbox::{
-    DeliveryFilter, DeliveryOutcome, DeliveryRow, DeliveryStatus, NewDelivery, OutboxStore,
+    DeliveryFilter, DeliveryOutcome, DeliveryRow, DeliveryStatus, NewDelivery, OutboxStore, Retried,
 };
 use std::sync::Arc;
 

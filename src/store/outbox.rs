@@ -52,6 +52,17 @@ impl DeliveryStatus {
     }
 }
 
+/// What a retry by hand did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retried {
+    /// The delivery is pending and due now.
+    Due,
+    /// It was delivered already, and sending it again was not asked for: unchanged.
+    AlreadyDelivered,
+    /// No delivery has this id.
+    NotFound,
+}
+
 /// A delivery as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryRow {
@@ -138,14 +149,15 @@ pub trait OutboxStore: Send + Sync {
         filter: DeliveryFilter,
         limit: u32,
     ) -> Result<Vec<DeliveryRow>, StoreError>;
-    /// Makes a delivery pending and due now, with a new deadline; false when no delivery
-    /// has this id.
+    /// Makes a delivery pending and due now, with a new deadline. One delivered already
+    /// is left alone unless `again` (the receiver has it: sending it again is asked for).
     async fn retry_delivery(
         &self,
         id: &str,
         now_ms: i64,
         deadline_ms: i64,
-    ) -> Result<bool, StoreError>;
+        again: bool,
+    ) -> Result<Retried, StoreError>;
     /// At start, on SQLite: deliveries a previous run claimed and never finished (killed
     /// mid-attempt) are due now rather than when their claim would end. Should another
     /// process on the same file be attempting one right now, the receiver gets it twice

@@ -362,6 +362,19 @@ async fn a_dead_delivery_is_sent_again_by_events_retry() {
         })
         .await
     );
+    // Delivered now: a retry from a listing that is out of date does not send it twice;
+    // --again does, when the receiver lost it.
+    let out = home.cli(&["events", "retry", id]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("delivered already") && err.contains("--again"),
+        "{err}"
+    );
+    let out = home.cli(&["events", "retry", "--again", id]);
+    assert!(out.status.success(), "{out:?}");
+    let got = hooks.wait_for("notify.test", attempts + 2, WAIT).await;
+    assert_eq!(got.len(), attempts + 2, "sent again with --again");
     let out = home.cli(&["events", "retry", "dlv_nope"]);
     assert_eq!(out.status.code(), Some(1));
     drop(d);

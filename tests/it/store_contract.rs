@@ -4,7 +4,7 @@
 use oauthd::secret::{SecretHash, StateId};
 use oauthd::store::{
     AccountIdentity, Attempted, ConnectionKey, DeliveryFilter, DeliveryOutcome, DeliveryStatus,
-    InsertRules, Inserted, NamespaceFilter, NewDelivery, Revoked, SealedTokens, StateRow,
+    InsertRules, Inserted, NamespaceFilter, NewDelivery, Retried, Revoked, SealedTokens, StateRow,
     StateSecret, Taken,
 };
 use std::sync::Arc;
@@ -281,18 +281,39 @@ async fn deliveries_are_claimed_once_per_lease_and_finished_by_their_claim(b: Ba
             ("a", DeliveryStatus::Dead)
         ]
     );
-    // Retried by hand: due at once, with a new deadline.
-    assert!(s.retry_delivery("a", 30_000, 90_000).await.unwrap());
-    assert!(!s.retry_delivery("nope", 30_000, 90_000).await.unwrap());
+    // Retried by hand: due at once, with a new deadline. One delivered already only when
+    // asked to send it again (it may have gone through since it was listed as failing).
+    let retry = |id: &'static str, again| s.retry_delivery(id, 30_000, 90_000, again);
+    assert_eq!(retry("b", false).await.unwrap(), Retried::AlreadyDelivered);
+    assert_eq!(retry("a", false).await.unwrap(), Retried::Due);
+    assert_eq!(retry("nope", true).await.unwrap(), Retried::NotFound);
     let retried = s.claim_deliveries(30_000, 10_000, 10, &[]).await.unwrap();
     assert_eq!(
-        (retried[0].id.as_str(), retried[0].deadline_ms),
-        ("a", 90_000)
+        retried
+            .iter()
+            .map(|d| (d.id.as_str(), d.deadline_ms))
+            .collect::<Vec<_>>(),
+        [("a", 90_000)],
+        "the delivered one was sent again"
     );
     // Finished ones are pruned once old enough; pending ones never.
     assert_eq!(s.prune_deliveries(3_000).await.unwrap(), 0);
     assert_eq!(s.prune_deliveries(3_001).await.unwrap(), 1);
     assert_eq!(ids(s, DeliveryFilter::All).await, vec!["a"]);
+    // Delivered this time: sent again only when asked to.
+    let delivered = DeliveryOutcome::Delivered;
+    let attempts = retried[0].attempts;
+    assert!(s
+        .finish_delivery("a", attempts, delivered, 31_000)
+        .await
+        .unwrap());
+    assert_eq!(retry("a", false).await.unwrap(), Retried::AlreadyDelivered);
+    assert_eq!(retry("a", true).await.unwrap(), Retried::Due);
+    let again = s.claim_deliveries(30_000, 10_000, 10, &[]).await.unwrap();
+    assert_eq!(
+        again.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        ["a"]
+    );
 }
 
 /// Claimers racing for the same due deliveries (two instances on one store) split them:

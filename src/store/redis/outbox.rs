@@ -9,7 +9,7 @@
 use super::{int, need_int, need_text, text, Fields, RedisStore};
 use crate::store::{
     DeliveryFilter, DeliveryOutcome, DeliveryRow, DeliveryStatus, NewDelivery, OutboxStore,
-    StoreError,
+    Retried, StoreError,
 };
 use async_trait::async_trait;
 use redis::Script;
@@ -87,11 +87,13 @@ return 1
     )
 });
 
-/// KEYS: due, hash. ARGV: id, now, deadline.
+/// KEYS: due, hash. ARGV: id, now, deadline, again ("1": a delivered one too). Returns 1
+/// when due now, 2 for one delivered and left alone, 0 for no such delivery.
 static RETRY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+if ARGV[4] ~= '1' and redis.call('HGET', KEYS[2], 'status') == 'delivered' then return 2 end
 redis.call('HSET', KEYS[2], 'status', 'pending', 'next_attempt_at', ARGV[2], 'deadline', ARGV[3])
 redis.call('HDEL', KEYS[2], 'finished_at')
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
@@ -336,7 +338,8 @@ impl OutboxStore for RedisStore {
         id: &str,
         now_ms: i64,
         deadline_ms: i64,
-    ) -> Result<bool, StoreError> {
+        again: bool,
+    ) -> Result<Retried, StoreError> {
         let (due, key, id) = (self.due_set(), self.delivery_key(id), id.to_owned());
         let mut c = self.conn();
         let n: i64 = self
@@ -347,11 +350,16 @@ impl OutboxStore for RedisStore {
                     .arg(id)
                     .arg(now_ms)
                     .arg(deadline_ms)
+                    .arg(if again { "1" } else { "0" })
                     .invoke_async(&mut c)
                     .await
             })
             .await?;
-        Ok(n == 1)
+        Ok(match n {
+            1 => Retried::Due,
+            2 => Retried::AlreadyDelivered,
+            _ => Retried::NotFound,
+        })
     }
 
     async fn release_claims(&self, _now_ms: i64) -> Result<u64, StoreError> {

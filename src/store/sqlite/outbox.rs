@@ -4,10 +4,10 @@
 use super::SqliteStore;
 use crate::store::{
     DeliveryFilter, DeliveryOutcome, DeliveryRow, DeliveryStatus, NewDelivery, OutboxStore,
-    StoreError,
+    Retried, StoreError,
 };
 use async_trait::async_trait;
-use rusqlite::{params, Connection, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
 const COLUMNS: &str = "id, event_id, event_type, target, body, created_at, deadline, status,
     attempts, next_attempt_at, last_attempt_at, last_error, finished_at";
@@ -155,18 +155,27 @@ impl OutboxStore for SqliteStore {
         id: &str,
         now_ms: i64,
         deadline_ms: i64,
-    ) -> Result<bool, StoreError> {
+        again: bool,
+    ) -> Result<Retried, StoreError> {
         let id = id.to_owned();
         self.writer
             .run("retrying a delivery", move |conn| {
-                let n = conn
-                    .prepare_cached(
-                        "UPDATE deliveries SET status = 'pending', next_attempt_at = ?2,
-                            deadline = ?3, finished_at = NULL, claimed_until = NULL
-                         WHERE id = ?1",
-                    )?
-                    .execute(params![id, now_ms, deadline_ms])?;
-                Ok(n == 1)
+                let status: Option<String> = conn
+                    .prepare_cached("SELECT status FROM deliveries WHERE id = ?1")?
+                    .query_row(params![id], |r| r.get(0))
+                    .optional()?;
+                match status.as_deref() {
+                    None => return Ok(Retried::NotFound),
+                    Some("delivered") if !again => return Ok(Retried::AlreadyDelivered),
+                    Some(_) => {}
+                }
+                conn.prepare_cached(
+                    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?2,
+                        deadline = ?3, finished_at = NULL, claimed_until = NULL
+                     WHERE id = ?1",
+                )?
+                .execute(params![id, now_ms, deadline_ms])?;
+                Ok(Retried::Due)
             })
             .await
     }
