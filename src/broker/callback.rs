@@ -114,6 +114,16 @@ pub enum CallbackError {
 }
 
 impl CallbackError {
+    /// A paste that touched no flow (not an address, another address, no or an unknown
+    /// state): the flow it was meant for is still open for the right one.
+    pub fn leaves_flow_open(&self) -> bool {
+        use CallbackError::*;
+        matches!(
+            self,
+            PasteUnreadable | PasteElsewhere { .. } | NoState | UnknownState
+        )
+    }
+
     /// The account whose flow may be started again, when starting again can help.
     pub fn retry_account(&self) -> Option<&str> {
         use CallbackError::*;

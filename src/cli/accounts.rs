@@ -11,6 +11,12 @@ use crate::store::DeviceFlowStatus;
 pub(super) fn providers_list(settings: &Settings) -> Result<(), Fatal> {
     let public_url = settings.public_url_for(settings.listen);
     let providers = super::providers(settings)?;
+    if settings.public_url.is_none() && settings.listen.port() == 0 {
+        say!(
+            "listen has port 0, which the server picks when it starts: the redirect URIs \
+             below cannot name it. Set public_url, or a fixed port, to register them."
+        );
+    }
     if providers.is_empty() {
         say!("No providers configured: add [providers.NAME] tables to the config file (see oauthd.example.toml).");
     }
@@ -253,27 +259,48 @@ pub(super) fn connect_paste(
             "Copy that page's whole address from the address bar, paste it here and press Enter (within {}):",
             broker.flow_ttl_text(provider, account)
         );
-        let line = tokio::task::spawn_blocking(|| {
-            let mut line = String::new();
-            std::io::stdin().read_line(&mut line).map(|_| line)
-        })
-        .await
-        .map_err(|e| Fatal(format!("reading stdin: {e}"), 1))?
-        .map_err(|e| Fatal(format!("reading stdin: {e}"), 1))?;
-        if line.trim().is_empty() {
-            return Err(Fatal("nothing was pasted; not connected".into(), 1));
-        }
-        match broker.finish_pasted(provider, &line).await {
-            Ok(c) => {
-                out!("Connected {}/{}.", c.provider, c.account);
-                Ok(())
+        // A paste that touched no flow leaves this one open for the right address, as
+        // the page does: ask again, a few times.
+        let mut refused = None;
+        for _ in 0..PASTE_TRIES {
+            let line = read_stdin_line().await?;
+            if line.trim().is_empty() {
+                break;
             }
-            Err(e) => {
-                let (_, title, detail) = crate::http::callback_wording(provider, &e);
-                Err(Fatal(format!("not connected: {title}: {detail}"), 1))
+            match broker.finish_pasted(provider, &line).await {
+                Ok(c) => {
+                    out!("Connected {}/{}.", c.provider, c.account);
+                    return Ok(());
+                }
+                Err(e) => {
+                    let (_, title, detail) = crate::http::callback_wording(provider, &e);
+                    let message = format!("not connected: {title}: {detail}");
+                    if !e.leaves_flow_open() {
+                        return Err(Fatal(message, 1));
+                    }
+                    say!("{title}: {detail}");
+                    out!("Paste the address again and press Enter (an empty line gives up):");
+                    refused = Some(message);
+                }
             }
         }
+        let message = refused.unwrap_or_else(|| "nothing was pasted; not connected".into());
+        Err(Fatal(message, 1))
     })
+}
+
+/// Addresses `connect --paste` takes before it gives up.
+const PASTE_TRIES: usize = 5;
+
+/// One line from stdin (empty at its end).
+async fn read_stdin_line() -> Result<String, Fatal> {
+    tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|_| line)
+    })
+    .await
+    .map_err(|e| Fatal(format!("reading stdin: {e}"), 1))?
+    .map_err(|e| Fatal(format!("reading stdin: {e}"), 1))
 }
 
 pub(super) fn admin_link(settings: Settings) -> Result<(), Fatal> {

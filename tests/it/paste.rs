@@ -444,4 +444,19 @@ async fn paste_back_from_the_terminal() {
     );
     let (ok, printed) = cli_paste(&home, &peer, |_| String::new()).await;
     assert!(!ok && printed.contains("nothing was pasted"), "{printed}");
+
+    // A wrong paste leaves the flow open, as on the page: the right address pasted next
+    // connects.
+    let (ok, printed) = cli_paste(&home, &peer, |a| {
+        let elsewhere = a.replace("/callback/peer", "/elsewhere");
+        format!("garbage\n{elsewhere}\n{a}")
+    })
+    .await;
+    assert!(ok, "{printed}");
+    assert!(
+        printed.contains("Not an address")
+            && printed.contains("Paste the address again")
+            && printed.contains("Connected peer/default."),
+        "{printed}"
+    );
 }
