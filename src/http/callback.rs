@@ -29,8 +29,12 @@ fn retry_button(
             t = escape(token),
             l = escape(&label)
         ),
+        // Not signed in to oauthd: most likely someone an app sent here, for whom the
+        // admin page (behind its sign-in) is no way on.
         None => format!(
-            "<p><a class=\"button\" href=\"{}\">{}</a></p>",
+            "<p>If an app sent you here, go back to it and start again there.</p>\
+             <p>oauthd's administrator can start again here: \
+             <a class=\"button\" href=\"{}\">{}</a></p>",
             escape(&app.broker.reconnect_url(provider, account)),
             escape(&label)
         ),

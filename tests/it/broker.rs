@@ -373,6 +373,11 @@ async fn callback_after_the_state_expired_offers_to_start_again(home: Home) {
         page.contains("expired") && page.contains("reconnect=peer&amp;account=bob"),
         "{page}"
     );
+    // A browser not signed in to oauthd is most likely an app's user: sent back to it.
+    assert!(
+        page.contains("If an app sent you here, go back to it"),
+        "{page}"
+    );
     assert_eq!(peer.grants("authorization_code").await, 0);
 }
 
