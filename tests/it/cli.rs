@@ -66,20 +66,17 @@ fn keys_create_prints_the_key_alone_on_the_last_line() {
         .success());
 }
 
-/// Runs `command` with its stdout (or its stderr) read by nobody: the pipe is closed
-/// before the command writes, as `| head -0` (or `2>&-`) does.
+/// Runs `command` with its stdout (or its stderr) a pipe nobody reads: its reading end is
+/// closed before the command starts, so its first write fails, as after `| head -0`.
 fn run_unread(command: &mut Command, stdout: bool) -> std::process::Output {
-    let mut child = command
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
     if stdout {
-        drop(child.stdout.take());
+        command.stdout(writer).stderr(Stdio::piped());
     } else {
-        drop(child.stderr.take());
+        command.stdout(Stdio::piped()).stderr(writer);
     }
-    child.wait_with_output().unwrap()
+    command.output().unwrap()
 }
 
 #[test]
