@@ -616,9 +616,13 @@ pub(super) fn services(
     // A key file made now (none was there) could not open tokens already stored: a
     // database restored without its key. Refuse before making one, which would sit
     // where the real key must be put back.
-    if let KeySource::File { path, create: true } = &source {
+    let key_file_to_make = match &source {
+        KeySource::File { path, create: true } if !path.exists() => Some(path),
+        _ => None,
+    };
+    if let Some(path) = key_file_to_make {
         let missing = keys_missing_for_tokens(&[], store)?;
-        if !path.exists() && !missing.is_empty() {
+        if !missing.is_empty() {
             return Err(Fatal(
                 format!(
                     "the database holds tokens sealed with vault key(s) {} but there is no key file at {}: restore the key file that was used (or set OAUTHD_KEY_FILE / OAUTHD_KEY); no new key was made",
