@@ -29,8 +29,10 @@ const ATTEMPTS: usize = 5;
 /// How a disconnect went at the provider; the connection is deleted in every case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disconnected {
-    /// Revoked where the provider offers revocation.
+    /// Revoked at the provider.
     Revoked,
+    /// The provider has no revocation endpoint: deleted here, the grant stays valid there.
+    NotOffered,
     /// The provider could not be reached or refused, and `force` deleted it anyway.
     RevocationFailed,
     /// The provider is no longer configured: deleted locally, nothing revoked.
@@ -41,7 +43,8 @@ impl Disconnected {
     /// What happened, in words, for people.
     pub fn describe(self, provider: &str) -> String {
         match self {
-            Disconnected::Revoked => "revoked at the provider where it offers revocation".into(),
+            Disconnected::Revoked => "revoked at the provider".into(),
+            Disconnected::NotOffered => format!("provider {provider} offers no revocation: its grant stays valid there until it expires or is removed in the account's settings at {provider}"),
             Disconnected::RevocationFailed => "revocation at the provider failed; its grant may still be valid there".into(),
             Disconnected::ProviderMissing => format!("provider {provider} is no longer configured: nothing was revoked there, only oauthd's copy was deleted"),
         }
@@ -50,7 +53,9 @@ impl Disconnected {
     /// The `revocation` field of the `connection.deleted` event.
     fn revocation(self) -> &'static str {
         match self {
-            Disconnected::Revoked => "revoked",
+            // `revoked` is documented as "revoked where the provider offers revocation":
+            // a new value would change what apps already get for such providers.
+            Disconnected::Revoked | Disconnected::NotOffered => "revoked",
             Disconnected::RevocationFailed => "failed",
             Disconnected::ProviderMissing => "provider_missing",
         }
@@ -194,7 +199,12 @@ impl Broker {
         tokens.push((token, "access_token"));
         tokens.retain(|(token, _)| !revoked.contains(token));
         match self.revoke_tokens(provider, tokens, revoked).await {
-            Ok(()) => Ok(Disconnected::Revoked),
+            // Known by now (revoking needed the endpoints): whether there was anywhere to
+            // send the tokens to.
+            Ok(()) => Ok(match self.endpoints(provider).await {
+                Ok(endpoints) if endpoints.revocation.is_none() => Disconnected::NotOffered,
+                _ => Disconnected::Revoked,
+            }),
             Err(e) if !force => Err(e),
             Err(e) => {
                 log::warn!("disconnect {p}/{a}: revocation failed ({e}); deleting anyway (force)");

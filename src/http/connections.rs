@@ -253,7 +253,8 @@ pub(super) fn force_param(req: &HttpRequest) -> Result<bool, ApiError> {
 /// The answer to a disconnect, for the API and the page alike.
 pub(super) fn disconnected_response(provider: &str, outcome: Disconnected) -> HttpResponse {
     match outcome {
-        Disconnected::Revoked => HttpResponse::NoContent().finish(),
+        // "Revokes at the provider where it can": 204 also where it cannot.
+        Disconnected::Revoked | Disconnected::NotOffered => HttpResponse::NoContent().finish(),
         other => HttpResponse::Ok().json(NotRevoked {
             deleted: true,
             revoked: false,

@@ -4,7 +4,7 @@
 //! and on a real redis-server.
 
 use crate::store_contract::Backend;
-use oauthd::broker::{Broker, BrokerError, BrokerSettings, CallbackQuery};
+use oauthd::broker::{Broker, BrokerError, BrokerSettings, CallbackQuery, Disconnected};
 use oauthd::clock::Clock;
 use oauthd::namespace::Namespace;
 use oauthd::oauth::flows::{TokenEndpoint, TokenFuture};
@@ -461,7 +461,7 @@ async fn a_disconnect_during_a_refresh_revokes_the_refreshed_tokens(b: Backend) 
         tokio::time::sleep(Duration::from_millis(100)).await;
         broker.disconnect("p", "a", false).await
     });
-    disconnected.unwrap();
+    assert_eq!(disconnected.unwrap(), Disconnected::Revoked);
     assert_eq!(refreshed.unwrap().access_token.as_str(), "access-2");
     let revoked = revocations(&provider).await;
     assert!(
@@ -554,7 +554,26 @@ async fn the_refresher_passes_a_connection_a_disconnect_is_on(b: Backend) {
     let _ = disconnect.await;
 }
 
+/// A provider without a revocation endpoint: the disconnect deletes oauthd's copy and
+/// says the grant stays valid at the provider (where one is revoked it says so instead).
+async fn a_disconnect_where_the_provider_offers_no_revocation_says_so(b: Backend) {
+    let clock = clock();
+    let broker = connected(&b, &clock, Scripted::new(Duration::ZERO)).await;
+    let outcome = broker.disconnect("p", "a", false).await.unwrap();
+    assert_eq!(outcome, Disconnected::NotOffered);
+    assert!(
+        outcome.describe("p").contains("offers no revocation"),
+        "{}",
+        outcome.describe("p")
+    );
+    assert!(
+        broker.connection("p", "a").await.is_err(),
+        "still connected"
+    );
+}
+
 backends!(
+    a_disconnect_where_the_provider_offers_no_revocation_says_so,
     the_refresher_passes_a_connection_a_disconnect_is_on,
     a_refresh_that_finds_its_connection_deleted_revokes_what_it_got,
     a_disconnect_during_a_refresh_revokes_the_refreshed_tokens,
