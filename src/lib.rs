@@ -33,6 +33,7 @@ pub mod proxy;
 pub mod read_cache;
 pub mod rekey;
 pub mod secret;
+pub mod state_data;
 pub mod states;
 pub mod store;
 pub mod vault;

@@ -9,10 +9,11 @@
 //!    Pending device flows' codes are re-sealed the same way (a finished flow keeps no
 //!    code).
 //! 3. `--prune` later drops keys that no stored value uses any more: connections' tokens,
-//!    pending device flows' codes, and connect flows in progress (which keep their key
-//!    until they end, at most their TTL).
+//!    pending device flows' codes, and the data of states (connect flows in progress
+//!    among them), which keep their key until they are consumed or expire.
 
 use crate::broker::{device_aad, sealed_flow_secrets, token_aad, CONNECT_PREFIX};
+use crate::state_data;
 use crate::store::{BrokerStore, Store, StoreError};
 use crate::vault::{self, sealed_key_id, Vault, VaultError};
 use std::collections::BTreeSet;
@@ -158,11 +159,23 @@ pub async fn prune(path: &Path, store: &dyn Store) -> Result<(usize, usize), Rek
     for flow in store.pending_device_flows().await? {
         used.extend(sealed_key_id(&flow.device_code));
     }
-    for data in store.state_data_with_prefix(CONNECT_PREFIX).await? {
-        let sealed = serde_json::from_str(&data)
+    // States keep the key their data was sealed with until they are consumed or expire.
+    // A connect flow's data holds the flow's secrets sealed once more, by the broker.
+    let vault = Vault::from_text(&text)?;
+    for row in store.states_with_data("").await? {
+        let Some(stored) = row.data.as_deref() else {
+            continue;
+        };
+        used.extend(state_data::key_id(stored));
+        if !row.namespace.starts_with(CONNECT_PREFIX) {
+            continue;
+        }
+        // Data that does not open keeps its key through the line above.
+        let inner = state_data::open(&vault, &row.key_hash, &row.namespace, stored)
             .ok()
+            .and_then(|data| serde_json::from_str(&data).ok())
             .and_then(|v| sealed_flow_secrets(&v));
-        used.extend(sealed.as_deref().and_then(sealed_key_id));
+        used.extend(inner.as_deref().and_then(sealed_key_id));
     }
     let keep: Vec<&String> = lines
         .iter()

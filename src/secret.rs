@@ -31,7 +31,23 @@ impl SecretHash {
 
     /// Lower-case hex: not secret (a digest of 256 random bits), fit for ids and keys.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        let mut out = String::with_capacity(64);
+        self.push_hex(&mut out);
+        out
+    }
+
+    /// Appends the lower-case hex (on hot paths: no allocation of its own).
+    pub fn push_hex(&self, out: &mut String) {
+        let digit = |n: u8| if n < 10 { b'0' + n } else { b'a' + n - 10 };
+        let mut text = [0u8; 64];
+        for (pair, b) in text.chunks_exact_mut(2).zip(self.0) {
+            if let [high, low] = pair {
+                *high = digit(b >> 4);
+                *low = digit(b & 15);
+            }
+        }
+        // Always ASCII.
+        out.push_str(std::str::from_utf8(&text).unwrap_or_default());
     }
 
     pub fn from_hex(text: &str) -> Option<Self> {
@@ -370,6 +386,14 @@ impl fmt::Debug for ApiKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hash_is_written_as_lower_case_hex_and_read_back() {
+        let hash = SecretHash::of("x");
+        let slow: String = hash.0.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hash.to_hex(), slow);
+        assert_eq!(SecretHash::from_hex(&hash.to_hex()), Some(hash));
+    }
 
     /// A buffer that tells when it was zeroed.
     struct Probe(Vec<u8>, std::sync::Arc<std::sync::atomic::AtomicBool>);

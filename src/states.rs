@@ -8,13 +8,16 @@ use crate::metrics;
 use crate::namespace::{pattern_matches, Namespace};
 use crate::read_cache::{ForgetAfter, ReadCache};
 use crate::secret::{SecretHash, StateId, StateValue};
+use crate::state_data;
 use crate::store::{
     Attempted, Found, InsertRules, Inserted, NamespaceFilter, Revoked, Sliding, StateRow,
     StateSecret, StateStore, StoreError, Taken,
 };
+use crate::vault::{VaultError, VaultHandle};
 use bytes::Bytes;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use zeroize::Zeroizing;
 
 /// Default and maximum TTL for a namespace (or for all of them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +115,10 @@ pub enum StateError {
     SubjectRequired,
     #[error("the system random number generator failed")]
     Entropy,
+    /// The state's data could not be sealed or opened (a vault key not loaded, a row
+    /// altered at rest).
+    #[error("the state's data: {0}")]
+    Vault(#[from] VaultError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -244,12 +251,19 @@ pub struct StateService {
     store: Arc<dyn StateStore>,
     policy: StatePolicy,
     clock: Clock,
+    /// Seals each state's data at rest.
+    vault: Arc<VaultHandle>,
     /// Live states verify has read within `verify_cache`, by hash: the session hot path.
     seen: ReadCache<SecretHash, Arc<StateView>>,
 }
 
 impl StateService {
-    pub fn new(store: Arc<dyn StateStore>, policy: StatePolicy, clock: Clock) -> Self {
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        policy: StatePolicy,
+        clock: Clock,
+        vault: Arc<VaultHandle>,
+    ) -> Self {
         StateService {
             seen: ReadCache::new(policy.verify_cache)
                 .watched_by(store.change_watch())
@@ -258,6 +272,7 @@ impl StateService {
             store,
             policy,
             clock,
+            vault,
         }
     }
 
@@ -324,17 +339,23 @@ impl StateService {
                 })
             }
         };
+        let key_hash = state.hash();
         let data = match request.data {
             None | Some(serde_json::Value::Null) => None,
             Some(v) => {
-                let text = v.to_string();
+                let text = Zeroizing::new(v.to_string());
                 if text.len() > self.policy.max_data_bytes {
                     return Err(StateError::DataTooLarge {
                         size: text.len(),
                         max: self.policy.max_data_bytes,
                     });
                 }
-                Some(text)
+                Some(state_data::seal(
+                    &*self.vault,
+                    &key_hash,
+                    namespace.as_str(),
+                    &text,
+                )?)
             }
         };
         if request.replace && request.subject.is_none() {
@@ -375,7 +396,7 @@ impl StateService {
             .store
             .insert_state(
                 StateRow {
-                    key_hash: state.hash(),
+                    key_hash,
                     namespace: namespace.to_string(),
                     data,
                     created_at_ms,
@@ -511,7 +532,56 @@ impl StateService {
         if row.expires_at_ms <= now {
             return Err(expired(row.namespace, Some(row.expires_at_ms)));
         }
-        StateView::of(row)
+        self.taken_view(row, now).await
+    }
+
+    /// The row with its data opened.
+    fn view(&self, row: StateRow) -> Result<StateView, StateError> {
+        let data = self.opened_data(&row)?;
+        StateView::of(StateRow { data, ..row })
+    }
+
+    /// A row a consume took, with its data opened. Data that does not open (a vault key
+    /// not loaded, a row altered at rest) answers an error and puts the row back as it
+    /// was, so the state still works once the right key is back.
+    async fn taken_view(&self, row: StateRow, now: i64) -> Result<StateView, StateError> {
+        let data = match self.opened_data(&row) {
+            Ok(data) => data,
+            Err(e) => {
+                let rules = InsertRules {
+                    max_live: u64::MAX,
+                    now_ms: now,
+                    keep_until_ms: row.expires_at_ms.saturating_add(self.grace_ms()),
+                    replace_subject: false,
+                    max_per_subject: u64::MAX,
+                };
+                let id = StateId::of(&row.key_hash);
+                if let Err(put) = self.store.insert_state(row, rules).await {
+                    log::error!(
+                        "state id {id}: could not be put back after its data failed to open: {put}"
+                    );
+                }
+                return Err(e);
+            }
+        };
+        StateView::of(StateRow { data, ..row })
+    }
+
+    /// A row's stored data opened (`None`: it has none).
+    fn opened_data(&self, row: &StateRow) -> Result<Option<String>, StateError> {
+        let Some(stored) = row.data.as_deref() else {
+            return Ok(None);
+        };
+        state_data::open(&*self.vault, &row.key_hash, &row.namespace, stored)
+            .map(Some)
+            .map_err(|e| {
+                log::error!(
+                    "state id {} in {}: its data cannot be opened: {e}",
+                    StateId::of(&row.key_hash),
+                    row.namespace
+                );
+                StateError::Vault(e)
+            })
     }
 
     /// An expired state's answer: 410 within the grace window, else as unknown (404):
@@ -565,7 +635,7 @@ impl StateService {
         }
         match found {
             Found::Row(row) if row.expires_at_ms > now => {
-                let view = Arc::new(StateView::of(row)?);
+                let view = Arc::new(self.view(row)?);
                 if !touch && found_under == hash {
                     self.seen.put(&hash, view.clone(), ticket);
                 }
@@ -605,8 +675,9 @@ impl StateService {
         let attempted = attempted?;
         let outcome = match attempted {
             Attempted::Matched(row) => {
+                let view = self.taken_view(row, now).await?;
                 metrics::state_consumed(Some(ns), "ok");
-                return StateView::of(row);
+                return Ok(view);
             }
             Attempted::Wrong { attempts_left } => {
                 log::debug!("state {state}: wrong code, {attempts_left} attempts left");
@@ -675,7 +746,7 @@ impl StateService {
             .subject_states(namespace.as_str(), subject, now)
             .await?
             .into_iter()
-            .map(StateView::of)
+            .map(|row| self.view(row))
             .collect()
     }
 

@@ -1,5 +1,5 @@
 //! The token vault: AES-256-GCM sealing of everything secret oauthd stores (tokens, PKCE
-//! verifiers).
+//! verifiers, device codes, the data apps keep with their states).
 //!
 //! A sealed value is `[version 1][key id 4][nonce 12][ciphertext + tag]`. The key id lets
 //! several keys coexist while values move from an old key to a new one. The associated
@@ -369,6 +369,33 @@ impl VaultHandle {
         String::from_utf8(bytes.to_vec())
             .map(Zeroizing::new)
             .map_err(|_| VaultError::Corrupt)
+    }
+}
+
+/// What seals and opens: a vault, or the server's handle on one (which follows its key
+/// file).
+pub trait Sealer {
+    fn seal(&self, aad: &str, plaintext: &[u8]) -> Result<Vec<u8>, VaultError>;
+    fn open(&self, aad: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, VaultError>;
+}
+
+impl Sealer for Vault {
+    fn seal(&self, aad: &str, plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
+        Vault::seal(self, aad, plaintext)
+    }
+
+    fn open(&self, aad: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        Vault::open(self, aad, sealed)
+    }
+}
+
+impl Sealer for VaultHandle {
+    fn seal(&self, aad: &str, plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
+        VaultHandle::seal(self, aad, plaintext)
+    }
+
+    fn open(&self, aad: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        VaultHandle::open(self, aad, sealed)
     }
 }
 

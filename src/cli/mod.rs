@@ -606,11 +606,6 @@ pub(super) fn services(
     public_url: Url,
     notifier: Arc<Notifier>,
 ) -> Result<(Arc<StateService>, Arc<Broker>), Fatal> {
-    let states = Arc::new(StateService::new(
-        store.clone(),
-        settings.states.clone(),
-        clock.clone(),
-    ));
     let source = key_source(settings).map_err(|e| Fatal(e, 2))?;
     let from = source.describe();
     // A key file made now (none was there) could not open tokens already stored: a
@@ -635,6 +630,12 @@ pub(super) fn services(
     }
     let vault = Arc::new(VaultHandle::load(source)?);
     check_vault_opens_tokens(&vault, &from, store)?;
+    let states = Arc::new(StateService::new(
+        store.clone(),
+        settings.states.clone(),
+        clock.clone(),
+        vault.clone(),
+    ));
     let broker = Arc::new(
         Broker::new(
             providers,

@@ -27,7 +27,8 @@ pub(super) fn rekey(settings: Settings, prune: bool) -> Result<(), Fatal> {
             say!(
                 "Key file {}: removed {removed} key(s) that nothing uses; kept {kept} (the \
                  current one, and any that still seal a stored value: connection tokens, \
-                 pending device codes or connect flows, which end within their TTL).",
+                 pending device codes, or the data of states, connect flows among them, \
+                 which keep their key until they are consumed or expire).",
                 path.display()
             );
             return Ok(());
@@ -35,7 +36,7 @@ pub(super) fn rekey(settings: Settings, prune: bool) -> Result<(), Fatal> {
         let report =
             crate::rekey::rotate(&path, store.as_ref(), std::time::Duration::from_millis(1500)).await?;
         say!(
-            "New vault key {} now seals; re-sealed {} value(s) (connection tokens, pending device codes). The {} older key(s) stay in {} so values sealed under them still open; `oauthd rekey --prune` removes them once nothing uses them.",
+            "New vault key {} now seals; re-sealed {} value(s) (connection tokens, pending device codes; states keep the key their data was sealed with until they are consumed or expire). The {} older key(s) stay in {} so values sealed under them still open; `oauthd rekey --prune` removes them once nothing uses them.",
             report.new_key_id, report.resealed, report.old_keys, path.display()
         );
         Ok(())

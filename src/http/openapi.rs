@@ -424,7 +424,9 @@ const COMMON: &[(&str, &str)] = &[
     (
         "503",
         "Storage is unavailable for a moment (`storage_unavailable`): retry after \
-         `Retry-After`. It recovers by itself.",
+         `Retry-After`. It recovers by itself. A state whose data does not open (sealed \
+         with a vault key this oauthd has not loaded) answers `vault_error` and is kept \
+         until the key is back.",
     ),
 ];
 

@@ -207,6 +207,9 @@ impl From<StateError> for ApiError {
                 "entropy_unavailable",
                 detail,
             ),
+            StateError::Vault(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "vault_error", detail)
+            }
             StateError::Store(e) => e.into(),
         }
     }

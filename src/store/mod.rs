@@ -329,9 +329,10 @@ pub trait StateStore: SweepStates {
         subject: &str,
         now_ms: i64,
     ) -> Result<Revoked, StoreError>;
-    /// The data of every state whose namespace starts with `prefix` (for maintenance such
-    /// as `oauthd rekey --prune`, never a request: it reads the whole table or keyspace).
-    async fn state_data_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// Every state that holds data and whose namespace starts with `prefix`, expired ones
+    /// not removed yet included (for maintenance such as `oauthd rekey --prune`, never a
+    /// request: it reads the whole table or keyspace).
+    async fn states_with_data(&self, prefix: &str) -> Result<Vec<StateRow>, StoreError>;
     /// Whether the store answers reads and writes.
     async fn ping(&self) -> Result<(), StoreError>;
 }

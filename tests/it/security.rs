@@ -14,6 +14,7 @@ contract![
     a_callback_cannot_burn_an_apps_state,
     admin_sessions_are_listed_and_revoked_from_the_cli,
     rekey_and_prune_never_strand_a_pending_device_flow,
+    a_states_data_keeps_its_vault_key_and_waits_for_it_when_lost,
 ];
 
 /// A provider with explicit endpoints nobody answers at: enough for routes that must
@@ -463,6 +464,55 @@ async fn rekey_and_prune_never_strand_a_pending_device_flow(home: Home) {
     );
     let (status, token) = d.get("/v1/connections/peer/tv/token", &key).await;
     assert_eq!(status, 200, "{token}");
+}
+
+/// A state's data is sealed with the vault key of its day: `rekey --prune` keeps that key
+/// while the state lives. A daemon started without the key (a key file lost or replaced)
+/// answers `503 vault_error` and keeps the state, which works again once the key is back.
+async fn a_states_data_keeps_its_vault_key_and_waits_for_it_when_lost(home: Home) {
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let data = json!({"code_verifier": "v".repeat(43)});
+    let first = d
+        .create_state(&key, json!({"namespace": "login", "data": data}))
+        .await;
+    assert!(home.cli(&["rekey"]).status.success());
+    let out = home.cli(&["rekey", "--prune"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("removed 0 key(s)"), "{out:?}");
+    let (status, body) = d.consume(&key, &first, "login").await;
+    assert_eq!((status, &body["data"]), (200, &data), "{body}");
+    let out = home.cli(&["rekey", "--prune"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("removed 1 key(s)"), "{out:?}");
+
+    let second = d
+        .create_state(&key, json!({"namespace": "login", "data": data}))
+        .await;
+    d.signal_and_wait("TERM");
+    let kept = std::fs::read(home.key_file()).unwrap();
+    let other = std::process::Command::new(common::BIN)
+        .arg("keygen")
+        .output()
+        .unwrap();
+    assert!(other.status.success(), "{other:?}");
+    std::fs::write(home.key_file(), &other.stdout).unwrap();
+    let d = home.start();
+    for _ in 0..2 {
+        let (status, body) = d.consume(&key, &second, "login").await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (503, Some("vault_error")),
+            "{body}"
+        );
+        let detail = body["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("not loaded"), "{body}");
+    }
+    d.signal_and_wait("TERM");
+    std::fs::write(home.key_file(), kept).unwrap();
+    let d = home.start();
+    let (status, body) = d.consume(&key, &second, "login").await;
+    assert_eq!((status, &body["data"]), (200, &data), "{body}");
 }
 
 /// A flow an app started (here for account `evil`) that comes back to a signed-in

@@ -17,6 +17,23 @@ use std::time::Duration;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
+/// Rules for a row a test puts into the store itself: room enough, kept two hours.
+pub fn room(now: i64) -> oauthd::store::InsertRules {
+    oauthd::store::InsertRules {
+        max_live: 1000,
+        now_ms: now,
+        keep_until_ms: now + 7_200_000,
+        replace_subject: false,
+        max_per_subject: 100,
+    }
+}
+
+/// A vault with a key of its own, for services that need one.
+pub fn vault() -> Arc<VaultHandle> {
+    let key = oauthd::vault::generate_key_text().unwrap();
+    Arc::new(VaultHandle::load(KeySource::Inline(key)).unwrap())
+}
+
 pub fn policy(max_states: u64) -> StatePolicy {
     StatePolicy {
         base: TtlRule {
@@ -49,7 +66,7 @@ pub fn ns(s: &str) -> Namespace {
 /// unknown (404) as one never issued — whether or not the backend has forgotten it.
 async fn expiry_and_the_grace_window_follow_the_clock(b: Backend) {
     let clock = clock();
-    let states = StateService::new(b.store.clone(), policy(1000), clock.clone());
+    let states = StateService::new(b.store.clone(), policy(1000), clock.clone(), vault());
     let issue = || states.issue(ns("login"), Some(60), None);
     let (early, in_grace, late) = (
         issue().await.unwrap(),
@@ -74,7 +91,7 @@ async fn expiry_and_the_grace_window_follow_the_clock(b: Backend) {
 /// before any sweep (SQLite counted them until the sweeper came by).
 async fn expired_states_never_count_against_the_cap(b: Backend) {
     let clock = clock();
-    let states = StateService::new(b.store.clone(), policy(3), clock.clone());
+    let states = StateService::new(b.store.clone(), policy(3), clock.clone(), vault());
     let mut live = Vec::new();
     for _ in 0..3 {
         live.push(states.issue(ns("2fa"), Some(30), None).await.unwrap());
@@ -226,13 +243,14 @@ fn broker_on(
         },
     )
     .unwrap();
+    let key = zeroize::Zeroizing::new(vault_key.to_owned());
+    let vault = Arc::new(VaultHandle::load(KeySource::Inline(key)).unwrap());
     let states = Arc::new(StateService::new(
         b.store.clone(),
         policy(1000),
         clock.clone(),
+        vault.clone(),
     ));
-    let key = zeroize::Zeroizing::new(vault_key.to_owned());
-    let vault = Arc::new(VaultHandle::load(KeySource::Inline(key)).unwrap());
     Broker::new(
         vec![Arc::new(provider)],
         states,
@@ -383,9 +401,9 @@ async fn a_huge_expires_in_is_years_not_the_past(b: Backend) {
 /// not verify from memory.
 async fn a_state_under_its_legacy_key_verifies_until_revoked(b: Backend) {
     use oauthd::secret::{StateId, StateValue};
-    use oauthd::store::{InsertRules, StateRow};
+    use oauthd::store::StateRow;
     let clock = clock();
-    let states = StateService::new(b.store.clone(), policy(1000), clock.clone());
+    let states = StateService::new(b.store.clone(), policy(1000), clock.clone(), vault());
     let value = StateValue::generate().unwrap();
     let key = value.legacy_hash();
     let now = clock.now_ms();
@@ -399,14 +417,7 @@ async fn a_state_under_its_legacy_key_verifies_until_revoked(b: Backend) {
         secret: None,
         sliding: None,
     };
-    let rules = InsertRules {
-        max_live: 1000,
-        now_ms: now,
-        keep_until_ms: now + 7_200_000,
-        replace_subject: false,
-        max_per_subject: 100,
-    };
-    b.store.insert_state(row, rules).await.unwrap();
+    b.store.insert_state(row, room(now)).await.unwrap();
     for _ in 0..2 {
         states.verify(&value, &ns("session"), false).await.unwrap();
     }
@@ -572,7 +583,58 @@ async fn a_disconnect_where_the_provider_offers_no_revocation_says_so(b: Backend
     );
 }
 
+/// `rekey --prune` keeps the keys states' data was sealed with, and for a connect flow also
+/// the key the broker sealed the flow's secrets with inside that data (the two can differ
+/// when the key changed between the two seals).
+async fn prune_keeps_the_keys_of_states_data_and_of_the_flows_inside(b: Backend) {
+    use base64::Engine;
+    use oauthd::vault::Vault;
+    let texts: Vec<String> = (0..3)
+        .map(|_| oauthd::vault::generate_key_text().unwrap().to_string())
+        .collect();
+    let key_of = |text: &str| Vault::from_text(text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vault.key");
+    // Key 0 seals; key 1 sealed the flow's secrets; key 2 nothing.
+    std::fs::write(&path, texts.join("\n")).unwrap();
+    let vault = Arc::new(
+        VaultHandle::load(KeySource::File {
+            path: path.clone(),
+            create: false,
+        })
+        .unwrap(),
+    );
+    let states = StateService::new(b.store.clone(), policy(1000), clock(), vault);
+    let flow = "connect:peer:default";
+    let inner = key_of(&texts[1])
+        .seal(&format!("state:{flow}:flow"), b"{}")
+        .unwrap();
+    let data = serde_json::json!({
+        "sealed": base64::engine::general_purpose::STANDARD.encode(inner)
+    });
+    states.issue(ns(flow), None, Some(data)).await.unwrap();
+    states
+        .issue(
+            ns("login"),
+            None,
+            Some(serde_json::json!({"return_to": "/"})),
+        )
+        .await
+        .unwrap();
+    let (kept, removed) = oauthd::rekey::prune(&path, b.store.as_ref()).await.unwrap();
+    assert_eq!((kept, removed), (2, 1));
+    let left = oauthd::vault::key_ids(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(
+        left,
+        vec![
+            key_of(&texts[0]).current_key_id(),
+            key_of(&texts[1]).current_key_id()
+        ]
+    );
+}
+
 backends!(
+    prune_keeps_the_keys_of_states_data_and_of_the_flows_inside,
     a_disconnect_where_the_provider_offers_no_revocation_says_so,
     the_refresher_passes_a_connection_a_disconnect_is_on,
     a_refresh_that_finds_its_connection_deleted_revokes_what_it_got,

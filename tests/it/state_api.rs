@@ -769,8 +769,15 @@ async fn database_and_log_never_hold_a_state_or_key_in_clear(home: Home) {
     let key = home.create_key("app", &[]);
     let d = home.start();
     let mut issued = Vec::new();
-    for _ in 0..50 {
-        issued.push(d.create_state(&key, json!({"namespace": NS})).await);
+    // What apps keep with a state (a PKCE verifier, a session's details) is sealed too:
+    // a long run of one byte, which no sealed value or page of the file holds by chance.
+    let verifier = "V".repeat(64);
+    for i in 0..50 {
+        let data = json!({"code_verifier": verifier, "i": i});
+        issued.push(
+            d.create_state(&key, json!({"namespace": NS, "data": data}))
+                .await,
+        );
     }
     // Exercise every outcome so their log lines are written too.
     assert_eq!(d.consume(&key, &issued[0], NS).await.0, 200);
@@ -804,6 +811,11 @@ async fn database_and_log_never_hold_a_state_or_key_in_clear(home: Home) {
         "API key in the database file"
     );
     assert!(!log.contains(&key), "API key in the log");
+    assert!(
+        !contains(&db, &verifier.as_bytes()[..16]),
+        "a state's data in the database file"
+    );
+    assert!(!log.contains(&verifier[..16]), "a state's data in the log");
 }
 
 async fn cached_keys_are_rechecked_new_keys_work_at_once_revoked_ones_stop_within_the_cache_age(

@@ -3,7 +3,7 @@
 //! verify without consuming, listing and revoking by subject and by id. Time moves by the
 //! manual clock, never by waiting.
 
-use crate::services::{clock, ns, policy};
+use crate::services::{clock, ns, policy, room, vault};
 use crate::store_contract::Backend;
 use oauthd::clock::Clock;
 use oauthd::states::{NewState, StateError, StateService};
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 fn service(b: &Backend) -> (Arc<StateService>, Clock) {
     let clock = clock();
-    let states = StateService::new(b.store.clone(), policy(100_000), clock.clone());
+    let states = StateService::new(b.store.clone(), policy(100_000), clock.clone(), vault());
     (Arc::new(states), clock)
 }
 
@@ -383,7 +383,7 @@ async fn a_subject_holds_at_most_its_cap_of_live_states(b: Backend) {
     let clock = clock();
     let mut rules = policy(100_000);
     rules.base.max_per_subject = 3;
-    let states = StateService::new(b.store.clone(), rules, clock.clone());
+    let states = StateService::new(b.store.clone(), rules, clock.clone(), vault());
     let short = |subject: &str| NewState {
         ttl_seconds: Some(60),
         ..of_subject(subject, false)
@@ -413,7 +413,7 @@ async fn a_subject_holds_at_most_its_cap_of_live_states(b: Backend) {
     // Expired states do not count.
     let mut full = policy(100_000);
     full.base.max_per_subject = 2;
-    let states = StateService::new(b.store.clone(), full, clock.clone());
+    let states = StateService::new(b.store.clone(), full, clock.clone(), vault());
     for _ in 0..2 {
         states.create(ns("2fa"), short("carol")).await.unwrap();
     }
@@ -422,7 +422,101 @@ async fn a_subject_holds_at_most_its_cap_of_live_states(b: Backend) {
     states.create(ns("2fa"), short("carol")).await.unwrap();
 }
 
+/// A state's data is sealed for its own row: sealed data moved into another state's row
+/// (by someone who can write the database, and knows that state's value) does not open.
+/// The consume or right code that took the row answers an error and puts the row back as
+/// it was, so the state works again once its own data is back.
+async fn a_states_data_opens_only_in_its_own_row_and_a_failed_open_keeps_the_state(b: Backend) {
+    use oauthd::states::IssuedState;
+    use oauthd::store::{Found, StateRow};
+    use oauthd::vault::VaultError;
+    let (states, clock) = service(&b);
+    let data = |who: &str| NewState {
+        data: Some(serde_json::json!({ "who": who })),
+        ..NewState::default()
+    };
+    let a = states.create(ns("login"), data("a")).await.unwrap();
+    let b_state = states.create(ns("login"), data("b")).await.unwrap();
+    let coded = states
+        .create(
+            ns("2fa"),
+            NewState {
+                data: Some(serde_json::json!({ "who": "c" })),
+                ..with_code("123456", 3)
+            },
+        )
+        .await
+        .unwrap();
+    let row = |found: Found| match found {
+        Found::Row(row) => row,
+        _ => panic!("no row"),
+    };
+    let a_row = row(b.store.read_state(a.state.hash(), "login").await.unwrap());
+    let stored = a_row.data.clone().unwrap();
+    assert!(
+        stored.starts_with("sealed:") && !stored.contains("who"),
+        "{stored}"
+    );
+
+    // Move A's data into the other rows behind the service's back.
+    let now = clock.now_ms();
+    let put = |state: &IssuedState, namespace: &'static str, data: Option<String>| {
+        let store = b.store.clone();
+        let hash = state.state.hash();
+        async move {
+            let found = row(store.read_state(hash, namespace).await.unwrap());
+            assert!(store.revoke_state(hash, namespace, now).await.unwrap());
+            let moved = StateRow {
+                data,
+                ..found.clone()
+            };
+            store.insert_state(moved, room(now)).await.unwrap();
+            found.data
+        }
+    };
+    let b_data = put(&b_state, "login", a_row.data.clone()).await;
+    let c_data = put(&coded, "2fa", a_row.data.clone()).await;
+
+    for _ in 0..2 {
+        let consumed = states.consume(&b_state.state, &ns("login")).await;
+        assert!(
+            matches!(consumed, Err(StateError::Vault(VaultError::Corrupt))),
+            "{consumed:?}"
+        );
+        let verified = states.verify(&b_state.state, &ns("login"), false).await;
+        assert!(
+            matches!(verified, Err(StateError::Vault(VaultError::Corrupt))),
+            "{verified:?}"
+        );
+        let tried = states.attempt(&coded.state, &ns("2fa"), "123456").await;
+        assert!(
+            matches!(tried, Err(StateError::Vault(VaultError::Corrupt))),
+            "{tried:?}"
+        );
+    }
+
+    // Each row is still there, as it was: with its own data back, each answers its own.
+    assert_eq!(put(&b_state, "login", b_data).await, a_row.data);
+    assert_eq!(put(&coded, "2fa", c_data).await, a_row.data);
+    let consumed = states.consume(&b_state.state, &ns("login")).await.unwrap();
+    assert_eq!(
+        consumed.parsed_data(),
+        Some(serde_json::json!({"who": "b"}))
+    );
+    let tried = states
+        .attempt(&coded.state, &ns("2fa"), "123456")
+        .await
+        .unwrap();
+    assert_eq!(tried.parsed_data(), Some(serde_json::json!({"who": "c"})));
+    let consumed = states.consume(&a.state, &ns("login")).await.unwrap();
+    assert_eq!(
+        consumed.parsed_data(),
+        Some(serde_json::json!({"who": "a"}))
+    );
+}
+
 backends!(
+    a_states_data_opens_only_in_its_own_row_and_a_failed_open_keeps_the_state,
     a_subject_holds_at_most_its_cap_of_live_states,
     concurrent_wrong_codes_use_up_exactly_the_allowed_attempts,
     a_right_code_racing_wrong_ones_succeeds_once,

@@ -338,7 +338,7 @@ fn classify(context: &'static str, e: &redis::RedisError) -> StoreError {
 }
 
 pub(super) fn hex(hash: &SecretHash) -> String {
-    hash.0.iter().map(|b| format!("{b:02x}")).collect()
+    hash.to_hex()
 }
 
 fn corrupt(context: &'static str, field: &str) -> StoreError {

@@ -675,16 +675,19 @@ impl StateStore for RedisStore {
     }
 
     /// Walks the state keys with SCAN: only maintenance asks, never a request.
-    async fn state_data_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    async fn states_with_data(&self, prefix: &str) -> Result<Vec<StateRow>, StoreError> {
         const CONTEXT: &str = "reading states by namespace";
         let keys = self.scan_keys(CONTEXT, self.key("s", "*")).await?;
         let values = self.mget(CONTEXT, &keys).await?;
-        Ok(values
+        let state_key = self.key("s", "");
+        Ok(keys
             .iter()
-            .flatten()
-            .filter_map(|v| serde_json::from_slice::<Stored>(v).ok())
-            .filter(|s| s.n.starts_with(prefix))
-            .filter_map(|s| s.d)
+            .zip(values)
+            .filter_map(|(key, v)| {
+                let hash = SecretHash::from_hex(key.strip_prefix(&state_key)?)?;
+                let row = serde_json::from_slice::<Stored>(&v?).ok()?.into_row(hash);
+                (row.namespace.starts_with(prefix) && row.data.is_some()).then_some(row)
+            })
             .collect())
     }
 

@@ -496,14 +496,16 @@ impl StateStore for SqliteStore {
             .await
     }
 
-    async fn state_data_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    async fn states_with_data(&self, prefix: &str) -> Result<Vec<StateRow>, StoreError> {
         let prefix = prefix.to_owned();
         self.read("reading states by namespace", move |conn| {
-            conn.prepare_cached(
-                "SELECT data FROM states
-                 WHERE substr(namespace, 1, length(?1)) = ?1 AND data IS NOT NULL",
-            )?
-            .query_map([prefix], |r| r.get(0))?
+            conn.prepare_cached(sql!(
+                "SELECT ",
+                columns,
+                " FROM states
+                 WHERE substr(namespace, 1, length(?1)) = ?1 AND data IS NOT NULL"
+            ))?
+            .query_map([prefix], state_row)?
             .collect()
         })
         .await

@@ -108,6 +108,15 @@ impl Home {
         }
     }
 
+    /// The vault key file: beside the database, or the one every instance on the Redis
+    /// store shares.
+    pub fn key_file(&self) -> PathBuf {
+        match &self.shared {
+            Some(s) => s.key_file.clone(),
+            None => self.dir.path().join("oauthd.db.key"),
+        }
+    }
+
     pub fn db(&self) -> PathBuf {
         self.dir.path().join("oauthd.db")
     }
