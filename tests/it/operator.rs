@@ -26,6 +26,7 @@ async fn connections_of_a_removed_provider_are_listed_and_can_be_deleted() {
     let d = home.start();
     connect(&d, &peer, &key, "alice").await;
     connect(&d, &peer, &key, "bob").await;
+    connect(&d, &peer, &key, "living-room-speaker-2").await;
     let (_, token) = d.get("/v1/connections/peer/alice/token", &key).await;
     let token = token["access_token"].as_str().unwrap().to_owned();
     d.signal_and_wait("TERM");
@@ -38,10 +39,25 @@ async fn connections_of_a_removed_provider_are_listed_and_can_be_deleted() {
     assert_eq!(conn["status"], "provider_missing");
     let metrics = d.metrics_text().await;
     assert!(
-        metrics.contains("oauthd_connections{provider=\"peer\",status=\"provider_missing\"} 2"),
+        metrics.contains("oauthd_connections{provider=\"peer\",status=\"provider_missing\"} 3"),
         "{metrics}"
     );
     assert!(!metrics.contains("status=\"active\"} "), "{metrics}");
+    // The list keeps its columns whatever the names and the status.
+    let out = home.cli(&["connections", "list"]);
+    let listed = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 4, "{listed}");
+    assert!(listed.contains("provider_missing"), "{listed}");
+    for name in ["ACCOUNT", "STATUS", "TOKEN EXPIRES"] {
+        let at = lines[0].find(name).unwrap();
+        for line in &lines[1..] {
+            assert!(
+                line[..at].ends_with("  ") && !line[at..].starts_with(' '),
+                "column {name} not aligned:\n{listed}"
+            );
+        }
+    }
 
     let resp = d.delete("/v1/connections/peer/alice", &key).await;
     assert_eq!(resp.status(), 200);
