@@ -146,8 +146,13 @@ pub async fn rotate(
     })
 }
 
-/// Drops keys no stored value uses. Returns (kept, removed).
-pub async fn prune(path: &Path, store: &dyn Store) -> Result<(usize, usize), RekeyError> {
+/// Drops keys no stored value uses (states: those live at `now_ms`). Returns (kept,
+/// removed).
+pub async fn prune(
+    path: &Path,
+    store: &dyn Store,
+    now_ms: i64,
+) -> Result<(usize, usize), RekeyError> {
     let text = read(path)?;
     let lines = key_lines(&text);
     let ids = vault::key_ids(&text)?;
@@ -162,7 +167,7 @@ pub async fn prune(path: &Path, store: &dyn Store) -> Result<(usize, usize), Rek
     // States keep the key their data was sealed with until they are consumed or expire.
     // A connect flow's data holds the flow's secrets sealed once more, by the broker.
     let vault = Vault::from_text(&text)?;
-    for row in store.states_with_data("").await? {
+    for row in store.states_with_data("", now_ms).await? {
         let Some(stored) = row.data.as_deref() else {
             continue;
         };
@@ -171,7 +176,12 @@ pub async fn prune(path: &Path, store: &dyn Store) -> Result<(usize, usize), Rek
             continue;
         }
         // Data that does not open keeps its key through the line above.
-        let inner = state_data::open(&vault, &row.key_hash, &row.namespace, stored)
+        let owner = state_data::Owner {
+            key_hash: &row.key_hash,
+            namespace: &row.namespace,
+            subject: row.subject.as_deref(),
+        };
+        let inner = state_data::open(&vault, &owner, stored)
             .ok()
             .and_then(|data| serde_json::from_str(&data).ok())
             .and_then(|v| sealed_flow_secrets(&v));

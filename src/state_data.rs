@@ -3,10 +3,11 @@
 //! and session details there).
 //!
 //! Stored as text, `sealed:` then the sealed value in base64, where both backends kept the
-//! JSON. The associated data names the state's stored key and namespace: sealed data copied
-//! into another state's row fails to open, so a state whose value an attacker knows cannot
-//! be made to answer another state's data. Data stored before it was sealed is JSON, which
-//! never starts with `s`, and is read as it is.
+//! JSON. The associated data names the state's stored key, namespace and subject (none of
+//! which ever changes): sealed data copied into another state's row, or a row moved to
+//! another subject, fails to open, so someone who can write the database cannot make a
+//! state they know, or a subject's listing, answer another state's data. Data stored before
+//! it was sealed is JSON, which never starts with `s`, and is read as it is.
 
 use crate::secret::SecretHash;
 use crate::vault::{sealed_key_id, Sealer, VaultError};
@@ -16,24 +17,33 @@ use zeroize::Zeroizing;
 
 const PREFIX: &str = "sealed:";
 
-fn aad(key_hash: &SecretHash, namespace: &str) -> String {
+/// Whose data it is. Neither a namespace nor a subject holds a NUL, so the parts never run
+/// into each other.
+pub struct Owner<'a> {
+    pub key_hash: &'a SecretHash,
+    pub namespace: &'a str,
+    pub subject: Option<&'a str>,
+}
+
+fn aad(owner: &Owner<'_>) -> String {
     const NAME: &str = "state-data:";
-    let mut out = String::with_capacity(NAME.len() + 64 + 1 + namespace.len());
+    let subject = owner.subject.unwrap_or_default();
+    let mut out =
+        String::with_capacity(NAME.len() + 64 + 2 + owner.namespace.len() + subject.len());
     out.push_str(NAME);
-    key_hash.push_hex(&mut out);
-    out.push(':');
-    out.push_str(namespace);
+    owner.key_hash.push_hex(&mut out);
+    out.push('\0');
+    out.push_str(owner.namespace);
+    if let Some(subject) = owner.subject {
+        out.push('\0');
+        out.push_str(subject);
+    }
     out
 }
 
 /// The text to store for a state's JSON `data`.
-pub fn seal(
-    vault: &impl Sealer,
-    key_hash: &SecretHash,
-    namespace: &str,
-    json: &str,
-) -> Result<String, VaultError> {
-    let sealed = vault.seal(&aad(key_hash, namespace), json.as_bytes())?;
+pub fn seal(vault: &impl Sealer, owner: &Owner<'_>, json: &str) -> Result<String, VaultError> {
+    let sealed = vault.seal(&aad(owner), json.as_bytes())?;
     let mut out = String::with_capacity(PREFIX.len() + sealed.len().div_ceil(3) * 4);
     out.push_str(PREFIX);
     STANDARD.encode_string(&sealed, &mut out);
@@ -41,17 +51,12 @@ pub fn seal(
 }
 
 /// The JSON a state's stored data holds. Data stored before sealing comes back as it is.
-pub fn open(
-    vault: &impl Sealer,
-    key_hash: &SecretHash,
-    namespace: &str,
-    stored: &str,
-) -> Result<String, VaultError> {
+pub fn open(vault: &impl Sealer, owner: &Owner<'_>, stored: &str) -> Result<String, VaultError> {
     let Some(encoded) = stored.strip_prefix(PREFIX) else {
         return Ok(stored.to_owned());
     };
     let sealed = STANDARD.decode(encoded).map_err(|_| VaultError::Corrupt)?;
-    let plain = vault.open(&aad(key_hash, namespace), &sealed)?;
+    let plain = vault.open(&aad(owner), &sealed)?;
     std::str::from_utf8(&plain)
         .map(str::to_owned)
         .map_err(|_| VaultError::Corrupt)
@@ -75,25 +80,41 @@ mod tests {
         Vault::from_text(&crate::vault::generate_key_text().expect("key")).expect("vault")
     }
 
+    fn owner<'a>(
+        key_hash: &'a SecretHash,
+        namespace: &'a str,
+        subject: Option<&'a str>,
+    ) -> Owner<'a> {
+        Owner {
+            key_hash,
+            namespace,
+            subject,
+        }
+    }
+
     #[test]
     fn data_opens_only_for_the_state_it_was_sealed_for() {
         let v = vault();
         let (a, b) = (SecretHash([1; 32]), SecretHash([2; 32]));
         let json = r#"{"code_verifier":"abc"}"#;
-        let stored = seal(&v, &a, "oauth:x", json).expect("seal");
+        let stored = seal(&v, &owner(&a, "oauth:x", Some("alice")), json).expect("seal");
         assert!(stored.starts_with("sealed:"), "{stored}");
         assert!(!stored.contains("code_verifier"), "{stored}");
-        assert_eq!(open(&v, &a, "oauth:x", &stored).expect("open"), json);
+        let opened = open(&v, &owner(&a, "oauth:x", Some("alice")), &stored).expect("open");
+        assert_eq!(opened, json);
+        for other in [
+            owner(&b, "oauth:x", Some("alice")),
+            owner(&a, "oauth:y", Some("alice")),
+            owner(&a, "oauth:x", Some("mallory")),
+            owner(&a, "oauth:x", None),
+        ] {
+            assert!(matches!(
+                open(&v, &other, &stored),
+                Err(VaultError::Corrupt)
+            ));
+        }
         assert!(matches!(
-            open(&v, &b, "oauth:x", &stored),
-            Err(VaultError::Corrupt)
-        ));
-        assert!(matches!(
-            open(&v, &a, "oauth:y", &stored),
-            Err(VaultError::Corrupt)
-        ));
-        assert!(matches!(
-            open(&v, &a, "oauth:x", "sealed:!!"),
+            open(&v, &owner(&a, "oauth:x", Some("alice")), "sealed:!!"),
             Err(VaultError::Corrupt)
         ));
         assert_eq!(key_id(&stored), Some(v.current_key_id()));
@@ -104,12 +125,13 @@ mod tests {
         let v = vault();
         let legacy = r#"{"return_to":"/x"}"#;
         let key = SecretHash([1; 32]);
-        assert_eq!(open(&v, &key, "oauth:x", legacy).expect("open"), legacy);
+        let o = owner(&key, "oauth:x", None);
+        assert_eq!(open(&v, &o, legacy).expect("open"), legacy);
         assert_eq!(key_id(legacy), None);
         let other = vault();
-        let stored = seal(&other, &key, "oauth:x", legacy).expect("seal");
+        let stored = seal(&other, &o, legacy).expect("seal");
         assert!(matches!(
-            open(&v, &key, "oauth:x", &stored),
+            open(&v, &o, &stored),
             Err(VaultError::UnknownKey(id)) if id == other.current_key_id()
         ));
     }

@@ -15,6 +15,7 @@ use crate::store::{
 };
 use crate::vault::{VaultError, VaultHandle};
 use bytes::Bytes;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use zeroize::Zeroizing;
@@ -253,6 +254,8 @@ pub struct StateService {
     clock: Clock,
     /// Seals each state's data at rest.
     vault: Arc<VaultHandle>,
+    /// When a state's data last failed to open, as logged.
+    open_failure_logged: OncePerSecond,
     /// Live states verify has read within `verify_cache`, by hash: the session hot path.
     seen: ReadCache<SecretHash, Arc<StateView>>,
 }
@@ -273,6 +276,7 @@ impl StateService {
             policy,
             clock,
             vault,
+            open_failure_logged: OncePerSecond::default(),
         }
     }
 
@@ -350,12 +354,17 @@ impl StateService {
                         max: self.policy.max_data_bytes,
                     });
                 }
-                Some(state_data::seal(
-                    &*self.vault,
-                    &key_hash,
-                    namespace.as_str(),
-                    &text,
-                )?)
+                let owner = state_data::Owner {
+                    key_hash: &key_hash,
+                    namespace: namespace.as_str(),
+                    subject: request.subject.as_deref(),
+                };
+                let sealed =
+                    state_data::seal(&*self.vault, &owner, &text).map_err(|e| match e {
+                        VaultError::Entropy => StateError::Entropy,
+                        e => StateError::Vault(e),
+                    })?;
+                Some(sealed)
             }
         };
         if request.replace && request.subject.is_none() {
@@ -572,14 +581,22 @@ impl StateService {
         let Some(stored) = row.data.as_deref() else {
             return Ok(None);
         };
-        state_data::open(&*self.vault, &row.key_hash, &row.namespace, stored)
+        let owner = state_data::Owner {
+            key_hash: &row.key_hash,
+            namespace: &row.namespace,
+            subject: row.subject.as_deref(),
+        };
+        state_data::open(&*self.vault, &owner, stored)
             .map(Some)
             .map_err(|e| {
-                log::error!(
-                    "state id {} in {}: its data cannot be opened: {e}",
-                    StateId::of(&row.key_hash),
-                    row.namespace
-                );
+                // At most a line a second: every request for such a state fails alike.
+                if self.open_failure_logged.take_turn(self.clock.now_ms()) {
+                    log::error!(
+                        "state id {} in {}: its data cannot be opened: {e}",
+                        StateId::of(&row.key_hash),
+                        row.namespace
+                    );
+                }
                 StateError::Vault(e)
             })
     }
@@ -763,6 +780,21 @@ impl StateService {
             .revoke_subject(namespace.as_str(), subject, now)
             .await;
         Ok(forget_revoked(revoking, revoked)?.live)
+    }
+}
+
+/// A turn at most once a second (for a log line every failing request would repeat).
+#[derive(Default)]
+struct OncePerSecond(AtomicI64);
+
+impl OncePerSecond {
+    fn take_turn(&self, now_ms: i64) -> bool {
+        let last = self.0.load(Ordering::Relaxed);
+        (last == 0 || now_ms.saturating_sub(last) >= 1000)
+            && self
+                .0
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 }
 

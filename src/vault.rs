@@ -303,16 +303,22 @@ impl VaultHandle {
         })
     }
 
-    /// The vault, reloaded first when the key file changed (or when `force` is set).
+    /// The vault, reloaded first when the key file changed: looked at once a `RECHECK`, or
+    /// at once when `force` is set (a value names a key not loaded). An unchanged file is
+    /// not read again, however often a value that does not open is presented.
     fn vault(&self, force: bool) -> std::sync::Arc<Vault> {
         {
             let cur = self
                 .current
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if !force
-                && (cur.checked.elapsed() < RECHECK || matches!(self.source, KeySource::Inline(_)))
-            {
+            let unchanged = matches!(self.source, KeySource::Inline(_))
+                || if force {
+                    modified(&self.source) == cur.modified
+                } else {
+                    cur.checked.elapsed() < RECHECK
+                };
+            if unchanged {
                 return cur.vault.clone();
             }
         }
@@ -324,7 +330,7 @@ impl VaultHandle {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         cur.checked = std::time::Instant::now();
         let now_modified = modified(&self.source);
-        if force || now_modified != cur.modified {
+        if now_modified != cur.modified {
             match Vault::load(&self.source) {
                 Ok(v) => {
                     if v.current_key_id() != cur.vault.current_key_id() {

@@ -292,6 +292,7 @@ impl Broker {
                 log::warn!("callback {provider_name}: unknown or replayed state {state}");
                 return Err(CallbackError::UnknownState);
             }
+            Err(StateError::Vault(e)) => return Err(CallbackError::FlowUnreadable(e.to_string())),
             Err(e) => return Err(CallbackError::Storage(e.to_string())),
         };
         let account = account_of(&consumed.namespace);

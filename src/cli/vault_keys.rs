@@ -23,7 +23,8 @@ pub(super) fn rekey(settings: Settings, prune: bool) -> Result<(), Fatal> {
     let store = open_store(&settings, super::Missing::Refuse)?;
     runtime()?.block_on(async {
         if prune {
-            let (kept, removed) = crate::rekey::prune(&path, store.as_ref()).await?;
+            let now = crate::clock::Clock::system().now_ms();
+            let (kept, removed) = crate::rekey::prune(&path, store.as_ref(), now).await?;
             say!(
                 "Key file {}: removed {removed} key(s) that nothing uses; kept {kept} (the \
                  current one, and any that still seal a stored value: connection tokens, \

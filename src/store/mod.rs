@@ -329,10 +329,14 @@ pub trait StateStore: SweepStates {
         subject: &str,
         now_ms: i64,
     ) -> Result<Revoked, StoreError>;
-    /// Every state that holds data and whose namespace starts with `prefix`, expired ones
-    /// not removed yet included (for maintenance such as `oauthd rekey --prune`, never a
-    /// request: it reads the whole table or keyspace).
-    async fn states_with_data(&self, prefix: &str) -> Result<Vec<StateRow>, StoreError>;
+    /// Every state live at `now_ms` that holds data and whose namespace starts with
+    /// `prefix` (for maintenance such as `oauthd rekey --prune` and the vault check at
+    /// start, never a request: it reads every live state).
+    async fn states_with_data(
+        &self,
+        prefix: &str,
+        now_ms: i64,
+    ) -> Result<Vec<StateRow>, StoreError>;
     /// Whether the store answers reads and writes.
     async fn ping(&self) -> Result<(), StoreError>;
 }

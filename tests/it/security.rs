@@ -498,6 +498,12 @@ async fn a_states_data_keeps_its_vault_key_and_waits_for_it_when_lost(home: Home
     assert!(other.status.success(), "{other:?}");
     std::fs::write(home.key_file(), &other.stdout).unwrap();
     let d = home.start();
+    let log = home.log_text();
+    assert!(
+        log.contains("live states hold data sealed with vault key(s)")
+            && log.contains("(1 state(s))"),
+        "{log}"
+    );
     for _ in 0..2 {
         let (status, body) = d.consume(&key, &second, "login").await;
         assert_eq!(
@@ -513,6 +519,29 @@ async fn a_states_data_keeps_its_vault_key_and_waits_for_it_when_lost(home: Home
     let d = home.start();
     let (status, body) = d.consume(&key, &second, "login").await;
     assert_eq!((status, &body["data"]), (200, &data), "{body}");
+}
+
+/// A database restored without its key file, holding states but no tokens: the start
+/// refuses rather than make a new key where the old one must go back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_start_without_the_key_file_of_live_states_data_makes_no_new_key() {
+    let home = Home::new();
+    home.write_config("");
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    d.create_state(&key, json!({"namespace": "login", "data": {"v": 1}}))
+        .await;
+    d.signal_and_wait("TERM");
+    std::fs::remove_file(home.key_file()).unwrap();
+    let out = home.serve_once();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("live states whose data was sealed with vault key(s)")
+            && said.contains("no new key was made"),
+        "{said}"
+    );
+    assert!(!home.key_file().exists(), "a new key file was made");
 }
 
 /// A flow an app started (here for account `evil`) that comes back to a signed-in

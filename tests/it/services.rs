@@ -621,7 +621,10 @@ async fn prune_keeps_the_keys_of_states_data_and_of_the_flows_inside(b: Backend)
         )
         .await
         .unwrap();
-    let (kept, removed) = oauthd::rekey::prune(&path, b.store.as_ref()).await.unwrap();
+    let now = clock().now_ms();
+    let (kept, removed) = oauthd::rekey::prune(&path, b.store.as_ref(), now)
+        .await
+        .unwrap();
     assert_eq!((kept, removed), (2, 1));
     let left = oauthd::vault::key_ids(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(

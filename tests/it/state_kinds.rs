@@ -513,6 +513,38 @@ async fn a_states_data_opens_only_in_its_own_row_and_a_failed_open_keeps_the_sta
         consumed.parsed_data(),
         Some(serde_json::json!({"who": "a"}))
     );
+
+    // Nor does a row moved to another subject: that subject's listing would show it.
+    let session = states
+        .create(
+            ns("login"),
+            NewState {
+                subject: Some("alice".into()),
+                ..data("alice's")
+            },
+        )
+        .await
+        .unwrap();
+    let found = row(b
+        .store
+        .read_state(session.state.hash(), "login")
+        .await
+        .unwrap());
+    assert!(b
+        .store
+        .revoke_state(session.state.hash(), "login", now)
+        .await
+        .unwrap());
+    let moved = StateRow {
+        subject: Some("mallory".into()),
+        ..found
+    };
+    b.store.insert_state(moved, room(now)).await.unwrap();
+    let listed = states.subject_states(&ns("login"), "mallory").await;
+    assert!(
+        matches!(listed, Err(StateError::Vault(VaultError::Corrupt))),
+        "{listed:?}"
+    );
 }
 
 backends!(

@@ -675,7 +675,11 @@ impl StateStore for RedisStore {
     }
 
     /// Walks the state keys with SCAN: only maintenance asks, never a request.
-    async fn states_with_data(&self, prefix: &str) -> Result<Vec<StateRow>, StoreError> {
+    async fn states_with_data(
+        &self,
+        prefix: &str,
+        now_ms: i64,
+    ) -> Result<Vec<StateRow>, StoreError> {
         const CONTEXT: &str = "reading states by namespace";
         let keys = self.scan_keys(CONTEXT, self.key("s", "*")).await?;
         let values = self.mget(CONTEXT, &keys).await?;
@@ -686,7 +690,10 @@ impl StateStore for RedisStore {
             .filter_map(|(key, v)| {
                 let hash = SecretHash::from_hex(key.strip_prefix(&state_key)?)?;
                 let row = serde_json::from_slice::<Stored>(&v?).ok()?.into_row(hash);
-                (row.namespace.starts_with(prefix) && row.data.is_some()).then_some(row)
+                let wanted = row.namespace.starts_with(prefix)
+                    && row.data.is_some()
+                    && row.expires_at_ms > now_ms;
+                wanted.then_some(row)
             })
             .collect())
     }

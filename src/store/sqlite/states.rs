@@ -496,16 +496,22 @@ impl StateStore for SqliteStore {
             .await
     }
 
-    async fn states_with_data(&self, prefix: &str) -> Result<Vec<StateRow>, StoreError> {
+    async fn states_with_data(
+        &self,
+        prefix: &str,
+        now_ms: i64,
+    ) -> Result<Vec<StateRow>, StoreError> {
         let prefix = prefix.to_owned();
         self.read("reading states by namespace", move |conn| {
+            // Through the expiry index: a backlog of expired states is not read.
             conn.prepare_cached(sql!(
                 "SELECT ",
                 columns,
-                " FROM states
-                 WHERE substr(namespace, 1, length(?1)) = ?1 AND data IS NOT NULL"
+                " FROM states INDEXED BY states_expires_at
+                 WHERE expires_at > ?2 AND substr(namespace, 1, length(?1)) = ?1
+                   AND data IS NOT NULL"
             ))?
-            .query_map([prefix], state_row)?
+            .query_map(params![prefix, now_ms], state_row)?
             .collect()
         })
         .await

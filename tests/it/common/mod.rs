@@ -182,14 +182,27 @@ impl Home {
 
     /// Runs `oauthd serve` with this home's config and database where it must stop at
     /// start (a config or key error), and returns what it said.
+    /// One that starts after all is stopped (by PID) within 30 s, and fails the test.
     pub fn serve_once(&self) -> Output {
-        Command::new(BIN)
+        let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(self.config())
             .arg("--db")
             .arg(self.db())
-            .output()
-            .unwrap()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > std::time::Duration::from_secs(30) {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!("oauthd serve kept running where it must stop at start: {out:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
     }
 
     /// Starts the daemon with this home's config file when one was written.
@@ -464,7 +477,7 @@ impl Daemon {
                 return status;
             }
             assert!(Instant::now() < deadline, "oauthd did not stop");
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 }
