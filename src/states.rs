@@ -15,6 +15,7 @@ use crate::store::{
 };
 use crate::vault::{VaultError, VaultHandle};
 use bytes::Bytes;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -282,6 +283,15 @@ impl StateService {
 
     pub fn policy(&self) -> &StatePolicy {
         &self.policy
+    }
+
+    /// The vault keys live states' data names that this vault has not loaded, each with
+    /// how many states name it: those states answer `vault_error` until the key is back.
+    pub async fn data_keys_missing(&self) -> Result<BTreeMap<String, usize>, StoreError> {
+        let known = self.vault.key_ids();
+        let mut keys = data_keys(self.store.as_ref(), self.clock.now_ms()).await?;
+        keys.retain(|id, _| !known.contains(id));
+        Ok(keys)
     }
 
     fn grace_ms(&self) -> i64 {
@@ -783,6 +793,21 @@ impl StateService {
     }
 }
 
+/// The vault keys live states' data was sealed with, each with how many states name it
+/// (a maintenance read of every live state that holds data).
+pub async fn data_keys(
+    store: &dyn StateStore,
+    now_ms: i64,
+) -> Result<BTreeMap<String, usize>, StoreError> {
+    let mut keys = BTreeMap::new();
+    for row in store.states_with_data("", now_ms).await? {
+        if let Some(id) = row.data.as_deref().and_then(state_data::key_id) {
+            *keys.entry(id).or_insert(0) += 1;
+        }
+    }
+    Ok(keys)
+}
+
 /// A turn at most once a second (for a log line every failing request would repeat).
 #[derive(Default)]
 struct OncePerSecond(AtomicI64);
@@ -790,7 +815,8 @@ struct OncePerSecond(AtomicI64);
 impl OncePerSecond {
     fn take_turn(&self, now_ms: i64) -> bool {
         let last = self.0.load(Ordering::Relaxed);
-        (last == 0 || now_ms.saturating_sub(last) >= 1000)
+        // A clock stepped back gives a turn too, rather than none until it catches up.
+        (last == 0 || now_ms < last || now_ms.saturating_sub(last) >= 1000)
             && self
                 .0
                 .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)

@@ -275,27 +275,50 @@ pub struct VaultHandle {
 
 struct Loaded {
     vault: std::sync::Arc<Vault>,
-    modified: Option<std::time::SystemTime>,
+    /// The key file as last read (or tried: a file that failed to load is not read again
+    /// until it changes).
+    modified: Fingerprint,
     checked: std::time::Instant,
 }
 
 /// How often the key file's modification time is looked at.
 const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
-fn modified(source: &KeySource) -> Option<std::time::SystemTime> {
+/// What tells one version of the key file from another: its inode (a rename, as `rekey`
+/// writes it, always makes a new one), modification time and length. `None`: no file
+/// (or the key is inline).
+type Fingerprint = Option<(u64, std::time::SystemTime, u64)>;
+
+fn modified(source: &KeySource) -> Fingerprint {
+    use std::os::unix::fs::MetadataExt;
     match source {
-        KeySource::File { path, .. } => std::fs::metadata(path).and_then(|m| m.modified()).ok(),
+        KeySource::File { path, .. } => {
+            let meta = std::fs::metadata(path).ok()?;
+            Some((meta.ino(), meta.modified().ok()?, meta.len()))
+        }
         KeySource::Inline(_) => None,
     }
 }
 
 impl VaultHandle {
     pub fn load(source: KeySource) -> Result<VaultHandle, VaultError> {
+        // Looked at before the read: a file replaced meanwhile (a `rekey` during a start)
+        // differs from what is recorded, so the first look reads it again.
+        let seen = modified(&source);
         let vault = std::sync::Arc::new(Vault::load(&source)?);
         let loaded = Loaded {
             vault,
-            modified: modified(&source),
+            modified: seen,
             checked: std::time::Instant::now(),
+        };
+        // Only the first load may make a key file: a running server whose key file is
+        // gone for a moment keeps its keys, never swaps them for a new one.
+        let source = match source {
+            KeySource::File { path, .. } => KeySource::File {
+                path,
+                create: false,
+            },
+            inline => inline,
         };
         Ok(VaultHandle {
             source,
@@ -331,6 +354,7 @@ impl VaultHandle {
         cur.checked = std::time::Instant::now();
         let now_modified = modified(&self.source);
         if now_modified != cur.modified {
+            cur.modified = now_modified;
             match Vault::load(&self.source) {
                 Ok(v) => {
                     if v.current_key_id() != cur.vault.current_key_id() {
@@ -340,7 +364,6 @@ impl VaultHandle {
                         );
                     }
                     cur.vault = std::sync::Arc::new(v);
-                    cur.modified = now_modified;
                 }
                 Err(e) => {
                     log::warn!("vault: cannot reload the key file, keeping the loaded keys: {e}")

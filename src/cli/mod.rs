@@ -615,9 +615,10 @@ pub(super) fn services(
         KeySource::File { path, create: true } if !path.exists() => Some(path),
         _ => None,
     };
-    let state_keys = keys_of_live_state_data(store, &clock)?;
     if let Some(path) = key_file_to_make {
         let missing = keys_missing_for_tokens(&[], store)?;
+        let state_keys =
+            runtime()?.block_on(crate::states::data_keys(store.as_ref(), clock.now_ms()))?;
         if !missing.is_empty() || !state_keys.is_empty() {
             let mut held = Vec::new();
             if !missing.is_empty() {
@@ -644,7 +645,6 @@ pub(super) fn services(
     }
     let vault = Arc::new(VaultHandle::load(source)?);
     check_vault_opens_tokens(&vault, &from, store)?;
-    warn_of_state_keys_missing(&vault.key_ids(), &from, &state_keys);
     let states = Arc::new(StateService::new(
         store.clone(),
         settings.states.clone(),
@@ -693,43 +693,6 @@ pub(super) fn check_vault_opens_tokens(
         ),
         2,
     ))
-}
-
-/// The keys live states' data was sealed with, each with how many states use it.
-fn keys_of_live_state_data(
-    store: &Arc<dyn Store>,
-    clock: &Clock,
-) -> Result<std::collections::BTreeMap<String, usize>, Fatal> {
-    let rows = runtime()?.block_on(store.states_with_data("", clock.now_ms()))?;
-    let mut keys = std::collections::BTreeMap::new();
-    for id in rows
-        .iter()
-        .filter_map(|r| r.data.as_deref().and_then(crate::state_data::key_id))
-    {
-        *keys.entry(id).or_insert(0) += 1;
-    }
-    Ok(keys)
-}
-
-/// Live states whose data no loaded key opens answer `503 vault_error` until the key is
-/// back; say so at start. Not a refusal: they end within their TTL, and the states made
-/// meanwhile work.
-fn warn_of_state_keys_missing(
-    known: &[String],
-    from: &str,
-    used: &std::collections::BTreeMap<String, usize>,
-) {
-    let missing: Vec<String> = used
-        .iter()
-        .filter(|(id, _)| !known.contains(id))
-        .map(|(id, n)| format!("{id} ({n} state(s))"))
-        .collect();
-    if !missing.is_empty() {
-        log::warn!(
-            "live states hold data sealed with vault key(s) {} that the key loaded from {from} does not have: they answer 503 vault_error until the key is back. Add the key that was used as another line of the key file (the first line seals, every line opens) rather than replacing the file",
-            missing.join(", ")
-        );
-    }
 }
 
 /// The ids of the keys stored tokens were sealed with that are not in `known`, sorted,

@@ -50,10 +50,31 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
             broker.redirect_uri(&p.name)
         );
     }
+    let key_from = super::key_source(&settings)
+        .map(|s| s.describe())
+        .unwrap_or_default();
     actix_web::rt::System::new().block_on(async move {
         for warning in store.warnings().await? {
             log::warn!("{warning}");
         }
+        // Beside the start, not in its way: it reads every live state that holds data.
+        let checked = states.clone();
+        actix_web::rt::spawn(async move {
+            match checked.data_keys_missing().await {
+                Ok(missing) if !missing.is_empty() => {
+                    let named: Vec<String> = missing
+                        .iter()
+                        .map(|(id, n)| format!("{id} ({n} state(s))"))
+                        .collect();
+                    log::warn!(
+                        "live states hold data sealed with vault key(s) {} that the key loaded from {key_from} does not have: they answer 503 vault_error until the key is back. Add the key that was used as another line of the key file (the first line seals, every line opens) rather than replacing the file",
+                        named.join(", ")
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => log::warn!("could not check which vault keys live states need: {e}"),
+            }
+        });
         if admin.needs_first_link().await? {
             // On stdout, not in the log: the link is a credential. A database that cannot
             // be written now (read-only) must not keep oauthd from serving what it can.

@@ -498,12 +498,14 @@ async fn a_states_data_keeps_its_vault_key_and_waits_for_it_when_lost(home: Home
     assert!(other.status.success(), "{other:?}");
     std::fs::write(home.key_file(), &other.stdout).unwrap();
     let d = home.start();
-    let log = home.log_text();
-    assert!(
+    // Checked beside the start, not in its way.
+    let warned = common::eventually(std::time::Duration::from_secs(10), || {
+        let log = home.log_text();
         log.contains("live states hold data sealed with vault key(s)")
-            && log.contains("(1 state(s))"),
-        "{log}"
-    );
+            && log.contains("(1 state(s))")
+    })
+    .await;
+    assert!(warned, "{}", home.log_text());
     for _ in 0..2 {
         let (status, body) = d.consume(&key, &second, "login").await;
         assert_eq!(
@@ -542,6 +544,39 @@ async fn a_start_without_the_key_file_of_live_states_data_makes_no_new_key() {
         "{said}"
     );
     assert!(!home.key_file().exists(), "a new key file was made");
+}
+
+/// A running oauthd whose key file goes away for a moment (moved, restored from a backup)
+/// keeps the keys it loaded: it never makes a new key file in its place.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_server_never_replaces_a_key_file_that_went_away() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let data = json!({"v": 1});
+    let mut states = Vec::new();
+    // Each create seals; one past the vault's once-a-second look at its key file makes it
+    // look. The first look finds the file it made at start; the second finds none.
+    for moved in [false, true] {
+        tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+        if moved {
+            std::fs::rename(home.key_file(), home.dir.path().join("moved.key")).unwrap();
+        }
+        states.push(
+            d.create_state(&key, json!({"namespace": "login", "data": data}))
+                .await,
+        );
+    }
+    assert!(!home.key_file().exists(), "a new key file was made");
+    for s in &states {
+        let (status, body) = d.consume(&key, s, "login").await;
+        assert_eq!((status, &body["data"]), (200, &data), "{body}");
+    }
+    assert!(
+        home.log_text().contains("cannot reload the key file"),
+        "{}",
+        home.log_text()
+    );
 }
 
 /// A flow an app started (here for account `evil`) that comes back to a signed-in
