@@ -165,22 +165,19 @@ pub async fn prune(
         used.extend(sealed_key_id(&flow.device_code));
     }
     // States keep the key their data was sealed with until they are consumed or expire.
+    used.extend(crate::states::data_keys(store, now_ms).await?.into_keys());
     // A connect flow's data holds the flow's secrets sealed once more, by the broker.
     let vault = Vault::from_text(&text)?;
-    for row in store.states_with_data("", now_ms).await? {
+    for row in store.states_with_data(CONNECT_PREFIX, now_ms).await? {
         let Some(stored) = row.data.as_deref() else {
             continue;
         };
-        used.extend(state_data::key_id(stored));
-        if !row.namespace.starts_with(CONNECT_PREFIX) {
-            continue;
-        }
-        // Data that does not open keeps its key through the line above.
         let owner = state_data::Owner {
             key_hash: &row.key_hash,
             namespace: &row.namespace,
             subject: row.subject.as_deref(),
         };
+        // Data that does not open keeps its key through the line above.
         let inner = state_data::open(&vault, &owner, stored)
             .ok()
             .and_then(|data| serde_json::from_str(&data).ok())

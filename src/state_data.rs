@@ -62,12 +62,15 @@ pub fn open(vault: &impl Sealer, owner: &Owner<'_>, stored: &str) -> Result<Stri
         .map_err(|_| VaultError::Corrupt)
 }
 
-/// The id of the vault key stored data was sealed with; `None` for data stored before
-/// sealing.
+/// Characters of stored data that name the key it was sealed with (`key_id` needs no more).
+pub const KEY_ID_CHARS: usize = PREFIX.len() + 8;
+
+/// The id of the vault key stored data (or its first `KEY_ID_CHARS` characters) was sealed
+/// with; `None` for data stored before sealing.
 pub fn key_id(stored: &str) -> Option<String> {
     let encoded = stored.strip_prefix(PREFIX)?;
-    // The header (version, key id, nonce) is the first 17 bytes: 24 characters hold 18.
-    let head = Zeroizing::new(STANDARD.decode(encoded.get(..24)?).ok()?);
+    // The version byte and the key id are the first 5 bytes: 8 characters hold 6.
+    let head = Zeroizing::new(STANDARD.decode(encoded.get(..8)?).ok()?);
     sealed_key_id(&head)
 }
 
@@ -118,6 +121,7 @@ mod tests {
             Err(VaultError::Corrupt)
         ));
         assert_eq!(key_id(&stored), Some(v.current_key_id()));
+        assert_eq!(key_id(&stored[..KEY_ID_CHARS]), Some(v.current_key_id()));
     }
 
     #[test]

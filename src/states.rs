@@ -794,15 +794,19 @@ impl StateService {
 }
 
 /// The vault keys live states' data was sealed with, each with how many states name it
-/// (a maintenance read of every live state that holds data).
+/// (a maintenance read of every live state that holds data; only the first characters of
+/// each are held).
 pub async fn data_keys(
     store: &dyn StateStore,
     now_ms: i64,
 ) -> Result<BTreeMap<String, usize>, StoreError> {
     let mut keys = BTreeMap::new();
-    for row in store.states_with_data("", now_ms).await? {
-        if let Some(id) = row.data.as_deref().and_then(state_data::key_id) {
-            *keys.entry(id).or_insert(0) += 1;
+    for (head, n) in store
+        .state_data_prefixes(now_ms, state_data::KEY_ID_CHARS)
+        .await?
+    {
+        if let Some(id) = state_data::key_id(&head) {
+            *keys.entry(id).or_insert(0) += usize::try_from(n).unwrap_or(usize::MAX);
         }
     }
     Ok(keys)

@@ -434,8 +434,11 @@ pub fn key_ids(text: &str) -> Result<Vec<String>, VaultError> {
 }
 
 /// The key id a sealed value names, as hex.
+/// Needs only the first 5 bytes (version and key id).
 pub fn sealed_key_id(sealed: &[u8]) -> Option<String> {
-    parts(sealed).map(|(id, _, _)| hex(&id))
+    let (&version, rest) = sealed.split_first()?;
+    let id = rest.get(..4)?;
+    (version == VERSION).then(|| hex(id))
 }
 
 /// Writes key file text atomically (temp file, fsync, rename), mode 0600.

@@ -337,6 +337,14 @@ pub trait StateStore: SweepStates {
         prefix: &str,
         now_ms: i64,
     ) -> Result<Vec<StateRow>, StoreError>;
+    /// The first `chars` characters of the data of every state live at `now_ms`, each
+    /// distinct one with how many states' data starts so (maintenance, as above; only the
+    /// prefixes are held, never the data).
+    async fn state_data_prefixes(
+        &self,
+        now_ms: i64,
+        chars: usize,
+    ) -> Result<Vec<(String, u64)>, StoreError>;
     /// Whether the store answers reads and writes.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -513,7 +513,34 @@ async fn the_namespace_cap_counts_what_every_path_leaves_live(b: Backend) {
     fill_up(s, "a sweep", states(&[12]), 60_000).await;
 }
 
+/// The maintenance read of live states' data prefixes: each distinct prefix once, with how
+/// many live states' data starts so; expired states and states without data are left out.
+async fn live_states_data_prefixes_are_counted(b: Backend) {
+    let s = b.store.as_ref();
+    let later = 1_000_000;
+    for (n, data, expires_at_ms) in [
+        (1, Some("sealed:AQAAAAxx"), later),
+        (2, Some("sealed:AQAAAAyy"), later),
+        (3, Some("{\"a\":1}"), later),
+        (4, Some("sealed:AQBBBBzz"), 10),
+        (5, None, later),
+    ] {
+        let row = StateRow {
+            data: data.map(str::to_owned),
+            ..capped(n, expires_at_ms, None)
+        };
+        insert_replacing(s, row, 0, false).await;
+    }
+    let mut got = s.state_data_prefixes(100, 13).await.unwrap();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![("sealed:AQAAAA".to_owned(), 2), ("{\"a\":1}".to_owned(), 1)]
+    );
+}
+
 backends!(
+    live_states_data_prefixes_are_counted,
     a_claim_leaves_the_skipped_targets_deliveries_due,
     the_namespace_cap_counts_what_every_path_leaves_live,
     a_refresh_lease_is_refused_to_a_caller_that_read_an_older_row,

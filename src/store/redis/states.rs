@@ -698,6 +698,29 @@ impl StateStore for RedisStore {
             .collect())
     }
 
+    async fn state_data_prefixes(
+        &self,
+        now_ms: i64,
+        chars: usize,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        const CONTEXT: &str = "reading states' data";
+        let keys = self.scan_keys(CONTEXT, self.key("s", "*")).await?;
+        let mut counts = std::collections::HashMap::<String, u64>::new();
+        // A batch of records at a time: only the prefixes are kept.
+        for batch in keys.chunks(1000) {
+            for v in self.mget(CONTEXT, batch).await?.into_iter().flatten() {
+                let Ok(stored) = serde_json::from_slice::<Stored>(&v) else {
+                    continue;
+                };
+                if let (Some(data), true) = (stored.d, stored.e > now_ms) {
+                    let head: String = data.chars().take(chars).collect();
+                    *counts.entry(head).or_insert(0) += 1;
+                }
+            }
+        }
+        Ok(counts.into_iter().collect())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let mut c = self.conn();
         self.run("checking Redis", async move {

@@ -517,6 +517,25 @@ impl StateStore for SqliteStore {
         .await
     }
 
+    async fn state_data_prefixes(
+        &self,
+        now_ms: i64,
+        chars: usize,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let chars = i64::try_from(chars).unwrap_or(i64::MAX);
+        self.read("reading states' data", move |conn| {
+            conn.prepare_cached(
+                "SELECT substr(data, 1, ?2), count(*) FROM states INDEXED BY states_expires_at
+                 WHERE expires_at > ?1 AND data IS NOT NULL GROUP BY 1",
+            )?
+            .query_map(params![now_ms, chars], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)?.try_into().unwrap_or(0)))
+            })?
+            .collect()
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.read("checking the database", |conn| {
             conn.query_row(
