@@ -113,6 +113,30 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
                     format!("{unreadable} connection(s) sealed with keys this key file lacks"),
                 );
             }
+            let now = crate::clock::Clock::system().now_ms();
+            let used = crate::states::data_keys(store.as_ref(), now).await?;
+            let sealed: usize = used.values().sum();
+            let lacking: Vec<String> = used
+                .iter()
+                .filter(|(id, _)| !known.contains(id))
+                .map(|(id, n)| format!("{id} ({n})"))
+                .collect();
+            if lacking.is_empty() {
+                r.line(
+                    "ok",
+                    "state data",
+                    format!("the key file opens the data of all {sealed} live state(s) that hold sealed data"),
+                );
+            } else {
+                r.line(
+                    "FAIL",
+                    "state data",
+                    format!(
+                        "live states hold data sealed with key(s) this key file lacks: {}; they answer 503 vault_error until it is back (as another line of the key file)",
+                        lacking.join(", ")
+                    ),
+                );
+            }
         }
         let http = flows::http_client(settings.provider_timeout).map_err(|e| Fatal(e, 1))?;
         for p in &providers {

@@ -506,6 +506,13 @@ async fn a_states_data_keeps_its_vault_key_and_waits_for_it_when_lost(home: Home
     })
     .await;
     assert!(warned, "{}", home.log_text());
+    let checked = home.cli(&["check"]);
+    let said = String::from_utf8_lossy(&checked.stdout);
+    assert_eq!(checked.status.code(), Some(1), "{checked:?}");
+    assert!(
+        said.contains("state data") && said.contains("key(s) this key file lacks"),
+        "{said}"
+    );
     for _ in 0..2 {
         let (status, body) = d.consume(&key, &second, "login").await;
         assert_eq!(
