@@ -24,7 +24,7 @@ const HEADER: usize = 1 + 4 + 12;
 pub enum VaultError {
     #[error("a vault key is 32 bytes written as base64 (make one with `oauthd keygen`)")]
     BadKey,
-    #[error("value sealed with key {0}, which is not loaded: restore the key file that was used")]
+    #[error("value sealed with key {0}, which is not loaded: put that key back in the key file (a key file holds several keys, one per line)")]
     UnknownKey(String),
     #[error("a sealed value failed to open: it was altered, moved to another field, or is not a sealed value")]
     Corrupt,
@@ -169,7 +169,7 @@ impl Vault {
                 if *create && !path.exists() {
                     write_new_key_file(path).map_err(|e| file_err(e.to_string()))?;
                     log::warn!(
-                        "created vault key file {}: back it up with the database; without it the stored tokens cannot be read",
+                        "created vault key file {}: back it up with the database; without it the stored tokens and states' data cannot be read",
                         path.display()
                     );
                 }

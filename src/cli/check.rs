@@ -55,14 +55,39 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
     };
     if let KeySource::File { path, create } = &source {
         match std::fs::metadata(path) {
-            Err(_) if *create => r.line(
-                "ok",
-                "key file",
-                format!(
-                    "{} does not exist yet; oauthd creates it at first start",
-                    path.display()
-                ),
-            ),
+            Err(_) if *create => {
+                // As the start judges it: no key file over sealed values is a lost key.
+                let now = crate::clock::Clock::system().now_ms();
+                let sealed = rt.block_on(async {
+                    let tokens = store.list_connections().await?.len();
+                    let states: usize = crate::states::data_keys(store.as_ref(), now)
+                        .await?
+                        .values()
+                        .sum();
+                    Ok::<_, crate::store::StoreError>((tokens, states))
+                })?;
+                if sealed == (0, 0) {
+                    r.line(
+                        "ok",
+                        "key file",
+                        format!(
+                            "{} does not exist yet; oauthd creates it at first start",
+                            path.display()
+                        ),
+                    )
+                } else {
+                    r.line(
+                        "FAIL",
+                        "key file",
+                        format!(
+                            "{} does not exist, but the database holds {} connection(s) and {} live state(s) with sealed data: oauthd refuses to start until the key file that was used is back",
+                            path.display(),
+                            sealed.0,
+                            sealed.1
+                        ),
+                    )
+                }
+            }
             Ok(m) if m.permissions().mode() & 0o077 != 0 => r.line(
                 "warn",
                 "key file",

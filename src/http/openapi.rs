@@ -424,9 +424,10 @@ const COMMON: &[(&str, &str)] = &[
     (
         "503",
         "Storage is unavailable for a moment (`storage_unavailable`): retry after \
-         `Retry-After`. It recovers by itself. A state whose data does not open (sealed \
-         with a vault key this oauthd has not loaded) answers `vault_error` and is kept \
-         until the key is back.",
+         `Retry-After`. It recovers by itself. Apart from that, a state whose data does \
+         not open (sealed with a vault key this oauthd has not loaded) answers \
+         `vault_error`, without `Retry-After`: it stays until the key is put back or it \
+         expires.",
     ),
 ];
 

@@ -551,6 +551,13 @@ async fn a_start_without_the_key_file_of_live_states_data_makes_no_new_key() {
         "{said}"
     );
     assert!(!home.key_file().exists(), "a new key file was made");
+    let checked = home.cli(&["check"]);
+    let said = String::from_utf8_lossy(&checked.stdout);
+    assert_eq!(checked.status.code(), Some(1), "{checked:?}");
+    assert!(
+        said.contains("1 live state(s) with sealed data: oauthd refuses to start"),
+        "{said}"
+    );
 }
 
 /// A running oauthd whose key file goes away for a moment (moved, restored from a backup)

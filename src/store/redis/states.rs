@@ -682,20 +682,21 @@ impl StateStore for RedisStore {
     ) -> Result<Vec<StateRow>, StoreError> {
         const CONTEXT: &str = "reading states by namespace";
         let keys = self.scan_keys(CONTEXT, self.key("s", "*")).await?;
-        let values = self.mget(CONTEXT, &keys).await?;
         let state_key = self.key("s", "");
-        Ok(keys
-            .iter()
-            .zip(values)
-            .filter_map(|(key, v)| {
+        let mut rows = Vec::new();
+        // A batch of records at a time: only the wanted ones are kept.
+        for batch in keys.chunks(1000) {
+            let values = self.mget(CONTEXT, batch).await?;
+            rows.extend(batch.iter().zip(values).filter_map(|(key, v)| {
                 let hash = SecretHash::from_hex(key.strip_prefix(&state_key)?)?;
                 let row = serde_json::from_slice::<Stored>(&v?).ok()?.into_row(hash);
                 let wanted = row.namespace.starts_with(prefix)
                     && row.data.is_some()
                     && row.expires_at_ms > now_ms;
                 wanted.then_some(row)
-            })
-            .collect())
+            }));
+        }
+        Ok(rows)
     }
 
     async fn state_data_prefixes(
