@@ -4,7 +4,7 @@
 //! bits, so a fast hash is enough (no password hashing needed). A key may be limited to
 //! namespace patterns.
 
-use crate::namespace::{check_pattern, pattern_matches, Namespace};
+use crate::namespace::{check_pattern, key_pattern_reaches, Namespace};
 use crate::oauth::provider::check_name as check_account_name;
 use crate::secret::{ApiKey, SecretHash};
 use crate::store::{ApiKeyRecord, KeyStore, StoreError};
@@ -196,7 +196,7 @@ pub fn may_use_account(record: &ApiKeyRecord, account: &str) -> bool {
 pub fn may_use(record: &ApiKeyRecord, ns: &Namespace) -> bool {
     match &record.namespaces {
         None => true,
-        Some(patterns) => patterns.iter().any(|p| pattern_matches(p, ns)),
+        Some(patterns) => patterns.iter().any(|p| key_pattern_reaches(p, ns)),
     }
 }
 

@@ -11,6 +11,8 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::{LazyLock, RwLock};
 
+use crate::namespace::CONNECT_PREFIX;
+
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -44,14 +46,40 @@ pub const MAX_NAMESPACE_LABELS: usize = 200;
 pub const OTHER_NAMESPACES: &str = "_other";
 /// The label for a consume whose namespace is not known (an unknown state at a callback).
 pub const NO_NAMESPACE: &str = "_none";
+/// The label for an unknown state presented under a namespace that has no label yet: the
+/// namespace was the caller's word, and words must not use up the labels.
+pub const UNLABELLED_NAMESPACE: &str = "_unknown";
 
 static NAMESPACE_LABELS: LazyLock<RwLock<HashSet<String>>> = LazyLock::new(Default::default);
+
+/// What a namespace is counted as: itself, except that the broker's connect flows
+/// (`connect:<provider>:<account>`) count per provider, so that account names stay off the
+/// scrape and each account does not take a label.
+fn countable(namespace: &str) -> &str {
+    let Some(rest) = namespace.strip_prefix(CONNECT_PREFIX) else {
+        return namespace;
+    };
+    match rest.find(':') {
+        Some(end) => namespace
+            .get(..CONNECT_PREFIX.len() + end)
+            .unwrap_or(namespace),
+        None => namespace,
+    }
+}
+
+/// Whether the namespace has a label of its own already.
+fn labelled(namespace: &str) -> bool {
+    NAMESPACE_LABELS
+        .read()
+        .is_ok_and(|seen| seen.contains(namespace))
+}
 
 /// `namespace` itself while fewer than `MAX_NAMESPACE_LABELS` namespaces were labelled,
 /// else `_other` (a namespace labelled already costs no allocation).
 fn namespace_label(namespace: &str) -> &str {
+    let namespace = countable(namespace);
     let known = |seen: &HashSet<String>| seen.contains(namespace);
-    if NAMESPACE_LABELS.read().is_ok_and(|seen| known(&seen)) {
+    if labelled(namespace) {
         return namespace;
     }
     match NAMESPACE_LABELS.write() {
@@ -74,7 +102,9 @@ static STATES_CREATED: LazyLock<IntCounterVec> = LazyLock::new(|| {
 static STATE_CONSUMES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "state_consumes_total",
-        "State consume attempts, by namespace and outcome (ok, unknown, expired).",
+        "State consume attempts, by namespace and outcome (ok, unknown, expired); connect \
+         flows by provider (connect:<provider>), unknown states presented under a namespace \
+         without a label yet as _unknown.",
         &["namespace", "outcome"],
     )
 });
@@ -173,6 +203,22 @@ pub fn state_consumed(namespace: Option<&str>, outcome: &str) {
             IntCounter::inc,
         )
     });
+}
+
+/// A consume (or code attempt) of a state oauthd does not know, presented under
+/// `namespace` (`None` when it was not said). Counted under that namespace only when it has
+/// a label already (a state of it was created, consumed or swept): anyone with a key may
+/// present any namespace, and that must not use up the labels.
+pub fn unknown_state_consumed(namespace: Option<&str>) {
+    let label = namespace.map_or(NO_NAMESPACE, |ns| {
+        let ns = countable(ns);
+        if labelled(ns) {
+            ns
+        } else {
+            UNLABELLED_NAMESPACE
+        }
+    });
+    STATE_CONSUMES.with_label_values(&[label, "unknown"]).inc();
 }
 
 pub fn states_swept(namespace: &str, count: u64) {
@@ -330,6 +376,19 @@ pub fn http_answered(endpoint: &str, method: &str, status: &str) -> Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connect_flows_count_per_provider() {
+        for (namespace, counted) in [
+            ("connect:spotify:alice", "connect:spotify"),
+            ("connect:spotify:acme.bob", "connect:spotify"),
+            ("connect:spotify", "connect:spotify"),
+            ("oauth:spotify:x", "oauth:spotify:x"),
+            ("connectors:a:b", "connectors:a:b"),
+        ] {
+            assert_eq!(countable(namespace), counted, "{namespace}");
+        }
+    }
 
     #[test]
     fn a_thread_keeps_one_handle_per_label_set_and_never_mixes_two() {

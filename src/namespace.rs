@@ -81,9 +81,75 @@ pub fn pattern_matches(pattern: &str, ns: &Namespace) -> bool {
     }
 }
 
+/// Whether an API key's namespace pattern reaches `ns`. As `pattern_matches`, except that a
+/// prefix pattern reaches a reserved namespace (`provider:spotify`) only when it spells the
+/// reserved prefix out (`provider:*`, `provider:sp*`), and `*` reaches everything: `p*`,
+/// made for `payments`, does not hand out every provider's tokens.
+pub fn key_pattern_reaches(pattern: &str, ns: &Namespace) -> bool {
+    match pattern.strip_suffix('*') {
+        Some("") => true,
+        Some(prefix) => {
+            ns.0.starts_with(prefix)
+                && reserved_prefix(&ns.0).is_none_or(|reserved| prefix.len() >= reserved.len())
+        }
+        None => pattern == ns.0,
+    }
+}
+
+/// The reserved prefix `s` starts with, if any.
+fn reserved_prefix(s: &str) -> Option<&'static str> {
+    RESERVED_PREFIXES.into_iter().find(|p| s.starts_with(p))
+}
+
+/// Whether a prefix pattern stops short of the reserved prefix `reserved` (`p*` and
+/// `provider:`): it reads as if it reached the namespaces under it, and does not.
+pub fn stops_short_of(pattern: &str, reserved: &str) -> bool {
+    pattern.strip_suffix('*').is_some_and(|prefix| {
+        !prefix.is_empty() && prefix.len() < reserved.len() && reserved.starts_with(prefix)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_pattern_reaches_reserved_namespaces_only_when_it_names_them() {
+        let ns = |s: &str| Namespace::parse(s).unwrap();
+        for (pattern, namespace, reaches) in [
+            ("*", "provider:spotify", true),
+            ("provider:*", "provider:spotify", true),
+            ("provider:sp*", "provider:spotify", true),
+            ("provider:spotify", "provider:spotify", true),
+            ("p*", "provider:spotify", false),
+            ("provider*", "provider:spotify", false),
+            ("c*", "connect:spotify:default", false),
+            ("connect:*", "connect:spotify:default", true),
+            ("p*", "payments", true),
+            ("provider*", "providers", true),
+            ("oauth:*", "provider:spotify", false),
+        ] {
+            assert_eq!(
+                key_pattern_reaches(pattern, &ns(namespace)),
+                reaches,
+                "{pattern} {namespace}"
+            );
+        }
+        for (pattern, short) in [
+            ("p*", true),
+            ("provider*", true),
+            ("provider:*", false),
+            ("*", false),
+            ("payments*", false),
+            ("provider", false),
+        ] {
+            assert_eq!(
+                stops_short_of(pattern, PROVIDER_SCOPE_PREFIX),
+                short,
+                "{pattern}"
+            );
+        }
+    }
 
     #[test]
     fn accepts_the_documented_shapes() {

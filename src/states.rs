@@ -518,7 +518,7 @@ impl StateService {
                 NamespaceFilter::Exact(ns) => Some(ns.as_str()),
                 NamespaceFilter::Prefix(_) => None,
             };
-            metrics::state_consumed(presented, "unknown");
+            metrics::unknown_state_consumed(presented);
             StateError::NotFound
         };
         let expired = |namespace: String, expired_at: Option<i64>| match self
@@ -717,12 +717,11 @@ impl StateService {
             } => self.expired_error(now, namespace, expired_at_ms),
             Attempted::Missing => StateError::NotFound,
         };
-        let label = match outcome {
-            StateError::Expired { .. } => "expired",
-            StateError::NotFound => "unknown",
-            _ => return Err(outcome),
-        };
-        metrics::state_consumed(Some(ns), label);
+        match outcome {
+            StateError::Expired { .. } => metrics::state_consumed(Some(ns), "expired"),
+            StateError::NotFound => metrics::unknown_state_consumed(Some(ns)),
+            _ => {}
+        }
         Err(outcome)
     }
 

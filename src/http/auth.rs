@@ -74,7 +74,8 @@ impl Caller {
             Err(ApiError::unauthorized(
                 "namespace_not_allowed",
                 format!(
-                    "this API key may not use provider {provider} (namespace provider:{provider})"
+                    "this API key may not use provider {provider}: a key reaches it through \
+                     the namespace pattern '*', 'provider:*' or 'provider:{provider}'"
                 ),
             ))
         }

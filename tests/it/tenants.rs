@@ -38,6 +38,20 @@ async fn an_account_scoped_key_reaches_only_its_accounts_on_every_connection_rou
     for account in ["alice", "acme.bob"] {
         assert_eq!(connect(&d, &peer, &key, account).await.0, 200);
     }
+    // Connect flows count per provider: account names stay off the scrape.
+    let text = d.metrics_text().await;
+    assert_eq!(
+        common::sample(
+            &text,
+            "oauthd_states_created_total{namespace=\"connect:peer\"}"
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(
+        !text.contains("alice") && !text.contains("acme.bob"),
+        "{text}"
+    );
     let tenant = tenant_key(&home, "acme", &["acme.*"]);
     let out = home.cli(&["keys", "list", "--json"]);
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -132,6 +146,61 @@ async fn an_account_scoped_key_reaches_only_its_accounts_on_every_connection_rou
         String::from_utf8_lossy(&out.stderr).contains("account"),
         "{out:?}"
     );
+}
+
+/// A key reaches a provider's connections only through a namespace pattern that spells
+/// `provider:` out, or `*`: `p*`, made for states in `payments`, reaches those states and no
+/// token, and `keys create` says so. (Scope is checked above the store: SQLite only.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_namespace_pattern_reaches_providers_only_when_it_names_them() {
+    let home = Home::new();
+    let (peer, key, d) = serving(&home, 3600, "");
+    assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
+    for (i, (pattern, reaches)) in [
+        ("p*", false),
+        ("provider*", false),
+        ("provider:*", true),
+        ("provider:pe*", true),
+        ("provider:peer", true),
+        ("*", true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = format!("k{i}");
+        let out = home.cli(&["keys", "create", "--name", &name, "--namespace", pattern]);
+        assert!(out.status.success(), "{out:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            said.contains("does not reach any provider's tokens"),
+            !reaches,
+            "{pattern}: {said}"
+        );
+        let scoped = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .to_owned();
+        let resp = d
+            .get_raw("/v1/connections/peer/alice/token", Some(&scoped))
+            .await;
+        if reaches {
+            assert_eq!(resp.status(), 200, "{pattern}");
+        } else {
+            assert_eq!(resp.status(), 401, "{pattern}");
+            let body = resp.text().await.unwrap();
+            assert!(
+                body.contains("namespace_not_allowed") && body.contains("'provider:*'"),
+                "{pattern}: {body}"
+            );
+        }
+        if pattern == "p*" {
+            let state = d
+                .create_state(&scoped, json!({"namespace": "payments"}))
+                .await;
+            assert_eq!(d.consume(&scoped, &state, "payments").await.0, 200);
+        }
+    }
 }
 
 /// Tokens an app got by itself are handed to oauthd: served as they are, refreshed with
