@@ -186,6 +186,8 @@ pub struct LimitsConfig {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Device flows one API key (or the page) may have pending at once.
     pub max_device_flows_per_key: u32,
+    /// How long a request body may take to arrive, whole.
+    pub body_seconds: u64,
 }
 
 impl Default for LimitsConfig {
@@ -195,6 +197,7 @@ impl Default for LimitsConfig {
             failed_auth_per_minute: 30,
             trusted_proxies: Vec::new(),
             max_device_flows_per_key: 20,
+            body_seconds: 30,
         }
     }
 }
@@ -335,6 +338,8 @@ pub struct Settings {
     pub failed_auth_per_minute: u32,
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub max_device_flows_per_key: u32,
+    /// `[limits] body_seconds`: a request body that has not arrived whole by then is refused.
+    pub body_deadline: Duration,
     /// `OAUTHD_ADMIN_TOKEN(_FILE)`: signs a browser in from the sign-in form.
     pub admin_token: Option<SecretText>,
     /// `OAUTHD_METRICS_TOKEN(_FILE)`: the bearer token `/metrics` asks for.
@@ -417,6 +422,7 @@ impl Settings {
                 "must be between 1 and 10000",
             ));
         }
+        let body_seconds = within("limits", "body_seconds", file.limits.body_seconds, 1..=3600)?;
         let token_cache_seconds = file.token_cache_seconds.unwrap_or(1);
         if token_cache_seconds > 60 {
             return Err(invalid("token_cache_seconds", "must be at most 60"));
@@ -552,6 +558,7 @@ impl Settings {
             token_cache: Duration::from_secs(token_cache_seconds),
             admin_session_hours,
             max_device_flows_per_key: file.limits.max_device_flows_per_key,
+            body_deadline: Duration::from_secs(body_seconds),
             admin_token: secret_from_env("OAUTHD_ADMIN_TOKEN")?,
             metrics_token: secret_from_env("OAUTHD_METRICS_TOKEN")?,
             key_source,

@@ -102,7 +102,11 @@ where
     let mut body = Vec::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| {
-            ApiError::bad_request("bad_body", format!("could not read the body: {e}"))
+            if super::body_deadline::is_deadline(&e) {
+                ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", e.to_string())
+            } else {
+                ApiError::bad_request("bad_body", format!("could not read the body: {e}"))
+            }
         })?;
         if body.len() + chunk.len() > limit {
             return Err(too_large());

@@ -20,7 +20,7 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const MAX_HEADERS: usize = 96;
 
 pub async fn enforce(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     if let Some(refusal) = check(&req) {
@@ -28,6 +28,7 @@ pub async fn enforce(
             .into_response(refusal.error_response())
             .map_into_right_body());
     }
+    super::body_deadline::apply(&mut req);
     next.call(req)
         .await
         .map(ServiceResponse::map_into_left_body)

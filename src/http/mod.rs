@@ -5,6 +5,7 @@ mod access_log;
 mod admin;
 mod auth;
 mod body;
+mod body_deadline;
 mod callback;
 mod connect;
 mod connections;
@@ -357,6 +358,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = web::Data::new(app);
     let limit = web::Data::new(BodyLimit(settings.states.max_data_bytes + 8 * 1024));
+    let settings_deadline = settings.body_deadline;
     let access_log = AccessLog {
         policy: settings.access_log,
         trusted_proxies: settings.trusted_proxies.clone(),
@@ -378,6 +380,7 @@ pub async fn serve(
         App::new()
             .app_data(app.clone())
             .app_data(limit.clone())
+            .app_data(body_deadline::BodyDeadline(settings_deadline))
             .app_data(access_log.clone())
             .wrap(actix_web::middleware::from_fn(limits::enforce))
             .wrap(actix_web::middleware::from_fn(request_metrics::record))

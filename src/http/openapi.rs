@@ -439,6 +439,10 @@ const WITH_BODY: &[(&str, &str)] = &[
          (`malformed_json`, `bad_body`), an unknown member (`unknown_field`), or a member \
          out of range (its own code, e.g. `invalid_namespace`, `invalid_ttl`).",
     ),
+    (
+        "408",
+        "The body did not arrive whole within `[limits] body_seconds` (`body_timeout`).",
+    ),
     ("413", "The body is too large (`body_too_large`)."),
     (
         "415",
@@ -724,7 +728,7 @@ mod tests {
                     );
                 }
                 if takes_json(op) {
-                    for status in ["400", "413", "415"] {
+                    for status in ["400", "408", "413", "415"] {
                         assert!(
                             op.responses.responses.contains_key(status),
                             "{name}: no {status}"
