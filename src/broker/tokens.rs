@@ -724,6 +724,28 @@ impl Broker {
         Ok(self.view(&self.row(&ConnectionKey::new(provider, account)).await?))
     }
 
+    /// Connections by provider and status as `/metrics` shows them (`refresh_failing` for
+    /// active ones whose refreshes fail), counted by the store.
+    pub async fn connection_counts(&self) -> Result<Vec<(String, &'static str, u64)>, BrokerError> {
+        Ok(self
+            .store
+            .count_connections()
+            .await?
+            .into_iter()
+            .map(|c| {
+                let status = match c.status {
+                    _ if !self.providers.contains_key(&c.provider) => {
+                        ViewStatus::ProviderMissing.as_str()
+                    }
+                    ConnectionStatus::Active if c.failing => "refresh_failing",
+                    ConnectionStatus::Active => ViewStatus::Active.as_str(),
+                    ConnectionStatus::NeedsReauth => ViewStatus::NeedsReauth.as_str(),
+                };
+                (c.provider, status, c.count)
+            })
+            .collect())
+    }
+
     pub async fn connections(&self) -> Result<Vec<ConnectionView>, BrokerError> {
         Ok(self
             .store

@@ -2,37 +2,22 @@
 
 use super::problem::ApiError;
 use super::AppState;
-use crate::broker::ViewStatus;
 use crate::metrics;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 pub async fn metrics(app: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     if let Some(token) = &app.metrics_token {
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !crate::admin::secret_matches(token.expose(), presented) {
-            return Err(ApiError::unauthorized(
-                "invalid_metrics_token",
-                "send the metrics token as Authorization: Bearer <token>",
-            ));
-        }
+        check_token(token.expose(), &req)?;
     }
-    // Connections by status, counted now.
+    // Connections by status, counted now by the store (SQLite reads no token for it).
+    let counts = app.broker.connection_counts().await?;
     metrics::CONNECTIONS.reset();
-    for c in app.broker.connections().await? {
-        let status = if c.status == ViewStatus::Active && c.failures > 0 {
-            "refresh_failing"
-        } else {
-            c.status.as_str()
-        };
+    for (provider, status, count) in counts {
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
         metrics::CONNECTIONS
-            .with_label_values(&[c.provider.as_str(), status])
-            .inc();
+            .with_label_values(&[provider.as_str(), status])
+            .add(count);
     }
     let pending = app.outbox.pending_deliveries().await?;
     metrics::OUTBOX_PENDING.set(i64::try_from(pending).unwrap_or(i64::MAX));
@@ -40,4 +25,22 @@ pub async fn metrics(app: web::Data<AppState>, req: HttpRequest) -> Result<HttpR
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .body(metrics::render()))
+}
+
+/// The metrics token as a bearer token, or 401.
+fn check_token(token: &str, req: &HttpRequest) -> Result<(), ApiError> {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if crate::admin::secret_matches(token, presented) {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized(
+            "invalid_metrics_token",
+            "send the metrics token as Authorization: Bearer <token>",
+        ))
+    }
 }

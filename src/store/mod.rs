@@ -433,6 +433,16 @@ impl AccountIdentity {
     }
 }
 
+/// Connections of one provider in one status (`ConnectionStore::count_connections`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionCount {
+    pub provider: String,
+    pub status: ConnectionStatus,
+    /// Refreshes of these connections are failing (`failures` above 0).
+    pub failing: bool,
+    pub count: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectionStatus {
     Active,
@@ -576,6 +586,27 @@ pub trait ConnectionStore: Send + Sync {
         key: &ConnectionKey,
     ) -> Result<Option<ConnectionRow>, StoreError>;
     async fn list_connections(&self) -> Result<Vec<ConnectionRow>, StoreError>;
+    /// How many connections there are of each provider, status and whether their refreshes
+    /// are failing: what `/metrics` shows, without reading anyone's tokens where the store
+    /// can count by itself.
+    async fn count_connections(&self) -> Result<Vec<ConnectionCount>, StoreError> {
+        let mut counts: Vec<ConnectionCount> = Vec::new();
+        for row in self.list_connections().await? {
+            let failing = row.failures > 0;
+            match counts.iter_mut().find(|c| {
+                c.provider == row.provider && c.status == row.status && c.failing == failing
+            }) {
+                Some(c) => c.count += 1,
+                None => counts.push(ConnectionCount {
+                    provider: row.provider,
+                    status: row.status,
+                    failing,
+                    count: 1,
+                }),
+            }
+        }
+        Ok(counts)
+    }
     /// Stores the tokens of a (re)connect: status active, errors cleared, the account's
     /// identity replaced, and the generation bumped so that a refresh still running for
     /// the old grant is fenced off.

@@ -3,9 +3,9 @@
 
 use oauthd::secret::{SecretHash, StateId};
 use oauthd::store::{
-    AccountIdentity, Attempted, ConnectionKey, DeliveryFilter, DeliveryOutcome, DeliveryStatus,
-    InsertRules, Inserted, NamespaceFilter, NewDelivery, Retried, Revoked, SealedTokens, StateRow,
-    StateSecret, Taken,
+    AccountIdentity, Attempted, ConnectionKey, ConnectionStatus, DeliveryFilter, DeliveryOutcome,
+    DeliveryStatus, InsertRules, Inserted, NamespaceFilter, NewDelivery, RefreshFailure, Retried,
+    Revoked, SealedTokens, StateRow, StateSecret, Taken,
 };
 use std::sync::Arc;
 
@@ -539,7 +539,63 @@ async fn live_states_data_prefixes_are_counted(b: Backend) {
     );
 }
 
+/// `/metrics` counts connections through the store: by provider, status and whether their
+/// refreshes fail, every connection once.
+async fn connections_are_counted_by_provider_status_and_failing(b: Backend) {
+    let s = b.store.as_ref();
+    for (provider, account) in [("p", "a"), ("p", "b"), ("p", "c"), ("p", "d"), ("q", "a")] {
+        let key = ConnectionKey::new(provider, account);
+        s.save_connection(
+            &key,
+            tokens(b"a1", b"r1"),
+            AccountIdentity::default(),
+            1_000,
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    }
+    for (account, status) in [
+        ("b", ConnectionStatus::Active),
+        ("c", ConnectionStatus::NeedsReauth),
+    ] {
+        let key = ConnectionKey::new("p", account);
+        let seen = s.get_connection(&key).await.unwrap().unwrap();
+        let generation = lease(s, &key, seen.generation, 2_000)
+            .await
+            .expect("a free lease");
+        let failure = RefreshFailure {
+            status,
+            error: "failed",
+            retry_at_ms: Some(60_000),
+            now_ms: 2_000,
+            notified: false,
+        };
+        assert!(s
+            .save_refresh_failure(&key, generation, failure, Vec::new())
+            .await
+            .unwrap());
+    }
+    let mut counts: Vec<(String, &str, bool, u64)> = s
+        .count_connections()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.provider, c.status.as_str(), c.failing, c.count))
+        .collect();
+    counts.sort();
+    let want = [
+        ("p", "active", false, 2),
+        ("p", "active", true, 1),
+        ("p", "needs_reauth", true, 1),
+        ("q", "active", false, 1),
+    ]
+    .map(|(p, s, f, n)| (p.to_owned(), s, f, n));
+    assert_eq!(counts, want);
+}
+
 backends!(
+    connections_are_counted_by_provider_status_and_failing,
     live_states_data_prefixes_are_counted,
     a_claim_leaves_the_skipped_targets_deliveries_due,
     the_namespace_cap_counts_what_every_path_leaves_live,

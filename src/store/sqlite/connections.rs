@@ -3,8 +3,8 @@
 use super::outbox::enqueue;
 use super::SqliteStore;
 use crate::store::{
-    AccountIdentity, ConnectionKey, ConnectionRow, ConnectionStore, NewDelivery, RefreshFailure,
-    SealedTokens, StoreError,
+    AccountIdentity, ConnectionCount, ConnectionKey, ConnectionRow, ConnectionStore, NewDelivery,
+    RefreshFailure, SealedTokens, StoreError,
 };
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};
@@ -71,6 +71,25 @@ impl ConnectionStore for SqliteStore {
                 "SELECT {COLUMNS} FROM connections ORDER BY provider, account"
             ))?
             .query_map([], row)?
+            .collect()
+        })
+        .await
+    }
+
+    async fn count_connections(&self) -> Result<Vec<ConnectionCount>, StoreError> {
+        self.read("counting connections", |conn| {
+            conn.prepare_cached(
+                "SELECT provider, status, failures > 0, count(*) FROM connections
+                 GROUP BY provider, status, failures > 0",
+            )?
+            .query_map([], |r| {
+                Ok(ConnectionCount {
+                    provider: r.get(0)?,
+                    status: r.get(1)?,
+                    failing: r.get(2)?,
+                    count: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                })
+            })?
             .collect()
         })
         .await
