@@ -676,17 +676,22 @@ impl Broker {
         }
     }
 
+    /// A stored status as apps see it: a connection whose provider left the config cannot
+    /// be refreshed or revoked.
+    fn view_status(&self, provider: &str, status: ConnectionStatus) -> ViewStatus {
+        match status {
+            _ if !self.providers.contains_key(provider) => ViewStatus::ProviderMissing,
+            ConnectionStatus::Active => ViewStatus::Active,
+            ConnectionStatus::NeedsReauth => ViewStatus::NeedsReauth,
+        }
+    }
+
     fn view(&self, row: &ConnectionRow) -> ConnectionView {
         use crate::clock::rfc3339;
         ConnectionView {
             provider: row.provider.clone(),
             account: row.account.clone(),
-            // A connection whose provider left the config cannot be refreshed or revoked.
-            status: match row.status {
-                _ if !self.providers.contains_key(&row.provider) => ViewStatus::ProviderMissing,
-                ConnectionStatus::Active => ViewStatus::Active,
-                ConnectionStatus::NeedsReauth => ViewStatus::NeedsReauth,
-            },
+            status: self.view_status(&row.provider, row.status),
             scopes: row
                 .scopes
                 .as_deref()
@@ -733,13 +738,9 @@ impl Broker {
             .await?
             .into_iter()
             .map(|c| {
-                let status = match c.status {
-                    _ if !self.providers.contains_key(&c.provider) => {
-                        ViewStatus::ProviderMissing.as_str()
-                    }
-                    ConnectionStatus::Active if c.failing => "refresh_failing",
-                    ConnectionStatus::Active => ViewStatus::Active.as_str(),
-                    ConnectionStatus::NeedsReauth => ViewStatus::NeedsReauth.as_str(),
+                let status = match self.view_status(&c.provider, c.status) {
+                    ViewStatus::Active if c.failing => "refresh_failing",
+                    status => status.as_str(),
                 };
                 (c.provider, status, c.count)
             })
