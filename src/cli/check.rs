@@ -36,6 +36,13 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
             settings.listen
         ),
     );
+    for warning in notifier
+        .targets()
+        .iter()
+        .filter_map(|t| t.unsigned_warning())
+    {
+        r.line("warn", "notify", warning);
+    }
     let store = open_store(&settings, super::Missing::Refuse)?;
     let rt = runtime()?;
     match rt.block_on(store.integrity()) {

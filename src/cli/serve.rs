@@ -26,6 +26,9 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
             t.format,
             if t.key.is_some() { ", signed" } else { "" }
         );
+        if let Some(warning) = t.unsigned_warning() {
+            log::warn!("{warning}");
+        }
     }
     let admin = super::admin(&settings, store.clone(), clock.clone());
     let metrics_token = settings.metrics_token.clone();

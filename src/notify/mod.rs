@@ -87,6 +87,21 @@ pub struct Target {
 }
 
 impl Target {
+    /// Why this target's deliveries cannot be trusted by their receiver, if they cannot: a
+    /// JSON webhook without a `secret_file` goes out unsigned, and anyone who can reach the
+    /// receiver can post the same. (ntfy and Gotify formats are for push services, which
+    /// do not check signatures.)
+    pub fn unsigned_warning(&self) -> Option<String> {
+        (self.format == Format::Json && self.key.is_none()).then(|| {
+            format!(
+                "notify {}: JSON deliveries without a secret_file go out unsigned, so the \
+                 receiver cannot tell them from anyone else's POST; set secret_file (README: \
+                 Verifying deliveries)",
+                self.name
+            )
+        })
+    }
+
     /// Whether this target gets events of this type.
     pub fn wants(&self, kind: EventType) -> bool {
         kind == EventType::NotifyTest

@@ -544,6 +544,42 @@ async fn a_bad_target_is_refused_at_start() {
     assert!(err.contains("whsec_") && !err.contains("hunter2"), "{err}");
 }
 
+/// A JSON webhook target without a `secret_file` goes out unsigned: the start warns and
+/// `oauthd check` says so, for that target only (push formats are not signed anyway).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unsigned_webhook_target_is_warned_about() {
+    let home = Home::new();
+    let secret = home.dir.path().join("hook.secret");
+    std::fs::write(&secret, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n").unwrap();
+    home.write_config(&format!(
+        "[[notify]]\nname = \"plain\"\nurl = \"https://hooks.example/a\"\n\
+         [[notify]]\nname = \"phone\"\nurl = \"https://ntfy.example/t\"\nformat = \"text\"\n\
+         [[notify]]\nname = \"signed\"\nurl = \"https://hooks.example/b\"\nsecret_file = \"{}\"\n",
+        secret.display()
+    ));
+    home.create_key("app", &[]);
+    let out = home.cli(&["check"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let warned: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("warn") && l.contains("unsigned"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{report}");
+    assert!(warned[0].contains("notify plain:"), "{report}");
+    let d: Daemon = home.start();
+    drop(d);
+    let log = home.log_text();
+    assert!(
+        log.contains("notify plain: JSON deliveries without a secret_file go out unsigned"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("notify phone: JSON") && !log.contains("notify signed: JSON"),
+        "{log}"
+    );
+}
+
 /// Without a target, a test event has nowhere to go: 409.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_test_event_without_targets_is_a_conflict() {
