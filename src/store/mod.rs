@@ -443,6 +443,28 @@ pub struct ConnectionCount {
     pub count: u64,
 }
 
+impl ConnectionCount {
+    /// Counts connections given as (provider, status, failing).
+    pub fn tally(rows: impl Iterator<Item = (String, ConnectionStatus, bool)>) -> Vec<Self> {
+        let mut counts: Vec<ConnectionCount> = Vec::new();
+        for (provider, status, failing) in rows {
+            match counts
+                .iter_mut()
+                .find(|c| c.provider == provider && c.status == status && c.failing == failing)
+            {
+                Some(c) => c.count += 1,
+                None => counts.push(ConnectionCount {
+                    provider,
+                    status,
+                    failing,
+                    count: 1,
+                }),
+            }
+        }
+        counts
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectionStatus {
     Active,
@@ -590,22 +612,11 @@ pub trait ConnectionStore: Send + Sync {
     /// are failing: what `/metrics` shows, without reading anyone's tokens where the store
     /// can count by itself.
     async fn count_connections(&self) -> Result<Vec<ConnectionCount>, StoreError> {
-        let mut counts: Vec<ConnectionCount> = Vec::new();
-        for row in self.list_connections().await? {
-            let failing = row.failures > 0;
-            match counts.iter_mut().find(|c| {
-                c.provider == row.provider && c.status == row.status && c.failing == failing
-            }) {
-                Some(c) => c.count += 1,
-                None => counts.push(ConnectionCount {
-                    provider: row.provider,
-                    status: row.status,
-                    failing,
-                    count: 1,
-                }),
-            }
-        }
-        Ok(counts)
+        let rows = self.list_connections().await?;
+        Ok(ConnectionCount::tally(
+            rows.into_iter()
+                .map(|r| (r.provider, r.status, r.failures > 0)),
+        ))
     }
     /// Stores the tokens of a (re)connect: status active, errors cleared, the account's
     /// identity replaced, and the generation bumped so that a refresh still running for

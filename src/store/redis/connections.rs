@@ -6,8 +6,8 @@
 use super::outbox::ENQUEUE_LUA;
 use super::{int, need_int, need_text, text, Changes, Fields, RedisStore, APPLY_LUA};
 use crate::store::{
-    AccountIdentity, ConnectionKey, ConnectionRow, ConnectionStatus, ConnectionStore, NewDelivery,
-    RefreshFailure, SealedTokens, StoreError,
+    AccountIdentity, ConnectionCount, ConnectionKey, ConnectionRow, ConnectionStatus,
+    ConnectionStore, NewDelivery, RefreshFailure, SealedTokens, StoreError,
 };
 use async_trait::async_trait;
 use redis::Script;
@@ -222,11 +222,34 @@ impl ConnectionStore for RedisStore {
 
     async fn list_connections(&self) -> Result<Vec<ConnectionRow>, StoreError> {
         let rows = self
-            .indexed_records("listing connections", self.index("cs"), self.key("c", ""))
+            .indexed_records(
+                "listing connections",
+                self.index("cs"),
+                self.key("c", ""),
+                &[],
+            )
             .await?;
         let mut out = rows.iter().map(row).collect::<Result<Vec<_>, _>>()?;
         out.sort_by(|a, b| (&a.provider, &a.account).cmp(&(&b.provider, &b.account)));
         Ok(out)
+    }
+
+    async fn count_connections(&self) -> Result<Vec<ConnectionCount>, StoreError> {
+        const CONTEXT: &str = "counting connections";
+        let (index, prefix) = (self.index("cs"), self.key("c", ""));
+        let rows = self
+            .indexed_records(CONTEXT, index, prefix, &["provider", "status", "failures"])
+            .await?;
+        let rows = rows
+            .iter()
+            .map(|f| {
+                let status = ConnectionStatus::parse(&need_text(CONTEXT, f, "status")?)
+                    .map_err(|e| StoreError::unavailable(CONTEXT, e))?;
+                let failing = int(f, "failures").unwrap_or(0) > 0;
+                Ok((need_text(CONTEXT, f, "provider")?, status, failing))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(ConnectionCount::tally(rows.into_iter()))
     }
 
     async fn save_connection(

@@ -112,7 +112,7 @@ impl KeyStore for RedisStore {
 
     async fn list_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
         let rows = self
-            .indexed_records("listing API keys", self.index("ks"), self.key("k", ""))
+            .indexed_records("listing API keys", self.index("ks"), self.key("k", ""), &[])
             .await?;
         let mut keys = rows.iter().map(record).collect::<Result<Vec<_>, _>>()?;
         keys.sort_by(|a, b| (&a.name, a.created_at_ms).cmp(&(&b.name, b.created_at_ms)));

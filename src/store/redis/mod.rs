@@ -164,12 +164,15 @@ impl RedisStore {
     }
 
     /// Every record named in the sorted set `index` (members are key suffixes after
-    /// `prefix`), in one pipeline; records that vanished meanwhile are skipped.
+    /// `prefix`), in one pipeline; records that vanished meanwhile are skipped. With
+    /// `only` not empty, just those fields of each record (`HMGET`), so that a count does
+    /// not read what it does not need (a connection's tokens).
     async fn indexed_records(
         &self,
         context: &'static str,
         index: String,
         prefix: String,
+        only: &'static [&'static str],
     ) -> Result<Vec<Fields>, StoreError> {
         let mut c = self.conn();
         let rows: Vec<Fields> = self
@@ -184,10 +187,25 @@ impl RedisStore {
                     return Ok(Vec::new());
                 }
                 let mut pipe = redis::pipe();
-                for m in &members {
-                    pipe.cmd("HGETALL").arg(format!("{prefix}{m}"));
+                if only.is_empty() {
+                    for m in &members {
+                        pipe.cmd("HGETALL").arg(format!("{prefix}{m}"));
+                    }
+                    return pipe.query_async(&mut c).await;
                 }
-                pipe.query_async(&mut c).await
+                for m in &members {
+                    pipe.cmd("HMGET").arg(format!("{prefix}{m}")).arg(only);
+                }
+                let values: Vec<Vec<Option<Vec<u8>>>> = pipe.query_async(&mut c).await?;
+                Ok(values
+                    .into_iter()
+                    .map(|v| {
+                        only.iter()
+                            .zip(v)
+                            .filter_map(|(name, value)| Some(((*name).to_owned(), value?)))
+                            .collect()
+                    })
+                    .collect())
             })
             .await?;
         Ok(rows.into_iter().filter(|f| !f.is_empty()).collect())
