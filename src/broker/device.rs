@@ -2,7 +2,10 @@
 //!
 //! Each flow is a sealed row (`device_flows`) that survives restarts. One task per
 //! pending flow polls the token endpoint: at the provider's `interval` (5 s when it gives
-//! none), 5 s slower after every `slow_down`, and never again after the first success —
+//! none), 5 s slower after every `slow_down`, twice as slow (up to a minute) after a poll
+//! that failed on the way (a timeout, a 5xx or 429: RFC 8628 section 3.5 asks clients to
+//! back off, and a provider that is hammered may block the operator's client_id), and
+//! never again after the first success —
 //! a strict provider revokes the tokens it just issued if the device code is used twice.
 //! Every poll is claimed in the database first, so two processes never poll one flow
 //! at the same time.
@@ -18,6 +21,14 @@ use std::time::Duration;
 
 const DEFAULT_INTERVAL_MS: i64 = 5_000;
 const SLOW_DOWN_MS: i64 = 5_000;
+/// The longest a failing poll's backoff stretches the interval to (a provider's own
+/// interval, or `slow_down`s, may be longer still).
+const MAX_BACKOFF_MS: i64 = 60_000;
+
+/// The interval after a poll that failed on the way: doubled, up to `MAX_BACKOFF_MS`.
+fn backed_off(interval_ms: i64) -> i64 {
+    interval_ms.max(interval_ms.saturating_mul(2).min(MAX_BACKOFF_MS))
+}
 
 /// What an app (or the CLI) shows the user, and polls with.
 pub struct DeviceStart {
@@ -286,8 +297,12 @@ impl Broker {
                 keep_polling(flow.interval_ms + SLOW_DOWN_MS)
             }
             DevicePoll::Failed(FlowError::Transient(e)) => {
-                log::warn!("device {p}/{a}: poll failed ({e}); trying again");
-                keep_polling(flow.interval_ms)
+                let interval_ms = backed_off(flow.interval_ms);
+                log::warn!(
+                    "device {p}/{a}: poll failed ({e}); trying again in {} s",
+                    interval_ms / 1000
+                );
+                keep_polling(interval_ms)
             }
             DevicePoll::Done(tokens) => {
                 // The first success ends polling whatever happens next.
@@ -372,4 +387,19 @@ pub async fn watch_device_flows(
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_poll_doubles_the_interval_up_to_a_minute() {
+        assert_eq!(backed_off(1_000), 2_000);
+        assert_eq!(backed_off(40_000), 60_000);
+        assert_eq!(backed_off(60_000), 60_000);
+        // A provider's own longer interval is never shortened.
+        assert_eq!(backed_off(90_000), 90_000);
+        assert_eq!(backed_off(i64::MAX), i64::MAX);
+    }
 }

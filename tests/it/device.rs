@@ -192,6 +192,54 @@ async fn mock_provider() -> MockServer {
     mock
 }
 
+/// A token endpoint that fails on the way (503, 429) is polled ever more slowly: the
+/// interval doubles after each failed poll (RFC 8628 3.5), so a provider in trouble is not
+/// hammered under the operator's client_id.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_token_endpoint_is_polled_ever_more_slowly() {
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/device"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "device_code": "dc-1", "user_code": "ABCDE", "verification_uri": "https://x.example",
+            "expires_in": 120, "interval": 1
+        })))
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(429))
+        .mount(&mock)
+        .await;
+    let home = Home::new();
+    home.write_config(&format!(
+        "[providers.slow]\ndevice_authorization_url = \"{uri}/device\"\ntoken_url = \"{uri}/token\"\n\
+         authorization_url = \"{uri}/authorize\"\nclient_id = \"cid\"\nclient_secret = \"cs\"\n",
+        uri = mock.uri()
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let (status, start) = d.post("/v1/device/slow", &key, json!({})).await;
+    assert_eq!(status, 201, "{start}");
+    assert_eq!(start["interval"], 1);
+    let status_path = format!("/v1/device/slow/{}", start["id"].as_str().unwrap());
+    // After the 503 (at 1 s) and the first 429 (2 s later): 1 -> 2 -> 4 s.
+    let grown = common::eventually(Duration::from_secs(15), || {
+        home.log_text().contains("trying again in 4 s")
+    })
+    .await;
+    assert!(grown, "{}", home.log_text());
+    let (_, flow) = d.get(&status_path, &key).await;
+    assert_eq!(flow["status"], "pending", "{flow}");
+    assert!(flow["interval"].as_u64().unwrap() >= 4, "{flow}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_down_adds_five_seconds_and_tidal_shapes_are_normalised() {
     let mock = mock_provider().await;
