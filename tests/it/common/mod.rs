@@ -285,6 +285,10 @@ impl Daemon {
             url,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
+                // oauthd (actix-web) closes a connection idle for 5 s; a pooled one reused
+                // at that moment fails with IncompleteMessage (seen in CI after a browser
+                // step). Let idle connections go well before.
+                .pool_idle_timeout(Duration::from_secs(2))
                 .build()
                 .expect("client"),
         }
