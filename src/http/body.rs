@@ -74,6 +74,25 @@ impl FromRequest for JsonObject {
     }
 }
 
+/// A form (the sign-in and connect forms) that could not be read, as the JSON routes
+/// answer it: `408 body_timeout` past the body deadline, else `400 bad_body`.
+pub fn form_error(e: actix_web::error::UrlencodedError, _req: &HttpRequest) -> actix_web::Error {
+    use actix_web::error::UrlencodedError;
+    let error = match &e {
+        UrlencodedError::Payload(p) if super::body_deadline::is_deadline(p) => {
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", p.to_string())
+        }
+        UrlencodedError::Overflow { .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            e.to_string(),
+        ),
+        // Not the parser's words: they may quote what was sent (a sign-in token).
+        _ => ApiError::bad_request("bad_body", "the form could not be read"),
+    };
+    error.into()
+}
+
 /// The body's length as its `Content-Length` declares it, when it does.
 pub fn declared_length(req: &HttpRequest) -> Option<u64> {
     req.headers()

@@ -381,6 +381,7 @@ pub async fn serve(
             .app_data(app.clone())
             .app_data(limit.clone())
             .app_data(body_deadline::BodyDeadline(settings_deadline))
+            .app_data(web::FormConfig::default().error_handler(body::form_error))
             .app_data(access_log.clone())
             .wrap(actix_web::middleware::from_fn(limits::enforce))
             .wrap(actix_web::middleware::from_fn(request_metrics::record))
