@@ -25,6 +25,11 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
+/// `408 body_timeout`: the body did not arrive whole in time (`detail` says which limit).
+pub fn body_timeout(detail: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", detail)
+}
+
 fn not_json() -> ApiError {
     ApiError::new(
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -80,7 +85,7 @@ pub fn form_error(e: actix_web::error::UrlencodedError, _req: &HttpRequest) -> a
     use actix_web::error::UrlencodedError;
     let error = match &e {
         UrlencodedError::Payload(p) if super::body_deadline::is_deadline(p) => {
-            ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", p.to_string())
+            body_timeout(p.to_string())
         }
         UrlencodedError::Overflow { .. } => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -122,7 +127,7 @@ where
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| {
             if super::body_deadline::is_deadline(&e) {
-                ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", e.to_string())
+                body_timeout(e.to_string())
             } else {
                 ApiError::bad_request("bad_body", format!("could not read the body: {e}"))
             }

@@ -39,14 +39,10 @@ async fn read_body<'a>(
     tokio::time::timeout(timeout, read_body_within(req, payload, proxy, room))
         .await
         .unwrap_or_else(|_| {
-            Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                format!(
-                    "the request body did not arrive within {} s",
-                    timeout.as_secs()
-                ),
-            ))
+            Err(super::body::body_timeout(format!(
+                "the request body did not arrive within {} s",
+                timeout.as_secs()
+            )))
         })
 }
 
