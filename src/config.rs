@@ -222,6 +222,9 @@ pub struct StatesConfig {
     pub max_data_bytes: usize,
     /// Live states one namespace may hold.
     pub max_states: u64,
+    /// Live states all namespaces together may hold; as many tombstones of expired
+    /// states are kept at most.
+    pub max_total_states: u64,
     /// Live states one subject may hold in a namespace (bounds listing and revoking it).
     pub max_states_per_subject: u64,
     /// Tries of its code a state created with a `secret` allows, unless the create says.
@@ -246,6 +249,7 @@ impl Default for StatesConfig {
             sweep_min_per_second: 1_000,
             max_data_bytes: 16 * 1024,
             max_states: 100_000,
+            max_total_states: 250_000,
             max_states_per_subject: 1000,
             max_attempts: 5,
             sliding: true,
@@ -520,6 +524,12 @@ impl Settings {
         if s.verify_cache_seconds > 60 {
             return Err(invalid("states.verify_cache_seconds", "must be at most 60"));
         }
+        if !(1..=100_000_000).contains(&s.max_total_states) {
+            return Err(invalid(
+                "states.max_total_states",
+                "must be between 1 and 100000000",
+            ));
+        }
         if !(1..=1024 * 1024).contains(&s.max_data_bytes) {
             return Err(invalid(
                 "states.max_data_bytes",
@@ -568,6 +578,7 @@ impl Settings {
                 base,
                 overrides,
                 max_data_bytes: s.max_data_bytes,
+                max_total_states: s.max_total_states,
                 expired_grace: Duration::from_secs(s.expired_grace_seconds),
                 verify_cache: Duration::from_secs(s.verify_cache_seconds),
             },
@@ -577,6 +588,7 @@ impl Settings {
                 batch: s.sweep_batch,
                 per_second: s.sweep_per_second,
                 min_per_second: s.sweep_min_per_second,
+                max_tombstones: s.max_total_states,
             },
             public_url,
             return_to_allowlist,

@@ -47,6 +47,9 @@ pub struct StatePolicy {
     pub overrides: Vec<(String, TtlRule)>,
     /// Largest `data` accepted, in bytes of compact JSON.
     pub max_data_bytes: usize,
+    /// Live states all namespaces together may hold (connect flows included); as many
+    /// tombstones of expired states are kept at most.
+    pub max_total_states: u64,
     /// How long after expiry a consume still answers "expired" (410) rather than
     /// "unknown" (404), on every backend.
     pub expired_grace: Duration,
@@ -97,6 +100,8 @@ pub enum StateError {
     NamespaceFull { namespace: String, max: u64 },
     #[error("this subject already holds {max} live states in namespace {namespace} (states.max_states_per_subject); revoke some, or create with replace")]
     SubjectFull { namespace: String, max: u64 },
+    #[error("the store already holds {max} live states in all namespaces together (states.max_total_states); consume or let some expire first")]
+    StoreFull { max: u64 },
     #[error("wrong code")]
     WrongSecret { attempts_left: u32 },
     #[error("this state is guarded by a code: present it with POST /v1/states/attempt")]
@@ -257,6 +262,9 @@ pub struct StateService {
     vault: Arc<VaultHandle>,
     /// When a state's data last failed to open, as logged.
     open_failure_logged: OncePerSecond,
+    /// When a create was last refused for a full namespace or store, as logged (a flood
+    /// of refused creates must not flood the log too).
+    full_logged: OncePerSecond,
     /// Live states verify has read within `verify_cache`, by hash: the session hot path.
     seen: ReadCache<SecretHash, Arc<StateView>>,
 }
@@ -278,6 +286,7 @@ impl StateService {
             clock,
             vault,
             open_failure_logged: OncePerSecond::default(),
+            full_logged: OncePerSecond::default(),
         }
     }
 
@@ -430,6 +439,8 @@ impl StateService {
                     keep_until_ms: expires_at_ms.saturating_add(self.grace_ms()),
                     replace_subject: request.replace,
                     max_per_subject: rule.max_per_subject,
+                    max_total: self.policy.max_total_states,
+                    max_tombstones: self.policy.max_total_states,
                 },
             )
             .await;
@@ -442,10 +453,12 @@ impl StateService {
         match stored? {
             Inserted::Stored { .. } => {}
             Inserted::NamespaceFull => {
-                log::warn!(
-                    "namespace {namespace} is full ({} live states): create refused",
-                    rule.max_states
-                );
+                if self.full_logged.take_turn(created_at_ms) {
+                    log::warn!(
+                        "namespace {namespace} is full ({} live states): create refused",
+                        rule.max_states
+                    );
+                }
                 return Err(StateError::NamespaceFull {
                     namespace: namespace.to_string(),
                     max: rule.max_states,
@@ -456,6 +469,16 @@ impl StateService {
                     namespace: namespace.to_string(),
                     max: rule.max_per_subject,
                 })
+            }
+            Inserted::StoreFull => {
+                let max = self.policy.max_total_states;
+                if self.full_logged.take_turn(created_at_ms) {
+                    log::warn!(
+                        "the store is full ({max} live states in all namespaces, \
+                         states.max_total_states): create in {namespace} refused"
+                    );
+                }
+                return Err(StateError::StoreFull { max });
             }
         }
         metrics::state_created(namespace.as_str());
@@ -573,6 +596,8 @@ impl StateService {
                     keep_until_ms: row.expires_at_ms.saturating_add(self.grace_ms()),
                     replace_subject: false,
                     max_per_subject: u64::MAX,
+                    max_total: u64::MAX,
+                    max_tombstones: self.policy.max_total_states,
                 };
                 let id = StateId::of(&row.key_hash);
                 if let Err(put) = self.store.insert_state(row, rules).await {
@@ -910,6 +935,7 @@ mod tests {
                 ("*".into(), rule(100, 200)),
             ],
             max_data_bytes: 1024,
+            max_total_states: 1_000_000,
             expired_grace: Duration::from_secs(60),
             verify_cache: Duration::from_secs(1),
         };

@@ -182,6 +182,9 @@ impl From<StateError> for ApiError {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_states", detail)
                     .retry_after(60)
             }
+            StateError::StoreFull { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "store_full", detail).retry_after(60)
+            }
             StateError::SubjectFull { .. } => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_subject_states",

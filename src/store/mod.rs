@@ -218,6 +218,12 @@ pub struct InsertRules {
     /// Most live states the row's subject may hold in its namespace (after a replace
     /// there is only the new one).
     pub max_per_subject: u64,
+    /// Most live states all namespaces together may hold (connect flows included).
+    pub max_total: u64,
+    /// Most tombstones of expired states the store keeps: past it, the oldest go first
+    /// (their states answer 404 instead of 410), so that states made to expire at once
+    /// cannot grow the store through their tombstones.
+    pub max_tombstones: u64,
 }
 
 /// What a revoke removed: how many of the states were live, and the key of every state
@@ -237,18 +243,22 @@ pub enum Inserted {
     NamespaceFull,
     /// Refused: the subject holds `max_per_subject` live states in the namespace.
     SubjectFull,
+    /// Refused: all namespaces together hold `max_total` live states.
+    StoreFull,
 }
 
 /// Removing expired states: all the sweeper needs of a store.
 #[async_trait]
 pub trait SweepStates: Send + Sync {
-    /// Removes at most `batch` expired states (keeping tombstones) and at most `batch`
-    /// tombstones older than `purge_before_ms`.
+    /// Removes at most `batch` expired states (keeping tombstones while fewer than
+    /// `max_tombstones` are kept) and at most `batch` tombstones older than
+    /// `purge_before_ms`, or the oldest beyond `max_tombstones`.
     async fn sweep_expired(
         &self,
         now_ms: i64,
         purge_before_ms: i64,
         batch: usize,
+        max_tombstones: u64,
     ) -> Result<SweepCount, StoreError>;
 
     /// Whether requests are waiting for the store right now (the sweeper then slows to
@@ -266,7 +276,8 @@ pub trait StateStore: SweepStates {
         None
     }
     /// Stores a new state unless its namespace already holds `rules.max_live` live states,
-    /// or its subject `rules.max_per_subject`. Acknowledged only once durable.
+    /// its subject `rules.max_per_subject`, or all namespaces together `rules.max_total`.
+    /// Acknowledged only once durable.
     async fn insert_state(&self, row: StateRow, rules: InsertRules)
         -> Result<Inserted, StoreError>;
     /// Deletes the state and returns what was there, in one atomic step: two concurrent

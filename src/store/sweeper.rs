@@ -27,6 +27,8 @@ pub struct SweepPolicy {
     pub per_second: u32,
     /// The pace while requests are waiting for the store (`states.sweep_min_per_second`).
     pub min_per_second: u32,
+    /// Most tombstones kept (`states.max_total_states`): the oldest beyond go.
+    pub max_tombstones: u64,
 }
 
 /// One full sweep: batches until a batch comes back short, or until `stop` turns true
@@ -47,7 +49,7 @@ pub async fn sweep_once(
     loop {
         let started = tokio::time::Instant::now();
         let n = store
-            .sweep_expired(now_ms, purge_before, policy.batch)
+            .sweep_expired(now_ms, purge_before, policy.batch, policy.max_tombstones)
             .await?;
         let last = n.expired() < policy.batch && n.purged < policy.batch;
         total.add(n);
@@ -130,6 +132,7 @@ mod tests {
             _: i64,
             _: i64,
             batch: usize,
+            _: u64,
         ) -> Result<SweepCount, StoreError> {
             let mut left = self
                 .left
@@ -169,6 +172,7 @@ mod tests {
             batch: 250,
             per_second: 2_500,
             min_per_second: 250,
+            max_tombstones: 1000,
         };
         let started = std::time::Instant::now();
         let (_keep, mut stop) = watch::channel(false);
@@ -192,6 +196,7 @@ mod tests {
             batch: 100,
             per_second: 100,
             min_per_second: 100,
+            max_tombstones: 1000,
         };
         let store = backlog(10_000, false);
         let (stopping, mut stop) = watch::channel(false);
@@ -219,6 +224,7 @@ mod tests {
             batch: 100,
             per_second: 10_000,
             min_per_second: 1_000,
+            max_tombstones: 1000,
         };
         // 500 states, 5 batches, 4 pauses: 10 ms each when idle, 100 ms each when busy.
         let (_keep, mut stop) = watch::channel(false);

@@ -40,6 +40,13 @@ fn old_database(db: &Path, key_file: &Path, version: usize) {
         rusqlite::params![sha256(STATE), now, now + 3_600_000],
     )
     .unwrap();
+    // A second state nobody touches: the store's count of all states must include it.
+    conn.execute(
+        "INSERT INTO states (key_hash, namespace, data, created_at, expires_at)
+         VALUES (?1, 'oauth:untouched', NULL, ?2, ?3)",
+        rusqlite::params![sha256("untouched"), now, now + 3_600_000],
+    )
+    .unwrap();
     conn.execute(
         "INSERT INTO api_keys (id, name, key_hash, namespaces, created_at)
          VALUES ('11111111-1111-1111-1111-111111111111', 'old-app', ?1, NULL, ?2)",
@@ -150,6 +157,12 @@ async fn every_earlier_schema_version_upgrades_with_its_rows_usable() {
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .unwrap();
         assert_eq!(check, "ok");
+        let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(
+            count("SELECT live FROM namespace_counts WHERE namespace = '*states'"),
+            count("SELECT count(*) FROM states"),
+            "v{version}: the store's count of live states"
+        );
     }
 }
 

@@ -25,6 +25,8 @@ pub fn room(now: i64) -> oauthd::store::InsertRules {
         keep_until_ms: now + 7_200_000,
         replace_subject: false,
         max_per_subject: 100,
+        max_total: 1000,
+        max_tombstones: 1000,
     }
 }
 
@@ -47,6 +49,7 @@ pub fn policy(max_states: u64) -> StatePolicy {
         },
         overrides: vec![],
         max_data_bytes: 4096,
+        max_total_states: 1_000_000,
         expired_grace: 10 * MINUTE,
         verify_cache: Duration::from_secs(1),
     }

@@ -25,6 +25,7 @@ contract![
     sigterm_and_sigint_stop_cleanly_with_exit_0_and_lose_nothing,
     expired_states_answer_410_during_the_grace_window_and_404_after,
     a_namespace_holds_at_most_max_states_live_states,
+    all_namespaces_together_hold_at_most_max_total_states,
     metrics_count_states_outcomes_and_requests_behind_an_optional_token,
 ];
 
@@ -70,6 +71,46 @@ async fn a_namespace_holds_at_most_max_states_live_states(home: Home) {
     );
     assert_eq!(d.consume(&key, &short, NS).await.0, 410);
     assert_eq!(d.consume(&key, &live[1], NS).await.0, 200);
+}
+
+/// One key spreading its creates over many namespaces, each under its own cap, still
+/// cannot fill the disk: past `max_total_states` live states in all namespaces together
+/// creates answer 429 `store_full`, until a state anywhere is consumed or expires. The
+/// refusals are logged, but not each one.
+async fn all_namespaces_together_hold_at_most_max_total_states(home: Home) {
+    home.write_config("[states]\nmax_states = 10\nmax_total_states = 3\n");
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let first = d.create_state(&key, json!({"namespace": "flood:0"})).await;
+    d.create_state(&key, json!({"namespace": "flood:1"})).await;
+    let short = d
+        .create_state(&key, json!({"namespace": "flood:2", "ttl_seconds": 1}))
+        .await;
+    for n in 3..8 {
+        let problem = d.create_refused(&key, &format!("flood:{n}"), 429).await;
+        assert_eq!(problem["code"], "store_full", "{problem}");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("states.max_total_states"), "{problem}");
+    }
+    // A consume in any namespace makes room at once...
+    assert_eq!(d.consume(&key, &first, "flood:0").await.0, 200);
+    d.create_state(&key, json!({"namespace": "flood:3"})).await;
+    assert_eq!(
+        d.post("/v1/states", &key, json!({"namespace": "flood:4"}))
+            .await
+            .0,
+        429
+    );
+    // ...and so does an expiry, swept or not.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    d.create_state(&key, json!({"namespace": "flood:4"})).await;
+    assert_eq!(d.consume(&key, &short, "flood:2").await.0, 410);
+    let log = home.log_text();
+    let lines = log.matches("the store is full").count();
+    assert!(
+        (1..=2).contains(&lines),
+        "{lines} log lines for 6 refusals:\n{log}"
+    );
 }
 
 /// The grace window: an expired state answers 410 (so the app can say "start again")

@@ -376,6 +376,10 @@ fn state_policy_settings_are_checked_at_start() {
             "[states]\nmax_states_per_subject = 0\n",
             "states.max_states_per_subject",
         ),
+        (
+            "[states]\nmax_total_states = 0\n",
+            "states.max_total_states",
+        ),
         ("[states.namespaces.\"s\"]\nsliding = \"yes\"\n", "sliding"),
     ] {
         let home = Home::new();

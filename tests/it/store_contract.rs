@@ -399,6 +399,8 @@ async fn insert_replacing(
         keep_until_ms: row.expires_at_ms + 60_000,
         replace_subject,
         max_per_subject: 100,
+        max_total: 1000,
+        max_tombstones: 1000,
     };
     s.insert_state(row, rules).await.unwrap()
 }
@@ -509,8 +511,103 @@ async fn the_namespace_cap_counts_what_every_path_leaves_live(b: Backend) {
 
     // The sweeper removes 11 (expired at 55,000), which leaves a place the insert finds
     // without setting anything aside.
-    s.sweep_expired(60_000, 0, 100).await.unwrap();
+    s.sweep_expired(60_000, 0, 100, 1000).await.unwrap();
     fill_up(s, "a sweep", states(&[12]), 60_000).await;
+}
+
+/// State `n` of `namespace`, expiring at `expires_at_ms`.
+fn state_in(namespace: &str, n: u8, expires_at_ms: i64) -> StateRow {
+    StateRow {
+        namespace: namespace.into(),
+        ..capped(n, expires_at_ms, None)
+    }
+}
+
+/// Room in every namespace, and in the store for `max_total` live states and
+/// `max_tombstones` tombstones (kept a minute past expiry).
+fn store_rules(row: &StateRow, now_ms: i64, max_total: u64, max_tombstones: u64) -> InsertRules {
+    InsertRules {
+        max_live: 100,
+        now_ms,
+        keep_until_ms: row.expires_at_ms + 60_000,
+        replace_subject: false,
+        max_per_subject: 100,
+        max_total,
+        max_tombstones,
+    }
+}
+
+/// All namespaces together hold at most `max_total` live states: a consume or an expiry
+/// in any of them makes room, at once.
+async fn all_namespaces_together_hold_at_most_max_total_live_states(b: Backend) {
+    let s = b.store.as_ref();
+    let insert = |namespace: &'static str, n: u8, expires_at_ms: i64, now_ms: i64| {
+        let row = state_in(namespace, n, expires_at_ms);
+        let rules = store_rules(&row, now_ms, 3, 100);
+        async move { s.insert_state(row, rules).await.unwrap() }
+    };
+    let stored = Inserted::Stored { replaced: vec![] };
+    assert_eq!(insert("a", 1, 1_000_000, 10_000).await, stored);
+    assert_eq!(insert("b", 2, 1_000_000, 10_000).await, stored);
+    assert_eq!(insert("c", 3, 20_000, 10_000).await, stored);
+    assert_eq!(insert("d", 4, 1_000_000, 10_000).await, Inserted::StoreFull);
+
+    let taken = s
+        .take_state(SecretHash([1; 32]), &NamespaceFilter::Exact("a".into()))
+        .await
+        .unwrap();
+    assert!(matches!(taken, Taken::Row(_)), "{taken:?}");
+    assert_eq!(insert("d", 4, 1_000_000, 10_000).await, stored);
+    assert_eq!(insert("e", 5, 1_000_000, 10_000).await, Inserted::StoreFull);
+
+    // State 3 expired at 20,000: it no longer counts, swept or not.
+    assert_eq!(insert("e", 5, 1_000_000, 30_000).await, stored);
+    assert_eq!(insert("f", 6, 1_000_000, 30_000).await, Inserted::StoreFull);
+}
+
+/// States made to expire at once cannot grow the store through their tombstones: past
+/// `max_tombstones`, the tombstones of the states that expired first go (those answer
+/// 404 instead of 410). Real time, since Redis expires its keys by itself.
+async fn the_store_keeps_at_most_max_tombstones_the_latest_ones(b: Backend) {
+    let s = b.store.as_ref();
+    let now = chrono::Utc::now().timestamp_millis();
+    for n in 21..=25u8 {
+        let row = state_in("t", n, now + 300 + i64::from(n) * 10);
+        let rules = store_rules(&row, now, 100, 2);
+        assert!(matches!(
+            s.insert_state(row, rules).await.unwrap(),
+            Inserted::Stored { .. }
+        ));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let later = chrono::Utc::now().timestamp_millis();
+    // SQLite's sweeper sets them aside; Redis' keys expired by themselves, and the next
+    // insert keeps the tombstones in bounds.
+    s.sweep_expired(later, later - 60_000, 100, 2)
+        .await
+        .unwrap();
+    let row = state_in("t", 26, later + 60_000);
+    let rules = store_rules(&row, later, 100, 2);
+    assert!(matches!(
+        s.insert_state(row, rules).await.unwrap(),
+        Inserted::Stored { .. }
+    ));
+    let mut answers = Vec::new();
+    for n in 21..=25u8 {
+        let taken = s
+            .take_state(SecretHash([n; 32]), &NamespaceFilter::Exact("t".into()))
+            .await
+            .unwrap();
+        answers.push((n, matches!(taken, Taken::ExpiredTombstone { .. })));
+    }
+    let want = [
+        (21, false),
+        (22, false),
+        (23, false),
+        (24, true),
+        (25, true),
+    ];
+    assert_eq!(answers, want, "which expired states still have a tombstone");
 }
 
 /// The maintenance read of live states' data prefixes: each distinct prefix once, with how
@@ -599,6 +696,8 @@ backends!(
     live_states_data_prefixes_are_counted,
     a_claim_leaves_the_skipped_targets_deliveries_due,
     the_namespace_cap_counts_what_every_path_leaves_live,
+    all_namespaces_together_hold_at_most_max_total_live_states,
+    the_store_keeps_at_most_max_tombstones_the_latest_ones,
     a_refresh_lease_is_refused_to_a_caller_that_read_an_older_row,
     a_row_read_during_someone_elses_lease_is_stale_once_they_let_go,
     events_are_stored_with_their_change_and_only_with_it,
@@ -629,7 +728,8 @@ fn sqlite_runs_no_trigger_on_each_state_written() {
 
 /// On SQLite, after inserts racing for the last places of two namespaces, a consume by
 /// namespace prefix (the broker's callback), a code tried right and one tried on an
-/// expired state, the stored counts are exactly the rows left.
+/// expired state, and expired states set aside by an insert, the stored counts (the
+/// store's totals too) are exactly the rows left.
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_counts_are_the_rows_left_after_racing_inserts_and_every_kind_of_take() {
     use oauthd::store::StateStore;
@@ -647,6 +747,8 @@ async fn sqlite_counts_are_the_rows_left_after_racing_inserts_and_every_kind_of_
         keep_until_ms: 2_000_000,
         replace_subject: false,
         max_per_subject: 100,
+        max_total: 1000,
+        max_tombstones: 1000,
     };
     let racing = (0..20u8).map(|n| {
         let namespace = if n < 10 { "oauth:p:a" } else { "other" };
@@ -696,6 +798,13 @@ async fn sqlite_counts_are_the_rows_left_after_racing_inserts_and_every_kind_of_
         .await
         .unwrap();
     assert!(matches!(late, Attempted::Expired { .. }), "{late:?}");
+    // Once "other"'s three have expired, an insert there sets them aside as tombstones.
+    assert_eq!(
+        s.insert_state(row("other", 40, 1_100_000), rules(1_050_000))
+            .await
+            .unwrap(),
+        Inserted::Stored { replaced: vec![] }
+    );
     drop(s);
 
     let conn = rusqlite::Connection::open(&db).unwrap();
@@ -707,8 +816,25 @@ async fn sqlite_counts_are_the_rows_left_after_racing_inserts_and_every_kind_of_
             .collect::<rusqlite::Result<_>>()
             .unwrap()
     };
-    let counted = table("SELECT namespace, live FROM namespace_counts WHERE live > 0 ORDER BY 1");
+    let counted = table(
+        "SELECT namespace, live FROM namespace_counts WHERE live > 0 AND namespace NOT LIKE '*%'
+         ORDER BY 1",
+    );
     let rows = table("SELECT namespace, count(*) FROM states GROUP BY namespace ORDER BY 1");
     assert_eq!(counted, rows);
-    assert_eq!(rows, vec![("oauth:p:a".into(), 2), ("other".into(), 3)]);
+    assert_eq!(rows, vec![("oauth:p:a".into(), 2), ("other".into(), 1)]);
+    // The store's totals too: all namespaces' states, and the tombstones kept.
+    let one = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let total = |name: &str| {
+        one(&format!(
+            "SELECT live FROM namespace_counts WHERE namespace = '{name}'"
+        ))
+    };
+    assert_eq!(total("*states"), one("SELECT count(*) FROM states"));
+    assert_eq!(total("*states"), 3);
+    assert_eq!(
+        total("*tombstones"),
+        one("SELECT count(*) FROM expired_states")
+    );
+    assert_eq!(total("*tombstones"), 3);
 }

@@ -102,8 +102,17 @@ const LIB: &str = r#"
 local P, H = ARGV[1], ARGV[2]
 local function live_set(ns) return P .. 'n:' .. ns end
 local function subject_set(ns, u) return P .. 'u:' .. ns .. '\0' .. u end
+-- Every state of every namespace, by expiry, until its grace window ends: the store's
+-- live states and its tombstones are counted here. A member names the state's hash and,
+-- after a '/', its identifier, so that a tombstone dropped for room takes its id key along.
+local ALL = P .. 'all'
+local function member(h, id)
+  if id and id ~= '' then return h .. '/' .. id end
+  return h
+end
 local function drop(h, s)
   redis.call('DEL', P .. 's:' .. h, P .. 'g:' .. h)
+  redis.call('ZREM', ALL, member(h, s['i']))
   redis.call('ZREM', live_set(s['n']), h)
   if s['u'] then redis.call('ZREM', subject_set(s['n'], s['u']), h) end
   if s['i'] then redis.call('DEL', P .. 'i:' .. s['i']) end
@@ -148,9 +157,10 @@ return {}
 
 /// KEYS: state, tombstone. ARGV: P, hash, value, ttl ms, namespace, tombstone ttl ms,
 /// now, expires at, most live states, id, subject ("" for none), "1" to replace the
-/// subject's other states, most live states of the subject. Returns `{"1", replaced
-/// hashes...}`, or `{"-1"}` when the namespace is full, `{"-2"}` when the subject is
-/// (`{"0"}`: the value exists). The first write is the state's SET, so a Redis at maxmemory refuses the
+/// subject's other states, most live states of the subject, most live states of all
+/// namespaces, most tombstones, grace ms. Returns `{"1", replaced hashes...}`, or
+/// `{"-1"}` when the namespace is full, `{"-2"}` when the subject is, `{"-3"}` when the
+/// store is (`{"0"}`: the value exists). The first write is the state's SET, so a Redis at maxmemory refuses the
 /// script (OOM) before it changes anything.
 static INSERT: LazyLock<Script> = LazyLock::new(|| {
     script(
@@ -164,6 +174,8 @@ if redis.call('ZCOUNT', live, '(' .. now, '+inf') - freed >= tonumber(ARGV[9]) t
 if sub and ARGV[12] ~= '1' and redis.call('ZCOUNT', sub, '(' .. now, '+inf') >= tonumber(ARGV[13]) then
   return {'-2'}
 end
+local all_live = redis.call('ZCOUNT', ALL, '(' .. now, '+inf')
+if all_live - freed >= tonumber(ARGV[14]) then return {'-3'} end
 if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'PX', ttl) then return {'0'} end
 local answer = {'1'}
 if sub and ARGV[12] == '1' then
@@ -184,6 +196,20 @@ redis.call('SET', P .. 'i:' .. ARGV[10], H, 'PX', ARGV[6])
 redis.call('ZADD', live, expires, H)
 redis.call('ZREMRANGEBYSCORE', live, '-inf', now)
 keep_at_least(live, ttl)
+local max_tombstones, grace = tonumber(ARGV[15]), tonumber(ARGV[16])
+redis.call('ZREMRANGEBYSCORE', ALL, '-inf', '(' .. string.format('%d', tonumber(now) - grace))
+redis.call('ZADD', ALL, expires, member(H, ARGV[10]))
+-- Past the most tombstones kept, the oldest expired states' go (a few per insert).
+local over = redis.call('ZCARD', ALL) - (all_live - freed + 1) - max_tombstones
+if over > 0 then
+  over = math.min(over, 100)
+  for _, m in ipairs(redis.call('ZRANGE', ALL, 0, over - 1)) do
+    local h, id = string.match(m, '^([^/]*)/?(.*)$')
+    redis.call('DEL', P .. 'g:' .. h)
+    if id ~= '' then redis.call('DEL', P .. 'i:' .. id) end
+  end
+  redis.call('ZREMRANGEBYRANK', ALL, 0, over - 1)
+end
 if sub then
   redis.call('ZADD', sub, expires, H)
   redis.call('ZREMRANGEBYSCORE', sub, '-inf', now)
@@ -261,6 +287,7 @@ if v then
       if s['i'] then redis.call('PEXPIRE', P .. 'i:' .. s['i'], keep) end
       redis.call('ZADD', live_set(s['n']), string.format('%d', e), H)
       keep_at_least(live_set(s['n']), e - now)
+      redis.call('ZADD', ALL, string.format('%d', e), member(H, s['i']))
       if s['u'] then
         redis.call('ZADD', subject_set(s['n'], s['u']), string.format('%d', e), H)
         keep_at_least(subject_set(s['n'], s['u']), e - now)
@@ -407,6 +434,7 @@ impl SweepStates for RedisStore {
         _now_ms: i64,
         _purge_before_ms: i64,
         _batch: usize,
+        _max_tombstones: u64,
     ) -> Result<SweepCount, StoreError> {
         Ok(SweepCount::default())
     }
@@ -449,6 +477,9 @@ impl StateStore for RedisStore {
                     subject,
                     replace.to_owned(),
                     rules.max_per_subject.to_string(),
+                    rules.max_total.to_string(),
+                    rules.max_tombstones.to_string(),
+                    (rules.keep_until_ms - expires).max(0).to_string(),
                 ],
             )
             .await?;
@@ -457,6 +488,7 @@ impl StateStore for RedisStore {
             1 => Ok(Inserted::Stored { replaced }),
             -1 => Ok(Inserted::NamespaceFull),
             -2 => Ok(Inserted::SubjectFull),
+            -3 => Ok(Inserted::StoreFull),
             _ => Err(StoreError::unavailable(
                 CONTEXT,
                 "a state with this value already exists",

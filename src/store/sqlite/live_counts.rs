@@ -10,11 +10,20 @@
 //! exact. A state written to the file by other means (the `sqlite3` shell, an oauthd from
 //! before schema 8 still running on the file) is not counted; a count is never written
 //! below zero.
+//!
+//! Two rows no namespace can be named keep the store's totals (schema 9): the live states
+//! of all namespaces together, and the tombstones kept for expired states.
 
 use rusqlite::{params, Connection, OptionalExtension};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ops::Deref;
+
+/// The row of all namespaces' live states together (a namespace starts with a letter or
+/// digit, so none is named so).
+const ALL_STATES: &str = "*states";
+/// The row of tombstones kept for expired states (`expired_states`).
+const TOMBSTONES: &str = "*tombstones";
 
 /// One namespace's count in the open transaction.
 #[derive(Debug, Clone, Copy, Default)]
@@ -53,7 +62,13 @@ impl LiveCounts {
         Ok(stored + count.change)
     }
 
+    /// `change` states of `namespace` added (negative: removed).
     fn add(&mut self, namespace: &str, change: i64) {
+        self.bump(namespace, change);
+        self.bump(ALL_STATES, change);
+    }
+
+    fn bump(&mut self, namespace: &str, change: i64) {
         if change == 0 {
             return;
         }
@@ -106,10 +121,25 @@ impl<'a> Tx<'a> {
         self.counts.borrow_mut().live(self.conn, namespace)
     }
 
+    /// Live states of all namespaces together, this transaction's changes included.
+    pub fn all_live_states(&self) -> rusqlite::Result<i64> {
+        self.counts.borrow_mut().live(self.conn, ALL_STATES)
+    }
+
+    /// Tombstones kept for expired states, this transaction's changes included.
+    pub fn tombstones(&self) -> rusqlite::Result<i64> {
+        self.counts.borrow_mut().live(self.conn, TOMBSTONES)
+    }
+
     /// `change` states of `namespace` were added (negative: removed) by a statement that
     /// succeeded.
     pub fn states_changed(&self, namespace: &str, change: i64) {
         self.counts.borrow_mut().add(namespace, change);
+    }
+
+    /// `change` tombstones were added (negative: removed) by a statement that succeeded.
+    pub fn tombstones_changed(&self, change: i64) {
+        self.counts.borrow_mut().bump(TOMBSTONES, change);
     }
 
     /// The counts as they are now, to put back with `restore` when a job's savepoint is
@@ -150,7 +180,7 @@ pub(super) mod tests {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(
             "CREATE TABLE namespace_counts (namespace TEXT PRIMARY KEY, live INTEGER NOT NULL);
-             INSERT INTO namespace_counts VALUES ('a', 5);",
+             INSERT INTO namespace_counts VALUES ('a', 5), ('*states', 5);",
         )
         .unwrap();
         let counts = RefCell::new(LiveCounts::default());
@@ -167,15 +197,32 @@ pub(super) mod tests {
         assert_eq!(tx.live_states("b").unwrap(), 2);
         assert_eq!(tx.live_states("c").unwrap(), 0);
 
+        assert_eq!(tx.all_live_states().unwrap(), 5);
+        tx.tombstones_changed(4);
+        tx.tombstones_changed(-1);
+        assert_eq!(tx.tombstones().unwrap(), 3);
+
         counts.borrow_mut().write(&conn).unwrap();
-        assert_eq!(stored(&conn), vec![("a".into(), 3), ("b".into(), 2)]);
+        let written = vec![
+            ("*states".into(), 5),
+            ("*tombstones".into(), 3),
+            ("a".into(), 3),
+            ("b".into(), 2),
+        ];
+        assert_eq!(stored(&conn), written);
         assert!(counts.borrow().namespaces.is_empty());
 
         // A count left too low by another writer is never written below zero.
         tx.states_changed("a", -5);
         tx.states_changed("z", -2);
         counts.borrow_mut().write(&conn).unwrap();
-        let floor = vec![("a".into(), 0), ("b".into(), 2), ("z".into(), 0)];
+        let floor = vec![
+            ("*states".into(), 0),
+            ("*tombstones".into(), 3),
+            ("a".into(), 0),
+            ("b".into(), 2),
+            ("z".into(), 0),
+        ];
         assert_eq!(stored(&conn), floor);
     }
 }

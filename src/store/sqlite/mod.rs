@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../sql/0006_state_kinds.sql"),
     include_str!("../../../sql/0007_outbox.sql"),
     include_str!("../../../sql/0008_counts_by_the_writer.sql"),
+    include_str!("../../../sql/0009_store_totals.sql"),
 ];
 
 /// How long a statement waits for a lock held by another process before failing (503).

@@ -97,20 +97,25 @@ fn delete(tx: &Tx, key_hash: &SecretHash, namespace: &str) -> rusqlite::Result<(
 
 /// Takes the tombstone of an expired state of a matching namespace, if one is left.
 fn take_tombstone(
-    conn: &Connection,
+    conn: &Tx,
     key_hash: &SecretHash,
     ns: &str,
     prefix: bool,
 ) -> rusqlite::Result<Option<(String, i64)>> {
-    conn.prepare_cached(
-        "DELETE FROM expired_states WHERE key_hash = ?1 AND (namespace = ?2
-           OR (?3 AND substr(namespace, 1, length(?2)) = ?2))
-         RETURNING namespace, expired_at",
-    )?
-    .query_row(params![&key_hash.0[..], ns, prefix], |r| {
-        Ok((r.get(0)?, r.get(1)?))
-    })
-    .optional()
+    let taken = conn
+        .prepare_cached(
+            "DELETE FROM expired_states WHERE key_hash = ?1 AND (namespace = ?2
+               OR (?3 AND substr(namespace, 1, length(?2)) = ?2))
+             RETURNING namespace, expired_at",
+        )?
+        .query_row(params![&key_hash.0[..], ns, prefix], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    if taken.is_some() {
+        conn.tombstones_changed(-1);
+    }
+    Ok(taken)
 }
 
 /// The state whose identifier is `id`, in `ns`.
@@ -137,51 +142,37 @@ impl SweepStates for SqliteStore {
         now_ms: i64,
         purge_before_ms: i64,
         batch: usize,
+        max_tombstones: u64,
     ) -> Result<SweepCount, StoreError> {
         let batch = i64::try_from(batch).unwrap_or(i64::MAX);
+        let max_tombstones = i64::try_from(max_tombstones).unwrap_or(i64::MAX);
         self.writer
             .run_atomic("sweeping expired states", move |conn| {
                 // Move expired states aside: keep hash and namespace for the grace window,
-                // drop the data now. One already past its grace window (a backlog left
-                // while oauthd was down, or swept late) gets no tombstone: it answers 404
-                // either way, and a tombstone written only to be purged in the same batch
-                // would triple the batch's writes.
-                let moved: Vec<(Vec<u8>, String, i64)> = conn
+                // drop the data now.
+                let moved = conn
                     .prepare_cached(
                         "DELETE FROM states WHERE key_hash IN
                          (SELECT key_hash FROM states WHERE expires_at <= ?1
                           ORDER BY expires_at LIMIT ?2)
                          RETURNING key_hash, namespace, expires_at",
                     )?
-                    .query_map(params![now_ms, batch], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                    })?
-                    .collect::<rusqlite::Result<_>>()?;
-                let mut keep = conn.prepare_cached(
-                    "INSERT OR REPLACE INTO expired_states (key_hash, namespace, expired_at)
-                     VALUES (?1, ?2, ?3)",
-                )?;
-                let mut expired_by_namespace = std::collections::BTreeMap::new();
-                let mut forgotten = 0;
-                for (key_hash, namespace, expired_at) in &moved {
-                    if *expired_at < purge_before_ms {
-                        forgotten += 1;
-                    } else {
-                        keep.execute(params![key_hash, namespace, expired_at])?;
-                    }
-                    *expired_by_namespace.entry(namespace.clone()).or_default() += 1;
-                }
-                for (namespace, moved) in &expired_by_namespace {
-                    conn.states_changed(namespace, -(*moved as i64));
-                }
-                let purged = conn
+                    .query_map(params![now_ms, batch], expired_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let retired = retire(conn, &moved, purge_before_ms, max_tombstones)?;
+                // Tombstones past the grace window go, and the oldest beyond the most
+                // kept (a lowered setting, or another process's writes).
+                let mut purged = conn
                     .prepare_cached(
                         "DELETE FROM expired_states WHERE key_hash IN
                          (SELECT key_hash FROM expired_states WHERE expired_at < ?1
                           ORDER BY expired_at LIMIT ?2)",
                     )?
-                    .execute(params![purge_before_ms, batch])?
-                    + forgotten;
+                    .execute(params![purge_before_ms, batch])?;
+                conn.tombstones_changed(-(purged as i64));
+                purged += trim_tombstones(conn, max_tombstones, batch)?;
+                let purged = purged + retired.forgotten;
+                let expired_by_namespace = retired.by_namespace;
                 // Finished or abandoned device flows and stale admin secrets go too.
                 conn.prepare_cached("DELETE FROM device_flows WHERE expires_at < ?1")?
                     .execute([purge_before_ms])?;
@@ -214,6 +205,7 @@ impl StateStore for SqliteStore {
     ) -> Result<Inserted, StoreError> {
         let max_live = i64::try_from(rules.max_live).unwrap_or(i64::MAX);
         let max_per_subject = i64::try_from(rules.max_per_subject).unwrap_or(i64::MAX);
+        let max_total = i64::try_from(rules.max_total).unwrap_or(i64::MAX);
         let work = move |conn: &Tx| {
             if let (Some(subject), false) = (&row.subject, rules.replace_subject) {
                 let live: i64 = conn
@@ -239,12 +231,21 @@ impl StateStore for SqliteStore {
             }
             // The single writer makes the check and the insert one step. The count includes
             // expired states the sweeper has not reached yet, and those must not count: at
-            // the cap, this namespace's are set aside now, then it looks again.
+            // the cap, this namespace's are set aside now, then it looks again; at the
+            // store's cap, those that expired first.
+            let purge_before = rules.now_ms - (rules.keep_until_ms - row.expires_at_ms).max(0);
+            let ns = Some(row.namespace.as_str());
             if conn.live_states(&row.namespace)? >= max_live
-                && (retire_expired(conn, &row.namespace, rules.now_ms)? == 0
+                && (retire_expired(conn, ns, &rules, purge_before)? == 0
                     || conn.live_states(&row.namespace)? >= max_live)
             {
                 return Ok(Inserted::NamespaceFull);
+            }
+            if conn.all_live_states()? >= max_total
+                && (retire_expired(conn, None, &rules, purge_before)? == 0
+                    || conn.all_live_states()? >= max_total)
+            {
+                return Ok(Inserted::StoreFull);
             }
             conn.prepare_cached(
                 "INSERT INTO states (key_hash, namespace, data, created_at, expires_at,
@@ -572,35 +573,116 @@ fn found(conn: &Connection, key_hash: &SecretHash, ns: &str) -> rusqlite::Result
     })
 }
 
-/// Moves one namespace's expired states aside as the sweeper does (tombstones keep the
-/// 410 answer for the grace window), all or nothing. Returns how many moved.
-fn retire_expired(conn: &Tx, namespace: &str, now_ms: i64) -> rusqlite::Result<usize> {
-    conn.execute_batch("SAVEPOINT retire_expired")?;
-    let moved = (|| {
-        let mut keep = conn.prepare_cached(
-            "INSERT OR REPLACE INTO expired_states (key_hash, namespace, expired_at)
-             VALUES (?1, ?2, ?3)",
-        )?;
-        let rows: Vec<(Vec<u8>, i64)> = conn
-            .prepare_cached(
-                "DELETE FROM states WHERE expires_at <= ?1 AND namespace = ?2
-                 RETURNING key_hash, expires_at",
-            )?
-            .query_map(params![now_ms, namespace], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        for (key_hash, expired_at) in &rows {
-            keep.execute(params![key_hash, namespace, expired_at])?;
+/// An expired state's key, namespace and expiry, as a delete returns them.
+type ExpiredRow = (Vec<u8>, String, i64);
+
+fn expired_row(r: &rusqlite::Row) -> rusqlite::Result<ExpiredRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+}
+
+/// What moving expired states aside did.
+struct Retired {
+    by_namespace: std::collections::BTreeMap<String, u64>,
+    /// Tombstones not kept: of states already past their grace window, and the oldest
+    /// dropped for room.
+    forgotten: usize,
+}
+
+/// Counts deleted expired states out of their namespaces and keeps a tombstone of each
+/// (hash and namespace, never the data) for the grace window; past `max_tombstones`, the
+/// oldest tombstones go. One already past its grace window (a backlog left while oauthd
+/// was down, or swept late) gets none: it answers 404 either way, and a tombstone written
+/// only to be purged in the same batch would triple the batch's writes.
+fn retire(
+    conn: &Tx,
+    rows: &[ExpiredRow],
+    purge_before_ms: i64,
+    max_tombstones: i64,
+) -> rusqlite::Result<Retired> {
+    let mut keep = conn.prepare_cached(
+        "INSERT OR IGNORE INTO expired_states (key_hash, namespace, expired_at)
+         VALUES (?1, ?2, ?3)",
+    )?;
+    let mut retired = Retired {
+        by_namespace: std::collections::BTreeMap::new(),
+        forgotten: 0,
+    };
+    let mut kept = 0;
+    for (key_hash, namespace, expired_at) in rows {
+        if *expired_at >= purge_before_ms {
+            kept += keep.execute(params![key_hash, namespace, expired_at])?;
+        } else {
+            retired.forgotten += 1;
         }
+        *retired.by_namespace.entry(namespace.clone()).or_default() += 1;
+    }
+    conn.tombstones_changed(kept as i64);
+    retired.forgotten += trim_tombstones(conn, max_tombstones, kept as i64)?;
+    for (namespace, moved) in &retired.by_namespace {
+        conn.states_changed(namespace, -(*moved as i64));
+    }
+    Ok(retired)
+}
+
+/// Deletes the oldest tombstones beyond `max_tombstones`, at most `limit` of them, so
+/// that states made to expire at once cannot grow the file through their tombstones
+/// (theirs answer 404 instead of 410). Returns how many went.
+fn trim_tombstones(conn: &Tx, max_tombstones: i64, limit: i64) -> rusqlite::Result<usize> {
+    let excess = (conn.tombstones()? - max_tombstones).clamp(0, limit.max(0));
+    if excess == 0 {
+        return Ok(0);
+    }
+    let dropped = conn
+        .prepare_cached(
+            "DELETE FROM expired_states WHERE key_hash IN
+             (SELECT key_hash FROM expired_states ORDER BY expired_at LIMIT ?1)",
+        )?
+        .execute([excess])?;
+    conn.tombstones_changed(-(dropped as i64));
+    Ok(dropped)
+}
+
+/// Expired states one insert at the store's cap moves aside at most.
+const RETIRE_AT_ONCE: i64 = 1000;
+
+/// Moves expired states aside as the sweeper does (tombstones keep the 410 answer for
+/// the grace window), all or nothing: every one of `namespace`'s, or, without one, the
+/// `RETIRE_AT_ONCE` that expired first. Returns how many moved.
+fn retire_expired(
+    conn: &Tx,
+    namespace: Option<&str>,
+    rules: &InsertRules,
+    purge_before_ms: i64,
+) -> rusqlite::Result<usize> {
+    conn.execute_batch("SAVEPOINT retire_expired")?;
+    let before = conn.snapshot();
+    let max_tombstones = i64::try_from(rules.max_tombstones).unwrap_or(i64::MAX);
+    let moved = (|| {
+        let rows: Vec<ExpiredRow> = match namespace {
+            Some(ns) => conn
+                .prepare_cached(
+                    "DELETE FROM states WHERE expires_at <= ?1 AND namespace = ?2
+                     RETURNING key_hash, namespace, expires_at",
+                )?
+                .query_map(params![rules.now_ms, ns], expired_row)?
+                .collect::<rusqlite::Result<_>>()?,
+            None => conn
+                .prepare_cached(
+                    "DELETE FROM states WHERE key_hash IN
+                     (SELECT key_hash FROM states WHERE expires_at <= ?1
+                      ORDER BY expires_at LIMIT ?2)
+                     RETURNING key_hash, namespace, expires_at",
+                )?
+                .query_map(params![rules.now_ms, RETIRE_AT_ONCE], expired_row)?
+                .collect::<rusqlite::Result<_>>()?,
+        };
+        retire(conn, &rows, purge_before_ms, max_tombstones)?;
+        conn.execute_batch("RELEASE retire_expired")?;
         Ok(rows.len())
     })();
-    match moved.and_then(|n| conn.execute_batch("RELEASE retire_expired").map(|()| n)) {
-        Ok(n) => {
-            conn.states_changed(namespace, -(n as i64));
-            Ok(n)
-        }
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK TO retire_expired; RELEASE retire_expired");
-            Err(e)
-        }
+    if moved.is_err() {
+        conn.restore(before);
+        let _ = conn.execute_batch("ROLLBACK TO retire_expired; RELEASE retire_expired");
     }
+    moved
 }

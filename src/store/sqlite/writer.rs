@@ -588,6 +588,6 @@ mod tests {
             .unwrap();
         let stored =
             crate::store::sqlite::live_counts::tests::stored(&Connection::open(&path).unwrap());
-        assert_eq!(stored, vec![("kept".into(), 2)]);
+        assert_eq!(stored, vec![("*states".into(), 2), ("kept".into(), 2)]);
     }
 }
