@@ -183,6 +183,8 @@ impl EventsConfig {
 pub struct LimitsConfig {
     pub public_per_minute: u32,
     pub failed_auth_per_minute: u32,
+    /// Imports, disconnects and device flow starts one API key may ask for per minute.
+    pub connection_changes_per_minute: u32,
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Device flows one API key (or the page) may have pending at once.
     pub max_device_flows_per_key: u32,
@@ -195,6 +197,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             public_per_minute: 120,
             failed_auth_per_minute: 30,
+            connection_changes_per_minute: 60,
             trusted_proxies: Vec::new(),
             max_device_flows_per_key: 20,
             body_seconds: 30,
@@ -340,6 +343,8 @@ pub struct Settings {
     /// Per client address and minute: public routes, failed API-key attempts (0: off).
     pub public_per_minute: u32,
     pub failed_auth_per_minute: u32,
+    /// Per API key and minute: imports, disconnects and device flow starts (0: off).
+    pub connection_changes_per_minute: u32,
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub max_device_flows_per_key: u32,
     /// `[limits] body_seconds`: a request body that has not arrived whole by then is refused.
@@ -595,6 +600,7 @@ impl Settings {
             providers: file.providers,
             public_per_minute: file.limits.public_per_minute,
             failed_auth_per_minute: file.limits.failed_auth_per_minute,
+            connection_changes_per_minute: file.limits.connection_changes_per_minute,
             trusted_proxies: file.limits.trusted_proxies,
             notify: file.notify,
             events,

@@ -181,6 +181,7 @@ pub async fn token(
         (status = 200, description = "Imported: the connection's tokens were replaced.", body = ConnectionView),
         (status = 400, description = "The tokens are not what import takes (`invalid_tokens`), or the account name (`invalid_account`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such provider in the config (`unknown_provider`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Too many imports, disconnects and device flow starts by this key in the last minute (`rate_limited`, `limits.connection_changes_per_minute`), with `Retry-After`.", body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 pub async fn import(
     app: web::Data<AppState>,
@@ -191,6 +192,7 @@ pub async fn import(
     let (provider, account) = path.into_inner();
     caller.require_provider(&app, &provider)?;
     caller.require_account(&account)?;
+    app.connection_change_hit(&caller)?;
     let tokens = ImportedTokens::from_json(body.into_map())?;
     let status = match app
         .broker
@@ -219,6 +221,7 @@ pub async fn import(
         (status = 400, description = "`force` is not `true` or `false` (`invalid_force`), or an unknown query parameter (`unknown_parameter`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 200, description = "Deleted, not revoked.", body = NotRevoked),
         (status = 404, description = "No such connection (`connection_not_found`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Too many imports, disconnects and device flow starts by this key in the last minute (`rate_limited`, `limits.connection_changes_per_minute`), with `Retry-After`.", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 502, description = "The provider refused the revocation (`provider_rejected`): nothing deleted; `?force=true` deletes anyway.", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 503, description = "The provider cannot be reached to revoke, or another oauthd process sharing the store is refreshing the connection (`provider_unavailable`, with `Retry-After`): nothing deleted.", body = ProblemDoc, content_type = "application/problem+json"),
     ))]
@@ -230,6 +233,7 @@ pub async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     let (provider, account) = path.into_inner();
     caller.require_connection(&provider, &account)?;
+    app.connection_change_hit(&caller)?;
     let outcome = app
         .broker
         .disconnect(&provider, &account, force_param(&req)?)

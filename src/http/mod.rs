@@ -72,12 +72,23 @@ pub struct AppState {
     pub public_limit: RateLimiter,
     /// Budget per client address for requests with a wrong API key.
     pub failed_auth_limit: RateLimiter,
+    /// Budget per API key (by id) for imports, disconnects and device flow starts: each
+    /// may call the provider under the operator's client id and send events.
+    pub change_limit: RateLimiter<String>,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// Responses that carry a secret must not be cached anywhere.
 impl AppState {
+    /// Counts a request of `caller`'s that changes a connection or starts a device flow;
+    /// `Err` (429) when the key is over its budget.
+    pub fn connection_change_hit(&self, caller: &auth::Caller) -> Result<(), ApiError> {
+        self.change_limit
+            .hit(caller.0.id.clone())
+            .map_err(ratelimit::too_many_changes)
+    }
+
     /// Counts a hit on a public route; `Err` (429) when the client is over its budget.
     pub fn public_route_hit(&self, req: &actix_web::HttpRequest) -> Result<(), ApiError> {
         match ratelimit::client_ip(req, &self.trusted_proxies) {

@@ -1,7 +1,8 @@
-//! Per-client rate limits: a fixed one-minute window per client address.
+//! Rate limits: a fixed one-minute window per client address, or per API key.
 //!
-//! Applied to the public routes (callbacks, connect forms, sign-in) and to failed API-key
-//! attempts. The client address is the TCP peer or, when the peer is a trusted proxy, the
+//! Per address on the public routes (callbacks, connect forms, sign-in) and for failed
+//! API-key attempts; per key on the requests that change connections or call a provider
+//! for the caller (import, disconnect, device flow start). The client address is the TCP peer or, when the peer is a trusted proxy, the
 //! nearest address in `X-Forwarded-For` that is not one; IPv6 clients count per /64 (one
 //! host usually holds a whole /64). A full table drops finished windows, then the oldest
 //! windows of addresses still under their budget: it is never wiped, so flooding it with
@@ -11,6 +12,7 @@ use super::problem::ApiError;
 use actix_web::http::StatusCode;
 use actix_web::HttpRequest;
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -21,7 +23,7 @@ const MAX_TRACKED: usize = 10_000;
 
 /// What one budget is kept for: an IPv4 address or an IPv6 /64.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct ClientKey(IpAddr);
+pub struct ClientKey(IpAddr);
 
 impl From<IpAddr> for ClientKey {
     fn from(ip: IpAddr) -> Self {
@@ -38,19 +40,20 @@ impl From<IpAddr> for ClientKey {
     }
 }
 
-pub struct RateLimiter {
+/// A budget per minute for each `K`: a client address (the default) or an API key's id.
+pub struct RateLimiter<K = ClientKey> {
     per_minute: u32,
     max_tracked: usize,
-    windows: Mutex<HashMap<ClientKey, (Instant, u32)>>,
+    windows: Mutex<HashMap<K, (Instant, u32)>>,
 }
 
-impl RateLimiter {
+impl<K: Hash + Eq + Ord + Clone> RateLimiter<K> {
     /// `per_minute` 0 disables the limit.
-    pub fn new(per_minute: u32) -> RateLimiter {
+    pub fn new(per_minute: u32) -> RateLimiter<K> {
         RateLimiter::with_capacity(per_minute, MAX_TRACKED)
     }
 
-    fn with_capacity(per_minute: u32, max_tracked: usize) -> RateLimiter {
+    fn with_capacity(per_minute: u32, max_tracked: usize) -> RateLimiter<K> {
         RateLimiter {
             per_minute,
             max_tracked: max_tracked.max(8),
@@ -61,25 +64,26 @@ impl RateLimiter {
     /// Seconds until `ip` may try again, when it is over its budget now (the tests' view:
     /// requests only ever `hit`).
     #[cfg(test)]
-    fn blocked(&self, ip: IpAddr) -> Option<u64> {
+    fn blocked(&self, key: impl Into<K>) -> Option<u64> {
         if self.per_minute == 0 {
             return None;
         }
         let windows = self.windows.lock().ok()?;
-        let (start, count) = windows.get(&ClientKey::from(ip))?;
+        let (start, count) = windows.get(&key.into())?;
         let left = WINDOW.checked_sub(start.elapsed())?;
         (*count >= self.per_minute).then(|| left.as_secs().max(1))
     }
 
-    /// Counts one attempt by `ip`; `Err(seconds)` when it went over the budget.
-    pub fn hit(&self, ip: IpAddr) -> Result<(), u64> {
+    /// Counts one attempt by `key` (an address, or what else the budget is kept for);
+    /// `Err(seconds)` when it went over the budget.
+    pub fn hit(&self, key: impl Into<K>) -> Result<(), u64> {
         if self.per_minute == 0 {
             return Ok(());
         }
         let Ok(mut windows) = self.windows.lock() else {
             return Ok(());
         };
-        let key = ClientKey::from(ip);
+        let key = key.into();
         if windows.len() >= self.max_tracked && !windows.contains_key(&key) {
             self.make_room(&mut windows);
         }
@@ -97,14 +101,14 @@ impl RateLimiter {
 
     /// Drops finished windows; when that is not enough, the oldest eighth of the table,
     /// addresses under their budget first (a blocked address stays blocked).
-    fn make_room(&self, windows: &mut HashMap<ClientKey, (Instant, u32)>) {
+    fn make_room(&self, windows: &mut HashMap<K, (Instant, u32)>) {
         windows.retain(|_, (start, _)| start.elapsed() < WINDOW);
         if windows.len() < self.max_tracked {
             return;
         }
-        let mut order: Vec<(bool, Instant, ClientKey)> = windows
+        let mut order: Vec<(bool, Instant, K)> = windows
             .iter()
-            .map(|(k, (start, n))| (*n >= self.per_minute, *start, *k))
+            .map(|(k, (start, n))| (*n >= self.per_minute, *start, k.clone()))
             .collect();
         order.sort_unstable();
         for (_, _, key) in order.into_iter().take(self.max_tracked / 8) {
@@ -164,13 +168,26 @@ pub fn too_many(retry_after: u64) -> ApiError {
     .retry_after(retry_after)
 }
 
+/// 429 for an API key past `limits.connection_changes_per_minute`.
+pub fn too_many_changes(retry_after: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!(
+            "this API key changed connections or started device flows too often in the last \
+             minute (limits.connection_changes_per_minute); try again in {retry_after} s"
+        ),
+    )
+    .retry_after(retry_after)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_budget_is_per_address_and_per_minute() {
-        let l = RateLimiter::new(3);
+        let l: RateLimiter = RateLimiter::new(3);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         for _ in 0..3 {
@@ -180,7 +197,20 @@ mod tests {
         assert!(l.hit(a).is_err());
         assert!(l.blocked(b).is_none());
         assert!(l.hit(b).is_ok());
-        assert!(RateLimiter::new(0).hit(a).is_ok(), "0 disables the limit");
+        assert!(
+            RateLimiter::<ClientKey>::new(0).hit(a).is_ok(),
+            "0 disables the limit"
+        );
+    }
+
+    #[test]
+    fn a_budget_may_be_kept_per_api_key() {
+        let l: RateLimiter<String> = RateLimiter::new(2);
+        assert!(l.hit("key-a".to_owned()).is_ok());
+        assert!(l.hit("key-a".to_owned()).is_ok());
+        let wait = l.hit("key-a".to_owned()).unwrap_err();
+        assert!((1..=60).contains(&wait), "{wait}");
+        assert!(l.hit("key-b".to_owned()).is_ok());
     }
 
     #[test]
@@ -197,7 +227,7 @@ mod tests {
 
     #[test]
     fn ipv6_clients_share_a_budget_per_64() {
-        let l = RateLimiter::new(2);
+        let l: RateLimiter = RateLimiter::new(2);
         let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
         let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
         let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
@@ -210,7 +240,7 @@ mod tests {
 
     #[test]
     fn a_full_table_keeps_blocked_addresses() {
-        let l = RateLimiter::with_capacity(2, 64);
+        let l: RateLimiter = RateLimiter::with_capacity(2, 64);
         let bad: IpAddr = "10.9.9.9".parse().unwrap();
         for _ in 0..3 {
             let _ = l.hit(bad);

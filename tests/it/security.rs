@@ -248,6 +248,73 @@ async fn the_brokers_namespaces_are_reserved_for_every_key() {
     assert_eq!(status, 201);
 }
 
+/// Imports, disconnects and device flow starts each may call the provider under the
+/// operator's client id and send events: one key may ask for
+/// `limits.connection_changes_per_minute` of them a minute, the rest answer 429 with
+/// `Retry-After` before anything is stored or asked. Another key has its own budget.
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_changes_are_limited_per_key_and_minute() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "{OFFLINE_PROVIDER}[limits]\nconnection_changes_per_minute = 3\n"
+    ));
+    let flooder = home.create_key("flooder", &[]);
+    let other = home.create_key("other", &[]);
+    let d = home.start();
+    let tokens = json!({"access_token": "made-up", "expires_in": 3600});
+    for n in 0..2 {
+        let path = format!("/v1/connections/peer/a{n}");
+        let (status, body) = d.put(&path, &flooder, tokens.clone()).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let deleted = d
+        .delete("/v1/connections/peer/a0?force=true", &flooder)
+        .await;
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+
+    let refused = d
+        .send_json(
+            reqwest::Method::PUT,
+            "/v1/connections/peer/a2",
+            &flooder,
+            tokens.clone(),
+        )
+        .await;
+    assert_eq!(refused.status(), 429);
+    let retry: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    let problem: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(problem["code"], "rate_limited", "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("limits.connection_changes_per_minute"),
+        "{problem}"
+    );
+    let (status, _) = d.get("/v1/connections/peer/a2", &flooder).await;
+    assert_eq!(status, 404, "the refused import stored nothing");
+    let deleted = d
+        .delete("/v1/connections/peer/a1?force=true", &flooder)
+        .await;
+    assert_eq!(deleted.status(), 429);
+    let (status, problem) = d
+        .post("/v1/device/peer", &flooder, json!({"account": "tv"}))
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (429, Some("rate_limited"))
+    );
+    // Reading is not limited, and another key has its own budget.
+    assert_eq!(d.get("/v1/connections/peer/a1", &flooder).await.0, 200);
+    let (status, body) = d.put("/v1/connections/peer/b0", &other, tokens).await;
+    assert_eq!(status, 201, "{body}");
+}
+
 fn link_token(link: &str) -> String {
     query_param(link, "token")
 }

@@ -316,7 +316,7 @@ impl Daemon {
     }
 
     /// Sends `body` as JSON with `method` and the API key.
-    async fn send_json(
+    pub async fn send_json(
         &self,
         method: reqwest::Method,
         path: &str,
