@@ -4,7 +4,9 @@
 //! bits, so a fast hash is enough (no password hashing needed). A key may be limited to
 //! namespace patterns.
 
-use crate::namespace::{check_pattern, key_pattern_reaches, Namespace};
+use crate::namespace::{
+    check_pattern, key_pattern_reaches, stops_short_of, Namespace, PROVIDER_SCOPE_PREFIX,
+};
 use crate::oauth::provider::check_name as check_account_name;
 use crate::secret::{ApiKey, SecretHash};
 use crate::store::{ApiKeyRecord, KeyStore, StoreError};
@@ -198,6 +200,30 @@ pub fn may_use(record: &ApiKeyRecord, ns: &Namespace) -> bool {
         None => true,
         Some(patterns) => patterns.iter().any(|p| key_pattern_reaches(p, ns)),
     }
+}
+
+/// What to tell the operator about a key limited to namespace patterns that stop short
+/// of `provider:` (`p*`, `provider*`) and reach no provider otherwise: such a pattern does
+/// not reach any provider's tokens (before 2026-12-03 it did). `None` for other keys.
+pub fn provider_scope_note(record: &ApiKeyRecord) -> Option<String> {
+    let patterns = record.namespaces.as_ref()?;
+    let reaches_some = patterns
+        .iter()
+        .any(|p| p == "*" || p.starts_with(PROVIDER_SCOPE_PREFIX));
+    let short: Vec<&str> = patterns
+        .iter()
+        .filter(|p| stops_short_of(p, PROVIDER_SCOPE_PREFIX))
+        .map(String::as_str)
+        .collect();
+    if reaches_some || short.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{} does not reach any provider's tokens: a key reaches provider P through '*', \
+         '{PROVIDER_SCOPE_PREFIX}*' or '{PROVIDER_SCOPE_PREFIX}P' (make a key with --namespace \
+         '{PROVIDER_SCOPE_PREFIX}*' too if the app reads tokens)",
+        short.join(", ")
+    ))
 }
 
 #[cfg(test)]

@@ -53,6 +53,14 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
         Ok(warnings) => warnings.iter().for_each(|w| r.line("warn", "store", w)),
         Err(e) => r.line("FAIL", "store", e),
     }
+    match rt.block_on(store.list_keys()) {
+        Ok(keys) => keys
+            .iter()
+            .filter(|k| k.revoked_at_ms.is_none())
+            .filter_map(|k| Some((k, crate::apikeys::provider_scope_note(k)?)))
+            .for_each(|(k, note)| r.line("warn", "keys", format!("API key {:?}: {note}", k.name))),
+        Err(e) => r.line("FAIL", "keys", e),
+    }
     let source = match super::key_source(&settings) {
         Ok(s) => s,
         Err(e) => {

@@ -4,7 +4,6 @@ use super::{open_store, runtime, Fatal, KeysCommand, Missing};
 use crate::apikeys;
 use crate::clock::{rfc3339, Clock};
 use crate::config::Settings;
-use crate::namespace::{stops_short_of, PROVIDER_SCOPE_PREFIX};
 use crate::store::KeyStore;
 
 pub(super) fn keys(settings: Settings, command: KeysCommand) -> Result<(), Fatal> {
@@ -47,15 +46,8 @@ pub(super) fn keys(settings: Settings, command: KeysCommand) -> Result<(), Fatal
                 if record.accounts.is_some() && record.namespaces.is_none() {
                     say!("Note: --account limits connections only; this key may still use every state namespace (add --namespace to limit that too).");
                 }
-                let short: Vec<&str> = record
-                    .namespaces
-                    .iter()
-                    .flatten()
-                    .filter(|p| stops_short_of(p, PROVIDER_SCOPE_PREFIX))
-                    .map(String::as_str)
-                    .collect();
-                if !short.is_empty() {
-                    say!("Note: {} does not reach any provider's tokens: a key reaches provider P through '*', '{PROVIDER_SCOPE_PREFIX}*' or '{PROVIDER_SCOPE_PREFIX}P' (add --namespace '{PROVIDER_SCOPE_PREFIX}*' if it should).", short.join(", "));
+                if let Some(note) = crate::apikeys::provider_scope_note(&record) {
+                    say!("Note: {note}.");
                 }
                 say!(
                     "Store it now: it is not shown again. Use it as Authorization: Bearer <key>."

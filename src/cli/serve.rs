@@ -60,6 +60,12 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
         for warning in store.warnings().await? {
             log::warn!("{warning}");
         }
+        let keys = store.list_keys().await?;
+        for key in keys.iter().filter(|k| k.revoked_at_ms.is_none()) {
+            if let Some(note) = crate::apikeys::provider_scope_note(key) {
+                log::info!("API key {:?}: {note}", key.name);
+            }
+        }
         // Beside the start, not in its way: it reads every live state that holds data.
         let checked = states.clone();
         actix_web::rt::spawn(async move {

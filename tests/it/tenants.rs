@@ -150,7 +150,8 @@ async fn an_account_scoped_key_reaches_only_its_accounts_on_every_connection_rou
 
 /// A key reaches a provider's connections only through a namespace pattern that spells
 /// `provider:` out, or `*`: `p*`, made for states in `payments`, reaches those states and no
-/// token, and `keys create` says so. (Scope is checked above the store: SQLite only.)
+/// token, and `keys create` and `oauthd check` say so. (Scope is checked above the store:
+/// SQLite only.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_namespace_pattern_reaches_providers_only_when_it_names_them() {
     let home = Home::new();
@@ -201,6 +202,22 @@ async fn a_namespace_pattern_reaches_providers_only_when_it_names_them() {
             assert_eq!(d.consume(&scoped, &state, "payments").await.0, 200);
         }
     }
+    // A key that also names the providers gets no note. Keys made before the rule (the
+    // same rows) are pointed out by `oauthd check`, and revoked ones are not.
+    let both = ["keys", "create", "--name", "both", "--namespace", "p*"];
+    let out = home.cli(&[&both[..], &["--namespace", "provider:*"]].concat());
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!said.contains("does not reach"), "{said}");
+    assert!(home.cli(&["keys", "revoke", "k1"]).status.success());
+    let out = home.cli(&["check"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    let warned: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("warn") && l.contains("does not reach any provider's tokens"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{report}");
+    assert!(warned[0].contains("API key \"k0\": p*"), "{report}");
 }
 
 /// Tokens an app got by itself are handed to oauthd: served as they are, refreshed with
