@@ -25,9 +25,11 @@ const SLOW_DOWN_MS: i64 = 5_000;
 /// interval, or `slow_down`s, may be longer still).
 const MAX_BACKOFF_MS: i64 = 60_000;
 
-/// The interval after a poll that failed on the way: doubled, up to `MAX_BACKOFF_MS`.
-fn backed_off(interval_ms: i64) -> i64 {
-    interval_ms.max(interval_ms.saturating_mul(2).min(MAX_BACKOFF_MS))
+/// The wait after `failures` polls in a row that failed on the way: the interval doubled
+/// for each, up to `MAX_BACKOFF_MS` (a provider's own longer interval is never shortened).
+fn backed_off(interval_ms: i64, failures: u32) -> i64 {
+    let doubled = interval_ms.saturating_mul(1_i64 << failures.min(16));
+    interval_ms.max(doubled.min(MAX_BACKOFF_MS))
 }
 
 /// What an app (or the CLI) shows the user, and polls with.
@@ -211,6 +213,9 @@ impl Broker {
 
     async fn poll_until_done(&self, id: &str) {
         let id = id.to_owned();
+        // Polls in a row that failed on the way (timeouts, 5xx, 429): each doubles the
+        // wait, the first that gets through ends the backoff.
+        let mut failures = 0;
         loop {
             let flow = match self.store.get_device_flow(&id).await {
                 Ok(Some(f)) if f.status == DeviceFlowStatus::Pending => f,
@@ -245,7 +250,7 @@ impl Broker {
             }
             match self.store.claim_device_poll(&id, now, self.lease_ms).await {
                 Ok(Some(claimed)) => {
-                    if self.poll_device_once(claimed).await {
+                    if self.poll_device_once(claimed, &mut failures).await {
                         return;
                     }
                 }
@@ -259,8 +264,9 @@ impl Broker {
         }
     }
 
-    /// One poll of a claimed flow; returns true when the flow has ended.
-    async fn poll_device_once(&self, flow: DeviceFlowRow) -> bool {
+    /// One poll of a claimed flow, `failures` polls in a row after failing on the way;
+    /// returns true when the flow has ended.
+    async fn poll_device_once(&self, flow: DeviceFlowRow, failures: &mut u32) -> bool {
         let (id, p, a) = (
             flow.id.as_str(),
             flow.provider.as_str(),
@@ -286,7 +292,19 @@ impl Broker {
             }
             Err(e) => DevicePoll::Failed(FlowError::Transient(e.to_string())),
         };
-        let keep_polling = |interval_ms: i64| DevicePollOutcome::Pending { interval_ms };
+        // The interval apps see stays the provider's (with its slow_downs); a backoff only
+        // delays the next poll.
+        let keep_polling = |interval_ms: i64| DevicePollOutcome::Pending {
+            interval_ms,
+            delay_ms: interval_ms,
+        };
+        if *failures > 0 && matches!(result, DevicePoll::Pending | DevicePoll::SlowDown) {
+            log::info!(
+                "device {p}/{a}: the token endpoint answers again; polling every {} s",
+                flow.interval_ms / 1000
+            );
+            *failures = 0;
+        }
         let outcome = match result {
             DevicePoll::Pending => keep_polling(flow.interval_ms),
             DevicePoll::SlowDown => {
@@ -297,12 +315,16 @@ impl Broker {
                 keep_polling(flow.interval_ms + SLOW_DOWN_MS)
             }
             DevicePoll::Failed(FlowError::Transient(e)) => {
-                let interval_ms = backed_off(flow.interval_ms);
+                *failures = failures.saturating_add(1);
+                let delay_ms = backed_off(flow.interval_ms, *failures);
                 log::warn!(
                     "device {p}/{a}: poll failed ({e}); trying again in {} s",
-                    interval_ms / 1000
+                    delay_ms / 1000
                 );
-                keep_polling(interval_ms)
+                DevicePollOutcome::Pending {
+                    interval_ms: flow.interval_ms,
+                    delay_ms,
+                }
             }
             DevicePoll::Done(tokens) => {
                 // The first success ends polling whatever happens next.
@@ -394,12 +416,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_failed_poll_doubles_the_interval_up_to_a_minute() {
-        assert_eq!(backed_off(1_000), 2_000);
-        assert_eq!(backed_off(40_000), 60_000);
-        assert_eq!(backed_off(60_000), 60_000);
+    fn each_failed_poll_doubles_the_wait_up_to_a_minute() {
+        assert_eq!(backed_off(1_000, 1), 2_000);
+        assert_eq!(backed_off(1_000, 3), 8_000);
+        assert_eq!(backed_off(5_000, 4), 60_000);
+        assert_eq!(backed_off(40_000, 1), 60_000);
+        assert_eq!(backed_off(1_000, u32::MAX), 60_000);
         // A provider's own longer interval is never shortened.
-        assert_eq!(backed_off(90_000), 90_000);
-        assert_eq!(backed_off(i64::MAX), i64::MAX);
+        assert_eq!(backed_off(90_000, 2), 90_000);
+        assert_eq!(backed_off(i64::MAX, 1), i64::MAX);
     }
 }

@@ -776,8 +776,9 @@ pub struct DeviceFlowRow {
 /// How one poll ended, to record on the flow.
 #[derive(Debug, Clone)]
 pub enum DevicePollOutcome {
-    /// Keep polling (authorization_pending, slow_down, a transient fault).
-    Pending { interval_ms: i64 },
+    /// Keep polling (authorization_pending, slow_down, a transient fault): at
+    /// `interval_ms` (what apps see), the next poll `delay_ms` from now.
+    Pending { interval_ms: i64, delay_ms: i64 },
     /// Final: connected, denied, expired or failed, with a detail.
     Finished {
         status: DeviceFlowStatus,

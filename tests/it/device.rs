@@ -192,11 +192,13 @@ async fn mock_provider() -> MockServer {
     mock
 }
 
-/// A token endpoint that fails on the way (503, 429) is polled ever more slowly: the
-/// interval doubles after each failed poll (RFC 8628 3.5), so a provider in trouble is not
-/// hammered under the operator's client_id.
+/// A token endpoint that fails on the way (503, 429) is polled ever more slowly: the wait
+/// doubles after each failed poll (RFC 8628 3.5), so a provider in trouble is not hammered
+/// under the operator's client_id. The first poll that gets through ends the backoff: the
+/// flow is polled at the provider's interval again, and apps were shown that interval all
+/// along.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_failing_token_endpoint_is_polled_ever_more_slowly() {
+async fn a_failing_token_endpoint_is_polled_ever_more_slowly_until_it_answers() {
     let mock = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/device"))
@@ -215,6 +217,14 @@ async fn a_failing_token_endpoint_is_polled_ever_more_slowly() {
     Mock::given(method("POST"))
         .and(path("/token"))
         .respond_with(ResponseTemplate::new(429))
+        .up_to_n_times(2)
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(
+            ResponseTemplate::new(400).set_body_json(json!({"error": "authorization_pending"})),
+        )
         .mount(&mock)
         .await;
     let home = Home::new();
@@ -229,7 +239,7 @@ async fn a_failing_token_endpoint_is_polled_ever_more_slowly() {
     assert_eq!(status, 201, "{start}");
     assert_eq!(start["interval"], 1);
     let status_path = format!("/v1/device/slow/{}", start["id"].as_str().unwrap());
-    // After the 503 (at 1 s) and the first 429 (2 s later): 1 -> 2 -> 4 s.
+    // After the 503 (at 1 s) and the first 429 (2 s later): waits of 2, then 4 s.
     let grown = common::eventually(Duration::from_secs(15), || {
         home.log_text().contains("trying again in 4 s")
     })
@@ -237,7 +247,34 @@ async fn a_failing_token_endpoint_is_polled_ever_more_slowly() {
     assert!(grown, "{}", home.log_text());
     let (_, flow) = d.get(&status_path, &key).await;
     assert_eq!(flow["status"], "pending", "{flow}");
-    assert!(flow["interval"].as_u64().unwrap() >= 4, "{flow}");
+    assert_eq!(
+        flow["interval"], 1,
+        "apps keep the provider's interval: {flow}"
+    );
+    // The third failure waits 8 s; the poll after it gets through, and from then on the
+    // flow is polled every second again: three more polls come within 8 s, where a
+    // backoff that stayed would have made one.
+    let recovered = common::eventually(Duration::from_secs(20), || {
+        home.log_text()
+            .contains("the token endpoint answers again; polling every 1 s")
+    })
+    .await;
+    assert!(recovered, "{}", home.log_text());
+    let polls = || async {
+        let requests = mock.received_requests().await.unwrap_or_default();
+        requests.iter().filter(|r| r.url.path() == "/token").count()
+    };
+    let after_recovery = polls().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    while polls().await < after_recovery + 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        polls().await >= after_recovery + 3,
+        "{} polls since the recovery:\n{}",
+        polls().await - after_recovery,
+        home.log_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -267,9 +267,12 @@ impl DeviceFlowStore for RedisStore {
         let mut ch = Changes::default();
         ch.num("updated", now_ms);
         let finished = match outcome {
-            DevicePollOutcome::Pending { interval_ms } => {
+            DevicePollOutcome::Pending {
+                interval_ms,
+                delay_ms,
+            } => {
                 ch.num("interval_ms", interval_ms)
-                    .num("next_poll_at", now_ms.saturating_add(interval_ms));
+                    .num("next_poll_at", now_ms.saturating_add(delay_ms));
                 "0"
             }
             DevicePollOutcome::Finished { status, detail } => {

@@ -136,13 +136,16 @@ impl DeviceFlowStore for SqliteStore {
         self.writer
             .run_atomic("recording a device poll", move |conn| {
                 let n = match outcome {
-                    DevicePollOutcome::Pending { interval_ms } => conn
+                    DevicePollOutcome::Pending {
+                        interval_ms,
+                        delay_ms,
+                    } => conn
                         .prepare_cached(
-                            "UPDATE device_flows SET interval_ms = ?2, next_poll_at = ?3 + ?2,
+                            "UPDATE device_flows SET interval_ms = ?2, next_poll_at = ?3 + ?4,
                                 lease_until = NULL, updated_at = ?3
                              WHERE id = ?1 AND status = 'pending'",
                         )?
-                        .execute(params![id, interval_ms, now_ms]),
+                        .execute(params![id, interval_ms, now_ms, delay_ms]),
                     DevicePollOutcome::Finished { status, detail } => conn
                         .prepare_cached(
                             "UPDATE device_flows SET status = ?2, detail = ?3, lease_until = NULL,
