@@ -11,7 +11,7 @@ use crate::secret::{SecretHash, StateId, StateValue};
 use crate::state_data;
 use crate::store::{
     Attempted, Found, InsertRules, Inserted, NamespaceFilter, Revoked, Sliding, StateRow,
-    StateSecret, StateStore, StoreError, Taken,
+    StateSecret, StateStore, StoreError, SubjectPage, Taken,
 };
 use crate::vault::{VaultError, VaultHandle};
 use bytes::Bytes;
@@ -786,19 +786,30 @@ impl StateService {
         found_or_not(revoked.live > 0)
     }
 
-    /// The live states of `subject` in `namespace`, oldest first.
+    /// A page of the live states of `subject` in `namespace`, in the order they were
+    /// created, and where the next page starts when more follow.
     pub async fn subject_states(
         &self,
         namespace: &Namespace,
         subject: &str,
-    ) -> Result<Vec<StateView>, StateError> {
+        page: SubjectPage,
+    ) -> Result<SubjectListing, StateError> {
         let now = self.clock.now_ms();
-        self.store
-            .subject_states(namespace.as_str(), subject, now)
-            .await?
+        let found = self
+            .store
+            .subject_states(namespace.as_str(), subject, now, page)
+            .await?;
+        let next = found
+            .more
+            .then(|| found.rows.last())
+            .flatten()
+            .map(ListingCursor::after);
+        let states = found
+            .rows
             .into_iter()
             .map(|row| self.view(row))
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok(SubjectListing { states, next })
     }
 
     /// Revokes every state of `subject` in `namespace`; returns how many were live.
@@ -834,6 +845,62 @@ pub async fn data_keys(
         }
     }
     Ok(keys)
+}
+
+/// A page of a subject's states, opened.
+#[derive(Debug)]
+pub struct SubjectListing {
+    pub states: Vec<StateView>,
+    /// Where the next page starts, when more follow.
+    pub next: Option<ListingCursor>,
+}
+
+/// Where a listing goes on: after the state created at `created_at_ms` whose stored key
+/// starts with `key_prefix`. Apps see it as an opaque text (`Display`, `parse`): 32
+/// characters of base64url, which say no more than the state's creation time and id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListingCursor {
+    created_at_ms: i64,
+    key_prefix: [u8; 16],
+}
+
+impl ListingCursor {
+    fn after(row: &StateRow) -> ListingCursor {
+        let mut key_prefix = [0u8; 16];
+        key_prefix.copy_from_slice(&row.key_hash.0[..16]);
+        ListingCursor {
+            created_at_ms: row.created_at_ms,
+            key_prefix,
+        }
+    }
+
+    /// A cursor as `Display` writes it; `None` for any other text.
+    pub fn parse(text: &str) -> Option<ListingCursor> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .ok()?;
+        let (at, prefix) = bytes.split_first_chunk::<8>()?;
+        Some(ListingCursor {
+            created_at_ms: i64::from_be_bytes(*at),
+            key_prefix: prefix.try_into().ok()?,
+        })
+    }
+
+    /// Where the page after this cursor starts (`SubjectPage::after`).
+    pub fn position(self) -> (i64, [u8; 16]) {
+        (self.created_at_ms, self.key_prefix)
+    }
+}
+
+impl std::fmt::Display for ListingCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use base64::Engine;
+        let mut bytes = [0u8; 24];
+        bytes[..8].copy_from_slice(&self.created_at_ms.to_be_bytes());
+        bytes[8..].copy_from_slice(&self.key_prefix);
+        f.write_str(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    }
 }
 
 /// A turn at most once a second (for a log line every failing request would repeat).

@@ -58,14 +58,32 @@ fn check(req: &ServiceRequest) -> Option<ApiError> {
     unknown_query_parameter(req)
 }
 
-/// The query parameters a `/v1` route takes.
+/// The query parameters a `/v1` route takes. A method the path does not serve may carry
+/// those of the path's method that takes some (no path has two): it gets the 405 it asked
+/// for, not a 400.
 fn known_query(method: &actix_web::http::Method, path: &str) -> &'static [&'static str] {
-    if path.starts_with("/v1/connections/") && path.ends_with("/token") {
-        &["min_ttl"]
-    } else if path.starts_with("/v1/connections/") && method == actix_web::http::Method::DELETE {
-        &["force"]
-    } else {
-        &[]
+    use actix_web::http::Method;
+    let served: &[(Method, &'static [&'static str])] =
+        if path.starts_with("/v1/connections/") && path.ends_with("/token") {
+            &[(Method::GET, &["min_ttl"])]
+        } else if path.starts_with("/v1/connections/") {
+            &[
+                (Method::GET, &[]),
+                (Method::PUT, &[]),
+                (Method::DELETE, &["force"]),
+            ]
+        } else if path.starts_with("/v1/namespaces/") && path.ends_with("/states") {
+            &[(Method::GET, &["limit", "after"]), (Method::DELETE, &[])]
+        } else {
+            &[]
+        };
+    match served.iter().find(|(m, _)| m == method) {
+        Some((_, known)) => known,
+        None => served
+            .iter()
+            .map(|(_, known)| *known)
+            .max_by_key(|known| known.len())
+            .unwrap_or(&[]),
     }
 }
 

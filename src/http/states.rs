@@ -14,7 +14,8 @@ use crate::clock::rfc3339;
 use crate::config::MAX_ATTEMPTS_CEILING;
 use crate::namespace::Namespace;
 use crate::secret::{StateId, StateValue};
-use crate::states::{NewState, StateView};
+use crate::states::{ListingCursor, NewState, StateView};
+use crate::store::SubjectPage;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::value::RawValue;
 
@@ -239,6 +240,50 @@ pub struct SubjectState<'a> {
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct SubjectStates<'a> {
     states: Vec<SubjectState<'a>>,
+    /// Present when more states follow: pass it as `after` for the next page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+}
+
+/// Most states a page of a subject's listing holds (`limit`'s ceiling; the default page
+/// holds as many, and at most 1 MiB of stored data beyond its first state, which bounds
+/// what one listing holds in memory however large the states' data).
+const LIST_LIMIT: usize = 1000;
+
+/// `?limit=` and `?after=` of a subject's listing.
+fn listing_page(req: &HttpRequest) -> Result<SubjectPage, ApiError> {
+    let mut limit = LIST_LIMIT;
+    let mut after = None;
+    for (name, value) in url::form_urlencoded::parse(req.query_string().as_bytes()) {
+        match name.as_ref() {
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=LIST_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "invalid_limit",
+                            format!("limit is a number of states from 1 to {LIST_LIMIT}"),
+                        )
+                    })?;
+            }
+            "after" => {
+                after = Some(ListingCursor::parse(&value).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_after",
+                        "after is the `next` of an earlier page, as it was given",
+                    )
+                })?);
+            }
+            _ => {}
+        }
+    }
+    Ok(SubjectPage {
+        after: after.map(ListingCursor::position),
+        max_rows: limit,
+        ..SubjectPage::default()
+    })
 }
 
 /// How many states a "sign out everywhere" revoked.
@@ -394,15 +439,19 @@ fn subject_path(req: &HttpRequest, caller: &Caller) -> Result<(Namespace, String
 
 /// List a subject's live states
 ///
-/// Never their values: ids to revoke one ("sign out that device").
+/// Never their values: ids to revoke one ("sign out that device"). In pages: at most
+/// `limit` states (default and most 1000) and 1 MiB of stored data beyond the first; when
+/// more follow, `next` says where, to pass as `after`.
 #[utoipa::path(get, path = "/v1/namespaces/{namespace}/subjects/{subject}/states", tag = "states",
     params(
         ("namespace" = NamespaceName, Path, description = "The states' namespace."),
         ("subject" = SubjectText, Path, description = "The user or tenant (percent-encoded)."),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Most states in the page (default 1000)."),
+        ("after" = Option<String>, Query, description = "The `next` of the page before, as it was given."),
     ),
     responses(
-        (status = 200, description = "The live states, oldest first.", body = SubjectStates),
-        (status = 400, description = "A path segment out of range: `invalid_namespace`, `reserved_namespace`, `invalid_subject`, `invalid_path` (not UTF-8).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 200, description = "The live states, oldest first; `next` when more follow.", body = SubjectStates),
+        (status = 400, description = "A path segment out of range: `invalid_namespace`, `reserved_namespace`, `invalid_subject`, `invalid_path` (not UTF-8); `limit` not 1 to 1000 (`invalid_limit`), `after` not a `next` (`invalid_after`), or an unknown query parameter (`unknown_parameter`).", body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 pub async fn list_subject(
     app: web::Data<AppState>,
@@ -410,9 +459,11 @@ pub async fn list_subject(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let (ns, subject) = subject_path(&req, &caller)?;
-    let live = app.states.subject_states(&ns, &subject).await?;
+    let page = listing_page(&req)?;
+    let live = app.states.subject_states(&ns, &subject, page).await?;
     // The path already says namespace and subject.
     let states = live
+        .states
         .iter()
         .map(|v| SubjectState {
             id: v.id.to_string(),
@@ -422,7 +473,8 @@ pub async fn list_subject(
             attempts_left: v.attempts_left,
         })
         .collect();
-    Ok(no_store(HttpResponse::Ok()).json(SubjectStates { states }))
+    let next = live.next.map(|cursor| cursor.to_string());
+    Ok(no_store(HttpResponse::Ok()).json(SubjectStates { states, next }))
 }
 
 /// Revoke all of a subject's states

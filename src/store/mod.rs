@@ -226,6 +226,74 @@ pub struct InsertRules {
     pub max_tombstones: u64,
 }
 
+/// Where a page of a subject's states starts and how much it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubjectPage {
+    /// Only states after this one in the order of creation: its creation time and the
+    /// first 16 bytes of its stored key.
+    pub after: Option<(i64, [u8; 16])>,
+    pub max_rows: usize,
+    /// Stored data (sealed, as it is in the store) a page holds at most, beyond its first
+    /// state: bounds what one listing holds in memory.
+    pub max_data_bytes: usize,
+}
+
+impl Default for SubjectPage {
+    /// The first page: 1000 states, 1 MiB of data.
+    fn default() -> Self {
+        SubjectPage {
+            after: None,
+            max_rows: 1000,
+            max_data_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl SubjectPage {
+    /// Whether a state created at `created_at_ms` under `key` comes after `after`.
+    pub fn follows(&self, created_at_ms: i64, key: &SecretHash) -> bool {
+        match self.after {
+            None => true,
+            Some((at, prefix)) => (created_at_ms, &key.0[..16]) > (at, &prefix[..]),
+        }
+    }
+
+    /// Takes `items` in order until the page is full, each holding `size` bytes of data;
+    /// true with them when one was left out (more follow).
+    pub fn take<T>(
+        &self,
+        items: impl IntoIterator<Item = T>,
+        size: impl Fn(&T) -> usize,
+    ) -> (Vec<T>, bool) {
+        let mut taken = Vec::new();
+        let mut bytes = 0usize;
+        for item in items {
+            let n = size(&item);
+            if taken.len() >= self.max_rows
+                || (!taken.is_empty() && bytes.saturating_add(n) > self.max_data_bytes)
+            {
+                return (taken, true);
+            }
+            bytes = bytes.saturating_add(n);
+            taken.push(item);
+        }
+        (taken, false)
+    }
+}
+
+/// The size of a row's stored data.
+pub fn data_size(row: &StateRow) -> usize {
+    row.data.as_ref().map_or(0, String::len)
+}
+
+/// A page of a subject's states.
+#[derive(Debug, Clone, Default)]
+pub struct SubjectStates {
+    pub rows: Vec<StateRow>,
+    /// More states follow the last of `rows`.
+    pub more: bool,
+}
+
 /// What a revoke removed: how many of the states were live, and the key of every state
 /// it removed (live or expired), for the caches that hold them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -326,13 +394,16 @@ pub trait StateStore: SweepStates {
         id: &str,
         now_ms: i64,
     ) -> Result<Revoked, StoreError>;
-    /// The live states of one subject in a namespace (an index lookup), oldest first.
+    /// A page of the live states of one subject in a namespace (an index lookup), in the
+    /// order they were created: those after `page.after`, at most `page.max_rows`, and no
+    /// more than `page.max_data_bytes` of stored data beyond the first.
     async fn subject_states(
         &self,
         namespace: &str,
         subject: &str,
         now_ms: i64,
-    ) -> Result<Vec<StateRow>, StoreError>;
+        page: SubjectPage,
+    ) -> Result<SubjectStates, StoreError>;
     /// Deletes every state of one subject in a namespace.
     async fn revoke_subject(
         &self,

@@ -7,6 +7,7 @@ use crate::services::{clock, ns, policy, room, vault};
 use crate::store_contract::Backend;
 use oauthd::clock::Clock;
 use oauthd::states::{NewState, StateError, StateService};
+use oauthd::store::SubjectPage;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -160,7 +161,11 @@ async fn replace_leaves_one_live_state_per_subject(b: Backend) {
         .into_iter()
         .map(|r| r.unwrap().unwrap())
         .collect();
-    let listed = states.subject_states(&ns("reset"), "alice").await.unwrap();
+    let listed = states
+        .subject_states(&ns("reset"), "alice", SubjectPage::default())
+        .await
+        .unwrap()
+        .states;
     assert_eq!(listed.len(), 1, "{listed:?}");
     let mut live = 0;
     for s in issued.iter().chain(&old) {
@@ -175,7 +180,12 @@ async fn replace_leaves_one_live_state_per_subject(b: Backend) {
     }
     assert_eq!(live, 1);
     assert_eq!(
-        states.subject_states(&ns("reset"), "bob").await.unwrap()[0].id,
+        states
+            .subject_states(&ns("reset"), "bob", SubjectPage::default())
+            .await
+            .unwrap()
+            .states[0]
+            .id,
         bob.id()
     );
     assert!(matches!(
@@ -209,7 +219,11 @@ async fn touch_slides_the_expiry_but_never_past_the_lifetime(b: Backend) {
     let v = states.verify(&issued.state, &session, true).await.unwrap();
     assert_eq!(v.expires_at_ms, created + 110_000);
     // What the subject's list says moved too.
-    let listed = states.subject_states(&session, "alice").await.unwrap();
+    let listed = states
+        .subject_states(&session, "alice", SubjectPage::default())
+        .await
+        .unwrap()
+        .states;
     assert_eq!(listed[0].expires_at_ms, created + 110_000);
     clock.advance(Duration::from_secs(50));
     let v = states.verify(&issued.state, &session, true).await.unwrap();
@@ -310,7 +324,11 @@ async fn states_are_listed_and_revoked_by_subject_and_id(b: Backend) {
         .await
         .unwrap();
     clock.advance(Duration::from_secs(10));
-    let listed = states.subject_states(&sessions, "alice").await.unwrap();
+    let listed = states
+        .subject_states(&sessions, "alice", SubjectPage::default())
+        .await
+        .unwrap()
+        .states;
     let ids: Vec<_> = listed.iter().map(|v| v.id).collect();
     assert_eq!(ids, alice.iter().map(|s| s.id()).collect::<Vec<_>>());
     assert_eq!(
@@ -357,9 +375,10 @@ async fn states_are_listed_and_revoked_by_subject_and_id(b: Backend) {
         .unwrap();
     assert_eq!(states.revoke_subject(&sessions, "alice").await.unwrap(), 1);
     assert!(states
-        .subject_states(&sessions, "alice")
+        .subject_states(&sessions, "alice", SubjectPage::default())
         .await
         .unwrap()
+        .states
         .is_empty());
     assert!(matches!(
         states.verify(&alice[2].state, &sessions, false).await,
@@ -372,7 +391,12 @@ async fn states_are_listed_and_revoked_by_subject_and_id(b: Backend) {
         .await
         .unwrap();
     assert_eq!(
-        states.subject_states(&sessions, "bob").await.unwrap().len(),
+        states
+            .subject_states(&sessions, "bob", SubjectPage::default())
+            .await
+            .unwrap()
+            .states
+            .len(),
         1
     );
 }
@@ -540,7 +564,9 @@ async fn a_states_data_opens_only_in_its_own_row_and_a_failed_open_keeps_the_sta
         ..found
     };
     b.store.insert_state(moved, room(now)).await.unwrap();
-    let listed = states.subject_states(&ns("login"), "mallory").await;
+    let listed = states
+        .subject_states(&ns("login"), "mallory", SubjectPage::default())
+        .await;
     assert!(
         matches!(listed, Err(StateError::Vault(VaultError::Corrupt))),
         "{listed:?}"

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 contract![
     a_two_factor_challenge_takes_its_code_and_counts_wrong_ones,
     sessions_are_verified_listed_and_revoked_per_subject,
+    a_subjects_listing_comes_in_pages_bounded_in_states_and_bytes,
     state_options_are_checked_with_stable_codes,
     verify_sees_another_processs_consume_within_verify_cache_seconds,
     a_revoke_drops_from_verify_only_what_it_removed,
@@ -173,6 +174,81 @@ async fn sessions_are_verified_listed_and_revoked_per_subject(home: Home) {
     let verify = json!({"state": second, "namespace": "reset"});
     assert_eq!(d.post("/v1/states/verify", &key, verify).await.0, 200);
     assert_eq!(d.consume(&key, &second, "reset").await.0, 200);
+}
+
+/// A subject with many large states is listed in pages: one listing holds at most 1 MiB
+/// of data beyond its first state (or `limit` states), and `next` leads to the rest, each
+/// state once, oldest first. Without `next` the listing is complete.
+async fn a_subjects_listing_comes_in_pages_bounded_in_states_and_bytes(home: Home) {
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    // 80 states of about 16 KiB of data: 1.3 MB, sealed more.
+    let mut ids = Vec::new();
+    for n in 0..80 {
+        let data = json!({"n": n, "blob": "x".repeat(16_000)});
+        let body = json!({"namespace": "session", "subject": SUBJECT, "data": data});
+        ids.push(
+            created(&d, &key, body).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let path = format!(
+        "/v1/namespaces/session/subjects/{}/states",
+        escaped(SUBJECT)
+    );
+    let walk = |first: String| {
+        let (d, key) = (&d, &key);
+        async move {
+            let (mut listed, mut pages, mut sizes) = (Vec::new(), 0, Vec::new());
+            let mut url = first;
+            loop {
+                let resp = d.get_raw(&url, Some(key)).await;
+                assert_eq!(resp.status(), 200, "{url}");
+                let text = resp.text().await.unwrap();
+                sizes.push(text.len());
+                let page: Value = serde_json::from_str(&text).unwrap();
+                pages += 1;
+                for s in page["states"].as_array().unwrap() {
+                    listed.push(s["id"].as_str().unwrap().to_owned());
+                }
+                let Some(next) = page["next"].as_str() else {
+                    break;
+                };
+                assert!(pages < 100, "pages never end");
+                // The page's own query (its limit) and the cursor.
+                let (base, query) = url.split_once('?').unwrap_or((&url, ""));
+                let kept = query.split('&').find(|q| q.starts_with("limit="));
+                url = match kept {
+                    Some(limit) => format!("{base}?{limit}&after={next}"),
+                    None => format!("{base}?after={next}"),
+                };
+            }
+            (listed, pages, sizes)
+        }
+    };
+    let (listed, pages, sizes) = walk(path.clone()).await;
+    assert_eq!(listed, ids, "every state once, oldest first");
+    assert!(pages >= 2, "{pages} pages of {sizes:?}");
+    assert!(sizes.iter().all(|n| *n < 1_200_000), "{sizes:?}");
+    let (listed, pages, _) = walk(format!("{path}?limit=7")).await;
+    assert_eq!(listed, ids);
+    assert_eq!(pages, 12, "80 states, 7 a page");
+
+    for (query, code) in [
+        ("limit=0", "invalid_limit"),
+        ("limit=1001", "invalid_limit"),
+        ("after=not-a-cursor", "invalid_after"),
+        ("page=2", "unknown_parameter"),
+    ] {
+        let (status, problem) = d.get(&format!("{path}?{query}"), &key).await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (400, Some(code)),
+            "{query}: {problem}"
+        );
+    }
 }
 
 /// Every option is checked, and refusals are 4xx problems with stable codes; a key sees

@@ -610,6 +610,85 @@ async fn the_store_keeps_at_most_max_tombstones_the_latest_ones(b: Backend) {
     assert_eq!(answers, want, "which expired states still have a tombstone");
 }
 
+/// A subject's states come in pages in the order they were created (states made in the
+/// same millisecond by their keys), each page bounded by its number of states and by the
+/// bytes of data it holds beyond its first; following the pages lists every state once.
+async fn a_subjects_states_are_listed_in_pages(b: Backend) {
+    use oauthd::store::SubjectPage;
+    let s = b.store.as_ref();
+    // Created at 1,000, 2,000, 2,000, 2,000, 3,000, 4,000; each with 100 bytes of data.
+    let made = [
+        (0x50, 1_000),
+        (0x90, 2_000),
+        (0x10, 2_000),
+        (0x30, 2_000),
+        (0x20, 3_000),
+        (0x80, 4_000),
+    ];
+    for (n, created_at_ms) in made {
+        let row = StateRow {
+            namespace: "list".into(),
+            data: Some("d".repeat(100)),
+            created_at_ms,
+            ..capped(n, 1_000_000, Some("u"))
+        };
+        assert!(matches!(
+            insert_capped_room(s, row, 10_000).await,
+            Inserted::Stored { .. }
+        ));
+    }
+    // Another subject's state is never listed.
+    let other = StateRow {
+        namespace: "list".into(),
+        ..capped(0x40, 1_000_000, Some("v"))
+    };
+    insert_capped_room(s, other, 10_000).await;
+    let want: Vec<u8> = vec![0x50, 0x10, 0x30, 0x90, 0x20, 0x80];
+
+    for (max_rows, max_data_bytes, pages) in [
+        (2, 10_000, 3),
+        (1000, 250, 3),
+        (4, 150, 6),
+        (1000, 10_000, 1),
+    ] {
+        let mut page = SubjectPage {
+            after: None,
+            max_rows,
+            max_data_bytes,
+        };
+        let mut seen = Vec::new();
+        let mut count = 0;
+        loop {
+            let got = s.subject_states("list", "u", 10_000, page).await.unwrap();
+            count += 1;
+            assert!(!got.rows.is_empty() && got.rows.len() <= max_rows);
+            seen.extend(got.rows.iter().map(|r| r.key_hash.0[0]));
+            let Some(last) = got.rows.last() else { break };
+            if !got.more {
+                break;
+            }
+            let mut prefix = [0u8; 16];
+            prefix.copy_from_slice(&last.key_hash.0[..16]);
+            page.after = Some((last.created_at_ms, prefix));
+            assert!(count < 10, "pages never end");
+        }
+        assert_eq!(
+            seen, want,
+            "{max_rows} states, {max_data_bytes} bytes a page"
+        );
+        assert_eq!(
+            count, pages,
+            "{max_rows} states, {max_data_bytes} bytes a page"
+        );
+    }
+}
+
+/// Inserts `row` with room in its namespace, subject and the store, at `now_ms`.
+async fn insert_capped_room(s: &dyn oauthd::store::Store, row: StateRow, now_ms: i64) -> Inserted {
+    let rules = store_rules(&row, now_ms, 1000, 1000);
+    s.insert_state(row, rules).await.unwrap()
+}
+
 /// The maintenance read of live states' data prefixes: each distinct prefix once, with how
 /// many live states' data starts so; expired states and states without data are left out.
 async fn live_states_data_prefixes_are_counted(b: Backend) {
@@ -698,6 +777,7 @@ backends!(
     the_namespace_cap_counts_what_every_path_leaves_live,
     all_namespaces_together_hold_at_most_max_total_live_states,
     the_store_keeps_at_most_max_tombstones_the_latest_ones,
+    a_subjects_states_are_listed_in_pages,
     a_refresh_lease_is_refused_to_a_caller_that_read_an_older_row,
     a_row_read_during_someone_elses_lease_is_stale_once_they_let_go,
     events_are_stored_with_their_change_and_only_with_it,

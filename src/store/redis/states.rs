@@ -10,7 +10,8 @@ use super::{hex, RedisStore};
 use crate::secret::{SecretHash, StateId};
 use crate::store::{
     Attempted, Found, InsertRules, Inserted, NamespaceFilter, Revoked, Sliding, StateRow,
-    StateSecret, StateStore, StoreError, SweepCount, SweepStates, Taken,
+    StateSecret, StateStore, StoreError, SubjectPage, SubjectStates, SweepCount, SweepStates,
+    Taken,
 };
 use async_trait::async_trait;
 use redis::Script;
@@ -651,8 +652,11 @@ impl StateStore for RedisStore {
         namespace: &str,
         subject: &str,
         now_ms: i64,
-    ) -> Result<Vec<StateRow>, StoreError> {
+        page: SubjectPage,
+    ) -> Result<SubjectStates, StoreError> {
         const CONTEXT: &str = "listing a subject's states";
+        /// States read at once: what the first pass holds of their data at a time.
+        const CHUNK: usize = 64;
         let set = self.key("u", &format!("{namespace}\0{subject}"));
         let mut c = self.conn();
         let hashes: Vec<String> = self
@@ -665,23 +669,44 @@ impl StateStore for RedisStore {
                     .await
             })
             .await?;
-        let keys: Vec<String> = hashes.iter().map(|h| self.key("s", h)).collect();
-        let values = self.mget(CONTEXT, &keys).await?;
-        let mut rows = Vec::new();
-        for (h, v) in hashes.iter().zip(values) {
-            let (Some(key_hash), Some(v)) = (SecretHash::from_hex(h), v) else {
-                continue;
-            };
-            let row = parse_row(CONTEXT, key_hash, &v)?;
-            if row.namespace == namespace
+        let belongs = |row: &StateRow| {
+            row.namespace == namespace
                 && row.subject.as_deref() == Some(subject)
                 && row.expires_at_ms > now_ms
-            {
+        };
+        // The set is ordered by expiry: the order of creation is in the states
+        // themselves. A first pass keeps only where each state of the page's range sits
+        // and how much data it holds; the page's own states are read again.
+        let mut placed: Vec<(i64, SecretHash, usize)> = Vec::new();
+        for chunk in hashes.chunks(CHUNK) {
+            let keys: Vec<String> = chunk.iter().map(|h| self.key("s", h)).collect();
+            for (h, v) in chunk.iter().zip(self.mget(CONTEXT, &keys).await?) {
+                let (Some(key_hash), Some(v)) = (SecretHash::from_hex(h), v) else {
+                    continue;
+                };
+                let row = parse_row(CONTEXT, key_hash, &v)?;
+                if belongs(&row) && page.follows(row.created_at_ms, &key_hash) {
+                    let size = row.data.as_ref().map_or(0, String::len);
+                    placed.push((row.created_at_ms, key_hash, size));
+                }
+            }
+        }
+        placed.sort_by(|a, b| (a.0, &a.1 .0).cmp(&(b.0, &b.1 .0)));
+        let (chosen, more) = page.take(placed, |p| p.2);
+        let keys: Vec<String> = chosen
+            .iter()
+            .map(|(_, k, _)| self.key("s", &hex(k)))
+            .collect();
+        let mut rows = Vec::with_capacity(chosen.len());
+        for ((_, key_hash, _), v) in chosen.iter().zip(self.mget(CONTEXT, &keys).await?) {
+            // Consumed or revoked between the two reads: not listed.
+            let Some(v) = v else { continue };
+            let row = parse_row(CONTEXT, *key_hash, &v)?;
+            if belongs(&row) {
                 rows.push(row);
             }
         }
-        rows.sort_by_key(|r| r.created_at_ms);
-        Ok(rows)
+        Ok(SubjectStates { rows, more })
     }
 
     async fn revoke_subject(

@@ -5,8 +5,9 @@ use super::live_counts::Tx;
 use super::SqliteStore;
 use crate::secret::{SecretHash, StateId};
 use crate::store::{
-    Attempted, Found, InsertRules, Inserted, NamespaceFilter, Revoked, Sliding, StateRow,
-    StateSecret, StateStore, StoreError, SweepCount, SweepStates, Taken,
+    data_size, Attempted, Found, InsertRules, Inserted, NamespaceFilter, Revoked, Sliding,
+    StateRow, StateSecret, StateStore, StoreError, SubjectPage, SubjectStates, SweepCount,
+    SweepStates, Taken,
 };
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -454,18 +455,38 @@ impl StateStore for SqliteStore {
         namespace: &str,
         subject: &str,
         now_ms: i64,
-    ) -> Result<Vec<StateRow>, StoreError> {
+        page: SubjectPage,
+    ) -> Result<SubjectStates, StoreError> {
         let (ns, subject) = (namespace.to_owned(), subject.to_owned());
+        // The index holds (namespace, subject, created_at) and, as every index of a table
+        // without rowid, the key: it gives the rows in order from the page's start on,
+        // and they are read one by one until the page is full.
+        let (after_at, after_key) = match page.after {
+            None => (i64::MIN, Vec::new()),
+            Some((at, prefix)) => {
+                let mut key = [0xff; 32];
+                key[..16].copy_from_slice(&prefix);
+                (at, key.to_vec())
+            }
+        };
         self.read("listing a subject's states", move |conn| {
-            conn.prepare_cached(sql!(
+            let mut stmt = conn.prepare_cached(sql!(
                 "SELECT ",
                 columns,
                 " FROM states INDEXED BY states_subject
                  WHERE namespace = ?1 AND subject = ?2 AND expires_at > ?3
-                 ORDER BY created_at"
-            ))?
-            .query_map(params![ns, subject, now_ms], state_row)?
-            .collect()
+                   AND (created_at, key_hash) > (?4, ?5)
+                 ORDER BY created_at, key_hash"
+            ))?;
+            let rows =
+                stmt.query_map(params![ns, subject, now_ms, after_at, after_key], state_row)?;
+            let mut failed = None;
+            let rows = rows.map_while(|r| r.map_err(|e| failed = Some(e)).ok());
+            let (rows, more) = page.take(rows, data_size);
+            match failed {
+                Some(e) => Err(e),
+                None => Ok(SubjectStates { rows, more }),
+            }
         })
         .await
     }
