@@ -35,7 +35,6 @@ durability = "$DURABILITY"
 ${TOKEN_CACHE_SECONDS:+token_cache_seconds = $TOKEN_CACHE_SECONDS}
 [states]
 max_states = 100000000
-max_total_states = 100000000
 [providers.bench]
 authorization_url = "$BARE/provider/authorize"
 token_url = "$BARE/provider/token"

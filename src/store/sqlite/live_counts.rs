@@ -224,5 +224,19 @@ pub(super) mod tests {
             ("z".into(), 0),
         ];
         assert_eq!(stored(&conn), floor);
+
+        // A total's row someone deleted is written afresh.
+        conn.execute_batch("DELETE FROM namespace_counts WHERE namespace = '*states'")
+            .unwrap();
+        tx.states_changed("b", 1);
+        counts.borrow_mut().write(&conn).unwrap();
+        let afresh = vec![
+            ("*states".into(), 1),
+            ("*tombstones".into(), 3),
+            ("a".into(), 0),
+            ("b".into(), 3),
+            ("z".into(), 0),
+        ];
+        assert_eq!(stored(&conn), afresh);
     }
 }
