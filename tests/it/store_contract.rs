@@ -683,6 +683,46 @@ async fn a_subjects_states_are_listed_in_pages(b: Backend) {
     }
 }
 
+/// A replace the caps refuse leaves the subject's states as they were: a "one session per
+/// user" login refused for a full namespace or store does not sign the user out.
+async fn a_refused_replace_leaves_the_subjects_states(b: Backend) {
+    let s = b.store.as_ref();
+    for (n, subject) in [(1, Some("u")), (2, None), (3, None)] {
+        let row = StateRow {
+            namespace: "r".into(),
+            ..capped(n, 1_000_000, subject)
+        };
+        assert!(matches!(
+            insert_capped_room(s, row, 10_000).await,
+            Inserted::Stored { .. }
+        ));
+    }
+    // Caps lowered under what is stored: even without u's state, two are left.
+    for (max_live, max_total, refused) in [
+        (2, 100, Inserted::NamespaceFull),
+        (100, 2, Inserted::StoreFull),
+    ] {
+        let row = StateRow {
+            namespace: "r".into(),
+            ..capped(4, 1_000_000, Some("u"))
+        };
+        let rules = InsertRules {
+            max_live,
+            replace_subject: true,
+            ..store_rules(&row, 10_000, max_total, 100)
+        };
+        assert_eq!(s.insert_state(row, rules).await.unwrap(), refused);
+    }
+    let kept = s
+        .take_state(SecretHash([1; 32]), &NamespaceFilter::Exact("r".into()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(kept, Taken::Row(_)),
+        "the subject's state went: {kept:?}"
+    );
+}
+
 /// Inserts `row` with room in its namespace, subject and the store, at `now_ms`.
 async fn insert_capped_room(s: &dyn oauthd::store::Store, row: StateRow, now_ms: i64) -> Inserted {
     let rules = store_rules(&row, now_ms, 1000, 1000);
@@ -778,6 +818,7 @@ backends!(
     all_namespaces_together_hold_at_most_max_total_live_states,
     the_store_keeps_at_most_max_tombstones_the_latest_ones,
     a_subjects_states_are_listed_in_pages,
+    a_refused_replace_leaves_the_subjects_states,
     a_refresh_lease_is_refused_to_a_caller_that_read_an_older_row,
     a_row_read_during_someone_elses_lease_is_stale_once_they_let_go,
     events_are_stored_with_their_change_and_only_with_it,

@@ -204,9 +204,7 @@ impl StateStore for SqliteStore {
         row: StateRow,
         rules: InsertRules,
     ) -> Result<Inserted, StoreError> {
-        let max_live = i64::try_from(rules.max_live).unwrap_or(i64::MAX);
         let max_per_subject = i64::try_from(rules.max_per_subject).unwrap_or(i64::MAX);
-        let max_total = i64::try_from(rules.max_total).unwrap_or(i64::MAX);
         let work = move |conn: &Tx| {
             if let (Some(subject), false) = (&row.subject, rules.replace_subject) {
                 let live: i64 = conn
@@ -220,7 +218,10 @@ impl StateStore for SqliteStore {
                 }
             }
             let mut replaced = Vec::new();
-            if rules.replace_subject {
+            // A replace that the caps then refuse leaves the subject's states as they were.
+            let undo = rules.replace_subject.then(|| conn.snapshot());
+            if undo.is_some() {
+                conn.execute_batch("SAVEPOINT replacing")?;
                 replaced = conn
                     .prepare_cached(
                         "DELETE FROM states INDEXED BY states_subject
@@ -230,23 +231,15 @@ impl StateStore for SqliteStore {
                     .collect::<rusqlite::Result<_>>()?;
                 conn.states_changed(&row.namespace, -(replaced.len() as i64));
             }
-            // The single writer makes the check and the insert one step. The count includes
-            // expired states the sweeper has not reached yet, and those must not count: at
-            // the cap, this namespace's are set aside now, then it looks again; at the
-            // store's cap, those that expired first.
-            let purge_before = rules.now_ms - (rules.keep_until_ms - row.expires_at_ms).max(0);
-            let ns = Some(row.namespace.as_str());
-            if conn.live_states(&row.namespace)? >= max_live
-                && (retire_expired(conn, ns, &rules, purge_before)? == 0
-                    || conn.live_states(&row.namespace)? >= max_live)
-            {
-                return Ok(Inserted::NamespaceFull);
+            if let Some(refused) = refusal(conn, &row, &rules)? {
+                if let Some(before) = undo {
+                    conn.restore(before);
+                    conn.execute_batch("ROLLBACK TO replacing; RELEASE replacing")?;
+                }
+                return Ok(refused);
             }
-            if conn.all_live_states()? >= max_total
-                && (retire_expired(conn, None, &rules, purge_before)? == 0
-                    || conn.all_live_states()? >= max_total)
-            {
-                return Ok(Inserted::StoreFull);
+            if undo.is_some() {
+                conn.execute_batch("RELEASE replacing")?;
             }
             conn.prepare_cached(
                 "INSERT INTO states (key_hash, namespace, data, created_at, expires_at,
@@ -592,6 +585,31 @@ fn found(conn: &Connection, key_hash: &SecretHash, ns: &str) -> rusqlite::Result
         },
         None => Found::Missing,
     })
+}
+
+/// Why `row` may not be stored now, if the caps say so: its namespace or the store is
+/// full. The single writer makes the check and the insert one step. The counts include
+/// expired states the sweeper has not reached yet, and those must not count: at the cap,
+/// the namespace's are set aside, then it looks again; at the store's cap, those that
+/// expired first.
+fn refusal(conn: &Tx, row: &StateRow, rules: &InsertRules) -> rusqlite::Result<Option<Inserted>> {
+    let max_live = i64::try_from(rules.max_live).unwrap_or(i64::MAX);
+    let max_total = i64::try_from(rules.max_total).unwrap_or(i64::MAX);
+    let purge_before = rules.now_ms - (rules.keep_until_ms - row.expires_at_ms).max(0);
+    let ns = Some(row.namespace.as_str());
+    if conn.live_states(&row.namespace)? >= max_live
+        && (retire_expired(conn, ns, rules, purge_before)? == 0
+            || conn.live_states(&row.namespace)? >= max_live)
+    {
+        return Ok(Some(Inserted::NamespaceFull));
+    }
+    if conn.all_live_states()? >= max_total
+        && (retire_expired(conn, None, rules, purge_before)? == 0
+            || conn.all_live_states()? >= max_total)
+    {
+        return Ok(Some(Inserted::StoreFull));
+    }
+    Ok(None)
 }
 
 /// An expired state's key, namespace and expiry, as a delete returns them.
