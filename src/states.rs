@@ -799,11 +799,7 @@ impl StateService {
             .store
             .subject_states(namespace.as_str(), subject, now, page)
             .await?;
-        let next = found
-            .more
-            .then(|| found.rows.last())
-            .flatten()
-            .map(ListingCursor::after);
+        let next = found.next.map(ListingCursor::at);
         let states = found
             .rows
             .into_iter()
@@ -847,6 +843,20 @@ pub async fn data_keys(
     Ok(keys)
 }
 
+/// What to tell the operator when the store holds `total` live states, 80 % or more of
+/// `states.max_total_states` (`max`); `None` below that.
+pub fn fullness_note(total: u64, max: u64) -> Option<String> {
+    (total.saturating_mul(5) >= max.saturating_mul(4)).then(|| {
+        format!(
+            "{total} live states, {}% of states.max_total_states ({max}): from there every \
+             create is refused (429 store_full). Raise it, or look for the app that leaves its \
+             states unconsumed (oauthd_states_created_total against \
+             oauthd_state_consumes_total, by namespace)",
+            total.saturating_mul(100) / max.max(1)
+        )
+    })
+}
+
 /// A page of a subject's states, opened.
 #[derive(Debug)]
 pub struct SubjectListing {
@@ -857,7 +867,8 @@ pub struct SubjectListing {
 
 /// Where a listing goes on: after the state created at `created_at_ms` whose stored key
 /// starts with `key_prefix`. Apps see it as an opaque text (`Display`, `parse`): 32
-/// characters of base64url, which say no more than the state's creation time and id.
+/// characters of base64url, which say the state's creation time and what its id says (and
+/// the 6 bits of the key a version 8 UUID leaves out): nothing that leads to its value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListingCursor {
     created_at_ms: i64,
@@ -865,11 +876,9 @@ pub struct ListingCursor {
 }
 
 impl ListingCursor {
-    fn after(row: &StateRow) -> ListingCursor {
-        let mut key_prefix = [0u8; 16];
-        key_prefix.copy_from_slice(&row.key_hash.0[..16]);
+    fn at((created_at_ms, key_prefix): (i64, [u8; 16])) -> ListingCursor {
         ListingCursor {
-            created_at_ms: row.created_at_ms,
+            created_at_ms,
             key_prefix,
         }
     }
@@ -990,6 +999,14 @@ mod tests {
             sliding: true,
             max_lifetime: Duration::from_secs(86400),
         }
+    }
+
+    #[test]
+    fn the_operator_hears_of_a_store_four_fifths_full() {
+        assert_eq!(fullness_note(199_999, 250_000), None);
+        let note = fullness_note(200_000, 250_000).unwrap();
+        assert!(note.starts_with("200000 live states, 80% of"), "{note}");
+        assert!(fullness_note(300_000, 250_000).unwrap().contains("120%"));
     }
 
     #[test]

@@ -25,10 +25,11 @@ const SLOW_DOWN_MS: i64 = 5_000;
 /// interval, or `slow_down`s, may be longer still).
 const MAX_BACKOFF_MS: i64 = 60_000;
 
-/// The wait after `failures` polls in a row that failed on the way: the interval doubled
-/// for each, up to `MAX_BACKOFF_MS` (a provider's own longer interval is never shortened).
+/// The wait after `failures` polls in a row that failed on the way: the interval (at
+/// least a second, whatever the provider said) doubled for each, up to `MAX_BACKOFF_MS`
+/// (a provider's own longer interval is never shortened).
 fn backed_off(interval_ms: i64, failures: u32) -> i64 {
-    let doubled = interval_ms.saturating_mul(1_i64 << failures.min(16));
+    let doubled = interval_ms.max(1_000).saturating_mul(1_i64 << failures.min(16));
     interval_ms.max(doubled.min(MAX_BACKOFF_MS))
 }
 
@@ -418,6 +419,9 @@ mod tests {
     #[test]
     fn each_failed_poll_doubles_the_wait_up_to_a_minute() {
         assert_eq!(backed_off(1_000, 1), 2_000);
+        // A provider that says 0 still gets a growing wait.
+        assert_eq!(backed_off(0, 1), 2_000);
+        assert_eq!(backed_off(0, 2), 4_000);
         assert_eq!(backed_off(1_000, 3), 8_000);
         assert_eq!(backed_off(5_000, 4), 60_000);
         assert_eq!(backed_off(40_000, 1), 60_000);

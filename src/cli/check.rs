@@ -53,6 +53,19 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
         Ok(warnings) => warnings.iter().for_each(|w| r.line("warn", "store", w)),
         Err(e) => r.line("FAIL", "store", e),
     }
+    let max_total = settings.states.max_total_states;
+    let now = crate::clock::Clock::system().now_ms();
+    match rt.block_on(store.live_states_total(now)) {
+        Ok(total) => match crate::states::fullness_note(total, max_total) {
+            Some(note) => r.line("warn", "states", note),
+            None => r.line(
+                "ok",
+                "states",
+                format!("{total} live, at most {max_total} (states.max_total_states)"),
+            ),
+        },
+        Err(e) => r.line("FAIL", "states", e),
+    }
     match rt.block_on(store.list_keys()) {
         Ok(keys) => keys
             .iter()

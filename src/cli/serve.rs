@@ -60,11 +60,24 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
         for warning in store.warnings().await? {
             log::warn!("{warning}");
         }
-        let keys = store.list_keys().await?;
-        for key in keys.iter().filter(|k| k.revoked_at_ms.is_none()) {
-            if let Some(note) = crate::apikeys::provider_scope_note(key) {
-                log::info!("API key {:?}: {note}", key.name);
+        match store.list_keys().await {
+            Ok(keys) => {
+                for key in keys.iter().filter(|k| k.revoked_at_ms.is_none()) {
+                    if let Some(note) = crate::apikeys::provider_scope_note(key) {
+                        log::info!("API key {:?}: {note}", key.name);
+                    }
+                }
             }
+            Err(e) => log::warn!("could not list the API keys to look at their scopes: {e}"),
+        }
+        let max_total = settings.states.max_total_states;
+        match store.live_states_total(clock.now_ms()).await {
+            Ok(total) => {
+                if let Some(note) = crate::states::fullness_note(total, max_total) {
+                    log::warn!("{note}");
+                }
+            }
+            Err(e) => log::warn!("could not count the store's states: {e}"),
         }
         // Beside the start, not in its way: it reads every live state that holds data.
         let checked = states.clone();

@@ -290,8 +290,17 @@ pub fn data_size(row: &StateRow) -> usize {
 #[derive(Debug, Clone, Default)]
 pub struct SubjectStates {
     pub rows: Vec<StateRow>,
-    /// More states follow the last of `rows`.
-    pub more: bool,
+    /// Where the next page starts (`SubjectPage::after`), when more states follow. Not
+    /// always the last of `rows`: a state the page chose may be gone by the time it is
+    /// read.
+    pub next: Option<(i64, [u8; 16])>,
+}
+
+/// A state's place in the order of a subject's listing (`SubjectPage::after`).
+pub fn listing_position(created_at_ms: i64, key: &SecretHash) -> (i64, [u8; 16]) {
+    let mut prefix = [0u8; 16];
+    prefix.copy_from_slice(&key.0[..16]);
+    (created_at_ms, prefix)
 }
 
 /// What a revoke removed: how many of the states were live, and the key of every state
@@ -411,6 +420,10 @@ pub trait StateStore: SweepStates {
         subject: &str,
         now_ms: i64,
     ) -> Result<Revoked, StoreError>;
+    /// The live states of all namespaces together, as the store's cap counts them
+    /// (`states.max_total_states`; on SQLite expired states the sweeper has not reached
+    /// yet count too).
+    async fn live_states_total(&self, now_ms: i64) -> Result<u64, StoreError>;
     /// Every state live at `now_ms` that holds data and whose namespace starts with
     /// `prefix` (for maintenance such as `oauthd rekey --prune` and the vault check at
     /// start, never a request: it reads every live state).

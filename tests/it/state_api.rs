@@ -26,6 +26,7 @@ contract![
     expired_states_answer_410_during_the_grace_window_and_404_after,
     a_namespace_holds_at_most_max_states_live_states,
     all_namespaces_together_hold_at_most_max_total_states,
+    a_store_four_fifths_full_is_pointed_out_at_start_and_by_check,
     metrics_count_states_outcomes_and_requests_behind_an_optional_token,
 ];
 
@@ -110,6 +111,76 @@ async fn all_namespaces_together_hold_at_most_max_total_states(home: Home) {
     assert!(
         (1..=2).contains(&lines),
         "{lines} log lines for 6 refusals:\n{log}"
+    );
+}
+
+/// The operator hears of a store nearing `max_total_states` before creates are refused:
+/// from 80 % on, each start logs a warning and `oauthd check` prints one.
+async fn a_store_four_fifths_full_is_pointed_out_at_start_and_by_check(home: Home) {
+    home.write_config("[states]\nmax_total_states = 5\n");
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    for n in 0..3 {
+        d.create_state(&key, json!({"namespace": format!("ns{n}")}))
+            .await;
+    }
+    let report = String::from_utf8_lossy(&home.cli(&["check"]).stdout).into_owned();
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("ok") && l.contains("3 live, at most 5")),
+        "{report}"
+    );
+    d.create_state(&key, json!({"namespace": "ns3"})).await;
+    let report = String::from_utf8_lossy(&home.cli(&["check"]).stdout).into_owned();
+    let warned = "4 live states, 80% of states.max_total_states (5)";
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("warn") && l.contains(warned)),
+        "{report}"
+    );
+    assert_eq!(d.signal_and_wait("TERM").code(), Some(0));
+    assert!(
+        !home.log_text().contains(warned),
+        "warned before the restart"
+    );
+    let d = home.start();
+    assert!(home.log_text().contains(warned), "{}", home.log_text());
+    drop(d);
+}
+
+/// The store's totals are counted afresh at each start: a count left wrong (by an oauthd
+/// from before the totals on the same file, or by hand) cannot refuse creates for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stores_totals_are_counted_afresh_at_each_start() {
+    let home = Home::new();
+    home.write_config("[states]\nmax_total_states = 5\n");
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    d.create_state(&key, json!({"namespace": NS})).await;
+    assert_eq!(d.signal_and_wait("TERM").code(), Some(0));
+    let conn = rusqlite::Connection::open(home.db()).unwrap();
+    conn.execute_batch(
+        "UPDATE namespace_counts SET live = 1000 WHERE namespace IN ('*states', '*tombstones')",
+    )
+    .unwrap();
+    drop(conn);
+    let d = home.start();
+    let (status, body) = d.post("/v1/states", &key, json!({"namespace": NS})).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(d.signal_and_wait("TERM").code(), Some(0));
+    let conn = rusqlite::Connection::open(home.db()).unwrap();
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let total = |name: &str| {
+        count(&format!(
+            "SELECT live FROM namespace_counts WHERE namespace = '{name}'"
+        ))
+    };
+    assert_eq!(total("*states"), 2);
+    assert_eq!(
+        total("*tombstones"),
+        count("SELECT count(*) FROM expired_states")
     );
 }
 

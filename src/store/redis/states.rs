@@ -9,9 +9,9 @@
 use super::{hex, RedisStore};
 use crate::secret::{SecretHash, StateId};
 use crate::store::{
-    Attempted, Found, InsertRules, Inserted, NamespaceFilter, Revoked, Sliding, StateRow,
-    StateSecret, StateStore, StoreError, SubjectPage, SubjectStates, SweepCount, SweepStates,
-    Taken,
+    listing_position, Attempted, Found, InsertRules, Inserted, NamespaceFilter, Revoked, Sliding,
+    StateRow, StateSecret, StateStore, StoreError, SubjectPage, SubjectStates, SweepCount,
+    SweepStates, Taken,
 };
 use async_trait::async_trait;
 use redis::Script;
@@ -693,6 +693,10 @@ impl StateStore for RedisStore {
         }
         placed.sort_by(|a, b| (a.0, &a.1 .0).cmp(&(b.0, &b.1 .0)));
         let (chosen, more) = page.take(placed, |p| p.2);
+        let next = chosen
+            .last()
+            .filter(|_| more)
+            .map(|(at, key, _)| listing_position(*at, key));
         let keys: Vec<String> = chosen
             .iter()
             .map(|(_, k, _)| self.key("s", &hex(k)))
@@ -706,7 +710,7 @@ impl StateStore for RedisStore {
                 rows.push(row);
             }
         }
-        Ok(SubjectStates { rows, more })
+        Ok(SubjectStates { rows, next })
     }
 
     async fn revoke_subject(
@@ -732,6 +736,20 @@ impl StateStore for RedisStore {
     }
 
     /// Walks the state keys with SCAN: only maintenance asks, never a request.
+    async fn live_states_total(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let all = self.index("all");
+        let mut c = self.conn();
+        self.run("counting the store's states", async move {
+            redis::cmd("ZCOUNT")
+                .arg(all)
+                .arg(format!("({now_ms}"))
+                .arg("+inf")
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
     async fn states_with_data(
         &self,
         prefix: &str,

@@ -104,6 +104,33 @@ impl LiveCounts {
     }
 }
 
+/// Counts the store's totals afresh from the tables. A process from before schema 9 on
+/// the same file keeps the namespaces' counts but not these, and a total left too high
+/// would refuse every create for good, so each open counts them again (an index-only
+/// count: milliseconds for a few hundred thousand states).
+pub fn recount_totals(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE;
+         INSERT OR REPLACE INTO namespace_counts (namespace, live)
+             SELECT '{ALL_STATES}', count(*) FROM states;
+         INSERT OR REPLACE INTO namespace_counts (namespace, live)
+             SELECT '{TOMBSTONES}', count(*) FROM expired_states;
+         COMMIT;"
+    ))
+}
+
+/// The live states of all namespaces together, as counted (expired states the sweeper has
+/// not reached yet included).
+pub fn stored_total(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT live FROM namespace_counts WHERE namespace = ?1",
+        [ALL_STATES],
+        |r| r.get(0),
+    )
+    .optional()
+    .map(Option::unwrap_or_default)
+}
+
 /// The writer's connection inside a group transaction, with the transaction's counts. It
 /// derefs to the connection, so a job runs its statements on it as on a `Connection`.
 pub struct Tx<'a> {

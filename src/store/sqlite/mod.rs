@@ -196,6 +196,14 @@ impl SqliteStore {
             check_schema_read_only(&conn, path)?;
         } else {
             migrate(&mut conn, path)?;
+            if let Err(e) = live_counts::recount_totals(&conn) {
+                // Not fatal: the totals stay as they were until the next open.
+                let _ = conn.execute_batch("ROLLBACK");
+                log::warn!(
+                    "database {}: could not count the store's states afresh: {e}",
+                    path.display()
+                );
+            }
         }
 
         let opener = manager(path);

@@ -5,8 +5,8 @@ use super::live_counts::Tx;
 use super::SqliteStore;
 use crate::secret::{SecretHash, StateId};
 use crate::store::{
-    data_size, Attempted, Found, InsertRules, Inserted, NamespaceFilter, Revoked, Sliding,
-    StateRow, StateSecret, StateStore, StoreError, SubjectPage, SubjectStates, SweepCount,
+    data_size, listing_position, Attempted, Found, InsertRules, Inserted, NamespaceFilter, Revoked,
+    Sliding, StateRow, StateSecret, StateStore, StoreError, SubjectPage, SubjectStates, SweepCount,
     SweepStates, Taken,
 };
 use async_trait::async_trait;
@@ -476,9 +476,13 @@ impl StateStore for SqliteStore {
             let mut failed = None;
             let rows = rows.map_while(|r| r.map_err(|e| failed = Some(e)).ok());
             let (rows, more) = page.take(rows, data_size);
+            let next = rows
+                .last()
+                .filter(|_| more)
+                .map(|r| listing_position(r.created_at_ms, &r.key_hash));
             match failed {
                 Some(e) => Err(e),
-                None => Ok(SubjectStates { rows, more }),
+                None => Ok(SubjectStates { rows, next }),
             }
         })
         .await
@@ -509,6 +513,13 @@ impl StateStore for SqliteStore {
                 })
             })
             .await
+    }
+
+    async fn live_states_total(&self, _now_ms: i64) -> Result<u64, StoreError> {
+        self.read("counting the store's states", |conn| {
+            super::live_counts::stored_total(conn).map(|n| u64::try_from(n).unwrap_or(0))
+        })
+        .await
     }
 
     async fn states_with_data(
