@@ -29,7 +29,9 @@ const MAX_BACKOFF_MS: i64 = 60_000;
 /// least a second, whatever the provider said) doubled for each, up to `MAX_BACKOFF_MS`
 /// (a provider's own longer interval is never shortened).
 fn backed_off(interval_ms: i64, failures: u32) -> i64 {
-    let doubled = interval_ms.max(1_000).saturating_mul(1_i64 << failures.min(16));
+    let doubled = interval_ms
+        .max(1_000)
+        .saturating_mul(1_i64 << failures.min(16));
     interval_ms.max(doubled.min(MAX_BACKOFF_MS))
 }
 

@@ -208,25 +208,22 @@ async fn a_failing_token_endpoint_is_polled_ever_more_slowly_until_it_answers() 
         })))
         .mount(&mock)
         .await;
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(ResponseTemplate::new(503))
-        .up_to_n_times(1)
-        .mount(&mock)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(ResponseTemplate::new(429))
-        .up_to_n_times(2)
-        .mount(&mock)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(
-            ResponseTemplate::new(400).set_body_json(json!({"error": "authorization_pending"})),
-        )
-        .mount(&mock)
-        .await;
+    // The token endpoint fails once with 503, twice with 429, then works again.
+    let pending =
+        ResponseTemplate::new(400).set_body_json(json!({"error": "authorization_pending"}));
+    for (answer, times) in [
+        (ResponseTemplate::new(503), Some(1)),
+        (ResponseTemplate::new(429), Some(2)),
+        (pending, None),
+    ] {
+        let mock_answer = Mock::given(method("POST"))
+            .and(path("/token"))
+            .respond_with(answer);
+        match times {
+            Some(n) => mock_answer.up_to_n_times(n).mount(&mock).await,
+            None => mock_answer.mount(&mock).await,
+        }
+    }
     let home = Home::new();
     home.write_config(&format!(
         "[providers.slow]\ndevice_authorization_url = \"{uri}/device\"\ntoken_url = \"{uri}/token\"\n\

@@ -123,6 +123,14 @@ local function keep_at_least(key, ms)
 end
 "#;
 
+/// `command` on the members of the sorted set `key` scored after `now_ms` (states by
+/// expiry: the live ones).
+fn after_now(command: &str, key: String, now_ms: i64) -> redis::Cmd {
+    let mut cmd = redis::cmd(command);
+    cmd.arg(key).arg(format!("({now_ms}")).arg("+inf");
+    cmd
+}
+
 fn script(body: &str) -> Script {
     Script::new(&format!("{LIB}{body}"))
 }
@@ -661,10 +669,7 @@ impl StateStore for RedisStore {
         let mut c = self.conn();
         let hashes: Vec<String> = self
             .run(CONTEXT, async move {
-                redis::cmd("ZRANGEBYSCORE")
-                    .arg(set)
-                    .arg(format!("({now_ms}"))
-                    .arg("+inf")
+                after_now("ZRANGEBYSCORE", set, now_ms)
                     .query_async(&mut c)
                     .await
             })
@@ -740,12 +745,7 @@ impl StateStore for RedisStore {
         let all = self.index("all");
         let mut c = self.conn();
         self.run("counting the store's states", async move {
-            redis::cmd("ZCOUNT")
-                .arg(all)
-                .arg(format!("({now_ms}"))
-                .arg("+inf")
-                .query_async(&mut c)
-                .await
+            after_now("ZCOUNT", all, now_ms).query_async(&mut c).await
         })
         .await
     }
