@@ -606,7 +606,8 @@ fn found(conn: &Connection, key_hash: &SecretHash, ns: &str) -> rusqlite::Result
 fn refusal(conn: &Tx, row: &StateRow, rules: &InsertRules) -> rusqlite::Result<Option<Inserted>> {
     let max_live = i64::try_from(rules.max_live).unwrap_or(i64::MAX);
     let max_total = i64::try_from(rules.max_total).unwrap_or(i64::MAX);
-    let purge_before = rules.now_ms - (rules.keep_until_ms - row.expires_at_ms).max(0);
+    let grace = rules.keep_until_ms.saturating_sub(row.expires_at_ms).max(0);
+    let purge_before = rules.now_ms.saturating_sub(grace);
     let ns = Some(row.namespace.as_str());
     if conn.live_states(&row.namespace)? >= max_live
         && (retire_expired(conn, ns, rules, purge_before)? == 0
