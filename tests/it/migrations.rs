@@ -157,10 +157,9 @@ async fn every_earlier_schema_version_upgrades_with_its_rows_usable() {
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .unwrap();
         assert_eq!(check, "ok");
-        let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
         assert_eq!(
-            count("SELECT live FROM namespace_counts WHERE namespace = '*states'"),
-            count("SELECT count(*) FROM states"),
+            common::stored_total(&home.db(), "*states"),
+            common::count_rows(&home.db(), "states"),
             "v{version}: the store's count of live states"
         );
     }

@@ -170,17 +170,11 @@ async fn the_stores_totals_are_counted_afresh_at_each_start() {
     let (status, body) = d.post("/v1/states", &key, json!({"namespace": NS})).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(d.signal_and_wait("TERM").code(), Some(0));
-    let conn = rusqlite::Connection::open(home.db()).unwrap();
-    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
-    let total = |name: &str| {
-        count(&format!(
-            "SELECT live FROM namespace_counts WHERE namespace = '{name}'"
-        ))
-    };
-    assert_eq!(total("*states"), 2);
+    let db = home.db();
+    assert_eq!(common::stored_total(&db, "*states"), 2);
     assert_eq!(
-        total("*tombstones"),
-        count("SELECT count(*) FROM expired_states")
+        common::stored_total(&db, "*tombstones"),
+        count_rows(&db, "expired_states")
     );
 }
 

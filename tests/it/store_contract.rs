@@ -940,17 +940,10 @@ async fn sqlite_counts_are_the_rows_left_after_racing_inserts_and_every_kind_of_
     assert_eq!(counted, rows);
     assert_eq!(rows, vec![("oauth:p:a".into(), 2), ("other".into(), 1)]);
     // The store's totals too: all namespaces' states, and the tombstones kept.
-    let one = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
-    let total = |name: &str| {
-        one(&format!(
-            "SELECT live FROM namespace_counts WHERE namespace = '{name}'"
-        ))
-    };
-    assert_eq!(total("*states"), one("SELECT count(*) FROM states"));
-    assert_eq!(total("*states"), 3);
-    assert_eq!(
-        total("*tombstones"),
-        one("SELECT count(*) FROM expired_states")
-    );
-    assert_eq!(total("*tombstones"), 3);
+    use crate::common::{count_rows, stored_total};
+    assert_eq!(stored_total(&db, "*states"), count_rows(&db, "states"));
+    assert_eq!(stored_total(&db, "*states"), 3);
+    let tombstones = stored_total(&db, "*tombstones");
+    assert_eq!(tombstones, count_rows(&db, "expired_states"));
+    assert_eq!(tombstones, 3);
 }

@@ -472,6 +472,20 @@ pub fn count_rows(db: &Path, table: &str) -> i64 {
         .expect("count")
 }
 
+/// One of the store's totals as the database holds it (`*states`: live states of all
+/// namespaces, `*tombstones`: tombstones of expired states).
+pub fn stored_total(db: &Path, name: &str) -> i64 {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open db read-only");
+    conn.query_row(
+        "SELECT live FROM namespace_counts WHERE namespace = ?1",
+        [name],
+        |r| r.get(0),
+    )
+    .expect("a total")
+}
+
 impl Daemon {
     /// Waits (at most 30 s) for a process that was already signalled to exit.
     pub fn wait_exit(mut self) -> ExitStatus {
