@@ -111,6 +111,19 @@ pub enum CallbackError {
     PasteElsewhere {
         expected: String,
     },
+    /// An app started the flow, and this browser did not confirm it on oauthd's page.
+    NotConfirmedHere {
+        account: String,
+    },
+}
+
+/// Which browser a callback came back to: what it holds of the flow.
+#[derive(Debug, Clone, Copy)]
+pub enum Browser<'a> {
+    /// The person's browser, with the flow's cookie when it has one.
+    Cookie(Option<&'a str>),
+    /// A signed-in operator, pasting the address back: no flow needs their browser.
+    Operator,
 }
 
 impl CallbackError {
@@ -254,15 +267,18 @@ impl Broker {
             .map_err(|_| CallbackError::UnknownProvider)?;
         let expected = super::redirect_uri(&self.public_url, provider);
         let query = read_pasted(pasted, &expected)?;
-        self.finish_callback(provider_name, query).await
+        self.finish_callback(provider_name, query, Browser::Operator)
+            .await
     }
 
     /// Finishes a flow from the provider's redirect. Never redeems a code whose state is
-    /// unknown, used, expired or for another provider.
+    /// unknown, used, expired or for another provider, nor the code of an app's flow that
+    /// came back to a browser that did not confirm it.
     pub async fn finish_callback(
         &self,
         provider_name: &str,
         q: CallbackQuery,
+        browser: Browser<'_>,
     ) -> Result<Connected, CallbackError> {
         let provider = self
             .provider(provider_name)
@@ -299,6 +315,12 @@ impl Broker {
         let secrets = self
             .open_flow_secrets(&consumed.namespace, consumed.parsed_data().as_ref())
             .map_err(|e| CallbackError::FlowUnreadable(e.to_string()))?;
+        if let (Some(app), Browser::Cookie(cookie)) = (&secrets.app, browser) {
+            if !app.confirmed_by(cookie) {
+                log::warn!("callback {provider_name}/{account}: a flow an app started came back to a browser that did not confirm it; nothing stored");
+                return Err(CallbackError::NotConfirmedHere { account });
+            }
+        }
         let endpoints =
             self.endpoints(provider)
                 .await
@@ -386,7 +408,7 @@ impl Broker {
         })
     }
 
-    fn open_flow_secrets(
+    pub(super) fn open_flow_secrets(
         &self,
         namespace: &str,
         data: Option<&serde_json::Value>,

@@ -7,6 +7,7 @@
 //! token endpoint.
 
 mod callback;
+mod confirm;
 mod device;
 mod disconnect;
 mod events;
@@ -16,7 +17,8 @@ pub mod refresher;
 pub mod return_to;
 mod tokens;
 
-pub use callback::{CallbackError, CallbackQuery, Connected, IssuerProblem};
+pub use callback::{Browser, CallbackError, CallbackQuery, Connected, IssuerProblem};
+pub use confirm::{flow_cookie_name, AppFlow, FlowStarter};
 pub(crate) use device::device_aad;
 pub use device::{watch_device_flows, DeviceStart, DeviceStatus};
 pub use disconnect::Disconnected;
@@ -102,6 +104,10 @@ struct FlowSecrets {
     /// The OpenID nonce sent with the request; the ID token must carry it back.
     #[serde(default)]
     nonce: Option<String>,
+    /// Set when an app started the flow: the browser confirms on oauthd's page first, and
+    /// only that browser may finish it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    app: Option<confirm::AppSecrets>,
 }
 
 /// The broker's settings from the config: where browsers reach oauthd, where they may be
@@ -295,24 +301,27 @@ impl Broker {
             })
     }
 
-    /// Starts an authorization-code flow: returns where to send the user's browser.
+    /// Starts an authorization-code flow: returns where to send the user's browser. An
+    /// app's flow sends it to oauthd's confirmation page first (see `confirm.rs`).
     pub async fn start_connect(
         &self,
         provider_name: &str,
         account: Option<&str>,
         return_to: Option<&str>,
+        starter: FlowStarter<'_>,
     ) -> Result<ConnectStart, BrokerError> {
         let provider = self.provider(provider_name)?;
         let account = Self::account(account)?;
         let return_to = self.check_return_to(return_to)?;
         let endpoints = self.endpoints(provider).await?;
         let namespace = flow_namespace(provider_name, &account)?;
-        // The state value goes into the URL, and the verifier made with the URL goes into
-        // the state's data: make the value first, then issue it with its data.
-        let state = StateValue::generate().map_err(|_| BrokerError::ProviderUnavailable {
+        let no_random = |_| BrokerError::ProviderUnavailable {
             message: "the system random number generator failed".into(),
             retry_after_secs: 1,
-        })?;
+        };
+        // The state value goes into the URL, and the verifier made with the URL goes into
+        // the state's data: make the value first, then issue it with its data.
+        let state = StateValue::generate().map_err(no_random)?;
         let request = flows::authorize_url(
             provider,
             endpoints,
@@ -320,10 +329,20 @@ impl Broker {
             state.expose(),
         )
         .map_err(flow_error)?;
+        let app = match starter {
+            FlowStarter::Operator => None,
+            FlowStarter::App { key_name } => {
+                Some(confirm::AppSecrets::new(key_name, request.url.as_str()).map_err(no_random)?)
+            }
+        };
+        let confirm_url = app
+            .as_ref()
+            .map(|_| self.confirm_url(provider_name, &account, state.expose()));
         let secrets = FlowSecrets {
             verifier: request.pkce_verifier.to_string(),
             return_to,
             nonce: request.nonce.clone(),
+            app,
         };
         // Never seal an empty value in its place: a flow that cannot keep its verifier fails.
         let plain = Zeroizing::new(
@@ -339,12 +358,18 @@ impl Broker {
                 Some(serde_json::json!({ "sealed": STANDARD.encode(sealed) })),
             )
             .await?;
-        log::info!(
-            "connect {provider_name}/{account}: flow started, state {}",
-            issued.state
-        );
+        match starter {
+            FlowStarter::Operator => log::info!(
+                "connect {provider_name}/{account}: flow started, state {}",
+                issued.state
+            ),
+            FlowStarter::App { key_name } => log::info!(
+                "connect {provider_name}/{account}: flow started by API key {key_name:?}, state {}; waits for the browser to confirm",
+                issued.state
+            ),
+        }
         Ok(ConnectStart {
-            authorize_url: request.url,
+            authorize_url: confirm_url.unwrap_or(request.url),
             expires_at_ms: issued.expires_at_ms,
         })
     }

@@ -263,7 +263,7 @@ pub(super) fn connect_paste(
 ) -> Result<(), Fatal> {
     let (broker, _) = terminal_broker(&settings)?;
     runtime()?.block_on(async {
-        let start = broker.start_connect(provider, account, None).await?;
+        let start = broker.start_connect(provider, account, None, crate::broker::FlowStarter::Operator).await?;
         let redirect = broker.redirect_uri(provider);
         let account = account.unwrap_or(crate::broker::DEFAULT_ACCOUNT);
         out!("To connect {provider}/{account}, open in a browser:");

@@ -3,7 +3,11 @@
 
 use super::pages::{escape, page};
 use super::AppState;
-use crate::broker::{CallbackError, CallbackQuery, Connected, IssuerProblem};
+use crate::broker::{
+    flow_cookie_name, Browser, CallbackError, CallbackQuery, Connected, IssuerProblem,
+};
+use crate::secret::StateValue;
+use actix_web::cookie::Cookie;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -61,7 +65,19 @@ pub async fn callback(
     };
     let csrf = super::ui::csrf_for(&app, &req).await;
     let csrf = csrf.as_deref();
-    match app.broker.finish_callback(&provider, query).await {
+    // The cookie an app's flow gave the browser that confirmed it (none for the operator's
+    // flows): read here, and cleared whatever the outcome, since the flow is used up.
+    let cookie = query
+        .state
+        .as_deref()
+        .and_then(StateValue::parse)
+        .and_then(|state| req.cookie(&flow_cookie_name(&state)));
+    let presented = cookie.as_ref().map(Cookie::value);
+    let mut resp = match app
+        .broker
+        .finish_callback(&provider, query, Browser::Cookie(presented))
+        .await
+    {
         Ok(Connected {
             return_to: Some(to),
             ..
@@ -82,11 +98,28 @@ pub async fn callback(
             ),
         ),
         Err(e) => failed(&app, csrf, &provider, e),
+    };
+    if let Some(cookie) = cookie {
+        let gone = super::confirm::flow_cookie(
+            &app,
+            &provider,
+            cookie.name().to_owned(),
+            String::new(),
+            None,
+        );
+        // A cookie that cannot be written as a header is left to expire on its own.
+        let _ = resp.add_cookie(&gone);
     }
+    resp
 }
 
 /// The page for a callback that stored nothing: the only place that words these.
-fn failed(app: &AppState, csrf: Option<&str>, provider: &str, e: CallbackError) -> HttpResponse {
+pub(super) fn failed(
+    app: &AppState,
+    csrf: Option<&str>,
+    provider: &str,
+    e: CallbackError,
+) -> HttpResponse {
     use CallbackError::*;
     let base = app.base_path.as_str();
     let again = |account: &str, label: &str| retry_button(app, csrf, provider, account, label);
@@ -221,6 +254,11 @@ pub fn wording(provider: &str, e: &CallbackError) -> (u16, &'static str, String)
             400,
             "Not an address",
             "Paste the whole address from the browser's address bar (it starts with http://).".into(),
+        ),
+        NotConfirmedHere { .. } => (
+            403,
+            "Not confirmed in this browser",
+            format!("An app started this sign-in, and it was not confirmed on oauthd's page in this browser, so nothing was stored. If you started it yourself, go back to the app and start again, and stay in one browser until {provider} sends you back."),
         ),
         PasteElsewhere { expected } => (
             400,

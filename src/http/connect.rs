@@ -6,13 +6,16 @@ use super::body::JsonObject;
 use super::openapi::{ConnectRequest, ProblemDoc};
 use super::problem::ApiError;
 use super::{no_store, AppState};
+use crate::broker::FlowStarter;
 use crate::clock::rfc3339;
 use actix_web::{web, HttpResponse};
 
 /// A started connect flow.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct ConnectStarted<'a> {
-    /// Send the person here (a browser): the provider's consent page.
+    /// Send the person here, in the browser they will finish in: oauthd's page that names
+    /// this API key, the provider and the account, and leads on to the provider's consent
+    /// page. Only the browser that continued from it can finish the flow.
     #[schema(value_type = String)]
     authorize_url: &'a str,
     /// The flow must finish by then.
@@ -26,7 +29,8 @@ pub struct ConnectStarted<'a> {
 /// Start connecting an account
 ///
 /// `{"account"?, "return_to"?}` -> 201 with the address to send the person to
-/// (authorization code + PKCE).
+/// (authorization code + PKCE): oauthd's page that asks them to confirm, then the
+/// provider's. The flow finishes only in the browser that confirmed it.
 #[utoipa::path(post, path = "/v1/connect/{provider}", tag = "connect",
     params(("provider" = String, Path, description = "A provider's name in the config.")),
     request_body = Option<ConnectRequest>,
@@ -48,7 +52,14 @@ pub async fn start_api(
     caller.require_account(account.as_deref().unwrap_or(crate::broker::DEFAULT_ACCOUNT))?;
     let started = app
         .broker
-        .start_connect(&provider, account.as_deref(), return_to.as_deref())
+        .start_connect(
+            &provider,
+            account.as_deref(),
+            return_to.as_deref(),
+            FlowStarter::App {
+                key_name: &caller.0.name,
+            },
+        )
         .await?;
     let redirect_uri = app.broker.redirect_uri(&provider);
     Ok(no_store(HttpResponse::Created()).json(ConnectStarted {

@@ -7,6 +7,7 @@ mod auth;
 mod body;
 mod body_deadline;
 mod callback;
+mod confirm;
 mod connect;
 mod connections;
 mod device;
@@ -289,6 +290,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             Method::POST,
             web::to(ui::connect_form),
         ))
+        .service(
+            web::resource("/connect/{provider}/confirm")
+                .route(web::get().to(confirm::show))
+                .route(web::post().to(confirm::confirm))
+                .default_service(method_not_allowed(&[Method::GET, Method::POST])),
+        )
         .service(endpoint(
             "/ui/api/overview",
             Method::GET,

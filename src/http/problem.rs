@@ -301,6 +301,8 @@ pub fn callback_problem(provider: &str, e: &CallbackError) -> ApiError {
         IdToken { .. } => "id_token_invalid",
         PasteUnreadable => "paste_unreadable",
         PasteElsewhere { .. } => "paste_wrong_address",
+        // Never from a paste (the operator's paste needs no browser); named all the same.
+        NotConfirmedHere { .. } => "not_confirmed_here",
     };
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
     let mut problem = ApiError::new(status, code, detail);

@@ -7,6 +7,7 @@ use super::pages::{page, security_headers};
 use super::problem::ApiError;
 use super::{no_store, AppState};
 use crate::admin::{csrf_token, SESSION_COOKIE};
+use crate::broker::FlowStarter;
 use crate::clock::rfc3339;
 use actix_web::dev::Payload;
 use actix_web::http::{header, Method, StatusCode};
@@ -137,7 +138,7 @@ pub async fn connect(
     let account = account(body)?;
     let started = app
         .broker
-        .start_connect(&provider, account.as_deref(), None)
+        .start_connect(&provider, account.as_deref(), None, FlowStarter::Operator)
         .await?;
     Ok(no_store(HttpResponse::Created()).json(json!({
         "authorize_url": started.authorize_url.as_str(),
@@ -261,7 +262,11 @@ pub async fn connect_form(
         );
     }
     let account = form.account.as_deref().filter(|a| !a.is_empty());
-    match app.broker.start_connect(&provider, account, None).await {
+    match app
+        .broker
+        .start_connect(&provider, account, None, FlowStarter::Operator)
+        .await
+    {
         Ok(started) => HttpResponse::SeeOther()
             .insert_header((header::LOCATION, started.authorize_url.as_str()))
             .insert_header((header::CACHE_CONTROL, "no-store"))

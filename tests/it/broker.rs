@@ -95,7 +95,7 @@ async fn start_flow(d: &Daemon, key: &str, account: &str) -> String {
         .post("/v1/connect/peer", key, json!({"account": account}))
         .await;
     assert_eq!(status, 201, "{body}");
-    body["authorize_url"].as_str().unwrap().to_owned()
+    d.confirm(body["authorize_url"].as_str().unwrap()).await
 }
 
 /// oauthd in `home` with the peer (tokens living `token_secs`) as provider "peer", and
@@ -123,7 +123,8 @@ async fn connect_flow_stores_a_connection_and_the_token_api_hands_out_its_token(
         .post("/v1/connect/peer", &key, json!({"account": "alice"}))
         .await;
     assert_eq!(status, 201, "{body}");
-    let authorize = reqwest::Url::parse(body["authorize_url"].as_str().unwrap()).unwrap();
+    let authorize =
+        reqwest::Url::parse(&d.confirm(body["authorize_url"].as_str().unwrap()).await).unwrap();
     let params: std::collections::HashMap<_, _> = authorize.query_pairs().into_owned().collect();
     assert_eq!(params["code_challenge_method"], "S256");
     assert_eq!(params["redirect_uri"], format!("{}/callback/peer", d.url));

@@ -301,11 +301,16 @@ async fn python_music_gets_a_token_per_call_links_a_speaker_and_survives_an_oaut
             .json(&serde_json::json!({})),
     )
     .await;
-    let callback = peer
-        .approve(started["authorize_url"].as_str().unwrap())
-        .await;
-    let connected = http.get(&callback).send().await.unwrap();
-    assert_eq!(connected.status(), 200);
+    let browser = reqwest::cookie::Jar::default();
+    let to_provider = common::confirm_flow(
+        &browser,
+        &daemon.url,
+        started["authorize_url"].as_str().unwrap(),
+    )
+    .await;
+    let callback = peer.approve(&to_provider).await;
+    let (status, page, _) = common::browser_get_with(&browser, &callback).await;
+    assert_eq!(status, 200, "{page}");
 
     let mut cmd = Command::new(&python);
     cmd.arg(root().join("examples/python-music/app.py"))

@@ -173,6 +173,66 @@ async fn expired_sign_in_shows_the_retry_page_and_one_click_starts_again() {
     b.close().await;
 }
 
+/// An app's connect flow in a real browser: the address it hands out shows oauthd's page
+/// naming the key and the account; the button leads on to the provider and the flow ends
+/// connected. Another site's page that posts the same form (with a script, no click) is
+/// refused: Chromium says where the form came from.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_apps_flow_is_confirmed_on_oauthds_page_in_a_real_browser() {
+    use wiremock::{matchers::method, Mock, MockServer, ResponseTemplate};
+    let peer = Peer::start(60);
+    let (home, key) = peer.home_with_key("");
+    let d = home.start();
+    let start = || async {
+        let (status, started) = d
+            .post(
+                "/v1/connect/peer",
+                &key,
+                serde_json::json!({"account": "living-room"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{started}");
+        started["authorize_url"].as_str().unwrap().to_owned()
+    };
+    let b = Browser::start("app-flow").await;
+
+    // Another site (another port: same site, another origin) posts the form at once.
+    let elsewhere = MockServer::start().await;
+    let forged = format!(
+        "<!doctype html><form method=\"post\" action=\"{}\"></form>\
+         <script>document.forms[0].submit()</script>",
+        start().await.replace('&', "&amp;")
+    );
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(forged, "text/html"))
+        .mount(&elsewhere)
+        .await;
+    b.client.goto(&elsewhere.uri()).await.unwrap();
+    b.wait_text("h1", "Please continue from oauthd's page")
+        .await;
+    b.screenshot("01-posted-from-elsewhere.png").await;
+
+    b.client.goto(&start().await).await.unwrap();
+    b.wait_text("h1", "Connect peer?").await;
+    let said = b.text("main").await;
+    assert!(
+        said.contains("API key app") && said.contains("as account living-room"),
+        "{said}"
+    );
+    b.screenshot("02-confirm.png").await;
+    b.click("form button[type=submit]").await;
+    b.login_and_consent_at_provider("03").await;
+    b.wait_text("h1", "Connected").await;
+    b.screenshot("04-connected.png").await;
+    assert_eq!(
+        d.get("/v1/connections/peer/living-room/token", &key)
+            .await
+            .0,
+        200
+    );
+    b.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_page_offers_the_device_flow_and_shows_the_code() {
     let peer = Peer::start(60);
@@ -210,7 +270,7 @@ async fn a_connection_that_needs_reauth_offers_reconnect() {
         )
         .await;
     let callback = peer
-        .approve(started["authorize_url"].as_str().unwrap())
+        .approve(&d.confirm(started["authorize_url"].as_str().unwrap()).await)
         .await;
     assert_eq!(d.browser_get(&callback).await.0, 200);
     let (_, token) = d.get("/v1/connections/peer/alice/token", &key).await;

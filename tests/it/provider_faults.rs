@@ -144,7 +144,8 @@ async fn google_preset_asks_for_offline_access_and_posts_client_credentials() {
     let key = home.create_key("app", &[]);
     let d = home.start();
     let (_, body) = d.post("/v1/connect/google", &key, json!({})).await;
-    let url = reqwest::Url::parse(body["authorize_url"].as_str().unwrap()).unwrap();
+    let url =
+        reqwest::Url::parse(&d.confirm(body["authorize_url"].as_str().unwrap()).await).unwrap();
     let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
     assert_eq!(q["access_type"], "offline");
     assert_eq!(q["prompt"], "consent");
@@ -307,7 +308,8 @@ async fn microsoft_preset_asks_for_offline_access() {
     let d = home.start();
     let (status, body) = d.post("/v1/connect/ms", &key, json!({})).await;
     assert_eq!(status, 201, "{body}");
-    let url = reqwest::Url::parse(body["authorize_url"].as_str().unwrap()).unwrap();
+    let url =
+        reqwest::Url::parse(&d.confirm(body["authorize_url"].as_str().unwrap()).await).unwrap();
     let scope = url
         .query_pairs()
         .find(|(k, _)| k == "scope")

@@ -23,9 +23,9 @@ async fn a_verified_id_token_names_the_connected_account() {
         .post("/v1/connect/peer", &key, json!({"account": "main"}))
         .await;
     assert_eq!(status, 201, "{body}");
-    let authorize = body["authorize_url"].as_str().unwrap();
+    let authorize = d.confirm(body["authorize_url"].as_str().unwrap()).await;
     assert!(authorize.contains("nonce="), "{authorize}");
-    let callback = peer.approve(authorize).await;
+    let callback = peer.approve(&authorize).await;
     let (status, page, _) = d.browser_get(&callback).await;
     assert_eq!(status, 200, "{page}");
     let (_, conn) = d.get("/v1/connections/peer/main", &key).await;

@@ -104,7 +104,9 @@ mod shared {
             .post("/v1/connect/peer", key, json!({"account": "alice"}))
             .await;
         assert_eq!(status, 201, "{body}");
-        let callback = peer.approve(body["authorize_url"].as_str().unwrap()).await;
+        // The person's browser reaches one of them through the balancer.
+        let to_provider = a.confirm(body["authorize_url"].as_str().unwrap()).await;
+        let callback = peer.approve(&to_provider).await;
         let on_b = callback
             .strip_prefix(lb)
             .map(|rest| format!("{}{rest}", b.url))

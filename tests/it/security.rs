@@ -660,6 +660,128 @@ async fn a_running_server_never_replaces_a_key_file_that_went_away() {
     );
 }
 
+/// An app's key must not be enough to collect someone's grant: a provider that remembers
+/// a consent sends the browser straight back, so the link an app hands out leads to
+/// oauthd's page first, which names the key, the provider and the account. Continuing
+/// there (only from that page) gives the browser the flow's cookie, and the callback
+/// stores tokens only for a browser that has it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_apps_flow_is_confirmed_on_oauthds_page_and_finishes_only_in_that_browser() {
+    let peer = Peer::start(60);
+    let home = Home::new();
+    home.write_config(&peer.provider_toml("peer"));
+    let key = home.create_key("music", &[]);
+    let d = home.start();
+    let start = || async {
+        let (status, body) = d
+            .post("/v1/connect/peer", &key, json!({"account": "evil"}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["authorize_url"].as_str().unwrap().to_owned()
+    };
+
+    // The address leads to oauthd's page, which says who asks for what.
+    let address = start().await;
+    assert!(
+        address.starts_with(&format!(
+            "{}/connect/peer/confirm?account=evil&state=",
+            d.url
+        )),
+        "{address}"
+    );
+    let page = no_redirects().get(&address).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(common::header(&page, "x-frame-options"), "DENY");
+    let text = page.text().await.unwrap();
+    for said in [
+        "API key <strong>music</strong>",
+        "<strong>peer</strong> account",
+        "account <strong>evil</strong>",
+        "Continue to peer",
+    ] {
+        assert!(text.contains(said), "{said}: {text}");
+    }
+
+    // Another site's form cannot press the button for the person.
+    for (name, value) in [
+        ("origin", "https://evil.example"),
+        ("sec-fetch-site", "cross-site"),
+        ("origin", "null"),
+    ] {
+        let resp = no_redirects()
+            .post(&address)
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403, "{name}: {value}");
+        assert!(resp.headers().get("set-cookie").is_none());
+    }
+
+    // The app presses it itself, from its server, and sends the person straight to the
+    // provider: the person approves, but their browser has no cookie of the flow.
+    let pressed = no_redirects().post(&address).send().await.unwrap();
+    assert_eq!(pressed.status(), 303);
+    let to_provider = common::header(&pressed, "location");
+    assert!(to_provider.starts_with(&peer.issuer), "{to_provider}");
+    let callback = peer.approve(&to_provider).await;
+    let elsewhere = reqwest::cookie::Jar::default();
+    let (status, page, _) = common::browser_get_with(&elsewhere, &callback).await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("Not confirmed in this browser"), "{page}");
+    assert_eq!(d.get("/v1/connections/peer/evil", &key).await.0, 404);
+    assert!(
+        !home.log_text().contains("connect peer/evil: connected"),
+        "{}",
+        home.log_text()
+    );
+
+    // The person's own browser: confirms, approves, and comes back with the cookie, which
+    // is sent only to this provider's callback and cleared there.
+    let address = start().await;
+    let browser = no_redirects();
+    let pressed = browser
+        .post(&address)
+        .header("origin", &d.url)
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pressed.status(), 303);
+    let set = common::header(&pressed, "set-cookie");
+    for attribute in [
+        "HttpOnly",
+        "SameSite=Lax",
+        "Path=/callback/peer",
+        "Max-Age=",
+    ] {
+        assert!(set.contains(attribute), "{attribute}: {set}");
+    }
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let callback = peer.approve(&common::header(&pressed, "location")).await;
+    let back = browser
+        .get(&callback)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(back.status(), 200);
+    let cleared = common::header(&back, "set-cookie");
+    assert!(
+        cleared.starts_with(&format!("{}=;", cookie.split('=').next().unwrap()))
+            && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+    assert!(back.text().await.unwrap().contains("Connected"));
+    assert_eq!(d.get("/v1/connections/peer/evil", &key).await.0, 200);
+
+    // A used flow, or one of the operator's own, has nothing to confirm.
+    assert_eq!(
+        no_redirects().get(&address).send().await.unwrap().status(),
+        400
+    );
+}
+
 /// A flow an app started (here for account `evil`) that comes back to a signed-in
 /// browser as a failure offers to start again: the button says which account it would
 /// connect, so the admin cannot be led to hand their own grant to another app's account

@@ -4,7 +4,10 @@
 //! and on a real redis-server.
 
 use crate::store_contract::Backend;
-use oauthd::broker::{Broker, BrokerError, BrokerSettings, CallbackQuery, Disconnected};
+use oauthd::broker::{
+    Broker, BrokerError, BrokerSettings, Browser, CallbackError, CallbackQuery, Disconnected,
+    FlowStarter,
+};
 use oauthd::clock::Clock;
 use oauthd::namespace::Namespace;
 use oauthd::oauth::flows::{TokenEndpoint, TokenFuture};
@@ -208,7 +211,7 @@ async fn connected_with_key(
 /// an hour.
 async fn connect_account(broker: &Broker, endpoint: &Scripted, account: &str) {
     let start = broker
-        .start_connect("p", Some(account), None)
+        .start_connect("p", Some(account), None, FlowStarter::Operator)
         .await
         .unwrap();
     let state = start
@@ -222,7 +225,135 @@ async fn connect_account(broker: &Broker, endpoint: &Scripted, account: &str) {
         code: Some("the-code".into()),
         ..Default::default()
     };
-    broker.finish_callback("p", query).await.unwrap();
+    broker
+        .finish_callback("p", query, Browser::Cookie(None))
+        .await
+        .unwrap();
+}
+
+/// The `state` parameter of an address.
+fn state_of(url: &url::Url) -> String {
+    url.query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .expect("state")
+}
+
+/// An app's connect flow hands out oauthd's confirmation page, not the provider's address,
+/// and its callback redeems the code only for the browser holding the value that page
+/// gave it (or for the operator pasting the address back). A browser without it uses the
+/// flow up and stores nothing.
+async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend) {
+    let clock = clock();
+    let endpoint = Scripted::new(Duration::ZERO);
+    let key = oauthd::vault::generate_key_text().unwrap();
+    let broker = broker_on(&b, &clock, endpoint.clone(), None, &key);
+    let app = FlowStarter::App { key_name: "music" };
+    let start = |account: &'static str| broker.start_connect("p", Some(account), None, app);
+    let callback = |state: &str| CallbackQuery {
+        state: Some(state.to_owned()),
+        code: Some("the-code".into()),
+        ..Default::default()
+    };
+
+    let started = start("evil").await.unwrap();
+    assert_eq!(started.authorize_url.path(), "/connect/p/confirm");
+    let state = state_of(&started.authorize_url);
+    let value = oauthd::secret::StateValue::parse(&state).unwrap();
+    let flow = broker.app_flow("p", "evil", &value).await.unwrap();
+    assert_eq!(
+        (flow.key_name.as_str(), flow.account.as_str()),
+        ("music", "evil")
+    );
+    let to_provider = url::Url::parse(&flow.provider_url).unwrap();
+    assert_eq!(to_provider.host_str(), Some("provider.test"));
+    assert_eq!(state_of(&to_provider), state);
+    assert!(matches!(
+        broker.app_flow("p", "other", &value).await,
+        Err(CallbackError::UnknownState)
+    ));
+    for presented in [None, Some(""), Some("another browser's value")] {
+        let started = start("evil").await.unwrap();
+        let refused = broker
+            .finish_callback(
+                "p",
+                callback(&state_of(&started.authorize_url)),
+                Browser::Cookie(presented),
+            )
+            .await;
+        assert_eq!(
+            refused.unwrap_err(),
+            CallbackError::NotConfirmedHere {
+                account: "evil".into()
+            }
+        );
+    }
+    let replay = broker
+        .finish_callback("p", callback(&state), Browser::Cookie(None))
+        .await;
+    assert_eq!(
+        replay.unwrap_err(),
+        CallbackError::NotConfirmedHere {
+            account: "evil".into()
+        }
+    );
+    let again = broker
+        .finish_callback("p", callback(&state), Browser::Cookie(Some(&flow.browser)))
+        .await;
+    assert_eq!(again.unwrap_err(), CallbackError::UnknownState, "used up");
+    assert_eq!(endpoint.calls(), 0, "no code redeemed");
+    assert!(broker.connection("p", "evil").await.is_err());
+
+    let started = start("evil").await.unwrap();
+    let state = state_of(&started.authorize_url);
+    let value = oauthd::secret::StateValue::parse(&state).unwrap();
+    let flow = broker.app_flow("p", "evil", &value).await.unwrap();
+    endpoint.then(200, tokens("access-1", "refresh-1", 3600));
+    broker
+        .finish_callback("p", callback(&state), Browser::Cookie(Some(&flow.browser)))
+        .await
+        .unwrap();
+    let started = start("pasted").await.unwrap();
+    endpoint.then(200, tokens("access-2", "refresh-2", 3600));
+    broker
+        .finish_callback(
+            "p",
+            callback(&state_of(&started.authorize_url)),
+            Browser::Operator,
+        )
+        .await
+        .unwrap();
+    assert_eq!(endpoint.calls(), 2);
+    assert_eq!(
+        broker
+            .access_token("p", "evil", MINUTE)
+            .await
+            .unwrap()
+            .access_token
+            .as_str(),
+        "access-1"
+    );
+
+    // The operator's flows go to the provider at once and need no browser's value.
+    let own = broker
+        .start_connect("p", Some("own"), None, FlowStarter::Operator)
+        .await
+        .unwrap();
+    assert_eq!(own.authorize_url.host_str(), Some("provider.test"));
+    let value = oauthd::secret::StateValue::parse(&state_of(&own.authorize_url)).unwrap();
+    assert!(matches!(
+        broker.app_flow("p", "own", &value).await,
+        Err(CallbackError::UnknownState)
+    ));
+    endpoint.then(200, tokens("access-3", "refresh-3", 3600));
+    broker
+        .finish_callback(
+            "p",
+            callback(&state_of(&own.authorize_url)),
+            Browser::Cookie(None),
+        )
+        .await
+        .unwrap();
 }
 
 /// A broker for provider "p" on `b`'s store, its tokens sealed with `vault_key`: one
@@ -641,6 +772,7 @@ async fn prune_keeps_the_keys_of_states_data_and_of_the_flows_inside(b: Backend)
 
 backends!(
     prune_keeps_the_keys_of_states_data_and_of_the_flows_inside,
+    an_apps_flow_finishes_only_in_the_browser_that_confirmed_it,
     a_disconnect_where_the_provider_offers_no_revocation_says_so,
     the_refresher_passes_a_connection_a_disconnect_is_on,
     a_refresh_that_finds_its_connection_deleted_revokes_what_it_got,

@@ -127,9 +127,11 @@ def test_imported_tokens_make_a_connection_and_delete_ends_it(oauthd, provider):
         oauthd.connections.get(provider, "imported")
 
 
-def test_connect_start_gives_the_providers_address(oauthd, provider):
+def test_connect_start_gives_the_address_of_oauthds_confirmation_page(oauthd, provider):
     started = oauthd.connect.start(provider, account="second")
-    assert started.authorize_url.startswith("http") and "code_challenge=" in started.authorize_url
+    # The person confirms on oauthd's page, which leads on to the provider's.
+    page = f"{os.environ['OAUTHD_URL']}/connect/{provider}/confirm?account=second&state="
+    assert started.authorize_url.startswith(page), started.authorize_url
     assert started.redirect_uri.endswith(f"/callback/{provider}")
 
 

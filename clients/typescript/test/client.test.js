@@ -105,9 +105,11 @@ test("imported tokens make a connection and delete ends it", live, async () => {
   await assert.rejects(c.connections.get(provider, "imported-js"), NotFound);
 });
 
-test("connect.start gives the provider's address", live, async () => {
+test("connect.start gives the address of oauthd's confirmation page", live, async () => {
   const started = await oauthd().connect.start(provider, { account: "second-js" });
-  assert.match(started.authorize_url, /code_challenge=/);
+  // The person confirms on oauthd's page, which leads on to the provider's.
+  const page = `${OAUTHD_URL}/connect/${provider}/confirm?account=second-js&state=`;
+  assert.ok(started.authorize_url.startsWith(page), started.authorize_url);
   assert.ok(started.redirect_uri.endsWith(`/callback/${provider}`));
 });
 

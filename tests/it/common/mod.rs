@@ -21,6 +21,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_oauthd");
 pub struct Home {
     pub dir: tempfile::TempDir,
     shared: Option<Shared>,
+    /// The person's browser, for every oauthd this home starts (see `Daemon::confirm`).
+    browser: Arc<reqwest::cookie::Jar>,
 }
 
 /// A Redis store and the vault key file every instance on it uses.
@@ -37,6 +39,7 @@ impl Home {
         Home {
             dir: tempfile::tempdir().expect("temp dir"),
             shared: None,
+            browser: Arc::default(),
         }
     }
 
@@ -61,6 +64,7 @@ impl Home {
                 url,
                 key_file,
             }),
+            browser: Arc::default(),
         }
     }
 
@@ -70,6 +74,7 @@ impl Home {
         Home {
             dir: tempfile::tempdir().expect("temp dir"),
             shared: Some(other.shared.clone().expect("a Redis home")),
+            browser: other.browser.clone(),
         }
     }
 
@@ -226,6 +231,9 @@ pub struct Daemon {
     child: Child,
     pub url: String,
     pub http: reqwest::Client,
+    /// The cookies the person's browser got from oauthd's confirmation pages (`confirm`);
+    /// `browser_get` sends them, as the browser would on the provider's redirect back.
+    pub flow_cookies: Arc<reqwest::cookie::Jar>,
 }
 
 impl Daemon {
@@ -291,6 +299,7 @@ impl Daemon {
                 .pool_idle_timeout(Duration::from_secs(2))
                 .build()
                 .expect("client"),
+            flow_cookies: home.browser.clone(),
         }
     }
 
@@ -518,22 +527,70 @@ impl Daemon {
 
     /// Follows a provider's redirect back to oauthd (the callback), as the browser would.
     pub async fn browser_get(&self, url: &str) -> (u16, String, Option<String>) {
-        let resp = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("client")
-            .get(url)
-            .send()
-            .await
-            .expect("callback request");
-        let status = resp.status().as_u16();
-        let location = resp
-            .headers()
-            .get("location")
-            .and_then(|l| l.to_str().ok())
-            .map(str::to_owned);
-        (status, resp.text().await.unwrap_or_default(), location)
+        browser_get_with(&self.flow_cookies, url).await
     }
+}
+
+/// Plays the person at the address an app's connect flow hands out: opens oauthd's
+/// confirmation page and presses its button, keeping the flow's cookie in `cookies`.
+/// The requests go to `oauthd_url` (where oauthd listens) even when the address names
+/// oauthd's `public_url` (a proxy or load balancer's). Returns where oauthd sends the
+/// browser: the provider.
+pub async fn confirm_flow(
+    cookies: &reqwest::cookie::Jar,
+    oauthd_url: &str,
+    authorize_url: &str,
+) -> String {
+    let public = reqwest::Url::parse(authorize_url).expect("url");
+    let origin = public.origin().ascii_serialization();
+    assert_eq!(
+        public.path().split('/').rev().nth(2),
+        Some("connect"),
+        "an app's flow starts on oauthd's page: {authorize_url}"
+    );
+    let page_url = authorize_url.replacen(&origin, oauthd_url, 1);
+    let browser = no_redirects();
+    let page = browser.get(&page_url).send().await.expect("confirm page");
+    let status = page.status();
+    let text = page.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("Continue to"), "{text}");
+    let resp = browser
+        .post(&page_url)
+        .header("origin", &origin)
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .expect("confirm");
+    assert_eq!(resp.status(), 303, "{:?}", resp.text().await);
+    for cookie in resp.headers().get_all("set-cookie") {
+        cookies.add_cookie_str(cookie.to_str().expect("cookie"), &public);
+    }
+    header(&resp, "location")
+}
+
+/// `GET url` as the person's browser, with the cookies it holds for that address, not
+/// following redirects: `(status, body, Location)`.
+pub async fn browser_get_with(
+    cookies: &reqwest::cookie::Jar,
+    url: &str,
+) -> (u16, String, Option<String>) {
+    use reqwest::cookie::CookieStore;
+    let mut request = no_redirects().get(url);
+    if let Some(held) = reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| cookies.cookies(&u))
+    {
+        request = request.header("cookie", held);
+    }
+    let resp = request.send().await.expect("browser request");
+    let status = resp.status().as_u16();
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .map(str::to_owned);
+    (status, resp.text().await.unwrap_or_default(), location)
 }
 
 /// Runs each listed test against both backends: `sqlite::NAME` on a real SQLite file and,
@@ -670,13 +727,15 @@ impl Home {
 }
 
 impl Daemon {
-    /// Starts a connect flow over the API; returns the authorization URL.
+    /// Starts a connect flow over the API and confirms it as the person would; returns the
+    /// provider's authorization URL.
     pub async fn start_connect(&self, key: &str, provider: &str, account: &str) -> String {
         self.start_connect_with(key, provider, serde_json::json!({"account": account}))
             .await
     }
 
-    /// Starts a connect flow with this request body; returns the authorization URL.
+    /// Starts a connect flow with this request body and confirms it as the person would;
+    /// returns the provider's authorization URL.
     pub async fn start_connect_with(
         &self,
         key: &str,
@@ -687,10 +746,14 @@ impl Daemon {
             .post(&format!("/v1/connect/{provider}"), key, request)
             .await;
         assert_eq!(status, 201, "{body}");
-        body["authorize_url"]
-            .as_str()
-            .expect("authorize_url")
-            .to_owned()
+        self.confirm(body["authorize_url"].as_str().expect("authorize_url"))
+            .await
+    }
+
+    /// Plays the person at the address an app's connect flow hands out (`confirm_flow`),
+    /// keeping the flow's cookie in `flow_cookies`. Returns the provider's address.
+    pub async fn confirm(&self, authorize_url: &str) -> String {
+        confirm_flow(&self.flow_cookies, &self.url, authorize_url).await
     }
 
     /// `DELETE path` with the API key.
@@ -838,9 +901,19 @@ impl Daemon {
 
     /// `GET path` as a signed-in browser.
     pub async fn ui_get(&self, path: &str, session: &str) -> reqwest::Response {
+        use reqwest::cookie::CookieStore;
+        let url = format!("{}{path}", self.url);
+        let mut cookies = format!("oauthd_session={session}");
+        // And what the browser holds of the flows it confirmed.
+        if let Some(held) = reqwest::Url::parse(&url)
+            .ok()
+            .and_then(|u| self.flow_cookies.cookies(&u))
+        {
+            cookies = format!("{cookies}; {}", held.to_str().unwrap_or_default());
+        }
         no_redirects()
-            .get(format!("{}{path}", self.url))
-            .header("cookie", format!("oauthd_session={session}"))
+            .get(url)
+            .header("cookie", cookies)
             .send()
             .await
             .expect("request")

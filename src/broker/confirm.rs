@@ -1,0 +1,158 @@
+//! Connect flows that apps start: confirmed in the person's browser, finished only there.
+//!
+//! An app that holds an API key could otherwise start a flow for an account of its own
+//! and get anyone's grant with one link: providers that remember a consent send the
+//! browser straight back, and the tokens would land in the app's account. So the address
+//! an app gets leads to oauthd's page first. That page names the app's key, the provider
+//! and the account; continuing from it (a same-origin form) gives the browser a cookie
+//! for this flow alone and sends it on to the provider. The callback then finishes the
+//! flow only for a browser that presents that cookie. Flows the operator starts (the page,
+//! the CLI) go to the provider at once, as before.
+
+use super::{flow_namespace, Broker, CallbackError, FlowSecrets};
+use crate::secret::{random_bytes, SecretHash, StateValue};
+use crate::states::StateError;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use zeroize::Zeroizing;
+
+/// Who starts a connect flow.
+#[derive(Debug, Clone, Copy)]
+pub enum FlowStarter<'a> {
+    /// The operator, on oauthd's page or with the CLI: the browser goes to the provider
+    /// at once.
+    Operator,
+    /// An app, with the API key of this name: the browser confirms on oauthd's page first.
+    App { key_name: &'a str },
+}
+
+/// What an app's flow keeps sealed beside its verifier.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(super) struct AppSecrets {
+    /// The name of the API key that started the flow, shown on the confirmation page.
+    key_name: String,
+    /// The provider's authorization address, handed out once the browser confirms.
+    provider_url: String,
+    /// The value of the browser's cookie for this flow.
+    browser: String,
+}
+
+impl AppSecrets {
+    pub(super) fn new(key_name: &str, provider_url: &str) -> Result<Self, getrandom::Error> {
+        Ok(AppSecrets {
+            key_name: key_name.to_owned(),
+            provider_url: provider_url.to_owned(),
+            browser: URL_SAFE_NO_PAD.encode(random_bytes::<32>()?),
+        })
+    }
+
+    /// Whether `presented` is this flow's cookie value (in constant time).
+    pub(super) fn confirmed_by(&self, presented: Option<&str>) -> bool {
+        presented.is_some_and(|p| crate::admin::secret_matches(&self.browser, p))
+    }
+}
+
+/// An app's flow waiting for the browser to confirm it.
+pub struct AppFlow {
+    pub account: String,
+    /// The name of the API key that started it.
+    pub key_name: String,
+    /// Where to send the browser once it confirmed.
+    pub provider_url: Zeroizing<String>,
+    /// The value of the cookie that lets this browser finish the flow.
+    pub browser: Zeroizing<String>,
+    /// Seconds until the flow expires (at least 1).
+    pub expires_in_secs: i64,
+}
+
+/// The name of the cookie that carries a flow's browser value: one per flow, so a browser
+/// can confirm several at once. Derived from the state, which both the confirmation and
+/// the callback carry; it says nothing the state does not.
+pub fn flow_cookie_name(state: &StateValue) -> String {
+    let digest = SecretHash::of(&format!("oauthd flow cookie\0{}", state.expose())).to_hex();
+    format!("oauthd_flow_{}", &digest[..16])
+}
+
+impl Broker {
+    /// Where browsers reach oauthd: `scheme://host[:port]`, as an `Origin` header says it.
+    pub fn public_origin(&self) -> String {
+        self.public_url.origin().ascii_serialization()
+    }
+
+    /// The address an app's flow hands out: oauthd's confirmation page.
+    pub(super) fn confirm_url(&self, provider: &str, account: &str, state: &str) -> url::Url {
+        let mut url = self.public_url.clone();
+        url.set_path(&format!(
+            "{}/connect/{provider}/confirm",
+            super::base_path(&self.public_url)
+        ));
+        url.query_pairs_mut()
+            .clear()
+            .append_pair("account", account)
+            .append_pair("state", state);
+        url
+    }
+
+    /// The app's flow that `state` names, when it is live; reads it without using it up.
+    /// A flow the operator started has nothing to confirm and reads as unknown.
+    pub async fn app_flow(
+        &self,
+        provider_name: &str,
+        account: &str,
+        state: &StateValue,
+    ) -> Result<AppFlow, CallbackError> {
+        self.provider(provider_name)
+            .map_err(|_| CallbackError::UnknownProvider)?;
+        let namespace =
+            flow_namespace(provider_name, account).map_err(|_| CallbackError::UnknownState)?;
+        let view = match self.states.verify(state, &namespace, false).await {
+            Ok(view) => view,
+            Err(StateError::NotFound) => return Err(CallbackError::UnknownState),
+            Err(StateError::Expired { .. }) => {
+                return Err(CallbackError::Expired {
+                    account: account.to_owned(),
+                })
+            }
+            Err(StateError::Vault(e)) => return Err(CallbackError::FlowUnreadable(e.to_string())),
+            Err(e) => return Err(CallbackError::Storage(e.to_string())),
+        };
+        let secrets: FlowSecrets = self
+            .open_flow_secrets(namespace.as_str(), view.parsed_data().as_ref())
+            .map_err(|e| CallbackError::FlowUnreadable(e.to_string()))?;
+        let app = secrets.app.ok_or(CallbackError::UnknownState)?;
+        Ok(AppFlow {
+            account: account.to_owned(),
+            key_name: app.key_name,
+            provider_url: Zeroizing::new(app.provider_url),
+            browser: Zeroizing::new(app.browser),
+            expires_in_secs: (view.expires_at_ms - self.clock.now_ms()).max(0) / 1000 + 1,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_flows_own_cookie_value_confirms_it() {
+        let app = AppSecrets::new("music", "https://provider.example/authorize").unwrap();
+        assert_eq!(app.browser.len(), 43);
+        assert!(app.confirmed_by(Some(&app.browser.clone())));
+        assert!(!app.confirmed_by(None));
+        assert!(!app.confirmed_by(Some("")));
+        let other = AppSecrets::new("music", "https://provider.example/authorize").unwrap();
+        assert!(!app.confirmed_by(Some(&other.browser)));
+    }
+
+    #[test]
+    fn each_flow_has_a_cookie_of_its_own() {
+        let a = StateValue::generate().unwrap();
+        let b = StateValue::generate().unwrap();
+        let name = flow_cookie_name(&a);
+        assert_eq!(name, flow_cookie_name(&a));
+        assert_ne!(name, flow_cookie_name(&b));
+        assert_eq!(name.len(), "oauthd_flow_".len() + 16);
+        assert!(!name.contains(&a.expose()[..8]));
+    }
+}

@@ -1,0 +1,197 @@
+//! `/connect/{provider}/confirm?account=…&state=…`: where an app's connect flow sends the
+//! person first (see `broker/confirm.rs`). `GET` names the app's key, the provider and the
+//! account; `POST` (the page's button, same origin only) gives the browser the flow's
+//! cookie and sends it on to the provider.
+
+use super::pages::{escape, page};
+use super::AppState;
+use crate::broker::{flow_cookie_name, AppFlow};
+use crate::secret::StateValue;
+use actix_web::cookie::{time::Duration as CookieDuration, Cookie, SameSite};
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+#[derive(serde::Deserialize)]
+struct ConfirmQuery {
+    account: Option<String>,
+    state: Option<String>,
+}
+
+/// The flow the query names, or the page that says why there is none.
+async fn flow(
+    app: &AppState,
+    provider: &str,
+    req: &HttpRequest,
+) -> Result<(AppFlow, StateValue), HttpResponse> {
+    let base = app.base_path.as_str();
+    app.public_route_hit(req)
+        .map_err(|e| super::pages::too_many(base, &e))?;
+    let query = web::Query::<ConfirmQuery>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .unwrap_or(ConfirmQuery {
+            account: None,
+            state: None,
+        });
+    let account = query
+        .account
+        .unwrap_or_else(|| crate::broker::DEFAULT_ACCOUNT.to_owned());
+    let Some(state) = query.state.as_deref().and_then(StateValue::parse) else {
+        return Err(super::callback::failed(
+            app,
+            None,
+            provider,
+            crate::broker::CallbackError::NoState,
+        ));
+    };
+    match app.broker.app_flow(provider, &account, &state).await {
+        Ok(flow) => Ok((flow, state)),
+        Err(e) => Err(super::callback::failed(app, None, provider, e)),
+    }
+}
+
+/// `GET`: the page that asks the person to continue.
+pub async fn show(
+    app: web::Data<AppState>,
+    provider: web::Path<String>,
+    req: HttpRequest,
+) -> HttpResponse {
+    let (flow, _) = match flow(&app, &provider, &req).await {
+        Ok(found) => found,
+        Err(page) => return page,
+    };
+    let action = format!(
+        "{}/connect/{}/confirm?{}",
+        app.base_path,
+        provider.as_str(),
+        req.query_string()
+    );
+    let body = format!(
+        "<p>An app using oauthd's API key <strong>{key}</strong> asks you to connect your \
+         <strong>{p}</strong> account to oauthd, as account <strong>{a}</strong>.</p>\
+         <p>Apps whose API keys reach that account will be able to fetch its access tokens and \
+         act as you at {p} until it is disconnected in oauthd.</p>\
+         <p>Continue only if you started this yourself, in that app, and finish in this \
+         browser. Otherwise close this page: nothing has been connected.</p>\
+         <form method=\"post\" action=\"{action}\"><button type=\"submit\">Continue to {p}</button></form>\
+         <p>This sign-in stays open for {ttl}.</p>",
+        key = escape(&flow.key_name),
+        p = escape(&provider),
+        a = escape(&flow.account),
+        action = escape(&action),
+        ttl = escape(&app.broker.flow_ttl_text(&provider, &flow.account)),
+    );
+    let mut resp = page(&app.base_path, 200, &format!("Connect {provider}?"), &body);
+    // Its form's `Origin` must name oauthd (`no-referrer` would make it `null`); nothing
+    // on this page leads elsewhere.
+    resp.headers_mut().insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("same-origin"),
+    );
+    resp
+}
+
+/// `POST`: the button. Only from oauthd's own page: a form another site posts would
+/// confirm the flow in the person's browser without them reading a word of it.
+pub async fn confirm(
+    app: web::Data<AppState>,
+    provider: web::Path<String>,
+    req: HttpRequest,
+) -> HttpResponse {
+    if !from_own_page(&req, &app.broker.public_origin()) {
+        return page(
+            &app.base_path,
+            403,
+            "Please continue from oauthd's page",
+            "<p>This request did not come from oauthd's confirmation page. Open the address the app gave you and continue there.</p>",
+        );
+    }
+    let (flow, state) = match flow(&app, &provider, &req).await {
+        Ok(found) => found,
+        Err(page) => return page,
+    };
+    let cookie = flow_cookie(
+        &app,
+        &provider,
+        flow_cookie_name(&state),
+        flow.browser.to_string(),
+        Some(flow.expires_in_secs),
+    );
+    log::info!(
+        "connect {provider}/{}: the browser confirmed the flow started by API key {:?}",
+        flow.account,
+        flow.key_name
+    );
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, flow.provider_url.as_str()))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::REFERRER_POLICY, "no-referrer"))
+        .cookie(cookie)
+        .finish()
+}
+
+/// Whether a browser sent this request from a page of oauthd's own origin. Browsers say
+/// where a form was posted from: `Sec-Fetch-Site` (which no page can set), or in older
+/// ones only `Origin` (the page's `Referrer-Policy: same-origin` keeps it from reading
+/// `null`). A client that says neither is no browser, and so has no person's grant to
+/// lend.
+fn from_own_page(req: &HttpRequest, own_origin: &str) -> bool {
+    let header = |name: &str| req.headers().get(name).map(|v| v.to_str().unwrap_or(""));
+    match header("sec-fetch-site") {
+        Some(site) => site == "same-origin",
+        None => header(header::ORIGIN.as_str()).is_none_or(|origin| origin == own_origin),
+    }
+}
+
+/// The flow's cookie: sent only to this provider's callback, never to scripts or other
+/// sites' requests (a provider's redirect back is a top-level navigation, which `Lax`
+/// lets through). `max_age` `None`: the cookie that removes it.
+pub fn flow_cookie(
+    app: &AppState,
+    provider: &str,
+    name: String,
+    value: String,
+    max_age_secs: Option<i64>,
+) -> Cookie<'static> {
+    let mut cookie = Cookie::build(name, value)
+        .path(format!("{}/callback/{provider}", app.base_path))
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .secure(app.secure_cookies)
+        .finish();
+    match max_age_secs {
+        Some(secs) => cookie.set_max_age(CookieDuration::seconds(secs)),
+        None => cookie.make_removal(),
+    }
+    cookie
+}
+
+#[cfg(test)]
+mod tests {
+    use super::from_own_page;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn only_a_form_of_oauthds_own_origin_confirms() {
+        let own = "https://auth.example";
+        let with = |headers: &[(&str, &str)]| {
+            let mut req = TestRequest::post();
+            for (name, value) in headers {
+                req = req.insert_header((*name, *value));
+            }
+            from_own_page(&req.to_http_request(), own)
+        };
+        assert!(with(&[("origin", own), ("sec-fetch-site", "same-origin")]));
+        assert!(with(&[
+            ("origin", "null"),
+            ("sec-fetch-site", "same-origin")
+        ]));
+        assert!(with(&[("origin", own)]), "a browser without Sec-Fetch-Site");
+        assert!(with(&[]), "no browser: nobody's grant to lend");
+        assert!(!with(&[("origin", "https://evil.example")]));
+        assert!(!with(&[("origin", "null")]));
+        assert!(!with(&[("sec-fetch-site", "cross-site")]));
+        assert!(!with(&[("sec-fetch-site", "same-site"), ("origin", own)]));
+        assert!(!with(&[("sec-fetch-site", "none")]));
+        assert!(!with(&[("origin", "https://auth.example:8443")]));
+    }
+}
