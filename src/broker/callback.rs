@@ -5,7 +5,10 @@
 //! redirect stops before anything else), then the provider's identity (`iss`) is checked,
 //! then its answer is read, and only then is a code redeemed.
 
-use super::{sealed_flow_secrets, state_aad, Broker, BrokerError, FlowSecrets, CONNECT_PREFIX};
+use super::{
+    sealed_flow_secrets, state_aad, Broker, BrokerError, FlowSecrets, APP_FLOW_SUFFIX,
+    CONNECT_PREFIX,
+};
 use crate::oauth::flows::{self, FlowError};
 use crate::oauth::provider_text;
 use crate::secret::StateValue;
@@ -115,15 +118,23 @@ pub enum CallbackError {
     NotConfirmedHere {
         account: String,
     },
+    /// The operator pasted the address of a flow an app started: only the browser that
+    /// confirmed it may finish it.
+    AppFlowPasted {
+        account: String,
+    },
+    /// What went wrong with a flow an app started: starting again is the app's to do,
+    /// never the operator's page's (it would skip the confirmation).
+    ByApp(Box<CallbackError>),
 }
 
-/// Which browser a callback came back to: what it holds of the flow.
+/// Where a callback's address came from.
 #[derive(Debug, Clone, Copy)]
 pub enum Browser<'a> {
     /// The person's browser, with the flow's cookie when it has one.
     Cookie(Option<&'a str>),
-    /// A signed-in operator, pasting the address back: no flow needs their browser.
-    Operator,
+    /// The signed-in operator pasted it (paste-back): the operator's own flows only.
+    Pasted,
 }
 
 impl CallbackError {
@@ -135,6 +146,14 @@ impl CallbackError {
             self,
             PasteUnreadable | PasteElsewhere { .. } | NoState | UnknownState
         )
+    }
+
+    /// The error itself, and whether the flow was an app's.
+    pub fn unwrapped(&self) -> (&CallbackError, bool) {
+        match self {
+            CallbackError::ByApp(inner) => (inner, true),
+            other => (other, false),
+        }
     }
 
     /// The account whose flow may be started again, when starting again can help.
@@ -267,7 +286,7 @@ impl Broker {
             .map_err(|_| CallbackError::UnknownProvider)?;
         let expected = super::redirect_uri(&self.public_url, provider);
         let query = read_pasted(pasted, &expected)?;
-        self.finish_callback(provider_name, query, Browser::Operator)
+        self.finish_callback(provider_name, query, Browser::Pasted)
             .await
     }
 
@@ -291,18 +310,26 @@ impl Broker {
         // Only a state of this provider's connect flows is touched: an app's state, or
         // another provider's flow, presented here stays as it is and reads as unknown.
         let prefix = format!("{CONNECT_PREFIX}{provider_name}:");
-        let account_of = |namespace: &str| {
-            namespace
-                .strip_prefix(&prefix)
-                .unwrap_or_default()
-                .to_owned()
+        // The account, and whether an app started the flow.
+        let flow_of = |namespace: &str| {
+            let rest = namespace.strip_prefix(&prefix).unwrap_or_default();
+            match rest.strip_suffix(APP_FLOW_SUFFIX) {
+                Some(account) => (account.to_owned(), true),
+                None => (rest.to_owned(), false),
+            }
+        };
+        let by_app = |e: CallbackError, app: bool| {
+            if app {
+                CallbackError::ByApp(Box::new(e))
+            } else {
+                e
+            }
         };
         let consumed = match self.states.consume_prefixed(&state, &prefix).await {
             Ok(c) => c,
             Err(StateError::Expired { namespace }) => {
-                return Err(CallbackError::Expired {
-                    account: account_of(&namespace),
-                })
+                let (account, app) = flow_of(&namespace);
+                return Err(by_app(CallbackError::Expired { account }, app));
             }
             Err(StateError::NotFound) => {
                 log::warn!("callback {provider_name}: unknown or replayed state {state}");
@@ -311,16 +338,39 @@ impl Broker {
             Err(StateError::Vault(e)) => return Err(CallbackError::FlowUnreadable(e.to_string())),
             Err(e) => return Err(CallbackError::Storage(e.to_string())),
         };
-        let account = account_of(&consumed.namespace);
+        let (account, app) = flow_of(&consumed.namespace);
         let secrets = self
             .open_flow_secrets(&consumed.namespace, consumed.parsed_data().as_ref())
             .map_err(|e| CallbackError::FlowUnreadable(e.to_string()))?;
-        if let (Some(app), Browser::Cookie(cookie)) = (&secrets.app, browser) {
-            if !app.confirmed_by(cookie) {
+        if app {
+            let confirmed = match (&secrets.app, browser) {
+                (Some(flow), Browser::Cookie(cookie)) => flow.confirmed_by(cookie),
+                (_, Browser::Pasted) => {
+                    log::warn!("paste {provider_name}/{account}: the address of a flow an app started; nothing stored");
+                    return Err(CallbackError::AppFlowPasted { account });
+                }
+                (None, _) => false,
+            };
+            if !confirmed {
                 log::warn!("callback {provider_name}/{account}: a flow an app started came back to a browser that did not confirm it; nothing stored");
                 return Err(CallbackError::NotConfirmedHere { account });
             }
         }
+        self.redeem(provider, q, account, secrets)
+            .await
+            .map_err(|e| by_app(e, app))
+    }
+
+    /// The rest of a callback, once the flow is used up and may be finished here: the
+    /// provider's identity, its answer, the code's exchange, the tokens stored.
+    async fn redeem(
+        &self,
+        provider: &crate::oauth::Provider,
+        q: CallbackQuery,
+        account: String,
+        secrets: FlowSecrets,
+    ) -> Result<Connected, CallbackError> {
+        let provider_name = provider.name.as_str();
         let endpoints =
             self.endpoints(provider)
                 .await

@@ -10,7 +10,7 @@
 //! the CLI) go to the provider at once, as before.
 
 use super::{flow_namespace, Broker, CallbackError, FlowSecrets};
-use crate::secret::{random_bytes, SecretHash, StateValue};
+use crate::secret::{random_bytes, StateValue};
 use crate::states::StateError;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -65,14 +65,6 @@ pub struct AppFlow {
     pub expires_in_secs: i64,
 }
 
-/// The name of the cookie that carries a flow's browser value: one per flow, so a browser
-/// can confirm several at once. Derived from the state, which both the confirmation and
-/// the callback carry; it says nothing the state does not.
-pub fn flow_cookie_name(state: &StateValue) -> String {
-    let digest = SecretHash::of(&format!("oauthd flow cookie\0{}", state.expose())).to_hex();
-    format!("oauthd_flow_{}", &digest[..16])
-}
-
 impl Broker {
     /// Where browsers reach oauthd: `scheme://host[:port]`, as an `Origin` header says it.
     pub fn public_origin(&self) -> String {
@@ -103,8 +95,8 @@ impl Broker {
     ) -> Result<AppFlow, CallbackError> {
         self.provider(provider_name)
             .map_err(|_| CallbackError::UnknownProvider)?;
-        let namespace =
-            flow_namespace(provider_name, account).map_err(|_| CallbackError::UnknownState)?;
+        let namespace = flow_namespace(provider_name, account, true)
+            .map_err(|_| CallbackError::UnknownState)?;
         let view = match self.states.verify(state, &namespace, false).await {
             Ok(view) => view,
             Err(StateError::NotFound) => return Err(CallbackError::UnknownState),
@@ -143,16 +135,5 @@ mod tests {
         assert!(!app.confirmed_by(Some("")));
         let other = AppSecrets::new("music", "https://provider.example/authorize").unwrap();
         assert!(!app.confirmed_by(Some(&other.browser)));
-    }
-
-    #[test]
-    fn each_flow_has_a_cookie_of_its_own() {
-        let a = StateValue::generate().unwrap();
-        let b = StateValue::generate().unwrap();
-        let name = flow_cookie_name(&a);
-        assert_eq!(name, flow_cookie_name(&a));
-        assert_ne!(name, flow_cookie_name(&b));
-        assert_eq!(name.len(), "oauthd_flow_".len() + 16);
-        assert!(!name.contains(&a.expose()[..8]));
     }
 }

@@ -18,7 +18,7 @@ pub mod return_to;
 mod tokens;
 
 pub use callback::{Browser, CallbackError, CallbackQuery, Connected, IssuerProblem};
-pub use confirm::{flow_cookie_name, AppFlow, FlowStarter};
+pub use confirm::{AppFlow, FlowStarter};
 pub(crate) use device::device_aad;
 pub use device::{watch_device_flows, DeviceStart, DeviceStatus};
 pub use disconnect::Disconnected;
@@ -75,6 +75,8 @@ pub enum BrokerError {
     },
     #[error("the provider refused: {0}")]
     ProviderRejected(String),
+    #[error("provider {0} sends browsers back to a paste-back address (redirect_uri), which only oauthd's operator can finish: connect it on oauthd's page or with `oauthd connect`")]
+    PasteBackOnly(String),
     #[error("provider {0} has no device authorization endpoint")]
     DeviceFlowUnsupported(String),
     #[error("no device flow {0}")]
@@ -224,10 +226,10 @@ impl Broker {
     }
 
     /// How long a browser connect flow for this provider and account stays open, in
-    /// words ("60 minutes").
-    pub fn flow_ttl_text(&self, provider: &str, account: &str) -> String {
+    /// words ("60 minutes"); `app`: a flow an app started.
+    pub fn flow_ttl_text(&self, provider: &str, account: &str, app: bool) -> String {
         let policy = self.states.policy();
-        match flow_namespace(provider, account) {
+        match flow_namespace(provider, account, app) {
             Ok(ns) => policy.default_ttl_text(&ns),
             Err(_) => crate::states::ttl_text(policy.base.default_ttl.as_secs()),
         }
@@ -314,7 +316,11 @@ impl Broker {
         let account = Self::account(account)?;
         let return_to = self.check_return_to(return_to)?;
         let endpoints = self.endpoints(provider).await?;
-        let namespace = flow_namespace(provider_name, &account)?;
+        if provider.paste_redirect.is_some() && matches!(starter, FlowStarter::App { .. }) {
+            return Err(BrokerError::PasteBackOnly(provider_name.to_owned()));
+        }
+        let app_started = matches!(starter, FlowStarter::App { .. });
+        let namespace = flow_namespace(provider_name, &account, app_started)?;
         let no_random = |_| BrokerError::ProviderUnavailable {
             message: "the system random number generator failed".into(),
             retry_after_secs: 1,
@@ -392,8 +398,16 @@ fn flow_error(e: FlowError) -> BrokerError {
     }
 }
 
-fn flow_namespace(provider: &str, account: &str) -> Result<Namespace, BrokerError> {
-    Namespace::parse(&format!("{CONNECT_PREFIX}{provider}:{account}"))
+/// Ends the namespace of a flow an app started: `connect:<provider>:<account>/app` (no
+/// account name holds a `/`). The callback tells from it, even once the flow expired,
+/// that starting again is the app's to do.
+const APP_FLOW_SUFFIX: &str = "/app";
+
+/// A connect flow's namespace: `connect:<provider>:<account>`, with `APP_FLOW_SUFFIX`
+/// when an app starts it.
+fn flow_namespace(provider: &str, account: &str, app: bool) -> Result<Namespace, BrokerError> {
+    let suffix = if app { APP_FLOW_SUFFIX } else { "" };
+    Namespace::parse(&format!("{CONNECT_PREFIX}{provider}:{account}{suffix}"))
         .map_err(|e| BrokerError::InvalidAccount(e.to_string()))
 }
 

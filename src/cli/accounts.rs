@@ -273,7 +273,7 @@ pub(super) fn connect_paste(
         );
         out!(
             "Copy that page's whole address from the address bar, paste it here and press Enter (within {}):",
-            broker.flow_ttl_text(provider, account)
+            broker.flow_ttl_text(provider, account, false)
         );
         // A paste that touched no flow leaves this one open for the right address, as
         // the page does: ask again, a few times.

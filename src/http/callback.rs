@@ -1,11 +1,10 @@
 //! `GET /callback/{provider}`: where providers send the browser back. Public (the state
 //! is the credential); answers with a page for a person, or 303 to an allowed return_to.
 
+use super::confirm::{flow_cookie, flow_cookie_name};
 use super::pages::{escape, page};
 use super::AppState;
-use crate::broker::{
-    flow_cookie_name, Browser, CallbackError, CallbackQuery, Connected, IssuerProblem,
-};
+use crate::broker::{Browser, CallbackError, CallbackQuery, Connected, IssuerProblem};
 use crate::secret::StateValue;
 use actix_web::cookie::Cookie;
 use actix_web::http::header;
@@ -67,11 +66,10 @@ pub async fn callback(
     let csrf = csrf.as_deref();
     // The cookie an app's flow gave the browser that confirmed it (none for the operator's
     // flows): read here, and cleared whatever the outcome, since the flow is used up.
-    let cookie = query
-        .state
-        .as_deref()
-        .and_then(StateValue::parse)
-        .and_then(|state| req.cookie(&flow_cookie_name(&state)));
+    let state = query.state.as_deref().and_then(StateValue::parse);
+    let cookie = state
+        .as_ref()
+        .and_then(|state| req.cookie(&flow_cookie_name(app.secure_cookies, state)));
     let presented = cookie.as_ref().map(Cookie::value);
     let mut resp = match app
         .broker
@@ -99,21 +97,17 @@ pub async fn callback(
         ),
         Err(e) => failed(&app, csrf, &provider, e),
     };
-    if let Some(cookie) = cookie {
-        let gone = super::confirm::flow_cookie(
-            &app,
-            &provider,
-            cookie.name().to_owned(),
-            String::new(),
-            None,
-        );
+    if let (Some(state), Some(_)) = (state, cookie) {
+        let gone = flow_cookie(&app, &provider, &state, String::new(), None);
         // A cookie that cannot be written as a header is left to expire on its own.
         let _ = resp.add_cookie(&gone);
     }
     resp
 }
 
-/// The page for a callback that stored nothing: the only place that words these.
+/// The page for a callback that stored nothing: the only place that words these. A flow
+/// an app started is started again from the app: a button here would skip the page that
+/// asks the person to confirm.
 pub(super) fn failed(
     app: &AppState,
     csrf: Option<&str>,
@@ -122,8 +116,15 @@ pub(super) fn failed(
 ) -> HttpResponse {
     use CallbackError::*;
     let base = app.base_path.as_str();
-    let again = |account: &str, label: &str| retry_button(app, csrf, provider, account, label);
-    let (status, title, body) = match &e {
+    let (e, by_app) = e.unwrapped();
+    let again = |account: &str, label: &str| {
+        if by_app {
+            "<p>An app started this sign-in: go back to it and start again there.</p>".to_owned()
+        } else {
+            retry_button(app, csrf, provider, account, label)
+        }
+    };
+    let (status, title, body) = match e {
         Expired { account } => (
             410,
             "This sign-in expired",
@@ -131,7 +132,7 @@ pub(super) fn failed(
                 "<p>Connecting <strong>{}</strong> ({}) took longer than the {} oauthd keeps a sign-in open, so nothing was stored.</p>{}",
                 escape(provider),
                 escape(account),
-                app.broker.flow_ttl_text(provider, account),
+                app.broker.flow_ttl_text(provider, account, by_app),
                 again(account, "Start again")
             ),
         ),
@@ -153,7 +154,7 @@ pub(super) fn failed(
             ),
         ),
         _ => {
-            let (status, title, detail) = wording(provider, &e);
+            let (status, title, detail) = wording(provider, e);
             let button = e
                 .retry_account()
                 .map(|a| again(a, "Start again"))
@@ -254,6 +255,12 @@ pub fn wording(provider: &str, e: &CallbackError) -> (u16, &'static str, String)
             400,
             "Not an address",
             "Paste the whole address from the browser's address bar (it starts with http://).".into(),
+        ),
+        ByApp(inner) => wording(provider, inner),
+        AppFlowPasted { .. } => (
+            400,
+            "An app's sign-in",
+            "This address belongs to a sign-in an app started: only the browser that confirmed it on oauthd's page can finish it. Paste only addresses of sign-ins started here.".into(),
         ),
         NotConfirmedHere { .. } => (
             403,

@@ -5,8 +5,8 @@
 
 use super::pages::{escape, page};
 use super::AppState;
-use crate::broker::{flow_cookie_name, AppFlow};
-use crate::secret::StateValue;
+use crate::broker::{AppFlow, CallbackError};
+use crate::secret::{SecretHash, StateValue};
 use actix_web::cookie::{time::Duration as CookieDuration, Cookie, SameSite};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -35,17 +35,16 @@ async fn flow(
     let account = query
         .account
         .unwrap_or_else(|| crate::broker::DEFAULT_ACCOUNT.to_owned());
+    // Whatever is wrong, the person starts again from the app: no way on to the
+    // operator's page is offered (`ByApp`).
+    let failed =
+        |e| super::callback::failed(app, None, provider, CallbackError::ByApp(Box::new(e)));
     let Some(state) = query.state.as_deref().and_then(StateValue::parse) else {
-        return Err(super::callback::failed(
-            app,
-            None,
-            provider,
-            crate::broker::CallbackError::NoState,
-        ));
+        return Err(failed(CallbackError::NoState));
     };
     match app.broker.app_flow(provider, &account, &state).await {
         Ok(flow) => Ok((flow, state)),
-        Err(e) => Err(super::callback::failed(app, None, provider, e)),
+        Err(e) => Err(failed(e)),
     }
 }
 
@@ -78,7 +77,7 @@ pub async fn show(
         p = escape(&provider),
         a = escape(&flow.account),
         action = escape(&action),
-        ttl = escape(&app.broker.flow_ttl_text(&provider, &flow.account)),
+        ttl = escape(&app.broker.flow_ttl_text(&provider, &flow.account, true)),
     );
     let mut resp = page(&app.base_path, 200, &format!("Connect {provider}?"), &body);
     // Its form's `Origin` must name oauthd (`no-referrer` would make it `null`); nothing
@@ -112,7 +111,7 @@ pub async fn confirm(
     let cookie = flow_cookie(
         &app,
         &provider,
-        flow_cookie_name(&state),
+        &state,
         flow.browser.to_string(),
         Some(flow.expires_in_secs),
     );
@@ -129,31 +128,50 @@ pub async fn confirm(
         .finish()
 }
 
-/// Whether a browser sent this request from a page of oauthd's own origin. Browsers say
-/// where a form was posted from: `Sec-Fetch-Site` (which no page can set), or in older
-/// ones only `Origin` (the page's `Referrer-Policy: same-origin` keeps it from reading
-/// `null`). A client that says neither is no browser, and so has no person's grant to
-/// lend.
+/// Whether a browser sent this request from a page of oauthd's own origin: browsers say
+/// where a form was posted from, with `Sec-Fetch-Site` (which no page can set) or, in
+/// older ones, only `Origin` (the page's `Referrer-Policy: same-origin` keeps it from
+/// reading `null`). A request that says neither is refused too: no browser of the last
+/// years sends a form that way. (A server may say anything; what it gets, the cookie,
+/// is its own and no person's browser has it.)
 fn from_own_page(req: &HttpRequest, own_origin: &str) -> bool {
     let header = |name: &str| req.headers().get(name).map(|v| v.to_str().unwrap_or(""));
-    match header("sec-fetch-site") {
-        Some(site) => site == "same-origin",
-        None => header(header::ORIGIN.as_str()).is_none_or(|origin| origin == own_origin),
+    match (header("sec-fetch-site"), header(header::ORIGIN.as_str())) {
+        (Some(site), _) => site == "same-origin",
+        (None, Some(origin)) => origin == own_origin,
+        (None, None) => false,
     }
 }
 
-/// The flow's cookie: sent only to this provider's callback, never to scripts or other
-/// sites' requests (a provider's redirect back is a top-level navigation, which `Lax`
-/// lets through). `max_age` `None`: the cookie that removes it.
+/// The name of the cookie that carries a flow's browser value: one per flow, so a browser
+/// can confirm several at once. Derived from the state, which both the confirmation and
+/// the callback carry; it says nothing the state does not. Under https it is a
+/// `__Host-` cookie, which no other host (a sibling subdomain) and no plain-http answer
+/// (someone on the network) can set in the browser.
+pub fn flow_cookie_name(https: bool, state: &StateValue) -> String {
+    let digest = SecretHash::of(&format!("oauthd flow cookie\0{}", state.expose())).to_hex();
+    let prefix = if https { "__Host-" } else { "" };
+    format!("{prefix}oauthd_flow_{}", &digest[..16])
+}
+
+/// The flow's cookie: never read by scripts, sent on the provider's redirect back (a
+/// top-level navigation, which `Lax` lets through) and under plain http only to this
+/// provider's callback (a `__Host-` cookie must have the path `/`). `max_age` `None`:
+/// the cookie that removes it.
 pub fn flow_cookie(
     app: &AppState,
     provider: &str,
-    name: String,
+    state: &StateValue,
     value: String,
     max_age_secs: Option<i64>,
 ) -> Cookie<'static> {
-    let mut cookie = Cookie::build(name, value)
-        .path(format!("{}/callback/{provider}", app.base_path))
+    let path = if app.secure_cookies {
+        "/".to_owned()
+    } else {
+        format!("{}/callback/{provider}", app.base_path)
+    };
+    let mut cookie = Cookie::build(flow_cookie_name(app.secure_cookies, state), value)
+        .path(path)
         .http_only(true)
         .same_site(SameSite::Lax)
         .secure(app.secure_cookies)
@@ -167,8 +185,21 @@ pub fn flow_cookie(
 
 #[cfg(test)]
 mod tests {
-    use super::from_own_page;
+    use super::{flow_cookie_name, from_own_page};
+    use crate::secret::StateValue;
     use actix_web::test::TestRequest;
+
+    #[test]
+    fn each_flow_has_a_cookie_of_its_own_and_under_https_a_host_only_one() {
+        let a = StateValue::generate().unwrap();
+        let b = StateValue::generate().unwrap();
+        let name = flow_cookie_name(false, &a);
+        assert_eq!(name, flow_cookie_name(false, &a));
+        assert_ne!(name, flow_cookie_name(false, &b));
+        assert_eq!(name.len(), "oauthd_flow_".len() + 16);
+        assert!(!name.contains(&a.expose()[..8]));
+        assert_eq!(flow_cookie_name(true, &a), format!("__Host-{name}"));
+    }
 
     #[test]
     fn only_a_form_of_oauthds_own_origin_confirms() {
@@ -186,7 +217,7 @@ mod tests {
             ("sec-fetch-site", "same-origin")
         ]));
         assert!(with(&[("origin", own)]), "a browser without Sec-Fetch-Site");
-        assert!(with(&[]), "no browser: nobody's grant to lend");
+        assert!(!with(&[]), "a browser of long ago, or no browser");
         assert!(!with(&[("origin", "https://evil.example")]));
         assert!(!with(&[("origin", "null")]));
         assert!(!with(&[("sec-fetch-site", "cross-site")]));

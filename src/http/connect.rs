@@ -36,7 +36,7 @@ pub struct ConnectStarted<'a> {
     request_body = Option<ConnectRequest>,
     responses(
         (status = 201, description = "Started.", body = ConnectStarted),
-        (status = 400, description = "A bad account name (`invalid_account`), or a `return_to` the config does not allow (`return_to_not_allowed`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 400, description = "A bad account name (`invalid_account`), a `return_to` the config does not allow (`return_to_not_allowed`), or a provider with a paste-back `redirect_uri`, whose flows only the operator can finish (`paste_back_provider`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such provider in the config (`unknown_provider`).", body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 pub async fn start_api(

@@ -260,6 +260,7 @@ impl From<BrokerError> for ApiError {
             BrokerError::DeviceFlowUnsupported(_) => {
                 ApiError::bad_request("device_flow_unsupported", detail)
             }
+            BrokerError::PasteBackOnly(_) => ApiError::bad_request("paste_back_provider", detail),
             BrokerError::DeviceFlowNotFound(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "device_flow_not_found", detail)
             }
@@ -277,6 +278,7 @@ impl From<BrokerError> for ApiError {
 pub fn callback_problem(provider: &str, e: &CallbackError) -> ApiError {
     use CallbackError::*;
     let (status, _, detail) = super::callback::wording(provider, e);
+    let (e, by_app) = e.unwrapped();
     let code = match e {
         UnknownProvider => "unknown_provider",
         NoState => "no_state",
@@ -301,8 +303,10 @@ pub fn callback_problem(provider: &str, e: &CallbackError) -> ApiError {
         IdToken { .. } => "id_token_invalid",
         PasteUnreadable => "paste_unreadable",
         PasteElsewhere { .. } => "paste_wrong_address",
-        // Never from a paste (the operator's paste needs no browser); named all the same.
+        AppFlowPasted { .. } => "app_flow_pasted",
+        // Never from a paste (it is refused before); named all the same.
         NotConfirmedHere { .. } => "not_confirmed_here",
+        ByApp(_) => "flow_failed",
     };
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
     let mut problem = ApiError::new(status, code, detail);
@@ -310,6 +314,7 @@ pub fn callback_problem(provider: &str, e: &CallbackError) -> ApiError {
         problem = problem.retry_after(5);
     }
     let account = match e {
+        _ if by_app => None,
         Expired { account } | Denied { account, .. } => Some(account.as_str()),
         other => other.retry_account(),
     };

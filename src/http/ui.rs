@@ -107,7 +107,7 @@ pub async fn overview(app: web::Data<AppState>, s: UiSession) -> Result<HttpResp
     for p in app.broker.providers() {
         providers.push(json!({
             "name": p.name,
-            "flow_ttl": app.broker.flow_ttl_text(&p.name, crate::broker::DEFAULT_ACCOUNT),
+            "flow_ttl": app.broker.flow_ttl_text(&p.name, crate::broker::DEFAULT_ACCOUNT, false),
             "redirect_uri": app.broker.redirect_uri(&p.name).as_str(),
             "paste": p.paste_redirect.is_some(),
             "device": app.broker.supports_device_flow(&p.name).await,

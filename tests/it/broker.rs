@@ -22,7 +22,7 @@ contract![
     token_past_its_expiry_is_refreshed_on_request,
     invalid_grant_marks_needs_reauth_and_is_not_retried,
     replayed_callback_is_refused_without_redeeming_the_code_again,
-    callback_after_the_state_expired_offers_to_start_again,
+    callback_after_the_state_expired_sends_the_person_back_to_the_app,
     delete_revokes_at_the_provider_then_forgets_the_connection,
     database_and_log_hold_no_token_secret_or_full_state,
     background_refresher_renews_tokens_before_they_expire,
@@ -351,14 +351,16 @@ async fn declining_at_the_provider_shows_the_declined_page() {
     assert!(callback.contains("error=access_denied"), "{callback}");
     let (status, page, _) = d.browser_get(&callback).await;
     assert_eq!(status, 403, "{page}");
+    // An app started the flow: starting again is the app's to do.
     assert!(
-        page.contains("declined") && page.contains("reconnect=peer&amp;account=alice"),
+        page.contains("declined") && page.contains("go back to it and start again there"),
         "{page}"
     );
+    assert!(!page.contains("reconnect="), "{page}");
     assert_eq!(d.get("/v1/connections/peer/alice", &key).await.0, 404);
 }
 
-async fn callback_after_the_state_expired_offers_to_start_again(home: Home) {
+async fn callback_after_the_state_expired_sends_the_person_back_to_the_app(home: Home) {
     let peer = Peer::start(60);
     let key = peer.configure(
         &home,
@@ -371,14 +373,10 @@ async fn callback_after_the_state_expired_offers_to_start_again(home: Home) {
     let (status, page, _) = d.browser_get(&callback).await;
     assert_eq!(status, 410, "{page}");
     assert!(
-        page.contains("expired") && page.contains("reconnect=peer&amp;account=bob"),
+        page.contains("expired") && page.contains("go back to it and start again there"),
         "{page}"
     );
-    // A browser not signed in to oauthd is most likely an app's user: sent back to it.
-    assert!(
-        page.contains("If an app sent you here, go back to it"),
-        "{page}"
-    );
+    assert!(!page.contains("reconnect="), "{page}");
     assert_eq!(peer.grants("authorization_code").await, 0);
 }
 

@@ -190,6 +190,51 @@ async fn ui_post(
     )
 }
 
+/// Only the operator finishes a paste-back flow (by pasting), so an app cannot start one:
+/// it could not be confirmed in the person's browser. Nor does the paste box finish a
+/// flow an app started for another provider: that flow is its confirming browser's.
+#[tokio::test(flavor = "multi_thread")]
+async fn apps_neither_start_paste_back_flows_nor_have_their_flows_pasted() {
+    let peer = Peer::start(60);
+    let port = dead_port();
+    let (home, key) = paste_home(&peer, port, &peer.provider_toml("direct"));
+    let d = home.start();
+    let resp = d
+        .http
+        .post(format!("{}/v1/connect/peer", d.url))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"account": "tv"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    common::assert_code(resp, "paste_back_provider").await;
+
+    let ui = ui_session(&home, &d).await;
+    let (status, started) = d
+        .post(
+            "/v1/connect/direct",
+            &key,
+            serde_json::json!({"account": "evil"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{started}");
+    let state = common::query_param(started["authorize_url"].as_str().unwrap(), "state");
+    let callback = format!("{}/callback/direct?state={state}&code=c1", d.url);
+    let (status, body) = ui_post(
+        &d,
+        &ui,
+        "/ui/api/paste/direct",
+        serde_json::json!({ "url": callback }),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("app_flow_pasted")),
+        "{body}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn pasting_runs_the_callbacks_rules() {
     let peer = Peer::start(60);

@@ -702,25 +702,33 @@ async fn an_apps_flow_is_confirmed_on_oauthds_page_and_finishes_only_in_that_bro
         assert!(text.contains(said), "{said}: {text}");
     }
 
-    // Another site's form cannot press the button for the person.
-    for (name, value) in [
-        ("origin", "https://evil.example"),
-        ("sec-fetch-site", "cross-site"),
-        ("origin", "null"),
+    // Another site's form cannot press the button for the person, nor can a browser that
+    // does not say where the form came from.
+    for headers in [
+        vec![("origin", "https://evil.example")],
+        vec![("sec-fetch-site", "cross-site")],
+        vec![("sec-fetch-site", "same-site"), ("origin", d.url.as_str())],
+        vec![("origin", "null")],
+        vec![],
     ] {
-        let resp = no_redirects()
-            .post(&address)
-            .header(name, value)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 403, "{name}: {value}");
+        let mut request = no_redirects().post(&address);
+        for (name, value) in &headers {
+            request = request.header(*name, *value);
+        }
+        let resp = request.send().await.unwrap();
+        assert_eq!(resp.status(), 403, "{headers:?}");
         assert!(resp.headers().get("set-cookie").is_none());
     }
 
-    // The app presses it itself, from its server, and sends the person straight to the
-    // provider: the person approves, but their browser has no cookie of the flow.
-    let pressed = no_redirects().post(&address).send().await.unwrap();
+    // The app presses it itself, from its server (saying what a browser would), and sends
+    // the person straight to the provider: the person approves, but their browser has no
+    // cookie of the flow.
+    let pressed = no_redirects()
+        .post(&address)
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(pressed.status(), 303);
     let to_provider = common::header(&pressed, "location");
     assert!(to_provider.starts_with(&peer.issuer), "{to_provider}");
@@ -782,19 +790,153 @@ async fn an_apps_flow_is_confirmed_on_oauthds_page_and_finishes_only_in_that_bro
     );
 }
 
-/// A flow an app started (here for account `evil`) that comes back to a signed-in
-/// browser as a failure offers to start again: the button says which account it would
-/// connect, so the admin cannot be led to hand their own grant to another app's account
-/// by a click on an unlabelled "Try again".
+/// A flow an app started that failed (here: expired) in the signed-in admin's browser
+/// offers no one-click "Start again": that would start the operator's own flow for the
+/// app's account and skip the page that names the app. The page sends the person back
+/// to the app, and so does the confirmation page of an expired flow.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_apps_failed_flow_sends_the_person_back_to_the_app() {
+    let peer = Peer::start(60);
+    let home = Home::new();
+    home.write_config(&format!(
+        "[states.namespaces.\"connect:*\"]\ndefault_ttl_seconds = 1\n{}",
+        peer.provider_toml("peer")
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let cookie = sign_in(&d, &home.login_link(&d)).await;
+    let (status, body) = d
+        .post("/v1/connect/peer", &key, json!({"account": "evil"}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let address = body["authorize_url"].as_str().unwrap().to_owned();
+    let state = query_param(&address, "state");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+
+    let page = no_redirects()
+        .get(&address)
+        .header("cookie", format!("oauthd_session={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 410);
+    let page = page.text().await.unwrap();
+    assert!(
+        page.contains("go back to it and start again there"),
+        "{page}"
+    );
+    assert!(!page.contains("reconnect="), "{page}");
+
+    let resp = d
+        .ui_get(&format!("/callback/peer?state={state}&code=c1"), &cookie)
+        .await;
+    assert_eq!(resp.status(), 410);
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("This sign-in expired"), "{page}");
+    assert!(
+        page.contains("go back to it and start again there"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("name=\"csrf\"") && !page.contains("Start again"),
+        "a one-click start for the app's account: {page}"
+    );
+}
+
+/// Under an https `public_url` the flow's cookie is a `__Host-` one: no other host (a
+/// sibling subdomain's app) and no plain-http answer can set it in the person's browser,
+/// and the callback reads that name only.
+#[tokio::test(flavor = "multi_thread")]
+async fn under_https_an_apps_flow_cookie_is_host_only() {
+    let home = Home::new();
+    let public = "https://oauthd.example";
+    home.write_config(&format!("public_url = \"{public}\"\n{OFFLINE_PROVIDER}"));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let confirmed = || async {
+        let (status, body) = d
+            .post("/v1/connect/peer", &key, json!({"account": "evil"}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let address = body["authorize_url"].as_str().unwrap().to_owned();
+        assert!(
+            address.starts_with(&format!("{public}/connect/peer/confirm?")),
+            "{address}"
+        );
+        let pressed = no_redirects()
+            .post(address.replacen(public, &d.url, 1))
+            .header("origin", public)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(pressed.status(), 303);
+        let set = common::header(&pressed, "set-cookie");
+        (query_param(&address, "state"), set)
+    };
+    let callback = |state: String, cookie: String| {
+        let url = format!("{}/callback/peer?state={state}&code=c1", d.url);
+        async move {
+            let resp = no_redirects()
+                .get(url)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.text().await.unwrap())
+        }
+    };
+
+    let (state, set) = confirmed().await;
+    assert!(set.starts_with("__Host-oauthd_flow_"), "{set}");
+    for attribute in ["Secure", "Path=/;", "HttpOnly", "SameSite=Lax"] {
+        assert!(format!("{set};").contains(attribute), "{attribute}: {set}");
+    }
+    assert!(!set.contains("Domain"), "{set}");
+    let cookie = set.split(';').next().unwrap().to_owned();
+    // The same value under the name without the prefix (what another host could set).
+    let planted = cookie.trim_start_matches("__Host-").to_owned();
+    let (status, page) = callback(state, planted).await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("Not confirmed in this browser"), "{page}");
+    // With the host-only cookie the flow gets past the check, and on to the provider's
+    // token endpoint (which nobody answers here).
+    let (state, set) = confirmed().await;
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let (status, page) = callback(state, cookie).await;
+    assert_ne!(status, 403, "{page}");
+    assert!(!page.contains("Not confirmed"), "{page}");
+}
+
+/// A flow the operator started (here for account `second`) that comes back to a
+/// signed-in browser as a failure offers to start again: the button says which account it
+/// would connect. (An app's flow offers no button at all: see
+/// `an_apps_failed_flow_sends_the_person_back_to_the_app`.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_callbacks_retry_button_names_the_account_it_connects() {
     let peer = Peer::start(60);
     let home = Home::new();
     home.write_config(&peer.provider_toml("peer"));
-    let key = home.create_key("app", &[]);
     let d = home.start();
     let cookie = sign_in(&d, &home.login_link(&d)).await;
-    let state = query_param(&d.start_connect(&key, "peer", "evil").await, "state");
+    let overview: serde_json::Value = d
+        .ui_get("/ui/api/overview", &cookie)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let started: serde_json::Value = no_redirects()
+        .post(format!("{}/ui/api/connect/peer", d.url))
+        .header("cookie", format!("oauthd_session={cookie}"))
+        .header("x-csrf-token", overview["csrf"].as_str().unwrap())
+        .json(&json!({"account": "second"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let state = query_param(started["authorize_url"].as_str().unwrap(), "state");
     let resp = d
         .ui_get(
             &format!("/callback/peer?state={state}&error=access_denied"),
@@ -808,7 +950,7 @@ async fn a_failed_callbacks_retry_button_names_the_account_it_connects() {
     assert_eq!(status, 400, "{page}");
     assert!(page.contains("name=\"csrf\""), "not signed in: {page}");
     assert!(
-        page.contains("Start again (account evil)</button>"),
+        page.contains("Start again (account second)</button>"),
         "the button does not say which account: {page}"
     );
 }

@@ -313,26 +313,58 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
         .finish_callback("p", callback(&state), Browser::Cookie(Some(&flow.browser)))
         .await
         .unwrap();
+    assert_eq!(endpoint.calls(), 1);
+    let token = broker.access_token("p", "evil", MINUTE).await.unwrap();
+    assert_eq!(token.access_token.as_str(), "access-1");
+    // The operator's paste-back box finishes the operator's flows only.
     let started = start("pasted").await.unwrap();
-    endpoint.then(200, tokens("access-2", "refresh-2", 3600));
-    broker
+    let pasted = broker
         .finish_callback(
             "p",
             callback(&state_of(&started.authorize_url)),
-            Browser::Operator,
+            Browser::Pasted,
         )
-        .await
-        .unwrap();
-    assert_eq!(endpoint.calls(), 2);
+        .await;
     assert_eq!(
-        broker
-            .access_token("p", "evil", MINUTE)
-            .await
-            .unwrap()
-            .access_token
-            .as_str(),
-        "access-1"
+        pasted.unwrap_err(),
+        CallbackError::AppFlowPasted {
+            account: "pasted".into()
+        }
     );
+    // What goes wrong with an app's flow says so, expired or not: starting again is the
+    // app's to do.
+    let started = start("evil").await.unwrap();
+    let state = state_of(&started.authorize_url);
+    let value = oauthd::secret::StateValue::parse(&state).unwrap();
+    let flow = broker.app_flow("p", "evil", &value).await.unwrap();
+    let denied = CallbackQuery {
+        state: Some(state),
+        error: Some("access_denied".into()),
+        ..Default::default()
+    };
+    let denied = broker
+        .finish_callback("p", denied, Browser::Cookie(Some(&flow.browser)))
+        .await;
+    assert!(
+        matches!(denied.as_ref().unwrap_err().unwrapped(), (CallbackError::Denied { account, .. }, true) if account == "evil"),
+        "{denied:?}"
+    );
+    let started = start("slow").await.unwrap();
+    clock.advance(61 * MINUTE);
+    let expired = broker
+        .finish_callback(
+            "p",
+            callback(&state_of(&started.authorize_url)),
+            Browser::Cookie(None),
+        )
+        .await;
+    assert_eq!(
+        expired.unwrap_err(),
+        CallbackError::ByApp(Box::new(CallbackError::Expired {
+            account: "slow".into()
+        }))
+    );
+    assert_eq!(endpoint.calls(), 1);
 
     // The operator's flows go to the provider at once and need no browser's value.
     let own = broker
