@@ -261,12 +261,7 @@ async fn a_wrong_client_secret_is_found_before_anyone_is_sent_to_the_provider() 
 
     // The page's provider card says so too.
     let cookie = d.sign_in(&home.login_link(&d)).await;
-    let overview: serde_json::Value = d
-        .ui_get("/ui/api/overview", &cookie)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let overview = d.ui_overview(&cookie).await;
     assert_eq!(
         overview["providers"][0]["credentials"]["status"], "refused",
         "{overview}"

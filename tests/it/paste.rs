@@ -7,7 +7,7 @@ use crate::common;
 
 use common::browser::Browser;
 use common::peer::Peer;
-use common::{Daemon, Home};
+use common::Home;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -157,39 +157,6 @@ async fn paste_back_from_the_page_in_chromium() {
     b.close().await;
 }
 
-/// Signs in over HTTP; returns the session cookie and its CSRF token.
-async fn ui_session(home: &Home, d: &Daemon) -> (String, String) {
-    let session = d.sign_in(&home.login_link(d)).await;
-    let overview: serde_json::Value = d
-        .ui_get("/ui/api/overview", &session)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let csrf = overview["csrf"].as_str().expect("csrf").to_owned();
-    (session, csrf)
-}
-
-async fn ui_post(
-    d: &Daemon,
-    (session, csrf): &(String, String),
-    path: &str,
-    body: serde_json::Value,
-) -> (u16, serde_json::Value) {
-    let resp = reqwest::Client::new()
-        .post(format!("{}{path}", d.url))
-        .header("cookie", format!("oauthd_session={session}"))
-        .header("x-csrf-token", csrf)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (
-        resp.status().as_u16(),
-        resp.json().await.unwrap_or_default(),
-    )
-}
-
 /// Only the operator finishes a paste-back flow (by pasting), so an app cannot start one:
 /// it could not be confirmed in the person's browser. Nor does the paste box finish a
 /// flow an app started for another provider: that flow is its confirming browser's.
@@ -210,7 +177,7 @@ async fn apps_neither_start_paste_back_flows_nor_have_their_flows_pasted() {
     assert_eq!(resp.status(), 400);
     common::assert_code(resp, "paste_back_provider").await;
 
-    let ui = ui_session(&home, &d).await;
+    let ui = home.ui_session(&d).await;
     let (status, started) = d
         .post(
             "/v1/connect/direct",
@@ -221,13 +188,13 @@ async fn apps_neither_start_paste_back_flows_nor_have_their_flows_pasted() {
     assert_eq!(status, 201, "{started}");
     let state = common::query_param(started["authorize_url"].as_str().unwrap(), "state");
     let callback = format!("{}/callback/direct?state={state}&code=c1", d.url);
-    let (status, body) = ui_post(
-        &d,
-        &ui,
-        "/ui/api/paste/direct",
-        serde_json::json!({ "url": callback }),
-    )
-    .await;
+    let (status, body) = d
+        .ui_post(
+            &ui,
+            "/ui/api/paste/direct",
+            serde_json::json!({ "url": callback }),
+        )
+        .await;
     assert_eq!(
         (status, body["code"].as_str()),
         (400, Some("app_flow_pasted")),
@@ -241,20 +208,17 @@ async fn pasting_runs_the_callbacks_rules() {
     let port = dead_port();
     let (home, key) = paste_home(&peer, port, "");
     let d = home.start();
-    let ui = ui_session(&home, &d).await;
+    let ui = home.ui_session(&d).await;
     let paste = |url: String| {
         let (d, ui) = (&d, &ui);
         async move {
-            ui_post(
-                d,
-                ui,
-                "/ui/api/paste/peer",
-                serde_json::json!({ "url": url }),
-            )
-            .await
+            d.ui_post(ui, "/ui/api/paste/peer", serde_json::json!({ "url": url }))
+                .await
         }
     };
-    let (status, started) = ui_post(&d, &ui, "/ui/api/connect/peer", serde_json::json!({})).await;
+    let (status, started) = d
+        .ui_post(&ui, "/ui/api/connect/peer", serde_json::json!({}))
+        .await;
     assert_eq!(status, 201, "{started}");
     let authorize = started["authorize_url"].as_str().unwrap().to_owned();
     assert!(
@@ -302,13 +266,13 @@ async fn pasting_runs_the_callbacks_rules() {
         "{body}"
     );
     // Without the CSRF token nothing happens.
-    let (status, body) = ui_post(
-        &d,
-        &(ui.0.clone(), "wrong".into()),
-        "/ui/api/paste/peer",
-        serde_json::json!({ "url": address }),
-    )
-    .await;
+    let (status, body) = d
+        .ui_post(
+            &(ui.0.clone(), "wrong".into()),
+            "/ui/api/paste/peer",
+            serde_json::json!({ "url": address }),
+        )
+        .await;
     assert_eq!((status, body["code"].as_str()), (403, Some("csrf_failed")));
 
     // The real address, with surrounding whitespace as copied: connected.
@@ -328,13 +292,13 @@ async fn pasting_runs_the_callbacks_rules() {
     );
 
     // The provider's error, shown with the account to start again for.
-    let (_, started) = ui_post(
-        &d,
-        &ui,
-        "/ui/api/connect/peer",
-        serde_json::json!({"account": "second"}),
-    )
-    .await;
+    let (_, started) = d
+        .ui_post(
+            &ui,
+            "/ui/api/connect/peer",
+            serde_json::json!({"account": "second"}),
+        )
+        .await;
     let denied = peer.deny(started["authorize_url"].as_str().unwrap()).await;
     assert!(denied.contains("error=access_denied"), "{denied}");
     let (status, body) = paste(denied).await;
@@ -371,19 +335,21 @@ async fn an_expired_paste_says_start_again() {
         "[states.namespaces.\"connect:*\"]\ndefault_ttl_seconds = 1\n",
     );
     let d = home.start();
-    let ui = ui_session(&home, &d).await;
-    let (_, started) = ui_post(&d, &ui, "/ui/api/connect/peer", serde_json::json!({})).await;
+    let ui = home.ui_session(&d).await;
+    let (_, started) = d
+        .ui_post(&ui, "/ui/api/connect/peer", serde_json::json!({}))
+        .await;
     let address = peer
         .approve(started["authorize_url"].as_str().unwrap())
         .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (status, body) = ui_post(
-        &d,
-        &ui,
-        "/ui/api/paste/peer",
-        serde_json::json!({ "url": address }),
-    )
-    .await;
+    let (status, body) = d
+        .ui_post(
+            &ui,
+            "/ui/api/paste/peer",
+            serde_json::json!({ "url": address }),
+        )
+        .await;
     assert_eq!(
         (status, body["code"].as_str()),
         (410, Some("flow_expired")),

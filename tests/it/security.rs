@@ -918,24 +918,12 @@ async fn a_failed_callbacks_retry_button_names_the_account_it_connects() {
     let home = Home::new();
     home.write_config(&peer.provider_toml("peer"));
     let d = home.start();
-    let cookie = sign_in(&d, &home.login_link(&d)).await;
-    let overview: serde_json::Value = d
-        .ui_get("/ui/api/overview", &cookie)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let started: serde_json::Value = no_redirects()
-        .post(format!("{}/ui/api/connect/peer", d.url))
-        .header("cookie", format!("oauthd_session={cookie}"))
-        .header("x-csrf-token", overview["csrf"].as_str().unwrap())
-        .json(&json!({"account": "second"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ui = home.ui_session(&d).await;
+    let cookie = ui.0.clone();
+    let (status, started) = d
+        .ui_post(&ui, "/ui/api/connect/peer", json!({"account": "second"}))
+        .await;
+    assert_eq!(status, 201, "{started}");
     let state = query_param(started["authorize_url"].as_str().unwrap(), "state");
     let resp = d
         .ui_get(

@@ -710,6 +710,16 @@ pub fn no_redirects() -> reqwest::Client {
 }
 
 impl Home {
+    /// Signs in over HTTP; returns the session cookie and its CSRF token.
+    pub async fn ui_session(&self, d: &Daemon) -> (String, String) {
+        let session = d.sign_in(&self.login_link(d)).await;
+        let csrf = d.ui_overview(&session).await["csrf"]
+            .as_str()
+            .expect("csrf")
+            .to_owned();
+        (session, csrf)
+    }
+
     /// A fresh one-time login link from the CLI, for this daemon's address.
     pub fn login_link(&self, d: &Daemon) -> String {
         let out = self.cli(&[
@@ -900,6 +910,37 @@ impl Daemon {
     }
 
     /// `GET path` as a signed-in browser.
+    /// `POST path` with this JSON as the signed-in page does (`ui` from
+    /// `Home::ui_session`): `(status, JSON answer)`.
+    pub async fn ui_post(
+        &self,
+        (session, csrf): &(String, String),
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let resp = no_redirects()
+            .post(format!("{}{path}", self.url))
+            .header("cookie", format!("oauthd_session={session}"))
+            .header("x-csrf-token", csrf)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        (
+            resp.status().as_u16(),
+            resp.json().await.unwrap_or_default(),
+        )
+    }
+
+    /// `GET /ui/api/overview` as the signed-in page does.
+    pub async fn ui_overview(&self, session: &str) -> serde_json::Value {
+        self.ui_get("/ui/api/overview", session)
+            .await
+            .json()
+            .await
+            .expect("overview")
+    }
+
     pub async fn ui_get(&self, path: &str, session: &str) -> reqwest::Response {
         use reqwest::cookie::CookieStore;
         let url = format!("{}{path}", self.url);
