@@ -126,8 +126,14 @@ async function load() {
   $("#signout-csrf").value = csrf;
   providers = data.providers;
   const params = new URLSearchParams(location.search);
-  const focus = params.get("reconnect") ? { provider: params.get("reconnect"), account: params.get("account") || "default" } : null;
+  // A reconnect link (from an app's 409 needs_reauth, or a failed sign-in) picks an
+  // account only when it is one of the connections: anyone can write such a link, and a
+  // new account filled in for a click would hand the grant to whoever named it.
+  const asked = params.get("reconnect") ? { provider: params.get("reconnect"), account: params.get("account") || "default" } : null;
+  const known = asked && data.connections.some((c) => c.provider === asked.provider && c.account === asked.account);
+  const focus = known ? asked : null;
   if (focus) notice(`Reconnect ${focus.provider} (${focus.account}): press "Connect ${focus.provider}" below.`);
+  else if (asked) notice(`There is no connection ${asked.provider} (${asked.account}) to reconnect. Connect a new account only if you mean to, and only under a name you chose.`);
   renderConnections(data.connections);
   renderProviders(data.providers, focus);
   $("#signin").hidden = true;

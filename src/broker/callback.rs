@@ -138,13 +138,14 @@ pub enum Browser<'a> {
 }
 
 impl CallbackError {
-    /// A paste that touched no flow (not an address, another address, no or an unknown
-    /// state): the flow it was meant for is still open for the right one.
+    /// A paste that touched no flow of the operator's (not an address, another address,
+    /// no or an unknown state, an app's flow): the flow it was meant for is still open for
+    /// the right one.
     pub fn leaves_flow_open(&self) -> bool {
         use CallbackError::*;
         matches!(
             self,
-            PasteUnreadable | PasteElsewhere { .. } | NoState | UnknownState
+            PasteUnreadable | PasteElsewhere { .. } | NoState | UnknownState | AppFlowPasted { .. }
         )
     }
 
@@ -338,10 +339,12 @@ impl Broker {
             Err(StateError::Vault(e)) => return Err(CallbackError::FlowUnreadable(e.to_string())),
             Err(e) => return Err(CallbackError::Storage(e.to_string())),
         };
-        let (account, app) = flow_of(&consumed.namespace);
+        let (account, by_namespace) = flow_of(&consumed.namespace);
         let secrets = self
             .open_flow_secrets(&consumed.namespace, consumed.parsed_data().as_ref())
             .map_err(|e| CallbackError::FlowUnreadable(e.to_string()))?;
+        // Either says so: the namespace (which outlives the flow's data) or the data.
+        let app = by_namespace || secrets.app.is_some();
         if app {
             let confirmed = match (&secrets.app, browser) {
                 (Some(flow), Browser::Cookie(cookie)) => flow.confirmed_by(cookie),

@@ -136,4 +136,19 @@ mod tests {
         let other = AppSecrets::new("music", "https://provider.example/authorize").unwrap();
         assert!(!app.confirmed_by(Some(&other.browser)));
     }
+
+    #[test]
+    fn an_apps_flow_is_told_apart_by_its_namespace_and_too_long_names_say_so() {
+        let ns = super::super::flow_namespace("spotify", "alice", true).unwrap();
+        assert_eq!(ns.as_str(), "connect:spotify:alice/app");
+        let own = super::super::flow_namespace("spotify", "alice", false).unwrap();
+        assert_eq!(own.as_str(), "connect:spotify:alice");
+        let long = "a".repeat(60);
+        let Err(super::super::BrokerError::InvalidAccount(message)) =
+            super::super::flow_namespace(&long, &long, true)
+        else {
+            panic!("a namespace of 133 characters");
+        };
+        assert!(message.contains("too long together"), "{message}");
+    }
 }

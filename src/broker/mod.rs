@@ -315,12 +315,12 @@ impl Broker {
         let provider = self.provider(provider_name)?;
         let account = Self::account(account)?;
         let return_to = self.check_return_to(return_to)?;
-        let endpoints = self.endpoints(provider).await?;
-        if provider.paste_redirect.is_some() && matches!(starter, FlowStarter::App { .. }) {
+        let app_started = matches!(starter, FlowStarter::App { .. });
+        if provider.paste_redirect.is_some() && app_started {
             return Err(BrokerError::PasteBackOnly(provider_name.to_owned()));
         }
-        let app_started = matches!(starter, FlowStarter::App { .. });
         let namespace = flow_namespace(provider_name, &account, app_started)?;
+        let endpoints = self.endpoints(provider).await?;
         let no_random = |_| BrokerError::ProviderUnavailable {
             message: "the system random number generator failed".into(),
             retry_after_secs: 1,
@@ -407,8 +407,14 @@ const APP_FLOW_SUFFIX: &str = "/app";
 /// when an app starts it.
 fn flow_namespace(provider: &str, account: &str, app: bool) -> Result<Namespace, BrokerError> {
     let suffix = if app { APP_FLOW_SUFFIX } else { "" };
-    Namespace::parse(&format!("{CONNECT_PREFIX}{provider}:{account}{suffix}"))
-        .map_err(|e| BrokerError::InvalidAccount(e.to_string()))
+    let text = format!("{CONNECT_PREFIX}{provider}:{account}{suffix}");
+    Namespace::parse(&text).map_err(|e| match e {
+        crate::namespace::NamespaceError::TooLong => BrokerError::InvalidAccount(format!(
+            "provider {provider:?} and account {account:?} are too long together: a connect flow keeps them in one namespace ({CONNECT_PREFIX}<provider>:<account>{suffix}) of at most {} characters",
+            crate::namespace::MAX_NAMESPACE_CHARS
+        )),
+        e => BrokerError::InvalidAccount(e.to_string()),
+    })
 }
 
 fn state_aad(namespace: &str) -> String {

@@ -116,6 +116,7 @@ pub(super) fn failed(
 ) -> HttpResponse {
     use CallbackError::*;
     let base = app.base_path.as_str();
+    let whole = &e;
     let (e, by_app) = e.unwrapped();
     let again = |account: &str, label: &str| {
         if by_app {
@@ -154,7 +155,7 @@ pub(super) fn failed(
             ),
         ),
         _ => {
-            let (status, title, detail) = wording(provider, e);
+            let (status, title, detail) = wording(provider, whole);
             let button = e
                 .retry_account()
                 .map(|a| again(a, "Start again"))
@@ -256,7 +257,14 @@ pub fn wording(provider: &str, e: &CallbackError) -> (u16, &'static str, String)
             "Not an address",
             "Paste the whole address from the browser's address bar (it starts with http://).".into(),
         ),
-        ByApp(inner) => wording(provider, inner),
+        ByApp(inner) => match **inner {
+            NoState | UnknownState => (
+                400,
+                "Unknown sign-in",
+                "This sign-in link was already used, has expired, or was never issued by oauthd. Go back to the app and start again there.".into(),
+            ),
+            _ => wording(provider, inner),
+        },
         AppFlowPasted { .. } => (
             400,
             "An app's sign-in",

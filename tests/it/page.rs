@@ -294,6 +294,21 @@ async fn a_connection_that_needs_reauth_offers_reconnect() {
     b.login_and_consent_at_provider("02").await;
     b.wait_text("h1", "Connected").await;
     assert_eq!(d.get("/v1/connections/peer/alice/token", &key).await.0, 200);
+
+    // Anyone can write a reconnect link: one naming an account that is not connected
+    // fills nothing in, so a click cannot hand the admin's grant to it.
+    b.client
+        .goto(&format!("{}/?reconnect=peer&account=stranger", d.url))
+        .await
+        .unwrap();
+    b.wait_text("#notice", "no connection peer (stranger) to reconnect")
+        .await;
+    let account = b.wait_for("#account-peer").await;
+    assert_eq!(
+        account.prop("value").await.unwrap().as_deref(),
+        Some("default")
+    );
+    b.screenshot("03-unknown-reconnect.png").await;
     b.close().await;
 }
 

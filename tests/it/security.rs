@@ -783,10 +783,14 @@ async fn an_apps_flow_is_confirmed_on_oauthds_page_and_finishes_only_in_that_bro
     assert!(back.text().await.unwrap().contains("Connected"));
     assert_eq!(d.get("/v1/connections/peer/evil", &key).await.0, 200);
 
-    // A used flow, or one of the operator's own, has nothing to confirm.
-    assert_eq!(
-        no_redirects().get(&address).send().await.unwrap().status(),
-        400
+    // A used flow, or one of the operator's own, has nothing to confirm: the person goes
+    // back to the app.
+    let used = no_redirects().get(&address).send().await.unwrap();
+    assert_eq!(used.status(), 400);
+    let page = used.text().await.unwrap();
+    assert!(
+        page.contains("Go back to the app and start again there"),
+        "{page}"
     );
 }
 
