@@ -4,15 +4,24 @@
 //! before anything else (`POST /admin/login` needs no key). Every body is read through this
 //! stream; past the deadline it ends with a timed-out I/O error, which `body::read_limited`
 //! answers with `408 body_timeout`.
+//!
+//! A chunked body nobody reads to its end (a `401` answered before it) is another way to
+//! hold a connection: actix-web drains such a body after the answer, for as long as the
+//! client sends it. It closes the connection instead when the body's receiving end is
+//! still held at the answer, so the receiving end of a chunked body is kept (`Unread`) by
+//! the answer's body (`Held`) until it is sent.
 
+use actix_web::body::{BodySize, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest};
 use actix_web::error::PayloadError;
 use actix_web::http::header;
 use actix_web::web::Bytes;
 use actix_web::HttpMessage;
 use futures_util::Stream;
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
@@ -29,33 +38,96 @@ pub fn is_deadline(e: &PayloadError) -> bool {
     matches!(e, PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
 }
 
+/// The receiving end of a chunked request body, kept until the answer is sent (see the
+/// module's notes).
+pub struct Unread(#[allow(dead_code, reason = "held, never read")] Rc<RefCell<Payload>>);
+
+/// A chunked body, read through the end that `Unread` keeps.
+struct Shared(Rc<RefCell<Payload>>);
+
+impl Stream for Shared {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut payload = self.0.borrow_mut();
+        Pin::new(&mut *payload).poll_next(cx)
+    }
+}
+
 /// Puts the request's body behind the app's deadline; a request that declares no body
 /// (most reads) is left as it is and costs nothing. The proxy's bodies, up to
-/// `[proxy] max_request_bytes`, keep the proxy's own deadline (`timeout_seconds`).
-pub fn apply(req: &mut ServiceRequest) {
+/// `[proxy] max_request_bytes`, keep the proxy's own deadline (`timeout_seconds`). For a
+/// chunked body, what the answer must hold (`Held`) so that the connection is closed
+/// when the body was not read to its end.
+pub fn apply(req: &mut ServiceRequest) -> Option<Unread> {
     if req.path().starts_with(PROXY_PREFIX) {
-        return;
+        return None;
     }
     let headers = req.headers();
-    let declares_body = headers.contains_key(header::TRANSFER_ENCODING)
+    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+    let declares_body = chunked
         || headers
             .get(header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0");
     if !declares_body {
-        return;
+        return None;
     }
-    let Some(BodyDeadline(within)) = req.app_data::<BodyDeadline>().copied() else {
-        return;
-    };
+    let BodyDeadline(within) = req.app_data::<BodyDeadline>().copied()?;
+    let until = Instant::now() + within;
     let inner = req.take_payload();
-    let limited: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> = Box::pin(Deadline {
-        inner,
-        until: Instant::now() + within,
-        within,
-        timer: None,
-        ended: false,
-    });
+    let (limited, unread): (Pin<Box<dyn Stream<Item = _>>>, _) = if chunked {
+        let shared = Rc::new(RefCell::new(inner));
+        let unread = Unread(shared.clone());
+        (
+            Box::pin(Deadline::new(Shared(shared), until, within)),
+            Some(unread),
+        )
+    } else {
+        (Box::pin(Deadline::new(inner, until, within)), None)
+    };
     req.set_payload(Payload::from(limited));
+    unread
+}
+
+pin_project_lite::pin_project! {
+    /// An answer's body, holding what `apply` kept of the request's until it is sent.
+    pub struct Held<B> {
+        #[pin]
+        body: B,
+        unread: Option<Unread>,
+    }
+}
+
+impl<B> Held<B> {
+    pub fn new(body: B, unread: Option<Unread>) -> Self {
+        Held { body, unread }
+    }
+}
+
+impl<B: MessageBody> MessageBody for Held<B> {
+    type Error = B::Error;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        self.project().body.poll_next(cx)
+    }
+
+    /// Never lets go early of what it holds: the bytes would be sent without it.
+    fn try_into_bytes(self) -> Result<Bytes, Self> {
+        match self.unread {
+            Some(_) => Err(self),
+            None => self
+                .body
+                .try_into_bytes()
+                .map_err(|body| Held { body, unread: None }),
+        }
+    }
 }
 
 struct Deadline<S> {
@@ -66,6 +138,18 @@ struct Deadline<S> {
     /// (the usual case) never needs one.
     timer: Option<Pin<Box<Sleep>>>,
     ended: bool,
+}
+
+impl<S> Deadline<S> {
+    fn new(inner: S, until: Instant, within: Duration) -> Self {
+        Deadline {
+            inner,
+            until,
+            within,
+            timer: None,
+            ended: false,
+        }
+    }
 }
 
 impl<S> Stream for Deadline<S>

@@ -28,10 +28,10 @@ pub async fn enforce(
             .into_response(refusal.error_response())
             .map_into_right_body());
     }
-    super::body_deadline::apply(&mut req);
-    next.call(req)
-        .await
-        .map(ServiceResponse::map_into_left_body)
+    let unread = super::body_deadline::apply(&mut req);
+    next.call(req).await.map(|res| {
+        res.map_body(|_, body| EitherBody::left(super::body_deadline::Held::new(body, unread)))
+    })
 }
 
 fn check(req: &ServiceRequest) -> Option<ApiError> {

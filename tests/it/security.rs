@@ -984,8 +984,8 @@ async fn slow_body(
 /// A client that sends its body a little at a time gets `408 body_timeout` once
 /// `[limits] body_seconds` passed, on an API route and on the sign-in form that needs no
 /// key, as problem+json, and the connection is closed instead of being held for as long as
-/// the client likes. (A chunked body still holds its connection after the answer: actix-web
-/// reads the rest of one nobody reads; see the README.)
+/// the client likes. So is a chunked body's: after the answer to one left unread (a `401`
+/// before the body, a deadline passed) oauthd closes the connection instead of draining it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_body_that_trickles_in_is_cut_off_at_the_deadline() {
     let home = Home::new();
@@ -1012,6 +1012,20 @@ async fn a_body_that_trickles_in_is_cut_off_at_the_deadline() {
              Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 4000\r\n\r\ntoken="
                 .to_owned(),
             &b"a"[..],
+            "408",
+        ),
+        // A chunked body that nobody reads (no key: 401 before the body), or that came
+        // too slowly, is not drained after the answer: the connection is closed.
+        (
+            "chunked, no key",
+            api("wrong-key", "Transfer-Encoding: chunked\r\n") + "1\r\n{\r\n",
+            &b"1\r\n \r\n"[..],
+            "401",
+        ),
+        (
+            "chunked",
+            api(&key, "Transfer-Encoding: chunked\r\n") + "1\r\n{\r\n",
+            &b"1\r\n \r\n"[..],
             "408",
         ),
     ] {
