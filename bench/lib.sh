@@ -80,13 +80,21 @@ fresh_oauthd() {
 }
 
 # connect_bench: connects account bench/default through the browser flow's callback, the
-# bare handler answering as the provider's token endpoint.
+# bare handler answering as the provider's token endpoint. Where the flow's address is
+# oauthd's confirmation page (an app's flow), it is confirmed first, and the callback
+# carries the cookie that gives (older binaries send the browser to the provider at once).
 connect_bench() {
-  local authorize state page
-  authorize=$(curl -sf -X POST -H "Authorization: Bearer $BENCH_API_KEY" \
+  local started address state page jar="$tmp/flow-cookies"
+  started=$(curl -sf -X POST -H "Authorization: Bearer $BENCH_API_KEY" \
     -H 'Content-Type: application/json' -d '{}' "$OAUTHD/v1/connect/bench")
-  state=$(echo "$authorize" | sed -n 's/.*[?&]state=\([^&"]*\).*/\1/p')
-  page=$(curl -s "$OAUTHD/callback/bench?state=$state&code=bench")
+  address=$(echo "$started" | sed -n 's/.*"authorize_url":"\([^"]*\)".*/\1/p')
+  state=$(echo "$address" | sed -n 's/.*[?&]state=\([^&]*\).*/\1/p')
+  case "$address" in
+    */connect/bench/confirm\?*)
+      curl -sf -o /dev/null -c "$jar" -X POST -H 'Sec-Fetch-Site: same-origin' "$address" \
+        || { echo "could not confirm bench/default at $address" >&2; exit 1; } ;;
+  esac
+  page=$(curl -s -b "$jar" "$OAUTHD/callback/bench?state=$state&code=bench")
   echo "$page" | grep -q "is connected" || { echo "could not connect bench/default: $page" >&2; exit 1; }
 }
 

@@ -35,8 +35,11 @@ speakers_lock = threading.Lock()
 def now_playing(account: str) -> tuple[int, dict]:
     try:
         token = oauthd.connections.token(PROVIDER, account, min_ttl=30)
-    except NeedsReauth as e:
-        return 409, {"error": "reconnect this account", "reconnect_url": e.reconnect_url}
+    except NeedsReauth:
+        # The grant is gone: the listener connects again, in their own browser (the
+        # reconnect_url in the error is oauthd's page for its operator).
+        started = oauthd.connect.start(PROVIDER, account=account)
+        return 409, {"error": "connect this account again", "connect_url": started.authorize_url}
     except NotFound:
         return 404, {"error": f"no account {account!r}: link it first"}
     request = urllib.request.Request(MUSIC_API, headers={"Authorization": f"Bearer {token.access_token}"})

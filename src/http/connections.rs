@@ -120,7 +120,7 @@ pub async fn show(
         (status = 200, description = "A token valid for at least `min_ttl`.", body = AccessToken),
         (status = 400, description = "`min_ttl` is not 0 to 86400 (`invalid_min_ttl`), or an unknown query parameter (`unknown_parameter`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such provider in the config (`unknown_provider`) or connection (`connection_not_found`).", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 409, description = "The grant is gone: a person must connect again at `reconnect_url` (`needs_reauth`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "The grant is gone (`needs_reauth`): an app starts a new connect flow for the account; `reconnect_url` is the operator's page, behind its sign-in.", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 502, description = "The provider refused the refresh in a way that is not `invalid_grant` (`provider_rejected`), or its new ID token does not verify (`id_token_invalid`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 503, description = "The provider or storage is unavailable (`provider_unavailable`, `storage_unavailable`, `vault_error`): retry after `Retry-After`.", body = ProblemDoc, content_type = "application/problem+json"),
     ))]

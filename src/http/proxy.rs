@@ -120,7 +120,7 @@ const ENDPOINT: &str = "/v1/proxy/{provider}/{account}/{path}";
         (status = 400, description = "A path that could leave the API's base (`invalid_proxy_path`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such provider (`unknown_provider`), no `api_base_url` for it (`proxy_not_configured`), or no such connection (`connection_not_found`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 408, description = "The request body did not arrive in time (`body_timeout`).", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 409, description = "The grant is gone: connect again at `reconnect_url` (`needs_reauth`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "The grant is gone (`needs_reauth`): an app starts a new connect flow for the account; `reconnect_url` is the operator's page, behind its sign-in.", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 413, description = "The request body is larger than `proxy.max_request_bytes` (`body_too_large`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 502, description = "The API's answer is larger than `proxy.max_response_bytes` (`upstream_too_large`) or it cannot be reached (`upstream_unavailable`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 503, description = "Too many request bodies in memory at once (`proxy_busy`), or the provider cannot refresh the token now (`provider_unavailable`).", body = ProblemDoc, content_type = "application/problem+json"),

@@ -43,7 +43,10 @@ export class WrongSecret extends OauthdError {
     return Number(this.problem.attempts_left ?? 0);
   }
 }
-/** 409 `needs_reauth`: a person must connect the account again at `reconnectUrl`. */
+/**
+ * 409 `needs_reauth`: the account must be connected again. An app starts a new flow for it
+ * (`connect.start`); `reconnectUrl` is the operator's page (behind its sign-in).
+ */
 export class NeedsReauth extends OauthdError {
   get reconnectUrl(): string | undefined {
     const url = this.problem.reconnect_url;
@@ -393,7 +396,11 @@ export class Connections {
 export class Connect {
   constructor(private readonly t: Transport) {}
 
-  /** Where to send the person (authorization code + PKCE, run by oauthd). */
+  /**
+   * Where to send the person (authorization code + PKCE, run by oauthd): oauthd's page that
+   * asks them to continue; they finish in that browser. A provider with a paste-back
+   * redirect answers 400 `paste_back_provider`.
+   */
   start(provider: string, options: { account?: string; return_to?: string } = {}): Promise<ConnectStarted> {
     return this.t.call("POST", ["v1", "connect", provider], { json: defined(options) });
   }

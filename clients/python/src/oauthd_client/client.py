@@ -144,7 +144,9 @@ class Connect:
         self._t = t
 
     def start(self, provider: str, *, account: Optional[str] = None, return_to: Optional[str] = None) -> ConnectStarted:
-        """Where to send the person (authorization code + PKCE run by oauthd)."""
+        """Where to send the person (authorization code + PKCE run by oauthd): oauthd's page
+        that asks them to continue; they finish in that browser. A provider with a
+        paste-back redirect raises a 400 `paste_back_provider`."""
         body = {k: v for k, v in {"account": account, "return_to": return_to}.items() if v is not None}
         return _from(ConnectStarted, self._t.call("POST", "v1", "connect", provider, json_body=body).json())
 

@@ -42,7 +42,8 @@ class WrongSecret(OauthdError):
 
 
 class NeedsReauth(OauthdError):
-    """409 `needs_reauth`: a person must connect the account again at `reconnect_url`."""
+    """409 `needs_reauth`: the account must be connected again. An app starts a new flow
+    for it (`connect.start`); `reconnect_url` is the operator's page (behind its sign-in)."""
 
     @property
     def reconnect_url(self) -> Optional[str]:
