@@ -57,12 +57,9 @@ impl Stream for Shared {
 /// Puts the request's body behind the app's deadline; a request that declares no body
 /// (most reads) is left as it is and costs nothing. The proxy's bodies, up to
 /// `[proxy] max_request_bytes`, keep the proxy's own deadline (`timeout_seconds`). For a
-/// chunked body, what the answer must hold (`Held`) so that the connection is closed
-/// when the body was not read to its end.
+/// chunked body (the proxy's too), what the answer must hold (`Held`) so that the
+/// connection is closed when the body was not read to its end.
 pub fn apply(req: &mut ServiceRequest) -> Option<Unread> {
-    if req.path().starts_with(PROXY_PREFIX) {
-        return None;
-    }
     let headers = req.headers();
     let chunked = headers.contains_key(header::TRANSFER_ENCODING);
     let declares_body = chunked
@@ -72,20 +69,33 @@ pub fn apply(req: &mut ServiceRequest) -> Option<Unread> {
     if !declares_body {
         return None;
     }
-    let BodyDeadline(within) = req.app_data::<BodyDeadline>().copied()?;
-    let until = Instant::now() + within;
-    let inner = req.take_payload();
-    let (limited, unread): (Pin<Box<dyn Stream<Item = _>>>, _) = if chunked {
-        let shared = Rc::new(RefCell::new(inner));
-        let unread = Unread(shared.clone());
-        (
-            Box::pin(Deadline::new(Shared(shared), until, within)),
-            Some(unread),
-        )
-    } else {
-        (Box::pin(Deadline::new(inner, until, within)), None)
+    let deadline = match req.path().starts_with(PROXY_PREFIX) {
+        true => None,
+        false => req.app_data::<BodyDeadline>().copied(),
     };
-    req.set_payload(Payload::from(limited));
+    let within = |deadline: Option<BodyDeadline>| {
+        deadline.map(|BodyDeadline(within)| (Instant::now() + within, within))
+    };
+    let inner = req.take_payload();
+    let (body, unread): (Pin<Box<dyn Stream<Item = _>>>, _) = match (chunked, within(deadline)) {
+        (false, None) => {
+            req.set_payload(inner);
+            return None;
+        }
+        (false, Some((until, within))) => (Box::pin(Deadline::new(inner, until, within)), None),
+        (true, deadline) => {
+            let shared = Rc::new(RefCell::new(inner));
+            let unread = Some(Unread(shared.clone()));
+            match deadline {
+                Some((until, within)) => (
+                    Box::pin(Deadline::new(Shared(shared), until, within)),
+                    unread,
+                ),
+                None => (Box::pin(Shared(shared)), unread),
+            }
+        }
+    };
+    req.set_payload(Payload::from(body));
     unread
 }
 

@@ -3,6 +3,7 @@
 //! such as `?minttl=5` is refused, as unknown body fields are). Bodies are limited per
 //! extractor (`BodyLimit`).
 
+use super::body_deadline::Held;
 use super::problem::ApiError;
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -22,16 +23,16 @@ pub const MAX_HEADERS: usize = 96;
 pub async fn enforce(
     mut req: ServiceRequest,
     next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    if let Some(refusal) = check(&req) {
-        return Ok(req
-            .into_response(refusal.error_response())
-            .map_into_right_body());
-    }
+) -> Result<ServiceResponse<Held<EitherBody<impl MessageBody>>>, actix_web::Error> {
+    // First: a refusal below leaves the body unread too.
     let unread = super::body_deadline::apply(&mut req);
-    next.call(req).await.map(|res| {
-        res.map_body(|_, body| EitherBody::left(super::body_deadline::Held::new(body, unread)))
-    })
+    let res = match check(&req) {
+        Some(refusal) => req
+            .into_response(refusal.error_response())
+            .map_into_right_body(),
+        None => next.call(req).await?.map_into_left_body(),
+    };
+    Ok(res.map_body(|_, body| Held::new(body, unread)))
 }
 
 fn check(req: &ServiceRequest) -> Option<ApiError> {

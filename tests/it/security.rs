@@ -1028,6 +1028,25 @@ async fn a_body_that_trickles_in_is_cut_off_at_the_deadline() {
             &b"1\r\n \r\n"[..],
             "408",
         ),
+        // Refused before any handler (an unknown parameter), and on the proxy's routes,
+        // which keep a deadline of their own.
+        (
+            "chunked, refused before the route",
+            api(&key, "Transfer-Encoding: chunked\r\n").replacen("/v1/states", "/v1/states?x=1", 1)
+                + "1\r\n{\r\n",
+            &b"1\r\n \r\n"[..],
+            "400",
+        ),
+        (
+            "chunked, proxy",
+            api("wrong-key", "Transfer-Encoding: chunked\r\n").replacen(
+                "/v1/states",
+                "/v1/proxy/peer/default/me",
+                1,
+            ) + "1\r\n{\r\n",
+            &b"1\r\n \r\n"[..],
+            "401",
+        ),
     ] {
         let answer = slow_body(&d, &head, trickle, wait)
             .await
@@ -1040,6 +1059,46 @@ async fn a_body_that_trickles_in_is_cut_off_at_the_deadline() {
             assert!(answer.contains("body_timeout"), "{what}: {answer}");
         }
     }
-    // A body that arrives in time is unaffected, on a connection kept for more.
+    // A body that arrives in time is unaffected, on a connection kept for more; a chunked
+    // one read to its end too.
     d.create_state(&key, json!({"namespace": "oauth:x"})).await;
+    let body = r#"{"namespace":"oauth:x"}"#;
+    let chunked = format!(
+        "{}{:x}\r\n{body}\r\n0\r\n\r\n",
+        api(&key, "Transfer-Encoding: chunked\r\n"),
+        body.len()
+    );
+    let answers = on_one_connection(
+        &d,
+        &[&chunked, "GET /healthz HTTP/1.1\r\nHost: oauthd\r\n\r\n"],
+    )
+    .await;
+    assert!(answers[0].starts_with("HTTP/1.1 201"), "{answers:?}");
+    assert!(answers[1].starts_with("HTTP/1.1 200"), "{answers:?}");
+}
+
+/// Sends each request on one connection after the answer to the one before; the answers'
+/// heads and bodies as text (each read until it has stopped arriving for 300 ms).
+async fn on_one_connection(d: &Daemon, requests: &[&str]) -> Vec<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(d.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let mut answers = Vec::new();
+    for request in requests {
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let wait = if answer.is_empty() { 10_000 } else { 300 };
+            match tokio::time::timeout(std::time::Duration::from_millis(wait), conn.read(&mut buf))
+                .await
+            {
+                Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+        answers.push(String::from_utf8_lossy(&answer).into_owned());
+    }
+    answers
 }
