@@ -178,6 +178,49 @@ async fn the_stores_totals_are_counted_afresh_at_each_start() {
     );
 }
 
+/// Namespaces are the apps' to make up: one left without live states keeps no row of
+/// counts behind once the sweeper came by (a key creating and consuming in ever new
+/// namespaces would grow the file for good), and rows such namespaces kept before go at
+/// the next start.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_namespace_without_live_states_leaves_no_count_behind() {
+    let home = Home::new();
+    home.write_config("[states]\nsweep_interval_seconds = 1\n");
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let kept = d
+        .create_state(&key, json!({"namespace": "oauth:kept"}))
+        .await;
+    for n in 0..20 {
+        let ns = format!("oauth:made-up-{n}");
+        let state = d.create_state(&key, json!({"namespace": ns})).await;
+        assert_eq!(d.consume(&key, &state, &ns).await.0, 200);
+    }
+    let db = home.db();
+    // The two totals and the one namespace that holds a state.
+    let rows = || count_rows(&db, "namespace_counts");
+    assert!(
+        eventually(Duration::from_secs(10), || rows() == 3).await,
+        "{} rows",
+        rows()
+    );
+    assert_eq!(common::stored_total(&db, "oauth:kept"), 1);
+    assert_eq!(d.signal_and_wait("TERM").code(), Some(0));
+
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("INSERT INTO namespace_counts VALUES ('oauth:left-by-before', 0)")
+        .unwrap();
+    drop(conn);
+    let d = home.start();
+    assert_eq!(d.consume(&key, &kept, "oauth:kept").await.0, 200);
+    assert!(
+        eventually(Duration::from_secs(10), || rows() == 2).await,
+        "only the totals: {} rows",
+        rows()
+    );
+    drop(d);
+}
+
 /// The grace window: an expired state answers 410 (so the app can say "start again")
 /// until `expired_grace_seconds` after expiry, then 404 like any unknown value.
 async fn expired_states_answer_410_during_the_grace_window_and_404_after(home: Home) {

@@ -17,7 +17,7 @@
 //! when the last look is `LOOK_EVERY` old, and a ticker wakes it for that when idle.
 
 use super::classify;
-use super::live_counts::{LiveCounts, Tx};
+use super::live_counts::{Emptied, LiveCounts, Tx};
 use crate::store::change_watch::LOOK_EVERY;
 use crate::store::{ChangeWatch, StoreError};
 use rusqlite::{Connection, ErrorCode, MAIN_DB};
@@ -179,6 +179,7 @@ impl Writer {
             watch,
             data_version: None,
             last_look: None,
+            emptied: RefCell::default(),
         };
         let thread = std::thread::Builder::new()
             .name("oauthd-sqlite-writer".into())
@@ -290,6 +291,8 @@ struct Link {
     /// `PRAGMA data_version` at the last look (`None`: not looked on this connection).
     data_version: Option<i64>,
     last_look: Option<Instant>,
+    /// Namespaces the groups since the last sweep may have left without live states.
+    emptied: RefCell<Emptied>,
 }
 
 impl Link {
@@ -399,7 +402,7 @@ fn write_group(link: &mut Link, group: &mut Vec<Box<dyn WriteJob>>) {
         }
         return;
     };
-    match commit_group(conn, group, &link.watch) {
+    match commit_group(conn, group, &link.watch, &link.emptied) {
         Outcome::Committed => link.mark_writable(),
         Outcome::CannotWrite => link.mark_read_only(),
         Outcome::Failed => {}
@@ -422,6 +425,7 @@ fn commit_group(
     conn: &Connection,
     group: &mut Vec<Box<dyn WriteJob>>,
     watch: &ChangeWatch,
+    emptied: &RefCell<Emptied>,
 ) -> Outcome {
     let mut cannot_write = false;
     let mut failed = false;
@@ -444,7 +448,7 @@ fn commit_group(
         let mut done: Vec<Box<dyn WriteJob>> = Vec::with_capacity(jobs.len());
         let mut rolled_back = false;
         let counts = RefCell::new(LiveCounts::default());
-        let tx = Tx::new(conn, &counts);
+        let tx = Tx::new(conn, &counts, emptied);
         for mut job in jobs.by_ref() {
             if job.execute(&tx, &mut cannot_write) {
                 done.push(job);
@@ -461,7 +465,7 @@ fn commit_group(
                 "the transaction was rolled back by the database",
             ))
         } else {
-            let counted = counts.borrow_mut().write(conn);
+            let counted = tx.write_counts();
             counted
                 .and_then(|()| run_cached(conn, "COMMIT"))
                 .map_err(|e| {
