@@ -115,19 +115,33 @@ impl LiveCounts {
     }
 }
 
-/// Namespaces whose count may have come down to zero since the last sweep (at most
-/// `MAX_EMPTIED`; one past them keeps its row until another group empties it again, or
-/// the next start).
+/// Namespaces whose count may have come down to zero since the sweeper last came by (at
+/// most `MAX_EMPTIED`). Past that, and after each open (rows earlier versions left at
+/// zero), `overflowed` has the sweeper look for zero rows in the table instead, a batch
+/// at a time.
 #[derive(Debug, Default)]
-pub struct Emptied(HashSet<String>);
+pub struct Emptied {
+    names: HashSet<String>,
+    overflowed: bool,
+}
 
-/// Most namespaces `Emptied` notes between two sweeps.
+/// Most namespaces `Emptied` notes.
 const MAX_EMPTIED: usize = 100_000;
 
 impl Emptied {
+    /// As a fresh connection starts: zero rows may be in the table already.
+    pub fn after_open() -> Self {
+        Emptied {
+            names: HashSet::new(),
+            overflowed: true,
+        }
+    }
+
     fn note(&mut self, namespace: String) {
-        if self.0.len() < MAX_EMPTIED {
-            self.0.insert(namespace);
+        if self.names.len() < MAX_EMPTIED {
+            self.names.insert(namespace);
+        } else {
+            self.overflowed = true;
         }
     }
 }
@@ -135,8 +149,8 @@ impl Emptied {
 /// Counts the store's totals afresh from the tables. A process from before schema 9 on
 /// the same file keeps the namespaces' counts but not these, and a total left too high
 /// would refuse every create for good, so each open counts them again (an index-only
-/// count: milliseconds for a few hundred thousand states). The rows of namespaces left
-/// without live states (kept by versions before 2026-12-03) go at the same time.
+/// count: milliseconds for a few hundred thousand states). (Rows earlier versions left at
+/// zero go with the sweeper, a batch at a time: see `Emptied::after_open`.)
 pub fn recount_totals(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(&format!(
         "BEGIN IMMEDIATE;
@@ -144,8 +158,6 @@ pub fn recount_totals(conn: &Connection) -> rusqlite::Result<()> {
              SELECT '{ALL_STATES}', count(*) FROM states;
          INSERT OR REPLACE INTO namespace_counts (namespace, live)
              SELECT '{TOMBSTONES}', count(*) FROM expired_states;
-         DELETE FROM namespace_counts
-             WHERE live = 0 AND namespace NOT IN ('{ALL_STATES}', '{TOMBSTONES}');
          COMMIT;"
     ))
 }
@@ -188,14 +200,25 @@ impl<'a> Tx<'a> {
         self.counts.borrow_mut().write(self.conn, self.emptied)
     }
 
-    /// Deletes the rows of the namespaces noted as emptied that are still at zero (the
-    /// sweeper's, in its transaction). Returns how many went.
-    pub fn forget_emptied_namespaces(&self) -> rusqlite::Result<usize> {
-        let emptied = std::mem::take(&mut self.emptied.borrow_mut().0);
+    /// Deletes the rows of at most `at_most` namespaces noted as emptied that are still at
+    /// zero (the sweeper's, in its transaction), or, when the notes overflowed, of that
+    /// many zero rows found in the table. Returns how many went.
+    pub fn forget_emptied_namespaces(&self, at_most: usize) -> rusqlite::Result<usize> {
+        let noted: Vec<String> = self
+            .emptied
+            .borrow()
+            .names
+            .iter()
+            .take(at_most)
+            .cloned()
+            .collect();
+        if noted.is_empty() {
+            return self.forget_zero_rows(at_most);
+        }
         let mut gone = 0;
-        for namespace in emptied {
+        for namespace in noted {
             // This transaction's own changes are written at its end: a namespace it
-            // counts is not forgotten now.
+            // counts stays noted for the next time.
             if self.counts.borrow().namespaces.contains_key(&namespace) {
                 continue;
             }
@@ -203,6 +226,27 @@ impl<'a> Tx<'a> {
                 .conn
                 .prepare_cached("DELETE FROM namespace_counts WHERE namespace = ?1 AND live = 0")?
                 .execute([&namespace])?;
+            self.emptied.borrow_mut().names.remove(&namespace);
+        }
+        Ok(gone)
+    }
+
+    /// Zero rows found in the table, `at_most` at a time, while the notes overflowed.
+    fn forget_zero_rows(&self, at_most: usize) -> rusqlite::Result<usize> {
+        if !self.emptied.borrow().overflowed {
+            return Ok(0);
+        }
+        let limit = i64::try_from(at_most).unwrap_or(i64::MAX);
+        let gone = self
+            .conn
+            .prepare_cached(&format!(
+                "DELETE FROM namespace_counts WHERE namespace IN
+                 (SELECT namespace FROM namespace_counts
+                  WHERE live = 0 AND namespace NOT IN ('{ALL_STATES}', '{TOMBSTONES}') LIMIT ?1)"
+            ))?
+            .execute([limit])?;
+        if gone < at_most {
+            self.emptied.borrow_mut().overflowed = false;
         }
         Ok(gone)
     }
@@ -314,7 +358,11 @@ pub(super) mod tests {
         assert_eq!(stored(&conn).len(), 5);
         tx.states_changed("b", 1);
         tx.write_counts().unwrap();
-        assert_eq!(tx.forget_emptied_namespaces().unwrap(), 2);
+        // Noted: a, z and b (b's count was not read when it went down); one at a time.
+        let gone: usize = (0..3)
+            .map(|_| tx.forget_emptied_namespaces(1).unwrap())
+            .sum();
+        assert_eq!(gone, 2);
         let floor = vec![
             ("*states".into(), 1),
             ("*tombstones".into(), 3),
@@ -322,7 +370,22 @@ pub(super) mod tests {
         ];
         assert_eq!(stored(&conn), floor);
         assert_eq!(tx.live_states("a").unwrap(), 0);
-        assert_eq!(tx.forget_emptied_namespaces().unwrap(), 0, "noted once");
+        assert_eq!(tx.forget_emptied_namespaces(10).unwrap(), 0, "noted once");
+
+        // After an open, zero rows already in the table are looked for, a batch at a time.
+        conn.execute_batch(
+            "INSERT INTO namespace_counts VALUES ('old1', 0), ('old2', 0), ('old3', 0)",
+        )
+        .unwrap();
+        *emptied.borrow_mut() = Emptied::after_open();
+        assert_eq!(tx.forget_emptied_namespaces(2).unwrap(), 2);
+        assert_eq!(tx.forget_emptied_namespaces(2).unwrap(), 1);
+        assert_eq!(
+            tx.forget_emptied_namespaces(2).unwrap(),
+            0,
+            "found none: done"
+        );
+        assert_eq!(stored(&conn), floor);
 
         // A total's row someone deleted is written afresh.
         conn.execute_batch("DELETE FROM namespace_counts WHERE namespace = '*states'")

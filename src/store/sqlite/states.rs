@@ -175,7 +175,7 @@ impl SweepStates for SqliteStore {
                 let purged = purged + retired.forgotten;
                 let expired_by_namespace = retired.by_namespace;
                 // So do the counts of namespaces left without live states.
-                conn.forget_emptied_namespaces()?;
+                conn.forget_emptied_namespaces(usize::try_from(batch).unwrap_or(usize::MAX))?;
                 // Finished or abandoned device flows and stale admin secrets go too.
                 conn.prepare_cached("DELETE FROM device_flows WHERE expires_at < ?1")?
                     .execute([purge_before_ms])?;

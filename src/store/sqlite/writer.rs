@@ -179,7 +179,7 @@ impl Writer {
             watch,
             data_version: None,
             last_look: None,
-            emptied: RefCell::default(),
+            emptied: RefCell::new(Emptied::after_open()),
         };
         let thread = std::thread::Builder::new()
             .name("oauthd-sqlite-writer".into())
