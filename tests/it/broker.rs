@@ -91,11 +91,8 @@ async fn the_token_api_sees_another_processs_delete_within_token_cache_seconds(h
 
 /// Starts a connect flow for `account` and returns the authorization URL.
 async fn start_flow(d: &Daemon, key: &str, account: &str) -> String {
-    let (status, body) = d
-        .post("/v1/connect/peer", key, json!({"account": account}))
-        .await;
-    assert_eq!(status, 201, "{body}");
-    d.confirm(body["authorize_url"].as_str().unwrap()).await
+    d.confirm(&d.app_flow_address(key, "peer", account).await)
+        .await
 }
 
 /// oauthd in `home` with the peer (tokens living `token_secs`) as provider "peer", and

@@ -183,17 +183,7 @@ async fn an_apps_flow_is_confirmed_on_oauthds_page_in_a_real_browser() {
     let peer = Peer::start(60);
     let (home, key) = peer.home_with_key("");
     let d = home.start();
-    let start = || async {
-        let (status, started) = d
-            .post(
-                "/v1/connect/peer",
-                &key,
-                serde_json::json!({"account": "living-room"}),
-            )
-            .await;
-        assert_eq!(status, 201, "{started}");
-        started["authorize_url"].as_str().unwrap().to_owned()
-    };
+    let start = || d.app_flow_address(&key, "peer", "living-room");
     let b = Browser::start("app-flow").await;
 
     // Another site (another port: same site, another origin) posts the form at once.

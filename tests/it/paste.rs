@@ -178,15 +178,8 @@ async fn apps_neither_start_paste_back_flows_nor_have_their_flows_pasted() {
     common::assert_code(resp, "paste_back_provider").await;
 
     let ui = home.ui_session(&d).await;
-    let (status, started) = d
-        .post(
-            "/v1/connect/direct",
-            &key,
-            serde_json::json!({"account": "evil"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{started}");
-    let state = common::query_param(started["authorize_url"].as_str().unwrap(), "state");
+    let address = d.app_flow_address(&key, "direct", "evil").await;
+    let state = common::query_param(&address, "state");
     let callback = format!("{}/callback/direct?state={state}&code=c1", d.url);
     let (status, body) = d
         .ui_post(

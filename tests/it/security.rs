@@ -672,13 +672,7 @@ async fn an_apps_flow_is_confirmed_on_oauthds_page_and_finishes_only_in_that_bro
     home.write_config(&peer.provider_toml("peer"));
     let key = home.create_key("music", &[]);
     let d = home.start();
-    let start = || async {
-        let (status, body) = d
-            .post("/v1/connect/peer", &key, json!({"account": "evil"}))
-            .await;
-        assert_eq!(status, 201, "{body}");
-        body["authorize_url"].as_str().unwrap().to_owned()
-    };
+    let start = || d.app_flow_address(&key, "peer", "evil");
 
     // The address leads to oauthd's page, which says who asks for what.
     let address = start().await;
@@ -809,11 +803,7 @@ async fn an_apps_failed_flow_sends_the_person_back_to_the_app() {
     let key = home.create_key("app", &[]);
     let d = home.start();
     let cookie = sign_in(&d, &home.login_link(&d)).await;
-    let (status, body) = d
-        .post("/v1/connect/peer", &key, json!({"account": "evil"}))
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let address = body["authorize_url"].as_str().unwrap().to_owned();
+    let address = d.app_flow_address(&key, "peer", "evil").await;
     let state = query_param(&address, "state");
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
 
@@ -858,11 +848,7 @@ async fn under_https_an_apps_flow_cookie_is_host_only() {
     let key = home.create_key("app", &[]);
     let d = home.start();
     let confirmed = || async {
-        let (status, body) = d
-            .post("/v1/connect/peer", &key, json!({"account": "evil"}))
-            .await;
-        assert_eq!(status, 201, "{body}");
-        let address = body["authorize_url"].as_str().unwrap().to_owned();
+        let address = d.app_flow_address(&key, "peer", "evil").await;
         assert!(
             address.starts_with(&format!("{public}/connect/peer/confirm?")),
             "{address}"

@@ -744,6 +744,23 @@ impl Daemon {
             .await
     }
 
+    /// Starts a connect flow for `account` over the API, as an app does; returns the
+    /// address it hands out (oauthd's confirmation page), not confirmed.
+    pub async fn app_flow_address(&self, key: &str, provider: &str, account: &str) -> String {
+        let (status, body) = self
+            .post(
+                &format!("/v1/connect/{provider}"),
+                key,
+                serde_json::json!({"account": account}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["authorize_url"]
+            .as_str()
+            .expect("authorize_url")
+            .to_owned()
+    }
+
     /// Starts a connect flow with this request body and confirms it as the person would;
     /// returns the provider's authorization URL.
     pub async fn start_connect_with(
