@@ -255,6 +255,15 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
         code: Some("the-code".into()),
         ..Default::default()
     };
+    // Finishes the flow that handed out `address`, as `browser` brings it back.
+    let finish = |address: &url::Url, browser: Browser<'static>| {
+        broker.finish_callback("p", callback(&state_of(address)), browser)
+    };
+    // Starts a flow for `account` and finishes it so.
+    let finish_new = |account: &'static str, browser: Browser<'static>| async move {
+        let started = start(account).await.unwrap();
+        finish(&started.authorize_url, browser).await
+    };
 
     let started = start("evil").await.unwrap();
     assert_eq!(started.authorize_url.path(), "/connect/p/confirm");
@@ -273,14 +282,7 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
         Err(CallbackError::UnknownState)
     ));
     for presented in [None, Some(""), Some("another browser's value")] {
-        let started = start("evil").await.unwrap();
-        let refused = broker
-            .finish_callback(
-                "p",
-                callback(&state_of(&started.authorize_url)),
-                Browser::Cookie(presented),
-            )
-            .await;
+        let refused = finish_new("evil", Browser::Cookie(presented)).await;
         assert_eq!(
             refused.unwrap_err(),
             CallbackError::NotConfirmedHere {
@@ -318,13 +320,7 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
     assert_eq!(token.access_token.as_str(), "access-1");
     // The operator's paste-back box finishes the operator's flows only.
     let started = start("pasted").await.unwrap();
-    let pasted = broker
-        .finish_callback(
-            "p",
-            callback(&state_of(&started.authorize_url)),
-            Browser::Pasted,
-        )
-        .await;
+    let pasted = finish(&started.authorize_url, Browser::Pasted).await;
     assert_eq!(
         pasted.unwrap_err(),
         CallbackError::AppFlowPasted {
@@ -351,13 +347,7 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
     );
     let started = start("slow").await.unwrap();
     clock.advance(61 * MINUTE);
-    let expired = broker
-        .finish_callback(
-            "p",
-            callback(&state_of(&started.authorize_url)),
-            Browser::Cookie(None),
-        )
-        .await;
+    let expired = finish(&started.authorize_url, Browser::Cookie(None)).await;
     assert_eq!(
         expired.unwrap_err(),
         CallbackError::ByApp(Box::new(CallbackError::Expired {
@@ -378,12 +368,7 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
         Err(CallbackError::UnknownState)
     ));
     endpoint.then(200, tokens("access-3", "refresh-3", 3600));
-    broker
-        .finish_callback(
-            "p",
-            callback(&state_of(&own.authorize_url)),
-            Browser::Cookie(None),
-        )
+    finish(&own.authorize_url, Browser::Cookie(None))
         .await
         .unwrap();
 }

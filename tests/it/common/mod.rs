@@ -747,18 +747,26 @@ impl Daemon {
     /// Starts a connect flow for `account` over the API, as an app does; returns the
     /// address it hands out (oauthd's confirmation page), not confirmed.
     pub async fn app_flow_address(&self, key: &str, provider: &str, account: &str) -> String {
-        let (status, body) = self
-            .post(
-                &format!("/v1/connect/{provider}"),
-                key,
-                serde_json::json!({"account": account}),
-            )
+        let path = format!("/v1/connect/{provider}");
+        let body = self
+            .created(&path, key, serde_json::json!({"account": account}))
             .await;
-        assert_eq!(status, 201, "{body}");
         body["authorize_url"]
             .as_str()
             .expect("authorize_url")
             .to_owned()
+    }
+
+    /// `POST path` with the API key and this body, which must answer `201`: its body.
+    async fn created(
+        &self,
+        path: &str,
+        key: &str,
+        request: serde_json::Value,
+    ) -> serde_json::Value {
+        let (status, body) = self.post(path, key, request).await;
+        assert_eq!(status, 201, "{body}");
+        body
     }
 
     /// Starts a connect flow with this request body and confirms it as the person would;
@@ -769,10 +777,9 @@ impl Daemon {
         provider: &str,
         request: serde_json::Value,
     ) -> String {
-        let (status, body) = self
-            .post(&format!("/v1/connect/{provider}"), key, request)
+        let body = self
+            .created(&format!("/v1/connect/{provider}"), key, request)
             .await;
-        assert_eq!(status, 201, "{body}");
         self.confirm(body["authorize_url"].as_str().expect("authorize_url"))
             .await
     }
@@ -818,15 +825,9 @@ impl Daemon {
         provider: &str,
         account: &str,
     ) -> serde_json::Value {
-        let (status, body) = self
-            .post(
-                &format!("/v1/device/{provider}"),
-                key,
-                serde_json::json!({"account": account}),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-        body
+        let path = format!("/v1/device/{provider}");
+        self.created(&path, key, serde_json::json!({"account": account}))
+            .await
     }
 
     /// Polls a device flow's status until it is no longer 202, at most `limit`.
