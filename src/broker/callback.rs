@@ -51,6 +51,8 @@ pub struct Connected {
     pub account: String,
     /// Where to send the browser: allowed when the flow started and still allowed now.
     pub return_to: Option<String>,
+    /// An app started the flow (the person came from the app, not oauthd's page).
+    pub by_app: bool,
 }
 
 /// Why a callback stored nothing. Variants that carry `account` happened after the state
@@ -123,6 +125,10 @@ pub enum CallbackError {
     AppFlowPasted {
         account: String,
     },
+    /// The API key that started an app's flow was revoked (or deleted) since.
+    StarterRevoked {
+        account: String,
+    },
     /// What went wrong with a flow an app started: starting again is the app's to do,
     /// never the operator's page's (it would skip the confirmation).
     ByApp(Box<CallbackError>),
@@ -149,10 +155,14 @@ impl CallbackError {
         )
     }
 
-    /// The error itself, and whether the flow was an app's.
+    /// The error itself, and whether the flow was an app's (and so the person in front
+    /// of the page was sent by an app).
     pub fn unwrapped(&self) -> (&CallbackError, bool) {
         match self {
             CallbackError::ByApp(inner) => (inner, true),
+            CallbackError::NotConfirmedHere { .. } | CallbackError::StarterRevoked { .. } => {
+                (self, true)
+            }
             other => (other, false),
         }
     }
@@ -358,10 +368,18 @@ impl Broker {
                 log::warn!("callback {provider_name}/{account}: a flow an app started came back to a browser that did not confirm it; nothing stored");
                 return Err(CallbackError::NotConfirmedHere { account });
             }
+            if let Some(flow) = &secrets.app {
+                self.check_starter(flow, &account).await?;
+            }
         }
-        self.redeem(provider, q, account, secrets)
+        let connected = self
+            .redeem(provider, q, account, secrets)
             .await
-            .map_err(|e| by_app(e, app))
+            .map_err(|e| by_app(e, app))?;
+        Ok(Connected {
+            by_app: app,
+            ..connected
+        })
     }
 
     /// The rest of a callback, once the flow is used up and may be finished here: the
@@ -458,6 +476,7 @@ impl Broker {
             provider: provider_name.to_owned(),
             account,
             return_to,
+            by_app: false,
         })
     }
 

@@ -12,6 +12,7 @@
 use super::{flow_namespace, Broker, CallbackError, FlowSecrets};
 use crate::secret::{random_bytes, StateValue};
 use crate::states::StateError;
+use crate::store::StoreError;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use zeroize::Zeroizing;
@@ -22,13 +23,18 @@ pub enum FlowStarter<'a> {
     /// The operator, on oauthd's page or with the CLI: the browser goes to the provider
     /// at once.
     Operator,
-    /// An app, with the API key of this name: the browser confirms on oauthd's page first.
-    App { key_name: &'a str },
+    /// An app, with the API key of this id and name: the browser confirms on oauthd's
+    /// page first, and neither that page nor the callback goes on once the key is revoked.
+    App { key_id: &'a str, key_name: &'a str },
 }
 
 /// What an app's flow keeps sealed beside its verifier.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct AppSecrets {
+    /// The id of the API key that started the flow: the flow ends when it is revoked.
+    /// (Empty in a flow an older version started.)
+    #[serde(default)]
+    key_id: String,
     /// The name of the API key that started the flow, shown on the confirmation page.
     key_name: String,
     /// The provider's authorization address, handed out once the browser confirms.
@@ -38,8 +44,13 @@ pub(super) struct AppSecrets {
 }
 
 impl AppSecrets {
-    pub(super) fn new(key_name: &str, provider_url: &str) -> Result<Self, getrandom::Error> {
+    pub(super) fn new(
+        key_id: &str,
+        key_name: &str,
+        provider_url: &str,
+    ) -> Result<Self, getrandom::Error> {
         Ok(AppSecrets {
+            key_id: key_id.to_owned(),
             key_name: key_name.to_owned(),
             provider_url: provider_url.to_owned(),
             browser: URL_SAFE_NO_PAD.encode(random_bytes::<32>()?),
@@ -112,6 +123,7 @@ impl Broker {
             .open_flow_secrets(namespace.as_str(), view.parsed_data().as_ref())
             .map_err(|e| CallbackError::FlowUnreadable(e.to_string()))?;
         let app = secrets.app.ok_or(CallbackError::UnknownState)?;
+        self.check_starter(&app, account).await?;
         Ok(AppFlow {
             account: account.to_owned(),
             key_name: app.key_name,
@@ -122,18 +134,53 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// `Err(StarterRevoked)` when the API key that started an app's flow is revoked (or
+    /// gone): a revoked key's flows are confirmed nowhere and finish nowhere.
+    pub(super) async fn check_starter(
+        &self,
+        app: &AppSecrets,
+        account: &str,
+    ) -> Result<(), CallbackError> {
+        if app.key_id.is_empty() {
+            return Ok(());
+        }
+        match self.key_revoked(&app.key_id).await {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                log::warn!(
+                    "connect flow for account {account:?}: the API key {:?} that started it was revoked; the flow goes no further",
+                    app.key_name
+                );
+                Err(CallbackError::StarterRevoked {
+                    account: account.to_owned(),
+                })
+            }
+            Err(e) => Err(CallbackError::Storage(e.to_string())),
+        }
+    }
+
+    /// Whether the API key with this id is revoked or no longer exists.
+    pub(super) async fn key_revoked(&self, key_id: &str) -> Result<bool, StoreError> {
+        let keys = self.store.list_keys().await?;
+        Ok(!keys
+            .iter()
+            .any(|k| k.id == key_id && k.revoked_at_ms.is_none()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn only_the_flows_own_cookie_value_confirms_it() {
-        let app = AppSecrets::new("music", "https://provider.example/authorize").unwrap();
+        let app = AppSecrets::new("id", "music", "https://provider.example/authorize").unwrap();
         assert_eq!(app.browser.len(), 43);
         assert!(app.confirmed_by(Some(&app.browser.clone())));
         assert!(!app.confirmed_by(None));
         assert!(!app.confirmed_by(Some("")));
-        let other = AppSecrets::new("music", "https://provider.example/authorize").unwrap();
+        let other = AppSecrets::new("id", "music", "https://provider.example/authorize").unwrap();
         assert!(!app.confirmed_by(Some(&other.browser)));
     }
 

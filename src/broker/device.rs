@@ -281,6 +281,24 @@ impl Broker {
             log::info!("device flow {id}: provider {p} is not configured here; leaving it");
             return true;
         };
+        // A flow an app started ends with its key: nothing is polled or stored once the
+        // key is revoked. (A failed look is no reason to end the flow.)
+        if let Some(key_id) = flow.started_by.strip_prefix("key:") {
+            match self.key_revoked(key_id).await {
+                Ok(true) => {
+                    log::warn!("device flow {id}: the API key that started it was revoked");
+                    self.finish_device(
+                        &flow,
+                        DeviceFlowStatus::Failed,
+                        "the API key that started this flow was revoked".into(),
+                    )
+                    .await;
+                    return true;
+                }
+                Ok(false) => {}
+                Err(e) => log::warn!("device flow {id}: looking up the key that started it: {e}"),
+            }
+        }
         let device_code = match self.vault.open_str(&device_aad(id), &flow.device_code) {
             Ok(c) => c,
             Err(e) => {

@@ -337,9 +337,10 @@ impl Broker {
         .map_err(flow_error)?;
         let app = match starter {
             FlowStarter::Operator => None,
-            FlowStarter::App { key_name } => {
-                Some(confirm::AppSecrets::new(key_name, request.url.as_str()).map_err(no_random)?)
-            }
+            FlowStarter::App { key_id, key_name } => Some(
+                confirm::AppSecrets::new(key_id, key_name, request.url.as_str())
+                    .map_err(no_random)?,
+            ),
         };
         let confirm_url = app
             .as_ref()
@@ -369,7 +370,7 @@ impl Broker {
                 "connect {provider_name}/{account}: flow started, state {}",
                 issued.state
             ),
-            FlowStarter::App { key_name } => log::info!(
+            FlowStarter::App { key_name, .. } => log::info!(
                 "connect {provider_name}/{account}: flow started by API key {key_name:?}, state {}; waits for the browser to confirm",
                 issued.state
             ),

@@ -2,7 +2,7 @@
 //! is the credential); answers with a page for a person, or 303 to an allowed return_to.
 
 use super::confirm::{flow_cookie, flow_cookie_name};
-use super::pages::{escape, page};
+use super::pages::{escape, page, page_for};
 use super::AppState;
 use crate::broker::{Browser, CallbackError, CallbackQuery, Connected, IssuerProblem};
 use crate::secret::StateValue;
@@ -84,8 +84,12 @@ pub async fn callback(
             .insert_header((header::CACHE_CONTROL, "no-store"))
             .finish(),
         Ok(Connected {
-            provider, account, ..
-        }) => page(
+            provider,
+            account,
+            by_app,
+            ..
+        }) => page_for(
+            by_app,
             base,
             200,
             "Connected",
@@ -163,7 +167,7 @@ pub(super) fn failed(
             (status, title, format!("<p>{}</p>{button}", escape(&detail)))
         }
     };
-    page(base, status, title, &body)
+    page_for(by_app, base, status, title, &body)
 }
 
 /// Status, title and plain-text detail of a callback that stored nothing: the page's
@@ -269,6 +273,11 @@ pub fn wording(provider: &str, e: &CallbackError) -> (u16, &'static str, String)
             400,
             "An app's sign-in",
             "This address belongs to a sign-in an app started: only the browser that confirmed it on oauthd's page can finish it. Paste only addresses of sign-ins started here.".into(),
+        ),
+        StarterRevoked { .. } => (
+            403,
+            "The app's API key was revoked",
+            "An app started this sign-in with an oauthd API key that has been revoked since, so it goes no further and nothing was stored. If you trust the app, ask its operator for a new key and start again from the app.".into(),
         ),
         NotConfirmedHere { .. } => (
             403,

@@ -3,7 +3,7 @@
 //! account; `POST` (the page's button, same origin only) gives the browser the flow's
 //! cookie and sends it on to the provider.
 
-use super::pages::{escape, page};
+use super::pages::{escape, page_for};
 use super::AppState;
 use crate::broker::{AppFlow, CallbackError};
 use crate::secret::{SecretHash, StateValue};
@@ -79,7 +79,13 @@ pub async fn show(
         action = escape(&action),
         ttl = escape(&app.broker.flow_ttl_text(&provider, &flow.account, true)),
     );
-    let mut resp = page(&app.base_path, 200, &format!("Connect {provider}?"), &body);
+    let mut resp = page_for(
+        true,
+        &app.base_path,
+        200,
+        &format!("Connect {provider}?"),
+        &body,
+    );
     // Its form's `Origin` must name oauthd (`no-referrer` would make it `null`); nothing
     // on this page leads elsewhere.
     resp.headers_mut().insert(
@@ -97,7 +103,8 @@ pub async fn confirm(
     req: HttpRequest,
 ) -> HttpResponse {
     if !from_own_page(&req, &app.broker.public_origin()) {
-        return page(
+        return page_for(
+            true,
             &app.base_path,
             403,
             "Please continue from oauthd's page",

@@ -57,6 +57,7 @@ pub async fn start_api(
             account.as_deref(),
             return_to.as_deref(),
             FlowStarter::App {
+                key_id: &caller.0.id,
                 key_name: &caller.0.name,
             },
         )

@@ -22,12 +22,31 @@ pub fn escape(s: &str) -> String {
 /// A page; `body` must already be escaped HTML. `base`: the path oauthd is served under
 /// (`public_url`'s path, "" at the root), for the stylesheet's address.
 pub fn page(base: &str, status: u16, title: &str, body: &str) -> HttpResponse {
+    render(base, status, title, body, true)
+}
+
+/// `page`, or for someone an app sent here (`from_app`: an app's flow's confirmation and
+/// outcome) one without the way "back to oauthd", which leads to the administrator's
+/// sign-in.
+pub fn page_for(from_app: bool, base: &str, status: u16, title: &str, body: &str) -> HttpResponse {
+    render(base, status, title, body, !from_app)
+}
+
+fn render(base: &str, status: u16, title: &str, body: &str, back: bool) -> HttpResponse {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let back = if back {
+        format!(
+            "<p class=\"back\"><a href=\"{}/\">Back to oauthd</a></p>",
+            escape(base)
+        )
+    } else {
+        String::new()
+    };
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{t} · oauthd</title><link rel=\"stylesheet\" href=\"{b}/static/style.css\"></head>\
-         <body><main><h1>{t}</h1>{body}<p class=\"back\"><a href=\"{b}/\">Back to oauthd</a></p></main></body></html>",
+         <body><main><h1>{t}</h1>{body}{back}</main></body></html>",
         t = escape(title),
         b = escape(base)
     );

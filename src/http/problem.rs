@@ -306,6 +306,7 @@ pub fn callback_problem(provider: &str, e: &CallbackError) -> ApiError {
         AppFlowPasted { .. } => "app_flow_pasted",
         // Never from a paste (it is refused before); named all the same.
         NotConfirmedHere { .. } => "not_confirmed_here",
+        StarterRevoked { .. } => "key_revoked",
         ByApp(_) => "flow_failed",
     };
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);

@@ -915,9 +915,10 @@ pub trait DeviceFlowStore: Send + Sync {
     ) -> Result<(), StoreError>;
 }
 
-/// What the broker needs: connections, device flows, and the outbox their events go to.
-pub trait BrokerStore: ConnectionStore + DeviceFlowStore + OutboxStore {}
-impl<T: ConnectionStore + DeviceFlowStore + OutboxStore> BrokerStore for T {}
+/// What the broker needs: connections, device flows, the outbox their events go to, and
+/// the API keys (whether the key that started a flow is still active).
+pub trait BrokerStore: ConnectionStore + DeviceFlowStore + OutboxStore + KeyStore {}
+impl<T: ConnectionStore + DeviceFlowStore + OutboxStore + KeyStore> BrokerStore for T {}
 
 /// One backend holding everything: the SQLite file or a shared Redis.
 #[async_trait]

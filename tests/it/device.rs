@@ -18,6 +18,7 @@ contract![
     denied_device_flow_answers_403,
     unapproved_device_flow_expires_with_410,
     polling_resumes_after_a_restart_mid_flow,
+    a_revoked_keys_device_flow_ends_without_redeeming_the_approval,
 ];
 
 /// Polls oauthd's status endpoint until it is no longer 202, at most `limit`.
@@ -106,6 +107,35 @@ async fn unapproved_device_flow_expires_with_410(home: Home) {
     let d = home.start();
     let (_, start) = d.post("/v1/device/peer", &key, json!({})).await;
     expect_final(&d, &key, &start, 15, (410, "expired")).await;
+}
+
+/// A device flow an app started ends when its key is revoked, even once the person has
+/// approved it: oauthd never redeems the approval, and stores nothing.
+async fn a_revoked_keys_device_flow_ends_without_redeeming_the_approval(home: Home) {
+    let (peer, key, d) = serving(&home, 60, "");
+    let ops = home.create_key("ops", &[]);
+    let start = d.start_device(&key, "peer", "tv").await;
+    let id = start["id"].as_str().unwrap().to_owned();
+    let revoked = home.cli(&["keys", "revoke", "app"]);
+    assert!(revoked.status.success(), "{revoked:?}");
+    peer.verify_device(start["user_code"].as_str().unwrap(), true)
+        .await;
+    let (status, body) = wait_final(&d, &ops, &id, Duration::from_secs(20)).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (502, Some("failed")),
+        "{body}"
+    );
+    assert_eq!(
+        body["detail"], "the API key that started this flow was revoked",
+        "{body}"
+    );
+    assert_eq!(
+        peer.grants(DEVICE_GRANT).await,
+        0,
+        "the approval was redeemed"
+    );
+    assert_eq!(d.get("/v1/connections/peer/tv", &ops).await.0, 404);
 }
 
 async fn polling_resumes_after_a_restart_mid_flow(home: Home) {

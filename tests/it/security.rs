@@ -695,6 +695,9 @@ async fn an_apps_flow_is_confirmed_on_oauthds_page_and_finishes_only_in_that_bro
     ] {
         assert!(text.contains(said), "{said}: {text}");
     }
+    // Its reader came from an app: the way back to oauthd's own page (the administrator's
+    // sign-in) is not offered on the pages of the app's flow.
+    assert!(!text.contains("Back to oauthd"), "{text}");
 
     // Another site's form cannot press the button for the person, nor can a browser that
     // does not say where the form came from.
@@ -731,6 +734,7 @@ async fn an_apps_flow_is_confirmed_on_oauthds_page_and_finishes_only_in_that_bro
     let (status, page, _) = common::browser_get_with(&elsewhere, &callback).await;
     assert_eq!(status, 403, "{page}");
     assert!(page.contains("Not confirmed in this browser"), "{page}");
+    assert!(!page.contains("Back to oauthd"), "{page}");
     assert_eq!(d.get("/v1/connections/peer/evil", &key).await.0, 404);
     assert!(
         !home.log_text().contains("connect peer/evil: connected"),
@@ -774,7 +778,9 @@ async fn an_apps_flow_is_confirmed_on_oauthds_page_and_finishes_only_in_that_bro
             && cleared.contains("Max-Age=0"),
         "{cleared}"
     );
-    assert!(back.text().await.unwrap().contains("Connected"));
+    let text = back.text().await.unwrap();
+    assert!(text.contains("Connected"), "{text}");
+    assert!(!text.contains("Back to oauthd"), "{text}");
     assert_eq!(d.get("/v1/connections/peer/evil", &key).await.0, 200);
 
     // A used flow, or one of the operator's own, has nothing to confirm: the person goes
@@ -786,6 +792,64 @@ async fn an_apps_flow_is_confirmed_on_oauthds_page_and_finishes_only_in_that_bro
         page.contains("Go back to the app and start again there"),
         "{page}"
     );
+}
+
+/// Revoking an app's key ends the flows it started: their confirmation pages refuse, and a
+/// flow confirmed before the revocation comes back to a page that redeems nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_keys_flows_are_confirmed_nowhere_and_finish_nowhere() {
+    let peer = Peer::start(60);
+    let home = Home::new();
+    home.write_config(&peer.provider_toml("peer"));
+    let key = home.create_key("music", &[]);
+    let ops = home.create_key("ops", &[]);
+    let d = home.start();
+    let confirmed = d.app_flow_address(&key, "peer", "alice").await;
+    let unconfirmed = d.app_flow_address(&key, "peer", "bob").await;
+    let browser = no_redirects();
+    let pressed = browser
+        .post(&confirmed)
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pressed.status(), 303);
+    let cookie = common::header(&pressed, "set-cookie");
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let callback = peer.approve(&common::header(&pressed, "location")).await;
+
+    let revoked = home.cli(&["keys", "revoke", "music"]);
+    assert!(revoked.status.success(), "{revoked:?}");
+    let page = no_redirects().get(&unconfirmed).send().await.unwrap();
+    assert_eq!(page.status(), 403);
+    let text = page.text().await.unwrap();
+    assert!(text.contains("API key was revoked"), "{text}");
+    assert!(!text.contains("Continue to peer"), "{text}");
+    let pressed = no_redirects()
+        .post(&unconfirmed)
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pressed.status(), 403);
+    assert!(pressed.headers().get("set-cookie").is_none());
+
+    let back = browser
+        .get(&callback)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(back.status(), 403);
+    let text = back.text().await.unwrap();
+    assert!(text.contains("API key was revoked"), "{text}");
+    assert!(!text.contains("Back to oauthd"), "{text}");
+    assert_eq!(
+        peer.grants("authorization_code").await,
+        0,
+        "a code was redeemed"
+    );
+    assert_eq!(d.get("/v1/connections/peer/alice", &ops).await.0, 404);
 }
 
 /// A flow an app started that failed (here: expired) in the signed-in admin's browser
@@ -835,6 +899,7 @@ async fn an_apps_failed_flow_sends_the_person_back_to_the_app() {
         !page.contains("name=\"csrf\"") && !page.contains("Start again"),
         "a one-click start for the app's account: {page}"
     );
+    assert!(!page.contains("Back to oauthd"), "{page}");
 }
 
 /// Under an https `public_url` the flow's cookie is a `__Host-` one: no other host (a
@@ -889,6 +954,7 @@ async fn under_https_an_apps_flow_cookie_is_host_only() {
     let (status, page) = callback(state, planted).await;
     assert_eq!(status, 403, "{page}");
     assert!(page.contains("Not confirmed in this browser"), "{page}");
+    assert!(!page.contains("Back to oauthd"), "{page}");
     // With the host-only cookie the flow gets past the check, and on to the provider's
     // token endpoint (which nobody answers here).
     let (state, set) = confirmed().await;
@@ -930,6 +996,10 @@ async fn a_failed_callbacks_retry_button_names_the_account_it_connects() {
     assert!(
         page.contains("Start again (account second)</button>"),
         "the button does not say which account: {page}"
+    );
+    assert!(
+        page.contains("Back to oauthd"),
+        "the operator's own flow: {page}"
     );
 }
 

@@ -248,7 +248,14 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
     let endpoint = Scripted::new(Duration::ZERO);
     let key = oauthd::vault::generate_key_text().unwrap();
     let broker = broker_on(&b, &clock, endpoint.clone(), None, &key);
-    let app = FlowStarter::App { key_name: "music" };
+    let (_, music) =
+        oauthd::apikeys::create(&*b.store, "music", Default::default(), clock.now_ms())
+            .await
+            .unwrap();
+    let app = FlowStarter::App {
+        key_id: &music.id,
+        key_name: "music",
+    };
     let start = |account: &'static str| broker.start_connect("p", Some(account), None, app);
     let callback = |state: &str| CallbackQuery {
         state: Some(state.to_owned()),
@@ -355,6 +362,31 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
         }))
     );
     assert_eq!(endpoint.calls(), 1);
+
+    // Once the app's key is revoked, its flows are confirmed nowhere and finish nowhere,
+    // even in the browser that confirmed one before.
+    let confirmed = start("late").await.unwrap();
+    let state = state_of(&confirmed.authorize_url);
+    let value = oauthd::secret::StateValue::parse(&state).unwrap();
+    let flow = broker.app_flow("p", "late", &value).await.unwrap();
+    let unconfirmed = start("later").await.unwrap();
+    let later = oauthd::secret::StateValue::parse(&state_of(&unconfirmed.authorize_url)).unwrap();
+    assert!(b.store.revoke_key("music", clock.now_ms()).await.unwrap());
+    assert!(matches!(
+        broker.app_flow("p", "later", &later).await,
+        Err(CallbackError::StarterRevoked { account }) if account == "later"
+    ));
+    let revoked = broker
+        .finish_callback("p", callback(&state), Browser::Cookie(Some(&flow.browser)))
+        .await;
+    assert_eq!(
+        revoked.unwrap_err(),
+        CallbackError::StarterRevoked {
+            account: "late".into()
+        }
+    );
+    assert_eq!(endpoint.calls(), 1, "no code redeemed");
+    assert!(broker.connection("p", "late").await.is_err());
 
     // The operator's flows go to the provider at once and need no browser's value.
     let own = broker
