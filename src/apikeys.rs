@@ -263,6 +263,9 @@ mod tests {
         async fn list_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
             Ok(vec![])
         }
+        async fn key_active(&self, _: &str, _: Option<&str>) -> Result<bool, StoreError> {
+            Ok(true)
+        }
         async fn revoke_key(&self, _: &str, _: i64) -> Result<bool, StoreError> {
             Ok(false)
         }

@@ -160,9 +160,7 @@ impl CallbackError {
     pub fn unwrapped(&self) -> (&CallbackError, bool) {
         match self {
             CallbackError::ByApp(inner) => (inner, true),
-            CallbackError::NotConfirmedHere { .. } | CallbackError::StarterRevoked { .. } => {
-                (self, true)
-            }
+            CallbackError::NotConfirmedHere { .. } => (self, true),
             other => (other, false),
         }
     }
@@ -352,7 +350,7 @@ impl Broker {
         let (account, by_namespace) = flow_of(&consumed.namespace);
         let secrets = self
             .open_flow_secrets(&consumed.namespace, consumed.parsed_data().as_ref())
-            .map_err(|e| CallbackError::FlowUnreadable(e.to_string()))?;
+            .map_err(|e| by_app(CallbackError::FlowUnreadable(e.to_string()), by_namespace))?;
         // Either says so: the namespace (which outlives the flow's data) or the data.
         let app = by_namespace || secrets.app.is_some();
         if app {
@@ -369,7 +367,9 @@ impl Broker {
                 return Err(CallbackError::NotConfirmedHere { account });
             }
             if let Some(flow) = &secrets.app {
-                self.check_starter(flow, &account).await?;
+                self.check_starter(flow, &account)
+                    .await
+                    .map_err(|e| by_app(e, true))?;
             }
         }
         let connected = self

@@ -12,7 +12,6 @@
 use super::{flow_namespace, Broker, CallbackError, FlowSecrets};
 use crate::secret::{random_bytes, StateValue};
 use crate::states::StateError;
-use crate::store::StoreError;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use zeroize::Zeroizing;
@@ -142,12 +141,20 @@ impl Broker {
         app: &AppSecrets,
         account: &str,
     ) -> Result<(), CallbackError> {
-        if app.key_id.is_empty() {
-            return Ok(());
-        }
-        match self.key_revoked(&app.key_id).await {
-            Ok(false) => Ok(()),
-            Ok(true) => {
+        let active = if app.key_id.is_empty() {
+            // Sealed by an older version, which kept only the name: a key of that name.
+            self.store.list_keys().await.map(|keys| {
+                keys.iter()
+                    .any(|k| k.name == app.key_name && k.revoked_at_ms.is_none())
+            })
+        } else {
+            self.store
+                .key_active(&app.key_id, Some(&app.key_name))
+                .await
+        };
+        match active {
+            Ok(true) => Ok(()),
+            Ok(false) => {
                 log::warn!(
                     "connect flow for account {account:?}: the API key {:?} that started it was revoked; the flow goes no further",
                     app.key_name
@@ -158,14 +165,6 @@ impl Broker {
             }
             Err(e) => Err(CallbackError::Storage(e.to_string())),
         }
-    }
-
-    /// Whether the API key with this id is revoked or no longer exists.
-    pub(super) async fn key_revoked(&self, key_id: &str) -> Result<bool, StoreError> {
-        let keys = self.store.list_keys().await?;
-        Ok(!keys
-            .iter()
-            .any(|k| k.id == key_id && k.revoked_at_ms.is_none()))
     }
 }
 
@@ -182,6 +181,13 @@ mod tests {
         assert!(!app.confirmed_by(Some("")));
         let other = AppSecrets::new("id", "music", "https://provider.example/authorize").unwrap();
         assert!(!app.confirmed_by(Some(&other.browser)));
+    }
+
+    #[test]
+    fn a_flow_sealed_without_its_keys_id_still_opens() {
+        let older = r#"{"key_name":"music","provider_url":"https://p.example/a","browser":"b"}"#;
+        let app: AppSecrets = serde_json::from_str(older).unwrap();
+        assert_eq!((app.key_id.as_str(), app.key_name.as_str()), ("", "music"));
     }
 
     #[test]

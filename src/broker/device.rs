@@ -282,22 +282,21 @@ impl Broker {
             return true;
         };
         // A flow an app started ends with its key: nothing is polled or stored once the
-        // key is revoked. (A failed look is no reason to end the flow.)
-        if let Some(key_id) = flow.started_by.strip_prefix("key:") {
-            match self.key_revoked(key_id).await {
-                Ok(true) => {
-                    log::warn!("device flow {id}: the API key that started it was revoked");
-                    self.finish_device(
-                        &flow,
-                        DeviceFlowStatus::Failed,
-                        "the API key that started this flow was revoked".into(),
-                    )
-                    .await;
-                    return true;
-                }
-                Ok(false) => {}
-                Err(e) => log::warn!("device flow {id}: looking up the key that started it: {e}"),
-            }
+        // key is revoked, nor while that cannot be told (the poll waits as after a
+        // failed one).
+        let starter = match flow.started_by.strip_prefix("key:") {
+            Some(key_id) => self.store.key_active(key_id, None).await,
+            None => Ok(true),
+        };
+        if let Ok(false) = starter {
+            log::warn!("device flow {id}: the API key that started it was revoked");
+            self.finish_device(
+                &flow,
+                DeviceFlowStatus::Failed,
+                "the API key that started this flow was revoked".into(),
+            )
+            .await;
+            return true;
         }
         let device_code = match self.vault.open_str(&device_aad(id), &flow.device_code) {
             Ok(c) => c,
@@ -307,11 +306,14 @@ impl Broker {
                 return true;
             }
         };
-        let result = match self.endpoints(&provider).await {
-            Ok(endpoints) => {
+        let result = match (starter, self.endpoints(&provider).await) {
+            (Err(e), _) => DevicePoll::Failed(FlowError::Transient(format!(
+                "looking up the API key that started it: {e}"
+            ))),
+            (Ok(_), Ok(endpoints)) => {
                 flows::device_poll(&self.http, &provider, &endpoints.token, &device_code).await
             }
-            Err(e) => DevicePoll::Failed(FlowError::Transient(e.to_string())),
+            (Ok(_), Err(e)) => DevicePoll::Failed(FlowError::Transient(e.to_string())),
         };
         // The interval apps see stays the provider's (with its slow_downs); a backoff only
         // delays the next poll.

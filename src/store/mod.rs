@@ -471,6 +471,9 @@ pub trait KeyStore: Send + Sync {
         key_hash: SecretHash,
     ) -> Result<(), StoreError>;
     async fn list_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    /// Whether the key with this id (and, when given, this name) is active: not revoked.
+    /// With the name the look-up is a point read on every backend.
+    async fn key_active(&self, id: &str, name: Option<&str>) -> Result<bool, StoreError>;
     /// Returns false when no active key has this name.
     async fn revoke_key(&self, name: &str, now_ms: i64) -> Result<bool, StoreError>;
 }

@@ -118,6 +118,8 @@ async fn a_revoked_keys_device_flow_ends_without_redeeming_the_approval(home: Ho
     let id = start["id"].as_str().unwrap().to_owned();
     let revoked = home.cli(&["keys", "revoke", "app"]);
     assert!(revoked.status.success(), "{revoked:?}");
+    // A new key of the same name is another key: the flow stays its old key's.
+    home.create_key("app", &[]);
     peer.verify_device(start["user_code"].as_str().unwrap(), true)
         .await;
     let (status, body) = wait_final(&d, &ops, &id, Duration::from_secs(20)).await;

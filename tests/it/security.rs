@@ -820,11 +820,14 @@ async fn a_revoked_keys_flows_are_confirmed_nowhere_and_finish_nowhere() {
 
     let revoked = home.cli(&["keys", "revoke", "music"]);
     assert!(revoked.status.success(), "{revoked:?}");
+    // A new key of the same name is another key: it revives none of the old one's flows.
+    home.create_key("music", &[]);
     let page = no_redirects().get(&unconfirmed).send().await.unwrap();
     assert_eq!(page.status(), 403);
     let text = page.text().await.unwrap();
     assert!(text.contains("API key was revoked"), "{text}");
     assert!(!text.contains("Continue to peer"), "{text}");
+    assert!(!text.contains("Back to oauthd"), "{text}");
     let pressed = no_redirects()
         .post(&unconfirmed)
         .header("sec-fetch-site", "same-origin")

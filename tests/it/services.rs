@@ -372,6 +372,10 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
     let unconfirmed = start("later").await.unwrap();
     let later = oauthd::secret::StateValue::parse(&state_of(&unconfirmed.authorize_url)).unwrap();
     assert!(b.store.revoke_key("music", clock.now_ms()).await.unwrap());
+    // A new key of the same name is another key: it revives none of the old one's flows.
+    oauthd::apikeys::create(&*b.store, "music", Default::default(), clock.now_ms())
+        .await
+        .unwrap();
     assert!(matches!(
         broker.app_flow("p", "later", &later).await,
         Err(CallbackError::StarterRevoked { account }) if account == "later"
@@ -381,9 +385,9 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
         .await;
     assert_eq!(
         revoked.unwrap_err(),
-        CallbackError::StarterRevoked {
+        CallbackError::ByApp(Box::new(CallbackError::StarterRevoked {
             account: "late".into()
-        }
+        }))
     );
     assert_eq!(endpoint.calls(), 1, "no code redeemed");
     assert!(broker.connection("p", "late").await.is_err());

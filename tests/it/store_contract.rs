@@ -805,7 +805,33 @@ async fn connections_are_counted_by_provider_status_and_failing(b: Backend) {
     assert_eq!(counts, want);
 }
 
+/// A key is active by its id until it is revoked; a new key that takes its name is
+/// another key. The name, where given, may not make a revoked key's id read as active.
+async fn a_key_is_active_by_its_id_until_revoked(b: Backend) {
+    let s = &b.store;
+    let (_, old) = oauthd::apikeys::create(&**s, "music", Default::default(), 1_000)
+        .await
+        .unwrap();
+    let active = |id: String, name: Option<&'static str>| async move {
+        s.key_active(&id, name).await.unwrap()
+    };
+    assert!(active(old.id.clone(), Some("music")).await);
+    assert!(active(old.id.clone(), None).await);
+    assert!(!active("no-such-id".into(), Some("music")).await);
+    assert!(!active("no-such-id".into(), None).await);
+    assert!(s.revoke_key("music", 2_000).await.unwrap());
+    let (_, new) = oauthd::apikeys::create(&**s, "music", Default::default(), 3_000)
+        .await
+        .unwrap();
+    assert!(!active(old.id.clone(), Some("music")).await);
+    assert!(!active(old.id.clone(), None).await);
+    assert!(active(new.id.clone(), Some("music")).await);
+    assert!(active(new.id.clone(), None).await);
+    assert!(!active(new.id, Some("another")).await);
+}
+
 backends!(
+    a_key_is_active_by_its_id_until_revoked,
     connections_are_counted_by_provider_status_and_failing,
     live_states_data_prefixes_are_counted,
     a_claim_leaves_the_skipped_targets_deliveries_due,

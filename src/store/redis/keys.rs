@@ -119,6 +119,32 @@ impl KeyStore for RedisStore {
         Ok(keys)
     }
 
+    async fn key_active(&self, id: &str, name: Option<&str>) -> Result<bool, StoreError> {
+        const CONTEXT: &str = "checking an API key";
+        let Some(name) = name else {
+            // Records are kept by the key's hash: without the name, every one is read.
+            let keys = self.list_keys().await?;
+            return Ok(keys.iter().any(|k| k.id == id && k.revoked_at_ms.is_none()));
+        };
+        // The active keys by name, then that key's record: two point reads.
+        let (names, name) = (self.index("kn"), name.to_owned());
+        let mut c = self.conn();
+        let hash: Option<String> = self
+            .run(CONTEXT, async move {
+                redis::cmd("HGET")
+                    .arg(names)
+                    .arg(name)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let Some(hash) = hash else { return Ok(false) };
+        let Some(f) = self.record(CONTEXT, self.key("k", &hash)).await? else {
+            return Ok(false);
+        };
+        Ok(!f.contains_key("revoked") && text(&f, "id").as_deref() == Some(id))
+    }
+
     async fn revoke_key(&self, name: &str, now_ms: i64) -> Result<bool, StoreError> {
         let (names, prefix, name) = (self.index("kn"), self.key("k", ""), name.to_owned());
         let mut c = self.conn();

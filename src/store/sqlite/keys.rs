@@ -96,6 +96,18 @@ impl KeyStore for SqliteStore {
         .await
     }
 
+    async fn key_active(&self, id: &str, name: Option<&str>) -> Result<bool, StoreError> {
+        let (id, name) = (id.to_owned(), name.map(str::to_owned));
+        self.read("checking an API key", move |conn| {
+            conn.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM api_keys
+                   WHERE id = ?1 AND (?2 IS NULL OR name = ?2) AND revoked_at IS NULL)",
+            )?
+            .query_row(params![id, name], |r| r.get(0))
+        })
+        .await
+    }
+
     async fn revoke_key(&self, name: &str, now_ms: i64) -> Result<bool, StoreError> {
         let name = name.to_owned();
         self.writer
