@@ -5,12 +5,14 @@
 //! namespace patterns.
 
 use crate::namespace::{
-    check_pattern, key_pattern_reaches, stops_short_of, Namespace, PROVIDER_SCOPE_PREFIX,
+    check_pattern, key_pattern_reaches, stops_short_of, Namespace, CONNECT_PREFIX,
+    PROVIDER_SCOPE_PREFIX,
 };
 use crate::oauth::provider::check_name as check_account_name;
 use crate::secret::{ApiKey, SecretHash};
 use crate::store::{ApiKeyRecord, KeyStore, StoreError};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -87,6 +89,15 @@ pub async fn create(
             pattern: pattern.clone(),
             reason: e.to_string(),
         })?;
+        // It would reach nothing: every use of the key would be refused.
+        if pattern.starts_with(CONNECT_PREFIX) {
+            return Err(KeyError::BadPattern {
+                pattern: pattern.clone(),
+                reason: format!(
+                    "namespaces under {CONNECT_PREFIX} are oauthd's own sign-in flows, which no API key uses; a key reaches provider P (its tokens and connect flows) through '*', '{PROVIDER_SCOPE_PREFIX}*' or '{PROVIDER_SCOPE_PREFIX}P'"
+                ),
+            });
+        }
     }
     for pattern in &accounts {
         check_account_pattern(pattern)?;
@@ -114,6 +125,8 @@ pub async fn create(
 pub struct KeyCache {
     max_age: Duration,
     entries: Mutex<HashMap<SecretHash, (Arc<ApiKeyRecord>, Instant)>>,
+    /// No active key has been seen yet: the store may hold none (see `store_has_no_keys`).
+    maybe_keyless: AtomicBool,
 }
 
 /// More entries than this means something is off; start over rather than grow.
@@ -124,6 +137,24 @@ impl KeyCache {
         KeyCache {
             max_age,
             entries: Mutex::new(HashMap::new()),
+            maybe_keyless: AtomicBool::new(true),
+        }
+    }
+
+    /// Whether the store holds no active key at all: a key refused there was most likely
+    /// made for another database (a relative or mistyped `--db` starts a new, empty one).
+    /// Read from the store only until an active key has been seen once.
+    pub async fn store_has_no_keys(&self, store: &dyn KeyStore) -> bool {
+        if !self.maybe_keyless.load(Ordering::Relaxed) {
+            return false;
+        }
+        match store.list_keys().await {
+            Ok(keys) if keys.iter().all(|k| k.revoked_at_ms.is_some()) => true,
+            Ok(_) => {
+                self.maybe_keyless.store(false, Ordering::Relaxed);
+                false
+            }
+            Err(_) => false,
         }
     }
 
@@ -178,6 +209,9 @@ impl KeyCache {
         let hash = SecretHash::of(presented);
         let began = Instant::now();
         let found = store.find_active_key(hash).await?.map(Arc::new);
+        if found.is_some() {
+            self.maybe_keyless.store(false, Ordering::Relaxed);
+        }
         self.remember(hash, found.as_ref(), began);
         Ok(found)
     }

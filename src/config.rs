@@ -185,7 +185,7 @@ pub struct LimitsConfig {
     pub failed_auth_per_minute: u32,
     /// Imports, disconnects and device flow starts one API key may ask for per minute.
     pub connection_changes_per_minute: u32,
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub trusted_proxies: Vec<crate::ip_range::IpRange>,
     /// Device flows one API key (or the page) may have pending at once.
     pub max_device_flows_per_key: u32,
     /// How long a request body may take to arrive, whole.
@@ -345,7 +345,7 @@ pub struct Settings {
     pub failed_auth_per_minute: u32,
     /// Per API key and minute: imports, disconnects and device flow starts (0: off).
     pub connection_changes_per_minute: u32,
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub trusted_proxies: Vec<crate::ip_range::IpRange>,
     pub max_device_flows_per_key: u32,
     /// `[limits] body_seconds`: a request body that has not arrived whole by then is refused.
     pub body_deadline: Duration,

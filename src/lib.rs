@@ -24,6 +24,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod http;
+pub mod ip_range;
 pub mod metrics;
 pub mod namespace;
 pub mod notify;

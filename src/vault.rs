@@ -32,6 +32,8 @@ pub enum VaultError {
     Entropy,
     #[error("key file {path}: {message}")]
     File { path: PathBuf, message: String },
+    #[error("OAUTHD_KEY: {0}")]
+    Inline(String),
 }
 
 struct VaultKey {
@@ -157,10 +159,9 @@ impl Vault {
     /// Loads the vault, creating a 0600 key file beside the database on first run.
     pub fn load(source: &KeySource) -> Result<Vault, VaultError> {
         match source {
-            KeySource::Inline(text) => Vault::from_text(text).map_err(|e| VaultError::File {
-                path: PathBuf::from("OAUTHD_KEY"),
-                message: e.to_string(),
-            }),
+            KeySource::Inline(text) => {
+                Vault::from_text(text).map_err(|e| VaultError::Inline(e.to_string()))
+            }
             KeySource::File { path, create } => {
                 let file_err = |message: String| VaultError::File {
                     path: path.clone(),

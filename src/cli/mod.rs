@@ -519,7 +519,7 @@ pub(super) fn open_store(settings: &Settings, missing: Missing) -> Result<Arc<dy
                 let shown = std::path::absolute(&settings.db).unwrap_or(settings.db.clone());
                 return Err(Fatal(
                     format!(
-                        "no database at {}: only `oauthd serve` creates one. Check --db (or OAUTHD_DB, or `db` in the config file, which is relative to that file)",
+                        "no database at {}: `oauthd serve` makes one on its first start (`keys create --create` too). Check --db (or OAUTHD_DB, or `db` in the config file, which is relative to that file)",
                         shown.display()
                     ),
                     2,
@@ -643,7 +643,7 @@ pub(super) fn services(
             ));
         }
     }
-    let vault = Arc::new(VaultHandle::load(source)?);
+    let vault = Arc::new(load_vault(source)?);
     check_vault_opens_tokens(&vault, &from, store)?;
     let states = Arc::new(StateService::new(
         store.clone(),
@@ -670,6 +670,37 @@ pub(super) fn services(
         .map_err(|e| Fatal(e, 1))?,
     );
     Ok((states, broker))
+}
+
+/// Loads a vault key configured by `OAUTHD_KEY` or `OAUTHD_KEY_FILE` once, so that a wrong
+/// one stops a start before anything is made. (The key file beside the database is
+/// looked at with the database, which may hold what it sealed.)
+pub(super) fn check_key_source(settings: &Settings) -> Result<(), Fatal> {
+    match key_source(settings).map_err(|e| Fatal(e, 2))? {
+        KeySource::File { create: true, .. } => Ok(()),
+        source => load_vault(source).map(drop),
+    }
+}
+
+/// The vault key from `source`. A key that is not there or does not read as one is a
+/// configuration error (exit 2, which the systemd unit does not restart for), named by
+/// where it was configured; only a key file oauthd failed to make may work on a retry.
+fn load_vault(source: KeySource) -> Result<VaultHandle, Fatal> {
+    let (named_by, code) = match &source {
+        KeySource::Inline(_) => ("", 2),
+        KeySource::File {
+            create: false,
+            path: _,
+        } => (" (OAUTHD_KEY_FILE)", 2),
+        KeySource::File { path, create: true } => ("", if path.exists() { 2 } else { 1 }),
+    };
+    VaultHandle::load(source).map_err(|e| match e {
+        crate::vault::VaultError::File { path, message } => Fatal(
+            format!("key file {}{named_by}: {message}", path.display()),
+            code,
+        ),
+        other => Fatal(other.to_string(), code),
+    })
 }
 
 /// Refuses to start when stored tokens were sealed with keys the vault does not have

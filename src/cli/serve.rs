@@ -16,6 +16,9 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
     let delivery_http = crate::notify::deliver::http_client().map_err(|e| Fatal(e, 1))?;
     let proxy =
         std::sync::Arc::new(crate::proxy::Proxy::new(settings.proxy).map_err(|e| Fatal(e, 1))?);
+    // Before the store: a bad key or a taken address leaves no new database behind.
+    super::check_key_source(&settings)?;
+    let listener = http::bind(&settings)?;
     let store = open_store(&settings, super::Missing::Create)?;
     log::info!("{}", store.describe());
     for t in notifier.targets() {
@@ -32,7 +35,6 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
     }
     let admin = super::admin(&settings, store.clone(), clock.clone());
     let metrics_token = settings.metrics_token.clone();
-    let listener = http::bind(&settings)?;
     let bound = listener.local_addr()?;
     let public_url = settings.public_url_for(bound);
     if let Some(hint) = settings.public_url_hint(bound) {

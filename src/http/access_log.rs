@@ -65,7 +65,7 @@ impl AccessLogPolicy {
 pub struct AccessLog {
     pub policy: AccessLogPolicy,
     /// Proxies whose `X-Forwarded-For` names the client (as for the rate limits).
-    pub trusted_proxies: Vec<IpAddr>,
+    pub trusted_proxies: Vec<crate::ip_range::IpRange>,
     /// Lines left a second, shared by every worker.
     pub budget: Arc<Budget>,
 }

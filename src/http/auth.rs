@@ -135,10 +135,15 @@ impl FromRequest for Caller {
                             .hit(ip)
                             .map_err(super::ratelimit::too_many)?;
                     }
-                    Err(ApiError::unauthorized(
-                        "invalid_api_key",
-                        "the API key is unknown or revoked",
-                    ))
+                    let mut detail = "the API key is unknown or revoked".to_owned();
+                    if state.key_cache.store_has_no_keys(state.keys.as_ref()).await {
+                        detail.push_str(
+                            "; this oauthd's database holds no active API key at all: create one \
+                             with `oauthd keys create`, or, if the key was made for another \
+                             database, start oauthd with that one's --db",
+                        );
+                    }
+                    Err(ApiError::unauthorized("invalid_api_key", detail))
                 }
             }
         })

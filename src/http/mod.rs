@@ -77,7 +77,7 @@ pub struct AppState {
     /// may call the provider under the operator's client id and send events.
     pub change_limit: RateLimiter<String>,
     /// Proxies whose `X-Forwarded-For` names the client.
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub trusted_proxies: Vec<crate::ip_range::IpRange>,
 }
 
 /// Responses that carry a secret must not be cached anywhere.
@@ -361,9 +361,21 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// Binds the listening socket (before the app is built: `public_url` may need the port).
 pub fn bind(settings: &Settings) -> std::io::Result<std::net::TcpListener> {
     std::net::TcpListener::bind(settings.listen).map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                " (another program, or another oauthd, listens there: stop it, or choose another address with --listen, OAUTHD_LISTEN or `listen` in the config)"
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                " (ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a port of 1024 or more, and put a reverse proxy in front for 80 and 443)"
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                " (no network interface of this machine has that address)"
+            }
+            _ => "",
+        };
         std::io::Error::new(
             e.kind(),
-            format!("cannot listen on {}: {e}", settings.listen),
+            format!("cannot listen on {}: {e}{hint}", settings.listen),
         )
     })
 }

@@ -9,6 +9,7 @@
 //! new addresses does not lift a block.
 
 use super::problem::ApiError;
+use crate::ip_range::IpRange;
 use actix_web::http::StatusCode;
 use actix_web::HttpRequest;
 use std::collections::HashMap;
@@ -123,10 +124,10 @@ impl<K: Hash + Eq + Ord + Clone> RateLimiter<K> {
 /// the first other entry is the client. An entry that is not an address (or a missing
 /// header) ends the walk at the last trusted hop: the client is then counted under that
 /// hop's address, never under no limit at all. `None` only when the peer is unknown.
-pub fn client_ip(req: &HttpRequest, trusted_proxies: &[IpAddr]) -> Option<IpAddr> {
+pub fn client_ip(req: &HttpRequest, trusted_proxies: &[IpRange]) -> Option<IpAddr> {
     // On a dual-stack listener an IPv4 proxy arrives as ::ffff:a.b.c.d.
     let peer = req.peer_addr()?.ip().to_canonical();
-    let trusted = |ip: &IpAddr| trusted_proxies.iter().any(|t| t.to_canonical() == *ip);
+    let trusted = |ip: &IpAddr| trusted_proxies.iter().any(|t| t.contains(ip));
     if !trusted(&peer) {
         return Some(peer);
     }

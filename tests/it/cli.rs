@@ -124,6 +124,14 @@ fn keys_refuses_bad_names_patterns_and_unknown_revokes() {
     let bad_ns = home.cli(&["keys", "create", "--name", "a", "--namespace", "a*b"]);
     assert_eq!(bad_ns.status.code(), Some(2));
     assert!(text(&bad_ns.stderr).contains("a*b"));
+    // A pattern under connect: would reach nothing: every use of the key is refused.
+    let flows = home.cli(&["keys", "create", "--name", "b", "--namespace", "connect:x"]);
+    assert_eq!(flows.status.code(), Some(2), "{flows:?}");
+    let err = text(&flows.stderr);
+    assert!(
+        err.contains("connect:x") && err.contains("'provider:*'"),
+        "{err}"
+    );
     let unknown = home.cli(&["keys", "revoke", "nobody"]);
     assert_eq!(unknown.status.code(), Some(1));
     assert!(text(&unknown.stderr).contains("no active API key named \"nobody\""));
@@ -148,6 +156,7 @@ fn only_the_server_creates_a_database() {
             err.contains("no database at") && err.contains(&home.db().display().to_string()),
             "{args:?}: {err}"
         );
+        assert!(err.contains("`keys create --create`"), "{args:?}: {err}");
         assert!(!home.db().exists(), "{args:?} created the database");
     }
     // Before the first start, a key can be made on purpose.
@@ -221,6 +230,64 @@ fn missing_parent_directory_is_explained() {
         err.contains("does not exist") && err.contains("mkdir -p"),
         "{err}"
     );
+}
+
+/// A vault key that is not there or is no key stops the start as a configuration error
+/// (exit 2: the systemd unit does not restart for it), naming the variable that set it,
+/// before a database is made.
+#[test]
+fn a_wrong_vault_key_stops_the_start_naming_its_variable_and_makes_no_database() {
+    let home = Home::new();
+    home.write_config("");
+    let missing = home.dir.path().join("no-such.key");
+    let missing = missing.to_str().unwrap();
+    for (env, said) in [
+        (
+            ("OAUTHD_KEY_FILE", missing),
+            "(OAUTHD_KEY_FILE): No such file",
+        ),
+        (
+            ("OAUTHD_KEY", "notakey"),
+            "OAUTHD_KEY: a vault key is 32 bytes",
+        ),
+    ] {
+        let out = home.serve_once_with(&[env], "127.0.0.1:0");
+        assert_eq!(out.status.code(), Some(2), "{env:?}: {out:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains(said), "{env:?}: {err}");
+        assert!(!err.contains("key file OAUTHD_KEY"), "{err}");
+        assert!(!home.db().exists(), "{env:?}: a database was made");
+    }
+}
+
+/// An address another program listens on is explained, and leaves no database behind.
+#[test]
+fn a_taken_address_is_explained_and_makes_no_database() {
+    let home = Home::new();
+    home.write_config("");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let out = home.serve_once_with(&[], &address);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen on {address}")) && err.contains("--listen"),
+        "{err}"
+    );
+    assert!(!home.db().exists(), "a database was made");
+}
+
+/// `limits.trusted_proxies` takes ranges; one with bits set past its length says which
+/// range was meant.
+#[test]
+fn a_trusted_proxy_range_with_host_bits_is_a_config_error_naming_the_range() {
+    let home = Home::new();
+    home.write_config("[limits]\ntrusted_proxies = [\"172.16.0.0/12\", \"10.0.0.5/8\"]\n");
+    let out = home.serve_once();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains("the range is 10.0.0.0/8"), "{err}");
+    assert!(err.contains("trusted_proxies"), "{err}");
 }
 
 #[test]

@@ -520,3 +520,30 @@ async fn the_access_log_writes_failed_answers_by_default_every_answer_with_all_a
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("access_log"), "{said}");
 }
+
+/// A relative or mistyped `--db` starts on a new, empty database. The start warns where it
+/// made it, and a key refused there says the database holds no key at all, which points at
+/// `--db` rather than at the key; once the database has a key, refusals say no more.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_refused_by_a_database_without_keys_points_at_the_database() {
+    let home = Home::new();
+    let d = home.start();
+    let log = home.log_text();
+    assert!(
+        log.contains("WARN") && log.contains("created a new, empty database at"),
+        "{log}"
+    );
+    let made_elsewhere = format!("oauthd_{}", "k".repeat(43));
+    let (status, body) = d.get("/v1/connections", &made_elsewhere).await;
+    assert_eq!(status, 401, "{body}");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("holds no active API key at all") && detail.contains("--db"),
+        "{detail}"
+    );
+    let key = home.create_key("app", &[]);
+    let (status, body) = d.get("/v1/connections", &made_elsewhere).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["detail"], "the API key is unknown or revoked");
+    assert_eq!(d.get("/v1/connections", &key).await.0, 200);
+}

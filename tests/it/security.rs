@@ -128,6 +128,33 @@ async fn a_trusted_proxy_without_a_usable_forwarded_for_is_still_limited() {
     );
 }
 
+/// `trusted_proxies` takes ranges (a proxy on a container network changes its address):
+/// every hop in the range is skipped, so a client reaching oauthd through either of two
+/// proxies of the range is counted once, under its own address.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_proxy_in_a_trusted_range_is_looked_through() {
+    let home = Home::new();
+    home.write_config("[limits]\npublic_per_minute = 3\ntrusted_proxies = [\"127.0.0.0/8\"]\n");
+    let d = home.start();
+    let http = no_redirects();
+    for hop in ["127.0.0.9", "127.0.0.10", "127.0.0.9"] {
+        let chain = format!("198.51.100.4, {hop}");
+        assert_ne!(public_hit(&d, &http, Some(chain.as_bytes())).await, 429);
+    }
+    let chain = b"198.51.100.4, 127.0.0.10";
+    assert_eq!(
+        public_hit(&d, &http, Some(chain)).await,
+        429,
+        "one client, one budget"
+    );
+    let other = b"198.51.100.5, 127.0.0.10";
+    assert_ne!(
+        public_hit(&d, &http, Some(other)).await,
+        429,
+        "another client"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flood_of_forwarded_addresses_does_not_lift_a_block() {
     let (_home, d) = behind_proxy(3);

@@ -179,7 +179,10 @@ impl SqliteStore {
             // The full path: a relative one started from another directory is a new, empty
             // database, and the log should say where it went.
             let shown = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-            log::info!("created a new database at {}", shown.display());
+            log::warn!(
+                "created a new, empty database at {}: right on a first start; if oauthd ran before, it was given another --db (a relative path is taken from the working directory), so its keys, connections and states are not here",
+                shown.display()
+            );
         }
         configure(&conn)
             .and_then(|()| tune(&conn, durability))

@@ -189,11 +189,17 @@ impl Home {
     /// start (a config or key error), and returns what it said.
     /// One that starts after all is stopped (by PID) within 30 s, and fails the test.
     pub fn serve_once(&self) -> Output {
+        self.serve_once_with(&[], "127.0.0.1:0")
+    }
+
+    /// `serve_once` with environment variables, listening on `listen`.
+    pub fn serve_once_with(&self, env: &[(&str, &str)], listen: &str) -> Output {
         let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .args(["serve", "--listen", listen, "--config"])
             .arg(self.config())
             .arg("--db")
             .arg(self.db())
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
