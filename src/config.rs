@@ -276,7 +276,7 @@ pub struct NamespaceConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {message}")]
+    #[error("cannot read config file {path} (named by --config or OAUTHD_CONFIG): {message}")]
     Read { path: PathBuf, message: String },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -397,14 +397,15 @@ impl Settings {
 
     pub fn resolve(file: FileConfig, over: &Overrides) -> Result<Settings, ConfigError> {
         let store = store_target(over, &file)?;
-        let listen_text = over
-            .listen
-            .clone()
-            .or(file.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        // Named as the operator wrote it: the flag or variable wins over the file.
+        let (listen_text, listen_key) = match (over.listen.clone(), file.listen) {
+            (Some(text), _) => (text, "--listen (or OAUTHD_LISTEN)"),
+            (None, Some(text)) => (text, "listen"),
+            (None, None) => (DEFAULT_LISTEN.to_owned(), "listen"),
+        };
         let listen = listen_text.parse().map_err(|_| {
             invalid(
-                "listen",
+                listen_key,
                 format!("{listen_text:?} is not ADDRESS:PORT, e.g. {DEFAULT_LISTEN} or [::1]:6288"),
             )
         })?;

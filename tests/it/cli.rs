@@ -290,6 +290,65 @@ fn a_trusted_proxy_range_with_host_bits_is_a_config_error_naming_the_range() {
     assert!(err.contains("trusted_proxies"), "{err}");
 }
 
+/// `--db` naming a directory, or a file that is no database (the config file), is a
+/// configuration error that says what `--db` is for; the file is left as it was.
+#[test]
+fn a_db_path_that_is_no_database_is_explained() {
+    let home = Home::new();
+    let config = home.dir.path().join("oauthd.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\n").unwrap();
+    let dir = home.dir.path().join("data");
+    std::fs::create_dir(&dir).unwrap();
+    for (db, said) in [
+        (&config, "is not an SQLite database"),
+        (&dir, "is a directory"),
+    ] {
+        let out = Command::new(BIN)
+            .arg("--db")
+            .arg(db)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .env_remove("OAUTHD_CONFIG")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{db:?}: {out:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains(said) && err.contains("--db"), "{db:?}: {err}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        "listen = \"127.0.0.1:0\"\n"
+    );
+    assert!(
+        std::fs::read_dir(&dir).unwrap().next().is_none(),
+        "made files in the directory"
+    );
+}
+
+/// A value from the environment is named as such: an operator whose variable comes from a
+/// shell profile or a unit file would look for it in the config file.
+#[test]
+fn values_from_the_environment_are_named_by_their_variables() {
+    let home = Home::new();
+    let listen = Command::new(BIN)
+        .args(["keys", "list", "--db"])
+        .arg(home.db())
+        .env("OAUTHD_LISTEN", "bogus")
+        .env_remove("OAUTHD_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(listen.status.code(), Some(2), "{listen:?}");
+    assert!(text(&listen.stderr).contains("OAUTHD_LISTEN"), "{listen:?}");
+    let config = Command::new(BIN)
+        .args(["keys", "list", "--db"])
+        .arg(home.db())
+        .env("OAUTHD_CONFIG", home.dir.path().join("nope.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(config.status.code(), Some(2), "{config:?}");
+    assert!(text(&config.stderr).contains("OAUTHD_CONFIG"), "{config:?}");
+}
+
 #[test]
 fn bad_config_fails_at_start_naming_the_key() {
     let home = Home::new();

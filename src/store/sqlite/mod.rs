@@ -73,6 +73,10 @@ pub enum OpenError {
     NoParent { path: PathBuf, dir: PathBuf },
     #[error("cannot create database {path}: {dir} is not a directory")]
     ParentNotDir { path: PathBuf, dir: PathBuf },
+    #[error("database {path} is a directory: --db (OAUTHD_DB, `db`) names the database file in it, e.g. {}", path.join("oauthd.db").display())]
+    IsDirectory { path: PathBuf },
+    #[error("{path} is not an SQLite database: --db (OAUTHD_DB, `db`) names oauthd's database file; a config file goes with --config")]
+    NotADatabase { path: PathBuf },
     #[error("cannot open database {path}: {message} ({hint})")]
     Open {
         path: PathBuf,
@@ -105,7 +109,11 @@ impl OpenError {
     pub fn is_configuration(&self) -> bool {
         matches!(
             self,
-            OpenError::NoParent { .. } | OpenError::ParentNotDir { .. } | OpenError::TooNew { .. }
+            OpenError::NoParent { .. }
+                | OpenError::ParentNotDir { .. }
+                | OpenError::IsDirectory { .. }
+                | OpenError::NotADatabase { .. }
+                | OpenError::TooNew { .. }
         )
     }
 }
@@ -168,9 +176,22 @@ impl SqliteStore {
     /// retries until it can write. Only a pending schema change makes that fatal.
     pub fn open(path: &Path, durability: Durability) -> Result<SqliteStore, OpenError> {
         check_parent(path)?;
+        if path.is_dir() {
+            return Err(OpenError::IsDirectory {
+                path: path.to_owned(),
+            });
+        }
         let created = !path.exists();
         let open_err = |e: &dyn std::fmt::Display| OpenError::open(path, e);
-        let mut conn = Connection::open_with_flags(path, open_flags()).map_err(|e| open_err(&e))?;
+        // A file that is there and is no database (a config file given as --db) is a
+        // configuration error, and is left as it is.
+        let sqlite_err = |e: rusqlite::Error| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::NotADatabase) => OpenError::NotADatabase {
+                path: path.to_owned(),
+            },
+            _ => open_err(&e),
+        };
+        let mut conn = Connection::open_with_flags(path, open_flags()).map_err(sqlite_err)?;
         if created {
             // SQLite gives the -wal and -shm files the database file's mode.
             use std::os::unix::fs::PermissionsExt;
@@ -186,10 +207,10 @@ impl SqliteStore {
         }
         configure(&conn)
             .and_then(|()| tune(&conn, durability))
-            .map_err(|e| open_err(&e))?;
+            .map_err(sqlite_err)?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(|e| open_err(&e))?;
+            .map_err(sqlite_err)?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(open_err(&format!(
                 "could not switch to WAL mode (got {mode})"
