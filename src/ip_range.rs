@@ -27,6 +27,12 @@ impl IpRange {
         }
     }
 
+    /// Whether the range holds many addresses (wider than an IPv4 /16 or an IPv6 /48):
+    /// worth a word at start, since every one of them is believed.
+    pub fn is_wide(&self) -> bool {
+        self.prefix < if self.addr.is_ipv4() { 16 } else { 48 }
+    }
+
     pub fn parse(text: &str) -> Result<IpRange, String> {
         let shape =
             "an address (10.0.0.2, fd00::2) or a range (172.16.0.0/12, fd00::/8), without a port";
@@ -34,18 +40,29 @@ impl IpRange {
             Some((addr, prefix)) => (addr, Some(prefix)),
             None => (text, None),
         };
-        let addr = addr
+        let written = addr
             .parse::<IpAddr>()
-            .map_err(|_| format!("{text:?} is not {shape}"))?
-            .to_canonical();
-        let bits: u8 = if addr.is_ipv4() { 32 } else { 128 };
+            .map_err(|_| format!("{text:?} is not {shape}"))?;
+        // An IPv4-mapped IPv6 range (::ffff:10.0.0.0/104) is the IPv4 one it maps.
+        let addr = written.to_canonical();
+        let (bits, written_bits): (u8, u8) = match (addr.is_ipv4(), written.is_ipv4()) {
+            (true, false) => (32, 128),
+            (true, true) => (32, 32),
+            _ => (128, 128),
+        };
         let prefix = match prefix {
             None => bits,
             Some(p) => p
                 .parse::<u8>()
                 .ok()
-                .filter(|p| *p <= bits)
-                .ok_or_else(|| format!("{text:?}: the length after / is 0 to {bits}"))?,
+                .filter(|p| *p <= written_bits && *p >= written_bits - bits)
+                .map(|p| p - (written_bits - bits))
+                .ok_or_else(|| {
+                    format!(
+                        "{text:?}: the length after / is {} to {written_bits}",
+                        written_bits - bits
+                    )
+                })?,
         };
         let wide = match addr {
             IpAddr::V4(v4) => u32::from(v4).into(),
@@ -124,9 +141,15 @@ mod tests {
         assert!(v6.contains(&ip("fd12:3456::1")));
         assert!(!v6.contains(&ip("fe80::1")));
         assert!(!v6.contains(&ip("10.0.0.2")));
-        let mapped = IpRange::parse("::ffff:10.0.0.0/104").unwrap_err();
-        assert!(mapped.contains("0 to 32"), "{mapped}");
+        let mapped = IpRange::parse("::ffff:10.0.0.0/104").unwrap();
+        assert_eq!(mapped, IpRange::parse("10.0.0.0/8").unwrap());
+        let short = IpRange::parse("::ffff:10.0.0.0/8").unwrap_err();
+        assert!(short.contains("96 to 128"), "{short}");
         assert_eq!(IpRange::parse("::1").unwrap().to_string(), "::1/128");
+        assert!(IpRange::parse("172.16.0.0/12").unwrap().is_wide());
+        assert!(!IpRange::parse("172.20.0.0/16").unwrap().is_wide());
+        assert!(IpRange::parse("fd00::/8").unwrap().is_wide());
+        assert!(!IpRange::parse("fd00:1:2::/48").unwrap().is_wide());
         assert_eq!(
             IpRange::from(ip("::ffff:127.0.0.1")),
             IpRange::parse("127.0.0.1").unwrap()

@@ -673,9 +673,13 @@ pub(super) fn services(
 }
 
 /// Loads a vault key configured by `OAUTHD_KEY` or `OAUTHD_KEY_FILE` once, so that a wrong
-/// one stops a start before anything is made. (The key file beside the database is
-/// looked at with the database, which may hold what it sealed.)
+/// one stops a start before a SQLite database is made. (The key file beside the database
+/// is looked at with the database, which may hold what it sealed; a Redis store makes
+/// nothing at open, and says first whether this build has it.)
 pub(super) fn check_key_source(settings: &Settings) -> Result<(), Fatal> {
+    if !matches!(settings.store, StoreTarget::Sqlite) {
+        return Ok(());
+    }
     match key_source(settings).map_err(|e| Fatal(e, 2))? {
         KeySource::File { create: true, .. } => Ok(()),
         source => load_vault(source).map(drop),
@@ -684,15 +688,24 @@ pub(super) fn check_key_source(settings: &Settings) -> Result<(), Fatal> {
 
 /// The vault key from `source`. A key that is not there or does not read as one is a
 /// configuration error (exit 2, which the systemd unit does not restart for), named by
-/// where it was configured; only a key file oauthd failed to make may work on a retry.
+/// where it was configured. A key file that cannot be read for another reason (a network
+/// filesystem not mounted yet) or that oauthd failed to make may work on a retry (exit 1).
 fn load_vault(source: KeySource) -> Result<VaultHandle, Fatal> {
+    use std::io::ErrorKind;
+    let file_code = |path: &std::path::Path| match std::fs::File::open(path) {
+        Ok(_) => 2,
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied) => 2,
+        Err(_) => 1,
+    };
     let (named_by, code) = match &source {
         KeySource::Inline(_) => ("", 2),
         KeySource::File {
             create: false,
-            path: _,
-        } => (" (OAUTHD_KEY_FILE)", 2),
-        KeySource::File { path, create: true } => ("", if path.exists() { 2 } else { 1 }),
+            path,
+        } => (" (OAUTHD_KEY_FILE)", file_code(path)),
+        KeySource::File { path, create: true } => {
+            ("", if path.exists() { file_code(path) } else { 1 })
+        }
     };
     VaultHandle::load(source).map_err(|e| match e {
         crate::vault::VaultError::File { path, message } => Fatal(

@@ -16,6 +16,11 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
     let delivery_http = crate::notify::deliver::http_client().map_err(|e| Fatal(e, 1))?;
     let proxy =
         std::sync::Arc::new(crate::proxy::Proxy::new(settings.proxy).map_err(|e| Fatal(e, 1))?);
+    for range in settings.trusted_proxies.iter().filter(|r| r.is_wide()) {
+        log::warn!(
+            "limits.trusted_proxies: {range} holds many addresses, and every one of them may name the client in X-Forwarded-For (and so pass the rate limits as anyone): list only the proxies' own addresses or network"
+        );
+    }
     // Before the store: a bad key or a taken address leaves no new database behind.
     super::check_key_source(&settings)?;
     let listener = http::bind(&settings)?;

@@ -136,7 +136,11 @@ impl FromRequest for Caller {
                             .map_err(super::ratelimit::too_many)?;
                     }
                     let mut detail = "the API key is unknown or revoked".to_owned();
-                    if state.key_cache.store_has_no_keys(state.keys.as_ref()).await {
+                    // Only for what looks like oauthd's key: other tokens are refused
+                    // without reading the store, and stay so.
+                    if token.starts_with(crate::secret::API_KEY_PREFIX)
+                        && state.key_cache.store_has_no_keys(state.keys.as_ref()).await
+                    {
                         detail.push_str(
                             "; this oauthd's database holds no active API key at all: create one \
                              with `oauthd keys create`, or, if the key was made for another \

@@ -303,14 +303,12 @@ fn a_db_path_that_is_no_database_is_explained() {
         (&config, "is not an SQLite database"),
         (&dir, "is a directory"),
     ] {
-        let out = Command::new(BIN)
-            .arg("--db")
-            .arg(db)
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .env_remove("OAUTHD_CONFIG")
-            .output()
-            .unwrap();
+        let mut serve = Command::new(BIN);
+        for name in common::OAUTHD_VARIABLES {
+            serve.env_remove(name);
+        }
+        let out =
+            common::run_until_exit(serve.arg("--db").arg(db).args(["--listen", "127.0.0.1:0"]));
         assert_eq!(out.status.code(), Some(2), "{db:?}: {out:?}");
         let err = text(&out.stderr);
         assert!(err.contains(said) && err.contains("--db"), "{db:?}: {err}");

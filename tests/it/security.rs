@@ -153,6 +153,21 @@ async fn every_proxy_in_a_trusted_range_is_looked_through() {
         429,
         "another client"
     );
+    // A hop outside the range is the client, whatever it forwards.
+    let outside = b"198.51.100.6, 10.0.0.1";
+    assert_ne!(public_hit(&d, &http, Some(outside)).await, 429);
+    let through = b"198.51.100.4, 10.0.0.1";
+    assert_ne!(
+        public_hit(&d, &http, Some(through)).await,
+        429,
+        "10.0.0.1 counted"
+    );
+    // A /8 is wide: the start says what trusting it means.
+    let log = home.log_text();
+    assert!(
+        log.contains("limits.trusted_proxies: 127.0.0.0/8 holds many addresses"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

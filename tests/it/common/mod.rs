@@ -17,6 +17,39 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_oauthd");
 
+/// The variables that point oauthd at a store, a key, a config or an address: removed
+/// where a test names its own.
+pub const OAUTHD_VARIABLES: [&str; 7] = [
+    "OAUTHD_DB",
+    "OAUTHD_CONFIG",
+    "OAUTHD_LISTEN",
+    "OAUTHD_KEY",
+    "OAUTHD_KEY_FILE",
+    "OAUTHD_STORE",
+    "OAUTHD_STORE_FILE",
+];
+
+/// Runs `cmd`, an oauthd that must stop at start (a config or key error), and returns
+/// what it said. One that starts after all is stopped (by PID) within 30 s, and fails
+/// the test.
+pub fn run_until_exit(cmd: &mut Command) -> Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("oauthd kept running where it must stop at start: {out:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// A temp directory holding one oauthd's database (or its Redis), config and log.
 pub struct Home {
     pub dir: tempfile::TempDir,
@@ -194,26 +227,15 @@ impl Home {
 
     /// `serve_once` with environment variables, listening on `listen`.
     pub fn serve_once_with(&self, env: &[(&str, &str)], listen: &str) -> Output {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", listen, "--config"])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--listen", listen, "--config"])
             .arg(self.config())
             .arg("--db")
-            .arg(self.db())
-            .envs(env.iter().copied())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let started = std::time::Instant::now();
-        while child.try_wait().unwrap().is_none() {
-            if started.elapsed() > std::time::Duration::from_secs(30) {
-                let _ = child.kill();
-                let out = child.wait_with_output().unwrap();
-                panic!("oauthd serve kept running where it must stop at start: {out:?}");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            .arg(self.db());
+        for name in OAUTHD_VARIABLES {
+            cmd.env_remove(name);
         }
-        child.wait_with_output().unwrap()
+        run_until_exit(cmd.envs(env.iter().copied()))
     }
 
     /// Starts the daemon with this home's config file when one was written.
