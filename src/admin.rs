@@ -48,6 +48,16 @@ pub struct SessionInfo {
 
 const SESSION_ID_CHARS: usize = 16;
 
+/// The id `oauthd admin sessions list` shows for a session (by its stored hash): what the
+/// log names a sign-in by, so that a session it did not expect can be revoked.
+pub fn session_id(session: &str) -> String {
+    id_of(&SecretHash::of(session))
+}
+
+fn id_of(hash: &SecretHash) -> String {
+    hash.to_hex()[..SESSION_ID_CHARS].to_owned()
+}
+
 /// How a sign-in was presented: a login link's token (link page), or the sign-in form,
 /// where the fixed admin token is accepted too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,7 +203,7 @@ impl Admin {
             .await?
             .into_iter()
             .map(|(hash, expires)| SessionInfo {
-                id: hash.to_hex()[..SESSION_ID_CHARS].to_owned(),
+                id: id_of(&hash),
                 expires_at: crate::clock::rfc3339(expires),
             })
             .collect())

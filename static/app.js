@@ -133,7 +133,14 @@ async function load() {
   const known = asked && data.connections.some((c) => c.provider === asked.provider && c.account === asked.account);
   const focus = known ? asked : null;
   if (focus) notice(`Reconnect ${focus.provider} (${focus.account}): press "Connect ${focus.provider}" below.`);
-  else if (asked) notice(`There is no connection ${asked.provider} (${asked.account}) to reconnect. Connect a new account only if you mean to, and only under a name you chose.`);
+  // The link's words are shown only when they name a configured provider and an account
+  // name oauthd could hold: anyone can write the link, and the notice must not carry
+  // their text.
+  else if (asked) {
+    const plausible = providers.some((p) => p.name === asked.provider) && /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(asked.account);
+    const named = plausible ? ` ${asked.provider} (${asked.account})` : "";
+    notice(`There is no connection${named} to reconnect. Connect a new account only if you mean to, and only under a name you chose.`);
+  }
   renderConnections(data.connections);
   renderProviders(data.providers, focus);
   $("#signin").hidden = true;

@@ -8,6 +8,7 @@
 use super::pages::{escape, page, too_many};
 use super::AppState;
 use crate::admin::{csrf_token, SignInWith, SESSION_COOKIE};
+use crate::http::ratelimit;
 use actix_web::cookie::{time::Duration as CookieDuration, Cookie, SameSite};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -83,27 +84,70 @@ pub async fn login_form(
         (None, Some(token)) => (token, SignInWith::Form),
         (None, None) => (String::new(), SignInWith::LoginLink),
     };
+    let client = ratelimit::client_ip(&req, &app.trusted_proxies);
+    // Wrong tokens from one address share the budget of wrong API keys (a tighter one
+    // than the public routes'): guessing the admin token is as slow as guessing a key.
+    if let Some(secs) = client.and_then(|ip| app.failed_auth_limit.blocked(ip)) {
+        return too_many(base, &ratelimit::too_many(secs));
+    }
     match app.admin.sign_in(&presented, with).await {
         Ok(Some(session)) => {
-            let cookie = Cookie::build(SESSION_COOKIE, session.to_string())
-                .path(format!("{base}/"))
-                .http_only(true)
-                .same_site(SameSite::Lax)
-                .secure(app.secure_cookies)
-                .max_age(CookieDuration::seconds(app.admin.session_ttl_secs()))
-                .finish();
-            log::info!("admin: a browser signed in");
+            let cookie = session_cookie(
+                &app,
+                session.to_string(),
+                Some(app.admin.session_ttl_secs()),
+            );
+            log::info!(
+                "admin: a browser signed in from {}, session {}",
+                client.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string()),
+                crate::admin::session_id(&session)
+            );
             to_page(base).cookie(cookie).finish()
         }
-        Ok(None) if with == SignInWith::Form => page(
-            base,
-            401,
-            "That did not sign you in",
-            "<p>The admin token (or login link) you entered is not right. Check <code>OAUTHD_ADMIN_TOKEN</code>, or make a one-time link with <code>oauthd admin link</code>.</p>",
-        ),
-        Ok(None) => link_not_working(base),
+        Ok(None) => {
+            if let Some(ip) = client {
+                log::warn!("admin: a sign-in from {ip} was refused");
+                let _ = app.failed_auth_limit.hit(ip);
+            }
+            if with == SignInWith::Form {
+                page(
+                    base,
+                    401,
+                    "That did not sign you in",
+                    "<p>The admin token (or login link) you entered is not right. Check <code>OAUTHD_ADMIN_TOKEN</code>, or make a one-time link with <code>oauthd admin link</code>.</p>",
+                )
+            } else {
+                link_not_working(base)
+            }
+        }
         Err(e) => page(base, 503, "Storage unavailable", &escape(&e.to_string())),
     }
+}
+
+/// The session cookie's name. Under https it is a `__Host-` cookie (at the root) or a
+/// `__Secure-` one (under a path): no plain-http answer, and for `__Host-` no other host
+/// (a sibling subdomain), can set one in the browser to sign it in or out of a session.
+pub fn session_cookie_name(app: &AppState) -> &'static str {
+    match (app.secure_cookies, app.base_path.is_empty()) {
+        (true, true) => "__Host-oauthd_session",
+        (true, false) => "__Secure-oauthd_session",
+        (false, _) => SESSION_COOKIE,
+    }
+}
+
+/// The session cookie with `value`, for `max_age_secs` (`None`: the one that removes it).
+fn session_cookie(app: &AppState, value: String, max_age_secs: Option<i64>) -> Cookie<'static> {
+    let mut cookie = Cookie::build(session_cookie_name(app), value)
+        .path(format!("{}/", app.base_path))
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .secure(app.secure_cookies)
+        .finish();
+    match max_age_secs {
+        Some(secs) => cookie.set_max_age(CookieDuration::seconds(secs)),
+        None => cookie.make_removal(),
+    }
+    cookie
 }
 
 fn to_page(base: &str) -> actix_web::HttpResponseBuilder {
@@ -125,7 +169,10 @@ pub async fn logout(
     form: web::Form<LogoutForm>,
 ) -> HttpResponse {
     let base = app.base_path.as_str();
-    let Some(cookie) = req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned()) else {
+    let Some(cookie) = req
+        .cookie(session_cookie_name(&app))
+        .map(|c| c.value().to_owned())
+    else {
         return to_page(base).finish();
     };
     if !crate::admin::secret_matches(&csrf_token(&cookie), &form.csrf) {
@@ -139,14 +186,9 @@ pub async fn logout(
     match app.admin.sign_out(&cookie).await {
         Ok(_) => {
             log::info!("admin: a browser signed out");
-            let mut gone = Cookie::build(SESSION_COOKIE, "")
-                .path(format!("{base}/"))
-                .http_only(true)
-                .same_site(SameSite::Lax)
-                .secure(app.secure_cookies)
-                .finish();
-            gone.make_removal();
-            to_page(base).cookie(gone).finish()
+            to_page(base)
+                .cookie(session_cookie(&app, String::new(), None))
+                .finish()
         }
         Err(e) => page(base, 503, "Storage unavailable", &escape(&e.to_string())),
     }

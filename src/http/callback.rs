@@ -137,7 +137,7 @@ pub(super) fn failed(
                 "<p>Connecting <strong>{}</strong> ({}) took longer than the {} oauthd keeps a sign-in open, so nothing was stored.</p>{}",
                 escape(provider),
                 escape(account),
-                app.broker.flow_ttl_text(provider, account, by_app),
+                escape(&app.broker.flow_ttl_text(provider, account, by_app)),
                 again(account, "Start again")
             ),
         ),

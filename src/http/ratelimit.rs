@@ -62,10 +62,9 @@ impl<K: Hash + Eq + Ord + Clone> RateLimiter<K> {
         }
     }
 
-    /// Seconds until `ip` may try again, when it is over its budget now (the tests' view:
-    /// requests only ever `hit`).
-    #[cfg(test)]
-    fn blocked(&self, key: impl Into<K>) -> Option<u64> {
+    /// Seconds until `key` may try again, when it has used its budget up now (counts
+    /// nothing: the admin sign-in looks before it tries a token, and counts failures).
+    pub fn blocked(&self, key: impl Into<K>) -> Option<u64> {
         if self.per_minute == 0 {
             return None;
         }

@@ -6,7 +6,7 @@ use super::body::JsonObject;
 use super::pages::{page, security_headers};
 use super::problem::ApiError;
 use super::{no_store, AppState};
-use crate::admin::{csrf_token, SESSION_COOKIE};
+use crate::admin::csrf_token;
 use crate::broker::FlowStarter;
 use crate::clock::rfc3339;
 use actix_web::dev::Payload;
@@ -51,7 +51,10 @@ pub struct UiSession {
 
 /// The session cookie, if it names a live session.
 async fn session(app: &AppState, req: &HttpRequest) -> Result<Option<String>, ApiError> {
-    let Some(cookie) = req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned()) else {
+    let Some(cookie) = req
+        .cookie(super::admin::session_cookie_name(app))
+        .map(|c| c.value().to_owned())
+    else {
         return Ok(None);
     };
     Ok(app.admin.session_valid(&cookie).await?.then_some(cookie))

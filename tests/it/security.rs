@@ -494,6 +494,67 @@ async fn sign_out_ends_the_session_on_the_server() {
     assert_eq!(overview_status(&d, &cookie).await, 401);
 }
 
+/// Under https the session cookie is a `__Host-` one: the same value under the plain name
+/// (what a plain-http answer or another host could set in the browser) signs nobody in.
+#[tokio::test(flavor = "multi_thread")]
+async fn under_https_the_session_cookie_is_host_only() {
+    let home = Home::new();
+    home.write_config("public_url = \"https://oauthd.example\"\n");
+    let d = home.start();
+    let token = query_param(&home.login_link(&d), "token");
+    let resp = d.post_form("/admin/login", &[("link", &token)], None).await;
+    assert_eq!(resp.status(), 303);
+    let set = common::header(&resp, "set-cookie");
+    assert!(set.starts_with("__Host-oauthd_session="), "{set}");
+    for attribute in ["Secure", "Path=/;", "HttpOnly", "SameSite=Lax"] {
+        assert!(format!("{set};").contains(attribute), "{attribute}: {set}");
+    }
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let overview = |cookie: String| {
+        let url = format!("{}/ui/api/overview", d.url);
+        async move {
+            let resp = no_redirects()
+                .get(url)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap();
+            resp.status().as_u16()
+        }
+    };
+    assert_eq!(overview(cookie.clone()).await, 200);
+    let planted = cookie.trim_start_matches("__Host-").to_owned();
+    assert_eq!(overview(planted).await, 401);
+}
+
+/// Wrong sign-in tokens from one address use up `failed_auth_per_minute`, as wrong API keys
+/// do; past it that address is refused before any token is tried, and the log says who
+/// tried.
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_admin_tokens_use_up_the_failed_sign_in_budget() {
+    let home = Home::new();
+    home.write_config("[limits]\nfailed_auth_per_minute = 3\n");
+    let d = home.start();
+    for _ in 0..3 {
+        let resp = d
+            .post_form("/admin/login", &[("token", "not-the-admin-token")], None)
+            .await;
+        assert_eq!(resp.status(), 401);
+    }
+    let link = home.login_link(&d);
+    let resp = d
+        .post_form("/admin/login", &[("link", &link_token(&link))], None)
+        .await;
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().get("retry-after").is_some());
+    assert!(
+        home.log_text()
+            .contains("admin: a sign-in from 127.0.0.1 was refused"),
+        "{}",
+        home.log_text()
+    );
+}
+
 async fn admin_sessions_are_listed_and_revoked_from_the_cli(home: Home) {
     let d = home.start();
     let first = sign_in(&d, &home.login_link(&d)).await;
@@ -510,6 +571,18 @@ async fn admin_sessions_are_listed_and_revoked_from_the_cli(home: Home) {
     assert_eq!(ids.len(), 2, "{listed}");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains(&first) && !text.contains(&second));
+    // The log names each sign-in by its address and by the id the list shows, never by
+    // the session itself.
+    let log = home.log_text();
+    for id in &ids {
+        assert!(
+            log.contains(&format!(
+                "admin: a browser signed in from 127.0.0.1, session {id}"
+            )),
+            "{id}: {log}"
+        );
+    }
+    assert!(!log.contains(&first) && !log.contains(&second));
 
     // The first session's id is a prefix of its hash.
     let first_hash: String = {
