@@ -427,7 +427,8 @@ const COMMON: &[(&str, &str)] = &[
          `Retry-After`. It recovers by itself. Apart from that, a state whose data does \
          not open (sealed with a vault key this oauthd has not loaded) answers \
          `vault_error`, without `Retry-After`: it stays until the key is put back or it \
-         expires.",
+         expires; and a create answers `entropy_unavailable` when the system's random \
+         number generator failed (nothing was issued).",
     ),
 ];
 
