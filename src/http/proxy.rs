@@ -105,7 +105,8 @@ const ENDPOINT: &str = "/v1/proxy/{provider}/{account}/{path}";
 /// The request goes to the provider's `api_base_url` + `{path}` (which may hold `/`; the
 /// query is passed on) with a fresh access token in place of any `Authorization`; the
 /// answer streams back. On a `401` from the API, one refresh and one retry. Redirects are
-/// handed back, never followed.
+/// handed back, never followed: a `Location` inside `api_base_url` as this route's path
+/// for it, any other made absolute.
 #[utoipa::path(
     method(get, post, put, patch, delete, head, options),
     path = "/v1/proxy/{provider}/{account}/{path}", tag = "proxy",
@@ -197,13 +198,24 @@ pub async fn forward(
     drop(out);
     drop(room);
     let limit = app.proxy.policy.max_response_bytes;
+    let own = Redirects {
+        base: &base,
+        prefix: format!("{}/v1/proxy/{provider}/{account}/", app.base_path),
+    };
     if answer
         .content_length()
         .is_some_and(|n| n <= WHOLE_ANSWER_BYTES)
     {
-        return answer_whole(answer, req.method()).await;
+        return answer_whole(answer, req.method(), &own).await;
     }
-    Ok(stream_back(answer, req.method(), limit))
+    Ok(stream_back(answer, req.method(), limit, &own))
+}
+
+/// What a provider's `Location` is read against (see `path::redirect_location`).
+struct Redirects<'a> {
+    base: &'a url::Url,
+    /// The proxy's path for `base`: `{base_path}/v1/proxy/{provider}/{account}/`.
+    prefix: String,
 }
 
 async fn send(
@@ -234,8 +246,9 @@ async fn send(
 async fn answer_whole(
     answer: reqwest::Response,
     method: &Method,
+    own: &Redirects<'_>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut resp = answer_head(&answer);
+    let mut resp = answer_head(&answer, own);
     let status = answer.status().as_u16();
     let body = answer.bytes().await.map_err(|_| {
         ApiError::new(
@@ -251,12 +264,20 @@ async fn answer_whole(
     Ok(resp.body(body))
 }
 
-/// The status and allowed headers of the provider's answer, with the proxy's own.
-fn answer_head(answer: &reqwest::Response) -> actix_web::HttpResponseBuilder {
+/// The status and allowed headers of the provider's answer, with the proxy's own. A
+/// `Location` is read against the address that answered (`path::redirect_location`).
+fn answer_head(answer: &reqwest::Response, own: &Redirects<'_>) -> actix_web::HttpResponseBuilder {
     let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut resp = HttpResponse::build(status);
     for (name, value) in answer.headers() {
-        if headers::returns_response(name.as_str()) {
+        if name == reqwest::header::LOCATION {
+            let location = value.to_str().ok().and_then(|text| {
+                path::redirect_location(answer.url(), own.base, text, &own.prefix)
+            });
+            if let Some(location) = location {
+                resp.append_header((name.as_str(), location));
+            }
+        } else if headers::returns_response(name.as_str()) {
             resp.append_header((name.as_str(), value.as_bytes()));
         }
     }
@@ -270,8 +291,13 @@ fn answer_head(answer: &reqwest::Response) -> actix_web::HttpResponseBuilder {
 
 /// The provider's status, allowed headers and body, streamed; a body that runs past the
 /// limit is cut off (the connection ends, so the caller cannot mistake it for whole).
-fn stream_back(answer: reqwest::Response, method: &Method, limit: u64) -> HttpResponse {
-    let mut resp = answer_head(&answer);
+fn stream_back(
+    answer: reqwest::Response,
+    method: &Method,
+    limit: u64,
+    own: &Redirects<'_>,
+) -> HttpResponse {
+    let mut resp = answer_head(&answer, own);
     let status = answer.status().as_u16();
     let length = answer.content_length();
     if method == Method::HEAD || matches!(status, 204 | 304) {

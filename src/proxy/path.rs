@@ -96,6 +96,40 @@ pub fn upstream_url(base: &Url, rest: &str, query: Option<&str>) -> Result<Url, 
     Ok(url)
 }
 
+/// Where a redirect of the API sends the caller: `location` (the provider's `Location`)
+/// taken from `upstream`, the address that answered. An address inside `base` becomes the
+/// proxy's own path for it (`proxy_prefix` + the rest), so that following the redirect
+/// goes through oauthd, with the account's token, again. Any other is made absolute: a
+/// relative one names the provider's host, never oauthd's, whose API the caller's client
+/// would otherwise call with its oauthd key (a `307` to `/v1/connections/...` keeps a
+/// `DELETE` a `DELETE`). `None` for what is not an address.
+pub fn redirect_location(
+    upstream: &Url,
+    base: &Url,
+    location: &str,
+    proxy_prefix: &str,
+) -> Option<String> {
+    let target = upstream.join(location).ok()?;
+    let inside = target.origin() == base.origin()
+        && target.username().is_empty()
+        && target.password().is_none();
+    match target.path().strip_prefix(base.path()).filter(|_| inside) {
+        Some(rest) => {
+            let mut own = format!("{proxy_prefix}{rest}");
+            if let Some(query) = target.query() {
+                own.push('?');
+                own.push_str(query);
+            }
+            if let Some(fragment) = target.fragment() {
+                own.push('#');
+                own.push_str(fragment);
+            }
+            Some(own)
+        }
+        None => Some(target.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,5 +210,43 @@ mod tests {
         ] {
             assert_eq!(upstream_url(&base(), rest, None), Err(why), "{rest}");
         }
+    }
+
+    #[test]
+    fn redirects_inside_the_api_come_back_through_the_proxy_and_others_name_their_host() {
+        let base = Url::parse("https://api.example/v2/").unwrap();
+        let upstream = Url::parse("https://api.example/v2/items/7?x=1").unwrap();
+        let prefix = "/oauthd/v1/proxy/p/a/";
+        let to = |location: &str| redirect_location(&upstream, &base, location, prefix);
+        assert_eq!(
+            to("/v2/items/8").as_deref(),
+            Some("/oauthd/v1/proxy/p/a/items/8")
+        );
+        assert_eq!(
+            to("https://api.example/v2/items/8?page=2#top").as_deref(),
+            Some("/oauthd/v1/proxy/p/a/items/8?page=2#top")
+        );
+        assert_eq!(to("9").as_deref(), Some("/oauthd/v1/proxy/p/a/items/9"));
+        // Outside the base, or another origin: absolute, on the host it names.
+        assert_eq!(
+            to("/v1/connections/p/a").as_deref(),
+            Some("https://api.example/v1/connections/p/a")
+        );
+        assert_eq!(
+            to("https://cdn.example/file").as_deref(),
+            Some("https://cdn.example/file")
+        );
+        assert_eq!(
+            to("http://api.example/v2/items/8").as_deref(),
+            Some("http://api.example/v2/items/8")
+        );
+        assert_eq!(
+            to("https://user:pw@api.example/v2/x").as_deref(),
+            Some("https://user:pw@api.example/v2/x")
+        );
+        assert_eq!(
+            to("https://api.example/v2").as_deref(),
+            Some("https://api.example/v2")
+        );
     }
 }

@@ -285,6 +285,21 @@ async fn headers_query_and_redirects() {
         )
         .mount(&mock)
         .await;
+    // Redirects the API makes within itself, and one to a path of its host's root.
+    for (from, status, to) in [
+        ("/api/renamed", 301, format!("{}/api/echo?v=2", mock.uri())),
+        ("/api/sibling", 302, "echo".to_owned()),
+        (
+            "/api/rooted",
+            307,
+            "/v1/connections/mock/default".to_owned(),
+        ),
+    ] {
+        Mock::given(path(from))
+            .respond_with(ResponseTemplate::new(status).insert_header("location", to.as_str()))
+            .mount(&mock)
+            .await;
+    }
     let resp = d
         .http
         .get(proxy_url(&d, "echo?market=DE&q=a%20b&q=c"))
@@ -348,6 +363,38 @@ async fn headers_query_and_redirects() {
         .await
         .unwrap_or_default()
         .is_empty());
+    // A redirect within the API's base names the proxy's own path for it: following it
+    // goes through oauthd again, with the account's token.
+    let located = |rest: &'static str| {
+        let url = proxy_url(&d, rest);
+        let key = key.clone();
+        async move {
+            let resp = common::no_redirects()
+                .get(url)
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap();
+            common::header(&resp, "location")
+        }
+    };
+    assert_eq!(located("renamed").await, "/v1/proxy/mock/default/echo?v=2");
+    assert_eq!(located("sibling").await, "/v1/proxy/mock/default/echo");
+    let followed = d
+        .http
+        .get(proxy_url(&d, "renamed"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(followed.status(), 200);
+    assert_eq!(followed.text().await.unwrap(), "ok");
+    // A relative one outside the base names the provider's host: a client following it
+    // never sends its oauthd key (here: a DELETE kept by a 307) to oauthd's own API.
+    assert_eq!(
+        located("rooted").await,
+        format!("{}/v1/connections/mock/default", mock.uri())
+    );
     // TRACE would echo the token back; CONNECT is not an API call. Neither is sent.
     let resp = d
         .http
@@ -357,7 +404,8 @@ async fn headers_query_and_redirects() {
         .await
         .unwrap();
     common::assert_code(resp, "method_not_allowed").await;
-    assert_eq!(requests_to(&mock, "/api/echo").await.len(), 1);
+    // The first call and the redirect followed above; not the TRACE.
+    assert_eq!(requests_to(&mock, "/api/echo").await.len(), 2);
     assert!(
         !home.log_text().contains("market=DE"),
         "the proxied query reached the log"
