@@ -9,7 +9,7 @@ use super::pages::{escape, page, too_many};
 use super::AppState;
 use crate::admin::{csrf_token, SignInWith, SESSION_COOKIE};
 use crate::http::ratelimit;
-use actix_web::cookie::{time::Duration as CookieDuration, Cookie, SameSite};
+use actix_web::cookie::Cookie;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -137,17 +137,8 @@ pub fn session_cookie_name(app: &AppState) -> &'static str {
 
 /// The session cookie with `value`, for `max_age_secs` (`None`: the one that removes it).
 fn session_cookie(app: &AppState, value: String, max_age_secs: Option<i64>) -> Cookie<'static> {
-    let mut cookie = Cookie::build(session_cookie_name(app), value)
-        .path(format!("{}/", app.base_path))
-        .http_only(true)
-        .same_site(SameSite::Lax)
-        .secure(app.secure_cookies)
-        .finish();
-    match max_age_secs {
-        Some(secs) => cookie.set_max_age(CookieDuration::seconds(secs)),
-        None => cookie.make_removal(),
-    }
-    cookie
+    let path = format!("{}/", app.base_path);
+    super::own_cookie(app, session_cookie_name(app), value, path, max_age_secs)
 }
 
 fn to_page(base: &str) -> actix_web::HttpResponseBuilder {

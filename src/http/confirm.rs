@@ -7,7 +7,7 @@ use super::pages::{escape, page_for};
 use super::AppState;
 use crate::broker::{AppFlow, CallbackError};
 use crate::secret::{SecretHash, StateValue};
-use actix_web::cookie::{time::Duration as CookieDuration, Cookie, SameSite};
+use actix_web::cookie::Cookie;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -177,17 +177,8 @@ pub fn flow_cookie(
     } else {
         format!("{}/callback/{provider}", app.base_path)
     };
-    let mut cookie = Cookie::build(flow_cookie_name(app.secure_cookies, state), value)
-        .path(path)
-        .http_only(true)
-        .same_site(SameSite::Lax)
-        .secure(app.secure_cookies)
-        .finish();
-    match max_age_secs {
-        Some(secs) => cookie.set_max_age(CookieDuration::seconds(secs)),
-        None => cookie.make_removal(),
-    }
-    cookie
+    let name = flow_cookie_name(app.secure_cookies, state);
+    super::own_cookie(app, name, value, path, max_age_secs)
 }
 
 #[cfg(test)]

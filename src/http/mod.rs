@@ -99,6 +99,30 @@ impl AppState {
     }
 }
 
+/// A cookie of oauthd's own for browsers: never read by scripts, sent on top-level
+/// navigations from elsewhere (`Lax`: a provider's redirect back), `Secure` under https;
+/// for `max_age_secs` (`None`: the cookie that removes it).
+fn own_cookie(
+    app: &AppState,
+    name: impl Into<std::borrow::Cow<'static, str>>,
+    value: String,
+    path: String,
+    max_age_secs: Option<i64>,
+) -> actix_web::cookie::Cookie<'static> {
+    use actix_web::cookie::{time::Duration, Cookie, SameSite};
+    let mut cookie = Cookie::build(name, value)
+        .path(path)
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .secure(app.secure_cookies)
+        .finish();
+    match max_age_secs {
+        Some(secs) => cookie.set_max_age(Duration::seconds(secs)),
+        None => cookie.make_removal(),
+    }
+    cookie
+}
+
 fn no_store(mut builder: HttpResponseBuilder) -> HttpResponseBuilder {
     builder.insert_header((header::CACHE_CONTROL, "no-store"));
     builder

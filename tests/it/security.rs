@@ -510,21 +510,10 @@ async fn under_https_the_session_cookie_is_host_only() {
         assert!(format!("{set};").contains(attribute), "{attribute}: {set}");
     }
     let cookie = set.split(';').next().unwrap().to_owned();
-    let overview = |cookie: String| {
-        let url = format!("{}/ui/api/overview", d.url);
-        async move {
-            let resp = no_redirects()
-                .get(url)
-                .header("cookie", cookie)
-                .send()
-                .await
-                .unwrap();
-            resp.status().as_u16()
-        }
-    };
-    assert_eq!(overview(cookie.clone()).await, 200);
-    let planted = cookie.trim_start_matches("__Host-").to_owned();
-    assert_eq!(overview(planted).await, 401);
+    let overview = format!("{}/ui/api/overview", d.url);
+    assert_eq!(common::get_with_cookie(&overview, &cookie).await.0, 200);
+    let planted = cookie.trim_start_matches("__Host-");
+    assert_eq!(common::get_with_cookie(&overview, planted).await.0, 401);
 }
 
 /// Wrong sign-in tokens from one address use up `failed_auth_per_minute`, as wrong API keys
@@ -1048,16 +1037,7 @@ async fn under_https_an_apps_flow_cookie_is_host_only() {
     };
     let callback = |state: String, cookie: String| {
         let url = format!("{}/callback/peer?state={state}&code=c1", d.url);
-        async move {
-            let resp = no_redirects()
-                .get(url)
-                .header("cookie", cookie)
-                .send()
-                .await
-                .unwrap();
-            let status = resp.status().as_u16();
-            (status, resp.text().await.unwrap())
-        }
+        async move { common::get_with_cookie(&url, &cookie).await }
     };
 
     let (state, set) = confirmed().await;

@@ -730,6 +730,18 @@ pub fn query_param(url: &str, name: &str) -> String {
 }
 
 /// A client that never follows redirects, like a test that wants to see them.
+/// `GET url` with exactly this `Cookie` header, following no redirect: status and body.
+pub async fn get_with_cookie(url: &str, cookie: &str) -> (u16, String) {
+    let resp = no_redirects()
+        .get(url)
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("request with a cookie");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.expect("body"))
+}
+
 pub fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
