@@ -131,9 +131,7 @@ impl Broker {
             expires_in_secs: (view.expires_at_ms - self.clock.now_ms()).max(0) / 1000 + 1,
         })
     }
-}
 
-impl Broker {
     /// `Err(StarterRevoked)` when the API key that started an app's flow is revoked (or
     /// gone): a revoked key's flows are confirmed nowhere and finish nowhere.
     pub(super) async fn check_starter(
