@@ -64,6 +64,16 @@ impl fmt::Display for Namespace {
     }
 }
 
+/// Whether `parts` written one after the other make a valid namespace, without writing
+/// them out (the token API asks this of `provider:<name>` on every call).
+pub fn parts_are_valid(parts: &[&str]) -> bool {
+    let first = parts.iter().find_map(|p| p.as_bytes().first());
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    first.is_some_and(u8::is_ascii_alphanumeric)
+        && len <= MAX_NAMESPACE_CHARS
+        && parts.iter().all(|p| p.bytes().all(ns_char))
+}
+
 /// Checks a pattern's syntax: `*`, `prefix*`, or a namespace.
 pub fn check_pattern(pattern: &str) -> Result<(), NamespaceError> {
     match pattern.strip_suffix('*') {
@@ -185,5 +195,27 @@ mod tests {
         assert!(check_pattern("oauth:*").is_ok());
         assert!(check_pattern("*").is_ok());
         assert!(check_pattern("a*b").is_err());
+    }
+
+    #[test]
+    fn parts_are_valid_exactly_when_their_namespace_parses() {
+        let long = "a".repeat(MAX_NAMESPACE_CHARS);
+        for parts in [
+            &["provider:", "spotify"][..],
+            &["provider:", ""],
+            &["provider:", "a b"],
+            &["provider:", "ü"],
+            &["", "x"],
+            &["", ""],
+            &[":", "x"],
+            &["provider:", &long],
+            &["p", &long[1..]],
+        ] {
+            assert_eq!(
+                parts_are_valid(parts),
+                Namespace::parse(&parts.concat()).is_ok(),
+                "{parts:?}"
+            );
+        }
     }
 }

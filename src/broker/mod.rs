@@ -151,7 +151,7 @@ pub struct Broker {
     /// Tokens read from the store within `token_cache_seconds`, with half their lifetime
     /// (`min_ttl` is capped by it): the token API's hot path. Zeroized when dropped; they
     /// leave the process only in an answer.
-    token_cache: ReadCache<ConnectionKey, (AccessToken, Option<i64>)>,
+    token_cache: ReadCache<ConnectionKey, (Arc<AccessToken>, Option<i64>)>,
     notifier: Arc<Notifier>,
 }
 

@@ -38,13 +38,36 @@ const BACKOFF_MAX_MS: i64 = 10 * 60_000;
 /// connection in this time, however often an endpoint answers 401.
 const REJECTED_MIN_AGE_MS: i64 = 10 * 60_000;
 
-/// An access token for an app. Redacted in `Debug`; zeroized when dropped.
-#[derive(Clone)]
+/// An access token for an app, shared (`Arc`) by the cache and the calls it answers.
+/// Redacted in `Debug`; zeroized when dropped.
 pub struct AccessToken {
     pub access_token: Zeroizing<String>,
     pub token_type: String,
     pub expires_at_ms: Option<i64>,
     pub scope: Option<String>,
+    /// Its answer to an app, once written.
+    pub answer: AnswerOnce,
+}
+
+/// A token's answer as the token API writes it, kept with the token for as long as the
+/// token is cached: the same token is not written out as JSON again for every call (it
+/// was a tenth of a call's instructions). The bytes are zeroed when the last copy of them
+/// is dropped (`secret::wiped_json`), as the token is.
+#[derive(Default)]
+pub struct AnswerOnce(std::sync::OnceLock<bytes::Bytes>);
+
+impl AnswerOnce {
+    /// The answer, written by `write` the first time.
+    pub fn get_or_write<E>(
+        &self,
+        write: impl FnOnce() -> Result<bytes::Bytes, E>,
+    ) -> Result<bytes::Bytes, E> {
+        if let Some(written) = self.0.get() {
+            return Ok(written.clone());
+        }
+        let written = write()?;
+        Ok(self.0.get_or_init(|| written).clone())
+    }
 }
 
 impl std::fmt::Debug for AccessToken {
@@ -208,7 +231,7 @@ impl Broker {
         row: &ConnectionRow,
         min_ttl: Duration,
         ticket: ReadTicket,
-    ) -> Result<Option<AccessToken>, BrokerError> {
+    ) -> Result<Option<Arc<AccessToken>>, BrokerError> {
         if row.status == ConnectionStatus::NeedsReauth {
             return Err(self.needs_reauth(row));
         }
@@ -217,12 +240,13 @@ impl Broker {
             return Ok(None);
         }
         let aad = token_aad(&row.provider, &row.account, "access_token");
-        let token = AccessToken {
+        let token = Arc::new(AccessToken {
             access_token: self.vault.open_str(&aad, &row.access_token)?,
             token_type: row.token_type.clone(),
             expires_at_ms: row.access_expires_at_ms,
             scope: row.scopes.clone(),
-        };
+            answer: AnswerOnce::default(),
+        });
         self.token_cache
             .put(&row.key(), (token.clone(), half_life_ms(row)), ticket);
         Ok(Some(token))
@@ -341,7 +365,7 @@ impl Broker {
         provider_name: &str,
         account: &str,
         min_ttl: Duration,
-    ) -> Result<AccessToken, BrokerError> {
+    ) -> Result<Arc<AccessToken>, BrokerError> {
         let provider = self.provider(provider_name)?.clone();
         let key = ConnectionKey::new(provider_name, account);
         // The hot path: a token read from the store within `token_cache_seconds`.
@@ -370,7 +394,7 @@ impl Broker {
         provider_name: &str,
         account: &str,
         rejected: &AccessToken,
-    ) -> Result<Option<AccessToken>, BrokerError> {
+    ) -> Result<Option<Arc<AccessToken>>, BrokerError> {
         let provider = self.provider(provider_name)?.clone();
         let key = ConnectionKey::new(provider_name, account);
         let ticket = self.token_cache.begin_read();
@@ -445,7 +469,7 @@ impl Broker {
         min_ttl: Duration,
         force: bool,
         rejected: Option<&str>,
-    ) -> Result<AccessToken, BrokerError> {
+    ) -> Result<Arc<AccessToken>, BrokerError> {
         let turn = self.in_flight.turn(key).await;
         self.refresh_in_turn(turn, provider, key, min_ttl, force, rejected)
             .await
@@ -460,7 +484,7 @@ impl Broker {
         min_ttl: Duration,
         force: bool,
         rejected: Option<&str>,
-    ) -> Result<AccessToken, BrokerError> {
+    ) -> Result<Arc<AccessToken>, BrokerError> {
         let asked_at = self.clock.now_ms();
         // How long to wait for another process is real waiting, not a time rule: measured
         // on the monotonic clock.
@@ -530,7 +554,7 @@ impl Broker {
         provider: &Provider,
         row: &ConnectionRow,
         generation: i64,
-    ) -> Result<AccessToken, BrokerError> {
+    ) -> Result<Arc<AccessToken>, BrokerError> {
         let (p, a) = (provider.name.as_str(), row.account.as_str());
         let Some(sealed_refresh) = &row.refresh_token else {
             let reason = "the access token expired and the provider gave no refresh token";
@@ -603,12 +627,13 @@ impl Broker {
         self.notifier.written(&events);
         log::info!("refresh {p}/{a}: ok");
         refreshed(p, "ok");
-        Ok(AccessToken {
+        Ok(Arc::new(AccessToken {
             access_token: tokens.access_token,
             token_type: tokens.token_type,
             expires_at_ms,
             scope,
-        })
+            answer: AnswerOnce::default(),
+        }))
     }
 
     /// Records a failed refresh on the connection (releasing the lease) and returns the

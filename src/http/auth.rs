@@ -30,6 +30,11 @@ impl Caller {
 impl Caller {
     /// Whether the key may reach connections of `provider` (namespace `provider:<name>`).
     pub fn may_use_provider(&self, provider: &str) -> bool {
+        // A key for every namespace needs only the name's shape checked: no namespace
+        // written out on each call of the token API.
+        if self.0.namespaces.is_none() {
+            return crate::namespace::parts_are_valid(&[PROVIDER_SCOPE_PREFIX, provider]);
+        }
         Namespace::parse(&format!("{PROVIDER_SCOPE_PREFIX}{provider}"))
             .map(|ns| apikeys::may_use(&self.0, &ns))
             .unwrap_or(false)

@@ -150,20 +150,25 @@ pub async fn token(
         .broker
         .access_token(&provider, &account, Duration::from_secs(min_ttl))
         .await?;
-    // Zeroed once written, as the token it carries is when dropped.
-    let body = crate::secret::wiped_json(&AccessToken {
-        access_token: t.access_token.as_str(),
-        token_type: &t.token_type,
-        expires_at: t.expires_at_ms.map(rfc3339),
-        scope: t.scope.as_deref(),
-    })
-    .map_err(|e| {
-        ApiError::new(
-            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("the answer could not be written: {e}"),
-        )
-    })?;
+    // Written once per token while it is cached; zeroed when the last copy is dropped, as
+    // the token it carries is.
+    let body = t
+        .answer
+        .get_or_write(|| {
+            crate::secret::wiped_json(&AccessToken {
+                access_token: t.access_token.as_str(),
+                token_type: &t.token_type,
+                expires_at: t.expires_at_ms.map(rfc3339),
+                scope: t.scope.as_deref(),
+            })
+        })
+        .map_err(|e| {
+            ApiError::new(
+                actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("the answer could not be written: {e}"),
+            )
+        })?;
     Ok(no_store(HttpResponse::Ok())
         .content_type(actix_web::http::header::ContentType::json())
         .body(body))
