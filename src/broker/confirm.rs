@@ -76,6 +76,11 @@ pub struct AppFlow {
 }
 
 impl Broker {
+    /// Where browsers and apps reach oauthd (`public_url`).
+    pub fn public_url(&self) -> &url::Url {
+        &self.public_url
+    }
+
     /// Where browsers reach oauthd: `scheme://host[:port]`, as an `Origin` header says it.
     pub fn public_origin(&self) -> String {
         self.public_url.origin().ascii_serialization()

@@ -198,9 +198,11 @@ pub async fn forward(
     drop(out);
     drop(room);
     let limit = app.proxy.policy.max_response_bytes;
-    let own = Redirects {
+    let prefix = format!("{}/v1/proxy/{provider}/{account}/", app.base_path);
+    let own = path::RedirectBase {
         base: &base,
-        prefix: format!("{}/v1/proxy/{provider}/{account}/", app.base_path),
+        proxy_prefix: &prefix,
+        oauthd: app.broker.public_url(),
     };
     if answer
         .content_length()
@@ -209,13 +211,6 @@ pub async fn forward(
         return answer_whole(answer, req.method(), &own).await;
     }
     Ok(stream_back(answer, req.method(), limit, &own))
-}
-
-/// What a provider's `Location` is read against (see `path::redirect_location`).
-struct Redirects<'a> {
-    base: &'a url::Url,
-    /// The proxy's path for `base`: `{base_path}/v1/proxy/{provider}/{account}/`.
-    prefix: String,
 }
 
 async fn send(
@@ -246,7 +241,7 @@ async fn send(
 async fn answer_whole(
     answer: reqwest::Response,
     method: &Method,
-    own: &Redirects<'_>,
+    own: &path::RedirectBase<'_>,
 ) -> Result<HttpResponse, ApiError> {
     let mut resp = answer_head(&answer, own);
     let status = answer.status().as_u16();
@@ -266,14 +261,17 @@ async fn answer_whole(
 
 /// The status and allowed headers of the provider's answer, with the proxy's own. A
 /// `Location` is read against the address that answered (`path::redirect_location`).
-fn answer_head(answer: &reqwest::Response, own: &Redirects<'_>) -> actix_web::HttpResponseBuilder {
+fn answer_head(
+    answer: &reqwest::Response,
+    own: &path::RedirectBase<'_>,
+) -> actix_web::HttpResponseBuilder {
     let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut resp = HttpResponse::build(status);
     for (name, value) in answer.headers() {
         if name == reqwest::header::LOCATION {
-            let location = value.to_str().ok().and_then(|text| {
-                path::redirect_location(answer.url(), own.base, text, &own.prefix)
-            });
+            let location = std::str::from_utf8(value.as_bytes())
+                .ok()
+                .and_then(|text| path::redirect_location(answer.url(), text, own));
             if let Some(location) = location {
                 resp.append_header((name.as_str(), location));
             }
@@ -295,7 +293,7 @@ fn stream_back(
     answer: reqwest::Response,
     method: &Method,
     limit: u64,
-    own: &Redirects<'_>,
+    own: &path::RedirectBase<'_>,
 ) -> HttpResponse {
     let mut resp = answer_head(&answer, own);
     let status = answer.status().as_u16();

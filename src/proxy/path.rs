@@ -96,38 +96,64 @@ pub fn upstream_url(base: &Url, rest: &str, query: Option<&str>) -> Result<Url, 
     Ok(url)
 }
 
+/// What a provider's redirect is read against.
+pub struct RedirectBase<'a> {
+    /// The API's base (`api_base_url`).
+    pub base: &'a Url,
+    /// The proxy's path for `base`: `{base_path}/v1/proxy/{provider}/{account}/`.
+    pub proxy_prefix: &'a str,
+    /// Where callers reach oauthd (`public_url`): never a redirect's destination.
+    pub oauthd: &'a Url,
+}
+
 /// Where a redirect of the API sends the caller: `location` (the provider's `Location`)
-/// taken from `upstream`, the address that answered. An address inside `base` becomes the
-/// proxy's own path for it (`proxy_prefix` + the rest), so that following the redirect
-/// goes through oauthd, with the account's token, again. Any other is made absolute: a
-/// relative one names the provider's host, never oauthd's, whose API the caller's client
-/// would otherwise call with its oauthd key (a `307` to `/v1/connections/...` keeps a
-/// `DELETE` a `DELETE`). `None` for what is not an address.
-pub fn redirect_location(
-    upstream: &Url,
-    base: &Url,
-    location: &str,
-    proxy_prefix: &str,
-) -> Option<String> {
+/// taken from `upstream`, the address that answered. An address inside the API's base
+/// that the proxy takes becomes the proxy's own path for it, so that following the
+/// redirect goes through oauthd, with the account's token, again. Any other http(s)
+/// address is made absolute: a relative one names the provider's host. `None` (no
+/// `Location` handed back) for what is not an http(s) address, and for an address of
+/// oauthd's own, whose API the caller's client would call with its oauthd key (a `307` to
+/// `/v1/connections/...` keeps a `DELETE` a `DELETE`).
+pub fn redirect_location(upstream: &Url, location: &str, to: &RedirectBase<'_>) -> Option<String> {
     let target = upstream.join(location).ok()?;
-    let inside = target.origin() == base.origin()
+    if !matches!(target.scheme(), "http" | "https") {
+        return None;
+    }
+    let inside = target.origin() == to.base.origin()
         && target.username().is_empty()
         && target.password().is_none();
-    match target.path().strip_prefix(base.path()).filter(|_| inside) {
-        Some(rest) => {
-            let mut own = format!("{proxy_prefix}{rest}");
-            if let Some(query) = target.query() {
-                own.push('?');
-                own.push_str(query);
-            }
-            if let Some(fragment) = target.fragment() {
-                own.push('#');
-                own.push_str(fragment);
-            }
-            Some(own)
+    let rest = target
+        .path()
+        .strip_prefix(to.base.path())
+        .filter(|rest| inside && upstream_url(to.base, rest, target.query()).is_ok());
+    if let Some(rest) = rest {
+        let mut own = format!("{}{rest}", to.proxy_prefix);
+        if let Some(query) = target.query() {
+            own.push('?');
+            own.push_str(query);
         }
-        None => Some(target.into()),
+        if let Some(fragment) = target.fragment() {
+            own.push('#');
+            own.push_str(fragment);
+        }
+        return Some(own);
     }
+    (!names_oauthd(&target, to.oauthd)).then(|| target.into())
+}
+
+/// Whether `target` is an address of oauthd's (`oauthd`'s origin; on a loopback
+/// `public_url`, any loopback name with its port).
+fn names_oauthd(target: &Url, oauthd: &Url) -> bool {
+    let loopback = |u: &Url| match u.host() {
+        Some(url::Host::Domain(d)) => {
+            d.eq_ignore_ascii_case("localhost") || d.to_ascii_lowercase().ends_with(".localhost")
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    target.port_or_known_default() == oauthd.port_or_known_default()
+        && (target.origin() == oauthd.origin() || (loopback(target) && loopback(oauthd)))
 }
 
 #[cfg(test)]
@@ -216,37 +242,73 @@ mod tests {
     fn redirects_inside_the_api_come_back_through_the_proxy_and_others_name_their_host() {
         let base = Url::parse("https://api.example/v2/").unwrap();
         let upstream = Url::parse("https://api.example/v2/items/7?x=1").unwrap();
-        let prefix = "/oauthd/v1/proxy/p/a/";
-        let to = |location: &str| redirect_location(&upstream, &base, location, prefix);
+        let oauthd = Url::parse("https://auth.home.example/").unwrap();
+        let to = RedirectBase {
+            base: &base,
+            proxy_prefix: "/oauthd/v1/proxy/p/a/",
+            oauthd: &oauthd,
+        };
+        let at = |location: &str| redirect_location(&upstream, location, &to);
         assert_eq!(
-            to("/v2/items/8").as_deref(),
+            at("/v2/items/8").as_deref(),
             Some("/oauthd/v1/proxy/p/a/items/8")
         );
         assert_eq!(
-            to("https://api.example/v2/items/8?page=2#top").as_deref(),
+            at("https://api.example/v2/items/8?page=2#top").as_deref(),
             Some("/oauthd/v1/proxy/p/a/items/8?page=2#top")
         );
-        assert_eq!(to("9").as_deref(), Some("/oauthd/v1/proxy/p/a/items/9"));
+        assert_eq!(at("9").as_deref(), Some("/oauthd/v1/proxy/p/a/items/9"));
         // Outside the base, or another origin: absolute, on the host it names.
         assert_eq!(
-            to("/v1/connections/p/a").as_deref(),
+            at("/v1/connections/p/a").as_deref(),
             Some("https://api.example/v1/connections/p/a")
         );
+        for absolute in [
+            "https://cdn.example/file",
+            "http://api.example/v2/items/8",
+            "https://user:pw@api.example/v2/x",
+            "https://api.example/v2",
+            "https://api.example/v2x/items",
+        ] {
+            assert_eq!(at(absolute).as_deref(), Some(absolute), "{absolute}");
+        }
+        // Inside the base, but a path the proxy refuses: absolute rather than a dead end.
         assert_eq!(
-            to("https://cdn.example/file").as_deref(),
-            Some("https://cdn.example/file")
+            at("/v2/a//b").as_deref(),
+            Some("https://api.example/v2/a//b")
         );
+        // Not an http(s) address, or one of oauthd's own: no Location at all.
+        for dropped in [
+            "javascript:alert(1)",
+            "data:text/html,x",
+            "ftp://api.example/v2/x",
+            "https://auth.home.example/v1/connections/p/a",
+            "https://AUTH.home.example:443/v1/connections/p/a",
+        ] {
+            assert_eq!(at(dropped), None, "{dropped}");
+        }
         assert_eq!(
-            to("http://api.example/v2/items/8").as_deref(),
-            Some("http://api.example/v2/items/8")
+            at("http://auth.home.example/x").as_deref(),
+            Some("http://auth.home.example/x"),
+            "another port is another server"
         );
-        assert_eq!(
-            to("https://user:pw@api.example/v2/x").as_deref(),
-            Some("https://user:pw@api.example/v2/x")
-        );
-        assert_eq!(
-            to("https://api.example/v2").as_deref(),
-            Some("https://api.example/v2")
-        );
+        // On a loopback public_url, any loopback name with its port is oauthd.
+        let local = Url::parse("http://127.0.0.1:6288/").unwrap();
+        let to = RedirectBase {
+            oauthd: &local,
+            ..to
+        };
+        for dropped in [
+            "http://localhost:6288/v1/connections/p/a",
+            "http://127.0.0.1:6288/v1/states/consume",
+            "http://[::1]:6288/x",
+        ] {
+            assert_eq!(
+                redirect_location(&upstream, dropped, &to),
+                None,
+                "{dropped}"
+            );
+        }
+        assert!(redirect_location(&upstream, "http://localhost:3000/x", &to).is_some());
     }
 }

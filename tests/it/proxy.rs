@@ -294,6 +294,12 @@ async fn headers_query_and_redirects() {
             307,
             "/v1/connections/mock/default".to_owned(),
         ),
+        (
+            "/api/home",
+            307,
+            format!("{}/v1/connections/mock/default", d.url),
+        ),
+        ("/api/script", 302, "javascript:alert(1)".to_owned()),
     ] {
         Mock::given(path(from))
             .respond_with(ResponseTemplate::new(status).insert_header("location", to.as_str()))
@@ -395,6 +401,17 @@ async fn headers_query_and_redirects() {
         located("rooted").await,
         format!("{}/v1/connections/mock/default", mock.uri())
     );
+    // One naming oauthd itself, or no http(s) address at all, comes back without it.
+    for rest in ["home", "script"] {
+        let resp = common::no_redirects()
+            .get(proxy_url(&d, rest))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_redirection(), "{rest}");
+        assert!(resp.headers().get("location").is_none(), "{rest}");
+    }
     // TRACE would echo the token back; CONNECT is not an API call. Neither is sent.
     let resp = d
         .http
