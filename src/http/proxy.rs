@@ -260,7 +260,8 @@ async fn answer_whole(
 }
 
 /// The status and allowed headers of the provider's answer, with the proxy's own. A
-/// `Location` is read against the address that answered (`path::redirect_location`).
+/// `Location` and a `Link` are read against the address that answered
+/// (`path::redirect_location`, `path::link_targets`).
 fn answer_head(
     answer: &reqwest::Response,
     own: &path::RedirectBase<'_>,
@@ -268,12 +269,18 @@ fn answer_head(
     let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut resp = HttpResponse::build(status);
     for (name, value) in answer.headers() {
-        if name == reqwest::header::LOCATION {
-            let location = std::str::from_utf8(value.as_bytes())
+        // Addresses are read against the address that answered: never one of oauthd's.
+        let read = match *name {
+            reqwest::header::LOCATION => Some(path::redirect_location as fn(_, _, _) -> _),
+            reqwest::header::LINK => Some(path::link_targets as fn(_, _, _) -> _),
+            _ => None,
+        };
+        if let Some(read) = read {
+            let value = std::str::from_utf8(value.as_bytes())
                 .ok()
-                .and_then(|text| path::redirect_location(answer.url(), text, own));
-            if let Some(location) = location {
-                resp.append_header((name.as_str(), location));
+                .and_then(|text| read(answer.url(), text, own));
+            if let Some(value) = value {
+                resp.append_header((name.as_str(), value));
             }
         } else if headers::returns_response(name.as_str()) {
             resp.append_header((name.as_str(), value.as_bytes()));

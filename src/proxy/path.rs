@@ -141,6 +141,41 @@ pub fn redirect_location(upstream: &Url, location: &str, to: &RedirectBase<'_>) 
     (!names_oauthd(&target, to.oauthd)).then(|| target.into())
 }
 
+/// A `Link` header's value (RFC 8288: `<target>; params, <target>; params`) with each
+/// target read as `redirect_location` reads a `Location`, so that a pagination helper
+/// following `rel="next"` stays on the proxy; a link whose target is left out is left out.
+/// `None` when nothing is left, or the value is not of that shape.
+pub fn link_targets(upstream: &Url, value: &str, to: &RedirectBase<'_>) -> Option<String> {
+    let mut links = Vec::new();
+    let mut rest = value;
+    loop {
+        rest = rest.trim_start_matches(|c: char| c == ',' || c.is_whitespace());
+        if rest.is_empty() {
+            break;
+        }
+        let (target, after) = rest.strip_prefix('<')?.split_once('>')?;
+        let (params, next) = after.split_at(link_end(after));
+        if let Some(target) = redirect_location(upstream, target, to) {
+            links.push(format!("<{target}>{params}"));
+        }
+        rest = next;
+    }
+    (!links.is_empty()).then(|| links.join(", "))
+}
+
+/// Where a link's parameters end: at the first `,` outside a quoted string.
+fn link_end(params: &str) -> usize {
+    let mut quoted = false;
+    for (i, c) in params.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => return i,
+            _ => {}
+        }
+    }
+    params.len()
+}
+
 /// Whether `target` is an address of oauthd's (`oauthd`'s origin; on a loopback
 /// `public_url`, any loopback name with its port).
 fn names_oauthd(target: &Url, oauthd: &Url) -> bool {
@@ -310,5 +345,36 @@ mod tests {
             );
         }
         assert!(redirect_location(&upstream, "http://localhost:3000/x", &to).is_some());
+    }
+
+    #[test]
+    fn each_links_target_is_read_as_a_location_is() {
+        let base = Url::parse("https://api.example/v2/").unwrap();
+        let upstream = Url::parse("https://api.example/v2/items?page=1").unwrap();
+        let oauthd = Url::parse("https://auth.home.example/").unwrap();
+        let to = RedirectBase {
+            base: &base,
+            proxy_prefix: "/v1/proxy/p/a/",
+            oauthd: &oauthd,
+        };
+        let links = |value: &str| link_targets(&upstream, value, &to);
+        assert_eq!(
+            links(r#"<https://api.example/v2/items?page=2>; rel="next", </v2/items?page=9>; rel="last""#)
+                .as_deref(),
+            Some(r#"</v1/proxy/p/a/items?page=2>; rel="next", </v1/proxy/p/a/items?page=9>; rel="last""#)
+        );
+        assert_eq!(
+            links(r#"<https://docs.example/x>; rel="help"; title="a, b""#).as_deref(),
+            Some(r#"<https://docs.example/x>; rel="help"; title="a, b""#),
+            "a comma inside quotes stays in its link"
+        );
+        assert_eq!(
+            links(r#"<https://auth.home.example/v1/states>; rel="next", <javascript:x>; rel="prev", </other>; rel="up""#)
+                .as_deref(),
+            Some(r#"<https://api.example/other>; rel="up""#)
+        );
+        assert_eq!(links("<https://auth.home.example/x>"), None);
+        assert_eq!(links("not a link"), None);
+        assert_eq!(links("<unclosed; rel=next"), None);
     }
 }

@@ -271,6 +271,10 @@ async fn headers_query_and_redirects() {
         .respond_with(
             ResponseTemplate::new(200)
                 .set_body_string("ok")
+                .insert_header(
+                    "link",
+                    r#"</api/echo?page=2>; rel="next", </v1/states>; rel="up""#,
+                )
                 .insert_header("set-cookie", "upstream=1")
                 .insert_header("x-ratelimit-remaining", "41")
                 .insert_header("strict-transport-security", "max-age=1"),
@@ -322,6 +326,14 @@ async fn headers_query_and_redirects() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(common::header(&resp, "x-ratelimit-remaining"), "41");
+    // A pagination link stays on the proxy; one outside the API names the provider's host.
+    assert_eq!(
+        common::header(&resp, "link"),
+        format!(
+            r#"</v1/proxy/mock/default/echo?page=2>; rel="next", <{}/v1/states>; rel="up""#,
+            mock.uri()
+        )
+    );
     assert!(resp.headers().get("set-cookie").is_none());
     assert!(resp.headers().get("strict-transport-security").is_none());
     // Served from oauthd's origin: never sniffed into a page, never cached in between.
