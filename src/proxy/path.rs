@@ -273,11 +273,20 @@ mod tests {
         }
     }
 
+    /// The API at `https://api.example/v2/`, which answered from `items/7?x=1`, and
+    /// oauthd at `https://auth.home.example/`.
+    fn api() -> [Url; 3] {
+        [
+            "https://api.example/v2/",
+            "https://api.example/v2/items/7?x=1",
+            "https://auth.home.example/",
+        ]
+        .map(|u| Url::parse(u).unwrap())
+    }
+
     #[test]
     fn redirects_inside_the_api_come_back_through_the_proxy_and_others_name_their_host() {
-        let base = Url::parse("https://api.example/v2/").unwrap();
-        let upstream = Url::parse("https://api.example/v2/items/7?x=1").unwrap();
-        let oauthd = Url::parse("https://auth.home.example/").unwrap();
+        let [base, upstream, oauthd] = api();
         let to = RedirectBase {
             base: &base,
             proxy_prefix: "/oauthd/v1/proxy/p/a/",
@@ -349,9 +358,7 @@ mod tests {
 
     #[test]
     fn each_links_target_is_read_as_a_location_is() {
-        let base = Url::parse("https://api.example/v2/").unwrap();
-        let upstream = Url::parse("https://api.example/v2/items?page=1").unwrap();
-        let oauthd = Url::parse("https://auth.home.example/").unwrap();
+        let [base, upstream, oauthd] = api();
         let to = RedirectBase {
             base: &base,
             proxy_prefix: "/v1/proxy/p/a/",

@@ -364,13 +364,21 @@ async fn headers_query_and_redirects() {
     // The oauthd API key never reaches the provider, in any header.
     assert!(!format!("{:?}", r.headers).contains(&key));
 
+    // `GET` of the proxy's `rest`, following no redirect.
+    let answer = |rest: &'static str| {
+        let url = proxy_url(&d, rest);
+        let key = key.clone();
+        async move {
+            common::no_redirects()
+                .get(url)
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
     // A redirect is handed back, never followed.
-    let resp = common::no_redirects()
-        .get(proxy_url(&d, "moved"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let resp = answer("moved").await;
     assert_eq!(resp.status(), 302);
     assert_eq!(
         common::header(&resp, "location"),
@@ -384,17 +392,8 @@ async fn headers_query_and_redirects() {
     // A redirect within the API's base names the proxy's own path for it: following it
     // goes through oauthd again, with the account's token.
     let located = |rest: &'static str| {
-        let url = proxy_url(&d, rest);
-        let key = key.clone();
-        async move {
-            let resp = common::no_redirects()
-                .get(url)
-                .bearer_auth(&key)
-                .send()
-                .await
-                .unwrap();
-            common::header(&resp, "location")
-        }
+        let resp = answer(rest);
+        async move { common::header(&resp.await, "location") }
     };
     assert_eq!(located("renamed").await, "/v1/proxy/mock/default/echo?v=2");
     assert_eq!(located("sibling").await, "/v1/proxy/mock/default/echo");
@@ -415,12 +414,7 @@ async fn headers_query_and_redirects() {
     );
     // One naming oauthd itself, or no http(s) address at all, comes back without it.
     for rest in ["home", "script"] {
-        let resp = common::no_redirects()
-            .get(proxy_url(&d, rest))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap();
+        let resp = answer(rest).await;
         assert!(resp.status().is_redirection(), "{rest}");
         assert!(resp.headers().get("location").is_none(), "{rest}");
     }
