@@ -7,8 +7,18 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 pub async fn metrics(app: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    // Each scrape reads the store (the connections' counts, the outbox): a public route's
+    // budget per address, as the callback's, and wrong tokens count as wrong API keys do.
+    app.public_route_hit(&req)?;
     if let Some(token) = &app.metrics_token {
-        check_token(token.expose(), &req)?;
+        if let Err(refused) = check_token(token.expose(), &req) {
+            if let Some(ip) = super::ratelimit::client_ip(&req, &app.trusted_proxies) {
+                app.failed_auth_limit
+                    .hit(ip)
+                    .map_err(super::ratelimit::too_many)?;
+            }
+            return Err(refused);
+        }
     }
     // Connections by status, counted now by the store (SQLite reads no token for it).
     let counts = app.broker.connection_counts().await?;

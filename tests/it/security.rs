@@ -128,6 +128,30 @@ async fn a_trusted_proxy_without_a_usable_forwarded_for_is_still_limited() {
     );
 }
 
+/// `/metrics` reads the store on every scrape: it has the public routes' budget per
+/// address, and wrong metrics tokens count against the wrong-key budget.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_scrapes_and_wrong_metrics_tokens_are_budgeted() {
+    let home = Home::new();
+    home.write_config("[limits]\npublic_per_minute = 4\nfailed_auth_per_minute = 2\n");
+    let token = "metrics-token-0123456789";
+    let d = home.start_with_env(&[("OAUTHD_METRICS_TOKEN", token)]);
+    let url = format!("{}/metrics", d.url);
+    let scrape = |bearer: &'static str| {
+        let request = d.http.get(&url).bearer_auth(bearer);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(scrape("wrong-token-0123456789").await, 401);
+    assert_eq!(scrape("wrong-token-0123456789").await, 401);
+    assert_eq!(
+        scrape("wrong-token-0123456789").await,
+        429,
+        "past the wrong-key budget"
+    );
+    assert_eq!(scrape(token).await, 200);
+    assert_eq!(scrape(token).await, 429, "past the public budget");
+}
+
 /// `trusted_proxies` takes ranges (a proxy on a container network changes its address):
 /// every hop in the range is skipped, so a client reaching oauthd through either of two
 /// proxies of the range is counted once, under its own address.
