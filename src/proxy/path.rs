@@ -179,14 +179,7 @@ fn link_end(params: &str) -> usize {
 /// Whether `target` is an address of oauthd's (`oauthd`'s origin; on a loopback
 /// `public_url`, any loopback name with its port).
 fn names_oauthd(target: &Url, oauthd: &Url) -> bool {
-    let loopback = |u: &Url| match u.host() {
-        Some(url::Host::Domain(d)) => {
-            d.eq_ignore_ascii_case("localhost") || d.to_ascii_lowercase().ends_with(".localhost")
-        }
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    };
+    use crate::oauth::provider::is_loopback as loopback;
     target.port_or_known_default() == oauthd.port_or_known_default()
         && (target.origin() == oauthd.origin() || (loopback(target) && loopback(oauthd)))
 }
