@@ -98,3 +98,23 @@ connect_bench() {
   echo "$page" | grep -q "is connected" || { echo "could not connect bench/default: $page" >&2; exit 1; }
 }
 
+
+# stock_verify TARGET URL KEY CONNS: the live states verify picks from, in
+# $tmp/states.TARGET.<wrk thread>: VERIFY_STATES (default 40,000) of them on any machine,
+# made by two-second create runs (more of them on a slower machine, at most five), so that
+# the share the verify cache can hold (100,000 states) is the same everywhere.
+# VERIFY_STATES=0 keeps all that one run leaves (more than the cache holds on a fast
+# machine: the verify cache then thrashes).
+stock_verify() {
+  local target=$1 url=$2 key=$3 conns=$4 want=${VERIFY_STATES:-40000} f append=()
+  for _ in 1 2 3 4 5; do
+    env "${append[@]}" BENCH_API_KEY="$key" TARGET="$target" STATES_OUT="$tmp/states.$target" \
+      wrk -t2 -c"$conns" -d2s -s bench/create.lua "$url" >/dev/null 2>&1
+    append=(STATES_APPEND=1)  # create.lua appends when the variable is set at all
+    [ "$want" -gt 0 ] || return 0
+    [ "$(cat "$tmp/states.$target".* | wc -l)" -lt "$want" ] || break
+  done
+  for f in "$tmp/states.$target".*; do
+    head -n $((want / 2)) "$f" >"$f.kept" && mv "$f.kept" "$f"
+  done
+}

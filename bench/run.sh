@@ -115,24 +115,10 @@ cell() {
   case $script in create|consume) slices=1 ;; esac
   local secs=$SLICE_SECONDS
   [ "$slices" = 1 ] && secs=$DURATION
-  # Verify picks from the live states short create runs leave: VERIFY_STATES of them on
-  # any machine (more create runs on a slower one, at most five; split over wrk's two
-  # threads' files), so that the share the verify cache holds is the same too.
+  # Verify picks from VERIFY_STATES live states on any machine (bench/lib.sh).
   if [ "$script" = verify ]; then
-    local target url f
-    for target in bare oauthd; do
-      url=$BARE; [ "$target" = oauthd ] && url=$OAUTHD
-      measure "$target" "$url" create "$conns" 2 >/dev/null
-      for _ in 1 2 3 4; do
-        [ "$VERIFY_STATES" -gt 0 ] || break
-        [ "$(cat "$tmp/states.$target".* | wc -l)" -lt "$VERIFY_STATES" ] || break
-        STATES_APPEND=1 measure "$target" "$url" create "$conns" 2 >/dev/null
-      done
-      [ "$VERIFY_STATES" -gt 0 ] || continue
-      for f in "$tmp/states.$target".*; do
-        head -n $((VERIFY_STATES / 2)) "$f" > "$f.kept" && mv "$f.kept" "$f"
-      done
-    done
+    stock_verify bare "$BARE" "" "$conns"
+    stock_verify oauthd "$OAUTHD" "$BENCH_API_KEY" "$conns"
   fi
   local i b o rows=()
   for i in $(seq "$slices"); do
