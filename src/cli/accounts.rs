@@ -61,6 +61,7 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
         clock.clone(),
         public_url,
         super::notifier(&settings, clock)?,
+        super::KeyFile::UnlessServed,
     )?;
     runtime()?.block_on(async {
         match command {
@@ -250,6 +251,7 @@ fn terminal_broker(
         clock.clone(),
         public_url,
         super::notifier(settings, clock.clone())?,
+        super::KeyFile::UnlessServed,
     )?;
     Ok((broker, clock))
 }

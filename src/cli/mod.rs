@@ -570,6 +570,27 @@ pub(super) fn key_source(settings: &Settings) -> Result<KeySource, String> {
     }
 }
 
+/// Whether a command may make `<db>.key` when no key is configured and none is there.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum KeyFile {
+    /// `serve`.
+    MayMake,
+    /// Every other command, on a database oauthd has not served yet (a box set up from
+    /// the terminal first). Once served, the daemon's key is elsewhere (`OAUTHD_KEY_FILE`,
+    /// `OAUTHD_KEY`) or lost: a key made here would seal what the command writes under a
+    /// key the daemon cannot open, and stop its next start.
+    UnlessServed,
+}
+
+fn no_key_for_command(path: &std::path::Path) -> String {
+    format!(
+        "no vault key: oauthd has served this database, there is no key file at {}, and \
+         neither OAUTHD_KEY_FILE nor OAUTHD_KEY is set. Give this command the key oauthd \
+         serves with (the same OAUTHD_KEY_FILE or OAUTHD_KEY); no key was made",
+        path.display()
+    )
+}
+
 /// The configured providers, built and checked against where browsers reach oauthd. A
 /// provider configured wrongly stops the command as a config error (exit code 2).
 pub(super) fn providers(settings: &Settings) -> Result<Vec<Arc<Provider>>, Fatal> {
@@ -605,9 +626,15 @@ pub(super) fn services(
     clock: Clock,
     public_url: Url,
     notifier: Arc<Notifier>,
+    key_file: KeyFile,
 ) -> Result<(Arc<StateService>, Arc<Broker>), Fatal> {
     let source = key_source(settings).map_err(|e| Fatal(e, 2))?;
     let from = source.describe();
+    if let (KeyFile::UnlessServed, KeySource::File { path, create: true }) = (key_file, &source) {
+        if !path.exists() && runtime()?.block_on(store.was_served())? {
+            return Err(Fatal(no_key_for_command(path), 2));
+        }
+    }
     // A key file made now (none was there) could not open tokens already stored: a
     // database restored without its key. Refuse before making one, which would sit
     // where the real key must be put back.

@@ -52,6 +52,7 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
         clock.clone(),
         public_url.clone(),
         notifier.clone(),
+        super::KeyFile::MayMake,
     )?;
     for p in broker.providers() {
         log::info!(
@@ -66,6 +67,11 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
     actix_web::rt::System::new().block_on(async move {
         for warning in store.warnings().await? {
             log::warn!("{warning}");
+        }
+        // From now on terminal commands make no key file of their own beside this
+        // database (the daemon's key may come from OAUTHD_KEY_FILE).
+        if let Err(e) = store.mark_served(clock.now_ms()).await {
+            log::warn!("{e}");
         }
         match store.list_keys().await {
             Ok(keys) => {

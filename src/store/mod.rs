@@ -932,6 +932,15 @@ pub trait Store: StateStore + KeyStore + AdminStore + BrokerStore {
     async fn warnings(&self) -> Result<Vec<String>, StoreError>;
     /// A deep self-test for `oauthd check`: what was verified, or what is wrong.
     async fn integrity(&self) -> Result<String, String>;
+    /// Notes that `oauthd serve` runs on this store (kept from the first time). Only a
+    /// store beside which a vault key file may be made (SQLite) keeps it.
+    async fn mark_served(&self, _now_ms: i64) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Whether `oauthd serve` has run on this store (false where it is not kept).
+    async fn was_served(&self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
 }
 
 #[cfg(test)]

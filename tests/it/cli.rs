@@ -260,6 +260,50 @@ fn a_wrong_vault_key_stops_the_start_naming_its_variable_and_makes_no_database()
     }
 }
 
+/// Once oauthd has served a database, a terminal command that finds no key file beside it
+/// makes none: run from a shell without the daemon's OAUTHD_KEY_FILE, it would seal what it
+/// writes under a key of its own, which the daemon cannot open and which stops the
+/// daemon's next start. (Before the first start, a command makes it: a box set up from the
+/// terminal first, see the device flow's CLI test.)
+#[test]
+fn a_command_makes_no_key_file_beside_a_database_oauthd_served() {
+    let home = Home::new();
+    home.create_key("app", &[]);
+    let vault = home.dir.path().join("vault.key");
+    std::fs::write(
+        &vault,
+        Command::new(BIN).arg("keygen").output().unwrap().stdout,
+    )
+    .unwrap();
+    let vault_env = ("OAUTHD_KEY_FILE", vault.to_str().unwrap());
+    drop(home.start_with_env(&[vault_env]));
+    let key_file = home.key_file();
+    assert!(
+        !key_file.exists(),
+        "serve made a key file beside its OAUTHD_KEY_FILE"
+    );
+
+    let out = home.cli(&["connections", "list"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("no key file at {}", key_file.display()))
+            && err.contains("OAUTHD_KEY_FILE")
+            && err.contains("no key was made"),
+        "{err}"
+    );
+    assert!(!key_file.exists(), "a command made the key file");
+
+    // With the daemon's key named, the command runs.
+    let out = home
+        .cli_command(&["connections", "list"])
+        .env(vault_env.0, vault_env.1)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(!key_file.exists(), "a command made the key file");
+}
+
 /// An address another program listens on is explained, and leaves no database behind.
 #[test]
 fn a_taken_address_is_explained_and_makes_no_database() {

@@ -37,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../sql/0007_outbox.sql"),
     include_str!("../../../sql/0008_counts_by_the_writer.sql"),
     include_str!("../../../sql/0009_store_totals.sql"),
+    include_str!("../../../sql/0010_meta.sql"),
 ];
 
 /// How long a statement waits for a lock held by another process before failing (503).
@@ -332,6 +333,26 @@ impl super::Store for SqliteStore {
             "database {} passes integrity_check",
             self.path.display()
         ))
+    }
+
+    async fn mark_served(&self, now_ms: i64) -> Result<(), StoreError> {
+        self.writer
+            .run("noting that oauthd serves the database", move |conn| {
+                conn.prepare_cached(
+                    "INSERT OR IGNORE INTO meta (name, value) VALUES ('served_at', ?1)",
+                )?
+                .execute([now_ms.to_string()])
+                .map(|_| ())
+            })
+            .await
+    }
+
+    async fn was_served(&self) -> Result<bool, StoreError> {
+        self.read("reading whether oauthd served the database", |conn| {
+            conn.prepare_cached("SELECT 1 FROM meta WHERE name = 'served_at'")?
+                .exists([])
+        })
+        .await
     }
 }
 
