@@ -307,7 +307,10 @@ impl StateService {
         i64::try_from(self.policy.expired_grace.as_millis()).unwrap_or(i64::MAX)
     }
 
-    /// Issues a new state. `ttl_seconds` defaults to the namespace's rule.
+    /// Issues one of oauthd's own states (the broker's flows). `ttl_seconds` defaults to
+    /// the namespace's rule. Its data is not held to `max_data_bytes`, the state API's limit
+    /// for apps: a limit set low for an app's codes must not refuse a connect flow's
+    /// sealed secrets.
     pub async fn issue(
         &self,
         namespace: Namespace,
@@ -318,7 +321,8 @@ impl StateService {
         self.issue_value(state, namespace, ttl_seconds, data).await
     }
 
-    /// Issues a state value the caller generated (it needed the value before the data).
+    /// `issue` for a state value the caller generated (it needed the value before the
+    /// data).
     pub async fn issue_value(
         &self,
         state: StateValue,
@@ -331,18 +335,19 @@ impl StateService {
             data,
             ..NewState::default()
         };
-        self.store_new(state, namespace, request).await
+        self.store_new(state, namespace, request, usize::MAX).await
     }
 
-    /// Issues a state with any of the state API's options (subject, code, replace,
-    /// sliding).
+    /// Issues an app's state with any of the state API's options (subject, code, replace,
+    /// sliding); its data is at most `max_data_bytes`.
     pub async fn create(
         &self,
         namespace: Namespace,
         request: NewState,
     ) -> Result<IssuedState, StateError> {
         let state = StateValue::generate().map_err(|_| StateError::Entropy)?;
-        self.store_new(state, namespace, request).await
+        let max_data = self.policy.max_data_bytes;
+        self.store_new(state, namespace, request, max_data).await
     }
 
     async fn store_new(
@@ -350,6 +355,7 @@ impl StateService {
         state: StateValue,
         namespace: Namespace,
         request: NewState,
+        max_data: usize,
     ) -> Result<IssuedState, StateError> {
         let rule = self.policy.rule_for(&namespace);
         let ttl = match request.ttl_seconds {
@@ -367,10 +373,10 @@ impl StateService {
             None | Some(serde_json::Value::Null) => None,
             Some(v) => {
                 let text = Zeroizing::new(v.to_string());
-                if text.len() > self.policy.max_data_bytes {
+                if text.len() > max_data {
                     return Err(StateError::DataTooLarge {
                         size: text.len(),
-                        max: self.policy.max_data_bytes,
+                        max: max_data,
                     });
                 }
                 let owner = state_data::Owner {

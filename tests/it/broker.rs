@@ -183,6 +183,31 @@ async fn twenty_concurrent_token_calls_at_expiry_refresh_once_and_the_grant_surv
     assert!(conn["last_refresh_at"].is_string());
 }
 
+/// `max_data_bytes` is the limit on apps' data: set low (for an app's short codes), it
+/// still refuses such data, and connecting an account, whose flow keeps its sealed secrets
+/// as a state's data, works.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_low_max_data_bytes_limits_apps_data_and_not_connect_flows() {
+    let (peer, home, key) = setup(3600, "[states]\nmax_data_bytes = 64\n");
+    let d = home.start();
+    let (status, body) = d
+        .post(
+            "/v1/states",
+            &key,
+            json!({"namespace": "2fa", "data": "x".repeat(80)}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (413, Some("data_too_large")),
+        "{body}"
+    );
+    let (status, page) = connect(&d, &peer, &key, "alice").await;
+    assert_eq!(status, 200, "{page}");
+    let (status, body) = d.get("/v1/connections/peer/alice/token", &key).await;
+    assert_eq!(status, 200, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn min_ttl_beyond_the_providers_token_lifetime_does_not_refresh_every_call() {
     let (peer, home, key) = setup(60, "");
