@@ -449,7 +449,7 @@ pub fn is_loopback(url: &Url) -> bool {
 }
 
 /// Whether the URL names this machine: a loopback or unspecified address, or localhost.
-fn is_this_machine(url: &Url) -> bool {
+pub fn is_this_machine(url: &Url) -> bool {
     match url.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback() || ip.is_unspecified(),
         Some(url::Host::Ipv6(ip)) => {

@@ -176,12 +176,13 @@ fn link_end(params: &str) -> usize {
     params.len()
 }
 
-/// Whether `target` is an address of oauthd's (`oauthd`'s origin; on a loopback
-/// `public_url`, any loopback name with its port).
+/// Whether `target` is an address of oauthd's (`oauthd`'s origin; on a `public_url` on
+/// this machine, any name of this machine with its port: loopback and unspecified
+/// addresses, `localhost` and `*.localhost`, which browsers and resolvers send to loopback).
 fn names_oauthd(target: &Url, oauthd: &Url) -> bool {
-    use crate::oauth::provider::is_loopback as loopback;
+    use crate::oauth::provider::is_this_machine as local;
     target.port_or_known_default() == oauthd.port_or_known_default()
-        && (target.origin() == oauthd.origin() || (loopback(target) && loopback(oauthd)))
+        && (target.origin() == oauthd.origin() || (local(target) && local(oauthd)))
 }
 
 #[cfg(test)]
@@ -339,6 +340,11 @@ mod tests {
             "http://localhost:6288/v1/connections/p/a",
             "http://127.0.0.1:6288/v1/states/consume",
             "http://[::1]:6288/x",
+            "http://x.localhost:6288/v1/connections/p/a",
+            "http://API.LOCALHOST.:6288/x",
+            "http://0.0.0.0:6288/x",
+            "http://[::]:6288/x",
+            "http://[::ffff:127.0.0.1]:6288/x",
         ] {
             assert_eq!(
                 redirect_location(&upstream, dropped, &to),
