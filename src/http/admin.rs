@@ -85,11 +85,16 @@ pub async fn login_form(
         (None, None) => (String::new(), SignInWith::LoginLink),
     };
     let client = ratelimit::client_ip(&req, &app.trusted_proxies);
-    // Wrong tokens from one address share the budget of wrong API keys (a tighter one
-    // than the public routes'): guessing the admin token is as slow as guessing a key.
-    if let Some(secs) = client.and_then(|ip| app.failed_auth_limit.blocked(ip)) {
-        return too_many(base, &ratelimit::too_many(secs));
-    }
+    // Refused sign-ins from one address have a budget of their own, as tight as wrong
+    // API keys': guessing the admin token is as slow as guessing a key. Past it only the
+    // admin token waits: a login link is 256 random bits, so trying one is no guess, and
+    // the operator can always get in with a fresh `oauthd admin link`.
+    let blocked = client.and_then(|ip| app.failed_sign_in_limit.blocked(ip));
+    let with = if blocked.is_some() {
+        SignInWith::LoginLink
+    } else {
+        with
+    };
     match app.admin.sign_in(&presented, with).await {
         Ok(Some(session)) => {
             let cookie = session_cookie(
@@ -105,9 +110,12 @@ pub async fn login_form(
             to_page(base).cookie(cookie).finish()
         }
         Ok(None) => {
+            if let Some(secs) = blocked {
+                return too_many(base, &ratelimit::too_many(secs));
+            }
             if let Some(ip) = client {
                 log::warn!("admin: a sign-in from {ip} was refused");
-                let _ = app.failed_auth_limit.hit(ip);
+                let _ = app.failed_sign_in_limit.hit(ip);
             }
             if with == SignInWith::Form {
                 page(

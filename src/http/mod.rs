@@ -71,8 +71,12 @@ pub struct AppState {
     pub metrics_token: Option<crate::secret::SecretText>,
     /// Budget per client address on the public routes.
     pub public_limit: RateLimiter,
-    /// Budget per client address for requests with a wrong API key.
+    /// Budget per client address for requests with a wrong API key (or metrics token).
     pub failed_auth_limit: RateLimiter,
+    /// Budget per client address for refused admin sign-ins, of the same size: wrong API
+    /// keys (an app on the operator's address, or behind the same Docker bridge) must not
+    /// lock the operator out.
+    pub failed_sign_in_limit: RateLimiter,
     /// Budget per API key (by id) for imports, disconnects and device flow starts: each
     /// may call the provider under the operator's client id and send events.
     pub change_limit: RateLimiter<String>,
