@@ -9,7 +9,7 @@
 // Restart the app (or oauthd) in the middle of a sign-in, or let the person take a quarter
 // of an hour over the provider's own 2FA: the sign-in still finishes.
 //
-// Environment: OAUTHD_URL, OAUTHD_KEY; ISSUER (the provider), CLIENT_ID, CLIENT_SECRET;
+// Environment: OAUTHD_URL, OAUTHD_API_KEY; ISSUER (the provider), CLIENT_ID, CLIENT_SECRET;
 // PORT (0: a free one); PUBLIC_URL (where browsers reach the app; default its loopback
 // address); CODE_OUTBOX (a file the 2FA code is "sent" to; a real app mails or texts it).
 import express from "express";
@@ -22,7 +22,7 @@ const env = (name) => {
   if (!value) throw new Error(`${name} is not set`);
   return value;
 };
-const oauthd = new Client(env("OAUTHD_URL"), env("OAUTHD_KEY"));
+const oauthd = new Client(env("OAUTHD_URL"), env("OAUTHD_API_KEY"));
 const issuer = env("ISSUER");
 const client = { id: env("CLIENT_ID"), secret: env("CLIENT_SECRET") };
 const meta = await (await fetch(`${issuer}/.well-known/openid-configuration`)).json();

@@ -7,7 +7,7 @@
 - `GET /speakers/NAME` says where that stands.
 
 oauthd may restart at any moment: the client retries a refused connection and 503s, and
-oauthd resumes device flows where they were. Environment: OAUTHD_URL, OAUTHD_KEY,
+oauthd resumes device flows where they were. Environment: OAUTHD_URL, OAUTHD_API_KEY,
 PROVIDER (its name in oauthd's config), MUSIC_API (the URL to call), PORT (0: a free one).
 """
 
@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlparse
 
 from oauthd_client import Client, ConnectionFailed, NeedsReauth, NotFound, OauthdError
 
-oauthd = Client(os.environ["OAUTHD_URL"], os.environ["OAUTHD_KEY"], retries=5, max_retry_wait=5)
+oauthd = Client(os.environ["OAUTHD_URL"], os.environ["OAUTHD_API_KEY"], retries=5, max_retry_wait=5)
 PROVIDER = os.environ["PROVIDER"]
 MUSIC_API = os.environ["MUSIC_API"]
 

@@ -719,6 +719,18 @@ pub(super) fn check_key_source(settings: &Settings) -> Result<(), Fatal> {
 /// filesystem not mounted yet) or that oauthd failed to make may work on a retry (exit 1).
 fn load_vault(source: KeySource) -> Result<VaultHandle, Fatal> {
     use std::io::ErrorKind;
+    if let KeySource::Inline(text) = &source {
+        if text.trim().starts_with(crate::secret::API_KEY_PREFIX) {
+            return Err(Fatal(
+                "OAUTHD_KEY holds an API key (oauthd_...), but it is oauthd's own vault key: \
+                 give apps their API key in a variable of their own (oauthd's examples and \
+                 clients use OAUTHD_API_KEY), and here unset OAUTHD_KEY or set it to the vault \
+                 key (`oauthd keygen` makes one)"
+                    .into(),
+                2,
+            ));
+        }
+    }
     let file_code = |path: &std::path::Path| match std::fs::File::open(path) {
         Ok(_) => 2,
         Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied) => 2,

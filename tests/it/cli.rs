@@ -250,6 +250,14 @@ fn a_wrong_vault_key_stops_the_start_naming_its_variable_and_makes_no_database()
             ("OAUTHD_KEY", "notakey"),
             "OAUTHD_KEY: a vault key is 32 bytes",
         ),
+        // An app's API key in the vault key's variable (a shared .env file).
+        (
+            (
+                "OAUTHD_KEY",
+                "oauthd_0123456789abcdefghijklmnopqrstuvwxyzABCDEFG",
+            ),
+            "OAUTHD_KEY holds an API key",
+        ),
     ] {
         let out = home.serve_once_with(&[env], "127.0.0.1:0");
         assert_eq!(out.status.code(), Some(2), "{env:?}: {out:?}");

@@ -26,7 +26,7 @@ async fn run_suite(mut cmd: Command) -> String {
     let person = tempfile::tempdir().unwrap();
     let child = cmd
         .env("OAUTHD_URL", &d.url)
-        .env("OAUTHD_KEY", &key)
+        .env("OAUTHD_API_KEY", &key)
         .env("OAUTHD_PROVIDER", "peer")
         .env("OAUTHD_PERSON_DIR", person.path())
         .stdin(Stdio::null())

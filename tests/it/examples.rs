@@ -110,7 +110,7 @@ async fn express_signs_in_a_slow_user_and_checks_2fa_codes_with_state_in_oauthd(
     cmd.arg(dir.join("app.mjs"))
         .current_dir(&dir)
         .env("OAUTHD_URL", &d.url)
-        .env("OAUTHD_KEY", &key)
+        .env("OAUTHD_API_KEY", &key)
         .env("ISSUER", &peer.issuer)
         .env("CLIENT_ID", "express-example")
         .env("CLIENT_SECRET", common::peer::CLIENT_SECRET)
@@ -315,7 +315,7 @@ async fn python_music_gets_a_token_per_call_links_a_speaker_and_survives_an_oaut
     let mut cmd = Command::new(&python);
     cmd.arg(root().join("examples/python-music/app.py"))
         .env("OAUTHD_URL", &daemon.url)
-        .env("OAUTHD_KEY", &key)
+        .env("OAUTHD_API_KEY", &key)
         .env("PROVIDER", "peer")
         .env("MUSIC_API", format!("{}/me", peer.issuer))
         .env("PORT", "0");

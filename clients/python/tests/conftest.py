@@ -1,7 +1,7 @@
 """The oauthd these tests talk to is real: tests/it/clients.rs starts it (with a real OpenID
 provider as provider `peer`, account `default` connected) and runs pytest with:
 
-- OAUTHD_URL, OAUTHD_KEY: the daemon and an API key for everything;
+- OAUTHD_URL, OAUTHD_API_KEY: the daemon and an API key for everything;
 - OAUTHD_PROVIDER: the connected provider (with an API the proxy reaches: its userinfo `me`);
 - OAUTHD_PERSON_DIR: where a test leaves a device flow's user code (a file `device`) for
   the person on the other device (the harness) to enter at the provider.
@@ -23,7 +23,7 @@ def _env(name: str) -> str:
 
 @pytest.fixture
 def oauthd() -> Client:
-    return Client(_env("OAUTHD_URL"), _env("OAUTHD_KEY"), retries=2, max_retry_wait=2)
+    return Client(_env("OAUTHD_URL"), _env("OAUTHD_API_KEY"), retries=2, max_retry_wait=2)
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ import {
   Client, ConnectionFailed, Gone, NotFound, OauthdError, RateLimited, Unauthorized, Unavailable, WrongSecret,
 } from "../dist/index.js";
 
-const { OAUTHD_URL, OAUTHD_KEY, OAUTHD_PROVIDER: provider, OAUTHD_PERSON_DIR } = process.env;
+const { OAUTHD_URL, OAUTHD_API_KEY, OAUTHD_PROVIDER: provider, OAUTHD_PERSON_DIR } = process.env;
 const live = { skip: !OAUTHD_URL && "OAUTHD_URL is not set: run through `cargo test --test it clients`" };
-const oauthd = () => new Client(OAUTHD_URL, OAUTHD_KEY, { retries: 2, maxRetryWaitMs: 2000 });
+const oauthd = () => new Client(OAUTHD_URL, OAUTHD_API_KEY, { retries: 2, maxRetryWaitMs: 2000 });
 const ns = () => `node:${randomUUID().slice(0, 12)}`;
 
 test("a state is consumed exactly once", live, async () => {
