@@ -261,6 +261,52 @@ mod shared {
         assert!(!err.contains("pw-secret"), "password in the message: {err}");
     }
 
+    /// A Redis that asks for a password: none given and a wrong one are told apart, and
+    /// the message names the variable (never the password).
+    #[test]
+    fn a_missing_or_wrong_redis_password_is_named_as_such() {
+        let server = RedisServer::start();
+        let password = "the-redis-password-0123";
+        assert_eq!(
+            server
+                .command(&format!("CONFIG SET requirepass {password}"))
+                .as_deref(),
+            Some("+OK")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let keys_list = |env: &[(&str, &str)]| {
+            let mut cmd = Command::new(BIN);
+            cmd.args(["--store", &server.url(), "keys", "list"])
+                .env("OAUTHD_KEY_FILE", dir.path().join("none"));
+            for name in common::OAUTHD_VARIABLES {
+                if name != "OAUTHD_KEY_FILE" {
+                    cmd.env_remove(name);
+                }
+            }
+            let out = cmd.envs(env.iter().copied()).output().unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let (ok, err) = keys_list(&[]);
+        assert!(!ok);
+        assert!(
+            err.contains("asks for a password and none was given")
+                && err.contains("OAUTHD_REDIS_PASSWORD"),
+            "{err}"
+        );
+        let (ok, err) = keys_list(&[("OAUTHD_REDIS_PASSWORD", "not-the-password-99")]);
+        assert!(!ok);
+        assert!(err.contains("refused the password"), "{err}");
+        assert!(
+            !err.contains("not-the-password"),
+            "password in the message: {err}"
+        );
+        let (ok, err) = keys_list(&[("OAUTHD_REDIS_PASSWORD", password)]);
+        assert!(ok, "{err}");
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn instances_with_different_prefixes_share_a_redis_without_seeing_each_other() {
         let a = Home::redis();

@@ -88,7 +88,12 @@ impl RedisStore {
                 .await
             })
             .map_err(|_| format!("cannot reach Redis at {display}: no answer"))?
-            .map_err(|e| format!("cannot reach Redis at {display}: {e}"))?;
+            .map_err(|e| match e.kind() {
+                redis::ErrorKind::AuthenticationFailed => {
+                    format!("Redis at {display}: {WRONG_PASSWORD}")
+                }
+                _ => format!("cannot reach Redis at {display}: {e}"),
+            })?;
         let store = RedisStore {
             runtime: Some(runtime),
             conn,
@@ -333,6 +338,9 @@ fn version_at_least(version: &str, (major, minor): (u32, u32)) -> bool {
     (a, b) >= (major, minor)
 }
 
+const WRONG_PASSWORD: &str = "refused the password (or user): check OAUTHD_REDIS_PASSWORD \
+     (OAUTHD_REDIS_PASSWORD_FILE) or the store's URL";
+
 /// Maps a Redis error to the storage error the HTTP layer turns into a 503.
 fn classify(context: &'static str, e: &redis::RedisError) -> StoreError {
     if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() || e.is_timeout() {
@@ -348,9 +356,12 @@ fn classify(context: &'static str, e: &redis::RedisError) -> StoreError {
             context,
             "Redis refuses writes because it cannot save to disk (MISCONF)",
         ),
-        Some("NOAUTH" | "WRONGPASS") => {
-            StoreError::unavailable(context, "Redis refused the credentials")
-        }
+        Some("NOAUTH") => StoreError::unavailable(
+            context,
+            "Redis asks for a password and none was given: set OAUTHD_REDIS_PASSWORD (or \
+             OAUTHD_REDIS_PASSWORD_FILE) for this command too, or put it in the store's URL",
+        ),
+        Some("WRONGPASS") => StoreError::unavailable(context, format!("Redis {WRONG_PASSWORD}")),
         _ => StoreError::unavailable(context, e),
     }
 }
