@@ -69,8 +69,12 @@ pub struct Proxy {
 /// Methods the proxy passes on; CONNECT and TRACE (which echoes the token back) are not.
 pub const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
-/// Room for one request's body in the shared budget; released when dropped.
-pub struct BodyRoom<'a>(Vec<tokio::sync::SemaphorePermit<'a>>);
+/// Room for one request's body in the shared budget (in KiB, rounded up once for the
+/// whole body, not for each chunk); released when dropped.
+pub struct BodyRoom<'a> {
+    held: Option<tokio::sync::SemaphorePermit<'a>>,
+    bytes: usize,
+}
 
 thread_local! {
     /// One client per thread, for the timeouts it was built with. hyper runs a pooled
@@ -122,20 +126,31 @@ impl Proxy {
 
     /// An empty claim on the body budget, to grow as the body arrives.
     pub fn body_room(&self) -> BodyRoom<'_> {
-        BodyRoom(Vec::new())
+        BodyRoom {
+            held: None,
+            bytes: 0,
+        }
     }
 
     /// Claims room for `bytes` more of a body; `false` when the budget is spent (the
-    /// caller answers 503 and its claim is released).
+    /// caller answers 503 and its claim is released). A body sent in one-byte chunks
+    /// holds what its bytes need, not a KiB for each chunk.
     pub fn claim<'a>(&'a self, room: &mut BodyRoom<'a>, bytes: usize) -> bool {
-        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
-        match self.buffered.try_acquire_many(kib) {
-            Ok(permit) => {
-                room.0.push(permit);
-                true
+        let total = room.bytes.saturating_add(bytes);
+        let kib = |n: usize| u32::try_from(n.div_ceil(1024)).unwrap_or(u32::MAX);
+        let held = room.held.as_ref().map_or(0, |p| p.num_permits());
+        let more = kib(total).saturating_sub(u32::try_from(held).unwrap_or(u32::MAX));
+        if more > 0 {
+            match self.buffered.try_acquire_many(more) {
+                Ok(permit) => match &mut room.held {
+                    Some(held) => held.merge(permit),
+                    None => room.held = Some(permit),
+                },
+                Err(_) => return false,
             }
-            Err(_) => false,
         }
+        room.bytes = total;
+        true
     }
 
     /// Sends one attempt with `token`; returns the provider's answer once its status and
@@ -237,5 +252,21 @@ mod tests {
         let mut room = small.body_room();
         assert!(small.claim(&mut room, 64 * 1024 * 1024));
         assert!(!small.claim(&mut room, 1));
+    }
+
+    #[test]
+    fn a_body_in_small_chunks_holds_the_room_its_bytes_need() {
+        let proxy = Proxy::new(ProxyPolicy::default()).unwrap();
+        let budget = proxy.buffered.available_permits();
+        let mut room = proxy.body_room();
+        for _ in 0..3000 {
+            assert!(proxy.claim(&mut room, 1));
+        }
+        // 3,000 bytes: 3 KiB, not a KiB for each of the 3,000 chunks.
+        assert_eq!(budget - proxy.buffered.available_permits(), 3);
+        assert!(proxy.claim(&mut room, 1024));
+        assert_eq!(budget - proxy.buffered.available_permits(), 4);
+        drop(room);
+        assert_eq!(proxy.buffered.available_permits(), budget);
     }
 }
