@@ -22,6 +22,17 @@ pub enum ClientAuth {
     None,
 }
 
+impl ClientAuth {
+    /// As the config file spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::Basic => "basic",
+            ClientAuth::Post => "post",
+            ClientAuth::None => "none",
+        }
+    }
+}
+
 /// `[providers.NAME]` in the config file. `Debug` never shows the client secret.
 #[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -534,18 +545,27 @@ impl Provider {
                     "{key}: set client_secret or client_secret_file, not both"
                 ))
             }
+            (Some(s), None) if s.trim().is_empty() => {
+                return Err(format!(
+                    "{key}.client_secret: empty (leave it out, with client_auth = \"none\", for a public client)"
+                ))
+            }
             (Some(s), None) => Some(Zeroizing::new(s.clone())),
-            (None, Some(path)) => Some(Zeroizing::new(
-                std::fs::read_to_string(path)
-                    .map_err(|e| {
-                        format!(
-                            "{key}.client_secret_file: cannot read {}: {e}",
-                            path.display()
-                        )
-                    })?
-                    .trim()
-                    .to_owned(),
-            )),
+            (None, Some(path)) => {
+                let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+                    format!(
+                        "{key}.client_secret_file: cannot read {}: {e}",
+                        path.display()
+                    )
+                })?);
+                if text.trim().is_empty() {
+                    return Err(format!(
+                        "{key}.client_secret_file: {} is empty (a credential that was not loaded?)",
+                        path.display()
+                    ));
+                }
+                Some(Zeroizing::new(text.trim().to_owned()))
+            }
             (None, None) => None,
         };
         let client_auth = cfg.client_auth.or(preset.map(|p| p.client_auth)).unwrap_or(
@@ -557,7 +577,8 @@ impl Provider {
         );
         if client_auth != ClientAuth::None && client_secret.is_none() {
             return Err(format!(
-                "{key}: client_auth = {client_auth:?} needs client_secret or client_secret_file (or set client_auth = \"none\" for a public client)"
+                "{key}: client_auth = \"{}\" needs client_secret or client_secret_file (or set client_auth = \"none\" for a public client)",
+                client_auth.as_str()
             ));
         }
         let scopes = cfg.scopes.clone().unwrap_or_else(|| {
@@ -583,6 +604,16 @@ impl Provider {
                 "response_type",
                 "nonce",
             ];
+            if k == "scope" {
+                return Err(format!(
+                    "{key}.authorize_params.scope: set scopes = [...] instead (oauthd sends the scope parameter itself, and asks for a nonce when it holds openid)"
+                ));
+            }
+            if k == "response_mode" {
+                return Err(format!(
+                    "{key}.authorize_params.response_mode: oauthd's callback reads the provider's answer from the query string (the default mode for the code flow)"
+                ));
+            }
             if RESERVED.contains(&k.as_str()) {
                 return Err(format!(
                     "{key}.authorize_params.{k}: oauthd sets this parameter itself"
@@ -916,6 +947,28 @@ mod tests {
             "preset = \"spotify\"\nclient_id = \"a\"\nclient_secret_file = \"/nonexistent/secret\""
         )
         .contains("/nonexistent/secret"));
+        let base = "issuer = \"https://x\"\nclient_id = \"a\"\nclient_auth = \"none\"\n";
+        let scope = err(&format!("{base}[authorize_params]\nscope = \"email\""));
+        assert!(scope.contains("authorize_params.scope") && scope.contains("scopes = [...]"));
+        assert!(err(&format!(
+            "{base}[authorize_params]\nresponse_mode = \"form_post\""
+        ))
+        .contains("authorize_params.response_mode"));
+        // An empty secret is a mistake to name at start, not an invalid_client later.
+        assert!(
+            err("preset = \"spotify\"\nclient_id = \"a\"\nclient_secret = \" \"")
+                .contains("providers.p.client_secret: empty")
+        );
+        let empty = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(empty.path(), "\n").unwrap();
+        let from_file = err(&format!(
+            "preset = \"spotify\"\nclient_id = \"a\"\nclient_secret_file = {:?}",
+            empty.path()
+        ));
+        assert!(from_file.contains("is empty"), "{from_file}");
+        // The message spells client_auth as the config does.
+        let no_secret = err("issuer = \"https://x\"\nclient_id = \"a\"\nclient_auth = \"basic\"");
+        assert!(no_secret.contains("client_auth = \"basic\""), "{no_secret}");
         let bad_name = Provider::from_config(
             "a b",
             &cfg("preset = \"spotify\"\nclient_id = \"a\"\nclient_secret = \"b\""),
