@@ -8,6 +8,36 @@ use crate::oauth::flows;
 use crate::vault::{self, KeySource, Vault};
 use std::os::unix::fs::PermissionsExt;
 
+/// The providers that build, and why each other one does not: a report goes on past a
+/// provider it cannot build (a credential file that exists only while the unit runs), where
+/// the daemon and the other commands stop.
+fn providers_one_by_one(
+    settings: &Settings,
+) -> (
+    Vec<std::sync::Arc<crate::oauth::Provider>>,
+    Vec<(String, String)>,
+) {
+    let public_url = settings.public_url_for(settings.listen);
+    let (mut built, mut broken) = (Vec::new(), Vec::new());
+    for (name, cfg) in &settings.providers {
+        let one = std::collections::BTreeMap::from([(name.clone(), cfg.clone())]);
+        match crate::oauth::provider::build_all(&one, &public_url) {
+            Ok(mut p) => built.append(&mut p),
+            Err(e) => {
+                let mut why = e.to_string();
+                if why.contains("/run/credentials/") {
+                    why.push_str(
+                        " (systemd credentials exist only while the unit runs: run check while \
+                         it runs, or with the files the unit loads them from)",
+                    );
+                }
+                broken.push((name.clone(), why));
+            }
+        }
+    }
+    (built, broken)
+}
+
 #[derive(Default)]
 struct Report {
     failed: usize,
@@ -23,7 +53,7 @@ impl Report {
 }
 
 pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
-    let providers = super::providers(&settings)?;
+    let (providers, broken) = providers_one_by_one(&settings);
     let notifier = super::notifier(&settings, crate::clock::Clock::system())?;
     let mut r = Report::default();
     r.line(
@@ -31,11 +61,14 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
         "config",
         format!(
             "{} provider(s), {} notification target(s), listen {}",
-            providers.len(),
+            providers.len() + broken.len(),
             notifier.targets().len(),
             settings.listen
         ),
     );
+    for (name, why) in broken {
+        r.line("FAIL", &format!("provider {name}"), why);
+    }
     for warning in notifier
         .targets()
         .iter()

@@ -288,6 +288,34 @@ async fn a_wrong_client_secret_is_found_before_anyone_is_sent_to_the_provider() 
     );
 }
 
+/// `check` goes on past a provider it cannot build (a systemd credential that exists only
+/// while the unit runs): that provider fails, the others and the store are still checked.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reports_a_provider_it_cannot_build_and_checks_the_rest() {
+    let peer = Peer::start(60);
+    let home = Home::new();
+    home.write_config(&format!(
+        "{}\n[providers.gone]\npreset = \"spotify\"\nclient_id = \"c\"\n\
+         client_secret_file = \"/run/credentials/oauthd.service/no-such-secret\"\n",
+        peer.provider_toml("peer")
+    ));
+    home.create_key("app", &[]);
+    let out = home.cli(&["check"]);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("FAIL  provider gone")
+            && report.contains("no-such-secret")
+            && report.contains("only while the unit runs"),
+        "{report}"
+    );
+    assert!(
+        report.contains("provider peer") && report.contains("client id and secret were accepted"),
+        "{report}"
+    );
+    assert!(report.contains("passes integrity_check"), "{report}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn last_refresh_is_never_until_a_refresh_happens() {
     let peer = Peer::start(2);
