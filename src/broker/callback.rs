@@ -433,9 +433,7 @@ impl Broker {
             flows::exchange_code(self.token_endpoint.as_ref(), provider, endpoints, &redirect, code, &secrets.verifier)
                 .await
                 .map_err(|e| match e {
-                    FlowError::Rejected { code, description }
-                        if code == "invalid_client" || code == "unauthorized_client" =>
-                    {
+                    FlowError::Rejected { code, description } if flows::refuses_client(&code) => {
                         log::warn!("callback {provider_name}/{account}: the provider refused oauthd's client credentials ({code}: {description})");
                         CallbackError::ClientRefused { code, description }
                     }

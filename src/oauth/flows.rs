@@ -241,7 +241,11 @@ fn classify<E: std::error::Error>(
             }
         }
         RequestTokenError::Request(e) => FlowError::Transient(e.to_string()),
-        RequestTokenError::Parse(e, _) => {
+        RequestTokenError::Parse(e, body) => {
+            // GitHub answers errors with 200: what names an error is that error.
+            if names_an_error(&body) {
+                return error_response(reqwest::StatusCode::BAD_REQUEST, &body);
+            }
             FlowError::Transient(format!("malformed token response: {e}"))
         }
         RequestTokenError::Other(e) => FlowError::Transient(e),
@@ -286,14 +290,23 @@ pub async fn exchange_code(
 /// Whether a provider accepts oauthd's client credentials, found out before any user is
 /// sent there: a token request for a made-up code is refused as `invalid_grant` when the
 /// client id and secret are right, and as `invalid_client` when they are not (RFC 6749
-/// §5.2). Providers that answer otherwise (GitHub answers 200 with an error) cannot be
-/// told apart: `Unknown`.
+/// §5.2; GitHub: `bad_verification_code` and `incorrect_client_credentials`, with 200).
+/// Providers that answer otherwise cannot be told apart: `Unknown`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "status", content = "detail", rename_all = "snake_case")]
 pub enum ClientCheck {
     Accepted(String),
     Refused(String),
     Unknown(String),
+}
+
+/// Whether a token endpoint's error code says it refused oauthd's client id or secret
+/// (GitHub's `incorrect_client_credentials` beside RFC 6749's).
+pub fn refuses_client(code: &str) -> bool {
+    matches!(
+        code,
+        "invalid_client" | "unauthorized_client" | "incorrect_client_credentials"
+    )
 }
 
 pub async fn check_client(
@@ -308,9 +321,7 @@ pub async fn check_client(
         Err(FlowError::InvalidGrant(_)) => ClientCheck::Accepted(
             "a made-up code was refused as invalid_grant, so the client id and secret were accepted".into(),
         ),
-        Err(FlowError::Rejected { code, description })
-            if code == "invalid_client" || code == "unauthorized_client" =>
-        {
+        Err(FlowError::Rejected { code, description }) if refuses_client(&code) => {
             ClientCheck::Refused(format!(
                 "the provider refused the client id or secret ({code}: {description}): check client_id and client_secret (or client_secret_file)"
             ))
@@ -505,6 +516,17 @@ pub enum DevicePoll {
     Failed(FlowError),
 }
 
+/// Whether a token endpoint's answer is an OAuth error (`{"error": "..."}`), whatever its
+/// status: GitHub sends its errors (`authorization_pending`, `bad_refresh_token`, ...) with
+/// 200.
+fn names_an_error(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        error: Option<serde_json::Value>,
+    }
+    serde_json::from_slice::<Answer>(body).is_ok_and(|a| a.error.is_some_and(|e| e.is_string()))
+}
+
 fn error_response(status: reqwest::StatusCode, body: &[u8]) -> FlowError {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     let code = v.get("error").and_then(|e| e.as_str()).unwrap_or("");
@@ -515,7 +537,11 @@ fn error_response(status: reqwest::StatusCode, body: &[u8]) -> FlowError {
         300,
     );
     match code {
-        "invalid_grant" => FlowError::InvalidGrant(description),
+        // GitHub's names for a refresh token or a code that is no good (RFC 6749's
+        // invalid_grant).
+        "invalid_grant" | "bad_refresh_token" | "bad_verification_code" => {
+            FlowError::InvalidGrant(description)
+        }
         "" if status.is_server_error() || status.as_u16() == 429 => {
             FlowError::Transient(format!("HTTP {status}"))
         }
@@ -550,7 +576,7 @@ pub async fn device_poll(
         Ok(b) => b,
         Err(e) => return DevicePoll::Failed(FlowError::Transient(e)),
     };
-    if status.is_success() {
+    if status.is_success() && !names_an_error(&body) {
         return match serde_json::from_slice::<ProviderTokenResponse>(&body) {
             Ok(t) => DevicePoll::Done(token_set(&t)),
             Err(e) => DevicePoll::Failed(FlowError::Transient(format!(
@@ -558,11 +584,17 @@ pub async fn device_poll(
             ))),
         };
     }
+    let status = if status.is_success() {
+        reqwest::StatusCode::BAD_REQUEST
+    } else {
+        status
+    };
     match error_response(status, &body) {
         FlowError::Rejected { code, description } => match code.as_str() {
             "authorization_pending" => DevicePoll::Pending,
             "slow_down" => DevicePoll::SlowDown,
-            "access_denied" => DevicePoll::Denied(description),
+            // Microsoft's name for the user declining.
+            "access_denied" | "authorization_declined" => DevicePoll::Denied(description),
             "expired_token" => DevicePoll::Expired,
             _ => DevicePoll::Failed(FlowError::Rejected { code, description }),
         },

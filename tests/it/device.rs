@@ -306,6 +306,68 @@ async fn a_failing_token_endpoint_is_polled_ever_more_slowly_until_it_answers() 
     );
 }
 
+/// A device flow declined at a provider that answers errors with 200 (GitHub:
+/// `authorization_pending`, then `access_denied`), or with Microsoft's
+/// `authorization_declined`: pending while pending, then denied (403) at once, not polled
+/// on as a failing endpoint until the code expires.
+#[tokio::test(flavor = "multi_thread")]
+async fn declines_answered_with_200_or_as_authorization_declined_deny_the_flow() {
+    for (status, declined) in [(200, "access_denied"), (400, "authorization_declined")] {
+        let mock = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/device"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "device_code": "dc-1", "user_code": "ABCDE", "verification_uri": "https://x.example",
+                "expires_in": 600, "interval": 1
+            })))
+            .mount(&mock)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/token"))
+            .respond_with(
+                ResponseTemplate::new(status)
+                    .set_body_json(json!({"error": "authorization_pending"})),
+            )
+            .up_to_n_times(2)
+            .mount(&mock)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/token"))
+            .respond_with(ResponseTemplate::new(status).set_body_json(json!({"error": declined})))
+            .mount(&mock)
+            .await;
+        let home = Home::new();
+        home.write_config(&format!(
+            "[providers.gh]\ndevice_authorization_url = \"{uri}/device\"\ntoken_url = \"{uri}/token\"\n\
+             authorization_url = \"{uri}/authorize\"\nclient_id = \"cid\"\nclient_secret = \"cs\"\n",
+            uri = mock.uri()
+        ));
+        let key = home.create_key("app", &[]);
+        let d = home.start();
+        let (code, start) = d.post("/v1/device/gh", &key, json!({})).await;
+        assert_eq!(code, 201, "{start}");
+        let status_path = format!("/v1/device/gh/{}", start["id"].as_str().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let (answer, flow) = loop {
+            let (answer, flow) = d.get(&status_path, &key).await;
+            if answer != 202 || Instant::now() > deadline {
+                break (answer, flow);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(
+            (answer, flow["status"].as_str()),
+            (403, Some("denied")),
+            "{declined}: {flow}"
+        );
+        let log = home.log_text();
+        assert!(
+            !log.contains("malformed token response"),
+            "{declined}: {log}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_down_adds_five_seconds_and_tidal_shapes_are_normalised() {
     let mock = mock_provider().await;

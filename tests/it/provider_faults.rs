@@ -299,6 +299,53 @@ async fn github_tokens_without_expiry_or_refresh_token_are_served_as_they_are() 
     assert_eq!(conn["has_refresh_token"], false);
 }
 
+/// GitHub answers a token request's errors with 200. A dead refresh token
+/// (`bad_refresh_token`) marks the connection needs_reauth once, as invalid_grant does,
+/// instead of a provider fault retried forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_error_answered_with_200_is_that_error() {
+    let mock = MockServer::start().await;
+    on_code(
+        &mock,
+        "c1",
+        json!({"access_token": "ghu_1", "token_type": "bearer", "expires_in": 1, "refresh_token": "ghr_1"}),
+    )
+    .await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("grant_type=refresh_token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "error": "bad_refresh_token",
+            "error_description": "The refresh token passed is incorrect or expired."
+        })))
+        .mount(&mock)
+        .await;
+    let home = Home::new();
+    home.write_config(&provider_toml("gh", "github", &mock));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    connect(&d, &key, "gh", "me", "c1").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..3 {
+        let (status, body) = d.get("/v1/connections/gh/me/token", &key).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (409, Some("needs_reauth")),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        token_requests(&mock, "refresh_token").await.len(),
+        1,
+        "a dead refresh token was tried again"
+    );
+    assert!(
+        !home.log_text().contains("malformed token response"),
+        "{}",
+        home.log_text()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn microsoft_preset_asks_for_offline_access() {
     let mock = MockServer::start().await;

@@ -409,6 +409,45 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
         .unwrap();
 }
 
+/// The credentials check reads GitHub's answers, which come with 200: a made-up code
+/// refused as `bad_verification_code` means the client id and secret were accepted,
+/// `incorrect_client_credentials` that they were not.
+#[tokio::test]
+async fn the_credentials_check_reads_errors_answered_with_200() {
+    use oauthd::oauth::flows::{check_client, ClientCheck};
+    let provider = Provider::from_config(
+        "gh",
+        &ProviderConfig {
+            authorization_url: Some("https://provider.test/authorize".into()),
+            token_url: Some("https://provider.test/token".into()),
+            client_id: Some("client".into()),
+            client_secret: Some("secret".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let endpoints = provider
+        .endpoints(&reqwest::Client::new())
+        .await
+        .unwrap()
+        .clone();
+    let redirect = url::Url::parse("http://127.0.0.1:6288/callback/gh").unwrap();
+    for (error, accepted) in [
+        ("bad_verification_code", true),
+        ("incorrect_client_credentials", false),
+    ] {
+        let endpoint = Scripted::new(Duration::ZERO);
+        endpoint.then(200, serde_json::json!({"error": error}));
+        let verdict = check_client(endpoint.as_ref(), &provider, &endpoints, &redirect).await;
+        let ok = match verdict {
+            ClientCheck::Accepted(_) => true,
+            ClientCheck::Refused(_) => false,
+            ClientCheck::Unknown(d) => panic!("{error}: unknown: {d}"),
+        };
+        assert_eq!(ok, accepted, "{error}");
+    }
+}
+
 /// A broker for provider "p" on `b`'s store, its tokens sealed with `vault_key`: one
 /// oauthd process (two of them on one store share the key, as processes on one file do).
 fn broker_on(
