@@ -19,6 +19,7 @@ use crate::oauth::{id_token, Provider};
 use crate::read_cache::ReadTicket;
 use crate::store::{
     AccountIdentity, ConnectionKey, ConnectionRow, ConnectionStatus, RefreshFailure, SealedTokens,
+    StoreError,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -555,6 +556,9 @@ impl Broker {
         row: &ConnectionRow,
         generation: i64,
     ) -> Result<Arc<AccessToken>, BrokerError> {
+        // The lease holds until `lease_ms` after it was taken, a moment before this.
+        let leased_until = tokio::time::Instant::now()
+            + Duration::from_millis(u64::try_from(self.lease_ms).unwrap_or(0));
         let (p, a) = (provider.name.as_str(), row.account.as_str());
         let Some(sealed_refresh) = &row.refresh_token else {
             let reason = "the access token expired and the provider gave no refresh token";
@@ -603,15 +607,9 @@ impl Broker {
         // whose drop may come before this line, or by another) is never hidden by it.
         let events = self.refreshed_events(row, expires_at_ms);
         let saving = self.token_cache.forget_after(&row.key());
+        let deliveries = self.notifier.deliveries(&events);
         let saved = self
-            .store
-            .save_refreshed(
-                &row.key(),
-                generation,
-                sealed,
-                self.clock.now_ms(),
-                self.notifier.deliveries(&events),
-            )
+            .save_refreshed_while_leased(row, generation, sealed, deliveries, leased_until)
             .await;
         drop(saving);
         if !saved? {
@@ -634,6 +632,50 @@ impl Broker {
             scope,
             answer: AnswerOnce::default(),
         }))
+    }
+
+    /// Saves what a refresh brought, trying again on a storage fault (a lock another
+    /// process holds past the busy timeout, a Redis failover) while the lease holds: the
+    /// provider may already have retired the refresh token the store still holds
+    /// (rotation), so a result given up here would leave the connection to the user to
+    /// connect again. A try that failed may have landed all the same (its answer lost):
+    /// a later try that finds the lease moved on looks whether the stored token is ours.
+    async fn save_refreshed_while_leased(
+        &self,
+        row: &ConnectionRow,
+        generation: i64,
+        sealed: SealedTokens,
+        deliveries: Vec<crate::store::NewDelivery>,
+        leased_until: tokio::time::Instant,
+    ) -> Result<bool, StoreError> {
+        let key = row.key();
+        let mut wait = Duration::from_millis(100);
+        let mut failed_before = false;
+        loop {
+            let now = self.clock.now_ms();
+            let tried = self
+                .store
+                .save_refreshed(&key, generation, sealed.clone(), now, deliveries.clone())
+                .await;
+            match tried {
+                Ok(false) if failed_before => {
+                    let stored = self.store.get_connection(&key).await?;
+                    return Ok(stored.is_some_and(|c| c.access_token == sealed.access_token));
+                }
+                Err(e) if tokio::time::Instant::now() + wait < leased_until => {
+                    log::warn!(
+                        "refresh {}/{}: saving the new tokens failed ({e}); trying again in {} ms",
+                        row.provider,
+                        row.account,
+                        wait.as_millis()
+                    );
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                    failed_before = true;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Records a failed refresh on the connection (releasing the lease) and returns the

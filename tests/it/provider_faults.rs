@@ -499,6 +499,47 @@ fn refreshed() -> ResponseTemplate {
     ResponseTemplate::new(200).set_body_json(json!({"access_token": "at-2", "token_type": "bearer", "expires_in": 3600, "refresh_token": "rt-2"}))
 }
 
+/// A refresh whose save meets the database locked by another process past the busy
+/// timeout (5 s) is saved once the lock is gone, while the lease holds: the provider has
+/// already rotated the refresh token, and a result given up would leave the connection
+/// holding a retired one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_is_saved_after_another_process_held_the_database_lock() {
+    let mock = MockServer::start().await;
+    on_code_expiring(&mock).await;
+    on_refresh(&mock, "rt-1", refreshed().set_delay(Duration::from_millis(1000))).await;
+    let home = Home::new();
+    home.write_config(&provider_toml("st", "smartthings", &mock));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    connect(&d, &key, "st", "home", "c1").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // While the provider answers, another process takes the write lock for 7 s.
+    let db = home.db();
+    let holder = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let conn = rusqlite::Connection::open(db).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        std::thread::sleep(Duration::from_secs(7));
+        conn.execute_batch("ROLLBACK").unwrap();
+    });
+    let (status, body) = d.get("/v1/connections/st/home/token", &key).await;
+    holder.join().unwrap();
+    assert_eq!(
+        (status, body["access_token"].as_str()),
+        (200, Some("at-2")),
+        "{body}"
+    );
+    let (status, body) = d.get("/v1/connections/st/home/token", &key).await;
+    assert_eq!((status, body["access_token"].as_str()), (200, Some("at-2")), "{body}");
+    assert_eq!(token_requests(&mock, "refresh_token").await.len(), 1);
+    assert!(
+        home.log_text().contains("saving the new tokens failed"),
+        "{}",
+        home.log_text()
+    );
+}
+
 /// Which side of `disconnect_and_refresh` reaches the provider first.
 enum First {
     /// b's refresh (answered by `refresh`, which should take `SLOW`), then a's disconnect.
