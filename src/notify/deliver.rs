@@ -5,7 +5,7 @@
 
 use super::event::message;
 use super::{Format, Notifier, Target};
-use crate::store::{DeliveryOutcome, DeliveryRow, OutboxStore};
+use crate::store::{ClaimRoom, DeliveryOutcome, DeliveryRow, OutboxStore};
 use reqwest::header::CONTENT_TYPE;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ const LEASE_MS: i64 = 30_000;
 /// Attempts running at once, and at once to one target: a target that hangs until the
 /// timeout holds two slots, never the others' deliveries.
 const MAX_IN_FLIGHT: usize = 16;
-const PER_TARGET: usize = 2;
+const PER_TARGET: u32 = 2;
 /// How often the outbox is looked at without being woken (retries that fell due, events
 /// another instance wrote).
 const POLL: Duration = Duration::from_secs(1);
@@ -58,7 +58,7 @@ pub async fn run(
     let mut last_prune: Option<std::time::Instant> = None;
     let mut failing = false;
     let mut running: tokio::task::JoinSet<String> = tokio::task::JoinSet::new();
-    let mut busy: HashMap<String, usize> = HashMap::new();
+    let mut busy: HashMap<String, u32> = HashMap::new();
     while !*stop.borrow() {
         if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
             last_prune = Some(std::time::Instant::now());
@@ -69,13 +69,17 @@ pub async fn run(
         }
         let room = MAX_IN_FLIGHT.saturating_sub(running.len());
         if room > 0 {
-            let skip: Vec<String> = busy
-                .iter()
-                .filter(|(_, n)| **n >= PER_TARGET)
-                .map(|(t, _)| t.clone())
-                .collect();
+            let room = ClaimRoom {
+                limit: room as u32,
+                per_target: PER_TARGET,
+                busy: busy
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(t, n)| (t.clone(), *n))
+                    .collect(),
+            };
             let claimed = store
-                .claim_deliveries(notifier.now_ms(), LEASE_MS, room as u32, &skip)
+                .claim_deliveries(notifier.now_ms(), LEASE_MS, &room)
                 .await;
             match claimed {
                 Ok(batch) => {

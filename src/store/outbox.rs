@@ -5,6 +5,35 @@
 
 use super::StoreError;
 use async_trait::async_trait;
+use std::collections::BTreeMap;
+
+/// What one claim may take: at most `limit` deliveries, and for each target only as many
+/// as keep its attempts running at once, with those it already runs (`busy`), within
+/// `per_target`: a target that hangs never holds all of the worker's room.
+#[derive(Debug, Clone)]
+pub struct ClaimRoom {
+    pub limit: u32,
+    pub per_target: u32,
+    /// Attempts running now, by target.
+    pub busy: BTreeMap<String, u32>,
+}
+
+impl ClaimRoom {
+    /// Up to `limit`, none running, no bound per target.
+    pub fn up_to(limit: u32) -> ClaimRoom {
+        ClaimRoom {
+            limit,
+            per_target: u32::MAX,
+            busy: BTreeMap::new(),
+        }
+    }
+
+    /// How many more of `target`'s deliveries may be claimed.
+    pub fn left_for(&self, target: &str) -> u32 {
+        self.per_target
+            .saturating_sub(self.busy.get(target).copied().unwrap_or(0))
+    }
+}
 
 /// One event for one target, as the broker hands it to a write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,15 +153,14 @@ pub enum DeliveryFilter {
 pub trait OutboxStore: Send + Sync {
     /// Adds deliveries not tied to another change (a test event).
     async fn add_deliveries(&self, deliveries: Vec<NewDelivery>) -> Result<(), StoreError>;
-    /// Claims up to `limit` due pending deliveries for `lease_ms`: each counts an attempt
-    /// and is due again when the lease ends, so a worker that dies mid-attempt leaves it
-    /// to another. Oldest due first; none for the targets in `skip` (busy ones).
+    /// Claims due pending deliveries for `lease_ms`, as many as `room` leaves: each counts
+    /// an attempt and is due again when the lease ends, so a worker that dies mid-attempt
+    /// leaves it to another. Oldest due first, past the ones of targets without room.
     async fn claim_deliveries(
         &self,
         now_ms: i64,
         lease_ms: i64,
-        limit: u32,
-        skip: &[String],
+        room: &ClaimRoom,
     ) -> Result<Vec<DeliveryRow>, StoreError>;
     /// Records how the attempt numbered `attempt` ended; false (nothing written) when the
     /// delivery moved on meanwhile (claimed again after the lease ran out, retried by hand).

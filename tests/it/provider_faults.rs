@@ -507,7 +507,12 @@ fn refreshed() -> ResponseTemplate {
 async fn a_refresh_is_saved_after_another_process_held_the_database_lock() {
     let mock = MockServer::start().await;
     on_code_expiring(&mock).await;
-    on_refresh(&mock, "rt-1", refreshed().set_delay(Duration::from_millis(1000))).await;
+    on_refresh(
+        &mock,
+        "rt-1",
+        refreshed().set_delay(Duration::from_millis(1000)),
+    )
+    .await;
     let home = Home::new();
     home.write_config(&provider_toml("st", "smartthings", &mock));
     let key = home.create_key("app", &[]);
@@ -531,7 +536,11 @@ async fn a_refresh_is_saved_after_another_process_held_the_database_lock() {
         "{body}"
     );
     let (status, body) = d.get("/v1/connections/st/home/token", &key).await;
-    assert_eq!((status, body["access_token"].as_str()), (200, Some("at-2")), "{body}");
+    assert_eq!(
+        (status, body["access_token"].as_str()),
+        (200, Some("at-2")),
+        "{body}"
+    );
     assert_eq!(token_requests(&mock, "refresh_token").await.len(), 1);
     assert!(
         home.log_text().contains("saving the new tokens failed"),

@@ -3,9 +3,9 @@
 
 use oauthd::secret::{SecretHash, StateId};
 use oauthd::store::{
-    AccountIdentity, Attempted, ConnectionKey, ConnectionStatus, DeliveryFilter, DeliveryOutcome,
-    DeliveryStatus, InsertRules, Inserted, NamespaceFilter, NewDelivery, RefreshFailure, Retried,
-    Revoked, SealedTokens, StateRow, StateSecret, Taken,
+    AccountIdentity, Attempted, ClaimRoom, ConnectionKey, ConnectionStatus, DeliveryFilter,
+    DeliveryOutcome, DeliveryStatus, InsertRules, Inserted, NamespaceFilter, NewDelivery,
+    RefreshFailure, Retried, Revoked, SealedTokens, StateRow, StateSecret, Taken,
 };
 use std::sync::Arc;
 
@@ -222,14 +222,20 @@ async fn deliveries_are_claimed_once_per_lease_and_finished_by_their_claim(b: Ba
         .await
         .unwrap();
     assert!(s
-        .claim_deliveries(999, 10_000, 10, &[])
+        .claim_deliveries(999, 10_000, &ClaimRoom::up_to(10))
         .await
         .unwrap()
         .is_empty());
-    let first = s.claim_deliveries(2_000, 10_000, 1, &[]).await.unwrap();
+    let first = s
+        .claim_deliveries(2_000, 10_000, &ClaimRoom::up_to(1))
+        .await
+        .unwrap();
     assert_eq!(first.len(), 1);
     assert_eq!((first[0].id.as_str(), first[0].attempts), ("a", 1));
-    let second = s.claim_deliveries(2_000, 10_000, 10, &[]).await.unwrap();
+    let second = s
+        .claim_deliveries(2_000, 10_000, &ClaimRoom::up_to(10))
+        .await
+        .unwrap();
     assert_eq!(
         second.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
         ["b"]
@@ -239,12 +245,15 @@ async fn deliveries_are_claimed_once_per_lease_and_finished_by_their_claim(b: Ba
         .await
         .unwrap());
     assert!(s
-        .claim_deliveries(11_999, 10_000, 10, &[])
+        .claim_deliveries(11_999, 10_000, &ClaimRoom::up_to(10))
         .await
         .unwrap()
         .is_empty());
     // "a"'s worker died: after the lease it is claimed again, as attempt 2.
-    let again = s.claim_deliveries(12_000, 10_000, 10, &[]).await.unwrap();
+    let again = s
+        .claim_deliveries(12_000, 10_000, &ClaimRoom::up_to(10))
+        .await
+        .unwrap();
     assert_eq!((again[0].id.as_str(), again[0].attempts), ("a", 2));
     let late = DeliveryOutcome::Delivered;
     assert!(!s.finish_delivery("a", 1, late, 12_500).await.unwrap());
@@ -255,11 +264,14 @@ async fn deliveries_are_claimed_once_per_lease_and_finished_by_their_claim(b: Ba
     assert!(s.finish_delivery("a", 2, retry, 13_000).await.unwrap());
     assert_eq!(ids(s, DeliveryFilter::Failed).await, vec!["a"]);
     assert!(s
-        .claim_deliveries(19_999, 10_000, 10, &[])
+        .claim_deliveries(19_999, 10_000, &ClaimRoom::up_to(10))
         .await
         .unwrap()
         .is_empty());
-    let third = s.claim_deliveries(20_000, 10_000, 10, &[]).await.unwrap();
+    let third = s
+        .claim_deliveries(20_000, 10_000, &ClaimRoom::up_to(10))
+        .await
+        .unwrap();
     assert_eq!(third[0].attempts, 3);
     assert_eq!(third[0].last_error.as_deref(), Some("HTTP 500"));
     let dead = DeliveryOutcome::Dead {
@@ -287,7 +299,10 @@ async fn deliveries_are_claimed_once_per_lease_and_finished_by_their_claim(b: Ba
     assert_eq!(retry("b", false).await.unwrap(), Retried::AlreadyDelivered);
     assert_eq!(retry("a", false).await.unwrap(), Retried::Due);
     assert_eq!(retry("nope", true).await.unwrap(), Retried::NotFound);
-    let retried = s.claim_deliveries(30_000, 10_000, 10, &[]).await.unwrap();
+    let retried = s
+        .claim_deliveries(30_000, 10_000, &ClaimRoom::up_to(10))
+        .await
+        .unwrap();
     assert_eq!(
         retried
             .iter()
@@ -309,7 +324,10 @@ async fn deliveries_are_claimed_once_per_lease_and_finished_by_their_claim(b: Ba
         .unwrap());
     assert_eq!(retry("a", false).await.unwrap(), Retried::AlreadyDelivered);
     assert_eq!(retry("a", true).await.unwrap(), Retried::Due);
-    let again = s.claim_deliveries(30_000, 10_000, 10, &[]).await.unwrap();
+    let again = s
+        .claim_deliveries(30_000, 10_000, &ClaimRoom::up_to(10))
+        .await
+        .unwrap();
     assert_eq!(
         again.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
         ["a"]
@@ -329,7 +347,10 @@ async fn racing_claimers_split_the_due_deliveries(b: Backend) {
         tokio::spawn(async move {
             let mut got = Vec::new();
             loop {
-                let batch = s.claim_deliveries(2_000, 60_000, 3, &[]).await.unwrap();
+                let batch = s
+                    .claim_deliveries(2_000, 60_000, &ClaimRoom::up_to(3))
+                    .await
+                    .unwrap();
                 if batch.is_empty() {
                     return got;
                 }
@@ -346,7 +367,8 @@ async fn racing_claimers_split_the_due_deliveries(b: Backend) {
     assert_eq!(claimed, expected, "every delivery claimed exactly once");
 }
 
-/// A busy target's deliveries are left for later; the others' are claimed.
+/// A target running as many attempts as it may has its deliveries left for later; the
+/// others' are claimed.
 async fn a_claim_leaves_the_skipped_targets_deliveries_due(b: Backend) {
     let s = b.store.as_ref();
     s.add_deliveries(vec![
@@ -356,16 +378,47 @@ async fn a_claim_leaves_the_skipped_targets_deliveries_due(b: Backend) {
     ])
     .await
     .unwrap();
-    let skip = ["slow".to_owned()];
-    let got = s.claim_deliveries(2_000, 10_000, 10, &skip).await.unwrap();
+    let room = ClaimRoom {
+        limit: 10,
+        per_target: 2,
+        busy: [("slow".to_owned(), 2)].into(),
+    };
+    let got = s.claim_deliveries(2_000, 10_000, &room).await.unwrap();
     assert_eq!(
         got.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
         ["f1"]
     );
-    let later = s.claim_deliveries(2_000, 10_000, 10, &[]).await.unwrap();
+    let later = s
+        .claim_deliveries(2_000, 10_000, &ClaimRoom::up_to(10))
+        .await
+        .unwrap();
     let mut ids: Vec<_> = later.iter().map(|d| d.id.as_str()).collect();
     ids.sort();
     assert_eq!(ids, ["s1", "s2"]);
+}
+
+/// A claim takes no more of one target's deliveries than keep its running attempts
+/// within `per_target`, however many of its older ones are due: a target with a backlog
+/// (one that hangs) never fills the claim, and the others' deliveries behind it are
+/// claimed.
+async fn a_claim_takes_each_target_within_its_room_past_an_older_backlog(b: Backend) {
+    let s = b.store.as_ref();
+    let backlog: Vec<_> = (0..40)
+        .map(|i| delivery(&format!("h{i:02}"), "hangs", 1_000 + i))
+        .collect();
+    s.add_deliveries(backlog).await.unwrap();
+    s.add_deliveries(vec![delivery("ok1", "fine", 1_500)])
+        .await
+        .unwrap();
+    let room = ClaimRoom {
+        limit: 4,
+        per_target: 2,
+        busy: [("hangs".to_owned(), 1)].into(),
+    };
+    let got = s.claim_deliveries(2_000, 10_000, &room).await.unwrap();
+    let mut ids: Vec<_> = got.iter().map(|d| d.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["h00", "ok1"]);
 }
 
 /// State `n` of namespace "cap", expiring at `expires_at_ms`.
@@ -835,6 +888,7 @@ backends!(
     connections_are_counted_by_provider_status_and_failing,
     live_states_data_prefixes_are_counted,
     a_claim_leaves_the_skipped_targets_deliveries_due,
+    a_claim_takes_each_target_within_its_room_past_an_older_backlog,
     the_namespace_cap_counts_what_every_path_leaves_live,
     all_namespaces_together_hold_at_most_max_total_live_states,
     the_store_keeps_at_most_max_tombstones_the_latest_ones,

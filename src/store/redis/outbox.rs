@@ -8,8 +8,8 @@
 
 use super::{int, need_int, need_text, text, Fields, RedisStore};
 use crate::store::{
-    DeliveryFilter, DeliveryOutcome, DeliveryRow, DeliveryStatus, NewDelivery, OutboxStore,
-    Retried, StoreError,
+    ClaimRoom, DeliveryFilter, DeliveryOutcome, DeliveryRow, DeliveryStatus, NewDelivery,
+    OutboxStore, Retried, StoreError,
 };
 use async_trait::async_trait;
 use redis::Script;
@@ -39,6 +39,9 @@ end
 /// KEYS: due, log, delivery hashes. ARGV: the deliveries.
 static ADD: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{ENQUEUE_LUA}\nenqueue(1, 1)\nreturn 1")));
+
+/// Windows of due ids one claim reads at most.
+const CLAIM_WINDOWS: u32 = 8;
 
 /// KEYS: due, hash. ARGV: id, now, lease ms, targets to skip…. The claimed delivery's
 /// fields (flat), or an empty list when it is not due (another instance claimed it first)
@@ -215,41 +218,61 @@ impl OutboxStore for RedisStore {
         &self,
         now_ms: i64,
         lease_ms: i64,
-        limit: u32,
-        skip: &[String],
+        room: &ClaimRoom,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
-        // More than `limit` are looked at: some may be for skipped targets.
-        let mut due = redis::cmd("ZRANGE");
-        due.arg(self.due_set())
-            .arg("-inf")
-            .arg(now_ms)
-            .arg("BYSCORE")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit.saturating_mul(4).max(16));
-        let ids = self.delivery_ids("claiming deliveries", due).await?;
+        let limit = room.limit as usize;
+        let mut busy = room.busy.clone();
+        let full = |busy: &std::collections::BTreeMap<String, u32>| -> Vec<String> {
+            busy.iter()
+                .filter(|(_, n)| **n >= room.per_target)
+                .map(|(t, _)| t.clone())
+                .collect()
+        };
+        let mut skip = full(&busy);
         let mut claimed = Vec::new();
-        for id in ids {
-            if claimed.len() >= limit as usize {
-                break;
-            }
-            let mut inv = CLAIM.prepare_invoke();
-            inv.key(self.due_set())
-                .key(self.delivery_key(&id))
-                .arg(id)
+        // Due ids in windows, oldest first: a window may hold only deliveries of targets
+        // without room, and then the next one is looked at (bounded: a claim reads at
+        // most CLAIM_WINDOWS of them).
+        let window = room.limit.saturating_mul(4).max(16);
+        for page in 0..CLAIM_WINDOWS {
+            let mut due = redis::cmd("ZRANGE");
+            due.arg(self.due_set())
+                .arg("-inf")
                 .arg(now_ms)
-                .arg(lease_ms);
-            for t in skip {
-                inv.arg(t);
+                .arg("BYSCORE")
+                .arg("LIMIT")
+                .arg(page * window)
+                .arg(window);
+            let ids = self.delivery_ids("claiming deliveries", due).await?;
+            let last_window = ids.len() < window as usize;
+            for id in ids {
+                if claimed.len() >= limit {
+                    return Ok(claimed);
+                }
+                let mut inv = CLAIM.prepare_invoke();
+                inv.key(self.due_set())
+                    .key(self.delivery_key(&id))
+                    .arg(id)
+                    .arg(now_ms)
+                    .arg(lease_ms);
+                for t in &skip {
+                    inv.arg(t);
+                }
+                let mut c = self.conn();
+                let flat: Vec<Vec<u8>> = self
+                    .run("claiming a delivery", async move {
+                        inv.invoke_async(&mut c).await
+                    })
+                    .await?;
+                if !flat.is_empty() {
+                    let claim = row(&fields(flat))?;
+                    *busy.entry(claim.target.clone()).or_default() += 1;
+                    skip = full(&busy);
+                    claimed.push(claim);
+                }
             }
-            let mut c = self.conn();
-            let flat: Vec<Vec<u8>> = self
-                .run("claiming a delivery", async move {
-                    inv.invoke_async(&mut c).await
-                })
-                .await?;
-            if !flat.is_empty() {
-                claimed.push(row(&fields(flat))?);
+            if last_window || claimed.len() >= limit {
+                break;
             }
         }
         Ok(claimed)

@@ -3,8 +3,8 @@
 
 use super::SqliteStore;
 use crate::store::{
-    DeliveryFilter, DeliveryOutcome, DeliveryRow, DeliveryStatus, NewDelivery, OutboxStore,
-    Retried, StoreError,
+    ClaimRoom, DeliveryFilter, DeliveryOutcome, DeliveryRow, DeliveryStatus, NewDelivery,
+    OutboxStore, Retried, StoreError,
 };
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -69,12 +69,12 @@ impl OutboxStore for SqliteStore {
         &self,
         now_ms: i64,
         lease_ms: i64,
-        limit: u32,
-        skip: &[String],
+        room: &ClaimRoom,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
-        let skip = serde_json::to_string(skip)
+        let busy = serde_json::to_string(&room.busy)
             .map_err(|e| StoreError::unavailable("claiming deliveries", e))?;
-        let skipped = skip.clone();
+        let (limit, per_target) = (room.limit, room.per_target);
+        let busy_now = busy.clone();
         // Looked for on a reader first: the worker asks every second, and most times
         // nothing is due, which needs no write transaction.
         let any_due = self
@@ -82,26 +82,38 @@ impl OutboxStore for SqliteStore {
                 conn.prepare_cached(
                     "SELECT EXISTS (SELECT 1 FROM deliveries
                                     WHERE status = 'pending' AND next_attempt_at <= ?1
-                                      AND target NOT IN (SELECT value FROM json_each(?2)))",
+                                      AND coalesce((SELECT b.value FROM json_each(?2) b
+                                                    WHERE b.key = target), 0) < ?3)",
                 )?
-                .query_row(params![now_ms, skipped], |r| r.get::<_, bool>(0))
+                .query_row(params![now_ms, busy_now, per_target], |r| {
+                    r.get::<_, bool>(0)
+                })
             })
             .await?;
         if !any_due {
             return Ok(Vec::new());
         }
+        // Each target's due deliveries are numbered oldest first, after those it runs:
+        // only the ones within `per_target` may be claimed.
         self.writer
             .run("claiming deliveries", move |conn| {
                 conn.prepare_cached(&format!(
                     "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = ?1 + ?2,
                         claimed_until = ?1 + ?2, last_attempt_at = ?1
-                     WHERE id IN (SELECT id FROM deliveries
-                                  WHERE status = 'pending' AND next_attempt_at <= ?1
-                                    AND target NOT IN (SELECT value FROM json_each(?4))
-                                  ORDER BY next_attempt_at LIMIT ?3)
+                     WHERE id IN (
+                       SELECT id FROM (
+                         SELECT id, next_attempt_at,
+                           row_number() OVER (PARTITION BY target
+                                              ORDER BY next_attempt_at, id)
+                           + coalesce((SELECT b.value FROM json_each(?4) b
+                                       WHERE b.key = target), 0) AS nth
+                         FROM deliveries
+                         WHERE status = 'pending' AND next_attempt_at <= ?1)
+                       WHERE nth <= ?5
+                       ORDER BY next_attempt_at LIMIT ?3)
                      RETURNING {COLUMNS}"
                 ))?
-                .query_map(params![now_ms, lease_ms, limit, skip], row)?
+                .query_map(params![now_ms, lease_ms, limit, busy, per_target], row)?
                 .collect()
             })
             .await
