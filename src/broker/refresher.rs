@@ -7,8 +7,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub async fn run(broker: Arc<Broker>, interval: Duration, stop: watch::Receiver<bool>) {
+    let stopping = stop.clone();
     every(interval, stop, || async {
-        match broker.refresh_due().await {
+        match broker.refresh_due(&|| *stopping.borrow()).await {
             Ok(0) => {}
             Ok(n) => log::info!("refresher: renewed {n} connection(s)"),
             Err(e) => log::warn!("refresher: {e}; will retry in {interval:?}"),

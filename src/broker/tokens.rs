@@ -429,11 +429,16 @@ impl Broker {
 
     /// Refreshes whatever is due: tokens close to expiry, and refresh tokens that would
     /// die of idleness (the provider's `refresh_idle_expiry`). Returns how many were
-    /// refreshed; failures are recorded on the connection and logged.
-    pub async fn refresh_due(&self) -> Result<usize, BrokerError> {
+    /// refreshed; failures are recorded on the connection and logged. Once `stopping`
+    /// says so, no further connection is begun (a stop waits only for the one under way,
+    /// not for a round that may take a provider's timeout per connection).
+    pub async fn refresh_due(&self, stopping: &dyn Fn() -> bool) -> Result<usize, BrokerError> {
         let now = self.clock.now_ms();
         let mut refreshed = 0;
         for row in self.store.list_connections().await? {
+            if stopping() {
+                break;
+            }
             let Ok(provider) = self.provider(&row.provider).map(Arc::clone) else {
                 continue;
             };

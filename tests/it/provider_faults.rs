@@ -639,6 +639,50 @@ async fn disconnect_and_refresh(
 /// new token and the refresh token the provider rotated is stored. Cut off half-way (the
 /// stop used to wait 10 s), the rotated-out refresh token stayed stored, and replaying it
 /// makes strict providers revoke the whole grant.
+/// A stop during the background refresher's round waits for the refresh under way and
+/// begins no other: a round in a provider's outage could take its timeout per connection,
+/// past the unit's stop timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_begins_no_further_background_refresh() {
+    let mock = MockServer::start().await;
+    for (code, refresh) in [("c1", "rt-1"), ("c2", "rt-2")] {
+        let tokens = json!({"access_token": format!("at-{code}"), "token_type": "bearer", "expires_in": 1, "refresh_token": refresh});
+        on_code(&mock, code, tokens).await;
+        on_refresh(
+            &mock,
+            refresh,
+            refreshed().set_delay(Duration::from_secs(2)),
+        )
+        .await;
+    }
+    let home = Home::new();
+    home.write_config(&format!(
+        "refresh_check_seconds = 1\n{}",
+        provider_toml("st", "smartthings", &mock)
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    connect(&d, &key, "st", "one", "c1").await;
+    connect(&d, &key, "st", "two", "c2").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while token_requests(&mock, "refresh_token").await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no background refresh"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopped = tokio::task::spawn_blocking(move || d.signal_and_wait("TERM"))
+        .await
+        .unwrap();
+    assert!(stopped.success(), "{stopped:?}");
+    assert_eq!(
+        token_requests(&mock, "refresh_token").await.len(),
+        1,
+        "a refresh was begun after the stop"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stop_waits_for_a_refresh_the_provider_is_answering() {
     let mock = MockServer::start().await;

@@ -775,7 +775,7 @@ async fn the_refresher_passes_a_connection_a_disconnect_is_on(b: Backend) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     endpoint.then(200, tokens("access-b2", "refresh-b2", 3600));
-    let refreshed = broker.refresh_due().await.unwrap();
+    let refreshed = broker.refresh_due(&|| false).await.unwrap();
     assert!(
         !disconnect.is_finished(),
         "the refresher waited for the disconnect"
