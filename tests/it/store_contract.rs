@@ -421,6 +421,23 @@ async fn a_claim_takes_each_target_within_its_room_past_an_older_backlog(b: Back
     assert_eq!(ids, ["h00", "ok1"]);
 }
 
+/// A signed-out session no longer counts as one: the next start prints a sign-in link.
+async fn a_signed_out_session_leaves_no_admin_session_behind(b: Backend) {
+    use oauthd::store::{AdminSecretKind, SecretUse};
+    let s = b.store.as_ref();
+    let session = SecretHash::of("a-session-value");
+    assert!(!s.any_admin_session(1_000).await.unwrap());
+    s.insert_admin_secret(session, AdminSecretKind::Session, 9_000_000_000_000)
+        .await
+        .unwrap();
+    assert!(s.any_admin_session(1_000).await.unwrap());
+    assert!(s
+        .use_admin_secret((session, AdminSecretKind::Session), SecretUse::Take, 1_000)
+        .await
+        .unwrap());
+    assert!(!s.any_admin_session(1_000).await.unwrap());
+}
+
 /// State `n` of namespace "cap", expiring at `expires_at_ms`.
 fn capped(n: u8, expires_at_ms: i64, subject: Option<&str>) -> StateRow {
     StateRow {
@@ -889,6 +906,7 @@ backends!(
     live_states_data_prefixes_are_counted,
     a_claim_leaves_the_skipped_targets_deliveries_due,
     a_claim_takes_each_target_within_its_room_past_an_older_backlog,
+    a_signed_out_session_leaves_no_admin_session_behind,
     the_namespace_cap_counts_what_every_path_leaves_live,
     all_namespaces_together_hold_at_most_max_total_live_states,
     the_store_keeps_at_most_max_tombstones_the_latest_ones,

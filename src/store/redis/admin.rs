@@ -1,25 +1,10 @@
 //! `AdminStore` on Redis: each login link or session is a key holding its expiry, with a
-//! Redis TTL to match; `a:any-session` lives as long as the longest session.
+//! Redis TTL to match.
 
 use super::{hex, RedisStore};
 use crate::secret::SecretHash;
 use crate::store::{AdminSecretKind, AdminStore, SecretUse, StoreError};
 use async_trait::async_trait;
-use redis::Script;
-use std::sync::LazyLock;
-
-/// KEYS: secret, marker (or the secret again). ARGV: expires at (unix ms), is session.
-/// Expiry is absolute (`PXAT`): the store never needs to know what time it is.
-static INSERT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[1])
-if ARGV[2] == '1' and tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[2], ARGV[1], 'PXAT', ARGV[1])
-end
-"#,
-    )
-});
 
 impl RedisStore {
     fn admin_key(&self, hash: &SecretHash, kind: AdminSecretKind) -> String {
@@ -54,20 +39,15 @@ impl AdminStore for RedisStore {
         expires_at_ms: i64,
     ) -> Result<(), StoreError> {
         let key = self.admin_key(&hash, kind);
-        let marker = self.key("a", "any-session");
-        let session = if kind == AdminSecretKind::Session {
-            "1"
-        } else {
-            "0"
-        };
         let mut c = self.conn();
+        // Expiry is absolute (`PXAT`): the store never needs to know what time it is.
         self.run("storing an admin secret", async move {
-            INSERT
-                .key(key)
-                .key(marker)
+            redis::cmd("SET")
+                .arg(key)
                 .arg(expires_at_ms)
-                .arg(session)
-                .invoke_async::<()>(&mut c)
+                .arg("PXAT")
+                .arg(expires_at_ms)
+                .query_async::<()>(&mut c)
                 .await
         })
         .await
@@ -88,12 +68,10 @@ impl AdminStore for RedisStore {
         Ok(expires.is_some_and(|e| e > now_ms))
     }
 
+    /// Asked once at start: a scan of the sessions, as SQLite reads its rows (a marker
+    /// kept beside them outlived a session signed out, and a start then printed no link).
     async fn any_admin_session(&self, now_ms: i64) -> Result<bool, StoreError> {
-        let key = self.key("a", "any-session");
-        let expires = self
-            .admin_get("checking for admin sessions", "GET", key)
-            .await?;
-        Ok(expires.is_some_and(|e| e > now_ms))
+        Ok(!self.list_admin_sessions(now_ms).await?.is_empty())
     }
 
     async fn list_admin_sessions(&self, now_ms: i64) -> Result<Vec<(SecretHash, i64)>, StoreError> {
@@ -119,7 +97,7 @@ impl AdminStore for RedisStore {
         hashes: Option<Vec<SecretHash>>,
     ) -> Result<usize, StoreError> {
         const CONTEXT: &str = "revoking admin sessions";
-        let mut keys = match hashes {
+        let keys = match hashes {
             Some(list) => list
                 .iter()
                 .map(|h| self.admin_key(h, AdminSecretKind::Session))
@@ -142,18 +120,6 @@ impl AdminStore for RedisStore {
                 redis::cmd("DEL").arg(&keys).query_async(&mut c).await
             })
             .await?;
-        // With no session left, the "someone signed in" marker must not outlive them.
-        if removed > 0 && self.list_admin_sessions(i64::MIN).await?.is_empty() {
-            keys = vec![self.key("a", "any-session")];
-            let mut c = self.conn();
-            self.run(CONTEXT, async move {
-                redis::cmd("DEL")
-                    .arg(&keys)
-                    .query_async::<usize>(&mut c)
-                    .await
-            })
-            .await?;
-        }
         Ok(removed.min(n))
     }
 }
