@@ -421,6 +421,26 @@ async fn a_claim_takes_each_target_within_its_room_past_an_older_backlog(b: Back
     assert_eq!(ids, ["h00", "ok1"]);
 }
 
+/// Past a backlog it cannot take, a claim still takes the oldest due deliveries of the
+/// others first, none skipped over.
+async fn a_claim_past_a_backlog_takes_the_others_oldest_first(b: Backend) {
+    let s = b.store.as_ref();
+    let mut due: Vec<_> = (0..16)
+        .map(|i| delivery(&format!("h{i:02}"), "hangs", 1_000 + i))
+        .collect();
+    due.extend((1..=3).map(|i| delivery(&format!("f{i}"), "fine", 1_100 + i)));
+    s.add_deliveries(due).await.unwrap();
+    let room = ClaimRoom {
+        limit: 4,
+        per_target: 2,
+        busy: [("hangs".to_owned(), 1)].into(),
+    };
+    let got = s.claim_deliveries(2_000, 10_000, &room).await.unwrap();
+    let mut ids: Vec<_> = got.iter().map(|d| d.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["f1", "f2", "h00"]);
+}
+
 /// A signed-out session no longer counts as one: the next start prints a sign-in link.
 async fn a_signed_out_session_leaves_no_admin_session_behind(b: Backend) {
     use oauthd::store::{AdminSecretKind, SecretUse};
@@ -906,6 +926,7 @@ backends!(
     live_states_data_prefixes_are_counted,
     a_claim_leaves_the_skipped_targets_deliveries_due,
     a_claim_takes_each_target_within_its_room_past_an_older_backlog,
+    a_claim_past_a_backlog_takes_the_others_oldest_first,
     a_signed_out_session_leaves_no_admin_session_behind,
     the_namespace_cap_counts_what_every_path_leaves_live,
     all_namespaces_together_hold_at_most_max_total_live_states,

@@ -41,11 +41,11 @@ static ADD: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{ENQUEUE_LUA}\nenqueue(1, 1)\nreturn 1")));
 
 /// Windows of due ids one claim reads at most.
-const CLAIM_WINDOWS: u32 = 8;
+const CLAIM_WINDOWS: u32 = 4;
 
 /// KEYS: due, hash. ARGV: id, now, lease ms, targets to skip…. The claimed delivery's
-/// fields (flat), or an empty list when it is not due (another instance claimed it first)
-/// or its target is to be skipped.
+/// fields (flat), `{"skip"}` when its target is to be skipped (it stays due), or an empty
+/// list when it is not due (another instance claimed it first) or no longer pending.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -57,7 +57,7 @@ if redis.call('HGET', KEYS[2], 'status') ~= 'pending' then
 end
 local target = redis.call('HGET', KEYS[2], 'target')
 for i = 4, #ARGV do
-  if ARGV[i] == target then return {} end
+  if ARGV[i] == target then return {'skip'} end
 end
 local lease_end = tonumber(ARGV[2]) + tonumber(ARGV[3])
 redis.call('HINCRBY', KEYS[2], 'attempts', 1)
@@ -221,27 +221,30 @@ impl OutboxStore for RedisStore {
         room: &ClaimRoom,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
         let limit = room.limit as usize;
-        let mut busy = room.busy.clone();
-        let full = |busy: &std::collections::BTreeMap<String, u32>| -> Vec<String> {
-            busy.iter()
-                .filter(|(_, n)| **n >= room.per_target)
-                .map(|(t, _)| t.clone())
+        let mut room = room.clone();
+        let full = |room: &ClaimRoom| -> Vec<String> {
+            room.busy
+                .keys()
+                .filter(|t| room.left_for(t) == 0)
+                .cloned()
                 .collect()
         };
-        let mut skip = full(&busy);
+        let mut skip = full(&room);
         let mut claimed = Vec::new();
         // Due ids in windows, oldest first: a window may hold only deliveries of targets
         // without room, and then the next one is looked at (bounded: a claim reads at
-        // most CLAIM_WINDOWS of them).
+        // most CLAIM_WINDOWS of them). Claimed ids leave the due range and skipped ones
+        // stay, so the next window starts after the skipped ones alone.
         let window = room.limit.saturating_mul(4).max(16);
-        for page in 0..CLAIM_WINDOWS {
+        let mut stayed: u32 = 0;
+        for _ in 0..CLAIM_WINDOWS {
             let mut due = redis::cmd("ZRANGE");
             due.arg(self.due_set())
                 .arg("-inf")
                 .arg(now_ms)
                 .arg("BYSCORE")
                 .arg("LIMIT")
-                .arg(page * window)
+                .arg(stayed)
                 .arg(window);
             let ids = self.delivery_ids("claiming deliveries", due).await?;
             let last_window = ids.len() < window as usize;
@@ -264,11 +267,15 @@ impl OutboxStore for RedisStore {
                         inv.invoke_async(&mut c).await
                     })
                     .await?;
-                if !flat.is_empty() {
-                    let claim = row(&fields(flat))?;
-                    *busy.entry(claim.target.clone()).or_default() += 1;
-                    skip = full(&busy);
-                    claimed.push(claim);
+                match flat.as_slice() {
+                    [] => {}
+                    [skipped] if skipped.as_slice() == b"skip" => stayed += 1,
+                    _ => {
+                        let claim = row(&fields(flat))?;
+                        *room.busy.entry(claim.target.clone()).or_default() += 1;
+                        skip = full(&room);
+                        claimed.push(claim);
+                    }
                 }
             }
             if last_window || claimed.len() >= limit {
