@@ -249,6 +249,10 @@ impl StateView {
 }
 
 /// Live states verify holds at most (sessions: each is verified on every request).
+/// The most data one of oauthd's own states (a connect flow's sealed secrets: a PKCE
+/// verifier, a nonce, a `return_to` of at most 2 KiB, the starting key's name) carries.
+const OWN_DATA_MAX: usize = 16 * 1024;
+
 const VERIFY_CACHE_ENTRIES: usize = 100_000;
 /// What they may hold in memory at most, in bytes (their data's text counted twice: the
 /// view's and its answer's).
@@ -308,9 +312,9 @@ impl StateService {
     }
 
     /// Issues one of oauthd's own states (the broker's flows). `ttl_seconds` defaults to
-    /// the namespace's rule. Its data is not held to `max_data_bytes`, the state API's limit
-    /// for apps: a limit set low for an app's codes must not refuse a connect flow's
-    /// sealed secrets.
+    /// the namespace's rule. Its data is held to `OWN_DATA_MAX`, not to `max_data_bytes`,
+    /// the state API's limit for apps: a limit set low for an app's codes must not refuse
+    /// a connect flow's sealed secrets.
     pub async fn issue(
         &self,
         namespace: Namespace,
@@ -335,7 +339,8 @@ impl StateService {
             data,
             ..NewState::default()
         };
-        self.store_new(state, namespace, request, usize::MAX).await
+        self.store_new(state, namespace, request, OWN_DATA_MAX)
+            .await
     }
 
     /// Issues an app's state with any of the state API's options (subject, code, replace,

@@ -5,11 +5,16 @@
 
 use url::Url;
 
+/// The longest `return_to` taken: it is kept with the flow, as a state's data.
+pub const MAX_LEN: usize = 2048;
+
 /// Why a `return_to` was refused; the text names the rule, never echoes a secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReturnToError {
     #[error("return_to contains control characters")]
     ControlCharacter,
+    #[error("return_to is longer than {MAX_LEN} characters")]
+    TooLong,
     #[error("return_to is not an absolute http(s) URL")]
     NotAUrl,
     #[error("return_to carries a user name or password")]
@@ -25,6 +30,9 @@ pub enum ReturnToError {
 /// below it at a `/` boundary: `https://app.example.com/app` allows `/app` and `/app/x`,
 /// not `/application`.
 pub fn check(candidate: &str, allowlist: &[Url]) -> Result<Url, ReturnToError> {
+    if candidate.len() > MAX_LEN {
+        return Err(ReturnToError::TooLong);
+    }
     if candidate.chars().any(char::is_control) {
         return Err(ReturnToError::ControlCharacter);
     }
@@ -65,6 +73,16 @@ mod tests {
 
     fn list(entries: &[&str]) -> Vec<Url> {
         entries.iter().map(|e| Url::parse(e).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_return_to_past_its_length_is_refused() {
+        let l = list(&["https://app.example.com"]);
+        let at_most = format!("https://app.example.com/?{}", "x".repeat(MAX_LEN - 25));
+        assert_eq!(at_most.len(), MAX_LEN);
+        assert!(check(&at_most, &l).is_ok());
+        let longer = format!("{at_most}x");
+        assert_eq!(check(&longer, &l), Err(ReturnToError::TooLong));
     }
 
     #[test]
