@@ -166,7 +166,12 @@ impl Admin {
         with: SignInWith,
     ) -> Result<Option<Zeroizing<String>>, StoreError> {
         let by_static = with == SignInWith::Form && self.is_static_token(presented);
+        // Looked up with a read first: a wrong link (most are, from a guesser) costs no
+        // write.
         let by_link = !by_static
+            && self
+                .use_secret(presented, AdminSecretKind::LoginLink, SecretUse::Check)
+                .await?
             && self
                 .use_secret(presented, AdminSecretKind::LoginLink, SecretUse::Take)
                 .await?;
