@@ -6,8 +6,8 @@ use super::provider::{ClientAuth, Endpoints, Provider};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use oauth2::basic::{
-    BasicErrorResponse, BasicErrorResponseType, BasicRevocationErrorResponse,
-    BasicTokenIntrospectionResponse, BasicTokenType,
+    BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
+    BasicTokenType,
 };
 use oauth2::{
     AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, ExtraTokenFields,
@@ -232,13 +232,7 @@ fn classify<E: std::error::Error>(
             let description = r
                 .error_description()
                 .map_or_else(|| "no description".into(), |d| super::provider_text(d, 300));
-            match r.error() {
-                BasicErrorResponseType::InvalidGrant => FlowError::InvalidGrant(description),
-                other => FlowError::Rejected {
-                    code: super::provider_text(other.as_ref(), 64),
-                    description,
-                },
-            }
+            rejected(r.error().as_ref(), description)
         }
         RequestTokenError::Request(e) => FlowError::Transient(e.to_string()),
         RequestTokenError::Parse(e, body) => {
@@ -537,15 +531,22 @@ fn error_response(status: reqwest::StatusCode, body: &[u8]) -> FlowError {
         300,
     );
     match code {
+        "" if status.is_server_error() || status.as_u16() == 429 => {
+            FlowError::Transient(format!("HTTP {status}"))
+        }
+        "" => FlowError::Transient(format!("HTTP {status} without an OAuth error")),
+        code => rejected(code, description),
+    }
+}
+
+/// A token endpoint's OAuth error, by its code.
+fn rejected(code: &str, description: String) -> FlowError {
+    match code {
         // GitHub's names for a refresh token or a code that is no good (RFC 6749's
         // invalid_grant).
         "invalid_grant" | "bad_refresh_token" | "bad_verification_code" => {
             FlowError::InvalidGrant(description)
         }
-        "" if status.is_server_error() || status.as_u16() == 429 => {
-            FlowError::Transient(format!("HTTP {status}"))
-        }
-        "" => FlowError::Transient(format!("HTTP {status} without an OAuth error")),
         other => FlowError::Rejected {
             code: super::provider_text(other, 64),
             description,

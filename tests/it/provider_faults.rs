@@ -634,11 +634,6 @@ async fn disconnect_and_refresh(
     (status, body, revoked)
 }
 
-/// A stop (SIGTERM) while a token call waits for the provider's refresh answer waits for
-/// that answer (up to `provider_timeout_seconds`, 15 s by default), so the call gets the
-/// new token and the refresh token the provider rotated is stored. Cut off half-way (the
-/// stop used to wait 10 s), the rotated-out refresh token stayed stored, and replaying it
-/// makes strict providers revoke the whole grant.
 /// A stop during the background refresher's round waits for the refresh under way and
 /// begins no other: a round in a provider's outage could take its timeout per connection,
 /// past the unit's stop timeout.
@@ -683,6 +678,11 @@ async fn a_stop_begins_no_further_background_refresh() {
     );
 }
 
+/// A stop (SIGTERM) while a token call waits for the provider's refresh answer waits for
+/// that answer (up to `provider_timeout_seconds`, 15 s by default), so the call gets the
+/// new token and the refresh token the provider rotated is stored. Cut off half-way (the
+/// stop used to wait 10 s), the rotated-out refresh token stayed stored, and replaying it
+/// makes strict providers revoke the whole grant.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stop_waits_for_a_refresh_the_provider_is_answering() {
     let mock = MockServer::start().await;
