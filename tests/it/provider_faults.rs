@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use common::Home;
+use common::{Daemon, Home};
 use serde_json::json;
 use std::time::Duration;
 use wiremock::matchers::{body_string_contains, method, path};
@@ -17,6 +17,16 @@ fn provider_toml(name: &str, preset: &str, mock: &MockServer) -> String {
          token_url = \"{uri}/token\"\nrevocation_url = \"{uri}/revoke\"\nclient_id = \"cid\"\nclient_secret = \"c-secret\"\n",
         uri = mock.uri()
     )
+}
+
+/// oauthd serving provider `name` (`preset`, endpoints on `mock`) with `extra` config
+/// lines, and an API key.
+fn serving(name: &str, preset: &str, mock: &MockServer, extra: &str) -> (Home, String, Daemon) {
+    let home = Home::new();
+    home.write_config(&format!("{extra}\n{}", provider_toml(name, preset, mock)));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    (home, key, d)
 }
 
 /// The mock answers the code `code` with these tokens.
@@ -67,10 +77,7 @@ async fn spotify_refresh_without_refresh_token_keeps_the_old_one() {
         ),
     )
     .await;
-    let home = Home::new();
-    home.write_config(&provider_toml("spotify", "spotify", &mock));
-    let key = home.create_key("app", &[]);
-    let d = home.start();
+    let (_home, key, d) = serving("spotify", "spotify", &mock, "");
     connect(&d, &key, "spotify", "me", "c1").await;
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -110,10 +117,7 @@ async fn smartthings_rotating_refresh_tokens_are_replaced_on_every_refresh() {
         )
         .await;
     }
-    let home = Home::new();
-    home.write_config(&provider_toml("st", "smartthings", &mock));
-    let key = home.create_key("app", &[]);
-    let d = home.start();
+    let (_home, key, d) = serving("st", "smartthings", &mock, "");
     connect(&d, &key, "st", "home", "c1").await;
     for i in 1..=3 {
         tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -139,10 +143,7 @@ async fn smartthings_rotating_refresh_tokens_are_replaced_on_every_refresh() {
 async fn google_preset_asks_for_offline_access_and_posts_client_credentials() {
     let mock = MockServer::start().await;
     on_code(&mock, "c1", json!({"access_token": "at-1", "token_type": "Bearer", "expires_in": 3600, "refresh_token": "rt-1"})).await;
-    let home = Home::new();
-    home.write_config(&provider_toml("google", "google", &mock));
-    let key = home.create_key("app", &[]);
-    let d = home.start();
+    let (_home, key, d) = serving("google", "google", &mock, "");
     let (_, body) = d.post("/v1/connect/google", &key, json!({})).await;
     let url =
         reqwest::Url::parse(&d.confirm(body["authorize_url"].as_str().unwrap()).await).unwrap();
@@ -204,13 +205,7 @@ async fn provider_faults_become_503_with_retry_after_and_back_off() {
     for (name, response) in faults.clone() {
         on_refresh(&mock, &format!("rt-{name}"), response).await;
     }
-    let home = Home::new();
-    home.write_config(&format!(
-        "provider_timeout_seconds = 1\n{}",
-        provider_toml("p", "spotify", &mock)
-    ));
-    let key = home.create_key("app", &[]);
-    let d = home.start();
+    let (home, key, d) = serving("p", "spotify", &mock, "provider_timeout_seconds = 1");
     for (name, _) in &faults {
         connect(&d, &key, "p", name, name).await;
     }
@@ -273,10 +268,7 @@ async fn github_tokens_without_expiry_or_refresh_token_are_served_as_they_are() 
         json!({"access_token": "gho_1", "token_type": "bearer", "scope": "read:user"}),
     )
     .await;
-    let home = Home::new();
-    home.write_config(&provider_toml("gh", "github", &mock));
-    let key = home.create_key("app", &[]);
-    let d = home.start();
+    let (_home, key, d) = serving("gh", "github", &mock, "");
     connect(&d, &key, "gh", "me", "c1").await;
     let exchange = &token_requests(&mock, "authorization_code").await[0];
     assert!(
@@ -320,10 +312,7 @@ async fn an_error_answered_with_200_is_that_error() {
         })))
         .mount(&mock)
         .await;
-    let home = Home::new();
-    home.write_config(&provider_toml("gh", "github", &mock));
-    let key = home.create_key("app", &[]);
-    let d = home.start();
+    let (home, key, d) = serving("gh", "github", &mock, "");
     connect(&d, &key, "gh", "me", "c1").await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     for _ in 0..3 {
@@ -349,10 +338,7 @@ async fn an_error_answered_with_200_is_that_error() {
 #[tokio::test(flavor = "multi_thread")]
 async fn microsoft_preset_asks_for_offline_access() {
     let mock = MockServer::start().await;
-    let home = Home::new();
-    home.write_config(&provider_toml("ms", "microsoft", &mock));
-    let key = home.create_key("app", &[]);
-    let d = home.start();
+    let (_home, key, d) = serving("ms", "microsoft", &mock, "");
     let (status, body) = d.post("/v1/connect/ms", &key, json!({})).await;
     assert_eq!(status, 201, "{body}");
     let url =
@@ -499,26 +485,25 @@ fn refreshed() -> ResponseTemplate {
     ResponseTemplate::new(200).set_body_json(json!({"access_token": "at-2", "token_type": "bearer", "expires_in": 3600, "refresh_token": "rt-2"}))
 }
 
+/// st/home connected (SmartThings, rotating refresh tokens) with a token that has just
+/// expired, and a provider that answers its refresh (at-2, rt-2) after `delay`.
+async fn expired_with_slow_refresh(delay: Duration) -> (MockServer, Home, String, Daemon) {
+    let mock = MockServer::start().await;
+    on_code_expiring(&mock).await;
+    on_refresh(&mock, "rt-1", refreshed().set_delay(delay)).await;
+    let (home, key, d) = serving("st", "smartthings", &mock, "");
+    connect(&d, &key, "st", "home", "c1").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    (mock, home, key, d)
+}
+
 /// A refresh whose save meets the database locked by another process past the busy
 /// timeout (5 s) is saved once the lock is gone, while the lease holds: the provider has
 /// already rotated the refresh token, and a result given up would leave the connection
 /// holding a retired one.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refresh_is_saved_after_another_process_held_the_database_lock() {
-    let mock = MockServer::start().await;
-    on_code_expiring(&mock).await;
-    on_refresh(
-        &mock,
-        "rt-1",
-        refreshed().set_delay(Duration::from_millis(1000)),
-    )
-    .await;
-    let home = Home::new();
-    home.write_config(&provider_toml("st", "smartthings", &mock));
-    let key = home.create_key("app", &[]);
-    let d = home.start();
-    connect(&d, &key, "st", "home", "c1").await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (mock, home, key, d) = expired_with_slow_refresh(Duration::from_millis(1000)).await;
     // While the provider answers, another process takes the write lock for 7 s.
     let db = home.db();
     let holder = std::thread::spawn(move || {
@@ -650,13 +635,7 @@ async fn a_stop_begins_no_further_background_refresh() {
         )
         .await;
     }
-    let home = Home::new();
-    home.write_config(&format!(
-        "refresh_check_seconds = 1\n{}",
-        provider_toml("st", "smartthings", &mock)
-    ));
-    let key = home.create_key("app", &[]);
-    let d = home.start();
+    let (_home, key, d) = serving("st", "smartthings", &mock, "refresh_check_seconds = 1");
     connect(&d, &key, "st", "one", "c1").await;
     connect(&d, &key, "st", "two", "c2").await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -685,20 +664,7 @@ async fn a_stop_begins_no_further_background_refresh() {
 /// makes strict providers revoke the whole grant.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stop_waits_for_a_refresh_the_provider_is_answering() {
-    let mock = MockServer::start().await;
-    on_code_expiring(&mock).await;
-    on_refresh(
-        &mock,
-        "rt-1",
-        refreshed().set_delay(Duration::from_secs(11)),
-    )
-    .await;
-    let home = Home::new();
-    home.write_config(&provider_toml("st", "smartthings", &mock));
-    let key = home.create_key("app", &[]);
-    let d = home.start();
-    connect(&d, &key, "st", "home", "c1").await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (mock, home, key, d) = expired_with_slow_refresh(Duration::from_secs(11)).await;
 
     let call = tokio::spawn({
         let (url, key) = (

@@ -397,6 +397,20 @@ async fn a_claim_leaves_the_skipped_targets_deliveries_due(b: Backend) {
     assert_eq!(ids, ["s1", "s2"]);
 }
 
+/// What a claim of at most 4, 2 a target, takes while target "hangs" runs one attempt
+/// (ids sorted).
+async fn claimed_past_hangs(s: &dyn oauthd::store::Store) -> Vec<String> {
+    let room = ClaimRoom {
+        limit: 4,
+        per_target: 2,
+        busy: [("hangs".to_owned(), 1)].into(),
+    };
+    let got = s.claim_deliveries(2_000, 10_000, &room).await.unwrap();
+    let mut ids: Vec<_> = got.into_iter().map(|d| d.id).collect();
+    ids.sort();
+    ids
+}
+
 /// A claim takes no more of one target's deliveries than keep its running attempts
 /// within `per_target`, however many of its older ones are due: a target with a backlog
 /// (one that hangs) never fills the claim, and the others' deliveries behind it are
@@ -410,15 +424,7 @@ async fn a_claim_takes_each_target_within_its_room_past_an_older_backlog(b: Back
     s.add_deliveries(vec![delivery("ok1", "fine", 1_500)])
         .await
         .unwrap();
-    let room = ClaimRoom {
-        limit: 4,
-        per_target: 2,
-        busy: [("hangs".to_owned(), 1)].into(),
-    };
-    let got = s.claim_deliveries(2_000, 10_000, &room).await.unwrap();
-    let mut ids: Vec<_> = got.iter().map(|d| d.id.as_str()).collect();
-    ids.sort();
-    assert_eq!(ids, ["h00", "ok1"]);
+    assert_eq!(claimed_past_hangs(s).await, ["h00", "ok1"]);
 }
 
 /// Past a backlog it cannot take, a claim still takes the oldest due deliveries of the
@@ -430,15 +436,7 @@ async fn a_claim_past_a_backlog_takes_the_others_oldest_first(b: Backend) {
         .collect();
     due.extend((1..=3).map(|i| delivery(&format!("f{i}"), "fine", 1_100 + i)));
     s.add_deliveries(due).await.unwrap();
-    let room = ClaimRoom {
-        limit: 4,
-        per_target: 2,
-        busy: [("hangs".to_owned(), 1)].into(),
-    };
-    let got = s.claim_deliveries(2_000, 10_000, &room).await.unwrap();
-    let mut ids: Vec<_> = got.iter().map(|d| d.id.as_str()).collect();
-    ids.sort();
-    assert_eq!(ids, ["f1", "f2", "h00"]);
+    assert_eq!(claimed_past_hangs(s).await, ["f1", "f2", "h00"]);
 }
 
 /// A signed-out session no longer counts as one: the next start prints a sign-in link.
