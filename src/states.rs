@@ -130,6 +130,16 @@ pub enum StateError {
     Store(#[from] StoreError),
 }
 
+impl StateError {
+    /// As `StoreError::for_callers`: what is told over HTTP.
+    pub fn for_callers(&self) -> String {
+        match self {
+            StateError::Store(e) => e.for_callers(),
+            other => other.to_string(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct IssuedState {
     pub state: StateValue,

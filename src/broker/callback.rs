@@ -345,7 +345,7 @@ impl Broker {
                 return Err(CallbackError::UnknownState);
             }
             Err(StateError::Vault(e)) => return Err(CallbackError::FlowUnreadable(e.to_string())),
-            Err(e) => return Err(CallbackError::Storage(e.to_string())),
+            Err(e) => return Err(CallbackError::Storage(e.for_callers())),
         };
         let (account, by_namespace) = flow_of(&consumed.namespace);
         let secrets = self
@@ -460,7 +460,7 @@ impl Broker {
                 log::warn!("callback {provider_name}/{account}: {message}; nothing stored");
                 return Err(CallbackError::IdToken { account, message });
             }
-            Err(e) => return Err(CallbackError::NotStored(e.to_string())),
+            Err(e) => return Err(CallbackError::NotStored(e.for_callers())),
         }
         log::info!("connect {provider_name}/{account}: connected");
         // Checked again: the allowlist may have changed since the flow started.

@@ -121,7 +121,7 @@ impl Broker {
                 })
             }
             Err(StateError::Vault(e)) => return Err(CallbackError::FlowUnreadable(e.to_string())),
-            Err(e) => return Err(CallbackError::Storage(e.to_string())),
+            Err(e) => return Err(CallbackError::Storage(e.for_callers())),
         };
         let secrets: FlowSecrets = self
             .open_flow_secrets(namespace.as_str(), view.parsed_data().as_ref())
@@ -166,7 +166,7 @@ impl Broker {
                     account: account.to_owned(),
                 })
             }
-            Err(e) => Err(CallbackError::Storage(e.to_string())),
+            Err(e) => Err(CallbackError::Storage(e.for_callers())),
         }
     }
 }

@@ -93,6 +93,17 @@ pub enum BrokerError {
     Store(#[from] StoreError),
 }
 
+impl BrokerError {
+    /// As `StoreError::for_callers`: what is told over HTTP.
+    pub fn for_callers(&self) -> String {
+        match self {
+            BrokerError::Store(e) => e.for_callers(),
+            BrokerError::State(e) => e.for_callers(),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// What `/v1/connect` hands back.
 pub struct ConnectStart {
     pub authorize_url: Url,

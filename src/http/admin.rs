@@ -47,7 +47,7 @@ pub async fn login(app: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
             ),
         ),
         Ok(false) => link_not_working(base),
-        Err(e) => page(base, 503, "Storage unavailable", &escape(&e.to_string())),
+        Err(e) => storage_page(base, &e),
     }
 }
 
@@ -128,7 +128,7 @@ pub async fn login_form(
                 link_not_working(base)
             }
         }
-        Err(e) => page(base, 503, "Storage unavailable", &escape(&e.to_string())),
+        Err(e) => storage_page(base, &e),
     }
 }
 
@@ -189,6 +189,11 @@ pub async fn logout(
                 .cookie(session_cookie(&app, String::new(), None))
                 .finish()
         }
-        Err(e) => page(base, 503, "Storage unavailable", &escape(&e.to_string())),
+        Err(e) => storage_page(base, &e),
     }
+}
+
+/// The page for a sign-in or sign-out the store could not answer.
+fn storage_page(base: &str, e: &crate::store::StoreError) -> HttpResponse {
+    page(base, 503, "Storage unavailable", &escape(&e.for_callers()))
 }

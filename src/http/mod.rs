@@ -443,6 +443,12 @@ pub async fn serve(
             .app_data(access_log.clone())
             .wrap(actix_web::middleware::from_fn(limits::enforce))
             .wrap(actix_web::middleware::from_fn(request_metrics::record))
+            // No answer is ever read as another type than it says, whoever asked: error
+            // bodies echo what callers sent, and pages carry this among their own headers.
+            .wrap(
+                actix_web::middleware::DefaultHeaders::new()
+                    .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff")),
+            )
             .configure(routes)
     })
     .disable_signals()

@@ -162,7 +162,7 @@ impl From<StoreError> for ApiError {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "storage_unavailable",
-            e.to_string(),
+            e.for_callers(),
         )
         .retry_after(1)
     }

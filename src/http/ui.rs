@@ -278,7 +278,7 @@ pub async fn connect_form(
             base,
             400,
             "Could not start",
-            &super::pages::escape(&e.to_string()),
+            &super::pages::escape(&e.for_callers()),
         ),
     }
 }

@@ -30,6 +30,8 @@ pub enum StoreError {
     Full { context: &'static str },
     #[error("{context}: the database is read-only")]
     ReadOnly { context: &'static str },
+    #[error("{context}: Redis is out of memory (maxmemory reached) and refuses writes")]
+    OutOfMemory { context: &'static str },
     #[error("{context}: {message}")]
     Unavailable {
         context: &'static str,
@@ -45,6 +47,46 @@ impl StoreError {
             context,
             message: message.to_string(),
         }
+    }
+
+    /// What is told to whoever called over HTTP, who may not be the operator: the fixed
+    /// texts (locked, full, read-only, out of memory) as they are; an unexpected fault's own message,
+    /// which may name a file, an address or a setting, only in oauthd's log.
+    pub fn for_callers(&self) -> String {
+        match self {
+            StoreError::Unavailable { context, message } => {
+                log_unavailable(context, message);
+                format!("{context}: the storage did not answer; oauthd's log says why")
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Logs a fault's message for `for_callers`, at most `PER_SECOND` lines a second: an
+/// outage fails every request, and a journal past its rate limit drops oauthd's other
+/// lines with these.
+fn log_unavailable(context: &str, message: &str) {
+    const PER_SECOND: u32 = 5;
+    static BUDGET: std::sync::Mutex<(u64, u32)> = std::sync::Mutex::new((0, 0));
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let Ok(mut budget) = BUDGET.lock() else {
+        return;
+    };
+    if budget.0 != second {
+        if budget.1 > PER_SECOND {
+            log::warn!(
+                "{} more storage faults in the second before",
+                budget.1 - PER_SECOND
+            );
+        }
+        *budget = (second, 0);
+    }
+    budget.1 += 1;
+    if budget.1 <= PER_SECOND {
+        log::warn!("{context}: {message}");
     }
 }
 

@@ -140,25 +140,49 @@ mod shared {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn redis_down_gives_503_and_not_ready_then_recovers_without_a_restart() {
-        let (ha, hb, key) = pair("api_key_cache_seconds = 0\n");
+        let (ha, hb, key) = pair(
+            "api_key_cache_seconds = 0\n[providers.down]\nauthorization_url = \"http://127.0.0.1:9/auth\"\n\
+             token_url = \"http://127.0.0.1:9/token\"\nclient_id = \"x\"\nclient_auth = \"none\"\n",
+        );
         let (a, b) = (ha.start(), hb.start());
         let kept = a.create_state(&key, json!({"namespace": NS})).await;
         ha.redis_server().kill();
 
+        // What failed is the operator's to read, in the log: callers (apps, and anyone who
+        // can reach /readyz or a callback) are told only that the storage did not answer.
+        let said_why =
+            |text: &str| text.contains("Redis is unreachable") || text.contains("os error");
         for d in [&a, &b] {
             let (status, body) = d.post("/v1/states", &key, json!({"namespace": NS})).await;
             assert_eq!(status, 503, "{body}");
             assert_eq!(body["code"], "storage_unavailable");
-            assert!(
-                body["detail"]
-                    .as_str()
-                    .unwrap()
-                    .contains("Redis is unreachable"),
-                "{body}"
-            );
+            let detail = body["detail"].as_str().unwrap();
+            assert!(detail.contains("oauthd's log says why"), "{body}");
+            assert!(!said_why(detail), "{body}");
             let resp = d.get_raw("/readyz", None).await;
             assert_eq!(resp.status(), 503);
             assert!(resp.headers().contains_key("retry-after"));
+            let text = resp.text().await.unwrap();
+            assert!(
+                text.contains("storage_unavailable") && !said_why(&text),
+                "{text}"
+            );
+            let (status, page, _) = d
+                .browser_get(&format!(
+                    "{}/callback/down?state={}&code=c",
+                    d.url,
+                    "s".repeat(43)
+                ))
+                .await;
+            assert_eq!(status, 503, "{page}");
+            assert!(page.contains("oauthd") && !said_why(&page), "{page}");
+        }
+        for h in [&ha, &hb] {
+            assert!(
+                h.log_text().contains("Redis is unreachable"),
+                "{}",
+                h.log_text()
+            );
         }
 
         ha.redis_server().restart();

@@ -1286,3 +1286,52 @@ async fn on_one_connection(d: &Daemon, requests: &[&str]) -> Vec<String> {
     }
     answers
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_answer_can_be_sniffed_into_another_type() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    // Answers without a key (some of them echo what the caller sent), with one, and
+    // errors of every layer: the router, the key check, the body's parser.
+    let mut answers = Vec::new();
+    for (path, key) in [
+        ("/healthz", None),
+        ("/readyz", None),
+        ("/metrics", None),
+        ("/openapi.json", None),
+        ("/v1/nothing-here", None),
+        ("/v1/states", None),
+        ("/v1/connections", Some("oauthd_not-a-key")),
+        ("/v1/connections", Some(key.as_str())),
+    ] {
+        let resp = d.get_raw(path, key).await;
+        answers.push((format!("GET {path}"), resp.status(), resp.headers().clone()));
+    }
+    let resp = d
+        .http
+        .post(format!("{}/v1/states", d.url))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body("<html><script>alert(1)</script>")
+        .send()
+        .await
+        .unwrap();
+    answers.push((
+        "POST /v1/states".into(),
+        resp.status(),
+        resp.headers().clone(),
+    ));
+    let statuses: Vec<u16> = answers.iter().map(|(_, s, _)| s.as_u16()).collect();
+    // The list covers answers and refusals alike.
+    for want in [200, 400, 401, 404, 405] {
+        assert!(statuses.contains(&want), "{want} missing from {statuses:?}");
+    }
+    for (what, status, headers) in answers {
+        assert_eq!(
+            headers.get("x-content-type-options").map(|v| v.as_bytes()),
+            Some(&b"nosniff"[..]),
+            "{what} ({status}): {headers:?}"
+        );
+    }
+}

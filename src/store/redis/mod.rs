@@ -347,10 +347,7 @@ fn classify(context: &'static str, e: &redis::RedisError) -> StoreError {
         return StoreError::unavailable(context, format!("Redis is unreachable ({e})"));
     }
     match e.code() {
-        Some("OOM") => StoreError::unavailable(
-            context,
-            "Redis is out of memory (maxmemory reached) and refuses writes",
-        ),
+        Some("OOM") => StoreError::OutOfMemory { context },
         Some("READONLY") => StoreError::ReadOnly { context },
         Some("MISCONF") => StoreError::unavailable(
             context,
