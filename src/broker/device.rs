@@ -15,7 +15,7 @@ use super::{Broker, BrokerError, ConnectionView};
 use crate::clock::rfc3339;
 use crate::oauth::flows::{self, DevicePoll, FlowError};
 use crate::oauth::provider::check_name;
-use crate::store::{DeviceFlowRow, DeviceFlowStatus, DevicePollOutcome};
+use crate::store::{ClaimedPoll, DeviceFlowRow, DeviceFlowStatus, DevicePollOutcome};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -240,6 +240,7 @@ impl Broker {
             if now >= flow.expires_at_ms {
                 self.finish_device(
                     &flow,
+                    None,
                     DeviceFlowStatus::Expired,
                     "the code expired before it was approved".into(),
                 )
@@ -269,7 +270,9 @@ impl Broker {
 
     /// One poll of a claimed flow, `failures` polls in a row after failing on the way;
     /// returns true when the flow has ended.
-    async fn poll_device_once(&self, flow: DeviceFlowRow, failures: &mut u32) -> bool {
+    async fn poll_device_once(&self, claimed: ClaimedPoll, failures: &mut u32) -> bool {
+        let ClaimedPoll { flow, claim } = claimed;
+        let claim = Some(claim.as_str());
         let (id, p, a) = (
             flow.id.as_str(),
             flow.provider.as_str(),
@@ -292,6 +295,7 @@ impl Broker {
             log::warn!("device flow {id}: the API key that started it was revoked");
             self.finish_device(
                 &flow,
+                claim,
                 DeviceFlowStatus::Failed,
                 "the API key that started this flow was revoked".into(),
             )
@@ -301,7 +305,7 @@ impl Broker {
         let device_code = match self.vault.open_str(&device_aad(id), &flow.device_code) {
             Ok(c) => c,
             Err(e) => {
-                self.finish_device(&flow, DeviceFlowStatus::Failed, e.to_string())
+                self.finish_device(&flow, claim, DeviceFlowStatus::Failed, e.to_string())
                     .await;
                 return true;
             }
@@ -351,23 +355,13 @@ impl Broker {
             }
             DevicePoll::Done(tokens) => {
                 // The first success ends polling whatever happens next.
-                let (status, detail) = match self
-                    .store_tokens(&provider, a, &tokens, None, Via::Device)
-                    .await
-                {
-                    Ok(()) => (DeviceFlowStatus::Connected, "connected".to_owned()),
-                    Err(e) => (
-                        DeviceFlowStatus::Failed,
-                        format!("tokens were issued but could not be stored: {e}"),
-                    ),
-                };
-                log::info!("device {p}/{a}: {detail}");
-                self.finish_device(&flow, status, detail).await;
+                self.connect_device(&flow, claim, &provider, &tokens).await;
                 return true;
             }
             DevicePoll::Denied(d) => {
                 self.finish_device(
                     &flow,
+                    claim,
                     DeviceFlowStatus::Denied,
                     format!("access was declined: {d}"),
                 )
@@ -377,6 +371,7 @@ impl Broker {
             DevicePoll::Expired => {
                 self.finish_device(
                     &flow,
+                    claim,
                     DeviceFlowStatus::Expired,
                     "the code expired before it was approved".into(),
                 )
@@ -384,38 +379,119 @@ impl Broker {
                 return true;
             }
             DevicePoll::Failed(e) => {
-                self.finish_device(&flow, DeviceFlowStatus::Failed, e.to_string())
+                self.finish_device(&flow, claim, DeviceFlowStatus::Failed, e.to_string())
                     .await;
                 return true;
             }
         };
-        if let Err(e) = self
+        match self
             .store
-            .finish_device_poll(id, outcome, self.clock.now_ms(), Vec::new())
+            .finish_device_poll(id, claim, outcome, self.clock.now_ms(), Vec::new())
             .await
         {
-            log::warn!("device flow {id}: {e}");
+            Ok(true) => {}
+            // The poll outlived its claim and another process polls the flow now; the
+            // next look at the flow finds out how it stands.
+            Ok(false) => log::info!("device flow {id}: another process polls it now"),
+            Err(e) => log::warn!("device flow {id}: {e}"),
         }
         false
     }
 
-    async fn finish_device(&self, flow: &DeviceFlowRow, status: DeviceFlowStatus, detail: String) {
-        let id = flow.id.as_str();
-        log::info!("device flow {id}: {status}");
-        let events = vec![self.device_event(flow, status, &detail)];
-        let outcome = DevicePollOutcome::Finished { status, detail };
-        match self
-            .store
-            .finish_device_poll(
-                id,
-                outcome,
-                self.clock.now_ms(),
-                self.notifier.deliveries(&events),
-            )
+    /// Stores the tokens a poll got and finishes the flow `connected`, in one write.
+    async fn connect_device(
+        &self,
+        flow: &DeviceFlowRow,
+        claim: Option<&str>,
+        provider: &crate::oauth::Provider,
+        tokens: &flows::TokenSet,
+    ) {
+        let (p, a) = (flow.provider.as_str(), flow.account.as_str());
+        let (save, mut events) = match self
+            .prepare_connection(provider, a, tokens, None, Via::Device)
             .await
         {
-            Ok(()) => self.notifier.written(&events),
-            Err(e) => log::warn!("device flow {id}: could not record {status}: {e}"),
+            Ok(prepared) => prepared,
+            Err(e) => {
+                let detail = format!("tokens were issued but could not be stored: {e}");
+                log::warn!("device {p}/{a}: {detail}");
+                self.finish_device(flow, claim, DeviceFlowStatus::Failed, detail)
+                    .await;
+                return;
+            }
+        };
+        events.push(self.device_event(flow, DeviceFlowStatus::Connected, "connected"));
+        // As for every (re)connect: reads that began before the write cannot put the old
+        // token back.
+        let _saved = self.token_cache.forget_after(&save.key);
+        let outcome = DevicePollOutcome::Connected(Box::new(save));
+        if self.record_final(flow, claim, outcome, &events).await {
+            log::info!("device {p}/{a}: connected");
+        }
+    }
+
+    async fn finish_device(
+        &self,
+        flow: &DeviceFlowRow,
+        claim: Option<&str>,
+        status: DeviceFlowStatus,
+        detail: String,
+    ) {
+        let events = [self.device_event(flow, status, &detail)];
+        let outcome = DevicePollOutcome::Finished { status, detail };
+        if self.record_final(flow, claim, outcome, &events).await {
+            log::info!("device flow {}: {status}", flow.id);
+        }
+    }
+
+    /// Records how a flow ended, with its events; true when recorded. A store that fails
+    /// is tried again, for as long as a claim's lease lasts: an outcome lost now would
+    /// leave the flow to be polled again, with a device code that may have been redeemed.
+    async fn record_final(
+        &self,
+        flow: &DeviceFlowRow,
+        claim: Option<&str>,
+        outcome: DevicePollOutcome,
+        events: &[crate::notify::Event],
+    ) -> bool {
+        let id = flow.id.as_str();
+        let deliveries = self.notifier.deliveries(events);
+        let give_up = tokio::time::Instant::now()
+            + Duration::from_millis(u64::try_from(self.lease_ms).unwrap_or(0));
+        let mut failed = false;
+        loop {
+            let now = self.clock.now_ms();
+            match self
+                .store
+                .finish_device_poll(id, claim, outcome.clone(), now, deliveries.clone())
+                .await
+            {
+                Ok(true) => {
+                    self.notifier.written(events);
+                    return true;
+                }
+                Ok(false) => {
+                    // After a failed try this may be that try's own write, answered too late.
+                    log::info!(
+                        "device flow {id}: not recorded; {}",
+                        if failed {
+                            "an earlier try may have recorded it, or another process ended or polls the flow"
+                        } else {
+                            "another process ended or polls the flow"
+                        }
+                    );
+                    return false;
+                }
+                Err(e) if tokio::time::Instant::now() < give_up => {
+                    log::warn!("device flow {id}: could not record how it ended ({e}); trying again in 1 s");
+                    failed = true;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    log::error!("device flow {id}: could not record how it ended: {e}");
+                    return false;
+                }
+            }
         }
     }
 }

@@ -14,12 +14,13 @@
 use super::events::Via;
 use super::flight::Turn;
 use super::{token_aad, Broker, BrokerError};
+use crate::notify::Event;
 use crate::oauth::flows::{self, FlowError, TokenSet};
 use crate::oauth::{id_token, Provider};
 use crate::read_cache::ReadTicket;
 use crate::store::{
-    AccountIdentity, ConnectionKey, ConnectionRow, ConnectionStatus, RefreshFailure, SealedTokens,
-    StoreError,
+    AccountIdentity, ConnectionKey, ConnectionRow, ConnectionSave, ConnectionStatus,
+    RefreshFailure, SealedTokens, StoreError,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -295,27 +296,48 @@ impl Broker {
         nonce: Option<&str>,
         via: Via,
     ) -> Result<(), BrokerError> {
-        let identity = self.verify_id_token(provider, t, nonce).await?;
-        // No scope in the response means the requested ones were granted (RFC 6749 §5.1).
-        let requested = (!provider.scopes.is_empty()).then(|| provider.scopes.join(" "));
-        let sealed = self.seal_tokens(&provider.name, account, t, requested)?;
-        let key = ConnectionKey::new(&provider.name, account);
-        let before = self.store.get_connection(&key).await?;
-        let events = self.connected_events(&key, before.as_ref(), via);
+        let (save, events) = self
+            .prepare_connection(provider, account, t, nonce, via)
+            .await?;
         // Dropped after the write (even when this call is cancelled meanwhile): reads that
         // began before it cannot put the old token back.
-        let _saved = self.token_cache.forget_after(&key);
+        let _saved = self.token_cache.forget_after(&save.key);
         self.store
             .save_connection(
-                &key,
-                sealed,
-                identity,
+                &save.key,
+                save.tokens,
+                save.identity,
                 self.clock.now_ms(),
                 self.notifier.deliveries(&events),
             )
             .await?;
         self.notifier.written(&events);
         Ok(())
+    }
+
+    /// What a (re)connect with tokens `t` stores, and the events that tell of it: the ID
+    /// token checked, the tokens sealed.
+    pub(super) async fn prepare_connection(
+        &self,
+        provider: &Provider,
+        account: &str,
+        t: &TokenSet,
+        nonce: Option<&str>,
+        via: Via,
+    ) -> Result<(ConnectionSave, Vec<Event>), BrokerError> {
+        let identity = self.verify_id_token(provider, t, nonce).await?;
+        // No scope in the response means the requested ones were granted (RFC 6749 §5.1).
+        let requested = (!provider.scopes.is_empty()).then(|| provider.scopes.join(" "));
+        let tokens = self.seal_tokens(&provider.name, account, t, requested)?;
+        let key = ConnectionKey::new(&provider.name, account);
+        let before = self.store.get_connection(&key).await?;
+        let events = self.connected_events(&key, before.as_ref(), via);
+        let save = ConnectionSave {
+            key,
+            tokens,
+            identity,
+        };
+        Ok((save, events))
     }
 
     /// The account an ID token names, when the answer carried one and the provider has an

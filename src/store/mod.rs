@@ -909,11 +909,32 @@ pub enum DevicePollOutcome {
     /// Keep polling (authorization_pending, slow_down, a transient fault): at
     /// `interval_ms` (what apps see), the next poll `delay_ms` from now.
     Pending { interval_ms: i64, delay_ms: i64 },
-    /// Final: connected, denied, expired or failed, with a detail.
+    /// Final without tokens: denied, expired or failed, with a detail.
     Finished {
         status: DeviceFlowStatus,
         detail: String,
     },
+    /// The provider issued tokens: the connection is saved as `save_connection` saves it
+    /// and the flow finished `connected`, in one write. The device code has been redeemed,
+    /// so a flow left pending after a crash would be polled with it again.
+    Connected(Box<ConnectionSave>),
+}
+
+/// A (re)connect to store: what `save_connection` takes.
+#[derive(Debug, Clone)]
+pub struct ConnectionSave {
+    pub key: ConnectionKey,
+    pub tokens: SealedTokens,
+    pub identity: AccountIdentity,
+}
+
+/// A device poll claimed by one process: the flow as claimed, and the claim that fences
+/// what is recorded for it (`finish_device_poll`).
+#[derive(Debug, Clone)]
+pub struct ClaimedPoll {
+    pub flow: DeviceFlowRow,
+    /// Opaque; different for every claim of a flow.
+    pub claim: String,
 }
 
 #[async_trait]
@@ -934,13 +955,13 @@ pub trait DeviceFlowStore: Send + Sync {
     async fn get_device_flow(&self, id: &str) -> Result<Option<DeviceFlowRow>, StoreError>;
     async fn pending_device_flows(&self) -> Result<Vec<DeviceFlowRow>, StoreError>;
     /// Claims the next poll of a pending flow when it is due and nobody else is polling
-    /// it; returns the flow as claimed. Exactly one process wins each poll.
+    /// it, for `lease_ms`; returns the flow as claimed. Exactly one process wins each poll.
     async fn claim_device_poll(
         &self,
         id: &str,
         now_ms: i64,
         lease_ms: i64,
-    ) -> Result<Option<DeviceFlowRow>, StoreError>;
+    ) -> Result<Option<ClaimedPoll>, StoreError>;
     /// Replaces a pending flow's sealed device code only if it is still `old` (compare
     /// and set, for `oauthd rekey`). Returns whether it replaced it.
     async fn reseal_device_code(
@@ -949,16 +970,21 @@ pub trait DeviceFlowStore: Send + Sync {
         old: Vec<u8>,
         new: Vec<u8>,
     ) -> Result<bool, StoreError>;
-    /// Records a poll's outcome and releases the claim. A finished flow's device code is
-    /// erased: it is never sent again, so nothing sealed is left in the row.
+    /// Records a poll's outcome on a pending flow and releases the claim; returns whether
+    /// it recorded it. `claim` is the caller's (`None`: it holds none, as when a flow is
+    /// found expired). An outcome never overrides another process's live claim (a poll that
+    /// ran past its lease must not free the flow under the next poller), except
+    /// `Connected`: tokens in hand end the flow whoever polls it. A finished flow's device
+    /// code is erased: it is never sent again, so nothing sealed is left in the row.
     /// `events` are added to the outbox in the same transaction.
     async fn finish_device_poll(
         &self,
         id: &str,
+        claim: Option<&str>,
         outcome: DevicePollOutcome,
         now_ms: i64,
         events: Vec<NewDelivery>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 }
 
 /// What the broker needs: connections, device flows, the outbox their events go to, and

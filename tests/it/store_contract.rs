@@ -3,9 +3,10 @@
 
 use oauthd::secret::{SecretHash, StateId};
 use oauthd::store::{
-    AccountIdentity, Attempted, ClaimRoom, ConnectionKey, ConnectionStatus, DeliveryFilter,
-    DeliveryOutcome, DeliveryStatus, InsertRules, Inserted, NamespaceFilter, NewDelivery,
-    RefreshFailure, Retried, Revoked, SealedTokens, StateRow, StateSecret, Taken,
+    AccountIdentity, Attempted, ClaimRoom, ConnectionKey, ConnectionSave, ConnectionStatus,
+    DeliveryFilter, DeliveryOutcome, DeliveryStatus, DeviceFlowRow, DeviceFlowStatus,
+    DevicePollOutcome, InsertRules, Inserted, NamespaceFilter, NewDelivery, RefreshFailure,
+    Retried, Revoked, SealedTokens, StateRow, StateSecret, Taken,
 };
 use std::sync::Arc;
 
@@ -936,7 +937,194 @@ backends!(
     events_are_stored_with_their_change_and_only_with_it,
     deliveries_are_claimed_once_per_lease_and_finished_by_their_claim,
     racing_claimers_split_the_due_deliveries,
+    a_device_poll_is_recorded_only_while_no_one_else_holds_the_flow,
+    a_connected_poll_stores_the_connection_and_ends_the_flow_in_one_write,
 );
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A pending device flow `id` of p/a, due at `due`.
+async fn device_flow(s: &dyn oauthd::store::Store, id: &str, due: i64) {
+    let row = DeviceFlowRow {
+        id: id.into(),
+        provider: "p".into(),
+        account: "a".into(),
+        device_code: b"sealed-code".to_vec(),
+        user_code: "ABCD-EFGH".into(),
+        verification_uri: "https://p.example/device".into(),
+        verification_uri_complete: None,
+        interval_ms: 5_000,
+        expires_at_ms: due + 600_000,
+        status: DeviceFlowStatus::Pending,
+        detail: None,
+        next_poll_at_ms: due,
+        created_at_ms: due,
+        started_by: "cli".into(),
+    };
+    assert!(s.insert_device_flow(row, 10).await.unwrap());
+}
+
+fn finished(status: DeviceFlowStatus) -> DevicePollOutcome {
+    DevicePollOutcome::Finished {
+        status,
+        detail: status.to_string(),
+    }
+}
+
+fn pending_again() -> DevicePollOutcome {
+    DevicePollOutcome::Pending {
+        interval_ms: 5_000,
+        delay_ms: 0,
+    }
+}
+
+fn connected_as(account: &str, access: &[u8]) -> DevicePollOutcome {
+    DevicePollOutcome::Connected(Box::new(ConnectionSave {
+        key: ConnectionKey::new("p", account),
+        tokens: tokens(access, b"r"),
+        identity: AccountIdentity::default(),
+    }))
+}
+
+/// A poll that ran past its claim's lease must not free the flow under the process that
+/// claimed it next (a third would then poll beside it), nor end it: only the live claim,
+/// or anyone while nobody holds one, records an outcome.
+async fn a_device_poll_is_recorded_only_while_no_one_else_holds_the_flow(b: Backend) {
+    let s = b.store.as_ref();
+    let t0 = now_ms();
+    device_flow(s, "f1", t0).await;
+    let first = s.claim_device_poll("f1", t0, 200).await.unwrap().unwrap();
+    assert!(s.claim_device_poll("f1", t0, 200).await.unwrap().is_none());
+    // Found expired by a process that holds no claim: not while one is live.
+    let expired = finished(DeviceFlowStatus::Expired);
+    assert!(!s
+        .finish_device_poll("f1", None, expired, t0, Vec::new())
+        .await
+        .unwrap());
+    // The first claim runs out; another process claims the next poll.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let t1 = t0 + 300;
+    let second = s
+        .claim_device_poll("f1", t1, 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(first.claim, second.claim);
+    let late = Some(first.claim.as_str());
+    assert!(!s
+        .finish_device_poll("f1", late, pending_again(), t1, Vec::new())
+        .await
+        .unwrap());
+    assert!(
+        s.claim_device_poll("f1", t1, 60_000)
+            .await
+            .unwrap()
+            .is_none(),
+        "the late poll freed the flow under the second claim"
+    );
+    let failed = finished(DeviceFlowStatus::Failed);
+    let events = vec![delivery("d1", "t", t1)];
+    assert!(!s
+        .finish_device_poll("f1", late, failed, t1, events)
+        .await
+        .unwrap());
+    let flow = s.get_device_flow("f1").await.unwrap().unwrap();
+    assert_eq!(flow.status, DeviceFlowStatus::Pending);
+    assert!(ids(s, DeliveryFilter::All).await.is_empty());
+    // The live claim records, and lets go.
+    let live = Some(second.claim.as_str());
+    assert!(s
+        .finish_device_poll("f1", live, pending_again(), t1, Vec::new())
+        .await
+        .unwrap());
+    let third = s
+        .claim_device_poll("f1", t1, 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let denied = finished(DeviceFlowStatus::Denied);
+    let events = vec![delivery("d2", "t", t1)];
+    assert!(s
+        .finish_device_poll("f1", Some(&third.claim), denied, t1, events)
+        .await
+        .unwrap());
+    let flow = s.get_device_flow("f1").await.unwrap().unwrap();
+    assert_eq!(flow.status, DeviceFlowStatus::Denied);
+    assert!(flow.device_code.is_empty());
+    assert_eq!(ids(s, DeliveryFilter::All).await, vec!["d2"]);
+}
+
+/// The provider has redeemed the device code once it hands out tokens: the connection and
+/// the flow's end are one write, so no crash or failed write between them leaves the flow
+/// pending, to be polled again with the spent code.
+async fn a_connected_poll_stores_the_connection_and_ends_the_flow_in_one_write(b: Backend) {
+    let s = b.store.as_ref();
+    let t0 = now_ms();
+    device_flow(s, "f1", t0).await;
+    let first = s.claim_device_poll("f1", t0, 200).await.unwrap().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let t1 = t0 + 300;
+    let second = s
+        .claim_device_poll("f1", t1, 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    // Tokens in hand end the flow, even from a poll that outlived its claim.
+    let events = vec![delivery("d1", "t", t1), delivery("d2", "t", t1)];
+    assert!(s
+        .finish_device_poll(
+            "f1",
+            Some(&first.claim),
+            connected_as("a", b"a1"),
+            t1,
+            events
+        )
+        .await
+        .unwrap());
+    let flow = s.get_device_flow("f1").await.unwrap().unwrap();
+    assert_eq!(flow.status, DeviceFlowStatus::Connected);
+    assert!(flow.device_code.is_empty());
+    let conn = s
+        .get_connection(&ConnectionKey::new("p", "a"))
+        .await
+        .unwrap()
+        .expect("the connection, stored with the flow's end");
+    assert_eq!(conn.access_token, b"a1");
+    assert_eq!(conn.status, ConnectionStatus::Active);
+    let mut got = ids(s, DeliveryFilter::All).await;
+    got.sort();
+    assert_eq!(got, vec!["d1", "d2"]);
+    // Once ended, nothing more is stored for it, whoever asks.
+    for claim in [Some(second.claim.as_str()), None] {
+        let events = vec![delivery("d3", "t", t1)];
+        assert!(!s
+            .finish_device_poll("f1", claim, connected_as("a", b"a2"), t1, events)
+            .await
+            .unwrap());
+    }
+    let conn = s
+        .get_connection(&ConnectionKey::new("p", "a"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(conn.access_token, b"a1");
+    // Nor for a flow that ended another way: no connection appears.
+    device_flow(s, "f2", t1).await;
+    let expired = finished(DeviceFlowStatus::Expired);
+    assert!(s
+        .finish_device_poll("f2", None, expired, t1, Vec::new())
+        .await
+        .unwrap());
+    assert!(!s
+        .finish_device_poll("f2", None, connected_as("b", b"b1"), t1, Vec::new())
+        .await
+        .unwrap());
+    let key_b = ConnectionKey::new("p", "b");
+    assert!(s.get_connection(&key_b).await.unwrap().is_none());
+    assert_eq!(ids(s, DeliveryFilter::All).await.len(), 2);
+}
 
 /// SQLite keeps the counts in the writer, once per group commit: no trigger runs on each
 /// insert or delete of a state (they were an eighth of a create + consume pair's work).

@@ -6,8 +6,8 @@
 use super::outbox::ENQUEUE_LUA;
 use super::{int, need_int, need_text, text, Changes, Fields, RedisStore, APPLY_LUA};
 use crate::store::{
-    AccountIdentity, ConnectionCount, ConnectionKey, ConnectionRow, ConnectionStatus,
-    ConnectionStore, NewDelivery, RefreshFailure, SealedTokens, StoreError,
+    AccountIdentity, ConnectionCount, ConnectionKey, ConnectionRow, ConnectionSave,
+    ConnectionStatus, ConnectionStore, NewDelivery, RefreshFailure, SealedTokens, StoreError,
 };
 use async_trait::async_trait;
 use redis::Script;
@@ -17,20 +17,29 @@ fn script(body: &str) -> Script {
     Script::new(&format!("{APPLY_LUA}\n{ENQUEUE_LUA}\n{body}"))
 }
 
+/// Lua (after `APPLY_LUA`): stores a (re)connect, the `Changes` from ARGV[first], in hash
+/// `conn`: the generation moves on and the refresh lease goes. Returns the ARGV index after
+/// the changes.
+pub(super) const SAVE_LUA: &str = r#"
+local function save_connection(conn, lease, index, member, now, first)
+  if redis.call('EXISTS', conn) == 0 then
+    redis.call('HSET', conn, 'created', now, 'generation', 0, 'failures', 0)
+  end
+  local after = apply(conn, first)
+  redis.call('HINCRBY', conn, 'generation', 1)
+  redis.call('DEL', lease)
+  redis.call('ZADD', index, 0, member)
+  return after
+end
+"#;
+
 /// KEYS: conn, lease, index, then the outbox's. ARGV: member, now, the deliveries (from
 /// ARGV[3]), changes….
 static SAVE: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'created', ARGV[2], 'generation', 0, 'failures', 0)
-end
-apply(KEYS[1], enqueue(4, 3))
-redis.call('HINCRBY', KEYS[1], 'generation', 1)
-redis.call('DEL', KEYS[2])
-redis.call('ZADD', KEYS[3], 0, ARGV[1])
-"#,
-    )
+    script(&format!(
+        "{SAVE_LUA}\n{}",
+        "save_connection(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], enqueue(4, 3))"
+    ))
 });
 
 /// KEYS: conn, lease. ARGV: now, lease ms, the generation the caller read. Returns the new
@@ -149,6 +158,14 @@ fn row(f: &Fields) -> Result<ConnectionRow, StoreError> {
 
 /// The token fields of a save. `keep_missing`: a refresh that returned no refresh token
 /// (or no scopes) keeps the stored one instead of clearing it.
+/// The keys `SAVE_LUA` writes, and the connection's member in the index.
+pub(super) struct SaveKeys {
+    pub conn: String,
+    pub lease: String,
+    pub index: String,
+    pub member: String,
+}
+
 fn token_changes(t: SealedTokens, now_ms: i64, keep_missing: bool) -> Changes {
     let mut ch = Changes::default();
     ch.put("status", ConnectionStatus::Active.as_str())
@@ -179,6 +196,28 @@ impl RedisStore {
     fn conn_keys(&self, provider: &str, account: &str) -> (String, String, String) {
         let member = format!("{provider}/{account}");
         (self.key("c", &member), self.key("cl", &member), member)
+    }
+
+    /// The keys and changes `SAVE_LUA` takes for `save`.
+    pub(super) fn connection_save(&self, save: ConnectionSave, now_ms: i64) -> (SaveKeys, Changes) {
+        let (provider, account) = (save.key.provider.as_str(), save.key.account.as_str());
+        let (conn, lease, member) = self.conn_keys(provider, account);
+        let mut changes = token_changes(save.tokens, now_ms, false);
+        changes
+            .put("provider", provider)
+            .put("account", account)
+            .opt_num("lease_until", None)
+            .opt("account_sub", save.identity.sub)
+            .opt("account_email", save.identity.email)
+            .opt("account_name", save.identity.name)
+            .num("connected_at", now_ms);
+        let keys = SaveKeys {
+            conn,
+            lease,
+            index: self.index("cs"),
+            member,
+        };
+        (keys, changes)
     }
 
     /// Runs FENCED: writes `changes` only while `generation` holds the connection.
@@ -260,20 +299,15 @@ impl ConnectionStore for RedisStore {
         now_ms: i64,
         events: Vec<NewDelivery>,
     ) -> Result<(), StoreError> {
-        let (provider, account) = (key.provider.as_str(), key.account.as_str());
-        let (key, lease, member) = self.conn_keys(provider, account);
-        let index = self.index("cs");
-        let mut changes = token_changes(t, now_ms, false);
-        changes
-            .put("provider", provider)
-            .put("account", account)
-            .opt_num("lease_until", None)
-            .opt("account_sub", identity.sub)
-            .opt("account_email", identity.email)
-            .opt("account_name", identity.name)
-            .num("connected_at", now_ms);
+        let save = ConnectionSave {
+            key: key.clone(),
+            tokens: t,
+            identity,
+        };
+        let (keys, changes) = self.connection_save(save, now_ms);
         let mut inv = SAVE.prepare_invoke();
-        inv.key(key).key(lease).key(index).arg(member).arg(now_ms);
+        inv.key(keys.conn).key(keys.lease).key(keys.index);
+        inv.arg(keys.member).arg(now_ms);
         self.enqueue_args(&mut inv, &events);
         changes.to_args(&mut inv);
         let mut c = self.conn();

@@ -2,22 +2,25 @@
 //! (so its outcome stays readable), a set of pending ids, and a per-flow claim key taken
 //! with `SET NX PX` so that exactly one instance sends each poll.
 
+use super::connections::SAVE_LUA;
 use super::outbox::ENQUEUE_LUA;
 use super::{need_int, need_text, text, Changes, Fields, RedisStore, APPLY_LUA};
 use crate::store::{
-    DeviceFlowRow, DeviceFlowStatus, DeviceFlowStore, DevicePollOutcome, NewDelivery, StoreError,
+    ClaimedPoll, DeviceFlowRow, DeviceFlowStatus, DeviceFlowStore, DevicePollOutcome, NewDelivery,
+    StoreError,
 };
 use async_trait::async_trait;
 use redis::Script;
 use std::sync::LazyLock;
 
-/// KEYS: flow, claim. ARGV: now, claim ms. Returns the flow's fields, or nil.
+/// KEYS: flow, claim. ARGV: now, claim ms, the claim's token. Returns the flow's fields, or
+/// nil.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return false end
 if tonumber(redis.call('HGET', KEYS[1], 'next_poll_at')) > tonumber(ARGV[1]) then return false end
-if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then return false end
+if not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[2]) then return false end
 redis.call('HSET', KEYS[1], 'updated', ARGV[1])
 return redis.call('HGETALL', KEYS[1])
 "#,
@@ -72,14 +75,42 @@ return 1
     )
 });
 
-/// KEYS: flow, claim, pending set. ARGV: id, finished ("1"/"0"), changes… (ARGV[3]).
+/// Lua: whether a poll's outcome may be recorded on flow KEYS[1] by the holder of claim
+/// ARGV[3] ("" for none): the flow is pending, and nobody else holds a live claim.
+const FREE_LUA: &str = r#"
+local function free_to_record()
+  if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return false end
+  local held = redis.call('GET', KEYS[2])
+  return (not held) or held == ARGV[3]
+end
+"#;
+
+/// KEYS: flow, claim, pending set, then the outbox's. ARGV: id, finished ("1"/"0"), claim,
+/// the deliveries (from ARGV[4]), changes…. 1 when recorded.
 static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{APPLY_LUA}\n{ENQUEUE_LUA}\n{}",
+        "{APPLY_LUA}\n{ENQUEUE_LUA}\n{FREE_LUA}\n{}",
+        r#"
+if not free_to_record() then return 0 end
+apply(KEYS[1], enqueue(4, 4))
+if ARGV[2] == '1' then redis.call('SREM', KEYS[3], ARGV[1]) end
+redis.call('DEL', KEYS[2])
+return 1
+"#
+    ))
+});
+
+/// KEYS: flow, claim, pending set, conn, lease, connection index, then the outbox's. ARGV:
+/// id, "1", claim (unused: tokens in hand end the flow whoever polls it), member, now, the
+/// deliveries (from ARGV[6]), the flow's changes, the connection's. 1 when recorded.
+static FINISH_CONNECTED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{APPLY_LUA}\n{ENQUEUE_LUA}\n{SAVE_LUA}\n{}",
         r#"
 if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
-apply(KEYS[1], enqueue(4, 3))
-if ARGV[2] == '1' then redis.call('SREM', KEYS[3], ARGV[1]) end
+local after = apply(KEYS[1], enqueue(7, 6))
+save_connection(KEYS[4], KEYS[5], KEYS[6], ARGV[4], ARGV[5], after)
+redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('DEL', KEYS[2])
 return 1
 "#
@@ -239,58 +270,87 @@ impl DeviceFlowStore for RedisStore {
         id: &str,
         now_ms: i64,
         lease_ms: i64,
-    ) -> Result<Option<DeviceFlowRow>, StoreError> {
-        let (key, claim) = (self.key("d", id), self.key("dl", id));
+    ) -> Result<Option<ClaimedPoll>, StoreError> {
+        let (key, claim_key) = (self.key("d", id), self.key("dl", id));
+        let claim = uuid::Uuid::new_v4().simple().to_string();
+        let token = claim.clone();
         let mut c = self.conn();
         let flat: Option<Vec<Vec<u8>>> = self
             .run("claiming a device poll", async move {
                 CLAIM
                     .key(key)
-                    .key(claim)
+                    .key(claim_key)
                     .arg(now_ms)
                     .arg(lease_ms.max(1))
+                    .arg(token)
                     .invoke_async(&mut c)
                     .await
             })
             .await?;
-        flat.map(|flat| row(&pairs(flat))).transpose()
+        flat.map(|flat| {
+            row(&pairs(flat)).map(|flow| ClaimedPoll {
+                flow,
+                claim: claim.clone(),
+            })
+        })
+        .transpose()
     }
 
     async fn finish_device_poll(
         &self,
         id: &str,
+        claim: Option<&str>,
         outcome: DevicePollOutcome,
         now_ms: i64,
         events: Vec<NewDelivery>,
-    ) -> Result<(), StoreError> {
-        let (key, claim, pending) = (self.key("d", id), self.key("dl", id), self.index("dp"));
+    ) -> Result<bool, StoreError> {
+        let (key, claim_key, pending) = (self.key("d", id), self.key("dl", id), self.index("dp"));
+        let claim = claim.unwrap_or_default().to_owned();
         let mut ch = Changes::default();
         ch.num("updated", now_ms);
-        let finished = match outcome {
+        let finish = |ch: &mut Changes, status: DeviceFlowStatus, detail: String| {
+            ch.put("status", status.as_str())
+                .put("detail", detail)
+                .put("device_code", Vec::<u8>::new());
+        };
+        let (script, ended, save) = match outcome {
             DevicePollOutcome::Pending {
                 interval_ms,
                 delay_ms,
             } => {
                 ch.num("interval_ms", interval_ms)
                     .num("next_poll_at", now_ms.saturating_add(delay_ms));
-                "0"
+                (&*FINISH, "0", None)
             }
             DevicePollOutcome::Finished { status, detail } => {
-                ch.put("status", status.as_str())
-                    .put("detail", detail)
-                    .put("device_code", Vec::<u8>::new());
-                "1"
+                finish(&mut ch, status, detail);
+                (&*FINISH, "1", None)
+            }
+            DevicePollOutcome::Connected(save) => {
+                finish(&mut ch, DeviceFlowStatus::Connected, "connected".into());
+                (&*FINISH_CONNECTED, "1", Some(*save))
             }
         };
-        let mut inv = FINISH.prepare_invoke();
-        inv.key(key).key(claim).key(pending).arg(id).arg(finished);
+        let connection = save.map(|save| self.connection_save(save, now_ms));
+        let mut inv = script.prepare_invoke();
+        inv.key(key).key(claim_key).key(pending);
+        inv.arg(id).arg(ended).arg(claim);
+        if let Some((keys, _)) = &connection {
+            inv.key(&keys.conn).key(&keys.lease).key(&keys.index);
+            inv.arg(&keys.member).arg(now_ms);
+        }
         self.enqueue_args(&mut inv, &events);
         ch.to_args(&mut inv);
+        if let Some((_, changes)) = &connection {
+            changes.to_args(&mut inv);
+        }
         let mut c = self.conn();
-        self.run("recording a device poll", async move {
-            inv.invoke_async::<()>(&mut c).await
-        })
-        .await
+        let recorded: i64 = self
+            .run("recording a device poll", async move {
+                inv.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(recorded == 1)
     }
 
     async fn reseal_device_code(

@@ -423,19 +423,22 @@ impl Changes {
         self.opt(field, value.map(|v| v.to_string()))
     }
 
-    /// Appends `nset, f1, v1, …, fn, vn, del1, del2, …` for the scripts' `apply` helper.
+    /// Appends `nset, f1, v1, …, fn, vn, ndel, del1, del2, …` for the scripts' `apply`
+    /// helper.
     fn to_args(&self, inv: &mut redis::ScriptInvocation<'_>) {
         inv.arg(self.set.len());
         for (f, v) in &self.set {
             inv.arg(*f).arg(v.as_slice());
         }
+        inv.arg(self.del.len());
         for f in &self.del {
             inv.arg(*f);
         }
     }
 }
 
-/// Lua: applies the `Changes` arguments starting at ARGV[first] to hash `key`.
+/// Lua: applies the `Changes` arguments starting at ARGV[first] to hash `key`; returns the
+/// ARGV index after them.
 const APPLY_LUA: &str = r#"
 local function apply(key, first)
   local n = tonumber(ARGV[first])
@@ -444,10 +447,13 @@ local function apply(key, first)
     redis.call('HSET', key, ARGV[i], ARGV[i + 1])
     i = i + 2
   end
-  while i <= #ARGV do
+  local d = tonumber(ARGV[i])
+  i = i + 1
+  for _ = 1, d do
     redis.call('HDEL', key, ARGV[i])
     i = i + 1
   end
+  return i
 end
 "#;
 

@@ -3,8 +3,8 @@
 use super::outbox::enqueue;
 use super::SqliteStore;
 use crate::store::{
-    AccountIdentity, ConnectionCount, ConnectionKey, ConnectionRow, ConnectionStore, NewDelivery,
-    RefreshFailure, SealedTokens, StoreError,
+    AccountIdentity, ConnectionCount, ConnectionKey, ConnectionRow, ConnectionSave,
+    ConnectionStore, NewDelivery, RefreshFailure, SealedTokens, StoreError,
 };
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};
@@ -41,6 +41,43 @@ fn row(r: &Row<'_>) -> rusqlite::Result<ConnectionRow> {
         failing_since_ms: r.get(20)?,
         failing_notified: r.get(21)?,
     })
+}
+
+/// Stores the tokens of a (re)connect (`ConnectionStore::save_connection`), inside the
+/// caller's transaction.
+pub(super) fn upsert(
+    conn: &rusqlite::Connection,
+    save: &ConnectionSave,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
+    let (t, identity) = (&save.tokens, &save.identity);
+    conn.prepare_cached(
+        "INSERT INTO connections (provider, account, status, scopes, token_type,
+            access_token, refresh_token, access_expires_at, created_at, updated_at,
+            last_refresh_at, account_sub, account_email, account_name, connected_at)
+         VALUES (?1, ?2, 'active', ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8, ?9, ?10, ?11, ?8)
+         ON CONFLICT (provider, account) DO UPDATE SET
+            status = 'active', scopes = ?3, token_type = ?4, access_token = ?5,
+            refresh_token = ?6, access_expires_at = ?7, updated_at = ?8,
+            last_refresh_at = ?8, last_error = NULL, failures = 0, retry_at = NULL,
+            lease_until = NULL, generation = generation + 1, account_sub = ?9,
+            account_email = ?10, account_name = ?11, connected_at = ?8,
+            failing_since = NULL, failing_notified = 0",
+    )?
+    .execute(params![
+        save.key.provider,
+        save.key.account,
+        t.scopes,
+        t.token_type,
+        t.access_token,
+        t.refresh_token,
+        t.access_expires_at_ms,
+        now_ms,
+        identity.sub,
+        identity.email,
+        identity.name
+    ])?;
+    Ok(())
 }
 
 #[async_trait]
@@ -98,41 +135,19 @@ impl ConnectionStore for SqliteStore {
     async fn save_connection(
         &self,
         key: &ConnectionKey,
-        t: SealedTokens,
+        tokens: SealedTokens,
         identity: AccountIdentity,
         now_ms: i64,
         events: Vec<NewDelivery>,
     ) -> Result<(), StoreError> {
-        let (provider, account) = (key.provider.as_str(), key.account.as_str());
-        let (p, a) = (provider.to_owned(), account.to_owned());
+        let save = ConnectionSave {
+            key: key.clone(),
+            tokens,
+            identity,
+        };
         self.writer
             .run_atomic("saving a connection", move |conn| {
-                conn.prepare_cached(
-                    "INSERT INTO connections (provider, account, status, scopes, token_type,
-                        access_token, refresh_token, access_expires_at, created_at, updated_at,
-                        last_refresh_at, account_sub, account_email, account_name, connected_at)
-                     VALUES (?1, ?2, 'active', ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8, ?9, ?10, ?11, ?8)
-                     ON CONFLICT (provider, account) DO UPDATE SET
-                        status = 'active', scopes = ?3, token_type = ?4, access_token = ?5,
-                        refresh_token = ?6, access_expires_at = ?7, updated_at = ?8,
-                        last_refresh_at = ?8, last_error = NULL, failures = 0, retry_at = NULL,
-                        lease_until = NULL, generation = generation + 1, account_sub = ?9,
-                        account_email = ?10, account_name = ?11, connected_at = ?8,
-                        failing_since = NULL, failing_notified = 0",
-                )?
-                .execute(params![
-                    p,
-                    a,
-                    t.scopes,
-                    t.token_type,
-                    t.access_token,
-                    t.refresh_token,
-                    t.access_expires_at_ms,
-                    now_ms,
-                    identity.sub,
-                    identity.email,
-                    identity.name
-                ])?;
+                upsert(conn, &save, now_ms)?;
                 enqueue(conn, &events)
             })
             .await

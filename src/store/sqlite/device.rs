@@ -1,8 +1,11 @@
 //! `DeviceFlowStore` on SQLite.
 
+use super::connections::upsert;
 use super::outbox::enqueue;
 use super::SqliteStore;
-use crate::store::{DeviceFlowRow, DeviceFlowStore, DevicePollOutcome, NewDelivery, StoreError};
+use crate::store::{
+    ClaimedPoll, DeviceFlowRow, DeviceFlowStore, DevicePollOutcome, NewDelivery, StoreError,
+};
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};
 
@@ -109,55 +112,81 @@ impl DeviceFlowStore for SqliteStore {
         id: &str,
         now_ms: i64,
         lease_ms: i64,
-    ) -> Result<Option<DeviceFlowRow>, StoreError> {
+    ) -> Result<Option<ClaimedPoll>, StoreError> {
         let id = id.to_owned();
+        // The claim is the lease's end: a later claim can only be taken once this one has
+        // run out, so its end is later still and no two claims of a flow share one.
+        let until = now_ms.saturating_add(lease_ms.max(1));
         self.writer
             .run("claiming a device poll", move |conn| {
                 conn.prepare_cached(&format!(
-                    "UPDATE device_flows SET lease_until = ?2 + ?3, updated_at = ?2
+                    "UPDATE device_flows SET lease_until = ?3, updated_at = ?2
                      WHERE id = ?1 AND status = 'pending' AND next_poll_at <= ?2
                        AND (lease_until IS NULL OR lease_until <= ?2)
                      RETURNING {COLUMNS}"
                 ))?
-                .query_row(params![id, now_ms, lease_ms], row)
+                .query_row(params![id, now_ms, until], row)
                 .optional()
             })
             .await
+            .map(|flow| {
+                flow.map(|flow| ClaimedPoll {
+                    flow,
+                    claim: until.to_string(),
+                })
+            })
     }
 
     async fn finish_device_poll(
         &self,
         id: &str,
+        claim: Option<&str>,
         outcome: DevicePollOutcome,
         now_ms: i64,
         events: Vec<NewDelivery>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let id = id.to_owned();
+        // A claim that is not a number is nobody's: it fences like none.
+        let claim: Option<i64> = claim.and_then(|c| c.parse().ok());
         self.writer
             .run_atomic("recording a device poll", move |conn| {
-                let n = match outcome {
+                // Free to record: nobody else holds a live claim on the flow.
+                const UNCLAIMED: &str = "id = ?1 AND status = 'pending'
+                    AND (lease_until IS NULL OR lease_until <= ?2 OR lease_until = ?3)";
+                let n = match &outcome {
                     DevicePollOutcome::Pending {
                         interval_ms,
                         delay_ms,
                     } => conn
-                        .prepare_cached(
-                            "UPDATE device_flows SET interval_ms = ?2, next_poll_at = ?3 + ?4,
-                                lease_until = NULL, updated_at = ?3
-                             WHERE id = ?1 AND status = 'pending'",
-                        )?
-                        .execute(params![id, interval_ms, now_ms, delay_ms]),
+                        .prepare_cached(&format!(
+                            "UPDATE device_flows SET interval_ms = ?4, next_poll_at = ?2 + ?5,
+                                lease_until = NULL, updated_at = ?2
+                             WHERE {UNCLAIMED}"
+                        ))?
+                        .execute(params![id, now_ms, claim, interval_ms, delay_ms]),
                     DevicePollOutcome::Finished { status, detail } => conn
+                        .prepare_cached(&format!(
+                            "UPDATE device_flows SET status = ?4, detail = ?5, lease_until = NULL,
+                                updated_at = ?2, device_code = x''
+                             WHERE {UNCLAIMED}"
+                        ))?
+                        .execute(params![id, now_ms, claim, status, detail]),
+                    DevicePollOutcome::Connected(_) => conn
                         .prepare_cached(
-                            "UPDATE device_flows SET status = ?2, detail = ?3, lease_until = NULL,
-                                updated_at = ?4, device_code = x''
+                            "UPDATE device_flows SET status = 'connected', detail = 'connected',
+                                lease_until = NULL, updated_at = ?2, device_code = x''
                              WHERE id = ?1 AND status = 'pending'",
                         )?
-                        .execute(params![id, status, detail, now_ms]),
+                        .execute(params![id, now_ms]),
                 }?;
-                if n == 1 {
-                    enqueue(conn, &events)?;
+                if n != 1 {
+                    return Ok(false);
                 }
-                Ok(())
+                if let DevicePollOutcome::Connected(save) = &outcome {
+                    upsert(conn, save, now_ms)?;
+                }
+                enqueue(conn, &events)?;
+                Ok(true)
             })
             .await
     }
