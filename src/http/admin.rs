@@ -89,7 +89,21 @@ pub async fn login_form(
     // API keys': guessing the admin token is as slow as guessing a key. Past it only the
     // admin token waits: a login link is 256 random bits, so trying one is no guess, and
     // the operator can always get in with a fresh `oauthd admin link`.
-    let blocked = client.and_then(|ip| app.failed_sign_in_limit.blocked(ip));
+    //
+    // A refusal is charged to the connection's own address too, when it is a trusted
+    // proxy's: anyone who reaches oauthd from that address directly (a local process, a
+    // web page rebound to 127.0.0.1) can write any `X-Forwarded-For`, and a fresh
+    // address per guess must not make a fresh budget. Behind a proxy, all sign-ins share
+    // its budget.
+    let peer = req.peer_addr().map(|a| a.ip().to_canonical());
+    let charged: Vec<std::net::IpAddr> = client
+        .into_iter()
+        .chain(peer.filter(|p| Some(*p) != client))
+        .collect();
+    let blocked = charged
+        .iter()
+        .filter_map(|ip| app.failed_sign_in_limit.blocked(*ip))
+        .max();
     let with = if blocked.is_some() {
         SignInWith::LoginLink
     } else {
@@ -115,6 +129,8 @@ pub async fn login_form(
             }
             if let Some(ip) = client {
                 log::warn!("admin: a sign-in from {ip} was refused");
+            }
+            for ip in charged {
                 let _ = app.failed_sign_in_limit.hit(ip);
             }
             if with == SignInWith::Form {

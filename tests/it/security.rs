@@ -1335,3 +1335,42 @@ async fn no_answer_can_be_sniffed_into_another_type() {
         );
     }
 }
+
+/// Behind a trusted proxy on 127.0.0.1, anyone who reaches oauthd on that address directly
+/// (a local process, a web page rebound to 127.0.0.1) writes its own `X-Forwarded-For`: a
+/// new address per guess must not buy a new sign-in budget. A login link still signs in.
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_forwarded_addresses_get_no_fresh_sign_in_budget() {
+    let home = Home::new();
+    home.write_config("[limits]\nfailed_auth_per_minute = 3\ntrusted_proxies = [\"127.0.0.1\"]\n");
+    let admin_token = "the-right-admin-token";
+    let d = home.start_with_env(&[("OAUTHD_ADMIN_TOKEN", admin_token)]);
+    let sign_in = |token: String, from: String| {
+        let d = &d;
+        async move {
+            no_redirects()
+                .post(format!("{}/admin/login", d.url))
+                .header("x-forwarded-for", from)
+                .form(&[("token", token)])
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    for i in 0..3 {
+        let status = sign_in("not-the-admin-token".into(), format!("198.51.100.{i}")).await;
+        assert_eq!(status, 401);
+    }
+    assert_eq!(
+        sign_in(admin_token.into(), "198.51.100.99".into()).await,
+        429,
+        "a fresh forwarded address bought a fresh budget"
+    );
+    let link = home.login_link(&d);
+    let resp = d
+        .post_form("/admin/login", &[("link", &link_token(&link))], None)
+        .await;
+    assert_eq!(resp.status(), 303, "a login link was refused");
+}
