@@ -135,7 +135,7 @@ impl Broker {
         }
         log::info!("device {provider_name}/{account}: flow {id} started");
         if self.claim_driver(&id) {
-            tokio::spawn(self.clone().drive_device_flow(id));
+            self.spawn_driver(id);
         }
         Ok(start)
     }
@@ -158,10 +158,24 @@ impl Broker {
                 flow.account,
                 flow.id
             );
-            tokio::spawn(self.clone().drive_device_flow(flow.id));
+            self.spawn_driver(flow.id);
             adopted += 1;
         }
         Ok(adopted)
+    }
+
+    /// Runs device drivers on `runtime` from now on: the daemon's, which lives until the
+    /// stop has waited for them.
+    pub fn drive_device_flows_on(&self, runtime: tokio::runtime::Handle) {
+        let _ = self.device_runtime.set(runtime);
+    }
+
+    fn spawn_driver(self: &Arc<Self>, id: String) {
+        let driver = self.clone().drive_device_flow(id);
+        match self.device_runtime.get() {
+            Some(runtime) => drop(runtime.spawn(driver)),
+            None => drop(tokio::spawn(driver)),
+        }
     }
 
     /// Marks this process as polling `id`; false when it already does.
@@ -206,7 +220,8 @@ impl Broker {
         })
     }
 
-    /// Polls one flow until it ends. Safe to run in several processes at once.
+    /// Polls one flow until it ends, or until oauthd stops. Safe to run in several
+    /// processes at once.
     async fn drive_device_flow(self: Arc<Self>, id: String) {
         self.poll_until_done(&id).await;
         if let Ok(mut d) = self.device_drivers.lock() {
@@ -214,18 +229,41 @@ impl Broker {
         }
     }
 
+    /// Stops every device driver of this process once its poll under way, if any, is
+    /// recorded; waits at most `within`. Pending flows stay pending, for the next start
+    /// (or another process) to poll.
+    pub async fn stop_device_flows(&self, within: Duration) {
+        self.device_stop.send_replace(true);
+        let deadline = tokio::time::Instant::now() + within;
+        let running = || self.device_drivers.lock().map_or(0, |d| d.len());
+        while running() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        match running() {
+            0 => {}
+            n => log::warn!("device flows: {n} poll(s) still under way at the stop; their flows are polled again after the start"),
+        }
+    }
+
+    /// Stops between polls once oauthd stops: a poll under way is never cut off
+    /// (`stop_device_flows` waits for it), since the provider may have redeemed the code
+    /// already, and its tokens must be stored.
     async fn poll_until_done(&self, id: &str) {
         let id = id.to_owned();
+        let mut stop = self.device_stop.subscribe();
         // Polls in a row that failed on the way (timeouts, 5xx, 429): each doubles the
         // wait, the first that gets through ends the backoff.
         let mut failures = 0;
         loop {
+            if *stop.borrow_and_update() {
+                return;
+            }
             let flow = match self.store.get_device_flow(&id).await {
                 Ok(Some(f)) if f.status == DeviceFlowStatus::Pending => f,
                 Ok(_) => return,
                 Err(e) => {
                     log::warn!("device flow {id}: {e}; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    pause(&mut stop, Duration::from_secs(1)).await;
                     continue;
                 }
             };
@@ -249,7 +287,7 @@ impl Broker {
             }
             let wait = flow.next_poll_at_ms.min(flow.expires_at_ms) - now;
             if wait > 0 {
-                tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+                pause(&mut stop, Duration::from_millis(wait as u64)).await;
                 continue;
             }
             match self.store.claim_device_poll(&id, now, self.lease_ms).await {
@@ -259,10 +297,10 @@ impl Broker {
                     }
                 }
                 // Another process polls it now, or it is not due: look again shortly.
-                Ok(None) => tokio::time::sleep(Duration::from_millis(500)).await,
+                Ok(None) => pause(&mut stop, Duration::from_millis(500)).await,
                 Err(e) => {
                     log::warn!("device flow {id}: {e}; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    pause(&mut stop, Duration::from_secs(1)).await;
                 }
             }
         }
@@ -493,6 +531,14 @@ impl Broker {
                 }
             }
         }
+    }
+}
+
+/// Sleeps for `wait`, or until oauthd stops.
+async fn pause(stop: &mut tokio::sync::watch::Receiver<bool>, wait: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => {}
+        _ = stop.changed() => {}
     }
 }
 

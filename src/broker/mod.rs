@@ -156,6 +156,11 @@ pub struct Broker {
     max_device_flows: u32,
     /// Device flows this process polls now.
     device_drivers: Mutex<std::collections::HashSet<String>>,
+    /// Set when oauthd stops: device drivers start no further poll.
+    device_stop: tokio::sync::watch::Sender<bool>,
+    /// The runtime device drivers run on when set (the daemon's own, not the HTTP worker
+    /// that started a flow: a worker's runtime ends with it, and its tasks with it).
+    device_runtime: std::sync::OnceLock<tokio::runtime::Handle>,
     /// Whether each provider accepted the client credentials, and when that was asked.
     client_checks: Mutex<HashMap<String, (std::time::Instant, flows::ClientCheck)>>,
     clock: Clock,
@@ -192,6 +197,8 @@ impl Broker {
             in_flight: flight::FlightLocks::default(),
             max_device_flows: settings.max_device_flows,
             device_drivers: Mutex::new(Default::default()),
+            device_stop: tokio::sync::watch::Sender::new(false),
+            device_runtime: std::sync::OnceLock::new(),
             client_checks: Mutex::new(HashMap::new()),
             clock: settings.clock,
             token_cache,

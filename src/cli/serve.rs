@@ -128,6 +128,7 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
                 ),
             }
         }
+        broker.drive_device_flows_on(tokio::runtime::Handle::current());
         let resumed = broker.adopt_device_flows().await?;
         if resumed > 0 {
             log::info!("resumed polling for {resumed} device flow(s)");
@@ -157,6 +158,7 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
             delivery_http,
             stopped,
         ));
+        let devices = broker.clone();
         let app = AppState {
             proxy: proxy.clone(),
             states,
@@ -177,6 +179,11 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
             trusted_proxies: settings.trusted_proxies.clone(),
         };
         let served = http::serve(&settings, listener, app).await;
+        // Device polls were told to stop with the HTTP server; a poll still under way
+        // (its provider slower than the requests) is waited for here.
+        devices
+            .stop_device_flows(http::shutdown_grace(settings.provider_timeout))
+            .await;
         let _ = stop.send(true);
         let _ = sweeper.await;
         let _ = refresher.await;

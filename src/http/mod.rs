@@ -408,13 +408,15 @@ pub fn bind(settings: &Settings) -> std::io::Result<std::net::TcpListener> {
     })
 }
 
-/// Serves until SIGTERM or SIGINT, then lets in-flight requests finish.
+/// Serves until SIGTERM or SIGINT, then lets in-flight requests and device polls finish.
 pub async fn serve(
     settings: &Settings,
     listener: std::net::TcpListener,
     app: AppState,
 ) -> std::io::Result<()> {
     let app = web::Data::new(app);
+    let broker = app.broker.clone();
+    let grace = shutdown_grace(settings.provider_timeout);
     let limit = web::Data::new(BodyLimit(settings.states.max_data_bytes + 8 * 1024));
     let settings_deadline = settings.body_deadline;
     let access_log = AccessLog {
@@ -458,7 +460,7 @@ pub async fn serve(
     // A stop waits for requests in flight as long as a provider may take to answer one
     // of them: a refresh cut off half-way loses the refresh token a rotating provider
     // has just issued.
-    .shutdown_timeout(shutdown_grace(settings.provider_timeout).as_secs())
+    .shutdown_timeout(grace.as_secs())
     .listen(listener)?;
     // Caught from before oauthd says it listens: a signal sent as soon as it does stops it
     // cleanly instead of killing it (seen when the process had not yet run the task).
@@ -477,8 +479,8 @@ pub async fn serve(
     let handle = server.handle();
     actix_web::rt::spawn(async move {
         wait_for_stop_signal(signals).await;
-        log::info!("stopping: finishing requests in flight");
-        handle.stop(true).await;
+        log::info!("stopping: finishing requests and device polls in flight");
+        tokio::join!(handle.stop(true), broker.stop_device_flows(grace));
     });
     let served = server.await;
     // The last second's summary, which no later tick will write.
@@ -488,7 +490,7 @@ pub async fn serve(
 
 /// How long a stop waits for requests in flight: a provider's answer and a moment to
 /// store it, and at least 10 s.
-fn shutdown_grace(provider_timeout: std::time::Duration) -> std::time::Duration {
+pub fn shutdown_grace(provider_timeout: std::time::Duration) -> std::time::Duration {
     (provider_timeout + std::time::Duration::from_secs(2)).max(std::time::Duration::from_secs(10))
 }
 

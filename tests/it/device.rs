@@ -415,3 +415,67 @@ async fn slow_down_adds_five_seconds_and_tidal_shapes_are_normalised() {
     assert_eq!(status["interval"], 6, "slow_down did not grow the interval");
     assert!(home.log_text().contains("slow_down; polling every 6 s"));
 }
+
+/// A stop (SIGTERM) that comes while a poll is under way waits for it: the provider may be
+/// redeeming the device code at that moment, and its tokens are stored before oauthd exits,
+/// never dropped with the flow left to be polled again with a spent code.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_waits_for_the_device_poll_under_way_and_stores_its_tokens() {
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/device"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "device_code": "dc-1", "user_code": "ABCDE", "verification_uri": "https://x.example",
+            "expires_in": 120, "interval": 1
+        })))
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({
+                    "access_token": "at-1", "token_type": "Bearer", "expires_in": 3600,
+                    "refresh_token": "rt-1"
+                }))
+                .set_delay(Duration::from_secs(3)),
+        )
+        .mount(&mock)
+        .await;
+    let home = Home::new();
+    home.write_config(&format!(
+        "[providers.slow]\ndevice_authorization_url = \"{uri}/device\"\ntoken_url = \"{uri}/token\"\n\
+         authorization_url = \"{uri}/authorize\"\nclient_id = \"cid\"\nclient_secret = \"cs\"\n",
+        uri = mock.uri()
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let (status, start) = d
+        .post("/v1/device/slow", &key, json!({"account": "tv"}))
+        .await;
+    assert_eq!(status, 201, "{start}");
+    let id = start["id"].as_str().unwrap().to_owned();
+    let token_calls = || async {
+        let requests = mock.received_requests().await.unwrap_or_default();
+        requests.iter().filter(|r| r.url.path() == "/token").count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while token_calls().await == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(token_calls().await, 1, "no poll under way");
+    let exit = tokio::task::spawn_blocking(move || d.signal_and_wait("TERM"))
+        .await
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    // Stored before the exit: the connection is there with no oauthd running.
+    let out = home.cli(&["connections", "show", "slow", "tv"]);
+    assert!(out.status.success(), "{out:?}\n{}", home.log_text());
+    // And the flow ended with it: a new start polls nothing again.
+    let d = home.start();
+    let (status, body) = d.get(&format!("/v1/device/slow/{id}"), &key).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "connected", "{body}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(token_calls().await, 1, "the spent code was polled again");
+}
