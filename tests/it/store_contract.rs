@@ -939,7 +939,39 @@ backends!(
     racing_claimers_split_the_due_deliveries,
     a_device_poll_is_recorded_only_while_no_one_else_holds_the_flow,
     a_connected_poll_stores_the_connection_and_ends_the_flow_in_one_write,
+    a_failed_delivery_is_listed_behind_any_number_of_newer_ones,
 );
+
+/// `events list --failed` is how an operator finds what a receiver never got: a failure
+/// older than a thousand newer deliveries is still listed.
+async fn a_failed_delivery_is_listed_behind_any_number_of_newer_ones(b: Backend) {
+    let s = b.store.as_ref();
+    s.add_deliveries(vec![delivery("old", "t", 1_000)])
+        .await
+        .unwrap();
+    let claimed = s
+        .claim_deliveries(1_000, 10_000, &ClaimRoom::up_to(10))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let dead = DeliveryOutcome::Dead {
+        error: "HTTP 404".into(),
+    };
+    assert!(s.finish_delivery("old", 1, dead, 2_000).await.unwrap());
+    for batch in 0..12 {
+        let newer = (0..100)
+            .map(|i| {
+                let n = batch * 100 + i;
+                delivery(&format!("new{n:04}"), "t", 5_000 + n)
+            })
+            .collect();
+        s.add_deliveries(newer).await.unwrap();
+    }
+    assert_eq!(ids(s, DeliveryFilter::Failed).await, vec!["old"]);
+    let newest = s.list_deliveries(DeliveryFilter::All, 3).await.unwrap();
+    let newest: Vec<&str> = newest.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(newest, ["new1199", "new1198", "new1197"]);
+}
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

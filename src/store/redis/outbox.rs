@@ -40,6 +40,9 @@ end
 static ADD: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{ENQUEUE_LUA}\nenqueue(1, 1)\nreturn 1")));
 
+/// Deliveries one read of the log takes when looking for failed ones.
+const LIST_WINDOW: u32 = 1000;
+
 /// Windows of due ids one claim reads at most.
 const CLAIM_WINDOWS: u32 = 4;
 
@@ -322,45 +325,60 @@ impl OutboxStore for RedisStore {
         filter: DeliveryFilter,
         limit: u32,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
-        // Failed ones are looked for among the newest thousand.
-        let scan = match filter {
-            DeliveryFilter::All => limit,
-            DeliveryFilter::Failed => limit.max(1000),
+        // The log is read newest first in windows, until `limit` rows are found or the
+        // log ends: failed ones may be older than any window of fixed size.
+        let window = match filter {
+            DeliveryFilter::All => limit.max(1),
+            DeliveryFilter::Failed => limit.max(LIST_WINDOW),
         };
-        let mut newest = redis::cmd("ZRANGE");
-        newest
-            .arg(self.delivery_log())
-            .arg(0)
-            .arg(i64::from(scan) - 1)
-            .arg("REV");
-        let ids = self.delivery_ids("listing deliveries", newest).await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<String> = ids.iter().map(|id| self.delivery_key(id)).collect();
-        let mut c = self.conn();
-        let records: Vec<Fields> = self
-            .run("listing deliveries", async move {
-                let mut pipe = redis::pipe();
-                for k in &keys {
-                    pipe.cmd("HGETALL").arg(k);
-                }
-                pipe.query_async(&mut c).await
-            })
-            .await?;
         let mut out = Vec::new();
-        for f in records.iter().filter(|f| !f.is_empty()) {
-            let d = row(f)?;
-            let failed = d.status == DeliveryStatus::Dead
-                || (d.status == DeliveryStatus::Pending && d.last_error.is_some());
-            if filter == DeliveryFilter::All || failed {
-                out.push(d);
+        // Deliveries added meanwhile move the older ones down the log: a window may start
+        // with ids the last one had.
+        let mut seen = std::collections::HashSet::new();
+        let mut from: i64 = 0;
+        loop {
+            let mut newest = redis::cmd("ZRANGE");
+            newest
+                .arg(self.delivery_log())
+                .arg(from)
+                .arg(from + i64::from(window) - 1)
+                .arg("REV");
+            let ids = self.delivery_ids("listing deliveries", newest).await?;
+            let read = ids.len();
+            from += read as i64;
+            if ids.is_empty() {
+                return Ok(out);
             }
-            if out.len() >= limit as usize {
-                break;
+            let keys: Vec<String> = ids
+                .into_iter()
+                .filter(|id| seen.insert(id.clone()))
+                .map(|id| self.delivery_key(&id))
+                .collect();
+            let mut c = self.conn();
+            let records: Vec<Fields> = self
+                .run("listing deliveries", async move {
+                    let mut pipe = redis::pipe();
+                    for k in &keys {
+                        pipe.cmd("HGETALL").arg(k);
+                    }
+                    pipe.query_async(&mut c).await
+                })
+                .await?;
+            for f in records.iter().filter(|f| !f.is_empty()) {
+                let d = row(f)?;
+                let failed = d.status == DeliveryStatus::Dead
+                    || (d.status == DeliveryStatus::Pending && d.last_error.is_some());
+                if filter == DeliveryFilter::All || failed {
+                    out.push(d);
+                }
+                if out.len() >= limit as usize {
+                    return Ok(out);
+                }
+            }
+            if read < window as usize {
+                return Ok(out);
             }
         }
-        Ok(out)
     }
 
     async fn retry_delivery(
