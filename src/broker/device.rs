@@ -164,6 +164,13 @@ impl Broker {
         Ok(adopted)
     }
 
+    /// Whether a stop has waited for device polls as long as it will.
+    fn past_stop_deadline(&self) -> bool {
+        self.device_stop_deadline
+            .get()
+            .is_some_and(|d| tokio::time::Instant::now() >= *d)
+    }
+
     /// Runs device drivers on `runtime` from now on: the daemon's, which lives until the
     /// stop has waited for them.
     pub fn drive_device_flows_on(&self, runtime: tokio::runtime::Handle) {
@@ -234,7 +241,11 @@ impl Broker {
     /// (or another process) to poll.
     pub async fn stop_device_flows(&self, within: Duration) {
         self.device_stop.send_replace(true);
-        let deadline = tokio::time::Instant::now() + within;
+        // The first call sets the deadline: a later one (after the HTTP drain) waits no
+        // longer than it.
+        let deadline = *self
+            .device_stop_deadline
+            .get_or_init(|| tokio::time::Instant::now() + within);
         let running = || self.device_drivers.lock().map_or(0, |d| d.len());
         while running() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -451,7 +462,10 @@ impl Broker {
         {
             Ok(prepared) => prepared,
             Err(e) => {
-                let detail = format!("tokens were issued but could not be stored: {e}");
+                let detail = format!(
+                    "tokens were issued but could not be stored: {}",
+                    e.for_callers()
+                );
                 log::warn!("device {p}/{a}: {detail}");
                 self.finish_device(flow, claim, DeviceFlowStatus::Failed, detail)
                     .await;
@@ -463,8 +477,20 @@ impl Broker {
         // token back.
         let _saved = self.token_cache.forget_after(&save.key);
         let outcome = DevicePollOutcome::Connected(Box::new(save));
-        if self.record_final(flow, claim, outcome, &events).await {
-            log::info!("device {p}/{a}: connected");
+        match self.record_final(flow, claim, outcome, &events).await {
+            Recorded::Yes => log::info!("device {p}/{a}: connected"),
+            // Only after this poll outlived its claim (a process stalled past the lease):
+            // the flow was found expired, or failed when another process polled the spent
+            // code, and the user was told so.
+            Recorded::Refused(status) => log::error!(
+                "device {p}/{a}: tokens came for flow {} after it had ended ({}); they were not stored: connect again",
+                flow.id,
+                status.map_or("gone".into(), |s| s.to_string())
+            ),
+            Recorded::Failed => log::error!(
+                "device {p}/{a}: tokens came for flow {} and could not be stored: connect again",
+                flow.id
+            ),
         }
     }
 
@@ -477,61 +503,77 @@ impl Broker {
     ) {
         let events = [self.device_event(flow, status, &detail)];
         let outcome = DevicePollOutcome::Finished { status, detail };
-        if self.record_final(flow, claim, outcome, &events).await {
+        if let Recorded::Yes = self.record_final(flow, claim, outcome, &events).await {
             log::info!("device flow {}: {status}", flow.id);
         }
     }
 
-    /// Records how a flow ended, with its events; true when recorded. A store that fails
-    /// is tried again, for as long as a claim's lease lasts: an outcome lost now would
-    /// leave the flow to be polled again, with a device code that may have been redeemed.
+    /// Records how a flow ended, with its events. A store that fails is tried again, for
+    /// as long as a claim's lease lasts or until the stop's deadline: an outcome lost now
+    /// would leave the flow to be polled again, with a device code that may have been
+    /// redeemed.
     async fn record_final(
         &self,
         flow: &DeviceFlowRow,
         claim: Option<&str>,
         outcome: DevicePollOutcome,
         events: &[crate::notify::Event],
-    ) -> bool {
+    ) -> Recorded {
         let id = flow.id.as_str();
+        let ends_as = match &outcome {
+            DevicePollOutcome::Finished { status, .. } => *status,
+            DevicePollOutcome::Connected(_) => DeviceFlowStatus::Connected,
+            DevicePollOutcome::Pending { .. } => DeviceFlowStatus::Pending,
+        };
         let deliveries = self.notifier.deliveries(events);
         let give_up = tokio::time::Instant::now()
             + Duration::from_millis(u64::try_from(self.lease_ms).unwrap_or(0));
         let mut failed = false;
         loop {
             let now = self.clock.now_ms();
-            match self
+            let refused = match self
                 .store
                 .finish_device_poll(id, claim, outcome.clone(), now, deliveries.clone())
                 .await
             {
                 Ok(true) => {
                     self.notifier.written(events);
-                    return true;
+                    return Recorded::Yes;
                 }
-                Ok(false) => {
-                    // After a failed try this may be that try's own write, answered too late.
-                    log::info!(
-                        "device flow {id}: not recorded; {}",
-                        if failed {
-                            "an earlier try may have recorded it, or another process ended or polls the flow"
-                        } else {
-                            "another process ended or polls the flow"
-                        }
-                    );
-                    return false;
-                }
-                Err(e) if tokio::time::Instant::now() < give_up => {
+                Ok(false) => true,
+                Err(e) if tokio::time::Instant::now() < give_up && !self.past_stop_deadline() => {
                     log::warn!("device flow {id}: could not record how it ended ({e}); trying again in 1 s");
                     failed = true;
                     tokio::time::sleep(Duration::from_secs(1)).await;
+                    false
                 }
                 Err(e) => {
                     log::error!("device flow {id}: could not record how it ended: {e}");
-                    return false;
+                    return Recorded::Failed;
                 }
+            };
+            if refused {
+                let now_is = self.store.get_device_flow(id).await.ok().flatten();
+                let status = now_is.map(|f| f.status);
+                // A try that failed may have written before its answer was lost.
+                if failed && status == Some(ends_as) {
+                    self.notifier.written(events);
+                    return Recorded::Yes;
+                }
+                log::info!("device flow {id}: not recorded; another process ended or polls it");
+                return Recorded::Refused(status);
             }
         }
     }
+}
+
+/// How recording a device flow's end went.
+enum Recorded {
+    Yes,
+    /// Not pending any more, or polled by another process now: the flow's status then.
+    Refused(Option<DeviceFlowStatus>),
+    /// The store kept failing.
+    Failed,
 }
 
 /// Sleeps for `wait`, or until oauthd stops.

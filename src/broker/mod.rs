@@ -158,6 +158,8 @@ pub struct Broker {
     device_drivers: Mutex<std::collections::HashSet<String>>,
     /// Set when oauthd stops: device drivers start no further poll.
     device_stop: tokio::sync::watch::Sender<bool>,
+    /// Until when the stop waits for device polls under way (set by the first stop).
+    device_stop_deadline: std::sync::OnceLock<tokio::time::Instant>,
     /// The runtime device drivers run on when set (the daemon's own, not the HTTP worker
     /// that started a flow: a worker's runtime ends with it, and its tasks with it).
     device_runtime: std::sync::OnceLock<tokio::runtime::Handle>,
@@ -198,6 +200,7 @@ impl Broker {
             max_device_flows: settings.max_device_flows,
             device_drivers: Mutex::new(Default::default()),
             device_stop: tokio::sync::watch::Sender::new(false),
+            device_stop_deadline: std::sync::OnceLock::new(),
             device_runtime: std::sync::OnceLock::new(),
             client_checks: Mutex::new(HashMap::new()),
             clock: settings.clock,

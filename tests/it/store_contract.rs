@@ -1093,6 +1093,21 @@ async fn a_device_poll_is_recorded_only_while_no_one_else_holds_the_flow(b: Back
 /// pending, to be polled again with the spent code.
 async fn a_connected_poll_stores_the_connection_and_ends_the_flow_in_one_write(b: Backend) {
     let s = b.store.as_ref();
+    // p/a is connected already, and its refreshes fail: the device flow reconnects it.
+    let key = connected(&b).await;
+    let row = s.get_connection(&key).await.unwrap().unwrap();
+    let g = lease(s, &key, row.generation, 2_000).await.unwrap();
+    let failure = oauthd::store::RefreshFailure {
+        status: ConnectionStatus::Active,
+        error: "down",
+        retry_at_ms: Some(9_000),
+        now_ms: 4_000,
+        notified: true,
+    };
+    assert!(s
+        .save_refresh_failure(&key, g, failure, Vec::new())
+        .await
+        .unwrap());
     let t0 = now_ms();
     device_flow(s, "f1", t0).await;
     let first = s.claim_device_poll("f1", t0, 200).await.unwrap().unwrap();
@@ -1109,7 +1124,7 @@ async fn a_connected_poll_stores_the_connection_and_ends_the_flow_in_one_write(b
         .finish_device_poll(
             "f1",
             Some(&first.claim),
-            connected_as("a", b"a1"),
+            connected_as("a", b"a9"),
             t1,
             events
         )
@@ -1123,8 +1138,15 @@ async fn a_connected_poll_stores_the_connection_and_ends_the_flow_in_one_write(b
         .await
         .unwrap()
         .expect("the connection, stored with the flow's end");
-    assert_eq!(conn.access_token, b"a1");
+    assert_eq!(conn.access_token, b"a9");
     assert_eq!(conn.status, ConnectionStatus::Active);
+    // A reconnect: the failing refreshes are behind it.
+    assert_eq!(conn.failures, 0);
+    assert_eq!(conn.last_error, None);
+    assert_eq!(conn.retry_at_ms, None);
+    assert_eq!(conn.failing_since_ms, None);
+    assert!(!conn.failing_notified);
+    assert_eq!(conn.connected_at_ms, Some(t1));
     let mut got = ids(s, DeliveryFilter::All).await;
     got.sort();
     assert_eq!(got, vec!["d1", "d2"]);
@@ -1141,7 +1163,7 @@ async fn a_connected_poll_stores_the_connection_and_ends_the_flow_in_one_write(b
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(conn.access_token, b"a1");
+    assert_eq!(conn.access_token, b"a9");
     // Nor for a flow that ended another way: no connection appears.
     device_flow(s, "f2", t1).await;
     let expired = finished(DeviceFlowStatus::Expired);
