@@ -61,7 +61,6 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
         clock.clone(),
         public_url,
         super::notifier(&settings, clock)?,
-        super::KeyFile::UnlessServed,
     )?;
     runtime()?.block_on(async {
         match command {
@@ -251,7 +250,6 @@ fn terminal_broker(
         clock.clone(),
         public_url,
         super::notifier(settings, clock.clone())?,
-        super::KeyFile::UnlessServed,
     )?;
     Ok((broker, clock))
 }

@@ -6,7 +6,6 @@ use super::{open_store, runtime, Fatal};
 use crate::config::Settings;
 use crate::oauth::flows;
 use crate::vault::{self, KeySource, Vault};
-use std::os::unix::fs::PermissionsExt;
 
 /// The providers that build, and why each other one does not: a report goes on past a
 /// provider it cannot build (a credential file that exists only while the unit runs), where
@@ -76,36 +75,25 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
     {
         r.line("warn", "notify", warning);
     }
-    let store = open_store(&settings, super::Missing::Refuse)?;
+    // Before the first start there is no database yet: what it would hold is not
+    // checked, the rest (providers, the key file) is.
+    let store = match settings.store {
+        crate::store::target::StoreTarget::Sqlite if !settings.db.exists() => {
+            r.line(
+                "skip",
+                "store",
+                format!(
+                    "no database at {} yet: `oauthd serve` makes one on its first start (if one should be there, check --db, OAUTHD_DB or `db` in the config file)",
+                    settings.db.display()
+                ),
+            );
+            None
+        }
+        _ => Some(open_store(&settings, super::Missing::Refuse)?),
+    };
     let rt = runtime()?;
-    match rt.block_on(store.integrity()) {
-        Ok(detail) => r.line("ok", "store", detail),
-        Err(e) => r.line("FAIL", "store", e),
-    }
-    match rt.block_on(store.warnings()) {
-        Ok(warnings) => warnings.iter().for_each(|w| r.line("warn", "store", w)),
-        Err(e) => r.line("FAIL", "store", e),
-    }
-    let max_total = settings.states.max_total_states;
-    let now = crate::clock::Clock::system().now_ms();
-    match rt.block_on(store.live_states_total(now)) {
-        Ok(total) => match crate::states::fullness_note(total, max_total) {
-            Some(note) => r.line("warn", "states", note),
-            None => r.line(
-                "ok",
-                "states",
-                format!("{total} live, at most {max_total} (states.max_total_states)"),
-            ),
-        },
-        Err(e) => r.line("FAIL", "states", e),
-    }
-    match rt.block_on(store.list_keys()) {
-        Ok(keys) => keys
-            .iter()
-            .filter(|k| k.revoked_at_ms.is_none())
-            .filter_map(|k| Some((k, crate::apikeys::provider_scope_note(k)?)))
-            .for_each(|(k, note)| r.line("warn", "keys", format!("API key {:?}: {note}", k.name))),
-        Err(e) => r.line("FAIL", "keys", e),
+    if let Some(store) = &store {
+        check_store(&mut r, &settings, store.as_ref(), &rt);
     }
     let source = match super::key_source(&settings) {
         Ok(s) => s,
@@ -116,9 +104,20 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
     };
     if let KeySource::File { path, create } = &source {
         match std::fs::metadata(path) {
+            Err(_) if *create && store.is_none() => r.line(
+                "ok",
+                "key file",
+                format!(
+                    "{} does not exist yet; oauthd creates it at first start",
+                    path.display()
+                ),
+            ),
             Err(_) if *create => {
-                // As the start judges it: no key file over sealed values is a lost key.
+                let store = store.as_ref().ok_or_else(|| Fatal("no store".into(), 1))?;
+                // As the start judges it: no key file over sealed values, or for a
+                // database served before, is a lost key.
                 let now = crate::clock::Clock::system().now_ms();
+                let served = rt.block_on(store.was_served())?;
                 let sealed = rt.block_on(async {
                     let tokens = store.list_connections().await?.len();
                     let states: usize = crate::states::data_keys(store.as_ref(), now)
@@ -127,7 +126,9 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
                         .sum();
                     Ok::<_, crate::store::StoreError>((tokens, states))
                 })?;
-                if sealed == (0, 0) {
+                if served && sealed == (0, 0) {
+                    r.line("FAIL", "key file", super::no_key_once_served(path))
+                } else if sealed == (0, 0) {
                     r.line(
                         "ok",
                         "key file",
@@ -149,16 +150,10 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
                     )
                 }
             }
-            Ok(m) if m.permissions().mode() & 0o077 != 0 => r.line(
-                "warn",
-                "key file",
-                format!(
-                    "{} is readable by others (mode {:o}): chmod 600 it",
-                    path.display(),
-                    m.permissions().mode() & 0o777
-                ),
-            ),
-            Ok(_) => r.line("ok", "key file", format!("{} (mode 600)", path.display())),
+            Ok(_) => match super::readable_by_others(path) {
+                Some(note) => r.line("warn", "key file", note),
+                None => r.line("ok", "key file", format!("{} (mode 600)", path.display())),
+            },
             Err(e) => r.line("FAIL", "key file", format!("{}: {e}", path.display())),
         }
     }
@@ -173,7 +168,7 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
         },
     };
     rt.block_on(async {
-        if let Some(v) = &vault {
+        if let (Some(v), Some(store)) = (&vault, &store) {
             let rows = store.list_connections().await?;
             let known = v.key_ids();
             let unreadable = rows
@@ -266,4 +261,42 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
         return Err(Fatal(format!("{} check(s) failed", r.failed), 1));
     }
     Ok(())
+}
+
+/// What the database holds: its integrity, warnings, how full it is, API keys' scopes.
+fn check_store(
+    r: &mut Report,
+    settings: &Settings,
+    store: &dyn crate::store::Store,
+    rt: &tokio::runtime::Runtime,
+) {
+    match rt.block_on(store.integrity()) {
+        Ok(detail) => r.line("ok", "store", detail),
+        Err(e) => r.line("FAIL", "store", e),
+    }
+    match rt.block_on(store.warnings()) {
+        Ok(warnings) => warnings.iter().for_each(|w| r.line("warn", "store", w)),
+        Err(e) => r.line("FAIL", "store", e),
+    }
+    let max_total = settings.states.max_total_states;
+    let now = crate::clock::Clock::system().now_ms();
+    match rt.block_on(store.live_states_total(now)) {
+        Ok(total) => match crate::states::fullness_note(total, max_total) {
+            Some(note) => r.line("warn", "states", note),
+            None => r.line(
+                "ok",
+                "states",
+                format!("{total} live, at most {max_total} (states.max_total_states)"),
+            ),
+        },
+        Err(e) => r.line("FAIL", "states", e),
+    }
+    match rt.block_on(store.list_keys()) {
+        Ok(keys) => keys
+            .iter()
+            .filter(|k| k.revoked_at_ms.is_none())
+            .filter_map(|k| Some((k, crate::apikeys::provider_scope_note(k)?)))
+            .for_each(|(k, note)| r.line("warn", "keys", format!("API key {:?}: {note}", k.name))),
+        Err(e) => r.line("FAIL", "keys", e),
+    }
 }

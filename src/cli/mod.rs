@@ -570,24 +570,30 @@ pub(super) fn key_source(settings: &Settings) -> Result<KeySource, String> {
     }
 }
 
-/// Whether a command may make `<db>.key` when no key is configured and none is there.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum KeyFile {
-    /// `serve`.
-    MayMake,
-    /// Every other command, on a database oauthd has not served yet (a box set up from
-    /// the terminal first). Once served, the daemon's key is elsewhere (`OAUTHD_KEY_FILE`,
-    /// `OAUTHD_KEY`) or lost: a key made here would seal what the command writes under a
-    /// key the daemon cannot open, and stop its next start.
-    UnlessServed,
+/// What `check` warns of, and the start logs, when others may read the key file.
+pub(super) fn readable_by_others(path: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "{} is readable by others (mode {mode:o}): chmod 600 it",
+            path.display()
+        )
+    })
 }
 
-fn no_key_for_command(path: &std::path::Path) -> String {
+/// Why no `<db>.key` is made for a database oauthd has served: its key is elsewhere
+/// (`OAUTHD_KEY_FILE`, `OAUTHD_KEY`) or lost, and a key made now would seal what is
+/// written next under a key the daemon cannot open (or, for `serve`, leave what was
+/// sealed before unreadable), splitting the data between two keys.
+pub(super) fn no_key_once_served(path: &std::path::Path) -> String {
     format!(
-        "no vault key: oauthd has served this database, there is no key file at {}, and \
-         neither OAUTHD_KEY_FILE nor OAUTHD_KEY is set. Give this command the key oauthd \
-         serves with (the same OAUTHD_KEY_FILE or OAUTHD_KEY); no key was made",
-        path.display()
+        "no vault key: oauthd has served this database, there is no key file at {path}, and \
+         neither OAUTHD_KEY_FILE nor OAUTHD_KEY is set. Start oauthd (and give every \
+         command) the key it served with (the same OAUTHD_KEY_FILE or OAUTHD_KEY), or put \
+         that key file back; no key was made. To start over with a new key, knowing that \
+         what the old one sealed stays unreadable: (umask 077; oauthd keygen > {path})",
+        path = path.display()
     )
 }
 
@@ -626,15 +632,9 @@ pub(super) fn services(
     clock: Clock,
     public_url: Url,
     notifier: Arc<Notifier>,
-    key_file: KeyFile,
 ) -> Result<(Arc<StateService>, Arc<Broker>), Fatal> {
     let source = key_source(settings).map_err(|e| Fatal(e, 2))?;
     let from = source.describe();
-    if let (KeyFile::UnlessServed, KeySource::File { path, create: true }) = (key_file, &source) {
-        if !path.exists() && runtime()?.block_on(store.was_served())? {
-            return Err(Fatal(no_key_for_command(path), 2));
-        }
-    }
     // A key file made now (none was there) could not open tokens already stored: a
     // database restored without its key. Refuse before making one, which would sit
     // where the real key must be put back.
@@ -668,6 +668,9 @@ pub(super) fn services(
                 ),
                 2,
             ));
+        }
+        if runtime()?.block_on(store.was_served())? {
+            return Err(Fatal(no_key_once_served(path), 2));
         }
     }
     let vault = Arc::new(load_vault(source)?);

@@ -6,6 +6,7 @@ use crate::clock::Clock;
 use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::store::sweeper;
+use crate::vault::KeySource;
 
 pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
     // The one system clock every service of this process reads.
@@ -52,7 +53,6 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
         clock.clone(),
         public_url.clone(),
         notifier.clone(),
-        super::KeyFile::MayMake,
     )?;
     for p in broker.providers() {
         log::info!(
@@ -61,9 +61,13 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
             broker.redirect_uri(&p.name)
         );
     }
-    let key_from = super::key_source(&settings)
-        .map(|s| s.describe())
-        .unwrap_or_default();
+    let key_source = super::key_source(&settings);
+    if let Ok(KeySource::File { path, .. }) = &key_source {
+        if let Some(note) = super::readable_by_others(path) {
+            log::warn!("vault key file {note}");
+        }
+    }
+    let key_from = key_source.map(|s| s.describe()).unwrap_or_default();
     actix_web::rt::System::new().block_on(async move {
         for warning in store.warnings().await? {
             log::warn!("{warning}");

@@ -14,13 +14,20 @@ pub(super) fn rekey(settings: Settings, prune: bool) -> Result<(), Fatal> {
         }
         KeySource::File { path, .. } => path,
     };
+    // The database first: a mistyped --db is named as such, not as a missing key file.
+    let store = open_store(&settings, super::Missing::Refuse)?;
     if !path.exists() {
         return Err(Fatal(
-            format!("key file {} does not exist", path.display()),
+            format!(
+                "key file {} does not exist: rekey rotates the key file oauthd serves with. \
+                 If oauthd is started with OAUTHD_KEY_FILE, give rekey the same; if with \
+                 OAUTHD_KEY, put that key in a file (umask 077), start oauthd with \
+                 OAUTHD_KEY_FILE naming it, and rekey that",
+                path.display()
+            ),
             2,
         ));
     }
-    let store = open_store(&settings, super::Missing::Refuse)?;
     runtime()?.block_on(async {
         if prune {
             let now = crate::clock::Clock::system().now_ms();

@@ -144,7 +144,6 @@ fn only_the_server_creates_a_database() {
     for args in [
         &["keys", "create", "--name", "app"][..],
         &["keys", "list"],
-        &["check"],
         &["admin", "link"],
         &["admin", "sessions", "list"],
         &["connections", "list"],
@@ -159,6 +158,18 @@ fn only_the_server_creates_a_database() {
         assert!(err.contains("`keys create --create`"), "{args:?}: {err}");
         assert!(!home.db().exists(), "{args:?} created the database");
     }
+    // `check` says what it cannot check yet, naming the path, and checks the rest.
+    let out = home.cli(&["check"]);
+    assert!(out.status.success(), "{out:?}");
+    let report = text(&out.stdout);
+    assert!(
+        report.contains(&format!(
+            "skip  store: no database at {}",
+            home.db().display()
+        )),
+        "{report}"
+    );
+    assert!(!home.db().exists(), "check created the database");
     // Before the first start, a key can be made on purpose.
     let out = home.cli(&["keys", "create", "--create", "--name", "app"]);
     assert!(out.status.success(), "{out:?}");
@@ -302,6 +313,30 @@ fn a_command_makes_no_key_file_beside_a_database_oauthd_served() {
     );
     assert!(!key_file.exists(), "a command made the key file");
 
+    // Nor does the daemon itself, started without its key: a new key would leave what
+    // the old one sealed unreadable, and seal what comes next where the old key cannot
+    // open it once it is back. `check` says the same before the start.
+    home.write_config("");
+    let out = home.serve_once_with(&[], "127.0.0.1:0");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("no key file at {}", key_file.display()))
+            && err.contains("OAUTHD_KEY_FILE")
+            && err.contains("oauthd keygen >"),
+        "{err}"
+    );
+    assert!(!key_file.exists(), "serve made the key file");
+    let out = home.cli(&["check"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let report = text(&out.stdout);
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("FAIL  key file: no vault key: oauthd has served this database")),
+        "{report}"
+    );
+
     // With the daemon's key named, the command runs.
     let out = home
         .cli_command(&["connections", "list"])
@@ -310,6 +345,33 @@ fn a_command_makes_no_key_file_beside_a_database_oauthd_served() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert!(!key_file.exists(), "a command made the key file");
+}
+
+/// `check` is what a new user runs before the first start: with no database yet it says
+/// so and still checks the providers (here one nobody answers for).
+#[test]
+fn check_before_the_first_start_checks_the_providers() {
+    let home = Home::new();
+    home.write_config(
+        "[providers.peer]\nauthorization_url = \"http://127.0.0.1:9/authorize\"\n\
+         token_url = \"http://127.0.0.1:9/token\"\nclient_id = \"c\"\nclient_secret = \"s\"\n",
+    );
+    let out = home.cli(&["check"]);
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("skip  store: no database at")),
+        "{report}"
+    );
+    assert!(
+        report.lines().any(|l| l.starts_with(
+            "FAIL  provider peer: token endpoint http://127.0.0.1:9/token unreachable"
+        )),
+        "{report}"
+    );
+    assert!(!home.db().exists(), "check made a database");
 }
 
 /// An address another program listens on is explained, and leaves no database behind.
@@ -624,4 +686,32 @@ fn a_flag_outranks_the_environment_before_the_command_and_empty_variables_are_un
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert!(text(&out.stdout).contains("app"));
+}
+
+/// `rekey` on a mistyped --db names the database it did not find, not a key file; a key
+/// file others can read is said at every start, not only by `check`.
+#[tokio::test(flavor = "multi_thread")]
+async fn rekey_names_a_missing_database_and_the_start_a_readable_key_file() {
+    let home = Home::new();
+    home.write_config("");
+    let out = home.cli(&["rekey"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("no database at {}", home.db().display())),
+        "{err}"
+    );
+
+    drop(home.start());
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(home.key_file(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    drop(home.start());
+    let log = home.log_text();
+    assert!(
+        log.contains(&format!(
+            "vault key file {} is readable by others (mode 644): chmod 600 it",
+            home.key_file().display()
+        )),
+        "{log}"
+    );
 }
