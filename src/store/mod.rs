@@ -32,6 +32,9 @@ pub enum StoreError {
     ReadOnly { context: &'static str },
     #[error("{context}: Redis is out of memory (maxmemory reached) and refuses writes")]
     OutOfMemory { context: &'static str },
+    /// The store's server did not answer: `why` is for the log (an I/O error, a timeout).
+    #[error("{context}: Redis is unreachable ({why})")]
+    Unreachable { context: &'static str, why: String },
     #[error("{context}: {message}")]
     Unavailable {
         context: &'static str,
@@ -50,13 +53,17 @@ impl StoreError {
     }
 
     /// What is told to whoever called over HTTP, who may not be the operator: the fixed
-    /// texts (locked, full, read-only, out of memory) as they are; an unexpected fault's own message,
+    /// texts (locked, full, read-only, out of memory, unreachable) as they are; an unexpected fault's own message,
     /// which may name a file, an address or a setting, only in oauthd's log.
     pub fn for_callers(&self) -> String {
         match self {
             StoreError::Unavailable { context, message } => {
                 log_unavailable(context, message);
                 format!("{context}: the storage did not answer; oauthd's log says why")
+            }
+            StoreError::Unreachable { context, why } => {
+                log_unavailable(context, &format!("Redis is unreachable ({why})"));
+                format!("{context}: Redis is unreachable; oauthd's log says why")
             }
             other => other.to_string(),
         }

@@ -142,13 +142,10 @@ impl RedisStore {
         match rt.spawn(tokio::time::timeout(OP_TIMEOUT, f)).await {
             Ok(Ok(Ok(v))) => Ok(v),
             Ok(Ok(Err(e))) => Err(classify(context, &e)),
-            Ok(Err(_)) => Err(StoreError::unavailable(
+            Ok(Err(_)) => Err(StoreError::Unreachable {
                 context,
-                format!(
-                    "Redis is unreachable (no answer within {} s)",
-                    OP_TIMEOUT.as_secs()
-                ),
-            )),
+                why: format!("no answer within {} s", OP_TIMEOUT.as_secs()),
+            }),
             Err(e) => Err(StoreError::unavailable(context, e)),
         }
     }
@@ -344,7 +341,10 @@ const WRONG_PASSWORD: &str = "refused the password (or user): check OAUTHD_REDIS
 /// Maps a Redis error to the storage error the HTTP layer turns into a 503.
 fn classify(context: &'static str, e: &redis::RedisError) -> StoreError {
     if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() || e.is_timeout() {
-        return StoreError::unavailable(context, format!("Redis is unreachable ({e})"));
+        return StoreError::Unreachable {
+            context,
+            why: e.to_string(),
+        };
     }
     match e.code() {
         Some("OOM") => StoreError::OutOfMemory { context },
