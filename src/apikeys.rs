@@ -260,6 +260,31 @@ pub fn provider_scope_note(record: &ApiKeyRecord) -> Option<String> {
     ))
 }
 
+/// What to tell the operator about a key that names providers (`provider:P`) the config
+/// does not have: a typo the app only finds out about as `401 namespace_not_allowed`.
+/// `None` when every named provider is configured, or none is (no config given).
+pub fn unknown_provider_note(record: &ApiKeyRecord, configured: &[&str]) -> Option<String> {
+    if configured.is_empty() {
+        return None;
+    }
+    let unknown: Vec<&str> = record
+        .namespaces
+        .as_ref()?
+        .iter()
+        .filter_map(|p| p.strip_prefix(PROVIDER_SCOPE_PREFIX))
+        .filter(|name| !name.contains('*') && !configured.contains(name))
+        .collect();
+    if unknown.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "no provider named {} is configured (configured: {}); the key reaches no tokens \
+         through that pattern",
+        unknown.join(", "),
+        configured.join(", ")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -199,7 +199,7 @@ pub(super) fn connect_device(
             2,
         ));
     }
-    let (broker, clock) = terminal_broker(&settings)?;
+    let (broker, clock) = terminal_broker(&settings, provider)?;
     runtime()?.block_on(async {
         let start = broker.start_device(provider, account, "cli").await?;
         let account = account.unwrap_or(crate::broker::DEFAULT_ACCOUNT);
@@ -237,8 +237,11 @@ pub(super) fn connect_device(
 }
 
 /// The broker a terminal command drives, on the configured store.
+/// The broker for a terminal connect to `provider`; a provider the config lacks is a
+/// command-line error (exit code 2).
 fn terminal_broker(
     settings: &Settings,
+    provider: &str,
 ) -> Result<(std::sync::Arc<crate::broker::Broker>, Clock), Fatal> {
     let store = open_store(settings, super::Missing::Refuse)?;
     let clock = Clock::system();
@@ -251,6 +254,9 @@ fn terminal_broker(
         public_url,
         super::notifier(settings, clock.clone())?,
     )?;
+    broker
+        .provider(provider)
+        .map_err(|e| Fatal(e.to_string(), 2))?;
     Ok((broker, clock))
 }
 
@@ -261,7 +267,7 @@ pub(super) fn connect_paste(
     provider: &str,
     account: Option<&str>,
 ) -> Result<(), Fatal> {
-    let (broker, _) = terminal_broker(&settings)?;
+    let (broker, _) = terminal_broker(&settings, provider)?;
     runtime()?.block_on(async {
         let start = broker.start_connect(provider, account, None, crate::broker::FlowStarter::Operator).await?;
         let redirect = broker.redirect_uri(provider);

@@ -4,7 +4,7 @@
 use super::{open_store, runtime, EventsCommand, Fatal, Missing};
 use crate::clock::{rfc3339, Clock};
 use crate::config::Settings;
-use crate::store::{DeliveryFilter, Retried};
+use crate::store::{DeliveryFilter, DeliveryStatus, Retried};
 
 pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), Fatal> {
     let store = open_store(&settings, Missing::Refuse)?;
@@ -47,6 +47,12 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
                     "CREATED"
                 );
                 for d in &rows {
+                    // A delivered one's error is an earlier attempt's, not how it stands.
+                    let last_error = match (d.status, d.last_error.as_deref()) {
+                        (_, None) => String::new(),
+                        (DeliveryStatus::Delivered, Some(e)) => format!("earlier attempt: {e}"),
+                        (_, Some(e)) => e.to_owned(),
+                    };
                     out!(
                         "{:<36} {:<27} {:<16} {:<9} {:>8} {:<25} {}",
                         d.id,
@@ -55,7 +61,7 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
                         d.status.as_str(),
                         d.attempts,
                         rfc3339(d.created_at_ms),
-                        d.last_error.as_deref().unwrap_or("")
+                        last_error
                     );
                 }
                 if rows.is_empty() {

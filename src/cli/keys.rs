@@ -49,6 +49,10 @@ pub(super) fn keys(settings: Settings, command: KeysCommand) -> Result<(), Fatal
                 if let Some(note) = crate::apikeys::provider_scope_note(&record) {
                     say!("Note: {note}.");
                 }
+                let configured: Vec<&str> = settings.providers.keys().map(String::as_str).collect();
+                if let Some(note) = crate::apikeys::unknown_provider_note(&record, &configured) {
+                    say!("Note: {note}.");
+                }
                 say!(
                     "Store it now: it is not shown again. Use it as Authorization: Bearer <key>."
                 );

@@ -715,3 +715,40 @@ async fn rekey_names_a_missing_database_and_the_start_a_readable_key_file() {
         "{log}"
     );
 }
+
+/// A key made for a provider the config does not have (a typo) says so when it is made,
+/// not when the app gets `401 namespace_not_allowed`.
+#[test]
+fn a_provider_the_config_lacks_is_named_by_keys_create_and_connect() {
+    let home = Home::new();
+    home.write_config(
+        "[providers.spotify]\npreset = \"spotify\"\nclient_id = \"c\"\nclient_secret = \"s\"\n",
+    );
+    let made = |name: &str, pattern: &str| {
+        let out = home.cli(&[
+            "keys",
+            "create",
+            "--create",
+            "--name",
+            name,
+            "--namespace",
+            pattern,
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        text(&out.stderr)
+    };
+    let said = made("typo", "provider:spotfy");
+    assert!(
+        said.contains("no provider named spotfy is configured (configured: spotify)"),
+        "{said}"
+    );
+    let said = made("right", "provider:spotify");
+    assert!(!said.contains("no provider named"), "{said}");
+    // The same typo when connecting from the terminal is a command-line error.
+    for how in ["--device", "--paste"] {
+        let out = home.cli(&["connect", "spotfy", how]);
+        assert_eq!(out.status.code(), Some(2), "{how}: {out:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains("no provider named \"spotfy\""), "{how}: {err}");
+    }
+}

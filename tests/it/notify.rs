@@ -285,6 +285,16 @@ async fn a_failing_receiver_gets_the_same_webhook_id_until_it_accepts() {
     let row = &first_row(&home);
     assert_eq!(row["status"], "delivered", "{row}");
     assert!(row["attempts"].as_u64().unwrap() >= 3, "{row}");
+    // The table does not show the last failure as where a delivered event stands.
+    let table = String::from_utf8_lossy(&home.cli(&["events", "list"]).stdout).into_owned();
+    let line = table
+        .lines()
+        .find(|l| l.contains(row["id"].as_str().unwrap()))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        line.contains(" delivered ") && line.ends_with("earlier attempt: HTTP 500"),
+        "{line}"
+    );
     assert!(
         d.metric("oauthd_deliveries_total{result=\"failed\",target=\"app\"}")
             .await
