@@ -404,9 +404,18 @@ impl Settings {
             (None, None) => (DEFAULT_LISTEN.to_owned(), "listen"),
         };
         let listen = listen_text.parse().map_err(|_| {
+            // An address with a port past 65535 is the likelier slip than a wrong shape.
+            let port_too_big = listen_text
+                .rsplit_once(':')
+                .is_some_and(|(_, port)| port.parse::<u64>().is_ok_and(|p| p > 65_535));
+            let why = if port_too_big {
+                format!("{listen_text:?}: the port is past 65535")
+            } else {
+                format!("{listen_text:?} is not ADDRESS:PORT")
+            };
             invalid(
                 listen_key,
-                format!("{listen_text:?} is not ADDRESS:PORT, e.g. {DEFAULT_LISTEN} or [::1]:6288"),
+                format!("{why}, e.g. {DEFAULT_LISTEN} or [::1]:6288"),
             )
         })?;
         let db = over
@@ -886,6 +895,16 @@ mod tests {
     fn parse(text: &str) -> Result<Settings, ConfigError> {
         let file = parse_text(Path::new("test.toml"), text)?;
         Settings::resolve(file, &Overrides::default())
+    }
+
+    #[test]
+    fn a_listen_address_with_a_port_past_65535_says_so() {
+        let err = parse("listen = \"127.0.0.1:99999\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the port is past 65535"), "{err}");
+        let err = parse("listen = \"localhost\"\n").unwrap_err().to_string();
+        assert!(err.contains("is not ADDRESS:PORT"), "{err}");
     }
 
     #[test]

@@ -65,12 +65,26 @@ impl StatePolicy {
     }
 
     pub fn rule_for(&self, ns: &Namespace) -> TtlRule {
+        self.matching(ns)
+            .map(|(_, rule)| *rule)
+            .unwrap_or(self.base)
+    }
+
+    /// Where `key` of `ns`'s rule is set, as the config file spells it: a namespace's own
+    /// table, or the global `[states]` one (a namespace table that leaves it out takes
+    /// the global value).
+    pub fn setting_for(&self, ns: &Namespace, key: &str) -> String {
+        match self.matching(ns) {
+            Some((pattern, _)) => format!("[states.namespaces.\"{pattern}\"] {key}"),
+            None => format!("states.{key}"),
+        }
+    }
+
+    fn matching(&self, ns: &Namespace) -> Option<&(String, TtlRule)> {
         self.overrides
             .iter()
             .filter(|(pattern, _)| pattern_matches(pattern, ns))
             .max_by_key(|(pattern, _)| (!pattern.ends_with('*'), pattern.len()))
-            .map(|(_, rule)| *rule)
-            .unwrap_or(self.base)
     }
 }
 
@@ -96,8 +110,12 @@ pub enum StateError {
     TtlOutOfRange { namespace: String, max: u64 },
     #[error("data is {size} bytes of JSON; at most {max} are accepted")]
     DataTooLarge { size: usize, max: usize },
-    #[error("namespace {namespace} already holds {max} live states (states.max_states); consume or let some expire first")]
-    NamespaceFull { namespace: String, max: u64 },
+    #[error("namespace {namespace} already holds {max} live states ({setting}); consume or let some expire first")]
+    NamespaceFull {
+        namespace: String,
+        max: u64,
+        setting: String,
+    },
     #[error("this subject already holds {max} live states in namespace {namespace} (states.max_states_per_subject); revoke some, or create with replace")]
     SubjectFull { namespace: String, max: u64 },
     #[error("the store already holds {max} live states in all namespaces together (states.max_total_states); consume or let some expire first")]
@@ -108,8 +126,8 @@ pub enum StateError {
     SecretRequired,
     #[error("this state has no code; consume it with POST /v1/states/consume")]
     NoSecret,
-    #[error("namespace {namespace} does not allow sliding states (states.sliding)")]
-    SlidingNotAllowed { namespace: String },
+    #[error("namespace {namespace} does not allow sliding states ({setting} = false)")]
+    SlidingNotAllowed { namespace: String, setting: String },
     #[error(
         "max_lifetime_seconds must be between the TTL ({min}) and {max} for namespace {namespace}"
     )]
@@ -417,6 +435,7 @@ impl StateService {
             Some(_) if !rule.sliding => {
                 return Err(StateError::SlidingNotAllowed {
                     namespace: namespace.to_string(),
+                    setting: self.policy.setting_for(&namespace, "sliding"),
                 })
             }
             Some(lifetime) => {
@@ -483,6 +502,7 @@ impl StateService {
                 return Err(StateError::NamespaceFull {
                     namespace: namespace.to_string(),
                     max: rule.max_states,
+                    setting: self.policy.setting_for(&namespace, "max_states"),
                 });
             }
             Inserted::SubjectFull => {

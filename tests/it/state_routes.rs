@@ -309,6 +309,14 @@ async fn state_options_are_checked_with_stable_codes(home: Home) {
             (400, Some(code)),
             "{body}: {problem}"
         );
+        // The setting that refused it, as the config spells it.
+        if code == "sliding_not_allowed" {
+            let detail = problem["detail"].as_str().unwrap_or_default();
+            assert!(
+                detail.contains("[states.namespaces.\"2fa\"] sliding = false"),
+                "{problem}"
+            );
+        }
     }
     let state = created(&d, &key, json!({"namespace": "session", "subject": "bob"})).await;
     let state = state["state"].as_str().unwrap();

@@ -202,7 +202,7 @@ impl SqliteStore {
             // database, and the log should say where it went.
             let shown = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
             log::warn!(
-                "created a new, empty database at {}: right on a first start; if oauthd ran before, it was given another --db (a relative path is taken from the working directory), so its keys, connections and states are not here",
+                "created a new, empty database at {}: right on a first start; if oauthd ran before, it was given another database path (--db and OAUTHD_DB are taken from the working directory, `db` in a config file from that file's directory), so its keys, connections and states are not here",
                 shown.display()
             );
         }
