@@ -12,7 +12,7 @@ use crate::oauth::provider::check_name as check_account_name;
 use crate::secret::{ApiKey, SecretHash};
 use crate::store::{ApiKeyRecord, KeyStore, StoreError};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -125,9 +125,15 @@ pub async fn create(
 pub struct KeyCache {
     max_age: Duration,
     entries: Mutex<HashMap<SecretHash, (Arc<ApiKeyRecord>, Instant)>>,
-    /// No active key has been seen yet: the store may hold none (see `store_has_no_keys`).
-    maybe_keyless: AtomicBool,
+    /// When an active key was last seen: the store holds one, and is not asked again
+    /// (see `store_has_no_keys`) until `KEYLESS_RECHECK` later.
+    keys_seen: Mutex<Option<Instant>>,
 }
+
+/// How long an active key once seen vouches that the store holds keys: a store that lost
+/// them (a Redis without persistence, restarted) is told apart within this long, and a
+/// flood of wrong keys lists the keys at most once in it.
+const KEYLESS_RECHECK: Duration = Duration::from_secs(10);
 
 /// More entries than this means something is off; start over rather than grow.
 const MAX_CACHED_KEYS: usize = 10_000;
@@ -137,24 +143,35 @@ impl KeyCache {
         KeyCache {
             max_age,
             entries: Mutex::new(HashMap::new()),
-            maybe_keyless: AtomicBool::new(true),
+            keys_seen: Mutex::new(None),
         }
     }
 
     /// Whether the store holds no active key at all: a key refused there was most likely
     /// made for another database (a relative or mistyped `--db` starts a new, empty one).
-    /// Read from the store only until an active key has been seen once.
+    /// Read from the store only when no active key was seen in the last
+    /// `KEYLESS_RECHECK`.
     pub async fn store_has_no_keys(&self, store: &dyn KeyStore) -> bool {
-        if !self.maybe_keyless.load(Ordering::Relaxed) {
+        let seen_lately = self
+            .keys_seen
+            .lock()
+            .is_ok_and(|seen| seen.is_some_and(|at| at.elapsed() < KEYLESS_RECHECK));
+        if seen_lately {
             return false;
         }
         match store.list_keys().await {
             Ok(keys) if keys.iter().all(|k| k.revoked_at_ms.is_some()) => true,
             Ok(_) => {
-                self.maybe_keyless.store(false, Ordering::Relaxed);
+                self.saw_a_key();
                 false
             }
             Err(_) => false,
+        }
+    }
+
+    fn saw_a_key(&self) {
+        if let Ok(mut seen) = self.keys_seen.lock() {
+            *seen = Some(Instant::now());
         }
     }
 
@@ -210,7 +227,7 @@ impl KeyCache {
         let began = Instant::now();
         let found = store.find_active_key(hash).await?.map(Arc::new);
         if found.is_some() {
-            self.maybe_keyless.store(false, Ordering::Relaxed);
+            self.saw_a_key();
         }
         self.remember(hash, found.as_ref(), began);
         Ok(found)

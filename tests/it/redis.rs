@@ -211,6 +211,32 @@ mod shared {
         );
     }
 
+    /// A Redis that lost its data (restarted without persistence, flushed) holds no API
+    /// key any more: a key that worked a moment ago is refused with the hint that the
+    /// store holds none, as on a fresh database, within the ten seconds a key seen vouches
+    /// for the store.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_key_refused_by_a_redis_that_lost_its_data_gets_the_no_keys_hint() {
+        let (ha, _hb, key) = pair("api_key_cache_seconds = 0\n");
+        let d = ha.start();
+        assert_eq!(
+            d.post("/v1/states", &key, json!({"namespace": NS})).await.0,
+            201
+        );
+        assert_eq!(
+            ha.redis_server().command("FLUSHALL").as_deref(),
+            Some("+OK")
+        );
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        let (status, problem) = d.post("/v1/states", &key, json!({"namespace": NS})).await;
+        assert_eq!(status, 401, "{problem}");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains("holds no active API key at all"),
+            "{problem}"
+        );
+    }
+
     #[test]
     fn start_warns_when_redis_does_not_persist_and_check_reports_it() {
         let home = Home::redis_with(RedisServer::start_with(false));
