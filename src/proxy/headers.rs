@@ -75,10 +75,22 @@ pub fn forwards_request(name: &str, extra: &[String]) -> bool {
     REQUEST.contains(&name) || extra.iter().any(|e| e == name)
 }
 
+/// `X-` headers that instruct a web server in front of oauthd (nginx, Apache, lighttpd)
+/// when they come from its upstream: serve an internal location or a file instead, cache
+/// the answer, or believe a client address. A provider's API must not steer that server.
+const STEERS_A_FRONT_PROXY: &[&str] = &[
+    "x-accel-",
+    "x-sendfile",
+    "x-lighttpd-send-file",
+    "x-forwarded",
+    "x-real-ip",
+];
+
 /// Whether the provider's header `name` (lower case) goes back to the caller; rate-limit
-/// and request-id `X-` headers do.
+/// and request-id `X-` headers do, those that steer a front proxy do not.
 pub fn returns_response(name: &str) -> bool {
-    RESPONSE.contains(&name) || name.starts_with("x-")
+    RESPONSE.contains(&name)
+        || (name.starts_with("x-") && !STEERS_A_FRONT_PROXY.iter().any(|p| name.starts_with(p)))
 }
 
 #[cfg(test)]
@@ -141,6 +153,13 @@ mod tests {
             "alt-svc",
             "cache-control",
             "expires",
+            "x-accel-redirect",
+            "x-accel-expires",
+            "x-accel-buffering",
+            "x-sendfile",
+            "x-lighttpd-send-file",
+            "x-forwarded-for",
+            "x-real-ip",
         ] {
             assert!(!returns_response(name), "{name}");
         }
