@@ -196,6 +196,35 @@ async fn cli_connect_device_prints_the_code_and_exits_0_once_connected() {
     assert!(out.status.success());
 }
 
+/// A mock provider whose device endpoint hands out code `dc-1` (user code ABCDE), to be
+/// polled every second for `expires_in` seconds; each test mounts its token endpoint.
+async fn device_endpoint(expires_in: u64) -> MockServer {
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/device"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "device_code": "dc-1", "user_code": "ABCDE", "verification_uri": "https://x.example",
+            "expires_in": expires_in, "interval": 1
+        })))
+        .mount(&mock)
+        .await;
+    mock
+}
+
+/// A home whose provider `name` is `mock`'s device and token endpoints, with an app's key,
+/// and oauthd serving it.
+fn serving_mock(mock: &MockServer, name: &str) -> (Home, String, Daemon) {
+    let home = Home::new();
+    home.write_config(&format!(
+        "[providers.{name}]\ndevice_authorization_url = \"{uri}/device\"\ntoken_url = \"{uri}/token\"\n\
+         authorization_url = \"{uri}/authorize\"\nclient_id = \"cid\"\nclient_secret = \"cs\"\n",
+        uri = mock.uri()
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    (home, key, d)
+}
+
 /// A provider whose device endpoint answers like Tidal and whose token endpoint says
 /// `slow_down` once, then `authorization_pending`.
 async fn mock_provider() -> MockServer {
@@ -231,15 +260,7 @@ async fn mock_provider() -> MockServer {
 /// along.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_token_endpoint_is_polled_ever_more_slowly_until_it_answers() {
-    let mock = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/device"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "device_code": "dc-1", "user_code": "ABCDE", "verification_uri": "https://x.example",
-            "expires_in": 120, "interval": 1
-        })))
-        .mount(&mock)
-        .await;
+    let mock = device_endpoint(120).await;
     // The token endpoint fails once with 503, twice with 429, then works again.
     let pending =
         ResponseTemplate::new(400).set_body_json(json!({"error": "authorization_pending"}));
@@ -256,14 +277,7 @@ async fn a_failing_token_endpoint_is_polled_ever_more_slowly_until_it_answers() 
             None => mock_answer.mount(&mock).await,
         }
     }
-    let home = Home::new();
-    home.write_config(&format!(
-        "[providers.slow]\ndevice_authorization_url = \"{uri}/device\"\ntoken_url = \"{uri}/token\"\n\
-         authorization_url = \"{uri}/authorize\"\nclient_id = \"cid\"\nclient_secret = \"cs\"\n",
-        uri = mock.uri()
-    ));
-    let key = home.create_key("app", &[]);
-    let d = home.start();
+    let (home, key, d) = serving_mock(&mock, "slow");
     let (status, start) = d.post("/v1/device/slow", &key, json!({})).await;
     assert_eq!(status, 201, "{start}");
     assert_eq!(start["interval"], 1);
@@ -313,15 +327,7 @@ async fn a_failing_token_endpoint_is_polled_ever_more_slowly_until_it_answers() 
 #[tokio::test(flavor = "multi_thread")]
 async fn declines_answered_with_200_or_as_authorization_declined_deny_the_flow() {
     for (status, declined) in [(200, "access_denied"), (400, "authorization_declined")] {
-        let mock = MockServer::start().await;
-        Mock::given(method("POST"))
-            .and(path("/device"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-                "device_code": "dc-1", "user_code": "ABCDE", "verification_uri": "https://x.example",
-                "expires_in": 600, "interval": 1
-            })))
-            .mount(&mock)
-            .await;
+        let mock = device_endpoint(600).await;
         Mock::given(method("POST"))
             .and(path("/token"))
             .respond_with(
@@ -336,14 +342,7 @@ async fn declines_answered_with_200_or_as_authorization_declined_deny_the_flow()
             .respond_with(ResponseTemplate::new(status).set_body_json(json!({"error": declined})))
             .mount(&mock)
             .await;
-        let home = Home::new();
-        home.write_config(&format!(
-            "[providers.gh]\ndevice_authorization_url = \"{uri}/device\"\ntoken_url = \"{uri}/token\"\n\
-             authorization_url = \"{uri}/authorize\"\nclient_id = \"cid\"\nclient_secret = \"cs\"\n",
-            uri = mock.uri()
-        ));
-        let key = home.create_key("app", &[]);
-        let d = home.start();
+        let (home, key, d) = serving_mock(&mock, "gh");
         let (code, start) = d.post("/v1/device/gh", &key, json!({})).await;
         assert_eq!(code, 201, "{start}");
         let status_path = format!("/v1/device/gh/{}", start["id"].as_str().unwrap());
@@ -421,15 +420,7 @@ async fn slow_down_adds_five_seconds_and_tidal_shapes_are_normalised() {
 /// never dropped with the flow left to be polled again with a spent code.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stop_waits_for_the_device_poll_under_way_and_stores_its_tokens() {
-    let mock = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/device"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "device_code": "dc-1", "user_code": "ABCDE", "verification_uri": "https://x.example",
-            "expires_in": 120, "interval": 1
-        })))
-        .mount(&mock)
-        .await;
+    let mock = device_endpoint(120).await;
     Mock::given(method("POST"))
         .and(path("/token"))
         .respond_with(
@@ -442,14 +433,7 @@ async fn a_stop_waits_for_the_device_poll_under_way_and_stores_its_tokens() {
         )
         .mount(&mock)
         .await;
-    let home = Home::new();
-    home.write_config(&format!(
-        "[providers.slow]\ndevice_authorization_url = \"{uri}/device\"\ntoken_url = \"{uri}/token\"\n\
-         authorization_url = \"{uri}/authorize\"\nclient_id = \"cid\"\nclient_secret = \"cs\"\n",
-        uri = mock.uri()
-    ));
-    let key = home.create_key("app", &[]);
-    let d = home.start();
+    let (home, key, d) = serving_mock(&mock, "slow");
     let (status, start) = d
         .post("/v1/device/slow", &key, json!({"account": "tv"}))
         .await;

@@ -137,6 +137,32 @@ async fn a_row_read_during_someone_elses_lease_is_stale_once_they_let_go(b: Back
     assert_eq!(lease(s, &key, during.generation, 7_000).await, None);
 }
 
+/// A refresh of `key` that failed at `now`: the lease taken on the row as it is, the
+/// failure recorded (the connection `status` after it, a retry due a minute later, the
+/// operator told).
+async fn refresh_failed(
+    s: &dyn oauthd::store::Store,
+    key: &ConnectionKey,
+    status: ConnectionStatus,
+    now: i64,
+) {
+    let seen = s.get_connection(key).await.unwrap().unwrap();
+    let generation = lease(s, key, seen.generation, now)
+        .await
+        .expect("a free lease");
+    let failure = RefreshFailure {
+        status,
+        error: "failed",
+        retry_at_ms: Some(now + 60_000),
+        now_ms: now,
+        notified: true,
+    };
+    assert!(s
+        .save_refresh_failure(key, generation, failure, Vec::new())
+        .await
+        .unwrap());
+}
+
 fn delivery(id: &str, target: &str, created: i64) -> NewDelivery {
     NewDelivery {
         id: id.into(),
@@ -859,22 +885,7 @@ async fn connections_are_counted_by_provider_status_and_failing(b: Backend) {
         ("b", ConnectionStatus::Active),
         ("c", ConnectionStatus::NeedsReauth),
     ] {
-        let key = ConnectionKey::new("p", account);
-        let seen = s.get_connection(&key).await.unwrap().unwrap();
-        let generation = lease(s, &key, seen.generation, 2_000)
-            .await
-            .expect("a free lease");
-        let failure = RefreshFailure {
-            status,
-            error: "failed",
-            retry_at_ms: Some(60_000),
-            now_ms: 2_000,
-            notified: false,
-        };
-        assert!(s
-            .save_refresh_failure(&key, generation, failure, Vec::new())
-            .await
-            .unwrap());
+        refresh_failed(s, &ConnectionKey::new("p", account), status, 2_000).await;
     }
     let mut counts: Vec<(String, &str, bool, u64)> = s
         .count_connections()
@@ -998,6 +1009,19 @@ async fn device_flow(s: &dyn oauthd::store::Store, id: &str, due: i64) {
     assert!(s.insert_device_flow(row, 10).await.unwrap());
 }
 
+/// Once a claim taken at `t0` for 200 ms has run out (in Redis's time too), another
+/// claim of flow `id`, for a minute: when it was taken, and the claim.
+async fn claimed_once_the_first_ran_out(
+    s: &dyn oauthd::store::Store,
+    id: &str,
+    t0: i64,
+) -> (i64, oauthd::store::ClaimedPoll) {
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let t1 = t0 + 300;
+    let claimed = s.claim_device_poll(id, t1, 60_000).await.unwrap();
+    (t1, claimed.expect("a claim once the first ran out"))
+}
+
 fn finished(status: DeviceFlowStatus) -> DevicePollOutcome {
     DevicePollOutcome::Finished {
         status,
@@ -1036,13 +1060,7 @@ async fn a_device_poll_is_recorded_only_while_no_one_else_holds_the_flow(b: Back
         .await
         .unwrap());
     // The first claim runs out; another process claims the next poll.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let t1 = t0 + 300;
-    let second = s
-        .claim_device_poll("f1", t1, 60_000)
-        .await
-        .unwrap()
-        .unwrap();
+    let (t1, second) = claimed_once_the_first_ran_out(s, "f1", t0).await;
     assert_ne!(first.claim, second.claim);
     let late = Some(first.claim.as_str());
     assert!(!s
@@ -1095,29 +1113,11 @@ async fn a_connected_poll_stores_the_connection_and_ends_the_flow_in_one_write(b
     let s = b.store.as_ref();
     // p/a is connected already, and its refreshes fail: the device flow reconnects it.
     let key = connected(&b).await;
-    let row = s.get_connection(&key).await.unwrap().unwrap();
-    let g = lease(s, &key, row.generation, 2_000).await.unwrap();
-    let failure = oauthd::store::RefreshFailure {
-        status: ConnectionStatus::Active,
-        error: "down",
-        retry_at_ms: Some(9_000),
-        now_ms: 4_000,
-        notified: true,
-    };
-    assert!(s
-        .save_refresh_failure(&key, g, failure, Vec::new())
-        .await
-        .unwrap());
+    refresh_failed(s, &key, ConnectionStatus::Active, 2_000).await;
     let t0 = now_ms();
     device_flow(s, "f1", t0).await;
     let first = s.claim_device_poll("f1", t0, 200).await.unwrap().unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let t1 = t0 + 300;
-    let second = s
-        .claim_device_poll("f1", t1, 60_000)
-        .await
-        .unwrap()
-        .unwrap();
+    let (t1, second) = claimed_once_the_first_ran_out(s, "f1", t0).await;
     // Tokens in hand end the flow, even from a poll that outlived its claim.
     let events = vec![delivery("d1", "t", t1), delivery("d2", "t", t1)];
     assert!(s
