@@ -521,9 +521,9 @@ impl Broker {
     ) -> Recorded {
         let id = flow.id.as_str();
         let ends_as = match &outcome {
-            DevicePollOutcome::Finished { status, .. } => *status,
-            DevicePollOutcome::Connected(_) => DeviceFlowStatus::Connected,
-            DevicePollOutcome::Pending { .. } => DeviceFlowStatus::Pending,
+            DevicePollOutcome::Finished { status, .. } => Some(*status),
+            DevicePollOutcome::Connected(_) => Some(DeviceFlowStatus::Connected),
+            DevicePollOutcome::Pending { .. } => None,
         };
         let deliveries = self.notifier.deliveries(events);
         let give_up = tokio::time::Instant::now()
@@ -531,7 +531,7 @@ impl Broker {
         let mut failed = false;
         loop {
             let now = self.clock.now_ms();
-            let refused = match self
+            match self
                 .store
                 .finish_device_poll(id, claim, outcome.clone(), now, deliveries.clone())
                 .await
@@ -540,28 +540,26 @@ impl Broker {
                     self.notifier.written(events);
                     return Recorded::Yes;
                 }
-                Ok(false) => true,
+                Ok(false) => {
+                    let status = self.store.get_device_flow(id).await.ok().flatten();
+                    let status = status.map(|f| f.status);
+                    // A try that failed may have written before its answer was lost.
+                    if failed && status.is_some() && status == ends_as {
+                        self.notifier.written(events);
+                        return Recorded::Yes;
+                    }
+                    log::info!("device flow {id}: not recorded; another process ended or polls it");
+                    return Recorded::Refused(status);
+                }
                 Err(e) if tokio::time::Instant::now() < give_up && !self.past_stop_deadline() => {
                     log::warn!("device flow {id}: could not record how it ended ({e}); trying again in 1 s");
                     failed = true;
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    false
                 }
                 Err(e) => {
                     log::error!("device flow {id}: could not record how it ended: {e}");
                     return Recorded::Failed;
                 }
-            };
-            if refused {
-                let now_is = self.store.get_device_flow(id).await.ok().flatten();
-                let status = now_is.map(|f| f.status);
-                // A try that failed may have written before its answer was lost.
-                if failed && status == Some(ends_as) {
-                    self.notifier.written(events);
-                    return Recorded::Yes;
-                }
-                log::info!("device flow {id}: not recorded; another process ended or polls it");
-                return Recorded::Refused(status);
             }
         }
     }
