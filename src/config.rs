@@ -654,6 +654,20 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// Said at start when `/metrics` answers anyone on the network: it names providers,
+    /// apps' namespaces, notification targets' hosts and how many connections fail.
+    pub fn open_metrics_warning(&self, bound: SocketAddr) -> Option<String> {
+        (self.metrics_token.is_none() && !bound.ip().to_canonical().is_loopback()).then(|| {
+            format!(
+                "/metrics is open to anyone who reaches {bound} (it names providers, apps' \
+                 namespaces and notification targets' hosts): set OAUTHD_METRICS_TOKEN (or \
+                 OAUTHD_METRICS_TOKEN_FILE) and give it to the scraper as a bearer token"
+            )
+        })
+    }
+}
+
 fn parse_public_url(text: &str) -> Result<Url, ConfigError> {
     let url = Url::parse(text)
         .map_err(|e| invalid("public_url", format!("{text:?} is not a URL ({e})")))?;
@@ -895,6 +909,22 @@ mod tests {
     fn parse(text: &str) -> Result<Settings, ConfigError> {
         let file = parse_text(Path::new("test.toml"), text)?;
         Settings::resolve(file, &Overrides::default())
+    }
+
+    #[test]
+    fn open_metrics_are_warned_of_off_loopback_only() {
+        let settings = parse("").unwrap();
+        let warned = |addr: &str| settings.open_metrics_warning(addr.parse().unwrap());
+        assert!(warned("0.0.0.0:6288").is_some_and(|w| w.contains("OAUTHD_METRICS_TOKEN")));
+        assert!(warned("[::]:6288").is_some());
+        assert!(warned("192.168.1.5:6288").is_some());
+        assert!(warned("127.0.0.1:6288").is_none());
+        assert!(warned("[::ffff:127.0.0.1]:6288").is_none());
+        let mut guarded = parse("").unwrap();
+        guarded.metrics_token = Some(crate::secret::SecretText::new("t".repeat(16)));
+        assert!(guarded
+            .open_metrics_warning("0.0.0.0:6288".parse().unwrap())
+            .is_none());
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
     let metrics_token = settings.metrics_token.clone();
     let bound = listener.local_addr()?;
     let public_url = settings.public_url_for(bound);
+    if let Some(warning) = settings.open_metrics_warning(bound) {
+        log::warn!("{warning}");
+    }
     if let Some(hint) = settings.public_url_hint(bound) {
         log::warn!("{hint}");
     }
