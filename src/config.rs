@@ -405,9 +405,14 @@ impl Settings {
         };
         let listen = listen_text.parse().map_err(|_| {
             // An address with a port past 65535 is the likelier slip than a wrong shape.
-            let port_too_big = listen_text
-                .rsplit_once(':')
-                .is_some_and(|(_, port)| port.parse::<u64>().is_ok_and(|p| p > 65_535));
+            // (An IPv6 address only in brackets, as a socket address spells it.)
+            let port_too_big = listen_text.rsplit_once(':').is_some_and(|(ip, port)| {
+                let ip_ok = match ip.strip_prefix('[').and_then(|i| i.strip_suffix(']')) {
+                    Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+                    None => ip.parse::<std::net::Ipv4Addr>().is_ok(),
+                };
+                ip_ok && port.parse::<u64>().is_ok_and(|p| p > 65_535)
+            });
             let why = if port_too_big {
                 format!("{listen_text:?}: the port is past 65535")
             } else {
@@ -660,8 +665,10 @@ impl Settings {
     pub fn open_metrics_warning(&self, bound: SocketAddr) -> Option<String> {
         (self.metrics_token.is_none() && !bound.ip().to_canonical().is_loopback()).then(|| {
             format!(
-                "/metrics is open to anyone who reaches {bound} (it names providers, apps' \
-                 namespaces and notification targets' hosts): set OAUTHD_METRICS_TOKEN (or \
+                "/metrics answers without a token on {bound}: if that port can be reached from \
+                 beyond this host (a container's published port counts only where it is \
+                 published), anyone there reads provider names, apps' namespaces and \
+                 notification targets' hosts; set OAUTHD_METRICS_TOKEN (or \
                  OAUTHD_METRICS_TOKEN_FILE) and give it to the scraper as a bearer token"
             )
         })
@@ -933,8 +940,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("the port is past 65535"), "{err}");
-        let err = parse("listen = \"localhost\"\n").unwrap_err().to_string();
-        assert!(err.contains("is not ADDRESS:PORT"), "{err}");
+        let err = parse("listen = \"[::1]:70000\"\n").unwrap_err().to_string();
+        assert!(err.contains("the port is past 65535"), "{err}");
+        for wrong in ["localhost", "localhost:99999", "::1:99999"] {
+            let err = parse(&format!("listen = \"{wrong}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("is not ADDRESS:PORT"), "{wrong}: {err}");
+        }
     }
 
     #[test]

@@ -70,13 +70,14 @@ impl StatePolicy {
             .unwrap_or(self.base)
     }
 
-    /// Where `key` of `ns`'s rule is set, as the config file spells it: a namespace's own
-    /// table, or the global `[states]` one (a namespace table that leaves it out takes
-    /// the global value).
-    pub fn setting_for(&self, ns: &Namespace, key: &str) -> String {
+    /// The config table `ns`'s rule comes from, as the file spells it: a namespace's own
+    /// table (which takes what it leaves out from `[states]`), or `[states]`.
+    pub fn table_for(&self, ns: &Namespace) -> String {
         match self.matching(ns) {
-            Some((pattern, _)) => format!("[states.namespaces.\"{pattern}\"] {key}"),
-            None => format!("states.{key}"),
+            Some((pattern, _)) => format!(
+                "[states.namespaces.\"{pattern}\"], or [states] where that table leaves it out"
+            ),
+            None => "[states]".to_owned(),
         }
     }
 
@@ -110,14 +111,18 @@ pub enum StateError {
     TtlOutOfRange { namespace: String, max: u64 },
     #[error("data is {size} bytes of JSON; at most {max} are accepted")]
     DataTooLarge { size: usize, max: usize },
-    #[error("namespace {namespace} already holds {max} live states ({setting}); consume or let some expire first")]
+    #[error("namespace {namespace} already holds {max} live states (max_states in {table}); consume or let some expire first")]
     NamespaceFull {
         namespace: String,
         max: u64,
-        setting: String,
+        table: String,
     },
-    #[error("this subject already holds {max} live states in namespace {namespace} (states.max_states_per_subject); revoke some, or create with replace")]
-    SubjectFull { namespace: String, max: u64 },
+    #[error("this subject already holds {max} live states in namespace {namespace} (max_states_per_subject in {table}); revoke some, or create with replace")]
+    SubjectFull {
+        namespace: String,
+        max: u64,
+        table: String,
+    },
     #[error("the store already holds {max} live states in all namespaces together (states.max_total_states); consume or let some expire first")]
     StoreFull { max: u64 },
     #[error("wrong code")]
@@ -126,8 +131,8 @@ pub enum StateError {
     SecretRequired,
     #[error("this state has no code; consume it with POST /v1/states/consume")]
     NoSecret,
-    #[error("namespace {namespace} does not allow sliding states ({setting} = false)")]
-    SlidingNotAllowed { namespace: String, setting: String },
+    #[error("namespace {namespace} does not allow sliding states (sliding = false in {table})")]
+    SlidingNotAllowed { namespace: String, table: String },
     #[error(
         "max_lifetime_seconds must be between the TTL ({min}) and {max} for namespace {namespace}"
     )]
@@ -435,7 +440,7 @@ impl StateService {
             Some(_) if !rule.sliding => {
                 return Err(StateError::SlidingNotAllowed {
                     namespace: namespace.to_string(),
-                    setting: self.policy.setting_for(&namespace, "sliding"),
+                    table: self.policy.table_for(&namespace),
                 })
             }
             Some(lifetime) => {
@@ -502,13 +507,14 @@ impl StateService {
                 return Err(StateError::NamespaceFull {
                     namespace: namespace.to_string(),
                     max: rule.max_states,
-                    setting: self.policy.setting_for(&namespace, "max_states"),
+                    table: self.policy.table_for(&namespace),
                 });
             }
             Inserted::SubjectFull => {
                 return Err(StateError::SubjectFull {
                     namespace: namespace.to_string(),
                     max: rule.max_per_subject,
+                    table: self.policy.table_for(&namespace),
                 })
             }
             Inserted::StoreFull => {

@@ -236,13 +236,18 @@ pub(super) fn connect_device(
     })
 }
 
-/// The broker a terminal command drives, on the configured store.
-/// The broker for a terminal connect to `provider`; a provider the config lacks is a
-/// command-line error (exit code 2).
+/// The broker a terminal connect to `provider` drives, on the configured store. A provider
+/// the config lacks is a command-line error (exit code 2), said before the store is opened
+/// (which may make the vault key file).
 fn terminal_broker(
     settings: &Settings,
     provider: &str,
 ) -> Result<(std::sync::Arc<crate::broker::Broker>, Clock), Fatal> {
+    if !settings.providers.contains_key(provider) {
+        let unknown =
+            crate::broker::BrokerError::UnknownProvider(provider.chars().take(64).collect());
+        return Err(Fatal(unknown.to_string(), 2));
+    }
     let store = open_store(settings, super::Missing::Refuse)?;
     let clock = Clock::system();
     let public_url = settings.public_url_for(settings.listen);
@@ -254,9 +259,6 @@ fn terminal_broker(
         public_url,
         super::notifier(settings, clock.clone())?,
     )?;
-    broker
-        .provider(provider)
-        .map_err(|e| Fatal(e.to_string(), 2))?;
     Ok((broker, clock))
 }
 

@@ -592,7 +592,7 @@ pub(super) fn no_key_once_served(path: &std::path::Path) -> String {
          neither OAUTHD_KEY_FILE nor OAUTHD_KEY is set. Start oauthd (and give every \
          command) the key it served with (the same OAUTHD_KEY_FILE or OAUTHD_KEY), or put \
          that key file back; no key was made. To start over with a new key, knowing that \
-         what the old one sealed stays unreadable: (umask 077; oauthd keygen > {path})",
+         what the old one sealed stays unreadable: (umask 077; oauthd keygen > \"{path}\")",
         path = path.display()
     )
 }

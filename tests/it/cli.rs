@@ -744,11 +744,17 @@ fn a_provider_the_config_lacks_is_named_by_keys_create_and_connect() {
     );
     let said = made("right", "provider:spotify");
     assert!(!said.contains("no provider named"), "{said}");
-    // The same typo when connecting from the terminal is a command-line error.
+    // The same typo when connecting from the terminal is a command-line error, said
+    // before anything is opened or made (here, with no database yet).
+    let fresh = Home::new();
+    fresh.write_config(
+        "[providers.spotify]\npreset = \"spotify\"\nclient_id = \"c\"\nclient_secret = \"s\"\n",
+    );
     for how in ["--device", "--paste"] {
-        let out = home.cli(&["connect", "spotfy", how]);
+        let out = fresh.cli(&["connect", "spotfy", how]);
         assert_eq!(out.status.code(), Some(2), "{how}: {out:?}");
         let err = text(&out.stderr);
         assert!(err.contains("no provider named \"spotfy\""), "{how}: {err}");
     }
+    assert!(!fresh.db().exists() && !fresh.key_file().exists());
 }

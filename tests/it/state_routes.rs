@@ -313,7 +313,7 @@ async fn state_options_are_checked_with_stable_codes(home: Home) {
         if code == "sliding_not_allowed" {
             let detail = problem["detail"].as_str().unwrap_or_default();
             assert!(
-                detail.contains("[states.namespaces.\"2fa\"] sliding = false"),
+                detail.contains("sliding = false in [states.namespaces.\"2fa\"]"),
                 "{problem}"
             );
         }
@@ -439,6 +439,11 @@ async fn state_options_are_checked_with_stable_codes(home: Home) {
     assert_eq!(
         (status, problem["code"].as_str()),
         (429, Some("too_many_subject_states"))
+    );
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("max_states_per_subject in [states.namespaces.\"2fa\"]"),
+        "{problem}"
     );
     created(&d, &key, json!({"namespace": "2fa", "subject": "v"})).await;
 }
