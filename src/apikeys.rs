@@ -12,7 +12,7 @@ use crate::oauth::provider::check_name as check_account_name;
 use crate::secret::{ApiKey, SecretHash};
 use crate::store::{ApiKeyRecord, KeyStore, StoreError};
 use std::collections::HashMap;
-
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -125,9 +125,11 @@ pub async fn create(
 pub struct KeyCache {
     max_age: Duration,
     entries: Mutex<HashMap<SecretHash, (Arc<ApiKeyRecord>, Instant)>>,
-    /// When an active key was last seen: the store holds one, and is not asked again
+    /// When an active key was last seen (`since_born`): the store holds one, and is not asked again
     /// (see `store_has_no_keys`) until `KEYLESS_RECHECK` later.
-    keys_seen: Mutex<Option<Instant>>,
+    keys_seen: AtomicU64,
+    /// What `keys_seen` counts from: milliseconds after this, plus one (0: never).
+    born: Instant,
 }
 
 /// How long an active key once seen vouches that the store holds keys: a store that lost
@@ -143,7 +145,8 @@ impl KeyCache {
         KeyCache {
             max_age,
             entries: Mutex::new(HashMap::new()),
-            keys_seen: Mutex::new(None),
+            keys_seen: AtomicU64::new(0),
+            born: Instant::now(),
         }
     }
 
@@ -152,10 +155,9 @@ impl KeyCache {
     /// Read from the store only when no active key was seen in the last
     /// `KEYLESS_RECHECK`.
     pub async fn store_has_no_keys(&self, store: &dyn KeyStore) -> bool {
-        let seen_lately = self
-            .keys_seen
-            .lock()
-            .is_ok_and(|seen| seen.is_some_and(|at| at.elapsed() < KEYLESS_RECHECK));
+        let seen = self.keys_seen.load(Ordering::Relaxed);
+        let seen_lately =
+            seen > 0 && self.since_born() < seen.saturating_add(KEYLESS_RECHECK.as_millis() as u64);
         if seen_lately {
             return false;
         }
@@ -170,9 +172,14 @@ impl KeyCache {
     }
 
     fn saw_a_key(&self) {
-        if let Ok(mut seen) = self.keys_seen.lock() {
-            *seen = Some(Instant::now());
-        }
+        self.keys_seen.store(self.since_born(), Ordering::Relaxed);
+    }
+
+    /// Milliseconds since this cache was made, plus one (so that 0 means never).
+    fn since_born(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
     }
 
     /// The key's record when it was verified recently, without touching the database.
