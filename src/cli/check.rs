@@ -103,8 +103,8 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
         }
     };
     if let KeySource::File { path, create } = &source {
-        match std::fs::metadata(path) {
-            Err(_) if *create && store.is_none() => r.line(
+        match (std::fs::metadata(path), &store) {
+            (Err(_), None) if *create => r.line(
                 "ok",
                 "key file",
                 format!(
@@ -112,8 +112,7 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
                     path.display()
                 ),
             ),
-            Err(_) if *create => {
-                let store = store.as_ref().ok_or_else(|| Fatal("no store".into(), 1))?;
+            (Err(_), Some(store)) if *create => {
                 // As the start judges it: no key file over sealed values, or for a
                 // database served before, is a lost key.
                 let now = crate::clock::Clock::system().now_ms();
@@ -150,11 +149,11 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
                     )
                 }
             }
-            Ok(_) => match super::readable_by_others(path) {
+            (Ok(_), _) => match super::readable_by_others(path) {
                 Some(note) => r.line("warn", "key file", note),
                 None => r.line("ok", "key file", format!("{} (mode 600)", path.display())),
             },
-            Err(e) => r.line("FAIL", "key file", format!("{}: {e}", path.display())),
+            (Err(e), _) => r.line("FAIL", "key file", format!("{}: {e}", path.display())),
         }
     }
     let vault = match &source {
