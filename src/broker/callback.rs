@@ -445,16 +445,20 @@ impl Broker {
                         }
                     }
                 })?;
-        match self
-            .store_tokens(
-                provider,
-                &account,
-                &tokens,
-                secrets.nonce.as_deref(),
-                super::events::Via::Connect,
-            )
-            .await
-        {
+        let stored = async {
+            let nonce = secrets.nonce.as_deref();
+            let (save, events) = self
+                .prepare_connection(
+                    provider,
+                    &account,
+                    &tokens,
+                    nonce,
+                    super::events::Via::Connect,
+                )
+                .await?;
+            self.store_connection(save, events).await
+        };
+        match stored.await {
             Ok(()) => {}
             Err(BrokerError::IdToken(message)) => {
                 log::warn!("callback {provider_name}/{account}: {message}; nothing stored");

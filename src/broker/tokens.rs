@@ -285,20 +285,12 @@ impl Broker {
         })
     }
 
-    /// Stores the tokens of a completed connect flow. An ID token in the answer is
-    /// verified first (signature, issuer, audience, expiry and, when one was sent, the
-    /// nonce); one that does not verify stores nothing.
-    pub(super) async fn store_tokens(
+    /// Stores a (re)connect `prepare_connection` made, with its events.
+    pub(super) async fn store_connection(
         &self,
-        provider: &Provider,
-        account: &str,
-        t: &TokenSet,
-        nonce: Option<&str>,
-        via: Via,
+        save: ConnectionSave,
+        events: Vec<Event>,
     ) -> Result<(), BrokerError> {
-        let (save, events) = self
-            .prepare_connection(provider, account, t, nonce, via)
-            .await?;
         // Dropped after the write (even when this call is cancelled meanwhile): reads that
         // began before it cannot put the old token back.
         let _saved = self.token_cache.forget_after(&save.key);
@@ -316,7 +308,8 @@ impl Broker {
     }
 
     /// What a (re)connect with tokens `t` stores, and the events that tell of it: the ID
-    /// token checked, the tokens sealed.
+    /// token checked first (signature, issuer, audience, expiry and, when one was sent, the
+    /// nonce; one that does not verify stores nothing), the tokens sealed.
     pub(super) async fn prepare_connection(
         &self,
         provider: &Provider,
