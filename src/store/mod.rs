@@ -53,8 +53,9 @@ impl StoreError {
     }
 
     /// What is told to whoever called over HTTP, who may not be the operator: the fixed
-    /// texts (locked, full, read-only, out of memory, unreachable) as they are; an unexpected fault's own message,
-    /// which may name a file, an address or a setting, only in oauthd's log.
+    /// texts (locked, full, read-only, out of memory, unreachable) as they are; an
+    /// unexpected fault's own message, which may name a file, an address or a setting,
+    /// only in oauthd's log.
     pub fn for_callers(&self) -> String {
         match self {
             StoreError::Unavailable { context, message } => {
