@@ -446,6 +446,34 @@ async fn a_subject_holds_at_most_its_cap_of_live_states(b: Backend) {
     states.create(ns("2fa"), short("carol")).await.unwrap();
 }
 
+/// A subject at its cap in a namespace that is full too is told about the subject, on
+/// both backends: an app that answers `too_many_subject_states` by revoking that user's
+/// oldest states must not see `too_many_states` on one of them.
+async fn a_full_subject_in_a_full_namespace_is_named_as_the_subject(b: Backend) {
+    let mut rules = policy(2);
+    rules.base.max_per_subject = 2;
+    let states = StateService::new(b.store.clone(), rules, clock(), vault());
+    for _ in 0..2 {
+        states
+            .create(ns("session"), of_subject("alice", false))
+            .await
+            .unwrap();
+    }
+    let refused = states
+        .create(ns("session"), of_subject("alice", false))
+        .await;
+    assert!(
+        matches!(refused, Err(StateError::SubjectFull { max: 2, .. })),
+        "{refused:?}"
+    );
+    // Another subject in the same namespace meets the namespace's cap.
+    let refused = states.create(ns("session"), of_subject("bob", false)).await;
+    assert!(
+        matches!(refused, Err(StateError::NamespaceFull { .. })),
+        "{refused:?}"
+    );
+}
+
 /// A state's data is sealed for its own row: sealed data moved into another state's row
 /// (by someone who can write the database, and knows that state's value) does not open.
 /// The consume or right code that took the row answers an error and puts the row back as
@@ -576,6 +604,7 @@ async fn a_states_data_opens_only_in_its_own_row_and_a_failed_open_keeps_the_sta
 backends!(
     a_states_data_opens_only_in_its_own_row_and_a_failed_open_keeps_the_state,
     a_subject_holds_at_most_its_cap_of_live_states,
+    a_full_subject_in_a_full_namespace_is_named_as_the_subject,
     concurrent_wrong_codes_use_up_exactly_the_allowed_attempts,
     a_right_code_racing_wrong_ones_succeeds_once,
     a_state_with_a_code_is_consumed_only_with_it,

@@ -168,9 +168,10 @@ return {}
 /// now, expires at, most live states, id, subject ("" for none), "1" to replace the
 /// subject's other states, most live states of the subject, most live states of all
 /// namespaces, most tombstones, grace ms. Returns `{"1", replaced hashes...}`, or
-/// `{"-1"}` when the namespace is full, `{"-2"}` when the subject is, `{"-3"}` when the
-/// store is (`{"0"}`: the value exists). The first write is the state's SET, so a Redis at maxmemory refuses the
-/// script (OOM) before it changes anything.
+/// `{"-2"}` when the subject is full, `{"-1"}` when the namespace is, `{"-3"}` when the
+/// store is, checked in that order as on SQLite (`{"0"}`: the value exists). The first
+/// write is the state's SET, so a Redis at maxmemory refuses the script (OOM) before it
+/// changes anything.
 static INSERT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -179,10 +180,10 @@ local subject, live = ARGV[11], live_set(ARGV[5])
 local sub = subject ~= '' and subject_set(ns, subject) or nil
 local freed = 0
 if sub and ARGV[12] == '1' then freed = redis.call('ZCOUNT', sub, '(' .. now, '+inf') end
-if redis.call('ZCOUNT', live, '(' .. now, '+inf') - freed >= tonumber(ARGV[9]) then return {'-1'} end
 if sub and ARGV[12] ~= '1' and redis.call('ZCOUNT', sub, '(' .. now, '+inf') >= tonumber(ARGV[13]) then
   return {'-2'}
 end
+if redis.call('ZCOUNT', live, '(' .. now, '+inf') - freed >= tonumber(ARGV[9]) then return {'-1'} end
 local all_live = redis.call('ZCOUNT', ALL, '(' .. now, '+inf')
 if all_live - freed >= tonumber(ARGV[14]) then return {'-3'} end
 if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'PX', ttl) then return {'0'} end
