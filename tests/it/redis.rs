@@ -268,6 +268,39 @@ mod shared {
         let report = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{report}");
         assert!(report.contains("ok    store: Redis"), "{report}");
+        assert!(!report.contains("warn  store"), "{report}");
+
+        // Redis's own defaults: a sync once a second, and (on many managed services) a
+        // policy that evicts keys at maxmemory.
+        for set in [
+            "CONFIG SET appendfsync everysec",
+            "CONFIG SET maxmemory-policy volatile-lru",
+        ] {
+            assert_eq!(
+                durable.redis_server().command(set).as_deref(),
+                Some("+OK"),
+                "{set}"
+            );
+        }
+        let out = durable.cli(&["check"]);
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            report.contains("warn  store: Redis syncs its append-only file once a second")
+                && report.contains("appendfsync always"),
+            "{report}"
+        );
+        assert!(
+            report.contains("warn  store: Redis evicts keys when it reaches maxmemory")
+                && report.contains("maxmemory-policy noeviction"),
+            "{report}"
+        );
+        let d = durable.start();
+        drop(d);
+        assert!(
+            durable.log_text().contains("maxmemory-policy volatile-lru"),
+            "{}",
+            durable.log_text()
+        );
     }
 
     #[test]

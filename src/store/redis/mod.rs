@@ -283,15 +283,36 @@ impl super::Store for RedisStore {
 
     async fn warnings(&self) -> Result<Vec<String>, StoreError> {
         let mut c = self.conn();
-        let info = self
+        let (persistence, memory) = self
             .run("reading Redis INFO", async move {
-                redis::cmd("INFO")
+                // One section per INFO: Redis 6.2 takes no more.
+                redis::pipe()
+                    .cmd("INFO")
                     .arg("persistence")
-                    .query_async::<String>(&mut c)
+                    .cmd("INFO")
+                    .arg("memory")
+                    .query_async::<(String, String)>(&mut c)
                     .await
             })
             .await?;
-        Ok(persistence_warning(&info).into_iter().collect())
+        // CONFIG may be renamed or refused to this user (managed Redis): then nothing is
+        // known of the sync policy and nothing is said.
+        let mut c = self.conn();
+        let fsync = self
+            .run("reading Redis CONFIG", async move {
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("appendfsync")
+                    .query_async::<Vec<String>>(&mut c)
+                    .await
+            })
+            .await
+            .ok()
+            .and_then(|pair| pair.get(1).cloned());
+        Ok(persistence_warning(&persistence, fsync.as_deref())
+            .into_iter()
+            .chain(eviction_warning(&memory))
+            .collect())
     }
 
     async fn integrity(&self) -> Result<String, String> {
@@ -308,17 +329,51 @@ impl super::Store for RedisStore {
 }
 
 /// Tokens live in Redis: without the append-only file a Redis restart loses up to the
-/// last snapshot interval (or everything, with no snapshots either).
-fn persistence_warning(info: &str) -> Option<String> {
-    if info_field(info, "aof_enabled").as_deref() == Some("1") {
+/// last snapshot interval (or everything, with no snapshots either). With it, Redis syncs
+/// the file once a second unless told otherwise: its process may crash without loss (what
+/// it answered is written), its machine may not.
+fn persistence_warning(info: &str, appendfsync: Option<&str>) -> Option<String> {
+    if info_field(info, "aof_enabled").as_deref() != Some("1") {
+        return Some(
+            "Redis runs without the append-only file (appendonly no): a Redis restart can lose \
+             connected accounts and flows in progress. Enable it with `CONFIG SET appendonly yes` \
+             and `appendonly yes` in redis.conf"
+                .to_owned(),
+        );
+    }
+    match appendfsync {
+        Some(policy) if !policy.eq_ignore_ascii_case("always") => Some(format!(
+            "Redis syncs its append-only file {} (appendfsync {policy}): a power loss or a crash \
+             of its machine can lose what oauthd was told was stored (a refresh token a provider \
+             has just rotated, a state consumed a moment before, which can then be consumed \
+             again). `appendfsync always` in redis.conf syncs before Redis answers, as oauthd's \
+             SQLite store does",
+            if policy.eq_ignore_ascii_case("no") {
+                "only when the system flushes it"
+            } else {
+                "once a second"
+            }
+        )),
+        _ => None,
+    }
+}
+
+/// A Redis that evicts keys at `maxmemory` takes oauthd's at random: keys with a TTL first
+/// (a state's id index, a namespace's count, a refresh lease), under `allkeys-*` API keys
+/// and connections too. Only `noeviction` refuses the write instead (a 503 oauthd
+/// answers and recovers from).
+fn eviction_warning(info: &str) -> Option<String> {
+    let policy = info_field(info, "maxmemory_policy")?;
+    if policy == "noeviction" {
         return None;
     }
-    Some(
-        "Redis runs without the append-only file (appendonly no): a Redis restart can lose \
-         connected accounts and flows in progress. Enable it with `CONFIG SET appendonly yes` \
-         and `appendonly yes` in redis.conf"
-            .to_owned(),
-    )
+    Some(format!(
+        "Redis evicts keys when it reaches maxmemory (maxmemory-policy {policy}): it would drop \
+         oauthd's keys, so caps stop counting, revoked sessions stay valid, two instances can \
+         refresh the same token at once and, under allkeys-*, API keys and connected accounts \
+         disappear. Set `maxmemory-policy noeviction` (oauthd then answers 503 at maxmemory \
+         and recovers), or give oauthd a Redis of its own"
+    ))
 }
 
 fn info_field(info: &str, name: &str) -> Option<String> {
@@ -468,7 +523,18 @@ mod tests {
         assert!(version_at_least("7.0.15", (6, 2)));
         assert!(version_at_least("6.2.0", (6, 2)));
         assert!(!version_at_least("6.0.16", (6, 2)));
-        assert!(persistence_warning(info).is_some());
-        assert!(persistence_warning("aof_enabled:1\r\n").is_none());
+        assert!(persistence_warning(info, Some("always")).is_some());
+        assert!(persistence_warning("aof_enabled:1\r\n", Some("always")).is_none());
+        assert!(persistence_warning("aof_enabled:1\r\n", None).is_none());
+        let everysec = persistence_warning("aof_enabled:1\r\n", Some("everysec")).unwrap();
+        assert!(everysec.contains("once a second"), "{everysec}");
+        assert!(everysec.contains("appendfsync always"), "{everysec}");
+        let never = persistence_warning("aof_enabled:1\r\n", Some("no")).unwrap();
+        assert!(never.contains("when the system flushes"), "{never}");
+        assert!(eviction_warning("maxmemory_policy:noeviction\r\n").is_none());
+        assert!(eviction_warning("used_memory:1\r\n").is_none());
+        let lru = eviction_warning("# Memory\r\nmaxmemory_policy:volatile-lru\r\n").unwrap();
+        assert!(lru.contains("maxmemory-policy volatile-lru"), "{lru}");
+        assert!(lru.contains("noeviction"), "{lru}");
     }
 }
