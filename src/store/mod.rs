@@ -529,6 +529,15 @@ pub trait KeyStore: Send + Sync {
     async fn revoke_key(&self, name: &str, now_ms: i64) -> Result<bool, StoreError>;
 }
 
+/// The generation a new connection row starts at: the time it is made, in ms, times 1,000.
+/// A row deleted and made again never comes back to a generation that a process which
+/// leased the old one may still hold (that would take 1,000 leases a millisecond), so its
+/// save is refused instead of writing the old grant's tokens over the new account's. Below
+/// 2^53 until the year 2255: Redis's scripts hold it exactly.
+pub fn first_generation(now_ms: i64) -> i64 {
+    now_ms.saturating_mul(1000)
+}
+
 /// A connection as stored: tokens sealed, never in clear.
 #[derive(Debug, Clone)]
 pub struct ConnectionRow {
@@ -547,6 +556,8 @@ pub struct ConnectionRow {
     pub failures: i64,
     pub retry_at_ms: Option<i64>,
     pub lease_until_ms: Option<i64>,
+    /// The fence of every token write: a lease and each write move it on by one. A new
+    /// row starts at `first_generation`.
     pub generation: i64,
     /// Which provider account this is, from the last verified ID token.
     pub identity: AccountIdentity,
@@ -817,8 +828,8 @@ pub trait ConnectionStore: Send + Sync {
     /// provider: at `generation` and holding the sealed `access_token` it read. A refresh,
     /// lease or reconnect since then moved it on, and its tokens would be left live at
     /// the provider with no row to revoke them from. (The token, sealed with a fresh
-    /// nonce on every save, tells apart a row deleted and created again, whose generation
-    /// starts over.) Returns false when nothing was deleted (gone, or moved on).
+    /// nonce on every save, tells apart a row deleted and created again also where the
+    /// generation cannot: rows made before `first_generation` started at 0.) Returns false when nothing was deleted (gone, or moved on).
     async fn delete_connection(
         &self,
         key: &ConnectionKey,

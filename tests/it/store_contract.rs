@@ -137,6 +137,55 @@ async fn a_row_read_during_someone_elses_lease_is_stale_once_they_let_go(b: Back
     assert_eq!(lease(s, &key, during.generation, 7_000).await, None);
 }
 
+/// A refresher whose lease was on a connection since deleted and made again (the same
+/// provider and account, connected anew) holds a generation of the old row: its save
+/// and its failure are refused, not written over the new row's tokens.
+async fn a_lease_on_a_deleted_connection_does_not_fence_its_successor(b: Backend) {
+    let (s, key) = (b.store.as_ref(), connected(&b).await);
+    let old = s.get_connection(&key).await.unwrap().unwrap();
+    let stale = lease(s, &key, old.generation, 2_000).await.unwrap();
+    let leased = s.get_connection(&key).await.unwrap().unwrap();
+    assert!(s
+        .delete_connection(&key, leased.generation, &leased.access_token, Vec::new())
+        .await
+        .unwrap());
+    s.save_connection(
+        &key,
+        tokens(b"new-a", b"new-r"),
+        AccountIdentity::default(),
+        5_000,
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    let new = s.get_connection(&key).await.unwrap().unwrap();
+    let current = lease(s, &key, new.generation, 6_000).await.unwrap();
+    assert_ne!(stale, current, "the new row's lease repeats the old one's");
+    assert!(!s
+        .save_refreshed(&key, stale, tokens(b"old-a", b"old-r"), 7_000, Vec::new())
+        .await
+        .unwrap());
+    let failure = RefreshFailure {
+        status: ConnectionStatus::NeedsReauth,
+        error: "invalid_grant",
+        retry_at_ms: None,
+        now_ms: 7_000,
+        notified: false,
+    };
+    assert!(!s
+        .save_refresh_failure(&key, stale, failure, Vec::new())
+        .await
+        .unwrap());
+    let kept = s.get_connection(&key).await.unwrap().unwrap();
+    assert_eq!(kept.access_token, b"new-a");
+    assert_eq!(kept.status, ConnectionStatus::Active);
+    // The lease taken on the new row still holds it.
+    assert!(s
+        .save_refreshed(&key, current, tokens(b"a3", b"r3"), 8_000, Vec::new())
+        .await
+        .unwrap());
+}
+
 /// A refresh of `key` that failed at `now`: the lease taken on the row as it is, the
 /// failure recorded (the connection `status` after it, a retry due a minute later, the
 /// operator told).
@@ -945,6 +994,7 @@ backends!(
     a_refused_replace_leaves_the_subjects_states,
     a_refresh_lease_is_refused_to_a_caller_that_read_an_older_row,
     a_row_read_during_someone_elses_lease_is_stale_once_they_let_go,
+    a_lease_on_a_deleted_connection_does_not_fence_its_successor,
     events_are_stored_with_their_change_and_only_with_it,
     deliveries_are_claimed_once_per_lease_and_finished_by_their_claim,
     racing_claimers_split_the_due_deliveries,

@@ -54,8 +54,9 @@ pub(super) fn upsert(
     conn.prepare_cached(
         "INSERT INTO connections (provider, account, status, scopes, token_type,
             access_token, refresh_token, access_expires_at, created_at, updated_at,
-            last_refresh_at, account_sub, account_email, account_name, connected_at)
-         VALUES (?1, ?2, 'active', ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8, ?9, ?10, ?11, ?8)
+            last_refresh_at, account_sub, account_email, account_name, connected_at,
+            generation)
+         VALUES (?1, ?2, 'active', ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8, ?9, ?10, ?11, ?8, ?12)
          ON CONFLICT (provider, account) DO UPDATE SET
             status = 'active', scopes = ?3, token_type = ?4, access_token = ?5,
             refresh_token = ?6, access_expires_at = ?7, updated_at = ?8,
@@ -75,7 +76,8 @@ pub(super) fn upsert(
         now_ms,
         identity.sub,
         identity.email,
-        identity.name
+        identity.name,
+        crate::store::first_generation(now_ms)
     ])?;
     Ok(())
 }
