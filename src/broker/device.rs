@@ -171,18 +171,8 @@ impl Broker {
             .is_some_and(|d| tokio::time::Instant::now() >= *d)
     }
 
-    /// Runs device drivers on `runtime` from now on: the daemon's, which lives until the
-    /// stop has waited for them.
-    pub fn drive_device_flows_on(&self, runtime: tokio::runtime::Handle) {
-        let _ = self.device_runtime.set(runtime);
-    }
-
     fn spawn_driver(self: &Arc<Self>, id: String) {
-        let driver = self.clone().drive_device_flow(id);
-        match self.device_runtime.get() {
-            Some(runtime) => drop(runtime.spawn(driver)),
-            None => drop(tokio::spawn(driver)),
-        }
+        drop(self.spawn_background(self.clone().drive_device_flow(id)));
     }
 
     /// Marks this process as polling `id`; false when it already does.
@@ -236,32 +226,12 @@ impl Broker {
         }
     }
 
-    /// Stops every device driver of this process once its poll under way, if any, is
-    /// recorded; waits at most `within`. Pending flows stay pending, for the next start
-    /// (or another process) to poll.
-    pub async fn stop_device_flows(&self, within: Duration) {
-        self.device_stop.send_replace(true);
-        // The first call sets the deadline: a later one (after the HTTP drain) waits no
-        // longer than it.
-        let deadline = *self
-            .device_stop_deadline
-            .get_or_init(|| tokio::time::Instant::now() + within);
-        let running = || self.device_drivers.lock().map_or(0, |d| d.len());
-        while running() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        match running() {
-            0 => {}
-            n => log::warn!("device flows: {n} poll(s) still under way at the stop; their flows are polled again after the start"),
-        }
-    }
-
     /// Stops between polls once oauthd stops: a poll under way is never cut off
-    /// (`stop_device_flows` waits for it), since the provider may have redeemed the code
+    /// (`stop_background` waits for it), since the provider may have redeemed the code
     /// already, and its tokens must be stored.
     async fn poll_until_done(&self, id: &str) {
         let id = id.to_owned();
-        let mut stop = self.device_stop.subscribe();
+        let mut stop = self.stopping.subscribe();
         // Polls in a row that failed on the way (timeouts, 5xx, 429): each doubles the
         // wait, the first that gets through ends the backoff.
         let mut failures = 0;

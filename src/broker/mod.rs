@@ -6,6 +6,7 @@
 //! consumes it *before* the code is redeemed, so a replayed callback never reaches the
 //! token endpoint.
 
+mod background;
 mod callback;
 mod confirm;
 mod device;
@@ -156,13 +157,19 @@ pub struct Broker {
     max_device_flows: u32,
     /// Device flows this process polls now.
     device_drivers: Mutex<std::collections::HashSet<String>>,
-    /// Set when oauthd stops: device drivers start no further poll.
-    device_stop: tokio::sync::watch::Sender<bool>,
+    /// Set when oauthd stops: device drivers start no further poll, the background
+    /// refresher no further refresh.
+    stopping: tokio::sync::watch::Sender<bool>,
     /// Until when the stop waits for device polls under way (set by the first stop).
     device_stop_deadline: std::sync::OnceLock<tokio::time::Instant>,
-    /// The runtime device drivers run on when set (the daemon's own, not the HTTP worker
-    /// that started a flow: a worker's runtime ends with it, and its tasks with it).
-    device_runtime: std::sync::OnceLock<tokio::runtime::Handle>,
+    /// The runtime device drivers and leased refreshes run on when set (the daemon's own,
+    /// not the HTTP worker that started them: a worker's runtime ends with it, and its
+    /// tasks with it).
+    runtime: std::sync::OnceLock<tokio::runtime::Handle>,
+    /// Leased refreshes running now (the stop waits for them).
+    refreshing: background::Refreshing,
+    /// Until when the stop waits for leased refreshes (set by the first stop).
+    refresh_stop_deadline: std::sync::OnceLock<tokio::time::Instant>,
     /// Whether each provider accepted the client credentials, and when that was asked.
     client_checks: Mutex<HashMap<String, (std::time::Instant, flows::ClientCheck)>>,
     clock: Clock,
@@ -199,9 +206,11 @@ impl Broker {
             in_flight: flight::FlightLocks::default(),
             max_device_flows: settings.max_device_flows,
             device_drivers: Mutex::new(Default::default()),
-            device_stop: tokio::sync::watch::Sender::new(false),
+            stopping: tokio::sync::watch::Sender::new(false),
             device_stop_deadline: std::sync::OnceLock::new(),
-            device_runtime: std::sync::OnceLock::new(),
+            runtime: std::sync::OnceLock::new(),
+            refreshing: background::Refreshing::default(),
+            refresh_stop_deadline: std::sync::OnceLock::new(),
             client_checks: Mutex::new(HashMap::new()),
             clock: settings.clock,
             token_cache,

@@ -377,7 +377,7 @@ impl Broker {
 
     /// An access token with at least `min_ttl` of life, refreshing first when needed.
     pub async fn access_token(
-        &self,
+        self: &Arc<Self>,
         provider_name: &str,
         account: &str,
         min_ttl: Duration,
@@ -406,7 +406,7 @@ impl Broker {
     /// token less than `REJECTED_MIN_AGE_MS` ago: that `401` is not about an old token, and
     /// refreshing on every such answer would burn refresh tokens for nothing.
     pub async fn access_token_instead_of(
-        &self,
+        self: &Arc<Self>,
         provider_name: &str,
         account: &str,
         rejected: &AccessToken,
@@ -447,11 +447,16 @@ impl Broker {
     /// refreshed; failures are recorded on the connection and logged. Once `stopping`
     /// says so, no further connection is begun (a stop waits only for the one under way,
     /// not for a round that may take a provider's timeout per connection).
-    pub async fn refresh_due(&self, stopping: &dyn Fn() -> bool) -> Result<usize, BrokerError> {
+    pub async fn refresh_due(
+        self: &Arc<Self>,
+        stopping: &dyn Fn() -> bool,
+    ) -> Result<usize, BrokerError> {
         let now = self.clock.now_ms();
         let mut refreshed = 0;
         for row in self.store.list_connections().await? {
-            if stopping() {
+            // Told by the caller, or by the stop that now waits for this round's refresh
+            // under way (and would wait for every further one).
+            if stopping() || self.stopping() {
                 break;
             }
             let Ok(provider) = self.provider(&row.provider).map(Arc::clone) else {
@@ -484,8 +489,8 @@ impl Broker {
     }
 
     async fn refresh_single_flight(
-        &self,
-        provider: &Provider,
+        self: &Arc<Self>,
+        provider: &Arc<Provider>,
         key: &ConnectionKey,
         min_ttl: Duration,
         force: bool,
@@ -498,9 +503,9 @@ impl Broker {
 
     /// `refresh_single_flight` once `key`'s turn is had (held until this returns).
     async fn refresh_in_turn(
-        &self,
+        self: &Arc<Self>,
         _turn: Turn<'_>,
-        provider: &Provider,
+        provider: &Arc<Provider>,
         key: &ConnectionKey,
         min_ttl: Duration,
         force: bool,
@@ -547,13 +552,24 @@ impl Broker {
                     retry_after_secs: ((retry_at - now + 999) / 1000) as u64,
                 });
             }
+            // Discovered before the lease is taken (once; then from memory), so that the
+            // lease covers the token request alone. A discovery that fails is recorded
+            // under the lease like a failed refresh: callers then wait for its backoff
+            // instead of each trying again.
+            let discovered = self
+                .endpoints(provider)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string());
             match self
                 .store
                 .acquire_refresh_lease(key, row.generation, now, self.lease_ms)
                 .await?
             {
                 Some(generation) => {
-                    return self.refresh_with_lease(provider, &row, generation).await
+                    return self
+                        .refresh_detached(provider, row, generation, discovered)
+                        .await
                 }
                 // Another process is refreshing, or refreshed since `row` was read: look
                 // again (bounded), never refresh with the refresh token read before.
@@ -570,11 +586,42 @@ impl Broker {
         }
     }
 
+    /// `refresh_with_lease` as a task of its own, on the daemon's runtime, waited for. Once
+    /// the lease is taken the provider may be asked at any moment, and what it answers
+    /// must be stored whatever becomes of the caller: a client that resets its connection
+    /// (actix then drops the request's future), or a stop that drops requests still
+    /// running past its grace. A rotating provider has retired the stored refresh token
+    /// by then; dropping its answer would leave the account to be connected again. The
+    /// stop waits for these tasks (`stop_background`).
+    async fn refresh_detached(
+        self: &Arc<Self>,
+        provider: &Arc<Provider>,
+        row: ConnectionRow,
+        generation: i64,
+        discovered: Result<(), String>,
+    ) -> Result<Arc<AccessToken>, BrokerError> {
+        let (this, provider) = (self.clone(), provider.clone());
+        let running = self.refreshing.enter();
+        let refresh = async move {
+            let _running = running;
+            this.refresh_with_lease(&provider, &row, generation, discovered)
+                .await
+        };
+        self.spawn_background(refresh).await.unwrap_or_else(|e| {
+            log::error!("a refresh ended before it finished: {e}");
+            Err(BrokerError::ProviderUnavailable {
+                message: "the refresh ended before it finished".into(),
+                retry_after_secs: 1,
+            })
+        })
+    }
+
     async fn refresh_with_lease(
         &self,
         provider: &Provider,
         row: &ConnectionRow,
         generation: i64,
+        discovered: Result<(), String>,
     ) -> Result<Arc<AccessToken>, BrokerError> {
         // The lease holds until `lease_ms` after it was taken, a moment before this.
         let leased_until = tokio::time::Instant::now()
@@ -589,7 +636,14 @@ impl Broker {
         let refresh_token = self
             .vault
             .open_str(&token_aad(p, a, "refresh_token"), sealed_refresh)?;
-        let result = match self.endpoints(provider).await {
+        let endpoints = match discovered {
+            Ok(()) => self.endpoints(provider).await,
+            Err(e) => Err(BrokerError::ProviderUnavailable {
+                message: e,
+                retry_after_secs: 5,
+            }),
+        };
+        let result = match endpoints {
             Ok(endpoints) => {
                 flows::refresh(
                     self.token_endpoint.as_ref(),

@@ -135,7 +135,7 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
                 ),
             }
         }
-        broker.drive_device_flows_on(tokio::runtime::Handle::current());
+        broker.run_background_on(tokio::runtime::Handle::current());
         let resumed = broker.adopt_device_flows().await?;
         if resumed > 0 {
             log::info!("resumed polling for {resumed} device flow(s)");
@@ -186,10 +186,10 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
             trusted_proxies: settings.trusted_proxies.clone(),
         };
         let served = http::serve(&settings, listener, app).await;
-        // Device polls were told to stop with the HTTP server; a poll still under way
-        // (its provider slower than the requests) is waited for here.
+        // Device polls were told to stop with the HTTP server; a poll or a leased refresh
+        // still under way (its provider slower than the requests) is waited for here.
         devices
-            .stop_device_flows(http::shutdown_grace(settings.provider_timeout))
+            .stop_background(http::shutdown_grace(settings.provider_timeout))
             .await;
         let _ = stop.send(true);
         let _ = sweeper.await;

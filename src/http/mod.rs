@@ -479,8 +479,8 @@ pub async fn serve(
     let handle = server.handle();
     actix_web::rt::spawn(async move {
         wait_for_stop_signal(signals).await;
-        log::info!("stopping: finishing requests and device polls in flight");
-        tokio::join!(handle.stop(true), broker.stop_device_flows(grace));
+        log::info!("stopping: finishing requests, refreshes and device polls in flight");
+        tokio::join!(handle.stop(true), broker.stop_background(grace));
     });
     let served = server.await;
     // The last second's summary, which no later tick will write.

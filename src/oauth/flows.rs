@@ -190,6 +190,20 @@ pub type TokenFuture<'a> = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<oauth2::HttpResponse, std::io::Error>> + Send + 'a>,
 >;
 
+/// A `TokenEndpoint` as oauth2's HTTP client. (A closure would do, but the future of a
+/// request made through one is not `Send` for every lifetime, so it could not run as a
+/// task of its own.)
+struct Sender<'a>(&'a dyn TokenEndpoint);
+
+impl<'c> oauth2::AsyncHttpClient<'c> for Sender<'_> {
+    type Error = std::io::Error;
+    type Future = TokenFuture<'c>;
+
+    fn call(&'c self, request: oauth2::HttpRequest) -> TokenFuture<'c> {
+        self.0.send(request)
+    }
+}
+
 /// The network, through the shared client (no redirects, a size cap on answers).
 pub struct Network(pub reqwest::Client);
 
@@ -275,7 +289,7 @@ pub async fn exchange_code(
     let resp = client(provider, endpoints, Some(redirect))
         .exchange_code(AuthorizationCode::new(code.to_owned()))
         .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_owned()))
-        .request_async(&|req| http.send(req))
+        .request_async(&Sender(http))
         .await
         .map_err(classify)?;
     Ok(token_set(&resp))
@@ -337,7 +351,7 @@ pub async fn refresh(
     let token = RefreshToken::new(refresh_token.to_owned());
     let resp = client(provider, endpoints, None)
         .exchange_refresh_token(&token)
-        .request_async(&|req| http.send(req))
+        .request_async(&Sender(http))
         .await
         .map_err(classify)?;
     Ok(token_set(&resp))

@@ -204,7 +204,7 @@ async fn connected_with_key(
 ) -> Arc<Broker> {
     let broker = broker_on(b, clock, endpoint.clone(), revocation_url, vault_key);
     connect_account(&broker, &endpoint, "a").await;
-    Arc::new(broker)
+    broker
 }
 
 /// Connects `account` of provider "p" through a real connect flow; its tokens expire in
@@ -456,7 +456,7 @@ fn broker_on(
     endpoint: Arc<Scripted>,
     revocation_url: Option<String>,
     vault_key: &str,
-) -> Broker {
+) -> Arc<Broker> {
     let provider = Provider::from_config(
         "p",
         &ProviderConfig {
@@ -492,8 +492,8 @@ fn broker_on(
             notifier: Arc::new(oauthd::notify::Notifier::silent(clock.clone())),
         },
     )
+    .map(|broker| Arc::new(broker.with_token_endpoint(endpoint)))
     .unwrap()
-    .with_token_endpoint(endpoint)
 }
 
 /// Ten callers find the token expired at once: one refresh reaches the provider, and all
@@ -515,6 +515,39 @@ async fn concurrent_callers_share_one_refresh(b: Backend) {
         assert_eq!(token.unwrap().access_token.as_str(), "access-2");
     }
     assert_eq!(endpoint.calls(), 2, "exactly one refresh for ten callers");
+}
+
+/// A caller that goes away while its refresh waits for the provider (a client resetting
+/// its connection makes actix drop the request) does not take the refresh with it: the
+/// provider has rotated the refresh token by then, and its answer is stored all the
+/// same, and a stop waits for it. The next caller gets that token without asking the
+/// provider again.
+async fn a_refresh_outlives_the_caller_that_started_it(b: Backend) {
+    let clock = clock();
+    let endpoint = Scripted::new(Duration::from_millis(300));
+    let broker = connected(&b, &clock, endpoint.clone()).await;
+    let key = oauthd::store::ConnectionKey::new("p", "a");
+    let before = b.store.get_connection(&key).await.unwrap().unwrap();
+    clock.advance(61 * MINUTE);
+    endpoint.then(200, tokens("access-2", "refresh-2", 3600));
+    // Dropped 100 ms into the provider's 300.
+    let gone = tokio::time::timeout(
+        Duration::from_millis(100),
+        broker.access_token("p", "a", MINUTE),
+    );
+    assert!(gone.await.is_err(), "the caller gave up");
+    assert_eq!(endpoint.calls(), 2, "the refresh reached the provider");
+    // A stop waits for it (with no grace for device polls: refreshes have their lease).
+    broker.stop_background(Duration::ZERO).await;
+    let row = b.store.get_connection(&key).await.unwrap().unwrap();
+    assert_ne!(
+        row.access_token, before.access_token,
+        "the provider's answer was dropped with its caller"
+    );
+    assert_eq!(row.lease_until_ms, None, "the lease was let go");
+    let token = broker.access_token("p", "a", MINUTE).await.unwrap();
+    assert_eq!(token.access_token.as_str(), "access-2");
+    assert_eq!(endpoint.calls(), 2, "no second refresh");
 }
 
 /// A failed refresh backs off: callers in the backoff get 503 without a provider call;
@@ -868,6 +901,7 @@ backends!(
     a_disconnect_where_the_provider_offers_no_revocation_says_so,
     the_refresher_passes_a_connection_a_disconnect_is_on,
     a_refresh_that_finds_its_connection_deleted_revokes_what_it_got,
+    a_refresh_outlives_the_caller_that_started_it,
     a_disconnect_during_a_refresh_revokes_the_refreshed_tokens,
     a_state_under_its_legacy_key_verifies_until_revoked,
     a_refreshed_token_is_held_only_once_a_read_finds_it,

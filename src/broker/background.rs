@@ -1,0 +1,94 @@
+//! Work that outlives the request that started it and must end before oauthd stops:
+//! device-flow pollers and leased refreshes. Both run on the daemon's runtime (an HTTP
+//! worker's runtime ends with the worker, and its tasks with it), and the stop waits for
+//! them.
+
+use super::Broker;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Leased refreshes running now.
+#[derive(Default)]
+pub(super) struct Refreshing(Arc<AtomicUsize>);
+
+/// One leased refresh: counted until dropped.
+pub(super) struct Running(Arc<AtomicUsize>);
+
+impl Refreshing {
+    pub(super) fn enter(&self) -> Running {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Running(self.0.clone())
+    }
+
+    fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Broker {
+    /// Runs device drivers and leased refreshes on `runtime` from now on: the daemon's,
+    /// which lives until the stop has waited for them.
+    pub fn run_background_on(&self, runtime: tokio::runtime::Handle) {
+        let _ = self.runtime.set(runtime);
+    }
+
+    /// Whether oauthd has begun to stop (`stop_background`).
+    pub(super) fn stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    pub(super) fn spawn_background<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match self.runtime.get() {
+            Some(runtime) => runtime.spawn(task),
+            None => tokio::spawn(task),
+        }
+    }
+
+    /// Stops device drivers once the poll each has under way, if any, is recorded
+    /// (waiting at most `within`), and waits for leased refreshes to store what their
+    /// provider answered (at most a lease's length: each gives up by the end of its
+    /// lease). Pending device flows stay pending, for the next start or another process.
+    /// The first call sets the deadlines: a later one (after the HTTP drain) waits no
+    /// longer than they allow.
+    pub async fn stop_background(&self, within: Duration) {
+        self.stopping.send_replace(true);
+        let devices_by = *self
+            .device_stop_deadline
+            .get_or_init(|| Instant::now() + within);
+        let lease = Duration::from_millis(u64::try_from(self.lease_ms).unwrap_or(0));
+        let refreshes_by = *self
+            .refresh_stop_deadline
+            .get_or_init(|| Instant::now() + lease);
+        let drivers = || self.device_drivers.lock().map_or(0, |d| d.len());
+        loop {
+            let now = Instant::now();
+            let devices = drivers() > 0 && now < devices_by;
+            let refreshes = self.refreshing.count() > 0 && now < refreshes_by;
+            if !devices && !refreshes {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        match drivers() {
+            0 => {}
+            n => log::warn!("device flows: {n} poll(s) still under way at the stop; their flows are polled again after the start"),
+        }
+        match self.refreshing.count() {
+            0 => {}
+            n => log::error!("{n} refresh(es) still under way at the stop, past their lease: what their provider answers is lost"),
+        }
+    }
+}
