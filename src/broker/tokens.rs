@@ -552,6 +552,22 @@ impl Broker {
                     retry_after_secs: ((retry_at - now + 999) / 1000) as u64,
                 });
             }
+            // Without a refresh token only the user can renew the grant, but the access
+            // token still works until it expires: a caller asking for more time than it has
+            // left is told to connect again, and the connection stays active (no failure
+            // recorded) for callers content with less. A token the provider refused, or
+            // one past its expiry, does need the user: recorded under the lease below.
+            if row.refresh_token.is_none() && rejected.is_none() {
+                if let Some(left) = row.access_expires_at_ms.filter(|e| *e > now) {
+                    let mut row = row.clone();
+                    row.last_error = Some(format!(
+                        "the provider gave no refresh token, and the access token expires in \
+                         {} s, sooner than asked for (min_ttl)",
+                        (left - now) / 1000
+                    ));
+                    return Err(self.needs_reauth(&row));
+                }
+            }
             // Discovered before the lease is taken (once; then from memory), so that the
             // lease covers the token request alone. A discovery that fails is recorded
             // under the lease like a failed refresh: callers then wait for its backoff

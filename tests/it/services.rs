@@ -6,7 +6,7 @@
 use crate::store_contract::Backend;
 use oauthd::broker::{
     Broker, BrokerError, BrokerSettings, Browser, CallbackError, CallbackQuery, Disconnected,
-    FlowStarter,
+    FlowStarter, ViewStatus,
 };
 use oauthd::clock::Clock;
 use oauthd::namespace::Namespace;
@@ -550,6 +550,57 @@ async fn a_refresh_outlives_the_caller_that_started_it(b: Backend) {
     assert_eq!(endpoint.calls(), 2, "no second refresh");
 }
 
+/// A connection the provider gave no refresh token (it cannot be refreshed) keeps
+/// answering with its access token until that expires: a caller asking for more time
+/// than it has left is told to connect again, without marking the connection for the
+/// callers content with less.
+async fn a_token_without_a_refresh_token_serves_until_it_expires(b: Backend) {
+    let clock = clock();
+    let endpoint = Scripted::new(Duration::ZERO);
+    let broker = connected(&b, &clock, endpoint.clone()).await;
+    let start = broker
+        .start_connect("p", Some("once"), None, FlowStarter::Operator)
+        .await
+        .unwrap();
+    endpoint.then(
+        200,
+        serde_json::json!({"access_token": "once-1", "token_type": "bearer", "expires_in": 3600}),
+    );
+    let query = CallbackQuery {
+        state: Some(state_of(&start.authorize_url)),
+        code: Some("the-code".into()),
+        ..Default::default()
+    };
+    broker
+        .finish_callback("p", query, Browser::Cookie(None))
+        .await
+        .unwrap();
+    // 30 s left: a caller asking for a minute is sent to the user...
+    clock.advance(Duration::from_secs(3570));
+    let asked = broker.access_token("p", "once", MINUTE).await;
+    assert!(
+        matches!(&asked, Err(BrokerError::NeedsReauth { reason, .. }) if reason.contains("no refresh token")),
+        "{asked:?}"
+    );
+    // ...one content with less gets the token, which still works.
+    let token = broker
+        .access_token("p", "once", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(token.access_token.as_str(), "once-1");
+    let row = broker.connection("p", "once").await.unwrap();
+    assert!(matches!(row.status, ViewStatus::Active), "{row:?}");
+    assert_eq!(row.failures, 0);
+    // Past its expiry the connection needs the user.
+    clock.advance(Duration::from_secs(31));
+    let expired = broker.access_token("p", "once", Duration::ZERO).await;
+    assert!(
+        matches!(expired, Err(BrokerError::NeedsReauth { .. })),
+        "{expired:?}"
+    );
+    assert_eq!(endpoint.calls(), 2, "no provider call to refresh");
+}
+
 /// A failed refresh backs off: callers in the backoff get 503 without a provider call;
 /// once the clock passes it, the next caller refreshes. No waiting involved.
 async fn a_failed_refresh_backs_off_by_the_clock(b: Backend) {
@@ -902,6 +953,7 @@ backends!(
     the_refresher_passes_a_connection_a_disconnect_is_on,
     a_refresh_that_finds_its_connection_deleted_revokes_what_it_got,
     a_refresh_outlives_the_caller_that_started_it,
+    a_token_without_a_refresh_token_serves_until_it_expires,
     a_disconnect_during_a_refresh_revokes_the_refreshed_tokens,
     a_state_under_its_legacy_key_verifies_until_revoked,
     a_refreshed_token_is_held_only_once_a_read_finds_it,
