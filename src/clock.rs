@@ -19,7 +19,8 @@ pub struct Clock(Source);
 enum Source {
     #[default]
     System,
-    Manual(Arc<AtomicI64>),
+    /// The time, and how far each read moves it on.
+    Manual(Arc<AtomicI64>, i64),
 }
 
 impl Clock {
@@ -30,14 +31,23 @@ impl Clock {
 
     /// A clock that stands at `start_ms` until moved with [`Clock::advance`].
     pub fn manual(start_ms: i64) -> Clock {
-        Clock(Source::Manual(Arc::new(AtomicI64::new(start_ms))))
+        Clock::ticking(start_ms, Duration::ZERO)
+    }
+
+    /// A manual clock that also moves `step` forward each time it is read, as a real
+    /// clock does between two reads: for tests where which of two reads came first
+    /// matters.
+    pub fn ticking(start_ms: i64, step: Duration) -> Clock {
+        let step = i64::try_from(step.as_millis()).unwrap_or(i64::MAX);
+        Clock(Source::Manual(Arc::new(AtomicI64::new(start_ms)), step))
     }
 
     /// Unix time in milliseconds.
     pub fn now_ms(&self) -> i64 {
         match &self.0 {
             Source::System => Utc::now().timestamp_millis(),
-            Source::Manual(t) => t.load(Ordering::SeqCst),
+            Source::Manual(t, 0) => t.load(Ordering::SeqCst),
+            Source::Manual(t, step) => t.fetch_add(*step, Ordering::SeqCst),
         }
     }
 
@@ -46,7 +56,7 @@ impl Clock {
     pub fn advance(&self, by: Duration) -> bool {
         match &self.0 {
             Source::System => false,
-            Source::Manual(t) => {
+            Source::Manual(t, _) => {
                 let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
                 t.fetch_add(ms, Ordering::SeqCst);
                 true
@@ -74,5 +84,10 @@ mod tests {
         assert!(twin.advance(Duration::from_secs(90)));
         assert_eq!(clock.now_ms(), 91_000);
         assert!(!Clock::system().advance(Duration::from_secs(1)));
+        let ticking = Clock::ticking(1_000, Duration::from_millis(1));
+        assert_eq!(ticking.now_ms(), 1_000);
+        assert_eq!(ticking.now_ms(), 1_001);
+        ticking.advance(Duration::from_secs(1));
+        assert_eq!(ticking.now_ms(), 2_002);
     }
 }

@@ -162,6 +162,17 @@ fn lasts(
 /// Whether the background refresher should refresh this connection now: its token is
 /// within 5 minutes of expiry (or half its lifetime, when shorter), or its refresh token
 /// would die of disuse within a week (or half the idle limit, when shorter).
+/// What a refresh is asked for: a token with `min_ttl` left (`force`: a new one however
+/// long the stored one has), other than `rejected`, unless one was stored since
+/// `asked_at` (taken before waiting for the connection's turn, so that callers queued
+/// behind a refresh take its token instead of refreshing again one after the other).
+struct Ask<'a> {
+    min_ttl: Duration,
+    force: bool,
+    rejected: Option<&'a str>,
+    asked_at: i64,
+}
+
 fn due_for_refresh(row: &ConnectionRow, idle_expiry: Option<Duration>, now: i64) -> bool {
     if row.status != ConnectionStatus::Active
         || row.refresh_token.is_none()
@@ -395,8 +406,13 @@ impl Broker {
         if let Some(token) = self.usable(&row, min_ttl, ticket)? {
             return Ok(token);
         }
-        self.refresh_single_flight(&provider, &key, min_ttl, false, None)
-            .await
+        let ask = Ask {
+            min_ttl,
+            force: false,
+            rejected: None,
+            asked_at: self.clock.now_ms(),
+        };
+        self.refresh_single_flight(&provider, &key, ask).await
     }
 
     /// Another access token than `rejected`, which the provider's API just refused (the
@@ -431,15 +447,15 @@ impl Broker {
                 return Ok(None);
             }
         }
-        self.refresh_single_flight(
-            &provider,
-            &key,
-            Duration::ZERO,
-            false,
-            Some(rejected.access_token.as_str()),
-        )
-        .await
-        .map(Some)
+        let ask = Ask {
+            min_ttl: Duration::ZERO,
+            force: false,
+            rejected: Some(rejected.access_token.as_str()),
+            asked_at: self.clock.now_ms(),
+        };
+        self.refresh_single_flight(&provider, &key, ask)
+            .await
+            .map(Some)
     }
 
     /// Refreshes whatever is due: tokens close to expiry, and refresh tokens that would
@@ -477,10 +493,15 @@ impl Broker {
                 );
                 continue;
             };
-            match self
-                .refresh_in_turn(turn, &provider, &key, Duration::ZERO, true, None)
-                .await
-            {
+            // Forced (a refresh token kept alive need not be close to expiry), unless
+            // something refreshed it since the round began.
+            let ask = Ask {
+                min_ttl: Duration::ZERO,
+                force: true,
+                rejected: None,
+                asked_at: now,
+            };
+            match self.refresh_in_turn(turn, &provider, &key, ask).await {
                 Ok(_) => refreshed += 1,
                 Err(e) => log::warn!("background refresh {}/{}: {e}", row.provider, row.account),
             }
@@ -492,13 +513,10 @@ impl Broker {
         self: &Arc<Self>,
         provider: &Arc<Provider>,
         key: &ConnectionKey,
-        min_ttl: Duration,
-        force: bool,
-        rejected: Option<&str>,
+        ask: Ask<'_>,
     ) -> Result<Arc<AccessToken>, BrokerError> {
         let turn = self.in_flight.turn(key).await;
-        self.refresh_in_turn(turn, provider, key, min_ttl, force, rejected)
-            .await
+        self.refresh_in_turn(turn, provider, key, ask).await
     }
 
     /// `refresh_single_flight` once `key`'s turn is had (held until this returns).
@@ -507,11 +525,14 @@ impl Broker {
         _turn: Turn<'_>,
         provider: &Arc<Provider>,
         key: &ConnectionKey,
-        min_ttl: Duration,
-        force: bool,
-        rejected: Option<&str>,
+        ask: Ask<'_>,
     ) -> Result<Arc<AccessToken>, BrokerError> {
-        let asked_at = self.clock.now_ms();
+        let Ask {
+            min_ttl,
+            force,
+            rejected,
+            asked_at,
+        } = ask;
         // How long to wait for another process is real waiting, not a time rule: measured
         // on the monotonic clock.
         let deadline = tokio::time::Instant::now() + WAIT_FOR_OTHER;

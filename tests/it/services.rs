@@ -601,6 +601,28 @@ async fn a_token_without_a_refresh_token_serves_until_it_expires(b: Backend) {
     assert_eq!(endpoint.calls(), 2, "no provider call to refresh");
 }
 
+/// Callers whose token the provider's API refused queue behind one refresh; when the
+/// provider answers it with the same access token (some do, for a token still valid),
+/// those queued behind take that answer instead of refreshing again one after the other.
+/// The clock ticks on every read, as a real one does between a refresh's save and the
+/// next caller's turn.
+async fn callers_queued_behind_a_refresh_take_its_answer(b: Backend) {
+    let clock = Clock::ticking(1_000_000, Duration::from_millis(1));
+    let endpoint = Scripted::new(Duration::from_millis(200));
+    let broker = connected(&b, &clock, endpoint.clone()).await;
+    let rejected = broker.access_token("p", "a", MINUTE).await.unwrap();
+    clock.advance(MINUTE);
+    for refresh in ["refresh-2", "refresh-3", "refresh-4"] {
+        endpoint.then(200, tokens("access-1", refresh, 3600));
+    }
+    let callers = (0..3).map(|_| broker.access_token_instead_of("p", "a", &rejected));
+    for token in futures::future::join_all(callers).await {
+        let token = token.unwrap().expect("a token");
+        assert_eq!(token.access_token.as_str(), "access-1");
+    }
+    assert_eq!(endpoint.calls(), 2, "one refresh for the three callers");
+}
+
 /// A failed refresh backs off: callers in the backoff get 503 without a provider call;
 /// once the clock passes it, the next caller refreshes. No waiting involved.
 async fn a_failed_refresh_backs_off_by_the_clock(b: Backend) {
@@ -954,6 +976,7 @@ backends!(
     a_refresh_that_finds_its_connection_deleted_revokes_what_it_got,
     a_refresh_outlives_the_caller_that_started_it,
     a_token_without_a_refresh_token_serves_until_it_expires,
+    callers_queued_behind_a_refresh_take_its_answer,
     a_disconnect_during_a_refresh_revokes_the_refreshed_tokens,
     a_state_under_its_legacy_key_verifies_until_revoked,
     a_refreshed_token_is_held_only_once_a_read_finds_it,
