@@ -120,9 +120,9 @@ pub async fn show(
         (status = 200, description = "A token valid for at least `min_ttl`.", body = AccessToken),
         (status = 400, description = "`min_ttl` is not 0 to 86400 (`invalid_min_ttl`), or an unknown query parameter (`unknown_parameter`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such provider in the config (`unknown_provider`) or connection (`connection_not_found`).", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 409, description = "The grant is gone (`needs_reauth`): an app starts a new connect flow for the account; `reconnect_url` is the operator's page, behind its sign-in.", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 502, description = "The provider refused the refresh in a way that is not `invalid_grant` (`provider_rejected`), or its new ID token does not verify (`id_token_invalid`).", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "The provider or storage is unavailable (`provider_unavailable`, `storage_unavailable`, `vault_error`): retry after `Retry-After`.", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "The grant is gone (`needs_reauth`): an app starts a new connect flow for the account; `reconnect_url` is the operator's page, behind its sign-in. Also for a connection the provider gave no refresh token whose token has less than `min_ttl` left (the detail says so; a smaller `min_ttl` still gets it until it expires).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 502, description = "The refresh's new ID token does not verify (`id_token_invalid`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "The provider or storage is unavailable (`provider_unavailable`, `storage_unavailable`, `vault_error`): retry after `Retry-After`. A refusal other than `invalid_grant` (e.g. `invalid_client`) is retried with backoff too, and answers `provider_unavailable` with the provider's error in the detail.", body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 pub async fn token(
     app: web::Data<AppState>,

@@ -238,21 +238,50 @@ async fn send(
     out.body(body).map_err(std::io::Error::other)
 }
 
+/// What a request to a provider sent that must not come back in an error: the client
+/// secret and the grant (a code and its verifier, a refresh token, a device code).
+struct Sent<'a>(Vec<&'a str>);
+
+impl<'a> Sent<'a> {
+    fn new(provider: &'a Provider, grant: &[&'a str]) -> Sent<'a> {
+        let secret = provider.client_secret.iter().map(|s| s.as_str());
+        Sent(secret.chain(grant.iter().copied()).collect())
+    }
+
+    /// A provider's error text, bounded and safe to log (`provider_text`), with what was
+    /// sent taken out (as sent, and form-encoded): some servers echo it ("Invalid refresh
+    /// token: <value>"), and this text is logged, stored with the connection and shown
+    /// to apps and on the page.
+    fn text(&self, text: &str, max: usize) -> String {
+        let mut text = text.to_owned();
+        // Shorter values could be any word of the text; no secret is that short.
+        for secret in self.0.iter().filter(|s| s.len() >= 8) {
+            for form in [secret.to_string(), form_encode(secret)] {
+                if text.contains(&form) {
+                    text = text.replace(&form, "[redacted]");
+                }
+            }
+        }
+        super::provider_text(&text, max)
+    }
+}
+
 fn classify<E: std::error::Error>(
     err: RequestTokenError<E, oauth2::basic::BasicErrorResponse>,
+    sent: &Sent<'_>,
 ) -> FlowError {
     match err {
         RequestTokenError::ServerResponse(r) => {
             let description = r
                 .error_description()
-                .map_or_else(|| "no description".into(), |d| super::provider_text(d, 300));
-            rejected(r.error().as_ref(), description)
+                .map_or_else(|| "no description".into(), |d| sent.text(d, 300));
+            rejected(r.error().as_ref(), description, sent)
         }
         RequestTokenError::Request(e) => FlowError::Transient(e.to_string()),
         RequestTokenError::Parse(e, body) => {
             // GitHub answers errors with 200: what names an error is that error.
             if names_an_error(&body) {
-                return error_response(reqwest::StatusCode::BAD_REQUEST, &body);
+                return error_response(reqwest::StatusCode::BAD_REQUEST, &body, sent);
             }
             FlowError::Transient(format!("malformed token response: {e}"))
         }
@@ -291,7 +320,7 @@ pub async fn exchange_code(
         .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_owned()))
         .request_async(&Sender(http))
         .await
-        .map_err(classify)?;
+        .map_err(|e| classify(e, &Sent::new(provider, &[code, pkce_verifier])))?;
     Ok(token_set(&resp))
 }
 
@@ -353,7 +382,7 @@ pub async fn refresh(
         .exchange_refresh_token(&token)
         .request_async(&Sender(http))
         .await
-        .map_err(classify)?;
+        .map_err(|e| classify(e, &Sent::new(provider, &[refresh_token])))?;
     Ok(token_set(&resp))
 }
 
@@ -507,7 +536,7 @@ pub async fn device_authorize(
         .await
         .map_err(FlowError::Transient)?;
     if !status.is_success() {
-        return Err(error_response(status, &body));
+        return Err(error_response(status, &body, &Sent::new(provider, &[])));
     }
     parse_device_authorization(&body)
 }
@@ -535,10 +564,10 @@ fn names_an_error(body: &[u8]) -> bool {
     serde_json::from_slice::<Answer>(body).is_ok_and(|a| a.error.is_some_and(|e| e.is_string()))
 }
 
-fn error_response(status: reqwest::StatusCode, body: &[u8]) -> FlowError {
+fn error_response(status: reqwest::StatusCode, body: &[u8], sent: &Sent<'_>) -> FlowError {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     let code = v.get("error").and_then(|e| e.as_str()).unwrap_or("");
-    let description = super::provider_text(
+    let description = sent.text(
         v.get("error_description")
             .and_then(|e| e.as_str())
             .unwrap_or("no description"),
@@ -549,12 +578,12 @@ fn error_response(status: reqwest::StatusCode, body: &[u8]) -> FlowError {
             FlowError::Transient(format!("HTTP {status}"))
         }
         "" => FlowError::Transient(format!("HTTP {status} without an OAuth error")),
-        code => rejected(code, description),
+        code => rejected(code, description, sent),
     }
 }
 
 /// A token endpoint's OAuth error, by its code.
-fn rejected(code: &str, description: String) -> FlowError {
+fn rejected(code: &str, description: String, sent: &Sent<'_>) -> FlowError {
     match code {
         // GitHub's names for a refresh token or a code that is no good (RFC 6749's
         // invalid_grant).
@@ -562,7 +591,7 @@ fn rejected(code: &str, description: String) -> FlowError {
             FlowError::InvalidGrant(description)
         }
         other => FlowError::Rejected {
-            code: super::provider_text(other, 64),
+            code: sent.text(other, 64),
             description,
         },
     }
@@ -604,7 +633,7 @@ pub async fn device_poll(
     } else {
         status
     };
-    match error_response(status, &body) {
+    match error_response(status, &body, &Sent::new(provider, &[device_code])) {
         FlowError::Rejected { code, description } => match code.as_str() {
             "authorization_pending" => DevicePoll::Pending,
             "slow_down" => DevicePoll::SlowDown,
@@ -620,4 +649,31 @@ pub async fn device_poll(
 /// RFC 6749 §2.3.1: client credentials in HTTP Basic are form-urlencoded first.
 fn form_encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oauth::ProviderConfig;
+
+    #[test]
+    fn a_providers_error_text_loses_what_was_sent_as_sent_and_form_encoded() {
+        let config = ProviderConfig {
+            authorization_url: Some("https://provider.test/authorize".into()),
+            token_url: Some("https://provider.test/token".into()),
+            client_id: Some("client".into()),
+            client_secret: Some("s3cret/with+signs".into()),
+            ..Default::default()
+        };
+        let provider = Provider::from_config("p", &config).unwrap();
+        let sent = Sent::new(&provider, &["device-code-0123", "short"]);
+        let text = sent.text(
+            "code device-code-0123 from client s3cret%2Fwith%2Bsigns (s3cret/with+signs) is short",
+            300,
+        );
+        assert_eq!(
+            text,
+            "code [redacted] from client [redacted] ([redacted]) is short"
+        );
+    }
 }

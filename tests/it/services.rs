@@ -464,7 +464,7 @@ fn broker_on(
             token_url: Some("https://provider.test/token".into()),
             revocation_url,
             client_id: Some("client".into()),
-            client_secret: Some("secret".into()),
+            client_secret: Some("the-client-secret".into()),
             ..Default::default()
         },
     )
@@ -621,6 +621,30 @@ async fn callers_queued_behind_a_refresh_take_its_answer(b: Backend) {
         assert_eq!(token.access_token.as_str(), "access-1");
     }
     assert_eq!(endpoint.calls(), 2, "one refresh for the three callers");
+}
+
+/// Some token endpoints echo what they were sent in their error text ("Invalid refresh
+/// token: <value>"). That text is logged, stored with the connection, shown to apps and
+/// on the page: the refresh token and the client secret are taken out of it first.
+async fn a_providers_error_text_never_carries_what_it_was_sent(b: Backend) {
+    let clock = clock();
+    let endpoint = Scripted::new(Duration::ZERO);
+    let broker = connected(&b, &clock, endpoint.clone()).await;
+    clock.advance(61 * MINUTE);
+    endpoint.then(
+        400,
+        serde_json::json!({
+            "error": "invalid_grant",
+            "error_description": "Invalid refresh token: refresh-1 (client the-client-secret)",
+        }),
+    );
+    let refused = broker.access_token("p", "a", MINUTE).await.unwrap_err();
+    let row = broker.connection("p", "a").await.unwrap();
+    let told = format!("{refused} {refused:?} {:?}", row.last_error);
+    assert!(told.contains("Invalid refresh token: [redacted]"), "{told}");
+    for secret in ["refresh-1", "the-client-secret"] {
+        assert!(!told.contains(secret), "{secret} in {told}");
+    }
 }
 
 /// A failed refresh backs off: callers in the backoff get 503 without a provider call;
@@ -977,6 +1001,7 @@ backends!(
     a_refresh_outlives_the_caller_that_started_it,
     a_token_without_a_refresh_token_serves_until_it_expires,
     callers_queued_behind_a_refresh_take_its_answer,
+    a_providers_error_text_never_carries_what_it_was_sent,
     a_disconnect_during_a_refresh_revokes_the_refreshed_tokens,
     a_state_under_its_legacy_key_verifies_until_revoked,
     a_refreshed_token_is_held_only_once_a_read_finds_it,
