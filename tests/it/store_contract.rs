@@ -503,6 +503,37 @@ async fn a_claim_takes_each_target_within_its_room_past_an_older_backlog(b: Back
     assert_eq!(claimed_past_hangs(s).await, ["h00", "ok1"]);
 }
 
+/// However long a hanging target's backlog (a thousand deliveries due, older than
+/// anything else), a claim still finds another target's delivery behind it, and a target
+/// with room gets only as many as it has room for.
+async fn a_claim_finds_the_others_behind_any_backlog(b: Backend) {
+    let s = b.store.as_ref();
+    for batch in 0..10 {
+        let backlog: Vec<_> = (0..100)
+            .map(|i| {
+                delivery(
+                    &format!("h{batch}-{i:03}"),
+                    "hangs",
+                    1_000 + batch * 100 + i,
+                )
+            })
+            .collect();
+        s.add_deliveries(backlog).await.unwrap();
+    }
+    s.add_deliveries(vec![delivery("ok1", "fine", 1_900)])
+        .await
+        .unwrap();
+    let room = ClaimRoom {
+        limit: 14,
+        per_target: 2,
+        busy: [("hangs".to_owned(), 2)].into(),
+    };
+    let got = s.claim_deliveries(2_000, 10_000, &room).await.unwrap();
+    let ids: Vec<_> = got.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["ok1"]);
+    assert_eq!(s.pending_deliveries().await.unwrap(), 1_001);
+}
+
 /// Past a backlog it cannot take, a claim still takes the oldest due deliveries of the
 /// others first, none skipped over.
 async fn a_claim_past_a_backlog_takes_the_others_oldest_first(b: Backend) {
@@ -986,6 +1017,7 @@ backends!(
     a_claim_leaves_the_skipped_targets_deliveries_due,
     a_claim_takes_each_target_within_its_room_past_an_older_backlog,
     a_claim_past_a_backlog_takes_the_others_oldest_first,
+    a_claim_finds_the_others_behind_any_backlog,
     a_signed_out_session_leaves_no_admin_session_behind,
     the_namespace_cap_counts_what_every_path_leaves_live,
     all_namespaces_together_hold_at_most_max_total_live_states,
@@ -1355,4 +1387,47 @@ async fn sqlite_counts_are_the_rows_left_after_racing_inserts_and_every_kind_of_
     let tombstones = stored_total(&db, "*tombstones");
     assert_eq!(tombstones, count_rows(&db, "expired_states"));
     assert_eq!(tombstones, 3);
+}
+
+/// Deliveries an earlier version left due in its one due set (`od`, every target's) are
+/// counted, and claimed once moved to their target's due set by the first claims.
+#[cfg(feature = "redis")]
+#[test]
+fn redis_moves_an_earlier_versions_due_deliveries_to_their_targets() {
+    let b = redis();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(moves_an_earlier_versions_due_deliveries(&b));
+}
+
+#[cfg(feature = "redis")]
+async fn moves_an_earlier_versions_due_deliveries(b: &Backend) {
+    let s = b.store.as_ref();
+    s.add_deliveries(vec![
+        delivery("old1", "t", 1_000),
+        delivery("old2", "u", 1_100),
+    ])
+    .await
+    .unwrap();
+    let server = b._redis.as_ref().expect("a redis-server");
+    for command in [
+        "DEL oauthd:od:t oauthd:od:u oauthd:odt",
+        "ZADD oauthd:od 1000 old1 1100 old2",
+    ] {
+        assert!(server.command(command).is_some(), "{command}");
+    }
+    assert_eq!(s.pending_deliveries().await.unwrap(), 2);
+    let got = s
+        .claim_deliveries(2_000, 10_000, &ClaimRoom::up_to(10))
+        .await
+        .unwrap();
+    let mut ids: Vec<_> = got.iter().map(|d| d.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["old1", "old2"]);
+    assert_eq!(server.command("EXISTS oauthd:od").as_deref(), Some(":0"));
+    for d in got {
+        let done = s.finish_delivery(&d.id, d.attempts, DeliveryOutcome::Delivered, 3_000);
+        assert!(done.await.unwrap());
+    }
+    assert_eq!(s.pending_deliveries().await.unwrap(), 0);
+    assert_eq!(server.command("EXISTS oauthd:odt").as_deref(), Some(":0"));
 }

@@ -1,6 +1,12 @@
-//! `OutboxStore` on Redis: a hash per delivery (`o:<id>`), a sorted set of pending ones by
-//! when they are due (`od`; a claim moves its score to the end of the lease, so a delivery
-//! whose worker died is due again then), and one of all by creation (`ol`) for listings.
+//! `OutboxStore` on Redis: a hash per delivery (`o:<id>`), a sorted set per target of its
+//! pending ones by when they are due (`od:<target>`; a claim moves its score to the end of
+//! the lease, so a delivery whose worker died is due again then), the set of targets that
+//! have pending ones (`odt`), and a sorted set of all by creation (`ol`) for listings.
+//!
+//! Due sets are per target so that a claim reads only the targets with room: a target that
+//! hangs, with thousands of deliveries due, is never read past to find another's. (Before,
+//! one due set `od` held every target's; what an earlier version left there is moved over
+//! by the first claims.)
 //!
 //! A write that tells of a change adds its deliveries inside its own script (`ENQUEUE_LUA`),
 //! so they exist exactly when the change does. Claims and outcomes are one script per
@@ -15,20 +21,25 @@ use async_trait::async_trait;
 use redis::Script;
 use std::sync::LazyLock;
 
-/// Lua: adds the deliveries given at ARGV[first] (a count, then 7 values each) to the
-/// outbox: KEYS[kfirst] is the due set, KEYS[kfirst + 1] the log, then one hash key per
+/// Lua: `due_of(root, target)`, the due set of `target`, and `targets_of(root)`, the set of
+/// targets with one, named after the due sets' common root (`P od`); then `enqueue`, which
+/// adds the deliveries given at ARGV[first] (a count, then 7 values each) to the outbox:
+/// KEYS[kfirst] is the due sets' root, KEYS[kfirst + 1] the log, then one hash key per
 /// delivery. Returns the ARGV index after them.
 pub(super) const ENQUEUE_LUA: &str = r#"
+local function due_of(root, target) return root .. ':' .. target end
+local function targets_of(root) return root .. 't' end
 local function enqueue(kfirst, first)
   local n = tonumber(ARGV[first])
   local a = first + 1
   for j = 1, n do
-    local id, created = ARGV[a], ARGV[a + 5]
+    local id, target, created = ARGV[a], ARGV[a + 3], ARGV[a + 5]
     redis.call('HSET', KEYS[kfirst + 1 + j], 'id', id, 'event_id', ARGV[a + 1],
-      'event_type', ARGV[a + 2], 'target', ARGV[a + 3], 'body', ARGV[a + 4],
+      'event_type', ARGV[a + 2], 'target', target, 'body', ARGV[a + 4],
       'created_at', created, 'deadline', ARGV[a + 6], 'status', 'pending', 'attempts', 0,
       'next_attempt_at', created)
-    redis.call('ZADD', KEYS[kfirst], created, id)
+    redis.call('ZADD', due_of(KEYS[kfirst], target), created, id)
+    redis.call('SADD', targets_of(KEYS[kfirst]), target)
     redis.call('ZADD', KEYS[kfirst + 1], created, id)
     a = a + 7
   end
@@ -36,74 +47,103 @@ local function enqueue(kfirst, first)
 end
 "#;
 
-/// KEYS: due, log, delivery hashes. ARGV: the deliveries.
-static ADD: LazyLock<Script> =
-    LazyLock::new(|| Script::new(&format!("{ENQUEUE_LUA}\nenqueue(1, 1)\nreturn 1")));
+/// An outbox script: `ENQUEUE_LUA`'s helpers, then `body`.
+fn script(body: &str) -> Script {
+    Script::new(&format!("{ENQUEUE_LUA}\n{body}"))
+}
+
+/// KEYS: due root, log, delivery hashes. ARGV: the deliveries.
+static ADD: LazyLock<Script> = LazyLock::new(|| script("enqueue(1, 1)\nreturn 1"));
 
 /// Deliveries one read of the log takes when looking for failed ones.
 const LIST_WINDOW: u32 = 1000;
 
-/// Windows of due ids one claim reads at most.
-const CLAIM_WINDOWS: u32 = 4;
+/// Deliveries an earlier version left in its one due set, moved per claim.
+const LEGACY_BATCH: u32 = 1000;
 
-/// KEYS: due, hash. ARGV: id, now, lease ms, targets to skip…. The claimed delivery's
-/// fields (flat), `{"skip"}` when its target is to be skipped (it stays due), or an empty
-/// list when it is not due (another instance claimed it first) or no longer pending.
+/// KEYS: due root, hash. ARGV: id, now, lease ms. The claimed delivery's fields (flat), or
+/// an empty list when it is not due (another instance claimed it first) or no longer
+/// pending.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    script(
         r#"
-local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local target = redis.call('HGET', KEYS[2], 'target')
+if not target then return {} end
+local due_set = due_of(KEYS[1], target)
+local due = redis.call('ZSCORE', due_set, ARGV[1])
 if not due or tonumber(due) > tonumber(ARGV[2]) then return {} end
 if redis.call('HGET', KEYS[2], 'status') ~= 'pending' then
-  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('ZREM', due_set, ARGV[1])
   return {}
-end
-local target = redis.call('HGET', KEYS[2], 'target')
-for i = 4, #ARGV do
-  if ARGV[i] == target then return {'skip'} end
 end
 local lease_end = tonumber(ARGV[2]) + tonumber(ARGV[3])
 redis.call('HINCRBY', KEYS[2], 'attempts', 1)
 redis.call('HSET', KEYS[2], 'next_attempt_at', lease_end, 'last_attempt_at', ARGV[2])
-redis.call('ZADD', KEYS[1], lease_end, ARGV[1])
+redis.call('ZADD', due_set, lease_end, ARGV[1])
 return redis.call('HGETALL', KEYS[2])
 "#,
     )
 });
 
-/// KEYS: due, hash. ARGV: id, attempt, status, next attempt ("" for none), error ("" for
-/// none), now. 1 when recorded, 0 when the delivery moved on.
+/// KEYS: due root, hash. ARGV: id, attempt, status, next attempt ("" for none), error (""
+/// for none), now. 1 when recorded, 0 when the delivery moved on.
 static FINISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    script(
         r#"
 if redis.call('HGET', KEYS[2], 'status') ~= 'pending' then return 0 end
 if redis.call('HGET', KEYS[2], 'attempts') ~= ARGV[2] then return 0 end
+local target = redis.call('HGET', KEYS[2], 'target')
+local due_set = due_of(KEYS[1], target)
 redis.call('HSET', KEYS[2], 'status', ARGV[3])
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'last_error', ARGV[5]) end
 if ARGV[3] == 'pending' then
   redis.call('HSET', KEYS[2], 'next_attempt_at', ARGV[4])
-  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+  redis.call('ZADD', due_set, ARGV[4], ARGV[1])
 else
   redis.call('HDEL', KEYS[2], 'next_attempt_at')
   redis.call('HSET', KEYS[2], 'finished_at', ARGV[6])
-  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('ZREM', due_set, ARGV[1])
+  if redis.call('ZCARD', due_set) == 0 then redis.call('SREM', targets_of(KEYS[1]), target) end
 end
 return 1
 "#,
     )
 });
 
-/// KEYS: due, hash. ARGV: id, now, deadline, again ("1": a delivered one too). Returns 1
-/// when due now, 2 for one delivered and left alone, 0 for no such delivery.
+/// KEYS: due root, hash. ARGV: id, now, deadline, again ("1": a delivered one too).
+/// Returns 1 when due now, 2 for one delivered and left alone, 0 for no such delivery.
 static RETRY: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    script(
         r#"
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 if ARGV[4] ~= '1' and redis.call('HGET', KEYS[2], 'status') == 'delivered' then return 2 end
+local target = redis.call('HGET', KEYS[2], 'target')
 redis.call('HSET', KEYS[2], 'status', 'pending', 'next_attempt_at', ARGV[2], 'deadline', ARGV[3])
 redis.call('HDEL', KEYS[2], 'finished_at')
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZADD', due_of(KEYS[1], target), ARGV[2], ARGV[1])
+redis.call('SADD', targets_of(KEYS[1]), target)
 return 1
+"#,
+    )
+});
+
+/// KEYS: due root (whose own sorted set is an earlier version's one due set). ARGV: P, how
+/// many to move. Moves that many of the old set's deliveries to their target's due set, at
+/// the same due time; returns how many are left there.
+static MOVE_LEGACY: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local old = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1, 'WITHSCORES')
+for i = 1, #old, 2 do
+  local id, due = old[i], old[i + 1]
+  local target = redis.call('HGET', ARGV[1] .. 'o:' .. id, 'target')
+  if target then
+    redis.call('ZADD', due_of(KEYS[1], target), due, id)
+    redis.call('SADD', targets_of(KEYS[1]), target)
+  end
+  redis.call('ZREM', KEYS[1], id)
+end
+return redis.call('ZCARD', KEYS[1])
 "#,
     )
 });
@@ -159,8 +199,44 @@ fn fields(flat: Vec<Vec<u8>>) -> Fields {
 }
 
 impl RedisStore {
-    fn due_set(&self) -> String {
+    /// The root the due sets are named after (`due_of` in `ENQUEUE_LUA`); its own key is
+    /// an earlier version's one due set.
+    fn due_root(&self) -> String {
         self.index("od")
+    }
+
+    fn due_set(&self, target: &str) -> String {
+        format!("{}:{target}", self.due_root())
+    }
+
+    fn due_targets(&self) -> String {
+        format!("{}t", self.due_root())
+    }
+
+    /// Moves what an earlier version left in its one due set to the targets' due sets
+    /// (a batch per call, so that no claim waits for a big backlog to move).
+    async fn move_legacy_due(&self) -> Result<(), StoreError> {
+        let (root, prefix) = (self.due_root(), self.prefix.clone());
+        let mut c = self.conn();
+        let left: i64 = self
+            .run("claiming deliveries", async move {
+                let mut exists = redis::cmd("EXISTS");
+                let found: i64 = exists.arg(&root).query_async(&mut c).await?;
+                if found == 0 {
+                    return Ok(0);
+                }
+                MOVE_LEGACY
+                    .key(root)
+                    .arg(prefix)
+                    .arg(LEGACY_BATCH)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        if left > 0 {
+            log::info!("notifications: {left} due deliveries of an earlier version still to move");
+        }
+        Ok(())
     }
 
     fn delivery_log(&self) -> String {
@@ -178,7 +254,7 @@ impl RedisStore {
         inv: &mut redis::ScriptInvocation<'_>,
         deliveries: &[NewDelivery],
     ) {
-        inv.key(self.due_set()).key(self.delivery_log());
+        inv.key(self.due_root()).key(self.delivery_log());
         for d in deliveries {
             inv.key(self.delivery_key(&d.id));
         }
@@ -223,66 +299,79 @@ impl OutboxStore for RedisStore {
         lease_ms: i64,
         room: &ClaimRoom,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
-        let limit = room.limit as usize;
-        let mut room = room.clone();
-        let full = |room: &ClaimRoom| -> Vec<String> {
-            room.busy
-                .keys()
-                .filter(|t| room.left_for(t) == 0)
-                .cloned()
-                .collect()
-        };
-        let mut skip = full(&room);
+        self.move_legacy_due().await?;
+        let targets_key = self.due_targets();
+        let mut c = self.conn();
+        let mut targets: Vec<String> = self
+            .run("claiming deliveries", async move {
+                redis::cmd("SMEMBERS")
+                    .arg(targets_key)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        targets.retain(|t| room.left_for(t) > 0);
+        targets.sort();
+        if targets.is_empty() || room.limit == 0 {
+            return Ok(Vec::new());
+        }
+        // The oldest due of each target with room, as many as it has room for; then the
+        // oldest of them all, up to the limit.
+        let keys: Vec<(String, u32)> = targets
+            .iter()
+            .map(|t| (self.due_set(t), room.left_for(t).min(room.limit)))
+            .collect();
+        let mut c = self.conn();
+        let due: Vec<Vec<(String, f64)>> = self
+            .run("claiming deliveries", async move {
+                let mut pipe = redis::pipe();
+                for (key, n) in &keys {
+                    pipe.cmd("ZRANGE")
+                        .arg(key)
+                        .arg("-inf")
+                        .arg(now_ms)
+                        .arg("BYSCORE")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(*n)
+                        .arg("WITHSCORES");
+                }
+                pipe.query_async(&mut c).await
+            })
+            .await?;
+        let mut due: Vec<(String, f64)> = due.into_iter().flatten().collect();
+        due.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
         let mut claimed = Vec::new();
-        // Due ids in windows, oldest first: a window may hold only deliveries of targets
-        // without room, and then the next one is looked at (bounded: a claim reads at
-        // most CLAIM_WINDOWS of them). Claimed ids leave the due range and skipped ones
-        // stay, so the next window starts after the skipped ones alone.
-        let window = room.limit.saturating_mul(4).max(16);
-        let mut stayed: u32 = 0;
-        for _ in 0..CLAIM_WINDOWS {
-            let mut due = redis::cmd("ZRANGE");
-            due.arg(self.due_set())
-                .arg("-inf")
-                .arg(now_ms)
-                .arg("BYSCORE")
-                .arg("LIMIT")
-                .arg(stayed)
-                .arg(window);
-            let ids = self.delivery_ids("claiming deliveries", due).await?;
-            let last_window = ids.len() < window as usize;
-            for id in ids {
-                if claimed.len() >= limit {
-                    return Ok(claimed);
-                }
-                let mut inv = CLAIM.prepare_invoke();
-                inv.key(self.due_set())
-                    .key(self.delivery_key(&id))
-                    .arg(id)
-                    .arg(now_ms)
-                    .arg(lease_ms);
-                for t in &skip {
-                    inv.arg(t);
-                }
-                let mut c = self.conn();
-                let flat: Vec<Vec<u8>> = self
-                    .run("claiming a delivery", async move {
-                        inv.invoke_async(&mut c).await
-                    })
-                    .await?;
-                match flat.as_slice() {
-                    [] => {}
-                    [skipped] if skipped.as_slice() == b"skip" => stayed += 1,
-                    _ => {
-                        let claim = row(&fields(flat))?;
-                        *room.busy.entry(claim.target.clone()).or_default() += 1;
-                        skip = full(&room);
-                        claimed.push(claim);
-                    }
-                }
-            }
-            if last_window || claimed.len() >= limit {
+        for (id, _) in due {
+            if claimed.len() >= room.limit as usize {
                 break;
+            }
+            let mut inv = CLAIM.prepare_invoke();
+            inv.key(self.due_root())
+                .key(self.delivery_key(&id))
+                .arg(&id)
+                .arg(now_ms)
+                .arg(lease_ms);
+            let mut c = self.conn();
+            let taken = self
+                .run("claiming a delivery", async move {
+                    inv.invoke_async::<Vec<Vec<u8>>>(&mut c).await
+                })
+                .await
+                .and_then(|flat| match flat.is_empty() {
+                    true => Ok(None),
+                    false => row(&fields(flat)).map(Some),
+                });
+            match taken {
+                Ok(Some(d)) => claimed.push(d),
+                Ok(None) => {}
+                // What is claimed already is sent: dropped here, it would wait for its
+                // lease to end, one attempt counted for nothing.
+                Err(e) if !claimed.is_empty() => {
+                    log::warn!("notifications: claiming delivery {id}: {e}");
+                    break;
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(claimed)
@@ -300,7 +389,7 @@ impl OutboxStore for RedisStore {
             next.map(|t| t.to_string()).unwrap_or_default(),
             error.unwrap_or_default(),
         );
-        let (due, key, id) = (self.due_set(), self.delivery_key(id), id.to_owned());
+        let (due, key, id) = (self.due_root(), self.delivery_key(id), id.to_owned());
         let mut c = self.conn();
         let n: i64 = self
             .run("recording a delivery", async move {
@@ -388,7 +477,7 @@ impl OutboxStore for RedisStore {
         deadline_ms: i64,
         again: bool,
     ) -> Result<Retried, StoreError> {
-        let (due, key, id) = (self.due_set(), self.delivery_key(id), id.to_owned());
+        let (due, key, id) = (self.due_root(), self.delivery_key(id), id.to_owned());
         let mut c = self.conn();
         let n: i64 = self
             .run("retrying a delivery", async move {
@@ -415,10 +504,26 @@ impl OutboxStore for RedisStore {
     }
 
     async fn pending_deliveries(&self) -> Result<u64, StoreError> {
-        let due = self.due_set();
+        let (root, targets_key) = (self.due_root(), self.due_targets());
+        let mut c = self.conn();
+        let targets: Vec<String> = self
+            .run("counting pending deliveries", async move {
+                redis::cmd("SMEMBERS")
+                    .arg(targets_key)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let keys: Vec<String> = targets.iter().map(|t| self.due_set(t)).collect();
         let mut c = self.conn();
         self.run("counting pending deliveries", async move {
-            redis::cmd("ZCARD").arg(due).query_async(&mut c).await
+            let mut pipe = redis::pipe();
+            pipe.cmd("ZCARD").arg(&root);
+            for key in &keys {
+                pipe.cmd("ZCARD").arg(key);
+            }
+            let counts: Vec<u64> = pipe.query_async(&mut c).await?;
+            Ok(counts.into_iter().sum())
         })
         .await
     }
