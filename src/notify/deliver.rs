@@ -38,16 +38,16 @@ pub fn http_client() -> Result<reqwest::Client, String> {
         .map_err(|e| format!("cannot build the HTTP client for notifications: {e}"))
 }
 
-/// Delivers until `stop` turns true. Does nothing while no target is configured.
+/// Delivers until `stop` turns true. With no target configured it runs all the same:
+/// deliveries left from a config that had targets are retried until their deadline, then
+/// dead (like those of any target missing here), and finished ones are pruned, so the
+/// outbox and its pending count do not stand still.
 pub async fn run(
     store: Arc<dyn OutboxStore>,
     notifier: Arc<Notifier>,
     http: reqwest::Client,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    if notifier.targets().is_empty() {
-        return;
-    }
     match store.release_claims(notifier.now_ms()).await {
         Ok(0) => {}
         Ok(n) => log::info!(

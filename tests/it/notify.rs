@@ -700,3 +700,43 @@ async fn a_delivery_for_a_target_not_configured_here_is_kept_and_retried() {
     );
     assert_eq!(ghost_row(&home).unwrap()["status"], "pending");
 }
+
+/// With every target removed from the config, deliveries left for them are still worked
+/// on (retried until their deadline, then dead, then pruned), not left pending forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn deliveries_left_for_removed_targets_are_worked_on_with_no_target_left() {
+    let home = Home::new();
+    let provider =
+        "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n";
+    let ghost = "[[notify]]\nname = \"ghost\"\nurl = \"https://ghost.example/h\"\n";
+    home.write_config(&format!("{ghost}{provider}{EVENTS_TOML}"));
+    home.create_key("app", &[]);
+    let file = home.dir.path().join("tokens.jsonl");
+    std::fs::write(
+        &file,
+        "{\"provider\":\"gh\",\"account\":\"me\",\"access_token\":\"tok-GHOST\"}\n",
+    )
+    .unwrap();
+    let out = home.cli(&["connections", "import", "--file", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    home.write_config(&format!("{provider}{EVENTS_TOML}"));
+    let _d = home.start();
+    let ghost_error = |home: &Home| {
+        let out = home.cli(&["events", "list", "--json"]);
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        list.as_array()
+            .and_then(|l| l.iter().find(|d| d["target"] == "ghost").cloned())
+            .and_then(|d| d["last_error"].as_str().map(str::to_owned))
+    };
+    assert!(
+        common::eventually(WAIT, || ghost_error(&home)
+            .is_some_and(|e| e.contains("no target named \"ghost\"")))
+        .await,
+        "{:?}",
+        ghost_error(&home)
+    );
+}
