@@ -87,6 +87,14 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
                         ),
                         1,
                     )),
+                    Retried::UnderWay { until_ms } => Err(Fatal(
+                        format!(
+                            "delivery {id} is being sent right now (its attempt may take until \
+                             {}); what that attempt records stands: if it fails, retry after it",
+                            rfc3339(until_ms)
+                        ),
+                        1,
+                    )),
                     Retried::NotFound => Err(Fatal(
                         format!("no delivery {id:?} (see `oauthd events list`)"),
                         1,

@@ -88,6 +88,10 @@ pub enum Retried {
     Due,
     /// It was delivered already, and sending it again was not asked for: unchanged.
     AlreadyDelivered,
+    /// An attempt is under way (its claim lasts until `until_ms`): unchanged, so that what
+    /// that attempt records is not mistaken for the retry's outcome, and the delivery not
+    /// sent twice at once.
+    UnderWay { until_ms: i64 },
     /// No delivery has this id.
     NotFound,
 }
@@ -178,7 +182,9 @@ pub trait OutboxStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<DeliveryRow>, StoreError>;
     /// Makes a delivery pending and due now, with a new deadline. One delivered already
-    /// is left alone unless `again` (the receiver has it: sending it again is asked for).
+    /// is left alone unless `again` (the receiver has it: sending it again is asked for);
+    /// one with an attempt under way (claimed, the claim not over at `now_ms`) is left
+    /// alone: that attempt's outcome is recorded as it comes.
     async fn retry_delivery(
         &self,
         id: &str,

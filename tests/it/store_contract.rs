@@ -1033,7 +1033,54 @@ backends!(
     a_device_poll_is_recorded_only_while_no_one_else_holds_the_flow,
     a_connected_poll_stores_the_connection_and_ends_the_flow_in_one_write,
     a_failed_delivery_is_listed_behind_any_number_of_newer_ones,
+    a_retry_by_hand_leaves_an_attempt_under_way_alone,
 );
+
+/// A retry by hand while an attempt is under way leaves the delivery to that attempt:
+/// made due again, it would be sent a second time beside it, and the attempt's outcome
+/// (dead, or a later retry) would be recorded over the retry. Once the attempt is
+/// recorded, or its claim has run out, the retry goes ahead.
+async fn a_retry_by_hand_leaves_an_attempt_under_way_alone(b: Backend) {
+    let s = b.store.as_ref();
+    s.add_deliveries(vec![delivery("d1", "t", 1_000)])
+        .await
+        .unwrap();
+    let room = ClaimRoom::up_to(10);
+    let claimed = s.claim_deliveries(2_000, 10_000, &room).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        s.retry_delivery("d1", 3_000, 100_000, false).await.unwrap(),
+        Retried::UnderWay { until_ms: 12_000 }
+    );
+    let dead = DeliveryOutcome::Dead {
+        error: "HTTP 500".into(),
+    };
+    assert!(s
+        .finish_delivery("d1", claimed[0].attempts, dead, 4_000)
+        .await
+        .unwrap());
+    assert_eq!(
+        s.retry_delivery("d1", 5_000, 100_000, false).await.unwrap(),
+        Retried::Due
+    );
+    // A claim whose worker died ends with its lease.
+    let again = s.claim_deliveries(6_000, 10_000, &room).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert!(matches!(
+        s.retry_delivery("d1", 15_999, 100_000, false)
+            .await
+            .unwrap(),
+        Retried::UnderWay { .. }
+    ));
+    assert_eq!(
+        s.retry_delivery("d1", 16_001, 100_000, false)
+            .await
+            .unwrap(),
+        Retried::Due
+    );
+    let due = s.claim_deliveries(16_002, 10_000, &room).await.unwrap();
+    assert_eq!(due.len(), 1, "due at once");
+}
 
 /// `events list --failed` is how an operator finds what a receiver never got: a failure
 /// older than a thousand newer deliveries is still listed.

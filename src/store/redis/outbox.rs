@@ -78,7 +78,8 @@ if redis.call('HGET', KEYS[2], 'status') ~= 'pending' then
 end
 local lease_end = tonumber(ARGV[2]) + tonumber(ARGV[3])
 redis.call('HINCRBY', KEYS[2], 'attempts', 1)
-redis.call('HSET', KEYS[2], 'next_attempt_at', lease_end, 'last_attempt_at', ARGV[2])
+redis.call('HSET', KEYS[2], 'next_attempt_at', lease_end, 'last_attempt_at', ARGV[2],
+  'claimed_until', lease_end)
 redis.call('ZADD', due_set, lease_end, ARGV[1])
 return redis.call('HGETALL', KEYS[2])
 "#,
@@ -95,6 +96,7 @@ if redis.call('HGET', KEYS[2], 'attempts') ~= ARGV[2] then return 0 end
 local target = redis.call('HGET', KEYS[2], 'target')
 local due_set = due_of(KEYS[1], target)
 redis.call('HSET', KEYS[2], 'status', ARGV[3])
+redis.call('HDEL', KEYS[2], 'claimed_until')
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'last_error', ARGV[5]) end
 if ARGV[3] == 'pending' then
   redis.call('HSET', KEYS[2], 'next_attempt_at', ARGV[4])
@@ -111,18 +113,23 @@ return 1
 });
 
 /// KEYS: due root, hash. ARGV: id, now, deadline, again ("1": a delivered one too).
-/// Returns 1 when due now, 2 for one delivered and left alone, 0 for no such delivery.
+/// Returns {1} when due now, {2} for one delivered and left alone, {3, claim's end} for one
+/// an attempt is under way for (left alone), {0} for no such delivery.
 static RETRY: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
-if ARGV[4] ~= '1' and redis.call('HGET', KEYS[2], 'status') == 'delivered' then return 2 end
+if redis.call('EXISTS', KEYS[2]) == 0 then return {0} end
+local status = redis.call('HGET', KEYS[2], 'status')
+if ARGV[4] ~= '1' and status == 'delivered' then return {2} end
+local claimed = tonumber(redis.call('HGET', KEYS[2], 'claimed_until') or '0')
+if status == 'pending' and claimed > tonumber(ARGV[2]) then return {3, claimed} end
 local target = redis.call('HGET', KEYS[2], 'target')
 redis.call('HSET', KEYS[2], 'status', 'pending', 'next_attempt_at', ARGV[2], 'deadline', ARGV[3])
 redis.call('HDEL', KEYS[2], 'finished_at')
 redis.call('ZADD', due_of(KEYS[1], target), ARGV[2], ARGV[1])
 redis.call('SADD', targets_of(KEYS[1]), target)
-return 1
+redis.call('HDEL', KEYS[2], 'claimed_until')
+return {1}
 "#,
     )
 });
@@ -479,7 +486,7 @@ impl OutboxStore for RedisStore {
     ) -> Result<Retried, StoreError> {
         let (due, key, id) = (self.due_root(), self.delivery_key(id), id.to_owned());
         let mut c = self.conn();
-        let n: i64 = self
+        let answer: Vec<i64> = self
             .run("retrying a delivery", async move {
                 RETRY
                     .key(due)
@@ -492,9 +499,12 @@ impl OutboxStore for RedisStore {
                     .await
             })
             .await?;
-        Ok(match n {
-            1 => Retried::Due,
-            2 => Retried::AlreadyDelivered,
+        Ok(match answer.as_slice() {
+            [1] => Retried::Due,
+            [2] => Retried::AlreadyDelivered,
+            [3, until_ms] => Retried::UnderWay {
+                until_ms: *until_ms,
+            },
             _ => Retried::NotFound,
         })
     }

@@ -172,13 +172,18 @@ impl OutboxStore for SqliteStore {
         let id = id.to_owned();
         self.writer
             .run("retrying a delivery", move |conn| {
-                let status: Option<String> = conn
-                    .prepare_cached("SELECT status FROM deliveries WHERE id = ?1")?
-                    .query_row(params![id], |r| r.get(0))
+                let found: Option<(String, Option<i64>)> = conn
+                    .prepare_cached("SELECT status, claimed_until FROM deliveries WHERE id = ?1")?
+                    .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?;
-                match status.as_deref() {
+                match found {
                     None => return Ok(Retried::NotFound),
-                    Some("delivered") if !again => return Ok(Retried::AlreadyDelivered),
+                    Some((status, _)) if status == "delivered" && !again => {
+                        return Ok(Retried::AlreadyDelivered)
+                    }
+                    Some((status, Some(until_ms))) if status == "pending" && until_ms > now_ms => {
+                        return Ok(Retried::UnderWay { until_ms })
+                    }
                     Some(_) => {}
                 }
                 conn.prepare_cached(
