@@ -217,33 +217,37 @@ impl RedisStore {
         self.conn.clone()
     }
 
-    /// Every key matching `pattern`, by SCAN: for the CLI, never a request's hot path.
+    /// Every key matching `pattern`, by SCAN: for the CLI and the start, never a request's
+    /// hot path. Each round trip has its own time limit, not the whole walk: a Redis
+    /// shared with other deployments may hold millions of keys, a few seconds' walk.
     async fn scan_keys(
         &self,
         context: &'static str,
         pattern: String,
     ) -> Result<Vec<String>, StoreError> {
-        let mut c = self.conn();
-        self.run(context, async move {
-            let mut cursor: u64 = 0;
-            let mut out = Vec::new();
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut c)
-                    .await?;
-                out.extend(keys);
-                if next == 0 {
-                    return Ok(out);
-                }
-                cursor = next;
+        let mut cursor: u64 = 0;
+        let mut out = Vec::new();
+        loop {
+            let mut c = self.conn();
+            let pattern = pattern.clone();
+            let (next, keys): (u64, Vec<String>) = self
+                .run(context, async move {
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            out.extend(keys);
+            if next == 0 {
+                return Ok(out);
             }
-        })
-        .await
+            cursor = next;
+        }
     }
 
     /// The values of `keys` (`None` where a key is gone), fetched 1,000 at a time.
