@@ -654,19 +654,12 @@ async fn the_page_shows_targets_and_sends_a_test_notification() {
     b.close().await;
 }
 
-/// A delivery for a target this instance does not have (written by a process with another
-/// config: a rollout, a rename) is kept and retried, not given up on.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_delivery_for_a_target_not_configured_here_is_kept_and_retried() {
-    let home = Home::new();
-    let secret = new_secret();
-    let hooks = Receiver::start(Some(&secret));
-    let provider =
-        "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n";
-    let app = target_toml(&home, "app", &hooks, &secret, "");
+/// A `connection.connected` delivery for target "ghost": written by the CLI (an import of
+/// gh/me) with a config that has that target besides `rest`; the config then has only
+/// `rest` (with `EVENTS_TOML`).
+fn leave_a_delivery_for_ghost(home: &Home, rest: &str) {
     let ghost = "[[notify]]\nname = \"ghost\"\nurl = \"https://ghost.example/h\"\n";
-    // The CLI runs with a config that has a second target…
-    home.write_config(&format!("{app}{ghost}{provider}{EVENTS_TOML}"));
+    home.write_config(&format!("{ghost}{rest}{EVENTS_TOML}"));
     home.create_key("app", &[]);
     let file = home.dir.path().join("tokens.jsonl");
     std::fs::write(
@@ -680,8 +673,20 @@ async fn a_delivery_for_a_target_not_configured_here_is_kept_and_retried() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // …the daemon with one that does not.
-    home.write_config(&format!("{app}{provider}{EVENTS_TOML}"));
+    home.write_config(&format!("{rest}{EVENTS_TOML}"));
+}
+
+/// A delivery for a target this instance does not have (written by a process with another
+/// config: a rollout, a rename) is kept and retried, not given up on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_for_a_target_not_configured_here_is_kept_and_retried() {
+    let home = Home::new();
+    let secret = new_secret();
+    let hooks = Receiver::start(Some(&secret));
+    let provider =
+        "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n";
+    let app = target_toml(&home, "app", &hooks, &secret, "");
+    leave_a_delivery_for_ghost(&home, &format!("{app}{provider}"));
     let _d = home.start();
     let connected = hooks.wait_for("connection.connected", 1, WAIT).await;
     assert_eq!(connected.len(), 1);
@@ -708,22 +713,7 @@ async fn deliveries_left_for_removed_targets_are_worked_on_with_no_target_left()
     let home = Home::new();
     let provider =
         "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n";
-    let ghost = "[[notify]]\nname = \"ghost\"\nurl = \"https://ghost.example/h\"\n";
-    home.write_config(&format!("{ghost}{provider}{EVENTS_TOML}"));
-    home.create_key("app", &[]);
-    let file = home.dir.path().join("tokens.jsonl");
-    std::fs::write(
-        &file,
-        "{\"provider\":\"gh\",\"account\":\"me\",\"access_token\":\"tok-GHOST\"}\n",
-    )
-    .unwrap();
-    let out = home.cli(&["connections", "import", "--file", file.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    home.write_config(&format!("{provider}{EVENTS_TOML}"));
+    leave_a_delivery_for_ghost(&home, provider);
     let _d = home.start();
     let ghost_error = |home: &Home| {
         let out = home.cli(&["events", "list", "--json"]);

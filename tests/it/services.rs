@@ -210,6 +210,17 @@ async fn connected_with_key(
 /// Connects `account` of provider "p" through a real connect flow; its tokens expire in
 /// an hour.
 async fn connect_account(broker: &Broker, endpoint: &Scripted, account: &str) {
+    let answer = tokens("access-1", "refresh-1", 3600);
+    connect_account_with(broker, endpoint, account, answer).await;
+}
+
+/// `connect_account`, the provider answering the code with `answer`.
+async fn connect_account_with(
+    broker: &Broker,
+    endpoint: &Scripted,
+    account: &str,
+    answer: serde_json::Value,
+) {
     let start = broker
         .start_connect("p", Some(account), None, FlowStarter::Operator)
         .await
@@ -219,7 +230,7 @@ async fn connect_account(broker: &Broker, endpoint: &Scripted, account: &str) {
         .query_pairs()
         .find(|(k, _)| k == "state")
         .map(|(_, v)| v.into_owned());
-    endpoint.then(200, tokens("access-1", "refresh-1", 3600));
+    endpoint.then(200, answer);
     let query = CallbackQuery {
         state,
         code: Some("the-code".into()),
@@ -558,23 +569,9 @@ async fn a_token_without_a_refresh_token_serves_until_it_expires(b: Backend) {
     let clock = clock();
     let endpoint = Scripted::new(Duration::ZERO);
     let broker = connected(&b, &clock, endpoint.clone()).await;
-    let start = broker
-        .start_connect("p", Some("once"), None, FlowStarter::Operator)
-        .await
-        .unwrap();
-    endpoint.then(
-        200,
-        serde_json::json!({"access_token": "once-1", "token_type": "bearer", "expires_in": 3600}),
-    );
-    let query = CallbackQuery {
-        state: Some(state_of(&start.authorize_url)),
-        code: Some("the-code".into()),
-        ..Default::default()
-    };
-    broker
-        .finish_callback("p", query, Browser::Cookie(None))
-        .await
-        .unwrap();
+    let without_refresh =
+        serde_json::json!({"access_token": "once-1", "token_type": "bearer", "expires_in": 3600});
+    connect_account_with(&broker, &endpoint, "once", without_refresh).await;
     // 30 s left: a caller asking for a minute is sent to the user...
     clock.advance(Duration::from_secs(3570));
     let asked = broker.access_token("p", "once", MINUTE).await;
