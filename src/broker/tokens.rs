@@ -159,9 +159,6 @@ fn lasts(
     expires_at_ms.is_none_or(|at| at.saturating_sub(now) >= needed)
 }
 
-/// Whether the background refresher should refresh this connection now: its token is
-/// within 5 minutes of expiry (or half its lifetime, when shorter), or its refresh token
-/// would die of disuse within a week (or half the idle limit, when shorter).
 /// What a refresh is asked for: a token with `min_ttl` left (`force`: a new one however
 /// long the stored one has), other than `rejected`, unless one was stored since
 /// `asked_at` (taken before waiting for the connection's turn, so that callers queued
@@ -173,6 +170,17 @@ struct Ask<'a> {
     asked_at: i64,
 }
 
+/// A refresh lease taken: the generation it fences, when it ends at the latest (on the
+/// monotonic clock), and how discovering the provider's endpoints went before it.
+struct Leased {
+    generation: i64,
+    until: tokio::time::Instant,
+    discovered: Result<(), String>,
+}
+
+/// Whether the background refresher should refresh this connection now: its token is
+/// within 5 minutes of expiry (or half its lifetime, when shorter), or its refresh token
+/// would die of disuse within a week (or half the idle limit, when shorter).
 fn due_for_refresh(row: &ConnectionRow, idle_expiry: Option<Duration>, now: i64) -> bool {
     if row.status != ConnectionStatus::Active
         || row.refresh_token.is_none()
@@ -536,6 +544,7 @@ impl Broker {
         // How long to wait for another process is real waiting, not a time rule: measured
         // on the monotonic clock.
         let deadline = tokio::time::Instant::now() + WAIT_FOR_OTHER;
+        let mut discovered: Option<Result<(), String>> = None;
         loop {
             let ticket = self.token_cache.begin_read();
             let row = self.row(key).await?;
@@ -589,24 +598,39 @@ impl Broker {
                     return Err(self.needs_reauth(&row));
                 }
             }
-            // Discovered before the lease is taken (once; then from memory), so that the
-            // lease covers the token request alone. A discovery that fails is recorded
-            // under the lease like a failed refresh: callers then wait for its backoff
-            // instead of each trying again.
-            let discovered = self
-                .endpoints(provider)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string());
+            // Discovered before the lease is taken (once per call, and once per process
+            // when it succeeds), so that the lease covers the token request alone. A
+            // discovery that fails is recorded under the lease like a failed refresh:
+            // callers then wait for its backoff instead of each trying again.
+            if discovered.is_none() {
+                let found = self.endpoints(provider).await;
+                discovered = Some(found.map(|_| ()).map_err(|e| e.to_string()));
+            }
+            // A stop waits for refreshes under way until their leases end, counted from
+            // when it began: none begins after that (the caller retries after the start).
+            if self.stopping() {
+                return Err(BrokerError::ProviderUnavailable {
+                    message: "oauthd is stopping; the refresh is made after its next start".into(),
+                    retry_after_secs: 1,
+                });
+            }
+            // The lease's end, taken before the store starts it: the refresh never counts
+            // on more of it than it has.
+            let leased_until = tokio::time::Instant::now()
+                + Duration::from_millis(u64::try_from(self.lease_ms).unwrap_or(0));
+            let now = self.clock.now_ms();
             match self
                 .store
                 .acquire_refresh_lease(key, row.generation, now, self.lease_ms)
                 .await?
             {
                 Some(generation) => {
-                    return self
-                        .refresh_detached(provider, row, generation, discovered)
-                        .await
+                    let lease = Leased {
+                        generation,
+                        until: leased_until,
+                        discovered: discovered.clone().unwrap_or(Ok(())),
+                    };
+                    return self.refresh_detached(provider, row, lease).await;
                 }
                 // Another process is refreshing, or refreshed since `row` was read: look
                 // again (bounded), never refresh with the refresh token read before.
@@ -634,15 +658,13 @@ impl Broker {
         self: &Arc<Self>,
         provider: &Arc<Provider>,
         row: ConnectionRow,
-        generation: i64,
-        discovered: Result<(), String>,
+        lease: Leased,
     ) -> Result<Arc<AccessToken>, BrokerError> {
         let (this, provider) = (self.clone(), provider.clone());
         let running = self.refreshing.enter();
         let refresh = async move {
             let _running = running;
-            this.refresh_with_lease(&provider, &row, generation, discovered)
-                .await
+            this.refresh_with_lease(&provider, &row, lease).await
         };
         self.spawn_background(refresh).await.unwrap_or_else(|e| {
             log::error!("a refresh ended before it finished: {e}");
@@ -657,12 +679,13 @@ impl Broker {
         &self,
         provider: &Provider,
         row: &ConnectionRow,
-        generation: i64,
-        discovered: Result<(), String>,
+        lease: Leased,
     ) -> Result<Arc<AccessToken>, BrokerError> {
-        // The lease holds until `lease_ms` after it was taken, a moment before this.
-        let leased_until = tokio::time::Instant::now()
-            + Duration::from_millis(u64::try_from(self.lease_ms).unwrap_or(0));
+        let Leased {
+            generation,
+            until: leased_until,
+            discovered,
+        } = lease;
         let (p, a) = (provider.name.as_str(), row.account.as_str());
         let Some(sealed_refresh) = &row.refresh_token else {
             let reason = "the access token expired and the provider gave no refresh token";

@@ -559,6 +559,15 @@ async fn a_refresh_outlives_the_caller_that_started_it(b: Backend) {
     let token = broker.access_token("p", "a", MINUTE).await.unwrap();
     assert_eq!(token.access_token.as_str(), "access-2");
     assert_eq!(endpoint.calls(), 2, "no second refresh");
+    // Once the stop began no refresh begins: the stop could not wait for its lease.
+    clock.advance(61 * MINUTE);
+    endpoint.then(200, tokens("access-3", "refresh-3", 3600));
+    let late = broker.access_token("p", "a", MINUTE).await;
+    assert!(
+        matches!(&late, Err(BrokerError::ProviderUnavailable { message, .. }) if message.contains("stopping")),
+        "{late:?}"
+    );
+    assert_eq!(endpoint.calls(), 2, "no refresh after the stop began");
 }
 
 /// A connection the provider gave no refresh token (it cannot be refreshed) keeps
