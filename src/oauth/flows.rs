@@ -240,12 +240,28 @@ async fn send(
 
 /// What a request to a provider sent that must not come back in an error: the client
 /// secret and the grant (a code and its verifier, a refresh token, a device code).
-struct Sent<'a>(Vec<&'a str>);
+struct Sent<'a>(Vec<&'a str>, Option<String>);
+
+/// What an HTTP Basic `Authorization` header carries for the client (base64 of the
+/// form-encoded id and secret), when it has a secret.
+fn basic_credentials(provider: &Provider) -> Option<String> {
+    use base64::Engine;
+    let secret = provider.client_secret.as_ref()?;
+    let pair = format!(
+        "{}:{}",
+        form_encode(&provider.client_id),
+        form_encode(secret)
+    );
+    Some(base64::engine::general_purpose::STANDARD.encode(pair))
+}
 
 impl<'a> Sent<'a> {
     fn new(provider: &'a Provider, grant: &[&'a str]) -> Sent<'a> {
         let secret = provider.client_secret.iter().map(|s| s.as_str());
-        Sent(secret.chain(grant.iter().copied()).collect())
+        Sent(
+            secret.chain(grant.iter().copied()).collect(),
+            basic_credentials(provider),
+        )
     }
 
     /// A provider's error text, bounded and safe to log (`provider_text`), with what was
@@ -255,7 +271,8 @@ impl<'a> Sent<'a> {
     fn text(&self, text: &str, max: usize) -> String {
         let mut text = text.to_owned();
         // Shorter values could be any word of the text; no secret is that short.
-        for secret in self.0.iter().filter(|s| s.len() >= 8) {
+        let basic = self.1.iter().map(String::as_str);
+        for secret in self.0.iter().copied().chain(basic).filter(|s| s.len() >= 8) {
             for form in [secret.to_string(), form_encode(secret)] {
                 if text.contains(&form) {
                     text = text.replace(&form, "[redacted]");
@@ -667,13 +684,14 @@ mod tests {
         };
         let provider = Provider::from_config("p", &config).unwrap();
         let sent = Sent::new(&provider, &["device-code-0123", "short"]);
+        let basic = basic_credentials(&provider).unwrap();
         let text = sent.text(
-            "code device-code-0123 from client s3cret%2Fwith%2Bsigns (s3cret/with+signs) is short",
+            &format!("code device-code-0123 from client s3cret%2Fwith%2Bsigns (s3cret/with+signs) is short; Basic {basic}"),
             300,
         );
         assert_eq!(
             text,
-            "code [redacted] from client [redacted] ([redacted]) is short"
+            "code [redacted] from client [redacted] ([redacted]) is short; Basic [redacted]"
         );
     }
 }

@@ -275,6 +275,7 @@ mod shared {
         for set in [
             "CONFIG SET appendfsync everysec",
             "CONFIG SET maxmemory-policy volatile-lru",
+            "CONFIG SET maxmemory 1gb",
         ] {
             assert_eq!(
                 durable.redis_server().command(set).as_deref(),

@@ -1437,7 +1437,8 @@ async fn sqlite_counts_are_the_rows_left_after_racing_inserts_and_every_kind_of_
 }
 
 /// Deliveries an earlier version left due in its one due set (`od`, every target's) are
-/// counted, and claimed once moved to their target's due set by the first claims.
+/// counted, and claimed once moved to their target's due set by the first claims. (And
+/// the due sets lose ids whose delivery is gone.)
 #[cfg(feature = "redis")]
 #[test]
 fn redis_moves_an_earlier_versions_due_deliveries_to_their_targets() {
@@ -1477,4 +1478,28 @@ async fn moves_an_earlier_versions_due_deliveries(b: &Backend) {
     }
     assert_eq!(s.pending_deliveries().await.unwrap(), 0);
     assert_eq!(server.command("EXISTS oauthd:odt").as_deref(), Some(":0"));
+
+    // Deliveries whose hash is gone (deleted by hand, evicted) leave their due set at the
+    // first claim that finds them, instead of taking their target's room for good.
+    let gone: Vec<_> = (1..=2)
+        .map(|i| delivery(&format!("gone{i}"), "t", 4_000 + i))
+        .collect();
+    s.add_deliveries(gone).await.unwrap();
+    s.add_deliveries(vec![delivery("next", "t", 4_100)])
+        .await
+        .unwrap();
+    assert!(server
+        .command("DEL oauthd:o:gone1 oauthd:o:gone2")
+        .is_some());
+    let room = ClaimRoom {
+        limit: 10,
+        per_target: 2,
+        busy: Default::default(),
+    };
+    let first = s.claim_deliveries(5_000, 10_000, &room).await.unwrap();
+    assert!(first.is_empty(), "{first:?}");
+    let then = s.claim_deliveries(5_000, 10_000, &room).await.unwrap();
+    let ids: Vec<_> = then.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["next"]);
+    assert_eq!(s.pending_deliveries().await.unwrap(), 1);
 }

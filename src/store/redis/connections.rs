@@ -20,11 +20,13 @@ fn script(body: &str) -> Script {
 /// Lua (after `APPLY_LUA`): stores a (re)connect, the `Changes` from ARGV[first], in hash
 /// `conn`: the generation moves on and the refresh lease goes. Returns the ARGV index after
 /// the changes. A new hash starts at the generation `first_generation` gives (`now`, a
-/// string of digits, with three zeros: exact, where Lua's numbers would not be).
+/// string of digits, with three zeros: exact, where Lua's numbers would not be; a lone
+/// "0" stays one, as Redis reads no integer with leading zeros).
 pub(super) const SAVE_LUA: &str = r#"
 local function save_connection(conn, lease, index, member, now, first)
   if redis.call('EXISTS', conn) == 0 then
-    redis.call('HSET', conn, 'created', now, 'generation', now .. '000', 'failures', 0)
+    local generation = now == '0' and '0' or now .. '000'
+    redis.call('HSET', conn, 'created', now, 'generation', generation, 'failures', 0)
   end
   local after = apply(conn, first)
   redis.call('HINCRBY', conn, 'generation', 1)

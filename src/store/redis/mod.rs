@@ -368,7 +368,9 @@ fn persistence_warning(info: &str, appendfsync: Option<&str>) -> Option<String> 
 /// answers and recovers from).
 fn eviction_warning(info: &str) -> Option<String> {
     let policy = info_field(info, "maxmemory_policy")?;
-    if policy == "noeviction" {
+    // Without a limit (`maxmemory 0`) nothing is evicted, whatever the policy says.
+    let limited = info_field(info, "maxmemory").is_some_and(|m| m != "0");
+    if policy == "noeviction" || !limited {
         return None;
     }
     Some(format!(
@@ -535,9 +537,13 @@ mod tests {
         assert!(everysec.contains("appendfsync always"), "{everysec}");
         let never = persistence_warning("aof_enabled:1\r\n", Some("no")).unwrap();
         assert!(never.contains("when the system flushes"), "{never}");
-        assert!(eviction_warning("maxmemory_policy:noeviction\r\n").is_none());
+        assert!(eviction_warning("maxmemory:100\r\nmaxmemory_policy:noeviction\r\n").is_none());
         assert!(eviction_warning("used_memory:1\r\n").is_none());
-        let lru = eviction_warning("# Memory\r\nmaxmemory_policy:volatile-lru\r\n").unwrap();
+        assert!(eviction_warning("maxmemory:0\r\nmaxmemory_policy:allkeys-lru\r\n").is_none());
+        let lru = eviction_warning(
+            "# Memory\r\nmaxmemory:1073741824\r\nmaxmemory_policy:volatile-lru\r\n",
+        )
+        .unwrap();
         assert!(lru.contains("maxmemory-policy volatile-lru"), "{lru}");
         assert!(lru.contains("noeviction"), "{lru}");
     }

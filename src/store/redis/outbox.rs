@@ -61,19 +61,21 @@ const LIST_WINDOW: u32 = 1000;
 /// Deliveries an earlier version left in its one due set, moved per claim.
 const LEGACY_BATCH: u32 = 1000;
 
-/// KEYS: due root, hash. ARGV: id, now, lease ms. The claimed delivery's fields (flat), or
-/// an empty list when it is not due (another instance claimed it first) or no longer
-/// pending.
+/// KEYS: due root, hash. ARGV: id, now, lease ms, the target whose due set the id was read
+/// from. The claimed delivery's fields (flat), or an empty list when it is not due
+/// (another instance claimed it first) or no longer pending. An id whose delivery is gone
+/// (its hash deleted by hand or evicted) leaves the due set: it would stand at its front,
+/// taking the target's room in every claim.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-local target = redis.call('HGET', KEYS[2], 'target')
-if not target then return {} end
+local target = ARGV[4]
 local due_set = due_of(KEYS[1], target)
 local due = redis.call('ZSCORE', due_set, ARGV[1])
 if not due or tonumber(due) > tonumber(ARGV[2]) then return {} end
 if redis.call('HGET', KEYS[2], 'status') ~= 'pending' then
   redis.call('ZREM', due_set, ARGV[1])
+  if redis.call('ZCARD', due_set) == 0 then redis.call('SREM', targets_of(KEYS[1]), target) end
   return {}
 end
 local lease_end = tonumber(ARGV[2]) + tonumber(ARGV[3])
@@ -346,10 +348,17 @@ impl OutboxStore for RedisStore {
                 pipe.query_async(&mut c).await
             })
             .await?;
-        let mut due: Vec<(String, f64)> = due.into_iter().flatten().collect();
+        let mut due: Vec<(String, f64, &str)> = due
+            .into_iter()
+            .zip(&targets)
+            .flat_map(|(ids, target)| {
+                ids.into_iter()
+                    .map(move |(id, at)| (id, at, target.as_str()))
+            })
+            .collect();
         due.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
         let mut claimed = Vec::new();
-        for (id, _) in due {
+        for (id, _, target) in due {
             if claimed.len() >= room.limit as usize {
                 break;
             }
@@ -358,7 +367,8 @@ impl OutboxStore for RedisStore {
                 .key(self.delivery_key(&id))
                 .arg(&id)
                 .arg(now_ms)
-                .arg(lease_ms);
+                .arg(lease_ms)
+                .arg(target);
             let mut c = self.conn();
             let taken = self
                 .run("claiming a delivery", async move {
