@@ -207,6 +207,16 @@ async fn connected_with_key(
     broker
 }
 
+/// `connected` with a provider that answers at once, the clock an hour and a minute on:
+/// the token has expired, and the next call refreshes it.
+async fn expired(b: &Backend) -> (Clock, Arc<Scripted>, Arc<Broker>) {
+    let clock = clock();
+    let endpoint = Scripted::new(Duration::ZERO);
+    let broker = connected(b, &clock, endpoint.clone()).await;
+    clock.advance(61 * MINUTE);
+    (clock, endpoint, broker)
+}
+
 /// Connects `account` of provider "p" through a real connect flow; its tokens expire in
 /// an hour.
 async fn connect_account(broker: &Broker, endpoint: &Scripted, account: &str) {
@@ -633,10 +643,7 @@ async fn callers_queued_behind_a_refresh_take_its_answer(b: Backend) {
 /// token: <value>"). That text is logged, stored with the connection, shown to apps and
 /// on the page: the refresh token and the client secret are taken out of it first.
 async fn a_providers_error_text_never_carries_what_it_was_sent(b: Backend) {
-    let clock = clock();
-    let endpoint = Scripted::new(Duration::ZERO);
-    let broker = connected(&b, &clock, endpoint.clone()).await;
-    clock.advance(61 * MINUTE);
+    let (_clock, endpoint, broker) = expired(&b).await;
     endpoint.then(
         400,
         serde_json::json!({
@@ -656,10 +663,7 @@ async fn a_providers_error_text_never_carries_what_it_was_sent(b: Backend) {
 /// A failed refresh backs off: callers in the backoff get 503 without a provider call;
 /// once the clock passes it, the next caller refreshes. No waiting involved.
 async fn a_failed_refresh_backs_off_by_the_clock(b: Backend) {
-    let clock = clock();
-    let endpoint = Scripted::new(Duration::ZERO);
-    let broker = connected(&b, &clock, endpoint.clone()).await;
-    clock.advance(61 * MINUTE);
+    let (clock, endpoint, broker) = expired(&b).await;
     endpoint.then(503, serde_json::json!({"error": "temporarily_unavailable"}));
     let first = broker.access_token("p", "a", MINUTE).await;
     assert_eq!(retry_after(first), 5);
@@ -688,10 +692,7 @@ fn retry_after<T: std::fmt::Debug>(result: Result<T, BrokerError>) -> u64 {
 /// `invalid_grant` ends refreshing: the connection needs the user, and no later call
 /// goes to the provider until they reconnect.
 async fn invalid_grant_stops_refreshing_for_good(b: Backend) {
-    let clock = clock();
-    let endpoint = Scripted::new(Duration::ZERO);
-    let broker = connected(&b, &clock, endpoint.clone()).await;
-    clock.advance(61 * MINUTE);
+    let (clock, endpoint, broker) = expired(&b).await;
     endpoint.then(
         400,
         serde_json::json!({"error": "invalid_grant", "error_description": "revoked"}),
@@ -711,10 +712,7 @@ async fn invalid_grant_stops_refreshing_for_good(b: Backend) {
 /// account's, token for as long as it lived. Here the connection goes behind the cache's
 /// back, as that racing change did.
 async fn a_refreshed_token_is_held_only_once_a_read_finds_it(b: Backend) {
-    let clock = clock();
-    let endpoint = Scripted::new(Duration::ZERO);
-    let broker = connected(&b, &clock, endpoint.clone()).await;
-    clock.advance(61 * MINUTE);
+    let (_clock, endpoint, broker) = expired(&b).await;
     endpoint.then(200, tokens("access-2", "refresh-2", 3600));
     let token = broker.access_token("p", "a", MINUTE).await.unwrap();
     assert_eq!(token.access_token.as_str(), "access-2");
@@ -737,10 +735,7 @@ async fn a_refreshed_token_is_held_only_once_a_read_finds_it(b: Backend) {
 /// gives a token good for years, not one that wrapped around into the past and is refreshed
 /// on every call.
 async fn a_huge_expires_in_is_years_not_the_past(b: Backend) {
-    let clock = clock();
-    let endpoint = Scripted::new(Duration::ZERO);
-    let broker = connected(&b, &clock, endpoint.clone()).await;
-    clock.advance(61 * MINUTE);
+    let (clock, endpoint, broker) = expired(&b).await;
     endpoint.then(
         200,
         serde_json::json!({

@@ -222,6 +222,16 @@ impl RedisStore {
         format!("{}t", self.due_root())
     }
 
+    /// The targets with pending deliveries (`odt`).
+    async fn targets_due(&self, context: &'static str) -> Result<Vec<String>, StoreError> {
+        let key = self.due_targets();
+        let mut c = self.conn();
+        self.run(context, async move {
+            redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await
+        })
+        .await
+    }
+
     /// Moves what an earlier version left in its one due set to the targets' due sets
     /// (a batch per call, so that no claim waits for a big backlog to move).
     async fn move_legacy_due(&self) -> Result<(), StoreError> {
@@ -309,16 +319,7 @@ impl OutboxStore for RedisStore {
         room: &ClaimRoom,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
         self.move_legacy_due().await?;
-        let targets_key = self.due_targets();
-        let mut c = self.conn();
-        let mut targets: Vec<String> = self
-            .run("claiming deliveries", async move {
-                redis::cmd("SMEMBERS")
-                    .arg(targets_key)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
+        let mut targets = self.targets_due("claiming deliveries").await?;
         targets.retain(|t| room.left_for(t) > 0);
         targets.sort();
         if targets.is_empty() || room.limit == 0 {
@@ -524,16 +525,8 @@ impl OutboxStore for RedisStore {
     }
 
     async fn pending_deliveries(&self) -> Result<u64, StoreError> {
-        let (root, targets_key) = (self.due_root(), self.due_targets());
-        let mut c = self.conn();
-        let targets: Vec<String> = self
-            .run("counting pending deliveries", async move {
-                redis::cmd("SMEMBERS")
-                    .arg(targets_key)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
+        let root = self.due_root();
+        let targets = self.targets_due("counting pending deliveries").await?;
         let keys: Vec<String> = targets.iter().map(|t| self.due_set(t)).collect();
         let mut c = self.conn();
         self.run("counting pending deliveries", async move {
