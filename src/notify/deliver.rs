@@ -1,7 +1,9 @@
 //! The delivery worker: claims due deliveries from the outbox (a lease, so that with
 //! several instances each attempt belongs to one), sends them, and records the outcome: a
-//! 2xx ends a delivery; anything else is retried with backoff until its deadline, then it
-//! is dead. It runs beside the request handlers and never holds them up.
+//! 2xx ends a delivery; `410 Gone` ends it as dead (the receiver says the endpoint is gone
+//! for good); anything else is retried with backoff, never sooner than a `Retry-After` the
+//! receiver sent, until its deadline, then it is dead. It runs beside the request handlers
+//! and never holds them up.
 
 use super::event::message;
 use super::{Format, Notifier, Target};
@@ -11,8 +13,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Longest one attempt may take before it counts as failed.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest one attempt may take before it counts as failed (Standard Webhooks suggests
+/// 15-30 s; a receiver that queues its work answers well within it).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a claim holds a delivery: outlives an attempt, so only a worker that died
 /// leaves it to be claimed again.
 const LEASE_MS: i64 = 30_000;
@@ -138,17 +141,30 @@ async fn attempt(
     // A target this process does not have (a config being rolled out, a renamed target)
     // is retried like a failing one: another instance, or this one restarted, may have it.
     let sent = match notifier.target(&d.target) {
-        None => Err(format!("no target named {:?} is configured here", d.target)),
+        None => Err(Failed::because(format!(
+            "no target named {:?} is configured here",
+            d.target
+        ))),
         Some(target) => send(http, &target, &d, notifier.now_ms()).await,
     };
     let outcome = match sent {
         Ok(()) => DeliveryOutcome::Delivered,
-        Err(error) => {
+        Err(Failed {
+            error, gone: true, ..
+        }) => DeliveryOutcome::Dead { error },
+        Err(Failed {
+            error,
+            retry_after_ms,
+            ..
+        }) => {
             let now = notifier.now_ms();
             if now >= d.deadline_ms {
                 DeliveryOutcome::Dead { error }
             } else {
-                let wait = backoff_ms(notifier.policy(), d.attempts);
+                // Attempts since the last retry by hand: that retry starts the backoff
+                // afresh.
+                let failed = d.attempts.saturating_sub(d.attempts_before_retry);
+                let wait = next_wait(notifier.policy(), failed, retry_after_ms, jitter());
                 DeliveryOutcome::Retry {
                     at_ms: now.saturating_add(wait).min(d.deadline_ms),
                     error,
@@ -212,6 +228,65 @@ fn backoff_ms(policy: super::EventsPolicy, attempts: u32) -> i64 {
     min.saturating_mul(1 << doublings).min(max)
 }
 
+/// The wait before the next attempt: the backoff shortened by up to a quarter at random
+/// (`jitter` in 0..=1), so that deliveries that failed together (a receiver that was down)
+/// do not all come back in the same second; never sooner than the receiver's
+/// `Retry-After`, which is honoured up to `retry_max`.
+fn next_wait(
+    policy: super::EventsPolicy,
+    attempts: u32,
+    retry_after_ms: Option<i64>,
+    jitter: f64,
+) -> i64 {
+    let wait = backoff_ms(policy, attempts);
+    let spread = (wait as f64 * jitter.clamp(0.0, 1.0) / 4.0) as i64;
+    let asked = retry_after_ms
+        .unwrap_or(0)
+        .clamp(0, super::millis(policy.retry_max));
+    (wait - spread).max(asked)
+}
+
+/// A random number in 0..=1 for `next_wait` (0, no jitter, should the OS refuse bytes).
+fn jitter() -> f64 {
+    crate::secret::random_bytes::<2>()
+        .map(|b| f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX))
+        .unwrap_or(0.0)
+}
+
+/// How an attempt failed.
+#[derive(Debug, PartialEq)]
+struct Failed {
+    /// What happened, without the URL.
+    error: String,
+    /// The receiver answered `410 Gone`: its endpoint is gone for good, and retrying it
+    /// would only be refused again.
+    gone: bool,
+    /// The receiver's `Retry-After`, as milliseconds from now.
+    retry_after_ms: Option<i64>,
+}
+
+impl Failed {
+    fn because(error: String) -> Failed {
+        Failed {
+            error,
+            gone: false,
+            retry_after_ms: None,
+        }
+    }
+}
+
+/// A `Retry-After` value (RFC 9110: delay seconds, or an HTTP date) as milliseconds from
+/// `now_ms`; a date in the past is 0, anything else unreadable `None`.
+fn retry_after_ms(value: &str, now_ms: i64) -> Option<i64> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        let secs: i64 = value.parse().unwrap_or(i64::MAX);
+        return Some(secs.saturating_mul(1000));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    Some(at.timestamp_millis().saturating_sub(now_ms).max(0))
+}
+
 /// One POST to the target. The error says what happened without the URL (which may hold
 /// a topic name or a token).
 async fn send(
@@ -219,12 +294,13 @@ async fn send(
     target: &Target,
     d: &DeliveryRow,
     now_ms: i64,
-) -> Result<(), String> {
+) -> Result<(), Failed> {
     let timestamp = now_ms / 1000;
     let (content_type, body) = match target.format {
         Format::Json => ("application/json", d.body.clone()),
         Format::Text | Format::Gotify => {
-            let m = message(&d.body).ok_or("the stored event cannot be read")?;
+            let m = message(&d.body)
+                .ok_or_else(|| Failed::because("the stored event cannot be read".into()))?;
             match target.format {
                 Format::Gotify => (
                     "application/json",
@@ -262,13 +338,25 @@ async fn send(
         .body(body)
         .send()
         .await
-        .map_err(|e| describe(&e.without_url()))?;
+        .map_err(|e| Failed::because(describe(&e.without_url())))?;
     let status = resp.status();
     if status.is_success() {
-        Ok(())
-    } else {
-        Err(format!("HTTP {}", status.as_u16()))
+        return Ok(());
     }
+    let gone = status == reqwest::StatusCode::GONE;
+    Err(Failed {
+        error: if gone {
+            "HTTP 410 (the receiver says this endpoint is gone: not retried)".to_owned()
+        } else {
+            format!("HTTP {}", status.as_u16())
+        },
+        gone,
+        retry_after_ms: resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| retry_after_ms(v, now_ms)),
+    })
 }
 
 /// A header value from free text: visible ASCII only (anything else would make the request
@@ -316,5 +404,47 @@ mod tests {
         let waits: Vec<i64> = (1..=6).map(|n| backoff_ms(policy, n)).collect();
         assert_eq!(waits, vec![5_000, 10_000, 20_000, 40_000, 60_000, 60_000]);
         assert_eq!(backoff_ms(policy, u32::MAX), 60_000);
+    }
+
+    #[test]
+    fn the_wait_is_jittered_down_and_never_shorter_than_retry_after() {
+        let policy = super::super::EventsPolicy {
+            retry_min: Duration::from_secs(4),
+            retry_max: Duration::from_secs(60),
+            ..Default::default()
+        };
+        // Shortened by up to a quarter, never lengthened.
+        assert_eq!(next_wait(policy, 1, None, 0.0), 4_000);
+        assert_eq!(next_wait(policy, 1, None, 1.0), 3_000);
+        assert_eq!(next_wait(policy, 2, None, 0.5), 7_000);
+        // The receiver's Retry-After wins when longer, up to retry_max.
+        assert_eq!(next_wait(policy, 1, Some(30_000), 1.0), 30_000);
+        assert_eq!(next_wait(policy, 1, Some(1_000), 0.0), 4_000);
+        assert_eq!(next_wait(policy, 1, Some(86_400_000), 0.0), 60_000);
+        let j = jitter();
+        assert!((0.0..=1.0).contains(&j), "{j}");
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_an_http_date() {
+        // 2026-12-03T19:00:00Z
+        let now = 1_796_324_400_000;
+        assert_eq!(retry_after_ms("120", now), Some(120_000));
+        assert_eq!(retry_after_ms(" 0 ", now), Some(0));
+        assert_eq!(
+            retry_after_ms("Thu, 03 Dec 2026 19:00:30 GMT", now),
+            Some(30_000)
+        );
+        assert_eq!(
+            retry_after_ms("Thu, 03 Dec 2026 18:00:00 GMT", now),
+            Some(0)
+        );
+        assert_eq!(
+            retry_after_ms("99999999999999999999999", now),
+            Some(i64::MAX)
+        );
+        assert_eq!(retry_after_ms("-5", now), None);
+        assert_eq!(retry_after_ms("soon", now), None);
+        assert_eq!(retry_after_ms("", now), None);
     }
 }

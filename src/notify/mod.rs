@@ -371,6 +371,7 @@ pub fn delivery_json(d: &DeliveryRow) -> Value {
             .then_some(d.next_attempt_at_ms)
             .flatten()
             .map(rfc3339),
+        "last_attempt_at": d.last_attempt_at_ms.map(rfc3339),
         "finished_at": d.finished_at_ms.map(rfc3339),
     })
 }

@@ -116,6 +116,9 @@ pub struct DeliveryRow {
     /// What the last failed attempt got ("HTTP 500", "connection refused").
     pub last_error: Option<String>,
     pub finished_at_ms: Option<i64>,
+    /// How many attempts there were when it was last retried by hand (0: never): the
+    /// backoff counts only the attempts since.
+    pub attempts_before_retry: u32,
 }
 
 /// How an attempt ended.
@@ -181,7 +184,8 @@ pub trait OutboxStore: Send + Sync {
         filter: DeliveryFilter,
         limit: u32,
     ) -> Result<Vec<DeliveryRow>, StoreError>;
-    /// Makes a delivery pending and due now, with a new deadline. One delivered already
+    /// Makes a delivery pending and due now, with a new deadline, its backoff started
+    /// afresh (`attempts_before_retry` = the attempts so far). One delivered already
     /// is left alone unless `again` (the receiver has it: sending it again is asked for);
     /// one with an attempt under way (claimed, the claim not over at `now_ms`) is left
     /// alone: that attempt's outcome is recorded as it comes.

@@ -330,7 +330,7 @@ async fn a_dead_delivery_is_sent_again_by_events_retry() {
     home.write_config(&toml);
     let key = home.create_key("app", &[]);
     let d = home.start();
-    hooks.fail_next(1000, 410).await;
+    hooks.fail_next(1000, 500).await;
     let (status, sent) = d.post("/v1/notify/test", &key, json!({})).await;
     assert_eq!(status, 202);
     let dead = |home: &Home| {
@@ -341,7 +341,7 @@ async fn a_dead_delivery_is_sent_again_by_events_retry() {
     assert!(common::eventually(WAIT, || dead(&home).is_some()).await);
     let row = dead(&home).unwrap();
     assert_eq!(row["event_id"], sent["event_id"]);
-    assert_eq!(row["last_error"], "HTTP 410");
+    assert_eq!(row["last_error"], "HTTP 500");
     let attempts = hooks.of_type("notify.test").await.len();
     assert!(attempts >= 3, "{attempts} attempts in the 3 s window");
     assert_eq!(
@@ -387,6 +387,129 @@ async fn a_dead_delivery_is_sent_again_by_events_retry() {
     assert_eq!(got.len(), attempts + 2, "sent again with --again");
     let out = home.cli(&["events", "retry", "dlv_nope"]);
     assert_eq!(out.status.code(), Some(1));
+    drop(d);
+}
+
+/// The first row of `events list --failed --json`, once `done` holds for it.
+async fn failed_row_once(home: &Home, done: impl Fn(&Value) -> bool) -> Value {
+    let row = |home: &Home| {
+        let out = home.cli(&["events", "list", "--failed", "--json"]);
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        list[0].clone()
+    };
+    let found = common::eventually(WAIT, || done(&row(home))).await;
+    let last = row(home);
+    assert!(found, "not reached; last seen: {last}");
+    last
+}
+
+fn millis_of(row: &Value, field: &str) -> i64 {
+    let text = row[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("{field} in {row}"));
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("{field}: {e}"))
+        .timestamp_millis()
+}
+
+/// A receiver answering `410 Gone` says its endpoint is gone for good: the delivery is
+/// dead after that one attempt, not retried for a day.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gone_receiver_ends_the_delivery_at_once() {
+    let home = Home::new();
+    let secret = new_secret();
+    let hooks = Receiver::start(Some(&secret));
+    home.write_config(&(target_toml(&home, "app", &hooks, &secret, "") + EVENTS_TOML));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    hooks.fail_next(1000, 410).await;
+    let (status, sent) = d.post("/v1/notify/test", &key, json!({})).await;
+    assert_eq!(status, 202, "{sent}");
+    let row = failed_row_once(&home, |r| r["status"] == "dead").await;
+    assert_eq!(row["event_id"], sent["event_id"]);
+    assert_eq!(row["attempts"], 1, "{row}");
+    assert!(
+        row["last_error"].as_str().unwrap().starts_with("HTTP 410"),
+        "{row}"
+    );
+    // retry_min is 1 s: a retry would have come by now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(hooks.of_type("notify.test").await.len(), 1);
+    assert_eq!(
+        d.metric("oauthd_deliveries_total{result=\"dead\",target=\"app\"}")
+            .await,
+        Some(1.0)
+    );
+}
+
+/// A failed answer's `Retry-After` is honoured: the next attempt does not come sooner,
+/// though the backoff alone would have sent it after a second.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_receivers_retry_after_holds_the_next_attempt_back() {
+    let home = Home::new();
+    let secret = new_secret();
+    let hooks = Receiver::start(Some(&secret));
+    let toml = target_toml(&home, "app", &hooks, &secret, "")
+        + "[events]\nretry_min_seconds = 1\nretry_max_seconds = 60\n";
+    home.write_config(&toml);
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    hooks.fail_next_asking(1, 503, Some("4")).await;
+    let (status, _) = d.post("/v1/notify/test", &key, json!({})).await;
+    assert_eq!(status, 202);
+    let got = hooks.wait_for("notify.test", 2, WAIT).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(
+        got.iter()
+            .map(|g| g["answered"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [503, 200]
+    );
+    let gap = got[1]["at"].as_f64().unwrap() - got[0]["at"].as_f64().unwrap();
+    assert!(
+        gap >= 3_900.0,
+        "the second attempt came {gap} ms after the first"
+    );
+    assert_verified(&got, &[]);
+}
+
+/// A delivery retried by hand backs off from `retry_min` again, not from where its
+/// earlier attempts had taken the wait (which the deadline would have capped).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_by_hand_starts_the_backoff_afresh() {
+    let home = Home::new();
+    let secret = new_secret();
+    let hooks = Receiver::start(Some(&secret));
+    let toml = target_toml(&home, "app", &hooks, &secret, "")
+        + "[events]\nretry_for_seconds = 6\nretry_min_seconds = 2\nretry_max_seconds = 600\n";
+    home.write_config(&toml);
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    hooks.fail_next(1000, 500).await;
+    let (status, _) = d.post("/v1/notify/test", &key, json!({})).await;
+    assert_eq!(status, 202);
+    let dead = failed_row_once(&home, |r| r["status"] == "dead").await;
+    let before = dead["attempts"].as_u64().unwrap();
+    assert!(before >= 2, "{dead}");
+    let out = home.cli(&["events", "retry", dead["id"].as_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    // The retry's first attempt fails; its row, before the next attempt is claimed, says
+    // when that one is due.
+    let row = failed_row_once(&home, |r| {
+        r["attempts"].as_u64() == Some(before + 1)
+            && r["status"] == "pending"
+            && r["next_attempt_at"].is_string()
+            && r["last_attempt_at"].is_string()
+            && millis_of(r, "next_attempt_at") - millis_of(r, "last_attempt_at") < 30_000
+    })
+    .await;
+    let wait = millis_of(&row, "next_attempt_at") - millis_of(&row, "last_attempt_at");
+    // retry_min (2 s), less its jitter, plus the attempt's own time; the attempts before
+    // the retry would have made it 2 s doubled at least twice, up to the deadline 6 s on.
+    assert!(
+        wait <= 3_000,
+        "next attempt {wait} ms after the last: {row}"
+    );
     drop(d);
 }
 

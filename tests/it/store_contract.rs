@@ -349,6 +349,7 @@ async fn deliveries_are_claimed_once_per_lease_and_finished_by_their_claim(b: Ba
         .await
         .unwrap();
     assert_eq!(third[0].attempts, 3);
+    assert_eq!(third[0].attempts_before_retry, 0, "never retried by hand");
     assert_eq!(third[0].last_error.as_deref(), Some("HTTP 500"));
     let dead = DeliveryOutcome::Dead {
         error: "HTTP 404".into(),
@@ -386,6 +387,12 @@ async fn deliveries_are_claimed_once_per_lease_and_finished_by_their_claim(b: Ba
             .collect::<Vec<_>>(),
         [("a", 90_000)],
         "the delivered one was sent again"
+    );
+    // Its backoff starts afresh: the three attempts before the retry are set apart, while
+    // `attempts` still counts them (finishing needs its number).
+    assert_eq!(
+        (retried[0].attempts, retried[0].attempts_before_retry),
+        (4, 3)
     );
     // Finished ones are pruned once old enough; pending ones never.
     assert_eq!(s.prune_deliveries(3_000).await.unwrap(), 0);

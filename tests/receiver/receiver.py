@@ -2,14 +2,16 @@
 
 Every POST is recorded; with --secret, its Standard Webhooks signature is checked with the
 `standardwebhooks` package (the reference library receivers use), and the record says
-whether it verified. Tests read the records at GET /_received and make the next N requests
-fail with POST /_fail?count=N&status=S. Prints "receiver listening on PORT" once ready.
+whether it verified, and when it came (`at`, unix ms). Tests read the records at
+GET /_received and make the next N requests fail with POST /_fail?count=N&status=S
+(&retry_after=V: with that Retry-After header). Prints "receiver listening on PORT" once ready.
 """
 
 import argparse
 import json
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -17,7 +19,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 lock = threading.Lock()
 received = []
-failures = {"count": 0, "status": 500}
+failures = {"count": 0, "status": 500, "retry_after": None}
 
 
 def make_handler(webhook):
@@ -25,8 +27,10 @@ def make_handler(webhook):
         def log_message(self, *args):
             pass
 
-        def reply(self, status, body=b""):
+        def reply(self, status, body=b"", retry_after=None):
             self.send_response(status)
+            if retry_after is not None:
+                self.send_header("Retry-After", retry_after)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -48,9 +52,11 @@ def make_handler(webhook):
                 with lock:
                     failures["count"] = int(q.get("count", ["1"])[0])
                     failures["status"] = int(q.get("status", ["500"])[0])
+                    failures["retry_after"] = q.get("retry_after", [None])[0]
                 return self.reply(204)
             headers = {k.lower(): v for k, v in self.headers.items()}
             record = {
+                "at": time.time() * 1000,
                 "path": url.path,
                 "webhook_id": headers.get("webhook-id"),
                 "content_type": headers.get("content-type"),
@@ -70,15 +76,17 @@ def make_handler(webhook):
                 except WebhookVerificationError as e:
                     record["verified"] = False
                     record["verify_error"] = str(e)
+            retry_after = None
             with lock:
                 if failures["count"] > 0:
                     failures["count"] -= 1
                     record["answered"] = failures["status"]
+                    retry_after = failures["retry_after"]
                 else:
                     record["answered"] = 200
                 received.append(record)
                 status = record["answered"]
-            self.reply(status)
+            self.reply(status, retry_after=retry_after)
 
     return Handler
 

@@ -126,7 +126,8 @@ if ARGV[4] ~= '1' and status == 'delivered' then return {2} end
 local claimed = tonumber(redis.call('HGET', KEYS[2], 'claimed_until') or '0')
 if status == 'pending' and claimed > tonumber(ARGV[2]) then return {3, claimed} end
 local target = redis.call('HGET', KEYS[2], 'target')
-redis.call('HSET', KEYS[2], 'status', 'pending', 'next_attempt_at', ARGV[2], 'deadline', ARGV[3])
+redis.call('HSET', KEYS[2], 'status', 'pending', 'next_attempt_at', ARGV[2], 'deadline', ARGV[3],
+  'attempts_before_retry', redis.call('HGET', KEYS[2], 'attempts'))
 redis.call('HDEL', KEYS[2], 'finished_at')
 redis.call('ZADD', due_of(KEYS[1], target), ARGV[2], ARGV[1])
 redis.call('SADD', targets_of(KEYS[1]), target)
@@ -194,6 +195,12 @@ fn row(f: &Fields) -> Result<DeliveryRow, StoreError> {
         last_attempt_at_ms: int(f, "last_attempt_at"),
         last_error: text(f, "last_error"),
         finished_at_ms: int(f, "finished_at"),
+        // Absent on deliveries never retried by hand (and on those of earlier versions);
+        // it only sets the backoff, so a bad value counts as none rather than failing
+        // every claim of the delivery.
+        attempts_before_retry: int(f, "attempts_before_retry")
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0),
     })
 }
 

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 const COLUMNS: &str = "id, event_id, event_type, target, body, created_at, deadline, status,
-    attempts, next_attempt_at, last_attempt_at, last_error, finished_at";
+    attempts, next_attempt_at, last_attempt_at, last_error, finished_at, attempts_before_retry";
 
 fn row(r: &Row<'_>) -> rusqlite::Result<DeliveryRow> {
     Ok(DeliveryRow {
@@ -27,6 +27,7 @@ fn row(r: &Row<'_>) -> rusqlite::Result<DeliveryRow> {
         last_attempt_at_ms: r.get(10)?,
         last_error: r.get(11)?,
         finished_at_ms: r.get(12)?,
+        attempts_before_retry: r.get(13)?,
     })
 }
 
@@ -188,7 +189,8 @@ impl OutboxStore for SqliteStore {
                 }
                 conn.prepare_cached(
                     "UPDATE deliveries SET status = 'pending', next_attempt_at = ?2,
-                        deadline = ?3, finished_at = NULL, claimed_until = NULL
+                        deadline = ?3, finished_at = NULL, claimed_until = NULL,
+                        attempts_before_retry = attempts
                      WHERE id = ?1",
                 )?
                 .execute(params![id, now_ms, deadline_ms])?;

@@ -129,8 +129,21 @@ impl Receiver {
 
     /// The next `count` deliveries are answered with `status`.
     pub async fn fail_next(&self, count: u32, status: u16) {
+        self.fail_next_asking(count, status, None).await
+    }
+
+    /// The next `count` deliveries are answered with `status` and, when given, this
+    /// `Retry-After` header.
+    pub async fn fail_next_asking(&self, count: u32, status: u16, retry_after: Option<&str>) {
+        let mut url = format!("/_fail?count={count}&status={status}");
+        if let Some(v) = retry_after {
+            url = format!(
+                "{url}&retry_after={}",
+                url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
+            );
+        }
         let resp = reqwest::Client::new()
-            .post(self.url(&format!("/_fail?count={count}&status={status}")))
+            .post(self.url(&url))
             .send()
             .await
             .expect("receiver answers");
