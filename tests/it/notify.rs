@@ -322,14 +322,10 @@ async fn a_failing_receiver_gets_the_same_webhook_id_until_it_accepts() {
 /// A delivery given up on is dead, counted, and sent again by `oauthd events retry`.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_delivery_is_sent_again_by_events_retry() {
-    let home = Home::new();
-    let secret = new_secret();
-    let hooks = Receiver::start(Some(&secret));
-    let toml = target_toml(&home, "app", &hooks, &secret, "")
-        + "[events]\nretry_for_seconds = 3\nretry_min_seconds = 1\nretry_max_seconds = 1\n";
-    home.write_config(&toml);
-    let key = home.create_key("app", &[]);
-    let d = home.start();
+    let (home, hooks, key, d) = daemon_with_app_target(
+        "[events]\nretry_for_seconds = 3\nretry_min_seconds = 1\nretry_max_seconds = 1\n",
+    )
+    .await;
     hooks.fail_next(1000, 500).await;
     let (status, sent) = d.post("/v1/notify/test", &key, json!({})).await;
     assert_eq!(status, 202);
@@ -390,6 +386,18 @@ async fn a_dead_delivery_is_sent_again_by_events_retry() {
     drop(d);
 }
 
+/// A daemon with one signed target, `app`, at a receiver of its own, `events` as its
+/// `[events]` table, and a key to send test events with.
+async fn daemon_with_app_target(events: &str) -> (Home, Receiver, String, common::Daemon) {
+    let home = Home::new();
+    let secret = new_secret();
+    let hooks = Receiver::start(Some(&secret));
+    home.write_config(&(target_toml(&home, "app", &hooks, &secret, "") + events));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    (home, hooks, key, d)
+}
+
 /// The first row of `events list --failed --json`, once `done` holds for it.
 async fn failed_row_once(home: &Home, done: impl Fn(&Value) -> bool) -> Value {
     let row = |home: &Home| {
@@ -416,12 +424,7 @@ fn millis_of(row: &Value, field: &str) -> i64 {
 /// dead after that one attempt, not retried for a day.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gone_receiver_ends_the_delivery_at_once() {
-    let home = Home::new();
-    let secret = new_secret();
-    let hooks = Receiver::start(Some(&secret));
-    home.write_config(&(target_toml(&home, "app", &hooks, &secret, "") + EVENTS_TOML));
-    let key = home.create_key("app", &[]);
-    let d = home.start();
+    let (home, hooks, key, d) = daemon_with_app_target(EVENTS_TOML).await;
     hooks.fail_next(1000, 410).await;
     let (status, sent) = d.post("/v1/notify/test", &key, json!({})).await;
     assert_eq!(status, 202, "{sent}");
@@ -446,14 +449,8 @@ async fn a_gone_receiver_ends_the_delivery_at_once() {
 /// though the backoff alone would have sent it after a second.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_receivers_retry_after_holds_the_next_attempt_back() {
-    let home = Home::new();
-    let secret = new_secret();
-    let hooks = Receiver::start(Some(&secret));
-    let toml = target_toml(&home, "app", &hooks, &secret, "")
-        + "[events]\nretry_min_seconds = 1\nretry_max_seconds = 60\n";
-    home.write_config(&toml);
-    let key = home.create_key("app", &[]);
-    let d = home.start();
+    let (_home, hooks, key, d) =
+        daemon_with_app_target("[events]\nretry_min_seconds = 1\nretry_max_seconds = 60\n").await;
     hooks.fail_next_asking(1, 503, Some("4")).await;
     let (status, _) = d.post("/v1/notify/test", &key, json!({})).await;
     assert_eq!(status, 202);
@@ -477,14 +474,10 @@ async fn a_receivers_retry_after_holds_the_next_attempt_back() {
 /// earlier attempts had taken the wait (which the deadline would have capped).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_retry_by_hand_starts_the_backoff_afresh() {
-    let home = Home::new();
-    let secret = new_secret();
-    let hooks = Receiver::start(Some(&secret));
-    let toml = target_toml(&home, "app", &hooks, &secret, "")
-        + "[events]\nretry_for_seconds = 6\nretry_min_seconds = 2\nretry_max_seconds = 600\n";
-    home.write_config(&toml);
-    let key = home.create_key("app", &[]);
-    let d = home.start();
+    let (home, hooks, key, d) = daemon_with_app_target(
+        "[events]\nretry_for_seconds = 6\nretry_min_seconds = 2\nretry_max_seconds = 600\n",
+    )
+    .await;
     hooks.fail_next(1000, 500).await;
     let (status, _) = d.post("/v1/notify/test", &key, json!({})).await;
     assert_eq!(status, 202);
