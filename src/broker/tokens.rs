@@ -16,6 +16,7 @@ use super::flight::Turn;
 use super::{token_aad, Broker, BrokerError};
 use crate::notify::Event;
 use crate::oauth::flows::{self, FlowError, TokenSet};
+use crate::oauth::provider::check_name;
 use crate::oauth::{id_token, Provider};
 use crate::read_cache::ReadTicket;
 use crate::store::{
@@ -225,6 +226,9 @@ fn backoff_ms(failures: i64) -> i64 {
 
 impl Broker {
     pub(super) async fn row(&self, key: &ConnectionKey) -> Result<ConnectionRow, BrokerError> {
+        // No connection has a name `check_name` refuses: such a name in a path is a bad
+        // request (as on `PUT`), not one more connection that is not there.
+        check_name("account", &key.account).map_err(BrokerError::InvalidAccount)?;
         self.store
             .get_connection(key)
             .await?

@@ -93,6 +93,7 @@ pub async fn list(app: web::Data<AppState>, caller: Caller) -> Result<HttpRespon
     params(PathProviderAccount),
     responses(
         (status = 200, description = "The connection.", body = ConnectionView),
+        (status = 400, description = "A name no account can have (`invalid_account`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such connection (`connection_not_found`).", body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 pub async fn show(
@@ -118,7 +119,7 @@ pub async fn show(
     ),
     responses(
         (status = 200, description = "A token valid for at least `min_ttl`.", body = AccessToken),
-        (status = 400, description = "`min_ttl` is not 0 to 86400 (`invalid_min_ttl`), or an unknown query parameter (`unknown_parameter`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 400, description = "`min_ttl` is not 0 to 86400 (`invalid_min_ttl`), an unknown query parameter (`unknown_parameter`), or a name no account can have (`invalid_account`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such provider in the config (`unknown_provider`) or connection (`connection_not_found`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "The grant is gone (`needs_reauth`): an app starts a new connect flow for the account; `reconnect_url` is the operator's page, behind its sign-in. Also for a connection the provider gave no refresh token whose token has less than `min_ttl` left (the detail says so; a smaller `min_ttl` still gets it until it expires).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 502, description = "The refresh's new ID token does not verify (`id_token_invalid`).", body = ProblemDoc, content_type = "application/problem+json"),
@@ -223,7 +224,7 @@ pub async fn import(
     ),
     responses(
         (status = 204, description = "Revoked and deleted."),
-        (status = 400, description = "`force` is not `true` or `false` (`invalid_force`), or an unknown query parameter (`unknown_parameter`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 400, description = "`force` is not `true` or `false` (`invalid_force`), an unknown query parameter (`unknown_parameter`), or a name no account can have (`invalid_account`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 200, description = "Deleted, not revoked.", body = NotRevoked),
         (status = 404, description = "No such connection (`connection_not_found`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 429, description = "Too many imports, disconnects and device flow starts by this key in the last minute (`rate_limited`, `limits.connection_changes_per_minute`), with `Retry-After`.", body = ProblemDoc, content_type = "application/problem+json"),

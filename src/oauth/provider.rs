@@ -381,7 +381,10 @@ pub fn check_name(kind: &str, name: &str) -> Result<(), String> {
             .first()
             .is_some_and(u8::is_ascii_alphanumeric);
     ok.then_some(()).ok_or_else(|| {
-        format!("{kind} {name:?}: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        // The name as sent, cut: an error body never echoes kilobytes of a path.
+        let shown: String = name.chars().take(64).collect();
+        let cut = if shown.len() < name.len() { "…" } else { "" };
+        format!("{kind} {shown:?}{cut}: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
     })
 }
 

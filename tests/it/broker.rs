@@ -654,6 +654,31 @@ async fn keys_limited_to_other_providers_cannot_reach_connections() {
         (status, problem["code"].as_str()),
         (404, Some("connection_not_found"))
     );
+    // A name no connection can have is a bad request on every connection path, as on
+    // `PUT`, and the answer quotes at most 64 of its characters, control ones escaped.
+    let long = "a".repeat(7_000);
+    for account in ["%1b%5b31mX%0aFAKE", "a%2Fb", "%00", long.as_str()] {
+        for path in ["", "/token"] {
+            let url = format!("/v1/connections/peer/{account}{path}");
+            let (status, problem) = d.get(&url, &key).await;
+            assert_eq!(
+                (status, problem["code"].as_str()),
+                (400, Some("invalid_account")),
+                "{url}: {problem}"
+            );
+            let detail = problem["detail"].as_str().unwrap_or_default();
+            assert!(
+                detail.len() < 200 && !detail.chars().any(char::is_control),
+                "{detail:?}"
+            );
+        }
+        let resp = d
+            .delete(&format!("/v1/connections/peer/{account}"), &key)
+            .await;
+        assert_eq!(resp.status(), 400);
+        let problem: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(problem["code"], "invalid_account");
+    }
     let (status, problem) = d
         .post("/v1/connect/peer", &key, json!({"account": "bad name"}))
         .await;
