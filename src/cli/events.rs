@@ -13,15 +13,19 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
         match command {
             EventsCommand::List {
                 failed,
+                delivered,
+                target,
                 limit,
                 json,
             } => {
-                let filter = if failed {
-                    DeliveryFilter::Failed
-                } else {
-                    DeliveryFilter::All
+                let filter = match (failed, delivered) {
+                    (true, _) => DeliveryFilter::Failed,
+                    (_, true) => DeliveryFilter::Delivered,
+                    _ => DeliveryFilter::All,
                 };
-                let rows = store.list_deliveries(filter, limit).await?;
+                let rows = store
+                    .list_deliveries(filter, target.as_deref(), limit)
+                    .await?;
                 if json {
                     let list: Vec<_> = rows
                         .iter()
@@ -65,7 +69,28 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
                     );
                 }
                 if rows.is_empty() {
-                    say!("No deliveries{}.", if failed { " failed" } else { "" });
+                    let which = match filter {
+                        DeliveryFilter::All => "",
+                        DeliveryFilter::Failed => " failed",
+                        DeliveryFilter::Delivered => " delivered",
+                    };
+                    let Some(target) = target else {
+                        say!("No deliveries{which}.");
+                        return Ok(());
+                    };
+                    say!("No deliveries{which} to {target}.");
+                    let names: Vec<&str> =
+                        notifier.targets().iter().map(|t| t.name.as_str()).collect();
+                    if !names.contains(&target.as_str()) {
+                        say!(
+                            "No [[notify]] target is named {target} in the config{}.",
+                            if names.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" (they are: {})", names.join(", "))
+                            }
+                        );
+                    }
                 }
                 Ok(())
             }

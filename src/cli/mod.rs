@@ -283,8 +283,14 @@ pub(crate) enum EventsCommand {
     /// The newest deliveries (one line per event and target), newest first
     List {
         /// Only dead deliveries and those still being retried after a failure
-        #[arg(long)]
+        #[arg(long, conflicts_with = "delivered")]
         failed: bool,
+        /// Only delivered ones
+        #[arg(long)]
+        delivered: bool,
+        /// Only this [[notify]] target's (its `name`)
+        #[arg(long, value_name = "NAME")]
+        target: Option<String>,
         /// How many to show
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10000))]
         limit: u32,

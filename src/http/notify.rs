@@ -7,7 +7,7 @@ use super::problem::ApiError;
 use super::ui::UiSession;
 use super::{no_store, AppState};
 use crate::notify::{delivery_json, TestSent};
-use crate::store::{DeliveryFilter, DeliveryRow, DeliveryStatus};
+use crate::store::DeliveryFilter;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
@@ -77,37 +77,29 @@ async fn send_test(app: &AppState) -> Result<HttpResponse, ApiError> {
     }
 }
 
-/// `GET /ui/api/events`: each target with its last delivery and last failure, and the
-/// newest deliveries.
+/// `GET /ui/api/events`: each target with its last delivery and last failure (however
+/// long ago, whatever the other targets sent since), and the newest deliveries.
 pub async fn ui_events(app: web::Data<AppState>, _s: UiSession) -> Result<HttpResponse, ApiError> {
     let recent = app
         .outbox
-        .list_deliveries(DeliveryFilter::All, PAGE_DELIVERIES)
+        .list_deliveries(DeliveryFilter::All, None, PAGE_DELIVERIES)
         .await?;
-    let failed = app
-        .outbox
-        .list_deliveries(DeliveryFilter::Failed, PAGE_DELIVERIES)
-        .await?;
-    let targets: Vec<_> = app
-        .notifier
-        .targets()
-        .iter()
-        .map(|t| {
-            let last = |rows: &[DeliveryRow], status: Option<DeliveryStatus>| {
-                rows.iter()
-                    .find(|d| d.target == t.name && status.is_none_or(|s| d.status == s))
-                    .map(delivery_json)
-            };
-            json!({
-                "name": t.name,
-                "host": t.url.host_str(),
-                "format": format!("{:?}", t.format).to_lowercase(),
-                "signed": t.key.is_some(),
-                "last_delivered": last(&recent, Some(DeliveryStatus::Delivered)),
-                "last_failure": last(&failed, None),
-            })
-        })
-        .collect();
+    let outbox = app.outbox.as_ref();
+    let mut targets = Vec::new();
+    for t in app.notifier.targets() {
+        let last = |filter| async move {
+            let newest = outbox.list_deliveries(filter, Some(&t.name), 1).await?;
+            Ok::<_, ApiError>(newest.first().map(delivery_json))
+        };
+        targets.push(json!({
+            "name": t.name,
+            "host": t.url.host_str(),
+            "format": format!("{:?}", t.format).to_lowercase(),
+            "signed": t.key.is_some(),
+            "last_delivered": last(DeliveryFilter::Delivered).await?,
+            "last_failure": last(DeliveryFilter::Failed).await?,
+        }));
+    }
     Ok(no_store(HttpResponse::Ok()).json(json!({
         "targets": targets,
         "deliveries": recent.iter().map(delivery_json).collect::<Vec<_>>(),

@@ -154,6 +154,22 @@ pub enum DeliveryFilter {
     All,
     /// Dead ones, and pending ones that failed at least once.
     Failed,
+    /// Delivered ones.
+    Delivered,
+}
+
+impl DeliveryFilter {
+    /// Whether a delivery in `status`, with `last_error`, is one this filter shows.
+    pub fn shows(self, status: DeliveryStatus, last_error: Option<&str>) -> bool {
+        match self {
+            DeliveryFilter::All => true,
+            DeliveryFilter::Failed => {
+                status == DeliveryStatus::Dead
+                    || (status == DeliveryStatus::Pending && last_error.is_some())
+            }
+            DeliveryFilter::Delivered => status == DeliveryStatus::Delivered,
+        }
+    }
 }
 
 #[async_trait]
@@ -178,10 +194,11 @@ pub trait OutboxStore: Send + Sync {
         outcome: DeliveryOutcome,
         now_ms: i64,
     ) -> Result<bool, StoreError>;
-    /// Newest first.
+    /// Newest first (by creation), only `target`'s when given.
     async fn list_deliveries(
         &self,
         filter: DeliveryFilter,
+        target: Option<&str>,
         limit: u32,
     ) -> Result<Vec<DeliveryRow>, StoreError>;
     /// Makes a delivery pending and due now, with a new deadline, its backoff started

@@ -770,6 +770,106 @@ async fn the_page_shows_targets_and_sends_a_test_notification() {
     b.close().await;
 }
 
+/// The page shows each target's last delivery however many the other targets had since
+/// (it took them from the 50 newest of all), and `events list --target` lists one target's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quiet_targets_last_delivery_shows_behind_a_busy_ones() {
+    let home = Home::new();
+    let secret = new_secret();
+    let hooks = Receiver::start(Some(&secret));
+    let provider =
+        "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n";
+    let quiet = "events = [\"connection.deleted\"]";
+    home.write_config(&format!(
+        "{}{}{provider}{EVENTS_TOML}",
+        target_toml(&home, "quiet", &hooks, &secret, quiet),
+        target_toml(&home, "busy", &hooks, &secret, "")
+    ));
+    home.create_key("app", &[]);
+    let import = |accounts: std::ops::Range<usize>| {
+        let lines: String = accounts
+            .map(|n| format!("{{\"provider\":\"gh\",\"account\":\"a{n:02}\",\"access_token\":\"tok-{n}\"}}\n"))
+            .collect();
+        let file = home.dir.path().join("tokens.jsonl");
+        std::fs::write(&file, lines).unwrap();
+        let out = home.cli(&["connections", "import", "--file", file.to_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+    };
+    // Connected (busy only), deleted (both), then 60 more connected (busy only).
+    import(0..1);
+    let out = home.cli(&["connections", "delete", "gh", "a00"]);
+    assert!(out.status.success(), "{out:?}");
+    import(1..61);
+    let d = home.start();
+    assert_eq!(hooks.wait_for_all(63, WAIT).await.len(), 63);
+    let session = d.sign_in(&home.login_link(&d)).await;
+    let page = || async {
+        let events: Value = d
+            .ui_get("/ui/api/events", &session)
+            .await
+            .json()
+            .await
+            .unwrap();
+        events
+    };
+    let target = |events: &Value, name: &str| -> Value {
+        let all = events["targets"].as_array().cloned().unwrap_or_default();
+        all.into_iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or(Value::Null)
+    };
+    // Each delivery is recorded just after its receiver's answer.
+    let mut events = page().await;
+    for _ in 0..50 {
+        if target(&events, "busy")["last_delivered"]["type"] == "connection.connected"
+            && events["pending"] == 0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        events = page().await;
+    }
+    assert_eq!(events["pending"], 0, "{events}");
+    let quiet = target(&events, "quiet");
+    assert_eq!(
+        quiet["last_delivered"]["type"], "connection.deleted",
+        "{quiet}"
+    );
+    assert_eq!(quiet["last_failure"], Value::Null, "{quiet}");
+    assert_eq!(
+        target(&events, "busy")["last_delivered"]["type"],
+        "connection.connected"
+    );
+
+    let listed = |args: &[&str]| -> Vec<Value> {
+        let mut all = vec!["events", "list", "--json"];
+        all.extend_from_slice(args);
+        let out = home.cli(&all);
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
+    };
+    let only = listed(&["--target", "quiet"]);
+    assert_eq!(only.len(), 1, "{only:?}");
+    assert_eq!(only[0]["type"], "connection.deleted");
+    assert_eq!(only[0]["target"], "quiet");
+    let busy = listed(&["--target", "busy", "--delivered", "--limit", "5"]);
+    assert_eq!(busy.len(), 5);
+    assert!(busy
+        .iter()
+        .all(|r| r["target"] == "busy" && r["status"] == "delivered"));
+    let out = home.cli(&["events", "list", "--target", "nobody"]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("No deliveries to nobody")
+            && said.contains(
+                "No [[notify]] target is named nobody in the config (they are: quiet, busy)"
+            ),
+        "{said}"
+    );
+    drop(d);
+}
+
 /// A `connection.connected` delivery for target "ghost": written by the CLI (an import of
 /// gh/me) with a config that has that target besides `rest`; the config then has only
 /// `rest` (with `EVENTS_TOML`).

@@ -225,7 +225,15 @@ fn delivery(id: &str, target: &str, created: i64) -> NewDelivery {
 }
 
 async fn ids(s: &dyn oauthd::store::Store, filter: DeliveryFilter) -> Vec<String> {
-    let rows = s.list_deliveries(filter, 100).await.unwrap();
+    target_ids(s, filter, None).await
+}
+
+async fn target_ids(
+    s: &dyn oauthd::store::Store,
+    filter: DeliveryFilter,
+    target: Option<&str>,
+) -> Vec<String> {
+    let rows = s.list_deliveries(filter, target, 100).await.unwrap();
     rows.into_iter().map(|d| d.id).collect()
 }
 
@@ -359,9 +367,12 @@ async fn deliveries_are_claimed_once_per_lease_and_finished_by_their_claim(b: Ba
         s.pending_deliveries().await.unwrap(),
         0,
         "{:?}",
-        s.list_deliveries(DeliveryFilter::All, 10).await
+        s.list_deliveries(DeliveryFilter::All, None, 10).await
     );
-    let rows = s.list_deliveries(DeliveryFilter::All, 10).await.unwrap();
+    let rows = s
+        .list_deliveries(DeliveryFilter::All, None, 10)
+        .await
+        .unwrap();
     let status: Vec<_> = rows.iter().map(|d| (d.id.as_str(), d.status)).collect();
     assert_eq!(
         status,
@@ -1040,6 +1051,7 @@ backends!(
     a_device_poll_is_recorded_only_while_no_one_else_holds_the_flow,
     a_connected_poll_stores_the_connection_and_ends_the_flow_in_one_write,
     a_failed_delivery_is_listed_behind_any_number_of_newer_ones,
+    a_targets_newest_are_listed_behind_any_number_of_the_others,
     a_retry_by_hand_leaves_an_attempt_under_way_alone,
 );
 
@@ -1115,9 +1127,86 @@ async fn a_failed_delivery_is_listed_behind_any_number_of_newer_ones(b: Backend)
         s.add_deliveries(newer).await.unwrap();
     }
     assert_eq!(ids(s, DeliveryFilter::Failed).await, vec!["old"]);
-    let newest = s.list_deliveries(DeliveryFilter::All, 3).await.unwrap();
+    let newest = s
+        .list_deliveries(DeliveryFilter::All, None, 3)
+        .await
+        .unwrap();
     let newest: Vec<&str> = newest.iter().map(|d| d.id.as_str()).collect();
     assert_eq!(newest, ["new1199", "new1198", "new1197"]);
+}
+
+/// Claims every due delivery and finishes each with `outcome`.
+async fn finish_all_due(s: &dyn oauthd::store::Store, now_ms: i64, outcome: DeliveryOutcome) {
+    let room = ClaimRoom::up_to(10_000);
+    for d in s.claim_deliveries(now_ms, 10_000, &room).await.unwrap() {
+        let done = s.finish_delivery(&d.id, d.attempts, outcome.clone(), now_ms);
+        assert!(done.await.unwrap(), "{}", d.id);
+    }
+}
+
+/// The page shows each target's last delivery and last failure, and `events list --target`
+/// one target's: found behind any number of the other targets' newer deliveries, and
+/// gone from the target's listing once pruned.
+async fn a_targets_newest_are_listed_behind_any_number_of_the_others(b: Backend) {
+    let s = b.store.as_ref();
+    s.add_deliveries(vec![delivery("quiet-ok", "quiet", 1_000)])
+        .await
+        .unwrap();
+    finish_all_due(s, 1_000, DeliveryOutcome::Delivered).await;
+    s.add_deliveries(vec![delivery("quiet-dead", "quiet", 1_500)])
+        .await
+        .unwrap();
+    let dead = DeliveryOutcome::Dead {
+        error: "HTTP 404".into(),
+    };
+    finish_all_due(s, 1_500, dead).await;
+    for batch in 0..12 {
+        let newer = (0..100)
+            .map(|i| {
+                let n = batch * 100 + i;
+                delivery(&format!("busy{n:04}"), "busy", 5_000 + n)
+            })
+            .collect();
+        s.add_deliveries(newer).await.unwrap();
+    }
+    finish_all_due(s, 7_000, DeliveryOutcome::Delivered).await;
+
+    let quiet = Some("quiet");
+    assert_eq!(
+        target_ids(s, DeliveryFilter::Delivered, quiet).await,
+        ["quiet-ok"]
+    );
+    assert_eq!(
+        target_ids(s, DeliveryFilter::Failed, quiet).await,
+        ["quiet-dead"]
+    );
+    assert_eq!(
+        target_ids(s, DeliveryFilter::All, quiet).await,
+        ["quiet-dead", "quiet-ok"]
+    );
+    let busy = s
+        .list_deliveries(DeliveryFilter::Delivered, Some("busy"), 2)
+        .await
+        .unwrap();
+    let busy: Vec<_> = busy.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(busy, ["busy1199", "busy1198"]);
+    assert!(target_ids(s, DeliveryFilter::Failed, Some("busy"))
+        .await
+        .is_empty());
+    assert!(target_ids(s, DeliveryFilter::All, Some("nobody"))
+        .await
+        .is_empty());
+    // All targets' delivered ones, newest first: the quiet target's is behind the rest.
+    let delivered = s
+        .list_deliveries(DeliveryFilter::Delivered, None, 1_201)
+        .await
+        .unwrap();
+    assert_eq!(delivered.len(), 1_201);
+    assert_eq!(delivered[1_200].id, "quiet-ok");
+
+    // Pruned (finished before 2,000: the quiet target's two) means gone from its listing.
+    assert_eq!(s.prune_deliveries(2_000).await.unwrap(), 2);
+    assert!(target_ids(s, DeliveryFilter::All, quiet).await.is_empty());
 }
 
 fn now_ms() -> i64 {
@@ -1509,4 +1598,65 @@ async fn moves_an_earlier_versions_due_deliveries(b: &Backend) {
     let ids: Vec<_> = then.iter().map(|d| d.id.as_str()).collect();
     assert_eq!(ids, ["next"]);
     assert_eq!(s.pending_deliveries().await.unwrap(), 1);
+}
+
+/// Deliveries an earlier version logged only in the log of all (`ol`) reach their
+/// target's log (`ol:<target>`) a batch per claim, so `events list --target` and the page
+/// find them; a pruned delivery leaves its target's log too.
+#[cfg(feature = "redis")]
+#[test]
+fn redis_adds_an_earlier_versions_deliveries_to_their_targets_logs() {
+    let b = redis();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(adds_an_earlier_versions_deliveries_to_target_logs(&b));
+}
+
+#[cfg(feature = "redis")]
+async fn adds_an_earlier_versions_deliveries_to_target_logs(b: &Backend) {
+    let s = b.store.as_ref();
+    let server = b._redis.as_ref().expect("a redis-server");
+    // 1,500 deliveries (more than a batch), some sharing a millisecond, over two targets.
+    for batch in 0..15 {
+        let older = (0..100)
+            .map(|i| {
+                let n = batch * 100 + i;
+                let target = if n % 2 == 0 { "t" } else { "u" };
+                delivery(&format!("old{n:04}"), target, 1_000 + n / 3)
+            })
+            .collect();
+        s.add_deliveries(older).await.unwrap();
+    }
+    assert!(server.command("DEL oauthd:ol:t oauthd:ol:u").is_some());
+    assert!(target_ids(s, DeliveryFilter::All, Some("t"))
+        .await
+        .is_empty());
+    let none = ClaimRoom {
+        limit: 10,
+        per_target: 0,
+        busy: Default::default(),
+    };
+    for _ in 0..2 {
+        let claimed = s.claim_deliveries(1_000, 10_000, &none).await.unwrap();
+        assert!(claimed.is_empty(), "{claimed:?}");
+    }
+    let filled = r#"EVAL "return redis.call('GET', KEYS[1]) == 'done' and 1 or 0" 1 oauthd:olf"#;
+    assert_eq!(server.command(filled).as_deref(), Some(":1"));
+    for (target, count) in [("t", 750), ("u", 750)] {
+        let listed = s
+            .list_deliveries(DeliveryFilter::All, Some(target), 10_000)
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), count, "{target}");
+        assert!(listed.iter().all(|d| d.target == target));
+    }
+    assert_eq!(server.command("ZCARD oauthd:ol:t").as_deref(), Some(":750"));
+
+    // Pruning takes a delivery out of its target's log with the rest.
+    s.add_deliveries(vec![delivery("done", "v", 3_000)])
+        .await
+        .unwrap();
+    finish_all_due(s, 3_000, DeliveryOutcome::Delivered).await;
+    assert_eq!(server.command("ZCARD oauthd:ol:v").as_deref(), Some(":1"));
+    assert!(s.prune_deliveries(3_001).await.unwrap() >= 1);
+    assert_eq!(server.command("ZCARD oauthd:ol:v").as_deref(), Some(":0"));
 }

@@ -1,7 +1,8 @@
 //! `OutboxStore` on Redis: a hash per delivery (`o:<id>`), a sorted set per target of its
 //! pending ones by when they are due (`od:<target>`; a claim moves its score to the end of
 //! the lease, so a delivery whose worker died is due again then), the set of targets that
-//! have pending ones (`odt`), and a sorted set of all by creation (`ol`) for listings.
+//! have pending ones (`odt`), and sorted sets by creation for listings: of all deliveries
+//! (`ol`) and of each target's (`ol:<target>`).
 //!
 //! Due sets are per target so that a claim reads only the targets with room: a target that
 //! hangs, with thousands of deliveries due, is never read past to find another's. (Before,
@@ -24,8 +25,8 @@ use std::sync::LazyLock;
 /// Lua: `due_of(root, target)`, the due set of `target`, and `targets_of(root)`, the set of
 /// targets with one, named after the due sets' common root (`P od`); then `enqueue`, which
 /// adds the deliveries given at ARGV[first] (a count, then 7 values each) to the outbox:
-/// KEYS[kfirst] is the due sets' root, KEYS[kfirst + 1] the log, then one hash key per
-/// delivery. Returns the ARGV index after them.
+/// KEYS[kfirst] is the due sets' root, KEYS[kfirst + 1] the log (which names the targets'
+/// logs too), then one hash key per delivery. Returns the ARGV index after them.
 pub(super) const ENQUEUE_LUA: &str = r#"
 local function due_of(root, target) return root .. ':' .. target end
 local function targets_of(root) return root .. 't' end
@@ -41,6 +42,7 @@ local function enqueue(kfirst, first)
     redis.call('ZADD', due_of(KEYS[kfirst], target), created, id)
     redis.call('SADD', targets_of(KEYS[kfirst]), target)
     redis.call('ZADD', KEYS[kfirst + 1], created, id)
+    redis.call('ZADD', KEYS[kfirst + 1] .. ':' .. target, created, id)
     a = a + 7
   end
   return a
@@ -167,8 +169,44 @@ if status == 'pending' then return 0 end
 if status and tonumber(redis.call('HGET', KEYS[2], 'finished_at') or '0') >= tonumber(ARGV[2]) then
   return 0
 end
+local target = redis.call('HGET', KEYS[2], 'target')
+if target then redis.call('ZREM', KEYS[1] .. ':' .. target, ARGV[1]) end
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[1], ARGV[1])
+return 1
+"#,
+    )
+});
+
+/// KEYS: log, how far its targets' logs are filled (`olf`: the score and id last done, or
+/// `done`). ARGV: P, how many to add. Adds that many of the deliveries an earlier version
+/// logged only in the log to their target's log; returns 0 once none are left.
+static FILL_TARGET_LOGS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local at = redis.call('GET', KEYS[2])
+if at == 'done' then return 0 end
+local from = 0
+if at then
+  local score, id = string.match(at, '^(%S+) (%S+)$')
+  local rank = id and redis.call('ZRANK', KEYS[1], id)
+  if rank then
+    from = rank + 1
+  elseif score then
+    from = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. score)
+  end
+end
+local n = tonumber(ARGV[2])
+local ids = redis.call('ZRANGE', KEYS[1], from, from + n - 1, 'WITHSCORES')
+for i = 1, #ids, 2 do
+  local target = redis.call('HGET', ARGV[1] .. 'o:' .. ids[i], 'target')
+  if target then redis.call('ZADD', KEYS[1] .. ':' .. target, ids[i + 1], ids[i]) end
+end
+if #ids < 2 * n then
+  redis.call('SET', KEYS[2], 'done')
+  return 0
+end
+redis.call('SET', KEYS[2], ids[#ids] .. ' ' .. ids[#ids - 1])
 return 1
 "#,
     )
@@ -269,6 +307,29 @@ impl RedisStore {
         self.index("ol")
     }
 
+    /// `target`'s log: the log's name, `:`, the target's (as `ENQUEUE_LUA` names it).
+    fn target_log(&self, target: &str) -> String {
+        format!("{}:{target}", self.delivery_log())
+    }
+
+    /// Adds what an earlier version logged only in the log to the targets' logs (a batch
+    /// per call, as `move_legacy_due`).
+    async fn fill_target_logs(&self) -> Result<(), StoreError> {
+        let (log, filled, prefix) = (self.delivery_log(), self.index("olf"), self.prefix.clone());
+        let mut c = self.conn();
+        self.run("claiming deliveries", async move {
+            FILL_TARGET_LOGS
+                .key(log)
+                .key(filled)
+                .arg(prefix)
+                .arg(LEGACY_BATCH)
+                .invoke_async::<i64>(&mut c)
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
     fn delivery_key(&self, id: &str) -> String {
         self.key("o", id)
     }
@@ -326,6 +387,7 @@ impl OutboxStore for RedisStore {
         room: &ClaimRoom,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
         self.move_legacy_due().await?;
+        self.fill_target_logs().await?;
         let mut targets = self.targets_due("claiming deliveries").await?;
         targets.retain(|t| room.left_for(t) > 0);
         targets.sort();
@@ -437,13 +499,18 @@ impl OutboxStore for RedisStore {
     async fn list_deliveries(
         &self,
         filter: DeliveryFilter,
+        target: Option<&str>,
         limit: u32,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
         // The log is read newest first in windows, until `limit` rows are found or the
-        // log ends: failed ones may be older than any window of fixed size.
+        // log ends: the ones asked for may be older than any window of fixed size.
         let window = match filter {
             DeliveryFilter::All => limit.max(1),
-            DeliveryFilter::Failed => limit.max(LIST_WINDOW),
+            DeliveryFilter::Failed | DeliveryFilter::Delivered => limit.max(LIST_WINDOW),
+        };
+        let log = match target {
+            Some(t) => self.target_log(t),
+            None => self.delivery_log(),
         };
         let mut out = Vec::new();
         // Deliveries added meanwhile move the older ones down the log: a window may start
@@ -453,7 +520,7 @@ impl OutboxStore for RedisStore {
         loop {
             let mut newest = redis::cmd("ZRANGE");
             newest
-                .arg(self.delivery_log())
+                .arg(&log)
                 .arg(from)
                 .arg(from + i64::from(window) - 1)
                 .arg("REV");
@@ -480,9 +547,7 @@ impl OutboxStore for RedisStore {
                 .await?;
             for f in records.iter().filter(|f| !f.is_empty()) {
                 let d = row(f)?;
-                let failed = d.status == DeliveryStatus::Dead
-                    || (d.status == DeliveryStatus::Pending && d.last_error.is_some());
-                if filter == DeliveryFilter::All || failed {
+                if filter.shows(d.status, d.last_error.as_deref()) {
                     out.push(d);
                 }
                 if out.len() >= limit as usize {

@@ -39,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../sql/0009_store_totals.sql"),
     include_str!("../../../sql/0010_meta.sql"),
     include_str!("../../../sql/0011_delivery_retried_by_hand.sql"),
+    include_str!("../../../sql/0012_deliveries_by_target.sql"),
 ];
 
 /// How long a statement waits for a lock held by another process before failing (503).

@@ -148,16 +148,29 @@ impl OutboxStore for SqliteStore {
     async fn list_deliveries(
         &self,
         filter: DeliveryFilter,
+        target: Option<&str>,
         limit: u32,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
-        let only_failed = filter == DeliveryFilter::Failed;
+        let shows = match filter {
+            DeliveryFilter::All => "1",
+            DeliveryFilter::Failed => {
+                "status = 'dead' OR (status = 'pending' AND last_error IS NOT NULL)"
+            }
+            DeliveryFilter::Delivered => "status = 'delivered'",
+        };
+        // One target's newest come from `deliveries_by_target`, however long ago it had one.
+        let of_target = if target.is_some() {
+            "target = ?2 AND"
+        } else {
+            "?2 IS NULL AND"
+        };
+        let target = target.map(str::to_owned);
         self.read("listing deliveries", move |conn| {
             conn.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM deliveries
-                 WHERE NOT ?1 OR status = 'dead' OR (status = 'pending' AND last_error IS NOT NULL)
-                 ORDER BY created_at DESC, id DESC LIMIT ?2"
+                "SELECT {COLUMNS} FROM deliveries WHERE {of_target} ({shows})
+                 ORDER BY created_at DESC, id DESC LIMIT ?1"
             ))?
-            .query_map(params![only_failed, limit], row)?
+            .query_map(params![limit, target], row)?
             .collect()
         })
         .await
