@@ -141,10 +141,85 @@ where
     Ok(body)
 }
 
+/// A JSON value in which no object names a member twice. The JSON RFC leaves duplicates'
+/// meaning open and parsers differ (first wins, last wins): a proxy in front of oauthd
+/// that reads `{"namespace": "a", "namespace": "b"}` as `a` would check one namespace
+/// while oauthd used the other. So a duplicate anywhere in a body is `malformed_json`.
+struct Unique(Value);
+
+impl<'de> serde::Deserialize<'de> for Unique {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueVisitor).map(Unique)
+    }
+}
+
+struct UniqueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        // serde_json hands no NaN or infinity; `from_f64` would make one null.
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(Unique(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut members = Map::new();
+        while let Some(name) = map.next_key::<String>()? {
+            let Unique(v) = map.next_value()?;
+            if members.contains_key(&name) {
+                let shown: String = name.chars().take(64).collect();
+                return Err(serde::de::Error::custom(format_args!(
+                    "the member {shown:?} appears more than once"
+                )));
+            }
+            members.insert(name, v);
+        }
+        Ok(Value::Object(members))
+    }
+}
+
 impl JsonObject {
-    /// Parses a complete body: a JSON object, or `malformed_json`.
+    /// Parses a complete body: a JSON object whose objects name no member twice, or
+    /// `malformed_json`.
     pub fn parse(body: &[u8]) -> Result<JsonObject, ApiError> {
-        match serde_json::from_slice::<Value>(body) {
+        match serde_json::from_slice::<Unique>(body).map(|u| u.0) {
             Ok(Value::Object(map)) => Ok(JsonObject(map)),
             Ok(_) => Err(ApiError::bad_request(
                 "malformed_json",
@@ -247,5 +322,37 @@ impl JsonObject {
                 ))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::JsonObject;
+    use serde_json::json;
+
+    #[test]
+    fn a_member_named_twice_anywhere_is_malformed() {
+        for body in [
+            r#"{"namespace":"a","namespace":"b"}"#,
+            r#"{"data":{"x":1,"y":[{"k":1},{"k":2,"k":3}]}}"#,
+            r#"{"a":1,"\u0061":2}"#,
+        ] {
+            let e = JsonObject::parse(body.as_bytes()).err().expect(body);
+            assert_eq!(e.code, "malformed_json", "{body}");
+            assert!(e.detail.contains("more than once"), "{}", e.detail);
+        }
+    }
+
+    #[test]
+    fn a_body_parses_to_the_value_serde_json_makes() {
+        let body = json!({
+            "s": "x\u{1F600}", "n": -3, "u": u64::MAX, "f": 0.1, "big": 1e300,
+            "b": true, "null": null, "list": [1, [2, {"k": {}}], []], "o": {"k": "v"}
+        });
+        let text = body.to_string();
+        let Ok(parsed) = JsonObject::parse(text.as_bytes()) else {
+            panic!("{text} did not parse");
+        };
+        assert_eq!(serde_json::Value::Object(parsed.into_map()), body);
     }
 }

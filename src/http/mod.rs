@@ -157,6 +157,16 @@ fn endpoint(path: &str, method: Method, route: Route) -> Resource {
         .default_service(method_not_allowed([&method]))
 }
 
+/// A path that answers GET and HEAD: a HEAD is answered as the GET, without the body
+/// (actix leaves it out), which is what uptime checks and `wget --spider` send. Not for
+/// a GET that changes something (the callback consumes its state).
+fn readable(path: &str, route: Route) -> Resource {
+    web::resource(path)
+        .app_data(request_metrics::RoutePattern::new(path))
+        .route(route.guard(guard::Any(guard::Get()).or(guard::Head())))
+        .default_service(method_not_allowed([&Method::GET, &Method::HEAD]))
+}
+
 /// A `/v1` operation as the router registers it. Its path and methods are its OpenAPI
 /// description's (`#[utoipa::path]` on the handler): a `/v1` route cannot exist without
 /// one, and a test holds this list and the description's to each other.
@@ -306,13 +316,9 @@ fn v1_scope() -> Scope {
 /// then the page, health, metrics and the OpenAPI description.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(v1_scope())
-        .service(endpoint(
-            "/openapi.json",
-            Method::GET,
-            web::to(openapi::serve),
-        ))
-        .service(endpoint("/healthz", Method::GET, web::to(health::healthz)))
-        .service(endpoint("/readyz", Method::GET, web::to(health::readyz)))
+        .service(readable("/openapi.json", web::to(openapi::serve)))
+        .service(readable("/healthz", web::to(health::healthz)))
+        .service(readable("/readyz", web::to(health::readyz)))
         .service(endpoint(
             "/connect/{provider}",
             Method::POST,
@@ -364,8 +370,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             Method::POST,
             web::to(notify::ui_test),
         ))
-        .service(endpoint("/static/{name}", Method::GET, web::to(ui::asset)))
-        .service(endpoint("/metrics", Method::GET, web::to(metrics::metrics)))
+        .service(readable("/static/{name}", web::to(ui::asset)))
+        .service(readable("/metrics", web::to(metrics::metrics)))
         .service(endpoint(
             "/callback/{provider}",
             Method::GET,
@@ -382,7 +388,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             Method::POST,
             web::to(admin::logout),
         ))
-        .service(endpoint("/", Method::GET, web::to(ui::index)))
+        .service(readable("/", web::to(ui::index)))
         .default_service(web::to(not_found));
 }
 
