@@ -230,7 +230,11 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
                         r.line(
                             "FAIL",
                             &what,
-                            format!("token endpoint {} unreachable: {err}", e.token),
+                            format!(
+                                "token endpoint {} unreachable: {}",
+                                e.token,
+                                crate::oauth::with_causes(&err)
+                            ),
                         );
                         continue;
                     }

@@ -294,7 +294,7 @@ fn classify<E: std::error::Error>(
                 .map_or_else(|| "no description".into(), |d| sent.text(d, 300));
             rejected(r.error().as_ref(), description, sent)
         }
-        RequestTokenError::Request(e) => FlowError::Transient(e.to_string()),
+        RequestTokenError::Request(e) => FlowError::Transient(super::with_causes(&e)),
         RequestTokenError::Parse(e, body) => {
             // GitHub answers errors with 200: what names an error is that error.
             if names_an_error(&body) {
@@ -420,7 +420,7 @@ pub async fn revoke(
     )
     .send()
     .await
-    .map_err(|e| FlowError::Transient(e.to_string()))?;
+    .map_err(|e| FlowError::Transient(super::with_causes(&e)))?;
     let status = resp.status();
     if status.is_success() {
         Ok(())
@@ -547,7 +547,7 @@ pub async fn device_authorize(
     let resp = authed_post(http, provider, url, &params)
         .send()
         .await
-        .map_err(|e| FlowError::Transient(e.to_string()))?;
+        .map_err(|e| FlowError::Transient(super::with_causes(&e)))?;
     let status = resp.status();
     let body = super::read_limited(resp, MAX_RESPONSE_BYTES)
         .await
@@ -630,7 +630,7 @@ pub async fn device_poll(
     }
     let resp = match authed_post(http, provider, token_url, &params).send().await {
         Ok(r) => r,
-        Err(e) => return DevicePoll::Failed(FlowError::Transient(e.to_string())),
+        Err(e) => return DevicePoll::Failed(FlowError::Transient(super::with_causes(&e))),
     };
     let status = resp.status();
     let body = match super::read_limited(resp, MAX_RESPONSE_BYTES).await {

@@ -131,7 +131,7 @@ async fn fetch(http: &reqwest::Client, url: &Url) -> Result<JwkSet, IdTokenError
         .header(reqwest::header::ACCEPT, "application/json")
         .send()
         .await
-        .map_err(|e| keys(e.to_string()))?;
+        .map_err(|e| keys(super::with_causes(&e)))?;
     if !resp.status().is_success() {
         return Err(keys(format!("HTTP {}", resp.status().as_u16())));
     }

@@ -24,11 +24,28 @@ pub fn provider_text(text: &str, max: usize) -> String {
     out
 }
 
+/// An error's text followed by its causes' (each once). reqwest's own text says only
+/// "error sending request for url (…)": whether the name did not resolve, the connection
+/// was refused or TLS failed is in its sources, and that is what an operator needs.
+pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let cause = s.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// Reads a response body, refusing more than `limit` bytes (a provider answering with an
 /// endless body must not exhaust memory).
 pub async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| with_causes(&e))? {
         if body.len() + chunk.len() > limit {
             return Err(format!("the response is larger than {limit} bytes"));
         }

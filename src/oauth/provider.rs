@@ -783,7 +783,7 @@ async fn fetch_metadata(http: &reqwest::Client, url: &Url) -> Result<Metadata, S
         .header(reqwest::header::ACCEPT, "application/json")
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::oauth::with_causes(&e))?;
     if !resp.status().is_success() {
         return Err(format!("HTTP {}", resp.status().as_u16()));
     }

@@ -365,10 +365,11 @@ fn check_before_the_first_start_checks_the_providers() {
             .any(|l| l.starts_with("skip  store: no database at")),
         "{report}"
     );
+    // The line says why (reqwest's own text names only the URL).
     assert!(
         report.lines().any(|l| l.starts_with(
             "FAIL  provider peer: token endpoint http://127.0.0.1:9/token unreachable"
-        )),
+        ) && l.contains("Connection refused")),
         "{report}"
     );
     assert!(!home.db().exists(), "check made a database");
