@@ -51,6 +51,29 @@ pub async fn login(app: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     }
 }
 
+/// What the sign-in form's field holds: the admin token, a login link's token, or a whole
+/// login link pasted as it is (`http…/admin/login?token=…`, what `oauthd admin link`
+/// prints), whose `token` is taken (spaces and line ends around the link dropped). Any
+/// other text is taken as it is: an admin token may hold anything.
+fn pasted_token(field: &str) -> String {
+    let trimmed = field.trim();
+    let link = if trimmed.starts_with('/') {
+        url::Url::parse("http://oauthd.invalid")
+            .and_then(|base| base.join(trimmed))
+            .ok()
+    } else {
+        url::Url::parse(trimmed)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+    };
+    link.and_then(|u| {
+        u.query_pairs()
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
+    })
+    .unwrap_or_else(|| field.to_owned())
+}
+
 fn link_not_working(base: &str) -> HttpResponse {
     page(
         base,
@@ -81,7 +104,7 @@ pub async fn login_form(
     let form = form.into_inner();
     let (presented, with) = match (form.link, form.token) {
         (Some(link), _) => (link, SignInWith::LoginLink),
-        (None, Some(token)) => (token, SignInWith::Form),
+        (None, Some(token)) => (pasted_token(&token), SignInWith::Form),
         (None, None) => (String::new(), SignInWith::LoginLink),
     };
     let client = ratelimit::client_ip(&req, &app.trusted_proxies);
@@ -134,11 +157,16 @@ pub async fn login_form(
                 let _ = app.failed_sign_in_limit.hit(ip);
             }
             if with == SignInWith::Form {
+                let check = if app.admin.has_static_token() {
+                    "Check <code>OAUTHD_ADMIN_TOKEN</code>, or make"
+                } else {
+                    "No admin token is set, so only a login link signs in: make"
+                };
                 page(
                     base,
                     401,
                     "That did not sign you in",
-                    "<p>The admin token (or login link) you entered is not right. Check <code>OAUTHD_ADMIN_TOKEN</code>, or make a one-time link with <code>oauthd admin link</code>.</p>",
+                    &format!("<p>The admin token or login link you entered is not right, or the link was used or has expired. {check} a one-time link with <code>oauthd admin link</code>.</p>"),
                 )
             } else {
                 link_not_working(base)
@@ -212,4 +240,25 @@ pub async fn logout(
 /// The page for a sign-in or sign-out the store could not answer.
 fn storage_page(base: &str, e: &crate::store::StoreError) -> HttpResponse {
     page(base, 503, "Storage unavailable", &escape(&e.for_callers()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pasted_token;
+
+    #[test]
+    fn a_whole_login_link_pasted_gives_its_token() {
+        for field in [
+            "http://127.0.0.1:6288/admin/login?token=abc",
+            " https://auth.example/oauthd/admin/login?token=abc&x=1\n",
+            "/admin/login?token=abc",
+            "abc",
+        ] {
+            assert_eq!(pasted_token(field), "abc", "{field:?}");
+        }
+        // An admin token is taken as it is, whatever it holds.
+        for token in ["tok=en?token=x", "mailto:a?token=x", " a b\n"] {
+            assert_eq!(pasted_token(token), token);
+        }
+    }
 }

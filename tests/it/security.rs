@@ -466,6 +466,31 @@ async fn the_admin_token_signs_in_only_from_the_form() {
     assert!(!home.log_text().contains(admin_token));
 }
 
+/// The page asks for a login link: pasted whole into the sign-in field (as `oauthd admin
+/// link` prints it), it signs in, once. Without an admin token set, a refusal does not
+/// send the operator looking for one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_whole_login_link_pasted_into_the_sign_in_field_signs_in() {
+    let home = Home::new();
+    let d = home.start();
+    let link = home.login_link(&d);
+    let pasted = format!(" {link}\n");
+    let resp = d
+        .post_form("/admin/login", &[("token", pasted.as_str())], None)
+        .await;
+    assert_eq!(resp.status(), 303);
+    assert!(session_cookie(&resp).is_some());
+    let again = d
+        .post_form("/admin/login", &[("token", pasted.as_str())], None)
+        .await;
+    assert_eq!(again.status(), 401, "a link signs in once");
+    let page = again.text().await.unwrap();
+    assert!(
+        !page.contains("OAUTHD_ADMIN_TOKEN") && page.contains("No admin token is set"),
+        "{page}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_session_lasts_admin_session_hours() {
     let home = Home::new();
