@@ -461,9 +461,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<(), Fatal> {
         }
         // Needs neither a config nor a database.
         Some(Command::Openapi) => {
-            use std::io::Write;
-            // A closed pipe (`oauthd openapi | head`) is not an error.
-            let _ = writeln!(std::io::stdout().lock(), "{}", crate::http::openapi_json());
+            out!("{}", crate::http::openapi_json());
             return Ok(());
         }
         _ => {}

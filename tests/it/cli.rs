@@ -66,6 +66,25 @@ fn keys_create_prints_the_key_alone_on_the_last_line() {
         .success());
 }
 
+/// A full disk under `oauthd openapi > file` is an error (exit 1, said why), not a
+/// truncated description and exit 0.
+#[test]
+fn a_failed_write_of_the_description_is_an_error() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(BIN)
+        .arg("openapi")
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+}
+
 /// Runs `command` with its stdout (or its stderr) a pipe nobody reads: its reading end is
 /// closed before the command starts, so its first write fails, as after `| head -0`.
 fn run_unread(command: &mut Command, stdout: bool) -> std::process::Output {
@@ -85,9 +104,12 @@ fn a_reader_that_went_away_stops_a_command_as_sigpipe_would() {
     home.create_key("app", &[]);
     let mut keygen = Command::new(BIN);
     keygen.arg("keygen");
+    let mut openapi = Command::new(BIN);
+    openapi.arg("openapi");
     for (args, mut command) in [
         (&["keys", "list"][..], home.cli_command(&["keys", "list"])),
         (&["keygen"], keygen),
+        (&["openapi"], openapi),
     ] {
         // A shell's 141 for a tool SIGPIPE stopped, without a panic.
         let out = run_unread(&mut command, true);
