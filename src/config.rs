@@ -824,13 +824,20 @@ fn ttl_rule(key: &str, values: &NamespaceConfig) -> Result<TtlRule, ConfigError>
             format!("must be between 1 and max_ttl_seconds ({max})"),
         ));
     }
+    let sliding = values.sliding.unwrap_or(false);
+    if sliding && default > max_lifetime {
+        return Err(invalid(
+            format!("{key}.max_lifetime_seconds"),
+            format!("must be at least default_ttl_seconds ({default}) while sliding states are allowed (one created without ttl_seconds could never be made): raise it, lower default_ttl_seconds, or set sliding = false"),
+        ));
+    }
     Ok(TtlRule {
         default_ttl: Duration::from_secs(default),
         max_ttl: Duration::from_secs(max),
         max_states,
         max_per_subject,
         max_attempts,
-        sliding: values.sliding.unwrap_or(false),
+        sliding,
         max_lifetime: Duration::from_secs(max_lifetime),
     })
 }
@@ -916,6 +923,27 @@ mod tests {
     fn parse(text: &str) -> Result<Settings, ConfigError> {
         let file = parse_text(Path::new("test.toml"), text)?;
         Settings::resolve(file, &Overrides::default())
+    }
+
+    #[test]
+    fn a_rule_whose_sliding_states_could_never_be_made_is_refused() {
+        let rule =
+            "[states.namespaces.\"x\"]\nmax_lifetime_seconds = 100\ndefault_ttl_seconds = 300\n";
+        let err = parse(rule).unwrap_err().to_string();
+        assert!(
+            err.contains("states.namespaces.\"x\".max_lifetime_seconds")
+                && err.contains("at least default_ttl_seconds (300)"),
+            "{err}"
+        );
+        // The same at the top, and fine once sliding states are not allowed.
+        let top = "[states]\nmax_lifetime_seconds = 100\ndefault_ttl_seconds = 300\n";
+        assert!(parse(top).is_err());
+        assert!(parse(&format!("{top}sliding = false\n")).is_ok());
+        assert!(parse(&format!("{rule}sliding = false\n")).is_ok());
+        assert!(parse(
+            "[states.namespaces.\"x\"]\nmax_lifetime_seconds = 300\ndefault_ttl_seconds = 300\n"
+        )
+        .is_ok());
     }
 
     #[test]

@@ -133,9 +133,7 @@ pub enum StateError {
     NoSecret,
     #[error("namespace {namespace} does not allow sliding states (sliding = false in {table})")]
     SlidingNotAllowed { namespace: String, table: String },
-    #[error(
-        "max_lifetime_seconds must be between the TTL ({min}) and {max} for namespace {namespace}"
-    )]
+    #[error("{}", lifetime_out_of_range(namespace, *min, *max))]
     LifetimeOutOfRange {
         namespace: String,
         min: u64,
@@ -151,6 +149,16 @@ pub enum StateError {
     Vault(#[from] VaultError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// `LifetimeOutOfRange`'s text: a range, or, when the TTL alone is past the namespace's
+/// longest lifetime, that the TTL is too long (no lifetime could be sent).
+fn lifetime_out_of_range(namespace: &str, min: u64, max: u64) -> String {
+    if min > max {
+        format!("a sliding state in namespace {namespace} lives at most {max} s (max_lifetime_seconds), less than its TTL ({min} s): send a shorter ttl_seconds")
+    } else {
+        format!("max_lifetime_seconds must be between the TTL ({min}) and {max} for namespace {namespace}")
+    }
 }
 
 impl StateError {

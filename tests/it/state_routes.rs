@@ -254,7 +254,7 @@ async fn a_subjects_listing_comes_in_pages_bounded_in_states_and_bytes(home: Hom
 /// Every option is checked, and refusals are 4xx problems with stable codes; a key sees
 /// only its namespaces on every new route.
 async fn state_options_are_checked_with_stable_codes(home: Home) {
-    home.write_config("[states.namespaces.\"2fa\"]\nsliding = false\nmax_attempts = 2\nmax_states_per_subject = 2\n");
+    home.write_config("[states.namespaces.\"2fa\"]\nsliding = false\nmax_attempts = 2\nmax_states_per_subject = 2\n[states.namespaces.\"short\"]\nmax_lifetime_seconds = 100\ndefault_ttl_seconds = 60\n");
     let key = home.create_key("app", &[]);
     let limited = home.create_key("limited", &["2fa"]);
     let d = home.start();
@@ -298,6 +298,10 @@ async fn state_options_are_checked_with_stable_codes(home: Home) {
             "invalid_max_lifetime",
         ),
         (
+            json!({"namespace": "short", "sliding": true, "ttl_seconds": 200}),
+            "invalid_max_lifetime",
+        ),
+        (
             json!({"namespace": "2fa", "sliding": true}),
             "sliding_not_allowed",
         ),
@@ -309,6 +313,15 @@ async fn state_options_are_checked_with_stable_codes(home: Home) {
             (400, Some(code)),
             "{body}: {problem}"
         );
+        // A TTL past the namespace's longest lifetime: no range to quote, the TTL is
+        // what to change.
+        if body["namespace"] == "short" {
+            let detail = problem["detail"].as_str().unwrap_or_default();
+            assert!(
+                detail.contains("lives at most 100 s") && detail.contains("shorter ttl_seconds"),
+                "{problem}"
+            );
+        }
         // The setting that refused it, as the config spells it.
         if code == "sliding_not_allowed" {
             let detail = problem["detail"].as_str().unwrap_or_default();
