@@ -55,11 +55,20 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
     let (providers, broken) = providers_one_by_one(&settings);
     let notifier = super::notifier(&settings, crate::clock::Clock::system())?;
     let mut r = Report::default();
+    // oauthd does not start while a provider does not build: the config is not ok then.
+    let (verdict, stops) = if broken.is_empty() {
+        ("ok", "")
+    } else {
+        (
+            "FAIL",
+            "; oauthd does not start with it until the provider(s) below build",
+        )
+    };
     r.line(
-        "ok",
+        verdict,
         "config",
         format!(
-            "{} provider(s), {} notification target(s), listen {}",
+            "{} provider(s), {} notification target(s), listen {}{stops}",
             providers.len() + broken.len(),
             notifier.targets().len(),
             settings.listen
@@ -190,7 +199,10 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
                 r.line(
                     "FAIL",
                     "vault",
-                    format!("{unreadable} connection(s) sealed with keys this key file lacks"),
+                    format!(
+                        "{unreadable} connection(s) sealed with keys {} lacks",
+                        source.describe()
+                    ),
                 );
             }
             let now = crate::clock::Clock::system().now_ms();
@@ -212,7 +224,8 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
                     "FAIL",
                     "state data",
                     format!(
-                        "live states hold data sealed with key(s) this key file lacks: {}; they answer 503 vault_error until it is back (as another line of the key file)",
+                        "live states hold data sealed with key(s) {} lacks: {}; they answer 503 vault_error until it is back (as another line of the key file)",
+                        source.describe(),
                         lacking.join(", ")
                     ),
                 );

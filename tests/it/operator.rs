@@ -303,6 +303,12 @@ async fn check_reports_a_provider_it_cannot_build_and_checks_the_rest() {
     let out = home.cli(&["check"]);
     let report = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(1), "{report}");
+    // The server does not start with it: the config line says so.
+    assert!(
+        report.contains("FAIL  config: 2 provider(s)")
+            && report.contains("oauthd does not start with it"),
+        "{report}"
+    );
     assert!(
         report.contains("FAIL  provider gone")
             && report.contains("no-such-secret")

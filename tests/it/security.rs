@@ -751,7 +751,8 @@ async fn a_states_data_keeps_its_vault_key_and_waits_for_it_when_lost(home: Home
     let said = String::from_utf8_lossy(&checked.stdout);
     assert_eq!(checked.status.code(), Some(1), "{checked:?}");
     assert!(
-        said.contains("state data") && said.contains("key(s) this key file lacks"),
+        said.contains("state data")
+            && said.contains(&format!("key(s) {} lacks", home.key_file().display())),
         "{said}"
     );
     for _ in 0..2 {
