@@ -544,7 +544,8 @@ fn open_redis(
     settings: &Settings,
     target: &crate::store::target::RedisTarget,
 ) -> Result<Arc<dyn Store>, Fatal> {
-    let store = crate::store::redis::RedisStore::open(target, settings.sweep.grace)?;
+    let store = crate::store::redis::RedisStore::open(target, settings.sweep.grace)
+        .map_err(|e| Fatal(e.message, if e.configuration { 2 } else { 1 }))?;
     Ok(Arc::new(store))
 }
 

@@ -347,6 +347,37 @@ mod shared {
         assert!(!err.contains("pw-secret"), "password in the message: {err}");
     }
 
+    /// An address where another service answers (a web server, at a port mixed up) is told
+    /// as such, with the configuration's exit code 2, not as a parser's bytes.
+    #[test]
+    fn another_service_at_the_redis_address_is_named_as_such() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten().take(10) {
+                let mut buf = [0u8; 1024];
+                let _ = conn.read(&mut buf);
+                let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(BIN)
+            .args(["--store", &format!("redis://127.0.0.1:{port}/0")])
+            .args(["keys", "list"])
+            .env("OAUTHD_KEY_FILE", dir.path().join("none"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(&format!(
+                "redis://127.0.0.1:{port}/0 answered, but not as Redis does"
+            )) && !err.contains("Unexpected"),
+            "{err}"
+        );
+    }
+
     /// A Redis that asks for a password: none given and a wrong one are told apart, and
     /// the message names the variable (never the password).
     #[test]

@@ -62,18 +62,43 @@ impl Drop for RedisStore {
 /// A record read with HGETALL.
 type Fields = HashMap<String, Vec<u8>>;
 
+/// Why the store could not be opened.
+#[derive(Debug)]
+pub struct OpenFailed {
+    pub message: String,
+    /// The configuration's fault (a wrong password, not Redis at that address, a server
+    /// too old): starting again as it is will not help.
+    pub configuration: bool,
+}
+
+impl std::fmt::Display for OpenFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 impl RedisStore {
     /// Connects (failing fast when Redis cannot be reached) and checks the server version.
-    pub fn open(target: &RedisTarget, grace: Duration) -> Result<RedisStore, String> {
+    pub fn open(target: &RedisTarget, grace: Duration) -> Result<RedisStore, OpenFailed> {
+        Self::connect(target, grace).map_err(|(message, configuration)| OpenFailed {
+            message,
+            configuration,
+        })
+    }
+
+    /// `open`'s work; an error's text, and whether it is the configuration's (waiting
+    /// will not help).
+    fn connect(target: &RedisTarget, grace: Duration) -> Result<RedisStore, (String, bool)> {
+        let transient = |message: String| (message, false);
         let display = target.display();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("oauthd-redis")
             .enable_all()
             .build()
-            .map_err(|e| format!("store {display}: {e}"))?;
-        let client =
-            redis::Client::open(target.url()).map_err(|e| format!("store {display}: {e}"))?;
+            .map_err(|e| transient(format!("store {display}: {e}")))?;
+        let client = redis::Client::open(target.url())
+            .map_err(|e| (format!("store {display}: {e}"), true))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(OP_TIMEOUT))
@@ -87,12 +112,17 @@ impl RedisStore {
                 )
                 .await
             })
-            .map_err(|_| format!("cannot reach Redis at {display}: no answer"))?
+            .map_err(|_| transient(format!("cannot reach Redis at {display}: no answer")))?
             .map_err(|e| match e.kind() {
                 redis::ErrorKind::AuthenticationFailed => {
-                    format!("Redis at {display}: {WRONG_PASSWORD}")
+                    (format!("Redis at {display}: {WRONG_PASSWORD}"), true)
                 }
-                _ => format!("cannot reach Redis at {display}: {e}"),
+                // Something answered, in another protocol: an HTTP server, a database.
+                redis::ErrorKind::Parse => (
+                    format!("{display} answered, but not as Redis does: is that Redis's address and port, or another service's?"),
+                    true,
+                ),
+                _ => transient(format!("cannot reach Redis at {display}: {e}")),
             })?;
         let store = RedisStore {
             runtime: Some(runtime),
@@ -103,12 +133,15 @@ impl RedisStore {
         };
         let info = store
             .block_on_info("server")
-            .map_err(|e| format!("Redis at {}: {e}", store.display))?;
+            .map_err(|e| transient(format!("Redis at {}: {e}", store.display)))?;
         let version = info_field(&info, "redis_version").unwrap_or_default();
         if !version_at_least(&version, (6, 2)) {
-            return Err(format!(
-                "Redis at {} is version {version}; oauthd needs 6.2 or newer (GETDEL, SET … GET)",
-                store.display
+            return Err((
+                format!(
+                    "Redis at {} is version {version}; oauthd needs 6.2 or newer (GETDEL, SET … GET)",
+                    store.display
+                ),
+                true,
             ));
         }
         Ok(store)
