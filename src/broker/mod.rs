@@ -244,6 +244,30 @@ impl Broker {
         }
     }
 
+    /// Whether `provider`'s redirect URI is oauthd's own callback (no paste-back URI).
+    pub fn callback_answers(&self, provider: &str) -> bool {
+        self.providers
+            .get(provider)
+            .is_none_or(|p| p.paste_redirect.is_none())
+    }
+
+    /// Whether `provider`/`account` got its tokens from a (re)connect at or after
+    /// `since_ms`: a flow finished by any oauthd on this store (its callback).
+    pub async fn connected_since(
+        &self,
+        provider: &str,
+        account: &str,
+        since_ms: i64,
+    ) -> Result<bool, BrokerError> {
+        let row = self
+            .store
+            .get_connection(&ConnectionKey::new(provider, account))
+            .await?;
+        Ok(row
+            .and_then(|r| r.connected_at_ms)
+            .is_some_and(|at| at >= since_ms))
+    }
+
     /// Where a person reconnects an account: the page, with that provider and account
     /// picked (one click on Connect; no flow starts by merely opening a link).
     pub fn reconnect_url(&self, provider: &str, account: &str) -> String {

@@ -263,31 +263,46 @@ fn terminal_broker(
 }
 
 /// Paste-back from the terminal: prints where to approve, reads the address the browser
-/// ended on from stdin, finishes the flow with the callback's rules.
+/// ended on from stdin, finishes the flow with the callback's rules. When the redirect URI
+/// is oauthd's own callback and a running oauthd answers it, the flow finishes there: the
+/// command sees the connection made and ends as well.
 pub(super) fn connect_paste(
     settings: Settings,
     provider: &str,
     account: Option<&str>,
 ) -> Result<(), Fatal> {
-    let (broker, _) = terminal_broker(&settings, provider)?;
-    runtime()?.block_on(async {
+    let (broker, clock) = terminal_broker(&settings, provider)?;
+    let rt = runtime()?;
+    let result = rt.block_on(async {
+        let started_ms = clock.now_ms();
         let start = broker.start_connect(provider, account, None, crate::broker::FlowStarter::Operator).await?;
         let redirect = broker.redirect_uri(provider);
         let account = account.unwrap_or(crate::broker::DEFAULT_ACCOUNT);
         out!("To connect {provider}/{account}, open in a browser:");
         out!("{}", start.authorize_url);
-        out!(
-            "After you approve, the browser goes to {redirect}… and shows a page that cannot be reached."
-        );
-        out!(
-            "Copy that page's whole address from the address bar, paste it here and press Enter (within {}):",
-            broker.flow_ttl_text(provider, account, false)
-        );
+        let ttl = broker.flow_ttl_text(provider, account, false);
+        if broker.callback_answers(provider) {
+            out!("After you approve, the browser goes to {redirect}…");
+            out!("If oauthd answers there, the flow finishes by itself and so does this command. If that page cannot be reached (this oauthd is not running, or not reachable from that browser), copy its whole address from the address bar, paste it here and press Enter (within {ttl}):");
+        } else {
+            out!(
+                "After you approve, the browser goes to {redirect}… and shows a page that cannot be reached."
+            );
+            out!("Copy that page's whole address from the address bar, paste it here and press Enter (within {ttl}):");
+        }
+        let elsewhere = finished_elsewhere(&broker, provider, account, started_ms);
+        tokio::pin!(elsewhere);
         // A paste that touched no flow leaves this one open for the right address, as
         // the page does: ask again, a few times.
         let mut refused = None;
         for _ in 0..PASTE_TRIES {
-            let line = read_stdin_line().await?;
+            let line = tokio::select! {
+                line = read_stdin_line() => line?,
+                () = &mut elsewhere => {
+                    out!("Connected {provider}/{account} (oauthd's callback finished the flow).");
+                    return Ok(());
+                }
+            };
             if line.trim().is_empty() {
                 break;
             }
@@ -310,7 +325,26 @@ pub(super) fn connect_paste(
         }
         let message = refused.unwrap_or_else(|| "nothing was pasted; not connected".into());
         Err(Fatal(message, 1))
-    })
+    });
+    // A read of stdin may still be waiting: it is not waited for.
+    rt.shutdown_background();
+    result
+}
+
+/// Resolves once `provider`/`account` was connected at or after `since_ms` by anyone (a
+/// running oauthd's callback). A store that does not answer is asked again.
+async fn finished_elsewhere(
+    broker: &crate::broker::Broker,
+    provider: &str,
+    account: &str,
+    since_ms: i64,
+) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if let Ok(true) = broker.connected_since(provider, account, since_ms).await {
+            return;
+        }
+    }
 }
 
 /// Addresses `connect --paste` takes before it gives up.

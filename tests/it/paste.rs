@@ -464,3 +464,78 @@ async fn paste_back_from_the_terminal() {
         "{printed}"
     );
 }
+
+/// `connect --paste` for a provider whose redirect URI is oauthd's own callback, with
+/// oauthd running there: the browser lands on oauthd, which finishes the flow. The
+/// command says so and ends, instead of waiting for a paste that will never come.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_terminal_paste_ends_when_the_running_oauthd_finishes_the_flow() {
+    let peer = Peer::start(60);
+    let home = Home::new();
+    home.write_config(&peer.provider_toml("peer"));
+    let d = home.start();
+    let mut child = Command::new(common::BIN)
+        .args(["connect", "peer", "--paste", "--account", "cli1", "--db"])
+        .arg(home.db())
+        .arg("--config")
+        .arg(home.config())
+        .arg("--listen")
+        .arg(d.url.trim_start_matches("http://"))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run oauthd");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut printed = String::new();
+    let mut authorize = None;
+    for _ in 0..10 {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        printed.push_str(&line);
+        if line.starts_with(&peer.issuer) {
+            authorize = Some(line.trim().to_owned());
+        }
+        if line.contains("paste it here") {
+            break;
+        }
+    }
+    assert!(
+        printed.contains("If oauthd answers there, the flow finishes by itself"),
+        "{printed}"
+    );
+    let authorize = authorize.unwrap_or_else(|| panic!("no authorization URL printed: {printed}"));
+    let address = peer.approve(&authorize).await;
+    assert!(address.starts_with(&d.url), "{address}");
+    let landed = d.http.get(&address).send().await.unwrap();
+    assert!(landed.status().is_success(), "{landed:?}");
+    // stdin stays open (nobody pastes): the command ends by itself, within seconds.
+    let _stdin = child.stdin.take();
+    let mut ended = None;
+    for _ in 0..100 {
+        ended = child.try_wait().unwrap();
+        if ended.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let Some(status) = ended else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("still waiting for a paste after the flow finished: {printed}");
+    };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(status.success(), "{printed}{rest}");
+    assert!(
+        rest.contains("Connected peer/cli1 (oauthd's callback finished the flow)."),
+        "{rest}"
+    );
+    let (status, conn) = d
+        .get("/v1/connections/peer/cli1", &home.create_key("app", &[]))
+        .await;
+    assert_eq!((status, conn["status"].as_str()), (200, Some("active")));
+}
