@@ -893,10 +893,11 @@ impl Broker {
 
     fn view(&self, row: &ConnectionRow) -> ConnectionView {
         use crate::clock::rfc3339;
+        let status = self.view_status(&row.provider, row.status);
         ConnectionView {
             provider: row.provider.clone(),
             account: row.account.clone(),
-            status: self.view_status(&row.provider, row.status),
+            status,
             scopes: row
                 .scopes
                 .as_deref()
@@ -921,7 +922,8 @@ impl Broker {
             provider_account: (!row.identity.is_empty()).then(|| row.identity.clone()),
             created_at: rfc3339(row.created_at_ms),
             updated_at: rfc3339(row.updated_at_ms),
-            reconnect_url: (row.status == ConnectionStatus::NeedsReauth)
+            // Only where the page can reconnect it: not for a provider left out of the config.
+            reconnect_url: (status == ViewStatus::NeedsReauth)
                 .then(|| self.reconnect_url(&row.provider, &row.account)),
         }
     }

@@ -31,12 +31,26 @@ async fn connections_of_a_removed_provider_are_listed_and_can_be_deleted() {
     let token = token["access_token"].as_str().unwrap().to_owned();
     d.signal_and_wait("TERM");
 
-    // The operator removes the provider from the config.
+    // bob's grant was gone before (needs_reauth), then the operator removes the provider
+    // from the config.
+    let db = rusqlite::Connection::open(home.db()).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE connections SET status = 'needs_reauth' WHERE account = 'bob'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(db);
     home.write_config("");
     let d = home.start();
     let (status, conn) = d.get("/v1/connections/peer/alice", &key).await;
     assert_eq!(status, 200, "{conn}");
     assert_eq!(conn["status"], "provider_missing");
+    // No link to reconnect where nothing can reconnect it.
+    let (_, bob) = d.get("/v1/connections/peer/bob", &key).await;
+    assert_eq!(bob["status"], "provider_missing");
+    assert!(bob.get("reconnect_url").is_none(), "{bob}");
     let metrics = d.metrics_text().await;
     assert!(
         metrics.contains("oauthd_connections{provider=\"peer\",status=\"provider_missing\"} 3"),
