@@ -1660,3 +1660,65 @@ async fn adds_an_earlier_versions_deliveries_to_target_logs(b: &Backend) {
     assert!(s.prune_deliveries(3_001).await.unwrap() >= 1);
     assert_eq!(server.command("ZCARD oauthd:ol:v").as_deref(), Some(":0"));
 }
+
+/// A delivery whose record cannot be read (a field written by hand, or by another
+/// version) ends as dead at its first claim, with why, instead of failing every claim
+/// that reaches it (each lease, for good) and holding the others back; listings skip it.
+#[cfg(feature = "redis")]
+#[test]
+fn redis_ends_an_unreadable_delivery_and_claims_the_rest() {
+    let b = redis();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(ends_an_unreadable_delivery(&b));
+}
+
+#[cfg(feature = "redis")]
+async fn ends_an_unreadable_delivery(b: &Backend) {
+    let s = b.store.as_ref();
+    let server = b._redis.as_ref().expect("a redis-server");
+    s.add_deliveries(vec![
+        delivery("bad", "t", 1_000),
+        delivery("good", "t", 1_100),
+        delivery("other", "u", 1_200),
+    ])
+    .await
+    .unwrap();
+    assert!(server
+        .command("HSET oauthd:o:bad created_at yesterday")
+        .is_some());
+    let room = ClaimRoom::up_to(10);
+    let claimed = s.claim_deliveries(2_000, 10_000, &room).await.unwrap();
+    let mut ids: Vec<_> = claimed.iter().map(|d| d.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["good", "other"]);
+    let dead = r#"EVAL "return redis.call('HGET', KEYS[1], 'status') == 'dead' and 1 or 0" 1 oauthd:o:bad"#;
+    assert_eq!(server.command(dead).as_deref(), Some(":1"));
+    assert_eq!(
+        server.command("ZSCORE oauthd:od:t bad").as_deref(),
+        Some("$-1"),
+        "left its due set"
+    );
+    // Past the lease, nothing fails and nothing of it comes back.
+    for d in claimed {
+        let done = s.finish_delivery(&d.id, d.attempts, DeliveryOutcome::Delivered, 3_000);
+        assert!(done.await.unwrap());
+    }
+    assert!(s
+        .claim_deliveries(60_000, 10_000, &room)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.pending_deliveries().await.unwrap(), 0);
+    let mut listed = ids_of(
+        s.list_deliveries(DeliveryFilter::All, None, 10)
+            .await
+            .unwrap(),
+    );
+    listed.sort();
+    assert_eq!(listed, ["good", "other"]);
+}
+
+#[cfg(feature = "redis")]
+fn ids_of(rows: Vec<oauthd::store::DeliveryRow>) -> Vec<String> {
+    rows.into_iter().map(|d| d.id).collect()
+}

@@ -90,6 +90,24 @@ return redis.call('HGETALL', KEYS[2])
     )
 });
 
+/// KEYS: due root, hash. ARGV: id, the target whose due set the id was read from, error,
+/// now. Ends a delivery whose record cannot be read (a field missing or not a number:
+/// written by hand, or by another version) as dead, out of its due set: claimed again
+/// every lease, it would fail each claim that reaches it.
+static BURY: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local due_set = due_of(KEYS[1], ARGV[2])
+redis.call('ZREM', due_set, ARGV[1])
+if redis.call('ZCARD', due_set) == 0 then redis.call('SREM', targets_of(KEYS[1]), ARGV[2]) end
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], 'status', 'dead', 'last_error', ARGV[3], 'finished_at', ARGV[4])
+redis.call('HDEL', KEYS[2], 'claimed_until', 'next_attempt_at')
+return 1
+"#,
+    )
+});
+
 /// KEYS: due root, hash. ARGV: id, attempt, status, next attempt ("" for none), error (""
 /// for none), now. 1 when recorded, 0 when the delivery moved on.
 static FINISH: LazyLock<Script> = LazyLock::new(|| {
@@ -303,6 +321,32 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Ends a claimed delivery whose record cannot be read (`BURY`), and says so.
+    async fn bury(
+        &self,
+        id: &str,
+        target: &str,
+        why: &StoreError,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        log::warn!(
+            "notifications: delivery {id} for {target} cannot be read ({why}); it is marked dead"
+        );
+        let mut inv = BURY.prepare_invoke();
+        inv.key(self.due_root())
+            .key(self.delivery_key(id))
+            .arg(id)
+            .arg(target)
+            .arg(format!("the stored delivery cannot be read: {why}"))
+            .arg(now_ms);
+        let mut c = self.conn();
+        self.run("ending an unreadable delivery", async move {
+            inv.invoke_async::<i64>(&mut c).await
+        })
+        .await?;
+        Ok(())
+    }
+
     fn delivery_log(&self) -> String {
         self.index("ol")
     }
@@ -445,10 +489,18 @@ impl OutboxStore for RedisStore {
                     inv.invoke_async::<Vec<Vec<u8>>>(&mut c).await
                 })
                 .await
-                .and_then(|flat| match flat.is_empty() {
-                    true => Ok(None),
-                    false => row(&fields(flat)).map(Some),
-                });
+                .map(|flat| (!flat.is_empty()).then(|| fields(flat)));
+            let taken = match taken {
+                Ok(Some(f)) => match row(&f) {
+                    Ok(d) => Ok(Some(d)),
+                    Err(e) => {
+                        self.bury(&id, target, &e, now_ms).await?;
+                        Ok(None)
+                    }
+                },
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
             match taken {
                 Ok(Some(d)) => claimed.push(d),
                 Ok(None) => {}
@@ -546,7 +598,10 @@ impl OutboxStore for RedisStore {
                 })
                 .await?;
             for f in records.iter().filter(|f| !f.is_empty()) {
-                let d = row(f)?;
+                // One record that cannot be read (`bury` logs it) does not hide the rest.
+                let Ok(d) = row(f) else {
+                    continue;
+                };
                 if filter.shows(d.status, d.last_error.as_deref()) {
                     out.push(d);
                 }
