@@ -161,7 +161,12 @@ async function loadNotifications() {
     el("td", {}, t.name),
     el("td", {}, `${t.host} (${t.format}${t.signed ? ", signed" : ""})`),
     el("td", {}, t.last_delivered ? when(t.last_delivered.finished_at, "never") : "never"),
-    el("td", { class: t.last_failure ? "status-failing" : "" }, failureText(t.last_failure)))));
+    el("td", { class: t.last_failure || t.gone_since ? "status-failing" : "" },
+      t.gone_since
+        ? el("span", { class: "gone" }, "Gone: it answered 410 at ", when(t.gone_since, ""),
+          "; nothing is sent to it until its url changes or a delivery is retried by hand. ")
+        : "",
+      failureText(t.last_failure)))));
   $("#deliveries tbody").replaceChildren(...data.deliveries.map((d) => el("tr", {},
     el("td", {}, d.type), el("td", {}, d.target), el("td", {}, d.status), el("td", {}, String(d.attempts)),
     el("td", {}, when(d.created_at, "")), el("td", {}, d.last_error || ""))));

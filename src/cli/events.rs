@@ -68,6 +68,16 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
                         last_error
                     );
                 }
+                for gone in store.gone_targets().await? {
+                    let here = notifier.target(&gone.target);
+                    if here.is_some_and(|t| t.url_hash() == gone.url_hash) {
+                        say!(
+                            "Target {} answered 410 Gone at {}: nothing is sent to it until its url changes in the config, or a delivery to it retried by hand (oauthd events retry ID) or a test notification gets a 2xx.",
+                            gone.target,
+                            rfc3339(gone.since_ms)
+                        );
+                    }
+                }
                 if rows.is_empty() {
                     let which = match filter {
                         DeliveryFilter::All => "",

@@ -85,8 +85,14 @@ pub async fn ui_events(app: web::Data<AppState>, _s: UiSession) -> Result<HttpRe
         .list_deliveries(DeliveryFilter::All, None, PAGE_DELIVERIES)
         .await?;
     let outbox = app.outbox.as_ref();
+    let gone = outbox.gone_targets().await?;
     let mut targets = Vec::new();
     for t in app.notifier.targets() {
+        // Gone while its URL is the one that answered 410.
+        let gone_since = gone
+            .iter()
+            .find(|g| g.target == t.name && g.url_hash == t.url_hash())
+            .map(|g| crate::clock::rfc3339(g.since_ms));
         let last = |filter| async move {
             let newest = outbox.list_deliveries(filter, Some(&t.name), 1).await?;
             Ok::<_, ApiError>(newest.first().map(delivery_json))
@@ -98,6 +104,7 @@ pub async fn ui_events(app: web::Data<AppState>, _s: UiSession) -> Result<HttpRe
             "signed": t.key.is_some(),
             "last_delivered": last(DeliveryFilter::Delivered).await?,
             "last_failure": last(DeliveryFilter::Failed).await?,
+            "gone_since": gone_since,
         }));
     }
     Ok(no_store(HttpResponse::Ok()).json(json!({

@@ -4,10 +4,15 @@
 //! for good); anything else is retried with backoff, never sooner than a `Retry-After` the
 //! receiver sent, until its deadline, then it is dead. It runs beside the request handlers
 //! and never holds them up.
+//!
+//! A target that answered `410 Gone` is recorded as gone (in the store: every instance
+//! sees it). Its later deliveries end as dead without being sent while its URL is the one
+//! that answered, except test events and a delivery's first attempt after a retry by hand
+//! (how an operator says it is back); a 2xx from it removes the record.
 
 use super::event::message;
 use super::{Format, Notifier, Target};
-use crate::store::{ClaimRoom, DeliveryOutcome, DeliveryRow, OutboxStore};
+use crate::store::{ClaimRoom, DeliveryOutcome, DeliveryRow, GoneTarget, OutboxStore};
 use reqwest::header::CONTENT_TYPE;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -90,13 +95,24 @@ pub async fn run(
                         log::info!("notifications: the outbox answers again");
                         failing = false;
                     }
+                    let gone = if batch.is_empty() {
+                        Vec::new()
+                    } else {
+                        // Unread, no target counts as gone: deliveries are sent, as before
+                        // any answered 410.
+                        store.gone_targets().await.unwrap_or_else(|e| {
+                            log::warn!("notifications: {e}");
+                            Vec::new()
+                        })
+                    };
                     for d in batch {
                         *busy.entry(d.target.clone()).or_default() += 1;
+                        let gone = gone.iter().find(|g| g.target == d.target).cloned();
                         let (store, notifier, http) =
                             (store.clone(), notifier.clone(), http.clone());
                         running.spawn(async move {
                             let target = d.target.clone();
-                            attempt(store.as_ref(), &notifier, &http, d).await;
+                            attempt(store.as_ref(), &notifier, &http, d, gone).await;
                             target
                         });
                     }
@@ -131,22 +147,70 @@ pub async fn run(
     running.shutdown().await;
 }
 
-/// Sends one delivery and records how it went.
+/// Whether `d` is sent to a target recorded as gone: a test event, or the first attempt
+/// after a retry by hand (the operator says the target is back).
+fn sent_though_gone(d: &DeliveryRow) -> bool {
+    d.event_type == super::EventType::NotifyTest.as_str()
+        || (d.attempts_before_retry > 0 && d.attempts == d.attempts_before_retry + 1)
+}
+
+/// Sends one delivery and records how it went. `gone`: the record of its target's
+/// `410 Gone`, if it has one.
 async fn attempt(
     store: &dyn OutboxStore,
     notifier: &Notifier,
     http: &reqwest::Client,
     d: DeliveryRow,
+    gone: Option<GoneTarget>,
 ) {
     // A target this process does not have (a config being rolled out, a renamed target)
     // is retried like a failing one: another instance, or this one restarted, may have it.
-    let sent = match notifier.target(&d.target) {
-        None => Err(Failed::because(format!(
+    let target = notifier.target(&d.target);
+    let url_hash = target.as_ref().map(|t| t.url_hash());
+    let gone_here = gone
+        .as_ref()
+        .filter(|g| Some(&g.url_hash) == url_hash.as_ref());
+    let sent = match (&target, gone_here) {
+        (None, _) => Err(Failed::because(format!(
             "no target named {:?} is configured here",
             d.target
         ))),
-        Some(target) => send(http, &target, &d, notifier.now_ms()).await,
+        (Some(_), Some(g)) if !sent_though_gone(&d) => Err(Failed {
+            error: format!(
+                "not sent: the target answered 410 Gone at {} and counts as gone until its url changes in the config or a delivery to it is retried by hand (oauthd events retry)",
+                crate::clock::rfc3339(g.since_ms)
+            ),
+            gone: true,
+            retry_after_ms: None,
+        }),
+        (Some(target), _) => send(http, target, &d, notifier.now_ms()).await,
     };
+    match (&sent, &url_hash) {
+        // It answered 410 just now: recorded, so its next deliveries are not sent.
+        (Err(Failed { gone: true, .. }), Some(hash))
+            if gone_here.is_none() || sent_though_gone(&d) =>
+        {
+            let record = GoneTarget {
+                target: d.target.clone(),
+                url_hash: hash.clone(),
+                since_ms: notifier.now_ms(),
+            };
+            match store.set_target_gone(record).await {
+                Ok(()) => log::error!(
+                    "notifications: target {} answered 410 Gone: its deliveries are not sent until its url changes in the config or one is retried by hand (oauthd events retry)",
+                    d.target
+                ),
+                Err(e) => log::warn!("notifications: recording that {} is gone: {e}", d.target),
+            }
+        }
+        // It answers again (its url changed, or it came back): no longer gone.
+        (Ok(()), _) if gone.is_some() => {
+            if let Err(e) = store.clear_target_gone(&d.target).await {
+                log::warn!("notifications: {e}");
+            }
+        }
+        _ => {}
+    }
     let outcome = match sent {
         Ok(()) => DeliveryOutcome::Delivered,
         Err(Failed {

@@ -87,6 +87,12 @@ pub struct Target {
 }
 
 impl Target {
+    /// What a `410 Gone` is recorded against: SHA-256 of the URL, hex (the URL may hold a
+    /// token; its hash tells a changed URL from the one that answered).
+    pub fn url_hash(&self) -> String {
+        crate::secret::SecretHash::of(self.url.as_str()).to_hex()
+    }
+
     /// Why this target's deliveries cannot be trusted by their receiver, if they cannot: a
     /// JSON webhook without a `secret_file` goes out unsigned, and anyone who can reach the
     /// receiver can post the same. (ntfy and Gotify formats are for push services, which

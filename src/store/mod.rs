@@ -15,8 +15,8 @@ use crate::secret::SecretHash;
 use async_trait::async_trait;
 pub use change_watch::ChangeWatch;
 pub use outbox::{
-    ClaimRoom, DeliveryFilter, DeliveryOutcome, DeliveryRow, DeliveryStatus, NewDelivery,
-    OutboxStore, Retried,
+    ClaimRoom, DeliveryFilter, DeliveryOutcome, DeliveryRow, DeliveryStatus, GoneTarget,
+    NewDelivery, OutboxStore, Retried,
 };
 use std::sync::Arc;
 

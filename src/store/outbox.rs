@@ -148,6 +148,16 @@ impl DeliveryOutcome {
     }
 }
 
+/// A target that answered `410 Gone`: deliveries to it stop while its URL is the one that
+/// answered (`url_hash`, so a changed URL in the config starts them again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoneTarget {
+    pub target: String,
+    /// SHA-256 of the URL, hex (the URL may hold a token: it is not stored).
+    pub url_hash: String,
+    pub since_ms: i64,
+}
+
 /// Which deliveries a listing shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryFilter {
@@ -225,4 +235,10 @@ pub trait OutboxStore: Send + Sync {
     /// Deletes delivered and dead deliveries that finished before `before_ms`; returns how
     /// many.
     async fn prune_deliveries(&self, before_ms: i64) -> Result<u64, StoreError>;
+    /// Records that `gone.target` answered `410 Gone` at its URL (over an earlier record).
+    async fn set_target_gone(&self, gone: GoneTarget) -> Result<(), StoreError>;
+    /// Forgets that `target` answered `410 Gone`; whether it had.
+    async fn clear_target_gone(&self, target: &str) -> Result<bool, StoreError>;
+    /// The targets that answered `410 Gone`.
+    async fn gone_targets(&self) -> Result<Vec<GoneTarget>, StoreError>;
 }

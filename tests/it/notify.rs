@@ -445,6 +445,95 @@ async fn a_gone_receiver_ends_the_delivery_at_once() {
     );
 }
 
+/// A target that answered `410 Gone` gets nothing more, on every instance, while its URL
+/// is the one that answered: later deliveries end as dead unsent. A test event, and a
+/// delivery retried by hand, are sent all the same (how an operator finds it back), and a
+/// 2xx from the target ends its gone state.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gone_target_gets_nothing_until_it_is_tried_again_by_hand() {
+    let home = Home::new();
+    let secret = new_secret();
+    let hooks = Receiver::start(Some(&secret));
+    let provider =
+        "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n";
+    home.write_config(&format!(
+        "{}{provider}{EVENTS_TOML}",
+        target_toml(&home, "app", &hooks, &secret, "")
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let session = d.sign_in(&home.login_link(&d)).await;
+    let import = |account: &str| {
+        let file = home.dir.path().join("tokens.jsonl");
+        let line = format!("{{\"provider\":\"gh\",\"account\":\"{account}\",\"access_token\":\"tok-{account}\"}}\n");
+        std::fs::write(&file, line).unwrap();
+        let out = home.cli(&["connections", "import", "--file", file.to_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+    };
+    let rows = || -> Vec<Value> {
+        let out = home.cli(&["events", "list", "--json", "--target", "app"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    let finished = |n: usize| async move {
+        let done = common::eventually(WAIT, || {
+            let all = rows();
+            all.len() == n && all.iter().all(|r| r["status"] != "pending")
+        })
+        .await;
+        let all = rows();
+        assert!(done, "{all:?}");
+        all
+    };
+    let gone_since = || async {
+        let events: Value = d
+            .ui_get("/ui/api/events", &session)
+            .await
+            .json()
+            .await
+            .unwrap();
+        events["targets"][0]["gone_since"].clone()
+    };
+
+    hooks.fail_next(1, 410).await;
+    import("a1");
+    let all = finished(1).await;
+    assert_eq!(all[0]["status"], "dead");
+    assert!(gone_since().await.is_string(), "not recorded as gone");
+    // The next one is not sent: it ends at once, and says why.
+    import("a2");
+    let all = finished(2).await;
+    assert_eq!(all[0]["status"], "dead", "{all:?}");
+    let why = all[0]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        why.starts_with("not sent: the target answered 410 Gone at "),
+        "{why}"
+    );
+    assert_eq!(hooks.of_type("connection.connected").await.len(), 1);
+    // Retried by hand: sent, delivered, and the target is no longer gone.
+    let id = all[0]["id"].as_str().unwrap().to_owned();
+    let out = home.cli(&["events", "retry", &id]);
+    assert!(out.status.success(), "{out:?}");
+    let all = finished(2).await;
+    assert_eq!(all[0]["status"], "delivered", "{all:?}");
+    assert_eq!(gone_since().await, Value::Null);
+    import("a3");
+    assert_eq!(finished(3).await[0]["status"], "delivered");
+
+    // Gone again; a test event still goes out, and its 2xx ends the gone state too.
+    hooks.fail_next(1, 410).await;
+    import("a4");
+    assert_eq!(finished(4).await[0]["status"], "dead");
+    assert!(gone_since().await.is_string());
+    let (status, _) = d.post("/v1/notify/test", &key, json!({})).await;
+    assert_eq!(status, 202);
+    assert_eq!(hooks.wait_for("notify.test", 1, WAIT).await.len(), 1);
+    assert_eq!(finished(5).await[0]["status"], "delivered");
+    assert_eq!(gone_since().await, Value::Null);
+    import("a5");
+    assert_eq!(finished(6).await[0]["status"], "delivered");
+    assert_eq!(hooks.of_type("connection.connected").await.len(), 5);
+}
+
 /// A failed answer's `Retry-After` is honoured: the next attempt does not come sooner,
 /// though the backoff alone would have sent it after a second.
 #[tokio::test(flavor = "multi_thread")]

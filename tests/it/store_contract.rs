@@ -1052,6 +1052,7 @@ backends!(
     a_connected_poll_stores_the_connection_and_ends_the_flow_in_one_write,
     a_failed_delivery_is_listed_behind_any_number_of_newer_ones,
     a_targets_newest_are_listed_behind_any_number_of_the_others,
+    a_target_gone_is_recorded_replaced_and_forgotten,
     a_retry_by_hand_leaves_an_attempt_under_way_alone,
 );
 
@@ -1133,6 +1134,29 @@ async fn a_failed_delivery_is_listed_behind_any_number_of_newer_ones(b: Backend)
         .unwrap();
     let newest: Vec<&str> = newest.iter().map(|d| d.id.as_str()).collect();
     assert_eq!(newest, ["new1199", "new1198", "new1197"]);
+}
+
+/// What a target's `410 Gone` leaves in the store: one record per target, the latest
+/// over an earlier one, gone once forgotten; every process on the store reads the same.
+async fn a_target_gone_is_recorded_replaced_and_forgotten(b: Backend) {
+    use oauthd::store::GoneTarget;
+    let s = b.store.as_ref();
+    assert!(s.gone_targets().await.unwrap().is_empty());
+    let gone = |target: &str, hash: &str, since_ms| GoneTarget {
+        target: target.into(),
+        url_hash: hash.into(),
+        since_ms,
+    };
+    s.set_target_gone(gone("b", "h1", 1_000)).await.unwrap();
+    s.set_target_gone(gone("a", "h1", 2_000)).await.unwrap();
+    s.set_target_gone(gone("b", "h2", 3_000)).await.unwrap();
+    assert_eq!(
+        s.gone_targets().await.unwrap(),
+        [gone("a", "h1", 2_000), gone("b", "h2", 3_000)]
+    );
+    assert!(s.clear_target_gone("a").await.unwrap());
+    assert!(!s.clear_target_gone("a").await.unwrap());
+    assert_eq!(s.gone_targets().await.unwrap(), [gone("b", "h2", 3_000)]);
 }
 
 /// Claims every due delivery and finishes each with `outcome`.

@@ -2,7 +2,8 @@
 //! pending ones by when they are due (`od:<target>`; a claim moves its score to the end of
 //! the lease, so a delivery whose worker died is due again then), the set of targets that
 //! have pending ones (`odt`), and sorted sets by creation for listings: of all deliveries
-//! (`ol`) and of each target's (`ol:<target>`).
+//! (`ol`) and of each target's (`ol:<target>`). The targets that answered `410 Gone` are
+//! a hash (`og`: target -> its URL's hash and since when).
 //!
 //! Due sets are per target so that a claim reads only the targets with room: a target that
 //! hangs, with thousands of deliveries due, is never read past to find another's. (Before,
@@ -15,8 +16,8 @@
 
 use super::{int, need_int, need_text, text, Fields, RedisStore};
 use crate::store::{
-    ClaimRoom, DeliveryFilter, DeliveryOutcome, DeliveryRow, DeliveryStatus, NewDelivery,
-    OutboxStore, Retried, StoreError,
+    ClaimRoom, DeliveryFilter, DeliveryOutcome, DeliveryRow, DeliveryStatus, GoneTarget,
+    NewDelivery, OutboxStore, Retried, StoreError,
 };
 use async_trait::async_trait;
 use redis::Script;
@@ -709,5 +710,57 @@ impl OutboxStore for RedisStore {
                 return Ok(pruned);
             }
         }
+    }
+
+    async fn set_target_gone(&self, gone: GoneTarget) -> Result<(), StoreError> {
+        let key = self.index("og");
+        let value = format!("{} {}", gone.url_hash, gone.since_ms);
+        let mut c = self.conn();
+        self.run("recording a target gone", async move {
+            redis::cmd("HSET")
+                .arg(key)
+                .arg(gone.target)
+                .arg(value)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn clear_target_gone(&self, target: &str) -> Result<bool, StoreError> {
+        let (key, target) = (self.index("og"), target.to_owned());
+        let mut c = self.conn();
+        let n: i64 = self
+            .run("forgetting a target gone", async move {
+                redis::cmd("HDEL")
+                    .arg(key)
+                    .arg(target)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn gone_targets(&self) -> Result<Vec<GoneTarget>, StoreError> {
+        let key = self.index("og");
+        let mut c = self.conn();
+        let all: std::collections::BTreeMap<String, String> = self
+            .run("reading the targets gone", async move {
+                redis::cmd("HGETALL").arg(key).query_async(&mut c).await
+            })
+            .await?;
+        // A value that does not read (written by hand) counts as no record.
+        Ok(all
+            .into_iter()
+            .filter_map(|(target, value)| {
+                let (url_hash, since) = value.split_once(' ')?;
+                Some(GoneTarget {
+                    target,
+                    url_hash: url_hash.to_owned(),
+                    since_ms: since.parse().ok()?,
+                })
+            })
+            .collect())
     }
 }

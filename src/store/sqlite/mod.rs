@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../sql/0010_meta.sql"),
     include_str!("../../../sql/0011_delivery_retried_by_hand.sql"),
     include_str!("../../../sql/0012_deliveries_by_target.sql"),
+    include_str!("../../../sql/0013_gone_targets.sql"),
 ];
 
 /// How long a statement waits for a lock held by another process before failing (503).

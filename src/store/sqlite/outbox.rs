@@ -3,8 +3,8 @@
 
 use super::SqliteStore;
 use crate::store::{
-    ClaimRoom, DeliveryFilter, DeliveryOutcome, DeliveryRow, DeliveryStatus, NewDelivery,
-    OutboxStore, Retried, StoreError,
+    ClaimRoom, DeliveryFilter, DeliveryOutcome, DeliveryRow, DeliveryStatus, GoneTarget,
+    NewDelivery, OutboxStore, Retried, StoreError,
 };
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -247,5 +247,45 @@ impl OutboxStore for SqliteStore {
                 Ok(n as u64)
             })
             .await
+    }
+
+    async fn set_target_gone(&self, gone: GoneTarget) -> Result<(), StoreError> {
+        self.writer
+            .run("recording a target gone", move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO gone_targets (target, url_hash, since) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (target) DO UPDATE SET url_hash = ?2, since = ?3",
+                )?
+                .execute(params![gone.target, gone.url_hash, gone.since_ms])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn clear_target_gone(&self, target: &str) -> Result<bool, StoreError> {
+        let target = target.to_owned();
+        self.writer
+            .run("forgetting a target gone", move |conn| {
+                let n = conn
+                    .prepare_cached("DELETE FROM gone_targets WHERE target = ?1")?
+                    .execute(params![target])?;
+                Ok(n > 0)
+            })
+            .await
+    }
+
+    async fn gone_targets(&self) -> Result<Vec<GoneTarget>, StoreError> {
+        self.read("reading the targets gone", |conn| {
+            conn.prepare_cached("SELECT target, url_hash, since FROM gone_targets ORDER BY target")?
+                .query_map([], |r| {
+                    Ok(GoneTarget {
+                        target: r.get(0)?,
+                        url_hash: r.get(1)?,
+                        since_ms: r.get(2)?,
+                    })
+                })?
+                .collect()
+        })
+        .await
     }
 }
