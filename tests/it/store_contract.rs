@@ -1702,26 +1702,43 @@ async fn ends_an_unreadable_delivery(b: &Backend) {
     let server = b._redis.as_ref().expect("a redis-server");
     s.add_deliveries(vec![
         delivery("bad", "t", 1_000),
+        delivery("bad-attempts", "t", 1_010),
+        delivery("not-a-hash", "u", 1_020),
         delivery("good", "t", 1_100),
         delivery("other", "u", 1_200),
     ])
     .await
     .unwrap();
-    assert!(server
-        .command("HSET oauthd:o:bad created_at yesterday")
-        .is_some());
+    // A field Rust cannot read; a count the claim's script cannot add to; a key that is
+    // no hash at all.
+    for command in [
+        "HSET oauthd:o:bad created_at yesterday",
+        "HSET oauthd:o:bad-attempts attempts x",
+        "DEL oauthd:o:not-a-hash",
+        "SET oauthd:o:not-a-hash x",
+    ] {
+        assert!(server.command(command).is_some(), "{command}");
+    }
     let room = ClaimRoom::up_to(10);
     let claimed = s.claim_deliveries(2_000, 10_000, &room).await.unwrap();
     let mut ids: Vec<_> = claimed.iter().map(|d| d.id.as_str()).collect();
     ids.sort();
     assert_eq!(ids, ["good", "other"]);
-    let dead = r#"EVAL "return redis.call('HGET', KEYS[1], 'status') == 'dead' and 1 or 0" 1 oauthd:o:bad"#;
-    assert_eq!(server.command(dead).as_deref(), Some(":1"));
-    assert_eq!(
-        server.command("ZSCORE oauthd:od:t bad").as_deref(),
-        Some("$-1"),
-        "left its due set"
-    );
+    for id in ["bad", "bad-attempts"] {
+        let dead = format!(
+            r#"EVAL "return redis.call('HGET', KEYS[1], 'status') == 'dead' and 1 or 0" 1 oauthd:o:{id}"#
+        );
+        assert_eq!(server.command(&dead).as_deref(), Some(":1"), "{id}");
+    }
+    for (set, id) in [("t", "bad"), ("t", "bad-attempts"), ("u", "not-a-hash")] {
+        assert_eq!(
+            server
+                .command(&format!("ZSCORE oauthd:od:{set} {id}"))
+                .as_deref(),
+            Some("$-1"),
+            "{id} left its due set"
+        );
+    }
     // Past the lease, nothing fails and nothing of it comes back.
     for d in claimed {
         let done = s.finish_delivery(&d.id, d.attempts, DeliveryOutcome::Delivered, 3_000);
@@ -1740,9 +1757,39 @@ async fn ends_an_unreadable_delivery(b: &Backend) {
     );
     listed.sort();
     assert_eq!(listed, ["good", "other"]);
+    // Pruning goes past what is no delivery, and leaves it be.
+    assert_eq!(s.prune_deliveries(i64::MAX).await.unwrap(), 4);
+    assert_eq!(
+        server.command("GET oauthd:o:not-a-hash").as_deref(),
+        Some("$1")
+    );
 }
 
 #[cfg(feature = "redis")]
 fn ids_of(rows: Vec<oauthd::store::DeliveryRow>) -> Vec<String> {
     rows.into_iter().map(|d| d.id).collect()
+}
+
+/// A connection record that does not read (a field written by hand, or by another version
+/// during a rolling upgrade) is skipped by the listing that oauthd's start, the refresher
+/// and rekey read, instead of failing it: one bad record must not stop every account's
+/// refreshes, or the start.
+#[cfg(feature = "redis")]
+#[test]
+fn redis_lists_the_connections_that_read_past_one_that_does_not() {
+    let b = redis();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let good = connected(&b).await;
+        let server = b._redis.as_ref().expect("a redis-server");
+        for command in [
+            "HSET oauthd:c:p/bad provider p account bad status active token_type bearer access_token xx created 1 updated 1 generation notanumber",
+            "ZADD oauthd:cs 0 p/bad",
+        ] {
+            assert!(server.command(command).is_some(), "{command}");
+        }
+        let listed = b.store.list_connections().await.unwrap();
+        let keys: Vec<_> = listed.iter().map(|c| c.key()).collect();
+        assert_eq!(keys, [good]);
+    });
 }

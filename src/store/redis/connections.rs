@@ -271,7 +271,7 @@ impl ConnectionStore for RedisStore {
                 &[],
             )
             .await?;
-        let mut out = rows.iter().map(row).collect::<Result<Vec<_>, _>>()?;
+        let mut out = super::readable("a connection", &rows, row);
         out.sort_by(|a, b| (&a.provider, &a.account).cmp(&(&b.provider, &b.account)));
         Ok(out)
     }

@@ -259,10 +259,11 @@ impl DeviceFlowStore for RedisStore {
                 Ok(rows)
             })
             .await?;
-        rows.iter()
+        let pending: Vec<Fields> = rows
+            .into_iter()
             .filter(|f| f.get("status").is_some_and(|s| s == b"pending"))
-            .map(row)
-            .collect()
+            .collect();
+        Ok(super::readable("a device flow", &pending, row))
     }
 
     async fn claim_device_poll(

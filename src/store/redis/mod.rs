@@ -62,6 +62,32 @@ impl Drop for RedisStore {
 /// A record read with HGETALL.
 type Fields = HashMap<String, Vec<u8>>;
 
+/// The records of a listing that read, each other one skipped with a warning: a record
+/// written by hand or by another version (Redis has no schema version to refuse it by)
+/// must not stop oauthd's start, or every refresh, at the listing.
+fn readable<T>(
+    what: &str,
+    records: &[Fields],
+    read: impl Fn(&Fields) -> Result<T, StoreError>,
+) -> Vec<T> {
+    records
+        .iter()
+        .filter_map(|f| match read(f) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                let name = ["id", "provider", "account"]
+                    .iter()
+                    .filter_map(|k| f.get(*k))
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                log::warn!("skipping {what} {name:?} that cannot be read: {e}");
+                None
+            }
+        })
+        .collect()
+}
+
 /// Why the store could not be opened.
 #[derive(Debug)]
 pub struct OpenFailed {

@@ -65,8 +65,9 @@ const LIST_WINDOW: u32 = 1000;
 const LEGACY_BATCH: u32 = 1000;
 
 /// KEYS: due root, hash. ARGV: id, now, lease ms, the target whose due set the id was read
-/// from. The claimed delivery's fields (flat), or an empty list when it is not due
-/// (another instance claimed it first) or no longer pending. An id whose delivery is gone
+/// from. The claimed delivery's fields (flat), an empty list when it is not due (another
+/// instance claimed it first) or no longer pending, or `{'unreadable'}` when its record is
+/// not a hash or its attempts not a number (nothing changed: `BURY` ends it). An id whose delivery is gone
 /// (its hash deleted by hand or evicted) leaves the due set: it would stand at its front,
 /// taking the target's room in every claim.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
@@ -76,11 +77,14 @@ local target = ARGV[4]
 local due_set = due_of(KEYS[1], target)
 local due = redis.call('ZSCORE', due_set, ARGV[1])
 if not due or tonumber(due) > tonumber(ARGV[2]) then return {} end
+local kind = redis.call('TYPE', KEYS[2])['ok']
+if kind ~= 'hash' and kind ~= 'none' then return {'unreadable'} end
 if redis.call('HGET', KEYS[2], 'status') ~= 'pending' then
   redis.call('ZREM', due_set, ARGV[1])
   if redis.call('ZCARD', due_set) == 0 then redis.call('SREM', targets_of(KEYS[1]), target) end
   return {}
 end
+if not tonumber(redis.call('HGET', KEYS[2], 'attempts') or '') then return {'unreadable'} end
 local lease_end = tonumber(ARGV[2]) + tonumber(ARGV[3])
 redis.call('HINCRBY', KEYS[2], 'attempts', 1)
 redis.call('HSET', KEYS[2], 'next_attempt_at', lease_end, 'last_attempt_at', ARGV[2],
@@ -91,8 +95,8 @@ return redis.call('HGETALL', KEYS[2])
     )
 });
 
-/// KEYS: due root, hash. ARGV: id, the target whose due set the id was read from, error,
-/// now. Ends a delivery whose record cannot be read (a field missing or not a number:
+/// KEYS: due root, hash, log. ARGV: id, the target whose due set the id was read from,
+/// error, now. Ends a delivery whose record cannot be read (a field missing or not a number:
 /// written by hand, or by another version) as dead, out of its due set: claimed again
 /// every lease, it would fail each claim that reaches it.
 static BURY: LazyLock<Script> = LazyLock::new(|| {
@@ -101,7 +105,13 @@ static BURY: LazyLock<Script> = LazyLock::new(|| {
 local due_set = due_of(KEYS[1], ARGV[2])
 redis.call('ZREM', due_set, ARGV[1])
 if redis.call('ZCARD', due_set) == 0 then redis.call('SREM', targets_of(KEYS[1]), ARGV[2]) end
-if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+local kind = redis.call('TYPE', KEYS[2])['ok']
+if kind ~= 'hash' then
+  -- Not a delivery (written by hand): left alone, out of the listings.
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('ZREM', KEYS[3] .. ':' .. ARGV[2], ARGV[1])
+  return 0
+end
 redis.call('HSET', KEYS[2], 'status', 'dead', 'last_error', ARGV[3], 'finished_at', ARGV[4])
 redis.call('HDEL', KEYS[2], 'claimed_until', 'next_attempt_at')
 return 1
@@ -167,8 +177,8 @@ static MOVE_LEGACY: LazyLock<Script> = LazyLock::new(|| {
 local old = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1, 'WITHSCORES')
 for i = 1, #old, 2 do
   local id, due = old[i], old[i + 1]
-  local target = redis.call('HGET', ARGV[1] .. 'o:' .. id, 'target')
-  if target then
+  local target = redis.pcall('HGET', ARGV[1] .. 'o:' .. id, 'target')
+  if type(target) == 'string' then
     redis.call('ZADD', due_of(KEYS[1], target), due, id)
     redis.call('SADD', targets_of(KEYS[1]), target)
   end
@@ -183,6 +193,12 @@ return redis.call('ZCARD', KEYS[1])
 static PRUNE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+local kind = redis.call('TYPE', KEYS[2])['ok']
+if kind ~= 'hash' then
+  -- Gone, or not a delivery (written by hand): only its place in the log is ours to drop.
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 1
+end
 local status = redis.call('HGET', KEYS[2], 'status')
 if status == 'pending' then return 0 end
 if status and tonumber(redis.call('HGET', KEYS[2], 'finished_at') or '0') >= tonumber(ARGV[2]) then
@@ -218,8 +234,8 @@ end
 local n = tonumber(ARGV[2])
 local ids = redis.call('ZRANGE', KEYS[1], from, from + n - 1, 'WITHSCORES')
 for i = 1, #ids, 2 do
-  local target = redis.call('HGET', ARGV[1] .. 'o:' .. ids[i], 'target')
-  if target then redis.call('ZADD', KEYS[1] .. ':' .. target, ids[i + 1], ids[i]) end
+  local target = redis.pcall('HGET', ARGV[1] .. 'o:' .. ids[i], 'target')
+  if type(target) == 'string' then redis.call('ZADD', KEYS[1] .. ':' .. target, ids[i + 1], ids[i]) end
 end
 if #ids < 2 * n then
   redis.call('SET', KEYS[2], 'done')
@@ -336,6 +352,7 @@ impl RedisStore {
         let mut inv = BURY.prepare_invoke();
         inv.key(self.due_root())
             .key(self.delivery_key(id))
+            .key(self.delivery_log())
             .arg(id)
             .arg(target)
             .arg(format!("the stored delivery cannot be read: {why}"))
@@ -485,21 +502,25 @@ impl OutboxStore for RedisStore {
                 .arg(lease_ms)
                 .arg(target);
             let mut c = self.conn();
-            let taken = self
+            let flat = self
                 .run("claiming a delivery", async move {
                     inv.invoke_async::<Vec<Vec<u8>>>(&mut c).await
                 })
-                .await
-                .map(|flat| (!flat.is_empty()).then(|| fields(flat)));
-            let taken = match taken {
-                Ok(Some(f)) => match row(&f) {
+                .await;
+            let taken = match flat {
+                Ok(flat) if flat.is_empty() => Ok(None),
+                Ok(flat) if flat == [b"unreadable".to_vec()] => {
+                    let why = super::corrupt("claiming a delivery", "attempts, or not a hash");
+                    self.bury(&id, target, &why, now_ms).await?;
+                    Ok(None)
+                }
+                Ok(flat) => match row(&fields(flat)) {
                     Ok(d) => Ok(Some(d)),
                     Err(e) => {
                         self.bury(&id, target, &e, now_ms).await?;
                         Ok(None)
                     }
                 },
-                Ok(None) => Ok(None),
                 Err(e) => Err(e),
             };
             match taken {
