@@ -1793,3 +1793,39 @@ fn redis_lists_the_connections_that_read_past_one_that_does_not() {
         assert_eq!(keys, [good]);
     });
 }
+
+/// A `redis_prefix` with glob characters (`t[1]:`) is matched as written: its own admin
+/// sessions are listed and signed out (a SCAN pattern built from it as it is matched
+/// `t1:` instead, so "sign out everywhere" signed out nobody), and another deployment's
+/// under `t1:` are left alone.
+#[cfg(feature = "redis")]
+#[test]
+fn redis_prefix_with_glob_characters_is_matched_as_written() {
+    use oauthd::store::{AdminSecretKind, AdminStore};
+    let server = crate::common::redis::RedisServer::start();
+    let open = |prefix: &str| {
+        let target =
+            match oauthd::store::target::parse(&server.url(), Some(prefix.into()), None).unwrap() {
+                oauthd::store::target::StoreTarget::Redis(t) => t,
+                other => panic!("{other:?}"),
+            };
+        oauthd::store::redis::RedisStore::open(&target, std::time::Duration::from_secs(60)).unwrap()
+    };
+    let (ours, theirs) = (open("t[1]:"), open("t1:"));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let far = 9_000_000_000_000;
+        ours.insert_admin_secret(SecretHash([1; 32]), AdminSecretKind::Session, far)
+            .await
+            .unwrap();
+        theirs
+            .insert_admin_secret(SecretHash([2; 32]), AdminSecretKind::Session, far)
+            .await
+            .unwrap();
+        let listed = ours.list_admin_sessions(1_000).await.unwrap();
+        assert_eq!(listed, [(SecretHash([1; 32]), far)]);
+        assert_eq!(ours.delete_admin_sessions(None).await.unwrap(), 1);
+        assert!(ours.list_admin_sessions(1_000).await.unwrap().is_empty());
+        assert_eq!(theirs.list_admin_sessions(1_000).await.unwrap().len(), 1);
+    });
+}

@@ -77,7 +77,7 @@ impl AdminStore for RedisStore {
     async fn list_admin_sessions(&self, now_ms: i64) -> Result<Vec<(SecretHash, i64)>, StoreError> {
         const CONTEXT: &str = "listing admin sessions";
         let prefix = self.admin_prefix(AdminSecretKind::Session);
-        let keys = self.scan_keys(CONTEXT, format!("{prefix}*")).await?;
+        let keys = self.scan_keys(CONTEXT, prefix.clone()).await?;
         let expiries = self.mget(CONTEXT, &keys).await?;
         let mut out: Vec<(SecretHash, i64)> = keys
             .iter()
@@ -103,11 +103,8 @@ impl AdminStore for RedisStore {
                 .map(|h| self.admin_key(h, AdminSecretKind::Session))
                 .collect(),
             None => {
-                // A prefix may hold glob characters: keep only keys that really start with it.
                 let prefix = self.admin_prefix(AdminSecretKind::Session);
-                let mut keys = self.scan_keys(CONTEXT, format!("{prefix}*")).await?;
-                keys.retain(|k| k.starts_with(&prefix));
-                keys
+                self.scan_keys(CONTEXT, prefix).await?
             }
         };
         if keys.is_empty() {

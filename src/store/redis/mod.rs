@@ -62,6 +62,19 @@ impl Drop for RedisStore {
 /// A record read with HGETALL.
 type Fields = HashMap<String, Vec<u8>>;
 
+/// `text` as a Redis glob pattern that matches only itself: `*`, `?`, `[`, `]` and `\`
+/// escaped.
+fn glob_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 4);
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// The records of a listing that read, each other one skipped with a warning: a record
 /// written by hand or by another version (Redis has no schema version to refuse it by)
 /// must not stop oauthd's start, or every refresh, at the listing.
@@ -276,14 +289,16 @@ impl RedisStore {
         self.conn.clone()
     }
 
-    /// Every key matching `pattern`, by SCAN: for the CLI and the start, never a request's
-    /// hot path. Each round trip has its own time limit, not the whole walk: a Redis
-    /// shared with other deployments may hold millions of keys, a few seconds' walk.
+    /// Every key that starts with `prefix`, by SCAN: for the CLI and the start, never a
+    /// request's hot path. Each round trip has its own time limit, not the whole walk: a
+    /// Redis shared with other deployments may hold millions of keys, a few seconds' walk.
+    /// The prefix (`redis_prefix` may hold `*`, `?`, `[`) is matched as it is written.
     async fn scan_keys(
         &self,
         context: &'static str,
-        pattern: String,
+        prefix: String,
     ) -> Result<Vec<String>, StoreError> {
+        let pattern = glob_literal(&prefix) + "*";
         let mut cursor: u64 = 0;
         let mut out = Vec::new();
         loop {
@@ -301,7 +316,7 @@ impl RedisStore {
                         .await
                 })
                 .await?;
-            out.extend(keys);
+            out.extend(keys.into_iter().filter(|k| k.starts_with(&prefix)));
             if next == 0 {
                 return Ok(out);
             }

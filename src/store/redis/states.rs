@@ -757,7 +757,7 @@ impl StateStore for RedisStore {
         now_ms: i64,
     ) -> Result<Vec<StateRow>, StoreError> {
         const CONTEXT: &str = "reading states by namespace";
-        let keys = self.scan_keys(CONTEXT, self.key("s", "*")).await?;
+        let keys = self.scan_keys(CONTEXT, self.key("s", "")).await?;
         let state_key = self.key("s", "");
         let mut rows = Vec::new();
         // A batch of records at a time: only the wanted ones are kept.
@@ -781,7 +781,7 @@ impl StateStore for RedisStore {
         chars: usize,
     ) -> Result<Vec<(String, u64)>, StoreError> {
         const CONTEXT: &str = "reading states' data";
-        let keys = self.scan_keys(CONTEXT, self.key("s", "*")).await?;
+        let keys = self.scan_keys(CONTEXT, self.key("s", "")).await?;
         let mut counts = std::collections::HashMap::<String, u64>::new();
         // A batch of records at a time: only the prefixes are kept.
         for batch in keys.chunks(1000) {
