@@ -9,6 +9,9 @@ use crate::store::{
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+/// Finished deliveries one pruning job deletes at most.
+const PRUNE_BATCH: i64 = 1000;
+
 const COLUMNS: &str = "id, event_id, event_type, target, body, created_at, deadline, status,
     attempts, next_attempt_at, last_attempt_at, last_error, finished_at, attempts_before_retry";
 
@@ -236,17 +239,32 @@ impl OutboxStore for SqliteStore {
     }
 
     async fn prune_deliveries(&self, before_ms: i64) -> Result<u64, StoreError> {
-        self.writer
-            .run("pruning finished deliveries", move |conn| {
-                let n = conn
-                    .prepare_cached(
-                        "DELETE FROM deliveries
-                         WHERE status != 'pending' AND finished_at < ?1",
-                    )?
-                    .execute(params![before_ms])?;
-                Ok(n as u64)
-            })
-            .await
+        // In batches, each a job of its own: one DELETE of a backlog (a lowered
+        // `keep_days`, a flood of events, the first start after a long stop) held the
+        // writer, and every write waiting on it, for seconds. A delivery finishes after
+        // it was created, so the oldest by creation come first (`deliveries_created`).
+        let mut pruned = 0;
+        loop {
+            let n = self
+                .writer
+                .run("pruning finished deliveries", move |conn| {
+                    let n = conn
+                        .prepare_cached(
+                            "DELETE FROM deliveries WHERE rowid IN (
+                                 SELECT rowid FROM deliveries
+                                 WHERE created_at < ?1 AND status != 'pending'
+                                     AND finished_at < ?1
+                                 ORDER BY created_at LIMIT ?2)",
+                        )?
+                        .execute(params![before_ms, PRUNE_BATCH])?;
+                    Ok(n as u64)
+                })
+                .await?;
+            pruned += n;
+            if n < PRUNE_BATCH as u64 {
+                return Ok(pruned);
+            }
+        }
     }
 
     async fn set_target_gone(&self, gone: GoneTarget) -> Result<(), StoreError> {
