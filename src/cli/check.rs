@@ -86,13 +86,43 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
     }
     // Before the first start there is no database yet: what it would hold is not
     // checked, the rest (providers, the key file) is.
-    let store = match settings.store {
-        crate::store::target::StoreTarget::Sqlite if !settings.db.exists() => {
+    let versions = match settings.store {
+        crate::store::target::StoreTarget::Sqlite if settings.db.exists() => {
+            crate::store::sqlite::schema_versions(&settings.db).ok()
+        }
+        _ => None,
+    };
+    let store = match (&settings.store, versions) {
+        (crate::store::target::StoreTarget::Sqlite, _) if !settings.db.exists() => {
             r.line(
                 "skip",
                 "store",
                 format!(
                     "no database at {} yet: `oauthd serve` makes one on its first start (if one should be there, check --db, OAUTHD_DB or `db` in the config file)",
+                    settings.db.display()
+                ),
+            );
+            None
+        }
+        // check reads; it never upgrades the schema (the oauthd serving it would refuse
+        // it), and says what a start of this oauthd would do.
+        (_, Some((found, known))) if found > 0 && found < known => {
+            r.line(
+                "warn",
+                "store",
+                format!(
+                    "{} has schema version {found}; this oauthd upgrades it to {known} when `oauthd serve` starts (back the database and its key file up first: an older oauthd refuses it once upgraded). Not checked further until then",
+                    settings.db.display()
+                ),
+            );
+            None
+        }
+        (_, Some((found, known))) if found > known => {
+            r.line(
+                "FAIL",
+                "store",
+                format!(
+                    "{} has schema version {found}, newer than this oauthd understands ({known}): run a newer oauthd",
                     settings.db.display()
                 ),
             );

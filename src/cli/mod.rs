@@ -531,7 +531,13 @@ pub(super) fn open_store(settings: &Settings, missing: Missing) -> Result<Arc<dy
             }
             // A path that cannot work is a configuration error (exit 2: the systemd unit
             // does not restart for it); a file that cannot be opened now may be later.
-            let store = SqliteStore::open(&settings.db, settings.durability)
+            // Only a command that may create the database (serve, `keys create --create`)
+            // upgrades its schema.
+            let upgrade = match missing {
+                Missing::Create => crate::store::sqlite::Upgrade::Allowed,
+                Missing::Refuse => crate::store::sqlite::Upgrade::Refused,
+            };
+            let store = SqliteStore::open_with(&settings.db, settings.durability, upgrade)
                 .map_err(|e| Fatal(e.to_string(), if e.is_configuration() { 2 } else { 1 }))?;
             Ok(Arc::new(store))
         }

@@ -243,3 +243,60 @@ async fn states_stored_under_the_old_key_keep_working() {
     assert_eq!(attempt("123456").await.0, 404);
     assert_eq!(d.consume(&key, &state("reset"), "reset").await.0, 404);
 }
+
+/// Only `oauthd serve` upgrades the schema: a newer binary's `check`, run before the
+/// upgrade, says what its start would do and changes nothing, and its other commands
+/// refuse the older database (exit 2, saying why) instead of upgrading it under the oauthd
+/// that serves it, which would then refuse it.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_serve_upgrades_an_older_schema() {
+    let home = Home::new();
+    let key_file = home.dir.path().join("oauthd.db.key");
+    let out = std::process::Command::new(common::BIN)
+        .arg("keygen")
+        .output()
+        .unwrap();
+    std::fs::write(&key_file, &out.stdout).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let old = SCHEMA.len();
+    old_database(&home.db(), &key_file, old);
+    let version = || -> i64 {
+        rusqlite::Connection::open(home.db())
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap()
+    };
+
+    let checked = home.cli(&["check"]);
+    let report = String::from_utf8_lossy(&checked.stdout).into_owned();
+    assert!(
+        report.contains(&format!(
+            "warn  store: {} has schema version {old}; this oauthd upgrades it to ",
+            home.db().display(),
+        )) && report.contains("when `oauthd serve` starts"),
+        "{report}"
+    );
+    assert_eq!(version(), old as i64, "check upgraded the schema");
+    for command in [
+        &["keys", "list"][..],
+        &["events", "list"],
+        &["connections", "list"],
+    ] {
+        let out = home.cli(command);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command:?}: {err}");
+        assert!(
+            err.contains("upgrades it when `oauthd serve` starts"),
+            "{command:?}: {err}"
+        );
+        assert_eq!(version(), old as i64, "{command:?} upgraded the schema");
+    }
+
+    let d = home.start();
+    assert!(version() > old as i64);
+    let out = home.cli(&["keys", "list"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("old-app"));
+    drop(d);
+}

@@ -93,6 +93,12 @@ pub enum OpenError {
         found: i64,
         known: i64,
     },
+    #[error("database {path} has schema version {found}; this oauthd uses {known} and upgrades it when `oauthd serve` starts (back it up first: an older oauthd refuses it once upgraded). Start the new oauthd first, or run this command with the oauthd that serves the database")]
+    Older {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
     #[error("database {path} is read-only for this user and needs schema version {known} (it has {found}): make it, its -wal and -shm files and its directory writable, then start again")]
     ReadOnlyNeedsMigration {
         path: PathBuf,
@@ -118,8 +124,30 @@ impl OpenError {
                 | OpenError::IsDirectory { .. }
                 | OpenError::NotADatabase { .. }
                 | OpenError::TooNew { .. }
+                | OpenError::Older { .. }
         )
     }
+}
+
+/// Whether opening a database may upgrade its schema: only `oauthd serve` (and a command
+/// that creates the database) does, so that a newer binary's command run before the
+/// upgrade (`check`, a listing) does not change the schema under the oauthd that serves
+/// it, which would then refuse it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upgrade {
+    Allowed,
+    Refused,
+}
+
+/// The schema version of the database at `path`, and the one this oauthd uses; read
+/// without changing anything.
+pub fn schema_versions(path: &Path) -> Result<(i64, i64), OpenError> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| OpenError::open(path, &e))?;
+    let found: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| OpenError::open(path, &e))?;
+    Ok((found, MIGRATIONS.len() as i64))
 }
 
 pub struct SqliteStore {
@@ -179,6 +207,15 @@ impl SqliteStore {
     /// when its schema is current: reads are served, writes answer 503 and the writer
     /// retries until it can write. Only a pending schema change makes that fatal.
     pub fn open(path: &Path, durability: Durability) -> Result<SqliteStore, OpenError> {
+        Self::open_with(path, durability, Upgrade::Allowed)
+    }
+
+    /// `open`, upgrading the schema of an existing database only when `upgrade` allows.
+    pub fn open_with(
+        path: &Path,
+        durability: Durability,
+        upgrade: Upgrade,
+    ) -> Result<SqliteStore, OpenError> {
         check_parent(path)?;
         if path.is_dir() {
             return Err(OpenError::IsDirectory {
@@ -223,6 +260,19 @@ impl SqliteStore {
         if conn.is_readonly(MAIN_DB).unwrap_or(true) {
             check_schema_read_only(&conn, path)?;
         } else {
+            if upgrade == Upgrade::Refused {
+                let known = MIGRATIONS.len() as i64;
+                let found: i64 = conn
+                    .pragma_query_value(None, "user_version", |r| r.get(0))
+                    .map_err(sqlite_err)?;
+                if found > 0 && found < known {
+                    return Err(OpenError::Older {
+                        path: path.to_owned(),
+                        found,
+                        known,
+                    });
+                }
+            }
             migrate(&mut conn, path)?;
             if let Err(e) = live_counts::recount_totals(&conn) {
                 // Not fatal: the totals stay as they were until the next open.
