@@ -500,13 +500,14 @@ pub fn shutdown_grace(provider_timeout: std::time::Duration) -> std::time::Durat
     (provider_timeout + std::time::Duration::from_secs(2)).max(std::time::Duration::from_secs(10))
 }
 
-/// SIGTERM and SIGINT, caught from now on.
-fn stop_signals() -> Option<(Signal, Signal)> {
+/// SIGTERM and SIGINT, which stop oauthd, and SIGHUP, which it ignores; caught from now on.
+fn stop_signals() -> Option<(Signal, Signal, Signal)> {
     match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) {
-        (Ok(term), Ok(int)) => Some((term, int)),
+        (Ok(term), Ok(int), Ok(hup)) => Some((term, int, hup)),
         _ => {
             log::warn!("cannot install signal handlers; stop with SIGKILL");
             None
@@ -514,14 +515,20 @@ fn stop_signals() -> Option<(Signal, Signal)> {
     }
 }
 
-async fn wait_for_stop_signal(signals: Option<(Signal, Signal)>) {
+/// Until SIGTERM or SIGINT. A SIGHUP (sent to reload a daemon's config, by habit) used to
+/// kill oauthd at once, unlike a stop, and as a clean exit that systemd does not restart:
+/// it is logged and ignored (oauthd reads its config at start only).
+async fn wait_for_stop_signal(signals: Option<(Signal, Signal, Signal)>) {
     match signals {
-        Some((mut term, mut int)) => {
+        Some((mut term, mut int, mut hup)) => loop {
             tokio::select! {
-                _ = term.recv() => log::info!("SIGTERM received"),
-                _ = int.recv() => log::info!("SIGINT received"),
+                _ = term.recv() => return log::info!("SIGTERM received"),
+                _ = int.recv() => return log::info!("SIGINT received"),
+                _ = hup.recv() => log::warn!(
+                    "SIGHUP received and ignored: oauthd reads its config at start only; restart it to apply changes (SIGTERM stops it cleanly)"
+                ),
             }
-        }
+        },
         None => std::future::pending::<()>().await,
     }
 }

@@ -22,6 +22,7 @@ contract![
     database_and_log_never_hold_a_state_or_key_in_clear,
     cached_keys_are_rechecked_new_keys_work_at_once_revoked_ones_stop_within_the_cache_age,
     health_and_readiness_need_no_key,
+    sighup_is_ignored_and_said_so,
     sigterm_and_sigint_stop_cleanly_with_exit_0_and_lose_nothing,
     expired_states_answer_410_during_the_grace_window_and_404_after,
     a_namespace_holds_at_most_max_states_live_states,
@@ -1059,6 +1060,31 @@ async fn health_and_readiness_need_no_key(home: Home) {
         .unwrap();
     assert_eq!(head.status(), 405);
     assert_eq!(common::header(&head, "allow"), "GET");
+}
+
+/// SIGHUP (sent by habit to reload a daemon) is logged and ignored: oauthd keeps serving
+/// (it killed it at once, as a clean exit systemd does not restart), and SIGTERM still
+/// stops it cleanly.
+async fn sighup_is_ignored_and_said_so(home: Home) {
+    let d = home.start();
+    // Two, one after the other (signals sent together may arrive as one).
+    for n in 1..=2 {
+        let sent = std::process::Command::new("kill")
+            .args(["-HUP", &d.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let said = common::eventually(Duration::from_secs(5), || {
+            home.log_text()
+                .matches("SIGHUP received and ignored")
+                .count()
+                == n
+        })
+        .await;
+        assert!(said, "{}", home.log_text());
+    }
+    assert_eq!(d.get_raw("/healthz", None).await.status(), 200);
+    assert_eq!(d.signal_and_wait("TERM").code(), Some(0));
 }
 
 async fn sigterm_and_sigint_stop_cleanly_with_exit_0_and_lose_nothing(home: Home) {
