@@ -391,9 +391,9 @@ mod shared {
             Some("+OK")
         );
         let dir = tempfile::tempdir().unwrap();
-        let keys_list = |env: &[(&str, &str)]| {
+        let keys_list_at = |url: &str, env: &[(&str, &str)]| {
             let mut cmd = Command::new(BIN);
-            cmd.args(["--store", &server.url(), "keys", "list"])
+            cmd.args(["--store", url, "keys", "list"])
                 .env("OAUTHD_KEY_FILE", dir.path().join("none"));
             for name in common::OAUTHD_VARIABLES {
                 if name != "OAUTHD_KEY_FILE" {
@@ -402,26 +402,46 @@ mod shared {
             }
             let out = cmd.envs(env.iter().copied()).output().unwrap();
             (
-                out.status.success(),
+                out.status.code(),
                 String::from_utf8_lossy(&out.stderr).into_owned(),
             )
         };
-        let (ok, err) = keys_list(&[]);
-        assert!(!ok);
+        let keys_list = |env: &[(&str, &str)]| keys_list_at(&server.url(), env);
+        // Each a configuration error (exit 2: the systemd unit does not restart for it),
+        // said as such.
+        let (code, err) = keys_list(&[]);
+        assert_eq!(code, Some(2), "{err}");
         assert!(
             err.contains("asks for a password and none was given")
                 && err.contains("OAUTHD_REDIS_PASSWORD"),
             "{err}"
         );
-        let (ok, err) = keys_list(&[("OAUTHD_REDIS_PASSWORD", "not-the-password-99")]);
-        assert!(!ok);
+        let (code, err) = keys_list(&[("OAUTHD_REDIS_PASSWORD", "not-the-password-99")]);
+        assert_eq!(code, Some(2), "{err}");
         assert!(err.contains("refused the password"), "{err}");
         assert!(
             !err.contains("not-the-password"),
             "password in the message: {err}"
         );
-        let (ok, err) = keys_list(&[("OAUTHD_REDIS_PASSWORD", password)]);
-        assert!(ok, "{err}");
+        let no_such_db = server.url().replace("/0", "/99");
+        let (code, err) = keys_list_at(&no_such_db, &[("OAUTHD_REDIS_PASSWORD", password)]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains("has no such database"), "{err}");
+        // A user without INFO: named, with the permissions oauthd needs.
+        let acl = "ACL SETUSER lim on >limited-password-77 ~oauthd:* +@read +@write";
+        let authed = format!("AUTH {password}");
+        assert_eq!(server.command_after(&authed, acl).as_deref(), Some("+OK"));
+        let limited = server
+            .url()
+            .replace("redis://", "redis://lim:limited-password-77@");
+        let (code, err) = keys_list_at(&limited, &[]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains("may not run a command oauthd needs") && err.contains("+info"),
+            "{err}"
+        );
+        let (code, err) = keys_list(&[("OAUTHD_REDIS_PASSWORD", password)]);
+        assert_eq!(code, Some(0), "{err}");
     }
 
     #[tokio::test(flavor = "multi_thread")]

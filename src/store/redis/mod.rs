@@ -101,6 +101,41 @@ fn readable<T>(
         .collect()
 }
 
+/// Why opening the store at `display` failed, and whether it is the configuration's fault
+/// (exit 2: starting again as it is will not help) rather than Redis not answering now.
+fn open_failure(display: &str, prefix: &str, e: &redis::RedisError) -> (String, bool) {
+    let text = e.to_string();
+    if e.kind() == redis::ErrorKind::AuthenticationFailed || e.code() == Some("WRONGPASS") {
+        return (format!("Redis at {display}: {WRONG_PASSWORD}"), true);
+    }
+    if e.code() == Some("NOAUTH") {
+        return (
+            format!("Redis at {display} asks for a password and none was given: set OAUTHD_REDIS_PASSWORD (or OAUTHD_REDIS_PASSWORD_FILE), or put it in the store's URL"),
+            true,
+        );
+    }
+    if e.code() == Some("NOPERM") || text.contains("NoPerm") {
+        return (
+            format!("Redis at {display}: the user may not run a command oauthd needs ({text}). oauthd runs reads, writes, scripts, SCAN and INFO on its keys: an ACL like `~{prefix}* +@read +@write +@keyspace +@scripting +info`"),
+            true,
+        );
+    }
+    if text.contains("DB index is out of range") {
+        return (
+            format!("Redis at {display} has no such database: the number after the port must be below the server's `databases` setting (16 unless changed)"),
+            true,
+        );
+    }
+    // Something answered, in another protocol: an HTTP server, a database.
+    if e.kind() == redis::ErrorKind::Parse {
+        return (
+            format!("{display} answered, but not as Redis does: is that Redis's address and port, or another service's?"),
+            true,
+        );
+    }
+    (format!("cannot reach Redis at {display}: {e}"), false)
+}
+
 /// Why the store could not be opened.
 #[derive(Debug)]
 pub struct OpenFailed {
@@ -152,17 +187,7 @@ impl RedisStore {
                 .await
             })
             .map_err(|_| transient(format!("cannot reach Redis at {display}: no answer")))?
-            .map_err(|e| match e.kind() {
-                redis::ErrorKind::AuthenticationFailed => {
-                    (format!("Redis at {display}: {WRONG_PASSWORD}"), true)
-                }
-                // Something answered, in another protocol: an HTTP server, a database.
-                redis::ErrorKind::Parse => (
-                    format!("{display} answered, but not as Redis does: is that Redis's address and port, or another service's?"),
-                    true,
-                ),
-                _ => transient(format!("cannot reach Redis at {display}: {e}")),
-            })?;
+            .map_err(|e| open_failure(&display, &target.prefix, &e))?;
         let store = RedisStore {
             runtime: Some(runtime),
             conn,
@@ -171,8 +196,8 @@ impl RedisStore {
             display,
         };
         let info = store
-            .block_on_info("server")
-            .map_err(|e| transient(format!("Redis at {}: {e}", store.display)))?;
+            .block_on_info_raw("server")
+            .map_err(|e| open_failure(&store.display, &store.prefix, &e))?;
         let version = info_field(&info, "redis_version").unwrap_or_default();
         if !version_at_least(&version, (6, 2)) {
             return Err((
@@ -186,11 +211,14 @@ impl RedisStore {
         Ok(store)
     }
 
-    fn block_on_info(&self, section: &'static str) -> Result<String, StoreError> {
-        let rt = self
-            .runtime
-            .as_ref()
-            .ok_or_else(|| StoreError::unavailable("reading Redis INFO", "store closed"))?;
+    /// `INFO section`, with Redis' own error.
+    fn block_on_info_raw(&self, section: &'static str) -> Result<String, redis::RedisError> {
+        let Some(rt) = self.runtime.as_ref() else {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "store closed",
+            )));
+        };
         let mut c = self.conn.clone();
         rt.block_on(async move {
             redis::cmd("INFO")
@@ -198,7 +226,6 @@ impl RedisStore {
                 .query_async::<String>(&mut c)
                 .await
         })
-        .map_err(|e| classify("reading Redis INFO", &e))
     }
 
     /// Runs one Redis exchange on the store's runtime, bounded by `OP_TIMEOUT`.

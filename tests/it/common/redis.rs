@@ -85,6 +85,21 @@ impl RedisServer {
         Some(line.trim_end().to_owned())
     }
 
+    /// `first` (an `AUTH`), then `cmd` on the same connection; the first line of `cmd`'s
+    /// reply.
+    pub fn command_after(&self, first: &str, cmd: &str) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(format!("{first}\r\n{cmd}\r\n").as_bytes())
+            .ok()?;
+        let mut reader = BufReader::new(s);
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        line.clear();
+        reader.read_line(&mut line).ok()?;
+        Some(line.trim_end().to_owned())
+    }
+
     /// Stops the server (SIGKILL: like a crash or a network cut, no goodbye).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
