@@ -184,6 +184,10 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
             failed_sign_in_limit: crate::http::RateLimiter::new(settings.failed_auth_per_minute),
             change_limit: crate::http::RateLimiter::new(settings.connection_changes_per_minute),
             trusted_proxies: settings.trusted_proxies.clone(),
+            no_keys_hint: match settings.store {
+                crate::store::target::StoreTarget::Sqlite => http::NO_KEYS_SQLITE,
+                crate::store::target::StoreTarget::Redis(_) => http::NO_KEYS_REDIS,
+            },
         };
         let served = http::serve(&settings, listener, app).await;
         // Device polls were told to stop with the HTTP server; a poll or a leased refresh

@@ -146,11 +146,8 @@ impl FromRequest for Caller {
                     if token.starts_with(crate::secret::API_KEY_PREFIX)
                         && state.key_cache.store_has_no_keys(state.keys.as_ref()).await
                     {
-                        detail.push_str(
-                            "; this oauthd's database holds no active API key at all: create one \
-                             with `oauthd keys create`, or, if the key was made for another \
-                             database, start oauthd with that one's --db",
-                        );
+                        detail.push_str("; this oauthd's store holds no active API key at all: ");
+                        detail.push_str(state.no_keys_hint);
                     }
                     Err(ApiError::unauthorized("invalid_api_key", detail))
                 }

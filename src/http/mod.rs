@@ -82,7 +82,19 @@ pub struct AppState {
     pub change_limit: RateLimiter<String>,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<crate::ip_range::IpRange>,
+    /// What a `401` for one of oauthd's keys adds when the store holds no key at all:
+    /// where keys that were made went, as this kind of store loses them.
+    pub no_keys_hint: &'static str,
 }
+
+/// `AppState::no_keys_hint` for an SQLite database.
+pub const NO_KEYS_SQLITE: &str = "create one with `oauthd keys create`, or, if the key was \
+    made for another database, start oauthd with that one's --db";
+
+/// `AppState::no_keys_hint` for Redis.
+pub const NO_KEYS_REDIS: &str = "create one with `oauthd keys create`; if keys were made \
+    before, this Redis lost them (no persistence, a flush, a restart without its files) or \
+    they are under another redis_prefix or database number";
 
 /// Responses that carry a secret must not be cached anywhere.
 impl AppState {
