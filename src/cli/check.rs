@@ -128,7 +128,15 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
             );
             None
         }
-        _ => Some(open_store(&settings, super::Missing::Refuse)?),
+        // A store that cannot be opened is one failed line: the key file and the
+        // providers are still checked.
+        _ => match open_store(&settings, super::Missing::Refuse) {
+            Ok(store) => Some(store),
+            Err(super::Fatal(why, _)) => {
+                r.line("FAIL", "store", why);
+                None
+            }
+        },
     };
     let rt = runtime()?;
     if let Some(store) = &store {

@@ -2,6 +2,7 @@
 //! `POST /ui/api/notify/test` from the page), and the page's view of recent deliveries.
 
 use super::auth::Caller;
+use super::body::JsonObject;
 use super::openapi::ProblemDoc;
 use super::problem::ApiError;
 use super::ui::UiSession;
@@ -35,11 +36,19 @@ pub struct TestQueued<'a> {
 #[utoipa::path(post, path = "/v1/notify/test", tag = "notify",
     responses(
         (status = 202, description = "Queued for every target.", body = TestQueued),
+        (status = 400, description = "A body that is not an empty JSON object (`unknown_field`, `malformed_json`): the test takes no options.", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 415, description = "A body that is not JSON (`unsupported_media_type`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 401, description = "No API key (`missing_api_key`), an unknown or revoked one (`invalid_api_key`), or one limited by `--namespace` or `--account`: a tenant's (`notify_not_allowed`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "No `[[notify]]` target is configured (`no_notify_targets`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 429, description = "One was sent less than 5 seconds ago (`too_many_tests`).", body = ProblemDoc, content_type = "application/problem+json"),
     ))]
-pub async fn test(app: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+pub async fn test(
+    app: web::Data<AppState>,
+    caller: Caller,
+    body: JsonObject,
+) -> Result<HttpResponse, ApiError> {
+    // No options: anything sent is a mistake to say, not to ignore.
+    body.finish()?;
     if caller.0.namespaces.is_some() || caller.0.accounts.is_some() {
         return Err(ApiError::unauthorized(
             "notify_not_allowed",

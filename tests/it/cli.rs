@@ -66,6 +66,37 @@ fn keys_create_prints_the_key_alone_on_the_last_line() {
         .success());
 }
 
+/// `check` reports a store it cannot open as one failed line and goes on to the key file
+/// (here a Redis store without the shared key it needs).
+#[cfg(feature = "redis")]
+#[test]
+fn check_goes_on_past_a_store_it_cannot_reach() {
+    let home = Home::new();
+    home.write_config(
+        "[providers.peer]\nauthorization_url = \"http://127.0.0.1:9/authorize\"\n\
+         token_url = \"http://127.0.0.1:9/token\"\nclient_id = \"c\"\nclient_secret = \"s\"\n",
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store = format!("redis://127.0.0.1:{port}/0");
+    let out = home.cli(&["check", "--store", &store]);
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("FAIL  store: cannot reach Redis at")),
+        "{report}"
+    );
+    assert!(
+        report.lines().any(|l| l.starts_with("FAIL  key file:")),
+        "{report}"
+    );
+}
+
 /// A full disk under `oauthd openapi > file` is an error (exit 1, said why), not a
 /// truncated description and exit 0.
 #[test]

@@ -308,6 +308,24 @@ async fn a_failing_receiver_gets_the_same_webhook_id_until_it_accepts() {
         (429, Some("too_many_tests"))
     );
     assert_eq!(d.post("/v1/notify/test", "", json!({})).await.0, 401);
+    // The test takes no options: a field, or a body that is not JSON, is refused.
+    let (status, problem) = d
+        .post("/v1/notify/test", &key, json!({"target": "app"}))
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (400, Some("unknown_field"))
+    );
+    let resp = d
+        .http
+        .post(format!("{}/v1/notify/test", d.url))
+        .bearer_auth(&key)
+        .header("content-type", "text/plain")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 415);
     // A tenant's key (limited to some accounts or namespaces) may not ring the operator's
     // targets.
     let out = home.cli(&["keys", "create", "--name", "tenant", "--account", "acme.*"]);
