@@ -715,22 +715,26 @@ fn env_text(name: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// `NAME`, else the trimmed contents of the file named by `NAME_FILE`; empty counts as
-/// unset; a `NAME_FILE` that cannot be read is an error naming it.
-fn env_or_file(name: &str) -> Result<Option<zeroize::Zeroizing<String>>, String> {
-    if let Some(t) = env_text(name) {
-        return Ok(Some(zeroize::Zeroizing::new(t)));
-    }
-    match env_text(&format!("{name}_FILE")) {
-        Some(path) => {
+/// `NAME`, or the trimmed contents of the file named by `NAME_FILE`; empty counts as
+/// unset. Both set is an error (which one was meant?), and so is a `NAME_FILE` that cannot
+/// be read; each names the variable.
+fn env_or_file(name: &str) -> Result<Option<zeroize::Zeroizing<String>>, ConfigError> {
+    let file_var = format!("{name}_FILE");
+    match (env_text(name), env_text(&file_var)) {
+        (Some(_), Some(_)) => Err(invalid(
+            format!("{name} and {file_var}"),
+            "both are set: set one of them (the value, or the file that holds it)",
+        )),
+        (Some(t), None) => Ok(Some(zeroize::Zeroizing::new(t))),
+        (None, Some(path)) => {
             let text = zeroize::Zeroizing::new(
                 std::fs::read_to_string(&path)
-                    .map_err(|e| format!("{name}_FILE: cannot read {path}: {e}"))?,
+                    .map_err(|e| invalid(&file_var, format!("cannot read {path}: {e}")))?,
             );
             let trimmed = text.trim();
             Ok((!trimmed.is_empty()).then(|| zeroize::Zeroizing::new(trimmed.to_owned())))
         }
-        None => Ok(None),
+        (None, None) => Ok(None),
     }
 }
 
@@ -757,15 +761,14 @@ fn key_source(db: &Path) -> KeySource {
 /// `--store`, else `OAUTHD_STORE` / `OAUTHD_STORE_FILE`, else the file's `store`; SQLite
 /// when none is given.
 fn store_target(over: &Overrides, file: &FileConfig) -> Result<StoreTarget, ConfigError> {
-    let env = env_or_file("OAUTHD_STORE").map_err(|e| invalid("OAUTHD_STORE", e))?;
+    let env = env_or_file("OAUTHD_STORE")?;
     let text = match (&over.store, env, &file.store) {
         (Some(t), _, _) => zeroize::Zeroizing::new(t.clone()),
         (None, Some(t), _) => t,
         (None, None, Some(t)) => zeroize::Zeroizing::new(t.clone()),
         (None, None, None) => return Ok(StoreTarget::Sqlite),
     };
-    let password =
-        env_or_file("OAUTHD_REDIS_PASSWORD").map_err(|e| invalid("OAUTHD_REDIS_PASSWORD", e))?;
+    let password = env_or_file("OAUTHD_REDIS_PASSWORD")?;
     crate::store::target::parse(&text, file.redis_prefix.clone(), password)
         .map_err(|e| invalid("store", e))
 }
@@ -773,7 +776,7 @@ fn store_target(over: &Overrides, file: &FileConfig) -> Result<StoreTarget, Conf
 /// A secret from the environment: `NAME` itself, or the file named by `NAME_FILE`
 /// (systemd credentials, container secrets). At least 16 characters when set.
 fn secret_from_env(name: &str) -> Result<Option<SecretText>, ConfigError> {
-    let secret = env_or_file(name).map_err(|e| invalid(name, e))?;
+    let secret = env_or_file(name)?;
     if secret.as_ref().is_some_and(|t| t.len() < 16) {
         return Err(invalid(name, "must be at least 16 characters"));
     }
