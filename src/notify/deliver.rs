@@ -177,7 +177,7 @@ async fn attempt(
         ))),
         (Some(_), Some(g)) if !sent_though_gone(&d) => Err(Failed {
             error: format!(
-                "not sent: the target answered 410 Gone at {} and counts as gone until its url changes in the config or a delivery to it is retried by hand (oauthd events retry)",
+                "not sent: the target answered 410 Gone at {} and counts as gone until its url changes in the config, or a delivery to it retried by hand (oauthd events retry) or a test notification gets a 2xx",
                 crate::clock::rfc3339(g.since_ms)
             ),
             gone: true,
@@ -197,7 +197,7 @@ async fn attempt(
             };
             match store.set_target_gone(record).await {
                 Ok(()) => log::error!(
-                    "notifications: target {} answered 410 Gone: its deliveries are not sent until its url changes in the config or one is retried by hand (oauthd events retry)",
+                    "notifications: target {} answered 410 Gone: its deliveries are not sent until its url changes in the config, or one retried by hand (oauthd events retry) or a test notification gets a 2xx",
                     d.target
                 ),
                 Err(e) => log::warn!("notifications: recording that {} is gone: {e}", d.target),
