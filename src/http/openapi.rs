@@ -147,8 +147,8 @@ pub struct AccountName(#[allow(dead_code)] String);
 impl PartialSchema for AccountName {
     fn schema() -> RefOr<Schema> {
         text_schema(
-            "Which of the provider's accounts (`default` when absent): letters, digits and `. _ : / -`.",
-            "^[A-Za-z0-9._:/-]+$".into(),
+            "Which of the provider's accounts (`default` when absent): letters, digits and `. _ -`, starting with a letter or digit.",
+            "^[A-Za-z0-9][A-Za-z0-9._-]*$".into(),
             1,
             64,
         )
