@@ -85,12 +85,27 @@ where
         let Stage::Queued(work) = std::mem::replace(&mut self.stage, Stage::Taken) else {
             return false;
         };
-        let result = if self.atomic {
-            in_savepoint(tx, work)
-        } else {
-            work(tx)
-        };
         let context = self.context;
+        let atomic = self.atomic;
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if atomic {
+                in_savepoint(tx, work)
+            } else {
+                work(tx)
+            }
+        }));
+        let Ok(result) = ran else {
+            // A bug in the job: what it wrote cannot be trusted. The whole transaction is
+            // undone (its group fails) and the writer goes on; a panic that ended the
+            // thread would fail every later write, for good.
+            log::error!("a database write ({context}) panicked; its transaction was rolled back");
+            let _ = tx.execute_batch("ROLLBACK");
+            self.stage = Stage::Ran(Err(StoreError::unavailable(
+                context,
+                "the write failed inside oauthd (see its log)",
+            )));
+            return true;
+        };
         self.stage = Stage::Ran(result.map_err(|e| {
             *cannot_write |= is_write_fault(&e);
             classify(context, e)
@@ -124,7 +139,15 @@ fn in_savepoint<T>(tx: &Tx, work: impl FnOnce(&Tx) -> rusqlite::Result<T>) -> ru
         return result;
     }
     if result.is_err() {
-        tx.prepare_cached("ROLLBACK TO job")?.execute([])?;
+        let undone = tx
+            .prepare_cached("ROLLBACK TO job")
+            .and_then(|mut s| s.execute([]));
+        if let Err(e) = undone {
+            // The job's writes cannot be undone alone: the whole transaction is, so they
+            // are not committed with the rest of its group (which fails with it).
+            let _ = tx.execute_batch("ROLLBACK");
+            return Err(e);
+        }
         tx.restore(counts);
     }
     tx.prepare_cached("RELEASE job")?.execute([])?;
@@ -493,6 +516,47 @@ fn commit_group(
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// A job that panics (a bug) fails, with its group, and the writer goes on: it used
+    /// to end the thread, and every later write failed for good.
+    #[tokio::test]
+    async fn a_job_that_panics_fails_alone_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("writer.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (x INTEGER)")
+            .unwrap();
+        let reopen_path = path.clone();
+        let writer = Writer::start(
+            conn,
+            Box::new(move || Connection::open(&reopen_path)),
+            "test".into(),
+            Arc::new(ChangeWatch::default()),
+        )
+        .unwrap();
+        let panicked = writer
+            .run("test", |c| -> rusqlite::Result<()> {
+                c.execute("INSERT INTO t VALUES (1)", [])?;
+                panic!("a bug in a job")
+            })
+            .await;
+        assert!(panicked.is_err());
+        writer
+            .run("test", |c| {
+                c.execute("INSERT INTO t VALUES (2)", []).map(|_| ())
+            })
+            .await
+            .unwrap();
+        let rows: Vec<i64> = Connection::open(&path)
+            .unwrap()
+            .prepare("SELECT x FROM t")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(rows, [2], "the panicked job's write was not committed");
+    }
 
     #[tokio::test]
     async fn a_change_committed_for_a_caller_who_left_makes_the_caches_drop_everything() {
