@@ -69,7 +69,7 @@ async fn reseal_pass(vault: &Vault, store: &dyn BrokerStore) -> Result<usize, Re
         vault.seal(aad, &vault.open(aad, sealed)?)
     };
     let mut changed = 0;
-    for row in store.list_connections().await? {
+    for row in store.list_all_connections().await? {
         let current = vault.is_current(&row.access_token)
             && row
                 .refresh_token
@@ -96,7 +96,7 @@ async fn reseal_pass(vault: &Vault, store: &dyn BrokerStore) -> Result<usize, Re
             changed += 1;
         }
     }
-    for flow in store.pending_device_flows().await? {
+    for flow in store.all_pending_device_flows().await? {
         if flow.device_code.is_empty() || vault.is_current(&flow.device_code) {
             continue;
         }
@@ -157,11 +157,11 @@ pub async fn prune(
     let lines = key_lines(&text);
     let ids = vault::key_ids(&text)?;
     let mut used = BTreeSet::new();
-    for row in store.list_connections().await? {
+    for row in store.list_all_connections().await? {
         used.extend(sealed_key_id(&row.access_token));
         used.extend(row.refresh_token.as_deref().and_then(sealed_key_id));
     }
-    for flow in store.pending_device_flows().await? {
+    for flow in store.all_pending_device_flows().await? {
         used.extend(sealed_key_id(&flow.device_code));
     }
     // States keep the key their data was sealed with until they are consumed or expire.

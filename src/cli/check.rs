@@ -215,33 +215,12 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
     };
     rt.block_on(async {
         if let (Some(v), Some(store)) = (&vault, &store) {
-            let rows = store.list_connections().await?;
             let known = v.key_ids();
-            let unreadable = rows
-                .iter()
-                .filter(|c| {
-                    vault::sealed_key_id(&c.access_token).is_none_or(|id| !known.contains(&id))
-                })
-                .count();
-            if unreadable == 0 {
-                r.line(
-                    "ok",
-                    "vault",
-                    format!(
-                        "key {} opens all {} connection(s)",
-                        v.current_key_id(),
-                        rows.len()
-                    ),
-                );
-            } else {
-                r.line(
-                    "FAIL",
-                    "vault",
-                    format!(
-                        "{unreadable} connection(s) sealed with keys {} lacks",
-                        source.describe()
-                    ),
-                );
+            match store.list_all_connections().await {
+                // A record that does not read may need a key nobody can name: a failure,
+                // not a connection fewer.
+                Err(e) => r.line("FAIL", "vault", format!("not every connection reads: {e}")),
+                Ok(rows) => vault_line(&mut r, &rows, v, &known, &source),
             }
             let now = crate::clock::Clock::system().now_ms();
             let used = crate::states::data_keys(store.as_ref(), now).await?;
@@ -352,5 +331,39 @@ fn check_store(
             .filter_map(|k| Some((k, crate::apikeys::provider_scope_note(k)?)))
             .for_each(|(k, note)| r.line("warn", "keys", format!("API key {:?}: {note}", k.name))),
         Err(e) => r.line("FAIL", "keys", e),
+    }
+}
+
+/// The vault's line: whether its keys open every connection's tokens.
+fn vault_line(
+    r: &mut Report,
+    rows: &[crate::store::ConnectionRow],
+    v: &Vault,
+    known: &[String],
+    source: &KeySource,
+) {
+    let unreadable = rows
+        .iter()
+        .filter(|c| vault::sealed_key_id(&c.access_token).is_none_or(|id| !known.contains(&id)))
+        .count();
+    if unreadable == 0 {
+        r.line(
+            "ok",
+            "vault",
+            format!(
+                "key {} opens all {} connection(s)",
+                v.current_key_id(),
+                rows.len()
+            ),
+        );
+    } else {
+        r.line(
+            "FAIL",
+            "vault",
+            format!(
+                "{unreadable} connection(s) sealed with keys {} lacks",
+                source.describe()
+            ),
+        );
     }
 }

@@ -767,7 +767,15 @@ pub trait ConnectionStore: Send + Sync {
         &self,
         key: &ConnectionKey,
     ) -> Result<Option<ConnectionRow>, StoreError>;
+    /// Every connection that reads; one that does not (Redis: a field written by hand or
+    /// by another version) is skipped with a warning, so that it stops neither the start
+    /// nor the refresher.
     async fn list_connections(&self) -> Result<Vec<ConnectionRow>, StoreError>;
+    /// Every connection, or an error if one does not read: for what must see them all
+    /// (rekey, pruning keys, check), where a skipped one would lose its key.
+    async fn list_all_connections(&self) -> Result<Vec<ConnectionRow>, StoreError> {
+        self.list_connections().await
+    }
     /// How many connections there are of each provider, status and whether their refreshes
     /// are failing: what `/metrics` shows, without reading anyone's tokens where the store
     /// can count by itself.
@@ -972,7 +980,12 @@ pub trait DeviceFlowStore: Send + Sync {
         now_ms: i64,
     ) -> Result<u32, StoreError>;
     async fn get_device_flow(&self, id: &str) -> Result<Option<DeviceFlowRow>, StoreError>;
+    /// The pending flows that read (as `list_connections`, one that does not is skipped).
     async fn pending_device_flows(&self) -> Result<Vec<DeviceFlowRow>, StoreError>;
+    /// The pending flows, or an error if one does not read (as `list_all_connections`).
+    async fn all_pending_device_flows(&self) -> Result<Vec<DeviceFlowRow>, StoreError> {
+        self.pending_device_flows().await
+    }
     /// Claims the next poll of a pending flow when it is due and nobody else is polling
     /// it, for `lease_ms`; returns the flow as claimed. Exactly one process wins each poll.
     async fn claim_device_poll(

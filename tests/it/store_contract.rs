@@ -1771,9 +1771,10 @@ fn ids_of(rows: Vec<oauthd::store::DeliveryRow>) -> Vec<String> {
 }
 
 /// A connection record that does not read (a field written by hand, or by another version
-/// during a rolling upgrade) is skipped by the listing that oauthd's start, the refresher
-/// and rekey read, instead of failing it: one bad record must not stop every account's
-/// refreshes, or the start.
+/// during a rolling upgrade) is skipped by the listing that oauthd's start and the
+/// refresher read, instead of failing it: one bad record must not stop every account's
+/// refreshes, or the start. The listing that rekey, key pruning and check read fails
+/// instead: a record skipped there would have its key pruned, its tokens lost for good.
 #[cfg(feature = "redis")]
 #[test]
 fn redis_lists_the_connections_that_read_past_one_that_does_not() {
@@ -1791,6 +1792,7 @@ fn redis_lists_the_connections_that_read_past_one_that_does_not() {
         let listed = b.store.list_connections().await.unwrap();
         let keys: Vec<_> = listed.iter().map(|c| c.key()).collect();
         assert_eq!(keys, [good]);
+        assert!(b.store.list_all_connections().await.is_err());
     });
 }
 

@@ -195,7 +195,24 @@ fn token_changes(t: SealedTokens, now_ms: i64, keep_missing: bool) -> Changes {
     ch
 }
 
+/// Connections in the order every listing gives them: by provider, then account.
+fn sorted(mut rows: Vec<ConnectionRow>) -> Vec<ConnectionRow> {
+    rows.sort_by(|a, b| (&a.provider, &a.account).cmp(&(&b.provider, &b.account)));
+    rows
+}
+
 impl RedisStore {
+    /// Every connection's record, read or not.
+    async fn connection_records(&self) -> Result<Vec<Fields>, StoreError> {
+        self.indexed_records(
+            "listing connections",
+            self.index("cs"),
+            self.key("c", ""),
+            &[],
+        )
+        .await
+    }
+
     fn conn_keys(&self, provider: &str, account: &str) -> (String, String, String) {
         let member = format!("{provider}/{account}");
         (self.key("c", &member), self.key("cl", &member), member)
@@ -263,17 +280,13 @@ impl ConnectionStore for RedisStore {
     }
 
     async fn list_connections(&self) -> Result<Vec<ConnectionRow>, StoreError> {
-        let rows = self
-            .indexed_records(
-                "listing connections",
-                self.index("cs"),
-                self.key("c", ""),
-                &[],
-            )
-            .await?;
-        let mut out = super::readable("a connection", &rows, row);
-        out.sort_by(|a, b| (&a.provider, &a.account).cmp(&(&b.provider, &b.account)));
-        Ok(out)
+        let rows = self.connection_records().await?;
+        Ok(sorted(super::readable("a connection", &rows, row)))
+    }
+
+    async fn list_all_connections(&self) -> Result<Vec<ConnectionRow>, StoreError> {
+        let rows = self.connection_records().await?;
+        Ok(sorted(rows.iter().map(row).collect::<Result<Vec<_>, _>>()?))
     }
 
     async fn count_connections(&self) -> Result<Vec<ConnectionCount>, StoreError> {

@@ -151,6 +151,50 @@ fn pairs(flat: Vec<Vec<u8>>) -> Fields {
     f
 }
 
+impl RedisStore {
+    /// The records of the pending flows, read or not (ids of flows Redis expired are
+    /// tidied away).
+    async fn pending_flow_records(&self) -> Result<Vec<Fields>, StoreError> {
+        let (pending, prefix) = (self.index("dp"), self.key("d", ""));
+        let mut c = self.conn();
+        let rows: Vec<Fields> = self
+            .run("listing device flows", async move {
+                let ids: Vec<String> = redis::cmd("SMEMBERS")
+                    .arg(&pending)
+                    .query_async(&mut c)
+                    .await?;
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut pipe = redis::pipe();
+                for id in &ids {
+                    pipe.cmd("HGETALL").arg(format!("{prefix}{id}"));
+                }
+                let rows: Vec<Fields> = pipe.query_async(&mut c).await?;
+                // Flows that expired in Redis leave their id behind: tidy it up.
+                let gone: Vec<&String> = ids
+                    .iter()
+                    .zip(&rows)
+                    .filter(|(_, f)| f.is_empty())
+                    .map(|(id, _)| id)
+                    .collect();
+                if !gone.is_empty() {
+                    redis::cmd("SREM")
+                        .arg(&pending)
+                        .arg(gone)
+                        .query_async::<()>(&mut c)
+                        .await?;
+                }
+                Ok(rows)
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter(|f| f.get("status").is_some_and(|s| s == b"pending"))
+            .collect())
+    }
+}
+
 #[async_trait]
 impl DeviceFlowStore for RedisStore {
     async fn insert_device_flow(
@@ -226,44 +270,13 @@ impl DeviceFlowStore for RedisStore {
     }
 
     async fn pending_device_flows(&self) -> Result<Vec<DeviceFlowRow>, StoreError> {
-        let (pending, prefix) = (self.index("dp"), self.key("d", ""));
-        let mut c = self.conn();
-        let rows: Vec<Fields> = self
-            .run("listing device flows", async move {
-                let ids: Vec<String> = redis::cmd("SMEMBERS")
-                    .arg(&pending)
-                    .query_async(&mut c)
-                    .await?;
-                if ids.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let mut pipe = redis::pipe();
-                for id in &ids {
-                    pipe.cmd("HGETALL").arg(format!("{prefix}{id}"));
-                }
-                let rows: Vec<Fields> = pipe.query_async(&mut c).await?;
-                // Flows that expired in Redis leave their id behind: tidy it up.
-                let gone: Vec<&String> = ids
-                    .iter()
-                    .zip(&rows)
-                    .filter(|(_, f)| f.is_empty())
-                    .map(|(id, _)| id)
-                    .collect();
-                if !gone.is_empty() {
-                    redis::cmd("SREM")
-                        .arg(&pending)
-                        .arg(gone)
-                        .query_async::<()>(&mut c)
-                        .await?;
-                }
-                Ok(rows)
-            })
-            .await?;
-        let pending: Vec<Fields> = rows
-            .into_iter()
-            .filter(|f| f.get("status").is_some_and(|s| s == b"pending"))
-            .collect();
+        let pending = self.pending_flow_records().await?;
         Ok(super::readable("a device flow", &pending, row))
+    }
+
+    async fn all_pending_device_flows(&self) -> Result<Vec<DeviceFlowRow>, StoreError> {
+        let pending = self.pending_flow_records().await?;
+        pending.iter().map(row).collect()
     }
 
     async fn claim_device_poll(
