@@ -1703,6 +1703,7 @@ async fn ends_an_unreadable_delivery(b: &Backend) {
     s.add_deliveries(vec![
         delivery("bad", "t", 1_000),
         delivery("bad-attempts", "t", 1_010),
+        delivery("odd-attempts", "t", 1_015),
         delivery("not-a-hash", "u", 1_020),
         delivery("good", "t", 1_100),
         delivery("other", "u", 1_200),
@@ -1714,6 +1715,8 @@ async fn ends_an_unreadable_delivery(b: &Backend) {
     for command in [
         "HSET oauthd:o:bad created_at yesterday",
         "HSET oauthd:o:bad-attempts attempts x",
+        // A number Lua reads, but no whole one `HINCRBY` adds to.
+        "HSET oauthd:o:odd-attempts attempts 1.5",
         "DEL oauthd:o:not-a-hash",
         "SET oauthd:o:not-a-hash x",
     ] {
@@ -1724,13 +1727,18 @@ async fn ends_an_unreadable_delivery(b: &Backend) {
     let mut ids: Vec<_> = claimed.iter().map(|d| d.id.as_str()).collect();
     ids.sort();
     assert_eq!(ids, ["good", "other"]);
-    for id in ["bad", "bad-attempts"] {
+    for id in ["bad", "bad-attempts", "odd-attempts"] {
         let dead = format!(
             r#"EVAL "return redis.call('HGET', KEYS[1], 'status') == 'dead' and 1 or 0" 1 oauthd:o:{id}"#
         );
         assert_eq!(server.command(&dead).as_deref(), Some(":1"), "{id}");
     }
-    for (set, id) in [("t", "bad"), ("t", "bad-attempts"), ("u", "not-a-hash")] {
+    for (set, id) in [
+        ("t", "bad"),
+        ("t", "bad-attempts"),
+        ("t", "odd-attempts"),
+        ("u", "not-a-hash"),
+    ] {
         assert_eq!(
             server
                 .command(&format!("ZSCORE oauthd:od:{set} {id}"))
@@ -1757,8 +1765,10 @@ async fn ends_an_unreadable_delivery(b: &Backend) {
     );
     listed.sort();
     assert_eq!(listed, ["good", "other"]);
-    // Pruning goes past what is no delivery, and leaves it be.
-    assert_eq!(s.prune_deliveries(i64::MAX).await.unwrap(), 4);
+    // Pruning goes past what is no delivery, and leaves it be; a finished_at that is no
+    // number counts as long ago.
+    assert!(server.command("HSET oauthd:o:good finished_at x").is_some());
+    assert_eq!(s.prune_deliveries(i64::MAX).await.unwrap(), 5);
     assert_eq!(
         server.command("GET oauthd:o:not-a-hash").as_deref(),
         Some("$1")

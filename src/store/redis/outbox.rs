@@ -67,7 +67,8 @@ const LEGACY_BATCH: u32 = 1000;
 /// KEYS: due root, hash. ARGV: id, now, lease ms, the target whose due set the id was read
 /// from. The claimed delivery's fields (flat), an empty list when it is not due (another
 /// instance claimed it first) or no longer pending, or `{'unreadable'}` when its record is
-/// not a hash or its attempts not a number (nothing changed: `BURY` ends it). An id whose delivery is gone
+/// not a hash or its attempts not a whole number (`HINCRBY` would fail; nothing changed:
+/// `BURY` ends it). An id whose delivery is gone
 /// (its hash deleted by hand or evicted) leaves the due set: it would stand at its front,
 /// taking the target's room in every claim.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
@@ -84,7 +85,9 @@ if redis.call('HGET', KEYS[2], 'status') ~= 'pending' then
   if redis.call('ZCARD', due_set) == 0 then redis.call('SREM', targets_of(KEYS[1]), target) end
   return {}
 end
-if not tonumber(redis.call('HGET', KEYS[2], 'attempts') or '') then return {'unreadable'} end
+if not string.match(redis.call('HGET', KEYS[2], 'attempts') or '', '^%d+$') then
+  return {'unreadable'}
+end
 local lease_end = tonumber(ARGV[2]) + tonumber(ARGV[3])
 redis.call('HINCRBY', KEYS[2], 'attempts', 1)
 redis.call('HSET', KEYS[2], 'next_attempt_at', lease_end, 'last_attempt_at', ARGV[2],
@@ -201,7 +204,8 @@ if kind ~= 'hash' then
 end
 local status = redis.call('HGET', KEYS[2], 'status')
 if status == 'pending' then return 0 end
-if status and tonumber(redis.call('HGET', KEYS[2], 'finished_at') or '0') >= tonumber(ARGV[2]) then
+-- A finished_at that is no number (written by hand) counts as long ago.
+if status and (tonumber(redis.call('HGET', KEYS[2], 'finished_at') or '') or 0) >= tonumber(ARGV[2]) then
   return 0
 end
 local target = redis.call('HGET', KEYS[2], 'target')
@@ -379,7 +383,7 @@ impl RedisStore {
     async fn fill_target_logs(&self) -> Result<(), StoreError> {
         let (log, filled, prefix) = (self.delivery_log(), self.index("olf"), self.prefix.clone());
         let mut c = self.conn();
-        self.run("claiming deliveries", async move {
+        self.run("filling the targets' delivery logs", async move {
             FILL_TARGET_LOGS
                 .key(log)
                 .key(filled)
@@ -511,15 +515,12 @@ impl OutboxStore for RedisStore {
                 Ok(flat) if flat.is_empty() => Ok(None),
                 Ok(flat) if flat == [b"unreadable".to_vec()] => {
                     let why = super::corrupt("claiming a delivery", "attempts, or not a hash");
-                    self.bury(&id, target, &why, now_ms).await?;
-                    Ok(None)
+                    // A failure here is the claim's: what it took already is still sent.
+                    self.bury(&id, target, &why, now_ms).await.map(|()| None)
                 }
                 Ok(flat) => match row(&fields(flat)) {
                     Ok(d) => Ok(Some(d)),
-                    Err(e) => {
-                        self.bury(&id, target, &e, now_ms).await?;
-                        Ok(None)
-                    }
+                    Err(e) => self.bury(&id, target, &e, now_ms).await.map(|()| None),
                 },
                 Err(e) => Err(e),
             };
