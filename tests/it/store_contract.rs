@@ -1663,8 +1663,23 @@ async fn adds_an_earlier_versions_deliveries_to_target_logs(b: &Backend) {
         let claimed = s.claim_deliveries(1_000, 10_000, &none).await.unwrap();
         assert!(claimed.is_empty(), "{claimed:?}");
     }
-    let filled = r#"EVAL "return redis.call('GET', KEYS[1]) == 'done' and 1 or 0" 1 oauthd:olf"#;
+    // The cursor stands at the log's last delivery.
+    let filled = r#"EVAL "return string.match(redis.call('GET', KEYS[1]), ' old1499$') and 1 or 0" 1 oauthd:olf"#;
     assert_eq!(server.command(filled).as_deref(), Some(":1"));
+    // An earlier version still running beside this one logs a new delivery in the log
+    // only: the next claim adds it to its target's log too.
+    s.add_deliveries(vec![delivery("from-old", "t", 2_000)])
+        .await
+        .unwrap();
+    assert!(server.command("ZREM oauthd:ol:t from-old").is_some());
+    let claimed = s.claim_deliveries(1_000, 10_000, &none).await.unwrap();
+    assert!(claimed.is_empty(), "{claimed:?}");
+    assert_eq!(
+        server.command("ZSCORE oauthd:ol:t from-old").as_deref(),
+        Some("$4")
+    );
+    assert!(server.command("ZREM oauthd:ol:t from-old").is_some());
+    assert!(server.command("ZREM oauthd:ol from-old").is_some());
     for (target, count) in [("t", 750), ("u", 750)] {
         let listed = s
             .list_deliveries(DeliveryFilter::All, Some(target), 10_000)

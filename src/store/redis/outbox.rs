@@ -217,14 +217,16 @@ return 1
     )
 });
 
-/// KEYS: log, how far its targets' logs are filled (`olf`: the score and id last done, or
-/// `done`). ARGV: P, how many to add. Adds that many of the deliveries an earlier version
-/// logged only in the log to their target's log; returns 0 once none are left.
+/// KEYS: log, how far its targets' logs are filled (`olf`: the score and id last done).
+/// ARGV: P, how many to add. Adds that many of the log's deliveries past that point to
+/// their target's log; returns 1 while more are left. Run at every claim, for good: an
+/// earlier version still running beside this one (a rolling upgrade) logs its deliveries
+/// in the log only. (Those this version adds are in their target's log already; adding
+/// them again changes nothing.)
 static FILL_TARGET_LOGS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local at = redis.call('GET', KEYS[2])
-if at == 'done' then return 0 end
 local from = 0
 if at then
   local score, id = string.match(at, '^(%S+) (%S+)$')
@@ -241,11 +243,8 @@ for i = 1, #ids, 2 do
   local target = redis.pcall('HGET', ARGV[1] .. 'o:' .. ids[i], 'target')
   if type(target) == 'string' then redis.call('ZADD', KEYS[1] .. ':' .. target, ids[i + 1], ids[i]) end
 end
-if #ids < 2 * n then
-  redis.call('SET', KEYS[2], 'done')
-  return 0
-end
-redis.call('SET', KEYS[2], ids[#ids] .. ' ' .. ids[#ids - 1])
+if #ids > 0 then redis.call('SET', KEYS[2], ids[#ids] .. ' ' .. ids[#ids - 1]) end
+if #ids < 2 * n then return 0 end
 return 1
 "#,
     )
@@ -379,7 +378,7 @@ impl RedisStore {
     }
 
     /// Adds what an earlier version logged only in the log to the targets' logs (a batch
-    /// per call, as `move_legacy_due`).
+    /// per call, as `move_legacy_due`; at each claim, since such a version may still run).
     async fn fill_target_logs(&self) -> Result<(), StoreError> {
         let (log, filled, prefix) = (self.delivery_log(), self.index("olf"), self.prefix.clone());
         let mut c = self.conn();
