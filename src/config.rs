@@ -235,7 +235,8 @@ pub struct StatesConfig {
     /// Whether creates may ask for `sliding` states, and the latest a sliding state may
     /// live to, counted from its creation.
     pub sliding: bool,
-    pub max_lifetime_seconds: u64,
+    /// Unset: `DEFAULT_MAX_LIFETIME_SECONDS`, or a namespace's default TTL when longer.
+    pub max_lifetime_seconds: Option<u64>,
     pub namespaces: BTreeMap<String, NamespaceConfig>,
 }
 
@@ -256,7 +257,7 @@ impl Default for StatesConfig {
             max_states_per_subject: 1000,
             max_attempts: 5,
             sliding: true,
-            max_lifetime_seconds: 30 * 86400,
+            max_lifetime_seconds: None,
             namespaces: BTreeMap::new(),
         }
     }
@@ -484,7 +485,10 @@ impl Settings {
                 max_states_per_subject: Some(s.max_states_per_subject),
                 max_attempts: Some(s.max_attempts),
                 sliding: Some(s.sliding),
-                max_lifetime_seconds: Some(s.max_lifetime_seconds),
+                max_lifetime_seconds: Some(lifetime_or_default(
+                    s.max_lifetime_seconds,
+                    default_ttl,
+                )),
             },
         )?;
         let mut overrides = Vec::new();
@@ -492,8 +496,9 @@ impl Settings {
             let key = format!("states.namespaces.{pattern:?}");
             check_pattern(pattern).map_err(|e| invalid(&key, e.to_string()))?;
             let max = ns.max_ttl_seconds.unwrap_or(s.max_ttl_seconds);
+            let ns_default_ttl = ns.default_ttl_seconds.unwrap_or(default_ttl.min(max));
             let resolved = NamespaceConfig {
-                default_ttl_seconds: Some(ns.default_ttl_seconds.unwrap_or(default_ttl.min(max))),
+                default_ttl_seconds: Some(ns_default_ttl),
                 max_ttl_seconds: Some(max),
                 max_states: Some(ns.max_states.unwrap_or(s.max_states)),
                 max_states_per_subject: Some(
@@ -502,9 +507,10 @@ impl Settings {
                 ),
                 max_attempts: Some(ns.max_attempts.unwrap_or(s.max_attempts)),
                 sliding: Some(ns.sliding.unwrap_or(s.sliding)),
-                max_lifetime_seconds: Some(
-                    ns.max_lifetime_seconds.unwrap_or(s.max_lifetime_seconds),
-                ),
+                max_lifetime_seconds: Some(lifetime_or_default(
+                    ns.max_lifetime_seconds.or(s.max_lifetime_seconds),
+                    ns_default_ttl,
+                )),
             };
             overrides.push((pattern.clone(), ttl_rule(&key, &resolved)?));
         }
@@ -783,6 +789,16 @@ fn secret_from_env(name: &str) -> Result<Option<SecretText>, ConfigError> {
     Ok(secret.map(|t| SecretText::new(t.to_string())))
 }
 
+/// A sliding state's longest life when none is set: 30 days.
+const DEFAULT_MAX_LIFETIME_SECONDS: u64 = 30 * 86400;
+
+/// `max_lifetime_seconds` as set, else the default, raised to the rule's default TTL: a
+/// lifetime nobody wrote never makes a rule whose sliding states cannot be made (one that
+/// was written does, and is refused).
+fn lifetime_or_default(set: Option<u64>, default_ttl: u64) -> u64 {
+    set.unwrap_or(DEFAULT_MAX_LIFETIME_SECONDS.max(default_ttl))
+}
+
 /// Checks one namespace rule, every value given (`resolve` fills in the defaults).
 fn ttl_rule(key: &str, values: &NamespaceConfig) -> Result<TtlRule, ConfigError> {
     let default = values.default_ttl_seconds.unwrap_or(0);
@@ -947,6 +963,10 @@ mod tests {
             "[states.namespaces.\"x\"]\nmax_lifetime_seconds = 300\ndefault_ttl_seconds = 300\n"
         )
         .is_ok());
+        // A default TTL past the default lifetime (30 days), no lifetime written: the
+        // lifetime follows the TTL.
+        let long = "[states]\nmax_ttl_seconds = 5184000\n[states.namespaces.\"y\"]\ndefault_ttl_seconds = 5184000\n";
+        assert!(parse(long).is_ok());
     }
 
     #[test]
