@@ -46,16 +46,17 @@ impl FromRequest for JsonObject {
         let is_json = matches!(req.mime_type(), Ok(Some(m))
             if m.type_() == mime::APPLICATION
                 && (m.subtype() == mime::JSON || m.suffix() == Some(mime::JSON)));
-        // No body at all (and no content type) is an empty object: every field optional.
-        let no_content_type = !req.headers().contains_key(header::CONTENT_TYPE);
+        // No body at all is an empty object (every field optional), whatever the content
+        // type says.
         let limit = req
             .app_data::<actix_web::web::Data<BodyLimit>>()
             .map_or(64 * 1024, |l| l.0);
         let declared = declared_length(req);
         let mut payload = payload.take();
         Box::pin(async move {
-            let may_be_empty = no_content_type && declared.is_none_or(|n| n == 0);
-            if !(is_json || may_be_empty) {
+            // A body declared, and not JSON: refused before it is read. No body under any
+            // content type (`curl -X POST -d ''` declares a form of no bytes) is no body.
+            if !is_json && declared.is_some_and(|n| n > 0) {
                 return Err(not_json());
             }
             let body = read_limited(
