@@ -721,17 +721,19 @@ fn env_text(name: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// `NAME`, or the trimmed contents of the file named by `NAME_FILE`; empty counts as
-/// unset. Both set is an error (which one was meant?), and so is a `NAME_FILE` that cannot
-/// be read; each names the variable.
+/// `NAME`, else the trimmed contents of the file named by `NAME_FILE`; empty counts as
+/// unset. Both set: `NAME` wins, as it always did, with a warning that names both (the
+/// operator may think the file is used). A `NAME_FILE` that cannot be read is an error
+/// naming it.
 fn env_or_file(name: &str) -> Result<Option<zeroize::Zeroizing<String>>, ConfigError> {
     let file_var = format!("{name}_FILE");
     match (env_text(name), env_text(&file_var)) {
-        (Some(_), Some(_)) => Err(invalid(
-            format!("{name} and {file_var}"),
-            "both are set: set one of them (the value, or the file that holds it)",
-        )),
-        (Some(t), None) => Ok(Some(zeroize::Zeroizing::new(t))),
+        (Some(t), file) => {
+            if file.is_some() {
+                log::warn!("{name} and {file_var} are both set: {name} is used and {file_var} ignored; unset one of them");
+            }
+            Ok(Some(zeroize::Zeroizing::new(t)))
+        }
         (None, Some(path)) => {
             let text = zeroize::Zeroizing::new(
                 std::fs::read_to_string(&path)
