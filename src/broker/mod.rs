@@ -109,6 +109,8 @@ impl BrokerError {
 pub struct ConnectStart {
     pub authorize_url: Url,
     pub expires_at_ms: i64,
+    /// The flow's state, to ask later whether it is still open (`flow_open`); never shown.
+    pub flow: (StateValue, Namespace),
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -251,8 +253,19 @@ impl Broker {
             .is_none_or(|p| p.paste_redirect.is_none())
     }
 
+    /// Whether the flow `start` began is still open: its state not yet taken by a
+    /// callback (of any oauthd on this store) nor expired.
+    pub async fn flow_open(&self, start: &ConnectStart) -> Result<bool, BrokerError> {
+        let (state, namespace) = &start.flow;
+        match self.states.verify(state, namespace, false).await {
+            Ok(_) => Ok(true),
+            Err(StateError::NotFound | StateError::Expired { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Whether `provider`/`account` got its tokens from a (re)connect at or after
-    /// `since_ms`: a flow finished by any oauthd on this store (its callback).
+    /// `since_ms`.
     pub async fn connected_since(
         &self,
         provider: &str,
@@ -410,6 +423,7 @@ impl Broker {
             serde_json::to_vec(&secrets).map_err(|_| BrokerError::Vault(VaultError::Corrupt))?,
         );
         let sealed = self.vault.seal(&state_aad(namespace.as_str()), &plain)?;
+        let flow = (state.clone(), namespace.clone());
         let issued = self
             .states
             .issue_value(
@@ -432,6 +446,7 @@ impl Broker {
         Ok(ConnectStart {
             authorize_url: confirm_url.unwrap_or(request.url),
             expires_at_ms: issued.expires_at_ms,
+            flow,
         })
     }
 }

@@ -290,7 +290,7 @@ pub(super) fn connect_paste(
             );
             out!("Copy that page's whole address from the address bar, paste it here and press Enter (within {ttl}):");
         }
-        let elsewhere = finished_elsewhere(&broker, provider, account, started_ms);
+        let elsewhere = finished_elsewhere(&broker, &start, provider, account, started_ms);
         tokio::pin!(elsewhere);
         // A paste that touched no flow leaves this one open for the right address, as
         // the page does: ask again, a few times.
@@ -298,9 +298,15 @@ pub(super) fn connect_paste(
         for _ in 0..PASTE_TRIES {
             let line = tokio::select! {
                 line = read_stdin_line() => line?,
-                () = &mut elsewhere => {
-                    out!("Connected {provider}/{account} (oauthd's callback finished the flow).");
-                    return Ok(());
+                connected = &mut elsewhere => {
+                    if connected {
+                        out!("Connected {provider}/{account} (oauthd's callback finished the flow).");
+                        return Ok(());
+                    }
+                    return Err(Fatal(
+                        format!("not connected: the flow ended without connecting {provider}/{account} (a callback took it and failed: its page said why; or it expired). Start again"),
+                        1,
+                    ));
                 }
             };
             if line.trim().is_empty() {
@@ -331,20 +337,32 @@ pub(super) fn connect_paste(
     result
 }
 
-/// Resolves once `provider`/`account` was connected at or after `since_ms` by anyone (a
-/// running oauthd's callback). A store that does not answer is asked again.
+/// Resolves once the flow `start` began is no longer open (a callback of a running
+/// oauthd took its state, or it expired): `true` when that connected the account. A
+/// store that does not answer is asked again.
 async fn finished_elsewhere(
     broker: &crate::broker::Broker,
+    start: &crate::broker::ConnectStart,
     provider: &str,
     account: &str,
     since_ms: i64,
-) {
+) -> bool {
+    let every = std::time::Duration::from_millis(500);
     loop {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        if let Ok(true) = broker.connected_since(provider, account, since_ms).await {
-            return;
+        tokio::time::sleep(every).await;
+        if let Ok(false) = broker.flow_open(start).await {
+            break;
         }
     }
+    // The callback takes the state first, then redeems the code at the provider and
+    // stores the tokens: give it the provider's time.
+    for _ in 0..60 {
+        if let Ok(true) = broker.connected_since(provider, account, since_ms).await {
+            return true;
+        }
+        tokio::time::sleep(every).await;
+    }
+    false
 }
 
 /// Addresses `connect --paste` takes before it gives up.

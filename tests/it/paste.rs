@@ -508,6 +508,21 @@ async fn a_terminal_paste_ends_when_the_running_oauthd_finishes_the_flow() {
         "{printed}"
     );
     let authorize = authorize.unwrap_or_else(|| panic!("no authorization URL printed: {printed}"));
+    // The account connected another way meanwhile (an import) is not this flow finishing:
+    // the command goes on waiting.
+    let file = home.dir.path().join("tokens.jsonl");
+    std::fs::write(
+        &file,
+        "{\"provider\":\"peer\",\"account\":\"cli1\",\"access_token\":\"tok-imported\"}\n",
+    )
+    .unwrap();
+    let imported = home.cli(&["connections", "import", "--file", file.to_str().unwrap()]);
+    assert!(imported.status.success(), "{imported:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the command took an import for its flow"
+    );
     let address = peer.approve(&authorize).await;
     assert!(address.starts_with(&d.url), "{address}");
     let landed = d.http.get(&address).send().await.unwrap();
