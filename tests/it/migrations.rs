@@ -25,6 +25,19 @@ fn sha256(text: &str) -> Vec<u8> {
     Sha256::digest(text.as_bytes()).to_vec()
 }
 
+/// A new vault key file beside the home's database, as the server would make it.
+fn new_key_file(home: &Home) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let key_file = home.dir.path().join("oauthd.db.key");
+    let out = std::process::Command::new(common::BIN)
+        .arg("keygen")
+        .output()
+        .unwrap();
+    std::fs::write(&key_file, &out.stdout).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    key_file
+}
+
 /// A database at `version` (1-based: how many schema files were applied), with rows.
 fn old_database(db: &Path, key_file: &Path, version: usize) {
     let conn = rusqlite::Connection::open(db).unwrap();
@@ -111,14 +124,7 @@ async fn every_earlier_schema_version_upgrades_with_its_rows_usable() {
     for version in 1..=SCHEMA.len() {
         let home = Home::new();
         home.write_config(provider);
-        let key_file = home.dir.path().join("oauthd.db.key");
-        let out = std::process::Command::new(common::BIN)
-            .arg("keygen")
-            .output()
-            .unwrap();
-        std::fs::write(&key_file, &out.stdout).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let key_file = new_key_file(&home);
         old_database(&home.db(), &key_file, version);
 
         let d = home.start();
@@ -251,14 +257,7 @@ async fn states_stored_under_the_old_key_keep_working() {
 #[tokio::test(flavor = "multi_thread")]
 async fn only_serve_upgrades_an_older_schema() {
     let home = Home::new();
-    let key_file = home.dir.path().join("oauthd.db.key");
-    let out = std::process::Command::new(common::BIN)
-        .arg("keygen")
-        .output()
-        .unwrap();
-    std::fs::write(&key_file, &out.stdout).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let key_file = new_key_file(&home);
     let old = SCHEMA.len();
     old_database(&home.db(), &key_file, old);
     let version = || -> i64 {

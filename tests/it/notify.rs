@@ -316,28 +316,22 @@ async fn a_failing_receiver_gets_the_same_webhook_id_until_it_accepts() {
         (status, problem["code"].as_str()),
         (400, Some("unknown_field"))
     );
-    let resp = d
-        .http
-        .post(format!("{}/v1/notify/test", d.url))
-        .bearer_auth(&key)
-        .header("content-type", "text/plain")
-        .body("hello")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 415);
+    let test_with = |content_type: &'static str, body: &'static str| {
+        d.http
+            .post(format!("{}/v1/notify/test", d.url))
+            .bearer_auth(&key)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    assert_eq!(
+        test_with("text/plain", "hello").await.unwrap().status(),
+        415
+    );
     // No body at all under any content type (`curl -X POST -d ''` declares a form) is
     // the empty object: not refused (here, past the test's rate limit: 429).
-    let resp = d
-        .http
-        .post(format!("{}/v1/notify/test", d.url))
-        .bearer_auth(&key)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 429);
+    let form = "application/x-www-form-urlencoded";
+    assert_eq!(test_with(form, "").await.unwrap().status(), 429);
     // A tenant's key (limited to some accounts or namespaces) may not ring the operator's
     // targets.
     let out = home.cli(&["keys", "create", "--name", "tenant", "--account", "acme.*"]);

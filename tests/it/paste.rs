@@ -351,6 +351,26 @@ async fn an_expired_paste_says_start_again() {
     assert_eq!(body["account"], "default");
 }
 
+/// What `connect --paste` prints up to its prompt, and the authorization URL in it.
+fn until_the_paste_prompt(out: &mut impl BufRead, peer: &Peer) -> (String, Option<String>) {
+    let mut printed = String::new();
+    let mut authorize = None;
+    for _ in 0..10 {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        printed.push_str(&line);
+        if line.starts_with(&peer.issuer) {
+            authorize = Some(line.trim().to_owned());
+        }
+        if line.contains("paste it here") {
+            break;
+        }
+    }
+    (printed, authorize)
+}
+
 /// `oauthd connect peer --paste`: prints the authorization URL, reads the address from
 /// stdin. Returns the exit status and everything printed.
 async fn cli_paste(
@@ -370,21 +390,7 @@ async fn cli_paste(
         .spawn()
         .expect("run oauthd");
     let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut printed = String::new();
-    let mut authorize = None;
-    for _ in 0..10 {
-        let mut line = String::new();
-        if out.read_line(&mut line).unwrap_or(0) == 0 {
-            break;
-        }
-        printed.push_str(&line);
-        if line.starts_with(&peer.issuer) {
-            authorize = Some(line.trim().to_owned());
-        }
-        if line.contains("paste it here") {
-            break;
-        }
-    }
+    let (mut printed, authorize) = until_the_paste_prompt(&mut out, peer);
     let authorize = authorize.unwrap_or_else(|| panic!("no authorization URL printed: {printed}"));
     let address = peer.approve(&authorize).await;
     let mut stdin = child.stdin.take().unwrap();
@@ -488,21 +494,7 @@ async fn a_terminal_paste_ends_when_the_running_oauthd_finishes_the_flow() {
         .spawn()
         .expect("run oauthd");
     let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut printed = String::new();
-    let mut authorize = None;
-    for _ in 0..10 {
-        let mut line = String::new();
-        if out.read_line(&mut line).unwrap_or(0) == 0 {
-            break;
-        }
-        printed.push_str(&line);
-        if line.starts_with(&peer.issuer) {
-            authorize = Some(line.trim().to_owned());
-        }
-        if line.contains("paste it here") {
-            break;
-        }
-    }
+    let (printed, authorize) = until_the_paste_prompt(&mut out, &peer);
     assert!(
         printed.contains("If oauthd answers there, the flow finishes by itself"),
         "{printed}"

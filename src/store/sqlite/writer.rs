@@ -517,23 +517,28 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// A writer on a new WAL database at `path` holding `schema`.
+    fn test_writer(path: &std::path::Path, schema: &str) -> Writer {
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch(&format!("PRAGMA journal_mode=WAL; {schema}"))
+            .unwrap();
+        let reopen_path = path.to_owned();
+        Writer::start(
+            conn,
+            Box::new(move || Connection::open(&reopen_path)),
+            "test".into(),
+            Arc::new(ChangeWatch::default()),
+        )
+        .unwrap()
+    }
+
     /// A job that panics (a bug) fails, with its group, and the writer goes on: it used
     /// to end the thread, and every later write failed for good.
     #[tokio::test]
     async fn a_job_that_panics_fails_alone_and_the_writer_goes_on() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("writer.db");
-        let conn = Connection::open(&path).unwrap();
-        conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (x INTEGER)")
-            .unwrap();
-        let reopen_path = path.clone();
-        let writer = Writer::start(
-            conn,
-            Box::new(move || Connection::open(&reopen_path)),
-            "test".into(),
-            Arc::new(ChangeWatch::default()),
-        )
-        .unwrap();
+        let writer = test_writer(&path, "CREATE TABLE t (x INTEGER)");
         let panicked = writer
             .run("test", |c| -> rusqlite::Result<()> {
                 c.execute("INSERT INTO t VALUES (1)", [])?;
@@ -625,20 +630,10 @@ mod tests {
     async fn the_counts_of_a_job_that_failed_and_was_undone_are_not_written() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("writer.db");
-        let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL;
-             CREATE TABLE namespace_counts (namespace TEXT PRIMARY KEY, live INTEGER NOT NULL)",
-        )
-        .unwrap();
-        let reopen_path = path.clone();
-        let writer = Writer::start(
-            conn,
-            Box::new(move || Connection::open(&reopen_path)),
-            "test".into(),
-            Arc::new(ChangeWatch::default()),
-        )
-        .unwrap();
+        let writer = test_writer(
+            &path,
+            "CREATE TABLE namespace_counts (namespace TEXT PRIMARY KEY, live INTEGER NOT NULL)",
+        );
         let failed = writer
             .run_atomic("test", |tx| {
                 tx.states_changed("kept", 1);
