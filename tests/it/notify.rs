@@ -25,6 +25,24 @@ fn target_toml(home: &Home, name: &str, receiver: &Receiver, secret: &str, extra
     )
 }
 
+/// Provider gh, for connections imported with `import_gh` (nothing is asked of it).
+const GH_TOML: &str =
+    "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n";
+
+/// Imports gh/`account` for each account, with the CLI: one `connection.connected` each.
+fn import_gh(home: &Home, accounts: impl IntoIterator<Item = String>) {
+    let lines: String = accounts
+        .into_iter()
+        .map(|a| {
+            format!("{{\"provider\":\"gh\",\"account\":\"{a}\",\"access_token\":\"tok-{a}\"}}\n")
+        })
+        .collect();
+    let file = home.dir.path().join("tokens.jsonl");
+    std::fs::write(&file, lines).unwrap();
+    let out = home.cli(&["connections", "import", "--file", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+}
+
 /// Fast retries, and a failing refresh is told at once.
 const EVENTS_TOML: &str =
     "[events]\nrefresh_failing_after_seconds = 0\nretry_min_seconds = 1\nretry_max_seconds = 2\n";
@@ -478,8 +496,7 @@ async fn a_gone_target_gets_nothing_until_it_is_tried_again_by_hand() {
     let home = Home::new();
     let secret = new_secret();
     let hooks = Receiver::start(Some(&secret));
-    let provider =
-        "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n";
+    let provider = GH_TOML;
     home.write_config(&format!(
         "{}{provider}{EVENTS_TOML}",
         target_toml(&home, "app", &hooks, &secret, "")
@@ -487,13 +504,7 @@ async fn a_gone_target_gets_nothing_until_it_is_tried_again_by_hand() {
     let key = home.create_key("app", &[]);
     let d = home.start();
     let session = d.sign_in(&home.login_link(&d)).await;
-    let import = |account: &str| {
-        let file = home.dir.path().join("tokens.jsonl");
-        let line = format!("{{\"provider\":\"gh\",\"account\":\"{account}\",\"access_token\":\"tok-{account}\"}}\n");
-        std::fs::write(&file, line).unwrap();
-        let out = home.cli(&["connections", "import", "--file", file.to_str().unwrap()]);
-        assert!(out.status.success(), "{out:?}");
-    };
+    let import = |account: &str| import_gh(&home, [account.to_owned()]);
     let rows = || -> Vec<Value> {
         let out = home.cli(&["events", "list", "--json", "--target", "app"]);
         serde_json::from_slice(&out.stdout).unwrap_or_default()
@@ -890,8 +901,7 @@ async fn a_quiet_targets_last_delivery_shows_behind_a_busy_ones() {
     let home = Home::new();
     let secret = new_secret();
     let hooks = Receiver::start(Some(&secret));
-    let provider =
-        "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n";
+    let provider = GH_TOML;
     let quiet = "events = [\"connection.deleted\"]";
     home.write_config(&format!(
         "{}{}{provider}{EVENTS_TOML}",
@@ -900,13 +910,7 @@ async fn a_quiet_targets_last_delivery_shows_behind_a_busy_ones() {
     ));
     home.create_key("app", &[]);
     let import = |accounts: std::ops::Range<usize>| {
-        let lines: String = accounts
-            .map(|n| format!("{{\"provider\":\"gh\",\"account\":\"a{n:02}\",\"access_token\":\"tok-{n}\"}}\n"))
-            .collect();
-        let file = home.dir.path().join("tokens.jsonl");
-        std::fs::write(&file, lines).unwrap();
-        let out = home.cli(&["connections", "import", "--file", file.to_str().unwrap()]);
-        assert!(out.status.success(), "{out:?}");
+        import_gh(&home, accounts.map(|n| format!("a{n:02}")));
     };
     // Connected (busy only), deleted (both), then 60 more connected (busy only).
     import(0..1);
@@ -1012,8 +1016,7 @@ async fn a_delivery_for_a_target_not_configured_here_is_kept_and_retried() {
     let home = Home::new();
     let secret = new_secret();
     let hooks = Receiver::start(Some(&secret));
-    let provider =
-        "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n";
+    let provider = GH_TOML;
     let app = target_toml(&home, "app", &hooks, &secret, "");
     leave_a_delivery_for_ghost(&home, &format!("{app}{provider}"));
     let _d = home.start();
@@ -1040,8 +1043,7 @@ async fn a_delivery_for_a_target_not_configured_here_is_kept_and_retried() {
 #[tokio::test(flavor = "multi_thread")]
 async fn deliveries_left_for_removed_targets_are_worked_on_with_no_target_left() {
     let home = Home::new();
-    let provider =
-        "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n";
+    let provider = GH_TOML;
     leave_a_delivery_for_ghost(&home, provider);
     let _d = home.start();
     let ghost_error = |home: &Home| {

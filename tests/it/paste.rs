@@ -351,6 +351,28 @@ async fn an_expired_paste_says_start_again() {
     assert_eq!(body["account"], "default");
 }
 
+/// `oauthd connect peer --paste` on the home's database and config, with `extra`
+/// arguments; its stdout, to read.
+fn start_paste(
+    home: &Home,
+    extra: &[&str],
+) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new(common::BIN)
+        .args(["connect", "peer", "--paste", "--db"])
+        .arg(home.db())
+        .arg("--config")
+        .arg(home.config())
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run oauthd");
+    let out = BufReader::new(child.stdout.take().expect("stdout"));
+    (child, out)
+}
+
 /// What `connect --paste` prints up to its prompt, and the authorization URL in it.
 fn until_the_paste_prompt(out: &mut impl BufRead, peer: &Peer) -> (String, Option<String>) {
     let mut printed = String::new();
@@ -378,18 +400,7 @@ async fn cli_paste(
     peer: &Peer,
     answer: impl FnOnce(String) -> String,
 ) -> (bool, String) {
-    let mut child = Command::new(common::BIN)
-        .args(["connect", "peer", "--paste", "--db"])
-        .arg(home.db())
-        .arg("--config")
-        .arg(home.config())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run oauthd");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let (mut child, mut out) = start_paste(home, &[]);
     let (mut printed, authorize) = until_the_paste_prompt(&mut out, peer);
     let authorize = authorize.unwrap_or_else(|| panic!("no authorization URL printed: {printed}"));
     let address = peer.approve(&authorize).await;
@@ -480,20 +491,8 @@ async fn a_terminal_paste_ends_when_the_running_oauthd_finishes_the_flow() {
     let home = Home::new();
     home.write_config(&peer.provider_toml("peer"));
     let d = home.start();
-    let mut child = Command::new(common::BIN)
-        .args(["connect", "peer", "--paste", "--account", "cli1", "--db"])
-        .arg(home.db())
-        .arg("--config")
-        .arg(home.config())
-        .arg("--listen")
-        .arg(d.url.trim_start_matches("http://"))
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run oauthd");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let listen = d.url.trim_start_matches("http://");
+    let (mut child, mut out) = start_paste(&home, &["--account", "cli1", "--listen", listen]);
     let (printed, authorize) = until_the_paste_prompt(&mut out, &peer);
     assert!(
         printed.contains("If oauthd answers there, the flow finishes by itself"),
