@@ -29,6 +29,15 @@ fn target_toml(home: &Home, name: &str, receiver: &Receiver, secret: &str, extra
 const GH_TOML: &str =
     "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n";
 
+/// What the page's notifications section reads (`GET /ui/api/events`).
+async fn page_events(d: &common::Daemon, session: &str) -> Value {
+    d.ui_get("/ui/api/events", session)
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Imports gh/`account` for each account, with the CLI: one `connection.connected` each.
 fn import_gh(home: &Home, accounts: impl IntoIterator<Item = String>) {
     let lines: String = accounts
@@ -519,15 +528,8 @@ async fn a_gone_target_gets_nothing_until_it_is_tried_again_by_hand() {
         assert!(done, "{all:?}");
         all
     };
-    let gone_since = || async {
-        let events: Value = d
-            .ui_get("/ui/api/events", &session)
-            .await
-            .json()
-            .await
-            .unwrap();
-        events["targets"][0]["gone_since"].clone()
-    };
+    let gone_since =
+        || async { page_events(&d, &session).await["targets"][0]["gone_since"].clone() };
 
     hooks.fail_next(1, 410).await;
     import("a1");
@@ -920,15 +922,7 @@ async fn a_quiet_targets_last_delivery_shows_behind_a_busy_ones() {
     let d = home.start();
     assert_eq!(hooks.wait_for_all(63, WAIT).await.len(), 63);
     let session = d.sign_in(&home.login_link(&d)).await;
-    let page = || async {
-        let events: Value = d
-            .ui_get("/ui/api/events", &session)
-            .await
-            .json()
-            .await
-            .unwrap();
-        events
-    };
+    let page = || page_events(&d, &session);
     let target = |events: &Value, name: &str| -> Value {
         let all = events["targets"].as_array().cloned().unwrap_or_default();
         all.into_iter()
