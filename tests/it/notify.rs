@@ -380,13 +380,7 @@ async fn a_dead_delivery_is_sent_again_by_events_retry() {
     hooks.fail_next(1000, 500).await;
     let (status, sent) = d.post("/v1/notify/test", &key, json!({})).await;
     assert_eq!(status, 202);
-    let dead = |home: &Home| {
-        let out = home.cli(&["events", "list", "--failed", "--json"]);
-        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        (list[0]["status"] == "dead").then(|| list[0].clone())
-    };
-    assert!(common::eventually(WAIT, || dead(&home).is_some()).await);
-    let row = dead(&home).unwrap();
+    let row = failed_row_once(&home, |r| r["status"] == "dead").await;
     assert_eq!(row["event_id"], sent["event_id"]);
     assert_eq!(row["last_error"], "HTTP 500");
     let attempts = hooks.of_type("notify.test").await.len();
