@@ -730,7 +730,7 @@ fn env_or_file(name: &str) -> Result<Option<zeroize::Zeroizing<String>>, ConfigE
     match (env_text(name), env_text(&file_var)) {
         (Some(t), file) => {
             if file.is_some() {
-                log::warn!("{name} and {file_var} are both set: {name} is used and {file_var} ignored; unset one of them");
+                warn_both_set(name, &file_var);
             }
             Ok(Some(zeroize::Zeroizing::new(t)))
         }
@@ -746,10 +746,20 @@ fn env_or_file(name: &str) -> Result<Option<zeroize::Zeroizing<String>>, ConfigE
     }
 }
 
+/// The one warning for a setting given both as a value and as a file: the value wins, as
+/// it always did, and the operator may think the file is used.
+fn warn_both_set(name: &str, file_var: &str) {
+    log::warn!("{name} and {file_var} are both set: {name} is used and {file_var} ignored; unset one of them");
+}
+
 /// The vault key: `OAUTHD_KEY`, else the file `OAUTHD_KEY_FILE`, else `<db>.key` beside
-/// the database (created at the server's first start).
+/// the database (created at the server's first start). Both set: `OAUTHD_KEY`, with the
+/// warning every such setting gives.
 fn key_source(db: &Path) -> KeySource {
     if let Some(key) = env_text("OAUTHD_KEY") {
+        if env_text("OAUTHD_KEY_FILE").is_some() {
+            warn_both_set("OAUTHD_KEY", "OAUTHD_KEY_FILE");
+        }
         return KeySource::Inline(zeroize::Zeroizing::new(key));
     }
     if let Some(path) = env_text("OAUTHD_KEY_FILE") {

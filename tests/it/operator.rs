@@ -410,6 +410,29 @@ async fn every_setting_from_the_environment_follows_one_rule_trimmed_and_empty_i
         "{err}"
     );
     assert!(!err.contains("from-the-"), "a secret in the message: {err}");
+    // The vault key follows the same rule: OAUTHD_KEY wins over OAUTHD_KEY_FILE, and says so
+    // (it used to be silent).
+    let mut key_file = home.db().as_os_str().to_owned();
+    key_file.push(".key");
+    let key_text = std::fs::read_to_string(&key_file).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["keys", "list", "--db"])
+        .arg(home.db())
+        .env("OAUTHD_KEY", key_text.trim())
+        .env("OAUTHD_KEY_FILE", &key_file)
+        .env_remove("OAUTHD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("OAUTHD_KEY and OAUTHD_KEY_FILE are both set: OAUTHD_KEY is used"),
+        "{err}"
+    );
+    assert!(
+        !err.contains(key_text.trim()),
+        "the key in the message: {err}"
+    );
 }
 
 /// The access lines (target `oauthd::access`) in a home's log.
