@@ -136,6 +136,18 @@ impl Broker {
         let key = ConnectionKey::new(&provider, &account);
         let before = self.store.get_connection(&key).await?;
         let now = self.clock.now_ms();
+        let expires_at_ms = match tokens.expiry {
+            ImportExpiry::Unknown => None,
+            ImportExpiry::AtMs(at) => Some(at),
+            ImportExpiry::In(d) => Some(now.saturating_add(d.as_millis() as i64)),
+        };
+        // Stored, it would only ever answer needs_reauth: the app is told now instead.
+        if tokens.refresh_token.is_none() && expires_at_ms.is_some_and(|at| at <= now) {
+            return Err(bad(
+                "the access token has expired and there is no refresh_token to renew it: \
+                 nothing usable to import (send a refresh_token, or connect the account)",
+            ));
+        }
         let set = TokenSet {
             access_token: tokens.access_token,
             token_type: tokens.token_type,
@@ -147,11 +159,7 @@ impl Broker {
             id_token: None,
         };
         let mut sealed = self.seal_tokens(&provider, &account, &set, None)?;
-        sealed.access_expires_at_ms = match tokens.expiry {
-            ImportExpiry::Unknown => None,
-            ImportExpiry::AtMs(at) => Some(at),
-            ImportExpiry::In(d) => Some(now.saturating_add(d.as_millis() as i64)),
-        };
+        sealed.access_expires_at_ms = expires_at_ms;
         let events = self.connected_events(&key, before.as_ref(), super::events::Via::Import);
         // Dropped after the write (even when this call is cancelled meanwhile): reads that
         // began before it cannot put the old token back.

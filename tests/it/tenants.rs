@@ -296,6 +296,20 @@ async fn imported_tokens_are_served_refreshed_and_end_as_needs_reauth_when_rejec
             400,
             "invalid_tokens",
         ),
+        // An access token already expired with nothing to renew it: refused, not stored
+        // to answer needs_reauth ever after.
+        (
+            "/v1/connections/peer/expired",
+            json!({"access_token": "SECRET-1", "expires_in": 0}),
+            400,
+            "invalid_tokens",
+        ),
+        (
+            "/v1/connections/peer/expired",
+            json!({"access_token": "SECRET-1", "expires_at": "2001-01-01T00:00:00Z"}),
+            400,
+            "invalid_tokens",
+        ),
         (
             "/v1/connections/nobody/x",
             json!({"access_token": "SECRET-1"}),
@@ -316,6 +330,8 @@ async fn imported_tokens_are_served_refreshed_and_end_as_needs_reauth_when_rejec
             "{body}: {answer}"
         );
     }
+    let (status, _) = d.get("/v1/connections/peer/expired", &key).await;
+    assert_eq!(status, 404, "a refused import stored nothing");
     assert!(!home.log_text().contains(&refresh));
 }
 
