@@ -123,7 +123,7 @@ const ENDPOINT: &str = "/v1/proxy/{provider}/{account}/{path}";
         (status = 408, description = "The request body did not arrive in time (`body_timeout`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "The grant is gone (`needs_reauth`): an app starts a new connect flow for the account; `reconnect_url` is the operator's page, behind its sign-in.", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 413, description = "The request body is larger than `proxy.max_request_bytes` (`body_too_large`).", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 502, description = "The API's answer is larger than `proxy.max_response_bytes` (`upstream_too_large`) or it cannot be reached (`upstream_unavailable`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 502, description = "The API's answer is larger than `proxy.max_response_bytes` (`upstream_too_large`), switches protocols (`upstream_upgraded`: a `101`, never asked for), or it cannot be reached (`upstream_unavailable`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 503, description = "Too many request bodies in memory at once (`proxy_busy`), or the provider cannot refresh the token now (`provider_unavailable`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 504, description = "The API did not answer within `proxy.timeout_seconds` (`upstream_timeout`).", body = ProblemDoc, content_type = "application/problem+json"),
     ))]
@@ -199,10 +199,12 @@ pub async fn forward(
     drop(room);
     let limit = app.proxy.policy.max_response_bytes;
     let prefix = format!("{}/v1/proxy/{provider}/{account}/", app.base_path);
+    let called = called_as(&req);
     let own = path::RedirectBase {
         base: &base,
         proxy_prefix: &prefix,
         oauthd: app.broker.public_url(),
+        called: called.as_ref(),
     };
     if answer
         .content_length()
@@ -233,8 +235,26 @@ async fn send(
             ProxyError::TooLarge(_) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "upstream_too_large", detail)
             }
+            ProxyError::Upgraded => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "upstream_upgraded", detail)
+            }
         }
     })
+}
+
+/// The address the caller reached oauthd at, from its `Host` (the request line's for an
+/// absolute-form target); `None` without one.
+fn called_as(req: &HttpRequest) -> Option<url::Url> {
+    let host = match req.uri().authority() {
+        Some(authority) => authority.as_str().to_owned(),
+        None => req
+            .headers()
+            .get(actix_web::http::header::HOST)?
+            .to_str()
+            .ok()?
+            .to_owned(),
+    };
+    url::Url::parse(&format!("http://{host}/")).ok()
 }
 
 /// A small answer, read whole: one write to the caller instead of headers, then body.

@@ -82,6 +82,10 @@ const STEERS_A_FRONT_PROXY: &[&str] = &[
     "x-accel-",
     "x-sendfile",
     "x-lighttpd-send-file",
+    // LiteSpeed acts on its own (X-LiteSpeed-Location, -Cache-Control, -Purge), H2O and
+    // Perlbal on X-Reproxy-URL.
+    "x-litespeed-",
+    "x-reproxy-",
     "x-forwarded",
     "x-real-ip",
 ];
@@ -158,6 +162,9 @@ mod tests {
             "x-accel-buffering",
             "x-sendfile",
             "x-lighttpd-send-file",
+            "x-litespeed-location",
+            "x-litespeed-purge",
+            "x-reproxy-url",
             "x-forwarded-for",
             "x-real-ip",
         ] {

@@ -48,6 +48,8 @@ pub enum ProxyError {
     Unreachable(String),
     #[error("the provider's answer is larger than the proxy's limit of {0} bytes (proxy.max_response_bytes)")]
     TooLarge(u64),
+    #[error("the provider's API answered 101 Switching Protocols, which the proxy never asks for")]
+    Upgraded,
 }
 
 /// One attempt at the provider's API.
@@ -185,6 +187,12 @@ impl Proxy {
             Ok(Err(e)) if e.is_timeout() => Err(ProxyError::Timeout(self.policy.timeout.as_secs())),
             // Without the URL: it may carry the caller's query.
             Ok(Err(e)) => Err(ProxyError::Unreachable(describe(&e))),
+            // Upgrade is a hop-by-hop header the caller never gets to send: a 101 handed
+            // back would tell the caller's client (or a proxy in front) that the
+            // connection now speaks another protocol while oauthd goes on in HTTP/1.1.
+            Ok(Ok(resp)) if resp.status() == reqwest::StatusCode::SWITCHING_PROTOCOLS => {
+                Err(ProxyError::Upgraded)
+            }
             Ok(Ok(resp)) => {
                 if resp
                     .content_length()

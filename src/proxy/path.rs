@@ -104,6 +104,10 @@ pub struct RedirectBase<'a> {
     pub proxy_prefix: &'a str,
     /// Where callers reach oauthd (`public_url`): never a redirect's destination.
     pub oauthd: &'a Url,
+    /// Where this caller reached oauthd (its `Host`), which need not be `public_url` (an
+    /// app on the machine calling 127.0.0.1): never a redirect's destination either, as a
+    /// client keeps its `Authorization` header for a redirect to the same host.
+    pub called: Option<&'a Url>,
 }
 
 /// Where a redirect of the API sends the caller: `location` (the provider's `Location`)
@@ -138,7 +142,11 @@ pub fn redirect_location(upstream: &Url, location: &str, to: &RedirectBase<'_>) 
         }
         return Some(own);
     }
-    (!names_oauthd(&target, to.oauthd)).then(|| target.into())
+    let own = names(&target, to.oauthd, false)
+        || to
+            .called
+            .is_some_and(|called| names(&target, called, called.port().is_none()));
+    (!own).then(|| target.into())
 }
 
 /// A `Link` header's value (RFC 8288: `<target>; params, <target>; params`) with each
@@ -176,13 +184,18 @@ fn link_end(params: &str) -> usize {
     params.len()
 }
 
-/// Whether `target` is an address of oauthd's (`oauthd`'s origin; on a `public_url` on
-/// this machine, any name of this machine with its port: loopback and unspecified
-/// addresses, `localhost` and `*.localhost`, which browsers and resolvers send to loopback).
-fn names_oauthd(target: &Url, oauthd: &Url) -> bool {
+/// Whether `target` names the server at `own`: its host (for one on this machine, any name
+/// of this machine: loopback and unspecified addresses, `localhost` and `*.localhost`,
+/// which browsers and resolvers send to loopback) and its port, or any port when
+/// `any_port` (a `Host` that named none: behind a proxy the caller's scheme is not known).
+fn names(target: &Url, own: &Url, any_port: bool) -> bool {
     use crate::oauth::provider::is_this_machine as local;
-    target.port_or_known_default() == oauthd.port_or_known_default()
-        && (target.origin() == oauthd.origin() || (local(target) && local(oauthd)))
+    let host = |u: &Url| {
+        u.host_str()
+            .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+    };
+    (host(target) == host(own) || (local(target) && local(own)))
+        && (any_port || target.port_or_known_default() == own.port_or_known_default())
 }
 
 #[cfg(test)]
@@ -285,6 +298,7 @@ mod tests {
             base: &base,
             proxy_prefix: "/oauthd/v1/proxy/p/a/",
             oauthd: &oauthd,
+            called: None,
         };
         let at = |location: &str| redirect_location(&upstream, location, &to);
         assert_eq!(
@@ -353,6 +367,42 @@ mod tests {
             );
         }
         assert!(redirect_location(&upstream, "http://localhost:3000/x", &to).is_some());
+
+        // The address this caller used is oauthd's too, whatever public_url says: an app
+        // on the machine calls 127.0.0.1 while public_url names the machine for browsers.
+        let called = Url::parse("http://127.0.0.1:6288/").unwrap();
+        let to = RedirectBase {
+            oauthd: &oauthd,
+            called: Some(&called),
+            ..to
+        };
+        for dropped in [
+            "http://127.0.0.1:6288/v1/connections/p/a",
+            "http://localhost:6288/v1/connections/p/a",
+            "http://[::1]:6288/x",
+            "https://auth.home.example/v1/states",
+        ] {
+            assert_eq!(
+                redirect_location(&upstream, dropped, &to),
+                None,
+                "{dropped}"
+            );
+        }
+        assert!(redirect_location(&upstream, "http://127.0.0.1:3000/x", &to).is_some());
+        // A Host without a port: the caller's port is not known, so any port of that host.
+        let called = Url::parse("http://oauthd.lan/").unwrap();
+        let to = RedirectBase {
+            called: Some(&called),
+            ..to
+        };
+        for dropped in ["https://oauthd.lan/v1/states", "http://OAUTHD.lan.:8080/x"] {
+            assert_eq!(
+                redirect_location(&upstream, dropped, &to),
+                None,
+                "{dropped}"
+            );
+        }
+        assert!(redirect_location(&upstream, "http://127.0.0.1:6288/x", &to).is_some());
     }
 
     #[test]
@@ -362,6 +412,7 @@ mod tests {
             base: &base,
             proxy_prefix: "/v1/proxy/p/a/",
             oauthd: &oauthd,
+            called: None,
         };
         let links = |value: &str| link_targets(&upstream, value, &to);
         assert_eq!(

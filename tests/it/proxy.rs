@@ -435,6 +435,62 @@ async fn headers_query_and_redirects() {
     );
 }
 
+/// With a `public_url` that names the machine for browsers, an app on the machine still
+/// calls oauthd at 127.0.0.1: a provider's redirect to that address (or another name of
+/// this machine with its port) comes back without its `Location`, which a client would
+/// follow with its oauthd key (a `307` keeps a `DELETE` a `DELETE`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redirect_to_the_address_the_caller_used_is_left_out() {
+    let mock = MockServer::start().await;
+    let (_home, d, key) = mock_home(&mock, "public_url = \"https://auth.home.example\"").await;
+    let port = d.url.rsplit(':').next().unwrap().to_owned();
+    for (from, to) in [
+        (
+            "/api/called",
+            format!("{}/v1/connections/mock/default", d.url),
+        ),
+        (
+            "/api/alias",
+            format!("http://localhost:{port}/v1/connections/mock/default"),
+        ),
+        (
+            "/api/public",
+            "https://auth.home.example/v1/states".to_owned(),
+        ),
+        ("/api/other", "http://127.0.0.1:9/elsewhere".to_owned()),
+    ] {
+        Mock::given(path(from))
+            .respond_with(ResponseTemplate::new(307).insert_header("location", to.as_str()))
+            .mount(&mock)
+            .await;
+    }
+    let location = |rest: &'static str| {
+        let url = proxy_url(&d, rest);
+        let key = key.clone();
+        async move {
+            let resp = common::no_redirects()
+                .delete(url)
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 307, "{rest}");
+            resp.headers()
+                .get("location")
+                .map(|v| v.to_str().unwrap().to_owned())
+        }
+    };
+    for rest in ["called", "alias", "public"] {
+        assert_eq!(location(rest).await, None, "{rest}");
+    }
+    assert_eq!(
+        location("other").await.as_deref(),
+        Some("http://127.0.0.1:9/elsewhere")
+    );
+    let (status, _) = d.get("/v1/connections/mock/default", &key).await;
+    assert_eq!(status, 200, "the connection is still there");
+}
+
 /// Sends a request line as written (no client normalises its path) and returns the status
 /// and body.
 async fn raw_request(d: &Daemon, key: &str, target: &str) -> (u16, String) {
@@ -608,6 +664,41 @@ async fn chunked_upstream(rest: usize) -> (String, tokio::sync::mpsc::Sender<()>
         }
     });
     (url, go_tx)
+}
+
+/// An API that answers `101 Switching Protocols` (the proxy never sends `Upgrade`): a `502`
+/// problem, where the `101` was handed back and the caller's connection then spoke on in
+/// HTTP/1.1.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_that_switches_protocols_is_a_bad_gateway() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 8192];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n")
+                .await;
+        }
+    });
+    let mock = MockServer::start().await;
+    let home = Home::new();
+    home.write_config(&mock_provider(&mock, &upstream));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let (status, body) = d
+        .put(
+            "/v1/connections/mock/default",
+            &key,
+            json!({"access_token": "t"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let resp = get(&d, &key, "socket").await;
+    assert_eq!(resp.status(), 502);
+    assert!(resp.headers().get("upgrade").is_none());
+    common::assert_code(resp, "upstream_upgraded").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
