@@ -502,9 +502,13 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<(), Fatal> {
     }
 }
 
-/// Whether a command may create a missing SQLite database.
+/// Whether a command may create a missing SQLite database, and upgrade an older one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Missing {
+    /// `serve`: creates a missing database and upgrades an older schema.
+    Serve,
+    /// `keys create --create`: creates a missing database; an older one is refused, as by
+    /// every command but `serve` (none upgrades it under the oauthd still serving it).
     Create,
     Refuse,
 }
@@ -531,11 +535,10 @@ pub(super) fn open_store(settings: &Settings, missing: Missing) -> Result<Arc<dy
             }
             // A path that cannot work is a configuration error (exit 2: the systemd unit
             // does not restart for it); a file that cannot be opened now may be later.
-            // Only a command that may create the database (serve, `keys create --create`)
-            // upgrades its schema.
+            // Only `serve` upgrades a schema.
             let upgrade = match missing {
-                Missing::Create => crate::store::sqlite::Upgrade::Allowed,
-                Missing::Refuse => crate::store::sqlite::Upgrade::Refused,
+                Missing::Serve => crate::store::sqlite::Upgrade::Allowed,
+                Missing::Create | Missing::Refuse => crate::store::sqlite::Upgrade::Refused,
             };
             let store = SqliteStore::open_with(&settings.db, settings.durability, upgrade)
                 .map_err(|e| Fatal(e.to_string(), if e.is_configuration() { 2 } else { 1 }))?;

@@ -25,7 +25,7 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
     // Before the store: a bad key or a taken address leaves no new database behind.
     super::check_key_source(&settings)?;
     let listener = http::bind(&settings)?;
-    let store = open_store(&settings, super::Missing::Create)?;
+    let store = open_store(&settings, super::Missing::Serve)?;
     log::info!("{}", store.describe());
     for t in notifier.targets() {
         log::info!(

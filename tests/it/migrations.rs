@@ -281,6 +281,8 @@ async fn only_serve_upgrades_an_older_schema() {
         &["keys", "list"][..],
         &["events", "list"],
         &["connections", "list"],
+        // It creates a missing database; an older one it leaves to serve, as the rest do.
+        &["keys", "create", "--name", "late", "--create"],
     ] {
         let out = home.cli(command);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -298,4 +300,60 @@ async fn only_serve_upgrades_an_older_schema() {
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("old-app"));
     drop(d);
+}
+
+/// An SQLite file of another application's given as `--db` (a path mix-up): every command
+/// refuses it (exit 2, naming what it holds) and leaves it as it was. It used to get
+/// oauthd's tables beside its own and be switched to WAL mode for good, by `check` too.
+#[tokio::test(flavor = "multi_thread")]
+async fn another_applications_database_is_refused_and_left_as_it_was() {
+    for version in [0, 3] {
+        let home = Home::new();
+        home.write_config("");
+        let conn = rusqlite::Connection::open(home.db()).unwrap();
+        conn.execute_batch("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+            .unwrap();
+        conn.pragma_update(None, "user_version", version).unwrap();
+        drop(conn);
+        let before = std::fs::read(home.db()).unwrap();
+
+        let served = home.serve_once();
+        let checked = home.cli(&["check"]);
+        let report = String::from_utf8_lossy(&checked.stdout).into_owned();
+        assert_eq!(checked.status.code(), Some(1), "{checked:?}");
+        assert!(report.contains("FAIL  store: "), "{report}");
+        for (out, said) in [
+            (
+                &served,
+                String::from_utf8_lossy(&served.stderr).into_owned(),
+            ),
+            (&checked, report.clone()),
+        ] {
+            assert!(
+                said.contains("is an SQLite database, but not oauthd's")
+                    && said.contains("\"users\""),
+                "{out:?}"
+            );
+        }
+        assert_eq!(served.status.code(), Some(2), "{served:?}");
+        for command in [
+            &["keys", "list"][..],
+            &["keys", "create", "--name", "app", "--create"],
+        ] {
+            let out = home.cli(command);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{command:?}: {err}");
+            assert!(err.contains("but not oauthd's"), "{command:?}: {err}");
+        }
+        assert_eq!(
+            std::fs::read(home.db()).unwrap(),
+            before,
+            "the file was changed (schema version {version})"
+        );
+        let mode: String = rusqlite::Connection::open(home.db())
+            .unwrap()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "delete", "switched to WAL");
+    }
 }

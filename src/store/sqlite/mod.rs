@@ -82,6 +82,8 @@ pub enum OpenError {
     IsDirectory { path: PathBuf },
     #[error("{path} is not an SQLite database: --db (OAUTHD_DB, `db`) names oauthd's database file; a config file goes with --config")]
     NotADatabase { path: PathBuf },
+    #[error("{path} is an SQLite database, but not oauthd's (it holds {tables} and no oauthd schema): --db (OAUTHD_DB, `db`) names oauthd's own database file; nothing was changed in it")]
+    Foreign { path: PathBuf, tables: String },
     #[error("cannot open database {path}: {message} ({hint})")]
     Open {
         path: PathBuf,
@@ -124,16 +126,17 @@ impl OpenError {
                 | OpenError::ParentNotDir { .. }
                 | OpenError::IsDirectory { .. }
                 | OpenError::NotADatabase { .. }
+                | OpenError::Foreign { .. }
                 | OpenError::TooNew { .. }
                 | OpenError::Older { .. }
         )
     }
 }
 
-/// Whether opening a database may upgrade its schema: only `oauthd serve` (and a command
-/// that creates the database) does, so that a newer binary's command run before the
-/// upgrade (`check`, a listing) does not change the schema under the oauthd that serves
-/// it, which would then refuse it.
+/// Whether opening a database may upgrade its schema: only `oauthd serve` does, so that a
+/// newer binary's command run before the upgrade (`check`, a listing, `keys create
+/// --create`) does not change the schema under the oauthd that serves it, which would then
+/// refuse it. A new, empty database gets its schema either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Upgrade {
     Allowed,
@@ -145,10 +148,46 @@ pub enum Upgrade {
 pub fn schema_versions(path: &Path) -> Result<(i64, i64), OpenError> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| OpenError::open(path, &e))?;
-    let found: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(|e| OpenError::open(path, &e))?;
+    let found = oauthds_version(&conn, path, |e| OpenError::open(path, &e))?;
     Ok((found, MIGRATIONS.len() as i64))
+}
+
+/// The schema version of oauthd's database on `conn` (0 for an empty one, which oauthd
+/// makes its own), or `Foreign` for another application's: tables, or a schema version,
+/// without oauthd's `states` table, which its first schema file makes. Checked before
+/// anything is written, the switch to WAL mode included.
+fn oauthds_version(
+    conn: &Connection,
+    path: &Path,
+    sqlite_err: impl Fn(rusqlite::Error) -> OpenError,
+) -> Result<i64, OpenError> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(&sqlite_err)?;
+    let tables: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite%'
+             ORDER BY name = 'states' DESC, name LIMIT 6",
+        )
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .map_err(&sqlite_err)?;
+    match tables.first().map(String::as_str) {
+        Some("states") => Ok(version),
+        None if version == 0 => Ok(0),
+        _ => {
+            let mut shown: Vec<String> = tables.iter().take(5).map(|t| format!("{t:?}")).collect();
+            if tables.len() > 5 {
+                shown.push("more".into());
+            }
+            Err(OpenError::Foreign {
+                path: path.to_owned(),
+                tables: match shown.len() {
+                    0 => format!("schema version {version}"),
+                    _ => format!("the tables {}", shown.join(", ")),
+                },
+            })
+        }
+    }
 }
 
 pub struct SqliteStore {
@@ -250,6 +289,7 @@ impl SqliteStore {
         configure(&conn)
             .and_then(|()| tune(&conn, durability))
             .map_err(sqlite_err)?;
+        let found = oauthds_version(&conn, path, sqlite_err)?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
             .map_err(sqlite_err)?;
@@ -263,9 +303,6 @@ impl SqliteStore {
         } else {
             if upgrade == Upgrade::Refused {
                 let known = MIGRATIONS.len() as i64;
-                let found: i64 = conn
-                    .pragma_query_value(None, "user_version", |r| r.get(0))
-                    .map_err(sqlite_err)?;
                 if found > 0 && found < known {
                     return Err(OpenError::Older {
                         path: path.to_owned(),
