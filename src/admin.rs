@@ -112,13 +112,12 @@ impl Admin {
             .is_some_and(|t| secret_matches(t.expose(), presented))
     }
 
-    /// A new one-time login link, valid 24 hours.
+    /// A new one-time login link, valid 24 hours; the links made before it stop working.
     pub async fn login_link(&self, public_url: &Url) -> Result<Url, StoreError> {
         let secret = new_secret()?;
         self.store
-            .insert_admin_secret(
+            .replace_login_link(
                 SecretHash::of(&secret),
-                AdminSecretKind::LoginLink,
                 self.clock.now_ms() + LOGIN_LINK_TTL_MS,
             )
             .await?;

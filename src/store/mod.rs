@@ -890,6 +890,14 @@ pub trait AdminStore: Send + Sync {
         kind: AdminSecretKind,
         expires_at_ms: i64,
     ) -> Result<(), StoreError>;
+    /// Stores a new login link and ends every earlier one, in one step: only the newest
+    /// works, so restarts (a crash loop prints one each time) do not pile up live sign-in
+    /// credentials in the log.
+    async fn replace_login_link(
+        &self,
+        hash: SecretHash,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError>;
     /// Whether an unexpired secret of this kind exists; `SecretUse::Take` deletes it in
     /// the same step (one-time links, sign-out).
     async fn use_admin_secret(

@@ -435,6 +435,28 @@ async fn every_setting_from_the_environment_follows_one_rule_trimmed_and_empty_i
     );
 }
 
+/// Only the newest sign-in link works: each start that finds nobody signed in prints one,
+/// and a crash loop used to leave a live 24-hour credential in the log for every start.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_sign_in_link_ends_the_ones_before() {
+    let home = Home::new();
+    let d = home.start();
+    let first = home.login_link(&d);
+    let second = home.login_link(&d);
+    let status = |link: String| async move {
+        common::no_redirects()
+            .get(link)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(status(first).await, 401, "the earlier link still works");
+    assert_eq!(status(second.clone()).await, 200);
+    d.sign_in(&second).await;
+}
+
 /// The access lines (target `oauthd::access`) in a home's log.
 fn access_lines(home: &Home) -> Vec<String> {
     home.log_text()

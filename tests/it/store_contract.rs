@@ -581,6 +581,25 @@ async fn a_signed_out_session_leaves_no_admin_session_behind(b: Backend) {
     assert!(!s.any_admin_session(1_000).await.unwrap());
 }
 
+/// A new login link ends the ones before it (only the newest works); sessions stay.
+async fn only_the_newest_login_link_works(b: Backend) {
+    use oauthd::store::{AdminSecretKind, SecretUse};
+    let s = b.store.as_ref();
+    let far = 9_000_000_000_000;
+    let session = SecretHash::of("a-session-value");
+    s.insert_admin_secret(session, AdminSecretKind::Session, far)
+        .await
+        .unwrap();
+    let [first, second] = [SecretHash::of("link-1"), SecretHash::of("link-2")];
+    s.replace_login_link(first, far).await.unwrap();
+    let works = |h: SecretHash, kind| s.use_admin_secret((h, kind), SecretUse::Check, 1_000);
+    assert!(works(first, AdminSecretKind::LoginLink).await.unwrap());
+    s.replace_login_link(second, far).await.unwrap();
+    assert!(!works(first, AdminSecretKind::LoginLink).await.unwrap());
+    assert!(works(second, AdminSecretKind::LoginLink).await.unwrap());
+    assert!(works(session, AdminSecretKind::Session).await.unwrap());
+}
+
 /// State `n` of namespace "cap", expiring at `expires_at_ms`.
 fn capped(n: u8, expires_at_ms: i64, subject: Option<&str>) -> StateRow {
     StateRow {
@@ -1037,6 +1056,7 @@ backends!(
     a_claim_past_a_backlog_takes_the_others_oldest_first,
     a_claim_finds_the_others_behind_any_backlog,
     a_signed_out_session_leaves_no_admin_session_behind,
+    only_the_newest_login_link_works,
     the_namespace_cap_counts_what_every_path_leaves_live,
     all_namespaces_together_hold_at_most_max_total_live_states,
     the_store_keeps_at_most_max_tombstones_the_latest_ones,

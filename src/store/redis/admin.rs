@@ -5,6 +5,21 @@ use super::{hex, RedisStore};
 use crate::secret::SecretHash;
 use crate::store::{AdminSecretKind, AdminStore, SecretUse, StoreError};
 use async_trait::async_trait;
+use redis::Script;
+use std::sync::LazyLock;
+
+/// Stores a login link (`KEYS[2]`, expiring at `ARGV[1]`) and ends the one before, which
+/// `KEYS[1]` names (until the newest expires).
+static REPLACE_LINK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local before = redis.call('GET', KEYS[1])
+if before then redis.call('DEL', before) end
+redis.call('SET', KEYS[2], ARGV[1], 'PXAT', ARGV[1])
+redis.call('SET', KEYS[1], KEYS[2], 'PXAT', ARGV[1])
+",
+    )
+});
 
 impl RedisStore {
     fn admin_key(&self, hash: &SecretHash, kind: AdminSecretKind) -> String {
@@ -48,6 +63,25 @@ impl AdminStore for RedisStore {
                 .arg("PXAT")
                 .arg(expires_at_ms)
                 .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn replace_login_link(
+        &self,
+        hash: SecretHash,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let newest = self.key("a", "login_link");
+        let key = self.admin_key(&hash, AdminSecretKind::LoginLink);
+        let mut c = self.conn();
+        self.run("storing a login link", async move {
+            REPLACE_LINK
+                .key(newest)
+                .key(key)
+                .arg(expires_at_ms)
+                .invoke_async::<()>(&mut c)
                 .await
         })
         .await

@@ -441,8 +441,10 @@ fn persistence_warning(info: &str, appendfsync: Option<&str>) -> Option<String> 
     if info_field(info, "aof_enabled").as_deref() != Some("1") {
         return Some(
             "Redis runs without the append-only file (appendonly no): a Redis restart can lose \
-             connected accounts and flows in progress. Enable it with `CONFIG SET appendonly yes` \
-             and `appendonly yes` in redis.conf"
+             everything oauthd keeps there since the last snapshot, or all of it without \
+             snapshots: API keys (every app is then refused with 401 until its key is made again), \
+             connected accounts, states and flows in progress. Enable it with `CONFIG SET \
+             appendonly yes` and `appendonly yes` in redis.conf"
                 .to_owned(),
         );
     }

@@ -25,6 +25,25 @@ impl AdminStore for SqliteStore {
             .await
     }
 
+    async fn replace_login_link(
+        &self,
+        hash: SecretHash,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.writer
+            .run_atomic("storing a login link", move |conn| {
+                conn.prepare_cached("DELETE FROM admin_secrets WHERE kind = 'login_link'")?
+                    .execute([])?;
+                conn.prepare_cached(
+                    "INSERT INTO admin_secrets (secret_hash, kind, expires_at)
+                     VALUES (?1, 'login_link', ?2)",
+                )?
+                .execute(params![&hash.0[..], expires_at_ms])
+                .map(|_| ())
+            })
+            .await
+    }
+
     async fn use_admin_secret(
         &self,
         (hash, kind): (SecretHash, AdminSecretKind),
