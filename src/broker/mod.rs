@@ -227,6 +227,11 @@ impl Broker {
         self
     }
 
+    /// The ids of the vault keys this process opens with, the one it seals with first.
+    pub fn vault_key_ids(&self) -> Vec<String> {
+        self.vault.key_ids()
+    }
+
     pub fn providers(&self) -> impl Iterator<Item = &Arc<Provider>> {
         self.providers.values()
     }

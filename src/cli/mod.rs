@@ -27,6 +27,7 @@ mod events;
 mod keys;
 mod serve;
 mod vault_keys;
+mod vault_peers;
 
 use crate::admin::Admin;
 use crate::broker::{Broker, BrokerSettings};
@@ -689,6 +690,7 @@ pub(super) fn services(
     }
     let vault = Arc::new(load_vault(source)?);
     check_vault_opens_tokens(&vault, &from, store)?;
+    vault_peers::check(&vault, &from, store, &clock)?;
     let states = Arc::new(StateService::new(
         store.clone(),
         settings.states.clone(),

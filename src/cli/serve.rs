@@ -154,6 +154,10 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
             std::time::Duration::from_secs(3),
             stopped.clone(),
         ));
+        let mut teller =
+            super::vault_peers::Teller::new(store.clone(), broker.clone(), clock.clone());
+        teller.tell().await;
+        let told = actix_web::rt::spawn(teller.run(stopped.clone()));
         let refresher = actix_web::rt::spawn(crate::broker::refresher::run(
             broker.clone(),
             settings.refresh_check,
@@ -200,6 +204,7 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
         let _ = refresher.await;
         let _ = device_watch.await;
         let _ = deliveries.await;
+        let _ = told.await;
         served?;
         log::info!("stopped");
         Ok(())

@@ -1032,6 +1032,40 @@ pub trait DeviceFlowStore: Send + Sync {
 pub trait BrokerStore: ConnectionStore + DeviceFlowStore + OutboxStore + KeyStore {}
 impl<T: ConnectionStore + DeviceFlowStore + OutboxStore + KeyStore> BrokerStore for T {}
 
+/// The vault keys a serving oauthd uses, as it tells the other instances on its store:
+/// one that seals with a key another cannot open splits the data between them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultKeysInUse {
+    /// Made up by each process at start.
+    pub instance: String,
+    /// The ids of the keys it opens with, the one it seals with first.
+    pub keys: Vec<String>,
+    /// Until when this holds unless told again (unix ms).
+    pub until_ms: i64,
+}
+
+impl VaultKeysInUse {
+    /// As stored: `<until_ms> <key id> <key id>...`.
+    pub fn to_text(&self) -> String {
+        std::iter::once(self.until_ms.to_string())
+            .chain(self.keys.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// What `to_text` wrote, for `instance`; `None` for anything else.
+    pub fn from_text(instance: &str, text: &str) -> Option<VaultKeysInUse> {
+        let mut words = text.split_whitespace();
+        let until_ms = words.next()?.parse().ok()?;
+        let keys: Vec<String> = words.map(str::to_owned).collect();
+        (!keys.is_empty()).then(|| VaultKeysInUse {
+            instance: instance.to_owned(),
+            keys,
+            until_ms,
+        })
+    }
+}
+
 /// One backend holding everything: the SQLite file or a shared Redis.
 #[async_trait]
 pub trait Store: StateStore + KeyStore + AdminStore + BrokerStore {
@@ -1050,6 +1084,13 @@ pub trait Store: StateStore + KeyStore + AdminStore + BrokerStore {
     async fn was_served(&self) -> Result<bool, StoreError> {
         Ok(false)
     }
+    /// Tells the other instances on this store which vault keys this one uses (over
+    /// what it told before), and forgets what others told that ended before `now_ms`.
+    async fn note_vault_keys(&self, keys: VaultKeysInUse, now_ms: i64) -> Result<(), StoreError>;
+    /// What serving instances told of their vault keys that still holds at `now_ms`.
+    async fn vault_keys_in_use(&self, now_ms: i64) -> Result<Vec<VaultKeysInUse>, StoreError>;
+    /// Forgets what `instance` told (it stops).
+    async fn forget_vault_keys(&self, instance: &str) -> Result<(), StoreError>;
 }
 
 #[cfg(test)]

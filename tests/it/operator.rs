@@ -661,3 +661,58 @@ async fn a_key_refused_by_a_database_without_keys_points_at_the_database() {
     assert_eq!(body["detail"], "the API key is unknown or revoked");
     assert_eq!(d.get("/v1/connections", &key).await.0, 200);
 }
+
+contract![an_instance_with_another_vault_key_is_refused_while_one_serves];
+
+/// A second oauthd started on the same store with another vault key, while the first
+/// serves, is refused (exit 2): what each sealed would not open in the other. It used to
+/// start, silently when nothing was sealed yet, and states one created answered 503
+/// `vault_error` on the other.
+async fn an_instance_with_another_vault_key_is_refused_while_one_serves(home: Home) {
+    let a = home.start();
+    let keygen = || {
+        let out = Command::new(BIN).arg("keygen").output().unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let write_key = |name: &str, text: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        let path = home.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    };
+    let other_text = keygen();
+    let other = write_key("other.key", &other_text);
+    let refused = common::run_until_exit(
+        home.cli_command(&["serve", "--listen", "127.0.0.1:0"])
+            .env("OAUTHD_KEY_FILE", &other)
+            .stdin(Stdio::null()),
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("another oauthd serving this store") && err.contains("seals with vault key"),
+        "{err}"
+    );
+    assert!(
+        !err.contains(other_text.trim()),
+        "the key in the message: {err}"
+    );
+
+    // With the first one's key as well (but sealing with the other), it starts, and says
+    // the first cannot open what it seals.
+    let first_text = std::fs::read_to_string(home.key_file()).unwrap();
+    let both = write_key("both.key", &format!("{other_text}{first_text}"));
+    let b = home.start_with_env(&[("OAUTHD_KEY_FILE", both.to_str().unwrap())]);
+    assert!(
+        home.log_text()
+            .contains("another oauthd serving this store does not have vault key"),
+        "{}",
+        home.log_text()
+    );
+    b.signal_and_wait("TERM");
+    a.signal_and_wait("TERM");
+    // Stopped, the first takes its keys back: the other key alone starts.
+    let c = home.start_with_env(&[("OAUTHD_KEY_FILE", other.to_str().unwrap())]);
+    c.signal_and_wait("TERM");
+}

@@ -375,6 +375,27 @@ impl RedisStore {
         format!("{}{kind}:{id}", self.prefix)
     }
 
+    /// Every instance's note of its vault keys (`None`: one that does not read).
+    async fn vault_keys_told(
+        &self,
+        context: &'static str,
+    ) -> Result<Vec<(String, Option<super::VaultKeysInUse>)>, StoreError> {
+        let hash = self.index("vault");
+        let mut c = self.conn();
+        let told: HashMap<String, String> = self
+            .run(context, async move {
+                redis::cmd("HGETALL").arg(hash).query_async(&mut c).await
+            })
+            .await?;
+        Ok(told
+            .into_iter()
+            .map(|(instance, text)| {
+                let read = super::VaultKeysInUse::from_text(&instance, &text);
+                (instance, read)
+            })
+            .collect())
+    }
+
     fn index(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
@@ -418,6 +439,64 @@ impl super::Store for RedisStore {
             .into_iter()
             .chain(eviction_warning(&memory))
             .collect())
+    }
+
+    // One hash, field per instance: `<until_ms> <key id>...`.
+    async fn note_vault_keys(
+        &self,
+        keys: super::VaultKeysInUse,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        const CONTEXT: &str = "telling which vault keys this oauthd uses";
+        let ended: Vec<String> = self
+            .vault_keys_told(CONTEXT)
+            .await?
+            .into_iter()
+            .filter(|(_, told)| told.as_ref().is_none_or(|t| t.until_ms < now_ms))
+            .map(|(instance, _)| instance)
+            .collect();
+        let hash = self.index("vault");
+        let mut c = self.conn();
+        self.run(CONTEXT, async move {
+            let mut pipe = redis::pipe();
+            if !ended.is_empty() {
+                pipe.cmd("HDEL").arg(&hash).arg(&ended).ignore();
+            }
+            pipe.cmd("HSET")
+                .arg(&hash)
+                .arg(&keys.instance)
+                .arg(keys.to_text())
+                .ignore();
+            pipe.query_async::<()>(&mut c).await
+        })
+        .await
+    }
+
+    async fn vault_keys_in_use(
+        &self,
+        now_ms: i64,
+    ) -> Result<Vec<super::VaultKeysInUse>, StoreError> {
+        Ok(self
+            .vault_keys_told("reading which vault keys other oauthds use")
+            .await?
+            .into_iter()
+            .filter_map(|(_, told)| told)
+            .filter(|t| t.until_ms >= now_ms)
+            .collect())
+    }
+
+    async fn forget_vault_keys(&self, instance: &str) -> Result<(), StoreError> {
+        let hash = self.index("vault");
+        let instance = instance.to_owned();
+        let mut c = self.conn();
+        self.run("forgetting which vault keys this oauthd used", async move {
+            redis::cmd("HDEL")
+                .arg(hash)
+                .arg(instance)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
     }
 
     async fn integrity(&self) -> Result<String, String> {

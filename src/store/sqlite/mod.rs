@@ -16,7 +16,7 @@ mod states;
 mod values;
 mod writer;
 
-use super::{ChangeWatch, StoreError};
+use super::{ChangeWatch, StoreError, VaultKeysInUse};
 use r2d2::{ManageConnection, Pool};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, ErrorCode, OpenFlags, MAIN_DB};
@@ -444,6 +444,53 @@ impl super::Store for SqliteStore {
                 .exists([])
         })
         .await
+    }
+
+    // Kept in `meta` as `vault:<instance>` = `<until_ms> <key id>...`.
+    async fn note_vault_keys(&self, keys: VaultKeysInUse, now_ms: i64) -> Result<(), StoreError> {
+        self.writer
+            .run_atomic("telling which vault keys this oauthd uses", move |conn| {
+                conn.prepare_cached(
+                    "DELETE FROM meta WHERE name LIKE 'vault:%'
+                     AND CAST(substr(value, 1, instr(value, ' ') - 1) AS INTEGER) < ?1",
+                )?
+                .execute([now_ms])?;
+                conn.prepare_cached("INSERT OR REPLACE INTO meta (name, value) VALUES (?1, ?2)")?
+                    .execute([format!("vault:{}", keys.instance), keys.to_text()])
+                    .map(|_| ())
+            })
+            .await
+    }
+
+    async fn vault_keys_in_use(&self, now_ms: i64) -> Result<Vec<VaultKeysInUse>, StoreError> {
+        self.read("reading which vault keys other oauthds use", move |conn| {
+            let rows = conn
+                .prepare_cached("SELECT name, value FROM meta WHERE name LIKE 'vault:%'")?
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows
+                .iter()
+                .filter_map(|(name, value)| {
+                    VaultKeysInUse::from_text(name.strip_prefix("vault:")?, value)
+                })
+                .filter(|k| k.until_ms >= now_ms)
+                .collect())
+        })
+        .await
+    }
+
+    async fn forget_vault_keys(&self, instance: &str) -> Result<(), StoreError> {
+        let name = format!("vault:{instance}");
+        self.writer
+            .run(
+                "forgetting which vault keys this oauthd used",
+                move |conn| {
+                    conn.prepare_cached("DELETE FROM meta WHERE name = ?1")?
+                        .execute([name])
+                        .map(|_| ())
+                },
+            )
+            .await
     }
 }
 
