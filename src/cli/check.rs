@@ -141,6 +141,9 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
     let rt = runtime()?;
     if let Some(store) = &store {
         check_store(&mut r, &settings, store.as_ref(), &rt);
+        if let Some(note) = super::database_readable_by_others(&settings) {
+            r.line("warn", "store", note);
+        }
     }
     let source = match super::key_source(&settings) {
         Ok(s) => s,

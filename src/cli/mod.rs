@@ -597,6 +597,20 @@ pub(super) fn readable_by_others(path: &std::path::Path) -> Option<String> {
     })
 }
 
+/// A warning for a SQLite database file others may read (a copy restored, or made with
+/// `touch`; oauthd makes it 0600, and its -wal and -shm files take its mode).
+pub(super) fn database_readable_by_others(settings: &Settings) -> Option<String> {
+    if !matches!(settings.store, StoreTarget::Sqlite) {
+        return None;
+    }
+    readable_by_others(&settings.db).map(|note| {
+        format!(
+            "database {note}: it holds the API keys' hashes, account names and sealed tokens, \
+             and its -wal and -shm files take its mode"
+        )
+    })
+}
+
 /// Why no `<db>.key` is made for a database oauthd has served: its key is elsewhere
 /// (`OAUTHD_KEY_FILE`, `OAUTHD_KEY`) or lost, and a key made now would seal what is
 /// written next under a key the daemon cannot open (or, for `serve`, leave what was

@@ -64,6 +64,9 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
             broker.redirect_uri(&p.name)
         );
     }
+    if let Some(note) = super::database_readable_by_others(&settings) {
+        log::warn!("{note}");
+    }
     let key_source = super::key_source(&settings);
     if let Ok(KeySource::File { path, .. }) = &key_source {
         if let Some(note) = super::readable_by_others(path) {

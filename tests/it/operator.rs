@@ -435,6 +435,26 @@ async fn every_setting_from_the_environment_follows_one_rule_trimmed_and_empty_i
     );
 }
 
+/// A database file others may read (a restored copy, one made with `touch`) is warned of
+/// at start and by `check`, as the key file is: it holds the API keys' hashes, account
+/// names and sealed tokens.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_others_may_read_is_warned_of() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = Home::new();
+    home.start().signal_and_wait("TERM");
+    std::fs::set_permissions(home.db(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let said = format!(
+        "database {} is readable by others (mode 644)",
+        home.db().display()
+    );
+    let out = home.cli(&["check"]);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(report.contains(&format!("warn  store: {said}")), "{report}");
+    home.start().signal_and_wait("TERM");
+    assert!(home.log_text().contains(&said), "{}", home.log_text());
+}
+
 /// Only the newest sign-in link works: each start that finds nobody signed in prints one,
 /// and a crash loop used to leave a live 24-hour credential in the log for every start.
 #[tokio::test(flavor = "multi_thread")]
