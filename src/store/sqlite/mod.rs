@@ -599,9 +599,9 @@ fn check_schema_read_only(conn: &Connection, path: &Path) -> Result<(), OpenErro
     }
     log::error!(
         "database {} is read-only for this process (read-only filesystem, or the file, its \
-         -wal and -shm files or its directory not writable by this user): serving reads; \
-         writes answer 503 until it can be written; each write or /readyz tries again, at most \
-         once a second",
+         -wal and -shm files or its directory not writable by this user): reads work, writes \
+         fail until it can be written (oauthd serve answers them 503 and tries again at each \
+         write or /readyz, at most once a second)",
         path.display()
     );
     Ok(())
