@@ -344,30 +344,37 @@ mod tests {
             Some("http://auth.home.example/x"),
             "another port is another server"
         );
+        // Each of `dropped` comes back without a Location, `kept` with one.
+        let only = |to: &RedirectBase<'_>, dropped: &[&str], kept: &str| {
+            for location in dropped {
+                assert_eq!(
+                    redirect_location(&upstream, location, to),
+                    None,
+                    "{location}"
+                );
+            }
+            assert!(redirect_location(&upstream, kept, to).is_some(), "{kept}");
+        };
         // On a loopback public_url, any loopback name with its port is oauthd.
         let local = Url::parse("http://127.0.0.1:6288/").unwrap();
         let to = RedirectBase {
             oauthd: &local,
             ..to
         };
-        for dropped in [
-            "http://localhost:6288/v1/connections/p/a",
-            "http://127.0.0.1:6288/v1/states/consume",
-            "http://[::1]:6288/x",
-            "http://x.localhost:6288/v1/connections/p/a",
-            "http://API.LOCALHOST.:6288/x",
-            "http://0.0.0.0:6288/x",
-            "http://[::]:6288/x",
-            "http://[::ffff:127.0.0.1]:6288/x",
-        ] {
-            assert_eq!(
-                redirect_location(&upstream, dropped, &to),
-                None,
-                "{dropped}"
-            );
-        }
-        assert!(redirect_location(&upstream, "http://localhost:3000/x", &to).is_some());
-
+        only(
+            &to,
+            &[
+                "http://localhost:6288/v1/connections/p/a",
+                "http://127.0.0.1:6288/v1/states/consume",
+                "http://[::1]:6288/x",
+                "http://x.localhost:6288/v1/connections/p/a",
+                "http://API.LOCALHOST.:6288/x",
+                "http://0.0.0.0:6288/x",
+                "http://[::]:6288/x",
+                "http://[::ffff:127.0.0.1]:6288/x",
+            ],
+            "http://localhost:3000/x",
+        );
         // The address this caller used is oauthd's too, whatever public_url says: an app
         // on the machine calls 127.0.0.1 while public_url names the machine for browsers.
         let called = Url::parse("http://127.0.0.1:6288/").unwrap();
@@ -376,33 +383,27 @@ mod tests {
             called: Some(&called),
             ..to
         };
-        for dropped in [
-            "http://127.0.0.1:6288/v1/connections/p/a",
-            "http://localhost:6288/v1/connections/p/a",
-            "http://[::1]:6288/x",
-            "https://auth.home.example/v1/states",
-        ] {
-            assert_eq!(
-                redirect_location(&upstream, dropped, &to),
-                None,
-                "{dropped}"
-            );
-        }
-        assert!(redirect_location(&upstream, "http://127.0.0.1:3000/x", &to).is_some());
+        only(
+            &to,
+            &[
+                "http://127.0.0.1:6288/v1/connections/p/a",
+                "http://localhost:6288/v1/connections/p/a",
+                "http://[::1]:6288/x",
+                "https://auth.home.example/v1/states",
+            ],
+            "http://127.0.0.1:3000/x",
+        );
         // A Host without a port: the caller's port is not known, so any port of that host.
         let called = Url::parse("http://oauthd.lan/").unwrap();
         let to = RedirectBase {
             called: Some(&called),
             ..to
         };
-        for dropped in ["https://oauthd.lan/v1/states", "http://OAUTHD.lan.:8080/x"] {
-            assert_eq!(
-                redirect_location(&upstream, dropped, &to),
-                None,
-                "{dropped}"
-            );
-        }
-        assert!(redirect_location(&upstream, "http://127.0.0.1:6288/x", &to).is_some());
+        only(
+            &to,
+            &["https://oauthd.lan/v1/states", "http://OAUTHD.lan.:8080/x"],
+            "http://127.0.0.1:6288/x",
+        );
     }
 
     #[test]

@@ -393,46 +393,39 @@ async fn every_setting_from_the_environment_follows_one_rule_trimmed_and_empty_i
     assert!(!err.contains("OAUTHD_METRICS_TOKEN:"), "{err}");
     // A value and a file for the same setting: the value is used, as it always was, and
     // the log says the file is ignored (the operator may think it is used).
+    // `NAME` set to `value` and `NAME_FILE` naming `file`: the value is used, and the log
+    // says the file is ignored, without the value.
+    let both_set = |name: &str, value: &str, file: &std::path::Path| {
+        let out = std::process::Command::new(BIN)
+            .args(["keys", "list", "--db"])
+            .arg(home.db())
+            .env(name, value)
+            .env(format!("{name}_FILE"), file)
+            .env_remove("OAUTHD_CONFIG")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            err.contains(&format!(
+                "{name} and {name}_FILE are both set: {name} is used"
+            )),
+            "{err}"
+        );
+        assert!(!err.contains(value), "a secret in the message: {err}");
+    };
     let token_file = home.dir.path().join("metrics-token");
     std::fs::write(&token_file, "from-the-file-0123456789\n").unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["keys", "list", "--db"])
-        .arg(home.db())
-        .env("OAUTHD_METRICS_TOKEN", "from-the-variable-0123456789")
-        .env("OAUTHD_METRICS_TOKEN_FILE", &token_file)
-        .env_remove("OAUTHD_CONFIG")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("OAUTHD_METRICS_TOKEN and OAUTHD_METRICS_TOKEN_FILE are both set: OAUTHD_METRICS_TOKEN is used"),
-        "{err}"
+    both_set(
+        "OAUTHD_METRICS_TOKEN",
+        "from-the-variable-0123456789",
+        &token_file,
     );
-    assert!(!err.contains("from-the-"), "a secret in the message: {err}");
-    // The vault key follows the same rule: OAUTHD_KEY wins over OAUTHD_KEY_FILE, and says so
-    // (it used to be silent).
+    // The vault key follows the same rule (it used to be silent).
     let mut key_file = home.db().as_os_str().to_owned();
     key_file.push(".key");
     let key_text = std::fs::read_to_string(&key_file).unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["keys", "list", "--db"])
-        .arg(home.db())
-        .env("OAUTHD_KEY", key_text.trim())
-        .env("OAUTHD_KEY_FILE", &key_file)
-        .env_remove("OAUTHD_CONFIG")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("OAUTHD_KEY and OAUTHD_KEY_FILE are both set: OAUTHD_KEY is used"),
-        "{err}"
-    );
-    assert!(
-        !err.contains(key_text.trim()),
-        "the key in the message: {err}"
-    );
+    both_set("OAUTHD_KEY", key_text.trim(), key_file.as_ref());
 }
 
 /// A database file others may read (a restored copy, one made with `touch`) is warned of

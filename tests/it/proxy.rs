@@ -28,20 +28,24 @@ fn mock_provider(mock: &MockServer, api_base: &str) -> String {
 /// A home with provider "mock" (plus `extra`), started, and mock/default holding the
 /// tokens `old` / `r1` (imported, as an app that had them would).
 async fn mock_home(mock: &MockServer, extra: &str) -> (Home, Daemon, String) {
+    let api = format!("{}/api/", mock.uri());
+    let tokens = json!({"access_token": "old", "refresh_token": "r1", "expires_in": 3600});
+    api_home(mock, &api, extra, tokens).await
+}
+
+/// A home whose provider "mock" has its API at `api` (with `extra` config first),
+/// started, and mock/default holding `tokens`.
+async fn api_home(
+    mock: &MockServer,
+    api: &str,
+    extra: &str,
+    tokens: serde_json::Value,
+) -> (Home, Daemon, String) {
     let home = Home::new();
-    home.write_config(&format!(
-        "{extra}\n{}",
-        mock_provider(mock, &format!("{}/api/", mock.uri()))
-    ));
+    home.write_config(&format!("{extra}\n{}", mock_provider(mock, api)));
     let key = home.create_key("app", &[]);
     let d = home.start();
-    let (status, body) = d
-        .put(
-            "/v1/connections/mock/default",
-            &key,
-            json!({"access_token": "old", "refresh_token": "r1", "expires_in": 3600}),
-        )
-        .await;
+    let (status, body) = d.put("/v1/connections/mock/default", &key, tokens).await;
     assert_eq!(status, 201, "{body}");
     (home, d, key)
 }
@@ -683,18 +687,7 @@ async fn an_api_that_switches_protocols_is_a_bad_gateway() {
         }
     });
     let mock = MockServer::start().await;
-    let home = Home::new();
-    home.write_config(&mock_provider(&mock, &upstream));
-    let key = home.create_key("app", &[]);
-    let d = home.start();
-    let (status, body) = d
-        .put(
-            "/v1/connections/mock/default",
-            &key,
-            json!({"access_token": "t"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    let (_home, d, key) = api_home(&mock, &upstream, "", json!({"access_token": "t"})).await;
     let resp = get(&d, &key, "socket").await;
     assert_eq!(resp.status(), 502);
     assert!(resp.headers().get("upgrade").is_none());
@@ -705,21 +698,8 @@ async fn an_api_that_switches_protocols_is_a_bad_gateway() {
 async fn answers_stream_through_and_stop_at_the_limit() {
     let mock = MockServer::start().await;
     let (upstream, go) = chunked_upstream(20 * 1024 * 1024).await;
-    let home = Home::new();
-    home.write_config(&format!(
-        "[proxy]\nmax_response_bytes = 8388608\n{}",
-        mock_provider(&mock, &upstream)
-    ));
-    let key = home.create_key("app", &[]);
-    let d = home.start();
-    let (status, body) = d
-        .put(
-            "/v1/connections/mock/default",
-            &key,
-            json!({"access_token": "t"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    let limit = "[proxy]\nmax_response_bytes = 8388608";
+    let (_home, d, key) = api_home(&mock, &upstream, limit, json!({"access_token": "t"})).await;
 
     // The first bytes arrive while the upstream still holds the rest back: streamed,
     // not buffered. Then the body runs past max_response_bytes and is cut off.
