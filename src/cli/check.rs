@@ -250,6 +250,10 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
                     ),
                 );
             }
+            match store.vault_keys_in_use(now).await {
+                Err(e) => r.line("FAIL", "instances", e),
+                Ok(others) => instances_line(&mut r, &others, &known, &source),
+            }
         }
         let http = flows::http_client(settings.provider_timeout).map_err(|e| Fatal(e, 1))?;
         for p in &providers {
@@ -297,6 +301,39 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
         return Err(Fatal(format!("{} check(s) failed", r.failed), 1));
     }
     Ok(())
+}
+
+/// Whether every oauthd serving this store seals with a key the key file has (as a start
+/// of this one would judge it).
+fn instances_line(
+    r: &mut Report,
+    others: &[crate::store::VaultKeysInUse],
+    known: &[String],
+    source: &KeySource,
+) {
+    let lacking: Vec<&str> = others
+        .iter()
+        .filter_map(|o| o.keys.first())
+        .filter(|id| !known.contains(id))
+        .map(String::as_str)
+        .collect();
+    match (others.len(), lacking.is_empty()) {
+        (0, _) => r.line("ok", "instances", "no oauthd serves this store now"),
+        (n, true) => r.line(
+            "ok",
+            "instances",
+            format!("{n} oauthd serving this store, each sealing with a key the key file has"),
+        ),
+        (n, false) => r.line(
+            "FAIL",
+            "instances",
+            format!(
+                "of the {n} oauthd serving this store, some seal with key(s) {} lacks: {} (a start with it is refused)",
+                source.describe(),
+                lacking.join(", ")
+            ),
+        ),
+    }
 }
 
 /// What the database holds: its integrity, warnings, how full it is, API keys' scopes.

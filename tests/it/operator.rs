@@ -711,6 +711,24 @@ async fn an_instance_with_another_vault_key_is_refused_while_one_serves(home: Ho
         !err.contains(other_text.trim()),
         "the key in the message: {err}"
     );
+    // `check` says so too, and that the first one's key is fine.
+    let report = |out: std::process::Output| String::from_utf8_lossy(&out.stdout).into_owned();
+    let checked = report(
+        home.cli_command(&["check"])
+            .env("OAUTHD_KEY_FILE", &other)
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        checked
+            .contains("FAIL  instances: of the 1 oauthd serving this store, some seal with key(s)"),
+        "{checked}"
+    );
+    let checked = report(home.cli(&["check"]));
+    assert!(
+        checked.contains("ok    instances: 1 oauthd serving this store, each sealing with a key the key file has"),
+        "{checked}"
+    );
 
     // With the first one's key as well (but sealing with the other), it starts, and says
     // the first cannot open what it seals.
