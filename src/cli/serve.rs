@@ -83,6 +83,13 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
         if let Err(e) = store.mark_served(clock.now_ms()).await {
             log::warn!("{e}");
         }
+        let mut teller = super::vault_peers::Teller::new(
+            store.clone(),
+            broker.clone(),
+            clock.clone(),
+            key_from.clone(),
+        );
+        teller.start().await?;
         match store.list_keys().await {
             Ok(keys) => {
                 for key in keys.iter().filter(|k| k.revoked_at_ms.is_none()) {
@@ -104,6 +111,7 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
         }
         // Beside the start, not in its way: it reads every live state that holds data.
         let checked = states.clone();
+        let missing_from = key_from.clone();
         actix_web::rt::spawn(async move {
             match checked.data_keys_missing().await {
                 Ok(missing) if !missing.is_empty() => {
@@ -112,7 +120,7 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
                         .map(|(id, n)| format!("{id} ({n} state(s))"))
                         .collect();
                     log::warn!(
-                        "live states hold data sealed with vault key(s) {} that the key loaded from {key_from} does not have: they answer 503 vault_error until the key is back. Add the key that was used as another line of the key file (the first line seals, every line opens) rather than replacing the file",
+                        "live states hold data sealed with vault key(s) {} that the key loaded from {missing_from} does not have: they answer 503 vault_error until the key is back. Add the key that was used as another line of the key file (the first line seals, every line opens) rather than replacing the file",
                         named.join(", ")
                     );
                 }
@@ -157,9 +165,6 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
             std::time::Duration::from_secs(3),
             stopped.clone(),
         ));
-        let mut teller =
-            super::vault_peers::Teller::new(store.clone(), broker.clone(), clock.clone());
-        teller.tell().await;
         let told = actix_web::rt::spawn(teller.run(stopped.clone()));
         let refresher = actix_web::rt::spawn(crate::broker::refresher::run(
             broker.clone(),

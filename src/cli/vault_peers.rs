@@ -2,24 +2,59 @@
 //! with a key another cannot open would split the data between them: what it seals (a
 //! state's data, tokens) would not open in the other, and the other's not in it. So a
 //! start, and a command that seals, is refused while another instance seals with a key
-//! it does not have.
+//! it does not have; of two that start together that way, the later gives way.
 
 use super::{runtime, Fatal};
 use crate::broker::Broker;
 use crate::clock::Clock;
-use crate::store::{Store, VaultKeysInUse};
+use crate::store::{Store, StoreError, VaultKeysInUse};
 use crate::vault::VaultHandle;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// How often a serving instance tells its keys again (a key file changed meanwhile shows
-/// by then), and how long each telling holds: an instance killed without forgetting its
-/// keys stops counting after `HOLDS_FOR`.
+/// How often a serving instance looks at its keys (a key file changed meanwhile, reloaded
+/// within a second, is told by the next look), how often it tells them unchanged, and how
+/// long each telling holds: an instance killed without taking its keys back stops
+/// counting after `HOLDS_FOR`.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
 const TELL_EVERY: Duration = Duration::from_secs(20);
 const HOLDS_FOR: Duration = Duration::from_secs(60);
+/// How long a start waits for another instance to tell of keys it has just reloaded (a
+/// `rekey` run a moment before) before it is refused.
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// The serving instances (`me` aside) that seal with a key not in `keys`.
+async fn lacking(
+    store: &dyn Store,
+    keys: &[String],
+    now_ms: i64,
+    me: Option<&str>,
+) -> Result<Vec<VaultKeysInUse>, StoreError> {
+    Ok(store
+        .vault_keys_in_use(now_ms)
+        .await?
+        .into_iter()
+        .filter(|o| Some(o.instance.as_str()) != me)
+        .filter(|o| o.keys.first().is_some_and(|k| !keys.contains(k)))
+        .collect())
+}
+
+fn refusal(theirs: &VaultKeysInUse, ours: &[String], from: &str) -> Fatal {
+    Fatal(
+        format!(
+            "another oauthd serving this store (it said so within the last {}s) seals with vault key {}, which the key loaded from {from} does not have (it has {}): what each sealed would not open in the other (states answering 503 vault_error, tokens that cannot be read). Give every instance, and every command, the same key (the same key file, or a copy of it); an oauthd stopped without saying so stops counting within {}s",
+            HOLDS_FOR.as_secs(),
+            theirs.keys.first().map_or("", String::as_str),
+            ours.join(", "),
+            HOLDS_FOR.as_secs()
+        ),
+        2,
+    )
+}
 
 /// Refuses when another serving instance seals with a key `vault` (loaded from `from`)
-/// does not have; warns when another cannot open the key `vault` seals with.
+/// does not have, after giving it `SETTLE` to tell of keys it has just reloaded; warns
+/// when another cannot open the key `vault` seals with.
 pub(super) fn check(
     vault: &VaultHandle,
     from: &str,
@@ -27,23 +62,19 @@ pub(super) fn check(
     clock: &Clock,
 ) -> Result<(), Fatal> {
     let ours = vault.key_ids();
-    let others = runtime()?.block_on(store.vault_keys_in_use(clock.now_ms()))?;
-    for other in &others {
-        let Some(theirs) = other.keys.first() else {
-            continue;
-        };
-        if !ours.contains(theirs) {
-            return Err(Fatal(
-                format!(
-                    "another oauthd serving this store (it said so within the last {}s) seals with vault key {theirs}, which the key loaded from {from} does not have (it has {}): what each sealed would not open in the other (states answering 503 vault_error, tokens that cannot be read). Give every instance, and every command, the same key (the same key file, or a copy of it); an oauthd stopped without saying so stops counting within {}s",
-                    HOLDS_FOR.as_secs(),
-                    ours.join(", "),
-                    HOLDS_FOR.as_secs()
-                ),
-                2,
-            ));
+    let rt = runtime()?;
+    let began = Instant::now();
+    loop {
+        let others = rt.block_on(lacking(store.as_ref(), &ours, clock.now_ms(), None))?;
+        let Some(first) = others.first() else { break };
+        if began.elapsed() >= SETTLE {
+            return Err(refusal(first, &ours, from));
         }
-        if let Some(current) = ours.first().filter(|c| !other.keys.contains(c)) {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let told = rt.block_on(store.vault_keys_in_use(clock.now_ms()))?;
+    if let Some(current) = ours.first() {
+        for other in told.iter().filter(|o| !o.keys.contains(current)) {
             log::warn!(
                 "another oauthd serving this store does not have vault key {current}, which this one seals with (it has {}): what this one seals will not open there until its key file lists {current} too (the first line seals, every line opens)",
                 other.keys.join(", ")
@@ -56,34 +87,78 @@ pub(super) fn check(
 /// Tells the other instances this one's vault keys.
 pub(super) struct Teller {
     instance: String,
+    since_ms: i64,
     store: Arc<dyn Store>,
     broker: Arc<Broker>,
     clock: Clock,
+    from: String,
+    told: Option<(Vec<String>, Instant)>,
     failing: bool,
 }
 
 impl Teller {
-    pub(super) fn new(store: Arc<dyn Store>, broker: Arc<Broker>, clock: Clock) -> Teller {
+    pub(super) fn new(
+        store: Arc<dyn Store>,
+        broker: Arc<Broker>,
+        clock: Clock,
+        from: String,
+    ) -> Teller {
         Teller {
             instance: uuid::Uuid::new_v4().simple().to_string(),
+            since_ms: clock.now_ms(),
             store,
             broker,
             clock,
+            from,
+            told: None,
             failing: false,
         }
     }
 
-    /// Tells once (at start: before the first request, so that an instance started
-    /// right after this one hears of it).
-    pub(super) async fn tell(&mut self) {
-        let now = self.clock.now_ms();
-        let note = VaultKeysInUse {
+    fn note(&self, keys: Vec<String>) -> VaultKeysInUse {
+        VaultKeysInUse {
             instance: self.instance.clone(),
-            keys: self.broker.vault_key_ids(),
-            until_ms: now.saturating_add(HOLDS_FOR.as_millis() as i64),
-        };
-        match self.store.note_vault_keys(note, now).await {
-            Ok(()) => self.failing = false,
+            keys,
+            since_ms: self.since_ms,
+            until_ms: self
+                .clock
+                .now_ms()
+                .saturating_add(HOLDS_FOR.as_millis() as i64),
+        }
+    }
+
+    /// Tells at start, before the first request, then looks again: an instance started
+    /// at the same moment with a key this one lacks (each found nothing when it checked)
+    /// is seen now, and the later of the two stops here.
+    pub(super) async fn start(&mut self) -> Result<(), Fatal> {
+        self.tell().await;
+        let keys = self.broker.vault_key_ids();
+        let me = self.note(keys.clone());
+        let now = self.clock.now_ms();
+        let others = lacking(self.store.as_ref(), &keys, now, Some(&self.instance)).await?;
+        if let Some(older) = others.iter().find(|o| o.before(&me)) {
+            let _ = self.store.forget_vault_keys(&self.instance).await;
+            return Err(refusal(older, &keys, &self.from));
+        }
+        Ok(())
+    }
+
+    /// Tells when the keys changed (a key file reloaded) or `TELL_EVERY` after the last.
+    async fn tell(&mut self) {
+        let keys = self.broker.vault_key_ids();
+        let due = self
+            .told
+            .as_ref()
+            .is_none_or(|(told, at)| *told != keys || at.elapsed() >= TELL_EVERY);
+        if !due {
+            return;
+        }
+        let note = self.note(keys.clone());
+        match self.store.note_vault_keys(note, self.clock.now_ms()).await {
+            Ok(()) => {
+                self.failing = false;
+                self.told = Some((keys, Instant::now()));
+            }
             Err(e) if !self.failing => {
                 self.failing = true;
                 log::warn!("could not tell other instances which vault keys this one uses: {e}");
@@ -92,7 +167,7 @@ impl Teller {
         }
     }
 
-    /// Tells again every `TELL_EVERY` until `stop`, then takes it back.
+    /// Looks every `LOOK_EVERY` and tells as `tell` does until `stop`, then takes it back.
     pub(super) async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
         while !*stop.borrow() {
             tokio::select! {
@@ -102,7 +177,7 @@ impl Teller {
                     }
                     continue;
                 }
-                _ = tokio::time::sleep(TELL_EVERY) => {}
+                _ = tokio::time::sleep(LOOK_EVERY) => {}
             }
             self.tell().await;
         }

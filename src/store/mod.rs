@@ -1040,14 +1040,17 @@ pub struct VaultKeysInUse {
     pub instance: String,
     /// The ids of the keys it opens with, the one it seals with first.
     pub keys: Vec<String>,
+    /// When it started (unix ms): of two that cannot share their data, the later gives way.
+    pub since_ms: i64,
     /// Until when this holds unless told again (unix ms).
     pub until_ms: i64,
 }
 
 impl VaultKeysInUse {
-    /// As stored: `<until_ms> <key id> <key id>...`.
+    /// As stored: `<until_ms> <since_ms> <key id> <key id>...`.
     pub fn to_text(&self) -> String {
-        std::iter::once(self.until_ms.to_string())
+        [self.until_ms.to_string(), self.since_ms.to_string()]
+            .into_iter()
             .chain(self.keys.iter().cloned())
             .collect::<Vec<_>>()
             .join(" ")
@@ -1057,12 +1060,19 @@ impl VaultKeysInUse {
     pub fn from_text(instance: &str, text: &str) -> Option<VaultKeysInUse> {
         let mut words = text.split_whitespace();
         let until_ms = words.next()?.parse().ok()?;
+        let since_ms = words.next()?.parse().ok()?;
         let keys: Vec<String> = words.map(str::to_owned).collect();
         (!keys.is_empty()).then(|| VaultKeysInUse {
             instance: instance.to_owned(),
             keys,
+            since_ms,
             until_ms,
         })
+    }
+
+    /// Whether this one started before `other` (the instance id breaks a tie).
+    pub fn before(&self, other: &VaultKeysInUse) -> bool {
+        (self.since_ms, &self.instance) < (other.since_ms, &other.instance)
     }
 }
 

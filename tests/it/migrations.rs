@@ -307,12 +307,17 @@ async fn only_serve_upgrades_an_older_schema() {
 /// oauthd's tables beside its own and be switched to WAL mode for good, by `check` too.
 #[tokio::test(flavor = "multi_thread")]
 async fn another_applications_database_is_refused_and_left_as_it_was() {
+    // Another application's tables (one named `states`, as Home Assistant's recorder has),
+    // with no schema version or one of its own.
     for version in [0, 3] {
         let home = Home::new();
         home.write_config("");
         let conn = rusqlite::Connection::open(home.db()).unwrap();
-        conn.execute_batch("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
-            .unwrap();
+        conn.execute_batch(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT);
+             CREATE TABLE states (state_id INTEGER PRIMARY KEY, state TEXT)",
+        )
+        .unwrap();
         conn.pragma_update(None, "user_version", version).unwrap();
         drop(conn);
         let before = std::fs::read(home.db()).unwrap();

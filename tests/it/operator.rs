@@ -675,7 +675,95 @@ async fn a_key_refused_by_a_database_without_keys_points_at_the_database() {
     assert_eq!(d.get("/v1/connections", &key).await.0, 200);
 }
 
-contract![an_instance_with_another_vault_key_is_refused_while_one_serves];
+contract![
+    an_instance_with_another_vault_key_is_refused_while_one_serves,
+    of_two_started_together_with_other_keys_one_serves,
+    an_instance_starts_right_after_a_rotation_the_other_has_seen,
+];
+
+/// A new vault key file (0600) named `name` in `home`, holding `text`.
+fn key_file_with(home: &Home, name: &str, text: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = home.dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+fn keygen() -> String {
+    let out = Command::new(BIN).arg("keygen").output().unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Two oauthd started at the same moment on one store with keys that cannot open each
+/// other's data: each found nobody when it checked, and both used to serve. Now the later
+/// sees the earlier once both have told, and stops (exit 2).
+async fn of_two_started_together_with_other_keys_one_serves(home: Home) {
+    home.start().signal_and_wait("TERM");
+    let other = key_file_with(&home, "other.key", &keygen());
+    let spawn = |key: Option<&std::path::Path>| {
+        let mut cmd = home.cli_command(&["serve", "--listen", "127.0.0.1:0"]);
+        if let Some(key) = key {
+            cmd.env("OAUTHD_KEY_FILE", key);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut both = [spawn(None), spawn(Some(&other))];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut exited = Vec::new();
+    while exited.is_empty() && Instant::now() < deadline {
+        for (i, child) in both.iter_mut().enumerate() {
+            if let Some(status) = child.try_wait().unwrap() {
+                exited.push((i, status));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The other one goes on serving: give a second exit the time to show.
+    std::thread::sleep(Duration::from_secs(2));
+    for (i, child) in both.iter_mut().enumerate() {
+        if !exited.iter().any(|(j, _)| *j == i) {
+            if let Some(status) = child.try_wait().unwrap() {
+                exited.push((i, status));
+            }
+        }
+    }
+    let mut stderr = String::new();
+    for child in &mut both {
+        let _ = child.kill();
+        let _ = child.wait();
+        if let Some(mut err) = child.stderr.take() {
+            use std::io::Read;
+            let _ = err.read_to_string(&mut stderr);
+        }
+    }
+    assert_eq!(exited.len(), 1, "exactly one stops: {exited:?}\n{stderr}");
+    assert_eq!(exited[0].1.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("seals with vault key"), "{stderr}");
+}
+
+/// A rotation (`rekey` with the new key first in the key file, then `rekey --prune`) seen
+/// by a serving oauthd within a second: another started on the same key file right after
+/// is not refused for the pruned key the first one told of before.
+async fn an_instance_starts_right_after_a_rotation_the_other_has_seen(home: Home) {
+    let a = home.start();
+    let old = std::fs::read_to_string(home.key_file()).unwrap();
+    std::fs::write(home.key_file(), format!("{}{old}", keygen())).unwrap();
+    for args in [&["rekey"][..], &["rekey", "--prune"]] {
+        let out = home.cli(args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    assert!(!std::fs::read_to_string(home.key_file())
+        .unwrap()
+        .contains(old.trim()));
+    let b = home.start();
+    b.signal_and_wait("TERM");
+    a.signal_and_wait("TERM");
+}
 
 /// A second oauthd started on the same store with another vault key, while the first
 /// serves, is refused (exit 2): what each sealed would not open in the other. It used to
@@ -683,19 +771,8 @@ contract![an_instance_with_another_vault_key_is_refused_while_one_serves];
 /// `vault_error` on the other.
 async fn an_instance_with_another_vault_key_is_refused_while_one_serves(home: Home) {
     let a = home.start();
-    let keygen = || {
-        let out = Command::new(BIN).arg("keygen").output().unwrap();
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let write_key = |name: &str, text: &str| {
-        use std::os::unix::fs::PermissionsExt;
-        let path = home.dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        path
-    };
     let other_text = keygen();
-    let other = write_key("other.key", &other_text);
+    let other = key_file_with(&home, "other.key", &other_text);
     let refused = common::run_until_exit(
         home.cli_command(&["serve", "--listen", "127.0.0.1:0"])
             .env("OAUTHD_KEY_FILE", &other)
@@ -733,7 +810,7 @@ async fn an_instance_with_another_vault_key_is_refused_while_one_serves(home: Ho
     // With the first one's key as well (but sealing with the other), it starts, and says
     // the first cannot open what it seals.
     let first_text = std::fs::read_to_string(home.key_file()).unwrap();
-    let both = write_key("both.key", &format!("{other_text}{first_text}"));
+    let both = key_file_with(&home, "both.key", &format!("{other_text}{first_text}"));
     let b = home.start_with_env(&[("OAUTHD_KEY_FILE", both.to_str().unwrap())]);
     assert!(
         home.log_text()

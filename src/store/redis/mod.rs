@@ -441,33 +441,23 @@ impl super::Store for RedisStore {
             .collect())
     }
 
-    // One hash, field per instance: `<until_ms> <key id>...`.
+    // One hash, field per instance: `<until_ms> <since_ms> <key id>...`; notes past their
+    // time are dropped in the same script.
     async fn note_vault_keys(
         &self,
         keys: super::VaultKeysInUse,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        const CONTEXT: &str = "telling which vault keys this oauthd uses";
-        let ended: Vec<String> = self
-            .vault_keys_told(CONTEXT)
-            .await?
-            .into_iter()
-            .filter(|(_, told)| told.as_ref().is_none_or(|t| t.until_ms < now_ms))
-            .map(|(instance, _)| instance)
-            .collect();
         let hash = self.index("vault");
         let mut c = self.conn();
-        self.run(CONTEXT, async move {
-            let mut pipe = redis::pipe();
-            if !ended.is_empty() {
-                pipe.cmd("HDEL").arg(&hash).arg(&ended).ignore();
-            }
-            pipe.cmd("HSET")
-                .arg(&hash)
+        self.run("telling which vault keys this oauthd uses", async move {
+            NOTE_VAULT_KEYS
+                .key(hash)
+                .arg(now_ms)
                 .arg(&keys.instance)
                 .arg(keys.to_text())
-                .ignore();
-            pipe.query_async::<()>(&mut c).await
+                .invoke_async::<()>(&mut c)
+                .await
         })
         .await
     }
@@ -511,6 +501,22 @@ impl super::Store for RedisStore {
         Ok(format!("Redis {} answers, version {version}", self.display))
     }
 }
+
+/// Records an instance's vault keys (`ARGV[2]` = `ARGV[3]` in the hash `KEYS[1]`) and
+/// drops the notes that ended before `ARGV[1]`, in one step: none renewed meanwhile is lost.
+static NOTE_VAULT_KEYS: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local now = tonumber(ARGV[1])
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local untl = tonumber(string.match(all[i + 1], '^(%d+) '))
+  if untl == nil or untl < now then redis.call('HDEL', KEYS[1], all[i]) end
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+",
+    )
+});
 
 /// Tokens live in Redis: without the append-only file a Redis restart loses up to the
 /// last snapshot interval (or everything, with no snapshots either). With it, Redis syncs

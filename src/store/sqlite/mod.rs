@@ -153,9 +153,11 @@ pub fn schema_versions(path: &Path) -> Result<(i64, i64), OpenError> {
 }
 
 /// The schema version of oauthd's database on `conn` (0 for an empty one, which oauthd
-/// makes its own), or `Foreign` for another application's: tables, or a schema version,
-/// without oauthd's `states` table, which its first schema file makes. Checked before
-/// anything is written, the switch to WAL mode included.
+/// makes its own), or `Foreign` for another application's. oauthd sets its schema version
+/// in the same transaction as each schema file, and its first makes `states` (keyed by
+/// `key_hash`), `expired_states` and `api_keys`: tables without a version, or a version
+/// without those, are not oauthd's (Home Assistant's recorder has a `states` table too).
+/// Checked before anything is written, the switch to WAL mode included.
 fn oauthds_version(
     conn: &Connection,
     path: &Path,
@@ -167,27 +169,32 @@ fn oauthds_version(
     let tables: Vec<String> = conn
         .prepare(
             "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite%'
-             ORDER BY name = 'states' DESC, name LIMIT 6",
+             ORDER BY name",
         )
         .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
         .map_err(&sqlite_err)?;
-    match tables.first().map(String::as_str) {
-        Some("states") => Ok(version),
-        None if version == 0 => Ok(0),
-        _ => {
-            let mut shown: Vec<String> = tables.iter().take(5).map(|t| format!("{t:?}")).collect();
-            if tables.len() > 5 {
-                shown.push("more".into());
-            }
-            Err(OpenError::Foreign {
-                path: path.to_owned(),
-                tables: match shown.len() {
-                    0 => format!("schema version {version}"),
-                    _ => format!("the tables {}", shown.join(", ")),
-                },
-            })
-        }
+    if tables.is_empty() && version == 0 {
+        return Ok(0);
     }
+    let has = |name: &str| tables.iter().any(|t| t == name);
+    let keyed = conn
+        .prepare("SELECT 1 FROM pragma_table_info('states') WHERE name = 'key_hash'")
+        .and_then(|mut s| s.exists([]))
+        .map_err(&sqlite_err)?;
+    if version > 0 && keyed && has("expired_states") && has("api_keys") {
+        return Ok(version);
+    }
+    let mut shown: Vec<String> = tables.iter().take(5).map(|t| format!("{t:?}")).collect();
+    if tables.len() > 5 {
+        shown.push(format!("{} more", tables.len() - 5));
+    }
+    Err(OpenError::Foreign {
+        path: path.to_owned(),
+        tables: match shown.len() {
+            0 => format!("schema version {version}"),
+            _ => format!("the tables {}", shown.join(", ")),
+        },
+    })
 }
 
 pub struct SqliteStore {
