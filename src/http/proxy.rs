@@ -204,7 +204,7 @@ pub async fn forward(
         base: &base,
         proxy_prefix: &prefix,
         oauthd: app.broker.public_url(),
-        called: called.as_ref(),
+        called: &called,
     };
     if answer
         .content_length()
@@ -242,19 +242,38 @@ async fn send(
     })
 }
 
-/// The address the caller reached oauthd at, from its `Host` (the request line's for an
-/// absolute-form target); `None` without one.
-fn called_as(req: &HttpRequest) -> Option<url::Url> {
-    let host = match req.uri().authority() {
-        Some(authority) => authority.as_str().to_owned(),
-        None => req
-            .headers()
-            .get(actix_web::http::header::HOST)?
-            .to_str()
-            .ok()?
-            .to_owned(),
+/// The names the caller may have reached oauthd by: its `Host` (the request line's for an
+/// absolute-form target) and what a proxy in front passed on (`X-Forwarded-Host`,
+/// `Forwarded: host=`). Trusted or not: each only keeps more redirects from the caller.
+fn called_as(req: &HttpRequest) -> Vec<path::CalledAs> {
+    let headers = req.headers();
+    let text = |name: &str| {
+        headers
+            .get_all(name)
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect::<Vec<_>>()
     };
-    url::Url::parse(&format!("http://{host}/")).ok()
+    let forwarded = text("forwarded");
+    let named = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .into_iter()
+        .chain(text("host"))
+        .chain(text("x-forwarded-host"))
+        .chain(forwarded.iter().flat_map(|element| {
+            element.split(';').filter_map(|pair| {
+                let (name, value) = pair.trim().split_once('=')?;
+                name.eq_ignore_ascii_case("host")
+                    .then(|| value.trim_matches('"'))
+            })
+        }));
+    let mut called: Vec<path::CalledAs> = named.filter_map(path::CalledAs::parse).collect();
+    called.dedup();
+    called.truncate(16);
+    called
 }
 
 /// A small answer, read whole: one write to the caller instead of headers, then body.

@@ -104,10 +104,45 @@ pub struct RedirectBase<'a> {
     pub proxy_prefix: &'a str,
     /// Where callers reach oauthd (`public_url`): never a redirect's destination.
     pub oauthd: &'a Url,
-    /// Where this caller reached oauthd (its `Host`), which need not be `public_url` (an
-    /// app on the machine calling 127.0.0.1): never a redirect's destination either, as a
-    /// client keeps its `Authorization` header for a redirect to the same host.
-    pub called: Option<&'a Url>,
+    /// Where this caller reached oauthd (its `Host`, and the names a proxy in front says
+    /// it was called by), which need not be `public_url` (an app on the machine calling
+    /// 127.0.0.1): never a redirect's destination either, as a client keeps its
+    /// `Authorization` header for a redirect to the same host name.
+    pub called: &'a [CalledAs],
+}
+
+/// A host (and port, when one was written) a caller reached oauthd at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CalledAs {
+    host: String,
+    port: Option<u16>,
+}
+
+impl CalledAs {
+    /// From a `Host` value (`host`, `host:port`, `[v6]:port`); `None` for what is not one.
+    pub fn parse(authority: &str) -> Option<CalledAs> {
+        let url = Url::parse(&format!("http://{}/", authority.trim())).ok()?;
+        let host = url.host_str()?.trim_end_matches('.').to_ascii_lowercase();
+        // A port written out, the default one too (the parser drops a written ":80").
+        let written = authority.trim().rsplit_once(':').is_some_and(|(h, p)| {
+            !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':')
+        }) && !authority.trim().ends_with(']');
+        let port = written.then(|| url.port_or_known_default()).flatten();
+        Some(CalledAs { host, port })
+    }
+
+    /// Whether `target` names this host: the same name and the port written, or, where
+    /// none was, a default port (the caller's scheme is not known behind a proxy).
+    fn named_by(&self, target: &Url) -> bool {
+        let host = target
+            .host_str()
+            .map(|h| h.trim_end_matches('.').to_ascii_lowercase());
+        host.as_deref() == Some(self.host.as_str())
+            && match self.port {
+                Some(port) => target.port_or_known_default() == Some(port),
+                None => matches!(target.port_or_known_default(), Some(80 | 443)),
+            }
+    }
 }
 
 /// Where a redirect of the API sends the caller: `location` (the provider's `Location`)
@@ -142,10 +177,7 @@ pub fn redirect_location(upstream: &Url, location: &str, to: &RedirectBase<'_>) 
         }
         return Some(own);
     }
-    let own = names(&target, to.oauthd, false)
-        || to
-            .called
-            .is_some_and(|called| names(&target, called, called.port().is_none()));
+    let own = names(&target, to.oauthd) || to.called.iter().any(|c| c.named_by(&target));
     (!own).then(|| target.into())
 }
 
@@ -184,18 +216,17 @@ fn link_end(params: &str) -> usize {
     params.len()
 }
 
-/// Whether `target` names the server at `own`: its host (for one on this machine, any name
-/// of this machine: loopback and unspecified addresses, `localhost` and `*.localhost`,
-/// which browsers and resolvers send to loopback) and its port, or any port when
-/// `any_port` (a `Host` that named none: behind a proxy the caller's scheme is not known).
-fn names(target: &Url, own: &Url, any_port: bool) -> bool {
+/// Whether `target` names the server at `own` (`public_url`): its host (for one on this
+/// machine, any name of this machine: loopback and unspecified addresses, `localhost` and
+/// `*.localhost`, which browsers and resolvers send to loopback) and its port.
+fn names(target: &Url, own: &Url) -> bool {
     use crate::oauth::provider::is_this_machine as local;
     let host = |u: &Url| {
         u.host_str()
             .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
     };
     (host(target) == host(own) || (local(target) && local(own)))
-        && (any_port || target.port_or_known_default() == own.port_or_known_default())
+        && target.port_or_known_default() == own.port_or_known_default()
 }
 
 #[cfg(test)]
@@ -298,7 +329,7 @@ mod tests {
             base: &base,
             proxy_prefix: "/oauthd/v1/proxy/p/a/",
             oauthd: &oauthd,
-            called: None,
+            called: &[],
         };
         let at = |location: &str| redirect_location(&upstream, location, &to);
         assert_eq!(
@@ -377,33 +408,55 @@ mod tests {
         );
         // The address this caller used is oauthd's too, whatever public_url says: an app
         // on the machine calls 127.0.0.1 while public_url names the machine for browsers.
-        let called = Url::parse("http://127.0.0.1:6288/").unwrap();
+        // By that name only: a client keeps its key for the same host name, not another
+        // name of the machine.
+        let called = [CalledAs::parse("127.0.0.1:6288").unwrap()];
         let to = RedirectBase {
             oauthd: &oauthd,
-            called: Some(&called),
+            called: &called,
             ..to
         };
         only(
             &to,
             &[
                 "http://127.0.0.1:6288/v1/connections/p/a",
-                "http://localhost:6288/v1/connections/p/a",
-                "http://[::1]:6288/x",
+                "https://127.0.0.1:6288/x",
                 "https://auth.home.example/v1/states",
             ],
-            "http://127.0.0.1:3000/x",
+            "http://localhost:6288/x",
         );
-        // A Host without a port: the caller's port is not known, so any port of that host.
-        let called = Url::parse("http://oauthd.lan/").unwrap();
+        // A Host without a port: the caller used a default one (80, or 443 behind TLS).
+        let called = [CalledAs::parse("OAuthd.lan.").unwrap()];
         let to = RedirectBase {
-            called: Some(&called),
+            called: &called,
             ..to
         };
         only(
             &to,
-            &["https://oauthd.lan/v1/states", "http://OAUTHD.lan.:8080/x"],
-            "http://127.0.0.1:6288/x",
+            &["https://oauthd.lan/v1/states", "http://oauthd.lan:443/x"],
+            "http://oauthd.lan:8080/x",
         );
+        // A default port written out is that port; an IPv6 address with or without one.
+        let called = [
+            CalledAs::parse("localhost:80").unwrap(),
+            CalledAs::parse("[::1]:6288").unwrap(),
+            CalledAs::parse("[::1]").unwrap(),
+        ];
+        let to = RedirectBase {
+            called: &called,
+            ..to
+        };
+        only(
+            &to,
+            &[
+                "http://localhost/v1/states",
+                "http://[::1]:6288/x",
+                "http://[::1]/x",
+            ],
+            "https://localhost/x",
+        );
+        assert!(redirect_location(&upstream, "http://127.0.0.1:47001/x", &to).is_some());
+        assert_eq!(CalledAs::parse("a b"), None);
     }
 
     #[test]
@@ -413,7 +466,7 @@ mod tests {
             base: &base,
             proxy_prefix: "/v1/proxy/p/a/",
             oauthd: &oauthd,
-            called: None,
+            called: &[],
         };
         let links = |value: &str| link_targets(&upstream, value, &to);
         assert_eq!(

@@ -454,13 +454,15 @@ async fn a_redirect_to_the_address_the_caller_used_is_left_out() {
             format!("{}/v1/connections/mock/default", d.url),
         ),
         (
-            "/api/alias",
-            format!("http://localhost:{port}/v1/connections/mock/default"),
-        ),
-        (
             "/api/public",
             "https://auth.home.example/v1/states".to_owned(),
         ),
+        (
+            "/api/forwarded",
+            "http://oauthd.lan/v1/connections/mock/default".to_owned(),
+        ),
+        // Another name of the machine: a client does not keep its key for it.
+        ("/api/alias", format!("http://localhost:{port}/v1/states")),
         ("/api/other", "http://127.0.0.1:9/elsewhere".to_owned()),
     ] {
         Mock::given(path(from))
@@ -468,27 +470,30 @@ async fn a_redirect_to_the_address_the_caller_used_is_left_out() {
             .mount(&mock)
             .await;
     }
-    let location = |rest: &'static str| {
+    // A DELETE through the proxy, as through a proxy in front that passes on the name it
+    // was called by when `forwarded_host` is given.
+    let location = |rest: &'static str, forwarded_host: Option<&'static str>| {
         let url = proxy_url(&d, rest);
         let key = key.clone();
         async move {
-            let resp = common::no_redirects()
-                .delete(url)
-                .bearer_auth(&key)
-                .send()
-                .await
-                .unwrap();
+            let mut request = common::no_redirects().delete(url).bearer_auth(&key);
+            if let Some(host) = forwarded_host {
+                request = request.header("x-forwarded-host", host);
+            }
+            let resp = request.send().await.unwrap();
             assert_eq!(resp.status(), 307, "{rest}");
             resp.headers()
                 .get("location")
                 .map(|v| v.to_str().unwrap().to_owned())
         }
     };
-    for rest in ["called", "alias", "public"] {
-        assert_eq!(location(rest).await, None, "{rest}");
-    }
+    assert_eq!(location("called", None).await, None);
+    assert_eq!(location("public", None).await, None);
+    assert_eq!(location("forwarded", Some("oauthd.lan")).await, None);
+    assert!(location("forwarded", None).await.is_some());
+    assert!(location("alias", None).await.is_some());
     assert_eq!(
-        location("other").await.as_deref(),
+        location("other", None).await.as_deref(),
         Some("http://127.0.0.1:9/elsewhere")
     );
     let (status, _) = d.get("/v1/connections/mock/default", &key).await;

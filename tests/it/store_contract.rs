@@ -590,10 +590,16 @@ async fn only_the_newest_login_link_works(b: Backend) {
     s.insert_admin_secret(session, AdminSecretKind::Session, far)
         .await
         .unwrap();
+    // One stored as an earlier oauthd stored them, beside nothing that names it.
+    let earlier = SecretHash::of("link-0");
+    s.insert_admin_secret(earlier, AdminSecretKind::LoginLink, far)
+        .await
+        .unwrap();
     let [first, second] = [SecretHash::of("link-1"), SecretHash::of("link-2")];
     s.replace_login_link(first, far).await.unwrap();
     let works = |h: SecretHash, kind| s.use_admin_secret((h, kind), SecretUse::Check, 1_000);
     assert!(works(first, AdminSecretKind::LoginLink).await.unwrap());
+    assert!(!works(earlier, AdminSecretKind::LoginLink).await.unwrap());
     s.replace_login_link(second, far).await.unwrap();
     assert!(!works(first, AdminSecretKind::LoginLink).await.unwrap());
     assert!(works(second, AdminSecretKind::LoginLink).await.unwrap());

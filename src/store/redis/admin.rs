@@ -73,10 +73,26 @@ impl AdminStore for RedisStore {
         hash: SecretHash,
         expires_at_ms: i64,
     ) -> Result<(), StoreError> {
+        const CONTEXT: &str = "storing a login link";
+        // Links made before the newest was kept track of (by an earlier oauthd) are found
+        // by a scan: making a link is rare (a start, `oauthd admin link`).
+        let before = self
+            .scan_keys(CONTEXT, self.admin_prefix(AdminSecretKind::LoginLink))
+            .await?;
+        if !before.is_empty() {
+            let mut c = self.conn();
+            self.run(CONTEXT, async move {
+                redis::cmd("DEL")
+                    .arg(before)
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await?;
+        }
         let newest = self.key("a", "login_link");
         let key = self.admin_key(&hash, AdminSecretKind::LoginLink);
         let mut c = self.conn();
-        self.run("storing a login link", async move {
+        self.run(CONTEXT, async move {
             REPLACE_LINK
                 .key(newest)
                 .key(key)
