@@ -704,7 +704,7 @@ pub(super) fn services(
     }
     let vault = Arc::new(load_vault(source)?);
     check_vault_opens_tokens(&vault, &from, store)?;
-    vault_peers::check(&vault, &from, store, &clock)?;
+    vault_peers::check(&vault.key_ids(), &from, store, &clock)?;
     let states = Arc::new(StateService::new(
         store.clone(),
         settings.states.clone(),

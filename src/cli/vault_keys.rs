@@ -28,6 +28,19 @@ pub(super) fn rekey(settings: Settings, prune: bool) -> Result<(), Fatal> {
             2,
         ));
     }
+    if !prune {
+        // Every serving instance must have the key file's keys: rotating another file
+        // would re-seal tokens under a key they cannot open.
+        let source = KeySource::File {
+            path: path.clone(),
+            create: false,
+        };
+        let keys = crate::vault::Vault::load(&source)
+            .map_err(|e| Fatal(format!("key file {}: {e}", path.display()), 2))?
+            .key_ids();
+        let clock = crate::clock::Clock::system();
+        super::vault_peers::check(&keys, &source.describe(), &store, &clock)?;
+    }
     runtime()?.block_on(async {
         if prune {
             let now = crate::clock::Clock::system().now_ms();

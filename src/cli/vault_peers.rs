@@ -8,7 +8,6 @@ use super::{runtime, Fatal};
 use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::store::{Store, StoreError, VaultKeysInUse};
-use crate::vault::VaultHandle;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,23 +51,22 @@ fn refusal(theirs: &VaultKeysInUse, ours: &[String], from: &str) -> Fatal {
     )
 }
 
-/// Refuses when another serving instance seals with a key `vault` (loaded from `from`)
-/// does not have, after giving it `SETTLE` to tell of keys it has just reloaded; warns
-/// when another cannot open the key `vault` seals with.
+/// Refuses when another serving instance seals with a key not in `ours` (the ids of the
+/// keys loaded from `from`, the sealing one first), after giving it `SETTLE` to tell of
+/// keys it has just reloaded; warns when another cannot open the key `ours` seals with.
 pub(super) fn check(
-    vault: &VaultHandle,
+    ours: &[String],
     from: &str,
     store: &Arc<dyn Store>,
     clock: &Clock,
 ) -> Result<(), Fatal> {
-    let ours = vault.key_ids();
     let rt = runtime()?;
     let began = Instant::now();
     loop {
-        let others = rt.block_on(lacking(store.as_ref(), &ours, clock.now_ms(), None))?;
+        let others = rt.block_on(lacking(store.as_ref(), ours, clock.now_ms(), None))?;
         let Some(first) = others.first() else { break };
         if began.elapsed() >= SETTLE {
-            return Err(refusal(first, &ours, from));
+            return Err(refusal(first, ours, from));
         }
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -129,14 +127,16 @@ impl Teller {
 
     /// Tells at start, before the first request, then looks again: an instance started
     /// at the same moment with a key this one lacks (each found nothing when it checked)
-    /// is seen now, and the later of the two stops here.
+    /// is seen by the later of the two, which stops here. Of two that told before either
+    /// looked, the later sees the earlier; of one that looked before the other told, the
+    /// other told later and sees it; of two that told in the same millisecond, both stop.
     pub(super) async fn start(&mut self) -> Result<(), Fatal> {
+        self.since_ms = self.clock.now_ms();
         self.tell().await;
         let keys = self.broker.vault_key_ids();
-        let me = self.note(keys.clone());
         let now = self.clock.now_ms();
         let others = lacking(self.store.as_ref(), &keys, now, Some(&self.instance)).await?;
-        if let Some(older) = others.iter().find(|o| o.before(&me)) {
+        if let Some(older) = others.iter().find(|o| o.since_ms <= self.since_ms) {
             let _ = self.store.forget_vault_keys(&self.instance).await;
             return Err(refusal(older, &keys, &self.from));
         }

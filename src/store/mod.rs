@@ -1040,7 +1040,8 @@ pub struct VaultKeysInUse {
     pub instance: String,
     /// The ids of the keys it opens with, the one it seals with first.
     pub keys: Vec<String>,
-    /// When it started (unix ms): of two that cannot share their data, the later gives way.
+    /// When it first told (unix ms): of two that cannot share their data, the later gives
+    /// way.
     pub since_ms: i64,
     /// Until when this holds unless told again (unix ms).
     pub until_ms: i64,
@@ -1068,11 +1069,6 @@ impl VaultKeysInUse {
             since_ms,
             until_ms,
         })
-    }
-
-    /// Whether this one started before `other` (the instance id breaks a tie).
-    pub fn before(&self, other: &VaultKeysInUse) -> bool {
-        (self.since_ms, &self.instance) < (other.since_ms, &other.instance)
     }
 }
 
