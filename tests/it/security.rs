@@ -828,8 +828,13 @@ async fn a_running_server_never_replaces_a_key_file_that_went_away() {
         let (status, body) = d.consume(&key, s, "login").await;
         assert_eq!((status, &body["data"]), (200, &data), "{body}");
     }
+    // Said at the next look at the key file, within a second (the instances' telling of
+    // their keys looks every second too).
     assert!(
-        home.log_text().contains("cannot reload the key file"),
+        common::eventually(std::time::Duration::from_secs(5), || home
+            .log_text()
+            .contains("cannot reload the key file"))
+        .await,
         "{}",
         home.log_text()
     );
