@@ -5,21 +5,6 @@ use super::{hex, RedisStore};
 use crate::secret::SecretHash;
 use crate::store::{AdminSecretKind, AdminStore, SecretUse, StoreError};
 use async_trait::async_trait;
-use redis::Script;
-use std::sync::LazyLock;
-
-/// Stores a login link (`KEYS[2]`, expiring at `ARGV[1]`) and ends the one before, which
-/// `KEYS[1]` names (until the newest expires).
-static REPLACE_LINK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local before = redis.call('GET', KEYS[1])
-if before then redis.call('DEL', before) end
-redis.call('SET', KEYS[2], ARGV[1], 'PXAT', ARGV[1])
-redis.call('SET', KEYS[1], KEYS[2], 'PXAT', ARGV[1])
-",
-    )
-});
 
 impl RedisStore {
     fn admin_key(&self, hash: &SecretHash, kind: AdminSecretKind) -> String {
@@ -74,8 +59,8 @@ impl AdminStore for RedisStore {
         expires_at_ms: i64,
     ) -> Result<(), StoreError> {
         const CONTEXT: &str = "storing a login link";
-        // Links made before the newest was kept track of (by an earlier oauthd) are found
-        // by a scan: making a link is rare (a start, `oauthd admin link`).
+        // Every earlier link, whichever oauthd made it, is found by a scan: making a link
+        // is rare (a start, `oauthd admin link`).
         let before = self
             .scan_keys(CONTEXT, self.admin_prefix(AdminSecretKind::LoginLink))
             .await?;
@@ -89,18 +74,8 @@ impl AdminStore for RedisStore {
             })
             .await?;
         }
-        let newest = self.key("a", "login_link");
-        let key = self.admin_key(&hash, AdminSecretKind::LoginLink);
-        let mut c = self.conn();
-        self.run(CONTEXT, async move {
-            REPLACE_LINK
-                .key(newest)
-                .key(key)
-                .arg(expires_at_ms)
-                .invoke_async::<()>(&mut c)
-                .await
-        })
-        .await
+        self.insert_admin_secret(hash, AdminSecretKind::LoginLink, expires_at_ms)
+            .await
     }
 
     async fn use_admin_secret(

@@ -306,7 +306,7 @@ impl SqliteStore {
             )));
         }
         if conn.is_readonly(MAIN_DB).unwrap_or(true) {
-            check_schema_read_only(&conn, path)?;
+            check_schema_read_only(found, path)?;
         } else {
             if upgrade == Upgrade::Refused {
                 let known = MIGRATIONS.len() as i64;
@@ -585,11 +585,8 @@ fn check_parent(path: &Path) -> Result<(), OpenError> {
 }
 
 /// On a database this process cannot write: fine when no schema change is pending.
-fn check_schema_read_only(conn: &Connection, path: &Path) -> Result<(), OpenError> {
+fn check_schema_read_only(found: i64, path: &Path) -> Result<(), OpenError> {
     let known = MIGRATIONS.len() as i64;
-    let found: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(|e| OpenError::open(path, &e))?;
     if found > known {
         return Err(OpenError::TooNew {
             path: path.to_owned(),
