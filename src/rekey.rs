@@ -31,12 +31,6 @@ pub enum RekeyError {
     Store(#[from] StoreError),
 }
 
-pub struct RekeyReport {
-    pub new_key_id: String,
-    pub resealed: usize,
-    pub old_keys: usize,
-}
-
 fn read(path: &Path) -> Result<Zeroizing<String>, RekeyError> {
     std::fs::read_to_string(path)
         .map(Zeroizing::new)
@@ -112,12 +106,9 @@ async fn reseal_pass(vault: &Vault, store: &dyn BrokerStore) -> Result<usize, Re
     Ok(changed)
 }
 
-/// Rotates to a new key. `settle` is how long running servers may take to notice.
-pub async fn rotate(
-    path: &Path,
-    store: &dyn BrokerStore,
-    settle: Duration,
-) -> Result<RekeyReport, RekeyError> {
+/// Puts a new key first in the key file (the older ones after it); returns the vault it
+/// makes and how many keys were there before.
+pub fn add_key(path: &Path) -> Result<(Vault, usize), RekeyError> {
     let old = read(path)?;
     let old_keys = key_lines(&old);
     Vault::from_text(&old)?;
@@ -129,21 +120,27 @@ pub async fn rotate(
     ));
     let vault = Vault::from_text(&text)?;
     write(path, &text)?;
-    let mut resealed = reseal_pass(&vault, store).await?;
-    // Until a pass finds nothing, after servers had time to switch keys.
+    Ok((vault, old_keys.len()))
+}
+
+/// Re-seals every stored value under `vault`'s current key: passes repeat until one finds
+/// nothing left, `settle` (how long running servers may take to notice) apart. Returns
+/// how many values changed.
+pub async fn reseal(
+    vault: &Vault,
+    store: &dyn BrokerStore,
+    settle: Duration,
+) -> Result<usize, RekeyError> {
+    let mut resealed = reseal_pass(vault, store).await?;
     for _ in 0..20 {
         tokio::time::sleep(settle).await;
-        let n = reseal_pass(&vault, store).await?;
+        let n = reseal_pass(vault, store).await?;
         resealed += n;
         if n == 0 {
             break;
         }
     }
-    Ok(RekeyReport {
-        new_key_id: vault.current_key_id(),
-        resealed,
-        old_keys: old_keys.len(),
-    })
+    Ok(resealed)
 }
 
 /// Drops keys no stored value uses (states: those live at `now_ms`). Returns (kept,

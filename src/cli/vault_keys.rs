@@ -28,21 +28,8 @@ pub(super) fn rekey(settings: Settings, prune: bool) -> Result<(), Fatal> {
             2,
         ));
     }
-    if !prune {
-        // Every serving instance must have the key file's keys: rotating another file
-        // would re-seal tokens under a key they cannot open.
-        let source = KeySource::File {
-            path: path.clone(),
-            create: false,
-        };
-        let keys = crate::vault::Vault::load(&source)
-            .map_err(|e| Fatal(format!("key file {}: {e}", path.display()), 2))?
-            .key_ids();
-        let clock = crate::clock::Clock::system();
-        super::vault_peers::check(&keys, &source.describe(), &store, &clock)?;
-    }
-    runtime()?.block_on(async {
-        if prune {
+    if prune {
+        return runtime()?.block_on(async {
             let now = crate::clock::Clock::system().now_ms();
             let (kept, removed) = crate::rekey::prune(&path, store.as_ref(), now).await?;
             say!(
@@ -52,14 +39,31 @@ pub(super) fn rekey(settings: Settings, prune: bool) -> Result<(), Fatal> {
                  which keep their key until they are consumed or expire).",
                 path.display()
             );
-            return Ok(());
-        }
-        let report =
-            crate::rekey::rotate(&path, store.as_ref(), std::time::Duration::from_millis(1500)).await?;
-        say!(
-            "New vault key {} now seals; re-sealed {} value(s) (connection tokens, pending device codes; states keep the key their data was sealed with until they are consumed or expire). The {} older key(s) stay in {} so values sealed under them still open; `oauthd rekey --prune` removes them once nothing uses them.",
-            report.new_key_id, report.resealed, report.old_keys, path.display()
-        );
-        Ok(())
-    })
+            Ok(())
+        });
+    }
+    // Every serving instance must have the key file's keys, and then the new one: rotating
+    // another file (a copy) would re-seal tokens under a key they cannot open.
+    let source = KeySource::File {
+        path: path.clone(),
+        create: false,
+    };
+    let keys = crate::vault::Vault::load(&source)
+        .map_err(|e| Fatal(format!("key file {}: {e}", path.display()), 2))?
+        .key_ids();
+    let clock = crate::clock::Clock::system();
+    super::vault_peers::check(&keys, &source.describe(), &store, &clock)?;
+    let (vault, old_keys) = crate::rekey::add_key(&path)?;
+    let new_key_id = vault.current_key_id();
+    super::vault_peers::taken_up(&new_key_id, &source.describe(), &store, &clock)?;
+    let resealed = runtime()?.block_on(crate::rekey::reseal(
+        &vault,
+        store.as_ref(),
+        std::time::Duration::from_millis(1500),
+    ))?;
+    say!(
+        "New vault key {new_key_id} now seals; re-sealed {resealed} value(s) (connection tokens, pending device codes; states keep the key their data was sealed with until they are consumed or expire). The {old_keys} older key(s) stay in {} so values sealed under them still open; `oauthd rekey --prune` removes them once nothing uses them.",
+        path.display()
+    );
+    Ok(())
 }

@@ -7,7 +7,7 @@
 use super::{runtime, Fatal};
 use crate::broker::Broker;
 use crate::clock::Clock;
-use crate::store::{Store, StoreError, VaultKeysInUse};
+use crate::store::{Store, StoreError, VaultKeysInUse, VaultKeysNote};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,8 @@ const HOLDS_FOR: Duration = Duration::from_secs(60);
 /// How long a start waits for another instance to tell of keys it has just reloaded (a
 /// `rekey` run a moment before) before it is refused.
 const SETTLE: Duration = Duration::from_secs(3);
+/// How long `rekey` waits for every serving instance to tell of the key it has just added.
+const TAKE_UP: Duration = Duration::from_secs(5);
 
 /// The serving instances (`me` aside) that seal with a key not in `keys`.
 async fn lacking(
@@ -82,16 +84,54 @@ pub(super) fn check(
     Ok(())
 }
 
-/// Tells the other instances this one's vault keys.
+/// Waits until every serving instance tells it has `key`, which `rekey` has just put first
+/// in the key file at `from` (each reloads the file within a second and tells the next):
+/// one that has not within `TAKE_UP` serves with another key file, and could not open
+/// what a re-seal under `key` writes.
+pub(super) fn taken_up(
+    key: &str,
+    from: &str,
+    store: &Arc<dyn Store>,
+    clock: &Clock,
+) -> Result<(), Fatal> {
+    let rt = runtime()?;
+    let began = Instant::now();
+    loop {
+        let told = rt.block_on(store.vault_keys_in_use(clock.now_ms()))?;
+        let Some(behind) = told.iter().find(|o| !o.keys.iter().any(|k| k == key)) else {
+            return Ok(());
+        };
+        if began.elapsed() >= TAKE_UP {
+            return Err(Fatal(
+                format!(
+                    "another oauthd serving this store (since {}, with key(s) {}) has not loaded the new vault key {key} within {}s of its being put first in {from}: it serves with another key file (a copy of this one?) and could not open what a re-seal under the new key writes. Nothing was re-sealed; the new key stays first in {from}. Rekey the key file that oauthd serves with (as its OAUTHD_KEY_FILE names it); an oauthd stopped without saying so stops counting within {}s",
+                    crate::clock::rfc3339(behind.since_ms),
+                    behind.keys.join(", "),
+                    TAKE_UP.as_secs(),
+                    HOLDS_FOR.as_secs()
+                ),
+                2,
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Tells the other instances this one's vault keys, and looks at theirs while it serves.
 pub(super) struct Teller {
     instance: String,
-    since_ms: i64,
+    /// When it first told, as the store recorded it (`None` until it could tell).
+    since_ms: Option<i64>,
     store: Arc<dyn Store>,
     broker: Arc<Broker>,
     clock: Clock,
     from: String,
     told: Option<(Vec<String>, Instant)>,
     failing: bool,
+    /// The instances this one said it cannot share data with, and when.
+    said: Vec<(String, Instant)>,
+    /// The instances that sealed with a key this one lacks at the last look.
+    seen: Vec<String>,
 }
 
 impl Teller {
@@ -103,25 +143,15 @@ impl Teller {
     ) -> Teller {
         Teller {
             instance: uuid::Uuid::new_v4().simple().to_string(),
-            since_ms: clock.now_ms(),
+            since_ms: None,
             store,
             broker,
             clock,
             from,
             told: None,
             failing: false,
-        }
-    }
-
-    fn note(&self, keys: Vec<String>) -> VaultKeysInUse {
-        VaultKeysInUse {
-            instance: self.instance.clone(),
-            keys,
-            since_ms: self.since_ms,
-            until_ms: self
-                .clock
-                .now_ms()
-                .saturating_add(HOLDS_FOR.as_millis() as i64),
+            said: Vec::new(),
+            seen: Vec::new(),
         }
     }
 
@@ -131,12 +161,12 @@ impl Teller {
     /// looked, the later sees the earlier; of one that looked before the other told, the
     /// other told later and sees it; of two that told in the same millisecond, both stop.
     pub(super) async fn start(&mut self) -> Result<(), Fatal> {
-        self.since_ms = self.clock.now_ms();
         self.tell().await;
         let keys = self.broker.vault_key_ids();
         let now = self.clock.now_ms();
+        let ours = self.since_ms.unwrap_or(now);
         let others = lacking(self.store.as_ref(), &keys, now, Some(&self.instance)).await?;
-        if let Some(older) = others.iter().find(|o| o.since_ms <= self.since_ms) {
+        if let Some(older) = others.iter().find(|o| o.since_ms <= ours) {
             let _ = self.store.forget_vault_keys(&self.instance).await;
             return Err(refusal(older, &keys, &self.from));
         }
@@ -153,10 +183,16 @@ impl Teller {
         if !due {
             return;
         }
-        let note = self.note(keys.clone());
+        let note = VaultKeysNote {
+            instance: self.instance.clone(),
+            keys: keys.clone(),
+            since_ms: self.since_ms,
+            holds: HOLDS_FOR,
+        };
         match self.store.note_vault_keys(note, self.clock.now_ms()).await {
-            Ok(()) => {
+            Ok(since) => {
                 self.failing = false;
+                self.since_ms = Some(since);
                 self.told = Some((keys, Instant::now()));
             }
             Err(e) if !self.failing => {
@@ -167,7 +203,44 @@ impl Teller {
         }
     }
 
-    /// Looks every `LOOK_EVERY` and tells as `tell` does until `stop`, then takes it back.
+    /// Looks for another serving instance that seals with a key this one lacks: one that
+    /// started while this one's note was not in the store (a Redis restart or flush that
+    /// lost it, or this one unable to tell for longer than its note holds). Their data is
+    /// split from then on, which this says as an error, once per `TELL_EVERY` and instance
+    /// while it lasts.
+    async fn look(&mut self) {
+        let keys = self.broker.vault_key_ids();
+        let now = self.clock.now_ms();
+        let Ok(others) = lacking(self.store.as_ref(), &keys, now, Some(&self.instance)).await
+        else {
+            return;
+        };
+        self.said
+            .retain(|(i, at)| at.elapsed() < TELL_EVERY && others.iter().any(|o| o.instance == *i));
+        let seen_before = std::mem::replace(
+            &mut self.seen,
+            others.iter().map(|o| o.instance.clone()).collect(),
+        );
+        for other in others {
+            // One that started a moment ago with another key sees this one and stops: only
+            // one still there a look later has started.
+            if !seen_before.contains(&other.instance)
+                || self.said.iter().any(|(i, _)| *i == other.instance)
+            {
+                continue;
+            }
+            log::error!(
+                "another oauthd serving this store since {} seals with vault key {}, which the key loaded from {} does not have (it has {}): what each seals does not open in the other (states answering 503 vault_error, tokens that cannot be read). It started while this one's note of its keys was not in the store. Stop the one whose key file is wrong, and give both the same key",
+                crate::clock::rfc3339(other.since_ms),
+                other.keys.first().map_or("", String::as_str),
+                self.from,
+                keys.join(", ")
+            );
+            self.said.push((other.instance, Instant::now()));
+        }
+    }
+
+    /// Tells as `tell` does and looks every `LOOK_EVERY` until `stop`, then takes it back.
     pub(super) async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
         while !*stop.borrow() {
             tokio::select! {
@@ -180,6 +253,7 @@ impl Teller {
                 _ = tokio::time::sleep(LOOK_EVERY) => {}
             }
             self.tell().await;
+            self.look().await;
         }
         if let Err(e) = self.store.forget_vault_keys(&self.instance).await {
             log::debug!("could not take back which vault keys this oauthd used: {e}");

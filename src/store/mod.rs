@@ -1072,6 +1072,20 @@ impl VaultKeysInUse {
     }
 }
 
+/// What a serving instance tells the others of its vault keys.
+#[derive(Clone, Debug)]
+pub struct VaultKeysNote {
+    /// Made up by each process at start.
+    pub instance: String,
+    /// The ids of the keys it opens with, the one it seals with first.
+    pub keys: Vec<String>,
+    /// When it first told, as the store recorded it then; `None` the first time, when the
+    /// store stamps it.
+    pub since_ms: Option<i64>,
+    /// How long this holds unless told again.
+    pub holds: std::time::Duration,
+}
+
 /// One backend holding everything: the SQLite file or a shared Redis.
 #[async_trait]
 pub trait Store: StateStore + KeyStore + AdminStore + BrokerStore {
@@ -1091,9 +1105,13 @@ pub trait Store: StateStore + KeyStore + AdminStore + BrokerStore {
         Ok(false)
     }
     /// Tells the other instances on this store which vault keys this one uses (over
-    /// what it told before), and forgets what others told that ended before `now_ms`.
-    async fn note_vault_keys(&self, keys: VaultKeysInUse, now_ms: i64) -> Result<(), StoreError>;
-    /// What serving instances told of their vault keys that still holds at `now_ms`.
+    /// what it told before), and forgets what others told that ended before now; returns
+    /// when the instance first told, as recorded. `now_ms` is this process's clock: a store
+    /// that instances on other machines share (Redis) goes by its own, so that hosts whose
+    /// clocks differ still see each other's notes for as long as they hold.
+    async fn note_vault_keys(&self, note: VaultKeysNote, now_ms: i64) -> Result<i64, StoreError>;
+    /// What serving instances told of their vault keys that still holds now (`now_ms`, or
+    /// the store's own clock, as for `note_vault_keys`).
     async fn vault_keys_in_use(&self, now_ms: i64) -> Result<Vec<VaultKeysInUse>, StoreError>;
     /// Forgets what `instance` told (it stops).
     async fn forget_vault_keys(&self, instance: &str) -> Result<(), StoreError>;

@@ -56,19 +56,6 @@ impl Drop for Listening {
     }
 }
 
-/// libfaketime (Debian package `faketime`, installed by scripts/test), found where dpkg put it.
-fn libfaketime() -> String {
-    let out = Command::new("dpkg")
-        .args(["-L", "libfaketime"])
-        .output()
-        .expect("dpkg");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.ends_with("/libfaketime.so.1"))
-        .expect("libfaketime is not installed: run scripts/test (Debian package faketime)")
-        .to_owned()
-}
-
 /// oauthd on a clock that `clock_file` moves ("+660": eleven minutes ahead), while its
 /// timers keep real time: virtual minutes pass at once.
 fn oauthd_on_a_virtual_clock(home: &Home, clock_file: &Path) -> common::Daemon {
@@ -76,7 +63,7 @@ fn oauthd_on_a_virtual_clock(home: &Home, clock_file: &Path) -> common::Daemon {
     home.start_via_shell(&format!(
         "export LD_PRELOAD='{}' FAKETIME_TIMESTAMP_FILE='{}' FAKETIME_NO_CACHE=1 \
          FAKETIME_DONT_FAKE_MONOTONIC=1; exec \"$@\"",
-        libfaketime(),
+        common::libfaketime(),
         clock_file.display()
     ))
 }

@@ -679,6 +679,7 @@ contract![
     an_instance_with_another_vault_key_is_refused_while_one_serves,
     of_two_started_together_with_other_keys_one_serves,
     an_instance_starts_right_after_a_rotation_the_other_has_seen,
+    a_rekey_of_a_copy_of_the_key_file_reseals_nothing_while_one_serves,
 ];
 
 /// A new vault key file (0600) named `name` in `home`, holding `text`.
@@ -765,6 +766,83 @@ async fn an_instance_starts_right_after_a_rotation_the_other_has_seen(home: Home
         .contains(old.trim()));
     let b = home.start();
     b.signal_and_wait("TERM");
+    a.signal_and_wait("TERM");
+}
+
+/// Hosts sharing one Redis go by Redis's clock for each other's notes: one whose clock
+/// runs two minutes ahead used to take the serving one's note (holding 60 s by that one's
+/// clock) for ended, and started with another key.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread")]
+async fn on_redis_a_host_whose_clock_runs_ahead_still_sees_the_one_serving() {
+    let home = Home::redis();
+    let a = home.start();
+    let other = key_file_with(&home, "other.key", &keygen());
+    let refused = common::run_until_exit(
+        home.cli_command(&["serve", "--listen", "127.0.0.1:0"])
+            .env("OAUTHD_KEY_FILE", &other)
+            .env("LD_PRELOAD", common::libfaketime())
+            .env("FAKETIME", "+120")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .stdin(Stdio::null()),
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(err.contains("seals with vault key"), "{err}");
+    a.signal_and_wait("TERM");
+}
+
+/// An instance that starts with another key while Redis has lost the serving one's note
+/// (a restart without persistence, a flush) is not refused: nothing tells it of the other.
+/// From the next look on, the two say as an error that their data is split; nothing said
+/// so before.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread")]
+async fn on_redis_an_instance_started_while_the_notes_were_lost_is_said_as_an_error() {
+    let home = Home::redis();
+    let a = home.start();
+    assert_eq!(
+        home.redis_server().command("DEL oauthd:vault").as_deref(),
+        Some(":1")
+    );
+    let other = key_file_with(&home, "other.key", &keygen());
+    let b = home.start_with_env(&[("OAUTHD_KEY_FILE", other.to_str().unwrap())]);
+    let said = "started while this one's note of its keys was not in the store";
+    assert!(
+        common::eventually(Duration::from_secs(10), || home.log_text().contains(said)).await,
+        "{}",
+        home.log_text()
+    );
+    let log = home.log_text();
+    assert!(log.contains("ERROR"), "{log}");
+    b.signal_and_wait("TERM");
+    a.signal_and_wait("TERM");
+}
+
+/// `rekey` run on a copy of the key file the serving oauthd uses: the copy's keys are the
+/// same, so the start check passes, but the new key goes into the copy only and the
+/// serving one could not open what is re-sealed under it. It used to re-seal anyway; now
+/// it waits for every serving instance to tell of the new key, and is refused (exit 2)
+/// when one does not, having re-sealed nothing. The same `rekey` on the file the serving
+/// one uses goes through.
+async fn a_rekey_of_a_copy_of_the_key_file_reseals_nothing_while_one_serves(home: Home) {
+    let a = home.start();
+    let text = std::fs::read_to_string(home.key_file()).unwrap();
+    let copy = key_file_with(&home, "copy.key", &text);
+    let out = home
+        .cli_command(&["rekey"])
+        .env("OAUTHD_KEY_FILE", &copy)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("has not loaded the new vault key") && err.contains("Nothing was re-sealed"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(home.key_file()).unwrap(), text);
+    let out = home.cli(&["rekey"]);
+    assert!(out.status.success(), "{out:?}");
     a.signal_and_wait("TERM");
 }
 

@@ -606,6 +606,56 @@ async fn only_the_newest_login_link_works(b: Backend) {
     assert!(works(session, AdminSecretKind::Session).await.unwrap());
 }
 
+/// An instance's note of its vault keys: the store stamps when it first told (by its own
+/// clock, which on Redis is Redis's) and keeps that time when told again; a note that
+/// holds no more, or is taken back, is not in use.
+async fn a_vault_keys_note_keeps_its_first_time_until_it_ends(b: Backend) {
+    use oauthd::store::VaultKeysNote;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    let s = b.store.as_ref();
+    let now = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    let note = |instance: &str, keys: &[&str], since_ms, holds| VaultKeysNote {
+        instance: instance.into(),
+        keys: keys.iter().map(|k| k.to_string()).collect(),
+        since_ms,
+        holds,
+    };
+    let before = now();
+    let since = s
+        .note_vault_keys(
+            note("a", &["k1", "k0"], None, Duration::from_secs(60)),
+            now(),
+        )
+        .await
+        .unwrap();
+    assert!((before - 5_000..=now() + 5_000).contains(&since), "{since}");
+    let again = s
+        .note_vault_keys(
+            note("a", &["k2", "k1"], Some(since), Duration::from_secs(60)),
+            now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, since);
+    s.note_vault_keys(note("b", &["k9"], None, Duration::ZERO), now())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let in_use = s.vault_keys_in_use(now()).await.unwrap();
+    assert_eq!(in_use.len(), 1, "{in_use:?}");
+    assert_eq!(in_use[0].instance, "a");
+    assert_eq!(in_use[0].keys, ["k2", "k1"]);
+    assert_eq!(in_use[0].since_ms, since);
+    assert!(in_use[0].until_ms >= now() + 50_000, "{in_use:?}");
+    s.forget_vault_keys("a").await.unwrap();
+    assert!(s.vault_keys_in_use(now()).await.unwrap().is_empty());
+}
+
 /// State `n` of namespace "cap", expiring at `expires_at_ms`.
 fn capped(n: u8, expires_at_ms: i64, subject: Option<&str>) -> StateRow {
     StateRow {
@@ -1063,6 +1113,7 @@ backends!(
     a_claim_finds_the_others_behind_any_backlog,
     a_signed_out_session_leaves_no_admin_session_behind,
     only_the_newest_login_link_works,
+    a_vault_keys_note_keeps_its_first_time_until_it_ends,
     the_namespace_cap_counts_what_every_path_leaves_live,
     all_namespaces_together_hold_at_most_max_total_live_states,
     the_store_keeps_at_most_max_tombstones_the_latest_ones,

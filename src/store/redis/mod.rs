@@ -375,27 +375,6 @@ impl RedisStore {
         format!("{}{kind}:{id}", self.prefix)
     }
 
-    /// Every instance's note of its vault keys (`None`: one that does not read).
-    async fn vault_keys_told(
-        &self,
-        context: &'static str,
-    ) -> Result<Vec<(String, Option<super::VaultKeysInUse>)>, StoreError> {
-        let hash = self.index("vault");
-        let mut c = self.conn();
-        let told: HashMap<String, String> = self
-            .run(context, async move {
-                redis::cmd("HGETALL").arg(hash).query_async(&mut c).await
-            })
-            .await?;
-        Ok(told
-            .into_iter()
-            .map(|(instance, text)| {
-                let read = super::VaultKeysInUse::from_text(&instance, &text);
-                (instance, read)
-            })
-            .collect())
-    }
-
     fn index(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
@@ -442,21 +421,24 @@ impl super::Store for RedisStore {
     }
 
     // One hash, field per instance: `<until_ms> <since_ms> <key id>...`; notes past their
-    // time are dropped in the same script.
+    // time are dropped in the same script. Instances on other machines share it, so the
+    // times are Redis's own (`TIME`), not each host's: one whose clock runs a minute ahead
+    // would otherwise take every other's note for ended.
     async fn note_vault_keys(
         &self,
-        keys: super::VaultKeysInUse,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
+        note: super::VaultKeysNote,
+        _now_ms: i64,
+    ) -> Result<i64, StoreError> {
         let hash = self.index("vault");
         let mut c = self.conn();
         self.run("telling which vault keys this oauthd uses", async move {
             NOTE_VAULT_KEYS
                 .key(hash)
-                .arg(now_ms)
-                .arg(&keys.instance)
-                .arg(keys.to_text())
-                .invoke_async::<()>(&mut c)
+                .arg(&note.instance)
+                .arg(u64::try_from(note.holds.as_millis()).unwrap_or(u64::MAX))
+                .arg(note.since_ms.unwrap_or(0))
+                .arg(note.keys.join(" "))
+                .invoke_async::<i64>(&mut c)
                 .await
         })
         .await
@@ -464,13 +446,24 @@ impl super::Store for RedisStore {
 
     async fn vault_keys_in_use(
         &self,
-        now_ms: i64,
+        _now_ms: i64,
     ) -> Result<Vec<super::VaultKeysInUse>, StoreError> {
-        Ok(self
-            .vault_keys_told("reading which vault keys other oauthds use")
-            .await?
+        let hash = self.index("vault");
+        let mut c = self.conn();
+        let ((secs, micros), told): ((i64, i64), HashMap<String, String>) = self
+            .run("reading which vault keys other oauthds use", async move {
+                redis::pipe()
+                    .cmd("TIME")
+                    .cmd("HGETALL")
+                    .arg(hash)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let now_ms = secs.saturating_mul(1000).saturating_add(micros / 1000);
+        Ok(told
             .into_iter()
-            .filter_map(|(_, told)| told)
+            .filter_map(|(instance, text)| super::VaultKeysInUse::from_text(&instance, &text))
             .filter(|t| t.until_ms >= now_ms)
             .collect())
     }
@@ -502,18 +495,26 @@ impl super::Store for RedisStore {
     }
 }
 
-/// Records an instance's vault keys (`ARGV[2]` = `ARGV[3]` in the hash `KEYS[1]`) and
-/// drops the notes that ended before `ARGV[1]`, in one step: none renewed meanwhile is lost.
+/// Records an instance's vault keys (`ARGV[4]`, space-separated) under its name
+/// (`ARGV[1]`) in the hash `KEYS[1]`, holding for `ARGV[2]` ms from Redis's `TIME`, since
+/// `ARGV[3]` (0: since now), and drops the notes that ended before now, in one step: none
+/// renewed meanwhile is lost. Returns the since it recorded.
 static NOTE_VAULT_KEYS: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r"
-local now = tonumber(ARGV[1])
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local since = tonumber(ARGV[3])
+if since == nil or since <= 0 then since = now end
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   local untl = tonumber(string.match(all[i + 1], '^(%d+) '))
   if untl == nil or untl < now then redis.call('HDEL', KEYS[1], all[i]) end
 end
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1],
+  string.format('%d %d %s', now + tonumber(ARGV[2]), since, ARGV[4]))
+return since
 ",
     )
 });

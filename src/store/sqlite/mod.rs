@@ -16,7 +16,7 @@ mod states;
 mod values;
 mod writer;
 
-use super::{ChangeWatch, StoreError, VaultKeysInUse};
+use super::{ChangeWatch, StoreError, VaultKeysInUse, VaultKeysNote};
 use r2d2::{ManageConnection, Pool};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, ErrorCode, OpenFlags, MAIN_DB};
@@ -453,8 +453,16 @@ impl super::Store for SqliteStore {
         .await
     }
 
-    // Kept in `meta` as `vault:<instance>` = `<until_ms> <key id>...`.
-    async fn note_vault_keys(&self, keys: VaultKeysInUse, now_ms: i64) -> Result<(), StoreError> {
+    // Kept in `meta` as `vault:<instance>` = `<until_ms> <since_ms> <key id>...`. One file
+    // is on one machine: this process's clock is the store's.
+    async fn note_vault_keys(&self, note: VaultKeysNote, now_ms: i64) -> Result<i64, StoreError> {
+        let since_ms = note.since_ms.unwrap_or(now_ms);
+        let keys = VaultKeysInUse {
+            instance: note.instance,
+            keys: note.keys,
+            since_ms,
+            until_ms: now_ms.saturating_add(note.holds.as_millis().try_into().unwrap_or(i64::MAX)),
+        };
         self.writer
             .run_atomic("telling which vault keys this oauthd uses", move |conn| {
                 conn.prepare_cached(
@@ -466,7 +474,8 @@ impl super::Store for SqliteStore {
                     .execute([format!("vault:{}", keys.instance), keys.to_text()])
                     .map(|_| ())
             })
-            .await
+            .await?;
+        Ok(since_ms)
     }
 
     async fn vault_keys_in_use(&self, now_ms: i64) -> Result<Vec<VaultKeysInUse>, StoreError> {

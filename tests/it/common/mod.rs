@@ -50,6 +50,19 @@ pub fn run_until_exit(cmd: &mut Command) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// libfaketime (Debian package `faketime`, installed by scripts/test), found where dpkg put it.
+pub fn libfaketime() -> String {
+    let out = Command::new("dpkg")
+        .args(["-L", "libfaketime"])
+        .output()
+        .expect("dpkg");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.ends_with("/libfaketime.so.1"))
+        .expect("libfaketime is not installed: run scripts/test (Debian package faketime)")
+        .to_owned()
+}
+
 /// A temp directory holding one oauthd's database (or its Redis), config and log.
 pub struct Home {
     pub dir: tempfile::TempDir,
