@@ -362,3 +362,100 @@ async fn another_applications_database_is_refused_and_left_as_it_was() {
         assert_eq!(mode, "delete", "switched to WAL");
     }
 }
+
+/// `sqlite3 from .dump | sqlite3 to`: a copy as an operator makes one (the dump does not
+/// carry SQLite's `user_version`).
+fn restore_dump(from: &Path, to: &Path) {
+    let dump = std::process::Command::new("sqlite3")
+        .arg(from)
+        .arg(".dump")
+        .output()
+        .expect("sqlite3 (Debian package sqlite3, installed by scripts/test)");
+    assert!(dump.status.success(), "{dump:?}");
+    let conn = rusqlite::Connection::open(to).unwrap();
+    conn.execute_batch(&String::from_utf8(dump.stdout).unwrap())
+        .unwrap();
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 0, "the dump carried the schema version");
+}
+
+fn user_version(db: &Path) -> i64 {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap()
+}
+
+/// A database restored from `sqlite3 .dump` holds oauthd's tables at schema version 0. It
+/// used to be refused as another application's; now it is taken for the version whose
+/// schema it holds exactly (marked so by the first command that writes, with a warning),
+/// upgraded by `serve` if older, and refused, unchanged, when its schema is not one oauthd
+/// made.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_restored_from_a_dump_is_taken_for_the_version_it_holds() {
+    // Today's schema, with a key and a state holding sealed data.
+    let first = Home::new();
+    let d = first.start();
+    let key = first.create_key("app", &[]);
+    let state = d
+        .create_state(&key, json!({"namespace": "oauth:app", "data": {"v": 1}}))
+        .await;
+    d.signal_and_wait("TERM");
+    let home = Home::new();
+    restore_dump(&first.db(), &home.db());
+    std::fs::copy(first.key_file(), home.key_file()).unwrap();
+    let listed = home.cli(&["keys", "list"]);
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("app"));
+    assert!(
+        String::from_utf8_lossy(&listed.stderr).contains("did not say so"),
+        "{listed:?}"
+    );
+    let d = home.start();
+    let (status, body) = d.consume(&key, &state, "oauth:app").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"], json!({"v": 1}));
+    d.signal_and_wait("TERM");
+    assert!(user_version(&home.db()) > 0);
+
+    // An older schema: left to `serve` to upgrade, as any older database is.
+    let scratch = Home::new();
+    let key_file = new_key_file(&scratch);
+    old_database(&scratch.db(), &key_file, SCHEMA.len());
+    let home = Home::new();
+    restore_dump(&scratch.db(), &home.db());
+    std::fs::copy(&key_file, home.key_file()).unwrap();
+    let out = home.cli(&["keys", "list"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("has schema version {}", SCHEMA.len())),
+        "{err}"
+    );
+    assert_eq!(user_version(&home.db()), 0, "a refused command marked it");
+    let d = home.start();
+    let (status, body) = d.consume(API_KEY, STATE, "oauth:old").await;
+    assert_eq!(status, 200, "{body}");
+    d.signal_and_wait("TERM");
+    assert!(user_version(&home.db()) > SCHEMA.len() as i64);
+
+    // A schema no version makes (an index dropped by hand): refused, left as it was.
+    let home = Home::new();
+    restore_dump(&first.db(), &home.db());
+    rusqlite::Connection::open(home.db())
+        .unwrap()
+        .execute_batch("DROP INDEX device_flows_expires_at")
+        .unwrap();
+    let before = std::fs::read(home.db()).unwrap();
+    for out in [home.cli(&["keys", "list"]), home.serve_once()] {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("holds oauthd's tables but no schema version"),
+            "{err}"
+        );
+    }
+    assert_eq!(std::fs::read(home.db()).unwrap(), before);
+}

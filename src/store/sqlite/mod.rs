@@ -13,6 +13,7 @@ mod keys;
 mod live_counts;
 mod outbox;
 mod states;
+mod unmarked;
 mod values;
 mod writer;
 
@@ -84,6 +85,8 @@ pub enum OpenError {
     NotADatabase { path: PathBuf },
     #[error("{path} is an SQLite database, but not oauthd's (it holds {tables} and no oauthd schema): --db (OAUTHD_DB, `db`) names oauthd's own database file; nothing was changed in it")]
     Foreign { path: PathBuf, tables: String },
+    #[error("{path} holds oauthd's tables but no schema version (SQLite's user_version is 0, as in a copy restored from `sqlite3 .dump`, which does not carry it), and its schema is not one any oauthd schema version makes, so it cannot be upgraded safely: restore the database file itself, or a copy made with `sqlite3 {path} \".backup copy.db\"` or `VACUUM INTO`; nothing was changed in it")]
+    Unversioned { path: PathBuf },
     #[error("cannot open database {path}: {message} ({hint})")]
     Open {
         path: PathBuf,
@@ -127,6 +130,7 @@ impl OpenError {
                 | OpenError::IsDirectory { .. }
                 | OpenError::NotADatabase { .. }
                 | OpenError::Foreign { .. }
+                | OpenError::Unversioned { .. }
                 | OpenError::TooNew { .. }
                 | OpenError::Older { .. }
         )
@@ -149,7 +153,14 @@ pub fn schema_versions(path: &Path) -> Result<(i64, i64), OpenError> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| OpenError::open(path, &e))?;
     let found = oauthds_version(&conn, path, |e| OpenError::open(path, &e))?;
-    Ok((found, MIGRATIONS.len() as i64))
+    Ok((found.number, MIGRATIONS.len() as i64))
+}
+
+/// oauthd's schema version of a database, and whether the file says so (`user_version`).
+#[derive(Debug, Clone, Copy)]
+struct Version {
+    number: i64,
+    marked: bool,
 }
 
 /// The schema version of oauthd's database on `conn` (0 for an empty one, which oauthd
@@ -157,12 +168,14 @@ pub fn schema_versions(path: &Path) -> Result<(i64, i64), OpenError> {
 /// in the same transaction as each schema file, and its first makes `states` (keyed by
 /// `key_hash`), `expired_states` and `api_keys`: tables without a version, or a version
 /// without those, are not oauthd's (Home Assistant's recorder has a `states` table too).
+/// oauthd's tables without a version are a copy that lost it (`sqlite3 .dump`): their
+/// version is the one whose schema they hold exactly, else `Unversioned`.
 /// Checked before anything is written, the switch to WAL mode included.
 fn oauthds_version(
     conn: &Connection,
     path: &Path,
     sqlite_err: impl Fn(rusqlite::Error) -> OpenError,
-) -> Result<i64, OpenError> {
+) -> Result<Version, OpenError> {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(&sqlite_err)?;
@@ -173,16 +186,32 @@ fn oauthds_version(
         )
         .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
         .map_err(&sqlite_err)?;
+    let marked = |number| Version {
+        number,
+        marked: true,
+    };
     if tables.is_empty() && version == 0 {
-        return Ok(0);
+        return Ok(marked(0));
     }
     let has = |name: &str| tables.iter().any(|t| t == name);
     let keyed = conn
         .prepare("SELECT 1 FROM pragma_table_info('states') WHERE name = 'key_hash'")
         .and_then(|mut s| s.exists([]))
         .map_err(&sqlite_err)?;
-    if version > 0 && keyed && has("expired_states") && has("api_keys") {
-        return Ok(version);
+    let oauthds = keyed && has("expired_states") && has("api_keys");
+    if version > 0 && oauthds {
+        return Ok(marked(version));
+    }
+    if version == 0 && oauthds {
+        return match unmarked::version_of_schema(conn, MIGRATIONS).map_err(&sqlite_err)? {
+            Some(number) => Ok(Version {
+                number,
+                marked: false,
+            }),
+            None => Err(OpenError::Unversioned {
+                path: path.to_owned(),
+            }),
+        };
     }
     let mut shown: Vec<String> = tables.iter().take(5).map(|t| format!("{t:?}")).collect();
     if tables.len() > 5 {
@@ -296,7 +325,8 @@ impl SqliteStore {
         configure(&conn)
             .and_then(|()| tune(&conn, durability))
             .map_err(sqlite_err)?;
-        let found = oauthds_version(&conn, path, sqlite_err)?;
+        let schema = oauthds_version(&conn, path, sqlite_err)?;
+        let found = schema.number;
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
             .map_err(sqlite_err)?;
@@ -317,6 +347,14 @@ impl SqliteStore {
                         known,
                     });
                 }
+            }
+            if !schema.marked {
+                conn.pragma_update(None, "user_version", found)
+                    .map_err(sqlite_err)?;
+                log::warn!(
+                    "database {}: it holds oauthd's schema version {found} but did not say so (a copy restored from `sqlite3 .dump`, which does not carry SQLite's user_version); marked it as such",
+                    path.display()
+                );
             }
             migrate(&mut conn, path)?;
             if let Err(e) = live_counts::recount_totals(&conn) {
