@@ -1,8 +1,12 @@
 //! `oauthd rekey`: moves every sealed value to a new vault key while oauthd runs.
 //!
-//! 1. The key file becomes `[new key, old keys…]`, written atomically. A running oauthd
-//!    notices within a second and seals with the new key from then on; it can still open
-//!    values under the old keys.
+//! 1. The key file becomes `[old keys…, new key]`, written atomically: a running oauthd
+//!    notices within a second and opens with the new key, but does not seal with it. Once
+//!    every serving instance has told that it has it (`cli::vault_peers`), the file becomes
+//!    `[new key, old keys…]`: they seal with it from their next reload and can still open
+//!    values under the old keys. One that never has it (it reads another copy of the key
+//!    file) stops the rotation before anything is sealed with the new key, which leaves
+//!    the file again.
 //! 2. Every connection's tokens are re-sealed under the new key, compare-and-set, so a
 //!    refresh that lands meanwhile is never overwritten. Passes repeat until one finds
 //!    nothing left, at least a reload interval after the file changed.
@@ -106,21 +110,70 @@ async fn reseal_pass(vault: &Vault, store: &dyn BrokerStore) -> Result<usize, Re
     Ok(changed)
 }
 
-/// Puts a new key first in the key file (the older ones after it); returns the vault it
-/// makes and how many keys were there before.
-pub fn add_key(path: &Path) -> Result<(Vault, usize), RekeyError> {
-    let old = read(path)?;
-    let old_keys = key_lines(&old);
-    Vault::from_text(&old)?;
-    let new_key = vault::generate_key_text()?;
-    let text = Zeroizing::new(format!(
-        "{HEADER}{}\n{}\n",
-        new_key.as_str(),
-        old_keys.join("\n")
-    ));
+/// The key file's key lines, each with its id, in order (the first seals).
+fn keyed_lines(text: &str) -> Result<Vec<(String, Zeroizing<String>)>, RekeyError> {
+    Vault::from_text(text)?;
+    key_lines(text)
+        .into_iter()
+        .map(|line| {
+            let line = Zeroizing::new(line);
+            Ok((Vault::from_text(&line)?.current_key_id(), line))
+        })
+        .collect()
+}
+
+/// Writes `lines` as the key file; returns the vault it makes.
+fn write_lines(path: &Path, lines: &[(String, Zeroizing<String>)]) -> Result<Vault, RekeyError> {
+    let mut text = Zeroizing::new(HEADER.to_owned());
+    for (_, line) in lines {
+        text.push_str(line);
+        text.push('\n');
+    }
     let vault = Vault::from_text(&text)?;
     write(path, &text)?;
-    Ok((vault, old_keys.len()))
+    Ok(vault)
+}
+
+/// Adds a new key as the key file's last line: an oauthd reading the file opens with it
+/// from its next reload, and none seals with it yet. Returns its id.
+pub fn add_key(path: &Path) -> Result<String, RekeyError> {
+    let mut lines = keyed_lines(&read(path)?)?;
+    let new_key = vault::generate_key_text()?;
+    let id = Vault::from_text(&new_key)?.current_key_id();
+    lines.push((id.clone(), new_key));
+    write_lines(path, &lines)?;
+    Ok(id)
+}
+
+/// Takes the key `id` out of the key file again (never the first, which seals).
+pub fn remove_key(path: &Path, id: &str) -> Result<(), RekeyError> {
+    let lines = keyed_lines(&read(path)?)?;
+    let kept: Vec<_> = lines
+        .iter()
+        .enumerate()
+        .filter(|(at, (key, _))| *at == 0 || key != id)
+        .map(|(_, line)| line.clone())
+        .collect();
+    if kept.len() != lines.len() {
+        write_lines(path, &kept)?;
+    }
+    Ok(())
+}
+
+/// Moves the key `id` first in the key file, so that it seals from the next reload.
+/// Returns the vault the file makes, and how many other keys it holds.
+pub fn use_key(path: &Path, id: &str) -> Result<(Vault, usize), RekeyError> {
+    let mut lines = keyed_lines(&read(path)?)?;
+    let at = lines
+        .iter()
+        .position(|(key, _)| key == id)
+        .ok_or_else(|| RekeyError::File {
+            path: path.display().to_string(),
+            message: format!("holds no key with id {id}"),
+        })?;
+    let line = lines.remove(at);
+    lines.insert(0, line);
+    Ok((write_lines(path, &lines)?, lines.len() - 1))
 }
 
 /// Re-seals every stored value under `vault`'s current key: passes repeat until one finds

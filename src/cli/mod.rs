@@ -185,6 +185,11 @@ pub(crate) enum Command {
         /// Instead: drop keys from the key file that no stored value uses any more
         #[arg(long)]
         prune: bool,
+        /// Seal with this key of the key file (its id, as `oauthd keygen` printed it)
+        /// instead of a new one: for instances that read their own copies of the key file,
+        /// each given the same new key as its last line first
+        #[arg(long, value_name = "KEY_ID", conflicts_with = "prune")]
+        to: Option<String>,
         #[command(flatten)]
         data: DataArgs,
     },
@@ -457,7 +462,11 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<(), Fatal> {
     };
     match cli.command {
         Some(Command::Keygen) => {
-            out!("{}", vault::generate_key_text()?.as_str());
+            let key = vault::generate_key_text()?;
+            out!("{}", key.as_str());
+            // The id names the key in logs, `check` and `rekey --to`; the key itself goes
+            // to standard output alone, for a redirect into a key file.
+            say!("key id {}", vault::Vault::from_text(&key)?.current_key_id());
             return Ok(());
         }
         // Needs neither a config nor a database.
@@ -484,7 +493,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<(), Fatal> {
             command: AdminCommand::Sessions { command },
             ..
         }) => accounts::admin_sessions(settings, command),
-        Some(Command::Rekey { prune, .. }) => vault_keys::rekey(settings, prune),
+        Some(Command::Rekey { prune, to, .. }) => vault_keys::rekey(settings, prune, to),
         Some(Command::Events { command, .. }) => events::events(settings, command),
         Some(Command::Connect {
             provider,

@@ -4,7 +4,7 @@ use super::{open_store, runtime, Fatal};
 use crate::config::Settings;
 use crate::vault::KeySource;
 
-pub(super) fn rekey(settings: Settings, prune: bool) -> Result<(), Fatal> {
+pub(super) fn rekey(settings: Settings, prune: bool, to: Option<String>) -> Result<(), Fatal> {
     let path = match super::key_source(&settings).map_err(|e| Fatal(e, 2))? {
         KeySource::Inline(_) => {
             return Err(Fatal(
@@ -42,20 +42,39 @@ pub(super) fn rekey(settings: Settings, prune: bool) -> Result<(), Fatal> {
             Ok(())
         });
     }
-    // Every serving instance must have the key file's keys, and then the new one: rotating
-    // another file (a copy) would re-seal tokens under a key they cannot open.
+    // Every serving instance must have the key file's keys, and then the new one before
+    // anything seals with it: rotating another file (a copy) would re-seal tokens under a
+    // key they cannot open.
     let source = KeySource::File {
         path: path.clone(),
         create: false,
     };
+    let from = source.describe();
     let keys = crate::vault::Vault::load(&source)
         .map_err(|e| Fatal(format!("key file {}: {e}", path.display()), 2))?
         .key_ids();
     let clock = crate::clock::Clock::system();
-    super::vault_peers::check(&keys, &source.describe(), &store, &clock)?;
-    let (vault, old_keys) = crate::rekey::add_key(&path)?;
-    let new_key_id = vault.current_key_id();
-    super::vault_peers::taken_up(&new_key_id, &source.describe(), &store, &clock)?;
+    super::vault_peers::check(&keys, &from, &store, &clock)?;
+    let (new_key_id, added) = match to {
+        Some(id) if keys.contains(&id) => (id, false),
+        Some(id) => {
+            return Err(Fatal(
+                format!(
+                    "{from} holds no key with id {id} (it has {}): add the key's line (`oauthd keygen` prints a key and its id) as the last line of every instance's key file, then run rekey --to {id} with each",
+                    keys.join(", ")
+                ),
+                2,
+            ))
+        }
+        None => (crate::rekey::add_key(&path)?, true),
+    };
+    if let Err(refused) = super::vault_peers::taken_up(&new_key_id, &from, added, &store, &clock) {
+        if added {
+            crate::rekey::remove_key(&path, &new_key_id)?;
+        }
+        return Err(refused);
+    }
+    let (vault, old_keys) = crate::rekey::use_key(&path, &new_key_id)?;
     let resealed = runtime()?.block_on(crate::rekey::reseal(
         &vault,
         store.as_ref(),

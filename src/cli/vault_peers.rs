@@ -84,13 +84,14 @@ pub(super) fn check(
     Ok(())
 }
 
-/// Waits until every serving instance tells it has `key`, which `rekey` has just put first
-/// in the key file at `from` (each reloads the file within a second and tells the next):
-/// one that has not within `TAKE_UP` serves with another key file, and could not open
-/// what a re-seal under `key` writes.
+/// Waits until every serving instance tells it has `key`, which `rekey` is about to seal
+/// with (`added`: it has just added it to the key file at `from`, as its last line; each
+/// instance reloads the file within a second and tells the next): one that has not within
+/// `TAKE_UP` reads another key file, and could not open what is sealed under `key`.
 pub(super) fn taken_up(
     key: &str,
     from: &str,
+    added: bool,
     store: &Arc<dyn Store>,
     clock: &Clock,
 ) -> Result<(), Fatal> {
@@ -101,19 +102,30 @@ pub(super) fn taken_up(
         let Some(behind) = told.iter().find(|o| !o.keys.iter().any(|k| k == key)) else {
             return Ok(());
         };
-        if began.elapsed() >= TAKE_UP {
-            return Err(Fatal(
-                format!(
-                    "another oauthd serving this store (since {}, with key(s) {}) has not loaded the new vault key {key} within {}s of its being put first in {from}: it serves with another key file (a copy of this one?) and could not open what a re-seal under the new key writes. Nothing was re-sealed; the new key stays first in {from}. Rekey the key file that oauthd serves with (as its OAUTHD_KEY_FILE names it); an oauthd stopped without saying so stops counting within {}s",
-                    crate::clock::rfc3339(behind.since_ms),
-                    behind.keys.join(", "),
-                    TAKE_UP.as_secs(),
-                    HOLDS_FOR.as_secs()
-                ),
-                2,
-            ));
+        if began.elapsed() < TAKE_UP {
+            std::thread::sleep(Duration::from_millis(250));
+            continue;
         }
-        std::thread::sleep(Duration::from_millis(250));
+        let what = if added {
+            format!(
+                "within {}s of its being added to {from}: it reads another key file (a copy of this one, on this host or another). Nothing changed: the new key was taken out of {from} again. Where instances read their own copies, add one new key (`oauthd keygen` prints a key and its id) as the last line of every copy (there it only opens), then run `oauthd rekey --to <id>` with each copy",
+                TAKE_UP.as_secs()
+            )
+        } else {
+            format!(
+                "within {}s: it reads another key file, which lacks the key. Nothing changed. Add the key's line as the last line of that file (there it only opens), then run this again",
+                TAKE_UP.as_secs()
+            )
+        };
+        return Err(Fatal(
+            format!(
+                "another oauthd serving this store (since {}, with key(s) {}) has not loaded vault key {key} {what}; an oauthd stopped without saying so stops counting within {}s",
+                crate::clock::rfc3339(behind.since_ms),
+                behind.keys.join(", "),
+                HOLDS_FOR.as_secs()
+            ),
+            2,
+        ));
     }
 }
 
@@ -130,7 +142,7 @@ pub(super) struct Teller {
     failing: bool,
     /// The instances this one said it cannot share data with, and when.
     said: Vec<(String, Instant)>,
-    /// The instances that sealed with a key this one lacks at the last look.
+    /// The instances whose data was split from this one's at the last look.
     seen: Vec<String>,
 }
 
@@ -203,38 +215,53 @@ impl Teller {
         }
     }
 
-    /// Looks for another serving instance that seals with a key this one lacks: one that
-    /// started while this one's note was not in the store (a Redis restart or flush that
-    /// lost it, or this one unable to tell for longer than its note holds). Their data is
-    /// split from then on, which this says as an error, once per `TELL_EVERY` and instance
-    /// while it lasts.
+    /// Looks for another serving instance whose data is split from this one's: it seals
+    /// with a key this one lacks, or lacks the key this one seals with. A start is refused
+    /// or warned of that, but it comes about when a key file is changed by hand, or an
+    /// instance starts while the other's note was not in the store (a Redis restart or
+    /// flush lost it). Said as an error, on both sides, once per `TELL_EVERY` and
+    /// instance while it lasts, once seen at two looks in a row (one that gives way at
+    /// its start, or a key file half-way through a reload, is gone by then).
     async fn look(&mut self) {
         let keys = self.broker.vault_key_ids();
-        let now = self.clock.now_ms();
-        let Ok(others) = lacking(self.store.as_ref(), &keys, now, Some(&self.instance)).await
-        else {
+        let Some(ours) = keys.first() else { return };
+        let Ok(told) = self.store.vault_keys_in_use(self.clock.now_ms()).await else {
             return;
         };
+        if !told.iter().any(|o| o.instance == self.instance) {
+            // Lost (a Redis restart or flush): told again at the next look, not in 20 s.
+            self.told = None;
+        }
+        let split: Vec<VaultKeysInUse> = told
+            .into_iter()
+            .filter(|o| o.instance != self.instance)
+            .filter(|o| o.keys.first().is_some_and(|k| !keys.contains(k)) || !o.keys.contains(ours))
+            .collect();
         self.said
-            .retain(|(i, at)| at.elapsed() < TELL_EVERY && others.iter().any(|o| o.instance == *i));
+            .retain(|(i, at)| at.elapsed() < TELL_EVERY && split.iter().any(|o| o.instance == *i));
         let seen_before = std::mem::replace(
             &mut self.seen,
-            others.iter().map(|o| o.instance.clone()).collect(),
+            split.iter().map(|o| o.instance.clone()).collect(),
         );
-        for other in others {
-            // One that started a moment ago with another key sees this one and stops: only
-            // one still there a look later has started.
+        for other in split {
             if !seen_before.contains(&other.instance)
                 || self.said.iter().any(|(i, _)| *i == other.instance)
             {
                 continue;
             }
+            let theirs = other.keys.first().map_or("", String::as_str);
+            let what = if keys.iter().any(|k| k == theirs) {
+                format!("does not have vault key {ours}, which this one seals with (it has {}): what this one seals does not open there", other.keys.join(", "))
+            } else {
+                format!(
+                    "seals with vault key {theirs}, which the key loaded from {} does not have (it has {}): what it seals does not open here",
+                    self.from,
+                    keys.join(", ")
+                )
+            };
             log::error!(
-                "another oauthd serving this store since {} seals with vault key {}, which the key loaded from {} does not have (it has {}): what each seals does not open in the other (states answering 503 vault_error, tokens that cannot be read). It started while this one's note of its keys was not in the store. Stop the one whose key file is wrong, and give both the same key",
+                "another oauthd serving this store since {} {what} (states answering 503 vault_error, tokens that cannot be read). Their key files differ (one changed by hand, or a copy not kept in step), or one started while the other's note of its keys was not in the store (a Redis restart or flush). Give every instance the same keys: each key file must hold the key every other one seals with",
                 crate::clock::rfc3339(other.since_ms),
-                other.keys.first().map_or("", String::as_str),
-                self.from,
-                keys.join(", ")
             );
             self.said.push((other.instance, Instant::now()));
         }
