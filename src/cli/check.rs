@@ -93,6 +93,19 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
         _ => None,
     };
     let store = match (&settings.store, versions) {
+        (crate::store::target::StoreTarget::Sqlite, _)
+            if !settings.db.exists() && !parent_is_dir(&settings.db) =>
+        {
+            r.line(
+                "FAIL",
+                "store",
+                format!(
+                    "no database at {}, and no directory for one: `oauthd serve` would stop. Check --db, OAUTHD_DB or `db` in the config file, or make the directory",
+                    settings.db.display()
+                ),
+            );
+            None
+        }
         (crate::store::target::StoreTarget::Sqlite, _) if !settings.db.exists() => {
             r.line(
                 "skip",
@@ -102,6 +115,11 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
                     settings.db.display()
                 ),
             );
+            None
+        }
+        // Nor does it make the schema in an empty file.
+        (_, Some((0, _))) => {
+            r.line("warn", "store", super::empty_database(&settings.db));
             None
         }
         // check reads; it never upgrades the schema (the oauthd serving it would refuse
@@ -405,5 +423,13 @@ fn vault_line(
                 source.describe()
             ),
         );
+    }
+}
+
+/// Whether the directory a database would be made in is there.
+fn parent_is_dir(db: &std::path::Path) -> bool {
+    match db.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.is_dir(),
+        _ => true,
     }
 }

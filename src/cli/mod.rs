@@ -22,6 +22,7 @@ macro_rules! say {
 }
 
 mod accounts;
+mod backup;
 mod check;
 mod events;
 mod keys;
@@ -180,6 +181,23 @@ pub(crate) enum Command {
         #[command(flatten)]
         listen: ListenArgs,
     },
+    /// Write a consistent copy of the SQLite database to FILE (works while oauthd runs)
+    Backup {
+        /// Where the copy goes (a file there is replaced once the copy is whole)
+        #[arg(value_name = "FILE")]
+        to: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Put a copy made by `oauthd backup` in place of the SQLite database (every oauthd
+    /// serving it stopped first); the replaced files are kept beside it
+    Restore {
+        /// The copy to restore
+        #[arg(value_name = "FILE")]
+        from: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+    },
     /// Move every sealed token to a new vault key (works while oauthd runs)
     Rekey {
         /// Instead: drop keys from the key file that no stored value uses any more
@@ -208,6 +226,8 @@ impl Command {
             Command::Serve(s) => s.overrides(),
             Command::Keys { data: d, .. }
             | Command::Rekey { data: d, .. }
+            | Command::Backup { data: d, .. }
+            | Command::Restore { data: d, .. }
             | Command::Events { data: d, .. } => data(d, None),
             Command::Providers { config, listen, .. } => Overrides {
                 config: config.clone(),
@@ -494,6 +514,8 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<(), Fatal> {
             ..
         }) => accounts::admin_sessions(settings, command),
         Some(Command::Rekey { prune, to, .. }) => vault_keys::rekey(settings, prune, to),
+        Some(Command::Backup { to, .. }) => backup::backup(settings, to),
+        Some(Command::Restore { from, .. }) => backup::restore(settings, from),
         Some(Command::Events { command, .. }) => events::events(settings, command),
         Some(Command::Connect {
             provider,
@@ -543,6 +565,13 @@ pub(super) fn open_store(settings: &Settings, missing: Missing) -> Result<Arc<dy
                     2,
                 ));
             }
+            // An empty file is no more oauthd's database than a missing one: only `serve`
+            // and `keys create --create` make its schema.
+            if missing == Missing::Refuse {
+                if let Ok((0, _)) = crate::store::sqlite::schema_versions(&settings.db) {
+                    return Err(Fatal(empty_database(&settings.db), 2));
+                }
+            }
             // A path that cannot work is a configuration error (exit 2: the systemd unit
             // does not restart for it); a file that cannot be opened now may be later.
             // Only `serve` upgrades a schema.
@@ -556,6 +585,15 @@ pub(super) fn open_store(settings: &Settings, missing: Missing) -> Result<Arc<dy
         }
         StoreTarget::Redis(target) => open_redis(settings, target),
     }
+}
+
+/// What commands say of an existing database file without oauthd's tables.
+pub(super) fn empty_database(path: &std::path::Path) -> String {
+    let shown = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    format!(
+        "database {} is empty (no tables): `oauthd serve` makes its schema on its first start (`keys create --create` too). If oauthd served it before, its data is not here: a copy of a running oauthd's database made without its -wal file, or a backup cut short, is empty like this (`oauthd backup` makes a copy that is whole)",
+        shown.display()
+    )
 }
 
 #[cfg(feature = "redis")]

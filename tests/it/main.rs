@@ -5,6 +5,7 @@
 #[macro_use]
 mod common;
 
+mod backup;
 mod broker;
 mod cli;
 mod clients;

@@ -443,6 +443,7 @@ async fn a_database_restored_from_a_dump_is_taken_for_the_version_it_holds() {
 
     // A schema no version makes (an index dropped by hand): refused, left as it was.
     let home = Home::new();
+    home.write_config("");
     restore_dump(&first.db(), &home.db());
     rusqlite::Connection::open(home.db())
         .unwrap()

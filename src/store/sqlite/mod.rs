@@ -8,6 +8,7 @@
 
 mod admin;
 mod connections;
+pub mod copy;
 mod device;
 mod keys;
 mod live_counts;
@@ -327,6 +328,13 @@ impl SqliteStore {
             .map_err(sqlite_err)?;
         let schema = oauthds_version(&conn, path, sqlite_err)?;
         let found = schema.number;
+        if !created && found == 0 {
+            let shown = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+            log::warn!(
+                "database {} was there but empty (no tables): oauthd starts on it as on a new database. If oauthd served it before, its data is not here: a copy of a running oauthd's database made without its -wal file, or a backup cut short, is empty like this",
+                shown.display()
+            );
+        }
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
             .map_err(sqlite_err)?;

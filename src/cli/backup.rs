@@ -1,0 +1,95 @@
+//! `oauthd backup FILE` and `oauthd restore FILE`: whole copies of the SQLite database.
+
+use super::Fatal;
+use crate::config::Settings;
+use crate::store::sqlite::copy::{self, CopyError};
+use crate::store::target::StoreTarget;
+use crate::vault::KeySource;
+use std::path::{Path, PathBuf};
+
+fn fatal(e: CopyError) -> Fatal {
+    let code = match &e {
+        CopyError::File { .. } => 1,
+        CopyError::Open(open) if !open.is_configuration() => 1,
+        _ => 2,
+    };
+    Fatal(e.to_string(), code)
+}
+
+/// The database, when the store is SQLite and `other` is not the same file.
+fn database<'a>(settings: &'a Settings, command: &str, other: &Path) -> Result<&'a Path, Fatal> {
+    if !matches!(settings.store, StoreTarget::Sqlite) {
+        return Err(Fatal(
+            format!("`oauthd {command}` copies the SQLite database; a Redis store is backed up by Redis itself (its append-only file and snapshots: BGSAVE)"),
+            2,
+        ));
+    }
+    let same = match (settings.db.canonicalize(), other.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same {
+        return Err(Fatal(
+            format!(
+                "{} is the database itself: name another file",
+                other.display()
+            ),
+            2,
+        ));
+    }
+    Ok(&settings.db)
+}
+
+/// Where the vault key comes from, for the reminder to keep it with the copy.
+fn key_named(settings: &Settings) -> String {
+    match super::key_source(settings) {
+        Ok(KeySource::File { path, .. }) => format!("the key file {}", path.display()),
+        Ok(KeySource::Inline(_)) => "the key in OAUTHD_KEY".to_owned(),
+        Err(_) => "the vault key".to_owned(),
+    }
+}
+
+pub(super) fn backup(settings: Settings, to: PathBuf) -> Result<(), Fatal> {
+    let db = database(&settings, "backup", &to)?;
+    if !db.exists() {
+        return Err(Fatal(
+            format!(
+                "no database at {}: check --db (or OAUTHD_DB, or `db` in the config file)",
+                db.display()
+            ),
+            2,
+        ));
+    }
+    let copied = copy::backup(db, &to).map_err(fatal)?;
+    say!(
+        "Copied {} to {} (mode 600): schema version {}, {} bytes, consistent as of now. Keep {} with it, as safely: without it the tokens and states' data in the copy cannot be read. `oauthd restore {}` puts it back.",
+        db.display(),
+        to.display(),
+        copied.version,
+        copied.bytes,
+        key_named(&settings),
+        to.display()
+    );
+    Ok(())
+}
+
+pub(super) fn restore(settings: Settings, from: PathBuf) -> Result<(), Fatal> {
+    let db = database(&settings, "restore", &from)?;
+    let now = chrono::Utc::now();
+    let stamp = now.format("%Y%m%dT%H%M%SZ").to_string();
+    let restored = copy::restore(&from, db, &stamp).map_err(fatal)?;
+    let replaced = restored.replaced.map_or_else(String::new, |aside| {
+        format!(
+            " The database it replaced is kept as {} (its -wal and -shm files, if it had them, beside it named the same way): delete them once the restore is confirmed.",
+            aside.display()
+        )
+    });
+    say!(
+        "Restored {} from {} (schema version {}; `oauthd serve` upgrades an older one at its next start).{replaced} What changed since the copy was made is undone: API keys revoked since are active again (`oauthd keys list`, then `oauthd keys revoke` them again), keys made since are gone, and states consumed since can be consumed again. `oauthd check` says whether {} opens what the copy holds.",
+        db.display(),
+        from.display(),
+        restored.copied.version,
+        key_named(&settings)
+    );
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! `oauthd backup` and `oauthd restore`: whole copies of the SQLite database, made while
+//! oauthd serves, put back with it stopped.
+
+use crate::common;
+
+use common::Home;
+use serde_json::json;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const NS: &str = "oauth:app";
+
+fn rows(db: &Path, sql: &str) -> i64 {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap()
+}
+
+/// A copy made while oauthd serves holds what was acknowledged before it (mode 600, no
+/// instance's presence), and is restored over a database an oauthd killed mid-run left
+/// with its `-wal` file: that file used to be played over a copied-in backup at the next
+/// start, undoing the restore. A restore while an oauthd serves is refused, changing
+/// nothing; the replaced files are kept beside the database.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_made_while_serving_restores_over_what_a_killed_oauthd_left() {
+    let home = Home::new();
+    let d = home.start();
+    let key = home.create_key("app", &[]);
+    let before = d
+        .create_state(&key, json!({"namespace": NS, "data": {"v": 1}}))
+        .await;
+    let copy = home.dir.path().join("copy.db");
+    let out = home.cli(&["backup", copy.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&copy).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(rows(&copy, "PRAGMA user_version") > 0);
+    assert_eq!(
+        rows(&copy, "SELECT count(*) FROM meta WHERE name LIKE 'vault:%'"),
+        0
+    );
+    assert_eq!(rows(&copy, "SELECT count(*) FROM states"), 1);
+    let after = d.create_state(&key, json!({"namespace": NS})).await;
+
+    let refused = home.cli(&["restore", copy.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(err.contains("a process has"), "{err}");
+    assert_eq!(rows(&home.db(), "SELECT count(*) FROM states"), 2);
+
+    d.kill9();
+    let wal = home.dir.path().join("oauthd.db-wal");
+    assert!(wal.exists(), "no -wal file left to replay");
+    let out = home.cli(&["restore", copy.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        said.contains("keys revoked since are active again"),
+        "{said}"
+    );
+    let aside: Vec<String> = std::fs::read_dir(home.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("oauthd.db.replaced-"))
+        .collect();
+    assert!(aside.iter().any(|n| n.ends_with("-wal")), "{aside:?}");
+
+    let d = home.start();
+    let (status, body) = d.consume(&key, &before, NS).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["v"], 1);
+    assert_eq!(d.consume(&key, &after, NS).await.0, 404);
+    d.signal_and_wait("TERM");
+}
+
+/// Under a steady stream of writes the copy still finishes (SQLite's online backup, which
+/// the README gave, starts over at each write by another process and never did), whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_finishes_under_steady_writes() {
+    let home = Home::new();
+    let d = std::sync::Arc::new(home.start());
+    let key = home.create_key("app", &[]);
+    for _ in 0..200 {
+        d.create_state(&key, json!({"namespace": NS})).await;
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let (d, key, stop) = (d.clone(), key.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut made = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && made < 20_000 {
+                    d.create_state(&key, json!({"namespace": NS})).await;
+                    made += 1;
+                }
+                made
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let copy = home.dir.path().join("copy.db");
+    let out = tokio::task::spawn_blocking({
+        let mut cmd = home.cli_command(&["backup", copy.to_str().unwrap()]);
+        move || common::run_until_exit(&mut cmd)
+    })
+    .await
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut made = 0;
+    for w in writers {
+        made += w.await.unwrap();
+    }
+    assert!(out.status.success(), "{out:?}");
+    assert!(made > 0, "no writes ran beside the backup");
+    assert!(rows(&copy, "SELECT count(*) FROM states") >= 200);
+    let check: String = rusqlite::Connection::open(&copy)
+        .unwrap()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+}
+
+/// What is not a whole copy of oauthd's database is refused (exit 2), and the database is
+/// left as it was: an empty file (a copy cut short), another application's database, the
+/// database itself; nor is a missing database backed up.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_is_not_a_copy_of_oauthds_database_is_refused() {
+    let home = Home::new();
+    let d = home.start();
+    home.create_key("app", &[]);
+    d.signal_and_wait("TERM");
+    let before = std::fs::read(home.db()).unwrap();
+    let empty = home.dir.path().join("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    let other = home.dir.path().join("other.db");
+    rusqlite::Connection::open(&other)
+        .unwrap()
+        .execute_batch("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+        .unwrap();
+    for (from, said) in [
+        (&empty, "is empty"),
+        (&other, "but not oauthd's"),
+        (&home.db(), "is the database itself"),
+        (&home.dir.path().join("missing.db"), "no such file"),
+    ] {
+        let out = home.cli(&["restore", from.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{from:?}: {err}");
+        assert!(err.contains(said), "{from:?}: {err}");
+    }
+    assert_eq!(std::fs::read(home.db()).unwrap(), before);
+    let nowhere = Home::new();
+    let out = nowhere.cli(&["backup", home.dir.path().join("x.db").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no database at"), "{err}");
+}
+
+/// An existing but empty database file (a copy of a running oauthd's database made
+/// without its `-wal` file, a backup cut short) used to pass as a new database: `check`
+/// said all was well and made oauthd's schema in it, listings showed nothing. Now every
+/// command but `serve` and `keys create --create` refuses it (exit 2) and `check` warns,
+/// all leaving it as it is; `serve` warns that it starts on it as on a new database.
+/// And `check` fails a database path whose directory is not there, where `serve` stops.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_database_file_is_not_taken_for_oauthds_data() {
+    let home = Home::new();
+    std::fs::write(home.db(), b"").unwrap();
+    for args in [&["keys", "list"][..], &["events", "list"], &["rekey"]] {
+        let out = home.cli(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("is empty (no tables)"), "{args:?}: {err}");
+    }
+    let out = home.cli(&["check"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("warn  store: database"), "{report}");
+    assert!(report.contains("is empty (no tables)"), "{report}");
+    assert_eq!(std::fs::read(home.db()).unwrap(), b"", "made the schema");
+    let d = home.start();
+    assert!(
+        home.log_text().contains("was there but empty"),
+        "{}",
+        home.log_text()
+    );
+    d.signal_and_wait("TERM");
+
+    let nowhere = Home::new();
+    let out = Command::new(common::BIN)
+        .args(["check", "--db"])
+        .arg(nowhere.dir.path().join("missing-dir/oauthd.db"))
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(report.contains("no directory for one"), "{report}");
+}
