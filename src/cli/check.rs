@@ -217,9 +217,17 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
                     )
                 }
             }
-            (Ok(_), _) => match super::readable_by_others(path) {
-                Some(note) => r.line("warn", "key file", note),
-                None => r.line("ok", "key file", format!("{} (mode 600)", path.display())),
+            (Ok(_), _) => match (super::readable_by_others(path), std::fs::File::open(path)) {
+                (_, Err(e)) => r.line(
+                    "FAIL",
+                    "key file",
+                    format!(
+                        "{}: {e}: run this as the user oauthd runs as (the key file is private to it)",
+                        path.display()
+                    ),
+                ),
+                (Some(note), Ok(_)) => r.line("warn", "key file", note),
+                (None, Ok(_)) => r.line("ok", "key file", format!("{} (mode 600)", path.display())),
             },
             (Err(e), _) => r.line("FAIL", "key file", format!("{}: {e}", path.display())),
         }

@@ -395,3 +395,23 @@ fn a_database_directory_that_cannot_be_looked_into_is_not_a_missing_one() {
         "{err}"
     );
 }
+
+/// `check` run by a user who cannot read the key file said `ok key file (mode 600)` just
+/// before its vault line failed with "Permission denied"; the key file line fails now,
+/// saying to run it as oauthd's user.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_fails_a_key_file_it_cannot_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = Home::new();
+    home.start().signal_and_wait("TERM");
+    let key = home.key_file();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o200)).unwrap();
+    let out = oauthd_without_dac_override(&home, &["check"]);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("FAIL  key file") && report.contains("Permission denied"),
+        "{report}"
+    );
+    assert!(!report.contains("ok    key file"), "{report}");
+}
