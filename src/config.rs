@@ -46,6 +46,10 @@ pub struct FileConfig {
     pub refresh_check_seconds: Option<u64>,
     pub provider_timeout_seconds: Option<u64>,
     pub public_url: Option<String>,
+    /// Names besides localhost, addresses and `public_url`'s host that requests may be
+    /// addressed to while oauthd listens on loopback only.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
     #[serde(default)]
     pub return_to_allowlist: Vec<String>,
     #[serde(default)]
@@ -337,6 +341,9 @@ pub struct Settings {
     pub sweep: SweepPolicy,
     /// Where browsers reach oauthd; `None` means `http://<listen address>`.
     pub public_url: Option<Url>,
+    /// Host names requests may be addressed to besides localhost, addresses and
+    /// `public_url`'s host, while oauthd listens on loopback only (lower case).
+    pub allowed_hosts: Vec<String>,
     pub return_to_allowlist: Vec<Url>,
     /// `[providers.NAME]` as written: the oauth layer builds and checks them
     /// (`oauth::provider::build_all`).
@@ -566,6 +573,19 @@ impl Settings {
             None => None,
             Some(text) => Some(parse_public_url(text)?),
         };
+        let mut allowed_hosts = Vec::new();
+        for (i, name) in file.allowed_hosts.iter().enumerate() {
+            let host = url::Host::parse(name)
+                .ok()
+                .filter(|_| !name.contains([':', '/', '@']) || name.starts_with('['))
+                .ok_or_else(|| {
+                    invalid(
+                        format!("allowed_hosts[{i}]"),
+                        format!("{name:?} is not a host name (a name such as \"nas.lan\", without scheme, port or path)"),
+                    )
+                })?;
+            allowed_hosts.push(host.to_string().trim_end_matches('.').to_ascii_lowercase());
+        }
         let mut return_to_allowlist = Vec::new();
         for (i, entry) in file.return_to_allowlist.iter().enumerate() {
             let url = Url::parse(entry)
@@ -617,6 +637,7 @@ impl Settings {
                 max_tombstones: s.max_total_states,
             },
             public_url,
+            allowed_hosts,
             return_to_allowlist,
             providers: file.providers,
             public_per_minute: file.limits.public_per_minute,

@@ -14,6 +14,7 @@ mod device;
 #[cfg(test)]
 mod fuzz;
 mod health;
+pub mod host;
 mod limits;
 mod metrics;
 mod notify;
@@ -436,6 +437,11 @@ pub async fn serve(
     let broker = app.broker.clone();
     let grace = shutdown_grace(settings.provider_timeout);
     let limit = web::Data::new(BodyLimit(settings.states.max_data_bytes + 8 * 1024));
+    let host_check = web::Data::new(host::HostCheck::new(
+        settings.listen,
+        settings.public_url.as_ref(),
+        &settings.allowed_hosts,
+    ));
     let settings_deadline = settings.body_deadline;
     let access_log = AccessLog {
         policy: settings.access_log,
@@ -458,6 +464,7 @@ pub async fn serve(
         App::new()
             .app_data(app.clone())
             .app_data(limit.clone())
+            .app_data(host_check.clone())
             .app_data(body_deadline::BodyDeadline(settings_deadline))
             .app_data(web::FormConfig::default().error_handler(body::form_error))
             .app_data(access_log.clone())

@@ -1210,7 +1210,7 @@ async fn a_body_that_trickles_in_is_cut_off_at_the_deadline() {
     let wait = std::time::Duration::from_secs(15);
     let api = |key: &str, framing: &str| {
         format!(
-            "POST /v1/states HTTP/1.1\r\nHost: oauthd\r\nAuthorization: Bearer {key}\r\n\
+            "POST /v1/states HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\
              Content-Type: application/json\r\n{framing}\r\n"
         )
     };
@@ -1223,7 +1223,7 @@ async fn a_body_that_trickles_in_is_cut_off_at_the_deadline() {
         ),
         (
             "sign-in form",
-            "POST /admin/login HTTP/1.1\r\nHost: oauthd\r\n\
+            "POST /admin/login HTTP/1.1\r\nHost: 127.0.0.1\r\n\
              Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 4000\r\n\r\ntoken="
                 .to_owned(),
             &b"a"[..],
@@ -1285,7 +1285,7 @@ async fn a_body_that_trickles_in_is_cut_off_at_the_deadline() {
     );
     let answers = on_one_connection(
         &d,
-        &[&chunked, "GET /healthz HTTP/1.1\r\nHost: oauthd\r\n\r\n"],
+        &[&chunked, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"],
     )
     .await;
     assert!(answers[0].starts_with("HTTP/1.1 201"), "{answers:?}");
@@ -1404,4 +1404,66 @@ async fn forged_forwarded_addresses_get_no_fresh_sign_in_budget() {
         .post_form("/admin/login", &[("link", &link_token(&link))], None)
         .await;
     assert_eq!(resp.status(), 303, "a login link was refused");
+}
+
+/// The status line's code of `GET path` sent to `d` addressed (`Host`) to `host`.
+async fn status_addressed_to(d: &Daemon, path: &str, host: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(d.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    conn.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        conn.read_to_end(&mut answer),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, text)
+}
+
+/// DNS rebinding: a page on another site, its name made to resolve to 127.0.0.1, has the
+/// browser ask oauthd on loopback with that name as `Host`, and reads the answer as its
+/// own: `/metrics` named providers, namespaces and notification hosts. Listening on
+/// loopback, oauthd now answers such a request `421 host_not_allowed`; localhost, its
+/// addresses, `public_url`'s host and `allowed_hosts` are answered as before. A name in
+/// `allowed_hosts` that is not a host name stops the start, naming the key.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_addressed_to_another_sites_name_is_refused_on_loopback() {
+    let home = Home::new();
+    home.write_config("public_url = \"https://auth.example.net\"\nallowed_hosts = [\"NAS.lan\"]\n");
+    let d = home.start();
+    let port = d.url.rsplit(':').next().unwrap().to_owned();
+    for (host, expected) in [
+        (format!("rebind.example:{port}"), 421),
+        (format!("localhost.rebind.example:{port}"), 421),
+        (format!("localhost:{port}"), 200),
+        (format!("127.0.0.1:{port}"), 200),
+        ("auth.example.net".to_owned(), 200),
+        (format!("nas.lan:{port}"), 200),
+    ] {
+        let (status, text) = status_addressed_to(&d, "/metrics", &host).await;
+        assert_eq!(status, expected, "{host}: {text}");
+        if expected == 421 {
+            assert!(text.contains("host_not_allowed"), "{text}");
+            assert!(!text.contains("oauthd_states"), "{text}");
+        }
+    }
+    d.signal_and_wait("TERM");
+
+    home.write_config("allowed_hosts = [\"https://nas.lan:8443\"]\n");
+    let out = home.serve_once();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("allowed_hosts[0]"), "{err}");
 }
