@@ -16,24 +16,11 @@ fn fatal(e: CopyError) -> Fatal {
     Fatal(e.to_string(), code)
 }
 
-/// The database, when the store is SQLite and `other` is not the same file.
-fn database<'a>(settings: &'a Settings, command: &str, other: &Path) -> Result<&'a Path, Fatal> {
+/// The database, when the store is SQLite.
+fn database<'a>(settings: &'a Settings, command: &str) -> Result<&'a Path, Fatal> {
     if !matches!(settings.store, StoreTarget::Sqlite) {
         return Err(Fatal(
             format!("`oauthd {command}` copies the SQLite database; a Redis store is backed up by Redis itself (its append-only file and snapshots: BGSAVE)"),
-            2,
-        ));
-    }
-    let same = match (settings.db.canonicalize(), other.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
-    if same {
-        return Err(Fatal(
-            format!(
-                "{} is the database itself: name another file",
-                other.display()
-            ),
             2,
         ));
     }
@@ -50,7 +37,7 @@ fn key_named(settings: &Settings) -> String {
 }
 
 pub(super) fn backup(settings: Settings, to: PathBuf) -> Result<(), Fatal> {
-    let db = database(&settings, "backup", &to)?;
+    let db = database(&settings, "backup")?;
     if !db.exists() {
         return Err(Fatal(
             format!(
@@ -62,22 +49,27 @@ pub(super) fn backup(settings: Settings, to: PathBuf) -> Result<(), Fatal> {
     }
     let copied = copy::backup(db, &to).map_err(fatal)?;
     say!(
-        "Copied {} to {} (mode 600): schema version {}, {} bytes, consistent as of now. Keep {} with it, as safely: without it the tokens and states' data in the copy cannot be read. `oauthd restore {}` puts it back.",
+        "Copied {} to {} (mode 600): schema version {}, {} bytes, consistent as of now. Keep {} with it, as safely: without it the tokens and states' data in the copy cannot be read. `oauthd restore --db {} {}` puts it back, with oauthd stopped.",
         db.display(),
         to.display(),
         copied.version,
         copied.bytes,
         key_named(&settings),
-        to.display()
+        std::path::absolute(db).unwrap_or_else(|_| db.to_owned()).display(),
+        std::path::absolute(&to).unwrap_or_else(|_| to.clone()).display()
     );
     Ok(())
 }
 
-pub(super) fn restore(settings: Settings, from: PathBuf) -> Result<(), Fatal> {
-    let db = database(&settings, "restore", &from)?;
+pub(super) fn restore(settings: Settings, from: PathBuf, create: bool) -> Result<(), Fatal> {
+    let db = database(&settings, "restore")?;
     let now = chrono::Utc::now();
-    let stamp = now.format("%Y%m%dT%H%M%SZ").to_string();
-    let restored = copy::restore(&from, db, &stamp).map_err(fatal)?;
+    let stamp = format!(
+        "{}-{}",
+        now.format("%Y%m%dT%H%M%S%.3fZ"),
+        std::process::id()
+    );
+    let restored = copy::restore(&from, db, &stamp, create).map_err(fatal)?;
     let replaced = restored.replaced.map_or_else(String::new, |aside| {
         format!(
             " The database it replaced is kept as {} (its -wal and -shm files, if it had them, beside it named the same way): delete them once the restore is confirmed.",

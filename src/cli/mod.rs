@@ -195,6 +195,9 @@ pub(crate) enum Command {
         /// The copy to restore
         #[arg(value_name = "FILE")]
         from: PathBuf,
+        /// Make the database where there is none (a new machine)
+        #[arg(long)]
+        create: bool,
         #[command(flatten)]
         data: DataArgs,
     },
@@ -515,7 +518,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<(), Fatal> {
         }) => accounts::admin_sessions(settings, command),
         Some(Command::Rekey { prune, to, .. }) => vault_keys::rekey(settings, prune, to),
         Some(Command::Backup { to, .. }) => backup::backup(settings, to),
-        Some(Command::Restore { from, .. }) => backup::restore(settings, from),
+        Some(Command::Restore { from, create, .. }) => backup::restore(settings, from, create),
         Some(Command::Events { command, .. }) => events::events(settings, command),
         Some(Command::Connect {
             provider,

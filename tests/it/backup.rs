@@ -198,3 +198,94 @@ async fn an_empty_database_file_is_not_taken_for_oauthds_data() {
     assert_eq!(out.status.code(), Some(1), "{report}");
     assert!(report.contains("no directory for one"), "{report}");
 }
+
+/// What a restore must not lose or leave behind: a `-wal` file beside a database file that
+/// was deleted first (it used to stay, and the next start played it over the copy); a
+/// database restored twice within a second (the first one's files used to be overwritten
+/// by the second's); a missing database is made only with `--create`, owned as its
+/// directory is (root restoring a service's database on a new machine). Nor does a backup
+/// overwrite what is not a copy of oauthd's database: the key file, the `-wal` file.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_keeps_what_it_replaces_and_a_backup_overwrites_only_copies() {
+    let home = Home::new();
+    let d = home.start();
+    let key = home.create_key("app", &[]);
+    let kept = d.create_state(&key, json!({"namespace": NS})).await;
+    let copy = home.dir.path().join("copy.db");
+    assert!(home
+        .cli(&["backup", copy.to_str().unwrap()])
+        .status
+        .success());
+    let first = home.dir.path().join("first.db");
+    std::fs::copy(&copy, &first).unwrap();
+    let later = d.create_state(&key, json!({"namespace": NS})).await;
+
+    // Not over the key file, nor the -wal file, nor a directory.
+    let key_text = std::fs::read(home.key_file()).unwrap();
+    let wal = home.dir.path().join("oauthd.db-wal");
+    for target in [home.key_file(), wal.clone(), home.dir.path().to_owned()] {
+        let out = home.cli(&["backup", target.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{target:?}: {err}");
+    }
+    assert_eq!(std::fs::read(home.key_file()).unwrap(), key_text);
+    // A copy is replaced by a newer one.
+    assert!(home
+        .cli(&["backup", copy.to_str().unwrap()])
+        .status
+        .success());
+    assert_eq!(rows(&copy, "SELECT count(*) FROM states"), 2);
+    assert_eq!(rows(&first, "SELECT count(*) FROM states"), 1);
+
+    d.kill9();
+    assert!(wal.exists());
+    std::fs::remove_file(home.db()).unwrap();
+    let out = home.cli(&["restore", first.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--create"), "{err}");
+    let out = home.cli(&["restore", "--create", first.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !wal.exists(),
+        "the -wal file stayed beside the restored copy"
+    );
+    // Twice in the same second: each keeps what it replaced.
+    assert!(home
+        .cli(&["restore", copy.to_str().unwrap()])
+        .status
+        .success());
+    let stamps: std::collections::BTreeSet<String> = std::fs::read_dir(home.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| {
+            let stamp = n.strip_prefix("oauthd.db.replaced-")?;
+            Some(
+                stamp
+                    .trim_end_matches("-wal")
+                    .trim_end_matches("-shm")
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(stamps.len(), 2, "{stamps:?}");
+    let d = home.start();
+    assert_eq!(d.consume(&key, &later, NS).await.0, 200);
+    assert_eq!(d.consume(&key, &kept, NS).await.0, 200);
+    d.signal_and_wait("TERM");
+
+    // On a new machine, as root, for a service that runs as its own user.
+    let dir = home.dir.path().join("service");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    let db = dir.join("oauthd.db");
+    let out = Command::new(common::BIN)
+        .args(["restore", "--create", "--db"])
+        .arg(&db)
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&db).unwrap().uid(), 65534);
+}

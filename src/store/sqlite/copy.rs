@@ -28,6 +28,10 @@ pub enum CopyError {
     File { path: PathBuf, detail: String },
     #[error("{path}: no such file")]
     Missing { path: PathBuf },
+    #[error("no database at {path}: restore puts a copy in place of a database; to make it there (a new machine), say --create")]
+    NoDatabase { path: PathBuf },
+    #[error("{path} is the database itself: name the copy")]
+    Same { path: PathBuf },
     #[error("a process has {path} open (an oauthd serving it, or a command or an sqlite3 shell using it): stop every oauthd serving it first, then restore")]
     InUse { path: PathBuf },
 }
@@ -57,10 +61,29 @@ pub struct Restored {
 }
 
 /// Writes a consistent copy of the database at `db` to `to`, replacing a file there once
-/// the copy is whole.
+/// the copy is whole; only a copy of oauthd's database (or an empty file) is replaced.
 pub fn backup(db: &Path, to: &Path) -> Result<Copied, CopyError> {
+    if same_file(db, to) {
+        return Err(CopyError::Same {
+            path: to.to_owned(),
+        });
+    }
     let source = open_read_only(db)?;
     let version = version_to_copy(&source, db)?;
+    // A link names where the copy goes; the link stays.
+    let to = &to.canonicalize().unwrap_or_else(|_| to.to_owned());
+    if to.is_dir() {
+        return Err(CopyError::file(
+            to,
+            "is a directory: name the file the copy goes to",
+        ));
+    }
+    if to.exists() && !replaceable(to) {
+        return Err(CopyError::file(
+            to,
+            "exists and is not a copy of oauthd's database: name a new file, or remove it first",
+        ));
+    }
     let partial = partial_name(to, "partial");
     let copied = write_copy(&source, &partial, version, None)?;
     drop(source);
@@ -72,41 +95,115 @@ pub fn backup(db: &Path, to: &Path) -> Result<Copied, CopyError> {
     Ok(copied)
 }
 
-/// Puts a copy of the database `backup` in place of the one at `db`. The files it replaces
-/// are kept beside it, renamed `<db>.replaced-<stamp>` (with `-wal` and `-shm` after it,
-/// so that they still open as one database): left in place, a `-wal` file would be
-/// played over the restored copy at the next start and undo the restore. Refused while
-/// any process has `db` open; none can open it until the copy is in place.
-pub fn restore(backup: &Path, db: &Path, stamp: &str) -> Result<Restored, CopyError> {
+/// Whether two paths name one file (the same path, a link, a hard link).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+/// Whether an existing file may be replaced by a copy: an empty one, or one that holds
+/// oauthd's database (never a key file, a `-wal` file or another application's data).
+fn replaceable(path: &Path) -> bool {
+    if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+        return true;
+    }
+    Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .ok()
+        .and_then(|c| oauthds_version(&c, path, |e| OpenError::open(path, &e)).ok())
+        .is_some_and(|v| v.number > 0)
+}
+
+/// The files of the database at `db`: itself, and those SQLite keeps beside it.
+const SUFFIXES: [&str; 4] = ["", "-wal", "-shm", "-journal"];
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}{suffix}", path.display()))
+}
+
+/// Puts a copy of the database `backup` in place of the one at `db` (made there when
+/// `create`; refused when missing otherwise). The files it replaces are kept beside it,
+/// renamed `<db>.replaced-<stamp>` (with `-wal` and `-shm` after it, so that they still
+/// open as one database): left in place, a `-wal` file would be played over the restored
+/// copy at the next start and undo the restore, whether or not the database file itself
+/// is there. Refused while any process has `db` open; none can open it until the copy is
+/// in place. A failure part-way puts back what was moved.
+pub fn restore(backup: &Path, db: &Path, stamp: &str, create: bool) -> Result<Restored, CopyError> {
+    // A database reached through a link is restored where the link points.
+    let db = &db.canonicalize().unwrap_or_else(|_| db.to_owned());
+    if !db.exists() && !create {
+        return Err(CopyError::NoDatabase {
+            path: db.to_owned(),
+        });
+    }
+    if same_file(backup, db) {
+        return Err(CopyError::Same {
+            path: backup.to_owned(),
+        });
+    }
     let source = open_read_only(backup)?;
     let version = version_to_copy(&source, backup)?;
     let held = hold_exclusively(db)?;
-    let owner = std::fs::metadata(db).ok().map(|m| (m.uid(), m.gid()));
+    // The owner of the database it replaces, or else of its directory (root restoring a
+    // service's database on a new machine must not leave it a file it cannot open).
+    let dir = db
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let owner = std::fs::metadata(db)
+        .or_else(|_| std::fs::metadata(dir))
+        .ok()
+        .map(|m| (m.uid(), m.gid()));
     let partial = partial_name(db, "restoring");
     let copied = write_copy(&source, &partial, version, owner)?;
     drop(source);
-    let replaced = if db.exists() {
+    let present: Vec<&str> = SUFFIXES
+        .into_iter()
+        .filter(|suffix| with_suffix(db, suffix).symlink_metadata().is_ok())
+        .collect();
+    let replaced = if present.is_empty() {
+        None
+    } else {
         let aside = PathBuf::from(format!("{}.replaced-{stamp}", db.display()));
-        for suffix in ["", "-wal", "-shm"] {
-            let from = PathBuf::from(format!("{}{suffix}", db.display()));
-            let to = PathBuf::from(format!("{}{suffix}", aside.display()));
-            match std::fs::rename(&from, &to) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    let _ = std::fs::remove_file(&partial);
-                    return Err(CopyError::file(&from, format!("cannot move it aside: {e}")));
+        let mut moved = Vec::new();
+        for suffix in &present {
+            let (from, to) = (with_suffix(db, suffix), with_suffix(&aside, suffix));
+            let result = if to.symlink_metadata().is_ok() {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!("{} is there already", to.display()),
+                ))
+            } else {
+                std::fs::rename(&from, &to)
+            };
+            if let Err(e) = result {
+                for (back_from, back_to) in moved.iter().rev() {
+                    let _ = std::fs::rename(back_to, back_from);
                 }
+                remove_partial(&partial);
+                return Err(CopyError::file(
+                    &from,
+                    format!("cannot move it aside: {e}; nothing was changed"),
+                ));
             }
+            moved.push((from, to));
         }
         Some(aside)
-    } else {
-        None
     };
-    std::fs::rename(&partial, db).map_err(|e| CopyError::file(db, e))?;
+    if let Err(e) = std::fs::rename(&partial, db) {
+        remove_partial(&partial);
+        return Err(CopyError::file(db, e));
+    }
     sync_dir(db)?;
     drop(held);
     Ok(Restored { copied, replaced })
+}
+
+/// Removes a copy that did not take its name, and a journal SQLite may have left with it.
+fn remove_partial(partial: &Path) {
+    let _ = std::fs::remove_file(partial);
+    let _ = std::fs::remove_file(with_suffix(partial, "-journal"));
 }
 
 fn open_read_only(path: &Path) -> Result<Connection, CopyError> {
@@ -183,7 +280,7 @@ fn write_copy(
     match owned.and_then(|()| fill(source, partial, version)) {
         Ok(bytes) => Ok(Copied { version, bytes }),
         Err(e) => {
-            let _ = std::fs::remove_file(partial);
+            remove_partial(partial);
             Err(e)
         }
     }
