@@ -46,8 +46,8 @@ pub struct FileConfig {
     pub refresh_check_seconds: Option<u64>,
     pub provider_timeout_seconds: Option<u64>,
     pub public_url: Option<String>,
-    /// Names besides localhost, addresses and `public_url`'s host that requests may be
-    /// addressed to while oauthd listens on loopback only.
+    /// Names besides localhost, addresses, names without a dot and `public_url`'s host
+    /// that requests may be addressed to (`*.suffix`, or `*` for every name).
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
     #[serde(default)]
@@ -341,8 +341,8 @@ pub struct Settings {
     pub sweep: SweepPolicy,
     /// Where browsers reach oauthd; `None` means `http://<listen address>`.
     pub public_url: Option<Url>,
-    /// Host names requests may be addressed to besides localhost, addresses and
-    /// `public_url`'s host, while oauthd listens on loopback only (lower case).
+    /// Host names requests may be addressed to besides localhost, addresses, names without
+    /// a dot and `public_url`'s host (lower case; `*.suffix`, or `*` for every name).
     pub allowed_hosts: Vec<String>,
     pub return_to_allowlist: Vec<Url>,
     /// `[providers.NAME]` as written: the oauth layer builds and checks them
@@ -575,16 +575,28 @@ impl Settings {
         };
         let mut allowed_hosts = Vec::new();
         for (i, name) in file.allowed_hosts.iter().enumerate() {
+            // "*": every name; "*.lan": every name under lan.
+            let (star, name) = match name.strip_prefix('*') {
+                Some("") => {
+                    allowed_hosts.push("*".to_owned());
+                    continue;
+                }
+                Some(rest) if rest.starts_with('.') => ("*.", &rest[1..]),
+                _ => ("", name.as_str()),
+            };
             let host = url::Host::parse(name)
                 .ok()
                 .filter(|_| !name.contains([':', '/', '@']) || name.starts_with('['))
                 .ok_or_else(|| {
                     invalid(
                         format!("allowed_hosts[{i}]"),
-                        format!("{name:?} is not a host name (a name such as \"nas.lan\", without scheme, port or path)"),
+                        format!("{name:?} is not a host name (a name such as \"nas.lan\", \"*.lan\" for every name under lan, or \"*\" for every name; without scheme, port or path)"),
                     )
                 })?;
-            allowed_hosts.push(host.to_string().trim_end_matches('.').to_ascii_lowercase());
+            allowed_hosts.push(format!(
+                "{star}{}",
+                host.to_string().trim_end_matches('.').to_ascii_lowercase()
+            ));
         }
         let mut return_to_allowlist = Vec::new();
         for (i, entry) in file.return_to_allowlist.iter().enumerate() {

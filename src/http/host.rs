@@ -1,26 +1,26 @@
-//! Which names a request may be addressed to (its `Host`). An oauthd that listens on
-//! loopback only is reached by this machine's browsers and programs, which call it
-//! `localhost` or by an address. A page on another site can make a browser send it
-//! requests addressed to that site's own name, once the name resolves to 127.0.0.1 (DNS
-//! rebinding), and read the answers as its own: `/metrics` names providers, namespaces and
-//! notification hosts. Those requests are refused. A name is allowed when it is an IP
-//! address, `localhost` or under `.localhost`, the host of `public_url` (a reverse proxy
-//! that passes the name people use), or in `allowed_hosts`. An oauthd that listens beyond
-//! loopback answers to every name: any machine that reaches it can ask it directly.
+//! Which names a request may be addressed to (its `Host`). A page on another site can
+//! make a browser send requests to oauthd, addressed to that site's own name once the
+//! name resolves to oauthd's address (DNS rebinding: 127.0.0.1, a published container
+//! port, a LAN address), and read the answers as its own: `/metrics` names providers,
+//! namespaces and notification hosts. Those requests are refused. A name is answered when
+//! it is an IP address, `localhost` or under `.localhost`, a name without a dot (a
+//! container's service name, a machine's short name: no site on the internet has one), the
+//! host of `public_url`, or matches `allowed_hosts` (a name, `*.suffix`, or `*` for every
+//! name).
 
 use actix_web::http::header::HeaderValue;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use url::Url;
 
 #[derive(Debug, Clone)]
 pub struct HostCheck {
-    /// `None`: every name is answered.
+    /// Names and `*.suffix` patterns, lower case; `None`: every name is answered.
     names: Option<Vec<String>>,
 }
 
 impl HostCheck {
-    pub fn new(listen: SocketAddr, public_url: Option<&Url>, allowed: &[String]) -> HostCheck {
-        if !listen.ip().is_loopback() {
+    pub fn new(public_url: Option<&Url>, allowed: &[String]) -> HostCheck {
+        if allowed.iter().any(|n| n == "*") {
             return HostCheck { names: None };
         }
         let names = public_url
@@ -28,87 +28,131 @@ impl HostCheck {
             .map(str::to_owned)
             .into_iter()
             .chain(allowed.iter().cloned())
-            .map(|n| normal(&n))
+            .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
             .collect();
         HostCheck { names: Some(names) }
     }
 
-    /// The name a request was addressed to, when it is not one this oauthd answers to.
-    /// On every request: nothing is allocated for a name that is answered.
-    pub fn refused(&self, host: Option<&HeaderValue>) -> Option<String> {
+    /// The names answered besides addresses, localhost and names without a dot, for the
+    /// log at start.
+    pub fn describe(&self) -> String {
+        match &self.names {
+            None => "every name (allowed_hosts = [\"*\"])".to_owned(),
+            Some(names) if names.is_empty() => {
+                "localhost, IP addresses and names without a dot".to_owned()
+            }
+            Some(names) => format!(
+                "localhost, IP addresses, names without a dot and {}",
+                names.join(", ")
+            ),
+        }
+    }
+
+    /// The name a request was addressed to (`authority`, the request-target's when it has
+    /// one, else `host`), when it is not one this oauthd answers to, shown safely. On
+    /// every request: nothing is allocated for a name that is answered.
+    pub fn refused(&self, authority: Option<&str>, host: Option<&HeaderValue>) -> Option<String> {
         let names = self.names.as_ref()?;
-        // HTTP/1.0 may leave it out; a browser never does.
-        let host = host?;
-        let Ok(text) = host.to_str() else {
-            return Some(String::from_utf8_lossy(host.as_bytes()).into_owned());
+        let text = match (authority, host) {
+            (Some(authority), _) => authority,
+            // HTTP/1.0 may leave it out; a browser never does.
+            (None, None) => return None,
+            (None, Some(host)) => match host.to_str() {
+                Ok(text) => text,
+                Err(_) => return Some(shown(host.as_bytes())),
+            },
         };
-        let name = without_port(text).trim_end_matches('.');
+        let Some(name) = without_port(text).map(|n| n.trim_end_matches('.')) else {
+            return Some(shown(text.as_bytes()));
+        };
         let literal = name
             .strip_prefix('[')
             .and_then(|n| n.strip_suffix(']'))
             .unwrap_or(name);
-        let local = name.eq_ignore_ascii_case("localhost")
-            || name
-                .len()
-                .checked_sub(".localhost".len())
-                .and_then(|at| name.get(at..))
-                .is_some_and(|tail| tail.eq_ignore_ascii_case(".localhost"));
-        let allowed = local
-            || literal.parse::<IpAddr>().is_ok()
-            || names.iter().any(|n| n.eq_ignore_ascii_case(name));
-        (!allowed).then(|| text.chars().take(100).collect())
+        let answered = literal.parse::<IpAddr>().is_ok()
+            || (!name.contains('.') && !name.is_empty() && !name.contains(['[', ']']))
+            || name.eq_ignore_ascii_case("localhost")
+            || ends_with_ignoring_case(name, ".localhost")
+            || names.iter().any(|n| match n.strip_prefix('*') {
+                Some(suffix) => ends_with_ignoring_case(name, suffix),
+                None => n.eq_ignore_ascii_case(name),
+            });
+        (!answered).then(|| shown(text.as_bytes()))
     }
 }
 
-/// `host[:port]` without the port (an IPv6 literal keeps its brackets).
-fn without_port(text: &str) -> &str {
+fn ends_with_ignoring_case(name: &str, suffix: &str) -> bool {
+    name.len()
+        .checked_sub(suffix.len())
+        .and_then(|at| name.get(at..))
+        .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix))
+}
+
+/// At most 100 bytes of what was sent, escaped.
+fn shown(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .take(100)
+        .flat_map(|b| b.escape_ascii())
+        .map(char::from)
+        .collect()
+}
+
+/// `host[:port]` without the port (an IPv6 literal keeps its brackets); `None` when what
+/// follows the host is not a port.
+fn without_port(text: &str) -> Option<&str> {
     if text.starts_with('[') {
-        return text.split_inclusive(']').next().unwrap_or(text);
+        let end = text.find(']')? + 1;
+        let (host, rest) = text.split_at(end);
+        return (rest.is_empty() || is_port(rest.strip_prefix(':')?)).then_some(host);
     }
     match text.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => text,
+        Some((host, port)) if is_port(port) => Some(host),
+        Some(_) => None,
+        None => Some(text),
     }
 }
 
-/// Lower case, without the trailing dot of a fully qualified name.
-fn normal(name: &str) -> String {
-    name.trim_end_matches('.').to_ascii_lowercase()
+fn is_port(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn check(listen: &str, public: Option<&str>, allowed: &[&str]) -> HostCheck {
+    fn check(public: Option<&str>, allowed: &[&str]) -> HostCheck {
         let url = public.map(|u| Url::parse(u).unwrap());
         let allowed: Vec<String> = allowed.iter().map(|s| s.to_string()).collect();
-        HostCheck::new(listen.parse().unwrap(), url.as_ref(), &allowed)
+        HostCheck::new(url.as_ref(), &allowed)
     }
 
     fn refused(c: &HostCheck, host: &str) -> bool {
-        c.refused(Some(&HeaderValue::from_str(host).unwrap()))
+        c.refused(None, Some(&HeaderValue::from_str(host).unwrap()))
             .is_some()
     }
 
     #[test]
-    fn on_loopback_only_local_names_addresses_and_the_configured_ones_are_answered() {
+    fn local_names_addresses_and_the_configured_ones_are_answered() {
         let c = check(
-            "127.0.0.1:6288",
             Some("https://Auth.Example.net/oauthd"),
-            &["nas.lan"],
+            &["nas.lan", "*.home.arpa"],
         );
         for host in [
             "127.0.0.1:6288",
             "127.0.0.1",
             "[::1]:6288",
+            "[::1]",
             "localhost:6288",
             "LOCALHOST.",
             "app.localhost:6288",
             "192.168.1.5:6288",
+            "oauthd:6288",
+            "nas",
             "auth.example.net",
             "auth.example.net.:443",
             "NAS.lan:6288",
+            "pi.home.arpa",
         ] {
             assert!(!refused(&c, host), "{host}");
         }
@@ -117,15 +161,31 @@ mod tests {
             "localhost.evil.example",
             "auth.example.net.evil.example",
             "127.0.0.1.nip.io:6288",
+            "home.arpa",
+            "[::1]evil.example",
+            "[127.0.0.1]x",
+            "localhost:abc",
+            "",
         ] {
             assert!(refused(&c, host), "{host}");
         }
-        assert!(c.refused(None).is_none());
+        assert!(c.refused(None, None).is_none());
+        // The request-target's authority wins over Host.
+        let localhost = HeaderValue::from_static("localhost");
+        assert!(c.refused(Some("evil.example"), Some(&localhost)).is_some());
     }
 
     #[test]
-    fn beyond_loopback_every_name_is_answered() {
-        let c = check("0.0.0.0:6288", None, &[]);
+    fn a_star_answers_every_name() {
+        let c = check(None, &["*"]);
         assert!(!refused(&c, "evil.example"));
+    }
+
+    #[test]
+    fn what_is_shown_of_a_name_is_short_and_escaped() {
+        let c = check(None, &[]);
+        let long = HeaderValue::from_bytes(&[0xff; 3000]).unwrap();
+        let shown = c.refused(None, Some(&long)).unwrap();
+        assert!(shown.len() <= 400 && shown.starts_with("\\xff"), "{shown}");
     }
 }

@@ -38,13 +38,18 @@ pub async fn enforce(
 fn check(req: &ServiceRequest) -> Option<ApiError> {
     if let Some(name) = req
         .app_data::<actix_web::web::Data<super::host::HostCheck>>()
-        .and_then(|c| c.refused(req.headers().get(actix_web::http::header::HOST)))
+        .and_then(|c| {
+            c.refused(
+                req.uri().authority().map(|a| a.as_str()),
+                req.headers().get(actix_web::http::header::HOST),
+            )
+        })
     {
         return Some(ApiError::new(
             StatusCode::MISDIRECTED_REQUEST,
             "host_not_allowed",
             format!(
-                "this request was addressed to {name:?}, a name oauthd does not answer to: listening on loopback only, it answers to localhost, an IP address, public_url's host and the names in allowed_hosts. A page on another site can make a browser send such requests (DNS rebinding); if it came through your own reverse proxy, set public_url to the address people use, or add the name to allowed_hosts"
+                "this request was addressed to \"{name}\", a name oauthd does not answer to: it answers to localhost, IP addresses, names without a dot, public_url's host and allowed_hosts. A page on another site can make a browser send such requests (DNS rebinding); if you reach oauthd by this name, set public_url to it, or add it to allowed_hosts (\"*.lan\" for a whole domain, \"*\" for every name)"
             ),
         ));
     }

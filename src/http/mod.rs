@@ -438,10 +438,13 @@ pub async fn serve(
     let grace = shutdown_grace(settings.provider_timeout);
     let limit = web::Data::new(BodyLimit(settings.states.max_data_bytes + 8 * 1024));
     let host_check = web::Data::new(host::HostCheck::new(
-        settings.listen,
         settings.public_url.as_ref(),
         &settings.allowed_hosts,
     ));
+    log::info!(
+        "answering requests addressed to {} (others get 421 host_not_allowed: allowed_hosts)",
+        host_check.describe()
+    );
     let settings_deadline = settings.body_deadline;
     let access_log = AccessLog {
         policy: settings.access_log,

@@ -417,9 +417,9 @@ const COMMON: &[(&str, &str)] = &[
     ("414", "The path and query are too long (`uri_too_long`)."),
     (
         "421",
-        "Addressed (`Host`) to a name oauthd does not answer to while it listens on \
-         loopback only (`host_not_allowed`): localhost, an IP address, `public_url`'s host \
-         and `allowed_hosts` are answered.",
+        "Addressed (`Host`) to a name oauthd does not answer to (`host_not_allowed`): \
+         localhost, IP addresses, names without a dot, `public_url`'s host and \
+         `allowed_hosts` are answered.",
     ),
     (
         "429",

@@ -1433,15 +1433,17 @@ async fn status_addressed_to(d: &Daemon, path: &str, host: &str) -> (u16, String
 }
 
 /// DNS rebinding: a page on another site, its name made to resolve to 127.0.0.1, has the
-/// browser ask oauthd on loopback with that name as `Host`, and reads the answer as its
-/// own: `/metrics` named providers, namespaces and notification hosts. Listening on
-/// loopback, oauthd now answers such a request `421 host_not_allowed`; localhost, its
-/// addresses, `public_url`'s host and `allowed_hosts` are answered as before. A name in
+/// browser ask oauthd with that name as `Host`, and reads the answer as its own: `/metrics`
+/// named providers, namespaces and notification hosts. oauthd now answers such a request
+/// `421 host_not_allowed`; localhost, its addresses, names without a dot, `public_url`'s
+/// host and `allowed_hosts` (names and `*.suffix`) are answered as before. A name in
 /// `allowed_hosts` that is not a host name stops the start, naming the key.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_request_addressed_to_another_sites_name_is_refused_on_loopback() {
+async fn a_request_addressed_to_another_sites_name_is_refused() {
     let home = Home::new();
-    home.write_config("public_url = \"https://auth.example.net\"\nallowed_hosts = [\"NAS.lan\"]\n");
+    home.write_config(
+        "public_url = \"https://auth.example.net\"\nallowed_hosts = [\"NAS.lan\", \"*.home.arpa\"]\n",
+    );
     let d = home.start();
     let port = d.url.rsplit(':').next().unwrap().to_owned();
     for (host, expected) in [
@@ -1451,6 +1453,9 @@ async fn a_request_addressed_to_another_sites_name_is_refused_on_loopback() {
         (format!("127.0.0.1:{port}"), 200),
         ("auth.example.net".to_owned(), 200),
         (format!("nas.lan:{port}"), 200),
+        (format!("oauthd:{port}"), 200),
+        ("pi.home.arpa".to_owned(), 200),
+        ("home.arpa.rebind.example".to_owned(), 421),
     ] {
         let (status, text) = status_addressed_to(&d, "/metrics", &host).await;
         assert_eq!(status, expected, "{host}: {text}");
