@@ -53,6 +53,22 @@ fn refusal(theirs: &VaultKeysInUse, ours: &[String], from: &str) -> Fatal {
     )
 }
 
+/// Looks every 250 ms until `blocker` finds nothing or `within` has passed; returns what
+/// it found the last time (`None`: nothing).
+fn settle<T>(
+    within: Duration,
+    mut blocker: impl FnMut() -> Result<Option<T>, Fatal>,
+) -> Result<Option<T>, Fatal> {
+    let began = Instant::now();
+    loop {
+        let found = blocker()?;
+        if found.is_none() || began.elapsed() >= within {
+            return Ok(found);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// Refuses when another serving instance seals with a key not in `ours` (the ids of the
 /// keys loaded from `from`, the sealing one first), after giving it `SETTLE` to tell of
 /// keys it has just reloaded; warns when another cannot open the key `ours` seals with.
@@ -63,14 +79,12 @@ pub(super) fn check(
     clock: &Clock,
 ) -> Result<(), Fatal> {
     let rt = runtime()?;
-    let began = Instant::now();
-    loop {
+    let blocking = settle(SETTLE, || {
         let others = rt.block_on(lacking(store.as_ref(), ours, clock.now_ms(), None))?;
-        let Some(first) = others.first() else { break };
-        if began.elapsed() >= SETTLE {
-            return Err(refusal(first, ours, from));
-        }
-        std::thread::sleep(Duration::from_millis(250));
+        Ok(others.into_iter().next())
+    })?;
+    if let Some(first) = blocking {
+        return Err(refusal(&first, ours, from));
     }
     let told = rt.block_on(store.vault_keys_in_use(clock.now_ms()))?;
     if let Some(current) = ours.first() {
@@ -96,37 +110,33 @@ pub(super) fn taken_up(
     clock: &Clock,
 ) -> Result<(), Fatal> {
     let rt = runtime()?;
-    let began = Instant::now();
-    loop {
+    let behind = settle(TAKE_UP, || {
         let told = rt.block_on(store.vault_keys_in_use(clock.now_ms()))?;
-        let Some(behind) = told.iter().find(|o| !o.keys.iter().any(|k| k == key)) else {
-            return Ok(());
-        };
-        if began.elapsed() < TAKE_UP {
-            std::thread::sleep(Duration::from_millis(250));
-            continue;
-        }
-        let what = if added {
-            format!(
-                "within {}s of its being added to {from}: it reads another key file (a copy of this one, on this host or another). Nothing changed: the new key was taken out of {from} again. Where instances read their own copies, add one new key (`oauthd keygen` prints a key and its id) as the last line of every copy (there it only opens), then run `oauthd rekey --to <id>` with each copy",
-                TAKE_UP.as_secs()
-            )
-        } else {
-            format!(
-                "within {}s: it reads another key file, which lacks the key. Nothing changed. Add the key's line as the last line of that file (there it only opens), then run this again",
-                TAKE_UP.as_secs()
-            )
-        };
-        return Err(Fatal(
-            format!(
-                "another oauthd serving this store (since {}, with key(s) {}) has not loaded vault key {key} {what}; an oauthd stopped without saying so stops counting within {}s",
-                crate::clock::rfc3339(behind.since_ms),
-                behind.keys.join(", "),
-                HOLDS_FOR.as_secs()
-            ),
-            2,
-        ));
-    }
+        Ok(told.into_iter().find(|o| !o.keys.iter().any(|k| k == key)))
+    })?;
+    let Some(behind) = behind else {
+        return Ok(());
+    };
+    let what = if added {
+        format!(
+            "within {}s of its being added to {from}: it reads another key file (a copy of this one, on this host or another). Nothing changed: the new key was taken out of {from} again. Where instances read their own copies, add one new key (`oauthd keygen` prints a key and its id) as the last line of every copy (there it only opens), then run `oauthd rekey --to <id>` with each copy",
+            TAKE_UP.as_secs()
+        )
+    } else {
+        format!(
+            "within {}s: it reads another key file, which lacks the key. Nothing changed. Add the key's line as the last line of that file (there it only opens), then run this again",
+            TAKE_UP.as_secs()
+        )
+    };
+    Err(Fatal(
+        format!(
+            "another oauthd serving this store (since {}, with key(s) {}) has not loaded vault key {key} {what}; an oauthd stopped without saying so stops counting within {}s",
+            crate::clock::rfc3339(behind.since_ms),
+            behind.keys.join(", "),
+            HOLDS_FOR.as_secs()
+        ),
+        2,
+    ))
 }
 
 /// Tells the other instances this one's vault keys, and looks at theirs while it serves.
