@@ -191,12 +191,14 @@ pub fn restore(backup: &Path, db: &Path, stamp: &str, create: bool) -> Result<Re
         }
         Some(aside)
     };
+    // Let go before the copy takes the name: closing, SQLite deletes the `-wal` file by
+    // its name, which must not be the restored database's by then.
+    drop(held);
     if let Err(e) = std::fs::rename(&partial, db) {
         remove_partial(&partial);
         return Err(CopyError::file(db, e));
     }
     sync_dir(db)?;
-    drop(held);
     Ok(Restored { copied, replaced })
 }
 
