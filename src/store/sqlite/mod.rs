@@ -86,7 +86,7 @@ pub enum OpenError {
     NotADatabase { path: PathBuf },
     #[error("{path} is an SQLite database, but not oauthd's (it holds {tables} and no oauthd schema): --db (OAUTHD_DB, `db`) names oauthd's own database file; nothing was changed in it")]
     Foreign { path: PathBuf, tables: String },
-    #[error("{path} holds oauthd's tables but no schema version (SQLite's user_version is 0, as in a copy restored from `sqlite3 .dump`, which does not carry it), and its schema is not one any oauthd schema version makes, so it cannot be upgraded safely: restore the database file itself, or a copy made with `sqlite3 {path} \".backup copy.db\"` or `VACUUM INTO`; nothing was changed in it")]
+    #[error("{path} holds oauthd's tables but no schema version (SQLite's user_version is 0, as in a copy restored from `sqlite3 .dump`, which does not carry it), and its schema is not one any oauthd schema version makes, so it cannot be upgraded safely: restore a copy made with `oauthd backup` (or the database file itself, with its -wal file); nothing was changed in it")]
     Unversioned { path: PathBuf },
     #[error("cannot open database {path}: {message} ({hint})")]
     Open {
