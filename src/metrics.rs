@@ -314,6 +314,13 @@ pub static STORAGE_READ_ONLY: LazyLock<IntGauge> = LazyLock::new(|| {
     registered(name, IntGauge::with_opts(opts(name, help)))
 });
 
+pub static STORAGE_DISK_FULL: LazyLock<IntGauge> = LazyLock::new(|| {
+    let name = "storage_disk_full";
+    let help =
+        "1 while SQLite writes fail for want of room on the disk (writes answer 503), else 0.";
+    registered(name, IntGauge::with_opts(opts(name, help)))
+});
+
 pub static CONNECTIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     let name = "connections";
     let help = "Connections by provider and status, at the last scrape.";

@@ -59,19 +59,6 @@ fn set_db_mode(home: &Home, mode: u32) {
     }
 }
 
-/// Polls `/readyz` until it answers `want`, at most 10 s; returns the last answer.
-async fn readyz_until(d: &Daemon, want: u16) -> (u16, serde_json::Value) {
-    let mut last = d.get("/readyz", "").await;
-    for _ in 0..100 {
-        if last.0 == want {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        last = d.get("/readyz", "").await;
-    }
-    last
-}
-
 fn assert_read_only_503(status: u16, body: &serde_json::Value) {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["code"], "storage_unavailable", "{body}");
@@ -152,7 +139,7 @@ async fn a_database_file_made_read_only_serves_reads_refuses_writes_and_recovers
     for (status, body) in futures::future::join_all(reads).await {
         assert_eq!(status, 200, "{body}");
     }
-    let (status, body) = readyz_until(&d, 200).await;
+    let (status, body) = d.readyz_until(200).await;
     assert_eq!(
         status, 200,
         "not ready 10 s after the file became writable: {body}"
@@ -299,7 +286,7 @@ async fn a_filesystem_gone_read_only_under_oauthd_gives_503_and_loses_no_acknowl
     let (status, body) = d.consume(&key, &before[0], NS).await;
     assert_eq!(status, 503, "{body}");
     // Once the writer has tried a fresh connection, the reason is plain.
-    let (status, body) = readyz_until(&d, 503).await;
+    let (status, body) = d.readyz_until(503).await;
     assert_read_only_503(status, &body);
     let (status, body) = d.post("/v1/states", &key, json!({"namespace": NS})).await;
     assert_read_only_503(status, &body);
@@ -414,4 +401,117 @@ async fn check_fails_a_key_file_it_cannot_read() {
         "{report}"
     );
     assert!(!report.contains("ok    key file"), "{report}");
+}
+
+/// A disk that fills up under oauthd (a tmpfs of its own, in a private mount namespace,
+/// filled by a file written into it through `/proc/PID/root`): writes answer 503 saying the
+/// disk is full, `/readyz` says so too (a load balancer stops sending), it is logged once
+/// with the metric set, and once room is made `/readyz` is ready again with no other write,
+/// with every state acknowledged before still there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disk_that_fills_up_is_said_by_readyz_and_recovered_from_once_there_is_room() {
+    let home = Home::new();
+    // The database lives on the small disk: its name is a link there, so the `-wal` and
+    // `-shm` files are made beside it; the key file and the log stay beside the link.
+    let disk = home.dir.path().join("disk");
+    std::fs::create_dir(&disk).expect("mkdir");
+    std::os::unix::fs::symlink(disk.join("oauthd.db"), home.db()).expect("symlink");
+    let key = home.create_key("app", &[]);
+    let seed = home.dir.path().join("seed.db");
+    std::fs::rename(disk.join("oauthd.db"), &seed).expect("move the new database aside");
+    let d = home.start_via_shell(&format!(
+        "exec unshare -m --propagation private sh -c 'mount -t tmpfs -o size=4m tmpfs \"$1\" \
+         || {{ echo \"mount -t tmpfs failed: this test needs CAP_SYS_ADMIN\" >&2; exit 97; }}; \
+         cp \"$2\" \"$1\"/oauthd.db && shift 2 && exec \"$@\"' sh {} {} \"$@\"",
+        disk.display(),
+        seed.display()
+    ));
+    let seen = PathBuf::from(format!("/proc/{}/root{}", d.pid(), disk.display()));
+    let before = create_numbered(&d, &key, 20).await;
+
+    // Fill the disk to the last byte.
+    let filler = seen.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let chunk = vec![0u8; 64 << 10];
+        let mut written = 0usize;
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
+                Err(e) => panic!("filling the disk: {e}"),
+            }
+            assert!(written < 8 << 20, "a 4 MiB disk took more than 8 MiB");
+        }
+    }
+    let mut full = None;
+    for _ in 0..200 {
+        let (status, body) = d
+            .post(
+                "/v1/states",
+                &key,
+                json!({"namespace": NS, "data": {"x": "y".repeat(3000)}}),
+            )
+            .await;
+        assert!(status == 201 || status == 503, "{status} {body}");
+        if status == 503 {
+            full = Some(body);
+            break;
+        }
+    }
+    let body = full.expect("no write failed on a full disk");
+    assert_eq!(body["code"], "storage_unavailable", "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("disk is full"),
+        "{body}"
+    );
+    let (status, body) = d.get("/readyz", "").await;
+    assert_eq!(
+        status, 503,
+        "ready while writes fail for want of room: {body}"
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("disk is full"),
+        "{body}"
+    );
+    const DISK_FULL: &str = "oauthd_storage_disk_full";
+    assert_eq!(d.metric(DISK_FULL).await, Some(1.0));
+    // Reads go on.
+    assert_eq!(d.get("/v1/connections", &key).await.0, 200);
+    let said = "writes and /readyz answer 503 until there is room again";
+    assert_eq!(
+        home.log_text().matches(said).count(),
+        1,
+        "{}",
+        home.log_text()
+    );
+
+    std::fs::remove_file(&filler).expect("make room");
+    let (status, body) = d.get("/readyz", "").await;
+    assert_eq!(status, 200, "not ready once there is room: {body}");
+    assert_eq!(d.metric(DISK_FULL).await, Some(0.0));
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            home.log_text().contains("there is room to write again")
+        })
+        .await,
+        "{}",
+        home.log_text()
+    );
+    consume_numbered(&d, &key, &before).await;
+    let after = d.create_state(&key, json!({"namespace": NS})).await;
+    assert_eq!(d.consume(&key, &after, NS).await.0, 200);
+    assert_eq!(
+        sqlite3(&seen.join("oauthd.db"), "PRAGMA integrity_check;"),
+        "ok"
+    );
+    assert!(d.signal_and_wait("TERM").success(), "{}", home.log_text());
 }

@@ -481,9 +481,17 @@ mod shared {
             body["detail"].as_str().unwrap().contains("out of memory"),
             "{body}"
         );
+        // A load balancer sees it.
+        let (status, body) = d.get("/readyz", "").await;
+        assert_eq!(status, 503, "ready while Redis refuses writes: {body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains("out of memory"),
+            "{body}"
+        );
         // Taking a state frees memory, so Redis allows it even now.
         assert_eq!(d.consume(&key, &kept, NS).await.0, 200);
         set("CONFIG SET maxmemory 0");
+        assert_eq!(d.get("/readyz", "").await.0, 200);
         let again = d.create_state(&key, json!({"namespace": NS})).await;
         assert_eq!(d.consume(&key, &again, NS).await.0, 200);
     }

@@ -1398,8 +1398,13 @@ async fn a_full_disk_gives_503_and_recovers_by_itself_when_space_returns() {
         .unwrap();
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().get("retry-after").is_some());
+    // A load balancer sees it, and sees it end with no other write.
+    let (status, body) = d.get("/readyz", "").await;
+    assert_eq!(status, 503, "ready while writes fail: {body}");
 
     prlimit("unlimited:unlimited");
+    let (status, body) = d.readyz_until(200).await;
+    assert_eq!(status, 200, "not ready once writes can succeed: {body}");
     let after = d.create_state(&key, json!({"namespace": NS})).await;
     for (i, state) in before.iter().enumerate() {
         let (status, body) = d.consume(&key, state, NS).await;

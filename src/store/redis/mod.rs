@@ -14,6 +14,7 @@
 //! | `P cl:<provider>/<account>` | string | the refresh lease (`SET NX PX`), value = fencing generation |
 //! | `P d:<id>` | hash | a device flow; `P dp` pending ids (set); `P dl:<id>` the poll claim |
 //! | `P a:<kind>:<hash>` | string | an admin login link or session, TTL = its lifetime |
+//! | `P probe` | string | written by `/readyz` (TTL 1 s): Redis that refuses writes is not ready |
 //! | `P o:<id>` | hash | an event's delivery to one target; `P od:<target>` its target's pending ones by due time, `P odt` the targets with pending ones (set), `P ol` all by creation (zset) |
 //!
 //! Only SHA-256 hashes of secrets and sealed tokens are stored, as in SQLite.

@@ -799,11 +799,19 @@ impl StateStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        // A write, not a PING: Redis at `maxmemory` (noeviction) or a read-only replica
+        // answers PING while it refuses every write.
         let mut c = self.conn();
-        self.run("checking Redis", async move {
-            redis::cmd("PING").query_async::<String>(&mut c).await
+        let probe = self.index("probe");
+        self.run("checking Redis can be written", async move {
+            redis::cmd("SET")
+                .arg(probe)
+                .arg("")
+                .arg("PX")
+                .arg(1000)
+                .query_async::<()>(&mut c)
+                .await
         })
         .await
-        .map(|_| ())
     }
 }

@@ -9,7 +9,10 @@
 //! A connection that cannot write (the file or its filesystem went read-only, an I/O
 //! error) is not given up on: the writer marks itself read-only and, before each later
 //! group, at most once a second, swaps in a fresh connection. The first group that commits
-//! clears the mark; no restart is needed.
+//! clears the mark; no restart is needed. A full disk is marked the same way (and logged
+//! once): the first group that commits a change clears it, and `/readyz` tries a write of
+//! its own while it is set, so that a load balancer that stopped sending writes still sees
+//! the space come back.
 //!
 //! The writer also watches for other processes' commits (`ChangeWatch`): every change this
 //! process makes goes through its connection, so its `PRAGMA data_version` moves only when
@@ -47,9 +50,9 @@ enum Msg {
 
 trait WriteJob: Send {
     /// Runs the job inside the open transaction and keeps its result for `complete`;
-    /// false when the caller already gave up (so nothing was run). Sets `cannot_write`
-    /// when the job failed because the connection cannot write.
-    fn execute(&mut self, tx: &Tx, cannot_write: &mut bool) -> bool;
+    /// false when the caller already gave up (so nothing was run). Notes in `faults` what
+    /// its failure said about the connection.
+    fn execute(&mut self, tx: &Tx, faults: &mut Faults) -> bool;
     /// Answers the caller how the transaction ended, with the result kept by `execute`;
     /// false when the caller was gone.
     fn complete(self: Box<Self>, ended: Result<(), StoreError>) -> bool;
@@ -78,7 +81,7 @@ where
     T: Send + 'static,
     F: FnOnce(&Tx) -> rusqlite::Result<T> + Send,
 {
-    fn execute(&mut self, tx: &Tx, cannot_write: &mut bool) -> bool {
+    fn execute(&mut self, tx: &Tx, faults: &mut Faults) -> bool {
         if self.reply.is_closed() {
             return false;
         }
@@ -107,7 +110,7 @@ where
             return true;
         };
         self.stage = Stage::Ran(result.map_err(|e| {
-            *cannot_write |= is_write_fault(&e);
+            faults.note(&e);
             classify(context, e)
         }));
         true
@@ -160,18 +163,32 @@ fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
-/// Errors after which the connection is replaced: it cannot write, and a fresh one may.
-fn is_write_fault(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(ErrorCode::ReadOnly | ErrorCode::SystemIoFailure | ErrorCode::CannotOpen)
-    )
+/// What a group's failures said about the connection and its disk.
+#[derive(Default)]
+struct Faults {
+    /// The connection cannot write (it is replaced; a fresh one may).
+    cannot_write: bool,
+    /// The disk (or the process's file-size limit) had no room for the write.
+    disk_full: bool,
+}
+
+impl Faults {
+    fn note(&mut self, e: &rusqlite::Error) {
+        match e.sqlite_error_code() {
+            Some(ErrorCode::ReadOnly | ErrorCode::SystemIoFailure | ErrorCode::CannotOpen) => {
+                self.cannot_write = true
+            }
+            Some(ErrorCode::DiskFull) => self.disk_full = true,
+            _ => {}
+        }
+    }
 }
 
 pub struct Writer {
     queue: mpsc::Sender<Msg>,
     thread: Option<JoinHandle<()>>,
     read_only: Arc<AtomicBool>,
+    disk_full: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -193,11 +210,14 @@ impl Writer {
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
         let read_only = Arc::new(AtomicBool::new(conn_is_read_only(&conn)));
         crate::metrics::STORAGE_READ_ONLY.set(read_only.load(Ordering::Acquire).into());
+        let disk_full = Arc::new(AtomicBool::new(false));
+        crate::metrics::STORAGE_DISK_FULL.set(0);
         let link = Link {
             conn: Some(conn),
             reopen,
             name,
             read_only: read_only.clone(),
+            disk_full: disk_full.clone(),
             last_reopen: None,
             watch,
             data_version: None,
@@ -221,6 +241,7 @@ impl Writer {
             queue,
             thread: Some(thread),
             read_only,
+            disk_full,
         })
     }
 
@@ -232,13 +253,16 @@ impl Writer {
     /// Asks the writer whether it can write now: when it could not, this is what makes it
     /// try a fresh connection (at most once a second) even while no request writes.
     pub async fn check_writable(&self, context: &'static str) -> Result<(), StoreError> {
-        if !self.read_only.load(Ordering::Acquire) {
+        if !self.read_only.load(Ordering::Acquire) && !self.disk_full.load(Ordering::Acquire) {
             return Ok(());
         }
-        // A write statement that matches nothing: it needs the write lock and a writable
-        // file (else SQLITE_READONLY) and changes nothing on disk.
-        self.run(context, |tx| {
-            tx.prepare_cached("DELETE FROM states WHERE 0")?
+        // A write that needs what a real one needs: the write lock, a writable file (else
+        // SQLITE_READONLY) and room, as the row added and taken out again dirties a page
+        // that the commit appends to the WAL. Its success clears the marks.
+        self.run_atomic(context, |tx| {
+            tx.prepare_cached("INSERT OR REPLACE INTO meta (name, value) VALUES ('probe', '')")?
+                .execute([])?;
+            tx.prepare_cached("DELETE FROM meta WHERE name = 'probe'")?
                 .execute([])
                 .map(|_| ())
         })
@@ -309,6 +333,9 @@ struct Link {
     reopen: Reopen,
     name: String,
     read_only: Arc<AtomicBool>,
+    /// Set while writes fail for want of room; cleared, as `read_only` is, by the next commit
+    /// that changed rows.
+    disk_full: Arc<AtomicBool>,
     last_reopen: Option<Instant>,
     watch: Arc<ChangeWatch>,
     /// `PRAGMA data_version` at the last look (`None`: not looked on this connection).
@@ -334,13 +361,33 @@ impl Link {
         if !self.read_only.swap(true, Ordering::AcqRel) {
             crate::metrics::STORAGE_READ_ONLY.set(1);
             log::error!(
-                "database {} cannot be written (read-only filesystem, or the file, its -wal \
-                 and -shm files or its directory not writable by this user): writes answer \
+                "database {} cannot be written (read-only filesystem, the file, its -wal \
+                 and -shm files or its directory not writable by this user, or an I/O error \
+                 such as a file-size limit): writes and /readyz answer \
                  503 until it can; each write or /readyz tries a fresh connection, at most \
                  once every {}s",
                 self.name,
                 REOPEN_EVERY.as_secs()
             );
+        }
+    }
+
+    fn mark_disk_full(&mut self) {
+        if !self.disk_full.swap(true, Ordering::AcqRel) {
+            crate::metrics::STORAGE_DISK_FULL.set(1);
+            log::error!(
+                "database {}: the disk is full (or the process's file-size limit reached): \
+                 writes and /readyz answer 503 until there is room again; nothing \
+                 acknowledged is lost, and no restart is needed",
+                self.name
+            );
+        }
+    }
+
+    fn mark_room(&mut self) {
+        if self.disk_full.swap(false, Ordering::AcqRel) {
+            crate::metrics::STORAGE_DISK_FULL.set(0);
+            log::info!("database {}: there is room to write again", self.name);
         }
     }
 
@@ -425,9 +472,16 @@ fn write_group(link: &mut Link, group: &mut Vec<Box<dyn WriteJob>>) {
         }
         return;
     };
+    let changes_before = conn.total_changes();
     match commit_group(conn, group, &link.watch, &link.emptied) {
-        Outcome::Committed => link.mark_writable(),
+        // A group that changed nothing wrote nothing to disk: it proves nothing.
+        Outcome::Committed if conn.total_changes() != changes_before => {
+            link.mark_writable();
+            link.mark_room();
+        }
+        Outcome::Committed => {}
         Outcome::CannotWrite => link.mark_read_only(),
+        Outcome::DiskFull => link.mark_disk_full(),
         Outcome::Failed => {}
     }
 }
@@ -438,7 +492,9 @@ enum Outcome {
     Committed,
     /// A failure said the connection cannot write.
     CannotWrite,
-    /// Something else failed (a lock held too long, a full disk).
+    /// A failure said there was no room on the disk.
+    DiskFull,
+    /// Something else failed (a lock held too long).
     Failed,
 }
 
@@ -450,30 +506,36 @@ fn commit_group(
     watch: &ChangeWatch,
     emptied: &RefCell<Emptied>,
 ) -> Outcome {
-    let mut cannot_write = false;
+    let mut faults = Faults::default();
     let mut failed = false;
-    let outcome = |cannot_write: bool, failed: bool| match (cannot_write, failed) {
-        (true, _) => Outcome::CannotWrite,
-        (false, true) => Outcome::Failed,
-        (false, false) => Outcome::Committed,
+    let outcome = |faults: &Faults, failed: bool| {
+        if faults.cannot_write {
+            Outcome::CannotWrite
+        } else if faults.disk_full {
+            Outcome::DiskFull
+        } else if failed {
+            Outcome::Failed
+        } else {
+            Outcome::Committed
+        }
     };
     let mut jobs = group.drain(..);
     while jobs.len() > 0 {
         if let Err(e) = run_cached(conn, "BEGIN IMMEDIATE") {
-            cannot_write |= is_write_fault(&e);
+            faults.note(&e);
             let err = classify("starting a write transaction", e);
             log::warn!("{err}");
             for job in jobs.by_ref() {
                 job.abort(err.clone());
             }
-            return outcome(cannot_write, true);
+            return outcome(&faults, true);
         }
         let mut done: Vec<Box<dyn WriteJob>> = Vec::with_capacity(jobs.len());
         let mut rolled_back = false;
         let counts = RefCell::new(LiveCounts::default());
         let tx = Tx::new(conn, &counts, emptied);
         for mut job in jobs.by_ref() {
-            if job.execute(&tx, &mut cannot_write) {
+            if job.execute(&tx, &mut faults) {
                 done.push(job);
             }
             if conn.is_autocommit() {
@@ -492,7 +554,7 @@ fn commit_group(
             counted
                 .and_then(|()| run_cached(conn, "COMMIT"))
                 .map_err(|e| {
-                    cannot_write |= is_write_fault(&e);
+                    faults.note(&e);
                     let _ = run_cached(conn, "ROLLBACK");
                     classify("committing", e)
                 })
@@ -509,7 +571,7 @@ fn commit_group(
             watch.changed_unseen();
         }
     }
-    outcome(cannot_write, failed)
+    outcome(&faults, failed)
 }
 
 #[cfg(test)]

@@ -400,6 +400,19 @@ impl Daemon {
         (resp.status().as_u16(), resp.text().await.expect("body"))
     }
 
+    /// Polls `/readyz` until it answers `want`, at most 10 s; returns the last answer.
+    pub async fn readyz_until(&self, want: u16) -> (u16, serde_json::Value) {
+        let mut last = self.get("/readyz", "").await;
+        for _ in 0..100 {
+            if last.0 == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            last = self.get("/readyz", "").await;
+        }
+        last
+    }
+
     /// `GET /metrics` (no token), as text.
     pub async fn metrics_text(&self) -> String {
         let resp = self.get_raw("/metrics", None).await;
