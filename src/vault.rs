@@ -134,9 +134,18 @@ impl std::fmt::Debug for KeySource {
 impl Vault {
     pub fn from_keys(keys: &[Zeroizing<[u8; 32]>]) -> Result<Vault, VaultError> {
         let (first, rest) = keys.split_first().ok_or(VaultError::BadKey)?;
+        // A key listed twice (a line pasted again) is one key: listed once, tried once.
+        let mut seen: Vec<&[u8; 32]> = vec![first];
+        let mut older: Vec<VaultKey> = Vec::with_capacity(rest.len());
+        for key in rest {
+            if !seen.contains(&&**key) {
+                seen.push(key);
+                older.push(VaultKey::new(key));
+            }
+        }
         Ok(Vault {
             current: VaultKey::new(first),
-            older: rest.iter().map(|k| VaultKey::new(k)).collect(),
+            older,
         })
     }
 
@@ -576,6 +585,25 @@ mod tests {
             only_new.open("f", &sealed),
             Err(VaultError::UnknownKey(_))
         ));
+    }
+
+    #[test]
+    fn a_key_listed_twice_is_one_key() {
+        let a = generate_key_text().unwrap();
+        let b = generate_key_text().unwrap();
+        let vault = Vault::from_text(&format!(
+            "{}\n{}\n{}\n{}\n",
+            a.as_str(),
+            b.as_str(),
+            b.as_str(),
+            a.as_str()
+        ))
+        .unwrap();
+        let (ida, idb) = (
+            Vault::from_text(&a).unwrap().current_key_id(),
+            Vault::from_text(&b).unwrap().current_key_id(),
+        );
+        assert_eq!(vault.key_ids(), [ida, idb]);
     }
 
     #[test]
