@@ -289,3 +289,39 @@ async fn a_restore_keeps_what_it_replaces_and_a_backup_overwrites_only_copies() 
     use std::os::unix::fs::MetadataExt;
     assert_eq!(std::fs::metadata(&db).unwrap().uid(), 65534);
 }
+
+/// A restore looks for every process that has the database open, not only for one that
+/// holds a lock on it: a just-restored copy is in rollback mode until oauthd first serves
+/// it, and a connection in that mode that is not reading holds none (here an `sqlite3`
+/// shell that ran one query). Replaced under it, the shell's next write would go to the
+/// file moved aside. The refusal names the process.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_is_refused_while_any_process_has_the_database_open() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let copy = home.dir.path().join("copy.db");
+    assert!(home
+        .cli(&["backup", copy.to_str().unwrap()])
+        .status
+        .success());
+    assert!(home
+        .cli(&["restore", copy.to_str().unwrap()])
+        .status
+        .success());
+    let mut shell = common::SqliteShell::open(&home.db());
+    assert_eq!(shell.query("SELECT count(*) FROM api_keys;"), "1");
+    let out = home.cli(&["restore", copy.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("a process has") && err.contains("\"sqlite3\""),
+        "{err}"
+    );
+    assert_eq!(shell.query("SELECT count(*) FROM api_keys;"), "1");
+    assert!(shell.close().success());
+    let out = home.cli(&["restore", copy.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let d = home.start();
+    assert_eq!(d.get("/v1/connections", &key).await.0, 200);
+    d.signal_and_wait("TERM");
+}

@@ -32,8 +32,63 @@ pub enum CopyError {
     NoDatabase { path: PathBuf },
     #[error("{path} is the database itself: name the copy")]
     Same { path: PathBuf },
-    #[error("a process has {path} open (an oauthd serving it, or a command or an sqlite3 shell using it): stop every oauthd serving it first, then restore")]
-    InUse { path: PathBuf },
+    #[error("a process has {path} open{by} (an oauthd serving it, or a command or an sqlite3 shell using it): stop every oauthd serving it first, then restore")]
+    InUse { path: PathBuf, by: Holders },
+}
+
+/// The processes found holding a file open, for a message: ` (pid 12 oauthd, pid 40
+/// sqlite3)`, or nothing when none could be named.
+#[derive(Debug, Default)]
+pub struct Holders(Vec<(u32, String)>);
+
+impl std::fmt::Display for Holders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (pid, name)) in self.0.iter().enumerate() {
+            let sep = if i == 0 { " by " } else { ", " };
+            write!(f, "{sep}pid {pid} {name:?}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The other processes that have the file at `path` open, found in `/proc` by the file's
+/// device and inode: a lock says nothing of a connection in rollback mode that is not
+/// reading now (a just-restored copy is in that mode until oauthd first serves it), which
+/// would go on writing to the file moved aside. Processes this user may not look into are
+/// not seen (run as root to see all).
+fn holders(path: &Path) -> Holders {
+    let Ok(file) = std::fs::metadata(path) else {
+        return Holders::default();
+    };
+    let me = std::process::id();
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return Holders::default();
+    };
+    let mut found = Vec::new();
+    for process in processes.flatten() {
+        let Some(pid) = process
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(process.path().join("fd")) else {
+            continue;
+        };
+        let open = fds.flatten().any(|fd| {
+            std::fs::metadata(fd.path())
+                .is_ok_and(|m| m.dev() == file.dev() && m.ino() == file.ino())
+        });
+        if open {
+            let name = std::fs::read_to_string(process.path().join("comm")).unwrap_or_default();
+            found.push((pid, name.trim().to_owned()));
+        }
+    }
+    Holders(found)
 }
 
 impl CopyError {
@@ -145,6 +200,13 @@ pub fn restore(backup: &Path, db: &Path, stamp: &str, create: bool) -> Result<Re
     let source = open_read_only(backup)?;
     let version = version_to_copy(&source, backup)?;
     let held = hold_exclusively(db)?;
+    let by = holders(db);
+    if !by.0.is_empty() {
+        return Err(CopyError::InUse {
+            path: db.to_owned(),
+            by,
+        });
+    }
     // The owner of the database it replaces, or else of its directory (root restoring a
     // service's database on a new machine must not leave it a file it cannot open).
     let dir = db
@@ -361,6 +423,7 @@ fn hold_exclusively(db: &Path) -> Result<Option<Connection>, CopyError> {
         {
             Err(CopyError::InUse {
                 path: db.to_owned(),
+                by: holders(db),
             })
         }
         Err(_) => Ok(None),
