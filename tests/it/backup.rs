@@ -142,7 +142,7 @@ async fn what_is_not_a_copy_of_oauthds_database_is_refused() {
         .unwrap();
     for (from, said) in [
         (&empty, "is empty"),
-        (&other, "but not oauthd's"),
+        (&other, "is not a copy of oauthd's database"),
         (&home.db(), "is the database itself"),
         (&home.dir.path().join("missing.db"), "no such file"),
     ] {
@@ -320,6 +320,77 @@ async fn a_restore_is_refused_while_any_process_has_the_database_open() {
     assert_eq!(shell.query("SELECT count(*) FROM api_keys;"), "1");
     assert!(shell.close().success());
     let out = home.cli(&["restore", copy.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let d = home.start();
+    assert_eq!(d.get("/v1/connections", &key).await.0, 200);
+    d.signal_and_wait("TERM");
+}
+
+/// `restore --db` names the file it puts the copy in place of: a slip there (the key file
+/// beside the database, another application's database) used to move that file aside as
+/// "the database it replaced", advising to delete it once the restore is confirmed (the
+/// vault key with it). Only oauthd's database, whole or damaged, or an empty file is
+/// replaced; and a COPY that is not one is said to be that, not a permission problem.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_replaces_only_oauthds_database() {
+    let home = Home::new();
+    let d = home.start();
+    let key = home.create_key("app", &[]);
+    d.signal_and_wait("TERM");
+    let copy = home.dir.path().join("copy.db");
+    assert!(home
+        .cli(&["backup", copy.to_str().unwrap()])
+        .status
+        .success());
+    let other = home.dir.path().join("other-app.db");
+    rusqlite::Connection::open(&other)
+        .unwrap()
+        .execute_batch("CREATE TABLE songs (title TEXT); INSERT INTO songs VALUES ('x');")
+        .unwrap();
+    let restore = |db: &Path, from: &Path| {
+        Command::new(common::BIN)
+            .args(["restore", "--db"])
+            .arg(db)
+            .arg(from)
+            .env("OAUTHD_KEY_FILE", home.key_file())
+            .output()
+            .expect("oauthd restore")
+    };
+    let key_text = std::fs::read(home.key_file()).unwrap();
+    let other_bytes = std::fs::read(&other).unwrap();
+    for (db, said) in [
+        (home.key_file(), "is not an SQLite database"),
+        (other.clone(), "another application's tables"),
+    ] {
+        let out = restore(&db, &copy);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{db:?}: {err}");
+        assert!(err.contains(said), "{err}");
+    }
+    assert_eq!(std::fs::read(home.key_file()).unwrap(), key_text);
+    assert_eq!(std::fs::read(&other).unwrap(), other_bytes);
+    let out = restore(&home.db(), &home.key_file());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("is not a copy of oauthd's database"), "{err}");
+    let aside = std::fs::read_dir(home.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.contains(".replaced-"))
+        .count();
+    assert_eq!(aside, 0, "a refused restore moved a file aside");
+
+    // A damaged database of oauthd's (its schema page overwritten) is what a restore is for.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(home.db())
+            .unwrap();
+        f.seek(SeekFrom::Start(100)).unwrap();
+        f.write_all(&[0xa5; 3996]).unwrap();
+    }
+    let out = restore(&home.db(), &copy);
     assert!(out.status.success(), "{out:?}");
     let d = home.start();
     assert_eq!(d.get("/v1/connections", &key).await.0, 200);

@@ -30,6 +30,10 @@ pub enum CopyError {
     Missing { path: PathBuf },
     #[error("no database at {path}: restore puts a copy in place of a database; to make it there (a new machine), say --create")]
     NoDatabase { path: PathBuf },
+    #[error("{path} {what}: restore replaces only oauthd's database (or an empty file), and would have moved this one aside as if it were; check --db (or OAUTHD_DB, or `db` in the config file)")]
+    NotTheDatabase { path: PathBuf, what: String },
+    #[error("{path} is not a copy of oauthd's database: name a file made by `oauthd backup` (the database it replaces is --db)")]
+    NotACopy { path: PathBuf },
     #[error("{path} is the database itself: name the copy")]
     Same { path: PathBuf },
     #[error("a process has {path} open{by} (an oauthd serving it, or a command or an sqlite3 shell using it): stop every oauthd serving it first, then restore")]
@@ -170,6 +174,48 @@ fn replaceable(path: &Path) -> bool {
         .is_some_and(|v| v.number > 0)
 }
 
+/// Whether the file starts as every SQLite database does.
+fn is_sqlite_file(path: &Path) -> bool {
+    let mut header = [0u8; 16];
+    std::fs::File::open(path)
+        .and_then(|mut f| {
+            use std::io::Read;
+            f.read_exact(&mut header)
+        })
+        .is_ok_and(|()| &header == b"SQLite format 3\0")
+}
+
+/// Refuses to restore over a file that is not oauthd's database: a slip of `--db` (the key
+/// file beside it, another application's database) would move it aside, called the
+/// database replaced. A damaged database of oauthd's is what restores are for: an SQLite
+/// file whose tables cannot be read is replaced.
+fn may_restore_over(db: &Path) -> Result<(), CopyError> {
+    let refuse = |what: &str| {
+        Err(CopyError::NotTheDatabase {
+            path: db.to_owned(),
+            what: what.to_owned(),
+        })
+    };
+    match std::fs::metadata(db) {
+        Err(_) => return Ok(()),
+        Ok(m) if m.is_dir() => return refuse("is a directory"),
+        Ok(m) if m.len() == 0 => return Ok(()),
+        Ok(_) => {}
+    }
+    if !is_sqlite_file(db) {
+        return refuse("is not an SQLite database (the key file? a copy's name?)");
+    }
+    let opened = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| OpenError::open(db, &e))
+        .and_then(|c| oauthds_version(&c, db, |e| OpenError::open(db, &e)));
+    match opened {
+        Err(OpenError::Foreign { .. }) => {
+            refuse("holds another application's tables, not oauthd's")
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The files of the database at `db`: itself, and those SQLite keeps beside it.
 const SUFFIXES: [&str; 4] = ["", "-wal", "-shm", "-journal"];
 
@@ -197,8 +243,21 @@ pub fn restore(backup: &Path, db: &Path, stamp: &str, create: bool) -> Result<Re
             path: backup.to_owned(),
         });
     }
+    may_restore_over(db)?;
+    let not_a_copy = || CopyError::NotACopy {
+        path: backup.to_owned(),
+    };
+    // An empty file is said to be empty (below): a copy cut short.
+    if std::fs::metadata(backup).is_ok_and(|m| m.is_file() && m.len() > 0)
+        && !is_sqlite_file(backup)
+    {
+        return Err(not_a_copy());
+    }
     let source = open_read_only(backup)?;
-    let version = version_to_copy(&source, backup)?;
+    let version = version_to_copy(&source, backup).map_err(|e| match e {
+        CopyError::Open(OpenError::Foreign { .. } | OpenError::NotADatabase { .. }) => not_a_copy(),
+        e => e,
+    })?;
     let held = hold_exclusively(db)?;
     let by = holders(db);
     if !by.0.is_empty() {
