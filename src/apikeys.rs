@@ -252,6 +252,33 @@ pub fn may_use_account(record: &ApiKeyRecord, account: &str) -> bool {
     }
 }
 
+/// Whether the key may reach connections of `provider` (namespace `provider:<name>`).
+pub fn may_use_provider(record: &ApiKeyRecord, provider: &str) -> bool {
+    // A key for every namespace needs only the name's shape checked: no namespace
+    // written out on each call of the token API.
+    if record.namespaces.is_none() {
+        return crate::namespace::parts_are_valid(&[PROVIDER_SCOPE_PREFIX, provider]);
+    }
+    Namespace::parse(&format!("{PROVIDER_SCOPE_PREFIX}{provider}"))
+        .is_ok_and(|ns| may_use(record, &ns))
+}
+
+/// The active keys limited to some accounts (`--account`: a tenant's app) that may read
+/// this connection's tokens, by name. A grant the operator connects under such an account
+/// goes to them: the page asks before it does (an app can create the account itself, by an
+/// import, and make oauthd send the operator a reconnect link to it).
+pub fn account_limited_readers(
+    keys: &[ApiKeyRecord],
+    provider: &str,
+    account: &str,
+) -> Vec<String> {
+    keys.iter()
+        .filter(|k| k.revoked_at_ms.is_none() && k.accounts.is_some())
+        .filter(|k| may_use_provider(k, provider) && may_use_account(k, account))
+        .map(|k| k.name.clone())
+        .collect()
+}
+
 /// Whether the key may use this namespace.
 pub fn may_use(record: &ApiKeyRecord, ns: &Namespace) -> bool {
     match &record.namespaces {

@@ -57,6 +57,11 @@ function whichAccount(c) {
   return el("div", { class: "hint", "data-provider-account": "" }, a.email || a.name || a.sub);
 }
 
+// The names of the apps' keys limited to some accounts that read this connection's tokens.
+function sharedWith(c) {
+  return (c.account_limited_keys || []).map((k) => `"${k}"`).join(", ");
+}
+
 function renderConnections(list) {
   const body = $("#connections tbody");
   body.replaceChildren();
@@ -66,8 +71,10 @@ function renderConnections(list) {
     const [text, cls] = statusText(c);
     const actions = el("div", { class: "row" });
     const missing = c.status === "provider_missing";
+    const readers = sharedWith(c);
     if (c.status === "needs_reauth") {
-      actions.append(el("button", { onclick: () => connect(c.provider, c.account) }, "Reconnect"));
+      const ask = `The app key(s) ${readers} read ${c.provider} (${c.account}): whoever you sign in as, they get the tokens. Reconnect it here all the same?`;
+      actions.append(el("button", { onclick: () => { if (!readers || confirm(ask)) connect(c.provider, c.account); } }, "Reconnect"));
     }
     actions.append(el("button", { class: "danger", onclick: () => disconnect(c.provider, c.account, missing) }, missing ? "Delete" : "Disconnect"));
     const status = el("td", {}, el("span", { class: cls }, text));
@@ -75,7 +82,8 @@ function renderConnections(list) {
     status.setAttribute("data-label", "Status");
     body.append(el("tr", { "data-connection": `${c.provider}/${c.account}` },
       el("td", { "data-label": "Provider" }, c.provider),
-      el("td", { "data-label": "Account" }, c.account, whichAccount(c)), status,
+      el("td", { "data-label": "Account" }, c.account, whichAccount(c),
+        readers ? el("div", { class: "hint", "data-shared": "" }, `read by app key(s) ${readers}`) : ""), status,
       el("td", { "data-label": "Scopes" }, c.scopes.join(" ")),
       el("td", { "data-label": "Token expires" }, when(c.expires_at, "unknown")),
       el("td", { "data-label": "Last refresh" }, when(c.last_refresh_at, "never")), el("td", {}, actions)));
@@ -130,9 +138,13 @@ async function load() {
   // account only when it is one of the connections: anyone can write such a link, and a
   // new account filled in for a click would hand the grant to whoever named it.
   const asked = params.get("reconnect") ? { provider: params.get("reconnect"), account: params.get("account") || "default" } : null;
-  const known = asked && data.connections.some((c) => c.provider === asked.provider && c.account === asked.account);
-  const focus = known ? asked : null;
+  const known = asked && data.connections.find((c) => c.provider === asked.provider && c.account === asked.account);
+  // Nor when an app limited to some accounts (a tenant's) reads it: an app can create the
+  // account itself (an import) and have oauthd send the operator this very link.
+  const readers = known ? sharedWith(known) : "";
+  const focus = known && !readers ? asked : null;
   if (focus) notice(`Reconnect ${focus.provider} (${focus.account}): press "Connect ${focus.provider}" below.`);
+  else if (known) notice(`${known.provider} (${known.account}) is read by the app key(s) ${readers}, limited to some accounts: whoever you sign in as here, they get that account's tokens. Its user reconnects it from that app (its own connect flow). Connect it here only if you mean to give them your sign-in: type the account name below.`);
   // The link's words are shown only when they name a configured provider and an account
   // name oauthd could hold: anyone can write the link, and the notice must not carry
   // their text.

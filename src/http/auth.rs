@@ -3,7 +3,7 @@
 use super::problem::ApiError;
 use super::AppState;
 use crate::apikeys;
-use crate::namespace::{Namespace, PROVIDER_SCOPE_PREFIX};
+use crate::namespace::Namespace;
 use crate::store::ApiKeyRecord;
 use actix_web::dev::Payload;
 use actix_web::http::header;
@@ -30,14 +30,7 @@ impl Caller {
 impl Caller {
     /// Whether the key may reach connections of `provider` (namespace `provider:<name>`).
     pub fn may_use_provider(&self, provider: &str) -> bool {
-        // A key for every namespace needs only the name's shape checked: no namespace
-        // written out on each call of the token API.
-        if self.0.namespaces.is_none() {
-            return crate::namespace::parts_are_valid(&[PROVIDER_SCOPE_PREFIX, provider]);
-        }
-        Namespace::parse(&format!("{PROVIDER_SCOPE_PREFIX}{provider}"))
-            .map(|ns| apikeys::may_use(&self.0, &ns))
-            .unwrap_or(false)
+        apikeys::may_use_provider(&self.0, provider)
     }
 
     /// 401 when the key may not use `provider` (configured or not: a key limited to other

@@ -117,10 +117,22 @@ pub async fn overview(app: web::Data<AppState>, s: UiSession) -> Result<HttpResp
             "credentials": app.broker.client_check(&p.name).await,
         }));
     }
+    // Each connection says which tenants' keys read its tokens: the page asks before the
+    // operator connects a grant of their own under such an account.
+    let keys = app.keys.list_keys().await?;
+    let mut connections = Vec::new();
+    for view in app.broker.connections().await? {
+        let readers = crate::apikeys::account_limited_readers(&keys, &view.provider, &view.account);
+        let mut item = serde_json::to_value(view).unwrap_or_default();
+        if let Some(fields) = item.as_object_mut() {
+            fields.insert("account_limited_keys".into(), json!(readers));
+        }
+        connections.push(item);
+    }
     Ok(no_store(HttpResponse::Ok()).json(json!({
         "csrf": s.csrf,
         "providers": providers,
-        "connections": app.broker.connections().await?,
+        "connections": connections,
     })))
 }
 

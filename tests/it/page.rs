@@ -309,6 +309,59 @@ async fn a_connection_that_needs_reauth_offers_reconnect() {
         Some("default")
     );
     b.screenshot("03-unknown-reconnect.png").await;
+
+    // An app limited to some accounts (a tenant's) can make an account exist itself, by an
+    // import, and have oauthd send the operator a reconnect link to it: a click there
+    // would store the operator's grant where that app reads it. The page names the app and
+    // fills nothing in.
+    let out = home.cli(&[
+        "keys",
+        "create",
+        "--name",
+        "tenant",
+        "--namespace",
+        "provider:peer",
+        "--account",
+        "acme.*",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let tenant = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_owned();
+    let (status, body) = d
+        .put(
+            "/v1/connections/peer/acme.evil",
+            &tenant,
+            serde_json::json!({"access_token": "bogus", "refresh_token": "bogus", "expires_in": 3600}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    b.client
+        .goto(&format!("{}/?reconnect=peer&account=acme.evil", d.url))
+        .await
+        .unwrap();
+    b.wait_text("#notice", "read by the app key(s) \"tenant\"")
+        .await;
+    let account = b.wait_for("#account-peer").await;
+    assert_eq!(
+        account.prop("value").await.unwrap().as_deref(),
+        Some("default")
+    );
+    b.wait_text(
+        "tr[data-connection='peer/acme.evil']",
+        "read by app key(s) \"tenant\"",
+    )
+    .await;
+    // The operator's own account is read by no such key: its link still fills it in.
+    b.client
+        .goto(&format!("{}/?reconnect=peer&account=alice", d.url))
+        .await
+        .unwrap();
+    b.wait_text("#notice", "press \"Connect peer\"").await;
+    b.screenshot("04-tenants-account.png").await;
     b.close().await;
 }
 
