@@ -187,7 +187,7 @@ impl EventsConfig {
 pub struct LimitsConfig {
     pub public_per_minute: u32,
     pub failed_auth_per_minute: u32,
-    /// Imports, disconnects and device flow starts one API key may ask for per minute.
+    /// Connect and device flow starts, imports and disconnects one API key may ask for per minute.
     pub connection_changes_per_minute: u32,
     pub trusted_proxies: Vec<crate::ip_range::IpRange>,
     /// Device flows one API key (or the page) may have pending at once.
@@ -351,7 +351,7 @@ pub struct Settings {
     /// Per client address and minute: public routes, failed API-key attempts (0: off).
     pub public_per_minute: u32,
     pub failed_auth_per_minute: u32,
-    /// Per API key and minute: imports, disconnects and device flow starts (0: off).
+    /// Per API key and minute: connect and device flow starts, imports and disconnects (0: off).
     pub connection_changes_per_minute: u32,
     pub trusted_proxies: Vec<crate::ip_range::IpRange>,
     pub max_device_flows_per_key: u32,

@@ -38,6 +38,7 @@ pub struct ConnectStarted<'a> {
         (status = 201, description = "Started.", body = ConnectStarted),
         (status = 400, description = "A bad account name (`invalid_account`), a `return_to` the config does not allow (`return_to_not_allowed`), or a provider with a paste-back `redirect_uri`, whose flows only the operator can finish (`paste_back_provider`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such provider in the config (`unknown_provider`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Too many connect and device flow starts, imports and disconnects by this key in the last minute (`rate_limited`, `limits.connection_changes_per_minute`), with `Retry-After`.", body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 pub async fn start_api(
     app: web::Data<AppState>,
@@ -50,6 +51,9 @@ pub async fn start_api(
     body.finish()?;
     caller.require_provider(&app, &provider)?;
     caller.require_account(account.as_deref().unwrap_or(crate::broker::DEFAULT_ACCOUNT))?;
+    // Each flow holds a state in a namespace of its own account's: without a budget, one
+    // key could fill the store's `max_total_states` for every app.
+    app.connection_change_hit(&caller)?;
     let started = app
         .broker
         .start_connect(

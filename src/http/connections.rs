@@ -187,7 +187,7 @@ pub async fn token(
         (status = 200, description = "Imported: the connection's tokens were replaced.", body = ConnectionView),
         (status = 400, description = "The tokens are not what import takes (`invalid_tokens`), or the account name (`invalid_account`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such provider in the config (`unknown_provider`).", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Too many imports, disconnects and device flow starts by this key in the last minute (`rate_limited`, `limits.connection_changes_per_minute`), with `Retry-After`.", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Too many connect and device flow starts, imports and disconnects by this key in the last minute (`rate_limited`, `limits.connection_changes_per_minute`), with `Retry-After`.", body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 pub async fn import(
     app: web::Data<AppState>,
@@ -227,7 +227,7 @@ pub async fn import(
         (status = 400, description = "`force` is not `true` or `false` (`invalid_force`), an unknown query parameter (`unknown_parameter`), or a name no account can have (`invalid_account`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 200, description = "Deleted, not revoked.", body = NotRevoked),
         (status = 404, description = "No such connection (`connection_not_found`).", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Too many imports, disconnects and device flow starts by this key in the last minute (`rate_limited`, `limits.connection_changes_per_minute`), with `Retry-After`.", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Too many connect and device flow starts, imports and disconnects by this key in the last minute (`rate_limited`, `limits.connection_changes_per_minute`), with `Retry-After`.", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 502, description = "The provider refused the revocation (`provider_rejected`): nothing deleted; `?force=true` deletes anyway.", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 503, description = "The provider cannot be reached to revoke, or another oauthd process sharing the store is refreshing the connection (`provider_unavailable`, with `Retry-After`): nothing deleted.", body = ProblemDoc, content_type = "application/problem+json"),
     ))]

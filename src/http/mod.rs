@@ -78,7 +78,7 @@ pub struct AppState {
     /// keys (an app on the operator's address, or behind the same Docker bridge) must not
     /// lock the operator out.
     pub failed_sign_in_limit: RateLimiter,
-    /// Budget per API key (by id) for imports, disconnects and device flow starts: each
+    /// Budget per API key (by id) for connect and device flow starts, imports and disconnects: each
     /// may call the provider under the operator's client id and send events.
     pub change_limit: RateLimiter<String>,
     /// Proxies whose `X-Forwarded-For` names the client.

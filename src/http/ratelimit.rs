@@ -174,7 +174,7 @@ pub fn too_many_changes(retry_after: u64) -> ApiError {
         StatusCode::TOO_MANY_REQUESTS,
         "rate_limited",
         format!(
-            "this API key changed connections or started device flows too often in the last \
+            "this API key changed connections or started connect or device flows too often in the last \
              minute (limits.connection_changes_per_minute); try again in {retry_after} s"
         ),
     )

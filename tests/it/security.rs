@@ -315,7 +315,8 @@ async fn the_brokers_namespaces_are_reserved_for_every_key() {
 }
 
 /// Imports, disconnects and device flow starts each may call the provider under the
-/// operator's client id and send events: one key may ask for
+/// operator's client id and send events, and connect flows each hold a state: one key may
+/// ask for
 /// `limits.connection_changes_per_minute` of them a minute, the rest answer 429 with
 /// `Retry-After` before anything is stored or asked. Another key has its own budget.
 #[tokio::test(flavor = "multi_thread")]
@@ -374,6 +375,17 @@ async fn connection_changes_are_limited_per_key_and_minute() {
     assert_eq!(
         (status, problem["code"].as_str()),
         (429, Some("rate_limited"))
+    );
+    // Nor do connect flows, each a state in a namespace of its own (one per account): a
+    // key with no state namespaces at all filled the store's `max_total_states` with them,
+    // refusing every app's 2FA codes and sessions.
+    let (status, problem) = d
+        .post("/v1/connect/peer", &flooder, json!({"account": "acme.1"}))
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (429, Some("rate_limited")),
+        "{problem}"
     );
     // Reading is not limited, and another key has its own budget.
     assert_eq!(d.get("/v1/connections/peer/a1", &flooder).await.0, 200);
