@@ -363,6 +363,10 @@ pub struct Settings {
     pub metrics_token: Option<SecretText>,
     /// Where the vault key comes from (`OAUTHD_KEY`, `OAUTHD_KEY_FILE`, beside `db`).
     pub key_source: KeySource,
+    /// The files secrets are read from, each with what it holds: the config file when it
+    /// holds a `client_secret` itself, `client_secret_file`s, notification `secret_file`s,
+    /// `OAUTHD_ADMIN_TOKEN_FILE` and `OAUTHD_METRICS_TOKEN_FILE`.
+    pub secret_files: Vec<(String, PathBuf)>,
     /// `[[notify]]` as written: `notify::build_targets` checks and reads them.
     pub notify: Vec<crate::notify::NotifyConfig>,
     pub events: crate::notify::EventsPolicy,
@@ -405,6 +409,7 @@ impl Settings {
 
     pub fn resolve(file: FileConfig, over: &Overrides) -> Result<Settings, ConfigError> {
         let store = store_target(over, &file)?;
+        let secret_files = secret_files(over.config.as_deref(), &file);
         // Named as the operator wrote it: the flag or variable wins over the file.
         let (listen_text, listen_key) = match (over.listen.clone(), file.listen) {
             (Some(text), _) => (text, "--listen (or OAUTHD_LISTEN)"),
@@ -630,6 +635,7 @@ impl Settings {
             admin_token: secret_from_env("OAUTHD_ADMIN_TOKEN")?,
             metrics_token: secret_from_env("OAUTHD_METRICS_TOKEN")?,
             key_source,
+            secret_files,
             refresh_check: Duration::from_secs(refresh_check_seconds),
             provider_timeout: Duration::from_secs(provider_timeout_seconds),
             states: StatePolicy {
@@ -699,6 +705,19 @@ impl Settings {
 }
 
 impl Settings {
+    /// Said by `check` and at start for each trusted proxy range that holds many addresses.
+    pub fn trusted_proxies_warnings(&self) -> Vec<String> {
+        self.trusted_proxies
+            .iter()
+            .filter(|r| r.is_wide())
+            .map(|range| {
+                format!(
+                    "limits.trusted_proxies: {range} holds many addresses, and every one of them may name the client in X-Forwarded-For (and so pass the rate limits as anyone): list only the proxies' own addresses or network"
+                )
+            })
+            .collect()
+    }
+
     /// Said at start when `/metrics` answers anyone on the network: it names providers,
     /// apps' namespaces, notification targets' hosts and how many connections fail.
     pub fn open_metrics_warning(&self, bound: SocketAddr) -> Option<String> {
@@ -826,6 +845,54 @@ fn store_target(over: &Overrides, file: &FileConfig) -> Result<StoreTarget, Conf
 
 /// A secret from the environment: `NAME` itself, or the file named by `NAME_FILE`
 /// (systemd credentials, container secrets). At least 16 characters when set.
+/// `Settings::secret_files`.
+fn secret_files(config: Option<&Path>, file: &FileConfig) -> Vec<(String, PathBuf)> {
+    let mut found = Vec::new();
+    if let Some(path) = config {
+        let inline: Vec<&str> = file
+            .providers
+            .iter()
+            .filter(|(_, p)| p.client_secret.is_some())
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if !inline.is_empty() {
+            found.push((
+                format!(
+                    "the config file, which holds the client_secret of {}",
+                    inline.join(", ")
+                ),
+                path.to_owned(),
+            ));
+        }
+    }
+    for (name, p) in &file.providers {
+        if let Some(path) = &p.client_secret_file {
+            found.push((
+                format!("provider {name}'s client_secret_file"),
+                path.clone(),
+            ));
+        }
+    }
+    for n in &file.notify {
+        if let Some(path) = &n.secret_file {
+            // Named, never by its URL: a webhook's URL may carry a token of its own.
+            let target = n.name.as_deref().map_or(String::new(), |t| format!(" {t}"));
+            found.push((
+                format!("the secret_file of the [[notify]] target{target}"),
+                path.clone(),
+            ));
+        }
+    }
+    for var in ["OAUTHD_ADMIN_TOKEN_FILE", "OAUTHD_METRICS_TOKEN_FILE"] {
+        if env_text(var.trim_end_matches("_FILE")).is_none() {
+            if let Some(path) = env_text(var) {
+                found.push((var.to_owned(), PathBuf::from(path)));
+            }
+        }
+    }
+    found
+}
+
 fn secret_from_env(name: &str) -> Result<Option<SecretText>, ConfigError> {
     let secret = env_or_file(name)?;
     if secret.as_ref().is_some_and(|t| t.len() < 16) {

@@ -77,6 +77,12 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
     for (name, why) in broken {
         r.line("FAIL", &format!("provider {name}"), why);
     }
+    for note in super::secrets_readable_by_others(&settings) {
+        r.line("warn", "secrets", note);
+    }
+    for note in settings.trusted_proxies_warnings() {
+        r.line("warn", "config", note);
+    }
     for warning in notifier
         .targets()
         .iter()

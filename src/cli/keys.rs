@@ -53,10 +53,30 @@ pub(super) fn keys(settings: Settings, command: KeysCommand) -> Result<(), Fatal
                 if let Some(note) = crate::apikeys::unknown_provider_note(&record, &configured) {
                     say!("Note: {note}.");
                 }
+                let shown = {
+                    use std::io::Write as _;
+                    let mut stdout = std::io::stdout().lock();
+                    writeln!(stdout, "{}", key.expose()).and_then(|()| stdout.flush())
+                };
+                if let Err(e) = shown {
+                    // Nobody holds the key: it must not stay active, keeping the name taken.
+                    let undone = store.revoke_key(&record.name, clock.now_ms()).await;
+                    return Err(Fatal(
+                        match undone {
+                            Ok(_) => format!(
+                                "writing the key: {e}; nobody could have it, so it was revoked again and the name is free: run the command again with an output that can be written"
+                            ),
+                            Err(r) => format!(
+                                "writing the key: {e}; revoking it again failed too ({r}): run `oauthd keys revoke {}`",
+                                record.name
+                            ),
+                        },
+                        1,
+                    ));
+                }
                 say!(
                     "Store it now: it is not shown again. Use it as Authorization: Bearer <key>."
                 );
-                out!("{}", key.expose());
                 Ok(())
             }
             KeysCommand::List { json } => list_keys(store.as_ref(), json).await,

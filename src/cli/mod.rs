@@ -413,6 +413,50 @@ pub(crate) fn output_failed(e: &std::io::Error) -> ! {
     std::process::exit(1)
 }
 
+/// Ctrl-C or SIGTERM (`timeout`, a stopping unit) sets `stop`, which the command under
+/// way looks at to end cleanly (a copy removes its partial file, `rekey` takes its new key
+/// out again); a second one ends the process at once, with 130.
+pub(crate) fn stop_on_signal(stop: &'static std::sync::atomic::AtomicBool) {
+    let (ready, listening) = std::sync::mpsc::channel::<()>();
+    let watch = move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            let _ = ready.send(());
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            std::process::exit(130);
+        });
+    };
+    if std::thread::Builder::new()
+        .name("oauthd-signals".into())
+        .spawn(watch)
+        .is_ok()
+    {
+        // Listening before the work starts: a signal a moment later is not the default
+        // end, which would leave what the work was doing half-done.
+        let _ = listening.recv_timeout(std::time::Duration::from_secs(2));
+    }
+}
+
 /// A failure that ends the process: the message and the exit code.
 pub(crate) struct Fatal(pub(crate) String, pub(crate) u8);
 
@@ -645,6 +689,16 @@ pub(super) fn readable_by_others(path: &std::path::Path) -> Option<String> {
             path.display()
         )
     })
+}
+
+/// Warnings for the files secrets are read from (`Settings::secret_files`) that others
+/// may read: a client secret in a config file left 0644 is anyone's on the machine.
+pub(super) fn secrets_readable_by_others(settings: &Settings) -> Vec<String> {
+    settings
+        .secret_files
+        .iter()
+        .filter_map(|(what, path)| readable_by_others(path).map(|note| format!("{what}: {note}")))
+        .collect()
 }
 
 /// A warning for a SQLite database file others may read (a copy restored, or made with

@@ -17,10 +17,8 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
     let delivery_http = crate::notify::deliver::http_client().map_err(|e| Fatal(e, 1))?;
     let proxy =
         std::sync::Arc::new(crate::proxy::Proxy::new(settings.proxy).map_err(|e| Fatal(e, 1))?);
-    for range in settings.trusted_proxies.iter().filter(|r| r.is_wide()) {
-        log::warn!(
-            "limits.trusted_proxies: {range} holds many addresses, and every one of them may name the client in X-Forwarded-For (and so pass the rate limits as anyone): list only the proxies' own addresses or network"
-        );
+    for warning in settings.trusted_proxies_warnings() {
+        log::warn!("{warning}");
     }
     // Before the store: a bad key or a taken address leaves no new database behind.
     super::check_key_source(&settings)?;
@@ -65,6 +63,9 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
         );
     }
     if let Some(note) = super::database_readable_by_others(&settings) {
+        log::warn!("{note}");
+    }
+    for note in super::secrets_readable_by_others(&settings) {
         log::warn!("{note}");
     }
     let key_source = super::key_source(&settings);

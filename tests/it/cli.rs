@@ -116,6 +116,40 @@ fn a_failed_write_of_the_description_is_an_error() {
     assert!(err.contains("No space left on device"), "{err}");
 }
 
+/// A key that could not be printed (stdout on a full disk) was made all the same: active,
+/// held by nobody, its name taken. It is revoked again, the command fails saying so, and
+/// the same command with a writable output makes it.
+#[test]
+fn a_key_that_could_not_be_printed_is_not_left_active() {
+    let home = Home::new();
+    home.create_key("first", &[]);
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = home
+        .cli_command(&["keys", "create", "--name", "lost"])
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("revoked again"), "{err}");
+    let listed = text(&home.cli(&["keys", "list", "--json"]).stdout);
+    let keys: serde_json::Value = serde_json::from_str(&listed).expect("keys list --json");
+    let lost = keys
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|k| k["name"] == "lost")
+        .cloned()
+        .unwrap_or_default();
+    assert!(!lost["revoked_at"].is_null(), "{listed}");
+    let out = home.cli(&["keys", "create", "--name", "lost"]);
+    assert!(out.status.success(), "{out:?}");
+}
+
 /// Runs `command` with its stdout (or its stderr) a pipe nobody reads: its reading end is
 /// closed before the command starts, so its first write fails, as after `| head -0`.
 fn run_unread(command: &mut Command, stdout: bool) -> std::process::Output {
@@ -426,6 +460,52 @@ fn check_before_the_first_start_checks_the_providers() {
         "{report}"
     );
     assert!(!home.db().exists(), "check made a database");
+}
+
+/// A client secret in a config file others may read (a config left 0644), a secret file
+/// likewise, and a trusted proxy range that holds every address: `check` said `ok config`
+/// for all of them (the start warned of the range only).
+#[test]
+fn secrets_others_may_read_and_a_wide_proxy_range_are_warned_of_by_check() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = Home::new();
+    let secret = home.dir.path().join("other.secret");
+    std::fs::write(&secret, "s3cret").unwrap();
+    let provider = |name: &str, secret: &str| {
+        format!(
+            "[providers.{name}]\nauthorization_url = \"http://127.0.0.1:9/authorize\"\n\
+             token_url = \"http://127.0.0.1:9/token\"\nclient_id = \"c\"\n{secret}\n"
+        )
+    };
+    home.write_config(&format!(
+        "[limits]\ntrusted_proxies = [\"0.0.0.0/0\"]\n{}{}",
+        provider("peer", "client_secret = \"s\""),
+        provider(
+            "other",
+            &format!("client_secret_file = \"{}\"", secret.display())
+        )
+    ));
+    let mode = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    mode(&home.config(), 0o644);
+    mode(&secret, 0o644);
+    let report = text(&home.cli(&["check"]).stdout);
+    for said in [
+        "warn  secrets: the config file, which holds the client_secret of peer:",
+        "warn  secrets: provider other's client_secret_file:",
+        "warn  config: limits.trusted_proxies: 0.0.0.0/0 holds many addresses",
+    ] {
+        assert!(
+            report.lines().any(|l| l.starts_with(said)),
+            "{said}\n{report}"
+        );
+    }
+    assert!(report.contains("(mode 644): chmod 600 it"), "{report}");
+    mode(&home.config(), 0o600);
+    mode(&secret, 0o600);
+    let report = text(&home.cli(&["check"]).stdout);
+    assert!(!report.contains("warn  secrets"), "{report}");
 }
 
 /// An address another program listens on is explained, and leaves no database behind.
