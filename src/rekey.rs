@@ -35,6 +35,26 @@ pub enum RekeyError {
     Store(#[from] StoreError),
 }
 
+/// Held while one `oauthd rekey` rotates the key file at `path`: an exclusive lock on its
+/// directory (the file itself is replaced by every write). `None` while another holds it:
+/// two rotations at once each said their key now sealed, and only one did.
+pub fn lock(path: &Path) -> Result<Option<std::fs::File>, RekeyError> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let failed = |e: std::io::Error| RekeyError::File {
+        path: path.display().to_string(),
+        message: format!("locking its directory: {e}"),
+    };
+    let held = std::fs::File::open(dir).map_err(failed)?;
+    match held.try_lock() {
+        Ok(()) => Ok(Some(held)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(failed(e)),
+    }
+}
+
 fn read(path: &Path) -> Result<Zeroizing<String>, RekeyError> {
     std::fs::read_to_string(path)
         .map(Zeroizing::new)

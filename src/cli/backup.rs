@@ -6,8 +6,15 @@ use crate::store::sqlite::copy::{self, CopyError};
 use crate::store::target::StoreTarget;
 use crate::vault::KeySource;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 
 fn fatal(e: CopyError) -> Fatal {
+    if copy::STOP.load(Ordering::Relaxed) {
+        return Fatal(
+            "interrupted: the partial copy was removed, and nothing was changed".to_owned(),
+            130,
+        );
+    }
     let code = match &e {
         CopyError::File { .. } => 1,
         CopyError::Open(open) if !open.is_configuration() => 1,
@@ -47,6 +54,7 @@ pub(super) fn backup(settings: Settings, to: PathBuf) -> Result<(), Fatal> {
             2,
         ));
     }
+    super::stop_on_signal(&copy::STOP);
     let copied = copy::backup(db, &to).map_err(fatal)?;
     say!(
         "Copied {} to {} (mode 600): schema version {}, {} bytes, consistent as of now. Keep {} with it, as safely: without it the tokens and states' data in the copy cannot be read. `oauthd restore --db {} {}` puts it back, with oauthd stopped.",
@@ -69,6 +77,7 @@ pub(super) fn restore(settings: Settings, from: PathBuf, create: bool) -> Result
         now.format("%Y%m%dT%H%M%S%.3fZ"),
         std::process::id()
     );
+    super::stop_on_signal(&copy::STOP);
     let restored = copy::restore(&from, db, &stamp, create).map_err(fatal)?;
     let replaced = restored.replaced.map_or_else(String::new, |aside| {
         format!(

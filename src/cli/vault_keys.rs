@@ -16,6 +16,18 @@ pub(super) fn rekey(settings: Settings, prune: bool, to: Option<String>) -> Resu
     };
     // The database first: a mistyped --db is named as such, not as a missing key file.
     let store = open_store(&settings, super::Missing::Refuse)?;
+    let Some(_rotating) = crate::rekey::lock(&path)? else {
+        return Err(Fatal(
+            format!(
+                "another `oauthd rekey` is rotating {} now: let it end, then run this again if still needed",
+                path.display()
+            ),
+            2,
+        ));
+    };
+    // Ctrl-C while it waits for the serving instances takes the new key out again, as a
+    // refusal does.
+    super::stop_on_signal(&super::vault_peers::STOP);
     if !path.exists() {
         return Err(Fatal(
             format!(

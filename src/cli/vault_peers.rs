@@ -8,6 +8,7 @@ use super::{runtime, Fatal};
 use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::store::{Store, StoreError, VaultKeysInUse, VaultKeysNote};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,6 +54,10 @@ fn refusal(theirs: &VaultKeysInUse, ours: &[String], from: &str) -> Fatal {
     )
 }
 
+/// Set by Ctrl-C or SIGTERM while `rekey` waits (`cli::stop_on_signal`): the wait ends
+/// as a refusal, and `rekey` takes its new key out again.
+pub(super) static STOP: AtomicBool = AtomicBool::new(false);
+
 /// Looks every 250 ms until `blocker` finds nothing or `within` has passed; returns what
 /// it found the last time (`None`: nothing).
 fn settle<T>(
@@ -61,6 +66,12 @@ fn settle<T>(
 ) -> Result<Option<T>, Fatal> {
     let began = Instant::now();
     loop {
+        if STOP.load(Ordering::Relaxed) {
+            return Err(Fatal(
+                "interrupted while waiting for the serving instances: nothing changed (a key added to the key file was taken out again)".into(),
+                130,
+            ));
+        }
         let found = blocker()?;
         if found.is_none() || began.elapsed() >= within {
             return Ok(found);

@@ -6,7 +6,7 @@ use crate::common;
 use common::Home;
 use serde_json::json;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const NS: &str = "oauth:app";
@@ -157,6 +157,18 @@ async fn what_is_not_a_copy_of_oauthds_database_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("no database at"), "{err}");
+    // A copy into a directory that is not there names the directory.
+    let missing = home.dir.path().join("backups");
+    let out = home.cli(&["backup", missing.join("x.db").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "its directory {} does not exist",
+            missing.display()
+        )),
+        "{err}"
+    );
 }
 
 /// An existing but empty database file (a copy of a running oauthd's database made
@@ -291,10 +303,10 @@ async fn a_restore_keeps_what_it_replaces_and_a_backup_overwrites_only_copies() 
 }
 
 /// A restore looks for every process that has the database open, not only for one that
-/// holds a lock on it: a just-restored copy is in rollback mode until oauthd first serves
-/// it, and a connection in that mode that is not reading holds none (here an `sqlite3`
-/// shell that ran one query). Replaced under it, the shell's next write would go to the
-/// file moved aside. The refusal names the process.
+/// holds a lock on it: in rollback mode (a copy restored by an older oauthd stays so until
+/// it is served, or an operator's `PRAGMA journal_mode`), a connection that is not reading
+/// holds none (here an `sqlite3` shell that ran one query). Replaced under it, the shell's
+/// next write would go to the file moved aside. The refusal names the process.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restore_is_refused_while_any_process_has_the_database_open() {
     let home = Home::new();
@@ -308,6 +320,12 @@ async fn a_restore_is_refused_while_any_process_has_the_database_open() {
         .cli(&["restore", copy.to_str().unwrap()])
         .status
         .success());
+    let out = Command::new("sqlite3")
+        .arg(home.db())
+        .arg("PRAGMA journal_mode = DELETE;")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "delete");
     let mut shell = common::SqliteShell::open(&home.db());
     assert_eq!(shell.query("SELECT count(*) FROM api_keys;"), "1");
     let out = home.cli(&["restore", copy.to_str().unwrap()]);
@@ -392,7 +410,100 @@ async fn a_restore_replaces_only_oauthds_database() {
     }
     let out = restore(&home.db(), &copy);
     assert!(out.status.success(), "{out:?}");
+    // In WAL mode, as oauthd keeps it (a copy is made in rollback mode).
+    let out = Command::new("sqlite3")
+        .arg(home.db())
+        .arg("PRAGMA journal_mode;")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "wal");
     let d = home.start();
     assert_eq!(d.get("/v1/connections", &key).await.0, 200);
     d.signal_and_wait("TERM");
+}
+
+/// Hidden `.NAME.partial-PID` (and `.oauthd.db.restoring-PID`) files, each as large as the
+/// database, stayed behind a backup or restore stopped by Ctrl-C or `timeout`, and nothing
+/// ever removed them. Now a signal stops the copy, which removes its partial file (exit
+/// 130, nothing changed), and a later run removes those left by a process that is gone
+/// (`kill -9`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_or_restore_stopped_part_way_leaves_no_partial_copy() {
+    let home = Home::new();
+    home.create_key("app", &[]);
+    // Enough rows that a copy takes a while.
+    let out = Command::new("sqlite3")
+        .arg(home.db())
+        .arg(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 600000)
+             INSERT INTO expired_states SELECT randomblob(32), 'ns', i FROM n;",
+        )
+        .output()
+        .expect("sqlite3");
+    assert!(out.status.success(), "{out:?}");
+    let listing = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.contains(".partial-") || n.contains(".restoring-"))
+            .collect()
+    };
+    let copy = home.dir.path().join("copy.db");
+    let db_before = std::fs::read(home.db()).unwrap();
+    for (args, what) in [
+        (vec!["backup", copy.to_str().unwrap()], "partial"),
+        (vec!["restore", copy.to_str().unwrap()], "restoring"),
+    ] {
+        if what == "restoring" {
+            assert!(home
+                .cli(&["backup", copy.to_str().unwrap()])
+                .status
+                .success());
+        }
+        let child = home
+            .cli_command(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !listing(home.dir.path()).iter().any(|n| n.contains(what))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            listing(home.dir.path()).iter().any(|n| n.contains(what)),
+            "{args:?}: no partial copy seen"
+        );
+        let killed = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(130), "{args:?}: {err}");
+        assert!(err.contains("interrupted"), "{err}");
+        assert_eq!(listing(home.dir.path()), Vec::<String>::new(), "{args:?}");
+    }
+    assert_eq!(
+        std::fs::read(home.db()).unwrap(),
+        db_before,
+        "the restore changed the database"
+    );
+
+    // Left by a copy killed outright: removed by the next one.
+    let left = [
+        ".copy.db.partial-999999999",
+        ".copy.db.partial-999999999-journal",
+    ];
+    for name in left {
+        std::fs::write(home.dir.path().join(name), b"x").unwrap();
+    }
+    assert!(home
+        .cli(&["backup", copy.to_str().unwrap()])
+        .status
+        .success());
+    assert_eq!(listing(home.dir.path()), Vec::<String>::new());
 }

@@ -985,3 +985,59 @@ async fn an_instance_with_another_vault_key_is_refused_while_one_serves(home: Ho
     let c = home.start_with_env(&[("OAUTHD_KEY_FILE", other.to_str().unwrap())]);
     c.signal_and_wait("TERM");
 }
+
+/// `rekey` waits up to 5 s for every serving instance to load its new key. Ctrl-C in that
+/// wait used to end it there, leaving the new key in the key file; now the key is taken out
+/// again (exit 130). And two rekeys at once both said their key now sealed, where only
+/// one did: the second is refused while the first runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rekey_interrupted_or_run_twice_at_once_changes_nothing() {
+    let home = Home::new();
+    let a = home.start();
+    let first = home.key_file();
+    // An instance that reads a copy never loads the new key: rekey waits the whole 5 s.
+    let copy = key_file_with(&home, "copy.key", &std::fs::read_to_string(&first).unwrap());
+    let b = home.start_with_env(&[("OAUTHD_KEY_FILE", copy.to_str().unwrap())]);
+    let before = key_lines(&first);
+    let waiting = home
+        .cli_command(&["rekey"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while key_lines(&first).len() == before.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        key_lines(&first).len(),
+        before.len() + 1,
+        "no key was added"
+    );
+    let second = home.cli(&["rekey"]);
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{err}");
+    assert!(err.contains("another `oauthd rekey` is rotating"), "{err}");
+
+    let killed = Command::new("kill")
+        .args(["-INT", &waiting.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = waiting.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert_eq!(
+        key_lines(&first),
+        before,
+        "the new key stayed in the key file"
+    );
+
+    // With every instance on the same key file, a rekey goes through (the lock is gone).
+    b.signal_and_wait("TERM");
+    let out = home.cli(&["rekey"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(key_lines(&first).len(), before.len() + 1);
+    a.signal_and_wait("TERM");
+}

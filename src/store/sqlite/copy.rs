@@ -9,6 +9,21 @@ use super::{oauthds_version, OpenError, MIGRATIONS};
 use rusqlite::{Connection, OpenFlags};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set (by the command's signal watcher, on Ctrl-C or SIGTERM) to stop a copy under way:
+/// its statements are interrupted, and the partial file is removed as after any failure.
+/// What is past the copy (moving files into place) is not stopped half-way.
+pub static STOP: AtomicBool = AtomicBool::new(false);
+
+/// How many of SQLite's virtual machine steps run between two looks at `STOP`.
+const STOP_LOOK_EVERY: std::ffi::c_int = 10_000;
+
+/// Makes `conn`'s statements stop when `STOP` is set.
+fn stoppable(conn: &Connection, path: &Path) -> Result<(), CopyError> {
+    conn.progress_handler(STOP_LOOK_EVERY, Some(|| STOP.load(Ordering::Relaxed)))
+        .map_err(|e| CopyError::file(path, e))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
@@ -137,6 +152,7 @@ pub fn backup(db: &Path, to: &Path) -> Result<Copied, CopyError> {
             "is a directory: name the file the copy goes to",
         ));
     }
+    directory_exists(to)?;
     if to.exists() && !replaceable(to) {
         return Err(CopyError::file(
             to,
@@ -152,6 +168,21 @@ pub fn backup(db: &Path, to: &Path) -> Result<Copied, CopyError> {
     }
     sync_dir(to)?;
     Ok(copied)
+}
+
+/// Refuses a path whose directory is not there, naming the directory (the partial file's
+/// name, which the copy would fail on, is of no help).
+fn directory_exists(path: &Path) -> Result<(), CopyError> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) if !dir.is_dir() => Err(CopyError::file(
+            path,
+            format!(
+                "its directory {} does not exist: make it first (mkdir -p), or name another",
+                dir.display()
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Whether two paths name one file (the same path, a link, a hard link).
@@ -238,6 +269,7 @@ pub fn restore(backup: &Path, db: &Path, stamp: &str, create: bool) -> Result<Re
             path: db.to_owned(),
         });
     }
+    directory_exists(db)?;
     if same_file(backup, db) {
         return Err(CopyError::Same {
             path: backup.to_owned(),
@@ -279,6 +311,18 @@ pub fn restore(backup: &Path, db: &Path, stamp: &str, create: bool) -> Result<Re
     let partial = partial_name(db, "restoring");
     let copied = write_copy(&source, &partial, version, owner)?;
     drop(source);
+    // In WAL mode, as oauthd keeps it: a copy is made in rollback mode, in which a start by
+    // a user who may not write the file fails where a WAL database is served read-only,
+    // and a connection that is not reading holds no lock a later restore would see.
+    if let Err(e) = Connection::open(&partial).and_then(|c| {
+        c.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))
+    }) {
+        remove_partial(&partial);
+        return Err(CopyError::file(
+            &partial,
+            format!("putting it in WAL mode: {e}"),
+        ));
+    }
     let present: Vec<&str> = SUFFIXES
         .into_iter()
         .filter(|suffix| with_suffix(db, suffix).symlink_metadata().is_ok())
@@ -323,10 +367,11 @@ pub fn restore(backup: &Path, db: &Path, stamp: &str, create: bool) -> Result<Re
     Ok(Restored { copied, replaced })
 }
 
-/// Removes a copy that did not take its name, and a journal SQLite may have left with it.
+/// Removes a copy that did not take its name, and the files SQLite may have left with it.
 fn remove_partial(partial: &Path) {
-    let _ = std::fs::remove_file(partial);
-    let _ = std::fs::remove_file(with_suffix(partial, "-journal"));
+    for suffix in SUFFIXES {
+        let _ = std::fs::remove_file(with_suffix(partial, suffix));
+    }
 }
 
 fn open_read_only(path: &Path) -> Result<Connection, CopyError> {
@@ -359,12 +404,39 @@ fn version_to_copy(conn: &Connection, path: &Path) -> Result<i64, CopyError> {
     Ok(found)
 }
 
-/// `.<name>.<what>-<pid>` beside `path`.
+/// `.<name>.<what>-<pid>` beside `path`. Those of processes that are gone (a copy killed
+/// with `kill -9`, or by the OOM killer) are removed first: each can be as large as the
+/// database.
 fn partial_name(path: &Path, what: &str) -> PathBuf {
     let name = path
         .file_name()
         .map_or_else(|| "oauthd.db".into(), |n| n.to_string_lossy());
-    path.with_file_name(format!(".{name}.{what}-{}", std::process::id()))
+    let prefix = format!(".{name}.{what}-");
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let file = entry.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .map(|rest| rest.split('-').next().unwrap_or(rest))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            let left = entry.path();
+            if std::fs::remove_file(&left).is_ok() {
+                log::info!(
+                    "removed {}, left by a copy that did not finish",
+                    left.display()
+                );
+            }
+        }
+    }
+    path.with_file_name(format!("{prefix}{}", std::process::id()))
 }
 
 /// Copies `source` into the new file `partial` (0600, given `owner`), and checks it.
@@ -415,10 +487,12 @@ fn fill(source: &Connection, partial: &Path, version: i64) -> Result<u64, CopyEr
     let name = partial
         .to_str()
         .ok_or_else(|| CopyError::file(partial, "the path is not UTF-8"))?;
+    stoppable(source, partial)?;
     source
         .execute("VACUUM INTO ?1", [name])
         .map_err(|e| CopyError::file(partial, format!("copying: {e}")))?;
     let copy = Connection::open(partial).map_err(|e| CopyError::file(partial, e))?;
+    stoppable(&copy, partial)?;
     let damaged = |detail: String| CopyError::Damaged {
         path: partial.to_owned(),
         detail,
