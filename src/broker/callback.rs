@@ -299,6 +299,32 @@ impl Broker {
             .await
     }
 
+    /// Puts an app's flow that a paste took back as it was (its value, data and expiry):
+    /// the browser that confirmed it still finishes it. A paste only learns, by taking
+    /// it, that the flow is an app's.
+    async fn put_back(&self, state: &StateValue, taken: &crate::states::StateView) {
+        let left_ms = taken.expires_at_ms - self.clock.now_ms();
+        let Ok(left_ms) = u64::try_from(left_ms) else {
+            return;
+        };
+        let data = taken
+            .data
+            .as_ref()
+            .and_then(|d| serde_json::from_str(d.get()).ok());
+        let put = match crate::namespace::Namespace::parse(&taken.namespace) {
+            Ok(ns) => self
+                .states
+                .issue_value(state.clone(), ns, Some(left_ms.div_ceil(1000).max(1)), data)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = put {
+            log::warn!("an app's flow taken by a paste could not be put back: {e}");
+        }
+    }
+
     /// Finishes a flow from the provider's redirect. Never redeems a code whose state is
     /// unknown, used, expired or for another provider, nor the code of an app's flow that
     /// came back to a browser that did not confirm it.
@@ -358,6 +384,7 @@ impl Broker {
                 (Some(flow), Browser::Cookie(cookie)) => flow.confirmed_by(cookie),
                 (_, Browser::Pasted) => {
                     log::warn!("paste {provider_name}/{account}: the address of a flow an app started; nothing stored");
+                    self.put_back(&state, &consumed).await;
                     return Err(CallbackError::AppFlowPasted { account });
                 }
                 (None, _) => false,

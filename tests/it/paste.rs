@@ -179,8 +179,8 @@ async fn apps_neither_start_paste_back_flows_nor_have_their_flows_pasted() {
 
     let ui = home.ui_session(&d).await;
     let address = d.app_flow_address(&key, "direct", "evil").await;
-    let state = common::query_param(&address, "state");
-    let callback = format!("{}/callback/direct?state={state}&code=c1", d.url);
+    // The person confirms it and signs in at the provider: the way back is the callback.
+    let callback = peer.approve(&d.confirm(&address).await).await;
     let (status, body) = d
         .ui_post(
             &ui,
@@ -192,6 +192,13 @@ async fn apps_neither_start_paste_back_flows_nor_have_their_flows_pasted() {
         (status, body["code"].as_str()),
         (400, Some("app_flow_pasted")),
         "{body}"
+    );
+    // The paste left the flow to the browser that confirmed it (it used to take it).
+    let (status, page, _) = d.browser_get(&callback).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(
+        d.get("/v1/connections/direct/evil/token", &key).await.0,
+        200
     );
 }
 

@@ -26,8 +26,9 @@ const provider = new Provider(issuer, {
       client_id: 'oauthd',
       client_secret: secret,
       application_type: 'native',
-      // The second: oauthd served below a path prefix by a proxy (public_url with a path).
-      redirect_uris: ['http://127.0.0.1/callback/peer', 'http://127.0.0.1/oauthd/callback/peer'],
+      // The second: oauthd served below a path prefix by a proxy (public_url with a path);
+      // the third: the same provider configured a second time, as "direct".
+      redirect_uris: ['http://127.0.0.1/callback/peer', 'http://127.0.0.1/oauthd/callback/peer', 'http://127.0.0.1/callback/direct'],
       grant_types: ['authorization_code', 'refresh_token', 'urn:ietf:params:oauth:grant-type:device_code'],
       response_types: ['code'],
       token_endpoint_auth_method: 'client_secret_basic',
