@@ -275,9 +275,14 @@ impl JsonObject {
         code: &'static str,
     ) -> Result<Option<u64>, ApiError> {
         self.optional(name, code, |v| match v {
-            Value::Number(n) => crate::numbers::whole_number(&n)
-                .filter(|v| *v > 0)
-                .ok_or("must be a whole number of at least 1"),
+            Value::Number(n) => match crate::numbers::whole_number(&n) {
+                Some(v) if v > 0 => Ok(v),
+                // `1e308`, `18446744073709551616`: whole, just beyond every limit.
+                None if n.as_f64().is_some_and(|f| f >= 1e15) => {
+                    Err("is far larger than any value allowed here")
+                }
+                _ => Err("must be a whole number of at least 1"),
+            },
             _ => Err("must be a number"),
         })
     }
@@ -341,6 +346,34 @@ mod tests {
             let e = JsonObject::parse(body.as_bytes()).err().expect(body);
             assert_eq!(e.code, "malformed_json", "{body}");
             assert!(e.detail.contains("more than once"), "{}", e.detail);
+        }
+    }
+
+    #[test]
+    fn a_whole_number_beyond_every_limit_is_said_to_be_too_large() {
+        for (body, said) in [
+            (r#"{"ttl_seconds":1e308}"#, "ttl_seconds is far larger"),
+            (
+                r#"{"ttl_seconds":18446744073709551616}"#,
+                "ttl_seconds is far larger",
+            ),
+            (
+                r#"{"ttl_seconds":0}"#,
+                "ttl_seconds must be a whole number of at least 1",
+            ),
+            (
+                r#"{"ttl_seconds":1.5}"#,
+                "ttl_seconds must be a whole number of at least 1",
+            ),
+        ] {
+            let Ok(mut parsed) = JsonObject::parse(body.as_bytes()) else {
+                panic!("{body} did not parse");
+            };
+            let e = parsed
+                .opt_positive_int("ttl_seconds", "invalid_ttl")
+                .expect_err(body);
+            assert_eq!(e.code, "invalid_ttl");
+            assert!(e.detail.starts_with(said), "{body}: {}", e.detail);
         }
     }
 
