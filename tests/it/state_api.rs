@@ -1160,10 +1160,27 @@ async fn a_database_locked_by_another_process_gives_503_and_recovers_by_itself()
         "{problem}"
     );
     // Reads still answer while writes wait (WAL).
-    assert_eq!(d.get_raw("/readyz", None).await.status(), 200);
+    assert_eq!(d.get("/v1/connections", &key).await.0, 200);
+    // A load balancer or an uptime check sees it (it used to read ready), and the log says
+    // what holds the lock, once.
+    let (status, body) = d.get("/readyz", "").await;
+    assert_eq!(status, 503, "ready while writes cannot be made: {body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("locked"),
+        "{body}"
+    );
+    let said = "another process holds its write lock";
+    assert_eq!(
+        home.log_text().matches(said).count(),
+        1,
+        "{}",
+        home.log_text()
+    );
 
     assert_eq!(locker.query("ROLLBACK; SELECT 'free';"), "free");
     assert!(locker.close().success());
+    let (status, body) = d.get("/readyz", "").await;
+    assert_eq!(status, 200, "not ready once the lock is free: {body}");
     // No restart: the next write goes through, and nothing acknowledged was lost.
     let after = d.create_state(&key, json!({"namespace": NS})).await;
     assert_eq!(d.consume(&key, &before, NS).await.0, 200);

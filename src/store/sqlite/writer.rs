@@ -9,10 +9,10 @@
 //! A connection that cannot write (the file or its filesystem went read-only, an I/O
 //! error) is not given up on: the writer marks itself read-only and, before each later
 //! group, at most once a second, swaps in a fresh connection. The first group that commits
-//! clears the mark; no restart is needed. A full disk is marked the same way (and logged
-//! once): the first group that commits a change clears it, and `/readyz` tries a write of
-//! its own while it is set, so that a load balancer that stopped sending writes still sees
-//! the space come back.
+//! clears the mark; no restart is needed. A full disk, and a write lock another process
+//! holds past the busy timeout, are marked the same way (and logged once): the first group
+//! that commits a change clears the mark, and `/readyz` tries a write of its own while one
+//! is set, so that a load balancer that stopped sending writes still sees it end.
 //!
 //! The writer also watches for other processes' commits (`ChangeWatch`): every change this
 //! process makes goes through its connection, so its `PRAGMA data_version` moves only when
@@ -170,6 +170,8 @@ struct Faults {
     cannot_write: bool,
     /// The disk (or the process's file-size limit) had no room for the write.
     disk_full: bool,
+    /// Another process held the write lock past the busy timeout.
+    locked: bool,
 }
 
 impl Faults {
@@ -179,6 +181,7 @@ impl Faults {
                 self.cannot_write = true
             }
             Some(ErrorCode::DiskFull) => self.disk_full = true,
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => self.locked = true,
             _ => {}
         }
     }
@@ -189,6 +192,7 @@ pub struct Writer {
     thread: Option<JoinHandle<()>>,
     read_only: Arc<AtomicBool>,
     disk_full: Arc<AtomicBool>,
+    locked: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -211,6 +215,7 @@ impl Writer {
         let read_only = Arc::new(AtomicBool::new(conn_is_read_only(&conn)));
         crate::metrics::STORAGE_READ_ONLY.set(read_only.load(Ordering::Acquire).into());
         let disk_full = Arc::new(AtomicBool::new(false));
+        let locked = Arc::new(AtomicBool::new(false));
         crate::metrics::STORAGE_DISK_FULL.set(0);
         let link = Link {
             conn: Some(conn),
@@ -218,6 +223,7 @@ impl Writer {
             name,
             read_only: read_only.clone(),
             disk_full: disk_full.clone(),
+            locked: locked.clone(),
             last_reopen: None,
             watch,
             data_version: None,
@@ -242,6 +248,7 @@ impl Writer {
             thread: Some(thread),
             read_only,
             disk_full,
+            locked,
         })
     }
 
@@ -253,7 +260,8 @@ impl Writer {
     /// Asks the writer whether it can write now: when it could not, this is what makes it
     /// try a fresh connection (at most once a second) even while no request writes.
     pub async fn check_writable(&self, context: &'static str) -> Result<(), StoreError> {
-        if !self.read_only.load(Ordering::Acquire) && !self.disk_full.load(Ordering::Acquire) {
+        let marked = [&self.read_only, &self.disk_full, &self.locked];
+        if !marked.iter().any(|m| m.load(Ordering::Acquire)) {
             return Ok(());
         }
         // A write that needs what a real one needs: the write lock, a writable file (else
@@ -336,6 +344,8 @@ struct Link {
     /// Set while writes fail for want of room; cleared, as `read_only` is, by the next commit
     /// that changed rows.
     disk_full: Arc<AtomicBool>,
+    /// Set while another process holds the write lock past the busy timeout; cleared alike.
+    locked: Arc<AtomicBool>,
     last_reopen: Option<Instant>,
     watch: Arc<ChangeWatch>,
     /// `PRAGMA data_version` at the last look (`None`: not looked on this connection).
@@ -388,6 +398,23 @@ impl Link {
         if self.disk_full.swap(false, Ordering::AcqRel) {
             crate::metrics::STORAGE_DISK_FULL.set(0);
             log::info!("database {}: there is room to write again", self.name);
+        }
+    }
+
+    fn mark_locked(&mut self) {
+        if !self.locked.swap(true, Ordering::AcqRel) {
+            log::error!(
+                "database {}: another process holds its write lock (an sqlite3 shell left in \
+                 a transaction, a copy tool): writes and /readyz answer 503 after waiting for \
+                 it, until it lets go; nothing acknowledged is lost, and no restart is needed",
+                self.name
+            );
+        }
+    }
+
+    fn mark_unlocked(&mut self) {
+        if self.locked.swap(false, Ordering::AcqRel) {
+            log::info!("database {}: the write lock is free again", self.name);
         }
     }
 
@@ -478,10 +505,12 @@ fn write_group(link: &mut Link, group: &mut Vec<Box<dyn WriteJob>>) {
         Outcome::Committed if conn.total_changes() != changes_before => {
             link.mark_writable();
             link.mark_room();
+            link.mark_unlocked();
         }
         Outcome::Committed => {}
         Outcome::CannotWrite => link.mark_read_only(),
         Outcome::DiskFull => link.mark_disk_full(),
+        Outcome::Locked => link.mark_locked(),
         Outcome::Failed => {}
     }
 }
@@ -494,7 +523,9 @@ enum Outcome {
     CannotWrite,
     /// A failure said there was no room on the disk.
     DiskFull,
-    /// Something else failed (a lock held too long).
+    /// Another process held the write lock too long.
+    Locked,
+    /// Something else failed.
     Failed,
 }
 
@@ -513,6 +544,8 @@ fn commit_group(
             Outcome::CannotWrite
         } else if faults.disk_full {
             Outcome::DiskFull
+        } else if faults.locked {
+            Outcome::Locked
         } else if failed {
             Outcome::Failed
         } else {
