@@ -95,6 +95,13 @@ impl ImportedTokens {
         if token_type.len() > 64 {
             return Err(bad("token_type is longer than 64 bytes"));
         }
+        // It is sent as `Authorization: <token_type> <token>`: an HTTP token, nothing else.
+        let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if token_type.is_empty() || !token_type.chars().all(tchar) {
+            return Err(bad(
+                "token_type must be a word such as Bearer (letters, digits, and !#$%&'*+-.^_`|~)",
+            ));
+        }
         if let Some(field) = map.keys().next() {
             let shown: String = field.chars().take(64).collect();
             return Err(bad(format!(
@@ -221,6 +228,9 @@ mod tests {
             json!({"access_token": "a", "refresh": "SECRET-VALUE"}),
             json!({"access_token": "a", "expires_in": -1}),
             json!({"access_token": "a", "expires_in": 1.5}),
+            json!({"access_token": "a", "token_type": "Bea\u{0}rer"}),
+            json!({"access_token": "a", "token_type": "Bearer\r\nX-Evil: 1"}),
+            json!({"access_token": "a", "token_type": ""}),
         ] {
             let e = parse(bad.clone()).unwrap_err().to_string();
             assert!(!e.contains("SECRET-VALUE"), "{bad}: {e}");

@@ -165,10 +165,13 @@ async fn import(broker: &crate::broker::Broker, file: &std::path::Path) -> Resul
 }
 
 async fn import_line(broker: &crate::broker::Broker, line: &str) -> Result<String, String> {
-    let mut map = match serde_json::from_str::<serde_json::Value>(line) {
-        Ok(serde_json::Value::Object(map)) => map,
-        // serde's message could quote part of the line, which may hold a token.
-        _ => return Err("not a JSON object".into()),
+    // Read as an HTTP body is: a member named twice is refused, not the last one taken.
+    let mut map = match crate::http::body::JsonObject::parse(line.as_bytes()) {
+        Ok(object) => object.into_map(),
+        // The parser's message could quote part of the line, which may hold a token.
+        Err(_) => {
+            return Err("not a JSON object, or one that names a member more than once".into())
+        }
     };
     let mut name = |field: &str| match map.remove(field) {
         Some(serde_json::Value::String(s)) => Ok(s),

@@ -4,7 +4,7 @@
 mod access_log;
 mod admin;
 mod auth;
-mod body;
+pub(crate) mod body;
 mod body_deadline;
 mod callback;
 mod confirm;

@@ -348,6 +348,10 @@ async fn connections_import_reports_each_line_and_can_run_again(home: Home) {
     ];
     let mut text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     text.push_str("\n{not json SECRET-D\n");
+    // A member named twice is refused, as in an HTTP body (the last one used to win).
+    text.push_str(
+        "{\"provider\":\"peer\",\"account\":\"twice\",\"access_token\":\"SECRET-E\",\"access_token\":\"SECRET-F\"}\n",
+    );
     std::fs::write(file.path(), text).unwrap();
     let path = file.path().to_str().unwrap();
     let out = home.cli(&["connections", "import", "--file", path]);
@@ -355,7 +359,7 @@ async fn connections_import_reports_each_line_and_can_run_again(home: Home) {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(stdout.contains("line 1: created peer/one"), "{stdout}");
     assert!(stdout.contains("line 2: created peer/two"), "{stdout}");
-    for n in [3, 4, 6] {
+    for n in [3, 4, 6, 7] {
         assert!(stdout.contains(&format!("line {n}: refused")), "{stdout}");
     }
     let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
