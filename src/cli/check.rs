@@ -354,7 +354,7 @@ fn instances_line(
         (n, true) => r.line(
             "ok",
             "instances",
-            format!("{n} oauthd serving this store, each sealing with a key the key file has"),
+            format!("{n} oauthd serving this store (one killed without a clean stop counts for up to a minute), each sealing with a key the key file has"),
         ),
         (n, false) => r.line(
             "FAIL",

@@ -141,7 +141,7 @@ pub(super) fn taken_up(
     };
     Err(Fatal(
         format!(
-            "another oauthd serving this store (since {}, with key(s) {}) has not loaded vault key {key} {what}; an oauthd stopped without saying so stops counting within {}s",
+            "another oauthd serving this store (since {}, with key(s) {}; or one stopped without saying so in the last {}s, which still counts) has not loaded vault key {key} {what}",
             crate::clock::rfc3339(behind.since_ms),
             behind.keys.join(", "),
             HOLDS_FOR.as_secs()
