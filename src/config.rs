@@ -843,8 +843,6 @@ fn store_target(over: &Overrides, file: &FileConfig) -> Result<StoreTarget, Conf
         .map_err(|e| invalid("store", e))
 }
 
-/// A secret from the environment: `NAME` itself, or the file named by `NAME_FILE`
-/// (systemd credentials, container secrets). At least 16 characters when set.
 /// `Settings::secret_files`.
 fn secret_files(config: Option<&Path>, file: &FileConfig) -> Vec<(String, PathBuf)> {
     let mut found = Vec::new();
@@ -893,6 +891,8 @@ fn secret_files(config: Option<&Path>, file: &FileConfig) -> Vec<(String, PathBu
     found
 }
 
+/// A secret from the environment: `NAME` itself, or the file named by `NAME_FILE`
+/// (systemd credentials, container secrets). At least 16 characters when set.
 fn secret_from_env(name: &str) -> Result<Option<SecretText>, ConfigError> {
     let secret = env_or_file(name)?;
     if secret.as_ref().is_some_and(|t| t.len() < 16) {

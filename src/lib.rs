@@ -30,6 +30,7 @@ pub mod namespace;
 pub mod notify;
 pub mod numbers;
 pub mod oauth;
+pub mod paths;
 pub mod proxy;
 pub mod read_cache;
 pub mod rekey;

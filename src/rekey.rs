@@ -39,10 +39,7 @@ pub enum RekeyError {
 /// directory (the file itself is replaced by every write). `None` while another holds it:
 /// two rotations at once each said their key now sealed, and only one did.
 pub fn lock(path: &Path) -> Result<Option<std::fs::File>, RekeyError> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = crate::paths::dir_of(path);
     let failed = |e: std::io::Error| RekeyError::File {
         path: path.display().to_string(),
         message: format!("locking its directory: {e}"),

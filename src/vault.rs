@@ -455,10 +455,7 @@ pub fn sealed_key_id(sealed: &[u8]) -> Option<String> {
 pub fn write_key_file(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = crate::paths::dir_of(path);
     let tmp = dir.join(format!(
         ".{}.tmp",
         path.file_name()

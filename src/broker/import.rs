@@ -95,19 +95,19 @@ impl ImportedTokens {
         if token_type.len() > 64 {
             return Err(bad("token_type is longer than 64 bytes"));
         }
-        // It is sent as `Authorization: <token_type> <token>`: an HTTP token, nothing else.
-        let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-        if token_type.is_empty() || !token_type.chars().all(tchar) {
-            return Err(bad(
-                "token_type must be a word such as Bearer (letters, digits, and !#$%&'*+-.^_`|~)",
-            ));
-        }
         if let Some(field) = map.keys().next() {
             let shown: String = field.chars().take(64).collect();
             return Err(bad(format!(
                 "unknown field {shown:?}; an import has {}",
                 IMPORT_FIELDS.join(", ")
             )));
+        }
+        // It is sent as `Authorization: <token_type> <token>`: an HTTP token, nothing else.
+        let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if token_type.is_empty() || !token_type.chars().all(tchar) {
+            return Err(bad(
+                "token_type must be a word such as Bearer (letters, digits, and !#$%&'*+-.^_`|~)",
+            ));
         }
         let expiry = match (expires_at, expires_in) {
             (Some(_), Some(_)) => return Err(bad("send expires_at or expires_in, not both")),

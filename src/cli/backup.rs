@@ -6,16 +6,10 @@ use crate::store::sqlite::copy::{self, CopyError};
 use crate::store::target::StoreTarget;
 use crate::vault::KeySource;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 
 fn fatal(e: CopyError) -> Fatal {
-    if copy::STOP.load(Ordering::Relaxed) {
-        return Fatal(
-            "interrupted: the partial copy was removed, and nothing was changed".to_owned(),
-            130,
-        );
-    }
     let code = match &e {
+        CopyError::Stopped => super::INTERRUPTED,
         CopyError::File { .. } => 1,
         CopyError::Open(open) if !open.is_configuration() => 1,
         _ => 2,

@@ -413,6 +413,9 @@ pub(crate) fn output_failed(e: &std::io::Error) -> ! {
     std::process::exit(1)
 }
 
+/// The exit code of a command that Ctrl-C or SIGTERM ended (a shell's, for SIGINT).
+pub(crate) const INTERRUPTED: u8 = 130;
+
 /// Ctrl-C or SIGTERM (`timeout`, a stopping unit) sets `stop`, which the command under
 /// way looks at to end cleanly (a copy removes its partial file, `rekey` takes its new key
 /// out again); a second one ends the process at once, with 130.
@@ -443,7 +446,7 @@ pub(crate) fn stop_on_signal(stop: &'static std::sync::atomic::AtomicBool) {
                 _ = int.recv() => {}
                 _ = term.recv() => {}
             }
-            std::process::exit(130);
+            std::process::exit(i32::from(INTERRUPTED));
         });
     };
     if std::thread::Builder::new()

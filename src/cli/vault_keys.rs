@@ -16,18 +16,6 @@ pub(super) fn rekey(settings: Settings, prune: bool, to: Option<String>) -> Resu
     };
     // The database first: a mistyped --db is named as such, not as a missing key file.
     let store = open_store(&settings, super::Missing::Refuse)?;
-    let Some(_rotating) = crate::rekey::lock(&path)? else {
-        return Err(Fatal(
-            format!(
-                "another `oauthd rekey` is rotating {} now: let it end, then run this again if still needed",
-                path.display()
-            ),
-            2,
-        ));
-    };
-    // Ctrl-C while it waits for the serving instances takes the new key out again, as a
-    // refusal does.
-    super::stop_on_signal(&super::vault_peers::STOP);
     if !path.exists() {
         return Err(Fatal(
             format!(
@@ -40,6 +28,18 @@ pub(super) fn rekey(settings: Settings, prune: bool, to: Option<String>) -> Resu
             2,
         ));
     }
+    let Some(_rotating) = crate::rekey::lock(&path)? else {
+        return Err(Fatal(
+            format!(
+                "another `oauthd rekey` is rotating {} now: let it end, then run this again if still needed",
+                path.display()
+            ),
+            2,
+        ));
+    };
+    // Ctrl-C while it waits for the serving instances takes the new key out again, as a
+    // refusal does.
+    super::stop_on_signal(&super::vault_peers::STOP);
     if prune {
         return runtime()?.block_on(async {
             let now = crate::clock::Clock::system().now_ms();
@@ -80,9 +80,16 @@ pub(super) fn rekey(settings: Settings, prune: bool, to: Option<String>) -> Resu
         }
         None => (crate::rekey::add_key(&path)?, true),
     };
-    if let Err(refused) = super::vault_peers::taken_up(&new_key_id, &from, added, &store, &clock) {
+    if let Err(mut refused) =
+        super::vault_peers::taken_up(&new_key_id, &from, added, &store, &clock)
+    {
         if added {
             crate::rekey::remove_key(&path, &new_key_id)?;
+            if refused.1 == super::INTERRUPTED {
+                refused
+                    .0
+                    .push_str(" (the new key was taken out of the key file again)");
+            }
         }
         return Err(refused);
     }

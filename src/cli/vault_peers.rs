@@ -68,8 +68,8 @@ fn settle<T>(
     loop {
         if STOP.load(Ordering::Relaxed) {
             return Err(Fatal(
-                "interrupted while waiting for the serving instances: nothing changed (a key added to the key file was taken out again)".into(),
-                130,
+                "interrupted while waiting for the serving instances: nothing changed".into(),
+                super::INTERRUPTED,
             ));
         }
         let found = blocker()?;

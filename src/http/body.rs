@@ -278,7 +278,7 @@ impl JsonObject {
             Value::Number(n) => match crate::numbers::whole_number(&n) {
                 Some(v) if v > 0 => Ok(v),
                 // `1e308`, `18446744073709551616`: whole, just beyond every limit.
-                None if n.as_f64().is_some_and(|f| f >= 1e15) => {
+                None if n.as_f64().is_some_and(|f| f >= 1e15 && f.fract() == 0.0) => {
                     Err("is far larger than any value allowed here")
                 }
                 _ => Err("must be a whole number of at least 1"),
@@ -363,6 +363,10 @@ mod tests {
             ),
             (
                 r#"{"ttl_seconds":1.5}"#,
+                "ttl_seconds must be a whole number of at least 1",
+            ),
+            (
+                r#"{"ttl_seconds":1000000000000000.5}"#,
                 "ttl_seconds must be a whole number of at least 1",
             ),
         ] {

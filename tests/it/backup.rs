@@ -377,7 +377,7 @@ async fn a_restore_replaces_only_oauthds_database() {
     let key_text = std::fs::read(home.key_file()).unwrap();
     let other_bytes = std::fs::read(&other).unwrap();
     for (db, said) in [
-        (home.key_file(), "is not an SQLite database"),
+        (home.key_file(), "is a text file, not a database"),
         (other.clone(), "another application's tables"),
     ] {
         let out = restore(&db, &copy);
@@ -398,15 +398,15 @@ async fn a_restore_replaces_only_oauthds_database() {
         .count();
     assert_eq!(aside, 0, "a refused restore moved a file aside");
 
-    // A damaged database of oauthd's (its schema page overwritten) is what a restore is for.
+    // A damaged database of oauthd's is what a restore is for, even one whose first page,
+    // header and all, was zeroed.
     {
-        use std::io::{Seek, SeekFrom, Write};
+        use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .open(home.db())
             .unwrap();
-        f.seek(SeekFrom::Start(100)).unwrap();
-        f.write_all(&[0xa5; 3996]).unwrap();
+        f.write_all(&[0; 4096]).unwrap();
     }
     let out = restore(&home.db(), &copy);
     assert!(out.status.success(), "{out:?}");
@@ -493,17 +493,34 @@ async fn a_backup_or_restore_stopped_part_way_leaves_no_partial_copy() {
         "the restore changed the database"
     );
 
-    // Left by a copy killed outright: removed by the next one.
-    let left = [
+    // Left by a copy killed outright (unlocked, unchanged for minutes): removed by the next
+    // one. One held locked, or changed a moment ago, is a copy under way (in another PID
+    // namespace, its process id says nothing) and is left alone.
+    let made = |name: &str, ago: u64| {
+        let path = home.dir.path().join(name);
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_modified(std::time::SystemTime::now() - Duration::from_secs(ago))
+            .unwrap();
+        f
+    };
+    for name in [
         ".copy.db.partial-999999999",
         ".copy.db.partial-999999999-journal",
-    ];
-    for name in left {
-        std::fs::write(home.dir.path().join(name), b"x").unwrap();
+    ] {
+        made(name, 120);
     }
+    let busy = made(".copy.db.partial-999999998", 120);
+    busy.lock().unwrap();
+    made(".copy.db.partial-999999997", 0);
     assert!(home
         .cli(&["backup", copy.to_str().unwrap()])
         .status
         .success());
-    assert_eq!(listing(home.dir.path()), Vec::<String>::new());
+    let mut left = listing(home.dir.path());
+    left.sort();
+    assert_eq!(
+        left,
+        [".copy.db.partial-999999997", ".copy.db.partial-999999998"]
+    );
+    drop(busy);
 }

@@ -837,6 +837,20 @@ async fn rekey_names_a_missing_database_and_the_start_a_readable_key_file() {
     );
 
     drop(home.start());
+    // A key file in a directory that is not there is named as missing, not as a lock that
+    // could not be taken.
+    let nowhere = home.dir.path().join("nowhere").join("vault.key");
+    let out = home
+        .cli_command(&["rekey"])
+        .env("OAUTHD_KEY_FILE", &nowhere)
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("key file {} does not exist", nowhere.display())),
+        "{err}"
+    );
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(home.key_file(), std::fs::Permissions::from_mode(0o644)).unwrap();
     drop(home.start());

@@ -6,15 +6,29 @@
 //! this store now, not what a restored one would be.
 
 use super::{oauthds_version, OpenError, MIGRATIONS};
+use crate::paths::dir_of;
 use rusqlite::{Connection, OpenFlags};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// Set (by the command's signal watcher, on Ctrl-C or SIGTERM) to stop a copy under way:
 /// its statements are interrupted, and the partial file is removed as after any failure.
 /// What is past the copy (moving files into place) is not stopped half-way.
 pub static STOP: AtomicBool = AtomicBool::new(false);
+
+/// `Stopped` for a statement `STOP` interrupted, else what `otherwise` makes of the error.
+fn stopped_or(
+    e: rusqlite::Error,
+    otherwise: impl FnOnce(rusqlite::Error) -> CopyError,
+) -> CopyError {
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted) {
+        CopyError::Stopped
+    } else {
+        otherwise(e)
+    }
+}
 
 /// How many of SQLite's virtual machine steps run between two looks at `STOP`.
 const STOP_LOOK_EVERY: std::ffi::c_int = 10_000;
@@ -49,6 +63,8 @@ pub enum CopyError {
     NotTheDatabase { path: PathBuf, what: String },
     #[error("{path} is not a copy of oauthd's database: name a file made by `oauthd backup` (the database it replaces is --db)")]
     NotACopy { path: PathBuf },
+    #[error("interrupted: the partial copy was removed, and nothing was changed")]
+    Stopped,
     #[error("{path} is the database itself: name the copy")]
     Same { path: PathBuf },
     #[error("a process has {path} open{by} (an oauthd serving it, or a command or an sqlite3 shell using it): stop every oauthd serving it first, then restore")]
@@ -160,7 +176,7 @@ pub fn backup(db: &Path, to: &Path) -> Result<Copied, CopyError> {
         ));
     }
     let partial = partial_name(to, "partial");
-    let copied = write_copy(&source, &partial, version, None)?;
+    let (copied, _held) = write_copy(&source, &partial, version, None)?;
     drop(source);
     if let Err(e) = std::fs::rename(&partial, to) {
         let _ = std::fs::remove_file(&partial);
@@ -173,16 +189,17 @@ pub fn backup(db: &Path, to: &Path) -> Result<Copied, CopyError> {
 /// Refuses a path whose directory is not there, naming the directory (the partial file's
 /// name, which the copy would fail on, is of no help).
 fn directory_exists(path: &Path) -> Result<(), CopyError> {
-    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(dir) if !dir.is_dir() => Err(CopyError::file(
-            path,
-            format!(
-                "its directory {} does not exist: make it first (mkdir -p), or name another",
-                dir.display()
-            ),
-        )),
-        _ => Ok(()),
+    let dir = dir_of(path);
+    if dir.is_dir() {
+        return Ok(());
     }
+    Err(CopyError::file(
+        path,
+        format!(
+            "its directory {} does not exist: make it first (mkdir -p), or name another",
+            dir.display()
+        ),
+    ))
 }
 
 /// Whether two paths name one file (the same path, a link, a hard link).
@@ -216,10 +233,32 @@ fn is_sqlite_file(path: &Path) -> bool {
         .is_ok_and(|()| &header == b"SQLite format 3\0")
 }
 
+/// Whether the file's first 4 KiB read as text (UTF-8 without NUL bytes): a key file or
+/// a config file, never a database, however damaged.
+fn is_text(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(4096);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(4096).read_to_end(&mut head))
+        .is_ok_and(|_| {
+            let text = match std::str::from_utf8(&head) {
+                Ok(text) => text,
+                // Cut inside a character at 4 KiB: the part before it.
+                Err(e) if e.error_len().is_none() => {
+                    std::str::from_utf8(head.get(..e.valid_up_to()).unwrap_or_default())
+                        .unwrap_or_default()
+                }
+                Err(_) => return false,
+            };
+            !text.contains('\0')
+        })
+}
+
 /// Refuses to restore over a file that is not oauthd's database: a slip of `--db` (the key
 /// file beside it, another application's database) would move it aside, called the
 /// database replaced. A damaged database of oauthd's is what restores are for: an SQLite
-/// file whose tables cannot be read is replaced.
+/// file whose tables cannot be read, or a file that does not even start as one but is no
+/// text either (a zeroed first page), is replaced.
 fn may_restore_over(db: &Path) -> Result<(), CopyError> {
     let refuse = |what: &str| {
         Err(CopyError::NotTheDatabase {
@@ -234,7 +273,11 @@ fn may_restore_over(db: &Path) -> Result<(), CopyError> {
         Ok(_) => {}
     }
     if !is_sqlite_file(db) {
-        return refuse("is not an SQLite database (the key file? a copy's name?)");
+        // A header that does not open is damage too (a zeroed first page); text is not.
+        if is_text(db) {
+            return refuse("is a text file, not a database (the key file? a config file?)");
+        }
+        return Ok(());
     }
     let opened = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| OpenError::open(db, &e))
@@ -300,16 +343,13 @@ pub fn restore(backup: &Path, db: &Path, stamp: &str, create: bool) -> Result<Re
     }
     // The owner of the database it replaces, or else of its directory (root restoring a
     // service's database on a new machine must not leave it a file it cannot open).
-    let dir = db
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = dir_of(db);
     let owner = std::fs::metadata(db)
         .or_else(|_| std::fs::metadata(dir))
         .ok()
         .map(|m| (m.uid(), m.gid()));
     let partial = partial_name(db, "restoring");
-    let copied = write_copy(&source, &partial, version, owner)?;
+    let (copied, _held) = write_copy(&source, &partial, version, owner)?;
     drop(source);
     // In WAL mode, as oauthd keeps it: a copy is made in rollback mode, in which a start by
     // a user who may not write the file fails where a WAL database is served read-only,
@@ -404,48 +444,62 @@ fn version_to_copy(conn: &Connection, path: &Path) -> Result<i64, CopyError> {
     Ok(found)
 }
 
-/// `.<name>.<what>-<pid>` beside `path`. Those of processes that are gone (a copy killed
-/// with `kill -9`, or by the OOM killer) are removed first: each can be as large as the
-/// database.
+/// `.<name>.<what>-<pid>` beside `path`. Partial copies no copy is writing any more (one
+/// killed with `kill -9`, or by the OOM killer) are removed first: each can be as large as
+/// the database.
 fn partial_name(path: &Path, what: &str) -> PathBuf {
     let name = path
         .file_name()
         .map_or_else(|| "oauthd.db".into(), |n| n.to_string_lossy());
     let prefix = format!(".{name}.{what}-");
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = dir_of(path);
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let file = entry.file_name();
         let Some(pid) = file
             .to_str()
             .and_then(|f| f.strip_prefix(&prefix))
-            .map(|rest| rest.split('-').next().unwrap_or(rest))
-            .and_then(|pid| pid.parse::<u32>().ok())
+            .and_then(|rest| rest.split('-').next())
+            .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
         else {
             continue;
         };
-        if !Path::new("/proc").join(pid.to_string()).exists() {
-            let left = entry.path();
-            if std::fs::remove_file(&left).is_ok() {
-                log::info!(
-                    "removed {}, left by a copy that did not finish",
-                    left.display()
-                );
-            }
+        let left = entry.path();
+        if abandoned(&dir.join(format!("{prefix}{pid}"))) && std::fs::remove_file(&left).is_ok() {
+            log::info!(
+                "removed {}, left by a copy that did not finish",
+                left.display()
+            );
         }
     }
     path.with_file_name(format!("{prefix}{}", std::process::id()))
 }
 
+/// Whether the partial copy at `main` (or a file SQLite kept beside it) is no copy's any
+/// more: gone, or held locked by nobody (a copy holds a lock on its partial file until the
+/// file takes its name or is removed) and unchanged for a minute. A process id says nothing
+/// across PID namespaces (a container, `unshare`); a lock does.
+fn abandoned(main: &Path) -> bool {
+    match std::fs::File::open(main) {
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        Ok(file) => {
+            let still = file
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|e| e > Duration::from_secs(60)));
+            still && file.try_lock().is_ok()
+        }
+    }
+}
+
 /// Copies `source` into the new file `partial` (0600, given `owner`), and checks it.
+/// Returns the partial file held locked, as long as it is held: another copy's cleanup
+/// leaves it alone (`abandoned`).
 fn write_copy(
     source: &Connection,
     partial: &Path,
     version: i64,
     owner: Option<(u32, u32)>,
-) -> Result<Copied, CopyError> {
+) -> Result<(Copied, std::fs::File), CopyError> {
     let _ = std::fs::remove_file(partial);
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -453,6 +507,8 @@ fn write_copy(
         .mode(0o600)
         .open(partial)
         .map_err(|e| CopyError::file(partial, e))?;
+    // Unlocked only for the moment since it was made, which the cleanup's minute covers.
+    let _ = file.try_lock();
     let owned = match owner {
         Some((uid, gid)) => file
             .metadata()
@@ -471,9 +527,8 @@ fn write_copy(
             }),
         None => Ok(()),
     };
-    drop(file);
     match owned.and_then(|()| fill(source, partial, version)) {
-        Ok(bytes) => Ok(Copied { version, bytes }),
+        Ok(bytes) => Ok((Copied { version, bytes }, file)),
         Err(e) => {
             remove_partial(partial);
             Err(e)
@@ -490,29 +545,34 @@ fn fill(source: &Connection, partial: &Path, version: i64) -> Result<u64, CopyEr
     stoppable(source, partial)?;
     source
         .execute("VACUUM INTO ?1", [name])
-        .map_err(|e| CopyError::file(partial, format!("copying: {e}")))?;
+        .map_err(|e| stopped_or(e, |e| CopyError::file(partial, format!("copying: {e}"))))?;
     let copy = Connection::open(partial).map_err(|e| CopyError::file(partial, e))?;
     stoppable(&copy, partial)?;
-    let damaged = |detail: String| CopyError::Damaged {
-        path: partial.to_owned(),
-        detail,
+    let damaged = |e: rusqlite::Error| {
+        stopped_or(e, |e| CopyError::Damaged {
+            path: partial.to_owned(),
+            detail: e.to_string(),
+        })
     };
     copy.pragma_update(None, "user_version", version)
-        .map_err(|e| damaged(e.to_string()))?;
+        .map_err(damaged)?;
     // `meta` is there from schema version 10.
     let has_meta = copy
         .prepare("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'meta'")
         .and_then(|mut s| s.exists([]))
-        .map_err(|e| damaged(e.to_string()))?;
+        .map_err(damaged)?;
     if has_meta {
         copy.execute("DELETE FROM meta WHERE name LIKE 'vault:%'", [])
-            .map_err(|e| damaged(e.to_string()))?;
+            .map_err(damaged)?;
     }
     let check: String = copy
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .map_err(|e| damaged(e.to_string()))?;
+        .map_err(damaged)?;
     if check != "ok" {
-        return Err(damaged(check));
+        return Err(CopyError::Damaged {
+            path: partial.to_owned(),
+            detail: check,
+        });
     }
     drop(copy);
     let file = std::fs::File::open(partial).map_err(|e| CopyError::file(partial, e))?;
@@ -521,10 +581,7 @@ fn fill(source: &Connection, partial: &Path, version: i64) -> Result<u64, CopyEr
 }
 
 fn sync_dir(path: &Path) -> Result<(), CopyError> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = dir_of(path);
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| CopyError::file(dir, e))
@@ -543,7 +600,7 @@ fn hold_exclusively(db: &Path) -> Result<Option<Connection>, CopyError> {
         return Ok(None);
     };
     let locked = conn
-        .busy_timeout(std::time::Duration::ZERO)
+        .busy_timeout(Duration::ZERO)
         .and_then(|()| conn.pragma_update(None, "locking_mode", "EXCLUSIVE"))
         .and_then(|()| conn.execute_batch("BEGIN EXCLUSIVE"));
     match locked {

@@ -37,6 +37,8 @@ const MAX_GROUP: usize = 512;
 const QUEUE_DEPTH: usize = 8192;
 /// Least time between two attempts to reopen a connection that cannot write.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
+/// Least time between two logged full disks.
+const FULL_SAID_EVERY: Duration = Duration::from_secs(60);
 
 /// Opens a new connection to the database, configured like the first one.
 pub type Reopen = Box<dyn Fn() -> rusqlite::Result<Connection> + Send>;
@@ -58,6 +60,8 @@ trait WriteJob: Send {
     fn complete(self: Box<Self>, ended: Result<(), StoreError>) -> bool;
     /// Answers the caller without running (no transaction could be started).
     fn abort(self: Box<Self>, err: StoreError);
+    /// A write `/readyz` makes to see whether writes go through (`Writer::check_writable`).
+    fn is_probe(&self) -> bool;
 }
 
 /// A job's work until it runs, then its result until the transaction ends: one allocation
@@ -72,6 +76,7 @@ struct FnJob<T, F> {
     context: &'static str,
     /// Run inside a savepoint: needed only when the job makes several changes.
     atomic: bool,
+    probe: bool,
     stage: Stage<T, F>,
     reply: oneshot::Sender<Result<T, StoreError>>,
 }
@@ -130,6 +135,10 @@ where
 
     fn abort(self: Box<Self>, err: StoreError) {
         let _ = self.reply.send(Err(err));
+    }
+
+    fn is_probe(&self) -> bool {
+        self.probe
     }
 }
 
@@ -224,6 +233,7 @@ impl Writer {
             read_only: read_only.clone(),
             disk_full: disk_full.clone(),
             locked: locked.clone(),
+            full_said: None,
             last_reopen: None,
             watch,
             data_version: None,
@@ -264,16 +274,26 @@ impl Writer {
         if !marked.iter().any(|m| m.load(Ordering::Acquire)) {
             return Ok(());
         }
-        // A write that needs what a real one needs: the write lock, a writable file (else
-        // SQLITE_READONLY) and room, as the row added and taken out again dirties a page
-        // that the commit appends to the WAL. Its success clears the marks.
-        self.run_atomic(context, |tx| {
-            tx.prepare_cached("INSERT OR REPLACE INTO meta (name, value) VALUES ('probe', '')")?
-                .execute([])?;
-            tx.prepare_cached("DELETE FROM meta WHERE name = 'probe'")?
-                .execute([])
-                .map(|_| ())
-        })
+        // A write that needs what a request's needs: the write lock, a writable file (else
+        // SQLITE_READONLY), and room: 64 KiB of new pages appended to the WAL, more than a
+        // request writes (a page or two fit in what a failed commit left allocated). A
+        // second, small write takes it out again. Probes clear the read-only and lock
+        // marks; the full-disk one only a request's write clears.
+        let probe =
+            |sql: &'static str| move |tx: &Tx| tx.prepare_cached(sql)?.execute([]).map(|_| ());
+        self.submit(
+            context,
+            false,
+            true,
+            probe("INSERT OR REPLACE INTO meta (name, value) VALUES ('probe', randomblob(65536))"),
+        )
+        .await?;
+        self.submit(
+            context,
+            false,
+            true,
+            probe("DELETE FROM meta WHERE name = 'probe'"),
+        )
         .await
     }
 
@@ -284,7 +304,7 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Tx) -> rusqlite::Result<T> + Send + 'static,
     {
-        self.submit(context, false, work).await
+        self.submit(context, false, false, work).await
     }
 
     /// Like `run`, for work that makes several changes: all of them or none commit.
@@ -293,13 +313,14 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Tx) -> rusqlite::Result<T> + Send + 'static,
     {
-        self.submit(context, true, work).await
+        self.submit(context, true, false, work).await
     }
 
     async fn submit<T, F>(
         &self,
         context: &'static str,
         atomic: bool,
+        probe: bool,
         work: F,
     ) -> Result<T, StoreError>
     where
@@ -310,6 +331,7 @@ impl Writer {
         let job = Box::new(FnJob {
             context,
             atomic,
+            probe,
             stage: Stage::Queued(work),
             reply,
         });
@@ -346,6 +368,8 @@ struct Link {
     disk_full: Arc<AtomicBool>,
     /// Set while another process holds the write lock past the busy timeout; cleared alike.
     locked: Arc<AtomicBool>,
+    /// When a full disk was last logged.
+    full_said: Option<Instant>,
     last_reopen: Option<Instant>,
     watch: Arc<ChangeWatch>,
     /// `PRAGMA data_version` at the last look (`None`: not looked on this connection).
@@ -385,6 +409,15 @@ impl Link {
     fn mark_disk_full(&mut self) {
         if !self.disk_full.swap(true, Ordering::AcqRel) {
             crate::metrics::STORAGE_DISK_FULL.set(1);
+            // At the edge of full, writes that fit and writes that do not take turns: said
+            // at most once a minute.
+            if self
+                .full_said
+                .is_some_and(|t| t.elapsed() < FULL_SAID_EVERY)
+            {
+                return;
+            }
+            self.full_said = Some(Instant::now());
             log::error!(
                 "database {}: the disk is full (or the process's file-size limit reached): \
                  writes and /readyz answer 503 until there is room again; nothing \
@@ -500,12 +533,15 @@ fn write_group(link: &mut Link, group: &mut Vec<Box<dyn WriteJob>>) {
         return;
     };
     let changes_before = conn.total_changes();
+    let probes_only = group.iter().all(|job| job.is_probe());
     match commit_group(conn, group, &link.watch, &link.emptied) {
         // A group that changed nothing wrote nothing to disk: it proves nothing.
         Outcome::Committed if conn.total_changes() != changes_before => {
             link.mark_writable();
-            link.mark_room();
             link.mark_unlocked();
+            if !probes_only {
+                link.mark_room();
+            }
         }
         Outcome::Committed => {}
         Outcome::CannotWrite => link.mark_read_only(),
