@@ -250,7 +250,20 @@ impl Teller {
             return;
         };
         if !told.iter().any(|o| o.instance == self.instance) {
-            // Lost (a Redis restart or flush): told again at the next look, not in 20 s.
+            // Told a moment ago and gone now: the store lost what it held, not just this
+            // note (one not told for a while ends by itself).
+            if self
+                .told
+                .as_ref()
+                .is_some_and(|(_, at)| at.elapsed() < HOLDS_FOR / 2)
+            {
+                log::error!(
+                    "{} lost what it held: this oauthd's note of its vault keys, written {}s ago, is gone (Redis restarted without persistence, a FLUSHALL, a failover to an empty replica; or the database replaced under oauthd). Connections, API keys, admin sessions and pending deliveries it held may be gone too: look with `oauthd connections list` and `oauthd keys list`, and turn Redis' persistence on (appendonly yes)",
+                    self.store.describe(),
+                    self.told.as_ref().map_or(0, |(_, at)| at.elapsed().as_secs())
+                );
+            }
+            // Told again at the next look, not in 20 s.
             self.told = None;
         }
         let split: Vec<VaultKeysInUse> = told

@@ -79,7 +79,7 @@ fn link_not_working(base: &str) -> HttpResponse {
         base,
         401,
         "This login link does not work",
-        "<p>It was already used, has expired, or was never valid. Make a new one with <code>oauthd admin link</code>.</p>",
+        "<p>It was already used, has expired, was replaced by a newer link (only the newest works: each start of oauthd and each <code>oauthd admin link</code> makes one, and with several oauthd on one store, the one started last made it), or was never valid. Make a new one with <code>oauthd admin link</code>.</p>",
     )
 }
 

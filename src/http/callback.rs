@@ -282,7 +282,7 @@ pub fn wording(provider: &str, e: &CallbackError) -> (u16, &'static str, String)
         NotConfirmedHere { .. } => (
             403,
             "Not confirmed in this browser",
-            format!("An app started this sign-in, and it was not confirmed on oauthd's page in this browser, so nothing was stored. If you started it yourself, go back to the app and start again, and stay in one browser until {provider} sends you back."),
+            format!("An app started this sign-in, and it was not confirmed on oauthd's page in this browser, so nothing was stored. If you started it yourself, go back to the app and start again, and stay in one browser until {provider} sends you back. Open the app's link as it was given: confirmed at another address of oauthd's (localhost for 127.0.0.1, another host name), the browser keeps the confirmation for that address, not this one."),
         ),
         PasteElsewhere { expected } => (
             400,

@@ -27,12 +27,37 @@ pub async fn enforce(
     // First: a refusal below leaves the body unread too.
     let unread = super::body_deadline::apply(&mut req);
     let res = match check(&req) {
-        Some(refusal) => req
-            .into_response(refusal.error_response())
-            .map_into_right_body(),
+        Some(refusal) => {
+            let answer = match refusal.code {
+                "host_not_allowed" if opened_by_a_browser(&req) => host_page(&req, &refusal),
+                _ => refusal.error_response(),
+            };
+            req.into_response(answer).map_into_right_body()
+        }
         None => next.call(req).await?.map_into_left_body(),
     };
     Ok(res.map_body(|_, body| Held::new(body, unread)))
+}
+
+/// A page a browser navigated to (it asks for HTML), not a call of the API's or the page's.
+fn opened_by_a_browser(req: &ServiceRequest) -> bool {
+    let path = req.path();
+    let api = ["/v1/", "/ui/api/"].iter().any(|p| path.contains(p));
+    !api && req
+        .headers()
+        .get(actix_web::http::header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"))
+}
+
+/// The refusal of a name oauthd does not answer to, as a page: a person who opened oauthd
+/// by that name reads what to do instead of a problem document.
+fn host_page(req: &ServiceRequest, refusal: &ApiError) -> actix_web::HttpResponse {
+    let base = req
+        .app_data::<actix_web::web::Data<super::AppState>>()
+        .map_or("", |app| app.base_path.as_str());
+    let body = format!("<p>{}</p>", super::pages::escape(&refusal.detail));
+    super::pages::page(base, 421, "Not answered at this address", &body)
 }
 
 fn check(req: &ServiceRequest) -> Option<ApiError> {

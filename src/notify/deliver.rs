@@ -243,18 +243,21 @@ async fn attempt(
     };
     match &outcome {
         DeliveryOutcome::Delivered => log::info!(
-            "notification {} ({}) delivered to {} (attempt {})",
+            "notification {} ({}) delivered to {} (attempt {}, delivery {})",
             d.event_id,
             d.event_type,
             d.target,
-            d.attempts
+            d.attempts,
+            d.id
         ),
         DeliveryOutcome::Retry { at_ms, error } => log::warn!(
-            "notification {} ({}) to {}: {error}; retrying in {} s",
+            "notification {} ({}) to {}: {error}; retrying in {} s (delivery {}: oauthd events retry {} sends it now)",
             d.event_id,
             d.event_type,
             d.target,
-            (at_ms - notifier.now_ms()).max(0) / 1000
+            (at_ms - notifier.now_ms()).max(0) / 1000,
+            d.id,
+            d.id
         ),
         DeliveryOutcome::Dead { error } => log::error!(
             "notification {} ({}) to {}: {error}; given up after {} attempts (oauthd events retry {})",

@@ -300,7 +300,9 @@ fn classify<E: std::error::Error>(
             if names_an_error(&body) {
                 return error_response(reqwest::StatusCode::BAD_REQUEST, &body, sent);
             }
-            FlowError::Transient(format!("malformed token response: {e}"))
+            FlowError::Transient(format!(
+                "malformed token response: the token endpoint answered something that is not a token response (a mistyped token_url answers its 404 page so): {e}"
+            ))
         }
         RequestTokenError::Other(e) => FlowError::Transient(e),
     }
@@ -607,6 +609,14 @@ fn rejected(code: &str, description: String, sent: &Sent<'_>) -> FlowError {
         "invalid_grant" | "bad_refresh_token" | "bad_verification_code" => {
             FlowError::InvalidGrant(description)
         }
+        // Said on every path (a refresh, a device flow, a revocation), not only on the
+        // callback's page: the fix is the client's id and secret in oauthd's config.
+        "invalid_client" => FlowError::Rejected {
+            code: "invalid_client".into(),
+            description: format!(
+                "{description}; the provider does not accept oauthd's client: check the provider's client_id and client_secret in the config (`oauthd check` tries them)"
+            ),
+        },
         other => FlowError::Rejected {
             code: sent.text(other, 64),
             description,
@@ -641,7 +651,7 @@ pub async fn device_poll(
         return match serde_json::from_slice::<ProviderTokenResponse>(&body) {
             Ok(t) => DevicePoll::Done(token_set(&t)),
             Err(e) => DevicePoll::Failed(FlowError::Transient(format!(
-                "malformed token response: {e}"
+                "malformed token response: the token endpoint answered HTTP {status} with something that is not a token response: {e}"
             ))),
         };
     }

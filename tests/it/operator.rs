@@ -289,6 +289,19 @@ async fn a_wrong_client_secret_is_found_before_anyone_is_sent_to_the_provider() 
     assert_eq!(status, 502, "{page}");
     assert!(page.contains("client_secret"), "{page}");
     assert!(!page.contains("Start again"), "{page}");
+    // So is an app starting a device flow (it used to read only "client authentication
+    // failed").
+    let (status, problem) = d
+        .post("/v1/device/peer", &key, json!({"account": "tv"}))
+        .await;
+    assert_eq!(status, 502, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("client_secret"),
+        "{problem}"
+    );
     d.signal_and_wait("TERM");
 
     // With the right secret, check says the credentials were accepted.
@@ -829,6 +842,29 @@ async fn on_redis_an_instance_started_while_the_notes_were_lost_is_said_as_an_er
     assert!(home.log_text().contains("ERROR"));
     b.signal_and_wait("TERM");
     a.signal_and_wait("TERM");
+}
+
+/// Redis restarted without its data under a serving oauthd (here a FLUSHALL): everything
+/// it held is gone, and the instances used to go on saying nothing. The one whose note of
+/// its keys vanished says the store lost what it held, and what to look at.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_redis_a_store_that_lost_its_data_under_oauthd_is_said_as_an_error() {
+    let home = Home::redis();
+    let d = home.start();
+    let said = "lost what it held";
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!home.log_text().contains(said), "{}", home.log_text());
+    assert_eq!(
+        home.redis_server().command("FLUSHALL").as_deref(),
+        Some("+OK")
+    );
+    assert!(
+        common::eventually(Duration::from_secs(10), || home.log_text().contains(said)).await,
+        "{}",
+        home.log_text()
+    );
+    assert!(home.log_text().contains("oauthd connections list"));
+    d.signal_and_wait("TERM");
 }
 
 /// The key lines of a key file, without comments.

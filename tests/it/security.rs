@@ -926,6 +926,9 @@ async fn an_apps_flow_is_confirmed_on_oauthds_page_and_finishes_only_in_that_bro
     let (status, page, _) = common::browser_get_with(&elsewhere, &callback).await;
     assert_eq!(status, 403, "{page}");
     assert!(page.contains("Not confirmed in this browser"), "{page}");
+    // It may be the same browser, at another of oauthd's addresses (localhost for
+    // 127.0.0.1): the page says so.
+    assert!(page.contains("another address of oauthd"), "{page}");
     assert!(!page.contains("Back to oauthd"), "{page}");
     assert_eq!(d.get("/v1/connections/peer/evil", &key).await.0, 404);
     assert!(
@@ -1420,12 +1423,20 @@ async fn forged_forwarded_addresses_get_no_fresh_sign_in_budget() {
 
 /// The status line's code of `GET path` sent to `d` addressed (`Host`) to `host`.
 async fn status_addressed_to(d: &Daemon, path: &str, host: &str) -> (u16, String) {
+    answer_addressed_to(d, path, host, "*/*").await
+}
+
+/// `status_addressed_to`, asking for `accept`.
+async fn answer_addressed_to(d: &Daemon, path: &str, host: &str, accept: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut conn = tokio::net::TcpStream::connect(d.url.trim_start_matches("http://"))
         .await
         .unwrap();
     conn.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
     )
     .await
     .unwrap();
@@ -1476,6 +1487,19 @@ async fn a_request_addressed_to_another_sites_name_is_refused() {
             assert!(!text.contains("oauthd_states"), "{text}");
         }
     }
+    // A person who opened oauthd by such a name reads a page saying what to do, not JSON.
+    let browser = "text/html,application/xhtml+xml,*/*;q=0.8";
+    for path in ["/", "/admin/login", "/callback/peer?state=x&code=y"] {
+        let (status, text) =
+            answer_addressed_to(&d, path, &format!("nas.example:{port}"), browser).await;
+        assert_eq!(status, 421, "{path}: {text}");
+        let lower = text.to_ascii_lowercase();
+        assert!(lower.contains("content-type: text/html"), "{path}: {text}");
+        assert!(text.contains("allowed_hosts"), "{path}: {text}");
+    }
+    let (status, text) = answer_addressed_to(&d, "/v1/states", "nas.example", browser).await;
+    assert_eq!(status, 421, "{text}");
+    assert!(text.contains("application/problem+json"), "{text}");
     d.signal_and_wait("TERM");
 
     home.write_config("allowed_hosts = [\"https://nas.lan:8443\"]\n");
