@@ -70,7 +70,7 @@ impl Broker {
             .get_or_init(|| Instant::now() + within);
         // No refresh takes a lease once the stop began (`refresh_in_turn`): each under way
         // ends by a lease's length from now (and a moment for the lease it was taking).
-        let lease = Duration::from_millis(u64::try_from(self.lease_ms).unwrap_or(0));
+        let lease = Duration::from_millis(u64::try_from(self.refresh_lease_ms).unwrap_or(0));
         let refreshes_by = *self
             .refresh_stop_deadline
             .get_or_init(|| Instant::now() + lease + Duration::from_secs(1));

@@ -141,18 +141,34 @@ pub struct BrokerSettings {
     pub notifier: Arc<Notifier>,
 }
 
+/// How long a refresh waits for the provider's answer once it was sent. Given up on, the
+/// answer is lost, with the refresh token a rotating provider issued in it (the stored one
+/// retired): a provider that stalls for a while (a restart, a long garbage collection)
+/// would cost the connection. Callers are answered 503 after `provider_timeout` meanwhile.
+/// A minute, so that a stop that waits for it (`stop_background`) still ends within
+/// systemd's default 90 s.
+pub const REFRESH_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub struct Broker {
     providers: BTreeMap<String, Arc<Provider>>,
     states: Arc<StateService>,
     store: Arc<dyn BrokerStore>,
     vault: Arc<VaultHandle>,
     http: reqwest::Client,
-    /// Where code exchanges and refreshes are sent (the network, unless a test says).
+    /// Where code exchanges are sent (the network, unless a test says).
     token_endpoint: Arc<dyn flows::TokenEndpoint>,
+    /// Where refreshes are sent: the network with `REFRESH_ANSWER_WAIT` for the answer.
+    refresh_endpoint: Arc<dyn flows::TokenEndpoint>,
+    /// How long a caller waits for a refresh before it is answered 503 (the refresh goes
+    /// on, and stores what the provider answers): `provider_timeout`.
+    caller_wait: std::time::Duration,
     public_url: Url,
     return_to_allowlist: Vec<Url>,
-    /// How long a refresh holds the cross-process lease: outlives the provider request.
+    /// How long a device poll holds its claim: outlives the provider request.
     lease_ms: i64,
+    /// How long a refresh holds the cross-process lease: outlives the provider's answer
+    /// (`REFRESH_ANSWER_WAIT`) and the save after it.
+    refresh_lease_ms: i64,
     /// One refresh per connection at a time inside this process.
     in_flight: flight::FlightLocks,
     /// Pending device flows one caller may have (`limits.max_device_flows_per_key`).
@@ -192,17 +208,22 @@ impl Broker {
     ) -> Result<Broker, String> {
         let timeout = settings.provider_timeout;
         let http = flows::http_client(timeout)?;
+        let answer_wait = timeout.max(REFRESH_ANSWER_WAIT);
+        let refresh_http = flows::http_client_waiting(timeout, answer_wait)?;
         let token_cache = ReadCache::new(settings.token_cache)
             .watched_by(store.change_watch())
             .counted("token");
         Ok(Broker {
             token_endpoint: Arc::new(flows::Network(http.clone())),
+            refresh_endpoint: Arc::new(flows::Network(refresh_http)),
+            caller_wait: timeout,
             providers: providers.into_iter().map(|p| (p.name.clone(), p)).collect(),
             states,
             store,
             vault,
             http,
             lease_ms: 2 * timeout.as_millis() as i64 + 5_000,
+            refresh_lease_ms: (answer_wait + timeout).as_millis() as i64 + 5_000,
             public_url: settings.public_url,
             return_to_allowlist: settings.return_to_allowlist,
             in_flight: flight::FlightLocks::default(),
@@ -223,7 +244,8 @@ impl Broker {
     /// Sends code exchanges and refreshes to `endpoint` instead of the network (tests
     /// script a provider's token endpoint this way, and count its calls).
     pub fn with_token_endpoint(mut self, endpoint: Arc<dyn flows::TokenEndpoint>) -> Self {
-        self.token_endpoint = endpoint;
+        self.token_endpoint = endpoint.clone();
+        self.refresh_endpoint = endpoint;
         self
     }
 

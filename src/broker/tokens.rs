@@ -621,11 +621,11 @@ impl Broker {
             // The lease's end, taken before the store starts it: the refresh never counts
             // on more of it than it has.
             let leased_until = tokio::time::Instant::now()
-                + Duration::from_millis(u64::try_from(self.lease_ms).unwrap_or(0));
+                + Duration::from_millis(u64::try_from(self.refresh_lease_ms).unwrap_or(0));
             let now = self.clock.now_ms();
             match self
                 .store
-                .acquire_refresh_lease(key, row.generation, now, self.lease_ms)
+                .acquire_refresh_lease(key, row.generation, now, self.refresh_lease_ms)
                 .await?
             {
                 Some(generation) => {
@@ -670,13 +670,26 @@ impl Broker {
             let _running = running;
             this.refresh_with_lease(&provider, &row, lease).await
         };
-        self.spawn_background(refresh).await.unwrap_or_else(|e| {
-            log::error!("a refresh ended before it finished: {e}");
-            Err(BrokerError::ProviderUnavailable {
-                message: "the refresh ended before it finished".into(),
-                retry_after_secs: 1,
-            })
-        })
+        // The caller is answered after `caller_wait`; the refresh goes on until the
+        // provider answers (or `REFRESH_ANSWER_WAIT` passes) and stores what it answers.
+        match tokio::time::timeout(self.caller_wait, self.spawn_background(refresh)).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => {
+                log::error!("a refresh ended before it finished: {e}");
+                Err(BrokerError::ProviderUnavailable {
+                    message: "the refresh ended before it finished".into(),
+                    retry_after_secs: 1,
+                })
+            }
+            Err(_) => Err(BrokerError::ProviderUnavailable {
+                message: format!(
+                    "the provider has not answered the refresh within {} s; oauthd waits up to {} s more for its answer and stores the new token then",
+                    self.caller_wait.as_secs(),
+                    super::REFRESH_ANSWER_WAIT.saturating_sub(self.caller_wait).as_secs()
+                ),
+                retry_after_secs: 5,
+            }),
+        }
     }
 
     async fn refresh_with_lease(
@@ -710,7 +723,7 @@ impl Broker {
         let result = match endpoints {
             Ok(endpoints) => {
                 flows::refresh(
-                    self.token_endpoint.as_ref(),
+                    self.refresh_endpoint.as_ref(),
                     provider,
                     endpoints,
                     &refresh_token,

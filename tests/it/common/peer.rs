@@ -78,6 +78,11 @@ impl Peer {
 
     /// The `[providers.NAME]` table for this provider.
     /// A new SQLite home whose config is `extra_toml` and this peer as provider "peer".
+    /// The provider's process, to stop and continue it (`kill -STOP`, `kill -CONT`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn home(&self, extra_toml: &str) -> super::Home {
         let home = super::Home::new();
         home.write_config(&format!("{extra_toml}{}", self.provider_toml("peer")));
