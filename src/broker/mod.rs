@@ -360,6 +360,20 @@ impl Broker {
         Some(check)
     }
 
+    /// Looks up every provider's endpoints once, at start, and says in the log which could
+    /// not be found: a mistyped `issuer` otherwise shows only as a connect flow or a
+    /// refresh answering 503, to be tried again, for good.
+    pub async fn discover_at_start(&self) {
+        for p in self.providers.values() {
+            if let Err(e) = p.endpoints(&self.http).await {
+                log::warn!(
+                    "provider {}: its endpoints could not be found at start ({e}); its connect flows and refreshes answer 503 until they are: if this lasts, check its issuer (`oauthd check` says more)",
+                    p.name
+                );
+            }
+        }
+    }
+
     /// Whether the provider offers the device flow (discovering its endpoints if needed).
     pub async fn supports_device_flow(&self, provider: &str) -> bool {
         match self.providers.get(provider) {

@@ -104,7 +104,45 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
                 }
                 Ok(())
             }
-            EventsCommand::Retry { id, again } => {
+            EventsCommand::Retry {
+                id: None,
+                target,
+                ..
+            } => {
+                // At most this many at once: a listing's worth, newest first.
+                const AT_ONCE: u32 = 10_000;
+                let dead: Vec<_> = store
+                    .list_deliveries(DeliveryFilter::Failed, target.as_deref(), AT_ONCE)
+                    .await?
+                    .into_iter()
+                    .filter(|d| d.status == DeliveryStatus::Dead)
+                    .collect();
+                let to = target.map_or(String::new(), |t| format!(" to {t}"));
+                let now = Clock::system().now_ms();
+                let mut due = 0;
+                for d in &dead {
+                    let retried = store
+                        .retry_delivery(&d.id, now, notifier.retry_deadline(), false)
+                        .await?;
+                    if matches!(retried, Retried::Due) {
+                        due += 1;
+                    }
+                }
+                let (noun, verb) = if due == 1 {
+                    ("delivery", "is")
+                } else {
+                    ("deliveries", "are")
+                };
+                say!(
+                    "{due} dead {noun}{to} {verb} due now; the running oauthd sends them within a second, at most two at once per target."
+                );
+                Ok(())
+            }
+            EventsCommand::Retry {
+                id: Some(id),
+                again,
+                ..
+            } => {
                 let now = Clock::system().now_ms();
                 match store
                     .retry_delivery(&id, now, notifier.retry_deadline(), again)

@@ -331,10 +331,18 @@ pub(crate) enum EventsCommand {
     /// daemon picks it up within a second
     Retry {
         /// The delivery's id, as `events list` shows it (dlv_…)
-        id: String,
+        #[arg(required_unless_present = "dead", conflicts_with = "dead")]
+        id: Option<String>,
         /// Send it even though it was delivered (the receiver lost it)
         #[arg(long)]
         again: bool,
+        /// Every dead delivery instead (after a receiver was down past
+        /// events.retry_for_seconds), or with --target only that target's
+        #[arg(long)]
+        dead: bool,
+        /// With --dead: only this [[notify]] target's (its `name`)
+        #[arg(long, requires = "dead")]
+        target: Option<String>,
     },
 }
 

@@ -167,6 +167,10 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
             stopped.clone(),
         ));
         let told = actix_web::rt::spawn(teller.run(stopped.clone()));
+        actix_web::rt::spawn({
+            let broker = broker.clone();
+            async move { broker.discover_at_start().await }
+        });
         let refresher = actix_web::rt::spawn(crate::broker::refresher::run(
             broker.clone(),
             settings.refresh_check,

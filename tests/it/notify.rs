@@ -428,6 +428,36 @@ async fn a_dead_delivery_is_sent_again_by_events_retry() {
     assert_eq!(got.len(), attempts + 2, "sent again with --again");
     let out = home.cli(&["events", "retry", "dlv_nope"]);
     assert_eq!(out.status.code(), Some(1));
+
+    // A receiver down past retry_for_seconds leaves dead deliveries: all of them are sent
+    // again with one command (they used to take one `events retry ID` each).
+    hooks.fail_next(1000, 500).await;
+    for n in 0..2 {
+        if n > 0 {
+            // One test notification each 5 s.
+            tokio::time::sleep(Duration::from_millis(5100)).await;
+        }
+        let (status, _) = d.post("/v1/notify/test", &key, json!({})).await;
+        assert_eq!(status, 202);
+    }
+    let dead = |home: &Home| {
+        let out = home.cli(&["events", "list", "--failed", "--json"]);
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        list.as_array()
+            .map_or(0, |l| l.iter().filter(|r| r["status"] == "dead").count())
+    };
+    assert!(common::eventually(Duration::from_secs(15), || dead(&home) == 2).await);
+    hooks.fail_next(0, 500).await;
+    let out = home.cli(&["events", "retry", "--dead", "--target", "app"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("2 dead deliveries to app are due now"),
+        "{said}"
+    );
+    assert!(common::eventually(WAIT, || dead(&home) == 0).await);
+    let out = home.cli(&["events", "retry"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
     drop(d);
 }
 

@@ -315,6 +315,28 @@ async fn a_wrong_client_secret_is_found_before_anyone_is_sent_to_the_provider() 
     );
 }
 
+/// A mistyped issuer (its discovery answers 404) is said in the log at start: it used to
+/// show only as connect flows and refreshes answering 503, to be tried again, for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provider_whose_endpoints_cannot_be_found_is_said_at_start() {
+    let peer = Peer::start(60);
+    let home = Home::new();
+    let typo = format!("issuer = \"{}/oidc\"", peer.issuer);
+    home.write_config(
+        &peer
+            .provider_toml("peer")
+            .replace(&format!("issuer = \"{}\"", peer.issuer), &typo),
+    );
+    let d = home.start();
+    let said = "provider peer: its endpoints could not be found at start";
+    assert!(
+        common::eventually(Duration::from_secs(10), || home.log_text().contains(said)).await,
+        "{}",
+        home.log_text()
+    );
+    d.signal_and_wait("TERM");
+}
+
 /// `check` goes on past a provider it cannot build (a systemd credential that exists only
 /// while the unit runs): that provider fails, the others and the store are still checked.
 #[tokio::test(flavor = "multi_thread")]

@@ -856,8 +856,9 @@ async fn a_refresh_that_finds_its_connection_deleted_revokes_what_it_got(b: Back
     endpoint.then(200, tokens("access-2", "refresh-2", 3600));
     let (refreshed, disconnected) = tokio::join!(this.access_token("p", "a", MINUTE), async {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        // The refresh's lease (15 s) has run out by the other process's clock.
-        clock.advance(MINUTE);
+        // The refresh's lease (the 60 s a refresh waits for its answer, the 5 s provider
+        // timeout and 5 s more) has run out by the other process's clock.
+        clock.advance(2 * MINUTE);
         other.disconnect("p", "a", false).await
     });
     disconnected.unwrap();
