@@ -97,20 +97,25 @@ fn check_goes_on_past_a_store_it_cannot_reach() {
     );
 }
 
-/// A full disk under `oauthd openapi > file` is an error (exit 1, said why), not a
-/// truncated description and exit 0.
-#[test]
-fn a_failed_write_of_the_description_is_an_error() {
+/// Runs `command` with its stdout on a full disk (`/dev/full`).
+fn onto_a_full_disk(command: &mut Command) -> std::process::Output {
     let full = std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/full")
         .unwrap();
-    let out = Command::new(BIN)
-        .arg("openapi")
+    command
         .stdout(full)
         .stderr(Stdio::piped())
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// A full disk under `oauthd openapi > file` is an error (exit 1, said why), not a
+/// truncated description and exit 0.
+#[test]
+fn a_failed_write_of_the_description_is_an_error() {
+    let mut openapi = Command::new(BIN);
+    let out = onto_a_full_disk(openapi.arg("openapi"));
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("No space left on device"), "{err}");
@@ -123,16 +128,7 @@ fn a_failed_write_of_the_description_is_an_error() {
 fn a_key_that_could_not_be_printed_is_not_left_active() {
     let home = Home::new();
     home.create_key("first", &[]);
-    let full = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .unwrap();
-    let out = home
-        .cli_command(&["keys", "create", "--name", "lost"])
-        .stdout(full)
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
+    let out = onto_a_full_disk(&mut home.cli_command(&["keys", "create", "--name", "lost"]));
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("revoked again"), "{err}");

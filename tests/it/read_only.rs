@@ -464,27 +464,18 @@ async fn a_disk_that_fills_up_is_said_by_readyz_and_recovered_from_once_there_is
             break;
         }
     }
-    let body = full.expect("no write failed on a full disk");
-    assert_eq!(body["code"], "storage_unavailable", "{body}");
-    assert!(
-        body["detail"]
-            .as_str()
-            .unwrap_or("")
-            .contains("disk is full"),
-        "{body}"
-    );
+    let says_full = |body: &serde_json::Value| {
+        assert_eq!(body["code"], "storage_unavailable", "{body}");
+        let detail = body["detail"].as_str().unwrap_or("");
+        assert!(detail.contains("disk is full"), "{body}");
+    };
+    says_full(&full.expect("no write failed on a full disk"));
     let (status, body) = d.get("/readyz", "").await;
     assert_eq!(
         status, 503,
         "ready while writes fail for want of room: {body}"
     );
-    assert!(
-        body["detail"]
-            .as_str()
-            .unwrap_or("")
-            .contains("disk is full"),
-        "{body}"
-    );
+    says_full(&body);
     const DISK_FULL: &str = "oauthd_storage_disk_full";
     assert_eq!(d.metric(DISK_FULL).await, Some(1.0));
     // Reads go on.
