@@ -99,7 +99,20 @@ impl Broker {
         // A refresh of this connection on its way in this process ends first, so that what
         // is revoked is what the provider issued last. The turn is held through the waits
         // below: this process's own refreshes of the connection queue behind the delete.
-        let _turn = self.in_flight.turn(&key).await;
+        // One waiting for a slow provider's answer is waited for as long as another
+        // process's (forced: deleted meanwhile, and that refresh revokes what it gets).
+        let _turn = match tokio::time::timeout(WAIT_FOR_OTHER, self.in_flight.turn(&key)).await {
+            Ok(turn) => Some(turn),
+            Err(_) if force => None,
+            Err(_) => {
+                return Err(BrokerError::ProviderUnavailable {
+                    message: format!(
+                        "a refresh of this connection is waiting for the provider's answer; {FORCE_HINT}"
+                    ),
+                    retry_after_secs: 5,
+                })
+            }
+        };
         let deadline = tokio::time::Instant::now() + WAIT_FOR_OTHER;
         let mut row = self.row(&key).await?;
         let mut revoked = Revoked::default();

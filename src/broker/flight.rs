@@ -1,6 +1,8 @@
 //! The in-process single flight: one turn at a time per connection, for a refresh or a
 //! disconnect. A connection's lock lives only while a turn holds or waits for it, so the
-//! map stays as small as the requests in flight, whatever names callers send.
+//! map stays as small as the requests in flight, whatever names callers send. A turn owns
+//! what it needs (it is `'static`): a refresh the caller stopped waiting for keeps it
+//! until the provider answers.
 
 use crate::store::ConnectionKey;
 use std::collections::HashMap;
@@ -14,9 +16,9 @@ pub(super) struct FlightLocks {
 }
 
 /// A connection's turn: held until dropped.
-pub(super) struct Turn<'a> {
+pub(super) struct Turn {
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-    locks: &'a FlightLocks,
+    locks: Arc<FlightLocks>,
     key: ConnectionKey,
 }
 
@@ -30,14 +32,14 @@ impl FlightLocks {
 
     /// Waits for `key`'s turn. The lock is taken from the map only under the map's mutex,
     /// so a lock nobody else holds a copy of is one nobody waits for.
-    pub(super) async fn turn(&self, key: &ConnectionKey) -> Turn<'_> {
+    pub(super) async fn turn(self: &Arc<Self>, key: &ConnectionKey) -> Turn {
         let lock = self.map().entry(key.clone()).or_default().clone();
         // Built before the wait: a caller that gives up waiting (a cancelled request) still
         // removes the lock it no longer waits for (the wait, made later, is dropped first,
         // and with it the lock's copy it holds; the test below checks the map is empty).
         let mut turn = Turn {
             guard: None,
-            locks: self,
+            locks: self.clone(),
             key: key.clone(),
         };
         turn.guard = Some(lock.lock_owned().await);
@@ -45,12 +47,12 @@ impl FlightLocks {
     }
 
     /// `key`'s turn if nobody holds it or waits for it now; `None` otherwise.
-    pub(super) fn try_turn(&self, key: &ConnectionKey) -> Option<Turn<'_>> {
+    pub(super) fn try_turn(self: &Arc<Self>, key: &ConnectionKey) -> Option<Turn> {
         let lock = self.map().entry(key.clone()).or_default().clone();
         // As in `turn`: built first, so that a lock taken for nothing leaves the map.
         let mut turn = Turn {
             guard: None,
-            locks: self,
+            locks: self.clone(),
             key: key.clone(),
         };
         turn.guard = Some(lock.try_lock_owned().ok()?);
@@ -64,7 +66,7 @@ impl FlightLocks {
     }
 }
 
-impl Drop for Turn<'_> {
+impl Drop for Turn {
     fn drop(&mut self) {
         drop(self.guard.take());
         let mut map = self.locks.map();
@@ -84,7 +86,7 @@ mod tests {
 
     #[tokio::test]
     async fn locks_live_only_while_a_turn_is_held_or_waited_for() {
-        let locks = FlightLocks::default();
+        let locks = Arc::new(FlightLocks::default());
         for account in ["a", "b", "nobody"] {
             drop(locks.turn(&ConnectionKey::new("p", account)).await);
         }
@@ -130,7 +132,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_turn_tried_is_had_only_when_free_and_leaves_nothing_behind() {
-        let locks = FlightLocks::default();
+        let locks = Arc::new(FlightLocks::default());
         let key = ConnectionKey::new("p", "a");
         let held = locks.turn(&key).await;
         assert!(locks.try_turn(&key).is_none(), "had while held");

@@ -170,7 +170,7 @@ pub struct Broker {
     /// (`REFRESH_ANSWER_WAIT`) and the save after it.
     refresh_lease_ms: i64,
     /// One refresh per connection at a time inside this process.
-    in_flight: flight::FlightLocks,
+    in_flight: Arc<flight::FlightLocks>,
     /// Pending device flows one caller may have (`limits.max_device_flows_per_key`).
     max_device_flows: u32,
     /// Device flows this process polls now.
@@ -226,7 +226,7 @@ impl Broker {
             refresh_lease_ms: (answer_wait + timeout).as_millis() as i64 + 5_000,
             public_url: settings.public_url,
             return_to_allowlist: settings.return_to_allowlist,
-            in_flight: flight::FlightLocks::default(),
+            in_flight: Arc::default(),
             max_device_flows: settings.max_device_flows,
             device_drivers: Mutex::new(Default::default()),
             stopping: tokio::sync::watch::Sender::new(false),

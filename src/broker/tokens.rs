@@ -527,14 +527,25 @@ impl Broker {
         key: &ConnectionKey,
         ask: Ask<'_>,
     ) -> Result<Arc<AccessToken>, BrokerError> {
-        let turn = self.in_flight.turn(key).await;
+        // A refresh of the connection under way (its caller answered already, while the
+        // provider is slow) is waited for as long as a caller waits for its own.
+        let Ok(turn) = tokio::time::timeout(self.caller_wait, self.in_flight.turn(key)).await
+        else {
+            return Err(BrokerError::ProviderUnavailable {
+                message: format!(
+                    "a refresh of this connection is waiting for the provider's answer (up to {} s); it is stored when it comes",
+                    super::REFRESH_ANSWER_WAIT.max(self.caller_wait).as_secs()
+                ),
+                retry_after_secs: 5,
+            });
+        };
         self.refresh_in_turn(turn, provider, key, ask).await
     }
 
     /// `refresh_single_flight` once `key`'s turn is had (held until this returns).
     async fn refresh_in_turn(
         self: &Arc<Self>,
-        _turn: Turn<'_>,
+        turn: Turn,
         provider: &Arc<Provider>,
         key: &ConnectionKey,
         ask: Ask<'_>,
@@ -634,7 +645,7 @@ impl Broker {
                         until: leased_until,
                         discovered: discovered.clone().unwrap_or(Ok(())),
                     };
-                    return self.refresh_detached(provider, row, lease).await;
+                    return self.refresh_detached(provider, row, lease, turn).await;
                 }
                 // Another process is refreshing, or refreshed since `row` was read: look
                 // again (bounded), never refresh with the refresh token read before.
@@ -658,16 +669,22 @@ impl Broker {
     /// running past its grace. A rotating provider has retired the stored refresh token
     /// by then; dropping its answer would leave the account to be connected again. The
     /// stop waits for these tasks (`stop_background`).
+    /// The task holds the connection's turn (`turn`) until it ends: in this process, the
+    /// next caller waits for its answer, the background refresher passes the connection,
+    /// and a disconnect waits, instead of each finding the lease taken as if by another
+    /// process.
     async fn refresh_detached(
         self: &Arc<Self>,
         provider: &Arc<Provider>,
         row: ConnectionRow,
         lease: Leased,
+        turn: Turn,
     ) -> Result<Arc<AccessToken>, BrokerError> {
         let (this, provider) = (self.clone(), provider.clone());
         let running = self.refreshing.enter();
         let refresh = async move {
             let _running = running;
+            let _turn = turn;
             this.refresh_with_lease(&provider, &row, lease).await
         };
         // The caller is answered after `caller_wait`; the refresh goes on until the
@@ -683,9 +700,9 @@ impl Broker {
             }
             Err(_) => Err(BrokerError::ProviderUnavailable {
                 message: format!(
-                    "the provider has not answered the refresh within {} s; oauthd waits up to {} s more for its answer and stores the new token then",
+                    "the provider has not answered the refresh within {} s; oauthd goes on waiting for its answer (up to {} s in all) and stores the new token then",
                     self.caller_wait.as_secs(),
-                    super::REFRESH_ANSWER_WAIT.saturating_sub(self.caller_wait).as_secs()
+                    super::REFRESH_ANSWER_WAIT.max(self.caller_wait).as_secs()
                 ),
                 retry_after_secs: 5,
             }),

@@ -83,6 +83,7 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
                         DeliveryFilter::All => "",
                         DeliveryFilter::Failed => " failed",
                         DeliveryFilter::Delivered => " delivered",
+                        DeliveryFilter::Dead => " dead",
                     };
                     let Some(target) = target else {
                         say!("No deliveries{which}.");
@@ -109,14 +110,17 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
                 target,
                 ..
             } => {
-                // At most this many at once: a listing's worth, newest first.
+                // At most this many at once, newest first: the command says when more are
+                // left, for another run.
                 const AT_ONCE: u32 = 10_000;
-                let dead: Vec<_> = store
-                    .list_deliveries(DeliveryFilter::Failed, target.as_deref(), AT_ONCE)
-                    .await?
-                    .into_iter()
-                    .filter(|d| d.status == DeliveryStatus::Dead)
-                    .collect();
+                if let Some(t) = target.as_deref() {
+                    if notifier.target(t).is_none() {
+                        say!("No [[notify]] target is named {t} in the config; its dead deliveries, if any, are retried all the same.");
+                    }
+                }
+                let dead = store
+                    .list_deliveries(DeliveryFilter::Dead, target.as_deref(), AT_ONCE)
+                    .await?;
                 let to = target.map_or(String::new(), |t| format!(" to {t}"));
                 let now = Clock::system().now_ms();
                 let mut due = 0;
@@ -136,6 +140,9 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
                 say!(
                     "{due} dead {noun}{to} {verb} due now; the running oauthd sends them within a second, at most two at once per target."
                 );
+                if dead.len() == AT_ONCE as usize {
+                    say!("There may be more: run this again once these are sent.");
+                }
                 Ok(())
             }
             EventsCommand::Retry {

@@ -334,7 +334,7 @@ pub(crate) enum EventsCommand {
         #[arg(required_unless_present = "dead", conflicts_with = "dead")]
         id: Option<String>,
         /// Send it even though it was delivered (the receiver lost it)
-        #[arg(long)]
+        #[arg(long, conflicts_with = "dead")]
         again: bool,
         /// Every dead delivery instead (after a receiver was down past
         /// events.retry_for_seconds), or with --target only that target's

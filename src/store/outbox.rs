@@ -166,6 +166,8 @@ pub enum DeliveryFilter {
     Failed,
     /// Delivered ones.
     Delivered,
+    /// Dead ones only (`events retry --dead`).
+    Dead,
 }
 
 impl DeliveryFilter {
@@ -178,6 +180,7 @@ impl DeliveryFilter {
                     || (status == DeliveryStatus::Pending && last_error.is_some())
             }
             DeliveryFilter::Delivered => status == DeliveryStatus::Delivered,
+            DeliveryFilter::Dead => status == DeliveryStatus::Dead,
         }
     }
 }

@@ -458,6 +458,14 @@ async fn a_dead_delivery_is_sent_again_by_events_retry() {
     assert!(common::eventually(WAIT, || dead(&home) == 0).await);
     let out = home.cli(&["events", "retry"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = home.cli(&["events", "retry", "--dead", "--again"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = home.cli(&["events", "retry", "--dead", "--target", "nosuch"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("No [[notify]] target is named nosuch"),
+        "{said}"
+    );
     drop(d);
 }
 

@@ -753,8 +753,10 @@ async fn a_refresh_outlasts_a_rotating_provider_that_stalls() {
     signal("-STOP");
     let path = "/v1/connections/peer/alice/token";
     let (status, body) = d.get(path, &key).await;
-    let stalled = tokio::time::sleep(Duration::from_secs(4));
-    stalled.await;
+    // A second call meanwhile waits as long as the first did for that same refresh: it is
+    // not taken for another process's, waited for 20 s.
+    let (second, said) = d.get(path, &key).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     signal("-CONT");
     assert_eq!(status, 503, "{body}");
     assert!(
@@ -763,6 +765,14 @@ async fn a_refresh_outlasts_a_rotating_provider_that_stalls() {
             .unwrap_or_default()
             .contains("has not answered the refresh"),
         "{body}"
+    );
+    assert_eq!(second, 503, "{said}");
+    assert!(
+        said["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("a refresh of this connection is waiting for the provider's answer"),
+        "{said}"
     );
     let mut last = (0, serde_json::Value::Null);
     for _ in 0..100 {

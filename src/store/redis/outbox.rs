@@ -580,7 +580,9 @@ impl OutboxStore for RedisStore {
         // log ends: the ones asked for may be older than any window of fixed size.
         let window = match filter {
             DeliveryFilter::All => limit.max(1),
-            DeliveryFilter::Failed | DeliveryFilter::Delivered => limit.max(LIST_WINDOW),
+            DeliveryFilter::Failed | DeliveryFilter::Delivered | DeliveryFilter::Dead => {
+                limit.max(LIST_WINDOW)
+            }
         };
         let log = match target {
             Some(t) => self.target_log(t),

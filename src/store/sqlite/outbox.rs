@@ -160,6 +160,7 @@ impl OutboxStore for SqliteStore {
                 "status = 'dead' OR (status = 'pending' AND last_error IS NOT NULL)"
             }
             DeliveryFilter::Delivered => "status = 'delivered'",
+            DeliveryFilter::Dead => "status = 'dead'",
         };
         // One target's newest come from `deliveries_by_target`, however long ago it had one.
         let of_target = if target.is_some() {
