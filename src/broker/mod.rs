@@ -149,6 +149,11 @@ pub struct BrokerSettings {
 /// systemd's default 90 s.
 pub const REFRESH_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How long a refresh waits for its answer, with `provider_timeout` as given.
+fn refresh_answer_wait(provider_timeout: std::time::Duration) -> std::time::Duration {
+    provider_timeout.max(REFRESH_ANSWER_WAIT)
+}
+
 pub struct Broker {
     providers: BTreeMap<String, Arc<Provider>>,
     states: Arc<StateService>,
@@ -208,7 +213,7 @@ impl Broker {
     ) -> Result<Broker, String> {
         let timeout = settings.provider_timeout;
         let http = flows::http_client(timeout)?;
-        let answer_wait = timeout.max(REFRESH_ANSWER_WAIT);
+        let answer_wait = refresh_answer_wait(timeout);
         let refresh_http = flows::http_client_waiting(timeout, answer_wait)?;
         let token_cache = ReadCache::new(settings.token_cache)
             .watched_by(store.change_watch())
@@ -247,6 +252,11 @@ impl Broker {
         self.token_endpoint = endpoint.clone();
         self.refresh_endpoint = endpoint;
         self
+    }
+
+    /// How long a refresh waits for the provider's answer (`REFRESH_ANSWER_WAIT`).
+    fn refresh_answer_wait(&self) -> std::time::Duration {
+        refresh_answer_wait(self.caller_wait)
     }
 
     /// The ids of the vault keys this process opens with, the one it seals with first.

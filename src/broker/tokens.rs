@@ -534,7 +534,7 @@ impl Broker {
             return Err(BrokerError::ProviderUnavailable {
                 message: format!(
                     "a refresh of this connection is waiting for the provider's answer (up to {} s); it is stored when it comes",
-                    super::REFRESH_ANSWER_WAIT.max(self.caller_wait).as_secs()
+                    self.refresh_answer_wait().as_secs()
                 ),
                 retry_after_secs: 5,
             });
@@ -669,6 +669,7 @@ impl Broker {
     /// running past its grace. A rotating provider has retired the stored refresh token
     /// by then; dropping its answer would leave the account to be connected again. The
     /// stop waits for these tasks (`stop_background`).
+    ///
     /// The task holds the connection's turn (`turn`) until it ends: in this process, the
     /// next caller waits for its answer, the background refresher passes the connection,
     /// and a disconnect waits, instead of each finding the lease taken as if by another
@@ -702,7 +703,7 @@ impl Broker {
                 message: format!(
                     "the provider has not answered the refresh within {} s; oauthd goes on waiting for its answer (up to {} s in all) and stores the new token then",
                     self.caller_wait.as_secs(),
-                    super::REFRESH_ANSWER_WAIT.max(self.caller_wait).as_secs()
+                    self.refresh_answer_wait().as_secs()
                 ),
                 retry_after_secs: 5,
             }),
