@@ -88,8 +88,8 @@ impl std::fmt::Display for Holders {
 
 /// The other processes that have the file at `path` open, found in `/proc` by the file's
 /// device and inode: a lock says nothing of a connection in rollback mode that is not
-/// reading now (a just-restored copy is in that mode until oauthd first serves it), which
-/// would go on writing to the file moved aside. Processes this user may not look into are
+/// reading now (a database an operator put in that mode, or one an older oauthd
+/// restored), which would go on writing to the file moved aside. Processes this user may not look into are
 /// not seen (run as root to see all).
 fn holders(path: &Path) -> Holders {
     let Ok(file) = std::fs::metadata(path) else {
