@@ -476,15 +476,7 @@ async fn a_backup_or_restore_stopped_part_way_leaves_no_partial_copy() {
             listing(home.dir.path()).iter().any(|n| n.contains(what)),
             "{args:?}: no partial copy seen"
         );
-        let killed = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        let out = child.wait_with_output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(130), "{args:?}: {err}");
-        assert!(err.contains("interrupted"), "{err}");
+        common::interrupt(child);
         assert_eq!(listing(home.dir.path()), Vec::<String>::new(), "{args:?}");
     }
     assert_eq!(

@@ -1077,15 +1077,7 @@ async fn a_rekey_interrupted_or_run_twice_at_once_changes_nothing() {
     assert_eq!(second.status.code(), Some(2), "{err}");
     assert!(err.contains("another `oauthd rekey` is rotating"), "{err}");
 
-    let killed = Command::new("kill")
-        .args(["-INT", &waiting.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let out = waiting.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
-    assert!(err.contains("interrupted"), "{err}");
+    common::interrupt(waiting);
     assert_eq!(
         key_lines(&first),
         before,

@@ -29,6 +29,21 @@ pub const OAUTHD_VARIABLES: [&str; 7] = [
     "OAUTHD_STORE_FILE",
 ];
 
+/// Sends Ctrl-C (SIGINT) to `child`, an oauthd command under way, and checks that it ended
+/// as interrupted (exit 130, said so); returns what it said on stderr.
+pub fn interrupt(child: std::process::Child) -> String {
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    err
+}
+
 /// Runs `cmd`, an oauthd that must stop at start (a config or key error), and returns
 /// what it said. One that starts after all is stopped (by PID) within 30 s, and fails
 /// the test.
