@@ -57,29 +57,25 @@ impl Broker {
         }
     }
 
-    /// Stops device drivers once the poll each has under way, if any, is recorded
-    /// (waiting at most `within`), and waits for leased refreshes to store what their
-    /// provider answered (at most a lease's length: each gives up by the end of its
-    /// lease). Pending device flows stay pending, for the next start or another process.
-    /// The first call sets the deadlines: a later one (after the HTTP drain) waits no
-    /// longer than they allow.
-    pub async fn stop_background(&self, within: Duration) {
+    /// Stops device drivers once the poll each has under way, if any, is recorded, and
+    /// waits for leased refreshes to store what their provider answered: at most a lease's
+    /// length (60 s + `provider_timeout` + 5 s), since each gives up by the end of its
+    /// lease or claim. Pending device flows stay pending, for the next start or another
+    /// process. The first call sets the deadline: a later one waits no longer than it
+    /// allows.
+    pub async fn stop_background(&self) {
         self.stopping.send_replace(true);
-        let devices_by = *self
-            .device_stop_deadline
-            .get_or_init(|| Instant::now() + within);
-        // No refresh takes a lease once the stop began (`refresh_in_turn`): each under way
-        // ends by a lease's length from now (and a moment for the lease it was taking).
-        let lease = Duration::from_millis(u64::try_from(self.refresh_lease_ms).unwrap_or(0));
-        let refreshes_by = *self
-            .refresh_stop_deadline
+        // No refresh takes a lease, and no device flow a claim, once the stop began: each
+        // under way ends by a lease's length from now (and a moment for the one it was
+        // taking).
+        let lease = Duration::from_millis(u64::try_from(self.lease_ms).unwrap_or(0));
+        let by = *self
+            .stop_deadline
             .get_or_init(|| Instant::now() + lease + Duration::from_secs(1));
         let drivers = || self.device_drivers.lock().map_or(0, |d| d.len());
         loop {
             let now = Instant::now();
-            let devices = drivers() > 0 && now < devices_by;
-            let refreshes = self.refreshing.count() > 0 && now < refreshes_by;
-            if !devices && !refreshes {
+            if now >= by || (drivers() == 0 && self.refreshing.count() == 0) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -166,7 +166,7 @@ impl Broker {
 
     /// Whether a stop has waited for device polls as long as it will.
     fn past_stop_deadline(&self) -> bool {
-        self.device_stop_deadline
+        self.stop_deadline
             .get()
             .is_some_and(|d| tokio::time::Instant::now() >= *d)
     }
@@ -334,7 +334,13 @@ impl Broker {
                 "looking up the API key that started it: {e}"
             ))),
             (Ok(_), Ok(endpoints)) => {
-                flows::device_poll(&self.http, &provider, &endpoints.token, &device_code).await
+                flows::device_poll(
+                    &self.waiting_http,
+                    &provider,
+                    &endpoints.token,
+                    &device_code,
+                )
+                .await
             }
             (Ok(_), Err(e)) => DevicePoll::Failed(FlowError::Transient(e.to_string())),
         };

@@ -141,17 +141,20 @@ pub struct BrokerSettings {
     pub notifier: Arc<Notifier>,
 }
 
-/// How long a refresh waits for the provider's answer once it was sent. Given up on, the
-/// answer is lost, with the refresh token a rotating provider issued in it (the stored one
-/// retired): a provider that stalls for a while (a restart, a long garbage collection)
-/// would cost the connection. Callers are answered 503 after `provider_timeout` meanwhile.
-/// A minute, so that a stop that waits for it (`stop_background`) still ends within
-/// systemd's default 90 s.
-pub const REFRESH_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a refresh or a device poll waits for the provider's answer once it was sent.
+/// Given up on, the answer is lost with what the provider issued in it: a refresh's holds
+/// the refresh token a rotating provider issued in place of the stored one (the stored one
+/// retired), a device poll's the tokens for a device code now spent. A provider that stalls
+/// for a while (a restart, a long garbage collection) would cost the connection, or the
+/// user's approval. Callers are answered 503 after `provider_timeout` meanwhile. A minute,
+/// so that a stop that waits for it (`stop_background`) still ends within systemd's
+/// default 90 s.
+pub const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// How long a refresh waits for its answer, with `provider_timeout` as given.
-fn refresh_answer_wait(provider_timeout: std::time::Duration) -> std::time::Duration {
-    provider_timeout.max(REFRESH_ANSWER_WAIT)
+/// How long a refresh or a device poll waits for its answer, with `provider_timeout` as
+/// given.
+fn answer_wait(provider_timeout: std::time::Duration) -> std::time::Duration {
+    provider_timeout.max(ANSWER_WAIT)
 }
 
 pub struct Broker {
@@ -160,20 +163,20 @@ pub struct Broker {
     store: Arc<dyn BrokerStore>,
     vault: Arc<VaultHandle>,
     http: reqwest::Client,
+    /// `http` waiting `ANSWER_WAIT` for an answer: for device polls.
+    waiting_http: reqwest::Client,
     /// Where code exchanges are sent (the network, unless a test says).
     token_endpoint: Arc<dyn flows::TokenEndpoint>,
-    /// Where refreshes are sent: the network with `REFRESH_ANSWER_WAIT` for the answer.
+    /// Where refreshes are sent: the network with `ANSWER_WAIT` for the answer.
     refresh_endpoint: Arc<dyn flows::TokenEndpoint>,
     /// How long a caller waits for a refresh before it is answered 503 (the refresh goes
     /// on, and stores what the provider answers): `provider_timeout`.
     caller_wait: std::time::Duration,
     public_url: Url,
     return_to_allowlist: Vec<Url>,
-    /// How long a device poll holds its claim: outlives the provider request.
+    /// How long a refresh holds its cross-process lease and a device poll its claim:
+    /// outlives the provider's answer (`ANSWER_WAIT`) and the save after it.
     lease_ms: i64,
-    /// How long a refresh holds the cross-process lease: outlives the provider's answer
-    /// (`REFRESH_ANSWER_WAIT`) and the save after it.
-    refresh_lease_ms: i64,
     /// One refresh per connection at a time inside this process.
     in_flight: Arc<flight::FlightLocks>,
     /// Pending device flows one caller may have (`limits.max_device_flows_per_key`).
@@ -183,16 +186,15 @@ pub struct Broker {
     /// Set when oauthd stops: device drivers start no further poll, the background
     /// refresher no further refresh.
     stopping: tokio::sync::watch::Sender<bool>,
-    /// Until when the stop waits for device polls under way (set by the first stop).
-    device_stop_deadline: std::sync::OnceLock<tokio::time::Instant>,
     /// The runtime device drivers and leased refreshes run on when set (the daemon's own,
     /// not the HTTP worker that started them: a worker's runtime ends with it, and its
     /// tasks with it).
     runtime: std::sync::OnceLock<tokio::runtime::Handle>,
     /// Leased refreshes running now (the stop waits for them).
     refreshing: background::Refreshing,
-    /// Until when the stop waits for leased refreshes (set by the first stop).
-    refresh_stop_deadline: std::sync::OnceLock<tokio::time::Instant>,
+    /// Until when the stop waits for leased refreshes and device polls under way (set by
+    /// the first stop).
+    stop_deadline: std::sync::OnceLock<tokio::time::Instant>,
     /// Whether each provider accepted the client credentials, and when that was asked.
     client_checks: Mutex<HashMap<String, (std::time::Instant, flows::ClientCheck)>>,
     clock: Clock,
@@ -213,32 +215,31 @@ impl Broker {
     ) -> Result<Broker, String> {
         let timeout = settings.provider_timeout;
         let http = flows::http_client(timeout)?;
-        let answer_wait = refresh_answer_wait(timeout);
-        let refresh_http = flows::http_client_waiting(timeout, answer_wait)?;
+        let answer_wait = answer_wait(timeout);
+        let waiting_http = flows::http_client_waiting(timeout, answer_wait)?;
         let token_cache = ReadCache::new(settings.token_cache)
             .watched_by(store.change_watch())
             .counted("token");
         Ok(Broker {
             token_endpoint: Arc::new(flows::Network(http.clone())),
-            refresh_endpoint: Arc::new(flows::Network(refresh_http)),
+            refresh_endpoint: Arc::new(flows::Network(waiting_http.clone())),
+            waiting_http,
             caller_wait: timeout,
             providers: providers.into_iter().map(|p| (p.name.clone(), p)).collect(),
             states,
             store,
             vault,
             http,
-            lease_ms: 2 * timeout.as_millis() as i64 + 5_000,
-            refresh_lease_ms: (answer_wait + timeout).as_millis() as i64 + 5_000,
+            lease_ms: (answer_wait + timeout).as_millis() as i64 + 5_000,
             public_url: settings.public_url,
             return_to_allowlist: settings.return_to_allowlist,
             in_flight: Arc::default(),
             max_device_flows: settings.max_device_flows,
             device_drivers: Mutex::new(Default::default()),
             stopping: tokio::sync::watch::Sender::new(false),
-            device_stop_deadline: std::sync::OnceLock::new(),
             runtime: std::sync::OnceLock::new(),
             refreshing: background::Refreshing::default(),
-            refresh_stop_deadline: std::sync::OnceLock::new(),
+            stop_deadline: std::sync::OnceLock::new(),
             client_checks: Mutex::new(HashMap::new()),
             clock: settings.clock,
             token_cache,
@@ -254,9 +255,9 @@ impl Broker {
         self
     }
 
-    /// How long a refresh waits for the provider's answer (`REFRESH_ANSWER_WAIT`).
-    fn refresh_answer_wait(&self) -> std::time::Duration {
-        refresh_answer_wait(self.caller_wait)
+    /// How long a refresh or a device poll waits for the provider's answer (`ANSWER_WAIT`).
+    fn answer_wait(&self) -> std::time::Duration {
+        answer_wait(self.caller_wait)
     }
 
     /// The ids of the vault keys this process opens with, the one it seals with first.

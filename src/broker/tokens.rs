@@ -534,7 +534,7 @@ impl Broker {
             return Err(BrokerError::ProviderUnavailable {
                 message: format!(
                     "a refresh of this connection is waiting for the provider's answer (up to {} s); it is stored when it comes",
-                    self.refresh_answer_wait().as_secs()
+                    self.answer_wait().as_secs()
                 ),
                 retry_after_secs: 5,
             });
@@ -632,11 +632,11 @@ impl Broker {
             // The lease's end, taken before the store starts it: the refresh never counts
             // on more of it than it has.
             let leased_until = tokio::time::Instant::now()
-                + Duration::from_millis(u64::try_from(self.refresh_lease_ms).unwrap_or(0));
+                + Duration::from_millis(u64::try_from(self.lease_ms).unwrap_or(0));
             let now = self.clock.now_ms();
             match self
                 .store
-                .acquire_refresh_lease(key, row.generation, now, self.refresh_lease_ms)
+                .acquire_refresh_lease(key, row.generation, now, self.lease_ms)
                 .await?
             {
                 Some(generation) => {
@@ -689,7 +689,7 @@ impl Broker {
             this.refresh_with_lease(&provider, &row, lease).await
         };
         // The caller is answered after `caller_wait`; the refresh goes on until the
-        // provider answers (or `REFRESH_ANSWER_WAIT` passes) and stores what it answers.
+        // provider answers (or `ANSWER_WAIT` passes) and stores what it answers.
         match tokio::time::timeout(self.caller_wait, self.spawn_background(refresh)).await {
             Ok(Ok(done)) => done,
             Ok(Err(e)) => {
@@ -703,7 +703,7 @@ impl Broker {
                 message: format!(
                     "the provider has not answered the refresh within {} s; oauthd goes on waiting for its answer (up to {} s in all) and stores the new token then",
                     self.caller_wait.as_secs(),
-                    self.refresh_answer_wait().as_secs()
+                    self.answer_wait().as_secs()
                 ),
                 retry_after_secs: 5,
             }),

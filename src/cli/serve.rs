@@ -209,9 +209,7 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
         let served = http::serve(&settings, listener, app).await;
         // Device polls were told to stop with the HTTP server; a poll or a leased refresh
         // still under way (its provider slower than the requests) is waited for here.
-        devices
-            .stop_background(http::shutdown_grace(settings.provider_timeout))
-            .await;
+        devices.stop_background().await;
         let _ = stop.send(true);
         let _ = sweeper.await;
         let _ = refresher.await;

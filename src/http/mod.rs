@@ -508,7 +508,7 @@ pub async fn serve(
     actix_web::rt::spawn(async move {
         wait_for_stop_signal(signals).await;
         log::info!("stopping: finishing requests, refreshes and device polls in flight");
-        tokio::join!(handle.stop(true), broker.stop_background(grace));
+        tokio::join!(handle.stop(true), broker.stop_background());
     });
     let served = server.await;
     // The last second's summary, which no later tick will write.

@@ -157,6 +157,45 @@ async fn polling_resumes_after_a_restart_mid_flow(home: Home) {
     assert_eq!(d.get("/v1/connections/peer/box/token", &key).await.0, 200);
 }
 
+/// A provider that stalls while answering the poll that redeems an approved code (a
+/// restart, a long pause) is waited for: given up on, its answer would be lost with the
+/// tokens in it, and the next poll would find the code spent and fail the flow the user
+/// approved.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_poll_outlasts_a_provider_that_stalls() {
+    let peer = Peer::start(60);
+    let (home, key) = peer.home_with_key("provider_timeout_seconds = 2\n");
+    let d = home.start();
+    let start = d.start_device(&key, "peer", "tv").await;
+    // Right after a poll (the peer refuses it as pending), so the next is 5 s away.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while peer.grant_errors(DEVICE_GRANT).await == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(peer.grant_errors(DEVICE_GRANT).await, 1, "no poll came");
+    peer.verify_device(start["user_code"].as_str().unwrap(), true)
+        .await;
+    let stalled = Instant::now();
+    common::signal(peer.pid(), "STOP");
+    // The next poll reaches the stalled provider and waits past provider_timeout_seconds.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    common::signal(peer.pid(), "CONT");
+    assert!(
+        stalled.elapsed() > Duration::from_secs(7),
+        "the stall was too short"
+    );
+    expect_final(&d, &key, &start, 30, (200, "connected")).await;
+    assert_eq!(peer.grants(DEVICE_GRANT).await, 1);
+    let (status, token) = d.get("/v1/connections/peer/tv/token", &key).await;
+    assert_eq!(status, 200, "{token}");
+    assert!(
+        peer.is_active(token["access_token"].as_str().unwrap())
+            .await,
+        "the grant is dead"
+    );
+    d.signal_and_wait("TERM");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn cli_connect_device_prints_the_code_and_exits_0_once_connected() {
     use std::io::{BufRead, BufReader};

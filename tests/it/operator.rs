@@ -181,10 +181,7 @@ async fn the_daemon_finishes_a_device_flow_the_cli_started_and_left() {
         .find_map(|l| l.strip_prefix("and enter the code: ").map(str::to_owned))
         .expect("the CLI shows a code");
     // Ctrl-C: the CLI is gone before the user approves.
-    Command::new("kill")
-        .args(["-INT", &cli.0.id().to_string()])
-        .status()
-        .unwrap();
+    common::signal(cli.0.id(), "INT");
     let _ = cli.0.wait();
 
     let page = peer.verify_device(&code, true).await;

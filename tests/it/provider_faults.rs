@@ -743,21 +743,15 @@ async fn a_refresh_outlasts_a_rotating_provider_that_stalls() {
     assert_eq!(d.browser_get(&callback).await.0, 200);
     tokio::time::sleep(Duration::from_millis(2500)).await;
 
-    let signal = |sig: &str| {
-        let sent = std::process::Command::new("kill")
-            .args([sig, &peer.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-    };
-    signal("-STOP");
+    let signal = |sig: &str| common::signal(peer.pid(), sig);
+    signal("STOP");
     let path = "/v1/connections/peer/alice/token";
     let (status, body) = d.get(path, &key).await;
     // A second call meanwhile waits as long as the first did for that same refresh: it is
     // not taken for another process's, waited for 20 s.
     let (second, said) = d.get(path, &key).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    signal("-CONT");
+    signal("CONT");
     assert_eq!(status, 503, "{body}");
     assert!(
         body["detail"]

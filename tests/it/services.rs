@@ -558,8 +558,8 @@ async fn a_refresh_outlives_the_caller_that_started_it(b: Backend) {
     );
     assert!(gone.await.is_err(), "the caller gave up");
     assert_eq!(endpoint.calls(), 2, "the refresh reached the provider");
-    // A stop waits for it (with no grace for device polls: refreshes have their lease).
-    broker.stop_background(Duration::ZERO).await;
+    // A stop waits for it.
+    broker.stop_background().await;
     let row = b.store.get_connection(&key).await.unwrap().unwrap();
     assert_ne!(
         row.access_token, before.access_token,

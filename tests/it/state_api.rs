@@ -1069,11 +1069,7 @@ async fn sighup_is_ignored_and_said_so(home: Home) {
     let d = home.start();
     // Two, one after the other (signals sent together may arrive as one).
     for n in 1..=2 {
-        let sent = std::process::Command::new("kill")
-            .args(["-HUP", &d.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
+        common::signal(d.pid(), "HUP");
         let said = common::eventually(Duration::from_secs(5), || {
             home.log_text()
                 .matches("SIGHUP received and ignored")
@@ -1115,11 +1111,7 @@ async fn sigterm_and_sigint_stop_cleanly_with_exit_0_and_lose_nothing(home: Home
         let pid = d.pid();
         let signalling = async move {
             tokio::time::sleep(Duration::from_millis(5)).await;
-            std::process::Command::new("kill")
-                .arg(format!("-{sig}"))
-                .arg(pid.to_string())
-                .status()
-                .unwrap();
+            common::signal(pid, sig);
         };
         let (acked, _) = tokio::join!(creating, signalling);
         let status = d.wait_exit();

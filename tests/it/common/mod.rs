@@ -29,14 +29,20 @@ pub const OAUTHD_VARIABLES: [&str; 7] = [
     "OAUTHD_STORE_FILE",
 ];
 
+/// Sends the signal named `sig` (TERM, STOP, ...) to the process `pid`.
+pub fn signal(pid: u32, sig: &str) {
+    let sent = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(sent.success(), "kill -{sig} {pid}");
+}
+
 /// Sends Ctrl-C (SIGINT) to `child`, an oauthd command under way, and checks that it ended
 /// as interrupted (exit 130, said so); returns what it said on stderr.
 pub fn interrupt(child: std::process::Child) -> String {
-    let sent = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(sent.success());
+    signal(child.id(), "INT");
     let out = child.wait_with_output().expect("wait");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(130), "{err}");
@@ -371,12 +377,7 @@ impl Daemon {
 
     /// Sends a signal by name (TERM, INT) and waits for the exit, at most 30 s.
     pub fn signal_and_wait(self, sig: &str) -> ExitStatus {
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        signal(self.pid(), sig);
         self.wait_exit()
     }
 
