@@ -25,6 +25,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod ip_range;
+pub mod logging;
 pub mod metrics;
 pub mod namespace;
 pub mod notify;

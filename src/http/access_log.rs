@@ -25,11 +25,54 @@ use actix_web::http::StatusCode;
 use actix_web::HttpRequest;
 use std::borrow::Cow;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// The log target of access lines (`RUST_LOG=oauthd::access=warn` silences them too).
 pub const TARGET: &str = "oauthd::access";
+
+/// The log target of actix-http's line for a connection it ended before a request reached
+/// oauthd (`stream error: …`): one it could not parse (answered `400`), one that broke or
+/// was too slow.
+const HTTP_LAYER: &str = "actix_http::h1::dispatcher";
+
+/// The serving access log's policy and budget, for the HTTP layer's lines (set when the
+/// server starts: `AccessLog::take_http_layer_lines`).
+static SERVING: RwLock<Option<(AccessLogPolicy, Arc<Budget>)>> = RwLock::new(None);
+
+/// Whether `record` is the HTTP layer's line for a connection that ended before a request
+/// reached oauthd, and was taken into the access log: written there as a `4xx` answer's
+/// line is (at its level, within its budget a second, else counted as a `400`), never at
+/// `ERROR` as actix-http writes it. One line at `ERROR` for each malformed request let
+/// anyone who reaches the port write the journal past its rate limit, which drops oauthd's
+/// own warnings with them.
+pub fn from_http_layer(record: &log::Record<'_>) -> bool {
+    if record.target() != HTTP_LAYER {
+        return false;
+    }
+    let serving = match SERVING.read() {
+        Ok(s) => s.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    let Some((policy, budget)) = serving else {
+        return false;
+    };
+    let message = record.args().to_string();
+    let Some(error) = message.strip_prefix("stream error: ") else {
+        return false;
+    };
+    let status = StatusCode::BAD_REQUEST;
+    if let Some(level) = policy.level(status) {
+        if log::log_enabled!(target: TARGET, level) && budget.admit(status.as_u16()) {
+            log::log!(
+                target: TARGET,
+                level,
+                "- \"-\" - connection ended before a request reached oauthd: {error}"
+            );
+        }
+    }
+    true
+}
 
 /// Longest path written whole; a longer one is cut and says how much was left off.
 const MAX_PATH: usize = 512;
@@ -71,6 +114,16 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
+    /// Takes the HTTP layer's lines for connections that ended before a request reached
+    /// oauthd into this access log from now on (`from_http_layer`).
+    pub fn take_http_layer_lines(&self) {
+        let serving = Some((self.policy, self.budget.clone()));
+        match SERVING.write() {
+            Ok(mut s) => *s = serving,
+            Err(poisoned) => *poisoned.into_inner() = serving,
+        }
+    }
+
     /// The line for an answer to `req` with `status`, when its level is logged.
     pub fn line(&self, req: &HttpRequest, status: StatusCode) -> Option<Line> {
         let level = self.policy.level(status)?;

@@ -2,6 +2,7 @@
 //! and map the result; errors become HTTP only in `problem.rs`.
 
 mod access_log;
+pub(crate) use access_log::from_http_layer;
 mod admin;
 mod auth;
 pub(crate) mod body;
@@ -451,6 +452,7 @@ pub async fn serve(
         trusted_proxies: settings.trusted_proxies.clone(),
         budget: std::sync::Arc::new(access_log::Budget::new(settings.access_log_per_second)),
     };
+    access_log.take_http_layer_lines();
     let budget = access_log.budget.clone();
     if access_log.budget.limited() && settings.access_log != AccessLogPolicy::Off {
         // Sums up a burst's last second even when no line follows it.

@@ -530,24 +530,7 @@ async fn the_access_log_writes_at_most_its_lines_a_second_and_sums_up_what_it_le
     let d = home.start_with_env(&info);
     let took = refused_burst(&d, 40).await;
     // The second the burst ended in is summed up by the ticker, with no request after it.
-    let summed_up = || {
-        access_lines(&home)
-            .iter()
-            .filter_map(|l| {
-                let (_, rest) = l.split_once(" oauthd::access] ")?;
-                let (n, rest) = rest.split_once(" access lines left out in one second (")?;
-                assert!(
-                    rest.starts_with("401: ")
-                        && rest.ends_with(
-                            "): at most 5 of each class (1xx-3xx, 4xx, 5xx) are written a \
-                                 second (access_log_per_second)"
-                        ),
-                    "{l}"
-                );
-                n.parse::<u64>().ok()
-            })
-            .collect::<Vec<_>>()
-    };
+    let summed_up = || left_out(&home, 401);
     let deadline = Instant::now() + Duration::from_secs(10);
     while summed_up().iter().sum::<u64>() + (refused_lines(&home) as u64) < 40
         && Instant::now() < deadline
@@ -593,6 +576,71 @@ async fn the_access_log_writes_at_most_its_lines_a_second_and_sums_up_what_it_le
         .expect("the made-up method's line");
     let cut = format!("\"OTHER /nope%22x{}...(+95 bytes)\" 4", "a".repeat(505));
     assert!(odd.contains(&cut), "{odd}");
+}
+
+/// How many access lines each summary line in a home's log says were left out, all of
+/// answers with `status`, at most 5 a second.
+fn left_out(home: &Home, status: u16) -> Vec<u64> {
+    access_lines(home)
+        .iter()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(" oauthd::access] ")?;
+            let (n, rest) = rest.split_once(" access lines left out in one second (")?;
+            assert!(
+                rest.starts_with(&format!("{status}: "))
+                    && rest.ends_with(
+                        "): at most 5 of each class (1xx-3xx, 4xx, 5xx) are written a \
+                             second (access_log_per_second)"
+                    ),
+                "{l}"
+            );
+            n.parse::<u64>().ok()
+        })
+        .collect()
+}
+
+/// Requests actix-http cannot parse (answered 400 before any of oauthd's code runs) are
+/// access lines within the access log's budget: it wrote an `ERROR` line for each, so
+/// anyone who reached the port could write the journal past its rate limit, which drops
+/// oauthd's own warnings with them.
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_requests_are_access_lines_within_the_budget_not_errors() {
+    let home = Home::new();
+    home.write_config("access_log_per_second = 5\n");
+    let d = home.start_with_env(&[("RUST_LOG", "info")]);
+    let addr = d.url.trim_start_matches("http://").to_owned();
+    let started = Instant::now();
+    for _ in 0..60 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    }
+    let took = started.elapsed();
+    let malformed = |home: &Home| {
+        access_lines(home)
+            .iter()
+            .filter(|l| {
+                l.contains("] - \"-\" - connection ended before a request reached oauthd: request parse error")
+            })
+            .count() as u64
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while malformed(&home) + left_out(&home, 400).iter().sum::<u64>() < 60
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(d.signal_and_wait("TERM").success());
+    let (written, left) = (malformed(&home), left_out(&home, 400));
+    assert_eq!(written + left.iter().sum::<u64>(), 60, "{written} {left:?}");
+    let seconds = took.as_secs() + 2;
+    assert!(written <= 5 * seconds, "{written} lines in {seconds} s");
+    let log = home.log_text();
+    assert!(!log.contains("ERROR"), "{log}");
 }
 
 /// Access lines for `GET /v1/connections` answered 401.
