@@ -432,7 +432,11 @@ impl Broker {
     /// replaced it, else a refresh now, once for every caller holding the same rejected
     /// token (they queue on the single-flight). `None` when oauthd refreshed the rejected
     /// token less than `REJECTED_MIN_AGE_MS` ago: that `401` is not about an old token, and
-    /// refreshing on every such answer would burn refresh tokens for nothing.
+    /// refreshing on every such answer would burn refresh tokens for nothing. `None` too
+    /// for a token that has not expired and cannot be refreshed (the provider gave no
+    /// refresh token): a `401` on one request (a missing scope, an endpoint for other
+    /// kinds of token) says nothing of the grant, and taking it for a dead one would put
+    /// the connection in `needs_reauth` for every app, at one request of any key.
     pub async fn access_token_instead_of(
         self: &Arc<Self>,
         provider_name: &str,
@@ -455,7 +459,7 @@ impl Broker {
                 now.saturating_sub(t) < REJECTED_MIN_AGE_MS
                     && row.connected_at_ms.is_none_or(|c| t > c)
             });
-            if refreshed_recently {
+            if refreshed_recently || row.refresh_token.is_none() {
                 return Ok(None);
             }
         }

@@ -53,13 +53,17 @@ async fn read_body_within<'a>(
     room: &mut crate::proxy::BodyRoom<'a>,
 ) -> Result<bytes::Bytes, ApiError> {
     let limit = proxy.policy.max_request_bytes;
-    let busy = || {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "proxy_busy",
-            "the proxy holds as many request bodies in memory as it may; retry shortly",
-        )
-        .retry_after(1)
+    let busy = |why: crate::proxy::NoRoom| {
+        let detail = match why {
+            crate::proxy::NoRoom::KeyShare => {
+                "this API key's requests hold as much of the proxy's room for request bodies \
+                 as one key may (half); retry once some of them have ended"
+            }
+            crate::proxy::NoRoom::Budget => {
+                "the proxy holds as many request bodies in memory as it may; retry shortly"
+            }
+        };
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "proxy_busy", detail).retry_after(1)
     };
     let too_large = || {
         ApiError::new(
@@ -75,13 +79,7 @@ async fn read_body_within<'a>(
         super::body::declared_length(req),
         limit,
         too_large,
-        |n| {
-            if proxy.claim(room, n) {
-                Ok(())
-            } else {
-                Err(busy())
-            }
-        },
+        |n| proxy.claim(room, n).map_err(busy),
     )
     .await?;
     Ok(body.into())
@@ -165,7 +163,7 @@ pub async fn forward(
     })?;
     let url = path::upstream_url(&base, rest, req.uri().query())
         .map_err(|e| invalid_path(e.to_string()))?;
-    let mut room = app.proxy.body_room();
+    let mut room = app.proxy.body_room(&caller.0.id);
     let body = read_body(&req, payload, &app.proxy, &mut room).await?;
     let forwarded: Vec<(String, Vec<u8>)> = req
         .headers()

@@ -75,9 +75,11 @@ pub fn forwards_request(name: &str, extra: &[String]) -> bool {
     REQUEST.contains(&name) || extra.iter().any(|e| e == name)
 }
 
-/// `X-` headers that instruct a web server in front of oauthd (nginx, Apache, lighttpd)
-/// when they come from its upstream: serve an internal location or a file instead, cache
-/// the answer, or believe a client address. A provider's API must not steer that server.
+/// `X-` headers that instruct a web server in front of oauthd (nginx, Apache, lighttpd,
+/// Envoy) when they come from its upstream: serve an internal location or a file instead,
+/// cache the answer, believe a client address, or take oauthd for unhealthy or degraded
+/// (Envoy's `x-envoy-immediate-health-check-fail`, `x-envoy-degraded`). A provider's API
+/// must not steer that server.
 const STEERS_A_FRONT_PROXY: &[&str] = &[
     "x-accel-",
     "x-sendfile",
@@ -86,6 +88,7 @@ const STEERS_A_FRONT_PROXY: &[&str] = &[
     // Perlbal on X-Reproxy-URL.
     "x-litespeed-",
     "x-reproxy-",
+    "x-envoy-",
     "x-forwarded",
     "x-real-ip",
 ];
@@ -165,6 +168,8 @@ mod tests {
             "x-litespeed-location",
             "x-litespeed-purge",
             "x-reproxy-url",
+            "x-envoy-immediate-health-check-fail",
+            "x-envoy-degraded",
             "x-forwarded-for",
             "x-real-ip",
         ] {

@@ -66,16 +66,50 @@ pub struct Proxy {
     /// Request bodies held in memory at once, in KiB, across every proxied request:
     /// four full-size bodies or 64 MiB, whichever is more. Past it, 503 `proxy_busy`.
     buffered: tokio::sync::Semaphore,
+    /// KiB of `buffered` each API key's requests hold now (keys holding none are left
+    /// out); a key may hold at most `key_share_kib`.
+    held_by_key: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// Half of `buffered`: an app that starts many uploads and stalls them takes at most
+    /// that from the others' (tenants share one oauthd).
+    key_share_kib: u32,
+}
+
+/// Why a body found no room.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoRoom {
+    /// The key's requests hold their share of the budget.
+    KeyShare,
+    /// The budget is spent.
+    Budget,
 }
 
 /// Methods the proxy passes on; CONNECT and TRACE (which echoes the token back) are not.
 pub const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
 /// Room for one request's body in the shared budget (in KiB, rounded up once for the
-/// whole body, not for each chunk); released when dropped.
+/// whole body, not for each chunk), counted against its key's share; released when
+/// dropped.
 pub struct BodyRoom<'a> {
+    proxy: &'a Proxy,
+    key_id: String,
     held: Option<tokio::sync::SemaphorePermit<'a>>,
     bytes: usize,
+}
+
+impl Drop for BodyRoom<'_> {
+    fn drop(&mut self) {
+        let Some(held) = &self.held else {
+            return;
+        };
+        let kib = u32::try_from(held.num_permits()).unwrap_or(u32::MAX);
+        let mut by_key = self.proxy.held_by_key();
+        if let Some(n) = by_key.get_mut(&self.key_id) {
+            *n = n.saturating_sub(kib);
+            if *n == 0 {
+                by_key.remove(&self.key_id);
+            }
+        }
+    }
 }
 
 thread_local! {
@@ -107,7 +141,14 @@ impl Proxy {
         Ok(Proxy {
             policy,
             buffered: tokio::sync::Semaphore::new(budget_kib),
+            held_by_key: Default::default(),
+            key_share_kib: u32::try_from(budget_kib / 2).unwrap_or(u32::MAX),
         })
+    }
+
+    /// What each key holds (a poisoned lock only means a thread panicked while counting).
+    fn held_by_key(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, u32>> {
+        self.held_by_key.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// This thread's client (see `CLIENT`).
@@ -126,33 +167,44 @@ impl Proxy {
         })
     }
 
-    /// An empty claim on the body budget, to grow as the body arrives.
-    pub fn body_room(&self) -> BodyRoom<'_> {
+    /// An empty claim on the body budget for a request of the API key `key_id`, to grow
+    /// as the body arrives.
+    pub fn body_room(&self, key_id: &str) -> BodyRoom<'_> {
         BodyRoom {
+            proxy: self,
+            key_id: key_id.to_owned(),
             held: None,
             bytes: 0,
         }
     }
 
-    /// Claims room for `bytes` more of a body; `false` when the budget is spent (the
-    /// caller answers 503 and its claim is released). A body sent in one-byte chunks
-    /// holds what its bytes need, not a KiB for each chunk.
-    pub fn claim<'a>(&'a self, room: &mut BodyRoom<'a>, bytes: usize) -> bool {
+    /// Claims room for `bytes` more of a body; refused when the key's requests hold
+    /// their share, or the budget is spent (the caller answers 503 and its claim is
+    /// released). A body sent in one-byte chunks holds what its bytes need, not a KiB
+    /// for each chunk.
+    pub fn claim<'a>(&'a self, room: &mut BodyRoom<'a>, bytes: usize) -> Result<(), NoRoom> {
         let total = room.bytes.saturating_add(bytes);
         let kib = |n: usize| u32::try_from(n.div_ceil(1024)).unwrap_or(u32::MAX);
         let held = room.held.as_ref().map_or(0, |p| p.num_permits());
         let more = kib(total).saturating_sub(u32::try_from(held).unwrap_or(u32::MAX));
         if more > 0 {
-            match self.buffered.try_acquire_many(more) {
-                Ok(permit) => match &mut room.held {
-                    Some(held) => held.merge(permit),
-                    None => room.held = Some(permit),
-                },
-                Err(_) => return false,
+            let mut by_key = self.held_by_key();
+            let key_holds = by_key.get(&room.key_id).copied().unwrap_or(0);
+            if key_holds.saturating_add(more) > self.key_share_kib {
+                return Err(NoRoom::KeyShare);
+            }
+            let permit = self
+                .buffered
+                .try_acquire_many(more)
+                .map_err(|_| NoRoom::Budget)?;
+            *by_key.entry(room.key_id.clone()).or_default() += more;
+            match &mut room.held {
+                Some(held) => held.merge(permit),
+                None => room.held = Some(permit),
             }
         }
         room.bytes = total;
-        true
+        Ok(())
     }
 
     /// Sends one attempt with `token`; returns the provider's answer once its status and
@@ -239,40 +291,68 @@ mod tests {
             ..ProxyPolicy::default()
         })
         .unwrap();
-        // Four full-size bodies fit (128 MiB); a fifth byte does not.
+        // Four full-size bodies fit (128 MiB), two of each of two keys; a fifth byte does
+        // not.
         let mut rooms: Vec<BodyRoom<'_>> = Vec::new();
-        for _ in 0..4 {
-            let mut room = proxy.body_room();
-            assert!(proxy.claim(&mut room, 32 * 1024 * 1024));
+        for key in ["a", "a", "b", "b"] {
+            let mut room = proxy.body_room(key);
+            assert_eq!(proxy.claim(&mut room, 32 * 1024 * 1024), Ok(()));
             rooms.push(room);
         }
-        let mut more = proxy.body_room();
-        assert!(!proxy.claim(&mut more, 1));
+        let mut more = proxy.body_room("c");
+        assert_eq!(proxy.claim(&mut more, 1), Err(NoRoom::Budget));
         // A finished request gives its room back.
         rooms.pop();
-        assert!(proxy.claim(&mut more, 1024));
-        // Small bodies: never less than 64 MiB in all.
+        assert_eq!(proxy.claim(&mut more, 1024), Ok(()));
+        // Small bodies: never less than 64 MiB in all, half of it for one key.
         let small = Proxy::new(ProxyPolicy {
             max_request_bytes: 1024,
             ..ProxyPolicy::default()
         })
         .unwrap();
-        let mut room = small.body_room();
-        assert!(small.claim(&mut room, 64 * 1024 * 1024));
-        assert!(!small.claim(&mut room, 1));
+        let mut room = small.body_room("a");
+        assert_eq!(small.claim(&mut room, 32 * 1024 * 1024), Ok(()));
+        assert_eq!(small.claim(&mut room, 1), Err(NoRoom::KeyShare));
+        let mut other = small.body_room("b");
+        assert_eq!(small.claim(&mut other, 32 * 1024 * 1024), Ok(()));
+        assert_eq!(small.claim(&mut other, 1), Err(NoRoom::KeyShare));
+    }
+
+    #[test]
+    fn one_key_holds_at_most_half_the_budget() {
+        let proxy = Proxy::new(ProxyPolicy::default()).unwrap();
+        let half = 32 * 1024 * 1024;
+        // Many bodies of one key, stalled part way: half the budget, then no more.
+        let mut stalled = Vec::new();
+        for _ in 0..4 {
+            let mut room = proxy.body_room("tenant");
+            assert_eq!(proxy.claim(&mut room, half / 4), Ok(()));
+            stalled.push(room);
+        }
+        let mut fifth = proxy.body_room("tenant");
+        assert_eq!(proxy.claim(&mut fifth, 1), Err(NoRoom::KeyShare));
+        // Another key's requests still find room, and the first key's again once its
+        // requests end.
+        let mut other = proxy.body_room("app");
+        assert_eq!(proxy.claim(&mut other, half), Ok(()));
+        drop(stalled);
+        assert_eq!(proxy.claim(&mut fifth, half), Ok(()));
+        assert!(proxy.held_by_key().values().all(|kib| *kib == 32 * 1024));
+        drop((fifth, other));
+        assert!(proxy.held_by_key().is_empty());
     }
 
     #[test]
     fn a_body_in_small_chunks_holds_the_room_its_bytes_need() {
         let proxy = Proxy::new(ProxyPolicy::default()).unwrap();
         let budget = proxy.buffered.available_permits();
-        let mut room = proxy.body_room();
+        let mut room = proxy.body_room("a");
         for _ in 0..3000 {
-            assert!(proxy.claim(&mut room, 1));
+            assert_eq!(proxy.claim(&mut room, 1), Ok(()));
         }
         // 3,000 bytes: 3 KiB, not a KiB for each of the 3,000 chunks.
         assert_eq!(budget - proxy.buffered.available_permits(), 3);
-        assert!(proxy.claim(&mut room, 1024));
+        assert_eq!(proxy.claim(&mut room, 1024), Ok(()));
         assert_eq!(budget - proxy.buffered.available_permits(), 4);
         drop(room);
         assert_eq!(proxy.buffered.available_permits(), budget);

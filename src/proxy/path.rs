@@ -106,42 +106,29 @@ pub struct RedirectBase<'a> {
     pub oauthd: &'a Url,
     /// Where this caller reached oauthd (its `Host`, and the names a proxy in front says
     /// it was called by), which need not be `public_url` (an app on the machine calling
-    /// 127.0.0.1): never a redirect's destination either, as a client keeps its
-    /// `Authorization` header for a redirect to the same host name.
+    /// 127.0.0.1): never a redirect's destination either, on any port, nor their
+    /// subdomains, as some clients keep their `Authorization` header for a redirect to the
+    /// same host name on another port or scheme, or to a subdomain of it (Go's).
     pub called: &'a [CalledAs],
 }
 
-/// A host (and port, when one was written) a caller reached oauthd at.
+/// A host a caller reached oauthd at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CalledAs {
     host: String,
-    port: Option<u16>,
 }
 
 impl CalledAs {
     /// From a `Host` value (`host`, `host:port`, `[v6]:port`); `None` for what is not one.
     pub fn parse(authority: &str) -> Option<CalledAs> {
         let url = Url::parse(&format!("http://{}/", authority.trim())).ok()?;
-        let host = url.host_str()?.trim_end_matches('.').to_ascii_lowercase();
-        // A port written out, the default one too (the parser drops a written ":80").
-        let written = authority.trim().rsplit_once(':').is_some_and(|(h, p)| {
-            !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':')
-        }) && !authority.trim().ends_with(']');
-        let port = written.then(|| url.port_or_known_default()).flatten();
-        Some(CalledAs { host, port })
+        let host = host_of(&url)?;
+        Some(CalledAs { host })
     }
 
-    /// Whether `target` names this host: the same name and the port written, or, where
-    /// none was, a default port (the caller's scheme is not known behind a proxy).
+    /// Whether `target` names this host or a subdomain of it, on any port and scheme.
     fn named_by(&self, target: &Url) -> bool {
-        let host = target
-            .host_str()
-            .map(|h| h.trim_end_matches('.').to_ascii_lowercase());
-        host.as_deref() == Some(self.host.as_str())
-            && match self.port {
-                Some(port) => target.port_or_known_default() == Some(port),
-                None => matches!(target.port_or_known_default(), Some(80 | 443)),
-            }
+        host_of(target).is_some_and(|h| within(&h, &self.host))
     }
 }
 
@@ -216,17 +203,30 @@ fn link_end(params: &str) -> usize {
     params.len()
 }
 
-/// Whether `target` names the server at `own` (`public_url`): its host (for one on this
-/// machine, any name of this machine: loopback and unspecified addresses, `localhost` and
-/// `*.localhost`, which browsers and resolvers send to loopback) and its port.
+/// Whether `target` names the host of `own` (`public_url`) or a subdomain of it, on any
+/// port and scheme (for a host on this machine, any name of this machine: loopback and
+/// unspecified addresses, `localhost` and `*.localhost`, which browsers and resolvers
+/// send to loopback).
 fn names(target: &Url, own: &Url) -> bool {
     use crate::oauth::provider::is_this_machine as local;
-    let host = |u: &Url| {
-        u.host_str()
-            .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
-    };
-    (host(target) == host(own) || (local(target) && local(own)))
-        && target.port_or_known_default() == own.port_or_known_default()
+    let named = host_of(target)
+        .zip(host_of(own))
+        .is_some_and(|(t, o)| within(&t, &o));
+    named || (local(target) && local(own))
+}
+
+/// A URL's host, lower case, without a final dot.
+fn host_of(url: &Url) -> Option<String> {
+    url.host_str()
+        .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// Whether `host` is `parent` or a subdomain of it (both lower case, no final dot).
+fn within(host: &str, parent: &str) -> bool {
+    host == parent
+        || host
+            .strip_suffix(parent)
+            .is_some_and(|sub| sub.ends_with('.') && !parent.starts_with('['))
 }
 
 #[cfg(test)]
@@ -367,14 +367,17 @@ mod tests {
             "ftp://api.example/v2/x",
             "https://auth.home.example/v1/connections/p/a",
             "https://AUTH.home.example:443/v1/connections/p/a",
+            // Another port or scheme of oauthd's host, or a subdomain of it: Go's client
+            // sends its Authorization header (the oauthd key) there.
+            "http://auth.home.example/x",
+            "https://auth.home.example:8443/x",
+            "https://evil.auth.home.example/x",
         ] {
             assert_eq!(at(dropped), None, "{dropped}");
         }
-        assert_eq!(
-            at("http://auth.home.example/x").as_deref(),
-            Some("http://auth.home.example/x"),
-            "another port is another server"
-        );
+        for kept in ["https://home.example/x", "https://xauth.home.example/x"] {
+            assert_eq!(at(kept).as_deref(), Some(kept), "{kept}");
+        }
         // Each of `dropped` comes back without a Location, `kept` with one.
         let only = |to: &RedirectBase<'_>, dropped: &[&str], kept: &str| {
             for location in dropped {
@@ -403,8 +406,9 @@ mod tests {
                 "http://0.0.0.0:6288/x",
                 "http://[::]:6288/x",
                 "http://[::ffff:127.0.0.1]:6288/x",
+                "http://localhost:3000/x",
             ],
-            "http://localhost:3000/x",
+            "https://cdn.example/x",
         );
         // The address this caller used is oauthd's too, whatever public_url says: an app
         // on the machine calls 127.0.0.1 while public_url names the machine for browsers.
@@ -421,11 +425,12 @@ mod tests {
             &[
                 "http://127.0.0.1:6288/v1/connections/p/a",
                 "https://127.0.0.1:6288/x",
+                "http://127.0.0.1:8080/x",
                 "https://auth.home.example/v1/states",
             ],
             "http://localhost:6288/x",
         );
-        // A Host without a port: the caller used a default one (80, or 443 behind TLS).
+        // A Host without a port, or with a trailing dot; its subdomains.
         let called = [CalledAs::parse("OAuthd.lan.").unwrap()];
         let to = RedirectBase {
             called: &called,
@@ -433,10 +438,15 @@ mod tests {
         };
         only(
             &to,
-            &["https://oauthd.lan/v1/states", "http://oauthd.lan:443/x"],
-            "http://oauthd.lan:8080/x",
+            &[
+                "https://oauthd.lan/v1/states",
+                "http://oauthd.lan:443/x",
+                "http://oauthd.lan:8080/x",
+                "https://api.oauthd.lan/x",
+            ],
+            "http://oauthd.lan.example/x",
         );
-        // A default port written out is that port; an IPv6 address with or without one.
+        // A port written out or not; an IPv6 address with or without one.
         let called = [
             CalledAs::parse("localhost:80").unwrap(),
             CalledAs::parse("[::1]:6288").unwrap(),
@@ -452,10 +462,10 @@ mod tests {
                 "http://localhost/v1/states",
                 "http://[::1]:6288/x",
                 "http://[::1]/x",
+                "https://localhost/x",
             ],
-            "https://localhost/x",
+            "http://127.0.0.1:47001/x",
         );
-        assert!(redirect_location(&upstream, "http://127.0.0.1:47001/x", &to).is_some());
         assert_eq!(CalledAs::parse("a b"), None);
     }
 

@@ -265,11 +265,55 @@ async fn invalid_grant_on_the_refresh_is_needs_reauth() {
     assert_eq!(conn["status"], "needs_reauth");
 }
 
+/// A connection the provider gave no refresh token (GitHub's tokens that never expire, an
+/// import without one) gets a `401` passed on as it came: one request's `401` (a missing
+/// scope) does not say the grant is dead, and taking it so put the connection in
+/// `needs_reauth` for every app, at one request of any key that may use it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_401_on_a_connection_without_a_refresh_token_is_passed_on() {
+    let mock = MockServer::start().await;
+    let api = format!("{}/api/", mock.uri());
+    for tokens in [
+        json!({"access_token": "forever"}),
+        json!({"access_token": "forever", "expires_in": 3600}),
+    ] {
+        let (_home, d, key) = api_home(&mock, &api, "", tokens).await;
+        Mock::given(method("GET"))
+            .and(path("/api/app"))
+            .respond_with(
+                ResponseTemplate::new(401)
+                    .insert_header("www-authenticate", "Bearer error=\"insufficient_scope\""),
+            )
+            .mount(&mock)
+            .await;
+        let resp = get(&d, &key, "app").await;
+        assert_eq!(resp.status(), 401);
+        assert!(common::header(&resp, "www-authenticate").contains("insufficient_scope"));
+        let (status, token) = d.get("/v1/connections/mock/default/token", &key).await;
+        assert_eq!(status, 200, "{token}");
+        assert_eq!(token["access_token"], "forever");
+        let (_, conn) = d.get("/v1/connections/mock/default", &key).await;
+        assert_eq!(conn["status"], "active", "{conn}");
+        assert!(requests_to(&mock, "/token").await.is_empty());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn headers_query_and_redirects() {
     let mock = MockServer::start().await;
     let elsewhere = MockServer::start().await;
-    let (home, d, key) = mock_home(&mock, "").await;
+    // The provider's API at "localhost", oauthd called at 127.0.0.1 and named elsewhere
+    // for browsers: addresses of the API's host are not oauthd's (a redirect to any port
+    // of a host oauthd is called by is left out).
+    let named = |m: &MockServer| m.uri().replace("127.0.0.1", "localhost");
+    let tokens = json!({"access_token": "old", "refresh_token": "r1", "expires_in": 3600});
+    let (home, d, key) = api_home(
+        &mock,
+        &format!("{}/api/", named(&mock)),
+        "public_url = \"https://auth.home.example\"",
+        tokens,
+    )
+    .await;
     Mock::given(method("GET"))
         .and(path("/api/echo"))
         .respond_with(
@@ -289,13 +333,17 @@ async fn headers_query_and_redirects() {
         .and(path("/api/moved"))
         .respond_with(
             ResponseTemplate::new(302)
-                .insert_header("location", format!("{}/stolen", elsewhere.uri()).as_str()),
+                .insert_header("location", format!("{}/stolen", named(&elsewhere)).as_str()),
         )
         .mount(&mock)
         .await;
     // Redirects the API makes within itself, and one to a path of its host's root.
     for (from, status, to) in [
-        ("/api/renamed", 301, format!("{}/api/echo?v=2", mock.uri())),
+        (
+            "/api/renamed",
+            301,
+            format!("{}/api/echo?v=2", named(&mock)),
+        ),
         ("/api/sibling", 302, "echo".to_owned()),
         (
             "/api/rooted",
@@ -335,7 +383,7 @@ async fn headers_query_and_redirects() {
         common::header(&resp, "link"),
         format!(
             r#"</v1/proxy/mock/default/echo?page=2>; rel="next", <{}/v1/states>; rel="up""#,
-            mock.uri()
+            named(&mock)
         )
     );
     assert!(resp.headers().get("set-cookie").is_none());
@@ -363,7 +411,7 @@ async fn headers_query_and_redirects() {
     }
     assert_eq!(
         h("host").as_deref(),
-        Some(mock.uri().trim_start_matches("http://"))
+        Some(named(&mock).trim_start_matches("http://"))
     );
     // The oauthd API key never reaches the provider, in any header.
     assert!(!format!("{:?}", r.headers).contains(&key));
@@ -386,7 +434,7 @@ async fn headers_query_and_redirects() {
     assert_eq!(resp.status(), 302);
     assert_eq!(
         common::header(&resp, "location"),
-        format!("{}/stolen", elsewhere.uri())
+        format!("{}/stolen", named(&elsewhere))
     );
     assert!(elsewhere
         .received_requests()
@@ -414,7 +462,7 @@ async fn headers_query_and_redirects() {
     // never sends its oauthd key (here: a DELETE kept by a 307) to oauthd's own API.
     assert_eq!(
         located("rooted").await,
-        format!("{}/v1/connections/mock/default", mock.uri())
+        format!("{}/v1/connections/mock/default", named(&mock))
     );
     // One naming oauthd itself, or no http(s) address at all, comes back without it.
     for rest in ["home", "script"] {
@@ -463,7 +511,11 @@ async fn a_redirect_to_the_address_the_caller_used_is_left_out() {
         ),
         // Another name of the machine: a client does not keep its key for it.
         ("/api/alias", format!("http://localhost:{port}/v1/states")),
-        ("/api/other", "http://127.0.0.1:9/elsewhere".to_owned()),
+        // The caller's host on another port, and a subdomain of public_url's host: Go's
+        // client keeps its Authorization header (the oauthd key) for those.
+        ("/api/port", "http://127.0.0.1:9/elsewhere".to_owned()),
+        ("/api/sub", "https://files.auth.home.example/x".to_owned()),
+        ("/api/other", "https://cdn.example/elsewhere".to_owned()),
     ] {
         Mock::given(path(from))
             .respond_with(ResponseTemplate::new(307).insert_header("location", to.as_str()))
@@ -492,9 +544,11 @@ async fn a_redirect_to_the_address_the_caller_used_is_left_out() {
     assert_eq!(location("forwarded", Some("oauthd.lan")).await, None);
     assert!(location("forwarded", None).await.is_some());
     assert!(location("alias", None).await.is_some());
+    assert_eq!(location("port", None).await, None);
+    assert_eq!(location("sub", None).await, None);
     assert_eq!(
         location("other", None).await.as_deref(),
-        Some("http://127.0.0.1:9/elsewhere")
+        Some("https://cdn.example/elsewhere")
     );
     let (status, _) = d.get("/v1/connections/mock/default", &key).await;
     assert_eq!(status, 200, "the connection is still there");
@@ -572,6 +626,70 @@ async fn no_path_leaves_the_api_base() {
     let (status, out) = raw_request(&d, &key, &format!("{prefix}v1/me:batch/x-y_z~")).await;
     assert_eq!(status, 200, "{out}");
     assert_eq!(requests_to(&mock, "/api/v1/me:batch/x-y_z~").await.len(), 1);
+}
+
+/// The requests of one API key hold at most half the proxy's room for request bodies: a
+/// tenant that starts uploads and stalls them half way no longer leaves the other apps
+/// `503 proxy_busy` for as long as it likes.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_keys_stalled_uploads_leave_room_for_the_others() {
+    let mock = MockServer::start().await;
+    let (home, d, app_key) = mock_home(&mock, "").await;
+    let tenant = home.create_key("tenant", &[]);
+    Mock::given(method("POST"))
+        .and(path("/api/upload"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&mock)
+        .await;
+    // Eight uploads of 10 MiB declared (the limit), each stalled after 9 MiB: 72 MiB
+    // against the 64 MiB all bodies may hold together.
+    let addr = d.url.trim_start_matches("http://").to_owned();
+    let chunk = vec![b'x'; 1024 * 1024];
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /v1/proxy/mock/default/upload HTTP/1.1\r\nHost: {addr}\r\n\
+             Authorization: Bearer {tenant}\r\nContent-Length: 10485760\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        for _ in 0..9 {
+            // A refused upload is answered and closed part way: the rest is not taken.
+            if s.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        stalled.push(s);
+    }
+    // Another key's upload goes through while they stall.
+    let resp = d
+        .http
+        .post(proxy_url(&d, "upload"))
+        .bearer_auth(&app_key)
+        .body(vec![b'y'; 64 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        204,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+    // The tenant's uploads past its half were refused, and said why.
+    let mut refused = 0;
+    for mut s in stalled {
+        let mut answer = vec![0; 4096];
+        let read = tokio::time::timeout(Duration::from_millis(500), s.read(&mut answer)).await;
+        let Ok(Ok(n)) = read else { continue };
+        let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+        if answer.starts_with("HTTP/1.1 503 ") {
+            assert!(answer.contains("proxy_busy"), "{answer}");
+            assert!(answer.contains("as one key may"), "{answer}");
+            refused += 1;
+        }
+    }
+    assert!((4..=6).contains(&refused), "{refused} refused");
 }
 
 #[tokio::test(flavor = "multi_thread")]
