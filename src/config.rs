@@ -287,6 +287,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("{key}: {reason}")]
     Invalid { key: String, reason: String },
+    #[error("{0}")]
+    Environment(String),
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -367,6 +369,8 @@ pub struct Settings {
     /// holds a `client_secret` itself, `client_secret_file`s, notification `secret_file`s,
     /// `OAUTHD_ADMIN_TOKEN_FILE` and `OAUTHD_METRICS_TOKEN_FILE`.
     pub secret_files: Vec<(String, PathBuf)>,
+    /// What to say of `OAUTHD_*` variables oauthd does not read (`env_names::check`).
+    pub env_warnings: Vec<String>,
     /// `[[notify]]` as written: `notify::build_targets` checks and reads them.
     pub notify: Vec<crate::notify::NotifyConfig>,
     pub events: crate::notify::EventsPolicy,
@@ -408,6 +412,8 @@ impl Settings {
     }
 
     pub fn resolve(file: FileConfig, over: &Overrides) -> Result<Settings, ConfigError> {
+        let names = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
+        let env_warnings = crate::env_names::check(names).map_err(ConfigError::Environment)?;
         let store = store_target(over, &file)?;
         let secret_files = secret_files(over.config.as_deref(), &file);
         // Named as the operator wrote it: the flag or variable wins over the file.
@@ -636,6 +642,7 @@ impl Settings {
             metrics_token: secret_from_env("OAUTHD_METRICS_TOKEN")?,
             key_source,
             secret_files,
+            env_warnings,
             refresh_check: Duration::from_secs(refresh_check_seconds),
             provider_timeout: Duration::from_secs(provider_timeout_seconds),
             states: StatePolicy {

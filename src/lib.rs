@@ -23,6 +23,7 @@ pub mod broker;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod env_names;
 pub mod http;
 pub mod ip_range;
 pub mod logging;

@@ -1,12 +1,20 @@
 //! What file paths need everywhere.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The directory a file is in: `.` for a bare name (`Path::parent` gives an empty path).
 pub fn dir_of(path: &Path) -> &Path {
     path.parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
+}
+
+/// `path` with `suffix` after its name: the files SQLite keeps beside a database
+/// (`-wal`, `-shm`).
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 #[cfg(test)]

@@ -73,6 +73,10 @@ pub(super) fn restore(settings: Settings, from: PathBuf, create: bool) -> Result
     );
     super::stop_on_signal(&copy::STOP);
     let restored = copy::restore(&from, db, &stamp, create).map_err(fatal)?;
+    let rotated = restored
+        .replaced
+        .as_deref()
+        .map_or_else(String::new, |aside| refreshed_since(db, aside));
     let replaced = restored.replaced.map_or_else(String::new, |aside| {
         format!(
             " The database it replaced is kept as {} (its -wal and -shm files, if it had them, beside it named the same way): delete them once the restore is confirmed.",
@@ -80,11 +84,35 @@ pub(super) fn restore(settings: Settings, from: PathBuf, create: bool) -> Result
         )
     });
     say!(
-        "Restored {} from {} (schema version {}; `oauthd serve` upgrades an older one at its next start).{replaced} What changed since the copy was made is undone: API keys revoked since are active again (`oauthd keys list`, then `oauthd keys revoke` them again), keys made since are gone, and states consumed since can be consumed again. `oauthd check` says whether {} opens what the copy holds.",
+        "Restored {} from {} (schema version {}; `oauthd serve` upgrades an older one at its next start).{replaced} What changed since the copy was made is undone: API keys revoked since are active again (`oauthd keys list`, then `oauthd keys revoke` them again), keys made since are gone, and states consumed since can be consumed again.{rotated} `oauthd check` says whether {} opens what the copy holds.",
         db.display(),
         from.display(),
         restored.copied.version,
         key_named(&settings)
     );
     Ok(())
+}
+
+/// What to say of the connections whose refresh token changed since the copy was made
+/// (found in the database the restore moved aside, `aside`); nothing when none did.
+fn refreshed_since(db: &Path, aside: &Path) -> String {
+    use crate::store::sqlite::tokens_since::refresh_tokens_changed;
+    match refresh_tokens_changed(db, aside) {
+        Ok(changed) if changed.is_empty() => String::new(),
+        Ok(changed) => {
+            const SHOWN: usize = 20;
+            let more = changed.len().saturating_sub(SHOWN);
+            let mut names = changed.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+            if more > 0 {
+                names.push_str(&format!(" and {more} more"));
+            }
+            format!(
+                " {} connection(s) got a new refresh token since the copy was made (a refresh, a reconnect or a rekey), and have the copy's again: {names}. A provider that rotates refresh tokens (SmartThings, Microsoft, and others) refuses the old one (invalid_grant, often revoking the grant): connect those accounts again if they turn needs_reauth.",
+                changed.len()
+            )
+        }
+        Err(e) => format!(
+            " (The connections could not be compared with the database it replaced: {e}; a connection refreshed since the copy was made may need connecting again, with a provider that rotates refresh tokens.)"
+        ),
+    }
 }

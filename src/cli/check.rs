@@ -83,6 +83,9 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
     for note in settings.trusted_proxies_warnings() {
         r.line("warn", "config", note);
     }
+    for note in &settings.env_warnings {
+        r.line("warn", "environment", note);
+    }
     for warning in notifier
         .targets()
         .iter()

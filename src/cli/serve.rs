@@ -17,7 +17,11 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
     let delivery_http = crate::notify::deliver::http_client().map_err(|e| Fatal(e, 1))?;
     let proxy =
         std::sync::Arc::new(crate::proxy::Proxy::new(settings.proxy).map_err(|e| Fatal(e, 1))?);
-    for warning in settings.trusted_proxies_warnings() {
+    for warning in settings
+        .trusted_proxies_warnings()
+        .iter()
+        .chain(&settings.env_warnings)
+    {
         log::warn!("{warning}");
     }
     // Before the store: a bad key or a taken address leaves no new database behind.

@@ -211,6 +211,82 @@ async fn an_empty_database_file_is_not_taken_for_oauthds_data() {
     assert!(report.contains("no directory for one"), "{report}");
 }
 
+/// A database moved (or copied) after oauthd was killed, without its `-wal` file, holds
+/// no tables: all of oauthd's data is in the `-wal` file left behind. oauthd started on it
+/// as on a new database, with a warning, and every app's key was refused. Now the start
+/// is refused (exit 2) naming the `-wal` file, with nothing changed; with the file put
+/// back, everything is there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_moved_without_its_wal_file_is_refused_not_started_afresh() {
+    let home = Home::new();
+    home.write_config("");
+    let d = home.start();
+    let key = home.create_key("app", &[]);
+    assert_eq!(d.get("/v1/connections", &key).await.0, 200);
+    d.kill9();
+    let wal = home.dir.path().join("oauthd.db-wal");
+    let aside = home.dir.path().join("left-behind-wal");
+    std::fs::rename(&wal, &aside).unwrap();
+    let _ = std::fs::remove_file(home.dir.path().join("oauthd.db-shm"));
+    let before = std::fs::read(home.db()).unwrap();
+    let out = home.serve_once();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("is in WAL mode but holds no tables, and no")
+            && err.contains("oauthd.db-wal is beside it"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(home.db()).unwrap(), before, "changed it");
+    assert!(!wal.exists(), "made a -wal file of its own");
+    std::fs::rename(&aside, &wal).unwrap();
+    let d = home.start();
+    assert_eq!(d.get("/v1/connections", &key).await.0, 200);
+    d.signal_and_wait("TERM");
+}
+
+/// A restore puts back the refresh tokens of the copy's time. A provider that rotates them
+/// (the test provider does, as SmartThings and Microsoft do) has replaced those refreshed
+/// since and refuses the copy's: `restore` now names those connections, where it listed
+/// only keys and states as undone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_names_the_connections_whose_refresh_token_changed_since_the_copy() {
+    let peer = common::peer::Peer::start(2);
+    let (home, key) = peer.home_with_key("");
+    let d = home.start();
+    let (status, page) = common::peer::connect(&d, &peer, &key, "alice").await;
+    assert_eq!(status, 200, "{page}");
+    let imported = json!({"access_token": "a", "refresh_token": "r", "expires_in": 3600});
+    assert_eq!(
+        d.put("/v1/connections/peer/bob", &key, imported).await.0,
+        201
+    );
+    let copy = home.dir.path().join("copy.db");
+    let out = home.cli(&["backup", copy.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    // alice's 2 s token is refreshed: the provider rotates its refresh token.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, body) = d.get("/v1/connections/peer/alice/token", &key).await;
+    assert_eq!(status, 200, "{body}");
+    d.signal_and_wait("TERM");
+
+    let out = home.cli(&["restore", copy.to_str().unwrap()]);
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("1 connection(s) got a new refresh token since the copy was made")
+            && said.contains("and have the copy's again: peer/alice."),
+        "{said}"
+    );
+    // As said: the copy's refresh token is refused.
+    let d = home.start();
+    let (status, body) = d.get("/v1/connections/peer/alice/token", &key).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["code"], "needs_reauth", "{body}");
+    d.signal_and_wait("TERM");
+}
+
 /// What a restore must not lose or leave behind: a `-wal` file beside a database file that
 /// was deleted first (it used to stay, and the next start played it over the copy); a
 /// database restored twice within a second (the first one's files used to be overwritten

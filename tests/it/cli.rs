@@ -591,6 +591,40 @@ fn values_from_the_environment_are_named_by_their_variables() {
     assert!(text(&config.stderr).contains("OAUTHD_CONFIG"), "{config:?}");
 }
 
+/// A variable oauthd reads, misspelled, was never read and said nothing: with
+/// `OAUTHD_METRICS_TOKN` set, `/metrics` answered anyone. Now it stops oauthd (exit 2,
+/// nothing created) with the name it meant; another `OAUTHD_*` name is warned of.
+#[test]
+fn a_misspelled_variable_stops_oauthd_and_an_unknown_one_is_warned_of() {
+    let home = Home::new();
+    home.write_config("");
+    let out = home.serve_once_with(
+        &[("OAUTHD_METRICS_TOKN", "averylongtokenvalue1234")],
+        "127.0.0.1:0",
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        text(&out.stderr).contains(
+            "the environment variable OAUTHD_METRICS_TOKN is not one oauthd reads: did you \
+             mean OAUTHD_METRICS_TOKEN?"
+        ),
+        "{out:?}"
+    );
+    assert!(!home.db().exists(), "a database was made");
+    let out = home
+        .cli_command(&["check"])
+        .env("OAUTHD_CACHE_DIR", "/tmp")
+        .output()
+        .unwrap();
+    let said = text(&out.stdout);
+    assert!(
+        said.contains(
+            "warn  environment: the environment variable OAUTHD_CACHE_DIR is not one oauthd reads"
+        ),
+        "{said}"
+    );
+}
+
 #[test]
 fn bad_config_fails_at_start_naming_the_key() {
     let home = Home::new();

@@ -6,7 +6,7 @@
 //! this store now, not what a restored one would be.
 
 use super::{oauthds_version, OpenError, MIGRATIONS};
-use crate::paths::dir_of;
+use crate::paths::{dir_of, with_suffix};
 use rusqlite::{Connection, OpenFlags};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -292,10 +292,6 @@ fn may_restore_over(db: &Path) -> Result<(), CopyError> {
 
 /// The files of the database at `db`: itself, and those SQLite keeps beside it.
 const SUFFIXES: [&str; 4] = ["", "-wal", "-shm", "-journal"];
-
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    PathBuf::from(format!("{}{suffix}", path.display()))
-}
 
 /// Puts a copy of the database `backup` in place of the one at `db` (made there when
 /// `create`; refused when missing otherwise). The files it replaces are kept beside it,

@@ -14,6 +14,7 @@ mod keys;
 mod live_counts;
 mod outbox;
 mod states;
+pub mod tokens_since;
 mod unmarked;
 mod values;
 mod writer;
@@ -88,6 +89,8 @@ pub enum OpenError {
     Foreign { path: PathBuf, tables: String },
     #[error("{path} holds oauthd's tables but no schema version (SQLite's user_version is 0, as in a copy restored from `sqlite3 .dump`, which does not carry it), and its schema is not one any oauthd schema version makes, so it cannot be upgraded safely: restore a copy made with `oauthd backup` (or the database file itself, with its -wal file); nothing was changed in it")]
     Unversioned { path: PathBuf },
+    #[error("database {path} is in WAL mode but holds no tables, and no {path}-wal is beside it: oauthd's data is in that -wal file, left behind when the database was moved or copied after oauthd stopped without a clean stop. Put the -wal file (and the -shm file) beside it and start again; to start afresh instead, delete {path}. Nothing was changed in it")]
+    WalLeftBehind { path: PathBuf },
     #[error("cannot open database {path}: {message} ({hint})")]
     Open {
         path: PathBuf,
@@ -130,12 +133,23 @@ impl OpenError {
                 | OpenError::ParentNotDir { .. }
                 | OpenError::IsDirectory { .. }
                 | OpenError::NotADatabase { .. }
+                | OpenError::WalLeftBehind { .. }
                 | OpenError::Foreign { .. }
                 | OpenError::Unversioned { .. }
                 | OpenError::TooNew { .. }
                 | OpenError::Older { .. }
         )
     }
+}
+
+/// Whether the file at `path` is an SQLite database in WAL mode (its header's read and
+/// write versions are 2), read from its first bytes.
+fn in_wal_mode(path: &Path) -> bool {
+    use std::io::Read;
+    let mut header = [0u8; 20];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .is_ok_and(|()| header.starts_with(b"SQLite format 3\0") && header[18..20] == [2, 2])
 }
 
 /// Whether opening a database may upgrade its schema: only `oauthd serve` does, so that a
@@ -300,6 +314,9 @@ impl SqliteStore {
             });
         }
         let created = !path.exists();
+        // Read before SQLite opens it (which makes a -wal file of its own).
+        let wal_left_behind =
+            !created && in_wal_mode(path) && !crate::paths::with_suffix(path, "-wal").exists();
         let open_err = |e: &dyn std::fmt::Display| OpenError::open(path, e);
         // A file that is there and is no database (a config file given as --db) is a
         // configuration error, and is left as it is.
@@ -328,6 +345,11 @@ impl SqliteStore {
             .map_err(sqlite_err)?;
         let schema = oauthds_version(&conn, path, sqlite_err)?;
         let found = schema.number;
+        if !created && found == 0 && wal_left_behind {
+            return Err(OpenError::WalLeftBehind {
+                path: path.to_owned(),
+            });
+        }
         if !created && found == 0 {
             let shown = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
             log::warn!(
