@@ -53,6 +53,46 @@ pub struct Connected {
     pub return_to: Option<String>,
     /// An app started the flow (the person came from the app, not oauthd's page).
     pub by_app: bool,
+    /// What the person should know although it worked (`no_refresh_token`).
+    pub caution: Option<String>,
+}
+
+/// What to say of a connection made with `tokens` when the provider gave no refresh token
+/// although the access token expires: it works until then, and then needs the person
+/// again, which nobody expects of a connection just made ("Connected", then `needs_reauth`
+/// an hour later). Most providers give one only when asked, and a misspelled scope
+/// (`offline-access`) asks for nothing. With the scopes the provider did not grant.
+pub fn no_refresh_token(
+    provider: &crate::oauth::Provider,
+    tokens: &flows::TokenSet,
+) -> Option<String> {
+    if tokens.refresh_token.is_some() {
+        return None;
+    }
+    let expires_in = tokens.expires_in?;
+    let minutes = expires_in.as_secs().div_ceil(60);
+    let mut said = format!(
+        "the provider gave no refresh token: this connection works until its access token \
+         expires (in about {minutes} min), then needs connecting again. Most providers give \
+         one only when asked: for an OpenID provider, offline_access in the provider's \
+         scopes; see the provider's documentation"
+    );
+    let not_granted: Vec<&str> = match &tokens.scopes {
+        Some(granted) => provider
+            .scopes
+            .iter()
+            .filter(|s| !granted.contains(s))
+            .map(String::as_str)
+            .collect(),
+        None => Vec::new(),
+    };
+    if !not_granted.is_empty() {
+        said.push_str(&format!(
+            " (it did not grant {} of the scopes asked for)",
+            not_granted.join(", ")
+        ));
+    }
+    Some(said)
 }
 
 /// Why a callback stored nothing. Variants that carry `account` happened after the state
@@ -494,6 +534,10 @@ impl Broker {
             Err(e) => return Err(CallbackError::NotStored(e.for_callers())),
         }
         log::info!("connect {provider_name}/{account}: connected");
+        let caution = no_refresh_token(provider, &tokens);
+        if let Some(caution) = &caution {
+            log::warn!("connect {provider_name}/{account}: {caution}");
+        }
         // Checked again: the allowlist may have changed since the flow started.
         let return_to = self
             .check_return_to(secrets.return_to.as_deref())
@@ -506,6 +550,7 @@ impl Broker {
             account,
             return_to,
             by_app: false,
+            caution,
         })
     }
 

@@ -454,7 +454,12 @@ impl Broker {
         let _saved = self.token_cache.forget_after(&save.key);
         let outcome = DevicePollOutcome::Connected(Box::new(save));
         match self.record_final(flow, claim, outcome, &events).await {
-            Recorded::Yes => log::info!("device {p}/{a}: connected"),
+            Recorded::Yes => {
+                log::info!("device {p}/{a}: connected");
+                if let Some(caution) = super::callback::no_refresh_token(provider, tokens) {
+                    log::warn!("device {p}/{a}: {caution}");
+                }
+            }
             // Only after this poll outlived its claim (a process stalled past the lease):
             // the flow was found expired, or failed when another process polled the spent
             // code, and the user was told so.

@@ -592,7 +592,12 @@ impl Broker {
                 }
             }
             let now = self.clock.now_ms();
-            if let Some(retry_at) = row.retry_at_ms.filter(|r| *r > now) {
+            // A backoff recorded before this process started is not waited out: a restart
+            // is how an operator applies a fixed client secret or token URL, and then
+            // expects the next call to try (one try per connection and restart; a failure
+            // now backs off again).
+            let backing_off = row.updated_at_ms >= self.started_at_ms;
+            if let Some(retry_at) = row.retry_at_ms.filter(|r| *r > now && backing_off) {
                 return Err(BrokerError::ProviderUnavailable {
                     message: format!(
                         "refreshing {key} failed recently ({}); next try in a moment",

@@ -87,6 +87,7 @@ pub async fn callback(
             provider,
             account,
             by_app,
+            caution,
             ..
         }) => page_for(
             by_app,
@@ -94,9 +95,13 @@ pub async fn callback(
             200,
             "Connected",
             &format!(
-                "<p><strong>{}</strong> account <strong>{}</strong> is connected. Apps with an API key can now fetch its access token from oauthd; you can close this tab.</p>",
+                "<p><strong>{}</strong> account <strong>{}</strong> is connected. Apps with an API key can now fetch its access token from oauthd; you can close this tab.</p>{}",
                 escape(&provider),
-                escape(&account)
+                escape(&account),
+                caution.map_or_else(String::new, |c| format!(
+                    "<p class=\"caution\"><strong>But</strong> {}.</p>",
+                    escape(&c)
+                ))
             ),
         ),
         Err(e) => failed(&app, csrf, &provider, e),

@@ -186,6 +186,48 @@ async fn twenty_concurrent_token_calls_at_expiry_refresh_once_and_the_grant_surv
 /// `max_data_bytes` is the limit on apps' data: set low (for an app's short codes), it
 /// still refuses such data, and connecting an account, whose flow keeps its sealed secrets
 /// as a state's data, works.
+/// A provider that gives no refresh token (here: the scope that asks for one misspelled,
+/// `offline-access`) made a connection that said "Connected" and turned `needs_reauth` at
+/// its token's first expiry, with no word before. The page and the log now say so at once,
+/// naming the scope not granted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_without_a_refresh_token_is_said_to_need_the_user_again_at_expiry() {
+    let peer = Peer::start(3600);
+    let home = Home::new();
+    home.write_config(
+        &peer
+            .provider_toml("peer")
+            .replace("offline_access", "offline-access"),
+    );
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let (status, page) = connect(&d, &peer, &key, "alice").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("is connected"), "{page}");
+    let caution = "the provider gave no refresh token: this connection works until its \
+                   access token expires (in about 60 min), then needs connecting again";
+    assert!(page.contains(caution), "{page}");
+    assert!(
+        page.contains("(it did not grant offline-access of the scopes asked for)"),
+        "{page}"
+    );
+    assert!(
+        home.log_text().contains(&format!(
+            "WARN  oauthd::broker::callback] connect peer/alice: {caution}"
+        )),
+        "{}",
+        home.log_text()
+    );
+    // With the scope spelled right, nothing of the sort.
+    let home = Home::new();
+    home.write_config(&peer.provider_toml("peer"));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let (status, page) = connect(&d, &peer, &key, "bob").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(!page.contains("no refresh token"), "{page}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_low_max_data_bytes_limits_apps_data_and_not_connect_flows() {
     let (peer, home, key) = setup(3600, "[states]\nmax_data_bytes = 64\n");

@@ -312,6 +312,45 @@ async fn a_wrong_client_secret_is_found_before_anyone_is_sent_to_the_provider() 
     );
 }
 
+/// A refresh refused for a wrong client secret backs off; the operator fixes the secret
+/// and restarts, and used to get `503 … failed recently` until the old backoff ran out
+/// (up to 10 minutes). A backoff recorded before the start is not waited out: the first
+/// call tries again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_after_fixing_the_client_secret_refreshes_at_once() {
+    let peer = Peer::start(2);
+    let home = Home::new();
+    home.write_config(&peer.provider_toml("peer"));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let (status, page) = common::peer::connect(&d, &peer, &key, "alice").await;
+    assert_eq!(status, 200, "{page}");
+    d.signal_and_wait("TERM");
+
+    let wrong = peer
+        .provider_toml("peer")
+        .replace(common::peer::CLIENT_SECRET, "not-the-secret");
+    home.write_config(&wrong);
+    let d = home.start();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let path = "/v1/connections/peer/alice/token";
+    for said in ["client_secret", "failed recently"] {
+        let (status, body) = d.get(path, &key).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            body["detail"].as_str().unwrap_or("").contains(said),
+            "{body}"
+        );
+    }
+    d.signal_and_wait("TERM");
+
+    home.write_config(&peer.provider_toml("peer"));
+    let d = home.start();
+    let (status, body) = d.get(path, &key).await;
+    assert_eq!(status, 200, "{body}");
+    d.signal_and_wait("TERM");
+}
+
 /// A mistyped issuer (its discovery answers 404) is said in the log at start: it used to
 /// show only as connect flows and refreshes answering 503, to be tried again, for good.
 #[tokio::test(flavor = "multi_thread")]
