@@ -157,11 +157,12 @@ async fn what_is_not_a_copy_of_oauthds_database_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("no database at"), "{err}");
-    // A copy into a directory that is not there names the directory.
+    // A copy into a directory that is not there names the directory (exit 2: the path
+    // given is wrong, as for every command).
     let missing = home.dir.path().join("backups");
     let out = home.cli(&["backup", missing.join("x.db").to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
         err.contains(&format!(
             "its directory {} does not exist",
@@ -169,6 +170,20 @@ async fn what_is_not_a_copy_of_oauthds_database_is_refused() {
         )),
         "{err}"
     );
+    let copy = home.dir.path().join("copy.db");
+    assert!(home
+        .cli(&["backup", copy.to_str().unwrap()])
+        .status
+        .success());
+    let out = Command::new(common::BIN)
+        .args(["restore", "--create", "--db"])
+        .arg(missing.join("oauthd.db"))
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("does not exist"), "{err}");
 }
 
 /// An existing but empty database file (a copy of a running oauthd's database made
@@ -279,6 +294,12 @@ async fn a_restore_names_the_connections_whose_refresh_token_changed_since_the_c
             && said.contains("and have the copy's again: peer/alice."),
         "{said}"
     );
+    // Read without leaving files beside the restored copy (root's would keep the
+    // service's user out).
+    for suffix in ["-wal", "-shm"] {
+        let beside = home.dir.path().join(format!("oauthd.db{suffix}"));
+        assert!(!beside.exists(), "{beside:?}");
+    }
     // As said: the copy's refresh token is refused.
     let d = home.start();
     let (status, body) = d.get("/v1/connections/peer/alice/token", &key).await;
@@ -308,13 +329,14 @@ async fn a_restore_keeps_what_it_replaces_and_a_backup_overwrites_only_copies() 
     std::fs::copy(&copy, &first).unwrap();
     let later = d.create_state(&key, json!({"namespace": NS})).await;
 
-    // Not over the key file, nor the -wal file, nor a directory.
+    // Not over the key file, nor the -wal file, nor a directory (exit 2, as restore's
+    // refusals).
     let key_text = std::fs::read(home.key_file()).unwrap();
     let wal = home.dir.path().join("oauthd.db-wal");
     for target in [home.key_file(), wal.clone(), home.dir.path().to_owned()] {
         let out = home.cli(&["backup", target.to_str().unwrap()]);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{target:?}: {err}");
+        assert_eq!(out.status.code(), Some(2), "{target:?}: {err}");
     }
     assert_eq!(std::fs::read(home.key_file()).unwrap(), key_text);
     // A copy is replaced by a newer one.

@@ -55,6 +55,10 @@ pub enum CopyError {
     Damaged { path: PathBuf, detail: String },
     #[error("{path}: {detail}")]
     File { path: PathBuf, detail: String },
+    /// A path given that cannot be one: a directory, one in a directory that is not
+    /// there, a file that is not a copy to replace.
+    #[error("{path}: {detail}")]
+    Refused { path: PathBuf, detail: String },
     #[error("{path}: no such file")]
     Missing { path: PathBuf },
     #[error("no database at {path}: restore puts a copy in place of a database; to make it there (a new machine), say --create")]
@@ -133,6 +137,13 @@ impl CopyError {
             detail: e.to_string(),
         }
     }
+
+    fn refused(path: &Path, detail: &str) -> CopyError {
+        CopyError::Refused {
+            path: path.to_owned(),
+            detail: detail.to_owned(),
+        }
+    }
 }
 
 /// What a copy holds.
@@ -163,14 +174,14 @@ pub fn backup(db: &Path, to: &Path) -> Result<Copied, CopyError> {
     // A link names where the copy goes; the link stays.
     let to = &to.canonicalize().unwrap_or_else(|_| to.to_owned());
     if to.is_dir() {
-        return Err(CopyError::file(
+        return Err(CopyError::refused(
             to,
             "is a directory: name the file the copy goes to",
         ));
     }
     directory_exists(to)?;
     if to.exists() && !replaceable(to) {
-        return Err(CopyError::file(
+        return Err(CopyError::refused(
             to,
             "exists and is not a copy of oauthd's database: name a new file, or remove it first",
         ));
@@ -193,9 +204,9 @@ fn directory_exists(path: &Path) -> Result<(), CopyError> {
     if dir.is_dir() {
         return Ok(());
     }
-    Err(CopyError::file(
+    Err(CopyError::refused(
         path,
-        format!(
+        &format!(
             "its directory {} does not exist: make it first (mkdir -p), or name another",
             dir.display()
         ),
