@@ -51,12 +51,24 @@ fn check_name(name: &str) -> Result<(), KeyError> {
     ok.then_some(()).ok_or(KeyError::BadName)
 }
 
+/// What a pattern with `*` elsewhere than at its end is told.
+const STAR_LAST: &str =
+    "`*` may only end a pattern (`*`, or a prefix and `*`: `oauth:*`, `acme-*`), as one `*`";
+
+/// Whether `pattern` holds a `*` before its last character.
+fn star_inside(pattern: &str) -> bool {
+    pattern.strip_suffix('*').unwrap_or(pattern).contains('*')
+}
+
 /// Checks an account pattern: `*`, `prefix*`, or an account name.
 fn check_account_pattern(pattern: &str) -> Result<(), KeyError> {
     let bad = |reason: String| KeyError::BadAccountPattern {
         pattern: pattern.to_owned(),
         reason,
     };
+    if star_inside(pattern) {
+        return Err(bad(STAR_LAST.to_owned()));
+    }
     match pattern.strip_suffix('*') {
         Some("") => Ok(()),
         // A prefix is the start of an account name: the same characters.
@@ -85,6 +97,12 @@ pub async fn create(
         accounts,
     } = scope;
     for pattern in &namespaces {
+        if star_inside(pattern) {
+            return Err(KeyError::BadPattern {
+                pattern: pattern.clone(),
+                reason: STAR_LAST.to_owned(),
+            });
+        }
         check_pattern(pattern).map_err(|e| KeyError::BadPattern {
             pattern: pattern.clone(),
             reason: e.to_string(),
@@ -341,6 +359,20 @@ mod tests {
     use super::*;
     use crate::store::{ApiKeyRecord, KeyStore, StoreError};
     use async_trait::async_trait;
+
+    #[test]
+    fn a_star_anywhere_but_at_the_end_is_said_to_belong_there() {
+        for pattern in ["oauth:*:x", "a*b", "a**", "*x"] {
+            assert!(star_inside(pattern), "{pattern}");
+            assert!(check_account_pattern(pattern)
+                .unwrap_err()
+                .to_string()
+                .contains("`*` may only end a pattern"));
+        }
+        for pattern in ["*", "oauth:*", "acme-*", "alice"] {
+            assert!(!star_inside(pattern), "{pattern}");
+        }
+    }
 
     fn record() -> ApiKeyRecord {
         ApiKeyRecord {

@@ -741,12 +741,27 @@ impl Settings {
 }
 
 fn parse_public_url(text: &str) -> Result<Url, ConfigError> {
-    let url = Url::parse(text)
-        .map_err(|e| invalid("public_url", format!("{text:?} is not a URL ({e})")))?;
+    // "127.0.0.1:6288" and "localhost:6288" lack their scheme (the second parses as one).
+    let with_scheme = || {
+        if text.contains("://") {
+            String::new()
+        } else {
+            format!(": did you mean \"http://{text}\" (or https://)?")
+        }
+    };
+    let url = Url::parse(text).map_err(|e| {
+        invalid(
+            "public_url",
+            format!("{text:?} is not a URL ({e}){}", with_scheme()),
+        )
+    })?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
         return Err(invalid(
             "public_url",
-            "must be an http:// or https:// URL with a host",
+            format!(
+                "must be an http:// or https:// URL with a host{}",
+                with_scheme()
+            ),
         ));
     }
     if url.query().is_some() || url.fragment().is_some() {
@@ -1004,7 +1019,17 @@ fn parse_text(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
             });
         // Without its input the error leaves out the quoted line and names the key instead.
         e.set_input(None);
-        let message = without_values(e.to_string().trim_end()).replace('\n', "; ");
+        let mut message = without_values(e.to_string().trim_end()).replace('\n', "; ");
+        // `[notify]` for `[[notify]]`: a table where the key holds a list of them.
+        if let Some(key) = message
+            .strip_prefix("invalid type: map, expected a sequence; in `")
+            .and_then(|rest| rest.strip_suffix('`'))
+        {
+            let key = key.to_owned();
+            message.push_str(&format!(
+                " (write [[{key}]], with two brackets, above each of its entries: it is a list of tables)"
+            ));
+        }
         ConfigError::Parse {
             path: path.to_owned(),
             message: format!("{}{message}", at.unwrap_or_default()),
@@ -1086,6 +1111,28 @@ mod tests {
         // lifetime follows the TTL.
         let long = "[states]\nmax_ttl_seconds = 5184000\n[states.namespaces.\"y\"]\ndefault_ttl_seconds = 5184000\n";
         assert!(parse(long).is_ok());
+    }
+
+    #[test]
+    fn common_slips_are_told_what_was_meant() {
+        let err = parse("[notify]\nurl = \"http://127.0.0.1:9/\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("write [[notify]], with two brackets"), "{err}");
+        for (url, meant) in [
+            ("127.0.0.1:16288", "http://127.0.0.1:16288"),
+            ("localhost:6288", "http://localhost:6288"),
+        ] {
+            let err = parse(&format!("public_url = \"{url}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("did you mean \"{meant}\" (or https://)?")),
+                "{err}"
+            );
+        }
+        let err = parse("public_url = \"ftp://x\"\n").unwrap_err().to_string();
+        assert!(!err.contains("did you mean"), "{err}");
     }
 
     #[test]

@@ -218,9 +218,18 @@ impl Broker {
                 Ok(endpoints) if endpoints.revocation.is_none() => Disconnected::NotOffered,
                 _ => Disconnected::Revoked,
             }),
-            Err(e) if !force => Err(e),
+            Err(e) if !force => Err(match e {
+                BrokerError::ProviderUnavailable {
+                    message,
+                    retry_after_secs,
+                } => BrokerError::ProviderUnavailable {
+                    message: format!("{message}: nothing was deleted ({FORCE_HINT})"),
+                    retry_after_secs,
+                },
+                other => other,
+            }),
             Err(e) => {
-                log::warn!("disconnect {p}/{a}: revocation failed ({e}); deleting anyway (force)");
+                log::warn!("disconnect {p}/{a}: the tokens could not be revoked ({e}); deleting anyway (force)");
                 Ok(Disconnected::RevocationFailed)
             }
         }
@@ -237,17 +246,8 @@ impl Broker {
         if tokens.is_empty() {
             return Ok(());
         }
-        // Its endpoints unknown (discovery failed): nothing was revoked or deleted either.
-        let endpoints = self.endpoints(provider).await.map_err(|e| match e {
-            BrokerError::ProviderUnavailable {
-                message,
-                retry_after_secs,
-            } => BrokerError::ProviderUnavailable {
-                message: format!("{message}: nothing was deleted ({FORCE_HINT})"),
-                retry_after_secs,
-            },
-            other => other,
-        })?;
+        // Its endpoints unknown (discovery failed): nothing was revoked.
+        let endpoints = self.endpoints(provider).await?;
         let Some(url) = endpoints.revocation.clone() else {
             return Ok(());
         };
@@ -256,7 +256,7 @@ impl Broker {
                 .await
                 .map_err(|e| match e {
                     FlowError::Transient(message) => BrokerError::ProviderUnavailable {
-                        message: format!("revocation failed: {message} ({FORCE_HINT})"),
+                        message: format!("revocation failed: {message}"),
                         retry_after_secs: 5,
                     },
                     other => BrokerError::ProviderRejected(other.to_string()),

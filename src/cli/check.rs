@@ -421,6 +421,8 @@ fn vault_line(
         .iter()
         .filter(|c| vault::sealed_key_id(&c.access_token).is_none_or(|id| !known.contains(&id)))
         .count();
+    // The ids of the keys they need, as the start names them.
+    let missing = super::missing_key_ids(rows, known);
     if unreadable == 0 {
         r.line(
             "ok",
@@ -436,8 +438,10 @@ fn vault_line(
             "FAIL",
             "vault",
             format!(
-                "{unreadable} connection(s) sealed with keys {} lacks",
-                source.describe()
+                "{unreadable} connection(s) sealed with key(s) {} that {} lacks (it has {}): restore the key that was used",
+                if missing.is_empty() { "unknown".to_owned() } else { missing.join(", ") },
+                source.describe(),
+                known.join(", ")
             ),
         );
     }

@@ -930,6 +930,15 @@ pub(super) fn check_vault_opens_tokens(
 /// each once.
 fn keys_missing_for_tokens(known: &[String], store: &Arc<dyn Store>) -> Result<Vec<String>, Fatal> {
     let rows = runtime()?.block_on(store.list_connections())?;
+    Ok(missing_key_ids(&rows, known))
+}
+
+/// The ids of the keys `rows`' tokens were sealed with that are not in `known`, sorted,
+/// each once.
+pub(super) fn missing_key_ids(
+    rows: &[crate::store::ConnectionRow],
+    known: &[String],
+) -> Vec<String> {
     let mut missing: Vec<String> = rows
         .iter()
         .filter_map(|r| vault::sealed_key_id(&r.access_token))
@@ -937,7 +946,7 @@ fn keys_missing_for_tokens(known: &[String], store: &Arc<dyn Store>) -> Result<V
         .collect();
     missing.sort();
     missing.dedup();
-    Ok(missing)
+    missing
 }
 
 pub(super) fn runtime() -> Result<tokio::runtime::Runtime, Fatal> {

@@ -172,7 +172,8 @@ async fn attempt(
         .filter(|g| Some(&g.url_hash) == url_hash.as_ref());
     let sent = match (&target, gone_here) {
         (None, _) => Err(Failed::because(format!(
-            "no target named {:?} is configured here",
+            "no target named {:?} is configured here (removed or renamed in the config? \
+             another oauthd on this database may have it)",
             d.target
         ))),
         (Some(_), Some(g)) if !sent_though_gone(&d) => Err(Failed {
@@ -250,15 +251,24 @@ async fn attempt(
             d.attempts,
             d.id
         ),
-        DeliveryOutcome::Retry { at_ms, error } => log::warn!(
-            "notification {} ({}) to {}: {error}; retrying in {} s (delivery {}: oauthd events retry {} sends it now)",
-            d.event_id,
-            d.event_type,
-            d.target,
-            (at_ms - notifier.now_ms()).max(0) / 1000,
-            d.id,
-            d.id
-        ),
+        DeliveryOutcome::Retry { at_ms, error } => {
+            // Sending it now cannot help a target that is not configured.
+            let advice = match &target {
+                Some(_) => format!("oauthd events retry {} sends it now", d.id),
+                None => format!(
+                    "put the target back in the config to have it sent; past {} it counts as dead",
+                    crate::clock::rfc3339(d.deadline_ms)
+                ),
+            };
+            log::warn!(
+                "notification {} ({}) to {}: {error}; retrying in {} s (delivery {}: {advice})",
+                d.event_id,
+                d.event_type,
+                d.target,
+                (at_ms - notifier.now_ms()).max(0) / 1000,
+                d.id,
+            )
+        }
         DeliveryOutcome::Dead { error } => log::error!(
             "notification {} ({}) to {}: {error}; given up after {} attempts (oauthd events retry {})",
             d.event_id,

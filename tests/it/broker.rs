@@ -907,6 +907,13 @@ async fn a_delete_while_the_provider_is_down_says_how_to_force_it() {
     );
     let out = home.cli(&["connections", "delete", "--force", "peer", "alice"]);
     assert!(out.status.success(), "{out:?}");
+    // Said once, without the advice to force it that it follows.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("could not be revoked") && err.contains("deleting anyway (force)"),
+        "{err}"
+    );
+    assert!(!err.contains("nothing was deleted"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -944,6 +951,20 @@ async fn a_lost_key_file_stops_the_start_instead_of_sealing_with_a_new_key() {
     assert!(
         err.contains("restore the key that was used") && err.contains(&from),
         "{err}"
+    );
+    // check names the same key ids as the start.
+    let needed = err
+        .split_once("sealed with vault key(s) ")
+        .and_then(|(_, rest)| rest.split_once(' '))
+        .map(|(ids, _)| ids.to_owned())
+        .expect("the start names the key");
+    let out = home.cli(&["check"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains(&format!(
+            "FAIL  vault: 1 connection(s) sealed with key(s) {needed} that"
+        )) && report.contains("restore the key that was used"),
+        "{report}"
     );
 }
 

@@ -1062,6 +1062,19 @@ async fn a_delivery_for_a_target_not_configured_here_is_kept_and_retried() {
         .await
     );
     assert_eq!(ghost_row(&home).unwrap()["status"], "pending");
+    // The log says what helps: not `oauthd events retry`, which cannot send to a target
+    // that is not configured.
+    let log = home.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("to ghost: no target named"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("removed or renamed in the config?")
+            && line.contains("put the target back in the config to have it sent")
+            && !line.contains("sends it now"),
+        "{line}"
+    );
 }
 
 /// With every target removed from the config, deliveries left for them are still worked

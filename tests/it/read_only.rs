@@ -403,6 +403,27 @@ async fn check_fails_a_key_file_it_cannot_read() {
     assert!(!report.contains("ok    key file"), "{report}");
 }
 
+/// A key file another user owns (the database chowned to oauthd's user, as the database
+/// error advised, the key file left to root) stopped the start with only "Permission
+/// denied"; it now names the file's owner and mode, the user oauthd runs as, and the chown
+/// that fixes it.
+#[test]
+fn a_key_file_of_another_user_is_said_with_its_owner_and_the_fix() {
+    let home = Home::new();
+    home.start().signal_and_wait("TERM");
+    let key = home.key_file();
+    std::os::unix::fs::chown(&key, Some(65534), Some(65534)).expect("chown");
+    let out = oauthd_without_dac_override(&home, &["serve", "--listen", "127.0.0.1:0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("Permission denied")
+            && err.contains("it is owned by uid 65534 with mode 600, and oauthd runs as uid 0")
+            && err.contains(&format!("chown that user {}", key.display())),
+        "{err}"
+    );
+}
+
 /// A disk that fills up under oauthd (a tmpfs of its own, in a private mount namespace,
 /// filled by a file written into it through `/proc/PID/root`): writes answer 503 saying the
 /// disk is full, `/readyz` says so too (a load balancer stops sending), it is logged once
