@@ -36,7 +36,7 @@ pub struct FileConfig {
     pub durability: Option<Durability>,
     /// Which answers get an access line at `info`: "errors" (default), "all" or "off".
     pub access_log: Option<AccessLogPolicy>,
-    /// Most access lines of each class (1xx-3xx, 4xx, 5xx) written a second (default 50; 0 = no
+    /// Most access lines of each class (1xx-3xx, 4xx, 5xx, unparsed) written a second (default 50; 0 = no
     /// limit).
     pub access_log_per_second: Option<u32>,
     pub api_key_cache_seconds: Option<u64>,

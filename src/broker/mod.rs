@@ -198,9 +198,9 @@ pub struct Broker {
     /// Whether each provider accepted the client credentials, and when that was asked.
     client_checks: Mutex<HashMap<String, (std::time::Instant, flows::ClientCheck)>>,
     clock: Clock,
-    /// When this process's broker was made: a refresh backoff recorded before then is not
-    /// waited out (`refresh_in_turn`).
-    started_at_ms: i64,
+    /// Connections whose refresh backoff this process has not waited out once: a backoff
+    /// recorded before the start is ignored for one try per connection (`refresh_in_turn`).
+    tried_since_start: Mutex<std::collections::HashSet<ConnectionKey>>,
     /// Tokens read from the store within `token_cache_seconds`, with half their lifetime
     /// (`min_ttl` is capped by it): the token API's hot path. Zeroized when dropped; they
     /// leave the process only in an answer.
@@ -244,7 +244,7 @@ impl Broker {
             refreshing: background::Refreshing::default(),
             stop_deadline: std::sync::OnceLock::new(),
             client_checks: Mutex::new(HashMap::new()),
-            started_at_ms: settings.clock.now_ms(),
+            tried_since_start: Mutex::default(),
             clock: settings.clock,
             token_cache,
             notifier: settings.notifier,

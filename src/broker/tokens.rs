@@ -427,6 +427,16 @@ impl Broker {
         self.refresh_single_flight(&provider, &key, ask).await
     }
 
+    /// Whether this is the first time since the start that a refresh of `key` meets a
+    /// backoff (then tried all the same); later ones, and any after a failure this process
+    /// recorded (`record_failure`), are waited out.
+    fn first_try(&self, key: &ConnectionKey) -> bool {
+        self.tried_since_start
+            .lock()
+            .map(|mut tried| tried.insert(key.clone()))
+            .unwrap_or(false)
+    }
+
     /// Another access token than `rejected`, which the provider's API just refused (the
     /// proxy's `401`): the stored one when a refresh (here, or in another process) already
     /// replaced it, else a refresh now, once for every caller holding the same rejected
@@ -592,12 +602,13 @@ impl Broker {
                 }
             }
             let now = self.clock.now_ms();
-            // A backoff recorded before this process started is not waited out: a restart
+            // A backoff is not waited out the first time this process meets it: a restart
             // is how an operator applies a fixed client secret or token URL, and then
-            // expects the next call to try (one try per connection and restart; a failure
-            // now backs off again).
-            let backing_off = row.updated_at_ms >= self.started_at_ms;
-            if let Some(retry_at) = row.retry_at_ms.filter(|r| *r > now && backing_off) {
+            // expects the next call to try (one try per connection and start; a failure
+            // then backs off again). Counted here, not by comparing times: a clock stepped
+            // back would make every failure look older than the start.
+            let backing_off = row.retry_at_ms.is_some_and(|r| r > now) && !self.first_try(key);
+            if let Some(retry_at) = row.retry_at_ms.filter(|_| backing_off) {
                 return Err(BrokerError::ProviderUnavailable {
                     message: format!(
                         "refreshing {key} failed recently ({}); next try in a moment",
@@ -867,6 +878,8 @@ impl Broker {
     ) -> BrokerError {
         // Dropped once the failure is stored: a read before that would hide needs_reauth.
         let _failed = self.token_cache.forget_after(&row.key());
+        // Its backoff is this process's own: waited out, not tried once more.
+        let _ = self.first_try(&row.key());
         let now = self.clock.now_ms();
         let (status, error, retry_at_ms) = match &failure {
             Failure::Reauth(reason) => (ConnectionStatus::NeedsReauth, reason.as_str(), None),

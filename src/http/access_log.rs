@@ -36,13 +36,18 @@ pub const TARGET: &str = "oauthd::access";
 /// was too slow.
 const HTTP_LAYER: &str = "actix_http::h1::dispatcher";
 
+/// The class, in the budget, of the HTTP layer's lines (no status: no request was read).
+/// A class of its own: such lines cost a sender nothing (no request, no rate limit), and
+/// must not crowd out the lines of refused requests (401s of a key being guessed).
+const UNPARSED: u16 = 0;
+
 /// The serving access log's policy and budget, for the HTTP layer's lines (set when the
 /// server starts: `AccessLog::take_http_layer_lines`).
 static SERVING: RwLock<Option<(AccessLogPolicy, Arc<Budget>)>> = RwLock::new(None);
 
 /// Whether `record` is the HTTP layer's line for a connection that ended before a request
-/// reached oauthd, and was taken into the access log: written there as a `4xx` answer's
-/// line is (at its level, within its budget a second, else counted as a `400`), never at
+/// reached oauthd, and was taken into the access log: written there at a `4xx` answer's
+/// level, within a budget a second of its own (`UNPARSED`), never at
 /// `ERROR` as actix-http writes it. One line at `ERROR` for each malformed request let
 /// anyone who reaches the port write the journal past its rate limit, which drops oauthd's
 /// own warnings with them.
@@ -61,9 +66,8 @@ pub fn from_http_layer(record: &log::Record<'_>) -> bool {
     let Some(error) = message.strip_prefix("stream error: ") else {
         return false;
     };
-    let status = StatusCode::BAD_REQUEST;
-    if let Some(level) = policy.level(status) {
-        if log::log_enabled!(target: TARGET, level) && budget.admit(status.as_u16()) {
+    if let Some(level) = policy.level(StatusCode::BAD_REQUEST) {
+        if log::log_enabled!(target: TARGET, level) && budget.admit(UNPARSED) {
             log::log!(
                 target: TARGET,
                 level,
@@ -213,10 +217,15 @@ struct Written {
     others: u32,
     client_errors: u32,
     server_errors: u32,
+    /// Connections that ended before a request reached oauthd (`UNPARSED`).
+    unparsed: u32,
 }
 
 impl Written {
     fn of(&mut self, status: u16) -> &mut u32 {
+        if status == UNPARSED {
+            return &mut self.unparsed;
+        }
         match status / 100 {
             5.. => &mut self.server_errors,
             4 => &mut self.client_errors,
@@ -331,7 +340,10 @@ impl LeftOut {
         let by_status = self
             .0
             .iter()
-            .map(|(status, n)| format!("{status}: {n}"))
+            .map(|(status, n)| match *status {
+                UNPARSED => format!("unparsed: {n}"),
+                status => format!("{status}: {n}"),
+            })
             .collect::<Vec<_>>()
             .join(", ");
         let total = self.total();
@@ -339,7 +351,8 @@ impl LeftOut {
         log::info!(
             target: TARGET,
             "{total} access {lines} left out in one second ({by_status}): at most {per_second} \
-             of each class (1xx-3xx, 4xx, 5xx) are written a second (access_log_per_second)"
+             of each class (1xx-3xx, 4xx, 5xx, unparsed) are written a second \
+             (access_log_per_second)"
         );
     }
 }

@@ -57,7 +57,8 @@ async fn read_body_within<'a>(
         let detail = match why {
             crate::proxy::NoRoom::KeyShare => {
                 "this API key's requests hold as much of the proxy's room for request bodies \
-                 as one key may (half); retry once some of them have ended"
+                 as one key may (half of it, less while other keys hold some); retry once some of \
+                 them have ended"
             }
             crate::proxy::NoRoom::Budget => {
                 "the proxy holds as many request bodies in memory as it may; retry shortly"

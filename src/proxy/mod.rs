@@ -67,11 +67,19 @@ pub struct Proxy {
     /// four full-size bodies or 64 MiB, whichever is more. Past it, 503 `proxy_busy`.
     buffered: tokio::sync::Semaphore,
     /// KiB of `buffered` each API key's requests hold now (keys holding none are left
-    /// out); a key may hold at most `key_share_kib`.
+    /// out): see `key_share`.
     held_by_key: std::sync::Mutex<std::collections::HashMap<String, u32>>,
-    /// Half of `buffered`: an app that starts many uploads and stalls them takes at most
-    /// that from the others' (tenants share one oauthd).
-    key_share_kib: u32,
+    /// All of `buffered`, in KiB.
+    budget_kib: u32,
+}
+
+/// The most one key's requests may hold, in KiB of `budget_kib`, while `others` other keys
+/// hold some: a share that leaves room for one more key (half the budget for a key alone,
+/// a third each for two, ...). An app that starts many uploads and stalls them, with one
+/// key or a few, leaves room for the next app's (tenants share one oauthd).
+fn key_share(budget_kib: u32, others: usize) -> u32 {
+    let parts = u32::try_from(others).unwrap_or(u32::MAX).saturating_add(2);
+    budget_kib / parts
 }
 
 /// Why a body found no room.
@@ -142,7 +150,7 @@ impl Proxy {
             policy,
             buffered: tokio::sync::Semaphore::new(budget_kib),
             held_by_key: Default::default(),
-            key_share_kib: u32::try_from(budget_kib / 2).unwrap_or(u32::MAX),
+            budget_kib: u32::try_from(budget_kib).unwrap_or(u32::MAX),
         })
     }
 
@@ -189,8 +197,10 @@ impl Proxy {
         let more = kib(total).saturating_sub(u32::try_from(held).unwrap_or(u32::MAX));
         if more > 0 {
             let mut by_key = self.held_by_key();
-            let key_holds = by_key.get(&room.key_id).copied().unwrap_or(0);
-            if key_holds.saturating_add(more) > self.key_share_kib {
+            let key_holds = by_key.get(&room.key_id).copied();
+            let others = by_key.len() - usize::from(key_holds.is_some());
+            let share = key_share(self.budget_kib, others);
+            if key_holds.unwrap_or(0).saturating_add(more) > share {
                 return Err(NoRoom::KeyShare);
             }
             let permit = self
@@ -291,20 +301,21 @@ mod tests {
             ..ProxyPolicy::default()
         })
         .unwrap();
-        // Four full-size bodies fit (128 MiB), two of each of two keys; a fifth byte does
-        // not.
+        // Four full-size bodies fit (128 MiB), two of one key (its half) and one of each of
+        // two others; a fifth byte does not.
         let mut rooms: Vec<BodyRoom<'_>> = Vec::new();
-        for key in ["a", "a", "b", "b"] {
+        for key in ["a", "a", "b", "c"] {
             let mut room = proxy.body_room(key);
             assert_eq!(proxy.claim(&mut room, 32 * 1024 * 1024), Ok(()));
             rooms.push(room);
         }
-        let mut more = proxy.body_room("c");
+        let mut more = proxy.body_room("d");
         assert_eq!(proxy.claim(&mut more, 1), Err(NoRoom::Budget));
         // A finished request gives its room back.
         rooms.pop();
         assert_eq!(proxy.claim(&mut more, 1024), Ok(()));
-        // Small bodies: never less than 64 MiB in all, half of it for one key.
+        // Small bodies: never less than 64 MiB in all, half of it for a key alone, a third
+        // for a second one.
         let small = Proxy::new(ProxyPolicy {
             max_request_bytes: 1024,
             ..ProxyPolicy::default()
@@ -314,8 +325,27 @@ mod tests {
         assert_eq!(small.claim(&mut room, 32 * 1024 * 1024), Ok(()));
         assert_eq!(small.claim(&mut room, 1), Err(NoRoom::KeyShare));
         let mut other = small.body_room("b");
-        assert_eq!(small.claim(&mut other, 32 * 1024 * 1024), Ok(()));
-        assert_eq!(small.claim(&mut other, 1), Err(NoRoom::KeyShare));
+        assert_eq!(small.claim(&mut other, 21 * 1024 * 1024), Ok(()));
+        assert_eq!(small.claim(&mut other, 1024 * 1024), Err(NoRoom::KeyShare));
+    }
+
+    #[test]
+    fn keys_holding_room_leave_room_for_one_more() {
+        let proxy = Proxy::new(ProxyPolicy::default()).unwrap();
+        let mib = 1024 * 1024;
+        // Two keys stalling uploads: half, then a third of the budget (64 MiB).
+        let mut a = proxy.body_room("a");
+        assert_eq!(proxy.claim(&mut a, 32 * mib), Ok(()));
+        let mut b = proxy.body_room("b");
+        assert_eq!(proxy.claim(&mut b, 21 * mib), Ok(()));
+        assert_eq!(proxy.claim(&mut b, mib), Err(NoRoom::KeyShare));
+        // A third key still finds the rest, as much as a quarter.
+        let mut c = proxy.body_room("c");
+        assert_eq!(proxy.claim(&mut c, 10 * mib), Ok(()));
+        assert_eq!(key_share(64 * 1024, 0), 32 * 1024);
+        assert_eq!(key_share(64 * 1024, 2), 16 * 1024);
+        drop((a, b, c));
+        assert!(proxy.held_by_key().is_empty());
     }
 
     #[test]
@@ -331,13 +361,13 @@ mod tests {
         }
         let mut fifth = proxy.body_room("tenant");
         assert_eq!(proxy.claim(&mut fifth, 1), Err(NoRoom::KeyShare));
-        // Another key's requests still find room, and the first key's again once its
-        // requests end.
+        // Another key's requests still find room (a third, beside the first key's), and
+        // the first key's again once its requests end.
         let mut other = proxy.body_room("app");
-        assert_eq!(proxy.claim(&mut other, half), Ok(()));
+        assert_eq!(proxy.claim(&mut other, half / 2), Ok(()));
         drop(stalled);
-        assert_eq!(proxy.claim(&mut fifth, half), Ok(()));
-        assert!(proxy.held_by_key().values().all(|kib| *kib == 32 * 1024));
+        assert_eq!(proxy.claim(&mut fifth, half / 2), Ok(()));
+        assert!(proxy.held_by_key().values().all(|kib| *kib == 16 * 1024));
         drop((fifth, other));
         assert!(proxy.held_by_key().is_empty());
     }

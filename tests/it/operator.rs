@@ -569,7 +569,7 @@ async fn the_access_log_writes_at_most_its_lines_a_second_and_sums_up_what_it_le
     let d = home.start_with_env(&info);
     let took = refused_burst(&d, 40).await;
     // The second the burst ended in is summed up by the ticker, with no request after it.
-    let summed_up = || left_out(&home, 401);
+    let summed_up = || left_out(&home, "401");
     let deadline = Instant::now() + Duration::from_secs(10);
     while summed_up().iter().sum::<u64>() + (refused_lines(&home) as u64) < 40
         && Instant::now() < deadline
@@ -618,18 +618,18 @@ async fn the_access_log_writes_at_most_its_lines_a_second_and_sums_up_what_it_le
 }
 
 /// How many access lines each summary line in a home's log says were left out, all of
-/// answers with `status`, at most 5 a second.
-fn left_out(home: &Home, status: u16) -> Vec<u64> {
+/// the class `label` (a status, or `unparsed`), at most 5 a second.
+fn left_out(home: &Home, label: &str) -> Vec<u64> {
     access_lines(home)
         .iter()
         .filter_map(|l| {
             let (_, rest) = l.split_once(" oauthd::access] ")?;
             let (n, rest) = rest.split_once(" access lines left out in one second (")?;
             assert!(
-                rest.starts_with(&format!("{status}: "))
+                rest.starts_with(&format!("{label}: "))
                     && rest.ends_with(
-                        "): at most 5 of each class (1xx-3xx, 4xx, 5xx) are written a \
-                             second (access_log_per_second)"
+                        "): at most 5 of each class (1xx-3xx, 4xx, 5xx, unparsed) are \
+                             written a second (access_log_per_second)"
                     ),
                 "{l}"
             );
@@ -659,6 +659,14 @@ async fn malformed_requests_are_access_lines_within_the_budget_not_errors() {
         assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
     }
     let took = started.elapsed();
+    // A refused request right after them is still written: they have a class of their own,
+    // and cost a sender nothing (no request, no rate limit).
+    assert_eq!(
+        d.get_raw("/v1/connections", Some("wrong-key"))
+            .await
+            .status(),
+        401
+    );
     let malformed = |home: &Home| {
         access_lines(home)
             .iter()
@@ -668,18 +676,19 @@ async fn malformed_requests_are_access_lines_within_the_budget_not_errors() {
             .count() as u64
     };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while malformed(&home) + left_out(&home, 400).iter().sum::<u64>() < 60
+    while malformed(&home) + left_out(&home, "unparsed").iter().sum::<u64>() < 60
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(d.signal_and_wait("TERM").success());
-    let (written, left) = (malformed(&home), left_out(&home, 400));
+    let (written, left) = (malformed(&home), left_out(&home, "unparsed"));
     assert_eq!(written + left.iter().sum::<u64>(), 60, "{written} {left:?}");
     let seconds = took.as_secs() + 2;
     assert!(written <= 5 * seconds, "{written} lines in {seconds} s");
     let log = home.log_text();
     assert!(!log.contains("ERROR"), "{log}");
+    assert_eq!(refused_lines(&home), 1, "{log}");
 }
 
 /// Access lines for `GET /v1/connections` answered 401.

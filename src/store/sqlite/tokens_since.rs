@@ -23,8 +23,12 @@ pub fn refresh_tokens_changed(restored: &Path, replaced: &Path) -> Result<Vec<St
         (restored, "immutable=1", "restored"),
         (replaced, "mode=ro", "replaced"),
     ] {
-        let mut uri = url::Url::parse("file:///").map_err(|e| e.to_string())?;
-        uri.set_path(&path.to_string_lossy());
+        // Absolute, and escaped as a URI path (`%`, `?` and `#` in a name included).
+        let path = path
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut uri = url::Url::from_file_path(&path)
+            .map_err(|()| format!("{}: not a path SQLite can be given", path.display()))?;
         uri.set_query(Some(query));
         conn.execute(&format!("ATTACH DATABASE ?1 AS {name}"), [uri.as_str()])
             .map_err(|e| e.to_string())?;
@@ -47,4 +51,40 @@ pub fn refresh_tokens_changed(restored: &Path, replaced: &Path) -> Result<Vec<St
         })
         .map_err(|e| e.to_string())?;
     rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database with one connection whose refresh token is `token`.
+    fn with_token(path: &Path, token: &[u8]) {
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE connections (provider TEXT, account TEXT, refresh_token BLOB)",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO connections VALUES ('p', 'a', ?1)",
+            [token.to_vec()],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn names_with_uri_characters_are_the_files_they_name() {
+        let dir = tempfile::tempdir().unwrap();
+        // `%41` is "A" to a URI that is not escaped: another file, which holds the same
+        // token as the copy and would hide the change.
+        let restored = dir.path().join("restored%41?#.db");
+        let replaced = dir.path().join("replaced%41.db");
+        with_token(&restored, b"old");
+        with_token(&replaced, b"new");
+        with_token(&dir.path().join("replacedA.db"), b"old");
+        let changed = refresh_tokens_changed(&restored, &replaced).unwrap();
+        assert_eq!(changed, ["p/a"]);
+        // Nothing moved aside but -wal files: nothing to compare.
+        let none = refresh_tokens_changed(&restored, &dir.path().join("gone.db")).unwrap();
+        assert!(none.is_empty());
+    }
 }
