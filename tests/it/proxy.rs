@@ -647,7 +647,8 @@ async fn stalled_uploads_of_one_key_or_two_leave_room_for_the_others() {
         .await;
     let addr = d.url.trim_start_matches("http://").to_owned();
     let chunk = vec![b'x'; 1024 * 1024];
-    // Uploads of 10 MiB declared (the limit), each stalled after 9 MiB.
+    // Uploads of 10 MiB declared (the limit), each stalled after 8 MiB: four fill half of
+    // the 64 MiB all bodies may hold together.
     let stall = |tenant: String, n: usize| {
         let (addr, chunk) = (addr.clone(), chunk.clone());
         async move {
@@ -659,7 +660,7 @@ async fn stalled_uploads_of_one_key_or_two_leave_room_for_the_others() {
                      Authorization: Bearer {tenant}\r\nContent-Length: 10485760\r\n\r\n"
                 );
                 s.write_all(head.as_bytes()).await.unwrap();
-                for _ in 0..9 {
+                for _ in 0..8 {
                     // A refused upload is answered and closed part way: the rest is not
                     // taken.
                     if s.write_all(&chunk).await.is_err() {
@@ -671,8 +672,7 @@ async fn stalled_uploads_of_one_key_or_two_leave_room_for_the_others() {
             stalled
         }
     };
-    // Eight of one key (72 MiB against the 64 MiB all bodies may hold together), then
-    // six of a second.
+    // Eight of one key (64 MiB), then six of a second.
     let first = stall(tenants[0].clone(), 8).await;
     let second = stall(tenants[1].clone(), 6).await;
     // Another key's upload goes through while they stall.
