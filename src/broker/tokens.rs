@@ -177,6 +177,10 @@ struct Leased {
     generation: i64,
     until: tokio::time::Instant,
     discovered: Result<(), String>,
+    /// When the refresh lease taken over had been taken, if it ran out without being
+    /// let go: the process that held it stopped before saving (killed, or its store
+    /// failed), and may have spent the stored refresh token.
+    after_lost: Option<i64>,
 }
 
 /// Whether the background refresher should refresh this connection now: its token is
@@ -547,7 +551,7 @@ impl Broker {
         else {
             return Err(BrokerError::ProviderUnavailable {
                 message: format!(
-                    "a refresh of this connection is waiting for the provider's answer (up to {} s); it is stored when it comes",
+                    "a refresh of this connection is under way here (waiting for the provider's answer, up to {} s, for another oauthd process's refresh, or to save what the provider answered); its token is handed out once stored",
                     self.answer_wait().as_secs()
                 ),
                 retry_after_secs: 5,
@@ -664,6 +668,7 @@ impl Broker {
                         generation,
                         until: leased_until,
                         discovered: discovered.clone().unwrap_or(Ok(())),
+                        after_lost: row.lease_until_ms.map(|until| until - self.lease_ms),
                     };
                     return self.refresh_detached(provider, row, lease, turn).await;
                 }
@@ -673,10 +678,18 @@ impl Broker {
                     tokio::time::sleep(Duration::from_millis(100)).await
                 }
                 None => {
+                    let until = row.lease_until_ms.filter(|u| *u > now);
+                    let message = match until {
+                        Some(until) => format!(
+                            "another oauthd process is refreshing this connection (its lease ends at {}; one killed while refreshing holds it until then)",
+                            crate::clock::rfc3339(until)
+                        ),
+                        None => "another oauthd process is refreshing this connection".into(),
+                    };
                     return Err(BrokerError::ProviderUnavailable {
-                        message: "another oauthd process is refreshing this connection".into(),
+                        message,
                         retry_after_secs: 1,
-                    })
+                    });
                 }
             }
         }
@@ -703,10 +716,12 @@ impl Broker {
     ) -> Result<Arc<AccessToken>, BrokerError> {
         let (this, provider) = (self.clone(), provider.clone());
         let running = self.refreshing.enter();
+        let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let told = answered.clone();
         let refresh = async move {
             let _running = running;
             let _turn = turn;
-            this.refresh_with_lease(&provider, &row, lease).await
+            this.refresh_with_lease(&provider, &row, lease, &told).await
         };
         // The caller is answered after `caller_wait`; the refresh goes on until the
         // provider answers (or `ANSWER_WAIT` passes) and stores what it answers.
@@ -717,6 +732,12 @@ impl Broker {
                 Err(BrokerError::ProviderUnavailable {
                     message: "the refresh ended before it finished".into(),
                     retry_after_secs: 1,
+                })
+            }
+            Err(_) if answered.load(std::sync::atomic::Ordering::SeqCst) => {
+                Err(BrokerError::ProviderUnavailable {
+                    message: "the provider answered the refresh, and saving its new tokens has not succeeded yet (the store fails); oauthd goes on trying, and hands the new token out once it is saved".into(),
+                    retry_after_secs: 5,
                 })
             }
             Err(_) => Err(BrokerError::ProviderUnavailable {
@@ -730,16 +751,20 @@ impl Broker {
         }
     }
 
+    /// Refreshes `row` under `lease`; `answered` is set once the provider answered with
+    /// new tokens (what is left is saving them).
     async fn refresh_with_lease(
         &self,
         provider: &Provider,
         row: &ConnectionRow,
         lease: Leased,
+        answered: &std::sync::atomic::AtomicBool,
     ) -> Result<Arc<AccessToken>, BrokerError> {
         let Leased {
             generation,
             until: leased_until,
             discovered,
+            after_lost,
         } = lease;
         let (p, a) = (provider.name.as_str(), row.account.as_str());
         let Some(sealed_refresh) = &row.refresh_token else {
@@ -773,9 +798,17 @@ impl Broker {
         let tokens = match result {
             Ok(tokens) => tokens,
             Err(FlowError::InvalidGrant(reason)) => {
-                log::warn!("refresh {p}/{a}: invalid_grant ({reason}); the account must be connected again");
+                // A refresh token spent by a refresh that was never saved is the likelier
+                // cause than the user revoking access: say so.
+                let lost = after_lost.map_or_else(String::new, |at| {
+                    format!(
+                        " (a refresh an oauthd process began at {} was never saved: killed, or its store failed; the provider may have rotated the refresh token for it)",
+                        crate::clock::rfc3339(at)
+                    )
+                });
+                log::warn!("refresh {p}/{a}: invalid_grant ({reason}){lost}; the account must be connected again");
                 refreshed(p, "needs_reauth");
-                let failure = Failure::Reauth(format!("invalid_grant: {reason}"));
+                let failure = Failure::Reauth(format!("invalid_grant: {reason}{lost}"));
                 return Err(self.record_failure(row, generation, failure).await);
             }
             Err(e) => {
@@ -785,6 +818,7 @@ impl Broker {
                     .await);
             }
         };
+        answered.store(true, std::sync::atomic::Ordering::SeqCst);
         let sealed = self.seal_tokens(p, a, &tokens, None)?;
         let expires_at_ms = sealed.access_expires_at_ms;
         let scope = sealed.scopes.clone().or_else(|| row.scopes.clone());
@@ -824,38 +858,68 @@ impl Broker {
     }
 
     /// Saves what a refresh brought, trying again on a storage fault (a lock another
-    /// process holds past the busy timeout, a Redis failover) while the lease holds: the
+    /// process holds past the busy timeout, a Redis failover, a Redis at `maxmemory`): the
     /// provider may already have retired the refresh token the store still holds
     /// (rotation), so a result given up here would leave the connection to the user to
-    /// connect again. A try that failed may have landed all the same (its answer lost):
-    /// a later try that finds the lease moved on looks whether the stored token is ours.
+    /// connect again. Tried past the lease too: the save lands only while the connection's
+    /// generation is the lease's, so once another process takes the lease over (with the
+    /// store working again) the save is refused rather than overwriting its tokens; until
+    /// then, nobody else can have refreshed. Given up only when oauthd stops (as its stop
+    /// ends, said at ERROR: the connection is likely lost). A try that failed may have
+    /// landed all the same (its answer lost): a later try that finds the generation moved
+    /// on looks whether the stored token is ours.
     async fn save_refreshed_while_leased(
         &self,
         row: &ConnectionRow,
         generation: i64,
         sealed: SealedTokens,
         deliveries: Vec<crate::store::NewDelivery>,
-        leased_until: tokio::time::Instant,
+        mut leased_until: tokio::time::Instant,
     ) -> Result<bool, StoreError> {
         let key = row.key();
         let mut wait = Duration::from_millis(100);
         let mut failed_before = false;
+        let lease = Duration::from_millis(u64::try_from(self.lease_ms).unwrap_or(0));
         loop {
             let now = self.clock.now_ms();
             let tried = self
                 .store
                 .save_refreshed(&key, generation, sealed.clone(), now, deliveries.clone())
                 .await;
+            let at_stop = self
+                .stop_deadline
+                .get()
+                .is_some_and(|d| tokio::time::Instant::now() + wait >= *d);
             match tried {
                 Ok(false) if failed_before => {
                     let stored = self.store.get_connection(&key).await?;
                     return Ok(stored.is_some_and(|c| c.access_token == sealed.access_token));
                 }
-                Err(e) if tokio::time::Instant::now() + wait < leased_until => {
+                Err(e) if at_stop => {
+                    log::error!(
+                        "refresh {key}: the provider answered with new tokens, and saving them failed until oauthd stopped ({e}): a provider that rotates refresh tokens has retired the stored one, and the account must then be connected again"
+                    );
+                    return Err(e);
+                }
+                Err(e) => {
+                    // The lease held on with a write smaller than the save, which may land
+                    // where the save does not: other processes wait instead of refreshing
+                    // with the refresh token the provider has just retired.
+                    let started = tokio::time::Instant::now();
+                    if let Ok(true) = self
+                        .store
+                        .extend_refresh_lease(&key, generation, self.clock.now_ms(), self.lease_ms)
+                        .await
+                    {
+                        leased_until = started + lease;
+                    }
+                    let past = if tokio::time::Instant::now() < leased_until {
+                        ""
+                    } else {
+                        " (past the lease: the new tokens are kept until they can be saved)"
+                    };
                     log::warn!(
-                        "refresh {}/{}: saving the new tokens failed ({e}); trying again in {} ms",
-                        row.provider,
-                        row.account,
+                        "refresh {key}: saving the new tokens failed ({e}); trying again in {} ms{past}",
                         wait.as_millis()
                     );
                     tokio::time::sleep(wait).await;

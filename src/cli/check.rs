@@ -346,12 +346,15 @@ fn instances_line(
     known: &[String],
     source: &KeySource,
 ) {
-    let lacking: Vec<&str> = others
+    // Each key once: several instances seal with the same one.
+    let mut lacking: Vec<&str> = others
         .iter()
         .filter_map(|o| o.keys.first())
         .filter(|id| !known.contains(id))
         .map(String::as_str)
         .collect();
+    lacking.sort_unstable();
+    lacking.dedup();
     match (others.len(), lacking.is_empty()) {
         (0, _) => r.line("ok", "instances", "no oauthd serves this store now"),
         (n, true) => r.line(

@@ -812,6 +812,18 @@ pub trait ConnectionStore: Send + Sync {
         now_ms: i64,
         lease_ms: i64,
     ) -> Result<Option<i64>, StoreError>;
+    /// Holds the refresh lease of `generation` `lease_ms` more from `now_ms`, if the
+    /// connection is still at that generation (nobody took the lease over); false when it
+    /// is not. A small write: it lands where a save of new tokens may not (a Redis at
+    /// `maxmemory`), and keeps other processes from refreshing with the refresh token the
+    /// provider has just retired while the save is tried again.
+    async fn extend_refresh_lease(
+        &self,
+        key: &ConnectionKey,
+        generation: i64,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError>;
     /// Stores refreshed tokens and releases the lease, only if `generation` still holds
     /// it (fencing). Returns false when it no longer did: nothing was written. The
     /// generation moves on: a row read while the lease was held is stale afterwards.

@@ -1091,6 +1091,22 @@ async fn an_instance_with_another_vault_key_is_refused_while_one_serves(home: Ho
             .contains("FAIL  instances: of the 1 oauthd serving this store, some seal with key(s)"),
         "{checked}"
     );
+    // Two serving with the same key: that key is named once.
+    let second = home.start();
+    let checked = report(
+        home.cli_command(&["check"])
+            .env("OAUTHD_KEY_FILE", &other)
+            .output()
+            .unwrap(),
+    );
+    let lacking = checked
+        .split_once("of the 2 oauthd serving this store, some seal with key(s) ")
+        .and_then(|(_, rest)| rest.split_once(" lacks: "))
+        .and_then(|(_, rest)| rest.split_once(" (a start"))
+        .map(|(ids, _)| ids.to_owned())
+        .unwrap_or_else(|| panic!("{checked}"));
+    assert!(!lacking.contains(','), "{checked}");
+    second.signal_and_wait("TERM");
     let checked = report(home.cli(&["check"]));
     assert!(
         checked.contains("ok    instances: 1 oauthd serving this store (one killed without a clean stop counts for up to a minute), each sealing with a key the key file has"),

@@ -762,10 +762,9 @@ async fn a_refresh_outlasts_a_rotating_provider_that_stalls() {
     );
     assert_eq!(second, 503, "{said}");
     assert!(
-        said["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("a refresh of this connection is waiting for the provider's answer"),
+        said["detail"].as_str().unwrap_or_default().contains(
+            "a refresh of this connection is under way here (waiting for the provider's answer"
+        ),
         "{said}"
     );
     let mut last = (0, serde_json::Value::Null);
@@ -778,6 +777,66 @@ async fn a_refresh_outlasts_a_rotating_provider_that_stalls() {
     }
     assert_eq!(last.0, 200, "{}", last.1);
     // The refresh token the stalled answer carried was stored: the next refresh uses it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, body) = d.get(path, &key).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, conn) = d.get("/v1/connections/peer/alice", &key).await;
+    assert_eq!(conn["status"], "active", "{conn}");
+    d.signal_and_wait("TERM");
+}
+
+/// A provider that answered a refresh with a rotated refresh token, and a store that could
+/// not save it until past the refresh's lease (here another process's write lock, held
+/// 70 s: as a Redis at `maxmemory` or down for a while): the new tokens were given up at
+/// the lease's end with no word, the next refresh sent the retired token, and the provider
+/// revoked the grant. They are now kept, and saved once the store takes writes again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_refresh_token_is_kept_until_the_store_takes_it_past_the_lease() {
+    let peer = common::peer::Peer::start(2);
+    let (home, key) = peer.home_with_key("provider_timeout_seconds = 2\n");
+    let d = home.start();
+    let authorize = d.start_connect(&key, "peer", "alice").await;
+    let callback = peer.approve(&authorize).await;
+    assert_eq!(d.browser_get(&callback).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    // The refresh takes its lease and asks the provider, which is stopped; the database is
+    // locked before the provider answers, so only the save meets the lock.
+    let path = "/v1/connections/peer/alice/token";
+    common::signal(peer.pid(), "STOP");
+    let mut locker = common::SqliteShell::open(&home.db());
+    let (answer, ()) = tokio::join!(d.get(path, &key), async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(locker.query("BEGIN IMMEDIATE; SELECT 'locked';"), "locked");
+        common::signal(peer.pid(), "CONT");
+    });
+    let (status, body) = answer;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap_or_default().contains(
+            "the provider answered the refresh, and saving its new tokens has not succeeded yet"
+        ),
+        "{body}"
+    );
+    // Past the lease (60 s + provider_timeout_seconds + 5 s).
+    tokio::time::sleep(Duration::from_secs(70)).await;
+    assert_eq!(locker.query("ROLLBACK; SELECT 'free';"), "free");
+    assert!(locker.close().success());
+    let mut last = (0, serde_json::Value::Null);
+    for _ in 0..100 {
+        last = d.get(path, &key).await;
+        if last.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(last.0, 200, "{}", last.1);
+    assert!(
+        !home.log_text().contains("invalid_grant"),
+        "{}",
+        home.log_text()
+    );
+    // The rotated refresh token was stored: the next refresh uses it.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (status, body) = d.get(path, &key).await;
     assert_eq!(status, 200, "{body}");

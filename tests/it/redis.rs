@@ -443,6 +443,26 @@ mod shared {
             err.contains("may not run a command oauthd needs") && err.contains("+info"),
             "{err}"
         );
+        // With what the README used to give, TIME was missing: the start stopped with
+        // exit 1 at the first use ("NoPerm … 'time'"), to be restarted for good. It is
+        // tried at the start now; the README's user works.
+        let without_time =
+            "ACL SETUSER lim reset on >limited-password-77 ~oauthd:* +@read +@write +@keyspace +@scripting +info";
+        assert_eq!(
+            server.command_after(&authed, without_time).as_deref(),
+            Some("+OK")
+        );
+        let (code, err) = keys_list_at(&limited, &[]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains("'time'") && err.contains("+time"), "{err}");
+        let readme =
+            "ACL SETUSER lim reset on >limited-password-77 ~oauthd:* +@read +@write +@keyspace +@scripting +info +time";
+        assert_eq!(
+            server.command_after(&authed, readme).as_deref(),
+            Some("+OK")
+        );
+        let (code, err) = keys_list_at(&limited, &[]);
+        assert_eq!(code, Some(0), "{err}");
         let (code, err) = keys_list(&[("OAUTHD_REDIS_PASSWORD", password)]);
         assert_eq!(code, Some(0), "{err}");
     }
@@ -474,6 +494,22 @@ mod shared {
         let kept = d.create_state(&key, json!({"namespace": NS})).await;
         let set = |cmd: &str| assert_eq!(ha.redis_server().command(cmd).as_deref(), Some("+OK"));
         set("CONFIG SET maxmemory-policy noeviction");
+        // A few KiB short of the limit, a small write still lands where a state does not:
+        // not ready there either (it said ready, and a refresh's save then failed).
+        let used =
+            "EVAL \"return tonumber(redis.call('INFO', 'memory'):match('used_memory:(%d+)'))\" 0";
+        let used: u64 = ha
+            .redis_server()
+            .command(used)
+            .and_then(|reply| reply.strip_prefix(':')?.parse().ok())
+            .expect("used_memory");
+        set(&format!("CONFIG SET maxmemory {}", used + 30_000));
+        let (status, body) = d.get("/readyz", "").await;
+        assert_eq!(status, 503, "ready a few KiB short of maxmemory: {body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains("maxmemory"),
+            "{body}"
+        );
         set("CONFIG SET maxmemory 1");
         let (status, body) = d.post("/v1/states", &key, json!({"namespace": NS})).await;
         assert_eq!(status, 503, "{body}");

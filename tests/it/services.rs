@@ -705,6 +705,47 @@ async fn invalid_grant_stops_refreshing_for_good(b: Backend) {
     assert_eq!(endpoint.calls(), 2);
 }
 
+/// A refresh lease that ran out without being let go (its process killed while the
+/// provider answered, or its store failing) may have spent the refresh token: the
+/// `invalid_grant` that follows says so, where it read as if the user had revoked access.
+async fn an_invalid_grant_after_a_lease_that_ran_out_says_what_likely_spent_the_token(b: Backend) {
+    let (clock, endpoint, broker) = expired(&b).await;
+    let key = oauthd::store::ConnectionKey::new("p", "a");
+    let row = b.store.get_connection(&key).await.unwrap().unwrap();
+    // Another process's lease, never let go (Redis ends it by its own clock).
+    let taken = b
+        .store
+        .acquire_refresh_lease(&key, row.generation, clock.now_ms(), 200)
+        .await
+        .unwrap();
+    assert!(taken.is_some());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    clock.advance(MINUTE);
+    endpoint.then(
+        400,
+        serde_json::json!({"error": "invalid_grant", "error_description": "grant request is invalid"}),
+    );
+    let e = broker.access_token("p", "a", MINUTE).await.unwrap_err();
+    assert!(matches!(e, BrokerError::NeedsReauth { .. }), "{e:?}");
+    let row = b.store.get_connection(&key).await.unwrap().unwrap();
+    let said = row.last_error.unwrap_or_default();
+    assert!(
+        said.contains("was never saved: killed, or its store failed; the provider may have rotated the refresh token for it"),
+        "{said}"
+    );
+    // One that was let go says nothing of the sort.
+    let (_, endpoint, broker) = expired(&b).await;
+    endpoint.then(400, serde_json::json!({"error": "invalid_grant"}));
+    let e = broker.access_token("p", "a", MINUTE).await.unwrap_err();
+    assert!(matches!(e, BrokerError::NeedsReauth { .. }), "{e:?}");
+    let row = b.store.get_connection(&key).await.unwrap().unwrap();
+    let said = row.last_error.unwrap_or_default();
+    assert!(
+        said.starts_with("invalid_grant") && !said.contains("never saved"),
+        "{said}"
+    );
+}
+
 /// A refresh's token is held in memory only once a read that began after the refresh
 /// committed found it. Holding it straight away let a change committed right after the
 /// refresh (a delete or a reconnect, whose drop of the token could come before the hold)
@@ -1013,4 +1054,5 @@ backends!(
     concurrent_callers_share_one_refresh,
     a_failed_refresh_backs_off_by_the_clock,
     invalid_grant_stops_refreshing_for_good,
+    an_invalid_grant_after_a_lease_that_ran_out_says_what_likely_spent_the_token,
 );

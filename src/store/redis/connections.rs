@@ -61,6 +61,19 @@ return g
     )
 });
 
+/// KEYS: conn, lease. ARGV: now, lease ms, generation. 1 when the lease of that
+/// generation was held longer, 0 when the connection moved on (or is gone).
+static EXTEND: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('HGET', KEYS[1], 'generation') ~= ARGV[3] then return 0 end
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
+redis.call('HSET', KEYS[1], 'lease_until', tonumber(ARGV[1]) + tonumber(ARGV[2]))
+return 1
+"#,
+    )
+});
+
 /// KEYS: conn, lease, then the outbox's. ARGV: generation, failure flag ("1" counts a
 /// failure), the deliveries (from ARGV[3]), changes….
 static FENCED: LazyLock<Script> = LazyLock::new(|| {
@@ -354,6 +367,31 @@ impl ConnectionStore for RedisStore {
                 .await
         })
         .await
+    }
+
+    async fn extend_refresh_lease(
+        &self,
+        key: &ConnectionKey,
+        generation: i64,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let (provider, account) = (key.provider.as_str(), key.account.as_str());
+        let (key, lease, _) = self.conn_keys(provider, account);
+        let mut c = self.conn();
+        let held: i64 = self
+            .run("holding a refresh lease", async move {
+                EXTEND
+                    .key(key)
+                    .key(lease)
+                    .arg(now_ms)
+                    .arg(lease_ms.max(1))
+                    .arg(generation)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(held == 1)
     }
 
     async fn save_refreshed(

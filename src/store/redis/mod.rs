@@ -117,7 +117,7 @@ fn open_failure(display: &str, prefix: &str, e: &redis::RedisError) -> (String, 
     }
     if e.code() == Some("NOPERM") || text.contains("NoPerm") {
         return (
-            format!("Redis at {display}: the user may not run a command oauthd needs ({text}). oauthd runs reads, writes, scripts, SCAN and INFO on its keys: an ACL like `~{prefix}* +@read +@write +@keyspace +@scripting +info`"),
+            format!("Redis at {display}: the user may not run a command oauthd needs ({text}). oauthd runs reads, writes, scripts, SCAN, INFO and TIME on its keys: an ACL like `~{prefix}* +@read +@write +@keyspace +@scripting +info +time`"),
             true,
         );
     }
@@ -209,11 +209,38 @@ impl RedisStore {
                 true,
             ));
         }
+        // The commands an ACL may leave out, each run once now: a user without one stops
+        // the start, said as a configuration error, not the first time it is needed.
+        let mut eval = redis::cmd("EVAL");
+        eval.arg("return 1").arg(0);
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(0)
+            .arg("MATCH")
+            .arg(format!("{}*", store.prefix))
+            .arg("COUNT")
+            .arg(1);
+        let mut exists = redis::cmd("EXISTS");
+        exists.arg(format!("{}probe", store.prefix));
+        for probe in [redis::cmd("TIME"), eval, scan, exists] {
+            store
+                .block_on_query::<redis::Value>(probe)
+                .map_err(|e| open_failure(&store.display, &store.prefix, &e))?;
+        }
         Ok(store)
     }
 
     /// `INFO section`, with Redis' own error.
     fn block_on_info_raw(&self, section: &'static str) -> Result<String, redis::RedisError> {
+        let mut info = redis::cmd("INFO");
+        info.arg(section);
+        self.block_on_query(info)
+    }
+
+    /// Runs `cmd` on the store's runtime, with Redis' own error.
+    fn block_on_query<T: redis::FromRedisValue + Send + 'static>(
+        &self,
+        cmd: redis::Cmd,
+    ) -> Result<T, redis::RedisError> {
         let Some(rt) = self.runtime.as_ref() else {
             return Err(redis::RedisError::from((
                 redis::ErrorKind::Client,
@@ -221,12 +248,7 @@ impl RedisStore {
             )));
         };
         let mut c = self.conn.clone();
-        rt.block_on(async move {
-            redis::cmd("INFO")
-                .arg(section)
-                .query_async::<String>(&mut c)
-                .await
-        })
+        rt.block_on(async move { cmd.query_async::<T>(&mut c).await })
     }
 
     /// Runs one Redis exchange on the store's runtime, bounded by `OP_TIMEOUT`.
@@ -572,6 +594,18 @@ fn eviction_warning(info: &str) -> Option<String> {
     ))
 }
 
+/// Whether `INFO memory` says Redis refuses writes at `maxmemory` (`noeviction`) and is
+/// within 128 KiB or 1 % of it: where a small write lands and a larger one does not (and
+/// `used_memory` moves by tens of KiB with the clients' buffers alone).
+fn near_maxmemory(info: &str) -> bool {
+    let number = |name| info_field(info, name).and_then(|v| v.parse::<u64>().ok());
+    let (Some(used), Some(max)) = (number("used_memory"), number("maxmemory")) else {
+        return false;
+    };
+    let refuses = info_field(info, "maxmemory_policy").is_some_and(|p| p == "noeviction");
+    refuses && max > 0 && used.saturating_add((max / 100).max(128 * 1024)) > max
+}
+
 fn info_field(info: &str, name: &str) -> Option<String> {
     info.lines().find_map(|l| {
         l.strip_prefix(name)
@@ -711,6 +745,17 @@ end
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn near_maxmemory_is_a_few_kib_short_of_it_with_noeviction() {
+        let info = |used: u64, max: u64, policy: &str| {
+            format!("# Memory\r\nused_memory:{used}\r\nused_memory_human:1M\r\nmaxmemory:{max}\r\nmaxmemory_human:1M\r\nmaxmemory_policy:{policy}\r\n")
+        };
+        assert!(near_maxmemory(&info(1_336_432, 1_366_352, "noeviction")));
+        assert!(!near_maxmemory(&info(1_000_000, 2_000_000, "noeviction")));
+        assert!(!near_maxmemory(&info(1_336_432, 1_366_352, "allkeys-lru")));
+        assert!(!near_maxmemory(&info(1_336_432, 0, "noeviction")));
+    }
 
     #[test]
     fn reads_info_fields_and_versions() {

@@ -803,15 +803,25 @@ impl StateStore for RedisStore {
         // answers PING while it refuses every write.
         let mut c = self.conn();
         let probe = self.index("probe");
-        self.run("checking Redis can be written", async move {
-            redis::cmd("SET")
-                .arg(probe)
-                .arg("")
-                .arg("PX")
-                .arg(1000)
-                .query_async::<()>(&mut c)
-                .await
-        })
-        .await
+        let memory: String = self
+            .run("checking Redis can be written", async move {
+                redis::cmd("SET")
+                    .arg(probe)
+                    .arg("")
+                    .arg("PX")
+                    .arg(1000)
+                    .query_async::<()>(&mut c)
+                    .await?;
+                redis::cmd("INFO").arg("memory").query_async(&mut c).await
+            })
+            .await?;
+        // A small write still lands a few KiB below `maxmemory` where a state's or a
+        // refresh's does not: not ready there either.
+        if super::near_maxmemory(&memory) {
+            return Err(StoreError::OutOfMemory {
+                context: "checking Redis can be written (it is within 128 KiB or 1 % of maxmemory)",
+            });
+        }
+        Ok(())
     }
 }

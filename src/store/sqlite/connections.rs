@@ -180,6 +180,26 @@ impl ConnectionStore for SqliteStore {
             .await
     }
 
+    async fn extend_refresh_lease(
+        &self,
+        key: &ConnectionKey,
+        generation: i64,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let (p, a) = (key.provider.clone(), key.account.clone());
+        self.writer
+            .run("holding a refresh lease", move |conn| {
+                conn.prepare_cached(
+                    "UPDATE connections SET lease_until = ?3 + ?4
+                     WHERE provider = ?1 AND account = ?2 AND generation = ?5",
+                )?
+                .execute(params![p, a, now_ms, lease_ms, generation])
+                .map(|n| n == 1)
+            })
+            .await
+    }
+
     async fn save_refreshed(
         &self,
         key: &ConnectionKey,
