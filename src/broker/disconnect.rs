@@ -107,7 +107,7 @@ impl Broker {
             Err(_) => {
                 return Err(BrokerError::ProviderUnavailable {
                     message: format!(
-                        "a refresh of this connection is waiting for the provider's answer; {FORCE_HINT}"
+                        "a refresh of this connection is under way here (waiting for the provider's answer, or to save what it answered); {FORCE_HINT}"
                     ),
                     retry_after_secs: 5,
                 })

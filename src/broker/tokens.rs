@@ -183,6 +183,11 @@ struct Leased {
     after_lost: Option<i64>,
 }
 
+/// How long a refresh holds back from taking over a lease that ran out unreleased after
+/// the store refused one of its writes: the lease's holder, trying to save what its
+/// provider answered every 200 ms, lands first once the store takes writes again.
+const TAKEOVER_GRACE: Duration = Duration::from_secs(3);
+
 /// Whether the background refresher should refresh this connection now: its token is
 /// within 5 minutes of expiry (or half its lifetime, when shorter), or its refresh token
 /// would die of disuse within a week (or half the idle limit, when shorter).
@@ -431,6 +436,23 @@ impl Broker {
         self.refresh_single_flight(&provider, &key, ask).await
     }
 
+    /// Notes that the store refused a write for `key`'s refresh (`store_failed_lately`).
+    fn note_store_failure(&self, key: &ConnectionKey) {
+        if let Ok(mut failed) = self.store_failed_at.lock() {
+            // Bounded: an entry per connection whose refresh met a storage fault.
+            failed.insert(key.clone(), tokio::time::Instant::now());
+        }
+    }
+
+    /// Whether the store refused a write for `key`'s refresh within `TAKEOVER_GRACE`.
+    fn store_failed_lately(&self, key: &ConnectionKey) -> bool {
+        self.store_failed_at.lock().is_ok_and(|failed| {
+            failed
+                .get(key)
+                .is_some_and(|at| at.elapsed() < TAKEOVER_GRACE)
+        })
+    }
+
     /// Whether this is the first time since the start that a refresh of `key` meets a
     /// backoff (then tried all the same); later ones, and any after a failure this process
     /// recorded (`record_failure`), are waited out.
@@ -658,11 +680,30 @@ impl Broker {
             let leased_until = tokio::time::Instant::now()
                 + Duration::from_millis(u64::try_from(self.lease_ms).unwrap_or(0));
             let now = self.clock.now_ms();
-            match self
+            // A lease that ran out without being let go may belong to a process still
+            // trying to save what its provider answered while the store failed: right
+            // after the store failed here too, it is given a moment to land that first
+            // (it tries every 200 ms past its lease), rather than raced with a refresh
+            // that would send the refresh token the provider has just retired.
+            let unreleased = row.lease_until_ms.is_some_and(|until| until <= now);
+            if unreleased && self.store_failed_lately(key) {
+                if tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                return Err(BrokerError::ProviderUnavailable {
+                    message: "another oauthd process's refresh of this connection was cut off by a storage fault; it is given a moment to save what its provider answered".into(),
+                    retry_after_secs: 2,
+                });
+            }
+            let acquired = self
                 .store
                 .acquire_refresh_lease(key, row.generation, now, self.lease_ms)
-                .await?
-            {
+                .await;
+            if acquired.is_err() {
+                self.note_store_failure(key);
+            }
+            match acquired? {
                 Some(generation) => {
                     let lease = Leased {
                         generation,
@@ -880,16 +921,19 @@ impl Broker {
         let mut wait = Duration::from_millis(100);
         let mut failed_before = false;
         let lease = Duration::from_millis(u64::try_from(self.lease_ms).unwrap_or(0));
+        let mut last_said: Option<tokio::time::Instant> = None;
         loop {
             let now = self.clock.now_ms();
             let tried = self
                 .store
                 .save_refreshed(&key, generation, sealed.clone(), now, deliveries.clone())
                 .await;
+            // A try can take a while (SQLite's busy timeout is 5 s): given up in time for
+            // the ERROR to be said before the stop ends.
             let at_stop = self
                 .stop_deadline
                 .get()
-                .is_some_and(|d| tokio::time::Instant::now() + wait >= *d);
+                .is_some_and(|d| tokio::time::Instant::now() + wait + Duration::from_secs(6) >= *d);
             match tried {
                 Ok(false) if failed_before => {
                     let stored = self.store.get_connection(&key).await?;
@@ -913,17 +957,28 @@ impl Broker {
                     {
                         leased_until = started + lease;
                     }
-                    let past = if tokio::time::Instant::now() < leased_until {
-                        ""
-                    } else {
-                        " (past the lease: the new tokens are kept until they can be saved)"
-                    };
-                    log::warn!(
-                        "refresh {key}: saving the new tokens failed ({e}); trying again in {} ms{past}",
-                        wait.as_millis()
-                    );
+                    let past_lease = tokio::time::Instant::now() >= leased_until;
+                    // Said at the first failure, then once a minute.
+                    if last_said.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                        let past = if past_lease {
+                            " (past the lease: the new tokens are kept until they can be saved)"
+                        } else {
+                            ""
+                        };
+                        log::warn!(
+                            "refresh {key}: saving the new tokens failed ({e}); trying again{past}"
+                        );
+                        last_said = Some(tokio::time::Instant::now());
+                    }
+                    self.note_store_failure(&key);
                     tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(2));
+                    // Past the lease another process may take it over as soon as the store
+                    // takes writes again: tried often then, to land first.
+                    wait = if past_lease {
+                        Duration::from_millis(200)
+                    } else {
+                        (wait * 2).min(Duration::from_secs(2))
+                    };
                     failed_before = true;
                 }
                 other => return other,

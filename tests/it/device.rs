@@ -21,6 +21,17 @@ contract![
     a_revoked_keys_device_flow_ends_without_redeeming_the_approval,
 ];
 
+/// peer/tv's token comes, and the provider says it is live (the grant was not revoked).
+async fn assert_tv_token_is_live(d: &Daemon, key: &str, peer: &Peer) {
+    let (status, token) = d.get("/v1/connections/peer/tv/token", key).await;
+    assert_eq!(status, 200, "{token}");
+    assert!(
+        peer.is_active(token["access_token"].as_str().unwrap())
+            .await,
+        "the grant is dead"
+    );
+}
+
 /// Polls oauthd's status endpoint until it is no longer 202, at most `limit`.
 async fn wait_final(d: &Daemon, key: &str, id: &str, limit: Duration) -> (u16, serde_json::Value) {
     d.wait_device(key, "peer", id, limit).await
@@ -81,13 +92,7 @@ async fn approved_device_flow_connects_and_stops_polling_at_the_first_success(ho
         refused_before,
         "oauthd polled after success"
     );
-    let (status, token) = d.get("/v1/connections/peer/tv/token", &key).await;
-    assert_eq!(status, 200, "{token}");
-    assert!(
-        peer.is_active(token["access_token"].as_str().unwrap())
-            .await,
-        "the grant is dead"
-    );
+    assert_tv_token_is_live(&d, &key, &peer).await;
     let (status, _) = d.get("/v1/connections/peer/tv/token?min_ttl=0", &key).await;
     assert_eq!(status, 200);
 }
@@ -186,13 +191,7 @@ async fn a_device_poll_outlasts_a_provider_that_stalls() {
     );
     expect_final(&d, &key, &start, 30, (200, "connected")).await;
     assert_eq!(peer.grants(DEVICE_GRANT).await, 1);
-    let (status, token) = d.get("/v1/connections/peer/tv/token", &key).await;
-    assert_eq!(status, 200, "{token}");
-    assert!(
-        peer.is_active(token["access_token"].as_str().unwrap())
-            .await,
-        "the grant is dead"
-    );
+    assert_tv_token_is_live(&d, &key, &peer).await;
     d.signal_and_wait("TERM");
 }
 

@@ -727,6 +727,39 @@ async fn a_stop_waits_for_a_refresh_the_provider_is_answering() {
     assert_eq!(token_requests(&mock, "refresh_token").await.len(), 1);
 }
 
+/// The real provider with 2 s tokens (rotating refresh tokens), oauthd with
+/// `provider_timeout_seconds = 2`, peer/alice connected, and its token due for a refresh.
+async fn alice_due_for_refresh() -> (common::peer::Peer, Home, String, Daemon) {
+    let peer = common::peer::Peer::start(2);
+    let (home, key) = peer.home_with_key("provider_timeout_seconds = 2\n");
+    let d = home.start();
+    let authorize = d.start_connect(&key, "peer", "alice").await;
+    let callback = peer.approve(&authorize).await;
+    assert_eq!(d.browser_get(&callback).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    (peer, home, key, d)
+}
+
+/// peer/alice's token comes (within 20 s), and so does the next refresh's: the refresh
+/// token stored is the one the provider issued last (a retired one revokes the grant).
+async fn the_new_refresh_token_was_stored(d: &Daemon, key: &str) {
+    let path = "/v1/connections/peer/alice/token";
+    let mut last = (0, serde_json::Value::Null);
+    for _ in 0..100 {
+        last = d.get(path, key).await;
+        if last.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(last.0, 200, "{}", last.1);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, body) = d.get(path, key).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, conn) = d.get("/v1/connections/peer/alice", key).await;
+    assert_eq!(conn["status"], "active", "{conn}");
+}
+
 /// A rotating provider (panva's oidc-provider: a refresh token is retired once used, and
 /// one used again revokes the grant) that stalls for longer than provider_timeout_seconds
 /// while a refresh waits for its answer, as a provider does while it restarts. oauthd used
@@ -735,13 +768,7 @@ async fn a_stop_waits_for_a_refresh_the_provider_is_answering() {
 /// and the refresh waits for the answer, which keeps the connection.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refresh_outlasts_a_rotating_provider_that_stalls() {
-    let peer = common::peer::Peer::start(2);
-    let (home, key) = peer.home_with_key("provider_timeout_seconds = 2\n");
-    let d = home.start();
-    let authorize = d.start_connect(&key, "peer", "alice").await;
-    let callback = peer.approve(&authorize).await;
-    assert_eq!(d.browser_get(&callback).await.0, 200);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (peer, _home, key, d) = alice_due_for_refresh().await;
 
     let signal = |sig: &str| common::signal(peer.pid(), sig);
     signal("STOP");
@@ -767,21 +794,8 @@ async fn a_refresh_outlasts_a_rotating_provider_that_stalls() {
         ),
         "{said}"
     );
-    let mut last = (0, serde_json::Value::Null);
-    for _ in 0..100 {
-        last = d.get(path, &key).await;
-        if last.0 == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(last.0, 200, "{}", last.1);
     // The refresh token the stalled answer carried was stored: the next refresh uses it.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (status, body) = d.get(path, &key).await;
-    assert_eq!(status, 200, "{body}");
-    let (_, conn) = d.get("/v1/connections/peer/alice", &key).await;
-    assert_eq!(conn["status"], "active", "{conn}");
+    the_new_refresh_token_was_stored(&d, &key).await;
     d.signal_and_wait("TERM");
 }
 
@@ -792,13 +806,7 @@ async fn a_refresh_outlasts_a_rotating_provider_that_stalls() {
 /// revoked the grant. They are now kept, and saved once the store takes writes again.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rotated_refresh_token_is_kept_until_the_store_takes_it_past_the_lease() {
-    let peer = common::peer::Peer::start(2);
-    let (home, key) = peer.home_with_key("provider_timeout_seconds = 2\n");
-    let d = home.start();
-    let authorize = d.start_connect(&key, "peer", "alice").await;
-    let callback = peer.approve(&authorize).await;
-    assert_eq!(d.browser_get(&callback).await.0, 200);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (peer, home, key, d) = alice_due_for_refresh().await;
 
     // The refresh takes its lease and asks the provider, which is stopped; the database is
     // locked before the provider answers, so only the save meets the lock.
@@ -822,25 +830,12 @@ async fn a_rotated_refresh_token_is_kept_until_the_store_takes_it_past_the_lease
     tokio::time::sleep(Duration::from_secs(70)).await;
     assert_eq!(locker.query("ROLLBACK; SELECT 'free';"), "free");
     assert!(locker.close().success());
-    let mut last = (0, serde_json::Value::Null);
-    for _ in 0..100 {
-        last = d.get(path, &key).await;
-        if last.0 == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(last.0, 200, "{}", last.1);
+    // The rotated refresh token was stored: the next refresh uses it.
+    the_new_refresh_token_was_stored(&d, &key).await;
     assert!(
         !home.log_text().contains("invalid_grant"),
         "{}",
         home.log_text()
     );
-    // The rotated refresh token was stored: the next refresh uses it.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (status, body) = d.get(path, &key).await;
-    assert_eq!(status, 200, "{body}");
-    let (_, conn) = d.get("/v1/connections/peer/alice", &key).await;
-    assert_eq!(conn["status"], "active", "{conn}");
     d.signal_and_wait("TERM");
 }

@@ -115,6 +115,12 @@ fn open_failure(display: &str, prefix: &str, e: &redis::RedisError) -> (String, 
             true,
         );
     }
+    if text.contains("unknown command") {
+        return (
+            format!("Redis at {display} does not know a command oauthd needs ({text}): a `rename-command` in its config hides it; oauthd runs reads, writes, scripts, SCAN, INFO and TIME"),
+            true,
+        );
+    }
     if e.code() == Some("NOPERM") || text.contains("NoPerm") {
         return (
             format!("Redis at {display}: the user may not run a command oauthd needs ({text}). oauthd runs reads, writes, scripts, SCAN, INFO and TIME on its keys: an ACL like `~{prefix}* +@read +@write +@keyspace +@scripting +info +time`"),
@@ -595,15 +601,19 @@ fn eviction_warning(info: &str) -> Option<String> {
 }
 
 /// Whether `INFO memory` says Redis refuses writes at `maxmemory` (`noeviction`) and is
-/// within 128 KiB or 1 % of it: where a small write lands and a larger one does not (and
-/// `used_memory` moves by tens of KiB with the clients' buffers alone).
+/// within 1 % of it (at least 128 KiB, at most 4 MiB): where a small write lands and a
+/// larger one does not (and `used_memory` moves by tens of KiB with the clients' buffers
+/// alone). Counted as Redis counts it: without what it leaves out of `maxmemory`
+/// (`mem_not_counted_for_evict`: replicas' and the AOF's buffers).
 fn near_maxmemory(info: &str) -> bool {
     let number = |name| info_field(info, name).and_then(|v| v.parse::<u64>().ok());
     let (Some(used), Some(max)) = (number("used_memory"), number("maxmemory")) else {
         return false;
     };
+    let counted = used.saturating_sub(number("mem_not_counted_for_evict").unwrap_or(0));
+    let margin = (max / 100).clamp(128 * 1024, 4 * 1024 * 1024);
     let refuses = info_field(info, "maxmemory_policy").is_some_and(|p| p == "noeviction");
-    refuses && max > 0 && used.saturating_add((max / 100).max(128 * 1024)) > max
+    refuses && max > 0 && counted.saturating_add(margin) > max
 }
 
 fn info_field(info: &str, name: &str) -> Option<String> {
@@ -755,6 +765,18 @@ mod tests {
         assert!(!near_maxmemory(&info(1_000_000, 2_000_000, "noeviction")));
         assert!(!near_maxmemory(&info(1_336_432, 1_366_352, "allkeys-lru")));
         assert!(!near_maxmemory(&info(1_336_432, 0, "noeviction")));
+        // What Redis leaves out (a replica's buffers) is left out here too.
+        let buffered =
+            info(2_000_000, 1_600_000, "noeviction") + "mem_not_counted_for_evict:1280000\r\n";
+        assert!(!near_maxmemory(&buffered));
+        // A large Redis is near at 4 MiB short, not 1 % (hundreds of MB).
+        let gib = 1024 * 1024 * 1024;
+        assert!(!near_maxmemory(&info(60 * gib, 64 * gib, "noeviction")));
+        assert!(near_maxmemory(&info(
+            64 * gib - 1024 * 1024,
+            64 * gib,
+            "noeviction"
+        )));
     }
 
     #[test]

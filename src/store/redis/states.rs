@@ -819,7 +819,7 @@ impl StateStore for RedisStore {
         // refresh's does not: not ready there either.
         if super::near_maxmemory(&memory) {
             return Err(StoreError::OutOfMemory {
-                context: "checking Redis can be written (it is within 128 KiB or 1 % of maxmemory)",
+                context: "checking Redis can be written (it is within 1 % of maxmemory, at least 128 KiB)",
             });
         }
         Ok(())
