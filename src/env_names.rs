@@ -60,11 +60,15 @@ where
 
 /// Whether `name` (upper case) is `known` with a slip: one letter wrong, missing, extra or
 /// swapped with the next, two in a longer name.
-fn near(name: &str, known: &'static str) -> bool {
-    let rest = |n: &'static str| n.strip_prefix("OAUTHD_").unwrap_or(n);
-    let (a, b) = (name.strip_prefix("OAUTHD_").unwrap_or(name), rest(known));
+fn near(name: &str, known: &str) -> bool {
+    let (a, b) = (bare(name), bare(known));
     let allowed = if b.len() >= 8 { 2 } else { 1 };
     strsim::osa_distance(a, b) <= allowed
+}
+
+/// A variable's name without its `OAUTHD_`.
+fn bare(name: &str) -> &str {
+    name.strip_prefix("OAUTHD_").unwrap_or(name)
 }
 
 #[cfg(test)]

@@ -65,12 +65,17 @@ pub struct Proxy {
     pub policy: ProxyPolicy,
     /// Request bodies held in memory at once, in KiB, across every proxied request:
     /// four full-size bodies or 64 MiB, whichever is more. Past it, 503 `proxy_busy`.
-    buffered: tokio::sync::Semaphore,
-    /// KiB of `buffered` each API key's requests hold now (keys holding none are left
-    /// out): see `key_share`.
-    held_by_key: std::sync::Mutex<std::collections::HashMap<String, u32>>,
-    /// All of `buffered`, in KiB.
     budget_kib: u32,
+    /// What proxied requests' bodies hold of it now.
+    held: std::sync::Mutex<Held>,
+}
+
+/// KiB of the budget held, in all and by each API key (keys holding none are left out:
+/// see `key_share`).
+#[derive(Default)]
+struct Held {
+    total: u32,
+    by_key: std::collections::HashMap<String, u32>,
 }
 
 /// The most one key's requests may hold, in KiB of `budget_kib`, while `others` other keys
@@ -100,21 +105,22 @@ pub const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", 
 pub struct BodyRoom<'a> {
     proxy: &'a Proxy,
     key_id: String,
-    held: Option<tokio::sync::SemaphorePermit<'a>>,
+    /// KiB held.
+    kib: u32,
     bytes: usize,
 }
 
 impl Drop for BodyRoom<'_> {
     fn drop(&mut self) {
-        let Some(held) = &self.held else {
+        if self.kib == 0 {
             return;
-        };
-        let kib = u32::try_from(held.num_permits()).unwrap_or(u32::MAX);
-        let mut by_key = self.proxy.held_by_key();
-        if let Some(n) = by_key.get_mut(&self.key_id) {
-            *n = n.saturating_sub(kib);
+        }
+        let mut held = self.proxy.held();
+        held.total = held.total.saturating_sub(self.kib);
+        if let Some(n) = held.by_key.get_mut(&self.key_id) {
+            *n = n.saturating_sub(self.kib);
             if *n == 0 {
-                by_key.remove(&self.key_id);
+                held.by_key.remove(&self.key_id);
             }
         }
     }
@@ -145,18 +151,16 @@ impl Proxy {
     pub fn new(policy: ProxyPolicy) -> Result<Proxy, String> {
         build_client(&policy)?;
         let budget_kib = (policy.max_request_bytes.saturating_mul(4) / 1024).max(64 * 1024);
-        let budget_kib = budget_kib.min(tokio::sync::Semaphore::MAX_PERMITS);
         Ok(Proxy {
             policy,
-            buffered: tokio::sync::Semaphore::new(budget_kib),
-            held_by_key: Default::default(),
             budget_kib: u32::try_from(budget_kib).unwrap_or(u32::MAX),
+            held: Default::default(),
         })
     }
 
-    /// What each key holds (a poisoned lock only means a thread panicked while counting).
-    fn held_by_key(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, u32>> {
-        self.held_by_key.lock().unwrap_or_else(|e| e.into_inner())
+    /// What bodies hold (a poisoned lock only means a thread panicked while counting).
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// This thread's client (see `CLIENT`).
@@ -181,7 +185,7 @@ impl Proxy {
         BodyRoom {
             proxy: self,
             key_id: key_id.to_owned(),
-            held: None,
+            kib: 0,
             bytes: 0,
         }
     }
@@ -192,26 +196,22 @@ impl Proxy {
     /// for each chunk.
     pub fn claim<'a>(&'a self, room: &mut BodyRoom<'a>, bytes: usize) -> Result<(), NoRoom> {
         let total = room.bytes.saturating_add(bytes);
-        let kib = |n: usize| u32::try_from(n.div_ceil(1024)).unwrap_or(u32::MAX);
-        let held = room.held.as_ref().map_or(0, |p| p.num_permits());
-        let more = kib(total).saturating_sub(u32::try_from(held).unwrap_or(u32::MAX));
+        let kib = u32::try_from(total.div_ceil(1024)).unwrap_or(u32::MAX);
+        let more = kib.saturating_sub(room.kib);
         if more > 0 {
-            let mut by_key = self.held_by_key();
-            let key_holds = by_key.get(&room.key_id).copied();
-            let others = by_key.len() - usize::from(key_holds.is_some());
+            let mut held = self.held();
+            let key_holds = held.by_key.get(&room.key_id).copied();
+            let others = held.by_key.len() - usize::from(key_holds.is_some());
             let share = key_share(self.budget_kib, others);
             if key_holds.unwrap_or(0).saturating_add(more) > share {
                 return Err(NoRoom::KeyShare);
             }
-            let permit = self
-                .buffered
-                .try_acquire_many(more)
-                .map_err(|_| NoRoom::Budget)?;
-            *by_key.entry(room.key_id.clone()).or_default() += more;
-            match &mut room.held {
-                Some(held) => held.merge(permit),
-                None => room.held = Some(permit),
+            if held.total.saturating_add(more) > self.budget_kib {
+                return Err(NoRoom::Budget);
             }
+            held.total += more;
+            *held.by_key.entry(room.key_id.clone()).or_default() += more;
+            room.kib = kib;
         }
         room.bytes = total;
         Ok(())
@@ -345,7 +345,7 @@ mod tests {
         assert_eq!(key_share(64 * 1024, 0), 32 * 1024);
         assert_eq!(key_share(64 * 1024, 2), 16 * 1024);
         drop((a, b, c));
-        assert!(proxy.held_by_key().is_empty());
+        assert!(proxy.held().by_key.is_empty());
     }
 
     #[test]
@@ -367,24 +367,25 @@ mod tests {
         assert_eq!(proxy.claim(&mut other, half / 2), Ok(()));
         drop(stalled);
         assert_eq!(proxy.claim(&mut fifth, half / 2), Ok(()));
-        assert!(proxy.held_by_key().values().all(|kib| *kib == 16 * 1024));
+        assert!(proxy.held().by_key.values().all(|kib| *kib == 16 * 1024));
         drop((fifth, other));
-        assert!(proxy.held_by_key().is_empty());
+        assert!(proxy.held().by_key.is_empty());
     }
 
     #[test]
     fn a_body_in_small_chunks_holds_the_room_its_bytes_need() {
         let proxy = Proxy::new(ProxyPolicy::default()).unwrap();
-        let budget = proxy.buffered.available_permits();
+        let free = |p: &Proxy| p.budget_kib - p.held().total;
+        let budget = free(&proxy);
         let mut room = proxy.body_room("a");
         for _ in 0..3000 {
             assert_eq!(proxy.claim(&mut room, 1), Ok(()));
         }
         // 3,000 bytes: 3 KiB, not a KiB for each of the 3,000 chunks.
-        assert_eq!(budget - proxy.buffered.available_permits(), 3);
+        assert_eq!(budget - free(&proxy), 3);
         assert_eq!(proxy.claim(&mut room, 1024), Ok(()));
-        assert_eq!(budget - proxy.buffered.available_permits(), 4);
+        assert_eq!(budget - free(&proxy), 4);
         drop(room);
-        assert_eq!(proxy.buffered.available_permits(), budget);
+        assert_eq!(free(&proxy), budget);
     }
 }
