@@ -201,9 +201,6 @@ pub struct Broker {
     /// Connections whose refresh backoff this process has not waited out once: a backoff
     /// recorded before the start is ignored for one try per connection (`refresh_in_turn`).
     tried_since_start: Mutex<std::collections::HashSet<ConnectionKey>>,
-    /// When the store last refused a write for each connection's refresh here
-    /// (`store_failed_lately`).
-    store_failed_at: Mutex<HashMap<ConnectionKey, tokio::time::Instant>>,
     /// Tokens read from the store within `token_cache_seconds`, with half their lifetime
     /// (`min_ttl` is capped by it): the token API's hot path. Zeroized when dropped; they
     /// leave the process only in an answer.
@@ -248,7 +245,6 @@ impl Broker {
             stop_deadline: std::sync::OnceLock::new(),
             client_checks: Mutex::new(HashMap::new()),
             tried_since_start: Mutex::default(),
-            store_failed_at: Mutex::default(),
             clock: settings.clock,
             token_cache,
             notifier: settings.notifier,

@@ -183,9 +183,9 @@ struct Leased {
     after_lost: Option<i64>,
 }
 
-/// How long a refresh holds back from taking over a lease that ran out unreleased after
-/// the store refused one of its writes: the lease's holder, trying to save what its
-/// provider answered every 200 ms, lands first once the store takes writes again.
+/// How long a refresh waits, after noting that it takes over a lease that ran out
+/// unreleased (a write the store took), before it does: the lease's holder, if its process
+/// still runs, tries to save what its provider answered every 200 ms, and lands first.
 const TAKEOVER_GRACE: Duration = Duration::from_secs(3);
 
 /// Whether the background refresher should refresh this connection now: its token is
@@ -436,23 +436,6 @@ impl Broker {
         self.refresh_single_flight(&provider, &key, ask).await
     }
 
-    /// Notes that the store refused a write for `key`'s refresh (`store_failed_lately`).
-    fn note_store_failure(&self, key: &ConnectionKey) {
-        if let Ok(mut failed) = self.store_failed_at.lock() {
-            // Bounded: an entry per connection whose refresh met a storage fault.
-            failed.insert(key.clone(), tokio::time::Instant::now());
-        }
-    }
-
-    /// Whether the store refused a write for `key`'s refresh within `TAKEOVER_GRACE`.
-    fn store_failed_lately(&self, key: &ConnectionKey) -> bool {
-        self.store_failed_at.lock().is_ok_and(|failed| {
-            failed
-                .get(key)
-                .is_some_and(|at| at.elapsed() < TAKEOVER_GRACE)
-        })
-    }
-
     /// Whether this is the first time since the start that a refresh of `key` meets a
     /// backoff (then tried all the same); later ones, and any after a failure this process
     /// recorded (`record_failure`), are waited out.
@@ -600,6 +583,9 @@ impl Broker {
         // on the monotonic clock.
         let deadline = tokio::time::Instant::now() + WAIT_FOR_OTHER;
         let mut discovered: Option<Result<(), String>> = None;
+        // The lease that ran out unreleased whose takeover this call noted (generation,
+        // end), and when.
+        let mut noted: Option<((i64, i64), tokio::time::Instant)> = None;
         loop {
             let ticket = self.token_cache.begin_read();
             let row = self.row(key).await?;
@@ -675,35 +661,52 @@ impl Broker {
                     retry_after_secs: 1,
                 });
             }
+            let now = self.clock.now_ms();
+            // A lease that ran out without being let go may belong to a process still
+            // trying to save what its provider answered while the store failed (every
+            // 200 ms past its lease): taken over only `TAKEOVER_GRACE` after a write of
+            // ours noted it, so that the holder has had that long with a store taking
+            // writes to land first, rather than raced by a refresh that would send the
+            // refresh token the provider has just retired (which revokes the grant).
+            if let Some(until) = row.lease_until_ms.filter(|until| *until <= now) {
+                let lease = (row.generation, until);
+                let wait = match noted {
+                    Some((seen, at)) if seen == lease => {
+                        TAKEOVER_GRACE.saturating_sub(at.elapsed())
+                    }
+                    _ => {
+                        let fresh = self
+                            .store
+                            .note_lease_takeover(key, row.generation, until, now)
+                            .await?;
+                        noted = fresh.then(|| (lease, tokio::time::Instant::now()));
+                        if fresh {
+                            TAKEOVER_GRACE
+                        } else {
+                            Duration::from_millis(100)
+                        }
+                    }
+                };
+                if !wait.is_zero() {
+                    if tokio::time::Instant::now() + wait > deadline {
+                        return Err(BrokerError::ProviderUnavailable {
+                            message: "another oauthd process's refresh of this connection ended without being let go; it is given a moment to save what its provider answered before this one takes over".into(),
+                            retry_after_secs: wait.as_secs().max(1),
+                        });
+                    }
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            }
             // The lease's end, taken before the store starts it: the refresh never counts
             // on more of it than it has.
             let leased_until = tokio::time::Instant::now()
                 + Duration::from_millis(u64::try_from(self.lease_ms).unwrap_or(0));
-            let now = self.clock.now_ms();
-            // A lease that ran out without being let go may belong to a process still
-            // trying to save what its provider answered while the store failed: right
-            // after the store failed here too, it is given a moment to land that first
-            // (it tries every 200 ms past its lease), rather than raced with a refresh
-            // that would send the refresh token the provider has just retired.
-            let unreleased = row.lease_until_ms.is_some_and(|until| until <= now);
-            if unreleased && self.store_failed_lately(key) {
-                if tokio::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-                return Err(BrokerError::ProviderUnavailable {
-                    message: "another oauthd process's refresh of this connection was cut off by a storage fault; it is given a moment to save what its provider answered".into(),
-                    retry_after_secs: 2,
-                });
-            }
-            let acquired = self
+            match self
                 .store
                 .acquire_refresh_lease(key, row.generation, now, self.lease_ms)
-                .await;
-            if acquired.is_err() {
-                self.note_store_failure(key);
-            }
-            match acquired? {
+                .await?
+            {
                 Some(generation) => {
                     let lease = Leased {
                         generation,
@@ -970,7 +973,6 @@ impl Broker {
                         );
                         last_said = Some(tokio::time::Instant::now());
                     }
-                    self.note_store_failure(&key);
                     tokio::time::sleep(wait).await;
                     // Past the lease another process may take it over as soon as the store
                     // takes writes again: tried often then, to land first.

@@ -812,6 +812,18 @@ pub trait ConnectionStore: Send + Sync {
         now_ms: i64,
         lease_ms: i64,
     ) -> Result<Option<i64>, StoreError>;
+    /// Notes, with a write, that the refresh lease of `generation` ending at
+    /// `lease_until_ms` ran out without being let go, and that the caller will take it
+    /// over; false when the row moved on (saved, held on, or taken over meanwhile). A
+    /// store that took this write takes the holder's too: a holder still running, trying
+    /// to save what its provider answered, lands within a moment of it.
+    async fn note_lease_takeover(
+        &self,
+        key: &ConnectionKey,
+        generation: i64,
+        lease_until_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
     /// Holds the refresh lease of `generation` `lease_ms` more from `now_ms`, if the
     /// connection is still at that generation (nobody took the lease over); false when it
     /// is not. A small write: it lands where a save of new tokens may not (a Redis at

@@ -806,6 +806,66 @@ async fn a_refresh_outlasts_a_rotating_provider_that_stalls() {
 /// revoked the grant. They are now kept, and saved once the store takes writes again.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rotated_refresh_token_is_kept_until_the_store_takes_it_past_the_lease() {
+    let (_peer, home, key, d, locker) = answered_and_unsaved_past_the_lease().await;
+    assert_eq!(locker.free(), "free");
+    // The rotated refresh token was stored: the next refresh uses it.
+    the_new_refresh_token_was_stored(&d, &key).await;
+    assert!(
+        !home.log_text().contains("invalid_grant"),
+        "{}",
+        home.log_text()
+    );
+    d.signal_and_wait("TERM");
+}
+
+/// The same, with a second process on the database asking for the token as the store
+/// takes writes again, while the first (which holds the provider's answer) is held up a
+/// moment: it took the lease that had run out unreleased over at once and sent the
+/// retired refresh token, and the provider revoked the grant. It now notes the takeover
+/// and gives the holder a moment to save first, and gets the token the holder saved.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_process_taking_over_a_lease_that_ran_out_lets_its_holder_save_first() {
+    let (_peer, home, key, a, locker) = answered_and_unsaved_past_the_lease().await;
+    common::signal(a.pid(), "STOP");
+    assert_eq!(locker.free(), "free");
+    let b = home.start();
+    let path = "/v1/connections/peer/alice/token";
+    let (answer, ()) = tokio::join!(b.get(path, &key), async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        common::signal(a.pid(), "CONT");
+    });
+    let (status, body) = answer;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        a.get(path, &key).await.1["access_token"],
+        body["access_token"]
+    );
+    the_new_refresh_token_was_stored(&b, &key).await;
+    assert!(
+        !home.log_text().contains("invalid_grant"),
+        "{}",
+        home.log_text()
+    );
+    b.signal_and_wait("TERM");
+    a.signal_and_wait("TERM");
+}
+
+/// A database write lock held (by `sqlite3`) over a refresh's save until past its lease.
+struct Locker(common::SqliteShell);
+
+impl Locker {
+    /// Lets go of the lock; returns what the shell said after.
+    fn free(mut self) -> String {
+        let said = self.0.query("ROLLBACK; SELECT 'free';");
+        assert!(self.0.close().success());
+        said
+    }
+}
+
+/// peer/alice due for a refresh; the refresh asked for, which the provider answers with a
+/// rotated refresh token while the database is locked, until past the refresh's lease.
+async fn answered_and_unsaved_past_the_lease() -> (common::peer::Peer, Home, String, Daemon, Locker)
+{
     let (peer, home, key, d) = alice_due_for_refresh().await;
 
     // The refresh takes its lease and asks the provider, which is stopped; the database is
@@ -828,14 +888,5 @@ async fn a_rotated_refresh_token_is_kept_until_the_store_takes_it_past_the_lease
     );
     // Past the lease (60 s + provider_timeout_seconds + 5 s).
     tokio::time::sleep(Duration::from_secs(70)).await;
-    assert_eq!(locker.query("ROLLBACK; SELECT 'free';"), "free");
-    assert!(locker.close().success());
-    // The rotated refresh token was stored: the next refresh uses it.
-    the_new_refresh_token_was_stored(&d, &key).await;
-    assert!(
-        !home.log_text().contains("invalid_grant"),
-        "{}",
-        home.log_text()
-    );
-    d.signal_and_wait("TERM");
+    (peer, home, key, d, Locker(locker))
 }

@@ -186,6 +186,71 @@ async fn a_lease_on_a_deleted_connection_does_not_fence_its_successor(b: Backend
         .unwrap());
 }
 
+/// A takeover of a lease that ran out unreleased is noted only for the lease as read
+/// (its generation and end, once ended), and the note leaves the holder free to hold its
+/// lease on or save what it has: a holder that does either first keeps the connection.
+async fn a_takeover_is_noted_only_for_the_lease_that_ran_out_as_read(b: Backend) {
+    let (s, key) = (b.store.as_ref(), connected(&b).await);
+    let seen = s.get_connection(&key).await.unwrap().unwrap();
+    // A lease of 300 ms from now: Redis ends it on its own clock.
+    let start = chrono::Utc::now().timestamp_millis();
+    let g = s
+        .acquire_refresh_lease(&key, seen.generation, start, 300)
+        .await
+        .unwrap()
+        .expect("a free lease");
+    let until = s
+        .get_connection(&key)
+        .await
+        .unwrap()
+        .unwrap()
+        .lease_until_ms
+        .unwrap();
+    let note = |generation, until, now| s.note_lease_takeover(&key, generation, until, now);
+    assert!(
+        !note(g, until, start + 100).await.unwrap(),
+        "noted while held"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let after = start + 400;
+    assert!(
+        !note(g - 1, until, after).await.unwrap(),
+        "another generation's"
+    );
+    assert!(!note(g, until + 1, after).await.unwrap(), "another end's");
+    assert!(note(g, until, after).await.unwrap());
+    // The holder holds on: the lease read before has not run out any more.
+    assert!(s
+        .extend_refresh_lease(&key, g, after + 10, 300)
+        .await
+        .unwrap());
+    assert!(
+        !note(g, until, after + 20).await.unwrap(),
+        "a lease held on"
+    );
+    assert_eq!(lease(s, &key, g, after + 20).await, None);
+    // Run out again, and noted: the holder's save still lands.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let later = after + 800;
+    let until = s
+        .get_connection(&key)
+        .await
+        .unwrap()
+        .unwrap()
+        .lease_until_ms
+        .unwrap();
+    assert!(note(g, until, later).await.unwrap());
+    assert!(s
+        .save_refreshed(&key, g, tokens(b"a2", b"r2"), later + 10, Vec::new())
+        .await
+        .unwrap());
+    let saved = s.get_connection(&key).await.unwrap().unwrap();
+    assert_eq!(saved.refresh_token.as_deref(), Some(&b"r2"[..]));
+    assert!(!note(g, until, later + 20).await.unwrap(), "a lease let go");
+    assert_eq!(lease(s, &key, g, later + 20).await, None);
+    assert!(lease(s, &key, saved.generation, later + 20).await.is_some());
+}
+
 /// A refresh of `key` that failed at `now`: the lease taken on the row as it is, the
 /// failure recorded (the connection `status` after it, a retry due a minute later, the
 /// operator told).
@@ -1122,6 +1187,7 @@ backends!(
     a_refresh_lease_is_refused_to_a_caller_that_read_an_older_row,
     a_row_read_during_someone_elses_lease_is_stale_once_they_let_go,
     a_lease_on_a_deleted_connection_does_not_fence_its_successor,
+    a_takeover_is_noted_only_for_the_lease_that_ran_out_as_read,
     events_are_stored_with_their_change_and_only_with_it,
     deliveries_are_claimed_once_per_lease_and_finished_by_their_claim,
     racing_claimers_split_the_due_deliveries,

@@ -56,7 +56,22 @@ if tonumber(redis.call('HGET', KEYS[1], 'generation') or '0') ~= tonumber(ARGV[3
 local g = redis.call('HINCRBY', KEYS[1], 'generation', 1)
 redis.call('SET', KEYS[2], g, 'NX', 'PX', ARGV[2])
 redis.call('HSET', KEYS[1], 'lease_until', tonumber(ARGV[1]) + tonumber(ARGV[2]))
+redis.call('HDEL', KEYS[1], 'takeover_noted')
 return g
+"#,
+    )
+});
+
+/// KEYS: conn, lease. ARGV: now, generation, the lease's end the caller read. 1 when the
+/// lease of that generation, ended then, ran out unreleased and the takeover was noted.
+static NOTE_TAKEOVER: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('HGET', KEYS[1], 'generation') ~= ARGV[2] then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '') ~= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], 'takeover_noted', ARGV[1])
+return 1
 "#,
     )
 });
@@ -367,6 +382,31 @@ impl ConnectionStore for RedisStore {
                 .await
         })
         .await
+    }
+
+    async fn note_lease_takeover(
+        &self,
+        key: &ConnectionKey,
+        generation: i64,
+        lease_until_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let (provider, account) = (key.provider.as_str(), key.account.as_str());
+        let (key, lease, _) = self.conn_keys(provider, account);
+        let mut c = self.conn();
+        let noted: i64 = self
+            .run("noting a refresh lease to take over", async move {
+                NOTE_TAKEOVER
+                    .key(key)
+                    .key(lease)
+                    .arg(now_ms)
+                    .arg(generation)
+                    .arg(lease_until_ms)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(noted == 1)
     }
 
     async fn extend_refresh_lease(

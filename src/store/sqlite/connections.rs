@@ -167,7 +167,8 @@ impl ConnectionStore for SqliteStore {
         self.writer
             .run("taking a refresh lease", move |conn| {
                 conn.prepare_cached(
-                    "UPDATE connections SET lease_until = ?3 + ?4, generation = generation + 1
+                    "UPDATE connections SET lease_until = ?3 + ?4, generation = generation + 1,
+                       takeover_noted_at = NULL
                      WHERE provider = ?1 AND account = ?2 AND generation = ?5
                        AND (lease_until IS NULL OR lease_until <= ?3)
                      RETURNING generation",
@@ -176,6 +177,27 @@ impl ConnectionStore for SqliteStore {
                     r.get(0)
                 })
                 .optional()
+            })
+            .await
+    }
+
+    async fn note_lease_takeover(
+        &self,
+        key: &ConnectionKey,
+        generation: i64,
+        lease_until_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let (p, a) = (key.provider.clone(), key.account.clone());
+        self.writer
+            .run("noting a refresh lease to take over", move |conn| {
+                conn.prepare_cached(
+                    "UPDATE connections SET takeover_noted_at = ?5
+                     WHERE provider = ?1 AND account = ?2 AND generation = ?3
+                       AND lease_until = ?4 AND lease_until <= ?5",
+                )?
+                .execute(params![p, a, generation, lease_until_ms, now_ms])
+                .map(|n| n == 1)
             })
             .await
     }
