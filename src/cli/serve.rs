@@ -203,6 +203,7 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
             public_limit: crate::http::RateLimiter::new(settings.public_per_minute),
             failed_auth_limit: crate::http::RateLimiter::new(settings.failed_auth_per_minute),
             failed_sign_in_limit: crate::http::RateLimiter::new(settings.failed_auth_per_minute),
+            failed_metrics_limit: crate::http::RateLimiter::new(settings.failed_auth_per_minute),
             change_limit: crate::http::RateLimiter::new(settings.connection_changes_per_minute),
             trusted_proxies: settings.trusted_proxies.clone(),
             no_keys_hint: match settings.store {

@@ -23,7 +23,12 @@ pub async fn login(app: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default();
-    if app.admin.is_static_token(&token) {
+    // A link is a try at the sign-in's budget as the form's are: that the admin token was
+    // sent is told (as it is refused) only within that budget, or it would be a way to
+    // guess it past the form's.
+    let attempt = sign_in_try(&app, &req);
+    if attempt.blocked().is_none() && app.admin.is_static_token(&token) {
+        attempt.refused();
         log::warn!("the admin token was sent in a URL and refused; type it into the sign-in form instead (and consider changing it: URLs end up in histories and logs)");
         return page(
             base,
@@ -46,9 +51,19 @@ pub async fn login(app: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
                 escape(&token)
             ),
         ),
-        Ok(false) => link_not_working(base),
+        Ok(false) => {
+            if !token.is_empty() {
+                attempt.refused();
+            }
+            link_not_working(base)
+        }
         Err(e) => storage_page(base, &e),
     }
+}
+
+/// A sign-in's try at the admin token or a link, against the refused sign-ins' budget.
+fn sign_in_try<'a>(app: &'a AppState, req: &HttpRequest) -> ratelimit::SecretTry<'a> {
+    ratelimit::SecretTry::new(&app.failed_sign_in_limit, req, &app.trusted_proxies)
 }
 
 /// What the sign-in form's field holds: the admin token, a login link's token, or a whole
@@ -112,21 +127,8 @@ pub async fn login_form(
     // API keys': guessing the admin token is as slow as guessing a key. Past it only the
     // admin token waits: a login link is 256 random bits, so trying one is no guess, and
     // the operator can always get in with a fresh `oauthd admin link`.
-    //
-    // A refusal is charged to the connection's own address too, when it is a trusted
-    // proxy's: anyone who reaches oauthd from that address directly (a local process, a
-    // web page rebound to 127.0.0.1) can write any `X-Forwarded-For`, and a fresh
-    // address per guess must not make a fresh budget. Behind a proxy, all sign-ins share
-    // its budget.
-    let peer = req.peer_addr().map(|a| a.ip().to_canonical());
-    let charged: Vec<std::net::IpAddr> = client
-        .into_iter()
-        .chain(peer.filter(|p| Some(*p) != client))
-        .collect();
-    let blocked = charged
-        .iter()
-        .filter_map(|ip| app.failed_sign_in_limit.blocked(*ip))
-        .max();
+    let attempt = sign_in_try(&app, &req);
+    let blocked = attempt.blocked();
     let with = if blocked.is_some() {
         SignInWith::LoginLink
     } else {
@@ -153,9 +155,7 @@ pub async fn login_form(
             if let Some(ip) = client {
                 log::warn!("admin: a sign-in from {ip} was refused");
             }
-            for ip in charged {
-                let _ = app.failed_sign_in_limit.hit(ip);
-            }
+            attempt.refused();
             if with == SignInWith::Form {
                 let check = if app.admin.has_static_token() {
                     "Check <code>OAUTHD_ADMIN_TOKEN</code>, or make"

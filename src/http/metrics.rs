@@ -8,15 +8,17 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 pub async fn metrics(app: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     // Each scrape reads the store (the connections' counts, the outbox): a public route's
-    // budget per address, as the callback's, and wrong tokens count as wrong API keys do.
+    // budget per address, as the callback's. The token is the operator's choice, so wrong
+    // ones have a budget of their own, past which none is checked (`SecretTry`).
     app.public_route_hit(&req)?;
     if let Some(token) = &app.metrics_token {
+        let attempt =
+            super::ratelimit::SecretTry::new(&app.failed_metrics_limit, &req, &app.trusted_proxies);
+        if let Some(secs) = attempt.blocked() {
+            return Err(super::ratelimit::too_many(secs));
+        }
         if let Err(refused) = check_token(token.expose(), &req) {
-            if let Some(ip) = super::ratelimit::client_ip(&req, &app.trusted_proxies) {
-                app.failed_auth_limit
-                    .hit(ip)
-                    .map_err(super::ratelimit::too_many)?;
-            }
+            attempt.refused();
             return Err(refused);
         }
     }

@@ -73,8 +73,11 @@ pub struct AppState {
     pub metrics_token: Option<crate::secret::SecretText>,
     /// Budget per client address on the public routes.
     pub public_limit: RateLimiter,
-    /// Budget per client address for requests with a wrong API key (or metrics token).
+    /// Budget per client address for requests with a wrong API key.
     pub failed_auth_limit: RateLimiter,
+    /// Budget per client address for wrong metrics tokens, of the same size (a scraper
+    /// on an app's address must not be locked out by the app's wrong keys).
+    pub failed_metrics_limit: RateLimiter,
     /// Budget per client address for refused admin sign-ins, of the same size: wrong API
     /// keys (an app on the operator's address, or behind the same Docker bridge) must not
     /// lock the operator out.

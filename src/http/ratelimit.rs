@@ -148,6 +148,45 @@ pub fn client_ip(req: &HttpRequest, trusted_proxies: &[IpRange]) -> Option<IpAdd
     Some(client)
 }
 
+/// A request's try at a secret the operator chose (the admin token, the metrics token),
+/// kept against a budget of refused tries. Such a secret may be guessable, so a client
+/// past the budget is not even checked (it waits, right or wrong). A refusal is charged
+/// to the client's address and to the connection's own, when that is a trusted proxy's:
+/// anyone who reaches oauthd from that address directly (a local process, a web page
+/// rebound to 127.0.0.1) can write any `X-Forwarded-For`, and a fresh address per guess
+/// must not make a fresh budget. Behind a proxy, all tries share its budget.
+pub struct SecretTry<'a> {
+    budget: &'a RateLimiter,
+    charged: Vec<IpAddr>,
+}
+
+impl<'a> SecretTry<'a> {
+    pub fn new(budget: &'a RateLimiter, req: &HttpRequest, trusted_proxies: &[IpRange]) -> Self {
+        let client = client_ip(req, trusted_proxies);
+        let peer = req.peer_addr().map(|a| a.ip().to_canonical());
+        let charged = client
+            .into_iter()
+            .chain(peer.filter(|p| Some(*p) != client))
+            .collect();
+        SecretTry { budget, charged }
+    }
+
+    /// Seconds until the secret may be tried from here again, when the budget is used up.
+    pub fn blocked(&self) -> Option<u64> {
+        self.charged
+            .iter()
+            .filter_map(|ip| self.budget.blocked(*ip))
+            .max()
+    }
+
+    /// Counts a refused try against every address it is charged to.
+    pub fn refused(&self) {
+        for ip in &self.charged {
+            let _ = self.budget.hit(*ip);
+        }
+    }
+}
+
 /// One `X-Forwarded-For` entry: an address, or an address with a port as some proxies
 /// write it (`198.51.100.7:4711`, `[2001:db8::1]:4711`).
 fn forwarded_address(entry: &str) -> Option<IpAddr> {

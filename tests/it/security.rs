@@ -129,27 +129,48 @@ async fn a_trusted_proxy_without_a_usable_forwarded_for_is_still_limited() {
 }
 
 /// `/metrics` reads the store on every scrape: it has the public routes' budget per
-/// address, and wrong metrics tokens count against the wrong-key budget.
+/// address. Wrong metrics tokens have a budget of their own, which a fresh forwarded
+/// address per guess does not renew, and past which no token is checked: the token is
+/// the operator's choice, and a right one used to be answered 200 past the budget, so
+/// that the budget did not slow guessing at all.
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_scrapes_and_wrong_metrics_tokens_are_budgeted() {
     let home = Home::new();
-    home.write_config("[limits]\npublic_per_minute = 4\nfailed_auth_per_minute = 2\n");
+    home.write_config(
+        "[limits]\npublic_per_minute = 3\nfailed_auth_per_minute = 2\ntrusted_proxies = [\"127.0.0.1\"]\n",
+    );
     let token = "metrics-token-0123456789";
     let d = home.start_with_env(&[("OAUTHD_METRICS_TOKEN", token)]);
     let url = format!("{}/metrics", d.url);
-    let scrape = |bearer: &'static str| {
-        let request = d.http.get(&url).bearer_auth(bearer);
+    let scrape = |bearer: &'static str, from: &'static str| {
+        let request = d
+            .http
+            .get(&url)
+            .bearer_auth(bearer)
+            .header("x-forwarded-for", from);
         async move { request.send().await.unwrap().status().as_u16() }
     };
-    assert_eq!(scrape("wrong-token-0123456789").await, 401);
-    assert_eq!(scrape("wrong-token-0123456789").await, 401);
+    for _ in 0..3 {
+        assert_eq!(scrape(token, "198.51.100.1").await, 200);
+    }
     assert_eq!(
-        scrape("wrong-token-0123456789").await,
+        scrape(token, "198.51.100.1").await,
         429,
-        "past the wrong-key budget"
+        "past the public budget"
     );
-    assert_eq!(scrape(token).await, 200);
-    assert_eq!(scrape(token).await, 429, "past the public budget");
+    let wrong = "wrong-token-0123456789";
+    assert_eq!(scrape(wrong, "198.51.100.2").await, 401);
+    assert_eq!(scrape(wrong, "198.51.100.3").await, 401);
+    assert_eq!(
+        scrape(wrong, "198.51.100.4").await,
+        429,
+        "a fresh forwarded address bought a fresh budget"
+    );
+    assert_eq!(
+        scrape(token, "198.51.100.5").await,
+        429,
+        "a token checked past the budget"
+    );
 }
 
 /// `trusted_proxies` takes ranges (a proxy on a container network changes its address):
@@ -1415,6 +1436,65 @@ async fn forged_forwarded_addresses_get_no_fresh_sign_in_budget() {
         "a fresh forwarded address bought a fresh budget"
     );
     let link = home.login_link(&d);
+    let resp = d
+        .post_form("/admin/login", &[("link", &link_token(&link))], None)
+        .await;
+    assert_eq!(resp.status(), 303, "a login link was refused");
+}
+
+/// `GET /admin/login?token=…` told whether the token was the admin token (400 "Not in a
+/// link", against 401 for anything else) on no budget but the public routes', and a fresh
+/// forwarded address per request renews that one: a way to guess the admin token past
+/// the sign-in form's budget. Now a try on that budget, as the form's are.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_login_url_is_a_try_on_the_sign_in_budget() {
+    let home = Home::new();
+    home.write_config("[limits]\nfailed_auth_per_minute = 3\ntrusted_proxies = [\"127.0.0.1\"]\n");
+    let admin_token = "the-right-admin-token";
+    let d = home.start_with_env(&[("OAUTHD_ADMIN_TOKEN", admin_token)]);
+    let open = |token: &'static str, from: String| {
+        let d = &d;
+        async move {
+            no_redirects()
+                .get(format!("{}/admin/login", d.url))
+                .query(&[("token", token)])
+                .header("x-forwarded-for", from)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(open(admin_token, "198.51.100.1".into()).await, 400);
+    assert_eq!(
+        open("not-the-admin-token", "198.51.100.2".into()).await,
+        401
+    );
+    assert_eq!(
+        open("not-the-admin-token", "198.51.100.3".into()).await,
+        401
+    );
+    assert_eq!(
+        open(admin_token, "198.51.100.4".into()).await,
+        401,
+        "the admin token told apart past the budget"
+    );
+    let resp = no_redirects()
+        .post(format!("{}/admin/login", d.url))
+        .header("x-forwarded-for", "198.51.100.5")
+        .form(&[("token", admin_token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        429,
+        "the links' tries left the form's budget"
+    );
+    // A login link still signs in.
+    let link = home.login_link(&d);
+    assert_eq!(d.browser_get(&link).await.0, 200);
     let resp = d
         .post_form("/admin/login", &[("link", &link_token(&link))], None)
         .await;
