@@ -185,12 +185,52 @@ impl IssuedState {
     }
 }
 
+/// A JSON value's text, compact (no whitespace between tokens), as a state keeps its
+/// data: an app's members in the order it sent them and its numbers as it wrote them
+/// (`1E2`, integers past 64 bits), which a parsed value would sort and round.
+pub struct JsonText(Zeroizing<String>);
+
+impl JsonText {
+    /// The text of `value` (members sorted by name).
+    pub fn of(value: &serde_json::Value) -> JsonText {
+        JsonText(Zeroizing::new(value.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `raw` (checked JSON) without the whitespace between its tokens.
+    pub fn compact(raw: &serde_json::value::RawValue) -> JsonText {
+        let raw = raw.get();
+        let mut text = String::with_capacity(raw.len());
+        let (mut in_string, mut escaped) = (false, false);
+        for c in raw.chars() {
+            if in_string {
+                text.push(c);
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == '"' {
+                    in_string = false;
+                }
+            } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+                in_string = c == '"';
+                text.push(c);
+            }
+        }
+        JsonText(Zeroizing::new(text))
+    }
+}
+
 /// What a create asks for beyond the namespace (the state API's optional fields).
 /// `Debug` never shows the code.
 #[derive(Default)]
 pub struct NewState {
     pub ttl_seconds: Option<u64>,
-    pub data: Option<serde_json::Value>,
+    /// Compact JSON text, kept and answered as it is (`JsonText`).
+    pub data: Option<JsonText>,
     pub subject: Option<String>,
     /// A code the user will type, and how many tries it allows.
     pub secret: Option<(String, Option<u32>)>,
@@ -360,7 +400,7 @@ impl StateService {
         &self,
         namespace: Namespace,
         ttl_seconds: Option<u64>,
-        data: Option<serde_json::Value>,
+        data: Option<JsonText>,
     ) -> Result<IssuedState, StateError> {
         let state = StateValue::generate().map_err(|_| StateError::Entropy)?;
         self.issue_value(state, namespace, ttl_seconds, data).await
@@ -373,7 +413,7 @@ impl StateService {
         state: StateValue,
         namespace: Namespace,
         ttl_seconds: Option<u64>,
-        data: Option<serde_json::Value>,
+        data: Option<JsonText>,
     ) -> Result<IssuedState, StateError> {
         let request = NewState {
             ttl_seconds,
@@ -416,9 +456,9 @@ impl StateService {
         };
         let key_hash = state.hash();
         let data = match request.data {
-            None | Some(serde_json::Value::Null) => None,
-            Some(v) => {
-                let text = Zeroizing::new(v.to_string());
+            None => None,
+            Some(JsonText(text)) if text.as_str() == "null" => None,
+            Some(JsonText(text)) => {
                 if text.len() > max_data {
                     return Err(StateError::DataTooLarge {
                         size: text.len(),

@@ -347,10 +347,7 @@ impl Broker {
         let Ok(left_ms) = u64::try_from(left_ms) else {
             return;
         };
-        let data = taken
-            .data
-            .as_ref()
-            .and_then(|d| serde_json::from_str(d.get()).ok());
+        let data = taken.data.as_deref().map(crate::states::JsonText::compact);
         let put = match crate::namespace::Namespace::parse(&taken.namespace) {
             Ok(ns) => self
                 .states

@@ -486,7 +486,9 @@ impl Broker {
                 state,
                 namespace,
                 None,
-                Some(serde_json::json!({ "sealed": STANDARD.encode(sealed) })),
+                Some(crate::states::JsonText::of(
+                    &serde_json::json!({ "sealed": STANDARD.encode(sealed) }),
+                )),
             )
             .await?;
         match starter {

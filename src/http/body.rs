@@ -8,14 +8,20 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{FromRequest, HttpMessage, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 use futures_util::StreamExt;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::collections::HashMap;
 
 /// Largest request body accepted, set per app as `web::Data<BodyLimit>`.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
 
-/// A JSON object body, checked and parsed.
-pub struct JsonObject(Map<String, Value>);
+/// A JSON object body, checked and parsed, with its text (`opt_verbatim`).
+#[derive(Default)]
+pub struct JsonObject {
+    members: Map<String, Value>,
+    text: Vec<u8>,
+}
 
 fn too_large(limit: usize) -> ApiError {
     ApiError::new(
@@ -70,12 +76,12 @@ impl FromRequest for JsonObject {
             // No body is an empty object, with a JSON content type too (`curl -X POST -H
             // 'Content-Type: application/json'`): every field optional means no body works.
             if body.is_empty() {
-                return Ok(JsonObject(Map::new()));
+                return Ok(JsonObject::default());
             }
             if !is_json {
                 return Err(not_json());
             }
-            JsonObject::parse(&body)
+            JsonObject::parse_owned(body)
         })
     }
 }
@@ -220,8 +226,12 @@ impl JsonObject {
     /// Parses a complete body: a JSON object whose objects name no member twice, or
     /// `malformed_json`.
     pub fn parse(body: &[u8]) -> Result<JsonObject, ApiError> {
-        match serde_json::from_slice::<Unique>(body).map(|u| u.0) {
-            Ok(Value::Object(map)) => Ok(JsonObject(map)),
+        JsonObject::parse_owned(body.to_vec())
+    }
+
+    fn parse_owned(text: Vec<u8>) -> Result<JsonObject, ApiError> {
+        match serde_json::from_slice::<Unique>(&text).map(|u| u.0) {
+            Ok(Value::Object(members)) => Ok(JsonObject { members, text }),
             Ok(_) => Err(ApiError::bad_request(
                 "malformed_json",
                 "the body must be a JSON object",
@@ -248,7 +258,7 @@ fn invalid(name: &str, code: &'static str, why: &str) -> ApiError {
 impl JsonObject {
     /// Removes and returns a field; `None` when absent.
     fn take(&mut self, name: &str) -> Option<Value> {
-        self.0.remove(name)
+        self.members.remove(name)
     }
 
     /// A required string field; `code` is the error code for a missing or non-string value.
@@ -306,19 +316,30 @@ impl JsonObject {
         }
     }
 
-    /// An optional field of any JSON type.
-    pub fn opt_any(&mut self, name: &str) -> Option<Value> {
-        self.take(name)
+    /// An optional field of any JSON type, as its text was sent (members in their order,
+    /// numbers as written) without the whitespace between tokens: what an app stores, it
+    /// gets back byte for byte. `null` is none.
+    pub fn opt_verbatim(&mut self, name: &str) -> Option<crate::states::JsonText> {
+        let parsed = self.take(name).filter(|v| !v.is_null())?;
+        // The body parsed whole before, with no member named twice.
+        let sent = serde_json::from_slice::<HashMap<String, &RawValue>>(&self.text)
+            .ok()
+            .and_then(|members| {
+                members
+                    .get(name)
+                    .map(|raw| crate::states::JsonText::compact(raw))
+            });
+        Some(sent.unwrap_or_else(|| crate::states::JsonText::of(&parsed)))
     }
 
     /// The fields not taken yet, for a reader of its own.
     pub fn into_map(self) -> Map<String, Value> {
-        self.0
+        self.members
     }
 
     /// Refuses whatever fields were not taken.
     pub fn finish(self) -> Result<(), ApiError> {
-        match self.0.keys().next() {
+        match self.members.keys().next() {
             None => Ok(()),
             Some(field) => {
                 let shown: String = field.chars().take(64).collect();

@@ -65,18 +65,19 @@ fn subject(text: Option<String>) -> Result<Option<String>, ApiError> {
     short_text(text, "subject", "invalid_subject", MAX_SUBJECT_CHARS)
 }
 
+/// A state's secret (a 2FA code, a PIN), as set on create and tried by attempt: a
+/// secret out of range is refused on both, never counted as a wrong try.
+fn secret(text: Option<String>) -> Result<Option<String>, ApiError> {
+    short_text(text, "secret", "invalid_secret", MAX_SECRET_CHARS)
+}
+
 /// A create request: the namespace and everything optional.
 pub(super) fn create_request(mut body: JsonObject) -> Result<(Namespace, NewState), ApiError> {
     let ns = namespace(&mut body)?;
     let ttl_seconds = body.opt_positive_int("ttl_seconds", "invalid_ttl")?;
-    let data = body.opt_any("data");
+    let data = body.opt_verbatim("data");
     let subject = subject(body.opt_string("subject", "invalid_subject")?)?;
-    let secret = short_text(
-        body.opt_string("secret", "invalid_secret")?,
-        "secret",
-        "invalid_secret",
-        MAX_SECRET_CHARS,
-    )?;
+    let secret = secret(body.opt_string("secret", "invalid_secret")?)?;
     let max_attempts = body.opt_positive_int("max_attempts", "invalid_max_attempts")?;
     let replace = body
         .opt_bool("replace", "invalid_replace")?
@@ -385,8 +386,10 @@ pub async fn attempt(
     caller: Caller,
     body: JsonObject,
 ) -> Result<HttpResponse, ApiError> {
-    let (state, ns, secret) =
-        keyed_request(&caller, body, |b| b.string("secret", "invalid_secret"))?;
+    let (state, ns, secret) = keyed_request(&caller, body, |b| {
+        let tried = secret(Some(b.string("secret", "invalid_secret")?))?;
+        Ok(tried.unwrap_or_default())
+    })?;
     Ok(ok_view(&app.states.attempt(&state, &ns, &secret).await?))
 }
 

@@ -1011,12 +1011,17 @@ async fn prune_keeps_the_keys_of_states_data_and_of_the_flows_inside(b: Backend)
     let data = serde_json::json!({
         "sealed": base64::engine::general_purpose::STANDARD.encode(inner)
     });
-    states.issue(ns(flow), None, Some(data)).await.unwrap();
+    states
+        .issue(ns(flow), None, Some(oauthd::states::JsonText::of(&data)))
+        .await
+        .unwrap();
     states
         .issue(
             ns("login"),
             None,
-            Some(serde_json::json!({"return_to": "/"})),
+            Some(oauthd::states::JsonText::of(
+                &serde_json::json!({"return_to": "/"}),
+            )),
         )
         .await
         .unwrap();

@@ -11,6 +11,7 @@ const NS: &str = "oauth:spotify";
 
 contract![
     created_state_consumes_once_with_its_data,
+    data_comes_back_as_it_was_sent,
     default_ttl_is_sixty_minutes_and_data_is_optional,
     second_consume_of_same_state_gets_404,
     state_presented_under_another_namespace_gets_404_and_stays_usable,
@@ -280,6 +281,45 @@ async fn created_state_consumes_once_with_its_data(home: Home) {
     );
     assert_eq!(body["namespace"], NS);
     assert!(chrono::DateTime::parse_from_rfc3339(body["created_at"].as_str().unwrap()).is_ok());
+}
+
+/// `data` comes back as it was sent, whitespace between its tokens aside: it used to be
+/// parsed and written again, which sorted its members, spelt `1E2` as `100.0` and rounded
+/// integers past 64 bits (an app comparing or signing what it stored broke).
+async fn data_comes_back_as_it_was_sent(home: Home) {
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let sent = r#"{ "z": [1E2, -0.0, 123456789012345678901234567890],
+        "a": "tab\t and \" quote, spaces  inside", "\u00e9": {"y": null, "x": true} }"#;
+    let kept = r#"{"z":[1E2,-0.0,123456789012345678901234567890],"a":"tab\t and \" quote, spaces  inside","\u00e9":{"y":null,"x":true}}"#;
+    let post = |path: &str, body: String| {
+        let request = d
+            .http
+            .post(format!("{}{path}", d.url))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(body);
+        async move {
+            let resp = request.send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    let (status, body) = post(
+        "/v1/states",
+        format!(r#"{{"namespace": "{NS}", "data": {sent}}}"#),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let created: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let key_body = json!({"state": created["state"], "namespace": NS}).to_string();
+    for path in ["/v1/states/verify", "/v1/states/consume"] {
+        let (status, body) = post(path, key_body.clone()).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains(&format!(r#""data":{kept}"#)),
+            "{path}: {body}"
+        );
+    }
 }
 
 async fn default_ttl_is_sixty_minutes_and_data_is_optional(home: Home) {

@@ -6,7 +6,7 @@
 use crate::services::{clock, ns, policy, room, vault};
 use crate::store_contract::Backend;
 use oauthd::clock::Clock;
-use oauthd::states::{NewState, StateError, StateService};
+use oauthd::states::{JsonText, NewState, StateError, StateService};
 use oauthd::store::SubjectPage;
 use std::sync::Arc;
 use std::time::Duration;
@@ -272,7 +272,7 @@ async fn verify_reads_without_consuming_in_its_namespace_only(b: Backend) {
     let (states, _) = service(&b);
     let data = serde_json::json!({"user": 7});
     let issued = states
-        .issue(ns("codes"), Some(60), Some(data.clone()))
+        .issue(ns("codes"), Some(60), Some(JsonText::of(&data)))
         .await
         .unwrap();
     for _ in 0..3 {
@@ -313,7 +313,7 @@ async fn states_are_listed_and_revoked_by_subject_and_id(b: Backend) {
     let mut alice = Vec::new();
     for i in 0..3 {
         let request = NewState {
-            data: Some(serde_json::json!({ "device": i })),
+            data: Some(JsonText::of(&serde_json::json!({ "device": i }))),
             ..of_subject("alice", false)
         };
         alice.push(states.create(sessions.clone(), request).await.unwrap());
@@ -484,7 +484,7 @@ async fn a_states_data_opens_only_in_its_own_row_and_a_failed_open_keeps_the_sta
     use oauthd::vault::VaultError;
     let (states, clock) = service(&b);
     let data = |who: &str| NewState {
-        data: Some(serde_json::json!({ "who": who })),
+        data: Some(JsonText::of(&serde_json::json!({ "who": who }))),
         ..NewState::default()
     };
     let a = states.create(ns("login"), data("a")).await.unwrap();
@@ -493,7 +493,7 @@ async fn a_states_data_opens_only_in_its_own_row_and_a_failed_open_keeps_the_sta
         .create(
             ns("2fa"),
             NewState {
-                data: Some(serde_json::json!({ "who": "c" })),
+                data: Some(JsonText::of(&serde_json::json!({ "who": "c" }))),
                 ..with_code("123456", 3)
             },
         )

@@ -429,8 +429,19 @@ async fn state_options_are_checked_with_stable_codes(home: Home) {
     // The state survived all of that.
     assert_eq!(d.consume(&key, state, "session").await.0, 200);
 
-    // The namespace's max_attempts is the default: two wrong codes end this one.
+    // The namespace's max_attempts is the default: two wrong codes end this one. A code
+    // out of range (an empty form field, one with a control character, one too long) is
+    // refused as the create refuses it, and spends no attempt: it used to spend them all.
     let guarded = created(&d, &key, json!({"namespace": "2fa", "secret": "1"})).await;
+    for bad in ["", "1\u{0}2", &"9".repeat(129)] {
+        let attempt = json!({"state": guarded["state"], "namespace": "2fa", "secret": bad});
+        let (status, problem) = d.post("/v1/states/attempt", &key, attempt).await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (400, Some("invalid_secret")),
+            "{problem}"
+        );
+    }
     let attempt = json!({"state": guarded["state"], "namespace": "2fa", "secret": "2"});
     let (status, problem) = d.post("/v1/states/attempt", &key, attempt.clone()).await;
     assert_eq!((status, problem["attempts_left"].as_u64()), (403, Some(1)));
