@@ -254,7 +254,7 @@ function pasteBox(provider, account, authorizeUrl) {
 async function disconnect(provider, account, missing) {
   const what = missing
     ? `Delete ${provider}/${account}? ${provider} is no longer configured, so oauthd cannot revoke its tokens there; it only forgets them.`
-    : `Disconnect ${provider}/${account}? oauthd revokes its tokens at ${provider} and forgets them.`;
+    : `Disconnect ${provider}/${account}? oauthd revokes its tokens at ${provider} and forgets them (it only forgets them while another connection here is the same ${provider} account, whose grant revoking would end too).`;
   if (!confirm(what)) return;
   const path = `/ui/api/connections/${encodeURIComponent(provider)}/${encodeURIComponent(account)}`;
   try {

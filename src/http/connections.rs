@@ -49,7 +49,8 @@ pub struct NotRevoked {
     deleted: bool,
     /// Always false.
     revoked: bool,
-    /// `provider_missing` (the provider left the config) or `revocation_failed` (forced).
+    /// `provider_missing` (the provider left the config), `revocation_failed` (forced), or
+    /// `shared_grant` (other connections are the same account at the provider).
     #[schema(example = "revocation_failed")]
     reason: &'static str,
     detail: String,
@@ -270,6 +271,7 @@ pub(super) fn disconnected_response(provider: &str, outcome: Disconnected) -> Ht
             revoked: false,
             reason: match other {
                 Disconnected::ProviderMissing => "provider_missing",
+                Disconnected::SharedGrant { .. } => "shared_grant",
                 _ => "revocation_failed",
             },
             detail: other.describe(provider),

@@ -474,9 +474,11 @@ async fn disconnect_offers_to_force_when_the_provider_is_down_and_removed_provid
     let peer = Peer::start(60);
     let (home, key) = peer.home_with_key("");
     let d = home.start();
+    // Two users at the provider: one's disconnect revokes (no other connection shares
+    // its grant).
     for account in ["alice", "bob"] {
         let authorize = d.start_connect(&key, "peer", account).await;
-        let callback = peer.approve(&authorize).await;
+        let callback = peer.approve_as(account, &authorize).await;
         assert_eq!(d.browser_get(&callback).await.0, 200);
     }
     let b = Browser::start("provider-down").await;

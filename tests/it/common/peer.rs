@@ -124,7 +124,8 @@ impl Peer {
         )
     }
 
-    fn browser() -> reqwest::Client {
+    /// A browser of its own: its session at the provider (a cookie) outlives one flow.
+    pub fn browser() -> reqwest::Client {
         reqwest::Client::builder()
             .cookie_store(true)
             .redirect(reqwest::redirect::Policy::none())
@@ -139,33 +140,57 @@ impl Peer {
         self.walk(authorize_url, "consent").await
     }
 
+    /// Like `approve`, in `browser`: a second approval of oauthd's client there, signed in
+    /// as the same user, continues the grant of the first (one grant, several tokens).
+    pub async fn approve_in(&self, browser: &reqwest::Client, authorize_url: &str) -> String {
+        self.walk_with(browser, authorize_url, "consent", "alice")
+            .await
+    }
+
+    /// Like `approve`, signed in at the provider as `user` (another `sub` than alice's).
+    pub async fn approve_as(&self, user: &str, authorize_url: &str) -> String {
+        self.walk_with(&Self::browser(), authorize_url, "consent", user)
+            .await
+    }
+
     /// Like `approve`, but the user aborts at the consent step.
     pub async fn deny(&self, authorize_url: &str) -> String {
         self.walk(authorize_url, "abort").await
     }
 
     async fn walk(&self, authorize_url: &str, at_consent: &str) -> String {
-        self.walk_with(&Self::browser(), authorize_url, at_consent)
+        self.walk_with(&Self::browser(), authorize_url, at_consent, "alice")
             .await
     }
 
     /// Follows redirects from `authorize_url`, logging in and answering consent, until the
     /// browser leaves the provider (returns that URL) or lands on a page (returns
     /// "page:" and its text).
-    async fn walk_with(&self, browser: &reqwest::Client, start: &str, at_consent: &str) -> String {
+    async fn walk_with(
+        &self,
+        browser: &reqwest::Client,
+        start: &str,
+        at_consent: &str,
+        user: &str,
+    ) -> String {
         let base = reqwest::Url::parse(&self.issuer).unwrap();
         let mut next = reqwest::Url::parse(start).expect("start url");
-        let mut interactions = 0;
         for _ in 0..16 {
             if next.origin() != base.origin() {
                 return next.to_string();
             }
             let resp = if next.path().starts_with("/interaction/") {
-                interactions += 1;
-                match (interactions, at_consent) {
-                    (1, _) => browser.post(next.clone()).form(&[
+                // The login form, unless the browser is signed in at the provider already.
+                let page = browser.get(next.clone()).send().await.expect("interaction");
+                let login = page
+                    .text()
+                    .await
+                    .unwrap_or_default()
+                    .contains("name=\"login\"");
+                match (login, at_consent) {
+                    (true, _) => browser.post(next.clone()).form(&[
                         ("prompt", "login"),
-                        ("login", "alice"),
+                        ("login", user),
                         ("password", "any"),
                     ]),
                     // What the consent page's abort link does.
@@ -235,7 +260,8 @@ impl Peer {
                     .unwrap()
                     .join(location)
                     .unwrap();
-                self.walk_with(&browser, next.as_str(), "consent").await
+                self.walk_with(&browser, next.as_str(), "consent", "alice")
+                    .await
             }
             None => format!("page:{}", resp.text().await.unwrap_or_default()),
         }
