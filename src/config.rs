@@ -369,6 +369,8 @@ pub struct Settings {
     /// holds a `client_secret` itself, `client_secret_file`s, notification `secret_file`s,
     /// `OAUTHD_ADMIN_TOKEN_FILE` and `OAUTHD_METRICS_TOKEN_FILE`.
     pub secret_files: Vec<(String, PathBuf)>,
+    /// The config file read, if any (`--config`, `OAUTHD_CONFIG`).
+    pub config_file: Option<PathBuf>,
     /// What to say of `OAUTHD_*` variables oauthd does not read (`env_names::check`).
     pub env_warnings: Vec<String>,
     /// `[[notify]]` as written: `notify::build_targets` checks and reads them.
@@ -642,6 +644,7 @@ impl Settings {
             metrics_token: secret_from_env("OAUTHD_METRICS_TOKEN")?,
             key_source,
             secret_files,
+            config_file: over.config.clone(),
             env_warnings,
             refresh_check: Duration::from_secs(refresh_check_seconds),
             provider_timeout: Duration::from_secs(provider_timeout_seconds),

@@ -60,7 +60,7 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
         super::providers(&settings)?,
         clock.clone(),
         public_url,
-        super::notifier(&settings, clock)?,
+        super::notifier(&settings, clock.clone())?,
     )?;
     runtime()?.block_on(async {
         match command {
@@ -110,7 +110,11 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
                 out!("{}", serde_json::to_string_pretty(&view)?);
                 Ok(())
             }
-            ConnectionsCommand::Import { file } => import(&broker, &file).await,
+            ConnectionsCommand::Import { file } => {
+                import(&broker, &file).await?;
+                restart_hint(&settings, store.as_ref(), &clock).await;
+                Ok(())
+            }
             ConnectionsCommand::Delete {
                 provider,
                 account,
@@ -202,7 +206,7 @@ pub(super) fn connect_device(
             2,
         ));
     }
-    let (broker, clock) = terminal_broker(&settings, provider)?;
+    let (broker, store, clock) = terminal_broker(&settings, provider)?;
     runtime()?.block_on(async {
         let start = broker.start_device(provider, account, "cli").await?;
         let account = account.unwrap_or(crate::broker::DEFAULT_ACCOUNT);
@@ -228,6 +232,7 @@ pub(super) fn connect_device(
                 }
                 DeviceFlowStatus::Connected => {
                     out!("Connected {provider}/{account}.");
+                    restart_hint(&settings, store.as_ref(), &clock).await;
                     return Ok(());
                 }
                 other => {
@@ -242,10 +247,7 @@ pub(super) fn connect_device(
 /// The broker a terminal connect to `provider` drives, on the configured store. A provider
 /// the config lacks is a command-line error (exit code 2), said before the store is opened
 /// (which may make the vault key file).
-fn terminal_broker(
-    settings: &Settings,
-    provider: &str,
-) -> Result<(std::sync::Arc<crate::broker::Broker>, Clock), Fatal> {
+fn terminal_broker(settings: &Settings, provider: &str) -> Result<TerminalBroker, Fatal> {
     if !settings.providers.contains_key(provider) {
         let unknown =
             crate::broker::BrokerError::UnknownProvider(provider.chars().take(64).collect());
@@ -262,7 +264,22 @@ fn terminal_broker(
         public_url,
         super::notifier(settings, clock.clone())?,
     )?;
-    Ok((broker, clock))
+    Ok((broker, store, clock))
+}
+
+/// The broker a terminal command connects with, the store it writes to, and its clock.
+type TerminalBroker = (
+    std::sync::Arc<crate::broker::Broker>,
+    std::sync::Arc<dyn crate::store::Store>,
+    Clock,
+);
+
+/// Says so when a running oauthd started before the config file changed: it may not know
+/// the provider just connected (`config_changed`).
+async fn restart_hint(settings: &Settings, store: &dyn crate::store::Store, clock: &Clock) {
+    if let Some(hint) = super::config_changed::restart_hint(settings, store, clock.now_ms()).await {
+        say!("note: {hint}");
+    }
 }
 
 /// Paste-back from the terminal: prints where to approve, reads the address the browser
@@ -274,7 +291,7 @@ pub(super) fn connect_paste(
     provider: &str,
     account: Option<&str>,
 ) -> Result<(), Fatal> {
-    let (broker, clock) = terminal_broker(&settings, provider)?;
+    let (broker, store, clock) = terminal_broker(&settings, provider)?;
     let rt = runtime()?;
     let result = rt.block_on(async {
         let started_ms = clock.now_ms();
@@ -304,6 +321,7 @@ pub(super) fn connect_paste(
                 connected = &mut elsewhere => {
                     if connected {
                         out!("Connected {provider}/{account} (oauthd's callback finished the flow).");
+                        restart_hint(&settings, store.as_ref(), &clock).await;
                         return Ok(());
                     }
                     return Err(Fatal(
@@ -318,6 +336,7 @@ pub(super) fn connect_paste(
             match broker.finish_pasted(provider, &line).await {
                 Ok(c) => {
                     out!("Connected {}/{}.", c.provider, c.account);
+                    restart_hint(&settings, store.as_ref(), &clock).await;
                     return Ok(());
                 }
                 Err(e) => {

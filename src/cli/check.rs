@@ -289,6 +289,11 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
                 Err(e) => r.line("FAIL", "instances", e),
                 Ok(others) => instances_line(&mut r, &others, &known, &source),
             }
+            if let Some(hint) =
+                super::config_changed::restart_hint(&settings, store.as_ref(), now).await
+            {
+                r.line("warn", "config", hint);
+            }
         }
         let http = flows::http_client(settings.provider_timeout).map_err(|e| Fatal(e, 1))?;
         for p in &providers {

@@ -24,6 +24,7 @@ macro_rules! say {
 mod accounts;
 mod backup;
 mod check;
+mod config_changed;
 mod events;
 mod keys;
 mod serve;

@@ -430,6 +430,49 @@ fn a_command_makes_no_key_file_beside_a_database_oauthd_served() {
     assert!(!key_file.exists(), "a command made the key file");
 }
 
+/// A provider added to the config while oauthd runs, and connected from the terminal (here
+/// by import): the running oauthd, which serves the config it read at its start, answered
+/// `404 unknown_provider` for it, while the terminal said it was done and `check` said
+/// `ok`. Both now say that the config changed after the serving oauthd started.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_config_changed_after_the_start_is_pointed_out() {
+    let home = Home::new();
+    home.write_config("");
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    home.write_config(
+        "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n",
+    );
+    let file = home.dir.path().join("tokens.jsonl");
+    std::fs::write(
+        &file,
+        "{\"provider\":\"gh\",\"account\":\"me\",\"access_token\":\"t\"}\n",
+    )
+    .unwrap();
+    let out = home.cli(&["connections", "import", "--file", file.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    let said = "and the oauthd serving this store started before it: an oauthd serves the \
+                configuration it read at its start, so restart it";
+    assert!(err.contains(said), "{err}");
+    let (status, _) = d.get("/v1/connections/gh/me/token", &key).await;
+    assert_eq!(status, 404, "the running oauthd knows the provider");
+    let report = text(&home.cli(&["check"]).stdout);
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("warn  config: ") && l.contains(said)),
+        "{report}"
+    );
+    // Restarted, it serves the provider, and nothing is said.
+    d.signal_and_wait("TERM");
+    let d = home.start();
+    assert_eq!(d.get("/v1/connections/gh/me/token", &key).await.0, 200);
+    let report = text(&home.cli(&["check"]).stdout);
+    assert!(!report.contains("restart it"), "{report}");
+}
+
 /// `check` is what a new user runs before the first start: with no database yet it says
 /// so and still checks the providers (here one nobody answers for).
 #[test]

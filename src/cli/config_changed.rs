@@ -1,0 +1,36 @@
+//! Whether the config file changed after an oauthd serving the store started: it serves
+//! what it read at its start, so a provider added since (a connection the terminal made
+//! for it answers `404 unknown_provider` there) or a secret changed waits for a restart.
+
+use crate::config::Settings;
+use crate::store::Store;
+
+/// What to tell the operator when the config file changed after one or more of the oauthd
+/// serving the store started (each tells the store when it started, `vault_keys_in_use`).
+pub(super) async fn restart_hint(
+    settings: &Settings,
+    store: &dyn Store,
+    now_ms: i64,
+) -> Option<String> {
+    let path = settings.config_file.as_ref()?;
+    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
+    let modified_ms = i64::try_from(
+        modified
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_millis(),
+    )
+    .ok()?;
+    let serving = store.vault_keys_in_use(now_ms).await.ok()?;
+    let before = serving.iter().filter(|s| s.since_ms < modified_ms).count();
+    let who = match (before, serving.len()) {
+        (0, _) => return None,
+        (1, 1) => "the oauthd serving this store started before it".to_owned(),
+        (n, all) => format!("{n} of the {all} oauthd serving this store started before it"),
+    };
+    Some(format!(
+        "{} changed at {}, and {who}: an oauthd serves the configuration it read at its start, so restart it for the change to apply there (a provider added, a secret changed)",
+        path.display(),
+        crate::clock::rfc3339(modified_ms)
+    ))
+}
