@@ -55,6 +55,9 @@ pub struct Connected {
     pub by_app: bool,
     /// What the person should know although it worked (`no_refresh_token`).
     pub caution: Option<String>,
+    /// Who signed in at the provider, as far as it said (an ID token, userinfo): a browser
+    /// signed in there already connects that account without asking.
+    pub identity: crate::store::AccountIdentity,
 }
 
 /// What to say of a connection made with `tokens` when the provider gave no refresh token
@@ -520,16 +523,17 @@ impl Broker {
                     super::events::Via::Connect,
                 )
                 .await?;
-            self.store_connection(save, events).await
+            let identity = save.identity.clone();
+            self.store_connection(save, events).await.map(|()| identity)
         };
-        match stored.await {
-            Ok(()) => {}
+        let identity = match stored.await {
+            Ok(identity) => identity,
             Err(BrokerError::IdToken(message)) => {
                 log::warn!("callback {provider_name}/{account}: {message}; nothing stored");
                 return Err(CallbackError::IdToken { account, message });
             }
             Err(e) => return Err(CallbackError::NotStored(e.for_callers())),
-        }
+        };
         log::info!("connect {provider_name}/{account}: connected");
         let caution = no_refresh_token(provider, &tokens);
         if let Some(caution) = &caution {
@@ -548,6 +552,7 @@ impl Broker {
             return_to,
             by_app: false,
             caution,
+            identity,
         })
     }
 

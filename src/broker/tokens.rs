@@ -1007,7 +1007,7 @@ impl Broker {
             Failure::Transient(e) => {
                 let wait = backoff_ms(row.failures);
                 log::warn!(
-                    "refresh {}/{}: {e}; retrying in {} s",
+                    "refresh {}/{}: {e}; the next try waits {} s at least (for a call that needs a new token, or the background refresher)",
                     row.provider,
                     row.account,
                     wait / 1000

@@ -37,6 +37,13 @@ fn key_named(settings: &Settings) -> String {
     }
 }
 
+/// `path` from the root, with `.` and `..` resolved, for a command to paste anywhere.
+fn full_path(path: &std::path::Path) -> PathBuf {
+    std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_owned())
+}
+
 pub(super) fn backup(settings: Settings, to: PathBuf) -> Result<(), Fatal> {
     let db = database(&settings, "backup")?;
     if !db.exists() {
@@ -57,8 +64,8 @@ pub(super) fn backup(settings: Settings, to: PathBuf) -> Result<(), Fatal> {
         copied.version,
         copied.bytes,
         key_named(&settings),
-        std::path::absolute(db).unwrap_or_else(|_| db.to_owned()).display(),
-        std::path::absolute(&to).unwrap_or_else(|_| to.clone()).display()
+        full_path(db).display(),
+        full_path(&to).display()
     );
     Ok(())
 }

@@ -175,6 +175,12 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
                         ),
                         1,
                     )),
+                    Retried::NotFound if id.starts_with("msg_") => Err(Fatal(
+                        format!(
+                            "{id:?} is an event's id (a receiver's webhook-id), and retry takes a                              delivery's (dlv_…, one per target): `oauthd events list --json`                              shows each delivery with its event's id"
+                        ),
+                        1,
+                    )),
                     Retried::NotFound => Err(Fatal(
                         format!("no delivery {id:?} (see `oauthd events list`)"),
                         1,

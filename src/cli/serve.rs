@@ -31,10 +31,10 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
     log::info!("{}", store.describe());
     for t in notifier.targets() {
         log::info!(
-            "notify {}: {} ({:?}{})",
+            "notify {}: {} (format {}{})",
             t.name,
             t.url.host_str().unwrap_or(""),
-            t.format,
+            t.format.name(),
             if t.key.is_some() { ", signed" } else { "" }
         );
         if let Some(warning) = t.unsigned_warning() {

@@ -88,6 +88,7 @@ pub async fn callback(
             account,
             by_app,
             caution,
+            identity,
             ..
         }) => page_for(
             by_app,
@@ -95,9 +96,10 @@ pub async fn callback(
             200,
             "Connected",
             &format!(
-                "<p><strong>{}</strong> account <strong>{}</strong> is connected. Apps with an API key can now fetch its access token from oauthd; you can close this tab.</p>{}",
+                "<p><strong>{}</strong> account <strong>{}</strong> is connected{}. Apps with an API key can now fetch its access token from oauthd; you can close this tab.</p>{}",
                 escape(&provider),
                 escape(&account),
+                signed_in_as(&provider, &identity),
                 caution.map_or_else(String::new, |c| format!(
                     "<p class=\"caution\"><strong>But</strong> {}.</p>",
                     escape(&c)
@@ -114,6 +116,22 @@ pub async fn callback(
     resp
 }
 
+/// ", signed in at PROVIDER as NAME (EMAIL)", as far as the provider said who: a browser
+/// signed in there already connects that account without a word.
+fn signed_in_as(provider: &str, who: &crate::store::AccountIdentity) -> String {
+    let name = who.name.as_deref().or(who.sub.as_deref());
+    let shown = match (name, who.email.as_deref()) {
+        (Some(name), Some(email)) if name != email => format!("{name} ({email})"),
+        (_, Some(email)) => email.to_owned(),
+        (Some(name), None) => name.to_owned(),
+        (None, None) => return String::new(),
+    };
+    format!(
+        ", signed in at <strong>{}</strong> as <strong>{}</strong>",
+        escape(provider),
+        escape(&shown)
+    )
+}
 /// The page for a callback that stored nothing: the only place that words these. A flow
 /// an app started is started again from the app: a button here would skip the page that
 /// asks the person to confirm.

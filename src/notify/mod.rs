@@ -50,6 +50,17 @@ pub enum Format {
     Gotify,
 }
 
+impl Format {
+    /// As the config file spells it (`format = "json"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Text => "text",
+            Format::Gotify => "gotify",
+        }
+    }
+}
+
 /// `[events]`: when to tell and how long to keep trying.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventsPolicy {

@@ -32,8 +32,17 @@ async fn a_backup_made_while_serving_restores_over_what_a_killed_oauthd_left() {
         .create_state(&key, json!({"namespace": NS, "data": {"v": 1}}))
         .await;
     let copy = home.dir.path().join("copy.db");
-    let out = home.cli(&["backup", copy.to_str().unwrap()]);
+    // Named by a path that walks out and back: the command to restore it names it plainly.
+    std::fs::create_dir(home.dir.path().join("other")).unwrap();
+    let winding = home.dir.path().join("other/../copy.db");
+    let out = home.cli(&["backup", winding.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    let plain = std::fs::canonicalize(&copy).unwrap();
+    assert!(
+        said.contains(&format!(" {}` puts it back", plain.display())),
+        "{said}"
+    );
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&copy).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);

@@ -469,7 +469,11 @@ async fn a_disconnect_leaves_alone_the_grant_other_connections_share(home: Home)
     for account in ["alice", "bob"] {
         let authorize = d.start_connect(&key, "peer", account).await;
         let callback = peer.approve_in(&browser, &authorize).await;
-        assert_eq!(d.browser_get(&callback).await.0, 200, "{account}");
+        let (status, page, _) = d.browser_get(&callback).await;
+        assert_eq!(status, 200, "{account}: {page}");
+        // The browser signed in at the provider once: the page says as whom each time.
+        let who = "signed in at <strong>peer</strong> as <strong>alice</strong>";
+        assert!(page.contains(who), "{page}");
     }
     let (_, token) = d.get("/v1/connections/peer/alice/token", &key).await;
     let access = token["access_token"].as_str().unwrap().to_owned();

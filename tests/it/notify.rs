@@ -428,6 +428,14 @@ async fn a_dead_delivery_is_sent_again_by_events_retry() {
     assert_eq!(got.len(), attempts + 2, "sent again with --again");
     let out = home.cli(&["events", "retry", "dlv_nope"]);
     assert_eq!(out.status.code(), Some(1));
+    // The event's id (a receiver's webhook-id) is not a delivery's: said so.
+    let out = home.cli(&["events", "retry", sent["event_id"].as_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("is an event's id") && err.contains("dlv_"),
+        "{err}"
+    );
 
     // A receiver down past retry_for_seconds leaves dead deliveries: all of them are sent
     // again with one command (they used to take one `events retry ID` each).
@@ -862,6 +870,13 @@ async fn an_unsigned_webhook_target_is_warned_about() {
         !log.contains("notify phone: JSON") && !log.contains("notify signed: JSON"),
         "{log}"
     );
+    // Each target at the start, its format as the config spells it.
+    for said in [
+        "notify phone: ntfy.example (format text)",
+        "notify signed: hooks.example (format json, signed)",
+    ] {
+        assert!(log.contains(said), "{log}");
+    }
 }
 
 /// Without a target, a test event has nowhere to go: 409.

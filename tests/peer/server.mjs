@@ -3,6 +3,7 @@
 //   node server.mjs            prints "peer listening on http://127.0.0.1:PORT" once ready
 //
 // Environment:
+//   PEER_PORT         the port to listen on (default: a free one, new at each start)
 //   PEER_ACCESS_TTL   access token lifetime in seconds (default 60)
 //   PEER_CLIENT_SECRET  the confidential client's secret (default "peer-secret")
 //
@@ -12,7 +13,7 @@ import http from 'node:http';
 import Provider from 'oidc-provider';
 
 const server = http.createServer();
-await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+await new Promise((resolve) => server.listen(Number(process.env.PEER_PORT || 0), '127.0.0.1', resolve));
 const { port } = server.address();
 const issuer = `http://127.0.0.1:${port}`;
 const accessTtl = Number(process.env.PEER_ACCESS_TTL || 60);
