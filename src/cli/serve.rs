@@ -91,6 +91,7 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
         let mut teller = super::vault_peers::Teller::new(
             store.clone(),
             broker.clone(),
+            notifier.clone(),
             clock.clone(),
             key_from.clone(),
         );

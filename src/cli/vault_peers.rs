@@ -157,6 +157,7 @@ pub(super) struct Teller {
     since_ms: Option<i64>,
     store: Arc<dyn Store>,
     broker: Arc<Broker>,
+    notifier: Arc<crate::notify::Notifier>,
     clock: Clock,
     from: String,
     told: Option<(Vec<String>, Instant)>,
@@ -171,6 +172,7 @@ impl Teller {
     pub(super) fn new(
         store: Arc<dyn Store>,
         broker: Arc<Broker>,
+        notifier: Arc<crate::notify::Notifier>,
         clock: Clock,
         from: String,
     ) -> Teller {
@@ -179,6 +181,7 @@ impl Teller {
             since_ms: None,
             store,
             broker,
+            notifier,
             clock,
             from,
             told: None,
@@ -257,6 +260,7 @@ impl Teller {
                 .as_ref()
                 .is_some_and(|(_, at)| at.elapsed() < HOLDS_FOR / 2)
             {
+                self.tell_data_lost().await;
                 log::error!(
                     "{} lost what it held: this oauthd's note of its vault keys, written {}s ago, is gone (Redis restarted without persistence, a FLUSHALL, a failover to an empty replica; or the database replaced under oauthd). Connections, API keys, admin sessions and pending deliveries it held may be gone too: look with `oauthd connections list` and `oauthd keys list`, and turn Redis' persistence on (appendonly yes)",
                     self.store.describe(),
@@ -298,6 +302,27 @@ impl Teller {
                 crate::clock::rfc3339(other.since_ms),
             );
             self.said.push((other.instance, Instant::now()));
+        }
+    }
+
+    /// `store.data_lost` to the notification targets (into the outbox of the store that
+    /// lost everything else: it takes writes again). Each serving oauthd that sees the
+    /// loss sends one.
+    async fn tell_data_lost(&self) {
+        let data = serde_json::json!({
+            "store": self.store.describe(),
+            "detected_by_since": crate::clock::rfc3339(self.since_ms.unwrap_or(0)),
+        });
+        let told = self
+            .notifier
+            .tell(
+                self.store.as_ref(),
+                crate::notify::EventType::StoreDataLost,
+                data,
+            )
+            .await;
+        if let Err(e) = told {
+            log::warn!("could not tell the notification targets that the store lost its data: {e}");
         }
     }
 

@@ -18,10 +18,13 @@ pub enum EventType {
     DeviceFlowFailed,
     /// `POST /v1/notify/test`: sent to every target, whatever its `events`.
     NotifyTest,
+    /// The store lost what it held under a running oauthd (a Redis restarted without
+    /// persistence, a `FLUSHALL`, a failover to an empty replica).
+    StoreDataLost,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 9] = [
+    pub const ALL: [EventType; 10] = [
         EventType::ConnectionConnected,
         EventType::ConnectionRefreshed,
         EventType::ConnectionRefreshFailing,
@@ -31,6 +34,7 @@ impl EventType {
         EventType::DeviceFlowCompleted,
         EventType::DeviceFlowFailed,
         EventType::NotifyTest,
+        EventType::StoreDataLost,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,6 +48,7 @@ impl EventType {
             EventType::DeviceFlowCompleted => "device_flow.completed",
             EventType::DeviceFlowFailed => "device_flow.failed",
             EventType::NotifyTest => "notify.test",
+            EventType::StoreDataLost => "store.data_lost",
         }
     }
 
@@ -152,6 +157,14 @@ pub fn message(body: &str) -> Option<Message> {
             "test".to_owned(),
             "This is a test notification from oauthd: this target works.".to_owned(),
             false,
+        ),
+        EventType::StoreDataLost => (
+            "store lost its data".to_owned(),
+            format!(
+                "{} lost what it held: connections, API keys, sign-ins and pending notifications may be gone.",
+                s("store")
+            ),
+            true,
         ),
     };
     let link = d

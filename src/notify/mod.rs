@@ -322,6 +322,23 @@ impl Notifier {
         }
     }
 
+    /// Stores an event of `kind` for every target that wants it.
+    pub async fn tell(
+        &self,
+        store: &dyn OutboxStore,
+        kind: EventType,
+        data: Value,
+    ) -> Result<(), StoreError> {
+        let events = [self.event(kind, data)];
+        let rows = self.deliveries(&events);
+        if rows.is_empty() {
+            return Ok(());
+        }
+        store.add_deliveries(rows).await?;
+        self.written(&events);
+        Ok(())
+    }
+
     /// Stores a `notify.test` event for every target, whatever its `events`.
     pub async fn send_test(&self, store: &dyn OutboxStore) -> Result<TestSent, StoreError> {
         use std::sync::atomic::Ordering;

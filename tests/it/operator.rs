@@ -961,10 +961,13 @@ async fn on_redis_an_instance_started_while_the_notes_were_lost_is_said_as_an_er
 
 /// Redis restarted without its data under a serving oauthd (here a FLUSHALL): everything
 /// it held is gone, and the instances used to go on saying nothing. The one whose note of
-/// its keys vanished says the store lost what it held, and what to look at.
+/// its keys vanished says the store lost what it held, and what to look at, in the log
+/// and (it was in the log only) to the notification targets: `store.data_lost`.
 #[tokio::test(flavor = "multi_thread")]
 async fn on_redis_a_store_that_lost_its_data_under_oauthd_is_said_as_an_error() {
     let home = Home::redis();
+    let hooks = common::receiver::Receiver::start(None);
+    home.write_config(&format!("[[notify]]\nurl = \"{}\"\n", hooks.url("/hook")));
     let d = home.start();
     let said = "lost what it held";
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -979,6 +982,14 @@ async fn on_redis_a_store_that_lost_its_data_under_oauthd_is_said_as_an_error() 
         home.log_text()
     );
     assert!(home.log_text().contains("oauthd connections list"));
+    let told = hooks
+        .wait_for("store.data_lost", 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(told.len(), 1, "{told:?}");
+    let store = told[0]["json"]["data"]["store"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(store.starts_with("Redis "), "{told:?}");
     d.signal_and_wait("TERM");
 }
 
