@@ -62,6 +62,16 @@ function sharedWith(c) {
   return (c.account_limited_keys || []).map((k) => `"${k}"`).join(", ");
 }
 
+// The other active connections signed in as the same account at c's provider: at many
+// providers they share one grant, which revoking c's tokens ends.
+function sameAccount(c, list) {
+  const sub = c.provider_account && c.provider_account.sub;
+  if (!sub) return [];
+  return list
+    .filter((o) => o !== c && o.provider === c.provider && o.status === "active" && o.provider_account && o.provider_account.sub === sub)
+    .map((o) => `${o.provider}/${o.account}`);
+}
+
 function renderConnections(list) {
   const body = $("#connections tbody");
   body.replaceChildren();
@@ -76,7 +86,7 @@ function renderConnections(list) {
       const ask = `The app key(s) ${readers} read ${c.provider} (${c.account}): whoever you sign in as, they get the tokens. Reconnect it here all the same?`;
       actions.append(el("button", { onclick: () => { if (!readers || confirm(ask)) connect(c.provider, c.account); } }, "Reconnect"));
     }
-    actions.append(el("button", { class: "danger", onclick: () => disconnect(c.provider, c.account, missing) }, missing ? "Delete" : "Disconnect"));
+    actions.append(el("button", { class: "danger", onclick: () => disconnect(c.provider, c.account, missing, sameAccount(c, list)) }, missing ? "Delete" : "Disconnect"));
     const status = el("td", {}, el("span", { class: cls }, text));
     if (c.last_error) status.append(el("div", { class: "hint" }, c.last_error));
     status.setAttribute("data-label", "Status");
@@ -251,10 +261,12 @@ function pasteBox(provider, account, authorizeUrl) {
   field.focus();
 }
 
-async function disconnect(provider, account, missing) {
+async function disconnect(provider, account, missing, same) {
+  const shared = same.length === 0 ? ""
+    : ` ${same.join(", ")} ${same.length === 1 ? "is" : "are"} the same ${provider} account: at many providers revoking ends ${same.length === 1 ? "its" : "their"} access too, and oauthd then shows ${same.length === 1 ? "it" : "them"} as needing to be connected again.`;
   const what = missing
     ? `Delete ${provider}/${account}? ${provider} is no longer configured, so oauthd cannot revoke its tokens there; it only forgets them.`
-    : `Disconnect ${provider}/${account}? oauthd revokes its tokens at ${provider} and forgets them (it only forgets them while another connection here is the same ${provider} account, whose grant revoking would end too).`;
+    : `Disconnect ${provider}/${account}? oauthd revokes its tokens at ${provider} and forgets them.${shared}`;
   if (!confirm(what)) return;
   const path = `/ui/api/connections/${encodeURIComponent(provider)}/${encodeURIComponent(account)}`;
   try {

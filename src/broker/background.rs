@@ -35,6 +35,12 @@ impl Drop for Running {
 }
 
 impl Broker {
+    /// Whether this broker serves (its background work runs on the daemon's runtime), as
+    /// opposed to a terminal command's, which ends with the command.
+    pub(super) fn serving(&self) -> bool {
+        self.runtime.get().is_some()
+    }
+
     /// Runs device drivers and leased refreshes on `runtime` from now on: the daemon's,
     /// which lives until the stop has waited for them.
     pub fn run_background_on(&self, runtime: tokio::runtime::Handle) {

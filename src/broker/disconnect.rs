@@ -14,6 +14,7 @@ use super::{token_aad, Broker, BrokerError};
 use crate::oauth::flows::{self, FlowError, TokenSet};
 use crate::oauth::Provider;
 use crate::store::{ConnectionKey, ConnectionRow, ConnectionStatus};
+use std::sync::Arc;
 use std::time::Duration;
 use zeroize::Zeroizing;
 
@@ -27,7 +28,7 @@ const FORCE_HINT: &str =
 const ATTEMPTS: usize = 5;
 
 /// How a disconnect went at the provider; the connection is deleted in every case.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disconnected {
     /// Revoked at the provider.
     Revoked,
@@ -37,53 +38,37 @@ pub enum Disconnected {
     RevocationFailed,
     /// The provider is no longer configured: deleted locally, nothing revoked.
     ProviderMissing,
-    /// Other active connections of the provider (`with`, their account names) are the same
-    /// account there: deleted here, not revoked, since revoking one token ends the whole
-    /// grant at most providers (Google's, OpenID providers'), which those share.
-    SharedGrant { with: Vec<String> },
 }
 
 impl Disconnected {
     /// What happened, in words, for people.
-    pub fn describe(&self, provider: &str) -> String {
+    pub fn describe(self, provider: &str) -> String {
         match self {
             Disconnected::Revoked => "revoked at the provider".into(),
             Disconnected::NotOffered => format!("provider {provider} offers no revocation: its grant stays valid there until it expires or is removed in the account's settings at {provider}"),
             Disconnected::RevocationFailed => "revocation at the provider failed; its grant may still be valid there".into(),
             Disconnected::ProviderMissing => format!("provider {provider} is no longer configured: nothing was revoked there, only oauthd's copy was deleted"),
-            Disconnected::SharedGrant { with } => format!("not revoked at {provider}: {} the same account there, whose grant revoking would end too; disconnect {} as well to revoke it", plural_accounts(provider, with), if with.len() == 1 { "it" } else { "them" }),
         }
     }
 
     /// The `revocation` field of the `connection.deleted` event.
-    fn revocation(&self) -> &'static str {
+    fn revocation(self) -> &'static str {
         match self {
             // `revoked` is documented as "revoked where the provider offers revocation":
             // a new value would change what apps already get for such providers.
             Disconnected::Revoked | Disconnected::NotOffered => "revoked",
             Disconnected::RevocationFailed => "failed",
             Disconnected::ProviderMissing => "provider_missing",
-            Disconnected::SharedGrant { .. } => "shared_grant",
         }
     }
 
     /// The outcome of a disconnect that revoked in more than one pass (the first starting
     /// from `Revoked`): a pass that failed is not hidden by a later one that succeeded.
     fn and(self, later: Disconnected) -> Disconnected {
-        match self {
-            Disconnected::RevocationFailed => self,
+        match (self, later) {
+            (Disconnected::RevocationFailed, _) => self,
             _ => later,
         }
-    }
-}
-
-/// "connection peer/a is" or "connections peer/a and peer/b are".
-fn plural_accounts(provider: &str, accounts: &[String]) -> String {
-    let names: Vec<String> = accounts.iter().map(|a| format!("{provider}/{a}")).collect();
-    match names.as_slice() {
-        [one] => format!("connection {one} is"),
-        [rest @ .., last] => format!("connections {} and {last} are", rest.join(", ")),
-        [] => "no other connection is".into(),
     }
 }
 
@@ -106,7 +91,7 @@ impl Broker {
     /// provider is no longer configured is deleted here only: there is nothing to revoke
     /// with, and the answer says so.
     pub async fn disconnect(
-        &self,
+        self: &Arc<Self>,
         provider_name: &str,
         account: &str,
         force: bool,
@@ -184,6 +169,9 @@ impl Broker {
                         "disconnect {provider_name}/{account}: deleted ({})",
                         outcome.describe(provider_name)
                     );
+                    if outcome == Disconnected::Revoked {
+                        self.check_same_account(&row).await;
+                    }
                     return Ok(outcome);
                 }
                 Some(_) if attempts + 1 >= ATTEMPTS => {
@@ -213,10 +201,6 @@ impl Broker {
         let Some(provider) = self.providers.get(&row.provider) else {
             return Ok(Disconnected::ProviderMissing);
         };
-        let with = self.sharing_the_grant(row).await?;
-        if !with.is_empty() {
-            return Ok(Disconnected::SharedGrant { with });
-        }
         let (p, a) = (&row.provider, &row.account);
         // Refresh token first (revokes the grant at most providers), then the access token.
         let mut tokens = Vec::new();
@@ -255,23 +239,63 @@ impl Broker {
         }
     }
 
-    /// The other active connections of `row`'s provider that are the same account there
-    /// (the same `sub`), by account name: their grant is `row`'s.
-    async fn sharing_the_grant(&self, row: &ConnectionRow) -> Result<Vec<String>, BrokerError> {
-        let Some(sub) = row.identity.sub.as_deref() else {
-            return Ok(Vec::new());
+    /// After `row`'s tokens were revoked: its provider's other active connections that are
+    /// the same account there (the same `sub`, as when one browser signed in at the
+    /// provider connects several accounts) share its grant at many providers (Google's,
+    /// OpenID providers'), which the revocation ended. Each is refreshed now, so that one
+    /// whose grant ended is `needs_reauth` (and said, by event too) at once rather than at
+    /// its next refresh, an hour on. A serving oauthd does it in the background (the stop
+    /// waits for refreshes under way); a terminal command waits for it, since a refresh
+    /// cut short by its end could lose a rotated refresh token.
+    async fn check_same_account(self: &Arc<Self>, row: &ConnectionRow) {
+        let Some(sub) = row.identity.sub.clone() else {
+            return;
         };
-        let all = self.store.list_connections().await?;
-        Ok(all
-            .into_iter()
-            .filter(|c| {
-                c.provider == row.provider
-                    && c.account != row.account
-                    && c.status == ConnectionStatus::Active
-                    && c.identity.sub.as_deref() == Some(sub)
-            })
-            .map(|c| c.account)
-            .collect())
+        let same: Vec<ConnectionKey> = match self.store.list_connections().await {
+            Ok(all) => all
+                .into_iter()
+                .filter(|c| {
+                    c.provider == row.provider
+                        && c.account != row.account
+                        && c.status == ConnectionStatus::Active
+                        && c.identity.sub.as_deref() == Some(sub.as_str())
+                })
+                .map(|c| c.key())
+                .collect(),
+            Err(e) => {
+                log::warn!(
+                    "disconnect {}/{}: could not look for connections of the same account ({e})",
+                    row.provider,
+                    row.account
+                );
+                return;
+            }
+        };
+        if same.is_empty() {
+            return;
+        }
+        let names: Vec<String> = same.iter().map(ToString::to_string).collect();
+        log::info!(
+            "disconnect {}/{}: {} the same account at {}, whose grant the revocation may have ended: refreshing {} now to see",
+            row.provider,
+            row.account,
+            names.join(", "),
+            row.provider,
+            if same.len() == 1 { "it" } else { "them" }
+        );
+        let this = self.clone();
+        let check = async move {
+            for key in same {
+                if let Err(e) = this.refresh_now(&key).await {
+                    log::warn!("after disconnecting one of the same account: {key}: {e}");
+                }
+            }
+        };
+        if self.serving() {
+            self.spawn_background(check);
+        } else {
+            check.await;
+        }
     }
 
     /// Revokes `tokens` in order where the provider has a revocation endpoint, adding each

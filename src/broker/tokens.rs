@@ -186,7 +186,9 @@ struct Leased {
 /// How long a refresh waits, after noting that it takes over a lease that ran out
 /// unreleased (a write the store took), before it does: the lease's holder, if its process
 /// still runs, tries to save what its provider answered every 200 ms, and lands first.
-const TAKEOVER_GRACE: Duration = Duration::from_secs(3);
+/// Longer than a Redis command's timeout (3 s) with a try after it: a holder whose save
+/// waited on a connection that stalled has had another.
+const TAKEOVER_GRACE: Duration = Duration::from_secs(10);
 
 /// Whether the background refresher should refresh this connection now: its token is
 /// within 5 minutes of expiry (or half its lifetime, when shorter), or its refresh token
@@ -436,6 +438,28 @@ impl Broker {
         self.refresh_single_flight(&provider, &key, ask).await
     }
 
+    /// Refreshes `key` now, whatever its token has left (unless something refreshed it
+    /// meanwhile): how a connection learns whether its grant still holds. A connection
+    /// without a refresh token is left alone.
+    pub(super) async fn refresh_now(
+        self: &Arc<Self>,
+        key: &ConnectionKey,
+    ) -> Result<(), BrokerError> {
+        let provider = self.provider(&key.provider)?.clone();
+        if self.row(key).await?.refresh_token.is_none() {
+            return Ok(());
+        }
+        let ask = Ask {
+            min_ttl: Duration::ZERO,
+            force: true,
+            rejected: None,
+            asked_at: self.clock.now_ms(),
+        };
+        self.refresh_single_flight(&provider, key, ask)
+            .await
+            .map(|_| ())
+    }
+
     /// Whether this is the first time since the start that a refresh of `key` meets a
     /// backoff (then tried all the same); later ones, and any after a failure this process
     /// recorded (`record_failure`), are waited out.
@@ -586,6 +610,9 @@ impl Broker {
         // The lease that ran out unreleased whose takeover this call noted (generation,
         // end), and when.
         let mut noted: Option<((i64, i64), tokio::time::Instant)> = None;
+        // Whether this call is the process's first to meet the connection's backoff: asked
+        // once, so that passes of the loop after a wait keep the answer.
+        let mut first_try: Option<bool> = None;
         loop {
             let ticket = self.token_cache.begin_read();
             let row = self.row(key).await?;
@@ -619,7 +646,8 @@ impl Broker {
             // expects the next call to try (one try per connection and start; a failure
             // then backs off again). Counted here, not by comparing times: a clock stepped
             // back would make every failure look older than the start.
-            let backing_off = row.retry_at_ms.is_some_and(|r| r > now) && !self.first_try(key);
+            let backing_off = row.retry_at_ms.is_some_and(|r| r > now)
+                && !*first_try.get_or_insert_with(|| self.first_try(key));
             if let Some(retry_at) = row.retry_at_ms.filter(|_| backing_off) {
                 return Err(BrokerError::ProviderUnavailable {
                     message: format!(

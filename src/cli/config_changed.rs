@@ -21,6 +21,11 @@ pub(super) async fn restart_hint(
             .as_millis(),
     )
     .ok()?;
+    // A time ahead of the clock (a file copied with its time from another host) says
+    // nothing of when it changed here.
+    if modified_ms > now_ms {
+        return None;
+    }
     let serving = store.vault_keys_in_use(now_ms).await.ok()?;
     let before = serving.iter().filter(|s| s.since_ms < modified_ms).count();
     let who = match (before, serving.len()) {
@@ -29,7 +34,7 @@ pub(super) async fn restart_hint(
         (n, all) => format!("{n} of the {all} oauthd serving this store started before it"),
     };
     Some(format!(
-        "{} changed at {}, and {who}: an oauthd serves the configuration it read at its start, so restart it for the change to apply there (a provider added, a secret changed)",
+        "{} changed at {}, and {who}: an oauthd serves the configuration it read at its start, so restart it for the change to apply there (a provider added, a setting changed)",
         path.display(),
         crate::clock::rfc3339(modified_ms)
     ))

@@ -20,7 +20,8 @@ pub struct BodyLimit(pub usize);
 #[derive(Default)]
 pub struct JsonObject {
     members: Map<String, Value>,
-    text: Vec<u8>,
+    /// Zeroed when dropped: an import's body holds tokens.
+    text: zeroize::Zeroizing<Vec<u8>>,
 }
 
 fn too_large(limit: usize) -> ApiError {
@@ -230,6 +231,7 @@ impl JsonObject {
     }
 
     fn parse_owned(text: Vec<u8>) -> Result<JsonObject, ApiError> {
+        let text = zeroize::Zeroizing::new(text);
         match serde_json::from_slice::<Unique>(&text).map(|u| u.0) {
             Ok(Value::Object(members)) => Ok(JsonObject { members, text }),
             Ok(_) => Err(ApiError::bad_request(

@@ -49,8 +49,7 @@ pub struct NotRevoked {
     deleted: bool,
     /// Always false.
     revoked: bool,
-    /// `provider_missing` (the provider left the config), `revocation_failed` (forced), or
-    /// `shared_grant` (other connections are the same account at the provider).
+    /// `provider_missing` (the provider left the config) or `revocation_failed` (forced).
     #[schema(example = "revocation_failed")]
     reason: &'static str,
     detail: String,
@@ -271,7 +270,6 @@ pub(super) fn disconnected_response(provider: &str, outcome: Disconnected) -> Ht
             revoked: false,
             reason: match other {
                 Disconnected::ProviderMissing => "provider_missing",
-                Disconnected::SharedGrant { .. } => "shared_grant",
                 _ => "revocation_failed",
             },
             detail: other.describe(provider),

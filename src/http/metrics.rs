@@ -9,11 +9,16 @@ use actix_web::{web, HttpRequest, HttpResponse};
 pub async fn metrics(app: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     // Each scrape reads the store (the connections' counts, the outbox): a public route's
     // budget per address, as the callback's. The token is the operator's choice, so wrong
-    // ones have a budget of their own, past which none is checked (`SecretTry`).
+    // ones have a budget of their own per client, past which none of its tries is checked
+    // (`SecretTry::of_client`: charged to the client alone, or anyone could keep the
+    // scraper out).
     app.public_route_hit(&req)?;
     if let Some(token) = &app.metrics_token {
-        let attempt =
-            super::ratelimit::SecretTry::new(&app.failed_metrics_limit, &req, &app.trusted_proxies);
+        let attempt = super::ratelimit::SecretTry::of_client(
+            &app.failed_metrics_limit,
+            &req,
+            &app.trusted_proxies,
+        );
         if let Some(secs) = attempt.blocked() {
             return Err(super::ratelimit::too_many(secs));
         }

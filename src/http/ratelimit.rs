@@ -171,6 +171,19 @@ impl<'a> SecretTry<'a> {
         SecretTry { budget, charged }
     }
 
+    /// A try charged to the client's address alone, for a secret whose holder has no other
+    /// way in (the metrics token: a scraper locked out goes dark). A local process that
+    /// writes its own `X-Forwarded-For` through a trusted proxy's address gets a budget
+    /// per address it names; nobody can use up another client's.
+    pub fn of_client(
+        budget: &'a RateLimiter,
+        req: &HttpRequest,
+        trusted_proxies: &[IpRange],
+    ) -> Self {
+        let charged = client_ip(req, trusted_proxies).into_iter().collect();
+        SecretTry { budget, charged }
+    }
+
     /// Seconds until the secret may be tried from here again, when the budget is used up.
     pub fn blocked(&self) -> Option<u64> {
         self.charged

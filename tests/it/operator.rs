@@ -344,6 +344,15 @@ async fn a_restart_after_fixing_the_client_secret_refreshes_at_once() {
     }
     d.signal_and_wait("TERM");
 
+    // The same after a process that held a refresh lease died with it (the lease ran out
+    // unreleased): the takeover's wait used up the one try.
+    let mut shell = common::SqliteShell::open(&home.db());
+    let ended = chrono::Utc::now().timestamp_millis() - 1000;
+    let changed = shell.query(&format!(
+        "UPDATE connections SET lease_until = {ended}; SELECT changes();"
+    ));
+    assert_eq!(changed, "1");
+    assert!(shell.close().success());
     home.write_config(&peer.provider_toml("peer"));
     let d = home.start();
     let (status, body) = d.get(path, &key).await;

@@ -96,6 +96,12 @@ async fn connect_list_and_disconnect_from_the_page() {
     let (status, _) = d.get("/v1/connections/peer/default/token", &key).await;
     assert_eq!(status, 200);
 
+    // A second connection signed in as the same user at the provider: the question names
+    // it, since revoking one's tokens ends the grant of both at many providers.
+    let (status, page) = common::peer::connect(&d, &peer, &key, "second").await;
+    assert_eq!(status, 200, "{page}");
+    b.client.goto(&format!("{}/", d.url)).await.unwrap();
+    b.wait_for("tr[data-connection='peer/second']").await;
     b.client
         .find(Locator::Css(
             "tr[data-connection='peer/default'] button.danger",
@@ -107,6 +113,12 @@ async fn connect_list_and_disconnect_from_the_page() {
         .unwrap();
     let text = b.client.get_alert_text().await.unwrap();
     assert!(text.contains("Disconnect peer/default?"), "{text}");
+    assert!(
+        text.contains(
+            "peer/second is the same peer account: at many providers revoking ends its access too"
+        ),
+        "{text}"
+    );
     b.client.accept_alert().await.unwrap();
     // Both the notice and the list change once the DELETE's answer is back (the revocation
     // at the provider may take a while on a loaded machine): wait for the two together.
