@@ -199,13 +199,15 @@ async fn a_takeover_is_noted_only_for_the_lease_that_ran_out_as_read(b: Backend)
         .await
         .unwrap()
         .expect("a free lease");
-    let until = s
-        .get_connection(&key)
-        .await
-        .unwrap()
-        .unwrap()
-        .lease_until_ms
-        .unwrap();
+    let lease_end = || async {
+        s.get_connection(&key)
+            .await
+            .unwrap()
+            .unwrap()
+            .lease_until_ms
+            .unwrap()
+    };
+    let until = lease_end().await;
     let note = |generation, until, now| s.note_lease_takeover(&key, generation, until, now);
     assert!(
         !note(g, until, start + 100).await.unwrap(),
@@ -232,13 +234,7 @@ async fn a_takeover_is_noted_only_for_the_lease_that_ran_out_as_read(b: Backend)
     // Run out again, and noted: the holder's save still lands.
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     let later = after + 800;
-    let until = s
-        .get_connection(&key)
-        .await
-        .unwrap()
-        .unwrap()
-        .lease_until_ms
-        .unwrap();
+    let until = lease_end().await;
     assert!(note(g, until, later).await.unwrap());
     assert!(s
         .save_refreshed(&key, g, tokens(b"a2", b"r2"), later + 10, Vec::new())
