@@ -52,6 +52,15 @@ impl Broker {
         *self.stopping.borrow()
     }
 
+    /// Sleeps `d`, or until oauthd begins to stop, whichever comes first.
+    pub(super) async fn sleep_unless_stopping(&self, d: Duration) {
+        let mut stop = self.stopping.subscribe();
+        tokio::select! {
+            () = tokio::time::sleep(d) => {}
+            _ = stop.wait_for(|stopping| *stopping) => {}
+        }
+    }
+
     pub(super) fn spawn_background<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
     where
         F: Future + Send + 'static,

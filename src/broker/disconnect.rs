@@ -245,8 +245,9 @@ impl Broker {
     /// OpenID providers'), which the revocation ended. Each is refreshed now, so that one
     /// whose grant ended is `needs_reauth` (and said, by event too) at once rather than at
     /// its next refresh, an hour on. A serving oauthd does it in the background (the stop
-    /// waits for refreshes under way); a terminal command waits for it, since a refresh
-    /// cut short by its end could lose a rotated refresh token.
+    /// waits for refreshes under way); a terminal command waits for it and for the
+    /// refreshes it began (a provider slower than the caller's wait leaves one running),
+    /// since a refresh cut short by the command's end could lose a rotated refresh token.
     async fn check_same_account(self: &Arc<Self>, row: &ConnectionRow) {
         let Some(sub) = row.identity.sub.clone() else {
             return;
@@ -294,7 +295,10 @@ impl Broker {
         if self.serving() {
             self.spawn_background(check);
         } else {
+            // A refresh goes on past its caller's wait (a slow provider): the command
+            // waits for what it began before it ends, as a stop does.
             check.await;
+            self.stop_background().await;
         }
     }
 

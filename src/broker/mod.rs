@@ -198,8 +198,9 @@ pub struct Broker {
     /// Whether each provider accepted the client credentials, and when that was asked.
     client_checks: Mutex<HashMap<String, (std::time::Instant, flows::ClientCheck)>>,
     clock: Clock,
-    /// Connections whose refresh backoff this process has not waited out once: a backoff
-    /// recorded before the start is ignored for one try per connection (`refresh_in_turn`).
+    /// Connections this process took a refresh lease for since its start: a backoff is
+    /// waited out only for these, so that the first try after a restart goes ahead
+    /// (`refresh_in_turn`).
     tried_since_start: Mutex<std::collections::HashSet<ConnectionKey>>,
     /// Tokens read from the store within `token_cache_seconds`, with half their lifetime
     /// (`min_ttl` is capped by it): the token API's hot path. Zeroized when dropped; they

@@ -460,14 +460,22 @@ impl Broker {
             .map(|_| ())
     }
 
-    /// Whether this is the first time since the start that a refresh of `key` meets a
-    /// backoff (then tried all the same); later ones, and any after a failure this process
-    /// recorded (`record_failure`), are waited out.
-    fn first_try(&self, key: &ConnectionKey) -> bool {
+    /// Whether this process has asked the provider to refresh `key` since its start (a
+    /// backoff recorded before that is tried once, `refresh_in_turn`).
+    fn tried_since_start(&self, key: &ConnectionKey) -> bool {
         self.tried_since_start
             .lock()
-            .map(|mut tried| tried.insert(key.clone()))
-            .unwrap_or(false)
+            .map(|tried| tried.contains(key))
+            .unwrap_or(true)
+    }
+
+    /// Notes that this process took a lease to refresh `key`: backoffs are waited out from
+    /// now on, its own (`record_failure`) and other processes' alike.
+    fn mark_tried(&self, key: &ConnectionKey) {
+        if let Ok(mut tried) = self.tried_since_start.lock() {
+            // Bounded: an entry per connection this process refreshed.
+            tried.insert(key.clone());
+        }
     }
 
     /// Another access token than `rejected`, which the provider's API just refused (the
@@ -610,9 +618,6 @@ impl Broker {
         // The lease that ran out unreleased whose takeover this call noted (generation,
         // end), and when.
         let mut noted: Option<((i64, i64), tokio::time::Instant)> = None;
-        // Whether this call is the process's first to meet the connection's backoff: asked
-        // once, so that passes of the loop after a wait keep the answer.
-        let mut first_try: Option<bool> = None;
         loop {
             let ticket = self.token_cache.begin_read();
             let row = self.row(key).await?;
@@ -641,13 +646,15 @@ impl Broker {
                 }
             }
             let now = self.clock.now_ms();
-            // A backoff is not waited out the first time this process meets it: a restart
-            // is how an operator applies a fixed client secret or token URL, and then
-            // expects the next call to try (one try per connection and start; a failure
-            // then backs off again). Counted here, not by comparing times: a clock stepped
-            // back would make every failure look older than the start.
-            let backing_off = row.retry_at_ms.is_some_and(|r| r > now)
-                && !*first_try.get_or_insert_with(|| self.first_try(key));
+            // A backoff is not waited out until this process has tried the connection
+            // itself: a restart is how an operator applies a fixed client secret or token
+            // URL, and then expects the next call to try (one try per connection and start,
+            // counted when the lease is taken, so that a call that ends before, waiting for
+            // another process, spends none; a failure then backs off again). Counted, not
+            // found by comparing times: a clock stepped back would make every failure look
+            // older than the start.
+            let backing_off =
+                row.retry_at_ms.is_some_and(|r| r > now) && self.tried_since_start(key);
             if let Some(retry_at) = row.retry_at_ms.filter(|_| backing_off) {
                 return Err(BrokerError::ProviderUnavailable {
                     message: format!(
@@ -722,7 +729,7 @@ impl Broker {
                             retry_after_secs: wait.as_secs().max(1),
                         });
                     }
-                    tokio::time::sleep(wait).await;
+                    self.sleep_unless_stopping(wait).await;
                     continue;
                 }
             }
@@ -736,6 +743,7 @@ impl Broker {
                 .await?
             {
                 Some(generation) => {
+                    self.mark_tried(key);
                     let lease = Leased {
                         generation,
                         until: leased_until,
@@ -1027,8 +1035,6 @@ impl Broker {
     ) -> BrokerError {
         // Dropped once the failure is stored: a read before that would hide needs_reauth.
         let _failed = self.token_cache.forget_after(&row.key());
-        // Its backoff is this process's own: waited out, not tried once more.
-        let _ = self.first_try(&row.key());
         let now = self.clock.now_ms();
         let (status, error, retry_at_ms) = match &failure {
             Failure::Reauth(reason) => (ConnectionStatus::NeedsReauth, reason.as_str(), None),

@@ -161,6 +161,8 @@ pub(super) struct Teller {
     clock: Clock,
     from: String,
     told: Option<(Vec<String>, Instant)>,
+    /// The id the store held for itself at the last look (`Store::store_id`).
+    store_id: Option<String>,
     failing: bool,
     /// The instances this one said it cannot share data with, and when.
     said: Vec<(String, Instant)>,
@@ -185,6 +187,7 @@ impl Teller {
             clock,
             from,
             told: None,
+            store_id: None,
             failing: false,
             said: Vec::new(),
             seen: Vec::new(),
@@ -197,6 +200,7 @@ impl Teller {
     /// looked, the later sees the earlier; of one that looked before the other told, the
     /// other told later and sees it; of two that told in the same millisecond, both stop.
     pub(super) async fn start(&mut self) -> Result<(), Fatal> {
+        self.look_for_loss().await;
         self.tell().await;
         let keys = self.broker.vault_key_ids();
         let now = self.clock.now_ms();
@@ -253,21 +257,8 @@ impl Teller {
             return;
         };
         if !told.iter().any(|o| o.instance == self.instance) {
-            // Told a moment ago and gone now: the store lost what it held, not just this
-            // note (one not told for a while ends by itself).
-            if self
-                .told
-                .as_ref()
-                .is_some_and(|(_, at)| at.elapsed() < HOLDS_FOR / 2)
-            {
-                self.tell_data_lost().await;
-                log::error!(
-                    "{} lost what it held: this oauthd's note of its vault keys, written {}s ago, is gone (Redis restarted without persistence, a FLUSHALL, a failover to an empty replica; or the database replaced under oauthd). Connections, API keys, admin sessions and pending deliveries it held may be gone too: look with `oauthd connections list` and `oauthd keys list`, and turn Redis' persistence on (appendonly yes)",
-                    self.store.describe(),
-                    self.told.as_ref().map_or(0, |(_, at)| at.elapsed().as_secs())
-                );
-            }
-            // Told again at the next look, not in 20 s.
+            // Gone: ended (the store not reached for a while, a clock stepped ahead, a
+            // suspend) or lost with the rest (`look_for_loss`). Told again now, not in 20 s.
             self.told = None;
         }
         let split: Vec<VaultKeysInUse> = told
@@ -305,6 +296,29 @@ impl Teller {
         }
     }
 
+    /// Whether the store still holds the id it held at the last look: gone, or another in
+    /// its place, it lost what it held (a Redis restarted without persistence after any
+    /// outage, a `FLUSHALL`, a failover to an empty replica; a database replaced under
+    /// oauthd). Said at ERROR and to the notification targets, once per loss and instance.
+    async fn look_for_loss(&mut self) {
+        let candidate = uuid::Uuid::new_v4().simple().to_string();
+        let Ok(id) = self.store.store_id(&candidate).await else {
+            return;
+        };
+        let Some(seen) = self.store_id.replace(id.clone()) else {
+            return;
+        };
+        if seen == id {
+            return;
+        }
+        self.told = None;
+        self.tell_data_lost().await;
+        log::error!(
+            "{} lost what it held: the id it held for itself is gone (Redis restarted without persistence, a FLUSHALL, a failover to an empty replica; or the database replaced under oauthd). Connections, API keys, admin sessions and pending deliveries it held may be gone too: look with `oauthd connections list` and `oauthd keys list`, and turn Redis' persistence on (appendonly yes)",
+            self.store.describe(),
+        );
+    }
+
     /// `store.data_lost` to the notification targets (into the outbox of the store that
     /// lost everything else: it takes writes again). Each serving oauthd that sees the
     /// loss sends one.
@@ -338,6 +352,7 @@ impl Teller {
                 }
                 _ = tokio::time::sleep(LOOK_EVERY) => {}
             }
+            self.look_for_loss().await;
             self.tell().await;
             self.look().await;
         }

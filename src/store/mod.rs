@@ -1128,6 +1128,11 @@ pub trait Store: StateStore + KeyStore + AdminStore + BrokerStore {
     async fn was_served(&self) -> Result<bool, StoreError> {
         Ok(false)
     }
+    /// The id this store holds for itself, made `candidate` when it holds none: written
+    /// once and never ending, so that an oauthd can tell a store that lost what it held (a
+    /// Redis restarted empty, a `FLUSHALL`) from one it could not reach for a while, or
+    /// whose notes ended early by a clock's step.
+    async fn store_id(&self, candidate: &str) -> Result<String, StoreError>;
     /// Tells the other instances on this store which vault keys this one uses (over
     /// what it told before), and forgets what others told that ended before now; returns
     /// when the instance first told, as recorded. `now_ms` is this process's clock: a store

@@ -56,18 +56,6 @@ impl Drop for Listening {
     }
 }
 
-/// oauthd on a clock that `clock_file` moves ("+660": eleven minutes ahead), while its
-/// timers keep real time: virtual minutes pass at once.
-fn oauthd_on_a_virtual_clock(home: &Home, clock_file: &Path) -> common::Daemon {
-    std::fs::write(clock_file, "+0").unwrap();
-    home.start_via_shell(&format!(
-        "export LD_PRELOAD='{}' FAKETIME_TIMESTAMP_FILE='{}' FAKETIME_NO_CACHE=1 \
-         FAKETIME_DONT_FAKE_MONOTONIC=1; exec \"$@\"",
-        common::libfaketime(),
-        clock_file.display()
-    ))
-}
-
 /// `name=value` of the first cookie an answer sets.
 fn first_cookie(resp: &reqwest::Response) -> String {
     let set = common::header(resp, "set-cookie");
@@ -91,7 +79,7 @@ async fn express_signs_in_a_slow_user_and_checks_2fa_codes_with_state_in_oauthd(
     let key = home.create_key("express", &["express:*"]);
     let tmp = tempfile::tempdir().unwrap();
     let clock = tmp.path().join("clock");
-    let d = oauthd_on_a_virtual_clock(&home, &clock);
+    let d = home.start_on_a_virtual_clock(&clock);
     let outbox = tmp.path().join("codes");
     let mut cmd = Command::new("node");
     cmd.arg(dir.join("app.mjs"))

@@ -344,17 +344,29 @@ async fn a_restart_after_fixing_the_client_secret_refreshes_at_once() {
     }
     d.signal_and_wait("TERM");
 
-    // The same after a process that held a refresh lease died with it (the lease ran out
-    // unreleased): the takeover's wait used up the one try.
+    // The same with a backoff of ten minutes stored and a lease left by a process that
+    // died with it, running 25 s more: the first call waits 20 s for it and gives up, the
+    // second takes it over once it ran out. The first call's wait used up the one try (and
+    // so did a takeover's wait for a lease that had run out already).
     let mut shell = common::SqliteShell::open(&home.db());
-    let ended = chrono::Utc::now().timestamp_millis() - 1000;
+    let now = chrono::Utc::now().timestamp_millis();
+    let (ends, retry_at) = (now + 25_000, now + 600_000);
     let changed = shell.query(&format!(
-        "UPDATE connections SET lease_until = {ended}; SELECT changes();"
+        "UPDATE connections SET lease_until = {ends}, retry_at = {retry_at}; SELECT changes();"
     ));
     assert_eq!(changed, "1");
     assert!(shell.close().success());
     home.write_config(&peer.provider_toml("peer"));
     let d = home.start();
+    let (status, body) = d.get(path, &key).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("its lease ends at"),
+        "{body}"
+    );
     let (status, body) = d.get(path, &key).await;
     assert_eq!(status, 200, "{body}");
     d.signal_and_wait("TERM");
@@ -999,6 +1011,52 @@ async fn on_redis_a_store_that_lost_its_data_under_oauthd_is_said_as_an_error() 
         .as_str()
         .unwrap_or_default();
     assert!(store.starts_with("Redis "), "{told:?}");
+    d.signal_and_wait("TERM");
+}
+
+/// The same after Redis was down for longer than oauthd's notes last (here 35 s) and came
+/// back empty: nothing was said, since the note's absence was taken for its end. The id
+/// the store holds for itself, which never ends, is what oauthd looks at now.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_redis_a_store_back_empty_after_a_long_outage_is_said_as_an_error() {
+    let home = Home::redis();
+    let hooks = common::receiver::Receiver::start(None);
+    home.write_config(&format!("[[notify]]\nurl = \"{}\"\n", hooks.url("/hook")));
+    let d = home.start();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    {
+        let mut redis = home.redis_server();
+        redis.kill();
+        redis.wipe();
+    }
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    home.redis_server().restart();
+    let told = hooks
+        .wait_for("store.data_lost", 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(told.len(), 1, "{}", home.log_text());
+    assert!(home.log_text().contains("lost what it held"));
+    d.signal_and_wait("TERM");
+}
+
+/// A wall clock stepped a minute and a half ahead (NTP on a board without a clock, a
+/// suspended machine) ends the note an oauthd keeps of its vault keys by its time: that
+/// was said as the store losing what it held, at ERROR and as `store.data_lost`, with
+/// nothing lost. The note is judged by both clocks now.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clock_stepped_ahead_is_not_taken_for_a_store_that_lost_its_data() {
+    let home = Home::new();
+    let hooks = common::receiver::Receiver::start(None);
+    home.write_config(&format!("[[notify]]\nurl = \"{}\"\n", hooks.url("/hook")));
+    let clock = home.dir.path().join("clock");
+    let d = home.start_on_a_virtual_clock(&clock);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    std::fs::write(&clock, "+90").unwrap();
+    // The next looks (one a second) find the note ended, and tell it again.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let log = home.log_text();
+    assert!(!log.contains("lost what it held"), "{log}");
+    assert!(hooks.of_type("store.data_lost").await.is_empty());
     d.signal_and_wait("TERM");
 }
 

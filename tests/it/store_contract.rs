@@ -247,6 +247,14 @@ async fn a_takeover_is_noted_only_for_the_lease_that_ran_out_as_read(b: Backend)
     assert!(lease(s, &key, saved.generation, later + 20).await.is_some());
 }
 
+/// A store takes the first id it is offered and keeps it: later offers change nothing
+/// (an oauthd that finds another id than it saw knows the store lost what it held).
+async fn a_store_keeps_the_first_id_it_is_given(b: Backend) {
+    let s = b.store.as_ref();
+    assert_eq!(s.store_id("first").await.unwrap(), "first");
+    assert_eq!(s.store_id("second").await.unwrap(), "first");
+}
+
 /// A refresh of `key` that failed at `now`: the lease taken on the row as it is, the
 /// failure recorded (the connection `status` after it, a retry due a minute later, the
 /// operator told).
@@ -1184,6 +1192,7 @@ backends!(
     a_row_read_during_someone_elses_lease_is_stale_once_they_let_go,
     a_lease_on_a_deleted_connection_does_not_fence_its_successor,
     a_takeover_is_noted_only_for_the_lease_that_ran_out_as_read,
+    a_store_keeps_the_first_id_it_is_given,
     events_are_stored_with_their_change_and_only_with_it,
     deliveries_are_claimed_once_per_lease_and_finished_by_their_claim,
     racing_claimers_split_the_due_deliveries,

@@ -453,6 +453,33 @@ impl super::Store for RedisStore {
     // time are dropped in the same script. Instances on other machines share it, so the
     // times are Redis's own (`TIME`), not each host's: one whose clock runs a minute ahead
     // would otherwise take every other's note for ended.
+    // Kept as `<prefix>store_id`, with no expiry (`SET NX`, then read).
+    async fn store_id(&self, candidate: &str) -> Result<String, StoreError> {
+        let key = self.index("store_id");
+        let candidate = candidate.to_owned();
+        let mut c = self.conn();
+        self.run("reading the store's id", async move {
+            let held: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut c).await?;
+            match held {
+                Some(id) => Ok(id),
+                None => {
+                    let (id,): (String,) = redis::pipe()
+                        .cmd("SET")
+                        .arg(&key)
+                        .arg(&candidate)
+                        .arg("NX")
+                        .ignore()
+                        .cmd("GET")
+                        .arg(&key)
+                        .query_async(&mut c)
+                        .await?;
+                    Ok(id)
+                }
+            }
+        })
+        .await
+    }
+
     async fn note_vault_keys(
         &self,
         note: super::VaultKeysNote,

@@ -22,7 +22,7 @@ mod writer;
 use super::{ChangeWatch, StoreError, VaultKeysInUse, VaultKeysNote};
 use r2d2::{ManageConnection, Pool};
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{Connection, ErrorCode, OpenFlags, MAIN_DB};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, MAIN_DB};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -520,6 +520,31 @@ impl super::Store for SqliteStore {
                 .exists([])
         })
         .await
+    }
+
+    // Kept in `meta` as `store_id`; read first, so that the writer is asked only once.
+    async fn store_id(&self, candidate: &str) -> Result<String, StoreError> {
+        const READ: &str = "SELECT value FROM meta WHERE name = 'store_id'";
+        let held = self
+            .read("reading the store's id", |conn| {
+                conn.prepare_cached(READ)?
+                    .query_row([], |r| r.get::<_, String>(0))
+                    .optional()
+            })
+            .await?;
+        if let Some(id) = held {
+            return Ok(id);
+        }
+        let candidate = candidate.to_owned();
+        self.writer
+            .run("giving the store its id", move |conn| {
+                conn.prepare_cached(
+                    "INSERT OR IGNORE INTO meta (name, value) VALUES ('store_id', ?1)",
+                )?
+                .execute([candidate])?;
+                conn.prepare_cached(READ)?.query_row([], |r| r.get(0))
+            })
+            .await
     }
 
     // Kept in `meta` as `vault:<instance>` = `<until_ms> <since_ms> <key id>...`. One file

@@ -108,6 +108,22 @@ impl RedisServer {
         }
     }
 
+    /// Removes what a stopped server kept on disk: it starts again empty.
+    pub fn wipe(&self) {
+        assert!(self.child.is_none(), "wiping a running server");
+        for entry in std::fs::read_dir(self.dir.path())
+            .expect("redis dir")
+            .flatten()
+        {
+            let path = entry.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).expect("remove");
+            } else if path.file_name().is_some_and(|n| n != "redis.log") {
+                std::fs::remove_file(&path).expect("remove");
+            }
+        }
+    }
+
     /// Starts it again on the same port and directory (the append-only file reloads).
     pub fn restart(&mut self) {
         self.kill();
