@@ -1,6 +1,6 @@
 //! Whether the config file changed after an oauthd serving the store started: it serves
 //! what it read at its start, so a provider added since (a connection the terminal made
-//! for it answers `404 unknown_provider` there) or a secret changed waits for a restart.
+//! for it answers `404 unknown_provider` there) or a setting changed waits for a restart.
 
 use crate::config::Settings;
 use crate::store::Store;

@@ -150,8 +150,9 @@ pub fn client_ip(req: &HttpRequest, trusted_proxies: &[IpRange]) -> Option<IpAdd
 
 /// A request's try at a secret the operator chose (the admin token, the metrics token),
 /// kept against a budget of refused tries. Such a secret may be guessable, so a client
-/// past the budget is not even checked (it waits, right or wrong). A refusal is charged
-/// to the client's address and to the connection's own, when that is a trusted proxy's:
+/// past the budget is not even checked (it waits, right or wrong). With `new` (sign-ins,
+/// whose login links still work past it) a refusal is charged to the client's address and
+/// to the connection's own, when that is a trusted proxy's:
 /// anyone who reaches oauthd from that address directly (a local process, a web page
 /// rebound to 127.0.0.1) can write any `X-Forwarded-For`, and a fresh address per guess
 /// must not make a fresh budget. Behind a proxy, all tries share its budget.
