@@ -980,18 +980,28 @@ async fn on_redis_an_instance_started_while_the_notes_were_lost_is_said_as_an_er
     a.signal_and_wait("TERM");
 }
 
+/// `home` with a notification target (the receiver returned), served by `start`, a second
+/// and a half on: its first looks at the store are done.
+async fn served_with_a_receiver(
+    home: &Home,
+    start: impl FnOnce(&Home) -> common::Daemon,
+) -> (common::receiver::Receiver, common::Daemon) {
+    let hooks = common::receiver::Receiver::start(None);
+    home.write_config(&format!("[[notify]]\nurl = \"{}\"\n", hooks.url("/hook")));
+    let d = start(home);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    (hooks, d)
+}
+
 /// Redis restarted without its data under a serving oauthd (here a FLUSHALL): everything
-/// it held is gone, and the instances used to go on saying nothing. The one whose note of
-/// its keys vanished says the store lost what it held, and what to look at, in the log
-/// and (it was in the log only) to the notification targets: `store.data_lost`.
+/// it held is gone, and the instances used to go on saying nothing. Each finds the id the
+/// store kept for itself gone and says the store lost what it held, and what to look at,
+/// in the log and (it was in the log only) to the notification targets: `store.data_lost`.
 #[tokio::test(flavor = "multi_thread")]
 async fn on_redis_a_store_that_lost_its_data_under_oauthd_is_said_as_an_error() {
     let home = Home::redis();
-    let hooks = common::receiver::Receiver::start(None);
-    home.write_config(&format!("[[notify]]\nurl = \"{}\"\n", hooks.url("/hook")));
-    let d = home.start();
+    let (hooks, d) = served_with_a_receiver(&home, Home::start).await;
     let said = "lost what it held";
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!home.log_text().contains(said), "{}", home.log_text());
     assert_eq!(
         home.redis_server().command("FLUSHALL").as_deref(),
@@ -1020,10 +1030,7 @@ async fn on_redis_a_store_that_lost_its_data_under_oauthd_is_said_as_an_error() 
 #[tokio::test(flavor = "multi_thread")]
 async fn on_redis_a_store_back_empty_after_a_long_outage_is_said_as_an_error() {
     let home = Home::redis();
-    let hooks = common::receiver::Receiver::start(None);
-    home.write_config(&format!("[[notify]]\nurl = \"{}\"\n", hooks.url("/hook")));
-    let d = home.start();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (hooks, d) = served_with_a_receiver(&home, Home::start).await;
     {
         let mut redis = home.redis_server();
         redis.kill();
@@ -1046,11 +1053,8 @@ async fn on_redis_a_store_back_empty_after_a_long_outage_is_said_as_an_error() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_clock_stepped_ahead_is_not_taken_for_a_store_that_lost_its_data() {
     let home = Home::new();
-    let hooks = common::receiver::Receiver::start(None);
-    home.write_config(&format!("[[notify]]\nurl = \"{}\"\n", hooks.url("/hook")));
     let clock = home.dir.path().join("clock");
-    let d = home.start_on_a_virtual_clock(&clock);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (hooks, d) = served_with_a_receiver(&home, |h| h.start_on_a_virtual_clock(&clock)).await;
     std::fs::write(&clock, "+90").unwrap();
     // The next looks (one a second) find the note ended, and tell it again.
     tokio::time::sleep(Duration::from_secs(4)).await;
