@@ -190,6 +190,9 @@ struct Leased {
 /// waited on a connection that stalled has had another.
 const TAKEOVER_GRACE: Duration = Duration::from_secs(10);
 
+/// How often a refresh waiting out `TAKEOVER_GRACE` looks whether the holder has saved.
+const TAKEOVER_LOOK: Duration = Duration::from_millis(200);
+
 /// Whether the background refresher should refresh this connection now: its token is
 /// within 5 minutes of expiry (or half its lifetime, when shorter), or its refresh token
 /// would die of disuse within a week (or half the idle limit, when shorter).
@@ -722,14 +725,19 @@ impl Broker {
                         }
                     }
                 };
+                // Waited out in short naps, each followed by a fresh read: a holder that
+                // saves meanwhile lets go of its lease, and its token is handed out then,
+                // not when the grace is over (other callers wait for this turn meanwhile).
                 if !wait.is_zero() {
-                    if tokio::time::Instant::now() + wait > deadline {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() {
                         return Err(BrokerError::ProviderUnavailable {
                             message: "another oauthd process's refresh of this connection ended without being let go; it is given a moment to save what its provider answered before this one takes over".into(),
                             retry_after_secs: wait.as_secs().max(1),
                         });
                     }
-                    self.sleep_unless_stopping(wait).await;
+                    self.sleep_unless_stopping(wait.min(TAKEOVER_LOOK).min(left))
+                        .await;
                     continue;
                 }
             }
