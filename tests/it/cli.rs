@@ -196,6 +196,44 @@ fn a_new_database_is_private_to_its_owner() {
     assert_eq!(mode & 0o777, 0o600, "{mode:o}");
 }
 
+/// Nor for a moment, under the usual umask of 022: SQLite made the file with mode 644,
+/// and oauthd narrowed it after, and a local user who opened it in between kept a handle
+/// that read all that was written to it after. Made twenty times while a thread watches
+/// for the file; the first mode seen is the one it was made with.
+#[test]
+fn a_new_database_is_never_readable_by_others() {
+    use std::os::unix::fs::PermissionsExt;
+    for _ in 0..20 {
+        let home = Home::new();
+        let db = home.db();
+        let watch = std::thread::spawn(move || {
+            let until = std::time::Instant::now() + Duration::from_secs(30);
+            while std::time::Instant::now() < until {
+                if let Ok(meta) = std::fs::metadata(&db) {
+                    return Some(meta.permissions().mode() & 0o777);
+                }
+            }
+            None
+        });
+        let made = home.cli_command(&["keys", "create", "--create", "--name", "app"]);
+        let mut under_umask = Command::new("sh");
+        under_umask
+            .args(["-c", "umask 022 && exec \"$0\" \"$@\""])
+            .arg(made.get_program())
+            .args(made.get_args());
+        for (name, value) in made.get_envs() {
+            match value {
+                Some(value) => under_umask.env(name, value),
+                None => under_umask.env_remove(name),
+            };
+        }
+        let out = under_umask.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let first_seen = watch.join().unwrap().map(|mode| format!("{mode:o}"));
+        assert_eq!(first_seen.as_deref(), Some("600"));
+    }
+}
+
 #[test]
 fn keys_refuses_bad_names_patterns_and_unknown_revokes() {
     let home = Home::new();

@@ -327,9 +327,26 @@ impl SqliteStore {
             },
             _ => open_err(&e),
         };
+        if created {
+            // Made here with mode 600, never by SQLite with the umask's (0644 under the
+            // usual 022): a reader that opened it before a chmod would keep its handle, and
+            // read all that is written after. SQLite gives the -wal and -shm files the
+            // database file's mode.
+            use std::os::unix::fs::OpenOptionsExt;
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(open_err(&e)),
+            }
+        }
         let mut conn = Connection::open_with_flags(path, open_flags()).map_err(sqlite_err)?;
         if created {
-            // SQLite gives the -wal and -shm files the database file's mode.
+            // Made by another process in the meantime, perhaps: private all the same.
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
                 .map_err(|e| open_err(&e))?;
