@@ -91,7 +91,7 @@ pub(super) fn restore(settings: Settings, from: PathBuf, create: bool) -> Result
         )
     });
     say!(
-        "Restored {} from {} (schema version {}; `oauthd serve` upgrades an older one at its next start).{replaced} What changed since the copy was made is undone: API keys revoked since are active again (`oauthd keys list`, then `oauthd keys revoke` them again), keys made since are gone, and states consumed since can be consumed again.{rotated} `oauthd check` says whether {} opens what the copy holds.",
+        "Restored {} from {} (schema version {}; `oauthd serve` upgrades an older one at its next start).{replaced} What changed since the copy was made is undone: API keys revoked since are active again (`oauthd keys list`, then `oauthd keys revoke` them again), keys made since are gone, and states consumed since can be consumed again; the web page's sign-ins are not restored (`oauthd admin link` for a new one).{rotated} `oauthd check` says whether {} opens what the copy holds.",
         db.display(),
         from.display(),
         restored.copied.version,

@@ -85,6 +85,65 @@ async fn a_backup_made_while_serving_restores_over_what_a_killed_oauthd_left() {
     d.signal_and_wait("TERM");
 }
 
+/// A copy leaves the web page's sign-ins out, and a restore puts none back: a session
+/// signed out after the copy was made, and a sign-in link used since, were good again
+/// after the restore (for the days they had left).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_brings_back_no_session_signed_out_or_link_used_since_the_copy() {
+    let home = Home::new();
+    let d = home.start();
+    let (session, csrf) = home.ui_session(&d).await;
+    let link = home.login_link(&d);
+    let copy = home.dir.path().join("copy.db");
+    let out = home.cli(&["backup", copy.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(rows(&copy, "SELECT count(*) FROM admin_secrets"), 0);
+    // What a copy made before sign-ins were left out held: the session and the link.
+    let held: Vec<(Vec<u8>, String, i64)> = rusqlite::Connection::open(home.db())
+        .unwrap()
+        .prepare("SELECT secret_hash, kind, expires_at FROM admin_secrets")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(held.len(), 2, "{held:?}");
+
+    // Signed out, and the link used, after the copy was made.
+    let out = d
+        .post_form("/admin/logout", &[("csrf", csrf.as_str())], Some(&session))
+        .await;
+    assert_eq!(out.status(), 303);
+    assert_eq!(d.ui_get("/ui/api/overview", &session).await.status(), 401);
+    let second = d.sign_in(&link).await;
+    d.signal_and_wait("TERM");
+
+    // Such a copy is restored without them.
+    let old_copy = home.dir.path().join("old-copy.db");
+    std::fs::copy(&copy, &old_copy).unwrap();
+    let conn = rusqlite::Connection::open(&old_copy).unwrap();
+    for (hash, kind, expires_at) in &held {
+        conn.execute(
+            "INSERT INTO admin_secrets (secret_hash, kind, expires_at) VALUES (?1, ?2, ?3)",
+            rusqlite::params![hash, kind, expires_at],
+        )
+        .unwrap();
+    }
+    drop(conn);
+    let out = home.cli(&["restore", old_copy.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert!(said.contains("sign-ins are not restored"), "{said}");
+    let d = home.start();
+    for signed_in in [&session, &second] {
+        assert_eq!(d.ui_get("/ui/api/overview", signed_in).await.status(), 401);
+    }
+    let token = common::query_param(&link, "token");
+    let resp = d.post_form("/admin/login", &[("link", &token)], None).await;
+    assert_eq!(resp.status(), 401);
+    d.signal_and_wait("TERM");
+}
+
 /// Under a steady stream of writes the copy still finishes (SQLite's online backup, which
 /// the README gave, starts over at each write by another process and never did), whole.
 #[tokio::test(flavor = "multi_thread")]

@@ -544,7 +544,7 @@ fn write_copy(
 }
 
 /// `VACUUM INTO` the empty file `partial`, then: the schema version set, the vault notes
-/// dropped, the whole checked and synced. Returns its size.
+/// and the web page's sign-ins dropped, the whole checked and synced. Returns its size.
 fn fill(source: &Connection, partial: &Path, version: i64) -> Result<u64, CopyError> {
     let name = partial
         .to_str()
@@ -563,14 +563,22 @@ fn fill(source: &Connection, partial: &Path, version: i64) -> Result<u64, CopyEr
     };
     copy.pragma_update(None, "user_version", version)
         .map_err(damaged)?;
-    // `meta` is there from schema version 10.
-    let has_meta = copy
-        .prepare("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'meta'")
-        .and_then(|mut s| s.exists([]))
-        .map_err(damaged)?;
-    if has_meta {
-        copy.execute("DELETE FROM meta WHERE name LIKE 'vault:%'", [])
+    // The vault notes (in `meta` from schema version 10), and the web page's sign-ins and
+    // sign-in links (from version 2): a copy put back would make a session signed out or
+    // revoked since, or a link used since, good again. A restore from a copy made before
+    // they were left out drops them too (it is made by this same function).
+    let left_out = [
+        ("meta", "DELETE FROM meta WHERE name LIKE 'vault:%'"),
+        ("admin_secrets", "DELETE FROM admin_secrets"),
+    ];
+    for (table, delete) in left_out {
+        let there = copy
+            .prepare("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1")
+            .and_then(|mut s| s.exists([table]))
             .map_err(damaged)?;
+        if there {
+            copy.execute(delete, []).map_err(damaged)?;
+        }
     }
     let check: String = copy
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
