@@ -117,13 +117,18 @@ pub async fn callback(
 }
 
 /// ", signed in at PROVIDER as NAME (EMAIL)", as far as the provider said who: a browser
-/// signed in there already connects that account without a word.
+/// signed in there already connects that account without a word. A name is one its user
+/// chose, and may look like anyone's: without an email (kept only when verified) the
+/// provider's id for the account follows it.
 fn signed_in_as(provider: &str, who: &crate::store::AccountIdentity) -> String {
-    let name = who.name.as_deref().or(who.sub.as_deref());
-    let shown = match (name, who.email.as_deref()) {
+    let (name, sub) = (who.name.as_deref(), who.sub.as_deref());
+    let shown = match (name.or(sub), who.email.as_deref()) {
         (Some(name), Some(email)) if name != email => format!("{name} ({email})"),
         (_, Some(email)) => email.to_owned(),
-        (Some(name), None) => name.to_owned(),
+        (Some(name), None) => match sub.filter(|sub| *sub != name) {
+            Some(sub) => format!("{name} (user id {sub})"),
+            None => name.to_owned(),
+        },
         (None, None) => return String::new(),
     };
     format!(
@@ -312,5 +317,43 @@ pub fn wording(provider: &str, e: &CallbackError) -> (u16, &'static str, String)
             "Not the address oauthd waits for",
             format!("The pasted address is not {expected}, the redirect URI registered for {provider}: paste the address of the page the provider sent you to after you approved."),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::signed_in_as;
+    use crate::store::AccountIdentity;
+
+    fn who(sub: Option<&str>, email: Option<&str>, name: Option<&str>) -> AccountIdentity {
+        AccountIdentity {
+            sub: sub.map(str::to_owned),
+            email: email.map(str::to_owned),
+            name: name.map(str::to_owned),
+        }
+    }
+
+    /// A name that looks like someone else's address is followed by the account's id when
+    /// no verified email says who it is.
+    #[test]
+    fn a_chosen_name_is_shown_with_what_identifies_the_account() {
+        let said = |w| signed_in_as("peer", &w);
+        assert_eq!(
+            said(who(Some("81726"), None, Some("operator@corp.example"))),
+            ", signed in at <strong>peer</strong> as <strong>operator@corp.example (user id 81726)</strong>"
+        );
+        assert_eq!(
+            said(who(Some("81726"), Some("a@b.example"), Some("Al"))),
+            ", signed in at <strong>peer</strong> as <strong>Al (a@b.example)</strong>"
+        );
+        assert_eq!(
+            said(who(Some("alice"), None, Some("alice"))),
+            ", signed in at <strong>peer</strong> as <strong>alice</strong>"
+        );
+        assert_eq!(
+            said(who(Some("81726"), None, None)),
+            ", signed in at <strong>peer</strong> as <strong>81726</strong>"
+        );
+        assert_eq!(said(who(None, None, None)), "");
     }
 }
