@@ -480,6 +480,7 @@ impl<E: std::fmt::Display> From<E> for Fatal {
 
 pub fn main() -> ExitCode {
     crate::logging::init();
+    catch_file_size_signal();
     tidy_env();
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -489,6 +490,18 @@ pub fn main() -> ExitCode {
             say!("oauthd: {message}");
             ExitCode::from(code)
         }
+    }
+}
+
+/// A file-size limit reached (systemd's `LimitFSIZE=`, `ulimit -f`) sends SIGXFSZ, whose
+/// default action ends the process without a word in the log; caught (by a handler that
+/// only sets a flag nobody reads), the write fails with EFBIG instead, which the daemon
+/// answers with 503 and recovers from as from a full disk, and a command reports as an
+/// error.
+fn catch_file_size_signal() {
+    let caught = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGXFSZ, caught) {
+        log::warn!("could not catch SIGXFSZ (a file-size limit then ends oauthd): {e}");
     }
 }
 
