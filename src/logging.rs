@@ -31,3 +31,48 @@ impl log::Log for Logger {
         self.inner.flush();
     }
 }
+
+/// At most `per_second` warnings a second of one kind, and then one line saying how many
+/// more there were: an outage fails every request, and a journal past its rate limit drops
+/// oauthd's other lines with these.
+pub struct Budget {
+    what: &'static str,
+    per_second: u32,
+    /// The second counted (since the epoch), and the lines asked for in it.
+    used: std::sync::Mutex<(u64, u32)>,
+}
+
+impl Budget {
+    /// `what` names the lines in the count of those left out ("storage faults").
+    pub const fn new(what: &'static str, per_second: u32) -> Budget {
+        Budget {
+            what,
+            per_second,
+            used: std::sync::Mutex::new((0, 0)),
+        }
+    }
+
+    /// Logs `line` at WARN if this second's budget has room.
+    pub fn warn(&self, line: std::fmt::Arguments<'_>) {
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let Ok(mut used) = self.used.lock() else {
+            return;
+        };
+        if used.0 != second {
+            if used.1 > self.per_second {
+                log::warn!(
+                    "{} more {} in the second before",
+                    used.1 - self.per_second,
+                    self.what
+                );
+            }
+            *used = (second, 0);
+        }
+        used.1 += 1;
+        if used.1 <= self.per_second {
+            log::warn!("{line}");
+        }
+    }
+}

@@ -116,6 +116,9 @@ impl fmt::Display for ApiError {
     }
 }
 
+/// 5xx answers said in the log: at most 5 a second (an outage answers every request so).
+static SERVER_ERRORS_LOGGED: crate::logging::Budget = crate::logging::Budget::new("5xx answers", 5);
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         self.status
@@ -123,7 +126,7 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         if self.status.is_server_error() {
-            log::warn!("{self}");
+            SERVER_ERRORS_LOGGED.warn(format_args!("{self}"));
         }
         let none = More::default();
         let more = self.more.as_deref().unwrap_or(&none);

@@ -71,31 +71,13 @@ impl StoreError {
     }
 }
 
-/// Logs a fault's message for `for_callers`, at most `PER_SECOND` lines a second: an
-/// outage fails every request, and a journal past its rate limit drops oauthd's other
-/// lines with these.
+/// Storage faults said in the log: at most 5 a second (`logging::Budget`).
+pub(crate) static FAULTS_LOGGED: crate::logging::Budget =
+    crate::logging::Budget::new("storage faults", 5);
+
+/// Logs a fault's message for `for_callers`, within `FAULTS_LOGGED`.
 fn log_unavailable(context: &str, message: &str) {
-    const PER_SECOND: u32 = 5;
-    static BUDGET: std::sync::Mutex<(u64, u32)> = std::sync::Mutex::new((0, 0));
-    let second = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let Ok(mut budget) = BUDGET.lock() else {
-        return;
-    };
-    if budget.0 != second {
-        if budget.1 > PER_SECOND {
-            log::warn!(
-                "{} more storage faults in the second before",
-                budget.1 - PER_SECOND
-            );
-        }
-        *budget = (second, 0);
-    }
-    budget.1 += 1;
-    if budget.1 <= PER_SECOND {
-        log::warn!("{context}: {message}");
-    }
+    FAULTS_LOGGED.warn(format_args!("{context}: {message}"));
 }
 
 /// A state row as stored: the hash of the value, never the value.

@@ -1393,6 +1393,35 @@ async fn public_routes_are_rate_limited_per_client_and_forwarded_for_is_trusted_
     assert_ne!(get(&d, "10.0.0.2").await.unwrap().status(), 429);
 }
 
+/// An outage answers every write 503: said a few lines a second, not a line or two for
+/// each (a journal past its rate limit drops oauthd's other lines with them). Here the
+/// database is held locked by another process past the busy timeout while 100 writes come.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_storage_outage_is_said_a_few_lines_a_second() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let mut locker = common::SqliteShell::open(&home.db());
+    assert_eq!(locker.query("BEGIN IMMEDIATE; SELECT 'locked';"), "locked");
+    let burst = (0..100).map(|_| d.post("/v1/states", &key, json!({"namespace": NS})));
+    for (status, body) in futures::future::join_all(burst).await {
+        assert_eq!(status, 503, "{body}");
+    }
+    assert_eq!(locker.query("ROLLBACK; SELECT 'free';"), "free");
+    let log = home.log_text();
+    let mut per_second = std::collections::BTreeMap::<&str, usize>::new();
+    for line in log.lines().filter(|l| l.contains(" WARN ")) {
+        *per_second
+            .entry(line.get(..21).unwrap_or(line))
+            .or_default() += 1;
+    }
+    assert!(
+        per_second.values().all(|n| *n <= 25),
+        "{per_second:?}\n{log}"
+    );
+    d.create_state(&key, json!({"namespace": NS})).await;
+}
+
 /// A full disk, made with a file-size limit on the running process (RLIMIT_FSIZE via
 /// prlimit, as systemd's `LimitFSIZE=` sets; its SIGXFSZ ended oauthd without a word until
 /// oauthd ignored it, and the test's shell did that for it): writes answer 503, nothing

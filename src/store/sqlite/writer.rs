@@ -630,7 +630,8 @@ fn commit_group(
         };
         if let Err(e) = &ended {
             failed = true;
-            log::warn!("write group of {} failed: {e}", done.len());
+            crate::store::FAULTS_LOGGED
+                .warn(format_args!("write group of {} failed: {e}", done.len()));
         }
         let mut unseen = false;
         for job in done {
