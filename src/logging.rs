@@ -32,13 +32,15 @@ impl log::Log for Logger {
     }
 }
 
-/// At most `per_second` warnings a second of one kind, and then one line saying how many
-/// more there were: an outage fails every request, and a journal past its rate limit drops
-/// oauthd's other lines with these.
+/// At most `lines` lines of one kind a second (or a minute), and then one line saying how
+/// many more there were: an outage fails every request, and a journal past its rate limit
+/// drops oauthd's other lines with these.
 pub struct Budget {
     what: &'static str,
-    per_second: u32,
-    /// The second counted (since the epoch), and the lines asked for in it.
+    lines: u32,
+    /// The length of a period, in seconds.
+    period: u64,
+    /// The period counted (since the epoch), and the lines asked for in it.
     used: std::sync::Mutex<(u64, u32)>,
 }
 
@@ -47,32 +49,52 @@ impl Budget {
     pub const fn new(what: &'static str, per_second: u32) -> Budget {
         Budget {
             what,
-            per_second,
+            lines: per_second,
+            period: 1,
             used: std::sync::Mutex::new((0, 0)),
         }
     }
 
-    /// Logs `line` at WARN if this second's budget has room.
+    pub const fn per_minute(what: &'static str, per_minute: u32) -> Budget {
+        Budget {
+            lines: per_minute,
+            period: 60,
+            ..Budget::new(what, per_minute)
+        }
+    }
+
+    /// Logs `line` at WARN if this period's budget has room.
     pub fn warn(&self, line: std::fmt::Arguments<'_>) {
-        let second = std::time::SystemTime::now()
+        self.log(log::Level::Warn, line);
+    }
+
+    /// Logs `line` at ERROR if this period's budget has room.
+    pub fn error(&self, line: std::fmt::Arguments<'_>) {
+        self.log(log::Level::Error, line);
+    }
+
+    fn log(&self, level: log::Level, line: std::fmt::Arguments<'_>) {
+        let period = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+            .map_or(0, |d| d.as_secs() / self.period);
         let Ok(mut used) = self.used.lock() else {
             return;
         };
-        if used.0 != second {
-            if used.1 > self.per_second {
-                log::warn!(
-                    "{} more {} in the second before",
-                    used.1 - self.per_second,
+        if used.0 != period {
+            if used.1 > self.lines {
+                let before = if self.period == 1 { "second" } else { "minute" };
+                log::log!(
+                    level,
+                    "{} {} in the {before} before",
+                    used.1 - self.lines,
                     self.what
                 );
             }
-            *used = (second, 0);
+            *used = (period, 0);
         }
         used.1 += 1;
-        if used.1 <= self.per_second {
-            log::warn!("{line}");
+        if used.1 <= self.lines {
+            log::log!(level, "{line}");
         }
     }
 }

@@ -117,7 +117,8 @@ impl fmt::Display for ApiError {
 }
 
 /// 5xx answers said in the log: at most 5 a second (an outage answers every request so).
-static SERVER_ERRORS_LOGGED: crate::logging::Budget = crate::logging::Budget::new("5xx answers", 5);
+static SERVER_ERRORS_LOGGED: crate::logging::Budget =
+    crate::logging::Budget::new("more 5xx answers", 5);
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {

@@ -30,6 +30,9 @@ pub enum StoreError {
     Full { context: &'static str },
     #[error("{context}: the database is read-only")]
     ReadOnly { context: &'static str },
+    /// SQLite found the file damaged (SQLITE_CORRUPT): no retry mends it.
+    #[error("{context}: the database is damaged")]
+    Damaged { context: &'static str },
     #[error("{context}: Redis is out of memory (maxmemory reached) and refuses writes")]
     OutOfMemory { context: &'static str },
     /// The store's server did not answer: `why` is for the log (an I/O error, a timeout).
@@ -62,6 +65,12 @@ impl StoreError {
                 log_unavailable(context, message);
                 format!("{context}: the storage did not answer; oauthd's log says why")
             }
+            StoreError::Damaged { context } => {
+                DAMAGE_LOGGED.error(format_args!(
+                    "{context}: the database is damaged (SQLite: database disk image is malformed); oauthd cannot mend it: stop oauthd, then restore the last copy (`oauthd restore`) or save what SQLite still reads (`sqlite3 DB .recover`); /readyz answers 503 until then"
+                ));
+                format!("{context}: the database is damaged; oauthd's log says what to do")
+            }
             StoreError::Unreachable { context, why } => {
                 log_unavailable(context, &format!("Redis is unreachable ({why})"));
                 format!("{context}: Redis is unreachable; oauthd's log says why")
@@ -73,7 +82,11 @@ impl StoreError {
 
 /// Storage faults said in the log: at most 5 a second (`logging::Budget`).
 pub(crate) static FAULTS_LOGGED: crate::logging::Budget =
-    crate::logging::Budget::new("storage faults", 5);
+    crate::logging::Budget::new("more storage faults", 5);
+
+/// A damaged database said in the log: once a minute, at ERROR.
+static DAMAGE_LOGGED: crate::logging::Budget =
+    crate::logging::Budget::per_minute("more requests that met the damaged database", 1);
 
 /// Logs a fault's message for `for_callers`, within `FAULTS_LOGGED`.
 fn log_unavailable(context: &str, message: &str) {

@@ -1282,3 +1282,80 @@ async fn a_rekey_interrupted_or_run_twice_at_once_changes_nothing() {
     assert_eq!(key_lines(&first).len(), before.len() + 1);
     a.signal_and_wait("TERM");
 }
+
+/// Overwrites `len` bytes at `offset` of the stopped database with bytes no page holds.
+fn damage(home: &Home, offset: u64, len: usize) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(home.db())
+        .unwrap();
+    file.seek(SeekFrom::Start(offset)).unwrap();
+    file.write_all(&vec![0xA5; len]).unwrap();
+}
+
+/// A database damaged where the start reads it is said to be damaged, with what to do,
+/// and ends the start with exit 2 (a unit's `RestartPreventExitStatus=2` then stops trying):
+/// it was exit 1 with "is the file and its directory writable by this user?", and systemd
+/// restarted oauthd every 5 s.
+#[test]
+fn a_damaged_database_stops_the_start_and_says_so() {
+    let home = Home::new();
+    home.create_key("app", &[]);
+    // The file's header kept, the schema's page after it damaged.
+    damage(&home, 100, 4096 - 100);
+    let refused = common::run_until_exit(
+        home.cli_command(&["serve", "--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null()),
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("is damaged") && err.contains("oauthd restore"),
+        "{err}"
+    );
+}
+
+/// A database damaged where the start does not read (here the page of the table that
+/// keeps expired states' tombstones) is found by the first request that reads it: 503, an
+/// ERROR that says what to do, and `/readyz` 503 from then on, where it answered 200 (its
+/// own read passed by the damage) and each request logged a WARN "database disk image is
+/// malformed".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_found_damaged_while_serving_is_said_and_not_ready() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let page: i64 = rusqlite::Connection::open(home.db())
+        .unwrap()
+        .query_row(
+            "SELECT rootpage FROM sqlite_schema WHERE name = 'expired_states'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    damage(&home, (page as u64 - 1) * 4096, 4096);
+    let d = home.start();
+    let state = d
+        .create_state(&key, json!({"namespace": "oauth:app"}))
+        .await;
+    assert_eq!(d.consume(&key, &state, "oauth:app").await.0, 200);
+    let (status, body) = d.consume(&key, &state, "oauth:app").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("damaged"),
+        "{body}"
+    );
+    let (status, body) = d.get("/readyz", "").await;
+    assert_eq!(status, 503, "{body}");
+    let log = home.log_text();
+    assert!(
+        log.lines().any(|l| l.contains(" ERROR ")
+            && l.contains("damaged")
+            && l.contains("oauthd restore")),
+        "{log}"
+    );
+    d.signal_and_wait("TERM");
+}

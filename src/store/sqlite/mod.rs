@@ -92,6 +92,8 @@ pub enum OpenError {
     Unversioned { path: PathBuf },
     #[error("database {path} is in WAL mode but holds no tables, and no {path}-wal is beside it: oauthd's data is in that -wal file, left behind when the database was moved or copied after oauthd stopped without a clean stop. Put the -wal file (and the -shm file) beside it and start again; to start afresh instead, delete {path}. Nothing was changed in it")]
     WalLeftBehind { path: PathBuf },
+    #[error("database {path} is damaged ({message}): restore the last copy (`oauthd restore`, with oauthd stopped), or save what SQLite still reads with `sqlite3 {path} .recover`; nothing was changed in it")]
+    Damaged { path: PathBuf, message: String },
     #[error("cannot open database {path}: {message} ({hint})")]
     Open {
         path: PathBuf,
@@ -134,6 +136,7 @@ impl OpenError {
                 | OpenError::ParentNotDir { .. }
                 | OpenError::IsDirectory { .. }
                 | OpenError::NotADatabase { .. }
+                | OpenError::Damaged { .. }
                 | OpenError::WalLeftBehind { .. }
                 | OpenError::Foreign { .. }
                 | OpenError::Unversioned { .. }
@@ -324,6 +327,10 @@ impl SqliteStore {
         let sqlite_err = |e: rusqlite::Error| match e.sqlite_error_code() {
             Some(rusqlite::ErrorCode::NotADatabase) => OpenError::NotADatabase {
                 path: path.to_owned(),
+            },
+            Some(rusqlite::ErrorCode::DatabaseCorrupt) => OpenError::Damaged {
+                path: path.to_owned(),
+                message: e.to_string(),
             },
             _ => open_err(&e),
         };
@@ -770,8 +777,18 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), OpenError> {
 }
 
 /// Maps a SQLite error to the storage error the HTTP layer turns into a 503.
+/// Set when SQLite first finds the database damaged, at any read or write: a damaged file
+/// does not mend while oauthd runs, and `/readyz` answers 503 from then on, where a read of
+/// the pages it looks at could still succeed. One database per process.
+pub(crate) static DAMAGED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 pub(crate) fn classify(context: &'static str, e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
+            DAMAGED.store(true, std::sync::atomic::Ordering::Relaxed);
+            StoreError::Damaged { context }
+        }
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Busy { context },
         Some(ErrorCode::DiskFull) => StoreError::Full { context },
         Some(ErrorCode::ReadOnly) => StoreError::ReadOnly { context },

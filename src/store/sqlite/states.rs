@@ -565,6 +565,11 @@ impl StateStore for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        if super::DAMAGED.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StoreError::Damaged {
+                context: "checking the database",
+            });
+        }
         self.read("checking the database", |conn| {
             conn.query_row(
                 "SELECT count(*) FROM (SELECT 1 FROM states LIMIT 1)",
