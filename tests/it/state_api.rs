@@ -1503,3 +1503,33 @@ async fn a_full_disk_gives_503_and_recovers_by_itself_when_space_returns() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
 }
+
+/// On Redis, a consume answered 503 because Redis stalled past the call's time (3 s) has
+/// changed nothing when Redis comes back: the retry the 503 asks for takes the state. Redis
+/// used to run the queued consume as it resumed, and the retry found nothing (404): the app
+/// lost the flow's verifier.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread")]
+async fn on_redis_a_consume_answered_503_in_a_stall_took_nothing() {
+    let home = Home::redis();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let state = d
+        .create_state(&key, json!({"namespace": NS, "data": {"v": 1}}))
+        .await;
+    // A consume before, as an app makes them: Redis has the script then, and runs it when
+    // it gets to it (a script it did not have would come back NOSCRIPT, unrun).
+    let first = d.create_state(&key, json!({"namespace": NS})).await;
+    assert_eq!(d.consume(&key, &first, NS).await.0, 200);
+    let pid = home.redis_server().pid();
+    common::signal(pid, "STOP");
+    let (status, body) = d.consume(&key, &state, NS).await;
+    common::signal(pid, "CONT");
+    assert_eq!(status, 503, "{body}");
+    // Once Redis has run what was queued during the stall.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = d.consume(&key, &state, NS).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["v"], 1);
+    d.signal_and_wait("TERM");
+}

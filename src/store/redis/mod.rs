@@ -23,6 +23,7 @@
 //! the Redis connection's driver lives there, whatever runtime calls the store.
 
 mod admin;
+mod clock;
 mod connections;
 mod device;
 mod keys;
@@ -49,6 +50,8 @@ pub struct RedisStore {
     /// How long an expired state still answers 410 rather than 404.
     grace_ms: i64,
     display: String,
+    /// Redis' clock, for the deadlines of state scripts.
+    clock: std::sync::Arc<clock::RedisClock>,
 }
 
 impl Drop for RedisStore {
@@ -201,6 +204,7 @@ impl RedisStore {
             prefix: target.prefix.clone(),
             grace_ms: i64::try_from(grace.as_millis()).unwrap_or(i64::MAX),
             display,
+            clock: Default::default(),
         };
         let info = store
             .block_on_info_raw("server")
@@ -670,6 +674,10 @@ fn classify(context: &'static str, e: &redis::RedisError) -> StoreError {
     }
     match e.code() {
         Some("OOM") => StoreError::OutOfMemory { context },
+        Some("LATE") => StoreError::Unreachable {
+            context,
+            why: "Redis ran the request only past its deadline (it was stalled or busy), and changed nothing".into(),
+        },
         Some("READONLY") => StoreError::ReadOnly { context },
         Some("MISCONF") => StoreError::unavailable(
             context,

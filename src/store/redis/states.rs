@@ -131,8 +131,10 @@ fn after_now(command: &str, key: String, now_ms: i64) -> redis::Cmd {
     cmd
 }
 
+/// A state script: the deadline's check (`clock::FENCE_LUA`) first, then the shared
+/// functions and `body`.
 fn script(body: &str) -> Script {
-    Script::new(&format!("{LIB}{body}"))
+    Script::new(&format!("{}{LIB}{body}", super::clock::FENCE_LUA))
 }
 
 /// KEYS: state, tombstone. ARGV: P, hash, namespace, "p" when the namespace is a prefix.
@@ -428,10 +430,15 @@ impl RedisStore {
             invocation.arg(a);
         }
         let mut c = self.conn();
-        self.run(
-            context,
-            async move { invocation.invoke_async(&mut c).await },
-        )
+        let (clock, began) = (self.clock.clone(), tokio::time::Instant::now());
+        self.run(context, async move {
+            invocation.arg(clock.deadline(&mut c, began).await?);
+            let answered = invocation.invoke_async(&mut c).await;
+            if answered.as_ref().is_err_and(|e| e.code() == Some("LATE")) {
+                clock.forget();
+            }
+            answered
+        })
         .await
     }
 }

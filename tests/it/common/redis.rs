@@ -100,6 +100,11 @@ impl RedisServer {
         Some(line.trim_end().to_owned())
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("redis-server running").id()
+    }
+
     /// Stops the server (SIGKILL: like a crash or a network cut, no goodbye).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
