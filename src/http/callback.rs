@@ -65,17 +65,20 @@ pub async fn callback(
     let csrf = super::ui::csrf_for(&app, &req).await;
     let csrf = csrf.as_deref();
     // The cookie an app's flow gave the browser that confirmed it (none for the operator's
-    // flows): read here, and cleared whatever the outcome, since the flow is used up.
+    // flows): read here, and cleared once the flow is used up, whatever the outcome. A
+    // store that did not answer used nothing up: the cookie stays for the reload.
     let state = query.state.as_deref().and_then(StateValue::parse);
     let cookie = state
         .as_ref()
         .and_then(|state| req.cookie(&flow_cookie_name(app.secure_cookies, state)));
     let presented = cookie.as_ref().map(Cookie::value);
-    let mut resp = match app
+    let finished = app
         .broker
         .finish_callback(&provider, query, Browser::Cookie(presented))
-        .await
-    {
+        .await;
+    let used_up =
+        !matches!(&finished, Err(e) if matches!(e.unwrapped().0, CallbackError::Storage(_)));
+    let mut resp = match finished {
         Ok(Connected {
             return_to: Some(to),
             ..
@@ -108,7 +111,7 @@ pub async fn callback(
         ),
         Err(e) => failed(&app, csrf, &provider, e),
     };
-    if let (Some(state), Some(_)) = (state, cookie) {
+    if let (Some(state), Some(_), true) = (state, cookie, used_up) {
         let gone = flow_cookie(&app, &provider, &state, String::new(), None);
         // A cookie that cannot be written as a header is left to expire on its own.
         let _ = resp.add_cookie(&gone);
@@ -186,6 +189,24 @@ pub(super) fn failed(
                 again(account, "Try again")
             ),
         ),
+        // Nothing was used up (the state is taken in the same write that would fail).
+        Storage(message) => {
+            let mut resp = page_for(
+                by_app,
+                base,
+                503,
+                "Storage unavailable",
+                &format!(
+                    "<p>{}</p><p>Nothing was used up: reload this page in a few seconds to finish connecting.</p>",
+                    escape(message)
+                ),
+            );
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from_static("5"),
+            );
+            return resp;
+        }
         _ => {
             let (status, title, detail) = wording(provider, whole);
             let button = e

@@ -1057,3 +1057,39 @@ async fn check_reports_database_key_file_and_providers() {
         "{report}"
     );
 }
+
+/// The callback of an app's flow that meets a store not answering (here the database held
+/// locked by another process past the busy timeout) uses nothing up: the page says to
+/// reload, the browser keeps the flow's cookie, and the reload connects. The cookie used to
+/// be cleared whatever the outcome, and the reload was refused as "not confirmed in this
+/// browser", its state spent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_callback_that_meets_a_store_not_answering_connects_on_reload() {
+    let home = Home::new();
+    let (peer, key, d) = serving(&home, 3600, "");
+    let authorize = d.start_connect(&key, "peer", "alice").await;
+    let callback = peer.approve(&authorize).await;
+    // A browser: it keeps what oauthd's answers set, and drops what they clear.
+    let browser = reqwest::Client::builder()
+        .cookie_provider(d.flow_cookies.clone())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut locker = common::SqliteShell::open(&home.db());
+    assert_eq!(locker.query("BEGIN IMMEDIATE; SELECT 'locked';"), "locked");
+    let resp = browser.get(&callback).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().get("retry-after").is_some());
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("reload this page"), "{page}");
+    assert_eq!(locker.query("ROLLBACK; SELECT 'free';"), "free");
+    let resp = browser.get(&callback).send().await.unwrap();
+    let status = resp.status();
+    let page = resp.text().await.unwrap();
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("is connected"), "{page}");
+    assert_eq!(
+        d.get("/v1/connections/peer/alice", &key).await.1["status"],
+        "active"
+    );
+}
