@@ -196,6 +196,9 @@ impl Faults {
     }
 }
 
+/// How long `check_writable` waits for its probe while another process holds the lock.
+const LOCKED_PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct Writer {
     queue: mpsc::Sender<Msg>,
     thread: Option<JoinHandle<()>>,
@@ -281,6 +284,20 @@ impl Writer {
         // marks; the full-disk one only a request's write clears.
         let probe =
             |sql: &'static str| move |tx: &Tx| tx.prepare_cached(sql)?.execute([]).map(|_| ());
+        if !self.read_only.load(Ordering::Acquire) && !self.disk_full.load(Ordering::Acquire) {
+            // Locked only: one small write, waited for a second at most. A probe waits for
+            // the busy timeout (5 s) behind the writes queued before it, past a load
+            // balancer's check timeout; it goes on unwaited, and clears the mark when it
+            // commits.
+            let wrote = self.submit(context, false, true, move |tx: &Tx| {
+                probe("INSERT OR REPLACE INTO meta (name, value) VALUES ('probe', 1)")(tx)?;
+                probe("DELETE FROM meta WHERE name = 'probe'")(tx)
+            });
+            return match tokio::time::timeout(LOCKED_PROBE_WAIT, wrote).await {
+                Ok(done) => done,
+                Err(_) => Err(StoreError::Busy { context }),
+            };
+        }
         self.submit(
             context,
             false,
