@@ -83,6 +83,7 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
     for note in settings.trusted_proxies_warnings() {
         r.line("warn", "config", note);
     }
+
     for note in &settings.env_warnings {
         r.line("warn", "environment", note);
     }
@@ -258,7 +259,12 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
                 // A record that does not read may need a key nobody can name: a failure,
                 // not a connection fewer.
                 Err(e) => r.line("FAIL", "vault", format!("not every connection reads: {e}")),
-                Ok(rows) => vault_line(&mut r, &rows, v, &known, &source),
+                Ok(rows) => {
+                    if let Some(note) = super::unconfigured::note(&rows, &settings) {
+                        r.line("warn", "connections", note);
+                    }
+                    vault_line(&mut r, &rows, v, &known, &source)
+                }
             }
             let now = crate::clock::Clock::system().now_ms();
             let used = crate::states::data_keys(store.as_ref(), now).await?;

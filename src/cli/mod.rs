@@ -28,6 +28,7 @@ mod config_changed;
 mod events;
 mod keys;
 mod serve;
+mod unconfigured;
 mod vault_keys;
 mod vault_peers;
 

@@ -96,6 +96,14 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
             key_from.clone(),
         );
         teller.start().await?;
+        match store.list_connections().await {
+            Ok(rows) => {
+                if let Some(note) = super::unconfigured::note(&rows, &settings) {
+                    log::warn!("{note}");
+                }
+            }
+            Err(e) => log::warn!("could not list the connections to look at their providers: {e}"),
+        }
         match store.list_keys().await {
             Ok(keys) => {
                 for key in keys.iter().filter(|k| k.revoked_at_ms.is_none()) {

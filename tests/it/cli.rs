@@ -511,6 +511,44 @@ async fn a_config_changed_after_the_start_is_pointed_out() {
     assert!(!report.contains("restart it"), "{report}");
 }
 
+/// Connections whose provider the config does not have, as when the config file is left
+/// out (a unit or a shell without `--config`): `check` said all was well and the start said
+/// nothing, while every token call answered `provider_missing`. Both say so now, and that
+/// no config file was given.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_of_providers_not_in_the_config_are_pointed_out() {
+    let home = Home::new();
+    home.create_key("app", &[]);
+    home.write_config(
+        "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n",
+    );
+    let file = home.dir.path().join("tokens.jsonl");
+    std::fs::write(
+        &file,
+        "{\"provider\":\"gh\",\"account\":\"me\",\"access_token\":\"t\"}\n",
+    )
+    .unwrap();
+    let out = home.cli(&["connections", "import", "--file", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let said = "1 connection(s) belong to providers not in the config (no config file was given";
+    let report = text(&home.cli(&["check"]).stdout);
+    assert!(!report.contains("providers not in"), "{report}");
+
+    std::fs::remove_file(home.config()).unwrap();
+    let report = text(&home.cli(&["check"]).stdout);
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("warn  connections: ") && l.contains(said) && l.ends_with(
+                "gh (1); their tokens are not handed out (provider_missing) until the providers are configured again"
+            )),
+        "{report}"
+    );
+    let d = home.start();
+    assert!(home.log_text().contains(said), "{}", home.log_text());
+    d.signal_and_wait("TERM");
+}
+
 /// `check` is what a new user runs before the first start: with no database yet it says
 /// so and still checks the providers (here one nobody answers for).
 #[test]
