@@ -704,11 +704,32 @@ impl Settings {
     /// Said at start when links stand for the loopback address of a server that listens on
     /// every interface: other machines' browsers need `public_url`.
     pub fn public_url_hint(&self, bound: SocketAddr) -> Option<String> {
-        (self.public_url.is_none() && bound.ip().is_unspecified()).then(|| {
+        let Some(url) = &self.public_url else {
+            return bound.ip().is_unspecified().then(|| {
+                format!(
+                    "listening on {bound} without public_url: links and redirect URIs use {}; \
+                     set public_url to the address browsers reach oauthd at",
+                    self.public_url_for(bound)
+                )
+            });
+        };
+        // A public_url on this host's loopback, on another port than oauthd's: a config
+        // copied with another listen port (or `--listen`), whose links lead nowhere.
+        let loopback = match url.host() {
+            Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
+        let port = url.port_or_known_default()?;
+        let here = bound.ip().is_loopback() || bound.ip().is_unspecified();
+        (loopback && here && port != bound.port()).then(|| {
             format!(
-                "listening on {bound} without public_url: links and redirect URIs use {}; \
-                 set public_url to the address browsers reach oauthd at",
-                self.public_url_for(bound)
+                "public_url {url} is on this host's loopback, port {port}, and oauthd listens on \
+                 port {}: unless a proxy on this host forwards port {port} to oauthd, the \
+                 sign-in link and redirect URIs lead nowhere. Give public_url the port oauthd \
+                 listens on, or leave it out (it then follows the listen address)",
+                bound.port()
             )
         })
     }
@@ -1274,6 +1295,22 @@ mod tests {
             "https://auth.example.net/"
         );
         assert!(s.public_url_hint("0.0.0.0:6288".parse().unwrap()).is_none());
+        // On loopback, on another port than oauthd's: a config copied with another port.
+        let s = parse("public_url = \"http://127.0.0.1:6288\"").unwrap();
+        let hint = |addr: &str| s.public_url_hint(addr.parse().unwrap());
+        assert!(hint("127.0.0.1:6288").is_none());
+        assert!(hint("0.0.0.0:6288").is_none());
+        assert!(hint("192.168.1.5:7000").is_none());
+        let said = hint("127.0.0.1:43419").unwrap_or_default();
+        assert!(
+            said.contains("port 6288, and oauthd listens on port 43419"),
+            "{said}"
+        );
+        let s = parse("public_url = \"http://localhost\"").unwrap();
+        assert!(s.public_url_hint("127.0.0.1:80".parse().unwrap()).is_none());
+        assert!(s
+            .public_url_hint("127.0.0.1:6288".parse().unwrap())
+            .is_some());
     }
 
     #[test]

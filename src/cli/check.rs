@@ -83,7 +83,13 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
     for note in settings.trusted_proxies_warnings() {
         r.line("warn", "config", note);
     }
-
+    // A listen port of 0 is chosen at the start: nothing to compare yet.
+    if let Some(note) = Some(settings.listen)
+        .filter(|l| l.port() != 0)
+        .and_then(|l| settings.public_url_hint(l))
+    {
+        r.line("warn", "config", note);
+    }
     for note in &settings.env_warnings {
         r.line("warn", "environment", note);
     }
