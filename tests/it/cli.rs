@@ -686,6 +686,30 @@ fn a_db_path_that_is_no_database_is_explained() {
     );
 }
 
+/// A database named by a relative path is named in full in what oauthd says of it: run
+/// from another directory, the same words name another file.
+#[test]
+fn a_relative_database_path_is_named_in_full() {
+    let home = Home::new();
+    std::fs::write(home.dir.path().join("notes.txt"), "not a database\n").unwrap();
+    let mut cmd = Command::new(BIN);
+    for name in common::OAUTHD_VARIABLES {
+        cmd.env_remove(name);
+    }
+    let out = cmd
+        .current_dir(home.dir.path())
+        .args(["keys", "list", "--db", "notes.txt"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let full = std::fs::canonicalize(home.dir.path().join("notes.txt")).unwrap();
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("{} is not an SQLite database", full.display())),
+        "{err}"
+    );
+}
+
 /// A value from the environment is named as such: an operator whose variable comes from a
 /// shell profile or a unit file would look for it in the config file.
 #[test]

@@ -311,6 +311,10 @@ impl SqliteStore {
         durability: Durability,
         upgrade: Upgrade,
     ) -> Result<SqliteStore, OpenError> {
+        // Named in full in what it says: a relative path run from another directory names
+        // another database, and the message should show which.
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        let path = absolute.as_path();
         check_parent(path)?;
         if path.is_dir() {
             return Err(OpenError::IsDirectory {
@@ -357,12 +361,9 @@ impl SqliteStore {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
                 .map_err(|e| open_err(&e))?;
-            // The full path: a relative one started from another directory is a new, empty
-            // database, and the log should say where it went.
-            let shown = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
             log::warn!(
                 "created a new, empty database at {}: right on a first start; if oauthd ran before, it was given another database path (--db and OAUTHD_DB are taken from the working directory, `db` in a config file from that file's directory), so its keys, connections and states are not here",
-                shown.display()
+                path.display()
             );
         }
         configure(&conn)
@@ -376,10 +377,9 @@ impl SqliteStore {
             });
         }
         if !created && found == 0 {
-            let shown = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
             log::warn!(
                 "database {} was there but empty (no tables): oauthd starts on it as on a new database. If oauthd served it before, its data is not here: a copy of a running oauthd's database made without its -wal file, or a backup cut short, is empty like this",
-                shown.display()
+                path.display()
             );
         }
         let mode: String = conn
