@@ -1359,3 +1359,47 @@ async fn a_database_found_damaged_while_serving_is_said_and_not_ready() {
     );
     d.signal_and_wait("TERM");
 }
+
+/// The database's `-wal` file deleted while oauthd serves (an `rm` of what looks like a
+/// leftover): writes went on being acknowledged into the deleted file, and all of them
+/// were gone at the next start (states consumed since could be consumed again, refresh
+/// tokens went back). Writes and `/readyz` answer 503 now, the log says why, and with the
+/// file put back (here the same file, kept by a hard link) oauthd carries on by itself,
+/// nothing lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_file_deleted_under_oauthd_stops_its_writes() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let before = d
+        .create_state(&key, json!({"namespace": "oauth:app"}))
+        .await;
+    let wal = home.dir.path().join("oauthd.db-wal");
+    let kept = home.dir.path().join("kept-wal");
+    std::fs::hard_link(&wal, &kept).unwrap();
+    std::fs::remove_file(&wal).unwrap();
+    let (status, body) = d.readyz_until(503).await;
+    assert_eq!(status, 503, "{body}");
+    let (status, body) = d
+        .post("/v1/states", &key, json!({"namespace": "oauth:app"}))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    let log = home.log_text();
+    assert!(
+        log.lines().any(|l| l.contains(" ERROR ")
+            && l.contains("oauthd.db-wal was deleted or replaced while oauthd had it open")),
+        "{log}"
+    );
+
+    std::fs::hard_link(&kept, &wal).unwrap();
+    let (status, body) = d.readyz_until(200).await;
+    assert_eq!(status, 200, "{body}");
+    let after = d
+        .create_state(&key, json!({"namespace": "oauth:app"}))
+        .await;
+    d.signal_and_wait("TERM");
+    let d = home.start();
+    assert_eq!(d.consume(&key, &before, "oauth:app").await.0, 200);
+    assert_eq!(d.consume(&key, &after, "oauth:app").await.0, 200);
+    d.signal_and_wait("TERM");
+}

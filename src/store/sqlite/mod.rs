@@ -431,7 +431,7 @@ impl SqliteStore {
                 tune(&conn, durability)?;
                 Ok(conn)
             }),
-            path.display().to_string(),
+            path,
             watch.clone(),
         )
         .map_err(|e| open_err(&format!("cannot start the writer thread: {e}")))?;

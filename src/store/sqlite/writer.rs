@@ -205,6 +205,7 @@ pub struct Writer {
     read_only: Arc<AtomicBool>,
     disk_full: Arc<AtomicBool>,
     locked: Arc<AtomicBool>,
+    moved: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -220,16 +221,20 @@ impl Writer {
     pub fn start(
         conn: Connection,
         reopen: Reopen,
-        name: String,
+        path: &std::path::Path,
         watch: Arc<ChangeWatch>,
     ) -> std::io::Result<Writer> {
+        let name = path.display().to_string();
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
         let read_only = Arc::new(AtomicBool::new(conn_is_read_only(&conn)));
         crate::metrics::STORAGE_READ_ONLY.set(read_only.load(Ordering::Acquire).into());
         let disk_full = Arc::new(AtomicBool::new(false));
         let locked = Arc::new(AtomicBool::new(false));
+        let moved = Arc::new(AtomicBool::new(false));
         crate::metrics::STORAGE_DISK_FULL.set(0);
         let link = Link {
+            files: Files::of(path),
+            moved: moved.clone(),
             conn: Some(conn),
             reopen,
             name,
@@ -262,6 +267,7 @@ impl Writer {
             read_only,
             disk_full,
             locked,
+            moved,
         })
     }
 
@@ -273,6 +279,9 @@ impl Writer {
     /// Asks the writer whether it can write now: when it could not, this is what makes it
     /// try a fresh connection (at most once a second) even while no request writes.
     pub async fn check_writable(&self, context: &'static str) -> Result<(), StoreError> {
+        if self.moved.load(Ordering::Acquire) {
+            return Err(moved_error(context));
+        }
         let marked = [&self.read_only, &self.disk_full, &self.locked];
         if !marked.iter().any(|m| m.load(Ordering::Acquire)) {
             return Ok(());
@@ -373,8 +382,55 @@ fn conn_is_read_only(conn: &Connection) -> bool {
     conn.is_readonly(MAIN_DB).unwrap_or(true)
 }
 
+/// What oauthd answers while the database's files are not the ones it opened.
+fn moved_error(context: &'static str) -> StoreError {
+    StoreError::unavailable(
+        context,
+        "the database file, or its -wal or -shm file, was deleted or replaced while oauthd had it open: what it wrote now would be lost; put the files back, or restart oauthd",
+    )
+}
+
+/// The database's files as opened (device and inode of each that was there): a file
+/// deleted or replaced under oauthd (an `rm` of the `-wal`, a restore by `mv` while it
+/// runs) leaves oauthd writing where nothing will read it again, or two processes each
+/// with its own `-shm`.
+struct Files {
+    paths: [std::path::PathBuf; 3],
+    opened: [Option<(u64, u64)>; 3],
+}
+
+impl Files {
+    fn of(path: &std::path::Path) -> Files {
+        let paths = ["", "-wal", "-shm"].map(|suffix| crate::paths::with_suffix(path, suffix));
+        let opened = paths.clone().map(|p| Files::id(&p));
+        Files { paths, opened }
+    }
+
+    fn id(path: &std::path::Path) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+
+    /// The first file that is no longer the one opened; one not there at the open (a
+    /// `-wal` made later) is taken as it is now.
+    fn changed(&mut self) -> Option<&std::path::Path> {
+        for (path, opened) in self.paths.iter().zip(self.opened.iter_mut()) {
+            let now = Files::id(path);
+            match opened {
+                None => *opened = now,
+                Some(was) if now != Some(*was) => return Some(path),
+                Some(_) => {}
+            }
+        }
+        None
+    }
+}
+
 /// The writer thread's connection and what it needs to replace it.
 struct Link {
+    files: Files,
+    /// Set while `files` are not the ones opened: every write is refused.
+    moved: Arc<AtomicBool>,
     /// `None` after a reopen failed: each group is refused until one succeeds.
     conn: Option<Connection>,
     reopen: Reopen,
@@ -489,6 +545,30 @@ impl Link {
 }
 
 impl Link {
+    /// Marks the store moved while a file is not the one opened, and says so once; the
+    /// mark goes when the files are back.
+    fn look_at_files(&mut self) {
+        match self.files.changed() {
+            Some(file) => {
+                if !self.moved.swap(true, Ordering::AcqRel) {
+                    log::error!(
+                        "database {}: {} was deleted or replaced while oauthd had it open (an rm, a restore by mv or cp while oauthd ran): what oauthd wrote to it now would be lost at its next start, so writes and /readyz answer 503. Put the files oauthd opened back, or stop oauthd and start it again on the files as they are now",
+                        self.name,
+                        file.display()
+                    );
+                }
+            }
+            None => {
+                if self.moved.swap(false, Ordering::AcqRel) {
+                    log::info!(
+                        "database {}: its files are the ones opened again",
+                        self.name
+                    );
+                }
+            }
+        }
+    }
+
     /// Looks for other processes' commits when the last look is `LOOK_EVERY` old. A
     /// change (or a connection not looked on before) bumps the watch's generation; a
     /// failed look confirms nothing, so caches fall back to their age bound.
@@ -496,6 +576,7 @@ impl Link {
         if self.last_look.is_some_and(|t| t.elapsed() < LOOK_EVERY) {
             return;
         }
+        self.look_at_files();
         let Some(conn) = &self.conn else { return };
         // Inside a transaction (a COMMIT that failed and left it open) the pragma would
         // read that transaction's old snapshot: confirm nothing then.
@@ -541,6 +622,12 @@ fn job_of(msg: Msg) -> Option<Box<dyn WriteJob>> {
 }
 
 fn write_group(link: &mut Link, group: &mut Vec<Box<dyn WriteJob>>) {
+    if link.moved.load(Ordering::Acquire) {
+        for job in group.drain(..) {
+            job.abort(moved_error("writing"));
+        }
+        return;
+    }
     link.heal();
     let Some(conn) = &link.conn else {
         let err = StoreError::unavailable("opening the database", "it could not be reopened");
@@ -675,7 +762,7 @@ mod tests {
         Writer::start(
             conn,
             Box::new(move || Connection::open(&reopen_path)),
-            "test".into(),
+            path,
             Arc::new(ChangeWatch::default()),
         )
         .unwrap()
@@ -724,7 +811,7 @@ mod tests {
         let writer = Writer::start(
             conn,
             Box::new(move || Connection::open(&reopen_path)),
-            "test".into(),
+            &path,
             watch.clone(),
         )
         .unwrap();
