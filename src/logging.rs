@@ -81,13 +81,18 @@ impl Budget {
             return;
         };
         if used.0 != period {
+            // Said when the next line comes, which may be long after: the period is named.
             if used.1 > self.lines {
-                let before = if self.period == 1 { "second" } else { "minute" };
+                let length = if self.period == 1 { "second" } else { "minute" };
+                let from = used.0.saturating_mul(self.period);
                 log::log!(
                     level,
-                    "{} {} in the {before} before",
+                    "{} {} were left out of the log in the {length} from {}",
                     used.1 - self.lines,
-                    self.what
+                    self.what,
+                    crate::clock::rfc3339(
+                        i64::try_from(from.saturating_mul(1000)).unwrap_or(i64::MAX)
+                    )
                 );
             }
             *used = (period, 0);

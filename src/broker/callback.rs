@@ -345,10 +345,10 @@ impl Broker {
     /// Puts an app's flow that a paste took back as it was (its value, data and expiry):
     /// the browser that confirmed it still finishes it. A paste only learns, by taking
     /// it, that the flow is an app's.
-    async fn put_back(&self, state: &StateValue, taken: &crate::states::StateView) {
+    async fn put_back(&self, state: &StateValue, taken: &crate::states::StateView) -> bool {
         let left_ms = taken.expires_at_ms - self.clock.now_ms();
         let Ok(left_ms) = u64::try_from(left_ms) else {
-            return;
+            return false;
         };
         let data = taken.data.as_deref().map(crate::states::JsonText::compact);
         let put = match crate::namespace::Namespace::parse(&taken.namespace) {
@@ -360,8 +360,12 @@ impl Broker {
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
-        if let Err(e) = put {
-            log::warn!("an app's flow taken by a paste could not be put back: {e}");
+        match put {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!("an app's flow taken by this callback could not be put back: {e}");
+                false
+            }
         }
     }
 
@@ -424,7 +428,7 @@ impl Broker {
                 (Some(flow), Browser::Cookie(cookie)) => flow.confirmed_by(cookie),
                 (_, Browser::Pasted) => {
                     log::warn!("paste {provider_name}/{account}: the address of a flow an app started; nothing stored");
-                    self.put_back(&state, &consumed).await;
+                    let _ = self.put_back(&state, &consumed).await;
                     return Err(CallbackError::AppFlowPasted { account });
                 }
                 (None, _) => false,
@@ -434,9 +438,20 @@ impl Broker {
                 return Err(CallbackError::NotConfirmedHere { account });
             }
             if let Some(flow) = &secrets.app {
-                self.check_starter(flow, &account)
-                    .await
-                    .map_err(|e| by_app(e, true))?;
+                let checked = match self.check_starter(flow, &account).await {
+                    // The store failed after the state was taken: put back, the flow is
+                    // used up no more than a store failing before would have left it (the
+                    // page says to reload); else it is used up, and said as not stored.
+                    Err(CallbackError::Storage(message)) => {
+                        if self.put_back(&state, &consumed).await {
+                            Err(CallbackError::Storage(message))
+                        } else {
+                            Err(CallbackError::NotStored(message))
+                        }
+                    }
+                    other => other,
+                };
+                checked.map_err(|e| by_app(e, true))?;
             }
         }
         let connected = self

@@ -623,7 +623,20 @@ impl Broker {
         let mut noted: Option<((i64, i64), tokio::time::Instant)> = None;
         loop {
             let ticket = self.token_cache.begin_read();
-            let row = self.row(key).await?;
+            let row = match self.row(key).await {
+                Ok(row) => row,
+                // A read failing while the takeover's grace runs (the store that made the
+                // lease run out still flapping) is one look fewer, not the end of the wait.
+                Err(_)
+                    if noted.is_some_and(|(_, at)| at.elapsed() < TAKEOVER_GRACE)
+                        && tokio::time::Instant::now() + TAKEOVER_LOOK < deadline
+                        && !self.stopping() =>
+                {
+                    self.sleep_unless_stopping(TAKEOVER_LOOK).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             // Someone refreshed while we waited: that is the freshest token there is, even
             // when it has less than `min_ttl` left (the provider's tokens may simply live
             // shorter). Refreshing again would only burn refresh tokens.

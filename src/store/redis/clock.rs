@@ -21,6 +21,9 @@ const FENCE: Duration = Duration::from_secs(2);
 /// first `LATE` it causes.
 const READ_EVERY: Duration = Duration::from_secs(30);
 
+/// The longest round trip of a reading kept for later calls.
+const KEEP_WITHIN: Duration = Duration::from_millis(50);
+
 #[derive(Default)]
 pub(super) struct RedisClock {
     /// Redis' time in ms at a moment of ours, and how far either way it may be off (half
@@ -55,8 +58,13 @@ impl RedisClock {
                     at: sent + half,
                     within_ms: ms(half) + 1,
                 };
-                if let Ok(mut read) = self.read.lock() {
-                    *read = Some(reading);
+                // A reading taken in a slow moment (a fork for a save, a slow script) is
+                // off by up to half its round trip, which the deadlines give up: used for
+                // this call only, not for the next 30 s.
+                if back - sent <= KEEP_WITHIN {
+                    if let Ok(mut read) = self.read.lock() {
+                        *read = Some(reading);
+                    }
                 }
                 reading
             }
@@ -91,6 +99,7 @@ fn ms(d: Duration) -> i64 {
 /// `ARGV`, so that the script's own arguments keep their places): past it, the script
 /// answers the error `LATE` having changed nothing.
 pub(super) const FENCE_LUA: &str = r#"
+if redis.replicate_commands then redis.replicate_commands() end
 local deadline = tonumber(table.remove(ARGV))
 local now = redis.call('TIME')
 if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > deadline then

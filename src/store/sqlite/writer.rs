@@ -296,8 +296,9 @@ impl Writer {
         if !self.read_only.load(Ordering::Acquire) && !self.disk_full.load(Ordering::Acquire) {
             // Locked only: one small write, waited for a second at most. A probe waits for
             // the busy timeout (5 s) behind the writes queued before it, past a load
-            // balancer's check timeout; it goes on unwaited, and clears the mark when it
-            // commits.
+            // balancer's check timeout; one given up on is skipped by the writer (nobody
+            // waits for it), and the next /readyz sends another, which commits at once
+            // when the lock is free and clears the mark.
             let wrote = self.submit(context, false, true, move |tx: &Tx| {
                 probe("INSERT OR REPLACE INTO meta (name, value) VALUES ('probe', 1)")(tx)?;
                 probe("DELETE FROM meta WHERE name = 'probe'")(tx)
@@ -401,9 +402,17 @@ struct Files {
 
 impl Files {
     fn of(path: &std::path::Path) -> Files {
-        let paths = ["", "-wal", "-shm"].map(|suffix| crate::paths::with_suffix(path, suffix));
+        // SQLite keeps the -wal and -shm files beside the file a link leads to.
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+        let paths = ["", "-wal", "-shm"].map(|suffix| crate::paths::with_suffix(&path, suffix));
         let opened = paths.clone().map(|p| Files::id(&p));
         Files { paths, opened }
+    }
+
+    /// Takes the files as they are now for the ones opened: after a reopen, which may
+    /// have made new -wal and -shm files (closing the last connection deletes them).
+    fn reset(&mut self) {
+        self.opened = self.paths.clone().map(|p| Files::id(&p));
     }
 
     fn id(path: &std::path::Path) -> Option<(u64, u64)> {
@@ -538,7 +547,10 @@ impl Link {
         // A fresh connection's data_version says nothing about what changed meanwhile.
         self.data_version = None;
         match (self.reopen)() {
-            Ok(fresh) => self.conn = Some(fresh),
+            Ok(fresh) => {
+                self.conn = Some(fresh);
+                self.files.reset();
+            }
             Err(e) => log::warn!("database {}: reopening failed: {e}", self.name),
         }
     }
@@ -548,11 +560,17 @@ impl Link {
     /// Marks the store moved while a file is not the one opened, and says so once; the
     /// mark goes when the files are back.
     fn look_at_files(&mut self) {
+        // With no connection open (a reopen failed) SQLite may have deleted the -wal and
+        // -shm files itself, as the last connection's close does; the next reopen takes
+        // the files as they are then.
+        if self.conn.is_none() {
+            return;
+        }
         match self.files.changed() {
             Some(file) => {
                 if !self.moved.swap(true, Ordering::AcqRel) {
                     log::error!(
-                        "database {}: {} was deleted or replaced while oauthd had it open (an rm, a restore by mv or cp while oauthd ran): what oauthd wrote to it now would be lost at its next start, so writes and /readyz answer 503. Put the files oauthd opened back, or stop oauthd and start it again on the files as they are now",
+                        "database {}: {} was deleted or replaced while oauthd had it open (an rm, a restore by mv while oauthd ran): what oauthd wrote to it now would be lost at its next start, so writes and /readyz answer 503. Put the files oauthd opened back, or stop oauthd and start it again on the files as they are now",
                         self.name,
                         file.display()
                     );
