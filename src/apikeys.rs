@@ -305,14 +305,22 @@ pub fn may_use(record: &ApiKeyRecord, ns: &Namespace) -> bool {
     }
 }
 
+/// Whether the key reaches any provider's connections: every namespace, or a pattern
+/// `*` or `provider:…`. A key for states alone has no accounts to speak of.
+pub fn reaches_connections(record: &ApiKeyRecord) -> bool {
+    record.namespaces.as_ref().is_none_or(|patterns| {
+        patterns
+            .iter()
+            .any(|p| p == "*" || p.starts_with(PROVIDER_SCOPE_PREFIX))
+    })
+}
+
 /// What to tell the operator about a key limited to namespace patterns that stop short
 /// of `provider:` (`p*`, `provider*`) and reach no provider otherwise: such a pattern does
 /// not reach any provider's tokens (before 2026-12-03 it did). `None` for other keys.
 pub fn provider_scope_note(record: &ApiKeyRecord) -> Option<String> {
     let patterns = record.namespaces.as_ref()?;
-    let reaches_some = patterns
-        .iter()
-        .any(|p| p == "*" || p.starts_with(PROVIDER_SCOPE_PREFIX));
+    let reaches_some = reaches_connections(record);
     let short: Vec<&str> = patterns
         .iter()
         .filter(|p| stops_short_of(p, PROVIDER_SCOPE_PREFIX))

@@ -277,10 +277,11 @@ impl Broker {
         }
         let names: Vec<String> = same.iter().map(ToString::to_string).collect();
         log::info!(
-            "disconnect {}/{}: {} the same account at {}, whose grant the revocation may have ended: refreshing {} now to see",
+            "disconnect {}/{}: {} {} the same account at {}, whose grant the revocation may have ended: refreshing {} now to see",
             row.provider,
             row.account,
             names.join(", "),
+            if same.len() == 1 { "is" } else { "are" },
             row.provider,
             if same.len() == 1 { "it" } else { "them" }
         );

@@ -84,18 +84,33 @@ pub(super) fn restore(settings: Settings, from: PathBuf, create: bool) -> Result
         .replaced
         .as_deref()
         .map_or_else(String::new, |aside| refreshed_since(db, aside));
-    let replaced = restored.replaced.map_or_else(String::new, |aside| {
+    let replaced = restored.replaced.as_deref().map_or_else(String::new, |aside| {
         format!(
             " The database it replaced is kept as {} (its -wal and -shm files, if it had them, beside it named the same way): delete them once the restore is confirmed.",
             aside.display()
         )
     });
+    // On a new machine nothing was there before: nothing to undo.
+    let undone = if restored.replaced.is_some() {
+        " What changed since the copy was made is undone: API keys revoked since are active again (`oauthd keys list`, then `oauthd keys revoke` them again), keys made since are gone, and states consumed since can be consumed again."
+    } else {
+        ""
+    };
+    let key = match super::key_source(&settings) {
+        Ok(KeySource::File { path, .. }) if !path.exists() => format!(
+            " There is no key file at {}: put the one kept with the copy there before oauthd starts (it does not start without it).",
+            path.display()
+        ),
+        _ => format!(
+            " `oauthd check` says whether {} opens what the copy holds.",
+            key_named(&settings)
+        ),
+    };
     say!(
-        "Restored {} from {} (schema version {}; `oauthd serve` upgrades an older one at its next start).{replaced} What changed since the copy was made is undone: API keys revoked since are active again (`oauthd keys list`, then `oauthd keys revoke` them again), keys made since are gone, and states consumed since can be consumed again; the web page's sign-ins are not restored (`oauthd admin link` for a new one).{rotated} `oauthd check` says whether {} opens what the copy holds.",
+        "Restored {} from {} (schema version {}; `oauthd serve` upgrades an older one at its next start).{replaced}{undone} The web page's sign-ins are not restored (`oauthd admin link` for a new one).{rotated}{key}",
         db.display(),
         from.display(),
         restored.copied.version,
-        key_named(&settings)
     );
     Ok(())
 }

@@ -36,12 +36,11 @@ pub(super) fn keys(settings: Settings, command: KeysCommand) -> Result<(), Fatal
                     .namespaces
                     .as_ref()
                     .map_or("every namespace".to_owned(), |n| n.join(", "));
-                let accounts = record
-                    .accounts
-                    .as_ref()
-                    .map_or("every account".to_owned(), |a| {
-                        format!("accounts {}", a.join(", "))
-                    });
+                let accounts = match &record.accounts {
+                    _ if !crate::apikeys::reaches_connections(&record) => "no connections".to_owned(),
+                    None => "every account".to_owned(),
+                    Some(a) => format!("accounts {}", a.join(", ")),
+                };
                 say!("Created API key {:?} for {scope}; {accounts}.", record.name);
                 if record.accounts.is_some() && record.namespaces.is_none() {
                     say!("Note: --account limits connections only; this key may still use every state namespace (add --namespace to limit that too).");
@@ -128,7 +127,11 @@ pub(super) async fn list_keys(store: &dyn KeyStore, json: bool) -> Result<(), Fa
             .namespaces
             .as_ref()
             .map_or("*".to_owned(), |n| n.join(","));
-        let accounts = k.accounts.as_ref().map_or("*".to_owned(), |a| a.join(","));
+        let accounts = match &k.accounts {
+            _ if !crate::apikeys::reaches_connections(k) => "-".to_owned(),
+            None => "*".to_owned(),
+            Some(a) => a.join(","),
+        };
         out!(
             "{:<24} {:<8} {:<24} {scope:<24} {accounts}",
             k.name,

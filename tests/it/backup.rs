@@ -144,6 +144,30 @@ async fn a_restore_brings_back_no_session_signed_out_or_link_used_since_the_copy
     d.signal_and_wait("TERM");
 }
 
+/// A copy restored on a new machine (`--create`), where no key file is yet: the restore
+/// says so at once (the start then refuses without it), and does not speak of undoing
+/// what changed since the copy, with nothing there before it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_on_a_new_machine_says_the_key_file_is_missing() {
+    let home = Home::new();
+    home.create_key("app", &[]);
+    let copy = home.dir.path().join("copy.db");
+    assert!(home
+        .cli(&["backup", copy.to_str().unwrap()])
+        .status
+        .success());
+    let new = Home::new();
+    let out = new.cli(&["restore", "--create", copy.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    let key_file = new.dir.path().join("oauthd.db.key");
+    assert!(
+        said.contains(&format!("There is no key file at {}", key_file.display())),
+        "{said}"
+    );
+    assert!(!said.contains("is undone"), "{said}");
+}
+
 /// Under a steady stream of writes the copy still finishes (SQLite's online backup, which
 /// the README gave, starts over at each write by another process and never did), whole.
 #[tokio::test(flavor = "multi_thread")]

@@ -191,7 +191,16 @@ fn a_reader_that_went_away_stops_a_command_as_sigpipe_would() {
 fn a_new_database_is_private_to_its_owner() {
     use std::os::unix::fs::PermissionsExt;
     let home = Home::new();
-    home.create_key("app", &[]);
+    let out = home
+        .cli_command(&["keys", "create", "--create", "--name", "app"])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // Its schema made, said in one line.
+    let said = text(&out.stderr);
+    assert_eq!(said.matches("schema").count(), 1, "{said}");
+    assert!(said.contains("made its schema (version "), "{said}");
     let mode = std::fs::metadata(home.db()).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "{mode:o}");
 }
@@ -232,6 +241,39 @@ fn a_new_database_is_never_readable_by_others() {
         let first_seen = watch.join().unwrap().map(|mode| format!("{mode:o}"));
         assert_eq!(first_seen.as_deref(), Some("600"));
     }
+}
+
+/// A key for states alone reaches no connection: its creation and the listing said "every
+/// account" (`*`), as if it could read every account's tokens.
+#[test]
+fn a_key_for_states_alone_is_not_said_to_reach_every_account() {
+    let home = Home::new();
+    home.create_key("broker", &[]);
+    let out = home.cli(&[
+        "keys",
+        "create",
+        "--name",
+        "web-app",
+        "--namespace",
+        "2fa",
+        "--namespace",
+        "as:*",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("Created API key \"web-app\" for 2fa, as:*; no connections."),
+        "{said}"
+    );
+    let list = text(&home.cli(&["keys", "list"]).stdout);
+    let accounts = |name: &str| {
+        list.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last())
+            .map(str::to_owned)
+    };
+    assert_eq!(accounts("web-app").as_deref(), Some("-"), "{list}");
+    assert_eq!(accounts("broker").as_deref(), Some("*"), "{list}");
 }
 
 #[test]

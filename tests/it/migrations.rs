@@ -159,6 +159,10 @@ async fn every_earlier_schema_version_upgrades_with_its_rows_usable() {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert!(upgraded > version as i64, "v{version} was not upgraded");
+        // Said in one line (a line for each version made a first start 15 lines long).
+        let said = format!("upgraded its schema from version {version} to {upgraded}");
+        let log = home.log_text();
+        assert_eq!(log.matches(&said).count(), 1, "v{version}: {log}");
         let check: String = conn
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .unwrap();

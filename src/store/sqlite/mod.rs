@@ -740,6 +740,8 @@ fn check_schema_read_only(found: i64, path: &Path) -> Result<(), OpenError> {
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), OpenError> {
     let known = MIGRATIONS.len() as i64;
+    // The versions applied, first and last: said in one line when all went well.
+    let mut applied: Option<(usize, usize)> = None;
     for (index, sql) in MIGRATIONS.iter().enumerate() {
         let version = index + 1;
         let fail = |e: rusqlite::Error| OpenError::Migrate {
@@ -768,10 +770,23 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), OpenError> {
         tx.pragma_update(None, "user_version", version as i64)
             .map_err(fail)?;
         tx.commit().map_err(fail)?;
-        log::info!(
+        log::debug!(
             "database {}: applied schema version {version}",
             path.display()
         );
+        applied = Some((applied.map_or(version, |(first, _)| first), version));
+    }
+    match applied {
+        Some((1, last)) => log::info!(
+            "database {}: made its schema (version {last})",
+            path.display()
+        ),
+        Some((first, last)) => log::info!(
+            "database {}: upgraded its schema from version {} to {last}",
+            path.display(),
+            first - 1
+        ),
+        None => {}
     }
     Ok(())
 }
