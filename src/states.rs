@@ -102,7 +102,7 @@ pub fn ttl_text(secs: u64) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error(
-        "unknown state: never issued in this namespace, already consumed, or expired long ago"
+        "unknown state: never issued in this namespace, already consumed or revoked, or expired (an expired state answers 410 once, then this)"
     )]
     NotFound,
     #[error("the state has expired")]
