@@ -2,8 +2,8 @@
 //!
 //! A secret is 32 bytes written as unpadded base64url: from the OS CSPRNG, except that a
 //! state value starts with its creation time (see `StateValue`). Only a hash ever reaches
-//! storage. `Debug` and `Display` never print a whole secret: a stray `{:?}` in a log line
-//! shows at most the first 8 characters.
+//! storage. `Debug` and `Display` never print a secret: a stray `{:?}` in a log line shows
+//! a state by its public identifier, and a key not at all.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -228,9 +228,11 @@ impl StateValue {
         SecretHash::of(&self.value)
     }
 
-    /// The first 8 characters: enough to correlate log lines, useless to an attacker.
-    pub fn log_prefix(&self) -> &str {
-        &self.value[..8]
+    /// The state's public identifier (`StateId`), as the API's listings show it: what log
+    /// lines name a state by. Its value's first characters are its creation time, the
+    /// same for every state made in that millisecond.
+    pub fn id(&self) -> StateId {
+        StateId::of(&self.key)
     }
 
     /// The keyed hash of a code guarding this state (a 2FA or email code): HMAC-SHA256
@@ -345,13 +347,13 @@ impl fmt::Display for StateId {
 
 impl fmt::Debug for StateValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "StateValue({}…)", self.log_prefix())
+        write!(f, "StateValue(id {})", self.id())
     }
 }
 
 impl fmt::Display for StateValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}…", self.log_prefix())
+        write!(f, "id {}", self.id())
     }
 }
 
@@ -473,7 +475,9 @@ mod tests {
         let s = StateValue::generate().unwrap();
         assert!(!format!("{s:?}").contains(s.expose()));
         assert!(!format!("{s}").contains(s.expose()));
-        assert!(format!("{s}").starts_with(&s.expose()[..8]));
+        // By its id, as listings show it: not by the value's first characters, its time.
+        assert!(!format!("{s}").contains(&s.expose()[..8]));
+        assert_eq!(format!("{s}"), format!("id {}", StateId::of(&s.hash())));
     }
 
     #[test]

@@ -543,9 +543,14 @@ async fn database_and_log_hold_no_token_secret_or_full_state(home: Home) {
         assert!(!contains(&db, secret), "{secret:.8}… in the database file");
         assert!(!log.contains(secret), "{secret:.8}… in the log");
     }
+    // Named by its id (its value's first characters are only its creation time).
     assert!(
-        log.contains(&state[..8]),
-        "log lines should name the state by its prefix"
+        !log.contains(&state[..8]),
+        "log lines name the state by its value's first characters"
+    );
+    assert!(
+        log.contains("connect peer/alice: flow started by API key \"app\", state id "),
+        "log lines should name the state by its id: {log}"
     );
     assert!(
         !log.contains("code="),

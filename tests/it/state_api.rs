@@ -990,7 +990,9 @@ async fn database_and_log_never_hold_a_state_or_key_in_clear(home: Home) {
         );
     }
     // Exercise every outcome so their log lines are written too.
-    assert_eq!(d.consume(&key, &issued[0], NS).await.0, 200);
+    let (status, consumed) = d.consume(&key, &issued[0], NS).await;
+    assert_eq!(status, 200, "{consumed}");
+    let id = consumed["id"].as_str().unwrap_or_default().to_owned();
     assert_eq!(d.consume(&key, &issued[0], NS).await.0, 404);
     assert_eq!(d.consume(&key, &issued[1], "other").await.0, 404);
     d.signal_and_wait("TERM");
@@ -1000,9 +1002,14 @@ async fn database_and_log_never_hold_a_state_or_key_in_clear(home: Home) {
         "the backend's files were not read"
     );
     let log = home.log_text();
+    // By the id the API gives (the value's first characters are only its creation time).
     assert!(
-        log.contains(&issued[0][..8]),
-        "the log should correlate by prefix"
+        log.contains(&format!("state id {id}")),
+        "the log should name the state by its id: {log}"
+    );
+    assert!(
+        !log.contains(&issued[0][..8]),
+        "the log names the state by its value"
     );
     for state in &issued {
         assert!(
