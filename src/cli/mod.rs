@@ -368,12 +368,13 @@ pub(crate) enum SessionsCommand {
         json: bool,
     },
     /// Sign out the session with this id (as `list` prints it), or every session
+    #[command(group = clap::ArgGroup::new("which").required(true))]
     Revoke {
         /// The session's id, or its first digits
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        #[arg(group = "which")]
         id: Option<String>,
         /// Sign out every browser
-        #[arg(long)]
+        #[arg(long, group = "which")]
         all: bool,
     },
 }

@@ -243,6 +243,18 @@ fn a_new_database_is_never_readable_by_others() {
     }
 }
 
+/// `admin sessions revoke` without what to revoke names both ways: its usage line showed
+/// `<ID>` alone, hiding `--all`.
+#[test]
+fn a_revoke_without_what_names_the_id_and_all() {
+    let home = Home::new();
+    home.create_key("app", &[]);
+    let out = home.cli(&["admin", "sessions", "revoke"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let said = text(&out.stderr);
+    assert!(said.contains(" <ID|--all>"), "{said}");
+}
+
 /// A key for states alone reaches no connection: its creation and the listing said "every
 /// account" (`*`), as if it could read every account's tokens.
 #[test]
