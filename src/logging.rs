@@ -2,10 +2,14 @@
 //! actix-http writes for connections that ended before a request reached oauthd, which
 //! the access log takes (`http::access_log::from_http_layer`).
 
-/// Sets the logger up; once, at the start.
-pub fn init() {
+/// Sets the logger up; once, at the start. `RUST_LOG` unset, the daemon logs from `info`
+/// and a terminal command from `warn`: a command's own words are its output, and the
+/// broker's progress lines (a flow started, a refresh done) only crowd them.
+pub fn init(daemon: bool) {
+    let default = if daemon { "info" } else { "warn" };
     let inner =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+            .build();
     let max = inner.filter();
     if log::set_boxed_logger(Box::new(Logger { inner })).is_ok() {
         log::set_max_level(max);

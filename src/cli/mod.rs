@@ -481,11 +481,11 @@ impl<E: std::fmt::Display> From<E> for Fatal {
 }
 
 pub fn main() -> ExitCode {
-    crate::logging::init();
-    catch_file_size_signal();
     tidy_env();
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    crate::logging::init(matches!(cli.command, None | Some(Command::Serve(_))));
+    catch_file_size_signal();
     match run(cli, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fatal(message, code)) => {

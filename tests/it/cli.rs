@@ -243,6 +243,22 @@ fn a_new_database_is_never_readable_by_others() {
     }
 }
 
+/// A terminal command's output is its own words: the progress lines the daemon logs at
+/// INFO (a schema made, a flow started) are left out unless RUST_LOG asks for them.
+#[test]
+fn a_command_logs_from_warn_unless_asked() {
+    let home = Home::new();
+    let out = home
+        .cli_command(&["keys", "create", "--create", "--name", "app"])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let said = text(&out.stderr);
+    assert!(!said.contains(" INFO "), "{said}");
+    assert!(said.contains("Created API key"), "{said}");
+}
+
 /// `admin sessions revoke` without what to revoke names both ways: its usage line showed
 /// `<ID>` alone, hiding `--all`.
 #[test]
