@@ -997,7 +997,15 @@ impl Broker {
             match tried {
                 Ok(false) if failed_before => {
                     let stored = self.store.get_connection(&key).await?;
-                    return Ok(stored.is_some_and(|c| c.access_token == sealed.access_token));
+                    let ours = stored.is_some_and(|c| c.access_token == sealed.access_token);
+                    if !ours {
+                        // Said before "superseded": this process's save may well have
+                        // landed, and been what the process that took over refreshed from.
+                        log::info!(
+                            "refresh {key}: the connection moved on while its save was tried again: a try that failed may have landed before another process took the lease over (which then refreshed from what it saved), or none did"
+                        );
+                    }
+                    return Ok(ours);
                 }
                 Err(e) if at_stop => {
                     log::error!(
