@@ -202,6 +202,9 @@ pub struct Broker {
     /// waited out only for these, so that the first try after a restart goes ahead
     /// (`refresh_in_turn`).
     tried_since_start: Mutex<std::collections::HashSet<ConnectionKey>>,
+    /// Connections whose refresh here has the provider's answer and has failed to save it
+    /// (the store fails): their callers are told so at once, not after waiting their turn.
+    saves_failing: Mutex<std::collections::HashSet<ConnectionKey>>,
     /// Tokens read from the store within `token_cache_seconds`, with half their lifetime
     /// (`min_ttl` is capped by it): the token API's hot path. Zeroized when dropped; they
     /// leave the process only in an answer.
@@ -246,6 +249,7 @@ impl Broker {
             stop_deadline: std::sync::OnceLock::new(),
             client_checks: Mutex::new(HashMap::new()),
             tried_since_start: Mutex::default(),
+            saves_failing: Mutex::default(),
             clock: settings.clock,
             token_cache,
             notifier: settings.notifier,

@@ -190,6 +190,28 @@ struct Leased {
 /// waited on a connection that stalled has had another.
 const TAKEOVER_GRACE: Duration = Duration::from_secs(10);
 
+/// What callers of a connection are told while its refresh here has the provider's
+/// answer and has not managed to save it.
+const SAVE_FAILING: &str = "the provider answered the refresh, and saving its new tokens has not succeeded yet (the store fails); oauthd goes on trying, and hands the new token out once it is saved";
+
+/// How long a save may take before its connection's callers are told it fails: a save
+/// takes milliseconds when the store is well.
+const SAVE_SLOW: Duration = Duration::from_secs(1);
+
+/// Takes `key` out of `Broker::saves_failing` when its save ends, however it ends.
+struct SaveFailing<'a> {
+    keys: &'a std::sync::Mutex<std::collections::HashSet<ConnectionKey>>,
+    key: ConnectionKey,
+}
+
+impl Drop for SaveFailing<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut keys) = self.keys.lock() {
+            keys.remove(&self.key);
+        }
+    }
+}
+
 /// How often a refresh waiting out `TAKEOVER_GRACE` looks whether the holder has saved.
 const TAKEOVER_LOOK: Duration = Duration::from_millis(200);
 
@@ -586,9 +608,33 @@ impl Broker {
         ask: Ask<'_>,
     ) -> Result<Arc<AccessToken>, BrokerError> {
         // A refresh of the connection under way (its caller answered already, while the
-        // provider is slow) is waited for as long as a caller waits for its own.
-        let Ok(turn) = tokio::time::timeout(self.caller_wait, self.in_flight.turn(key)).await
-        else {
+        // provider is slow) is waited for as long as a caller waits for its own; one whose
+        // save fails (the store does) is said as soon as it is known: waiting for the
+        // turn would end the same way, later.
+        let waited = tokio::time::Instant::now() + self.caller_wait;
+        let turn = self.in_flight.turn(key);
+        tokio::pin!(turn);
+        let turn = loop {
+            if self
+                .saves_failing
+                .lock()
+                .is_ok_and(|failing| failing.contains(key))
+            {
+                return Err(BrokerError::ProviderUnavailable {
+                    message: SAVE_FAILING.into(),
+                    retry_after_secs: 5,
+                });
+            }
+            let left = waited.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break None;
+            }
+            tokio::select! {
+                turn = &mut turn => break Some(turn),
+                () = tokio::time::sleep(left.min(TAKEOVER_LOOK)) => {}
+            }
+        };
+        let Some(turn) = turn else {
             return Err(BrokerError::ProviderUnavailable {
                 message: format!(
                     "a refresh of this connection is under way here (waiting for the provider's answer, up to {} s, for another oauthd process's refresh, or to save what the provider answered); its token is handed out once stored",
@@ -837,7 +883,7 @@ impl Broker {
             }
             Err(_) if answered.load(std::sync::atomic::Ordering::SeqCst) => {
                 Err(BrokerError::ProviderUnavailable {
-                    message: "the provider answered the refresh, and saving its new tokens has not succeeded yet (the store fails); oauthd goes on trying, and hands the new token out once it is saved".into(),
+                    message: SAVE_FAILING.into(),
                     retry_after_secs: 5,
                 })
             }
@@ -978,16 +1024,32 @@ impl Broker {
         mut leased_until: tokio::time::Instant,
     ) -> Result<bool, StoreError> {
         let key = row.key();
+        let _failing = SaveFailing {
+            keys: &self.saves_failing,
+            key: key.clone(),
+        };
         let mut wait = Duration::from_millis(100);
         let mut failed_before = false;
         let lease = Duration::from_millis(u64::try_from(self.lease_ms).unwrap_or(0));
         let mut last_said: Option<tokio::time::Instant> = None;
         loop {
             let now = self.clock.now_ms();
-            let tried = self
-                .store
-                .save_refreshed(&key, generation, sealed.clone(), now, deliveries.clone())
-                .await;
+            let mut save = self.store.save_refreshed(
+                &key,
+                generation,
+                sealed.clone(),
+                now,
+                deliveries.clone(),
+            );
+            // A try still waiting after `SAVE_SLOW` (a lock, a stalled Redis) counts as
+            // failing for callers from then on.
+            let tried = tokio::select! {
+                tried = &mut save => tried,
+                () = tokio::time::sleep(SAVE_SLOW) => {
+                    self.note_save_failing(&key);
+                    save.await
+                }
+            };
             // A try can take a while (SQLite's busy timeout is 5 s): given up in time for
             // the ERROR to be said before the stop ends.
             let at_stop = self
@@ -1046,10 +1108,18 @@ impl Broker {
                     } else {
                         (wait * 2).min(Duration::from_secs(2))
                     };
+                    self.note_save_failing(&key);
                     failed_before = true;
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// Notes that `key`'s save is failing, until `SaveFailing` takes it out.
+    fn note_save_failing(&self, key: &ConnectionKey) {
+        if let Ok(mut failing) = self.saves_failing.lock() {
+            failing.insert(key.clone());
         }
     }
 

@@ -889,12 +889,20 @@ async fn answered_and_unsaved_past_the_lease() -> (common::peer::Peer, Home, Str
         assert_eq!(locker.query("BEGIN IMMEDIATE; SELECT 'locked';"), "locked");
         common::signal(peer.pid(), "CONT");
     });
+    let saving =
+        "the provider answered the refresh, and saving its new tokens has not succeeded yet";
     let (status, body) = answer;
     assert_eq!(status, 503, "{body}");
     assert!(
-        body["detail"].as_str().unwrap_or_default().contains(
-            "the provider answered the refresh, and saving its new tokens has not succeeded yet"
-        ),
+        body["detail"].as_str().unwrap_or_default().contains(saving),
+        "{body}"
+    );
+    // The next caller is told so too, at once: it waited for the connection's turn, then
+    // heard of "a refresh of this connection under way".
+    let (status, body) = d.get(path, &key).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap_or_default().contains(saving),
         "{body}"
     );
     // Past the lease (60 s + provider_timeout_seconds + 5 s).
