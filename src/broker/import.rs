@@ -13,6 +13,10 @@ use zeroize::Zeroizing;
 
 /// Longest token accepted, in bytes (JWT access tokens with many claims run to a few KB).
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// The largest import body: two tokens at their longest, each escaped at most to twice
+/// its length (visible ASCII: only `"` and `\` are escaped), and room for the rest.
+pub const MAX_IMPORT_BODY_BYTES: usize = 4 * MAX_TOKEN_BYTES + 4 * 1024;
 /// The fields an import object may carry besides the ones a caller reads itself.
 pub const IMPORT_FIELDS: [&str; 6] = [
     "access_token",
@@ -91,6 +95,27 @@ impl ImportedTokens {
             Some(_) => return Err(bad("expires_in must be a number of seconds")),
         };
         let scope = string_field(&mut map, "scope")?;
+        // A token goes into an `Authorization` header, the apps' and the proxy's: visible
+        // ASCII only (a line break in one is a header injected; RFC 6750's b64token is
+        // narrower still, but providers' tokens are not all b64tokens). Scopes are words
+        // apart by spaces, shown on the page and in the API.
+        let visible = |c: char| c.is_ascii_graphic();
+        for (name, value) in [
+            ("access_token", Some(&access_token)),
+            ("refresh_token", refresh_token.as_ref()),
+        ] {
+            if value.is_some_and(|v| !v.chars().all(visible)) {
+                return Err(bad(format!(
+                    "{name} holds a character other than visible ASCII (a space, a line break, a control character)"
+                )));
+            }
+        }
+        if scope
+            .as_deref()
+            .is_some_and(|s| s.chars().any(char::is_control))
+        {
+            return Err(bad("scope holds a control character"));
+        }
         let token_type = string_field(&mut map, "token_type")?.unwrap_or_else(|| "Bearer".into());
         if token_type.len() > 64 {
             return Err(bad("token_type is longer than 64 bytes"));

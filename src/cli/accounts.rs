@@ -143,10 +143,19 @@ async fn import(broker: &crate::broker::Broker, file: &std::path::Path) -> Resul
         Box::new(std::io::BufReader::new(f))
     };
     let (mut done, mut refused) = (0, 0);
-    for (n, line) in reader.lines().enumerate() {
-        let line = zeroize::Zeroizing::new(
-            line.map_err(|e| Fatal(format!("cannot read {}: {e}", file.display()), 1))?,
-        );
+    let mut reader = reader;
+    for n in 0.. {
+        let read = read_line(&mut reader)
+            .map_err(|e| Fatal(format!("cannot read {}: {e}", file.display()), 1))?;
+        let line = match read {
+            Line::End => break,
+            Line::Text(text) => text,
+            Line::Refused(why) => {
+                out!("line {}: refused: {why}", n + 1);
+                refused += 1;
+                continue;
+            }
+        };
         if line.trim().is_empty() {
             continue;
         }
@@ -166,6 +175,63 @@ async fn import(broker: &crate::broker::Broker, file: &std::path::Path) -> Resul
         return Err(Fatal(format!("{refused} line(s) refused"), 1));
     }
     Ok(())
+}
+
+/// The longest import line read: two tokens at their longest, escaped, and the rest.
+const MAX_LINE_BYTES: usize = 64 * 1024;
+
+enum Line {
+    End,
+    Text(zeroize::Zeroizing<String>),
+    /// Read to its end, and not imported: said with the line's number, the run goes on.
+    Refused(&'static str),
+}
+
+/// The next line, at most `MAX_LINE_BYTES` of it held (a longer one is read past, not
+/// kept), zeroed when dropped: a line that is not UTF-8 or too long is refused, not the
+/// end of the run.
+fn read_line(reader: &mut dyn std::io::BufRead) -> std::io::Result<Line> {
+    // Room for the longest line at once: a vector that grew would leave copies unzeroed.
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(MAX_LINE_BYTES + 1));
+    let mut too_long = false;
+    let mut any = false;
+    loop {
+        let chunk = reader.fill_buf()?;
+        if chunk.is_empty() {
+            break;
+        }
+        any = true;
+        let (part, ended) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(at) => (chunk.split_at(at + 1).0, true),
+            None => (chunk, false),
+        };
+        let taken = part.len();
+        if !too_long {
+            if bytes.len() + taken > MAX_LINE_BYTES + 1 {
+                too_long = true;
+                bytes.clear();
+            } else {
+                bytes.extend_from_slice(part);
+            }
+        }
+        reader.consume(taken);
+        if ended {
+            break;
+        }
+    }
+    if !any {
+        return Ok(Line::End);
+    }
+    if too_long {
+        return Ok(Line::Refused("longer than 64 KiB"));
+    }
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    match std::str::from_utf8(&bytes) {
+        Ok(text) => Ok(Line::Text(zeroize::Zeroizing::new(text.to_owned()))),
+        Err(_) => Ok(Line::Refused("not UTF-8")),
+    }
 }
 
 async fn import_line(broker: &crate::broker::Broker, line: &str) -> Result<String, String> {

@@ -440,7 +440,11 @@ pub async fn serve(
     let app = web::Data::new(app);
     let broker = app.broker.clone();
     let grace = shutdown_grace(settings.provider_timeout);
-    let limit = web::Data::new(BodyLimit(settings.states.max_data_bytes + 8 * 1024));
+    // A state's data and what comes with it, or an import's tokens (whose limit does not
+    // follow the states' setting), whichever is larger.
+    let limit = web::Data::new(BodyLimit(
+        (settings.states.max_data_bytes + 8 * 1024).max(crate::broker::MAX_IMPORT_BODY_BYTES),
+    ));
     let host_check = web::Data::new(host::HostCheck::new(
         settings.public_url.as_ref(),
         &settings.allowed_hosts,

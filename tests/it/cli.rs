@@ -619,6 +619,67 @@ async fn connections_of_providers_not_in_the_config_are_pointed_out() {
     d.signal_and_wait("TERM");
 }
 
+/// An import file with lines that cannot be imported: each is refused by its number and
+/// the rest go on. A line that was not UTF-8 ended the run ("stream did not contain valid
+/// UTF-8", no summary, the lines after it never read), a line of any length was read
+/// whole into memory, and a token with a line break (a header injected in every app that
+/// sends it) was stored. Through HTTP, tokens as long as the import allows were refused
+/// as a body too large (the limit followed the states' `max_data_bytes`).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_import_refuses_bad_lines_one_by_one() {
+    let home = Home::new();
+    home.write_config(
+        "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n",
+    );
+    let key = home.create_key("app", &[]);
+    let line = |account: &str, token: &str| {
+        serde_json::json!({"provider": "gh", "account": account, "access_token": token})
+            .to_string()
+            .into_bytes()
+    };
+    let mut file = Vec::new();
+    for part in [
+        line("first", "t1"),
+        b"{\"provider\":\"gh\",\"account\":\"bad\",\"access_token\":\"\xff\xfe\"}".to_vec(),
+        line("long", &"x".repeat(70_000)),
+        line("broken", "tok\nInjected: yes"),
+        line("last", "t5"),
+    ] {
+        file.extend_from_slice(&part);
+        file.push(b'\n');
+    }
+    let path = home.dir.path().join("tokens.jsonl");
+    std::fs::write(&path, &file).unwrap();
+    let out = home.cli(&["connections", "import", "--file", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let said = text(&out.stdout);
+    for expected in [
+        "line 1: created gh/first",
+        "line 2: refused: not UTF-8",
+        "line 3: refused: longer than 64 KiB",
+        "line 4: refused: access_token holds a character other than visible ASCII",
+        "line 5: created gh/last",
+    ] {
+        assert!(said.contains(expected), "{expected:?} in {said}");
+    }
+    assert!(
+        text(&out.stderr).contains("2 imported, 3 refused."),
+        "{out:?}"
+    );
+
+    let d = home.start();
+    let long = "y".repeat(16_000);
+    let (status, body) = d
+        .put(
+            "/v1/connections/gh/big",
+            &key,
+            serde_json::json!({"access_token": long, "refresh_token": long}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    d.signal_and_wait("TERM");
+}
+
 /// `check` is what a new user runs before the first start: with no database yet it says
 /// so and still checks the providers (here one nobody answers for).
 #[test]
