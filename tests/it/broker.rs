@@ -499,7 +499,7 @@ async fn a_disconnect_checks_at_once_the_connections_that_share_its_grant(home: 
     assert_eq!(status, "needs_reauth", "peer/alice still looks active");
     assert!(
         home.log_text().contains(
-            "peer/alice the same account at peer, whose grant the revocation may have ended"
+            "peer/alice is the same account at peer, whose grant the revocation may have ended"
         ),
         "{}",
         home.log_text()

@@ -538,6 +538,20 @@ fn a_command_makes_no_key_file_beside_a_database_oauthd_served() {
     assert!(!key_file.exists(), "a command made the key file");
 }
 
+/// A provider "gh" (GitHub's preset) for the import tests.
+const GH: &str = "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n";
+
+/// Imports a token for gh/me from a file, as the terminal does.
+fn import_gh_me(home: &Home) -> std::process::Output {
+    let file = home.dir.path().join("tokens.jsonl");
+    std::fs::write(
+        &file,
+        "{\"provider\":\"gh\",\"account\":\"me\",\"access_token\":\"t\"}\n",
+    )
+    .unwrap();
+    home.cli(&["connections", "import", "--file", file.to_str().unwrap()])
+}
+
 /// A provider added to the config while oauthd runs, and connected from the terminal (here
 /// by import): the running oauthd, which serves the config it read at its start, answered
 /// `404 unknown_provider` for it, while the terminal said it was done and `check` said
@@ -549,16 +563,8 @@ async fn a_config_changed_after_the_start_is_pointed_out() {
     let key = home.create_key("app", &[]);
     let d = home.start();
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    home.write_config(
-        "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n",
-    );
-    let file = home.dir.path().join("tokens.jsonl");
-    std::fs::write(
-        &file,
-        "{\"provider\":\"gh\",\"account\":\"me\",\"access_token\":\"t\"}\n",
-    )
-    .unwrap();
-    let out = home.cli(&["connections", "import", "--file", file.to_str().unwrap()]);
+    home.write_config(GH);
+    let out = import_gh_me(&home);
     let err = text(&out.stderr);
     assert!(out.status.success(), "{out:?}");
     let said = "and the oauthd serving this store started before it: an oauthd serves the \
@@ -589,16 +595,8 @@ async fn a_config_changed_after_the_start_is_pointed_out() {
 async fn connections_of_providers_not_in_the_config_are_pointed_out() {
     let home = Home::new();
     home.create_key("app", &[]);
-    home.write_config(
-        "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n",
-    );
-    let file = home.dir.path().join("tokens.jsonl");
-    std::fs::write(
-        &file,
-        "{\"provider\":\"gh\",\"account\":\"me\",\"access_token\":\"t\"}\n",
-    )
-    .unwrap();
-    let out = home.cli(&["connections", "import", "--file", file.to_str().unwrap()]);
+    home.write_config(GH);
+    let out = import_gh_me(&home);
     assert!(out.status.success(), "{out:?}");
     let said = "1 connection(s) belong to providers not in the config (no config file was given";
     let report = text(&home.cli(&["check"]).stdout);
@@ -628,9 +626,7 @@ async fn connections_of_providers_not_in_the_config_are_pointed_out() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_import_refuses_bad_lines_one_by_one() {
     let home = Home::new();
-    home.write_config(
-        "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n",
-    );
+    home.write_config(GH);
     let key = home.create_key("app", &[]);
     let line = |account: &str, token: &str| {
         serde_json::json!({"provider": "gh", "account": account, "access_token": token})
