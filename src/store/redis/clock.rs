@@ -5,7 +5,8 @@
 //! 503 had then taken the state, and the retry the 503 asks for found nothing. Each state
 //! script therefore carries a deadline on Redis' own clock, `FENCE` after its call began,
 //! and changes nothing when Redis runs it later (`LATE`): a 503 means nothing was done,
-//! short of an answer that took over a second to travel back.
+//! short of a script that began in time and ran past the call's 3 s, or an answer lost
+//! with its connection after Redis ran it.
 
 use redis::aio::ConnectionManager;
 use redis::RedisResult;
@@ -14,15 +15,17 @@ use tokio::time::{Duration, Instant};
 
 /// How long after its call began a state script may still change something: a second
 /// short of `OP_TIMEOUT`, for the answer to come back in.
-const FENCE: Duration = Duration::from_secs(2);
+pub(super) const FENCE: Duration = Duration::from_secs(2);
 
 /// How long a reading of Redis' clock is used for: the clocks of two hosts drift apart
 /// by milliseconds a minute at most, and a step of Redis' clock is read again at the
 /// first `LATE` it causes.
 const READ_EVERY: Duration = Duration::from_secs(30);
 
-/// The longest round trip of a reading kept for later calls.
-const KEEP_WITHIN: Duration = Duration::from_millis(50);
+/// The longest round trip of a reading kept for later calls (a slower one was taken in a
+/// slow moment, and would narrow every deadline by half of it): a link 100 ms long keeps
+/// its readings, and its calls are not one round trip longer each.
+const KEEP_WITHIN: Duration = Duration::from_millis(500);
 
 #[derive(Default)]
 pub(super) struct RedisClock {
@@ -75,7 +78,11 @@ impl RedisClock {
         } else {
             -ms(reading.at - began)
         };
-        Ok(reading.redis_ms + since_reading + ms(FENCE) - reading.within_ms)
+        Ok(reading
+            .redis_ms
+            .saturating_add(since_reading)
+            .saturating_add(ms(FENCE))
+            .saturating_sub(reading.within_ms))
     }
 
     /// Forgets the reading: a script found late may have met a clock that stepped.
@@ -97,12 +104,19 @@ fn ms(d: Duration) -> i64 {
 
 /// Run first by every state script, with the deadline as the last argument (taken off
 /// `ARGV`, so that the script's own arguments keep their places): past it, the script
-/// answers the error `LATE` having changed nothing.
+/// answers the error `LATE` having changed nothing. One that finds Redis' clock more than
+/// a second before its call began (deadline less `FENCE`) answers `EARLY`, changing
+/// nothing: no script runs before it is sent, so Redis' clock went back since it was read,
+/// and the deadline would not hold.
 pub(super) const FENCE_LUA: &str = r#"
 if redis.replicate_commands then redis.replicate_commands() end
 local deadline = tonumber(table.remove(ARGV))
-local now = redis.call('TIME')
-if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > deadline then
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if now > deadline then
   return redis.error_reply('LATE the request reached Redis past its deadline; nothing was changed')
+end
+if now < deadline - 3000 then
+  return redis.error_reply('EARLY Redis clock went back since it was read; nothing was changed')
 end
 "#;

@@ -674,10 +674,14 @@ fn classify(context: &'static str, e: &redis::RedisError) -> StoreError {
     }
     match e.code() {
         Some("OOM") => StoreError::OutOfMemory { context },
-        Some("LATE") => StoreError::Unreachable {
+        Some("LATE") => StoreError::unavailable(
             context,
-            why: "Redis ran the request only past its deadline (it was stalled or busy), and changed nothing".into(),
-        },
+            "Redis ran the request only past its deadline (it was stalled or busy), and changed nothing",
+        ),
+        Some("EARLY") => StoreError::unavailable(
+            context,
+            "Redis' clock went back while oauthd read it, twice in a row; nothing was changed",
+        ),
         Some("READONLY") => StoreError::ReadOnly { context },
         Some("MISCONF") => StoreError::unavailable(
             context,

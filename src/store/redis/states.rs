@@ -420,24 +420,40 @@ impl RedisStore {
         args: Vec<String>,
     ) -> Result<T, StoreError> {
         let id = key_hash.map(hex).unwrap_or_default();
-        let mut invocation = script.prepare_invoke();
-        invocation
-            .key(self.key("s", &id))
-            .key(self.key("g", &id))
-            .arg(self.index(""))
-            .arg(&id);
-        for a in args {
-            invocation.arg(a);
-        }
+        let keys = [self.key("s", &id), self.key("g", &id)];
+        let mut all_args = vec![self.index(""), id];
+        all_args.extend(args);
         let mut c = self.conn();
         let (clock, began) = (self.clock.clone(), tokio::time::Instant::now());
         self.run(context, async move {
-            invocation.arg(clock.deadline(&mut c, began).await?);
-            let answered = invocation.invoke_async(&mut c).await;
-            if answered.as_ref().is_err_and(|e| e.code() == Some("LATE")) {
-                clock.forget();
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let mut invocation = script.prepare_invoke();
+                invocation.key(&keys[..]).arg(&all_args[..]);
+                invocation.arg(clock.deadline(&mut c, began).await?);
+                let answered: redis::RedisResult<T> = invocation.invoke_async(&mut c).await;
+                let Err(e) = &answered else {
+                    return answered;
+                };
+                // A reading of Redis' clock that no longer holds: the clock stepped (back:
+                // `EARLY`; ahead: `LATE` for a call that was not slow), or the connection
+                // broke (a restart, a failover to a host with another clock). Nothing was
+                // changed by a script that answered either: it is asked once more, on a
+                // fresh reading.
+                let stepped = e.code() == Some("EARLY")
+                    || (e.code() == Some("LATE") && began.elapsed() < super::clock::FENCE / 2);
+                if stepped
+                    || e.code() == Some("LATE")
+                    || e.is_io_error()
+                    || e.is_connection_dropped()
+                {
+                    clock.forget();
+                }
+                if !(stepped && tries < 2) {
+                    return answered;
+                }
             }
-            answered
         })
         .await
     }
