@@ -1553,3 +1553,39 @@ async fn on_redis_a_consume_answered_503_in_a_stall_took_nothing() {
     assert_eq!(body["data"]["v"], 1);
     d.signal_and_wait("TERM");
 }
+
+/// The same, after Redis' clock stepped back (five minutes, as a host's clock set right
+/// does) since oauthd read it: the deadline oauthd worked out from its reading lay minutes
+/// ahead on Redis' clock, so the consume queued in the stall ran when Redis resumed, and
+/// the retry found nothing (404). A script that finds Redis' clock before its call began
+/// changes nothing, and is asked again on a fresh reading; one that finds it past the
+/// deadline of a call that was not slow (the clock stepped ahead) too.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread")]
+async fn on_redis_a_clock_stepped_back_does_not_let_a_consume_answered_503_take_the_state() {
+    let home = Home::redis_with(common::redis::RedisServer::start_with_clock_shift());
+    home.write_config("api_key_cache_seconds = 60\n");
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let state = d
+        .create_state(&key, json!({"namespace": NS, "data": {"v": 1}}))
+        .await;
+    // A consume first: Redis has the script, and oauthd a reading of its clock.
+    let first = d.create_state(&key, json!({"namespace": NS})).await;
+    assert_eq!(d.consume(&key, &first, NS).await.0, 200);
+    home.redis_server().shift_clock(-300_000);
+    let pid = home.redis_server().pid();
+    common::signal(pid, "STOP");
+    let (status, body) = d.consume(&key, &state, NS).await;
+    common::signal(pid, "CONT");
+    assert_eq!(status, 503, "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = d.consume(&key, &state, NS).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["v"], 1);
+    // Stepped ahead: a change that was not slow is not answered 503 (it was, as late).
+    home.redis_server().shift_clock(10_000);
+    let (status, body) = d.post("/v1/states", &key, json!({"namespace": NS})).await;
+    assert_eq!(status, 201, "{body}");
+    d.signal_and_wait("TERM");
+}

@@ -13,6 +13,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     appendonly: bool,
+    /// Where the server's clock shift is written (`start_with_clock_shift`).
+    shift_file: Option<PathBuf>,
 }
 
 impl RedisServer {
@@ -33,6 +35,7 @@ impl RedisServer {
                 port,
                 dir,
                 appendonly,
+                shift_file: None,
             };
             if server.spawn() {
                 return server;
@@ -41,9 +44,58 @@ impl RedisServer {
         panic!("redis-server did not start (is it installed? scripts/test installs it)");
     }
 
+    /// Without persistence, its wall clock shifted by what `shift_clock` says (a shim
+    /// built from `clock_shift.c` with `cc`, preloaded).
+    pub fn start_with_clock_shift() -> RedisServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let shim = dir.path().join("clock_shift.so");
+        let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/common/clock_shift.c");
+        let built = Command::new("cc")
+            .args(["-shared", "-fPIC", "-O2", "-o"])
+            .arg(&shim)
+            .arg(source)
+            .status()
+            .expect("cc (a C compiler: the Rust toolchain links with it)");
+        assert!(built.success(), "building the clock shim failed");
+        let shift_file = dir.path().join("shift.ms");
+        std::fs::write(&shift_file, "0").expect("write shift");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir,
+            appendonly: false,
+            shift_file: Some(shift_file),
+        };
+        assert!(
+            server.spawn(),
+            "redis-server did not start with the clock shim"
+        );
+        server
+    }
+
+    /// Steps the server's wall clock to `ms` from the real one; seen within 50 ms.
+    pub fn shift_clock(&self, ms: i64) {
+        let file = self
+            .shift_file
+            .as_ref()
+            .expect("started with a clock shift");
+        std::fs::write(file, ms.to_string()).expect("write shift");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     fn spawn(&mut self) -> bool {
         let log = std::fs::File::create(self.dir.path().join("redis.log")).expect("log");
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        if let Some(file) = &self.shift_file {
+            command
+                .env("LD_PRELOAD", self.dir.path().join("clock_shift.so"))
+                .env("SHIFT_FILE", file);
+        }
+        let child = command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .arg("--dir")
             .arg(self.dir.path())
