@@ -1532,25 +1532,8 @@ async fn a_full_disk_gives_503_and_recovers_by_itself_when_space_returns() {
 #[tokio::test(flavor = "multi_thread")]
 async fn on_redis_a_consume_answered_503_in_a_stall_took_nothing() {
     let home = Home::redis();
-    let key = home.create_key("app", &[]);
-    let d = home.start();
-    let state = d
-        .create_state(&key, json!({"namespace": NS, "data": {"v": 1}}))
-        .await;
-    // A consume before, as an app makes them: Redis has the script then, and runs it when
-    // it gets to it (a script it did not have would come back NOSCRIPT, unrun).
-    let first = d.create_state(&key, json!({"namespace": NS})).await;
-    assert_eq!(d.consume(&key, &first, NS).await.0, 200);
-    let pid = home.redis_server().pid();
-    common::signal(pid, "STOP");
-    let (status, body) = d.consume(&key, &state, NS).await;
-    common::signal(pid, "CONT");
-    assert_eq!(status, 503, "{body}");
-    // Once Redis has run what was queued during the stall.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (status, body) = d.consume(&key, &state, NS).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["data"]["v"], 1);
+    let (key, d) = consumed_once(&home).await;
+    a_stalled_consume_takes_nothing(&home, &d, &key).await;
     d.signal_and_wait("TERM");
 }
 
@@ -1565,27 +1548,42 @@ async fn on_redis_a_consume_answered_503_in_a_stall_took_nothing() {
 async fn on_redis_a_clock_stepped_back_does_not_let_a_consume_answered_503_take_the_state() {
     let home = Home::redis_with(common::redis::RedisServer::start_with_clock_shift());
     home.write_config("api_key_cache_seconds = 60\n");
-    let key = home.create_key("app", &[]);
-    let d = home.start();
-    let state = d
-        .create_state(&key, json!({"namespace": NS, "data": {"v": 1}}))
-        .await;
-    // A consume first: Redis has the script, and oauthd a reading of its clock.
-    let first = d.create_state(&key, json!({"namespace": NS})).await;
-    assert_eq!(d.consume(&key, &first, NS).await.0, 200);
+    let (key, d) = consumed_once(&home).await;
     home.redis_server().shift_clock(-300_000);
-    let pid = home.redis_server().pid();
-    common::signal(pid, "STOP");
-    let (status, body) = d.consume(&key, &state, NS).await;
-    common::signal(pid, "CONT");
-    assert_eq!(status, 503, "{body}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (status, body) = d.consume(&key, &state, NS).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["data"]["v"], 1);
+    a_stalled_consume_takes_nothing(&home, &d, &key).await;
     // Stepped ahead: a change that was not slow is not answered 503 (it was, as late).
     home.redis_server().shift_clock(10_000);
     let (status, body) = d.post("/v1/states", &key, json!({"namespace": NS})).await;
     assert_eq!(status, 201, "{body}");
     d.signal_and_wait("TERM");
+}
+
+/// A key and oauthd serving `home`, after one consume, as an app makes them: Redis has the
+/// script then, and runs it when it gets to it (a script it did not have would come back
+/// NOSCRIPT, unrun), and oauthd has a reading of Redis' clock.
+#[cfg(feature = "redis")]
+async fn consumed_once(home: &Home) -> (String, common::Daemon) {
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let first = d.create_state(&key, json!({"namespace": NS})).await;
+    assert_eq!(d.consume(&key, &first, NS).await.0, 200);
+    (key, d)
+}
+
+/// A consume made while Redis is stopped answers 503; once Redis has run what was queued
+/// during the stall, the retry takes the state, with its data.
+#[cfg(feature = "redis")]
+async fn a_stalled_consume_takes_nothing(home: &Home, d: &common::Daemon, key: &str) {
+    let state = d
+        .create_state(key, json!({"namespace": NS, "data": {"v": 1}}))
+        .await;
+    let pid = home.redis_server().pid();
+    common::signal(pid, "STOP");
+    let (status, body) = d.consume(key, &state, NS).await;
+    common::signal(pid, "CONT");
+    assert_eq!(status, 503, "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = d.consume(key, &state, NS).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["v"], 1);
 }

@@ -26,22 +26,31 @@ impl RedisServer {
     pub fn start_with(appendonly: bool) -> RedisServer {
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("temp dir");
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("free port")
-                .port();
-            let mut server = RedisServer {
-                child: None,
-                port,
-                dir,
-                appendonly,
-                shift_file: None,
-            };
+            let mut server = RedisServer::at_a_free_port(dir, appendonly, None);
             if server.spawn() {
                 return server;
             }
         }
         panic!("redis-server did not start (is it installed? scripts/test installs it)");
+    }
+
+    /// Not started yet, on a loopback port free now, in `dir`.
+    fn at_a_free_port(
+        dir: tempfile::TempDir,
+        appendonly: bool,
+        shift_file: Option<PathBuf>,
+    ) -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        RedisServer {
+            child: None,
+            port,
+            dir,
+            appendonly,
+            shift_file,
+        }
     }
 
     /// Without persistence, its wall clock shifted by what `shift_clock` says (a shim
@@ -59,17 +68,7 @@ impl RedisServer {
         assert!(built.success(), "building the clock shim failed");
         let shift_file = dir.path().join("shift.ms");
         std::fs::write(&shift_file, "0").expect("write shift");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let mut server = RedisServer {
-            child: None,
-            port,
-            dir,
-            appendonly: false,
-            shift_file: Some(shift_file),
-        };
+        let mut server = RedisServer::at_a_free_port(dir, false, Some(shift_file));
         assert!(
             server.spawn(),
             "redis-server did not start with the clock shim"
