@@ -1558,6 +1558,48 @@ async fn on_redis_a_clock_stepped_back_does_not_let_a_consume_answered_503_take_
     d.signal_and_wait("TERM");
 }
 
+/// On Redis, a consume whose answer came back past the call's 3 s (Redis ran it at once,
+/// and something held its answer: a slow command Redis ran next, oauthd's own process
+/// paused) answers what it did, read from the script's receipt. It answered 503 having
+/// taken the state, and the retry found nothing (404).
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread")]
+async fn on_redis_a_consume_whose_answer_came_late_answers_what_it_did() {
+    let fault = common::relay::Fault::Hold(Duration::from_secs(4));
+    a_consume_whose_answer_is_lost_answers_what_it_did(fault).await;
+}
+
+/// The same when the connection broke after Redis ran the consume: its answer never came.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread")]
+async fn on_redis_a_consume_whose_connection_broke_after_it_ran_answers_what_it_did() {
+    a_consume_whose_answer_is_lost_answers_what_it_did(common::relay::Fault::Cut).await;
+}
+
+#[cfg(feature = "redis")]
+async fn a_consume_whose_answer_is_lost_answers_what_it_did(fault: common::relay::Fault) {
+    let server = common::redis::RedisServer::start();
+    let relay = common::relay::Relay::start(server.port).await;
+    let home = Home::redis_via(server, relay.url());
+    let (key, d) = consumed_once(&home).await;
+    let state = d
+        .create_state(&key, json!({"namespace": NS, "data": {"v": 2}}))
+        .await;
+    relay.arm(NS, fault);
+    let (status, body) = d.consume(&key, &state, NS).await;
+    assert_eq!(status, 200, "{fault:?}: {body}");
+    assert_eq!(body["data"]["v"], 2);
+    let (status, body) = d.consume(&key, &state, NS).await;
+    assert_eq!(status, 404, "taken once: {body}");
+    let log = std::fs::read_to_string(home.log()).unwrap_or_default();
+    assert!(
+        log.contains("the script's receipt says what it did"),
+        "{log}"
+    );
+    assert!(!log.contains(&state), "the state value is never logged");
+    d.signal_and_wait("TERM");
+}
+
 /// A key and oauthd serving `home`, after one consume, as an app makes them: Redis has the
 /// script then, and runs it when it gets to it (a script it did not have would come back
 /// NOSCRIPT, unrun), and oauthd has a reading of Redis' clock.

@@ -4,9 +4,9 @@
 //! gets to it (after a stall, a `SIGSTOP`, a slow script ahead of it): a consume answered
 //! 503 had then taken the state, and the retry the 503 asks for found nothing. Each state
 //! script therefore carries a deadline on Redis' own clock, `FENCE` after its call began,
-//! and changes nothing when Redis runs it later (`LATE`): a 503 means nothing was done,
-//! short of a script that began in time and ran past the call's 3 s, or an answer lost
-//! with its connection after Redis ran it.
+//! and changes nothing when Redis runs it later (`LATE`): a call that lost its answer
+//! reads the script's receipt once the deadline has passed (`receipt`), and a 503 means
+//! that nothing was done, short of a Redis that did not answer that read either.
 
 use redis::aio::ConnectionManager;
 use redis::RedisResult;

@@ -14,6 +14,7 @@
 //! | `P cl:<provider>/<account>` | string | the refresh lease (`SET NX PX`), value = fencing generation |
 //! | `P d:<id>` | hash | a device flow; `P dp` pending ids (set); `P dl:<id>` the poll claim |
 //! | `P a:<kind>:<hash>` | string | an admin login link or session, TTL = its lifetime |
+//! | `P rc:<call>` | string | a state script's answer (JSON), TTL 10 s: read back by a call whose answer was lost (`receipt`) |
 //! | `P probe` | string | written by `/readyz` (TTL 1 s): Redis that refuses writes is not ready |
 //! | `P o:<id>` | hash | an event's delivery to one target; `P od:<target>` its target's pending ones by due time, `P odt` the targets with pending ones (set), `P ol` all by creation (zset) |
 //!
@@ -28,6 +29,7 @@ mod connections;
 mod device;
 mod keys;
 mod outbox;
+mod receipt;
 mod states;
 
 use super::target::RedisTarget;
@@ -52,6 +54,31 @@ pub struct RedisStore {
     display: String,
     /// Redis' clock, for the deadlines of state scripts.
     clock: std::sync::Arc<clock::RedisClock>,
+    /// Names each state script's call, for its receipt (`receipt`).
+    calls: CallNames,
+}
+
+/// A name for each call of this process: random per process, then a count.
+struct CallNames {
+    process: String,
+    count: std::sync::atomic::AtomicU64,
+}
+
+impl CallNames {
+    fn new() -> Result<CallNames, getrandom::Error> {
+        let process: [u8; 12] = crate::secret::random_bytes()?;
+        Ok(CallNames {
+            process: process.iter().map(|b| format!("{b:02x}")).collect(),
+            count: Default::default(),
+        })
+    }
+
+    fn next(&self) -> String {
+        let n = self
+            .count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}-{n}", self.process)
+    }
 }
 
 impl Drop for RedisStore {
@@ -198,6 +225,7 @@ impl RedisStore {
             })
             .map_err(|_| transient(format!("cannot reach Redis at {display}: no answer")))?
             .map_err(|e| open_failure(&display, &target.prefix, &e))?;
+        let calls = CallNames::new().map_err(|e| transient(format!("store {display}: {e}")))?;
         let store = RedisStore {
             runtime: Some(runtime),
             conn,
@@ -205,6 +233,7 @@ impl RedisStore {
             grace_ms: i64::try_from(grace.as_millis()).unwrap_or(i64::MAX),
             display,
             clock: Default::default(),
+            calls,
         };
         let info = store
             .block_on_info_raw("server")
@@ -267,17 +296,28 @@ impl RedisStore {
         T: Send + 'static,
         F: Future<Output = RedisResult<T>> + Send + 'static,
     {
+        self.run_within(context, OP_TIMEOUT, f).await
+    }
+
+    /// Runs `f` on the store's runtime, bounded by `limit`.
+    async fn run_within<T, F>(
+        &self,
+        context: &'static str,
+        limit: Duration,
+        f: F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = RedisResult<T>> + Send + 'static,
+    {
         let rt = self
             .runtime
             .as_ref()
             .ok_or_else(|| StoreError::unavailable(context, "store closed"))?;
-        match rt.spawn(tokio::time::timeout(OP_TIMEOUT, f)).await {
+        match rt.spawn(tokio::time::timeout(limit, f)).await {
             Ok(Ok(Ok(v))) => Ok(v),
             Ok(Ok(Err(e))) => Err(classify(context, &e)),
-            Ok(Err(_)) => Err(StoreError::Unreachable {
-                context,
-                why: format!("no answer within {} s", OP_TIMEOUT.as_secs()),
-            }),
+            Ok(Err(_)) => Err(no_answer(context)),
             Err(e) => Err(StoreError::unavailable(context, e)),
         }
     }
@@ -663,6 +703,14 @@ fn version_at_least(version: &str, (major, minor): (u32, u32)) -> bool {
 
 const WRONG_PASSWORD: &str = "refused the password (or user): check OAUTHD_REDIS_PASSWORD \
      (OAUTHD_REDIS_PASSWORD_FILE) or the store's URL";
+
+/// A call Redis did not answer within `OP_TIMEOUT`.
+fn no_answer(context: &'static str) -> StoreError {
+    StoreError::Unreachable {
+        context,
+        why: format!("no answer within {} s", OP_TIMEOUT.as_secs()),
+    }
+}
 
 /// Maps a Redis error to the storage error the HTTP layer turns into a 503.
 fn classify(context: &'static str, e: &redis::RedisError) -> StoreError {

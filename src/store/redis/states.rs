@@ -6,6 +6,7 @@
 //! them, in its subject's set (`u:<namespace>\0<subject>`, hash -> expiry, for listing and
 //! revoking by subject: never a scan) and an identifier key (`i:<id>` -> hash).
 
+use super::receipt::Receipt;
 use super::{hex, RedisStore};
 use crate::secret::{SecretHash, StateId};
 use crate::store::{
@@ -132,9 +133,13 @@ fn after_now(command: &str, key: String, now_ms: i64) -> redis::Cmd {
 }
 
 /// A state script: the deadline's check (`clock::FENCE_LUA`) first, then the shared
-/// functions and `body`.
+/// functions and `body`, whose answer is kept as the call's receipt (`receipt`).
 fn script(body: &str) -> Script {
-    Script::new(&format!("{}{LIB}{body}", super::clock::FENCE_LUA))
+    Script::new(&format!(
+        "{}{LIB}{}",
+        super::clock::FENCE_LUA,
+        super::receipt::with_receipt(body)
+    ))
 }
 
 /// KEYS: state, tombstone. ARGV: P, hash, namespace, "p" when the namespace is a prefix.
@@ -411,51 +416,107 @@ fn found(context: &'static str, key_hash: SecretHash, reply: &Reply) -> Result<F
 }
 
 impl RedisStore {
-    /// Runs one of the state scripts with the state's two keys and `P, hash, args...`.
-    async fn state_script<T: redis::FromRedisValue + Send + 'static>(
+    /// Runs one of the state scripts with the state's two keys and `P, hash, args...`. A
+    /// call whose answer does not come back (none within `OP_TIMEOUT`, or the connection
+    /// broke after the script was sent) reads the script's receipt: the answer it lost, or
+    /// that nothing was changed (then it answers 503, and a retry finds all as it was).
+    async fn state_script(
         &self,
         context: &'static str,
         script: &'static Script,
         key_hash: Option<&SecretHash>,
         args: Vec<String>,
-    ) -> Result<T, StoreError> {
+    ) -> Result<Reply, StoreError> {
         let id = key_hash.map(hex).unwrap_or_default();
-        let keys = [self.key("s", &id), self.key("g", &id)];
-        let mut all_args = vec![self.index(""), id];
-        all_args.extend(args);
+        let call = Call {
+            script,
+            keys: [self.key("s", &id), self.key("g", &id)],
+            args: [vec![self.index(""), id], args].concat(),
+            receipt: self.key("rc", &self.calls.next()),
+            clock: self.clock.clone(),
+            began: tokio::time::Instant::now(),
+        };
         let mut c = self.conn();
-        let (clock, began) = (self.clock.clone(), tokio::time::Instant::now());
-        self.run(context, async move {
-            let mut tries = 0;
-            loop {
-                tries += 1;
-                let mut invocation = script.prepare_invoke();
-                invocation.key(&keys[..]).arg(&all_args[..]);
-                invocation.arg(clock.deadline(&mut c, began).await?);
-                let answered: redis::RedisResult<T> = invocation.invoke_async(&mut c).await;
-                let Err(e) = &answered else {
-                    return answered;
-                };
-                // A reading of Redis' clock that no longer holds: the clock stepped (back:
-                // `EARLY`; ahead: `LATE` for a call that was not slow), or the connection
-                // broke (a restart, a failover to a host with another clock). Nothing was
-                // changed by a script that answered either: it is asked once more, on a
-                // fresh reading.
-                let stepped = e.code() == Some("EARLY")
-                    || (e.code() == Some("LATE") && began.elapsed() < super::clock::FENCE / 2);
-                if stepped
-                    || e.code() == Some("LATE")
-                    || e.is_io_error()
-                    || e.is_connection_dropped()
-                {
-                    clock.forget();
+        let limit = super::OP_TIMEOUT + super::receipt::READ_FOR;
+        self.run_within(context, limit, async move {
+            let mut sent = None;
+            let lost = match tokio::time::timeout(super::OP_TIMEOUT, call.ask(&mut c, &mut sent))
+                .await
+            {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => e,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {} s", super::OP_TIMEOUT.as_secs()),
+                )),
+            };
+            // Not sent: nothing ran.
+            let Some(deadline) = sent else {
+                return Err(lost);
+            };
+            match super::receipt::read(&mut c, &call.receipt, deadline).await {
+                Receipt::Ran(reply) => {
+                    log::info!(
+                        "{context}: Redis' answer did not come back ({lost}); the script's receipt says what it did"
+                    );
+                    Ok(reply)
                 }
-                if !(stepped && tries < 2) {
-                    return answered;
-                }
+                Receipt::NotRun | Receipt::Unknown => Err(lost),
             }
         })
         .await
+    }
+}
+
+/// One call of a state script.
+struct Call {
+    script: &'static Script,
+    keys: [String; 2],
+    args: Vec<String>,
+    /// The receipt's key (`receipt`).
+    receipt: String,
+    clock: std::sync::Arc<super::clock::RedisClock>,
+    began: tokio::time::Instant,
+}
+
+impl Call {
+    /// Sends the script, with its receipt's key and its deadline (noted in `sent` before
+    /// each try goes out), and waits for its answer.
+    async fn ask(
+        &self,
+        c: &mut redis::aio::ConnectionManager,
+        sent: &mut Option<i64>,
+    ) -> redis::RedisResult<Reply> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let deadline = self.clock.deadline(c, self.began).await?;
+            let mut invocation = self.script.prepare_invoke();
+            invocation
+                .key(&self.keys[..])
+                .arg(&self.args[..])
+                .arg(&self.receipt)
+                .arg(deadline);
+            *sent = Some(deadline);
+            let answered: redis::RedisResult<Reply> = invocation.invoke_async(c).await;
+            let Err(e) = &answered else {
+                return answered;
+            };
+            // A reading of Redis' clock that no longer holds: the clock stepped (back:
+            // `EARLY`; ahead: `LATE` for a call that was not slow), or the connection
+            // broke (a restart, a failover to a host with another clock). Nothing was
+            // changed by a script that answered either: it is asked once more, on a
+            // fresh reading.
+            let stepped = e.code() == Some("EARLY")
+                || (e.code() == Some("LATE") && self.began.elapsed() < super::clock::FENCE / 2);
+            if stepped || e.code() == Some("LATE") || e.is_io_error() || e.is_connection_dropped() {
+                self.clock.forget();
+            }
+            if !(stepped && tries < 2) {
+                return answered;
+            }
+        }
     }
 }
 

@@ -7,6 +7,7 @@ pub mod peer;
 pub mod proxy;
 pub mod receiver;
 pub mod redis;
+pub mod relay;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -116,6 +117,12 @@ impl Home {
     }
 
     pub fn redis_with(server: redis::RedisServer) -> Home {
+        let url = server.url();
+        Home::redis_via(server, url)
+    }
+
+    /// On `server`, which oauthd reaches at `url` (a relay in front of it).
+    pub fn redis_via(server: redis::RedisServer, url: String) -> Home {
         let dir = tempfile::tempdir().expect("temp dir");
         let key_file = dir.path().join("shared.key");
         let out = Command::new(BIN).arg("keygen").output().expect("keygen");
@@ -123,7 +130,6 @@ impl Home {
         std::fs::write(&key_file, &out.stdout).expect("write key file");
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let url = server.url();
         Home {
             dir,
             shared: Some(Shared {

@@ -1,0 +1,144 @@
+//! Receipts of state scripts: what a script answered, kept in Redis for a few seconds.
+//!
+//! A call whose answer does not come back (past the call's 3 s: a slow command Redis ran
+//! between the script and its answer, oauthd's own process paused; or the connection broke
+//! after Redis ran it) would answer 503 for a change that was made: a consume answered
+//! 503 had taken the state, and the retry found nothing. Each state script ends by writing
+//! its answer under `P rc:<call>` (`RECEIPT_TTL_MS`), and such a call reads it back once
+//! its deadline has passed on Redis' clock: a script that had not begun by then never
+//! changes anything (`clock::FENCE_LUA`), and one that had began has finished before the
+//! read runs (Redis runs one command at a time). So a receipt is the answer the call lost,
+//! and none means that nothing was changed.
+
+use redis::aio::ConnectionManager;
+use redis::Script;
+use std::sync::LazyLock;
+use tokio::time::{Duration, Instant};
+
+/// How long a receipt is kept: past the latest read that may ask for it
+/// (`READ_WITHIN_MS` after the deadline), counted from the earliest a script may run
+/// (3 s before its deadline, or it answers `EARLY`), with a margin.
+const RECEIPT_TTL_MS: i64 = 10_000;
+
+/// The latest a receipt is read, after its call's deadline on Redis' clock: later, it
+/// may have expired, and none found would not mean that nothing ran.
+const READ_WITHIN_MS: i64 = 5_000;
+
+/// How long a call that lost its answer spends reading the receipt.
+pub(super) const READ_FOR: Duration = Duration::from_secs(3);
+
+/// A state script's body, run so that its answer (a list of strings) is written as its
+/// receipt before it is returned. The receipt's key is the last argument once the
+/// deadline is taken off (`clock::FENCE_LUA` runs first). A receipt Redis refuses (out of
+/// memory, for a script that changed nothing) is left out: the answer still goes back.
+pub(super) fn with_receipt(body: &str) -> String {
+    format!(
+        "local RC = table.remove(ARGV)\n\
+         local function body()\n{body}\nend\n\
+         local answer = body()\n\
+         redis.pcall('SET', RC, cjson.encode(answer), 'PX', {RECEIPT_TTL_MS})\n\
+         return answer\n"
+    )
+}
+
+/// KEYS: the receipt. ARGV: the call's deadline, how long after it a read is still sure.
+/// `{"wait", ms}` before the deadline, `{"stale"}` too long after it, else `{"done",
+/// answer}` or `{"none"}`.
+static READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local deadline, within = tonumber(ARGV[1]), tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if now <= deadline then return {'wait', string.format('%d', deadline - now + 1)} end
+if now > deadline + within then return {'stale'} end
+local v = redis.call('GET', KEYS[1])
+if not v then return {'none'} end
+return {'done', v}
+"#,
+    )
+});
+
+/// What a receipt says about a call that lost its answer.
+pub(super) enum Receipt {
+    /// The script ran, and answered this.
+    Ran(Vec<Vec<u8>>),
+    /// It did not run, and never will.
+    NotRun,
+    /// Not known: Redis did not answer in time, or the read came too late.
+    Unknown,
+}
+
+/// Reads the receipt `key` of a call whose script carried `deadline_ms`, for at most
+/// `READ_FOR`: on a broken connection it tries again as the connection comes back.
+pub(super) async fn read(conn: &mut ConnectionManager, key: &str, deadline_ms: i64) -> Receipt {
+    let until = Instant::now() + READ_FOR;
+    tokio::time::timeout(READ_FOR, async {
+        loop {
+            let asked: redis::RedisResult<Vec<Vec<u8>>> = READ
+                .key(key)
+                .arg(deadline_ms)
+                .arg(READ_WITHIN_MS)
+                .invoke_async(conn)
+                .await;
+            let nap = match asked.as_deref() {
+                Ok([kind, answer]) if kind == b"done" => return decode(answer),
+                Ok([kind]) if kind == b"none" => return Receipt::NotRun,
+                Ok([kind, ms]) if kind == b"wait" => std::str::from_utf8(ms)
+                    .ok()
+                    .and_then(|ms| ms.parse::<u64>().ok())
+                    .map_or(Duration::from_millis(100), Duration::from_millis),
+                Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
+                    Duration::from_millis(100)
+                }
+                _ => return Receipt::Unknown,
+            };
+            if Instant::now() + nap >= until {
+                return Receipt::Unknown;
+            }
+            tokio::time::sleep(nap).await;
+        }
+    })
+    .await
+    .unwrap_or(Receipt::Unknown)
+}
+
+/// A receipt's answer (`cjson`'s encoding of a list of strings; `{}` for an empty one).
+fn decode(answer: &[u8]) -> Receipt {
+    match serde_json::from_slice::<serde_json::Value>(answer) {
+        Ok(serde_json::Value::Array(items)) => items
+            .into_iter()
+            .map(|item| match item {
+                serde_json::Value::String(s) => Some(s.into_bytes()),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .map_or(Receipt::Unknown, Receipt::Ran),
+        Ok(serde_json::Value::Object(o)) if o.is_empty() => Receipt::Ran(Vec::new()),
+        _ => Receipt::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ran(answer: &str) -> Option<Vec<Vec<u8>>> {
+        match decode(answer.as_bytes()) {
+            Receipt::Ran(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_receipt_reads_back_as_the_answer_it_holds() {
+        assert_eq!(
+            ran(r#"["row","{\"n\":\"a\/b\"}"]"#),
+            Some(vec![b"row".to_vec(), br#"{"n":"a/b"}"#.to_vec()])
+        );
+        // cjson writes an empty list as an object.
+        assert_eq!(ran("{}"), Some(Vec::new()));
+        assert_eq!(ran(r#"[1]"#), None);
+        assert_eq!(ran("not json"), None);
+    }
+}
