@@ -192,6 +192,9 @@ pub struct LimitsConfig {
     pub trusted_proxies: Vec<crate::ip_range::IpRange>,
     /// Device flows one API key (or the page) may have pending at once.
     pub max_device_flows_per_key: u32,
+    /// Connections one API key may reach before it may start flows or import for another
+    /// account (0: no cap).
+    pub max_connections_per_key: u32,
     /// How long a request body may take to arrive, whole.
     pub body_seconds: u64,
 }
@@ -204,6 +207,7 @@ impl Default for LimitsConfig {
             connection_changes_per_minute: 60,
             trusted_proxies: Vec::new(),
             max_device_flows_per_key: 20,
+            max_connections_per_key: 1000,
             body_seconds: 30,
         }
     }
@@ -357,6 +361,8 @@ pub struct Settings {
     pub connection_changes_per_minute: u32,
     pub trusted_proxies: Vec<crate::ip_range::IpRange>,
     pub max_device_flows_per_key: u32,
+    /// `[limits] max_connections_per_key` (0: no cap).
+    pub max_connections_per_key: u32,
     /// `[limits] body_seconds`: a request body that has not arrived whole by then is refused.
     pub body_deadline: Duration,
     /// `OAUTHD_ADMIN_TOKEN(_FILE)`: signs a browser in from the sign-in form.
@@ -465,6 +471,12 @@ impl Settings {
             return Err(invalid(
                 "limits.max_device_flows_per_key",
                 "must be between 1 and 10000",
+            ));
+        }
+        if file.limits.max_connections_per_key > 1_000_000 {
+            return Err(invalid(
+                "limits.max_connections_per_key",
+                "must be at most 1000000 (0: no cap)",
             ));
         }
         let body_seconds = within("limits", "body_seconds", file.limits.body_seconds, 1..=3600)?;
@@ -639,6 +651,7 @@ impl Settings {
             token_cache: Duration::from_secs(token_cache_seconds),
             admin_session_hours,
             max_device_flows_per_key: file.limits.max_device_flows_per_key,
+            max_connections_per_key: file.limits.max_connections_per_key,
             body_deadline: Duration::from_secs(body_seconds),
             admin_token: secret_from_env("OAUTHD_ADMIN_TOKEN")?,
             metrics_token: secret_from_env("OAUTHD_METRICS_TOKEN")?,

@@ -214,6 +214,8 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
             failed_sign_in_limit: crate::http::RateLimiter::new(settings.failed_auth_per_minute),
             failed_metrics_limit: crate::http::RateLimiter::new(settings.failed_auth_per_minute),
             change_limit: crate::http::RateLimiter::new(settings.connection_changes_per_minute),
+            max_connections_per_key: usize::try_from(settings.max_connections_per_key)
+                .unwrap_or(usize::MAX),
             trusted_proxies: settings.trusted_proxies.clone(),
             no_keys_hint: match settings.store {
                 crate::store::target::StoreTarget::Sqlite => http::NO_KEYS_SQLITE,

@@ -38,7 +38,7 @@ pub struct ConnectStarted<'a> {
         (status = 201, description = "Started.", body = ConnectStarted),
         (status = 400, description = "A bad account name (`invalid_account`), a `return_to` the config does not allow (`return_to_not_allowed`), or a provider with a paste-back `redirect_uri`, whose flows only the operator can finish (`paste_back_provider`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such provider in the config (`unknown_provider`).", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Too many connect and device flow starts, imports and disconnects by this key in the last minute (`rate_limited`, `limits.connection_changes_per_minute`), with `Retry-After`.", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Too many connect and device flow starts, imports and disconnects by this key in the last minute (`rate_limited`, `limits.connection_changes_per_minute`), with `Retry-After`; or, for an account it has no connection to, the key reaches `limits.max_connections_per_key` connections (`too_many_connections`).", body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 pub async fn start_api(
     app: web::Data<AppState>,
@@ -50,10 +50,13 @@ pub async fn start_api(
     let return_to = body.opt_string("return_to", "return_to_not_allowed")?;
     body.finish()?;
     caller.require_provider(&app, &provider)?;
-    caller.require_account(account.as_deref().unwrap_or(crate::broker::DEFAULT_ACCOUNT))?;
+    let account_name = account.as_deref().unwrap_or(crate::broker::DEFAULT_ACCOUNT);
+    caller.require_account(account_name)?;
     // Each flow holds a state in a namespace of its own account's: without a budget, one
     // key could fill the store's `max_total_states` for every app.
     app.connection_change_hit(&caller)?;
+    app.connection_room(&caller, &provider, account_name)
+        .await?;
     let started = app
         .broker
         .start_connect(

@@ -85,6 +85,8 @@ pub struct AppState {
     /// Budget per API key (by id) for connect and device flow starts, imports and disconnects: each
     /// may call the provider under the operator's client id and send events.
     pub change_limit: RateLimiter<String>,
+    /// `limits.max_connections_per_key` (0: no cap).
+    pub max_connections_per_key: usize,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<crate::ip_range::IpRange>,
     /// What a `401` for one of oauthd's keys adds when the store holds no key at all:
@@ -109,6 +111,46 @@ impl AppState {
         self.change_limit
             .hit(caller.0.id.clone())
             .map_err(ratelimit::too_many_changes)
+    }
+
+    /// `429 too_many_connections` when `caller` reaches `limits.max_connections_per_key`
+    /// connections and `provider`/`account` is not one of them: a key's imports (made-up
+    /// tokens, each a connection refreshed under the operator's client id and said by
+    /// event when it fails) and connect and device flows for new accounts stop there,
+    /// where the rate budget only slows them. Reconnecting or replacing a connection the
+    /// key has is never refused. Checked when a flow starts: flows started before the
+    /// key reached the cap may still connect.
+    pub async fn connection_room(
+        &self,
+        caller: &auth::Caller,
+        provider: &str,
+        account: &str,
+    ) -> Result<(), ApiError> {
+        let max = self.max_connections_per_key;
+        if max == 0 {
+            return Ok(());
+        }
+        let all = self.broker.connections().await?;
+        if all
+            .iter()
+            .any(|c| c.provider == provider && c.account == account)
+        {
+            return Ok(());
+        }
+        let held = all
+            .iter()
+            .filter(|c| caller.may_use_provider(&c.provider) && caller.may_use_account(&c.account))
+            .count();
+        if held < max {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections",
+            format!(
+                "this API key reaches {held} connections, its most (limits.max_connections_per_key = {max}): delete some, or reconnect one it has, before connecting another account"
+            ),
+        ))
     }
 
     /// Counts a hit on a public route; `Err` (429) when the client is over its budget.

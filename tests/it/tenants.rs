@@ -10,6 +10,7 @@ contract![
     an_account_scoped_key_reaches_only_its_accounts_on_every_connection_route,
     imported_tokens_are_served_refreshed_and_end_as_needs_reauth_when_rejected,
     connections_import_reports_each_line_and_can_run_again,
+    a_key_reaching_its_most_connections_adds_no_other_account,
 ];
 
 fn tenant_key(home: &Home, name: &str, accounts: &[&str]) -> String {
@@ -333,6 +334,64 @@ async fn imported_tokens_are_served_refreshed_and_end_as_needs_reauth_when_rejec
     let (status, _) = d.get("/v1/connections/peer/expired", &key).await;
     assert_eq!(status, 404, "a refused import stored nothing");
     assert!(!home.log_text().contains(&refresh));
+}
+
+/// A key that reaches `limits.max_connections_per_key` connections starts no flow and
+/// imports nothing for another account (`429 too_many_connections`); it replaces one it
+/// has, connections it does not reach do not count, and a delete makes room. Imports of
+/// made-up tokens piled up without end (60 a minute), each refreshed under the operator's
+/// client id and said by event when it failed.
+async fn a_key_reaching_its_most_connections_adds_no_other_account(home: Home) {
+    let (_peer, key, d) = serving(&home, 3600, "[limits]\nmax_connections_per_key = 2\n");
+    let tenant = tenant_key(&home, "acme", &["acme.*"]);
+    let tokens = json!({"access_token": "made-up", "expires_in": 3600});
+    let import = |account: &str, key: &str| {
+        let (d, key, path) = (
+            &d,
+            key.to_owned(),
+            format!("/v1/connections/peer/{account}"),
+        );
+        let tokens = tokens.clone();
+        async move { d.put(&path, &key, tokens).await }
+    };
+    // Not the tenant's: it does not count against the tenant's key.
+    assert_eq!(import("other", &key).await.0, 201);
+    for account in ["acme.a", "acme.b"] {
+        assert_eq!(import(account, &tenant).await.0, 201, "{account}");
+    }
+    let (status, problem) = import("acme.c", &tenant).await;
+    assert_eq!(status, 429, "{problem}");
+    let problem: Value = serde_json::from_str(&problem).unwrap();
+    assert_eq!(problem["code"], "too_many_connections");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("reaches 2 connections")
+                && d.contains("max_connections_per_key = 2")),
+        "{problem}"
+    );
+    for path in ["/v1/connect/peer", "/v1/device/peer"] {
+        let (status, problem) = d.post(path, &tenant, json!({"account": "acme.c"})).await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (429, Some("too_many_connections")),
+            "{path}: {problem}"
+        );
+    }
+    // One it has: replaced, and its connect flow starts.
+    assert_eq!(import("acme.a", &tenant).await.0, 200);
+    let (status, started) = d
+        .post("/v1/connect/peer", &tenant, json!({"account": "acme.a"}))
+        .await;
+    assert_eq!(status, 201, "{started}");
+    // A key without limits reaches all three, past the cap as well.
+    let (status, problem) = import("third", &key).await;
+    assert_eq!(status, 429, "{problem}");
+    let gone = d
+        .delete("/v1/connections/peer/acme.b?force=true", &tenant)
+        .await;
+    assert!(gone.status().is_success(), "{gone:?}");
+    assert_eq!(import("acme.c", &tenant).await.0, 201);
 }
 
 /// `connections import --file`: each line reported, bad lines refused without a token in
