@@ -492,6 +492,59 @@ async fn a_restore_keeps_what_it_replaces_and_a_backup_overwrites_only_copies() 
     assert_eq!(std::fs::metadata(&db).unwrap().uid(), 65534);
 }
 
+/// A backup written to a shared directory (`/tmp`, sticky and open to all) follows no link
+/// another local user planted under the copy's name, and never replaces a database in use:
+/// it resolved the link and renamed the copy over what it pointed to, here another
+/// oauthd's live database, whose keys and states were gone. A link of this user's still
+/// names where the copy goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_follows_no_link_another_user_planted_nor_replaces_a_database_in_use() {
+    use std::os::unix::fs::{lchown, symlink, PermissionsExt};
+    let home = Home::new();
+    home.create_key("app", &[]);
+    let victim = Home::new();
+    let d = victim.start();
+    let key = victim.create_key("victim", &[]);
+    let state = d.create_state(&key, json!({"namespace": NS})).await;
+    let shared = home.dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let planted = shared.join("oauthd-backup.db");
+    symlink(victim.db(), &planted).unwrap();
+    lchown(&planted, Some(65534), None).unwrap();
+    let before = std::fs::read(victim.db()).unwrap();
+
+    let out = home.cli(&["backup", planted.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("a link owned by uid 65534"), "{err}");
+    // Straight at it, or through a link of this user's: in use, so not replaced.
+    let mine = shared.join("mine.db");
+    symlink(victim.db(), &mine).unwrap();
+    for target in [victim.db(), mine] {
+        let out = home.cli(&["backup", target.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{target:?}: {err}");
+        assert!(err.contains("has a -wal file beside it"), "{err}");
+    }
+    assert_eq!(std::fs::read(victim.db()).unwrap(), before);
+    assert_eq!(d.consume(&key, &state, NS).await.0, 200);
+    d.signal_and_wait("TERM");
+
+    // A link of this user's to a file of its own names where the copy goes.
+    let own = shared.join("own.db");
+    let target = home.dir.path().join("kept.db");
+    std::fs::write(&target, b"").unwrap();
+    symlink(&target, &own).unwrap();
+    let out = home.cli(&["backup", own.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(std::fs::symlink_metadata(&own)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(rows(&target, "SELECT count(*) FROM api_keys"), 1);
+}
+
 /// A restore looks for every process that has the database open, not only for one that
 /// holds a lock on it: in rollback mode (a copy restored by an older oauthd stays so until
 /// it is served, or an operator's `PRAGMA journal_mode`), a connection that is not reading

@@ -171,7 +171,19 @@ pub fn backup(db: &Path, to: &Path) -> Result<Copied, CopyError> {
     }
     let source = open_read_only(db)?;
     let version = version_to_copy(&source, db)?;
-    // A link names where the copy goes; the link stays.
+    // A link names where the copy goes; the link stays. Only links of root's or this
+    // user's are followed: a link another local user planted where the copy is written
+    // (`/tmp`) would have it replace a file of their choosing, another oauthd's database.
+    if let Some((link, owner)) = crate::paths::untrusted_link(to) {
+        return Err(CopyError::refused(
+            to,
+            &format!(
+                "leads through {}, a link owned by uid {owner}, neither root nor the user \
+                 running oauthd: name the file it leads to if you trust it, or another path",
+                link.display()
+            ),
+        ));
+    }
     let to = &to.canonicalize().unwrap_or_else(|_| to.to_owned());
     if to.is_dir() {
         return Err(CopyError::refused(
@@ -180,6 +192,13 @@ pub fn backup(db: &Path, to: &Path) -> Result<Copied, CopyError> {
         ));
     }
     directory_exists(to)?;
+    if with_suffix(to, "-wal").exists() {
+        return Err(CopyError::refused(
+            to,
+            "has a -wal file beside it: a database in use (another oauthd's, or one that \
+             stopped without closing) is never replaced; name another file",
+        ));
+    }
     if to.exists() && !replaceable(to) {
         return Err(CopyError::refused(
             to,
