@@ -170,7 +170,10 @@ pub fn redirect_location(upstream: &Url, location: &str, to: &RedirectBase<'_>) 
 
 /// A `Link` header's value (RFC 8288: `<target>; params, <target>; params`) with each
 /// target read as `redirect_location` reads a `Location`, so that a pagination helper
-/// following `rel="next"` stays on the proxy; a link whose target is left out is left out.
+/// following `rel="next"` stays on the proxy; a link whose target is left out is left out,
+/// and so is one whose parameters hold a `<` or `>`: clients that split the value at
+/// `, <` without minding quotes (Python's `requests`) read a link hidden in a quoted
+/// parameter, which nothing here would have read as a target.
 /// `None` when nothing is left, or the value is not of that shape.
 pub fn link_targets(upstream: &Url, value: &str, to: &RedirectBase<'_>) -> Option<String> {
     let mut links = Vec::new();
@@ -182,7 +185,8 @@ pub fn link_targets(upstream: &Url, value: &str, to: &RedirectBase<'_>) -> Optio
         }
         let (target, after) = rest.strip_prefix('<')?.split_once('>')?;
         let (params, next) = after.split_at(link_end(after));
-        if let Some(target) = redirect_location(upstream, target, to) {
+        let hides_a_link = params.contains(['<', '>']);
+        if let Some(target) = redirect_location(upstream, target, to).filter(|_| !hides_a_link) {
             links.push(format!("<{target}>{params}"));
         }
         rest = next;
@@ -493,6 +497,12 @@ mod tests {
             links(r#"<https://auth.home.example/v1/states>; rel="next", <javascript:x>; rel="prev", </other>; rel="up""#)
                 .as_deref(),
             Some(r#"<https://api.example/other>; rel="up""#)
+        );
+        assert_eq!(
+            links(r#"<https://cdn.example/x>; title="a, <https://auth.home.example/v1/connections/p/a/token>; rel=next", </v2/y>; rel="up""#)
+                .as_deref(),
+            Some(r#"</v1/proxy/p/a/y>; rel="up""#),
+            "a link hidden in a quoted parameter goes with the link that holds it"
         );
         assert_eq!(links("<https://auth.home.example/x>"), None);
         assert_eq!(links("not a link"), None);
