@@ -1576,6 +1576,31 @@ async fn on_redis_a_consume_whose_connection_broke_after_it_ran_answers_what_it_
     a_consume_whose_answer_is_lost_answers_what_it_did(common::relay::Fault::Cut).await;
 }
 
+/// Only a change that wrote something leaves a receipt: a consume of an unknown state (a
+/// flood of them is the cheapest thing to send) writes nothing to Redis; one used to be
+/// written for every call.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread")]
+async fn on_redis_only_a_change_that_wrote_leaves_a_receipt() {
+    let home = Home::redis();
+    let (key, d) = consumed_once(&home).await;
+    let receipts = || home.redis_server().command("KEYS oauthd:rc:*");
+    // The create and the consume.
+    assert_eq!(receipts().as_deref(), Some("*2"));
+    let used = d.create_state(&key, json!({"namespace": NS})).await;
+    let other = d
+        .create_state(&key, json!({"namespace": "oauth:other"}))
+        .await;
+    assert_eq!(d.consume(&key, &used, NS).await.0, 200);
+    assert_eq!(receipts().as_deref(), Some("*5"));
+    // Consumed already, or of another namespace: nothing taken, nothing written.
+    for state in [&used, &other, &used] {
+        assert_eq!(d.consume(&key, state, NS).await.0, 404);
+    }
+    assert_eq!(receipts().as_deref(), Some("*5"));
+    d.signal_and_wait("TERM");
+}
+
 #[cfg(feature = "redis")]
 async fn a_consume_whose_answer_is_lost_answers_what_it_did(fault: common::relay::Fault) {
     let server = common::redis::RedisServer::start();

@@ -102,17 +102,25 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// `now_ms()`: Redis' clock, in ms.
+pub(super) const NOW_LUA: &str = r#"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"#;
+
 /// Run first by every state script, with the deadline as the last argument (taken off
 /// `ARGV`, so that the script's own arguments keep their places): past it, the script
 /// answers the error `LATE` having changed nothing. One that finds Redis' clock more than
 /// a second before its call began (deadline less `FENCE`) answers `EARLY`, changing
 /// nothing: no script runs before it is sent, so Redis' clock went back since it was read,
 /// and the deadline would not hold.
+/// Needs `NOW_LUA` before it.
 pub(super) const FENCE_LUA: &str = r#"
 if redis.replicate_commands then redis.replicate_commands() end
 local deadline = tonumber(table.remove(ARGV))
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 if now > deadline then
   return redis.error_reply('LATE the request reached Redis past its deadline; nothing was changed')
 end

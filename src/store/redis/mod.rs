@@ -706,10 +706,15 @@ const WRONG_PASSWORD: &str = "refused the password (or user): check OAUTHD_REDIS
 
 /// A call Redis did not answer within `OP_TIMEOUT`.
 fn no_answer(context: &'static str) -> StoreError {
-    StoreError::Unreachable {
-        context,
-        why: format!("no answer within {} s", OP_TIMEOUT.as_secs()),
-    }
+    classify(context, &timed_out())
+}
+
+/// What a call Redis did not answer within `OP_TIMEOUT` failed with.
+fn timed_out() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no answer within {} s", OP_TIMEOUT.as_secs()),
+    ))
 }
 
 /// Maps a Redis error to the storage error the HTTP layer turns into a 503.
@@ -842,6 +847,14 @@ end
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_not_answered_says_how_long_it_waited() {
+        assert_eq!(
+            no_answer("consuming a state").to_string(),
+            "consuming a state: Redis is unreachable (no answer within 3 s)"
+        );
+    }
 
     #[test]
     fn near_maxmemory_is_a_few_kib_short_of_it_with_noeviction() {

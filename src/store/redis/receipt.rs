@@ -3,12 +3,14 @@
 //! A call whose answer does not come back (past the call's 3 s: a slow command Redis ran
 //! between the script and its answer, oauthd's own process paused; or the connection broke
 //! after Redis ran it) would answer 503 for a change that was made: a consume answered
-//! 503 had taken the state, and the retry found nothing. Each state script ends by writing
-//! its answer under `P rc:<call>` (`RECEIPT_TTL_MS`), and such a call reads it back once
-//! its deadline has passed on Redis' clock: a script that had not begun by then never
-//! changes anything (`clock::FENCE_LUA`), and one that had began has finished before the
-//! read runs (Redis runs one command at a time). So a receipt is the answer the call lost,
-//! and none means that nothing was changed.
+//! 503 had taken the state, and the retry found nothing. Each state script that wrote
+//! something ends by writing its answer under `P rc:<call>` (`RECEIPT_TTL_MS`), and such a
+//! call reads it back once its deadline has passed on Redis' clock: a script that had not
+//! begun by then never changes anything (`clock::FENCE_LUA`), and one that had begun has
+//! finished before the read runs (Redis runs one command at a time). So a receipt is the
+//! answer the call lost, and none means that nothing was changed. (A script that changed
+//! nothing, a consume of an unknown state, leaves none: its call's 503 is true, and a
+//! flood of such calls writes nothing.)
 
 use redis::aio::ConnectionManager;
 use redis::Script;
@@ -27,16 +29,31 @@ const READ_WITHIN_MS: i64 = 5_000;
 /// How long a call that lost its answer spends reading the receipt.
 pub(super) const READ_FOR: Duration = Duration::from_secs(3);
 
+/// Run by every state script after the deadline's check: takes the receipt's key off
+/// `ARGV` (the last argument once the deadline is off), and defines `call`, Redis' own
+/// `redis.call` that notes whether the script wrote, through which the scripts call Redis.
+pub(super) const PRELUDE: &str = r#"
+local RC = table.remove(ARGV)
+local wrote = false
+local READS = {GET = true, ZCOUNT = true, ZRANGE = true, ZCARD = true, PTTL = true}
+local function call(command, ...)
+  if not READS[command] then wrote = true end
+  return redis.call(command, ...)
+end
+"#;
+
 /// A state script's body, run so that its answer (a list of strings) is written as its
-/// receipt before it is returned. The receipt's key is the last argument once the
-/// deadline is taken off (`clock::FENCE_LUA` runs first). A receipt Redis refuses (out of
-/// memory, for a script that changed nothing) is left out: the answer still goes back.
+/// receipt before it is returned, when it wrote something. A receipt that cannot be
+/// written (Redis out of memory, for a script that wrote nothing that took room) is left
+/// out: the answer still goes back.
 pub(super) fn with_receipt(body: &str) -> String {
     format!(
-        "local RC = table.remove(ARGV)\n\
-         local function body()\n{body}\nend\n\
+        "local function body()\n{body}\nend\n\
          local answer = body()\n\
-         redis.pcall('SET', RC, cjson.encode(answer), 'PX', {RECEIPT_TTL_MS})\n\
+         if wrote then\n\
+         local encoded, text = pcall(cjson.encode, answer)\n\
+         if encoded then redis.pcall('SET', RC, text, 'PX', {RECEIPT_TTL_MS}) end\n\
+         end\n\
          return answer\n"
     )
 }
@@ -45,18 +62,19 @@ pub(super) fn with_receipt(body: &str) -> String {
 /// `{"wait", ms}` before the deadline, `{"stale"}` too long after it, else `{"done",
 /// answer}` or `{"none"}`.
 static READ: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{}{}",
+        super::clock::NOW_LUA,
         r#"
 local deadline, within = tonumber(ARGV[1]), tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 if now <= deadline then return {'wait', string.format('%d', deadline - now + 1)} end
 if now > deadline + within then return {'stale'} end
 local v = redis.call('GET', KEYS[1])
 if not v then return {'none'} end
 return {'done', v}
-"#,
-    )
+"#
+    ))
 });
 
 /// What a receipt says about a call that lost its answer.
@@ -88,7 +106,14 @@ pub(super) async fn read(conn: &mut ConnectionManager, key: &str, deadline_ms: i
                     .ok()
                     .and_then(|ms| ms.parse::<u64>().ok())
                     .map_or(Duration::from_millis(100), Duration::from_millis),
-                Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
+                // Not answered yet: the connection coming back, Redis loading its files or
+                // busy with a long script (it runs the read after it).
+                Err(e)
+                    if e.is_io_error()
+                        || e.is_connection_dropped()
+                        || e.is_timeout()
+                        || matches!(e.code(), Some("BUSY" | "LOADING")) =>
+                {
                     Duration::from_millis(100)
                 }
                 _ => return Receipt::Unknown,

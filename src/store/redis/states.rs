@@ -99,7 +99,8 @@ fn parse_row(
 }
 
 /// Shared by every script: ARGV[1] is the key prefix, ARGV[2] the state's hash (hex).
-/// `drop` deletes a state and everything naming it.
+/// `drop` deletes a state and everything naming it. State scripts call Redis through
+/// `call` (`receipt::PRELUDE`), which notes whether they wrote.
 const LIB: &str = r#"
 local P, H = ARGV[1], ARGV[2]
 local function live_set(ns) return P .. 'n:' .. ns end
@@ -113,14 +114,14 @@ local function member(h, id)
   return h
 end
 local function drop(h, s)
-  redis.call('DEL', P .. 's:' .. h, P .. 'g:' .. h)
-  redis.call('ZREM', ALL, member(h, s['i']))
-  redis.call('ZREM', live_set(s['n']), h)
-  if s['u'] then redis.call('ZREM', subject_set(s['n'], s['u']), h) end
-  if s['i'] then redis.call('DEL', P .. 'i:' .. s['i']) end
+  call('DEL', P .. 's:' .. h, P .. 'g:' .. h)
+  call('ZREM', ALL, member(h, s['i']))
+  call('ZREM', live_set(s['n']), h)
+  if s['u'] then call('ZREM', subject_set(s['n'], s['u']), h) end
+  if s['i'] then call('DEL', P .. 'i:' .. s['i']) end
 end
 local function keep_at_least(key, ms)
-  if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
+  if call('PTTL', key) < ms then call('PEXPIRE', key, ms) end
 end
 "#;
 
@@ -132,12 +133,15 @@ fn after_now(command: &str, key: String, now_ms: i64) -> redis::Cmd {
     cmd
 }
 
-/// A state script: the deadline's check (`clock::FENCE_LUA`) first, then the shared
-/// functions and `body`, whose answer is kept as the call's receipt (`receipt`).
+/// A state script: the deadline's check (`clock::FENCE_LUA`) first, then the receipt's
+/// `call` (`receipt::PRELUDE`), the shared functions, and `body`, whose answer is kept as
+/// the call's receipt when it wrote something (`receipt`).
 fn script(body: &str) -> Script {
     Script::new(&format!(
-        "{}{LIB}{}",
+        "{}{}{}{LIB}{}",
+        super::clock::NOW_LUA,
         super::clock::FENCE_LUA,
+        super::receipt::PRELUDE,
         super::receipt::with_receipt(body)
     ))
 }
@@ -153,7 +157,7 @@ local function ours(ns)
   if ARGV[4] == 'p' then return string.sub(ns, 1, #ARGV[3]) == ARGV[3] end
   return ns == ARGV[3]
 end
-local v = redis.call('GET', KEYS[1])
+local v = call('GET', KEYS[1])
 if v then
   local s = cjson.decode(v)
   if not ours(s['n']) then return {} end
@@ -161,9 +165,9 @@ if v then
   drop(H, s)
   return {'row', v}
 end
-local ns = redis.call('GET', KEYS[2])
+local ns = call('GET', KEYS[2])
 if ns and ours(ns) then
-  redis.call('DEL', KEYS[2])
+  call('DEL', KEYS[2])
   return {'gone', ns}
 end
 return {}
@@ -186,18 +190,18 @@ local ttl, ns, now, expires = tonumber(ARGV[4]), ARGV[5], ARGV[7], ARGV[8]
 local subject, live = ARGV[11], live_set(ARGV[5])
 local sub = subject ~= '' and subject_set(ns, subject) or nil
 local freed = 0
-if sub and ARGV[12] == '1' then freed = redis.call('ZCOUNT', sub, '(' .. now, '+inf') end
-if sub and ARGV[12] ~= '1' and redis.call('ZCOUNT', sub, '(' .. now, '+inf') >= tonumber(ARGV[13]) then
+if sub and ARGV[12] == '1' then freed = call('ZCOUNT', sub, '(' .. now, '+inf') end
+if sub and ARGV[12] ~= '1' and call('ZCOUNT', sub, '(' .. now, '+inf') >= tonumber(ARGV[13]) then
   return {'-2'}
 end
-if redis.call('ZCOUNT', live, '(' .. now, '+inf') - freed >= tonumber(ARGV[9]) then return {'-1'} end
-local all_live = redis.call('ZCOUNT', ALL, '(' .. now, '+inf')
+if call('ZCOUNT', live, '(' .. now, '+inf') - freed >= tonumber(ARGV[9]) then return {'-1'} end
+local all_live = call('ZCOUNT', ALL, '(' .. now, '+inf')
 if all_live - freed >= tonumber(ARGV[14]) then return {'-3'} end
-if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'PX', ttl) then return {'0'} end
+if not call('SET', KEYS[1], ARGV[3], 'NX', 'PX', ttl) then return {'0'} end
 local answer = {'1'}
 if sub and ARGV[12] == '1' then
-  for _, h in ipairs(redis.call('ZRANGE', sub, 0, -1)) do
-    local v = redis.call('GET', P .. 's:' .. h)
+  for _, h in ipairs(call('ZRANGE', sub, 0, -1)) do
+    local v = call('GET', P .. 's:' .. h)
     if v then
       local s = cjson.decode(v)
       if s['n'] == ns and s['u'] == subject then
@@ -206,30 +210,30 @@ if sub and ARGV[12] == '1' then
       end
     end
   end
-  redis.call('DEL', sub)
+  call('DEL', sub)
 end
-redis.call('SET', KEYS[2], ns, 'PX', ARGV[6])
-redis.call('SET', P .. 'i:' .. ARGV[10], H, 'PX', ARGV[6])
-redis.call('ZADD', live, expires, H)
-redis.call('ZREMRANGEBYSCORE', live, '-inf', now)
+call('SET', KEYS[2], ns, 'PX', ARGV[6])
+call('SET', P .. 'i:' .. ARGV[10], H, 'PX', ARGV[6])
+call('ZADD', live, expires, H)
+call('ZREMRANGEBYSCORE', live, '-inf', now)
 keep_at_least(live, ttl)
 local max_tombstones, grace = tonumber(ARGV[15]), tonumber(ARGV[16])
-redis.call('ZREMRANGEBYSCORE', ALL, '-inf', '(' .. string.format('%d', tonumber(now) - grace))
-redis.call('ZADD', ALL, expires, member(H, ARGV[10]))
+call('ZREMRANGEBYSCORE', ALL, '-inf', '(' .. string.format('%d', tonumber(now) - grace))
+call('ZADD', ALL, expires, member(H, ARGV[10]))
 -- Past the most tombstones kept, the oldest expired states' go (a few per insert).
-local over = redis.call('ZCARD', ALL) - (all_live - freed + 1) - max_tombstones
+local over = call('ZCARD', ALL) - (all_live - freed + 1) - max_tombstones
 if over > 0 then
   over = math.min(over, 100)
-  for _, m in ipairs(redis.call('ZRANGE', ALL, 0, over - 1)) do
+  for _, m in ipairs(call('ZRANGE', ALL, 0, over - 1)) do
     local h, id = string.match(m, '^([^/]*)/?(.*)$')
-    redis.call('DEL', P .. 'g:' .. h)
-    if id ~= '' then redis.call('DEL', P .. 'i:' .. id) end
+    call('DEL', P .. 'g:' .. h)
+    if id ~= '' then call('DEL', P .. 'i:' .. id) end
   end
-  redis.call('ZREMRANGEBYRANK', ALL, 0, over - 1)
+  call('ZREMRANGEBYRANK', ALL, 0, over - 1)
 end
 if sub then
-  redis.call('ZADD', sub, expires, H)
-  redis.call('ZREMRANGEBYSCORE', sub, '-inf', now)
+  call('ZADD', sub, expires, H)
+  call('ZREMRANGEBYSCORE', sub, '-inf', now)
   keep_at_least(sub, ttl)
 end
 return answer
@@ -244,11 +248,11 @@ return answer
 static ATTEMPT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-local v = redis.call('GET', KEYS[1])
+local v = call('GET', KEYS[1])
 if not v then
-  local ns = redis.call('GET', KEYS[2])
+  local ns = call('GET', KEYS[2])
   if ns and ns == ARGV[3] then
-    redis.call('DEL', KEYS[2])
+    call('DEL', KEYS[2])
     return {'gone', ns}
   end
   return {}
@@ -275,7 +279,7 @@ if left <= 0 then
   return {'wrong', '0'}
 end
 s['a'] = left
-redis.call('SET', KEYS[1], cjson.encode(s), 'KEEPTTL')
+call('SET', KEYS[1], cjson.encode(s), 'KEEPTTL')
 return {'wrong', string.format('%d', left)}
 "#,
     )
@@ -288,7 +292,7 @@ static TOUCH: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local now, grace = tonumber(ARGV[4]), tonumber(ARGV[5])
-local v = redis.call('GET', KEYS[1])
+local v = call('GET', KEYS[1])
 if v then
   local s = cjson.decode(v)
   if s['n'] ~= ARGV[3] then return {} end
@@ -299,21 +303,21 @@ if v then
       v = cjson.encode(s)
       local ttl = string.format('%d', e - now)
       local keep = string.format('%d', e - now + grace)
-      redis.call('SET', KEYS[1], v, 'PX', ttl)
-      redis.call('SET', KEYS[2], s['n'], 'PX', keep)
-      if s['i'] then redis.call('PEXPIRE', P .. 'i:' .. s['i'], keep) end
-      redis.call('ZADD', live_set(s['n']), string.format('%d', e), H)
+      call('SET', KEYS[1], v, 'PX', ttl)
+      call('SET', KEYS[2], s['n'], 'PX', keep)
+      if s['i'] then call('PEXPIRE', P .. 'i:' .. s['i'], keep) end
+      call('ZADD', live_set(s['n']), string.format('%d', e), H)
       keep_at_least(live_set(s['n']), e - now)
-      redis.call('ZADD', ALL, string.format('%d', e), member(H, s['i']))
+      call('ZADD', ALL, string.format('%d', e), member(H, s['i']))
       if s['u'] then
-        redis.call('ZADD', subject_set(s['n'], s['u']), string.format('%d', e), H)
+        call('ZADD', subject_set(s['n'], s['u']), string.format('%d', e), H)
         keep_at_least(subject_set(s['n'], s['u']), e - now)
       end
     end
   end
   return {'row', v}
 end
-local ns = redis.call('GET', KEYS[2])
+local ns = call('GET', KEYS[2])
 if ns and ns == ARGV[3] then return {'gone', ns} end
 return {}
 "#,
@@ -328,12 +332,12 @@ static REVOKE: LazyLock<Script> = LazyLock::new(|| {
         r#"
 local h = H
 if h == '' then
-  h = redis.call('GET', P .. 'i:' .. ARGV[5])
+  h = call('GET', P .. 'i:' .. ARGV[5])
   if not h then return {'0'} end
 end
-local v = redis.call('GET', P .. 's:' .. h)
+local v = call('GET', P .. 's:' .. h)
 if not v then
-  if redis.call('GET', P .. 'g:' .. h) == ARGV[3] then redis.call('DEL', P .. 'g:' .. h) end
+  if call('GET', P .. 'g:' .. h) == ARGV[3] then call('DEL', P .. 'g:' .. h) end
   return {'0'}
 end
 local s = cjson.decode(v)
@@ -351,8 +355,8 @@ static REVOKE_SUBJECT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local sub, n, removed = subject_set(ARGV[3], ARGV[4]), 0, {}
-for _, h in ipairs(redis.call('ZRANGE', sub, 0, -1)) do
-  local v = redis.call('GET', P .. 's:' .. h)
+for _, h in ipairs(call('ZRANGE', sub, 0, -1)) do
+  local v = call('GET', P .. 's:' .. h)
   if v then
     local s = cjson.decode(v)
     if s['n'] == ARGV[3] and s['u'] == ARGV[4] then
@@ -362,7 +366,7 @@ for _, h in ipairs(redis.call('ZRANGE', sub, 0, -1)) do
     end
   end
 end
-redis.call('DEL', sub)
+call('DEL', sub)
 table.insert(removed, 1, tostring(n))
 return removed
 "#,
@@ -446,10 +450,7 @@ impl RedisStore {
                 Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => e,
                 Ok(Err(e)) => return Err(e),
-                Err(_) => redis::RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no answer within {} s", super::OP_TIMEOUT.as_secs()),
-                )),
+                Err(_) => super::timed_out(),
             };
             // Not sent: nothing ran.
             let Some(deadline) = sent else {
@@ -462,12 +463,22 @@ impl RedisStore {
                     );
                     Ok(reply)
                 }
-                Receipt::NotRun | Receipt::Unknown => Err(lost),
+                Receipt::NotRun => Err(lost),
+                Receipt::Unknown => {
+                    UNSURE_LOGGED.warn(format_args!(
+                        "{context}: Redis' answer did not come back ({lost}), nor did its receipt in time: the change may or may not have been made"
+                    ));
+                    Err(lost)
+                }
             }
         })
         .await
     }
 }
+
+/// Calls whose change is not known: a Redis that stays stalled fails them all at once.
+static UNSURE_LOGGED: crate::logging::Budget =
+    crate::logging::Budget::new("more state changes not known to be made or not", 5);
 
 /// One call of a state script.
 struct Call {
