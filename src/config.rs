@@ -192,8 +192,8 @@ pub struct LimitsConfig {
     pub trusted_proxies: Vec<crate::ip_range::IpRange>,
     /// Device flows one API key (or the page) may have pending at once.
     pub max_device_flows_per_key: u32,
-    /// Connections one API key may reach before it may start flows or import for another
-    /// account (0: no cap).
+    /// Connections one key limited to accounts may reach before it may start flows or
+    /// import for another account (0: no cap).
     pub max_connections_per_key: u32,
     /// How long a request body may take to arrive, whole.
     pub body_seconds: u64,

@@ -38,7 +38,7 @@ pub struct ConnectStarted<'a> {
         (status = 201, description = "Started.", body = ConnectStarted),
         (status = 400, description = "A bad account name (`invalid_account`), a `return_to` the config does not allow (`return_to_not_allowed`), or a provider with a paste-back `redirect_uri`, whose flows only the operator can finish (`paste_back_provider`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such provider in the config (`unknown_provider`).", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Too many connect and device flow starts, imports and disconnects by this key in the last minute (`rate_limited`, `limits.connection_changes_per_minute`), with `Retry-After`; or, for an account it has no connection to, the key reaches `limits.max_connections_per_key` connections (`too_many_connections`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Too many connect and device flow starts, imports and disconnects by this key in the last minute (`rate_limited`, `limits.connection_changes_per_minute`), with `Retry-After`; or, for an account it has no connection to, a key limited to accounts reaches `limits.max_connections_per_key` connections (`too_many_connections`).", body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 pub async fn start_api(
     app: web::Data<AppState>,

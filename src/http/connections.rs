@@ -187,7 +187,7 @@ pub async fn token(
         (status = 200, description = "Imported: the connection's tokens were replaced.", body = ConnectionView),
         (status = 400, description = "The tokens are not what import takes (`invalid_tokens`), or the account name (`invalid_account`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such provider in the config (`unknown_provider`).", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Too many connect and device flow starts, imports and disconnects by this key in the last minute (`rate_limited`, `limits.connection_changes_per_minute`), with `Retry-After`; or, for an account it has no connection to, the key reaches `limits.max_connections_per_key` connections (`too_many_connections`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Too many connect and device flow starts, imports and disconnects by this key in the last minute (`rate_limited`, `limits.connection_changes_per_minute`), with `Retry-After`; or, for an account it has no connection to, a key limited to accounts reaches `limits.max_connections_per_key` connections (`too_many_connections`).", body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 pub async fn import(
     app: web::Data<AppState>,

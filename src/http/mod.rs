@@ -113,13 +113,16 @@ impl AppState {
             .map_err(ratelimit::too_many_changes)
     }
 
-    /// `429 too_many_connections` when `caller` reaches `limits.max_connections_per_key`
-    /// connections and `provider`/`account` is not one of them: a key's imports (made-up
-    /// tokens, each a connection refreshed under the operator's client id and said by
-    /// event when it fails) and connect and device flows for new accounts stop there,
-    /// where the rate budget only slows them. Reconnecting or replacing a connection the
-    /// key has is never refused. Checked when a flow starts: flows started before the
-    /// key reached the cap may still connect.
+    /// `429 too_many_connections` when `caller`, a key limited to accounts (a tenant's,
+    /// made with `--account`), reaches `limits.max_connections_per_key` connections and
+    /// `provider`/`account` is not one of them: a tenant's imports (made-up tokens, each a
+    /// connection refreshed under the operator's client id and said by event when it
+    /// fails) and connect and device flows for new accounts stop there, where the rate
+    /// budget only slows them. A key without account limits is the operator's own app's,
+    /// which reaches (and may delete) every connection: not capped, or one app serving
+    /// many users would stop at the cap. Reconnecting or replacing a connection the key
+    /// has is never refused. Checked when a flow starts: flows started before the key
+    /// reached the cap may still connect.
     pub async fn connection_room(
         &self,
         caller: &auth::Caller,
@@ -127,7 +130,7 @@ impl AppState {
         account: &str,
     ) -> Result<(), ApiError> {
         let max = self.max_connections_per_key;
-        if max == 0 {
+        if max == 0 || caller.0.accounts.is_none() {
             return Ok(());
         }
         let all = self.broker.connections().await?;
