@@ -17,15 +17,31 @@ pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// The first link on the way to `path` (a directory's, its own, or one a link points to)
-/// that is owned by neither root nor the user running oauthd, with its owner: another local
-/// user could have planted it where a file is about to be written (`/tmp`, a shared
-/// directory) to have the write replace a file of their choosing. `None` when every link
-/// is trusted, or the user cannot be told (no `/proc`).
-pub fn untrusted_link(path: &Path) -> Option<(PathBuf, u32)> {
+/// A link on the way to a path that another user could have planted (`resolve_trusted`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct UntrustedLink {
+    pub link: PathBuf,
+    /// Its owner; `None` when it could not be looked at.
+    pub owner: Option<u32>,
+}
+
+/// `path` with every link on the way to it (a directory's, its own, and those links lead
+/// to) resolved, when each may be trusted: owned by root or by the user running oauthd, or
+/// by the owner of a directory only they may write to (as a service's own directory,
+/// whoever runs the command). Else the first that may not: another local user could have
+/// planted it where a file is about to be written (`/tmp`, a directory a group shares) to
+/// have the write replace a file of their choosing. What cannot be looked at (no `/proc`
+/// to tell this user by, a link that cannot be read, a chain of over 40) is not trusted.
+/// The path given back holds no link, so a link made there afterwards is not followed.
+pub fn resolve_trusted(path: &Path) -> Result<PathBuf, UntrustedLink> {
     use std::os::unix::fs::MetadataExt;
+    use std::path::Component;
+    let untrusted = |link: &Path, owner| UntrustedLink {
+        link: link.to_owned(),
+        owner,
+    };
     // The process's user: the owner of its own /proc entry.
-    let me = std::fs::metadata("/proc/self").ok()?.uid();
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
     let mut at = PathBuf::new();
     let mut rest: std::collections::VecDeque<PathBuf> = path
         .components()
@@ -34,6 +50,11 @@ pub fn untrusted_link(path: &Path) -> Option<(PathBuf, u32)> {
     // As many links as the kernel follows before it gives up (ELOOP).
     let mut hops = 0;
     while let Some(part) = rest.pop_front() {
+        // `at` holds no link, so `..` is its parent, as the kernel takes it.
+        if part.as_os_str() == Component::ParentDir.as_os_str() && at.file_name().is_some() {
+            at.pop();
+            continue;
+        }
         at.push(&part);
         let Ok(meta) = std::fs::symlink_metadata(&at) else {
             continue;
@@ -41,54 +62,88 @@ pub fn untrusted_link(path: &Path) -> Option<(PathBuf, u32)> {
         if !meta.file_type().is_symlink() {
             continue;
         }
-        if meta.uid() != 0 && meta.uid() != me {
-            return Some((at, meta.uid()));
+        let owner = meta.uid();
+        let dir = std::fs::metadata(dir_of(&at));
+        let owners_own_dir = dir.is_ok_and(|d| d.uid() == owner && d.mode() & 0o022 == 0);
+        if !(owner == 0 || Some(owner) == me || owners_own_dir) {
+            return Err(untrusted(&at, Some(owner)));
         }
         hops += 1;
-        let target = std::fs::read_link(&at).ok()?;
-        if hops > 40 {
-            return None;
-        }
+        let target = match std::fs::read_link(&at) {
+            Ok(target) if hops <= 40 => target,
+            _ => return Err(untrusted(&at, Some(owner))),
+        };
         // The link's target stands in its place (an absolute one starts again at `/`).
         at.pop();
         for part in target.components().rev() {
             rest.push_front(PathBuf::from(part.as_os_str()));
         }
     }
-    None
+    match me {
+        Some(_) => Ok(at),
+        None if hops == 0 => Ok(at),
+        None => Err(untrusted(path, None)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{dir_of, untrusted_link};
+    use super::{dir_of, resolve_trusted, UntrustedLink};
     use std::path::Path;
 
     #[test]
-    fn links_of_root_or_this_user_are_trusted_and_others_named() {
-        use std::os::unix::fs::{lchown, symlink};
+    fn links_of_root_this_user_or_a_private_directorys_owner_are_followed_and_others_named() {
+        use std::os::unix::fs::{chown, lchown, symlink, PermissionsExt};
         let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("target.db");
+        let base = dir.path().canonicalize().unwrap();
+        let target = base.join("target.db");
         std::fs::write(&target, b"").unwrap();
-        let mine = dir.path().join("mine.db");
+        let mine = base.join("mine.db");
         symlink(&target, &mine).unwrap();
-        assert_eq!(untrusted_link(&mine), None);
-        assert_eq!(untrusted_link(&dir.path().join("new.db")), None);
+        assert_eq!(resolve_trusted(&mine), Ok(target.clone()));
+        assert_eq!(
+            resolve_trusted(&base.join("new.db")),
+            Ok(base.join("new.db"))
+        );
+        let theirs_of = |link: &Path| {
+            Err(UntrustedLink {
+                link: link.to_owned(),
+                owner: Some(65534),
+            })
+        };
         // Another user's link, as the file itself, as a directory on the way, and as
         // the target of a link of this user's (tests run as root, which may hand it over).
-        let theirs = dir.path().join("theirs.db");
+        let theirs = base.join("theirs.db");
         symlink(&target, &theirs).unwrap();
         lchown(&theirs, Some(65534), None).expect("tests run as root");
-        assert_eq!(untrusted_link(&theirs), Some((theirs.clone(), 65534)));
-        let sub = dir.path().join("sub");
-        symlink(dir.path(), &sub).unwrap();
+        assert_eq!(resolve_trusted(&theirs), theirs_of(&theirs));
+        let sub = base.join("sub");
+        symlink(&base, &sub).unwrap();
         lchown(&sub, Some(65534), None).unwrap();
-        assert_eq!(
-            untrusted_link(&sub.join("x.db")),
-            Some((sub.clone(), 65534))
-        );
-        let chained = dir.path().join("chained.db");
+        assert_eq!(resolve_trusted(&sub.join("x.db")), theirs_of(&sub));
+        let chained = base.join("chained.db");
         symlink("theirs.db", &chained).unwrap();
-        assert_eq!(untrusted_link(&chained), Some((theirs, 65534)));
+        assert_eq!(resolve_trusted(&chained), theirs_of(&theirs));
+        // In a directory of that user's own that only they may write to: followed (a
+        // service's link, a backup run by root); once others may write there, not.
+        let service = base.join("service");
+        std::fs::create_dir(&service).unwrap();
+        std::fs::set_permissions(&service, std::fs::Permissions::from_mode(0o755)).unwrap();
+        chown(&service, Some(65534), None).unwrap();
+        let latest = service.join("latest.db");
+        symlink(&target, &latest).unwrap();
+        lchown(&latest, Some(65534), None).unwrap();
+        assert_eq!(resolve_trusted(&latest), Ok(target.clone()));
+        std::fs::set_permissions(&service, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert_eq!(resolve_trusted(&latest), theirs_of(&latest));
+        // `..` after a link is the parent of where the link leads.
+        let deep = base.join("a/b");
+        std::fs::create_dir_all(&deep).unwrap();
+        symlink(&deep, base.join("to-b")).unwrap();
+        assert_eq!(
+            resolve_trusted(&base.join("to-b/../x.db")),
+            Ok(base.join("a/x.db"))
+        );
     }
 
     #[test]

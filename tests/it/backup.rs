@@ -543,6 +543,22 @@ async fn a_backup_follows_no_link_another_user_planted_nor_replaces_a_database_i
         .file_type()
         .is_symlink());
     assert_eq!(rows(&target, "SELECT count(*) FROM api_keys"), 1);
+    // A copy another process has open (no -wal file: a reader in rollback mode, here a
+    // process that only holds it) is not replaced either; the refusal names the process.
+    let mut holder = Command::new("sleep")
+        .arg("30")
+        .stdin(std::fs::File::open(&target).unwrap())
+        .spawn()
+        .unwrap();
+    let out = home.cli(&["backup", target.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("is open by pid {} \"sleep\"", holder.id())),
+        "{err}"
+    );
 }
 
 /// A restore looks for every process that has the database open, not only for one that

@@ -171,20 +171,22 @@ pub fn backup(db: &Path, to: &Path) -> Result<Copied, CopyError> {
     }
     let source = open_read_only(db)?;
     let version = version_to_copy(&source, db)?;
-    // A link names where the copy goes; the link stays. Only links of root's or this
-    // user's are followed: a link another local user planted where the copy is written
-    // (`/tmp`) would have it replace a file of their choosing, another oauthd's database.
-    if let Some((link, owner)) = crate::paths::untrusted_link(to) {
-        return Err(CopyError::refused(
+    // A link names where the copy goes; the link stays. Only a link that may be trusted
+    // is followed: one another local user planted where the copy is written (`/tmp`)
+    // would have it replace a file of their choosing, another oauthd's database. What is
+    // used from here on is the path resolved, so no link made meanwhile is followed.
+    let to = &crate::paths::resolve_trusted(to).map_err(|u| {
+        let owner = u.owner.map_or_else(|| "?".to_owned(), |o| o.to_string());
+        CopyError::refused(
             to,
             &format!(
                 "leads through {}, a link owned by uid {owner}, neither root nor the user \
-                 running oauthd: name the file it leads to if you trust it, or another path",
-                link.display()
+                 running oauthd nor the owner of a directory only they may write to: name \
+                 the file it leads to if you trust it, or another path",
+                u.link.display()
             ),
-        ));
-    }
-    let to = &to.canonicalize().unwrap_or_else(|_| to.to_owned());
+        )
+    })?;
     if to.is_dir() {
         return Err(CopyError::refused(
             to,
@@ -197,6 +199,13 @@ pub fn backup(db: &Path, to: &Path) -> Result<Copied, CopyError> {
             to,
             "has a -wal file beside it: a database in use (another oauthd's, or one that \
              stopped without closing) is never replaced; name another file",
+        ));
+    }
+    let by = holders(to);
+    if !by.0.is_empty() {
+        return Err(CopyError::refused(
+            to,
+            &format!("is open{by}: a file in use is never replaced; name another file"),
         ));
     }
     if to.exists() && !replaceable(to) {
