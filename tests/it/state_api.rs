@@ -1566,14 +1566,59 @@ async fn on_redis_a_clock_stepped_back_does_not_let_a_consume_answered_503_take_
 #[tokio::test(flavor = "multi_thread")]
 async fn on_redis_a_consume_whose_answer_came_late_answers_what_it_did() {
     let fault = common::relay::Fault::Hold(Duration::from_secs(4));
-    a_consume_whose_answer_is_lost_answers_what_it_did(fault).await;
+    a_consume_whose_answer_is_lost_answers_what_it_did(fault, Meanwhile::Nothing).await;
 }
 
 /// The same when the connection broke after Redis ran the consume: its answer never came.
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread")]
 async fn on_redis_a_consume_whose_connection_broke_after_it_ran_answers_what_it_did() {
-    a_consume_whose_answer_is_lost_answers_what_it_did(common::relay::Fault::Cut).await;
+    let fault = common::relay::Fault::Cut;
+    a_consume_whose_answer_is_lost_answers_what_it_did(fault, Meanwhile::Nothing).await;
+}
+
+/// The same when, as its receipt is read, Redis is busy with a long script (answering
+/// `BUSY` past its `busy-reply-threshold`): the read waits it out. It gave up at once, and
+/// the consume answered 503 having taken the state.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread")]
+async fn on_redis_a_receipt_is_read_once_a_busy_redis_answers() {
+    let fault = common::relay::Fault::Cut;
+    let busy = Meanwhile::BusyRedis {
+        after: Duration::from_millis(1900),
+        for_ms: 800,
+    };
+    a_consume_whose_answer_is_lost_answers_what_it_did(fault, busy).await;
+}
+
+/// The same when oauthd's own process was paused (a stop, a VM's snapshot) for 7 s while
+/// Redis' answer waited unread: it resumed past both its limits (the call's 3 s, and 6 s
+/// for the whole), and answered 503 having taken the state, without reading the receipt.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread")]
+async fn on_redis_a_consume_across_a_pause_of_oauthd_answers_what_it_did() {
+    let fault = common::relay::Fault::Hold(Duration::from_secs(1));
+    let pause = Meanwhile::PauseOauthd {
+        after: Duration::from_millis(400),
+        for_: Duration::from_secs(7),
+    };
+    a_consume_whose_answer_is_lost_answers_what_it_did(fault, pause).await;
+}
+
+/// What happens beside a consume whose answer is lost.
+#[cfg(feature = "redis")]
+enum Meanwhile {
+    Nothing,
+    /// A Lua script that keeps Redis busy `for_ms`, begun `after` the consume.
+    BusyRedis {
+        after: Duration,
+        for_ms: u64,
+    },
+    /// oauthd stopped `after` the consume, for `for_`.
+    PauseOauthd {
+        after: Duration,
+        for_: Duration,
+    },
 }
 
 /// Only a change that wrote something leaves a receipt: a consume of an unknown state (a
@@ -1602,16 +1647,51 @@ async fn on_redis_only_a_change_that_wrote_leaves_a_receipt() {
 }
 
 #[cfg(feature = "redis")]
-async fn a_consume_whose_answer_is_lost_answers_what_it_did(fault: common::relay::Fault) {
+async fn a_consume_whose_answer_is_lost_answers_what_it_did(
+    fault: common::relay::Fault,
+    meanwhile: Meanwhile,
+) {
     let server = common::redis::RedisServer::start();
-    let relay = common::relay::Relay::start(server.port).await;
+    let port = server.port;
+    // Past 100 ms a script makes Redis answer others BUSY (5 s unless told).
+    assert_eq!(
+        server
+            .command("CONFIG SET busy-reply-threshold 100")
+            .as_deref(),
+        Some("+OK")
+    );
+    let relay = common::relay::Relay::start(port).await;
     let home = Home::redis_via(server, relay.url());
     let (key, d) = consumed_once(&home).await;
     let state = d
         .create_state(&key, json!({"namespace": NS, "data": {"v": 2}}))
         .await;
     relay.arm(NS, fault);
-    let (status, body) = d.consume(&key, &state, NS).await;
+    let pid = d.pid();
+    let beside = async move {
+        match meanwhile {
+            Meanwhile::Nothing => {}
+            Meanwhile::BusyRedis { after, for_ms } => {
+                tokio::time::sleep(after).await;
+                let script = format!(
+                    "EVAL \"local function us() local t = redis.call('TIME') return t[1] * 1000000 + t[2] end local s = us() while us() - s < {for_ms}000 do end return 1\" 0"
+                );
+                let ran = tokio::task::spawn_blocking(move || {
+                    common::redis::RedisServer::command_at(port, &script)
+                })
+                .await
+                .unwrap();
+                assert_eq!(ran.as_deref(), Some(":1"));
+            }
+            Meanwhile::PauseOauthd { after, for_ } => {
+                tokio::time::sleep(after).await;
+                common::signal(pid, "STOP");
+                tokio::time::sleep(for_).await;
+                common::signal(pid, "CONT");
+            }
+        }
+    };
+    let ((status, body), ()) = tokio::join!(d.consume(&key, &state, NS), beside);
     assert_eq!(status, 200, "{fault:?}: {body}");
     assert_eq!(body["data"]["v"], 2);
     let (status, body) = d.consume(&key, &state, NS).await;

@@ -20,11 +20,12 @@ use tokio::time::{Duration, Instant};
 /// How long a receipt is kept: past the latest read that may ask for it
 /// (`READ_WITHIN_MS` after the deadline), counted from the earliest a script may run
 /// (3 s before its deadline, or it answers `EARLY`), with a margin.
-const RECEIPT_TTL_MS: i64 = 10_000;
+const RECEIPT_TTL_MS: i64 = 15_000;
 
 /// The latest a receipt is read, after its call's deadline on Redis' clock: later, it
-/// may have expired, and none found would not mean that nothing ran.
-const READ_WITHIN_MS: i64 = 5_000;
+/// may have expired, and none found would not mean that nothing ran. Room for oauthd's
+/// own process to be paused (a VM's snapshot, a stop) for about 12 s after the call began.
+const READ_WITHIN_MS: i64 = 10_000;
 
 /// How long a call that lost its answer spends reading the receipt.
 pub(super) const READ_FOR: Duration = Duration::from_secs(3);
@@ -83,15 +84,16 @@ pub(super) enum Receipt {
     Ran(Vec<Vec<u8>>),
     /// It did not run, and never will.
     NotRun,
-    /// Not known: Redis did not answer in time, or the read came too late.
-    Unknown,
+    /// Not known, and why: Redis did not answer in time, or the read came too late.
+    Unknown(String),
 }
 
 /// Reads the receipt `key` of a call whose script carried `deadline_ms`, for at most
 /// `READ_FOR`: on a broken connection it tries again as the connection comes back.
 pub(super) async fn read(conn: &mut ConnectionManager, key: &str, deadline_ms: i64) -> Receipt {
     let until = Instant::now() + READ_FOR;
-    tokio::time::timeout(READ_FOR, async {
+    let mut last = String::from("no answer");
+    let read = async {
         loop {
             let asked: redis::RedisResult<Vec<Vec<u8>>> = READ
                 .key(key)
@@ -106,26 +108,37 @@ pub(super) async fn read(conn: &mut ConnectionManager, key: &str, deadline_ms: i
                     .ok()
                     .and_then(|ms| ms.parse::<u64>().ok())
                     .map_or(Duration::from_millis(100), Duration::from_millis),
-                // Not answered yet: the connection coming back, Redis loading its files or
-                // busy with a long script (it runs the read after it).
+                Ok([kind]) if kind == b"stale" => {
+                    return Receipt::Unknown("read too long after the change's deadline".into())
+                }
+                // Not answered yet: the connection coming back, Redis loading its files,
+                // busy with a long script (it runs the read after it), or a replica taking
+                // over.
                 Err(e)
                     if e.is_io_error()
                         || e.is_connection_dropped()
                         || e.is_timeout()
-                        || matches!(e.code(), Some("BUSY" | "LOADING")) =>
+                        || matches!(
+                            e.code(),
+                            Some("BUSY" | "LOADING" | "TRYAGAIN" | "MASTERDOWN")
+                        ) =>
                 {
+                    last = e.to_string();
                     Duration::from_millis(100)
                 }
-                _ => return Receipt::Unknown,
+                Err(e) => return Receipt::Unknown(e.to_string()),
+                Ok(_) => return Receipt::Unknown("an answer of another shape".into()),
             };
             if Instant::now() + nap >= until {
-                return Receipt::Unknown;
+                return Receipt::Unknown(last.clone());
             }
             tokio::time::sleep(nap).await;
         }
-    })
-    .await
-    .unwrap_or(Receipt::Unknown)
+    };
+    match tokio::time::timeout(READ_FOR, read).await {
+        Ok(receipt) => receipt,
+        Err(_) => Receipt::Unknown(last),
+    }
 }
 
 /// A receipt's answer (`cjson`'s encoding of a list of strings; `{}` for an empty one).
@@ -138,9 +151,12 @@ fn decode(answer: &[u8]) -> Receipt {
                 _ => None,
             })
             .collect::<Option<Vec<_>>>()
-            .map_or(Receipt::Unknown, Receipt::Ran),
+            .map_or_else(
+                || Receipt::Unknown("a receipt not read".into()),
+                Receipt::Ran,
+            ),
         Ok(serde_json::Value::Object(o)) if o.is_empty() => Receipt::Ran(Vec::new()),
-        _ => Receipt::Unknown,
+        _ => Receipt::Unknown("a receipt not read".into()),
     }
 }
 

@@ -441,7 +441,11 @@ impl RedisStore {
             began: tokio::time::Instant::now(),
         };
         let mut c = self.conn();
-        let limit = super::OP_TIMEOUT + super::receipt::READ_FOR;
+        // Each step has its own time (the call `OP_TIMEOUT`, the receipt's read
+        // `READ_FOR`): one limit for both would end the read before it began when this
+        // process resumes from a pause past it, with Redis' answer waiting unread. This
+        // one only stops a step that outlives its own limit.
+        let limit = (super::OP_TIMEOUT + super::receipt::READ_FOR) * 4;
         self.run_within(context, limit, async move {
             let mut sent = None;
             let lost = match tokio::time::timeout(super::OP_TIMEOUT, call.ask(&mut c, &mut sent))
@@ -464,9 +468,9 @@ impl RedisStore {
                     Ok(reply)
                 }
                 Receipt::NotRun => Err(lost),
-                Receipt::Unknown => {
+                Receipt::Unknown(why) => {
                     UNSURE_LOGGED.warn(format_args!(
-                        "{context}: Redis' answer did not come back ({lost}), nor did its receipt in time: the change may or may not have been made"
+                        "{context}: Redis' answer did not come back ({lost}), and its receipt could not be read ({why}): the change may or may not have been made"
                     ));
                     Err(lost)
                 }

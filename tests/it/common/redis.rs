@@ -128,7 +128,12 @@ impl RedisServer {
 
     /// One inline command; returns the first line of the reply.
     pub fn command(&self, cmd: &str) -> Option<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        RedisServer::command_at(self.port, cmd)
+    }
+
+    /// `command` to the server at `port` (from where the server itself is not at hand).
+    pub fn command_at(port: u16, cmd: &str) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         s.write_all(format!("{cmd}\r\n").as_bytes()).ok()?;
         let mut line = String::new();
