@@ -171,9 +171,10 @@ pub fn redirect_location(upstream: &Url, location: &str, to: &RedirectBase<'_>) 
 /// A `Link` header's value (RFC 8288: `<target>; params, <target>; params`) with each
 /// target read as `redirect_location` reads a `Location`, so that a pagination helper
 /// following `rel="next"` stays on the proxy; a link whose target is left out is left out,
-/// and so is one whose parameters hold a `<` or `>`: clients that split the value at
-/// `, <` without minding quotes (Python's `requests`) read a link hidden in a quoted
-/// parameter, which nothing here would have read as a target.
+/// and so is one whose parameters hold a `<`: clients that split the value at `, <`
+/// without minding quotes (Python's `requests`) read a link hidden in a quoted parameter,
+/// which nothing here would have read as a target (a `>` alone starts none: `title="Next
+/// >"` stays).
 /// `None` when nothing is left, or the value is not of that shape.
 pub fn link_targets(upstream: &Url, value: &str, to: &RedirectBase<'_>) -> Option<String> {
     let mut links = Vec::new();
@@ -185,7 +186,7 @@ pub fn link_targets(upstream: &Url, value: &str, to: &RedirectBase<'_>) -> Optio
         }
         let (target, after) = rest.strip_prefix('<')?.split_once('>')?;
         let (params, next) = after.split_at(link_end(after));
-        let hides_a_link = params.contains(['<', '>']);
+        let hides_a_link = params.contains('<');
         if let Some(target) = redirect_location(upstream, target, to).filter(|_| !hides_a_link) {
             links.push(format!("<{target}>{params}"));
         }
@@ -503,6 +504,11 @@ mod tests {
                 .as_deref(),
             Some(r#"</v1/proxy/p/a/y>; rel="up""#),
             "a link hidden in a quoted parameter goes with the link that holds it"
+        );
+        assert_eq!(
+            links(r#"<https://api.example/v2/items?page=2>; rel="next"; title="Next >""#)
+                .as_deref(),
+            Some(r#"</v1/proxy/p/a/items?page=2>; rel="next"; title="Next >""#)
         );
         assert_eq!(links("<https://auth.home.example/x>"), None);
         assert_eq!(links("not a link"), None);
