@@ -14,7 +14,7 @@
 //! | `P cl:<provider>/<account>` | string | the refresh lease (`SET NX PX`), value = fencing generation |
 //! | `P d:<id>` | hash | a device flow; `P dp` pending ids (set); `P dl:<id>` the poll claim |
 //! | `P a:<kind>:<hash>` | string | an admin login link or session, TTL = its lifetime |
-//! | `P rc:<call>` | string | a state script's answer (JSON), TTL 10 s: read back by a call whose answer was lost (`receipt`) |
+//! | `P rc:<call>` | string | the answer (JSON) of a state script that wrote, TTL 15 s: read back by a call whose answer was lost (`receipt`) |
 //! | `P probe` | string | written by `/readyz` (TTL 1 s): Redis that refuses writes is not ready |
 //! | `P o:<id>` | hash | an event's delivery to one target; `P od:<target>` its target's pending ones by due time, `P odt` the targets with pending ones (set), `P ol` all by creation (zset) |
 //!
