@@ -249,20 +249,11 @@ impl Broker {
     /// refreshes it began (a provider slower than the caller's wait leaves one running),
     /// since a refresh cut short by the command's end could lose a rotated refresh token.
     async fn check_same_account(self: &Arc<Self>, row: &ConnectionRow) {
-        let Some(sub) = row.identity.sub.clone() else {
+        if row.identity.sub.is_none() {
             return;
-        };
+        }
         let same: Vec<ConnectionKey> = match self.store.list_connections().await {
-            Ok(all) => all
-                .into_iter()
-                .filter(|c| {
-                    c.provider == row.provider
-                        && c.account != row.account
-                        && c.status == ConnectionStatus::Active
-                        && c.identity.sub.as_deref() == Some(sub.as_str())
-                })
-                .map(|c| c.key())
-                .collect(),
+            Ok(all) => same_account(all, row),
             Err(e) => {
                 log::warn!(
                     "disconnect {}/{}: could not look for connections of the same account ({e})",
@@ -301,6 +292,21 @@ impl Broker {
             check.await;
             self.stop_background().await;
         }
+    }
+
+    /// The provider's other active connections signed in as the same account there as
+    /// `provider`/`account`: at many providers they share its grant, which a disconnect
+    /// revokes (the page and the terminal ask before). Empty for an unknown connection.
+    pub async fn sharing_a_grant(
+        &self,
+        provider: &str,
+        account: &str,
+    ) -> Result<Vec<ConnectionKey>, BrokerError> {
+        let key = ConnectionKey::new(provider, account);
+        let Some(row) = self.store.get_connection(&key).await? else {
+            return Ok(Vec::new());
+        };
+        Ok(same_account(self.store.list_connections().await?, &row))
     }
 
     /// Revokes `tokens` in order where the provider has a revocation endpoint, adding each
@@ -366,4 +372,22 @@ impl Broker {
             Err(e) => log::warn!("refresh {key}: the connection was deleted meanwhile, and revoking the new tokens failed ({e}); they may stay valid at the provider until they expire"),
         }
     }
+}
+
+/// Of `all`, the other active connections of `row`'s provider signed in as the same account
+/// there (the same `sub`, as when one browser signed in at the provider connects several
+/// accounts).
+fn same_account(all: Vec<ConnectionRow>, row: &ConnectionRow) -> Vec<ConnectionKey> {
+    let Some(sub) = row.identity.sub.as_deref() else {
+        return Vec::new();
+    };
+    all.into_iter()
+        .filter(|c| {
+            c.provider == row.provider
+                && c.account != row.account
+                && c.status == ConnectionStatus::Active
+                && c.identity.sub.as_deref() == Some(sub)
+        })
+        .map(|c| c.key())
+        .collect()
 }

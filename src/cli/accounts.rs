@@ -119,7 +119,14 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
                 provider,
                 account,
                 force,
+                yes,
             } => {
+                if !yes && !shared_grant_confirmed(&broker, &provider, &account).await? {
+                    return Err(Fatal(
+                        format!("nothing was deleted: {provider}/{account} is as it was"),
+                        1,
+                    ));
+                }
                 let outcome = broker.disconnect(&provider, &account, force).await?;
                 say!(
                     "Deleted connection {provider}/{account}: {}.",
@@ -129,6 +136,51 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
             }
         }
     })
+}
+
+/// Before a disconnect revokes a grant other connections share (the same account at the
+/// provider, signed in from one browser: revoking one's tokens ends theirs at many
+/// providers), names them, and in a terminal asks whether to go on: `false` unless the
+/// answer is yes. Without a terminal (a script) it only says so, and goes on, as before.
+async fn shared_grant_confirmed(
+    broker: &crate::broker::Broker,
+    provider: &str,
+    account: &str,
+) -> Result<bool, Fatal> {
+    use std::io::IsTerminal;
+    let same = broker.sharing_a_grant(provider, account).await?;
+    if same.is_empty() {
+        return Ok(true);
+    }
+    let names: Vec<String> = same.iter().map(ToString::to_string).collect();
+    let (verb, them) = if same.len() == 1 {
+        ("is", "it")
+    } else {
+        ("are", "them")
+    };
+    say!(
+        "{} {verb} the same account at {provider} as {provider}/{account}: at many providers \
+         they share one grant, which revoking {provider}/{account}'s tokens ends ({them} then \
+         need reconnecting).",
+        names.join(", ")
+    );
+    if !std::io::stdin().is_terminal() {
+        return Ok(true);
+    }
+    {
+        use std::io::Write as _;
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "Revoke and delete {provider}/{account} anyway? [y/N] ");
+        let _ = err.flush();
+    }
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| Fatal(format!("reading the answer: {e}"), 1))?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
 }
 
 /// `connections import --file`: each line on its own; a refused line is reported (never

@@ -297,6 +297,10 @@ pub(crate) enum ConnectionsCommand {
         /// Delete even when the provider cannot be reached to revoke
         #[arg(long)]
         force: bool,
+        /// Do not ask before revoking a grant other connections share (in a terminal it
+        /// asks; otherwise it says so and goes on)
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// Import tokens an app already holds, one JSON object per line: {"provider",
     /// "account", "access_token", "refresh_token"?, "expires_at"? or "expires_in"?,

@@ -25,6 +25,7 @@ contract![
     callback_after_the_state_expired_sends_the_person_back_to_the_app,
     delete_revokes_at_the_provider_then_forgets_the_connection,
     a_disconnect_checks_at_once_the_connections_that_share_its_grant,
+    the_terminal_asks_before_revoking_a_grant_other_connections_share,
     database_and_log_hold_no_token_secret_or_full_state,
     background_refresher_renews_tokens_before_they_expire,
     admin_signs_in_with_the_printed_link_and_connects_from_the_browser,
@@ -465,17 +466,7 @@ async fn delete_revokes_at_the_provider_then_forgets_the_connection(home: Home) 
 /// `needs_reauth`. Now the disconnect refreshes it at once: it says so then, with its
 /// event. (The page's question names it before.)
 async fn a_disconnect_checks_at_once_the_connections_that_share_its_grant(home: Home) {
-    let (peer, key, d) = serving(&home, 3600, "");
-    let browser = Peer::browser();
-    for account in ["alice", "bob"] {
-        let authorize = d.start_connect(&key, "peer", account).await;
-        let callback = peer.approve_in(&browser, &authorize).await;
-        let (status, page, _) = d.browser_get(&callback).await;
-        assert_eq!(status, 200, "{account}: {page}");
-        // The browser signed in at the provider once: the page says as whom each time.
-        let who = "signed in at <strong>peer</strong> as <strong>alice</strong>";
-        assert!(page.contains(who), "{page}");
-    }
+    let (peer, key, d) = connected_twice_from_one_browser(&home).await;
     let (_, token) = d.get("/v1/connections/peer/alice/token", &key).await;
     let access = token["access_token"].as_str().unwrap().to_owned();
     assert_eq!(
@@ -504,6 +495,69 @@ async fn a_disconnect_checks_at_once_the_connections_that_share_its_grant(home: 
         "{}",
         home.log_text()
     );
+}
+
+/// `peer/alice` and `peer/bob`, connected from one browser signed in at the provider once:
+/// the same account there, sharing its grant.
+async fn connected_twice_from_one_browser(home: &Home) -> (Peer, String, Daemon) {
+    let (peer, key, d) = serving(home, 3600, "");
+    let browser = Peer::browser();
+    for account in ["alice", "bob"] {
+        let authorize = d.start_connect(&key, "peer", account).await;
+        let callback = peer.approve_in(&browser, &authorize).await;
+        let (status, page, _) = d.browser_get(&callback).await;
+        assert_eq!(status, 200, "{account}: {page}");
+        // The browser signed in at the provider once: the page says as whom each time.
+        let who = "signed in at <strong>peer</strong> as <strong>alice</strong>";
+        assert!(page.contains(who), "{page}");
+    }
+    (peer, key, d)
+}
+
+/// `connections delete` from the terminal names the connections whose grant it would
+/// revoke too, and in a terminal asks first: a "no" deletes nothing, and a script (no
+/// terminal) is told and goes on. It revoked them without a word (the page asks).
+async fn the_terminal_asks_before_revoking_a_grant_other_connections_share(home: Home) {
+    let (_peer, key, d) = connected_twice_from_one_browser(&home).await;
+    let told = "peer/alice is the same account at peer as peer/bob";
+    // In a terminal (`script` gives the command one), answered "n".
+    let cli = home.cli_command(&["connections", "delete", "peer", "bob"]);
+    let line: Vec<String> = std::iter::once(cli.get_program())
+        .chain(cli.get_args())
+        .map(|a| format!("'{}'", a.to_string_lossy()))
+        .collect();
+    let mut in_terminal = std::process::Command::new("script");
+    in_terminal
+        .args(["-qec", &line.join(" "), "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (name, value) in cli.get_envs() {
+        match value {
+            Some(v) => in_terminal.env(name, v),
+            None => in_terminal.env_remove(name),
+        };
+    }
+    let mut child = in_terminal.spawn().expect("script (util-linux)");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"n\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains(told) && shown.contains("anyway? [y/N]"),
+        "{shown}"
+    );
+    assert!(shown.contains("nothing was deleted"), "{shown}");
+    assert_eq!(d.get("/v1/connections/peer/bob", &key).await.0, 200);
+    // Without a terminal: said, and done.
+    let out = home.cli(&["connections", "delete", "peer", "bob"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains(told), "{said}");
+    assert_eq!(d.get("/v1/connections/peer/bob", &key).await.0, 404);
 }
 
 async fn database_and_log_hold_no_token_secret_or_full_state(home: Home) {
