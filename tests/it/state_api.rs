@@ -1605,10 +1605,33 @@ async fn on_redis_a_consume_across_a_pause_of_oauthd_answers_what_it_did() {
     a_consume_whose_answer_is_lost_answers_what_it_did(fault, pause).await;
 }
 
+/// The same when Redis was killed as it answered, and is back 3.5 s on (its append-only
+/// file synced at each write): the receipt is read until 3 s past the change's deadline.
+/// The read's 3 s were counted from when the answer was lost, and ended before Redis was
+/// back: 503, the state taken.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread")]
+async fn on_redis_a_consume_answered_as_redis_was_killed_is_read_from_its_receipt_when_it_is_back()
+{
+    // The connection broken 300 ms after the consume (its answer unsent), Redis killed
+    // just after: oauthd tries to read the receipt from then on.
+    let fault = common::relay::Fault::Cut;
+    let killed = Meanwhile::RedisKilled {
+        after: Duration::from_millis(350),
+        down: Duration::from_millis(3200),
+    };
+    a_consume_whose_answer_is_lost_answers_what_it_did(fault, killed).await;
+}
+
 /// What happens beside a consume whose answer is lost.
 #[cfg(feature = "redis")]
 enum Meanwhile {
     Nothing,
+    /// Redis killed `after` the consume, started again `down` later.
+    RedisKilled {
+        after: Duration,
+        down: Duration,
+    },
     /// A Lua script that keeps Redis busy `for_ms`, begun `after` the consume.
     BusyRedis {
         after: Duration,
@@ -1653,13 +1676,12 @@ async fn a_consume_whose_answer_is_lost_answers_what_it_did(
 ) {
     let server = common::redis::RedisServer::start();
     let port = server.port;
-    // Past 100 ms a script makes Redis answer others BUSY (5 s unless told).
-    assert_eq!(
-        server
-            .command("CONFIG SET busy-reply-threshold 100")
-            .as_deref(),
-        Some("+OK")
-    );
+    // Past 100 ms a script makes Redis answer others BUSY (5 s unless told); each write is
+    // on disk before Redis answers, as a kill must not lose the receipt.
+    for setting in ["busy-reply-threshold 100", "appendfsync always"] {
+        let set = server.command(&format!("CONFIG SET {setting}"));
+        assert_eq!(set.as_deref(), Some("+OK"), "{setting}");
+    }
     let relay = common::relay::Relay::start(port).await;
     let home = Home::redis_via(server, relay.url());
     let (key, d) = consumed_once(&home).await;
@@ -1668,9 +1690,16 @@ async fn a_consume_whose_answer_is_lost_answers_what_it_did(
         .await;
     relay.arm(NS, fault);
     let pid = d.pid();
+    let home_ = &home;
     let beside = async move {
         match meanwhile {
             Meanwhile::Nothing => {}
+            Meanwhile::RedisKilled { after, down } => {
+                tokio::time::sleep(after).await;
+                home_.redis_server().kill();
+                tokio::time::sleep(down).await;
+                home_.redis_server().restart();
+            }
             Meanwhile::BusyRedis { after, for_ms } => {
                 tokio::time::sleep(after).await;
                 let script = format!(

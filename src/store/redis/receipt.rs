@@ -27,7 +27,8 @@ const RECEIPT_TTL_MS: i64 = 15_000;
 /// own process to be paused (a VM's snapshot, a stop) for about 12 s after the call began.
 const READ_WITHIN_MS: i64 = 10_000;
 
-/// How long a call that lost its answer spends reading the receipt.
+/// How long a call that lost its answer spends reading the receipt, from its deadline
+/// on (or from when the answer was lost, when that is later).
 pub(super) const READ_FOR: Duration = Duration::from_secs(3);
 
 /// Run by every state script after the deadline's check: takes the receipt's key off
@@ -88,10 +89,17 @@ pub(super) enum Receipt {
     Unknown(String),
 }
 
-/// Reads the receipt `key` of a call whose script carried `deadline_ms`, for at most
-/// `READ_FOR`: on a broken connection it tries again as the connection comes back.
-pub(super) async fn read(conn: &mut ConnectionManager, key: &str, deadline_ms: i64) -> Receipt {
-    let until = Instant::now() + READ_FOR;
+/// Reads the receipt `key` of a call whose script carried `deadline_ms` (about `due` on
+/// this process' clock), until `READ_FOR` after `due` or after now, whichever is later: a
+/// Redis killed as it ran the script, and back a few seconds on, still has the receipt.
+/// On a broken connection it tries again as the connection comes back.
+pub(super) async fn read(
+    conn: &mut ConnectionManager,
+    key: &str,
+    deadline_ms: i64,
+    due: Instant,
+) -> Receipt {
+    let until = due.max(Instant::now()) + READ_FOR;
     let mut last = String::from("no answer");
     let read = async {
         loop {
@@ -135,7 +143,7 @@ pub(super) async fn read(conn: &mut ConnectionManager, key: &str, deadline_ms: i
             tokio::time::sleep(nap).await;
         }
     };
-    match tokio::time::timeout(READ_FOR, read).await {
+    match tokio::time::timeout_at(until, read).await {
         Ok(receipt) => receipt,
         Err(_) => Receipt::Unknown(last),
     }

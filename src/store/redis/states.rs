@@ -460,7 +460,8 @@ impl RedisStore {
             let Some(deadline) = sent else {
                 return Err(lost);
             };
-            match super::receipt::read(&mut c, &call.receipt, deadline).await {
+            let due = call.began + super::clock::FENCE;
+            match super::receipt::read(&mut c, &call.receipt, deadline, due).await {
                 Receipt::Ran(reply) => {
                     log::info!(
                         "{context}: Redis' answer did not come back ({lost}); the script's receipt says what it did"
