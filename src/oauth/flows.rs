@@ -307,12 +307,99 @@ fn classify<E: std::error::Error>(
             if names_an_error(&body) {
                 return error_response(reqwest::StatusCode::BAD_REQUEST, &body, sent);
             }
+            // The parser's text quotes the value it met, which can be what was sent.
             FlowError::Transient(format!(
-                "malformed token response: the token endpoint answered something that is not a token response (a mistyped token_url answers its 404 page so): {e}"
+                "malformed token response: the token endpoint answered something that is not a token response (a mistyped token_url answers its 404 page so): {}",
+                sent.text(&e.to_string(), 300)
             ))
         }
         RequestTokenError::Other(e) => FlowError::Transient(e),
     }
+}
+
+/// A token endpoint's answer: the tokens, or why not. An answer the standard parser
+/// refuses is read as providers write them (`lenient_token_set`) before it is given up:
+/// a refresh's answer lost over the shape of one field would lose the refresh token a
+/// rotating provider has just retired the old one for.
+fn answered<E: std::error::Error>(
+    response: Result<ProviderTokenResponse, RequestTokenError<E, BasicErrorResponse>>,
+    sent: &Sent<'_>,
+) -> Result<TokenSet, FlowError> {
+    match response {
+        Ok(r) => Ok(token_set(&r)),
+        Err(RequestTokenError::Parse(e, body)) => match lenient_token_set(&body) {
+            Some(tokens) if !names_an_error(&body) => Ok(tokens),
+            _ => Err(classify::<E>(RequestTokenError::Parse(e, body), sent)),
+        },
+        Err(e) => Err(classify(e, sent)),
+    }
+}
+
+/// A token response with its fields as some providers write them: `expires_in` as text
+/// (`"3600"`, Azure AD's v1 endpoints) or with a fraction, `scope` as a list, no
+/// `token_type` (taken as Bearer). An `expires_in` that is no number of seconds is taken
+/// as not said. `None` without an `access_token`.
+fn lenient_token_set(body: &[u8]) -> Option<TokenSet> {
+    #[derive(serde::Deserialize)]
+    struct Loose {
+        access_token: String,
+        #[serde(default)]
+        token_type: Option<String>,
+        #[serde(default)]
+        expires_in: Option<serde_json::Value>,
+        #[serde(default)]
+        refresh_token: Option<String>,
+        #[serde(default)]
+        scope: Option<serde_json::Value>,
+        #[serde(default)]
+        id_token: Option<String>,
+    }
+    let loose: Loose = serde_json::from_slice(body).ok()?;
+    let seconds = |v: &serde_json::Value| match v {
+        serde_json::Value::Number(n) => n.as_u64().or_else(|| whole(n.as_f64()?)),
+        serde_json::Value::String(s) => {
+            let s = s.trim();
+            s.parse::<u64>().ok().or_else(|| whole(s.parse().ok()?))
+        }
+        _ => None,
+    };
+    let scopes = loose.scope.and_then(|v| match v {
+        serde_json::Value::String(s) => Some(s.split_whitespace().map(str::to_owned).collect()),
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .map(|i| i.as_str().map(str::to_owned))
+            .collect(),
+        _ => None,
+    });
+    Some(TokenSet {
+        access_token: Zeroizing::new(loose.access_token),
+        token_type: match loose.token_type {
+            Some(t) if !t.eq_ignore_ascii_case("bearer") => t,
+            _ => "Bearer".to_owned(),
+        },
+        expires_in: lifetime(
+            loose
+                .expires_in
+                .as_ref()
+                .and_then(seconds)
+                .map(Duration::from_secs),
+        ),
+        refresh_token: loose.refresh_token.map(Zeroizing::new),
+        scopes,
+        id_token: loose.id_token.map(Zeroizing::new),
+    })
+}
+
+/// Seconds given with a fraction, as whole ones; `None` for a negative or no number.
+fn whole(seconds: f64) -> Option<u64> {
+    // `as` saturates: an enormous lifetime is years, as one given whole is.
+    (seconds.is_finite() && seconds >= 0.0).then_some(seconds as u64)
+}
+
+/// A lifetime of 0 is taken as not said: a token that lasts no time would be refreshed
+/// at every call (some providers send 0 for "does not expire").
+fn lifetime(expires_in: Option<Duration>) -> Option<Duration> {
+    expires_in.filter(|d| !d.is_zero())
 }
 
 fn token_set(r: &ProviderTokenResponse) -> TokenSet {
@@ -322,7 +409,7 @@ fn token_set(r: &ProviderTokenResponse) -> TokenSet {
             oauth2::basic::BasicTokenType::Bearer => "Bearer".to_owned(),
             other => other.as_ref().to_owned(),
         },
-        expires_in: r.expires_in(),
+        expires_in: lifetime(r.expires_in()),
         refresh_token: r
             .refresh_token()
             .map(|t| Zeroizing::new(t.secret().clone())),
@@ -345,9 +432,8 @@ pub async fn exchange_code(
         .exchange_code(AuthorizationCode::new(code.to_owned()))
         .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_owned()))
         .request_async(&Sender(http))
-        .await
-        .map_err(|e| classify(e, &Sent::new(provider, &[code, pkce_verifier])))?;
-    Ok(token_set(&resp))
+        .await;
+    answered(resp, &Sent::new(provider, &[code, pkce_verifier]))
 }
 
 /// Whether a provider accepts oauthd's client credentials, found out before any user is
@@ -407,9 +493,8 @@ pub async fn refresh(
     let resp = client(provider, endpoints, None)
         .exchange_refresh_token(&token)
         .request_async(&Sender(http))
-        .await
-        .map_err(|e| classify(e, &Sent::new(provider, &[refresh_token])))?;
-    Ok(token_set(&resp))
+        .await;
+    answered(resp, &Sent::new(provider, &[refresh_token]))
 }
 
 /// RFC 7009 revocation, as one form POST (the `oauth2` crate insists on https revocation
@@ -654,12 +739,17 @@ pub async fn device_poll(
         Ok(b) => b,
         Err(e) => return DevicePoll::Failed(FlowError::Transient(e)),
     };
+    let sent = Sent::new(provider, &[device_code]);
     if status.is_success() && !names_an_error(&body) {
         return match serde_json::from_slice::<ProviderTokenResponse>(&body) {
             Ok(t) => DevicePoll::Done(token_set(&t)),
-            Err(e) => DevicePoll::Failed(FlowError::Transient(format!(
-                "malformed token response: the token endpoint answered HTTP {status} with something that is not a token response: {e}"
-            ))),
+            Err(e) => match lenient_token_set(&body) {
+                Some(tokens) => DevicePoll::Done(tokens),
+                None => DevicePoll::Failed(FlowError::Transient(format!(
+                    "malformed token response: the token endpoint answered HTTP {status} with something that is not a token response: {}",
+                    sent.text(&e.to_string(), 300)
+                ))),
+            },
         };
     }
     let status = if status.is_success() {
@@ -667,7 +757,7 @@ pub async fn device_poll(
     } else {
         status
     };
-    match error_response(status, &body, &Sent::new(provider, &[device_code])) {
+    match error_response(status, &body, &sent) {
         FlowError::Rejected { code, description } => match code.as_str() {
             "authorization_pending" => DevicePoll::Pending,
             "slow_down" => DevicePoll::SlowDown,

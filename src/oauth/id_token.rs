@@ -2,7 +2,7 @@
 //! signature is checked against the issuer's published keys (`jwks_uri`), and so are
 //! `iss`, `aud` (and `azp`), `exp` and the `nonce` oauthd sent. Only asymmetric algorithms
 //! are accepted; the keys are fetched on first use and again when a token names a key id
-//! the cached set does not hold (at most once every 30 seconds).
+//! the cached set does not hold (at most once every `REFETCH_AFTER`, 5 seconds).
 
 use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};

@@ -127,6 +127,8 @@ struct Scripted {
     answers: Mutex<Vec<(u16, serde_json::Value)>>,
     calls: AtomicUsize,
     delay: Duration,
+    /// The body of the last request.
+    last: Mutex<String>,
 }
 
 impl Scripted {
@@ -135,6 +137,7 @@ impl Scripted {
             answers: Mutex::new(Vec::new()),
             calls: AtomicUsize::new(0),
             delay,
+            last: Mutex::default(),
         })
     }
 
@@ -145,10 +148,15 @@ impl Scripted {
     fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
     }
+
+    fn last_body(&self) -> String {
+        self.last.lock().unwrap().clone()
+    }
 }
 
 impl TokenEndpoint for Scripted {
-    fn send<'a>(&'a self, _req: oauth2::HttpRequest) -> TokenFuture<'a> {
+    fn send<'a>(&'a self, req: oauth2::HttpRequest) -> TokenFuture<'a> {
+        *self.last.lock().unwrap() = String::from_utf8_lossy(req.body()).into_owned();
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
@@ -794,6 +802,61 @@ async fn a_huge_expires_in_is_years_not_the_past(b: Backend) {
     assert_eq!(endpoint.calls(), 2, "one refresh, then the token lasts");
 }
 
+/// A refresh answered with its lifetime as text (`"3600"`, as Azure AD's v1 endpoints
+/// write it) and a new refresh token keeps both: the answer was refused as malformed (503)
+/// and the rotated refresh token lost with it, and a rotating provider then refused the
+/// old one (`invalid_grant`: the account had to be connected again).
+async fn a_token_response_written_loosely_keeps_its_rotated_refresh_token(b: Backend) {
+    let (clock, endpoint, broker) = expired(&b).await;
+    endpoint.then(
+        200,
+        serde_json::json!({
+            "access_token": "access-2", "token_type": "bearer",
+            "refresh_token": "refresh-2", "expires_in": "3600", "scope": ["openid", "email"]
+        }),
+    );
+    let token = broker.access_token("p", "a", MINUTE).await.unwrap();
+    assert_eq!(token.access_token.as_str(), "access-2");
+    let left = token.expires_at_ms.unwrap() - clock.now_ms();
+    assert_eq!(left, 3_600_000);
+    // The next refresh sends the rotated token.
+    clock.advance(61 * MINUTE);
+    endpoint.then(200, tokens("access-3", "refresh-3", 3600));
+    let token = broker.access_token("p", "a", MINUTE).await.unwrap();
+    assert_eq!(token.access_token.as_str(), "access-3");
+    let sent = endpoint.last_body();
+    assert!(sent.contains("refresh_token=refresh-2"), "{sent}");
+    assert_eq!(endpoint.calls(), 3);
+}
+
+/// A token the provider said lasts 0 s (some send 0 for "does not expire") is taken as one
+/// whose lifetime was not said: it was refreshed at every call, one provider request per
+/// request of an app.
+async fn a_lifetime_of_zero_is_not_a_refresh_at_every_call(b: Backend) {
+    let (clock, endpoint, broker) = expired(&b).await;
+    endpoint.then(200, tokens("access-2", "refresh-2", 0));
+    for _ in 0..3 {
+        let token = broker.access_token("p", "a", MINUTE).await.unwrap();
+        assert_eq!(token.access_token.as_str(), "access-2");
+        assert_eq!(token.expires_at_ms, None);
+        clock.advance(MINUTE);
+    }
+    assert_eq!(endpoint.calls(), 2, "one refresh, then the token serves");
+}
+
+/// The parser's text for an answer it refuses quotes the value it met: a provider that
+/// put what it was sent there (the refresh token, in a field of the wrong type) had it
+/// logged, stored with the connection and shown.
+async fn a_malformed_token_response_never_carries_what_it_was_sent(b: Backend) {
+    let (_clock, endpoint, broker) = expired(&b).await;
+    endpoint.then(200, serde_json::json!({"expires_in": "soon-refresh-1"}));
+    let refused = broker.access_token("p", "a", MINUTE).await.unwrap_err();
+    let row = broker.connection("p", "a").await.unwrap();
+    let told = format!("{refused} {refused:?} {:?}", row.last_error);
+    assert!(told.contains("malformed token response"), "{told}");
+    assert!(!told.contains("refresh-1"), "{told}");
+}
+
 /// A state made before 2026-12-01 is stored under its value's whole SHA-256: it still
 /// verifies, and once revoked (by id, as a list of a subject's states shows it) it does
 /// not verify from memory.
@@ -1054,6 +1117,9 @@ backends!(
     a_state_under_its_legacy_key_verifies_until_revoked,
     a_refreshed_token_is_held_only_once_a_read_finds_it,
     a_huge_expires_in_is_years_not_the_past,
+    a_token_response_written_loosely_keeps_its_rotated_refresh_token,
+    a_lifetime_of_zero_is_not_a_refresh_at_every_call,
+    a_malformed_token_response_never_carries_what_it_was_sent,
     expiry_and_the_grace_window_follow_the_clock,
     expired_states_never_count_against_the_cap,
     concurrent_callers_share_one_refresh,
