@@ -328,7 +328,7 @@ fn answered<E: std::error::Error>(
     match response {
         Ok(r) => Ok(token_set(&r)),
         Err(RequestTokenError::Parse(e, body)) => match lenient_token_set(&body) {
-            Some(tokens) if !names_an_error(&body) => Ok(tokens),
+            Ok(tokens) if !names_an_error(&body) => Ok(tokens),
             _ => Err(classify::<E>(RequestTokenError::Parse(e, body), sent)),
         },
         Err(e) => Err(classify(e, sent)),
@@ -338,8 +338,9 @@ fn answered<E: std::error::Error>(
 /// A token response with its fields as some providers write them: `expires_in` as text
 /// (`"3600"`, Azure AD's v1 endpoints) or with a fraction, `scope` as a list, no
 /// `token_type` (taken as Bearer). An `expires_in` that is no number of seconds is taken
-/// as not said. `None` without an `access_token`.
-fn lenient_token_set(body: &[u8]) -> Option<TokenSet> {
+/// as not said. Takes every answer the standard parser takes; refuses one without an
+/// `access_token`.
+fn lenient_token_set(body: &[u8]) -> Result<TokenSet, serde_json::Error> {
     #[derive(serde::Deserialize)]
     struct Loose {
         access_token: String,
@@ -354,7 +355,7 @@ fn lenient_token_set(body: &[u8]) -> Option<TokenSet> {
         #[serde(default)]
         id_token: Option<String>,
     }
-    let loose: Loose = serde_json::from_slice(body).ok()?;
+    let loose: Loose = serde_json::from_slice(body)?;
     let seconds = |v: &serde_json::Value| match v {
         serde_json::Value::Number(n) => n.as_u64().or_else(|| whole(n.as_f64()?)),
         serde_json::Value::String(s) => {
@@ -371,7 +372,7 @@ fn lenient_token_set(body: &[u8]) -> Option<TokenSet> {
             .collect(),
         _ => None,
     });
-    Some(TokenSet {
+    Ok(TokenSet {
         access_token: Zeroizing::new(loose.access_token),
         token_type: match loose.token_type {
             Some(t) if !t.eq_ignore_ascii_case("bearer") => t,
@@ -741,15 +742,12 @@ pub async fn device_poll(
     };
     let sent = Sent::new(provider, &[device_code]);
     if status.is_success() && !names_an_error(&body) {
-        return match serde_json::from_slice::<ProviderTokenResponse>(&body) {
-            Ok(t) => DevicePoll::Done(token_set(&t)),
-            Err(e) => match lenient_token_set(&body) {
-                Some(tokens) => DevicePoll::Done(tokens),
-                None => DevicePoll::Failed(FlowError::Transient(format!(
-                    "malformed token response: the token endpoint answered HTTP {status} with something that is not a token response: {}",
-                    sent.text(&e.to_string(), 300)
-                ))),
-            },
+        return match lenient_token_set(&body) {
+            Ok(tokens) => DevicePoll::Done(tokens),
+            Err(e) => DevicePoll::Failed(FlowError::Transient(format!(
+                "malformed token response: the token endpoint answered HTTP {status} with something that is not a token response: {}",
+                sent.text(&e.to_string(), 300)
+            ))),
         };
     }
     let status = if status.is_success() {
