@@ -62,10 +62,19 @@ struct Claims {
     nbf: Option<f64>,
 }
 
-/// The issuer's keys, cached.
+/// The issuer's keys, cached, and the last failure to fetch them: callbacks queued behind a
+/// fetch that failed get its error rather than each waiting out a fetch of its own (a
+/// stalled `jwks_uri` would otherwise hold the last of them for as many `provider_timeout`s
+/// as there are callers). The fetch is tried again `REFETCH_AFTER` later.
 #[derive(Default)]
 pub struct JwksCache {
-    keys: tokio::sync::Mutex<Option<(Instant, JwkSet)>>,
+    keys: tokio::sync::Mutex<Cached>,
+}
+
+#[derive(Default)]
+struct Cached {
+    set: Option<(Instant, JwkSet)>,
+    failed: Option<(Instant, IdTokenError)>,
 }
 
 impl JwksCache {
@@ -77,14 +86,28 @@ impl JwksCache {
         alg: Algorithm,
     ) -> Result<DecodingKey, IdTokenError> {
         let mut cached = self.keys.lock().await;
-        let stale = cached.as_ref().is_none_or(|(at, set)| {
+        let stale = cached.set.as_ref().is_none_or(|(at, set)| {
             at.elapsed() >= KEYS_TTL
                 || (pick(set, kid, alg).is_none() && at.elapsed() >= REFETCH_AFTER)
         });
         if stale {
-            *cached = Some((Instant::now(), fetch(http, url).await?));
+            if let Some((at, why)) = &cached.failed {
+                if at.elapsed() < REFETCH_AFTER {
+                    return Err(why.clone());
+                }
+            }
+            match fetch(http, url).await {
+                Ok(set) => {
+                    cached.set = Some((Instant::now(), set));
+                    cached.failed = None;
+                }
+                Err(why) => {
+                    cached.failed = Some((Instant::now(), why.clone()));
+                    return Err(why);
+                }
+            }
         }
-        let set = cached.as_ref().map(|(_, set)| set);
+        let set = cached.set.as_ref().map(|(_, set)| set);
         let jwk = set.and_then(|s| pick(s, kid, alg)).ok_or_else(|| {
             IdTokenError::Invalid(match kid {
                 Some(k) => format!(

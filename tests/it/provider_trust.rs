@@ -295,3 +295,71 @@ async fn device_flows_are_bounded_per_api_key() {
         .await;
     assert_eq!(status, 201, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn callbacks_queued_behind_a_stalled_key_set_share_its_failure() {
+    let mock = MockServer::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let (good, _) = rsa_key(keys.path(), "good", "k1");
+    let home = Home::new();
+    home.write_config(&format!(
+        "provider_timeout_seconds = 1\n[providers.op]\nissuer = \"{}\"\nclient_id = \"cid\"\n\
+         client_secret = \"c-secret\"\nscopes = [\"openid\"]\n",
+        mock.uri()
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    provider(&mock, &json!({"keys": []}), "not-yet").await;
+    let mut states = Vec::new();
+    for _ in 0..4 {
+        states.push(start(&d, &key).await);
+    }
+    // The key set now answers only after the provider timeout.
+    let now = chrono::Utc::now().timestamp();
+    let issuer = mock.uri();
+    let token = sign(
+        &good,
+        "k1",
+        jsonwebtoken::Algorithm::RS256,
+        &json!({"iss": issuer, "aud": "cid", "sub": "u", "exp": now + 600, "iat": now,
+                "nonce": "n"}),
+    );
+    mock.reset().await;
+    Mock::given(method("GET"))
+        .and(path("/jwks"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"keys": []}))
+                .set_delay(std::time::Duration::from_secs(30)),
+        )
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "access_token": "at-1", "token_type": "Bearer", "expires_in": 3600,
+            "id_token": token,
+        })))
+        .mount(&mock)
+        .await;
+    let urls: Vec<String> = states
+        .iter()
+        .map(|(state, _)| format!("{}/callback/op?code=c1&state={state}", d.url))
+        .collect();
+    let calls = urls.iter().map(|url| d.browser_get(url));
+    for (status, page, _) in futures::future::join_all(calls).await {
+        assert_eq!(status, 502, "{page}");
+        assert!(page.contains("signing keys could not be read"), "{page}");
+    }
+    let fetched = mock
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.url.path() == "/jwks")
+        .count();
+    assert_eq!(
+        fetched, 1,
+        "each queued callback fetched the stalled key set again"
+    );
+}
