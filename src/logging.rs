@@ -38,14 +38,48 @@ impl log::Log for Logger {
 
 /// At most `lines` lines of one kind a second (or a minute), and then one line saying how
 /// many more there were: an outage fails every request, and a journal past its rate limit
-/// drops oauthd's other lines with these.
+/// drops oauthd's other lines with these. The count is written by `flush_budgets`, which
+/// the daemon calls every second, so the end of a burst is said when it ends, not with the
+/// next line of its kind (which may come hours later, or never).
 pub struct Budget {
     what: &'static str,
     lines: u32,
     /// The length of a period, in seconds.
     period: u64,
-    /// The period counted (since the epoch), and the lines asked for in it.
-    used: std::sync::Mutex<(u64, u32)>,
+    used: std::sync::Mutex<Used>,
+    /// Whether it is in `IN_USE`.
+    listed: std::sync::atomic::AtomicBool,
+}
+
+/// The period counted (since the epoch), the lines asked for in it, and the level of the
+/// last of them.
+#[derive(Clone, Copy)]
+struct Used {
+    period: u64,
+    asked: u32,
+    level: log::Level,
+}
+
+/// Every budget that has been asked for a line, for `flush_budgets`.
+static IN_USE: std::sync::Mutex<Vec<&'static Budget>> = std::sync::Mutex::new(Vec::new());
+
+/// Writes the count of lines each budget left out in a period that has ended.
+pub fn flush_budgets() {
+    for budget in in_use() {
+        budget.flush(budget.period_now());
+    }
+}
+
+/// Writes the counts of lines left out so far, also in the current period (when the
+/// daemon stops).
+pub fn flush_budgets_at_stop() {
+    for budget in in_use() {
+        budget.flush(budget.period_now().saturating_add(1));
+    }
+}
+
+fn in_use() -> Vec<&'static Budget> {
+    IN_USE.lock().map(|l| l.clone()).unwrap_or_default()
 }
 
 impl Budget {
@@ -55,7 +89,12 @@ impl Budget {
             what,
             lines: per_second,
             period: 1,
-            used: std::sync::Mutex::new((0, 0)),
+            used: std::sync::Mutex::new(Used {
+                period: 0,
+                asked: 0,
+                level: log::Level::Warn,
+            }),
+            listed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -68,42 +107,69 @@ impl Budget {
     }
 
     /// Logs `line` at WARN if this period's budget has room.
-    pub fn warn(&self, line: std::fmt::Arguments<'_>) {
+    pub fn warn(&'static self, line: std::fmt::Arguments<'_>) {
         self.log(log::Level::Warn, line);
     }
 
     /// Logs `line` at ERROR if this period's budget has room.
-    pub fn error(&self, line: std::fmt::Arguments<'_>) {
+    pub fn error(&'static self, line: std::fmt::Arguments<'_>) {
         self.log(log::Level::Error, line);
     }
 
-    fn log(&self, level: log::Level, line: std::fmt::Arguments<'_>) {
-        let period = std::time::SystemTime::now()
+    fn period_now(&self) -> u64 {
+        std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() / self.period);
+            .map_or(0, |d| d.as_secs() / self.period)
+    }
+
+    fn log(&'static self, level: log::Level, line: std::fmt::Arguments<'_>) {
+        if !self.listed.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(mut list) = IN_USE.lock() {
+                list.push(self);
+            }
+        }
+        let period = self.period_now();
         let Ok(mut used) = self.used.lock() else {
             return;
         };
-        if used.0 != period {
-            // Said when the next line comes, which may be long after: the period is named.
-            if used.1 > self.lines {
-                let length = if self.period == 1 { "second" } else { "minute" };
-                let from = used.0.saturating_mul(self.period);
-                log::log!(
-                    level,
-                    "{} {} were left out of the log in the {length} from {}",
-                    used.1 - self.lines,
-                    self.what,
-                    crate::clock::rfc3339(
-                        i64::try_from(from.saturating_mul(1000)).unwrap_or(i64::MAX)
-                    )
-                );
-            }
-            *used = (period, 0);
+        if used.period != period {
+            self.say_left_out(&used);
+            *used = Used {
+                period,
+                asked: 0,
+                level,
+            };
         }
-        used.1 += 1;
-        if used.1 <= self.lines {
+        used.asked += 1;
+        used.level = level;
+        if used.asked <= self.lines {
             log::log!(level, "{line}");
         }
+    }
+
+    /// Says what periods before `period` left out, once.
+    fn flush(&self, period: u64) {
+        let Ok(mut used) = self.used.lock() else {
+            return;
+        };
+        if used.period < period {
+            self.say_left_out(&used);
+            used.asked = used.asked.min(self.lines);
+        }
+    }
+
+    fn say_left_out(&self, used: &Used) {
+        if used.asked <= self.lines {
+            return;
+        }
+        let length = if self.period == 1 { "second" } else { "minute" };
+        let from = used.period.saturating_mul(self.period);
+        log::log!(
+            used.level,
+            "{} {} were left out of the log in the {length} from {}",
+            used.asked - self.lines,
+            self.what,
+            crate::clock::rfc3339(i64::try_from(from.saturating_mul(1000)).unwrap_or(i64::MAX))
+        );
     }
 }

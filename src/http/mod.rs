@@ -506,17 +506,20 @@ pub async fn serve(
     };
     access_log.take_http_layer_lines();
     let budget = access_log.budget.clone();
-    if access_log.budget.limited() && settings.access_log != AccessLogPolicy::Off {
-        // Sums up a burst's last second even when no line follows it.
-        let budget = access_log.budget.clone();
-        actix_web::rt::spawn(async move {
-            let mut tick = actix_web::rt::time::interval(std::time::Duration::from_secs(1));
-            loop {
-                tick.tick().await;
+    let access_budget = (access_log.budget.limited()
+        && settings.access_log != AccessLogPolicy::Off)
+        .then(|| access_log.budget.clone());
+    // Sums up a burst's last second even when no line follows it.
+    actix_web::rt::spawn(async move {
+        let mut tick = actix_web::rt::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if let Some(budget) = &access_budget {
                 budget.flush();
             }
-        });
-    }
+            crate::logging::flush_budgets();
+        }
+    });
     let server = HttpServer::new(move || {
         App::new()
             .app_data(app.clone())
@@ -567,6 +570,7 @@ pub async fn serve(
     let served = server.await;
     // The last second's summary, which no later tick will write.
     budget.flush_all();
+    crate::logging::flush_budgets_at_stop();
     served
 }
 

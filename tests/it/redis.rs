@@ -216,6 +216,51 @@ mod shared {
     /// store holds none, as on a fresh database, within the ten seconds a key seen vouches
     /// for the store.
     #[tokio::test(flavor = "multi_thread")]
+    async fn a_burst_of_faults_is_summed_up_in_the_log_when_it_ends() {
+        let home = Home::redis();
+        home.write_config("api_key_cache_seconds = 60\n");
+        let key = home.create_key("app", &[]);
+        let d = home.start();
+        d.create_state(&key, json!({"namespace": NS})).await;
+        home.redis_server().kill();
+        // The first call after Redis went finds the connection broken and waits to read
+        // its receipt: it is let through first, so that the burst is one second's.
+        let (status, body) = d.post("/v1/states", &key, json!({"namespace": NS})).await;
+        assert_eq!(status, 503, "{body}");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1050 - u64::from(now.subsec_millis()))).await;
+        const BURST: usize = 40;
+        let burst = (0..BURST).map(|_| d.post("/v1/states", &key, json!({"namespace": NS})));
+        for (status, body) in futures::future::join_all(burst).await {
+            assert_eq!(status, 503, "{body}");
+        }
+        // No request follows: the count of lines left out is written all the same, and
+        // with the lines written it makes the whole burst.
+        let told = |log: &str| -> usize {
+            let written = log.matches("503 storage_unavailable").count();
+            let left_out: usize = log
+                .lines()
+                .filter_map(|l| {
+                    l.split(" more 5xx answers were left out")
+                        .next()
+                        .filter(|_| l.contains("more 5xx answers"))
+                })
+                .filter_map(|head| head.rsplit(' ').next()?.parse::<usize>().ok())
+                .sum();
+            written + left_out
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while told(&home.log_text()) < BURST + 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let log = home.log_text();
+        assert!(log.contains("more 5xx answers were left out"), "{log}");
+        assert_eq!(told(&log), BURST + 1, "{log}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn a_key_refused_by_a_redis_that_lost_its_data_gets_the_no_keys_hint() {
         let (ha, _hb, key) = pair("api_key_cache_seconds = 0\n");
         let d = ha.start();
