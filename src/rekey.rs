@@ -244,8 +244,9 @@ pub async fn prune(
             namespace: &row.namespace,
             subject: row.subject.as_deref(),
         };
-        // Data that does not open keeps its key through the line above.
-        let inner = state_data::open(&vault, &owner, stored)
+        // Data that does not open keeps its key through the line above; data in clear
+        // is read, so that the keys a flow's secrets name are kept.
+        let inner = state_data::open(&vault, &owner, stored, true)
             .ok()
             .and_then(|data| serde_json::from_str(&data).ok())
             .and_then(|v| sealed_flow_secrets(&v));

@@ -7,7 +7,9 @@
 //! which ever changes): sealed data copied into another state's row, or a row moved to
 //! another subject, fails to open, so someone who can write the database cannot make a
 //! state they know, or a subject's listing, answer another state's data. Data stored before
-//! it was sealed is JSON, which never starts with `s`, and is read as it is.
+//! it was sealed is JSON, which never starts with `s`: it is read as it is only where the
+//! caller says so (the state service, while live states hold such data), and refused as
+//! altered otherwise, or anyone who can write the database could write data in clear.
 
 use crate::secret::SecretHash;
 use crate::vault::{sealed_key_id, Sealer, VaultError};
@@ -50,10 +52,25 @@ pub fn seal(vault: &impl Sealer, owner: &Owner<'_>, json: &str) -> Result<String
     Ok(out)
 }
 
-/// The JSON a state's stored data holds. Data stored before sealing comes back as it is.
-pub fn open(vault: &impl Sealer, owner: &Owner<'_>, stored: &str) -> Result<String, VaultError> {
+/// Whether stored data is sealed (else it was stored in clear, before sealing).
+pub fn is_sealed(stored: &str) -> bool {
+    stored.starts_with(PREFIX)
+}
+
+/// The JSON a state's stored data holds. Data stored in clear comes back as it is where
+/// `in_clear` allows it, and is refused as altered (`Corrupt`) otherwise.
+pub fn open(
+    vault: &impl Sealer,
+    owner: &Owner<'_>,
+    stored: &str,
+    in_clear: bool,
+) -> Result<String, VaultError> {
     let Some(encoded) = stored.strip_prefix(PREFIX) else {
-        return Ok(stored.to_owned());
+        return if in_clear {
+            Ok(stored.to_owned())
+        } else {
+            Err(VaultError::Corrupt)
+        };
     };
     let sealed = STANDARD.decode(encoded).map_err(|_| VaultError::Corrupt)?;
     let plain = vault.open(&aad(owner), &sealed)?;
@@ -103,7 +120,7 @@ mod tests {
         let stored = seal(&v, &owner(&a, "oauth:x", Some("alice")), json).expect("seal");
         assert!(stored.starts_with("sealed:"), "{stored}");
         assert!(!stored.contains("code_verifier"), "{stored}");
-        let opened = open(&v, &owner(&a, "oauth:x", Some("alice")), &stored).expect("open");
+        let opened = open(&v, &owner(&a, "oauth:x", Some("alice")), &stored, false).expect("open");
         assert_eq!(opened, json);
         for other in [
             owner(&b, "oauth:x", Some("alice")),
@@ -112,12 +129,12 @@ mod tests {
             owner(&a, "oauth:x", None),
         ] {
             assert!(matches!(
-                open(&v, &other, &stored),
+                open(&v, &other, &stored, false),
                 Err(VaultError::Corrupt)
             ));
         }
         assert!(matches!(
-            open(&v, &owner(&a, "oauth:x", Some("alice")), "sealed:!!"),
+            open(&v, &owner(&a, "oauth:x", Some("alice")), "sealed:!!", false),
             Err(VaultError::Corrupt)
         ));
         assert_eq!(key_id(&stored), Some(v.current_key_id()));
@@ -125,17 +142,23 @@ mod tests {
     }
 
     #[test]
-    fn data_stored_before_sealing_reads_as_it_is() {
+    fn data_stored_before_sealing_reads_as_it_is_only_where_allowed() {
         let v = vault();
         let legacy = r#"{"return_to":"/x"}"#;
         let key = SecretHash([1; 32]);
         let o = owner(&key, "oauth:x", None);
-        assert_eq!(open(&v, &o, legacy).expect("open"), legacy);
+        assert_eq!(open(&v, &o, legacy, true).expect("open"), legacy);
+        assert!(matches!(
+            open(&v, &o, legacy, false),
+            Err(VaultError::Corrupt)
+        ));
+        assert!(!is_sealed(legacy));
         assert_eq!(key_id(legacy), None);
         let other = vault();
         let stored = seal(&other, &o, legacy).expect("seal");
+        assert!(is_sealed(&stored));
         assert!(matches!(
-            open(&v, &o, &stored),
+            open(&v, &o, &stored, true),
             Err(VaultError::UnknownKey(id)) if id == other.current_key_id()
         ));
     }

@@ -352,6 +352,11 @@ pub struct StateService {
     full_logged: OncePerSecond,
     /// Live states verify has read within `verify_cache`, by hash: the session hot path.
     seen: ReadCache<SecretHash, Arc<StateView>>,
+    /// Whether data stored in clear (by an oauthd from before data was sealed) is read as
+    /// it is: only once `check_stored_data` has found live states that hold such data.
+    /// Otherwise it is refused as altered: someone who can write the database could make
+    /// any state answer data of their choosing.
+    clear_data_read: std::sync::atomic::AtomicBool,
 }
 
 impl StateService {
@@ -372,6 +377,7 @@ impl StateService {
             vault,
             open_failure_logged: OncePerSecond::default(),
             full_logged: OncePerSecond::default(),
+            clear_data_read: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -381,11 +387,17 @@ impl StateService {
 
     /// The vault keys live states' data names that this vault has not loaded, each with
     /// how many states name it: those states answer `vault_error` until the key is back.
-    pub async fn data_keys_missing(&self) -> Result<BTreeMap<String, usize>, StoreError> {
+    /// Also counts live states whose data was stored in clear, and from then on reads
+    /// such data when there are any (`clear_data_read`).
+    pub async fn check_stored_data(&self) -> Result<StoredData, StoreError> {
         let known = self.vault.key_ids();
-        let mut keys = data_keys(self.store.as_ref(), self.clock.now_ms()).await?;
-        keys.retain(|id, _| !known.contains(id));
-        Ok(keys)
+        let mut found = stored_data(self.store.as_ref(), self.clock.now_ms()).await?;
+        found.keys.retain(|id, _| !known.contains(id));
+        if found.in_clear > 0 {
+            self.clear_data_read
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(found)
     }
 
     fn grace_ms(&self) -> i64 {
@@ -716,7 +728,10 @@ impl StateService {
             namespace: &row.namespace,
             subject: row.subject.as_deref(),
         };
-        state_data::open(&*self.vault, &owner, stored)
+        let in_clear = self
+            .clear_data_read
+            .load(std::sync::atomic::Ordering::Relaxed);
+        state_data::open(&*self.vault, &owner, stored, in_clear)
             .map(Some)
             .map_err(|e| {
                 // At most a line a second: every request for such a state fails alike.
@@ -919,23 +934,40 @@ impl StateService {
     }
 }
 
-/// The vault keys live states' data was sealed with, each with how many states name it
-/// (a maintenance read of every live state that holds data; only the first characters of
-/// each are held).
-pub async fn data_keys(
-    store: &dyn StateStore,
-    now_ms: i64,
-) -> Result<BTreeMap<String, usize>, StoreError> {
-    let mut keys = BTreeMap::new();
+/// What live states' data was stored as.
+#[derive(Debug, Default)]
+pub struct StoredData {
+    /// The vault keys it was sealed with, each with how many states name it.
+    pub keys: BTreeMap<String, usize>,
+    /// How many states hold data stored in clear, by an oauthd from before data was
+    /// sealed.
+    pub in_clear: usize,
+}
+
+/// What live states' data was stored as (a maintenance read of every live state that
+/// holds data; only the first characters of each are held).
+pub async fn stored_data(store: &dyn StateStore, now_ms: i64) -> Result<StoredData, StoreError> {
+    let mut found = StoredData::default();
     for (head, n) in store
         .state_data_prefixes(now_ms, state_data::KEY_ID_CHARS)
         .await?
     {
-        if let Some(id) = state_data::key_id(&head) {
-            *keys.entry(id).or_insert(0) += usize::try_from(n).unwrap_or(usize::MAX);
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        match state_data::key_id(&head) {
+            Some(id) => *found.keys.entry(id).or_insert(0) += n,
+            None if !state_data::is_sealed(&head) => found.in_clear += n,
+            None => {}
         }
     }
-    Ok(keys)
+    Ok(found)
+}
+
+/// The vault keys live states' data was sealed with, each with how many states name it.
+pub async fn data_keys(
+    store: &dyn StateStore,
+    now_ms: i64,
+) -> Result<BTreeMap<String, usize>, StoreError> {
+    Ok(stored_data(store, now_ms).await?.keys)
 }
 
 /// What to tell the operator when the store holds `total` live states, 80 % or more of

@@ -273,9 +273,10 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
                 }
             }
             let now = crate::clock::Clock::system().now_ms();
-            let used = crate::states::data_keys(store.as_ref(), now).await?;
-            let sealed: usize = used.values().sum();
-            let lacking: Vec<String> = used
+            let found = crate::states::stored_data(store.as_ref(), now).await?;
+            let sealed: usize = found.keys.values().sum();
+            let lacking: Vec<String> = found
+                .keys
                 .iter()
                 .filter(|(id, _)| !known.contains(id))
                 .map(|(id, n)| format!("{id} ({n})"))
@@ -294,6 +295,16 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
                         "live states hold data sealed with key(s) {} lacks: {}; they answer 503 vault_error until it is back (as another line of the key file)",
                         source.describe(),
                         lacking.join(", ")
+                    ),
+                );
+            }
+            if found.in_clear > 0 {
+                r.line(
+                    "warn",
+                    "state data",
+                    format!(
+                        "{} live state(s) hold data stored in clear by an oauthd from before data was sealed: read as it is while any are live (so is data in clear written by anyone who can write the store); a start that finds none refuses it",
+                        found.in_clear,
                     ),
                 );
             }

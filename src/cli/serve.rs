@@ -127,9 +127,19 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
         let checked = states.clone();
         let missing_from = key_from.clone();
         actix_web::rt::spawn(async move {
-            match checked.data_keys_missing().await {
-                Ok(missing) if !missing.is_empty() => {
-                    let named: Vec<String> = missing
+            match checked.check_stored_data().await {
+                Ok(found) => {
+                    if found.in_clear > 0 {
+                        log::warn!(
+                            "{} live state(s) hold data an oauthd from before data was sealed stored in clear: it is read as it is until they are consumed or expire. A start that finds none refuses data in clear",
+                            found.in_clear
+                        );
+                    }
+                    if found.keys.is_empty() {
+                        return;
+                    }
+                    let named: Vec<String> = found
+                        .keys
                         .iter()
                         .map(|(id, n)| format!("{id} ({n} state(s))"))
                         .collect();
@@ -138,7 +148,6 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
                         named.join(", ")
                     );
                 }
-                Ok(_) => {}
                 Err(e) => log::warn!("could not check which vault keys live states need: {e}"),
             }
         });

@@ -1591,3 +1591,78 @@ async fn a_request_addressed_to_another_sites_name_is_refused() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("allowed_hosts[0]"), "{err}");
 }
+
+/// Data in clear in a state's row (as an oauthd from before data was sealed stored it) is
+/// read only after a start found live states holding such data: otherwise anyone who can
+/// write the database could make any state answer data of their choosing.
+#[tokio::test(flavor = "multi_thread")]
+async fn state_data_written_in_clear_behind_oauthds_back_is_refused() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let data = json!({"return_to": "/mine"});
+    let mut issued = Vec::new();
+    for _ in 0..2 {
+        issued.push(
+            d.create_state(&key, json!({"namespace": "login", "data": data}))
+                .await,
+        );
+    }
+    let forged = |home: &Home| {
+        rusqlite::Connection::open(home.db())
+            .unwrap()
+            .execute(
+                "UPDATE states SET data = '{\"return_to\":\"https://evil.example/\"}' \
+                 WHERE data IS NOT NULL",
+                [],
+            )
+            .unwrap()
+    };
+    assert_eq!(forged(&home), 2);
+    for _ in 0..2 {
+        let (status, body) = d.consume(&key, &issued[0], "login").await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (503, Some("vault_error")),
+            "{body}"
+        );
+        assert!(!body.to_string().contains("evil"), "{body}");
+    }
+    d.signal_and_wait("TERM");
+    let checked = home.cli(&["check"]);
+    let said = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        said.contains("2 live state(s) hold data stored in clear"),
+        "{said}"
+    );
+
+    // A start that finds such states reads them (their data was stored so), and says so.
+    let d = home.start();
+    let warned = common::eventually(std::time::Duration::from_secs(10), || {
+        home.log_text().contains(
+            "2 live state(s) hold data an oauthd from before data was sealed stored in clear",
+        )
+    })
+    .await;
+    assert!(warned, "{}", home.log_text());
+    let (status, body) = d.consume(&key, &issued[0], "login").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["return_to"], "https://evil.example/");
+    let (status, _) = d.consume(&key, &issued[1], "login").await;
+    assert_eq!(status, 200);
+    d.signal_and_wait("TERM");
+
+    // None left: the next start refuses data in clear again.
+    let d = home.start();
+    let fresh = d
+        .create_state(&key, json!({"namespace": "login", "data": data}))
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(forged(&home), 1);
+    let (status, body) = d.consume(&key, &fresh, "login").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("vault_error")),
+        "{body}"
+    );
+}
