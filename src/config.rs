@@ -377,6 +377,9 @@ pub struct Settings {
     pub secret_files: Vec<(String, PathBuf)>,
     /// The config file read, if any (`--config`, `OAUTHD_CONFIG`).
     pub config_file: Option<PathBuf>,
+    /// Whether `db` is the default (`oauthd.db` in the working directory): no `--db`,
+    /// `OAUTHD_DB` or `db` in the config file said where it is.
+    pub db_defaulted: bool,
     /// What to say of `OAUTHD_*` variables oauthd does not read (`env_names::check`).
     pub env_warnings: Vec<String>,
     /// `[[notify]]` as written: `notify::build_targets` checks and reads them.
@@ -386,6 +389,22 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// With a config file that names no database, where the database is and why: the
+    /// default in the working directory, which differs with where a command is run from
+    /// (a relative `db` in the file is beside the file).
+    pub fn db_default_note(&self) -> Option<String> {
+        let config = self.config_file.as_ref().filter(|_| self.db_defaulted)?;
+        if !matches!(self.store, StoreTarget::Sqlite) {
+            return None;
+        }
+        let shown = std::path::absolute(&self.db).unwrap_or_else(|_| self.db.clone());
+        Some(format!(
+            "the database is {}, the default `{DEFAULT_DB}` in the directory oauthd runs in: {} names no `db` (add `db = \"oauthd.db\"` to it to keep the database beside it, or give --db)",
+            shown.display(),
+            config.display()
+        ))
+    }
+
     pub fn load(over: &Overrides) -> Result<Settings, ConfigError> {
         let file = match &over.config {
             Some(path) => {
@@ -450,6 +469,7 @@ impl Settings {
                 format!("{why}, e.g. {DEFAULT_LISTEN} or [::1]:6288"),
             )
         })?;
+        let db_defaulted = over.db.is_none() && file.db.is_none();
         let db = over
             .db
             .clone()
@@ -658,6 +678,7 @@ impl Settings {
             key_source,
             secret_files,
             config_file: over.config.clone(),
+            db_defaulted,
             env_warnings,
             refresh_check: Duration::from_secs(refresh_check_seconds),
             provider_timeout: Duration::from_secs(provider_timeout_seconds),

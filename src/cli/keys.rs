@@ -27,10 +27,16 @@ pub(super) fn keys(settings: Settings, command: KeysCommand) -> Result<(), Fatal
                 };
                 let (key, record) = apikeys::create(store.as_ref(), &name, scope, clock.now_ms())
                     .await
-                    .map_err(|e| {
+                    .map_err(|e| match e {
+                        // A name taken is the command line's to change.
+                        apikeys::KeyError::Store(crate::store::StoreError::Conflict(why)) => Fatal(
+                            format!(
+                                "{why}: pick another name, or revoke that key first (`oauthd keys revoke {name}`; the apps using it lose access)"
+                            ),
+                            2,
+                        ),
                         // A name or pattern that can never be valid is a command-line error.
-                        let code = if e.is_input() { 2 } else { 1 };
-                        Fatal(e.to_string(), code)
+                        e => Fatal(e.to_string(), if e.is_input() { 2 } else { 1 }),
                     })?;
                 let scope = record
                     .namespaces

@@ -623,7 +623,18 @@ pub(super) enum Missing {
     Refuse,
 }
 
+/// The store `settings` name; a database that cannot be used is said with where its path
+/// came from when that is the default beside a config file that names none.
 pub(super) fn open_store(settings: &Settings, missing: Missing) -> Result<Arc<dyn Store>, Fatal> {
+    open_named_store(settings, missing).map_err(|Fatal(message, code)| {
+        match settings.db_default_note() {
+            Some(note) => Fatal(format!("{message}\n  ({note})"), code),
+            None => Fatal(message, code),
+        }
+    })
+}
+
+fn open_named_store(settings: &Settings, missing: Missing) -> Result<Arc<dyn Store>, Fatal> {
     match &settings.store {
         StoreTarget::Sqlite => {
             // A path that cannot be looked at now (no permission) is not "no database"; one
@@ -704,7 +715,7 @@ pub(super) fn key_source(settings: &Settings) -> Result<KeySource, String> {
     let source = settings.key_source.clone();
     match (&settings.store, &source) {
         (StoreTarget::Redis(_), KeySource::File { create: true, .. }) => Err(
-            "with a Redis store every instance must use the same vault key: create one with `oauthd keygen > oauthd.key && chmod 600 oauthd.key`, copy it to each instance and set OAUTHD_KEY_FILE (or OAUTHD_KEY)".to_owned(),
+            "with a Redis store every instance, and every command, must use the same vault key, which is never made for you: set OAUTHD_KEY_FILE (or OAUTHD_KEY) to the key file the instances serving this store use. For a store no instance has served yet, make it with `oauthd keygen > oauthd.key && chmod 600 oauthd.key` and copy it to each instance".to_owned(),
         ),
         _ => Ok(source),
     }

@@ -27,6 +27,15 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
     // Before the store: a bad key or a taken address leaves no new database behind.
     super::check_key_source(&settings)?;
     let listener = http::bind(&settings)?;
+    if let Some(note) = settings.db_default_note() {
+        // Said loudly where a database is made: commands run from elsewhere with the same
+        // config file would not find it.
+        if settings.db.exists() {
+            log::info!("{note}");
+        } else {
+            log::warn!("{note}");
+        }
+    }
     let store = open_store(&settings, super::Missing::Serve)?;
     log::info!("{}", store.describe());
     for t in notifier.targets() {

@@ -99,8 +99,9 @@ pub(super) fn rekey(settings: Settings, prune: bool, to: Option<String>) -> Resu
         store.as_ref(),
         std::time::Duration::from_millis(1500),
     ))?;
+    let which = if added { "New vault key" } else { "Vault key" };
     say!(
-        "New vault key {new_key_id} now seals; re-sealed {resealed} value(s) (connection tokens, pending device codes; states keep the key their data was sealed with until they are consumed or expire). The {old_keys} older key(s) stay in {} so values sealed under them still open; `oauthd rekey --prune` removes them once nothing uses them.",
+        "{which} {new_key_id} now seals; re-sealed {resealed} value(s) (connection tokens, pending device codes; states keep the key their data was sealed with until they are consumed or expire). The {old_keys} older key(s) stay in {} so values sealed under them still open; `oauthd rekey --prune` removes them once nothing uses them.",
         path.display()
     );
     Ok(())

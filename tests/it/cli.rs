@@ -45,9 +45,10 @@ fn keys_create_prints_the_key_alone_on_the_last_line() {
 
     // Names are unique among active keys.
     let dup = home.cli(&["keys", "create", "--name", "st-bridge"]);
-    assert_eq!(dup.status.code(), Some(1));
+    assert_eq!(dup.status.code(), Some(2));
     assert!(
-        text(&dup.stderr).contains("already exists"),
+        text(&dup.stderr).contains("already exists")
+            && text(&dup.stderr).contains("`oauthd keys revoke st-bridge`"),
         "{}",
         text(&dup.stderr)
     );
@@ -379,6 +380,33 @@ fn run_from_elsewhere(home: &Home, elsewhere: &Path, args: &[&str]) -> std::proc
         .env_remove("OAUTHD_CONFIG")
         .output()
         .unwrap()
+}
+
+/// A config file without `db` leaves the database at the default, `oauthd.db` in the
+/// working directory: a command run from elsewhere finds another database, or none, and
+/// says where its path came from; the start says so too.
+#[test]
+fn a_config_file_naming_no_db_is_said_with_the_database_a_command_met() {
+    let home = Home::new();
+    std::fs::write(home.config(), "").unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = run_from_elsewhere(&home, elsewhere.path(), &["keys", "list"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let said = text(&out.stderr);
+    let note = format!(
+        "the default `oauthd.db` in the directory oauthd runs in: {} names no `db`",
+        home.config().display()
+    );
+    assert!(said.contains(&note), "{said}");
+    // An unrelated database met there is named the same way.
+    std::fs::write(elsewhere.path().join("oauthd.db"), "").unwrap();
+    let out = run_from_elsewhere(&home, elsewhere.path(), &["keys", "list"]);
+    let said = text(&out.stderr);
+    assert!(said.contains("is empty") && said.contains(&note), "{said}");
+    // With `db` named, no such note.
+    std::fs::write(home.config(), "db = \"oauthd.db\"\n").unwrap();
+    let out = run_from_elsewhere(&home, elsewhere.path(), &["keys", "list"]);
+    assert!(!text(&out.stderr).contains("names no `db`"), "{out:?}");
 }
 
 #[test]

@@ -370,6 +370,21 @@ mod shared {
             "{err}"
         );
         assert!(!home.dir.path().join("oauthd.db.key").exists());
+        // A command run without the variable is pointed at the key the instances use, not
+        // told to make a new one.
+        let out = Command::new(BIN)
+            .args(["--store", &url, "connections", "list"])
+            .env_remove("OAUTHD_KEY")
+            .env_remove("OAUTHD_KEY_FILE")
+            .current_dir(home.dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("to the key file the instances serving this store use"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -510,6 +525,19 @@ mod shared {
         assert_eq!(code, Some(0), "{err}");
         let (code, err) = keys_list(&[("OAUTHD_REDIS_PASSWORD", password)]);
         assert_eq!(code, Some(0), "{err}");
+        // A password given to a Redis that has none: named as such, not as a wrong one.
+        assert_eq!(
+            server
+                .command_after(&authed, "CONFIG SET requirepass \"\"")
+                .as_deref(),
+            Some("+OK")
+        );
+        let (code, err) = keys_list(&[("OAUTHD_REDIS_PASSWORD", password)]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains("has no password") && err.contains("unset OAUTHD_REDIS_PASSWORD"),
+            "{err}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]

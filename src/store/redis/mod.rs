@@ -132,6 +132,27 @@ fn readable<T>(
         .collect()
 }
 
+/// Whether the Redis at `target` answers a client that gives no user or password.
+async fn answers_without_password(target: &RedisTarget) -> bool {
+    use redis::IntoConnectionInfo;
+    let Ok(info) = target.url().into_connection_info() else {
+        return false;
+    };
+    let db = info.redis_settings().db();
+    let info = info.set_redis_settings(redis::RedisConnectionInfo::default().set_db(db));
+    let Ok(client) = redis::Client::open(info) else {
+        return false;
+    };
+    let asked = async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    matches!(
+        tokio::time::timeout(CONNECT_TIMEOUT, asked).await,
+        Ok(Ok(_))
+    )
+}
+
 /// Why opening the store at `display` failed, and whether it is the configuration's fault
 /// (exit 2: starting again as it is will not help) rather than Redis not answering now.
 fn open_failure(display: &str, prefix: &str, e: &redis::RedisError) -> (String, bool) {
@@ -224,7 +245,19 @@ impl RedisStore {
                 .await
             })
             .map_err(|_| transient(format!("cannot reach Redis at {display}: no answer")))?
-            .map_err(|e| open_failure(&display, &target.prefix, &e))?;
+            .map_err(|e| {
+                // Redis refuses a password when it has none, and the client library keeps
+                // its words to itself: asked again without one.
+                if e.kind() == redis::ErrorKind::AuthenticationFailed
+                    && runtime.block_on(answers_without_password(target))
+                {
+                    return (
+                        format!("Redis at {display} has no password, and oauthd was given one: unset OAUTHD_REDIS_PASSWORD (and OAUTHD_REDIS_PASSWORD_FILE) and take it out of the store's URL, or give Redis a password (requirepass)"),
+                        true,
+                    );
+                }
+                open_failure(&display, &target.prefix, &e)
+            })?;
         let calls = CallNames::new().map_err(|e| transient(format!("store {display}: {e}")))?;
         let store = RedisStore {
             runtime: Some(runtime),
