@@ -1,5 +1,6 @@
-//! A deadline for the whole request body. actix-web gives up on a request head that takes
-//! longer than 5 s, but not on a body: a client sending one byte a second would hold its
+//! A deadline for the whole request body. actix-web gives up on a connection's first
+//! request head that takes longer than 5 s (`next_request` on every later one), but not on
+//! a body: a client sending one byte a second would hold its
 //! connection (and a file descriptor) for as long as it liked, on routes that read the body
 //! before anything else (`POST /admin/login` needs no key). Every body is read through this
 //! stream; past the deadline it ends with a timed-out I/O error, which `body::read_limited`
@@ -25,6 +26,8 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
+
+use super::next_request::Turn;
 
 /// Where the proxy's routes start (see `apply`).
 const PROXY_PREFIX: &str = "/v1/proxy/";
@@ -100,17 +103,19 @@ pub fn apply(req: &mut ServiceRequest) -> Option<Unread> {
 }
 
 pin_project_lite::pin_project! {
-    /// An answer's body, holding what `apply` kept of the request's until it is sent.
+    /// An answer's body, holding what `apply` kept of the request's until it is sent, and
+    /// the request's turn on its connection (`next_request`).
     pub struct Held<B> {
         #[pin]
         body: B,
         unread: Option<Unread>,
+        turn: Option<Turn>,
     }
 }
 
 impl<B> Held<B> {
-    pub fn new(body: B, unread: Option<Unread>) -> Self {
-        Held { body, unread }
+    pub fn new(body: B, unread: Option<Unread>, turn: Option<Turn>) -> Self {
+        Held { body, unread, turn }
     }
 }
 
@@ -128,14 +133,19 @@ impl<B: MessageBody> MessageBody for Held<B> {
         self.project().body.poll_next(cx)
     }
 
-    /// Never lets go early of what it holds: the bytes would be sent without it.
+    /// Never lets go early of what it holds: the bytes would be sent without it. (A body
+    /// given whole ends the request's turn: it is written at once.)
     fn try_into_bytes(self) -> Result<Bytes, Self> {
         match self.unread {
             Some(_) => Err(self),
-            None => self
-                .body
-                .try_into_bytes()
-                .map_err(|body| Held { body, unread: None }),
+            None => {
+                let Held { body, turn, .. } = self;
+                body.try_into_bytes().map_err(|body| Held {
+                    body,
+                    unread: None,
+                    turn,
+                })
+            }
         }
     }
 }

@@ -24,6 +24,10 @@ pub async fn enforce(
     mut req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<Held<EitherBody<impl MessageBody>>>, actix_web::Error> {
+    // Until its answer is sent, the connection waits for no next request.
+    let turn = req
+        .conn_data::<std::rc::Rc<super::next_request::Watch>>()
+        .map(super::next_request::Turn::begin);
     // First: a refusal below leaves the body unread too.
     let unread = super::body_deadline::apply(&mut req);
     let res = match check(&req) {
@@ -36,7 +40,7 @@ pub async fn enforce(
         }
         None => next.call(req).await?.map_into_left_body(),
     };
-    Ok(res.map_body(|_, body| Held::new(body, unread)))
+    Ok(res.map_body(|_, body| Held::new(body, unread, turn)))
 }
 
 /// A page a browser navigated to (it asks for HTML), not a call of the API's or the page's.

@@ -1666,3 +1666,62 @@ async fn state_data_written_in_clear_behind_oauthds_back_is_refused() {
         "{body}"
     );
 }
+
+/// One byte of a next request, after an answer, held the connection for as long as the
+/// client liked: actix-web's keep-alive timer stops at that byte, and its head timer is
+/// only the first request's, so a few hundred such connections took every file descriptor.
+/// The next request must begin within 10 s of the last answer, whether the byte came after
+/// the answer or with the request before it; a connection that keeps asking is kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_that_holds_part_of_its_next_request_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let home = Home::new();
+    let d = home.start();
+    let addr = d.url.trim_start_matches("http://").to_owned();
+    let get = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    // Sends `first`, reads its answer, sends `then`; whether oauthd closed the connection
+    // within `wait` after that.
+    let closed = |first: String, then: &'static [u8], wait: u64| {
+        let addr = addr.clone();
+        async move {
+            let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            conn.write_all(first.as_bytes()).await.unwrap();
+            let mut buf = [0u8; 4096];
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(
+                String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+                "{:?}",
+                String::from_utf8_lossy(&buf[..n])
+            );
+            conn.write_all(then).await.unwrap();
+            let ended = tokio::time::timeout(std::time::Duration::from_secs(wait), async {
+                loop {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await;
+            ended.is_ok()
+        }
+    };
+    // Meanwhile, requests every 3 s for 15 s on one connection: each answered on it.
+    let kept = async {
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let mut buf = [0u8; 4096];
+        for _ in 0..5 {
+            conn.write_all(get.as_bytes()).await.unwrap();
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        }
+    };
+    let (after, with, ()) = tokio::join!(
+        closed(get.clone(), b"G", 30),
+        closed(format!("{get}G"), b"", 30),
+        kept
+    );
+    assert!(after, "a byte after the answer held the connection");
+    assert!(with, "a byte sent with the request held the connection");
+}
