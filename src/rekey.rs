@@ -213,8 +213,8 @@ pub async fn reseal(
     Ok(resealed)
 }
 
-/// Drops keys no stored value uses (states: those live at `now_ms`). Returns (kept,
-/// removed).
+/// Drops keys no stored value uses (states: those live at `now_ms`) and no serving oauthd
+/// seals with. Returns (kept, removed).
 pub async fn prune(
     path: &Path,
     store: &dyn Store,
@@ -233,6 +233,11 @@ pub async fn prune(
     }
     // States keep the key their data was sealed with until they are consumed or expire.
     used.extend(crate::states::data_keys(store, now_ms).await?.into_keys());
+    // The key each serving oauthd seals with: what it seals next must open here (another
+    // instance reads another copy of the key file in a two-step rotation, `--to`).
+    for instance in store.vault_keys_in_use(now_ms).await? {
+        used.extend(instance.keys.first().cloned());
+    }
     // A connect flow's data holds the flow's secrets sealed once more, by the broker.
     let vault = Vault::from_text(&text)?;
     for row in store.states_with_data(CONNECT_PREFIX, now_ms).await? {

@@ -46,9 +46,10 @@ pub(super) fn rekey(settings: Settings, prune: bool, to: Option<String>) -> Resu
             let (kept, removed) = crate::rekey::prune(&path, store.as_ref(), now).await?;
             say!(
                 "Key file {}: removed {removed} key(s) that nothing uses; kept {kept} (the \
-                 current one, and any that still seal a stored value: connection tokens, \
-                 pending device codes, or the data of states, connect flows among them, \
-                 which keep their key until they are consumed or expire).",
+                 current one, any that a serving oauthd seals with, and any that still seal \
+                 a stored value: connection tokens, pending device codes, or the data of \
+                 states, connect flows among them, which keep their key until they are \
+                 consumed or expire).",
                 path.display()
             );
             Ok(())

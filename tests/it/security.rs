@@ -1725,3 +1725,56 @@ async fn a_connection_that_holds_part_of_its_next_request_is_closed() {
     assert!(after, "a byte after the answer held the connection");
     assert!(with, "a byte sent with the request held the connection");
 }
+
+/// `rekey --prune` dropped a key that nothing stored used yet but another serving oauthd,
+/// reading another copy of the key file (a rotation with `--to`), sealed with: what that
+/// one sealed next did not open here. The key each serving instance seals with is kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn rekey_prune_keeps_the_key_another_serving_instance_seals_with() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let first = std::fs::read_to_string(home.key_file()).unwrap();
+    let first_key = first
+        .lines()
+        .find(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .unwrap()
+        .to_owned();
+    let other = std::process::Command::new(common::BIN)
+        .arg("keygen")
+        .output()
+        .unwrap();
+    let new_key = String::from_utf8(other.stdout).unwrap().trim().to_owned();
+    // This copy seals with the new key; the serving instance's, with the first.
+    let rotated = home.dir.path().join("rotated.key");
+    std::fs::write(&rotated, format!("{new_key}\n{first_key}\n")).unwrap();
+    let told = common::eventually(std::time::Duration::from_secs(10), || {
+        let out = home.cli(&["check"]);
+        String::from_utf8_lossy(&out.stdout).contains("1 oauthd serving")
+    })
+    .await;
+    assert!(told, "the instance never told its keys");
+    let out = home
+        .cli_command(&["rekey", "--prune"])
+        .env("OAUTHD_KEY_FILE", &rotated)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert!(said.contains("removed 0 key(s)"), "{said}");
+    assert!(
+        std::fs::read_to_string(&rotated)
+            .unwrap()
+            .contains(&first_key),
+        "the serving instance's key was pruned"
+    );
+    // What the serving instance seals opens with the pruned copy.
+    let data = json!({"code_verifier": "v".repeat(43)});
+    let state = d
+        .create_state(&key, json!({"namespace": "login", "data": data}))
+        .await;
+    d.signal_and_wait("TERM");
+    let d = home.start_with_env(&[("OAUTHD_KEY_FILE", rotated.to_str().unwrap())]);
+    let (status, body) = d.consume(&key, &state, "login").await;
+    assert_eq!((status, &body["data"]), (200, &data), "{body}");
+}
