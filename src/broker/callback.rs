@@ -60,6 +60,11 @@ pub struct Connected {
     pub identity: crate::store::AccountIdentity,
 }
 
+/// Callbacks with a state oauthd does not know, said in the log: at most 5 a second (anyone
+/// can send them, from many addresses).
+static UNKNOWN_STATES_LOGGED: crate::logging::Budget =
+    crate::logging::Budget::new("more callbacks with an unknown or replayed state", 5);
+
 /// What to say of a connection made with `tokens` when the provider gave no refresh token
 /// although the access token expires: it works until then, and then needs the person
 /// again, which nobody expects of a connection just made ("Connected", then `needs_reauth`
@@ -411,7 +416,9 @@ impl Broker {
                 return Err(by_app(CallbackError::Expired { account }, app));
             }
             Err(StateError::NotFound) => {
-                log::warn!("callback {provider_name}: unknown or replayed state {state}");
+                UNKNOWN_STATES_LOGGED.warn(format_args!(
+                    "callback {provider_name}: unknown or replayed state {state}"
+                ));
                 return Err(CallbackError::UnknownState);
             }
             Err(StateError::Vault(e)) => return Err(CallbackError::FlowUnreadable(e.to_string())),

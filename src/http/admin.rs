@@ -153,7 +153,8 @@ pub async fn login_form(
                 return too_many(base, &ratelimit::too_many(secs));
             }
             if let Some(ip) = client {
-                log::warn!("admin: a sign-in from {ip} was refused");
+                REFUSED_SIGN_INS_LOGGED
+                    .warn(format_args!("admin: a sign-in from {ip} was refused"));
             }
             attempt.refused();
             if with == SignInWith::Form {
@@ -241,6 +242,11 @@ pub async fn logout(
 fn storage_page(base: &str, e: &crate::store::StoreError) -> HttpResponse {
     page(base, 503, "Storage unavailable", &escape(&e.for_callers()))
 }
+
+/// Refused sign-ins said in the log: at most 5 a second (each address has its own budget
+/// of tries, and there can be many addresses).
+static REFUSED_SIGN_INS_LOGGED: crate::logging::Budget =
+    crate::logging::Budget::new("more refused sign-ins", 5);
 
 #[cfg(test)]
 mod tests {

@@ -1778,3 +1778,82 @@ async fn rekey_prune_keeps_the_key_another_serving_instance_seals_with() {
     let (status, body) = d.consume(&key, &state, "login").await;
     assert_eq!((status, &body["data"]), (200, &data), "{body}");
 }
+
+/// Callbacks with a state oauthd does not know, and refused sign-ins, need no key, and each
+/// wrote a WARN line: from many addresses (each with its own budget) they flooded the
+/// journal past its rate limit, and oauthd's other lines with them. At most 5 of each a
+/// second, then a line counting the rest.
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_callbacks_and_refused_sign_ins_are_logged_a_few_lines_a_second() {
+    let home = Home::new();
+    home.write_config(
+        "[limits]\nfailed_auth_per_minute = 1000\npublic_per_minute = 1000\n\n\
+         [providers.op]\nauthorization_url = \"http://127.0.0.1:9/a\"\n\
+         token_url = \"http://127.0.0.1:9/t\"\nclient_id = \"c\"\nclient_auth = \"none\"\n",
+    );
+    let d = home.start_with_env(&[("OAUTHD_ADMIN_TOKEN", "the-right-admin-token")]);
+    const N: usize = 30;
+    let callbacks: Vec<String> = (0..N)
+        .map(|i| {
+            format!(
+                "{}/callback/op?code=c&state={}{i:03}",
+                d.url,
+                "s".repeat(40)
+            )
+        })
+        .collect();
+    let (answered, refused) = tokio::join!(
+        futures::future::join_all(callbacks.iter().map(|url| d.browser_get(url))),
+        futures::future::join_all((0..N).map(|_| d.post_form(
+            "/admin/login",
+            &[("token", "a-wrong-admin-token")],
+            None
+        )))
+    );
+    for (status, page, _) in answered {
+        assert_eq!(status, 400, "{page}");
+    }
+    for resp in refused {
+        assert_eq!(resp.status(), 401);
+    }
+    // Lines written and lines counted as left out, of one kind.
+    let told = |log: &str, line: &str, kind: &str| -> (usize, usize) {
+        let written = log
+            .lines()
+            .filter(|l| l.contains(line) && !l.contains("were left out"))
+            .count();
+        let left_out = log
+            .lines()
+            .filter(|l| l.contains(&format!(" more {kind} were left out")))
+            .filter_map(|l| {
+                let head = l.split(&format!(" more {kind} were left out")).next()?;
+                head.rsplit(' ').next()?.parse::<usize>().ok()
+            })
+            .sum();
+        (written, left_out)
+    };
+    let kinds = [
+        (
+            "unknown or replayed state",
+            "callbacks with an unknown or replayed state",
+        ),
+        (
+            "admin: a sign-in from 127.0.0.1 was refused",
+            "refused sign-ins",
+        ),
+    ];
+    let all_told = || {
+        let log = home.log_text();
+        kinds.iter().all(|(line, kind)| {
+            let (written, left_out) = told(&log, line, kind);
+            written + left_out == N
+        })
+    };
+    common::eventually(std::time::Duration::from_secs(10), all_told).await;
+    let log = home.log_text();
+    for (line, kind) in kinds {
+        let (written, left_out) = told(&log, line, kind);
+        assert!(written < N, "{kind}: every one was logged");
+        assert_eq!(written + left_out, N, "{kind}: {log}");
+    }
+}
