@@ -63,6 +63,8 @@ pub struct Watched<T> {
     watch: Rc<Watch>,
     /// Wakes the connection at the deadline; made the first time a read waits.
     timer: Option<Pin<Box<Sleep>>>,
+    /// Whether `timer` has been polled since it was last set.
+    armed: bool,
 }
 
 impl<T> Watched<T> {
@@ -74,6 +76,7 @@ impl<T> Watched<T> {
                 quiet_since: Cell::new(Instant::now()),
             }),
             timer: None,
+            armed: false,
         }
     }
 
@@ -82,23 +85,36 @@ impl<T> Watched<T> {
         Rc::clone(&self.watch)
     }
 
-    /// Whether a read that waits has waited past the deadline; otherwise the timer is set
-    /// to wake the connection at the deadline.
+    /// Whether a read that waits has waited past the deadline; otherwise the timer wakes
+    /// the connection by the deadline. The deadline only moves later, so the timer is
+    /// left as it is until it fires, and set again then if the deadline moved meanwhile:
+    /// not once per request.
     fn overdue(&mut self, cx: &mut Context<'_>) -> bool {
         if self.watch.answering.get() > 0 {
             return false;
         }
         let deadline = self.watch.quiet_since.get() + NEXT_REQUEST_WITHIN;
-        if Instant::now() >= deadline {
-            return true;
-        }
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if timer.deadline() != deadline {
+        loop {
+            if !timer.is_elapsed() {
+                // Polled once to register the connection's waker (a connection is one task
+                // throughout), not at every read: a poll costs more than the rest together.
+                if self.armed {
+                    return false;
+                }
+                if timer.as_mut().poll(cx).is_pending() {
+                    self.armed = true;
+                    return false;
+                }
+            }
+            if timer.deadline() >= deadline {
+                return true;
+            }
             timer.as_mut().reset(deadline);
+            self.armed = false;
         }
-        timer.as_mut().poll(cx).is_ready()
     }
 }
 
