@@ -352,11 +352,11 @@ pub struct StateService {
     full_logged: OncePerSecond,
     /// Live states verify has read within `verify_cache`, by hash: the session hot path.
     seen: ReadCache<SecretHash, Arc<StateView>>,
-    /// Whether data stored in clear (by an oauthd from before data was sealed) is read as
-    /// it is: only once `check_stored_data` has found live states that hold such data.
-    /// Otherwise it is refused as altered: someone who can write the database could make
-    /// any state answer data of their choosing.
-    clear_data_read: std::sync::atomic::AtomicBool,
+    /// The states whose data, stored in clear (by an oauthd from before data was sealed),
+    /// is read as it is: those `check_stored_data` found at the start. Data in clear in
+    /// any other state is refused as altered: someone who can write the database could
+    /// otherwise make any state answer data of their choosing.
+    read_in_clear: std::sync::RwLock<std::collections::HashSet<SecretHash>>,
 }
 
 impl StateService {
@@ -377,7 +377,7 @@ impl StateService {
             vault,
             open_failure_logged: OncePerSecond::default(),
             full_logged: OncePerSecond::default(),
-            clear_data_read: std::sync::atomic::AtomicBool::new(false),
+            read_in_clear: std::sync::RwLock::default(),
         }
     }
 
@@ -388,14 +388,29 @@ impl StateService {
     /// The vault keys live states' data names that this vault has not loaded, each with
     /// how many states name it: those states answer `vault_error` until the key is back.
     /// Also counts live states whose data was stored in clear, and from then on reads
-    /// such data when there are any (`clear_data_read`).
+    /// the data of those states (`read_in_clear`), and of no others.
     pub async fn check_stored_data(&self) -> Result<StoredData, StoreError> {
         let known = self.vault.key_ids();
-        let mut found = stored_data(self.store.as_ref(), self.clock.now_ms()).await?;
+        let now = self.clock.now_ms();
+        let mut found = stored_data(self.store.as_ref(), now).await?;
         found.keys.retain(|id, _| !known.contains(id));
         if found.in_clear > 0 {
-            self.clear_data_read
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            // Rare (data stored before 2026-12-03, still live): every state with data read.
+            let in_clear: std::collections::HashSet<SecretHash> = self
+                .store
+                .states_with_data("", now)
+                .await?
+                .into_iter()
+                .filter(|row| {
+                    row.data
+                        .as_deref()
+                        .is_some_and(|d| !state_data::is_sealed(d))
+                })
+                .map(|row| row.key_hash)
+                .collect();
+            if let Ok(mut held) = self.read_in_clear.write() {
+                *held = in_clear;
+            }
         }
         Ok(found)
     }
@@ -728,9 +743,11 @@ impl StateService {
             namespace: &row.namespace,
             subject: row.subject.as_deref(),
         };
-        let in_clear = self
-            .clear_data_read
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let in_clear = !state_data::is_sealed(stored)
+            && self
+                .read_in_clear
+                .read()
+                .is_ok_and(|held| held.contains(&row.key_hash));
         state_data::open(&*self.vault, &owner, stored, in_clear)
             .map(Some)
             .map_err(|e| {

@@ -303,7 +303,7 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
                     "warn",
                     "state data",
                     format!(
-                        "{} live state(s) hold data stored in clear by an oauthd from before data was sealed: read as it is while any are live (so is data in clear written by anyone who can write the store); a start that finds none refuses it",
+                        "{} live state(s) hold data stored in clear by an oauthd from before data was sealed: a start reads theirs as it is (and refuses data in clear in any other state); anyone who could write the store before that start could have written it",
                         found.in_clear,
                     ),
                 );

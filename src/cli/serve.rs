@@ -140,7 +140,7 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
                 Ok(found) => {
                     if found.in_clear > 0 {
                         log::warn!(
-                            "{} live state(s) hold data an oauthd from before data was sealed stored in clear: it is read as it is until they are consumed or expire. A start that finds none refuses data in clear",
+                            "{} live state(s) hold data an oauthd from before data was sealed stored in clear: theirs is read as it is until they are consumed or expire; data in clear in any other state is refused",
                             found.in_clear
                         );
                     }

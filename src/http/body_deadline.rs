@@ -64,7 +64,17 @@ impl Stream for Shared {
 /// connection is closed when the body was not read to its end.
 pub fn apply(req: &mut ServiceRequest) -> Option<Unread> {
     let headers = req.headers();
-    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+    // A body that runs until the connection ends: actix-web reads one after the head of a
+    // request that asks for a WebSocket (whatever else it says) or of a CONNECT, and
+    // drains it after the answer like a chunked one. oauthd serves neither, but without a
+    // deadline such a request, on a route that reads its body (the sign-in form), held
+    // its connection without end.
+    let endless = req.method() == actix_web::http::Method::CONNECT
+        || headers
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    let chunked = endless || headers.contains_key(header::TRANSFER_ENCODING);
     let declares_body = chunked
         || headers
             .get(header::CONTENT_LENGTH)

@@ -9,7 +9,9 @@
 //! the next one must begin within `NEXT_REQUEST_WITHIN` of the connection's start, of the
 //! last answer's end or of the last byte written, whichever is latest; past that its reads
 //! fail and actix-web closes it. A request being answered holds a `Turn` (kept by the
-//! answer's body until it is sent) and has no such limit.
+//! answer's body until it is sent) and has no such limit; its answer, though, must be
+//! taken by the client: a write that finds it taking nothing for `WRITE_STALL_LIMIT`
+//! fails too.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -23,6 +25,11 @@ use tokio::time::{Instant, Sleep};
 
 /// The keep-alive wait (5 s) and the time a request head may take (5 s).
 pub const NEXT_REQUEST_WITHIN: Duration = Duration::from_secs(10);
+
+/// How long an answer may wait for the client to take any of it: one that never reads
+/// held the connection (and the answer's buffers) without end, a request being answered
+/// having no other limit.
+pub const WRITE_STALL_LIMIT: Duration = Duration::from_secs(30);
 
 /// What a connection is doing, shared by its stream and its requests (one worker thread).
 #[derive(Debug)]
@@ -65,6 +72,9 @@ pub struct Watched<T> {
     timer: Option<Pin<Box<Sleep>>>,
     /// Whether `timer` has been polled since it was last set.
     armed: bool,
+    /// Since a write found the client taking nothing (cleared by the next that goes
+    /// through).
+    write_stalled: Option<Pin<Box<Sleep>>>,
 }
 
 impl<T> Watched<T> {
@@ -77,6 +87,38 @@ impl<T> Watched<T> {
             }),
             timer: None,
             armed: false,
+            write_stalled: None,
+        }
+    }
+
+    /// What a write gave, noted: bytes the client took move the deadline for the next
+    /// request; a write that waits past `WRITE_STALL_LIMIT` fails.
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match written {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.watch.quiet_now();
+                    self.write_stalled = None;
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => {
+                let stalled = self
+                    .write_stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL_LIMIT)));
+                match stalled.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client took none of the answer in time",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            failed => failed,
         }
     }
 
@@ -143,10 +185,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.io).poll_write(cx, buf);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            this.watch.quiet_now();
-        }
-        written
+        this.wrote(cx, written)
     }
 
     fn poll_write_vectored(
@@ -156,10 +195,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            this.watch.quiet_now();
-        }
-        written
+        this.wrote(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -202,6 +238,17 @@ mod tests {
         let err = watched.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(started.elapsed(), NEXT_REQUEST_WITHIN);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_the_client_does_not_take_fails_its_write_in_time() {
+        let (_client, server) = tokio::io::duplex(16);
+        let mut watched = Watched::new(server);
+        let _turn = Turn::begin(&watched.watch());
+        let started = Instant::now();
+        let err = watched.write_all(&[0u8; 64]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), WRITE_STALL_LIMIT);
     }
 
     #[tokio::test(start_paused = true)]

@@ -862,3 +862,45 @@ async fn answers_stream_through_and_stop_at_the_limit() {
     assert!(cut, "a body over the limit ended as if whole");
     assert!(received <= 8 * 1024 * 1024, "{received}");
 }
+
+/// A client that asks for a large answer and never reads it held its connection, and the
+/// answer's buffers, without end: a streamed answer holds its request's turn, which has no
+/// deadline of its own. An answer the client takes nothing of for 30 s ends the connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_never_reads_a_streamed_answer_loses_its_connection() {
+    let mock = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/big"))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(vec![b'x'; 16 * 1024 * 1024]))
+        .mount(&mock)
+        .await;
+    let (_home, d, key) = mock_home(&mock, "").await;
+    let addr: std::net::SocketAddr = d.url.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut conn = socket.connect(addr).await.unwrap();
+    conn.write_all(
+        format!(
+            "GET /v1/proxy/mock/default/big HTTP/1.1\r\nHost: {addr}\r\n\
+             Authorization: Bearer {key}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(45)).await;
+    // Read on: a connection still served delivers the whole answer and then waits.
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut read = 0usize;
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection was held ({read} bytes read)");
+    assert!(read < 16 * 1024 * 1024, "the whole answer was sent");
+}
