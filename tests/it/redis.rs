@@ -538,6 +538,13 @@ mod shared {
             err.contains("has no password") && err.contains("unset OAUTHD_REDIS_PASSWORD"),
             "{err}"
         );
+        // A user named with a wrong password is told so, whatever the default user needs.
+        let wrong = server
+            .url()
+            .replace("redis://", "redis://lim:not-the-password-88@");
+        let (code, err) = keys_list_at(&wrong, &[]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains("refused the password"), "{err}");
     }
 
     #[tokio::test(flavor = "multi_thread")]

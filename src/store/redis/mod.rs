@@ -132,12 +132,17 @@ fn readable<T>(
         .collect()
 }
 
-/// Whether the Redis at `target` answers a client that gives no user or password.
+/// Whether the Redis at `target`, whose URL names no user, answers a client that gives no
+/// password. (With a user named, its password is what is wrong, whatever the default user
+/// needs.)
 async fn answers_without_password(target: &RedisTarget) -> bool {
     use redis::IntoConnectionInfo;
     let Ok(info) = target.url().into_connection_info() else {
         return false;
     };
+    if info.redis_settings().username().is_some() {
+        return false;
+    }
     let db = info.redis_settings().db();
     let info = info.set_redis_settings(redis::RedisConnectionInfo::default().set_db(db));
     let Ok(client) = redis::Client::open(info) else {
