@@ -356,31 +356,28 @@ mod shared {
     fn a_redis_store_needs_an_explicit_shared_vault_key() {
         let home = Home::redis();
         let url = home.shared().unwrap().url.clone();
-        let out = Command::new(BIN)
-            .args(["--store", &url, "--listen", "127.0.0.1:0"])
-            .env_remove("OAUTHD_KEY")
-            .env_remove("OAUTHD_KEY_FILE")
-            .current_dir(home.dir.path())
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{err}");
+        // Without OAUTHD_KEY(_FILE): exit 2 and what stderr said.
+        let without_key = |args: &[&str]| {
+            let out = Command::new(BIN)
+                .args(["--store", &url])
+                .args(args)
+                .env_remove("OAUTHD_KEY")
+                .env_remove("OAUTHD_KEY_FILE")
+                .current_dir(home.dir.path())
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            err
+        };
+        let err = without_key(&["--listen", "127.0.0.1:0"]);
         assert!(
             err.contains("same vault key") && err.contains("OAUTHD_KEY_FILE"),
             "{err}"
         );
         assert!(!home.dir.path().join("oauthd.db.key").exists());
-        // A command run without the variable is pointed at the key the instances use, not
-        // told to make a new one.
-        let out = Command::new(BIN)
-            .args(["--store", &url, "connections", "list"])
-            .env_remove("OAUTHD_KEY")
-            .env_remove("OAUTHD_KEY_FILE")
-            .current_dir(home.dir.path())
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{err}");
+        // A command is pointed at the key the instances use, not told to make a new one.
+        let err = without_key(&["connections", "list"]);
         assert!(
             err.contains("to the key file the instances serving this store use"),
             "{err}"
