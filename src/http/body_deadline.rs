@@ -69,11 +69,12 @@ pub fn apply(req: &mut ServiceRequest) -> Option<Unread> {
     // drains it after the answer like a chunked one. oauthd serves neither, but without a
     // deadline such a request, on a route that reads its body (the sign-in form), held
     // its connection without end.
+    // (Any of its `Upgrade` fields, as actix-web's decoder reads them.)
     let endless = req.method() == actix_web::http::Method::CONNECT
-        || headers
-            .get(header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+        || headers.get_all(header::UPGRADE).any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+        });
     let chunked = endless || headers.contains_key(header::TRANSFER_ENCODING);
     let declares_body = chunked
         || headers

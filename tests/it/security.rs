@@ -1864,24 +1864,34 @@ async fn a_request_asking_for_a_websocket_cannot_hold_its_connection() {
     let home = Home::new();
     home.write_config("[limits]\nbody_seconds = 2\n");
     let d = home.start();
-    let addr = d.url.trim_start_matches("http://");
-    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-    conn.write_all(
-        format!(
-            "POST /admin/login HTTP/1.1\r\nHost: {addr}\r\n\
-             Content-Type: application/x-www-form-urlencoded\r\nUpgrade: websocket\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut answer = Vec::new();
-    let ended = tokio::time::timeout(
-        std::time::Duration::from_secs(20),
-        conn.read_to_end(&mut answer),
-    )
-    .await;
-    assert!(ended.is_ok(), "the connection was held");
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let addr = d.url.trim_start_matches("http://").to_owned();
+    // The head's `Upgrade` fields: the decoder reads every one of them.
+    let held = |upgrade: &'static str| {
+        let addr = addr.clone();
+        async move {
+            let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            conn.write_all(
+                format!(
+                    "POST /admin/login HTTP/1.1\r\nHost: {addr}\r\n\
+                     Content-Type: application/x-www-form-urlencoded\r\n{upgrade}\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut answer = Vec::new();
+            let ended = tokio::time::timeout(
+                std::time::Duration::from_secs(20),
+                conn.read_to_end(&mut answer),
+            )
+            .await;
+            assert!(ended.is_ok(), "{upgrade:?}: the connection was held");
+            let answer = String::from_utf8_lossy(&answer).into_owned();
+            assert!(answer.starts_with("HTTP/1.1 408"), "{upgrade:?}: {answer}");
+        }
+    };
+    tokio::join!(
+        held("Upgrade: websocket\r\n"),
+        held("Upgrade: h2c\r\nUpgrade: websocket\r\n")
+    );
 }
