@@ -1351,6 +1351,12 @@ mod tests {
     fn the_example_config_parses_to_the_defaults() {
         let example = parse(include_str!("../oauthd.example.toml")).unwrap();
         let defaults = parse("").unwrap();
+        // The example names the default database path, as it advises.
+        assert!(!example.db_defaulted && defaults.db_defaulted);
+        let example = Settings {
+            db_defaulted: true,
+            ..example
+        };
         assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
     }
 
