@@ -195,6 +195,9 @@ pub struct LimitsConfig {
     /// Connections one key limited to accounts may reach before it may start flows or
     /// import for another account (0: no cap).
     pub max_connections_per_key: u32,
+    /// Open connections from one client address (an IPv6 /64), trusted proxies aside
+    /// (0: no cap).
+    pub max_connections_per_address: u32,
     /// How long a request body may take to arrive, whole.
     pub body_seconds: u64,
 }
@@ -208,6 +211,7 @@ impl Default for LimitsConfig {
             trusted_proxies: Vec::new(),
             max_device_flows_per_key: 20,
             max_connections_per_key: 1000,
+            max_connections_per_address: 256,
             body_seconds: 30,
         }
     }
@@ -363,6 +367,8 @@ pub struct Settings {
     pub max_device_flows_per_key: u32,
     /// `[limits] max_connections_per_key` (0: no cap).
     pub max_connections_per_key: u32,
+    /// `[limits] max_connections_per_address` (0: no cap).
+    pub max_connections_per_address: u32,
     /// `[limits] body_seconds`: a request body that has not arrived whole by then is refused.
     pub body_deadline: Duration,
     /// `OAUTHD_ADMIN_TOKEN(_FILE)`: signs a browser in from the sign-in form.
@@ -496,6 +502,12 @@ impl Settings {
         if file.limits.max_connections_per_key > 1_000_000 {
             return Err(invalid(
                 "limits.max_connections_per_key",
+                "must be at most 1000000 (0: no cap)",
+            ));
+        }
+        if file.limits.max_connections_per_address > 1_000_000 {
+            return Err(invalid(
+                "limits.max_connections_per_address",
                 "must be at most 1000000 (0: no cap)",
             ));
         }
@@ -672,6 +684,7 @@ impl Settings {
             admin_session_hours,
             max_device_flows_per_key: file.limits.max_device_flows_per_key,
             max_connections_per_key: file.limits.max_connections_per_key,
+            max_connections_per_address: file.limits.max_connections_per_address,
             body_deadline: Duration::from_secs(body_seconds),
             admin_token: secret_from_env("OAUTHD_ADMIN_TOKEN")?,
             metrics_token: secret_from_env("OAUTHD_METRICS_TOKEN")?,

@@ -22,6 +22,7 @@ mod next_request;
 mod notify;
 mod openapi;
 mod pages;
+mod per_address;
 mod problem;
 mod proxy;
 mod ratelimit;
@@ -547,6 +548,10 @@ pub async fn serve(
         .disable_signals()
         .shutdown_timeout(grace.as_secs());
     let stopping = builder.graceful_shutdown_signal();
+    let open = per_address::OpenConnections::new(
+        settings.max_connections_per_address,
+        settings.trusted_proxies.clone(),
+    );
     let server = builder.listen("oauthd", listener, move || {
         use actix_service::ServiceFactoryExt as _;
         let stopping = stopping.clone();
@@ -574,17 +579,32 @@ pub async fn serve(
             .finish(actix_service::map_config(app, |_| {
                 actix_web::dev::AppConfig::default()
             }));
-        actix_service::fn_service(|io: actix_web::rt::net::TcpStream| async move {
-            // Answers written in more than one piece (the proxy's streamed bodies) go out
-            // at once instead of waiting for the client's delayed ACK (measured: 40 ms at
-            // p99).
-            let _ = io.set_nodelay(true);
-            let peer = io.peer_addr().ok();
-            Ok::<_, actix_http::error::DispatchError>((
-                next_request::Watched::new(io),
-                actix_http::Protocol::Http1,
-                peer,
-            ))
+        let open = open.clone();
+        actix_service::fn_service(move |io: actix_web::rt::net::TcpStream| {
+            let open = open.clone();
+            async move {
+                let peer = io.peer_addr().ok();
+                let counted = open.take(peer).map_err(|_| {
+                    if let Some(peer) = peer {
+                        CONNECTIONS_REFUSED_LOGGED.warn(format_args!(
+                            "a connection from {} was closed: that address holds limits.max_connections_per_address open connections",
+                            peer.ip()
+                        ));
+                    }
+                    actix_http::error::DispatchError::Io(std::io::Error::other(
+                        "too many connections from one address",
+                    ))
+                })?;
+                // Answers written in more than one piece (the proxy's streamed bodies) go
+                // out at once instead of waiting for the client's delayed ACK (measured:
+                // 40 ms at p99).
+                let _ = io.set_nodelay(true);
+                Ok((
+                    next_request::Watched::new(io, counted),
+                    actix_http::Protocol::Http1,
+                    peer,
+                ))
+            }
         })
         .and_then(http)
     })?;
@@ -611,6 +631,10 @@ pub async fn serve(
     crate::logging::flush_budgets_at_stop();
     served
 }
+
+/// Connections closed for their address's cap, said in the log: at most 5 a second.
+static CONNECTIONS_REFUSED_LOGGED: crate::logging::Budget =
+    crate::logging::Budget::new("more connections closed for their address's cap", 5);
 
 /// How long a stop waits for requests in flight: a provider's answer and a moment to
 /// store it, and at least 10 s.

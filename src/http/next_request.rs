@@ -75,10 +75,12 @@ pub struct Watched<T> {
     /// Since a write found the client taking nothing (cleared by the next that goes
     /// through).
     write_stalled: Option<Pin<Box<Sleep>>>,
+    /// The connection's place among its address's (`per_address`), given back with it.
+    _counted: Option<super::per_address::Slot>,
 }
 
 impl<T> Watched<T> {
-    pub fn new(io: T) -> Self {
+    pub fn new(io: T, counted: Option<super::per_address::Slot>) -> Self {
         Watched {
             io,
             watch: Rc::new(Watch {
@@ -88,6 +90,7 @@ impl<T> Watched<T> {
             timer: None,
             armed: false,
             write_stalled: None,
+            _counted: counted,
         }
     }
 
@@ -219,7 +222,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_read_fails_once_no_request_began_in_time_and_not_while_one_is_answered() {
         let (client, server) = tokio::io::duplex(64);
-        let mut watched = Watched::new(server);
+        let mut watched = Watched::new(server, None);
         let watch = watched.watch();
         let mut client = client;
         client.write_all(b"G").await.unwrap();
@@ -243,7 +246,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_answer_the_client_does_not_take_fails_its_write_in_time() {
         let (_client, server) = tokio::io::duplex(16);
-        let mut watched = Watched::new(server);
+        let mut watched = Watched::new(server, None);
         let _turn = Turn::begin(&watched.watch());
         let started = Instant::now();
         let err = watched.write_all(&[0u8; 64]).await.unwrap_err();
@@ -254,7 +257,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn bytes_written_push_the_deadline_out() {
         let (mut client, server) = tokio::io::duplex(1024);
-        let mut watched = Watched::new(server);
+        let mut watched = Watched::new(server, None);
         let started = Instant::now();
         tokio::time::sleep(NEXT_REQUEST_WITHIN / 2).await;
         watched.write_all(b"streamed").await.unwrap();

@@ -1895,3 +1895,55 @@ async fn a_request_asking_for_a_websocket_cannot_hold_its_connection() {
         held("Upgrade: h2c\r\nUpgrade: websocket\r\n")
     );
 }
+
+/// Every connection must keep asking to stay open, but one address could still hold as
+/// many as it kept busy, each a file descriptor, until new clients were refused: past
+/// `limits.max_connections_per_address` a new one is closed at once, and closing one gives
+/// the room back.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_address_holds_at_most_its_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let home = Home::new();
+    home.write_config("[limits]\nmax_connections_per_address = 3\n");
+    let d = home.start();
+    let addr = d.url.trim_start_matches("http://").to_owned();
+    let get = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    // A connection's answer to a GET: its first bytes, or "" when it was closed unanswered.
+    async fn ask(conn: &mut tokio::net::TcpStream, get: &str) -> String {
+        let mut buf = [0u8; 512];
+        if conn.write_all(get.as_bytes()).await.is_err() {
+            return String::new();
+        }
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf));
+        match read.await {
+            Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+            _ => String::new(),
+        }
+    }
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        assert!(ask(&mut conn, &get).await.starts_with("HTTP/1.1 200"));
+        held.push(conn);
+    }
+    let mut fourth = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    assert_eq!(
+        ask(&mut fourth, &get).await,
+        "",
+        "a fourth connection was served"
+    );
+    drop(held.pop());
+    let mut served = false;
+    for _ in 0..50 {
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        if ask(&mut conn, &get).await.starts_with("HTTP/1.1 200") {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(served, "the room of a closed connection was not given back");
+    assert!(home
+        .log_text()
+        .contains("holds limits.max_connections_per_address open connections"));
+}
