@@ -1,8 +1,8 @@
 //! A deadline for the whole request body. actix-web gives up on a connection's first
 //! request head that takes longer than 5 s (`next_request` on every later one), but not on
-//! a body: a client sending one byte a second would hold its
-//! connection (and a file descriptor) for as long as it liked, on routes that read the body
-//! before anything else (`POST /admin/login` needs no key). Every body is read through this
+//! a body: a client sending one byte a second would hold its connection (and a file
+//! descriptor) for as long as it liked, on routes that read the body before anything else
+//! (`POST /admin/login` needs no key). Every body is read through this
 //! stream; past the deadline it ends with a timed-out I/O error, which `body::read_limited`
 //! answers with `408 body_timeout`.
 //!
@@ -65,11 +65,10 @@ impl Stream for Shared {
 pub fn apply(req: &mut ServiceRequest) -> Option<Unread> {
     let headers = req.headers();
     // A body that runs until the connection ends: actix-web reads one after the head of a
-    // request that asks for a WebSocket (whatever else it says) or of a CONNECT, and
-    // drains it after the answer like a chunked one. oauthd serves neither, but without a
-    // deadline such a request, on a route that reads its body (the sign-in form), held
-    // its connection without end.
-    // (Any of its `Upgrade` fields, as actix-web's decoder reads them.)
+    // request that asks for a WebSocket in any of its `Upgrade` fields (whatever else it
+    // says), or of a CONNECT, and drains it after the answer like a chunked one. oauthd
+    // serves neither, but without a deadline such a request, on a route that reads its
+    // body (the sign-in form), held its connection without end.
     let endless = req.method() == actix_web::http::Method::CONNECT
         || headers.get_all(header::UPGRADE).any(|v| {
             v.to_str()
