@@ -1,22 +1,29 @@
 //! OpenID Connect ID tokens (Core 1.0 §3.1.3.7): when a token response carries one, its
 //! signature is checked against the issuer's published keys (`jwks_uri`), and so are
 //! `iss`, `aud` (and `azp`), `exp` and the `nonce` oauthd sent. Only asymmetric algorithms
-//! are accepted; the keys are fetched on first use and again when a token names a key id
-//! the cached set does not hold (at most once every `REFETCH_AFTER`, 5 seconds).
+//! are accepted; the keys are fetched on first use, again after `KEYS_TTL` and when a
+//! token names a key id the cached set does not hold (at most once every `REFETCH_AFTER`,
+//! 5 seconds). While the provider's key set cannot be fetched again, the set it last
+//! published goes on verifying for `KEYS_STALE_LIMIT` more: an ID token comes straight
+//! from the token endpoint, over TLS, so a short outage of `jwks_uri` should not fail
+//! every sign-in.
 
 use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use url::Url;
 
 /// Clock difference tolerated on `exp`/`iat`/`nbf`.
 const LEEWAY_SECS: u64 = 60;
 /// How soon the key set may be fetched again for a key id it does not hold.
 const REFETCH_AFTER: Duration = Duration::from_secs(5);
-/// How long a fetched key set is trusted at all: a key the provider withdrew stops
-/// verifying within this time.
+/// How long a fetched key set is trusted before it is fetched again: a key the provider
+/// withdrew stops verifying within this time while its `jwks_uri` answers.
 const KEYS_TTL: Duration = Duration::from_secs(3600);
+/// How much longer than `KEYS_TTL` the last set fetched still verifies while fetching it
+/// again fails.
+const KEYS_STALE_LIMIT: Duration = Duration::from_secs(24 * 3600);
 /// Largest key set accepted.
 const MAX_JWKS_BYTES: usize = 256 * 1024;
 
@@ -65,7 +72,8 @@ struct Claims {
 /// The issuer's keys, cached, and the last failure to fetch them: callbacks queued behind a
 /// fetch that failed get its error rather than each waiting out a fetch of its own (a
 /// stalled `jwks_uri` would otherwise hold the last of them for as many `provider_timeout`s
-/// as there are callers). The fetch is tried again `REFETCH_AFTER` later.
+/// as there are callers). The fetch is tried again `REFETCH_AFTER` later. Times are the
+/// wall clock oauthd was given (unix ms), as everywhere else.
 #[derive(Default)]
 pub struct JwksCache {
     keys: tokio::sync::Mutex<Cached>,
@@ -73,8 +81,13 @@ pub struct JwksCache {
 
 #[derive(Default)]
 struct Cached {
-    set: Option<(Instant, JwkSet)>,
-    failed: Option<(Instant, IdTokenError)>,
+    set: Option<(i64, JwkSet)>,
+    failed: Option<(i64, IdTokenError)>,
+}
+
+/// How long ago `at` was at `now_ms` (none if the clock went back).
+fn age(at: i64, now_ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(now_ms.saturating_sub(at)).unwrap_or(0))
 }
 
 impl JwksCache {
@@ -84,41 +97,61 @@ impl JwksCache {
         url: &Url,
         kid: Option<&str>,
         alg: Algorithm,
+        now_ms: i64,
     ) -> Result<DecodingKey, IdTokenError> {
         let mut cached = self.keys.lock().await;
         let stale = cached.set.as_ref().is_none_or(|(at, set)| {
-            at.elapsed() >= KEYS_TTL
-                || (pick(set, kid, alg).is_none() && at.elapsed() >= REFETCH_AFTER)
+            let age = age(*at, now_ms);
+            age >= KEYS_TTL || (pick(set, kid, alg).is_none() && age >= REFETCH_AFTER)
         });
+        // Why the set could not be fetched again, when it could not.
+        let mut unfetched = None;
         if stale {
-            if let Some((at, why)) = &cached.failed {
-                if at.elapsed() < REFETCH_AFTER {
-                    return Err(why.clone());
+            match &cached.failed {
+                Some((at, why)) if age(*at, now_ms) < REFETCH_AFTER => {
+                    unfetched = Some(why.clone());
                 }
-            }
-            match fetch(http, url).await {
-                Ok(set) => {
-                    cached.set = Some((Instant::now(), set));
-                    cached.failed = None;
-                }
-                Err(why) => {
-                    cached.failed = Some((Instant::now(), why.clone()));
-                    return Err(why);
-                }
+                _ => match fetch(http, url).await {
+                    Ok(set) => {
+                        cached.set = Some((now_ms, set));
+                        cached.failed = None;
+                    }
+                    Err(why) => {
+                        if let Some((at, _)) = &cached.set {
+                            let mins = age(*at, now_ms).as_secs() / 60;
+                            log::warn!(
+                                "{why}; ID tokens are checked against the keys fetched {mins} minutes ago, for at most {} hours after they were fetched",
+                                (KEYS_TTL + KEYS_STALE_LIMIT).as_secs() / 3600
+                            );
+                        }
+                        cached.failed = Some((now_ms, why.clone()));
+                        unfetched = Some(why);
+                    }
+                },
             }
         }
-        let set = cached.set.as_ref().map(|(_, set)| set);
-        let jwk = set.and_then(|s| pick(s, kid, alg)).ok_or_else(|| {
-            IdTokenError::Invalid(match kid {
-                Some(k) => format!(
-                    "no signing key with id {:?} at {url}",
-                    super::provider_text(k, 64)
-                ),
-                None => {
-                    format!("the token names no key id and {url} holds no single key for {alg:?}")
-                }
-            })
-        })?;
+        let set = cached
+            .set
+            .as_ref()
+            .filter(|(at, _)| unfetched.is_none() || age(*at, now_ms) < KEYS_TTL + KEYS_STALE_LIMIT)
+            .map(|(_, set)| set);
+        let jwk = match (set.and_then(|s| pick(s, kid, alg)), unfetched) {
+            (Some(jwk), _) => jwk,
+            (None, Some(why)) => return Err(why),
+            (None, None) => {
+                return Err(IdTokenError::Invalid(match kid {
+                    Some(k) => format!(
+                        "no signing key with id {:?} at {url}",
+                        super::provider_text(k, 64)
+                    ),
+                    None => {
+                        format!(
+                            "the token names no key id and {url} holds no single key for {alg:?}"
+                        )
+                    }
+                }))
+            }
+        };
         DecodingKey::from_jwk(jwk).map_err(|e| IdTokenError::Keys(e.to_string()))
     }
 }
@@ -199,7 +232,13 @@ pub async fn verify(
     let url = jwks_uri
         .ok_or_else(|| IdTokenError::Keys("the provider's metadata names no jwks_uri".into()))?;
     let key = cache
-        .key(http, url, header.kid.as_deref(), header.alg)
+        .key(
+            http,
+            url,
+            header.kid.as_deref(),
+            header.alg,
+            expected.now_ms,
+        )
         .await?;
     let mut validation = Validation::new(header.alg);
     validation.set_issuer(&[expected.issuer]);
@@ -319,5 +358,76 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("not accepted"), "{err}");
+    }
+
+    /// A test-only Ed25519 key: (PKCS#8 DER, the public key's `x`).
+    const ED_PKCS8: &str = "302e020100300506032b657004220420bfcd7dff9566d1d4be2141dc91c096bfa4fb58d0dc8687242464769c4e07a33d";
+    const ED_X: &str = "HwGOEN6tG-Yi_mcsiRphXrfDabDHm2gXV8Zbn3tBmfQ";
+
+    #[tokio::test]
+    async fn the_last_key_set_verifies_for_a_day_while_it_cannot_be_fetched_again() {
+        use wiremock::matchers::{method, path};
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+        let der: Vec<u8> = (0..ED_PKCS8.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&ED_PKCS8[i..i + 2], 16).unwrap())
+            .collect();
+        let mut header = jsonwebtoken::Header::new(Algorithm::EdDSA);
+        header.kid = Some("k1".into());
+        let t0: i64 = 1_800_000_000_000;
+        let hour = 3_600_000;
+        let token = jsonwebtoken::encode(
+            &header,
+            &serde_json::json!({"iss": "i", "aud": "c", "sub": "alice",
+                                "exp": (t0 + 30 * hour) / 1000}),
+            &jsonwebtoken::EncodingKey::from_ed_der(&der),
+        )
+        .unwrap();
+        let mock = MockServer::start().await;
+        let serve = |status: u16| {
+            Mock::given(method("GET")).and(path("/jwks")).respond_with(
+                ResponseTemplate::new(status).set_body_json(serde_json::json!({"keys": [
+                    {"kty": "OKP", "crv": "Ed25519", "kid": "k1", "use": "sig", "x": ED_X}
+                ]})),
+            )
+        };
+        serve(200).mount(&mock).await;
+        let url = Url::parse(&format!("{}/jwks", mock.uri())).unwrap();
+        let (http, cache) = (reqwest::Client::new(), JwksCache::default());
+        let fetches = || async { mock.received_requests().await.unwrap_or_default().len() };
+        let at = |now_ms| Expected {
+            issuer: "i",
+            client_id: "c",
+            nonce: None,
+            now_ms,
+        };
+        let check = |now_ms| {
+            let (http, cache, url, token) = (&http, &cache, &url, &token);
+            async move { verify(http, cache, Some(url), token, &at(now_ms)).await }
+        };
+        assert_eq!(check(t0).await.unwrap().sub, "alice");
+        assert_eq!(fetches().await, 1);
+        // The provider's key set stops answering.
+        mock.reset().await;
+        serve(503).mount(&mock).await;
+        // An hour on the set is fetched again; that fails, and the set it holds verifies.
+        assert_eq!(check(t0 + hour + 1).await.unwrap().sub, "alice");
+        assert_eq!(
+            fetches().await,
+            1,
+            "the set was not fetched again after an hour"
+        );
+        // The next 5 s share that failure, and still verify.
+        assert!(check(t0 + hour + 2_000).await.is_ok());
+        assert_eq!(fetches().await, 1);
+        // A day past its hour, a set that cannot be fetched again is no longer trusted.
+        let err = check(t0 + 25 * hour + 1).await.unwrap_err();
+        assert!(matches!(err, IdTokenError::Keys(_)), "{err}");
+        assert!(err.to_string().contains("HTTP 503"), "{err}");
+        // Once the provider answers again, so does the check.
+        mock.reset().await;
+        serve(200).mount(&mock).await;
+        assert_eq!(check(t0 + 25 * hour + 10_000).await.unwrap().sub, "alice");
+        assert_eq!(fetches().await, 1);
     }
 }
