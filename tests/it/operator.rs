@@ -1403,3 +1403,42 @@ async fn a_database_file_deleted_under_oauthd_stops_its_writes() {
     assert_eq!(d.consume(&key, &after, "oauth:app").await.0, 200);
     d.signal_and_wait("TERM");
 }
+
+/// The longest a stop waits, by default: a refresh the provider is slow to answer is
+/// waited for until its lease ends (60 s + `provider_timeout_seconds` + 5 s), and the
+/// shipped files that stop oauthd (systemd's unit, the compose files, the README's
+/// `docker run`) must wait longer, or they kill it half-way and lose a rotated refresh
+/// token (Docker's own default is 10 s).
+#[test]
+fn the_shipped_service_and_container_files_wait_out_a_stop() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    let example = read("oauthd.example.toml");
+    let timeout: u64 = example
+        .lines()
+        .find_map(|l| l.strip_prefix("provider_timeout_seconds = "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("provider_timeout_seconds in the example config");
+    let longest = 60 + timeout + 5;
+    // The number after `prefix` on the first line holding it, and whether one was found.
+    let seconds_after = |text: &str, prefix: &str| -> Option<u64> {
+        text.lines().find_map(|l| {
+            let rest = &l[l.find(prefix)? + prefix.len()..];
+            let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+            digits.parse().ok()
+        })
+    };
+    for (file, prefix) in [
+        ("dist/oauthd.service", "TimeoutStopSec="),
+        ("dist/container/compose.yaml", "stop_grace_period: "),
+        ("dist/container/compose.redis.yaml", "stop_grace_period: "),
+        ("README.md", "docker run -d --name oauthd --stop-timeout "),
+    ] {
+        let text = read(file);
+        let found = seconds_after(&text, prefix);
+        assert!(
+            found.is_some_and(|s| s > longest),
+            "{file}: {prefix}{found:?} (a stop may take {longest} s)"
+        );
+    }
+}
