@@ -58,13 +58,14 @@ pub(super) fn backup(settings: Settings, to: PathBuf) -> Result<(), Fatal> {
     super::stop_on_signal(&copy::STOP);
     let copied = copy::backup(db, &to).map_err(fatal)?;
     say!(
-        "Copied {} to {} (mode 600): schema version {}, {} bytes, consistent as of now. Keep {} with it, as safely: without it the tokens and states' data in the copy cannot be read. `oauthd restore --db {} {}` puts it back, with oauthd stopped.",
+        "Copied {} to {} (mode 600): schema version {}, {} bytes, consistent as of now. Keep {} with it, as safely: without it the tokens and states' data in the copy cannot be read. `oauthd restore --db {} {}` puts it back, with oauthd stopped; `oauthd check --db {}` (OAUTHD_KEY_FILE naming the key kept with it) tries it out. Never serve a copy while this oauthd serves: both would refresh the same connections, and a provider that rotates refresh tokens refuses the loser's.",
         db.display(),
         to.display(),
         copied.version,
         copied.bytes,
         key_named(&settings),
         full_path(db).display(),
+        full_path(&to).display(),
         full_path(&to).display()
     );
     Ok(())
@@ -90,11 +91,12 @@ pub(super) fn restore(settings: Settings, from: PathBuf, create: bool) -> Result
             aside.display()
         )
     });
-    // On a new machine nothing was there before: nothing to undo.
+    // On a new machine nothing was there before: nothing to undo, but the oauthd the copy
+    // came from may still serve elsewhere (a backup being tried out).
     let undone = if restored.replaced.is_some() {
         " What changed since the copy was made is undone: API keys revoked since are active again (`oauthd keys list`, then `oauthd keys revoke` them again), keys made since are gone, and states consumed since can be consumed again."
     } else {
-        ""
+        " Start oauthd on it only if the oauthd it was copied from serves no more: this one would refresh the same connections, and a provider that rotates refresh tokens (SmartThings, Microsoft, and others) then refuses the other's (invalid_grant: those accounts need connecting again). To try a copy out without serving it: `oauthd check --db FILE`."
     };
     let key = match super::key_source(&settings) {
         Ok(KeySource::File { path, .. }) if !path.exists() => format!(

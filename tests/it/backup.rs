@@ -166,6 +166,13 @@ async fn a_restore_on_a_new_machine_says_the_key_file_is_missing() {
         "{said}"
     );
     assert!(!said.contains("is undone"), "{said}");
+    // The oauthd the copy came from may still serve: starting this one would refresh its
+    // connections and cost it its grants at a provider that rotates refresh tokens.
+    assert!(
+        said.contains("Start oauthd on it only if the oauthd it was copied from serves no more"),
+        "{said}"
+    );
+    assert!(said.contains("`oauthd check --db FILE`"), "{said}");
 }
 
 /// Under a steady stream of writes the copy still finishes (SQLite's online backup, which
