@@ -81,19 +81,24 @@ pub(super) fn restore(settings: Settings, from: PathBuf, create: bool) -> Result
     );
     super::stop_on_signal(&copy::STOP);
     let restored = copy::restore(&from, db, &stamp, create).map_err(fatal)?;
-    let rotated = restored
-        .replaced
-        .as_deref()
-        .map_or_else(String::new, |aside| refreshed_since(db, aside));
-    let replaced = restored.replaced.as_deref().map_or_else(String::new, |aside| {
-        format!(
+    // What was moved aside: a database, or only -wal and -shm files found without one.
+    let replaced_db = restored.replaced.as_deref().filter(|aside| aside.exists());
+    let rotated = replaced_db.map_or_else(String::new, |aside| refreshed_since(db, aside));
+    let replaced = match (&restored.replaced, replaced_db) {
+        (_, Some(aside)) => format!(
             " The database it replaced is kept as {} (its -wal and -shm files, if it had them, beside it named the same way): delete them once the restore is confirmed.",
             aside.display()
-        )
-    });
+        ),
+        (Some(aside), None) => format!(
+            " There was no database, but -wal or -shm files without one (what is left of a database deleted or moved without them): they are kept beside it as {}-wal and {}-shm.",
+            aside.display(),
+            aside.display()
+        ),
+        (None, None) => String::new(),
+    };
     // On a new machine nothing was there before: nothing to undo, but the oauthd the copy
     // came from may still serve elsewhere (a backup being tried out).
-    let undone = if restored.replaced.is_some() {
+    let undone = if replaced_db.is_some() {
         " What changed since the copy was made is undone: API keys revoked since are active again (`oauthd keys list`, then `oauthd keys revoke` them again), keys made since are gone, and states consumed since can be consumed again."
     } else {
         " Start oauthd on it only if the oauthd it was copied from serves no more: this one would refresh the same connections, and a provider that rotates refresh tokens (SmartThings, Microsoft, and others) then refuses the other's (invalid_grant: those accounts need connecting again). To try a copy out without serving it: `oauthd check --db FILE`."

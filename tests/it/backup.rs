@@ -175,6 +175,37 @@ async fn a_restore_on_a_new_machine_says_the_key_file_is_missing() {
     assert!(said.contains("`oauthd check --db FILE`"), "{said}");
 }
 
+/// A restore where only a `-wal` file was left (its database deleted): those files are
+/// moved aside and named as what they are, not as a database it replaced, with nothing
+/// said undone (there was nothing to undo).
+#[test]
+fn a_restore_over_a_wal_file_without_its_database_names_it_so() {
+    let home = Home::new();
+    home.create_key("app", &[]);
+    let copy = home.dir.path().join("copy.db");
+    assert!(home
+        .cli(&["backup", copy.to_str().unwrap()])
+        .status
+        .success());
+    let new = Home::new();
+    std::fs::write(new.dir.path().join("oauthd.db-wal"), [7u8; 4096]).unwrap();
+    let out = new.cli(&["restore", "--create", copy.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        said.contains("There was no database, but -wal or -shm files"),
+        "{said}"
+    );
+    assert!(!said.contains("The database it replaced"), "{said}");
+    assert!(!said.contains("is undone"), "{said}");
+    let aside = std::fs::read_dir(new.dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("oauthd.db.replaced-") && n.ends_with("-wal"));
+    assert!(aside.is_some(), "{said}");
+}
+
 /// Under a steady stream of writes the copy still finishes (SQLite's online backup, which
 /// the README gave, starts over at each write by another process and never did), whole.
 #[tokio::test(flavor = "multi_thread")]

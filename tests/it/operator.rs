@@ -1404,6 +1404,70 @@ async fn a_database_file_deleted_under_oauthd_stops_its_writes() {
     d.signal_and_wait("TERM");
 }
 
+/// `rm oauthd.db` under a running oauthd: what it holds is then only in the file it still
+/// has open, lost when it stops (the log said "put the files back", which an `rm` makes
+/// impossible, or restart, which started on an empty database). The ERROR says how to copy
+/// it out first, and following it word for word keeps every state and key.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_deleted_under_oauthd_can_be_copied_out_before_it_stops() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let kept = d
+        .create_state(&key, json!({"namespace": "oauth:app"}))
+        .await;
+    std::fs::remove_file(home.db()).unwrap();
+    let (status, body) = d.readyz_until(503).await;
+    assert_eq!(status, 503, "{body}");
+    let log = home.log_text();
+    // The text between "`PREFIX" and the next backtick of the ERROR line.
+    let quoted = |prefix: &str| -> String {
+        let line = log
+            .lines()
+            .find(|l| l.contains(" ERROR ") && l.contains("was deleted or replaced"))
+            .unwrap_or_else(|| panic!("no ERROR line: {log}"));
+        let from = line
+            .find(&format!("`{prefix}"))
+            .unwrap_or_else(|| panic!("no `{prefix}… in: {line}"))
+            + 1;
+        line[from..from + line[from..].find('`').unwrap()].to_owned()
+    };
+    let copy_out = quoted("cp /proc/");
+    let out = Command::new("sh").args(["-c", &copy_out]).output().unwrap();
+    assert!(out.status.success(), "{copy_out}: {out:?}");
+    let restore = quoted("oauthd restore ");
+    d.signal_and_wait("TERM");
+    let args: Vec<&str> = restore.split_whitespace().skip(1).collect();
+    let out = Command::new(BIN).args(&args).output().unwrap();
+    assert!(out.status.success(), "{restore}: {out:?}");
+    let d = home.start();
+    assert_eq!(d.consume(&key, &kept, "oauth:app").await.0, 200);
+    d.signal_and_wait("TERM");
+}
+
+/// A `-wal` file with no database beside it (the database deleted or moved without it):
+/// a start made a new database there, and SQLite emptied the `-wal` as a stale one of it,
+/// its data gone. It is refused (exit 2, nothing changed).
+#[test]
+fn a_start_on_a_wal_file_without_its_database_is_refused() {
+    let home = Home::new();
+    let wal = home.dir.path().join("oauthd.db-wal");
+    let bytes: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&wal, &bytes).unwrap();
+    let refused = common::run_until_exit(
+        home.cli_command(&["serve", "--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null()),
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("does not exist, but") && err.contains("oauthd restore"),
+        "{err}"
+    );
+    assert!(!home.db().exists(), "{err}");
+    assert_eq!(std::fs::read(&wal).unwrap(), bytes);
+}
+
 /// The longest a stop waits, by default: a refresh the provider is slow to answer is
 /// waited for until its lease ends (60 s + `provider_timeout_seconds` + 5 s), and the
 /// shipped files that stop oauthd (systemd's unit, the compose files, the README's

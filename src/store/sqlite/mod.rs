@@ -92,6 +92,8 @@ pub enum OpenError {
     Unversioned { path: PathBuf },
     #[error("database {path} is in WAL mode but holds no tables, and no {path}-wal is beside it: oauthd's data is in that -wal file, left behind when the database was moved or copied after oauthd stopped without a clean stop. Put the -wal file (and the -shm file) beside it and start again; to start afresh instead, delete {path}. Nothing was changed in it")]
     WalLeftBehind { path: PathBuf },
+    #[error("database {path} does not exist, but {path}-wal does ({bytes} bytes): the database was deleted or moved without it, and a new database made here would discard it. Put the database file back beside it, or restore a copy (`oauthd restore --db {path} --create COPY`); to start afresh instead, move {path}-wal and {path}-shm aside. Nothing was changed")]
+    WalWithoutDatabase { path: PathBuf, bytes: u64 },
     #[error("database {path} is damaged ({message}): restore the last copy (`oauthd restore`, with oauthd stopped), or save what SQLite still reads with `sqlite3 {path} .recover`; nothing was changed in it")]
     Damaged { path: PathBuf, message: String },
     #[error("cannot open database {path}: {message} ({hint})")]
@@ -138,6 +140,7 @@ impl OpenError {
                 | OpenError::NotADatabase { .. }
                 | OpenError::Damaged { .. }
                 | OpenError::WalLeftBehind { .. }
+                | OpenError::WalWithoutDatabase { .. }
                 | OpenError::Foreign { .. }
                 | OpenError::Unversioned { .. }
                 | OpenError::TooNew { .. }
@@ -322,6 +325,21 @@ impl SqliteStore {
             });
         }
         let created = !path.exists();
+        if created {
+            // SQLite would take a -wal file without its database for a stale one of the new
+            // database and empty it: the data of one deleted (an `rm oauthd.db`) gone too.
+            let wal = crate::paths::with_suffix(path, "-wal");
+            if let Some(bytes) = std::fs::metadata(&wal)
+                .ok()
+                .map(|m| m.len())
+                .filter(|&n| n > 0)
+            {
+                return Err(OpenError::WalWithoutDatabase {
+                    path: path.to_owned(),
+                    bytes,
+                });
+            }
+        }
         // Read before SQLite opens it (which makes a -wal file of its own).
         let wal_left_behind =
             !created && in_wal_mode(path) && !crate::paths::with_suffix(path, "-wal").exists();

@@ -420,6 +420,35 @@ impl Files {
         std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
     }
 
+    /// How to copy out what this process still holds of the database and its `-wal` file
+    /// when a name no longer leads to the file opened (an `rm`): from `/proc/PID/fd/N`
+    /// while oauthd runs, and from the name where it still does. A shell command line, or
+    /// `None` where a file opened is found neither way.
+    fn rescue(&self, to: &std::path::Path) -> Option<String> {
+        let pid = std::process::id();
+        let held: Vec<(std::path::PathBuf, (u64, u64))> = std::fs::read_dir("/proc/self/fd")
+            .ok()?
+            .flatten()
+            .filter_map(|fd| Some((fd.path(), Files::id(&fd.path())?)))
+            .collect();
+        let mut copies = Vec::new();
+        for ((path, opened), suffix) in self.paths.iter().zip(self.opened).zip(["", "-wal"]) {
+            let Some(opened) = opened else { continue };
+            let from = if Files::id(path) == Some(opened) {
+                path.display().to_string()
+            } else {
+                let (fd, _) = held.iter().find(|(_, id)| *id == opened)?;
+                let n = fd.file_name()?.to_string_lossy().into_owned();
+                format!("/proc/{pid}/fd/{n}")
+            };
+            copies.push(format!(
+                "cp {from} {}",
+                crate::paths::with_suffix(to, suffix).display()
+            ));
+        }
+        Some(copies.join(" && "))
+    }
+
     /// The first file that is no longer the one opened; one not there at the open (a
     /// `-wal` made later) is taken as it is now.
     fn changed(&mut self) -> Option<&std::path::Path> {
@@ -566,11 +595,24 @@ impl Link {
         if self.conn.is_none() {
             return;
         }
-        match self.files.changed() {
+        match self.files.changed().map(std::path::Path::to_owned) {
             Some(file) => {
                 if !self.moved.swap(true, Ordering::AcqRel) {
+                    let db = &self.files.paths[0];
+                    let copy =
+                        crate::paths::with_suffix(db, &format!(".rescued-{}", std::process::id()));
+                    // What it held is lost when it stops: say how to keep it first.
+                    let keep = match self.files.rescue(&copy) {
+                        Some(cp) => format!(
+                            "; or keep what oauthd holds: before stopping it, `{cp}`, then stop it and `oauthd restore --db {}{} {}`",
+                            db.display(),
+                            if db.exists() { "" } else { " --create" },
+                            copy.display()
+                        ),
+                        None => String::new(),
+                    };
                     log::error!(
-                        "database {}: {} was deleted or replaced while oauthd had it open (an rm, a restore by mv while oauthd ran): what oauthd wrote to it now would be lost at its next start, so writes and /readyz answer 503. Put the files oauthd opened back, or stop oauthd and start it again on the files as they are now",
+                        "database {}: {} was deleted or replaced while oauthd had it open (an rm, a restore by mv while oauthd ran): what oauthd wrote to it now would be lost at its next start, so writes and /readyz answer 503. Put the files oauthd opened back and it carries on by itself{keep}; or stop oauthd and start it again on the files as they are now, without what it held",
                         self.name,
                         file.display()
                     );
