@@ -17,6 +17,22 @@ pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Whose the file at `path` is, against who asks: "it is owned by uid 0 with mode 600,
+/// and oauthd runs as uid 65534", for a message where this user may not read or write it;
+/// `None` when the file cannot be looked at.
+pub fn ownership(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    // The process's user: the owner of its own /proc entry.
+    let me =
+        std::fs::metadata("/proc/self").map_or_else(|_| "?".to_owned(), |m| m.uid().to_string());
+    Some(format!(
+        "it is owned by uid {} with mode {:o}, and oauthd runs as uid {me}",
+        meta.uid(),
+        meta.mode() & 0o7777
+    ))
+}
+
 /// A link on the way to a path that another user could have planted (`resolve_trusted`).
 #[derive(Debug, PartialEq, Eq)]
 pub struct UntrustedLink {

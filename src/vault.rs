@@ -57,23 +57,16 @@ impl VaultKey {
 
 /// Why the key file at `path` could not be read, with what to do when this user may not.
 fn read_failed(path: &Path, e: &std::io::Error) -> String {
-    use std::os::unix::fs::MetadataExt;
     if e.kind() != std::io::ErrorKind::PermissionDenied {
         return e.to_string();
     }
-    // The process's user: the owner of its own /proc entry.
-    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
-    match std::fs::metadata(path) {
-        Ok(meta) => format!(
-            "{e}: it is owned by uid {} with mode {:o}, and oauthd runs as uid {}; the key \
-             file belongs to the user oauthd runs as, as its database does (chown that user \
-             {}, keeping mode 600)",
-            meta.uid(),
-            meta.mode() & 0o7777,
-            me.map_or_else(|| "?".to_owned(), |u| u.to_string()),
+    match crate::paths::ownership(path) {
+        Some(whose) => format!(
+            "{e}: {whose}; the key file belongs to the user oauthd runs as, as its database \
+             does (chown that user {}, keeping mode 600)",
             path.display()
         ),
-        Err(_) => format!(
+        None => format!(
             "{e}: this user may not reach it (check the modes of the directories on its path)"
         ),
     }

@@ -424,6 +424,42 @@ fn a_key_file_of_another_user_is_said_with_its_owner_and_the_fix() {
     );
 }
 
+/// A database of another user's that this one may not read (a restore run as root makes
+/// files of mode 600): the start said "this user may not write it", of a file it may not
+/// even read, and a restore run by that user took a copy it could not read for "not a copy
+/// of oauthd's database". Both now say whose the file is, who asks, and what to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_or_a_copy_this_user_may_not_read_is_said_so() {
+    let home = Home::new();
+    home.create_key("app", &[]);
+    let copy = home.dir.path().join("copy.db");
+    assert!(home
+        .cli(&["backup", copy.to_str().unwrap()])
+        .status
+        .success());
+    std::os::unix::fs::chown(home.db(), Some(65534), Some(65534)).expect("chown");
+    let out = oauthd_without_dac_override(&home, &["serve", "--listen", "127.0.0.1:0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "it is owned by uid 65534 with mode 600, and oauthd runs as uid 0, who may not read it"
+        ),
+        "{err}"
+    );
+    std::os::unix::fs::chown(home.db(), Some(0), Some(0)).expect("chown");
+    std::os::unix::fs::chown(&copy, Some(65534), Some(65534)).expect("chown");
+    let out = oauthd_without_dac_override(&home, &["restore", copy.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "it is owned by uid 65534 with mode 600, and oauthd runs as uid 0, who may not read it"
+        ) && !err.contains("not a copy"),
+        "{err}"
+    );
+}
+
 /// A disk that fills up under oauthd (a tmpfs of its own, in a private mount namespace,
 /// filled by a file written into it through `/proc/PID/root`): writes answer 503 saying the
 /// disk is full, `/readyz` says so too (a load balancer stops sending), it is logged once

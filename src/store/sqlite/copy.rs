@@ -357,6 +357,18 @@ pub fn restore(backup: &Path, db: &Path, stamp: &str, create: bool) -> Result<Re
     let not_a_copy = || CopyError::NotACopy {
         path: backup.to_owned(),
     };
+    // A copy this user may not read is said to be that, not taken for another file.
+    if let Err(e) = std::fs::File::open(backup) {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            let whose = crate::paths::ownership(backup).unwrap_or_else(|| e.to_string());
+            return Err(CopyError::File {
+                path: backup.to_owned(),
+                detail: format!(
+                    "{whose}, who may not read it: run restore as root, or as the owner of the copy (`oauthd backup` makes copies of mode 600)"
+                ),
+            });
+        }
+    }
     // An empty file is said to be empty (below): a copy cut short.
     if std::fs::metadata(backup).is_ok_and(|m| m.is_file() && m.len() > 0)
         && !is_sqlite_file(backup)

@@ -100,7 +100,7 @@ pub enum OpenError {
     Open {
         path: PathBuf,
         message: String,
-        hint: &'static str,
+        hint: String,
     },
     #[error("database {path} has schema version {found}, newer than this oauthd understands ({known}): run a newer oauthd")]
     TooNew {
@@ -685,17 +685,29 @@ impl OpenError {
     }
 }
 
-/// Why the database may not open for writing, as far as the filesystem tells.
-fn write_hint(path: &Path) -> &'static str {
+/// Why the database may not open, as far as the filesystem tells: whom it belongs to and
+/// who asks, where this user may not read it or write it.
+fn write_hint(path: &Path) -> String {
     use std::io::ErrorKind;
+    let may_not = |what: &str| match crate::paths::ownership(path) {
+        Some(whose) => format!("{whose}, who may not {what}"),
+        None => format!("this user may not {what}"),
+    };
+    if std::fs::File::open(path).is_err_and(|e| e.kind() == ErrorKind::PermissionDenied) {
+        return format!(
+            "{}: run oauthd as its owner, or chown the file (and its -wal and -shm files) to the user oauthd runs as (`oauthd backup` and `restore` make files of mode 600)",
+            may_not("read it")
+        );
+    }
     match std::fs::OpenOptions::new().read(true).write(true).open(path) {
         Err(e) if e.kind() == ErrorKind::ReadOnlyFilesystem => {
-            "its filesystem is read-only, and SQLite cannot create the -wal and -shm files it needs there"
+            "its filesystem is read-only, and SQLite cannot create the -wal and -shm files it needs there".into()
         }
-        Err(e) if e.kind() == ErrorKind::PermissionDenied => {
-            "this user may not write it: check its owner and mode, and its directory's"
-        }
-        _ => "is the file and its directory writable by this user?",
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => format!(
+            "{}: chown the file and its directory to the user oauthd runs as",
+            may_not("write it nor create its -wal and -shm files in its directory")
+        ),
+        _ => "is the file and its directory writable by this user?".into(),
     }
 }
 
