@@ -595,6 +595,13 @@ impl Broker {
             };
             match self.refresh_in_turn(turn, &provider, &key, ask).await {
                 Ok(_) => refreshed += 1,
+                // The provider's refusals and failures are logged where they are recorded
+                // (once each, with the backoff), and another process's lease is routine.
+                Err(
+                    e @ (BrokerError::ProviderUnavailable { .. } | BrokerError::NeedsReauth { .. }),
+                ) => {
+                    log::debug!("background refresh {}/{}: {e}", row.provider, row.account)
+                }
                 Err(e) => log::warn!("background refresh {}/{}: {e}", row.provider, row.account),
             }
         }

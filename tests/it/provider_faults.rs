@@ -644,6 +644,48 @@ async fn disconnect_and_refresh(
     (status, body, revoked)
 }
 
+/// A background refresh the provider fails was logged twice at WARN, the second line
+/// repeating the first ("refresh st/one: …" then "background refresh st/one: refreshing
+/// st/one failed: …"): once now, with the backoff.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_background_refresh_is_logged_once() {
+    let mock = MockServer::start().await;
+    let tokens = json!({"access_token": "at-1", "token_type": "bearer", "expires_in": 1, "refresh_token": "rt-1"});
+    on_code(&mock, "c1", tokens).await;
+    on_refresh(&mock, "rt-1", ResponseTemplate::new(503)).await;
+    let (home, key, d) = serving("st", "smartthings", &mock, "refresh_check_seconds = 1");
+    connect(&d, &key, "st", "one", "c1").await;
+    assert!(
+        common::eventually(Duration::from_secs(10), || {
+            home.log_text().contains("the next try waits")
+        })
+        .await,
+        "no refresh failed: {}",
+        home.log_text()
+    );
+    // The background round that failed has ended by the time its failure is recorded;
+    // a moment for a line it would write after.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    d.signal_and_wait("TERM");
+    let log = home.log_text();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("st/one"))
+        .collect();
+    assert!(
+        warned
+            .iter()
+            .any(|l| l.contains("refresh st/one: ") && l.contains("the next try waits")),
+        "{log}"
+    );
+    assert!(
+        !warned
+            .iter()
+            .any(|l| l.contains("background refresh st/one")),
+        "{log}"
+    );
+}
+
 /// A stop during the background refresher's round waits for the refresh under way and
 /// begins no other: a round in a provider's outage could take its timeout per connection,
 /// past the unit's stop timeout.
