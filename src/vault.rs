@@ -24,6 +24,8 @@ const HEADER: usize = 1 + 4 + 12;
 pub enum VaultError {
     #[error("a vault key is 32 bytes written as base64 (make one with `oauthd keygen`)")]
     BadKey,
+    #[error("line {0}: a vault key is 32 bytes written as base64 (make one with `oauthd keygen`)")]
+    BadKeyLine(usize),
     #[error("value sealed with key {0}, which is not loaded: put that key back in the key file (a key file holds several keys, one per line)")]
     UnknownKey(String),
     #[error("a sealed value failed to open: it was altered, moved to another field, or is not a sealed value")]
@@ -176,8 +178,9 @@ impl Vault {
         let keys = text
             .lines()
             .map(|l| l.split('#').next().unwrap_or("").trim())
-            .filter(|l| !l.is_empty())
-            .map(parse_key)
+            .enumerate()
+            .filter(|(_, l)| !l.is_empty())
+            .map(|(i, l)| parse_key(l).map_err(|_| VaultError::BadKeyLine(i + 1)))
             .collect::<Result<Vec<_>, _>>()?;
         Vault::from_keys(&keys)
     }
@@ -186,7 +189,13 @@ impl Vault {
     pub fn load(source: &KeySource) -> Result<Vault, VaultError> {
         match source {
             KeySource::Inline(text) => {
-                Vault::from_text(text).map_err(|e| VaultError::Inline(e.to_string()))
+                // A line number says nothing of a one-line variable.
+                Vault::from_text(text).map_err(|e| match e {
+                    VaultError::BadKeyLine(_) if !text.trim().contains('\n') => {
+                        VaultError::Inline(VaultError::BadKey.to_string())
+                    }
+                    e => VaultError::Inline(e.to_string()),
+                })
             }
             KeySource::File { path, create } => {
                 let file_err = |message: String| VaultError::File {
@@ -306,6 +315,9 @@ struct Loaded {
     /// until it changes).
     modified: Fingerprint,
     checked: std::time::Instant,
+    /// Whether the last read of a changed key file failed (its keys kept): the next one
+    /// that loads says so.
+    reload_failed: bool,
 }
 
 /// How often the key file's modification time is looked at.
@@ -337,6 +349,7 @@ impl VaultHandle {
             vault,
             modified: seen,
             checked: std::time::Instant::now(),
+            reload_failed: false,
         };
         // Only the first load may make a key file: a running server whose key file is
         // gone for a moment keeps its keys, never swaps them for a new one.
@@ -389,11 +402,19 @@ impl VaultHandle {
                             "vault: key file changed; sealing with key {}",
                             v.current_key_id()
                         );
+                    } else if cur.reload_failed {
+                        log::info!(
+                            "vault: the key file loads again ({} key(s)); sealing with key {}",
+                            v.key_ids().len(),
+                            v.current_key_id()
+                        );
                     }
                     cur.vault = std::sync::Arc::new(v);
+                    cur.reload_failed = false;
                 }
                 Err(e) => {
-                    log::warn!("vault: cannot reload the key file, keeping the loaded keys: {e}")
+                    log::warn!("vault: cannot reload the key file, keeping the loaded keys: {e}");
+                    cur.reload_failed = true;
                 }
             }
         }

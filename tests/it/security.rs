@@ -876,6 +876,51 @@ async fn a_running_server_never_replaces_a_key_file_that_went_away() {
     );
 }
 
+/// A line that is no key appended to a running oauthd's key file: the WARN said only "a
+/// vault key is 32 bytes written as base64", not which line, and the file mended, nothing
+/// said it loads again. Now the line is named and the mend is said.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_file_line_that_is_no_key_is_named_and_its_mend_is_said() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let good = std::fs::read_to_string(home.key_file()).unwrap();
+    let seal = || d.create_state(&key, json!({"namespace": "login", "data": {"v": 1}}));
+    let said = |text: &'static str| {
+        let home = &home;
+        async move {
+            common::eventually(std::time::Duration::from_secs(5), || {
+                home.log_text().contains(text)
+            })
+            .await
+        }
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    std::fs::write(home.key_file(), format!("{good}# a comment\nnot-a-key\n")).unwrap();
+    seal().await;
+    assert!(
+        said("cannot reload the key file, keeping the loaded keys").await,
+        "{}",
+        home.log_text()
+    );
+    assert!(
+        home.log_text().contains(&format!(
+            ": line {}: a vault key is 32 bytes",
+            good.lines().count() + 2
+        )),
+        "{}",
+        home.log_text()
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    std::fs::write(home.key_file(), &good).unwrap();
+    seal().await;
+    assert!(
+        said("vault: the key file loads again (1 key(s))").await,
+        "{}",
+        home.log_text()
+    );
+}
+
 /// An app's key must not be enough to collect someone's grant: a provider that remembers
 /// a consent sends the browser straight back, so the link an app hands out leads to
 /// oauthd's page first, which names the key, the provider and the account. Continuing
