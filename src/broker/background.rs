@@ -88,10 +88,18 @@ impl Broker {
             .stop_deadline
             .get_or_init(|| Instant::now() + lease + Duration::from_secs(1));
         let drivers = || self.device_drivers.lock().map_or(0, |d| d.len());
+        // A stop that takes a while says what it waits for, every `SAY_EVERY`, so that
+        // nobody takes it for a hang and kills it.
+        const SAY_EVERY: Duration = Duration::from_secs(10);
+        let mut say_at = Instant::now() + SAY_EVERY;
         loop {
             let now = Instant::now();
             if now >= by || (drivers() == 0 && self.refreshing.count() == 0) {
                 break;
+            }
+            if now >= say_at {
+                log::info!("{}", self.stop_progress());
+                say_at = now + SAY_EVERY;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -103,5 +111,20 @@ impl Broker {
             0 => {}
             n => log::error!("{n} refresh(es) still under way at the stop, past their lease: what their provider answers is lost"),
         }
+    }
+
+    /// What a stop under way still waits for, for the log.
+    pub fn stop_progress(&self) -> String {
+        let refreshes = self.refreshing.count();
+        let polls = self.device_drivers.lock().map_or(0, |d| d.len());
+        let left = self.stop_deadline.get().map_or(0, |by| {
+            by.saturating_duration_since(Instant::now()).as_secs()
+        });
+        if refreshes == 0 && polls == 0 {
+            return "still stopping: finishing requests in flight".into();
+        }
+        format!(
+            "still stopping: waiting for {refreshes} refresh(es) a provider is answering and {polls} device poll(s), {left} s more at most; killed now, a refresh token the provider has rotated would be lost (the account then needs connecting again)"
+        )
     }
 }

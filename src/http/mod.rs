@@ -621,9 +621,18 @@ pub async fn serve(
     let server = server.run();
     let handle = server.handle();
     actix_web::rt::spawn(async move {
-        wait_for_stop_signal(signals).await;
+        let mut signals = signals;
+        wait_for_stop_signal(&mut signals).await;
         log::info!("stopping: finishing requests, refreshes and device polls in flight");
-        tokio::join!(handle.stop(true), broker.stop_background());
+        let stop = async { tokio::join!(handle.stop(true), broker.stop_background()) };
+        tokio::pin!(stop);
+        // Another signal meanwhile (a second Ctrl-C) is answered, not silently ignored.
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                () = wait_for_stop_signal(&mut signals) => log::warn!("{}", broker.stop_progress()),
+            }
+        }
     });
     let served = server.await;
     // The last second's summary, which no later tick will write.
@@ -660,9 +669,9 @@ fn stop_signals() -> Option<(Signal, Signal, Signal)> {
 /// Until SIGTERM or SIGINT. A SIGHUP (sent to reload a daemon's config, by habit) used to
 /// kill oauthd at once, unlike a stop, and as a clean exit that systemd does not restart:
 /// it is logged and ignored (oauthd reads its config at start only).
-async fn wait_for_stop_signal(signals: Option<(Signal, Signal, Signal)>) {
+async fn wait_for_stop_signal(signals: &mut Option<(Signal, Signal, Signal)>) {
     match signals {
-        Some((mut term, mut int, mut hup)) => loop {
+        Some((term, int, hup)) => loop {
             tokio::select! {
                 _ = term.recv() => return log::info!("SIGTERM received"),
                 _ = int.recv() => return log::info!("SIGINT received"),

@@ -724,6 +724,48 @@ async fn a_stop_begins_no_further_background_refresh() {
     );
 }
 
+/// A stop waiting for a refresh the provider is slow to answer said nothing more until it
+/// ended (a minute and more), and a second SIGTERM or Ctrl-C was not answered at all: an
+/// operator took it for a hang and killed it, losing the refresh token the provider had
+/// just rotated. A second signal is answered with what the stop waits for.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_signal_during_a_stop_is_answered_with_what_it_waits_for() {
+    let (mock, home, key, d) = expired_with_slow_refresh(Duration::from_secs(6)).await;
+    let call = tokio::spawn({
+        let (url, key) = (
+            format!("{}/v1/connections/st/home/token", d.url),
+            key.clone(),
+        );
+        async move {
+            let _ = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await;
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while token_requests(&mock, "refresh_token").await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no refresh");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    common::signal(d.pid(), "TERM");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    common::signal(d.pid(), "INT");
+    let stopped = tokio::task::spawn_blocking(move || d.wait_exit())
+        .await
+        .unwrap();
+    assert!(stopped.success(), "{stopped:?}");
+    let _ = call.await;
+    let log = home.log_text();
+    assert!(
+        log.lines().any(|l| l.contains(" WARN ")
+            && l.contains("still stopping: waiting for 1 refresh(es) a provider is answering")
+            && l.contains("killed now")),
+        "{log}"
+    );
+}
+
 /// A stop (SIGTERM) while a token call waits for the provider's refresh answer waits for
 /// that answer (up to `provider_timeout_seconds`, 15 s by default), so the call gets the
 /// new token and the refresh token the provider rotated is stored. Cut off half-way (the
