@@ -803,6 +803,13 @@ async fn a_stop_waits_for_a_refresh_the_provider_is_answering() {
     let (status, body) = call.await.unwrap().expect("an answer before the stop");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"at-2\""), "{body}");
+    // The stop took 11 s: at 10 s it said what it waited for.
+    let log = home.log_text();
+    assert!(
+        log.lines().any(|l| l.contains(" INFO ")
+            && l.contains("still stopping: waiting for 1 refresh(es) a provider is answering")),
+        "{log}"
+    );
 
     let d = home.start();
     let (status, body) = d.get("/v1/connections/st/home/token", &key).await;
