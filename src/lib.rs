@@ -17,6 +17,17 @@
     )
 )]
 
+/// This build: the package version, and the commit and its date it was built from
+/// (`build.rs`), as `--version` shows it.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("OAUTHD_COMMIT"),
+    ", ",
+    env!("OAUTHD_COMMIT_DATE"),
+    ")"
+);
+
 pub mod admin;
 pub mod apikeys;
 pub mod broker;

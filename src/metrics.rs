@@ -321,6 +321,17 @@ pub static STORAGE_DISK_FULL: LazyLock<IntGauge> = LazyLock::new(|| {
     registered(name, IntGauge::with_opts(opts(name, help)))
 });
 
+/// Always 1, labelled with the build: which oauthd serves, for a dashboard or an alert on
+/// mixed versions behind one Redis.
+pub static BUILD_INFO: LazyLock<IntGauge> = LazyLock::new(|| {
+    let name = "build_info";
+    let help = "1, labelled with the version and the commit this oauthd was built from.";
+    let opts = opts(name, help)
+        .const_label("version", env!("CARGO_PKG_VERSION"))
+        .const_label("commit", env!("OAUTHD_COMMIT"));
+    registered(name, IntGauge::with_opts(opts))
+});
+
 pub static CONNECTIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     let name = "connections";
     let help = "Connections by provider and status, at the last scrape.";

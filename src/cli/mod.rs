@@ -61,7 +61,7 @@ const LISTEN_HELP: &str =
 #[derive(Debug, Parser)]
 #[command(
     name = "oauthd",
-    version,
+    version = crate::VERSION,
     about = "OAuth plumbing for self-hosted apps: a durable state store and token broker",
     after_help = "Without a command, oauthd serves: `oauthd --db PATH` is `oauthd serve --db PATH`."
 )]

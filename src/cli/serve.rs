@@ -9,6 +9,8 @@ use crate::store::sweeper;
 use crate::vault::KeySource;
 
 pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
+    log::info!("oauthd {} starting", crate::VERSION);
+    crate::metrics::BUILD_INFO.set(1);
     // The one system clock every service of this process reads.
     let clock = Clock::system();
     // Checked before anything is created: a config error leaves no database behind.

@@ -1234,3 +1234,48 @@ fn a_provider_the_config_lacks_is_named_by_keys_create_and_connect() {
     }
     assert!(!fresh.db().exists() && !fresh.key_file().exists());
 }
+
+/// Which build runs: `--version` named only the package version (0.1.0 for every build),
+/// while the README speaks of behaviour by date. It names the commit and its date, as do
+/// the start's first line and the `oauthd_build_info` metric.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_version_names_the_commit_the_build_came_from() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(out.status.success(), "{out:?}");
+    let rest = said
+        .strip_prefix(concat!("oauthd ", env!("CARGO_PKG_VERSION"), " (commit "))
+        .unwrap_or_else(|| panic!("{said}"));
+    let (commit, date) = rest
+        .strip_suffix(')')
+        .and_then(|r| r.split_once(", "))
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(
+        commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit()),
+        "{said}"
+    );
+    assert!(
+        date.len() == 10 && chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").is_ok(),
+        "{said}"
+    );
+    // A commit of this repository.
+    let known = Command::new("git")
+        .args(["cat-file", "-e", &format!("{commit}^{{commit}}")])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(known.success(), "{said}: not a commit here");
+    let home = Home::new();
+    let d = home.start();
+    let metrics = d.metrics_text().await;
+    assert!(
+        metrics.contains(&format!(
+            "oauthd_build_info{{commit=\"{commit}\",version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{metrics}"
+    );
+    d.signal_and_wait("TERM");
+    let log = home.log_text();
+    assert!(log.contains(&format!("{said} starting")), "{log}");
+}
