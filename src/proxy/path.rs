@@ -10,7 +10,9 @@ use url::Url;
 pub enum PathError {
     #[error("an empty path segment (`//`) is not allowed")]
     EmptySegment,
-    #[error("`.` and `..` segments are not allowed, encoded or not")]
+    #[error(
+        "`.`, `..` and other segments of only dots and spaces are not allowed, encoded or not"
+    )]
     DotSegment,
     #[error("the path may not carry a scheme (`name:` as its first segment)")]
     Scheme,
@@ -55,9 +57,10 @@ fn check_segment(raw: &str) -> Result<String, PathError> {
         return Err(PathError::Character);
     }
     let text = String::from_utf8(decoded).map_err(|_| PathError::Character)?;
-    // `..;x` is `..` to servers that strip path parameters (Tomcat, Spring).
+    // `..;x` is `..` to servers that strip path parameters (Tomcat, Spring), and `... ` or
+    // `.. ` is `..` to those that drop a name's trailing dots and spaces (Windows').
     let before_params = text.split(';').next().unwrap_or_default();
-    if before_params == "." || before_params == ".." {
+    if before_params.trim_end_matches(['.', ' ']).is_empty() {
         return Err(PathError::DotSegment);
     }
     Ok(text)
@@ -297,6 +300,11 @@ mod tests {
             ("me\\..\\admin", Character),
             ("%252e%252e/admin", Character),
             ("..;/admin", DotSegment),
+            (".../admin", DotSegment),
+            ("%2e%2e%20/admin", DotSegment),
+            ("..%20%20/admin", DotSegment),
+            (".%20./admin", DotSegment),
+            ("me/%20/x", DotSegment),
             ("..;jsessionid=x/admin", DotSegment),
             (".;/admin", DotSegment),
             ("%2e%2e;/admin", DotSegment),
