@@ -178,6 +178,9 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
         if let Some(note) = super::database_readable_by_others(&settings) {
             r.line("warn", "store", note);
         }
+        if matches!(settings.store, crate::store::target::StoreTarget::Sqlite) {
+            check_room(&mut r, &settings.db);
+        }
     }
     let source = match super::key_source(&settings) {
         Ok(s) => s,
@@ -397,6 +400,41 @@ fn instances_line(
                 "of the {n} oauthd serving this store, some seal with key(s) {} lacks: {} (a start with it is refused)",
                 source.describe(),
                 lacking.join(", ")
+            ),
+        ),
+    }
+}
+
+/// Room left on the database's filesystem: SQLite's `-wal` file grows to about 4 MB between
+/// two checkpoints, so below 8 MiB writes are about to fail (the README's margin), and
+/// below 64 MiB they soon may.
+fn check_room(r: &mut Report, db: &std::path::Path) {
+    const MIB: u64 = 1024 * 1024;
+    let dir = crate::paths::dir_of(db);
+    match rustix::fs::statvfs(dir) {
+        Ok(fs) => {
+            let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+            let said = format!(
+                "{} MiB free on the filesystem of {}",
+                free / MIB,
+                dir.display()
+            );
+            match free {
+                f if f < 8 * MIB => r.line(
+                    "FAIL",
+                    "disk",
+                    format!("{said}: writes fail below about 8 MiB (the -wal file grows to 4 MB between checkpoints); make room"),
+                ),
+                f if f < 64 * MIB => r.line("warn", "disk", format!("{said}: little room left")),
+                _ => r.line("ok", "disk", said),
+            }
+        }
+        Err(e) => r.line(
+            "warn",
+            "disk",
+            format!(
+                "the room on the filesystem of {} could not be read: {e}",
+                dir.display()
             ),
         ),
     }

@@ -460,6 +460,41 @@ async fn a_database_or_a_copy_this_user_may_not_read_is_said_so() {
     );
 }
 
+/// `oauthd check` on a database whose filesystem has too little room left said every line
+/// `ok` (while writes answered 503 "the disk is full"): it says how much room is left, and
+/// fails below the 8 MiB SQLite's `-wal` file needs. On a 6 MiB tmpfs of its own, in a
+/// private mount namespace.
+#[test]
+fn check_fails_a_database_whose_disk_has_too_little_room() {
+    let home = Home::new();
+    let disk = home.dir.path().join("disk");
+    std::fs::create_dir(&disk).expect("mkdir");
+    let out = Command::new("timeout")
+        .arg("30")
+        .args(["unshare", "-m", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "mount -t tmpfs -o size=6m tmpfs \"$1\" \
+             || { echo \"mount -t tmpfs failed: this test needs CAP_SYS_ADMIN\" >&2; exit 97; }; \
+             \"$2\" keys create --create --db \"$1/oauthd.db\" --name app >/dev/null \
+             && \"$2\" check --db \"$1/oauthd.db\"",
+        )
+        .arg("sh")
+        .arg(&disk)
+        .arg(BIN)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("timeout, unshare");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_ne!(out.status.code(), Some(97), "{out:?}");
+    assert!(!out.status.success(), "{report}");
+    assert!(
+        report.lines().any(|l| l.starts_with("FAIL  disk: ")
+            && l.contains(" MiB free on the filesystem of ")
+            && l.contains("make room")),
+        "{report}"
+    );
+}
+
 /// A disk that fills up under oauthd (a tmpfs of its own, in a private mount namespace,
 /// filled by a file written into it through `/proc/PID/root`): writes answer 503 saying the
 /// disk is full, `/readyz` says so too (a load balancer stops sending), it is logged once
