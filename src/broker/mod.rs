@@ -359,7 +359,7 @@ impl Broker {
                 return Some(check.clone());
             }
         }
-        let check = match p.endpoints(&self.http).await {
+        let check = match self.endpoints(p).await {
             Ok(endpoints) => {
                 flows::check_client(
                     self.token_endpoint.as_ref(),
@@ -385,7 +385,7 @@ impl Broker {
     /// refresh answering 503, to be tried again, for good.
     pub async fn discover_at_start(&self) {
         for p in self.providers.values() {
-            if let Err(e) = p.endpoints(&self.http).await {
+            if let Err(e) = self.endpoints(p).await {
                 log::warn!(
                     "provider {}: its endpoints could not be found at start ({e}); its connect flows and refreshes answer 503 until they are: if this lasts, check its issuer (`oauthd check` says more)",
                     p.name
@@ -397,8 +397,8 @@ impl Broker {
     /// Whether the provider offers the device flow (discovering its endpoints if needed).
     pub async fn supports_device_flow(&self, provider: &str) -> bool {
         match self.providers.get(provider) {
-            Some(p) => p
-                .endpoints(&self.http)
+            Some(p) => self
+                .endpoints(p)
                 .await
                 .is_ok_and(|e| e.device_authorization.is_some()),
             None => false,
@@ -421,14 +421,21 @@ impl Broker {
         }
     }
 
+    /// The provider's endpoints, discovered on first use within `provider_timeout` in all
+    /// (its two metadata addresses took that long each, and a caller waiting for them as
+    /// long again for its refresh).
     async fn endpoints<'a>(&self, provider: &'a Provider) -> Result<&'a Endpoints, BrokerError> {
-        provider
-            .endpoints(&self.http)
-            .await
-            .map_err(|e| BrokerError::ProviderUnavailable {
-                message: e.to_string(),
-                retry_after_secs: 5,
-            })
+        let unavailable = |message: String| BrokerError::ProviderUnavailable {
+            message,
+            retry_after_secs: 5,
+        };
+        match tokio::time::timeout(self.caller_wait, provider.endpoints(&self.http)).await {
+            Ok(found) => found.map_err(|e| unavailable(e.to_string())),
+            Err(_) => Err(unavailable(format!(
+                "the provider's metadata did not answer within {} s (provider_timeout_seconds)",
+                self.caller_wait.as_secs()
+            ))),
+        }
     }
 
     /// Starts an authorization-code flow: returns where to send the user's browser. An

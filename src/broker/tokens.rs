@@ -593,7 +593,11 @@ impl Broker {
                 rejected: None,
                 asked_at: now,
             };
-            match self.refresh_in_turn(turn, &provider, &key, ask).await {
+            let answer_by = tokio::time::Instant::now() + self.caller_wait;
+            match self
+                .refresh_in_turn(turn, &provider, &key, ask, answer_by)
+                .await
+            {
                 Ok(_) => refreshed += 1,
                 // The provider's refusals and failures are logged where they are recorded
                 // (once each, with the backoff), and another process's lease is routine.
@@ -650,16 +654,19 @@ impl Broker {
                 retry_after_secs: 5,
             });
         };
-        self.refresh_in_turn(turn, provider, key, ask).await
+        self.refresh_in_turn(turn, provider, key, ask, waited).await
     }
 
-    /// `refresh_single_flight` once `key`'s turn is had (held until this returns).
+    /// `refresh_single_flight` once `key`'s turn is had (held until this returns). The
+    /// caller is answered by `answer_by` (its `provider_timeout` from when it asked), however
+    /// its time went: waiting for the turn, discovering the endpoints, refreshing.
     async fn refresh_in_turn(
         self: &Arc<Self>,
         turn: Turn,
         provider: &Arc<Provider>,
         key: &ConnectionKey,
         ask: Ask<'_>,
+        answer_by: tokio::time::Instant,
     ) -> Result<Arc<AccessToken>, BrokerError> {
         let Ask {
             min_ttl,
@@ -674,6 +681,9 @@ impl Broker {
         // The lease that ran out unreleased whose takeover this call noted (generation,
         // end), and when.
         let mut noted: Option<((i64, i64), tokio::time::Instant)> = None;
+        // A caller that waited for another process's refresh (up to `WAIT_FOR_OTHER`) and
+        // then refreshes itself is given `caller_wait` for that refresh, as before the wait.
+        let mut waited_for_other = false;
         loop {
             let ticket = self.token_cache.begin_read();
             let row = match self.row(key).await {
@@ -754,7 +764,17 @@ impl Broker {
             // discovery that fails is recorded under the lease like a failed refresh:
             // callers then wait for its backoff instead of each trying again.
             if discovered.is_none() {
-                let found = self.endpoints(provider).await;
+                let found = tokio::time::timeout_at(answer_by, self.endpoints(provider))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(BrokerError::ProviderUnavailable {
+                            message: format!(
+                                "the provider's metadata did not answer within {} s (provider_timeout_seconds)",
+                                self.caller_wait.as_secs()
+                            ),
+                            retry_after_secs: 5,
+                        })
+                    });
                 discovered = Some(found.map(|_| ()).map_err(|e| e.to_string()));
             }
             // A stop waits for refreshes under way until their leases end, counted from
@@ -804,6 +824,7 @@ impl Broker {
                     }
                     self.sleep_unless_stopping(wait.min(TAKEOVER_LOOK).min(left))
                         .await;
+                    waited_for_other = true;
                     continue;
                 }
             }
@@ -824,12 +845,20 @@ impl Broker {
                         discovered: discovered.clone().unwrap_or(Ok(())),
                         after_lost: row.lease_until_ms.map(|until| until - self.lease_ms),
                     };
-                    return self.refresh_detached(provider, row, lease, turn).await;
+                    let answer_by = if waited_for_other {
+                        tokio::time::Instant::now() + self.caller_wait
+                    } else {
+                        answer_by
+                    };
+                    return self
+                        .refresh_detached(provider, row, lease, turn, answer_by)
+                        .await;
                 }
                 // Another process is refreshing, or refreshed since `row` was read: look
                 // again (bounded), never refresh with the refresh token read before.
                 None if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    waited_for_other = true;
                 }
                 None => {
                     let until = row.lease_until_ms.filter(|u| *u > now);
@@ -867,6 +896,7 @@ impl Broker {
         row: ConnectionRow,
         lease: Leased,
         turn: Turn,
+        answer_by: tokio::time::Instant,
     ) -> Result<Arc<AccessToken>, BrokerError> {
         let (this, provider) = (self.clone(), provider.clone());
         let running = self.refreshing.enter();
@@ -879,7 +909,7 @@ impl Broker {
         };
         // The caller is answered after `caller_wait`; the refresh goes on until the
         // provider answers (or `ANSWER_WAIT` passes) and stores what it answers.
-        match tokio::time::timeout(self.caller_wait, self.spawn_background(refresh)).await {
+        match tokio::time::timeout_at(answer_by, self.spawn_background(refresh)).await {
             Ok(Ok(done)) => done,
             Ok(Err(e)) => {
                 log::error!("a refresh ended before it finished: {e}");

@@ -686,6 +686,64 @@ async fn a_failed_background_refresh_is_logged_once() {
     );
 }
 
+/// A provider whose discovery hangs (frozen while oauthd starts): its two metadata
+/// addresses took `provider_timeout_seconds` each, and a token call waited for them and
+/// then as long again (35 s measured where 15 s is documented as the longest an app
+/// waits). Discovery as a whole, and a caller's wait through it, are bounded by one
+/// `provider_timeout_seconds` now.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_call_waits_one_provider_timeout_for_a_discovery_that_hangs() {
+    let mock = MockServer::start().await;
+    async fn discovery(mock: &MockServer, delay: Duration) {
+        let uri = mock.uri();
+        for at in [
+            "/.well-known/oauth-authorization-server",
+            "/.well-known/openid-configuration",
+        ] {
+            Mock::given(method("GET"))
+                .and(path(at))
+                .respond_with(
+                    ResponseTemplate::new(200)
+                        .set_body_json(json!({
+                            "issuer": uri,
+                            "authorization_endpoint": format!("{uri}/authorize"),
+                            "token_endpoint": format!("{uri}/token"),
+                        }))
+                        .set_delay(delay),
+                )
+                .mount(mock)
+                .await;
+        }
+    }
+    discovery(&mock, Duration::ZERO).await;
+    let tokens = json!({"access_token": "at-1", "token_type": "bearer", "expires_in": 1, "refresh_token": "rt-1"});
+    on_code(&mock, "c1", tokens).await;
+    let home = Home::new();
+    home.write_config(&format!(
+        "provider_timeout_seconds = 3\n[providers.op]\nissuer = \"{}\"\nclient_id = \"cid\"\nclient_secret = \"c-secret\"\n",
+        mock.uri()
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    connect(&d, &key, "op", "me", "c1").await;
+    d.signal_and_wait("TERM");
+    // The provider freezes; oauthd starts again, and an app asks for the (expired) token.
+    mock.reset().await;
+    discovery(&mock, Duration::from_secs(30)).await;
+    let d = home.start();
+    // Past the token's 1 s: a refresh is needed, and the endpoints for it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let asked = std::time::Instant::now();
+    let (status, body) = d.get("/v1/connections/op/me/token", &key).await;
+    let waited = asked.elapsed();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        waited < Duration::from_secs(5),
+        "the app waited {waited:?} with provider_timeout_seconds = 3: {body}"
+    );
+    d.signal_and_wait("TERM");
+}
+
 /// A stop during the background refresher's round waits for the refresh under way and
 /// begins no other: a round in a provider's outage could take its timeout per connection,
 /// past the unit's stop timeout.
