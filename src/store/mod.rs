@@ -30,6 +30,9 @@ pub enum StoreError {
     Full { context: &'static str },
     #[error("{context}: the database is read-only")]
     ReadOnly { context: &'static str },
+    /// A file of the database was deleted or replaced under oauthd: writes would be lost.
+    #[error("{context}: the database file, or its -wal or -shm file, was deleted or replaced while oauthd had it open (what it wrote now would be lost); oauthd's log says what to do")]
+    Moved { context: &'static str },
     /// SQLite found the file damaged (SQLITE_CORRUPT): no retry mends it.
     #[error("{context}: the database is damaged")]
     Damaged { context: &'static str },

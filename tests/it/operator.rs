@@ -1384,6 +1384,14 @@ async fn a_database_file_deleted_under_oauthd_stops_its_writes() {
         .post("/v1/states", &key, json!({"namespace": "oauth:app"}))
         .await;
     assert_eq!(status, 503, "{body}");
+    // Said to the caller as it is (it was "the storage did not answer"), as the README
+    // says, naming no file.
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("was deleted or replaced while oauthd had it open")
+            && !detail.contains(&home.dir.path().display().to_string()),
+        "{body}"
+    );
     let log = home.log_text();
     assert!(
         log.lines().any(|l| l.contains(" ERROR ")

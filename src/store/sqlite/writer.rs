@@ -385,10 +385,7 @@ fn conn_is_read_only(conn: &Connection) -> bool {
 
 /// What oauthd answers while the database's files are not the ones it opened.
 fn moved_error(context: &'static str) -> StoreError {
-    StoreError::unavailable(
-        context,
-        "the database file, or its -wal or -shm file, was deleted or replaced while oauthd had it open: what it wrote now would be lost; put the files back, or restart oauthd",
-    )
+    StoreError::Moved { context }
 }
 
 /// The database's files as opened (device and inode of each that was there): a file
