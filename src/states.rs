@@ -147,6 +147,10 @@ pub enum StateError {
     /// altered at rest).
     #[error("the state's data: {0}")]
     Vault(#[from] VaultError),
+    /// Data in clear met before the start's look at stored data has said whether this
+    /// state's may be read (`check_stored_data`): nothing is decided, nothing consumed.
+    #[error("the state's data was stored by an older oauthd, and the start's look at such data has not finished: try again in a moment")]
+    DataNotYetChecked,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -357,6 +361,9 @@ pub struct StateService {
     /// any other state is refused as altered: someone who can write the database could
     /// otherwise make any state answer data of their choosing.
     read_in_clear: std::sync::RwLock<std::collections::HashSet<SecretHash>>,
+    /// Set once `check_stored_data` has run (whatever it found): until then data in clear
+    /// is neither read nor refused as altered.
+    stored_data_checked: std::sync::atomic::AtomicBool,
 }
 
 impl StateService {
@@ -378,6 +385,7 @@ impl StateService {
             open_failure_logged: OncePerSecond::default(),
             full_logged: OncePerSecond::default(),
             read_in_clear: std::sync::RwLock::default(),
+            stored_data_checked: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -390,6 +398,14 @@ impl StateService {
     /// Also counts live states whose data was stored in clear, and from then on reads
     /// the data of those states (`read_in_clear`), and of no others.
     pub async fn check_stored_data(&self) -> Result<StoredData, StoreError> {
+        let found = self.look_at_stored_data().await;
+        // A look that failed leaves data in clear refused, as before the look.
+        self.stored_data_checked
+            .store(true, std::sync::atomic::Ordering::Release);
+        found
+    }
+
+    async fn look_at_stored_data(&self) -> Result<StoredData, StoreError> {
         let known = self.vault.key_ids();
         let now = self.clock.now_ms();
         let mut found = stored_data(self.store.as_ref(), now).await?;
@@ -743,7 +759,15 @@ impl StateService {
             namespace: &row.namespace,
             subject: row.subject.as_deref(),
         };
-        let in_clear = !state_data::is_sealed(stored)
+        let sealed = state_data::is_sealed(stored);
+        if !sealed
+            && !self
+                .stored_data_checked
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(StateError::DataNotYetChecked);
+        }
+        let in_clear = !sealed
             && self
                 .read_in_clear
                 .read()

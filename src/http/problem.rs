@@ -218,6 +218,12 @@ impl From<StateError> for ApiError {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "vault_error", detail)
             }
             StateError::Store(e) => e.into(),
+            StateError::DataNotYetChecked => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                detail,
+            )
+            .retry_after(1),
         }
     }
 }
