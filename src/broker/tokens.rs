@@ -764,17 +764,7 @@ impl Broker {
             // discovery that fails is recorded under the lease like a failed refresh:
             // callers then wait for its backoff instead of each trying again.
             if discovered.is_none() {
-                let found = tokio::time::timeout_at(answer_by, self.endpoints(provider))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(BrokerError::ProviderUnavailable {
-                            message: format!(
-                                "the provider's metadata did not answer within {} s (provider_timeout_seconds)",
-                                self.caller_wait.as_secs()
-                            ),
-                            retry_after_secs: 5,
-                        })
-                    });
+                let found = self.endpoints(provider).await;
                 discovered = Some(found.map(|_| ()).map_err(|e| e.to_string()));
             }
             // A stop waits for refreshes under way until their leases end, counted from
@@ -926,7 +916,7 @@ impl Broker {
             }
             Err(_) => Err(BrokerError::ProviderUnavailable {
                 message: format!(
-                    "the provider has not answered the refresh within {} s; oauthd goes on waiting for its answer (up to {} s in all) and stores the new token then",
+                    "the provider has not answered the refresh in the {} s a call waits (provider_timeout_seconds, from when it asked); oauthd goes on waiting for its answer (up to {} s in all) and stores the new token then",
                     self.caller_wait.as_secs(),
                     self.answer_wait().as_secs()
                 ),

@@ -694,11 +694,13 @@ async fn a_failed_background_refresh_is_logged_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_token_call_waits_one_provider_timeout_for_a_discovery_that_hangs() {
     let mock = MockServer::start().await;
-    async fn discovery(mock: &MockServer, delay: Duration) {
+    // Mounts discovery at both addresses, RFC 8414's answering after `delay`, OpenID's
+    // after `openid_delay`.
+    async fn discovery(mock: &MockServer, delay: Duration, openid_delay: Duration) {
         let uri = mock.uri();
-        for at in [
-            "/.well-known/oauth-authorization-server",
-            "/.well-known/openid-configuration",
+        for (at, delay) in [
+            ("/.well-known/oauth-authorization-server", delay),
+            ("/.well-known/openid-configuration", openid_delay),
         ] {
             Mock::given(method("GET"))
                 .and(path(at))
@@ -715,7 +717,7 @@ async fn a_token_call_waits_one_provider_timeout_for_a_discovery_that_hangs() {
                 .await;
         }
     }
-    discovery(&mock, Duration::ZERO).await;
+    discovery(&mock, Duration::ZERO, Duration::ZERO).await;
     let tokens = json!({"access_token": "at-1", "token_type": "bearer", "expires_in": 1, "refresh_token": "rt-1"});
     on_code(&mock, "c1", tokens).await;
     let home = Home::new();
@@ -729,7 +731,7 @@ async fn a_token_call_waits_one_provider_timeout_for_a_discovery_that_hangs() {
     d.signal_and_wait("TERM");
     // The provider freezes; oauthd starts again, and an app asks for the (expired) token.
     mock.reset().await;
-    discovery(&mock, Duration::from_secs(30)).await;
+    discovery(&mock, Duration::from_secs(30), Duration::from_secs(30)).await;
     let d = home.start();
     // Past the token's 1 s: a refresh is needed, and the endpoints for it.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -741,6 +743,19 @@ async fn a_token_call_waits_one_provider_timeout_for_a_discovery_that_hangs() {
         waited < Duration::from_secs(5),
         "the app waited {waited:?} with provider_timeout_seconds = 3: {body}"
     );
+    d.signal_and_wait("TERM");
+    // Only RFC 8414's address hangs: OpenID's answer is taken (asked at once, it was never
+    // asked when a bound on the whole discovery cut the first address short).
+    mock.reset().await;
+    discovery(&mock, Duration::from_secs(30), Duration::ZERO).await;
+    on_refresh(&mock, "rt-1", refreshed()).await;
+    let d = home.start();
+    let asked = std::time::Instant::now();
+    let (status, body) = d.get("/v1/connections/op/me/token", &key).await;
+    let waited = asked.elapsed();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["access_token"], "at-2", "{body}");
+    assert!(waited < Duration::from_secs(5), "the app waited {waited:?}");
     d.signal_and_wait("TERM");
 }
 
