@@ -22,23 +22,38 @@ fn git(args: &[&str]) -> Option<String> {
 fn main() {
     println!("cargo:rerun-if-env-changed=OAUTHD_BUILD_COMMIT");
     println!("cargo:rerun-if-env-changed=OAUTHD_BUILD_DATE");
-    // A new commit changes HEAD or the branch it names.
-    if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
-        println!("cargo:rerun-if-changed={dir}/HEAD");
-        println!("cargo:rerun-if-changed={dir}/packed-refs");
-        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            println!("cargo:rerun-if-changed={dir}/{branch}");
+    // A new commit changes HEAD or the branch it names (a worktree's HEAD is its own, its
+    // branches the repository's: git says where each is). Only files that are there are
+    // watched: cargo runs a script again at every build for one that is not. And only this
+    // source tree's own repository, not one it happens to be unpacked inside.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
+    let ours = git(&["rev-parse", "--show-toplevel"]).is_some_and(|top| {
+        std::fs::canonicalize(&top).ok() == std::fs::canonicalize(&manifest).ok()
+    });
+    if ours {
+        let mut watched = vec!["HEAD".to_owned(), "packed-refs".to_owned()];
+        watched.extend(git(&["symbolic-ref", "-q", "HEAD"]));
+        for name in watched {
+            if let Some(file) = git(&["rev-parse", "--git-path", &name]) {
+                let file = std::path::Path::new(&manifest).join(file);
+                if file.exists() {
+                    println!("cargo:rerun-if-changed={}", file.display());
+                }
+            }
         }
     }
     let commit = std::env::var("OAUTHD_BUILD_COMMIT")
         .ok()
         .filter(|c| !c.is_empty())
-        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .or_else(|| {
+            ours.then(|| git(&["rev-parse", "--short=12", "HEAD"]))
+                .flatten()
+        })
         .unwrap_or_else(|| "unknown".into());
     let date = std::env::var("OAUTHD_BUILD_DATE")
         .ok()
         .filter(|d| !d.is_empty())
-        .or_else(|| git(&["log", "-1", "--format=%cs"]))
+        .or_else(|| ours.then(|| git(&["log", "-1", "--format=%cs"])).flatten())
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=OAUTHD_COMMIT={commit}");
     println!("cargo:rustc-env=OAUTHD_COMMIT_DATE={date}");

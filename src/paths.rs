@@ -17,6 +17,22 @@ pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// `path` as one word of a shell command line, for commands oauthd tells an operator to
+/// run: as it is when it holds only characters no shell reads specially, else in single
+/// quotes (a `'` in it written `'\''`).
+pub fn shell_word(path: &Path) -> String {
+    let text = path.display().to_string();
+    let plain = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@%,=".contains(&b));
+    if plain {
+        text
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
 /// Whose the file at `path` is, against who asks: "it is owned by uid 0 with mode 600,
 /// and oauthd runs as uid 65534", for a message where this user may not read or write it;
 /// `None` when the file cannot be looked at.
@@ -170,5 +186,30 @@ mod tests {
             Path::new("/var/lib")
         );
         assert_eq!(dir_of(Path::new("a/b.key")), Path::new("a"));
+    }
+
+    #[test]
+    fn a_shell_word_is_quoted_where_a_shell_would_read_it_otherwise() {
+        let word = |p: &str| super::shell_word(Path::new(p));
+        assert_eq!(
+            word("/var/lib/oauthd/oauthd.db"),
+            "/var/lib/oauthd/oauthd.db"
+        );
+        assert_eq!(word("/srv/my data/o.db"), "'/srv/my data/o.db'");
+        assert_eq!(word("/srv/it's/o.db"), "'/srv/it'\\''s/o.db'");
+        assert_eq!(word("/a;b&c>d*"), "'/a;b&c>d*'");
+        // As sh reads it back: the same path.
+        for p in [
+            "/srv/my data/o.db",
+            "/srv/it's/o.db",
+            "/x/$HOME/`id`/\"q\"",
+            "/$(id)",
+        ] {
+            let out = std::process::Command::new("sh")
+                .args(["-c", &format!("printf %s {}", word(p))])
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout), p);
+        }
     }
 }

@@ -89,11 +89,18 @@ pub(super) fn restore(settings: Settings, from: PathBuf, create: bool) -> Result
             " The database it replaced is kept as {} (its -wal and -shm files, if it had them, beside it named the same way): delete them once the restore is confirmed.",
             aside.display()
         ),
-        (Some(aside), None) => format!(
-            " There was no database, but -wal or -shm files without one (what is left of a database deleted or moved without them): they are kept beside it as {}-wal and {}-shm.",
-            aside.display(),
-            aside.display()
-        ),
+        (Some(aside), None) => {
+            let kept: Vec<String> = ["-wal", "-shm", "-journal"]
+                .iter()
+                .map(|suffix| crate::paths::with_suffix(aside, suffix))
+                .filter(|p| p.exists())
+                .map(|p| p.display().to_string())
+                .collect();
+            format!(
+                " There was no database, but files of one deleted or moved without them: they are kept as {}.",
+                kept.join(" and ")
+            )
+        }
         (None, None) => String::new(),
     };
     // On a new machine nothing was there before: nothing to undo, but the oauthd the copy

@@ -410,7 +410,9 @@ fn instances_line(
 /// below 64 MiB they soon may.
 fn check_room(r: &mut Report, db: &std::path::Path) {
     const MIB: u64 = 1024 * 1024;
-    let dir = crate::paths::dir_of(db);
+    // Where the data is: a link's target's filesystem.
+    let db = std::fs::canonicalize(db).unwrap_or_else(|_| db.to_owned());
+    let dir = crate::paths::dir_of(&db);
     match rustix::fs::statvfs(dir) {
         Ok(fs) => {
             let free = fs.f_bavail.saturating_mul(fs.f_frsize);

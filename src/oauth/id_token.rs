@@ -85,9 +85,10 @@ struct Cached {
     failed: Option<(i64, IdTokenError)>,
 }
 
-/// How long ago `at` was at `now_ms` (none if the clock went back).
+/// How long ago `at` was at `now_ms`; forever if the clock went back since (a set or a
+/// failure is then taken as old, never stretched by the step).
 fn age(at: i64, now_ms: i64) -> Duration {
-    Duration::from_millis(u64::try_from(now_ms.saturating_sub(at)).unwrap_or(0))
+    u64::try_from(now_ms.saturating_sub(at)).map_or(Duration::MAX, Duration::from_millis)
 }
 
 impl JwksCache {
@@ -429,5 +430,8 @@ mod tests {
         serve(200).mount(&mock).await;
         assert_eq!(check(t0 + 25 * hour + 10_000).await.unwrap().sub, "alice");
         assert_eq!(fetches().await, 1);
+        // A clock stepped back makes the set old, never fresher: it is fetched again.
+        assert_eq!(check(t0 + 23 * hour).await.unwrap().sub, "alice");
+        assert_eq!(fetches().await, 2);
     }
 }

@@ -193,7 +193,10 @@ fn a_restore_over_a_wal_file_without_its_database_names_it_so() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{out:?}");
     assert!(
-        said.contains("There was no database, but -wal or -shm files"),
+        said.contains(
+            "There was no database, but files of one deleted or moved without them: they are kept as "
+        ) && said.contains(".replaced-")
+            && !said.contains("-shm"),
         "{said}"
     );
     assert!(!said.contains("The database it replaced"), "{said}");

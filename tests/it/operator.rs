@@ -1445,8 +1445,9 @@ async fn a_database_deleted_under_oauthd_can_be_copied_out_before_it_stops() {
     assert!(out.status.success(), "{copy_out}: {out:?}");
     let restore = quoted("oauthd restore ");
     d.signal_and_wait("TERM");
-    let args: Vec<&str> = restore.split_whitespace().skip(1).collect();
-    let out = Command::new(BIN).args(&args).output().unwrap();
+    // Run as a shell runs what was pasted, with this build as `oauthd`.
+    let pasted = format!("'{BIN}'{}", &restore["oauthd".len()..]);
+    let out = Command::new("sh").args(["-c", &pasted]).output().unwrap();
     assert!(out.status.success(), "{restore}: {out:?}");
     let d = home.start();
     assert_eq!(d.consume(&key, &kept, "oauth:app").await.0, 200);
@@ -1473,6 +1474,21 @@ fn a_start_on_a_wal_file_without_its_database_is_refused() {
         "{err}"
     );
     assert!(!home.db().exists(), "{err}");
+    assert_eq!(std::fs::read(&wal).unwrap(), bytes);
+    // The same through a link whose database is gone: SQLite keeps the -wal beside the
+    // file the link leads to.
+    let home = Home::new();
+    let data = home.dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::os::unix::fs::symlink(data.join("real.db"), home.db()).unwrap();
+    let wal = data.join("real.db-wal");
+    std::fs::write(&wal, &bytes).unwrap();
+    let refused = common::run_until_exit(
+        home.cli_command(&["serve", "--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null()),
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
     assert_eq!(std::fs::read(&wal).unwrap(), bytes);
 }
 

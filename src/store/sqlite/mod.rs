@@ -92,7 +92,7 @@ pub enum OpenError {
     Unversioned { path: PathBuf },
     #[error("database {path} is in WAL mode but holds no tables, and no {path}-wal is beside it: oauthd's data is in that -wal file, left behind when the database was moved or copied after oauthd stopped without a clean stop. Put the -wal file (and the -shm file) beside it and start again; to start afresh instead, delete {path}. Nothing was changed in it")]
     WalLeftBehind { path: PathBuf },
-    #[error("database {path} does not exist, but {path}-wal does ({bytes} bytes): the database was deleted or moved without it, and a new database made here would discard it. Put the database file back beside it, or restore a copy (`oauthd restore --db {path} --create COPY`); to start afresh instead, move {path}-wal and {path}-shm aside. Nothing was changed")]
+    #[error("database {path} does not exist, but its -wal file does ({bytes} bytes): the database was deleted or moved without it, and a new database made here would discard it. Put the database file back beside it, or restore a copy (`oauthd restore --db {} --create COPY`); to start afresh instead, move the -wal and -shm files aside. Nothing was changed", crate::paths::shell_word(path))]
     WalWithoutDatabase { path: PathBuf, bytes: u64 },
     #[error("database {path} is damaged ({message}): restore the last copy (`oauthd restore`, with oauthd stopped), or save what SQLite still reads with `sqlite3 {path} .recover`; nothing was changed in it")]
     Damaged { path: PathBuf, message: String },
@@ -328,7 +328,12 @@ impl SqliteStore {
         if created {
             // SQLite would take a -wal file without its database for a stale one of the new
             // database and empty it: the data of one deleted (an `rm oauthd.db`) gone too.
-            let wal = crate::paths::with_suffix(path, "-wal");
+            // SQLite keeps it beside the file a link leads to, there even when the link
+            // leads nowhere now.
+            let target = std::fs::read_link(path)
+                .map(|t| crate::paths::dir_of(path).join(t))
+                .unwrap_or_else(|_| path.to_owned());
+            let wal = crate::paths::with_suffix(&target, "-wal");
             if let Some(bytes) = std::fs::metadata(&wal)
                 .ok()
                 .map(|m| m.len())

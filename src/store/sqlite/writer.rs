@@ -432,7 +432,7 @@ impl Files {
         for ((path, opened), suffix) in self.paths.iter().zip(self.opened).zip(["", "-wal"]) {
             let Some(opened) = opened else { continue };
             let from = if Files::id(path) == Some(opened) {
-                path.display().to_string()
+                crate::paths::shell_word(path)
             } else {
                 let (fd, _) = held.iter().find(|(_, id)| *id == opened)?;
                 let n = fd.file_name()?.to_string_lossy().into_owned();
@@ -440,7 +440,7 @@ impl Files {
             };
             copies.push(format!(
                 "cp {from} {}",
-                crate::paths::with_suffix(to, suffix).display()
+                crate::paths::shell_word(&crate::paths::with_suffix(to, suffix))
             ));
         }
         Some(copies.join(" && "))
@@ -602,9 +602,9 @@ impl Link {
                     let keep = match self.files.rescue(&copy) {
                         Some(cp) => format!(
                             "; or keep what oauthd holds: before stopping it, `{cp}`, then stop it and `oauthd restore --db {}{} {}`",
-                            db.display(),
+                            crate::paths::shell_word(db),
                             if db.exists() { "" } else { " --create" },
-                            copy.display()
+                            crate::paths::shell_word(&copy)
                         ),
                         None => String::new(),
                     };
