@@ -149,13 +149,8 @@ async fn a_restore_brings_back_no_session_signed_out_or_link_used_since_the_copy
 /// what changed since the copy, with nothing there before it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restore_on_a_new_machine_says_the_key_file_is_missing() {
-    let home = Home::new();
-    home.create_key("app", &[]);
-    let copy = home.dir.path().join("copy.db");
-    assert!(home
-        .cli(&["backup", copy.to_str().unwrap()])
-        .status
-        .success());
+    let old = Home::new();
+    let copy = old.backed_up();
     let new = Home::new();
     let out = new.cli(&["restore", "--create", copy.to_str().unwrap()]);
     let said = String::from_utf8_lossy(&out.stderr);
@@ -180,13 +175,8 @@ async fn a_restore_on_a_new_machine_says_the_key_file_is_missing() {
 /// said undone (there was nothing to undo).
 #[test]
 fn a_restore_over_a_wal_file_without_its_database_names_it_so() {
-    let home = Home::new();
-    home.create_key("app", &[]);
-    let copy = home.dir.path().join("copy.db");
-    assert!(home
-        .cli(&["backup", copy.to_str().unwrap()])
-        .status
-        .success());
+    let old = Home::new();
+    let copy = old.backed_up();
     let new = Home::new();
     std::fs::write(new.dir.path().join("oauthd.db-wal"), [7u8; 4096]).unwrap();
     let out = new.cli(&["restore", "--create", copy.to_str().unwrap()]);

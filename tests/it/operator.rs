@@ -1304,12 +1304,8 @@ fn a_damaged_database_stops_the_start_and_says_so() {
     home.create_key("app", &[]);
     // The file's header kept, the schema's page after it damaged.
     damage(&home, 100, 4096 - 100);
-    let refused = common::run_until_exit(
-        home.cli_command(&["serve", "--listen", "127.0.0.1:0"])
-            .stdin(Stdio::null()),
-    );
-    let err = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(2), "{err}");
+    let (code, err) = home.refused_start();
+    assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("is damaged") && err.contains("oauthd restore"),
         "{err}"
@@ -1463,12 +1459,8 @@ fn a_start_on_a_wal_file_without_its_database_is_refused() {
     let wal = home.dir.path().join("oauthd.db-wal");
     let bytes: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(&wal, &bytes).unwrap();
-    let refused = common::run_until_exit(
-        home.cli_command(&["serve", "--listen", "127.0.0.1:0"])
-            .stdin(Stdio::null()),
-    );
-    let err = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(2), "{err}");
+    let (code, err) = home.refused_start();
+    assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("does not exist, but") && err.contains("oauthd restore"),
         "{err}"
@@ -1483,12 +1475,8 @@ fn a_start_on_a_wal_file_without_its_database_is_refused() {
     std::os::unix::fs::symlink(data.join("real.db"), home.db()).unwrap();
     let wal = data.join("real.db-wal");
     std::fs::write(&wal, &bytes).unwrap();
-    let refused = common::run_until_exit(
-        home.cli_command(&["serve", "--listen", "127.0.0.1:0"])
-            .stdin(Stdio::null()),
-    );
-    let err = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(2), "{err}");
+    let (code, err) = home.refused_start();
+    assert_eq!(code, Some(2), "{err}");
     assert_eq!(std::fs::read(&wal).unwrap(), bytes);
 }
 

@@ -431,12 +431,7 @@ fn a_key_file_of_another_user_is_said_with_its_owner_and_the_fix() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_database_or_a_copy_this_user_may_not_read_is_said_so() {
     let home = Home::new();
-    home.create_key("app", &[]);
-    let copy = home.dir.path().join("copy.db");
-    assert!(home
-        .cli(&["backup", copy.to_str().unwrap()])
-        .status
-        .success());
+    let copy = home.backed_up();
     std::os::unix::fs::chown(home.db(), Some(65534), Some(65534)).expect("chown");
     let out = oauthd_without_dac_override(&home, &["serve", "--listen", "127.0.0.1:0"]);
     let err = String::from_utf8_lossy(&out.stderr);

@@ -231,6 +231,28 @@ impl Home {
         cmd
     }
 
+    /// A start that must stop at once: `serve` run to its exit; its exit code and stderr.
+    pub fn refused_start(&self) -> (Option<i32>, String) {
+        let refused = run_until_exit(
+            self.cli_command(&["serve", "--listen", "127.0.0.1:0"])
+                .stdin(std::process::Stdio::null()),
+        );
+        (
+            refused.status.code(),
+            String::from_utf8_lossy(&refused.stderr).into_owned(),
+        )
+    }
+
+    /// This home's database, made with an API key "app", copied by `oauthd backup` to
+    /// `copy.db` beside it: the copy's path.
+    pub fn backed_up(&self) -> PathBuf {
+        self.create_key("app", &[]);
+        let copy = self.dir.path().join("copy.db");
+        let out = self.cli(&["backup", copy.to_str().expect("a UTF-8 path")]);
+        assert!(out.status.success(), "backup failed: {out:?}");
+        copy
+    }
+
     /// Creates an API key and returns it (the last line of stdout).
     pub fn create_key(&self, name: &str, namespaces: &[&str]) -> String {
         let mut args = vec!["keys", "create", "--create", "--name", name];
