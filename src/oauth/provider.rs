@@ -762,19 +762,30 @@ async fn discover(http: &reqwest::Client, issuer: &Url) -> Result<Metadata, Disc
     let mut openid = issuer.clone();
     openid.set_path(&format!("{path}/.well-known/openid-configuration"));
     // Both asked at once, so that discovery takes one `provider_timeout` at most, not one
-    // per address; RFC 8414's answer is taken when it has one, as when they were asked
-    // in turn.
-    let (first, second) = tokio::join!(
-        fetch_metadata(http, &rfc8414),
-        fetch_metadata(http, &openid)
-    );
-    match (first, second) {
-        (Ok(meta), _) | (Err(_), Ok(meta)) => Ok(meta),
-        (Err(_), Err(e)) => Err(DiscoveryError::Failed {
-            url: issuer.to_string(),
-            message: format!("{openid}: {e}"),
-        }),
+    // per address, and the first document that comes is taken: an address that hangs
+    // holds nothing up while the other answers (both describe the same server).
+    let first = fetch_metadata(http, &rfc8414);
+    let second = fetch_metadata(http, &openid);
+    tokio::pin!(first, second);
+    let (mut first_failed, mut second_failed) = (false, false);
+    // Why the last address to fail failed.
+    let mut last = String::new();
+    while !(first_failed && second_failed) {
+        tokio::select! {
+            found = &mut first, if !first_failed => match found {
+                Ok(meta) => return Ok(meta),
+                Err(e) => (first_failed, last) = (true, format!("{rfc8414}: {e}")),
+            },
+            found = &mut second, if !second_failed => match found {
+                Ok(meta) => return Ok(meta),
+                Err(e) => (second_failed, last) = (true, format!("{openid}: {e}")),
+            },
+        }
     }
+    Err(DiscoveryError::Failed {
+        url: issuer.to_string(),
+        message: last,
+    })
 }
 
 /// Largest discovery document accepted.
