@@ -238,25 +238,44 @@ impl KeyCache {
     }
 
     /// Looks the presented key up in the database (callers try `cached` first) and
-    /// remembers the answer: an active key is cached, a missing one forgotten.
+    /// remembers the answer: an active key is cached, a missing or revoked one forgotten.
     pub async fn authenticate(
         &self,
         store: &dyn KeyStore,
         presented: &str,
-    ) -> Result<Option<Arc<ApiKeyRecord>>, StoreError> {
+    ) -> Result<Presented, StoreError> {
         // Every key oauthd issues has the prefix: anything else is refused without a lookup.
         if !presented.starts_with(crate::secret::API_KEY_PREFIX) {
-            return Ok(None);
+            return Ok(Presented::Unknown);
         }
         let hash = SecretHash::of(presented);
         let began = Instant::now();
-        let found = store.find_active_key(hash).await?.map(Arc::new);
-        if found.is_some() {
-            self.saw_a_key();
-        }
-        self.remember(hash, found.as_ref(), began);
+        let found = match store.find_key(hash).await? {
+            Some(r) if r.revoked_at_ms.is_some() => Presented::Revoked { name: r.name },
+            Some(r) => Presented::Active(Arc::new(r)),
+            None => Presented::Unknown,
+        };
+        let active = match &found {
+            Presented::Active(r) => {
+                self.saw_a_key();
+                Some(r)
+            }
+            _ => None,
+        };
+        self.remember(hash, active, began);
         Ok(found)
     }
+}
+
+/// What a key presented turned out to be.
+pub enum Presented {
+    Active(Arc<ApiKeyRecord>),
+    /// A key revoked since: refused as an unknown one is, and named in the log (an app
+    /// still using it after a rotation).
+    Revoked {
+        name: String,
+    },
+    Unknown,
 }
 
 /// Whether the key may reach connections of this account (keys limited with `--account`).
@@ -400,7 +419,7 @@ mod tests {
 
     #[async_trait]
     impl KeyStore for Slow {
-        async fn find_active_key(
+        async fn find_key(
             &self,
             _key_hash: SecretHash,
         ) -> Result<Option<ApiKeyRecord>, StoreError> {
@@ -429,7 +448,10 @@ mod tests {
             delay: Duration::from_millis(300),
         };
         let started = Instant::now();
-        assert!(cache.authenticate(&store, &key).await.unwrap().is_some());
+        assert!(matches!(
+            cache.authenticate(&store, &key).await.unwrap(),
+            Presented::Active(_)
+        ));
         assert!(cache.cached(&key).is_some(), "held after the read");
         // 450 ms after the read began (150 after it came back): a revoke made while it
         // was on its way must be honoured by now.

@@ -120,13 +120,19 @@ impl FromRequest for Caller {
             if let Some(record) = state.key_cache.cached(&token) {
                 return Ok(Caller(record));
             }
-            match state
+            let found = state
                 .key_cache
                 .authenticate(state.keys.as_ref(), &token)
-                .await?
-            {
-                Some(record) => Ok(Caller(record)),
-                None => {
+                .await?;
+            if let crate::apikeys::Presented::Revoked { name } = &found {
+                REVOKED_KEYS_LOGGED.warn(format_args!(
+                    "the revoked API key {name:?} was presented{} (refused as unknown): an app still uses it",
+                    ip.map(|ip| format!(" by {ip}")).unwrap_or_default()
+                ));
+            }
+            match found {
+                crate::apikeys::Presented::Active(record) => Ok(Caller(record)),
+                _ => {
                     if let Some(ip) = ip {
                         state
                             .failed_auth_limit
@@ -148,3 +154,7 @@ impl FromRequest for Caller {
         })
     }
 }
+
+/// Revoked keys presented, said in the log: at most 5 lines a second.
+static REVOKED_KEYS_LOGGED: crate::logging::Budget =
+    crate::logging::Budget::new("more revoked API keys presented", 5);

@@ -508,11 +508,8 @@ pub struct ApiKeyRecord {
 
 #[async_trait]
 pub trait KeyStore: Send + Sync {
-    /// The key with this hash, if it exists and is not revoked.
-    async fn find_active_key(
-        &self,
-        key_hash: SecretHash,
-    ) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// The key with this hash, revoked or not (`revoked_at_ms` says).
+    async fn find_key(&self, key_hash: SecretHash) -> Result<Option<ApiKeyRecord>, StoreError>;
     /// Fails with `Conflict` when an active key already has this name.
     async fn insert_key(
         &self,

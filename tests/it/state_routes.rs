@@ -11,7 +11,42 @@ contract![
     state_options_are_checked_with_stable_codes,
     verify_sees_another_processs_consume_within_verify_cache_seconds,
     a_revoke_drops_from_verify_only_what_it_removed,
+    a_revoked_key_is_refused_and_named_in_the_log,
 ];
+
+/// A key revoked while an app still uses it (a rotation): refused as an unknown key is
+/// (the caller is not told which), and the log names the key and the address, where it
+/// said only `401` in the access line.
+async fn a_revoked_key_is_refused_and_named_in_the_log(home: Home) {
+    let key = home.create_key("player", &[]);
+    let d = home.start();
+    assert_eq!(d.get("/v1/connections", &key).await.0, 200);
+    assert!(home.cli(&["keys", "revoke", "player"]).status.success());
+    // Within api_key_cache_seconds (1 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let (status, body) = loop {
+        let (status, body) = d.get("/v1/connections", &key).await;
+        if status != 200 || std::time::Instant::now() > deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["code"], "invalid_api_key", "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("the API key is unknown or revoked")),
+        "{body}"
+    );
+    let log = home.log_text();
+    assert!(
+        log.lines().any(|l| l.contains(" WARN ")
+            && l.contains("the revoked API key \"player\" was presented by 127.0.0.1")),
+        "{log}"
+    );
+    d.signal_and_wait("TERM");
+}
 
 /// A subject with characters a path must escape.
 const SUBJECT: &str = "alice/ü 100%";

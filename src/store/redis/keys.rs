@@ -57,17 +57,11 @@ fn record(f: &Fields) -> Result<ApiKeyRecord, StoreError> {
 
 #[async_trait]
 impl KeyStore for RedisStore {
-    async fn find_active_key(
-        &self,
-        key_hash: SecretHash,
-    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+    async fn find_key(&self, key_hash: SecretHash) -> Result<Option<ApiKeyRecord>, StoreError> {
         let key = self.key("k", &hex(&key_hash));
         let Some(f) = self.record("checking an API key", key).await? else {
             return Ok(None);
         };
-        if f.contains_key("revoked") {
-            return Ok(None);
-        }
         record(&f).map(Some)
     }
 

@@ -39,13 +39,10 @@ fn patterns_json(list: &Option<Vec<String>>) -> Result<Option<String>, StoreErro
 
 #[async_trait]
 impl KeyStore for SqliteStore {
-    async fn find_active_key(
-        &self,
-        key_hash: SecretHash,
-    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+    async fn find_key(&self, key_hash: SecretHash) -> Result<Option<ApiKeyRecord>, StoreError> {
         self.point_read("checking an API key", move |conn| {
             conn.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM api_keys WHERE key_hash = ?1 AND revoked_at IS NULL"
+                "SELECT {COLUMNS} FROM api_keys WHERE key_hash = ?1"
             ))?
             .query_row([&key_hash.0[..]], record)
             .optional()
