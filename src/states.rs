@@ -398,8 +398,19 @@ impl StateService {
     /// Also counts live states whose data was stored in clear, and from then on reads
     /// the data of those states (`read_in_clear`), and of no others.
     pub async fn check_stored_data(&self) -> Result<StoredData, StoreError> {
-        let found = self.look_at_stored_data().await;
-        // A look that failed leaves data in clear refused, as before the look.
+        // A look that fails for a moment (a read meeting the start's other work) is tried
+        // again, for about 6 s: meanwhile data in clear is neither read nor refused. One
+        // that still fails leaves it refused, as before any look.
+        let mut wait = std::time::Duration::from_millis(200);
+        let mut found = self.look_at_stored_data().await;
+        for _ in 0..5 {
+            if found.is_ok() {
+                break;
+            }
+            tokio::time::sleep(wait).await;
+            wait *= 2;
+            found = self.look_at_stored_data().await;
+        }
         self.stored_data_checked
             .store(true, std::sync::atomic::Ordering::Release);
         found
