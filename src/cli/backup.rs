@@ -81,19 +81,17 @@ pub(super) fn restore(settings: Settings, from: PathBuf, create: bool) -> Result
     );
     super::stop_on_signal(&copy::STOP);
     let restored = copy::restore(&from, db, &stamp, create).map_err(fatal)?;
-    // What was moved aside: a database, or only -wal and -shm files found without one.
-    let replaced_db = restored.replaced.as_deref().filter(|aside| aside.exists());
+    let replaced_db = restored.replaced.as_deref();
     let rotated = replaced_db.map_or_else(String::new, |aside| refreshed_since(db, aside));
-    let replaced = match (&restored.replaced, replaced_db) {
-        (_, Some(aside)) => format!(
+    let replaced = match replaced_db {
+        Some(aside) => format!(
             " The database it replaced is kept as {} (its -wal and -shm files, if it had them, beside it named the same way): delete them once the restore is confirmed.",
             aside.display()
         ),
-        (Some(aside), None) => {
-            let kept: Vec<String> = ["-wal", "-shm", "-journal"]
+        None if !restored.moved.is_empty() => {
+            let kept: Vec<String> = restored
+                .moved
                 .iter()
-                .map(|suffix| crate::paths::with_suffix(aside, suffix))
-                .filter(|p| p.exists())
                 .map(|p| p.display().to_string())
                 .collect();
             format!(
@@ -101,7 +99,7 @@ pub(super) fn restore(settings: Settings, from: PathBuf, create: bool) -> Result
                 kept.join(" and ")
             )
         }
-        (None, None) => String::new(),
+        None => String::new(),
     };
     // On a new machine nothing was there before: nothing to undo, but the oauthd the copy
     // came from may still serve elsewhere (a backup being tried out).

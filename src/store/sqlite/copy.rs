@@ -153,12 +153,14 @@ pub struct Copied {
     pub bytes: u64,
 }
 
-/// Where `restore` put the files it replaced (the database, and its `-wal` and `-shm`
-/// files when there were any), or `None` when there was no database.
+/// Where `restore` put the files it replaced: the database (`None` when there was none,
+/// its `-wal` and `-shm` files beside it named the same way), and every file it moved
+/// aside (the leftovers of a database deleted without them, where there was none).
 #[derive(Debug, Clone)]
 pub struct Restored {
     pub copied: Copied,
     pub replaced: Option<PathBuf>,
+    pub moved: Vec<PathBuf>,
 }
 
 /// Writes a consistent copy of the database at `db` to `to`, replacing a file there once
@@ -414,11 +416,11 @@ pub fn restore(backup: &Path, db: &Path, stamp: &str, create: bool) -> Result<Re
         .into_iter()
         .filter(|suffix| with_suffix(db, suffix).symlink_metadata().is_ok())
         .collect();
+    let mut moved = Vec::new();
     let replaced = if present.is_empty() {
         None
     } else {
         let aside = PathBuf::from(format!("{}.replaced-{stamp}", db.display()));
-        let mut moved = Vec::new();
         for suffix in &present {
             let (from, to) = (with_suffix(db, suffix), with_suffix(&aside, suffix));
             let result = if to.symlink_metadata().is_ok() {
@@ -441,7 +443,11 @@ pub fn restore(backup: &Path, db: &Path, stamp: &str, create: bool) -> Result<Re
             }
             moved.push((from, to));
         }
-        Some(aside)
+        // The database's name when it was among them.
+        present
+            .first()
+            .is_some_and(|s| s.is_empty())
+            .then_some(aside)
     };
     // Let go before the copy takes the name: closing, SQLite deletes the `-wal` file by
     // its name, which must not be the restored database's by then.
@@ -451,7 +457,12 @@ pub fn restore(backup: &Path, db: &Path, stamp: &str, create: bool) -> Result<Re
         return Err(CopyError::file(db, e));
     }
     sync_dir(db)?;
-    Ok(Restored { copied, replaced })
+    let moved = moved.into_iter().map(|(_, to)| to).collect();
+    Ok(Restored {
+        copied,
+        replaced,
+        moved,
+    })
 }
 
 /// Removes a copy that did not take its name, and the files SQLite may have left with it.
