@@ -4,6 +4,7 @@
 //! bits, so a fast hash is enough (no password hashing needed). A key may be limited to
 //! namespace patterns.
 
+use crate::clock::Clock;
 use crate::namespace::{
     check_pattern, key_pattern_reaches, stops_short_of, Namespace, CONNECT_PREFIX,
     PROVIDER_SCOPE_PREFIX,
@@ -128,6 +129,7 @@ pub async fn create(
         accounts: (!accounts.is_empty()).then_some(accounts),
         created_at_ms: now_ms,
         revoked_at_ms: None,
+        last_used_at_ms: None,
     };
     store.insert_key(record.clone(), key.hash()).await?;
     Ok((key, record))
@@ -148,7 +150,13 @@ pub struct KeyCache {
     keys_seen: AtomicU64,
     /// What `keys_seen` counts from: milliseconds after this, plus one (0: never).
     born: Instant,
+    /// What a key's recorded last use is stamped with.
+    clock: Clock,
 }
+
+/// How often a key's last use is recorded, at most (per key and process): `keys list`
+/// says when a key was last used to within this, and a busy key costs one write a minute.
+pub const USE_RECORDED_EVERY_MS: i64 = 60_000;
 
 /// How long an active key once seen vouches that the store holds keys: a store that lost
 /// them (a Redis without persistence, restarted) is told apart within this long, and a
@@ -159,12 +167,13 @@ const KEYLESS_RECHECK: Duration = Duration::from_secs(10);
 const MAX_CACHED_KEYS: usize = 10_000;
 
 impl KeyCache {
-    pub fn new(max_age: Duration) -> Self {
+    pub fn new(max_age: Duration, clock: Clock) -> Self {
         KeyCache {
             max_age,
             entries: Mutex::new(HashMap::new()),
             keys_seen: AtomicU64::new(0),
             born: Instant::now(),
+            clock,
         }
     }
 
@@ -239,9 +248,12 @@ impl KeyCache {
 
     /// Looks the presented key up in the database (callers try `cached` first) and
     /// remembers the answer: an active key is cached, a missing or revoked one forgotten.
+    /// An active key's use is recorded in the store when the last one recorded is a
+    /// minute old or more: in a task of its own, so the request does not wait for it
+    /// (every key in use comes here at least once per `max_age`).
     pub async fn authenticate(
         &self,
-        store: &dyn KeyStore,
+        store: &Arc<dyn KeyStore>,
         presented: &str,
     ) -> Result<Presented, StoreError> {
         // Every key oauthd issues has the prefix: anything else is refused without a lookup.
@@ -258,12 +270,30 @@ impl KeyCache {
         let active = match &found {
             Presented::Active(r) => {
                 self.saw_a_key();
+                self.note_use(store, r, hash);
                 Some(r)
             }
             _ => None,
         };
         self.remember(hash, active, began);
         Ok(found)
+    }
+
+    fn note_use(&self, store: &Arc<dyn KeyStore>, record: &ApiKeyRecord, hash: SecretHash) {
+        let now = self.clock.now_ms();
+        if record
+            .last_used_at_ms
+            .is_some_and(|at| now.saturating_sub(at) < USE_RECORDED_EVERY_MS)
+        {
+            return;
+        }
+        let store = store.clone();
+        tokio::spawn(async move {
+            // A store that cannot write now is tried again at the key's next miss.
+            if let Err(e) = store.note_key_used(hash, now).await {
+                log::debug!("recording an API key's use: {e}");
+            }
+        });
     }
 }
 
@@ -409,12 +439,16 @@ mod tests {
             accounts: None,
             created_at_ms: 0,
             revoked_at_ms: None,
+            last_used_at_ms: None,
         }
     }
 
-    /// A key store whose one key is active and whose reads take `delay`.
+    /// A key store whose one key is active and whose reads take `delay`; it keeps the
+    /// uses recorded.
+    #[derive(Default)]
     struct Slow {
         delay: Duration,
+        used: Mutex<Vec<i64>>,
     }
 
     #[async_trait]
@@ -424,7 +458,11 @@ mod tests {
             _key_hash: SecretHash,
         ) -> Result<Option<ApiKeyRecord>, StoreError> {
             tokio::time::sleep(self.delay).await;
-            Ok(Some(record()))
+            let last_used_at_ms = self.used.lock().unwrap().last().copied();
+            Ok(Some(ApiKeyRecord {
+                last_used_at_ms,
+                ..record()
+            }))
         }
         async fn insert_key(&self, _: ApiKeyRecord, _: SecretHash) -> Result<(), StoreError> {
             Ok(())
@@ -438,15 +476,48 @@ mod tests {
         async fn revoke_key(&self, _: &str, _: i64) -> Result<bool, StoreError> {
             Ok(false)
         }
+        async fn note_key_used(&self, _: SecretHash, at_ms: i64) -> Result<(), StoreError> {
+            self.used.lock().unwrap().push(at_ms);
+            Ok(())
+        }
+    }
+
+    /// The uses `store` recorded, once the tasks recording them have run.
+    async fn uses(store: &Slow) -> Vec<i64> {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        store.used.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn a_key_in_use_is_recorded_as_used_once_a_minute() {
+        let key = format!("{}example", crate::secret::API_KEY_PREFIX);
+        let clock = Clock::manual(1_000_000);
+        // Nothing cached: every request reads the store, as with `api_key_cache_seconds = 0`.
+        let cache = KeyCache::new(Duration::ZERO, clock.clone());
+        let slow = Arc::new(Slow::default());
+        let store: Arc<dyn KeyStore> = slow.clone();
+        cache.authenticate(&store, &key).await.unwrap();
+        assert_eq!(uses(&slow).await, [1_000_000], "the first use");
+        clock.advance(Duration::from_secs(59));
+        cache.authenticate(&store, &key).await.unwrap();
+        assert_eq!(
+            uses(&slow).await,
+            [1_000_000],
+            "not again within the minute"
+        );
+        clock.advance(Duration::from_secs(1));
+        cache.authenticate(&store, &key).await.unwrap();
+        assert_eq!(uses(&slow).await, [1_000_000, 1_060_000], "a minute later");
     }
 
     #[tokio::test]
     async fn a_verified_key_counts_from_when_its_read_began() {
         let key = format!("{}example", crate::secret::API_KEY_PREFIX);
-        let cache = KeyCache::new(Duration::from_millis(400));
-        let store = Slow {
+        let cache = KeyCache::new(Duration::from_millis(400), Clock::manual(0));
+        let store: Arc<dyn KeyStore> = Arc::new(Slow {
             delay: Duration::from_millis(300),
-        };
+            ..Slow::default()
+        });
         let started = Instant::now();
         assert!(matches!(
             cache.authenticate(&store, &key).await.unwrap(),
@@ -464,7 +535,7 @@ mod tests {
 
     #[test]
     fn an_older_read_does_not_outlast_a_newer_one() {
-        let cache = KeyCache::new(Duration::from_secs(60));
+        let cache = KeyCache::new(Duration::from_secs(60), Clock::manual(0));
         let hash = SecretHash::of("k");
         let record = Arc::new(record());
         let older = Instant::now();

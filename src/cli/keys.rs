@@ -110,6 +110,7 @@ pub(super) async fn list_keys(store: &dyn KeyStore, json: bool) -> Result<(), Fa
                     "accounts": k.accounts,
                     "created_at": rfc3339(k.created_at_ms),
                     "revoked_at": k.revoked_at_ms.map(rfc3339),
+                    "last_used_at": k.last_used_at_ms.map(rfc3339),
                 })
             })
             .collect();
@@ -117,10 +118,11 @@ pub(super) async fn list_keys(store: &dyn KeyStore, json: bool) -> Result<(), Fa
         return Ok(());
     }
     out!(
-        "{:<24} {:<8} {:<24} {:<24} ACCOUNTS",
+        "{:<24} {:<8} {:<24} {:<24} {:<24} ACCOUNTS",
         "NAME",
         "STATUS",
         "CREATED",
+        "LAST USED",
         "NAMESPACES"
     );
     for k in &keys {
@@ -138,8 +140,9 @@ pub(super) async fn list_keys(store: &dyn KeyStore, json: bool) -> Result<(), Fa
             None => "*".to_owned(),
             Some(a) => a.join(","),
         };
+        let used = k.last_used_at_ms.map_or("-".to_owned(), rfc3339);
         out!(
-            "{:<24} {:<8} {:<24} {scope:<24} {accounts}",
+            "{:<24} {:<8} {:<24} {used:<24} {scope:<24} {accounts}",
             k.name,
             status,
             rfc3339(k.created_at_ms)

@@ -220,7 +220,7 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
             proxy: proxy.clone(),
             states,
             keys: store.clone(),
-            key_cache: KeyCache::new(settings.api_key_cache),
+            key_cache: KeyCache::new(settings.api_key_cache, clock.clone()),
             store: store.clone(),
             broker,
             notifier,

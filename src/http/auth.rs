@@ -120,10 +120,7 @@ impl FromRequest for Caller {
             if let Some(record) = state.key_cache.cached(&token) {
                 return Ok(Caller(record));
             }
-            let found = state
-                .key_cache
-                .authenticate(state.keys.as_ref(), &token)
-                .await?;
+            let found = state.key_cache.authenticate(&state.keys, &token).await?;
             if let crate::apikeys::Presented::Revoked { name } = &found {
                 REVOKED_KEYS_LOGGED.warn(format_args!(
                     "the revoked API key {name:?} was presented{} (refused as unknown): an app still uses it",

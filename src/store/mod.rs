@@ -504,6 +504,9 @@ pub struct ApiKeyRecord {
     pub accounts: Option<Vec<String>>,
     pub created_at_ms: i64,
     pub revoked_at_ms: Option<i64>,
+    /// When an app last presented the key, as recorded (at most once a minute); `None`
+    /// for a key not used since oauthd began recording it (2026-12-05).
+    pub last_used_at_ms: Option<i64>,
 }
 
 #[async_trait]
@@ -522,6 +525,9 @@ pub trait KeyStore: Send + Sync {
     async fn key_active(&self, id: &str, name: Option<&str>) -> Result<bool, StoreError>;
     /// Returns false when no active key has this name.
     async fn revoke_key(&self, name: &str, now_ms: i64) -> Result<bool, StoreError>;
+    /// Records that the key with this hash was used at `at_ms`, unless a later use is
+    /// recorded already. A key that is not there is left so.
+    async fn note_key_used(&self, key_hash: SecretHash, at_ms: i64) -> Result<(), StoreError>;
 }
 
 /// The generation a new connection row starts at: the time it is made, in ms, times 1,000.

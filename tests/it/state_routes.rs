@@ -12,7 +12,69 @@ contract![
     verify_sees_another_processs_consume_within_verify_cache_seconds,
     a_revoke_drops_from_verify_only_what_it_removed,
     a_revoked_key_is_refused_and_named_in_the_log,
+    keys_list_says_when_each_key_was_last_used,
 ];
+
+/// `keys list` says when each key was last used (to within a minute), so that after a
+/// rotation the operator sees which keys no app uses any more; a key never presented has
+/// no such time.
+async fn keys_list_says_when_each_key_was_last_used(home: Home) {
+    let key = home.create_key("player", &[]);
+    home.create_key("idle", &[]);
+    let d = home.start();
+    let before = chrono::Utc::now() - chrono::Duration::seconds(1);
+    assert_eq!(d.get("/v1/connections", &key).await.0, 200);
+    let listed = |home: &Home| -> Value {
+        let out = home.cli(&["keys", "list", "--json"]);
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).expect("keys list --json")
+    };
+    let used_at = |keys: &Value, name: &str| -> Value {
+        keys.as_array()
+            .and_then(|keys| keys.iter().find(|k| k["name"] == name))
+            .map(|k| k["last_used_at"].clone())
+            .unwrap_or_default()
+    };
+    // Recorded off the request's path: bounded wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let keys = loop {
+        let keys = listed(&home);
+        if !used_at(&keys, "player").is_null() || std::time::Instant::now() > deadline {
+            break keys;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let used = used_at(&keys, "player");
+    let used = chrono::DateTime::parse_from_rfc3339(used.as_str().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("last_used_at of player: {e}: {keys}"));
+    assert!(
+        used >= before && used <= chrono::Utc::now(),
+        "{used} not between {before} and now: {keys}"
+    );
+    assert!(used_at(&keys, "idle").is_null(), "{keys}");
+    let table = String::from_utf8_lossy(&home.cli(&["keys", "list"]).stdout).into_owned();
+    assert!(
+        table
+            .lines()
+            .next()
+            .is_some_and(|h| h.contains("LAST USED")),
+        "{table}"
+    );
+    let player = table
+        .lines()
+        .find(|l| l.starts_with("player "))
+        .unwrap_or_default();
+    assert!(
+        player.contains(&used.format("%Y-%m-%dT%H:%M").to_string()),
+        "{table}"
+    );
+    let idle = table
+        .lines()
+        .find(|l| l.starts_with("idle "))
+        .unwrap_or_default();
+    assert!(idle.split_whitespace().nth(3) == Some("-"), "{table}");
+    d.signal_and_wait("TERM");
+}
 
 /// A key revoked while an app still uses it (a rotation): refused as an unknown key is
 /// (the caller is not told which), and the log names the key and the address, where it

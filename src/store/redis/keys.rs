@@ -23,6 +23,19 @@ return 1
     )
 });
 
+/// KEYS: record. ARGV: when used. A record that is not there is not made.
+static NOTE_USED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local was = tonumber(redis.call('HGET', KEYS[1], 'used'))
+if was and was >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'used', ARGV[1])
+return 1
+"#,
+    )
+});
+
 /// KEYS: names. ARGV: name, now, record key prefix.
 static REVOKE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -52,6 +65,7 @@ fn record(f: &Fields) -> Result<ApiKeyRecord, StoreError> {
         accounts: patterns("accounts")?,
         created_at_ms: need_int(CONTEXT, f, "created")?,
         revoked_at_ms: int(f, "revoked"),
+        last_used_at_ms: int(f, "used"),
     })
 }
 
@@ -154,5 +168,16 @@ impl KeyStore for RedisStore {
             })
             .await?;
         Ok(n == 1)
+    }
+
+    async fn note_key_used(&self, key_hash: SecretHash, at_ms: i64) -> Result<(), StoreError> {
+        let key = self.key("k", &hex(&key_hash));
+        let mut c = self.conn();
+        let _: i64 = self
+            .run("recording an API key's use", async move {
+                NOTE_USED.key(key).arg(at_ms).invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(())
     }
 }

@@ -6,7 +6,7 @@ use crate::store::{ApiKeyRecord, KeyStore, StoreError};
 use async_trait::async_trait;
 use rusqlite::{params, ErrorCode, OptionalExtension, Row};
 
-const COLUMNS: &str = "id, name, namespaces, created_at, revoked_at, accounts";
+const COLUMNS: &str = "id, name, namespaces, created_at, revoked_at, accounts, last_used_at";
 
 /// A JSON array of patterns, or NULL.
 fn patterns(r: &Row<'_>, i: usize) -> rusqlite::Result<Option<Vec<String>>> {
@@ -27,6 +27,7 @@ fn record(r: &Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
         accounts: patterns(r, 5)?,
         created_at_ms: r.get(3)?,
         revoked_at_ms: r.get(4)?,
+        last_used_at_ms: r.get(6)?,
     })
 }
 
@@ -115,6 +116,19 @@ impl KeyStore for SqliteStore {
                     )?
                     .execute(params![name, now_ms])?;
                 Ok(n > 0)
+            })
+            .await
+    }
+
+    async fn note_key_used(&self, key_hash: SecretHash, at_ms: i64) -> Result<(), StoreError> {
+        self.writer
+            .run("recording an API key's use", move |conn| {
+                conn.prepare_cached(
+                    "UPDATE api_keys SET last_used_at = ?2
+                     WHERE key_hash = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+                )?
+                .execute(params![&key_hash.0[..], at_ms])?;
+                Ok(())
             })
             .await
     }
