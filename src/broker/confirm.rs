@@ -40,6 +40,11 @@ pub(super) struct AppSecrets {
     provider_url: String,
     /// The value of the browser's cookie for this flow.
     browser: String,
+    /// The state that the first press of the page's button consumes (in the flow's
+    /// namespace, with no data): only one browser ever gets the cookie. (Empty in a flow
+    /// an older version started: its button may be pressed again.)
+    #[serde(default)]
+    ticket: String,
 }
 
 impl AppSecrets {
@@ -53,13 +58,28 @@ impl AppSecrets {
             key_name: key_name.to_owned(),
             provider_url: provider_url.to_owned(),
             browser: URL_SAFE_NO_PAD.encode(random_bytes::<32>()?),
+            ticket: StateValue::generate()?.expose().to_owned(),
         })
+    }
+
+    /// The state whose consumption is the button's first press.
+    pub(super) fn ticket(&self) -> Option<StateValue> {
+        StateValue::parse(&self.ticket)
     }
 
     /// Whether `presented` is this flow's cookie value (in constant time).
     pub(super) fn confirmed_by(&self, presented: Option<&str>) -> bool {
         presented.is_some_and(|p| crate::admin::secret_matches(&self.browser, p))
     }
+}
+
+/// What pressing the confirmation page's button did.
+pub enum Continued {
+    /// The first press: this browser gets the flow's cookie and goes on to the provider.
+    First(AppFlow),
+    /// The flow was continued before, in this browser (the back button) or another: no
+    /// cookie is handed out again.
+    Again(AppFlow),
 }
 
 /// An app's flow waiting for the browser to confirm it.
@@ -73,6 +93,8 @@ pub struct AppFlow {
     pub browser: Zeroizing<String>,
     /// Seconds until the flow expires (at least 1).
     pub expires_in_secs: i64,
+    /// What the first press consumes (`None`: a flow an older version started).
+    ticket: Option<StateValue>,
 }
 
 impl Broker {
@@ -130,11 +152,41 @@ impl Broker {
         self.check_starter(&app, account).await?;
         Ok(AppFlow {
             account: account.to_owned(),
+            ticket: app.ticket(),
             key_name: app.key_name,
             provider_url: Zeroizing::new(app.provider_url),
             browser: Zeroizing::new(app.browser),
             expires_in_secs: (view.expires_at_ms - self.clock.now_ms()).max(0) / 1000 + 1,
         })
+    }
+
+    /// The confirmation page's button: the flow's cookie goes to the first browser that
+    /// presses it and to no other, so a confirmation address that leaked (an app's log, a
+    /// shared screen) is no way to finish the flow with someone else's grant once its
+    /// person continued.
+    pub async fn continue_app_flow(
+        &self,
+        provider_name: &str,
+        account: &str,
+        state: &StateValue,
+    ) -> Result<Continued, CallbackError> {
+        let flow = self.app_flow(provider_name, account, state).await?;
+        let Some(ticket) = &flow.ticket else {
+            return Ok(Continued::First(flow));
+        };
+        let namespace = flow_namespace(provider_name, account, true)
+            .map_err(|_| CallbackError::UnknownState)?;
+        match self.states.consume(ticket, &namespace).await {
+            Ok(_) => Ok(Continued::First(flow)),
+            Err(StateError::NotFound | StateError::Expired { .. }) => {
+                log::warn!(
+                    "connect {provider_name}/{account}: the confirmation of the flow started by API key {:?} was pressed again; no cookie handed out",
+                    flow.key_name
+                );
+                Ok(Continued::Again(flow))
+            }
+            Err(e) => Err(CallbackError::Storage(e.for_callers())),
+        }
     }
 
     /// `Err(StarterRevoked)` when the API key that started an app's flow is revoked (or

@@ -19,7 +19,7 @@ pub mod return_to;
 mod tokens;
 
 pub use callback::{Browser, CallbackError, CallbackQuery, Connected, IssuerProblem};
-pub use confirm::{AppFlow, FlowStarter};
+pub use confirm::{AppFlow, Continued, FlowStarter};
 pub(crate) use device::device_aad;
 pub use device::{watch_device_flows, DeviceStart, DeviceStatus};
 pub use disconnect::Disconnected;
@@ -475,6 +475,13 @@ impl Broker {
         let confirm_url = app
             .as_ref()
             .map(|_| self.confirm_url(provider_name, &account, state.expose()));
+        // The confirmation's ticket first: one left without its flow (the flow's issue
+        // failing) only expires.
+        if let Some(ticket) = app.as_ref().and_then(|app| app.ticket()) {
+            self.states
+                .issue_value(ticket, namespace.clone(), None, None)
+                .await?;
+        }
         let secrets = FlowSecrets {
             verifier: request.pkce_verifier.to_string(),
             return_to,

@@ -5,7 +5,7 @@
 
 use super::pages::{escape, page_for};
 use super::AppState;
-use crate::broker::{AppFlow, CallbackError};
+use crate::broker::{AppFlow, CallbackError, Continued};
 use crate::secret::{SecretHash, StateValue};
 use actix_web::cookie::Cookie;
 use actix_web::http::header;
@@ -17,15 +17,15 @@ struct ConfirmQuery {
     state: Option<String>,
 }
 
-/// The flow the query names, or the page that says why there is none.
-async fn flow(
+/// The account and state the query names, or the page that says why there are none.
+fn named(
     app: &AppState,
     provider: &str,
     req: &HttpRequest,
-) -> Result<(AppFlow, StateValue), HttpResponse> {
+) -> Result<(String, StateValue), Box<HttpResponse>> {
     let base = app.base_path.as_str();
     app.public_route_hit(req)
-        .map_err(|e| super::pages::too_many(base, &e))?;
+        .map_err(|e| Box::new(super::pages::too_many(base, &e)))?;
     let query = web::Query::<ConfirmQuery>::from_query(req.query_string())
         .map(web::Query::into_inner)
         .unwrap_or(ConfirmQuery {
@@ -35,17 +35,16 @@ async fn flow(
     let account = query
         .account
         .unwrap_or_else(|| crate::broker::DEFAULT_ACCOUNT.to_owned());
-    // Whatever is wrong, the person starts again from the app: no way on to the
-    // operator's page is offered (`ByApp`).
-    let failed =
-        |e| super::callback::failed(app, None, provider, CallbackError::ByApp(Box::new(e)));
     let Some(state) = query.state.as_deref().and_then(StateValue::parse) else {
-        return Err(failed(CallbackError::NoState));
+        return Err(Box::new(refused(app, provider, CallbackError::NoState)));
     };
-    match app.broker.app_flow(provider, &account, &state).await {
-        Ok(flow) => Ok((flow, state)),
-        Err(e) => Err(failed(e)),
-    }
+    Ok((account, state))
+}
+
+/// The page for a flow that cannot be confirmed. Whatever is wrong, the person starts
+/// again from the app: no way on to the operator's page is offered (`ByApp`).
+fn refused(app: &AppState, provider: &str, e: CallbackError) -> HttpResponse {
+    super::callback::failed(app, None, provider, CallbackError::ByApp(Box::new(e)))
 }
 
 /// `GET`: the page that asks the person to continue.
@@ -54,9 +53,13 @@ pub async fn show(
     provider: web::Path<String>,
     req: HttpRequest,
 ) -> HttpResponse {
-    let (flow, _) = match flow(&app, &provider, &req).await {
-        Ok(found) => found,
-        Err(page) => return page,
+    let flow = match named(&app, &provider, &req) {
+        Ok((account, state)) => app.broker.app_flow(&provider, &account, &state).await,
+        Err(page) => return *page,
+    };
+    let flow = match flow {
+        Ok(flow) => flow,
+        Err(e) => return refused(&app, &provider, e),
     };
     let action = format!(
         "{}/connect/{}/confirm?{}",
@@ -111,9 +114,18 @@ pub async fn confirm(
             "<p>This request did not come from oauthd's confirmation page. Open the address the app gave you and continue there.</p>",
         );
     }
-    let (flow, state) = match flow(&app, &provider, &req).await {
-        Ok(found) => found,
-        Err(page) => return page,
+    let (account, state) = match named(&app, &provider, &req) {
+        Ok(named) => named,
+        Err(page) => return *page,
+    };
+    let flow = match app
+        .broker
+        .continue_app_flow(&provider, &account, &state)
+        .await
+    {
+        Ok(Continued::First(flow)) => flow,
+        Ok(Continued::Again(flow)) => return continued_before(&app, &provider, &flow),
+        Err(e) => return refused(&app, &provider, e),
     };
     let cookie = flow_cookie(
         &app,
@@ -133,6 +145,29 @@ pub async fn confirm(
         .insert_header((header::REFERRER_POLICY, "no-referrer"))
         .cookie(cookie)
         .finish()
+}
+
+/// A second press of the button (the back button, a second tab, another browser): the
+/// flow's cookie went to the browser that pressed first and goes to no other. That
+/// browser may go to the provider again (this page links there: without the cookie, the
+/// way back from the provider stores nothing).
+fn continued_before(app: &AppState, provider: &str, flow: &AppFlow) -> HttpResponse {
+    let body = format!(
+        "<p>This sign-in, for <strong>{p}</strong> account <strong>{a}</strong>, was already \
+         continued, in this browser or another. Only the browser that continued first can \
+         finish it.</p>\
+         <p>If that was this browser a moment ago, <a href=\"{to}\">go on to {p}</a>. \
+         Otherwise go back to the app and start again there.</p>",
+        p = escape(provider),
+        a = escape(&flow.account),
+        to = escape(&flow.provider_url),
+    );
+    let mut resp = page_for(true, &app.base_path, 409, "Already continued", &body);
+    resp.headers_mut().insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("no-referrer"),
+    );
+    resp
 }
 
 /// Whether a browser sent this request from a page of oauthd's own origin: browsers say

@@ -1028,7 +1028,36 @@ async fn an_apps_flow_is_confirmed_on_oauthds_page_and_finishes_only_in_that_bro
         assert!(set.contains(attribute), "{attribute}: {set}");
     }
     let cookie = set.split(';').next().unwrap().to_owned();
-    let callback = peer.approve(&common::header(&pressed, "location")).await;
+    // The cookie went to the browser that pressed first, and goes to no other: someone
+    // else holding the address (an app's log, a shared screen) who presses now gets a page
+    // saying so, and no cookie to finish the flow with their own grant.
+    let to_provider = common::header(&pressed, "location");
+    for again in [&address, &address] {
+        let resp = no_redirects()
+            .post(again)
+            .header("sec-fetch-site", "same-origin")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 409);
+        assert!(resp.headers().get("set-cookie").is_none());
+        let page = resp.text().await.unwrap();
+        assert!(page.contains("was already continued"), "{page}");
+        // The browser that continued (the back button) may go on to the provider.
+        assert!(
+            page.contains(&format!("href=\"{}\"", to_provider.replace('&', "&amp;"))),
+            "{page}"
+        );
+        assert!(!page.contains("Back to oauthd"), "{page}");
+    }
+    assert!(
+        home.log_text().contains(
+            "the confirmation of the flow started by API key \"music\" was pressed again"
+        ),
+        "{}",
+        home.log_text()
+    );
+    let callback = peer.approve(&to_provider).await;
     let back = browser
         .get(&callback)
         .header("cookie", &cookie)
