@@ -71,6 +71,13 @@ def test_sessions_are_listed_per_subject_and_signed_out(oauthd):
     assert touched.expires_at >= first.expires_at
     oauthd.states.revoke_id(space, second.id)
     assert [s.id for s in oauthd.states.list_subject(space, "bob")] == [first.id]
+    # A listing that comes in pages is read to its end.
+    paged = [oauthd.states.create(space, subject="carol").id for _ in range(5)]
+    pages = oauthd.states.list_subject(space, "carol", page_size=2)
+    assert sorted(s.id for s in pages) == sorted(paged)
+    # So is one whose data passes a page's 1 MiB.
+    big = [oauthd.states.create(space, subject="dora", data={"pad": "x" * 16000}).id for _ in range(70)]
+    assert sorted(s.id for s in oauthd.states.list_subject(space, "dora")) == sorted(big)
     assert oauthd.states.revoke_subject(space, "bob") == 1
     with pytest.raises(NotFound):
         oauthd.states.verify(first.state, space)

@@ -337,11 +337,28 @@ export class States {
     await this.t.call("POST", ["v1", "states", "revoke"], { json: { state, namespace } });
   }
 
-  async listSubject(namespace: string, subject: string): Promise<SubjectState[]> {
-    const answer = await this.t.call<{ states: SubjectState[] }>("GET", [
-      "v1", "namespaces", namespace, "subjects", subject, "states",
-    ]);
-    return answer.states;
+  /**
+   * Every live state of the subject, oldest first. oauthd answers a listing in pages (at
+   * most `pageSize` states, 1-1000, and about 1 MiB of data each): they are all read,
+   * following each page's `next`.
+   */
+  async listSubject(
+    namespace: string,
+    subject: string,
+    options: { pageSize?: number } = {},
+  ): Promise<SubjectState[]> {
+    const states: SubjectState[] = [];
+    let after: string | undefined;
+    for (;;) {
+      const answer = await this.t.call<{ states: SubjectState[]; next?: string }>(
+        "GET",
+        ["v1", "namespaces", namespace, "subjects", subject, "states"],
+        { query: { limit: options.pageSize, after } },
+      );
+      states.push(...answer.states);
+      after = answer.next;
+      if (!after) return states;
+    }
   }
 
   /** "Sign out everywhere": how many were revoked. */

@@ -57,6 +57,17 @@ test("sessions are listed per subject and signed out", live, async () => {
   assert.ok(touched.expires_at >= first.expires_at);
   await c.states.revokeId(space, second.id);
   assert.deepEqual((await c.states.listSubject(space, "bob")).map((s) => s.id), [first.id]);
+  // A listing that comes in pages is read to its end.
+  const paged = [];
+  for (let i = 0; i < 5; i++) paged.push((await c.states.create(space, { subject: "carol" })).id);
+  const pages = await c.states.listSubject(space, "carol", { pageSize: 2 });
+  assert.deepEqual(pages.map((s) => s.id).sort(), paged.sort());
+  // So is one whose data passes a page's 1 MiB.
+  const big = [];
+  for (let i = 0; i < 70; i++) {
+    big.push((await c.states.create(space, { subject: "dora", data: { pad: "x".repeat(16000) } })).id);
+  }
+  assert.deepEqual((await c.states.listSubject(space, "dora")).map((s) => s.id).sort(), big.sort());
   assert.equal(await c.states.revokeSubject(space, "bob"), 1);
   await assert.rejects(c.states.verify(first.state, space), NotFound);
   const third = await c.states.create(space);

@@ -75,9 +75,21 @@ class States:
     def revoke(self, state: str, namespace: str) -> None:
         self._t.call("POST", "v1", "states", "revoke", json_body={"state": state, "namespace": namespace})
 
-    def list_subject(self, namespace: str, subject: str) -> List[SubjectState]:
-        answer = self._t.call("GET", "v1", "namespaces", namespace, "subjects", subject, "states").json()
-        return [_from(SubjectState, s) for s in answer["states"]]
+    def list_subject(self, namespace: str, subject: str, *, page_size: Optional[int] = None) -> List[SubjectState]:
+        """Every live state of the subject, oldest first. oauthd answers a listing in pages
+        (at most `page_size` states, 1-1000, and about 1 MiB of data each): they are all
+        read, following each page's `next`."""
+        states: List[SubjectState] = []
+        after: Optional[str] = None
+        while True:
+            answer = self._t.call(
+                "GET", "v1", "namespaces", namespace, "subjects", subject, "states",
+                query={"limit": page_size, "after": after},
+            ).json()
+            states.extend(_from(SubjectState, s) for s in answer["states"])
+            after = answer.get("next")
+            if not after:
+                return states
 
     def revoke_subject(self, namespace: str, subject: str) -> int:
         """"Sign out everywhere": how many were revoked."""
