@@ -177,6 +177,16 @@ pub enum CallbackError {
     StarterRevoked {
         account: String,
     },
+    /// A flow started on oauthd's page came back to a browser not signed in to oauthd:
+    /// put back, for the operator's browser to finish.
+    NotSignedIn {
+        account: String,
+    },
+    /// A paste-back provider's sign-in presented at oauthd's callback, which is not the
+    /// address its sign-ins come back to: nothing was touched.
+    PasteOnly {
+        redirect_uri: String,
+    },
     /// What went wrong with a flow an app started: starting again is the app's to do,
     /// never the operator's page's (it would skip the confirmation).
     ByApp(Box<CallbackError>),
@@ -185,8 +195,12 @@ pub enum CallbackError {
 /// Where a callback's address came from.
 #[derive(Debug, Clone, Copy)]
 pub enum Browser<'a> {
-    /// The person's browser, with the flow's cookie when it has one.
-    Cookie(Option<&'a str>),
+    /// A browser at oauthd's callback: the flow's cookie when it has one (an app's flow),
+    /// and whether it is signed in to oauthd (a flow started on oauthd's page).
+    Cookie {
+        flow: Option<&'a str>,
+        signed_in: bool,
+    },
     /// The signed-in operator pasted it (paste-back): the operator's own flows only.
     Pasted,
 }
@@ -199,7 +213,13 @@ impl CallbackError {
         use CallbackError::*;
         matches!(
             self,
-            PasteUnreadable | PasteElsewhere { .. } | NoState | UnknownState | AppFlowPasted { .. }
+            PasteUnreadable
+                | PasteElsewhere { .. }
+                | NoState
+                | UnknownState
+                | AppFlowPasted { .. }
+                | NotSignedIn { .. }
+                | PasteOnly { .. }
         )
     }
 
@@ -347,9 +367,10 @@ impl Broker {
             .await
     }
 
-    /// Puts an app's flow that a paste took back as it was (its value, data and expiry):
-    /// the browser that confirmed it still finishes it. A paste only learns, by taking
-    /// it, that the flow is an app's.
+    /// Puts a flow taken where it may not finish back as it was (its value, data and
+    /// expiry): an app's flow that a paste took (the browser that confirmed it still
+    /// finishes it), or one started on the page that came to a browser not signed in. A
+    /// callback only learns, by taking it, whose flow it is.
     async fn put_back(&self, state: &StateValue, taken: &crate::states::StateView) -> bool {
         let left_ms = taken.expires_at_ms - self.clock.now_ms();
         let Ok(left_ms) = u64::try_from(left_ms) else {
@@ -386,6 +407,16 @@ impl Broker {
         let provider = self
             .provider(provider_name)
             .map_err(|_| CallbackError::UnknownProvider)?;
+        // A paste-back provider sends the browser to its own address, never here: an
+        // address presented here could only finish the operator's flow without the
+        // operator's sign-in, which the paste asks for.
+        if let (Browser::Cookie { .. }, Some(paste)) = (browser, &provider.paste_redirect) {
+            if *paste != super::callback_uri(&self.public_url, provider_name) {
+                return Err(CallbackError::PasteOnly {
+                    redirect_uri: paste.to_string(),
+                });
+            }
+        }
         let state = q
             .state
             .as_deref()
@@ -432,7 +463,7 @@ impl Broker {
         let app = by_namespace || secrets.app.is_some();
         if app {
             let confirmed = match (&secrets.app, browser) {
-                (Some(flow), Browser::Cookie(cookie)) => flow.confirmed_by(cookie),
+                (Some(flow), Browser::Cookie { flow: cookie, .. }) => flow.confirmed_by(cookie),
                 (_, Browser::Pasted) => {
                     log::warn!("paste {provider_name}/{account}: the address of a flow an app started; nothing stored");
                     let _ = self.put_back(&state, &consumed).await;
@@ -460,6 +491,23 @@ impl Broker {
                 };
                 checked.map_err(|e| by_app(e, true))?;
             }
+        }
+        if secrets.page
+            && matches!(
+                browser,
+                Browser::Cookie {
+                    signed_in: false,
+                    ..
+                }
+            )
+        {
+            log::warn!("callback {provider_name}/{account}: a flow started on oauthd's page came back to a browser not signed in to oauthd; put back, nothing stored");
+            if !self.put_back(&state, &consumed).await {
+                return Err(CallbackError::NotStored(
+                    "the sign-in could not be kept open: start connecting again".into(),
+                ));
+            }
+            return Err(CallbackError::NotSignedIn { account });
         }
         let connected = self
             .redeem(provider, q, account, secrets)

@@ -19,9 +19,11 @@ use zeroize::Zeroizing;
 /// Who starts a connect flow.
 #[derive(Debug, Clone, Copy)]
 pub enum FlowStarter<'a> {
-    /// The operator, on oauthd's page or with the CLI: the browser goes to the provider
-    /// at once.
+    /// The operator, with the CLI: the browser goes to the provider at once.
     Operator,
+    /// The operator, signed in on oauthd's page: the browser goes to the provider at
+    /// once, and only a browser signed in to oauthd finishes the flow.
+    Page,
     /// An app, with the API key of this id and name: the browser confirms on oauthd's
     /// page first, and neither that page nor the callback goes on once the key is revoked.
     App { key_id: &'a str, key_name: &'a str },
@@ -95,6 +97,17 @@ pub struct AppFlow {
     pub expires_in_secs: i64,
     /// What the first press consumes (`None`: a flow an older version started).
     ticket: Option<StateValue>,
+}
+
+/// The namespace of an app's flow's confirmation ticket: `connect:<provider>/ok:<account>`.
+/// Not under the provider's flows' `connect:<provider>:` (a callback never looks there, and
+/// the scrape counts tickets apart from flows); never longer than the flow's own namespace
+/// (`…:<account>/app`), so a flow that can be started can have its ticket.
+pub(super) fn ticket_namespace(
+    provider: &str,
+    account: &str,
+) -> Result<crate::namespace::Namespace, crate::namespace::NamespaceError> {
+    crate::namespace::Namespace::parse(&format!("{}{provider}/ok:{account}", super::CONNECT_PREFIX))
 }
 
 impl Broker {
@@ -174,8 +187,8 @@ impl Broker {
         let Some(ticket) = &flow.ticket else {
             return Ok(Continued::First(flow));
         };
-        let namespace = flow_namespace(provider_name, account, true)
-            .map_err(|_| CallbackError::UnknownState)?;
+        let namespace =
+            ticket_namespace(provider_name, account).map_err(|_| CallbackError::UnknownState)?;
         match self.states.consume(ticket, &namespace).await {
             Ok(_) => Ok(Continued::First(flow)),
             Err(StateError::NotFound | StateError::Expired { .. }) => {
@@ -251,6 +264,9 @@ mod tests {
         assert_eq!(ns.as_str(), "connect:spotify:alice/app");
         let own = super::super::flow_namespace("spotify", "alice", false).unwrap();
         assert_eq!(own.as_str(), "connect:spotify:alice");
+        let ticket = ticket_namespace("spotify", "alice").unwrap();
+        assert_eq!(ticket.as_str(), "connect:spotify/ok:alice");
+        assert!(ticket.as_str().len() < ns.as_str().len());
         let long = "a".repeat(60);
         let Err(super::super::BrokerError::InvalidAccount(message)) =
             super::super::flow_namespace(&long, &long, true)

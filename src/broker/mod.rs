@@ -124,6 +124,10 @@ struct FlowSecrets {
     /// only that browser may finish it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     app: Option<confirm::AppSecrets>,
+    /// Set when the operator started the flow on oauthd's page: only a browser signed in
+    /// to oauthd finishes it at the callback.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    page: bool,
 }
 
 /// The broker's settings from the config: where browsers reach oauthd, where they may be
@@ -466,7 +470,7 @@ impl Broker {
         )
         .map_err(flow_error)?;
         let app = match starter {
-            FlowStarter::Operator => None,
+            FlowStarter::Operator | FlowStarter::Page => None,
             FlowStarter::App { key_id, key_name } => Some(
                 confirm::AppSecrets::new(key_id, key_name, request.url.as_str())
                     .map_err(no_random)?,
@@ -475,11 +479,14 @@ impl Broker {
         let confirm_url = app
             .as_ref()
             .map(|_| self.confirm_url(provider_name, &account, state.expose()));
-        // The confirmation's ticket first: one left without its flow (the flow's issue
-        // failing) only expires.
+        // The confirmation's ticket first, living as long as the flow will: one left
+        // without its flow (the flow's issue failing) only expires.
         if let Some(ticket) = app.as_ref().and_then(|app| app.ticket()) {
+            let at = confirm::ticket_namespace(provider_name, &account)
+                .map_err(|e| BrokerError::InvalidAccount(e.to_string()))?;
+            let ttl = self.states.policy().rule_for(&namespace).default_ttl;
             self.states
-                .issue_value(ticket, namespace.clone(), None, None)
+                .issue_value(ticket, at, Some(ttl.as_secs().max(1)), None)
                 .await?;
         }
         let secrets = FlowSecrets {
@@ -487,6 +494,7 @@ impl Broker {
             return_to,
             nonce: request.nonce.clone(),
             app,
+            page: matches!(starter, FlowStarter::Page),
         };
         // Never seal an empty value in its place: a flow that cannot keep its verifier fails.
         let plain = Zeroizing::new(
@@ -506,7 +514,7 @@ impl Broker {
             )
             .await?;
         match starter {
-            FlowStarter::Operator => log::info!(
+            FlowStarter::Operator | FlowStarter::Page => log::info!(
                 "connect {provider_name}/{account}: flow started, state {}",
                 issued.state
             ),

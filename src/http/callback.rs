@@ -74,7 +74,14 @@ pub async fn callback(
     let presented = cookie.as_ref().map(Cookie::value);
     let finished = app
         .broker
-        .finish_callback(&provider, query, Browser::Cookie(presented))
+        .finish_callback(
+            &provider,
+            query,
+            Browser::Cookie {
+                flow: presented,
+                signed_in: csrf.is_some(),
+            },
+        )
         .await;
     let used_up =
         !matches!(&finished, Err(e) if matches!(e.unwrapped().0, CallbackError::Storage(_)));
@@ -318,6 +325,16 @@ pub fn wording(provider: &str, e: &CallbackError) -> (u16, &'static str, String)
             ),
             _ => wording(provider, inner),
         },
+        NotSignedIn { .. } => (
+            403,
+            "Sign in to oauthd to finish",
+            "This sign-in was started on oauthd's page, and only a browser signed in to oauthd finishes it; this one is not, so nothing was stored. If you started it, sign in to oauthd in this browser (`oauthd admin link` prints a sign-in link) and open this address again within a few minutes: the sign-in is still open. If you did not, close this page.".into(),
+        ),
+        PasteOnly { redirect_uri } => (
+            400,
+            "Paste the address instead",
+            format!("Sign-ins at {provider} come back to {redirect_uri}, not to this address: paste the address the browser shows there on oauthd's page (or into `oauthd connect --paste`). Nothing was changed."),
+        ),
         AppFlowPasted { .. } => (
             400,
             "An app's sign-in",

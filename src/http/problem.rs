@@ -317,6 +317,9 @@ pub fn callback_problem(provider: &str, e: &CallbackError) -> ApiError {
         // Never from a paste (it is refused before); named all the same.
         NotConfirmedHere { .. } => "not_confirmed_here",
         StarterRevoked { .. } => "key_revoked",
+        // Never from a paste either: a paste is signed in, and is the way they ask for.
+        NotSignedIn { .. } => "not_signed_in",
+        PasteOnly { .. } => "paste_only",
         ByApp(_) => "flow_failed",
     };
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);

@@ -153,7 +153,7 @@ pub async fn connect(
     let account = account(body)?;
     let started = app
         .broker
-        .start_connect(&provider, account.as_deref(), None, FlowStarter::Operator)
+        .start_connect(&provider, account.as_deref(), None, FlowStarter::Page)
         .await?;
     Ok(no_store(HttpResponse::Created()).json(json!({
         "authorize_url": started.authorize_url.as_str(),
@@ -279,7 +279,7 @@ pub async fn connect_form(
     let account = form.account.as_deref().filter(|a| !a.is_empty());
     match app
         .broker
-        .start_connect(&provider, account, None, FlowStarter::Operator)
+        .start_connect(&provider, account, None, FlowStarter::Page)
         .await
     {
         Ok(started) => HttpResponse::SeeOther()

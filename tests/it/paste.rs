@@ -275,6 +275,16 @@ async fn pasting_runs_the_callbacks_rules() {
         .await;
     assert_eq!((status, body["code"].as_str()), (403, Some("csrf_failed")));
 
+    // The same answer presented at oauthd's own callback, where this provider never
+    // sends a browser (by someone who saw it, without the operator's sign-in): refused,
+    // and the flow stays open for the paste.
+    let (status, page, _) = d
+        .browser_get(&format!("{}/callback/peer?{query}", d.url))
+        .await;
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("Paste the address instead"), "{page}");
+    assert_eq!(d.get("/v1/connections/peer/default", &key).await.0, 404);
+
     // The real address, with surrounding whitespace as copied: connected.
     let (status, body) = paste(format!("  {address}\n")).await;
     assert_eq!(status, 200, "{body}");

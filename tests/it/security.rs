@@ -1087,6 +1087,47 @@ async fn an_apps_flow_is_confirmed_on_oauthds_page_and_finishes_only_in_that_bro
     );
 }
 
+/// A flow the operator starts on oauthd's page finishes only in a browser signed in to
+/// oauthd: someone who saw its address (a shared screen) and signs in at the provider as
+/// themselves cannot have their grant stored as the operator's account. The flow stays
+/// open for the operator's browser.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flow_started_on_the_page_finishes_only_in_a_signed_in_browser() {
+    let peer = Peer::start(60);
+    let home = Home::new();
+    home.write_config(&peer.provider_toml("peer"));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let ui = home.ui_session(&d).await;
+    let (status, started) = d
+        .ui_post(
+            &ui,
+            "/ui/api/connect/peer",
+            serde_json::json!({"account": "own"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{started}");
+    let callback = peer
+        .approve(started["authorize_url"].as_str().unwrap_or_default())
+        .await;
+    let (status, page, _) = d.browser_get(&callback).await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("Sign in to oauthd to finish"), "{page}");
+    assert_eq!(d.get("/v1/connections/peer/own", &key).await.0, 404);
+    assert!(
+        home.log_text()
+            .contains("a flow started on oauthd's page came back to a browser not signed in"),
+        "{}",
+        home.log_text()
+    );
+    // The operator's browser, signed in, finishes it with the same address.
+    let path = callback.strip_prefix(&d.url).unwrap_or_default();
+    let back = d.ui_get(path, &ui.0).await;
+    assert_eq!(back.status(), 200);
+    assert!(back.text().await.unwrap_or_default().contains("Connected"));
+    assert_eq!(d.get("/v1/connections/peer/own", &key).await.0, 200);
+}
+
 /// Revoking an app's key ends the flows it started: their confirmation pages refuse, and a
 /// flow confirmed before the revocation comes back to a page that redeems nothing.
 #[tokio::test(flavor = "multi_thread")]

@@ -255,7 +255,14 @@ async fn connect_account_with(
         ..Default::default()
     };
     broker
-        .finish_callback("p", query, Browser::Cookie(None))
+        .finish_callback(
+            "p",
+            query,
+            Browser::Cookie {
+                flow: None,
+                signed_in: false,
+            },
+        )
         .await
         .unwrap();
 }
@@ -318,7 +325,14 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
         Err(CallbackError::UnknownState)
     ));
     for presented in [None, Some(""), Some("another browser's value")] {
-        let refused = finish_new("evil", Browser::Cookie(presented)).await;
+        let refused = finish_new(
+            "evil",
+            Browser::Cookie {
+                flow: presented,
+                signed_in: false,
+            },
+        )
+        .await;
         assert_eq!(
             refused.unwrap_err(),
             CallbackError::NotConfirmedHere {
@@ -327,7 +341,14 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
         );
     }
     let replay = broker
-        .finish_callback("p", callback(&state), Browser::Cookie(None))
+        .finish_callback(
+            "p",
+            callback(&state),
+            Browser::Cookie {
+                flow: None,
+                signed_in: false,
+            },
+        )
         .await;
     assert_eq!(
         replay.unwrap_err(),
@@ -336,7 +357,14 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
         }
     );
     let again = broker
-        .finish_callback("p", callback(&state), Browser::Cookie(Some(&flow.browser)))
+        .finish_callback(
+            "p",
+            callback(&state),
+            Browser::Cookie {
+                flow: Some(&flow.browser),
+                signed_in: false,
+            },
+        )
         .await;
     assert_eq!(again.unwrap_err(), CallbackError::UnknownState, "used up");
     assert_eq!(endpoint.calls(), 0, "no code redeemed");
@@ -348,7 +376,14 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
     let flow = broker.app_flow("p", "evil", &value).await.unwrap();
     endpoint.then(200, tokens("access-1", "refresh-1", 3600));
     broker
-        .finish_callback("p", callback(&state), Browser::Cookie(Some(&flow.browser)))
+        .finish_callback(
+            "p",
+            callback(&state),
+            Browser::Cookie {
+                flow: Some(&flow.browser),
+                signed_in: false,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(endpoint.calls(), 1);
@@ -375,7 +410,14 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
         ..Default::default()
     };
     let denied = broker
-        .finish_callback("p", denied, Browser::Cookie(Some(&flow.browser)))
+        .finish_callback(
+            "p",
+            denied,
+            Browser::Cookie {
+                flow: Some(&flow.browser),
+                signed_in: false,
+            },
+        )
         .await;
     assert!(
         matches!(denied.as_ref().unwrap_err().unwrapped(), (CallbackError::Denied { account, .. }, true) if account == "evil"),
@@ -383,7 +425,14 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
     );
     let started = start("slow").await.unwrap();
     clock.advance(61 * MINUTE);
-    let expired = finish(&started.authorize_url, Browser::Cookie(None)).await;
+    let expired = finish(
+        &started.authorize_url,
+        Browser::Cookie {
+            flow: None,
+            signed_in: false,
+        },
+    )
+    .await;
     assert_eq!(
         expired.unwrap_err(),
         CallbackError::ByApp(Box::new(CallbackError::Expired {
@@ -410,7 +459,14 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
         Err(CallbackError::StarterRevoked { account }) if account == "later"
     ));
     let revoked = broker
-        .finish_callback("p", callback(&state), Browser::Cookie(Some(&flow.browser)))
+        .finish_callback(
+            "p",
+            callback(&state),
+            Browser::Cookie {
+                flow: Some(&flow.browser),
+                signed_in: false,
+            },
+        )
         .await;
     assert_eq!(
         revoked.unwrap_err(),
@@ -433,9 +489,15 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
         Err(CallbackError::UnknownState)
     ));
     endpoint.then(200, tokens("access-3", "refresh-3", 3600));
-    finish(&own.authorize_url, Browser::Cookie(None))
-        .await
-        .unwrap();
+    finish(
+        &own.authorize_url,
+        Browser::Cookie {
+            flow: None,
+            signed_in: false,
+        },
+    )
+    .await
+    .unwrap();
 }
 
 /// The credentials check reads GitHub's answers, which come with 200: a made-up code
