@@ -260,6 +260,11 @@ fn backoff_ms(failures: i64) -> i64 {
         .min(BACKOFF_MAX_MS)
 }
 
+/// Sealed tokens that do not open, said in the log (the caller is told only that it
+/// happened): at most one line a second.
+static UNOPENED_TOKENS_LOGGED: crate::logging::Budget =
+    crate::logging::Budget::new("more tokens that cannot be opened", 1);
+
 impl Broker {
     pub(super) async fn row(&self, key: &ConnectionKey) -> Result<ConnectionRow, BrokerError> {
         // No connection has a name `check_name` refuses: such a name in a path is a bad
@@ -302,7 +307,15 @@ impl Broker {
         }
         let aad = token_aad(&row.provider, &row.account, "access_token");
         let token = Arc::new(AccessToken {
-            access_token: self.vault.open_str(&aad, &row.access_token)?,
+            access_token: self
+                .vault
+                .open_str(&aad, &row.access_token)
+                .inspect_err(|e| {
+                    UNOPENED_TOKENS_LOGGED.error(format_args!(
+                        "connection {}/{}: its access token cannot be opened: {e}",
+                        row.provider, row.account
+                    ))
+                })?,
             token_type: row.token_type.clone(),
             expires_at_ms: row.access_expires_at_ms,
             scope: row.scopes.clone(),

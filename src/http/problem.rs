@@ -172,6 +172,11 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// A sealed value that does not open, as callers are told it.
+const VAULT_FOR_CALLERS: &str = "sealed with a vault key this oauthd has not loaded, or \
+    altered at rest, so it cannot be opened; oauthd's log says which, and what its operator \
+    can do";
+
 impl From<StateError> for ApiError {
     fn from(e: StateError) -> Self {
         let detail = e.to_string();
@@ -214,9 +219,13 @@ impl From<StateError> for ApiError {
                 "entropy_unavailable",
                 detail,
             ),
-            StateError::Vault(_) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "vault_error", detail)
-            }
+            // What to do is the operator's (the log says it): an app is told what
+            // happened, not to put keys back into files.
+            StateError::Vault(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "vault_error",
+                format!("the state's data: {VAULT_FOR_CALLERS}"),
+            ),
             StateError::Store(e) => e.into(),
             StateError::DataNotYetChecked => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -274,9 +283,11 @@ impl From<BrokerError> for ApiError {
             BrokerError::DeviceFlowNotFound(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "device_flow_not_found", detail)
             }
-            BrokerError::Vault(_) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "vault_error", detail)
-            }
+            BrokerError::Vault(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "vault_error",
+                VAULT_FOR_CALLERS,
+            ),
             BrokerError::State(e) => e.into(),
             BrokerError::Store(e) => e.into(),
         }

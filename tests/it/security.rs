@@ -798,9 +798,22 @@ async fn a_states_data_keeps_its_vault_key_and_waits_for_it_when_lost(home: Home
             (503, Some("vault_error")),
             "{body}"
         );
+        // The app is told what happened; what to do with key files is the operator's,
+        // in the log.
         let detail = body["detail"].as_str().unwrap_or_default();
-        assert!(detail.contains("not loaded"), "{body}");
+        assert!(
+            detail.contains("a vault key this oauthd has not loaded")
+                && detail.contains("oauthd's log says which"),
+            "{body}"
+        );
+        assert!(!detail.contains("key file"), "{body}");
     }
+    assert!(
+        home.log_text()
+            .contains("which is not loaded: put that key back in the key file"),
+        "{}",
+        home.log_text()
+    );
     d.signal_and_wait("TERM");
     std::fs::write(home.key_file(), kept).unwrap();
     let d = home.start();
@@ -1705,6 +1718,55 @@ async fn a_request_addressed_to_another_sites_name_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("allowed_hosts[0]"), "{err}");
+}
+
+/// An access token that does not open (moved from another connection's row, as someone who
+/// can write the database might) is refused: the app is told that, and the log why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_that_does_not_open_is_told_to_the_app_and_explained_in_the_log() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let file = home.dir.path().join("tokens.jsonl");
+    std::fs::write(
+        &file,
+        "{\"provider\":\"peer\",\"account\":\"a\",\"access_token\":\"tok-a\",\"expires_in\":3600}\n\
+         {\"provider\":\"peer\",\"account\":\"b\",\"access_token\":\"tok-b\",\"expires_in\":3600}\n",
+    )
+    .unwrap();
+    let peer = Peer::start(60);
+    home.write_config(&peer.provider_toml("peer"));
+    let imported = home.cli(&["connections", "import", "--file", file.to_str().unwrap()]);
+    assert!(imported.status.success(), "{imported:?}");
+    let moved = rusqlite::Connection::open(home.db())
+        .unwrap()
+        .execute(
+            "UPDATE connections SET access_token = \
+             (SELECT access_token FROM connections WHERE account = 'b') WHERE account = 'a'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(moved, 1);
+    let d = home.start();
+    let (status, body) = d.get("/v1/connections/peer/a/token", &key).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("vault_error")),
+        "{body}"
+    );
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("oauthd's log says which"), "{body}");
+    assert!(!body.to_string().contains("tok-"), "{body}");
+    assert!(
+        common::eventually(std::time::Duration::from_secs(5), || home
+            .log_text()
+            .contains(
+            "connection peer/a: its access token cannot be opened: a sealed value failed to open"
+        ))
+        .await,
+        "{}",
+        home.log_text()
+    );
+    assert_eq!(d.get("/v1/connections/peer/b/token", &key).await.0, 200);
 }
 
 /// Data in clear in a state's row (as an oauthd from before data was sealed stored it) is
