@@ -89,6 +89,10 @@ impl StatePolicy {
     }
 }
 
+/// Touches of states that do not slide, said in the log: at most one line a minute.
+static TOUCHES_THAT_DO_NOT_SLIDE: crate::logging::Budget =
+    crate::logging::Budget::per_minute("more touches of states that do not slide", 1);
+
 /// Seconds in words, for people: "60 minutes", "1 minute", "90 seconds".
 pub fn ttl_text(secs: u64) -> String {
     match secs {
@@ -849,6 +853,15 @@ impl StateService {
         }
         match found {
             Found::Row(row) if row.expires_at_ms > now => {
+                if touch && row.sliding.is_none() {
+                    // Answered as any verify (a touch of every state an app holds is fine),
+                    // but an app that forgot `sliding` at its create would find its users
+                    // signed out at the TTL: said where its developer looks.
+                    TOUCHES_THAT_DO_NOT_SLIDE.warn(format_args!(
+                        "a touch of a state in namespace {} that was created without \"sliding\": true: its expiry does not move (create it with \"sliding\": true for a session that lives while it is used)",
+                        row.namespace
+                    ));
+                }
                 let view = Arc::new(self.view(row)?);
                 if !touch && found_under == hash {
                     self.seen.put(&hash, view.clone(), ticket);

@@ -217,6 +217,49 @@ async fn sessions_are_verified_listed_and_revoked_per_subject(home: Home) {
     assert_eq!(status, 200, "{seen}");
     assert_eq!(seen["subject"], SUBJECT);
     assert_eq!(seen["data"], json!({"device": "phone"}));
+    // A touch of a session created without `sliding` answers as a verify, its expiry
+    // unmoved, and the log says so: no silent sign-out at the TTL.
+    let fixed = created(
+        &d,
+        &key,
+        json!({"namespace": "session", "subject": SUBJECT, "ttl_seconds": 600}),
+    )
+    .await;
+    assert!(
+        home.log_text()
+            .lines()
+            .all(|l| !l.contains("created without \"sliding\"")),
+        "{}",
+        home.log_text()
+    );
+    let touch = json!({"state": fixed["state"], "namespace": "session", "touch": true});
+    let (status, seen) = d.post("/v1/states/verify", &key, touch).await;
+    assert_eq!(
+        (status, &seen["expires_at"]),
+        (200, &fixed["expires_at"]),
+        "{seen}"
+    );
+    assert!(
+        common::eventually(std::time::Duration::from_secs(5), || home.log_text().lines().any(
+            |l| l.contains(" WARN ")
+                && l.contains("a touch of a state in namespace session that was created without \"sliding\": true")
+        ))
+        .await,
+        "{}",
+        home.log_text()
+    );
+    assert_eq!(
+        d.delete(
+            &format!(
+                "/v1/namespaces/session/states/{}",
+                fixed["id"].as_str().unwrap_or_default()
+            ),
+            &key
+        )
+        .await
+        .status(),
+        204
+    );
 
     let path = format!(
         "/v1/namespaces/session/subjects/{}/states",
