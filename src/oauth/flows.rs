@@ -472,6 +472,9 @@ pub async fn check_client(
             "a made-up code was refused as invalid_grant, so the client id and secret were accepted".into(),
         ),
         Err(FlowError::Rejected { code, description }) if refuses_client(&code) => {
+            let description = description
+                .strip_suffix(CLIENT_ADVICE)
+                .unwrap_or(&description);
             ClientCheck::Refused(format!(
                 "the provider refused the client id or secret ({code}: {description}): check client_id and client_secret (or client_secret_file)"
             ))
@@ -694,6 +697,11 @@ fn error_response(status: reqwest::StatusCode, body: &[u8], sent: &Sent<'_>) -> 
     }
 }
 
+/// What an `invalid_client` error adds to the provider's words, on every path but the
+/// check that already says it.
+const CLIENT_ADVICE: &str = "; the provider does not accept oauthd's client: check the \
+    provider's client_id and client_secret in the config (`oauthd check` tries them)";
+
 /// A token endpoint's OAuth error, by its code.
 fn rejected(code: &str, description: String, sent: &Sent<'_>) -> FlowError {
     match code {
@@ -706,9 +714,7 @@ fn rejected(code: &str, description: String, sent: &Sent<'_>) -> FlowError {
         // callback's page: the fix is the client's id and secret in oauthd's config.
         "invalid_client" => FlowError::Rejected {
             code: "invalid_client".into(),
-            description: format!(
-                "{description}; the provider does not accept oauthd's client: check the provider's client_id and client_secret in the config (`oauthd check` tries them)"
-            ),
+            description: format!("{description}{CLIENT_ADVICE}"),
         },
         other => FlowError::Rejected {
             code: sent.text(other, 64),

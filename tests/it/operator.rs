@@ -269,6 +269,8 @@ async fn a_wrong_client_secret_is_found_before_anyone_is_sent_to_the_provider() 
         report.contains("FAIL") && report.contains("refused the client id or secret"),
         "{report}"
     );
+    // Said once, not the advice of every other path nested inside the check's own.
+    assert!(!report.contains("`oauthd check` tries them"), "{report}");
 
     // The page's provider card says so too.
     let cookie = d.sign_in(&home.login_link(&d)).await;
