@@ -483,9 +483,18 @@ impl Broker {
         detail: String,
     ) {
         let events = [self.device_event(flow, status, &detail)];
+        // Why, as the API answers it: the operator should not need to ask the API.
+        let said = format!(
+            "device flow {} ({}/{}): {status}: {detail}",
+            flow.id, flow.provider, flow.account
+        );
         let outcome = DevicePollOutcome::Finished { status, detail };
         if let Recorded::Yes = self.record_final(flow, claim, outcome, &events).await {
-            log::info!("device flow {}: {status}", flow.id);
+            if status == DeviceFlowStatus::Failed {
+                log::warn!("{said}");
+            } else {
+                log::info!("{said}");
+            }
         }
     }
 

@@ -104,6 +104,14 @@ async fn denied_device_flow_answers_403(home: Home) {
         .await;
     expect_final(&d, &key, &start, 20, (403, "denied")).await;
     assert_eq!(d.get("/v1/connections/peer/default", &key).await.0, 404);
+    assert!(
+        home.log_text().contains(&format!(
+            "device flow {} (peer/default): denied: ",
+            start["id"].as_str().unwrap_or_default()
+        )),
+        "{}",
+        home.log_text()
+    );
 }
 
 async fn unapproved_device_flow_expires_with_410(home: Home) {
@@ -143,6 +151,17 @@ async fn a_revoked_keys_device_flow_ends_without_redeeming_the_approval(home: Ho
         "the approval was redeemed"
     );
     assert_eq!(d.get("/v1/connections/peer/tv", &ops).await.0, 404);
+    // The log says why, as the API does: the operator need not ask the API.
+    let said = format!(
+        "device flow {id} (peer/tv): failed: the API key that started this flow was revoked"
+    );
+    assert!(
+        home.log_text()
+            .lines()
+            .any(|l| l.contains(" WARN ") && l.contains(&said)),
+        "{}",
+        home.log_text()
+    );
 }
 
 async fn polling_resumes_after_a_restart_mid_flow(home: Home) {
