@@ -109,6 +109,10 @@ pub enum StateError {
         "unknown state: never issued in this namespace, already consumed or revoked, or expired (an expired state answers 410 once, then this)"
     )]
     NotFound,
+    #[error(
+        "no live state to revoke: never issued in this namespace, already consumed or revoked, or expired (a revoke also removes what an expired one left, so it answers 404 from then on)"
+    )]
+    NothingToRevoke,
     #[error("the state has expired")]
     Expired { namespace: String },
     #[error("ttl_seconds must be between 1 and {max} for namespace {namespace}")]
@@ -1132,11 +1136,13 @@ fn forget_revoked(
     revoked
 }
 
+/// A revoke's answer: nothing live to revoke is `NothingToRevoke` (a `404` as for an
+/// unknown state, said without the `410` a consume would have given an expired one).
 fn found_or_not(found: bool) -> Result<(), StateError> {
     if found {
         Ok(())
     } else {
-        Err(StateError::NotFound)
+        Err(StateError::NothingToRevoke)
     }
 }
 

@@ -181,7 +181,9 @@ impl From<StateError> for ApiError {
     fn from(e: StateError) -> Self {
         let detail = e.to_string();
         match e {
-            StateError::NotFound => ApiError::new(StatusCode::NOT_FOUND, "state_not_found", detail),
+            StateError::NotFound | StateError::NothingToRevoke => {
+                ApiError::new(StatusCode::NOT_FOUND, "state_not_found", detail)
+            }
             StateError::Expired { .. } => ApiError::new(StatusCode::GONE, "state_expired", detail),
             StateError::TtlOutOfRange { .. } => ApiError::bad_request("invalid_ttl", detail),
             StateError::DataTooLarge { .. } => {
