@@ -12,6 +12,7 @@ pub(super) fn keys(settings: Settings, command: KeysCommand) -> Result<(), Fatal
         _ => Missing::Refuse,
     };
     let store = open_store(&settings, missing)?;
+    let revoke_flags = store_flags(&settings);
     let clock = Clock::system();
     runtime()?.block_on(async {
         match command {
@@ -31,7 +32,8 @@ pub(super) fn keys(settings: Settings, command: KeysCommand) -> Result<(), Fatal
                         // A name taken is the command line's to change.
                         apikeys::KeyError::Store(crate::store::StoreError::Conflict(why)) => Fatal(
                             format!(
-                                "{why}: pick another name, or revoke that key first (`oauthd keys revoke {name}`; the apps using it lose access)"
+                                "{why}: pick another name, or revoke that key first (`oauthd keys revoke{} {name}`{}; the apps using it lose access)",
+                                revoke_flags.0, revoke_flags.1
                             ),
                             2,
                         ),
@@ -95,6 +97,21 @@ pub(super) fn keys(settings: Settings, command: KeysCommand) -> Result<(), Fatal
             }
         }
     })
+}
+
+/// What a command suggested to the operator needs to reach this store: `--db` with the
+/// database's whole path (the suggestion may be run from another directory), or, on Redis,
+/// a word to use this command's own settings (its URL may hold a password: never shown).
+fn store_flags(settings: &Settings) -> (String, &'static str) {
+    match &settings.store {
+        crate::store::target::StoreTarget::Sqlite => {
+            let db = std::path::absolute(&settings.db).unwrap_or_else(|_| settings.db.clone());
+            (format!(" --db {}", crate::paths::shell_word(&db)), "")
+        }
+        crate::store::target::StoreTarget::Redis(_) => {
+            (String::new(), ", with this command's --config or --store")
+        }
+    }
 }
 
 pub(super) async fn list_keys(store: &dyn KeyStore, json: bool) -> Result<(), Fatal> {
