@@ -4,7 +4,8 @@
 //! port, a LAN address), and read the answers as its own: `/metrics` names providers,
 //! namespaces and notification hosts. Those requests are refused. A name is answered when
 //! it is an IP address, `localhost` or under `.localhost`, a name without a dot (a
-//! container's service name, a machine's short name: no site on the internet has one), the
+//! container's service name, a machine's short name: no site on the internet has one; not
+//! one written with a final dot, `com.`, which only DNS resolves), the
 //! host of `public_url`, or matches `allowed_hosts` (a name, `*.suffix`, or `*` for every
 //! name).
 
@@ -62,15 +63,19 @@ impl HostCheck {
                 Err(_) => return Some(shown(host.as_bytes())),
             },
         };
-        let Some(name) = without_port(text).map(|n| n.trim_end_matches('.')) else {
+        let Some(written) = without_port(text) else {
             return Some(shown(text.as_bytes()));
         };
+        let name = written.trim_end_matches('.');
+        // `name.` is a name for DNS alone (`com.`, a brand's top-level domain), never a
+        // container's service or a machine's short name.
+        let for_dns = name.len() != written.len();
         let literal = name
             .strip_prefix('[')
             .and_then(|n| n.strip_suffix(']'))
             .unwrap_or(name);
         let answered = literal.parse::<IpAddr>().is_ok()
-            || (!name.contains('.') && !name.is_empty() && !name.contains(['[', ']']))
+            || (!for_dns && !name.contains('.') && !name.is_empty() && !name.contains(['[', ']']))
             || name.eq_ignore_ascii_case("localhost")
             || ends_with_ignoring_case(name, ".localhost")
             || names.iter().any(|n| match n.strip_prefix('*') {
@@ -162,6 +167,8 @@ mod tests {
             "auth.example.net.evil.example",
             "127.0.0.1.nip.io:6288",
             "home.arpa",
+            "com.",
+            "nas.:6288",
             "[::1]evil.example",
             "[127.0.0.1]x",
             "localhost:abc",
