@@ -61,12 +61,33 @@ struct Claims {
     aud: serde_json::Value,
     azp: Option<String>,
     nonce: Option<String>,
+    #[serde(default, deserialize_with = "text_or_none")]
     email: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "true_or_false")]
     email_verified: bool,
+    #[serde(default, deserialize_with = "text_or_none")]
     name: Option<String>,
     exp: f64,
     nbf: Option<f64>,
+}
+
+/// `email_verified` as providers send it: `true`, or the string `"true"` (some send every
+/// claim as a string); anything else is not verified. An ID token is not refused for how
+/// it spells a claim oauthd only shows.
+fn true_or_false<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(match serde::Deserialize::deserialize(d)? {
+        serde_json::Value::Bool(b) => b,
+        serde_json::Value::String(s) => s.eq_ignore_ascii_case("true"),
+        _ => false,
+    })
+}
+
+/// A claim oauthd only shows (`email`, `name`): its text, or nothing when it is not text.
+fn text_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde::Deserialize::deserialize(d)? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    })
 }
 
 /// The issuer's keys, cached, and the last failure to fetch them: callbacks queued behind a
@@ -331,6 +352,34 @@ mod tests {
         assert!(check_azp(&claims(serde_json::json!(["c", "x"]), None), "c").is_err());
         assert!(check_azp(&claims(serde_json::json!(["c", "x"]), Some("c")), "c").is_ok());
         assert!(check_azp(&claims(json("c"), Some("other")), "c").is_err());
+    }
+
+    #[test]
+    fn claims_oauthd_only_shows_are_read_however_they_are_spelled() {
+        let read = |v: serde_json::Value| serde_json::from_value::<Claims>(v).unwrap();
+        let base = serde_json::json!({"sub": "s", "exp": 1});
+        let with = |extra: serde_json::Value| {
+            let mut v = base.clone();
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            read(v)
+        };
+        let c = with(
+            serde_json::json!({"email": "a@example.org", "email_verified": "true", "name": 42}),
+        );
+        assert_eq!(
+            (c.email.as_deref(), c.email_verified, c.name),
+            (Some("a@example.org"), true, None)
+        );
+        let c = with(serde_json::json!({"email_verified": "false", "email": ["x"], "name": "Al"}));
+        assert_eq!(
+            (c.email, c.email_verified, c.name.as_deref()),
+            (None, false, Some("Al"))
+        );
+        assert!(with(serde_json::json!({"email_verified": true})).email_verified);
+        assert!(!with(serde_json::json!({"email_verified": 1})).email_verified);
+        assert!(!read(base).email_verified);
     }
 
     fn json(s: &str) -> serde_json::Value {
