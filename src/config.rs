@@ -784,7 +784,21 @@ impl Settings {
 
 impl Settings {
     /// Said by `check` and at start for each trusted proxy range that holds many addresses.
+    /// And, where `public_url` is https (oauthd speaks plain http: a proxy answers in front
+    /// of it) but no proxy is trusted, that every client counts as the proxy.
     pub fn trusted_proxies_warnings(&self) -> Vec<String> {
+        let behind_tls = self
+            .public_url
+            .as_ref()
+            .is_some_and(|u| u.scheme() == "https");
+        let untrusted = (behind_tls && self.trusted_proxies.is_empty()).then(|| {
+            "public_url is https, so a proxy answers in front of oauthd (which speaks plain \
+             http), and limits.trusted_proxies is empty: every client counts as the proxy's \
+             address, so one client's failures (wrong API keys, sign-ins, the public pages' \
+             budget) refuse every other client too; list the proxy's address in \
+             limits.trusted_proxies (e.g. [\"127.0.0.1\"] for a proxy on this host)"
+                .to_owned()
+        });
         self.trusted_proxies
             .iter()
             .filter(|r| r.is_wide())
@@ -793,6 +807,7 @@ impl Settings {
                     "limits.trusted_proxies: {range} holds many addresses, and every one of them may name the client in X-Forwarded-For (and so pass the rate limits as anyone): list only the proxies' own addresses or network"
                 )
             })
+            .chain(untrusted)
             .collect()
     }
 

@@ -579,6 +579,35 @@ async fn sign_out_ends_the_session_on_the_server() {
     assert_eq!(overview_status(&d, &cookie).await, 401);
 }
 
+/// An https `public_url` means a proxy answers in front of oauthd: with no proxy trusted,
+/// every client counts as the proxy's address, and one client's failures refuse all. The
+/// start and `check` say so; a trusted proxy silences them.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_public_url_without_a_trusted_proxy_is_warned_of() {
+    let said = "public_url is https, so a proxy answers in front of oauthd";
+    let home = Home::new();
+    home.write_config("public_url = \"https://oauthd.example\"\n");
+    let d = home.start();
+    assert!(
+        home.log_text()
+            .lines()
+            .any(|l| l.contains(" WARN ") && l.contains(said)),
+        "{}",
+        home.log_text()
+    );
+    d.signal_and_wait("TERM");
+    let checked = home.cli(&["check"]);
+    assert!(String::from_utf8_lossy(&checked.stdout).contains(said), "{checked:?}");
+
+    let home = Home::new();
+    home.write_config(
+        "public_url = \"https://oauthd.example\"\n[limits]\ntrusted_proxies = [\"127.0.0.1\"]\n",
+    );
+    let d = home.start();
+    d.signal_and_wait("TERM");
+    assert!(!home.log_text().contains(said), "{}", home.log_text());
+}
+
 /// Under https the session cookie is a `__Host-` one: the same value under the plain name
 /// (what a plain-http answer or another host could set in the browser) signs nobody in.
 #[tokio::test(flavor = "multi_thread")]
