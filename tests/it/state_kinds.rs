@@ -348,12 +348,12 @@ async fn states_are_listed_and_revoked_by_subject_and_id(b: Backend) {
     ));
     assert!(matches!(
         states.revoke_id(&sessions, &alice[0].id()).await,
-        Err(StateError::NotFound)
+        Err(StateError::NothingToRevoke)
     ));
     // An id names a state in its own namespace only.
     assert!(matches!(
         states.revoke_id(&sessions, &other_ns.id()).await,
-        Err(StateError::NotFound)
+        Err(StateError::NothingToRevoke)
     ));
     assert!(matches!(
         states.consume(&alice[0].state, &sessions).await,
@@ -362,7 +362,7 @@ async fn states_are_listed_and_revoked_by_subject_and_id(b: Backend) {
     states.revoke(&alice[1].state, &sessions).await.unwrap();
     assert!(matches!(
         states.revoke(&alice[1].state, &sessions).await,
-        Err(StateError::NotFound)
+        Err(StateError::NothingToRevoke)
     ));
     let bob = states
         .create(sessions.clone(), of_subject("bob", false))
