@@ -240,7 +240,7 @@ pub async fn logout(
 
 /// The page for a sign-in or sign-out the store could not answer.
 fn storage_page(base: &str, e: &crate::store::StoreError) -> HttpResponse {
-    page(base, 503, "Storage unavailable", &escape(&e.for_callers()))
+    super::pages::problem_page(base, "Storage unavailable", &e.clone().into())
 }
 
 /// Refused sign-ins said in the log: at most 5 a second (each address has its own budget

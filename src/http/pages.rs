@@ -59,10 +59,16 @@ fn render(base: &str, status: u16, title: &str, body: &str, back: bool) -> HttpR
 
 /// 429 for people: a page that says when to come back, with `Retry-After`.
 pub fn too_many(base: &str, err: &super::ApiError) -> HttpResponse {
+    problem_page(base, "Too many requests", err)
+}
+
+/// An API's problem for people: a page with its status and words, and its `Retry-After`
+/// (a 404 for an unknown provider stays a 404, a store that did not answer a 503 to retry).
+pub fn problem_page(base: &str, title: &str, err: &super::ApiError) -> HttpResponse {
     let mut resp = page(
         base,
-        429,
-        "Too many requests",
+        err.status.as_u16(),
+        title,
         &format!("<p>{}</p>", escape(&err.detail)),
     );
     if let Some(v) = err

@@ -259,14 +259,7 @@ pub async fn connect_form(
                 "<p>Sign in with a login link first (<code>oauthd admin link</code>).</p>",
             )
         }
-        Err(e) => {
-            return page(
-                base,
-                503,
-                "Storage unavailable",
-                &super::pages::escape(&e.detail),
-            )
-        }
+        Err(e) => return super::pages::problem_page(base, "Storage unavailable", &e),
     };
     if !csrf_matches(&csrf_token(&signed_in), &form.csrf) {
         return page(
@@ -286,12 +279,7 @@ pub async fn connect_form(
             .insert_header((header::LOCATION, started.authorize_url.as_str()))
             .insert_header((header::CACHE_CONTROL, "no-store"))
             .finish(),
-        Err(e) => page(
-            base,
-            400,
-            "Could not start",
-            &super::pages::escape(&e.for_callers()),
-        ),
+        Err(e) => super::pages::problem_page(base, "Could not start", &e.into()),
     }
 }
 

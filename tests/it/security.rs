@@ -579,6 +579,37 @@ async fn sign_out_ends_the_session_on_the_server() {
     assert_eq!(overview_status(&d, &cookie).await, 401);
 }
 
+/// The start-again form answers a flow it cannot start with the status the API would: a
+/// provider not configured is a 404, an account name that can never be one a 400.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_start_again_form_answers_as_the_api_would() {
+    let home = Home::new();
+    home.write_config(OFFLINE_PROVIDER);
+    let d = home.start();
+    let (session, csrf) = home.ui_session(&d).await;
+    let form = |path: &'static str, account: &'static str| {
+        let (d, session, csrf) = (&d, &session, &csrf);
+        async move {
+            let resp = d
+                .post_form(path, &[("account", account), ("csrf", csrf)], Some(session))
+                .await;
+            (
+                resp.status().as_u16(),
+                resp.text().await.unwrap_or_default(),
+            )
+        }
+    };
+    let (status, page) = form("/connect/nope", "home").await;
+    assert_eq!(status, 404, "{page}");
+    assert!(
+        page.contains("Could not start") && page.contains("nope"),
+        "{page}"
+    );
+    let (status, page) = form("/connect/peer", "a:b").await;
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("Could not start"), "{page}");
+}
+
 /// An https `public_url` means a proxy answers in front of oauthd: with no proxy trusted,
 /// every client counts as the proxy's address, and one client's failures refuse all. The
 /// start and `check` say so; a trusted proxy silences them.
@@ -597,7 +628,10 @@ async fn an_https_public_url_without_a_trusted_proxy_is_warned_of() {
     );
     d.signal_and_wait("TERM");
     let checked = home.cli(&["check"]);
-    assert!(String::from_utf8_lossy(&checked.stdout).contains(said), "{checked:?}");
+    assert!(
+        String::from_utf8_lossy(&checked.stdout).contains(said),
+        "{checked:?}"
+    );
 
     let home = Home::new();
     home.write_config(
