@@ -13,17 +13,20 @@ mod device;
 mod disconnect;
 mod events;
 mod flight;
+mod grant;
 mod import;
 pub mod refresher;
 pub mod return_to;
 mod tokens;
+mod views;
 
 pub use callback::{Browser, CallbackError, CallbackQuery, Connected, IssuerProblem};
 pub use confirm::{AppFlow, Continued, FlowStarter};
 pub(crate) use device::device_aad;
 pub use device::{watch_device_flows, DeviceStart, DeviceStatus};
 pub use disconnect::Disconnected;
-pub use tokens::{AccessToken, ConnectionView, ViewStatus};
+pub use tokens::AccessToken;
+pub use views::{ConnectionView, ViewStatus};
 
 use crate::clock::Clock;
 use crate::namespace::Namespace;

@@ -11,17 +11,14 @@
 //! - `min_ttl` is capped at half the provider's token lifetime, so no caller can make
 //!   every request a refresh.
 
-use super::events::Via;
 use super::flight::Turn;
 use super::{token_aad, Broker, BrokerError};
-use crate::notify::Event;
-use crate::oauth::flows::{self, FlowError, TokenSet};
+use crate::oauth::flows::{self, FlowError};
 use crate::oauth::provider::check_name;
-use crate::oauth::{id_token, Provider};
+use crate::oauth::Provider;
 use crate::read_cache::ReadTicket;
 use crate::store::{
-    AccountIdentity, ConnectionKey, ConnectionRow, ConnectionSave, ConnectionStatus,
-    RefreshFailure, SealedTokens, StoreError,
+    ConnectionKey, ConnectionRow, ConnectionStatus, RefreshFailure, SealedTokens, StoreError,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,59 +78,6 @@ impl std::fmt::Debug for AccessToken {
             .finish_non_exhaustive()
     }
 }
-
-/// A connection's metadata: never a token.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct ConnectionView {
-    pub provider: String,
-    pub account: String,
-    pub status: ViewStatus,
-    pub scopes: Vec<String>,
-    pub token_type: String,
-    pub expires_at: Option<String>,
-    pub has_refresh_token: bool,
-    pub last_refresh_at: Option<String>,
-    pub last_error: Option<String>,
-    pub failures: i64,
-    pub retry_at: Option<String>,
-    pub created_at: String,
-    pub updated_at: String,
-    /// Which account at the provider this is (from a verified ID token), when known.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub provider_account: Option<AccountIdentity>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reconnect_url: Option<String>,
-}
-
-/// A connection's status as apps and the page see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ViewStatus {
-    Active,
-    /// The grant is gone: only the user can fix it, by connecting again.
-    NeedsReauth,
-    /// The provider left the config: the connection can be neither refreshed nor revoked.
-    ProviderMissing,
-}
-
-impl ViewStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ViewStatus::Active => "active",
-            ViewStatus::NeedsReauth => "needs_reauth",
-            ViewStatus::ProviderMissing => "provider_missing",
-        }
-    }
-}
-
-impl std::fmt::Display for ViewStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(self.as_str())
-    }
-}
-
-/// The longest `expires_in` taken from a provider as it is (ten years; imports clamp to it too).
-const MAX_EXPIRES_IN: Duration = Duration::from_secs(10 * 365 * 86400);
 
 /// Half the lifetime the provider gave the row's access token, when known.
 fn half_life_ms(row: &ConnectionRow) -> Option<i64> {
@@ -324,127 +268,6 @@ impl Broker {
         self.token_cache
             .put(&row.key(), (token.clone(), half_life_ms(row)), ticket);
         Ok(Some(token))
-    }
-
-    pub(super) fn seal_tokens(
-        &self,
-        provider: &str,
-        account: &str,
-        t: &TokenSet,
-        default_scopes: Option<String>,
-    ) -> Result<SealedTokens, BrokerError> {
-        let refresh_token = match &t.refresh_token {
-            Some(r) => Some(
-                self.vault
-                    .seal_str(&token_aad(provider, account, "refresh_token"), r)?,
-            ),
-            None => None,
-        };
-        Ok(SealedTokens {
-            scopes: t.scopes.as_ref().map(|s| s.join(" ")).or(default_scopes),
-            token_type: t.token_type.clone(),
-            access_token: self.vault.seal_str(
-                &token_aad(provider, account, "access_token"),
-                &t.access_token,
-            )?,
-            refresh_token,
-            access_expires_at_ms: t.expires_in.map(|d| {
-                // A provider may say "never" with a huge number (Java's Long.MAX_VALUE):
-                // ten years at most, as for imports, so that no sum wraps around.
-                let ms = d.min(MAX_EXPIRES_IN).as_millis() as i64;
-                self.clock.now_ms().saturating_add(ms)
-            }),
-        })
-    }
-
-    /// Stores a (re)connect `prepare_connection` made, with its events.
-    pub(super) async fn store_connection(
-        &self,
-        save: ConnectionSave,
-        events: Vec<Event>,
-    ) -> Result<(), BrokerError> {
-        // Dropped after the write (even when this call is cancelled meanwhile): reads that
-        // began before it cannot put the old token back.
-        let _saved = self.token_cache.forget_after(&save.key);
-        self.store
-            .save_connection(
-                &save.key,
-                save.tokens,
-                save.identity,
-                self.clock.now_ms(),
-                self.notifier.deliveries(&events),
-            )
-            .await?;
-        self.notifier.written(&events);
-        Ok(())
-    }
-
-    /// What a (re)connect with tokens `t` stores, and the events that tell of it: the ID
-    /// token checked first (signature, issuer, audience, expiry and, when one was sent, the
-    /// nonce; one that does not verify stores nothing), the tokens sealed.
-    pub(super) async fn prepare_connection(
-        &self,
-        provider: &Provider,
-        account: &str,
-        t: &TokenSet,
-        nonce: Option<&str>,
-        via: Via,
-    ) -> Result<(ConnectionSave, Vec<Event>), BrokerError> {
-        let identity = self.verify_id_token(provider, t, nonce).await?;
-        // No scope in the response means the requested ones were granted (RFC 6749 §5.1).
-        let requested = (!provider.scopes.is_empty()).then(|| provider.scopes.join(" "));
-        let tokens = self.seal_tokens(&provider.name, account, t, requested)?;
-        let key = ConnectionKey::new(&provider.name, account);
-        let before = self.store.get_connection(&key).await?;
-        let events = self.connected_events(&key, before.as_ref(), via);
-        let save = ConnectionSave {
-            key,
-            tokens,
-            identity,
-        };
-        Ok((save, events))
-    }
-
-    /// The account an ID token names, when the answer carried one and the provider has an
-    /// issuer to check it against (an explicitly configured provider without `issuer` has
-    /// no trust anchor for ID tokens: the token is then ignored).
-    async fn verify_id_token(
-        &self,
-        provider: &Provider,
-        t: &TokenSet,
-        nonce: Option<&str>,
-    ) -> Result<AccountIdentity, BrokerError> {
-        let Some(token) = t.id_token.as_deref() else {
-            return Ok(AccountIdentity::default());
-        };
-        let endpoints = self.endpoints(provider).await?;
-        let Some(issuer) = endpoints.issuer.as_deref() else {
-            log::debug!(
-                "{}: an ID token came back, but no issuer is configured to verify it; ignored",
-                provider.name
-            );
-            return Ok(AccountIdentity::default());
-        };
-        let expected = id_token::Expected {
-            issuer,
-            client_id: &provider.client_id,
-            nonce,
-            now_ms: self.clock.now_ms(),
-        };
-        let verified = id_token::verify(
-            &self.http,
-            &provider.jwks,
-            endpoints.jwks.as_ref(),
-            token,
-            &expected,
-        )
-        .await
-        .map_err(|e| BrokerError::IdToken(e.to_string()))?;
-        Ok(AccountIdentity {
-            sub: Some(verified.sub),
-            email: verified.email,
-            name: verified.name,
-        })
     }
 
     /// An access token with at least `min_ttl` of life, refreshing first when needed.
@@ -1227,94 +1050,12 @@ impl Broker {
             },
         }
     }
-
-    /// A stored status as apps see it: a connection whose provider left the config cannot
-    /// be refreshed or revoked.
-    fn view_status(&self, provider: &str, status: ConnectionStatus) -> ViewStatus {
-        match status {
-            _ if !self.providers.contains_key(provider) => ViewStatus::ProviderMissing,
-            ConnectionStatus::Active => ViewStatus::Active,
-            ConnectionStatus::NeedsReauth => ViewStatus::NeedsReauth,
-        }
-    }
-
-    fn view(&self, row: &ConnectionRow) -> ConnectionView {
-        use crate::clock::rfc3339;
-        let status = self.view_status(&row.provider, row.status);
-        ConnectionView {
-            provider: row.provider.clone(),
-            account: row.account.clone(),
-            status,
-            scopes: row
-                .scopes
-                .as_deref()
-                .map(|s| {
-                    s.split(' ')
-                        .filter(|x| !x.is_empty())
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default(),
-            token_type: row.token_type.clone(),
-            expires_at: row.access_expires_at_ms.map(rfc3339),
-            has_refresh_token: row.refresh_token.is_some(),
-            // "never" until a refresh after the last (re)connect.
-            last_refresh_at: row
-                .last_refresh_at_ms
-                .filter(|t| row.connected_at_ms.is_none_or(|c| *t > c))
-                .map(rfc3339),
-            last_error: row.last_error.clone(),
-            failures: row.failures,
-            retry_at: row.retry_at_ms.map(rfc3339),
-            provider_account: (!row.identity.is_empty()).then(|| row.identity.clone()),
-            created_at: rfc3339(row.created_at_ms),
-            updated_at: rfc3339(row.updated_at_ms),
-            // Only where the page can reconnect it: not for a provider left out of the config.
-            reconnect_url: (status == ViewStatus::NeedsReauth)
-                .then(|| self.reconnect_url(&row.provider, &row.account)),
-        }
-    }
-
-    pub async fn connection(
-        &self,
-        provider: &str,
-        account: &str,
-    ) -> Result<ConnectionView, BrokerError> {
-        Ok(self.view(&self.row(&ConnectionKey::new(provider, account)).await?))
-    }
-
-    /// Connections by provider and status as `/metrics` shows them (`refresh_failing` for
-    /// active ones whose refreshes fail), counted by the store.
-    pub async fn connection_counts(&self) -> Result<Vec<(String, &'static str, u64)>, BrokerError> {
-        Ok(self
-            .store
-            .count_connections()
-            .await?
-            .into_iter()
-            .map(|c| {
-                let status = match self.view_status(&c.provider, c.status) {
-                    ViewStatus::Active if c.failing => "refresh_failing",
-                    status => status.as_str(),
-                };
-                (c.provider, status, c.count)
-            })
-            .collect())
-    }
-
-    pub async fn connections(&self) -> Result<Vec<ConnectionView>, BrokerError> {
-        Ok(self
-            .store
-            .list_connections()
-            .await?
-            .iter()
-            .map(|r| self.view(r))
-            .collect())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::AccountIdentity;
 
     const HOUR: i64 = 3600 * 1000;
     const DAY: i64 = 24 * HOUR;

@@ -1,0 +1,136 @@
+//! Storing what a flow obtained (the callback, the device flow, an import): the tokens
+//! sealed, the ID token checked, the connection saved with its events.
+
+use super::events::Via;
+use super::{token_aad, Broker, BrokerError};
+use crate::notify::Event;
+use crate::oauth::flows::TokenSet;
+use crate::oauth::{id_token, Provider};
+use crate::store::{AccountIdentity, ConnectionKey, ConnectionSave, SealedTokens};
+use std::time::Duration;
+
+/// The longest `expires_in` taken from a provider as it is (ten years; imports clamp to it too).
+const MAX_EXPIRES_IN: Duration = Duration::from_secs(10 * 365 * 86400);
+
+impl Broker {
+    pub(super) fn seal_tokens(
+        &self,
+        provider: &str,
+        account: &str,
+        t: &TokenSet,
+        default_scopes: Option<String>,
+    ) -> Result<SealedTokens, BrokerError> {
+        let refresh_token = match &t.refresh_token {
+            Some(r) => Some(
+                self.vault
+                    .seal_str(&token_aad(provider, account, "refresh_token"), r)?,
+            ),
+            None => None,
+        };
+        Ok(SealedTokens {
+            scopes: t.scopes.as_ref().map(|s| s.join(" ")).or(default_scopes),
+            token_type: t.token_type.clone(),
+            access_token: self.vault.seal_str(
+                &token_aad(provider, account, "access_token"),
+                &t.access_token,
+            )?,
+            refresh_token,
+            access_expires_at_ms: t.expires_in.map(|d| {
+                // A provider may say "never" with a huge number (Java's Long.MAX_VALUE):
+                // ten years at most, as for imports, so that no sum wraps around.
+                let ms = d.min(MAX_EXPIRES_IN).as_millis() as i64;
+                self.clock.now_ms().saturating_add(ms)
+            }),
+        })
+    }
+
+    /// Stores a (re)connect `prepare_connection` made, with its events.
+    pub(super) async fn store_connection(
+        &self,
+        save: ConnectionSave,
+        events: Vec<Event>,
+    ) -> Result<(), BrokerError> {
+        // Dropped after the write (even when this call is cancelled meanwhile): reads that
+        // began before it cannot put the old token back.
+        let _saved = self.token_cache.forget_after(&save.key);
+        self.store
+            .save_connection(
+                &save.key,
+                save.tokens,
+                save.identity,
+                self.clock.now_ms(),
+                self.notifier.deliveries(&events),
+            )
+            .await?;
+        self.notifier.written(&events);
+        Ok(())
+    }
+
+    /// What a (re)connect with tokens `t` stores, and the events that tell of it: the ID
+    /// token checked first (signature, issuer, audience, expiry and, when one was sent, the
+    /// nonce; one that does not verify stores nothing), the tokens sealed.
+    pub(super) async fn prepare_connection(
+        &self,
+        provider: &Provider,
+        account: &str,
+        t: &TokenSet,
+        nonce: Option<&str>,
+        via: Via,
+    ) -> Result<(ConnectionSave, Vec<Event>), BrokerError> {
+        let identity = self.verify_id_token(provider, t, nonce).await?;
+        // No scope in the response means the requested ones were granted (RFC 6749 §5.1).
+        let requested = (!provider.scopes.is_empty()).then(|| provider.scopes.join(" "));
+        let tokens = self.seal_tokens(&provider.name, account, t, requested)?;
+        let key = ConnectionKey::new(&provider.name, account);
+        let before = self.store.get_connection(&key).await?;
+        let events = self.connected_events(&key, before.as_ref(), via);
+        let save = ConnectionSave {
+            key,
+            tokens,
+            identity,
+        };
+        Ok((save, events))
+    }
+
+    /// The account an ID token names, when the answer carried one and the provider has an
+    /// issuer to check it against (an explicitly configured provider without `issuer` has
+    /// no trust anchor for ID tokens: the token is then ignored).
+    async fn verify_id_token(
+        &self,
+        provider: &Provider,
+        t: &TokenSet,
+        nonce: Option<&str>,
+    ) -> Result<AccountIdentity, BrokerError> {
+        let Some(token) = t.id_token.as_deref() else {
+            return Ok(AccountIdentity::default());
+        };
+        let endpoints = self.endpoints(provider).await?;
+        let Some(issuer) = endpoints.issuer.as_deref() else {
+            log::debug!(
+                "{}: an ID token came back, but no issuer is configured to verify it; ignored",
+                provider.name
+            );
+            return Ok(AccountIdentity::default());
+        };
+        let expected = id_token::Expected {
+            issuer,
+            client_id: &provider.client_id,
+            nonce,
+            now_ms: self.clock.now_ms(),
+        };
+        let verified = id_token::verify(
+            &self.http,
+            &provider.jwks,
+            endpoints.jwks.as_ref(),
+            token,
+            &expected,
+        )
+        .await
+        .map_err(|e| BrokerError::IdToken(e.to_string()))?;
+        Ok(AccountIdentity {
+            sub: Some(verified.sub),
+            email: verified.email,
+            name: verified.name,
+        })
+    }
+}
