@@ -68,6 +68,14 @@ pub fn ns(s: &str) -> Namespace {
     Namespace::parse(s).unwrap()
 }
 
+/// A browser at the callback, not signed in to oauthd, with this flow cookie.
+fn a_browser(flow: Option<&str>) -> Browser<'_> {
+    Browser::Cookie {
+        flow,
+        signed_in: false,
+    }
+}
+
 /// A state is good until its TTL, then "expired" (410) for the grace window, then as
 /// unknown (404) as one never issued — whether or not the backend has forgotten it.
 async fn expiry_and_the_grace_window_follow_the_clock(b: Backend) {
@@ -255,14 +263,7 @@ async fn connect_account_with(
         ..Default::default()
     };
     broker
-        .finish_callback(
-            "p",
-            query,
-            Browser::Cookie {
-                flow: None,
-                signed_in: false,
-            },
-        )
+        .finish_callback("p", query, a_browser(None))
         .await
         .unwrap();
 }
@@ -325,14 +326,7 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
         Err(CallbackError::UnknownState)
     ));
     for presented in [None, Some(""), Some("another browser's value")] {
-        let refused = finish_new(
-            "evil",
-            Browser::Cookie {
-                flow: presented,
-                signed_in: false,
-            },
-        )
-        .await;
+        let refused = finish_new("evil", a_browser(presented)).await;
         assert_eq!(
             refused.unwrap_err(),
             CallbackError::NotConfirmedHere {
@@ -341,14 +335,7 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
         );
     }
     let replay = broker
-        .finish_callback(
-            "p",
-            callback(&state),
-            Browser::Cookie {
-                flow: None,
-                signed_in: false,
-            },
-        )
+        .finish_callback("p", callback(&state), a_browser(None))
         .await;
     assert_eq!(
         replay.unwrap_err(),
@@ -357,14 +344,7 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
         }
     );
     let again = broker
-        .finish_callback(
-            "p",
-            callback(&state),
-            Browser::Cookie {
-                flow: Some(&flow.browser),
-                signed_in: false,
-            },
-        )
+        .finish_callback("p", callback(&state), a_browser(Some(&flow.browser)))
         .await;
     assert_eq!(again.unwrap_err(), CallbackError::UnknownState, "used up");
     assert_eq!(endpoint.calls(), 0, "no code redeemed");
@@ -376,14 +356,7 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
     let flow = broker.app_flow("p", "evil", &value).await.unwrap();
     endpoint.then(200, tokens("access-1", "refresh-1", 3600));
     broker
-        .finish_callback(
-            "p",
-            callback(&state),
-            Browser::Cookie {
-                flow: Some(&flow.browser),
-                signed_in: false,
-            },
-        )
+        .finish_callback("p", callback(&state), a_browser(Some(&flow.browser)))
         .await
         .unwrap();
     assert_eq!(endpoint.calls(), 1);
@@ -410,14 +383,7 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
         ..Default::default()
     };
     let denied = broker
-        .finish_callback(
-            "p",
-            denied,
-            Browser::Cookie {
-                flow: Some(&flow.browser),
-                signed_in: false,
-            },
-        )
+        .finish_callback("p", denied, a_browser(Some(&flow.browser)))
         .await;
     assert!(
         matches!(denied.as_ref().unwrap_err().unwrapped(), (CallbackError::Denied { account, .. }, true) if account == "evil"),
@@ -425,14 +391,7 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
     );
     let started = start("slow").await.unwrap();
     clock.advance(61 * MINUTE);
-    let expired = finish(
-        &started.authorize_url,
-        Browser::Cookie {
-            flow: None,
-            signed_in: false,
-        },
-    )
-    .await;
+    let expired = finish(&started.authorize_url, a_browser(None)).await;
     assert_eq!(
         expired.unwrap_err(),
         CallbackError::ByApp(Box::new(CallbackError::Expired {
@@ -459,14 +418,7 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
         Err(CallbackError::StarterRevoked { account }) if account == "later"
     ));
     let revoked = broker
-        .finish_callback(
-            "p",
-            callback(&state),
-            Browser::Cookie {
-                flow: Some(&flow.browser),
-                signed_in: false,
-            },
-        )
+        .finish_callback("p", callback(&state), a_browser(Some(&flow.browser)))
         .await;
     assert_eq!(
         revoked.unwrap_err(),
@@ -489,15 +441,7 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
         Err(CallbackError::UnknownState)
     ));
     endpoint.then(200, tokens("access-3", "refresh-3", 3600));
-    finish(
-        &own.authorize_url,
-        Browser::Cookie {
-            flow: None,
-            signed_in: false,
-        },
-    )
-    .await
-    .unwrap();
+    finish(&own.authorize_url, a_browser(None)).await.unwrap();
 }
 
 /// The credentials check reads GitHub's answers, which come with 200: a made-up code
