@@ -157,3 +157,51 @@ fn unknown_query_parameter(req: &ServiceRequest) -> Option<ApiError> {
         ),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::known_query;
+    use actix_web::http::Method;
+    use std::str::FromStr;
+
+    /// The parameters each handler reads are written in its description (`/openapi.json`)
+    /// and again here, where an unknown one is refused: a parameter added to one and not
+    /// the other is caught here, not as a `400 unknown_parameter` in an app.
+    #[test]
+    fn the_query_parameters_taken_are_the_ones_the_description_names() {
+        let doc: serde_json::Value = serde_json::from_str(crate::http::openapi::json()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        let mut seen = 0;
+        for (path, item) in paths {
+            if !path.starts_with("/v1/") || path.starts_with("/v1/proxy/") {
+                continue;
+            }
+            // A path as requested: each `{name}` filled in.
+            let concrete: String = path
+                .split('/')
+                .map(|s| if s.starts_with('{') { "x" } else { s })
+                .collect::<Vec<_>>()
+                .join("/");
+            for (method, op) in item.as_object().unwrap() {
+                // Not a path's own members (`parameters`, `summary`): its operations.
+                if !["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
+                    continue;
+                }
+                let method = Method::from_str(&method.to_ascii_uppercase()).unwrap();
+                let mut described: Vec<&str> = op["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| p["in"] == "query")
+                    .filter_map(|p| p["name"].as_str())
+                    .collect();
+                let mut taken = known_query(&method, &concrete).to_vec();
+                described.sort_unstable();
+                taken.sort_unstable();
+                assert_eq!(described, taken, "{method} {path}");
+                seen += 1;
+            }
+        }
+        assert!(seen > 10, "{seen} operations");
+    }
+}
