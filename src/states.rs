@@ -482,7 +482,26 @@ impl StateService {
             data,
             ..NewState::default()
         };
-        self.store_new(state, namespace, request, OWN_DATA_MAX)
+        self.store_new(state, namespace, request, OWN_DATA_MAX, None)
+            .await
+    }
+
+    /// Issues one of oauthd's own states to expire exactly at `expires_at_ms`: a state put
+    /// back as it was, or one that must live exactly as long as another (an app flow's
+    /// confirmation ticket). No TTL rule is applied: the time is one a rule allowed already.
+    /// `Expired` when that time has passed.
+    pub async fn issue_until(
+        &self,
+        state: StateValue,
+        namespace: Namespace,
+        expires_at_ms: i64,
+        data: Option<JsonText>,
+    ) -> Result<IssuedState, StateError> {
+        let request = NewState {
+            data,
+            ..NewState::default()
+        };
+        self.store_new(state, namespace, request, OWN_DATA_MAX, Some(expires_at_ms))
             .await
     }
 
@@ -495,7 +514,8 @@ impl StateService {
     ) -> Result<IssuedState, StateError> {
         let state = StateValue::generate().map_err(|_| StateError::Entropy)?;
         let max_data = self.policy.max_data_bytes;
-        self.store_new(state, namespace, request, max_data).await
+        self.store_new(state, namespace, request, max_data, None)
+            .await
     }
 
     async fn store_new(
@@ -504,12 +524,22 @@ impl StateService {
         namespace: Namespace,
         request: NewState,
         max_data: usize,
+        until: Option<i64>,
     ) -> Result<IssuedState, StateError> {
         let rule = self.policy.rule_for(&namespace);
-        let ttl = match request.ttl_seconds {
-            None => rule.default_ttl,
-            Some(s) if s >= 1 && s <= rule.max_ttl.as_secs() => Duration::from_secs(s),
-            Some(_) => {
+        let created_at_ms = self.clock.now_ms();
+        let ttl = match (until, request.ttl_seconds) {
+            (Some(until), _) => match u64::try_from(until.saturating_sub(created_at_ms)) {
+                Ok(left) if left > 0 => Duration::from_millis(left),
+                _ => {
+                    return Err(StateError::Expired {
+                        namespace: namespace.to_string(),
+                    })
+                }
+            },
+            (None, None) => rule.default_ttl,
+            (None, Some(s)) if s >= 1 && s <= rule.max_ttl.as_secs() => Duration::from_secs(s),
+            (None, Some(_)) => {
                 return Err(StateError::TtlOutOfRange {
                     namespace: namespace.to_string(),
                     max: rule.max_ttl.as_secs(),
@@ -543,8 +573,8 @@ impl StateService {
         if request.replace && request.subject.is_none() {
             return Err(StateError::SubjectRequired);
         }
-        let created_at_ms = self.clock.now_ms();
-        let expires_at_ms = created_at_ms.saturating_add(ttl.as_millis() as i64);
+        let expires_at_ms =
+            until.unwrap_or_else(|| created_at_ms.saturating_add(ttl.as_millis() as i64));
         let sliding = match request.sliding {
             None => None,
             Some(_) if !rule.sliding => {

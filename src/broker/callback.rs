@@ -372,15 +372,12 @@ impl Broker {
     /// finishes it), or one started on the page that came to a browser not signed in. A
     /// callback only learns, by taking it, whose flow it is.
     async fn put_back(&self, state: &StateValue, taken: &crate::states::StateView) -> bool {
-        let left_ms = taken.expires_at_ms - self.clock.now_ms();
-        let Ok(left_ms) = u64::try_from(left_ms) else {
-            return false;
-        };
         let data = taken.data.as_deref().map(crate::states::JsonText::compact);
+        // Exactly as it was: a put back never makes a flow live longer.
         let put = match crate::namespace::Namespace::parse(&taken.namespace) {
             Ok(ns) => self
                 .states
-                .issue_value(state.clone(), ns, Some(left_ms.div_ceil(1000).max(1)), data)
+                .issue_until(state.clone(), ns, taken.expires_at_ms, data)
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
@@ -389,7 +386,7 @@ impl Broker {
         match put {
             Ok(()) => true,
             Err(e) => {
-                log::warn!("an app's flow taken by this callback could not be put back: {e}");
+                log::warn!("a flow taken by this callback could not be put back: {e}");
                 false
             }
         }
@@ -626,18 +623,30 @@ impl Broker {
         })
     }
 
+    /// A flow's sealed secrets, opened. What fails is said in the log (at most a line a
+    /// second): the person at the page is told only that the sign-in cannot be read.
     pub(super) fn open_flow_secrets(
         &self,
         namespace: &str,
         data: Option<&serde_json::Value>,
     ) -> Result<FlowSecrets, BrokerError> {
-        let sealed = data
+        let opened = data
             .and_then(sealed_flow_secrets)
-            .ok_or(VaultError::Corrupt)?;
-        let plain = self.vault.open(&state_aad(namespace), &sealed)?;
-        serde_json::from_slice(&plain).map_err(|_| BrokerError::Vault(VaultError::Corrupt))
+            .ok_or(VaultError::Corrupt)
+            .and_then(|sealed| self.vault.open(&state_aad(namespace), &sealed))
+            .and_then(|plain| serde_json::from_slice(&plain).map_err(|_| VaultError::Corrupt));
+        opened.map_err(|e| {
+            UNREADABLE_FLOWS_LOGGED.error(format_args!(
+                "a connect flow in {namespace}: its sealed secrets cannot be opened: {e}"
+            ));
+            BrokerError::Vault(e)
+        })
     }
 }
+
+/// Flows whose secrets do not open, said in the log: at most a line a second.
+static UNREADABLE_FLOWS_LOGGED: crate::logging::Budget =
+    crate::logging::Budget::new("more connect flows that cannot be read", 1);
 
 #[cfg(test)]
 mod tests {

@@ -173,6 +173,36 @@ impl Broker {
         })
     }
 
+    /// Issues an app's flow's confirmation ticket, to expire with the flow (whatever TTL
+    /// rules the ticket's namespace has). A flow whose ticket could not be issued is
+    /// revoked: it could never be confirmed.
+    pub(super) async fn issue_ticket(
+        &self,
+        app: &AppSecrets,
+        provider: &str,
+        account: &str,
+        flow: &crate::states::IssuedState,
+    ) -> Result<(), super::BrokerError> {
+        let Some(ticket) = app.ticket() else {
+            return Ok(());
+        };
+        let issued = match ticket_namespace(provider, account) {
+            Ok(at) => self
+                .states
+                .issue_until(ticket, at, flow.expires_at_ms, None)
+                .await
+                .map(|_| ())
+                .map_err(super::BrokerError::from),
+            Err(e) => Err(super::BrokerError::InvalidAccount(e.to_string())),
+        };
+        if issued.is_err() {
+            if let Err(e) = self.states.revoke(&flow.state, &flow.namespace).await {
+                log::warn!("connect {provider}/{account}: a flow without its confirmation ticket could not be revoked ({e}); it expires unconfirmed");
+            }
+        }
+        issued
+    }
+
     /// The confirmation page's button: the flow's cookie goes to the first browser that
     /// presses it and to no other, so a confirmation address that leaked (an app's log, a
     /// shared screen) is no way to finish the flow with someone else's grant once its

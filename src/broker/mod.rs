@@ -482,16 +482,6 @@ impl Broker {
         let confirm_url = app
             .as_ref()
             .map(|_| self.confirm_url(provider_name, &account, state.expose()));
-        // The confirmation's ticket first, living as long as the flow will: one left
-        // without its flow (the flow's issue failing) only expires.
-        if let Some(ticket) = app.as_ref().and_then(|app| app.ticket()) {
-            let at = confirm::ticket_namespace(provider_name, &account)
-                .map_err(|e| BrokerError::InvalidAccount(e.to_string()))?;
-            let ttl = self.states.policy().rule_for(&namespace).default_ttl;
-            self.states
-                .issue_value(ticket, at, Some(ttl.as_secs().max(1)), None)
-                .await?;
-        }
         let secrets = FlowSecrets {
             verifier: request.pkce_verifier.to_string(),
             return_to,
@@ -516,6 +506,10 @@ impl Broker {
                 )),
             )
             .await?;
+        if let Some(app) = &secrets.app {
+            self.issue_ticket(app, provider_name, &account, &issued)
+                .await?;
+        }
         match starter {
             FlowStarter::Operator | FlowStarter::Page => log::info!(
                 "connect {provider_name}/{account}: flow started, state {}",

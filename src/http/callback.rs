@@ -62,7 +62,12 @@ pub async fn callback(
             "<p>The provider's answer could not be read. Start connecting again from oauthd.</p>",
         ),
     };
-    let csrf = super::ui::csrf_for(&app, &req).await;
+    // Asked before anything is used up: a store that cannot say whether this browser is
+    // signed in must not make the operator's flow read as finished elsewhere.
+    let csrf = match super::ui::csrf_for(&app, &req).await {
+        Ok(csrf) => csrf,
+        Err(e) => return super::pages::problem_page(base, "Storage unavailable", &e),
+    };
     let csrf = csrf.as_deref();
     // The cookie an app's flow gave the browser that confirmed it (none for the operator's
     // flows): read here, and cleared once the flow is used up, whatever the outcome. A
@@ -252,7 +257,13 @@ pub fn wording(provider: &str, e: &CallbackError) -> (u16, &'static str, String)
         ),
         Storage(message) => (503, "Storage unavailable", message.clone()),
         NotStored(message) => (503, "Could not store the connection", message.clone()),
-        FlowUnreadable(message) => (500, "Cannot read the sign-in", message.clone()),
+        // The vault's own words (which key to put back where) are the operator's, in
+        // the log: this page is public.
+        FlowUnreadable(_) => (
+            500,
+            "Cannot read the sign-in",
+            "This sign-in's sealed data cannot be opened by this oauthd (a vault key it has not loaded, or data altered at rest); oauthd's log says which. Nothing was stored.".into(),
+        ),
         ProviderUnreachable { message, .. } => (503, "Provider unreachable", message.clone()),
         Issuer {
             problem: IssuerProblem::Wrong,

@@ -86,6 +86,11 @@ impl HostCheck {
     }
 }
 
+/// The host name of a `Host` value, without its port (an IPv6 literal keeps its brackets).
+pub fn name_of(text: &str) -> Option<&str> {
+    without_port(text)
+}
+
 fn ends_with_ignoring_case(name: &str, suffix: &str) -> bool {
     name.len()
         .checked_sub(suffix.len())

@@ -331,7 +331,7 @@ pub fn callback_problem(provider: &str, e: &CallbackError) -> ApiError {
         NotConfirmedHere { .. } => "not_confirmed_here",
         StarterRevoked { .. } => "key_revoked",
         // Never from a paste either: a paste is signed in, and is the way they ask for.
-        NotSignedIn { .. } => "not_signed_in",
+        NotSignedIn { .. } => "flow_needs_sign_in",
         PasteOnly { .. } => "paste_only",
         ByApp(_) => "flow_failed",
     };

@@ -148,12 +148,18 @@ pub async fn connect(
     app: web::Data<AppState>,
     _s: UiSession,
     provider: web::Path<String>,
+    req: HttpRequest,
     body: JsonObject,
 ) -> Result<HttpResponse, ApiError> {
     let account = account(body)?;
     let started = app
         .broker
-        .start_connect(&provider, account.as_deref(), None, FlowStarter::Page)
+        .start_connect(
+            &provider,
+            account.as_deref(),
+            None,
+            page_starter(&app, &req),
+        )
         .await?;
     Ok(no_store(HttpResponse::Created()).json(json!({
         "authorize_url": started.authorize_url.as_str(),
@@ -272,7 +278,7 @@ pub async fn connect_form(
     let account = form.account.as_deref().filter(|a| !a.is_empty());
     match app
         .broker
-        .start_connect(&provider, account, None, FlowStarter::Page)
+        .start_connect(&provider, account, None, page_starter(&app, &req))
         .await
     {
         Ok(started) => HttpResponse::SeeOther()
@@ -284,10 +290,30 @@ pub async fn connect_form(
 }
 
 /// For callback pages: the CSRF token when the browser is signed in.
-pub async fn csrf_for(app: &AppState, req: &HttpRequest) -> Option<String> {
-    session(app, req)
-        .await
-        .ok()
-        .flatten()
-        .map(|c| csrf_token(&c))
+/// `Err` when the store did not answer whether the browser is signed in.
+pub async fn csrf_for(app: &AppState, req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    Ok(session(app, req).await?.map(|c| csrf_token(&c)))
+}
+
+/// Who starts a flow from the page: the signed-in operator, whose browser alone finishes
+/// it, when that browser's cookies reach the callback (the page is on `public_url`'s host:
+/// cookies are kept by host, whatever the port); else (the page opened at `localhost`
+/// for `127.0.0.1`, a LAN address, a tunnel) the operator as from the CLI, finished in
+/// whatever browser has the address, as before.
+fn page_starter(app: &AppState, req: &HttpRequest) -> FlowStarter<'static> {
+    let on_public_host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(super::host::name_of)
+        .zip(app.broker.public_url().host_str())
+        .is_some_and(|(page, public)| {
+            page.trim_end_matches('.')
+                .eq_ignore_ascii_case(public.trim_end_matches('.'))
+        });
+    if on_public_host {
+        FlowStarter::Page
+    } else {
+        FlowStarter::Operator
+    }
 }

@@ -610,6 +610,39 @@ async fn the_start_again_form_answers_as_the_api_would() {
     assert!(page.contains("Could not start"), "{page}");
 }
 
+/// A flow whose sealed data does not open (altered at rest, or a vault key not loaded)
+/// is said so on its public page without the vault's own words, which are the log's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flow_that_cannot_be_read_is_said_so_without_the_vaults_words() {
+    let home = Home::new();
+    home.write_config(OFFLINE_PROVIDER);
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let first = d.app_flow_address(&key, "peer", "a").await;
+    d.app_flow_address(&key, "peer", "b").await;
+    let swapped = rusqlite::Connection::open(home.db())
+        .unwrap()
+        .execute(
+            "UPDATE states SET data = (SELECT data FROM states WHERE namespace = 'connect:peer:b/app') \
+             WHERE namespace = 'connect:peer:a/app'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(swapped, 1);
+    let (status, page, _) = d.browser_get(&first).await;
+    assert_eq!(status, 500, "{page}");
+    assert!(page.contains("cannot be opened by this oauthd"), "{page}");
+    assert!(
+        !page.contains("failed to open") && !page.contains("key file"),
+        "{page}"
+    );
+    assert!(
+        home.log_text().contains("its data cannot be opened"),
+        "{}",
+        home.log_text()
+    );
+}
+
 /// An https `public_url` means a proxy answers in front of oauthd: with no proxy trusted,
 /// every client counts as the proxy's address, and one client's failures refuse all. The
 /// start and `check` say so; a trusted proxy silences them.
@@ -1163,6 +1196,44 @@ async fn an_apps_flow_is_confirmed_on_oauthds_page_and_finishes_only_in_that_bro
     );
 }
 
+/// An app's flow lives as long as its provider's own rule says (here longer than
+/// `[states]` allows any other state), and its confirmation lives as long.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_apps_flow_under_a_rule_of_its_providers_own_is_confirmed() {
+    let home = Home::new();
+    home.write_config(&format!(
+        "[states]\nmax_ttl_seconds = 600\n\
+         [states.namespaces.\"connect:peer:*\"]\ndefault_ttl_seconds = 1800\nmax_ttl_seconds = 1800\n\
+         {OFFLINE_PROVIDER}"
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let (status, body) = d
+        .post(
+            "/v1/connect/peer",
+            &key,
+            serde_json::json!({"account": "alice"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(body["expires_at"].as_str().unwrap_or_default())
+            .unwrap();
+    assert!(
+        expires > chrono::Utc::now() + chrono::Duration::seconds(1700),
+        "{body}"
+    );
+    let address = body["authorize_url"].as_str().unwrap_or_default();
+    let pressed = no_redirects()
+        .post(address)
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pressed.status(), 303);
+    assert!(pressed.headers().get("set-cookie").is_some());
+}
+
 /// A flow the operator starts on oauthd's page finishes only in a browser signed in to
 /// oauthd: someone who saw its address (a shared screen) and signs in at the provider as
 /// themselves cannot have their grant stored as the operator's account. The flow stays
@@ -1202,6 +1273,29 @@ async fn a_flow_started_on_the_page_finishes_only_in_a_signed_in_browser() {
     assert_eq!(back.status(), 200);
     assert!(back.text().await.unwrap_or_default().contains("Connected"));
     assert_eq!(d.get("/v1/connections/peer/own", &key).await.0, 200);
+
+    // A page opened at another name of oauthd's (localhost for 127.0.0.1): the browser's
+    // sign-in is that name's, and never reaches the callback at public_url's; its flows
+    // finish as the CLI's do, in the browser the provider sends back.
+    let port = d.url.rsplit(':').next().unwrap_or_default();
+    let started: serde_json::Value = no_redirects()
+        .post(format!("{}/ui/api/connect/peer", d.url))
+        .header("host", format!("localhost:{port}"))
+        .header("cookie", format!("oauthd_session={}", ui.0))
+        .header("x-csrf-token", &ui.1)
+        .json(&serde_json::json!({"account": "elsewhere"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap_or_default();
+    let callback = peer
+        .approve(started["authorize_url"].as_str().unwrap_or_default())
+        .await;
+    let (status, page, _) = d.browser_get(&callback).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(d.get("/v1/connections/peer/elsewhere", &key).await.0, 200);
 }
 
 /// Revoking an app's key ends the flows it started: their confirmation pages refuse, and a
