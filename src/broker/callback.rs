@@ -408,7 +408,7 @@ impl Broker {
         // address presented here could only finish the operator's flow without the
         // operator's sign-in, which the paste asks for.
         if let (Browser::Cookie { .. }, Some(paste)) = (browser, &provider.paste_redirect) {
-            if *paste != super::callback_uri(&self.public_url, provider_name) {
+            if !same_place(paste, &super::callback_uri(&self.public_url, provider_name)) {
                 return Err(CallbackError::PasteOnly {
                     redirect_uri: paste.to_string(),
                 });
@@ -644,6 +644,26 @@ impl Broker {
     }
 }
 
+/// Whether two addresses lead to the same place: the same scheme, port and path, and the
+/// same host, or both this machine's loopback (a provider that refuses `localhost` is
+/// given `127.0.0.1` for oauthd's own callback at `localhost`).
+fn same_place(a: &url::Url, b: &url::Url) -> bool {
+    let loopback = |u: &url::Url| match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    a.scheme() == b.scheme()
+        && a.port_or_known_default() == b.port_or_known_default()
+        && a.path() == b.path()
+        && (a
+            .host_str()
+            .zip(b.host_str())
+            .is_some_and(|(x, y)| x.eq_ignore_ascii_case(y))
+            || (loopback(a) && loopback(b)))
+}
+
 /// Flows whose secrets do not open, said in the log: at most a line a second.
 static UNREADABLE_FLOWS_LOGGED: crate::logging::Budget =
     crate::logging::Budget::new("more connect flows that cannot be read", 1);
@@ -651,6 +671,33 @@ static UNREADABLE_FLOWS_LOGGED: crate::logging::Budget =
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_loopback_address_is_the_same_place_by_any_of_its_names() {
+        let u = |s: &str| url::Url::parse(s).unwrap();
+        let own = u("http://localhost:6288/callback/spotify");
+        assert!(same_place(
+            &u("http://127.0.0.1:6288/callback/spotify"),
+            &own
+        ));
+        assert!(same_place(&u("http://[::1]:6288/callback/spotify"), &own));
+        assert!(same_place(
+            &u("http://LOCALHOST:6288/callback/spotify"),
+            &own
+        ));
+        assert!(!same_place(
+            &u("http://127.0.0.1:8888/callback/spotify"),
+            &own
+        ));
+        assert!(!same_place(&u("http://127.0.0.1:6288/callback"), &own));
+        assert!(!same_place(
+            &u("https://127.0.0.1:6288/callback/spotify"),
+            &own
+        ));
+        let public = u("https://auth.example/callback/p");
+        assert!(same_place(&u("https://Auth.Example/callback/p"), &public));
+        assert!(!same_place(&u("https://127.0.0.1/callback/p"), &public));
+    }
 
     fn query(pairs: &[(&str, &str)]) -> CallbackQuery {
         let get = |name: &str| {

@@ -335,6 +335,47 @@ async fn pasting_runs_the_callbacks_rules() {
     );
 }
 
+/// A paste-back provider whose redirect URI is oauthd's own callback by another loopback
+/// name (`127.0.0.1` for a `public_url` at `localhost`, as for a provider that refuses
+/// `localhost`) sends the browser to oauthd: the callback finishes the flow there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paste_back_provider_sent_to_oauthds_own_callback_finishes_there() {
+    let peer = Peer::start(60);
+    let port = dead_port();
+    let (home, key) = paste_home(
+        &peer,
+        port,
+        &format!("public_url = \"http://localhost:{port}\""),
+    );
+    let d = home.start();
+    // The sign-in link names public_url, where nothing listens here.
+    let link = home
+        .login_link(&d)
+        .replace(&format!("http://localhost:{port}"), &d.url);
+    let session = d.sign_in(&link).await;
+    let csrf = d.ui_overview(&session).await["csrf"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (status, started) = d
+        .ui_post(
+            &(session, csrf),
+            "/ui/api/connect/peer",
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, 201, "{started}");
+    let address = peer
+        .approve(started["authorize_url"].as_str().unwrap_or_default())
+        .await;
+    let query = address.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    let (status, page, _) = d
+        .browser_get(&format!("{}/callback/peer?{query}", d.url))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(d.get("/v1/connections/peer/default", &key).await.0, 200);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_expired_paste_says_start_again() {
     let peer = Peer::start(60);
