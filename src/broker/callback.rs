@@ -498,7 +498,7 @@ impl Broker {
                 }
             )
         {
-            log::warn!("callback {provider_name}/{account}: a flow started on oauthd's page came back to a browser not signed in to oauthd; put back, nothing stored");
+            UNSIGNED_CALLBACKS_LOGGED.warn(format_args!("callback {provider_name}/{account}: a flow started on oauthd's page came back to a browser not signed in to oauthd; put back, nothing stored"));
             if !self.put_back(&state, &consumed).await {
                 return Err(CallbackError::NotStored(
                     "the sign-in could not be kept open: start connecting again".into(),
@@ -663,6 +663,11 @@ fn same_place(a: &url::Url, b: &url::Url) -> bool {
             .is_some_and(|(x, y)| x.eq_ignore_ascii_case(y))
             || (loopback(a) && loopback(b)))
 }
+
+/// Page flows that came back to a browser not signed in, said in the log: at most 5 lines
+/// a second (whoever holds such a flow's address may send it again and again).
+static UNSIGNED_CALLBACKS_LOGGED: crate::logging::Budget =
+    crate::logging::Budget::new("more page flows at a browser not signed in", 5);
 
 /// Flows whose secrets do not open, said in the log: at most a line a second.
 static UNREADABLE_FLOWS_LOGGED: crate::logging::Budget =

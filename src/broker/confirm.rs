@@ -42,9 +42,10 @@ pub(super) struct AppSecrets {
     provider_url: String,
     /// The value of the browser's cookie for this flow.
     browser: String,
-    /// The state that the first press of the page's button consumes (in the flow's
-    /// namespace, with no data): only one browser ever gets the cookie. (Empty in a flow
-    /// an older version started: its button may be pressed again.)
+    /// The state that the first press of the page's button consumes (in
+    /// `ticket_namespace`, with no data, expiring with the flow): only one browser ever gets
+    /// the cookie. (Empty in a flow an older version started: its button may be pressed
+    /// again.)
     #[serde(default)]
     ticket: String,
 }
