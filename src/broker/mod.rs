@@ -87,6 +87,8 @@ pub enum BrokerError {
     DeviceFlowNotFound(String),
     #[error("{max} device flows started by this caller are still pending (limits.max_device_flows_per_key); finish or let some expire first")]
     TooManyDeviceFlows { max: u32 },
+    #[error("this API key reaches {held} connections, its most (limits.max_connections_per_key = {max}): delete some, or reconnect one it has, before connecting another account")]
+    TooManyConnections { held: usize, max: usize },
     #[error("{0}")]
     IdToken(String),
     #[error("the token vault: {0}")]

@@ -49,13 +49,7 @@ pub async fn start_api(
     let account = body.opt_string("account", "invalid_account")?;
     let return_to = body.opt_string("return_to", "return_to_not_allowed")?;
     body.finish()?;
-    caller.require_provider(&app, &provider)?;
-    let account_name = account.as_deref().unwrap_or(crate::broker::DEFAULT_ACCOUNT);
-    caller.require_account(account_name)?;
-    // Each flow holds a state in a namespace of its own account's: without a budget, one
-    // key could fill the store's `max_total_states` for every app.
-    app.connection_change_hit(&caller)?;
-    app.connection_room(&caller, &provider, account_name)
+    app.may_start_flow(&caller, &provider, account.as_deref())
         .await?;
     let started = app
         .broker

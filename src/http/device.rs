@@ -33,11 +33,7 @@ pub async fn start(
 ) -> Result<HttpResponse, ApiError> {
     let account = body.opt_string("account", "invalid_account")?;
     body.finish()?;
-    caller.require_provider(&app, &provider)?;
-    let account_name = account.as_deref().unwrap_or(crate::broker::DEFAULT_ACCOUNT);
-    caller.require_account(account_name)?;
-    app.connection_change_hit(&caller)?;
-    app.connection_room(&caller, &provider, account_name)
+    app.may_start_flow(&caller, &provider, account.as_deref())
         .await?;
     let started = app
         .broker

@@ -113,47 +113,38 @@ impl AppState {
             .map_err(ratelimit::too_many_changes)
     }
 
-    /// `429 too_many_connections` when `caller`, a key limited to accounts (a tenant's,
-    /// made with `--account`), reaches `limits.max_connections_per_key` connections and
-    /// `provider`/`account` is not one of them: a tenant's imports (made-up tokens, each a
-    /// connection refreshed under the operator's client id and said by event when it
-    /// fails) and connect and device flows for new accounts stop there, where the rate
-    /// budget only slows them. A key without account limits is the operator's own app's,
-    /// which reaches (and may delete) every connection: not capped, or one app serving
-    /// many users would stop at the cap. Reconnecting or replacing a connection the key
-    /// has is never refused. Checked when a flow starts: flows started before the key
-    /// reached the cap may still connect.
+    /// What a connect or device flow's start checks before it starts, for `caller`: the
+    /// provider and the account within its key's reach (the account defaulting), the key's
+    /// budget of changes, and room for another connection under a tenant's cap. The
+    /// account's name.
+    pub async fn may_start_flow<'a>(
+        &self,
+        caller: &auth::Caller,
+        provider: &str,
+        account: Option<&'a str>,
+    ) -> Result<&'a str, ApiError> {
+        caller.require_provider(self, provider)?;
+        let account = account.unwrap_or(crate::broker::DEFAULT_ACCOUNT);
+        caller.require_account(account)?;
+        // Each flow holds a state in a namespace of its own account's: without a budget,
+        // one key could fill the store's `max_total_states` for every app.
+        self.connection_change_hit(caller)?;
+        self.connection_room(caller, provider, account).await?;
+        Ok(account)
+    }
+
+    /// `429 too_many_connections` when `caller` may not add a connection (see
+    /// `Broker::connection_room`).
     pub async fn connection_room(
         &self,
         caller: &auth::Caller,
         provider: &str,
         account: &str,
     ) -> Result<(), ApiError> {
-        let max = self.max_connections_per_key;
-        if max == 0 || caller.0.accounts.is_none() {
-            return Ok(());
-        }
-        let all = self.broker.connections().await?;
-        if all
-            .iter()
-            .any(|c| c.provider == provider && c.account == account)
-        {
-            return Ok(());
-        }
-        let held = all
-            .iter()
-            .filter(|c| caller.may_use_provider(&c.provider) && caller.may_use_account(&c.account))
-            .count();
-        if held < max {
-            return Ok(());
-        }
-        Err(ApiError::new(
-            actix_web::http::StatusCode::TOO_MANY_REQUESTS,
-            "too_many_connections",
-            format!(
-                "this API key reaches {held} connections, its most (limits.max_connections_per_key = {max}): delete some, or reconnect one it has, before connecting another account"
-            ),
-        ))
+        Ok(self
+            .broker
+            .connection_room(&caller.0, self.max_connections_per_key, provider, account)
+            .await?)
     }
 
     /// Counts a hit on a public route; `Err` (429) when the client is over its budget.

@@ -248,6 +248,11 @@ impl From<BrokerError> for ApiError {
             }
             BrokerError::InvalidAccount(_) => ApiError::bad_request("invalid_account", detail),
             BrokerError::InvalidImport(_) => ApiError::bad_request("invalid_tokens", detail),
+            BrokerError::TooManyConnections { .. } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections",
+                detail,
+            ),
             BrokerError::TooManyDeviceFlows { .. } => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_device_flows",
