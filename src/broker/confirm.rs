@@ -100,6 +100,19 @@ pub struct AppFlow {
     ticket: Option<StateValue>,
 }
 
+/// The state that remembers which browser pressed first: made from the flow's state and
+/// the browser's mark (never the mark itself, which the browser chose: no browser can make
+/// it name another state).
+fn marker(flow: &StateValue, mark: Option<&StateValue>) -> Option<StateValue> {
+    let mark = mark?;
+    let digest = crate::secret::SecretHash::of(&format!(
+        "oauthd confirmed by\0{}\0{}",
+        flow.expose(),
+        mark.expose()
+    ));
+    StateValue::parse(&URL_SAFE_NO_PAD.encode(digest.0))
+}
+
 /// The namespace of an app's flow's confirmation ticket: `connect:<provider>/ok:<account>`.
 /// Not under the provider's flows' `connect:<provider>:` (a callback never looks there, and
 /// the scrape counts tickets apart from flows); never longer than the flow's own namespace
@@ -208,11 +221,17 @@ impl Broker {
     /// presses it and to no other, so a confirmation address that leaked (an app's log, a
     /// shared screen) is no way to finish the flow with someone else's grant once its
     /// person continued.
+    ///
+    /// `mark` is the value the confirmation page gave this browser (its own cookie, read
+    /// back): the browser that pressed first is remembered by it, so that its second
+    /// press (a double click whose first answer it dropped, the back button) gets the
+    /// cookie again, and no other browser does.
     pub async fn continue_app_flow(
         &self,
         provider_name: &str,
         account: &str,
         state: &StateValue,
+        mark: Option<&StateValue>,
     ) -> Result<Continued, CallbackError> {
         let flow = self.app_flow(provider_name, account, state).await?;
         let Some(ticket) = &flow.ticket else {
@@ -221,8 +240,32 @@ impl Broker {
         let namespace =
             ticket_namespace(provider_name, account).map_err(|_| CallbackError::UnknownState)?;
         match self.states.consume(ticket, &namespace).await {
-            Ok(_) => Ok(Continued::First(flow)),
+            Ok(taken) => {
+                if let Some(mark) = marker(state, mark) {
+                    // The flow's browser, as long as the flow lives. Without it only a
+                    // second press is refused that would have worked.
+                    let marked = self
+                        .states
+                        .issue_until(mark, namespace, taken.expires_at_ms, None)
+                        .await;
+                    if let Err(e) = marked {
+                        log::warn!("connect {provider_name}/{account}: the browser that continued could not be remembered ({e}); a second press there is refused");
+                    }
+                }
+                Ok(Continued::First(flow))
+            }
             Err(StateError::NotFound | StateError::Expired { .. }) => {
+                let same_browser = match marker(state, mark) {
+                    Some(mark) => match self.states.verify(&mark, &namespace, false).await {
+                        Ok(_) => true,
+                        Err(StateError::NotFound | StateError::Expired { .. }) => false,
+                        Err(e) => return Err(CallbackError::Storage(e.for_callers())),
+                    },
+                    None => false,
+                };
+                if same_browser {
+                    return Ok(Continued::First(flow));
+                }
                 log::warn!(
                     "connect {provider_name}/{account}: the confirmation of the flow started by API key {:?} was pressed again; no cookie handed out",
                     flow.key_name
@@ -280,6 +323,20 @@ mod tests {
         assert!(!app.confirmed_by(Some("")));
         let other = AppSecrets::new("id", "music", "https://provider.example/authorize").unwrap();
         assert!(!app.confirmed_by(Some(&other.browser)));
+    }
+
+    #[test]
+    fn the_first_browser_is_remembered_per_flow_and_never_by_its_own_mark() {
+        let (a, b) = (
+            StateValue::generate().unwrap(),
+            StateValue::generate().unwrap(),
+        );
+        let mark = StateValue::generate().unwrap();
+        let of_a = marker(&a, Some(&mark)).expect("a state value");
+        assert_ne!(of_a.expose(), mark.expose());
+        assert_eq!(of_a.expose(), marker(&a, Some(&mark)).unwrap().expose());
+        assert_ne!(of_a.expose(), marker(&b, Some(&mark)).unwrap().expose());
+        assert!(marker(&a, None).is_none());
     }
 
     #[test]

@@ -53,11 +53,11 @@ pub async fn show(
     provider: web::Path<String>,
     req: HttpRequest,
 ) -> HttpResponse {
-    let flow = match named(&app, &provider, &req) {
-        Ok((account, state)) => app.broker.app_flow(&provider, &account, &state).await,
+    let (account, state) = match named(&app, &provider, &req) {
+        Ok(named) => named,
         Err(page) => return *page,
     };
-    let flow = match flow {
+    let flow = match app.broker.app_flow(&provider, &account, &state).await {
         Ok(flow) => flow,
         Err(e) => return refused(&app, &provider, e),
     };
@@ -95,7 +95,37 @@ pub async fn show(
         header::REFERRER_POLICY,
         header::HeaderValue::from_static("same-origin"),
     );
+    // This browser's mark, kept across reloads: the button's press reads it back.
+    let name = mark_cookie_name(app.secure_cookies, &state);
+    if req.cookie(&name).is_none() {
+        if let Ok(mark) = StateValue::generate() {
+            let path = if app.secure_cookies {
+                "/".to_owned()
+            } else {
+                format!("{}/connect/{}/confirm", app.base_path, provider.as_str())
+            };
+            let cookie = super::own_cookie(
+                &app,
+                name,
+                mark.expose().to_owned(),
+                path,
+                Some(flow.expires_in_secs),
+            );
+            // A cookie that cannot be written as a header: the press works once, as
+            // from a browser that never read the page.
+            let _ = resp.add_cookie(&cookie);
+        }
+    }
     resp
+}
+
+/// The name of the cookie that marks the browser which read a flow's confirmation page:
+/// one per flow, derived from its state as the flow's own cookie is (`__Host-` under
+/// https).
+fn mark_cookie_name(https: bool, state: &StateValue) -> String {
+    let digest = SecretHash::of(&format!("oauthd confirm mark\0{}", state.expose())).to_hex();
+    let prefix = if https { "__Host-" } else { "" };
+    format!("{prefix}oauthd_confirm_{}", &digest[..16])
 }
 
 /// `POST`: the button. Only from oauthd's own page: a form another site posts would
@@ -118,9 +148,12 @@ pub async fn confirm(
         Ok(named) => named,
         Err(page) => return *page,
     };
+    let mark = req
+        .cookie(&mark_cookie_name(app.secure_cookies, &state))
+        .and_then(|c| StateValue::parse(c.value()));
     let flow = match app
         .broker
-        .continue_app_flow(&provider, &account, &state)
+        .continue_app_flow(&provider, &account, &state, mark.as_ref())
         .await
     {
         Ok(Continued::First(flow)) => flow,
@@ -147,27 +180,19 @@ pub async fn confirm(
         .finish()
 }
 
-/// A second press of the button (the back button, a second tab, another browser): the
-/// flow's cookie went to the browser that pressed first and goes to no other. That
-/// browser may go to the provider again (this page links there: without the cookie, the
-/// way back from the provider stores nothing).
+/// A press from another browser than the one that pressed first (which may press again:
+/// `continue_app_flow`): the flow's cookie went there and goes nowhere else. No way on to
+/// the provider is offered: without the cookie, the way back from it would use the flow up.
 fn continued_before(app: &AppState, provider: &str, flow: &AppFlow) -> HttpResponse {
     let body = format!(
         "<p>This sign-in, for <strong>{p}</strong> account <strong>{a}</strong>, was already \
-         continued, in this browser or another. Only the browser that continued first can \
-         finish it.</p>\
-         <p>If that was this browser a moment ago, <a href=\"{to}\">go on to {p}</a>. \
-         Otherwise go back to the app and start again there.</p>",
+         continued in another browser, and only that browser can finish it: go on there.</p>\
+         <p>If that was not you, close this page, go back to the app and start again \
+         there.</p>",
         p = escape(provider),
         a = escape(&flow.account),
-        to = escape(&flow.provider_url),
     );
-    let mut resp = page_for(true, &app.base_path, 409, "Already continued", &body);
-    resp.headers_mut().insert(
-        header::REFERRER_POLICY,
-        header::HeaderValue::from_static("no-referrer"),
-    );
-    resp
+    page_for(true, &app.base_path, 409, "Already continued", &body)
 }
 
 /// Whether a browser sent this request from a page of oauthd's own origin: browsers say
