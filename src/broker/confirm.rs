@@ -344,6 +344,8 @@ mod tests {
         let older = r#"{"key_name":"music","provider_url":"https://p.example/a","browser":"b"}"#;
         let app: AppSecrets = serde_json::from_str(older).unwrap();
         assert_eq!((app.key_id.as_str(), app.key_name.as_str()), ("", "music"));
+        // Nor its ticket: its button may be pressed again, as then.
+        assert!(app.ticket().is_none());
     }
 
     #[test]
