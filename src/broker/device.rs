@@ -80,6 +80,11 @@ impl Broker {
         started_by: &str,
     ) -> Result<DeviceStart, BrokerError> {
         let provider = self.provider(provider_name)?.clone();
+        // An app's flow (started with its key, `key:<id>`): the person enters a code on a
+        // page that names no app, so the operator may keep the device flow to themselves.
+        if started_by.starts_with("key:") && !provider.device_flow_for_apps {
+            return Err(BrokerError::DeviceFlowNotForApps(provider_name.to_owned()));
+        }
         let account = account.unwrap_or(super::DEFAULT_ACCOUNT).to_owned();
         check_name("account", &account).map_err(BrokerError::InvalidAccount)?;
         let max = self.max_device_flows;

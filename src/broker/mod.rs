@@ -83,6 +83,8 @@ pub enum BrokerError {
     PasteBackOnly(String),
     #[error("provider {0} has no device authorization endpoint")]
     DeviceFlowUnsupported(String),
+    #[error("provider {0}'s device flow is the operator's only (device_flow_for_apps = false): connect through POST /v1/connect/{0}, or ask the operator")]
+    DeviceFlowNotForApps(String),
     #[error("no device flow {0}")]
     DeviceFlowNotFound(String),
     #[error("{max} device flows started by this caller are still pending (limits.max_device_flows_per_key); finish or let some expire first")]

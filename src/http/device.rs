@@ -21,6 +21,7 @@ use actix_web::{web, HttpResponse};
     responses(
         (status = 201, description = "Started.", body = DeviceStarted),
         (status = 400, description = "The provider has no device flow (`device_flow_unsupported`), or a bad account name (`invalid_account`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The operator keeps this provider's device flow to the page and the CLI (`device_flow_not_allowed`, `device_flow_for_apps = false`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such provider in the config (`unknown_provider`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 429, description = "Too many device flows pending for this key (`too_many_device_flows`), or too many connect and device flow starts, imports and disconnects by this key in the last minute (`rate_limited`, `limits.connection_changes_per_minute`); both with `Retry-After`. Or, for an account it has no connection to, a key limited to accounts reaches `limits.max_connections_per_key` connections (`too_many_connections`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 502, description = "The provider refused to start one (`provider_rejected`).", body = ProblemDoc, content_type = "application/problem+json"),

@@ -248,6 +248,9 @@ impl From<BrokerError> for ApiError {
             }
             BrokerError::InvalidAccount(_) => ApiError::bad_request("invalid_account", detail),
             BrokerError::InvalidImport(_) => ApiError::bad_request("invalid_tokens", detail),
+            BrokerError::DeviceFlowNotForApps(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "device_flow_not_allowed", detail)
+            }
             BrokerError::TooManyConnections { .. } => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_connections",

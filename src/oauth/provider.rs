@@ -57,6 +57,10 @@ pub struct ProviderConfig {
     pub api_base_url: Option<String>,
     /// Headers the proxy passes on besides its own allowlist (`x-github-api-version`).
     pub proxy_headers: Option<Vec<String>>,
+    /// Whether apps (API keys) may start device flows (default true). The provider's
+    /// device page names oauthd's client, not the app nor the account the grant goes to:
+    /// `false` keeps the device flow to the operator's page and CLI.
+    pub device_flow_for_apps: Option<bool>,
 }
 
 /// How the browser comes back from the provider.
@@ -91,6 +95,7 @@ impl std::fmt::Debug for ProviderConfig {
             .field("redirect_mode", &self.redirect_mode)
             .field("api_base_url", &self.api_base_url)
             .field("proxy_headers", &self.proxy_headers)
+            .field("device_flow_for_apps", &self.device_flow_for_apps)
             .finish()
     }
 }
@@ -331,6 +336,8 @@ pub struct Provider {
     pub api_base: Option<Url>,
     /// Caller headers the proxy passes on besides its allowlist (lower case).
     pub proxy_headers: Vec<String>,
+    /// Whether apps may start device flows (`device_flow_for_apps`).
+    pub device_flow_for_apps: bool,
     /// The issuer's signing keys, once fetched.
     pub jwks: super::id_token::JwksCache,
     source: Source,
@@ -661,6 +668,7 @@ impl Provider {
             paste_redirect,
             api_base,
             proxy_headers,
+            device_flow_for_apps: cfg.device_flow_for_apps.unwrap_or(true),
             jwks: Default::default(),
             source,
             resolved,

@@ -253,6 +253,38 @@ async fn cli_connect_device_prints_the_code_and_exits_0_once_connected() {
     assert!(out.status.success());
 }
 
+/// `device_flow_for_apps = false`: an app's key cannot start a device flow (whose
+/// provider page names no app and no account), and the provider is not even asked; the
+/// operator's page still starts one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provider_may_keep_its_device_flow_to_the_operator() {
+    let mock = device_endpoint(60).await;
+    let home = Home::new();
+    home.write_config(&format!(
+        "[providers.tv]\ndevice_authorization_url = \"{uri}/device\"\ntoken_url = \"{uri}/token\"\n\
+         authorization_url = \"{uri}/authorize\"\nclient_id = \"cid\"\nclient_secret = \"cs\"\n\
+         device_flow_for_apps = false\n",
+        uri = mock.uri()
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let (status, body) = d.post("/v1/device/tv", &key, json!({})).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("device_flow_not_allowed")),
+        "{body}"
+    );
+    assert!(mock
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .is_empty());
+    let ui = home.ui_session(&d).await;
+    let (status, started) = d.ui_post(&ui, "/ui/api/device/tv", json!({})).await;
+    assert_eq!(status, 201, "{started}");
+    assert_eq!(started["user_code"], "ABCDE", "{started}");
+}
+
 /// A mock provider whose device endpoint hands out code `dc-1` (user code ABCDE), to be
 /// polled every second for `expires_in` seconds; each test mounts its token endpoint.
 async fn device_endpoint(expires_in: u64) -> MockServer {
