@@ -8,6 +8,7 @@
 
 mod background;
 mod callback;
+mod callback_words;
 mod confirm;
 mod device;
 mod disconnect;

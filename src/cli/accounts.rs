@@ -458,7 +458,7 @@ pub(super) fn connect_paste(
                     return Ok(());
                 }
                 Err(e) => {
-                    let (_, title, detail) = crate::http::callback_wording(provider, &e);
+                    let (title, detail) = e.words(provider);
                     let message = format!("not connected: {title}: {detail}");
                     if !e.leaves_flow_open() {
                         return Err(Fatal(message, 1));

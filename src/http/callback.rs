@@ -4,7 +4,7 @@
 use super::confirm::{flow_cookie, flow_cookie_name};
 use super::pages::{escape, page, page_for};
 use super::AppState;
-use crate::broker::{Browser, CallbackError, CallbackQuery, Connected, IssuerProblem};
+use crate::broker::{Browser, CallbackError, CallbackQuery, Connected};
 use crate::secret::StateValue;
 use actix_web::cookie::Cookie;
 use actix_web::http::header;
@@ -234,139 +234,8 @@ pub(super) fn failed(
 /// Status, title and plain-text detail of a callback that stored nothing: the page's
 /// words, and the `detail` of the paste-back API's problem.
 pub fn wording(provider: &str, e: &CallbackError) -> (u16, &'static str, String) {
-    use CallbackError::*;
-    let start_again = "Start connecting again.";
-    match e {
-        UnknownProvider => (
-            404,
-            "Unknown provider",
-            format!(
-                "no provider named {:?} is configured",
-                provider.chars().take(64).collect::<String>()
-            ),
-        ),
-        NoState => (
-            400,
-            "Unknown sign-in",
-            "This link carries no valid state. Start connecting again from oauthd.".into(),
-        ),
-        UnknownState => (
-            400,
-            "Unknown sign-in",
-            format!("This sign-in link was already used, was started for another provider, or was never issued by oauthd. {start_again}"),
-        ),
-        Storage(message) => (503, "Storage unavailable", message.clone()),
-        NotStored(message) => (503, "Could not store the connection", message.clone()),
-        // The vault's own words (which key to put back where) are the operator's, in
-        // the log: this page is public.
-        FlowUnreadable(_) => (
-            500,
-            "Cannot read the sign-in",
-            "This sign-in's sealed data cannot be opened by this oauthd (a vault key it has not loaded, or data altered at rest); oauthd's log says which. Nothing was stored.".into(),
-        ),
-        ProviderUnreachable { message, .. } => (503, "Provider unreachable", message.clone()),
-        Issuer {
-            problem: IssuerProblem::Wrong,
-            ..
-        } => (
-            400,
-            "Wrong issuer",
-            "The answer came from a different authorization server than the one this sign-in was started with. Nothing was stored.".into(),
-        ),
-        Issuer {
-            problem: IssuerProblem::Missing,
-            ..
-        } => (
-            400,
-            "Missing issuer",
-            "The provider promised to identify itself (iss) on every answer, and this answer did not. Nothing was stored.".into(),
-        ),
-        ProviderError {
-            error, description, ..
-        } => (
-            400,
-            "The provider reported an error",
-            format!("{error}: {description}"),
-        ),
-        NoCode { .. } => (
-            400,
-            "No authorization code",
-            "The provider's answer carried neither a code nor an error.".into(),
-        ),
-        // Starting again cannot help until the operator fixes the config.
-        ClientRefused { code, description } => (
-            502,
-            "The provider refused oauthd's client credentials",
-            format!(
-                "{provider} answered {code} ({description}): the client_id or client_secret (client_secret_file) configured for provider {provider} is wrong. Fix it in oauthd's config, restart oauthd, then connect again; `oauthd check` tells when it is right."
-            ),
-        ),
-        ExchangeFailed { message, .. } => {
-            (502, "The provider did not hand out tokens", message.clone())
-        }
-        IdToken { message, .. } => (
-            502,
-            "The provider's ID token did not verify",
-            format!("{message}. Nothing was stored."),
-        ),
-        Expired { account } => (
-            410,
-            "This sign-in expired",
-            format!("Connecting {provider} ({account}) took longer than oauthd keeps a sign-in open, so nothing was stored. {start_again}"),
-        ),
-        Denied { description, .. } => (
-            403,
-            "Access was declined",
-            if description.is_empty() {
-                format!("{provider} reported that access was not granted. Nothing was stored.")
-            } else {
-                format!("{provider} reported that access was not granted ({description}). Nothing was stored.")
-            },
-        ),
-        PasteUnreadable => (
-            400,
-            "Not an address",
-            "Paste the whole address from the browser's address bar (it starts with http://).".into(),
-        ),
-        ByApp(inner) => match **inner {
-            NoState | UnknownState => (
-                400,
-                "Unknown sign-in",
-                "This sign-in link was already used, has expired, or was never issued by oauthd. Go back to the app and start again there.".into(),
-            ),
-            _ => wording(provider, inner),
-        },
-        NotSignedIn { .. } => (
-            403,
-            "Sign in to oauthd to finish",
-            "This sign-in was started on oauthd's page, and only a browser signed in to oauthd finishes it; this one is not, so nothing was stored. If you started it, sign in to oauthd in this browser (`oauthd admin link` prints a sign-in link) and open this address again within a few minutes: the sign-in is still open. If you did not, close this page.".into(),
-        ),
-        PasteOnly { redirect_uri } => (
-            400,
-            "Paste the address instead",
-            format!("Sign-ins at {provider} come back to {redirect_uri}, not to this address: paste the address the browser shows there on oauthd's page (or into `oauthd connect --paste`). Nothing was changed."),
-        ),
-        AppFlowPasted { .. } => (
-            400,
-            "An app's sign-in",
-            "This address belongs to a sign-in an app started: only the browser that confirmed it on oauthd's page can finish it. Paste only addresses of sign-ins started here.".into(),
-        ),
-        StarterRevoked { .. } => (
-            403,
-            "The app's API key was revoked",
-            "An app started this sign-in with an oauthd API key that has been revoked since, so it goes no further and nothing was stored. If you trust the app, ask its operator for a new key and start again from the app.".into(),
-        ),
-        NotConfirmedHere { .. } => (
-            403,
-            "Not confirmed in this browser",
-            format!("An app started this sign-in, and it was not confirmed on oauthd's page in this browser, so nothing was stored. If you started it yourself, go back to the app and start again, and stay in one browser until {provider} sends you back. Open the app's link as it was given: confirmed at another address of oauthd's (localhost for 127.0.0.1, another host name), the browser keeps the confirmation for that address, not this one."),
-        ),
-        PasteElsewhere { expected } => (
-            400,
-            "Not the address oauthd waits for",
-            format!("The pasted address is not {expected}, the redirect URI registered for {provider}: paste the address of the page the provider sent you to after you approved."),
-        ),
-    }
+    let (title, detail) = e.words(provider);
+    (super::problem::callback_status(e), title, detail)
 }
 
 #[cfg(test)]

@@ -43,7 +43,6 @@ use actix_web::{
     guard, web, App, HttpResponse, HttpResponseBuilder, Resource, ResponseError, Route, Scope,
 };
 pub use body::BodyLimit;
-pub use callback::wording as callback_wording;
 pub use openapi::json as openapi_json;
 pub use problem::ApiError;
 pub use ratelimit::RateLimiter;

@@ -304,6 +304,33 @@ impl From<BrokerError> for ApiError {
     }
 }
 
+/// The HTTP status of a callback that stored nothing (its page's, and the paste-back
+/// API's problem's).
+pub fn callback_status(e: &CallbackError) -> u16 {
+    use CallbackError::*;
+    match e {
+        UnknownProvider => 404,
+        Expired { .. } => 410,
+        FlowUnreadable(_) => 500,
+        Storage(_) | NotStored(_) | ProviderUnreachable { .. } => 503,
+        ClientRefused { .. } | ExchangeFailed { .. } | IdToken { .. } => 502,
+        Denied { .. } | NotSignedIn { .. } | StarterRevoked { .. } | NotConfirmedHere { .. } => 403,
+        ByApp(inner) => match **inner {
+            NoState | UnknownState => 400,
+            _ => callback_status(inner),
+        },
+        NoState
+        | UnknownState
+        | Issuer { .. }
+        | ProviderError { .. }
+        | NoCode { .. }
+        | PasteUnreadable
+        | PasteOnly { .. }
+        | AppFlowPasted { .. }
+        | PasteElsewhere { .. } => 400,
+    }
+}
+
 /// A connect flow finished from a pasted address that stored nothing: the callback page's
 /// status and words, with a stable code, and the account when starting again can help.
 pub fn callback_problem(provider: &str, e: &CallbackError) -> ApiError {
