@@ -99,16 +99,11 @@ pub async fn show(
     let name = mark_cookie_name(app.secure_cookies, &state);
     if req.cookie(&name).is_none() {
         if let Ok(mark) = StateValue::generate() {
-            let path = if app.secure_cookies {
-                "/".to_owned()
-            } else {
-                format!("{}/connect/{}/confirm", app.base_path, provider.as_str())
-            };
-            let cookie = super::own_cookie(
+            let cookie = state_cookie(
                 &app,
                 name,
+                &format!("/connect/{}/confirm", provider.as_str()),
                 mark.expose().to_owned(),
-                path,
                 Some(flow.expires_in_secs),
             );
             // A cookie that cannot be written as a header: the press works once, as
@@ -123,9 +118,7 @@ pub async fn show(
 /// one per flow, derived from its state as the flow's own cookie is (`__Host-` under
 /// https).
 fn mark_cookie_name(https: bool, state: &StateValue) -> String {
-    let digest = SecretHash::of(&format!("oauthd confirm mark\0{}", state.expose())).to_hex();
-    let prefix = if https { "__Host-" } else { "" };
-    format!("{prefix}oauthd_confirm_{}", &digest[..16])
+    state_cookie_name(https, "oauthd confirm mark", "oauthd_confirm_", state)
 }
 
 /// `POST`: the button. Only from oauthd's own page: a form another site posts would
@@ -216,9 +209,32 @@ fn from_own_page(req: &HttpRequest, own_origin: &str) -> bool {
 /// `__Host-` cookie, which no other host (a sibling subdomain) and no plain-http answer
 /// (someone on the network) can set in the browser.
 pub fn flow_cookie_name(https: bool, state: &StateValue) -> String {
-    let digest = SecretHash::of(&format!("oauthd flow cookie\0{}", state.expose())).to_hex();
+    state_cookie_name(https, "oauthd flow cookie", "oauthd_flow_", state)
+}
+
+/// A name for one of a flow's cookies: `stem` and 16 hex digits of a digest of the state
+/// under `label` (which say nothing the state does not), `__Host-` under https.
+fn state_cookie_name(https: bool, label: &str, stem: &str, state: &StateValue) -> String {
+    let digest = SecretHash::of(&format!("{label}\0{}", state.expose())).to_hex();
     let prefix = if https { "__Host-" } else { "" };
-    format!("{prefix}oauthd_flow_{}", &digest[..16])
+    format!("{prefix}{stem}{}", &digest[..16])
+}
+
+/// One of a flow's cookies, sent under plain http only to `path` (under oauthd's base
+/// path), under https to every path (a `__Host-` cookie must have the path `/`).
+fn state_cookie(
+    app: &AppState,
+    name: String,
+    path: &str,
+    value: String,
+    max_age_secs: Option<i64>,
+) -> Cookie<'static> {
+    let path = if app.secure_cookies {
+        "/".to_owned()
+    } else {
+        format!("{}{path}", app.base_path)
+    };
+    super::own_cookie(app, name, value, path, max_age_secs)
 }
 
 /// The flow's cookie: never read by scripts, sent on the provider's redirect back (a
@@ -232,13 +248,14 @@ pub fn flow_cookie(
     value: String,
     max_age_secs: Option<i64>,
 ) -> Cookie<'static> {
-    let path = if app.secure_cookies {
-        "/".to_owned()
-    } else {
-        format!("{}/callback/{provider}", app.base_path)
-    };
     let name = flow_cookie_name(app.secure_cookies, state);
-    super::own_cookie(app, name, value, path, max_age_secs)
+    state_cookie(
+        app,
+        name,
+        &format!("/callback/{provider}"),
+        value,
+        max_age_secs,
+    )
 }
 
 #[cfg(test)]
