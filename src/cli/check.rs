@@ -5,7 +5,9 @@
 use super::{open_store, runtime, Fatal};
 use crate::config::Settings;
 use crate::oauth::flows;
+use crate::store::Store;
 use crate::vault::{self, KeySource, Vault};
+use std::sync::Arc;
 
 /// The providers that build, and why each other one does not: a report goes on past a
 /// provider it cannot build (a credential file that exists only while the unit runs), where
@@ -53,8 +55,60 @@ impl Report {
 
 pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
     let (providers, broken) = providers_one_by_one(&settings);
-    let notifier = super::notifier(&settings, crate::clock::Clock::system())?;
     let mut r = Report::default();
+    config_lines(&mut r, &settings, providers.len(), broken)?;
+    let store = open_for_check(&mut r, &settings);
+    let rt = runtime()?;
+    if let Some(store) = &store {
+        check_store(&mut r, &settings, store.as_ref(), &rt);
+        if let Some(note) = super::database_readable_by_others(&settings) {
+            r.line("warn", "store", note);
+        }
+        if matches!(settings.store, crate::store::target::StoreTarget::Sqlite) {
+            check_room(&mut r, &settings.db);
+        }
+    }
+    let source = match super::key_source(&settings) {
+        Ok(s) => s,
+        Err(e) => {
+            r.line("FAIL", "key file", e);
+            return Err(Fatal(format!("{} check(s) failed", r.failed), 1));
+        }
+    };
+    if let KeySource::File { path, create } = &source {
+        key_file_line(&mut r, path, *create, store.as_ref(), &rt)?;
+    }
+    let vault = match &source {
+        KeySource::File { path, .. } if !path.exists() => None,
+        _ => match Vault::load(&source) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                r.line("FAIL", "vault", e);
+                None
+            }
+        },
+    };
+    rt.block_on(async {
+        if let (Some(v), Some(store)) = (&vault, &store) {
+            stored_lines(&mut r, &settings, v, store, &source).await?;
+        }
+        provider_lines(&mut r, &settings, &providers).await
+    })?;
+    if r.failed > 0 {
+        return Err(Fatal(format!("{} check(s) failed", r.failed), 1));
+    }
+    Ok(())
+}
+
+/// The configuration's lines: what it holds, the providers that do not build, and what
+/// it leaves open to others or to doubt.
+fn config_lines(
+    r: &mut Report,
+    settings: &Settings,
+    built: usize,
+    broken: Vec<(String, String)>,
+) -> Result<(), Fatal> {
+    let notifier = super::notifier(settings, crate::clock::Clock::system())?;
     // oauthd does not start while a provider does not build: the config is not ok then.
     let (verdict, stops) = if broken.is_empty() {
         ("ok", "")
@@ -69,7 +123,7 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
         "config",
         format!(
             "{} provider(s), {} notification target(s), listen {}{stops}",
-            providers.len() + broken.len(),
+            built + broken.len(),
             notifier.targets().len(),
             settings.listen
         ),
@@ -77,7 +131,7 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
     for (name, why) in broken {
         r.line("FAIL", &format!("provider {name}"), why);
     }
-    for note in super::secrets_readable_by_others(&settings) {
+    for note in super::secrets_readable_by_others(settings) {
         r.line("warn", "secrets", note);
     }
     for note in settings.trusted_proxies_warnings() {
@@ -100,6 +154,13 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
     {
         r.line("warn", "notify", warning);
     }
+    Ok(())
+}
+
+/// The store's line when it cannot be looked into (no database yet, an empty file, a
+/// schema this oauthd would upgrade or does not know, a store that does not open), or
+/// the store.
+fn open_for_check(r: &mut Report, settings: &Settings) -> Option<Arc<dyn Store>> {
     // Before the first start there is no database yet: what it would hold is not
     // checked, the rest (providers, the key file) is.
     let versions = match settings.store {
@@ -108,7 +169,7 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
         }
         _ => None,
     };
-    let store = match (&settings.store, versions) {
+    match (&settings.store, versions) {
         (crate::store::target::StoreTarget::Sqlite, _)
             if !settings.db.exists() && !parent_is_dir(&settings.db) =>
         {
@@ -164,207 +225,180 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
         }
         // A store that cannot be opened is one failed line: the key file and the
         // providers are still checked.
-        _ => match open_store(&settings, super::Missing::Refuse) {
+        _ => match open_store(settings, super::Missing::Refuse) {
             Ok(store) => Some(store),
             Err(super::Fatal(why, _)) => {
                 r.line("FAIL", "store", why);
                 None
             }
         },
-    };
-    let rt = runtime()?;
-    if let Some(store) = &store {
-        check_store(&mut r, &settings, store.as_ref(), &rt);
-        if let Some(note) = super::database_readable_by_others(&settings) {
-            r.line("warn", "store", note);
-        }
-        if matches!(settings.store, crate::store::target::StoreTarget::Sqlite) {
-            check_room(&mut r, &settings.db);
-        }
     }
-    let source = match super::key_source(&settings) {
-        Ok(s) => s,
-        Err(e) => {
-            r.line("FAIL", "key file", e);
-            return Err(Fatal(format!("{} check(s) failed", r.failed), 1));
-        }
-    };
-    if let KeySource::File { path, create } = &source {
-        match (std::fs::metadata(path), &store) {
-            (Err(_), None) if *create => r.line(
-                "ok",
-                "key file",
-                format!(
-                    "{} does not exist yet; oauthd creates it at first start",
-                    path.display()
-                ),
-            ),
-            (Err(_), Some(store)) if *create => {
-                // As the start judges it: no key file over sealed values, or for a
-                // database served before, is a lost key.
-                let now = crate::clock::Clock::system().now_ms();
-                let served = rt.block_on(store.was_served())?;
-                let sealed = rt.block_on(async {
-                    let tokens = store.list_connections().await?.len();
-                    let states: usize = crate::states::data_keys(store.as_ref(), now)
-                        .await?
-                        .values()
-                        .sum();
-                    Ok::<_, crate::store::StoreError>((tokens, states))
-                })?;
-                if served && sealed == (0, 0) {
-                    r.line("FAIL", "key file", super::no_key_once_served(path))
-                } else if sealed == (0, 0) {
-                    r.line(
-                        "ok",
-                        "key file",
-                        format!(
-                            "{} does not exist yet; oauthd creates it at first start",
-                            path.display()
-                        ),
-                    )
-                } else {
-                    r.line(
-                        "FAIL",
-                        "key file",
-                        format!(
-                            "{} does not exist, but the database holds {} connection(s) and {} live state(s) with sealed data: oauthd refuses to start until the key file that was used is back",
-                            path.display(),
-                            sealed.0,
-                            sealed.1
-                        ),
-                    )
-                }
-            }
-            (Ok(_), _) => match (super::readable_by_others(path), std::fs::File::open(path)) {
-                (_, Err(e)) => r.line(
-                    "FAIL",
+}
+
+/// The key file's line: there and private, or missing where the start would make it,
+/// or missing where the start refuses to.
+fn key_file_line(
+    r: &mut Report,
+    path: &std::path::Path,
+    create: bool,
+    store: Option<&Arc<dyn Store>>,
+    rt: &tokio::runtime::Runtime,
+) -> Result<(), Fatal> {
+    match (std::fs::metadata(path), store) {
+        (Err(_), store) if create => {
+            // As the start judges it, in its words (no database yet: nothing to judge).
+            let now = crate::clock::Clock::system().now_ms();
+            let refusal = match store {
+                Some(store) => rt.block_on(super::key_loading::refusal_without_key_file(
+                    store.as_ref(),
+                    path,
+                    now,
+                ))?,
+                None => None,
+            };
+            match refusal {
+                Some(why) => r.line("FAIL", "key file", why),
+                None => r.line(
+                    "ok",
                     "key file",
                     format!(
-                        "{}: {e}: run this as the user oauthd runs as (the key file is private to it)",
+                        "{} does not exist yet; oauthd creates it at first start",
                         path.display()
                     ),
                 ),
-                (Some(note), Ok(_)) => r.line("warn", "key file", note),
-                (None, Ok(_)) => r.line("ok", "key file", format!("{} (mode 600)", path.display())),
-            },
-            (Err(e), _) => r.line("FAIL", "key file", format!("{}: {e}", path.display())),
+            }
+        }
+        (Ok(_), _) => match (super::readable_by_others(path), std::fs::File::open(path)) {
+            (_, Err(e)) => r.line(
+                "FAIL",
+                "key file",
+                format!(
+                    "{}: {e}: run this as the user oauthd runs as (the key file is private to it)",
+                    path.display()
+                ),
+            ),
+            (Some(note), Ok(_)) => r.line("warn", "key file", note),
+            (None, Ok(_)) => r.line("ok", "key file", format!("{} (mode 600)", path.display())),
+        },
+        (Err(e), _) => r.line("FAIL", "key file", format!("{}: {e}", path.display())),
+    }
+    Ok(())
+}
+
+/// What the vault key `v` opens of what the store holds, the other instances' keys, and
+/// whether the serving oauthd runs this configuration.
+async fn stored_lines(
+    r: &mut Report,
+    settings: &Settings,
+    v: &Vault,
+    store: &Arc<dyn Store>,
+    source: &KeySource,
+) -> Result<(), Fatal> {
+    let known = v.key_ids();
+    match store.list_all_connections().await {
+        // A record that does not read may need a key nobody can name: a failure,
+        // not a connection fewer.
+        Err(e) => r.line("FAIL", "vault", format!("not every connection reads: {e}")),
+        Ok(rows) => {
+            if let Some(note) = super::unconfigured::note(&rows, settings) {
+                r.line("warn", "connections", note);
+            }
+            vault_line(r, &rows, v, &known, source)
         }
     }
-    let vault = match &source {
-        KeySource::File { path, .. } if !path.exists() => None,
-        _ => match Vault::load(&source) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                r.line("FAIL", "vault", e);
-                None
-            }
-        },
-    };
-    rt.block_on(async {
-        if let (Some(v), Some(store)) = (&vault, &store) {
-            let known = v.key_ids();
-            match store.list_all_connections().await {
-                // A record that does not read may need a key nobody can name: a failure,
-                // not a connection fewer.
-                Err(e) => r.line("FAIL", "vault", format!("not every connection reads: {e}")),
-                Ok(rows) => {
-                    if let Some(note) = super::unconfigured::note(&rows, &settings) {
-                        r.line("warn", "connections", note);
-                    }
-                    vault_line(&mut r, &rows, v, &known, &source)
-                }
-            }
-            let now = crate::clock::Clock::system().now_ms();
-            let found = crate::states::stored_data(store.as_ref(), now).await?;
-            let sealed: usize = found.keys.values().sum();
-            let lacking: Vec<String> = found
-                .keys
-                .iter()
-                .filter(|(id, _)| !known.contains(id))
-                .map(|(id, n)| format!("{id} ({n})"))
-                .collect();
-            if lacking.is_empty() {
-                r.line(
-                    "ok",
-                    "state data",
-                    format!("the key file opens the data of all {sealed} live state(s) that hold sealed data"),
-                );
-            } else {
-                r.line(
-                    "FAIL",
-                    "state data",
-                    format!(
-                        "live states hold data sealed with key(s) {} lacks: {}; they answer 503 vault_error until it is back (as another line of the key file)",
-                        source.describe(),
-                        lacking.join(", ")
-                    ),
-                );
-            }
-            if found.in_clear > 0 {
-                r.line(
-                    "warn",
-                    "state data",
-                    format!(
-                        "{} live state(s) hold data stored in clear by an oauthd from before data was sealed: a start reads theirs as it is (and refuses data in clear in any other state); anyone who could write the store before that start could have written it",
-                        found.in_clear,
-                    ),
-                );
-            }
-            match store.vault_keys_in_use(now).await {
-                Err(e) => r.line("FAIL", "instances", e),
-                Ok(others) => instances_line(&mut r, &others, &known, &source),
-            }
-            if let Some(hint) =
-                super::config_changed::restart_hint(&settings, store.as_ref(), now).await
-            {
-                r.line("warn", "config", hint);
-            }
-        }
-        let http = flows::http_client(settings.provider_timeout).map_err(|e| Fatal(e, 1))?;
-        for p in &providers {
-            let what = format!("provider {}", p.name);
-            match p.endpoints(&http).await {
-                Err(e) => r.line("FAIL", &what, e),
-                // Any HTTP answer from the token endpoint (a 400 for an empty request is
-                // expected) shows it is reachable; only no answer at all fails.
-                Ok(e) => {
-                    if let Err(err) = http.post(e.token.clone()).send().await {
-                        r.line(
-                            "FAIL",
-                            &what,
-                            format!(
-                                "token endpoint {} unreachable: {}",
-                                e.token,
-                                crate::oauth::with_causes(&err)
-                            ),
-                        );
-                        continue;
-                    }
-                    let public_url = settings.public_url_for(settings.listen);
-                    let redirect = crate::broker::redirect_uri(&public_url, p);
-                    let line =
-                        match flows::check_client(&flows::Network(http.clone()), p, e, &redirect)
-                            .await
-                        {
-                            flows::ClientCheck::Accepted(d) => ("ok", d),
-                            flows::ClientCheck::Refused(d) => ("FAIL", d),
-                            flows::ClientCheck::Unknown(d) => {
-                                ("warn", format!("credentials could not be verified: {d}"))
-                            }
-                        };
+    let now = crate::clock::Clock::system().now_ms();
+    let found = crate::states::stored_data(store.as_ref(), now).await?;
+    let sealed: usize = found.keys.values().sum();
+    let lacking: Vec<String> = found
+        .keys
+        .iter()
+        .filter(|(id, _)| !known.contains(id))
+        .map(|(id, n)| format!("{id} ({n})"))
+        .collect();
+    if lacking.is_empty() {
+        r.line(
+            "ok",
+            "state data",
+            format!(
+                "the key file opens the data of all {sealed} live state(s) that hold sealed data"
+            ),
+        );
+    } else {
+        r.line(
+            "FAIL",
+            "state data",
+            format!(
+                "live states hold data sealed with key(s) {} lacks: {}; they answer 503 vault_error until it is back (as another line of the key file)",
+                source.describe(),
+                lacking.join(", ")
+            ),
+        );
+    }
+    if found.in_clear > 0 {
+        r.line(
+            "warn",
+            "state data",
+            format!(
+                "{} live state(s) hold data stored in clear by an oauthd from before data was sealed: a start reads theirs as it is (and refuses data in clear in any other state); anyone who could write the store before that start could have written it",
+                found.in_clear,
+            ),
+        );
+    }
+    match store.vault_keys_in_use(now).await {
+        Err(e) => r.line("FAIL", "instances", e),
+        Ok(others) => instances_line(r, &others, &known, source),
+    }
+    if let Some(hint) = super::config_changed::restart_hint(settings, store.as_ref(), now).await {
+        r.line("warn", "config", hint);
+    }
+    Ok(())
+}
+
+/// Each provider's endpoints, and whether its token endpoint takes the client's
+/// credentials.
+async fn provider_lines(
+    r: &mut Report,
+    settings: &Settings,
+    providers: &[Arc<crate::oauth::Provider>],
+) -> Result<(), Fatal> {
+    let http = flows::http_client(settings.provider_timeout).map_err(|e| Fatal(e, 1))?;
+    for p in providers {
+        let what = format!("provider {}", p.name);
+        match p.endpoints(&http).await {
+            Err(e) => r.line("FAIL", &what, e),
+            // Any HTTP answer from the token endpoint (a 400 for an empty request is
+            // expected) shows it is reachable; only no answer at all fails.
+            Ok(e) => {
+                if let Err(err) = http.post(e.token.clone()).send().await {
                     r.line(
-                        line.0,
+                        "FAIL",
                         &what,
-                        format!("token endpoint {}: {}", e.token, line.1),
+                        format!(
+                            "token endpoint {} unreachable: {}",
+                            e.token,
+                            crate::oauth::with_causes(&err)
+                        ),
                     );
+                    continue;
                 }
+                let public_url = settings.public_url_for(settings.listen);
+                let redirect = crate::broker::redirect_uri(&public_url, p);
+                let line = match flows::check_client(&flows::Network(http.clone()), p, e, &redirect)
+                    .await
+                {
+                    flows::ClientCheck::Accepted(d) => ("ok", d),
+                    flows::ClientCheck::Refused(d) => ("FAIL", d),
+                    flows::ClientCheck::Unknown(d) => {
+                        ("warn", format!("credentials could not be verified: {d}"))
+                    }
+                };
+                r.line(
+                    line.0,
+                    &what,
+                    format!("token endpoint {}: {}", e.token, line.1),
+                );
             }
         }
-        Ok::<(), Fatal>(())
-    })?;
-    if r.failed > 0 {
-        return Err(Fatal(format!("{} check(s) failed", r.failed), 1));
     }
     Ok(())
 }

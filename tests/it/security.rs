@@ -932,17 +932,28 @@ async fn a_start_without_the_key_file_of_live_states_data_makes_no_new_key() {
     let out = home.serve_once();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let said = String::from_utf8_lossy(&out.stderr);
+    let refusal = said
+        .lines()
+        .find_map(|l| l.strip_prefix("oauthd: "))
+        .unwrap_or_default()
+        .to_owned();
     assert!(
-        said.contains("live states whose data was sealed with vault key(s)")
-            && said.contains("no new key was made"),
+        refusal.starts_with(
+            "the database holds 1 live state(s) whose data was sealed with vault key(s) "
+        ) && refusal.contains(&format!(
+            "but there is no key file at {}",
+            home.key_file().display()
+        )) && refusal.ends_with("No new key was made"),
         "{said}"
     );
     assert!(!home.key_file().exists(), "a new key file was made");
+    // `check` judges it as the start does, in the same words.
     let checked = home.cli(&["check"]);
     let said = String::from_utf8_lossy(&checked.stdout);
     assert_eq!(checked.status.code(), Some(1), "{checked:?}");
     assert!(
-        said.contains("1 live state(s) with sealed data: oauthd refuses to start"),
+        said.contains(&format!("FAIL  key file: {refusal}"))
+            && said.contains("restore the key file that was used"),
         "{said}"
     );
 }

@@ -1,0 +1,182 @@
+//! The vault key a command loads: where it comes from, what refuses it, and whether it
+//! opens what the store holds.
+
+use super::{runtime, Fatal};
+use crate::config::Settings;
+use crate::store::target::StoreTarget;
+use crate::store::Store;
+use crate::vault::{self, KeySource, VaultHandle};
+use std::sync::Arc;
+
+/// Where the vault key comes from. With a shared store every instance must hold the same
+/// key, so the per-database key file that SQLite creates on first start is not offered.
+pub(super) fn key_source(settings: &Settings) -> Result<KeySource, String> {
+    let source = settings.key_source.clone();
+    match (&settings.store, &source) {
+        (StoreTarget::Redis(_), KeySource::File { create: true, .. }) => Err(
+            "with a Redis store every instance, and every command, must use the same vault key, which is never made for you: set OAUTHD_KEY_FILE (or OAUTHD_KEY) to the key file the instances serving this store use. For a store no instance has served yet, make it with `oauthd keygen > oauthd.key && chmod 600 oauthd.key` and copy it to each instance".to_owned(),
+        ),
+        _ => Ok(source),
+    }
+}
+
+/// Why no `<db>.key` is made for a database oauthd has served: its key is elsewhere
+/// (`OAUTHD_KEY_FILE`, `OAUTHD_KEY`) or lost, and a key made now would seal what is
+/// written next under a key the daemon cannot open (or, for `serve`, leave what was
+/// sealed before unreadable), splitting the data between two keys.
+fn no_key_once_served(path: &std::path::Path) -> String {
+    format!(
+        "no vault key: oauthd has served this database, there is no key file at {path}, and \
+         neither OAUTHD_KEY_FILE nor OAUTHD_KEY is set. Start oauthd (and give every \
+         command) the key it served with (the same OAUTHD_KEY_FILE or OAUTHD_KEY), or put \
+         that key file back; no key was made. To start over with a new key, knowing that \
+         what the old one sealed stays unreadable: (umask 077; oauthd keygen > \"{path}\")",
+        path = path.display()
+    )
+}
+
+/// Loads a vault key configured by `OAUTHD_KEY` or `OAUTHD_KEY_FILE` once, so that a wrong
+/// one stops a start before a SQLite database is made. (The key file beside the database
+/// is looked at with the database, which may hold what it sealed; a Redis store makes
+/// nothing at open, and says first whether this build has it.)
+pub(super) fn check_key_source(settings: &Settings) -> Result<(), Fatal> {
+    if !matches!(settings.store, StoreTarget::Sqlite) {
+        return Ok(());
+    }
+    match key_source(settings).map_err(|e| Fatal(e, 2))? {
+        KeySource::File { create: true, .. } => Ok(()),
+        source => load_vault(source).map(drop),
+    }
+}
+
+/// The vault key from `source`. A key that is not there or does not read as one is a
+/// configuration error (exit 2, which the systemd unit does not restart for), named by
+/// where it was configured. A key file that cannot be read for another reason (a network
+/// filesystem not mounted yet) or that oauthd failed to make may work on a retry (exit 1).
+pub(super) fn load_vault(source: KeySource) -> Result<VaultHandle, Fatal> {
+    use std::io::ErrorKind;
+    if let KeySource::Inline(text) = &source {
+        if text.trim().starts_with(crate::secret::API_KEY_PREFIX) {
+            return Err(Fatal(
+                "OAUTHD_KEY holds an API key (oauthd_...), but it is oauthd's own vault key: \
+                 give apps their API key in a variable of their own (oauthd's examples and \
+                 clients use OAUTHD_API_KEY), and here unset OAUTHD_KEY or set it to the vault \
+                 key (`oauthd keygen` makes one)"
+                    .into(),
+                2,
+            ));
+        }
+    }
+    let file_code = |path: &std::path::Path| match std::fs::File::open(path) {
+        Ok(_) => 2,
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied) => 2,
+        Err(_) => 1,
+    };
+    let (named_by, code) = match &source {
+        KeySource::Inline(_) => ("", 2),
+        KeySource::File {
+            create: false,
+            path,
+        } => (" (OAUTHD_KEY_FILE)", file_code(path)),
+        KeySource::File { path, create: true } => {
+            ("", if path.exists() { file_code(path) } else { 1 })
+        }
+    };
+    VaultHandle::load(source).map_err(|e| match e {
+        crate::vault::VaultError::File { path, message } => Fatal(
+            format!("key file {}{named_by}: {message}", path.display()),
+            code,
+        ),
+        other => Fatal(other.to_string(), code),
+    })
+}
+
+/// Refuses to start when stored tokens were sealed with keys the vault does not have
+/// (a lost or wrong key file): every token call would fail, and new tokens would be
+/// sealed with a key the old ones can never join.
+pub(super) fn check_vault_opens_tokens(
+    vault: &VaultHandle,
+    from: &str,
+    store: &Arc<dyn Store>,
+) -> Result<(), Fatal> {
+    let known = vault.key_ids();
+    let missing = keys_missing_for_tokens(&known, store)?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Fatal(
+        format!(
+            "the database holds tokens sealed with vault key(s) {} but the vault key loaded from {from} has {}: restore the key that was used (OAUTHD_KEY / OAUTHD_KEY_FILE / <db>.key)",
+            missing.join(", "),
+            known.join(", ")
+        ),
+        2,
+    ))
+}
+
+/// The ids of the keys stored tokens were sealed with that are not in `known`, sorted,
+/// each once.
+fn keys_missing_for_tokens(known: &[String], store: &Arc<dyn Store>) -> Result<Vec<String>, Fatal> {
+    let rows = runtime()?.block_on(store.list_connections())?;
+    Ok(missing_key_ids(&rows, known))
+}
+
+/// The ids of the keys `rows`' tokens were sealed with that are not in `known`, sorted,
+/// each once.
+pub(super) fn missing_key_ids(
+    rows: &[crate::store::ConnectionRow],
+    known: &[String],
+) -> Vec<String> {
+    let mut missing: Vec<String> = rows
+        .iter()
+        .filter_map(|r| vault::sealed_key_id(&r.access_token))
+        .filter(|id| !known.contains(id))
+        .collect();
+    missing.sort();
+    missing.dedup();
+    missing
+}
+
+/// Why no key file may be made at `path` (missing beside a SQLite database) for what the
+/// store holds, or `None` when nothing speaks against it (a first start). The start
+/// refuses with it, and `check` fails with the same words: a key made over tokens or
+/// live states' data sealed before could never open them, and one made for a database
+/// served before would sit where its real key must be put back.
+pub(super) async fn refusal_without_key_file(
+    store: &dyn Store,
+    path: &std::path::Path,
+    now_ms: i64,
+) -> Result<Option<String>, crate::store::StoreError> {
+    let mut tokens = std::collections::BTreeMap::<String, usize>::new();
+    for row in store.list_connections().await? {
+        if let Some(id) = vault::sealed_key_id(&row.access_token) {
+            *tokens.entry(id).or_default() += 1;
+        }
+    }
+    let states = crate::states::data_keys(store, now_ms).await?;
+    let held = |what: &str, keys: &std::collections::BTreeMap<String, usize>| {
+        (!keys.is_empty()).then(|| {
+            let ids: Vec<&str> = keys.keys().map(String::as_str).collect();
+            format!(
+                "{} {what} with vault key(s) {}",
+                keys.values().sum::<usize>(),
+                ids.join(", ")
+            )
+        })
+    };
+    let held: Vec<String> = [
+        held("connection(s) whose tokens were sealed", &tokens),
+        held("live state(s) whose data was sealed", &states),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !held.is_empty() {
+        return Ok(Some(format!(
+            "the database holds {} but there is no key file at {}: restore the key file that was used (or set OAUTHD_KEY_FILE / OAUTHD_KEY to it): oauthd does not start without it. No new key was made",
+            held.join(" and "),
+            path.display()
+        )));
+    }
+    Ok(store.was_served().await?.then(|| no_key_once_served(path)))
+}

@@ -1,0 +1,106 @@
+//! Opening the store a command names: SQLite (made, upgraded or refused by command) or
+//! Redis, with errors that say where the path came from.
+
+use super::Fatal;
+use crate::config::Settings;
+use crate::store::sqlite::SqliteStore;
+use crate::store::target::StoreTarget;
+use crate::store::Store;
+use std::sync::Arc;
+
+/// Whether a command may create a missing SQLite database, and upgrade an older one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Missing {
+    /// `serve`: creates a missing database and upgrades an older schema.
+    Serve,
+    /// `keys create --create`: creates a missing database; an older one is refused, as by
+    /// every command but `serve` (none upgrades it under the oauthd still serving it).
+    Create,
+    Refuse,
+}
+
+/// The store `settings` name; a database that cannot be used is said with where its path
+/// came from when that is the default beside a config file that names none.
+pub(super) fn open_store(settings: &Settings, missing: Missing) -> Result<Arc<dyn Store>, Fatal> {
+    open_named_store(settings, missing).map_err(|Fatal(message, code)| {
+        match settings.db_default_note() {
+            Some(note) => Fatal(format!("{message}\n  ({note})"), code),
+            None => Fatal(message, code),
+        }
+    })
+}
+
+fn open_named_store(settings: &Settings, missing: Missing) -> Result<Arc<dyn Store>, Fatal> {
+    match &settings.store {
+        StoreTarget::Sqlite => {
+            // A path that cannot be looked at now (no permission) is not "no database"; one
+            // through a file is (`check_parent` names it).
+            let exists = match settings.db.try_exists() {
+                Ok(exists) => exists,
+                Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => false,
+                Err(e) => return Err(Fatal(format!("database {}: {e}", settings.db.display()), 1)),
+            };
+            if missing == Missing::Refuse && !exists {
+                let shown = std::path::absolute(&settings.db).unwrap_or(settings.db.clone());
+                return Err(Fatal(
+                    format!(
+                        "no database at {}: `oauthd serve` makes one on its first start (`keys create --create` too). Check --db (or OAUTHD_DB, or `db` in the config file, which is relative to that file)",
+                        shown.display()
+                    ),
+                    2,
+                ));
+            }
+            // An empty file is no more oauthd's database than a missing one: only `serve`
+            // and `keys create --create` make its schema.
+            if missing == Missing::Refuse {
+                if let Ok((0, _)) = crate::store::sqlite::schema_versions(&settings.db) {
+                    return Err(Fatal(empty_database(&settings.db), 2));
+                }
+            }
+            // A path that cannot work is a configuration error (exit 2: the systemd unit
+            // does not restart for it); a file that cannot be opened now may be later.
+            // Only `serve` upgrades a schema.
+            let upgrade = match missing {
+                Missing::Serve => crate::store::sqlite::Upgrade::Allowed,
+                Missing::Create | Missing::Refuse => crate::store::sqlite::Upgrade::Refused,
+            };
+            let store = SqliteStore::open_with(&settings.db, settings.durability, upgrade)
+                .map_err(|e| Fatal(e.to_string(), if e.is_configuration() { 2 } else { 1 }))?;
+            Ok(Arc::new(store))
+        }
+        StoreTarget::Redis(target) => open_redis(settings, target),
+    }
+}
+
+/// What commands say of an existing database file without oauthd's tables.
+pub(super) fn empty_database(path: &std::path::Path) -> String {
+    let shown = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    format!(
+        "database {} is empty (no tables): `oauthd serve` makes its schema on its first start (`keys create --create` too). If oauthd served it before, its data is not here: a copy of a running oauthd's database made without its -wal file, or a backup cut short, is empty like this (`oauthd backup` makes a copy that is whole)",
+        shown.display()
+    )
+}
+
+#[cfg(feature = "redis")]
+fn open_redis(
+    settings: &Settings,
+    target: &crate::store::target::RedisTarget,
+) -> Result<Arc<dyn Store>, Fatal> {
+    let store = crate::store::redis::RedisStore::open(target, settings.sweep.grace)
+        .map_err(|e| Fatal(e.message, if e.configuration { 2 } else { 1 }))?;
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "redis"))]
+fn open_redis(
+    _settings: &Settings,
+    target: &crate::store::target::RedisTarget,
+) -> Result<Arc<dyn Store>, Fatal> {
+    Err(Fatal(
+        format!(
+            "store {}: this oauthd was built without Redis support; rebuild it with the cargo feature `redis` (cargo build --release --features redis)",
+            target.display()
+        ),
+        2,
+    ))
+}
