@@ -5,7 +5,7 @@
 use super::Broker;
 use crate::notify::{Event, EventType};
 use crate::store::{
-    ConnectionKey, ConnectionRow, ConnectionStatus, DeviceFlowRow, DeviceFlowStatus,
+    ConnectionKey, ConnectionRow, ConnectionStatus, DeviceFlowRow, DeviceFlowStatus, Told,
 };
 use serde_json::{json, Value};
 
@@ -27,13 +27,15 @@ impl Broker {
     }
 
     /// A (re)connect: `connection.connected`, and `connection.recovered` when the user was
-    /// told the connection needed them (`before` is the row it replaces).
+    /// told the connection needed them (`before` is the row it replaces). An import is no
+    /// proof that the connection works: its `recovered` waits for a refresh that succeeds.
     pub(super) fn connected_events(
         &self,
         key: &ConnectionKey,
         before: Option<&ConnectionRow>,
         via: Via,
     ) -> Vec<Event> {
+        let proves_it_works = !matches!(via, Via::Import);
         let via = match via {
             Via::Connect => "connect",
             Via::Device => "device",
@@ -44,15 +46,18 @@ impl Broker {
             key,
             json!({"via": via, "reconnected": before.is_some()}),
         )];
-        events.extend(before.and_then(|row| self.recovered(row)));
+        if proves_it_works {
+            events.extend(before.and_then(|row| self.recovered(row)));
+        }
         events
     }
 
     /// `connection.recovered` for a row that had been reported broken or failing.
     fn recovered(&self, row: &ConnectionRow) -> Option<Event> {
-        let after = if row.status == ConnectionStatus::NeedsReauth {
+        let after = if row.status == ConnectionStatus::NeedsReauth || row.told == Told::NeedsReauth
+        {
             "needs_reauth"
-        } else if row.failing_notified {
+        } else if row.told == Told::Failing {
             "refresh_failing"
         } else {
             return None;
@@ -103,7 +108,7 @@ impl Broker {
         let since = row.failing_since_ms.unwrap_or(now_ms);
         let after =
             i64::try_from(self.notifier.policy().failing_after.as_millis()).unwrap_or(i64::MAX);
-        if row.failing_notified || now_ms.saturating_sub(since) < after {
+        if row.told != Told::Nothing || now_ms.saturating_sub(since) < after {
             return None;
         }
         Some(self.connection_event(

@@ -6,7 +6,7 @@ use super::{token_aad, Broker, BrokerError};
 use crate::notify::Event;
 use crate::oauth::flows::TokenSet;
 use crate::oauth::{id_token, Provider};
-use crate::store::{AccountIdentity, ConnectionKey, ConnectionSave, SealedTokens};
+use crate::store::{AccountIdentity, ConnectionKey, ConnectionSave, SealedTokens, Told};
 use std::time::Duration;
 
 /// The longest `expires_in` taken from a provider as it is (ten years; imports clamp to it too).
@@ -54,13 +54,7 @@ impl Broker {
         // began before it cannot put the old token back.
         let _saved = self.token_cache.forget_after(&save.key);
         self.store
-            .save_connection(
-                &save.key,
-                save.tokens,
-                save.identity,
-                self.clock.now_ms(),
-                self.notifier.deliveries(&events),
-            )
+            .save_connection(save, self.clock.now_ms(), self.notifier.deliveries(&events))
             .await?;
         self.notifier.written(&events);
         Ok(())
@@ -88,6 +82,7 @@ impl Broker {
             key,
             tokens,
             identity,
+            told: Told::Nothing,
         };
         Ok((save, events))
     }

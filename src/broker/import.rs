@@ -5,7 +5,7 @@
 
 use super::{Broker, BrokerError};
 use crate::oauth::flows::TokenSet;
-use crate::store::{AccountIdentity, ConnectionKey};
+use crate::store::{AccountIdentity, ConnectionKey, ConnectionSave, ConnectionStatus, Told};
 use chrono::DateTime;
 use serde_json::{Map, Value};
 use std::time::Duration;
@@ -196,14 +196,25 @@ impl Broker {
         // Dropped after the write (even when this call is cancelled meanwhile): reads that
         // began before it cannot put the old token back.
         let saving = self.token_cache.forget_after(&key);
+        // Tokens an app hands in prove nothing: what the operator was told of the
+        // connection's trouble stands until a refresh succeeds (then `recovered`), and is
+        // not told again meanwhile.
+        let told = before.as_ref().map_or(Told::Nothing, |b| {
+            let reauth = if b.status == ConnectionStatus::NeedsReauth {
+                Told::NeedsReauth
+            } else {
+                Told::Nothing
+            };
+            b.told.max(reauth)
+        });
+        let save = ConnectionSave {
+            key,
+            tokens: sealed,
+            identity: AccountIdentity::default(),
+            told,
+        };
         self.store
-            .save_connection(
-                &key,
-                sealed,
-                AccountIdentity::default(),
-                now,
-                self.notifier.deliveries(&events),
-            )
+            .save_connection(save, now, self.notifier.deliveries(&events))
             .await?;
         self.notifier.written(&events);
         drop(saving);

@@ -18,7 +18,7 @@ use crate::oauth::provider::check_name;
 use crate::oauth::Provider;
 use crate::read_cache::ReadTicket;
 use crate::store::{
-    ConnectionKey, ConnectionRow, ConnectionStatus, RefreshFailure, SealedTokens, StoreError,
+    ConnectionKey, ConnectionRow, ConnectionStatus, RefreshFailure, SealedTokens, StoreError, Told,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -1012,12 +1012,25 @@ impl Broker {
             }
         };
         let events: Vec<_> = match &failure {
+            // Tokens imported over a connection the user was told needs them: told once.
+            Failure::Reauth(_) if row.told == Told::NeedsReauth => {
+                log::info!(
+                    "connection {}/{} still needs the user: connection.needs_reauth was sent before and nothing has worked since (tokens imported over it), so it is not sent again",
+                    row.provider,
+                    row.account
+                );
+                None
+            }
             Failure::Reauth(reason) => Some(self.needs_reauth_event(row, reason)),
             Failure::Transient(e) => self.failing_event(row, e, now, retry_at_ms),
         }
         .into_iter()
         .collect();
-        let notified = matches!(failure, Failure::Transient(_)) && !events.is_empty();
+        let told = match &failure {
+            Failure::Reauth(_) => Told::NeedsReauth,
+            Failure::Transient(_) if !events.is_empty() => row.told.max(Told::Failing),
+            Failure::Transient(_) => row.told,
+        };
         let recorded = self
             .store
             .save_refresh_failure(
@@ -1028,7 +1041,7 @@ impl Broker {
                     error,
                     retry_at_ms,
                     now_ms: now,
-                    notified,
+                    told,
                 },
                 self.notifier.deliveries(&events),
             )
@@ -1083,7 +1096,7 @@ mod tests {
             identity: AccountIdentity::default(),
             connected_at_ms: None,
             failing_since_ms: None,
-            failing_notified: false,
+            told: Told::Nothing,
         }
     }
 

@@ -73,6 +73,16 @@ pub struct Event {
 }
 
 impl Event {
+    /// The event this one ends (`connection.recovered`'s `after`): a target that was not
+    /// told of the trouble is not told it is over.
+    pub fn ends(&self) -> Option<EventType> {
+        if self.kind != EventType::ConnectionRecovered {
+            return None;
+        }
+        let after = self.data.get("after")?.as_str()?;
+        EventType::parse(&format!("connection.{after}"))
+    }
+
     /// The JSON body of a webhook delivery.
     pub fn body(&self) -> String {
         json!({

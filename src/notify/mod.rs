@@ -292,7 +292,7 @@ impl Notifier {
             .flat_map(|e| {
                 self.targets
                     .iter()
-                    .filter(|t| t.wants(e.kind))
+                    .filter(|t| t.wants(e.kind) && e.ends().is_none_or(|told| t.wants(told)))
                     .map(|t| self.delivery(e, t))
             })
             .collect()
@@ -446,6 +446,39 @@ mod tests {
         let named = target(Some(vec!["connection.refreshed"])).expect("targets");
         assert!(named[0].wants(EventType::ConnectionRefreshed));
         assert!(!named[0].wants(EventType::ConnectionConnected));
+    }
+
+    /// A recovery goes to the targets that were told of the trouble it ends: a phone that
+    /// takes only `needs_reauth` and `recovered` hears nothing of a failing run's end.
+    #[test]
+    fn a_recovery_goes_only_to_targets_told_of_what_it_ends() {
+        let config = |name: &str, events: Option<Vec<&str>>| NotifyConfig {
+            name: Some(name.into()),
+            url: format!("https://hooks.example.net/{name}"),
+            secret_file: None,
+            format: Format::Json,
+            events: events.map(|v| v.into_iter().map(str::to_owned).collect()),
+        };
+        let targets = build_targets(&[
+            config("all", None),
+            config(
+                "phone",
+                Some(vec!["connection.needs_reauth", "connection.recovered"]),
+            ),
+        ])
+        .expect("targets");
+        let n = Notifier::new(targets, EventsPolicy::default(), Clock::system());
+        let to = |after: &str| -> Vec<String> {
+            let e = n.event(
+                EventType::ConnectionRecovered,
+                serde_json::json!({"provider": "p", "account": "a", "after": after}),
+            );
+            n.deliveries(&[e]).into_iter().map(|d| d.target).collect()
+        };
+        assert_eq!(to("needs_reauth"), ["all", "phone"]);
+        assert_eq!(to("refresh_failing"), ["all"]);
+        let other = n.event(EventType::ConnectionNeedsReauth, serde_json::json!({}));
+        assert_eq!(n.deliveries(&[other]).len(), 2);
     }
 
     #[test]

@@ -566,8 +566,38 @@ pub struct ConnectionRow {
     pub connected_at_ms: Option<i64>,
     /// Since when refreshes have failed without a success in between.
     pub failing_since_ms: Option<i64>,
-    /// Whether `connection.refresh_failing` was sent for this run of failures.
-    pub failing_notified: bool,
+    /// What the operator was told of this connection's trouble that nothing has proven
+    /// over since.
+    pub told: Told,
+}
+
+/// What the operator was told of a connection's trouble that nothing has proven over since
+/// (a refresh that succeeded, or a connect in a browser or by the device flow): each is
+/// told once, and `connection.recovered` says when it is over. Imported tokens prove
+/// nothing and carry it on. Stored as its number (0, 1, 2; older oauthds wrote 0 and 1 as
+/// whether `refresh_failing` was sent).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Told {
+    #[default]
+    Nothing,
+    /// `connection.refresh_failing` was sent for this run of failures.
+    Failing,
+    /// `connection.needs_reauth` was sent.
+    NeedsReauth,
+}
+
+impl Told {
+    pub fn from_stored(n: i64) -> Told {
+        match n {
+            ..=0 => Told::Nothing,
+            1 => Told::Failing,
+            _ => Told::NeedsReauth,
+        }
+    }
+
+    pub fn stored(self) -> i64 {
+        self as i64
+    }
 }
 
 impl ConnectionRow {
@@ -741,9 +771,10 @@ pub struct RefreshFailure<'a> {
     /// No automatic attempt before this (backoff); `None` for no retry at all.
     pub retry_at_ms: Option<i64>,
     pub now_ms: i64,
-    /// Marks this run of failures as told (`connection.refresh_failing` is among the
-    /// events written with it).
-    pub notified: bool,
+    /// What the operator has been told once this failure's events are written, stored as
+    /// it is: the caller holds the lease over the row it read, and adds to what that row
+    /// had been told.
+    pub told: Told,
 }
 
 /// Sealed tokens to store after a code exchange or a refresh.
@@ -795,9 +826,7 @@ pub trait ConnectionStore: Send + Sync {
     /// transaction, and only when the change itself is made.
     async fn save_connection(
         &self,
-        key: &ConnectionKey,
-        tokens: SealedTokens,
-        identity: AccountIdentity,
+        save: ConnectionSave,
         now_ms: i64,
         events: Vec<NewDelivery>,
     ) -> Result<(), StoreError>;
@@ -986,6 +1015,8 @@ pub struct ConnectionSave {
     pub key: ConnectionKey,
     pub tokens: SealedTokens,
     pub identity: AccountIdentity,
+    /// `Told::Nothing` for a connect; what the replaced row had been told, for an import.
+    pub told: Told,
 }
 
 /// A device poll claimed by one process: the flow as claimed, and the claim that fences

@@ -750,6 +750,104 @@ async fn a_failing_refresh_is_told_once_and_its_recovery_too() {
     assert_verified(&hooks.received().await, &["at-1", "at-2", "rt-1"]);
 }
 
+/// An app importing tokens over a connection whose grant the provider refuses, again and
+/// again, tells the operator once that it needs them, and never that it works again
+/// (imported tokens prove nothing); the first refresh that succeeds says it is over.
+#[tokio::test(flavor = "multi_thread")]
+async fn imports_over_a_refused_grant_tell_needs_reauth_once_and_recover_only_on_a_refresh() {
+    use wiremock::matchers::{body_string_contains, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("grant_type=refresh_token"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({
+            "error": "invalid_grant", "error_description": "refresh token revoked"})))
+        .mount(&mock)
+        .await;
+    let home = Home::new();
+    let secret = new_secret();
+    let hooks = Receiver::start(Some(&secret));
+    let phone = Receiver::start(None);
+    let toml = format!(
+        "{}[[notify]]\nname = \"phone\"\nurl = \"{}\"\nformat = \"text\"\nevents = [\"connection.needs_reauth\", \"connection.recovered\"]\n{EVENTS_TOML}\
+         [providers.mock]\nauthorization_url = \"{uri}/authorize\"\ntoken_url = \"{uri}/token\"\n\
+         client_id = \"cid\"\nclient_secret = \"c-secret\"\n",
+        target_toml(&home, "app", &hooks, &secret, ""),
+        phone.url("/homelab"),
+        uri = mock.uri()
+    );
+    home.write_config(&toml);
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let expired = |i: usize| {
+        json!({"access_token": format!("at-made-up-{i}"), "refresh_token": format!("rt-made-up-{i}"),
+               "expires_at": "2000-01-01T00:00:00Z"})
+    };
+    for i in 0..4 {
+        let (status, body) = d.put("/v1/connections/mock/alice", &key, expired(i)).await;
+        assert!(status == 200 || status == 201, "{status} {body}");
+        let (status, problem) = d.get("/v1/connections/mock/alice/token", &key).await;
+        assert_eq!((status, &problem["code"]), (409, &json!("needs_reauth")));
+        if i == 0 {
+            assert_eq!(
+                hooks
+                    .wait_for("connection.needs_reauth", 1, WAIT)
+                    .await
+                    .len(),
+                1
+            );
+        }
+    }
+    // Everything the loop wrote is delivered by now: the imports' four `connected`.
+    assert_eq!(
+        hooks.wait_for("connection.connected", 4, WAIT).await.len(),
+        4
+    );
+    assert_eq!(hooks.of_type("connection.needs_reauth").await.len(), 1);
+    assert!(hooks.of_type("connection.recovered").await.is_empty());
+    assert!(
+        home.log_text()
+            .contains("connection.needs_reauth was sent before and nothing has worked since"),
+        "{}",
+        home.log_text()
+    );
+
+    // Tokens that work: the refresh succeeds, and that is the recovery.
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("grant_type=refresh_token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "access_token": "at-real", "token_type": "Bearer", "expires_in": 3600})))
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    assert!(
+        d.put("/v1/connections/mock/alice", &key, expired(9))
+            .await
+            .0
+            < 300
+    );
+    let (status, token) = d.get("/v1/connections/mock/alice/token", &key).await;
+    assert_eq!((status, &token["access_token"]), (200, &json!("at-real")));
+    let recovered = hooks.wait_for("connection.recovered", 1, WAIT).await;
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(recovered[0]["json"]["data"]["after"], "needs_reauth");
+    // The phone: the one urgent message, and the one that ends it.
+    assert_eq!(phone.wait_for_all(2, WAIT).await.len(), 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        phone.received().await.len(),
+        2,
+        "{:?}",
+        phone.received().await
+    );
+    assert_verified(
+        &hooks.received().await,
+        &["at-made-up", "rt-made-up", "at-real"],
+    );
+}
+
 /// Two instances on one Redis: each event is delivered by one of them, once.
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread")]

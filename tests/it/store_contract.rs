@@ -6,7 +6,7 @@ use oauthd::store::{
     AccountIdentity, Attempted, ClaimRoom, ConnectionKey, ConnectionSave, ConnectionStatus,
     DeliveryFilter, DeliveryOutcome, DeliveryStatus, DeviceFlowRow, DeviceFlowStatus,
     DevicePollOutcome, InsertRules, Inserted, NamespaceFilter, NewDelivery, RefreshFailure,
-    Retried, Revoked, SealedTokens, StateRow, StateSecret, Taken,
+    Retried, Revoked, SealedTokens, StateRow, StateSecret, Taken, Told,
 };
 use std::sync::Arc;
 
@@ -57,13 +57,22 @@ pub fn redis() -> Backend {
     }
 }
 
+/// A connect's save of `t` for `key`.
+fn saved(key: &ConnectionKey, t: SealedTokens) -> ConnectionSave {
+    ConnectionSave {
+        key: key.clone(),
+        tokens: t,
+        identity: AccountIdentity::default(),
+        told: Told::Nothing,
+    }
+}
+
 /// Connection p/a, stored at t=1000 with tokens a1/r1.
 async fn connected(b: &Backend) -> ConnectionKey {
     let key = ConnectionKey::new("p", "a");
-    let identity = AccountIdentity::default();
     let stored = b
         .store
-        .save_connection(&key, tokens(b"a1", b"r1"), identity, 1_000, Vec::new());
+        .save_connection(saved(&key, tokens(b"a1", b"r1")), 1_000, Vec::new());
     stored.await.unwrap();
     key
 }
@@ -128,7 +137,7 @@ async fn a_row_read_during_someone_elses_lease_is_stale_once_they_let_go(b: Back
         error: "down",
         retry_at_ms: None,
         now_ms: 6_000,
-        notified: false,
+        told: Told::Nothing,
     };
     assert!(s
         .save_refresh_failure(&key, g, failure, Vec::new())
@@ -149,15 +158,9 @@ async fn a_lease_on_a_deleted_connection_does_not_fence_its_successor(b: Backend
         .delete_connection(&key, leased.generation, &leased.access_token, Vec::new())
         .await
         .unwrap());
-    s.save_connection(
-        &key,
-        tokens(b"new-a", b"new-r"),
-        AccountIdentity::default(),
-        5_000,
-        Vec::new(),
-    )
-    .await
-    .unwrap();
+    s.save_connection(saved(&key, tokens(b"new-a", b"new-r")), 5_000, Vec::new())
+        .await
+        .unwrap();
     let new = s.get_connection(&key).await.unwrap().unwrap();
     let current = lease(s, &key, new.generation, 6_000).await.unwrap();
     assert_ne!(stale, current, "the new row's lease repeats the old one's");
@@ -170,7 +173,7 @@ async fn a_lease_on_a_deleted_connection_does_not_fence_its_successor(b: Backend
         error: "invalid_grant",
         retry_at_ms: None,
         now_ms: 7_000,
-        notified: false,
+        told: Told::Nothing,
     };
     assert!(!s
         .save_refresh_failure(&key, stale, failure, Vec::new())
@@ -273,7 +276,7 @@ async fn refresh_failed(
         error: "failed",
         retry_at_ms: Some(now + 60_000),
         now_ms: now,
-        notified: true,
+        told: Told::Failing,
     };
     assert!(s
         .save_refresh_failure(key, generation, failure, Vec::new())
@@ -329,7 +332,7 @@ async fn events_are_stored_with_their_change_and_only_with_it(b: Backend) {
         error: "down",
         retry_at_ms: Some(9_000),
         now_ms: 4_000,
-        notified: true,
+        told: Told::Failing,
     };
     assert!(s
         .save_refresh_failure(&key, g, failure, vec![delivery("d2", "t", 4_000)])
@@ -337,7 +340,7 @@ async fn events_are_stored_with_their_change_and_only_with_it(b: Backend) {
         .unwrap());
     let failing = s.get_connection(&key).await.unwrap().unwrap();
     assert_eq!(failing.failing_since_ms, Some(4_000));
-    assert!(failing.failing_notified);
+    assert_eq!(failing.told, Told::Failing);
     assert_eq!(ids(s, DeliveryFilter::All).await, vec!["d2"]);
     // Deleting a connection that is not there tells nothing.
     let gone = ConnectionKey::new("p", "nobody");
@@ -1113,15 +1116,9 @@ async fn connections_are_counted_by_provider_status_and_failing(b: Backend) {
     let s = b.store.as_ref();
     for (provider, account) in [("p", "a"), ("p", "b"), ("p", "c"), ("p", "d"), ("q", "a")] {
         let key = ConnectionKey::new(provider, account);
-        s.save_connection(
-            &key,
-            tokens(b"a1", b"r1"),
-            AccountIdentity::default(),
-            1_000,
-            Vec::new(),
-        )
-        .await
-        .unwrap();
+        s.save_connection(saved(&key, tokens(b"a1", b"r1")), 1_000, Vec::new())
+            .await
+            .unwrap();
     }
     for (account, status) in [
         ("b", ConnectionStatus::Active),
@@ -1172,7 +1169,57 @@ async fn a_key_is_active_by_its_id_until_revoked(b: Backend) {
     assert!(!active(new.id, Some("another")).await);
 }
 
+/// What the operator was told of a connection's trouble is kept as written: by a save
+/// that carries it (an import) and by a failure, and dropped by a refresh.
+async fn what_was_told_of_a_connection_is_kept_until_a_refresh_succeeds(b: Backend) {
+    let s = b.store.as_ref();
+    let key = ConnectionKey::new("p", "a");
+    let told = || async { s.get_connection(&key).await.unwrap().unwrap() };
+    let mut save = saved(&key, tokens(b"a1", b"r1"));
+    save.told = Told::NeedsReauth;
+    s.save_connection(save, 1_000, Vec::new()).await.unwrap();
+    let row = told().await;
+    assert_eq!(row.told, Told::NeedsReauth);
+    for (at, status, told_now) in [
+        (2_000, ConnectionStatus::Active, Told::Failing),
+        (2_500, ConnectionStatus::NeedsReauth, Told::NeedsReauth),
+    ] {
+        let row = told().await;
+        let g = lease(s, &key, row.generation, at).await.unwrap();
+        let failure = RefreshFailure {
+            status,
+            error: "refused",
+            retry_at_ms: None,
+            now_ms: at,
+            told: told_now,
+        };
+        assert!(s
+            .save_refresh_failure(&key, g, failure, Vec::new())
+            .await
+            .unwrap());
+        assert_eq!(told().await.told, told_now);
+    }
+    let g = lease(s, &key, told().await.generation, 3_000)
+        .await
+        .unwrap();
+    assert!(s
+        .save_refreshed(&key, g, tokens(b"a2", b"r2"), 3_000, Vec::new())
+        .await
+        .unwrap());
+    assert_eq!(told().await.told, Told::Nothing);
+    let mut save = saved(&key, tokens(b"a3", b"r3"));
+    save.told = Told::Failing;
+    s.save_connection(save, 4_000, Vec::new()).await.unwrap();
+    assert_eq!(told().await.told, Told::Failing);
+    // A connect's save says nothing was told.
+    s.save_connection(saved(&key, tokens(b"a4", b"r4")), 5_000, Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(told().await.told, Told::Nothing);
+}
+
 backends!(
+    what_was_told_of_a_connection_is_kept_until_a_refresh_succeeds,
     a_key_is_active_by_its_id_until_revoked,
     connections_are_counted_by_provider_status_and_failing,
     live_states_data_prefixes_are_counted,
@@ -1434,11 +1481,10 @@ fn pending_again() -> DevicePollOutcome {
 }
 
 fn connected_as(account: &str, access: &[u8]) -> DevicePollOutcome {
-    DevicePollOutcome::Connected(Box::new(ConnectionSave {
-        key: ConnectionKey::new("p", account),
-        tokens: tokens(access, b"r"),
-        identity: AccountIdentity::default(),
-    }))
+    DevicePollOutcome::Connected(Box::new(saved(
+        &ConnectionKey::new("p", account),
+        tokens(access, b"r"),
+    )))
 }
 
 /// A poll that ran past its claim's lease must not free the flow under the process that
@@ -1542,7 +1588,7 @@ async fn a_connected_poll_stores_the_connection_and_ends_the_flow_in_one_write(b
     assert_eq!(conn.last_error, None);
     assert_eq!(conn.retry_at_ms, None);
     assert_eq!(conn.failing_since_ms, None);
-    assert!(!conn.failing_notified);
+    assert_eq!(conn.told, Told::Nothing);
     assert_eq!(conn.connected_at_ms, Some(t1));
     let mut got = ids(s, DeliveryFilter::All).await;
     got.sort();

@@ -7,7 +7,7 @@ use super::outbox::ENQUEUE_LUA;
 use super::{int, need_int, need_text, text, Changes, Fields, RedisStore, APPLY_LUA};
 use crate::store::{
     AccountIdentity, ConnectionCount, ConnectionKey, ConnectionRow, ConnectionSave,
-    ConnectionStatus, ConnectionStore, NewDelivery, RefreshFailure, SealedTokens, StoreError,
+    ConnectionStatus, ConnectionStore, NewDelivery, RefreshFailure, SealedTokens, StoreError, Told,
 };
 use async_trait::async_trait;
 use redis::Script;
@@ -183,7 +183,7 @@ fn row(f: &Fields) -> Result<ConnectionRow, StoreError> {
         },
         connected_at_ms: int(f, "connected_at"),
         failing_since_ms: int(f, "failing_since"),
-        failing_notified: int(f, "failing_notified") == Some(1),
+        told: Told::from_stored(int(f, "failing_notified").unwrap_or(0)),
     })
 }
 
@@ -197,7 +197,7 @@ pub(super) struct SaveKeys {
     pub member: String,
 }
 
-fn token_changes(t: SealedTokens, now_ms: i64, keep_missing: bool) -> Changes {
+fn token_changes(t: SealedTokens, now_ms: i64, keep_missing: bool, told: Told) -> Changes {
     let mut ch = Changes::default();
     ch.put("status", ConnectionStatus::Active.as_str())
         .put("token_type", t.token_type)
@@ -209,7 +209,10 @@ fn token_changes(t: SealedTokens, now_ms: i64, keep_missing: bool) -> Changes {
         .opt("last_error", None::<Vec<u8>>)
         .opt_num("retry_at", None)
         .opt_num("failing_since", None)
-        .opt_num("failing_notified", None);
+        .opt_num(
+            "failing_notified",
+            (told != Told::Nothing).then(|| told.stored()),
+        );
     match (t.scopes, keep_missing) {
         (Some(s), _) => ch.put("scopes", s),
         (None, false) => ch.opt("scopes", None::<Vec<u8>>),
@@ -250,7 +253,7 @@ impl RedisStore {
     pub(super) fn connection_save(&self, save: ConnectionSave, now_ms: i64) -> (SaveKeys, Changes) {
         let (provider, account) = (save.key.provider.as_str(), save.key.account.as_str());
         let (conn, lease, member) = self.conn_keys(provider, account);
-        let mut changes = token_changes(save.tokens, now_ms, false);
+        let mut changes = token_changes(save.tokens, now_ms, false, save.told);
         changes
             .put("provider", provider)
             .put("account", account)
@@ -337,17 +340,10 @@ impl ConnectionStore for RedisStore {
 
     async fn save_connection(
         &self,
-        key: &ConnectionKey,
-        t: SealedTokens,
-        identity: AccountIdentity,
+        save: ConnectionSave,
         now_ms: i64,
         events: Vec<NewDelivery>,
     ) -> Result<(), StoreError> {
-        let save = ConnectionSave {
-            key: key.clone(),
-            tokens: t,
-            identity,
-        };
         let (keys, changes) = self.connection_save(save, now_ms);
         let mut inv = SAVE.prepare_invoke();
         inv.key(keys.conn).key(keys.lease).key(keys.index);
@@ -443,7 +439,7 @@ impl ConnectionStore for RedisStore {
         events: Vec<NewDelivery>,
     ) -> Result<bool, StoreError> {
         let (provider, account) = (key.provider.as_str(), key.account.as_str());
-        let changes = token_changes(t, now_ms, true);
+        let changes = token_changes(t, now_ms, true, Told::Nothing);
         self.fenced(
             "saving refreshed tokens",
             (provider, account),
@@ -468,8 +464,8 @@ impl ConnectionStore for RedisStore {
             .put("last_error", f.error)
             .opt_num("retry_at", f.retry_at_ms)
             .num("updated", f.now_ms);
-        if f.notified {
-            changes.num("failing_notified", 1);
+        if f.told != Told::Nothing {
+            changes.num("failing_notified", f.told.stored());
         }
         self.fenced(
             "recording a failed refresh",

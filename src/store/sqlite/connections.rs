@@ -4,7 +4,7 @@ use super::outbox::enqueue;
 use super::SqliteStore;
 use crate::store::{
     AccountIdentity, ConnectionCount, ConnectionKey, ConnectionRow, ConnectionSave,
-    ConnectionStore, NewDelivery, RefreshFailure, SealedTokens, StoreError,
+    ConnectionStore, NewDelivery, RefreshFailure, SealedTokens, StoreError, Told,
 };
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};
@@ -39,7 +39,7 @@ fn row(r: &Row<'_>) -> rusqlite::Result<ConnectionRow> {
         },
         connected_at_ms: r.get(19)?,
         failing_since_ms: r.get(20)?,
-        failing_notified: r.get(21)?,
+        told: Told::from_stored(r.get(21)?),
     })
 }
 
@@ -55,15 +55,15 @@ pub(super) fn upsert(
         "INSERT INTO connections (provider, account, status, scopes, token_type,
             access_token, refresh_token, access_expires_at, created_at, updated_at,
             last_refresh_at, account_sub, account_email, account_name, connected_at,
-            generation)
-         VALUES (?1, ?2, 'active', ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8, ?9, ?10, ?11, ?8, ?12)
+            generation, failing_notified)
+         VALUES (?1, ?2, 'active', ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8, ?9, ?10, ?11, ?8, ?12, ?13)
          ON CONFLICT (provider, account) DO UPDATE SET
             status = 'active', scopes = ?3, token_type = ?4, access_token = ?5,
             refresh_token = ?6, access_expires_at = ?7, updated_at = ?8,
             last_refresh_at = ?8, last_error = NULL, failures = 0, retry_at = NULL,
             lease_until = NULL, generation = generation + 1, account_sub = ?9,
             account_email = ?10, account_name = ?11, connected_at = ?8,
-            failing_since = NULL, failing_notified = 0",
+            failing_since = NULL, failing_notified = ?13",
     )?
     .execute(params![
         save.key.provider,
@@ -77,7 +77,8 @@ pub(super) fn upsert(
         identity.sub,
         identity.email,
         identity.name,
-        crate::store::first_generation(now_ms)
+        crate::store::first_generation(now_ms),
+        save.told.stored()
     ])?;
     Ok(())
 }
@@ -136,17 +137,10 @@ impl ConnectionStore for SqliteStore {
 
     async fn save_connection(
         &self,
-        key: &ConnectionKey,
-        tokens: SealedTokens,
-        identity: AccountIdentity,
+        save: ConnectionSave,
         now_ms: i64,
         events: Vec<NewDelivery>,
     ) -> Result<(), StoreError> {
-        let save = ConnectionSave {
-            key: key.clone(),
-            tokens,
-            identity,
-        };
         self.writer
             .run_atomic("saving a connection", move |conn| {
                 upsert(conn, &save, now_ms)?;
@@ -273,8 +267,8 @@ impl ConnectionStore for SqliteStore {
     ) -> Result<bool, StoreError> {
         let (provider, account) = (key.provider.as_str(), key.account.as_str());
         let (p, a, e) = (provider.to_owned(), account.to_owned(), f.error.to_owned());
-        let (status, retry_at_ms, now_ms, notified) =
-            (f.status, f.retry_at_ms, f.now_ms, f.notified);
+        let (status, retry_at_ms, now_ms, told) =
+            (f.status, f.retry_at_ms, f.now_ms, f.told.stored());
         self.writer
             .run_atomic("recording a failed refresh", move |conn| {
                 let n = conn
@@ -283,7 +277,7 @@ impl ConnectionStore for SqliteStore {
                             failures = failures + 1, retry_at = ?6, updated_at = ?7,
                             lease_until = NULL, generation = generation + 1,
                             failing_since = coalesce(failing_since, ?7),
-                            failing_notified = failing_notified OR ?8
+                            failing_notified = ?8
                          WHERE provider = ?1 AND account = ?2 AND generation = ?3",
                     )?
                     .execute(params![
@@ -294,7 +288,7 @@ impl ConnectionStore for SqliteStore {
                         e,
                         retry_at_ms,
                         now_ms,
-                        notified
+                        told
                     ])?;
                 if n == 1 {
                     enqueue(conn, &events)?;
