@@ -28,15 +28,28 @@ pub fn provider_text(text: &str, max: usize) -> String {
 /// "error sending request for url (…)": whether the name did not resolve, the connection
 /// was refused or TLS failed is in its sources, and that is what an operator needs.
 pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
+    let mut text = without_url(e.to_string());
     let mut source = e.source();
     while let Some(s) = source {
-        let cause = s.to_string();
+        let cause = without_url(s.to_string());
         if !text.contains(&cause) {
             text.push_str(": ");
             text.push_str(&cause);
         }
         source = s.source();
+    }
+    text
+}
+
+/// An HTTP client error's text without the URL it names (`error sending request for url
+/// (…)`): these texts reach apps (a 503's detail), the connection's `last_error` and
+/// events, and a URL may carry what its query holds. Where a caller names the endpoint,
+/// it says which one.
+fn without_url(mut text: String) -> String {
+    if let Some(at) = text.find(" for url (") {
+        if text.ends_with(')') {
+            text.truncate(at);
+        }
     }
     text
 }

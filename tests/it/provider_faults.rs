@@ -284,6 +284,51 @@ async fn provider_faults_become_503_with_retry_after_and_back_off() {
     );
 }
 
+/// A token endpoint that cannot be reached is said to the app, in the connection's
+/// `last_error` and in the log without its URL: the URL may carry what its query holds.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_token_endpoint_is_said_without_its_url() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let home = Home::new();
+    home.write_config(&format!(
+        "[providers.p]\nauthorization_url = \"http://127.0.0.1:{port}/authorize\"\n\
+         token_url = \"http://127.0.0.1:{port}/token?tenant=query-secret-77\"\n\
+         client_id = \"cid\"\nclient_secret = \"c-secret\"\n"
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let imported = json!({"access_token": "at-1", "refresh_token": "rt-1",
+                          "expires_at": "2000-01-01T00:00:00Z"});
+    assert!(d.put("/v1/connections/p/alice", &key, imported).await.0 < 300);
+    let (status, problem) = d.get("/v1/connections/p/alice/token", &key).await;
+    assert_eq!(
+        (status, &problem["code"]),
+        (503, &json!("provider_unavailable"))
+    );
+    let (_, conn) = d.get("/v1/connections/p/alice", &key).await;
+    let said = [
+        problem["detail"].to_string(),
+        conn["last_error"].to_string(),
+        home.log_text(),
+    ];
+    for text in &said {
+        assert!(
+            !text.contains("query-secret-77") && !text.contains(&format!(":{port}/token")),
+            "{text}"
+        );
+    }
+    // What went wrong is still said: the connection was refused.
+    assert!(
+        conn["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("refused"),
+        "{conn}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn github_tokens_without_expiry_or_refresh_token_are_served_as_they_are() {
     let mock = MockServer::start().await;
