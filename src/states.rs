@@ -115,7 +115,7 @@ pub enum StateError {
     NothingToRevoke,
     #[error("the state has expired")]
     Expired { namespace: String },
-    #[error("ttl_seconds must be between 1 and {max} for namespace {namespace}")]
+    #[error("ttl_seconds must be between 1 and {max} for namespace {namespace} (the operator raises it with max_ttl_seconds under [states.namespaces.\"{namespace}\"] in oauthd's config)")]
     TtlOutOfRange { namespace: String, max: u64 },
     #[error("data is {size} bytes of JSON; at most {max} are accepted")]
     DataTooLarge { size: usize, max: usize },

@@ -79,11 +79,27 @@ pub fn no_refresh_token(
     }
     let expires_in = tokens.expires_in?;
     let minutes = expires_in.as_secs().div_ceil(60);
+    let asks_offline = provider.scopes.iter().any(|s| s == "offline_access");
+    let asks_consent = provider
+        .authorize_params
+        .iter()
+        .any(|(k, v)| k == "prompt" && v.split(' ').any(|p| p == "consent"));
+    let ask = match (asks_offline, asks_consent) {
+        // OpenID Connect Core 11: offline_access is ignored without prompt=consent.
+        (true, false) => format!(
+            "offline_access is among the scopes asked for, but an OpenID provider grants it \
+             only when the person is asked to consent: add authorize_params = \
+             {{ prompt = \"consent\" }} to [providers.{}]",
+            provider.name
+        ),
+        _ => "Most providers give one only when asked: for an OpenID provider, \
+              offline_access in the provider's scopes (with authorize_params = \
+              { prompt = \"consent\" }); see the provider's documentation"
+            .to_owned(),
+    };
     let mut said = format!(
         "the provider gave no refresh token: this connection works until its access token \
-         expires (in about {minutes} min), then needs connecting again. Most providers give \
-         one only when asked: for an OpenID provider, offline_access in the provider's \
-         scopes; see the provider's documentation"
+         expires (in about {minutes} min), then needs connecting again. {ask}"
     );
     let not_granted: Vec<&str> = match &tokens.scopes {
         Some(granted) => provider

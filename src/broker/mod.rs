@@ -433,7 +433,7 @@ impl Broker {
         }
     }
 
-    /// The provider's endpoints, discovered on first use (within one `provider_timeout`:
+    /// The provider's endpoints, once found (at start, else on use; within one `provider_timeout`:
     /// its two metadata addresses are asked at once).
     async fn endpoints<'a>(&self, provider: &'a Provider) -> Result<&'a Endpoints, BrokerError> {
         provider

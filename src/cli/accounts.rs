@@ -37,7 +37,7 @@ pub(super) fn providers_list(settings: &Settings) -> Result<(), Fatal> {
         match (p.preset, p.issuer()) {
             (Some(preset), _) => out!("  preset:       {preset}"),
             (None, Some(issuer)) => {
-                out!("  issuer:       {issuer} (endpoints discovered on first use)")
+                out!("  issuer:       {issuer} (endpoints discovered when oauthd starts, and again on use until found)")
             }
             (None, None) => out!("  endpoints:    explicit"),
         }

@@ -98,15 +98,23 @@ pub(super) fn check_vault_opens_tokens(
     vault: &VaultHandle,
     from: &str,
     store: &Arc<dyn Store>,
+    target: &StoreTarget,
 ) -> Result<(), Fatal> {
     let known = vault.key_ids();
     let missing = keys_missing_for_tokens(&known, store)?;
     if missing.is_empty() {
         return Ok(());
     }
+    let kept = match target {
+        StoreTarget::Sqlite => "OAUTHD_KEY, OAUTHD_KEY_FILE, or the key file beside the database",
+        StoreTarget::Redis(_) => {
+            "the OAUTHD_KEY_FILE (or OAUTHD_KEY) every instance serving this store uses"
+        }
+    };
     Err(Fatal(
         format!(
-            "the database holds tokens sealed with vault key(s) {} but the vault key loaded from {from} has {}: restore the key that was used (OAUTHD_KEY / OAUTHD_KEY_FILE / <db>.key)",
+            "{} holds tokens sealed with vault key(s) {} but the vault key loaded from {from} has {}: restore the key that was used ({kept})",
+            store.describe(),
             missing.join(", "),
             known.join(", ")
         ),

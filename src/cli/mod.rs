@@ -222,7 +222,7 @@ pub(super) fn services(
         }
     }
     let vault = Arc::new(key_loading::load_vault(source)?);
-    check_vault_opens_tokens(&vault, &from, store)?;
+    check_vault_opens_tokens(&vault, &from, store, &settings.store)?;
     vault_peers::check(&vault.key_ids(), &from, store, &clock)?;
     let states = Arc::new(StateService::new(
         store.clone(),

@@ -42,10 +42,27 @@ impl HostCheck {
             Some(names) if names.is_empty() => {
                 "localhost, IP addresses and names without a dot".to_owned()
             }
-            Some(names) => format!(
-                "localhost, IP addresses, names without a dot and {}",
-                names.join(", ")
-            ),
+            Some(names) => {
+                // public_url's host, when it is an address or a local name, is among those
+                // already.
+                let named: Vec<&str> = names
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|n| {
+                        n.contains('.')
+                            && !n.ends_with("localhost")
+                            && n.trim_matches(['[', ']']).parse::<IpAddr>().is_err()
+                    })
+                    .collect();
+                if named.is_empty() {
+                    "localhost, IP addresses and names without a dot".to_owned()
+                } else {
+                    format!(
+                        "localhost, IP addresses, names without a dot and {}",
+                        named.join(", ")
+                    )
+                }
+            }
         }
     }
 
@@ -140,6 +157,26 @@ mod tests {
     fn refused(c: &HostCheck, host: &str) -> bool {
         c.refused(None, Some(&HeaderValue::from_str(host).unwrap()))
             .is_some()
+    }
+
+    #[test]
+    fn the_start_names_only_what_the_rule_does_not_cover_already() {
+        let rule = "localhost, IP addresses and names without a dot";
+        for public in [
+            "http://127.0.0.1:6288",
+            "http://[::1]:6288",
+            "http://localhost:6288",
+        ] {
+            assert_eq!(check(Some(public), &[]).describe(), rule, "{public}");
+        }
+        assert_eq!(
+            check(Some("http://127.0.0.1:6288"), &["nas.lan"]).describe(),
+            rule.replace(" and names", ", names") + " and nas.lan"
+        );
+        assert_eq!(
+            check(Some("https://auth.example.net"), &[]).describe(),
+            "localhost, IP addresses, names without a dot and auth.example.net"
+        );
     }
 
     #[test]

@@ -148,7 +148,13 @@ pub async fn forward(
         .splitn(3, '/');
     let (Some(provider), Some(account), Some(rest)) = (parts.next(), parts.next(), parts.next())
     else {
-        return Err(ApiError::not_found_route());
+        // `/v1/proxy/spotify/default` alone: what is missing is the API's path.
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such endpoint: a proxied call names the provider, the account and the path \
+             of the provider's API after them: /v1/proxy/{provider}/{account}/{path}",
+        ));
     };
     let (provider, account) = (provider.to_owned(), account.to_owned());
     caller.require_provider(&app, &provider)?;

@@ -220,7 +220,25 @@ async fn a_connection_without_a_refresh_token_is_said_to_need_the_user_again_at_
         "{}",
         home.log_text()
     );
-    // With the scope spelled right, nothing of the sort.
+    // Spelled right but without the consent an OpenID provider grants it with: that is
+    // what is said to change.
+    let home = Home::new();
+    home.write_config(
+        &peer
+            .provider_toml("peer")
+            .replace("prompt = \"consent\"\n", ""),
+    );
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let (status, page) = connect(&d, &peer, &key, "carol").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(caution), "{page}");
+    assert!(
+        page.contains("offline_access is among the scopes asked for, but an OpenID provider grants it only when the person is asked to consent: add authorize_params = { prompt = &quot;consent&quot; } to [providers.peer]")
+            || page.contains("offline_access is among the scopes asked for, but an OpenID provider grants it only when the person is asked to consent: add authorize_params = { prompt = \"consent\" } to [providers.peer]"),
+        "{page}"
+    );
+    // With the scope spelled right and consent asked for, nothing of the sort.
     let home = Home::new();
     home.write_config(&peer.provider_toml("peer"));
     let key = home.create_key("app", &[]);

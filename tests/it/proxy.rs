@@ -904,3 +904,27 @@ async fn a_client_that_never_reads_a_streamed_answer_loses_its_connection() {
     assert!(ended.is_ok(), "the connection was held ({read} bytes read)");
     assert!(read < 16 * 1024 * 1024, "the whole answer was sent");
 }
+
+/// A proxied call without the API's path after the account is told what is missing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_address_without_the_apis_path_says_what_is_missing() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let (status, body) = d.get("/v1/proxy/spotify/default", &key).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (404, &json!("not_found")),
+        "{body}"
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/v1/proxy/{provider}/{account}/{path}"),
+        "{body}"
+    );
+    // Any other unknown path keeps the plain answer.
+    let (status, body) = d.get("/v1/nothing-here", &key).await;
+    assert_eq!((status, &body["detail"]), (404, &json!("no such endpoint")));
+}

@@ -544,6 +544,40 @@ mod shared {
         assert!(err.contains("refused the password"), "{err}");
     }
 
+    /// A start with another key than the one the store's tokens were sealed with names the
+    /// Redis store and the key its instances share, not a database and its key file.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn another_vault_key_is_refused_naming_the_store_and_the_shared_key() {
+        let home = Home::redis();
+        home.write_config(
+            "[providers.mock]\nauthorization_url = \"http://127.0.0.1:9/authorize\"\n\
+             token_url = \"http://127.0.0.1:9/token\"\nclient_id = \"cid\"\nclient_secret = \"s\"\n",
+        );
+        let key = home.create_key("app", &[]);
+        let d = home.start();
+        let (status, body) = d
+            .put(
+                "/v1/connections/mock/alice",
+                &key,
+                json!({"access_token": "at-1"}),
+            )
+            .await;
+        assert!(status < 300, "{status} {body}");
+        d.signal_and_wait("TERM");
+        let other = Command::new(BIN).arg("keygen").output().unwrap();
+        std::fs::write(home.key_file(), other.stdout).unwrap();
+        let out = home.cli(&["connections", "list"]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("oauthd: Redis redis://")
+                && err.contains("holds tokens sealed with vault key(s)")
+                && err.contains("every instance serving this store uses")
+                && !err.contains("database"),
+            "{err}"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn instances_with_different_prefixes_share_a_redis_without_seeing_each_other() {
         let a = Home::redis();

@@ -1763,3 +1763,30 @@ async fn a_stalled_consume_takes_nothing(home: &Home, d: &common::Daemon, key: &
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["v"], 1);
 }
+
+/// A TTL past a namespace's maximum says where the operator raises it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ttl_past_the_maximum_says_where_the_operator_raises_it() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let (status, body) = d
+        .post(
+            "/v1/states",
+            &key,
+            json!({"namespace": "as:refresh", "ttl_seconds": 2_592_000}),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["code"]),
+        (400, &json!("invalid_ttl")),
+        "{body}"
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("max_ttl_seconds under [states.namespaces.\"as:refresh\"]"),
+        "{body}"
+    );
+}
