@@ -397,10 +397,38 @@ async fn provider_lines(
                     &what,
                     format!("token endpoint {}: {}", e.token, line.1),
                 );
+                if let Some(note) = unlisted_scopes(p, e) {
+                    r.line("warn", &what, note);
+                }
             }
         }
     }
     Ok(())
+}
+
+/// The configured scopes the provider's metadata does not list, said as a warning: a
+/// misspelled one (`offline_acces`) asks for nothing, and the connection made with it
+/// lacks what the app needs. A warning, not a failure: `scopes_supported` may leave out
+/// scopes the provider grants all the same.
+fn unlisted_scopes(
+    p: &crate::oauth::Provider,
+    e: &crate::oauth::provider::Endpoints,
+) -> Option<String> {
+    let supported = e.scopes_supported.as_ref()?;
+    let unlisted: Vec<&str> = p
+        .scopes
+        .iter()
+        .filter(|s| !supported.contains(s))
+        .map(String::as_str)
+        .collect();
+    (!unlisted.is_empty()).then(|| {
+        format!(
+            "scope(s) {} are not among those the provider's metadata lists ({}): check the spelling in [providers.{}] scopes",
+            unlisted.join(", "),
+            supported.join(" "),
+            p.name
+        )
+    })
 }
 
 /// Whether every oauthd serving this store seals with a key the key file has (as a start

@@ -298,6 +298,9 @@ pub struct Endpoints {
     pub jwks: Option<Url>,
     /// The provider promised `iss` on every authorization response (RFC 9207).
     pub iss_parameter_supported: bool,
+    /// The scopes the provider's metadata lists (`scopes_supported`), when it lists any:
+    /// `check` names configured scopes missing from it (a misspelling asks for nothing).
+    pub scopes_supported: Option<Vec<String>>,
 }
 
 /// Where the endpoints come from.
@@ -374,6 +377,9 @@ struct Metadata {
     jwks_uri: Option<String>,
     #[serde(default)]
     authorization_response_iss_parameter_supported: bool,
+    /// Read leniently: a list that is not one of strings is no reason to refuse the rest.
+    #[serde(default)]
+    scopes_supported: Option<serde_json::Value>,
 }
 
 /// Provider and account names: safe in paths, namespaces and AAD strings.
@@ -536,6 +542,7 @@ impl Provider {
                     issuer: None,
                     jwks: None,
                     iss_parameter_supported: false,
+                    scopes_supported: None,
                 })),
                 _ => {
                     return Err(format!(
@@ -758,6 +765,14 @@ fn endpoints_from(
         jwks: url("jwks_uri", meta.jwks_uri)?,
         issuer: Some(meta.issuer),
         iss_parameter_supported: meta.authorization_response_iss_parameter_supported,
+        scopes_supported: meta.scopes_supported.and_then(|v| {
+            let list: Vec<String> = v
+                .as_array()?
+                .iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect();
+            (!list.is_empty()).then_some(list)
+        }),
     })
 }
 
@@ -854,6 +869,7 @@ mod tests {
             device_authorization_endpoint: None,
             jwks_uri: Some(jwks.into()),
             authorization_response_iss_parameter_supported: false,
+            scopes_supported: None,
         }
     }
 

@@ -1117,6 +1117,21 @@ async fn check_reports_database_key_file_and_providers() {
         report.contains("ok    provider peer: token endpoint"),
         "{report}"
     );
+    assert!(!report.contains("not among those"), "{report}");
+    // A misspelled scope asks for nothing: the provider's metadata says it does not know it.
+    home.write_config(
+        &peer
+            .provider_toml("peer")
+            .replace("\"offline_access\"", "\"offline_acces\""),
+    );
+    let out = home.cli(&["check"]);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "a warning fails nothing: {report}");
+    assert!(
+        report.contains("warn  provider peer: scope(s) offline_acces are not among those the provider's metadata lists (")
+            && report.contains("check the spelling in [providers.peer] scopes"),
+        "{report}"
+    );
 
     let mut key_file = home.db().into_os_string();
     key_file.push(".key");
