@@ -58,6 +58,9 @@ pub struct Connected {
     /// Who signed in at the provider, as far as it said (an ID token, userinfo): a browser
     /// signed in there already connects that account without asking.
     pub identity: crate::store::AccountIdentity,
+    /// The provider's other connections that are the same account there (the browser
+    /// was still signed in at the provider as it).
+    pub same_account_as: Vec<String>,
 }
 
 /// Callbacks with a state oauthd does not know, said in the log: at most 5 a second (anyone
@@ -618,6 +621,20 @@ impl Broker {
             Err(e) => return Err(CallbackError::NotStored(e.for_callers())),
         };
         log::info!("connect {provider_name}/{account}: connected");
+        let same_account_as: Vec<String> = match self.sharing_a_grant(provider_name, &account).await
+        {
+            Ok(keys) => keys.into_iter().map(|k| k.account).collect(),
+            Err(e) => {
+                log::warn!("connect {provider_name}/{account}: could not look for connections of the same account ({e})");
+                Vec::new()
+            }
+        };
+        if !same_account_as.is_empty() {
+            log::info!(
+                "connect {provider_name}/{account}: the same account at {provider_name} as {}",
+                same_account_as.join(", ")
+            );
+        }
         let caution = no_refresh_token(provider, &tokens);
         if let Some(caution) = &caution {
             log::warn!("connect {provider_name}/{account}: {caution}");
@@ -636,6 +653,7 @@ impl Broker {
             by_app: false,
             caution,
             identity,
+            same_account_as,
         })
     }
 

@@ -378,13 +378,23 @@ impl Broker {
 /// there (the same `sub`, as when one browser signed in at the provider connects several
 /// accounts).
 fn same_account(all: Vec<ConnectionRow>, row: &ConnectionRow) -> Vec<ConnectionKey> {
-    let Some(sub) = row.identity.sub.as_deref() else {
-        return Vec::new();
-    };
+    match row.identity.sub.as_deref() {
+        Some(sub) => signed_in_as(all, &row.key(), sub),
+        None => Vec::new(),
+    }
+}
+
+/// Of `all`, the active connections of `key`'s provider other than `key` whose provider
+/// account is `sub`.
+pub(super) fn signed_in_as(
+    all: Vec<ConnectionRow>,
+    key: &ConnectionKey,
+    sub: &str,
+) -> Vec<ConnectionKey> {
     all.into_iter()
         .filter(|c| {
-            c.provider == row.provider
-                && c.account != row.account
+            c.provider == key.provider
+                && c.account != key.account
                 && c.status == ConnectionStatus::Active
                 && c.identity.sub.as_deref() == Some(sub)
         })

@@ -5,7 +5,8 @@
 use super::Broker;
 use crate::notify::{Event, EventType};
 use crate::store::{
-    ConnectionKey, ConnectionRow, ConnectionStatus, DeviceFlowRow, DeviceFlowStatus, Told,
+    AccountIdentity, ConnectionKey, ConnectionRow, ConnectionStatus, DeviceFlowRow,
+    DeviceFlowStatus, Told,
 };
 use serde_json::{json, Value};
 
@@ -34,6 +35,7 @@ impl Broker {
         key: &ConnectionKey,
         before: Option<&ConnectionRow>,
         via: Via,
+        (identity, same_account_as): (&AccountIdentity, &[String]),
     ) -> Vec<Event> {
         let proves_it_works = !matches!(via, Via::Import);
         let via = match via {
@@ -41,11 +43,16 @@ impl Broker {
             Via::Device => "device",
             Via::Import => "import",
         };
-        let mut events = vec![self.connection_event(
-            EventType::ConnectionConnected,
-            key,
-            json!({"via": via, "reconnected": before.is_some()}),
-        )];
+        let mut data = json!({"via": via, "reconnected": before.is_some()});
+        if let Some(data) = data.as_object_mut() {
+            if !identity.is_empty() {
+                data.insert("provider_account".into(), json!(identity));
+            }
+            if !same_account_as.is_empty() {
+                data.insert("same_account_as".into(), json!(same_account_as));
+            }
+        }
+        let mut events = vec![self.connection_event(EventType::ConnectionConnected, key, data)];
         if proves_it_works {
             events.extend(before.and_then(|row| self.recovered(row)));
         }

@@ -77,7 +77,18 @@ impl Broker {
         let tokens = self.seal_tokens(&provider.name, account, t, requested)?;
         let key = ConnectionKey::new(&provider.name, account);
         let before = self.store.get_connection(&key).await?;
-        let events = self.connected_events(&key, before.as_ref(), via);
+        // A browser still signed in at the provider connects that account again, whatever
+        // the name it is connected under: the event names the others it is.
+        let same: Vec<String> = match identity.sub.as_deref() {
+            Some(sub) => {
+                super::disconnect::signed_in_as(self.store.list_connections().await?, &key, sub)
+                    .into_iter()
+                    .map(|k| k.account)
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        let events = self.connected_events(&key, before.as_ref(), via, (&identity, &same));
         let save = ConnectionSave {
             key,
             tokens,

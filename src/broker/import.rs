@@ -192,7 +192,12 @@ impl Broker {
         };
         let mut sealed = self.seal_tokens(&provider, &account, &set, None)?;
         sealed.access_expires_at_ms = expires_at_ms;
-        let events = self.connected_events(&key, before.as_ref(), super::events::Via::Import);
+        let events = self.connected_events(
+            &key,
+            before.as_ref(),
+            super::events::Via::Import,
+            (&AccountIdentity::default(), &[]),
+        );
         // Dropped after the write (even when this call is cancelled meanwhile): reads that
         // began before it cannot put the old token back.
         let saving = self.token_cache.forget_after(&key);

@@ -104,6 +104,7 @@ pub async fn callback(
             by_app,
             caution,
             identity,
+            same_account_as,
             ..
         }) => page_for(
             by_app,
@@ -111,10 +112,11 @@ pub async fn callback(
             200,
             "Connected",
             &format!(
-                "<p><strong>{}</strong> account <strong>{}</strong> is connected{}. Apps with an API key can now fetch its access token from oauthd; you can close this tab.</p>{}",
+                "<p><strong>{}</strong> account <strong>{}</strong> is connected{}. Apps with an API key can now fetch its access token from oauthd; you can close this tab.</p>{}{}",
                 escape(&provider),
                 escape(&account),
                 signed_in_as(&provider, &identity),
+                same_account(&provider, &same_account_as),
                 caution.map_or_else(String::new, |c| format!(
                     "<p class=\"caution\"><strong>But</strong> {}.</p>",
                     escape(&c)
@@ -129,6 +131,23 @@ pub async fn callback(
         let _ = resp.add_cookie(&gone);
     }
     resp
+}
+
+/// The caution for a connection that is the same account at the provider as `others`:
+/// the browser was still signed in there, so the person may have meant another account.
+fn same_account(provider: &str, others: &[String]) -> String {
+    if others.is_empty() {
+        return String::new();
+    }
+    let others: Vec<String> = others
+        .iter()
+        .map(|a| format!("<strong>{}</strong>", escape(a)))
+        .collect();
+    format!(
+        "<p class=\"caution\"><strong>Note</strong> this is the same account at {p} as {}: the browser was still signed in there. To connect another account, sign out at {p} first, then connect again.</p>",
+        others.join(", "),
+        p = escape(provider)
+    )
 }
 
 /// ", signed in at PROVIDER as NAME (EMAIL)", as far as the provider said who: a browser

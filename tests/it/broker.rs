@@ -525,9 +525,12 @@ async fn connected_twice_from_one_browser(home: &Home) -> (Peer, String, Daemon)
         let callback = peer.approve_in(&browser, &authorize).await;
         let (status, page, _) = d.browser_get(&callback).await;
         assert_eq!(status, 200, "{account}: {page}");
-        // The browser signed in at the provider once: the page says as whom each time.
+        // The browser signed in at the provider once: the page says as whom each time,
+        // and the second time that it is the first connection's account again.
         let who = "signed in at <strong>peer</strong> as <strong>alice</strong>";
         assert!(page.contains(who), "{page}");
+        let again = "this is the same account at peer as <strong>alice</strong>: the browser was still signed in there";
+        assert_eq!(page.contains(again), account == "bob", "{page}");
     }
     (peer, key, d)
 }

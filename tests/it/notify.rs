@@ -750,6 +750,38 @@ async fn a_failing_refresh_is_told_once_and_its_recovery_too() {
     assert_verified(&hooks.received().await, &["at-1", "at-2", "rt-1"]);
 }
 
+/// `connection.connected` says which account at the provider was connected, and which
+/// other connections are that account too (a browser still signed in at the provider
+/// connects it again, whatever the name): the app need not ask.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connect_names_the_provider_account_and_the_connections_that_are_it_too() {
+    let home = Home::new();
+    let secret = new_secret();
+    let hooks = Receiver::start(Some(&secret));
+    let peer = Peer::start(3600);
+    let key = peer.configure(&home, &target_toml(&home, "app", &hooks, &secret, ""));
+    let d = home.start();
+    let browser = Peer::browser();
+    for account in ["alice", "bob"] {
+        let authorize = d.start_connect(&key, "peer", account).await;
+        let callback = peer.approve_in(&browser, &authorize).await;
+        assert_eq!(d.browser_get(&callback).await.0, 200, "{account}");
+    }
+    let connected = hooks.wait_for("connection.connected", 2, WAIT).await;
+    let data = |account: &str| {
+        connected
+            .iter()
+            .map(|e| e["json"]["data"].clone())
+            .find(|d| d["account"] == account)
+            .unwrap_or_default()
+    };
+    let (alice, bob) = (data("alice"), data("bob"));
+    assert_eq!(alice["provider_account"]["sub"], "alice", "{alice}");
+    assert!(alice.get("same_account_as").is_none(), "{alice}");
+    assert_eq!(bob["provider_account"]["sub"], "alice", "{bob}");
+    assert_eq!(bob["same_account_as"], json!(["alice"]), "{bob}");
+}
+
 /// An app importing tokens over a connection whose grant the provider refuses, again and
 /// again, tells the operator once that it needs them, and never that it works again
 /// (imported tokens prove nothing); the first refresh that succeeds says it is over.
