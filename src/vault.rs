@@ -396,6 +396,21 @@ impl VaultHandle {
         if now_modified != cur.modified {
             cur.modified = now_modified;
             match Vault::load(&self.source) {
+                // A file without the key this process seals with is no rekey (which keeps
+                // the old keys, and prune never drops the one sealing): another key file
+                // written over this one (`oauthd keygen >` it, an old copy restored).
+                // Taken, it would leave what was sealed openable only by this process's
+                // memory, lost at the next restart.
+                Ok(v) if !v.key_ids().contains(&cur.vault.current_key_id()) => {
+                    log::error!(
+                        "vault: the key file {} was replaced by one without key {}, which this oauthd seals with (it holds {}; a rekey keeps the old keys): not taken, the loaded keys ({}) stay in use. Put the key file back now: restarted without it, oauthd cannot open what those keys sealed. If the new file was meant, stop oauthd, put the old key's line before the new one's, and start it again",
+                        self.source.describe(),
+                        cur.vault.current_key_id(),
+                        v.key_ids().join(", "),
+                        cur.vault.key_ids().join(", ")
+                    );
+                    cur.reload_failed = true;
+                }
                 Ok(v) => {
                     if v.current_key_id() != cur.vault.current_key_id() {
                         log::info!(

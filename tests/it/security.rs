@@ -996,6 +996,49 @@ async fn a_running_server_never_replaces_a_key_file_that_went_away() {
     );
 }
 
+/// A running oauthd's key file written over with another key (`oauthd keygen >` it, the
+/// README's words for a lost key): the new key was taken at once, what the old one sealed
+/// answered 503 from then on, and the old key lived only in the process's memory, lost at
+/// the next restart. The file is not taken now: the loaded keys stay in use, the log says
+/// so as an ERROR, and with the file put back a restart opens everything.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_file_written_over_with_another_key_is_not_taken() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let data = json!({"v": 1});
+    let before = d
+        .create_state(&key, json!({"namespace": "login", "data": data}))
+        .await;
+    let kept = std::fs::read(home.key_file()).unwrap();
+    let other = std::process::Command::new(common::BIN)
+        .arg("keygen")
+        .output()
+        .unwrap();
+    std::fs::write(home.key_file(), &other.stdout).unwrap();
+    // Past the vault's once-a-second look at its key file.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let after = d
+        .create_state(&key, json!({"namespace": "login", "data": data}))
+        .await;
+    let (status, body) = d.consume(&key, &before, "login").await;
+    assert_eq!((status, &body["data"]), (200, &data), "{body}");
+    assert!(
+        common::eventually(std::time::Duration::from_secs(5), || home
+            .log_text()
+            .contains("was replaced by one without key"))
+        .await,
+        "{}",
+        home.log_text()
+    );
+    assert!(home.log_text().contains("ERROR"), "{}", home.log_text());
+    d.signal_and_wait("TERM");
+    std::fs::write(home.key_file(), kept).unwrap();
+    let d = home.start();
+    let (status, body) = d.consume(&key, &after, "login").await;
+    assert_eq!((status, &body["data"]), (200, &data), "{body}");
+}
+
 /// A line that is no key appended to a running oauthd's key file: the WARN said only "a
 /// vault key is 32 bytes written as base64", not which line, and the file mended, nothing
 /// said it loads again. Now the line is named and the mend is said.
