@@ -81,6 +81,16 @@ impl StatePolicy {
         }
     }
 
+    /// The table whose `max_ttl_seconds` bounds `ns`: the pattern that matches it, else
+    /// one of its own (whose other limits are `[states]`'s, as now).
+    pub fn ttl_table_for(&self, ns: &Namespace) -> String {
+        let pattern = match self.matching(ns) {
+            Some((pattern, _)) => pattern.as_str(),
+            None => ns.as_str(),
+        };
+        format!("[states.namespaces.\"{pattern}\"]")
+    }
+
     fn matching(&self, ns: &Namespace) -> Option<&(String, TtlRule)> {
         self.overrides
             .iter()
@@ -115,8 +125,12 @@ pub enum StateError {
     NothingToRevoke,
     #[error("the state has expired")]
     Expired { namespace: String },
-    #[error("ttl_seconds must be between 1 and {max} for namespace {namespace} (the operator raises it with max_ttl_seconds under [states.namespaces.\"{namespace}\"] in oauthd's config)")]
-    TtlOutOfRange { namespace: String, max: u64 },
+    #[error("ttl_seconds must be between 1 and {max} for namespace {namespace} (the operator raises it with max_ttl_seconds in {table} in oauthd's config)")]
+    TtlOutOfRange {
+        namespace: String,
+        max: u64,
+        table: String,
+    },
     #[error("data is {size} bytes of JSON; at most {max} are accepted")]
     DataTooLarge { size: usize, max: usize },
     #[error("namespace {namespace} already holds {max} live states (max_states in {table}); consume or let some expire first")]
@@ -543,6 +557,7 @@ impl StateService {
                 return Err(StateError::TtlOutOfRange {
                     namespace: namespace.to_string(),
                     max: rule.max_ttl.as_secs(),
+                    table: self.policy.ttl_table_for(&namespace),
                 })
             }
         };

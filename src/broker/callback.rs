@@ -76,6 +76,7 @@ static UNKNOWN_STATES_LOGGED: crate::logging::Budget =
 pub fn no_refresh_token(
     provider: &crate::oauth::Provider,
     tokens: &flows::TokenSet,
+    by_device: bool,
 ) -> Option<String> {
     if tokens.refresh_token.is_some() {
         return None;
@@ -87,17 +88,21 @@ pub fn no_refresh_token(
         .authorize_params
         .iter()
         .any(|(k, v)| k == "prompt" && v.split(' ').any(|p| p == "consent"));
-    let ask = match (asks_offline, asks_consent) {
-        // OpenID Connect Core 11: offline_access is ignored without prompt=consent.
+    // OpenID Connect Core 11: offline_access is ignored without prompt=consent, which
+    // only the authorization request carries (the device flow sends no authorize_params).
+    let ask = match (asks_offline, asks_consent || by_device) {
         (true, false) => format!(
             "offline_access is among the scopes asked for, but an OpenID provider grants it \
              only when the person is asked to consent: add authorize_params = \
              {{ prompt = \"consent\" }} to [providers.{}]",
             provider.name
         ),
-        _ => "Most providers give one only when asked: for an OpenID provider, \
-              offline_access in the provider's scopes (with authorize_params = \
-              { prompt = \"consent\" }); see the provider's documentation"
+        (true, true) => "offline_access is among the scopes asked for, and was not granted: \
+             see the provider's documentation for what it needs (some allow it only to \
+             clients registered for it)"
+            .to_owned(),
+        (false, _) => "Most providers give one only when asked: for an OpenID provider, \
+              offline_access in the provider's scopes; see the provider's documentation"
             .to_owned(),
     };
     let mut said = format!(
@@ -635,7 +640,7 @@ impl Broker {
                 same_account_as.join(", ")
             );
         }
-        let caution = no_refresh_token(provider, &tokens);
+        let caution = no_refresh_token(provider, &tokens, false);
         if let Some(caution) = &caution {
             log::warn!("connect {provider_name}/{account}: {caution}");
         }

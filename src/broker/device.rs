@@ -461,7 +461,7 @@ impl Broker {
         match self.record_final(flow, claim, outcome, &events).await {
             Recorded::Yes => {
                 log::info!("device {p}/{a}: connected");
-                if let Some(caution) = super::callback::no_refresh_token(provider, tokens) {
+                if let Some(caution) = super::callback::no_refresh_token(provider, tokens, true) {
                     log::warn!("device {p}/{a}: {caution}");
                 }
             }

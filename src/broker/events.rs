@@ -61,18 +61,23 @@ impl Broker {
 
     /// `connection.recovered` for a row that had been reported broken or failing.
     fn recovered(&self, row: &ConnectionRow) -> Option<Event> {
-        let after = if row.status == ConnectionStatus::NeedsReauth || row.told == Told::NeedsReauth
-        {
-            "needs_reauth"
-        } else if row.told == Told::Failing {
-            "refresh_failing"
+        let told = if row.status == ConnectionStatus::NeedsReauth {
+            row.told.with(Told::NEEDS_REAUTH)
         } else {
-            return None;
+            row.told
         };
+        let mut ends = Vec::new();
+        if told.failing() {
+            ends.push("refresh_failing");
+        }
+        if told.needs_reauth() {
+            ends.push("needs_reauth");
+        }
+        let after = *ends.last()?;
         Some(self.connection_event(
             EventType::ConnectionRecovered,
             &row.key(),
-            json!({"after": after}),
+            json!({"after": after, "told": ends}),
         ))
     }
 
@@ -115,7 +120,7 @@ impl Broker {
         let since = row.failing_since_ms.unwrap_or(now_ms);
         let after =
             i64::try_from(self.notifier.policy().failing_after.as_millis()).unwrap_or(i64::MAX);
-        if row.told != Told::Nothing || now_ms.saturating_sub(since) < after {
+        if row.told.failing() || now_ms.saturating_sub(since) < after {
             return None;
         }
         Some(self.connection_event(

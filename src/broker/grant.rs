@@ -93,7 +93,7 @@ impl Broker {
             key,
             tokens,
             identity,
-            told: Told::Nothing,
+            told: Told::NOTHING,
         };
         Ok((save, events))
     }

@@ -203,15 +203,15 @@ impl Broker {
         let saving = self.token_cache.forget_after(&key);
         // Tokens an app hands in prove nothing: what the operator was told of the
         // connection's trouble stands until a refresh succeeds (then `recovered`), and is
-        // not told again meanwhile.
-        let told = before.as_ref().map_or(Told::Nothing, |b| {
-            let reauth = if b.status == ConnectionStatus::NeedsReauth {
-                Told::NeedsReauth
-            } else {
-                Told::Nothing
-            };
-            b.told.max(reauth)
-        });
+        // not told again meanwhile. Without a refresh token nothing ever can: its expiry
+        // is news, told as such.
+        let told = match (&before, &sealed.refresh_token) {
+            (Some(b), Some(_)) if b.status == ConnectionStatus::NeedsReauth => {
+                b.told.with(Told::NEEDS_REAUTH)
+            }
+            (Some(b), Some(_)) => b.told,
+            _ => Told::NOTHING,
+        };
         let save = ConnectionSave {
             key,
             tokens: sealed,

@@ -1013,7 +1013,7 @@ impl Broker {
         };
         let events: Vec<_> = match &failure {
             // Tokens imported over a connection the user was told needs them: told once.
-            Failure::Reauth(_) if row.told == Told::NeedsReauth => {
+            Failure::Reauth(_) if row.told.needs_reauth() => {
                 log::info!(
                     "connection {}/{} still needs the user: connection.needs_reauth was sent before and nothing has worked since (tokens imported over it), so it is not sent again",
                     row.provider,
@@ -1027,8 +1027,8 @@ impl Broker {
         .into_iter()
         .collect();
         let told = match &failure {
-            Failure::Reauth(_) => Told::NeedsReauth,
-            Failure::Transient(_) if !events.is_empty() => row.told.max(Told::Failing),
+            Failure::Reauth(_) => row.told.with(Told::NEEDS_REAUTH),
+            Failure::Transient(_) if !events.is_empty() => row.told.with(Told::FAILING),
             Failure::Transient(_) => row.told,
         };
         let recorded = self
@@ -1096,7 +1096,7 @@ mod tests {
             identity: AccountIdentity::default(),
             connected_at_ms: None,
             failing_since_ms: None,
-            told: Told::Nothing,
+            told: Told::NOTHING,
         }
     }
 

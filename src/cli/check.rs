@@ -423,7 +423,7 @@ fn unlisted_scopes(
         .collect();
     (!unlisted.is_empty()).then(|| {
         format!(
-            "scope(s) {} are not among those the provider's metadata lists ({}): check the spelling in [providers.{}] scopes",
+            "scope(s) {} are not among those the provider's metadata lists ({}): check the spelling in [providers.{}] scopes (a provider may grant scopes it does not list: if connections get what this scope gives, ignore this)",
             unlisted.join(", "),
             supported.join(" "),
             p.name

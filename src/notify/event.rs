@@ -73,14 +73,24 @@ pub struct Event {
 }
 
 impl Event {
-    /// The event this one ends (`connection.recovered`'s `after`): a target that was not
-    /// told of the trouble is not told it is over.
-    pub fn ends(&self) -> Option<EventType> {
+    /// The events this one ends (`connection.recovered`'s `told`, else its `after`): a
+    /// target that was told of none of them is not told that the trouble is over.
+    pub fn ends(&self) -> Vec<EventType> {
         if self.kind != EventType::ConnectionRecovered {
-            return None;
+            return Vec::new();
         }
-        let after = self.data.get("after")?.as_str()?;
-        EventType::parse(&format!("connection.{after}"))
+        let told: Vec<&str> = match self.data.get("told").and_then(Value::as_array) {
+            Some(list) => list.iter().filter_map(Value::as_str).collect(),
+            None => self
+                .data
+                .get("after")
+                .and_then(Value::as_str)
+                .into_iter()
+                .collect(),
+        };
+        told.into_iter()
+            .filter_map(|t| EventType::parse(&format!("connection.{t}")))
+            .collect()
     }
 
     /// The JSON body of a webhook delivery.

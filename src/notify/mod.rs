@@ -119,6 +119,19 @@ impl Target {
         })
     }
 
+    /// Whether this target gets a recovery that ends `told` (the trouble events sent): one
+    /// that was told of any of them, or that takes neither kind of trouble (it asked for
+    /// recoveries alone).
+    fn hears_the_end_of(&self, told: &[EventType]) -> bool {
+        const TROUBLE: [EventType; 2] = [
+            EventType::ConnectionRefreshFailing,
+            EventType::ConnectionNeedsReauth,
+        ];
+        told.is_empty()
+            || told.iter().any(|k| self.wants(*k))
+            || !TROUBLE.iter().any(|k| self.wants(*k))
+    }
+
     /// Whether this target gets events of this type.
     pub fn wants(&self, kind: EventType) -> bool {
         kind == EventType::NotifyTest
@@ -292,7 +305,7 @@ impl Notifier {
             .flat_map(|e| {
                 self.targets
                     .iter()
-                    .filter(|t| t.wants(e.kind) && e.ends().is_none_or(|told| t.wants(told)))
+                    .filter(|t| t.wants(e.kind) && t.hears_the_end_of(&e.ends()))
                     .map(|t| self.delivery(e, t))
             })
             .collect()
@@ -449,7 +462,9 @@ mod tests {
     }
 
     /// A recovery goes to the targets that were told of the trouble it ends: a phone that
-    /// takes only `needs_reauth` and `recovered` hears nothing of a failing run's end.
+    /// takes only `needs_reauth` and `recovered` hears nothing of a failing run's end; a
+    /// target told of a failing run that then needed the user hears its end; one that
+    /// asked for recoveries alone hears every one.
     #[test]
     fn a_recovery_goes_only_to_targets_told_of_what_it_ends() {
         let config = |name: &str, events: Option<Vec<&str>>| NotifyConfig {
@@ -465,18 +480,38 @@ mod tests {
                 "phone",
                 Some(vec!["connection.needs_reauth", "connection.recovered"]),
             ),
+            config(
+                "ops",
+                Some(vec!["connection.refresh_failing", "connection.recovered"]),
+            ),
+            config("ends", Some(vec!["connection.recovered"])),
         ])
         .expect("targets");
         let n = Notifier::new(targets, EventsPolicy::default(), Clock::system());
-        let to = |after: &str| -> Vec<String> {
+        let to = |told: &[&str]| -> Vec<String> {
             let e = n.event(
                 EventType::ConnectionRecovered,
-                serde_json::json!({"provider": "p", "account": "a", "after": after}),
+                serde_json::json!({"provider": "p", "account": "a", "after": told.last(), "told": told}),
             );
             n.deliveries(&[e]).into_iter().map(|d| d.target).collect()
         };
-        assert_eq!(to("needs_reauth"), ["all", "phone"]);
-        assert_eq!(to("refresh_failing"), ["all"]);
+        assert_eq!(to(&["needs_reauth"]), ["all", "phone", "ends"]);
+        assert_eq!(to(&["refresh_failing"]), ["all", "ops", "ends"]);
+        assert_eq!(
+            to(&["refresh_failing", "needs_reauth"]),
+            ["all", "phone", "ops", "ends"]
+        );
+        // A recovery that names only `after` ends that one.
+        let older = n.event(
+            EventType::ConnectionRecovered,
+            serde_json::json!({"provider": "p", "account": "a", "after": "refresh_failing"}),
+        );
+        let older: Vec<String> = n
+            .deliveries(&[older])
+            .into_iter()
+            .map(|d| d.target)
+            .collect();
+        assert_eq!(older, ["all", "ops", "ends"]);
         let other = n.event(EventType::ConnectionNeedsReauth, serde_json::json!({}));
         assert_eq!(n.deliveries(&[other]).len(), 2);
     }

@@ -41,16 +41,27 @@ pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// An HTTP client error's text without the URL it names (`error sending request for url
-/// (…)`): these texts reach apps (a 503's detail), the connection's `last_error` and
-/// events, and a URL may carry what its query holds. Where a caller names the endpoint,
-/// it says which one.
+/// An HTTP client error's text with the URL it names (`error sending request for url
+/// (…)`) cut to its host and port: these texts reach apps (a 503's detail), the
+/// connection's `last_error` and events, and a URL may carry what its query holds; the
+/// host says which server failed (for an issuer's provider, one its metadata named).
 fn without_url(mut text: String) -> String {
-    if let Some(at) = text.find(" for url (") {
-        if text.ends_with(')') {
-            text.truncate(at);
-        }
-    }
+    const MARK: &str = " for url (";
+    let Some(at) = text.find(MARK) else {
+        return text;
+    };
+    let Some(url) = text[at + MARK.len()..].strip_suffix(')') else {
+        return text;
+    };
+    let server = url::Url::parse(url).ok().and_then(|u| {
+        let host = u.host_str()?.to_owned();
+        Some(match u.port() {
+            Some(port) => format!(" to {host}:{port}"),
+            None => format!(" to {host}"),
+        })
+    });
+    text.truncate(at);
+    text.push_str(&server.unwrap_or_default());
     text
 }
 
@@ -69,6 +80,20 @@ pub async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<V
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_http_error_names_the_server_and_not_the_url() {
+        let said = |t: &str| super::without_url(t.to_owned());
+        assert_eq!(
+            said("error sending request for url (http://127.0.0.1:9/token?tenant=s3cret)"),
+            "error sending request to 127.0.0.1:9"
+        );
+        assert_eq!(
+            said("error sending request for url (https://auth.example.net/oauth/token)"),
+            "error sending request to auth.example.net"
+        );
+        assert_eq!(said("connection refused"), "connection refused");
+    }
+
     #[test]
     fn provider_text_cannot_start_a_log_line() {
         let t = super::provider_text("bad\n2026-12-01T00:00:00Z ERROR forged\r\u{202e}x", 300);

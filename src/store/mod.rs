@@ -573,30 +573,42 @@ pub struct ConnectionRow {
 
 /// What the operator was told of a connection's trouble that nothing has proven over since
 /// (a refresh that succeeded, or a connect in a browser or by the device flow): each is
-/// told once, and `connection.recovered` says when it is over. Imported tokens prove
-/// nothing and carry it on. Stored as its number (0, 1, 2; older oauthds wrote 0 and 1 as
-/// whether `refresh_failing` was sent).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Told {
-    #[default]
-    Nothing,
-    /// `connection.refresh_failing` was sent for this run of failures.
-    Failing,
-    /// `connection.needs_reauth` was sent.
-    NeedsReauth,
-}
+/// told once, and `connection.recovered` says when it is over. Imported tokens with a
+/// refresh token prove nothing and carry it on. A set of flags, stored as its number (0 to
+/// 3; older oauthds wrote 0 and 1 as whether `refresh_failing` was sent).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Told(u8);
 
 impl Told {
+    pub const NOTHING: Told = Told(0);
+    /// `connection.refresh_failing` was sent for this run of failures.
+    pub const FAILING: Told = Told(1);
+    /// `connection.needs_reauth` was sent.
+    pub const NEEDS_REAUTH: Told = Told(2);
+
     pub fn from_stored(n: i64) -> Told {
-        match n {
-            ..=0 => Told::Nothing,
-            1 => Told::Failing,
-            _ => Told::NeedsReauth,
-        }
+        Told(u8::try_from(n.clamp(0, 3)).unwrap_or(0))
     }
 
     pub fn stored(self) -> i64 {
-        self as i64
+        i64::from(self.0)
+    }
+
+    /// This and `other` told.
+    pub fn with(self, other: Told) -> Told {
+        Told(self.0 | other.0)
+    }
+
+    pub fn failing(self) -> bool {
+        self.0 & Told::FAILING.0 != 0
+    }
+
+    pub fn needs_reauth(self) -> bool {
+        self.0 & Told::NEEDS_REAUTH.0 != 0
+    }
+
+    pub fn is_nothing(self) -> bool {
+        self.0 == 0
     }
 }
 
@@ -1015,7 +1027,7 @@ pub struct ConnectionSave {
     pub key: ConnectionKey,
     pub tokens: SealedTokens,
     pub identity: AccountIdentity,
-    /// `Told::Nothing` for a connect; what the replaced row had been told, for an import.
+    /// `Told::NOTHING` for a connect; what the replaced row had been told, for an import.
     pub told: Told,
 }
 

@@ -845,7 +845,31 @@ async fn imports_over_a_refused_grant_tell_needs_reauth_once_and_recover_only_on
         home.log_text()
     );
 
-    // Tokens that work: the refresh succeeds, and that is the recovery.
+    // The provider down meanwhile: a failing run is news of its own, told once.
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("grant_type=refresh_token"))
+        .respond_with(ResponseTemplate::new(503))
+        .with_priority(2)
+        .up_to_n_times(1)
+        .mount(&mock)
+        .await;
+    assert!(
+        d.put("/v1/connections/mock/alice", &key, expired(8))
+            .await
+            .0
+            < 300
+    );
+    assert_eq!(d.get("/v1/connections/mock/alice/token", &key).await.0, 503);
+    assert_eq!(
+        hooks
+            .wait_for("connection.refresh_failing", 1, WAIT)
+            .await
+            .len(),
+        1
+    );
+
+    // Tokens that work: the refresh succeeds, and that is the recovery of both.
     Mock::given(method("POST"))
         .and(path("/token"))
         .and(body_string_contains("grant_type=refresh_token"))
@@ -865,6 +889,10 @@ async fn imports_over_a_refused_grant_tell_needs_reauth_once_and_recover_only_on
     let recovered = hooks.wait_for("connection.recovered", 1, WAIT).await;
     assert_eq!(recovered.len(), 1);
     assert_eq!(recovered[0]["json"]["data"]["after"], "needs_reauth");
+    assert_eq!(
+        recovered[0]["json"]["data"]["told"],
+        json!(["refresh_failing", "needs_reauth"])
+    );
     // The phone: the one urgent message, and the one that ends it.
     assert_eq!(phone.wait_for_all(2, WAIT).await.len(), 2);
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -1764,29 +1764,43 @@ async fn a_stalled_consume_takes_nothing(home: &Home, d: &common::Daemon, key: &
     assert_eq!(body["data"]["v"], 1);
 }
 
-/// A TTL past a namespace's maximum says where the operator raises it.
+/// A TTL past a namespace's maximum says where the operator raises it: the pattern's table
+/// that set it (raising it in a table of the namespace's own would drop the pattern's other
+/// limits), else one of its own.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ttl_past_the_maximum_says_where_the_operator_raises_it() {
     let home = Home::new();
+    home.write_config(
+        "[states.namespaces.\"2fa:*\"]\nmax_ttl_seconds = 300\nmax_states_per_subject = 3\n",
+    );
     let key = home.create_key("app", &[]);
     let d = home.start();
-    let (status, body) = d
-        .post(
-            "/v1/states",
-            &key,
-            json!({"namespace": "as:refresh", "ttl_seconds": 2_592_000}),
-        )
-        .await;
-    assert_eq!(
-        (status, &body["code"]),
-        (400, &json!("invalid_ttl")),
-        "{body}"
-    );
-    assert!(
-        body["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("max_ttl_seconds under [states.namespaces.\"as:refresh\"]"),
-        "{body}"
-    );
+    for (namespace, ttl, table) in [
+        (
+            "as:refresh",
+            2_592_000,
+            "[states.namespaces.\"as:refresh\"]",
+        ),
+        ("2fa:login", 900, "[states.namespaces.\"2fa:*\"]"),
+    ] {
+        let (status, body) = d
+            .post(
+                "/v1/states",
+                &key,
+                json!({"namespace": namespace, "ttl_seconds": ttl}),
+            )
+            .await;
+        assert_eq!(
+            (status, &body["code"]),
+            (400, &json!("invalid_ttl")),
+            "{body}"
+        );
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&format!("max_ttl_seconds in {table}")),
+            "{body}"
+        );
+    }
 }

@@ -63,7 +63,7 @@ fn saved(key: &ConnectionKey, t: SealedTokens) -> ConnectionSave {
         key: key.clone(),
         tokens: t,
         identity: AccountIdentity::default(),
-        told: Told::Nothing,
+        told: Told::NOTHING,
     }
 }
 
@@ -137,7 +137,7 @@ async fn a_row_read_during_someone_elses_lease_is_stale_once_they_let_go(b: Back
         error: "down",
         retry_at_ms: None,
         now_ms: 6_000,
-        told: Told::Nothing,
+        told: Told::NOTHING,
     };
     assert!(s
         .save_refresh_failure(&key, g, failure, Vec::new())
@@ -173,7 +173,7 @@ async fn a_lease_on_a_deleted_connection_does_not_fence_its_successor(b: Backend
         error: "invalid_grant",
         retry_at_ms: None,
         now_ms: 7_000,
-        told: Told::Nothing,
+        told: Told::NOTHING,
     };
     assert!(!s
         .save_refresh_failure(&key, stale, failure, Vec::new())
@@ -276,7 +276,7 @@ async fn refresh_failed(
         error: "failed",
         retry_at_ms: Some(now + 60_000),
         now_ms: now,
-        told: Told::Failing,
+        told: Told::FAILING,
     };
     assert!(s
         .save_refresh_failure(key, generation, failure, Vec::new())
@@ -332,7 +332,7 @@ async fn events_are_stored_with_their_change_and_only_with_it(b: Backend) {
         error: "down",
         retry_at_ms: Some(9_000),
         now_ms: 4_000,
-        told: Told::Failing,
+        told: Told::FAILING,
     };
     assert!(s
         .save_refresh_failure(&key, g, failure, vec![delivery("d2", "t", 4_000)])
@@ -340,7 +340,7 @@ async fn events_are_stored_with_their_change_and_only_with_it(b: Backend) {
         .unwrap());
     let failing = s.get_connection(&key).await.unwrap().unwrap();
     assert_eq!(failing.failing_since_ms, Some(4_000));
-    assert_eq!(failing.told, Told::Failing);
+    assert_eq!(failing.told, Told::FAILING);
     assert_eq!(ids(s, DeliveryFilter::All).await, vec!["d2"]);
     // Deleting a connection that is not there tells nothing.
     let gone = ConnectionKey::new("p", "nobody");
@@ -1176,13 +1176,13 @@ async fn what_was_told_of_a_connection_is_kept_until_a_refresh_succeeds(b: Backe
     let key = ConnectionKey::new("p", "a");
     let told = || async { s.get_connection(&key).await.unwrap().unwrap() };
     let mut save = saved(&key, tokens(b"a1", b"r1"));
-    save.told = Told::NeedsReauth;
+    save.told = Told::NEEDS_REAUTH;
     s.save_connection(save, 1_000, Vec::new()).await.unwrap();
     let row = told().await;
-    assert_eq!(row.told, Told::NeedsReauth);
+    assert_eq!(row.told, Told::NEEDS_REAUTH);
     for (at, status, told_now) in [
-        (2_000, ConnectionStatus::Active, Told::Failing),
-        (2_500, ConnectionStatus::NeedsReauth, Told::NeedsReauth),
+        (2_000, ConnectionStatus::Active, Told::FAILING),
+        (2_500, ConnectionStatus::NeedsReauth, Told::NEEDS_REAUTH),
     ] {
         let row = told().await;
         let g = lease(s, &key, row.generation, at).await.unwrap();
@@ -1206,16 +1206,16 @@ async fn what_was_told_of_a_connection_is_kept_until_a_refresh_succeeds(b: Backe
         .save_refreshed(&key, g, tokens(b"a2", b"r2"), 3_000, Vec::new())
         .await
         .unwrap());
-    assert_eq!(told().await.told, Told::Nothing);
+    assert_eq!(told().await.told, Told::NOTHING);
     let mut save = saved(&key, tokens(b"a3", b"r3"));
-    save.told = Told::Failing;
+    save.told = Told::FAILING;
     s.save_connection(save, 4_000, Vec::new()).await.unwrap();
-    assert_eq!(told().await.told, Told::Failing);
+    assert_eq!(told().await.told, Told::FAILING);
     // A connect's save says nothing was told.
     s.save_connection(saved(&key, tokens(b"a4", b"r4")), 5_000, Vec::new())
         .await
         .unwrap();
-    assert_eq!(told().await.told, Told::Nothing);
+    assert_eq!(told().await.told, Told::NOTHING);
 }
 
 backends!(
@@ -1588,7 +1588,7 @@ async fn a_connected_poll_stores_the_connection_and_ends_the_flow_in_one_write(b
     assert_eq!(conn.last_error, None);
     assert_eq!(conn.retry_at_ms, None);
     assert_eq!(conn.failing_since_ms, None);
-    assert_eq!(conn.told, Told::Nothing);
+    assert_eq!(conn.told, Told::NOTHING);
     assert_eq!(conn.connected_at_ms, Some(t1));
     let mut got = ids(s, DeliveryFilter::All).await;
     got.sort();

@@ -211,7 +211,7 @@ fn token_changes(t: SealedTokens, now_ms: i64, keep_missing: bool, told: Told) -
         .opt_num("failing_since", None)
         .opt_num(
             "failing_notified",
-            (told != Told::Nothing).then(|| told.stored()),
+            (!told.is_nothing()).then(|| told.stored()),
         );
     match (t.scopes, keep_missing) {
         (Some(s), _) => ch.put("scopes", s),
@@ -439,7 +439,7 @@ impl ConnectionStore for RedisStore {
         events: Vec<NewDelivery>,
     ) -> Result<bool, StoreError> {
         let (provider, account) = (key.provider.as_str(), key.account.as_str());
-        let changes = token_changes(t, now_ms, true, Told::Nothing);
+        let changes = token_changes(t, now_ms, true, Told::NOTHING);
         self.fenced(
             "saving refreshed tokens",
             (provider, account),
@@ -464,7 +464,7 @@ impl ConnectionStore for RedisStore {
             .put("last_error", f.error)
             .opt_num("retry_at", f.retry_at_ms)
             .num("updated", f.now_ms);
-        if f.told != Told::Nothing {
+        if !f.told.is_nothing() {
             changes.num("failing_notified", f.told.stored());
         }
         self.fenced(
