@@ -215,11 +215,19 @@ pub async fn reseal(
 
 /// Drops keys no stored value uses (states: those live at `now_ms`) and no serving oauthd
 /// seals with. Returns (kept, removed).
-pub async fn prune(
-    path: &Path,
-    store: &dyn Store,
-    now_ms: i64,
-) -> Result<(usize, usize), RekeyError> {
+/// What `prune` did.
+#[derive(Debug)]
+pub struct Pruned {
+    /// How many keys the key file keeps.
+    pub kept: usize,
+    /// The ids of the keys it no longer holds.
+    pub removed: Vec<String>,
+    /// Where the key file as it was is kept (mode 600), when a key was removed: copies of
+    /// the database made before need what it holds.
+    pub before: Option<std::path::PathBuf>,
+}
+
+pub async fn prune(path: &Path, store: &dyn Store, now_ms: i64) -> Result<Pruned, RekeyError> {
     let text = read(path)?;
     let lines = key_lines(&text);
     let ids = vault::key_ids(&text)?;
@@ -257,17 +265,23 @@ pub async fn prune(
             .and_then(|v| sealed_flow_secrets(&v));
         used.extend(inner.as_deref().and_then(sealed_key_id));
     }
-    let keep: Vec<&String> = lines
+    let (keep, removed): (Vec<_>, Vec<_>) = lines
         .iter()
         .zip(&ids)
         .enumerate()
-        .filter(|(i, (_, id))| *i == 0 || used.contains(*id))
-        .map(|(_, (line, _))| line)
-        .collect();
-    let removed = lines.len() - keep.len();
-    if removed > 0 {
-        let joined: Vec<&str> = keep.iter().map(|s| s.as_str()).collect();
+        .partition(|(i, (_, id))| *i == 0 || used.contains(*id));
+    let mut before = None;
+    if !removed.is_empty() {
+        // The file as it was, beside it: a backup made before needs the keys going now.
+        let kept_as = crate::paths::with_suffix(path, &format!(".before-prune-{}", now_ms / 1000));
+        write(&kept_as, &text)?;
+        before = Some(kept_as);
+        let joined: Vec<&str> = keep.iter().map(|(_, (line, _))| line.as_str()).collect();
         write(path, &format!("{HEADER}{}\n", joined.join("\n")))?;
     }
-    Ok((keep.len(), removed))
+    Ok(Pruned {
+        kept: keep.len(),
+        removed: removed.iter().map(|(_, (_, id))| (*id).clone()).collect(),
+        before,
+    })
 }

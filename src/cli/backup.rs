@@ -31,6 +31,11 @@ fn database<'a>(settings: &'a Settings, command: &str) -> Result<&'a Path, Fatal
 /// Where the vault key comes from, for the reminder to keep it with the copy.
 fn key_named(settings: &Settings) -> String {
     match super::key_source(settings) {
+        // The oauthd serving it reads its key from elsewhere, which this command was not told.
+        Ok(KeySource::File { path, .. }) if !path.exists() => format!(
+            "the vault key it is served with (there is no key file at {}: oauthd reads it from where OAUTHD_KEY_FILE or OAUTHD_KEY says, which this command was not given; `oauthd check --db COPY` with the same names the keys the copy needs)",
+            path.display()
+        ),
         Ok(KeySource::File { path, .. }) => format!("the key file {}", path.display()),
         Ok(KeySource::Inline(_)) => "the key in OAUTHD_KEY".to_owned(),
         Err(_) => "the vault key".to_owned(),

@@ -64,9 +64,12 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
         if let Some(note) = super::database_readable_by_others(&settings) {
             r.line("warn", "store", note);
         }
-        if matches!(settings.store, crate::store::target::StoreTarget::Sqlite) {
-            check_room(&mut r, &settings.db);
-        }
+    }
+    // Also when the database does not open: a full disk is one reason it may not.
+    if matches!(settings.store, crate::store::target::StoreTarget::Sqlite)
+        && (settings.db.exists() || parent_is_dir(&settings.db))
+    {
+        check_room(&mut r, &settings.db);
     }
     let source = match super::key_source(&settings) {
         Ok(s) => s,
@@ -257,7 +260,22 @@ fn key_file_line(
                 None => None,
             };
             match refusal {
-                Some(why) => r.line("FAIL", "key file", why),
+                Some(why) => {
+                    // A serving oauthd has its key: from where this check was not told.
+                    let serving = match store {
+                        Some(store) => rt
+                            .block_on(store.vault_keys_in_use(now))
+                            .unwrap_or_default(),
+                        None => Vec::new(),
+                    };
+                    let why = match serving.first().and_then(|i| i.keys.first()) {
+                        Some(key) => format!(
+                            "{why}. An oauthd serving this store seals with key {key} now: it reads its key from elsewhere (OAUTHD_KEY_FILE or OAUTHD_KEY); run check with the same"
+                        ),
+                        None => why,
+                    };
+                    r.line("FAIL", "key file", why)
+                }
                 None => r.line(
                     "ok",
                     "key file",
@@ -319,9 +337,13 @@ async fn stored_lines(
         r.line(
             "ok",
             "state data",
-            format!(
-                "the key file opens the data of all {sealed} live state(s) that hold sealed data"
-            ),
+            if sealed == 0 {
+                "no live state holds sealed data".to_owned()
+            } else {
+                format!(
+                    "the key file opens the data of all {sealed} live state(s) that hold sealed data"
+                )
+            },
         );
     } else {
         r.line(
@@ -560,11 +582,10 @@ fn vault_line(
         r.line(
             "ok",
             "vault",
-            format!(
-                "key {} opens all {} connection(s)",
-                v.current_key_id(),
-                rows.len()
-            ),
+            match rows.len() {
+                0 => format!("key {} (no connections yet)", v.current_key_id()),
+                n => format!("key {} opens all {n} connection(s)", v.current_key_id()),
+            },
         );
     } else {
         r.line(

@@ -43,14 +43,27 @@ pub(super) fn rekey(settings: Settings, prune: bool, to: Option<String>) -> Resu
     if prune {
         return runtime()?.block_on(async {
             let now = crate::clock::Clock::system().now_ms();
-            let (kept, removed) = crate::rekey::prune(&path, store.as_ref(), now).await?;
+            let pruned = crate::rekey::prune(&path, store.as_ref(), now).await?;
+            let removed = match pruned.removed.as_slice() {
+                [] => String::new(),
+                ids => format!(" ({})", ids.join(", ")),
+            };
+            let before = match &pruned.before {
+                Some(before) => format!(
+                    " The key file as it was is kept at {} (mode 600): copies of the database made before now need its keys; delete it once they are gone.",
+                    before.display()
+                ),
+                None => String::new(),
+            };
             say!(
-                "Key file {}: removed {removed} key(s) that nothing uses; kept {kept} (the \
+                "Key file {}: removed {} key(s) that nothing uses{removed}; kept {} (the \
                  current one, any that a serving oauthd seals with, and any that still seal \
                  a stored value: connection tokens, pending device codes, or the data of \
                  states, connect flows among them, which keep their key until they are \
-                 consumed or expire).",
-                path.display()
+                 consumed or expire).{before}",
+                path.display(),
+                pruned.removed.len(),
+                pruned.kept
             );
             Ok(())
         });

@@ -571,6 +571,47 @@ fn a_command_makes_no_key_file_beside_a_database_oauthd_served() {
     assert!(!key_file.exists(), "a command made the key file");
 }
 
+/// `check` and `backup` run without the OAUTHD_KEY_FILE a serving oauthd reads: `check`
+/// failed the key file as lost (and the daemon ran fine), `backup` said to keep a key file
+/// that does not exist. Both say where the key is and that the command was not told.
+#[test]
+fn commands_without_the_serving_oauthds_key_file_say_where_the_key_is() {
+    let home = Home::new();
+    home.create_key("app", &[]);
+    let vault = home.dir.path().join("vault.key");
+    let made = Command::new(BIN).arg("keygen").output().unwrap();
+    std::fs::write(&vault, &made.stdout).unwrap();
+    let vault_env = ("OAUTHD_KEY_FILE", vault.to_str().unwrap());
+    let d = home.start_with_env(&[vault_env]);
+    let id = text(&made.stderr)
+        .trim()
+        .trim_start_matches("key id ")
+        .to_owned();
+
+    let out = home.cli(&["check"]);
+    let report = text(&out.stdout);
+    assert!(
+        report.lines().any(|l| l.starts_with("FAIL  key file: ")
+            && l.contains(&format!(
+                "An oauthd serving this store seals with key {id} now"
+            ))
+            && l.contains("run check with the same")),
+        "{report}"
+    );
+    let copy = home.dir.path().join("copy.db");
+    let out = home.cli(&["backup", copy.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let said = text(&out.stderr);
+    assert!(
+        said.contains(&format!(
+            "there is no key file at {}",
+            home.key_file().display()
+        )) && said.contains("which this command was not given"),
+        "{said}"
+    );
+    drop(d);
+}
+
 /// A provider "gh" (GitHub's preset) for the import tests.
 const GH: &str = "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n";
 

@@ -1410,6 +1410,49 @@ async fn a_database_file_deleted_under_oauthd_stops_its_writes() {
     d.signal_and_wait("TERM");
 }
 
+/// A copy put in place by `mv` over a running oauthd's database: the ERROR offered "start
+/// it again on the files as they are now", which replays the replaced database's `-wal`
+/// into the new file and damages it. It says to move the `-wal` and `-shm` aside first (or
+/// to let `oauthd restore` do it), and done so, the copy starts whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_replaced_under_oauthd_says_to_move_the_old_wal_aside() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let kept = d
+        .create_state(&key, json!({"namespace": "oauth:app"}))
+        .await;
+    let copy = home.dir.path().join("copy.db");
+    let out = home.cli(&["backup", copy.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let later = d
+        .create_state(&key, json!({"namespace": "oauth:app"}))
+        .await;
+    std::fs::rename(&copy, home.db()).unwrap();
+    let (status, body) = d.readyz_until(503).await;
+    assert_eq!(status, 503, "{body}");
+    let log = home.log_text();
+    assert!(
+        log.lines().any(|l| l.contains(" ERROR ")
+            && l.contains("after moving")
+            && l.contains("oauthd.db-wal")
+            && l.contains("oauthd.db-shm")
+            && l.contains("`oauthd restore` puts a copy in place that way")),
+        "{log}"
+    );
+    d.signal_and_wait("TERM");
+    for name in ["oauthd.db-wal", "oauthd.db-shm"] {
+        let file = home.dir.path().join(name);
+        if file.exists() {
+            std::fs::rename(&file, home.dir.path().join(format!("{name}.aside"))).unwrap();
+        }
+    }
+    let d = home.start();
+    assert_eq!(d.consume(&key, &kept, "oauth:app").await.0, 200);
+    assert_eq!(d.consume(&key, &later, "oauth:app").await.0, 404);
+    d.signal_and_wait("TERM");
+}
+
 /// `rm oauthd.db` under a running oauthd: what it holds is then only in the file it still
 /// has open, lost when it stops (the log said "put the files back", which an `rm` makes
 /// impossible, or restart, which started on an empty database). The ERROR says how to copy

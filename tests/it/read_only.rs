@@ -490,6 +490,49 @@ fn check_fails_a_database_whose_disk_has_too_little_room() {
     );
 }
 
+/// A start (and `check`) on a database whose disk is full: the start said "is the file and
+/// its directory writable by this user?", and `check` left out its disk line with the store
+/// that did not open. Both name the full disk now. On a 6 MiB tmpfs of its own, in a
+/// private mount namespace, filled before the start.
+#[test]
+fn a_start_on_a_full_disk_names_it() {
+    let home = Home::new();
+    let disk = home.dir.path().join("disk");
+    std::fs::create_dir(&disk).expect("mkdir");
+    let out = Command::new("timeout")
+        .arg("60")
+        .args(["unshare", "-m", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "mount -t tmpfs -o size=6m tmpfs \"$1\" \
+             || { echo \"mount -t tmpfs failed: this test needs CAP_SYS_ADMIN\" >&2; exit 97; }; \
+             \"$2\" keys create --create --db \"$1/oauthd.db\" --name app >/dev/null || exit 98; \
+             dd if=/dev/zero of=\"$1/fill\" bs=64k 2>/dev/null; \
+             \"$2\" check --db \"$1/oauthd.db\"; echo \"check exit $?\"; \
+             timeout 10 \"$2\" serve --db \"$1/oauthd.db\" --listen 127.0.0.1:0; echo \"serve exit $?\"",
+        )
+        .arg("sh")
+        .arg(&disk)
+        .arg(BIN)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("timeout, unshare");
+    let (said, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!matches!(out.status.code(), Some(97 | 98)), "{out:?}");
+    assert!(
+        said.lines().any(|l| l.starts_with("FAIL  disk: ")) && said.contains("check exit 1"),
+        "{said}"
+    );
+    assert!(
+        err.contains("the filesystem holding it is full")
+            && !said.contains("serve exit 0")
+            && !said.contains("serve exit 124"),
+        "{said}\n{err}"
+    );
+}
+
 /// A disk that fills up under oauthd (a tmpfs of its own, in a private mount namespace,
 /// filled by a file written into it through `/proc/PID/root`): writes answer 503 saying the
 /// disk is full, `/readyz` says so too (a load balancer stops sending), it is logged once

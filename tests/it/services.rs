@@ -1095,10 +1095,15 @@ async fn prune_keeps_the_keys_of_states_data_and_of_the_flows_inside(b: Backend)
         .await
         .unwrap();
     let now = clock().now_ms();
-    let (kept, removed) = oauthd::rekey::prune(&path, b.store.as_ref(), now)
+    let pruned = oauthd::rekey::prune(&path, b.store.as_ref(), now)
         .await
         .unwrap();
-    assert_eq!((kept, removed), (2, 1));
+    assert_eq!((pruned.kept, pruned.removed.len()), (2, 1));
+    // The file as it was is kept beside it, with the key that went.
+    let before = std::fs::read_to_string(pruned.before.expect("kept")).unwrap();
+    assert!(oauthd::vault::key_ids(&before)
+        .unwrap()
+        .contains(&pruned.removed[0]));
     let left = oauthd::vault::key_ids(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(
         left,

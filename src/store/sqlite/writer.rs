@@ -608,8 +608,20 @@ impl Link {
                         ),
                         None => String::new(),
                     };
+                    // A database file put in place while the -wal beside it is still the
+                    // old database's: started on as they are, SQLite replays the old
+                    // -wal's pages into the new file, which that damages.
+                    let start_again = if file == *db {
+                        format!(
+                            "; or stop oauthd and start it on the new file without what it held, after moving {} and {} aside (they are the replaced database's: replayed into the new file, they damage it). `oauthd restore` puts a copy in place that way",
+                            crate::paths::shell_word(&crate::paths::with_suffix(db, "-wal")),
+                            crate::paths::shell_word(&crate::paths::with_suffix(db, "-shm"))
+                        )
+                    } else {
+                        "; or stop oauthd and start it again on the files as they are now, without what it held".to_owned()
+                    };
                     log::error!(
-                        "database {}: {} was deleted or replaced while oauthd had it open (an rm, a restore by mv while oauthd ran): what oauthd wrote to it now would be lost at its next start, so writes and /readyz answer 503. Put the files oauthd opened back and it carries on by itself{keep}; or stop oauthd and start it again on the files as they are now, without what it held",
+                        "database {}: {} was deleted or replaced while oauthd had it open (an rm, a restore by mv while oauthd ran): what oauthd wrote to it now would be lost at its next start, so writes and /readyz answer 503. Put the files oauthd opened back and it carries on by itself{keep}{start_again}",
                         self.name,
                         file.display()
                     );
