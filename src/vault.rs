@@ -26,6 +26,8 @@ pub enum VaultError {
     BadKey,
     #[error("line {0}: a vault key is 32 bytes written as base64 (make one with `oauthd keygen`)")]
     BadKeyLine(usize),
+    #[error("it holds no key (it is empty, or comments only): put back the key file oauthd served with; `oauthd keygen` makes one only for a database nothing was sealed in yet")]
+    NoKey,
     #[error("value sealed with key {0}, which is not loaded: put that key back in the key file (a key file holds several keys, one per line)")]
     UnknownKey(String),
     #[error("a sealed value failed to open: it was altered, moved to another field, or is not a sealed value")]
@@ -152,7 +154,7 @@ impl std::fmt::Debug for KeySource {
 
 impl Vault {
     pub fn from_keys(keys: &[Zeroizing<[u8; 32]>]) -> Result<Vault, VaultError> {
-        let (first, rest) = keys.split_first().ok_or(VaultError::BadKey)?;
+        let (first, rest) = keys.split_first().ok_or(VaultError::NoKey)?;
         // A key listed twice (a line pasted again) is one key: listed once, tried once.
         let mut seen: Vec<&[u8; 32]> = vec![first];
         let mut older: Vec<VaultKey> = Vec::with_capacity(rest.len());

@@ -92,6 +92,12 @@ impl ImportedTokens {
                 crate::numbers::whole_number(&n)
                     .ok_or_else(|| bad("expires_in must be a whole number of seconds"))?,
             ),
+            // As providers write it at times (and oauthd reads it from them): "3600".
+            Some(Value::String(s)) => Some(
+                s.trim()
+                    .parse::<u64>()
+                    .map_err(|_| bad("expires_in must be a whole number of seconds"))?,
+            ),
             Some(_) => return Err(bad("expires_in must be a number of seconds")),
         };
         let scope = string_field(&mut map, "scope")?;

@@ -41,15 +41,18 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
                     out!("{}", serde_json::to_string_pretty(&list)?);
                     return Ok(());
                 }
-                out!(
-                    "{:<36} {:<27} {:<16} {:<9} {:>8} {:<25} LAST ERROR",
-                    "ID",
-                    "TYPE",
-                    "TARGET",
-                    "STATUS",
-                    "ATTEMPTS",
-                    "CREATED"
-                );
+                // No table at all when there is nothing to list (said on stderr below).
+                if !rows.is_empty() {
+                    out!(
+                        "{:<36} {:<27} {:<16} {:<9} {:>8} {:<25} LAST ERROR",
+                        "ID",
+                        "TYPE",
+                        "TARGET",
+                        "STATUS",
+                        "ATTEMPTS",
+                        "CREATED"
+                    );
+                }
                 for d in &rows {
                     // A delivered one's error is an earlier attempt's, not how it stands.
                     let last_error = match (d.status, d.last_error.as_deref()) {

@@ -747,6 +747,36 @@ async fn an_import_refuses_bad_lines_one_by_one() {
         )
         .await;
     assert_eq!(status, 201, "{body}");
+    // `expires_in` as text, as providers write it at times: read as its number; text that
+    // is no whole number is refused, naming the field.
+    let (status, body) = d
+        .put(
+            "/v1/connections/gh/text",
+            &key,
+            serde_json::json!({"access_token": "t", "expires_in": "3600"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let expires = chrono::DateTime::parse_from_rfc3339(body["expires_at"].as_str().unwrap())
+        .unwrap()
+        .timestamp();
+    assert!(
+        (expires - chrono::Utc::now().timestamp() - 3600).abs() < 60,
+        "{body}"
+    );
+    let (status, body) = d
+        .put(
+            "/v1/connections/gh/soon",
+            &key,
+            serde_json::json!({"access_token": "t", "expires_in": "soon"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("expires_in must be a whole number of seconds"),
+        "{body}"
+    );
     d.signal_and_wait("TERM");
 }
 

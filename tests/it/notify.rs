@@ -1183,6 +1183,8 @@ async fn a_quiet_targets_last_delivery_shows_behind_a_busy_ones() {
             ),
         "{said}"
     );
+    // Nothing to list prints no table: the output is empty, what is said goes to stderr.
+    assert!(out.stdout.is_empty(), "{out:?}");
     drop(d);
 }
 

@@ -1042,6 +1042,26 @@ async fn a_key_file_written_over_with_another_key_is_not_taken() {
     assert_eq!((status, &body["data"]), (200, &data), "{body}");
 }
 
+/// An empty key file (a copy cut short, a `>` that ran without its command) said "a vault
+/// key is 32 bytes written as base64 (make one with `oauthd keygen`)": for a database
+/// holding what its key sealed, a new key is the wrong advice. It says the file holds no
+/// key and to put back the one served with.
+#[test]
+fn an_empty_key_file_is_said_to_hold_no_key() {
+    let home = Home::new();
+    home.write_config("");
+    home.create_key("app", &[]);
+    drop(home.start());
+    std::fs::write(home.key_file(), "# only a comment\n").unwrap();
+    let out = home.serve_once();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("holds no key (it is empty, or comments only): put back the key file oauthd served with"),
+        "{err}"
+    );
+}
+
 /// A line that is no key appended to a running oauthd's key file: the WARN said only "a
 /// vault key is 32 bytes written as base64", not which line, and the file mended, nothing
 /// said it loads again. Now the line is named and the mend is said.
