@@ -1296,6 +1296,34 @@ fn damage(home: &Home, offset: u64, len: usize) {
     file.write_all(&vec![0xA5; len]).unwrap();
 }
 
+/// `check` on a database whose integrity check fails said only SQLite's verdict ("wrong #
+/// of entries in index …"): it says what to do, as the start does for a damaged database.
+#[test]
+fn check_says_what_to_do_with_a_database_that_fails_its_integrity_check() {
+    let home = Home::new();
+    home.create_key("app", &[]);
+    home.create_key("other", &[]);
+    let page: i64 = rusqlite::Connection::open(home.db())
+        .unwrap()
+        .query_row(
+            "SELECT rootpage FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'api_keys' ORDER BY name LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    damage(&home, (page as u64 - 1) * 4096, 4096);
+    let out = home.cli(&["check"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.lines().any(|l| l.starts_with("FAIL  store: ")
+            && l.contains("is damaged")
+            && l.contains("oauthd restore")
+            && l.contains(".recover")),
+        "{report}"
+    );
+}
+
 /// A database damaged where the start reads it is said to be damaged, with what to do,
 /// and ends the start with exit 2 (a unit's `RestartPreventExitStatus=2` then stops trying):
 /// it was exit 1 with "is the file and its directory writable by this user?", and systemd

@@ -532,7 +532,13 @@ impl super::Store for SqliteStore {
             .await
             .map_err(|e| e.to_string())?;
         if verdict != "ok" {
-            return Err(format!("integrity_check: {verdict}"));
+            // One line (SQLite's verdict spans several), saying what to do about it as the
+            // start says of a damaged database.
+            let verdict = verdict.lines().collect::<Vec<_>>().join("; ");
+            return Err(format!(
+                "database {path} is damaged (integrity_check: {verdict}): restore the last copy (`oauthd restore`, with oauthd stopped), or save what SQLite still reads with `sqlite3 {path} .recover`",
+                path = self.path.display()
+            ));
         }
         self.writer
             .check_writable("checking the database is writable")
