@@ -26,7 +26,7 @@ pub enum VaultError {
     BadKey,
     #[error("line {0}: a vault key is 32 bytes written as base64 (make one with `oauthd keygen`)")]
     BadKeyLine(usize),
-    #[error("it holds no key (it is empty, or comments only): put back the key file oauthd served with; `oauthd keygen` makes one only for a database nothing was sealed in yet")]
+    #[error("it holds no key (it is empty, or comments only): put back the key oauthd served with; `oauthd keygen` makes one only for a database nothing was sealed in yet")]
     NoKey,
     #[error("value sealed with key {0}, which is not loaded: put that key back in the key file (a key file holds several keys, one per line)")]
     UnknownKey(String),
@@ -189,15 +189,21 @@ impl Vault {
 
     /// Loads the vault, creating a 0600 key file beside the database on first run.
     pub fn load(source: &KeySource) -> Result<Vault, VaultError> {
+        Vault::load_text(source).map(|(vault, _)| vault)
+    }
+
+    /// `load`, with the key file's text as read (`None` for `OAUTHD_KEY`).
+    fn load_text(source: &KeySource) -> Result<(Vault, Option<Zeroizing<String>>), VaultError> {
         match source {
             KeySource::Inline(text) => {
                 // A line number says nothing of a one-line variable.
-                Vault::from_text(text).map_err(|e| match e {
+                let vault = Vault::from_text(text).map_err(|e| match e {
                     VaultError::BadKeyLine(_) if !text.trim().contains('\n') => {
                         VaultError::Inline(VaultError::BadKey.to_string())
                     }
                     e => VaultError::Inline(e.to_string()),
-                })
+                })?;
+                Ok((vault, None))
             }
             KeySource::File { path, create } => {
                 let file_err = |message: String| VaultError::File {
@@ -214,7 +220,8 @@ impl Vault {
                 let text = Zeroizing::new(
                     std::fs::read_to_string(path).map_err(|e| file_err(read_failed(path, &e)))?,
                 );
-                Vault::from_text(&text).map_err(|e| file_err(e.to_string()))
+                let vault = Vault::from_text(&text).map_err(|e| file_err(e.to_string()))?;
+                Ok((vault, Some(text)))
             }
         }
     }
@@ -320,6 +327,89 @@ struct Loaded {
     /// Whether the last read of a changed key file failed (its keys kept): the next one
     /// that loads says so.
     reload_failed: bool,
+    /// The key file's text as last taken: written out beside it when the file is gone or
+    /// replaced, as the process's memory is then the only place its keys are.
+    text: Option<Zeroizing<String>>,
+    /// Where that copy was written, once it was.
+    rescued: Option<PathBuf>,
+}
+
+/// Writes `text` (the keys a running oauthd holds) to `<path>.loaded-<pid>`, mode 600,
+/// never over another file; returns where.
+fn rescue_copy(path: &Path, text: &str) -> std::io::Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let copy = crate::paths::with_suffix(path, &format!(".loaded-{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&copy)?;
+    writeln!(
+        file,
+        "# the vault keys oauthd (pid {}) held when {} went away or was replaced",
+        std::process::id(),
+        path.display()
+    )?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    Ok(copy)
+}
+
+/// The copies running oauthds wrote of the keys they held when `path` went away or was
+/// replaced (`<path>.loaded-<pid>`), newest first.
+pub fn rescued_copies(path: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Vec::new();
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!("{}.loaded-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name().to_str().is_some_and(|n| {
+                n.strip_prefix(&prefix)
+                    .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    found.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
+    found.into_iter().map(|(_, p)| p).collect()
+}
+
+impl Loaded {
+    /// What to tell of the copy of the loaded keys, written once.
+    fn rescue(&mut self, source: &KeySource) -> String {
+        let (KeySource::File { path, .. }, Some(text)) = (source, &self.text) else {
+            return String::new();
+        };
+        if self.rescued.is_none() {
+            match rescue_copy(path, text) {
+                Ok(copy) => self.rescued = Some(copy),
+                Err(e) => {
+                    return format!(
+                        " The loaded keys could not be written out ({e}): do not stop this oauthd before the key file is back"
+                    )
+                }
+            }
+        }
+        match &self.rescued {
+            Some(copy) => format!(
+                " The keys it holds are written to {} (mode 600): `mv` that file to {} to put them back",
+                copy.display(),
+                path.display()
+            ),
+            None => String::new(),
+        }
+    }
 }
 
 /// How often the key file's modification time is looked at.
@@ -346,12 +436,14 @@ impl VaultHandle {
         // Looked at before the read: a file replaced meanwhile (a `rekey` during a start)
         // differs from what is recorded, so the first look reads it again.
         let seen = modified(&source);
-        let vault = std::sync::Arc::new(Vault::load(&source)?);
+        let (vault, text) = Vault::load_text(&source)?;
         let loaded = Loaded {
-            vault,
+            vault: std::sync::Arc::new(vault),
             modified: seen,
             checked: std::time::Instant::now(),
             reload_failed: false,
+            text,
+            rescued: None,
         };
         // Only the first load may make a key file: a running server whose key file is
         // gone for a moment keeps its keys, never swaps them for a new one.
@@ -397,15 +489,16 @@ impl VaultHandle {
         let now_modified = modified(&self.source);
         if now_modified != cur.modified {
             cur.modified = now_modified;
-            match Vault::load(&self.source) {
+            match Vault::load_text(&self.source) {
                 // A file without the key this process seals with is no rekey (which keeps
                 // the old keys, and prune never drops the one sealing): another key file
                 // written over this one (`oauthd keygen >` it, an old copy restored).
                 // Taken, it would leave what was sealed openable only by this process's
                 // memory, lost at the next restart.
-                Ok(v) if !v.key_ids().contains(&cur.vault.current_key_id()) => {
+                Ok((v, _)) if !v.key_ids().contains(&cur.vault.current_key_id()) => {
+                    let rescue = cur.rescue(&self.source);
                     log::error!(
-                        "vault: the key file {} was replaced by one without key {}, which this oauthd seals with (it holds {}; a rekey keeps the old keys): not taken, the loaded keys ({}) stay in use. Put the key file back now: restarted without it, oauthd cannot open what those keys sealed. If the new file was meant, stop oauthd, put the old key's line before the new one's, and start it again",
+                        "vault: the key file {} was replaced by one without key {}, which this oauthd seals with (it holds {}; a rekey keeps the old keys): not taken, the loaded keys ({}) stay in use. Restarted without them, oauthd cannot open what they sealed.{rescue} If the new file was meant, stop oauthd, put the old keys' lines after the new one's, and start it again",
                         self.source.describe(),
                         cur.vault.current_key_id(),
                         v.key_ids().join(", "),
@@ -413,7 +506,7 @@ impl VaultHandle {
                     );
                     cur.reload_failed = true;
                 }
-                Ok(v) => {
+                Ok((v, text)) => {
                     if v.current_key_id() != cur.vault.current_key_id() {
                         log::info!(
                             "vault: key file changed; sealing with key {}",
@@ -427,7 +520,23 @@ impl VaultHandle {
                         );
                     }
                     cur.vault = std::sync::Arc::new(v);
+                    cur.text = text;
                     cur.reload_failed = false;
+                    if let Some(copy) = cur.rescued.take() {
+                        log::info!(
+                            "vault: the key file is back; {} (the keys written out when it went) may go",
+                            copy.display()
+                        );
+                    }
+                }
+                // Gone: the process's memory holds the only copy it knows of.
+                Err(e) if now_modified.is_none() => {
+                    let rescue = cur.rescue(&self.source);
+                    log::error!(
+                        "vault: cannot reload the key file, keeping the loaded keys ({}): {e}. Restarted without them, oauthd cannot open what they sealed.{rescue}",
+                        cur.vault.key_ids().join(", ")
+                    );
+                    cur.reload_failed = true;
                 }
                 Err(e) => {
                     log::warn!("vault: cannot reload the key file, keeping the loaded keys: {e}");

@@ -268,11 +268,14 @@ fn key_file_line(
                             .unwrap_or_default(),
                         None => Vec::new(),
                     };
-                    let why = match serving.first().and_then(|i| i.keys.first()) {
-                        Some(key) => format!(
-                            "{why}. An oauthd serving this store seals with key {key} now: it reads its key from elsewhere (OAUTHD_KEY_FILE or OAUTHD_KEY); run check with the same"
+                    let rescued = crate::vault::rescued_copies(path);
+                    let why = match (serving.first().and_then(|i| i.keys.first()), rescued.first()) {
+                        // The copy the refusal names already.
+                        (_, Some(_)) => why,
+                        (Some(key), None) => format!(
+                            "{why}. An oauthd serving this store seals with key {key} now: it reads its key from elsewhere (OAUTHD_KEY_FILE or OAUTHD_KEY: run check with the same), or this file was deleted under it, and its memory holds the only copy: do not stop it, and see its log"
                         ),
-                        None => why,
+                        (None, None) => why,
                     };
                     r.line("FAIL", "key file", why)
                 }

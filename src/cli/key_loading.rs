@@ -180,8 +180,17 @@ pub(super) async fn refusal_without_key_file(
     .flatten()
     .collect();
     if !held.is_empty() {
+        // A running oauthd that saw the file go wrote out the keys it held.
+        let rescued = match vault::rescued_copies(path).first() {
+            Some(copy) => format!(
+                " An oauthd that was running when it went wrote the keys it held to {}: `mv` that file to {} (then this works).",
+                copy.display(),
+                path.display()
+            ),
+            None => String::new(),
+        };
         return Ok(Some(format!(
-            "the database holds {} but there is no key file at {}: restore the key file that was used (or set OAUTHD_KEY_FILE / OAUTHD_KEY to it): oauthd does not start without it. No new key was made",
+            "the database holds {} but there is no key file at {}: restore the key file that was used (or set OAUTHD_KEY_FILE / OAUTHD_KEY to it): oauthd does not start without it.{rescued} No new key was made",
             held.join(" and "),
             path.display()
         )));

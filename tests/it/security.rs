@@ -997,6 +997,29 @@ async fn a_running_server_never_replaces_a_key_file_that_went_away() {
         "{}",
         home.log_text()
     );
+    // Its memory was the only place the keys were: it wrote them out, and a start that
+    // finds no key file names that copy.
+    let rescued = format!("{}.loaded-{}", home.key_file().display(), d.pid());
+    assert!(home.log_text().contains(&rescued), "{}", home.log_text());
+    let later = d
+        .create_state(&key, json!({"namespace": "login", "data": data}))
+        .await;
+    d.signal_and_wait("TERM");
+    home.write_config("");
+    let out = home.serve_once();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&format!(
+            "wrote the keys it held to {rescued}: `mv` that file to {}",
+            home.key_file().display()
+        )),
+        "{said}"
+    );
+    std::fs::rename(&rescued, home.key_file()).unwrap();
+    let d = home.start();
+    let (status, body) = d.consume(&key, &later, "login").await;
+    assert_eq!((status, &body["data"]), (200, &data), "{body}");
 }
 
 /// A running oauthd's key file written over with another key (`oauthd keygen >` it, the
@@ -1035,8 +1058,26 @@ async fn a_key_file_written_over_with_another_key_is_not_taken() {
         home.log_text()
     );
     assert!(home.log_text().contains("ERROR"), "{}", home.log_text());
+    // The keys it holds are written out beside the key file, and put back by a `mv`.
+    let rescued =
+        std::path::PathBuf::from(format!("{}.loaded-{}", home.key_file().display(), d.pid()));
+    assert!(
+        home.log_text().contains(&format!(
+            "The keys it holds are written to {} (mode 600)",
+            rescued.display()
+        )),
+        "{}",
+        home.log_text()
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&rescued).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(
+        oauthd::vault::key_ids(&std::fs::read_to_string(&rescued).unwrap()).unwrap(),
+        oauthd::vault::key_ids(&String::from_utf8(kept).unwrap()).unwrap()
+    );
     d.signal_and_wait("TERM");
-    std::fs::write(home.key_file(), kept).unwrap();
+    std::fs::rename(&rescued, home.key_file()).unwrap();
     let d = home.start();
     let (status, body) = d.consume(&key, &after, "login").await;
     assert_eq!((status, &body["data"]), (200, &data), "{body}");
