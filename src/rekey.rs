@@ -273,7 +273,17 @@ pub async fn prune(path: &Path, store: &dyn Store, now_ms: i64) -> Result<Pruned
     let mut before = None;
     if !removed.is_empty() {
         // The file as it was, beside it: a backup made before needs the keys going now.
-        let kept_as = crate::paths::with_suffix(path, &format!(".before-prune-{}", now_ms / 1000));
+        // Never over an earlier prune's copy (two in one second).
+        let name = |n: u32| match n {
+            1 => format!(".before-prune-{}", now_ms / 1000),
+            n => format!(".before-prune-{}-{n}", now_ms / 1000),
+        };
+        let mut n = 1;
+        let mut kept_as = crate::paths::with_suffix(path, &name(n));
+        while kept_as.exists() {
+            n += 1;
+            kept_as = crate::paths::with_suffix(path, &name(n));
+        }
         write(&kept_as, &text)?;
         before = Some(kept_as);
         let joined: Vec<&str> = keep.iter().map(|(_, (line, _))| line.as_str()).collect();

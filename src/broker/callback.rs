@@ -605,7 +605,7 @@ impl Broker {
                 })?;
         let stored = async {
             let nonce = secrets.nonce.as_deref();
-            let (save, events) = self
+            let (save, events, same) = self
                 .prepare_connection(
                     provider,
                     &account,
@@ -615,10 +615,12 @@ impl Broker {
                 )
                 .await?;
             let identity = save.identity.clone();
-            self.store_connection(save, events).await.map(|()| identity)
+            self.store_connection(save, events)
+                .await
+                .map(|()| (identity, same))
         };
-        let identity = match stored.await {
-            Ok(identity) => identity,
+        let (identity, same_account_as) = match stored.await {
+            Ok(stored) => stored,
             Err(BrokerError::IdToken(message)) => {
                 log::warn!("callback {provider_name}/{account}: {message}; nothing stored");
                 return Err(CallbackError::IdToken { account, message });
@@ -626,14 +628,6 @@ impl Broker {
             Err(e) => return Err(CallbackError::NotStored(e.for_callers())),
         };
         log::info!("connect {provider_name}/{account}: connected");
-        let same_account_as: Vec<String> = match self.sharing_a_grant(provider_name, &account).await
-        {
-            Ok(keys) => keys.into_iter().map(|k| k.account).collect(),
-            Err(e) => {
-                log::warn!("connect {provider_name}/{account}: could not look for connections of the same account ({e})");
-                Vec::new()
-            }
-        };
         if !same_account_as.is_empty() {
             log::info!(
                 "connect {provider_name}/{account}: the same account at {provider_name} as {}",

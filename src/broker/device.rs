@@ -437,7 +437,7 @@ impl Broker {
         tokens: &flows::TokenSet,
     ) {
         let (p, a) = (flow.provider.as_str(), flow.account.as_str());
-        let (save, mut events) = match self
+        let (save, mut events, _) = match self
             .prepare_connection(provider, a, tokens, None, Via::Device)
             .await
         {

@@ -12,6 +12,9 @@ use std::time::Duration;
 /// The longest `expires_in` taken from a provider as it is (ten years; imports clamp to it too).
 const MAX_EXPIRES_IN: Duration = Duration::from_secs(10 * 365 * 86400);
 
+/// How long a connect looks for the provider's other connections of the same account.
+const SAME_ACCOUNT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Broker {
     pub(super) fn seal_tokens(
         &self,
@@ -60,7 +63,8 @@ impl Broker {
         Ok(())
     }
 
-    /// What a (re)connect with tokens `t` stores, and the events that tell of it: the ID
+    /// What a (re)connect with tokens `t` stores, the other connections that are the same
+    /// account at the provider, and the events that tell of it: the ID
     /// token checked first (signature, issuer, audience, expiry and, when one was sent, the
     /// nonce; one that does not verify stores nothing), the tokens sealed.
     pub(super) async fn prepare_connection(
@@ -70,7 +74,7 @@ impl Broker {
         t: &TokenSet,
         nonce: Option<&str>,
         via: Via,
-    ) -> Result<(ConnectionSave, Vec<Event>), BrokerError> {
+    ) -> Result<(ConnectionSave, Vec<Event>, Vec<String>), BrokerError> {
         let identity = self.verify_id_token(provider, t, nonce).await?;
         // No scope in the response means the requested ones were granted (RFC 6749 §5.1).
         let requested = (!provider.scopes.is_empty()).then(|| provider.scopes.join(" "));
@@ -78,13 +82,25 @@ impl Broker {
         let key = ConnectionKey::new(&provider.name, account);
         let before = self.store.get_connection(&key).await?;
         // A browser still signed in at the provider connects that account again, whatever
-        // the name it is connected under: the event names the others it is.
+        // the name it is connected under: the event names the others it is. Told when it
+        // can be found out soon; the connect does not wait on it, nor fail for it.
         let same: Vec<String> = match identity.sub.as_deref() {
             Some(sub) => {
-                super::disconnect::signed_in_as(self.store.list_connections().await?, &key, sub)
-                    .into_iter()
-                    .map(|k| k.account)
-                    .collect()
+                let all = tokio::time::timeout(SAME_ACCOUNT_WAIT, self.store.list_connections());
+                match all.await {
+                    Ok(Ok(all)) => super::disconnect::signed_in_as(all, &key, sub)
+                        .into_iter()
+                        .map(|k| k.account)
+                        .collect(),
+                    Ok(Err(e)) => {
+                        log::warn!("connect {key}: could not look for connections of the same account ({e})");
+                        Vec::new()
+                    }
+                    Err(_) => {
+                        log::warn!("connect {key}: looking for connections of the same account took over {} s; not told", SAME_ACCOUNT_WAIT.as_secs());
+                        Vec::new()
+                    }
+                }
             }
             None => Vec::new(),
         };
@@ -95,7 +111,7 @@ impl Broker {
             identity,
             told: Told::NOTHING,
         };
-        Ok((save, events))
+        Ok((save, events, same))
     }
 
     /// The account an ID token names, when the answer carried one and the provider has an

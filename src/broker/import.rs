@@ -95,8 +95,11 @@ impl ImportedTokens {
             // As providers write it at times (and oauthd reads it from them): "3600".
             Some(Value::String(s)) => Some(
                 s.trim()
-                    .parse::<u64>()
-                    .map_err(|_| bad("expires_in must be a whole number of seconds"))?,
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|f| f.is_finite() && f.fract() == 0.0 && *f >= 0.0)
+                    .map(|f| f.min(u64::MAX as f64) as u64)
+                    .ok_or_else(|| bad("expires_in must be a whole number of seconds"))?,
             ),
             Some(_) => return Err(bad("expires_in must be a number of seconds")),
         };
@@ -208,15 +211,13 @@ impl Broker {
         // began before it cannot put the old token back.
         let saving = self.token_cache.forget_after(&key);
         // Tokens an app hands in prove nothing: what the operator was told of the
-        // connection's trouble stands until a refresh succeeds (then `recovered`), and is
-        // not told again meanwhile. Without a refresh token nothing ever can: its expiry
-        // is news, told as such.
-        let told = match (&before, &sealed.refresh_token) {
-            (Some(b), Some(_)) if b.status == ConnectionStatus::NeedsReauth => {
-                b.told.with(Told::NEEDS_REAUTH)
-            }
-            (Some(b), Some(_)) => b.told,
-            _ => Told::NOTHING,
+        // connection's trouble stands until a refresh succeeds or the account is connected
+        // again (then `recovered`), and a refusal of their refresh is not told again
+        // meanwhile (the expiry of tokens without a refresh token is: that is news).
+        let told = match &before {
+            Some(b) if b.status == ConnectionStatus::NeedsReauth => b.told.with(Told::NEEDS_REAUTH),
+            Some(b) => b.told,
+            None => Told::NOTHING,
         };
         let save = ConnectionSave {
             key,

@@ -1012,8 +1012,10 @@ impl Broker {
             }
         };
         let events: Vec<_> = match &failure {
-            // Tokens imported over a connection the user was told needs them: told once.
-            Failure::Reauth(_) if row.told.needs_reauth() => {
+            // Tokens imported over a connection the user was told needs them, whose refresh
+            // the provider refuses in turn: told once. (Imported without a refresh token,
+            // their expiry is news.)
+            Failure::Reauth(_) if row.told.needs_reauth() && row.refresh_token.is_some() => {
                 log::info!(
                     "connection {}/{} still needs the user: connection.needs_reauth was sent before and nothing has worked since (tokens imported over it), so it is not sent again",
                     row.provider,

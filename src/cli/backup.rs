@@ -31,9 +31,17 @@ fn database<'a>(settings: &'a Settings, command: &str) -> Result<&'a Path, Fatal
 /// Where the vault key comes from, for the reminder to keep it with the copy.
 fn key_named(settings: &Settings) -> String {
     match super::key_source(settings) {
-        // The oauthd serving it reads its key from elsewhere, which this command was not told.
+        Ok(KeySource::File {
+            path,
+            create: false,
+        }) if !path.exists() => format!(
+            "the vault key it is served with (OAUTHD_KEY_FILE names {}, which does not exist: check the name)",
+            path.display()
+        ),
+        // The oauthd serving it reads its key from elsewhere, which this command was not
+        // told, or the file was deleted under it (`oauthd check` says which).
         Ok(KeySource::File { path, .. }) if !path.exists() => format!(
-            "the vault key it is served with (there is no key file at {}: oauthd reads it from where OAUTHD_KEY_FILE or OAUTHD_KEY says, which this command was not given; `oauthd check --db COPY` with the same names the keys the copy needs)",
+            "the vault key it is served with (there is no key file at {}: oauthd reads it from where OAUTHD_KEY_FILE or OAUTHD_KEY says, which this command was not given, or the file was deleted under it: `oauthd check` says which)",
             path.display()
         ),
         Ok(KeySource::File { path, .. }) => format!("the key file {}", path.display()),

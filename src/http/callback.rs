@@ -116,7 +116,7 @@ pub async fn callback(
                 escape(&provider),
                 escape(&account),
                 signed_in_as(&provider, &identity),
-                same_account(&provider, &same_account_as),
+                same_account(&provider, &same_account_as, by_app),
                 caution.map_or_else(String::new, |c| format!(
                     "<p class=\"caution\"><strong>But</strong> {}.</p>",
                     escape(&c)
@@ -135,17 +135,19 @@ pub async fn callback(
 
 /// The caution for a connection that is the same account at the provider as `others`:
 /// the browser was still signed in there, so the person may have meant another account.
-fn same_account(provider: &str, others: &[String]) -> String {
-    if others.is_empty() {
-        return String::new();
-    }
-    let others: Vec<String> = others
-        .iter()
-        .map(|a| format!("<strong>{}</strong>", escape(a)))
-        .collect();
+/// An app's flow (whose key may reach only some accounts) is not told the others' names.
+fn same_account(provider: &str, others: &[String], by_app: bool) -> String {
+    let named = match others {
+        [] => return String::new(),
+        _ if by_app => format!("{} other connection(s)", others.len()),
+        _ => others
+            .iter()
+            .map(|a| format!("<strong>{}</strong>", escape(a)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
     format!(
-        "<p class=\"caution\"><strong>Note</strong> this is the same account at {p} as {}: the browser was still signed in there. To connect another account, sign out at {p} first, then connect again.</p>",
-        others.join(", "),
+        "<p class=\"caution\"><strong>Note</strong> this is the same account at {p} as {named}: the browser was still signed in there. To connect another account, sign out at {p} first, then connect again.</p>",
         p = escape(provider)
     )
 }

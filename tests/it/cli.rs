@@ -609,6 +609,22 @@ fn commands_without_the_serving_oauthds_key_file_say_where_the_key_is() {
         )) && said.contains("which this command was not given"),
         "{said}"
     );
+    // Given, but naming no file: said as such.
+    let typo = home.dir.path().join("typo.key");
+    let out = home
+        .cli_command(&["backup", copy.to_str().unwrap()])
+        .env("OAUTHD_KEY_FILE", &typo)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let said = text(&out.stderr);
+    assert!(
+        said.contains(&format!(
+            "OAUTHD_KEY_FILE names {}, which does not exist",
+            typo.display()
+        )),
+        "{said}"
+    );
     drop(d);
 }
 
@@ -753,7 +769,7 @@ async fn an_import_refuses_bad_lines_one_by_one() {
         .put(
             "/v1/connections/gh/text",
             &key,
-            serde_json::json!({"access_token": "t", "expires_in": "3600"}),
+            serde_json::json!({"access_token": "t", "expires_in": "3600.0"}),
         )
         .await;
     assert_eq!(status, 201, "{body}");

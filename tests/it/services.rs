@@ -1100,10 +1100,25 @@ async fn prune_keeps_the_keys_of_states_data_and_of_the_flows_inside(b: Backend)
         .unwrap();
     assert_eq!((pruned.kept, pruned.removed.len()), (2, 1));
     // The file as it was is kept beside it, with the key that went.
-    let before = std::fs::read_to_string(pruned.before.expect("kept")).unwrap();
+    let first = pruned.before.expect("kept");
+    let before = std::fs::read_to_string(&first).unwrap();
     assert!(oauthd::vault::key_ids(&before)
         .unwrap()
         .contains(&pruned.removed[0]));
+    // A second prune in the same second keeps its own copy, not over the first.
+    let added = oauthd::rekey::add_key(&path).unwrap();
+    let again = oauthd::rekey::prune(&path, b.store.as_ref(), now)
+        .await
+        .unwrap();
+    assert_eq!(again.removed, vec![added]);
+    let second = again.before.expect("kept");
+    assert_ne!(second, first);
+    assert_eq!(std::fs::read_to_string(&first).unwrap(), before);
+    assert!(
+        oauthd::vault::key_ids(&std::fs::read_to_string(&second).unwrap())
+            .unwrap()
+            .contains(&again.removed[0])
+    );
     let left = oauthd::vault::key_ids(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(
         left,
