@@ -334,30 +334,66 @@ struct Loaded {
     rescued: Option<PathBuf>,
 }
 
-/// Writes `text` (the keys a running oauthd holds) to `<path>.loaded-<pid>`, mode 600,
-/// never over another file; returns where.
+/// Writes `text` (the keys a running oauthd holds) to `<path>.loaded-<pid>-<time>`, mode
+/// 600, never over another file (nor through a link); returns where.
 fn rescue_copy(path: &Path, text: &str) -> std::io::Result<PathBuf> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let copy = crate::paths::with_suffix(path, &format!(".loaded-{}", std::process::id()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&copy)?;
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut tries = 0;
+    let (copy, mut file) = loop {
+        tries += 1;
+        let copy = crate::paths::with_suffix(
+            path,
+            &format!(".loaded-{}-{secs}-{tries}", std::process::id()),
+        );
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&copy)
+        {
+            Ok(file) => break (copy, file),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 100 => {}
+            Err(e) => return Err(e),
+        }
+    };
     writeln!(
         file,
-        "# the vault keys oauthd (pid {}) held when {} went away or was replaced",
-        std::process::id(),
-        path.display()
+        "# the vault keys oauthd (pid {}) held when its key file went away or was replaced",
+        std::process::id()
     )?;
     file.write_all(text.as_bytes())?;
     file.sync_all()?;
     Ok(copy)
 }
 
+/// Where to find the keys `needed` (every one; none: any copy) after the key file `path`
+/// went away or was replaced under a running oauthd: the newest copy it wrote that holds
+/// them all, said as a sentence to add to a message, or nothing.
+pub fn rescue_hint(path: &Path, needed: &[String]) -> String {
+    let holds = |copy: &PathBuf| {
+        let Ok(text) = std::fs::read_to_string(copy).map(Zeroizing::new) else {
+            return false;
+        };
+        key_ids(&text).is_ok_and(|ids| needed.iter().all(|n| ids.contains(n)))
+    };
+    match rescued_copies(path).into_iter().find(holds) {
+        Some(copy) => format!(
+            " A running oauthd wrote the keys it held to {} when the key file went away or was replaced: `mv {} {}` puts them back.",
+            copy.display(),
+            crate::paths::shell_word(&copy),
+            crate::paths::shell_word(path)
+        ),
+        None => String::new(),
+    }
+}
+
 /// The copies running oauthds wrote of the keys they held when `path` went away or was
-/// replaced (`<path>.loaded-<pid>`), newest first.
+/// replaced (`<path>.loaded-…`), newest first: files of this user only (not links, not
+/// another user's planted in a shared directory).
 pub fn rescued_copies(path: &Path) -> Vec<PathBuf> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Vec::new();
@@ -367,19 +403,29 @@ pub fn rescued_copies(path: &Path) -> Vec<PathBuf> {
     } else {
         dir
     };
+    use std::os::unix::fs::MetadataExt;
     let prefix = format!("{}.loaded-", name.to_string_lossy());
     let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    // The process's user: the owner of its own /proc entry.
+    let Ok(me) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
         return Vec::new();
     };
     let mut found: Vec<(std::time::SystemTime, PathBuf)> = entries
         .filter_map(Result::ok)
         .filter(|e| {
             e.file_name().to_str().is_some_and(|n| {
-                n.strip_prefix(&prefix)
-                    .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+                n.strip_prefix(&prefix).is_some_and(|rest| {
+                    !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit() || b == b'-')
+                })
             })
         })
-        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .filter_map(|e| {
+            let meta = std::fs::symlink_metadata(e.path()).ok()?;
+            (meta.file_type().is_file() && meta.uid() == me)
+                .then_some((meta.modified().ok()?, e.path()))
+        })
         .collect();
     found.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
     found.into_iter().map(|(_, p)| p).collect()
@@ -403,9 +449,10 @@ impl Loaded {
         }
         match &self.rescued {
             Some(copy) => format!(
-                " The keys it holds are written to {} (mode 600): `mv` that file to {} to put them back",
+                " The keys it holds are written to {} (mode 600): `mv {} {}` puts them back.",
                 copy.display(),
-                path.display()
+                crate::paths::shell_word(copy),
+                crate::paths::shell_word(path)
             ),
             None => String::new(),
         }
@@ -507,6 +554,7 @@ impl VaultHandle {
                     cur.reload_failed = true;
                 }
                 Ok((v, text)) => {
+                    let new_ids = v.key_ids();
                     if v.current_key_id() != cur.vault.current_key_id() {
                         log::info!(
                             "vault: key file changed; sealing with key {}",
@@ -523,10 +571,24 @@ impl VaultHandle {
                     cur.text = text;
                     cur.reload_failed = false;
                     if let Some(copy) = cur.rescued.take() {
-                        log::info!(
-                            "vault: the key file is back; {} (the keys written out when it went) may go",
-                            copy.display()
-                        );
+                        let dropped: Vec<String> = cur
+                            .vault
+                            .key_ids()
+                            .into_iter()
+                            .filter(|id| !new_ids.contains(id))
+                            .collect();
+                        if dropped.is_empty() {
+                            log::info!(
+                                "vault: the key file is back; {} (the keys written out when it went) may go",
+                                copy.display()
+                            );
+                        } else {
+                            log::warn!(
+                                "vault: the key file is back without key(s) {}, which {} (written out when it went) holds: keep that copy until `oauthd check` says nothing needs them",
+                                dropped.join(", "),
+                                copy.display()
+                            );
+                        }
                     }
                 }
                 // Gone: the process's memory holds the only copy it knows of.
@@ -538,8 +600,13 @@ impl VaultHandle {
                     );
                     cur.reload_failed = true;
                 }
+                // There but unreadable (emptied, a line that is no key, no permission):
+                // the loaded keys may be nowhere else either.
                 Err(e) => {
-                    log::warn!("vault: cannot reload the key file, keeping the loaded keys: {e}");
+                    let rescue = cur.rescue(&self.source);
+                    log::warn!(
+                        "vault: cannot reload the key file, keeping the loaded keys: {e}.{rescue}"
+                    );
                     cur.reload_failed = true;
                 }
             }

@@ -93,12 +93,12 @@ impl ImportedTokens {
                     .ok_or_else(|| bad("expires_in must be a whole number of seconds"))?,
             ),
             // As providers write it at times (and oauthd reads it from them): "3600".
+            // Read as the same number written without quotes would be.
             Some(Value::String(s)) => Some(
-                s.trim()
-                    .parse::<f64>()
+                serde_json::from_str::<serde_json::Number>(s.trim())
                     .ok()
-                    .filter(|f| f.is_finite() && f.fract() == 0.0 && *f >= 0.0)
-                    .map(|f| f.min(u64::MAX as f64) as u64)
+                    .as_ref()
+                    .and_then(crate::numbers::whole_number)
                     .ok_or_else(|| bad("expires_in must be a whole number of seconds"))?,
             ),
             Some(_) => return Err(bad("expires_in must be a number of seconds")),

@@ -268,14 +268,21 @@ fn key_file_line(
                             .unwrap_or_default(),
                         None => Vec::new(),
                     };
-                    let rescued = crate::vault::rescued_copies(path);
-                    let why = match (serving.first().and_then(|i| i.keys.first()), rescued.first()) {
-                        // The copy the refusal names already.
-                        (_, Some(_)) => why,
-                        (Some(key), None) => format!(
-                            "{why}. An oauthd serving this store seals with key {key} now: it reads its key from elsewhere (OAUTHD_KEY_FILE or OAUTHD_KEY: run check with the same), or this file was deleted under it, and its memory holds the only copy: do not stop it, and see its log"
-                        ),
-                        (None, None) => why,
+                    let why = match serving.first().and_then(|i| i.keys.first()) {
+                        Some(key) => {
+                            // The copy it wrote, when it saw its key file go, holds its key.
+                            let rescued =
+                                crate::vault::rescue_hint(path, std::slice::from_ref(key));
+                            let only = if rescued.is_empty() {
+                                ", and its memory holds the only copy: do not stop it, and see its log"
+                            } else {
+                                ""
+                            };
+                            format!(
+                                "{why} An oauthd serving this store seals with key {key} now: it reads its key from elsewhere (OAUTHD_KEY_FILE or OAUTHD_KEY: run check with the same), or this file was deleted under it{only}.{rescued}"
+                            )
+                        }
+                        None => why,
                     };
                     r.line("FAIL", "key file", why)
                 }
@@ -301,7 +308,15 @@ fn key_file_line(
             (Some(note), Ok(_)) => r.line("warn", "key file", note),
             (None, Ok(_)) => r.line("ok", "key file", format!("{} (mode 600)", path.display())),
         },
-        (Err(e), _) => r.line("FAIL", "key file", format!("{}: {e}", path.display())),
+        (Err(e), _) => r.line(
+            "FAIL",
+            "key file",
+            format!(
+                "{}: {e}{}",
+                path.display(),
+                crate::vault::rescue_hint(path, &[])
+            ),
+        ),
     }
     Ok(())
 }

@@ -84,7 +84,11 @@ pub(super) fn load_vault(source: KeySource) -> Result<VaultHandle, Fatal> {
     };
     VaultHandle::load(source).map_err(|e| match e {
         crate::vault::VaultError::File { path, message } => Fatal(
-            format!("key file {}{named_by}: {message}", path.display()),
+            format!(
+                "key file {}{named_by}: {message}{}",
+                path.display(),
+                vault::rescue_hint(&path, &[])
+            ),
             code,
         ),
         other => Fatal(other.to_string(), code),
@@ -96,7 +100,7 @@ pub(super) fn load_vault(source: KeySource) -> Result<VaultHandle, Fatal> {
 /// sealed with a key the old ones can never join.
 pub(super) fn check_vault_opens_tokens(
     vault: &VaultHandle,
-    from: &str,
+    source: &KeySource,
     store: &Arc<dyn Store>,
     target: &StoreTarget,
 ) -> Result<(), Fatal> {
@@ -105,6 +109,12 @@ pub(super) fn check_vault_opens_tokens(
     if missing.is_empty() {
         return Ok(());
     }
+    let from = source.describe();
+    // The key file written over under a running oauthd, which wrote out what it held.
+    let rescued = match source {
+        KeySource::File { path, .. } => vault::rescue_hint(path, &missing),
+        KeySource::Inline(_) => String::new(),
+    };
     let kept = match target {
         StoreTarget::Sqlite => "OAUTHD_KEY, OAUTHD_KEY_FILE, or the key file beside the database",
         StoreTarget::Redis(_) => {
@@ -113,7 +123,7 @@ pub(super) fn check_vault_opens_tokens(
     };
     Err(Fatal(
         format!(
-            "{} holds tokens sealed with vault key(s) {} but the vault key loaded from {from} has {}: restore the key that was used ({kept})",
+            "{} holds tokens sealed with vault key(s) {} but the vault key loaded from {from} has {}: restore the key that was used ({kept}).{rescued}",
             store.describe(),
             missing.join(", "),
             known.join(", ")
@@ -181,19 +191,16 @@ pub(super) async fn refusal_without_key_file(
     .collect();
     if !held.is_empty() {
         // A running oauthd that saw the file go wrote out the keys it held.
-        let rescued = match vault::rescued_copies(path).first() {
-            Some(copy) => format!(
-                " An oauthd that was running when it went wrote the keys it held to {}: `mv` that file to {} (then this works).",
-                copy.display(),
-                path.display()
-            ),
-            None => String::new(),
-        };
+        let needed: Vec<String> = tokens.keys().chain(states.keys()).cloned().collect();
+        let rescued = vault::rescue_hint(path, &needed);
         return Ok(Some(format!(
             "the database holds {} but there is no key file at {}: restore the key file that was used (or set OAUTHD_KEY_FILE / OAUTHD_KEY to it): oauthd does not start without it.{rescued} No new key was made",
             held.join(" and "),
             path.display()
         )));
     }
-    Ok(store.was_served().await?.then(|| no_key_once_served(path)))
+    Ok(store
+        .was_served()
+        .await?
+        .then(|| no_key_once_served(path) + &vault::rescue_hint(path, &[])))
 }

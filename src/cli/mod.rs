@@ -221,8 +221,8 @@ pub(super) fn services(
             return Err(Fatal(why, 2));
         }
     }
-    let vault = Arc::new(key_loading::load_vault(source)?);
-    check_vault_opens_tokens(&vault, &from, store, &settings.store)?;
+    let vault = Arc::new(key_loading::load_vault(source.clone())?);
+    check_vault_opens_tokens(&vault, &source, store, &settings.store)?;
     vault_peers::check(&vault.key_ids(), &from, store, &clock)?;
     let states = Arc::new(StateService::new(
         store.clone(),

@@ -1286,6 +1286,15 @@ async fn a_rekey_interrupted_or_run_twice_at_once_changes_nothing() {
 }
 
 /// Overwrites `len` bytes at `offset` of the stopped database with bytes no page holds.
+/// Damages the whole root page `query` names (a table's or an index's, 4 KiB pages).
+fn damage_root_page(home: &Home, query: &str) {
+    let page: i64 = rusqlite::Connection::open(home.db())
+        .unwrap()
+        .query_row(query, [], |r| r.get(0))
+        .unwrap();
+    damage(home, (page as u64 - 1) * 4096, 4096);
+}
+
 fn damage(home: &Home, offset: u64, len: usize) {
     use std::io::{Seek, SeekFrom, Write};
     let mut file = std::fs::OpenOptions::new()
@@ -1303,15 +1312,10 @@ fn check_says_what_to_do_with_a_database_that_fails_its_integrity_check() {
     let home = Home::new();
     home.create_key("app", &[]);
     home.create_key("other", &[]);
-    let page: i64 = rusqlite::Connection::open(home.db())
-        .unwrap()
-        .query_row(
-            "SELECT rootpage FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'api_keys' ORDER BY name LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    damage(&home, (page as u64 - 1) * 4096, 4096);
+    damage_root_page(
+        &home,
+        "SELECT rootpage FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'api_keys' ORDER BY name LIMIT 1",
+    );
     let out = home.cli(&["check"]);
     let report = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{report}");
@@ -1351,15 +1355,10 @@ fn a_damaged_database_stops_the_start_and_says_so() {
 async fn a_database_found_damaged_while_serving_is_said_and_not_ready() {
     let home = Home::new();
     let key = home.create_key("app", &[]);
-    let page: i64 = rusqlite::Connection::open(home.db())
-        .unwrap()
-        .query_row(
-            "SELECT rootpage FROM sqlite_schema WHERE name = 'expired_states'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    damage(&home, (page as u64 - 1) * 4096, 4096);
+    damage_root_page(
+        &home,
+        "SELECT rootpage FROM sqlite_schema WHERE name = 'expired_states'",
+    );
     let d = home.start();
     let state = d
         .create_state(&key, json!({"namespace": "oauth:app"}))

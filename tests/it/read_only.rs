@@ -455,6 +455,26 @@ async fn a_database_or_a_copy_this_user_may_not_read_is_said_so() {
     );
 }
 
+/// Runs `script` under `sh` with `$1` a 6 MiB tmpfs of its own (in a private mount
+/// namespace, gone with it) and `$2` oauthd, within 60 s; exit 97 when the mount failed.
+fn on_a_small_disk(home: &Home, script: &str) -> std::process::Output {
+    let disk = home.dir.path().join("disk");
+    std::fs::create_dir(&disk).expect("mkdir");
+    Command::new("timeout")
+        .arg("60")
+        .args(["unshare", "-m", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs -o size=6m tmpfs \"$1\" \
+             || {{ echo \"mount -t tmpfs failed: this test needs CAP_SYS_ADMIN\" >&2; exit 97; }}; {script}"
+        ))
+        .arg("sh")
+        .arg(&disk)
+        .arg(BIN)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("timeout, unshare")
+}
+
 /// `oauthd check` on a database whose filesystem has too little room left said every line
 /// `ok` (while writes answered 503 "the disk is full"): it says how much room is left, and
 /// fails below the 8 MiB SQLite's `-wal` file needs. On a 6 MiB tmpfs of its own, in a
@@ -462,23 +482,11 @@ async fn a_database_or_a_copy_this_user_may_not_read_is_said_so() {
 #[test]
 fn check_fails_a_database_whose_disk_has_too_little_room() {
     let home = Home::new();
-    let disk = home.dir.path().join("disk");
-    std::fs::create_dir(&disk).expect("mkdir");
-    let out = Command::new("timeout")
-        .arg("30")
-        .args(["unshare", "-m", "--propagation", "private", "sh", "-c"])
-        .arg(
-            "mount -t tmpfs -o size=6m tmpfs \"$1\" \
-             || { echo \"mount -t tmpfs failed: this test needs CAP_SYS_ADMIN\" >&2; exit 97; }; \
-             \"$2\" keys create --create --db \"$1/oauthd.db\" --name app >/dev/null \
-             && \"$2\" check --db \"$1/oauthd.db\"",
-        )
-        .arg("sh")
-        .arg(&disk)
-        .arg(BIN)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("timeout, unshare");
+    let out = on_a_small_disk(
+        &home,
+        "\"$2\" keys create --create --db \"$1/oauthd.db\" --name app >/dev/null \
+         && \"$2\" check --db \"$1/oauthd.db\"",
+    );
     let report = String::from_utf8_lossy(&out.stdout);
     assert_ne!(out.status.code(), Some(97), "{out:?}");
     assert!(!out.status.success(), "{report}");
@@ -497,25 +505,13 @@ fn check_fails_a_database_whose_disk_has_too_little_room() {
 #[test]
 fn a_start_on_a_full_disk_names_it() {
     let home = Home::new();
-    let disk = home.dir.path().join("disk");
-    std::fs::create_dir(&disk).expect("mkdir");
-    let out = Command::new("timeout")
-        .arg("60")
-        .args(["unshare", "-m", "--propagation", "private", "sh", "-c"])
-        .arg(
-            "mount -t tmpfs -o size=6m tmpfs \"$1\" \
-             || { echo \"mount -t tmpfs failed: this test needs CAP_SYS_ADMIN\" >&2; exit 97; }; \
-             \"$2\" keys create --create --db \"$1/oauthd.db\" --name app >/dev/null || exit 98; \
-             dd if=/dev/zero of=\"$1/fill\" bs=64k 2>/dev/null; \
-             \"$2\" check --db \"$1/oauthd.db\"; echo \"check exit $?\"; \
-             timeout 10 \"$2\" serve --db \"$1/oauthd.db\" --listen 127.0.0.1:0; echo \"serve exit $?\"",
-        )
-        .arg("sh")
-        .arg(&disk)
-        .arg(BIN)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("timeout, unshare");
+    let out = on_a_small_disk(
+        &home,
+        "\"$2\" keys create --create --db \"$1/oauthd.db\" --name app >/dev/null || exit 98; \
+         dd if=/dev/zero of=\"$1/fill\" bs=64k 2>/dev/null; \
+         \"$2\" check --db \"$1/oauthd.db\"; echo \"check exit $?\"; \
+         timeout 10 \"$2\" serve --db \"$1/oauthd.db\" --listen 127.0.0.1:0; echo \"serve exit $?\"",
+    );
     let (said, err) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),

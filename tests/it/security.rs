@@ -997,26 +997,54 @@ async fn a_running_server_never_replaces_a_key_file_that_went_away() {
         "{}",
         home.log_text()
     );
-    // Its memory was the only place the keys were: it wrote them out, and a start that
-    // finds no key file names that copy.
-    let rescued = format!("{}.loaded-{}", home.key_file().display(), d.pid());
-    assert!(home.log_text().contains(&rescued), "{}", home.log_text());
+    // Its memory was the only place the keys were: it wrote them out.
+    let copies = oauthd::vault::rescued_copies(&home.key_file());
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert!(
+        home.log_text()
+            .contains(&format!("written to {} (mode 600)", copies[0].display())),
+        "{}",
+        home.log_text()
+    );
+    // Back, then gone again in the same process: a copy of its own again (the first's
+    // name is taken).
+    std::fs::rename(home.dir.path().join("moved.key"), home.key_file()).unwrap();
+    assert!(
+        common::eventually(std::time::Duration::from_secs(5), || home
+            .log_text()
+            .contains("the key file is back"))
+        .await,
+        "{}",
+        home.log_text()
+    );
+    std::fs::rename(home.key_file(), home.dir.path().join("moved.key")).unwrap();
+    assert!(
+        common::eventually(std::time::Duration::from_secs(5), || {
+            oauthd::vault::rescued_copies(&home.key_file()).len() == 2
+        })
+        .await,
+        "{}",
+        home.log_text()
+    );
+    assert!(!home.log_text().contains("could not be written out"));
     let later = d
         .create_state(&key, json!({"namespace": "login", "data": data}))
         .await;
     d.signal_and_wait("TERM");
+    // A start that finds no key file names the copy, and `mv` puts it back.
     home.write_config("");
     let out = home.serve_once();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let said = String::from_utf8_lossy(&out.stderr);
+    let newest = &oauthd::vault::rescued_copies(&home.key_file())[0];
     assert!(
         said.contains(&format!(
-            "wrote the keys it held to {rescued}: `mv` that file to {}",
-            home.key_file().display()
+            "wrote the keys it held to {} when the key file went away or was replaced: `mv ",
+            newest.display()
         )),
         "{said}"
     );
-    std::fs::rename(&rescued, home.key_file()).unwrap();
+    std::fs::rename(newest, home.key_file()).unwrap();
     let d = home.start();
     let (status, body) = d.consume(&key, &later, "login").await;
     assert_eq!((status, &body["data"]), (200, &data), "{body}");
@@ -1030,12 +1058,23 @@ async fn a_running_server_never_replaces_a_key_file_that_went_away() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_file_written_over_with_another_key_is_not_taken() {
     let home = Home::new();
+    home.write_config(
+        "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n",
+    );
     let key = home.create_key("app", &[]);
     let d = home.start();
     let data = json!({"v": 1});
     let before = d
         .create_state(&key, json!({"namespace": "login", "data": data}))
         .await;
+    let (status, body) = d
+        .put(
+            "/v1/connections/gh/me",
+            &key,
+            json!({"access_token": "t-1"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
     let kept = std::fs::read(home.key_file()).unwrap();
     let other = std::process::Command::new(common::BIN)
         .arg("keygen")
@@ -1058,9 +1097,10 @@ async fn a_key_file_written_over_with_another_key_is_not_taken() {
         home.log_text()
     );
     assert!(home.log_text().contains("ERROR"), "{}", home.log_text());
-    // The keys it holds are written out beside the key file, and put back by a `mv`.
-    let rescued =
-        std::path::PathBuf::from(format!("{}.loaded-{}", home.key_file().display(), d.pid()));
+    // The keys it holds are written out beside the key file.
+    let copies = oauthd::vault::rescued_copies(&home.key_file());
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    let rescued = &copies[0];
     assert!(
         home.log_text().contains(&format!(
             "The keys it holds are written to {} (mode 600)",
@@ -1070,17 +1110,31 @@ async fn a_key_file_written_over_with_another_key_is_not_taken() {
         home.log_text()
     );
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&rescued).unwrap().permissions().mode();
+    let mode = std::fs::metadata(rescued).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     assert_eq!(
-        oauthd::vault::key_ids(&std::fs::read_to_string(&rescued).unwrap()).unwrap(),
+        oauthd::vault::key_ids(&std::fs::read_to_string(rescued).unwrap()).unwrap(),
         oauthd::vault::key_ids(&String::from_utf8(kept).unwrap()).unwrap()
     );
     d.signal_and_wait("TERM");
-    std::fs::rename(&rescued, home.key_file()).unwrap();
+    // Restarted with the new file: refused, naming the copy that holds the tokens' key.
+    let out = home.serve_once();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&format!("wrote the keys it held to {}", rescued.display())),
+        "{said}"
+    );
+    std::fs::rename(rescued, home.key_file()).unwrap();
     let d = home.start();
     let (status, body) = d.consume(&key, &after, "login").await;
     assert_eq!((status, &body["data"]), (200, &data), "{body}");
+    let (status, body) = d.get("/v1/connections/gh/me/token", &key).await;
+    assert_eq!(
+        (status, &body["access_token"]),
+        (200, &json!("t-1")),
+        "{body}"
+    );
 }
 
 /// An empty key file (a copy cut short, a `>` that ran without its command) said "a vault
@@ -1098,7 +1152,9 @@ fn an_empty_key_file_is_said_to_hold_no_key() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("holds no key (it is empty, or comments only): put back the key file oauthd served with"),
+        err.contains(
+            "holds no key (it is empty, or comments only): put back the key oauthd served with"
+        ),
         "{err}"
     );
 }
