@@ -555,6 +555,7 @@ impl VaultHandle {
                 }
                 Ok((v, text)) => {
                     let new_ids = v.key_ids();
+                    let old_ids = cur.vault.key_ids();
                     if v.current_key_id() != cur.vault.current_key_id() {
                         log::info!(
                             "vault: key file changed; sealing with key {}",
@@ -571,9 +572,7 @@ impl VaultHandle {
                     cur.text = text;
                     cur.reload_failed = false;
                     if let Some(copy) = cur.rescued.take() {
-                        let dropped: Vec<String> = cur
-                            .vault
-                            .key_ids()
+                        let dropped: Vec<String> = old_ids
                             .into_iter()
                             .filter(|id| !new_ids.contains(id))
                             .collect();

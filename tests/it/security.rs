@@ -1137,6 +1137,48 @@ async fn a_key_file_written_over_with_another_key_is_not_taken() {
     );
 }
 
+/// A key file that went away under a running oauthd and comes back without some keys it
+/// held (an older copy of it, the current key alone): the copy written when it went still
+/// holds them, and the log says to keep it rather than that it may go.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_file_back_without_older_keys_says_to_keep_the_copy() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    d.create_state(&key, json!({"namespace": "login", "data": {"v": 1}}))
+        .await;
+    let out = home.cli(&["rekey"]);
+    assert!(out.status.success(), "{out:?}");
+    let both = std::fs::read_to_string(home.key_file()).unwrap();
+    let ids = oauthd::vault::key_ids(&both).unwrap();
+    assert_eq!(ids.len(), 2, "{both}");
+    std::fs::rename(home.key_file(), home.dir.path().join("moved.key")).unwrap();
+    assert!(
+        common::eventually(std::time::Duration::from_secs(5), || {
+            !oauthd::vault::rescued_copies(&home.key_file()).is_empty()
+        })
+        .await,
+        "{}",
+        home.log_text()
+    );
+    // Back with the current key only.
+    let current = both
+        .lines()
+        .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .unwrap();
+    std::fs::write(home.key_file(), format!("{current}\n")).unwrap();
+    let said = format!("the key file is back without key(s) {}", ids[1]);
+    assert!(
+        common::eventually(std::time::Duration::from_secs(5), || home
+            .log_text()
+            .contains(&said))
+        .await,
+        "{}",
+        home.log_text()
+    );
+    drop(d);
+}
+
 /// An empty key file (a copy cut short, a `>` that ran without its command) said "a vault
 /// key is 32 bytes written as base64 (make one with `oauthd keygen`)": for a database
 /// holding what its key sealed, a new key is the wrong advice. It says the file holds no
