@@ -271,9 +271,13 @@ fn key_file_line(
                     let why = match serving.first().and_then(|i| i.keys.first()) {
                         Some(key) => {
                             // The copy it wrote, when it saw its key file go, holds its key.
-                            let rescued =
+                            let mut rescued =
                                 crate::vault::rescue_hint(path, std::slice::from_ref(key));
-                            let only = if rescued.is_empty() {
+                            // Named once, when the refusal names that copy already.
+                            if why.contains(rescued.trim()) {
+                                rescued.clear();
+                            }
+                            let only = if rescued.is_empty() && !why.contains("wrote the keys") {
                                 ", and its memory holds the only copy: do not stop it, and see its log"
                             } else {
                                 ""
