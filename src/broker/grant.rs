@@ -82,8 +82,8 @@ impl Broker {
         let key = ConnectionKey::new(&provider.name, account);
         let before = self.store.get_connection(&key).await?;
         // A browser still signed in at the provider connects that account again, whatever
-        // the name it is connected under: the event names the others it is. Told when it
-        // can be found out soon; the connect does not wait on it, nor fail for it.
+        // the name it is connected under: the event names the others it is. The connect
+        // waits a second at most for it (the read itself may go on), and never fails for it.
         let same: Vec<String> = match identity.sub.as_deref() {
             Some(sub) => {
                 let all = tokio::time::timeout(SAME_ACCOUNT_WAIT, self.store.list_connections());
