@@ -222,10 +222,12 @@ async fn import(broker: &crate::broker::Broker, file: &std::path::Path) -> Resul
             }
         }
     }
-    say!("{done} imported, {refused} refused.");
+    // One summary: the error when a line was refused (the exit status says so too).
+    let summary = format!("{done} imported, {refused} refused.");
     if refused > 0 {
-        return Err(Fatal(format!("{refused} line(s) refused"), 1));
+        return Err(Fatal(summary, 1));
     }
+    say!("{summary}");
     Ok(())
 }
 
