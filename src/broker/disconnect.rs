@@ -13,7 +13,7 @@ use super::tokens::WAIT_FOR_OTHER;
 use super::{token_aad, Broker, BrokerError};
 use crate::oauth::flows::{self, FlowError, TokenSet};
 use crate::oauth::Provider;
-use crate::store::{ConnectionKey, ConnectionRow, ConnectionStatus};
+use crate::store::{ConnectionKey, ConnectionRow, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 use zeroize::Zeroizing;
@@ -249,11 +249,8 @@ impl Broker {
     /// refreshes it began (a provider slower than the caller's wait leaves one running),
     /// since a refresh cut short by the command's end could lose a rotated refresh token.
     async fn check_same_account(self: &Arc<Self>, row: &ConnectionRow) {
-        if row.identity.sub.is_none() {
-            return;
-        }
-        let same: Vec<ConnectionKey> = match self.store.list_connections().await {
-            Ok(all) => same_account(all, row),
+        let same: Vec<ConnectionKey> = match self.same_account(row).await {
+            Ok(same) => same,
             Err(e) => {
                 log::warn!(
                     "disconnect {}/{}: could not look for connections of the same account ({e})",
@@ -306,7 +303,24 @@ impl Broker {
         let Some(row) = self.store.get_connection(&key).await? else {
             return Ok(Vec::new());
         };
-        Ok(same_account(self.store.list_connections().await?, &row))
+        Ok(self.same_account(&row).await?)
+    }
+
+    /// Of `row`'s provider, the other active connections signed in as the same account
+    /// there (the same `sub`, as when one browser signed in at the provider connects
+    /// several accounts).
+    async fn same_account(&self, row: &ConnectionRow) -> Result<Vec<ConnectionKey>, StoreError> {
+        let Some(sub) = row.identity.sub.as_deref() else {
+            return Ok(Vec::new());
+        };
+        Ok(self
+            .store
+            .accounts_signed_in_as(&row.provider, sub)
+            .await?
+            .into_iter()
+            .filter(|a| *a != row.account)
+            .map(|a| ConnectionKey::new(&row.provider, &a))
+            .collect())
     }
 
     /// Revokes `tokens` in order where the provider has a revocation endpoint, adding each
@@ -372,32 +386,4 @@ impl Broker {
             Err(e) => log::warn!("refresh {key}: the connection was deleted meanwhile, and revoking the new tokens failed ({e}); they may stay valid at the provider until they expire"),
         }
     }
-}
-
-/// Of `all`, the other active connections of `row`'s provider signed in as the same account
-/// there (the same `sub`, as when one browser signed in at the provider connects several
-/// accounts).
-fn same_account(all: Vec<ConnectionRow>, row: &ConnectionRow) -> Vec<ConnectionKey> {
-    match row.identity.sub.as_deref() {
-        Some(sub) => signed_in_as(all, &row.key(), sub),
-        None => Vec::new(),
-    }
-}
-
-/// Of `all`, the active connections of `key`'s provider other than `key` whose provider
-/// account is `sub`.
-pub(super) fn signed_in_as(
-    all: Vec<ConnectionRow>,
-    key: &ConnectionKey,
-    sub: &str,
-) -> Vec<ConnectionKey> {
-    all.into_iter()
-        .filter(|c| {
-            c.provider == key.provider
-                && c.account != key.account
-                && c.status == ConnectionStatus::Active
-                && c.identity.sub.as_deref() == Some(sub)
-        })
-        .map(|c| c.key())
-        .collect()
 }

@@ -82,15 +82,16 @@ impl Broker {
         let key = ConnectionKey::new(&provider.name, account);
         let before = self.store.get_connection(&key).await?;
         // A browser still signed in at the provider connects that account again, whatever
-        // the name it is connected under: the event names the others it is. The connect
-        // waits a second at most for it (the read itself may go on), and never fails for it.
+        // the name it is connected under: the event names the others it is. The lookup
+        // reads only the provider's connections, and no tokens; the connect waits a second
+        // at most for it, and never fails for it.
         let same: Vec<String> = match identity.sub.as_deref() {
             Some(sub) => {
-                let all = tokio::time::timeout(SAME_ACCOUNT_WAIT, self.store.list_connections());
-                match all.await {
-                    Ok(Ok(all)) => super::disconnect::signed_in_as(all, &key, sub)
+                let found = self.store.accounts_signed_in_as(&provider.name, sub);
+                match tokio::time::timeout(SAME_ACCOUNT_WAIT, found).await {
+                    Ok(Ok(accounts)) => accounts
                         .into_iter()
-                        .map(|k| k.account)
+                        .filter(|a| a.as_str() != account)
                         .collect(),
                     Ok(Err(e)) => {
                         log::warn!("connect {key}: could not look for connections of the same account ({e})");

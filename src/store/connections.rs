@@ -233,6 +233,15 @@ pub trait ConnectionStore: Send + Sync {
     async fn list_all_connections(&self) -> Result<Vec<ConnectionRow>, StoreError> {
         self.list_connections().await
     }
+    /// The accounts of `provider`'s active connections whose account at the provider is
+    /// `sub` (as when one browser signed in at the provider connects several), sorted:
+    /// they share a grant at many providers. Reads no tokens where the store can filter
+    /// by itself.
+    async fn accounts_signed_in_as(
+        &self,
+        provider: &str,
+        sub: &str,
+    ) -> Result<Vec<String>, StoreError>;
     /// How many connections there are of each provider, status and whether their refreshes
     /// are failing: what `/metrics` shows, without reading anyone's tokens where the store
     /// can count by itself.

@@ -755,12 +755,25 @@ async fn a_failing_refresh_is_told_once_and_its_recovery_too() {
 /// connects it again, whatever the name): the app need not ask.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connect_names_the_provider_account_and_the_connections_that_are_it_too() {
+    const MANY: u32 = 300_000;
     let home = Home::new();
     let secret = new_secret();
     let hooks = Receiver::start(Some(&secret));
     let peer = Peer::start(3600);
     let key = peer.configure(&home, &target_toml(&home, "app", &hooks, &secret, ""));
     let d = home.start();
+    // Another provider's many connections (a large install): the lookup reads the peer's
+    // only, in time to be told.
+    let db = rusqlite::Connection::open(home.db()).unwrap();
+    db.execute_batch(&format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {MANY})
+         INSERT INTO connections (provider, account, status, token_type, access_token,
+                                  refresh_token, created_at, updated_at, account_sub)
+         SELECT 'other', 'user-' || i, 'active', 'Bearer', randomblob(60), randomblob(60),
+                1, 1, 'alice' FROM n"
+    ))
+    .unwrap();
+    drop(db);
     let browser = Peer::browser();
     for account in ["alice", "bob"] {
         let authorize = d.start_connect(&key, "peer", account).await;

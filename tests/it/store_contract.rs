@@ -1144,6 +1144,48 @@ async fn connections_are_counted_by_provider_status_and_failing(b: Backend) {
     assert_eq!(counts, want);
 }
 
+/// The accounts one person connected under several names are found by the provider and
+/// their account there: active ones only, sorted, and not those of a provider whose name
+/// starts with or is the start of this one's.
+async fn the_accounts_signed_in_as_one_sub_are_found(b: Backend) {
+    let s = b.store.as_ref();
+    for (provider, account, sub) in [
+        ("p", "zed", Some("alice")),
+        ("p", "b", Some("alice")),
+        ("p", "c", Some("bob")),
+        ("p", "d", None),
+        ("p", "gone", Some("alice")),
+        ("p2", "a", Some("alice")),
+        ("pp", "a", Some("alice")),
+    ] {
+        let mut save = saved(&ConnectionKey::new(provider, account), tokens(b"a1", b"r1"));
+        save.identity.sub = sub.map(str::to_owned);
+        s.save_connection(save, 1_000, Vec::new()).await.unwrap();
+    }
+    refresh_failed(
+        s,
+        &ConnectionKey::new("p", "gone"),
+        ConnectionStatus::NeedsReauth,
+        2_000,
+    )
+    .await;
+    assert_eq!(
+        s.accounts_signed_in_as("p", "alice").await.unwrap(),
+        ["b", "zed"]
+    );
+    assert_eq!(s.accounts_signed_in_as("p", "bob").await.unwrap(), ["c"]);
+    assert!(s
+        .accounts_signed_in_as("p", "carol")
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(s
+        .accounts_signed_in_as("q", "alice")
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 /// A key is active by its id until it is revoked; a new key that takes its name is
 /// another key. The name, where given, may not make a revoked key's id read as active.
 async fn a_key_is_active_by_its_id_until_revoked(b: Backend) {
@@ -1219,6 +1261,7 @@ async fn what_was_told_of_a_connection_is_kept_until_a_refresh_succeeds(b: Backe
 }
 
 backends!(
+    the_accounts_signed_in_as_one_sub_are_found,
     what_was_told_of_a_connection_is_kept_until_a_refresh_succeeds,
     a_key_is_active_by_its_id_until_revoked,
     connections_are_counted_by_provider_status_and_failing,

@@ -320,6 +320,36 @@ impl ConnectionStore for RedisStore {
         Ok(sorted(rows.iter().map(row).collect::<Result<Vec<_>, _>>()?))
     }
 
+    async fn accounts_signed_in_as(
+        &self,
+        provider: &str,
+        sub: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        const CONTEXT: &str = "looking for connections of one account";
+        let (index, prefix) = (self.index("cs"), self.key("c", ""));
+        let rows = self
+            .indexed_records_within(
+                CONTEXT,
+                index,
+                prefix,
+                Some(format!("{provider}/")),
+                &["provider", "account", "status", "account_sub"],
+            )
+            .await?;
+        let mut accounts = Vec::new();
+        for f in &rows {
+            let active = text(f, "status").as_deref() == Some(ConnectionStatus::Active.as_str());
+            if active
+                && text(f, "provider").as_deref() == Some(provider)
+                && text(f, "account_sub").as_deref() == Some(sub)
+            {
+                accounts.push(need_text(CONTEXT, f, "account")?);
+            }
+        }
+        accounts.sort();
+        Ok(accounts)
+    }
+
     async fn count_connections(&self) -> Result<Vec<ConnectionCount>, StoreError> {
         const CONTEXT: &str = "counting connections";
         let (index, prefix) = (self.index("cs"), self.key("c", ""));

@@ -386,15 +386,47 @@ impl RedisStore {
         prefix: String,
         only: &'static [&'static str],
     ) -> Result<Vec<Fields>, StoreError> {
+        self.indexed_records_within(context, index, prefix, None, only)
+            .await
+    }
+
+    /// `indexed_records` of the members that start with `within` (all when `None`): the
+    /// index's scores are all 0, so its members sort by their bytes and `ZRANGEBYLEX`
+    /// reads just that run of them.
+    async fn indexed_records_within(
+        &self,
+        context: &'static str,
+        index: String,
+        prefix: String,
+        within: Option<String>,
+        only: &'static [&'static str],
+    ) -> Result<Vec<Fields>, StoreError> {
         let mut c = self.conn();
         let rows: Vec<Fields> = self
             .run(context, async move {
-                let members: Vec<String> = redis::cmd("ZRANGE")
-                    .arg(&index)
-                    .arg(0)
-                    .arg(-1)
-                    .query_async(&mut c)
-                    .await?;
+                let members: Vec<String> = match &within {
+                    // 0xff is in no UTF-8 text: every member starting with `start` sorts
+                    // before `start` followed by it.
+                    Some(start) => {
+                        let mut end = b"(".to_vec();
+                        end.extend_from_slice(start.as_bytes());
+                        end.push(0xff);
+                        redis::cmd("ZRANGEBYLEX")
+                            .arg(&index)
+                            .arg(format!("[{start}"))
+                            .arg(end)
+                            .query_async(&mut c)
+                            .await?
+                    }
+                    None => {
+                        redis::cmd("ZRANGE")
+                            .arg(&index)
+                            .arg(0)
+                            .arg(-1)
+                            .query_async(&mut c)
+                            .await?
+                    }
+                };
                 if members.is_empty() {
                     return Ok(Vec::new());
                 }

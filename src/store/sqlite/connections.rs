@@ -116,6 +116,32 @@ impl ConnectionStore for SqliteStore {
         .await
     }
 
+    async fn accounts_signed_in_as(
+        &self,
+        provider: &str,
+        sub: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let (provider, sub) = (provider.to_owned(), sub.to_owned());
+        self.read("looking for connections of one account", move |conn| {
+            // The primary key's first column bounds the walk to the provider's rows; no
+            // token is read.
+            conn.prepare_cached(
+                "SELECT account FROM connections
+                 WHERE provider = ?1 AND account_sub = ?2 AND status = ?3 ORDER BY account",
+            )?
+            .query_map(
+                params![
+                    provider,
+                    sub,
+                    crate::store::ConnectionStatus::Active.as_str()
+                ],
+                |r| r.get(0),
+            )?
+            .collect()
+        })
+        .await
+    }
+
     async fn count_connections(&self) -> Result<Vec<ConnectionCount>, StoreError> {
         self.read("counting connections", |conn| {
             conn.prepare_cached(
