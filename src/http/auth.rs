@@ -64,8 +64,14 @@ impl Caller {
         self.require_account(account)
     }
 
-    /// 401 when the key may not use `provider`, configured or not.
+    /// 401 when the key may not use `provider`, configured or not; 404 for a name no
+    /// provider can have (it tells a key limited to others nothing of which are configured,
+    /// and blames no key for a typing error).
     pub fn require_provider_scope(&self, provider: &str) -> Result<(), ApiError> {
+        if crate::oauth::provider::check_name("provider", provider).is_err() {
+            let shown = provider.chars().take(64).collect();
+            return Err(crate::broker::BrokerError::UnknownProvider(shown).into());
+        }
         if self.may_use_provider(provider) {
             Ok(())
         } else {

@@ -824,6 +824,27 @@ async fn keys_limited_to_other_providers_cannot_reach_connections() {
             "{provider}"
         );
     }
+    // A name no provider can have is configured for no key: 404 for every key, on every
+    // route that names a provider, never a 401 that blames the key.
+    for (k, method, path) in [
+        (&key, "GET", "/v1/connections/%FF/alice/token"),
+        (&key, "GET", "/v1/connections/a%20b/alice"),
+        (&key, "POST", "/v1/connect/%FF"),
+        (&key, "POST", "/v1/device/-peer"),
+        (&key, "GET", "/v1/proxy/%FF/alice/me"),
+        (&other, "GET", "/v1/connections/%FF/alice/token"),
+    ] {
+        let (status, problem) = if method == "GET" {
+            d.get(path, k).await
+        } else {
+            d.post(path, k, json!({})).await
+        };
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (404, Some("unknown_provider")),
+            "{method} {path}: {problem}"
+        );
+    }
     let (status, problem) = d.get("/v1/connections/peer/nobody/token", &key).await;
     assert_eq!(
         (status, problem["code"].as_str()),
