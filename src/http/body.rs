@@ -87,9 +87,10 @@ impl FromRequest for JsonObject {
     }
 }
 
-/// A form (the sign-in and connect forms) that could not be read, as the JSON routes
-/// answer it: `408 body_timeout` past the body deadline, else `400 bad_body`.
-pub fn form_error(e: actix_web::error::UrlencodedError, _req: &HttpRequest) -> actix_web::Error {
+/// A form (the sign-in, sign-out and connect forms) that could not be read: `408
+/// body_timeout` past the body deadline, `413 body_too_large`, else `400 bad_body`. Forms
+/// are sent by people's browsers: it is said on a page, as the routes' other refusals are.
+pub fn form_error(e: actix_web::error::UrlencodedError, req: &HttpRequest) -> actix_web::Error {
     use actix_web::error::UrlencodedError;
     let error = match &e {
         UrlencodedError::Payload(p) if super::body_deadline::is_deadline(p) => {
@@ -101,9 +102,16 @@ pub fn form_error(e: actix_web::error::UrlencodedError, _req: &HttpRequest) -> a
             e.to_string(),
         ),
         // Not the parser's words: they may quote what was sent (a sign-in token).
-        _ => ApiError::bad_request("bad_body", "the form could not be read"),
+        _ => ApiError::bad_request(
+            "bad_body",
+            "the form could not be read: go back, reload the page and send it again",
+        ),
     };
-    error.into()
+    let base = req
+        .app_data::<actix_web::web::Data<super::AppState>>()
+        .map_or("", |app| app.base_path.as_str());
+    let page = super::pages::problem_page(base, "The form could not be read", &error);
+    actix_web::error::InternalError::from_response(e, page).into()
 }
 
 /// The body's length as its `Content-Length` declares it, when it does.

@@ -441,6 +441,56 @@ async fn overview(d: &Daemon, cookie: &str) -> reqwest::Response {
     d.ui_get("/ui/api/overview", cookie).await
 }
 
+/// A browser's form that cannot be read (another content type, a field missing, a field
+/// twice) is refused on a page, as the forms' other refusals are, never with a problem
+/// document a person cannot read.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_form_that_cannot_be_read_is_refused_on_a_page() {
+    let home = Home::new();
+    let d = home.start();
+    let cookie = sign_in(&d, &home.login_link(&d)).await;
+    let http = no_redirects();
+    let sent = [
+        ("/admin/login", "text/plain", "x".to_owned(), None),
+        (
+            "/admin/logout",
+            "application/x-www-form-urlencoded",
+            String::new(),
+            Some(&cookie),
+        ),
+        (
+            "/admin/logout",
+            "application/x-www-form-urlencoded",
+            "csrf=a&csrf=b".to_owned(),
+            Some(&cookie),
+        ),
+        (
+            "/connect/peer",
+            "application/x-www-form-urlencoded",
+            "account=a".to_owned(),
+            Some(&cookie),
+        ),
+    ];
+    for (path, content_type, body, session) in sent {
+        let mut req = http
+            .post(format!("{}{path}", d.url))
+            .header("content-type", content_type)
+            .body(body.clone());
+        if let Some(c) = session {
+            req = req.header("cookie", format!("oauthd_session={c}"));
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{path} {body}");
+        let kind = resp.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(kind.starts_with("text/html"), "{path} {body}: {kind}");
+        assert_eq!(resp.headers()["x-frame-options"], "DENY");
+        let page = resp.text().await.unwrap();
+        assert!(page.contains("could not be read"), "{path} {body}: {page}");
+    }
+    // The session is still there: nothing was done.
+    assert_eq!(overview_status(&d, &cookie).await, 200);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_link_preview_does_not_use_up_a_login_link() {
     let home = Home::new();
