@@ -1484,7 +1484,7 @@ async fn device_flow(s: &dyn oauthd::store::Store, id: &str, due: i64) {
         device_code: b"sealed-code".to_vec(),
         user_code: "ABCD-EFGH".into(),
         verification_uri: "https://p.example/device".into(),
-        verification_uri_complete: None,
+        verification_uri_complete: Some("https://p.example/device?code=ABCD-EFGH".into()),
         interval_ms: 5_000,
         expires_at_ms: due + 600_000,
         status: DeviceFlowStatus::Pending,
@@ -1568,6 +1568,7 @@ async fn a_device_poll_is_recorded_only_while_no_one_else_holds_the_flow(b: Back
         .unwrap());
     let flow = s.get_device_flow("f1").await.unwrap().unwrap();
     assert_eq!(flow.status, DeviceFlowStatus::Pending);
+    assert_eq!(flow.user_code, "ABCD-EFGH");
     assert!(ids(s, DeliveryFilter::All).await.is_empty());
     // The live claim records, and lets go.
     let live = Some(second.claim.as_str());
@@ -1589,6 +1590,11 @@ async fn a_device_poll_is_recorded_only_while_no_one_else_holds_the_flow(b: Back
     let flow = s.get_device_flow("f1").await.unwrap().unwrap();
     assert_eq!(flow.status, DeviceFlowStatus::Denied);
     assert!(flow.device_code.is_empty());
+    // Nor is the code the person typed kept once the flow ended.
+    assert_eq!(
+        (flow.user_code.as_str(), flow.verification_uri_complete),
+        ("", None)
+    );
     assert_eq!(ids(s, DeliveryFilter::All).await, vec!["d2"]);
 }
 
@@ -1619,6 +1625,10 @@ async fn a_connected_poll_stores_the_connection_and_ends_the_flow_in_one_write(b
     let flow = s.get_device_flow("f1").await.unwrap().unwrap();
     assert_eq!(flow.status, DeviceFlowStatus::Connected);
     assert!(flow.device_code.is_empty());
+    assert_eq!(
+        (flow.user_code.as_str(), flow.verification_uri_complete),
+        ("", None)
+    );
     let conn = s
         .get_connection(&ConnectionKey::new("p", "a"))
         .await

@@ -323,9 +323,13 @@ impl DeviceFlowStore for RedisStore {
         let mut ch = Changes::default();
         ch.num("updated", now_ms);
         let finish = |ch: &mut Changes, status: DeviceFlowStatus, detail: String| {
+            // What the person typed at the provider is of no use once the flow ended: not
+            // kept while the row waits to be purged.
             ch.put("status", status.as_str())
                 .put("detail", detail)
-                .put("device_code", Vec::<u8>::new());
+                .put("device_code", Vec::<u8>::new())
+                .put("user_code", "")
+                .opt("verification_uri_complete", None::<String>);
         };
         let (script, ended, save) = match outcome {
             DevicePollOutcome::Pending {

@@ -167,14 +167,16 @@ impl DeviceFlowStore for SqliteStore {
                     DevicePollOutcome::Finished { status, detail } => conn
                         .prepare_cached(&format!(
                             "UPDATE device_flows SET status = ?4, detail = ?5, lease_until = NULL,
-                                updated_at = ?2, device_code = x''
+                                updated_at = ?2, device_code = x'',
+                                user_code = '', verification_uri_complete = NULL
                              WHERE {UNCLAIMED}"
                         ))?
                         .execute(params![id, now_ms, claim, status, detail]),
                     DevicePollOutcome::Connected(_) => conn
                         .prepare_cached(
                             "UPDATE device_flows SET status = 'connected', detail = 'connected',
-                                lease_until = NULL, updated_at = ?2, device_code = x''
+                                lease_until = NULL, updated_at = ?2, device_code = x'',
+                                user_code = '', verification_uri_complete = NULL
                              WHERE id = ?1 AND status = 'pending'",
                         )?
                         .execute(params![id, now_ms]),
