@@ -294,7 +294,16 @@ impl JsonObject {
         name: &str,
         code: &'static str,
     ) -> Result<Option<u64>, ApiError> {
+        // A number written with a fraction or an exponent is read as a double, which rounds
+        // `0.9999999999999999999` to 1: whole only if the text as sent is.
+        let as_sent = match self.members.get(name) {
+            Some(Value::Number(n)) if !n.is_u64() => self.sent(name),
+            _ => None,
+        };
         self.optional(name, code, |v| match v {
+            Value::Number(_) if as_sent.is_some_and(|t| !crate::numbers::written_whole(&t)) => {
+                Err("must be a whole number of at least 1")
+            }
             Value::Number(n) => match crate::numbers::whole_number(&n) {
                 Some(v) if v > 0 => Ok(v),
                 // `1e308`, `18446744073709551616`: whole, just beyond every limit.
@@ -331,15 +340,20 @@ impl JsonObject {
     /// gets back byte for byte. `null` is none.
     pub fn opt_verbatim(&mut self, name: &str) -> Option<crate::states::JsonText> {
         let parsed = self.take(name).filter(|v| !v.is_null())?;
-        // The body parsed whole before, with no member named twice.
-        let sent = serde_json::from_slice::<HashMap<String, &RawValue>>(&self.text)
-            .ok()
-            .and_then(|members| {
-                members
-                    .get(name)
-                    .map(|raw| crate::states::JsonText::compact(raw))
-            });
+        let sent = self.with_sent(name, crate::states::JsonText::compact);
         Some(sent.unwrap_or_else(|| crate::states::JsonText::of(&parsed)))
+    }
+
+    /// A member's text as it was sent.
+    fn sent(&self, name: &str) -> Option<String> {
+        self.with_sent(name, |raw| raw.get().to_owned())
+    }
+
+    fn with_sent<T>(&self, name: &str, read: impl FnOnce(&RawValue) -> T) -> Option<T> {
+        // The body parsed whole before, with no member named twice.
+        serde_json::from_slice::<HashMap<String, &RawValue>>(&self.text)
+            .ok()
+            .and_then(|members| members.get(name).map(|raw| read(raw)))
     }
 
     /// The fields not taken yet, for a reader of its own.
@@ -366,6 +380,25 @@ impl JsonObject {
 mod tests {
     use super::JsonObject;
     use serde_json::json;
+
+    #[test]
+    fn a_number_is_whole_as_written_not_as_a_double_rounds_it() {
+        for (body, whole) in [
+            (r#"{"n":600}"#, Some(600)),
+            (r#"{"n":600.0}"#, Some(600)),
+            (r#"{"n":6e2}"#, Some(600)),
+            (r#"{"n":0.9999999999999999999}"#, None),
+            (r#"{"n":86400.000000000000001}"#, None),
+            (r#"{"n":100.0000000000000001}"#, None),
+        ] {
+            let mut o = JsonObject::parse(body.as_bytes()).unwrap();
+            assert_eq!(
+                o.opt_positive_int("n", "invalid_n").ok().flatten(),
+                whole,
+                "{body}"
+            );
+        }
+    }
 
     #[test]
     fn a_member_named_twice_anywhere_is_malformed() {

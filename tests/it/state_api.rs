@@ -765,6 +765,28 @@ async fn bad_input_gets_a_4xx_problem_never_a_5xx(home: Home) {
             400,
             "invalid_ttl",
         ),
+        // No whole number, though a double rounds them to one.
+        (
+            "/v1/states",
+            "application/json",
+            format!("{{\"namespace\":\"{NS}\",\"ttl_seconds\":0.9999999999999999999}}"),
+            400,
+            "invalid_ttl",
+        ),
+        (
+            "/v1/states",
+            "application/json",
+            format!("{{\"namespace\":\"{NS}\",\"ttl_seconds\":86400.000000000000001}}"),
+            400,
+            "invalid_ttl",
+        ),
+        (
+            "/v1/states",
+            "application/json",
+            format!("{{\"namespace\":\"{NS}\",\"secret\":\"1\",\"max_attempts\":3.0000000000000000001}}"),
+            400,
+            "invalid_max_attempts",
+        ),
         (
             "/v1/states",
             "application/json",
