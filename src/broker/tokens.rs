@@ -571,12 +571,16 @@ impl Broker {
             let backing_off =
                 row.retry_at_ms.is_some_and(|r| r > now) && self.tried_since_start(key);
             if let Some(retry_at) = row.retry_at_ms.filter(|_| backing_off) {
+                let wait = ((retry_at - now + 999) / 1000) as u64;
                 return Err(BrokerError::ProviderUnavailable {
                     message: format!(
-                        "refreshing {key} failed recently ({}); next try in a moment",
-                        row.last_error.as_deref().unwrap_or("unknown error")
+                        "refreshing {key} failed recently ({}); oauthd tries again in {wait} s \
+                         (each failure doubles the wait, up to {} minutes; a restart of oauthd \
+                         tries at once)",
+                        row.last_error.as_deref().unwrap_or("unknown error"),
+                        BACKOFF_MAX_MS / 60_000
                     ),
-                    retry_after_secs: ((retry_at - now + 999) / 1000) as u64,
+                    retry_after_secs: wait,
                 });
             }
             // Without a refresh token only the user can renew the grant, but the access

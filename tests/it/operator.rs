@@ -344,6 +344,19 @@ async fn a_restart_after_fixing_the_client_secret_refreshes_at_once() {
             "{body}"
         );
     }
+    // The backoff's answer says when the next try is, as its Retry-After does.
+    let resp = d.get_raw(path, Some(&key)).await;
+    let wait = resp.headers()["retry-after"].to_str().unwrap().to_owned();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let detail = body["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.contains(&format!("tries again in {wait} s")),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("a restart of oauthd tries at once"),
+        "{detail}"
+    );
     d.signal_and_wait("TERM");
 
     // The same with a backoff of ten minutes stored and a lease left by a process that
