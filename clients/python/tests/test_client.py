@@ -246,6 +246,54 @@ def test_a_limit_that_holds_and_a_providers_answer_are_not_sent_again(faulty):
     assert answer.status == 503 and waits == [] and len(_Faulty.seen) == 2
 
 
+class _Silent(http.server.BaseHTTPRequestHandler):
+    """Takes each request and answers none within the client's timeout."""
+
+    seen: list = []
+
+    def do_GET(self):
+        self.seen.append(self.path)
+        time.sleep(1.5)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_an_unanswered_proxied_call_is_not_sent_again_and_says_it_timed_out():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Silent)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        waits = []
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        client = Client(url, "oauthd_k", timeout=0.3, retries=2, sleep=waits.append)
+        _Silent.seen = []
+        # What oauthd passed on may have reached the provider: sent once.
+        with pytest.raises(ConnectionFailed) as e:
+            client.proxy.get("spotify", "default", "v1/me")
+        assert "did not answer within 0.3 s" in str(e.value), str(e.value)
+        assert len(_Silent.seen) == 1 and waits == []
+        # oauthd's own API, idempotent: sent again.
+        _Silent.seen = []
+        with pytest.raises(ConnectionFailed):
+            client.connections.token("spotify")
+        assert len(_Silent.seen) == 3 and len(waits) == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_default_timeout_outlasts_oauthds_own_waits():
+    # oauthd answers a refresh's provider after 15 s and the proxy's after 30 s by default.
+    assert Client("http://127.0.0.1:9", "oauthd_k")._t.timeout > 30
+
+
+def test_a_device_flows_code_is_not_in_its_repr():
+    from oauthd_client.models import DeviceStarted
+
+    d = DeviceStarted("f1", "WXYZ-1234", "https://p/device", "2026-01-01T00:00:00Z", 5, "https://p/device?c=WXYZ-1234")
+    assert "WXYZ" not in repr(d) and d.user_code == "WXYZ-1234"
+
+
 def test_an_unreachable_oauthd_is_a_clear_error():
     waits = []
     client = Client("http://127.0.0.1:9", "oauthd_k", retries=2, sleep=waits.append)

@@ -175,7 +175,8 @@ export interface DeviceStatus {
 }
 
 export interface ClientOptions {
-  /** Per request, in milliseconds (default 10,000). */
+  /** Per request, in milliseconds (default 45,000: longer than oauthd's own waits, 15 s
+   * for a refresh's provider and 30 s for the proxy's, so that their answer arrives). */
   timeoutMs?: number;
   /** How many times a 429, a 503 or a refused connection is retried (default 3). */
   retries?: number;
@@ -218,7 +219,7 @@ class Transport {
     this.baseUrl = baseUrl.replace(/\/+$/, "");
     this.#key = apiKey;
     this.#o = {
-      timeoutMs: options.timeoutMs ?? 10_000,
+      timeoutMs: options.timeoutMs ?? 45_000,
       retries: options.retries ?? 3,
       maxRetryWaitMs: options.maxRetryWaitMs ?? 30_000,
       sleep: options.sleep ?? sleep,
@@ -235,8 +236,16 @@ class Transport {
 
   /** One request; sent again after oauthd's own 429/503 that mean nothing was done
    * (waiting `Retry-After`, bounded) and after a refused connection; any other answer
-   * comes back as it is. */
-  async send(method: string, url: string, body?: BodyInit, headers?: Record<string, string>): Promise<Answer> {
+   * comes back as it is. An idempotent request left unanswered (a timeout, a dropped
+   * connection) is sent again too, unless `resendUnanswered` is false (the proxy: what
+   * oauthd passed on may have reached the provider). */
+  async send(
+    method: string,
+    url: string,
+    body?: BodyInit,
+    headers?: Record<string, string>,
+    resendUnanswered = true,
+  ): Promise<Answer> {
     const all = { authorization: `Bearer ${this.#key}`, accept: "application/json", ...headers };
     for (let attempt = 0; ; attempt++) {
       let answer: Answer;
@@ -250,9 +259,14 @@ class Transport {
         });
         answer = { status: r.status, headers: r.headers, body: await r.arrayBuffer() };
       } catch (e) {
-        if ((refused(e) || IDEMPOTENT.has(method)) && attempt < this.#o.retries) {
+        if ((refused(e) || (resendUnanswered && IDEMPOTENT.has(method))) && attempt < this.#o.retries) {
           await this.#o.sleep(Math.min(1000 * 2 ** attempt, this.#o.maxRetryWaitMs));
           continue;
+        }
+        if ((e as Error)?.name === "TimeoutError") {
+          throw new ConnectionFailed(
+            `oauthd at ${this.baseUrl} did not answer within ${this.#o.timeoutMs} ms (the client's timeoutMs)`,
+          );
         }
         throw new ConnectionFailed(`cannot reach oauthd at ${this.baseUrl}: ${(e as Error).message}`);
       }
@@ -482,7 +496,7 @@ export class Proxy {
       headers["content-type"] ??= "application/json";
     }
     const url = `${this.t.url(["v1", "proxy", provider, account])}/${path.replace(/^\/+/, "")}`;
-    const answer = await this.t.send(method.toUpperCase(), url, body, headers);
+    const answer = await this.t.send(method.toUpperCase(), url, body, headers, false);
     if (oauthdsProblem(answer)) throw problemOf(answer);
     const text = () => new TextDecoder().decode(answer.body);
     return { ...answer, text, json: <T>() => JSON.parse(text()) as T };

@@ -194,6 +194,29 @@ test("a limit that holds and a provider's answer are not sent again", async () =
   }
 });
 
+test("an unanswered proxied call is not sent again and says it timed out", async () => {
+  const seen = [];
+  const server = createServer((req) => { seen.push(req.url); req.resume(); });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  try {
+    const waits = [];
+    const c = new Client(`http://127.0.0.1:${server.address().port}`, "oauthd_k",
+      { timeoutMs: 300, retries: 2, sleep: async (ms) => { waits.push(ms); } });
+    // What oauthd passed on may have reached the provider: sent once.
+    await assert.rejects(c.proxy.get("spotify", "default", "v1/me"),
+      (e) => e instanceof ConnectionFailed && /did not answer within 300 ms/.test(e.message));
+    assert.equal(seen.length, 1);
+    assert.deepEqual(waits, []);
+    // oauthd's own API, idempotent: sent again.
+    await assert.rejects(c.connections.token("spotify", "default"), (e) => e instanceof ConnectionFailed);
+    assert.equal(seen.length, 4);
+    assert.equal(waits.length, 2);
+  } finally {
+    server.closeAllConnections();
+    server.close();
+  }
+});
+
 test("an unreachable oauthd is a clear error", async () => {
   // A port nothing listens on (fetch refuses some well-known ones outright).
   const probe = createServer();

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 import urllib.error
 import urllib.parse
@@ -19,6 +20,9 @@ RETRY_CODES = frozenset(
     {"rate_limited", "storage_unavailable", "proxy_busy", "provider_unavailable", "entropy_unavailable"}
 )
 IDEMPOTENT = ("GET", "HEAD", "PUT", "DELETE", "OPTIONS")
+# Per request: longer than oauthd's own waits (a refresh's provider, 15 s by default; the
+# proxy's, 30 s), so that their answer (a 503 with Retry-After, a 504) reaches the caller.
+DEFAULT_TIMEOUT = 45.0
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ class Transport:
         base_url: str,
         api_key: str,
         *,
-        timeout: float = 10.0,
+        timeout: float = DEFAULT_TIMEOUT,
         retries: int = 3,
         max_retry_wait: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
@@ -82,10 +86,14 @@ class Transport:
         *,
         body: Optional[bytes] = None,
         headers: Optional[Mapping[str, str]] = None,
+        resend_unanswered: bool = True,
     ) -> Response:
         """One request, sent again after oauthd's own 429/503 that mean nothing was done
         (waiting `Retry-After`, at most `max_retry_wait` seconds each) and after a refused
-        connection, up to `retries` times; any other answer comes back as it is."""
+        connection, up to `retries` times; any other answer comes back as it is. An
+        idempotent request left unanswered (a timeout, a dropped connection) is sent again
+        too, unless `resend_unanswered` is false (the proxy: what oauthd passed on may have
+        reached the provider)."""
         all_headers = {"Authorization": f"Bearer {self._api_key}", "Accept": "application/json"}
         all_headers.update(headers or {})
         attempt = 0
@@ -100,11 +108,17 @@ class Transport:
                 reason = getattr(e, "reason", e)
                 # Nothing was sent when the connection was refused; an idempotent request
                 # may be sent again whatever happened.
-                again = isinstance(reason, ConnectionRefusedError) or method in IDEMPOTENT
+                refused = isinstance(reason, ConnectionRefusedError)
+                again = refused or (resend_unanswered and method in IDEMPOTENT)
                 if again and attempt < self.retries:
                     attempt += 1
                     self._sleep(min(2.0 ** (attempt - 1), self.max_retry_wait))
                     continue
+                if isinstance(reason, (TimeoutError, socket.timeout)):
+                    raise ConnectionFailed(
+                        f"oauthd at {self.base_url} did not answer within {self.timeout:g} s "
+                        "(the client's timeout)"
+                    ) from None
                 raise ConnectionFailed(f"cannot reach oauthd at {self.base_url}: {reason}") from None
             if answer.status in (429, 503) and attempt < self.retries and _retryable(answer):
                 attempt += 1

@@ -7,7 +7,7 @@ import time
 import urllib.parse
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-from ._http import Transport, oauthds_problem, problem_of
+from ._http import DEFAULT_TIMEOUT, Transport, oauthds_problem, problem_of
 from .errors import OauthdError
 from .models import (
     AccessToken,
@@ -230,7 +230,7 @@ class Proxy:
         url = self._t.url("v1", "proxy", provider, account) + "/" + path.lstrip("/")
         if query:
             url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
-        answer = self._t.send(method.upper(), url, body=body, headers=all_headers)
+        answer = self._t.send(method.upper(), url, body=body, headers=all_headers, resend_unanswered=False)
         if oauthds_problem(answer) is not None:
             raise problem_of(answer)
         return ProxyResponse(answer.status, answer.headers, answer.body)
@@ -254,7 +254,7 @@ class Client:
         base_url: str,
         api_key: str,
         *,
-        timeout: float = 10.0,
+        timeout: float = DEFAULT_TIMEOUT,
         retries: int = 3,
         max_retry_wait: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,

@@ -99,12 +99,13 @@ class ConnectStarted:
 
 @dataclass(frozen=True)
 class DeviceStarted:
+    # Whoever enters the code links their account: not in `repr` (logs, tracebacks).
     id: str
-    user_code: str
+    user_code: str = field(repr=False)
     verification_uri: str
     expires_at: str
     interval: int
-    verification_uri_complete: Optional[str] = None
+    verification_uri_complete: Optional[str] = field(default=None, repr=False)
     extra: Dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -114,11 +115,11 @@ class DeviceStatus:
 
     status: str
     account: str
-    user_code: str
+    user_code: str = field(repr=False)
     verification_uri: str
     expires_at: str
     interval: int
-    verification_uri_complete: Optional[str] = None
+    verification_uri_complete: Optional[str] = field(default=None, repr=False)
     detail: Optional[str] = None
     connection: Optional[Dict[str, Any]] = None
     extra: Dict[str, Any] = field(default_factory=dict, repr=False)
