@@ -343,6 +343,9 @@ async fn stored_lines(
             if let Some(note) = super::unconfigured::note(&rows, settings) {
                 r.line("warn", "connections", note);
             }
+            if let Some(note) = troubled_note(&rows) {
+                r.line("warn", "connections", note);
+            }
             vault_line(r, &rows, v, &known, source)
         }
     }
@@ -621,6 +624,49 @@ fn vault_line(
             ),
         );
     }
+}
+
+/// Connections that need the person to connect again, and those whose refreshes fail: a
+/// check run from cron hears of them, as `/metrics` and the events tell.
+fn troubled_note(rows: &[crate::store::ConnectionRow]) -> Option<String> {
+    use crate::store::ConnectionStatus;
+    let names = |keep: &dyn Fn(&crate::store::ConnectionRow) -> bool| -> Vec<String> {
+        rows.iter()
+            .filter(|c| keep(c))
+            .map(|c| format!("{}/{}", c.provider, c.account))
+            .collect()
+    };
+    let reauth = names(&|c| c.status == ConnectionStatus::NeedsReauth);
+    let failing = names(&|c| c.status == ConnectionStatus::Active && c.failures > 0);
+    let listed = |names: &[String]| {
+        let shown = names
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        match names.len() {
+            n if n > 10 => format!("{shown} and {} more", n - 10),
+            _ => shown,
+        }
+    };
+    let mut said = Vec::new();
+    if !reauth.is_empty() {
+        said.push(format!(
+            "{} of {} need(s) the account's owner to connect again (on the page; or `oauthd connect <provider> --account <name>` for a device-flow or paste-back provider): {}",
+            reauth.len(),
+            rows.len(),
+            listed(&reauth)
+        ));
+    }
+    if !failing.is_empty() {
+        said.push(format!(
+            "{} refresh(es) failing, tried again with a backoff (`oauthd connections show <provider> <account>` says why): {}",
+            failing.len(),
+            listed(&failing)
+        ));
+    }
+    (!said.is_empty()).then(|| said.join("; "))
 }
 
 /// Whether the directory a database would be made in is there.

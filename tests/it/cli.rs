@@ -677,6 +677,48 @@ async fn a_config_changed_after_the_start_is_pointed_out() {
     assert!(!report.contains("restart it"), "{report}");
 }
 
+/// Connections that need their owner to connect again, or whose refreshes fail: `check`
+/// said every line was ok (exit 0) while the apps' token calls answered 409 or 503; a
+/// check run from cron now hears of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_names_connections_that_need_reauth_or_fail_to_refresh() {
+    let home = Home::new();
+    home.create_key("app", &[]);
+    home.write_config(GH);
+    let file = home.dir.path().join("tokens.jsonl");
+    let lines: Vec<String> = ["me", "you", "them"]
+        .iter()
+        .map(|a| {
+            serde_json::json!({"provider": "gh", "account": a, "access_token": format!("t-{a}")})
+                .to_string()
+        })
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = home.cli(&["connections", "import", "--file", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let report = text(&home.cli(&["check"]).stdout);
+    assert!(!report.contains("connect again"), "{report}");
+
+    let db = rusqlite::Connection::open(home.db()).unwrap();
+    db.execute_batch(
+        "UPDATE connections SET status = 'needs_reauth', failures = 1 WHERE account = 'you';
+         UPDATE connections SET failures = 3 WHERE account = 'them';",
+    )
+    .unwrap();
+    drop(db);
+    let report = text(&home.cli(&["check"]).stdout);
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("warn  connections: "))
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(
+        line.contains("1 of 3 need(s) the account's owner to connect again"),
+        "{line}"
+    );
+    assert!(line.contains("): gh/you;"), "{line}");
+    assert!(line.ends_with("1 refresh(es) failing, tried again with a backoff (`oauthd connections show <provider> <account>` says why): gh/them"), "{line}");
+}
+
 /// Connections whose provider the config does not have, as when the config file is left
 /// out (a unit or a shell without `--config`): `check` said all was well and the start said
 /// nothing, while every token call answered `provider_missing`. Both say so now, and that
