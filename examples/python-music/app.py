@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,10 +46,20 @@ def now_playing(account: str) -> tuple[int, dict]:
     request = urllib.request.Request(MUSIC_API, headers={"Authorization": f"Bearer {token.access_token}"})
     try:
         with urllib.request.urlopen(request, timeout=10) as r:
-            me = json.load(r)
+            # Spotify's currently-playing answers 204, with no body, when nothing plays.
+            body = r.read()
+            playing = json.loads(body) if r.status != 204 and body.strip() else None
     except urllib.error.HTTPError as e:
         return 502, {"error": f"the music API answered {e.code}"}
-    return 200, {"account": account, "listener": me.get("sub"), "token_expires_at": token.expires_at}
+    except ValueError:
+        return 502, {"error": "the music API answered something other than JSON"}
+    listener = playing.get("sub") if isinstance(playing, dict) else None
+    return 200, {
+        "account": account,
+        "listener": listener,
+        "playing": playing,
+        "token_expires_at": token.expires_at,
+    }
 
 
 def link_speaker(account: str) -> tuple[int, dict]:
@@ -58,11 +69,23 @@ def link_speaker(account: str) -> tuple[int, dict]:
         speakers[account] = {"status": "pending", "flow": started.id}
 
     def wait() -> None:
-        try:
-            done = oauthd.device.poll_until_done(PROVIDER, started.id, timeout=900)
-            result = {"status": done.status}
-        except (OauthdError, ConnectionFailed, TimeoutError, OSError) as e:
-            result = {"status": "failed", "detail": str(e)}
+        # oauthd down for longer than the client's retries (a restart, an upgrade) is
+        # waited for: it carries on polling the provider for the flow when it is back.
+        deadline = time.monotonic() + 900
+        while True:
+            try:
+                done = oauthd.device.poll_until_done(
+                    PROVIDER, started.id, timeout=max(0.0, deadline - time.monotonic())
+                )
+                result = {"status": done.status}
+            except ConnectionFailed as e:
+                if time.monotonic() < deadline:
+                    time.sleep(5)
+                    continue
+                result = {"status": "failed", "detail": str(e)}
+            except (OauthdError, TimeoutError, OSError) as e:
+                result = {"status": "failed", "detail": str(e)}
+            break
         with speakers_lock:
             # A newer link for the same speaker replaced this one: leave it be.
             if speakers.get(account, {}).get("flow") == started.id:
@@ -95,7 +118,12 @@ class Handler(BaseHTTPRequestHandler):
     def safely(self, handle) -> None:
         try:
             handle()
-        except (OauthdError, ConnectionFailed, OSError) as e:  # oauthd still unreachable after the retries
+        except OauthdError as e:
+            if e.status >= 500 or e.status == 429:  # still, after the client's retries
+                self.answer(503, {"error": f"try again: {e}"})
+            else:  # a request that will not work as it is (a bad name, no device flow)
+                self.answer(e.status, {"error": e.detail, "code": e.code})
+        except (ConnectionFailed, OSError) as e:  # oauthd still unreachable after the retries
             self.answer(503, {"error": f"try again: {e}"})
 
     def get(self) -> None:

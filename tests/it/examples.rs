@@ -338,10 +338,20 @@ async fn python_music_gets_a_token_per_call_links_a_speaker_and_survives_an_oaut
         "{body}"
     );
 
+    // Down again, for longer than the client's retries last: the person
+    // approves meanwhile, and the speaker's wait carries on until oauthd is back.
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
     let page = peer.verify_device(&user_code, true).await;
     assert!(!page.contains("error"), "{page}");
+    // The speaker's poll (every 5 s) left waiting on oauthd runs out of retries 17 to 22 s
+    // in.
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let status = common::json(http.get(format!("{}/speakers/kitchen", music.url))).await;
+    assert_eq!(status["status"], "pending", "{status}");
+    daemon = oauthd_on(&home, port, &tmp.path().join("oauthd-3.log"));
     let mut linked = false;
-    for _ in 0..300 {
+    for _ in 0..600 {
         let status = common::json(http.get(format!("{}/speakers/kitchen", music.url))).await;
         if status["status"] == "connected" {
             linked = true;
@@ -358,9 +368,52 @@ async fn python_music_gets_a_token_per_call_links_a_speaker_and_survives_an_oaut
     );
     let (status, _) = now_playing("nobody").await;
     assert_eq!(status, 404);
+    // A request oauthd refuses as it is (an account name it does not take) is said as
+    // such, not as "try again".
+    let resp = http
+        .post(format!("{}/speakers", music.url))
+        .json(&serde_json::json!({"account": "no spaces allowed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "invalid_account", "{body}");
+    drop(music);
+
+    // A music API with nothing playing answers 204 and no body (Spotify's
+    // currently-playing): said as nothing playing, not a crash.
+    let silent = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("GET"))
+        .respond_with(wiremock::ResponseTemplate::new(204))
+        .mount(&silent)
+        .await;
+    let mut cmd = Command::new(&python);
+    cmd.arg(root().join("examples/python-music/app.py"))
+        .env("OAUTHD_URL", &daemon.url)
+        .env("OAUTHD_API_KEY", &key)
+        .env("PROVIDER", "peer")
+        .env(
+            "MUSIC_API",
+            format!("{}/v1/me/player/currently-playing", silent.uri()),
+        )
+        .env("PORT", "0");
+    let music = Listening::start(cmd, &tmp.path().join("music-2.log"));
+    let resp = http
+        .get(format!("{}/now-playing?account=default", music.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        (&body["account"], &body["playing"]),
+        (&serde_json::json!("default"), &serde_json::Value::Null),
+        "{body}"
+    );
     drop(music);
     drop(daemon);
-    for log in ["oauthd-1.log", "oauthd-2.log"] {
+    for log in ["oauthd-1.log", "oauthd-2.log", "oauthd-3.log"] {
         let text = std::fs::read_to_string(tmp.path().join(log)).unwrap();
         assert!(!text.contains("panicked"), "{text}");
     }
