@@ -1250,6 +1250,18 @@ async fn a_database_locked_by_another_process_gives_503_and_recovers_by_itself()
         "{}",
         home.log_text()
     );
+    // The terminal's commands read on (they failed as "cannot migrate database to schema
+    // version 1: database is locked"), and `check` says what holds the writes (it said ok).
+    let out = home.cli(&["keys", "list"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = home.cli(&["check"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("FAIL  store: ") && l.contains(said)),
+        "{report}"
+    );
 
     assert_eq!(locker.query("ROLLBACK; SELECT 'free';"), "free");
     assert!(locker.close().success());

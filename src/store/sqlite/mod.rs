@@ -541,14 +541,20 @@ impl super::Store for SqliteStore {
             ));
         }
         self.writer
-            .check_writable("checking the database is writable")
+            .probe_write("checking the database is writable")
             .await
-            .map_err(|e| {
-                format!(
+            .map_err(|e| match e {
+                StoreError::Busy { .. } => format!(
+                    "database {} passes integrity_check, but another process holds its write \
+                     lock (an sqlite3 shell left in a transaction, a copy tool): oauthd's \
+                     writes wait for it, then answer 503, until it ends that transaction",
+                    self.path.display()
+                ),
+                e => format!(
                     "database {} passes integrity_check, but {e} for this user: make the \
                      file, its -wal and -shm files and its directory writable",
                     self.path.display()
-                )
+                ),
             })?;
         Ok(format!(
             "database {} passes integrity_check",
@@ -796,14 +802,36 @@ fn check_schema_read_only(found: i64, path: &Path) -> Result<(), OpenError> {
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), OpenError> {
     let known = MIGRATIONS.len() as i64;
+    // A schema up to date needs no write lock: a start or a command goes on while another
+    // process holds it (an sqlite3 shell left in a transaction), which the writer then
+    // says, rather than failing here as a migration.
+    let found: Option<i64> = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .ok();
+    if found == Some(known) {
+        return Ok(());
+    }
     // The versions applied, first and last: said in one line when all went well.
     let mut applied: Option<(usize, usize)> = None;
     for (index, sql) in MIGRATIONS.iter().enumerate() {
         let version = index + 1;
-        let fail = |e: rusqlite::Error| OpenError::Migrate {
-            path: path.to_owned(),
-            version,
-            message: e.to_string(),
+        let fail = |e: rusqlite::Error| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                OpenError::Migrate {
+                    path: path.to_owned(),
+                    version,
+                    message: "another process holds the database's write lock (an sqlite3 \
+                              shell left in a transaction, a copy tool); its schema needs \
+                              upgrading, which waits for it to let go: end that process's \
+                              transaction and start again"
+                        .to_owned(),
+                }
+            }
+            _ => OpenError::Migrate {
+                path: path.to_owned(),
+                version,
+                message: e.to_string(),
+            },
         };
         // IMMEDIATE: a second process opening the same file waits instead of migrating twice.
         let tx = conn

@@ -278,6 +278,20 @@ impl Writer {
 
     /// Asks the writer whether it can write now: when it could not, this is what makes it
     /// try a fresh connection (at most once a second) even while no request writes.
+    /// One small write (taken out again) whatever the marks say: what `oauthd check` asks,
+    /// in a process of its own whose writer has written nothing yet. Waits for the write
+    /// lock up to the busy timeout.
+    pub async fn probe_write(&self, context: &'static str) -> Result<(), StoreError> {
+        self.submit(context, false, true, |tx: &Tx| {
+            tx.prepare_cached("INSERT OR REPLACE INTO meta (name, value) VALUES ('probe', 1)")?
+                .execute([])?;
+            tx.prepare_cached("DELETE FROM meta WHERE name = 'probe'")?
+                .execute([])
+                .map(|_| ())
+        })
+        .await
+    }
+
     pub async fn check_writable(&self, context: &'static str) -> Result<(), StoreError> {
         if self.moved.load(Ordering::Acquire) {
             return Err(moved_error(context));
