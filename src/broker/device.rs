@@ -52,8 +52,11 @@ pub struct DeviceStatus {
     pub status: DeviceFlowStatus,
     /// The account the flow connects.
     pub account: String,
+    /// The code to enter at `verification_uri` while the flow is pending; empty once it
+    /// ended (oauthd keeps it no longer).
     pub user_code: String,
     pub verification_uri: String,
+    /// Given by the provider, while the flow is pending.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verification_uri_complete: Option<String>,
     pub expires_at: String,
@@ -209,12 +212,19 @@ impl Broker {
         } else {
             None
         };
+        // The code the person types is said while the flow waits, not once it ended (the
+        // store clears it then; an expiry found here has no write of its own).
+        let waiting = status == DeviceFlowStatus::Pending;
         Ok(DeviceStatus {
             status,
             account: flow.account.clone(),
-            user_code: flow.user_code,
+            user_code: if waiting {
+                flow.user_code
+            } else {
+                String::new()
+            },
             verification_uri: flow.verification_uri,
-            verification_uri_complete: flow.verification_uri_complete,
+            verification_uri_complete: flow.verification_uri_complete.filter(|_| waiting),
             expires_at: rfc3339(flow.expires_at_ms),
             interval: (flow.interval_ms / 1000) as u64,
             detail: flow.detail,

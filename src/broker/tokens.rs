@@ -574,9 +574,9 @@ impl Broker {
                 let wait = ((retry_at - now + 999) / 1000) as u64;
                 return Err(BrokerError::ProviderUnavailable {
                     message: format!(
-                        "refreshing {key} failed recently ({}); oauthd tries again in {wait} s \
-                         (each failure doubles the wait, up to {} minutes; a restart of oauthd \
-                         tries at once)",
+                        "refreshing {key} failed recently ({}); no refresh is tried before \
+                         {wait} s from now (each failure doubles the wait, up to {} minutes; an \
+                         oauthd restarted after a fix to its config tries at once)",
                         row.last_error.as_deref().unwrap_or("unknown error"),
                         BACKOFF_MAX_MS / 60_000
                     ),

@@ -653,7 +653,7 @@ fn troubled_note(rows: &[crate::store::ConnectionRow]) -> Option<String> {
     let mut said = Vec::new();
     if !reauth.is_empty() {
         said.push(format!(
-            "{} of {} need(s) the account's owner to connect again (on the page; or `oauthd connect <provider> --account <name>` for a device-flow or paste-back provider): {}",
+            "{} of {} need(s) the account's owner to connect again (on the page; or `oauthd connect <provider> --device|--paste --account <name>` for a device-flow or paste-back provider): {}",
             reauth.len(),
             rows.len(),
             listed(&reauth)

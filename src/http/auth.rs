@@ -33,8 +33,9 @@ impl Caller {
         apikeys::may_use_provider(&self.0, provider)
     }
 
-    /// 401 when the key may not use `provider` (configured or not: a key limited to other
-    /// providers learns nothing of which are), else 404 for one that is not configured.
+    /// 404 for a name no provider can have, then 401 when the key may not use `provider`
+    /// (configured or not: a key limited to other providers learns nothing of which are),
+    /// else 404 for one that is not configured.
     pub fn require_provider(&self, app: &AppState, provider: &str) -> Result<(), ApiError> {
         self.require_provider_scope(provider)?;
         app.broker.provider(provider)?;

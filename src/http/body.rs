@@ -96,21 +96,32 @@ pub fn form_error(e: actix_web::error::UrlencodedError, req: &HttpRequest) -> ac
         UrlencodedError::Payload(p) if super::body_deadline::is_deadline(p) => {
             body_timeout(p.to_string())
         }
-        UrlencodedError::Overflow { .. } => ApiError::new(
+        UrlencodedError::Overflow { limit, .. } => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
-            e.to_string(),
+            format!("The form is larger than the {limit} bytes oauthd takes."),
         ),
         // Not the parser's words: they may quote what was sent (a sign-in token).
-        _ => ApiError::bad_request(
-            "bad_body",
-            "the form could not be read: go back, reload the page and send it again",
-        ),
+        _ => ApiError::bad_request("bad_body", "Go back, reload the page and send it again."),
     };
     let base = req
         .app_data::<actix_web::web::Data<super::AppState>>()
         .map_or("", |app| app.base_path.as_str());
-    let page = super::pages::problem_page(base, "The form could not be read", &error);
+    // The connect form is an app's flow's (a person an app sent here): no way "back" to
+    // the administrator's sign-in.
+    let from_app = req.path().contains("/connect/");
+    let body = format!(
+        "<p>{}</p><p class=\"code\">{}</p>",
+        super::pages::escape(&error.detail),
+        super::pages::escape(error.code)
+    );
+    let page = super::pages::page_for(
+        from_app,
+        base,
+        error.status.as_u16(),
+        "The form could not be read",
+        &body,
+    );
     actix_web::error::InternalError::from_response(e, page).into()
 }
 

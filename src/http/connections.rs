@@ -94,7 +94,7 @@ pub async fn list(app: web::Data<AppState>, caller: Caller) -> Result<HttpRespon
     responses(
         (status = 200, description = "The connection.", body = ConnectionView),
         (status = 400, description = "A name no account can have (`invalid_account`).", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 404, description = "No such connection (`connection_not_found`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such connection (`connection_not_found`), or a provider name no provider can have (`unknown_provider`).", body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 pub async fn show(
     app: web::Data<AppState>,
@@ -227,7 +227,7 @@ pub async fn import(
         (status = 204, description = "Revoked and deleted."),
         (status = 400, description = "`force` is not `true` or `false` (`invalid_force`), an unknown query parameter (`unknown_parameter`), or a name no account can have (`invalid_account`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 200, description = "Deleted, not revoked.", body = NotRevoked),
-        (status = 404, description = "No such connection (`connection_not_found`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such connection (`connection_not_found`), or a provider name no provider can have (`unknown_provider`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 429, description = "Too many connect and device flow starts, imports and disconnects by this key in the last minute (`rate_limited`, `limits.connection_changes_per_minute`), with `Retry-After`.", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 502, description = "The provider refused the revocation (`provider_rejected`): nothing deleted; `?force=true` deletes anyway.", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 503, description = "The provider cannot be reached to revoke, or another oauthd process sharing the store is refreshing the connection (`provider_unavailable`, with `Retry-After`): nothing deleted.", body = ProblemDoc, content_type = "application/problem+json"),

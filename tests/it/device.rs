@@ -52,6 +52,9 @@ async fn expect_final(
         (status, Some(word)),
         "{body}"
     );
+    // Ended: the code the person typed is no longer said (nor kept).
+    assert_eq!(body["user_code"], "", "{body}");
+    assert!(body.get("verification_uri_complete").is_none(), "{body}");
 }
 
 async fn approved_device_flow_connects_and_stops_polling_at_the_first_success(home: Home) {

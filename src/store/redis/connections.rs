@@ -325,27 +325,27 @@ impl ConnectionStore for RedisStore {
         provider: &str,
         sub: &str,
     ) -> Result<Vec<String>, StoreError> {
-        const CONTEXT: &str = "looking for connections of one account";
         let (index, prefix) = (self.index("cs"), self.key("c", ""));
         let rows = self
             .indexed_records_within(
-                CONTEXT,
+                "looking for connections of one account",
                 index,
                 prefix,
                 Some(format!("{provider}/")),
                 &["provider", "account", "status", "account_sub"],
             )
             .await?;
-        let mut accounts = Vec::new();
-        for f in &rows {
-            let active = text(f, "status").as_deref() == Some(ConnectionStatus::Active.as_str());
-            if active
-                && text(f, "provider").as_deref() == Some(provider)
-                && text(f, "account_sub").as_deref() == Some(sub)
-            {
-                accounts.push(need_text(CONTEXT, f, "account")?);
-            }
-        }
+        // A record without its account (written by hand) is passed over, as a listing
+        // passes over one that does not read.
+        let mut accounts: Vec<String> = rows
+            .iter()
+            .filter(|f| {
+                text(f, "status").as_deref() == Some(ConnectionStatus::Active.as_str())
+                    && text(f, "provider").as_deref() == Some(provider)
+                    && text(f, "account_sub").as_deref() == Some(sub)
+            })
+            .filter_map(|f| text(f, "account"))
+            .collect();
         accounts.sort();
         Ok(accounts)
     }

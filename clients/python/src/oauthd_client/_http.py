@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import time
@@ -104,7 +105,9 @@ class Transport:
                     answer = Response(r.status, dict(r.headers.items()), r.read())
             except urllib.error.HTTPError as e:
                 answer = Response(e.code, dict(e.headers.items()), e.read())
-            except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+            # socket.timeout: a read that timed out (before Python 3.10 not a TimeoutError,
+            # and not wrapped by urllib); IncompleteRead: an answer cut off.
+            except (urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout, http.client.IncompleteRead) as e:
                 reason = getattr(e, "reason", e)
                 # Nothing was sent when the connection was refused; an idempotent request
                 # may be sent again whatever happened.
