@@ -43,6 +43,14 @@ pub(super) fn providers_list(settings: &Settings) -> Result<(), Fatal> {
         }
         out!("  client id:    {}", p.client_id);
         out!("  scopes:       {}", p.scopes.join(" "));
+        out!(
+            "  device flow:  {}",
+            match p.device_flow_known() {
+                Some(true) => "yes (`oauthd connect --device`, POST /v1/device)",
+                Some(false) => "no (no device_authorization_url)",
+                None => "if the issuer's metadata lists a device_authorization_endpoint",
+            }
+        );
         if let Some(notes) = p.notes {
             out!("  notes:        {notes}");
         }

@@ -683,6 +683,18 @@ impl Provider {
     }
 
     /// The issuer to discover from, if any.
+    /// Whether the provider has a device authorization endpoint, when that is known
+    /// without discovery (a preset's, the config's, or explicit endpoints without one);
+    /// `None` when the issuer's metadata decides.
+    pub fn device_flow_known(&self) -> Option<bool> {
+        match &self.source {
+            Source::Known(endpoints) => Some(endpoints.device_authorization.is_some()),
+            Source::Discover { overrides, .. } => {
+                overrides.device_authorization.is_some().then_some(true)
+            }
+        }
+    }
+
     pub fn issuer(&self) -> Option<&Url> {
         match &self.source {
             Source::Discover { issuer, .. } => Some(issuer),

@@ -1148,7 +1148,9 @@ fn port_in_use_is_reported() {
 fn providers_list_prints_the_redirect_uri_to_register() {
     let home = Home::new();
     home.write_config(
-        "public_url = \"https://auth.home.example\"\n[providers.st]\npreset = \"smartthings\"\nclient_id = \"abc\"\nclient_secret = \"s3cret-value\"\n",
+        "public_url = \"https://auth.home.example\"\n[providers.st]\npreset = \"smartthings\"\nclient_id = \"abc\"\nclient_secret = \"s3cret-value\"\n\
+         [providers.tv]\npreset = \"tidal\"\nclient_id = \"t\"\nclient_secret = \"s\"\n\
+         [providers.oidc]\nissuer = \"https://id.home.example\"\nclient_id = \"o\"\nclient_secret = \"s\"\n",
     );
     let out = Command::new(BIN)
         .args(["providers", "list", "--config"])
@@ -1162,6 +1164,22 @@ fn providers_list_prints_the_redirect_uri_to_register() {
         "{listed}"
     );
     assert!(listed.contains("preset:       smartthings"), "{listed}");
+    // Whether each has the device flow, as far as the config tells.
+    let block = |name: &str| {
+        listed
+            .lines()
+            .skip_while(|l| *l != name)
+            .skip(1)
+            .take_while(|l| l.starts_with("  "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(block("st").contains("device flow:  no"), "{listed}");
+    assert!(block("tv").contains("device flow:  yes"), "{listed}");
+    assert!(
+        block("oidc").contains("device flow:  if the issuer's metadata lists"),
+        "{listed}"
+    );
     assert!(
         !listed.contains("s3cret-value"),
         "a client secret was printed"
