@@ -73,6 +73,8 @@ pub enum BrokerError {
         reason: String,
         reconnect_url: String,
     },
+    #[error("{provider}/{account} has no refresh token: only connecting it again renews its access token")]
+    NoRefreshToken { provider: String, account: String },
     #[error("{message}")]
     ProviderUnavailable {
         message: String,

@@ -321,6 +321,32 @@ impl Broker {
             .map(|_| ())
     }
 
+    /// `oauthd connections refresh`: a refresh now, the backoff of earlier failures not
+    /// waited out (a terminal command is a process of its own, which tries once), as an
+    /// operator asks once the provider is back. The connection as it is afterwards; a
+    /// refusal says why. A connection that needs its owner, or has no refresh token, is
+    /// left as it is and said so.
+    pub async fn refresh_by_hand(
+        self: &Arc<Self>,
+        provider: &str,
+        account: &str,
+    ) -> Result<super::views::ConnectionView, BrokerError> {
+        self.provider(provider)?;
+        let key = ConnectionKey::new(provider, account);
+        let row = self.row(&key).await?;
+        if row.status == ConnectionStatus::NeedsReauth {
+            return Err(self.needs_reauth(&row));
+        }
+        if row.refresh_token.is_none() {
+            return Err(BrokerError::NoRefreshToken {
+                provider: key.provider,
+                account: key.account,
+            });
+        }
+        self.refresh_now(&key).await?;
+        self.connection(provider, account).await
+    }
+
     /// Whether this process has asked the provider to refresh `key` since its start (a
     /// backoff recorded before that is tried once, `refresh_in_turn`).
     fn tried_since_start(&self, key: &ConnectionKey) -> bool {
@@ -575,10 +601,12 @@ impl Broker {
                 return Err(BrokerError::ProviderUnavailable {
                     message: format!(
                         "refreshing {key} failed recently ({}); no refresh is tried before \
-                         {wait} s from now (each failure doubles the wait, up to {} minutes; an \
-                         oauthd restarted after a fix to its config tries at once)",
+                         {wait} s from now (each failure doubles the wait, up to {} minutes; \
+                         `oauthd connections refresh {} {}` tries at once)",
                         row.last_error.as_deref().unwrap_or("unknown error"),
-                        BACKOFF_MAX_MS / 60_000
+                        BACKOFF_MAX_MS / 60_000,
+                        key.provider,
+                        key.account
                     ),
                     retry_after_secs: wait,
                 });

@@ -118,6 +118,20 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
                 out!("{}", serde_json::to_string_pretty(&view)?);
                 Ok(())
             }
+            ConnectionsCommand::Refresh { provider, account } => {
+                let refreshed = broker.refresh_by_hand(&provider, &account).await;
+                // What the refresh began (events to send) ends before the command does.
+                broker.stop_background().await;
+                let view = refreshed?;
+                say!(
+                    "Refreshed {provider}/{account}: its access token expires {}.",
+                    view.expires_at.as_deref().map_or(
+                        "when the provider says (it did not)".to_owned(),
+                        |at| format!("at {at}")
+                    )
+                );
+                Ok(())
+            }
             ConnectionsCommand::Import { file } => {
                 import(&broker, &file).await?;
                 restart_hint(&settings, store.as_ref(), &clock).await;

@@ -243,6 +243,16 @@ pub(crate) enum ConnectionsCommand {
         #[arg(default_value = "default")]
         account: String,
     },
+    /// Refresh now, without waiting out the backoff of earlier failures (once the
+    /// provider is back, or its config fixed); a running oauthd takes the new token
+    /// within `token_cache_seconds`
+    Refresh {
+        /// The provider's name, as in [providers.NAME]
+        provider: String,
+        /// The account name the connection was made under
+        #[arg(default_value = "default")]
+        account: String,
+    },
     /// Revoke at the provider, then delete
     Delete {
         /// The provider's name, as in [providers.NAME]

@@ -283,6 +283,9 @@ impl From<BrokerError> for ApiError {
             BrokerError::ProviderRejected(_) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "provider_rejected", detail)
             }
+            BrokerError::NoRefreshToken { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "no_refresh_token", detail)
+            }
             BrokerError::IdToken(_) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "id_token_invalid", detail)
             }

@@ -354,7 +354,7 @@ async fn a_restart_after_fixing_the_client_secret_refreshes_at_once() {
         "{detail}"
     );
     assert!(
-        detail.contains("restarted after a fix to its config tries at once"),
+        detail.contains("`oauthd connections refresh peer alice` tries at once"),
         "{detail}"
     );
     d.signal_and_wait("TERM");
@@ -385,6 +385,88 @@ async fn a_restart_after_fixing_the_client_secret_refreshes_at_once() {
     let (status, body) = d.get(path, &key).await;
     assert_eq!(status, 200, "{body}");
     d.signal_and_wait("TERM");
+}
+
+/// A provider that was down is back, but the refreshes' backoff (up to 10 minutes) keeps
+/// the apps' token calls answering 503: `oauthd connections refresh` tries at once, and the
+/// serving oauthd hands out the new token.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_refresh_tries_at_once_past_the_backoff() {
+    use wiremock::matchers::{body_string_contains, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let mock = MockServer::start().await;
+    let down = Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount_as_scoped(&mock)
+        .await;
+    let home = Home::new();
+    home.write_config(&format!(
+        "[providers.mock]\nauthorization_url = \"{uri}/authorize\"\ntoken_url = \"{uri}/token\"\n\
+         client_id = \"cid\"\nclient_secret = \"c-secret\"\n",
+        uri = mock.uri()
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let expired = json!({"access_token": "at-old", "refresh_token": "rt-old",
+                         "expires_at": "2000-01-01T00:00:00Z"});
+    let (status, body) = d.put("/v1/connections/mock/alice", &key, expired).await;
+    assert_eq!(status, 201, "{body}");
+    let path_ = "/v1/connections/mock/alice/token";
+    assert_eq!(d.get(path_, &key).await.0, 503);
+    drop(down);
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("grant_type=refresh_token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "access_token": "at-new", "refresh_token": "rt-new", "token_type": "Bearer",
+            "expires_in": 3600})))
+        .mount(&mock)
+        .await;
+    // The provider is back; the serving oauthd waits out its backoff.
+    let (status, body) = d.get(path_, &key).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("failed recently"),
+        "{body}"
+    );
+
+    let out = home.cli(&["connections", "refresh", "mock", "alice"]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        said.contains("Refreshed mock/alice: its access token expires at "),
+        "{said}"
+    );
+    let mut token = serde_json::Value::Null;
+    for _ in 0..30 {
+        let (status, body) = d.get(path_, &key).await;
+        if status == 200 {
+            token = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(token["access_token"], "at-new", "{token}");
+
+    // Nothing to refresh with: said, exit 1, nothing changed.
+    let bare = json!({"access_token": "at-bare"});
+    assert_eq!(d.put("/v1/connections/mock/bob", &key, bare).await.0, 201);
+    let out = home.cli(&["connections", "refresh", "mock", "bob"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has no refresh token"),
+        "{out:?}"
+    );
+    let out = home.cli(&["connections", "refresh", "mock", "carol"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no connection mock/carol"),
+        "{out:?}"
+    );
 }
 
 /// A mistyped issuer (its discovery answers 404) is said in the log at start: it used to
