@@ -6,6 +6,7 @@ const $ = (sel) => document.querySelector(sel);
 const BASE = document.querySelector('meta[name="oauthd-base"]').content;
 let csrf = "";
 let providers = [];
+let connections = [];
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -18,7 +19,20 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-function notice(text) { $("#notice").textContent = text; }
+// Said at the top of the page: scrolled into view, so that a message about a button far
+// down (a connect that could not start) is seen.
+function notice(text) {
+  const n = $("#notice");
+  n.textContent = text;
+  if (text) n.scrollIntoView({ block: "nearest" });
+}
+
+// The session ended (signed out elsewhere, revoked, expired): the sign-in form again.
+function signedOut() {
+  $("#signin").hidden = false;
+  $("#app").hidden = true;
+  notice("Your session ended: sign in again.");
+}
 
 // A time in the reader's locale, short; the exact RFC 3339 value stays in the tooltip.
 function when(iso, none) {
@@ -35,8 +49,9 @@ async function api(method, path, body) {
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const data = await resp.json().catch(() => ({}));
+  if (resp.status === 401) signedOut();
   if (!resp.ok && resp.status !== 202) {
-    const err = new Error(data.detail || `HTTP ${resp.status}`);
+    const err = new Error(resp.status === 401 ? "your session ended: sign in again" : data.detail || `HTTP ${resp.status}`);
     err.code = data.code;
     throw err;
   }
@@ -50,11 +65,22 @@ function statusText(c) {
   return ["active", "status-active"];
 }
 
+// Who the connection is at its provider, as its ID token said ("" when it did not).
+function who(c) {
+  const a = c.provider_account;
+  return a ? a.email || a.name || a.sub || "" : "";
+}
+
 // Which account at the provider this is, when its ID token said.
 function whichAccount(c) {
-  const a = c.provider_account;
-  if (!a) return "";
-  return el("div", { class: "hint", "data-provider-account": "" }, a.email || a.name || a.sub);
+  return who(c) ? el("div", { class: "hint", "data-provider-account": "" }, who(c)) : "";
+}
+
+// Before a connect that replaces a connection: who it is now, and that whoever is signed in
+// at the provider in this browser takes its place (the apps that read it get their tokens).
+function replaceConfirmed(c) {
+  if (!c || !who(c)) return true;
+  return confirm(`${c.provider} (${c.account}) is ${who(c)} at ${c.provider}. Connecting it again replaces it with whoever is signed in at ${c.provider} in this browser, and the apps that read it get that account's tokens. To choose the account, sign out at ${c.provider} first. Go on?`);
 }
 
 // The names of the apps' keys limited to some accounts that read this connection's tokens.
@@ -82,11 +108,12 @@ function renderConnections(list) {
     const actions = el("div", { class: "row" });
     const missing = c.status === "provider_missing";
     const readers = sharedWith(c);
+    const name = `${c.provider}/${c.account}`;
     if (c.status === "needs_reauth") {
       const ask = `The app key(s) ${readers} read ${c.provider} (${c.account}): whoever you sign in as, they get the tokens. Reconnect it here all the same?`;
-      actions.append(el("button", { onclick: () => { if (!readers || confirm(ask)) connect(c.provider, c.account); } }, "Reconnect"));
+      actions.append(el("button", { "aria-label": `Reconnect ${name}`, onclick: () => { if (readers ? confirm(ask) : replaceConfirmed(c)) connect(c.provider, c.account, true); } }, "Reconnect"));
     }
-    actions.append(el("button", { class: "danger", onclick: () => disconnect(c.provider, c.account, missing, sameAccount(c, list)) }, missing ? "Delete" : "Disconnect"));
+    actions.append(el("button", { class: "danger", "aria-label": `${missing ? "Delete" : "Disconnect"} ${name}`, onclick: () => disconnect(c.provider, c.account, missing, sameAccount(c, list)) }, missing ? "Delete" : "Disconnect"));
     const status = el("td", {}, el("span", { class: cls }, text));
     if (c.last_error) status.append(el("div", { class: "hint" }, c.last_error));
     status.setAttribute("data-label", "Status");
@@ -109,7 +136,7 @@ function renderProviders(providers, focus) {
   for (const p of providers) {
     const id = `account-${p.name}`;
     const account = el("input", { id, value: focus && focus.provider === p.name ? focus.account : "default", "aria-label": `Account name for ${p.name}` });
-    const copy = el("button", { class: "secondary", onclick: async () => {
+    const copy = el("button", { class: "secondary", "aria-label": `Copy ${p.name}'s redirect URI`, onclick: async () => {
       try { await navigator.clipboard.writeText(p.redirect_uri); notice("Redirect URI copied."); }
       catch { notice("Copy it by hand: " + p.redirect_uri); }
     } }, "Copy");
@@ -117,7 +144,7 @@ function renderProviders(providers, focus) {
       el("label", { for: id }, "Account"), account,
       el("button", { "data-connect": p.name, onclick: () => connect(p.name, account.value) }, `Connect ${p.name}`));
     if (p.device) {
-      buttons.append(el("button", { class: "secondary", "data-device": p.name, onclick: () => device(p.name, account.value) }, "Connect with a code"));
+      buttons.append(el("button", { class: "secondary", "data-device": p.name, "aria-label": `Connect ${p.name} with a code`, onclick: () => device(p.name, account.value) }, "Connect with a code"));
     }
     const cred = p.credentials || { status: "unknown", detail: "" };
     const credText = { accepted: "Client id and secret: accepted by " + p.name,
@@ -132,7 +159,6 @@ function renderProviders(providers, focus) {
       el("p", { class: "hint" }, `After you click Connect you have ${p.flow_ttl} to finish at ${p.name}.`),
       el("div", { id: `device-${p.name}` }),
       el("div", { id: `paste-${p.name}` })));
-    if (focus && focus.provider === p.name) account.focus();
   }
 }
 
@@ -140,6 +166,7 @@ async function load() {
   const resp = await fetch(`${BASE}/ui/api/overview`, { credentials: "same-origin" });
   if (resp.status === 401) { $("#signin").hidden = false; $("#app").hidden = true; return; }
   const data = await resp.json();
+  connections = data.connections;
   csrf = data.csrf;
   $("#signout-csrf").value = csrf;
   providers = data.providers;
@@ -167,6 +194,8 @@ async function load() {
   renderProviders(data.providers, focus);
   $("#signin").hidden = true;
   $("#app").hidden = false;
+  // Focused once shown (a hidden field takes no focus).
+  if (focus) document.getElementById(`account-${focus.provider}`).focus();
   await loadNotifications().catch((e) => notice(`Notifications could not be read: ${e.message}`));
 }
 
@@ -203,7 +232,10 @@ async function notifyTest() {
   } catch (e) { notice(`Could not send a test notification: ${e.message}`); }
 }
 
-async function connect(provider, account) {
+async function connect(provider, account, confirmed) {
+  // An account typed that is a connection already: replaced by whoever signs in.
+  const existing = connections.find((c) => c.provider === provider && c.account === (account || "default"));
+  if (!confirmed && !replaceConfirmed(existing)) return;
   const p = providers.find((x) => x.name === provider);
   // Paste-back opens the provider in a new tab (opened now, while the click counts, so no
   // popup blocker stops it) and keeps this page for the address to paste.
@@ -276,7 +308,7 @@ async function disconnect(provider, account, missing, same) {
   } catch (e) {
     if (e.code !== "provider_unavailable") { notice(`Could not disconnect: ${e.message}`); return; }
     // The provider cannot be reached to revoke: offer to delete anyway, saying what stays.
-    if (!confirm(`${provider} could not be reached to revoke the tokens (${e.message}). Delete oauthd's copy anyway? The grant then stays valid at ${provider} until it expires or you revoke it there.`)) {
+    if (!confirm(`${provider} could not be reached to revoke the tokens. Delete oauthd's copy anyway? The grant then stays valid at ${provider} until it expires or you revoke it there.`)) {
       notice(`Not disconnected: ${provider} could not be reached.`);
       return;
     }
@@ -295,11 +327,28 @@ async function device(provider, account) {
     const link = el("a", { href: data.verification_uri_complete || data.verification_uri, target: "_blank", rel: "noopener" }, data.verification_uri);
     box.replaceChildren(el("p", {}, "On any device, open ", link, " and enter:"), el("p", { class: "code" }, data.user_code),
       el("p", { class: "hint", role: "status" }, "Waiting for approval… the code works until ", when(data.expires_at, "it expires"), "."));
+    // Until the flow says how it ended: an answer that is not the flow's (oauthd
+    // restarting, a proxy's 502 meanwhile) is polled past, up to a minute after the code
+    // expired.
+    const until = Date.parse(data.expires_at) + 60_000;
     const poll = async () => {
-      const r = await api("GET", `/ui/api/device/${encodeURIComponent(provider)}/${data.id}`).catch((e) => ({ status: 0, data: { status: e.message } }));
-      if (r.status === 202) { setTimeout(poll, 3000); return; }
-      await load(); // redraws the providers, this box included
-      notice(r.data.status === "connected" ? `Connected ${provider}/${account}.` : `Not connected: ${r.data.status}`);
+      let resp = null;
+      let body = null;
+      try {
+        resp = await fetch(`${BASE}/ui/api/device/${encodeURIComponent(provider)}/${data.id}`, { credentials: "same-origin" });
+        body = await resp.json().catch(() => null);
+      } catch { /* oauthd cannot be reached right now */ }
+      if (resp && resp.status === 401) { signedOut(); return; }
+      const ended = resp && resp.status !== 202 && body && typeof body.status === "string" && body.status !== "pending";
+      if (!ended) {
+        if (Date.now() < until) { setTimeout(poll, 3000); return; }
+        notice(`Not connected: oauthd did not say how the flow for ${provider}/${account || "default"} ended.`);
+        return;
+      }
+      await load().catch(() => {}); // redraws the providers, this box included
+      notice(body.status === "connected"
+        ? `Connected ${provider}/${account || "default"}.`
+        : `Not connected: ${body.status}${body.detail ? ` (${body.detail})` : ""}.`);
     };
     setTimeout(poll, 3000);
   } catch (e) { notice(`Could not start: ${e.message}`); }

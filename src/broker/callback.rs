@@ -61,6 +61,9 @@ pub struct Connected {
     /// The provider's other connections that are the same account there (the browser
     /// was still signed in at the provider as it).
     pub same_account_as: Vec<String>,
+    /// Who the connection was at the provider before this reconnect, when that was
+    /// another account: the apps that read it now get the new one's tokens.
+    pub replaced: Option<crate::store::AccountIdentity>,
 }
 
 /// Callbacks with a state oauthd does not know, said in the log: at most 5 a second (anyone
@@ -605,7 +608,7 @@ impl Broker {
                 })?;
         let stored = async {
             let nonce = secrets.nonce.as_deref();
-            let (save, events, same) = self
+            let prepared = self
                 .prepare_connection(
                     provider,
                     &account,
@@ -614,12 +617,12 @@ impl Broker {
                     super::events::Via::Connect,
                 )
                 .await?;
-            let identity = save.identity.clone();
-            self.store_connection(save, events)
+            let identity = prepared.save.identity.clone();
+            self.store_connection(prepared.save, prepared.events)
                 .await
-                .map(|()| (identity, same))
+                .map(|()| (identity, prepared.same, prepared.replaced))
         };
-        let (identity, same_account_as) = match stored.await {
+        let (identity, same_account_as, replaced) = match stored.await {
             Ok(stored) => stored,
             Err(BrokerError::IdToken(message)) => {
                 log::warn!("callback {provider_name}/{account}: {message}; nothing stored");
@@ -653,6 +656,7 @@ impl Broker {
             caution,
             identity,
             same_account_as,
+            replaced,
         })
     }
 

@@ -447,11 +447,11 @@ impl Broker {
         tokens: &flows::TokenSet,
     ) {
         let (p, a) = (flow.provider.as_str(), flow.account.as_str());
-        let (save, mut events, _) = match self
+        let (save, mut events) = match self
             .prepare_connection(provider, a, tokens, None, Via::Device)
             .await
         {
-            Ok(prepared) => prepared,
+            Ok(prepared) => (prepared.save, prepared.events),
             Err(e) => {
                 let detail = format!(
                     "tokens were issued but could not be stored: {}",

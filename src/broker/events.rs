@@ -35,7 +35,11 @@ impl Broker {
         key: &ConnectionKey,
         before: Option<&ConnectionRow>,
         via: Via,
-        (identity, same_account_as): (&AccountIdentity, &[String]),
+        (identity, same_account_as, replaced): (
+            &AccountIdentity,
+            &[String],
+            Option<&AccountIdentity>,
+        ),
     ) -> Vec<Event> {
         let proves_it_works = !matches!(via, Via::Import);
         let via = match via {
@@ -50,6 +54,9 @@ impl Broker {
             }
             if !same_account_as.is_empty() {
                 data.insert("same_account_as".into(), json!(same_account_as));
+            }
+            if let Some(old) = replaced {
+                data.insert("replaced_provider_account".into(), json!(old));
             }
         }
         let mut events = vec![self.connection_event(EventType::ConnectionConnected, key, data)];

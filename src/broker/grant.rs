@@ -15,6 +15,25 @@ const MAX_EXPIRES_IN: Duration = Duration::from_secs(10 * 365 * 86400);
 /// How long a connect looks for the provider's other connections of the same account.
 const SAME_ACCOUNT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// A (re)connect ready to be stored (`Broker::prepare_connection`).
+pub(super) struct Prepared {
+    pub save: ConnectionSave,
+    pub events: Vec<Event>,
+    /// The provider's other connections that are the same account there.
+    pub same: Vec<String>,
+    /// Who the connection was at the provider before, when that was another account.
+    pub replaced: Option<AccountIdentity>,
+}
+
+/// An account at a provider in a log line: its email, or name, and its id there.
+fn who(identity: &AccountIdentity) -> String {
+    let sub = identity.sub.as_deref().unwrap_or("?");
+    match identity.email.as_deref().or(identity.name.as_deref()) {
+        Some(shown) if shown != sub => format!("{shown} (id {sub})"),
+        _ => format!("id {sub}"),
+    }
+}
+
 impl Broker {
     pub(super) fn seal_tokens(
         &self,
@@ -64,9 +83,9 @@ impl Broker {
     }
 
     /// What a (re)connect with tokens `t` stores, the other connections that are the same
-    /// account at the provider, and the events that tell of it: the ID
-    /// token checked first (signature, issuer, audience, expiry and, when one was sent, the
-    /// nonce; one that does not verify stores nothing), the tokens sealed.
+    /// account at the provider, the account it replaces, and the events that tell of it:
+    /// the ID token checked first (signature, issuer, audience, expiry and, when one was
+    /// sent, the nonce; one that does not verify stores nothing), the tokens sealed.
     pub(super) async fn prepare_connection(
         &self,
         provider: &Provider,
@@ -74,7 +93,7 @@ impl Broker {
         t: &TokenSet,
         nonce: Option<&str>,
         via: Via,
-    ) -> Result<(ConnectionSave, Vec<Event>, Vec<String>), BrokerError> {
+    ) -> Result<Prepared, BrokerError> {
         let identity = self.verify_id_token(provider, t, nonce).await?;
         // No scope in the response means the requested ones were granted (RFC 6749 §5.1).
         let requested = (!provider.scopes.is_empty()).then(|| provider.scopes.join(" "));
@@ -105,14 +124,42 @@ impl Broker {
             }
             None => Vec::new(),
         };
-        let events = self.connected_events(&key, before.as_ref(), via, (&identity, &same));
+        // A reconnect by a browser signed in at the provider as someone else hands the
+        // connection, and the apps that read it, to that account: said everywhere.
+        let replaced = before
+            .as_ref()
+            .map(|row| &row.identity)
+            .filter(|old| match (old.sub.as_deref(), identity.sub.as_deref()) {
+                (Some(old), Some(new)) => old != new,
+                _ => false,
+            })
+            .cloned();
+        if let Some(old) = &replaced {
+            log::warn!(
+                "connect {key}: it was {} at {}, and is now {}: apps that read {key} get the new account's tokens",
+                who(old),
+                provider.name,
+                who(&identity)
+            );
+        }
+        let events = self.connected_events(
+            &key,
+            before.as_ref(),
+            via,
+            (&identity, &same, replaced.as_ref()),
+        );
         let save = ConnectionSave {
             key,
             tokens,
             identity,
             told: Told::NOTHING,
         };
-        Ok((save, events, same))
+        Ok(Prepared {
+            save,
+            events,
+            same,
+            replaced,
+        })
     }
 
     /// The account an ID token names, when the answer carried one and the provider has an

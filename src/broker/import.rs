@@ -205,7 +205,7 @@ impl Broker {
             &key,
             before.as_ref(),
             super::events::Via::Import,
-            (&AccountIdentity::default(), &[]),
+            (&AccountIdentity::default(), &[], None),
         );
         // Dropped after the write (even when this call is cancelled meanwhile): reads that
         // began before it cannot put the old token back.

@@ -105,6 +105,7 @@ pub async fn callback(
             caution,
             identity,
             same_account_as,
+            replaced,
             ..
         }) => page_for(
             by_app,
@@ -112,10 +113,11 @@ pub async fn callback(
             200,
             "Connected",
             &format!(
-                "<p><strong>{}</strong> account <strong>{}</strong> is connected{}. Apps with an API key can now fetch its access token from oauthd; you can close this tab.</p>{}{}",
+                "<p><strong>{}</strong> account <strong>{}</strong> is connected{}. Apps with an API key can now fetch its access token from oauthd; you can close this tab.</p>{}{}{}",
                 escape(&provider),
                 escape(&account),
                 signed_in_as(&provider, &identity),
+                replaced_note(&provider, &account, replaced.as_ref(), by_app),
                 same_account(&provider, &same_account_as, by_app),
                 caution.map_or_else(String::new, |c| format!(
                     "<p class=\"caution\"><strong>But</strong> {}.</p>",
@@ -131,6 +133,33 @@ pub async fn callback(
         let _ = resp.add_cookie(&gone);
     }
     resp
+}
+
+/// The caution for a reconnect that made the connection another account at the provider
+/// than it was: the apps that read it get the new one's tokens from now on. A person an
+/// app sent here is not told who it was (someone else, maybe).
+fn replaced_note(
+    provider: &str,
+    account: &str,
+    was: Option<&crate::store::AccountIdentity>,
+    by_app: bool,
+) -> String {
+    let Some(was) = was else {
+        return String::new();
+    };
+    let before = if by_app {
+        format!(
+            " as another account at <strong>{}</strong>",
+            escape(provider)
+        )
+    } else {
+        signed_in_as(provider, was)
+    };
+    format!(
+        "<p class=\"caution\"><strong>Changed</strong> {a} was connected{before}: it is another account now, and the apps that read {a} get this account's tokens from now on. If you meant the account it was, sign out at {p}, then connect {a} again.</p>",
+        a = escape(account),
+        p = escape(provider)
+    )
 }
 
 /// The caution for a connection that is the same account at the provider as `others`:

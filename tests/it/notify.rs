@@ -793,6 +793,36 @@ async fn a_connect_names_the_provider_account_and_the_connections_that_are_it_to
     assert!(alice.get("same_account_as").is_none(), "{alice}");
     assert_eq!(bob["provider_account"]["sub"], "alice", "{bob}");
     assert_eq!(bob["same_account_as"], json!(["alice"]), "{bob}");
+    assert!(bob.get("replaced_provider_account").is_none(), "{bob}");
+
+    // bob reconnected from a browser signed in at the provider as carol: the connection,
+    // and the apps that read it, are carol's now. Said on the page, in the event and in
+    // the log.
+    let authorize = d.start_connect(&key, "peer", "bob").await;
+    let callback = peer.approve_as("carol", &authorize).await;
+    let (status, page, _) = d.browser_get(&callback).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("<strong>Changed</strong>"), "{page}");
+    assert!(
+        !page.contains(">alice<"),
+        "an app's flow named the account it was: {page}"
+    );
+    let connected = hooks.wait_for("connection.connected", 3, WAIT).await;
+    let again = connected
+        .iter()
+        .map(|e| e["json"]["data"].clone())
+        .find(|d| d["provider_account"]["sub"] == "carol")
+        .unwrap_or_default();
+    assert_eq!(again["account"], "bob", "{again}");
+    assert_eq!(
+        again["replaced_provider_account"]["sub"], "alice",
+        "{again}"
+    );
+    assert!(
+        home.log_text().contains("connect peer/bob: it was "),
+        "{}",
+        home.log_text()
+    );
 }
 
 /// An app importing tokens over a connection whose grant the provider refuses, again and

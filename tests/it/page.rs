@@ -291,8 +291,15 @@ async fn a_connection_that_needs_reauth_offers_reconnect() {
         .await
         .unwrap();
     b.wait_text("#notice", "press \"Connect peer\"").await;
-    b.click("tr[data-connection='peer/alice'] button:not(.danger)")
+    // Who the connection is, and that whoever is signed in at the provider replaces it,
+    // is asked first: a "no" leaves it be.
+    let reconnect = "tr[data-connection='peer/alice'] button:not(.danger)";
+    b.click(reconnect).await;
+    answer_confirm(&b, "peer (alice) is alice at peer", false).await;
+    b.wait_text("tr[data-connection='peer/alice']", "needs reauth")
         .await;
+    b.click(reconnect).await;
+    answer_confirm(&b, "replaces it with whoever is signed in at peer", true).await;
     b.login_and_consent_at_provider("02").await;
     b.wait_text("h1", "Connected").await;
     assert_eq!(d.get("/v1/connections/peer/alice/token", &key).await.0, 200);

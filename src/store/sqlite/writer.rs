@@ -276,8 +276,6 @@ impl Writer {
         self.read_only.clone()
     }
 
-    /// Asks the writer whether it can write now: when it could not, this is what makes it
-    /// try a fresh connection (at most once a second) even while no request writes.
     /// One small write (taken out again) whatever the marks say: what `oauthd check` asks,
     /// in a process of its own whose writer has written nothing yet. Waits for the write
     /// lock up to the busy timeout.
@@ -292,6 +290,8 @@ impl Writer {
         .await
     }
 
+    /// Asks the writer whether it can write now: when it could not, this is what makes it
+    /// try a fresh connection (at most once a second) even while no request writes.
     pub async fn check_writable(&self, context: &'static str) -> Result<(), StoreError> {
         if self.moved.load(Ordering::Acquire) {
             return Err(moved_error(context));
