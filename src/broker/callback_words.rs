@@ -23,7 +23,7 @@ impl CallbackError {
             ),
             UnknownState => (
                 "Unknown sign-in",
-                format!("This sign-in link was already used, was started for another provider, or was never issued by oauthd. {start_again}"),
+                format!("This sign-in was already used, was started for another provider, or was never issued by oauthd. A reload of the page that said \"Connected\" (or the back button to it) shows this too: the connection made then stands, and oauthd's page lists it. Otherwise: {}", start_again.to_lowercase()),
             ),
             Storage(message) => ("Storage unavailable", message.clone()),
             NotStored(message) => ("Could not store the connection", message.clone()),

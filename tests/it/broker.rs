@@ -380,6 +380,8 @@ async fn replayed_callback_is_refused_without_redeeming_the_code_again(home: Hom
     let (status, page, _) = d.browser_get(&callback).await;
     assert_eq!(status, 400, "{page}");
     assert!(page.contains("already used"), "{page}");
+    // A reload of the page that said "Connected" lands here: it says the connection stands.
+    assert!(page.contains("the connection made then stands"), "{page}");
     // The provider never saw the code twice (a replayed code would revoke the grant).
     assert_eq!(peer.grants("authorization_code").await, 1);
     assert_eq!(peer.grant_errors("authorization_code").await, 0);

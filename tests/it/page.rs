@@ -295,11 +295,13 @@ async fn a_connection_that_needs_reauth_offers_reconnect() {
     // is asked first: a "no" leaves it be.
     let reconnect = "tr[data-connection='peer/alice'] button:not(.danger)";
     b.click(reconnect).await;
-    answer_confirm(&b, "peer (alice) is alice at peer", false).await;
+    b.answer_confirm("peer (alice) is alice at peer", false)
+        .await;
     b.wait_text("tr[data-connection='peer/alice']", "needs reauth")
         .await;
     b.click(reconnect).await;
-    answer_confirm(&b, "replaces it with whoever is signed in at peer", true).await;
+    b.answer_confirm("replaces it with whoever is signed in at peer", true)
+        .await;
     b.login_and_consent_at_provider("02").await;
     b.wait_text("h1", "Connected").await;
     assert_eq!(d.get("/v1/connections/peer/alice/token", &key).await.0, 200);
@@ -467,26 +469,6 @@ async fn the_page_works_below_a_path_prefix_behind_a_proxy() {
     }
 }
 
-/// Waits until the alert's text contains `expected`, then answers it.
-async fn answer_confirm(b: &Browser, expected: &str, accept: bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let text = loop {
-        match b.client.get_alert_text().await {
-            Ok(t) => break t,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            Err(e) => panic!("no dialog saying {expected:?}: {e}"),
-        }
-    };
-    assert!(text.contains(expected), "{text}");
-    if accept {
-        b.client.accept_alert().await.unwrap();
-    } else {
-        b.client.dismiss_alert().await.unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn disconnect_offers_to_force_when_the_provider_is_down_and_removed_providers_can_be_deleted()
 {
@@ -508,14 +490,14 @@ async fn disconnect_offers_to_force_when_the_provider_is_down_and_removed_provid
     drop(peer);
     b.click("tr[data-connection='peer/alice'] button.danger")
         .await;
-    answer_confirm(&b, "Disconnect peer/alice?", true).await;
-    answer_confirm(&b, "could not be reached", false).await;
+    b.answer_confirm("Disconnect peer/alice?", true).await;
+    b.answer_confirm("could not be reached", false).await;
     b.wait_text("#notice", "Not disconnected").await;
     assert_eq!(d.get("/v1/connections/peer/alice", &key).await.0, 200);
     b.click("tr[data-connection='peer/alice'] button.danger")
         .await;
-    answer_confirm(&b, "Disconnect peer/alice?", true).await;
-    answer_confirm(&b, "stays valid at peer", true).await;
+    b.answer_confirm("Disconnect peer/alice?", true).await;
+    b.answer_confirm("stays valid at peer", true).await;
     b.wait_text("#notice", "Deleted peer/alice").await;
     b.screenshot("01-forced.png").await;
     assert_eq!(d.get("/v1/connections/peer/alice", &key).await.0, 404);
@@ -531,7 +513,7 @@ async fn disconnect_offers_to_force_when_the_provider_is_down_and_removed_provid
     b.screenshot("02-provider-missing.png").await;
     b.click("tr[data-connection='peer/bob'] button.danger")
         .await;
-    answer_confirm(&b, "no longer configured", true).await;
+    b.answer_confirm("no longer configured", true).await;
     b.wait_text("#notice", "only oauthd's copy was deleted")
         .await;
     assert_eq!(d.get("/v1/connections/peer/bob", &key).await.0, 404);

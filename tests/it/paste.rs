@@ -109,7 +109,10 @@ async fn paste_back_from_the_page_in_chromium() {
     );
 
     // The same address again: its state was used; the page says so and how to go on.
+    // (Connecting an account that exists asks first.)
     b.click("[data-connect=peer]").await;
+    b.answer_confirm("peer (default) is alice at peer", true)
+        .await;
     let field = b.wait_for("#paste-url-peer").await;
     field.send_keys(&address).await.unwrap();
     b.click("[data-paste=peer]").await;

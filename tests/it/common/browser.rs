@@ -4,7 +4,7 @@
 use fantoccini::{Client, ClientBuilder, Locator};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub struct Browser {
     pub client: Client,
@@ -163,6 +163,26 @@ impl Browser {
         self.screenshot(&format!("{prefix}-provider-consent.png"))
             .await;
         self.click("button[type=submit]").await;
+    }
+
+    /// Waits until the alert's text contains `expected`, then answers it.
+    pub async fn answer_confirm(&self, expected: &str, accept: bool) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let text = loop {
+            match self.client.get_alert_text().await {
+                Ok(t) => break t,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("no dialog saying {expected:?}: {e}"),
+            }
+        };
+        assert!(text.contains(expected), "{text}");
+        if accept {
+            self.client.accept_alert().await.unwrap();
+        } else {
+            self.client.dismiss_alert().await.unwrap();
+        }
     }
 
     pub async fn close(mut self) {
