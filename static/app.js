@@ -195,7 +195,7 @@ async function load() {
   $("#signin").hidden = true;
   $("#app").hidden = false;
   // Focused once shown (a hidden field takes no focus).
-  if (focus) document.getElementById(`account-${focus.provider}`).focus();
+  if (focus) document.getElementById(`account-${focus.provider}`)?.focus();
   await loadNotifications().catch((e) => notice(`Notifications could not be read: ${e.message}`));
 }
 
@@ -246,7 +246,7 @@ async function connect(provider, account, confirmed) {
     notice(`Opening ${provider}… you have ${p ? p.flow_ttl : "60 minutes"} to finish there.`);
     if (p && p.paste) {
       if (tab) tab.location.assign(data.authorize_url);
-      pasteBox(provider, account, data.authorize_url);
+      pasteBox(provider, account, data.authorize_url, Boolean(tab));
     } else {
       location.assign(data.authorize_url);
     }
@@ -257,7 +257,7 @@ async function connect(provider, account, confirmed) {
 }
 
 // The paste-back field: the address the browser ended on after approving at the provider.
-function pasteBox(provider, account, authorizeUrl) {
+function pasteBox(provider, account, authorizeUrl, opened) {
   const box = document.getElementById(`paste-${provider}`);
   const id = `paste-url-${provider}`;
   const field = el("input", { id, type: "url", class: "wide", autocomplete: "off", spellcheck: "false", placeholder: "http://127.0.0.1/callback/…?code=…&state=…" });
@@ -285,7 +285,7 @@ function pasteBox(provider, account, authorizeUrl) {
   };
   button.addEventListener("click", finish);
   box.replaceChildren(
-    el("p", {}, "A new tab opened at ", el("a", { href: authorizeUrl, target: "_blank", rel: "noopener noreferrer" }, provider),
+    el("p", {}, opened ? "A new tab opened at " : "Your browser did not open a new tab: open ", el("a", { href: authorizeUrl, target: "_blank", rel: "noopener noreferrer" }, provider),
       ` (for ${account || "default"}). After you approve, your browser will show a page that cannot be reached — copy its whole address and paste it here.`),
     el("div", { class: "row" }, el("label", { for: id }, "Address"), field, button),
     status);
@@ -321,6 +321,8 @@ async function disconnect(provider, account, missing, same) {
 }
 
 async function device(provider, account) {
+  const existing = connections.find((c) => c.provider === provider && c.account === (account || "default"));
+  if (!replaceConfirmed(existing)) return;
   const box = document.getElementById(`device-${provider}`);
   try {
     const { data } = await api("POST", `/ui/api/device/${encodeURIComponent(provider)}`, { account });
@@ -329,8 +331,8 @@ async function device(provider, account) {
       el("p", { class: "hint", role: "status" }, "Waiting for approval… the code works until ", when(data.expires_at, "it expires"), "."));
     // Until the flow says how it ended: an answer that is not the flow's (oauthd
     // restarting, a proxy's 502 meanwhile) is polled past, up to a minute after the code
-    // expired.
-    const until = Date.parse(data.expires_at) + 60_000;
+    // expired (by this browser's clock, at least 15 minutes: it may be ahead of oauthd's).
+    const until = Date.now() + Math.max(Date.parse(data.expires_at) - Date.now(), 15 * 60_000) + 60_000;
     const poll = async () => {
       let resp = null;
       let body = null;
@@ -339,6 +341,11 @@ async function device(provider, account) {
         body = await resp.json().catch(() => null);
       } catch { /* oauthd cannot be reached right now */ }
       if (resp && resp.status === 401) { signedOut(); return; }
+      if (resp && resp.status === 404) { // the flow, or the connection it made, is gone
+        await load().catch(() => {});
+        notice(`Not connected: the flow for ${provider}/${account || "default"} is gone (${(body && body.detail) || "404"}).`);
+        return;
+      }
       const ended = resp && resp.status !== 202 && body && typeof body.status === "string" && body.status !== "pending";
       if (!ended) {
         if (Date.now() < until) { setTimeout(poll, 3000); return; }

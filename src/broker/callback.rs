@@ -617,10 +617,16 @@ impl Broker {
                     super::events::Via::Connect,
                 )
                 .await?;
-            let identity = prepared.save.identity.clone();
-            self.store_connection(prepared.save, prepared.events)
-                .await
-                .map(|()| (identity, prepared.same, prepared.replaced))
+            let super::grant::Prepared {
+                save,
+                events,
+                same,
+                replaced,
+            } = prepared;
+            let (key, identity) = (save.key.clone(), save.identity.clone());
+            self.store_connection(save, events).await?;
+            super::grant::log_replaced("connect", &key, replaced.as_ref(), &identity);
+            Ok::<_, BrokerError>((identity, same, replaced))
         };
         let (identity, same_account_as, replaced) = match stored.await {
             Ok(stored) => stored,

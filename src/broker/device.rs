@@ -447,11 +447,11 @@ impl Broker {
         tokens: &flows::TokenSet,
     ) {
         let (p, a) = (flow.provider.as_str(), flow.account.as_str());
-        let (save, mut events) = match self
+        let (save, mut events, replaced) = match self
             .prepare_connection(provider, a, tokens, None, Via::Device)
             .await
         {
-            Ok(prepared) => (prepared.save, prepared.events),
+            Ok(prepared) => (prepared.save, prepared.events, prepared.replaced),
             Err(e) => {
                 let detail = format!(
                     "tokens were issued but could not be stored: {}",
@@ -467,10 +467,12 @@ impl Broker {
         // As for every (re)connect: reads that began before the write cannot put the old
         // token back.
         let _saved = self.token_cache.forget_after(&save.key);
+        let (key, identity) = (save.key.clone(), save.identity.clone());
         let outcome = DevicePollOutcome::Connected(Box::new(save));
         match self.record_final(flow, claim, outcome, &events).await {
             Recorded::Yes => {
                 log::info!("device {p}/{a}: connected");
+                super::grant::log_replaced("device", &key, replaced.as_ref(), &identity);
                 if let Some(caution) = super::callback::no_refresh_token(provider, tokens, true) {
                     log::warn!("device {p}/{a}: {caution}");
                 }

@@ -25,12 +25,31 @@ pub(super) struct Prepared {
     pub replaced: Option<AccountIdentity>,
 }
 
-/// An account at a provider in a log line: its email, or name, and its id there.
+/// Said once the connection is stored (`how`: "connect", "device"): a reconnect that made
+/// it another account at the provider than it was.
+pub(super) fn log_replaced(
+    how: &str,
+    key: &ConnectionKey,
+    replaced: Option<&AccountIdentity>,
+    now: &AccountIdentity,
+) {
+    if let Some(old) = replaced {
+        log::warn!(
+            "{how} {key}: it was {} at {}, and is now {}: apps that read {key} get the new account's tokens",
+            who(old),
+            key.provider,
+            who(now)
+        );
+    }
+}
+
+/// An account at a provider in a log line: its email, or name, and its id there, quoted
+/// (a name is its user's choice, control characters and all).
 fn who(identity: &AccountIdentity) -> String {
     let sub = identity.sub.as_deref().unwrap_or("?");
     match identity.email.as_deref().or(identity.name.as_deref()) {
-        Some(shown) if shown != sub => format!("{shown} (id {sub})"),
-        _ => format!("id {sub}"),
+        Some(shown) if shown != sub => format!("{shown:?} (id {sub:?})"),
+        _ => format!("id {sub:?}"),
     }
 }
 
@@ -134,14 +153,6 @@ impl Broker {
                 _ => false,
             })
             .cloned();
-        if let Some(old) = &replaced {
-            log::warn!(
-                "connect {key}: it was {} at {}, and is now {}: apps that read {key} get the new account's tokens",
-                who(old),
-                provider.name,
-                who(&identity)
-            );
-        }
         let events = self.connected_events(
             &key,
             before.as_ref(),

@@ -602,7 +602,8 @@ impl Broker {
                     message: format!(
                         "refreshing {key} failed recently ({}); no refresh is tried before \
                          {wait} s from now (each failure doubles the wait, up to {} minutes; \
-                         `oauthd connections refresh {} {}` tries at once)",
+                         `oauthd connections refresh {} {}` tries at once, and so does a \
+                         restart, which a fixed client secret or token URL needs)",
                         row.last_error.as_deref().unwrap_or("unknown error"),
                         BACKOFF_MAX_MS / 60_000,
                         key.provider,

@@ -46,7 +46,8 @@ pub(super) fn providers_list(settings: &Settings) -> Result<(), Fatal> {
         out!(
             "  device flow:  {}",
             match p.device_flow_known() {
-                Some(true) => "yes (`oauthd connect --device`, POST /v1/device)",
+                Some(true) if p.device_flow_for_apps => "yes (`oauthd connect --device`, the page, POST /v1/device)",
+                Some(true) => "yes (`oauthd connect --device`, the page; not apps' keys: device_flow_for_apps = false)",
                 Some(false) => "no (no device_authorization_url)",
                 None => "if the issuer's metadata lists a device_authorization_endpoint",
             }
@@ -119,10 +120,20 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
                 Ok(())
             }
             ConnectionsCommand::Refresh { provider, account } => {
+                say!("Refreshing {provider}/{account} at {provider}…");
+                let asked = chrono::Utc::now();
                 let refreshed = broker.refresh_by_hand(&provider, &account).await;
-                // What the refresh began (events to send) ends before the command does.
+                // What the refresh began ends before the command does: a provider slower
+                // than a caller's wait is waited for (a refresh cut short could lose a
+                // rotated refresh token), and then the connection tells how it went.
                 broker.stop_background().await;
-                let view = refreshed?;
+                let view = match refreshed {
+                    Ok(view) => view,
+                    Err(e) => match broker.connection(&provider, &account).await {
+                        Ok(view) if refreshed_since(&view, asked) => view,
+                        _ => return Err(e.into()),
+                    },
+                };
                 say!(
                     "Refreshed {provider}/{account}: its access token expires {}.",
                     view.expires_at.as_deref().map_or(
@@ -130,6 +141,7 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
                         |at| format!("at {at}")
                     )
                 );
+                restart_hint(&settings, store.as_ref(), &clock).await;
                 Ok(())
             }
             ConnectionsCommand::Import { file } => {
@@ -158,6 +170,19 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
             }
         }
     })
+}
+
+/// Whether `view` was refreshed at or after `asked`, and is well: a refresh that went on
+/// past its caller's wait and succeeded.
+fn refreshed_since(
+    view: &crate::broker::ConnectionView,
+    asked: chrono::DateTime<chrono::Utc>,
+) -> bool {
+    let at = view
+        .last_refresh_at
+        .as_deref()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+    view.failures == 0 && at.is_some_and(|at| at >= asked - chrono::Duration::seconds(1))
 }
 
 /// Before a disconnect revokes a grant other connections share (the same account at the

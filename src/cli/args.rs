@@ -243,9 +243,9 @@ pub(crate) enum ConnectionsCommand {
         #[arg(default_value = "default")]
         account: String,
     },
-    /// Refresh now, without waiting out the backoff of earlier failures (once the
-    /// provider is back, or its config fixed); a running oauthd takes the new token
-    /// within `token_cache_seconds`
+    /// Refresh now, without waiting out the backoff of earlier failures (a provider that
+    /// is back); a running oauthd takes the new token within `token_cache_seconds`. A fixed
+    /// client secret or token URL needs a restart of the running oauthd as well
     Refresh {
         /// The provider's name, as in [providers.NAME]
         provider: String,

@@ -661,7 +661,7 @@ fn troubled_note(rows: &[crate::store::ConnectionRow]) -> Option<String> {
     }
     if !failing.is_empty() {
         said.push(format!(
-            "{} refresh(es) failing, tried again with a backoff (`oauthd connections show <provider> <account>` says why): {}",
+            "{} refresh(es) failing, tried again with a backoff (`oauthd connections show <provider> <account>` says why; `oauthd connections refresh <provider> <account>` tries at once): {}",
             failing.len(),
             listed(&failing)
         ));

@@ -682,7 +682,6 @@ impl Provider {
         })
     }
 
-    /// The issuer to discover from, if any.
     /// Whether the provider has a device authorization endpoint, when that is known
     /// without discovery (a preset's, the config's, or explicit endpoints without one);
     /// `None` when the issuer's metadata decides.
@@ -695,6 +694,7 @@ impl Provider {
         }
     }
 
+    /// The issuer to discover from, if any.
     pub fn issuer(&self) -> Option<&Url> {
         match &self.source {
             Source::Discover { issuer, .. } => Some(issuer),

@@ -716,7 +716,7 @@ async fn check_names_connections_that_need_reauth_or_fail_to_refresh() {
         "{line}"
     );
     assert!(line.contains("): gh/you;"), "{line}");
-    assert!(line.ends_with("1 refresh(es) failing, tried again with a backoff (`oauthd connections show <provider> <account>` says why): gh/them"), "{line}");
+    assert!(line.ends_with("1 refresh(es) failing, tried again with a backoff (`oauthd connections show <provider> <account>` says why; `oauthd connections refresh <provider> <account>` tries at once): gh/them"), "{line}");
 }
 
 /// Connections whose provider the config does not have, as when the config file is left

@@ -402,7 +402,7 @@ async fn connections_refresh_tries_at_once_past_the_backoff() {
         .await;
     let home = Home::new();
     home.write_config(&format!(
-        "[providers.mock]\nauthorization_url = \"{uri}/authorize\"\ntoken_url = \"{uri}/token\"\n\
+        "provider_timeout_seconds = 2\n[providers.mock]\nauthorization_url = \"{uri}/authorize\"\ntoken_url = \"{uri}/token\"\n\
          client_id = \"cid\"\nclient_secret = \"c-secret\"\n",
         uri = mock.uri()
     ));
@@ -451,6 +451,25 @@ async fn connections_refresh_tries_at_once_past_the_backoff() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(token["access_token"], "at-new", "{token}");
+
+    // A provider slower than a caller's wait (provider_timeout_seconds): the command waits
+    // for the refresh it began, and says it worked.
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({
+                    "access_token": "at-slow", "refresh_token": "rt-slow", "token_type": "Bearer",
+                    "expires_in": 3600}))
+                .set_delay(Duration::from_secs(4)),
+        )
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    let out = home.cli(&["connections", "refresh", "mock", "alice"]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert!(said.contains("Refreshed mock/alice"), "{said}");
 
     // Nothing to refresh with: said, exit 1, nothing changed.
     let bare = json!({"access_token": "at-bare"});

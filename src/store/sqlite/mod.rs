@@ -436,14 +436,27 @@ impl SqliteStore {
                 );
             }
             migrate(&mut conn, path)?;
+            // Not waited for past a moment: with another process holding the write lock (an
+            // sqlite3 shell left in a transaction) every command would stall for the busy
+            // timeout here, and the writer says what holds it when a write needs it.
+            conn.busy_timeout(RECOUNT_WAIT).map_err(sqlite_err)?;
             if let Err(e) = live_counts::recount_totals(&conn) {
                 // Not fatal: the totals stay as they were until the next open.
                 let _ = conn.execute_batch("ROLLBACK");
-                log::warn!(
-                    "database {}: could not count the store's states afresh: {e}",
-                    path.display()
+                let locked = matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
                 );
+                if locked {
+                    log::debug!("database {}: not counting the store's states afresh: another process holds the write lock", path.display());
+                } else {
+                    log::warn!(
+                        "database {}: could not count the store's states afresh: {e}",
+                        path.display()
+                    );
+                }
             }
+            conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_err)?;
         }
 
         let opener = manager(path);
@@ -800,6 +813,9 @@ fn check_schema_read_only(found: i64, path: &Path) -> Result<(), OpenError> {
     Ok(())
 }
 
+/// How long the count of states at an open waits for another process's write lock.
+const RECOUNT_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), OpenError> {
     let known = MIGRATIONS.len() as i64;
     // A schema up to date needs no write lock: a start or a command goes on while another
@@ -808,8 +824,16 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), OpenError> {
     let found: Option<i64> = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .ok();
-    if found == Some(known) {
-        return Ok(());
+    match found {
+        Some(found) if found == known => return Ok(()),
+        Some(found) if found > known => {
+            return Err(OpenError::TooNew {
+                path: path.to_owned(),
+                found,
+                known,
+            })
+        }
+        _ => {}
     }
     // The versions applied, first and last: said in one line when all went well.
     let mut applied: Option<(usize, usize)> = None;
