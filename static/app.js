@@ -78,9 +78,12 @@ function whichAccount(c) {
 
 // Before a connect that replaces a connection: who it is now, and that whoever is signed in
 // at the provider in this browser takes its place (the apps that read it get their tokens).
-function replaceConfirmed(c) {
+function replaceConfirmed(c, byCode) {
   if (!c || !who(c)) return true;
-  return confirm(`${c.provider} (${c.account}) is ${who(c)} at ${c.provider}. Connecting it again replaces it with whoever is signed in at ${c.provider} in this browser, and the apps that read it get that account's tokens. To choose the account, sign out at ${c.provider} first. Go on?`);
+  const whom = byCode
+    ? `whoever approves the code, on whatever device, and the apps that read it get that account's tokens.`
+    : `whoever is signed in at ${c.provider} in this browser, and the apps that read it get that account's tokens. To choose the account, sign out at ${c.provider} first.`;
+  return confirm(`${c.provider} (${c.account}) is ${who(c)} at ${c.provider}. Connecting it again replaces it with ${whom} Go on?`);
 }
 
 // The names of the apps' keys limited to some accounts that read this connection's tokens.
@@ -179,8 +182,10 @@ async function load() {
   // Nor when an app limited to some accounts (a tenant's) reads it: an app can create the
   // account itself (an import) and have oauthd send the operator this very link.
   const readers = known ? sharedWith(known) : "";
-  const focus = known && !readers ? asked : null;
-  if (focus) notice(`Reconnect ${focus.provider} (${focus.account}): press "Connect ${focus.provider}" below.`);
+  const configured = known && providers.some((p) => p.name === known.provider);
+  const focus = configured && !readers ? asked : null;
+  if (known && !configured) notice(`${known.provider} is no longer in oauthd's config: add it back and restart oauthd to reconnect ${known.provider} (${known.account}).`);
+  else if (focus) notice(`Reconnect ${focus.provider} (${focus.account}): press "Connect ${focus.provider}" below.`);
   else if (known) notice(`${known.provider} (${known.account}) is read by the app key(s) ${readers}, limited to some accounts: whoever you sign in as here, they get that account's tokens. Its user reconnects it from that app (its own connect flow). Connect it here only if you mean to give them your sign-in: type the account name below.`);
   // The link's words are shown only when they name a configured provider and an account
   // name oauthd could hold: anyone can write the link, and the notice must not carry
@@ -322,7 +327,7 @@ async function disconnect(provider, account, missing, same) {
 
 async function device(provider, account) {
   const existing = connections.find((c) => c.provider === provider && c.account === (account || "default"));
-  if (!replaceConfirmed(existing)) return;
+  if (!replaceConfirmed(existing, true)) return;
   const box = document.getElementById(`device-${provider}`);
   try {
     const { data } = await api("POST", `/ui/api/device/${encodeURIComponent(provider)}`, { account });
@@ -341,9 +346,12 @@ async function device(provider, account) {
         body = await resp.json().catch(() => null);
       } catch { /* oauthd cannot be reached right now */ }
       if (resp && resp.status === 401) { signedOut(); return; }
-      if (resp && resp.status === 404) { // the flow, or the connection it made, is gone
+      const gone = resp && resp.status === 404 && body && body.code;
+      if (gone === "device_flow_not_found" || gone === "connection_not_found") {
         await load().catch(() => {});
-        notice(`Not connected: the flow for ${provider}/${account || "default"} is gone (${(body && body.detail) || "404"}).`);
+        notice(gone === "connection_not_found"
+          ? `Connected ${provider}/${account || "default"}, and it was deleted since.`
+          : `Not connected: the flow for ${provider}/${account || "default"} is gone.`);
         return;
       }
       const ended = resp && resp.status !== 202 && body && typeof body.status === "string" && body.status !== "pending";

@@ -120,8 +120,8 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
                 Ok(())
             }
             ConnectionsCommand::Refresh { provider, account } => {
-                say!("Refreshing {provider}/{account} at {provider}…");
-                let asked = chrono::Utc::now();
+                say!("Refreshing {provider}/{account}…");
+                let before = broker.connection(&provider, &account).await.ok();
                 let refreshed = broker.refresh_by_hand(&provider, &account).await;
                 // What the refresh began ends before the command does: a provider slower
                 // than a caller's wait is waited for (a refresh cut short could lose a
@@ -129,10 +129,19 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
                 broker.stop_background().await;
                 let view = match refreshed {
                     Ok(view) => view,
-                    Err(e) => match broker.connection(&provider, &account).await {
-                        Ok(view) if refreshed_since(&view, asked) => view,
-                        _ => return Err(e.into()),
-                    },
+                    Err(e @ crate::broker::BrokerError::ProviderUnavailable { .. }) => {
+                        let after = broker.connection(&provider, &account).await.ok();
+                        let outcome = before
+                            .as_ref()
+                            .zip(after.as_ref())
+                            .and_then(|(b, a)| outcome_since(b, a));
+                        match (outcome, after) {
+                            (Some(Ok(())), Some(after)) => after,
+                            (Some(Err(why)), _) => return Err(Fatal(why, 1)),
+                            _ => return Err(e.into()),
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
                 };
                 say!(
                     "Refreshed {provider}/{account}: its access token expires {}.",
@@ -172,17 +181,24 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
     })
 }
 
-/// Whether `view` was refreshed at or after `asked`, and is well: a refresh that went on
-/// past its caller's wait and succeeded.
-fn refreshed_since(
-    view: &crate::broker::ConnectionView,
-    asked: chrono::DateTime<chrono::Utc>,
-) -> bool {
-    let at = view
-        .last_refresh_at
-        .as_deref()
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-    view.failures == 0 && at.is_some_and(|at| at >= asked - chrono::Duration::seconds(1))
+/// How a refresh that went on past its caller's wait ended, from the connection before and
+/// after it: refreshed (a new last refresh, no failures), refused (more failures, or it
+/// needs its owner now: what the provider said), or `None` when nothing was recorded.
+fn outcome_since(
+    before: &crate::broker::ConnectionView,
+    after: &crate::broker::ConnectionView,
+) -> Option<Result<(), String>> {
+    let key = format!("{}/{}", after.provider, after.account);
+    let why = after.last_error.as_deref().unwrap_or("no reason given");
+    if after.status != before.status && after.status.as_str() == "needs_reauth" {
+        return Some(Err(format!(
+            "refreshing {key} was refused ({why}): it needs its owner to connect it again"
+        )));
+    }
+    if after.failures > before.failures {
+        return Some(Err(format!("refreshing {key} failed: {why}")));
+    }
+    (after.failures == 0 && after.last_refresh_at != before.last_refresh_at).then_some(Ok(()))
 }
 
 /// Before a disconnect revokes a grant other connections share (the same account at the

@@ -453,9 +453,10 @@ async fn connections_refresh_tries_at_once_past_the_backoff() {
     assert_eq!(token["access_token"], "at-new", "{token}");
 
     // A provider slower than a caller's wait (provider_timeout_seconds): the command waits
-    // for the refresh it began, and says it worked.
-    Mock::given(method("POST"))
+    // for the refresh it began, and says how it went: stored, then refused.
+    let slow = Mock::given(method("POST"))
         .and(path("/token"))
+        .and(body_string_contains("refresh_token=rt-new"))
         .respond_with(
             ResponseTemplate::new(200)
                 .set_body_json(json!({
@@ -464,12 +465,38 @@ async fn connections_refresh_tries_at_once_past_the_backoff() {
                 .set_delay(Duration::from_secs(4)),
         )
         .with_priority(1)
-        .mount(&mock)
+        .mount_as_scoped(&mock)
         .await;
     let out = home.cli(&["connections", "refresh", "mock", "alice"]);
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{out:?}");
     assert!(said.contains("Refreshed mock/alice"), "{said}");
+    let mut served = serde_json::Value::Null;
+    for _ in 0..30 {
+        served = d.get(path_, &key).await.1;
+        if served["access_token"] == "at-slow" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(served["access_token"], "at-slow", "{served}");
+    drop(slow);
+    let _refused = Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("refresh_token=rt-slow"))
+        .respond_with(
+            ResponseTemplate::new(500)
+                .set_body_json(json!({"error": "server_error", "error_description": "try later"}))
+                .set_delay(Duration::from_secs(4)),
+        )
+        .with_priority(1)
+        .mount_as_scoped(&mock)
+        .await;
+    let out = home.cli(&["connections", "refresh", "mock", "alice"]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(said.contains("refreshing mock/alice failed: "), "{said}");
+    assert!(!said.contains("goes on waiting"), "{said}");
 
     // Nothing to refresh with: said, exit 1, nothing changed.
     let bare = json!({"access_token": "at-bare"});

@@ -436,10 +436,14 @@ impl SqliteStore {
                 );
             }
             migrate(&mut conn, path)?;
-            // Not waited for past a moment: with another process holding the write lock (an
-            // sqlite3 shell left in a transaction) every command would stall for the busy
-            // timeout here, and the writer says what holds it when a write needs it.
-            conn.busy_timeout(RECOUNT_WAIT).map_err(sqlite_err)?;
+            // A terminal command does not wait past a moment: with another process holding
+            // the write lock (an sqlite3 shell left in a transaction) every command would
+            // stall for the busy timeout here, and the writer says what holds it when a
+            // write needs it. `oauthd serve` waits as for any write: its totals bound the
+            // creates it takes.
+            let serving = upgrade == Upgrade::Allowed;
+            conn.busy_timeout(if serving { BUSY_TIMEOUT } else { RECOUNT_WAIT })
+                .map_err(sqlite_err)?;
             if let Err(e) = live_counts::recount_totals(&conn) {
                 // Not fatal: the totals stay as they were until the next open.
                 let _ = conn.execute_batch("ROLLBACK");
@@ -447,7 +451,7 @@ impl SqliteStore {
                     e.sqlite_error_code(),
                     Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
                 );
-                if locked {
+                if locked && !serving {
                     log::debug!("database {}: not counting the store's states afresh: another process holds the write lock", path.display());
                 } else {
                     log::warn!(
@@ -813,7 +817,8 @@ fn check_schema_read_only(found: i64, path: &Path) -> Result<(), OpenError> {
     Ok(())
 }
 
-/// How long the count of states at an open waits for another process's write lock.
+/// How long the count of states at a terminal command's open waits for another process's
+/// write lock.
 const RECOUNT_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), OpenError> {
