@@ -190,7 +190,7 @@ fn outcome_since(
 ) -> Option<Result<(), String>> {
     let key = format!("{}/{}", after.provider, after.account);
     let why = after.last_error.as_deref().unwrap_or("no reason given");
-    if after.status != before.status && after.status.as_str() == "needs_reauth" {
+    if after.status != before.status && after.status == crate::broker::ViewStatus::NeedsReauth {
         return Some(Err(format!(
             "refreshing {key} was refused ({why}): it needs its owner to connect it again"
         )));
