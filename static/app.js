@@ -308,8 +308,13 @@ async function disconnect(provider, account, missing, same) {
   const path = `/ui/api/connections/${encodeURIComponent(provider)}/${encodeURIComponent(account)}`;
   try {
     const { data } = await api("DELETE", path);
-    notice(data && data.detail ? `Deleted ${provider}/${account}: ${data.detail}.` : `Disconnected ${provider}/${account}.`);
+    // The same account's other connections are refreshed now by oauthd, to see whether
+    // the revocation ended their grant too: the list is read again to show it.
+    const checking = same.length === 0 ? ""
+      : ` oauthd is checking ${same.join(", ")}, the same ${provider} account, now: the list shows ${same.length === 1 ? "it" : "them"} as needing to be connected again if the revocation ended ${same.length === 1 ? "its" : "their"} grant too.`;
+    notice((data && data.detail ? `Deleted ${provider}/${account}: ${data.detail}.` : `Disconnected ${provider}/${account}.`) + checking);
     await load();
+    if (checking) for (const ms of [2000, 6000]) setTimeout(() => load().catch(() => {}), ms);
   } catch (e) {
     if (e.code !== "provider_unavailable") { notice(`Could not disconnect: ${e.message}`); return; }
     // The provider cannot be reached to revoke: offer to delete anyway, saying what stays.

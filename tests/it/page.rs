@@ -139,6 +139,21 @@ async fn connect_list_and_disconnect_from_the_page() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The other connection of that account: the notice says oauthd checks it, and the list
+    // shows what the check found without a reload by hand.
+    b.wait_text(
+        "#notice",
+        "oauthd is checking peer/second, the same peer account",
+    )
+    .await;
+    // Its check refreshed it (this provider keeps each connection's grant): its last
+    // refresh, "never" until then, shows without a reload by hand.
+    let row = "tr[data-connection='peer/second']";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while b.text(row).await.contains("never") {
+        assert!(Instant::now() < deadline, "{}", b.text(row).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     b.screenshot("06-disconnected.png").await;
     assert_eq!(d.get("/v1/connections/peer/default", &key).await.0, 404);
     // Nothing secret reached the page.
