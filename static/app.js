@@ -76,6 +76,11 @@ function whichAccount(c) {
   return who(c) ? el("div", { class: "hint", "data-provider-account": "" }, who(c)) : "";
 }
 
+// The connection a connect under this account name would replace, if there is one.
+function existingConnection(provider, account) {
+  return connections.find((c) => c.provider === provider && c.account === (account || "default"));
+}
+
 // Before a connect that replaces a connection: who it is now, and that whoever is signed in
 // at the provider in this browser takes its place (the apps that read it get their tokens).
 function replaceConfirmed(c, byCode) {
@@ -238,9 +243,8 @@ async function notifyTest() {
 }
 
 async function connect(provider, account, confirmed) {
-  // An account typed that is a connection already: replaced by whoever signs in.
-  const existing = connections.find((c) => c.provider === provider && c.account === (account || "default"));
-  if (!confirmed && !replaceConfirmed(existing)) return;
+  // An account typed that is a connection already is replaced by whoever signs in.
+  if (!confirmed && !replaceConfirmed(existingConnection(provider, account))) return;
   const p = providers.find((x) => x.name === provider);
   // Paste-back opens the provider in a new tab (opened now, while the click counts, so no
   // popup blocker stops it) and keeps this page for the address to paste.
@@ -331,8 +335,7 @@ async function disconnect(provider, account, missing, same) {
 }
 
 async function device(provider, account) {
-  const existing = connections.find((c) => c.provider === provider && c.account === (account || "default"));
-  if (!replaceConfirmed(existing, true)) return;
+  if (!replaceConfirmed(existingConnection(provider, account), true)) return;
   const box = document.getElementById(`device-${provider}`);
   try {
     const { data } = await api("POST", `/ui/api/device/${encodeURIComponent(provider)}`, { account });
