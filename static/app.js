@@ -27,9 +27,18 @@ function notice(text) {
   if (text) n.scrollIntoView({ block: "nearest" });
 }
 
+// The sign-in form, holding the reconnect link the page was opened with (if any), which
+// oauthd opens again once signed in.
+function showSignIn() {
+  const params = new URLSearchParams(location.search);
+  $("#signin-reconnect").value = params.get("reconnect") || "";
+  $("#signin-account").value = params.get("account") || "";
+  $("#signin").hidden = false;
+}
+
 // The session ended (signed out elsewhere, revoked, expired): the sign-in form again.
 function signedOut() {
-  $("#signin").hidden = false;
+  showSignIn();
   $("#app").hidden = true;
   notice("Your session ended: sign in again.");
 }
@@ -172,7 +181,7 @@ function renderProviders(providers, focus) {
 
 async function load() {
   const resp = await fetch(`${BASE}/ui/api/overview`, { credentials: "same-origin" });
-  if (resp.status === 401) { $("#signin").hidden = false; $("#app").hidden = true; return; }
+  if (resp.status === 401) { showSignIn(); $("#app").hidden = true; return; }
   const data = await resp.json();
   connections = data.connections;
   csrf = data.csrf;

@@ -5,7 +5,7 @@
 //! in. The GET shows one button that POSTs the token; only that POST signs in. The fixed
 //! admin token is accepted only from the sign-in form (a POST), never in a URL.
 
-use super::pages::{escape, page, too_many};
+use super::pages::{escape, page, page_back, too_many};
 use super::AppState;
 use crate::admin::{csrf_token, SignInWith, SESSION_COOKIE};
 use crate::http::ratelimit;
@@ -99,11 +99,30 @@ fn link_not_working(base: &str) -> HttpResponse {
 }
 
 /// The sign-in form: `link` from a login link's page, or `token` from the page's form
-/// (the admin token, or a login link's token pasted by hand).
+/// (the admin token, or a login link's token pasted by hand). `reconnect` and `account`
+/// are the reconnect link the page was opened with, kept across the sign-in.
 #[derive(serde::Deserialize)]
 pub struct LoginForm {
     link: Option<String>,
     token: Option<String>,
+    reconnect: Option<String>,
+    account: Option<String>,
+}
+
+/// Where a sign-in goes back to: the page, with the reconnect link's provider and
+/// account when both are names oauthd could hold (anything else is dropped: the address
+/// is built here, never taken from the form).
+fn page_url(base: &str, reconnect: Option<&str>, account: Option<&str>) -> String {
+    use crate::oauth::provider::check_name;
+    let Some(provider) = reconnect.filter(|p| check_name("provider", p).is_ok()) else {
+        return format!("{base}/");
+    };
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    query.append_pair("reconnect", provider);
+    if let Some(account) = account.filter(|a| check_name("account", a).is_ok()) {
+        query.append_pair("account", account);
+    }
+    format!("{base}/?{}", query.finish())
 }
 
 /// `POST /admin/login` -> session cookie -> 303 to the page.
@@ -117,6 +136,7 @@ pub async fn login_form(
         return too_many(base, &e);
     }
     let form = form.into_inner();
+    let back = page_url(base, form.reconnect.as_deref(), form.account.as_deref());
     let (presented, with) = match (form.link, form.token) {
         (Some(link), _) => (link, SignInWith::LoginLink),
         (None, Some(token)) => (pasted_token(&token), SignInWith::Form),
@@ -146,7 +166,7 @@ pub async fn login_form(
                 client.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string()),
                 crate::admin::session_id(&session)
             );
-            to_page(base).cookie(cookie).finish()
+            to_page(&back).cookie(cookie).finish()
         }
         Ok(None) => {
             if let Some(secs) = blocked {
@@ -163,8 +183,9 @@ pub async fn login_form(
                 } else {
                     "No admin token is set, so only a login link signs in: make"
                 };
-                page(
+                page_back(
                     base,
+                    &back,
                     401,
                     "That did not sign you in",
                     &format!("<p>The admin token or login link you entered is not right, or the link was used or has expired. {check} a one-time link with <code>oauthd admin link</code>.</p>"),
@@ -194,9 +215,10 @@ fn session_cookie(app: &AppState, value: String, max_age_secs: Option<i64>) -> C
     super::own_cookie(app, session_cookie_name(app), value, path, max_age_secs)
 }
 
-fn to_page(base: &str) -> actix_web::HttpResponseBuilder {
+/// A 303 to `url` (the page's, from `page_url`).
+fn to_page(url: &str) -> actix_web::HttpResponseBuilder {
     let mut b = HttpResponse::SeeOther();
-    b.insert_header((header::LOCATION, format!("{base}/")))
+    b.insert_header((header::LOCATION, url))
         .insert_header((header::CACHE_CONTROL, "no-store"));
     b
 }
@@ -217,7 +239,7 @@ pub async fn logout(
         .cookie(session_cookie_name(&app))
         .map(|c| c.value().to_owned())
     else {
-        return to_page(base).finish();
+        return to_page(&format!("{base}/")).finish();
     };
     if !crate::admin::secret_matches(&csrf_token(&cookie), &form.csrf) {
         return page(
@@ -230,7 +252,7 @@ pub async fn logout(
     match app.admin.sign_out(&cookie).await {
         Ok(_) => {
             log::info!("admin: a browser signed out");
-            to_page(base)
+            to_page(&format!("{base}/"))
                 .cookie(session_cookie(&app, String::new(), None))
                 .finish()
         }

@@ -22,26 +22,38 @@ pub fn escape(s: &str) -> String {
 /// A page; `body` must already be escaped HTML. `base`: the path oauthd is served under
 /// (`public_url`'s path, "" at the root), for the stylesheet's address.
 pub fn page(base: &str, status: u16, title: &str, body: &str) -> HttpResponse {
-    render(base, status, title, body, true)
+    render(base, status, title, body, Some(&format!("{base}/")))
 }
 
 /// `page`, or for someone an app sent here (`from_app`: an app's flow's confirmation and
 /// outcome) one without the way "back to oauthd", which leads to the administrator's
 /// sign-in.
 pub fn page_for(from_app: bool, base: &str, status: u16, title: &str, body: &str) -> HttpResponse {
-    render(base, status, title, body, !from_app)
+    let back = format!("{base}/");
+    render(
+        base,
+        status,
+        title,
+        body,
+        (!from_app).then_some(back.as_str()),
+    )
 }
 
-fn render(base: &str, status: u16, title: &str, body: &str, back: bool) -> HttpResponse {
+/// `page` whose way back is `back` (the page's address with what it was opened for).
+pub fn page_back(base: &str, back: &str, status: u16, title: &str, body: &str) -> HttpResponse {
+    render(base, status, title, body, Some(back))
+}
+
+fn render(base: &str, status: u16, title: &str, body: &str, back: Option<&str>) -> HttpResponse {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let back = if back {
-        format!(
-            "<p class=\"back\"><a href=\"{}/\">Back to oauthd</a></p>",
-            escape(base)
-        )
-    } else {
-        String::new()
-    };
+    let back = back
+        .map(|href| {
+            format!(
+                "<p class=\"back\"><a href=\"{}\">Back to oauthd</a></p>",
+                escape(href)
+            )
+        })
+        .unwrap_or_default();
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\

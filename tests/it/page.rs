@@ -296,15 +296,21 @@ async fn a_connection_that_needs_reauth_offers_reconnect() {
     assert_eq!(d.get("/v1/connections/peer/alice/token", &key).await.0, 409);
 
     let b = Browser::start("reauth").await;
-    b.sign_in(&home.login_link(&d)).await;
-    b.wait_text("tr[data-connection='peer/alice']", "needs reauth")
-        .await;
-    b.screenshot("01-needs-reauth.png").await;
-    // The reconnect link apps get names the button to press.
+    // The reconnect link apps get, opened signed out: signing in on its page (the login
+    // link pasted into the form) comes back to it, and it names the button to press.
     b.client
         .goto(&format!("{}/?reconnect=peer&account=alice", d.url))
         .await
         .unwrap();
+    b.wait_for("#admin-token")
+        .await
+        .send_keys(&home.login_link(&d))
+        .await
+        .unwrap();
+    b.click("#signin button[type=submit]").await;
+    b.wait_text("tr[data-connection='peer/alice']", "needs reauth")
+        .await;
+    b.screenshot("01-needs-reauth.png").await;
     b.wait_text("#notice", "press \"Connect peer\"").await;
     // Who the connection is, and that whoever is signed in at the provider replaces it,
     // is asked first: a "no" leaves it be.

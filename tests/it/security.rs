@@ -577,6 +577,88 @@ async fn a_whole_login_link_pasted_into_the_sign_in_field_signs_in() {
     );
 }
 
+/// A reconnect link opened signed out (an app's `reconnect_url`) survives the sign-in:
+/// oauthd sends the browser back to it, built from names it could hold and nothing else,
+/// as does the way back from a refused sign-in.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sign_in_goes_back_to_the_reconnect_link_it_was_opened_with() {
+    let home = Home::new();
+    let d = home.start();
+    let location = |resp: &reqwest::Response| {
+        resp.headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let refused = d
+        .post_form(
+            "/admin/login",
+            &[
+                ("token", "not-a-login-link"),
+                ("reconnect", "peer"),
+                ("account", "alice"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(refused.status(), 401);
+    let page = refused.text().await.unwrap();
+    assert!(
+        page.contains("href=\"/?reconnect=peer&amp;account=alice\">Back to oauthd"),
+        "{page}"
+    );
+    let signed_in = d
+        .post_form(
+            "/admin/login",
+            &[
+                ("token", home.login_link(&d).as_str()),
+                ("reconnect", "peer"),
+                ("account", "alice"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(signed_in.status(), 303);
+    assert!(session_cookie(&signed_in).is_some());
+    assert_eq!(
+        location(&signed_in).as_deref(),
+        Some("/?reconnect=peer&account=alice")
+    );
+    // Anything that is not a name goes nowhere but the page: no other site, no other path.
+    for (provider, account, expected) in [
+        ("//evil.example", "alice", "/"),
+        ("peer", "a/../../x", "/?reconnect=peer"),
+        ("https://evil.example/", "", "/"),
+        ("", "alice", "/"),
+    ] {
+        let resp = d
+            .post_form(
+                "/admin/login",
+                &[
+                    ("token", home.login_link(&d).as_str()),
+                    ("reconnect", provider),
+                    ("account", account),
+                ],
+                None,
+            )
+            .await;
+        assert_eq!(resp.status(), 303, "{provider} {account}");
+        assert_eq!(
+            location(&resp).as_deref(),
+            Some(expected),
+            "{provider} {account}"
+        );
+    }
+    // A sign-in that was not opened from a reconnect link goes to the page, as before.
+    let plain = d
+        .post_form(
+            "/admin/login",
+            &[("token", home.login_link(&d).as_str())],
+            None,
+        )
+        .await;
+    assert_eq!(location(&plain).as_deref(), Some("/"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_session_lasts_admin_session_hours() {
     let home = Home::new();
