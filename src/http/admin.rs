@@ -250,8 +250,13 @@ pub async fn logout(
         );
     }
     match app.admin.sign_out(&cookie).await {
-        Ok(_) => {
-            log::info!("admin: a browser signed out");
+        Ok(ended) => {
+            let id = crate::admin::session_id(&cookie);
+            if ended {
+                log::info!("admin: a browser signed out, session {id}");
+            } else {
+                log::info!("admin: a browser signed out of session {id}, which had already ended");
+            }
             to_page(&format!("{base}/"))
                 .cookie(session_cookie(&app, String::new(), None))
                 .finish()

@@ -709,6 +709,22 @@ async fn sign_out_ends_the_session_on_the_server() {
     assert!(cleared.starts_with("oauthd_session=;"), "{cleared}");
     // A copy of the cookie kept elsewhere is worthless now.
     assert_eq!(overview_status(&d, &cookie).await, 401);
+    // The log names the session that ended by the id its sign-in was logged with.
+    let log = home.log_text();
+    let signed_in = log
+        .lines()
+        .find_map(|l| {
+            l.split("admin: a browser signed in from 127.0.0.1, session ")
+                .nth(1)
+        })
+        .expect("the sign-in is logged")
+        .trim()
+        .to_owned();
+    assert!(
+        log.contains(&format!("admin: a browser signed out, session {signed_in}")),
+        "{log}"
+    );
+    assert!(!log.contains(&cookie));
 }
 
 /// The start-again form answers a flow it cannot start with the status the API would: a
