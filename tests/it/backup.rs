@@ -592,6 +592,63 @@ async fn a_backup_follows_no_link_another_user_planted_nor_replaces_a_database_i
     );
 }
 
+/// `restore --db` through a link: followed only when every link on the way may be
+/// trusted, as for `backup`; and what it leads to is replaced only when it is oauthd's
+/// database (or an empty file), never a program or any other file a link another user
+/// made could point at (a service's account, compromised, planting one in its own
+/// directory for root's restore to follow).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_follows_no_link_another_user_planted_nor_replaces_a_program() {
+    use std::os::unix::fs::{chown, lchown, symlink, PermissionsExt};
+    let home = Home::new();
+    home.create_key("app", &[]);
+    let copy = home.dir.path().join("copy.db");
+    assert!(home
+        .cli(&["backup", copy.to_str().unwrap()])
+        .status
+        .success());
+    let victim = home.dir.path().join("important-program");
+    std::fs::copy("/bin/true", &victim).unwrap();
+    let program = std::fs::read(&victim).unwrap();
+    let restore = |db: &Path| {
+        Command::new(common::BIN)
+            .args(["restore", "--db"])
+            .arg(db)
+            .arg(&copy)
+            .env("OAUTHD_KEY_FILE", home.key_file())
+            .output()
+            .expect("oauthd restore")
+    };
+    let shared = home.dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let planted = shared.join("oauthd.db");
+    symlink(&victim, &planted).unwrap();
+    lchown(&planted, Some(65534), None).unwrap();
+    let out = restore(&planted);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("a link owned by uid 65534"), "{err}");
+    // In the service's own directory, its link is followed; the program is not replaced.
+    let service = home.dir.path().join("service");
+    std::fs::create_dir(&service).unwrap();
+    chown(&service, Some(65534), Some(65534)).unwrap();
+    let theirs = service.join("oauthd.db");
+    symlink(&victim, &theirs).unwrap();
+    lchown(&theirs, Some(65534), None).unwrap();
+    let out = restore(&theirs);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("does not start as a database"), "{err}");
+    assert_eq!(std::fs::read(&victim).unwrap(), program);
+    let aside = std::fs::read_dir(home.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.contains(".replaced-"))
+        .collect::<Vec<_>>();
+    assert!(aside.is_empty(), "{aside:?}");
+}
+
 /// A restore looks for every process that has the database open, not only for one that
 /// holds a lock on it: in rollback mode (a copy restored by an older oauthd stays so until
 /// it is served, or an operator's `PRAGMA journal_mode`), a connection that is not reading
@@ -762,10 +819,19 @@ async fn a_backup_or_restore_stopped_part_way_leaves_no_partial_copy() {
         {
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert!(
-            listing(home.dir.path()).iter().any(|n| n.contains(what)),
-            "{args:?}: no partial copy seen"
-        );
+        let seen = listing(home.dir.path());
+        let Some(partial) = seen.iter().find(|n| n.contains(what)) else {
+            panic!("{args:?}: no partial copy seen");
+        };
+        // Written in a directory nobody else may enter: SQLite's journal beside the copy
+        // is made without O_EXCL, and in a directory others may write to (`/tmp`), one of
+        // them could make it first.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = std::fs::symlink_metadata(home.dir.path().join(partial)).unwrap();
+            assert!(meta.is_dir(), "{partial}: {meta:?}");
+            assert_eq!(meta.permissions().mode() & 0o777, 0o700, "{partial}");
+        }
         common::interrupt(child);
         assert_eq!(listing(home.dir.path()), Vec::<String>::new(), "{args:?}");
     }
@@ -794,6 +860,24 @@ async fn a_backup_or_restore_stopped_part_way_leaves_no_partial_copy() {
     let busy = made(".copy.db.partial-999999998", 120);
     busy.lock().unwrap();
     made(".copy.db.partial-999999997", 0);
+    // A copy's own directory, left the same way, goes too; one whose copy is held goes not.
+    let made_dir = |name: &str, held: bool| {
+        let dir = home.dir.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        let f = std::fs::File::create(dir.join("copy.db")).unwrap();
+        let old = std::time::SystemTime::now() - Duration::from_secs(120);
+        f.set_modified(old).unwrap();
+        std::fs::File::open(&dir)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        if held {
+            f.lock().unwrap();
+        }
+        f
+    };
+    made_dir(".copy.db.partial-999999996-00aa11bb22cc", false);
+    let _held_dir = made_dir(".copy.db.partial-999999995-00aa11bb22cc", true);
     assert!(home
         .cli(&["backup", copy.to_str().unwrap()])
         .status
@@ -802,7 +886,11 @@ async fn a_backup_or_restore_stopped_part_way_leaves_no_partial_copy() {
     left.sort();
     assert_eq!(
         left,
-        [".copy.db.partial-999999997", ".copy.db.partial-999999998"]
+        [
+            ".copy.db.partial-999999995-00aa11bb22cc",
+            ".copy.db.partial-999999997",
+            ".copy.db.partial-999999998"
+        ]
     );
     drop(busy);
 }

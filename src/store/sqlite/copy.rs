@@ -5,6 +5,7 @@
 //! A copy carries no instance's note of its vault keys: those say which oauthd serves
 //! this store now, not what a restored one would be.
 
+use super::workspace::Workspace;
 use super::{oauthds_version, OpenError, MIGRATIONS};
 use crate::paths::{dir_of, with_suffix};
 use rusqlite::{Connection, OpenFlags};
@@ -177,18 +178,7 @@ pub fn backup(db: &Path, to: &Path) -> Result<Copied, CopyError> {
     // is followed: one another local user planted where the copy is written (`/tmp`)
     // would have it replace a file of their choosing, another oauthd's database. What is
     // used from here on is the path resolved, so no link made meanwhile is followed.
-    let to = &crate::paths::resolve_trusted(to).map_err(|u| {
-        let owner = u.owner.map_or_else(|| "?".to_owned(), |o| o.to_string());
-        CopyError::refused(
-            to,
-            &format!(
-                "leads through {}, a link owned by uid {owner}, neither root nor the user \
-                 running oauthd nor the owner of a directory only they may write to: name \
-                 the file it leads to if you trust it, or another path",
-                u.link.display()
-            ),
-        )
-    })?;
+    let to = &trusted(to)?;
     if to.is_dir() {
         return Err(CopyError::refused(
             to,
@@ -216,15 +206,30 @@ pub fn backup(db: &Path, to: &Path) -> Result<Copied, CopyError> {
             "exists and is not a copy of oauthd's database: name a new file, or remove it first",
         ));
     }
-    let partial = partial_name(to, "partial");
-    let (copied, _held) = write_copy(&source, &partial, version, None)?;
+    let workspace = Workspace::new(to, "partial").map_err(|e| CopyError::file(to, e))?;
+    let partial = workspace.file();
+    let (copied, _held) = write_copy(&source, partial, version, None)?;
     drop(source);
-    if let Err(e) = std::fs::rename(&partial, to) {
-        let _ = std::fs::remove_file(&partial);
-        return Err(CopyError::file(to, e));
-    }
+    std::fs::rename(partial, to).map_err(|e| CopyError::file(to, e))?;
     sync_dir(to)?;
     Ok(copied)
+}
+
+/// `path` with its links resolved, when each may be trusted (`resolve_trusted`); else the
+/// refusal, naming the first that may not.
+fn trusted(path: &Path) -> Result<PathBuf, CopyError> {
+    crate::paths::resolve_trusted(path).map_err(|u| {
+        let owner = u.owner.map_or_else(|| "?".to_owned(), |o| o.to_string());
+        CopyError::refused(
+            path,
+            &format!(
+                "leads through {}, a link owned by uid {owner}, neither root nor the user \
+                 running oauthd nor the owner of a directory only they may write to: name \
+                 the file it leads to if you trust it, or another path",
+                u.link.display()
+            ),
+        )
+    })
 }
 
 /// Refuses a path whose directory is not there, naming the directory (the partial file's
@@ -274,6 +279,18 @@ fn is_sqlite_file(path: &Path) -> bool {
         .is_ok_and(|()| &header == b"SQLite format 3\0")
 }
 
+/// Whether the first 100 bytes, where SQLite's header would be, are all zero (a first
+/// page lost: what a crash or a disk can leave of a database).
+fn header_zeroed(path: &Path) -> bool {
+    let mut header = [0u8; 100];
+    std::fs::File::open(path)
+        .and_then(|mut f| {
+            use std::io::Read;
+            f.read_exact(&mut header)
+        })
+        .is_ok_and(|()| header.iter().all(|&b| b == 0))
+}
+
 /// Whether the file's first 4 KiB read as text (UTF-8 without NUL bytes): a key file or
 /// a config file, never a database, however damaged.
 fn is_text(path: &Path) -> bool {
@@ -314,9 +331,13 @@ fn may_restore_over(db: &Path) -> Result<(), CopyError> {
         Ok(_) => {}
     }
     if !is_sqlite_file(db) {
-        // A header that does not open is damage too (a zeroed first page); text is not.
+        // A header that does not open is damage too (a zeroed first page); text is not,
+        // nor any other file (a program, an image, a file a link led to).
         if is_text(db) {
             return refuse("is a text file, not a database (the key file? a config file?)");
+        }
+        if !header_zeroed(db) {
+            return refuse("does not start as a database, nor as one whose first page was zeroed (if it is oauthd's, damaged past that, move it aside yourself and restore with --create)");
         }
         return Ok(());
     }
@@ -342,8 +363,10 @@ const SUFFIXES: [&str; 4] = ["", "-wal", "-shm", "-journal"];
 /// is there. Refused while any process has `db` open; none can open it until the copy is
 /// in place. A failure part-way puts back what was moved.
 pub fn restore(backup: &Path, db: &Path, stamp: &str, create: bool) -> Result<Restored, CopyError> {
-    // A database reached through a link is restored where the link points.
-    let db = &db.canonicalize().unwrap_or_else(|_| db.to_owned());
+    // A database reached through a link is restored where the link points, when every
+    // link on the way may be trusted: the file a link another user planted leads to is
+    // theirs to choose.
+    let db = &trusted(db)?;
     if !db.exists() && !create {
         return Err(CopyError::NoDatabase {
             path: db.to_owned(),
@@ -397,18 +420,18 @@ pub fn restore(backup: &Path, db: &Path, stamp: &str, create: bool) -> Result<Re
         .or_else(|_| std::fs::metadata(dir))
         .ok()
         .map(|m| (m.uid(), m.gid()));
-    let partial = partial_name(db, "restoring");
-    let (copied, _held) = write_copy(&source, &partial, version, owner)?;
+    let workspace = Workspace::new(db, "restoring").map_err(|e| CopyError::file(db, e))?;
+    let partial = workspace.file();
+    let (copied, _held) = write_copy(&source, partial, version, owner)?;
     drop(source);
     // In WAL mode, as oauthd keeps it: a copy is made in rollback mode, in which a start by
     // a user who may not write the file fails where a WAL database is served read-only,
     // and a connection that is not reading holds no lock a later restore would see.
-    if let Err(e) = Connection::open(&partial).and_then(|c| {
+    if let Err(e) = Connection::open(partial).and_then(|c| {
         c.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))
     }) {
-        remove_partial(&partial);
         return Err(CopyError::file(
-            &partial,
+            partial,
             format!("putting it in WAL mode: {e}"),
         ));
     }
@@ -435,7 +458,6 @@ pub fn restore(backup: &Path, db: &Path, stamp: &str, create: bool) -> Result<Re
                 for (back_from, back_to) in moved.iter().rev() {
                     let _ = std::fs::rename(back_to, back_from);
                 }
-                remove_partial(&partial);
                 return Err(CopyError::file(
                     &from,
                     format!("cannot move it aside: {e}; nothing was changed"),
@@ -452,10 +474,7 @@ pub fn restore(backup: &Path, db: &Path, stamp: &str, create: bool) -> Result<Re
     // Let go before the copy takes the name: closing, SQLite deletes the `-wal` file by
     // its name, which must not be the restored database's by then.
     drop(held);
-    if let Err(e) = std::fs::rename(&partial, db) {
-        remove_partial(&partial);
-        return Err(CopyError::file(db, e));
-    }
+    std::fs::rename(partial, db).map_err(|e| CopyError::file(db, e))?;
     sync_dir(db)?;
     let moved = moved.into_iter().map(|(_, to)| to).collect();
     Ok(Restored {
@@ -463,13 +482,6 @@ pub fn restore(backup: &Path, db: &Path, stamp: &str, create: bool) -> Result<Re
         replaced,
         moved,
     })
-}
-
-/// Removes a copy that did not take its name, and the files SQLite may have left with it.
-fn remove_partial(partial: &Path) {
-    for suffix in SUFFIXES {
-        let _ = std::fs::remove_file(with_suffix(partial, suffix));
-    }
 }
 
 fn open_read_only(path: &Path) -> Result<Connection, CopyError> {
@@ -502,63 +514,15 @@ fn version_to_copy(conn: &Connection, path: &Path) -> Result<i64, CopyError> {
     Ok(found)
 }
 
-/// `.<name>.<what>-<pid>` beside `path`. Partial copies no copy is writing any more (one
-/// killed with `kill -9`, or by the OOM killer) are removed first: each can be as large as
-/// the database.
-fn partial_name(path: &Path, what: &str) -> PathBuf {
-    let name = path
-        .file_name()
-        .map_or_else(|| "oauthd.db".into(), |n| n.to_string_lossy());
-    let prefix = format!(".{name}.{what}-");
-    let dir = dir_of(path);
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let file = entry.file_name();
-        let Some(pid) = file
-            .to_str()
-            .and_then(|f| f.strip_prefix(&prefix))
-            .and_then(|rest| rest.split('-').next())
-            .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        let left = entry.path();
-        if abandoned(&dir.join(format!("{prefix}{pid}"))) && std::fs::remove_file(&left).is_ok() {
-            log::info!(
-                "removed {}, left by a copy that did not finish",
-                left.display()
-            );
-        }
-    }
-    path.with_file_name(format!("{prefix}{}", std::process::id()))
-}
-
-/// Whether the partial copy at `main` (or a file SQLite kept beside it) is no copy's any
-/// more: gone, or held locked by nobody (a copy holds a lock on its partial file until the
-/// file takes its name or is removed) and unchanged for a minute. A process id says nothing
-/// across PID namespaces (a container, `unshare`); a lock does.
-fn abandoned(main: &Path) -> bool {
-    match std::fs::File::open(main) {
-        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
-        Ok(file) => {
-            let still = file
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().is_ok_and(|e| e > Duration::from_secs(60)));
-            still && file.try_lock().is_ok()
-        }
-    }
-}
-
 /// Copies `source` into the new file `partial` (0600, given `owner`), and checks it.
 /// Returns the partial file held locked, as long as it is held: another copy's cleanup
-/// leaves it alone (`abandoned`).
+/// leaves it alone.
 fn write_copy(
     source: &Connection,
     partial: &Path,
     version: i64,
     owner: Option<(u32, u32)>,
 ) -> Result<(Copied, std::fs::File), CopyError> {
-    let _ = std::fs::remove_file(partial);
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -585,13 +549,9 @@ fn write_copy(
             }),
         None => Ok(()),
     };
-    match owned.and_then(|()| fill(source, partial, version)) {
-        Ok(bytes) => Ok((Copied { version, bytes }, file)),
-        Err(e) => {
-            remove_partial(partial);
-            Err(e)
-        }
-    }
+    // A copy that fails is removed with its workspace.
+    let bytes = owned.and_then(|()| fill(source, partial, version))?;
+    Ok((Copied { version, bytes }, file))
 }
 
 /// `VACUUM INTO` the empty file `partial`, then: the schema version set, the vault notes

@@ -17,6 +17,7 @@ mod states;
 pub mod tokens_since;
 mod unmarked;
 mod values;
+mod workspace;
 mod writer;
 
 use super::{ChangeWatch, StoreError, VaultKeysInUse, VaultKeysNote};
