@@ -275,7 +275,7 @@ impl Default for StatesConfig {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NamespaceConfig {
     pub default_ttl_seconds: Option<u64>,
@@ -556,11 +556,21 @@ impl Settings {
             },
         )?;
         let mut overrides = Vec::new();
-        for (pattern, ns) in &s.namespaces {
+        for (pattern, own) in &s.namespaces {
             let key = format!("states.namespaces.{pattern:?}");
             check_pattern(pattern).map_err(|e| invalid(&key, e.to_string()))?;
+            // What a table leaves out comes from the broader tables whose patterns cover
+            // it, the most specific first, then from `[states]`: a rule for `bridge:sess`
+            // that sets only a default TTL keeps `bridge:*`'s maximum and sliding.
+            let ns = covering(&s.namespaces, pattern)
+                .into_iter()
+                .fold(own.clone(), |set, (_, broader)| set.or(broader));
             let max = ns.max_ttl_seconds.unwrap_or(s.max_ttl_seconds);
-            let ns_default_ttl = ns.default_ttl_seconds.unwrap_or(default_ttl.min(max));
+            // A default from a broader table or `[states]` follows a lower maximum set here.
+            let ns_default_ttl = match own.default_ttl_seconds {
+                Some(set) => set,
+                None => ns.default_ttl_seconds.unwrap_or(default_ttl).min(max),
+            };
             let resolved = NamespaceConfig {
                 default_ttl_seconds: Some(ns_default_ttl),
                 max_ttl_seconds: Some(max),
@@ -1012,6 +1022,37 @@ fn secret_from_env(name: &str) -> Result<Option<SecretText>, ConfigError> {
 /// A sliding state's longest life when none is set: 30 days.
 const DEFAULT_MAX_LIFETIME_SECONDS: u64 = 30 * 86400;
 
+/// The tables whose patterns cover `pattern`'s (`bridge:*` for `bridge:sess`), the most
+/// specific first.
+fn covering<'a>(
+    tables: &'a BTreeMap<String, NamespaceConfig>,
+    pattern: &str,
+) -> Vec<(&'a String, &'a NamespaceConfig)> {
+    let mut found: Vec<_> = tables
+        .iter()
+        .filter(|(broad, _)| crate::namespace::pattern_covers(broad, pattern))
+        .collect();
+    found.sort_by_key(|(broad, _)| std::cmp::Reverse(broad.len()));
+    found
+}
+
+impl NamespaceConfig {
+    /// Each value this table sets, else `broader`'s.
+    fn or(self, broader: &NamespaceConfig) -> NamespaceConfig {
+        NamespaceConfig {
+            default_ttl_seconds: self.default_ttl_seconds.or(broader.default_ttl_seconds),
+            max_ttl_seconds: self.max_ttl_seconds.or(broader.max_ttl_seconds),
+            max_states: self.max_states.or(broader.max_states),
+            max_states_per_subject: self
+                .max_states_per_subject
+                .or(broader.max_states_per_subject),
+            max_attempts: self.max_attempts.or(broader.max_attempts),
+            sliding: self.sliding.or(broader.sliding),
+            max_lifetime_seconds: self.max_lifetime_seconds.or(broader.max_lifetime_seconds),
+        }
+    }
+}
+
 /// `max_lifetime_seconds` as set, else the default, raised to the rule's default TTL: a
 /// lifetime nobody wrote never makes a rule whose sliding states cannot be made (one that
 /// was written does, and is refused).
@@ -1437,6 +1478,52 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("states.default_ttl_seconds"), "{e}");
+    }
+
+    /// A table takes what it leaves out from the broader tables whose patterns cover it,
+    /// the most specific first, then from `[states]`: a TTL tweak for one namespace does
+    /// not bring back the global maximum and sliding its prefix's table turned off.
+    #[test]
+    fn a_namespace_table_takes_what_it_leaves_out_from_the_broader_tables() {
+        let s = parse(
+            "[states.namespaces.\"bridge:*\"]\nmax_ttl_seconds = 604800\nsliding = false\nmax_attempts = 3\n\
+             [states.namespaces.\"bridge:s*\"]\nmax_attempts = 7\n\
+             [states.namespaces.\"bridge:sess\"]\ndefault_ttl_seconds = 7200\n\
+             [states.namespaces.\"other\"]\nmax_states = 5\n",
+        )
+        .unwrap();
+        let rule = |name: &str| {
+            s.states
+                .rule_for(&crate::namespace::Namespace::parse(name).unwrap())
+        };
+        let sess = rule("bridge:sess");
+        assert_eq!(sess.default_ttl, Duration::from_secs(7200));
+        assert_eq!(sess.max_ttl, Duration::from_secs(604800));
+        assert!(!sess.sliding);
+        assert_eq!(sess.max_attempts, 7, "the closer table first");
+        let other = rule("bridge:other");
+        assert_eq!(other.max_attempts, 3);
+        assert_eq!(other.default_ttl, Duration::from_secs(3600));
+        // Unrelated tables give nothing; [states] gives the rest.
+        assert!(rule("other").sliding);
+        assert_eq!(rule("other").max_ttl, s.states.base.max_ttl);
+        assert_eq!(rule("bridge:sess").max_states, s.states.base.max_states);
+        // A default that is not this table's own follows a lower maximum set here.
+        let s = parse(
+            "[states.namespaces.\"a:*\"]\ndefault_ttl_seconds = 7200\nmax_ttl_seconds = 9000\n\
+             [states.namespaces.\"a:b\"]\nmax_ttl_seconds = 600\n",
+        )
+        .unwrap();
+        let ab = s
+            .states
+            .rule_for(&crate::namespace::Namespace::parse("a:b").unwrap());
+        assert_eq!(ab.default_ttl, Duration::from_secs(600));
+        // Errors name every table the rule comes from.
+        assert_eq!(
+            s.states
+                .table_for(&crate::namespace::Namespace::parse("a:b").unwrap()),
+            "[states.namespaces.\"a:b\"], or where that table leaves it out [states.namespaces.\"a:*\"], then [states]"
+        );
     }
 
     #[test]

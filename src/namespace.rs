@@ -91,6 +91,17 @@ pub fn pattern_matches(pattern: &str, ns: &Namespace) -> bool {
     }
 }
 
+/// Whether the rule pattern `broad` matches every namespace `narrow` (another rule's
+/// pattern, or a namespace) does: `bridge:*` covers `bridge:sess` and `bridge:s*`. Of two
+/// patterns matching one namespace, one always covers the other.
+pub fn pattern_covers(broad: &str, narrow: &str) -> bool {
+    let narrow_prefix = narrow.strip_suffix('*').unwrap_or(narrow);
+    broad != narrow
+        && broad
+            .strip_suffix('*')
+            .is_some_and(|prefix| narrow_prefix.starts_with(prefix))
+}
+
 /// Whether an API key's namespace pattern reaches `ns`. As `pattern_matches`, except that a
 /// prefix pattern reaches a reserved namespace (`provider:spotify`) only when it spells the
 /// reserved prefix out (`provider:*`, `provider:sp*`), and `*` reaches everything: `p*`,
@@ -166,6 +177,19 @@ mod tests {
         for ok in ["oauth:spotify", "2fa:email", "reset", "a", "x/y-z_1.2"] {
             assert!(Namespace::parse(ok).is_ok(), "{ok}");
         }
+    }
+
+    #[test]
+    fn a_prefix_pattern_covers_the_patterns_and_namespaces_under_it() {
+        use super::pattern_covers;
+        assert!(pattern_covers("bridge:*", "bridge:sess"));
+        assert!(pattern_covers("bridge:*", "bridge:s*"));
+        assert!(pattern_covers("*", "2fa"));
+        assert!(!pattern_covers("bridge:*", "bridge:*"));
+        assert!(!pattern_covers("bridge:s*", "bridge:*"));
+        assert!(!pattern_covers("bridge:*", "bridge"));
+        assert!(!pattern_covers("2fa", "2fa"));
+        assert!(!pattern_covers("2fa", "2fa:login"));
     }
 
     #[test]
