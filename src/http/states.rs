@@ -77,6 +77,14 @@ pub(super) fn create_request(mut body: JsonObject) -> Result<(Namespace, NewStat
     let ttl_seconds = body.opt_positive_int("ttl_seconds", "invalid_ttl")?;
     let data = body.opt_verbatim("data");
     let subject = subject(body.opt_string("subject", "invalid_subject")?)?;
+    // `.` and `..` could be stored, but not listed or revoked: URL parsers (fetch, browsers,
+    // most HTTP libraries) resolve them away in `/subjects/{subject}/states`, escaped or not.
+    if let Some(dots @ ("." | "..")) = subject.as_deref() {
+        return Err(ApiError::bad_request(
+            "invalid_subject",
+            format!("subject {dots:?} cannot be named in a URL path (HTTP clients resolve it away), so its states could not be listed or revoked: use another"),
+        ));
+    }
     let secret = secret(body.opt_string("secret", "invalid_secret")?)?;
     let max_attempts = body.opt_positive_int("max_attempts", "invalid_max_attempts")?;
     let replace = body

@@ -414,6 +414,13 @@ async fn state_options_are_checked_with_stable_codes(home: Home) {
             "invalid_subject",
         ),
         (json!({"namespace": "s", "subject": 5}), "invalid_subject"),
+        // No URL names these (clients resolve them away): their states could be listed
+        // or revoked by no app.
+        (json!({"namespace": "s", "subject": "."}), "invalid_subject"),
+        (
+            json!({"namespace": "s", "subject": ".."}),
+            "invalid_subject",
+        ),
         (
             json!({"namespace": "s", "secret": "12\n34"}),
             "invalid_secret",
