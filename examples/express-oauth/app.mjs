@@ -22,8 +22,10 @@ const env = (name) => {
   if (!value) throw new Error(`${name} is not set`);
   return value;
 };
-const oauthd = new Client(env("OAUTHD_URL"), env("OAUTHD_API_KEY"));
-const issuer = env("ISSUER");
+// Every call answers a person waiting on a page: no retries (the client's default waits
+// through oauthd's 503s for up to about 90 s); the page says "try again" instead.
+const oauthd = new Client(env("OAUTHD_URL"), env("OAUTHD_API_KEY"), { retries: 0 });
+const issuer = env("ISSUER").replace(/\/+$/, "");
 const client = { id: env("CLIENT_ID"), secret: env("CLIENT_SECRET") };
 const meta = await (await fetch(`${issuer}/.well-known/openid-configuration`)).json();
 
@@ -78,7 +80,13 @@ app.get("/callback", async (req, res) => {
     throw e;
   }
   if (error) return page(res, 403, "the provider did not sign you in: start again at /login");
-  if (iss !== issuer || typeof code !== "string") return page(res, 400, "the answer did not come from the provider");
+  if (typeof code !== "string") return page(res, 400, "the provider sent no code: start again at /login");
+  // RFC 9207: a provider that says it names itself in the answer must, with its own name; one
+  // that does not say so may leave it out (many do), but a name it sends must be its own.
+  const issExpected = meta.authorization_response_iss_parameter_supported === true;
+  if (iss === undefined ? issExpected : iss !== meta.issuer) {
+    return page(res, 400, "the answer did not come from the provider");
+  }
   const token = await fetch(meta.token_endpoint, {
     method: "POST",
     headers: {

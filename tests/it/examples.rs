@@ -81,17 +81,21 @@ async fn express_signs_in_a_slow_user_and_checks_2fa_codes_with_state_in_oauthd(
     let clock = tmp.path().join("clock");
     let d = home.start_on_a_virtual_clock(&clock);
     let outbox = tmp.path().join("codes");
-    let mut cmd = Command::new("node");
-    cmd.arg(dir.join("app.mjs"))
-        .current_dir(&dir)
-        .env("OAUTHD_URL", &d.url)
-        .env("OAUTHD_API_KEY", &key)
-        .env("ISSUER", &peer.issuer)
-        .env("CLIENT_ID", "express-example")
-        .env("CLIENT_SECRET", common::peer::CLIENT_SECRET)
-        .env("PORT", "0")
-        .env("CODE_OUTBOX", &outbox);
-    let app = Listening::start(cmd, &tmp.path().join("express.log"));
+    let express = |issuer: &str, log: &str| {
+        let mut cmd = Command::new("node");
+        cmd.arg(dir.join("app.mjs"))
+            .current_dir(&dir)
+            .env("OAUTHD_URL", &d.url)
+            .env("OAUTHD_API_KEY", &key)
+            .env("ISSUER", issuer)
+            .env("CLIENT_ID", "express-example")
+            .env("CLIENT_SECRET", common::peer::CLIENT_SECRET)
+            .env("PORT", "0")
+            .env("CODE_OUTBOX", &outbox);
+        Listening::start(cmd, &tmp.path().join(log))
+    };
+    // The issuer as people often write it, with a slash at the end.
+    let app = express(&format!("{}/", peer.issuer), "express.log");
     let http = common::no_redirects();
     let get = |path: &str| http.get(format!("{}{path}", app.url));
 
@@ -137,6 +141,23 @@ async fn express_signs_in_a_slow_user_and_checks_2fa_codes_with_state_in_oauthd(
         .await
         .unwrap();
     assert_eq!(body(again).await.0, 400);
+
+    // The provider says it names itself in its answers (RFC 9207): an answer without its
+    // name is refused.
+    let login = get("/login").send().await.unwrap();
+    let authorize = common::header(&login, "location");
+    let signin = first_cookie(&login);
+    let callback = without_iss(&peer.approve(&authorize).await);
+    let resp = http
+        .get(&callback)
+        .header("cookie", &signin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        body(resp).await,
+        (400, "the answer did not come from the provider\n".into())
+    );
 
     // Past the hour the app chose, the sign-in is refused with its own words.
     let login = get("/login").send().await.unwrap();
@@ -226,7 +247,54 @@ async fn express_signs_in_a_slow_user_and_checks_2fa_codes_with_state_in_oauthd(
         )
     );
     drop(app);
+
+    // A provider that neither says it names itself nor does (many do not): its answers
+    // are taken, as oauthd's broker takes them. Its metadata, served elsewhere without
+    // the promise, points at the same provider.
+    let mut meta: serde_json::Value =
+        reqwest::get(format!("{}/.well-known/openid-configuration", peer.issuer))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    meta.as_object_mut()
+        .unwrap()
+        .remove("authorization_response_iss_parameter_supported");
+    let quiet = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::path(
+        "/.well-known/openid-configuration",
+    ))
+    .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(meta))
+    .mount(&quiet)
+    .await;
+    let app = express(&quiet.uri(), "express-quiet.log");
+    let login = http.get(format!("{}/login", app.url)).send().await.unwrap();
+    let authorize = common::header(&login, "location");
+    let signin = first_cookie(&login);
+    let callback = without_iss(&peer.approve(&authorize).await);
+    let resp = http
+        .get(&callback)
+        .header("cookie", &signin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body(resp).await, (200, "signed in as alice\n".into()));
+    drop(app);
     assert!(!home.log_text().contains("panicked"));
+}
+
+/// `url` without its `iss` query parameter: what a provider that does not send it answers.
+fn without_iss(url: &str) -> String {
+    let mut parsed = reqwest::Url::parse(url).unwrap();
+    let kept: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter(|(k, _)| k != "iss")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    assert!(kept.len() < parsed.query_pairs().count(), "no iss in {url}");
+    parsed.query_pairs_mut().clear().extend_pairs(kept);
+    parsed.to_string()
 }
 
 /// A free loopback port (bound, then let go).

@@ -230,7 +230,7 @@ class Transport {
   url(segments: string[], query?: Record<string, string | number | boolean | undefined>): string {
     let url = `${this.baseUrl}/${segments.map(segment).join("/")}`;
     const pairs = Object.entries(query ?? {}).filter(([, v]) => v !== undefined);
-    if (pairs.length) url += "?" + new URLSearchParams(pairs.map(([k, v]) => [k, String(v)])).toString();
+    if (pairs.length) url += "?" + new URLSearchParams(pairs.map(([k, v]): [string, string] => [k, String(v)])).toString();
     return url;
   }
 
@@ -242,7 +242,7 @@ class Transport {
   async send(
     method: string,
     url: string,
-    body?: BodyInit,
+    body?: ProxyBody,
     headers?: Record<string, string>,
     resendUnanswered = true,
   ): Promise<Answer> {
@@ -324,6 +324,17 @@ function problemOf(answer: Answer): OauthdError {
 const defined = <T extends object>(o: T) =>
   Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined));
 
+/** Options the client reads itself: a name it does not know (`min_ttl` for `minTtl`, from
+ * plain JavaScript) is an error, not an option silently left out of the request. */
+function only<T extends object>(options: T, where: string, known: readonly string[]): T {
+  for (const name of Object.keys(options ?? {})) {
+    if (!known.includes(name)) {
+      throw new TypeError(`${where}: unknown option ${JSON.stringify(name)} (it takes ${known.join(", ")})`);
+    }
+  }
+  return options;
+}
+
 /** Short-lived secrets: `POST /v1/states` and what follows. */
 export class States {
   constructor(private readonly t: Transport) {}
@@ -361,6 +372,7 @@ export class States {
     subject: string,
     options: { pageSize?: number } = {},
   ): Promise<SubjectState[]> {
+    only(options, "listSubject", ["pageSize"]);
     const states: SubjectState[] = [];
     let after: string | undefined;
     for (;;) {
@@ -395,8 +407,9 @@ export class Connections {
 
   /** A token valid for at least `minTtl` seconds (oauthd's default: 60), refreshed first
    * when needed; throws NeedsReauth when a person must connect again. */
-  token(provider: string, account = "default", options: { minTtl?: number } = {}): Promise<AccessToken> {
-    return this.t.call("GET", ["v1", "connections", provider, account, "token"], {
+  async token(provider: string, account = "default", options: { minTtl?: number } = {}): Promise<AccessToken> {
+    only(options, "token", ["minTtl"]);
+    return await this.t.call<AccessToken>("GET", ["v1", "connections", provider, account, "token"], {
       query: { min_ttl: options.minTtl },
     });
   }
@@ -417,6 +430,7 @@ export class Connections {
 
   /** Revokes at the provider, then deletes; `{}` when revoked, else what was not. */
   async delete(provider: string, account = "default", options: { force?: boolean } = {}): Promise<Record<string, unknown>> {
+    only(options, "delete", ["force"]);
     const answer = await this.t.call<Record<string, unknown> | undefined>("DELETE", ["v1", "connections", provider, account], {
       query: { force: options.force ? "true" : undefined },
     });
@@ -457,6 +471,7 @@ export class Device {
     id: string,
     options: { timeoutMs?: number; intervalMs?: number } = {},
   ): Promise<DeviceStatus> {
+    only(options, "pollUntilDone", ["timeoutMs", "intervalMs"]);
     const deadline = options.timeoutMs === undefined ? Infinity : Date.now() + options.timeoutMs;
     for (;;) {
       const status = await this.status(provider, id);
@@ -466,6 +481,18 @@ export class Device {
       await this.wait(Math.max(0, Math.min(interval, deadline - Date.now())));
     }
   }
+}
+
+/** What a proxied request may send: what `fetch` takes as a body (a string, bytes,
+ * `URLSearchParams`, a `Blob`, `FormData`, a stream). */
+export type ProxyBody = RequestInit["body"];
+
+/** A proxied request's options: `body`, or `json` (sent as `application/json`), and
+ * headers for the provider. */
+export interface ProxyOptions {
+  body?: ProxyBody;
+  json?: unknown;
+  headers?: Record<string, string>;
 }
 
 export interface ProxyResponse {
@@ -487,8 +514,9 @@ export class Proxy {
     provider: string,
     account: string,
     path: string,
-    options: { body?: BodyInit; json?: unknown; headers?: Record<string, string> } = {},
+    options: ProxyOptions = {},
   ): Promise<ProxyResponse> {
+    only(options, "proxy", ["body", "json", "headers"]);
     const headers = { ...options.headers };
     let body = options.body;
     if (options.json !== undefined) {
@@ -502,12 +530,24 @@ export class Proxy {
     return { ...answer, text, json: <T>() => JSON.parse(text()) as T };
   }
 
-  get(provider: string, account: string, path: string, options = {}): Promise<ProxyResponse> {
+  get(provider: string, account: string, path: string, options: ProxyOptions = {}): Promise<ProxyResponse> {
     return this.request("GET", provider, account, path, options);
   }
 
-  post(provider: string, account: string, path: string, options = {}): Promise<ProxyResponse> {
+  post(provider: string, account: string, path: string, options: ProxyOptions = {}): Promise<ProxyResponse> {
     return this.request("POST", provider, account, path, options);
+  }
+
+  put(provider: string, account: string, path: string, options: ProxyOptions = {}): Promise<ProxyResponse> {
+    return this.request("PUT", provider, account, path, options);
+  }
+
+  patch(provider: string, account: string, path: string, options: ProxyOptions = {}): Promise<ProxyResponse> {
+    return this.request("PATCH", provider, account, path, options);
+  }
+
+  delete(provider: string, account: string, path: string, options: ProxyOptions = {}): Promise<ProxyResponse> {
+    return this.request("DELETE", provider, account, path, options);
   }
 }
 
@@ -539,6 +579,7 @@ export class Client {
   readonly proxy: Proxy;
 
   constructor(baseUrl: string, apiKey: string, options: ClientOptions = {}) {
+    only(options, "Client", ["timeoutMs", "retries", "maxRetryWaitMs", "sleep", "fetch"]);
     const t = new Transport(baseUrl, apiKey, options);
     this.states = new States(t);
     this.connections = new Connections(t);

@@ -217,6 +217,32 @@ test("an unanswered proxied call is not sent again and says it timed out", async
   }
 });
 
+test("an option the client does not know is an error, not left out of the request", async () => {
+  const seen = [];
+  const server = createServer((req, res) => { seen.push(req.url); res.end("{}"); });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  try {
+    const url = `http://127.0.0.1:${server.address().port}`;
+    assert.throws(() => new Client(url, "oauthd_k", { timeout: 5 }),
+      (e) => e instanceof TypeError && /Client: unknown option "timeout" \(it takes timeoutMs,/.test(e.message));
+    const c = new Client(url, "oauthd_k", { retries: 0 });
+    await assert.rejects(c.connections.token("spotify", "default", { min_ttl: 3000 }),
+      (e) => e instanceof TypeError && /token: unknown option "min_ttl" \(it takes minTtl\)/.test(e.message));
+    await assert.rejects(c.states.listSubject("app", "alice", { limit: 1 }), TypeError);
+    await assert.rejects(c.connections.delete("spotify", "default", { Force: true }), TypeError);
+    await assert.rejects(c.device.pollUntilDone("spotify", "id", { timeout: 5 }), TypeError);
+    await assert.rejects(c.proxy.get("spotify", "default", "v1/me", { header: { a: "b" } }), TypeError);
+    assert.deepEqual(seen, [], "a request was sent");
+    // The names it knows go out as oauthd's.
+    await c.connections.token("spotify", "default", { minTtl: 3000 });
+    await c.proxy.put("spotify", "default", "v1/me/player", { json: { play: true } });
+    assert.deepEqual(seen, ["/v1/connections/spotify/default/token?min_ttl=3000", "/v1/proxy/spotify/default/v1/me/player"]);
+  } finally {
+    server.closeAllConnections();
+    server.close();
+  }
+});
+
 test("an unreachable oauthd is a clear error", async () => {
   // A port nothing listens on (fetch refuses some well-known ones outright).
   const probe = createServer();
