@@ -207,8 +207,20 @@ impl Broker {
         if status == DeviceFlowStatus::Pending && self.clock.now_ms() >= flow.expires_at_ms {
             status = DeviceFlowStatus::Expired;
         }
+        let mut detail = flow.detail;
         let connection = if status == DeviceFlowStatus::Connected {
-            Some(self.connection(&flow.provider, &flow.account).await?)
+            // Deleted (or disconnected) since: the flow still connected it, and says so.
+            match self.connection(&flow.provider, &flow.account).await {
+                Ok(view) => Some(view),
+                Err(BrokerError::ConnectionNotFound { .. }) => {
+                    detail = Some(format!(
+                        "connected {}/{}, which has been deleted since",
+                        flow.provider, flow.account
+                    ));
+                    None
+                }
+                Err(e) => return Err(e),
+            }
         } else {
             None
         };
@@ -227,7 +239,7 @@ impl Broker {
             verification_uri_complete: flow.verification_uri_complete.filter(|_| waiting),
             expires_at: rfc3339(flow.expires_at_ms),
             interval: (flow.interval_ms / 1000) as u64,
-            detail: flow.detail,
+            detail,
             connection,
         })
     }

@@ -90,7 +90,7 @@ pub(super) fn started_body(started: &DeviceStart) -> DeviceStarted<'_> {
         ("id" = String, Path, description = "The id the start answered."),
     ),
     responses(
-        (status = 200, description = "Connected.", body = DeviceStatus),
+        (status = 200, description = "Connected (`connection`; without it, and with a `detail` saying so, once that connection was deleted).", body = DeviceStatus),
         (status = 202, description = "Pending: the person has not finished.", body = DeviceStatus),
         (status = 403, description = "The person declined.", body = DeviceStatus),
         (status = 404, description = "No such flow (`device_flow_not_found`) or provider (`unknown_provider`).", body = ProblemDoc, content_type = "application/problem+json"),

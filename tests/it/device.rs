@@ -98,6 +98,21 @@ async fn approved_device_flow_connects_and_stops_polling_at_the_first_success(ho
     assert_tv_token_is_live(&d, &key, &peer).await;
     let (status, _) = d.get("/v1/connections/peer/tv/token?min_ttl=0", &key).await;
     assert_eq!(status, 200);
+
+    // The connection deleted since: the flow still says it connected, and that it is gone
+    // (an app polling late learns both, not a 404 it would take for an unknown flow).
+    assert!(home
+        .cli(&["connections", "delete", "peer", "tv", "--force"])
+        .status
+        .success());
+    let (status, ended) = d.get(&format!("/v1/device/peer/{id}"), &key).await;
+    assert_eq!(status, 200, "{ended}");
+    assert_eq!(ended["status"], "connected");
+    assert!(ended.get("connection").is_none(), "{ended}");
+    assert_eq!(
+        ended["detail"],
+        "connected peer/tv, which has been deleted since"
+    );
 }
 
 async fn denied_device_flow_answers_403(home: Home) {
