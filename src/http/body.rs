@@ -20,6 +20,8 @@ pub struct BodyLimit(pub usize);
 #[derive(Default)]
 pub struct JsonObject {
     members: Map<String, Value>,
+    /// The fields a reader asked for, in order: what a refusal of an unknown one names.
+    asked: Asked,
     /// Zeroed when dropped: an import's body holds tokens.
     text: zeroize::Zeroizing<Vec<u8>>,
 }
@@ -252,7 +254,11 @@ impl JsonObject {
     fn parse_owned(text: Vec<u8>) -> Result<JsonObject, ApiError> {
         let text = zeroize::Zeroizing::new(text);
         match serde_json::from_slice::<Unique>(&text).map(|u| u.0) {
-            Ok(Value::Object(members)) => Ok(JsonObject { members, text }),
+            Ok(Value::Object(members)) => Ok(JsonObject {
+                members,
+                asked: Asked::default(),
+                text,
+            }),
             Ok(_) => Err(ApiError::bad_request(
                 "malformed_json",
                 "the body must be a JSON object",
@@ -261,6 +267,37 @@ impl JsonObject {
                 "malformed_json",
                 format!("the body is not valid JSON: {e}"),
             )),
+        }
+    }
+}
+
+/// The names of the fields a reader asked for, without allocating (a reader asks for a
+/// dozen at most; past `ASKED_MAX` the rest go unnamed).
+#[derive(Default)]
+struct Asked {
+    names: [&'static str; ASKED_MAX],
+    len: usize,
+}
+
+const ASKED_MAX: usize = 16;
+
+impl Asked {
+    fn push(&mut self, name: &'static str) {
+        let known = self.names.get(..self.len).unwrap_or_default();
+        if known.contains(&name) {
+            return;
+        }
+        if let Some(slot) = self.names.get_mut(self.len) {
+            *slot = name;
+            self.len += 1;
+        }
+    }
+
+    /// "this endpoint takes: a, b" (or that it takes none), for a refusal.
+    fn takes(&self) -> String {
+        match self.names.get(..self.len).unwrap_or_default() {
+            [] => "this endpoint takes no fields".to_owned(),
+            names => format!("this endpoint takes: {}", names.join(", ")),
         }
     }
 }
@@ -278,12 +315,13 @@ fn invalid(name: &str, code: &'static str, why: &str) -> ApiError {
 
 impl JsonObject {
     /// Removes and returns a field; `None` when absent.
-    fn take(&mut self, name: &str) -> Option<Value> {
+    fn take(&mut self, name: &'static str) -> Option<Value> {
+        self.asked.push(name);
         self.members.remove(name)
     }
 
     /// A required string field; `code` is the error code for a missing or non-string value.
-    pub fn string(&mut self, name: &str, code: &'static str) -> Result<String, ApiError> {
+    pub fn string(&mut self, name: &'static str, code: &'static str) -> Result<String, ApiError> {
         match self.take(name) {
             Some(v) => as_string(v).map_err(|why| invalid(name, code, why)),
             None => Err(ApiError::bad_request(code, format!("{name} is required"))),
@@ -293,7 +331,7 @@ impl JsonObject {
     /// An optional string field; `null` counts as absent.
     pub fn opt_string(
         &mut self,
-        name: &str,
+        name: &'static str,
         code: &'static str,
     ) -> Result<Option<String>, ApiError> {
         self.optional(name, code, as_string)
@@ -302,7 +340,7 @@ impl JsonObject {
     /// An optional positive whole number; `null` counts as absent.
     pub fn opt_positive_int(
         &mut self,
-        name: &str,
+        name: &'static str,
         code: &'static str,
     ) -> Result<Option<u64>, ApiError> {
         // A number written with a fraction or an exponent is read as a double, which rounds
@@ -328,7 +366,11 @@ impl JsonObject {
     }
 
     /// An optional true/false; `null` counts as absent.
-    pub fn opt_bool(&mut self, name: &str, code: &'static str) -> Result<Option<bool>, ApiError> {
+    pub fn opt_bool(
+        &mut self,
+        name: &'static str,
+        code: &'static str,
+    ) -> Result<Option<bool>, ApiError> {
         self.optional(name, code, |v| v.as_bool().ok_or("must be true or false"))
     }
 
@@ -336,7 +378,7 @@ impl JsonObject {
     /// `null` counts as absent.
     fn optional<T>(
         &mut self,
-        name: &str,
+        name: &'static str,
         code: &'static str,
         read: impl FnOnce(Value) -> Result<T, &'static str>,
     ) -> Result<Option<T>, ApiError> {
@@ -349,7 +391,7 @@ impl JsonObject {
     /// An optional field of any JSON type, as its text was sent (members in their order,
     /// numbers as written) without the whitespace between tokens: what an app stores, it
     /// gets back byte for byte. `null` is none.
-    pub fn opt_verbatim(&mut self, name: &str) -> Option<crate::states::JsonText> {
+    pub fn opt_verbatim(&mut self, name: &'static str) -> Option<crate::states::JsonText> {
         let parsed = self.take(name).filter(|v| !v.is_null())?;
         let sent = self.with_sent(name, crate::states::JsonText::compact);
         Some(sent.unwrap_or_else(|| crate::states::JsonText::of(&parsed)))
@@ -380,7 +422,7 @@ impl JsonObject {
                 let shown: String = field.chars().take(64).collect();
                 Err(ApiError::bad_request(
                     "unknown_field",
-                    format!("unknown field {shown:?}"),
+                    format!("unknown field {shown:?}; {}", self.asked.takes()),
                 ))
             }
         }

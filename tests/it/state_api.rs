@@ -899,6 +899,26 @@ async fn bad_input_gets_a_4xx_problem_never_a_5xx(home: Home) {
         );
         assert_eq!(problem["status"], status);
     }
+    // A field it does not take is named with the fields it does (a typo is found at once).
+    let (status, problem) = d
+        .post("/v1/states", &key, json!({"namespace": NS, "ttl": 60}))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        problem["detail"],
+        "unknown field \"ttl\"; this endpoint takes: namespace, ttl_seconds, data, subject, secret, max_attempts, replace, sliding, max_lifetime_seconds"
+    );
+    let (_, problem) = d
+        .post(
+            "/v1/states/consume",
+            &key,
+            json!({"state": state, "namespace": NS, "extra": 1}),
+        )
+        .await;
+    assert_eq!(
+        problem["detail"],
+        "unknown field \"extra\"; this endpoint takes: state, namespace"
+    );
     // None of that disturbed the state it was issued next to.
     assert_eq!(d.consume(&key, &state, NS).await.0, 200);
     let resp = d.get_raw("/v1/states", Some(&key)).await;
