@@ -1157,10 +1157,40 @@ fn parse_text(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
                 " (write [[{key}]], with two brackets, above each of its entries: it is a list of tables)"
             ));
         }
+        if let Some(hint) = top_level_key_in_a_table(&message) {
+            message.push_str(&hint);
+        }
         ConfigError::Parse {
             path: path.to_owned(),
             message: format!("{}{message}", at.unwrap_or_default()),
         }
+    })
+}
+
+/// For a key refused inside a table (``unknown field `listen`, …; in `states` ``) that is a
+/// top-level setting: in TOML every key after a `[table]` line belongs to that table, so a
+/// setting added at the end of the file lands in the last table.
+fn top_level_key_in_a_table(message: &str) -> Option<String> {
+    let key = message
+        .strip_prefix("unknown field `")?
+        .split('`')
+        .next()
+        .filter(|k| {
+            !k.is_empty()
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })?;
+    let table = message.rsplit_once("; in `")?.1.strip_suffix('`')?;
+    // A top-level key is one the file's top level does not refuse as unknown.
+    let alone = toml::from_str::<FileConfig>(&format!("{key} = 0"));
+    let top_level = match alone {
+        Ok(_) => true,
+        Err(e) => !e.message().starts_with("unknown field"),
+    };
+    top_level.then(|| {
+        format!(
+            " ({key} is a top-level setting: every key after a [table] line belongs to that table, here {table}; move it above the file's first [table] line)"
+        )
     })
 }
 
@@ -1524,6 +1554,31 @@ mod tests {
                 .table_for(&crate::namespace::Namespace::parse("a:b").unwrap()),
             "[states.namespaces.\"a:b\"], or where that table leaves it out [states.namespaces.\"a:*\"], then [states]"
         );
+    }
+
+    /// A top-level setting written after a table (at the end of the file) is said to be
+    /// one, with where it belongs.
+    #[test]
+    fn a_top_level_key_after_a_table_is_said_to_belong_above_it() {
+        let e = parse("[[notify]]\nname = \"x\"\nurl = \"http://127.0.0.1:9/h\"\nreturn_to_allowlist = [\"http://a\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("return_to_allowlist is a top-level setting") && e.contains("here notify;"),
+            "{e}"
+        );
+        let e = parse("[states]\nmax_states = 5\nlisten = \"127.0.0.1:1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen is a top-level setting"), "{e}");
+        // A key that is nowhere a setting gets no such hint.
+        for text in [
+            "[states]\nmax_statez = 5\n",
+            "[states]\n\"max states\" = 5\n",
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(!e.contains("top-level"), "{e}");
+        }
     }
 
     #[test]
