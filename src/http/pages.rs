@@ -57,7 +57,8 @@ fn render(base: &str, status: u16, title: &str, body: &str, back: Option<&str>) 
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{t} · oauthd</title><link rel=\"stylesheet\" href=\"{b}/static/style.css\"></head>\
+         <title>{t} · oauthd</title><link rel=\"icon\" href=\"{b}/static/favicon.svg\" type=\"image/svg+xml\">\
+         <link rel=\"stylesheet\" href=\"{b}/static/style.css\"></head>\
          <body><main><h1>{t}</h1>{body}{back}</main></body></html>",
         t = escape(title),
         b = escape(base)

@@ -18,6 +18,7 @@ use serde_json::json;
 const INDEX: &str = include_str!("../../static/index.html");
 const APP_JS: &str = include_str!("../../static/app.js");
 const STYLE: &str = include_str!("../../static/style.css");
+const FAVICON: &str = include_str!("../../static/favicon.svg");
 
 /// `GET /`: the page shell; it asks `/ui/api/overview` for data. Every address in it
 /// starts with the path oauthd is served under (`public_url`'s), so the page works
@@ -32,6 +33,7 @@ pub async fn asset(name: web::Path<String>) -> HttpResponse {
     match name.as_str() {
         "app.js" => asset_response("text/javascript; charset=utf-8", APP_JS.to_owned()),
         "style.css" => asset_response("text/css; charset=utf-8", STYLE.to_owned()),
+        "favicon.svg" => asset_response("image/svg+xml", FAVICON.to_owned()),
         _ => actix_web::ResponseError::error_response(&ApiError::not_found_route()),
     }
 }
