@@ -45,7 +45,7 @@ pub(super) fn keys(settings: Settings, command: KeysCommand) -> Result<(), Fatal
                     .as_ref()
                     .map_or("every namespace".to_owned(), |n| n.join(", "));
                 let accounts = match &record.accounts {
-                    _ if !crate::apikeys::reaches_connections(&record) => "no connections".to_owned(),
+                    _ if !crate::apikeys::reaches_connections(&record) => "no connected account's tokens (a provider's take --namespace 'provider:NAME')".to_owned(),
                     None => "every account".to_owned(),
                     Some(a) => format!("accounts {}", a.join(", ")),
                 };

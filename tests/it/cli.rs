@@ -296,7 +296,7 @@ fn a_key_for_states_alone_is_not_said_to_reach_every_account() {
     assert!(out.status.success(), "{out:?}");
     let said = text(&out.stderr);
     assert!(
-        said.contains("Created API key \"web-app\" for 2fa, as:*; no connections."),
+        said.contains("Created API key \"web-app\" for 2fa, as:*; no connected account's tokens (a provider's take --namespace 'provider:NAME')."),
         "{said}"
     );
     let list = text(&home.cli(&["keys", "list"]).stdout);
