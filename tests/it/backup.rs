@@ -5,7 +5,7 @@ use crate::common;
 
 use common::Home;
 use serde_json::json;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -647,6 +647,41 @@ async fn a_restore_follows_no_link_another_user_planted_nor_replaces_a_program()
         .filter(|n| n.contains(".replaced-"))
         .collect::<Vec<_>>();
     assert!(aside.is_empty(), "{aside:?}");
+}
+
+/// A copy checked with `oauthd check --db` (as the README advises, which puts it in WAL
+/// mode) and then restored from: the restore left `-wal` and `-shm` files beside it, and
+/// every later backup to that name was refused as a database in use.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_checked_and_restored_from_takes_the_next_backup() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    // Served once: its key file made.
+    home.start().signal_and_wait("TERM");
+    let copy = home.dir.path().join("copy.db");
+    assert!(home
+        .cli(&["backup", copy.to_str().unwrap()])
+        .status
+        .success());
+    let out = Command::new(common::BIN)
+        .args(["check", "--db"])
+        .arg(&copy)
+        .env("OAUTHD_KEY_FILE", home.key_file())
+        .env_remove("OAUTHD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = home.cli(&["restore", copy.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    for suffix in ["-wal", "-shm"] {
+        let left = PathBuf::from(format!("{}{suffix}", copy.display()));
+        assert!(!left.exists(), "{} left beside the copy", left.display());
+    }
+    let out = home.cli(&["backup", copy.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let d = home.start();
+    assert_eq!(d.get("/v1/connections", &key).await.0, 200);
+    d.signal_and_wait("TERM");
 }
 
 /// A restore looks for every process that has the database open, not only for one that

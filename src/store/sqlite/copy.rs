@@ -190,7 +190,8 @@ pub fn backup(db: &Path, to: &Path) -> Result<Copied, CopyError> {
         return Err(CopyError::refused(
             to,
             "has a -wal file beside it: a database in use (another oauthd's, or one that \
-             stopped without closing) is never replaced; name another file",
+             stopped without closing) is never replaced; name another file (if nothing uses \
+             it, a reader an older oauthd's restore left: remove its -wal and -shm files)",
         ));
     }
     let by = holders(to);
@@ -400,7 +401,7 @@ pub fn restore(backup: &Path, db: &Path, stamp: &str, create: bool) -> Result<Re
     {
         return Err(not_a_copy());
     }
-    let source = open_read_only(backup)?;
+    let source = open_copy(backup)?;
     let version = version_to_copy(&source, backup).map_err(|e| match e {
         CopyError::Open(OpenError::Foreign { .. } | OpenError::NotADatabase { .. }) => not_a_copy(),
         e => e,
@@ -492,6 +493,47 @@ fn open_read_only(path: &Path) -> Result<Connection, CopyError> {
     }
     Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| CopyError::Open(OpenError::open(path, &e)))
+}
+
+/// A copy to restore from, opened so that nothing is written beside it: as `immutable` when
+/// no journal lies beside it. Opened read-only as it is, a copy in WAL mode (`oauthd check`
+/// puts one so) gets `-wal` and `-shm` files that stay, and a later backup to that name
+/// takes them for a database in use. With a journal beside it, the journal is read as ever.
+fn open_copy(path: &Path) -> Result<Connection, CopyError> {
+    if !path.is_file() {
+        return Err(CopyError::Missing {
+            path: path.to_owned(),
+        });
+    }
+    if ["-wal", "-journal"]
+        .iter()
+        .any(|suffix| with_suffix(path, suffix).symlink_metadata().is_ok())
+    {
+        return open_read_only(path);
+    }
+    let absolute = path.canonicalize().map_err(|e| CopyError::file(path, e))?;
+    let uri = format!("file:{}?immutable=1", uri_path(&absolute));
+    Connection::open_with_flags(
+        uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(|e| CopyError::Open(OpenError::open(path, &e)))
+}
+
+/// An absolute path as a `file:` URI's path: every byte but unreserved ones and `/`
+/// percent-encoded (`?`, `#` and `%` in a file name mean something there).
+fn uri_path(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    path.as_os_str()
+        .as_bytes()
+        .iter()
+        .map(|&b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// The schema version a copy of `conn` gets: its own, or for one that lost it (a dump),
@@ -643,5 +685,32 @@ fn hold_exclusively(db: &Path) -> Result<Option<Connection>, CopyError> {
             })
         }
         Err(_) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A copy whose path holds what a URI reads otherwise (`?`, `#`, `%`, a space) opens
+    /// as that file, and nothing is made beside it.
+    #[test]
+    fn a_copy_opens_by_its_path_whatever_it_holds_and_nothing_is_made_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("odd ?#%20name.db");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; CREATE TABLE t (x); INSERT INTO t VALUES (7);",
+        )
+        .unwrap();
+        drop(conn);
+        let copy = super::open_copy(&path).unwrap();
+        let x: i64 = copy.query_row("SELECT x FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(x, 7);
+        drop(copy);
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["odd ?#%20name.db"]);
     }
 }
