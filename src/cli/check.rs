@@ -609,7 +609,22 @@ fn vault_line(
             "vault",
             match rows.len() {
                 0 => format!("key {} (no connections yet)", v.current_key_id()),
-                n => format!("key {} opens all {n} connection(s)", v.current_key_id()),
+                n => {
+                    // The keys they are sealed with, each needed as long as one is: during
+                    // a rotation, not only the one new seals use.
+                    let mut used: Vec<String> = rows
+                        .iter()
+                        .filter_map(|c| vault::sealed_key_id(&c.access_token))
+                        .collect();
+                    used.sort();
+                    used.dedup();
+                    format!(
+                        "{} opens all {n} connection(s), sealed with key(s) {} (each needed while one is sealed with it); new ones are sealed with {}",
+                        source.describe(),
+                        used.join(", "),
+                        v.current_key_id()
+                    )
+                }
             },
         );
     } else {

@@ -1124,6 +1124,49 @@ async fn a_lost_key_file_stops_the_start_instead_of_sealing_with_a_new_key() {
     );
 }
 
+/// During a rotation (a new key first in the key file, the tokens still sealed with the old
+/// one), `check` names the key the tokens need as well as the one that seals next: it
+/// named only the latter, inviting the removal of a line still needed.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_names_the_keys_the_tokens_are_sealed_with() {
+    let (peer, home, key) = setup(60, "");
+    let d = home.start();
+    assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
+    d.signal_and_wait("TERM");
+    let old = std::fs::read_to_string(home.key_file()).unwrap();
+    let keygen = std::process::Command::new(common::BIN)
+        .arg("keygen")
+        .output()
+        .unwrap();
+    assert!(keygen.status.success(), "{keygen:?}");
+    let new_id = String::from_utf8_lossy(&keygen.stderr)
+        .split_whitespace()
+        .find(|w| w.len() == 8 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        .expect("keygen names the key's id")
+        .to_owned();
+    let before = String::from_utf8_lossy(&home.cli(&["check"]).stdout).into_owned();
+    let old_id = before
+        .split("sealed with key(s) ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the key the tokens are sealed with")
+        .to_owned();
+    std::fs::write(
+        home.key_file(),
+        format!("{}{old}", String::from_utf8_lossy(&keygen.stdout)),
+    )
+    .unwrap();
+    let out = home.cli(&["check"]);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{report}");
+    assert!(
+        report.contains(&format!(
+            "opens all 1 connection(s), sealed with key(s) {old_id} (each needed while one is sealed with it); new ones are sealed with {new_id}"
+        )),
+        "{report}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn check_reports_database_key_file_and_providers() {
     use std::os::unix::fs::PermissionsExt;
@@ -1138,7 +1181,10 @@ async fn check_reports_database_key_file_and_providers() {
         "{report}"
     );
     assert!(
-        report.contains("ok    vault: key") && report.contains("opens all 1 connection(s)"),
+        report.contains(&format!(
+            "ok    vault: {} opens all 1 connection(s)",
+            home.key_file().display()
+        )),
         "{report}"
     );
     assert!(
