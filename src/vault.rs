@@ -380,12 +380,24 @@ pub fn rescue_hint(path: &Path, needed: &[String]) -> String {
         };
         key_ids(&text).is_ok_and(|ids| needed.iter().all(|n| ids.contains(n)))
     };
-    match rescued_copies(path).into_iter().find(holds) {
-        Some(copy) => format!(
+    if let Some(copy) = rescued_copies(path).into_iter().find(holds) {
+        return format!(
             " A running oauthd wrote the keys it held to {} when the key file went away or was replaced: `mv {} {}` puts them back.",
             copy.display(),
             crate::paths::shell_word(&copy),
             crate::paths::shell_word(path)
+        );
+    }
+    // Keys a prune removed that a database restored from before it still needs.
+    if needed.is_empty() {
+        return String::new();
+    }
+    match copies_named(path, ".before-prune-").into_iter().find(holds) {
+        Some(copy) => format!(
+            " `oauthd rekey --prune` kept the key file as it was before in {}, which holds them: add the line(s) of key(s) {} from it to {} as further lines (its first line seals: keep it first).",
+            copy.display(),
+            needed.join(", "),
+            path.display()
         ),
         None => String::new(),
     }
@@ -395,6 +407,12 @@ pub fn rescue_hint(path: &Path, needed: &[String]) -> String {
 /// replaced (`<path>.loaded-…`), newest first: files of this user only (not links, not
 /// another user's planted in a shared directory).
 pub fn rescued_copies(path: &Path) -> Vec<PathBuf> {
+    copies_named(path, ".loaded-")
+}
+
+/// Files of this user beside `path` named `<path's name><infix><digits and dashes>`,
+/// newest first.
+fn copies_named(path: &Path, infix: &str) -> Vec<PathBuf> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Vec::new();
     };
@@ -404,7 +422,7 @@ pub fn rescued_copies(path: &Path) -> Vec<PathBuf> {
         dir
     };
     use std::os::unix::fs::MetadataExt;
-    let prefix = format!("{}.loaded-", name.to_string_lossy());
+    let prefix = format!("{}{infix}", name.to_string_lossy());
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };

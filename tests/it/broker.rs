@@ -1006,6 +1006,52 @@ async fn rekey_moves_every_token_to_a_new_key_while_the_server_runs() {
     );
 }
 
+/// A database restored from a copy made before `rekey --prune` needs a key the prune
+/// removed: the refusal to start names the copy of the key file the prune kept, which
+/// holds it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_start_on_a_copy_from_before_a_prune_names_the_key_file_the_prune_kept() {
+    let (peer, home, key) = setup(60, "");
+    let d = home.start();
+    assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
+    let copy = home.dir.path().join("copy.db");
+    assert!(home
+        .cli(&["backup", copy.to_str().unwrap()])
+        .status
+        .success());
+    let needed = key_file_ids(&home);
+    for args in [&["rekey"][..], &["rekey", "--prune"]] {
+        let out = home.cli(args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    d.signal_and_wait("TERM");
+    assert!(home
+        .cli(&["restore", copy.to_str().unwrap()])
+        .status
+        .success());
+    let mut serve = home
+        .cli_command(&["serve", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while serve.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = serve.kill();
+    let out = serve.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    let kept = format!("{}.before-prune-", home.key_file().display());
+    assert!(
+        said.contains("`oauthd rekey --prune` kept the key file as it was before in ")
+            && said.contains(&kept)
+            && said.contains(&format!("add the line(s) of key(s) {} from it", needed[0])),
+        "{said}"
+    );
+}
+
 /// Root rekeying the key file of a service that runs as its own user (systemd's
 /// DynamicUser) leaves the file that user's, not root's: the service reads it again on its
 /// next start.

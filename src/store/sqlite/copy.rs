@@ -511,29 +511,13 @@ fn open_copy(path: &Path) -> Result<Connection, CopyError> {
     {
         return open_read_only(path);
     }
-    let absolute = path.canonicalize().map_err(|e| CopyError::file(path, e))?;
-    let uri = format!("file:{}?immutable=1", uri_path(&absolute));
+    let uri =
+        super::tokens_since::file_uri(path, "immutable=1").map_err(|e| CopyError::file(path, e))?;
     Connection::open_with_flags(
         uri,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
     )
     .map_err(|e| CopyError::Open(OpenError::open(path, &e)))
-}
-
-/// An absolute path as a `file:` URI's path: every byte but unreserved ones and `/`
-/// percent-encoded (`?`, `#` and `%` in a file name mean something there).
-fn uri_path(path: &Path) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    path.as_os_str()
-        .as_bytes()
-        .iter()
-        .map(|&b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The schema version a copy of `conn` gets: its own, or for one that lost it (a dump),
