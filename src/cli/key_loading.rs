@@ -83,14 +83,22 @@ pub(super) fn load_vault(source: KeySource) -> Result<VaultHandle, Fatal> {
         }
     };
     VaultHandle::load(source).map_err(|e| match e {
-        crate::vault::VaultError::File { path, message } => Fatal(
-            format!(
-                "key file {}{named_by}: {message}{}",
-                path.display(),
-                vault::rescue_hint(&path, &[])
-            ),
-            code,
-        ),
+        crate::vault::VaultError::File { path, message } => {
+            let rescued = vault::rescue_hint(&path, &[]);
+            // The hint is a sentence of its own: the message before it ends as one.
+            let end = if rescued.is_empty() || message.ends_with('.') {
+                ""
+            } else {
+                "."
+            };
+            Fatal(
+                format!(
+                    "key file {}{named_by}: {message}{end}{rescued}",
+                    path.display()
+                ),
+                code,
+            )
+        }
         other => Fatal(other.to_string(), code),
     })
 }

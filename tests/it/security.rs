@@ -1192,6 +1192,18 @@ async fn a_running_server_never_replaces_a_key_file_that_went_away() {
         )),
         "{said}"
     );
+    // Named by OAUTHD_KEY_FILE, the same: the copy named in a sentence of its own.
+    let key_file = home.key_file();
+    let out = home.serve_once_with(
+        &[("OAUTHD_KEY_FILE", key_file.to_str().unwrap())],
+        "127.0.0.1:0",
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("(os error 2). A running oauthd wrote the keys it held to"),
+        "{said}"
+    );
     std::fs::rename(newest, home.key_file()).unwrap();
     let d = home.start();
     let (status, body) = d.consume(&key, &later, "login").await;
