@@ -27,11 +27,20 @@ pub(super) async fn restart_hint(
         return None;
     }
     let serving = store.vault_keys_in_use(now_ms).await.ok()?;
-    let before = serving.iter().filter(|s| s.since_ms < modified_ms).count();
-    let who = match (before, serving.len()) {
+    let mut before: Vec<i64> = serving
+        .iter()
+        .map(|s| s.since_ms)
+        .filter(|since| *since < modified_ms)
+        .collect();
+    before.sort_unstable();
+    let started: Vec<String> = before.iter().map(|ms| crate::clock::rfc3339(*ms)).collect();
+    let who = match (before.len(), serving.len()) {
         (0, _) => return None,
         (1, 1) => "the oauthd serving this store started before it".to_owned(),
-        (n, all) => format!("{n} of the {all} oauthd serving this store started before it"),
+        (n, all) => format!(
+            "{n} of the {all} oauthd serving this store started before it (at {}; one that reads another config file needs no restart for this one)",
+            started.join(", ")
+        ),
     };
     Some(format!(
         "{} changed at {}, and {who}: an oauthd serves the configuration it read at its start, so restart it for the change to apply there (a provider added, a setting changed)",

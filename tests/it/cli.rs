@@ -675,6 +675,20 @@ async fn a_config_changed_after_the_start_is_pointed_out() {
     assert_eq!(d.get("/v1/connections/gh/me/token", &key).await.0, 200);
     let report = text(&home.cli(&["check"]).stdout);
     assert!(!report.contains("restart it"), "{report}");
+    // With two serving the store, those started before the change are told by their start
+    // times (each may read a config file of its own).
+    let second = home.start();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    home.write_config(GH);
+    let report = text(&home.cli(&["check"]).stdout);
+    assert!(
+        report.contains("2 of the 2 oauthd serving this store started before it (at 20")
+            && report
+                .contains("; one that reads another config file needs no restart for this one)"),
+        "{report}"
+    );
+    second.signal_and_wait("TERM");
+    d.signal_and_wait("TERM");
 }
 
 /// Connections that need their owner to connect again, or whose refreshes fail: `check`
