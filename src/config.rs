@@ -275,7 +275,7 @@ impl Default for StatesConfig {
     }
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NamespaceConfig {
     pub default_ttl_seconds: Option<u64>,
@@ -388,6 +388,9 @@ pub struct Settings {
     pub db_defaulted: bool,
     /// What to say of `OAUTHD_*` variables oauthd does not read (`env_names::check`).
     pub env_warnings: Vec<String>,
+    /// Namespace tables looser than a broader one on what they leave out
+    /// (`rule_shadows`), said at start and by `check`.
+    pub rule_warnings: Vec<String>,
     /// `[[notify]]` as written: `notify::build_targets` checks and reads them.
     pub notify: Vec<crate::notify::NotifyConfig>,
     pub events: crate::notify::EventsPolicy,
@@ -556,21 +559,11 @@ impl Settings {
             },
         )?;
         let mut overrides = Vec::new();
-        for (pattern, own) in &s.namespaces {
+        for (pattern, ns) in &s.namespaces {
             let key = format!("states.namespaces.{pattern:?}");
             check_pattern(pattern).map_err(|e| invalid(&key, e.to_string()))?;
-            // What a table leaves out comes from the broader tables whose patterns cover
-            // it, the most specific first, then from `[states]`: a rule for `bridge:sess`
-            // that sets only a default TTL keeps `bridge:*`'s maximum and sliding.
-            let ns = covering(&s.namespaces, pattern)
-                .into_iter()
-                .fold(own.clone(), |set, (_, broader)| set.or(broader));
             let max = ns.max_ttl_seconds.unwrap_or(s.max_ttl_seconds);
-            // A default from a broader table or `[states]` follows a lower maximum set here.
-            let ns_default_ttl = match own.default_ttl_seconds {
-                Some(set) => set,
-                None => ns.default_ttl_seconds.unwrap_or(default_ttl).min(max),
-            };
+            let ns_default_ttl = ns.default_ttl_seconds.unwrap_or(default_ttl.min(max));
             let resolved = NamespaceConfig {
                 default_ttl_seconds: Some(ns_default_ttl),
                 max_ttl_seconds: Some(max),
@@ -588,6 +581,7 @@ impl Settings {
             };
             overrides.push((pattern.clone(), ttl_rule(&key, &resolved)?));
         }
+        let rule_warnings = crate::rule_shadows::looser_than_broader(&s.namespaces, &overrides);
         if s.sweep_interval_seconds == 0 {
             return Err(invalid(
                 "states.sweep_interval_seconds",
@@ -703,6 +697,7 @@ impl Settings {
             config_file: over.config.clone(),
             db_defaulted,
             env_warnings,
+            rule_warnings,
             refresh_check: Duration::from_secs(refresh_check_seconds),
             provider_timeout: Duration::from_secs(provider_timeout_seconds),
             states: StatePolicy {
@@ -1021,37 +1016,6 @@ fn secret_from_env(name: &str) -> Result<Option<SecretText>, ConfigError> {
 
 /// A sliding state's longest life when none is set: 30 days.
 const DEFAULT_MAX_LIFETIME_SECONDS: u64 = 30 * 86400;
-
-/// The tables whose patterns cover `pattern`'s (`bridge:*` for `bridge:sess`), the most
-/// specific first.
-fn covering<'a>(
-    tables: &'a BTreeMap<String, NamespaceConfig>,
-    pattern: &str,
-) -> Vec<(&'a String, &'a NamespaceConfig)> {
-    let mut found: Vec<_> = tables
-        .iter()
-        .filter(|(broad, _)| crate::namespace::pattern_covers(broad, pattern))
-        .collect();
-    found.sort_by_key(|(broad, _)| std::cmp::Reverse(broad.len()));
-    found
-}
-
-impl NamespaceConfig {
-    /// Each value this table sets, else `broader`'s.
-    fn or(self, broader: &NamespaceConfig) -> NamespaceConfig {
-        NamespaceConfig {
-            default_ttl_seconds: self.default_ttl_seconds.or(broader.default_ttl_seconds),
-            max_ttl_seconds: self.max_ttl_seconds.or(broader.max_ttl_seconds),
-            max_states: self.max_states.or(broader.max_states),
-            max_states_per_subject: self
-                .max_states_per_subject
-                .or(broader.max_states_per_subject),
-            max_attempts: self.max_attempts.or(broader.max_attempts),
-            sliding: self.sliding.or(broader.sliding),
-            max_lifetime_seconds: self.max_lifetime_seconds.or(broader.max_lifetime_seconds),
-        }
-    }
-}
 
 /// `max_lifetime_seconds` as set, else the default, raised to the rule's default TTL: a
 /// lifetime nobody wrote never makes a rule whose sliding states cannot be made (one that
@@ -1510,50 +1474,31 @@ mod tests {
         assert!(e.contains("states.default_ttl_seconds"), "{e}");
     }
 
-    /// A table takes what it leaves out from the broader tables whose patterns cover it,
-    /// the most specific first, then from `[states]`: a TTL tweak for one namespace does
-    /// not bring back the global maximum and sliding its prefix's table turned off.
+    /// Only the most specific table applies: one that leaves out a limit a broader table
+    /// sets gets [states]'s, which is said when it is looser (a TTL tweak for one
+    /// namespace quietly allowing the sliding states its prefix's table forbids).
     #[test]
-    fn a_namespace_table_takes_what_it_leaves_out_from_the_broader_tables() {
+    fn a_table_looser_than_a_broader_one_on_what_it_leaves_out_is_said() {
         let s = parse(
-            "[states.namespaces.\"bridge:*\"]\nmax_ttl_seconds = 604800\nsliding = false\nmax_attempts = 3\n\
-             [states.namespaces.\"bridge:s*\"]\nmax_attempts = 7\n\
+            "[states.namespaces.\"bridge:*\"]\nmax_ttl_seconds = 604800\nsliding = false\nmax_states = 50\n\
              [states.namespaces.\"bridge:sess\"]\ndefault_ttl_seconds = 7200\n\
+             [states.namespaces.\"bridge:own\"]\nsliding = false\nmax_states = 10\n\
              [states.namespaces.\"other\"]\nmax_states = 5\n",
         )
         .unwrap();
-        let rule = |name: &str| {
-            s.states
-                .rule_for(&crate::namespace::Namespace::parse(name).unwrap())
-        };
-        let sess = rule("bridge:sess");
-        assert_eq!(sess.default_ttl, Duration::from_secs(7200));
-        assert_eq!(sess.max_ttl, Duration::from_secs(604800));
-        assert!(!sess.sliding);
-        assert_eq!(sess.max_attempts, 7, "the closer table first");
-        let other = rule("bridge:other");
-        assert_eq!(other.max_attempts, 3);
-        assert_eq!(other.default_ttl, Duration::from_secs(3600));
-        // Unrelated tables give nothing; [states] gives the rest.
-        assert!(rule("other").sliding);
-        assert_eq!(rule("other").max_ttl, s.states.base.max_ttl);
-        assert_eq!(rule("bridge:sess").max_states, s.states.base.max_states);
-        // A default that is not this table's own follows a lower maximum set here.
-        let s = parse(
-            "[states.namespaces.\"a:*\"]\ndefault_ttl_seconds = 7200\nmax_ttl_seconds = 9000\n\
-             [states.namespaces.\"a:b\"]\nmax_ttl_seconds = 600\n",
-        )
-        .unwrap();
-        let ab = s
-            .states
-            .rule_for(&crate::namespace::Namespace::parse("a:b").unwrap());
-        assert_eq!(ab.default_ttl, Duration::from_secs(600));
-        // Errors name every table the rule comes from.
         assert_eq!(
-            s.states
-                .table_for(&crate::namespace::Namespace::parse("a:b").unwrap()),
-            "[states.namespaces.\"a:b\"], or where that table leaves it out [states.namespaces.\"a:*\"], then [states]"
+            s.rule_warnings,
+            ["[states.namespaces.\"bridge:sess\"] leaves out what a broader table that matches the same namespaces sets, and only the most specific table applies: max_states is 100000 there (from [states]), not 50 as in [states.namespaces.\"bridge:*\"]; sliding is true there (from [states]), not false as in [states.namespaces.\"bridge:*\"]; write them in its table if they should hold there"]
         );
+        // What the table leaves out still comes from [states], as before: a config that
+        // started keeps its meaning (its maximum here is [states]'s 86400).
+        let sess = s
+            .states
+            .rule_for(&crate::namespace::Namespace::parse("bridge:sess").unwrap());
+        assert_eq!(sess.max_ttl, Duration::from_secs(86400));
+        assert!(sess.sliding);
+        let s = parse("[states.namespaces.\"a\"]\nmax_states = 5\n").unwrap();
+        assert!(s.rule_warnings.is_empty(), "{:?}", s.rule_warnings);
     }
 
     /// A top-level setting written after a table (at the end of the file) is said to be

@@ -47,6 +47,7 @@ pub mod paths;
 pub mod proxy;
 pub mod read_cache;
 pub mod rekey;
+pub mod rule_shadows;
 pub mod secret;
 pub mod state_data;
 pub mod states;

@@ -70,27 +70,15 @@ impl StatePolicy {
             .unwrap_or(self.base)
     }
 
-    /// The config tables `ns`'s rule comes from, as the file spells them: the table whose
-    /// pattern matches it best, then those whose patterns cover that one (which give what
-    /// it leaves out), then `[states]`.
+    /// The config table `ns`'s rule comes from, as the file spells it: a namespace's own
+    /// table (which takes what it leaves out from `[states]`), or `[states]`.
     pub fn table_for(&self, ns: &Namespace) -> String {
-        let Some((pattern, _)) = self.matching(ns) else {
-            return "[states]".to_owned();
-        };
-        let mut broader: Vec<&str> = self
-            .overrides
-            .iter()
-            .map(|(p, _)| p.as_str())
-            .filter(|p| crate::namespace::pattern_covers(p, pattern))
-            .collect();
-        broader.sort_by_key(|p| std::cmp::Reverse(p.len()));
-        let then: String = broader
-            .iter()
-            .map(|p| format!("[states.namespaces.\"{p}\"], then "))
-            .collect();
-        format!(
-            "[states.namespaces.\"{pattern}\"], or where that table leaves it out {then}[states]"
-        )
+        match self.matching(ns) {
+            Some((pattern, _)) => format!(
+                "[states.namespaces.\"{pattern}\"], or [states] where that table leaves it out"
+            ),
+            None => "[states]".to_owned(),
+        }
     }
 
     /// The table whose `max_ttl_seconds` bounds `ns`: the pattern that matches it, else

@@ -140,6 +140,9 @@ fn config_lines(
     for note in settings.trusted_proxies_warnings() {
         r.line("warn", "config", note);
     }
+    for note in &settings.rule_warnings {
+        r.line("warn", "config", note);
+    }
     // A listen port of 0 is chosen at the start: nothing to compare yet.
     if let Some(note) = Some(settings.listen)
         .filter(|l| l.port() != 0)

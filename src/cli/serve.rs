@@ -23,6 +23,7 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
         .trusted_proxies_warnings()
         .iter()
         .chain(&settings.env_warnings)
+        .chain(&settings.rule_warnings)
     {
         log::warn!("{warning}");
     }

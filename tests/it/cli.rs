@@ -691,6 +691,28 @@ async fn a_config_changed_after_the_start_is_pointed_out() {
     d.signal_and_wait("TERM");
 }
 
+/// A namespace table that leaves out the `sliding = false` its prefix's table sets allows
+/// sliding states (only the most specific table applies): `check` and the start say so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_looser_than_its_prefix_table_is_pointed_out() {
+    let home = Home::new();
+    home.write_config(
+        "[states.namespaces.\"bridge:*\"]\nsliding = false\n[states.namespaces.\"bridge:sess\"]\ndefault_ttl_seconds = 7200\n",
+    );
+    home.create_key("app", &[]);
+    let said = "[states.namespaces.\"bridge:sess\"] leaves out what a broader table that matches the same namespaces sets";
+    let report = text(&home.cli(&["check"]).stdout);
+    assert!(
+        report.lines().any(|l| l.starts_with("warn  config: ")
+            && l.contains(said)
+            && l.contains("sliding is true there")),
+        "{report}"
+    );
+    let d = home.start();
+    d.signal_and_wait("TERM");
+    assert!(home.log_text().contains(said), "{}", home.log_text());
+}
+
 /// Connections that need their owner to connect again, or whose refreshes fail: `check`
 /// said every line was ok (exit 0) while the apps' token calls answered 409 or 503; a
 /// check run from cron now hears of them.
