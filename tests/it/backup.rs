@@ -896,16 +896,17 @@ async fn a_backup_or_restore_stopped_part_way_leaves_no_partial_copy() {
     busy.lock().unwrap();
     made(".copy.db.partial-999999997", 0);
     // A copy's own directory, left the same way, goes too; one whose copy is held goes not.
+    let old = std::time::SystemTime::now() - Duration::from_secs(120);
+    let aged = |dir: &Path| {
+        std::fs::File::open(dir).unwrap().set_modified(old).unwrap();
+    };
     let made_dir = |name: &str, held: bool| {
+        use std::os::unix::fs::DirBuilderExt;
         let dir = home.dir.path().join(name);
-        std::fs::create_dir(&dir).unwrap();
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
         let f = std::fs::File::create(dir.join("copy.db")).unwrap();
-        let old = std::time::SystemTime::now() - Duration::from_secs(120);
         f.set_modified(old).unwrap();
-        std::fs::File::open(&dir)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        aged(&dir);
         if held {
             f.lock().unwrap();
         }
@@ -913,19 +914,86 @@ async fn a_backup_or_restore_stopped_part_way_leaves_no_partial_copy() {
     };
     made_dir(".copy.db.partial-999999996-00aa11bb22cc", false);
     let _held_dir = made_dir(".copy.db.partial-999999995-00aa11bb22cc", true);
-    assert!(home
-        .cli(&["backup", copy.to_str().unwrap()])
-        .status
-        .success());
+    // Only what a copy makes, the way it makes it: a directory of someone's own named
+    // alike, one that others may enter, and one holding more than a copy's files stay
+    // (the last emptied of the copy's files only).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for name in [
+            ".copy.db.partial-2024-my-notes",
+            ".copy.db.partial-999999994-00aa11bb22cc",
+            ".copy.db.partial-999999993-00aa11bb22cc",
+        ] {
+            made_dir(name, false);
+            std::fs::write(home.dir.path().join(name).join("notes.txt"), "mine").unwrap();
+            aged(&home.dir.path().join(name));
+        }
+        std::fs::remove_file(
+            home.dir
+                .path()
+                .join(".copy.db.partial-999999994-00aa11bb22cc/notes.txt"),
+        )
+        .unwrap();
+        let open = home
+            .dir
+            .path()
+            .join(".copy.db.partial-999999994-00aa11bb22cc");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        aged(&open);
+    }
+    // A FIFO where a copy's file would be does not hold the cleanup up.
+    let fifo_dir = home
+        .dir
+        .path()
+        .join(".copy.db.partial-999999992-00aa11bb22cc");
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&fifo_dir)
+            .unwrap();
+    }
+    let made_fifo = Command::new("mkfifo")
+        .arg(fifo_dir.join("copy.db"))
+        .status()
+        .unwrap();
+    assert!(made_fifo.success());
+    aged(&fifo_dir);
+    let mut backup = home
+        .cli_command(&["backup", copy.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while backup.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = backup.kill();
+    assert!(
+        backup.wait().unwrap().success(),
+        "the backup hung or failed"
+    );
     let mut left = listing(home.dir.path());
     left.sort();
     assert_eq!(
         left,
         [
+            ".copy.db.partial-2024-my-notes",
+            ".copy.db.partial-999999992-00aa11bb22cc",
+            ".copy.db.partial-999999993-00aa11bb22cc",
+            ".copy.db.partial-999999994-00aa11bb22cc",
             ".copy.db.partial-999999995-00aa11bb22cc",
             ".copy.db.partial-999999997",
             ".copy.db.partial-999999998"
         ]
     );
+    let kept = home.dir.path().join(".copy.db.partial-2024-my-notes");
+    assert!(kept.join("notes.txt").exists() && kept.join("copy.db").exists());
+    let emptied = home
+        .dir
+        .path()
+        .join(".copy.db.partial-999999993-00aa11bb22cc");
+    assert!(emptied.join("notes.txt").exists() && !emptied.join("copy.db").exists());
     drop(busy);
 }

@@ -51,33 +51,43 @@ impl Drop for Workspace {
 }
 
 /// Removes, in `dir`, the copies named `PREFIX<pid>...` that no copy is writing: a
-/// directory of one (this version's), or a file and those SQLite kept beside it (an
-/// earlier version wrote the copy straight beside its target).
+/// directory of one (this version's, `PREFIX<pid>-<12 hex digits>`, mode 0700), or a file
+/// and those SQLite kept beside it (an earlier version wrote the copy straight beside its
+/// target). Only this user's, looked at without following links: a look-alike another
+/// user made, or renamed something of theirs to, in a shared directory is left alone, and
+/// of a directory only the files a copy leaves are removed (anything else keeps it).
 fn remove_abandoned(dir: &Path, name: &str, prefix: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(me) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return;
+    };
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let file = entry.file_name();
         let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(prefix)) else {
             continue;
         };
-        let Some(pid) = rest
-            .split('-')
-            .next()
-            .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
-        else {
+        let left = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&left) else {
             continue;
         };
-        let left = entry.path();
-        let removed = match entry.file_type() {
-            Ok(t) if t.is_dir() => {
-                unchanged(&left)
-                    && abandoned(&left.join(name))
-                    && std::fs::remove_dir_all(&left).is_ok()
-            }
-            Ok(t) if t.is_file() => {
-                abandoned(&dir.join(format!("{prefix}{pid}")))
-                    && std::fs::remove_file(&left).is_ok()
-            }
-            _ => false,
+        if meta.uid() != me {
+            continue;
+        }
+        let removed = if meta.is_dir() {
+            workspace_name(rest)
+                && meta.mode() & 0o777 == 0o700
+                && unchanged(&left)
+                && abandoned(&left.join(name))
+                && remove_workspace(&left, name)
+        } else if meta.file_type().is_file() {
+            let pid = rest
+                .split('-')
+                .next()
+                .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+            pid.is_some_and(|pid| abandoned(&dir.join(format!("{prefix}{pid}"))))
+                && std::fs::remove_file(&left).is_ok()
+        } else {
+            false
         };
         if removed {
             log::info!(
@@ -86,6 +96,25 @@ fn remove_abandoned(dir: &Path, name: &str, prefix: &str) {
             );
         }
     }
+}
+
+/// Whether what follows the prefix is `<pid>-<12 hex digits>`, as `Workspace::new` names.
+fn workspace_name(rest: &str) -> bool {
+    rest.split_once('-').is_some_and(|(pid, random)| {
+        !pid.is_empty()
+            && pid.bytes().all(|b| b.is_ascii_digit())
+            && random.len() == 12
+            && random.bytes().all(|b| b.is_ascii_hexdigit())
+    })
+}
+
+/// Removes the files a copy leaves in its directory, then the directory if that emptied
+/// it.
+fn remove_workspace(dir: &Path, name: &str) -> bool {
+    for suffix in ["", "-journal", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.join(format!("{name}{suffix}")));
+    }
+    std::fs::remove_dir(dir).is_ok()
 }
 
 /// Whether nothing changed at `path` for a minute.
@@ -100,8 +129,17 @@ fn unchanged(path: &Path) -> bool {
 /// file takes its name or is removed) and unchanged for a minute. A process id says nothing
 /// across PID namespaces (a container, `unshare`); a lock does.
 fn abandoned(main: &Path) -> bool {
-    match std::fs::File::open(main) {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Without waiting on a FIFO planted under the name, nor following a link.
+    let flags = rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOFOLLOW;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(main);
+    match opened {
         Err(e) => e.kind() == std::io::ErrorKind::NotFound,
-        Ok(file) => unchanged(main) && file.try_lock().is_ok(),
+        Ok(file) => {
+            file.metadata().is_ok_and(|m| m.is_file()) && unchanged(main) && file.try_lock().is_ok()
+        }
     }
 }
