@@ -802,6 +802,18 @@ async fn a_restore_replaces_only_oauthds_database() {
     let d = home.start();
     assert_eq!(d.get("/v1/connections", &key).await.0, 200);
     d.signal_and_wait("TERM");
+    // Nor is one whose magic a torn write left garbage in (the rest of its header as every
+    // SQLite header has it).
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(home.db())
+            .unwrap();
+        f.write_all(b"\xffgarbage-magic!").unwrap();
+    }
+    let out = restore(&home.db(), &copy);
+    assert!(out.status.success(), "{out:?}");
 }
 
 /// Hidden `.NAME.partial-PID` (and `.oauthd.db.restoring-PID`) files, each as large as the

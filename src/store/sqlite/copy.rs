@@ -280,16 +280,25 @@ fn is_sqlite_file(path: &Path) -> bool {
         .is_ok_and(|()| &header == b"SQLite format 3\0")
 }
 
-/// Whether the first 100 bytes, where SQLite's header would be, are all zero (a first
-/// page lost: what a crash or a disk can leave of a database).
-fn header_zeroed(path: &Path) -> bool {
+/// Whether a file that does not start as SQLite's databases do is one with a damaged
+/// header: a whole number of 512-byte pages (every database is) whose first 16 bytes, the
+/// magic, are zero (a first page lost) or whose bytes 21-23 still hold the three values
+/// every SQLite header has there (64, 32, 32: a torn magic). What a crash or a disk leaves
+/// of a database, not a program or an image.
+fn damaged_header(path: &Path) -> bool {
     let mut header = [0u8; 100];
-    std::fs::File::open(path)
-        .and_then(|mut f| {
-            use std::io::Read;
-            f.read_exact(&mut header)
-        })
-        .is_ok_and(|()| header.iter().all(|&b| b == 0))
+    let read = std::fs::File::open(path).and_then(|mut f| {
+        use std::io::Read;
+        f.read_exact(&mut header)?;
+        f.metadata()
+    });
+    let Ok(meta) = read else {
+        return false;
+    };
+    let pages = meta.len() % 512 == 0;
+    let magic_zeroed = header.get(..16).is_some_and(|m| m.iter().all(|&b| b == 0));
+    let fractions = header.get(21..24) == Some(&[64, 32, 32][..]);
+    pages && (magic_zeroed || fractions)
 }
 
 /// Whether the file's first 4 KiB read as text (UTF-8 without NUL bytes): a key file or
@@ -337,8 +346,8 @@ fn may_restore_over(db: &Path) -> Result<(), CopyError> {
         if is_text(db) {
             return refuse("is a text file, not a database (the key file? a config file?)");
         }
-        if !header_zeroed(db) {
-            return refuse("does not start as a database, nor as one whose first page was zeroed (if it is oauthd's, damaged past that, move it aside yourself and restore with --create)");
+        if !damaged_header(db) {
+            return refuse("does not start as a database, nor as one whose header was damaged (if it is oauthd's, damaged past that, move it aside yourself and restore with --create)");
         }
         return Ok(());
     }
