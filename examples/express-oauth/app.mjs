@@ -28,6 +28,10 @@ const oauthd = new Client(env("OAUTHD_URL"), env("OAUTHD_API_KEY"), { retries: 0
 const issuer = env("ISSUER").replace(/\/+$/, "");
 const client = { id: env("CLIENT_ID"), secret: env("CLIENT_SECRET") };
 const meta = await (await fetch(`${issuer}/.well-known/openid-configuration`)).json();
+// OpenID Connect Discovery 4.3: the metadata must be the issuer's own.
+if (String(meta.issuer).replace(/\/+$/, "") !== issuer) {
+  throw new Error(`ISSUER is ${issuer}, but its metadata names ${meta.issuer}: set ISSUER to the provider's issuer`);
+}
 
 const SIGN_IN = "express:oauth"; // the OAuth state: one per sign-in, consumed on /callback
 const SESSIONS = "express:session"; // one per signed-in browser

@@ -255,7 +255,7 @@ pub async fn logout(
             if ended {
                 log::info!("admin: a browser signed out, session {id}");
             } else {
-                log::info!("admin: a browser signed out of session {id}, which had already ended");
+                log::info!("admin: a browser signed out of session {id}, which is no session (ended, or never was)");
             }
             to_page(&format!("{base}/"))
                 .cookie(session_cookie(&app, String::new(), None))

@@ -144,35 +144,19 @@ async fn express_signs_in_a_slow_user_and_checks_2fa_codes_with_state_in_oauthd(
 
     // The provider says it names itself in its answers (RFC 9207): an answer without its
     // name is refused.
-    let login = get("/login").send().await.unwrap();
-    let authorize = common::header(&login, "location");
-    let signin = first_cookie(&login);
+    let (authorize, signin) = start_sign_in(&http, &app.url).await;
     let callback = without_iss(&peer.approve(&authorize).await);
-    let resp = http
-        .get(&callback)
-        .header("cookie", &signin)
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        body(resp).await,
+        finish_sign_in(&http, &callback, &signin).await,
         (400, "the answer did not come from the provider\n".into())
     );
 
     // Past the hour the app chose, the sign-in is refused with its own words.
-    let login = get("/login").send().await.unwrap();
-    let authorize = common::header(&login, "location");
-    let signin = first_cookie(&login);
+    let (authorize, signin) = start_sign_in(&http, &app.url).await;
     std::fs::write(&clock, "+4320").unwrap();
     let callback = peer.approve(&authorize).await;
-    let late = http
-        .get(&callback)
-        .header("cookie", &signin)
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        body(late).await,
+        finish_sign_in(&http, &callback, &signin).await,
         (
             410,
             "this sign-in took too long: start again at /login\n".into()
@@ -258,10 +242,11 @@ async fn express_signs_in_a_slow_user_and_checks_2fa_codes_with_state_in_oauthd(
             .json()
             .await
             .unwrap();
-    meta.as_object_mut()
-        .unwrap()
-        .remove("authorization_response_iss_parameter_supported");
     let quiet = wiremock::MockServer::start().await;
+    let fields = meta.as_object_mut().unwrap();
+    fields.remove("authorization_response_iss_parameter_supported");
+    // Its own issuer, as Discovery has it (the app checks that).
+    fields.insert("issuer".into(), quiet.uri().into());
     wiremock::Mock::given(wiremock::matchers::path(
         "/.well-known/openid-configuration",
     ))
@@ -269,19 +254,33 @@ async fn express_signs_in_a_slow_user_and_checks_2fa_codes_with_state_in_oauthd(
     .mount(&quiet)
     .await;
     let app = express(&quiet.uri(), "express-quiet.log");
-    let login = http.get(format!("{}/login", app.url)).send().await.unwrap();
-    let authorize = common::header(&login, "location");
-    let signin = first_cookie(&login);
+    let (authorize, signin) = start_sign_in(&http, &app.url).await;
     let callback = without_iss(&peer.approve(&authorize).await);
-    let resp = http
-        .get(&callback)
-        .header("cookie", &signin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(body(resp).await, (200, "signed in as alice\n".into()));
+    assert_eq!(
+        finish_sign_in(&http, &callback, &signin).await,
+        (200, "signed in as alice\n".into())
+    );
     drop(app);
     assert!(!home.log_text().contains("panicked"));
+}
+
+/// `/login` at the app: the provider's address to sign in at, and the sign-in's cookie.
+async fn start_sign_in(http: &reqwest::Client, app: &str) -> (String, String) {
+    let login = http.get(format!("{app}/login")).send().await.unwrap();
+    assert_eq!(login.status(), 302);
+    (common::header(&login, "location"), first_cookie(&login))
+}
+
+/// The provider's callback opened in the browser that holds `cookie`.
+async fn finish_sign_in(http: &reqwest::Client, callback: &str, cookie: &str) -> (u16, String) {
+    body(
+        http.get(callback)
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
 }
 
 /// `url` without its `iss` query parameter: what a provider that does not send it answers.

@@ -327,13 +327,24 @@ const defined = <T extends object>(o: T) =>
 /** Options the client reads itself: a name it does not know (`min_ttl` for `minTtl`, from
  * plain JavaScript) is an error, not an option silently left out of the request. */
 function only<T extends object>(options: T, where: string, known: readonly string[]): T {
-  for (const name of Object.keys(options ?? {})) {
-    if (!known.includes(name)) {
+  if (options === undefined || options === null) return {} as T;
+  if (typeof options !== "object" || Array.isArray(options)) {
+    throw new TypeError(`${where}: options must be an object (it takes ${known.join(", ")})`);
+  }
+  for (const [name, value] of Object.entries(options)) {
+    // A name set to undefined says nothing (an object spread from a wider one).
+    if (value !== undefined && !known.includes(name)) {
       throw new TypeError(`${where}: unknown option ${JSON.stringify(name)} (it takes ${known.join(", ")})`);
     }
   }
   return options;
 }
+
+/** Every `ClientOptions` name, checked complete by the compiler. */
+const CLIENT_OPTIONS = ["timeoutMs", "retries", "maxRetryWaitMs", "sleep", "fetch"] as const;
+type UnlistedOption = Exclude<keyof ClientOptions, (typeof CLIENT_OPTIONS)[number]>;
+const everyOptionListed: UnlistedOption extends never ? true : never = true;
+void everyOptionListed;
 
 /** Short-lived secrets: `POST /v1/states` and what follows. */
 export class States {
@@ -372,7 +383,7 @@ export class States {
     subject: string,
     options: { pageSize?: number } = {},
   ): Promise<SubjectState[]> {
-    only(options, "listSubject", ["pageSize"]);
+    options = only(options, "listSubject", ["pageSize"]);
     const states: SubjectState[] = [];
     let after: string | undefined;
     for (;;) {
@@ -408,7 +419,7 @@ export class Connections {
   /** A token valid for at least `minTtl` seconds (oauthd's default: 60), refreshed first
    * when needed; throws NeedsReauth when a person must connect again. */
   async token(provider: string, account = "default", options: { minTtl?: number } = {}): Promise<AccessToken> {
-    only(options, "token", ["minTtl"]);
+    options = only(options, "token", ["minTtl"]);
     return await this.t.call<AccessToken>("GET", ["v1", "connections", provider, account, "token"], {
       query: { min_ttl: options.minTtl },
     });
@@ -430,7 +441,7 @@ export class Connections {
 
   /** Revokes at the provider, then deletes; `{}` when revoked, else what was not. */
   async delete(provider: string, account = "default", options: { force?: boolean } = {}): Promise<Record<string, unknown>> {
-    only(options, "delete", ["force"]);
+    options = only(options, "delete", ["force"]);
     const answer = await this.t.call<Record<string, unknown> | undefined>("DELETE", ["v1", "connections", provider, account], {
       query: { force: options.force ? "true" : undefined },
     });
@@ -471,7 +482,7 @@ export class Device {
     id: string,
     options: { timeoutMs?: number; intervalMs?: number } = {},
   ): Promise<DeviceStatus> {
-    only(options, "pollUntilDone", ["timeoutMs", "intervalMs"]);
+    options = only(options, "pollUntilDone", ["timeoutMs", "intervalMs"]);
     const deadline = options.timeoutMs === undefined ? Infinity : Date.now() + options.timeoutMs;
     for (;;) {
       const status = await this.status(provider, id);
@@ -516,7 +527,7 @@ export class Proxy {
     path: string,
     options: ProxyOptions = {},
   ): Promise<ProxyResponse> {
-    only(options, "proxy", ["body", "json", "headers"]);
+    options = only(options, "proxy", ["body", "json", "headers"]);
     const headers = { ...options.headers };
     let body = options.body;
     if (options.json !== undefined) {
@@ -579,7 +590,7 @@ export class Client {
   readonly proxy: Proxy;
 
   constructor(baseUrl: string, apiKey: string, options: ClientOptions = {}) {
-    only(options, "Client", ["timeoutMs", "retries", "maxRetryWaitMs", "sleep", "fetch"]);
+    options = only(options, "Client", CLIENT_OPTIONS);
     const t = new Transport(baseUrl, apiKey, options);
     this.states = new States(t);
     this.connections = new Connections(t);

@@ -232,7 +232,13 @@ test("an option the client does not know is an error, not left out of the reques
     await assert.rejects(c.connections.delete("spotify", "default", { Force: true }), TypeError);
     await assert.rejects(c.device.pollUntilDone("spotify", "id", { timeout: 5 }), TypeError);
     await assert.rejects(c.proxy.get("spotify", "default", "v1/me", { header: { a: "b" } }), TypeError);
+    await assert.rejects(c.connections.token("spotify", "default", "min"),
+      (e) => e instanceof TypeError && /token: options must be an object/.test(e.message));
     assert.deepEqual(seen, [], "a request was sent");
+    // A name set to undefined (an object spread from a wider one) says nothing; null is none.
+    await c.connections.token("spotify", "default", { minTtl: undefined, extra: undefined });
+    await c.connections.token("spotify", "default", null);
+    seen.length = 0;
     // The names it knows go out as oauthd's.
     await c.connections.token("spotify", "default", { minTtl: 3000 });
     await c.proxy.put("spotify", "default", "v1/me/player", { json: { play: true } });
