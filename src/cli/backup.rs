@@ -95,7 +95,8 @@ pub(super) fn restore(settings: Settings, from: PathBuf, create: bool) -> Result
     super::stop_on_signal(&copy::STOP);
     let restored = copy::restore(&from, db, &stamp, create).map_err(fatal)?;
     let replaced_db = restored.replaced.as_deref();
-    let rotated = replaced_db.map_or_else(String::new, |aside| refreshed_since(db, aside));
+    let rotated =
+        replaced_db.map_or_else(String::new, |aside| refreshed_since(&settings, db, aside));
     let replaced = match replaced_db {
         Some(aside) => format!(
             " The database it replaced is kept as {} (its -wal and -shm files, if it had them, beside it named the same way): delete them once the restore is confirmed.",
@@ -142,9 +143,26 @@ pub(super) fn restore(settings: Settings, from: PathBuf, create: bool) -> Result
 
 /// What to say of the connections whose refresh token changed since the copy was made
 /// (found in the database the restore moved aside, `aside`); nothing when none did.
-fn refreshed_since(db: &Path, aside: &Path) -> String {
+fn refreshed_since(settings: &Settings, db: &Path, aside: &Path) -> String {
     use crate::store::sqlite::tokens_since::refresh_tokens_changed;
-    match refresh_tokens_changed(db, aside) {
+    // Opened with the key file when there is one (never made here): a `rekey` since the
+    // copy sealed the same refresh token again, which is no new token.
+    let vault = match super::key_source(settings) {
+        Ok(KeySource::File { path, .. }) if !path.exists() => None,
+        Ok(source) => crate::vault::Vault::load(&source).ok(),
+        Err(_) => None,
+    };
+    let same = |provider: &str, account: &str, mine: &[u8], theirs: &[u8]| {
+        let Some(vault) = &vault else {
+            return false;
+        };
+        let aad = crate::broker::token_aad(provider, account, "refresh_token");
+        match (vault.open(&aad, mine), vault.open(&aad, theirs)) {
+            (Ok(mine), Ok(theirs)) => mine == theirs,
+            _ => false,
+        }
+    };
+    match refresh_tokens_changed(db, aside, same) {
         Ok(changed) if changed.is_empty() => String::new(),
         Ok(changed) => {
             const SHOWN: usize = 20;
@@ -154,7 +172,7 @@ fn refreshed_since(db: &Path, aside: &Path) -> String {
                 names.push_str(&format!(" and {more} more"));
             }
             format!(
-                " {} connection(s) got a new refresh token since the copy was made (a refresh, a reconnect or a rekey), and have the copy's again: {names}. A provider that rotates refresh tokens (SmartThings, Microsoft, and others) refuses the old one (invalid_grant, often revoking the grant): connect those accounts again if they turn needs_reauth.",
+                " {} connection(s) got a new refresh token since the copy was made (a refresh or a reconnect), and have the copy's again: {names}. A provider that rotates refresh tokens (SmartThings, Microsoft, and others) refuses the old one (invalid_grant, often revoking the grant): connect those accounts again if they turn needs_reauth.",
                 changed.len()
             )
         }

@@ -13,7 +13,13 @@ use std::path::Path;
 /// the copy was made. Both are only read, and nothing is made beside `restored` (a `-wal`
 /// or `-shm` file of root's would keep the service's user from opening it): nobody has it
 /// open, so it is read as immutable. None when nothing was moved aside but `-wal` files.
-pub fn refresh_tokens_changed(restored: &Path, replaced: &Path) -> Result<Vec<String>, String> {
+/// `same(provider, account, restored, replaced)` says of two stored values that differ
+/// whether they hold one token all the same (sealed again by a `rekey`): those are left out.
+pub fn refresh_tokens_changed(
+    restored: &Path,
+    replaced: &Path,
+    same: impl Fn(&str, &str, &[u8], &[u8]) -> bool,
+) -> Result<Vec<String>, String> {
     if !replaced.is_file() {
         return Ok(Vec::new());
     }
@@ -29,7 +35,8 @@ pub fn refresh_tokens_changed(restored: &Path, replaced: &Path) -> Result<Vec<St
     }
     let mut changed = conn
         .prepare(
-            "SELECT c.provider, c.account FROM restored.connections c \
+            "SELECT c.provider, c.account, c.refresh_token, r.refresh_token \
+             FROM restored.connections c \
              JOIN replaced.connections r ON r.provider = c.provider AND r.account = c.account \
              WHERE c.refresh_token IS NOT NULL AND r.refresh_token IS NOT c.refresh_token \
              ORDER BY c.provider, c.account",
@@ -37,14 +44,23 @@ pub fn refresh_tokens_changed(restored: &Path, replaced: &Path) -> Result<Vec<St
         .map_err(|e| e.to_string())?;
     let rows = changed
         .query_map([], |r| {
-            Ok(format!(
-                "{}/{}",
+            Ok((
                 r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?
+                r.get::<_, String>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, Option<Vec<u8>>>(3)?,
             ))
         })
         .map_err(|e| e.to_string())?;
-    rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+    let mut names = Vec::new();
+    for row in rows {
+        let (provider, account, mine, theirs) = row.map_err(|e| e.to_string())?;
+        if theirs.is_some_and(|theirs| same(&provider, &account, &mine, &theirs)) {
+            continue;
+        }
+        names.push(format!("{provider}/{account}"));
+    }
+    Ok(names)
 }
 
 /// `path` as an SQLite `file:` URI with `query` (`immutable=1`, `mode=ro`): absolute, and
@@ -87,10 +103,18 @@ mod tests {
         with_token(&restored, b"old");
         with_token(&replaced, b"new");
         with_token(&dir.path().join("replacedA.db"), b"old");
-        let changed = refresh_tokens_changed(&restored, &replaced).unwrap();
+        let never = |_: &str, _: &str, _: &[u8], _: &[u8]| false;
+        let changed = refresh_tokens_changed(&restored, &replaced, never).unwrap();
         assert_eq!(changed, ["p/a"]);
         // Nothing moved aside but -wal files: nothing to compare.
-        let none = refresh_tokens_changed(&restored, &dir.path().join("gone.db")).unwrap();
+        let none = refresh_tokens_changed(&restored, &dir.path().join("gone.db"), never).unwrap();
         assert!(none.is_empty());
+        // Told they hold one token (sealed again), it is not named.
+        let same = |p: &str, a: &str, mine: &[u8], theirs: &[u8]| {
+            (p, a, mine, theirs) == ("p", "a", b"old".as_slice(), b"new".as_slice())
+        };
+        assert!(refresh_tokens_changed(&restored, &replaced, same)
+            .unwrap()
+            .is_empty());
     }
 }
