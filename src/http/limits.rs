@@ -105,6 +105,20 @@ fn check(req: &ServiceRequest) -> Option<ApiError> {
     unknown_query_parameter(req)
 }
 
+/// Whether `path` is one of the API's routes, as `/openapi.json` describes them (`{name}`
+/// standing for any one segment).
+fn documented(path: &str) -> bool {
+    let segments: Vec<&str> = path.split('/').collect();
+    super::openapi::document().paths.paths.keys().any(|route| {
+        let parts: Vec<&str> = route.split('/').collect();
+        parts.len() == segments.len()
+            && parts.iter().zip(&segments).all(|(part, segment)| {
+                (part.starts_with('{') && part.ends_with('}') && !segment.is_empty())
+                    || part == segment
+            })
+    })
+}
+
 /// The query parameters a `/v1` route takes. A method the path does not serve may carry
 /// those of the path's method that takes some (no path has two): it gets the 405 it asked
 /// for, not a 400.
@@ -144,6 +158,11 @@ fn unknown_query_parameter(req: &ServiceRequest) -> Option<ApiError> {
     let unknown = url::form_urlencoded::parse(req.query_string().as_bytes())
         .map(|(k, _)| k)
         .find(|k| !known.contains(&k.as_ref()))?;
+    // A path no route serves is a 404, whatever its query (looked at only here, when
+    // something is refused).
+    if !documented(path) {
+        return None;
+    }
     let takes = if known.is_empty() {
         "this endpoint takes no query parameters".to_owned()
     } else {

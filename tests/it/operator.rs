@@ -250,6 +250,13 @@ async fn api_requests_need_no_body_where_every_field_is_optional_and_refuse_unkn
         .get("/v1/connections/peer/alice/token?min_ttl=5", &key)
         .await;
     assert_eq!(status, 200);
+    // A path no route serves is no endpoint, whatever its query: 404, not a 400 about
+    // what "this endpoint" takes.
+    for path in ["/v1/x?a=1", "/v1/connections/peer/alice/tokens?min_ttl=5"] {
+        let resp = d.get_raw(path, Some(&key)).await;
+        assert_eq!(resp.status(), 404, "{path}");
+        common::assert_code(resp, "not_found").await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
