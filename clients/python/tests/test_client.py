@@ -16,6 +16,7 @@ from oauthd_client import (
     Client,
     ConnectionFailed,
     Gone,
+    LimitReached,
     NotFound,
     OauthdError,
     RateLimited,
@@ -237,9 +238,11 @@ def test_a_limit_that_holds_and_a_providers_answer_are_not_sent_again(faulty):
     url = f"http://127.0.0.1:{faulty.server_address[1]}"
     client = Client(url, "oauthd_k", retries=3, sleep=waits.append)
     _Faulty.script = [(429, {"Retry-After": "60"}, "too_many_states")]
-    with pytest.raises(RateLimited) as e:
+    with pytest.raises(LimitReached) as e:
         client.states.create("app")
     assert e.value.code == "too_many_states" and waits == [] and len(_Faulty.seen) == 1
+    # Still a RateLimited, as before: code that caught that catches it.
+    assert isinstance(e.value, RateLimited)
     # A POST through the proxy that the provider answers 503: its answer, sent once.
     _Faulty.script = [(503, {"Retry-After": "1"}, None)]
     answer = client.proxy.post("spotify", "default", "v1/me/player/next")

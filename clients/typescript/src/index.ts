@@ -55,15 +55,21 @@ export class NeedsReauth extends OauthdError {
 }
 /** 429, still after the client's bounded retries. */
 export class RateLimited extends OauthdError {}
+/** 429 for a limit that holds until something changes (`too_many_states`,
+ * `too_many_subject_states`, `store_full`, `too_many_connections`, `too_many_device_flows`):
+ * waiting alone does not end it. */
+export class LimitReached extends RateLimited {}
 /** 503, still after the client's bounded retries. */
 export class Unavailable extends OauthdError {}
-/** oauthd could not be reached. */
+/** oauthd could not be reached or did not answer in time. Not an `OauthdError` (oauthd said
+ * nothing): code that answers a person catches both. */
 export class ConnectionFailed extends Error {}
 
 function errorFor(status: number, problem: Record<string, unknown>, retryAfter?: number): OauthdError {
   const code = problem.code;
   if (status === 403 && code === "wrong_secret") return new WrongSecret(status, problem, retryAfter);
   if (status === 409 && code === "needs_reauth") return new NeedsReauth(status, problem, retryAfter);
+  if (status === 429 && code !== "rate_limited") return new LimitReached(status, problem, retryAfter);
   const byStatus: Record<number, typeof OauthdError> = {
     401: Unauthorized,
     404: NotFound,

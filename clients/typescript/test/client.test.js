@@ -9,7 +9,7 @@ import { randomUUID } from "node:crypto";
 import { renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
-  Client, ConnectionFailed, Gone, NotFound, OauthdError, RateLimited, Unauthorized, Unavailable, WrongSecret,
+  Client, ConnectionFailed, Gone, LimitReached, NotFound, OauthdError, RateLimited, Unauthorized, Unavailable, WrongSecret,
 } from "../dist/index.js";
 
 const { OAUTHD_URL, OAUTHD_API_KEY, OAUTHD_PROVIDER: provider, OAUTHD_PERSON_DIR } = process.env;
@@ -182,7 +182,7 @@ test("a limit that holds and a provider's answer are not sent again", async () =
   try {
     const waits = [];
     const c = new Client(s.url, "oauthd_k", { retries: 3, sleep: async (ms) => { waits.push(ms); } });
-    await assert.rejects(c.states.create("app"), (e) => e instanceof RateLimited && e.code === "too_many_states");
+    await assert.rejects(c.states.create("app"), (e) => e instanceof LimitReached && e instanceof RateLimited && e.code === "too_many_states");
     assert.deepEqual(waits, []);
     // A POST through the proxy that the provider answers 503: its answer, sent once.
     const answer = await c.proxy.post("spotify", "default", "v1/me/player/next");

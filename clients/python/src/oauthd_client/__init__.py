@@ -13,6 +13,7 @@ from .client import Client
 from .errors import (
     ConnectionFailed,
     Gone,
+    LimitReached,
     NeedsReauth,
     NotFound,
     OauthdError,
@@ -46,6 +47,7 @@ __all__ = [
     "DeviceStarted",
     "DeviceStatus",
     "Gone",
+    "LimitReached",
     "NeedsReauth",
     "NotFound",
     "OauthdError",

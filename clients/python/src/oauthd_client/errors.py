@@ -54,12 +54,21 @@ class RateLimited(OauthdError):
     """429, still after the client's bounded retries."""
 
 
+class LimitReached(RateLimited):
+    """429 for a limit that holds until something changes, not for a while: the namespace or
+    the subject holds its most live states (`too_many_states`, `too_many_subject_states`),
+    the store is full (`store_full`), a key's connections or pending device flows are at
+    their most. Waiting alone does not end it: consume, revoke or let states expire."""
+
+
 class Unavailable(OauthdError):
     """503 (storage or provider unavailable), still after the client's bounded retries."""
 
 
 class ConnectionFailed(Exception):
-    """oauthd could not be reached, or answered something that is not HTTP/JSON."""
+    """oauthd could not be reached, did not answer in time, or answered something that is
+    not HTTP/JSON. Not an `OauthdError` (oauthd said nothing): code that answers a person
+    catches both."""
 
 
 def error_for(status: int, problem: Mapping[str, Any]) -> OauthdError:
@@ -69,6 +78,8 @@ def error_for(status: int, problem: Mapping[str, Any]) -> OauthdError:
         cls: type = WrongSecret
     elif status == 409 and code == "needs_reauth":
         cls = NeedsReauth
+    elif status == 429 and code != "rate_limited":
+        cls = LimitReached
     else:
         cls = {401: Unauthorized, 404: NotFound, 410: Gone, 429: RateLimited, 503: Unavailable}.get(
             status, OauthdError
