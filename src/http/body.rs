@@ -263,10 +263,20 @@ impl JsonObject {
                 "malformed_json",
                 "the body must be a JSON object",
             )),
-            Err(e) => Err(ApiError::bad_request(
-                "malformed_json",
-                format!("the body is not valid JSON: {e}"),
-            )),
+            Err(e) => {
+                // serde_json's words for half a surrogate pair (`"\ud800"`, which some
+                // encoders let through) speak of hex escapes, not of what is wrong.
+                let said = e.to_string();
+                let hint = if said.contains("hex escape") || said.contains("surrogate") {
+                    " (a \\u escape of half a UTF-16 surrogate pair, \\ud800 to \\udfff alone, is no character: the string is not text)"
+                } else {
+                    ""
+                };
+                Err(ApiError::bad_request(
+                    "malformed_json",
+                    format!("the body is not valid JSON: {said}{hint}"),
+                ))
+            }
         }
     }
 }
@@ -453,6 +463,24 @@ mod tests {
                 o.opt_positive_int("n", "invalid_n").ok().flatten(),
                 whole,
                 "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn half_a_surrogate_pair_is_said_to_be_no_character() {
+        for body in [
+            r#"{"s":"\ud800"}"#,
+            r#"{"s":"\ud800x"}"#,
+            r#"{"s":"\udc00"}"#,
+        ] {
+            let Err(e) = JsonObject::parse(body.as_bytes()) else {
+                panic!("{body} parsed");
+            };
+            assert!(
+                e.detail.contains("half a UTF-16 surrogate pair"),
+                "{body}: {}",
+                e.detail
             );
         }
     }
