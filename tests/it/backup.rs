@@ -623,27 +623,29 @@ async fn a_restore_follows_no_link_another_user_planted_nor_replaces_a_program()
             .output()
             .expect("oauthd restore")
     };
-    let shared = home.dir.path().join("shared");
-    std::fs::create_dir(&shared).unwrap();
-    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
-    let planted = shared.join("oauthd.db");
-    symlink(&victim, &planted).unwrap();
-    lchown(&planted, Some(65534), None).unwrap();
-    let out = restore(&planted);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("a link owned by uid 65534"), "{err}");
+    // A link to the program, made by uid 65534 in a directory of `mode` and `owner`; the
+    // restore through it is refused, saying `said`.
+    let refused_through = |name: &str, mode: u32, owner: Option<u32>, said: &str| {
+        let dir = home.dir.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+        chown(&dir, owner, owner).unwrap();
+        let link = dir.join("oauthd.db");
+        symlink(&victim, &link).unwrap();
+        lchown(&link, Some(65534), None).unwrap();
+        let out = restore(&link);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(said), "{err}");
+    };
+    refused_through("shared", 0o1777, None, "a link owned by uid 65534");
     // In the service's own directory, its link is followed; the program is not replaced.
-    let service = home.dir.path().join("service");
-    std::fs::create_dir(&service).unwrap();
-    chown(&service, Some(65534), Some(65534)).unwrap();
-    let theirs = service.join("oauthd.db");
-    symlink(&victim, &theirs).unwrap();
-    lchown(&theirs, Some(65534), None).unwrap();
-    let out = restore(&theirs);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("does not start as a database"), "{err}");
+    refused_through(
+        "service",
+        0o755,
+        Some(65534),
+        "does not start as a database",
+    );
     assert_eq!(std::fs::read(&victim).unwrap(), program);
     let aside = std::fs::read_dir(home.dir.path())
         .unwrap()
