@@ -605,12 +605,7 @@ async fn a_backup_follows_no_link_another_user_planted_nor_replaces_a_database_i
 async fn a_restore_follows_no_link_another_user_planted_nor_replaces_a_program() {
     use std::os::unix::fs::{chown, lchown, symlink, PermissionsExt};
     let home = Home::new();
-    home.create_key("app", &[]);
-    let copy = home.dir.path().join("copy.db");
-    assert!(home
-        .cli(&["backup", copy.to_str().unwrap()])
-        .status
-        .success());
+    let copy = home.backed_up();
     let victim = home.dir.path().join("important-program");
     std::fs::copy("/bin/true", &victim).unwrap();
     let program = std::fs::read(&victim).unwrap();
