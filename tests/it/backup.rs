@@ -656,14 +656,9 @@ async fn a_restore_follows_no_link_another_user_planted_nor_replaces_a_program()
 #[tokio::test(flavor = "multi_thread")]
 async fn a_copy_checked_and_restored_from_takes_the_next_backup() {
     let home = Home::new();
-    let key = home.create_key("app", &[]);
     // Served once: its key file made.
     home.start().signal_and_wait("TERM");
-    let copy = home.dir.path().join("copy.db");
-    assert!(home
-        .cli(&["backup", copy.to_str().unwrap()])
-        .status
-        .success());
+    let copy = home.backed_up();
     let out = Command::new(common::BIN)
         .args(["check", "--db"])
         .arg(&copy)
@@ -680,6 +675,7 @@ async fn a_copy_checked_and_restored_from_takes_the_next_backup() {
     }
     let out = home.cli(&["backup", copy.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
+    let key = home.create_key("later", &[]);
     let d = home.start();
     assert_eq!(d.get("/v1/connections", &key).await.0, 200);
     d.signal_and_wait("TERM");
