@@ -148,18 +148,30 @@ fn refreshed_since(settings: &Settings, db: &Path, aside: &Path) -> String {
     // Opened with the key file when there is one (never made here): a `rekey` since the
     // copy sealed the same refresh token again, which is no new token.
     let vault = match super::key_source(settings) {
-        Ok(KeySource::File { path, .. }) if !path.exists() => None,
+        Ok(KeySource::File { path, .. }) => {
+            let source = KeySource::File {
+                path,
+                create: false,
+            };
+            crate::vault::Vault::load(&source).ok()
+        }
         Ok(source) => crate::vault::Vault::load(&source).ok(),
         Err(_) => None,
     };
+    // Without a key that opens them, a value sealed again is not told from a new token.
+    let opened = std::cell::Cell::new(true);
     let same = |provider: &str, account: &str, mine: &[u8], theirs: &[u8]| {
         let Some(vault) = &vault else {
+            opened.set(false);
             return false;
         };
         let aad = crate::broker::token_aad(provider, account, "refresh_token");
         match (vault.open(&aad, mine), vault.open(&aad, theirs)) {
             (Ok(mine), Ok(theirs)) => mine == theirs,
-            _ => false,
+            _ => {
+                opened.set(false);
+                false
+            }
         }
     };
     match refresh_tokens_changed(db, aside, same) {
@@ -172,8 +184,13 @@ fn refreshed_since(settings: &Settings, db: &Path, aside: &Path) -> String {
                 names.push_str(&format!(" and {more} more"));
             }
             format!(
-                " {} connection(s) got a new refresh token since the copy was made (a refresh or a reconnect), and have the copy's again: {names}. A provider that rotates refresh tokens (SmartThings, Microsoft, and others) refuses the old one (invalid_grant, often revoking the grant): connect those accounts again if they turn needs_reauth.",
-                changed.len()
+                " {} connection(s) got a new refresh token since the copy was made ({}), and have the copy's again: {names}. A provider that rotates refresh tokens (SmartThings, Microsoft, and others) refuses the old one (invalid_grant, often revoking the grant): connect those accounts again if they turn needs_reauth.",
+                changed.len(),
+                if opened.get() {
+                    "a refresh or a reconnect"
+                } else {
+                    "a refresh, a reconnect, or a rekey: the key file could not open them to tell"
+                }
             )
         }
         Err(e) => format!(

@@ -149,7 +149,9 @@ fn known_query(method: &actix_web::http::Method, path: &str) -> &'static [&'stat
 }
 
 fn unknown_query_parameter(req: &ServiceRequest) -> Option<ApiError> {
-    let path = req.path();
+    // The path as the router matches it: `%73` is `s` there (only `%2F`, `%25` and `%2B`
+    // stay encoded), so `/v1/connection%73` is `/v1/connections` here too.
+    let path = req.match_info().as_str();
     // The proxy's query is the provider's, passed on as it is.
     if !path.starts_with("/v1/") || path.starts_with("/v1/proxy/") {
         return None;

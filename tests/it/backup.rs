@@ -417,7 +417,7 @@ async fn a_restore_names_the_connections_whose_refresh_token_changed_since_the_c
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{said}");
     assert!(
-        said.contains("1 connection(s) got a new refresh token since the copy was made")
+        said.contains("1 connection(s) got a new refresh token since the copy was made (a refresh or a reconnect)")
             && said.contains("and have the copy's again: peer/alice."),
         "{said}"
     );

@@ -229,6 +229,9 @@ async fn api_requests_need_no_body_where_every_field_is_optional_and_refuse_unkn
         ("GET", "/v1/connections?provider=peer"),
         ("DELETE", "/v1/connections/peer/alice?forse=true"),
         ("POST", "/v1/states?namespace=x"),
+        // A letter of the path percent-encoded is the same route to the router.
+        ("GET", "/v1/connection%73?provider=peer"),
+        ("GET", "/v1/connections/peer/alice/t%6Fken?minttl=5"),
     ] {
         let resp = d
             .http

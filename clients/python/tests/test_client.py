@@ -243,10 +243,15 @@ def test_a_limit_that_holds_and_a_providers_answer_are_not_sent_again(faulty):
     assert e.value.code == "too_many_states" and waits == [] and len(_Faulty.seen) == 1
     # Still a RateLimited, as before: code that caught that catches it.
     assert isinstance(e.value, RateLimited)
+    # A 429 of another code (a limit that ends by itself) is a RateLimited only.
+    _Faulty.script = [(429, {"Retry-After": "5"}, "too_many_tests")]
+    with pytest.raises(RateLimited) as e:
+        client.states.create("app")
+    assert not isinstance(e.value, LimitReached) and e.value.code == "too_many_tests"
     # A POST through the proxy that the provider answers 503: its answer, sent once.
     _Faulty.script = [(503, {"Retry-After": "1"}, None)]
     answer = client.proxy.post("spotify", "default", "v1/me/player/next")
-    assert answer.status == 503 and waits == [] and len(_Faulty.seen) == 2
+    assert answer.status == 503 and waits == [] and len(_Faulty.seen) == 3
 
 
 class _Silent(http.server.BaseHTTPRequestHandler):

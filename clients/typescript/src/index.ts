@@ -55,10 +55,13 @@ export class NeedsReauth extends OauthdError {
 }
 /** 429, still after the client's bounded retries. */
 export class RateLimited extends OauthdError {}
-/** 429 for a limit that holds until something changes (`too_many_states`,
- * `too_many_subject_states`, `store_full`, `too_many_connections`, `too_many_device_flows`):
- * waiting alone does not end it. */
+/** 429 for a limit that holds until something else changes (`LIMIT_CODES`: states
+ * consumed, revoked or expired, flows ended, connections deleted): retrying at once does
+ * not help. */
 export class LimitReached extends RateLimited {}
+const LIMIT_CODES = new Set([
+  "too_many_states", "too_many_subject_states", "store_full", "too_many_connections", "too_many_device_flows",
+]);
 /** 503, still after the client's bounded retries. */
 export class Unavailable extends OauthdError {}
 /** oauthd could not be reached or did not answer in time. Not an `OauthdError` (oauthd said
@@ -69,7 +72,7 @@ function errorFor(status: number, problem: Record<string, unknown>, retryAfter?:
   const code = problem.code;
   if (status === 403 && code === "wrong_secret") return new WrongSecret(status, problem, retryAfter);
   if (status === 409 && code === "needs_reauth") return new NeedsReauth(status, problem, retryAfter);
-  if (status === 429 && code !== "rate_limited") return new LimitReached(status, problem, retryAfter);
+  if (status === 429 && LIMIT_CODES.has(String(code))) return new LimitReached(status, problem, retryAfter);
   const byStatus: Record<number, typeof OauthdError> = {
     401: Unauthorized,
     404: NotFound,

@@ -54,11 +54,24 @@ class RateLimited(OauthdError):
     """429, still after the client's bounded retries."""
 
 
+# The 429s of a limit that holds until something else changes (states consumed, revoked
+# or expired; flows ended; connections deleted): retrying at once does not help.
+LIMIT_CODES = frozenset(
+    {
+        "too_many_states",
+        "too_many_subject_states",
+        "store_full",
+        "too_many_connections",
+        "too_many_device_flows",
+    }
+)
+
+
 class LimitReached(RateLimited):
-    """429 for a limit that holds until something changes, not for a while: the namespace or
-    the subject holds its most live states (`too_many_states`, `too_many_subject_states`),
-    the store is full (`store_full`), a key's connections or pending device flows are at
-    their most. Waiting alone does not end it: consume, revoke or let states expire."""
+    """429 for a limit that holds until something else changes (`LIMIT_CODES`): the
+    namespace or the subject holds its most live states, the store is full, a key's
+    connections or pending device flows are at their most. Consume, revoke or let states
+    expire, end flows, delete connections; retrying at once does not help."""
 
 
 class Unavailable(OauthdError):
@@ -78,7 +91,7 @@ def error_for(status: int, problem: Mapping[str, Any]) -> OauthdError:
         cls: type = WrongSecret
     elif status == 409 and code == "needs_reauth":
         cls = NeedsReauth
-    elif status == 429 and code != "rate_limited":
+    elif status == 429 and code in LIMIT_CODES:
         cls = LimitReached
     else:
         cls = {401: Unauthorized, 404: NotFound, 410: Gone, 429: RateLimited, 503: Unavailable}.get(
