@@ -431,9 +431,19 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         ))
         .service(
             web::resource("/admin/login")
-                .route(web::get().to(admin::login))
+                // HEAD as GET (link checkers and previews ask so): the page, which never
+                // signs in, without its body.
+                .route(
+                    web::route()
+                        .guard(guard::Any(guard::Get()).or(guard::Head()))
+                        .to(admin::login),
+                )
                 .route(web::post().to(admin::login_form))
-                .default_service(method_not_allowed(&[Method::GET, Method::POST])),
+                .default_service(method_not_allowed(&[
+                    Method::GET,
+                    Method::HEAD,
+                    Method::POST,
+                ])),
         )
         .service(endpoint(
             "/admin/logout",

@@ -506,6 +506,11 @@ async fn a_link_preview_does_not_use_up_a_login_link() {
         assert!(page.contains("method=\"post\""), "{page}");
         assert!(page.contains("Sign in"), "{page}");
     }
+    // Link checkers ask with HEAD first: the page's answer without its body, no sign-in.
+    let resp = http.head(&link).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(session_cookie(&resp).is_none(), "a HEAD signed in");
+    assert!(resp.bytes().await.unwrap().is_empty());
     // The person presses the button.
     let resp = press_sign_in(&d, &link).await;
     assert_eq!(resp.status(), 303);
@@ -514,6 +519,7 @@ async fn a_link_preview_does_not_use_up_a_login_link() {
     assert_eq!(overview_status(&d, &cookie).await, 200);
     // Used: the link's page and its button now say so.
     assert_eq!(http.get(&link).send().await.unwrap().status(), 401);
+    assert_eq!(http.head(&link).send().await.unwrap().status(), 401);
     assert_eq!(press_sign_in(&d, &link).await.status(), 401);
 }
 
