@@ -520,8 +520,7 @@ fn open_copy(path: &Path) -> Result<Connection, CopyError> {
     {
         return open_read_only(path);
     }
-    let uri =
-        super::tokens_since::file_uri(path, "immutable=1").map_err(|e| CopyError::file(path, e))?;
+    let uri = super::file_uri(path, "immutable=1").map_err(|e| CopyError::file(path, e))?;
     Connection::open_with_flags(
         uri,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,

@@ -754,6 +754,18 @@ fn write_hint(path: &Path) -> String {
     }
 }
 
+/// `path` as an SQLite `file:` URI with `query` (`immutable=1`, `mode=ro`): absolute, and
+/// escaped as a URI path (`%`, `?` and `#` in a name included).
+fn file_uri(path: &Path, query: &str) -> Result<String, String> {
+    let path = path
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut uri = url::Url::from_file_path(&path)
+        .map_err(|()| format!("{}: not a path SQLite can be given", path.display()))?;
+    uri.set_query(Some(query));
+    Ok(uri.into())
+}
+
 /// Room left for this user on the filesystem holding `path` (its target's, for a link).
 fn free_bytes(path: &Path) -> Option<u64> {
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());

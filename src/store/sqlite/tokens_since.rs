@@ -29,7 +29,7 @@ pub fn refresh_tokens_changed(
         (restored, "immutable=1", "restored"),
         (replaced, "mode=ro", "replaced"),
     ] {
-        let uri = file_uri(path, query)?;
+        let uri = super::file_uri(path, query)?;
         conn.execute(&format!("ATTACH DATABASE ?1 AS {name}"), [uri.as_str()])
             .map_err(|e| e.to_string())?;
     }
@@ -61,18 +61,6 @@ pub fn refresh_tokens_changed(
         names.push(format!("{provider}/{account}"));
     }
     Ok(names)
-}
-
-/// `path` as an SQLite `file:` URI with `query` (`immutable=1`, `mode=ro`): absolute, and
-/// escaped as a URI path (`%`, `?` and `#` in a name included).
-pub(super) fn file_uri(path: &Path, query: &str) -> Result<String, String> {
-    let path = path
-        .canonicalize()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut uri = url::Url::from_file_path(&path)
-        .map_err(|()| format!("{}: not a path SQLite can be given", path.display()))?;
-    uri.set_query(Some(query));
-    Ok(uri.into())
 }
 
 #[cfg(test)]
