@@ -72,9 +72,26 @@ pub fn rfc3339(ms: i64) -> String {
         .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// Whole seconds from `now_ms` until `at_ms`, rounded up and at least 1: a `Retry-After`.
+pub fn seconds_until(now_ms: i64, at_ms: i64) -> u64 {
+    u64::try_from(at_ms.saturating_sub(now_ms))
+        .unwrap_or(0)
+        .div_ceil(1000)
+        .max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seconds_until_rounds_up_and_is_at_least_one() {
+        assert_eq!(seconds_until(1_000, 1_001), 1);
+        assert_eq!(seconds_until(1_000, 3_000), 2);
+        assert_eq!(seconds_until(1_000, 3_001), 3);
+        assert_eq!(seconds_until(5_000, 1_000), 1);
+        assert_eq!(seconds_until(i64::MIN, i64::MAX), 9_223_372_036_854_776);
+    }
 
     #[test]
     fn a_manual_clock_moves_only_when_told_and_its_clones_with_it() {

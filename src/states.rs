@@ -139,11 +139,13 @@ pub enum StateError {
         max: u64,
         table: String,
     },
-    #[error("this subject already holds {max} live states in namespace {namespace} (max_states_per_subject in {table}); revoke some, or create with replace")]
+    #[error("this subject already holds {max} live states in namespace {namespace} (max_states_per_subject in {table}); revoke some, create with replace, or wait {retry_after_secs} s for the first of them to expire")]
     SubjectFull {
         namespace: String,
         max: u64,
         table: String,
+        /// Until the subject's first live state expires (at least 1).
+        retry_after_secs: u64,
     },
     #[error("the store already holds {max} live states in all namespaces together (states.max_total_states); consume or let some expire first")]
     StoreFull { max: u64 },
@@ -665,11 +667,12 @@ impl StateService {
                     table: self.policy.table_for(&namespace),
                 });
             }
-            Inserted::SubjectFull => {
+            Inserted::SubjectFull { next_expiry_ms } => {
                 return Err(StateError::SubjectFull {
                     namespace: namespace.to_string(),
                     max: rule.max_per_subject,
                     table: self.policy.table_for(&namespace),
+                    retry_after_secs: crate::clock::seconds_until(created_at_ms, next_expiry_ms),
                 })
             }
             Inserted::StoreFull => {

@@ -132,7 +132,7 @@ impl Broker {
                         message: format!(
                             "another oauthd process is refreshing this connection; {FORCE_HINT}"
                         ),
-                        retry_after_secs: (until.saturating_sub(now) as u64).div_ceil(1000),
+                        retry_after_secs: crate::clock::seconds_until(now, until),
                     });
                 }
                 // Forced: deleted under the lease; that refresh revokes what it gets.

@@ -597,7 +597,7 @@ impl Broker {
             let backing_off =
                 row.retry_at_ms.is_some_and(|r| r > now) && self.tried_since_start(key);
             if let Some(retry_at) = row.retry_at_ms.filter(|_| backing_off) {
-                let wait = ((retry_at - now + 999) / 1000) as u64;
+                let wait = crate::clock::seconds_until(now, retry_at);
                 return Err(BrokerError::ProviderUnavailable {
                     message: format!(
                         "refreshing {key} failed recently ({}); no refresh is tried before \

@@ -196,11 +196,14 @@ impl From<StateError> for ApiError {
             StateError::StoreFull { .. } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "store_full", detail).retry_after(60)
             }
-            StateError::SubjectFull { .. } => ApiError::new(
+            StateError::SubjectFull {
+                retry_after_secs, ..
+            } => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_subject_states",
                 detail,
-            ),
+            )
+            .retry_after(retry_after_secs),
             StateError::WrongSecret { attempts_left } => {
                 ApiError::new(StatusCode::FORBIDDEN, "wrong_secret", detail)
                     .attempts_left(attempts_left)

@@ -368,7 +368,7 @@ impl Notifier {
                 .is_err()
         {
             return Ok(TestSent::TooSoon {
-                retry_after_secs: (wait.max(1) as u64).div_ceil(1000),
+                retry_after_secs: crate::clock::seconds_until(now, now.saturating_add(wait)),
             });
         }
         let event = self.event(

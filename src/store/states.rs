@@ -273,8 +273,9 @@ pub enum Inserted {
     Stored { replaced: Vec<SecretHash> },
     /// Refused: the namespace holds `max_live` live states.
     NamespaceFull,
-    /// Refused: the subject holds `max_per_subject` live states in the namespace.
-    SubjectFull,
+    /// Refused: the subject holds `max_per_subject` live states in the namespace, the
+    /// first of which expires at `next_expiry_ms`.
+    SubjectFull { next_expiry_ms: i64 },
     /// Refused: all namespaces together hold `max_total` live states.
     StoreFull,
 }

@@ -414,11 +414,22 @@ async fn a_subject_holds_at_most_its_cap_of_live_states(b: Backend) {
     };
     for _ in 0..3 {
         states.create(ns("session"), short("alice")).await.unwrap();
+        clock.advance(Duration::from_millis(10_500));
     }
-    assert!(matches!(
-        states.create(ns("session"), short("alice")).await,
-        Err(StateError::SubjectFull { max: 3, .. })
-    ));
+    // The refusal says when a place frees: the first state expires at 60 s, and it is
+    // 31.5 s now.
+    let refused = states.create(ns("session"), short("alice")).await;
+    assert!(
+        matches!(
+            refused,
+            Err(StateError::SubjectFull {
+                max: 3,
+                retry_after_secs: 29,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
     // Another subject, another namespace: their own room.
     states.create(ns("session"), short("bob")).await.unwrap();
     states.create(ns("other"), short("alice")).await.unwrap();

@@ -606,16 +606,33 @@ async fn state_options_are_checked_with_stable_codes(home: Home) {
     assert_eq!(d.post("/v1/states/attempt", &key, attempt).await.0, 404);
 
     // Two live states per subject in "2fa": a third is refused, other subjects are not.
-    for _ in 0..2 {
-        created(&d, &key, json!({"namespace": "2fa", "subject": "u"})).await;
-    }
-    let (status, problem) = d
-        .post(
+    // The refusal says when the first of them expires (a limit on codes sent an hour is
+    // a namespace of markers, and the app tells its user when to ask again).
+    created(
+        &d,
+        &key,
+        json!({"namespace": "2fa", "subject": "u", "ttl_seconds": 40}),
+    )
+    .await;
+    created(&d, &key, json!({"namespace": "2fa", "subject": "u"})).await;
+    let resp = d
+        .send_json(
+            reqwest::Method::POST,
             "/v1/states",
             &key,
             json!({"namespace": "2fa", "subject": "u"}),
         )
         .await;
+    let retry: Option<u64> = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    assert!(
+        retry.is_some_and(|s| (30..=40).contains(&s)),
+        "Retry-After {retry:?}"
+    );
+    let status = resp.status().as_u16();
+    let problem: serde_json::Value = resp.json().await.unwrap_or_default();
     assert_eq!(
         (status, problem["code"].as_str()),
         (429, Some("too_many_subject_states"))

@@ -179,7 +179,7 @@ return {}
 /// now, expires at, most live states, id, subject ("" for none), "1" to replace the
 /// subject's other states, most live states of the subject, most live states of all
 /// namespaces, most tombstones, grace ms. Returns `{"1", replaced hashes...}`, or
-/// `{"-2"}` when the subject is full, `{"-1"}` when the namespace is, `{"-3"}` when the
+/// `{"-2", when the subject's first live state expires}` when the subject is full, `{"-1"}` when the namespace is, `{"-3"}` when the
 /// store is, checked in that order as on SQLite (`{"0"}`: the value exists). The first
 /// write is the state's SET, so a Redis at maxmemory refuses the script (OOM) before it
 /// changes anything.
@@ -192,7 +192,8 @@ local sub = subject ~= '' and subject_set(ns, subject) or nil
 local freed = 0
 if sub and ARGV[12] == '1' then freed = call('ZCOUNT', sub, '(' .. now, '+inf') end
 if sub and ARGV[12] ~= '1' and call('ZCOUNT', sub, '(' .. now, '+inf') >= tonumber(ARGV[13]) then
-  return {'-2'}
+  local first = call('ZRANGEBYSCORE', sub, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  return {'-2', first[2] or now}
 end
 if call('ZCOUNT', live, '(' .. now, '+inf') - freed >= tonumber(ARGV[9]) then return {'-1'} end
 local all_live = call('ZCOUNT', ALL, '(' .. now, '+inf')
@@ -593,11 +594,17 @@ impl StateStore for RedisStore {
                 ],
             )
             .await?;
+        if let [code, next_expiry] = answer.as_slice() {
+            if code == b"-2" {
+                return Ok(Inserted::SubjectFull {
+                    next_expiry_ms: number(CONTEXT, next_expiry)?,
+                });
+            }
+        }
         let (code, replaced) = counted_keys(CONTEXT, &answer)?;
         match code {
             1 => Ok(Inserted::Stored { replaced }),
             -1 => Ok(Inserted::NamespaceFull),
-            -2 => Ok(Inserted::SubjectFull),
             -3 => Ok(Inserted::StoreFull),
             _ => Err(StoreError::unavailable(
                 CONTEXT,

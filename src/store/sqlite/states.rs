@@ -209,14 +209,18 @@ impl StateStore for SqliteStore {
         let max_per_subject = i64::try_from(rules.max_per_subject).unwrap_or(i64::MAX);
         let work = move |conn: &Tx| {
             if let (Some(subject), false) = (&row.subject, rules.replace_subject) {
-                let live: i64 = conn
+                let (live, next_expiry_ms): (i64, Option<i64>) = conn
                     .prepare_cached(
-                        "SELECT count(*) FROM states INDEXED BY states_subject
+                        "SELECT count(*), min(expires_at) FROM states INDEXED BY states_subject
                          WHERE namespace = ?1 AND subject = ?2 AND expires_at > ?3",
                     )?
-                    .query_row(params![row.namespace, subject, rules.now_ms], |r| r.get(0))?;
+                    .query_row(params![row.namespace, subject, rules.now_ms], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?;
                 if live >= max_per_subject {
-                    return Ok(Inserted::SubjectFull);
+                    return Ok(Inserted::SubjectFull {
+                        next_expiry_ms: next_expiry_ms.unwrap_or(rules.now_ms),
+                    });
                 }
             }
             let mut replaced = Vec::new();
