@@ -465,10 +465,7 @@ impl Broker {
         }
         let namespace = flow_namespace(provider_name, &account, app_started)?;
         let endpoints = self.endpoints(provider).await?;
-        let no_random = |_| BrokerError::ProviderUnavailable {
-            message: "the system random number generator failed".into(),
-            retry_after_secs: 1,
-        };
+        let no_random = |_| BrokerError::Vault(VaultError::Entropy);
         // The state value goes into the URL, and the verifier made with the URL goes into
         // the state's data: make the value first, then issue it with its data.
         let state = StateValue::generate().map_err(no_random)?;

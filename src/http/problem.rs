@@ -5,6 +5,7 @@ use super::openapi::Problem;
 use crate::broker::{BrokerError, CallbackError};
 use crate::states::StateError;
 use crate::store::StoreError;
+use crate::vault::VaultError;
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use std::fmt;
@@ -172,6 +173,15 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The system's random number generator failed: nothing was issued, whatever was being made.
+fn entropy_unavailable() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "entropy_unavailable",
+        "the system random number generator failed; nothing was issued",
+    )
+}
+
 /// A sealed value that does not open, as callers are told it.
 const VAULT_FOR_CALLERS: &str = "sealed with a vault key this oauthd has not loaded, or \
     altered at rest, so it cannot be opened; oauthd's log says which, and what its operator \
@@ -219,11 +229,7 @@ impl From<StateError> for ApiError {
                 ApiError::bad_request("invalid_max_lifetime", detail)
             }
             StateError::SubjectRequired => ApiError::bad_request("subject_required", detail),
-            StateError::Entropy => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "entropy_unavailable",
-                detail,
-            ),
+            StateError::Entropy | StateError::Vault(VaultError::Entropy) => entropy_unavailable(),
             // What to do is the operator's (the log says it): an app is told what
             // happened, not to put keys back into files.
             StateError::Vault(_) => ApiError::new(
@@ -299,6 +305,7 @@ impl From<BrokerError> for ApiError {
             BrokerError::DeviceFlowNotFound(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "device_flow_not_found", detail)
             }
+            BrokerError::Vault(VaultError::Entropy) => entropy_unavailable(),
             BrokerError::Vault(_) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "vault_error",
@@ -389,5 +396,31 @@ pub fn callback_problem(provider: &str, e: &CallbackError) -> ApiError {
     match account {
         Some(a) => problem.account(a),
         None => problem,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A random number generator that fails is told as such wherever it failed: a
+    /// connect's state value or a seal's nonce, not a key the vault lacks.
+    #[test]
+    fn a_failed_random_number_generator_is_one_answer() {
+        for e in [
+            ApiError::from(BrokerError::Vault(VaultError::Entropy)),
+            ApiError::from(StateError::Entropy),
+            ApiError::from(StateError::Vault(VaultError::Entropy)),
+            ApiError::from(BrokerError::State(StateError::Entropy)),
+        ] {
+            assert_eq!(
+                (e.status, e.code),
+                (StatusCode::SERVICE_UNAVAILABLE, "entropy_unavailable"),
+                "{e:?}"
+            );
+            assert!(e.detail.contains("random number generator"), "{e:?}");
+        }
+        let lost = ApiError::from(BrokerError::Vault(VaultError::Corrupt));
+        assert_eq!(lost.code, "vault_error");
     }
 }
