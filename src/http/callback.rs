@@ -222,25 +222,20 @@ pub(super) fn failed(
             retry_button(app, csrf, provider, account, label)
         }
     };
-    let (status, title, body) = match e {
-        Expired { account } => (
-            410,
-            "This sign-in expired",
-            format!(
+    // Status and title are the paste-back API's too (`wording`); the body is the page's.
+    let (status, title, detail) = wording(provider, whole);
+    let body = match e {
+        Expired { account } => format!(
                 "<p>Connecting <strong>{}</strong> ({}) took longer than the {} oauthd keeps a sign-in open, so nothing was stored.</p>{}",
                 escape(provider),
                 escape(account),
                 escape(&app.broker.flow_ttl_text(provider, account, by_app)),
                 again(account, "Start again")
             ),
-        ),
         Denied {
             account,
             description,
-        } => (
-            403,
-            "Access was declined",
-            format!(
+        } => format!(
                 "<p>{} reported that access was not granted{}. Nothing was stored.</p>{}",
                 escape(provider),
                 if description.is_empty() {
@@ -250,35 +245,27 @@ pub(super) fn failed(
                 },
                 again(account, "Try again")
             ),
-        ),
         // Nothing was used up (the state is taken in the same write that would fail).
-        Storage(message) => {
-            let mut resp = page_for(
-                by_app,
-                base,
-                503,
-                "Storage unavailable",
-                &format!(
-                    "<p>{}</p><p>Nothing was used up: reload this page in a few seconds to finish connecting.</p>",
-                    escape(message)
-                ),
-            );
-            resp.headers_mut().insert(
-                header::RETRY_AFTER,
-                header::HeaderValue::from_static("5"),
-            );
-            return resp;
-        }
+        Storage(message) => format!(
+            "<p>{}</p><p>Nothing was used up: reload this page in a few seconds to finish connecting.</p>",
+            escape(message)
+        ),
         _ => {
-            let (status, title, detail) = wording(provider, whole);
             let button = e
                 .retry_account()
                 .map(|a| again(a, "Start again"))
                 .unwrap_or_default();
-            (status, title, format!("<p>{}</p>{button}", escape(&detail)))
+            format!("<p>{}</p>{button}", escape(&detail))
         }
     };
-    page_for(by_app, base, status, title, &body)
+    let mut resp = page_for(by_app, base, status, title, &body);
+    if status == 503 {
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            header::HeaderValue::from(super::problem::CALLBACK_RETRY_AFTER_SECS),
+        );
+    }
+    resp
 }
 
 /// Status, title and plain-text detail of a callback that stored nothing: the page's

@@ -344,6 +344,9 @@ pub fn callback_status(e: &CallbackError) -> u16 {
     }
 }
 
+/// When a callback that stored nothing for a storage fault (a 503) may be tried again.
+pub const CALLBACK_RETRY_AFTER_SECS: u64 = 5;
+
 /// A connect flow finished from a pasted address that stored nothing: the callback page's
 /// status and words, with a stable code, and the account when starting again can help.
 pub fn callback_problem(provider: &str, e: &CallbackError) -> ApiError {
@@ -386,7 +389,7 @@ pub fn callback_problem(provider: &str, e: &CallbackError) -> ApiError {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
     let mut problem = ApiError::new(status, code, detail);
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        problem = problem.retry_after(5);
+        problem = problem.retry_after(CALLBACK_RETRY_AFTER_SECS);
     }
     let account = match e {
         _ if by_app => None,
