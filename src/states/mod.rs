@@ -5,7 +5,7 @@
 
 use crate::clock::Clock;
 use crate::metrics;
-use crate::namespace::{pattern_matches, Namespace};
+use crate::namespace::Namespace;
 use crate::read_cache::{ForgetAfter, ReadCache};
 use crate::secret::{SecretHash, StateId, StateValue};
 use crate::state_data;
@@ -15,189 +15,24 @@ use crate::store::{
 };
 use crate::vault::{VaultError, VaultHandle};
 use bytes::Bytes;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use zeroize::Zeroizing;
 
-/// Default and maximum TTL for a namespace (or for all of them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TtlRule {
-    pub default_ttl: Duration,
-    pub max_ttl: Duration,
-    /// Most live (unconsumed, unexpired) states the namespace may hold: a flood of creates
-    /// is refused (429) instead of filling the disk.
-    pub max_states: u64,
-    /// Most live states one subject may hold in the namespace: listing and revoking a
-    /// subject stay bounded, and one user cannot fill the namespace.
-    pub max_per_subject: u64,
-    /// Tries of its code a state with a secret allows when the create does not say (the
-    /// wrong one that uses the last deletes it).
-    pub max_attempts: u32,
-    /// Whether `sliding` states may be created, and the longest any may live.
-    pub sliding: bool,
-    pub max_lifetime: Duration,
-}
+mod error;
+mod listing;
+mod policy;
+mod stored_data;
 
-#[derive(Debug, Clone)]
-pub struct StatePolicy {
-    pub base: TtlRule,
-    /// Per-namespace rules keyed by pattern; the most specific (longest) match wins.
-    pub overrides: Vec<(String, TtlRule)>,
-    /// Largest `data` accepted, in bytes of compact JSON.
-    pub max_data_bytes: usize,
-    /// Live states all namespaces together may hold (connect flows included); as many
-    /// tombstones of expired states are kept at most.
-    pub max_total_states: u64,
-    /// How long after expiry a consume still answers "expired" (410) rather than
-    /// "unknown" (404), on every backend.
-    pub expired_grace: Duration,
-    /// How long a state read by verify answers from memory: a consume or revoke made by
-    /// another process is seen by verify within this long (by this process at once).
-    pub verify_cache: Duration,
-}
-
-impl StatePolicy {
-    /// A namespace's default TTL, in words ("60 minutes").
-    pub fn default_ttl_text(&self, ns: &Namespace) -> String {
-        ttl_text(self.rule_for(ns).default_ttl.as_secs())
-    }
-
-    pub fn rule_for(&self, ns: &Namespace) -> TtlRule {
-        self.matching(ns)
-            .map(|(_, rule)| *rule)
-            .unwrap_or(self.base)
-    }
-
-    /// The config table `ns`'s rule comes from, as the file spells it: a namespace's own
-    /// table (which takes what it leaves out from `[states]`), or `[states]`.
-    pub fn table_for(&self, ns: &Namespace) -> String {
-        match self.matching(ns) {
-            Some((pattern, _)) => format!(
-                "[states.namespaces.\"{pattern}\"], or [states] where that table leaves it out"
-            ),
-            None => "[states]".to_owned(),
-        }
-    }
-
-    /// The table whose `max_ttl_seconds` bounds `ns`: the pattern that matches it, else
-    /// one of its own (whose other limits are `[states]`'s, as now).
-    pub fn ttl_table_for(&self, ns: &Namespace) -> String {
-        let pattern = match self.matching(ns) {
-            Some((pattern, _)) => pattern.as_str(),
-            None => ns.as_str(),
-        };
-        format!("[states.namespaces.\"{pattern}\"]")
-    }
-
-    fn matching(&self, ns: &Namespace) -> Option<&(String, TtlRule)> {
-        self.overrides
-            .iter()
-            .filter(|(pattern, _)| pattern_matches(pattern, ns))
-            .max_by_key(|(pattern, _)| (!pattern.ends_with('*'), pattern.len()))
-    }
-}
+pub use error::StateError;
+pub use listing::{ListingCursor, SubjectListing};
+pub use policy::{ttl_text, StatePolicy, TtlRule};
+pub use stored_data::{data_keys, fullness_note, stored_data, StoredData};
 
 /// Touches of states that do not slide, said in the log: at most one line a minute.
 static TOUCHES_THAT_DO_NOT_SLIDE: crate::logging::Budget =
     crate::logging::Budget::per_minute("more touches of states that do not slide", 1);
-
-/// Seconds in words, for people: "60 minutes", "1 minute", "90 seconds".
-pub fn ttl_text(secs: u64) -> String {
-    match secs {
-        s if s % 60 == 0 && s >= 120 => format!("{} minutes", s / 60),
-        60 => "1 minute".into(),
-        1 => "1 second".into(),
-        s => format!("{s} seconds"),
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error(
-        "unknown state: never issued in this namespace, already consumed or revoked, or expired (an expired state answers 410 once, then this)"
-    )]
-    NotFound,
-    #[error(
-        "no live state to revoke: never issued in this namespace, already consumed or revoked, or expired (a revoke also removes what an expired one left, so it answers 404 from then on)"
-    )]
-    NothingToRevoke,
-    #[error("the state has expired")]
-    Expired { namespace: String },
-    #[error("ttl_seconds must be between 1 and {max} for namespace {namespace} (the operator raises it with max_ttl_seconds in {table} in oauthd's config)")]
-    TtlOutOfRange {
-        namespace: String,
-        max: u64,
-        table: String,
-    },
-    #[error("data is {size} bytes of JSON; at most {max} are accepted")]
-    DataTooLarge { size: usize, max: usize },
-    #[error("namespace {namespace} already holds {max} live states (max_states in {table}); consume or let some expire first")]
-    NamespaceFull {
-        namespace: String,
-        max: u64,
-        table: String,
-    },
-    #[error("this subject already holds {max} live states in namespace {namespace} (max_states_per_subject in {table}); revoke some, create with replace, or wait {retry_after_secs} s for the first of them to expire")]
-    SubjectFull {
-        namespace: String,
-        max: u64,
-        table: String,
-        /// Until the subject's first live state expires (at least 1).
-        retry_after_secs: u64,
-    },
-    #[error("the store already holds {max} live states in all namespaces together (states.max_total_states); consume or let some expire first")]
-    StoreFull { max: u64 },
-    #[error("wrong code")]
-    WrongSecret { attempts_left: u32 },
-    #[error("this state is guarded by a code: present it with POST /v1/states/attempt")]
-    SecretRequired,
-    #[error("this state has no code; consume it with POST /v1/states/consume")]
-    NoSecret,
-    #[error("namespace {namespace} does not allow sliding states (sliding = false in {table})")]
-    SlidingNotAllowed { namespace: String, table: String },
-    #[error("{}", lifetime_out_of_range(namespace, *min, *max))]
-    LifetimeOutOfRange {
-        namespace: String,
-        min: u64,
-        max: u64,
-    },
-    #[error("replace needs a subject: it revokes the subject's other states")]
-    SubjectRequired,
-    #[error("the system random number generator failed")]
-    Entropy,
-    /// The state's data could not be sealed or opened (a vault key not loaded, a row
-    /// altered at rest).
-    #[error("the state's data: {0}")]
-    Vault(#[from] VaultError),
-    /// Data in clear met before the start's look at stored data has said whether this
-    /// state's may be read (`check_stored_data`): nothing is decided, nothing consumed.
-    #[error("the state's data was stored by an older oauthd, and the start's look at such data has not finished: try again in a moment")]
-    DataNotYetChecked,
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// `LifetimeOutOfRange`'s text: a range, or, when the TTL alone is past the namespace's
-/// longest lifetime, that the TTL is too long (no lifetime could be sent).
-fn lifetime_out_of_range(namespace: &str, min: u64, max: u64) -> String {
-    if min > max {
-        format!("a sliding state in namespace {namespace} lives at most {max} s (max_lifetime_seconds), less than its TTL ({min} s): send a shorter ttl_seconds")
-    } else {
-        format!("max_lifetime_seconds must be between the TTL ({min}) and {max} for namespace {namespace}")
-    }
-}
-
-impl StateError {
-    /// As `StoreError::for_callers`: what is told over HTTP.
-    pub fn for_callers(&self) -> String {
-        match self {
-            StateError::Store(e) => e.for_callers(),
-            other => other.to_string(),
-        }
-    }
-}
 
 #[derive(Debug)]
 pub struct IssuedState {
@@ -1051,111 +886,6 @@ impl StateService {
     }
 }
 
-/// What live states' data was stored as.
-#[derive(Debug, Default)]
-pub struct StoredData {
-    /// The vault keys it was sealed with, each with how many states name it.
-    pub keys: BTreeMap<String, usize>,
-    /// How many states hold data stored in clear, by an oauthd from before data was
-    /// sealed.
-    pub in_clear: usize,
-}
-
-/// What live states' data was stored as (a maintenance read of every live state that
-/// holds data; only the first characters of each are held).
-pub async fn stored_data(store: &dyn StateStore, now_ms: i64) -> Result<StoredData, StoreError> {
-    let mut found = StoredData::default();
-    for (head, n) in store
-        .state_data_prefixes(now_ms, state_data::KEY_ID_CHARS)
-        .await?
-    {
-        let n = usize::try_from(n).unwrap_or(usize::MAX);
-        match state_data::key_id(&head) {
-            Some(id) => *found.keys.entry(id).or_insert(0) += n,
-            None if !state_data::is_sealed(&head) => found.in_clear += n,
-            None => {}
-        }
-    }
-    Ok(found)
-}
-
-/// The vault keys live states' data was sealed with, each with how many states name it.
-pub async fn data_keys(
-    store: &dyn StateStore,
-    now_ms: i64,
-) -> Result<BTreeMap<String, usize>, StoreError> {
-    Ok(stored_data(store, now_ms).await?.keys)
-}
-
-/// What to tell the operator when the store holds `total` live states, 80 % or more of
-/// `states.max_total_states` (`max`); `None` below that.
-pub fn fullness_note(total: u64, max: u64) -> Option<String> {
-    (total.saturating_mul(5) >= max.saturating_mul(4)).then(|| {
-        format!(
-            "{total} live states, {}% of states.max_total_states ({max}): from there every \
-             create is refused (429 store_full). Raise it, or look for the app that leaves its \
-             states unconsumed (oauthd_states_created_total against \
-             oauthd_state_consumes_total, by namespace)",
-            total.saturating_mul(100) / max.max(1)
-        )
-    })
-}
-
-/// A page of a subject's states, opened.
-#[derive(Debug)]
-pub struct SubjectListing {
-    pub states: Vec<StateView>,
-    /// Where the next page starts, when more follow.
-    pub next: Option<ListingCursor>,
-}
-
-/// Where a listing goes on: after the state created at `created_at_ms` whose stored key
-/// starts with `key_prefix`. Apps see it as an opaque text (`Display`, `parse`): 32
-/// characters of base64url, which say the state's creation time and what its id says (and
-/// the 6 bits of the key a version 8 UUID leaves out): nothing that leads to its value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ListingCursor {
-    created_at_ms: i64,
-    key_prefix: [u8; 16],
-}
-
-impl ListingCursor {
-    fn at((created_at_ms, key_prefix): (i64, [u8; 16])) -> ListingCursor {
-        ListingCursor {
-            created_at_ms,
-            key_prefix,
-        }
-    }
-
-    /// A cursor as `Display` writes it; `None` for any other text.
-    pub fn parse(text: &str) -> Option<ListingCursor> {
-        use base64::Engine;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(text)
-            .ok()?;
-        let (at, prefix) = bytes.split_first_chunk::<8>()?;
-        Some(ListingCursor {
-            created_at_ms: i64::from_be_bytes(*at),
-            key_prefix: prefix.try_into().ok()?,
-        })
-    }
-
-    /// Where the page after this cursor starts (`SubjectPage::after`).
-    pub fn position(self) -> (i64, [u8; 16]) {
-        (self.created_at_ms, self.key_prefix)
-    }
-}
-
-impl std::fmt::Display for ListingCursor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use base64::Engine;
-        let mut bytes = [0u8; 24];
-        bytes[..8].copy_from_slice(&self.created_at_ms.to_be_bytes());
-        bytes[8..].copy_from_slice(&self.key_prefix);
-        f.write_str(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
-    }
-}
-
 /// A turn at most once a second (for a log line every failing request would repeat).
 #[derive(Default)]
 struct OncePerSecond(AtomicI64);
@@ -1233,50 +963,5 @@ mod tests {
         );
         assert_eq!(first, second);
         assert!(view.size >= ANSWER_OVERHEAD + data.len() + 2 * "sessionsalice".len());
-    }
-
-    fn rule(d: u64, m: u64) -> TtlRule {
-        TtlRule {
-            default_ttl: Duration::from_secs(d),
-            max_ttl: Duration::from_secs(m),
-            max_states: 100_000,
-            max_per_subject: 1000,
-            max_attempts: 5,
-            sliding: true,
-            max_lifetime: Duration::from_secs(86400),
-        }
-    }
-
-    #[test]
-    fn the_operator_hears_of_a_store_four_fifths_full() {
-        assert_eq!(fullness_note(199_999, 250_000), None);
-        let note = fullness_note(200_000, 250_000).unwrap();
-        assert!(note.starts_with("200000 live states, 80% of"), "{note}");
-        assert!(fullness_note(300_000, 250_000).unwrap().contains("120%"));
-    }
-
-    #[test]
-    fn most_specific_namespace_rule_wins() {
-        let policy = StatePolicy {
-            base: rule(3600, 86400),
-            overrides: vec![
-                ("oauth:*".into(), rule(1800, 3600)),
-                ("oauth:spotify".into(), rule(600, 900)),
-                ("*".into(), rule(100, 200)),
-            ],
-            max_data_bytes: 1024,
-            max_total_states: 1_000_000,
-            expired_grace: Duration::from_secs(60),
-            verify_cache: Duration::from_secs(1),
-        };
-        let ns = |s| Namespace::parse(s).unwrap();
-        assert_eq!(policy.rule_for(&ns("oauth:spotify")), rule(600, 900));
-        assert_eq!(policy.rule_for(&ns("oauth:tidal")), rule(1800, 3600));
-        assert_eq!(policy.rule_for(&ns("2fa")), rule(100, 200));
-        let no_overrides = StatePolicy {
-            overrides: vec![],
-            ..policy
-        };
-        assert_eq!(no_overrides.rule_for(&ns("2fa")), rule(3600, 86400));
     }
 }
