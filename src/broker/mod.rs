@@ -16,6 +16,8 @@ mod events;
 mod flight;
 mod grant;
 mod import;
+mod refresh_policy;
+mod refresh_save;
 pub mod refresher;
 pub mod return_to;
 mod tokens;

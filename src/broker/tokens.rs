@@ -12,27 +12,20 @@
 //!   every request a refresh.
 
 use super::flight::Turn;
+use super::refresh_policy::{backoff_ms, due_for_refresh, half_life_ms, lasts, BACKOFF_MAX_MS};
+use super::refresh_save::SAVE_FAILING;
 use super::{token_aad, Broker, BrokerError};
 use crate::oauth::flows::{self, FlowError};
 use crate::oauth::provider::check_name;
 use crate::oauth::Provider;
 use crate::read_cache::ReadTicket;
-use crate::store::{
-    ConnectionKey, ConnectionRow, ConnectionStatus, RefreshFailure, SealedTokens, StoreError, Told,
-};
+use crate::store::{ConnectionKey, ConnectionRow, ConnectionStatus, RefreshFailure, Told};
 use std::sync::Arc;
 use std::time::Duration;
 use zeroize::Zeroizing;
 
 /// How long a caller waits for a refresh another process is running.
 pub(super) const WAIT_FOR_OTHER: Duration = Duration::from_secs(20);
-const BACKOFF_FIRST_MS: i64 = 5_000;
-/// The background refresher renews a token this long before it expires (or at half its
-/// lifetime, for short-lived tokens).
-const PROACTIVE_MS: i64 = 5 * 60_000;
-/// Refresh tokens that die when idle are used this long before they would.
-const KEEP_ALIVE_MARGIN_MS: i64 = 7 * 24 * 3600 * 1000;
-const BACKOFF_MAX_MS: i64 = 10 * 60_000;
 /// A token the provider's API refuses this soon after oauthd refreshed it is not
 /// refreshed again (see `access_token_instead_of`): at most one such refresh per
 /// connection in this time, however often an endpoint answers 401.
@@ -79,31 +72,6 @@ impl std::fmt::Debug for AccessToken {
     }
 }
 
-/// Half the lifetime the provider gave the row's access token, when known.
-fn half_life_ms(row: &ConnectionRow) -> Option<i64> {
-    match (row.access_expires_at_ms, row.last_refresh_at_ms) {
-        (Some(expires), Some(issued)) if expires > issued => {
-            Some(expires.saturating_sub(issued) / 2)
-        }
-        _ => None,
-    }
-}
-
-/// Whether a token expiring at `expires_at_ms` still has `min_ttl` at `now`, where
-/// `min_ttl` counts at most half the token's lifetime: asking an hour of a provider whose
-/// tokens live 30 minutes would otherwise refresh on every call. A token without a known
-/// expiry is good until it is refused.
-fn lasts(
-    expires_at_ms: Option<i64>,
-    half_life_ms: Option<i64>,
-    min_ttl: Duration,
-    now: i64,
-) -> bool {
-    let wanted = i64::try_from(min_ttl.as_millis()).unwrap_or(i64::MAX);
-    let needed = half_life_ms.map_or(wanted, |half| wanted.min(half));
-    expires_at_ms.is_none_or(|at| at.saturating_sub(now) >= needed)
-}
-
 /// What a refresh is asked for: a token with `min_ttl` left (`force`: a new one however
 /// long the stored one has), other than `rejected`, unless one was stored since
 /// `asked_at` (taken before waiting for the connection's turn, so that callers queued
@@ -134,54 +102,8 @@ struct Leased {
 /// waited on a connection that stalled has had another.
 const TAKEOVER_GRACE: Duration = Duration::from_secs(10);
 
-/// What callers of a connection are told while its refresh here has the provider's
-/// answer and has not managed to save it.
-const SAVE_FAILING: &str = "the provider answered the refresh, and saving its new tokens has not succeeded yet (the store fails); oauthd goes on trying, and hands the new token out once it is saved";
-
-/// How long a save may take before its connection's callers are told it fails: a save
-/// takes milliseconds when the store is well.
-const SAVE_SLOW: Duration = Duration::from_secs(1);
-
-/// Takes `key` out of `Broker::saves_failing` when its save ends, however it ends.
-struct SaveFailing<'a> {
-    keys: &'a std::sync::Mutex<std::collections::HashSet<ConnectionKey>>,
-    key: ConnectionKey,
-}
-
-impl Drop for SaveFailing<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut keys) = self.keys.lock() {
-            keys.remove(&self.key);
-        }
-    }
-}
-
 /// How often a refresh waiting out `TAKEOVER_GRACE` looks whether the holder has saved.
 const TAKEOVER_LOOK: Duration = Duration::from_millis(200);
-
-/// Whether the background refresher should refresh this connection now: its token is
-/// within 5 minutes of expiry (or half its lifetime, when shorter), or its refresh token
-/// would die of disuse within a week (or half the idle limit, when shorter).
-fn due_for_refresh(row: &ConnectionRow, idle_expiry: Option<Duration>, now: i64) -> bool {
-    if row.status != ConnectionStatus::Active
-        || row.refresh_token.is_none()
-        || row.retry_at_ms.is_some_and(|r| r > now)
-    {
-        return false;
-    }
-    let expiring = row.access_expires_at_ms.is_some_and(|at| {
-        let lifetime = row
-            .last_refresh_at_ms
-            .map_or(PROACTIVE_MS, |r| at.saturating_sub(r));
-        at.saturating_sub(now) <= PROACTIVE_MS.min(lifetime / 2)
-    });
-    let idle = idle_expiry.is_some_and(|idle| {
-        let idle_ms = idle.as_millis() as i64;
-        let keep_alive_after = (idle_ms - KEEP_ALIVE_MARGIN_MS).max(idle_ms / 2);
-        row.last_refresh_at_ms.unwrap_or(row.created_at_ms) + keep_alive_after <= now
-    });
-    expiring || idle
-}
 
 fn refreshed(provider: &str, result: &str) {
     crate::metrics::REFRESHES
@@ -195,13 +117,6 @@ enum Failure {
     Reauth(String),
     /// Worth another try after a backoff.
     Transient(String),
-}
-
-fn backoff_ms(failures: i64) -> i64 {
-    let shift = failures.clamp(0, 20) as u32;
-    BACKOFF_FIRST_MS
-        .saturating_mul(1i64 << shift)
-        .min(BACKOFF_MAX_MS)
 }
 
 /// Sealed tokens that do not open, said in the log (the caller is told only that it
@@ -900,125 +815,6 @@ impl Broker {
         }))
     }
 
-    /// Saves what a refresh brought, trying again on a storage fault (a lock another
-    /// process holds past the busy timeout, a Redis failover, a Redis at `maxmemory`): the
-    /// provider may already have retired the refresh token the store still holds
-    /// (rotation), so a result given up here would leave the connection to the user to
-    /// connect again. Tried past the lease too: the save lands only while the connection's
-    /// generation is the lease's, so once another process takes the lease over (with the
-    /// store working again) the save is refused rather than overwriting its tokens; until
-    /// then, nobody else can have refreshed. Given up only when oauthd stops (as its stop
-    /// ends, said at ERROR: the connection is likely lost). A try that failed may have
-    /// landed all the same (its answer lost): a later try that finds the generation moved
-    /// on looks whether the stored token is ours.
-    async fn save_refreshed_while_leased(
-        &self,
-        row: &ConnectionRow,
-        generation: i64,
-        sealed: SealedTokens,
-        deliveries: Vec<crate::store::NewDelivery>,
-        mut leased_until: tokio::time::Instant,
-    ) -> Result<bool, StoreError> {
-        let key = row.key();
-        let _failing = SaveFailing {
-            keys: &self.saves_failing,
-            key: key.clone(),
-        };
-        let mut wait = Duration::from_millis(100);
-        let mut failed_before = false;
-        let lease = Duration::from_millis(u64::try_from(self.lease_ms).unwrap_or(0));
-        let mut last_said: Option<tokio::time::Instant> = None;
-        loop {
-            let now = self.clock.now_ms();
-            let mut save = self.store.save_refreshed(
-                &key,
-                generation,
-                sealed.clone(),
-                now,
-                deliveries.clone(),
-            );
-            // A try still waiting after `SAVE_SLOW` (a lock, a stalled Redis) counts as
-            // failing for callers from then on.
-            let tried = tokio::select! {
-                tried = &mut save => tried,
-                () = tokio::time::sleep(SAVE_SLOW) => {
-                    self.note_save_failing(&key);
-                    save.await
-                }
-            };
-            // A try can take a while (SQLite's busy timeout is 5 s): given up in time for
-            // the ERROR to be said before the stop ends.
-            let at_stop = self
-                .stop_deadline
-                .get()
-                .is_some_and(|d| tokio::time::Instant::now() + wait + Duration::from_secs(6) >= *d);
-            match tried {
-                Ok(false) if failed_before => {
-                    let stored = self.store.get_connection(&key).await?;
-                    let ours = stored.is_some_and(|c| c.access_token == sealed.access_token);
-                    if !ours {
-                        // Said before "superseded": this process's save may well have
-                        // landed, and been what the process that took over refreshed from.
-                        log::info!(
-                            "refresh {key}: the connection moved on while its save was tried again: a try that failed may have landed before another process took the lease over (which then refreshed from what it saved), or none did"
-                        );
-                    }
-                    return Ok(ours);
-                }
-                Err(e) if at_stop => {
-                    log::error!(
-                        "refresh {key}: the provider answered with new tokens, and saving them failed until oauthd stopped ({e}): a provider that rotates refresh tokens has retired the stored one, and the account must then be connected again"
-                    );
-                    return Err(e);
-                }
-                Err(e) => {
-                    // The lease held on with a write smaller than the save, which may land
-                    // where the save does not: other processes wait instead of refreshing
-                    // with the refresh token the provider has just retired.
-                    let started = tokio::time::Instant::now();
-                    if let Ok(true) = self
-                        .store
-                        .extend_refresh_lease(&key, generation, self.clock.now_ms(), self.lease_ms)
-                        .await
-                    {
-                        leased_until = started + lease;
-                    }
-                    let past_lease = tokio::time::Instant::now() >= leased_until;
-                    // Said at the first failure, then once a minute.
-                    if last_said.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
-                        let past = if past_lease {
-                            " (past the lease: the new tokens are kept until they can be saved)"
-                        } else {
-                            ""
-                        };
-                        log::warn!(
-                            "refresh {key}: saving the new tokens failed ({e}); trying again{past}"
-                        );
-                        last_said = Some(tokio::time::Instant::now());
-                    }
-                    tokio::time::sleep(wait).await;
-                    // Past the lease another process may take it over as soon as the store
-                    // takes writes again: tried often then, to land first.
-                    wait = if past_lease {
-                        Duration::from_millis(200)
-                    } else {
-                        (wait * 2).min(Duration::from_secs(2))
-                    };
-                    self.note_save_failing(&key);
-                    failed_before = true;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    /// Notes that `key`'s save is failing, until `SaveFailing` takes it out.
-    fn note_save_failing(&self, key: &ConnectionKey) {
-        if let Ok(mut failing) = self.saves_failing.lock() {
-            failing.insert(key.clone());
-        }
-    }
-
     /// Records a failed refresh on the connection (releasing the lease) and returns the
     /// error the caller gets: `NeedsReauth` when only the user can fix it, else
     /// `ProviderUnavailable` with the backoff as Retry-After.
@@ -1097,97 +893,5 @@ impl Broker {
                 retry_after_secs: (retry_at_ms.unwrap_or(now) - now).max(0) as u64 / 1000,
             },
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::AccountIdentity;
-
-    const HOUR: i64 = 3600 * 1000;
-    const DAY: i64 = 24 * HOUR;
-
-    /// A SmartThings-like connection: 24 h tokens, last refreshed `refreshed_ago` ago.
-    fn row(refreshed_ago: i64, now: i64) -> ConnectionRow {
-        let refreshed = now - refreshed_ago;
-        ConnectionRow {
-            provider: "st".into(),
-            account: "home".into(),
-            status: ConnectionStatus::Active,
-            scopes: None,
-            token_type: "Bearer".into(),
-            access_token: vec![1],
-            refresh_token: Some(vec![2]),
-            access_expires_at_ms: Some(refreshed + DAY),
-            created_at_ms: refreshed,
-            updated_at_ms: refreshed,
-            last_refresh_at_ms: Some(refreshed),
-            last_error: None,
-            failures: 0,
-            retry_at_ms: None,
-            lease_until_ms: None,
-            generation: 1,
-            identity: AccountIdentity::default(),
-            connected_at_ms: None,
-            failing_since_ms: None,
-            told: Told::NOTHING,
-        }
-    }
-
-    #[test]
-    fn tokens_are_renewed_five_minutes_before_expiry() {
-        let now = 1_000 * DAY;
-        assert!(!due_for_refresh(&row(HOUR, now), None, now));
-        assert!(!due_for_refresh(&row(DAY - 6 * 60_000, now), None, now));
-        assert!(due_for_refresh(&row(DAY - 4 * 60_000, now), None, now));
-        // Short-lived tokens: at half their lifetime.
-        let mut short = row(0, now);
-        short.last_refresh_at_ms = Some(now - 2_000);
-        short.access_expires_at_ms = Some(now + 2_000);
-        assert!(due_for_refresh(&short, None, now));
-        short.access_expires_at_ms = Some(now + 3_000);
-        assert!(!due_for_refresh(&short, None, now));
-    }
-
-    #[test]
-    fn idle_refresh_tokens_are_kept_alive_a_week_before_they_would_die() {
-        let now = 1_000 * DAY;
-        let idle = Some(Duration::from_secs(30 * 24 * 3600));
-        // A token that never expires (provider said nothing), idle for 22 days: not yet.
-        let mut r = row(22 * DAY, now);
-        r.access_expires_at_ms = None;
-        assert!(!due_for_refresh(&r, idle, now));
-        let mut r = row(24 * DAY, now);
-        r.access_expires_at_ms = None;
-        assert!(due_for_refresh(&r, idle, now));
-        assert!(
-            !due_for_refresh(&r, None, now),
-            "no idle limit, no keep-alive"
-        );
-    }
-
-    #[test]
-    fn nothing_is_refreshed_that_cannot_or_must_not_be() {
-        let now = 1_000 * DAY;
-        let due = row(DAY, now);
-        assert!(due_for_refresh(&due, None, now));
-        let mut r = due.clone();
-        r.status = ConnectionStatus::NeedsReauth;
-        assert!(!due_for_refresh(&r, None, now));
-        let mut r = due.clone();
-        r.refresh_token = None;
-        assert!(!due_for_refresh(&r, None, now));
-        let mut r = due.clone();
-        r.retry_at_ms = Some(now + 1);
-        assert!(!due_for_refresh(&r, None, now), "backing off");
-    }
-
-    #[test]
-    fn backoff_doubles_from_five_seconds_up_to_ten_minutes() {
-        assert_eq!(backoff_ms(0), 5_000);
-        assert_eq!(backoff_ms(1), 10_000);
-        assert_eq!(backoff_ms(3), 40_000);
-        assert_eq!(backoff_ms(50), 600_000);
     }
 }
