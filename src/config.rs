@@ -767,12 +767,7 @@ impl Settings {
         };
         // A public_url on this host's loopback, on another port than oauthd's: a config
         // copied with another listen port (or `--listen`), whose links lead nowhere.
-        let loopback = match url.host() {
-            Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            None => false,
-        };
+        let loopback = crate::local_url::is_loopback(url);
         let port = url.port_or_known_default()?;
         let here = bound.ip().is_loopback() || bound.ip().is_unspecified();
         (loopback && here && port != bound.port()).then(|| {
@@ -869,7 +864,7 @@ fn parse_public_url(text: &str) -> Result<Url, ConfigError> {
             "its path must be plain segments (no //, no ; , or \\) and it must not carry a user name",
         ));
     }
-    if url.scheme() == "http" && !crate::oauth::provider::is_loopback(&url) {
+    if url.scheme() == "http" && !crate::local_url::is_loopback(&url) {
         log::warn!(
             "public_url {url} is plain http on a non-loopback host: authorization codes will cross the network unencrypted; most providers require https there"
         );

@@ -37,6 +37,7 @@ pub mod config;
 pub mod env_names;
 pub mod http;
 pub mod ip_range;
+pub mod local_url;
 pub mod logging;
 pub mod metrics;
 pub mod namespace;

@@ -691,12 +691,7 @@ impl Broker {
 /// same host, or both this machine's loopback (a provider that refuses `localhost` is
 /// given `127.0.0.1` for oauthd's own callback at `localhost`).
 fn same_place(a: &url::Url, b: &url::Url) -> bool {
-    let loopback = |u: &url::Url| match u.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    };
+    let loopback = crate::local_url::is_loopback;
     a.scheme() == b.scheme()
         && a.port_or_known_default() == b.port_or_known_default()
         && a.path() == b.path()

@@ -12,7 +12,7 @@ pub mod sign;
 pub use event::{Event, EventType};
 
 use crate::clock::Clock;
-use crate::oauth::provider::is_loopback;
+use crate::local_url::is_loopback;
 use crate::store::{DeliveryRow, DeliveryStatus, NewDelivery, OutboxStore, StoreError};
 use serde::Deserialize;
 use serde_json::Value;

@@ -406,7 +406,7 @@ pub fn endpoint_url(key: &str, text: &str) -> Result<Url, String> {
     let url = Url::parse(text).map_err(|e| format!("{key}: {text:?} is not a URL ({e})"))?;
     match url.scheme() {
         "https" => Ok(url),
-        "http" if is_loopback(&url) => Ok(url),
+        "http" if crate::local_url::is_loopback(&url) => Ok(url),
         "http" => Err(format!(
             "{key}: {text} uses plain http; tokens would cross the network unencrypted (http is allowed only for 127.0.0.1, ::1 and localhost)"
         )),
@@ -430,12 +430,7 @@ fn paste_redirect(key: &str, name: &str, cfg: &ProviderConfig) -> Result<Option<
     };
     let field = format!("{key}.redirect_uri");
     let url = Url::parse(&text).map_err(|e| format!("{field}: {text:?} is not a URL ({e})"))?;
-    let loopback_ip = match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        _ => false,
-    };
-    if url.scheme() != "http" || !loopback_ip {
+    if url.scheme() != "http" || !crate::local_url::is_loopback_ip(&url) {
         return Err(format!(
             "{field}: {text} is not a loopback IP literal over http (use http://127.0.0.1:PORT/…; providers such as Spotify refuse localhost). For a redirect that reaches oauthd, set public_url instead"
         ));
@@ -464,34 +459,6 @@ pub fn api_base_url(key: &str, text: &str) -> Result<Url, String> {
         url.set_path(&path);
     }
     Ok(url)
-}
-
-pub fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d == "localhost",
-        None => false,
-    }
-}
-
-/// Whether the URL names this machine: a loopback or unspecified address, or localhost.
-pub fn is_this_machine(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback() || ip.is_unspecified(),
-        Some(url::Host::Ipv6(ip)) => {
-            ip.is_loopback()
-                || ip.is_unspecified()
-                || ip
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| v4.is_loopback() || v4.is_unspecified())
-        }
-        Some(url::Host::Domain(d)) => {
-            let d = d.trim_end_matches('.').to_ascii_lowercase();
-            d == "localhost" || d.ends_with(".localhost")
-        }
-        None => false,
-    }
 }
 
 impl Provider {
@@ -737,11 +704,11 @@ fn endpoints_from(
     }
     // A remote issuer must not point oauthd at loopback endpoints: that would make it POST
     // the client secret and refresh tokens to whatever listens on this machine.
-    let remote_issuer = !is_this_machine(issuer);
+    let remote_issuer = !crate::local_url::is_this_machine(issuer);
     let url = |field: &str, v: Option<String>| -> Result<Option<Url>, DiscoveryError> {
         v.map(|t| {
             let u = endpoint_url(field, &t).map_err(fail)?;
-            if remote_issuer && is_this_machine(&u) {
+            if remote_issuer && crate::local_url::is_this_machine(&u) {
                 return Err(fail(format!(
                     "{field} {u} is on a loopback address, which only a loopback issuer may use"
                 )));

@@ -216,7 +216,7 @@ fn link_end(params: &str) -> usize {
 /// unspecified addresses, `localhost` and `*.localhost`, which browsers and resolvers
 /// send to loopback).
 fn names(target: &Url, own: &Url) -> bool {
-    use crate::oauth::provider::is_this_machine as local;
+    use crate::local_url::is_this_machine as local;
     let named = host_of(target)
         .zip(host_of(own))
         .is_some_and(|(t, o)| within(&t, &o));
