@@ -24,12 +24,14 @@
 //! `HELD_MAX` read ahead) and the rest in the socket, where TCP holds the client back.
 
 use bytes::BytesMut;
+use memchr::memmem::Finder;
 use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::LazyLock;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -370,29 +372,41 @@ enum Scan {
 /// stops after the `max`-th and says where it ends. A blank line in a body counts too:
 /// the count is an upper bound, which is the safe side.
 fn head_ends(scan: &mut Scan, bytes: &[u8], max: u32) -> (u32, Option<usize>) {
+    static CRLF: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\r\n"));
+    static LF: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\n"));
     let mut found = 0;
-    let mut start = 0;
-    let mut before = *scan;
-    for at in memchr::memchr_iter(b'\n', bytes) {
-        let ends = matches!(
-            (bytes.get(start..at).unwrap_or_default(), before),
-            ([], Scan::AfterLf | Scan::AfterLfCr) | ([b'\r'], Scan::AfterLf)
-        );
-        start = at + 1;
-        if ends {
-            found += 1;
-            before = Scan::Elsewhere;
-            if found == max {
-                *scan = Scan::Elsewhere;
-                return (found, Some(start));
+    let mut from = 0;
+    // An end begun in the bytes before.
+    let mut next = match (*scan, bytes) {
+        (Scan::AfterLf | Scan::AfterLfCr, [b'\n', ..]) => Some(1),
+        (Scan::AfterLf, [b'\r', b'\n', ..]) => Some(2),
+        _ => None,
+    };
+    loop {
+        let end = match next.take() {
+            Some(end) => end,
+            None => {
+                let rest = bytes.get(from..).unwrap_or_default();
+                let crlf = CRLF.find(rest).map(|at| at + 3);
+                let lf = LF.find(rest).map(|at| at + 2);
+                match crlf.into_iter().chain(lf).min() {
+                    Some(end) => from + end,
+                    None => break,
+                }
             }
-        } else {
-            before = Scan::AfterLf;
+        };
+        found += 1;
+        from = end;
+        if found == max {
+            *scan = Scan::Elsewhere;
+            return (found, Some(end));
         }
     }
-    *scan = match (bytes.get(start..).unwrap_or_default(), before) {
-        ([], before) => before,
-        ([b'\r'], Scan::AfterLf) => Scan::AfterLfCr,
+    *scan = match (bytes.get(from..).unwrap_or_default(), *scan) {
+        ([], before) if found == 0 => before,
+        ([b'\r'], Scan::AfterLf) if found == 0 => Scan::AfterLfCr,
+        ([.., b'\n'], _) => Scan::AfterLf,
+        ([.., b'\n', b'\r'], _) => Scan::AfterLfCr,
         _ => Scan::Elsewhere,
     };
     (found, None)
@@ -501,6 +515,57 @@ mod tests {
             head_ends(&mut Scan::default(), &both, 2),
             (2, Some(both.len()))
         );
+    }
+
+    /// `head_ends` written the plain way, a byte at a time: what the fast one must match.
+    fn head_ends_byte_by_byte(scan: &mut Scan, bytes: &[u8], max: u32) -> (u32, Option<usize>) {
+        let mut found = 0;
+        for (at, b) in bytes.iter().enumerate() {
+            let (ends, next) = match (*b, *scan) {
+                (b'\n', Scan::AfterLf | Scan::AfterLfCr) => (true, Scan::Elsewhere),
+                (b'\n', Scan::Elsewhere) => (false, Scan::AfterLf),
+                (b'\r', Scan::AfterLf) => (false, Scan::AfterLfCr),
+                _ => (false, Scan::Elsewhere),
+            };
+            *scan = next;
+            if ends {
+                found += 1;
+                if found == max {
+                    return (found, Some(at + 1));
+                }
+            }
+        }
+        (found, None)
+    }
+
+    #[test]
+    fn head_ends_match_a_byte_by_byte_reading_of_any_bytes() {
+        // Every text of up to 7 bytes of \n, \r and x, cut in two at every place.
+        let alphabet = [b'\n', b'\r', b'x'];
+        for len in 0..=7u32 {
+            for code in 0..3usize.pow(len) {
+                let text: Vec<u8> = (0..len)
+                    .map(|i| alphabet[code / 3usize.pow(i) % 3])
+                    .collect();
+                for split in 0..=text.len() {
+                    let (one, two) = text.split_at(split);
+                    let (mut fast, mut plain) = (Scan::default(), Scan::default());
+                    for part in [one, two] {
+                        for max in [1, 2, 9] {
+                            let (mut f, mut p) = (fast, plain);
+                            assert_eq!(
+                                head_ends(&mut f, part, max),
+                                head_ends_byte_by_byte(&mut p, part, max),
+                                "{text:?} at {split}, max {max}"
+                            );
+                            assert_eq!(f, p, "{text:?} at {split}, max {max}");
+                        }
+                        head_ends(&mut fast, part, 9);
+                        head_ends_byte_by_byte(&mut plain, part, 9);
+                    }
+                }
+            }
+        }
     }
 
     const ONE: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
