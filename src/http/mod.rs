@@ -5,6 +5,7 @@ mod access_log;
 pub(crate) use access_log::from_http_layer;
 mod admin;
 mod auth;
+mod base_path;
 pub(crate) mod body;
 mod body_deadline;
 mod callback;

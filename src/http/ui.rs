@@ -301,19 +301,28 @@ pub async fn csrf_for(app: &AppState, req: &HttpRequest) -> Result<Option<String
 /// it, when that browser's cookies reach the callback (the page is on `public_url`'s host:
 /// cookies are kept by host, whatever the port); else (the page opened at `localhost`
 /// for `127.0.0.1`, a LAN address, a tunnel) the operator as from the CLI, finished in
-/// whatever browser has the address, as before.
+/// whatever browser has the address, as before. The page's host is the request's `Host`,
+/// or its `Origin`'s (a browser sends it with every POST): a reverse proxy that does not
+/// pass the name people use (`proxy_set_header Host`) must not make the page's flows
+/// finishable anywhere.
 fn page_starter(app: &AppState, req: &HttpRequest) -> FlowStarter<'static> {
-    let on_public_host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .and_then(super::host::name_of)
-        .zip(app.broker.public_url().host_str())
-        .is_some_and(|(page, public)| {
-            page.trim_end_matches('.')
+    let public = app.broker.public_url().host_str().unwrap_or_default();
+    let is_public = |name: &str| {
+        !public.is_empty()
+            && name
+                .trim_end_matches('.')
                 .eq_ignore_ascii_case(public.trim_end_matches('.'))
-        });
-    if on_public_host {
+    };
+    let header = |name| req.headers().get(name).and_then(|h| h.to_str().ok());
+    let by_host = header(header::HOST)
+        .and_then(super::host::name_of)
+        .is_some_and(is_public);
+    let by_origin = || {
+        header(header::ORIGIN)
+            .and_then(|o| url::Url::parse(o).ok())
+            .is_some_and(|o| o.host_str().is_some_and(is_public))
+    };
+    if by_host || by_origin() {
         FlowStarter::Page
     } else {
         FlowStarter::Operator

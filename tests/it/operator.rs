@@ -1741,3 +1741,34 @@ fn the_shipped_service_and_container_files_wait_out_a_stop() {
         );
     }
 }
+
+/// Below a path (`public_url = "…/oauthd"`), a reverse proxy may strip the path
+/// (`proxy_pass http://127.0.0.1:6288/;`, which decodes a subject's `%2F` on the way) or
+/// pass it as the browser sent it (`proxy_pass http://127.0.0.1:6288;`): oauthd serves
+/// both. A path that only begins like the prefix is not taken for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn paths_below_public_urls_path_are_served_with_it_or_without_it() {
+    let home = Home::new();
+    home.write_config("public_url = \"https://home.example/oauthd\"\n");
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let subject = "/v1/namespaces/s/subjects/a%2Fb/states";
+    for path in ["/healthz", "/oauthd/healthz", subject, &format!("/oauthd{subject}")] {
+        let (status, body) = d.get(path, &key).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let (status, _) = d.get("/oauthdx/healthz", &key).await;
+    assert_eq!(status, 404);
+    // The page below the prefix: its assets are where its links say.
+    let page = d.http.get(format!("{}/oauthd/", d.url)).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap_or_default();
+    assert!(html.contains("/oauthd/static/app.js"), "{html}");
+    let asset = d
+        .http
+        .get(format!("{}/oauthd/static/app.js", d.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asset.status(), 200);
+}

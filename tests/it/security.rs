@@ -1727,6 +1727,28 @@ async fn a_flow_started_on_the_page_finishes_only_in_a_signed_in_browser() {
     let (status, page, _) = d.browser_get(&callback).await;
     assert_eq!(status, 200, "{page}");
     assert_eq!(d.get("/v1/connections/peer/elsewhere", &key).await.0, 200);
+
+    // Behind a reverse proxy that passes its own name for oauthd's (no `proxy_set_header
+    // Host`), the browser's `Origin` still says the page is public_url's: bound to it.
+    let started: serde_json::Value = no_redirects()
+        .post(format!("{}/ui/api/connect/peer", d.url))
+        .header("host", format!("localhost:{port}"))
+        .header("origin", &d.url)
+        .header("cookie", format!("oauthd_session={}", ui.0))
+        .header("x-csrf-token", &ui.1)
+        .json(&serde_json::json!({"account": "proxied"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap_or_default();
+    let callback = peer
+        .approve(started["authorize_url"].as_str().unwrap_or_default())
+        .await;
+    let (status, page, _) = d.browser_get(&callback).await;
+    assert_eq!(status, 403, "{page}");
+    assert_eq!(d.get("/v1/connections/peer/proxied", &key).await.0, 404);
 }
 
 /// Revoking an app's key ends the flows it started: their confirmation pages refuse, and a
