@@ -155,6 +155,7 @@ impl Broker {
             drop(deleting);
             if deleted {
                 self.notifier.written(&events);
+                self.forget_tried(&key);
             }
             // Not deleted: another process deleted it meanwhile, or refreshed or
             // reconnected it after `row` was read; the newer tokens are revoked in turn.

@@ -275,8 +275,17 @@ impl Broker {
     /// now on, its own (`record_failure`) and other processes' alike.
     fn mark_tried(&self, key: &ConnectionKey) {
         if let Ok(mut tried) = self.tried_since_start.lock() {
-            // Bounded: an entry per connection this process refreshed.
+            // Bounded: an entry per live connection this process refreshed (`forget_tried`
+            // when one is deleted here).
             tried.insert(key.clone());
+        }
+    }
+
+    /// A connection deleted here: an app that imports, refreshes and deletes connection
+    /// after connection does not grow the set until the next restart.
+    pub(super) fn forget_tried(&self, key: &ConnectionKey) {
+        if let Ok(mut tried) = self.tried_since_start.lock() {
+            tried.remove(key);
         }
     }
 
