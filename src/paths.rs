@@ -3,6 +3,17 @@
 use std::path::{Path, PathBuf};
 
 /// The directory a file is in: `.` for a bare name (`Path::parent` gives an empty path).
+/// A new file only this user can read and write (mode 600), made only if nothing has the
+/// name (so never through a link someone else planted), open for writing.
+pub fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
 pub fn dir_of(path: &Path) -> &Path {
     path.parent()
         .filter(|d| !d.as_os_str().is_empty())

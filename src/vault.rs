@@ -296,13 +296,8 @@ impl Vault {
 
 fn write_new_key_file(path: &Path) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let key = generate_key_text().map_err(std::io::Error::other)?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut file = crate::paths::create_private(path)?;
     writeln!(
         file,
         "# oauthd vault key. Back it up with the database; keep it private.\n{}",
@@ -338,7 +333,6 @@ struct Loaded {
 /// 600, never over another file (nor through a link); returns where.
 fn rescue_copy(path: &Path, text: &str) -> std::io::Result<PathBuf> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -349,12 +343,7 @@ fn rescue_copy(path: &Path, text: &str) -> std::io::Result<PathBuf> {
             path,
             &format!(".loaded-{}-{secs}-{tries}", std::process::id()),
         );
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&copy)
-        {
+        match crate::paths::create_private(&copy) {
             Ok(file) => break (copy, file),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 100 => {}
             Err(e) => return Err(e),
@@ -702,7 +691,6 @@ pub fn sealed_key_id(sealed: &[u8]) -> Option<String> {
 /// Writes key file text atomically (temp file, fsync, rename), mode 0600.
 pub fn write_key_file(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let dir = crate::paths::dir_of(path);
     let tmp = dir.join(format!(
         ".{}.tmp",
@@ -711,11 +699,7 @@ pub fn write_key_file(path: &Path, text: &str) -> std::io::Result<()> {
             .unwrap_or("oauthd.key")
     ));
     let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let mut file = crate::paths::create_private(&tmp)?;
     // The file it replaces keeps its owner: root running `oauthd rekey` on the key file
     // of a service that runs as its own user must not leave it a file it cannot read.
     if let Ok(old) = std::fs::metadata(path) {

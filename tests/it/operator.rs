@@ -1753,14 +1753,24 @@ async fn paths_below_public_urls_path_are_served_with_it_or_without_it() {
     let key = home.create_key("app", &[]);
     let d = home.start();
     let subject = "/v1/namespaces/s/subjects/a%2Fb/states";
-    for path in ["/healthz", "/oauthd/healthz", subject, &format!("/oauthd{subject}")] {
+    for path in [
+        "/healthz",
+        "/oauthd/healthz",
+        subject,
+        &format!("/oauthd{subject}"),
+    ] {
         let (status, body) = d.get(path, &key).await;
         assert_eq!(status, 200, "{path}: {body}");
     }
     let (status, _) = d.get("/oauthdx/healthz", &key).await;
     assert_eq!(status, 404);
     // The page below the prefix: its assets are where its links say.
-    let page = d.http.get(format!("{}/oauthd/", d.url)).send().await.unwrap();
+    let page = d
+        .http
+        .get(format!("{}/oauthd/", d.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap_or_default();
     assert!(html.contains("/oauthd/static/app.js"), "{html}");

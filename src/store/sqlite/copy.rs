@@ -9,7 +9,7 @@ use super::workspace::Workspace;
 use super::{oauthds_version, OpenError, MIGRATIONS};
 use crate::paths::{dir_of, with_suffix};
 use rusqlite::{Connection, OpenFlags};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -557,12 +557,7 @@ fn write_copy(
     version: i64,
     owner: Option<(u32, u32)>,
 ) -> Result<(Copied, std::fs::File), CopyError> {
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(partial)
-        .map_err(|e| CopyError::file(partial, e))?;
+    let file = crate::paths::create_private(partial).map_err(|e| CopyError::file(partial, e))?;
     // Unlocked only for the moment since it was made, which the cleanup's minute covers.
     let _ = file.try_lock();
     let owned = match owner {

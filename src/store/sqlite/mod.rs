@@ -368,13 +368,7 @@ impl SqliteStore {
             // usual 022): a reader that opened it before a chmod would keep its handle, and
             // read all that is written after. SQLite gives the -wal and -shm files the
             // database file's mode.
-            use std::os::unix::fs::OpenOptionsExt;
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-            {
+            match crate::paths::create_private(path) {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(open_err(&e)),
