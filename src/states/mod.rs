@@ -597,10 +597,12 @@ impl StateService {
         // Dropped after the write (even when this call is cancelled meanwhile): a verify
         // that read before it cannot put the state back.
         let consumed = self.seen.forget_after(&state.hash());
-        let mut taken = self.store.take_state(state.hash(), filter).await;
-        if matches!(taken, Ok(Taken::Missing)) {
-            taken = self.store.take_state(state.legacy_hash(), filter).await;
-        }
+        let taken = on_either_key(
+            state,
+            |t| matches!(t, Ok(Taken::Missing)),
+            |key| self.store.take_state(key, filter),
+        )
+        .await;
         drop(consumed);
         let row = match taken? {
             Taken::Missing => return Err(unknown()),
@@ -775,16 +777,13 @@ impl StateService {
         let now = self.clock.now_ms();
         let ns = namespace.as_str();
         let tried = self.seen.forget_after(&state.hash());
-        let mut attempted = self
-            .store
-            .attempt_state(state.hash(), ns, state.code_hash(code), now)
-            .await;
-        if matches!(attempted, Ok(Attempted::Missing)) {
-            attempted = self
-                .store
-                .attempt_state(state.legacy_hash(), ns, state.code_hash(code), now)
-                .await;
-        }
+        let candidate = state.code_hash(code);
+        let attempted = on_either_key(
+            state,
+            |a| matches!(a, Ok(Attempted::Missing)),
+            |key| self.store.attempt_state(key, ns, candidate, now),
+        )
+        .await;
         drop(tried);
         let attempted = attempted?;
         let outcome = match attempted {
@@ -820,16 +819,12 @@ impl StateService {
     ) -> Result<(), StateError> {
         let now = self.clock.now_ms();
         let _revoked = self.seen.forget_after(&state.hash());
-        let mut revoked = self
-            .store
-            .revoke_state(state.hash(), namespace.as_str(), now)
-            .await;
-        if matches!(revoked, Ok(false)) {
-            revoked = self
-                .store
-                .revoke_state(state.legacy_hash(), namespace.as_str(), now)
-                .await;
-        }
+        let revoked = on_either_key(
+            state,
+            |r| matches!(r, Ok(false)),
+            |key| self.store.revoke_state(key, namespace.as_str(), now),
+        )
+        .await;
         found_or_not(revoked?)
     }
 
@@ -883,6 +878,24 @@ impl StateService {
             .revoke_subject(namespace.as_str(), subject, now)
             .await;
         Ok(forget_revoked(revoking, revoked)?.live)
+    }
+}
+
+/// `op` on the state's stored key, and again on its legacy key (the value's plain SHA-256,
+/// which states made before 2026-12-01 are stored under) when the first finds nothing.
+async fn on_either_key<T, Fut>(
+    state: &StateValue,
+    missing: impl Fn(&T) -> bool,
+    op: impl Fn(SecretHash) -> Fut,
+) -> T
+where
+    Fut: std::future::Future<Output = T>,
+{
+    let first = op(state.hash()).await;
+    if missing(&first) {
+        op(state.legacy_hash()).await
+    } else {
+        first
     }
 }
 
