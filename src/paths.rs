@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 
-/// The directory a file is in: `.` for a bare name (`Path::parent` gives an empty path).
 /// A new file only this user can read and write (mode 600), made only if nothing has the
 /// name (so never through a link someone else planted), open for writing.
 pub fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
@@ -14,6 +13,7 @@ pub fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
+/// The directory a file is in: `.` for a bare name (`Path::parent` gives an empty path).
 pub fn dir_of(path: &Path) -> &Path {
     path.parent()
         .filter(|d| !d.as_os_str().is_empty())

@@ -477,7 +477,7 @@ impl Broker {
             &self.redirect_uri(provider_name),
             state.expose(),
         )
-        .map_err(flow_error)?;
+        .map_err(no_random)?;
         let app = match starter {
             FlowStarter::Operator | FlowStarter::Page => None,
             FlowStarter::App { key_id, key_name } => Some(

@@ -275,8 +275,8 @@ impl Broker {
     /// now on, its own (`record_failure`) and other processes' alike.
     fn mark_tried(&self, key: &ConnectionKey) {
         if let Ok(mut tried) = self.tried_since_start.lock() {
-            // Bounded: an entry per live connection this process refreshed (`forget_tried`
-            // when one is deleted here).
+            // Bounded: an entry per connection this process refreshed and did not delete
+            // (`forget_tried`); one another process deleted stays until the next start.
             tried.insert(key.clone());
         }
     }

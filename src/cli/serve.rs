@@ -63,6 +63,14 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
     if let Some(hint) = settings.public_url_hint(bound) {
         log::warn!("{hint}");
     }
+    let base_path = public_url.path().trim_end_matches('/').to_owned();
+    if !base_path.is_empty() && !crate::http::base_path::strippable(&base_path) {
+        log::warn!(
+            "public_url's path {base_path} begins like one of oauthd's own paths: oauthd \
+             cannot take it off the requests it gets, so a reverse proxy in front must strip \
+             it (nginx: proxy_pass with a path, http://127.0.0.1:6288/)"
+        );
+    }
     let (states, broker) = services(
         &settings,
         &store,
@@ -228,7 +236,8 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
             outbox: store.clone(),
             admin,
             secure_cookies: public_url.scheme() == "https",
-            base_path: public_url.path().trim_end_matches('/').to_owned(),
+            base_path: base_path.clone(),
+            strip_base_path: crate::http::base_path::strippable(&base_path),
             metrics_token,
             public_limit: crate::http::RateLimiter::new(settings.public_per_minute),
             failed_auth_limit: crate::http::RateLimiter::new(settings.failed_auth_per_minute),

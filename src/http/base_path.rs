@@ -82,5 +82,27 @@ mod tests {
         assert_eq!(stripped("/oauthd/").0, "/");
         assert_eq!(stripped("/oauthdx/v1").0, "/oauthdx/v1");
         assert_eq!(stripped("/v1/states").0, "/v1/states");
+        assert_eq!(
+            stripped("http://home.example/oauthd/healthz?x=1").0,
+            "http://home.example/healthz?x=1"
+        );
+    }
+
+    /// Every path the API's description names begins with a root listed here (the other
+    /// routes are few, and listed by hand beside them).
+    #[test]
+    fn the_api_paths_begin_with_a_listed_root() {
+        let doc: serde_json::Value =
+            serde_json::from_str(crate::http::openapi_json()).expect("the description");
+        let paths = doc["paths"].as_object().expect("paths");
+        assert!(!paths.is_empty());
+        for path in paths.keys() {
+            let first = path
+                .trim_start_matches('/')
+                .split('/')
+                .next()
+                .unwrap_or_default();
+            assert!(ROUTE_ROOTS.contains(&first), "{path}");
+        }
     }
 }

@@ -259,11 +259,9 @@ pub(super) fn failed(
         }
     };
     let mut resp = page_for(by_app, base, status, title, &body);
-    if status == 503 {
-        resp.headers_mut().insert(
-            header::RETRY_AFTER,
-            header::HeaderValue::from(super::problem::CALLBACK_RETRY_AFTER_SECS),
-        );
+    if let Some(secs) = super::problem::callback_retry_after(whole) {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
     }
     resp
 }

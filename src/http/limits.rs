@@ -26,13 +26,12 @@ pub async fn enforce(
 ) -> Result<ServiceResponse<Held<EitherBody<impl MessageBody>>>, actix_web::Error> {
     // Served below public_url's path whether a reverse proxy stripped it or not; first,
     // as everything below reads the path.
-    let base = req
+    let app = req
         .app_data::<actix_web::web::Data<super::AppState>>()
-        .and_then(|app| {
-            super::base_path::strippable(&app.base_path).then(|| app.base_path.clone())
-        });
-    if let Some(base) = base {
-        super::base_path::strip(&mut req, &base);
+        .filter(|app| app.strip_base_path)
+        .cloned();
+    if let Some(app) = app {
+        super::base_path::strip(&mut req, &app.base_path);
     }
     // Until its answer is sent, the connection waits for no next request.
     let turn = req

@@ -5,7 +5,7 @@ mod access_log;
 pub(crate) use access_log::from_http_layer;
 mod admin;
 mod auth;
-mod base_path;
+pub mod base_path;
 pub(crate) mod body;
 mod body_deadline;
 mod callback;
@@ -69,6 +69,9 @@ pub struct AppState {
     /// The path oauthd is served under: `public_url`'s, without the final `/` ("" at the
     /// root). Every address oauthd emits starts with it.
     pub base_path: String,
+    /// Whether requests that still carry `base_path` have it taken off (`base_path`'s
+    /// module): it is not empty, and hides none of oauthd's own paths.
+    pub strip_base_path: bool,
     /// Bearer token `/metrics` asks for, when set.
     pub metrics_token: Option<crate::secret::SecretText>,
     /// Budget per client address on the public routes.

@@ -180,6 +180,7 @@ fn entropy_unavailable() -> ApiError {
         "entropy_unavailable",
         "the system random number generator failed; nothing was issued",
     )
+    .retry_after(1)
 }
 
 /// A sealed value that does not open, as callers are told it.
@@ -344,8 +345,13 @@ pub fn callback_status(e: &CallbackError) -> u16 {
     }
 }
 
-/// When a callback that stored nothing for a storage fault (a 503) may be tried again.
-pub const CALLBACK_RETRY_AFTER_SECS: u64 = 5;
+/// When a callback that stored nothing may be tried again with the same address: only
+/// after a storage fault, which used nothing up (the state is taken in the same write
+/// that failed). Other 503s (tokens the store refused, a provider out of reach) come after
+/// the state was taken: the same address can only answer `unknown_state`.
+pub fn callback_retry_after(e: &CallbackError) -> Option<u64> {
+    matches!(e.unwrapped().0, CallbackError::Storage(_)).then_some(5)
+}
 
 /// A connect flow finished from a pasted address that stored nothing: the callback page's
 /// status and words, with a stable code, and the account when starting again can help.
@@ -388,8 +394,8 @@ pub fn callback_problem(provider: &str, e: &CallbackError) -> ApiError {
     };
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
     let mut problem = ApiError::new(status, code, detail);
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        problem = problem.retry_after(CALLBACK_RETRY_AFTER_SECS);
+    if let Some(secs) = callback_retry_after(e) {
+        problem = problem.retry_after(secs);
     }
     let account = match e {
         _ if by_app => None,
@@ -425,5 +431,31 @@ mod tests {
         }
         let lost = ApiError::from(BrokerError::Vault(VaultError::Corrupt));
         assert_eq!(lost.code, "vault_error");
+    }
+
+    /// Only a callback that used nothing up is told to come back: the others' state is
+    /// spent, and the same address can only answer `unknown_state`.
+    #[test]
+    fn only_a_callback_that_met_a_storage_fault_is_to_be_tried_again() {
+        let storage = || CallbackError::Storage("locked".into());
+        assert_eq!(callback_retry_after(&storage()), Some(5));
+        assert_eq!(
+            callback_retry_after(&CallbackError::ByApp(Box::new(storage()))),
+            Some(5)
+        );
+        for spent in [
+            CallbackError::NotStored("refused".into()),
+            CallbackError::ProviderUnreachable {
+                account: "a".into(),
+                message: "refused".into(),
+            },
+        ] {
+            assert_eq!(callback_retry_after(&spent), None, "{spent:?}");
+            let problem = callback_problem("p", &spent);
+            assert_eq!(
+                (problem.status, problem.retry_after_secs()),
+                (StatusCode::SERVICE_UNAVAILABLE, None)
+            );
+        }
     }
 }

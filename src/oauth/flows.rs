@@ -152,21 +152,20 @@ fn client(provider: &Provider, endpoints: &Endpoints, redirect: Option<&Url>) ->
 }
 
 /// The authorization URL for `state`, with a fresh PKCE verifier (S256) and, for OpenID
-/// scopes, a nonce.
+/// scopes, a nonce; fails only when the system's random number generator does.
 pub fn authorize_url(
     provider: &Provider,
     endpoints: &Endpoints,
     redirect: &Url,
     state: &str,
-) -> Result<AuthorizeRequest, FlowError> {
+) -> Result<AuthorizeRequest, getrandom::Error> {
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let nonce = provider
         .scopes
         .iter()
         .any(|s| s == "openid")
         .then(|| crate::secret::random_bytes::<16>().map(|b| URL_SAFE_NO_PAD.encode(b)))
-        .transpose()
-        .map_err(|_| FlowError::Transient("the system random number generator failed".into()))?;
+        .transpose()?;
     let c = client(provider, endpoints, Some(redirect));
     let state = state.to_owned();
     let mut req = c

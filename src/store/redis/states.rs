@@ -193,7 +193,7 @@ local freed = 0
 if sub and ARGV[12] == '1' then freed = call('ZCOUNT', sub, '(' .. now, '+inf') end
 if sub and ARGV[12] ~= '1' and call('ZCOUNT', sub, '(' .. now, '+inf') >= tonumber(ARGV[13]) then
   local first = call('ZRANGEBYSCORE', sub, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-  return {'-2', first[2] or now}
+  return {'-2', string.format('%d', tonumber(first[2] or now))}
 end
 if call('ZCOUNT', live, '(' .. now, '+inf') - freed >= tonumber(ARGV[9]) then return {'-1'} end
 local all_live = call('ZCOUNT', ALL, '(' .. now, '+inf')
