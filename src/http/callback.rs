@@ -226,25 +226,25 @@ pub(super) fn failed(
     let (status, title, detail) = wording(provider, whole);
     let body = match e {
         Expired { account } => format!(
-                "<p>Connecting <strong>{}</strong> ({}) took longer than the {} oauthd keeps a sign-in open, so nothing was stored.</p>{}",
-                escape(provider),
-                escape(account),
-                escape(&app.broker.flow_ttl_text(provider, account, by_app)),
-                again(account, "Start again")
-            ),
+            "<p>Connecting <strong>{}</strong> ({}) took longer than the {} oauthd keeps a sign-in open, so nothing was stored.</p>{}",
+            escape(provider),
+            escape(account),
+            escape(&app.broker.flow_ttl_text(provider, account, by_app)),
+            again(account, "Start again")
+        ),
         Denied {
             account,
             description,
         } => format!(
-                "<p>{} reported that access was not granted{}. Nothing was stored.</p>{}",
-                escape(provider),
-                if description.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (<q>{}</q>)", escape(description))
-                },
-                again(account, "Try again")
-            ),
+            "<p>{} reported that access was not granted{}. Nothing was stored.</p>{}",
+            escape(provider),
+            if description.is_empty() {
+                String::new()
+            } else {
+                format!(" (<q>{}</q>)", escape(description))
+            },
+            again(account, "Try again")
+        ),
         // Nothing was used up (the state is taken in the same write that would fail).
         Storage(message) => format!(
             "<p>{}</p><p>Nothing was used up: reload this page in a few seconds to finish connecting.</p>",

@@ -368,7 +368,10 @@ impl Notifier {
                 .is_err()
         {
             return Ok(TestSent::TooSoon {
-                retry_after_secs: crate::clock::seconds_until(now, now.saturating_add(wait)),
+                retry_after_secs: crate::clock::seconds_until(
+                    now,
+                    last.saturating_add(TEST_EVERY_MS),
+                ),
             });
         }
         let event = self.event(
