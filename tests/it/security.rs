@@ -1709,45 +1709,40 @@ async fn a_flow_started_on_the_page_finishes_only_in_a_signed_in_browser() {
     // sign-in is that name's, and never reaches the callback at public_url's; its flows
     // finish as the CLI's do, in the browser the provider sends back.
     let port = d.url.rsplit(':').next().unwrap_or_default();
-    let started: serde_json::Value = no_redirects()
-        .post(format!("{}/ui/api/connect/peer", d.url))
-        .header("host", format!("localhost:{port}"))
-        .header("cookie", format!("oauthd_session={}", ui.0))
-        .header("x-csrf-token", &ui.1)
-        .json(&serde_json::json!({"account": "elsewhere"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap_or_default();
-    let callback = peer
-        .approve(started["authorize_url"].as_str().unwrap_or_default())
-        .await;
-    let (status, page, _) = d.browser_get(&callback).await;
-    assert_eq!(status, 200, "{page}");
+    // Starts a flow from the page as a browser at `localhost` would, with `origin` if
+    // any; approves it at the provider and opens the callback in a browser not signed
+    // in: the callback's status.
+    let at_localhost = |account: &'static str, origin: Option<String>| {
+        let (d, peer, ui) = (&d, &peer, &ui);
+        async move {
+            let mut start = no_redirects()
+                .post(format!("{}/ui/api/connect/peer", d.url))
+                .header("host", format!("localhost:{port}"))
+                .header("cookie", format!("oauthd_session={}", ui.0))
+                .header("x-csrf-token", &ui.1);
+            if let Some(origin) = origin {
+                start = start.header("origin", origin);
+            }
+            let started: serde_json::Value = start
+                .json(&serde_json::json!({"account": account}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap_or_default();
+            let callback = peer
+                .approve(started["authorize_url"].as_str().unwrap_or_default())
+                .await;
+            d.browser_get(&callback).await.0
+        }
+    };
+    assert_eq!(at_localhost("elsewhere", None).await, 200);
     assert_eq!(d.get("/v1/connections/peer/elsewhere", &key).await.0, 200);
 
     // Behind a reverse proxy that passes its own name for oauthd's (no `proxy_set_header
     // Host`), the browser's `Origin` still says the page is public_url's: bound to it.
-    let started: serde_json::Value = no_redirects()
-        .post(format!("{}/ui/api/connect/peer", d.url))
-        .header("host", format!("localhost:{port}"))
-        .header("origin", &d.url)
-        .header("cookie", format!("oauthd_session={}", ui.0))
-        .header("x-csrf-token", &ui.1)
-        .json(&serde_json::json!({"account": "proxied"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap_or_default();
-    let callback = peer
-        .approve(started["authorize_url"].as_str().unwrap_or_default())
-        .await;
-    let (status, page, _) = d.browser_get(&callback).await;
-    assert_eq!(status, 403, "{page}");
+    assert_eq!(at_localhost("proxied", Some(d.url.clone())).await, 403);
     assert_eq!(d.get("/v1/connections/peer/proxied", &key).await.0, 404);
 }
 
