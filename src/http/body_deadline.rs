@@ -27,7 +27,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
-use super::next_request::Turn;
+use super::next_request::{Turn, Watch};
 
 /// Where the proxy's routes start (see `apply`).
 const PROXY_PREFIX: &str = "/v1/proxy/";
@@ -57,8 +57,9 @@ impl Stream for Shared {
     }
 }
 
-/// Puts the request's body behind the app's deadline; a request that declares no body
-/// (most reads) is left as it is and costs nothing. The proxy's bodies, up to
+/// Puts the request's body behind the app's deadline, and has it tell its connection when
+/// it waits for more (`next_request` reads for a body only then); a request that declares
+/// no body (most reads) is left as it is and costs nothing. The proxy's bodies, up to
 /// `[proxy] max_request_bytes`, keep the proxy's own deadline (`timeout_seconds`). For a
 /// chunked body (the proxy's too), what the answer must hold (`Held`) so that the
 /// connection is closed when the body was not read to its end.
@@ -89,27 +90,71 @@ pub fn apply(req: &mut ServiceRequest) -> Option<Unread> {
     let within = |deadline: Option<BodyDeadline>| {
         deadline.map(|BodyDeadline(within)| (Instant::now() + within, within))
     };
+    // The connection reads on for a body only while it is waited for (`next_request`).
+    let watch = req.conn_data::<Rc<Watch>>().cloned();
     let inner = req.take_payload();
-    let (body, unread): (Pin<Box<dyn Stream<Item = _>>>, _) = match (chunked, within(deadline)) {
-        (false, None) => {
-            req.set_payload(inner);
-            return None;
+    let (body, unread) = match (chunked, within(deadline)) {
+        (false, None) => (waited(inner, watch), None),
+        (false, Some((until, within))) => {
+            (waited(Deadline::new(inner, until, within), watch), None)
         }
-        (false, Some((until, within))) => (Box::pin(Deadline::new(inner, until, within)), None),
         (true, deadline) => {
             let shared = Rc::new(RefCell::new(inner));
             let unread = Some(Unread(shared.clone()));
             match deadline {
                 Some((until, within)) => (
-                    Box::pin(Deadline::new(Shared(shared), until, within)),
+                    waited(Deadline::new(Shared(shared), until, within), watch),
                     unread,
                 ),
-                None => (Box::pin(Shared(shared)), unread),
+                None => (waited(Shared(shared), watch), unread),
             }
         }
     };
     req.set_payload(Payload::from(body));
     unread
+}
+
+type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>>;
+
+/// A request body that tells its connection when it waits for more (one allocation, as
+/// the deadline alone took).
+fn waited<S>(inner: S, watch: Option<Rc<Watch>>) -> BodyStream
+where
+    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin + 'static,
+{
+    Box::pin(Waited { inner, watch })
+}
+
+struct Waited<S> {
+    inner: S,
+    watch: Option<Rc<Watch>>,
+}
+
+impl<S> Stream for Waited<S>
+where
+    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+{
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_next(cx);
+        if let Some(watch) = &this.watch {
+            match polled {
+                Poll::Pending => watch.body_wanted(),
+                Poll::Ready(_) => watch.body_given(),
+            }
+        }
+        polled
+    }
+}
+
+impl<S> Drop for Waited<S> {
+    fn drop(&mut self) {
+        if let Some(watch) = &self.watch {
+            watch.body_given();
+        }
+    }
 }
 
 pin_project_lite::pin_project! {

@@ -13,17 +13,17 @@
 //! taken by the client: a write that finds it taking nothing for `WRITE_STALL_LIMIT`
 //! fails too.
 //!
-//! Requests sent before the answers to earlier ones (HTTP/1.1 pipelining) are read a
-//! little at a time. actix-web stops reading a connection that holds 16 parsed requests
-//! not yet answered, but it checks before it reads, then parses every request head in what
-//! it read (up to 128 KiB), each with a header map of about 8 KB: a client that sent
-//! thousands of small requests at once and read no answer held some 25 MB per connection,
-//! and an address's 256 connections 4 GB. So `Watched` gives actix-web at most `READ_MAX`
-//! bytes per turn of the connection's task: what it parses at once is bounded by that,
-//! and its own limit holds between turns. Bytes read to know whether more came wait in
-//! the connection (at most `HELD_MAX`), the rest in the socket, where TCP holds the client
-//! back. While an answer waits for the client to take it, nothing is read at all: answers
-//! with no body (a redirect) do not pile up behind a client that reads none.
+//! Requests sent before the answers to earlier ones (HTTP/1.1 pipelining) are read one at
+//! a time. actix-web parses every request head in what it has read (up to 128 KiB, which
+//! it goes on reading while a request is answered), each with a header map of about 8 KB:
+//! a client that sent thousands of small requests at once and read no answer held some
+//! 25 MB per connection, and an address's 256 connections 4 GB. So `Watched` gives
+//! actix-web at most `READ_MAX` bytes per turn of the connection's task while no request is
+//! answered (a head longer than `HEAD_MAX` ends the connection), and while one is, only
+//! what its body asks for (`Watch::body_wanted`, said by the body's stream), at most
+//! `BODY_READ_MAX` a turn. Bytes read meanwhile wait in the connection (at most `HELD_MAX`),
+//! the rest in the socket, where TCP holds the client back; nor is anything read while an
+//! answer waits for the client to take it.
 
 use bytes::BytesMut;
 use std::cell::Cell;
@@ -32,14 +32,22 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// The most bytes actix-web is given per turn of a connection's task: any API request
-/// fits, and the requests it can hold are few.
+/// The most bytes actix-web is given per turn of a connection's task while no request is
+/// answered: any API request fits, and the heads it can hold are few.
 pub const READ_MAX: usize = 1024;
+
+/// The most bytes of a body given per turn while its request is answered.
+pub const BODY_READ_MAX: usize = 4 * 1024;
+
+/// The most bytes given while no request is answered before one begins: a request line
+/// (8 KiB at most) and headers (16 KiB) with room to spare. actix-web parses what it has
+/// again from its start at each turn: past this the connection ends.
+pub const HEAD_MAX: usize = 32 * 1024;
 
 /// The most bytes a connection reads ahead of what it gave actix-web.
 pub const HELD_MAX: usize = 16 * 1024;
@@ -53,15 +61,47 @@ pub const NEXT_REQUEST_WITHIN: Duration = Duration::from_secs(10);
 pub const WRITE_STALL_LIMIT: Duration = Duration::from_secs(30);
 
 /// What a connection is doing, shared by its stream and its requests (one worker thread).
-#[derive(Debug)]
 pub struct Watch {
     answering: Cell<u32>,
     quiet_since: Cell<Instant>,
+    /// Requests begun on the connection, counted.
+    begun: Cell<u64>,
+    /// The request being answered waits for more of its body.
+    body_wanted: Cell<bool>,
+    /// The connection's task, while its reads wait for an answer to end or a body to ask.
+    parked: Cell<Option<Waker>>,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("answering", &self.answering.get())
+            .field("body_wanted", &self.body_wanted.get())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Watch {
     fn quiet_now(&self) {
         self.quiet_since.set(Instant::now());
+    }
+
+    fn unpark(&self) {
+        if let Some(waker) = self.parked.take() {
+            waker.wake();
+        }
+    }
+
+    /// The request's body is not all there: reads go on for it.
+    pub fn body_wanted(&self) {
+        if !self.body_wanted.replace(true) {
+            self.unpark();
+        }
+    }
+
+    /// The body took what it was given (or ended, or was dropped).
+    pub fn body_given(&self) {
+        self.body_wanted.set(false);
     }
 }
 
@@ -73,6 +113,7 @@ pub struct Turn(Rc<Watch>);
 impl Turn {
     pub fn begin(watch: &Rc<Watch>) -> Turn {
         watch.answering.set(watch.answering.get().saturating_add(1));
+        watch.begun.set(watch.begun.get().wrapping_add(1));
         Turn(Rc::clone(watch))
     }
 }
@@ -82,6 +123,8 @@ impl Drop for Turn {
         let watch = &self.0;
         watch.answering.set(watch.answering.get().saturating_sub(1));
         watch.quiet_now();
+        watch.body_given();
+        watch.unpark();
     }
 }
 
@@ -105,6 +148,10 @@ pub struct Watched<T> {
     ended: bool,
     /// Bytes were given in this turn of the task: the next read waits for the next turn.
     gave: bool,
+    /// Bytes given while no request was answered, since the request counted `since_begun`
+    /// began.
+    head_given: usize,
+    since_begun: u64,
 }
 
 impl<T> Watched<T> {
@@ -114,6 +161,9 @@ impl<T> Watched<T> {
             watch: Rc::new(Watch {
                 answering: Cell::new(0),
                 quiet_since: Cell::new(Instant::now()),
+                begun: Cell::new(0),
+                body_wanted: Cell::new(false),
+                parked: Cell::new(None),
             }),
             timer: None,
             armed: false,
@@ -122,6 +172,8 @@ impl<T> Watched<T> {
             held: BytesMut::new(),
             ended: false,
             gave: false,
+            head_given: 0,
+            since_begun: 0,
         }
     }
 
@@ -136,7 +188,10 @@ impl<T> Watched<T> {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
                     self.watch.quiet_now();
-                    self.write_stalled = None;
+                    // Reads waited for this (`poll_read`): the next turn reads again.
+                    if self.write_stalled.take().is_some() {
+                        cx.waker().wake_by_ref();
+                    }
                 }
                 Poll::Ready(Ok(n))
             }
@@ -196,9 +251,11 @@ impl<T> Watched<T> {
 
 impl<T: AsyncRead + Unpin> Watched<T> {
     /// Reads into `held` what the socket has (at most `HELD_MAX` held), so that the task
-    /// is woken when the client sends or closes: by the socket when it has nothing, else
-    /// at once, for the next turn to give what came.
+    /// is woken when the client sends or closes: by the socket when it has nothing; else,
+    /// while a request is answered, when it ends or its body asks (`parked`), otherwise at
+    /// once, for the next turn to give what came.
     fn read_ahead(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let answering = self.watch.answering.get() > 0;
         while !self.ended && self.held.len() < HELD_MAX {
             let mut room = [MaybeUninit::<u8>::uninit(); READ_MAX];
             let mut room = ReadBuf::uninit(&mut room);
@@ -215,7 +272,11 @@ impl<T: AsyncRead + Unpin> Watched<T> {
                 Poll::Pending => break,
             }
         }
-        cx.waker().wake_by_ref();
+        if answering {
+            self.watch.parked.set(Some(cx.waker().clone()));
+        } else {
+            cx.waker().wake_by_ref();
+        }
         Poll::Pending
     }
 }
@@ -239,10 +300,28 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         if this.write_stalled.is_some() {
             return Poll::Pending;
         }
-        if std::mem::take(&mut this.gave) {
+        let watch = Rc::clone(&this.watch);
+        let answering = watch.answering.get() > 0;
+        if std::mem::take(&mut this.gave) || (answering && !watch.body_wanted.get()) {
             return this.read_ahead(cx);
         }
-        let most = READ_MAX.min(buf.remaining());
+        let from = buf.filled().len();
+        let most = if answering {
+            BODY_READ_MAX
+        } else {
+            if this.since_begun != watch.begun.get() {
+                this.since_begun = watch.begun.get();
+                this.head_given = 0;
+            }
+            if this.head_given >= HEAD_MAX {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "no request began within the bytes a request head may take",
+                )));
+            }
+            READ_MAX
+        }
+        .min(buf.remaining());
         if !this.held.is_empty() {
             let n = this.held.len().min(most);
             buf.put_slice(&this.held.split_to(n));
@@ -259,6 +338,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
                 Poll::Ready(Ok(())) => buf.put_slice(room.filled()),
                 other => return other,
             }
+        }
+        let given = buf.filled().len().saturating_sub(from);
+        if answering {
+            watch.body_given();
+        } else {
+            this.head_given = this.head_given.saturating_add(given);
         }
         this.gave = true;
         Poll::Ready(Ok(()))
@@ -387,29 +472,87 @@ mod tests {
         assert_eq!(all, sent);
     }
 
+    /// Counts the wake-ups of the task it stands for.
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn nothing_is_read_while_an_answer_waits_for_the_client() {
         let (mut client, server) = tokio::io::duplex(16);
         let mut watched = Watched::new(server, None);
-        let _turn = Turn::begin(&watched.watch());
         // The answer fills what the client takes: the rest waits.
-        let written = std::future::poll_fn(|cx| {
-            let first = Pin::new(&mut watched).poll_write(cx, &[1u8; 16]);
-            let second = Pin::new(&mut watched).poll_write(cx, &[2u8; 16]);
-            Poll::Ready((first.map(|r| r.ok()), second.is_pending()))
-        })
-        .await;
-        assert_eq!(written, (Poll::Ready(Some(16)), true));
+        let wakes = std::sync::Arc::new(Wakes(Default::default()));
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let first = Pin::new(&mut watched).poll_write(&mut cx, &[1u8; 16]);
+        let second = Pin::new(&mut watched).poll_write(&mut cx, &[2u8; 16]);
+        assert!(matches!(first, Poll::Ready(Ok(16))) && second.is_pending());
         // The client sends its next requests without reading: they are not read.
         client.write_all(b"GET /").await.unwrap();
         let mut buf = [0u8; 64];
         let waited = tokio::time::timeout(Duration::from_secs(5), watched.read(&mut buf)).await;
         assert!(waited.is_err(), "read while the answer waited");
-        // It takes the answer: the rest is written, and what it sent is read.
+        // It takes the answer: the rest is written, the task is woken to read on (it read
+        // nothing before, and nothing else would wake it), and what it sent is read.
         let mut answer = [0u8; 16];
         client.read_exact(&mut answer).await.unwrap();
-        watched.write_all(&[2u8; 16]).await.unwrap();
+        let woken = wakes.0.load(std::sync::atomic::Ordering::SeqCst);
+        let third = Pin::new(&mut watched).poll_write(&mut cx, &[2u8; 16]);
+        assert!(matches!(third, Poll::Ready(Ok(16))));
+        assert!(wakes.0.load(std::sync::atomic::Ordering::SeqCst) > woken);
         assert_eq!(watched.read(&mut buf).await.unwrap(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_being_answered_is_given_only_what_its_body_asks_for() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let mut watched = Watched::new(server, None);
+        let watch = watched.watch();
+        let turn = Turn::begin(&watch);
+        // The body, and pipelined requests after it.
+        client.write_all(&[7u8; 10_000]).await.unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let waited = tokio::time::timeout(Duration::from_secs(5), watched.read(&mut buf)).await;
+        assert!(waited.is_err(), "read before the body asked");
+        watch.body_wanted();
+        assert_eq!(watched.read(&mut buf).await.unwrap(), BODY_READ_MAX);
+        let waited = tokio::time::timeout(Duration::from_secs(5), watched.read(&mut buf)).await;
+        assert!(waited.is_err(), "read on without the body asking again");
+        // The answer sent: the rest comes a little at a time, as for any next request.
+        drop(turn);
+        assert_eq!(watched.read(&mut buf).await.unwrap(), READ_MAX);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_that_never_ends_ends_the_connection() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let mut watched = Watched::new(server, None);
+        client.write_all(&[b'x'; 40 * 1024]).await.unwrap();
+        let mut given = 0;
+        let mut buf = vec![0u8; 8 * 1024];
+        let err = loop {
+            match watched.read(&mut buf).await {
+                Ok(n) => given += n,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!((err.kind(), given), (io::ErrorKind::InvalidData, HEAD_MAX));
+        // A request that begins starts the count again.
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let mut watched = Watched::new(server, None);
+        let watch = watched.watch();
+        client.write_all(&[b'x'; 40 * 1024]).await.unwrap();
+        let mut given = 0;
+        while given < HEAD_MAX {
+            given += watched.read(&mut buf).await.unwrap();
+        }
+        drop(Turn::begin(&watch));
+        assert_eq!(watched.read(&mut buf).await.unwrap(), READ_MAX);
     }
 
     #[tokio::test(start_paused = true)]

@@ -126,8 +126,18 @@ impl Browser {
         self.click("#sign-in").await;
     }
 
+    /// The element's text; found again when the page re-rendered it between finding and
+    /// reading (its list refreshes on its own).
     pub async fn text(&self, css: &str) -> String {
-        self.wait_for(css).await.text().await.unwrap()
+        for _ in 0..10 {
+            match self.wait_for(css).await.text().await {
+                Ok(text) => return text,
+                Err(fantoccini::error::CmdError::Standard(e))
+                    if e.error == fantoccini::error::ErrorStatus::StaleElementReference => {}
+                Err(e) => panic!("{css}: {e}"),
+            }
+        }
+        panic!("{css}: re-rendered at every read")
     }
 
     pub async fn url(&self) -> String {
