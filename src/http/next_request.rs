@@ -300,17 +300,17 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         if this.write_stalled.is_some() {
             return Poll::Pending;
         }
-        let watch = Rc::clone(&this.watch);
-        let answering = watch.answering.get() > 0;
-        if std::mem::take(&mut this.gave) || (answering && !watch.body_wanted.get()) {
+        let answering = this.watch.answering.get() > 0;
+        if std::mem::take(&mut this.gave) || (answering && !this.watch.body_wanted.get()) {
             return this.read_ahead(cx);
         }
         let from = buf.filled().len();
         let most = if answering {
             BODY_READ_MAX
         } else {
-            if this.since_begun != watch.begun.get() {
-                this.since_begun = watch.begun.get();
+            let begun = this.watch.begun.get();
+            if this.since_begun != begun {
+                this.since_begun = begun;
                 this.head_given = 0;
             }
             if this.head_given >= HEAD_MAX {
@@ -328,7 +328,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         } else if this.ended {
             return Poll::Ready(Ok(()));
         } else {
-            let mut room = [MaybeUninit::<u8>::uninit(); READ_MAX];
+            // Room for the most either kind of read gives.
+            let mut room = [MaybeUninit::<u8>::uninit(); BODY_READ_MAX];
             let mut room = ReadBuf::uninit(&mut room);
             let mut room = room.take(most);
             match Pin::new(&mut this.io).poll_read(cx, &mut room) {
@@ -341,7 +342,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         }
         let given = buf.filled().len().saturating_sub(from);
         if answering {
-            watch.body_given();
+            this.watch.body_given();
         } else {
             this.head_given = this.head_given.saturating_add(given);
         }
