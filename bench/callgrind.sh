@@ -15,10 +15,19 @@
 #   DEADHOOK=1 SCENARIOS=token bench/callgrind.sh   # oauthd with a [[notify]] target that
 #                                      # never answers and 20 events it retries every second
 #   KEEP=dir bench/callgrind.sh        # keep the callgrind dumps in dir (callgrind_annotate)
+#   ZEROING=vector bench/callgrind.sh  # glibc's memset without `rep stosb`, whose every byte
+#                                      # callgrind counts as an instruction (bench/README.md,
+#                                      # "What the count weighs wrong")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 STORE=sqlite
+case "${ZEROING:-}" in
+  '') ;;
+  # Both servers (and everything else this script starts) zero with vector stores.
+  vector) export GLIBC_TUNABLES=glibc.cpu.x86_rep_stosb_threshold=0x7fffffff ;;
+  *) echo "ZEROING is 'vector' or unset, not '$ZEROING'" >&2; exit 2 ;;
+esac
 DURABILITY=${DURABILITY:-full}
 COUNT=${COUNT:-2000}
 SCENARIOS=${SCENARIOS:-"token pairs verify proxy"}
@@ -71,7 +80,7 @@ count() {
   echo $(( ir / COUNT ))
 }
 
-echo "instructions per request under callgrind, $COUNT sequential requests per cell (a pair is one create and one consume), durability=$DURABILITY"
+echo "instructions per request under callgrind, $COUNT sequential requests per cell (a pair is one create and one consume), durability=$DURABILITY${ZEROING:+, zeroing=$ZEROING}"
 printf '%-8s | %14s | %14s | %6s\n' scenario "bare Ir/req" "oauthd Ir/req" ratio
 for scenario in $SCENARIOS; do
   b=$(count bare "$BARE_PID" "$BARE" "$scenario")
