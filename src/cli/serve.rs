@@ -262,6 +262,9 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
         let _ = device_watch.await;
         let _ = deliveries.await;
         let _ = told.await;
+        if let Err(e) = store.mark_stopped().await {
+            log::warn!("{e}");
+        }
         served?;
         log::info!("stopped");
         Ok(())

@@ -54,6 +54,11 @@ pub trait Store: StateStore + KeyStore + AdminStore + BrokerStore {
     async fn mark_served(&self, _now_ms: i64) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Notes that this `oauthd serve` stopped cleanly (SQLite: its mark, which a copy of
+    /// the database file made without its -wal holds, goes).
+    async fn mark_stopped(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Whether `oauthd serve` has run on this store (false where it is not kept).
     async fn was_served(&self) -> Result<bool, StoreError> {
         Ok(false)

@@ -349,11 +349,11 @@ async fn an_empty_database_file_is_not_taken_for_oauthds_data() {
     assert!(report.contains("no directory for one"), "{report}");
 }
 
-/// A database moved (or copied) after oauthd was killed, without its `-wal` file, holds
-/// no tables: all of oauthd's data is in the `-wal` file left behind. oauthd started on it
-/// as on a new database, with a warning, and every app's key was refused. Now the start
-/// is refused (exit 2) naming the `-wal` file, with nothing changed; with the file put
-/// back, everything is there.
+/// A database moved (or copied) after oauthd was killed, without its `-wal` file, lacks
+/// what is in the `-wal` file left behind (all of oauthd's data, for one never
+/// checkpointed). oauthd started on it as on a new database, with a warning, and every
+/// app's key was refused. Now the start is refused (exit 2) naming the `-wal` file, with
+/// nothing changed; moved back beside it, everything is there.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_database_moved_without_its_wal_file_is_refused_not_started_afresh() {
     let home = Home::new();
@@ -362,25 +362,119 @@ async fn a_database_moved_without_its_wal_file_is_refused_not_started_afresh() {
     let key = home.create_key("app", &[]);
     assert_eq!(d.get("/v1/connections", &key).await.0, 200);
     d.kill9();
-    let wal = home.dir.path().join("oauthd.db-wal");
-    let aside = home.dir.path().join("left-behind-wal");
-    std::fs::rename(&wal, &aside).unwrap();
-    let _ = std::fs::remove_file(home.dir.path().join("oauthd.db-shm"));
-    let before = std::fs::read(home.db()).unwrap();
-    let out = home.serve_once();
+    let moved = Home::new();
+    moved.write_config("");
+    for name in ["oauthd.db", "oauthd.db.key"] {
+        std::fs::rename(home.dir.path().join(name), moved.dir.path().join(name)).unwrap();
+    }
+    let before = std::fs::read(moved.db()).unwrap();
+    let out = moved.serve_once();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
+    // The start's mark went into the database file (with the schema): it says so.
     assert!(
-        err.contains("is in WAL mode but holds no tables, and no")
-            && err.contains("oauthd.db-wal is beside it"),
+        err.contains("was copied or moved without ")
+            && err.contains("oauthd.db-wal while oauthd served it"),
         "{err}"
     );
-    assert_eq!(std::fs::read(home.db()).unwrap(), before, "changed it");
-    assert!(!wal.exists(), "made a -wal file of its own");
-    std::fs::rename(&aside, &wal).unwrap();
+    assert_eq!(std::fs::read(moved.db()).unwrap(), before, "changed it");
+    assert!(
+        !moved.dir.path().join("oauthd.db-wal").exists(),
+        "made a -wal file of its own"
+    );
+    for name in ["oauthd.db", "oauthd.db.key"] {
+        std::fs::rename(moved.dir.path().join(name), home.dir.path().join(name)).unwrap();
+    }
     let d = home.start();
     assert_eq!(d.get("/v1/connections", &key).await.0, 200);
     d.signal_and_wait("TERM");
+}
+
+/// Copies the database file alone (and its key file) from `from` into `to`.
+fn copy_without_wal(from: &Home, to: &Home) {
+    std::fs::copy(from.db(), to.db()).unwrap();
+    let key = from.dir.path().join("oauthd.db.key");
+    if key.exists() {
+        std::fs::copy(&key, to.dir.path().join("oauthd.db.key")).unwrap();
+    }
+}
+
+/// The names `keys list` gives, or its exit code and stderr.
+fn key_names(home: &Home) -> Result<String, (Option<i32>, String)> {
+    let out = home.cli(&["keys", "list"]);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err((
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+}
+
+/// The database file copied without its `-wal` while oauthd serves holds what was there
+/// at the last checkpoint: it opened as a whole database without a word (a key made since
+/// was not in it, nor anything else written since), as did one copied after oauthd was
+/// killed. Now it is refused (exit 2, nothing changed) naming the -wal file and `oauthd
+/// backup`, and `restore` takes it as it is when asked. Copied after a clean stop, or
+/// after the killed oauthd's database was opened again in its place, it is whole and
+/// opens as ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_file_copied_without_its_wal_while_served_is_refused_not_taken_as_whole() {
+    let home = Home::new();
+    // Served before: the file holds what there was at that stop.
+    home.start().signal_and_wait("TERM");
+    let d = home.start();
+    home.create_key("made-while-serving", &[]);
+    let copy = Home::new();
+    copy_without_wal(&home, &copy);
+    let before = std::fs::read(copy.db()).unwrap();
+    let (code, err) = key_names(&copy).expect_err("a copy without the -wal opened");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("was copied or moved without ")
+            && err.contains("oauthd.db-wal while oauthd served it (pid ")
+            && err.contains("oauthd backup"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(copy.db()).unwrap(), before, "changed it");
+    assert!(!copy.dir.path().join("oauthd.db-wal").exists());
+    let (code, err) = copy.refused_start();
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("was copied or moved without "), "{err}");
+
+    // Taken as it is, when asked: what it held then, and no mark.
+    let aside = copy.dir.path().join("older.db");
+    std::fs::rename(copy.db(), &aside).unwrap();
+    let out = copy.cli(&["restore", "--create", aside.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let names = key_names(&copy).expect("the restored copy opens");
+    assert!(!names.contains("made-while-serving"), "{names}");
+
+    // After a clean stop the file is whole.
+    d.signal_and_wait("TERM");
+    let after_stop = Home::new();
+    copy_without_wal(&home, &after_stop);
+    let names = key_names(&after_stop).expect("a copy after a clean stop opens");
+    assert!(names.contains("made-while-serving"), "{names}");
+
+    // Killed: the file alone lacks what was written since the start, and says so. Started
+    // again in its place (its -wal beside it), the killed oauthd's mark goes, and after a
+    // clean stop the file is whole.
+    let d = home.start();
+    home.create_key("made-before-the-kill", &[]);
+    d.kill9();
+    let after_kill = Home::new();
+    copy_without_wal(&home, &after_kill);
+    let (code, err) = key_names(&after_kill).expect_err("a copy after a kill opened");
+    assert_eq!(code, Some(2), "{err}");
+    let names = key_names(&home).expect("opens in its place");
+    assert!(names.contains("made-before-the-kill"), "{names}");
+    home.start().signal_and_wait("TERM");
+    let restarted = Home::new();
+    copy_without_wal(&home, &restarted);
+    let names = key_names(&restarted).expect("no mark of the killed oauthd is left");
+    assert!(names.contains("made-before-the-kill"), "{names}");
 }
 
 /// A restore puts back the refresh tokens of the copy's time. A provider that rotates them

@@ -603,12 +603,16 @@ fn fill(source: &Connection, partial: &Path, version: i64) -> Result<u64, CopyEr
     };
     copy.pragma_update(None, "user_version", version)
         .map_err(damaged)?;
-    // The vault notes (in `meta` from schema version 10), and the web page's sign-ins and
-    // sign-in links (from version 2): a copy put back would make a session signed out or
-    // revoked since, or a link used since, good again. A restore from a copy made before
-    // they were left out drops them too (it is made by this same function).
+    // The vault notes and the marks of the processes serving the database (in `meta`
+    // from schema version 10: the copy is whole, and served by none), and the web page's
+    // sign-ins and sign-in links (from version 2): a copy put back would make a session
+    // signed out or revoked since, or a link used since, good again. A restore from a copy
+    // made before they were left out drops them too (it is made by this same function).
     let left_out = [
-        ("meta", "DELETE FROM meta WHERE name LIKE 'vault:%'"),
+        (
+            "meta",
+            "DELETE FROM meta WHERE name LIKE 'vault:%' OR name LIKE 'serving:%'",
+        ),
         ("admin_secrets", "DELETE FROM admin_secrets"),
     ];
     for (table, delete) in left_out {

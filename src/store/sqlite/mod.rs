@@ -13,6 +13,7 @@ mod device;
 mod keys;
 mod live_counts;
 mod outbox;
+mod serving;
 mod states;
 pub mod tokens_since;
 mod unmarked;
@@ -94,6 +95,12 @@ pub enum OpenError {
     Unversioned { path: PathBuf },
     #[error("database {path} is in WAL mode but holds no tables, and no {path}-wal is beside it: oauthd's data is in that -wal file, left behind when the database was moved or copied after oauthd stopped without a clean stop. Put the -wal file (and the -shm file) beside it and start again; to start afresh instead, delete {path}. Nothing was changed in it")]
     WalLeftBehind { path: PathBuf },
+    #[error("database {path} was copied or moved without {path}-wal while oauthd served it (pid {pid}, since {since}) or after oauthd was killed: what oauthd wrote since its last checkpoint is in that -wal file, and this file alone is the database as it was then. Put the -wal file (and the -shm file) beside it and start again; copy a database that is served with `oauthd backup`. If the -wal file is lost, take this older copy as it is: move it aside and `oauthd restore --db {} --create` it. Nothing was changed in it", crate::paths::shell_word(path))]
+    CopiedWithoutWal {
+        path: PathBuf,
+        pid: String,
+        since: String,
+    },
     #[error("database {path} does not exist, but its -wal file does ({bytes} bytes): the database was deleted or moved without it, and a new database made here would discard it. Put the database file back beside it, or restore a copy (`oauthd restore --db {} --create COPY`); to start afresh instead, move the -wal and -shm files aside. Nothing was changed", crate::paths::shell_word(path))]
     WalWithoutDatabase { path: PathBuf, bytes: u64 },
     #[error("database {path} is damaged ({message}): restore the last copy (`oauthd restore`, with oauthd stopped), or save what SQLite still reads with `sqlite3 {path} .recover`; nothing was changed in it")]
@@ -142,6 +149,7 @@ impl OpenError {
                 | OpenError::NotADatabase { .. }
                 | OpenError::Damaged { .. }
                 | OpenError::WalLeftBehind { .. }
+                | OpenError::CopiedWithoutWal { .. }
                 | OpenError::WalWithoutDatabase { .. }
                 | OpenError::Foreign { .. }
                 | OpenError::Unversioned { .. }
@@ -174,8 +182,22 @@ pub enum Upgrade {
 /// The schema version of the database at `path`, and the one this oauthd uses; read
 /// without changing anything.
 pub fn schema_versions(path: &Path) -> Result<(i64, i64), OpenError> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| OpenError::open(path, &e))?;
+    // Without a journal beside it, read as `immutable`: opened read-only as it is, a database
+    // in WAL mode gets -wal and -shm files that stay, and the open after this one would
+    // no longer see that it came without its -wal (`OpenError::CopiedWithoutWal`).
+    let journal = ["-wal", "-journal"]
+        .iter()
+        .any(|suffix| crate::paths::with_suffix(path, suffix).exists());
+    let conn = if journal {
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+    } else {
+        let uri = file_uri(path, "immutable=1").map_err(|e| OpenError::open(path, &e))?;
+        Connection::open_with_flags(
+            uri,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+        )
+    }
+    .map_err(|e| OpenError::open(path, &e))?;
     let found = oauthds_version(&conn, path, |e| OpenError::open(path, &e))?;
     Ok((found.number, MIGRATIONS.len() as i64))
 }
@@ -395,6 +417,22 @@ impl SqliteStore {
                 path: path.to_owned(),
             });
         }
+        if wal_left_behind && found > 0 {
+            let here = serving::Place::of(path);
+            if let Some(served) =
+                serving::without_its_wal(&conn, here.as_ref()).map_err(sqlite_err)?
+            {
+                let since = served.since_ms;
+                return Err(OpenError::CopiedWithoutWal {
+                    path: path.to_owned(),
+                    pid: served
+                        .pid
+                        .map_or_else(|| "unknown".to_owned(), |p| p.to_string()),
+                    since: chrono::DateTime::from_timestamp_millis(since)
+                        .map_or_else(|| since.to_string(), |t| t.to_rfc3339()),
+                });
+            }
+        }
         if !created && found == 0 {
             log::warn!(
                 "database {} was there but empty (no tables): oauthd starts on it as on a new database. If oauthd served it before, its data is not here: a copy of a running oauthd's database made without its -wal file, or a backup cut short, is empty like this",
@@ -454,6 +492,13 @@ impl SqliteStore {
                         path.display()
                     );
                 }
+            }
+            // What processes gone wrote is here (the -wal is): their marks go.
+            if let Err(e) = serving::forget_gone(&conn) {
+                log::debug!(
+                    "database {}: marks of oauthds gone left for now: {e}",
+                    path.display()
+                );
             }
             conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_err)?;
         }
@@ -575,13 +620,30 @@ impl super::Store for SqliteStore {
     }
 
     async fn mark_served(&self, now_ms: i64) -> Result<(), StoreError> {
+        let place = serving::Place::of(&self.path);
         self.writer
             .run("noting that oauthd serves the database", move |conn| {
                 conn.prepare_cached(
                     "INSERT OR IGNORE INTO meta (name, value) VALUES ('served_at', ?1)",
                 )?
-                .execute([now_ms.to_string()])
-                .map(|_| ())
+                .execute([now_ms.to_string()])?;
+                match &place {
+                    Some(place) => serving::mark(conn, now_ms, place),
+                    None => Ok(()),
+                }
+            })
+            .await?;
+        // Into the database file, so that a copy of it made without the -wal says so.
+        self.read("checkpointing the serving mark", |conn| {
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        })
+        .await
+    }
+
+    async fn mark_stopped(&self) -> Result<(), StoreError> {
+        self.writer
+            .run("noting that oauthd stopped serving the database", |conn| {
+                serving::unmark(conn)
             })
             .await
     }
