@@ -596,6 +596,69 @@ mod shared {
         assert_ne!(keys, ":0");
     }
 
+    /// A reconnect that Redis refused (its password changed while oauthd's connection was
+    /// cut) stayed the client library's answer to every later call once the password was
+    /// put back: every request answered 503 until oauthd was restarted. The connection is
+    /// now made afresh, and requests are answered again within seconds.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_refused_reconnect_mends_once_redis_takes_the_password_again() {
+        let server = RedisServer::start();
+        let password = "pw-in-url-0123";
+        assert_eq!(
+            server
+                .command(&format!("CONFIG SET requirepass {password}"))
+                .as_deref(),
+            Some("+OK")
+        );
+        let url = server
+            .url()
+            .replace("redis://", &format!("redis://:{password}@"));
+        let home = Home::redis_via(server, url);
+        let key = home.create_key("app", &[]);
+        let d = home.start();
+        let kept = d.create_state(&key, json!({"namespace": NS})).await;
+        let as_admin = |with: &str, cmd: &str| {
+            home.redis_server()
+                .command_after(&format!("AUTH {with}"), cmd)
+        };
+        assert_eq!(
+            as_admin(password, "CONFIG SET requirepass another-one").as_deref(),
+            Some("+OK")
+        );
+        let killed = as_admin("another-one", "CLIENT KILL TYPE normal").unwrap_or_default();
+        assert!(killed.starts_with(':') && killed != ":0", "{killed}");
+        let mut refused = None;
+        for _ in 0..50 {
+            let (status, body) = d.post("/v1/states", &key, json!({"namespace": NS})).await;
+            if status == 503 {
+                refused = Some(body);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let refused = refused.expect("no 503 while Redis refused the password");
+        assert_eq!(refused["code"], "storage_unavailable", "{refused}");
+        assert_eq!(
+            as_admin("another-one", &format!("CONFIG SET requirepass {password}")).as_deref(),
+            Some("+OK")
+        );
+        let mut answered = None;
+        for _ in 0..100 {
+            let (status, _) = d.post("/v1/states", &key, json!({"namespace": NS})).await;
+            if status == 201 {
+                answered = Some(());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            answered.is_some(),
+            "still refused 10 s after Redis took the password again"
+        );
+        assert_eq!(d.consume(&key, &kept, NS).await.0, 200);
+        assert_eq!(d.get("/readyz", "").await.0, 200);
+    }
+
     /// Redis at maxmemory (noeviction) refuses writes: 503 with a clear reason, reads and
     /// consumes still work, and raising the limit is all it takes.
     #[tokio::test(flavor = "multi_thread")]

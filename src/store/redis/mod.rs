@@ -28,6 +28,7 @@ mod clock;
 mod connections;
 mod device;
 mod keys;
+mod link;
 mod outbox;
 mod receipt;
 mod states;
@@ -35,19 +36,16 @@ mod states;
 use super::target::RedisTarget;
 use super::StoreError;
 use crate::secret::SecretHash;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use link::{Link, CONNECT_TIMEOUT, OP_TIMEOUT};
+use redis::aio::ConnectionManager;
 use redis::RedisResult;
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
-/// Upper bound on one Redis round trip (including a reconnect attempt) before a 503.
-const OP_TIMEOUT: Duration = Duration::from_secs(3);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
 pub struct RedisStore {
     runtime: Option<tokio::runtime::Runtime>,
-    conn: ConnectionManager,
+    conn: Link,
     prefix: String,
     /// How long an expired state still answers 410 rather than 404.
     grace_ms: i64,
@@ -236,16 +234,11 @@ impl RedisStore {
             .map_err(|e| transient(format!("store {display}: {e}")))?;
         let client = redis::Client::open(target.url())
             .map_err(|e| (format!("store {display}: {e}"), true))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(OP_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
         let conn = runtime
             .block_on(async {
                 tokio::time::timeout(
                     OP_TIMEOUT,
-                    ConnectionManager::new_with_config(client, config),
+                    ConnectionManager::new_with_config(client.clone(), link::config()),
                 )
                 .await
             })
@@ -266,7 +259,7 @@ impl RedisStore {
         let calls = CallNames::new().map_err(|e| transient(format!("store {display}: {e}")))?;
         let store = RedisStore {
             runtime: Some(runtime),
-            conn,
+            conn: Link::new(client, conn),
             prefix: target.prefix.clone(),
             grace_ms: i64::try_from(grace.as_millis()).unwrap_or(i64::MAX),
             display,
@@ -324,7 +317,7 @@ impl RedisStore {
                 "store closed",
             )));
         };
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         rt.block_on(async move { cmd.query_async::<T>(&mut c).await })
     }
 
@@ -354,7 +347,10 @@ impl RedisStore {
             .ok_or_else(|| StoreError::unavailable(context, "store closed"))?;
         match rt.spawn(tokio::time::timeout(limit, f)).await {
             Ok(Ok(Ok(v))) => Ok(v),
-            Ok(Ok(Err(e))) => Err(classify(context, &e)),
+            Ok(Ok(Err(e))) => {
+                self.conn.after(&e, rt);
+                Err(classify(context, &e))
+            }
             Ok(Err(_)) => Err(no_answer(context)),
             Err(e) => Err(StoreError::unavailable(context, e)),
         }
@@ -456,7 +452,7 @@ impl RedisStore {
     }
 
     fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
+        self.conn.get()
     }
 
     /// Every key that starts with `prefix`, by SCAN: for the CLI and the start, never a
