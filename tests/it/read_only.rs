@@ -649,3 +649,50 @@ async fn a_disk_that_fills_up_is_said_by_readyz_and_recovered_from_once_there_is
     );
     assert!(d.signal_and_wait("TERM").success(), "{}", home.log_text());
 }
+
+/// A reader that holds a transaction open (a monitoring script, an `sqlite3` shell, a slow
+/// copy tool) keeps SQLite from checkpointing, and the `-wal` grows with every write. It
+/// stayed at its largest size once the reader let go, until oauthd's clean stop: a disk
+/// used for good. Now it comes back within `journal_size_limit` (8 MiB) once the writes
+/// after it restart the `-wal` from its start.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_wal_a_long_reader_grew_shrinks_once_it_lets_go() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let wal = home.dir.path().join("oauthd.db-wal");
+    let wal_size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    let blob = "x".repeat(2_000);
+    let reader = rusqlite::Connection::open(home.db()).unwrap();
+    // Its first read takes the snapshot it holds until it commits.
+    reader.execute_batch("BEGIN").unwrap();
+    reader
+        .query_row("SELECT count(*) FROM states", [], |r| r.get::<_, i64>(0))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut made = Vec::new();
+    while wal_size() < 12 << 20 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120) && made.len() < 20_000,
+            "the -wal stayed at {} bytes after {} states",
+            wal_size(),
+            made.len()
+        );
+        made.push(
+            d.create_state(&key, json!({"namespace": NS, "data": {"b": blob}}))
+                .await,
+        );
+    }
+    reader.execute_batch("COMMIT").unwrap();
+    drop(reader);
+    let mut shrunk = false;
+    for state in &made {
+        assert_eq!(d.consume(&key, state, NS).await.0, 200);
+        if wal_size() <= 8 << 20 {
+            shrunk = true;
+            break;
+        }
+    }
+    assert!(shrunk, "the -wal stayed at {} bytes", wal_size());
+    d.signal_and_wait("TERM");
+}

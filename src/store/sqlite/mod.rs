@@ -764,8 +764,16 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 /// states: bench/README.md). Without them a connection syncs fully (SQLite's default).
 fn tune(conn: &Connection, durability: Durability) -> rusqlite::Result<()> {
     conn.pragma_update(None, "synchronous", durability.pragma())?;
-    conn.pragma_update(None, "cache_size", -16 * 1024)
+    conn.pragma_update(None, "cache_size", -16 * 1024)?;
+    // A -wal that a long reader grew (no checkpoint could finish meanwhile) comes back to
+    // this size once writes restart it from its start; it stayed at its largest until a
+    // clean stop. Above the 4 MB it reaches between two checkpoints, so that it is not
+    // cut and grown again each time.
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
 }
+
+/// The size a -wal file is brought back to when it restarts (`journal_size_limit`).
+const WAL_SIZE_LIMIT: i64 = 8 << 20;
 
 impl OpenError {
     fn open(path: &Path, e: &dyn std::fmt::Display) -> OpenError {
