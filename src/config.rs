@@ -964,7 +964,9 @@ fn secret_files(config: Option<&Path>, file: &FileConfig) -> Vec<(String, PathBu
         if !inline.is_empty() {
             found.push((
                 format!(
-                    "the config file, which holds the client_secret of {}",
+                    "the config file, which holds the client_secret of {} (client_secret_file \
+                     keeps a secret in a file of its own, e.g. one systemd's LoadCredential= \
+                     gives)",
                     inline.join(", ")
                 ),
                 path.to_owned(),

@@ -9,7 +9,7 @@ pub(super) fn readable_by_others(path: &std::path::Path) -> Option<String> {
     let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
     (mode & 0o077 != 0).then(|| {
         format!(
-            "{} is readable by others (mode {mode:o}): chmod 600 it",
+            "{} is readable by others (mode {mode:o}): chmod 600 it (and chown it to the user oauthd runs as, if another: it must still read it)",
             path.display()
         )
     })

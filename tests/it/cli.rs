@@ -932,7 +932,7 @@ fn secrets_others_may_read_and_a_wide_proxy_range_are_warned_of_by_check() {
     mode(&secret, 0o644);
     let report = text(&home.cli(&["check"]).stdout);
     for said in [
-        "warn  secrets: the config file, which holds the client_secret of peer:",
+        "warn  secrets: the config file, which holds the client_secret of peer (client_secret_file keeps a secret in a file of its own",
         "warn  secrets: provider other's client_secret_file:",
         "warn  config: limits.trusted_proxies: 0.0.0.0/0 holds many addresses",
     ] {
@@ -941,7 +941,13 @@ fn secrets_others_may_read_and_a_wide_proxy_range_are_warned_of_by_check() {
             "{said}\n{report}"
         );
     }
-    assert!(report.contains("(mode 644): chmod 600 it"), "{report}");
+    // Made 600 by root, a file the service's user no longer reads: the hint says chown.
+    assert!(
+        report.contains(
+            "(mode 644): chmod 600 it (and chown it to the user oauthd runs as, if another"
+        ),
+        "{report}"
+    );
     mode(&home.config(), 0o600);
     mode(&secret, 0o600);
     let report = text(&home.cli(&["check"]).stdout);
