@@ -130,6 +130,14 @@ pub enum KeySource {
 }
 
 impl KeySource {
+    /// `rescue_hint` for the key file this source reads (nothing for `OAUTHD_KEY`).
+    pub fn rescue_hint(&self, needed: &[String]) -> String {
+        match self {
+            KeySource::Inline(_) => String::new(),
+            KeySource::File { path, .. } => rescue_hint(path, needed),
+        }
+    }
+
     /// Where the key comes from, for messages (never the key itself).
     pub fn describe(&self) -> String {
         match self {

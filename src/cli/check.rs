@@ -374,13 +374,20 @@ async fn stored_lines(
             },
         );
     } else {
+        let ids: Vec<String> = found
+            .keys
+            .keys()
+            .filter(|id| !known.contains(id))
+            .cloned()
+            .collect();
         r.line(
             "FAIL",
             "state data",
             format!(
-                "live states hold data sealed with key(s) {} lacks: {}; they answer 503 vault_error until it is back (as another line of the key file)",
+                "live states hold data sealed with key(s) {} lacks: {}; they answer 503 vault_error until it is back (as another line of the key file).{}",
                 source.describe(),
-                lacking.join(", ")
+                lacking.join(", "),
+                source.rescue_hint(&ids)
             ),
         );
     }
@@ -635,10 +642,11 @@ fn vault_line(
             "FAIL",
             "vault",
             format!(
-                "{unreadable} connection(s) sealed with key(s) {} that {} lacks (it has {}): restore the key that was used",
+                "{unreadable} connection(s) sealed with key(s) {} that {} lacks (it has {}): restore the key that was used.{}",
                 if missing.is_empty() { "unknown".to_owned() } else { missing.join(", ") },
                 source.describe(),
-                known.join(", ")
+                known.join(", "),
+                source.rescue_hint(&missing)
             ),
         );
     }

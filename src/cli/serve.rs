@@ -98,7 +98,11 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
             log::warn!("vault key file {note}");
         }
     }
-    let key_from = key_source.map(|s| s.describe()).unwrap_or_default();
+    let key_from = key_source
+        .as_ref()
+        .map(|s| s.describe())
+        .unwrap_or_default();
+    let rescue_source = key_source.ok();
     actix_web::rt::System::new().block_on(async move {
         for warning in store.warnings().await? {
             log::warn!("{warning}");
@@ -146,6 +150,7 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
         // Beside the start, not in its way: it reads every live state that holds data.
         let checked = states.clone();
         let missing_from = key_from.clone();
+        let rescue_from = rescue_source;
         actix_web::rt::spawn(async move {
             match checked.check_stored_data().await {
                 Ok(found) => {
@@ -163,9 +168,11 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
                         .iter()
                         .map(|(id, n)| format!("{id} ({n} state(s))"))
                         .collect();
+                    let ids: Vec<String> = found.keys.keys().cloned().collect();
                     log::warn!(
-                        "live states hold data sealed with vault key(s) {} that the key loaded from {missing_from} does not have: they answer 503 vault_error until the key is back. Add the key that was used as another line of the key file (the first line seals, every line opens) rather than replacing the file",
-                        named.join(", ")
+                        "live states hold data sealed with vault key(s) {} that the key loaded from {missing_from} does not have: they answer 503 vault_error until the key is back. Add the key that was used as another line of the key file (the first line seals, every line opens) rather than replacing the file.{}",
+                        named.join(", "),
+                        rescue_from.map(|s| s.rescue_hint(&ids)).unwrap_or_default()
                     );
                 }
                 Err(e) => log::warn!("could not check which vault keys live states need: {e}"),

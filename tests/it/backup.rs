@@ -1100,3 +1100,43 @@ async fn a_backup_or_restore_stopped_part_way_leaves_no_partial_copy() {
     assert!(emptied.join("notes.txt").exists() && !emptied.join("copy.db").exists());
     drop(busy);
 }
+
+/// A copy from before `rekey --prune` holds a state whose data is sealed with a key the
+/// prune removed: `check` and the start said the key file lacks it, but not that the
+/// prune kept the old key file beside it, which holds it (as they say for connections).
+#[tokio::test(flavor = "multi_thread")]
+async fn state_data_of_a_copy_from_before_a_prune_names_the_key_file_the_prune_kept() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let state = d
+        .create_state(&key, json!({"namespace": NS, "data": {"v": 1}}))
+        .await;
+    let copy = home.dir.path().join("copy.db");
+    assert!(home
+        .cli(&["backup", copy.to_str().unwrap()])
+        .status
+        .success());
+    assert!(home.cli(&["rekey"]).status.success());
+    assert_eq!(d.consume(&key, &state, NS).await.0, 200);
+    let out = home.cli(&["rekey", "--prune"]);
+    assert!(out.status.success(), "{out:?}");
+    d.signal_and_wait("TERM");
+    let out = home.cli(&["restore", copy.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let hint = format!(
+        "`oauthd rekey --prune` kept the key file as it was before in {}.before-prune-",
+        home.key_file().display()
+    );
+    let report = String::from_utf8_lossy(&home.cli(&["check"]).stdout).into_owned();
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("FAIL  state data"))
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(line.contains(&hint), "{report}");
+    let d = home.start();
+    let logged =
+        common::eventually(Duration::from_secs(10), || home.log_text().contains(&hint)).await;
+    assert!(logged, "{}", home.log_text());
+    assert_eq!(d.consume(&key, &state, NS).await.0, 503);
+}
