@@ -66,9 +66,42 @@ fn open_named_store(settings: &Settings, missing: Missing) -> Result<Arc<dyn Sto
             };
             let store = SqliteStore::open_with(&settings.db, settings.durability, upgrade)
                 .map_err(|e| Fatal(e.to_string(), if e.is_configuration() { 2 } else { 1 }))?;
+            if missing == Missing::Create && !exists {
+                give_to_directory_owner(&settings.db);
+            }
             Ok(Arc::new(store))
         }
         StoreTarget::Redis(target) => open_redis(settings, target),
+    }
+}
+
+/// A database `keys create --create` made as root in another user's directory (the
+/// service's, made for it beforehand) is given to that user with its -wal and -shm files,
+/// as `restore --create` gives a copy: a file of root's, mode 600, the service could not
+/// open.
+fn give_to_directory_owner(db: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata("/proc/self").map(|m| m.uid()).ok() != Some(0) {
+        return;
+    }
+    let Ok(dir) = std::fs::metadata(crate::paths::dir_of(db)) else {
+        return;
+    };
+    if dir.uid() == 0 {
+        return;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let path = crate::paths::with_suffix(db, suffix);
+        if !path.exists() {
+            continue;
+        }
+        if let Err(e) = std::os::unix::fs::chown(&path, Some(dir.uid()), Some(dir.gid())) {
+            log::warn!(
+                "could not give {} to the owner of its directory (uid {}): {e}; chown it to the user oauthd runs as",
+                path.display(),
+                dir.uid()
+            );
+        }
     }
 }
 

@@ -1474,3 +1474,42 @@ async fn the_version_names_the_commit_the_build_came_from() {
     let log = home.log_text();
     assert!(log.contains(&format!("{said} starting")), "{log}");
 }
+
+/// `keys create --create` run as root in the directory made for the service's user made a
+/// database of root's, mode 600, which the service then could not open (`restore
+/// --create` gave its copy the directory's owner). It is now the directory owner's, and
+/// that user's commands open it.
+#[test]
+fn keys_create_as_root_gives_a_new_database_its_directorys_owner() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("svc");
+    std::fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
+    let db = home.join("oauthd.db");
+    let out = Command::new(BIN)
+        .args(["keys", "create", "--create", "--name", "first", "--db"])
+        .arg(&db)
+        .env_remove("OAUTHD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = db.clone().into_os_string();
+        path.push(suffix);
+        if let Ok(meta) = std::fs::metadata(&path) {
+            assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{path:?}");
+        }
+    }
+    let out = Command::new(BIN)
+        .args(["keys", "list", "--db"])
+        .arg(&db)
+        .env_remove("OAUTHD_CONFIG")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("first"));
+}
