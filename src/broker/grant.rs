@@ -80,7 +80,13 @@ impl Broker {
                 // A provider may say "never" with a huge number (Java's Long.MAX_VALUE):
                 // ten years at most, as for imports, so that no sum wraps around.
                 let ms = d.min(MAX_EXPIRES_IN).as_millis() as i64;
-                self.clock.now_ms().saturating_add(ms)
+                // Counted from when the tokens were asked for: the provider's answer may
+                // have taken a while, and the lifetime began before it was sent.
+                let waited = i64::try_from(t.asked.elapsed().as_millis()).unwrap_or(i64::MAX);
+                self.clock
+                    .now_ms()
+                    .saturating_sub(waited)
+                    .saturating_add(ms)
             }),
         })
     }

@@ -198,6 +198,7 @@ impl Broker {
                 .scope
                 .map(|s| s.split_whitespace().map(str::to_owned).collect()),
             id_token: None,
+            asked: std::time::Instant::now(),
         };
         let mut sealed = self.seal_tokens(&provider, &account, &set, None)?;
         sealed.access_expires_at_ms = expires_at_ms;

@@ -58,6 +58,10 @@ pub struct TokenSet {
     pub scopes: Option<Vec<String>>,
     /// The OpenID ID token, when the provider sent one (not verified yet).
     pub id_token: Option<Zeroizing<String>>,
+    /// When the request that got them was sent: `expires_in` counts from the provider's
+    /// answer, which can come long after (a slow provider, a refresh waited for up to a
+    /// minute), and a lifetime counted from its arrival would outlast the token.
+    pub asked: std::time::Instant,
 }
 
 /// The fields of a token response beyond RFC 6749's: the OpenID `id_token`.
@@ -323,10 +327,11 @@ fn classify<E: std::error::Error>(
 fn answered<E: std::error::Error>(
     response: Result<ProviderTokenResponse, RequestTokenError<E, BasicErrorResponse>>,
     sent: &Sent<'_>,
+    asked: std::time::Instant,
 ) -> Result<TokenSet, FlowError> {
     match response {
-        Ok(r) => Ok(token_set(&r)),
-        Err(RequestTokenError::Parse(e, body)) => match lenient_token_set(&body) {
+        Ok(r) => Ok(token_set(&r, asked)),
+        Err(RequestTokenError::Parse(e, body)) => match lenient_token_set(&body, asked) {
             Ok(tokens) if !names_an_error(&body) => Ok(tokens),
             _ => Err(classify::<E>(RequestTokenError::Parse(e, body), sent)),
         },
@@ -339,7 +344,10 @@ fn answered<E: std::error::Error>(
 /// `token_type` (taken as Bearer). An `expires_in` that is no number of seconds is taken
 /// as not said. Takes every answer the standard parser takes; refuses one without an
 /// `access_token`.
-fn lenient_token_set(body: &[u8]) -> Result<TokenSet, serde_json::Error> {
+fn lenient_token_set(
+    body: &[u8],
+    asked: std::time::Instant,
+) -> Result<TokenSet, serde_json::Error> {
     #[derive(serde::Deserialize)]
     struct Loose {
         access_token: String,
@@ -387,6 +395,7 @@ fn lenient_token_set(body: &[u8]) -> Result<TokenSet, serde_json::Error> {
         refresh_token: loose.refresh_token.map(Zeroizing::new),
         scopes,
         id_token: loose.id_token.map(Zeroizing::new),
+        asked,
     })
 }
 
@@ -402,7 +411,7 @@ fn lifetime(expires_in: Option<Duration>) -> Option<Duration> {
     expires_in.filter(|d| !d.is_zero())
 }
 
-fn token_set(r: &ProviderTokenResponse) -> TokenSet {
+fn token_set(r: &ProviderTokenResponse, asked: std::time::Instant) -> TokenSet {
     TokenSet {
         access_token: Zeroizing::new(r.access_token().secret().clone()),
         token_type: match r.token_type() {
@@ -417,6 +426,7 @@ fn token_set(r: &ProviderTokenResponse) -> TokenSet {
             .scopes()
             .map(|s| s.iter().map(|x| x.to_string()).collect()),
         id_token: r.extra_fields().id_token.clone().map(Zeroizing::new),
+        asked,
     }
 }
 
@@ -428,12 +438,13 @@ pub async fn exchange_code(
     code: &str,
     pkce_verifier: &str,
 ) -> Result<TokenSet, FlowError> {
+    let asked = std::time::Instant::now();
     let resp = client(provider, endpoints, Some(redirect))
         .exchange_code(AuthorizationCode::new(code.to_owned()))
         .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_owned()))
         .request_async(&Sender(http))
         .await;
-    answered(resp, &Sent::new(provider, &[code, pkce_verifier]))
+    answered(resp, &Sent::new(provider, &[code, pkce_verifier]), asked)
 }
 
 /// Whether a provider accepts oauthd's client credentials, found out before any user is
@@ -493,11 +504,12 @@ pub async fn refresh(
     refresh_token: &str,
 ) -> Result<TokenSet, FlowError> {
     let token = RefreshToken::new(refresh_token.to_owned());
+    let asked = std::time::Instant::now();
     let resp = client(provider, endpoints, None)
         .exchange_refresh_token(&token)
         .request_async(&Sender(http))
         .await;
-    answered(resp, &Sent::new(provider, &[refresh_token]))
+    answered(resp, &Sent::new(provider, &[refresh_token]), asked)
 }
 
 /// RFC 7009 revocation, as one form POST (the `oauth2` crate insists on https revocation
@@ -736,6 +748,7 @@ pub async fn device_poll(
     if provider.client_auth == ClientAuth::Basic {
         params.push(("client_id", provider.client_id.as_str()));
     }
+    let asked = std::time::Instant::now();
     let resp = match authed_post(http, provider, token_url, &params).send().await {
         Ok(r) => r,
         Err(e) => return DevicePoll::Failed(FlowError::Transient(super::with_causes(&e))),
@@ -747,7 +760,7 @@ pub async fn device_poll(
     };
     let sent = Sent::new(provider, &[device_code]);
     if status.is_success() && !names_an_error(&body) {
-        return match lenient_token_set(&body) {
+        return match lenient_token_set(&body, asked) {
             Ok(tokens) => DevicePoll::Done(tokens),
             Err(e) => DevicePoll::Failed(FlowError::Transient(format!(
                 "malformed token response: the token endpoint answered HTTP {status} with something that is not a token response: {}",

@@ -1308,3 +1308,58 @@ async fn a_callback_that_meets_a_store_not_answering_connects_on_reload() {
         "active"
     );
 }
+
+/// A token's lifetime counts from when oauthd asked for it. Counted from the provider's
+/// answer, it outlasted the token by as long as the answer took: with a refresh answered
+/// after 8 s, `min_ttl=5` got a token with 3 s left and `min_ttl=0` one the provider had
+/// already expired. A refresh answered after 3 s here: the `expires_at` handed out is
+/// not later than the request plus the token's 10 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_answered_late_counts_the_tokens_lifetime_from_the_request() {
+    use common::relay::{Fault, Relay};
+    let peer = Peer::start(10);
+    let port: u16 = peer
+        .issuer
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the peer's port");
+    let relay = Relay::start(port).await;
+    let home = Home::new();
+    home.write_config(&format!(
+        "refresh_check_seconds = 3600\n{}",
+        peer.provider_toml("peer").replace(
+            "[providers.peer.authorize_params]",
+            &format!(
+                "token_url = \"http://127.0.0.1:{}/token\"\n[providers.peer.authorize_params]",
+                relay.port
+            )
+        )
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
+    // Past half the token's life: a call asking 5 s refreshes it.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    relay.arm(
+        "grant_type=refresh_token",
+        Fault::Hold(std::time::Duration::from_secs(3)),
+    );
+    let asked = chrono::Utc::now();
+    let (status, body) = d
+        .get("/v1/connections/peer/alice/token?min_ttl=5", &key)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let answered = chrono::Utc::now();
+    assert!(
+        answered - asked >= chrono::Duration::seconds(3),
+        "the refresh was not held: {body}"
+    );
+    let expires_at = chrono::DateTime::parse_from_rfc3339(body["expires_at"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    assert!(
+        expires_at <= asked + chrono::Duration::milliseconds(10_500),
+        "expires {expires_at}, asked at {asked}: counted from the answer at {answered}"
+    );
+}
