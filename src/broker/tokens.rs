@@ -102,6 +102,9 @@ struct Leased {
 /// waited on a connection that stalled has had another.
 const TAKEOVER_GRACE: Duration = Duration::from_secs(10);
 
+/// The most `Retry-After` a caller told of another process's lease hears (seconds).
+const LEASE_RETRY_AFTER_MAX: u64 = 10;
+
 /// How often a refresh waiting out `TAKEOVER_GRACE` looks whether the holder has saved.
 const TAKEOVER_LOOK: Duration = Duration::from_millis(200);
 
@@ -461,7 +464,8 @@ impl Broker {
             asked_at,
         } = ask;
         // How long to wait for another process is real waiting, not a time rule: measured
-        // on the monotonic clock.
+        // on the monotonic clock. (A lease that ran out is taken over within it, after
+        // `TAKEOVER_GRACE`; one still held is waited for until `answer_by` at most.)
         let deadline = tokio::time::Instant::now() + WAIT_FOR_OTHER;
         let mut discovered: Option<Result<(), String>> = None;
         // The lease that ran out unreleased whose takeover this call noted (generation,
@@ -639,7 +643,10 @@ impl Broker {
                 }
                 // Another process is refreshing, or refreshed since `row` was read: look
                 // again (bounded), never refresh with the refresh token read before.
-                None if tokio::time::Instant::now() < deadline => {
+                // Not past `answer_by`: a caller waiting for a lease another process holds
+                // was answered after 20 s whatever its provider_timeout (and a killed
+                // holder's lease runs on for a minute).
+                None if tokio::time::Instant::now() < deadline.min(answer_by) => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     waited_for_other = true;
                 }
@@ -652,9 +659,14 @@ impl Broker {
                         ),
                         None => "another oauthd process is refreshing this connection".into(),
                     };
+                    // A live holder lets go as soon as it saved; a killed one's lease runs
+                    // on: asked again every second, each call would wait all over again.
+                    let retry_after_secs = until.map_or(1, |until| {
+                        crate::clock::seconds_until(now, until).clamp(1, LEASE_RETRY_AFTER_MAX)
+                    });
                     return Err(BrokerError::ProviderUnavailable {
                         message,
-                        retry_after_secs: 1,
+                        retry_after_secs,
                     });
                 }
             }

@@ -370,9 +370,10 @@ async fn a_restart_after_fixing_the_client_secret_refreshes_at_once() {
     d.signal_and_wait("TERM");
 
     // The same with a backoff of ten minutes stored and a lease left by a process that
-    // died with it, running 25 s more: the first call waits 20 s for it and gives up, the
-    // second takes it over once it ran out. The first call's wait used up the one try (and
-    // so did a takeover's wait for a lease that had run out already).
+    // died with it, running 25 s more: the first call waits for it until its
+    // provider_timeout (it waited 20 s whatever that was) and gives up, saying when to ask
+    // again; a later call takes it over once it ran out. The first call's wait used up the
+    // one try (and so did a takeover's wait for a lease that had run out already).
     let mut shell = common::SqliteShell::open(&home.db());
     let now = chrono::Utc::now().timestamp_millis();
     let (ends, retry_at) = (now + 25_000, now + 600_000);
@@ -381,10 +382,21 @@ async fn a_restart_after_fixing_the_client_secret_refreshes_at_once() {
     ));
     assert_eq!(changed, "1");
     assert!(shell.close().success());
-    home.write_config(&peer.provider_toml("peer"));
+    home.write_config(&format!(
+        "provider_timeout_seconds = 3\n{}",
+        peer.provider_toml("peer")
+    ));
     let d = home.start();
-    let (status, body) = d.get(path, &key).await;
-    assert_eq!(status, 503, "{body}");
+    let asked = std::time::Instant::now();
+    let resp = d.get_raw(path, Some(&key)).await;
+    let waited = asked.elapsed();
+    assert_eq!(resp.status(), 503);
+    let retry_after: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body: serde_json::Value = resp.json().await.unwrap();
     assert!(
         body["detail"]
             .as_str()
@@ -392,8 +404,25 @@ async fn a_restart_after_fixing_the_client_secret_refreshes_at_once() {
             .contains("its lease ends at"),
         "{body}"
     );
-    let (status, body) = d.get(path, &key).await;
-    assert_eq!(status, 200, "{body}");
+    assert!(
+        waited < Duration::from_secs(12),
+        "answered after {waited:?}, past provider_timeout_seconds = 3"
+    );
+    assert!(
+        (2..=10).contains(&retry_after),
+        "Retry-After {retry_after} for a lease with about 20 s left"
+    );
+    let mut answered = None;
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_secs(retry_after.min(3))).await;
+        let (status, body) = d.get(path, &key).await;
+        if status == 200 {
+            answered = Some(body);
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+    }
+    assert!(answered.is_some(), "the lease was never taken over");
     d.signal_and_wait("TERM");
 }
 
