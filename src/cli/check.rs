@@ -646,7 +646,12 @@ fn vault_line(
                 if missing.is_empty() { "unknown".to_owned() } else { missing.join(", ") },
                 source.describe(),
                 known.join(", "),
-                source.rescue_hint(&missing)
+                // None needed (unknown keys): any copy would match.
+                if missing.is_empty() {
+                    String::new()
+                } else {
+                    source.rescue_hint(&missing)
+                }
             ),
         );
     }

@@ -92,10 +92,12 @@ fn give_to_directory_owner(db: &std::path::Path) {
     }
     for suffix in ["", "-wal", "-shm"] {
         let path = crate::paths::with_suffix(db, suffix);
-        if !path.exists() {
+        if path.symlink_metadata().is_err() {
             continue;
         }
-        if let Err(e) = std::os::unix::fs::chown(&path, Some(dir.uid()), Some(dir.gid())) {
+        // Not through a link: the directory's owner could have put one in the file's
+        // place meanwhile (to have root give them /etc/shadow).
+        if let Err(e) = std::os::unix::fs::lchown(&path, Some(dir.uid()), Some(dir.gid())) {
             log::warn!(
                 "could not give {} to the owner of its directory (uid {}): {e}; chown it to the user oauthd runs as",
                 path.display(),

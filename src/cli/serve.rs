@@ -112,167 +112,174 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
         if let Err(e) = store.mark_served(clock.now_ms()).await {
             log::warn!("{e}");
         }
-        let mut teller = super::vault_peers::Teller::new(
-            store.clone(),
-            broker.clone(),
-            notifier.clone(),
-            clock.clone(),
-            key_from.clone(),
-        );
-        teller.start().await?;
-        match store.list_connections().await {
-            Ok(rows) => {
-                if let Some(note) = super::unconfigured::note(&rows, &settings) {
-                    log::warn!("{note}");
-                }
-            }
-            Err(e) => log::warn!("could not list the connections to look at their providers: {e}"),
-        }
-        match store.list_keys().await {
-            Ok(keys) => {
-                for key in keys.iter().filter(|k| k.revoked_at_ms.is_none()) {
-                    if let Some(note) = crate::apikeys::provider_scope_note(key) {
-                        log::info!("API key {:?}: {note}", key.name);
+        // Whatever ends the serve from here, its mark goes (a mark left behind makes a
+        // whole copy of the file look like one made while it served).
+        let ran: Result<(), Fatal> = async {
+            let mut teller = super::vault_peers::Teller::new(
+                store.clone(),
+                broker.clone(),
+                notifier.clone(),
+                clock.clone(),
+                key_from.clone(),
+            );
+            teller.start().await?;
+            match store.list_connections().await {
+                Ok(rows) => {
+                    if let Some(note) = super::unconfigured::note(&rows, &settings) {
+                        log::warn!("{note}");
                     }
                 }
+                Err(e) => log::warn!("could not list the connections to look at their providers: {e}"),
             }
-            Err(e) => log::warn!("could not list the API keys to look at their scopes: {e}"),
-        }
-        let max_total = settings.states.max_total_states;
-        match store.live_states_total(clock.now_ms()).await {
-            Ok(total) => {
-                if let Some(note) = crate::states::fullness_note(total, max_total) {
-                    log::warn!("{note}");
+            match store.list_keys().await {
+                Ok(keys) => {
+                    for key in keys.iter().filter(|k| k.revoked_at_ms.is_none()) {
+                        if let Some(note) = crate::apikeys::provider_scope_note(key) {
+                            log::info!("API key {:?}: {note}", key.name);
+                        }
+                    }
                 }
+                Err(e) => log::warn!("could not list the API keys to look at their scopes: {e}"),
             }
-            Err(e) => log::warn!("could not count the store's states: {e}"),
-        }
-        // Beside the start, not in its way: it reads every live state that holds data.
-        let checked = states.clone();
-        let missing_from = key_from.clone();
-        let rescue_from = rescue_source;
-        actix_web::rt::spawn(async move {
-            match checked.check_stored_data().await {
-                Ok(found) => {
-                    if found.in_clear > 0 {
+            let max_total = settings.states.max_total_states;
+            match store.live_states_total(clock.now_ms()).await {
+                Ok(total) => {
+                    if let Some(note) = crate::states::fullness_note(total, max_total) {
+                        log::warn!("{note}");
+                    }
+                }
+                Err(e) => log::warn!("could not count the store's states: {e}"),
+            }
+            // Beside the start, not in its way: it reads every live state that holds data.
+            let checked = states.clone();
+            let missing_from = key_from.clone();
+            let rescue_from = rescue_source;
+            actix_web::rt::spawn(async move {
+                match checked.check_stored_data().await {
+                    Ok(found) => {
+                        if found.in_clear > 0 {
+                            log::warn!(
+                                "{} live state(s) hold data an oauthd from before data was sealed stored in clear: theirs is read as it is until they are consumed or expire; data in clear in any other state is refused",
+                                found.in_clear
+                            );
+                        }
+                        if found.keys.is_empty() {
+                            return;
+                        }
+                        let named: Vec<String> = found
+                            .keys
+                            .iter()
+                            .map(|(id, n)| format!("{id} ({n} state(s))"))
+                            .collect();
+                        let ids: Vec<String> = found.keys.keys().cloned().collect();
                         log::warn!(
-                            "{} live state(s) hold data an oauthd from before data was sealed stored in clear: theirs is read as it is until they are consumed or expire; data in clear in any other state is refused",
-                            found.in_clear
+                            "live states hold data sealed with vault key(s) {} that the key loaded from {missing_from} does not have: they answer 503 vault_error until the key is back. Add the key that was used as another line of the key file (the first line seals, every line opens) rather than replacing the file.{}",
+                            named.join(", "),
+                            rescue_from.map(|s| s.rescue_hint(&ids)).unwrap_or_default()
                         );
                     }
-                    if found.keys.is_empty() {
-                        return;
+                    Err(e) => log::warn!("could not check which vault keys live states need: {e}"),
+                }
+            });
+            if admin.needs_first_link().await? {
+                // On stdout, not in the log: the link is a credential. A database that cannot
+                // be written now (read-only) must not keep oauthd from serving what it can.
+                match admin.login_link(&public_url).await {
+                    Ok(link) => {
+                        use std::io::Write as _;
+                        // A closed stdout must not stop the server (`println!` would panic).
+                        let _ = writeln!(
+                            std::io::stdout().lock(),
+                            "No one has signed in yet. Open this one-time link to sign in (valid 24 h):\n{link}"
+                        );
                     }
-                    let named: Vec<String> = found
-                        .keys
-                        .iter()
-                        .map(|(id, n)| format!("{id} ({n} state(s))"))
-                        .collect();
-                    let ids: Vec<String> = found.keys.keys().cloned().collect();
-                    log::warn!(
-                        "live states hold data sealed with vault key(s) {} that the key loaded from {missing_from} does not have: they answer 503 vault_error until the key is back. Add the key that was used as another line of the key file (the first line seals, every line opens) rather than replacing the file.{}",
-                        named.join(", "),
-                        rescue_from.map(|s| s.rescue_hint(&ids)).unwrap_or_default()
-                    );
+                    Err(e) => log::error!(
+                        "no sign-in link printed ({e}); once the database can be written, \
+                         `oauthd admin link` prints one"
+                    ),
                 }
-                Err(e) => log::warn!("could not check which vault keys live states need: {e}"),
             }
-        });
-        if admin.needs_first_link().await? {
-            // On stdout, not in the log: the link is a credential. A database that cannot
-            // be written now (read-only) must not keep oauthd from serving what it can.
-            match admin.login_link(&public_url).await {
-                Ok(link) => {
-                    use std::io::Write as _;
-                    // A closed stdout must not stop the server (`println!` would panic).
-                    let _ = writeln!(
-                        std::io::stdout().lock(),
-                        "No one has signed in yet. Open this one-time link to sign in (valid 24 h):\n{link}"
-                    );
-                }
-                Err(e) => log::error!(
-                    "no sign-in link printed ({e}); once the database can be written, \
-                     `oauthd admin link` prints one"
-                ),
+            broker.run_background_on(tokio::runtime::Handle::current());
+            let resumed = broker.adopt_device_flows().await?;
+            if resumed > 0 {
+                log::info!("resumed polling for {resumed} device flow(s)");
             }
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let sweeper =
+                actix_web::rt::spawn(sweeper::run(
+                store.clone(),
+                settings.sweep,
+                clock.clone(),
+                stopped.clone(),
+            ));
+            // Flows started elsewhere (the CLI) and left: picked up within seconds.
+            let device_watch = actix_web::rt::spawn(crate::broker::watch_device_flows(
+                broker.clone(),
+                std::time::Duration::from_secs(3),
+                stopped.clone(),
+            ));
+            let told = actix_web::rt::spawn(teller.run(stopped.clone()));
+            actix_web::rt::spawn({
+                let broker = broker.clone();
+                async move { broker.discover_at_start().await }
+            });
+            let refresher = actix_web::rt::spawn(crate::broker::refresher::run(
+                broker.clone(),
+                settings.refresh_check,
+                stopped.clone(),
+            ));
+            let deliveries = actix_web::rt::spawn(crate::notify::deliver::run(
+                store.clone(),
+                notifier.clone(),
+                delivery_http,
+                stopped,
+            ));
+            let devices = broker.clone();
+            let app = AppState {
+                proxy: proxy.clone(),
+                states,
+                keys: store.clone(),
+                key_cache: KeyCache::new(settings.api_key_cache, clock.clone()),
+                store: store.clone(),
+                broker,
+                notifier,
+                outbox: store.clone(),
+                admin,
+                secure_cookies: public_url.scheme() == "https",
+                base_path: base_path.clone(),
+                strip_base_path: crate::http::base_path::strippable(&base_path),
+                metrics_token,
+                public_limit: crate::http::RateLimiter::new(settings.public_per_minute),
+                failed_auth_limit: crate::http::RateLimiter::new(settings.failed_auth_per_minute),
+                failed_sign_in_limit: crate::http::RateLimiter::new(settings.failed_auth_per_minute),
+                failed_metrics_limit: crate::http::RateLimiter::new(settings.failed_auth_per_minute),
+                change_limit: crate::http::RateLimiter::new(settings.connection_changes_per_minute),
+                max_connections_per_key: usize::try_from(settings.max_connections_per_key)
+                    .unwrap_or(usize::MAX),
+                trusted_proxies: settings.trusted_proxies.clone(),
+                no_keys_hint: match settings.store {
+                    crate::store::target::StoreTarget::Sqlite => http::NO_KEYS_SQLITE,
+                    crate::store::target::StoreTarget::Redis(_) => http::NO_KEYS_REDIS,
+                },
+            };
+            let served = http::serve(&settings, listener, app).await;
+            // Device polls were told to stop with the HTTP server; a poll or a leased refresh
+            // still under way (its provider slower than the requests) is waited for here.
+            devices.stop_background().await;
+            let _ = stop.send(true);
+            let _ = sweeper.await;
+            let _ = refresher.await;
+            let _ = device_watch.await;
+            let _ = deliveries.await;
+    let _ = told.await;
+            served?;
+            Ok(())
         }
-        broker.run_background_on(tokio::runtime::Handle::current());
-        let resumed = broker.adopt_device_flows().await?;
-        if resumed > 0 {
-            log::info!("resumed polling for {resumed} device flow(s)");
-        }
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let sweeper =
-            actix_web::rt::spawn(sweeper::run(
-            store.clone(),
-            settings.sweep,
-            clock.clone(),
-            stopped.clone(),
-        ));
-        // Flows started elsewhere (the CLI) and left: picked up within seconds.
-        let device_watch = actix_web::rt::spawn(crate::broker::watch_device_flows(
-            broker.clone(),
-            std::time::Duration::from_secs(3),
-            stopped.clone(),
-        ));
-        let told = actix_web::rt::spawn(teller.run(stopped.clone()));
-        actix_web::rt::spawn({
-            let broker = broker.clone();
-            async move { broker.discover_at_start().await }
-        });
-        let refresher = actix_web::rt::spawn(crate::broker::refresher::run(
-            broker.clone(),
-            settings.refresh_check,
-            stopped.clone(),
-        ));
-        let deliveries = actix_web::rt::spawn(crate::notify::deliver::run(
-            store.clone(),
-            notifier.clone(),
-            delivery_http,
-            stopped,
-        ));
-        let devices = broker.clone();
-        let app = AppState {
-            proxy: proxy.clone(),
-            states,
-            keys: store.clone(),
-            key_cache: KeyCache::new(settings.api_key_cache, clock.clone()),
-            store: store.clone(),
-            broker,
-            notifier,
-            outbox: store.clone(),
-            admin,
-            secure_cookies: public_url.scheme() == "https",
-            base_path: base_path.clone(),
-            strip_base_path: crate::http::base_path::strippable(&base_path),
-            metrics_token,
-            public_limit: crate::http::RateLimiter::new(settings.public_per_minute),
-            failed_auth_limit: crate::http::RateLimiter::new(settings.failed_auth_per_minute),
-            failed_sign_in_limit: crate::http::RateLimiter::new(settings.failed_auth_per_minute),
-            failed_metrics_limit: crate::http::RateLimiter::new(settings.failed_auth_per_minute),
-            change_limit: crate::http::RateLimiter::new(settings.connection_changes_per_minute),
-            max_connections_per_key: usize::try_from(settings.max_connections_per_key)
-                .unwrap_or(usize::MAX),
-            trusted_proxies: settings.trusted_proxies.clone(),
-            no_keys_hint: match settings.store {
-                crate::store::target::StoreTarget::Sqlite => http::NO_KEYS_SQLITE,
-                crate::store::target::StoreTarget::Redis(_) => http::NO_KEYS_REDIS,
-            },
-        };
-        let served = http::serve(&settings, listener, app).await;
-        // Device polls were told to stop with the HTTP server; a poll or a leased refresh
-        // still under way (its provider slower than the requests) is waited for here.
-        devices.stop_background().await;
-        let _ = stop.send(true);
-        let _ = sweeper.await;
-        let _ = refresher.await;
-        let _ = device_watch.await;
-        let _ = deliveries.await;
-        let _ = told.await;
+        .await;
         if let Err(e) = store.mark_stopped().await {
             log::warn!("{e}");
         }
-        served?;
+        ran?;
         log::info!("stopped");
         Ok(())
     })

@@ -388,6 +388,22 @@ async fn a_database_moved_without_its_wal_file_is_refused_not_started_afresh() {
     let d = home.start();
     assert_eq!(d.get("/v1/connections", &key).await.0, 200);
     d.signal_and_wait("TERM");
+
+    // One never checkpointed (all of it in the -wal) holds no tables: refused too.
+    let bare = Home::new();
+    bare.write_config("");
+    let made = rusqlite::Connection::open(bare.db()).unwrap();
+    made.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+        .unwrap();
+    drop(made);
+    assert!(!bare.dir.path().join("oauthd.db-wal").exists());
+    let out = bare.serve_once();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("is in WAL mode but holds no tables, and no"),
+        "{err}"
+    );
 }
 
 /// Copies the database file alone (and its key file) from `from` into `to`.
@@ -1139,4 +1155,30 @@ async fn state_data_of_a_copy_from_before_a_prune_names_the_key_file_the_prune_k
         common::eventually(Duration::from_secs(10), || home.log_text().contains(&hint)).await;
     assert!(logged, "{}", home.log_text());
     assert_eq!(d.consume(&key, &state, NS).await.0, 503);
+}
+
+/// Served through a symbolic link, a database's -wal is beside the file the link leads
+/// to: commands given the link open it while it is served, not taken for a copy made
+/// without its -wal.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_served_through_a_link_opens_in_commands_meanwhile() {
+    let home = Home::new();
+    home.create_key("first", &[]);
+    let real = home.dir.path().join("data");
+    std::fs::create_dir(&real).unwrap();
+    std::fs::rename(home.db(), real.join("oauthd.db")).unwrap();
+    std::fs::rename(
+        home.dir.path().join("oauthd.db.key"),
+        real.join("oauthd.db.key"),
+    )
+    .ok();
+    std::os::unix::fs::symlink(real.join("oauthd.db"), home.db()).unwrap();
+    let d = home.start();
+    home.create_key("while-served", &[]);
+    let names = key_names(&home).expect("the linked database opens while served");
+    assert!(
+        names.contains("first") && names.contains("while-served"),
+        "{names}"
+    );
+    d.signal_and_wait("TERM");
 }

@@ -2,8 +2,7 @@
 //! reconnects after an I/O error, but a reconnect that Redis refused (its password
 //! changed, then changed back; an ACL user switched off, then on) stays its answer to
 //! every later call, and it never tries again: every request answered 503 until oauthd
-//! was restarted. Such an error (one the library says a new connection would mend, other
-//! than I/O) has the connection made afresh, at most once a second.
+//! was restarted. A refused login has the connection made afresh, at most once a second.
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::sync::{Mutex, PoisonError, RwLock};
@@ -47,11 +46,13 @@ impl Link {
             .clone()
     }
 
-    /// Looks at an error a call got: one that only a new connection mends, and that the
-    /// library does not mend itself, has the connection renewed (made when next used).
+    /// Looks at an error a call got: a refused login, which the library does not mend
+    /// itself, has the connection renewed (made when next used).
     /// `runtime` is the store's, whose tasks the connection runs on.
     pub fn after(&self, e: &redis::RedisError, runtime: &tokio::runtime::Runtime) {
-        if e.is_io_error() || !matches!(e.retry_method(), redis::RetryMethod::Reconnect) {
+        // Only a refused login: the library's other errors that call for a new connection
+        // (`Parse`) are also a value that did not read, on a connection that works.
+        if e.kind() != redis::ErrorKind::AuthenticationFailed {
             return;
         }
         {
@@ -64,10 +65,7 @@ impl Link {
         let _entered = runtime.enter();
         match ConnectionManager::new_lazy_with_config(self.client.clone(), config()) {
             Ok(fresh) => {
-                log::info!(
-                    "Redis: a call failed as only a new connection mends ({:?}): connecting afresh",
-                    e.kind()
-                );
+                log::info!("Redis refused oauthd's login on a reconnect: connecting afresh");
                 *self.current.write().unwrap_or_else(PoisonError::into_inner) = fresh;
             }
             Err(e) => log::warn!("cannot make a new connection to Redis: {e}"),

@@ -161,6 +161,13 @@ impl OpenError {
 
 /// Whether the file at `path` is an SQLite database in WAL mode (its header's read and
 /// write versions are 2), read from its first bytes.
+/// The file SQLite keeps beside a database (`-wal`, `-journal`): beside the file a link
+/// leads to.
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let file = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    crate::paths::with_suffix(&file, suffix)
+}
+
 fn in_wal_mode(path: &Path) -> bool {
     use std::io::Read;
     let mut header = [0u8; 20];
@@ -187,7 +194,7 @@ pub fn schema_versions(path: &Path) -> Result<(i64, i64), OpenError> {
     // no longer see that it came without its -wal (`OpenError::CopiedWithoutWal`).
     let journal = ["-wal", "-journal"]
         .iter()
-        .any(|suffix| crate::paths::with_suffix(path, suffix).exists());
+        .any(|suffix| beside(path, suffix).exists());
     let conn = if journal {
         Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
     } else {
@@ -370,8 +377,7 @@ impl SqliteStore {
             }
         }
         // Read before SQLite opens it (which makes a -wal file of its own).
-        let wal_left_behind =
-            !created && in_wal_mode(path) && !crate::paths::with_suffix(path, "-wal").exists();
+        let wal_left_behind = !created && in_wal_mode(path) && !beside(path, "-wal").exists();
         let open_err = |e: &dyn std::fmt::Display| OpenError::open(path, e);
         // A file that is there and is no database (a config file given as --db) is a
         // configuration error, and is left as it is.
@@ -493,8 +499,9 @@ impl SqliteStore {
                     );
                 }
             }
-            // What processes gone wrote is here (the -wal is): their marks go.
-            if let Err(e) = serving::forget_gone(&conn) {
+            if let Err(e) =
+                serving::forget_gone(&conn, serving::Place::of(path).as_ref(), !wal_left_behind)
+            {
                 log::debug!(
                     "database {}: marks of oauthds gone left for now: {e}",
                     path.display()

@@ -4,14 +4,16 @@
 //! What oauthd writes stays in the `-wal` file until a checkpoint, so a copy of the
 //! database file made without it while oauthd serves (or after oauthd was killed) is an
 //! older database that opened without a word. One that has no `-wal` beside it and holds
-//! a mark of a process still there, or made in another file or place, is refused instead
-//! (`OpenError::CopiedWithoutWal`). A killed oauthd's file in its place, its `-wal` merged
-//! into it by another program since (an `sqlite3` shell), is whole and opens.
+//! a mark made in another file or place is refused instead (`OpenError::CopiedWithoutWal`).
+//! A mark made in this very file tells nothing then: a process serving it would have its
+//! `-wal` beside it, so its writes were merged into the file (a clean stop, an `sqlite3`
+//! shell after a kill).
 //!
-//! A clean stop removes its process's mark (and the last connection's close then merges
-//! the `-wal` into the file and deletes it). The marks of processes that are gone (killed,
-//! or from before a reboot) are removed by the next oauthd that opens the database.
-//! `oauthd backup` and `restore` leave every mark out of what they copy.
+//! A clean stop removes its process's mark, and those of processes it cannot see alive (a
+//! killed oauthd's, one in another container's PID namespace). A writable open removes the
+//! marks of processes gone, marks made elsewhere (a copy taken with its `-wal`, whole), and
+//! with no `-wal` beside the file, every mark. `oauthd backup` and `restore` leave every
+//! mark out of what they copy.
 
 use rusqlite::Connection;
 
@@ -55,17 +57,17 @@ impl Process {
         parts.next().is_none().then_some(process)
     }
 
-    /// Whether the process a mark names is gone, seen from `here`. One in another PID
-    /// namespace (an oauthd in a container, this command run on the host) cannot be looked
-    /// up: it is taken to be there.
-    fn gone(&self, here: &Process) -> bool {
+    /// Whether the process a mark names is alive, seen from `here`: `None` where it
+    /// cannot be looked up (another PID namespace: an oauthd in a container, this command
+    /// run on the host).
+    fn alive(&self, here: &Process) -> Option<bool> {
         if self.boot != here.boot {
-            return true;
+            return Some(false);
         }
         if self.pid_namespace != here.pid_namespace {
-            return false;
+            return None;
         }
-        start_time(self.pid).is_none_or(|started| started != self.started)
+        Some(start_time(self.pid).is_some_and(|started| started == self.started))
     }
 }
 
@@ -158,49 +160,50 @@ fn marks(conn: &Connection) -> rusqlite::Result<Vec<(String, String)>> {
     .collect()
 }
 
-/// For a database file with no `-wal` beside it, at `here`: the first mark of a process
-/// still there (whose writes are in a -wal elsewhere), or one made in another file or
-/// place (a copy, or a move, without the -wal). `None`: no mark, or only marks of
-/// processes gone that served this file here, whose -wal another program merged into it.
+/// For a database file with no `-wal` beside it, at `here`: the first mark made in
+/// another file or place (a copy, or a move, without the -wal), whose process's writes
+/// since the last checkpoint are not in this file. `None`: no mark, or only marks made in
+/// this file here.
 pub fn without_its_wal(
     conn: &Connection,
     here: Option<&Place>,
 ) -> rusqlite::Result<Option<Served>> {
-    let this = Process::this();
     for (name, value) in marks(conn)? {
-        let process = Process::from_mark(&name);
-        let there = match (&process, &this) {
-            (Some(process), Some(this)) => !process.gone(this),
-            _ => true,
-        };
         let (since_ms, made_at) = Place::from_value(&value);
-        if there || made_at.is_none() || made_at.as_ref() != here {
+        if made_at.is_none() || made_at.as_ref() != here {
             return Ok(Some(Served {
                 since_ms,
-                pid: process.map(|p| p.pid),
+                pid: Process::from_mark(&name).map(|p| p.pid),
             }));
         }
     }
     Ok(None)
 }
 
-/// Removes the marks of processes that are gone. Run where the database is opened in its
-/// place (its `-wal` beside it), which has what they wrote.
-pub fn forget_gone(conn: &Connection) -> rusqlite::Result<()> {
-    let Some(here) = Process::this() else {
-        return Ok(());
-    };
-    if !has_meta(conn)? {
-        return Ok(());
-    }
-    let names: Vec<String> = conn
-        .prepare_cached("SELECT name FROM meta WHERE name >= 'serving:' AND name < 'serving;'")?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    for name in names {
-        if Process::from_mark(&name).is_none_or(|p| p.gone(&here)) {
-            conn.prepare_cached("DELETE FROM meta WHERE name = ?1")?
-                .execute([&name])?;
+fn remove(conn: &Connection, name: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("DELETE FROM meta WHERE name = ?1")?
+        .execute([name])
+        .map(|_| ())
+}
+
+/// At a writable open of the database file at `here` (not refused): removes the marks of
+/// processes gone and those made elsewhere, and with no -wal beside it (`wal_beside`
+/// false: no process serves it), every mark.
+pub fn forget_gone(
+    conn: &Connection,
+    here: Option<&Place>,
+    wal_beside: bool,
+) -> rusqlite::Result<()> {
+    let this = Process::this();
+    for (name, value) in marks(conn)? {
+        let gone = match (Process::from_mark(&name), &this) {
+            (Some(process), Some(this)) => process.alive(this) == Some(false),
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
+        let elsewhere = Place::from_value(&value).1.as_ref() != here;
+        if gone || elsewhere || !wal_beside {
+            remove(conn, &name)?;
         }
     }
     Ok(())
@@ -216,14 +219,21 @@ pub fn mark(conn: &Connection, now_ms: i64, place: &Place) -> rusqlite::Result<(
         .map(|_| ())
 }
 
-/// Removes this process's mark (a clean stop).
+/// A clean stop: removes this process's mark, and every other one this process cannot see
+/// alive (a killed oauthd's in another PID namespace would stay for good otherwise, and
+/// make a whole copy of the file look like one made while it was served).
 pub fn unmark(conn: &Connection) -> rusqlite::Result<()> {
     let Some(this) = Process::this() else {
         return Ok(());
     };
-    conn.prepare_cached("DELETE FROM meta WHERE name = ?1")?
-        .execute([this.mark_name()])
-        .map(|_| ())
+    for (name, _) in marks(conn)? {
+        let alive_elsewhere = name != this.mark_name()
+            && Process::from_mark(&name).and_then(|p| p.alive(&this)) == Some(true);
+        if !alive_elsewhere {
+            remove(conn, &name)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -231,29 +241,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn this_process_is_there_and_one_gone_or_from_another_boot_is_not() {
+    fn this_process_is_alive_and_one_restarted_or_from_another_boot_is_not() {
         let here = Process::this().expect("/proc tells this process");
         assert_eq!(Process::from_mark(&here.mark_name()), Some(here.clone()));
-        assert!(!here.gone(&here));
+        assert_eq!(here.alive(&here), Some(true));
         let restarted = Process {
             started: format!("{}0", here.started),
             ..here.clone()
         };
-        assert!(restarted.gone(&here), "the same PID, another process");
+        assert_eq!(
+            restarted.alive(&here),
+            Some(false),
+            "the same PID, another process"
+        );
         let rebooted = Process {
             boot: "another-boot".into(),
             ..here.clone()
         };
-        assert!(rebooted.gone(&here));
+        assert_eq!(rebooted.alive(&here), Some(false));
         let elsewhere = Process {
             pid_namespace: "1".into(),
             pid: u32::MAX,
             ..here.clone()
         };
-        assert!(
-            !elsewhere.gone(&here),
-            "another PID namespace cannot be looked up"
-        );
+        assert_eq!(elsewhere.alive(&here), None, "another PID namespace");
         assert_eq!(Process::from_mark("serving:a:b:notapid:c"), None);
         assert_eq!(Process::from_mark("serving:a:b:1:c:d"), None);
     }
@@ -273,28 +284,44 @@ mod tests {
         }
     }
 
-    fn gone_mark(conn: &Connection, at: &Place) {
+    /// Adds the mark of another process: gone, or in another PID namespace.
+    fn other_mark(conn: &Connection, at: &Place, gone: bool) -> String {
         let here = Process::this().unwrap();
-        let gone = Process {
-            started: format!("{}0", here.started),
-            ..here
+        let other = if gone {
+            Process {
+                started: format!("{}0", here.started),
+                ..here
+            }
+        } else {
+            Process {
+                pid_namespace: "1".into(),
+                ..here
+            }
         };
         conn.execute(
             "INSERT INTO meta (name, value) VALUES (?1, ?2)",
-            [gone.mark_name(), at.value(1_000)],
+            [other.mark_name(), at.value(1_000)],
         )
         .unwrap();
+        other.mark_name()
+    }
+
+    fn names(conn: &Connection) -> Vec<String> {
+        marks(conn).unwrap().into_iter().map(|(n, _)| n).collect()
     }
 
     #[test]
-    fn a_file_without_its_wal_is_told_by_a_live_mark_or_one_made_elsewhere() {
+    fn a_file_without_its_wal_is_told_by_a_mark_made_elsewhere_only() {
         let conn = meta();
         let here = place("/srv/oauthd.db");
         assert_eq!(without_its_wal(&conn, Some(&here)).unwrap(), None);
-        // A killed oauthd's, made here: its -wal was merged into this file.
-        gone_mark(&conn, &here);
+        // Made here, by a process gone or one that cannot be looked up: its -wal was
+        // merged into this file.
+        other_mark(&conn, &here, true);
+        other_mark(&conn, &here, false);
+        mark(&conn, 2_000, &here).unwrap();
         assert_eq!(without_its_wal(&conn, Some(&here)).unwrap(), None);
-        // The same, seen in a copy or after a move.
+        // The same file copied, or moved.
         for elsewhere in [
             place("/backups/oauthd.db"),
             Place {
@@ -306,32 +333,45 @@ mod tests {
             assert_eq!(told.since_ms, 1_000);
         }
         assert!(without_its_wal(&conn, None).unwrap().is_some());
-        // A mark of a process still there, wherever it was made.
-        forget_gone(&conn).unwrap();
-        mark(&conn, 2_000, &here).unwrap();
-        let told = without_its_wal(&conn, Some(&here)).unwrap().unwrap();
-        assert_eq!(
-            told,
-            Served {
-                since_ms: 2_000,
-                pid: Some(std::process::id())
-            }
-        );
-        unmark(&conn).unwrap();
-        assert_eq!(without_its_wal(&conn, Some(&here)).unwrap(), None);
     }
 
     #[test]
-    fn marks_of_processes_gone_are_forgotten_and_this_ones_kept() {
+    fn an_open_forgets_marks_gone_or_made_elsewhere_and_all_without_a_wal() {
         let conn = meta();
         let here = place("/srv/oauthd.db");
         mark(&conn, 2_000, &here).unwrap();
-        gone_mark(&conn, &here);
-        assert_eq!(marks(&conn).unwrap().len(), 2);
-        forget_gone(&conn).unwrap();
-        let left = marks(&conn).unwrap();
-        assert_eq!(left.len(), 1);
-        assert_eq!(left[0].0, Process::this().unwrap().mark_name());
-        assert_eq!(Place::from_value(&left[0].1), (2_000, Some(here.clone())));
+        let this = Process::this().unwrap().mark_name();
+        other_mark(&conn, &here, true);
+        let unseen = other_mark(&conn, &here, false);
+        let copied = meta();
+        mark(&copied, 2_000, &place("/elsewhere/oauthd.db")).unwrap();
+        // With the -wal beside it: the gone one goes, what cannot be looked up stays.
+        forget_gone(&conn, Some(&here), true).unwrap();
+        let mut left = names(&conn);
+        left.sort();
+        let mut expected = vec![this.clone(), unseen];
+        expected.sort();
+        assert_eq!(left, expected);
+        // A copy taken with its -wal: marks made elsewhere go.
+        forget_gone(&copied, Some(&here), true).unwrap();
+        assert!(names(&copied).is_empty());
+        // No -wal: nothing serves the file.
+        forget_gone(&conn, Some(&here), false).unwrap();
+        assert!(names(&conn).is_empty());
+    }
+
+    #[test]
+    fn a_clean_stop_takes_its_mark_and_those_it_cannot_see_alive() {
+        let conn = meta();
+        let here = place("/srv/oauthd.db");
+        mark(&conn, 2_000, &here).unwrap();
+        other_mark(&conn, &here, true);
+        other_mark(&conn, &here, false);
+        unmark(&conn).unwrap();
+        assert!(names(&conn).is_empty());
+        assert_eq!(
+            Place::from_value(&place("/a b/oauthd.db").value(5)),
+            (5, Some(place("/a b/oauthd.db")))
+        );
     }
 }
