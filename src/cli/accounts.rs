@@ -8,6 +8,18 @@ use crate::clock::Clock;
 use crate::config::Settings;
 use crate::store::DeviceFlowStatus;
 
+/// The providers the config names, for a message.
+fn configured_names(settings: &Settings) -> String {
+    if settings.providers.is_empty() {
+        return match &settings.config_file {
+            Some(_) => "the config file names none".to_owned(),
+            None => "no config file was given: --config FILE or OAUTHD_CONFIG".to_owned(),
+        };
+    }
+    let names: Vec<&str> = settings.providers.keys().map(String::as_str).collect();
+    format!("configured: {}", names.join(", "))
+}
+
 pub(super) fn providers_list(settings: &Settings) -> Result<(), Fatal> {
     let public_url = settings.public_url_for(settings.listen);
     let providers = super::providers(settings)?;
@@ -18,7 +30,15 @@ pub(super) fn providers_list(settings: &Settings) -> Result<(), Fatal> {
         );
     }
     if providers.is_empty() {
-        say!("No providers configured: add [providers.NAME] tables to the config file (see oauthd.example.toml).");
+        match &settings.config_file {
+            Some(file) => say!(
+                "No providers configured in {}: add [providers.NAME] tables to it (see oauthd.example.toml).",
+                file.display()
+            ),
+            None => say!(
+                "No providers configured, and no config file was given: providers live in one (--config FILE or OAUTHD_CONFIG; see oauthd.example.toml)."
+            ),
+        }
     }
     for p in &providers {
         out!("{}", p.name);
@@ -115,7 +135,21 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
                 Ok(())
             }
             ConnectionsCommand::Show { provider, account } => {
-                let view = broker.connection(&provider, &account).await?;
+                let view = match broker.connection(&provider, &account).await {
+                    Ok(view) => view,
+                    Err(e @ crate::broker::BrokerError::ConnectionNotFound { .. })
+                        if !settings.providers.contains_key(&provider) =>
+                    {
+                        return Err(Fatal(
+                            format!(
+                                "{e}, and no provider {provider:?} is configured ({})",
+                                configured_names(&settings)
+                            ),
+                            1,
+                        ));
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 out!("{}", serde_json::to_string_pretty(&view)?);
                 Ok(())
             }
@@ -289,6 +323,20 @@ async fn import(broker: &crate::broker::Broker, file: &std::path::Path) -> Resul
     let summary = format!("{done} imported, {refused} refused.");
     if refused > 0 {
         return Err(Fatal(summary, 1));
+    }
+    // An empty file is a mistake upstream (an export that failed), not a success.
+    if done == 0 {
+        return Err(Fatal(
+            format!(
+                "nothing imported: {} holds no line to import (one JSON object per line)",
+                if file.as_os_str() == "-" {
+                    "standard input".to_owned()
+                } else {
+                    file.display().to_string()
+                }
+            ),
+            1,
+        ));
     }
     say!("{summary}");
     Ok(())

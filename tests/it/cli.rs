@@ -1508,3 +1508,40 @@ fn keys_create_as_root_gives_a_new_database_its_directorys_owner() {
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("first"));
 }
+
+/// Small traps an operator met: an empty import file (an export that failed upstream)
+/// said "0 imported, 0 refused." and exited 0; `connections show` of a provider no config
+/// names said only "no connection"; `providers list` without a config file said "No
+/// providers configured" as if the file named none.
+#[test]
+fn empty_imports_unknown_providers_and_a_missing_config_are_said_so() {
+    let home = Home::new();
+    home.create_key("app", &[]);
+    let empty = home.dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "\n\n").unwrap();
+    let out = home.cli(&["connections", "import", "--file", empty.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("nothing imported: ")
+            && text(&out.stderr).contains("holds no line to import"),
+        "{out:?}"
+    );
+    let out = home.cli(&["connections", "show", "nope", "bob"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("no provider \"nope\" is configured (no config file was given"),
+        "{out:?}"
+    );
+    let out = Command::new(BIN)
+        .args(["providers", "list"])
+        .env_remove("OAUTHD_CONFIG")
+        .current_dir(home.dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text(&out.stdout).contains("no config file was given")
+            || text(&out.stderr).contains("no config file was given"),
+        "{out:?}"
+    );
+}
