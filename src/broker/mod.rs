@@ -327,6 +327,18 @@ impl Broker {
         }
     }
 
+    /// Ends the flow `start` began, unfinished: its state is taken, so that no browser
+    /// finishes it later (a flow started from the terminal is tied to none). `Ok(false)`
+    /// when it was no longer open.
+    pub async fn abandon_flow(&self, start: &ConnectStart) -> Result<bool, BrokerError> {
+        let (state, namespace) = &start.flow;
+        match self.states.consume(state, namespace).await {
+            Ok(_) => Ok(true),
+            Err(StateError::NotFound | StateError::Expired { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Whether `provider`/`account` got its tokens from a (re)connect at or after
     /// `since_ms`.
     pub async fn connected_since(

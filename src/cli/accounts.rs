@@ -525,69 +525,95 @@ pub(super) fn connect_paste(
     let (broker, store, clock) = terminal_broker(&settings, provider)?;
     let rt = runtime()?;
     let result = rt.block_on(async {
-        let started_ms = clock.now_ms();
         let start = broker.start_connect(provider, account, None, crate::broker::FlowStarter::Operator).await?;
-        let redirect = broker.redirect_uri(provider);
-        let account = account.unwrap_or(crate::broker::DEFAULT_ACCOUNT);
-        out!("To connect {provider}/{account}, open in a browser:");
-        out!("{}", start.authorize_url);
-        let ttl = broker.flow_ttl_text(provider, account, false);
-        if broker.callback_answers(provider) {
-            out!("After you approve, the browser goes to {redirect}…");
-            out!("If oauthd answers there, the flow finishes by itself and so does this command. If that page cannot be reached (this oauthd is not running, or not reachable from that browser), copy its whole address from the address bar, paste it here and press Enter (within {ttl}):");
-        } else {
-            out!(
-                "After you approve, the browser goes to {redirect}… and shows a page that cannot be reached."
-            );
-            out!("Copy that page's whole address from the address bar, paste it here and press Enter (within {ttl}):");
-        }
-        let elsewhere = finished_elsewhere(&broker, &start, provider, account, started_ms);
-        tokio::pin!(elsewhere);
-        // A paste that touched no flow leaves this one open for the right address, as
-        // the page does: ask again, a few times.
-        let mut refused = None;
-        for _ in 0..PASTE_TRIES {
-            let line = tokio::select! {
-                line = read_stdin_line() => line?,
-                connected = &mut elsewhere => {
-                    if connected {
-                        out!("Connected {provider}/{account} (oauthd's callback finished the flow).");
-                        restart_hint(&settings, store.as_ref(), &clock).await;
-                        return Ok(());
-                    }
-                    return Err(Fatal(
-                        format!("not connected: the flow ended without connecting {provider}/{account} (a callback took it and failed: its page said why; or it expired). Start again"),
-                        1,
-                    ));
-                }
-            };
-            if line.trim().is_empty() {
-                break;
-            }
-            match broker.finish_pasted(provider, &line).await {
-                Ok(c) => {
-                    out!("Connected {}/{}.", c.provider, c.account);
-                    restart_hint(&settings, store.as_ref(), &clock).await;
-                    return Ok(());
-                }
-                Err(e) => {
-                    let (title, detail) = e.words(provider);
-                    let message = format!("not connected: {title}: {detail}");
-                    if !e.leaves_flow_open() {
-                        return Err(Fatal(message, 1));
-                    }
-                    say!("{title}: {detail}");
-                    out!("Paste the address again and press Enter (an empty line gives up):");
-                    refused = Some(message);
-                }
+        let outcome = paste_or_wait(&settings, &broker, store.as_ref(), &clock, provider, account, &start).await;
+        // Given up (an empty line, the tries used, end of input, a refusal): the flow ends
+        // with the command. Left open, anyone who saw its address (scroll-back, a shared
+        // screen) could finish it with their own account until it expired.
+        if outcome.is_err() {
+            match broker.abandon_flow(&start).await {
+                Ok(true) => say!("The sign-in address printed above no longer works."),
+                Ok(false) => {}
+                Err(e) => say!("The sign-in address printed above may still work until it expires: ending its flow failed ({e})."),
             }
         }
-        let message = refused.unwrap_or_else(|| "nothing was pasted; not connected".into());
-        Err(Fatal(message, 1))
+        outcome
     });
     // A read of stdin may still be waiting: it is not waited for.
     rt.shutdown_background();
     result
+}
+
+/// `connect_paste` once its flow is started: the pasted address, or the callback of a
+/// running oauthd, finishes it.
+async fn paste_or_wait(
+    settings: &Settings,
+    broker: &crate::broker::Broker,
+    store: &dyn crate::store::Store,
+    clock: &crate::clock::Clock,
+    provider: &str,
+    account: Option<&str>,
+    start: &crate::broker::ConnectStart,
+) -> Result<(), Fatal> {
+    // Nothing connects the account before its address is even printed.
+    let started_ms = clock.now_ms();
+    let redirect = broker.redirect_uri(provider);
+    let account = account.unwrap_or(crate::broker::DEFAULT_ACCOUNT);
+    out!("To connect {provider}/{account}, open in a browser:");
+    out!("{}", start.authorize_url);
+    let ttl = broker.flow_ttl_text(provider, account, false);
+    if broker.callback_answers(provider) {
+        out!("After you approve, the browser goes to {redirect}…");
+        out!("If oauthd answers there, the flow finishes by itself and so does this command. If that page cannot be reached (this oauthd is not running, or not reachable from that browser), copy its whole address from the address bar, paste it here and press Enter (within {ttl}):");
+    } else {
+        out!(
+            "After you approve, the browser goes to {redirect}… and shows a page that cannot be reached."
+        );
+        out!("Copy that page's whole address from the address bar, paste it here and press Enter (within {ttl}):");
+    }
+    let elsewhere = finished_elsewhere(broker, start, provider, account, started_ms);
+    tokio::pin!(elsewhere);
+    // A paste that touched no flow leaves this one open for the right address, as
+    // the page does: ask again, a few times.
+    let mut refused = None;
+    for _ in 0..PASTE_TRIES {
+        let line = tokio::select! {
+            line = read_stdin_line() => line?,
+            connected = &mut elsewhere => {
+                if connected {
+                    out!("Connected {provider}/{account} (oauthd's callback finished the flow).");
+                    restart_hint(settings, store, clock).await;
+                    return Ok(());
+                }
+                return Err(Fatal(
+                    format!("not connected: the flow ended without connecting {provider}/{account} (a callback took it and failed: its page said why; or it expired). Start again"),
+                    1,
+                ));
+            }
+        };
+        if line.trim().is_empty() {
+            break;
+        }
+        match broker.finish_pasted(provider, &line).await {
+            Ok(c) => {
+                out!("Connected {}/{}.", c.provider, c.account);
+                restart_hint(settings, store, clock).await;
+                return Ok(());
+            }
+            Err(e) => {
+                let (title, detail) = e.words(provider);
+                let message = format!("not connected: {title}: {detail}");
+                if !e.leaves_flow_open() {
+                    return Err(Fatal(message, 1));
+                }
+                say!("{title}: {detail}");
+                out!("Paste the address again and press Enter (an empty line gives up):");
+                refused = Some(message);
+            }
+        }
+    }
+    let message = refused.unwrap_or_else(|| "nothing was pasted; not connected".into());
+    Err(Fatal(message, 1))
 }
 
 /// Resolves once the flow `start` began is no longer open (a callback of a running

@@ -606,3 +606,41 @@ async fn a_terminal_paste_ends_when_the_running_oauthd_finishes_the_flow() {
         .await;
     assert_eq!((status, conn["status"].as_str()), (200, Some("active")));
 }
+
+/// `connect --paste` given up (an empty line) said "not connected" but left its flow open
+/// until it expired: a flow started from the terminal is tied to no browser, so anyone who
+/// saw its address (scroll-back, a shared screen) could finish it at oauthd's callback
+/// with their own account, under the operator's account name. Given up, the flow ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_terminal_paste_given_up_leaves_no_flow_another_browser_can_finish() {
+    let peer = Peer::start(60);
+    let home = Home::new();
+    home.write_config(&peer.provider_toml("peer"));
+    let d = home.start();
+    let listen = d.url.trim_start_matches("http://");
+    let (mut child, mut out) = start_paste(&home, &["--account", "late", "--listen", listen]);
+    let (printed, authorize) = until_the_paste_prompt(&mut out, &peer);
+    let authorize = authorize.unwrap_or_else(|| panic!("no authorization URL printed: {printed}"));
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin).unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{said}");
+    assert!(
+        said.contains("nothing was pasted")
+            && said.contains("The sign-in address printed above no longer works"),
+        "{said}"
+    );
+    // Someone else's browser, at the provider as someone else, then at oauthd's callback.
+    let other_browser = Peer::browser();
+    let landed_at = peer.approve_in(&other_browser, &authorize).await;
+    let (status, page, _) = d.browser_get(&landed_at).await;
+    assert_ne!(status, 200, "{page}");
+    let key = home.create_key("app", &[]);
+    assert_eq!(
+        d.get("/v1/connections/peer/late", &key).await.0,
+        404,
+        "the given-up flow connected the account"
+    );
+}
