@@ -24,10 +24,18 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a claim holds a delivery: outlives an attempt, so only a worker that died
 /// leaves it to be claimed again.
 const LEASE_MS: i64 = 30_000;
-/// Attempts running at once, and at once to one target: a target that hangs until the
-/// timeout holds two slots, never the others' deliveries.
-const MAX_IN_FLIGHT: usize = 16;
+/// Attempts running at once to one target, and at least in all. The pool holds
+/// `PER_TARGET` for every configured target (`pool_size`): a target that hangs until the
+/// timeout holds its own two slots, never the others' (with a pool of sixteen, eight
+/// hanging targets took it all).
+const MIN_IN_FLIGHT: usize = 16;
 const PER_TARGET: u32 = 2;
+
+/// Attempts running at once for `targets` configured targets, and one for deliveries to
+/// targets not configured here (which fail at once).
+fn pool_size(targets: usize) -> usize {
+    MIN_IN_FLIGHT.max((targets + 1) * PER_TARGET as usize)
+}
 /// How often the outbox is looked at without being woken (retries that fell due, events
 /// another instance wrote).
 const POLL: Duration = Duration::from_secs(1);
@@ -67,6 +75,7 @@ pub async fn run(
     let mut failing = false;
     let mut running: tokio::task::JoinSet<String> = tokio::task::JoinSet::new();
     let mut busy: HashMap<String, u32> = HashMap::new();
+    let pool = pool_size(notifier.targets().len());
     while !*stop.borrow() {
         if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
             last_prune = Some(std::time::Instant::now());
@@ -75,7 +84,7 @@ pub async fn run(
                 log::warn!("notifications: pruning old deliveries: {e}");
             }
         }
-        let room = MAX_IN_FLIGHT.saturating_sub(running.len());
+        let room = pool.saturating_sub(running.len());
         if room > 0 {
             let room = ClaimRoom {
                 limit: room as u32,

@@ -1318,3 +1318,44 @@ async fn deliveries_left_for_removed_targets_are_worked_on_with_no_target_left()
         ghost_error(&home)
     );
 }
+
+/// Attempts share a pool, two at most per target: with sixteen in all, eight targets that
+/// hang (a host that stopped answering) filled it, and a working target's deliveries
+/// waited for their 15 s timeout. The pool now holds two for every target.
+#[tokio::test(flavor = "multi_thread")]
+async fn many_hanging_targets_do_not_hold_up_a_working_one() {
+    // Accepted by the kernel, never answered: each attempt hangs until its timeout.
+    let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hanging.local_addr().unwrap().port();
+    let home = Home::new();
+    let secret = new_secret();
+    let hooks = Receiver::start(Some(&secret));
+    let mut toml = String::new();
+    for n in 0..9 {
+        toml.push_str(&format!(
+            "[[notify]]\nname = \"hangs{n}\"\nurl = \"http://127.0.0.1:{port}/h{n}\"\n"
+        ));
+    }
+    // Last, so that its deliveries come last in each event's batch.
+    toml.push_str(&target_toml(&home, "works", &hooks, &secret, ""));
+    home.write_config(&toml);
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    // A test event may be sent every 5 s: the second comes while the first's attempts to
+    // the hanging targets still wait for their 15 s timeout.
+    for sent in 1..=2 {
+        let asked = std::time::Instant::now();
+        let (status, body) = d.post("/v1/notify/test", &key, json!({})).await;
+        assert_eq!(status, 202, "{body}");
+        let got = hooks
+            .wait_for("notify.test", sent, Duration::from_secs(6))
+            .await;
+        assert_eq!(
+            got.len(),
+            sent,
+            "test event {sent} waited for the hanging targets' timeouts"
+        );
+        tokio::time::sleep(Duration::from_millis(5_200).saturating_sub(asked.elapsed())).await;
+    }
+    drop(hanging);
+}
