@@ -159,8 +159,6 @@ impl OpenError {
     }
 }
 
-/// Whether the file at `path` is an SQLite database in WAL mode (its header's read and
-/// write versions are 2), read from its first bytes.
 /// The file SQLite keeps beside a database (`-wal`, `-journal`): beside the file a link
 /// leads to.
 fn beside(path: &Path, suffix: &str) -> PathBuf {
@@ -168,6 +166,8 @@ fn beside(path: &Path, suffix: &str) -> PathBuf {
     crate::paths::with_suffix(&file, suffix)
 }
 
+/// Whether the file at `path` is an SQLite database in WAL mode (its header's read and
+/// write versions are 2), read from its first bytes.
 fn in_wal_mode(path: &Path) -> bool {
     use std::io::Read;
     let mut header = [0u8; 20];
