@@ -344,11 +344,35 @@ fn add_rules_between_members(doc: &mut serde_json::Value) {
 }
 
 /// `GET /openapi.json` (public: it holds nothing secret).
-pub async fn serve() -> HttpResponse {
+pub async fn serve(app: actix_web::web::Data<super::AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(mime::APPLICATION_JSON)
         .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .body(json())
+        .body(served_below(&app.base_path))
+}
+
+/// The description as served below `base_path` (public_url's path): with a `servers`
+/// entry naming it, so that a client made from the description calls `/oauthd/v1/…`, not
+/// the host's `/v1/…`. At the root, as `oauthd openapi` prints it.
+fn served_below(base_path: &str) -> &'static str {
+    if base_path.is_empty() {
+        return json();
+    }
+    // One base path per process.
+    static BELOW: OnceLock<String> = OnceLock::new();
+    BELOW.get_or_init(|| {
+        let mut doc: serde_json::Value = serde_json::from_str(json()).unwrap_or_default();
+        if let Some(doc) = doc.as_object_mut() {
+            doc.insert(
+                "servers".to_owned(),
+                serde_json::json!([{
+                    "url": base_path,
+                    "description": "oauthd, below its public_url's path"
+                }]),
+            );
+        }
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
+    })
 }
 
 #[derive(OpenApi)]

@@ -1810,4 +1810,9 @@ async fn paths_below_public_urls_path_are_served_with_it_or_without_it() {
         .await
         .unwrap();
     assert_eq!(asset.status(), 200);
+    // The API's description names the prefix: a client made from it calls below it (the
+    // host's /v1/… answers elsewhere).
+    let (status, doc) = d.get("/oauthd/openapi.json", "").await;
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["servers"][0]["url"], "/oauthd", "{}", doc["servers"]);
 }
