@@ -33,6 +33,7 @@ mod keys;
 mod open;
 mod process;
 mod serve;
+mod start_notes;
 mod unconfigured;
 mod vault_keys;
 mod vault_peers;

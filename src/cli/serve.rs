@@ -123,64 +123,8 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
                 key_from.clone(),
             );
             teller.start().await?;
-            match store.list_connections().await {
-                Ok(rows) => {
-                    if let Some(note) = super::unconfigured::note(&rows, &settings) {
-                        log::warn!("{note}");
-                    }
-                }
-                Err(e) => log::warn!("could not list the connections to look at their providers: {e}"),
-            }
-            match store.list_keys().await {
-                Ok(keys) => {
-                    for key in keys.iter().filter(|k| k.revoked_at_ms.is_none()) {
-                        if let Some(note) = crate::apikeys::provider_scope_note(key) {
-                            log::info!("API key {:?}: {note}", key.name);
-                        }
-                    }
-                }
-                Err(e) => log::warn!("could not list the API keys to look at their scopes: {e}"),
-            }
-            let max_total = settings.states.max_total_states;
-            match store.live_states_total(clock.now_ms()).await {
-                Ok(total) => {
-                    if let Some(note) = crate::states::fullness_note(total, max_total) {
-                        log::warn!("{note}");
-                    }
-                }
-                Err(e) => log::warn!("could not count the store's states: {e}"),
-            }
-            // Beside the start, not in its way: it reads every live state that holds data.
-            let checked = states.clone();
-            let missing_from = key_from.clone();
-            let rescue_from = rescue_source;
-            actix_web::rt::spawn(async move {
-                match checked.check_stored_data().await {
-                    Ok(found) => {
-                        if found.in_clear > 0 {
-                            log::warn!(
-                                "{} live state(s) hold data an oauthd from before data was sealed stored in clear: theirs is read as it is until they are consumed or expire; data in clear in any other state is refused",
-                                found.in_clear
-                            );
-                        }
-                        if found.keys.is_empty() {
-                            return;
-                        }
-                        let named: Vec<String> = found
-                            .keys
-                            .iter()
-                            .map(|(id, n)| format!("{id} ({n} state(s))"))
-                            .collect();
-                        let ids: Vec<String> = found.keys.keys().cloned().collect();
-                        log::warn!(
-                            "live states hold data sealed with vault key(s) {} that the key loaded from {missing_from} does not have: they answer 503 vault_error until the key is back. Add the key that was used as another line of the key file (the first line seals, every line opens) rather than replacing the file.{}",
-                            named.join(", "),
-                            rescue_from.map(|s| s.rescue_hint(&ids)).unwrap_or_default()
-                        );
-                    }
-                    Err(e) => log::warn!("could not check which vault keys live states need: {e}"),
-                }
-            });
+            super::start_notes::log(&store, &states, &settings, &clock, &key_from, rescue_source)
+                .await;
             if admin.needs_first_link().await? {
                 // On stdout, not in the log: the link is a credential. A database that cannot
                 // be written now (read-only) must not keep oauthd from serving what it can.
