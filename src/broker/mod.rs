@@ -228,6 +228,16 @@ pub struct Broker {
     notifier: Arc<Notifier>,
 }
 
+/// What a look at a flow's state found: `true` while the flow is open, `false` once its
+/// state is gone (taken by a callback, or expired).
+fn while_open<T>(looked: Result<T, StateError>) -> Result<bool, BrokerError> {
+    match looked {
+        Ok(_) => Ok(true),
+        Err(StateError::NotFound | StateError::Expired { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 impl Broker {
     pub fn new(
         providers: Vec<Arc<Provider>>,
@@ -320,11 +330,7 @@ impl Broker {
     /// callback (of any oauthd on this store) nor expired.
     pub async fn flow_open(&self, start: &ConnectStart) -> Result<bool, BrokerError> {
         let (state, namespace) = &start.flow;
-        match self.states.verify(state, namespace, false).await {
-            Ok(_) => Ok(true),
-            Err(StateError::NotFound | StateError::Expired { .. }) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        while_open(self.states.verify(state, namespace, false).await)
     }
 
     /// Ends the flow `start` began, unfinished: its state is taken, so that no browser
@@ -332,11 +338,7 @@ impl Broker {
     /// when it was no longer open.
     pub async fn abandon_flow(&self, start: &ConnectStart) -> Result<bool, BrokerError> {
         let (state, namespace) = &start.flow;
-        match self.states.consume(state, namespace).await {
-            Ok(_) => Ok(true),
-            Err(StateError::NotFound | StateError::Expired { .. }) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        while_open(self.states.consume(state, namespace).await)
     }
 
     /// Whether `provider`/`account` got its tokens from a (re)connect at or after

@@ -616,10 +616,7 @@ fn fill(source: &Connection, partial: &Path, version: i64) -> Result<u64, CopyEr
         ("admin_secrets", "DELETE FROM admin_secrets"),
     ];
     for (table, delete) in left_out {
-        let there = copy
-            .prepare("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1")
-            .and_then(|mut s| s.exists([table]))
-            .map_err(damaged)?;
+        let there = super::has_table(&copy, table).map_err(damaged)?;
         if there {
             copy.execute(delete, []).map_err(damaged)?;
         }

@@ -159,6 +159,12 @@ impl OpenError {
     }
 }
 
+/// Whether the database on `conn` has a table named `name`.
+fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1")?
+        .exists([name])
+}
+
 /// The file SQLite keeps beside a database (`-wal`, `-journal`): beside the file a link
 /// leads to.
 fn beside(path: &Path, suffix: &str) -> PathBuf {
@@ -423,8 +429,9 @@ impl SqliteStore {
                 path: path.to_owned(),
             });
         }
+        // Where the file is (device, inode, path), for the serving marks it holds.
+        let here = serving::Place::of(path);
         if wal_left_behind && found > 0 {
-            let here = serving::Place::of(path);
             if let Some(served) =
                 serving::without_its_wal(&conn, here.as_ref()).map_err(sqlite_err)?
             {
@@ -499,9 +506,7 @@ impl SqliteStore {
                     );
                 }
             }
-            if let Err(e) =
-                serving::forget_gone(&conn, serving::Place::of(path).as_ref(), !wal_left_behind)
-            {
+            if let Err(e) = serving::forget_gone(&conn, here.as_ref(), !wal_left_behind) {
                 log::debug!(
                     "database {}: marks of oauthds gone left for now: {e}",
                     path.display()

@@ -144,13 +144,8 @@ pub struct Served {
     pub pid: Option<u32>,
 }
 
-fn has_meta(conn: &Connection) -> rusqlite::Result<bool> {
-    conn.prepare_cached("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'meta'")?
-        .exists([])
-}
-
 fn marks(conn: &Connection) -> rusqlite::Result<Vec<(String, String)>> {
-    if !has_meta(conn)? {
+    if !super::has_table(conn, "meta")? {
         return Ok(Vec::new());
     }
     conn.prepare_cached(
