@@ -659,6 +659,56 @@ mod shared {
         assert_eq!(d.get("/readyz", "").await.0, 200);
     }
 
+    /// A failover behind oauthd's address (a virtual IP, a DNS name, a proxy that follows
+    /// the primary): oauthd's open connection still reached the old primary, now a replica
+    /// of the new one, which answered every write `READONLY`, so every write and /readyz
+    /// answered 503 until a restart. The connection is made afresh and writes go to the new
+    /// primary within seconds, with what the old one held.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_failover_behind_oauthds_address_is_followed_without_a_restart() {
+        let primary = RedisServer::start();
+        let standby = RedisServer::start();
+        let relay = super::common::relay::Relay::start(primary.port).await;
+        let follow = format!("REPLICAOF 127.0.0.1 {}", primary.port);
+        assert_eq!(standby.command(&follow).as_deref(), Some("+OK"));
+        let home = Home::redis_via(primary, relay.url());
+        let key = home.create_key("app", &[]);
+        let d = home.start();
+        let kept = d.create_state(&key, json!({"namespace": NS})).await;
+        // Everything written so far is on the standby before it takes over.
+        let synced = home
+            .redis_server()
+            .command_after("SET oauthd-test-sync 1", "WAIT 1 5000");
+        assert_eq!(synced.as_deref(), Some(":1"));
+        assert_eq!(standby.command("REPLICAOF NO ONE").as_deref(), Some("+OK"));
+        relay.retarget(standby.port);
+        let demote = format!("REPLICAOF 127.0.0.1 {}", standby.port);
+        assert_eq!(home.redis_server().command(&demote).as_deref(), Some("+OK"));
+        let mut answered = None;
+        for _ in 0..100 {
+            let (status, body) = d.post("/v1/states", &key, json!({"namespace": NS})).await;
+            if status == 201 {
+                answered = Some(body);
+                break;
+            }
+            assert_eq!(status, 503, "{body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            answered.is_some(),
+            "writes still refused 10 s after the failover"
+        );
+        assert_eq!(d.consume(&key, &kept, NS).await.0, 200);
+        assert_eq!(d.get("/readyz", "").await.0, 200);
+        assert_eq!(
+            home.redis_server().command("ROLE").as_deref(),
+            Some("*5"),
+            "the old primary is a replica (ROLE answers 5 items)"
+        );
+        let log = home.log_text();
+        assert!(log.contains("read-only replica"), "{log}");
+    }
+
     /// Redis at maxmemory (noeviction) refuses writes: 503 with a clear reason, reads and
     /// consumes still work, and raising the limit is all it takes.
     #[tokio::test(flavor = "multi_thread")]

@@ -4,6 +4,7 @@
 //! ran a script, look like to oauthd. Requests always go through at once.
 #![allow(dead_code)]
 
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,6 +25,8 @@ type Armed = Arc<Mutex<Option<(Vec<u8>, Fault)>>>;
 pub struct Relay {
     pub port: u16,
     armed: Armed,
+    /// Where new connections go (`retarget`); open ones stay where they went.
+    to_port: Arc<AtomicU16>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -34,12 +37,26 @@ impl Relay {
         let port = listener.local_addr().expect("relay address").port();
         let armed: Armed = Arc::default();
         let shared = armed.clone();
+        let to_port = Arc::new(AtomicU16::new(to_port));
+        let target = to_port.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(relay(client, to_port, shared.clone()));
+                let to = target.load(Ordering::SeqCst);
+                tokio::spawn(relay(client, to, shared.clone()));
             }
         });
-        Relay { port, armed, task }
+        Relay {
+            port,
+            armed,
+            to_port,
+            task,
+        }
+    }
+
+    /// New connections go to Redis at `port` from now on, as a virtual IP or a proxy that
+    /// follows the primary does after a failover; open connections stay where they went.
+    pub fn retarget(&self, port: u16) {
+        self.to_port.store(port, Ordering::SeqCst);
     }
 
     pub fn url(&self) -> String {
