@@ -168,6 +168,8 @@ pub(super) struct Teller {
     said: Vec<(String, Instant)>,
     /// The instances whose data was split from this one's at the last look.
     seen: Vec<String>,
+    /// The instances this one warned of providers configured otherwise than its own.
+    warned_providers: Vec<String>,
 }
 
 impl Teller {
@@ -191,6 +193,7 @@ impl Teller {
             failing: false,
             said: Vec::new(),
             seen: Vec::new(),
+            warned_providers: Vec::new(),
         }
     }
 
@@ -228,6 +231,7 @@ impl Teller {
             keys: keys.clone(),
             since_ms: self.since_ms,
             holds: HOLDS_FOR,
+            providers: provider_words(&self.broker),
         };
         match self.store.note_vault_keys(note, self.clock.now_ms()).await {
             Ok(since) => {
@@ -261,6 +265,7 @@ impl Teller {
             // suspend) or lost with the rest (`look_for_loss`). Told again now, not in 20 s.
             self.told = None;
         }
+        self.compare_providers(&told);
         let split: Vec<VaultKeysInUse> = told
             .into_iter()
             .filter(|o| o.instance != self.instance)
@@ -293,6 +298,29 @@ impl Teller {
                 crate::clock::rfc3339(other.since_ms),
             );
             self.said.push((other.instance, Instant::now()));
+        }
+    }
+
+    /// Warns, once per instance, of another serving this store whose providers are not
+    /// configured as this one's: it answers `404 unknown_provider` for one this one has,
+    /// or refreshes and connects with another client or endpoint (an old config left on one
+    /// machine, a change made on one only).
+    fn compare_providers(&mut self, told: &[VaultKeysInUse]) {
+        let ours = provider_words(&self.broker);
+        for other in told.iter().filter(|o| o.instance != self.instance) {
+            let Some(theirs) = &other.providers else {
+                continue;
+            };
+            if self.warned_providers.contains(&other.instance) {
+                continue;
+            }
+            if let Some(what) = providers_differ(&ours, theirs) {
+                log::warn!(
+                    "another oauthd serving this store since {} has its providers configured otherwise than this one: {what}. Give every instance the same providers (the same config file): a request answered by one instance or the other gets a different answer",
+                    crate::clock::rfc3339(other.since_ms),
+                );
+                self.warned_providers.push(other.instance.clone());
+            }
         }
     }
 
@@ -359,5 +387,82 @@ impl Teller {
         if let Err(e) = self.store.forget_vault_keys(&self.instance).await {
             log::debug!("could not take back which vault keys this oauthd used: {e}");
         }
+    }
+}
+
+/// This instance's providers as told to the others: `name=digest`, sorted by name.
+fn provider_words(broker: &Broker) -> Vec<String> {
+    let mut words: Vec<String> = broker
+        .providers()
+        .map(|p| format!("{}={}", p.name, p.settings_digest()))
+        .collect();
+    words.sort();
+    words
+}
+
+/// How two instances' providers (`provider_words`) differ, said from this one's side;
+/// `None` when alike.
+fn providers_differ(ours: &[String], theirs: &[String]) -> Option<String> {
+    let split = |w: &String| -> (String, String) {
+        let (name, digest) = w.split_once('=').unwrap_or((w.as_str(), ""));
+        (name.to_owned(), digest.to_owned())
+    };
+    let ours: std::collections::BTreeMap<String, String> = ours.iter().map(split).collect();
+    let theirs: std::collections::BTreeMap<String, String> = theirs.iter().map(split).collect();
+    let only = |a: &std::collections::BTreeMap<String, String>,
+                b: &std::collections::BTreeMap<String, String>| {
+        a.keys()
+            .filter(|n| !b.contains_key(*n))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let mut what = Vec::new();
+    let lacking = only(&ours, &theirs);
+    if !lacking.is_empty() {
+        what.push(format!("it has no provider {}", lacking.join(", ")));
+    }
+    let extra = only(&theirs, &ours);
+    if !extra.is_empty() {
+        what.push(format!(
+            "it has provider {}, which this one does not",
+            extra.join(", ")
+        ));
+    }
+    let differ: Vec<String> = ours
+        .iter()
+        .filter(|(n, d)| theirs.get(*n).is_some_and(|t| t != *d))
+        .map(|(n, _)| n.clone())
+        .collect();
+    if !differ.is_empty() {
+        what.push(format!(
+            "provider {} has another client id, client authentication, scopes, endpoints or issuer there",
+            differ.join(", ")
+        ));
+    }
+    (!what.is_empty()).then(|| what.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::providers_differ;
+
+    fn words(w: &[&str]) -> Vec<String> {
+        w.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn providers_differ_names_what_is_missing_added_and_changed() {
+        let ours = words(&["a=1", "b=2", "c=3"]);
+        assert_eq!(providers_differ(&ours, &ours.clone()), None);
+        let theirs = words(&["b=2", "c=9", "d=4"]);
+        let said = providers_differ(&ours, &theirs).unwrap();
+        assert!(said.contains("it has no provider a"), "{said}");
+        assert!(
+            said.contains("it has provider d, which this one does not"),
+            "{said}"
+        );
+        assert!(said.contains("provider c has another client id"), "{said}");
+        assert!(!said.contains("provider b"), "{said}");
+        assert!(providers_differ(&[], &[]).is_none());
     }
 }

@@ -462,6 +462,42 @@ pub fn api_base_url(key: &str, text: &str) -> Result<Url, String> {
 }
 
 impl Provider {
+    /// A short digest of what every instance on one store must configure alike for this
+    /// provider: client id, client authentication, scopes, endpoints or issuer, the
+    /// paste-back address. Never the client secret: the digest is told to the other
+    /// instances through the store. Two instances that differ warn of it (`vault_peers`).
+    pub fn settings_digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let url = |u: &Option<Url>| u.as_ref().map_or(String::new(), Url::to_string);
+        let source = match &self.source {
+            Source::Known(e) => format!(
+                "known\n{}\n{}\n{}\n{}\n{}",
+                e.authorization,
+                e.token,
+                url(&e.revocation),
+                url(&e.device_authorization),
+                e.issuer.as_deref().unwrap_or("")
+            ),
+            Source::Discover { issuer, overrides } => format!(
+                "discover\n{issuer}\n{}\n{}\n{}\n{}",
+                url(&overrides.authorization),
+                url(&overrides.token),
+                url(&overrides.revocation),
+                url(&overrides.device_authorization)
+            ),
+        };
+        let text = format!(
+            "{}\n{:?}\n{}\n{}\n{}",
+            self.client_id,
+            self.client_auth,
+            self.scopes.join(" "),
+            url(&self.paste_redirect),
+            source
+        );
+        let digest = Sha256::digest(text.as_bytes());
+        digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Builds a provider from its config table; `key` is the table's name for messages.
     pub fn from_config(name: &str, cfg: &ProviderConfig) -> Result<Provider, String> {
         let key = format!("providers.{name}");

@@ -13,31 +13,60 @@ pub struct VaultKeysInUse {
     pub since_ms: i64,
     /// Until when this holds unless told again (unix ms).
     pub until_ms: i64,
+    /// Its providers, each as `name=digest` (`Provider::settings_digest`); `None` from
+    /// an oauthd that did not tell them.
+    pub providers: Option<Vec<String>>,
 }
 
+/// Between the key ids and the providers in a note's text (no key id is `|`).
+const PROVIDERS_FOLLOW: &str = "|";
+
 impl VaultKeysInUse {
-    /// As stored: `<until_ms> <since_ms> <key id> <key id>...`.
+    /// As stored: `<until_ms> <since_ms> <key id>... | <provider>=<digest>...`.
     pub fn to_text(&self) -> String {
-        [self.until_ms.to_string(), self.since_ms.to_string()]
-            .into_iter()
-            .chain(self.keys.iter().cloned())
-            .collect::<Vec<_>>()
-            .join(" ")
+        format!(
+            "{} {} {}",
+            self.until_ms,
+            self.since_ms,
+            told_words(&self.keys, self.providers.as_deref())
+        )
     }
 
-    /// What `to_text` wrote, for `instance`; `None` for anything else.
+    /// What `to_text` wrote, for `instance`; `None` for anything else. Older oauthds wrote
+    /// no providers: the keys are all there is.
     pub fn from_text(instance: &str, text: &str) -> Option<VaultKeysInUse> {
         let mut words = text.split_whitespace();
         let until_ms = words.next()?.parse().ok()?;
         let since_ms = words.next()?.parse().ok()?;
-        let keys: Vec<String> = words.map(str::to_owned).collect();
+        let keys: Vec<String> = words
+            .by_ref()
+            .take_while(|w| *w != PROVIDERS_FOLLOW)
+            .map(str::to_owned)
+            .collect();
+        let rest: Vec<String> = words.map(str::to_owned).collect();
+        let providers = (text.split_whitespace().any(|w| w == PROVIDERS_FOLLOW)).then_some(rest);
         (!keys.is_empty()).then(|| VaultKeysInUse {
             instance: instance.to_owned(),
             keys,
             since_ms,
             until_ms,
+            providers,
         })
     }
+}
+
+/// A note's words after its times: the key ids, then the providers when told.
+fn told_words(keys: &[String], providers: Option<&[String]>) -> String {
+    let mut words = keys.join(" ");
+    if let Some(providers) = providers {
+        words.push(' ');
+        words.push_str(PROVIDERS_FOLLOW);
+        for p in providers {
+            words.push(' ');
+            words.push_str(p);
+        }
+    }
+    words
 }
 
 /// What a serving instance tells the others of its vault keys.
@@ -52,4 +81,37 @@ pub struct VaultKeysNote {
     pub since_ms: Option<i64>,
     /// How long this holds unless told again.
     pub holds: std::time::Duration,
+    /// Its providers, each as `name=digest`.
+    pub providers: Vec<String>,
+}
+
+impl VaultKeysNote {
+    /// What the note says after its times (`VaultKeysInUse::to_text`).
+    pub fn words(&self) -> String {
+        told_words(&self.keys, Some(&self.providers))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VaultKeysInUse;
+
+    #[test]
+    fn a_note_reads_back_with_its_providers_and_an_older_one_without() {
+        let note = VaultKeysInUse {
+            instance: "i".into(),
+            keys: vec!["k2".into(), "k1".into()],
+            since_ms: 5,
+            until_ms: 9,
+            providers: Some(vec!["a=01".into(), "b=02".into()]),
+        };
+        assert_eq!(note.to_text(), "9 5 k2 k1 | a=01 b=02");
+        assert_eq!(VaultKeysInUse::from_text("i", &note.to_text()), Some(note));
+        let none = VaultKeysInUse::from_text("i", "9 5 k2 | ").unwrap();
+        assert_eq!(none.providers, Some(vec![]));
+        let older = VaultKeysInUse::from_text("i", "9 5 k2 k1").unwrap();
+        assert_eq!(older.keys, ["k2", "k1"]);
+        assert_eq!(older.providers, None);
+        assert_eq!(VaultKeysInUse::from_text("i", "9 5 | a=01"), None);
+    }
 }

@@ -659,6 +659,73 @@ mod shared {
         assert_eq!(d.get("/readyz", "").await.0, 200);
     }
 
+    /// Instances on one Redis with providers configured otherwise (one lacks a provider,
+    /// one has another client id) answered apps differently, and nothing said so. Each
+    /// now tells the others a digest of each provider's settings (never its secret) and
+    /// warns of what differs, on both sides; alike instances stay quiet.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn instances_with_providers_configured_otherwise_warn_of_it() {
+        let provider = |name: &str, client_id: &str| {
+            format!(
+                "[providers.{name}]\nauthorization_url = \"http://127.0.0.1:9/authorize\"\n\
+                 token_url = \"http://127.0.0.1:9/token\"\nclient_id = \"{client_id}\"\n\
+                 client_secret = \"s-{client_id}\"\n"
+            )
+        };
+        let a = Home::redis();
+        let b = Home::sharing(&a);
+        let c = Home::sharing(&a);
+        a.write_config(&(provider("mail", "cid") + &provider("music", "m1")));
+        b.write_config(&(provider("mail", "other-cid") + &provider("photos", "p1")));
+        // Alike but for the client secret, which is not compared.
+        c.write_config(
+            &(provider("mail", "cid") + &provider("music", "m1")).replace("s-cid", "s-new"),
+        );
+        let _da = a.start();
+        let _dc = c.start();
+        let _db = b.start();
+        let warned = |h: &Home| {
+            h.log_text()
+                .lines()
+                .filter(|l| l.contains("has its providers configured otherwise"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while (warned(&a).is_empty() || warned(&b).len() < 2 || warned(&c).is_empty())
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let (wa, wb, wc) = (warned(&a), warned(&b), warned(&c));
+        // a and c: warned of b only, once.
+        for w in [&wa, &wc] {
+            assert_eq!(w.len(), 1, "{w:?}");
+            assert!(w[0].contains("it has no provider music"), "{w:?}");
+            assert!(
+                w[0].contains("it has provider photos, which this one does not"),
+                "{w:?}"
+            );
+            assert!(
+                w[0].contains("provider mail has another client id"),
+                "{w:?}"
+            );
+        }
+        // b: warned of a and of c.
+        assert_eq!(wb.len(), 2, "{wb:?}");
+        for w in &wb {
+            assert!(w.contains("it has no provider photos"), "{w}");
+            assert!(
+                w.contains("it has provider music, which this one does not"),
+                "{w}"
+            );
+        }
+        for h in [&a, &b, &c] {
+            let log = h.log_text();
+            assert!(!log.contains("s-cid") && !log.contains("s-new"), "{log}");
+        }
+    }
+
     /// A failover behind oauthd's address (a virtual IP, a DNS name, a proxy that follows
     /// the primary): oauthd's open connection still reached the old primary, now a replica
     /// of the new one, which answered every write `READONLY`, so every write and /readyz

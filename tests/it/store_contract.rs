@@ -696,6 +696,7 @@ async fn a_vault_keys_note_keeps_its_first_time_until_it_ends(b: Backend) {
         keys: keys.iter().map(|k| k.to_string()).collect(),
         since_ms,
         holds,
+        providers: vec![format!("p1={instance}1"), "p2=00".into()],
     };
     let before = now();
     let since = s
@@ -722,6 +723,10 @@ async fn a_vault_keys_note_keeps_its_first_time_until_it_ends(b: Backend) {
     assert_eq!(in_use.len(), 1, "{in_use:?}");
     assert_eq!(in_use[0].instance, "a");
     assert_eq!(in_use[0].keys, ["k2", "k1"]);
+    assert_eq!(
+        in_use[0].providers.as_deref(),
+        Some(&["p1=a1".to_owned(), "p2=00".to_owned()][..])
+    );
     assert_eq!(in_use[0].since_ms, since);
     assert!(in_use[0].until_ms >= now() + 50_000, "{in_use:?}");
     s.forget_vault_keys("a").await.unwrap();

@@ -603,7 +603,7 @@ impl super::Store for RedisStore {
                 .arg(&note.instance)
                 .arg(u64::try_from(note.holds.as_millis()).unwrap_or(u64::MAX))
                 .arg(note.since_ms.unwrap_or(0))
-                .arg(note.keys.join(" "))
+                .arg(note.words())
                 .invoke_async::<i64>(&mut c)
                 .await
         })

@@ -693,7 +693,7 @@ impl super::Store for SqliteStore {
             .await
     }
 
-    // Kept in `meta` as `vault:<instance>` = `<until_ms> <since_ms> <key id>...`. One file
+    // Kept in `meta` as `vault:<instance>` = `VaultKeysInUse::to_text`. One file
     // is on one machine: this process's clock is the store's.
     async fn note_vault_keys(&self, note: VaultKeysNote, now_ms: i64) -> Result<i64, StoreError> {
         let since_ms = note.since_ms.unwrap_or(now_ms);
@@ -702,6 +702,7 @@ impl super::Store for SqliteStore {
             keys: note.keys,
             since_ms,
             until_ms: now_ms.saturating_add(note.holds.as_millis().try_into().unwrap_or(i64::MAX)),
+            providers: Some(note.providers),
         };
         self.writer
             .run_atomic("telling which vault keys this oauthd uses", move |conn| {
