@@ -333,6 +333,9 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub db: PathBuf,
     pub store: StoreTarget,
+    /// The config file's `redis_prefix`, also where the store is SQLite (`oauthd copy`
+    /// names a Redis to copy into).
+    pub redis_prefix: Option<String>,
     pub durability: Durability,
     pub access_log: AccessLogPolicy,
     /// Most access lines of each class written a second; the rest are counted in a summary
@@ -451,6 +454,7 @@ impl Settings {
         let names = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
         let env_warnings = crate::env_names::check(names).map_err(ConfigError::Environment)?;
         let store = store_target(over, &file)?;
+        let redis_prefix = file.redis_prefix.clone();
         let secret_files = secret_files(over.config.as_deref(), &file);
         // Named as the operator wrote it: the flag or variable wins over the file.
         let (listen_text, listen_key) = match (over.listen.clone(), file.listen) {
@@ -680,6 +684,7 @@ impl Settings {
             listen,
             db,
             store,
+            redis_prefix,
             durability: file.durability.unwrap_or_default(),
             access_log: file.access_log.unwrap_or_default(),
             access_log_per_second: file.access_log_per_second.unwrap_or(50),
@@ -949,6 +954,13 @@ fn store_target(over: &Overrides, file: &FileConfig) -> Result<StoreTarget, Conf
     let password = env_or_file("OAUTHD_REDIS_PASSWORD")?;
     crate::store::target::parse(&text, file.redis_prefix.clone(), password)
         .map_err(|e| invalid("store", e))
+}
+
+/// A store named on the command line besides the configured one (`oauthd copy --to`):
+/// `OAUTHD_REDIS_PASSWORD[_FILE]` fills in a Redis URL without a password.
+pub fn other_store(text: &str, redis_prefix: Option<String>) -> Result<StoreTarget, ConfigError> {
+    let password = env_or_file("OAUTHD_REDIS_PASSWORD")?;
+    crate::store::target::parse(text, redis_prefix, password).map_err(|e| invalid("--to", e))
 }
 
 /// `Settings::secret_files`.

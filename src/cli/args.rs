@@ -159,6 +159,22 @@ pub(crate) enum Command {
         #[command(flatten)]
         data: DataArgs,
     },
+    /// Copy the API keys, connected accounts and live states into another store: a Redis,
+    /// to serve from several instances, or a new SQLite file (and back). Every oauthd
+    /// serving the source stopped first; the destination holds no oauthd data yet
+    Copy {
+        /// Where to: redis://[:PASSWORD@]HOST[:PORT][/DB] (rediss:// for TLS; the password
+        /// may come from OAUTHD_REDIS_PASSWORD[_FILE]), or the path of a SQLite database
+        /// file, made when missing
+        #[arg(long, value_name = "STORE")]
+        to: String,
+        /// The key prefix in a Redis destination [default: the config file's
+        /// redis_prefix, else oauthd:]
+        #[arg(long, value_name = "PREFIX")]
+        to_prefix: Option<String>,
+        #[command(flatten)]
+        data: DataArgs,
+    },
     /// Move every sealed token to a new vault key (works while oauthd runs)
     Rekey {
         /// Instead: drop keys from the key file that no stored value uses any more
@@ -189,6 +205,7 @@ impl Command {
             | Command::Rekey { data: d, .. }
             | Command::Backup { data: d, .. }
             | Command::Restore { data: d, .. }
+            | Command::Copy { data: d, .. }
             | Command::Events { data: d, .. } => data(d, None),
             Command::Providers { config, listen, .. } => Overrides {
                 config: config.clone(),

@@ -29,7 +29,7 @@ fn database<'a>(settings: &'a Settings, command: &str) -> Result<&'a Path, Fatal
 }
 
 /// Where the vault key comes from, for the reminder to keep it with the copy.
-fn key_named(settings: &Settings) -> String {
+pub(super) fn key_named(settings: &Settings) -> String {
     match super::key_source(settings) {
         Ok(KeySource::File {
             path,

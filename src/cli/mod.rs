@@ -34,6 +34,7 @@ mod open;
 mod process;
 mod serve;
 mod start_notes;
+mod transfer;
 mod unconfigured;
 mod vault_keys;
 mod vault_peers;
@@ -149,6 +150,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<(), Fatal> {
         Some(Command::Rekey { prune, to, .. }) => vault_keys::rekey(settings, prune, to),
         Some(Command::Backup { to, .. }) => backup::backup(settings, to),
         Some(Command::Restore { from, create, .. }) => backup::restore(settings, from, create),
+        Some(Command::Copy { to, to_prefix, .. }) => transfer::copy(settings, &to, to_prefix),
         Some(Command::Events { command, .. }) => events::events(settings, command),
         Some(Command::Connect {
             provider,

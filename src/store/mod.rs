@@ -16,6 +16,7 @@ pub mod sqlite;
 mod states;
 pub mod sweeper;
 pub mod target;
+mod transfer;
 mod vault_notes;
 
 use crate::secret::SecretHash;
@@ -33,6 +34,7 @@ pub use connections::*;
 pub use device::*;
 pub use error::*;
 pub use states::*;
+pub use transfer::*;
 pub use vault_notes::*;
 
 /// What the broker needs: connections, device flows, the outbox their events go to, and
@@ -42,7 +44,7 @@ impl<T: ConnectionStore + DeviceFlowStore + OutboxStore + KeyStore> BrokerStore 
 
 /// One backend holding everything: the SQLite file or a shared Redis.
 #[async_trait]
-pub trait Store: StateStore + KeyStore + AdminStore + BrokerStore {
+pub trait Store: StateStore + KeyStore + AdminStore + BrokerStore + TransferStore {
     /// Where the data lives, for logs and reports (never a password).
     fn describe(&self) -> String;
     /// What an operator should hear about at start (say, Redis without persistence).

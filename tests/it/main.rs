@@ -29,3 +29,4 @@ mod state_kinds;
 mod state_routes;
 mod store_contract;
 mod tenants;
+mod transfer;

@@ -244,7 +244,7 @@ impl RedisStore {
         .await
     }
 
-    fn conn_keys(&self, provider: &str, account: &str) -> (String, String, String) {
+    pub(super) fn conn_keys(&self, provider: &str, account: &str) -> (String, String, String) {
         let member = format!("{provider}/{account}");
         (self.key("c", &member), self.key("cl", &member), member)
     }

@@ -49,7 +49,7 @@ return 1
     )
 });
 
-fn record(f: &Fields) -> Result<ApiKeyRecord, StoreError> {
+pub(super) fn record(f: &Fields) -> Result<ApiKeyRecord, StoreError> {
     const CONTEXT: &str = "reading an API key";
     let patterns = |field: &str| -> Result<Option<Vec<String>>, StoreError> {
         text(f, field)

@@ -32,6 +32,7 @@ mod link;
 mod outbox;
 mod receipt;
 mod states;
+mod transfer;
 
 use super::target::RedisTarget;
 use super::StoreError;

@@ -88,6 +88,31 @@ impl Stored {
     }
 }
 
+impl RedisStore {
+    /// Every state live at `now_ms` that `wanted` keeps, by SCAN: for the CLI and the
+    /// start, never a request's hot path.
+    pub(super) async fn live_rows(
+        &self,
+        context: &'static str,
+        now_ms: i64,
+        wanted: impl Fn(&StateRow) -> bool,
+    ) -> Result<Vec<StateRow>, StoreError> {
+        let keys = self.scan_keys(context, self.key("s", "")).await?;
+        let state_key = self.key("s", "");
+        let mut rows = Vec::new();
+        // A batch of records at a time: only the wanted ones are kept.
+        for batch in keys.chunks(1000) {
+            let values = self.mget(context, batch).await?;
+            rows.extend(batch.iter().zip(values).filter_map(|(key, v)| {
+                let hash = SecretHash::from_hex(key.strip_prefix(&state_key)?)?;
+                let row = serde_json::from_slice::<Stored>(&v?).ok()?.into_row(hash);
+                (row.expires_at_ms > now_ms && wanted(&row)).then_some(row)
+            }));
+        }
+        Ok(rows)
+    }
+}
+
 fn parse_row(
     context: &'static str,
     key_hash: SecretHash,
@@ -863,23 +888,10 @@ impl StateStore for RedisStore {
         prefix: &str,
         now_ms: i64,
     ) -> Result<Vec<StateRow>, StoreError> {
-        const CONTEXT: &str = "reading states by namespace";
-        let keys = self.scan_keys(CONTEXT, self.key("s", "")).await?;
-        let state_key = self.key("s", "");
-        let mut rows = Vec::new();
-        // A batch of records at a time: only the wanted ones are kept.
-        for batch in keys.chunks(1000) {
-            let values = self.mget(CONTEXT, batch).await?;
-            rows.extend(batch.iter().zip(values).filter_map(|(key, v)| {
-                let hash = SecretHash::from_hex(key.strip_prefix(&state_key)?)?;
-                let row = serde_json::from_slice::<Stored>(&v?).ok()?.into_row(hash);
-                let wanted = row.namespace.starts_with(prefix)
-                    && row.data.is_some()
-                    && row.expires_at_ms > now_ms;
-                wanted.then_some(row)
-            }));
-        }
-        Ok(rows)
+        self.live_rows("reading states by namespace", now_ms, |row| {
+            row.namespace.starts_with(prefix) && row.data.is_some()
+        })
+        .await
     }
 
     async fn state_data_prefixes(

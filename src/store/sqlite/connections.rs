@@ -9,12 +9,13 @@ use crate::store::{
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};
 
-const COLUMNS: &str = "provider, account, status, scopes, token_type, access_token, refresh_token,
+pub(super) const COLUMNS: &str =
+    "provider, account, status, scopes, token_type, access_token, refresh_token,
     access_expires_at, created_at, updated_at, last_refresh_at, last_error, failures, retry_at,
     lease_until, generation, account_sub, account_email, account_name, connected_at,
     failing_since, failing_notified";
 
-fn row(r: &Row<'_>) -> rusqlite::Result<ConnectionRow> {
+pub(super) fn row(r: &Row<'_>) -> rusqlite::Result<ConnectionRow> {
     Ok(ConnectionRow {
         provider: r.get(0)?,
         account: r.get(1)?,

@@ -6,7 +6,8 @@ use crate::store::{ApiKeyRecord, KeyStore, StoreError};
 use async_trait::async_trait;
 use rusqlite::{params, ErrorCode, OptionalExtension, Row};
 
-const COLUMNS: &str = "id, name, namespaces, created_at, revoked_at, accounts, last_used_at";
+pub(super) const COLUMNS: &str =
+    "id, name, namespaces, created_at, revoked_at, accounts, last_used_at";
 
 /// A JSON array of patterns, or NULL.
 fn patterns(r: &Row<'_>, i: usize) -> rusqlite::Result<Option<Vec<String>>> {
@@ -19,7 +20,7 @@ fn patterns(r: &Row<'_>, i: usize) -> rusqlite::Result<Option<Vec<String>>> {
     .transpose()
 }
 
-fn record(r: &Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
+pub(super) fn record(r: &Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
     Ok(ApiKeyRecord {
         id: r.get(0)?,
         name: r.get(1)?,

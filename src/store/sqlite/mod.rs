@@ -16,6 +16,7 @@ mod outbox;
 mod serving;
 mod states;
 pub mod tokens_since;
+mod transfer;
 mod unmarked;
 mod values;
 mod workspace;

@@ -72,6 +72,26 @@ fn state_row(r: &Row<'_>) -> rusqlite::Result<StateRow> {
     })
 }
 
+/// Every state live at `now_ms` whose namespace starts with `prefix`; with `with_data`
+/// only those that hold data. Through the expiry index: a backlog of expired states is
+/// not read.
+pub(super) fn live_rows(
+    conn: &Connection,
+    prefix: &str,
+    now_ms: i64,
+    with_data: bool,
+) -> rusqlite::Result<Vec<StateRow>> {
+    conn.prepare_cached(sql!(
+        "SELECT ",
+        columns,
+        " FROM states INDEXED BY states_expires_at
+         WHERE expires_at > ?2 AND substr(namespace, 1, length(?1)) = ?1
+           AND (?3 = 0 OR data IS NOT NULL)"
+    ))?
+    .query_map(params![prefix, now_ms, with_data], state_row)?
+    .collect()
+}
+
 /// The state with this hash in this namespace, as it is.
 fn select(
     conn: &Connection,
@@ -535,16 +555,7 @@ impl StateStore for SqliteStore {
     ) -> Result<Vec<StateRow>, StoreError> {
         let prefix = prefix.to_owned();
         self.read("reading states by namespace", move |conn| {
-            // Through the expiry index: a backlog of expired states is not read.
-            conn.prepare_cached(sql!(
-                "SELECT ",
-                columns,
-                " FROM states INDEXED BY states_expires_at
-                 WHERE expires_at > ?2 AND substr(namespace, 1, length(?1)) = ?1
-                   AND data IS NOT NULL"
-            ))?
-            .query_map(params![prefix, now_ms], state_row)?
-            .collect()
+            live_rows(conn, &prefix, now_ms, true)
         })
         .await
     }

@@ -1,0 +1,317 @@
+//! `oauthd copy --to STORE`: the API keys, connections and live states of the configured
+//! store, as stored (sealed), into another: from one SQLite file to a Redis that several
+//! instances share, and back. Sign-ins, device flows under way and pending deliveries stay
+//! behind (each said).
+
+use super::open::{open_store, Missing};
+use super::{runtime, Fatal};
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::store::target::StoreTarget;
+use crate::store::{InsertRules, Inserted, Store, StoreError};
+use crate::vault::KeySource;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What was copied, and what was left behind.
+#[derive(Default)]
+struct Copied {
+    keys: usize,
+    connections: usize,
+    states: usize,
+    revoked_keys: usize,
+}
+
+pub(super) fn copy(settings: Settings, to: &str, to_prefix: Option<String>) -> Result<(), Fatal> {
+    let destination = destination(&settings, to, to_prefix)?;
+    let source = open_store(&settings, Missing::Refuse)?;
+    let clock = Clock::system();
+    let rt = runtime()?;
+    rt.block_on(refuse_served(
+        source.as_ref(),
+        "the store it copies from",
+        &clock,
+    ))?;
+    if same_store(&settings, &destination) {
+        return Err(Fatal(
+            format!("--to names the store it copies from, {}", source.describe()),
+            2,
+        ));
+    }
+    let into = open_store(&destination, Missing::Create)?;
+    rt.block_on(async {
+        refuse_served(into.as_ref(), "the store it copies into", &clock).await?;
+        refuse_not_empty(into.as_ref(), &clock).await?;
+        let copied = copy_all(&source, &into, &settings, &clock)
+            .await
+            .map_err(|e| {
+                Fatal(
+                    format!(
+                        "{e}; {} now holds part of the copy: empty it before trying again ({})",
+                        into.describe(),
+                        how_to_empty(&destination)
+                    ),
+                    1,
+                )
+            })?;
+        report(&source, &into, &copied, &clock).await;
+        Ok::<(), Fatal>(())
+    })?;
+    key_for_destination(&settings, &destination)
+}
+
+/// The settings of the store named by `--to`: a Redis URL, or a SQLite file.
+fn destination(
+    settings: &Settings,
+    to: &str,
+    to_prefix: Option<String>,
+) -> Result<Settings, Fatal> {
+    let mut into = settings.clone();
+    if to.starts_with("redis://") || to.starts_with("rediss://") {
+        into.store = crate::config::other_store(to, to_prefix.or(settings.redis_prefix.clone()))
+            .map_err(|e| Fatal(e.to_string(), 2))?;
+    } else {
+        if to.is_empty() || to == "sqlite" {
+            return Err(Fatal(
+                "--to: name a Redis (redis://HOST:PORT/DB) or the path of a SQLite file".into(),
+                2,
+            ));
+        }
+        if to_prefix.is_some() {
+            return Err(Fatal(
+                "--to-prefix is for a Redis destination; --to names a SQLite file".into(),
+                2,
+            ));
+        }
+        into.store = StoreTarget::Sqlite;
+        into.db = PathBuf::from(to);
+    }
+    Ok(into)
+}
+
+/// Whether both settings name one store: one SQLite file (by its place on disk), or one
+/// Redis database under one prefix.
+fn same_store(a: &Settings, b: &Settings) -> bool {
+    match (&a.store, &b.store) {
+        (StoreTarget::Sqlite, StoreTarget::Sqlite) => {
+            let place = |p: &Path| std::fs::canonicalize(p).ok();
+            place(&a.db).is_some() && place(&a.db) == place(&b.db)
+        }
+        (StoreTarget::Redis(x), StoreTarget::Redis(y)) => {
+            x.display() == y.display() && x.prefix == y.prefix
+        }
+        _ => false,
+    }
+}
+
+/// What to remove to start again after a copy cut short.
+fn how_to_empty(destination: &Settings) -> String {
+    match &destination.store {
+        StoreTarget::Sqlite => format!(
+            "delete {} and its -wal and -shm files",
+            destination.db.display()
+        ),
+        StoreTarget::Redis(t) => format!(
+            "redis-cli --scan --pattern '{}*' | xargs redis-cli unlink",
+            t.prefix
+        ),
+    }
+}
+
+/// An oauthd serving a store tells its vault keys there every 20 s, good for a minute: a
+/// copy made meanwhile would miss what it writes after (a refresh token it rotates, and
+/// the copy's connection then refreshes with a spent one).
+async fn refuse_served(store: &dyn Store, which: &str, clock: &Clock) -> Result<(), Fatal> {
+    let serving = store
+        .vault_keys_in_use(clock.now_ms())
+        .await
+        .map_err(|e| Fatal(e.to_string(), 1))?;
+    match serving.iter().map(|s| s.since_ms).min() {
+        None => Ok(()),
+        Some(since) => Err(Fatal(
+            format!(
+                "{which}, {}, is served by {} oauthd (serving since {}): stop every oauthd serving it first, so that nothing changes under the copy (one stopped by a kill is counted for up to a minute after)",
+                store.describe(),
+                serving.len(),
+                crate::clock::rfc3339(since)
+            ),
+            2,
+        )),
+    }
+}
+
+/// The destination must hold no API key, connection or live state: a copy never mixes
+/// two stores' data.
+async fn refuse_not_empty(into: &dyn Store, clock: &Clock) -> Result<(), Fatal> {
+    let io = |e: StoreError| Fatal(e.to_string(), 1);
+    let keys = into.list_keys().await.map_err(io)?.len();
+    let connections = into.list_all_connections().await.map_err(io)?.len();
+    let states = into.live_states_total(clock.now_ms()).await.map_err(io)?;
+    if keys + connections > 0 || states > 0 {
+        return Err(Fatal(
+            format!(
+                "{} holds oauthd data already (API keys: {keys}, connections: {connections}, live states: {states}): a copy goes only into a store that holds none",
+                into.describe()
+            ),
+            2,
+        ));
+    }
+    Ok(())
+}
+
+async fn copy_all(
+    from: &Arc<dyn Store>,
+    into: &Arc<dyn Store>,
+    settings: &Settings,
+    clock: &Clock,
+) -> Result<Copied, StoreError> {
+    let mut copied = Copied {
+        revoked_keys: from
+            .list_keys()
+            .await?
+            .iter()
+            .filter(|k| k.revoked_at_ms.is_some())
+            .count(),
+        ..Copied::default()
+    };
+    for (key, hash) in from.keys_to_copy().await? {
+        let used = key.last_used_at_ms;
+        into.insert_key(key, hash).await?;
+        if let Some(at) = used {
+            into.note_key_used(hash, at).await?;
+        }
+        copied.keys += 1;
+    }
+    for row in from.list_all_connections().await? {
+        into.put_connection(row).await?;
+        copied.connections += 1;
+    }
+    let now_ms = clock.now_ms();
+    let grace_ms = i64::try_from(settings.sweep.grace.as_millis()).unwrap_or(i64::MAX);
+    for row in from.states_to_copy(now_ms).await? {
+        let rules = InsertRules {
+            max_live: u64::MAX,
+            now_ms,
+            keep_until_ms: row.expires_at_ms.saturating_add(grace_ms),
+            replace_subject: false,
+            max_per_subject: u64::MAX,
+            max_total: u64::MAX,
+            max_tombstones: u64::MAX,
+        };
+        match into.insert_state(row, rules).await? {
+            Inserted::Stored { .. } => copied.states += 1,
+            // No cap applies to a copy.
+            Inserted::NamespaceFull | Inserted::SubjectFull { .. } | Inserted::StoreFull => {}
+        }
+    }
+    Ok(copied)
+}
+
+/// What was copied and what was not, on stdout.
+async fn report(from: &Arc<dyn Store>, into: &Arc<dyn Store>, copied: &Copied, clock: &Clock) {
+    let mut lines = vec![
+        format!("copied {} into {}:", from.describe(), into.describe()),
+        format!(
+            "  API keys: {}{}",
+            copied.keys,
+            match copied.revoked_keys {
+                0 => String::new(),
+                n => format!(" (not the {n} revoked)"),
+            }
+        ),
+        format!(
+            "  connections: {} (tokens sealed as they were)",
+            copied.connections
+        ),
+        format!("  live states: {}", copied.states),
+    ];
+    let mut behind = Vec::new();
+    if from
+        .any_admin_session(clock.now_ms())
+        .await
+        .unwrap_or(false)
+    {
+        behind.push("sign-ins to the page (sign in again: `oauthd admin link`)".to_owned());
+    }
+    if let Ok(flows) = from.all_pending_device_flows().await {
+        if !flows.is_empty() {
+            behind.push(format!("{} device flows under way", flows.len()));
+        }
+    }
+    if let Ok(n @ 1..) = from.pending_deliveries().await {
+        behind.push(format!("{n} notifications not yet delivered"));
+    }
+    if !behind.is_empty() {
+        lines.push(format!("not copied: {}", behind.join(", ")));
+    }
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout().lock(), "{}", lines.join("\n"));
+}
+
+/// The copy's tokens and states' data open only with the source's vault key. A SQLite
+/// file with no key named (`<db>.key` beside it, the default) gets a copy of the key file;
+/// otherwise what to give the oauthd that serves it is said.
+fn key_for_destination(settings: &Settings, destination: &Settings) -> Result<(), Fatal> {
+    let said = match (&settings.key_source, &destination.store) {
+        (KeySource::File { path, .. }, StoreTarget::Sqlite)
+            if destination_key_default(destination) =>
+        {
+            let beside = crate::paths::with_suffix(&destination.db, ".key");
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Fatal(
+                    format!(
+                        "the vault key file {}: {e}; the copy opens only with it: put it at {}",
+                        path.display(),
+                        beside.display()
+                    ),
+                    1,
+                )
+            })?;
+            match std::fs::read_to_string(&beside) {
+                Ok(there) if there == text => {}
+                Ok(_) => {
+                    return Err(Fatal(
+                        format!(
+                            "{} holds another vault key than {}, which the copy needs: put that one in its place before serving the copy",
+                            beside.display(),
+                            path.display()
+                        ),
+                        2,
+                    ))
+                }
+                Err(_) => crate::vault::write_key_file(&beside, &text).map_err(|e| {
+                    Fatal(format!("writing the vault key file {}: {e}", beside.display()), 1)
+                })?,
+            }
+            format!(
+                "the vault key is copied to {}, beside the new database",
+                beside.display()
+            )
+        }
+        (KeySource::File { path, .. }, _) => format!(
+            "serve the copy with the vault key it was sealed with: OAUTHD_KEY_FILE={}",
+            std::fs::canonicalize(path)
+                .unwrap_or(path.clone())
+                .display()
+        ),
+        (KeySource::Inline(_), _) => {
+            "serve the copy with the vault key it was sealed with: the same OAUTHD_KEY".to_owned()
+        }
+    };
+    let serve = match &destination.store {
+        StoreTarget::Sqlite => format!("--db {}", destination.db.display()),
+        StoreTarget::Redis(t) => format!("--store {}", t.display()),
+    };
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stdout().lock(),
+        "{said}. Start oauthd on the copy ({serve}, or `store`/`db` in the config file) and not on the old store again: both would refresh the same connections, and a provider that rotates refresh tokens then refuses one of them"
+    );
+    Ok(())
+}
+
+/// Whether the destination's oauthd would read its key from beside its file (no
+/// `OAUTHD_KEY` or `OAUTHD_KEY_FILE` set).
+fn destination_key_default(destination: &Settings) -> bool {
+    matches!(destination.key_source, KeySource::File { create: true, .. })
+}

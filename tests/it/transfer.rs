@@ -1,0 +1,173 @@
+//! `oauthd copy --to STORE`: one store's API keys, connections and live states into
+//! another, as stored (sealed), both ways between SQLite and Redis.
+
+use crate::common::{self, Home};
+use serde_json::json;
+use std::process::Output;
+
+const NS: &str = "oauth:app";
+
+fn said(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// A SQLite file copied into another, the vault key file beside the copy made from the
+/// source's: served from the copy, the key, the state and its data are there; the
+/// destination is refused when it holds data, and so is the source itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sqlite_file_copied_into_a_new_one_serves_with_the_key_copied_beside_it() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let state = d
+        .create_state(&key, json!({"namespace": NS, "data": {"return_to": "/x"}}))
+        .await;
+    d.signal_and_wait("TERM");
+    let moved = Home::new();
+    let to = moved.db();
+    let out = home.cli(&["copy", "--to", to.to_str().unwrap()]);
+    let text = said(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("  API keys: 1\n"), "{text}");
+    assert!(text.contains("  live states: 1"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "the vault key is copied to {}",
+            moved.key_file().display()
+        )),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read(moved.key_file()).unwrap(),
+        std::fs::read(home.key_file()).unwrap()
+    );
+    let copy = moved.start();
+    let (status, body) = copy.consume(&key, &state, NS).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["return_to"], "/x", "{body}");
+    copy.signal_and_wait("TERM");
+    // Into a store that holds data: refused, nothing changed.
+    let out = home.cli(&["copy", "--to", to.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+    assert!(
+        said(&out).contains("holds oauthd data already (API keys: 1"),
+        "{}",
+        said(&out)
+    );
+    let out = home.cli(&["copy", "--to", home.db().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+    assert!(
+        said(&out).contains("names the store it copies from"),
+        "{}",
+        said(&out)
+    );
+}
+
+#[cfg(feature = "redis")]
+mod redis {
+    use super::*;
+    use common::redis::RedisServer;
+    use std::time::Duration;
+
+    /// The way out of one SQLite file: its store copied into a Redis is served there by an
+    /// oauthd given the vault key file the copy names. The connected account's token is
+    /// there and, once expired (the provider's tokens last 2 s), refreshed with the copied
+    /// refresh token; the app's key and its state with data are there. A copy while oauthd
+    /// serves the source is refused, and so is a second copy into the Redis.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_sqlite_store_copied_into_redis_is_served_there() {
+        let peer = common::peer::Peer::start(2);
+        let (home, key) = peer.home_with_key("");
+        let d = home.start();
+        let (status, page) = common::peer::connect(&d, &peer, &key, "alice").await;
+        assert_eq!(status, 200, "{page}");
+        let state = d
+            .create_state(&key, json!({"namespace": NS, "data": {"n": 1}}))
+            .await;
+        let server = RedisServer::start();
+        let url = server.url();
+        let out = home.cli(&["copy", "--to", &url]);
+        assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+        assert!(
+            said(&out).contains("is served by 1 oauthd")
+                && said(&out).contains("stop every oauthd serving it first"),
+            "{}",
+            said(&out)
+        );
+        assert_eq!(server.command("DBSIZE").as_deref(), Some(":0"));
+        d.signal_and_wait("TERM");
+
+        let out = home.cli(&["copy", "--to", &url]);
+        let text = said(&out);
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains("  API keys: 1\n") && text.contains("  connections: 1"),
+            "{text}"
+        );
+        assert!(text.contains("  live states: 1"), "{text}");
+        let key_file = std::fs::canonicalize(home.key_file()).unwrap();
+        assert!(
+            text.contains(&format!("OAUTHD_KEY_FILE={}", key_file.display())),
+            "{text}"
+        );
+
+        let on_redis = Home::redis_via(server, url.clone());
+        std::fs::copy(home.key_file(), on_redis.key_file()).unwrap();
+        std::fs::copy(home.config(), on_redis.config()).unwrap();
+        let r = on_redis.start();
+        let (status, body) = r.consume(&key, &state, NS).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["n"], 1, "{body}");
+        let (status, first) = r.get("/v1/connections/peer/alice/token", &key).await;
+        assert_eq!(status, 200, "{first}");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let (status, second) = r.get("/v1/connections/peer/alice/token", &key).await;
+        assert_eq!(status, 200, "{second}");
+        assert_ne!(first["access_token"], second["access_token"]);
+        r.signal_and_wait("TERM");
+
+        let out = home.cli(&["copy", "--to", &url]);
+        assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+        assert!(
+            said(&out).contains("holds oauthd data already"),
+            "{}",
+            said(&out)
+        );
+    }
+
+    /// And back: a Redis store copied into a new SQLite file, served from it with the
+    /// shared vault key. The active key works there, the revoked one is not copied, the
+    /// state's data is there.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_redis_store_copied_into_a_new_sqlite_file_is_served_from_it() {
+        let home = Home::redis();
+        let key = home.create_key("app", &[]);
+        let old = home.create_key("old", &[]);
+        assert!(home.cli(&["keys", "revoke", "old"]).status.success());
+        let d = home.start();
+        let state = d
+            .create_state(&key, json!({"namespace": NS, "data": {"n": 2}}))
+            .await;
+        d.signal_and_wait("TERM");
+        let sqlite = Home::new();
+        let out = home.cli(&["copy", "--to", sqlite.db().to_str().unwrap()]);
+        let text = said(&out);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("  API keys: 1 (not the 1 revoked)"), "{text}");
+        assert!(text.contains("  live states: 1"), "{text}");
+        assert!(text.contains("OAUTHD_KEY_FILE="), "{text}");
+        let shared = home.key_file();
+        let served = sqlite.start_with_env(&[("OAUTHD_KEY_FILE", shared.to_str().unwrap())]);
+        let (status, body) = served.consume(&key, &state, NS).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["n"], 2, "{body}");
+        assert_eq!(
+            served
+                .post("/v1/states", &old, json!({"namespace": NS}))
+                .await
+                .0,
+            401
+        );
+        served.signal_and_wait("TERM");
+    }
+}
