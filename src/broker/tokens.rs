@@ -755,6 +755,12 @@ impl Broker {
         let refresh_token = self
             .vault
             .open_str(&token_aad(p, a, "refresh_token"), sealed_refresh)?;
+        // Only for keeping it out of the provider's error texts: one that does not open
+        // does not stop the refresh.
+        let access_token = self
+            .vault
+            .open_str(&token_aad(p, a, "access_token"), &row.access_token)
+            .ok();
         let endpoints = match discovered {
             Ok(()) => self.endpoints(provider).await,
             Err(e) => Err(BrokerError::ProviderUnavailable {
@@ -769,6 +775,7 @@ impl Broker {
                     provider,
                     endpoints,
                     &refresh_token,
+                    access_token.as_ref().map(|t| t.as_str()),
                 )
                 .await
             }

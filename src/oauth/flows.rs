@@ -274,22 +274,147 @@ impl<'a> Sent<'a> {
         )
     }
 
+    /// What was sent, long enough to be told apart from the words of a text.
+    fn secrets(&self) -> impl Iterator<Item = &str> {
+        // Shorter values could be any word of the text; no secret is that short.
+        let basic = self.1.iter().map(String::as_str);
+        self.0.iter().copied().chain(basic).filter(|s| s.len() >= 8)
+    }
+
     /// A provider's error text, bounded and safe to log (`provider_text`), with what was
     /// sent taken out (as sent, and form-encoded): some servers echo it ("Invalid refresh
     /// token: <value>"), and this text is logged, stored with the connection and shown
-    /// to apps and on the page.
+    /// to apps and on the page. A text that still holds it in another form (encoded
+    /// otherwise, cut, split by other characters) is not kept at all (`echoes`).
     fn text(&self, text: &str, max: usize) -> String {
+        let text = self.strip(text);
+        if self.echoes(&text) {
+            return WITHHELD.to_owned();
+        }
+        super::provider_text(&text, max)
+    }
+
+    /// `text` with what was sent, as sent and form-encoded, said as `[redacted]`.
+    fn strip(&self, text: &str) -> String {
         let mut text = text.to_owned();
-        // Shorter values could be any word of the text; no secret is that short.
-        let basic = self.1.iter().map(String::as_str);
-        for secret in self.0.iter().copied().chain(basic).filter(|s| s.len() >= 8) {
+        for secret in self.secrets() {
             for form in [secret.to_string(), form_encode(secret)] {
                 if text.contains(&form) {
                     text = text.replace(&form, "[redacted]");
                 }
             }
         }
-        super::provider_text(&text, max)
+        text
+    }
+
+    /// Whether `text` holds a run of `ECHO_RUN` letters and digits of something sent
+    /// (all of it, if shorter), read case-blind and past any other characters, after
+    /// percent- and JSON-unescaping, or of its base64 or hex.
+    fn echoes(&self, text: &str) -> bool {
+        let mut runs = std::collections::HashSet::new();
+        for secret in self.secrets() {
+            for form in echo::forms(secret) {
+                let plain = echo::plain(form.as_bytes());
+                if plain.len() < 8 {
+                    continue;
+                }
+                let run = plain.len().min(ECHO_RUN);
+                runs.extend(plain.windows(run).map(<[u8]>::to_vec));
+            }
+        }
+        let plain = echo::plain(text.as_bytes());
+        (8..=ECHO_RUN).any(|run| plain.windows(run).any(|w| runs.contains(w)))
+    }
+}
+
+/// Said instead of a provider's text that still holds what oauthd sent it.
+const WITHHELD: &str =
+    "[not kept: the provider's text held a secret oauthd sent it, encoded or cut]";
+
+/// How long a run of a secret's letters and digits `Sent::echoes` looks for: a random
+/// secret's run of 12 is in no provider's own words.
+const ECHO_RUN: usize = 12;
+
+/// The forms a secret may come back in, and texts reduced to what those forms share.
+mod echo {
+    use base64::Engine;
+
+    /// The secret, its hex, and its base64 at each of the three alignments it can have
+    /// inside a longer encoded value (the characters its neighbours share left out).
+    pub fn forms(secret: &str) -> Vec<String> {
+        let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+        let hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
+        let mut forms = vec![secret.to_owned(), hex];
+        for (lead, skip) in [(0usize, 0usize), (1, 2), (2, 3)] {
+            let mut bytes = vec![0u8; lead];
+            bytes.extend_from_slice(secret.as_bytes());
+            let encoded = b64.encode(&bytes);
+            let end = encoded.len().saturating_sub(2);
+            forms.push(encoded.get(skip..end).unwrap_or_default().to_owned());
+        }
+        forms
+    }
+
+    /// `text`'s ASCII letters (lower-cased) and digits only, after percent escapes
+    /// (twice, for a value encoded twice) and JSON's `\uXXXX` are undone.
+    pub fn plain(text: &[u8]) -> Vec<u8> {
+        let once = unescape(text, b'%', 2);
+        let twice = unescape(&once, b'%', 2);
+        unicode_escapes(&twice)
+            .into_iter()
+            .filter(u8::is_ascii_alphanumeric)
+            .map(|b| b.to_ascii_lowercase())
+            .collect()
+    }
+
+    /// `mark` followed by `digits` hex digits, read as the byte they name.
+    fn unescape(text: &[u8], mark: u8, digits: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(text.len());
+        let mut i = 0;
+        while let Some(&b) = text.get(i) {
+            let hex = text.get(i + 1..i + 1 + digits);
+            match hex.and_then(hex_value) {
+                Some(v) if b == mark => {
+                    out.push(u8::try_from(v).unwrap_or(b'?'));
+                    i += 1 + digits;
+                }
+                _ => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// JSON's `\uXXXX`: the ASCII ones as their byte, the others left out.
+    fn unicode_escapes(text: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(text.len());
+        let mut i = 0;
+        while let Some(&b) = text.get(i) {
+            let escaped = b == b'\\' && text.get(i + 1) == Some(&b'u');
+            match text.get(i + 2..i + 6).and_then(hex_value) {
+                Some(v) if escaped => {
+                    if let Ok(ascii) = u8::try_from(v) {
+                        out.push(ascii);
+                    }
+                    i += 6;
+                }
+                _ => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+
+    fn hex_value(digits: &[u8]) -> Option<u32> {
+        let text = std::str::from_utf8(digits).ok()?;
+        if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u32::from_str_radix(text, 16).ok()
     }
 }
 
@@ -298,12 +423,11 @@ fn classify<E: std::error::Error>(
     sent: &Sent<'_>,
 ) -> FlowError {
     match err {
-        RequestTokenError::ServerResponse(r) => {
-            let description = r
-                .error_description()
-                .map_or_else(|| "no description".into(), |d| sent.text(d, 300));
-            rejected(r.error().as_ref(), description, sent)
-        }
+        RequestTokenError::ServerResponse(r) => provider_error(
+            r.error().as_ref(),
+            r.error_description().map(String::as_str),
+            sent,
+        ),
         RequestTokenError::Request(e) => FlowError::Transient(super::with_causes(&e)),
         RequestTokenError::Parse(e, body) => {
             // GitHub answers errors with 200: what names an error is that error.
@@ -497,11 +621,14 @@ pub async fn check_client(
     }
 }
 
+/// Refreshes with `refresh_token`. `access_token`, the one it replaces, is not sent, but
+/// the provider knows it: an error text that holds it loses it too.
 pub async fn refresh(
     http: &dyn TokenEndpoint,
     provider: &Provider,
     endpoints: &Endpoints,
     refresh_token: &str,
+    access_token: Option<&str>,
 ) -> Result<TokenSet, FlowError> {
     let token = RefreshToken::new(refresh_token.to_owned());
     let asked = std::time::Instant::now();
@@ -509,7 +636,11 @@ pub async fn refresh(
         .exchange_refresh_token(&token)
         .request_async(&Sender(http))
         .await;
-    answered(resp, &Sent::new(provider, &[refresh_token]), asked)
+    let held: Vec<&str> = [Some(refresh_token), access_token]
+        .into_iter()
+        .flatten()
+        .collect();
+    answered(resp, &Sent::new(provider, &held), asked)
 }
 
 /// RFC 7009 revocation, as one form POST (the `oauth2` crate insists on https revocation
@@ -693,19 +824,37 @@ fn names_an_error(body: &[u8]) -> bool {
 fn error_response(status: reqwest::StatusCode, body: &[u8], sent: &Sent<'_>) -> FlowError {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     let code = v.get("error").and_then(|e| e.as_str()).unwrap_or("");
-    let description = sent.text(
-        v.get("error_description")
-            .and_then(|e| e.as_str())
-            .unwrap_or("no description"),
-        300,
-    );
     match code {
         "" if status.is_server_error() || status.as_u16() == 429 => {
             FlowError::Transient(format!("HTTP {status}"))
         }
         "" => FlowError::Transient(format!("HTTP {status} without an OAuth error")),
-        code => rejected(code, description, sent),
+        code => provider_error(
+            code,
+            v.get("error_description").and_then(|e| e.as_str()),
+            sent,
+        ),
     }
+}
+
+/// An OAuth error's code and description as a provider sent them, each without what was
+/// sent (`Sent::text`). A secret split between the two (its start in the code, the rest
+/// in the description) is looked for in both together: then neither is kept but a code
+/// oauthd acts on.
+fn provider_error(code: &str, description: Option<&str>, sent: &Sent<'_>) -> FlowError {
+    let raw = description.unwrap_or("no description");
+    let apart = sent.strip(code) + &sent.strip(raw);
+    // What was sent as it was, but across the two: not found in either alone.
+    let across = sent.strip(&format!("{code}{raw}")) != apart;
+    if across || sent.echoes(&apart) {
+        let known = matches!(
+            code,
+            "invalid_grant" | "bad_refresh_token" | "bad_verification_code" | "invalid_client"
+        );
+        let code = if known { code } else { "not_kept" };
+        return rejected(code, WITHHELD.to_owned(), sent);
+    }
+    rejected(code, sent.text(raw, 300), sent)
 }
 
 /// What an `invalid_client` error adds to the provider's words, on every path but the
@@ -795,6 +944,93 @@ fn form_encode(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::oauth::ProviderConfig;
+
+    fn echoing_provider() -> Provider {
+        let config = ProviderConfig {
+            authorization_url: Some("https://provider.test/authorize".into()),
+            token_url: Some("https://provider.test/token".into()),
+            client_id: Some("client".into()),
+            client_secret: Some("s3cret/with+signs~\"q\\x".into()),
+            ..Default::default()
+        };
+        Provider::from_config("p", &config).unwrap()
+    }
+
+    /// A provider's text that holds what was sent in another form than as sent or
+    /// form-encoded (each of these reached the log, the store, events and apps) is not
+    /// kept; its own words are, and a secret's known code still counts.
+    #[test]
+    fn a_providers_text_holding_a_secret_encoded_or_cut_is_not_kept() {
+        use base64::Engine;
+        let provider = echoing_provider();
+        let refresh = "rt-Zx9_Qw7.Lm3-Pk8~Vb2/Nc5+Hd1=";
+        let access = "at-Gh4Jk6Lm8Np0Qr2St4Uv6Wx8";
+        let sent = Sent::new(&provider, &[refresh, access]);
+        let secret = provider.client_secret.as_deref().unwrap().to_owned();
+        let every_byte: String = refresh.bytes().map(|b| format!("%{b:02X}")).collect();
+        let lower_hex: String = refresh.bytes().map(|b| format!("%{b:02x}")).collect();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(refresh);
+        let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(refresh);
+        let zero_width: String = refresh.chars().flat_map(|c| [c, '\u{200b}']).collect();
+        let json_escaped = serde_json::to_string(&secret).unwrap();
+        let unicode_escaped: String = refresh
+            .chars()
+            .map(|c| format!("\\u{:04x}", c as u32))
+            .collect();
+        for echoed in [
+            every_byte,
+            lower_hex,
+            refresh.replace('~', "%7E").replace('/', "%2F"),
+            b64.clone(),
+            b64url,
+            b64.to_uppercase(),
+            format!("xx{}", &b64[4..]),
+            refresh[..refresh.len() - 3].to_owned(),
+            refresh.to_uppercase(),
+            zero_width,
+            json_escaped.clone(),
+            unicode_escaped,
+            format!("{secret:?}"),
+            access.to_lowercase(),
+            base64::engine::general_purpose::STANDARD.encode(&secret),
+            refresh.bytes().map(|b| format!("{b:02x}")).collect(),
+        ] {
+            let text = sent.text(&format!("bad token {echoed} given"), 300);
+            assert_eq!(text, WITHHELD, "{echoed}");
+        }
+        // The access token a refresh replaces, as it is: taken out as what was sent is.
+        assert_eq!(
+            sent.text(&format!("token {access} expired"), 300),
+            "token [redacted] expired"
+        );
+        // Split between the code and the description.
+        let (head, tail) = refresh.split_at(14);
+        match provider_error(head, Some(tail), &sent) {
+            FlowError::Rejected { code, description } => {
+                assert_eq!(
+                    (code.as_str(), description.as_str()),
+                    ("not_kept", WITHHELD)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match provider_error(
+            "invalid_grant",
+            Some(&format!("token {}", &refresh[2..])),
+            &sent,
+        ) {
+            FlowError::InvalidGrant(description) => assert_eq!(description, WITHHELD),
+            other => panic!("{other:?}"),
+        }
+        // The provider's own words stay.
+        for words in [
+            "The refresh token is invalid, expired or revoked",
+            "Invalid client secret provided for client 'client'",
+            "AADSTS70008: The provided authorization code or refresh token has expired due to inactivity. Trace ID: 4f2b9c1e-7d3a-4e8b-9c5f-2a1b3c4d5e6f",
+        ] {
+            assert_eq!(sent.text(words, 300), words);
+        }
+    }
 
     #[test]
     fn a_providers_error_text_loses_what_was_sent_as_sent_and_form_encoded() {
