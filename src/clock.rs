@@ -51,6 +51,19 @@ impl Clock {
         }
     }
 
+    /// Steps a manual clock (and every clone of it) back, as NTP steps a clock that ran
+    /// ahead. The system clock: returns false and changes nothing.
+    pub fn step_back(&self, by: Duration) -> bool {
+        match &self.0 {
+            Source::System => false,
+            Source::Manual(t, _) => {
+                let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+                t.fetch_sub(ms, Ordering::SeqCst);
+                true
+            }
+        }
+    }
+
     /// Moves a manual clock (and every clone of it) forward. The system clock moves by
     /// itself: returns false and changes nothing.
     pub fn advance(&self, by: Duration) -> bool {

@@ -333,9 +333,9 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub db: PathBuf,
     pub store: StoreTarget,
-    /// The config file's `redis_prefix`, also where the store is SQLite (`oauthd copy`
-    /// names a Redis to copy into).
-    pub redis_prefix: Option<String>,
+    /// The config file's `redis_prefix` (else the default), also where the store is
+    /// SQLite (`oauthd copy` names a Redis to copy into).
+    pub redis_prefix: String,
     pub durability: Durability,
     pub access_log: AccessLogPolicy,
     /// Most access lines of each class written a second; the rest are counted in a summary
@@ -454,7 +454,10 @@ impl Settings {
         let names = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
         let env_warnings = crate::env_names::check(names).map_err(ConfigError::Environment)?;
         let store = store_target(over, &file)?;
-        let redis_prefix = file.redis_prefix.clone();
+        let redis_prefix = file
+            .redis_prefix
+            .clone()
+            .unwrap_or_else(|| crate::store::target::DEFAULT_REDIS_PREFIX.to_owned());
         let secret_files = secret_files(over.config.as_deref(), &file);
         // Named as the operator wrote it: the flag or variable wins over the file.
         let (listen_text, listen_key) = match (over.listen.clone(), file.listen) {

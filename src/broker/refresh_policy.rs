@@ -16,6 +16,32 @@ const KEEP_ALIVE_MARGIN_MS: i64 = 7 * 24 * 3600 * 1000;
 /// The longest wait between refreshes that fail.
 pub(super) const BACKOFF_MAX_MS: i64 = 10 * 60_000;
 
+/// How far ahead of this process's clock a connection's own times may be before they are
+/// taken for times written before the clock was stepped back (NTP fixing a clock that ran
+/// ahead, a virtual machine restored from a snapshot). The clocks of instances sharing a
+/// store differ by less.
+pub(super) const CLOCK_SLACK_MS: i64 = 60_000;
+
+/// Whether `row` was last written on a clock more than `CLOCK_SLACK_MS` ahead of `now`:
+/// its expiry and its backoff were counted on that clock and say nothing of the time left
+/// now, so its token is refreshed rather than trusted.
+pub(super) fn written_ahead(row: &ConnectionRow, now: i64) -> bool {
+    written_at(row) > now.saturating_add(CLOCK_SLACK_MS)
+}
+
+/// When `row` was last written, as the clock of the process that wrote it read.
+pub(super) fn written_at(row: &ConnectionRow) -> i64 {
+    row.updated_at_ms
+        .max(row.last_refresh_at_ms.unwrap_or(i64::MIN))
+}
+
+/// Until when a failed refresh is not tried again: its backoff, unless counted on a clock
+/// since stepped back.
+pub(super) fn backing_off_until(row: &ConnectionRow, now: i64) -> Option<i64> {
+    row.retry_at_ms
+        .filter(|&r| r > now && !written_ahead(row, now))
+}
+
 /// Half the lifetime the provider gave the row's access token, when known.
 pub(super) fn half_life_ms(row: &ConnectionRow) -> Option<i64> {
     match (row.access_expires_at_ms, row.last_refresh_at_ms) {
@@ -51,9 +77,12 @@ pub(super) fn due_for_refresh(
 ) -> bool {
     if row.status != ConnectionStatus::Active
         || row.refresh_token.is_none()
-        || row.retry_at_ms.is_some_and(|r| r > now)
+        || backing_off_until(row, now).is_some()
     {
         return false;
+    }
+    if written_ahead(row, now) {
+        return true;
     }
     let expiring = row.access_expires_at_ms.is_some_and(|at| {
         let lifetime = row

@@ -12,7 +12,10 @@
 //!   every request a refresh.
 
 use super::flight::Turn;
-use super::refresh_policy::{backoff_ms, due_for_refresh, half_life_ms, lasts, BACKOFF_MAX_MS};
+use super::refresh_policy::{
+    backing_off_until, backoff_ms, due_for_refresh, half_life_ms, lasts, written_ahead, written_at,
+    BACKOFF_MAX_MS, CLOCK_SLACK_MS,
+};
 use super::refresh_save::SAVE_FAILING;
 use super::{token_aad, Broker, BrokerError};
 use crate::oauth::flows::{self, FlowError};
@@ -127,6 +130,22 @@ enum Failure {
 static UNOPENED_TOKENS_LOGGED: crate::logging::Budget =
     crate::logging::Budget::new("more tokens that cannot be opened", 1);
 
+/// Connections written on a clock ahead of this process's, said in the log: at most 5 a
+/// minute.
+static WRITTEN_AHEAD_LOGGED: crate::logging::Budget =
+    crate::logging::Budget::per_minute("more connections written ahead of this clock", 5);
+
+fn said_written_ahead(row: &ConnectionRow, now: i64) {
+    let written = written_at(row);
+    WRITTEN_AHEAD_LOGGED.warn(format_args!(
+        "connection {}/{} was last written at {}, {} s ahead of this machine's clock: the clock was stepped back (NTP fixing a clock that ran ahead, a restored snapshot), or another oauthd on this store runs on a clock ahead of this one's. Its expiry says nothing of the time left, so its token is refreshed rather than handed out",
+        row.provider,
+        row.account,
+        crate::clock::rfc3339(written),
+        written.saturating_sub(now) / 1000
+    ));
+}
+
 impl Broker {
     pub(super) async fn row(&self, key: &ConnectionKey) -> Result<ConnectionRow, BrokerError> {
         // No connection has a name `check_name` refuses: such a name in a path is a bad
@@ -167,6 +186,10 @@ impl Broker {
         if !lasts(row.access_expires_at_ms, half_life_ms(row), min_ttl, now) {
             return Ok(None);
         }
+        if row.refresh_token.is_some() && written_ahead(row, now) {
+            said_written_ahead(row, now);
+            return Ok(None);
+        }
         let aad = token_aad(&row.provider, &row.account, "access_token");
         let token = Arc::new(AccessToken {
             access_token: self
@@ -183,8 +206,12 @@ impl Broker {
             scope: row.scopes.clone(),
             answer: AnswerOnce::default(),
         });
-        self.token_cache
-            .put(&row.key(), (token.clone(), half_life_ms(row)), ticket);
+        let written = written_at(row);
+        self.token_cache.put(
+            &row.key(),
+            (token.clone(), half_life_ms(row), written),
+            ticket,
+        );
         Ok(Some(token))
     }
 
@@ -198,8 +225,11 @@ impl Broker {
         let provider = self.provider(provider_name)?.clone();
         let key = ConnectionKey::new(provider_name, account);
         // The hot path: a token read from the store within `token_cache_seconds`.
-        if let Some((token, half_life)) = self.token_cache.get(&key) {
-            if lasts(token.expires_at_ms, half_life, min_ttl, self.clock.now_ms()) {
+        if let Some((token, half_life, written)) = self.token_cache.get(&key) {
+            let now = self.clock.now_ms();
+            if lasts(token.expires_at_ms, half_life, min_ttl, now)
+                && written <= now.saturating_add(CLOCK_SLACK_MS)
+            {
                 return Ok(token);
             }
         }
@@ -320,8 +350,9 @@ impl Broker {
             // or an import (which also set last_refresh_at) may be older than it looks,
             // and gets its one refresh.
             let now = self.clock.now_ms();
+            // A refresh "later" than now (a clock stepped back since) is not recent.
             let refreshed_recently = row.last_refresh_at_ms.is_some_and(|t| {
-                now.saturating_sub(t) < REJECTED_MIN_AGE_MS
+                (0..REJECTED_MIN_AGE_MS).contains(&now.saturating_sub(t))
                     && row.connected_at_ms.is_none_or(|c| t > c)
             });
             if refreshed_recently || row.refresh_token.is_none() {
@@ -522,8 +553,7 @@ impl Broker {
             // another process, spends none; a failure then backs off again). Counted, not
             // found by comparing times: a clock stepped back would make every failure look
             // older than the start.
-            let backing_off =
-                row.retry_at_ms.is_some_and(|r| r > now) && self.tried_since_start(key);
+            let backing_off = backing_off_until(&row, now).is_some() && self.tried_since_start(key);
             if let Some(retry_at) = row.retry_at_ms.filter(|_| backing_off) {
                 let wait = crate::clock::seconds_until(now, retry_at);
                 return Err(BrokerError::ProviderUnavailable {

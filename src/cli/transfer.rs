@@ -68,8 +68,11 @@ fn destination(
 ) -> Result<Settings, Fatal> {
     let mut into = settings.clone();
     if to.starts_with("redis://") || to.starts_with("rediss://") {
-        into.store = crate::config::other_store(to, to_prefix.or(settings.redis_prefix.clone()))
-            .map_err(|e| Fatal(e.to_string(), 2))?;
+        into.store = crate::config::other_store(
+            to,
+            Some(to_prefix.unwrap_or(settings.redis_prefix.clone())),
+        )
+        .map_err(|e| Fatal(e.to_string(), 2))?;
     } else {
         if to.is_empty() || to == "sqlite" {
             return Err(Fatal(

@@ -693,6 +693,38 @@ async fn a_failed_refresh_backs_off_by_the_clock(b: Backend) {
     assert_eq!(endpoint.calls(), 3);
 }
 
+/// A clock stepped back (NTP fixing a clock that ran ahead, a restored snapshot) made every
+/// stored expiry and backoff look that much further away: oauthd handed out a token the
+/// provider had expired for as long as the step, and nothing refreshed it, not even the
+/// background refresher. A connection last written on a clock more than a minute ahead
+/// is refreshed rather than trusted, its backoff from before the step not waited out;
+/// once refreshed, its times are the clock's again.
+async fn a_clock_stepped_back_refreshes_what_was_written_before_the_step(b: Backend) {
+    const DAYS_3: Duration = Duration::from_secs(3 * 24 * 3600);
+    let (clock, endpoint, broker) = expired(&b).await;
+    endpoint.then(503, serde_json::json!({"error": "temporarily_unavailable"}));
+    assert_eq!(retry_after(broker.access_token("p", "a", MINUTE).await), 5);
+    assert_eq!(endpoint.calls(), 2);
+    clock.step_back(DAYS_3);
+    // The background refresher takes it up.
+    endpoint.then(200, tokens("access-2", "refresh-2", 3600));
+    assert_eq!(broker.refresh_due(&|| false).await.unwrap(), 1);
+    assert_eq!(endpoint.calls(), 3);
+    let token = broker.access_token("p", "a", MINUTE).await.unwrap();
+    assert_eq!(token.access_token.as_str(), "access-2");
+    assert_eq!(
+        endpoint.calls(),
+        3,
+        "refreshed once: its times are the clock's again"
+    );
+    // And a caller, where the refresher has not come by yet.
+    clock.step_back(DAYS_3);
+    endpoint.then(200, tokens("access-3", "refresh-3", 3600));
+    let token = broker.access_token("p", "a", MINUTE).await.unwrap();
+    assert_eq!(token.access_token.as_str(), "access-3");
+    assert_eq!(endpoint.calls(), 4);
+}
+
 /// The Retry-After of a call that must have failed for the provider's sake.
 fn retry_after<T: std::fmt::Debug>(result: Result<T, BrokerError>) -> u64 {
     match result {
@@ -1152,6 +1184,7 @@ backends!(
     expired_states_never_count_against_the_cap,
     concurrent_callers_share_one_refresh,
     a_failed_refresh_backs_off_by_the_clock,
+    a_clock_stepped_back_refreshes_what_was_written_before_the_step,
     invalid_grant_stops_refreshing_for_good,
     an_invalid_grant_after_a_lease_that_ran_out_says_what_likely_spent_the_token,
 );
