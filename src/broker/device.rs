@@ -35,6 +35,14 @@ fn backed_off(interval_ms: i64, failures: u32) -> i64 {
     interval_ms.max(doubled.min(MAX_BACKOFF_MS))
 }
 
+/// The longest a poll of a flow polled every `interval_ms` waits for the next: its
+/// interval or backoff, with the slack clocks of instances sharing a store may differ by.
+fn longest_wait(interval_ms: i64) -> i64 {
+    interval_ms
+        .max(MAX_BACKOFF_MS)
+        .saturating_add(super::refresh_policy::CLOCK_SLACK_MS)
+}
+
 /// What an app (or the CLI) shows the user, and polls with.
 pub struct DeviceStart {
     pub id: String,
@@ -293,12 +301,20 @@ impl Broker {
                 .await;
                 return;
             }
-            let wait = flow.next_poll_at_ms.min(flow.expires_at_ms) - now;
-            if wait > 0 {
-                pause(&mut stop, Duration::from_millis(wait as u64)).await;
+            let due_at = flow.next_poll_at_ms.min(flow.expires_at_ms);
+            // Further off than any wait a poll sets: counted on a clock since stepped
+            // back (NTP fixing a clock that ran ahead). Due now, claimed as at that time.
+            let stepped_back = due_at - now > longest_wait(flow.interval_ms);
+            if due_at > now && !stepped_back {
+                pause(&mut stop, Duration::from_millis((due_at - now) as u64)).await;
                 continue;
             }
-            match self.store.claim_device_poll(&id, now, self.lease_ms).await {
+            let claim_at = if stepped_back { due_at } else { now };
+            match self
+                .store
+                .claim_device_poll(&id, claim_at, self.lease_ms)
+                .await
+            {
                 Ok(Some(claimed)) => {
                     if self.poll_device_once(claimed, &mut failures).await {
                         return;

@@ -19,6 +19,7 @@ contract![
     unapproved_device_flow_expires_with_410,
     polling_resumes_after_a_restart_mid_flow,
     a_revoked_keys_device_flow_ends_without_redeeming_the_approval,
+    a_device_flow_polls_on_after_the_clock_is_stepped_back,
 ];
 
 /// peer/tv's token comes, and the provider says it is live (the grant was not revoked).
@@ -180,6 +181,25 @@ async fn a_revoked_keys_device_flow_ends_without_redeeming_the_approval(home: Ho
         "{}",
         home.log_text()
     );
+}
+
+/// A clock stepped back while a device flow waited (NTP fixing a clock that ran ahead): its
+/// next poll, counted on the later clock, lay as far off as the step, and an approved flow
+/// stalled until a restart. A wait longer than any a poll sets is taken for a step: the
+/// flow polls at once, and connects.
+async fn a_device_flow_polls_on_after_the_clock_is_stepped_back(home: Home) {
+    let peer = Peer::start(60);
+    let key = peer.configure(&home, "");
+    let clock = home.dir.path().join("clock");
+    let d = home.start_on_a_virtual_clock(&clock);
+    let start = d.start_device(&key, "peer", "tv").await;
+    let id = start["id"].as_str().unwrap().to_owned();
+    std::fs::write(&clock, "-259200").unwrap();
+    peer.verify_device(start["user_code"].as_str().unwrap(), true)
+        .await;
+    let (status, body) = wait_final(&d, &key, &id, Duration::from_secs(20)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_tv_token_is_live(&d, &key, &peer).await;
 }
 
 async fn polling_resumes_after_a_restart_mid_flow(home: Home) {
