@@ -78,6 +78,12 @@ impl Clock {
     }
 }
 
+/// How far ahead of this process's clock a stored time may be before it is taken for one
+/// written before the clock was stepped back (NTP fixing a clock that ran ahead, a virtual
+/// machine restored from a snapshot). The clocks of instances sharing a store differ by
+/// less.
+pub const CLOCK_SLACK_MS: i64 = 60_000;
+
 /// RFC 3339 in UTC with millisecond precision, e.g. `2026-11-21T08:35:59.123Z`.
 pub fn rfc3339(ms: i64) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms)

@@ -16,11 +16,7 @@ const KEEP_ALIVE_MARGIN_MS: i64 = 7 * 24 * 3600 * 1000;
 /// The longest wait between refreshes that fail.
 pub(super) const BACKOFF_MAX_MS: i64 = 10 * 60_000;
 
-/// How far ahead of this process's clock a connection's own times may be before they are
-/// taken for times written before the clock was stepped back (NTP fixing a clock that ran
-/// ahead, a virtual machine restored from a snapshot). The clocks of instances sharing a
-/// store differ by less.
-pub(super) const CLOCK_SLACK_MS: i64 = 60_000;
+pub(super) use crate::clock::CLOCK_SLACK_MS;
 
 /// Whether `row` was last written on a clock more than `CLOCK_SLACK_MS` ahead of `now`:
 /// its expiry and its backoff were counted on that clock and say nothing of the time left

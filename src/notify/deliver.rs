@@ -89,6 +89,7 @@ pub async fn run(
             let room = ClaimRoom {
                 limit: room as u32,
                 per_target: PER_TARGET,
+                longest_wait_ms: Some(longest_wait(notifier.policy())),
                 busy: busy
                     .iter()
                     .filter(|(_, n)| **n > 0)
@@ -318,6 +319,15 @@ fn backoff_ms(policy: super::EventsPolicy, attempts: u32) -> i64 {
 /// (`jitter` in 0..=1), so that deliveries that failed together (a receiver that was down)
 /// do not all come back in the same second; never sooner than the receiver's
 /// `Retry-After`, which is honoured up to `retry_max`.
+/// The furthest off a next attempt is set (`retry_max`, or a claim's lease), with the
+/// slack clocks of instances sharing a store may differ by: one further off was set on a
+/// clock since stepped back, and the claim takes it as due.
+fn longest_wait(policy: super::EventsPolicy) -> i64 {
+    super::millis(policy.retry_max)
+        .max(LEASE_MS)
+        .saturating_add(crate::clock::CLOCK_SLACK_MS)
+}
+
 fn next_wait(
     policy: super::EventsPolicy,
     attempts: u32,

@@ -16,7 +16,14 @@ pub struct ClaimRoom {
     pub per_target: u32,
     /// Attempts running now, by target.
     pub busy: BTreeMap<String, u32>,
+    /// The furthest off a next attempt is ever set (`retry_max`, a claim's lease): one
+    /// further off than that was set on a clock since stepped back, and is due now.
+    /// `None`: only what is due by the clock.
+    pub longest_wait_ms: Option<i64>,
 }
+
+/// What `ClaimRoom::longest_wait_ms` `None` stands for in a comparison: 10,000 years.
+pub const NO_LONGEST_WAIT_MS: i64 = 10_000 * 365 * 24 * 3600 * 1000;
 
 impl ClaimRoom {
     /// Up to `limit`, none running, no bound per target.
@@ -25,7 +32,13 @@ impl ClaimRoom {
             limit,
             per_target: u32::MAX,
             busy: BTreeMap::new(),
+            longest_wait_ms: None,
         }
+    }
+
+    /// `longest_wait_ms`, or a wait no clock step reaches.
+    pub fn longest_wait(&self) -> i64 {
+        self.longest_wait_ms.unwrap_or(NO_LONGEST_WAIT_MS)
     }
 
     /// How many more of `target`'s deliveries may be claimed.

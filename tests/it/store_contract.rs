@@ -502,6 +502,42 @@ async fn deliveries_are_claimed_once_per_lease_and_finished_by_their_claim(b: Ba
 
 /// Claimers racing for the same due deliveries (two instances on one store) split them:
 /// each delivery is attempted by exactly one.
+/// A retry set on a clock since stepped back (NTP fixing a clock that ran ahead) lay as
+/// far off as the step: a target that failed once heard nothing again for that long. A
+/// next attempt further off than the longest wait is taken as due; one within it is not.
+async fn a_retry_set_before_the_clock_stepped_back_is_due(b: Backend) {
+    let s = b.store.as_ref();
+    s.add_deliveries(vec![delivery("a", "t", 1_000), delivery("b", "t", 1_000)])
+        .await
+        .unwrap();
+    let claimed = s
+        .claim_deliveries(2_000, 10_000, &ClaimRoom::up_to(10))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    const DAY: i64 = 24 * 3600 * 1000;
+    for (id, at_ms) in [("a", 3 * DAY), ("b", 3_000 + 50_000)] {
+        let retry = DeliveryOutcome::Retry {
+            at_ms,
+            error: "HTTP 500".into(),
+        };
+        assert!(s.finish_delivery(id, 1, retry, 3_000).await.unwrap());
+    }
+    let room = ClaimRoom {
+        longest_wait_ms: Some(60_000),
+        ..ClaimRoom::up_to(10)
+    };
+    // Stepped back: "now" is 4 s, and "a" is due in three days, "b" in 49 s.
+    let due = s.claim_deliveries(4_000, 10_000, &room).await.unwrap();
+    let ids: Vec<_> = due.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["a"]);
+    assert!(s
+        .claim_deliveries(4_000, 10_000, &ClaimRoom::up_to(10))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 async fn racing_claimers_split_the_due_deliveries(b: Backend) {
     let s = b.store.clone();
     let all: Vec<NewDelivery> = (0..40)
@@ -548,6 +584,7 @@ async fn a_claim_leaves_the_skipped_targets_deliveries_due(b: Backend) {
         limit: 10,
         per_target: 2,
         busy: [("slow".to_owned(), 2)].into(),
+        longest_wait_ms: None,
     };
     let got = s.claim_deliveries(2_000, 10_000, &room).await.unwrap();
     assert_eq!(
@@ -570,6 +607,7 @@ async fn claimed_past_hangs(s: &dyn oauthd::store::Store) -> Vec<String> {
         limit: 4,
         per_target: 2,
         busy: [("hangs".to_owned(), 1)].into(),
+        longest_wait_ms: None,
     };
     let got = s.claim_deliveries(2_000, 10_000, &room).await.unwrap();
     let mut ids: Vec<_> = got.into_iter().map(|d| d.id).collect();
@@ -617,6 +655,7 @@ async fn a_claim_finds_the_others_behind_any_backlog(b: Backend) {
         limit: 14,
         per_target: 2,
         busy: [("hangs".to_owned(), 2)].into(),
+        longest_wait_ms: None,
     };
     let got = s.claim_deliveries(2_000, 10_000, &room).await.unwrap();
     let ids: Vec<_> = got.iter().map(|d| d.id.as_str()).collect();
@@ -1290,6 +1329,7 @@ backends!(
     a_store_keeps_the_first_id_it_is_given,
     events_are_stored_with_their_change_and_only_with_it,
     deliveries_are_claimed_once_per_lease_and_finished_by_their_claim,
+    a_retry_set_before_the_clock_stepped_back_is_due,
     racing_claimers_split_the_due_deliveries,
     a_device_poll_is_recorded_only_while_no_one_else_holds_the_flow,
     a_connected_poll_stores_the_connection_and_ends_the_flow_in_one_write,
@@ -1867,6 +1907,7 @@ async fn moves_an_earlier_versions_due_deliveries(b: &Backend) {
         limit: 10,
         per_target: 2,
         busy: Default::default(),
+        longest_wait_ms: None,
     };
     let first = s.claim_deliveries(5_000, 10_000, &room).await.unwrap();
     assert!(first.is_empty(), "{first:?}");
@@ -1910,6 +1951,7 @@ async fn adds_an_earlier_versions_deliveries_to_target_logs(b: &Backend) {
         limit: 10,
         per_target: 0,
         busy: Default::default(),
+        longest_wait_ms: None,
     };
     for _ in 0..2 {
         let claimed = s.claim_deliveries(1_000, 10_000, &none).await.unwrap();

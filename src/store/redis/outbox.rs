@@ -77,7 +77,10 @@ static CLAIM: LazyLock<Script> = LazyLock::new(|| {
 local target = ARGV[4]
 local due_set = due_of(KEYS[1], target)
 local due = redis.call('ZSCORE', due_set, ARGV[1])
-if not due or tonumber(due) > tonumber(ARGV[2]) then return {} end
+if not due then return {} end
+-- Due by the clock, or set further off than any wait (on a clock since stepped back).
+local off = tonumber(due) - tonumber(ARGV[2])
+if off > 0 and off <= tonumber(ARGV[5]) then return {} end
 local kind = redis.call('TYPE', KEYS[2])['ok']
 if kind ~= 'hash' and kind ~= 'none' then return {'unreadable'} end
 if redis.call('HGET', KEYS[2], 'status') ~= 'pending' then
@@ -465,26 +468,37 @@ impl OutboxStore for RedisStore {
             .iter()
             .map(|t| (self.due_set(t), room.left_for(t).min(room.limit)))
             .collect();
+        let longest = room.longest_wait();
         let mut c = self.conn();
+        // Each target's due ones, then those set further off than any wait (on a clock
+        // since stepped back): two ranges a target.
         let due: Vec<Vec<(String, f64)>> = self
             .run("claiming deliveries", async move {
                 let mut pipe = redis::pipe();
                 for (key, n) in &keys {
-                    pipe.cmd("ZRANGE")
-                        .arg(key)
-                        .arg("-inf")
-                        .arg(now_ms)
-                        .arg("BYSCORE")
-                        .arg("LIMIT")
-                        .arg(0)
-                        .arg(*n)
-                        .arg("WITHSCORES");
+                    for (from, to) in [
+                        ("-inf".to_owned(), now_ms.to_string()),
+                        (
+                            format!("({}", now_ms.saturating_add(longest)),
+                            "+inf".to_owned(),
+                        ),
+                    ] {
+                        pipe.cmd("ZRANGE")
+                            .arg(key)
+                            .arg(from)
+                            .arg(to)
+                            .arg("BYSCORE")
+                            .arg("LIMIT")
+                            .arg(0)
+                            .arg(*n)
+                            .arg("WITHSCORES");
+                    }
                 }
                 pipe.query_async(&mut c).await
             })
             .await?;
-        let mut due: Vec<(String, f64, &str)> = due
-            .into_iter()
+        let per_target = due.chunks(2).map(|pair| pair.concat());
+        let mut due: Vec<(String, f64, &str)> = per_target
             .zip(&targets)
             .flat_map(|(ids, target)| {
                 ids.into_iter()
@@ -503,7 +517,8 @@ impl OutboxStore for RedisStore {
                 .arg(&id)
                 .arg(now_ms)
                 .arg(lease_ms)
-                .arg(target);
+                .arg(target)
+                .arg(longest);
             let mut c = self.conn();
             let flat = self
                 .run("claiming a delivery", async move {

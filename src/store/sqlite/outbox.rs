@@ -77,7 +77,7 @@ impl OutboxStore for SqliteStore {
     ) -> Result<Vec<DeliveryRow>, StoreError> {
         let busy = serde_json::to_string(&room.busy)
             .map_err(|e| StoreError::unavailable("claiming deliveries", e))?;
-        let (limit, per_target) = (room.limit, room.per_target);
+        let (limit, per_target, longest) = (room.limit, room.per_target, room.longest_wait());
         let busy_now = busy.clone();
         // Looked for on a reader first: the worker asks every second, and most times
         // nothing is due, which needs no write transaction.
@@ -85,11 +85,12 @@ impl OutboxStore for SqliteStore {
             .point_read("looking for due deliveries", move |conn| {
                 conn.prepare_cached(
                     "SELECT EXISTS (SELECT 1 FROM deliveries
-                                    WHERE status = 'pending' AND next_attempt_at <= ?1
+                                    WHERE status = 'pending'
+                                      AND (next_attempt_at <= ?1 OR next_attempt_at > ?1 + ?4)
                                       AND coalesce((SELECT b.value FROM json_each(?2) b
                                                     WHERE b.key = target), 0) < ?3)",
                 )?
-                .query_row(params![now_ms, busy_now, per_target], |r| {
+                .query_row(params![now_ms, busy_now, per_target, longest], |r| {
                     r.get::<_, bool>(0)
                 })
             })
@@ -112,12 +113,16 @@ impl OutboxStore for SqliteStore {
                            + coalesce((SELECT b.value FROM json_each(?4) b
                                        WHERE b.key = target), 0) AS nth
                          FROM deliveries
-                         WHERE status = 'pending' AND next_attempt_at <= ?1)
+                         WHERE status = 'pending'
+                           AND (next_attempt_at <= ?1 OR next_attempt_at > ?1 + ?6))
                        WHERE nth <= ?5
                        ORDER BY next_attempt_at LIMIT ?3)
                      RETURNING {COLUMNS}"
                 ))?
-                .query_map(params![now_ms, lease_ms, limit, busy, per_target], row)?
+                .query_map(
+                    params![now_ms, lease_ms, limit, busy, per_target, longest],
+                    row,
+                )?
                 .collect()
             })
             .await
