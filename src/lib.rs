@@ -33,6 +33,7 @@ pub mod apikeys;
 pub mod broker;
 pub mod cli;
 pub mod clock;
+pub mod clock_watch;
 pub mod config;
 pub mod env_names;
 pub mod http;

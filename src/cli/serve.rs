@@ -305,7 +305,8 @@ impl Serving {
 }
 
 /// The tasks that run beside the HTTP server: the sweeper, the watch for device flows
-/// started elsewhere, the vault-key notes, the refresher and the deliveries.
+/// started elsewhere, the vault-key notes, the clock's watch, the refresher and the
+/// deliveries.
 struct Background {
     stop: watch::Sender<bool>,
     tasks: Vec<actix_web::rt::task::JoinHandle<()>>,
@@ -330,6 +331,10 @@ impl Background {
                 stopped.clone(),
             )),
             spawn(teller.run(stopped.clone())),
+            spawn(crate::clock_watch::run(
+                serving.clock.clone(),
+                stopped.clone(),
+            )),
             spawn(crate::broker::refresher::run(
                 broker.clone(),
                 settings.refresh_check,

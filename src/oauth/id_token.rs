@@ -69,6 +69,9 @@ struct Claims {
     name: Option<String>,
     exp: f64,
     nbf: Option<f64>,
+    /// When the provider issued it, by its clock: only to say which clock is off.
+    #[serde(default)]
+    iat: Option<f64>,
 }
 
 /// `email_verified` as providers send it: `true`, or the string `"true"` (some send every
@@ -272,7 +275,8 @@ pub async fn verify(
     let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
         .map_err(|e| invalid(e.to_string()))?
         .claims;
-    check_time(claims.exp, claims.nbf, expected.now_ms)?;
+    check_time(claims.exp, claims.nbf, expected.now_ms)
+        .map_err(|e| with_clock_hint(e, claims.iat, expected.now_ms))?;
     check_azp(&claims, expected.client_id)?;
     if let Some(nonce) = expected.nonce {
         match claims.nonce.as_deref() {
@@ -305,6 +309,29 @@ fn check_time(exp: f64, nbf: Option<f64>, now_ms: i64) -> Result<(), IdTokenErro
     Ok(())
 }
 
+/// A time check that failed, with what the provider's `iat` says of this machine's clock:
+/// a token just issued that looks expired (or not valid yet) says the clock here is ahead
+/// (or behind) of the provider's by about the difference.
+fn with_clock_hint(e: IdTokenError, iat: Option<f64>, now_ms: i64) -> IdTokenError {
+    let (IdTokenError::Invalid(text), Some(iat)) = (&e, iat.filter(|i| i.is_finite())) else {
+        return e;
+    };
+    let off = now_ms / 1000 - iat as i64;
+    if off.abs() <= LEEWAY_SECS as i64 {
+        return e;
+    }
+    let (way, secs) = if off > 0 {
+        ("ahead of", off)
+    } else {
+        ("behind", -off)
+    };
+    IdTokenError::Invalid(format!(
+        "{text}: the provider issued it at {} and this machine's clock reads {}, so this clock is likely {secs} s {way} the provider's: set it right (NTP)",
+        crate::clock::rfc3339((iat * 1000.0) as i64),
+        crate::clock::rfc3339(now_ms)
+    ))
+}
+
 /// Core §3.1.3.7 items 4–5: with several audiences, `azp` must be present and be us.
 fn check_azp(claims: &Claims, client_id: &str) -> Result<(), IdTokenError> {
     let several = claims.aud.as_array().is_some_and(|a| a.len() > 1);
@@ -332,6 +359,29 @@ mod tests {
         assert!(check_time(f64::NAN, None, at(0)).is_err());
     }
 
+    #[test]
+    fn a_token_that_looks_expired_on_issue_says_which_clock_is_off() {
+        let hour = 3_600_000;
+        let expired = check_time(1_000.0, None, 1_000_000 + 2 * hour).unwrap_err();
+        let said = with_clock_hint(expired, Some(700.0), 1_000_000 + 2 * hour).to_string();
+        assert!(said.contains("the token has expired"), "{said}");
+        assert!(
+            said.contains("this clock is likely 7500 s ahead of the provider's"),
+            "{said}"
+        );
+        let early = check_time(9_000.0, Some(8_000.0), 1_000_000).unwrap_err();
+        let said = with_clock_hint(early, Some(8_000.0), 1_000_000).to_string();
+        assert!(said.contains("7000 s behind the provider's"), "{said}");
+        // Without iat, or within the leeway: as it was.
+        let plain = check_time(1_000.0, None, 2_000_000).unwrap_err();
+        assert_eq!(
+            with_clock_hint(plain, None, 2_000_000).to_string(),
+            check_time(1_000.0, None, 2_000_000)
+                .unwrap_err()
+                .to_string()
+        );
+    }
+
     fn claims(aud: serde_json::Value, azp: Option<&str>) -> Claims {
         Claims {
             sub: "s".into(),
@@ -343,6 +393,7 @@ mod tests {
             name: None,
             exp: 0.0,
             nbf: None,
+            iat: None,
         }
     }
 

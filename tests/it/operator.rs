@@ -1816,3 +1816,29 @@ async fn paths_below_public_urls_path_are_served_with_it_or_without_it() {
     assert_eq!(status, 200, "{doc}");
     assert_eq!(doc["servers"][0]["url"], "/oauthd", "{}", doc["servers"]);
 }
+
+/// A clock stepped while oauthd ran (NTP fixing a clock that ran ahead, a restored
+/// snapshot) changed how long states live and when tokens and retries are due, and the
+/// log said nothing of it. Each step of more than a few seconds is said, with its size.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clock_step_is_said_in_the_log() {
+    let home = Home::new();
+    let clock = home.dir.path().join("clock");
+    let _d = home.start_on_a_virtual_clock(&clock);
+    std::fs::write(&clock, "-259200").unwrap();
+    let said = |log: &str| -> Option<i64> {
+        let line = log
+            .lines()
+            .find(|l| l.contains("the system clock stepped back by"))?;
+        let secs = line.split("stepped back by ").nth(1)?.split(' ').next()?;
+        secs.parse().ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while said(&home.log_text()).is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = home.log_text();
+    let secs = said(&log).unwrap_or_else(|| panic!("no step said: {log}"));
+    assert!((259_190..=259_210).contains(&secs), "{log}");
+    assert!(log.contains(" WARN "), "{log}");
+}
