@@ -128,9 +128,14 @@ pub async fn callback(
         Err(e) => failed(&app, csrf, &provider, e),
     };
     if let (Some(state), Some(_), true) = (state, cookie, used_up) {
-        let gone = flow_cookie(&app, &provider, &state, String::new(), None);
-        // A cookie that cannot be written as a header is left to expire on its own.
-        let _ = resp.add_cookie(&gone);
+        // The flow's cookie and the confirmation page's mark: the flow is over. A cookie
+        // that cannot be written as a header is left to expire on its own.
+        for gone in [
+            flow_cookie(&app, &provider, &state, String::new(), None),
+            super::confirm::mark_cookie(&app, &provider, &state, String::new(), None),
+        ] {
+            let _ = resp.add_cookie(&gone);
+        }
     }
     resp
 }

@@ -99,10 +99,10 @@ pub async fn show(
     let name = mark_cookie_name(app.secure_cookies, &state);
     if req.cookie(&name).is_none() {
         if let Ok(mark) = StateValue::generate() {
-            let cookie = state_cookie(
+            let cookie = mark_cookie(
                 &app,
-                name,
-                &format!("/connect/{}/confirm", provider.as_str()),
+                &provider,
+                &state,
                 mark.expose().to_owned(),
                 Some(flow.expires_in_secs),
             );
@@ -112,6 +112,21 @@ pub async fn show(
         }
     }
     resp
+}
+
+/// The mark of the browser that read the flow's confirmation page, sent under plain http
+/// only to the page. `max_age` `None`: the cookie that removes it (the callback's, once
+/// the flow is over).
+pub fn mark_cookie(
+    app: &AppState,
+    provider: &str,
+    state: &StateValue,
+    value: String,
+    max_age_secs: Option<i64>,
+) -> Cookie<'static> {
+    let name = mark_cookie_name(app.secure_cookies, state);
+    let path = format!("/connect/{provider}/confirm");
+    state_cookie(app, name, &path, value, max_age_secs)
 }
 
 /// The name of the cookie that marks the browser which read a flow's confirmation page:

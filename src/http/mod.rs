@@ -524,7 +524,17 @@ pub async fn serve(
             crate::logging::flush_budgets();
         }
     });
+    // Under an https public_url browsers are told to come back only over https (HSTS):
+    // a first visit typed as http:// could otherwise be served, with its sign-in form, by
+    // whoever sits on the way. Not includeSubDomains: the host's other names are not
+    // oauthd's to decide.
+    let hsts = app.secure_cookies;
     let make_app = move || {
+        let mut headers = actix_web::middleware::DefaultHeaders::new()
+            .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"));
+        if hsts {
+            headers = headers.add((header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"));
+        }
         App::new()
             .app_data(app.clone())
             .app_data(limit.clone())
@@ -536,10 +546,7 @@ pub async fn serve(
             .wrap(actix_web::middleware::from_fn(request_metrics::record))
             // No answer is ever read as another type than it says, whoever asked: error
             // bodies echo what callers sent, and pages carry this among their own headers.
-            .wrap(
-                actix_web::middleware::DefaultHeaders::new()
-                    .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff")),
-            )
+            .wrap(headers)
             .configure(routes)
     };
     let bound = listener.local_addr()?;

@@ -829,6 +829,33 @@ async fn an_https_public_url_without_a_trusted_proxy_is_warned_of() {
     assert!(!home.log_text().contains(said), "{}", home.log_text());
 }
 
+/// Under an https public_url every answer asks browsers to come back over https only
+/// (HSTS): without it a first visit typed as http:// could be served, sign-in form and
+/// all, by whoever sits on the way. Under http none is sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn under_https_every_answer_asks_for_https_only() {
+    for (config, want) in [
+        (
+            "public_url = \"https://oauthd.example\"\n",
+            Some("max-age=31536000"),
+        ),
+        ("", None),
+    ] {
+        let home = Home::new();
+        home.write_config(config);
+        let d = home.start();
+        for path in ["/healthz", "/", "/no-such-page"] {
+            let resp = d.get_raw(path, None).await;
+            let hsts = resp
+                .headers()
+                .get("strict-transport-security")
+                .map(|v| v.to_str().unwrap_or_default().to_owned());
+            assert_eq!(hsts.as_deref(), want, "{config} {path}");
+        }
+        d.signal_and_wait("TERM");
+    }
+}
+
 /// Under https the session cookie is a `__Host-` one: the same value under the plain name
 /// (what a plain-http answer or another host could set in the browser) signs nobody in.
 #[tokio::test(flavor = "multi_thread")]
@@ -1553,11 +1580,26 @@ async fn an_apps_flow_is_confirmed_on_oauthds_page_and_finishes_only_in_that_bro
         .await
         .unwrap();
     assert_eq!(back.status(), 200);
-    let cleared = common::header(&back, "set-cookie");
+    let cleared: Vec<String> = back
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    let flow_name = format!("{}=;", cookie.split('=').next().unwrap());
     assert!(
-        cleared.starts_with(&format!("{}=;", cookie.split('=').next().unwrap()))
-            && cleared.contains("Max-Age=0"),
-        "{cleared}"
+        cleared
+            .iter()
+            .any(|c| c.starts_with(&flow_name) && c.contains("Max-Age=0")),
+        "{cleared:?}"
+    );
+    // The confirmation page's mark goes with the flow, where it stayed for the flow's
+    // lifetime.
+    assert!(
+        cleared.iter().any(|c| c.starts_with("oauthd_confirm_")
+            && c.contains("Path=/connect/peer/confirm")
+            && c.contains("Max-Age=0")),
+        "{cleared:?}"
     );
     let text = back.text().await.unwrap();
     assert!(text.contains("Connected"), "{text}");
