@@ -38,24 +38,30 @@ pub fn said(step: i64, now_ms: i64) -> String {
     }
 }
 
-/// Looks every second until `stop`; says each step at WARN.
-pub async fn run(clock: Clock, mut stop: watch::Receiver<bool>) {
-    let mut before = (clock.now_ms(), Instant::now());
-    while !*stop.borrow() {
-        tokio::select! {
-            changed = stop.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                continue;
+/// The clock's reading when the watch began: a step after it is said, also one made
+/// before the watch's task first ran.
+pub struct ClockWatch {
+    clock: Clock,
+    before: std::cell::Cell<(i64, Instant)>,
+}
+
+impl ClockWatch {
+    pub fn new(clock: Clock) -> ClockWatch {
+        let before = std::cell::Cell::new((clock.now_ms(), Instant::now()));
+        ClockWatch { clock, before }
+    }
+
+    /// Looks every second until `stop`; says each step at WARN.
+    pub async fn run(self, stop: watch::Receiver<bool>) {
+        crate::broker::refresher::every(LOOK_EVERY, stop, || {
+            let now = (self.clock.now_ms(), Instant::now());
+            let (wall, at) = self.before.replace(now);
+            if let Some(step) = step_ms(wall, now.0, now.1.duration_since(at)) {
+                log::warn!("{}", said(step, now.0));
             }
-            _ = tokio::time::sleep(LOOK_EVERY) => {}
-        }
-        let now = (clock.now_ms(), Instant::now());
-        if let Some(step) = step_ms(before.0, now.0, now.1.duration_since(before.1)) {
-            log::warn!("{}", said(step, now.0));
-        }
-        before = now;
+            std::future::ready(())
+        })
+        .await;
     }
 }
 

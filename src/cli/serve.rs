@@ -331,10 +331,7 @@ impl Background {
                 stopped.clone(),
             )),
             spawn(teller.run(stopped.clone())),
-            spawn(crate::clock_watch::run(
-                serving.clock.clone(),
-                stopped.clone(),
-            )),
+            spawn(crate::clock_watch::ClockWatch::new(serving.clock.clone()).run(stopped.clone())),
             spawn(crate::broker::refresher::run(
                 broker.clone(),
                 settings.refresh_check,

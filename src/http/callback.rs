@@ -1,7 +1,7 @@
 //! `GET /callback/{provider}`: where providers send the browser back. Public (the state
 //! is the credential); answers with a page for a person, or 303 to an allowed return_to.
 
-use super::confirm::{flow_cookie, flow_cookie_name};
+use super::confirm::{flow_cookie, flow_cookie_name, FlowCookie};
 use super::pages::{escape, page, page_for};
 use super::AppState;
 use crate::broker::{Browser, CallbackError, CallbackQuery, Connected};
@@ -130,10 +130,8 @@ pub async fn callback(
     if let (Some(state), Some(_), true) = (state, cookie, used_up) {
         // The flow's cookie and the confirmation page's mark: the flow is over. A cookie
         // that cannot be written as a header is left to expire on its own.
-        for gone in [
-            flow_cookie(&app, &provider, &state, String::new(), None),
-            super::confirm::mark_cookie(&app, &provider, &state, String::new(), None),
-        ] {
+        for which in [FlowCookie::Flow, FlowCookie::Mark] {
+            let gone = flow_cookie(&app, which, &provider, &state, String::new(), None);
             let _ = resp.add_cookie(&gone);
         }
     }

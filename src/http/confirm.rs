@@ -99,8 +99,9 @@ pub async fn show(
     let name = mark_cookie_name(app.secure_cookies, &state);
     if req.cookie(&name).is_none() {
         if let Ok(mark) = StateValue::generate() {
-            let cookie = mark_cookie(
+            let cookie = flow_cookie(
                 &app,
+                FlowCookie::Mark,
                 &provider,
                 &state,
                 mark.expose().to_owned(),
@@ -112,21 +113,6 @@ pub async fn show(
         }
     }
     resp
-}
-
-/// The mark of the browser that read the flow's confirmation page, sent under plain http
-/// only to the page. `max_age` `None`: the cookie that removes it (the callback's, once
-/// the flow is over).
-pub fn mark_cookie(
-    app: &AppState,
-    provider: &str,
-    state: &StateValue,
-    value: String,
-    max_age_secs: Option<i64>,
-) -> Cookie<'static> {
-    let name = mark_cookie_name(app.secure_cookies, state);
-    let path = format!("/connect/{provider}/confirm");
-    state_cookie(app, name, &path, value, max_age_secs)
 }
 
 /// The name of the cookie that marks the browser which read a flow's confirmation page:
@@ -170,6 +156,7 @@ pub async fn confirm(
     };
     let cookie = flow_cookie(
         &app,
+        FlowCookie::Flow,
         &provider,
         &state,
         flow.browser.to_string(),
@@ -252,25 +239,39 @@ fn state_cookie(
     super::own_cookie(app, name, value, path, max_age_secs)
 }
 
-/// The flow's cookie: never read by scripts, sent on the provider's redirect back (a
-/// top-level navigation, which `Lax` lets through) and under plain http only to this
-/// provider's callback (a `__Host-` cookie must have the path `/`). `max_age` `None`:
-/// the cookie that removes it.
+/// A flow's two cookies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowCookie {
+    /// The browser's value, which the callback reads back: never read by scripts, sent on
+    /// the provider's redirect back (a top-level navigation, which `Lax` lets through)
+    /// and under plain http only to this provider's callback.
+    Flow,
+    /// The mark of the browser that read the confirmation page, which the button's press
+    /// reads back: under plain http sent only to that page.
+    Mark,
+}
+
+/// One of a flow's cookies (`__Host-`, at the path `/`, under https). `max_age` `None`:
+/// the cookie that removes it (the callback's, once the flow is over).
 pub fn flow_cookie(
     app: &AppState,
+    which: FlowCookie,
     provider: &str,
     state: &StateValue,
     value: String,
     max_age_secs: Option<i64>,
 ) -> Cookie<'static> {
-    let name = flow_cookie_name(app.secure_cookies, state);
-    state_cookie(
-        app,
-        name,
-        &format!("/callback/{provider}"),
-        value,
-        max_age_secs,
-    )
+    let (name, path) = match which {
+        FlowCookie::Flow => (
+            flow_cookie_name(app.secure_cookies, state),
+            format!("/callback/{provider}"),
+        ),
+        FlowCookie::Mark => (
+            mark_cookie_name(app.secure_cookies, state),
+            format!("/connect/{provider}/confirm"),
+        ),
+    };
+    state_cookie(app, name, &path, value, max_age_secs)
 }
 
 #[cfg(test)]

@@ -387,7 +387,11 @@ async fn headers_query_and_redirects() {
         )
     );
     assert!(resp.headers().get("set-cookie").is_none());
-    assert!(resp.headers().get("strict-transport-security").is_none());
+    // The provider's HSTS is not oauthd's (its max-age=1 would end oauthd's own).
+    assert_eq!(
+        common::header(&resp, "strict-transport-security"),
+        "max-age=31536000"
+    );
     // Served from oauthd's origin: never sniffed into a page, never cached in between.
     assert_eq!(common::header(&resp, "x-content-type-options"), "nosniff");
     assert_eq!(common::header(&resp, "cache-control"), "no-store");
