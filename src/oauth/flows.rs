@@ -287,11 +287,13 @@ impl<'a> Sent<'a> {
     /// to apps and on the page. A text that still holds it in another form (encoded
     /// otherwise, cut, split by other characters) is not kept at all (`echoes`).
     fn text(&self, text: &str, max: usize) -> String {
-        let text = self.strip(text);
-        if self.echoes(&text) {
+        // Only what is kept is looked through, before control characters are written
+        // out (their escapes would part a secret's characters).
+        let kept = kept(&self.strip(text), max);
+        if self.echoes(&kept) {
             return WITHHELD.to_owned();
         }
-        super::provider_text(&text, max)
+        super::provider_text(&kept, max)
     }
 
     /// `text` with what was sent, as sent and form-encoded, said as `[redacted]`.
@@ -326,6 +328,15 @@ impl<'a> Sent<'a> {
         (8..=ECHO_RUN).any(|run| plain.windows(run).any(|w| runs.contains(w)))
     }
 }
+
+/// The first `max` characters of `text`: what a provider's text keeps of it.
+fn kept(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
+}
+
+/// How much of an OAuth error's code and description is kept.
+const CODE_MAX: usize = 64;
+const DESCRIPTION_MAX: usize = 300;
 
 /// Said instead of a provider's text that still holds what oauthd sent it.
 const WITHHELD: &str =
@@ -437,7 +448,7 @@ fn classify<E: std::error::Error>(
             // The parser's text quotes the value it met, which can be what was sent.
             FlowError::Transient(format!(
                 "malformed token response: the token endpoint answered something that is not a token response (a mistyped token_url answers its 404 page so): {}",
-                sent.text(&e.to_string(), 300)
+                sent.text(&e.to_string(), DESCRIPTION_MAX)
             ))
         }
         RequestTokenError::Other(e) => FlowError::Transient(e),
@@ -843,7 +854,7 @@ fn error_response(status: reqwest::StatusCode, body: &[u8], sent: &Sent<'_>) -> 
 /// oauthd acts on.
 fn provider_error(code: &str, description: Option<&str>, sent: &Sent<'_>) -> FlowError {
     let raw = description.unwrap_or("no description");
-    let apart = sent.strip(code) + &sent.strip(raw);
+    let apart = kept(&sent.strip(code), CODE_MAX) + &kept(&sent.strip(raw), DESCRIPTION_MAX);
     // What was sent as it was, but across the two: not found in either alone.
     let across = sent.strip(&format!("{code}{raw}")) != apart;
     if across || sent.echoes(&apart) {
@@ -854,7 +865,7 @@ fn provider_error(code: &str, description: Option<&str>, sent: &Sent<'_>) -> Flo
         let code = if known { code } else { "not_kept" };
         return rejected(code, WITHHELD.to_owned(), sent);
     }
-    rejected(code, sent.text(raw, 300), sent)
+    rejected(code, sent.text(raw, DESCRIPTION_MAX), sent)
 }
 
 /// What an `invalid_client` error adds to the provider's words, on every path but the
@@ -877,7 +888,7 @@ fn rejected(code: &str, description: String, sent: &Sent<'_>) -> FlowError {
             description: format!("{description}{CLIENT_ADVICE}"),
         },
         other => FlowError::Rejected {
-            code: sent.text(other, 64),
+            code: sent.text(other, CODE_MAX),
             description,
         },
     }
@@ -913,7 +924,7 @@ pub async fn device_poll(
             Ok(tokens) => DevicePoll::Done(tokens),
             Err(e) => DevicePoll::Failed(FlowError::Transient(format!(
                 "malformed token response: the token endpoint answered HTTP {status} with something that is not a token response: {}",
-                sent.text(&e.to_string(), 300)
+                sent.text(&e.to_string(), DESCRIPTION_MAX)
             ))),
         };
     }
