@@ -7,13 +7,14 @@
 //! without waiting. Stores never read a clock: they are given times as arguments.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Where "now" comes from. Cheap to clone; clones of a manual clock move together.
+/// Where "now" comes from. Cheap to clone; clones of a manual clock move together, and
+/// clones of any clock share whether it was seen to step back.
 #[derive(Debug, Clone, Default)]
-pub struct Clock(Source);
+pub struct Clock(Source, Arc<AtomicBool>);
 
 #[derive(Debug, Clone, Default)]
 enum Source {
@@ -26,7 +27,7 @@ enum Source {
 impl Clock {
     /// The machine's wall clock.
     pub fn system() -> Clock {
-        Clock(Source::System)
+        Clock(Source::System, Arc::default())
     }
 
     /// A clock that stands at `start_ms` until moved with [`Clock::advance`].
@@ -39,7 +40,10 @@ impl Clock {
     /// matters.
     pub fn ticking(start_ms: i64, step: Duration) -> Clock {
         let step = i64::try_from(step.as_millis()).unwrap_or(i64::MAX);
-        Clock(Source::Manual(Arc::new(AtomicI64::new(start_ms)), step))
+        Clock(
+            Source::Manual(Arc::new(AtomicI64::new(start_ms)), step),
+            Arc::default(),
+        )
     }
 
     /// Unix time in milliseconds.
@@ -52,16 +56,29 @@ impl Clock {
     }
 
     /// Steps a manual clock (and every clone of it) back, as NTP steps a clock that ran
-    /// ahead. The system clock: returns false and changes nothing.
+    /// ahead, and notes it (`stepped_back`). The system clock: returns false and changes
+    /// nothing.
     pub fn step_back(&self, by: Duration) -> bool {
         match &self.0 {
             Source::System => false,
             Source::Manual(t, _) => {
                 let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
                 t.fetch_sub(ms, Ordering::SeqCst);
+                self.note_stepped_back();
                 true
             }
         }
+    }
+
+    /// Notes that this clock went back (`clock_watch` saw it, or the data was found written
+    /// ahead of it at the start): times stored before may lie ahead of it.
+    pub fn note_stepped_back(&self) {
+        self.1.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether this clock was seen to go back since the process began.
+    pub fn stepped_back(&self) -> bool {
+        self.1.load(Ordering::Relaxed)
     }
 
     /// Moves a manual clock (and every clone of it) forward. The system clock moves by

@@ -57,6 +57,9 @@ impl ClockWatch {
             let now = (self.clock.now_ms(), Instant::now());
             let (wall, at) = self.before.replace(now);
             if let Some(step) = step_ms(wall, now.0, now.1.duration_since(at)) {
+                if step < 0 {
+                    self.clock.note_stepped_back();
+                }
                 log::warn!("{}", said(step, now.0));
             }
             std::future::ready(())

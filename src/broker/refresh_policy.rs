@@ -18,24 +18,25 @@ pub(super) const BACKOFF_MAX_MS: i64 = 10 * 60_000;
 
 pub(super) use crate::clock::CLOCK_SLACK_MS;
 
-/// Whether `row` was last written on a clock more than `CLOCK_SLACK_MS` ahead of `now`:
-/// its expiry and its backoff were counted on that clock and say nothing of the time left
-/// now, so its token is refreshed rather than trusted.
-pub(super) fn written_ahead(row: &ConnectionRow, now: i64) -> bool {
-    written_at(row) > now.saturating_add(CLOCK_SLACK_MS)
+/// Whether `row`'s token was obtained on a clock more than `CLOCK_SLACK_MS` ahead of `now`,
+/// once this process's clock was seen to step back (`Clock::stepped_back`): its expiry was
+/// counted on the later clock and says nothing of the time left, so it is refreshed rather
+/// than trusted. Without a step seen, a row ahead is another instance's, on a clock ahead
+/// of this one's: refreshing it would have the two refresh each other's tokens for good.
+pub(super) fn obtained_before_step(row: &ConnectionRow, now: i64, stepped_back: bool) -> bool {
+    stepped_back && obtained_at(row) > now.saturating_add(CLOCK_SLACK_MS)
 }
 
-/// When `row` was last written, as the clock of the process that wrote it read.
-pub(super) fn written_at(row: &ConnectionRow) -> i64 {
-    row.updated_at_ms
-        .max(row.last_refresh_at_ms.unwrap_or(i64::MIN))
+/// When `row`'s token was obtained, as the clock of the process that stored it read.
+pub(super) fn obtained_at(row: &ConnectionRow) -> i64 {
+    row.last_refresh_at_ms.unwrap_or(row.updated_at_ms)
 }
 
-/// Until when a failed refresh is not tried again: its backoff, unless counted on a clock
-/// since stepped back.
-pub(super) fn backing_off_until(row: &ConnectionRow, now: i64) -> Option<i64> {
-    row.retry_at_ms
-        .filter(|&r| r > now && !written_ahead(row, now))
+/// Until when a failed refresh is not tried again: its backoff, unless the failure was
+/// stored on a clock since stepped back (a backoff counted after the step holds).
+pub(super) fn backing_off_until(row: &ConnectionRow, now: i64, stepped_back: bool) -> Option<i64> {
+    let stored_ahead = stepped_back && row.updated_at_ms > now.saturating_add(CLOCK_SLACK_MS);
+    row.retry_at_ms.filter(|&r| r > now && !stored_ahead)
 }
 
 /// Half the lifetime the provider gave the row's access token, when known.
@@ -70,14 +71,15 @@ pub(super) fn due_for_refresh(
     row: &ConnectionRow,
     idle_expiry: Option<Duration>,
     now: i64,
+    stepped_back: bool,
 ) -> bool {
     if row.status != ConnectionStatus::Active
         || row.refresh_token.is_none()
-        || backing_off_until(row, now).is_some()
+        || backing_off_until(row, now, stepped_back).is_some()
     {
         return false;
     }
-    if written_ahead(row, now) {
+    if obtained_before_step(row, now, stepped_back) {
         return true;
     }
     let expiring = row.access_expires_at_ms.is_some_and(|at| {
@@ -140,16 +142,26 @@ mod tests {
     #[test]
     fn tokens_are_renewed_five_minutes_before_expiry() {
         let now = 1_000 * DAY;
-        assert!(!due_for_refresh(&row(HOUR, now), None, now));
-        assert!(!due_for_refresh(&row(DAY - 6 * 60_000, now), None, now));
-        assert!(due_for_refresh(&row(DAY - 4 * 60_000, now), None, now));
+        assert!(!due_for_refresh(&row(HOUR, now), None, now, false));
+        assert!(!due_for_refresh(
+            &row(DAY - 6 * 60_000, now),
+            None,
+            now,
+            false
+        ));
+        assert!(due_for_refresh(
+            &row(DAY - 4 * 60_000, now),
+            None,
+            now,
+            false
+        ));
         // Short-lived tokens: at half their lifetime.
         let mut short = row(0, now);
         short.last_refresh_at_ms = Some(now - 2_000);
         short.access_expires_at_ms = Some(now + 2_000);
-        assert!(due_for_refresh(&short, None, now));
+        assert!(due_for_refresh(&short, None, now, false));
         short.access_expires_at_ms = Some(now + 3_000);
-        assert!(!due_for_refresh(&short, None, now));
+        assert!(!due_for_refresh(&short, None, now, false));
     }
 
     #[test]
@@ -159,12 +171,12 @@ mod tests {
         // A token that never expires (provider said nothing), idle for 22 days: not yet.
         let mut r = row(22 * DAY, now);
         r.access_expires_at_ms = None;
-        assert!(!due_for_refresh(&r, idle, now));
+        assert!(!due_for_refresh(&r, idle, now, false));
         let mut r = row(24 * DAY, now);
         r.access_expires_at_ms = None;
-        assert!(due_for_refresh(&r, idle, now));
+        assert!(due_for_refresh(&r, idle, now, false));
         assert!(
-            !due_for_refresh(&r, None, now),
+            !due_for_refresh(&r, None, now, false),
             "no idle limit, no keep-alive"
         );
     }
@@ -173,16 +185,16 @@ mod tests {
     fn nothing_is_refreshed_that_cannot_or_must_not_be() {
         let now = 1_000 * DAY;
         let due = row(DAY, now);
-        assert!(due_for_refresh(&due, None, now));
+        assert!(due_for_refresh(&due, None, now, false));
         let mut r = due.clone();
         r.status = ConnectionStatus::NeedsReauth;
-        assert!(!due_for_refresh(&r, None, now));
+        assert!(!due_for_refresh(&r, None, now, false));
         let mut r = due.clone();
         r.refresh_token = None;
-        assert!(!due_for_refresh(&r, None, now));
+        assert!(!due_for_refresh(&r, None, now, false));
         let mut r = due.clone();
         r.retry_at_ms = Some(now + 1);
-        assert!(!due_for_refresh(&r, None, now), "backing off");
+        assert!(!due_for_refresh(&r, None, now, false), "backing off");
     }
 
     #[test]

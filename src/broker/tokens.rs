@@ -13,8 +13,8 @@
 
 use super::flight::Turn;
 use super::refresh_policy::{
-    backing_off_until, backoff_ms, due_for_refresh, half_life_ms, lasts, written_ahead, written_at,
-    BACKOFF_MAX_MS, CLOCK_SLACK_MS,
+    backing_off_until, backoff_ms, due_for_refresh, half_life_ms, lasts, obtained_at,
+    obtained_before_step, BACKOFF_MAX_MS, CLOCK_SLACK_MS,
 };
 use super::refresh_save::SAVE_FAILING;
 use super::{token_aad, Broker, BrokerError};
@@ -136,9 +136,9 @@ static WRITTEN_AHEAD_LOGGED: crate::logging::Budget =
     crate::logging::Budget::per_minute("more connections written ahead of this clock", 5);
 
 fn said_written_ahead(row: &ConnectionRow, now: i64) {
-    let written = written_at(row);
+    let written = obtained_at(row);
     WRITTEN_AHEAD_LOGGED.warn(format_args!(
-        "connection {}/{} was last written at {}, {} s ahead of this machine's clock: the clock was stepped back (NTP fixing a clock that ran ahead, a restored snapshot), or another oauthd on this store runs on a clock ahead of this one's. Its expiry says nothing of the time left, so its token is refreshed rather than handed out",
+        "connection {}/{}: its token was stored at {}, {} s ahead of this machine's clock, which was stepped back since (NTP fixing a clock that ran ahead, a restored snapshot): its expiry says nothing of the time left, so it is refreshed rather than handed out",
         row.provider,
         row.account,
         crate::clock::rfc3339(written),
@@ -186,7 +186,8 @@ impl Broker {
         if !lasts(row.access_expires_at_ms, half_life_ms(row), min_ttl, now) {
             return Ok(None);
         }
-        if row.refresh_token.is_some() && written_ahead(row, now) {
+        if row.refresh_token.is_some() && obtained_before_step(row, now, self.clock.stepped_back())
+        {
             said_written_ahead(row, now);
             return Ok(None);
         }
@@ -206,7 +207,7 @@ impl Broker {
             scope: row.scopes.clone(),
             answer: AnswerOnce::default(),
         });
-        let written = written_at(row);
+        let written = obtained_at(row);
         self.token_cache.put(
             &row.key(),
             (token.clone(), half_life_ms(row), written),
@@ -228,7 +229,7 @@ impl Broker {
         if let Some((token, half_life, written)) = self.token_cache.get(&key) {
             let now = self.clock.now_ms();
             if lasts(token.expires_at_ms, half_life, min_ttl, now)
-                && written <= now.saturating_add(CLOCK_SLACK_MS)
+                && (written <= now.saturating_add(CLOCK_SLACK_MS) || !self.clock.stepped_back())
             {
                 return Ok(token);
             }
@@ -390,7 +391,12 @@ impl Broker {
             let Ok(provider) = self.provider(&row.provider).map(Arc::clone) else {
                 continue;
             };
-            if !due_for_refresh(&row, provider.quirks.refresh_idle_expiry, now) {
+            if !due_for_refresh(
+                &row,
+                provider.quirks.refresh_idle_expiry,
+                now,
+                self.clock.stepped_back(),
+            ) {
                 continue;
             }
             // A connection something in this process is on already (a token call's
@@ -553,7 +559,8 @@ impl Broker {
             // another process, spends none; a failure then backs off again). Counted, not
             // found by comparing times: a clock stepped back would make every failure look
             // older than the start.
-            let backing_off = backing_off_until(&row, now).is_some() && self.tried_since_start(key);
+            let backing_off = backing_off_until(&row, now, self.clock.stepped_back()).is_some()
+                && self.tried_since_start(key);
             if let Some(retry_at) = row.retry_at_ms.filter(|_| backing_off) {
                 let wait = crate::clock::seconds_until(now, retry_at);
                 return Err(BrokerError::ProviderUnavailable {

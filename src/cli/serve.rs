@@ -226,6 +226,7 @@ impl Serving {
             self.rescue_source.clone(),
         )
         .await;
+        self.note_stored_ahead().await;
         self.print_first_sign_in_link().await?;
         self.broker
             .run_background_on(tokio::runtime::Handle::current());
@@ -243,6 +244,40 @@ impl Serving {
         background.stop().await;
         served?;
         Ok(())
+    }
+
+    /// A database whose connections were stored ahead of this clock: the clock went back
+    /// while oauthd was stopped (a board that kept its shutdown time, a clock set right
+    /// that ran ahead). Noted on the clock, so that those tokens are refreshed rather than
+    /// trusted (`Clock::stepped_back`). One file is on one machine: no other instance's
+    /// clock explains it, as on a shared Redis.
+    async fn note_stored_ahead(&self) {
+        if !matches!(
+            self.settings.store,
+            crate::store::target::StoreTarget::Sqlite
+        ) {
+            return;
+        }
+        let Ok(rows) = self.store.list_all_connections().await else {
+            return;
+        };
+        let now = self.clock.now_ms();
+        let newest = rows
+            .iter()
+            .map(|r| {
+                r.updated_at_ms
+                    .max(r.last_refresh_at_ms.unwrap_or(i64::MIN))
+            })
+            .max();
+        if let Some(at) = newest.filter(|&at| at > now.saturating_add(crate::clock::CLOCK_SLACK_MS))
+        {
+            self.clock.note_stepped_back();
+            log::warn!(
+                "the database holds connections stored at {}, {} s ahead of this machine's clock: the clock went back while oauthd was stopped. Tokens stored before are refreshed rather than trusted",
+                crate::clock::rfc3339(at),
+                at.saturating_sub(now) / 1000
+            );
+        }
     }
 
     /// The one-time sign-in link while no one has signed in: on stdout, not in the log

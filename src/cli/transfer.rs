@@ -34,10 +34,14 @@ pub(super) fn copy(settings: Settings, to: &str, to_prefix: Option<String>) -> R
     ))?;
     if same_store(&settings, &destination) {
         return Err(Fatal(
-            format!("--to names the store it copies from, {}", source.describe()),
+            format!(
+                "--to names the store it copies from, {} (or, on one Redis, a prefix that holds its keys or is held in its own)",
+                source.describe()
+            ),
             2,
         ));
     }
+    let key = KeyPlan::for_destination(&settings, &destination)?;
     let into = open_store(&destination, Missing::Create)?;
     rt.block_on(async {
         refuse_served(into.as_ref(), "the store it copies into", &clock).await?;
@@ -57,7 +61,7 @@ pub(super) fn copy(settings: Settings, to: &str, to_prefix: Option<String>) -> R
         report(&source, &into, &copied, &clock).await;
         Ok::<(), Fatal>(())
     })?;
-    key_for_destination(&settings, &destination)
+    key.carry_out(&destination)
 }
 
 /// The settings of the store named by `--to`: a Redis URL, or a SQLite file.
@@ -100,8 +104,10 @@ fn same_store(a: &Settings, b: &Settings) -> bool {
             let place = |p: &Path| std::fs::canonicalize(p).ok();
             place(&a.db).is_some() && place(&a.db) == place(&b.db)
         }
+        // Prefixes that nest share keys: one's `prefix*` holds the other's.
         (StoreTarget::Redis(x), StoreTarget::Redis(y)) => {
-            x.display() == y.display() && x.prefix == y.prefix
+            x.display() == y.display()
+                && (x.prefix.starts_with(&y.prefix) || y.prefix.starts_with(&x.prefix))
         }
         _ => false,
     }
@@ -115,8 +121,9 @@ fn how_to_empty(destination: &Settings) -> String {
             destination.db.display()
         ),
         StoreTarget::Redis(t) => format!(
-            "redis-cli --scan --pattern '{}*' | xargs redis-cli unlink",
-            t.prefix
+            "redis-cli -u {url} --scan --pattern '{}*' | xargs redis-cli -u {url} unlink, with -a and its password if it has one",
+            t.prefix,
+            url = t.display()
         ),
     }
 }
@@ -251,66 +258,97 @@ async fn report(from: &Arc<dyn Store>, into: &Arc<dyn Store>, copied: &Copied, c
     let _ = writeln!(std::io::stdout().lock(), "{}", lines.join("\n"));
 }
 
-/// The copy's tokens and states' data open only with the source's vault key. A SQLite
-/// file with no key named (`<db>.key` beside it, the default) gets a copy of the key file;
-/// otherwise what to give the oauthd that serves it is said.
-fn key_for_destination(settings: &Settings, destination: &Settings) -> Result<(), Fatal> {
-    let said = match (&settings.key_source, &destination.store) {
-        (KeySource::File { path, .. }, StoreTarget::Sqlite)
-            if destination_key_default(destination) =>
-        {
-            let beside = crate::paths::with_suffix(&destination.db, ".key");
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                Fatal(
-                    format!(
-                        "the vault key file {}: {e}; the copy opens only with it: put it at {}",
-                        path.display(),
-                        beside.display()
-                    ),
-                    1,
-                )
-            })?;
-            match std::fs::read_to_string(&beside) {
-                Ok(there) if there == text => {}
-                Ok(_) => {
-                    return Err(Fatal(
+/// What the copy's vault key needs: its tokens and states' data open only with the
+/// source's key. A SQLite file with no key named (`<db>.key` beside it, the default) gets
+/// a copy of the key file; otherwise what to give the oauthd that serves it is said.
+/// Decided before anything is copied, so that a key file that cannot be put in place
+/// stops the copy, not the start of the copy later.
+enum KeyPlan {
+    /// Write this key file's text beside the new database.
+    Write(PathBuf, zeroize::Zeroizing<String>),
+    /// The same key is there already.
+    There(PathBuf),
+    /// Say how the copy is served.
+    Say(String),
+}
+
+impl KeyPlan {
+    fn for_destination(settings: &Settings, destination: &Settings) -> Result<KeyPlan, Fatal> {
+        let beside_default = matches!(destination.store, StoreTarget::Sqlite)
+            && destination_key_default(destination);
+        match &settings.key_source {
+            KeySource::File { path, .. } if beside_default => {
+                let beside = crate::paths::with_suffix(&destination.db, ".key");
+                let text = std::fs::read_to_string(path)
+                    .map(zeroize::Zeroizing::new)
+                    .map_err(|e| {
+                        Fatal(
+                            format!(
+                                "the vault key file {}: {e}; the copy opens only with it",
+                                path.display()
+                            ),
+                            1,
+                        )
+                    })?;
+                match std::fs::read_to_string(&beside) {
+                    Ok(there) if there == *text => Ok(KeyPlan::There(beside)),
+                    Ok(_) => Err(Fatal(
                         format!(
-                            "{} holds another vault key than {}, which the copy needs: put that one in its place before serving the copy",
+                            "{} holds another vault key than {}, which the copy needs: move it away first (nothing was copied)",
                             beside.display(),
                             path.display()
                         ),
                         2,
-                    ))
+                    )),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(KeyPlan::Write(beside, text)),
+                    Err(e) => Err(Fatal(
+                        format!("{}: {e}; it must hold the vault key the copy needs, or not be there (nothing was copied)", beside.display()),
+                        2,
+                    )),
                 }
-                Err(_) => crate::vault::write_key_file(&beside, &text).map_err(|e| {
-                    Fatal(format!("writing the vault key file {}: {e}", beside.display()), 1)
-                })?,
             }
-            format!(
-                "the vault key is copied to {}, beside the new database",
-                beside.display()
-            )
+            KeySource::File { path, .. } => Ok(KeyPlan::Say(format!(
+                "serve the copy with the vault key it was sealed with: OAUTHD_KEY_FILE={}",
+                std::fs::canonicalize(path)
+                    .unwrap_or(path.clone())
+                    .display()
+            ))),
+            KeySource::Inline(_) => Ok(KeyPlan::Say(
+                "serve the copy with the vault key it was sealed with: the same OAUTHD_KEY"
+                    .to_owned(),
+            )),
         }
-        (KeySource::File { path, .. }, _) => format!(
-            "serve the copy with the vault key it was sealed with: OAUTHD_KEY_FILE={}",
-            std::fs::canonicalize(path)
-                .unwrap_or(path.clone())
-                .display()
-        ),
-        (KeySource::Inline(_), _) => {
-            "serve the copy with the vault key it was sealed with: the same OAUTHD_KEY".to_owned()
-        }
-    };
-    let serve = match &destination.store {
-        StoreTarget::Sqlite => format!("--db {}", destination.db.display()),
-        StoreTarget::Redis(t) => format!("--store {}", t.display()),
-    };
-    use std::io::Write as _;
-    let _ = writeln!(
-        std::io::stdout().lock(),
-        "{said}. Start oauthd on the copy ({serve}, or `store`/`db` in the config file) and not on the old store again: both would refresh the same connections, and a provider that rotates refresh tokens then refuses one of them"
-    );
-    Ok(())
+    }
+
+    /// Writes the key file where planned, and says how the copy is served.
+    fn carry_out(self, destination: &Settings) -> Result<(), Fatal> {
+        let said = match self {
+            KeyPlan::Write(beside, text) => {
+                crate::vault::write_key_file(&beside, &text).map_err(|e| {
+                    Fatal(
+                        format!("writing the vault key file {}: {e}", beside.display()),
+                        1,
+                    )
+                })?;
+                format!(
+                    "the vault key is copied to {}, beside the new database",
+                    beside.display()
+                )
+            }
+            KeyPlan::There(beside) => format!("{} holds the vault key already", beside.display()),
+            KeyPlan::Say(said) => said,
+        };
+        let serve = match &destination.store {
+            StoreTarget::Sqlite => format!("--db {}", destination.db.display()),
+            StoreTarget::Redis(t) => format!("--store {}", t.display()),
+        };
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stdout().lock(),
+            "{said}. Start oauthd on the copy ({serve}, or `store`/`db` in the config file) and not on the old store again: both would refresh the same connections, and a provider that rotates refresh tokens then refuses one of them"
+        );
+        Ok(())
+    }
 }
 
 /// Whether the destination's oauthd would read its key from beside its file (no

@@ -854,9 +854,10 @@ fn error_response(status: reqwest::StatusCode, body: &[u8], sent: &Sent<'_>) -> 
 /// oauthd acts on.
 fn provider_error(code: &str, description: Option<&str>, sent: &Sent<'_>) -> FlowError {
     let raw = description.unwrap_or("no description");
-    let apart = kept(&sent.strip(code), CODE_MAX) + &kept(&sent.strip(raw), DESCRIPTION_MAX);
+    let (code_left, raw_left) = (sent.strip(code), sent.strip(raw));
     // What was sent as it was, but across the two: not found in either alone.
-    let across = sent.strip(&format!("{code}{raw}")) != apart;
+    let across = sent.strip(&format!("{code}{raw}")) != format!("{code_left}{raw_left}");
+    let apart = kept(&code_left, CODE_MAX) + &kept(&raw_left, DESCRIPTION_MAX);
     if across || sent.echoes(&apart) {
         let known = matches!(
             code,
@@ -1031,6 +1032,18 @@ mod tests {
             &sent,
         ) {
             FlowError::InvalidGrant(description) => assert_eq!(description, WITHHELD),
+            other => panic!("{other:?}"),
+        }
+        // A long explanation keeps its code and its first 300 characters.
+        let long = format!(
+            "AADSTS700082: The refresh token has expired. {}",
+            "Trace ID: 0f1e2d3c. ".repeat(30)
+        );
+        match provider_error("invalid_request", Some(&long), &sent) {
+            FlowError::Rejected { code, description } => {
+                assert_eq!(code, "invalid_request");
+                assert!(description.starts_with("AADSTS700082"), "{description}");
+            }
             other => panic!("{other:?}"),
         }
         // The provider's own words stay.

@@ -696,9 +696,10 @@ async fn a_failed_refresh_backs_off_by_the_clock(b: Backend) {
 /// A clock stepped back (NTP fixing a clock that ran ahead, a restored snapshot) made every
 /// stored expiry and backoff look that much further away: oauthd handed out a token the
 /// provider had expired for as long as the step, and nothing refreshed it, not even the
-/// background refresher. A connection last written on a clock more than a minute ahead
-/// is refreshed rather than trusted, its backoff from before the step not waited out;
-/// once refreshed, its times are the clock's again.
+/// background refresher. Once the clock was seen to step back, a token stored more than a
+/// minute ahead of it is refreshed rather than trusted, a backoff stored ahead is not
+/// waited out, and one stored after the step is; once refreshed, the connection's times
+/// are the clock's again.
 async fn a_clock_stepped_back_refreshes_what_was_written_before_the_step(b: Backend) {
     const DAYS_3: Duration = Duration::from_secs(3 * 24 * 3600);
     let (clock, endpoint, broker) = expired(&b).await;
@@ -706,15 +707,24 @@ async fn a_clock_stepped_back_refreshes_what_was_written_before_the_step(b: Back
     assert_eq!(retry_after(broker.access_token("p", "a", MINUTE).await), 5);
     assert_eq!(endpoint.calls(), 2);
     clock.step_back(DAYS_3);
+    // Tried at once, the backoff stored ahead not waited out; failing again, the new
+    // backoff holds: no provider call in it.
+    endpoint.then(503, serde_json::json!({"error": "temporarily_unavailable"}));
+    assert_eq!(retry_after(broker.access_token("p", "a", MINUTE).await), 10);
+    assert_eq!(endpoint.calls(), 3);
+    assert!(broker.access_token("p", "a", MINUTE).await.is_err());
+    assert_eq!(broker.refresh_due(&|| false).await.unwrap(), 0);
+    assert_eq!(endpoint.calls(), 3, "no provider call in the backoff");
+    clock.advance(Duration::from_secs(10));
     // The background refresher takes it up.
     endpoint.then(200, tokens("access-2", "refresh-2", 3600));
     assert_eq!(broker.refresh_due(&|| false).await.unwrap(), 1);
-    assert_eq!(endpoint.calls(), 3);
+    assert_eq!(endpoint.calls(), 4);
     let token = broker.access_token("p", "a", MINUTE).await.unwrap();
     assert_eq!(token.access_token.as_str(), "access-2");
     assert_eq!(
         endpoint.calls(),
-        3,
+        4,
         "refreshed once: its times are the clock's again"
     );
     // And a caller, where the refresher has not come by yet.
@@ -722,7 +732,25 @@ async fn a_clock_stepped_back_refreshes_what_was_written_before_the_step(b: Back
     endpoint.then(200, tokens("access-3", "refresh-3", 3600));
     let token = broker.access_token("p", "a", MINUTE).await.unwrap();
     assert_eq!(token.access_token.as_str(), "access-3");
-    assert_eq!(endpoint.calls(), 4);
+    assert_eq!(endpoint.calls(), 5);
+}
+
+/// Two instances on one store whose clocks differ by minutes (no step seen by either):
+/// each took the other's fresh tokens for ones stored before a step and refreshed them,
+/// and the two refreshed each other's tokens for good. A row ahead of a clock that never
+/// stepped back is trusted as stored.
+async fn an_instance_on_a_clock_behind_trusts_tokens_stored_ahead(b: Backend) {
+    let ahead = clock();
+    let endpoint = Scripted::new(Duration::ZERO);
+    let key = oauthd::vault::generate_key_text().unwrap();
+    let a = connected_with_key(&b, &ahead, endpoint.clone(), None, &key).await;
+    let behind = Clock::manual(ahead.now_ms() - 3 * 60_000);
+    let other = broker_on(&b, &behind, endpoint.clone(), None, &key);
+    assert_eq!(other.refresh_due(&|| false).await.unwrap(), 0);
+    let token = other.access_token("p", "a", MINUTE).await.unwrap();
+    assert_eq!(token.access_token.as_str(), "access-1");
+    assert_eq!(endpoint.calls(), 1, "only the connect's exchange");
+    drop(a);
 }
 
 /// The Retry-After of a call that must have failed for the provider's sake.
@@ -1185,6 +1213,7 @@ backends!(
     concurrent_callers_share_one_refresh,
     a_failed_refresh_backs_off_by_the_clock,
     a_clock_stepped_back_refreshes_what_was_written_before_the_step,
+    an_instance_on_a_clock_behind_trusts_tokens_stored_ahead,
     invalid_grant_stops_refreshing_for_good,
     an_invalid_grant_after_a_lease_that_ran_out_says_what_likely_spent_the_token,
 );
