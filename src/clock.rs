@@ -59,15 +59,11 @@ impl Clock {
     /// ahead, and notes it (`stepped_back`). The system clock: returns false and changes
     /// nothing.
     pub fn step_back(&self, by: Duration) -> bool {
-        match &self.0 {
-            Source::System => false,
-            Source::Manual(t, _) => {
-                let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
-                t.fetch_sub(ms, Ordering::SeqCst);
-                self.note_stepped_back();
-                true
-            }
+        let moved = self.shift(-millis(by));
+        if moved {
+            self.note_stepped_back();
         }
+        moved
     }
 
     /// Notes that this clock went back (`clock_watch` saw it, or the data was found written
@@ -84,15 +80,23 @@ impl Clock {
     /// Moves a manual clock (and every clone of it) forward. The system clock moves by
     /// itself: returns false and changes nothing.
     pub fn advance(&self, by: Duration) -> bool {
+        self.shift(millis(by))
+    }
+
+    /// Moves a manual clock by `ms`; false for the system clock.
+    fn shift(&self, ms: i64) -> bool {
         match &self.0 {
             Source::System => false,
             Source::Manual(t, _) => {
-                let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
                 t.fetch_add(ms, Ordering::SeqCst);
                 true
             }
         }
     }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// How far ahead of this process's clock a stored time may be before it is taken for one

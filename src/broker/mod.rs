@@ -222,8 +222,8 @@ pub struct Broker {
     /// (the store fails): their callers are told so at once, not after waiting their turn.
     saves_failing: Mutex<std::collections::HashSet<ConnectionKey>>,
     /// Tokens read from the store within `token_cache_seconds`, with half their lifetime
-    /// (`min_ttl` is capped by it) and when their row was last written (a clock stepped
-    /// back since makes the token's expiry worthless): the token API's hot path. Zeroized
+    /// (`min_ttl` is capped by it) and when they were obtained (a clock stepped back since
+    /// makes the token's expiry worthless): the token API's hot path. Zeroized
     /// when dropped; they leave the process only in an answer.
     token_cache: ReadCache<ConnectionKey, (Arc<AccessToken>, Option<i64>, i64)>,
     notifier: Arc<Notifier>,

@@ -29,7 +29,11 @@ async fn a_sqlite_file_copied_into_a_new_one_serves_with_the_key_copied_beside_i
     std::fs::write(moved.key_file(), "not the key\n").unwrap();
     let out = home.cli(&["copy", "--to", to.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", said(&out));
-    assert!(said(&out).contains("holds another vault key"), "{}", said(&out));
+    assert!(
+        said(&out).contains("holds another vault key"),
+        "{}",
+        said(&out)
+    );
     assert!(!to.exists(), "a database was made");
     std::fs::remove_file(moved.key_file()).unwrap();
     let out = home.cli(&["copy", "--to", to.to_str().unwrap()]);
@@ -160,7 +164,11 @@ mod redis {
         let url = home.shared().unwrap().url.clone();
         let out = home.cli(&["copy", "--to", &url, "--to-prefix", "oauthd:new:"]);
         assert_eq!(out.status.code(), Some(2), "{}", said(&out));
-        assert!(said(&out).contains("names the store it copies from"), "{}", said(&out));
+        assert!(
+            said(&out).contains("names the store it copies from"),
+            "{}",
+            said(&out)
+        );
         let sqlite = Home::new();
         let out = home.cli(&["copy", "--to", sqlite.db().to_str().unwrap()]);
         let text = said(&out);
