@@ -408,7 +408,17 @@ fn providers_differ(ours: &[String], theirs: &[String]) -> Option<String> {
         (name.to_owned(), digest.to_owned())
     };
     let ours: std::collections::BTreeMap<String, String> = ours.iter().map(split).collect();
-    let theirs: std::collections::BTreeMap<String, String> = theirs.iter().map(split).collect();
+    // Read from the store, where any process may write: only what a provider's name and
+    // a digest can be reaches the log.
+    let theirs: std::collections::BTreeMap<String, String> = theirs
+        .iter()
+        .map(split)
+        .filter(|(name, digest)| {
+            crate::oauth::provider::check_name("provider", name).is_ok()
+                && digest.len() <= 16
+                && digest.bytes().all(|b| b.is_ascii_hexdigit())
+        })
+        .collect();
     let only = |a: &std::collections::BTreeMap<String, String>,
                 b: &std::collections::BTreeMap<String, String>| {
         a.keys()
@@ -464,5 +474,8 @@ mod tests {
         assert!(said.contains("provider c has another client id"), "{said}");
         assert!(!said.contains("provider b"), "{said}");
         assert!(providers_differ(&[], &[]).is_none());
+        // What no provider's name or digest can be is not repeated in the log.
+        let forged = words(&["a=1", "b=2", "c=3", "\u{1b}[31mx=1", "e=zz"]);
+        assert_eq!(providers_differ(&ours, &forged), None);
     }
 }
