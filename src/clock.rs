@@ -105,6 +105,11 @@ fn millis(d: Duration) -> i64 {
 /// less.
 pub const CLOCK_SLACK_MS: i64 = 60_000;
 
+/// Whether a stored time `at_ms` lies more than `CLOCK_SLACK_MS` ahead of `now_ms`.
+pub fn is_ahead(at_ms: i64, now_ms: i64) -> bool {
+    at_ms > now_ms.saturating_add(CLOCK_SLACK_MS)
+}
+
 /// RFC 3339 in UTC with millisecond precision, e.g. `2026-11-21T08:35:59.123Z`.
 pub fn rfc3339(ms: i64) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms)

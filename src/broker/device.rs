@@ -40,7 +40,7 @@ fn backed_off(interval_ms: i64, failures: u32) -> i64 {
 fn longest_wait(interval_ms: i64) -> i64 {
     interval_ms
         .max(MAX_BACKOFF_MS)
-        .saturating_add(super::refresh_policy::CLOCK_SLACK_MS)
+        .saturating_add(crate::clock::CLOCK_SLACK_MS)
 }
 
 /// What an app (or the CLI) shows the user, and polls with.

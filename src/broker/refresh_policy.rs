@@ -16,15 +16,13 @@ const KEEP_ALIVE_MARGIN_MS: i64 = 7 * 24 * 3600 * 1000;
 /// The longest wait between refreshes that fail.
 pub(super) const BACKOFF_MAX_MS: i64 = 10 * 60_000;
 
-pub(super) use crate::clock::CLOCK_SLACK_MS;
-
-/// Whether `row`'s token was obtained on a clock more than `CLOCK_SLACK_MS` ahead of `now`,
+/// Whether `row`'s token was obtained on a clock more than a minute ahead of `now`
 /// once this process's clock was seen to step back (`Clock::stepped_back`): its expiry was
 /// counted on the later clock and says nothing of the time left, so it is refreshed rather
 /// than trusted. Without a step seen, a row ahead is another instance's, on a clock ahead
 /// of this one's: refreshing it would have the two refresh each other's tokens for good.
 pub(super) fn obtained_before_step(row: &ConnectionRow, now: i64, stepped_back: bool) -> bool {
-    stepped_back && obtained_at(row) > now.saturating_add(CLOCK_SLACK_MS)
+    stepped_back && crate::clock::is_ahead(obtained_at(row), now)
 }
 
 /// When `row`'s token was obtained, as the clock of the process that stored it read.
@@ -35,7 +33,7 @@ pub(super) fn obtained_at(row: &ConnectionRow) -> i64 {
 /// Until when a failed refresh is not tried again: its backoff, unless the failure was
 /// stored on a clock since stepped back (a backoff counted after the step holds).
 pub(super) fn backing_off_until(row: &ConnectionRow, now: i64, stepped_back: bool) -> Option<i64> {
-    let stored_ahead = stepped_back && row.updated_at_ms > now.saturating_add(CLOCK_SLACK_MS);
+    let stored_ahead = stepped_back && crate::clock::is_ahead(row.updated_at_ms, now);
     row.retry_at_ms.filter(|&r| r > now && !stored_ahead)
 }
 

@@ -14,7 +14,7 @@
 use super::flight::Turn;
 use super::refresh_policy::{
     backing_off_until, backoff_ms, due_for_refresh, half_life_ms, lasts, obtained_at,
-    obtained_before_step, BACKOFF_MAX_MS, CLOCK_SLACK_MS,
+    obtained_before_step, BACKOFF_MAX_MS,
 };
 use super::refresh_save::SAVE_FAILING;
 use super::{token_aad, Broker, BrokerError};
@@ -130,14 +130,14 @@ enum Failure {
 static UNOPENED_TOKENS_LOGGED: crate::logging::Budget =
     crate::logging::Budget::new("more tokens that cannot be opened", 1);
 
-/// Connections written on a clock ahead of this process's, said in the log: at most 5 a
+/// Tokens stored before this clock stepped back, said in the log: at most 5 a
 /// minute.
-static WRITTEN_AHEAD_LOGGED: crate::logging::Budget =
-    crate::logging::Budget::per_minute("more connections written ahead of this clock", 5);
+static OBTAINED_BEFORE_STEP_LOGGED: crate::logging::Budget =
+    crate::logging::Budget::per_minute("more tokens stored before the clock stepped back", 5);
 
-fn said_written_ahead(row: &ConnectionRow, now: i64) {
+fn said_obtained_before_step(row: &ConnectionRow, now: i64) {
     let written = obtained_at(row);
-    WRITTEN_AHEAD_LOGGED.warn(format_args!(
+    OBTAINED_BEFORE_STEP_LOGGED.warn(format_args!(
         "connection {}/{}: its token was stored at {}, {} s ahead of this machine's clock, which was stepped back since (NTP fixing a clock that ran ahead, a restored snapshot): its expiry says nothing of the time left, so it is refreshed rather than handed out",
         row.provider,
         row.account,
@@ -147,6 +147,26 @@ fn said_written_ahead(row: &ConnectionRow, now: i64) {
 }
 
 impl Broker {
+    /// The latest time a connection's token was stored at, when it lies ahead of this
+    /// clock: noted on the clock as a step back (`Clock::stepped_back`), so that those
+    /// tokens are refreshed rather than trusted. For a store no other machine writes to
+    /// (a SQLite file), where no other instance's clock explains it.
+    pub async fn note_tokens_stored_ahead(&self) -> Result<Option<i64>, BrokerError> {
+        let now = self.clock.now_ms();
+        let newest = self
+            .store
+            .list_all_connections()
+            .await?
+            .iter()
+            .map(obtained_at)
+            .max()
+            .filter(|&at| crate::clock::is_ahead(at, now));
+        if newest.is_some() {
+            self.clock.note_stepped_back();
+        }
+        Ok(newest)
+    }
+
     pub(super) async fn row(&self, key: &ConnectionKey) -> Result<ConnectionRow, BrokerError> {
         // No connection has a name `check_name` refuses: such a name in a path is a bad
         // request (as on `PUT`), not one more connection that is not there.
@@ -188,7 +208,7 @@ impl Broker {
         }
         if row.refresh_token.is_some() && obtained_before_step(row, now, self.clock.stepped_back())
         {
-            said_written_ahead(row, now);
+            said_obtained_before_step(row, now);
             return Ok(None);
         }
         let aad = token_aad(&row.provider, &row.account, "access_token");
@@ -229,7 +249,7 @@ impl Broker {
         if let Some((token, half_life, written)) = self.token_cache.get(&key) {
             let now = self.clock.now_ms();
             if lasts(token.expires_at_ms, half_life, min_ttl, now)
-                && (written <= now.saturating_add(CLOCK_SLACK_MS) || !self.clock.stepped_back())
+                && !(self.clock.stepped_back() && crate::clock::is_ahead(written, now))
             {
                 return Ok(token);
             }

@@ -246,11 +246,10 @@ impl Serving {
         Ok(())
     }
 
-    /// A database whose connections were stored ahead of this clock: the clock went back
-    /// while oauthd was stopped (a board that kept its shutdown time, a clock set right
-    /// that ran ahead). Noted on the clock, so that those tokens are refreshed rather than
-    /// trusted (`Clock::stepped_back`). One file is on one machine: no other instance's
-    /// clock explains it, as on a shared Redis.
+    /// A database whose tokens were stored ahead of this clock: the clock went back while
+    /// oauthd was stopped (a board that kept its shutdown time, a clock set right that ran
+    /// ahead). One file is on one machine: no other instance's clock explains it, as on a
+    /// shared Redis.
     async fn note_stored_ahead(&self) {
         if !matches!(
             self.settings.store,
@@ -258,24 +257,11 @@ impl Serving {
         ) {
             return;
         }
-        let Ok(rows) = self.store.list_all_connections().await else {
-            return;
-        };
-        let now = self.clock.now_ms();
-        let newest = rows
-            .iter()
-            .map(|r| {
-                r.updated_at_ms
-                    .max(r.last_refresh_at_ms.unwrap_or(i64::MIN))
-            })
-            .max();
-        if let Some(at) = newest.filter(|&at| at > now.saturating_add(crate::clock::CLOCK_SLACK_MS))
-        {
-            self.clock.note_stepped_back();
+        if let Ok(Some(at)) = self.broker.note_tokens_stored_ahead().await {
             log::warn!(
-                "the database holds connections stored at {}, {} s ahead of this machine's clock: the clock went back while oauthd was stopped. Tokens stored before are refreshed rather than trusted",
+                "the database holds tokens stored at {}, {} s ahead of this machine's clock: the clock went back while oauthd was stopped. Tokens stored before are refreshed rather than trusted",
                 crate::clock::rfc3339(at),
-                at.saturating_sub(now) / 1000
+                at.saturating_sub(self.clock.now_ms()) / 1000
             );
         }
     }

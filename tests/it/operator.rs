@@ -1842,3 +1842,41 @@ async fn a_clock_step_is_said_in_the_log() {
     assert!((259_190..=259_210).contains(&secs), "{log}");
     assert!(log.contains(" WARN "), "{log}");
 }
+
+/// A SQLite database whose tokens were stored ahead of the clock oauthd starts on (the clock
+/// went back while it was stopped: a board that kept its shutdown time) is said at start,
+/// and its tokens are refreshed rather than handed out on their stored expiry.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_stored_ahead_of_the_clock_at_start_are_said_and_not_trusted() {
+    let home = Home::new();
+    home.write_config(
+        "[providers.mock]\nauthorization_url = \"http://127.0.0.1:9/authorize\"\n\
+         token_url = \"http://127.0.0.1:9/token\"\nclient_id = \"cid\"\nclient_secret = \"s\"\n",
+    );
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let imported =
+        json!({"access_token": "stored-ahead", "refresh_token": "r", "expires_in": 3600});
+    assert_eq!(
+        d.put("/v1/connections/mock/alice", &key, imported).await.0,
+        201
+    );
+    d.signal_and_wait("TERM");
+    let clock = home.dir.path().join("clock");
+    std::fs::write(&clock, "-259200").unwrap();
+    let d = home.start_via_shell(&format!(
+        "export LD_PRELOAD='{}' FAKETIME_TIMESTAMP_FILE='{}' FAKETIME_NO_CACHE=1 \
+         FAKETIME_DONT_FAKE_MONOTONIC=1; exec \"$@\"",
+        common::libfaketime(),
+        clock.display()
+    ));
+    let log = home.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" WARN ") && l.contains("the database holds tokens stored at")),
+        "{log}"
+    );
+    // Refreshed, not handed out: the provider cannot be reached, so no token.
+    let (status, body) = d.get("/v1/connections/mock/alice/token", &key).await;
+    assert_eq!(status, 503, "{body}");
+}
