@@ -16,6 +16,9 @@ pub(super) enum Missing {
     /// `keys create --create`: creates a missing database; an older one is refused, as by
     /// every command but `serve` (none upgrades it under the oauthd still serving it).
     Create,
+    /// `copy --to`: creates a missing database for the copy (not a first start: nothing
+    /// is said of it here); an older one is refused.
+    CopyInto,
     Refuse,
 }
 
@@ -62,11 +65,21 @@ fn open_named_store(settings: &Settings, missing: Missing) -> Result<Arc<dyn Sto
             // Only `serve` upgrades a schema.
             let upgrade = match missing {
                 Missing::Serve => crate::store::sqlite::Upgrade::Allowed,
-                Missing::Create | Missing::Refuse => crate::store::sqlite::Upgrade::Refused,
+                Missing::Create | Missing::CopyInto | Missing::Refuse => {
+                    crate::store::sqlite::Upgrade::Refused
+                }
             };
             let store = SqliteStore::open_with(&settings.db, settings.durability, upgrade)
                 .map_err(|e| Fatal(e.to_string(), if e.is_configuration() { 2 } else { 1 }))?;
-            if missing == Missing::Create && !exists {
+            if !exists && missing != Missing::CopyInto {
+                log::warn!(
+                    "created a new, empty database at {}: right on a first start; if oauthd ran before, it was given another database path (--db and OAUTHD_DB are taken from the working directory, `db` in a config file from that file's directory), so its keys, connections and states are not here",
+                    std::path::absolute(&settings.db)
+                        .unwrap_or(settings.db.clone())
+                        .display()
+                );
+            }
+            if matches!(missing, Missing::Create | Missing::CopyInto) && !exists {
                 give_to_directory_owner(&settings.db);
             }
             Ok(Arc::new(store))

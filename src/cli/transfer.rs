@@ -42,7 +42,7 @@ pub(super) fn copy(settings: Settings, to: &str, to_prefix: Option<String>) -> R
         ));
     }
     let key = KeyPlan::for_destination(&settings, &destination)?;
-    let into = open_store(&destination, Missing::Create)?;
+    let into = open_store(&destination, Missing::CopyInto)?;
     rt.block_on(async {
         refuse_served(into.as_ref(), "the store it copies into", &clock).await?;
         refuse_not_empty(into.as_ref(), &clock).await?;

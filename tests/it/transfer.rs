@@ -13,7 +13,8 @@ fn said(out: &Output) -> String {
 
 /// A SQLite file copied into another, the vault key file beside the copy made from the
 /// source's: served from the copy, the key, the state and its data are there; the
-/// destination is refused when it holds data, and so is the source itself.
+/// destination is refused when it holds data, and so is the source itself. The new file is
+/// not taken for a first start on a wrong path (it was: "created a new, empty database").
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sqlite_file_copied_into_a_new_one_serves_with_the_key_copied_beside_it() {
     let home = Home::new();
@@ -39,6 +40,8 @@ async fn a_sqlite_file_copied_into_a_new_one_serves_with_the_key_copied_beside_i
     let out = home.cli(&["copy", "--to", to.to_str().unwrap()]);
     let text = said(&out);
     assert!(out.status.success(), "{text}");
+    // The copy's new file is not a first start on a database path gone wrong.
+    assert!(!text.contains("created a new, empty database"), "{text}");
     assert!(text.contains("  API keys: 1\n"), "{text}");
     assert!(text.contains("  live states: 1"), "{text}");
     assert!(

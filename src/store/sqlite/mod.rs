@@ -415,10 +415,6 @@ impl SqliteStore {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
                 .map_err(|e| open_err(&e))?;
-            log::warn!(
-                "created a new, empty database at {}: right on a first start; if oauthd ran before, it was given another database path (--db and OAUTHD_DB are taken from the working directory, `db` in a config file from that file's directory), so its keys, connections and states are not here",
-                path.display()
-            );
         }
         configure(&conn)
             .and_then(|()| tune(&conn, durability))
