@@ -576,8 +576,19 @@ fn check_store(
         Ok(warnings) => warnings.iter().for_each(|w| r.line("warn", "store", w)),
         Err(e) => r.line("FAIL", "store", e),
     }
+    let clock = crate::clock::Clock::system();
+    if let Some(ahead) = rt.block_on(crate::clock_watch::ahead_of_store(store, &clock)) {
+        match crate::clock_watch::said_against_store(ahead, &store.describe()) {
+            Some(text) => r.line("warn", "clock", text),
+            None => r.line(
+                "ok",
+                "clock",
+                format!("agrees with the store's within {} ms", ahead.abs()),
+            ),
+        }
+    }
     let max_total = settings.states.max_total_states;
-    let now = crate::clock::Clock::system().now_ms();
+    let now = clock.now_ms();
     match rt.block_on(store.live_states_total(now)) {
         Ok(total) => match crate::states::fullness_note(total, max_total) {
             Some(note) => r.line("warn", "states", note),

@@ -353,6 +353,13 @@ impl Background {
             )),
             spawn(teller.run(stopped.clone())),
             spawn(crate::clock_watch::ClockWatch::new(serving.clock.clone()).run(stopped.clone())),
+            spawn(
+                crate::clock_watch::StoreClockWatch::new(
+                    serving.store.clone(),
+                    serving.clock.clone(),
+                )
+                .run(stopped.clone()),
+            ),
             spawn(crate::broker::refresher::run(
                 broker.clone(),
                 settings.refresh_check,

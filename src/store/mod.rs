@@ -81,6 +81,11 @@ pub trait Store: StateStore + KeyStore + AdminStore + BrokerStore + TransferStor
     async fn vault_keys_in_use(&self, now_ms: i64) -> Result<Vec<VaultKeysInUse>, StoreError>;
     /// Forgets what `instance` told (it stops).
     async fn forget_vault_keys(&self, instance: &str) -> Result<(), StoreError>;
+    /// The store's own clock (unix ms) where instances on other hosts share the store
+    /// (Redis' `TIME`); `None` where every instance runs on this host's (SQLite).
+    async fn clock_ms(&self) -> Result<Option<i64>, StoreError> {
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

@@ -1228,6 +1228,41 @@ async fn on_redis_a_store_back_empty_after_a_long_outage_is_said_as_an_error() {
     d.signal_and_wait("TERM");
 }
 
+/// Instances on one Redis judge the times the others stored by their own clocks: a host
+/// whose clock was two minutes behind Redis' (and the other hosts') handed out tokens up to
+/// two minutes past their expiry, and nothing said so. A start says it now at WARN, and
+/// `oauthd check` too; a host whose clock agrees is told so by `check`.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_redis_a_host_clock_off_the_stores_is_said() {
+    let home = Home::redis_with(common::redis::RedisServer::start_with_clock_shift());
+    let checked = |home: &Home| String::from_utf8_lossy(&home.cli(&["check"]).stdout).into_owned();
+    let report = checked(&home);
+    assert!(
+        report.contains("ok    clock: agrees with the store's within"),
+        "{report}"
+    );
+    home.redis_server().shift_clock(120_000);
+    let report = checked(&home);
+    assert!(
+        report
+            .contains("warn  clock: this host's clock is 120 s behind the clock of Redis redis://"),
+        "{report}"
+    );
+    let d = home.start();
+    let said = "s behind the clock of Redis redis://";
+    let began = Instant::now();
+    while !home.log_text().contains(said) && began.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = home.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" WARN ") && l.contains(said) && l.contains("past the expiry")),
+        "{log}"
+    );
+    d.signal_and_wait("TERM");
+}
+
 /// A wall clock stepped a minute and a half ahead (NTP on a board without a clock, a
 /// suspended machine) ends the note an oauthd keeps of its vault keys by its time: that
 /// was said as the store losing what it held, at ERROR and as `store.data_lost`, with

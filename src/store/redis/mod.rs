@@ -560,6 +560,18 @@ impl super::Store for RedisStore {
             .collect())
     }
 
+    async fn clock_ms(&self) -> Result<Option<i64>, StoreError> {
+        let mut c = self.conn();
+        let (secs, micros): (i64, i64) = self
+            .run("reading Redis' clock", async move {
+                redis::cmd("TIME").query_async(&mut c).await
+            })
+            .await?;
+        Ok(Some(
+            secs.saturating_mul(1000).saturating_add(micros / 1000),
+        ))
+    }
+
     // One hash, field per instance: `<until_ms> <since_ms> <key id>...`; notes past their
     // time are dropped in the same script. Instances on other machines share it, so the
     // times are Redis's own (`TIME`), not each host's: one whose clock runs a minute ahead
