@@ -172,10 +172,16 @@ pub async fn forward(
         .map_err(|e| invalid_path(e.to_string()))?;
     let mut room = app.proxy.body_room(&caller.0.id);
     let body = read_body(&req, payload, &app.proxy, &mut room).await?;
+    let hop_by_hop = headers::connection_options(
+        req.headers()
+            .get_all(actix_web::http::header::CONNECTION)
+            .map(|v| v.as_bytes()),
+    );
     let forwarded: Vec<(String, Vec<u8>)> = req
         .headers()
         .iter()
         .filter(|(name, _)| headers::forwards_request(name.as_str(), &extra_headers))
+        .filter(|(name, _)| !hop_by_hop.iter().any(|h| h == name.as_str()))
         .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
         .collect();
     let out = Outgoing {
@@ -313,7 +319,17 @@ fn answer_head(
 ) -> actix_web::HttpResponseBuilder {
     let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut resp = HttpResponse::build(status);
+    let hop_by_hop = headers::connection_options(
+        answer
+            .headers()
+            .get_all(reqwest::header::CONNECTION)
+            .iter()
+            .map(|v| v.as_bytes()),
+    );
     for (name, value) in answer.headers() {
+        if hop_by_hop.iter().any(|h| h == name.as_str()) {
+            continue;
+        }
         // Addresses are read against the address that answered: never one of oauthd's.
         let read = match *name {
             reqwest::header::LOCATION => Some(path::redirect_location as fn(_, _, _) -> _),

@@ -3,7 +3,8 @@
 //! `Forwarded`/`X-Forwarded-*`, identity headers a sign-in proxy in front of oauthd adds
 //! and hop-by-hop headers never reach the provider; a provider that needs an `X-` header
 //! (`X-GitHub-Api-Version`) lists it in `proxy_headers`. The provider's `Set-Cookie`, HSTS,
-//! caching and hop-by-hop headers never reach the caller.
+//! caching and hop-by-hop headers never reach the caller. Either way, a header the
+//! message's `Connection` header names is hop-by-hop and stays behind.
 
 /// Request headers passed to the provider.
 const REQUEST: &[&str] = &[
@@ -75,6 +76,17 @@ pub fn forwards_request(name: &str, extra: &[String]) -> bool {
     REQUEST.contains(&name) || extra.iter().any(|e| e == name)
 }
 
+/// The header names a message's `Connection` headers list (lower case): hop-by-hop for
+/// that message, so never passed on (RFC 9110, 7.6.1), whatever else would let them through.
+pub fn connection_options<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
+    values
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
 /// `X-` headers that instruct a web server in front of oauthd (nginx, Apache, lighttpd,
 /// Envoy) when they come from its upstream: serve an internal location or a file instead,
 /// cache the answer, believe a client address, or take oauthd for unhealthy or degraded
@@ -103,6 +115,19 @@ pub fn returns_response(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_connection_names_is_hop_by_hop() {
+        let values: [&[u8]; 3] = [
+            b"keep-alive, X-App-Version",
+            b" ,x-RateLimit-Remaining",
+            b"\xff",
+        ];
+        assert_eq!(
+            connection_options(values.into_iter()),
+            ["keep-alive", "x-app-version", "x-ratelimit-remaining"]
+        );
+    }
 
     #[test]
     fn credentials_and_routing_headers_stay_behind() {

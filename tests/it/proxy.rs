@@ -330,6 +330,17 @@ async fn headers_query_and_redirects() {
         .mount(&mock)
         .await;
     Mock::given(method("GET"))
+        .and(path("/api/hop"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string("ok")
+                .insert_header("connection", "X-RateLimit-Remaining")
+                .insert_header("x-ratelimit-remaining", "41")
+                .insert_header("x-request-id", "r1"),
+        )
+        .mount(&mock)
+        .await;
+    Mock::given(method("GET"))
         .and(path("/api/moved"))
         .respond_with(
             ResponseTemplate::new(302)
@@ -419,6 +430,35 @@ async fn headers_query_and_redirects() {
     );
     // The oauthd API key never reaches the provider, in any header.
     assert!(!format!("{:?}", r.headers).contains(&key));
+    // A header the caller's `Connection` names is for oauthd's hop only (it reached the
+    // provider when `proxy_headers` listed it).
+    let resp = d
+        .http
+        .get(proxy_url(&d, "echo?hop=1"))
+        .bearer_auth(&key)
+        .header("connection", "X-App-Version")
+        .header("x-app-version", "7")
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = requests_to(&mock, "/api/echo").await;
+    let r = seen
+        .iter()
+        .find(|r| r.url.query() == Some("hop=1"))
+        .expect("the second call reached the provider");
+    assert!(r.headers.get("x-app-version").is_none(), "{:?}", r.headers);
+    assert!(r.headers.get("accept").is_some(), "{:?}", r.headers);
+    // And one the provider's `Connection` names is for its hop only.
+    let resp = get(&d, &key, "hop").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(common::header(&resp, "x-request-id"), "r1");
+    assert!(
+        resp.headers().get("x-ratelimit-remaining").is_none(),
+        "{:?}",
+        resp.headers()
+    );
 
     // `GET` of the proxy's `rest`, following no redirect.
     let answer = |rest: &'static str| {
@@ -483,8 +523,8 @@ async fn headers_query_and_redirects() {
         .await
         .unwrap();
     common::assert_code(resp, "method_not_allowed").await;
-    // The first call and the redirect followed above; not the TRACE.
-    assert_eq!(requests_to(&mock, "/api/echo").await.len(), 2);
+    // The first two calls and the redirect followed above; not the TRACE.
+    assert_eq!(requests_to(&mock, "/api/echo").await.len(), 3);
     assert!(
         !home.log_text().contains("market=DE"),
         "the proxied query reached the log"
