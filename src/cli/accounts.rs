@@ -95,6 +95,11 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
         match command {
             ConnectionsCommand::List { json } => {
                 let list = broker.connections().await?;
+                if let Some(note) =
+                    super::unconfigured::note(list.iter().map(|c| c.provider.as_str()), &settings)
+                {
+                    say!("{note}");
+                }
                 if json {
                     out!("{}", serde_json::to_string_pretty(&list)?);
                     return Ok(());
@@ -198,6 +203,13 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
                 force,
                 yes,
             } => {
+                if !force && broker.connection(&provider, &account).await.is_ok() {
+                    if let Some(why) =
+                        super::unconfigured::delete_refusal(&settings, &provider, &account)
+                    {
+                        return Err(Fatal(why, 2));
+                    }
+                }
                 if !yes && !shared_grant_confirmed(&broker, &provider, &account).await? {
                     return Err(Fatal(
                         format!("nothing was deleted: {provider}/{account} is as it was"),

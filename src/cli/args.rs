@@ -277,7 +277,8 @@ pub(crate) enum ConnectionsCommand {
         /// The account name the connection was made under
         #[arg(default_value = "default")]
         account: String,
-        /// Delete even when the provider cannot be reached to revoke
+        /// Delete even when the provider cannot be reached to revoke, or is not configured
+        /// and no config file was given
         #[arg(long)]
         force: bool,
         /// Do not ask before revoking a grant other connections share (in a terminal it

@@ -19,7 +19,9 @@ pub(super) async fn log(
 ) {
     match store.list_connections().await {
         Ok(rows) => {
-            if let Some(note) = super::unconfigured::note(&rows, settings) {
+            if let Some(note) =
+                super::unconfigured::note(rows.iter().map(|r| r.provider.as_str()), settings)
+            {
                 log::warn!("{note}");
             }
         }

@@ -2,14 +2,30 @@
 //! out (a unit or a shell without `--config`), which otherwise looks healthy.
 
 use crate::config::Settings;
-use crate::store::ConnectionRow;
 
-/// What to say of `rows` whose provider is not configured, if any are.
-pub(super) fn note(rows: &[ConnectionRow], settings: &Settings) -> Option<String> {
+const NO_CONFIG_FILE: &str = "no config file was given: --config, OAUTHD_CONFIG; was it left out?";
+
+/// Why `connections delete` of a connection whose provider is not configured stops when no
+/// config file was given: it would revoke nothing at the provider, and the grant would stay
+/// valid there (most likely the config file was left out, not the provider removed).
+pub(super) fn delete_refusal(settings: &Settings, provider: &str, account: &str) -> Option<String> {
+    (settings.config_file.is_none() && !settings.providers.contains_key(provider)).then(|| {
+        format!(
+            "nothing was deleted: provider {provider} is not configured ({NO_CONFIG_FILE}), so deleting {provider}/{account} would revoke nothing at {provider} and its grant would stay valid there. Give the config file to revoke it, or add --force to delete only oauthd's copy"
+        )
+    })
+}
+
+/// What to say of the connections of `providers` (one name per connection) whose provider
+/// is not configured, if any are.
+pub(super) fn note<'a>(
+    providers: impl Iterator<Item = &'a str>,
+    settings: &Settings,
+) -> Option<String> {
     let mut missing = std::collections::BTreeMap::<&str, usize>::new();
-    for row in rows {
-        if !settings.providers.contains_key(&row.provider) {
-            *missing.entry(row.provider.as_str()).or_default() += 1;
+    for provider in providers {
+        if !settings.providers.contains_key(provider) {
+            *missing.entry(provider).or_default() += 1;
         }
     }
     if missing.is_empty() {
@@ -19,8 +35,7 @@ pub(super) fn note(rows: &[ConnectionRow], settings: &Settings) -> Option<String
     let named: Vec<String> = missing.iter().map(|(p, n)| format!("{p} ({n})")).collect();
     let config = match &settings.config_file {
         Some(path) => format!("the config file {}", path.display()),
-        None => "the config (no config file was given: --config, OAUTHD_CONFIG; was it left out?)"
-            .into(),
+        None => format!("the config ({NO_CONFIG_FILE})"),
     };
     Some(format!(
         "{count} connection(s) belong to providers not in {config}: {}; their tokens are not handed out (provider_missing) until the providers are configured again",

@@ -758,7 +758,9 @@ async fn check_names_connections_that_need_reauth_or_fail_to_refresh() {
 /// Connections whose provider the config does not have, as when the config file is left
 /// out (a unit or a shell without `--config`): `check` said all was well and the start said
 /// nothing, while every token call answered `provider_missing`. Both say so now, and that
-/// no config file was given.
+/// no config file was given; so does `connections list`. And `connections delete` deleted
+/// such a connection, revoking nothing at the provider, with exit 0: without a config
+/// file it now stops unless told `--force`.
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_of_providers_not_in_the_config_are_pointed_out() {
     let home = Home::new();
@@ -783,6 +785,30 @@ async fn connections_of_providers_not_in_the_config_are_pointed_out() {
     let d = home.start();
     assert!(home.log_text().contains(said), "{}", home.log_text());
     d.signal_and_wait("TERM");
+    let out = home.cli(&["connections", "list"]);
+    assert!(text(&out.stderr).contains(said), "{out:?}");
+    let out = home.cli(&["connections", "delete", "gh", "me", "--yes"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        text(&out.stderr).contains(
+            "nothing was deleted: provider gh is not configured (no config file was given"
+        ),
+        "{out:?}"
+    );
+    assert!(home
+        .cli(&["connections", "show", "gh", "me"])
+        .status
+        .success());
+    let out = home.cli(&["connections", "delete", "gh", "me", "--force"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("no longer configured"),
+        "{out:?}"
+    );
+    assert!(!home
+        .cli(&["connections", "show", "gh", "me"])
+        .status
+        .success());
 }
 
 /// An import file with lines that cannot be imported: each is refused by its number and
