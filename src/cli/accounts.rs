@@ -80,6 +80,9 @@ pub(super) fn providers_list(settings: &Settings) -> Result<(), Fatal> {
 }
 
 pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Result<(), Fatal> {
+    if let ConnectionsCommand::Refresh { .. } = command {
+        super::open::refuse_a_backup(&settings, "refreshing on it")?;
+    }
     let store = open_store(&settings, super::Missing::Refuse)?;
     let public_url = settings.public_url_for(settings.listen);
     let clock = Clock::system();

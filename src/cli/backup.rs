@@ -71,7 +71,7 @@ pub(super) fn backup(settings: Settings, to: PathBuf) -> Result<(), Fatal> {
     super::stop_on_signal(&copy::STOP);
     let copied = copy::backup(db, &to).map_err(fatal)?;
     say!(
-        "Copied {} to {} (mode 600): schema version {}, {} bytes, consistent as of now. Keep {} with it, as safely: without it the tokens and states' data in the copy cannot be read. `oauthd restore --db {} {}` puts it back, with oauthd stopped; `oauthd check --db {}` (OAUTHD_KEY_FILE naming the key kept with it) tries it out. Never serve a copy while this oauthd serves: both would refresh the same connections, and a provider that rotates refresh tokens refuses the loser's.",
+        "Copied {} to {} (mode 600): schema version {}, {} bytes, consistent as of now. Keep {} with it, as safely: without it the tokens and states' data in the copy cannot be read. `oauthd restore --db {} {}` puts it back, with oauthd stopped; `oauthd check --db {}` (OAUTHD_KEY_FILE naming the key kept with it) tries it out. An oauthd refuses to serve the copy where it is (both would refresh the same connections, and a provider that rotates refresh tokens refuses the loser's): only once restored in a database's place.",
         db.display(),
         to.display(),
         copied.version,

@@ -232,7 +232,14 @@ fn open_for_check(r: &mut Report, settings: &Settings) -> Option<Arc<dyn Store>>
         // A store that cannot be opened is one failed line: the key file and the
         // providers are still checked.
         _ => match open_store(settings, super::Missing::Refuse) {
-            Ok(store) => Some(store),
+            Ok(store) => {
+                if let Err(super::Fatal(why, _)) =
+                    super::open::refuse_a_backup(settings, "`oauthd serve` on it")
+                {
+                    r.line("warn", "store", format!("{why}; a start on it is refused"));
+                }
+                Some(store)
+            }
             Err(super::Fatal(why, _)) => {
                 r.line("FAIL", "store", why);
                 None

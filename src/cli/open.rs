@@ -60,6 +60,9 @@ fn open_named_store(settings: &Settings, missing: Missing) -> Result<Arc<dyn Sto
                     return Err(Fatal(empty_database(&settings.db), 2));
                 }
             }
+            if missing == Missing::Serve && exists {
+                refuse_a_backup(settings, "serving it")?;
+            }
             // A path that cannot work is a configuration error (exit 2: the systemd unit
             // does not restart for it); a file that cannot be opened now may be later.
             // Only `serve` upgrades a schema.
@@ -86,6 +89,35 @@ fn open_named_store(settings: &Settings, missing: Missing) -> Result<Arc<dyn Sto
         }
         StoreTarget::Redis(target) => open_redis(settings, target),
     }
+}
+
+/// Refuses what would refresh tokens (`doing`) on a copy `oauthd backup` made: beside its
+/// database, it holds the same refresh tokens, and a provider that rotates them takes the
+/// second use for a stolen token and ends the grant for both (exit 2). Nothing for Redis.
+pub(super) fn refuse_a_backup(settings: &Settings, doing: &str) -> Result<(), Fatal> {
+    if !matches!(settings.store, StoreTarget::Sqlite) {
+        return Ok(());
+    }
+    match crate::store::sqlite::backup_mark(&settings.db) {
+        Ok(Some(mark)) => Err(Fatal(backup_refusal(&settings.db, &mark, doing), 2)),
+        // A file that does not read is said by the open that follows.
+        Ok(None) | Err(_) => Ok(()),
+    }
+}
+
+pub(super) fn backup_refusal(
+    db: &std::path::Path,
+    mark: &crate::store::sqlite::BackupMark,
+    doing: &str,
+) -> String {
+    let db = std::path::absolute(db).unwrap_or(db.to_owned());
+    format!(
+        "{} is a copy `oauthd backup` made of {} at {}: {doing} beside that database would refresh the same refresh tokens, and a provider that rotates them takes the second use for a stolen token and ends the grant for both. Use the database itself; to put this copy in its place (the database lost, a move to another machine), stop the oauthd serving it and run `oauthd restore --db <that database> {}` (with --create where there is none)",
+        db.display(),
+        mark.of,
+        crate::clock::rfc3339(mark.made_at_ms),
+        db.display()
+    )
 }
 
 /// A database `keys create --create` made as root in another user's directory (the

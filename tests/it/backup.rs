@@ -1182,3 +1182,58 @@ async fn a_database_served_through_a_link_opens_in_commands_meanwhile() {
     );
     d.signal_and_wait("TERM");
 }
+
+/// A copy `oauthd backup` made, served beside its database (a backup tried out on another
+/// port), refreshed the same refresh tokens: a provider that rotates them took the second
+/// use for a stolen token and ended the grant, the database's too. A start on such a copy,
+/// and `connections refresh` on it, are refused now (exit 2) and `check` says why; put in a
+/// database's place by `restore`, the copy serves.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_is_not_served_beside_its_database_until_restored() {
+    let said = |out: &std::process::Output| {
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let state = d
+        .create_state(&key, json!({"namespace": "oauth:app"}))
+        .await;
+    let elsewhere = Home::new();
+    let copy = elsewhere.db();
+    let out = home.cli(&["backup", copy.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", said(&out));
+    d.signal_and_wait("TERM");
+    std::fs::copy(home.key_file(), elsewhere.key_file()).unwrap();
+    let (code, err) = elsewhere.refused_start();
+    assert_eq!(code, Some(2), "{err}");
+    let of = format!("is a copy `oauthd backup` made of {}", home.db().display());
+    assert!(
+        err.contains(&of) && err.contains("oauthd restore --db"),
+        "{err}"
+    );
+    let out = elsewhere.cli(&["connections", "refresh", "gh", "me"]);
+    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+    assert!(
+        said(&out).contains("refreshing on it beside that database"),
+        "{}",
+        said(&out)
+    );
+    let report = said(&elsewhere.cli(&["check"]));
+    assert!(
+        report.lines().any(|l| l.starts_with("warn  store: ")
+            && l.contains(&of)
+            && l.ends_with("a start on it is refused")),
+        "{report}"
+    );
+    // Put in a database's place, it serves (and holds what the backup took).
+    let moved = Home::new();
+    std::fs::copy(home.key_file(), moved.key_file()).unwrap();
+    let out = moved.cli(&["restore", "--create", copy.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", said(&out));
+    let report = said(&moved.cli(&["check"]));
+    assert!(!report.contains("oauthd backup` made of"), "{report}");
+    let d = moved.start();
+    assert_eq!(d.consume(&key, &state, "oauth:app").await.0, 200);
+    d.signal_and_wait("TERM");
+}

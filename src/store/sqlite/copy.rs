@@ -6,7 +6,7 @@
 //! this store now, not what a restored one would be.
 
 use super::workspace::Workspace;
-use super::{oauthds_version, OpenError, MIGRATIONS};
+use super::{oauthds_version, BackupMark, OpenError, MIGRATIONS};
 use crate::paths::{dir_of, with_suffix};
 use rusqlite::{Connection, OpenFlags};
 use std::os::unix::fs::MetadataExt;
@@ -209,7 +209,14 @@ pub fn backup(db: &Path, to: &Path) -> Result<Copied, CopyError> {
     }
     let workspace = Workspace::new(to, "partial").map_err(|e| CopyError::file(to, e))?;
     let partial = workspace.file();
-    let (copied, _held) = write_copy(&source, partial, version, None)?;
+    let mark = BackupMark {
+        made_at_ms: chrono::Utc::now().timestamp_millis(),
+        of: std::path::absolute(db)
+            .unwrap_or_else(|_| db.to_owned())
+            .display()
+            .to_string(),
+    };
+    let (copied, _held) = write_copy(&source, partial, version, None, Some(&mark))?;
     drop(source);
     std::fs::rename(partial, to).map_err(|e| CopyError::file(to, e))?;
     sync_dir(to)?;
@@ -432,7 +439,7 @@ pub fn restore(backup: &Path, db: &Path, stamp: &str, create: bool) -> Result<Re
         .map(|m| (m.uid(), m.gid()));
     let workspace = Workspace::new(db, "restoring").map_err(|e| CopyError::file(db, e))?;
     let partial = workspace.file();
-    let (copied, _held) = write_copy(&source, partial, version, owner)?;
+    let (copied, _held) = write_copy(&source, partial, version, owner, None)?;
     drop(source);
     // In WAL mode, as oauthd keeps it: a copy is made in rollback mode, in which a start by
     // a user who may not write the file fails where a WAL database is served read-only,
@@ -556,6 +563,7 @@ fn write_copy(
     partial: &Path,
     version: i64,
     owner: Option<(u32, u32)>,
+    mark: Option<&BackupMark>,
 ) -> Result<(Copied, std::fs::File), CopyError> {
     let file = crate::paths::create_private(partial).map_err(|e| CopyError::file(partial, e))?;
     // Unlocked only for the moment since it was made, which the cleanup's minute covers.
@@ -579,13 +587,19 @@ fn write_copy(
         None => Ok(()),
     };
     // A copy that fails is removed with its workspace.
-    let bytes = owned.and_then(|()| fill(source, partial, version))?;
+    let bytes = owned.and_then(|()| fill(source, partial, version, mark))?;
     Ok((Copied { version, bytes }, file))
 }
 
 /// `VACUUM INTO` the empty file `partial`, then: the schema version set, the vault notes
-/// and the web page's sign-ins dropped, the whole checked and synced. Returns its size.
-fn fill(source: &Connection, partial: &Path, version: i64) -> Result<u64, CopyError> {
+/// and the web page's sign-ins dropped, the backup's mark put in (`mark`, a backup) or
+/// taken out (a restore), the whole checked and synced. Returns its size.
+fn fill(
+    source: &Connection,
+    partial: &Path,
+    version: i64,
+    mark: Option<&BackupMark>,
+) -> Result<u64, CopyError> {
     let name = partial
         .to_str()
         .ok_or_else(|| CopyError::file(partial, "the path is not UTF-8"))?;
@@ -611,7 +625,8 @@ fn fill(source: &Connection, partial: &Path, version: i64) -> Result<u64, CopyEr
     let left_out = [
         (
             "meta",
-            "DELETE FROM meta WHERE name LIKE 'vault:%' OR name LIKE 'serving:%'",
+            "DELETE FROM meta WHERE name LIKE 'vault:%' OR name LIKE 'serving:%' \
+             OR name = 'backup_of'",
         ),
         ("admin_secrets", "DELETE FROM admin_secrets"),
     ];
@@ -619,6 +634,18 @@ fn fill(source: &Connection, partial: &Path, version: i64) -> Result<u64, CopyEr
         let there = super::has_table(&copy, table).map_err(damaged)?;
         if there {
             copy.execute(delete, []).map_err(damaged)?;
+        }
+    }
+    // A copy served beside its database would refresh the same refresh tokens: a provider
+    // that rotates them takes the second use for a stolen token and ends the grant. A
+    // start on a copy so marked is refused (`oauthd restore` puts it in a database's place).
+    if let Some(mark) = mark {
+        if super::has_table(&copy, "meta").map_err(damaged)? {
+            copy.execute(
+                "INSERT INTO meta (name, value) VALUES (?1, ?2)",
+                [BackupMark::NAME, mark.to_text().as_str()],
+            )
+            .map_err(damaged)?;
         }
     }
     let check: String = copy

@@ -193,16 +193,59 @@ pub enum Upgrade {
     Refused,
 }
 
-/// The schema version of the database at `path`, and the one this oauthd uses; read
-/// without changing anything.
-pub fn schema_versions(path: &Path) -> Result<(i64, i64), OpenError> {
+/// A copy `oauthd backup` made: of which database, and when (unix ms). Kept in the copy's
+/// `meta` as `backup_of` (`<ms> <path>`), taken out by `oauthd restore`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupMark {
+    pub made_at_ms: i64,
+    pub of: String,
+}
+
+impl BackupMark {
+    pub(crate) const NAME: &'static str = "backup_of";
+
+    pub(crate) fn to_text(&self) -> String {
+        format!("{} {}", self.made_at_ms, self.of)
+    }
+
+    fn from_text(text: &str) -> Option<BackupMark> {
+        let (ms, of) = text.split_once(' ')?;
+        Some(BackupMark {
+            made_at_ms: ms.parse().ok()?,
+            of: of.to_owned(),
+        })
+    }
+}
+
+/// The mark of a copy `oauthd backup` made, if the database at `path` is one; read without
+/// changing anything (a database of a schema before `meta` holds none).
+pub fn backup_mark(path: &Path) -> Result<Option<BackupMark>, OpenError> {
+    let conn = open_unchanged(path)?;
+    let read = |conn: &Connection| -> rusqlite::Result<Option<String>> {
+        if !has_table(conn, "meta")? {
+            return Ok(None);
+        }
+        conn.query_row(
+            "SELECT value FROM meta WHERE name = ?1",
+            [BackupMark::NAME],
+            |r| r.get(0),
+        )
+        .optional()
+    };
+    Ok(read(&conn)
+        .map_err(|e| OpenError::open(path, &e))?
+        .and_then(|text| BackupMark::from_text(&text)))
+}
+
+/// The database at `path`, opened to read without changing anything.
+fn open_unchanged(path: &Path) -> Result<Connection, OpenError> {
     // Without a journal beside it, read as `immutable`: opened read-only as it is, a database
     // in WAL mode gets -wal and -shm files that stay, and the open after this one would
     // no longer see that it came without its -wal (`OpenError::CopiedWithoutWal`).
     let journal = ["-wal", "-journal"]
         .iter()
         .any(|suffix| beside(path, suffix).exists());
-    let conn = if journal {
+    if journal {
         Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
     } else {
         let uri = file_uri(path, "immutable=1").map_err(|e| OpenError::open(path, &e))?;
@@ -211,7 +254,13 @@ pub fn schema_versions(path: &Path) -> Result<(i64, i64), OpenError> {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
         )
     }
-    .map_err(|e| OpenError::open(path, &e))?;
+    .map_err(|e| OpenError::open(path, &e))
+}
+
+/// The schema version of the database at `path`, and the one this oauthd uses; read
+/// without changing anything.
+pub fn schema_versions(path: &Path) -> Result<(i64, i64), OpenError> {
+    let conn = open_unchanged(path)?;
     let found = oauthds_version(&conn, path, |e| OpenError::open(path, &e))?;
     Ok((found.number, MIGRATIONS.len() as i64))
 }
