@@ -127,7 +127,19 @@ pub(super) fn restore(settings: Settings, from: PathBuf, create: bool) -> Result
             " There is no key file at {}: put the one kept with the copy there before oauthd starts (it does not start without it).",
             path.display()
         ),
-        _ => format!(
+        Ok(source) => match keys_lacking(&settings, &source) {
+            Some(missing) => format!(
+                " But the vault key loaded from {} does not have key(s) {}, which the copy's tokens were sealed with: oauthd does not start on it until it has them (the key file kept with the copy has them).{}",
+                source.describe(),
+                missing.join(", "),
+                source.rescue_hint(&missing)
+            ),
+            None => format!(
+                " `oauthd check` says whether {} opens what the copy holds.",
+                key_named(&settings)
+            ),
+        },
+        Err(_) => format!(
             " `oauthd check` says whether {} opens what the copy holds.",
             key_named(&settings)
         ),
@@ -139,6 +151,26 @@ pub(super) fn restore(settings: Settings, from: PathBuf, create: bool) -> Result
         restored.copied.version,
     );
     Ok(())
+}
+
+/// The keys the restored database's tokens were sealed with that the vault key `source`
+/// (never made here) does not have; `None` when it has them all, or cannot be read to tell.
+fn keys_lacking(settings: &Settings, source: &KeySource) -> Option<Vec<String>> {
+    let source = match source {
+        KeySource::File { path, .. } => KeySource::File {
+            path: path.clone(),
+            create: false,
+        },
+        inline => inline.clone(),
+    };
+    let vault = crate::vault::Vault::load(&source).ok()?;
+    let store = super::open_store(settings, super::Missing::Refuse).ok()?;
+    let rows = super::runtime()
+        .ok()?
+        .block_on(store.list_connections())
+        .ok()?;
+    let missing = super::missing_key_ids(&rows, &vault.key_ids());
+    (!missing.is_empty()).then_some(missing)
 }
 
 /// What to say of the connections whose refresh token changed since the copy was made

@@ -1008,7 +1008,8 @@ async fn rekey_moves_every_token_to_a_new_key_while_the_server_runs() {
 
 /// A database restored from a copy made before `rekey --prune` needs a key the prune
 /// removed: the refusal to start names the copy of the key file the prune kept, which
-/// holds it.
+/// holds it, and so does the restore itself (it said it restored, and that `check` would
+/// tell whether the key file opens the copy).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_start_on_a_copy_from_before_a_prune_names_the_key_file_the_prune_kept() {
     let (peer, home, key) = setup(60, "");
@@ -1025,10 +1026,17 @@ async fn a_start_on_a_copy_from_before_a_prune_names_the_key_file_the_prune_kept
         assert!(out.status.success(), "{args:?}: {out:?}");
     }
     d.signal_and_wait("TERM");
-    assert!(home
-        .cli(&["restore", copy.to_str().unwrap()])
-        .status
-        .success());
+    let out = home.cli(&["restore", copy.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    let kept = format!("{}.before-prune-", home.key_file().display());
+    assert!(
+        said.contains(&format!(
+            "does not have key(s) {}, which the copy's tokens were sealed with",
+            needed[0]
+        )) && said.contains(&kept),
+        "{said}"
+    );
     let mut serve = home
         .cli_command(&["serve", "--listen", "127.0.0.1:0"])
         .stdout(std::process::Stdio::null())
@@ -1043,7 +1051,6 @@ async fn a_start_on_a_copy_from_before_a_prune_names_the_key_file_the_prune_kept
     let out = serve.wait_with_output().unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{said}");
-    let kept = format!("{}.before-prune-", home.key_file().display());
     assert!(
         said.contains("`oauthd rekey --prune` kept the key file as it was before in ")
             && said.contains(&kept)
