@@ -389,6 +389,36 @@ async fn a_database_moved_without_its_wal_file_is_refused_not_started_afresh() {
     assert_eq!(d.get("/v1/connections", &key).await.0, 200);
     d.signal_and_wait("TERM");
 
+    // Its -wal file lost, the older copy is taken as it is by the commands the refusal
+    // gives, run as given (they named no copy to restore, which `restore` requires).
+    let served = Home::new();
+    served.write_config("");
+    let d = served.start();
+    served.create_key("app", &[]);
+    d.kill9();
+    let lost = Home::new();
+    lost.write_config("");
+    for name in ["oauthd.db", "oauthd.db.key"] {
+        std::fs::copy(served.dir.path().join(name), lost.dir.path().join(name)).unwrap();
+    }
+    let out = lost.serve_once();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let given = err
+        .split("move it aside and restore it, `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or_else(|| panic!("no commands given: {err}"));
+    let run = Command::new("sh")
+        .args(["-c", &given.replace("oauthd restore", &format!("'{}' restore", common::BIN))])
+        .env("OAUTHD_KEY_FILE", lost.key_file())
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{given}: {run:?}");
+    let d = lost.start();
+    assert_eq!(d.get("/healthz", "").await.0, 200);
+    d.signal_and_wait("TERM");
+
     // One never checkpointed (all of it in the -wal) holds no tables: refused too.
     let bare = Home::new();
     bare.write_config("");

@@ -96,7 +96,7 @@ pub enum OpenError {
     Unversioned { path: PathBuf },
     #[error("database {path} is in WAL mode but holds no tables, and no {path}-wal is beside it: oauthd's data is in that -wal file, left behind when the database was moved or copied after oauthd stopped without a clean stop. Put the -wal file (and the -shm file) beside it and start again; to start afresh instead, delete {path}. Nothing was changed in it")]
     WalLeftBehind { path: PathBuf },
-    #[error("database {path} was copied or moved without {path}-wal while oauthd served it (pid {pid}, since {since}) or after oauthd was killed: what oauthd wrote since its last checkpoint is in that -wal file, and this file alone is the database as it was then. Put the -wal file (and the -shm file) beside it and start again; copy a database that is served with `oauthd backup`. If the -wal file is lost, take this older copy as it is: move it aside and `oauthd restore --db {} --create` it. Nothing was changed in it", crate::paths::shell_word(path))]
+    #[error("database {path} was copied or moved without {path}-wal while oauthd served it (pid {pid}, since {since}) or after oauthd was killed: what oauthd wrote since its last checkpoint is in that -wal file, and this file alone is the database as it was then. Put the -wal file (and the -shm file) beside it and start again; copy a database that is served with `oauthd backup`. If the -wal file is lost, take this older copy as it is: move it aside and restore it, `mv {0} {0}.older && oauthd restore --db {0} --create {0}.older`. Nothing was changed in it", crate::paths::shell_word(path))]
     CopiedWithoutWal {
         path: PathBuf,
         pid: String,
