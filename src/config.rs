@@ -1077,7 +1077,7 @@ fn ttl_rule(key: &str, values: &NamespaceConfig) -> Result<TtlRule, ConfigError>
     if default == 0 || default > max {
         return Err(invalid(
             format!("{key}.default_ttl_seconds"),
-            format!("must be between 1 and max_ttl_seconds ({max})"),
+            format!("must be between 1 and max_ttl_seconds ({max}); it is {default}: lower it, or leave it out (then it is the lower of 3600 and max_ttl_seconds)"),
         ));
     }
     let sliding = values.sliding.unwrap_or(false);
@@ -1441,6 +1441,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("default_tll_seconds"), "{e}");
+        let e = parse("[states]\nmax_ttl_seconds = 600\ndefault_ttl_seconds = 3600")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("it is 3600: lower it, or leave it out"), "{e}");
+        // The example's states table with only max_ttl_seconds lowered, as the README
+        // says to: the default follows it.
+        let example = include_str!("../oauthd.example.toml")
+            .replace("max_ttl_seconds = 86400", "max_ttl_seconds = 600");
+        let base = parse(&example).map(|s| s.states.base).ok();
+        assert_eq!(
+            base.map(|b| (b.max_ttl.as_secs(), b.default_ttl.as_secs())),
+            Some((600, 600))
+        );
         let e = parse("[states]\ndefault_ttl_seconds = 0")
             .unwrap_err()
             .to_string();

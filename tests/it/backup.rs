@@ -410,7 +410,10 @@ async fn a_database_moved_without_its_wal_file_is_refused_not_started_afresh() {
         .and_then(|rest| rest.split('`').next())
         .unwrap_or_else(|| panic!("no commands given: {err}"));
     let run = Command::new("sh")
-        .args(["-c", &given.replace("oauthd restore", &format!("'{}' restore", common::BIN))])
+        .args([
+            "-c",
+            &given.replace("oauthd restore", &format!("'{}' restore", common::BIN)),
+        ])
         .env("OAUTHD_KEY_FILE", lost.key_file())
         .output()
         .unwrap();
