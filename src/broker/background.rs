@@ -89,7 +89,17 @@ impl Broker {
             .get_or_init(|| Instant::now() + lease + Duration::from_secs(1));
         let drivers = || self.device_drivers.lock().map_or(0, |d| d.len());
         // A stop that takes a while says what it waits for, every `SAY_EVERY`, so that
-        // nobody takes it for a hang and kills it.
+        // nobody takes it for a hang and kills it: one waiting call says it (and how it
+        // ended); given back only if that call is dropped before it ends.
+        struct Saying<'a>(&'a std::sync::atomic::AtomicBool, bool);
+        impl Drop for Saying<'_> {
+            fn drop(&mut self) {
+                if self.1 {
+                    self.0.store(false, std::sync::atomic::Ordering::Release);
+                }
+            }
+        }
+        let mut saying = Saying(&self.stop_said, false);
         const SAY_EVERY: Duration = Duration::from_secs(10);
         let mut say_at = Instant::now() + SAY_EVERY;
         loop {
@@ -97,12 +107,23 @@ impl Broker {
             if now >= by || (drivers() == 0 && self.refreshing.count() == 0) {
                 break;
             }
-            if now >= say_at {
+            if !saying.1 {
+                saying.1 = !self
+                    .stop_said
+                    .swap(true, std::sync::atomic::Ordering::AcqRel);
+            }
+            if saying.1 && now >= say_at {
                 log::info!("{}", self.stop_progress());
                 say_at = now + SAY_EVERY;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        if !saying.1 && self.stop_said.load(std::sync::atomic::Ordering::Acquire) {
+            // Another call says how the stop ended (or has said it).
+            return;
+        }
+        // Said to the end: kept, so that a call ending after this one stays quiet.
+        saying.1 = false;
         match drivers() {
             0 => {}
             n => log::warn!("device flows: {n} poll(s) still under way at the stop; their flows are polled again after the start"),

@@ -884,6 +884,37 @@ async fn a_second_signal_during_a_stop_is_answered_with_what_it_waits_for() {
     );
 }
 
+/// A stop while a refresh goes on past its caller's wait (answered 503): the HTTP server,
+/// idle, stops at once, and the start's end waits for the refresh beside the server's own
+/// stop; both said "still stopping" every 10 s. Said once now.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_says_what_it_waits_for_once() {
+    let mock = MockServer::start().await;
+    on_code_expiring(&mock).await;
+    on_refresh(
+        &mock,
+        "rt-1",
+        refreshed().set_delay(Duration::from_secs(14)),
+    )
+    .await;
+    let (home, key, d) = serving("st", "smartthings", &mock, "provider_timeout_seconds = 2");
+    connect(&d, &key, "st", "home", "c1").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The call waits 2 s and answers 503; the refresh goes on.
+    let (status, body) = d.get("/v1/connections/st/home/token", &key).await;
+    assert_eq!(status, 503, "{body}");
+    let stopped = tokio::task::spawn_blocking(move || d.signal_and_wait("TERM"))
+        .await
+        .unwrap();
+    assert!(stopped.success(), "{stopped:?}");
+    let log = home.log_text();
+    let said = log
+        .lines()
+        .filter(|l| l.contains("still stopping: waiting for 1 refresh(es)"))
+        .count();
+    assert_eq!(said, 1, "{log}");
+}
+
 /// A stop (SIGTERM) while a token call waits for the provider's refresh answer waits for
 /// that answer (up to `provider_timeout_seconds`, 15 s by default), so the call gets the
 /// new token and the refresh token the provider rotated is stored. Cut off half-way (the
@@ -921,13 +952,17 @@ async fn a_stop_waits_for_a_refresh_the_provider_is_answering() {
     let (status, body) = call.await.unwrap().expect("an answer before the stop");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"at-2\""), "{body}");
-    // The stop took 11 s: at 10 s it said what it waited for.
+    // The stop took 11 s: at 10 s it said what it waited for, once (the HTTP server's stop
+    // and the start's end both wait for it, and each said it).
     let log = home.log_text();
-    assert!(
-        log.lines().any(|l| l.contains(" INFO ")
-            && l.contains("still stopping: waiting for 1 refresh(es) a provider is answering")),
-        "{log}"
-    );
+    let said = log
+        .lines()
+        .filter(|l| {
+            l.contains(" INFO ")
+                && l.contains("still stopping: waiting for 1 refresh(es) a provider is answering")
+        })
+        .count();
+    assert_eq!(said, 1, "{log}");
 
     let d = home.start();
     let (status, body) = d.get("/v1/connections/st/home/token", &key).await;
