@@ -213,7 +213,27 @@ impl Teller {
             let _ = self.store.forget_vault_keys(&self.instance).await;
             return Err(refusal(older, &keys, &self.from));
         }
+        self.note_others().await;
         Ok(())
+    }
+
+    /// Says at start that other instances serve the store too: on purpose (several on one
+    /// Redis, or beside each other on one SQLite file), or one left running by mistake.
+    async fn note_others(&self) {
+        let Ok(told) = self.store.vault_keys_in_use(self.clock.now_ms()).await else {
+            return;
+        };
+        let others: Vec<&VaultKeysInUse> = told
+            .iter()
+            .filter(|o| o.instance != self.instance)
+            .collect();
+        if let Some(first) = others.iter().map(|o| o.since_ms).min() {
+            log::info!(
+                "{} other oauthd(s) serve this store too, the first since {}: they share its API keys, connections and states (`oauthd check` counts them; if one was left running by mistake, stop it)",
+                others.len(),
+                crate::clock::rfc3339(first)
+            );
+        }
     }
 
     /// Tells when the keys changed (a key file reloaded) or `TELL_EVERY` after the last.

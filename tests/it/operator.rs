@@ -1228,6 +1228,28 @@ async fn on_redis_a_store_back_empty_after_a_long_outage_is_said_as_an_error() {
     d.signal_and_wait("TERM");
 }
 
+/// A second `oauthd serve` on one database (supported: they share it) started without a
+/// word of the first, so one left running by mistake went unnoticed. The start says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_start_beside_another_oauthd_on_the_store_says_so() {
+    let home = Home::new();
+    let first = home.start();
+    assert!(
+        !home.log_text().contains("other oauthd(s) serve this store"),
+        "{}",
+        home.log_text()
+    );
+    let second = home.start();
+    let log = home.log_text();
+    assert!(
+        log.lines().any(|l| l.contains(" INFO ")
+            && l.contains("1 other oauthd(s) serve this store too, the first since ")),
+        "{log}"
+    );
+    second.signal_and_wait("TERM");
+    first.signal_and_wait("TERM");
+}
+
 /// Instances on one Redis judge the times the others stored by their own clocks: a host
 /// whose clock was two minutes behind Redis' (and the other hosts') handed out tokens up to
 /// two minutes past their expiry, and nothing said so. A start says it now at WARN, and
