@@ -20,17 +20,24 @@ pub fn is_loopback(url: &Url) -> bool {
     }
 }
 
-/// Whether the URL names this machine: a loopback or unspecified address (IPv4-mapped
-/// too), or `localhost` and its subdomains.
+/// Whether the URL names this machine: a loopback or unspecified address (also one
+/// within an IPv6 address: IPv4-mapped `::ffff:127.0.0.1`, IPv4-compatible `::127.0.0.1`,
+/// NAT64's `64:ff9b::127.0.0.1`), or `localhost` and its subdomains.
 pub fn is_this_machine(url: &Url) -> bool {
     match url.host() {
         Some(Host::Ipv4(ip)) => ip.is_loopback() || ip.is_unspecified(),
         Some(Host::Ipv6(ip)) => {
+            let nat64 = ip.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+            let within = match ip.to_ipv4() {
+                Some(v4) => Some(v4),
+                None if nat64 => Some(std::net::Ipv4Addr::from(
+                    u32::try_from(u128::from(ip) & 0xffff_ffff).unwrap_or(0),
+                )),
+                None => None,
+            };
             ip.is_loopback()
                 || ip.is_unspecified()
-                || ip
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| v4.is_loopback() || v4.is_unspecified())
+                || within.is_some_and(|v4| v4.is_loopback() || v4.is_unspecified())
         }
         Some(Host::Domain(d)) => {
             let d = d.trim_end_matches('.').to_ascii_lowercase();
@@ -56,6 +63,10 @@ mod tests {
         assert!(!is_loopback(&u("https://example.com/")));
         assert!(is_this_machine(&u("http://0.0.0.0/")));
         assert!(is_this_machine(&u("http://[::ffff:127.0.0.1]/")));
+        assert!(is_this_machine(&u("http://[::127.0.0.1]/")));
+        assert!(is_this_machine(&u("http://[64:ff9b::7f00:1]/")));
+        assert!(!is_this_machine(&u("http://[64:ff9b::808:808]/")));
+        assert!(!is_this_machine(&u("http://[2001:db8::7f00:1]/")));
         assert!(is_this_machine(&u("http://app.localhost./")));
         assert!(!is_this_machine(&u("http://localhost.example/")));
     }

@@ -419,6 +419,8 @@ mod tests {
                 "http://0.0.0.0:6288/x",
                 "http://[::]:6288/x",
                 "http://[::ffff:127.0.0.1]:6288/x",
+                "http://[::127.0.0.1]:6288/x",
+                "http://[64:ff9b::7f00:1]:6288/x",
                 "http://localhost:3000/x",
             ],
             "https://cdn.example/x",
