@@ -197,6 +197,21 @@ impl StateView {
 /// verifier, a nonce, a `return_to` of at most 2 KiB, the starting key's name) carries.
 const OWN_DATA_MAX: usize = 16 * 1024;
 
+/// Whose state a create makes: an app's (the state API), held to `max_data_bytes` and to
+/// `max_total_states`, or one of oauthd's own (connect flows and their confirmations),
+/// held to `OWN_DATA_MAX` and given room past `max_total_states` (`own_reserve`), so that
+/// apps that filled the store do not stop accounts being connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Whose {
+    App,
+    Own,
+}
+
+/// The room oauthd's own states have past `max_total_states`: 1 %, at least 100.
+pub fn own_reserve(max_total_states: u64) -> u64 {
+    (max_total_states / 100).max(100)
+}
+
 const VERIFY_CACHE_ENTRIES: usize = 100_000;
 /// What they may hold in memory at most, in bytes (their data's text counted twice: the
 /// view's and its answer's).
@@ -333,7 +348,7 @@ impl StateService {
             data,
             ..NewState::default()
         };
-        self.store_new(state, namespace, request, OWN_DATA_MAX, None)
+        self.store_new(state, namespace, request, Whose::Own, None)
             .await
     }
 
@@ -352,7 +367,7 @@ impl StateService {
             data,
             ..NewState::default()
         };
-        self.store_new(state, namespace, request, OWN_DATA_MAX, Some(expires_at_ms))
+        self.store_new(state, namespace, request, Whose::Own, Some(expires_at_ms))
             .await
     }
 
@@ -364,8 +379,7 @@ impl StateService {
         request: NewState,
     ) -> Result<IssuedState, StateError> {
         let state = StateValue::generate().map_err(|_| StateError::Entropy)?;
-        let max_data = self.policy.max_data_bytes;
-        self.store_new(state, namespace, request, max_data, None)
+        self.store_new(state, namespace, request, Whose::App, None)
             .await
     }
 
@@ -374,9 +388,18 @@ impl StateService {
         state: StateValue,
         namespace: Namespace,
         request: NewState,
-        max_data: usize,
+        whose: Whose,
         until: Option<i64>,
     ) -> Result<IssuedState, StateError> {
+        let (max_data, max_total) = match whose {
+            Whose::App => (self.policy.max_data_bytes, self.policy.max_total_states),
+            Whose::Own => (
+                OWN_DATA_MAX,
+                self.policy
+                    .max_total_states
+                    .saturating_add(own_reserve(self.policy.max_total_states)),
+            ),
+        };
         let rule = self.policy.rule_for(&namespace);
         let created_at_ms = self.clock.now_ms();
         let ttl = match (until, request.ttl_seconds) {
@@ -476,7 +499,7 @@ impl StateService {
                     keep_until_ms: expires_at_ms.saturating_add(self.grace_ms()),
                     replace_subject: request.replace,
                     max_per_subject: rule.max_per_subject,
-                    max_total: self.policy.max_total_states,
+                    max_total,
                     max_tombstones: self.policy.max_total_states,
                 },
             )
@@ -511,7 +534,7 @@ impl StateService {
                 })
             }
             Inserted::StoreFull => {
-                let max = self.policy.max_total_states;
+                let max = max_total;
                 if self.full_logged.take_turn(created_at_ms) {
                     log::warn!(
                         "the store is full ({max} live states in all namespaces, \
