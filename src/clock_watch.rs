@@ -101,7 +101,10 @@ fn against(last: Option<(i64, Instant)>, ahead_ms: i64, now: Instant) -> Against
     match last {
         None if off => Against::Differs,
         None => Against::Quiet,
-        Some(_) if !off => Against::AgreesAgain,
+        // A second inside the mark, so that a difference about at it is not said over and
+        // over, now differing and now agreeing.
+        Some(_) if ahead_ms.abs() < SAID_FROM_MS - 1_000 => Against::AgreesAgain,
+        Some(_) if !off => Against::Quiet,
         Some((said, at))
             if (ahead_ms - said).abs() >= SAID_FROM_MS
                 || now.duration_since(at) >= SAY_AGAIN_AFTER =>
@@ -230,6 +233,11 @@ mod tests {
         );
         assert_eq!(
             against(Some((-5_000, t)), 300, t + minute),
+            Against::AgreesAgain
+        );
+        assert_eq!(against(Some((5_000, t)), 4_999, t + minute), Against::Quiet);
+        assert_eq!(
+            against(Some((5_000, t)), 3_999, t + minute),
             Against::AgreesAgain
         );
         assert_eq!(said_against_store(4_999, "Redis"), None);

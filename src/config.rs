@@ -1074,10 +1074,22 @@ fn ttl_rule(key: &str, values: &NamespaceConfig) -> Result<TtlRule, ConfigError>
             format!("must be between 1 and {TTL_CEILING_SECONDS}"),
         ));
     }
-    if default == 0 || default > max {
+    if default == 0 {
         return Err(invalid(
             format!("{key}.default_ttl_seconds"),
-            format!("must be between 1 and max_ttl_seconds ({max}); it is {default}: lower it, or leave it out (then it is the lower of 3600 and max_ttl_seconds)"),
+            format!("must be between 1 and max_ttl_seconds ({max})"),
+        ));
+    }
+    if default > max {
+        // Left out, a default is never above its table's maximum.
+        let left_out = if key == "states" {
+            "the lower of 3600 and max_ttl_seconds"
+        } else {
+            "[states]' default_ttl_seconds, held to this table's max_ttl_seconds"
+        };
+        return Err(invalid(
+            format!("{key}.default_ttl_seconds"),
+            format!("is {default}, more than max_ttl_seconds ({max}): lower it, or leave it out (then it is {left_out})"),
         ));
     }
     let sliding = values.sliding.unwrap_or(false);
@@ -1444,7 +1456,18 @@ mod tests {
         let e = parse("[states]\nmax_ttl_seconds = 600\ndefault_ttl_seconds = 3600")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("it is 3600: lower it, or leave it out"), "{e}");
+        assert!(
+            e.contains("is 3600, more than max_ttl_seconds (600): lower it, or leave it out (then it is the lower of 3600"),
+            "{e}"
+        );
+        let e =
+            parse("[states.namespaces.\"2fa\"]\nmax_ttl_seconds = 600\ndefault_ttl_seconds = 900")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains("then it is [states]' default_ttl_seconds, held to"),
+            "{e}"
+        );
         // The example's states table with only max_ttl_seconds lowered, as the README
         // says to: the default follows it.
         let example = include_str!("../oauthd.example.toml")

@@ -5,7 +5,7 @@
 
 use super::Broker;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -89,41 +89,29 @@ impl Broker {
             .get_or_init(|| Instant::now() + lease + Duration::from_secs(1));
         let drivers = || self.device_drivers.lock().map_or(0, |d| d.len());
         // A stop that takes a while says what it waits for, every `SAY_EVERY`, so that
-        // nobody takes it for a hang and kills it: one waiting call says it (and how it
-        // ended); given back only if that call is dropped before it ends.
-        struct Saying<'a>(&'a std::sync::atomic::AtomicBool, bool);
-        impl Drop for Saying<'_> {
-            fn drop(&mut self) {
-                if self.1 {
-                    self.0.store(false, std::sync::atomic::Ordering::Release);
-                }
-            }
-        }
-        let mut saying = Saying(&self.stop_said, false);
+        // nobody takes it for a hang and kills it. Two calls wait (the HTTP server's stop
+        // and the start's end): one says the progress, and whichever ends first says how
+        // the stop ended.
         const SAY_EVERY: Duration = Duration::from_secs(10);
+        let mut voice = ProgressVoice {
+            token: &self.stop_voice,
+            held: false,
+        };
         let mut say_at = Instant::now() + SAY_EVERY;
         loop {
             let now = Instant::now();
             if now >= by || (drivers() == 0 && self.refreshing.count() == 0) {
                 break;
             }
-            if !saying.1 {
-                saying.1 = !self
-                    .stop_said
-                    .swap(true, std::sync::atomic::Ordering::AcqRel);
-            }
-            if saying.1 && now >= say_at {
+            if voice.take() && now >= say_at {
                 log::info!("{}", self.stop_progress());
                 say_at = now + SAY_EVERY;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if !saying.1 && self.stop_said.load(std::sync::atomic::Ordering::Acquire) {
-            // Another call says how the stop ended (or has said it).
+        if self.stop_summed.swap(true, Ordering::AcqRel) {
             return;
         }
-        // Said to the end: kept, so that a call ending after this one stays quiet.
-        saying.1 = false;
         match drivers() {
             0 => {}
             n => log::warn!("device flows: {n} poll(s) still under way at the stop; their flows are polled again after the start"),
@@ -147,5 +135,30 @@ impl Broker {
         format!(
             "still stopping: waiting for {refreshes} refresh(es) a provider is answering and {polls} device poll(s), {left} s more at most; killed now, a refresh token the provider has rotated would be lost (the account then needs connecting again)"
         )
+    }
+}
+
+/// The right to say a stop's progress, held by one waiting call at a time (`token`):
+/// given back when the call that holds it is dropped, for another to take.
+struct ProgressVoice<'a> {
+    token: &'a AtomicBool,
+    held: bool,
+}
+
+impl ProgressVoice<'_> {
+    /// Whether this call holds it, taking it when no other does.
+    fn take(&mut self) -> bool {
+        if !self.held {
+            self.held = !self.token.swap(true, Ordering::AcqRel);
+        }
+        self.held
+    }
+}
+
+impl Drop for ProgressVoice<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            self.token.store(false, Ordering::Release);
+        }
     }
 }

@@ -211,9 +211,10 @@ pub struct Broker {
     /// Until when the stop waits for leased refreshes and device polls under way (set by
     /// the first stop).
     stop_deadline: std::sync::OnceLock<tokio::time::Instant>,
-    /// Whether a `stop_background` under way says its progress: one says it, the others
-    /// (the HTTP server's stop and the start's end both wait) wait quietly.
-    stop_said: std::sync::atomic::AtomicBool,
+    /// Whether a `stop_background` under way says its progress (one says it, the others
+    /// wait quietly), and whether how the stop ended was said (by the first to end).
+    stop_voice: std::sync::atomic::AtomicBool,
+    stop_summed: std::sync::atomic::AtomicBool,
     /// Whether each provider accepted the client credentials, and when that was asked.
     client_checks: Mutex<HashMap<String, (std::time::Instant, flows::ClientCheck)>>,
     clock: Clock,
@@ -277,7 +278,8 @@ impl Broker {
             runtime: std::sync::OnceLock::new(),
             refreshing: background::Refreshing::default(),
             stop_deadline: std::sync::OnceLock::new(),
-            stop_said: std::sync::atomic::AtomicBool::new(false),
+            stop_voice: std::sync::atomic::AtomicBool::new(false),
+            stop_summed: std::sync::atomic::AtomicBool::new(false),
             client_checks: Mutex::new(HashMap::new()),
             tried_since_start: Mutex::default(),
             saves_failing: Mutex::default(),

@@ -80,8 +80,16 @@ pub(super) fn providers_list(settings: &Settings) -> Result<(), Fatal> {
 }
 
 pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Result<(), Fatal> {
-    if let ConnectionsCommand::Refresh { .. } = command {
-        super::open::refuse_a_backup(&settings, "refreshing on it")?;
+    let using = match command {
+        ConnectionsCommand::Refresh { .. } => Some("a refresh on it"),
+        ConnectionsCommand::Delete { .. } => Some("a delete on it (a revocation at the provider)"),
+        ConnectionsCommand::Import { .. } => {
+            Some("an import into it (a refresh of a token it imports)")
+        }
+        ConnectionsCommand::List { .. } | ConnectionsCommand::Show { .. } => None,
+    };
+    if let Some(doing) = using {
+        super::open::refuse_a_backup(&settings, doing)?;
     }
     let store = open_store(&settings, super::Missing::Refuse)?;
     let public_url = settings.public_url_for(settings.listen);

@@ -127,8 +127,8 @@ pub(super) fn restore(settings: Settings, from: PathBuf, create: bool) -> Result
             " There is no key file at {}: put the one kept with the copy there before oauthd starts (it does not start without it).",
             path.display()
         ),
-        Ok(source) => match keys_lacking(&settings, &source) {
-            Some(missing) => format!(
+        source => match source.ok().zip(keys_lacking(&settings)) {
+            Some((source, missing)) => format!(
                 " But the vault key loaded from {} does not have key(s) {}, which the copy's tokens were sealed with: oauthd does not start on it until it has them (the key file kept with the copy has them).{}",
                 source.describe(),
                 missing.join(", "),
@@ -139,10 +139,6 @@ pub(super) fn restore(settings: Settings, from: PathBuf, create: bool) -> Result
                 key_named(&settings)
             ),
         },
-        Err(_) => format!(
-            " `oauthd check` says whether {} opens what the copy holds.",
-            key_named(&settings)
-        ),
     };
     say!(
         "Restored {} from {} (schema version {}; `oauthd serve` upgrades an older one at its next start).{replaced}{undone} The web page's sign-ins are not restored (`oauthd admin link` for a new one).{rotated}{key}",
@@ -153,17 +149,22 @@ pub(super) fn restore(settings: Settings, from: PathBuf, create: bool) -> Result
     Ok(())
 }
 
-/// The keys the restored database's tokens were sealed with that the vault key `source`
-/// (never made here) does not have; `None` when it has them all, or cannot be read to tell.
-fn keys_lacking(settings: &Settings, source: &KeySource) -> Option<Vec<String>> {
-    let source = match source {
+/// The vault key the settings name, read as it is: a key file is never made here.
+fn existing_vault(settings: &Settings) -> Option<crate::vault::Vault> {
+    let source = match super::key_source(settings).ok()? {
         KeySource::File { path, .. } => KeySource::File {
-            path: path.clone(),
+            path,
             create: false,
         },
-        inline => inline.clone(),
+        inline => inline,
     };
-    let vault = crate::vault::Vault::load(&source).ok()?;
+    crate::vault::Vault::load(&source).ok()
+}
+
+/// The keys the restored database's tokens were sealed with that the settings' vault key
+/// does not have; `None` when it has them all, or cannot be read to tell.
+fn keys_lacking(settings: &Settings) -> Option<Vec<String>> {
+    let vault = existing_vault(settings)?;
     let store = super::open_store(settings, super::Missing::Refuse).ok()?;
     let rows = super::runtime()
         .ok()?
@@ -179,17 +180,7 @@ fn refreshed_since(settings: &Settings, db: &Path, aside: &Path) -> String {
     use crate::store::sqlite::tokens_since::refresh_tokens_changed;
     // Opened with the key file when there is one (never made here): a `rekey` since the
     // copy sealed the same refresh token again, which is no new token.
-    let vault = match super::key_source(settings) {
-        Ok(KeySource::File { path, .. }) => {
-            let source = KeySource::File {
-                path,
-                create: false,
-            };
-            crate::vault::Vault::load(&source).ok()
-        }
-        Ok(source) => crate::vault::Vault::load(&source).ok(),
-        Err(_) => None,
-    };
+    let vault = existing_vault(settings);
     // Without a key that opens them, a value sealed again is not told from a new token.
     let opened = std::cell::Cell::new(true);
     let same = |provider: &str, account: &str, mine: &[u8], theirs: &[u8]| {

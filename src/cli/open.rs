@@ -91,9 +91,10 @@ fn open_named_store(settings: &Settings, missing: Missing) -> Result<Arc<dyn Sto
     }
 }
 
-/// Refuses what would refresh tokens (`doing`) on a copy `oauthd backup` made: beside its
-/// database, it holds the same refresh tokens, and a provider that rotates them takes the
-/// second use for a stolen token and ends the grant for both (exit 2). Nothing for Redis.
+/// Refuses what would use the refresh tokens of a copy `oauthd backup` made (`doing`:
+/// "serving it"): beside its database, a refresh with the same refresh token makes a
+/// provider that rotates them take the second use for a stolen token and end the grant for
+/// both, and a revocation ends it for both (exit 2). Nothing for Redis.
 pub(super) fn refuse_a_backup(settings: &Settings, doing: &str) -> Result<(), Fatal> {
     if !matches!(settings.store, StoreTarget::Sqlite) {
         return Ok(());
@@ -105,18 +106,18 @@ pub(super) fn refuse_a_backup(settings: &Settings, doing: &str) -> Result<(), Fa
     }
 }
 
-pub(super) fn backup_refusal(
+fn backup_refusal(
     db: &std::path::Path,
     mark: &crate::store::sqlite::BackupMark,
     doing: &str,
 ) -> String {
     let db = std::path::absolute(db).unwrap_or(db.to_owned());
+    let copy = crate::paths::shell_word(&db);
     format!(
-        "{} is a copy `oauthd backup` made of {} at {}: {doing} beside that database would refresh the same refresh tokens, and a provider that rotates them takes the second use for a stolen token and ends the grant for both. Use the database itself; to put this copy in its place (the database lost, a move to another machine), stop the oauthd serving it and run `oauthd restore --db <that database> {}` (with --create where there is none)",
+        "{} is a copy `oauthd backup` made of {} at {}, and holds that database's refresh tokens: {doing} would use them beside it (a provider that rotates refresh tokens takes a second use for a stolen token and ends the grant for both; a revocation ends it for both). To put this copy in that database's place, stop the oauthd serving it and run `oauthd restore --db <that database> {copy}`; to serve it where it is (that database lost, a move to another machine): `mv {copy} {copy}.backup && oauthd restore --db {copy} --create {copy}.backup`",
         db.display(),
         mark.of,
         crate::clock::rfc3339(mark.made_at_ms),
-        db.display()
     )
 }
 

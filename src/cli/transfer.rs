@@ -24,6 +24,7 @@ struct Copied {
 
 pub(super) fn copy(settings: Settings, to: &str, to_prefix: Option<String>) -> Result<(), Fatal> {
     let destination = destination(&settings, to, to_prefix)?;
+    super::open::refuse_a_backup(&settings, "a store copied from it and served")?;
     let source = open_store(&settings, Missing::Refuse)?;
     let clock = Clock::system();
     let rt = runtime()?;

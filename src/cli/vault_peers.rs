@@ -170,6 +170,9 @@ pub(super) struct Teller {
     seen: Vec<String>,
     /// The instances this one warned of providers configured otherwise than its own.
     warned_providers: Vec<String>,
+    /// When this one began, and whether it said which others serve the store.
+    started: Instant,
+    others_noted: bool,
 }
 
 impl Teller {
@@ -194,6 +197,8 @@ impl Teller {
             said: Vec::new(),
             seen: Vec::new(),
             warned_providers: Vec::new(),
+            started: Instant::now(),
+            others_noted: false,
         }
     }
 
@@ -213,19 +218,23 @@ impl Teller {
             let _ = self.store.forget_vault_keys(&self.instance).await;
             return Err(refusal(older, &keys, &self.from));
         }
-        self.note_others().await;
         Ok(())
     }
 
-    /// Says at start that other instances serve the store too: on purpose (several on one
+    /// Says, once, that other instances serve the store too: on purpose (several on one
     /// Redis, or beside each other on one SQLite file), or one left running by mistake.
-    async fn note_others(&self) {
-        let Ok(told) = self.store.vault_keys_in_use(self.clock.now_ms()).await else {
+    /// Looked at once every instance still serving has told again since this one's start
+    /// (`TELL_EVERY`): one killed shortly before (a crash and a restart) counts no more.
+    fn note_others(&mut self, told: &[VaultKeysInUse]) {
+        if self.others_noted || self.started.elapsed() <= TELL_EVERY + LOOK_EVERY {
             return;
-        };
+        }
+        let Some(since) = self.since_ms else { return };
+        self.others_noted = true;
+        let holds = i64::try_from(HOLDS_FOR.as_millis()).unwrap_or(i64::MAX);
         let others: Vec<&VaultKeysInUse> = told
             .iter()
-            .filter(|o| o.instance != self.instance)
+            .filter(|o| o.instance != self.instance && o.until_ms > since.saturating_add(holds))
             .collect();
         if let Some(first) = others.iter().map(|o| o.since_ms).min() {
             log::info!(
@@ -286,6 +295,7 @@ impl Teller {
             self.told = None;
         }
         self.compare_providers(&told);
+        self.note_others(&told);
         let split: Vec<VaultKeysInUse> = told
             .into_iter()
             .filter(|o| o.instance != self.instance)

@@ -79,9 +79,11 @@ pub fn forwards_request(name: &str, extra: &[String]) -> bool {
 /// The header names a message's `Connection` headers list (lower case): hop-by-hop for
 /// that message, so never passed on (RFC 9110, 7.6.1), whatever else would let them through.
 pub fn connection_options<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
+    // Split as bytes: a token that is not text (no header is named so) does not hide the
+    // others in its value.
     values
-        .filter_map(|v| std::str::from_utf8(v).ok())
-        .flat_map(|v| v.split(','))
+        .flat_map(|v| v.split(|&b| b == b','))
+        .filter_map(|name| std::str::from_utf8(name).ok())
         .map(|name| name.trim().to_ascii_lowercase())
         .filter(|name| !name.is_empty())
         .collect()
@@ -121,11 +123,17 @@ mod tests {
         let values: [&[u8]; 3] = [
             b"keep-alive, X-App-Version",
             b" ,x-RateLimit-Remaining",
-            b"\xff",
+            b"x-other, caf\xe9, X-Last",
         ];
         assert_eq!(
             connection_options(values.into_iter()),
-            ["keep-alive", "x-app-version", "x-ratelimit-remaining"]
+            [
+                "keep-alive",
+                "x-app-version",
+                "x-ratelimit-remaining",
+                "x-other",
+                "x-last"
+            ]
         );
     }
 

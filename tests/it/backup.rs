@@ -1245,12 +1245,34 @@ async fn a_backup_is_not_served_beside_its_database_until_restored() {
         err.contains(&of) && err.contains("oauthd restore --db"),
         "{err}"
     );
-    let out = elsewhere.cli(&["connections", "refresh", "gh", "me"]);
-    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+    for (args, doing) in [
+        (
+            &["connections", "refresh", "gh", "me"][..],
+            "a refresh on it would use them",
+        ),
+        (
+            &["connections", "delete", "gh", "me", "--yes"],
+            "a delete on it (a revocation",
+        ),
+        (
+            &["copy", "--to", "/nonexistent/x.db"],
+            "a store copied from it and served",
+        ),
+    ] {
+        let out = elsewhere.cli(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", said(&out));
+        assert!(said(&out).contains(doing), "{args:?}: {}", said(&out));
+    }
+    // A backup of the backup names the database the first was made of.
+    let again = Home::new();
+    let out = elsewhere.cli(&["backup", again.db().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", said(&out));
+    std::fs::copy(home.key_file(), again.key_file()).unwrap();
+    let (code, err) = again.refused_start();
+    assert_eq!(code, Some(2), "{err}");
     assert!(
-        said(&out).contains("refreshing on it beside that database"),
-        "{}",
-        said(&out)
+        err.contains(&of[of.find(" made of").unwrap_or(0)..]),
+        "{err}"
     );
     let report = said(&elsewhere.cli(&["check"]));
     assert!(
@@ -1259,14 +1281,25 @@ async fn a_backup_is_not_served_beside_its_database_until_restored() {
             && l.ends_with("a start on it is refused")),
         "{report}"
     );
-    // Put in a database's place, it serves (and holds what the backup took).
-    let moved = Home::new();
-    std::fs::copy(home.key_file(), moved.key_file()).unwrap();
-    let out = moved.cli(&["restore", "--create", copy.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", said(&out));
-    let report = said(&moved.cli(&["check"]));
+    // Served where it is (a move to another machine), by the commands the refusal gives,
+    // run as given: it serves (and holds what the backup took).
+    let (_, err) = again.refused_start();
+    let given = err
+        .split("to serve it where it is (that database lost, a move to another machine): `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or_else(|| panic!("no commands given: {err}"));
+    let run = Command::new("sh")
+        .args([
+            "-c",
+            &given.replace("oauthd restore", &format!("'{}' restore", common::BIN)),
+        ])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{given}: {run:?}");
+    let report = said(&again.cli(&["check"]));
     assert!(!report.contains("oauthd backup` made of"), "{report}");
-    let d = moved.start();
+    let d = again.start();
     assert_eq!(d.consume(&key, &state, "oauth:app").await.0, 200);
     d.signal_and_wait("TERM");
 }

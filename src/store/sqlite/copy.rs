@@ -209,13 +209,15 @@ pub fn backup(db: &Path, to: &Path) -> Result<Copied, CopyError> {
     }
     let workspace = Workspace::new(to, "partial").map_err(|e| CopyError::file(to, e))?;
     let partial = workspace.file();
-    let mark = BackupMark {
+    // A backup of a backup names the database the first was made of, and when.
+    let marked = BackupMark::read(&source).map_err(|e| CopyError::file(db, e))?;
+    let mark = marked.unwrap_or_else(|| BackupMark {
         made_at_ms: chrono::Utc::now().timestamp_millis(),
         of: std::path::absolute(db)
             .unwrap_or_else(|_| db.to_owned())
             .display()
             .to_string(),
-    };
+    });
     let (copied, _held) = write_copy(&source, partial, version, None, Some(&mark))?;
     drop(source);
     std::fs::rename(partial, to).map_err(|e| CopyError::file(to, e))?;

@@ -208,6 +208,21 @@ impl BackupMark {
         format!("{} {}", self.made_at_ms, self.of)
     }
 
+    /// The mark the database `conn` holds, if any.
+    pub(crate) fn read(conn: &Connection) -> rusqlite::Result<Option<BackupMark>> {
+        if !has_table(conn, "meta")? {
+            return Ok(None);
+        }
+        let text: Option<String> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE name = ?1",
+                [BackupMark::NAME],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(text.and_then(|text| BackupMark::from_text(&text)))
+    }
+
     fn from_text(text: &str) -> Option<BackupMark> {
         let (ms, of) = text.split_once(' ')?;
         Some(BackupMark {
@@ -221,20 +236,7 @@ impl BackupMark {
 /// changing anything (a database of a schema before `meta` holds none).
 pub fn backup_mark(path: &Path) -> Result<Option<BackupMark>, OpenError> {
     let conn = open_unchanged(path)?;
-    let read = |conn: &Connection| -> rusqlite::Result<Option<String>> {
-        if !has_table(conn, "meta")? {
-            return Ok(None);
-        }
-        conn.query_row(
-            "SELECT value FROM meta WHERE name = ?1",
-            [BackupMark::NAME],
-            |r| r.get(0),
-        )
-        .optional()
-    };
-    Ok(read(&conn)
-        .map_err(|e| OpenError::open(path, &e))?
-        .and_then(|text| BackupMark::from_text(&text)))
+    BackupMark::read(&conn).map_err(|e| OpenError::open(path, &e))
 }
 
 /// The database at `path`, opened to read without changing anything.
