@@ -7,7 +7,7 @@ use super::openapi::ProblemDoc;
 use super::problem::ApiError;
 use super::ui::UiSession;
 use super::{no_store, AppState};
-use crate::notify::{delivery_json, TestSent};
+use crate::notify::{delivery_json, TestBy, TestSent};
 use crate::store::DeliveryFilter;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
@@ -55,16 +55,16 @@ pub async fn test(
             "only an API key without --namespace or --account limits may send a test notification",
         ));
     }
-    send_test(&app).await
+    send_test(&app, TestBy::App).await
 }
 
-/// `POST /ui/api/notify/test`: the page's button.
+/// `POST /ui/api/notify/test`: the page's button, with a budget of its own.
 pub async fn ui_test(app: web::Data<AppState>, _s: UiSession) -> Result<HttpResponse, ApiError> {
-    send_test(&app).await
+    send_test(&app, TestBy::Page).await
 }
 
-async fn send_test(app: &AppState) -> Result<HttpResponse, ApiError> {
-    match app.notifier.send_test(app.outbox.as_ref()).await? {
+async fn send_test(app: &AppState, by: TestBy) -> Result<HttpResponse, ApiError> {
+    match app.notifier.send_test(app.outbox.as_ref(), by).await? {
         TestSent::Sent { event, targets } => {
             Ok(no_store(HttpResponse::Accepted()).json(TestQueued {
                 event_id: &event.id,

@@ -257,7 +257,18 @@ pub struct Notifier {
     policy: EventsPolicy,
     clock: Clock,
     wake: tokio::sync::Notify,
-    last_test_ms: std::sync::atomic::AtomicI64,
+    /// When the last test was sent, by an app and from the page: each has its own
+    /// budget, so that apps sending tests do not keep the operator's button refused.
+    last_test_ms: [std::sync::atomic::AtomicI64; 2],
+}
+
+/// Who asks for a test notification (`Notifier::send_test`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestBy {
+    /// An app, with an API key.
+    App,
+    /// The operator, on oauthd's page.
+    Page,
 }
 
 impl Notifier {
@@ -267,7 +278,10 @@ impl Notifier {
             policy,
             clock,
             wake: tokio::sync::Notify::new(),
-            last_test_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
+            last_test_ms: [
+                std::sync::atomic::AtomicI64::new(i64::MIN),
+                std::sync::atomic::AtomicI64::new(i64::MIN),
+            ],
         }
     }
 
@@ -352,18 +366,23 @@ impl Notifier {
         Ok(())
     }
 
-    /// Stores a `notify.test` event for every target, whatever its `events`.
-    pub async fn send_test(&self, store: &dyn OutboxStore) -> Result<TestSent, StoreError> {
+    /// Stores a `notify.test` event for every target, whatever its `events`: at most one
+    /// every `TEST_EVERY_MS` for apps, and as many for the page.
+    pub async fn send_test(
+        &self,
+        store: &dyn OutboxStore,
+        by: TestBy,
+    ) -> Result<TestSent, StoreError> {
         use std::sync::atomic::Ordering;
         if self.targets.is_empty() {
             return Ok(TestSent::NoTargets);
         }
         let now = self.clock.now_ms();
-        let last = self.last_test_ms.load(Ordering::Acquire);
+        let slot = &self.last_test_ms[by as usize];
+        let last = slot.load(Ordering::Acquire);
         let wait = last.saturating_add(TEST_EVERY_MS).saturating_sub(now);
         if wait > 0
-            || self
-                .last_test_ms
+            || slot
                 .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
                 .is_err()
         {

@@ -334,6 +334,16 @@ async fn a_failing_receiver_gets_the_same_webhook_id_until_it_accepts() {
         (status, problem["code"].as_str()),
         (429, Some("too_many_tests"))
     );
+    // The page's button has a budget of its own: apps sending tests did not keep it
+    // refused (it shared theirs).
+    let ui = home.ui_session(&d).await;
+    let (status, sent) = d.ui_post(&ui, "/ui/api/notify/test", json!({})).await;
+    assert_eq!(status, 202, "{sent}");
+    let (status, problem) = d.ui_post(&ui, "/ui/api/notify/test", json!({})).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (429, Some("too_many_tests"))
+    );
     assert_eq!(d.post("/v1/notify/test", "", json!({})).await.0, 401);
     // The test takes no options: a field, or a body that is not JSON, is refused.
     let (status, problem) = d
