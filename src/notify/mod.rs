@@ -259,7 +259,8 @@ pub struct Notifier {
     wake: tokio::sync::Notify,
     /// When the last test was sent, by an app and from the page: each has its own
     /// budget, so that apps sending tests do not keep the operator's button refused.
-    last_test_ms: [std::sync::atomic::AtomicI64; 2],
+    last_app_test_ms: std::sync::atomic::AtomicI64,
+    last_page_test_ms: std::sync::atomic::AtomicI64,
 }
 
 /// Who asks for a test notification (`Notifier::send_test`).
@@ -278,10 +279,8 @@ impl Notifier {
             policy,
             clock,
             wake: tokio::sync::Notify::new(),
-            last_test_ms: [
-                std::sync::atomic::AtomicI64::new(i64::MIN),
-                std::sync::atomic::AtomicI64::new(i64::MIN),
-            ],
+            last_app_test_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
+            last_page_test_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
         }
     }
 
@@ -378,7 +377,10 @@ impl Notifier {
             return Ok(TestSent::NoTargets);
         }
         let now = self.clock.now_ms();
-        let slot = &self.last_test_ms[by as usize];
+        let slot = match by {
+            TestBy::App => &self.last_app_test_ms,
+            TestBy::Page => &self.last_page_test_ms,
+        };
         let last = slot.load(Ordering::Acquire);
         let wait = last.saturating_add(TEST_EVERY_MS).saturating_sub(now);
         if wait > 0
