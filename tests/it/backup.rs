@@ -11,6 +11,24 @@ use std::time::Duration;
 
 const NS: &str = "oauth:app";
 
+/// Runs, as given, the shell commands a message holds in backquotes right after `after`
+/// (with this build of oauthd for `oauthd`); they must succeed.
+fn run_the_commands_given(message: &str, after: &str) {
+    let given = message
+        .split(after)
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or_else(|| panic!("no commands given: {message}"));
+    let run = Command::new("sh")
+        .args([
+            "-c",
+            &given.replace("oauthd restore", &format!("'{}' restore", common::BIN)),
+        ])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{given}: {run:?}");
+}
+
 fn rows(db: &Path, sql: &str) -> i64 {
     rusqlite::Connection::open(db)
         .unwrap()
@@ -404,20 +422,7 @@ async fn a_database_moved_without_its_wal_file_is_refused_not_started_afresh() {
     let out = lost.serve_once();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    let given = err
-        .split("move it aside and restore it, `")
-        .nth(1)
-        .and_then(|rest| rest.split('`').next())
-        .unwrap_or_else(|| panic!("no commands given: {err}"));
-    let run = Command::new("sh")
-        .args([
-            "-c",
-            &given.replace("oauthd restore", &format!("'{}' restore", common::BIN)),
-        ])
-        .env("OAUTHD_KEY_FILE", lost.key_file())
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{given}: {run:?}");
+    run_the_commands_given(&err, "move it aside and restore it, `");
     let d = lost.start();
     assert_eq!(d.get("/healthz", "").await.0, 200);
     d.signal_and_wait("TERM");
@@ -1284,19 +1289,10 @@ async fn a_backup_is_not_served_beside_its_database_until_restored() {
     // Served where it is (a move to another machine), by the commands the refusal gives,
     // run as given: it serves (and holds what the backup took).
     let (_, err) = again.refused_start();
-    let given = err
-        .split("to serve it where it is (that database lost, a move to another machine): `")
-        .nth(1)
-        .and_then(|rest| rest.split('`').next())
-        .unwrap_or_else(|| panic!("no commands given: {err}"));
-    let run = Command::new("sh")
-        .args([
-            "-c",
-            &given.replace("oauthd restore", &format!("'{}' restore", common::BIN)),
-        ])
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{given}: {run:?}");
+    run_the_commands_given(
+        &err,
+        "to serve it where it is (that database lost, a move to another machine): `",
+    );
     let report = said(&again.cli(&["check"]));
     assert!(!report.contains("oauthd backup` made of"), "{report}");
     let d = again.start();
