@@ -53,6 +53,14 @@ pub async fn callback(
     if let Err(e) = app.public_route_hit(&req) {
         return super::pages::too_many(base, &e);
     }
+    if req.query_string().is_empty() {
+        return page(
+            base,
+            400,
+            "Nothing to finish here",
+            "<p>A provider sends the browser to this address after a sign-in, with what the sign-in gave. A reload of the page that said \"Connected\" (or the back button to it) shows this: the connection made then stands, and oauthd's page lists it.</p>",
+        );
+    }
     let query = match web::Query::<CallbackQuery>::from_query(req.query_string()) {
         Ok(q) => q.into_inner(),
         Err(_) => return page(
@@ -90,6 +98,17 @@ pub async fn callback(
         .await;
     let used_up =
         !matches!(&finished, Err(e) if matches!(e.unwrapped().0, CallbackError::Storage(_)));
+    // What the provider sent (the code, the state) is used up: it leaves the address bar
+    // and the history (synced to other devices by some browsers). A page that asks for a
+    // reload to finish keeps it.
+    let forget = if used_up {
+        format!(
+            "<script src=\"{}/static/forget-address.js\"></script>",
+            escape(base)
+        )
+    } else {
+        String::new()
+    };
     let mut resp = match finished {
         Ok(Connected {
             return_to: Some(to),
@@ -113,7 +132,7 @@ pub async fn callback(
             200,
             "Connected",
             &format!(
-                "<p><strong>{}</strong> account <strong>{}</strong> is connected{}. Apps with an API key can now fetch its access token from oauthd; you can close this tab.</p>{}{}{}",
+                "<p><strong>{}</strong> account <strong>{}</strong> is connected{}. Apps with an API key can now fetch its access token from oauthd; you can close this tab.</p>{}{}{}{forget}",
                 escape(&provider),
                 escape(&account),
                 signed_in_as(&provider, &identity),
@@ -125,7 +144,7 @@ pub async fn callback(
                 ))
             ),
         ),
-        Err(e) => failed(&app, csrf, &provider, e),
+        Err(e) => failed(&app, csrf, &provider, e, &forget),
     };
     if let (Some(state), Some(_), true) = (state, cookie, used_up) {
         // The flow's cookie and the confirmation page's mark: the flow is over. A cookie
@@ -213,6 +232,7 @@ pub(super) fn failed(
     csrf: Option<&str>,
     provider: &str,
     e: CallbackError,
+    tail: &str,
 ) -> HttpResponse {
     use CallbackError::*;
     let base = app.base_path.as_str();
@@ -261,7 +281,7 @@ pub(super) fn failed(
             format!("<p>{}</p>{button}", escape(&detail))
         }
     };
-    let mut resp = page_for(by_app, base, status, title, &body);
+    let mut resp = page_for(by_app, base, status, title, &format!("{body}{tail}"));
     if let Some(secs) = super::problem::callback_retry_after(whole) {
         resp.headers_mut()
             .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));

@@ -44,7 +44,7 @@ fn named(
 /// The page for a flow that cannot be confirmed. Whatever is wrong, the person starts
 /// again from the app: no way on to the operator's page is offered (`ByApp`).
 fn refused(app: &AppState, provider: &str, e: CallbackError) -> HttpResponse {
-    super::callback::failed(app, None, provider, CallbackError::ByApp(Box::new(e)))
+    super::callback::failed(app, None, provider, CallbackError::ByApp(Box::new(e)), "")
 }
 
 /// `GET`: the page that asks the person to continue.

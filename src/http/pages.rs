@@ -1,5 +1,6 @@
 //! Small server-rendered HTML pages for people (callback results, sign-in). Everything is
-//! escaped; a strict Content-Security-Policy forbids scripts and outside resources.
+//! escaped; a strict Content-Security-Policy forbids outside resources and any script but
+//! oauthd's own files.
 
 use actix_web::http::{header, StatusCode};
 use actix_web::HttpResponse;

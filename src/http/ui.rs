@@ -17,6 +17,7 @@ use serde_json::json;
 
 const INDEX: &str = include_str!("../../static/index.html");
 const APP_JS: &str = include_str!("../../static/app.js");
+const FORGET_ADDRESS_JS: &str = include_str!("../../static/forget-address.js");
 const STYLE: &str = include_str!("../../static/style.css");
 const FAVICON: &str = include_str!("../../static/favicon.svg");
 
@@ -32,6 +33,10 @@ pub async fn index(app: web::Data<AppState>) -> HttpResponse {
 pub async fn asset(name: web::Path<String>) -> HttpResponse {
     match name.as_str() {
         "app.js" => asset_response("text/javascript; charset=utf-8", APP_JS.to_owned()),
+        "forget-address.js" => asset_response(
+            "text/javascript; charset=utf-8",
+            FORGET_ADDRESS_JS.to_owned(),
+        ),
         "style.css" => asset_response("text/css; charset=utf-8", STYLE.to_owned()),
         "favicon.svg" => asset_response("image/svg+xml", FAVICON.to_owned()),
         _ => actix_web::ResponseError::error_response(&ApiError::not_found_route()),
