@@ -404,7 +404,14 @@ impl Broker {
         let put = match crate::namespace::Namespace::parse(&taken.namespace) {
             Ok(ns) => self
                 .states
-                .issue_until(state.clone(), ns, taken.expires_at_ms, data)
+                // Counted before it was taken: never refused for room.
+                .issue_until(
+                    state.clone(),
+                    ns,
+                    taken.expires_at_ms,
+                    data,
+                    crate::states::Room::Operator,
+                )
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string()),

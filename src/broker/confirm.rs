@@ -11,7 +11,7 @@
 
 use super::{flow_namespace, Broker, CallbackError, FlowSecrets};
 use crate::secret::{random_bytes, StateValue};
-use crate::states::StateError;
+use crate::states::{Room, StateError};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use zeroize::Zeroizing;
@@ -203,7 +203,7 @@ impl Broker {
         let issued = match ticket_namespace(provider, account) {
             Ok(at) => self
                 .states
-                .issue_until(ticket, at, flow.expires_at_ms, None)
+                .issue_until(ticket, at, flow.expires_at_ms, None, Room::Apps)
                 .await
                 .map(|_| ())
                 .map_err(super::BrokerError::from),
@@ -246,7 +246,7 @@ impl Broker {
                     // second press is refused that would have worked.
                     let marked = self
                         .states
-                        .issue_until(mark, namespace, taken.expires_at_ms, None)
+                        .issue_until(mark, namespace, taken.expires_at_ms, None, Room::Apps)
                         .await;
                     if let Err(e) = marked {
                         log::warn!("connect {provider_name}/{account}: the browser that continued could not be remembered ({e}); a second press there is refused");

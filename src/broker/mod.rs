@@ -522,6 +522,11 @@ impl Broker {
         );
         let sealed = self.vault.seal(&state_aad(namespace.as_str()), &plain)?;
         let flow = (state.clone(), namespace.clone());
+        // An app's flows count with its states: the room past the cap is the operator's.
+        let room = match starter {
+            FlowStarter::App { .. } => crate::states::Room::Apps,
+            FlowStarter::Operator | FlowStarter::Page => crate::states::Room::Operator,
+        };
         let issued = self
             .states
             .issue_value(
@@ -531,6 +536,7 @@ impl Broker {
                 Some(crate::states::JsonText::of(
                     &serde_json::json!({ "sealed": STANDARD.encode(sealed) }),
                 )),
+                room,
             )
             .await?;
         if let Some(app) = &secrets.app {

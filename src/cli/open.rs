@@ -99,8 +99,12 @@ pub(super) fn refuse_a_backup(settings: &Settings, doing: &str) -> Result<(), Fa
     if !matches!(settings.store, StoreTarget::Sqlite) {
         return Ok(());
     }
-    match crate::store::sqlite::backup_mark(&settings.db) {
-        Ok(Some(mark)) => Err(Fatal(backup_refusal(&settings.db, &mark, doing), 2)),
+    let db = std::path::absolute(&settings.db).unwrap_or(settings.db.clone());
+    match crate::store::sqlite::backup_mark(&db) {
+        // A copy at the path of the database it was made of is in its place (put there by
+        // hand, or by the restore of an oauthd from before the mark, which kept it).
+        Ok(Some(mark)) if std::path::Path::new(&mark.of) == db => Ok(()),
+        Ok(Some(mark)) => Err(Fatal(backup_refusal(&db, &mark, doing), 2)),
         // A file that does not read is said by the open that follows.
         Ok(None) | Err(_) => Ok(()),
     }
@@ -111,10 +115,14 @@ fn backup_refusal(
     mark: &crate::store::sqlite::BackupMark,
     doing: &str,
 ) -> String {
-    let db = std::path::absolute(db).unwrap_or(db.to_owned());
-    let copy = crate::paths::shell_word(&db);
+    let copy = crate::paths::shell_word(db);
+    // Named by when the copy was made, so that the move replaces no other file.
+    let aside = crate::paths::shell_word(&crate::paths::with_suffix(
+        db,
+        &format!(".backup-{}", mark.made_at_ms / 1000),
+    ));
     format!(
-        "{} is a copy `oauthd backup` made of {} at {}, and holds that database's refresh tokens: {doing} would use them beside it (a provider that rotates refresh tokens takes a second use for a stolen token and ends the grant for both; a revocation ends it for both). To put this copy in that database's place, stop the oauthd serving it and run `oauthd restore --db <that database> {copy}`; to serve it where it is (that database lost, a move to another machine): `mv {copy} {copy}.backup && oauthd restore --db {copy} --create {copy}.backup`",
+        "{} is a copy `oauthd backup` made of {} at {}, and holds that database's refresh tokens: {doing} would use them beside it (a provider that rotates refresh tokens takes a second use for a stolen token and ends the grant for both; a revocation ends it for both). To put this copy in that database's place, stop the oauthd serving it and run `oauthd restore --db <that database> {copy}`; to serve it where it is (that database lost, a move to another machine): `mv {copy} {aside} && oauthd restore --db {copy} --create {aside}`",
         db.display(),
         mark.of,
         crate::clock::rfc3339(mark.made_at_ms),

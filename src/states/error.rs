@@ -37,8 +37,8 @@ pub enum StateError {
         /// Until the subject's first live state expires (at least 1).
         retry_after_secs: u64,
     },
-    #[error("the store already holds {max} live states in all namespaces together (states.max_total_states); consume or let some expire first")]
-    StoreFull { max: u64 },
+    #[error("the store already holds {max} live states in all namespaces together (states.max_total_states{}); consume or let some expire first", room_full_too(*.room))]
+    StoreFull { max: u64, room: super::Room },
     #[error("wrong code")]
     WrongSecret { attempts_left: u32 },
     #[error("this state is guarded by a code: present it with POST /v1/states/attempt")]
@@ -85,6 +85,16 @@ impl StateError {
         match self {
             StateError::Store(e) => e.for_callers(),
             other => other.to_string(),
+        }
+    }
+}
+
+/// Said of a full store when the operator's room past `max_total_states` is full too.
+pub(super) fn room_full_too(room: super::Room) -> &'static str {
+    match room {
+        super::Room::Apps => "",
+        super::Room::Operator => {
+            ", and the room past it kept for connect flows from oauthd's page and the CLI"
         }
     }
 }

@@ -197,17 +197,18 @@ impl StateView {
 /// verifier, a nonce, a `return_to` of at most 2 KiB, the starting key's name) carries.
 const OWN_DATA_MAX: usize = 16 * 1024;
 
-/// Whose state a create makes: an app's (the state API), held to `max_data_bytes` and to
-/// `max_total_states`, or one of oauthd's own (connect flows and their confirmations),
-/// held to `OWN_DATA_MAX` and given room past `max_total_states` (`own_reserve`), so that
-/// apps that filled the store do not stop accounts being connected.
+/// Which budget of live states a create draws on: the apps' (`max_total_states`: the
+/// state API, and the flows apps start), or the operator's, which has room past it
+/// (`own_reserve`: the flows started on oauthd's page and by the CLI, and states put back
+/// as they were), so that apps that filled the store do not stop the operator connecting
+/// accounts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Whose {
-    App,
-    Own,
+pub enum Room {
+    Apps,
+    Operator,
 }
 
-/// The room oauthd's own states have past `max_total_states`: 1 %, at least 100.
+/// The room the operator's states have past `max_total_states`: 1 %, at least 100.
 pub fn own_reserve(max_total_states: u64) -> u64 {
     (max_total_states / 100).max(100)
 }
@@ -331,24 +332,26 @@ impl StateService {
         data: Option<JsonText>,
     ) -> Result<IssuedState, StateError> {
         let state = StateValue::generate().map_err(|_| StateError::Entropy)?;
-        self.issue_value(state, namespace, ttl_seconds, data).await
+        self.issue_value(state, namespace, ttl_seconds, data, Room::Operator)
+            .await
     }
 
     /// `issue` for a state value the caller generated (it needed the value before the
-    /// data).
+    /// data), drawing on `room`.
     pub async fn issue_value(
         &self,
         state: StateValue,
         namespace: Namespace,
         ttl_seconds: Option<u64>,
         data: Option<JsonText>,
+        room: Room,
     ) -> Result<IssuedState, StateError> {
         let request = NewState {
             ttl_seconds,
             data,
             ..NewState::default()
         };
-        self.store_new(state, namespace, request, Whose::Own, None)
+        self.store_new(state, namespace, request, OWN_DATA_MAX, room, None)
             .await
     }
 
@@ -362,13 +365,21 @@ impl StateService {
         namespace: Namespace,
         expires_at_ms: i64,
         data: Option<JsonText>,
+        room: Room,
     ) -> Result<IssuedState, StateError> {
         let request = NewState {
             data,
             ..NewState::default()
         };
-        self.store_new(state, namespace, request, Whose::Own, Some(expires_at_ms))
-            .await
+        self.store_new(
+            state,
+            namespace,
+            request,
+            OWN_DATA_MAX,
+            room,
+            Some(expires_at_ms),
+        )
+        .await
     }
 
     /// Issues an app's state with any of the state API's options (subject, code, replace,
@@ -379,7 +390,8 @@ impl StateService {
         request: NewState,
     ) -> Result<IssuedState, StateError> {
         let state = StateValue::generate().map_err(|_| StateError::Entropy)?;
-        self.store_new(state, namespace, request, Whose::App, None)
+        let max_data = self.policy.max_data_bytes;
+        self.store_new(state, namespace, request, max_data, Room::Apps, None)
             .await
     }
 
@@ -388,17 +400,16 @@ impl StateService {
         state: StateValue,
         namespace: Namespace,
         request: NewState,
-        whose: Whose,
+        max_data: usize,
+        room: Room,
         until: Option<i64>,
     ) -> Result<IssuedState, StateError> {
-        let (max_data, max_total) = match whose {
-            Whose::App => (self.policy.max_data_bytes, self.policy.max_total_states),
-            Whose::Own => (
-                OWN_DATA_MAX,
-                self.policy
-                    .max_total_states
-                    .saturating_add(own_reserve(self.policy.max_total_states)),
-            ),
+        let max_total = match room {
+            Room::Apps => self.policy.max_total_states,
+            Room::Operator => self
+                .policy
+                .max_total_states
+                .saturating_add(own_reserve(self.policy.max_total_states)),
         };
         let rule = self.policy.rule_for(&namespace);
         let created_at_ms = self.clock.now_ms();
@@ -534,14 +545,15 @@ impl StateService {
                 })
             }
             Inserted::StoreFull => {
-                let max = max_total;
+                let max = self.policy.max_total_states;
                 if self.full_logged.take_turn(created_at_ms) {
                     log::warn!(
                         "the store is full ({max} live states in all namespaces, \
-                         states.max_total_states): create in {namespace} refused"
+                         states.max_total_states{}): create in {namespace} refused",
+                        error::room_full_too(room)
                     );
                 }
-                return Err(StateError::StoreFull { max });
+                return Err(StateError::StoreFull { max, room });
             }
         }
         metrics::state_created(namespace.as_str());

@@ -46,11 +46,13 @@ pub async fn data_keys(
 pub fn fullness_note(total: u64, max: u64) -> Option<String> {
     (total.saturating_mul(5) >= max.saturating_mul(4)).then(|| {
         format!(
-            "{total} live states, {}% of states.max_total_states ({max}): from there every \
-             create is refused (429 store_full). Raise it, or look for the app that leaves its \
-             states unconsumed (oauthd_states_created_total against \
+            "{total} live states, {}% of states.max_total_states ({max}): from there apps' \
+             creates, and the connect flows apps start, are refused (429 store_full); connect \
+             flows from oauthd's page and the CLI have {} more. Raise it, or look for the app \
+             that leaves its states unconsumed (oauthd_states_created_total against \
              oauthd_state_consumes_total, by namespace)",
-            total.saturating_mul(100) / max.max(1)
+            total.saturating_mul(100) / max.max(1),
+            super::own_reserve(max)
         )
     })
 }
@@ -64,6 +66,10 @@ mod tests {
         assert_eq!(fullness_note(199_999, 250_000), None);
         let note = fullness_note(200_000, 250_000).unwrap();
         assert!(note.starts_with("200000 live states, 80% of"), "{note}");
+        assert!(
+            note.contains("from oauthd's page and the CLI have 2500 more"),
+            "{note}"
+        );
         assert!(fullness_note(300_000, 250_000).unwrap().contains("120%"));
     }
 }

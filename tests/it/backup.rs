@@ -1298,4 +1298,13 @@ async fn a_backup_is_not_served_beside_its_database_until_restored() {
     let d = again.start();
     assert_eq!(d.consume(&key, &state, "oauth:app").await.0, 200);
     d.signal_and_wait("TERM");
+    // Put back by hand at the path of the database it was made of (or by the restore of an
+    // oauthd from before the mark, which kept it), it is in that database's place: served.
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", home.db().display()));
+    }
+    std::fs::copy(&copy, home.db()).unwrap();
+    let d = home.start();
+    assert_eq!(d.consume(&key, &state, "oauth:app").await.0, 200);
+    d.signal_and_wait("TERM");
 }

@@ -79,9 +79,9 @@ async fn a_namespace_holds_at_most_max_states_live_states(home: Home) {
 /// One key spreading its creates over many namespaces, each under its own cap, still
 /// cannot fill the disk: past `max_total_states` live states in all namespaces together
 /// creates answer 429 `store_full`, until a state anywhere is consumed or expires. The
-/// refusals are logged, but not each one. A connect flow still starts: oauthd's own
-/// states have room past the cap (it answered `store_full` too, so apps that filled the
-/// store stopped every account being connected).
+/// refusals are logged, but not each one. The operator's connect flow still starts: the
+/// operator has room past the cap (it answered `store_full` too, so apps that filled the
+/// store stopped every account being connected); a flow an app starts does not.
 async fn all_namespaces_together_hold_at_most_max_total_states(home: Home) {
     home.write_config(
         "[states]\nmax_states = 10\nmax_total_states = 3\n\
@@ -121,11 +121,21 @@ async fn all_namespaces_together_hold_at_most_max_total_states(home: Home) {
         (1..=2).contains(&lines),
         "{lines} log lines for 6 refusals:\n{log}"
     );
-    // Full again (flood:1, :3 and :4): an app's create is refused, a connect flow starts.
+    // Full again (flood:1, :3 and :4): an app's create is refused, and so is a connect flow
+    // an app starts; one the operator starts on the page goes ahead.
     let problem = d.create_refused(&key, "flood:5", 429).await;
     assert_eq!(problem["code"], "store_full", "{problem}");
     let (status, body) = d
         .post("/v1/connect/mock", &key, json!({"account": "a"}))
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (429, Some("store_full")),
+        "{body}"
+    );
+    let ui = home.ui_session(&d).await;
+    let (status, body) = d
+        .ui_post(&ui, "/ui/api/connect/mock", json!({"account": "a"}))
         .await;
     assert_eq!(status, 201, "{body}");
 }
