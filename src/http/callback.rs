@@ -99,9 +99,13 @@ pub async fn callback(
     let used_up =
         !matches!(&finished, Err(e) if matches!(e.unwrapped().0, CallbackError::Storage(_)));
     // What the provider sent (the code, the state) is used up: it leaves the address bar
-    // and the history (synced to other devices by some browsers). A page that asks for a
-    // reload to finish keeps it.
-    let forget = if used_up {
+    // and the history (synced to other devices by some browsers). A page that asks for
+    // the address again to finish (a reload, or a visit once signed in) keeps it.
+    let asks_again = matches!(&finished, Err(e) if matches!(
+        e.unwrapped().0,
+        CallbackError::Storage(_) | CallbackError::NotSignedIn { .. }
+    ));
+    let forget = if !asks_again {
         format!(
             "<script src=\"{}/static/forget-address.js\"></script>",
             escape(base)

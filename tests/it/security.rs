@@ -1733,6 +1733,8 @@ async fn a_flow_started_on_the_page_finishes_only_in_a_signed_in_browser() {
     let (status, page, _) = d.browser_get(&callback).await;
     assert_eq!(status, 403, "{page}");
     assert!(page.contains("Sign in to oauthd to finish"), "{page}");
+    // The address is what finishes it: kept in the address bar.
+    assert!(!page.contains("forget-address.js"), "{page}");
     assert_eq!(d.get("/v1/connections/peer/own", &key).await.0, 404);
     assert!(
         home.log_text()
@@ -1744,7 +1746,11 @@ async fn a_flow_started_on_the_page_finishes_only_in_a_signed_in_browser() {
     let path = callback.strip_prefix(&d.url).unwrap_or_default();
     let back = d.ui_get(path, &ui.0).await;
     assert_eq!(back.status(), 200);
-    assert!(back.text().await.unwrap_or_default().contains("Connected"));
+    let finished = back.text().await.unwrap_or_default();
+    assert!(
+        finished.contains("Connected") && finished.contains("/static/forget-address.js"),
+        "{finished}"
+    );
     assert_eq!(d.get("/v1/connections/peer/own", &key).await.0, 200);
 
     // A page opened at another name of oauthd's (localhost for 127.0.0.1): the browser's
