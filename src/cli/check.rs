@@ -95,6 +95,9 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
         if let (Some(v), Some(store)) = (&vault, &store) {
             stored_lines(&mut r, &settings, v, store, &source).await?;
         }
+        if let Some(store) = &store {
+            public_url_line(&mut r, &settings, store.as_ref()).await;
+        }
         provider_lines(&mut r, &settings, &providers).await
     })?;
     if r.failed > 0 {
@@ -529,6 +532,69 @@ fn instances_line(
                 source.describe(),
                 lacking.join(", ")
             ),
+        ),
+    }
+}
+
+/// Whether `public_url` reaches an oauthd from this host while one serves the store: the
+/// address providers send browsers back to (`{public_url}/callback/<provider>`) and
+/// sign-in links use. A name that reaches oauthd only from other machines warns here too.
+async fn public_url_line(r: &mut Report, settings: &Settings, store: &dyn Store) {
+    let Some(url) = &settings.public_url else {
+        return;
+    };
+    let now = crate::clock::Clock::system().now_ms();
+    let serving = store
+        .vault_keys_in_use(now)
+        .await
+        .map_or(0, |told| told.len());
+    if serving == 0 {
+        r.line(
+            "skip",
+            "public_url",
+            format!(
+                "{url}: no oauthd serves this store now, so whether it reaches one is not asked"
+            ),
+        );
+        return;
+    }
+    let health = format!("{}/healthz", url.as_str().trim_end_matches('/'));
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .build();
+    let answer = match client {
+        Ok(client) => client.get(&health).send().await,
+        Err(e) => Err(e),
+    };
+    let oauthds = |body: &serde_json::Value| body["status"] == "ok";
+    match answer {
+        Ok(resp) if resp.status() == reqwest::StatusCode::OK => {
+            match resp.json::<serde_json::Value>().await {
+                Ok(body) if oauthds(&body) => r.line(
+                    "ok",
+                    "public_url",
+                    format!("{url} reaches an oauthd from this host ({health} answered)"),
+                ),
+                _ => r.line(
+                    "warn",
+                    "public_url",
+                    format!("{health} answered, but not as oauthd does: providers send browsers back to {url}/callback/<provider>, which may not reach oauthd (another site at that name, or a proxy in front that does not pass the path on)"),
+                ),
+            }
+        }
+        Ok(resp) => r.line(
+            "warn",
+            "public_url",
+            format!(
+                "{health} answered {} from this host, not oauthd's 200: providers send browsers back to {url}/callback/<provider>, which may not reach oauthd (a proxy in front that does not pass the path on?)",
+                resp.status()
+            ),
+        ),
+        Err(e) => r.line(
+            "warn",
+            "public_url",
+            format!("{health} did not answer from this host ({e}): providers send browsers back to {url}/callback/<provider> and sign-in links use it; check its name, the proxy in front and its certificate (a name that reaches oauthd only from other machines is fine)"),
         ),
     }
 }

@@ -1228,6 +1228,40 @@ async fn on_redis_a_store_back_empty_after_a_long_outage_is_said_as_an_error() {
     d.signal_and_wait("TERM");
 }
 
+/// A `public_url` that does not reach oauthd (a wrong port, a proxy that does not pass
+/// the path on) went unnoticed until a provider sent a browser back to it: `check` asks it
+/// for oauthd's health answer while an oauthd serves the store.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_asks_whether_public_url_reaches_oauthd() {
+    let home = Home::new();
+    let report = |home: &Home| String::from_utf8_lossy(&home.cli(&["check"]).stdout).into_owned();
+    home.write_config("public_url = \"http://127.0.0.1:9\"\n");
+    home.create_key("app", &[]);
+    let said = report(&home);
+    assert!(
+        said.contains("skip  public_url: http://127.0.0.1:9/: no oauthd serves this store now"),
+        "{said}"
+    );
+    let d = home.start();
+    let said = report(&home);
+    assert!(
+        said.lines().any(|l| l.starts_with(
+            "warn  public_url: http://127.0.0.1:9/healthz did not answer from this host"
+        )),
+        "{said}"
+    );
+    home.write_config(&format!("public_url = \"{}\"\n", d.url));
+    let said = report(&home);
+    assert!(
+        said.contains(&format!(
+            "ok    public_url: {}/ reaches an oauthd from this host",
+            d.url
+        )),
+        "{said}"
+    );
+    d.signal_and_wait("TERM");
+}
+
 /// A second `oauthd serve` on one database (supported: they share it) started without a
 /// word of the first, so one left running by mistake went unnoticed. A start says so, once
 /// every instance still serving has told again (20 s): one killed just before (a crash,
