@@ -127,7 +127,7 @@ pub(super) fn restore(settings: Settings, from: PathBuf, create: bool) -> Result
             " There is no key file at {}: put the one kept with the copy there before oauthd starts (it does not start without it).",
             path.display()
         ),
-        source => match source.ok().zip(keys_lacking(&settings)) {
+        source => match source.ok().zip(keys_lacking(&settings, db)) {
             Some((source, missing)) => format!(
                 " But the vault key loaded from {} does not have key(s) {}, which the copy's tokens were sealed with: oauthd does not start on it until it has them (the key file kept with the copy has them).{}",
                 source.describe(),
@@ -163,14 +163,15 @@ fn existing_vault(settings: &Settings) -> Option<crate::vault::Vault> {
 
 /// The keys the restored database's tokens were sealed with that the settings' vault key
 /// does not have; `None` when it has them all, or cannot be read to tell.
-fn keys_lacking(settings: &Settings) -> Option<Vec<String>> {
-    let vault = existing_vault(settings)?;
-    let store = super::open_store(settings, super::Missing::Refuse).ok()?;
-    let rows = super::runtime()
-        .ok()?
-        .block_on(store.list_connections())
-        .ok()?;
-    let missing = super::missing_key_ids(&rows, &vault.key_ids());
+fn keys_lacking(settings: &Settings, db: &Path) -> Option<Vec<String>> {
+    let known = existing_vault(settings)?.key_ids();
+    // Read from the file as it lies: an open store would leave -wal and -shm files beside
+    // the database it just restored.
+    let sealed_with = crate::store::sqlite::token_key_ids(db).ok()?;
+    let missing: Vec<String> = sealed_with
+        .into_iter()
+        .filter(|id| !known.contains(id))
+        .collect();
     (!missing.is_empty()).then_some(missing)
 }
 

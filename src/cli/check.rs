@@ -558,7 +558,8 @@ async fn public_url_line(r: &mut Report, settings: &Settings, store: &dyn Store)
         );
         return;
     }
-    let health = format!("{}/healthz", url.as_str().trim_end_matches('/'));
+    let base = url.as_str().trim_end_matches('/');
+    let health = format!("{base}/healthz");
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(5))
         .redirect(reqwest::redirect::Policy::none())
@@ -567,11 +568,10 @@ async fn public_url_line(r: &mut Report, settings: &Settings, store: &dyn Store)
         Ok(client) => client.get(&health).send().await,
         Err(e) => Err(e),
     };
-    let oauthds = |body: &serde_json::Value| body["status"] == "ok";
     match answer {
         Ok(resp) if resp.status() == reqwest::StatusCode::OK => {
-            match resp.json::<serde_json::Value>().await {
-                Ok(body) if oauthds(&body) => r.line(
+            match health_answer(resp).await {
+                Some(true) => r.line(
                     "ok",
                     "public_url",
                     format!("{url} reaches an oauthd from this host ({health} answered)"),
@@ -579,7 +579,7 @@ async fn public_url_line(r: &mut Report, settings: &Settings, store: &dyn Store)
                 _ => r.line(
                     "warn",
                     "public_url",
-                    format!("{health} answered, but not as oauthd does: providers send browsers back to {url}/callback/<provider>, which may not reach oauthd (another site at that name, or a proxy in front that does not pass the path on)"),
+                    format!("{health} answered, but not as oauthd does: providers send browsers back to {base}/callback/<provider>, which may not reach oauthd (another site at that name, or a proxy in front that does not pass the path on)"),
                 ),
             }
         }
@@ -587,16 +587,35 @@ async fn public_url_line(r: &mut Report, settings: &Settings, store: &dyn Store)
             "warn",
             "public_url",
             format!(
-                "{health} answered {} from this host, not oauthd's 200: providers send browsers back to {url}/callback/<provider>, which may not reach oauthd (a proxy in front that does not pass the path on?)",
+                "{health} answered {} from this host, not oauthd's 200: providers send browsers back to {base}/callback/<provider>, which may not reach oauthd (a proxy in front that does not pass the path on?)",
                 resp.status()
             ),
         ),
         Err(e) => r.line(
             "warn",
             "public_url",
-            format!("{health} did not answer from this host ({e}): providers send browsers back to {url}/callback/<provider> and sign-in links use it; check its name, the proxy in front and its certificate (a name that reaches oauthd only from other machines is fine)"),
+            format!(
+                "{health} did not answer from this host ({}): providers send browsers back to {base}/callback/<provider> and sign-in links use it; check its name, the proxy in front and its certificate (a name that reaches oauthd only from other machines is fine)",
+                crate::oauth::with_causes(&e)
+            ),
         ),
     }
+}
+
+/// Whether a `/healthz` answer is oauthd's (`{"status": "ok"}`), read up to 4 KiB: an
+/// address that answers with anything else is no oauthd, however much it sends. `None`
+/// when it could not be read.
+async fn health_answer(mut resp: reqwest::Response) -> Option<bool> {
+    const MOST: usize = 4096;
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.ok()? {
+        body.extend_from_slice(&chunk);
+        if body.len() > MOST {
+            return Some(false);
+        }
+    }
+    let answer: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    Some(answer.get("status").and_then(serde_json::Value::as_str) == Some("ok"))
 }
 
 /// Room left on the database's filesystem: SQLite's `-wal` file grows to about 4 MB between

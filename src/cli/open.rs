@@ -99,11 +99,10 @@ pub(super) fn refuse_a_backup(settings: &Settings, doing: &str) -> Result<(), Fa
     if !matches!(settings.store, StoreTarget::Sqlite) {
         return Ok(());
     }
+    // Also at the path of the database it was made of: that is every container's path,
+    // and a copy tried out in a second container would run beside its database.
     let db = std::path::absolute(&settings.db).unwrap_or(settings.db.clone());
     match crate::store::sqlite::backup_mark(&db) {
-        // A copy at the path of the database it was made of is in its place (put there by
-        // hand, or by the restore of an oauthd from before the mark, which kept it).
-        Ok(Some(mark)) if std::path::Path::new(&mark.of) == db => Ok(()),
         Ok(Some(mark)) => Err(Fatal(backup_refusal(&db, &mark, doing), 2)),
         // A file that does not read is said by the open that follows.
         Ok(None) | Err(_) => Ok(()),

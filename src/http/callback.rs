@@ -99,13 +99,14 @@ pub async fn callback(
     let used_up =
         !matches!(&finished, Err(e) if matches!(e.unwrapped().0, CallbackError::Storage(_)));
     // What the provider sent (the code, the state) is used up: it leaves the address bar
-    // and the history (synced to other devices by some browsers). A page that asks for
-    // the address again to finish (a reload, or a visit once signed in) keeps it.
-    let asks_again = matches!(&finished, Err(e) if matches!(
+    // and the history (synced to other devices by some browsers). A page whose flow stays
+    // open keeps it: one that asks for a reload (the store did not answer), for a visit
+    // once signed in, or for the provider's other address to be pasted.
+    let stays_open = matches!(&finished, Err(e) if matches!(
         e.unwrapped().0,
-        CallbackError::Storage(_) | CallbackError::NotSignedIn { .. }
+        CallbackError::Storage(_) | CallbackError::NotSignedIn { .. } | CallbackError::PasteOnly { .. }
     ));
-    let forget = if !asks_again {
+    let forget = if !stays_open {
         format!(
             "<script src=\"{}/static/forget-address.js\"></script>",
             escape(base)

@@ -1298,13 +1298,16 @@ async fn a_backup_is_not_served_beside_its_database_until_restored() {
     let d = again.start();
     assert_eq!(d.consume(&key, &state, "oauth:app").await.0, 200);
     d.signal_and_wait("TERM");
-    // Put back by hand at the path of the database it was made of (or by the restore of an
-    // oauthd from before the mark, which kept it), it is in that database's place: served.
+    // Put by hand at the path of the database it was made of (every container's path: a
+    // second container would serve beside the first), it is refused there too.
     for suffix in ["-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", home.db().display()));
     }
     std::fs::copy(&copy, home.db()).unwrap();
-    let d = home.start();
-    assert_eq!(d.consume(&key, &state, "oauth:app").await.0, 200);
-    d.signal_and_wait("TERM");
+    let (code, err) = home.refused_start();
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&of[of.find(" made of").unwrap_or(0)..]),
+        "{err}"
+    );
 }

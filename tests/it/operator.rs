@@ -1718,8 +1718,9 @@ async fn a_database_file_deleted_under_oauthd_stops_its_writes() {
 /// A copy put in place by `mv` over a running oauthd's database: the ERROR offered "start
 /// it again on the files as they are now", which replays the replaced database's `-wal`
 /// into the new file and damages it. It says to move the `-wal` and `-shm` aside first (or
-/// to let `oauthd restore` do it), and done so, the copy starts whole (a backup at the path
-/// of the database it was made of is in that database's place).
+/// to let `oauthd restore` do it). Done so, a start on the copy is refused as a backup's
+/// (it would run beside its database wherever it lies) and says how to restore it, after
+/// which it starts whole.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_database_replaced_under_oauthd_says_to_move_the_old_wal_aside() {
     let home = Home::new();
@@ -1753,6 +1754,12 @@ async fn a_database_replaced_under_oauthd_says_to_move_the_old_wal_aside() {
             std::fs::rename(&file, home.dir.path().join(format!("{name}.aside"))).unwrap();
         }
     }
+    let (code, err) = home.refused_start();
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("is a copy `oauthd backup` made of"), "{err}");
+    std::fs::rename(home.db(), &copy).unwrap();
+    let out = home.cli(&["restore", "--create", copy.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
     let d = home.start();
     assert_eq!(d.consume(&key, &kept, "oauth:app").await.0, 200);
     assert_eq!(d.consume(&key, &later, "oauth:app").await.0, 404);

@@ -286,6 +286,8 @@ async fn pasting_runs_the_callbacks_rules() {
         .await;
     assert_eq!(status, 400, "{page}");
     assert!(page.contains("Paste the address instead"), "{page}");
+    // The flow stays open: the address is not taken out of the address bar.
+    assert!(!page.contains("forget-address.js"), "{page}");
     assert_eq!(d.get("/v1/connections/peer/default", &key).await.0, 404);
 
     // The real address, with surrounding whitespace as copied: connected.

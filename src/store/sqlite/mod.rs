@@ -239,6 +239,25 @@ pub fn backup_mark(path: &Path) -> Result<Option<BackupMark>, OpenError> {
     BackupMark::read(&conn).map_err(|e| OpenError::open(path, &e))
 }
 
+/// The ids of the vault keys the access tokens in the database at `path` were sealed with,
+/// each once; read without changing anything (no -wal or -shm file is made beside it).
+pub fn token_key_ids(path: &Path) -> Result<Vec<String>, OpenError> {
+    let conn = open_unchanged(path)?;
+    let read = || -> rusqlite::Result<Vec<Vec<u8>>> {
+        conn.prepare("SELECT access_token FROM connections")?
+            .query_map([], |r| r.get(0))?
+            .collect()
+    };
+    let mut ids: Vec<String> = read()
+        .map_err(|e| OpenError::open(path, &e))?
+        .iter()
+        .filter_map(|sealed| crate::vault::sealed_key_id(sealed))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
+}
+
 /// The database at `path`, opened to read without changing anything.
 fn open_unchanged(path: &Path) -> Result<Connection, OpenError> {
     // Without a journal beside it, read as `immutable`: opened read-only as it is, a database
