@@ -133,11 +133,8 @@ impl StoreClockWatch {
         }
     }
 
+    /// A store on this host's clock (SQLite) has none to compare: each look is a no-op.
     pub async fn run(self, stop: watch::Receiver<bool>) {
-        // A store on this host's clock; one not reached now is looked at again later.
-        if let Ok(None) = self.store.clock_ms().await {
-            return;
-        }
         crate::broker::refresher::every(AGAINST_STORE_EVERY, stop, || async {
             let Some(ahead) = ahead_of_store(self.store.as_ref(), &self.clock).await else {
                 return;

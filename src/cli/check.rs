@@ -560,12 +560,13 @@ async fn public_url_line(r: &mut Report, settings: &Settings, store: &dyn Store)
     }
     let base = url.as_str().trim_end_matches('/');
     let health = format!("{base}/healthz");
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(5))
-        .redirect(reqwest::redirect::Policy::none())
-        .build();
-    let answer = match client {
-        Ok(client) => client.get(&health).send().await,
+    // The providers' client: no redirects followed, 5 s in all.
+    let answer = match flows::http_client(std::time::Duration::from_secs(5)) {
+        Ok(client) => client
+            .get(&health)
+            .send()
+            .await
+            .map_err(|e| crate::oauth::with_causes(&e)),
         Err(e) => Err(e),
     };
     match answer {
@@ -596,7 +597,7 @@ async fn public_url_line(r: &mut Report, settings: &Settings, store: &dyn Store)
             "public_url",
             format!(
                 "{health} did not answer from this host ({}): providers send browsers back to {base}/callback/<provider> and sign-in links use it; check its name, the proxy in front and its certificate (a name that reaches oauthd only from other machines is fine)",
-                crate::oauth::with_causes(&e)
+                e
             ),
         ),
     }
