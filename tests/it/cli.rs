@@ -1523,7 +1523,11 @@ fn keys_create_as_root_gives_a_new_database_its_directorys_owner() {
     assert!(out.status.success(), "{out:?}");
     let meta = std::fs::metadata(&db).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
-    let out = Command::new(BIN)
+    // Run from a directory the other user may enter: the build's own may be root's alone
+    // (a clone in a directory of `mktemp -d`).
+    let bin = dir.path().join("oauthd");
+    std::fs::copy(BIN, &bin).unwrap();
+    let out = Command::new(&bin)
         .args(["keys", "list", "--db"])
         .arg(&db)
         .env_remove("OAUTHD_CONFIG")
