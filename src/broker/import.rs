@@ -5,6 +5,7 @@
 
 use super::{Broker, BrokerError};
 use crate::oauth::flows::TokenSet;
+use crate::oauth::token_text::{scope_fault, token_fault, token_type_fault};
 use crate::store::{AccountIdentity, ConnectionKey, ConnectionSave, ConnectionStatus, Told};
 use chrono::DateTime;
 use serde_json::{Map, Value};
@@ -104,30 +105,21 @@ impl ImportedTokens {
             Some(_) => return Err(bad("expires_in must be a number of seconds")),
         };
         let scope = string_field(&mut map, "scope")?;
-        // A token goes into an `Authorization` header, the apps' and the proxy's: visible
-        // ASCII only (a line break in one is a header injected; RFC 6750's b64token is
-        // narrower still, but providers' tokens are not all b64tokens). Scopes are words
-        // apart by spaces, shown on the page and in the API.
-        let visible = |c: char| c.is_ascii_graphic();
+        // The rules tokens a provider sends are held to (`token_text`).
         for (name, value) in [
             ("access_token", Some(&access_token)),
             ("refresh_token", refresh_token.as_ref()),
         ] {
-            if value.is_some_and(|v| !v.chars().all(visible)) {
-                return Err(bad(format!(
-                    "{name} holds a character other than visible ASCII (a space, a line break, a control character)"
-                )));
+            if let Some(fault) = value.and_then(|v| token_fault(name, v)) {
+                return Err(bad(fault));
             }
         }
-        if scope
-            .as_deref()
-            .is_some_and(|s| s.chars().any(char::is_control))
-        {
-            return Err(bad("scope holds a control character"));
+        if let Some(fault) = scope.as_deref().and_then(scope_fault) {
+            return Err(bad(fault));
         }
         let token_type = string_field(&mut map, "token_type")?.unwrap_or_else(|| "Bearer".into());
-        if token_type.len() > 64 {
-            return Err(bad("token_type is longer than 64 bytes"));
+        if let Some(fault) = token_type_fault(&token_type) {
+            return Err(bad(fault));
         }
         if let Some(field) = map.keys().next() {
             let shown: String = field.chars().take(64).collect();
@@ -135,13 +127,6 @@ impl ImportedTokens {
                 "unknown field {shown:?}; an import has {}",
                 IMPORT_FIELDS.join(", ")
             )));
-        }
-        // It is sent as `Authorization: <token_type> <token>`: an HTTP token, nothing else.
-        let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-        if token_type.is_empty() || !token_type.chars().all(tchar) {
-            return Err(bad(
-                "token_type must be a word such as Bearer (letters, digits, and !#$%&'*+-.^_`|~)",
-            ));
         }
         let expiry = match (expires_at, expires_in) {
             (Some(_), Some(_)) => return Err(bad("send expires_at or expires_in, not both")),

@@ -574,6 +574,12 @@ fn flow_error(e: FlowError) -> BrokerError {
             message,
             retry_after_secs: 5,
         },
+        throttled @ FlowError::Throttled {
+            retry_after_secs, ..
+        } => BrokerError::ProviderUnavailable {
+            message: throttled.to_string(),
+            retry_after_secs,
+        },
         other => BrokerError::ProviderRejected(other.to_string()),
     }
 }

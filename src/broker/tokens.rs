@@ -121,8 +121,8 @@ fn refreshed(provider: &str, result: &str) {
 enum Failure {
     /// The grant is gone: only the user can fix it, by connecting again.
     Reauth(String),
-    /// Worth another try after a backoff.
-    Transient(String),
+    /// Worth another try after a backoff, and not before the provider asked (ms).
+    Transient(String, i64),
 }
 
 /// Sealed tokens that do not open, said in the log (the caller is told only that it
@@ -856,9 +856,14 @@ impl Broker {
             }
             Err(e) => {
                 refreshed(p, "failed");
-                return Err(self
-                    .record_failure(row, generation, Failure::Transient(e.to_string()))
-                    .await);
+                let asked_ms = match &e {
+                    FlowError::Throttled {
+                        retry_after_secs, ..
+                    } => *retry_after_secs as i64 * 1000,
+                    _ => 0,
+                };
+                let failure = Failure::Transient(e.to_string(), asked_ms);
+                return Err(self.record_failure(row, generation, failure).await);
             }
         };
         answered.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -914,8 +919,8 @@ impl Broker {
         let now = self.clock.now_ms();
         let (status, error, retry_at_ms) = match &failure {
             Failure::Reauth(reason) => (ConnectionStatus::NeedsReauth, reason.as_str(), None),
-            Failure::Transient(e) => {
-                let wait = backoff_ms(row.failures);
+            Failure::Transient(e, asked_ms) => {
+                let wait = backoff_ms(row.failures).max(*asked_ms);
                 log::warn!(
                     "refresh {}/{}: {e}; the next try waits {} s at least (for a call that needs a new token, or the background refresher)",
                     row.provider,
@@ -938,14 +943,14 @@ impl Broker {
                 None
             }
             Failure::Reauth(reason) => Some(self.needs_reauth_event(row, reason)),
-            Failure::Transient(e) => self.failing_event(row, e, now, retry_at_ms),
+            Failure::Transient(e, _) => self.failing_event(row, e, now, retry_at_ms),
         }
         .into_iter()
         .collect();
         let told = match &failure {
             Failure::Reauth(_) => row.told.with(Told::NEEDS_REAUTH),
-            Failure::Transient(_) if !events.is_empty() => row.told.with(Told::FAILING),
-            Failure::Transient(_) => row.told,
+            Failure::Transient(..) if !events.is_empty() => row.told.with(Told::FAILING),
+            Failure::Transient(..) => row.told,
         };
         let recorded = self
             .store
@@ -973,7 +978,7 @@ impl Broker {
                 row.last_error = Some(reason);
                 self.needs_reauth(&row)
             }
-            Failure::Transient(e) => BrokerError::ProviderUnavailable {
+            Failure::Transient(e, _) => BrokerError::ProviderUnavailable {
                 message: format!("refreshing {}/{} failed: {e}", row.provider, row.account),
                 retry_after_secs: (retry_at_ms.unwrap_or(now) - now).max(0) as u64 / 1000,
             },

@@ -464,13 +464,16 @@ pub(super) fn connect_device(
     runtime()?.block_on(async {
         let start = broker.start_device(provider, account, "cli").await?;
         let account = account.unwrap_or(crate::broker::DEFAULT_ACCOUNT);
+        // What the provider sent, with control characters escaped: a terminal would act on
+        // them (clear the screen, hide text, disguise a link as another).
+        let shown = |text: &str| crate::oauth::provider_text(text, 2048);
         out!(
             "To connect {provider}/{account}, open {}",
-            start.verification_uri
+            shown(&start.verification_uri)
         );
-        out!("and enter the code: {}", start.user_code);
+        out!("and enter the code: {}", shown(&start.user_code));
         if let Some(complete) = &start.verification_uri_complete {
-            out!("(or open {complete})");
+            out!("(or open {})", shown(complete));
         }
         let mut last_note = std::time::Instant::now();
         loop {

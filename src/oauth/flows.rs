@@ -3,6 +3,7 @@
 //! client that never follows redirects and caps what a provider may send back.
 
 use super::provider::{ClientAuth, Endpoints, Provider};
+use super::token_text::{scope_fault, token_fault, token_type_fault};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use oauth2::basic::{
@@ -105,6 +106,13 @@ pub enum FlowError {
     /// Network trouble, timeouts, 5xx, garbage: worth trying again later.
     #[error("the provider could not be reached or answered badly: {0}")]
     Transient(String),
+    /// The provider answered 429 or 503 with a `Retry-After`: not to be asked again
+    /// before then (at most `MAX_PROVIDER_WAIT_SECS`).
+    #[error("the provider asked to be called again in {retry_after_secs} s: {message}")]
+    Throttled {
+        message: String,
+        retry_after_secs: u64,
+    },
 }
 
 /// What the browser is sent to, and what the callback needs to finish.
@@ -202,15 +210,81 @@ pub type TokenFuture<'a> = std::pin::Pin<
 
 /// A `TokenEndpoint` as oauth2's HTTP client. (A closure would do, but the future of a
 /// request made through one is not `Send` for every lifetime, so it could not run as a
-/// task of its own.)
-struct Sender<'a>(&'a dyn TokenEndpoint);
+/// task of its own.) Keeps the seconds a 429 or 503 answer's `Retry-After` asked for.
+struct Sender<'a> {
+    endpoint: &'a dyn TokenEndpoint,
+    asked_to_wait: std::sync::atomic::AtomicU64,
+}
+
+/// The longest a provider's `Retry-After` is followed: an hour.
+pub const MAX_PROVIDER_WAIT_SECS: u64 = 3600;
+
+impl<'a> Sender<'a> {
+    fn new(endpoint: &'a dyn TokenEndpoint) -> Self {
+        Sender {
+            endpoint,
+            asked_to_wait: Default::default(),
+        }
+    }
+
+    /// `error`, as `Throttled` when the answer asked to wait (an `invalid_grant` stays
+    /// what it is: no wait helps it).
+    fn throttled(&self, error: FlowError) -> FlowError {
+        let secs = self
+            .asked_to_wait
+            .load(std::sync::atomic::Ordering::Relaxed);
+        match error {
+            FlowError::InvalidGrant(_) => error,
+            _ if secs == 0 => error,
+            other => FlowError::Throttled {
+                message: other.to_string(),
+                retry_after_secs: secs,
+            },
+        }
+    }
+}
+
+/// The seconds a `Retry-After` header asks for (RFC 9110 10.2.3: a number of seconds or
+/// an HTTP date), at most `MAX_PROVIDER_WAIT_SECS`; `None` without one, or for a date
+/// passed.
+pub fn retry_after_secs(headers: &oauth2::http::HeaderMap) -> Option<u64> {
+    let value = headers
+        .get(oauth2::http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    let secs = match value.parse::<u64>() {
+        Ok(secs) => secs,
+        Err(_) => {
+            let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+            u64::try_from((at.timestamp() - chrono::Utc::now().timestamp()).max(0)).ok()?
+        }
+    };
+    (secs > 0).then_some(secs.min(MAX_PROVIDER_WAIT_SECS))
+}
 
 impl<'c> oauth2::AsyncHttpClient<'c> for Sender<'_> {
     type Error = std::io::Error;
     type Future = TokenFuture<'c>;
 
     fn call(&'c self, request: oauth2::HttpRequest) -> TokenFuture<'c> {
-        self.0.send(request)
+        Box::pin(async move {
+            let mut answer = self.endpoint.send(request).await?;
+            if matches!(answer.status().as_u16(), 429 | 503) {
+                if let Some(secs) = retry_after_secs(answer.headers()) {
+                    self.asked_to_wait
+                        .store(secs, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            // An answer is read by what its body holds, whatever it is labelled: `oauth2`
+            // refuses a 200 not labelled JSON, and providers have sent token answers as
+            // text/plain or text/javascript. Refused, a refresh's answer lost the refresh
+            // token a rotating provider had just retired the old one for.
+            answer
+                .headers_mut()
+                .remove(oauth2::http::header::CONTENT_TYPE);
+            Ok(answer)
+        })
     }
 }
 
@@ -465,12 +539,41 @@ fn answered<E: std::error::Error>(
     asked: std::time::Instant,
 ) -> Result<TokenSet, FlowError> {
     match response {
-        Ok(r) => Ok(token_set(&r, asked)),
+        Ok(r) => fit(token_set(&r, asked)),
         Err(RequestTokenError::Parse(e, body)) => match lenient_token_set(&body, asked) {
-            Ok(tokens) if !names_an_error(&body) => Ok(tokens),
+            Ok(tokens) if !names_an_error(&body) => fit(tokens),
             _ => Err(classify::<E>(RequestTokenError::Parse(e, body), sent)),
         },
         Err(e) => Err(classify(e, sent)),
+    }
+}
+
+/// Tokens fit to store and hand out, or why not (`token_text`: a line break in a token
+/// would inject a header into every call an app or the proxy makes with it). An empty
+/// `refresh_token` is taken as none sent, so the stored one is kept, as for an answer
+/// without one: a refresh token of nothing would be sent at the next refresh and refused.
+fn fit(mut tokens: TokenSet) -> Result<TokenSet, FlowError> {
+    if tokens.refresh_token.as_ref().is_some_and(|t| t.is_empty()) {
+        tokens.refresh_token = None;
+    }
+    let fault = token_fault("access_token", &tokens.access_token)
+        .or_else(|| {
+            let refresh = tokens.refresh_token.as_deref()?;
+            token_fault("refresh_token", refresh)
+        })
+        .or_else(|| token_type_fault(&tokens.token_type).map(str::to_owned))
+        .or_else(|| {
+            let scopes = tokens.scopes.as_deref()?;
+            scopes
+                .iter()
+                .find_map(|s| scope_fault(s))
+                .map(str::to_owned)
+        });
+    match fault {
+        None => Ok(tokens),
+        Some(fault) => Err(FlowError::Transient(format!(
+            "malformed token response: {fault}"
+        ))),
     }
 }
 
@@ -574,12 +677,14 @@ pub async fn exchange_code(
     pkce_verifier: &str,
 ) -> Result<TokenSet, FlowError> {
     let asked = std::time::Instant::now();
+    let sender = Sender::new(http);
     let resp = client(provider, endpoints, Some(redirect))
         .exchange_code(AuthorizationCode::new(code.to_owned()))
         .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_owned()))
-        .request_async(&Sender(http))
+        .request_async(&sender)
         .await;
     answered(resp, &Sent::new(provider, &[code, pkce_verifier]), asked)
+        .map_err(|e| sender.throttled(e))
 }
 
 /// Whether a provider accepts oauthd's client credentials, found out before any user is
@@ -628,6 +733,7 @@ pub async fn check_client(
             "the provider answered {code}, which does not tell whether the credentials are right"
         )),
         Err(FlowError::Transient(e)) => ClientCheck::Unknown(e),
+        Err(throttled @ FlowError::Throttled { .. }) => ClientCheck::Unknown(throttled.to_string()),
         Ok(_) => ClientCheck::Unknown("the provider accepted a made-up code".into()),
     }
 }
@@ -643,15 +749,16 @@ pub async fn refresh(
 ) -> Result<TokenSet, FlowError> {
     let token = RefreshToken::new(refresh_token.to_owned());
     let asked = std::time::Instant::now();
+    let sender = Sender::new(http);
     let resp = client(provider, endpoints, None)
         .exchange_refresh_token(&token)
-        .request_async(&Sender(http))
+        .request_async(&sender)
         .await;
     let held: Vec<&str> = [Some(refresh_token), access_token]
         .into_iter()
         .flatten()
         .collect();
-    answered(resp, &Sent::new(provider, &held), asked)
+    answered(resp, &Sent::new(provider, &held), asked).map_err(|e| sender.throttled(e))
 }
 
 /// RFC 7009 revocation, as one form POST (the `oauth2` crate insists on https revocation
@@ -674,16 +781,38 @@ pub async fn revoke(
     .map_err(|e| FlowError::Transient(super::with_causes(&e)))?;
     let status = resp.status();
     if status.is_success() {
-        Ok(())
-    } else if status.is_server_error() || status.as_u16() == 429 {
-        Err(FlowError::Transient(format!(
+        return Ok(());
+    }
+    if status.is_server_error() || status.as_u16() == 429 {
+        return Err(FlowError::Transient(format!(
             "revocation answered HTTP {status}"
-        )))
-    } else {
-        Err(FlowError::Rejected {
+        )));
+    }
+    // RFC 7009 answers 200 for a token no longer valid, but Google (and others) answer
+    // `400 invalid_token`: as after the refresh token's revocation ended the grant, and
+    // with it the access token revoked next. Either way the token is dead, which is what
+    // revoking it was for. `unsupported_token_type` for an access token: the provider
+    // does not revoke those, and it lapses at its expiry (a refresh token it does not
+    // revoke leaves the grant alive: refused).
+    let body = super::read_limited(resp, 16 * 1024)
+        .await
+        .unwrap_or_default();
+    let code = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("error")?.as_str().map(str::to_owned));
+    match code.as_deref() {
+        Some("invalid_token") => Ok(()),
+        Some("unsupported_token_type") if hint == "access_token" => Ok(()),
+        _ => Err(FlowError::Rejected {
             code: format!("http_{}", status.as_u16()),
-            description: "the revocation endpoint refused the request".into(),
-        })
+            description: match code {
+                Some(code) => format!(
+                    "the revocation endpoint refused the request ({})",
+                    Sent::new(provider, &[token]).text(&code, CODE_MAX)
+                ),
+                None => "the revocation endpoint refused the request".into(),
+            },
+        }),
     }
 }
 
@@ -921,8 +1050,9 @@ pub async fn device_poll(
     };
     let sent = Sent::new(provider, &[device_code]);
     if status.is_success() && !names_an_error(&body) {
-        return match lenient_token_set(&body, asked) {
-            Ok(tokens) => DevicePoll::Done(tokens),
+        return match lenient_token_set(&body, asked).map(fit) {
+            Ok(Ok(tokens)) => DevicePoll::Done(tokens),
+            Ok(Err(unfit)) => DevicePoll::Failed(unfit),
             Err(e) => DevicePoll::Failed(FlowError::Transient(format!(
                 "malformed token response: the token endpoint answered HTTP {status} with something that is not a token response: {}",
                 sent.text(&e.to_string(), DESCRIPTION_MAX)

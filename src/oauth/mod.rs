@@ -4,6 +4,7 @@
 pub mod flows;
 pub mod id_token;
 pub mod provider;
+pub mod token_text;
 
 pub use provider::{ClientAuth, Provider, ProviderConfig};
 

@@ -590,3 +590,41 @@ async fn a_stop_waits_for_the_device_poll_under_way_and_stores_its_tokens() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(token_calls().await, 1, "the spent code was polled again");
 }
+
+/// `oauthd connect --device` prints what the provider sent with control characters
+/// escaped: a user code or address holding terminal escapes (clear the screen, hidden
+/// text, a link disguised as another) would act on the operator's terminal.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_prints_a_providers_device_texts_without_terminal_escapes() {
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/device"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "device_code": "dc-1", "user_code": "AB\u{1b}[2JCD",
+            "verification_uri": "https://x.example/\u{1b}]8;;https://evil.example\u{7}go",
+            "verification_uri_complete": "https://x.example/\u{1b}[8mABCD",
+            "expires_in": 60, "interval": 1
+        })))
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({"error": "access_denied"})))
+        .mount(&mock)
+        .await;
+    let home = Home::new();
+    home.write_config(&format!(
+        "[providers.tv]\ndevice_authorization_url = \"{uri}/device\"\ntoken_url = \"{uri}/token\"\n\
+         authorization_url = \"{uri}/authorize\"\nclient_id = \"cid\"\nclient_secret = \"cs\"\n",
+        uri = mock.uri()
+    ));
+    home.create_key("app", &[]); // makes the database
+    let out = home.cli(&["connect", "tv", "--device"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("and enter the code: AB"), "{stdout}");
+    assert!(
+        !out.stdout.contains(&0x1b) && !out.stdout.contains(&0x07),
+        "a control character reached the terminal: {stdout:?}"
+    );
+    assert!(stdout.contains("\\u{1b}[2JCD"), "{stdout}");
+}

@@ -1153,3 +1153,212 @@ async fn answered_and_unsaved_past_the_lease() -> (common::peer::Peer, Home, Str
     tokio::time::sleep(Duration::from_secs(70)).await;
     (peer, home, key, d, Locker(locker))
 }
+
+/// A JSON body labelled `text/plain`, as some providers label token answers.
+fn labelled_plain(body: serde_json::Value) -> ResponseTemplate {
+    ResponseTemplate::new(200)
+        .set_body_raw(body.to_string().into_bytes(), "text/plain; charset=utf-8")
+}
+
+/// A token answer is read by its body, whatever its `Content-Type` says: answers labelled
+/// text/plain were refused as a provider fault, and a rotating provider's refresh answer
+/// refused so lost its new refresh token (the next refresh sent the retired one, and the
+/// provider ended the grant).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_answer_labelled_other_than_json_is_read_by_its_body() {
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("code=c1"))
+        .respond_with(labelled_plain(json!({"access_token": "at-1", "token_type": "bearer", "expires_in": 1, "refresh_token": "rt-1"})))
+        .mount(&mock)
+        .await;
+    for i in 1..=2 {
+        let tokens = json!({"access_token": format!("at-{}", i + 1), "token_type": "bearer", "expires_in": 1, "refresh_token": format!("rt-{}", i + 1)});
+        on_refresh(&mock, &format!("rt-{i}"), labelled_plain(tokens)).await;
+    }
+    let (_home, key, d) = serving("p", "spotify", &mock, "");
+    connect(&d, &key, "p", "me", "c1").await;
+    for i in 2..=3 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let (status, body) = d.get("/v1/connections/p/me/token", &key).await;
+        assert_eq!(
+            (status, body["access_token"].as_str()),
+            (200, Some(format!("at-{i}").as_str())),
+            "{body}"
+        );
+    }
+}
+
+/// `"refresh_token": ""` in a refresh's answer is no refresh token: the stored one is
+/// kept, as for an answer without one (it was stored, sent empty at the next refresh, and
+/// the connection lost).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_refresh_token_keeps_the_stored_one() {
+    let mock = MockServer::start().await;
+    on_code(&mock, "c1", json!({"access_token": "at-1", "token_type": "Bearer", "expires_in": 1, "refresh_token": "rt-1"})).await;
+    let empty = json!({"access_token": "at-2", "token_type": "Bearer", "expires_in": 1, "refresh_token": ""});
+    on_refresh(
+        &mock,
+        "rt-1",
+        ResponseTemplate::new(200).set_body_json(empty),
+    )
+    .await;
+    let (_home, key, d) = serving("p", "spotify", &mock, "");
+    connect(&d, &key, "p", "me", "c1").await;
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let (status, body) = d.get("/v1/connections/p/me/token", &key).await;
+        assert_eq!(
+            (status, body["access_token"].as_str()),
+            (200, Some("at-2")),
+            "{body}"
+        );
+    }
+    let refreshes = token_requests(&mock, "refresh_token").await;
+    assert_eq!(refreshes.len(), 2);
+    for r in refreshes {
+        let form = String::from_utf8_lossy(&r.body).into_owned();
+        assert!(form.contains("refresh_token=rt-1"), "{form}");
+    }
+}
+
+/// A token holding a line break (or a token type that is no word) would inject a header
+/// into every call an app or the proxy makes with it: a provider's answer holding one is
+/// refused as a malformed answer, on the callback and on a refresh, as an import of it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_that_would_inject_a_header_are_refused_from_providers() {
+    let mock = MockServer::start().await;
+    on_code(&mock, "c1", json!({"access_token": "at-1", "token_type": "Bearer", "expires_in": 1, "refresh_token": "rt-1"})).await;
+    on_code(&mock, "c2", json!({"access_token": "at-x", "token_type": "Bearer\r\nX-Injected: 1", "refresh_token": "rt-x"})).await;
+    on_code(
+        &mock,
+        "c3",
+        json!({"access_token": "at-x\r\nX-Injected: 1", "token_type": "Bearer"}),
+    )
+    .await;
+    let injected = json!({"access_token": "at-2\r\nX-Injected: 1", "token_type": "Bearer", "expires_in": 60, "refresh_token": "rt-2"});
+    on_refresh(
+        &mock,
+        "rt-1",
+        ResponseTemplate::new(200).set_body_json(injected),
+    )
+    .await;
+    let (home, key, d) = serving("p", "spotify", &mock, "");
+    connect(&d, &key, "p", "me", "c1").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, body) = d.get("/v1/connections/p/me/token", &key).await;
+    assert_eq!(status, 503, "{body}");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(
+            "malformed token response: access_token holds a character other than visible ASCII"
+        ),
+        "{body}"
+    );
+    for (account, code) in [("b", "c2"), ("c", "c3")] {
+        let state = common::query_param(&d.start_connect(&key, "p", account).await, "state");
+        let (status, page, _) = d
+            .browser_get(&format!("{}/callback/p?code={code}&state={state}", d.url))
+            .await;
+        assert_ne!(status, 200, "{code}: {page}");
+        assert!(!page.contains("X-Injected"), "{page}");
+        let (status, body) = d.get(&format!("/v1/connections/p/{account}"), &key).await;
+        assert_eq!(status, 404, "{code} stored a connection: {body}");
+    }
+    assert!(
+        !home.log_text().contains("X-Injected"),
+        "{}",
+        home.log_text()
+    );
+}
+
+/// A refresh answered `429` with `Retry-After` is not asked again before then: apps are
+/// told that wait, and the provider is left alone meanwhile (oauthd's own backoff, 5 s,
+/// asked again long before a rate limit of ten minutes ran out).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_providers_retry_after_is_waited_for() {
+    let mock = MockServer::start().await;
+    on_code(&mock, "c1", json!({"access_token": "at-1", "token_type": "Bearer", "expires_in": 1, "refresh_token": "rt-1"})).await;
+    let limited = ResponseTemplate::new(429)
+        .insert_header("retry-after", "600")
+        .set_body_json(json!({"error": "rate_limited"}));
+    on_refresh(&mock, "rt-1", limited).await;
+    let (_home, key, d) = serving("p", "spotify", &mock, "");
+    connect(&d, &key, "p", "me", "c1").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..2 {
+        let resp = d.get_raw("/v1/connections/p/me/token", Some(&key)).await;
+        assert_eq!(resp.status(), 503);
+        let wait = common::retry_after(&resp);
+        assert!((590..=600).contains(&wait), "Retry-After: {wait}");
+    }
+    assert_eq!(token_requests(&mock, "refresh_token").await.len(), 1);
+    let (_, conn) = d.get("/v1/connections/p/me", &key).await;
+    assert_eq!(conn["status"], "active", "{conn}");
+}
+
+/// Providers that answer `400 invalid_token` for a token no longer valid (Google, once
+/// the refresh token's revocation ended the grant and the access token with it) or
+/// `unsupported_token_type` for an access token (they do not revoke those): the token is
+/// as good as revoked, and the disconnect goes through. A refresh token the provider will
+/// not revoke still stops it (the grant would stay alive).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disconnect_takes_a_token_the_provider_calls_invalid_as_revoked() {
+    let mock = MockServer::start().await;
+    for (account, answer) in [
+        ("a", json!({"error": "invalid_token"})),
+        ("b", json!({"error": "unsupported_token_type"})),
+    ] {
+        on_code(&mock, account, json!({"access_token": format!("at-{account}"), "token_type": "Bearer", "expires_in": 3600, "refresh_token": format!("rt-{account}")})).await;
+        Mock::given(method("POST"))
+            .and(path("/revoke"))
+            .and(body_string_contains(format!("token=at-{account}")))
+            .respond_with(ResponseTemplate::new(400).set_body_json(answer))
+            .mount(&mock)
+            .await;
+    }
+    on_code(&mock, "c", json!({"access_token": "at-c", "token_type": "Bearer", "expires_in": 3600, "refresh_token": "rt-c"})).await;
+    Mock::given(method("POST"))
+        .and(path("/revoke"))
+        .and(body_string_contains("token=rt-c"))
+        .respond_with(
+            ResponseTemplate::new(400).set_body_json(json!({"error": "unsupported_token_type"})),
+        )
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/revoke"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&mock)
+        .await;
+    let (_home, key, d) = serving("p", "spotify", &mock, "");
+    for account in ["a", "b", "c"] {
+        connect(&d, &key, "p", account, account).await;
+    }
+    for account in ["a", "b"] {
+        let resp = d
+            .delete(&format!("/v1/connections/p/{account}"), &key)
+            .await;
+        assert_eq!(
+            resp.status(),
+            204,
+            "{account}: {}",
+            resp.text().await.unwrap_or_default()
+        );
+        let (status, _) = d.get(&format!("/v1/connections/p/{account}"), &key).await;
+        assert_eq!(status, 404, "{account}");
+    }
+    let resp = d.delete("/v1/connections/p/c", &key).await;
+    assert_eq!(resp.status(), 502);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unsupported_token_type"),
+        "{body}"
+    );
+    let (status, _) = d.get("/v1/connections/p/c", &key).await;
+    assert_eq!(status, 200, "kept: the provider did not revoke its grant");
+}
