@@ -5,8 +5,10 @@ use super::events::Via;
 use super::{token_aad, Broker, BrokerError};
 use crate::notify::Event;
 use crate::oauth::flows::TokenSet;
-use crate::oauth::{id_token, Provider};
-use crate::store::{AccountIdentity, ConnectionKey, ConnectionSave, SealedTokens, Told};
+use crate::oauth::{id_token, provider_text, Provider};
+use crate::store::{
+    AccountIdentity, ConnectionKey, ConnectionRow, ConnectionSave, SealedTokens, Told,
+};
 use std::time::Duration;
 
 /// The longest `expires_in` taken from a provider as it is (ten years; imports clamp to it too).
@@ -182,6 +184,37 @@ impl Broker {
     /// The account an ID token names, when the answer carried one and the provider has an
     /// issuer to check it against (an explicitly configured provider without `issuer` has
     /// no trust anchor for ID tokens: the token is then ignored).
+    /// Whether a refresh's answer says the grant is now another account's (OpenID Core
+    /// 12.2: an ID token in it must name the account the connection was made for): the
+    /// reason, when its ID token verifies and names another `sub` than the stored one. An
+    /// ID token that does not verify says nothing and is passed over (providers send the
+    /// first one again, long expired), as is one for a connection stored without a `sub`.
+    pub(super) async fn refreshed_for_another(
+        &self,
+        provider: &Provider,
+        row: &ConnectionRow,
+        t: &TokenSet,
+    ) -> Option<String> {
+        t.id_token.as_ref()?;
+        let stored = row.identity.sub.as_deref()?;
+        match self.verify_id_token(provider, t, None).await {
+            Ok(AccountIdentity { sub: Some(sub), .. }) if sub != stored => Some(format!(
+                "the provider's refresh answer holds an ID token for another account (sub {}; connected as {}): its tokens were not kept",
+                provider_text(&sub, 255),
+                provider_text(stored, 255)
+            )),
+            Ok(_) => None,
+            Err(e) => {
+                log::debug!(
+                    "refresh {}/{}: the ID token in the answer was passed over ({e})",
+                    row.provider,
+                    row.account
+                );
+                None
+            }
+        }
+    }
+
     async fn verify_id_token(
         &self,
         provider: &Provider,

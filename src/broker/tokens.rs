@@ -867,6 +867,13 @@ impl Broker {
             }
         };
         answered.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(reason) = self.refreshed_for_another(provider, row, &tokens).await {
+            log::warn!("refresh {p}/{a}: {reason}; the account must be connected again");
+            refreshed(p, "needs_reauth");
+            return Err(self
+                .record_failure(row, generation, Failure::Reauth(reason))
+                .await);
+        }
         let sealed = self.seal_tokens(p, a, &tokens, None)?;
         let expires_at_ms = sealed.access_expires_at_ms;
         let scope = sealed.scopes.clone().or_else(|| row.scopes.clone());

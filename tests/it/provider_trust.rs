@@ -9,6 +9,7 @@ use common::{query_param, Daemon, Home};
 use serde_json::json;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -330,7 +331,7 @@ async fn callbacks_queued_behind_a_stalled_key_set_share_its_failure() {
         .respond_with(
             ResponseTemplate::new(200)
                 .set_body_json(json!({"keys": []}))
-                .set_delay(std::time::Duration::from_secs(30)),
+                .set_delay(Duration::from_secs(30)),
         )
         .mount(&mock)
         .await;
@@ -362,4 +363,106 @@ async fn callbacks_queued_behind_a_stalled_key_set_share_its_failure() {
         fetched, 1,
         "each queued callback fetched the stalled key set again"
     );
+}
+
+/// An ID token in a refresh's answer that verifies and names another account than the
+/// connection was made for (OpenID Core 12.2) is not handed out as that account's token:
+/// the grant is someone else's now, and the connection needs the user. One that names the
+/// same account refreshes as before, and one that does not verify is passed over
+/// (providers send the first one again, long expired).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_whose_id_token_names_another_account_is_not_handed_out() {
+    use jsonwebtoken::Algorithm::RS256;
+    let mock = MockServer::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let (good, jwk) = rsa_key(keys.path(), "good", "k1");
+    let (other, _) = rsa_key(keys.path(), "other", "k1");
+    let uri = mock.uri();
+    Mock::given(method("GET"))
+        .and(path("/.well-known/openid-configuration"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "issuer": uri, "authorization_endpoint": format!("{uri}/authorize"),
+            "token_endpoint": format!("{uri}/token"), "jwks_uri": format!("{uri}/jwks"),
+        })))
+        .mount(&mock)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/jwks"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [jwk]})))
+        .mount(&mock)
+        .await;
+    let home = Home::new();
+    home.write_config(&format!(
+        "[providers.op]\nissuer = \"{uri}\"\nclient_id = \"cid\"\nclient_secret = \"c-secret\"\nscopes = [\"openid\"]\n"
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let now = chrono::Utc::now().timestamp();
+    let claims =
+        |sub: &str| json!({"iss": uri, "aud": "cid", "sub": sub, "exp": now + 600, "iat": now});
+    // (account, the ID token its refresh answers with, whether the token is handed out)
+    let cases = [
+        ("same", sign(&good, "k1", RS256, &claims("user-7")), true),
+        (
+            "forged",
+            sign(&other, "k1", RS256, &claims("mallory")),
+            true,
+        ),
+        ("other", sign(&good, "k1", RS256, &claims("mallory")), false),
+    ];
+    for (account, refreshed_id_token, _) in &cases {
+        let authorize = d.start_connect(&key, "op", account).await;
+        let state = query_param(&authorize, "state");
+        let mut first = claims("user-7");
+        first["nonce"] = json!(query_param(&authorize, "nonce"));
+        for (grant, answer) in [
+            (
+                format!("code=code-{account}"),
+                json!({"access_token": format!("at-{account}-1"), "token_type": "Bearer", "expires_in": 1,
+                       "refresh_token": format!("rt-{account}"), "id_token": sign(&good, "k1", RS256, &first)}),
+            ),
+            (
+                format!("refresh_token=rt-{account}"),
+                json!({"access_token": format!("at-{account}-2"), "token_type": "Bearer", "expires_in": 600,
+                       "id_token": refreshed_id_token}),
+            ),
+        ] {
+            Mock::given(method("POST"))
+                .and(path("/token"))
+                .and(wiremock::matchers::body_string_contains(grant))
+                .respond_with(ResponseTemplate::new(200).set_body_json(answer))
+                .mount(&mock)
+                .await;
+        }
+        let (status, page, _) = d
+            .browser_get(&format!(
+                "{}/callback/op?code=code-{account}&state={state}",
+                d.url
+            ))
+            .await;
+        assert_eq!(status, 200, "{account}: {page}");
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for (account, _, handed_out) in cases {
+        let (status, body) = d
+            .get(&format!("/v1/connections/op/{account}/token"), &key)
+            .await;
+        if handed_out {
+            assert_eq!(status, 200, "{account}: {body}");
+            assert_eq!(body["access_token"], format!("at-{account}-2"), "{account}");
+        } else {
+            assert_eq!(
+                (status, body["code"].as_str()),
+                (409, Some("needs_reauth")),
+                "{account}: {body}"
+            );
+            let (_, conn) = d.get(&format!("/v1/connections/op/{account}"), &key).await;
+            let why = conn["last_error"].as_str().unwrap_or_default();
+            assert!(
+                why.contains("ID token for another account (sub mallory"),
+                "{conn}"
+            );
+            assert_eq!(conn["provider_account"]["sub"], "user-7", "{conn}");
+        }
+    }
 }
