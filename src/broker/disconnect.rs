@@ -374,17 +374,37 @@ impl Broker {
                 return;
             }
         }
-        let mut orphaned = Vec::new();
+        self.revoke_unkept(
+            provider,
+            key,
+            tokens,
+            "the connection was deleted meanwhile",
+        )
+        .await;
+    }
+
+    /// Revokes tokens a refresh got and does not keep (`why`), as far as the provider can
+    /// be reached: kept nowhere, no disconnect could revoke them later.
+    pub(super) async fn revoke_unkept(
+        &self,
+        provider: &Provider,
+        key: &ConnectionKey,
+        tokens: &TokenSet,
+        why: &str,
+    ) {
+        let mut unkept = Vec::new();
         if let Some(refresh) = &tokens.refresh_token {
-            orphaned.push((refresh.clone(), "refresh_token"));
+            unkept.push((refresh.clone(), "refresh_token"));
         }
-        orphaned.push((tokens.access_token.clone(), "access_token"));
+        if !tokens.access_token.is_empty() {
+            unkept.push((tokens.access_token.clone(), "access_token"));
+        }
         match self
-            .revoke_tokens(provider, orphaned, &mut Revoked::default())
+            .revoke_tokens(provider, unkept, &mut Revoked::default())
             .await
         {
-            Ok(()) => log::info!("refresh {key}: the connection was deleted meanwhile; the new tokens were revoked"),
-            Err(e) => log::warn!("refresh {key}: the connection was deleted meanwhile, and revoking the new tokens failed ({e}); they may stay valid at the provider until they expire"),
+            Ok(()) => log::info!("refresh {key}: {why}; the new tokens were revoked"),
+            Err(e) => log::warn!("refresh {key}: {why}, and revoking the new tokens failed ({e}); they may stay valid at the provider until they expire"),
         }
     }
 }

@@ -183,6 +183,7 @@ impl Broker {
                 .scope
                 .map(|s| s.split_whitespace().map(str::to_owned).collect()),
             id_token: None,
+            access_fault: None,
             asked: std::time::Instant::now(),
         };
         let mut sealed = self.seal_tokens(&provider, &account, &set, None)?;

@@ -121,8 +121,13 @@ fn refreshed(provider: &str, result: &str) {
 enum Failure {
     /// The grant is gone: only the user can fix it, by connecting again.
     Reauth(String),
-    /// Worth another try after a backoff, and not before the provider asked (ms).
-    Transient(String, i64),
+    /// Worth another try after a backoff, and not before the provider asked.
+    Transient {
+        error: String,
+        asked_ms: i64,
+        /// A new refresh token the answer brought (sealed), kept all the same.
+        refresh_token: Option<Vec<u8>>,
+    },
 }
 
 /// Sealed tokens that do not open, said in the log (the caller is told only that it
@@ -862,17 +867,39 @@ impl Broker {
                     } => *retry_after_secs as i64 * 1000,
                     _ => 0,
                 };
-                let failure = Failure::Transient(e.to_string(), asked_ms);
+                let failure = Failure::Transient {
+                    error: e.to_string(),
+                    asked_ms,
+                    refresh_token: None,
+                };
                 return Err(self.record_failure(row, generation, failure).await);
             }
         };
         answered.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(fault) = &tokens.access_fault {
+            // The access token is not handed out; a new refresh token in the answer is
+            // kept (a rotating provider retired the stored one), for the next try.
+            refreshed(p, "failed");
+            let refresh_token = match &tokens.refresh_token {
+                Some(r) => Some(self.vault.seal_str(&token_aad(p, a, "refresh_token"), r)?),
+                None => None,
+            };
+            let failure = Failure::Transient {
+                error: FlowError::Transient(fault.clone()).to_string(),
+                asked_ms: 0,
+                refresh_token,
+            };
+            return Err(self.record_failure(row, generation, failure).await);
+        }
         if let Some(reason) = self.refreshed_for_another(provider, row, &tokens).await {
             log::warn!("refresh {p}/{a}: {reason}; the account must be connected again");
             refreshed(p, "needs_reauth");
-            return Err(self
+            let failed = self
                 .record_failure(row, generation, Failure::Reauth(reason))
-                .await);
+                .await;
+            let why = "its ID token names another account";
+            self.revoke_unkept(provider, &row.key(), &tokens, why).await;
+            return Err(failed);
         }
         let sealed = self.seal_tokens(p, a, &tokens, None)?;
         let expires_at_ms = sealed.access_expires_at_ms;
@@ -926,7 +953,9 @@ impl Broker {
         let now = self.clock.now_ms();
         let (status, error, retry_at_ms) = match &failure {
             Failure::Reauth(reason) => (ConnectionStatus::NeedsReauth, reason.as_str(), None),
-            Failure::Transient(e, asked_ms) => {
+            Failure::Transient {
+                error: e, asked_ms, ..
+            } => {
                 let wait = backoff_ms(row.failures).max(*asked_ms);
                 log::warn!(
                     "refresh {}/{}: {e}; the next try waits {} s at least (for a call that needs a new token, or the background refresher)",
@@ -950,14 +979,14 @@ impl Broker {
                 None
             }
             Failure::Reauth(reason) => Some(self.needs_reauth_event(row, reason)),
-            Failure::Transient(e, _) => self.failing_event(row, e, now, retry_at_ms),
+            Failure::Transient { error, .. } => self.failing_event(row, error, now, retry_at_ms),
         }
         .into_iter()
         .collect();
         let told = match &failure {
             Failure::Reauth(_) => row.told.with(Told::NEEDS_REAUTH),
-            Failure::Transient(..) if !events.is_empty() => row.told.with(Told::FAILING),
-            Failure::Transient(..) => row.told,
+            Failure::Transient { .. } if !events.is_empty() => row.told.with(Told::FAILING),
+            Failure::Transient { .. } => row.told,
         };
         let recorded = self
             .store
@@ -970,6 +999,10 @@ impl Broker {
                     retry_at_ms,
                     now_ms: now,
                     told,
+                    refresh_token: match &failure {
+                        Failure::Transient { refresh_token, .. } => refresh_token.clone(),
+                        Failure::Reauth(_) => None,
+                    },
                 },
                 self.notifier.deliveries(&events),
             )
@@ -985,8 +1018,11 @@ impl Broker {
                 row.last_error = Some(reason);
                 self.needs_reauth(&row)
             }
-            Failure::Transient(e, _) => BrokerError::ProviderUnavailable {
-                message: format!("refreshing {}/{} failed: {e}", row.provider, row.account),
+            Failure::Transient { error, .. } => BrokerError::ProviderUnavailable {
+                message: format!(
+                    "refreshing {}/{} failed: {error}",
+                    row.provider, row.account
+                ),
                 retry_after_secs: (retry_at_ms.unwrap_or(now) - now).max(0) as u64 / 1000,
             },
         }

@@ -59,6 +59,9 @@ pub struct TokenSet {
     pub scopes: Option<Vec<String>>,
     /// The OpenID ID token, when the provider sent one (not verified yet).
     pub id_token: Option<Zeroizing<String>>,
+    /// Why the access token cannot be handed out, when it cannot (`fit`; it is then
+    /// empty): a refresh keeps the rest of such an answer, other grants refuse it.
+    pub access_fault: Option<String>,
     /// When the request that got them was sent: `expires_in` counts from the provider's
     /// answer, which can come long after (a slow provider, a refresh waited for up to a
     /// minute), and a lifetime counted from its arrival would outlast the token.
@@ -216,8 +219,10 @@ struct Sender<'a> {
     asked_to_wait: std::sync::atomic::AtomicU64,
 }
 
-/// The longest a provider's `Retry-After` is followed: an hour.
-pub const MAX_PROVIDER_WAIT_SECS: u64 = 3600;
+/// The longest a provider's `Retry-After` is followed: ten minutes, the longest oauthd's
+/// own backoff waits (a maintenance page asking for a day would keep every token of the
+/// provider's from being refreshed for that long, and apps' tokens would run out).
+pub const MAX_PROVIDER_WAIT_SECS: u64 = 600;
 
 impl<'a> Sender<'a> {
     fn new(endpoint: &'a dyn TokenEndpoint) -> Self {
@@ -235,6 +240,7 @@ impl<'a> Sender<'a> {
             .load(std::sync::atomic::Ordering::Relaxed);
         match error {
             FlowError::InvalidGrant(_) => error,
+            FlowError::Rejected { ref code, .. } if refuses_client(code) => error,
             _ if secs == 0 => error,
             other => FlowError::Throttled {
                 message: other.to_string(),
@@ -255,6 +261,7 @@ pub fn retry_after_secs(headers: &oauth2::http::HeaderMap) -> Option<u64> {
         .trim();
     let secs = match value.parse::<u64>() {
         Ok(secs) => secs,
+        Err(_) if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => u64::MAX,
         Err(_) => {
             let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
             u64::try_from((at.timestamp() - chrono::Utc::now().timestamp()).max(0)).ok()?
@@ -539,41 +546,67 @@ fn answered<E: std::error::Error>(
     asked: std::time::Instant,
 ) -> Result<TokenSet, FlowError> {
     match response {
-        Ok(r) => fit(token_set(&r, asked)),
+        Ok(r) => Ok(fit(token_set(&r, asked))),
         Err(RequestTokenError::Parse(e, body)) => match lenient_token_set(&body, asked) {
-            Ok(tokens) if !names_an_error(&body) => fit(tokens),
+            Ok(tokens) if !names_an_error(&body) => Ok(fit(tokens)),
             _ => Err(classify::<E>(RequestTokenError::Parse(e, body), sent)),
         },
         Err(e) => Err(classify(e, sent)),
     }
 }
 
-/// Tokens fit to store and hand out, or why not (`token_text`: a line break in a token
-/// would inject a header into every call an app or the proxy makes with it). An empty
-/// `refresh_token` is taken as none sent, so the stored one is kept, as for an answer
-/// without one: a refresh token of nothing would be sent at the next refresh and refused.
-fn fit(mut tokens: TokenSet) -> Result<TokenSet, FlowError> {
+/// A token answer as it is kept: a provider's slips that harm nothing are mended, and an
+/// access token unfit to hand out is said in `access_fault` (the rest of the answer still
+/// counts: a refresh keeps the new refresh token a rotating provider has just retired the
+/// old one for). Tokens lose surrounding whitespace (a line break after one); an empty
+/// `refresh_token` is none sent (the stored one is kept, as for an answer without one); a
+/// `token_type` that is no HTTP token is taken as Bearer (what the proxy sends anyway);
+/// scopes are words apart by any whitespace, and scopes holding a control character are
+/// taken as not said. A refresh token goes only into form bodies, so any text is fit.
+fn fit(mut tokens: TokenSet) -> TokenSet {
+    let trimmed = |t: &Zeroizing<String>| {
+        let inner = t.trim_matches(|c: char| c.is_ascii_whitespace());
+        (inner.len() != t.len()).then(|| Zeroizing::new(inner.to_owned()))
+    };
+    if let Some(t) = trimmed(&tokens.access_token) {
+        tokens.access_token = t;
+    }
+    if let Some(t) = tokens.refresh_token.as_ref().and_then(trimmed) {
+        tokens.refresh_token = Some(t);
+    }
     if tokens.refresh_token.as_ref().is_some_and(|t| t.is_empty()) {
         tokens.refresh_token = None;
     }
-    let fault = token_fault("access_token", &tokens.access_token)
-        .or_else(|| {
-            let refresh = tokens.refresh_token.as_deref()?;
-            token_fault("refresh_token", refresh)
-        })
-        .or_else(|| token_type_fault(&tokens.token_type).map(str::to_owned))
-        .or_else(|| {
-            let scopes = tokens.scopes.as_deref()?;
-            scopes
-                .iter()
-                .find_map(|s| scope_fault(s))
-                .map(str::to_owned)
-        });
-    match fault {
+    let token_type = tokens.token_type.trim();
+    tokens.token_type = if token_type_fault(token_type).is_none() {
+        token_type.to_owned()
+    } else {
+        "Bearer".to_owned()
+    };
+    tokens.scopes = tokens.scopes.take().and_then(|scopes| {
+        let words: Vec<String> = scopes
+            .iter()
+            .flat_map(|s| s.split_whitespace())
+            .map(str::to_owned)
+            .collect();
+        words
+            .iter()
+            .all(|w| scope_fault(w).is_none())
+            .then_some(words)
+    });
+    if let Some(fault) = token_fault("access_token", &tokens.access_token) {
+        // Never handed out or stored as it is.
+        tokens.access_token = Zeroizing::new(String::new());
+        tokens.access_fault = Some(format!("malformed token response: {fault}"));
+    }
+    tokens
+}
+
+/// Tokens whose access token may be handed out, or why not.
+pub fn usable(tokens: TokenSet) -> Result<TokenSet, FlowError> {
+    match &tokens.access_fault {
         None => Ok(tokens),
-        Some(fault) => Err(FlowError::Transient(format!(
-            "malformed token response: {fault}"
-        ))),
+        Some(fault) => Err(FlowError::Transient(fault.clone())),
     }
 }
 
@@ -633,6 +666,7 @@ fn lenient_token_set(
         refresh_token: loose.refresh_token.map(Zeroizing::new),
         scopes,
         id_token: loose.id_token.map(Zeroizing::new),
+        access_fault: None,
         asked,
     })
 }
@@ -664,6 +698,7 @@ fn token_set(r: &ProviderTokenResponse, asked: std::time::Instant) -> TokenSet {
             .scopes()
             .map(|s| s.iter().map(|x| x.to_string()).collect()),
         id_token: r.extra_fields().id_token.clone().map(Zeroizing::new),
+        access_fault: None,
         asked,
     }
 }
@@ -685,6 +720,7 @@ pub async fn exchange_code(
         .await;
     answered(resp, &Sent::new(provider, &[code, pkce_verifier]), asked)
         .map_err(|e| sender.throttled(e))
+        .and_then(usable)
 }
 
 /// Whether a provider accepts oauthd's client credentials, found out before any user is
@@ -800,9 +836,11 @@ pub async fn revoke(
     let code = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v.get("error")?.as_str().map(str::to_owned));
+    let bad_request = status == reqwest::StatusCode::BAD_REQUEST;
     match code.as_deref() {
-        Some("invalid_token") => Ok(()),
-        Some("unsupported_token_type") if hint == "access_token" => Ok(()),
+        // Only as 400 (RFC 6749 5.2's status): a 401 invalid_token refuses the caller.
+        Some("invalid_token") if bad_request => Ok(()),
+        Some("unsupported_token_type") if bad_request && hint == "access_token" => Ok(()),
         _ => Err(FlowError::Rejected {
             code: format!("http_{}", status.as_u16()),
             description: match code {
@@ -1050,9 +1088,13 @@ pub async fn device_poll(
     };
     let sent = Sent::new(provider, &[device_code]);
     if status.is_success() && !names_an_error(&body) {
-        return match lenient_token_set(&body, asked).map(fit) {
+        // An answer whose access token is unfit ends the flow: the device code is spent.
+        return match lenient_token_set(&body, asked).map(fit).map(usable) {
             Ok(Ok(tokens)) => DevicePoll::Done(tokens),
-            Ok(Err(unfit)) => DevicePoll::Failed(unfit),
+            Ok(Err(unfit)) => DevicePoll::Failed(FlowError::Rejected {
+                code: "malformed_token_response".into(),
+                description: unfit.to_string(),
+            }),
             Err(e) => DevicePoll::Failed(FlowError::Transient(format!(
                 "malformed token response: the token endpoint answered HTTP {status} with something that is not a token response: {}",
                 sent.text(&e.to_string(), DESCRIPTION_MAX)

@@ -188,7 +188,7 @@ impl std::fmt::Display for ConnectionKey {
 }
 
 /// A failed refresh, as recorded on its connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RefreshFailure<'a> {
     /// `NeedsReauth` when only the user can fix it.
     pub status: ConnectionStatus,
@@ -200,6 +200,9 @@ pub struct RefreshFailure<'a> {
     /// it is: the caller holds the lease over the row it read, and adds to what that row
     /// had been told.
     pub told: Told,
+    /// A new refresh token (sealed) the failed refresh's answer brought, kept in place of
+    /// the stored one: a rotating provider retired that one when it answered.
+    pub refresh_token: Option<Vec<u8>>,
 }
 
 /// Sealed tokens to store after a code exchange or a refresh.

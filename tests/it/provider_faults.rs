@@ -1223,25 +1223,30 @@ async fn an_empty_refresh_token_keeps_the_stored_one() {
     }
 }
 
-/// A token holding a line break (or a token type that is no word) would inject a header
-/// into every call an app or the proxy makes with it: a provider's answer holding one is
-/// refused as a malformed answer, on the callback and on a refresh, as an import of it is.
+/// A token holding a line break would inject a header into every call an app or the
+/// proxy makes with it: a provider's access token holding one is never handed out, on the
+/// callback or on a refresh, as an import of it is refused. A refresh's answer keeps its
+/// new refresh token all the same (a rotating provider retired the stored one), and the
+/// next try uses it. A token type that is no HTTP token is taken as Bearer, and a line
+/// break after a token is no part of it.
 #[tokio::test(flavor = "multi_thread")]
-async fn tokens_that_would_inject_a_header_are_refused_from_providers() {
+async fn tokens_that_would_inject_a_header_are_not_handed_out() {
     let mock = MockServer::start().await;
     on_code(&mock, "c1", json!({"access_token": "at-1", "token_type": "Bearer", "expires_in": 1, "refresh_token": "rt-1"})).await;
-    on_code(&mock, "c2", json!({"access_token": "at-x", "token_type": "Bearer\r\nX-Injected: 1", "refresh_token": "rt-x"})).await;
-    on_code(
-        &mock,
-        "c3",
-        json!({"access_token": "at-x\r\nX-Injected: 1", "token_type": "Bearer"}),
-    )
-    .await;
+    on_code(&mock, "c2", json!({"access_token": "at-b\n", "token_type": "Bearer\r\nX-Injected: 1", "refresh_token": "rt-b"})).await;
+    on_code(&mock, "c3", json!({"access_token": "at-x\r\nX-Injected: 1", "token_type": "Bearer", "refresh_token": "rt-x"})).await;
     let injected = json!({"access_token": "at-2\r\nX-Injected: 1", "token_type": "Bearer", "expires_in": 60, "refresh_token": "rt-2"});
     on_refresh(
         &mock,
         "rt-1",
         ResponseTemplate::new(200).set_body_json(injected),
+    )
+    .await;
+    let good = json!({"access_token": "at-3", "token_type": "Bearer", "expires_in": 60, "refresh_token": "rt-3"});
+    on_refresh(
+        &mock,
+        "rt-2",
+        ResponseTemplate::new(200).set_body_json(good),
     )
     .await;
     let (home, key, d) = serving("p", "spotify", &mock, "");
@@ -1256,16 +1261,30 @@ async fn tokens_that_would_inject_a_header_are_refused_from_providers() {
         ),
         "{body}"
     );
-    for (account, code) in [("b", "c2"), ("c", "c3")] {
-        let state = common::query_param(&d.start_connect(&key, "p", account).await, "state");
-        let (status, page, _) = d
-            .browser_get(&format!("{}/callback/p?code={code}&state={state}", d.url))
-            .await;
-        assert_ne!(status, 200, "{code}: {page}");
-        assert!(!page.contains("X-Injected"), "{page}");
-        let (status, body) = d.get(&format!("/v1/connections/p/{account}"), &key).await;
-        assert_eq!(status, 404, "{code} stored a connection: {body}");
-    }
+    // After the backoff (5 s), the next try sends the refresh token that answer brought.
+    tokio::time::sleep(Duration::from_millis(5200)).await;
+    let (status, body) = d.get("/v1/connections/p/me/token", &key).await;
+    assert_eq!(
+        (status, body["access_token"].as_str()),
+        (200, Some("at-3")),
+        "{body}"
+    );
+
+    connect(&d, &key, "p", "b", "c2").await;
+    let (_, body) = d.get("/v1/connections/p/b/token", &key).await;
+    assert_eq!(
+        (body["access_token"].as_str(), body["token_type"].as_str()),
+        (Some("at-b"), Some("Bearer")),
+        "{body}"
+    );
+    let state = common::query_param(&d.start_connect(&key, "p", "c").await, "state");
+    let (status, page, _) = d
+        .browser_get(&format!("{}/callback/p?code=c3&state={state}", d.url))
+        .await;
+    assert_ne!(status, 200, "{page}");
+    assert!(!page.contains("X-Injected"), "{page}");
+    let (status, body) = d.get("/v1/connections/p/c", &key).await;
+    assert_eq!(status, 404, "stored a connection: {body}");
     assert!(
         !home.log_text().contains("X-Injected"),
         "{}",
@@ -1273,15 +1292,16 @@ async fn tokens_that_would_inject_a_header_are_refused_from_providers() {
     );
 }
 
-/// A refresh answered `429` with `Retry-After` is not asked again before then: apps are
-/// told that wait, and the provider is left alone meanwhile (oauthd's own backoff, 5 s,
-/// asked again long before a rate limit of ten minutes ran out).
+/// A refresh answered `429` with `Retry-After` is not asked again before then, up to ten
+/// minutes (a day asked, as here, would keep every token of the provider's from being
+/// refreshed): apps are told that wait, and the provider is left alone meanwhile (oauthd's
+/// own backoff, 5 s, asked again long before a rate limit ran out).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_providers_retry_after_is_waited_for() {
     let mock = MockServer::start().await;
     on_code(&mock, "c1", json!({"access_token": "at-1", "token_type": "Bearer", "expires_in": 1, "refresh_token": "rt-1"})).await;
     let limited = ResponseTemplate::new(429)
-        .insert_header("retry-after", "600")
+        .insert_header("retry-after", "86400")
         .set_body_json(json!({"error": "rate_limited"}));
     on_refresh(&mock, "rt-1", limited).await;
     let (_home, key, d) = serving("p", "spotify", &mock, "");
@@ -1319,6 +1339,14 @@ async fn a_disconnect_takes_a_token_the_provider_calls_invalid_as_revoked() {
             .await;
     }
     on_code(&mock, "c", json!({"access_token": "at-c", "token_type": "Bearer", "expires_in": 3600, "refresh_token": "rt-c"})).await;
+    // A 401 invalid_token refuses the caller (oauthd's client), not the token.
+    on_code(&mock, "d", json!({"access_token": "at-d", "token_type": "Bearer", "expires_in": 3600, "refresh_token": "rt-d"})).await;
+    Mock::given(method("POST"))
+        .and(path("/revoke"))
+        .and(body_string_contains("token=at-d"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(json!({"error": "invalid_token"})))
+        .mount(&mock)
+        .await;
     Mock::given(method("POST"))
         .and(path("/revoke"))
         .and(body_string_contains("token=rt-c"))
@@ -1333,9 +1361,11 @@ async fn a_disconnect_takes_a_token_the_provider_calls_invalid_as_revoked() {
         .mount(&mock)
         .await;
     let (_home, key, d) = serving("p", "spotify", &mock, "");
-    for account in ["a", "b", "c"] {
+    for account in ["a", "b", "c", "d"] {
         connect(&d, &key, "p", account, account).await;
     }
+    let resp = d.delete("/v1/connections/p/d", &key).await;
+    assert_eq!(resp.status(), 502, "a 401 counted as revoked");
     for account in ["a", "b"] {
         let resp = d
             .delete(&format!("/v1/connections/p/{account}"), &key)

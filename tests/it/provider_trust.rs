@@ -383,6 +383,7 @@ async fn a_refresh_whose_id_token_names_another_account_is_not_handed_out() {
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
             "issuer": uri, "authorization_endpoint": format!("{uri}/authorize"),
             "token_endpoint": format!("{uri}/token"), "jwks_uri": format!("{uri}/jwks"),
+            "revocation_endpoint": format!("{uri}/revoke"),
         })))
         .mount(&mock)
         .await;
@@ -465,4 +466,17 @@ async fn a_refresh_whose_id_token_names_another_account_is_not_handed_out() {
             assert_eq!(conn["provider_account"]["sub"], "user-7", "{conn}");
         }
     }
+    // The other account's tokens, kept nowhere, were revoked at the provider.
+    let revoked: Vec<String> = mock
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.url.path() == "/revoke")
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert!(
+        revoked.iter().any(|b| b.contains("token=at-other-2")),
+        "{revoked:?}"
+    );
 }

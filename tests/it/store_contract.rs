@@ -138,6 +138,7 @@ async fn a_row_read_during_someone_elses_lease_is_stale_once_they_let_go(b: Back
         retry_at_ms: None,
         now_ms: 6_000,
         told: Told::NOTHING,
+        refresh_token: None,
     };
     assert!(s
         .save_refresh_failure(&key, g, failure, Vec::new())
@@ -174,6 +175,7 @@ async fn a_lease_on_a_deleted_connection_does_not_fence_its_successor(b: Backend
         retry_at_ms: None,
         now_ms: 7_000,
         told: Told::NOTHING,
+        refresh_token: None,
     };
     assert!(!s
         .save_refresh_failure(&key, stale, failure, Vec::new())
@@ -277,6 +279,7 @@ async fn refresh_failed(
         retry_at_ms: Some(now + 60_000),
         now_ms: now,
         told: Told::FAILING,
+        refresh_token: None,
     };
     assert!(s
         .save_refresh_failure(key, generation, failure, Vec::new())
@@ -333,6 +336,7 @@ async fn events_are_stored_with_their_change_and_only_with_it(b: Backend) {
         retry_at_ms: Some(9_000),
         now_ms: 4_000,
         told: Told::FAILING,
+        refresh_token: None,
     };
     assert!(s
         .save_refresh_failure(&key, g, failure, vec![delivery("d2", "t", 4_000)])
@@ -1278,6 +1282,7 @@ async fn what_was_told_of_a_connection_is_kept_until_a_refresh_succeeds(b: Backe
             retry_at_ms: None,
             now_ms: at,
             told: told_now,
+            refresh_token: None,
         };
         assert!(s
             .save_refresh_failure(&key, g, failure, Vec::new())
@@ -1304,7 +1309,38 @@ async fn what_was_told_of_a_connection_is_kept_until_a_refresh_succeeds(b: Backe
     assert_eq!(told().await.told, Told::NOTHING);
 }
 
+/// A failed refresh whose answer brought a new refresh token (its access token unfit to
+/// hand out) keeps that one in place of the stored one, which a rotating provider retired;
+/// one without leaves the stored one.
+async fn a_failed_refresh_keeps_a_new_refresh_token_it_is_given(b: Backend) {
+    let (s, key) = (b.store.as_ref(), connected(&b).await);
+    for (now, given, kept) in [
+        (2_000, None, b"r1".to_vec()),
+        (4_000, Some(b"r2".to_vec()), b"r2".to_vec()),
+    ] {
+        let row = s.get_connection(&key).await.unwrap().unwrap();
+        let g = lease(s, &key, row.generation, now).await.unwrap();
+        let failure = RefreshFailure {
+            status: ConnectionStatus::Active,
+            error: "malformed token response",
+            retry_at_ms: Some(now + 5_000),
+            now_ms: now + 1,
+            told: Told::NOTHING,
+            refresh_token: given,
+        };
+        assert!(s
+            .save_refresh_failure(&key, g, failure, Vec::new())
+            .await
+            .unwrap());
+        let after = s.get_connection(&key).await.unwrap().unwrap();
+        assert_eq!(after.refresh_token, Some(kept));
+        assert_eq!(after.access_token, b"a1");
+        assert_eq!(after.failures, row.failures + 1);
+    }
+}
+
 backends!(
+    a_failed_refresh_keeps_a_new_refresh_token_it_is_given,
     the_accounts_signed_in_as_one_sub_are_found,
     what_was_told_of_a_connection_is_kept_until_a_refresh_succeeds,
     a_key_is_active_by_its_id_until_revoked,

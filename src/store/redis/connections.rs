@@ -497,6 +497,9 @@ impl ConnectionStore for RedisStore {
         if !f.told.is_nothing() {
             changes.num("failing_notified", f.told.stored());
         }
+        if let Some(refresh_token) = f.refresh_token {
+            changes.put("refresh_token", refresh_token);
+        }
         self.fenced(
             "recording a failed refresh",
             (provider, account),

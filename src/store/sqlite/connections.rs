@@ -294,8 +294,13 @@ impl ConnectionStore for SqliteStore {
     ) -> Result<bool, StoreError> {
         let (provider, account) = (key.provider.as_str(), key.account.as_str());
         let (p, a, e) = (provider.to_owned(), account.to_owned(), f.error.to_owned());
-        let (status, retry_at_ms, now_ms, told) =
-            (f.status, f.retry_at_ms, f.now_ms, f.told.stored());
+        let (status, retry_at_ms, now_ms, told, refresh_token) = (
+            f.status,
+            f.retry_at_ms,
+            f.now_ms,
+            f.told.stored(),
+            f.refresh_token,
+        );
         self.writer
             .run_atomic("recording a failed refresh", move |conn| {
                 let n = conn
@@ -304,7 +309,8 @@ impl ConnectionStore for SqliteStore {
                             failures = failures + 1, retry_at = ?6, updated_at = ?7,
                             lease_until = NULL, generation = generation + 1,
                             failing_since = coalesce(failing_since, ?7),
-                            failing_notified = ?8
+                            failing_notified = ?8,
+                            refresh_token = coalesce(?9, refresh_token)
                          WHERE provider = ?1 AND account = ?2 AND generation = ?3",
                     )?
                     .execute(params![
@@ -315,7 +321,8 @@ impl ConnectionStore for SqliteStore {
                         e,
                         retry_at_ms,
                         now_ms,
-                        told
+                        told,
+                        refresh_token
                     ])?;
                 if n == 1 {
                     enqueue(conn, &events)?;
