@@ -47,22 +47,47 @@ pub(super) fn copy(settings: Settings, to: &str, to_prefix: Option<String>) -> R
     rt.block_on(async {
         refuse_served(into.as_ref(), "the store it copies into", &clock).await?;
         refuse_not_empty(into.as_ref(), &clock).await?;
-        let copied = copy_all(&source, &into, &settings, &clock)
-            .await
-            .map_err(|e| {
-                Fatal(
-                    format!(
-                        "{e}; {} now holds part of the copy: empty it before trying again ({})",
-                        into.describe(),
-                        how_to_empty(&destination)
-                    ),
-                    1,
-                )
-            })?;
+        let part = |why: String, code| {
+            Fatal(
+                format!(
+                    "{why}; {} now holds part of the copy: empty it before trying again ({})",
+                    into.describe(),
+                    how_to_empty(&destination)
+                ),
+                code,
+            )
+        };
+        // A copy cut short by a signal (Ctrl-C, a stop) says what it leaves behind, as one
+        // cut short by an error does: the part copied looks like a store to everything else.
+        let copied = tokio::select! {
+            copied = copy_all(&source, &into, &settings, &clock) => {
+                copied.map_err(|e| part(e.to_string(), 1))?
+            }
+            signal = interrupted() => return Err(part(format!("interrupted by {signal}"), 130)),
+        };
         report(&source, &into, &copied, &clock).await;
         Ok::<(), Fatal>(())
     })?;
     key.carry_out(&destination)
+}
+
+/// The first of SIGINT, SIGTERM and SIGHUP, by name (never, where they cannot be
+/// watched).
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    async fn next(kind: SignalKind) {
+        match signal(kind) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    }
+    tokio::select! {
+        _ = next(SignalKind::interrupt()) => "SIGINT",
+        _ = next(SignalKind::terminate()) => "SIGTERM",
+        _ = next(SignalKind::hangup()) => "SIGHUP",
+    }
 }
 
 /// The settings of the store named by `--to`: a Redis URL, or a SQLite file.

@@ -194,3 +194,46 @@ mod redis {
         served.signal_and_wait("TERM");
     }
 }
+
+/// A copy cut short by a signal (Ctrl-C, a stop) says so and what it leaves behind, as one
+/// cut short by an error does: it ended without a word, and the part copied looked like a
+/// store to `check` and to `serve`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_cut_short_by_a_signal_says_what_it_leaves_behind() {
+    let home = Home::new();
+    home.create_key("app", &[]);
+    home.start().signal_and_wait("TERM"); // makes the vault key file
+    rusqlite::Connection::open(home.db())
+        .unwrap()
+        .execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000)
+             INSERT INTO states (key_hash, namespace, data, created_at, expires_at)
+             SELECT randomblob(32), 'oauth:app', NULL, 0, 99999999999999 FROM n",
+        )
+        .unwrap();
+    let moved = Home::new();
+    let to = moved.db();
+    let child = home
+        .cli_command(&["copy", "--to", to.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Under way once the destination holds the API key (100,000 states take a while more).
+    let began = common::eventually(std::time::Duration::from_secs(30), || {
+        rusqlite::Connection::open_with_flags(&to, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|c| c.query_row("SELECT count(*) FROM api_keys", [], |r| r.get::<_, i64>(0)))
+            .is_ok_and(|n| n == 1)
+    })
+    .await;
+    assert!(began, "the copy did not begin");
+    common::signal(child.id(), "INT");
+    let out = child.wait_with_output().unwrap();
+    let text = said(&out);
+    assert_eq!(out.status.code(), Some(130), "{text}");
+    assert!(text.contains("interrupted by SIGINT"), "{text}");
+    assert!(
+        text.contains("now holds part of the copy: empty it before trying again (delete"),
+        "{text}"
+    );
+}
