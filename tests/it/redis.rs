@@ -512,13 +512,30 @@ mod shared {
         let (code, err) = keys_list_at(&limited, &[]);
         assert_eq!(code, Some(2), "{err}");
         assert!(err.contains("'time'") && err.contains("+time"), "{err}");
-        let readme =
+        let without_select =
             "ACL SETUSER lim reset on >limited-password-77 ~oauthd:* +@read +@write +@keyspace +@scripting +info +time";
+        assert_eq!(
+            server.command_after(&authed, without_select).as_deref(),
+            Some("+OK")
+        );
+        let (code, err) = keys_list_at(&limited, &[]);
+        assert_eq!(code, Some(0), "{err}");
+        // On a database other than 0 the user needs SELECT: named as a permission (exit 2),
+        // not as Redis unreachable (exit 1, restarted for good by the unit).
+        let limited_db1 = limited.replace("/0", "/1");
+        let (code, err) = keys_list_at(&limited_db1, &[]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains("may not run a command oauthd needs") && err.contains("+select"),
+            "{err}"
+        );
+        let readme =
+            "ACL SETUSER lim reset on >limited-password-77 ~oauthd:* +@read +@write +@keyspace +@scripting +info +time +select";
         assert_eq!(
             server.command_after(&authed, readme).as_deref(),
             Some("+OK")
         );
-        let (code, err) = keys_list_at(&limited, &[]);
+        let (code, err) = keys_list_at(&limited_db1, &[]);
         assert_eq!(code, Some(0), "{err}");
         let (code, err) = keys_list(&[("OAUTHD_REDIS_PASSWORD", password)]);
         assert_eq!(code, Some(0), "{err}");

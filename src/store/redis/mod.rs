@@ -176,9 +176,11 @@ fn open_failure(display: &str, prefix: &str, e: &redis::RedisError) -> (String, 
             true,
         );
     }
-    if e.code() == Some("NOPERM") || text.contains("NoPerm") {
+    // redis-rs says a refused SELECT (a database other than 0) in its own words, with the
+    // server's "no permissions" inside.
+    if e.code() == Some("NOPERM") || text.contains("NoPerm") || text.contains("no permissions") {
         return (
-            format!("Redis at {display}: the user may not run a command oauthd needs ({text}). oauthd runs reads, writes, scripts, SCAN, INFO and TIME on its keys: an ACL like `~{prefix}* +@read +@write +@keyspace +@scripting +info +time`"),
+            format!("Redis at {display}: the user may not run a command oauthd needs ({text}). oauthd runs reads, writes, scripts, SCAN, INFO and TIME on its keys, and SELECT for a database other than 0: an ACL like `~{prefix}* +@read +@write +@keyspace +@scripting +info +time +select`"),
             true,
         );
     }
