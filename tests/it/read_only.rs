@@ -498,6 +498,33 @@ fn check_fails_a_database_whose_disk_has_too_little_room() {
     );
 }
 
+/// `check` on a database that opens but whose disk has no room for a write: it said to
+/// make the files writable "for this user" (the advice for a read-only file), for a full
+/// disk as for any other fault; it says to free space. On a 6 MiB tmpfs of its own, filled
+/// but for 32 KiB (room to open the database, none to commit).
+#[test]
+fn check_says_a_full_disk_is_full_not_read_only() {
+    let home = Home::new();
+    let out = on_a_small_disk(
+        &home,
+        "\"$2\" keys create --create --db \"$1/oauthd.db\" --name app >/dev/null || exit 98; \
+         avail=$(df --output=avail -B1 \"$1\" | tail -1); \
+         fallocate -l $((avail - 32768)) \"$1/fill\" || exit 98; \
+         \"$2\" check --db \"$1/oauthd.db\"",
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(!matches!(out.status.code(), Some(97 | 98)), "{out:?}");
+    let store = report
+        .lines()
+        .find(|l| l.starts_with("FAIL  store: "))
+        .unwrap_or_else(|| panic!("no failed store line: {report}"));
+    assert!(
+        store.contains("the disk is full: free space on its file system")
+            && !store.contains("writable"),
+        "{store}"
+    );
+}
+
 /// A start (and `check`) on a database whose disk is full: the start said "is the file and
 /// its directory writable by this user?", and `check` left out its disk line with the store
 /// that did not open. Both name the full disk now. On a 6 MiB tmpfs of its own, in a

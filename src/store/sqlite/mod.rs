@@ -686,9 +686,31 @@ impl super::Store for SqliteStore {
                      writes wait for it, then answer 503, until it ends that transaction",
                     self.path.display()
                 ),
-                e => format!(
+                StoreError::ReadOnly { .. } => format!(
                     "database {} passes integrity_check, but {e} for this user: make the \
-                     file, its -wal and -shm files and its directory writable",
+                     file, its -wal and -shm files and its directory writable (or the \
+                     file system, where it is mounted read-only)",
+                    self.path.display()
+                ),
+                StoreError::Full { .. } => {
+                    let wal = crate::paths::with_suffix(&self.path, "-wal");
+                    let wal_size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+                    let wal = match wal_size / (1024 * 1024) {
+                        0 => String::new(),
+                        mib => format!(
+                            " (its -wal file holds {mib} MiB: a reader that held checkpoints \
+                             off let it grow, and with the disk full it cannot shrink, as the \
+                             checkpoint that empties it needs room to grow the database)"
+                        ),
+                    };
+                    format!(
+                        "database {} passes integrity_check, but {e}: free space on its file \
+                         system{wal}",
+                        self.path.display()
+                    )
+                }
+                e => format!(
+                    "database {} passes integrity_check, but {e}",
                     self.path.display()
                 ),
             })?;
