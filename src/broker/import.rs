@@ -105,7 +105,9 @@ impl ImportedTokens {
             Some(_) => return Err(bad("expires_in must be a number of seconds")),
         };
         let scope = string_field(&mut map, "scope")?;
-        // The rules tokens a provider sends are held to (`token_text`).
+        // The rules a provider's access token is held to (`token_text`); a refresh token
+        // too, stricter than a provider's (which goes only into form bodies, so any text
+        // is taken): an import is typed or pasted, and a stray line break is a mistake.
         for (name, value) in [
             ("access_token", Some(&access_token)),
             ("refresh_token", refresh_token.as_ref()),

@@ -118,6 +118,10 @@ fn refreshed(provider: &str, result: &str) {
 }
 
 /// Why a refresh failed, as far as what happens next is concerned.
+/// How many times a failed refresh that keeps a new refresh token is stored while the
+/// store fails, 200 ms apart.
+const KEEP_TRIES: usize = 50;
+
 enum Failure {
     /// The grant is gone: only the user can fix it, by connecting again.
     Reauth(String),
@@ -681,11 +685,7 @@ impl Broker {
             // on more of it than it has.
             let leased_until = tokio::time::Instant::now()
                 + Duration::from_millis(u64::try_from(self.lease_ms).unwrap_or(0));
-            match self
-                .store
-                .acquire_refresh_lease(key, row.generation, now, self.lease_ms)
-                .await?
-            {
+            match self.take_lease(key, row.generation, now).await? {
                 Some(generation) => {
                     self.mark_tried(key);
                     let lease = Leased {
@@ -747,6 +747,36 @@ impl Broker {
     /// next caller waits for its answer, the background refresher passes the connection,
     /// and a disconnect waits, instead of each finding the lease taken as if by another
     /// process.
+    /// Takes the refresh lease for the row read at `seen` (`Store::acquire_refresh_lease`),
+    /// apart from the caller: a caller gone meanwhile (an app that hung up, a call cut
+    /// short) would leave a lease taken that nobody refreshes with, holding off every
+    /// refresh of the connection, in every process, until it ran out (over a minute). One
+    /// taken for nobody is let go.
+    async fn take_lease(
+        &self,
+        key: &ConnectionKey,
+        seen: i64,
+        now: i64,
+    ) -> Result<Option<i64>, crate::store::StoreError> {
+        let (store, key, lease_ms) = (self.store.clone(), key.clone(), self.lease_ms);
+        let (tell, told) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let taken = store.acquire_refresh_lease(&key, seen, now, lease_ms).await;
+            if let Err(Ok(Some(generation))) = tell.send(taken) {
+                match store.release_refresh_lease(&key, generation).await {
+                    Ok(_) => log::info!("refresh {key}: the call that took the refresh lease was gone; let go"),
+                    Err(e) => log::warn!("refresh {key}: the call that took the refresh lease was gone, and letting go of it failed ({e}); it runs out by itself"),
+                }
+            }
+        });
+        told.await.unwrap_or_else(|_| {
+            Err(crate::store::StoreError::unavailable(
+                "taking a refresh lease",
+                "the task taking it ended",
+            ))
+        })
+    }
+
     async fn refresh_detached(
         self: &Arc<Self>,
         provider: &Arc<Provider>,
@@ -795,7 +825,7 @@ impl Broker {
     /// Refreshes `row` under `lease`; `answered` is set once the provider answered with
     /// new tokens (what is left is saving them).
     async fn refresh_with_lease(
-        &self,
+        self: &Arc<Self>,
         provider: &Provider,
         row: &ConnectionRow,
         lease: Leased,
@@ -876,6 +906,26 @@ impl Broker {
             }
         };
         answered.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Before anything of the answer is kept (its refresh token included): an answer
+        // for another account keeps nothing.
+        if let Some(reason) = self.refreshed_for_another(provider, row, &tokens).await {
+            log::warn!("refresh {p}/{a}: {reason}; the account must be connected again");
+            refreshed(p, "needs_reauth");
+            let (failed, recorded) = self
+                .record_failure_saved(row, generation, Failure::Reauth(reason))
+                .await;
+            // Kept nowhere, they are revoked (in the background: the caller is answered
+            // now), unless the row moved on meanwhile: a newer row may share the grant,
+            // which revoking would end.
+            if let (true, Some(provider)) = (recorded, self.providers.get(p).cloned()) {
+                let (this, key) = (self.clone(), row.key());
+                self.spawn_background(async move {
+                    let why = "its ID token names another account";
+                    this.revoke_unkept(&provider, &key, &tokens, why).await;
+                });
+            }
+            return Err(failed);
+        }
         if let Some(fault) = &tokens.access_fault {
             // The access token is not handed out; a new refresh token in the answer is
             // kept (a rotating provider retired the stored one), for the next try.
@@ -890,16 +940,6 @@ impl Broker {
                 refresh_token,
             };
             return Err(self.record_failure(row, generation, failure).await);
-        }
-        if let Some(reason) = self.refreshed_for_another(provider, row, &tokens).await {
-            log::warn!("refresh {p}/{a}: {reason}; the account must be connected again");
-            refreshed(p, "needs_reauth");
-            let failed = self
-                .record_failure(row, generation, Failure::Reauth(reason))
-                .await;
-            let why = "its ID token names another account";
-            self.revoke_unkept(provider, &row.key(), &tokens, why).await;
-            return Err(failed);
         }
         let sealed = self.seal_tokens(p, a, &tokens, None)?;
         let expires_at_ms = sealed.access_expires_at_ms;
@@ -948,6 +988,19 @@ impl Broker {
         generation: i64,
         failure: Failure,
     ) -> BrokerError {
+        self.record_failure_saved(row, generation, failure).await.0
+    }
+
+    /// `record_failure`, and whether the failure was stored (false: the store failed, or
+    /// the row moved on). A failure that keeps a new refresh token is tried again while
+    /// the store fails, for up to `KEEP_TRIES` times 200 ms (well within the lease): lost,
+    /// the next refresh would send the refresh token a rotating provider retired.
+    async fn record_failure_saved(
+        &self,
+        row: &ConnectionRow,
+        generation: i64,
+        failure: Failure,
+    ) -> (BrokerError, bool) {
         // Dropped once the failure is stored: a read before that would hide needs_reauth.
         let _failed = self.token_cache.forget_after(&row.key());
         let now = self.clock.now_ms();
@@ -988,31 +1041,52 @@ impl Broker {
             Failure::Transient { .. } if !events.is_empty() => row.told.with(Told::FAILING),
             Failure::Transient { .. } => row.told,
         };
-        let recorded = self
-            .store
-            .save_refresh_failure(
-                &row.key(),
-                generation,
-                RefreshFailure {
-                    status,
-                    error,
-                    retry_at_ms,
-                    now_ms: now,
-                    told,
-                    refresh_token: match &failure {
-                        Failure::Transient { refresh_token, .. } => refresh_token.clone(),
-                        Failure::Reauth(_) => None,
+        let refresh_token = match &failure {
+            Failure::Transient { refresh_token, .. } => refresh_token.clone(),
+            Failure::Reauth(_) => None,
+        };
+        let tries = if refresh_token.is_some() {
+            KEEP_TRIES
+        } else {
+            1
+        };
+        let mut recorded = Ok(false);
+        for attempt in 0..tries {
+            recorded = self
+                .store
+                .save_refresh_failure(
+                    &row.key(),
+                    generation,
+                    RefreshFailure {
+                        status,
+                        error,
+                        retry_at_ms,
+                        now_ms: now,
+                        told,
+                        refresh_token: refresh_token.clone(),
                     },
-                },
-                self.notifier.deliveries(&events),
-            )
-            .await;
-        match recorded {
-            Err(e) => return e.into(),
-            Ok(true) => self.notifier.written(&events),
-            Ok(false) => {}
+                    self.notifier.deliveries(&events),
+                )
+                .await;
+            if recorded.is_ok() || attempt + 1 == tries {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        match failure {
+        let stored = match recorded {
+            Err(e) => {
+                if refresh_token.is_some() {
+                    log::error!("refresh {}/{}: the new refresh token its answer brought could not be stored ({e}): the next refresh sends the one before, which a rotating provider has retired", row.provider, row.account);
+                }
+                return (e.into(), false);
+            }
+            Ok(true) => {
+                self.notifier.written(&events);
+                true
+            }
+            Ok(false) => false,
+        };
+        let error = match failure {
             Failure::Reauth(reason) => {
                 let mut row = row.clone();
                 row.last_error = Some(reason);
@@ -1025,6 +1099,7 @@ impl Broker {
                 ),
                 retry_after_secs: (retry_at_ms.unwrap_or(now) - now).max(0) as u64 / 1000,
             },
-        }
+        };
+        (error, stored)
     }
 }

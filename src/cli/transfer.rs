@@ -63,7 +63,7 @@ pub(super) fn copy(settings: Settings, to: &str, to_prefix: Option<String>) -> R
             copied = copy_all(&source, &into, &settings, &clock) => {
                 copied.map_err(|e| part(e.to_string(), 1))?
             }
-            signal = interrupted() => return Err(part(format!("interrupted by {signal}"), 130)),
+            (signal, code) = interrupted() => return Err(part(format!("interrupted by {signal}"), code)),
         };
         report(&source, &into, &copied, &clock).await;
         Ok::<(), Fatal>(())
@@ -71,23 +71,38 @@ pub(super) fn copy(settings: Settings, to: &str, to_prefix: Option<String>) -> R
     key.carry_out(&destination)
 }
 
-/// The first of SIGINT, SIGTERM and SIGHUP, by name (never, where they cannot be
-/// watched).
-async fn interrupted() -> &'static str {
+/// The first of SIGINT, SIGTERM and SIGHUP: its name and the exit code a process ended
+/// by it has (128 + its number). One ignored when the copy began (`nohup`, a shell's
+/// background job) stays ignored: it would otherwise cut short a copy meant to outlive it.
+async fn interrupted() -> (&'static str, u8) {
     use tokio::signal::unix::{signal, SignalKind};
-    async fn next(kind: SignalKind) {
-        match signal(kind) {
-            Ok(mut s) => {
+    let ignored = ignored_signals();
+    async fn next(kind: SignalKind, ignored: bool) {
+        match (ignored, signal(kind)) {
+            (false, Ok(mut s)) => {
                 s.recv().await;
             }
-            Err(_) => std::future::pending().await,
+            _ => std::future::pending().await,
         }
     }
+    let ignores = |number: u32| ignored & (1 << (number - 1)) != 0;
     tokio::select! {
-        _ = next(SignalKind::interrupt()) => "SIGINT",
-        _ = next(SignalKind::terminate()) => "SIGTERM",
-        _ = next(SignalKind::hangup()) => "SIGHUP",
+        _ = next(SignalKind::interrupt(), ignores(2)) => ("SIGINT", 130),
+        _ = next(SignalKind::terminate(), ignores(15)) => ("SIGTERM", 143),
+        _ = next(SignalKind::hangup(), ignores(1)) => ("SIGHUP", 129),
     }
+}
+
+/// The signals this process ignores, as the kernel tells (`SigIgn` in /proc/self/status:
+/// bit n-1 for signal n); none where it cannot be read.
+fn ignored_signals() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let mask = status.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
+            u64::from_str_radix(mask.trim(), 16).ok()
+        })
+        .unwrap_or(0)
 }
 
 /// The settings of the store named by `--to`: a Redis URL, or a SQLite file.

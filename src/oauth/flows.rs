@@ -217,6 +217,8 @@ pub type TokenFuture<'a> = std::pin::Pin<
 struct Sender<'a> {
     endpoint: &'a dyn TokenEndpoint,
     asked_to_wait: std::sync::atomic::AtomicU64,
+    /// The answer's HTTP status (0 before one came).
+    status: std::sync::atomic::AtomicU16,
 }
 
 /// The longest a provider's `Retry-After` is followed: ten minutes, the longest oauthd's
@@ -229,7 +231,13 @@ impl<'a> Sender<'a> {
         Sender {
             endpoint,
             asked_to_wait: Default::default(),
+            status: Default::default(),
         }
+    }
+
+    fn status(&self) -> Option<reqwest::StatusCode> {
+        let code = self.status.load(std::sync::atomic::Ordering::Relaxed);
+        reqwest::StatusCode::from_u16(code).ok()
     }
 
     /// `error`, as `Throttled` when the answer asked to wait (an `invalid_grant` stays
@@ -277,6 +285,9 @@ impl<'c> oauth2::AsyncHttpClient<'c> for Sender<'_> {
     fn call(&'c self, request: oauth2::HttpRequest) -> TokenFuture<'c> {
         Box::pin(async move {
             let mut answer = self.endpoint.send(request).await?;
+            let status = answer.status().as_u16();
+            self.status
+                .store(status, std::sync::atomic::Ordering::Relaxed);
             if matches!(answer.status().as_u16(), 429 | 503) {
                 if let Some(secs) = retry_after_secs(answer.headers()) {
                     self.asked_to_wait
@@ -540,13 +551,21 @@ fn classify<E: std::error::Error>(
 /// refuses is read as providers write them (`lenient_token_set`) before it is given up:
 /// a refresh's answer lost over the shape of one field would lose the refresh token a
 /// rotating provider has just retired the old one for.
+/// Only a 2xx answer holds tokens: `oauth2` hands any other status whose body is no OAuth
+/// error over as unparsed, and a 500 or 401 whose body looked like tokens was taken as a
+/// refresh that worked (storing a refresh token of that body's in place of a good one).
 fn answered<E: std::error::Error>(
     response: Result<ProviderTokenResponse, RequestTokenError<E, BasicErrorResponse>>,
+    status: Option<reqwest::StatusCode>,
     sent: &Sent<'_>,
     asked: std::time::Instant,
 ) -> Result<TokenSet, FlowError> {
     match response {
         Ok(r) => Ok(fit(token_set(&r, asked))),
+        Err(RequestTokenError::Parse(_, body)) if status.is_some_and(|s| !s.is_success()) => {
+            let status = status.unwrap_or(reqwest::StatusCode::BAD_GATEWAY);
+            Err(error_response(status, &body, sent))
+        }
         Err(RequestTokenError::Parse(e, body)) => match lenient_token_set(&body, asked) {
             Ok(tokens) if !names_an_error(&body) => Ok(fit(tokens)),
             _ => Err(classify::<E>(RequestTokenError::Parse(e, body), sent)),
@@ -561,8 +580,9 @@ fn answered<E: std::error::Error>(
 /// old one for). Tokens lose surrounding whitespace (a line break after one); an empty
 /// `refresh_token` is none sent (the stored one is kept, as for an answer without one); a
 /// `token_type` that is no HTTP token is taken as Bearer (what the proxy sends anyway);
-/// scopes are words apart by any whitespace, and scopes holding a control character are
-/// taken as not said. A refresh token goes only into form bodies, so any text is fit.
+/// scopes are words apart by any whitespace, less any holding a control character. A
+/// refresh token goes only into form bodies, so any text is fit; an answer with no access
+/// token at all keeps none.
 fn fit(mut tokens: TokenSet) -> TokenSet {
     let trimmed = |t: &Zeroizing<String>| {
         let inner = t.trim_matches(|c: char| c.is_ascii_whitespace());
@@ -583,17 +603,19 @@ fn fit(mut tokens: TokenSet) -> TokenSet {
     } else {
         "Bearer".to_owned()
     };
-    tokens.scopes = tokens.scopes.take().and_then(|scopes| {
-        let words: Vec<String> = scopes
+    tokens.scopes = tokens.scopes.take().map(|scopes| {
+        scopes
             .iter()
             .flat_map(|s| s.split_whitespace())
+            .filter(|w| scope_fault(w).is_none())
             .map(str::to_owned)
-            .collect();
-        words
-            .iter()
-            .all(|w| scope_fault(w).is_none())
-            .then_some(words)
+            .collect()
     });
+    if tokens.access_token.is_empty() {
+        // No access token is no token answer: nothing in it is kept, its refresh token
+        // included (a broken answer's is as likely junk as a rotated one).
+        tokens.refresh_token = None;
+    }
     if let Some(fault) = token_fault("access_token", &tokens.access_token) {
         // Never handed out or stored as it is.
         tokens.access_token = Zeroizing::new(String::new());
@@ -718,7 +740,8 @@ pub async fn exchange_code(
         .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_owned()))
         .request_async(&sender)
         .await;
-    answered(resp, &Sent::new(provider, &[code, pkce_verifier]), asked)
+    let sent = Sent::new(provider, &[code, pkce_verifier]);
+    answered(resp, sender.status(), &sent, asked)
         .map_err(|e| sender.throttled(e))
         .and_then(usable)
 }
@@ -794,7 +817,8 @@ pub async fn refresh(
         .into_iter()
         .flatten()
         .collect();
-    answered(resp, &Sent::new(provider, &held), asked).map_err(|e| sender.throttled(e))
+    answered(resp, sender.status(), &Sent::new(provider, &held), asked)
+        .map_err(|e| sender.throttled(e))
 }
 
 /// RFC 7009 revocation, as one form POST (the `oauth2` crate insists on https revocation

@@ -279,6 +279,15 @@ pub trait ConnectionStore: Send + Sync {
         now_ms: i64,
         lease_ms: i64,
     ) -> Result<Option<i64>, StoreError>;
+    /// Lets go of the refresh lease of `generation`, writing nothing else: one taken for
+    /// a caller gone before it learned it had it (nobody refreshes with it, and it would
+    /// hold off every refresh of the connection until it ran out). False when the row
+    /// moved on.
+    async fn release_refresh_lease(
+        &self,
+        key: &ConnectionKey,
+        generation: i64,
+    ) -> Result<bool, StoreError>;
     /// Notes, with a write, that the refresh lease of `generation` ending at
     /// `lease_until_ms` ran out without being let go, and that the caller will take it
     /// over; false when the row moved on (saved, held on, or taken over meanwhile). A

@@ -1292,6 +1292,54 @@ async fn tokens_that_would_inject_a_header_are_not_handed_out() {
     );
 }
 
+/// Only a 2xx answer holds tokens: a 500 whose body looks like a token answer was taken as
+/// a refresh that worked, and its refresh token kept in place of the stored one (the next
+/// refresh sent that, and the connection was lost). An answer without an access token
+/// keeps no refresh token either.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_a_2xx_answer_with_an_access_token_replaces_the_refresh_token() {
+    let mock = MockServer::start().await;
+    for account in ["a", "b"] {
+        on_code(&mock, account, json!({"access_token": format!("at-{account}"), "token_type": "Bearer", "expires_in": 1, "refresh_token": format!("rt-{account}")})).await;
+    }
+    let junk = |access: &str| json!({"access_token": access, "token_type": "Bearer", "expires_in": 600, "refresh_token": "junk"});
+    on_refresh(
+        &mock,
+        "rt-a",
+        ResponseTemplate::new(500).set_body_json(junk("at-a-2")),
+    )
+    .await;
+    on_refresh(
+        &mock,
+        "rt-b",
+        ResponseTemplate::new(200).set_body_json(junk("")),
+    )
+    .await;
+    let (_home, key, d) = serving("p", "spotify", &mock, "");
+    for account in ["a", "b"] {
+        connect(&d, &key, "p", account, account).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for account in ["a", "b"] {
+        let (status, body) = d
+            .get(&format!("/v1/connections/p/{account}/token"), &key)
+            .await;
+        assert_eq!(status, 503, "{account}: {body}");
+    }
+    // After the backoff, each refreshes again with its own refresh token, not "junk".
+    tokio::time::sleep(Duration::from_millis(5200)).await;
+    for account in ["a", "b"] {
+        d.get(&format!("/v1/connections/p/{account}/token"), &key)
+            .await;
+    }
+    let refreshes = token_requests(&mock, "refresh_token").await;
+    assert_eq!(refreshes.len(), 4);
+    for r in refreshes {
+        let form = String::from_utf8_lossy(&r.body).into_owned();
+        assert!(!form.contains("refresh_token=junk"), "{form}");
+    }
+}
+
 /// A refresh answered `429` with `Retry-After` is not asked again before then, up to ten
 /// minutes (a day asked, as here, would keep every token of the provider's from being
 /// refreshed): apps are told that wait, and the provider is left alone meanwhile (oauthd's
@@ -1391,4 +1439,57 @@ async fn a_disconnect_takes_a_token_the_provider_calls_invalid_as_revoked() {
     );
     let (status, _) = d.get("/v1/connections/p/c", &key).await;
     assert_eq!(status, 200, "kept: the provider did not revoke its grant");
+}
+
+/// A lease script Redis ran whose answer never came back (the connection broke after
+/// Redis ran it: a network fault, a Redis stalled past the call's deadline) took the
+/// refresh lease for nobody: every token call of the connection, in every instance,
+/// waited 20 s and answered 503 "another oauthd process is refreshing" until the lease ran
+/// out, over a minute later. The lease is let go once Redis answers, and the next call
+/// refreshes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_taken_while_redis_did_not_answer_is_let_go() {
+    let mock = MockServer::start().await;
+    on_code(&mock, "c1", json!({"access_token": "at-1", "token_type": "Bearer", "expires_in": 1, "refresh_token": "rt-1"})).await;
+    for (i, expires_in) in [(1, 1), (2, 600)] {
+        let refreshed = json!({"access_token": format!("at-{}", i + 1), "token_type": "Bearer", "expires_in": expires_in, "refresh_token": format!("rt-{}", i + 1)});
+        on_refresh(
+            &mock,
+            &format!("rt-{i}"),
+            ResponseTemplate::new(200).set_body_json(refreshed),
+        )
+        .await;
+    }
+    let server = common::redis::RedisServer::start();
+    let relay = common::relay::Relay::start(server.port).await;
+    let home = Home::redis_via(server, relay.url());
+    home.write_config(&provider_toml("p", "spotify", &mock));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    connect(&d, &key, "p", "me", "c1").await;
+    // A first refresh: Redis knows the lease script from then on (a first call of it is
+    // answered NOSCRIPT, and sent again).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, body) = d.get("/v1/connections/p/me/token", &key).await;
+    assert_eq!(
+        (status, body["access_token"].as_str()),
+        (200, Some("at-2")),
+        "{body}"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The next script naming the lease key (the token call's lease script) runs, and its
+    // connection is cut before the answer.
+    relay.arm("oauthd:cl:p/me", common::relay::Fault::Cut);
+    let (status, body) = d.get("/v1/connections/p/me/token", &key).await;
+    assert_eq!(status, 503, "{body}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let last = loop {
+        let (status, body) = d.get("/v1/connections/p/me/token", &key).await;
+        if status == 200 || std::time::Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(last["access_token"], "at-3", "{last}");
+    assert_eq!(token_requests(&mock, "refresh_token").await.len(), 2);
 }

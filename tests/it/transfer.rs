@@ -197,7 +197,8 @@ mod redis {
 
 /// A copy cut short by a signal (Ctrl-C, a stop) says so and what it leaves behind, as one
 /// cut short by an error does: it ended without a word, and the part copied looked like a
-/// store to `check` and to `serve`.
+/// store to `check` and to `serve`. A signal ignored when it began (`nohup`) stays
+/// ignored: the copy goes on to its end.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_copy_cut_short_by_a_signal_says_what_it_leaves_behind() {
     let home = Home::new();
@@ -206,29 +207,45 @@ async fn a_copy_cut_short_by_a_signal_says_what_it_leaves_behind() {
     rusqlite::Connection::open(home.db())
         .unwrap()
         .execute_batch(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000)
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
              INSERT INTO states (key_hash, namespace, data, created_at, expires_at)
              SELECT randomblob(32), 'oauth:app', NULL, 0, 99999999999999 FROM n",
         )
         .unwrap();
-    let moved = Home::new();
-    let to = moved.db();
-    let child = home
-        .cli_command(&["copy", "--to", to.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Under way once the destination holds the API key (100,000 states take a while more).
-    let began = common::eventually(std::time::Duration::from_secs(30), || {
-        rusqlite::Connection::open_with_flags(&to, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .and_then(|c| c.query_row("SELECT count(*) FROM api_keys", [], |r| r.get::<_, i64>(0)))
-            .is_ok_and(|n| n == 1)
-    })
-    .await;
-    assert!(began, "the copy did not begin");
-    common::signal(child.id(), "INT");
-    let out = child.wait_with_output().unwrap();
+    // A copy into `to`, run through `sh` with `trap` (ignores as `nohup` does), signalled
+    // with `signal` once under way (the destination holds the API key; 20,000 states take
+    // seconds more): its output.
+    let copy_signalled = |to: std::path::PathBuf, trap: &'static str, signal: &'static str| {
+        let copy = home.cli_command(&["copy", "--to", to.to_str().unwrap()]);
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("{trap} exec \"$0\" \"$@\""))
+            .arg(copy.get_program())
+            .args(copy.get_args())
+            .envs(copy.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .env_remove("OAUTHD_CONFIG");
+        let child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        async move {
+            let began = common::eventually(std::time::Duration::from_secs(30), || {
+                let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+                rusqlite::Connection::open_with_flags(&to, flags)
+                    .and_then(|c| {
+                        c.query_row("SELECT count(*) FROM api_keys", [], |r| r.get::<_, i64>(0))
+                    })
+                    .is_ok_and(|n| n == 1)
+            })
+            .await;
+            assert!(began, "the copy did not begin");
+            common::signal(child.id(), signal);
+            child.wait_with_output().unwrap()
+        }
+    };
+    let (cut, whole) = (Home::new(), Home::new());
+    let out = copy_signalled(cut.db(), "", "INT").await;
     let text = said(&out);
     assert_eq!(out.status.code(), Some(130), "{text}");
     assert!(text.contains("interrupted by SIGINT"), "{text}");
@@ -236,4 +253,8 @@ async fn a_copy_cut_short_by_a_signal_says_what_it_leaves_behind() {
         text.contains("now holds part of the copy: empty it before trying again (delete"),
         "{text}"
     );
+    let out = copy_signalled(whole.db(), "trap '' HUP;", "HUP").await;
+    let text = said(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("  live states: 20000"), "{text}");
 }

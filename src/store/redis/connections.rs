@@ -45,8 +45,9 @@ static SAVE: LazyLock<Script> = LazyLock::new(|| {
     ))
 });
 
-/// KEYS: conn, lease. ARGV: now, lease ms, the generation the caller read. Returns the new
-/// generation, or nil (leased, or changed since the caller read it).
+/// KEYS: conn, lease. ARGV: now, lease ms, the generation the caller read, the call's
+/// name (the lease key's value, for `RELEASE_UNANSWERED`). Returns the new generation, or
+/// nil (leased, or changed since the caller read it).
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -54,10 +55,24 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 if redis.call('EXISTS', KEYS[2]) == 1 then return false end
 if tonumber(redis.call('HGET', KEYS[1], 'generation') or '0') ~= tonumber(ARGV[3]) then return false end
 local g = redis.call('HINCRBY', KEYS[1], 'generation', 1)
-redis.call('SET', KEYS[2], g, 'NX', 'PX', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[2])
 redis.call('HSET', KEYS[1], 'lease_until', tonumber(ARGV[1]) + tonumber(ARGV[2]))
 redis.call('HDEL', KEYS[1], 'takeover_noted')
 return g
+"#,
+    )
+});
+
+/// KEYS: conn, lease. ARGV: the name of an `ACQUIRE` call that got no answer. Lets go of
+/// the lease that call took, if it did and still holds it: 1 then, else 0.
+static RELEASE_UNANSWERED: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('HDEL', KEYS[1], 'lease_until')
+redis.call('HINCRBY', KEYS[1], 'generation', 1)
+return 1
 "#,
     )
 });
@@ -296,6 +311,38 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// After a lease script that got no answer (Redis stalled past the call's deadline,
+    /// the connection dropped): it may have run all the same and taken the lease for
+    /// nobody, holding off every refresh of the connection, in every instance, until the
+    /// lease ran out (over a minute). Once Redis answers, that call's lease (the lease
+    /// key's value names the call) is let go, tried every second for as long as the lease
+    /// would have lasted.
+    fn let_go_unanswered(&self, conn: String, lease: String, call: String, lease_ms: i64) {
+        let Some(rt) = self.runtime.as_ref() else {
+            return;
+        };
+        let link = self.conn();
+        let tries = (lease_ms / 1000).clamp(1, 600);
+        rt.spawn(async move {
+            for _ in 0..tries {
+                let mut c = link.clone();
+                let mut release = RELEASE_UNANSWERED.prepare_invoke();
+                release.key(&conn).key(&lease).arg(&call);
+                let asked = release.invoke_async::<i64>(&mut c);
+                match tokio::time::timeout(super::OP_TIMEOUT, asked).await {
+                    Ok(Ok(1)) => {
+                        log::info!("a refresh lease taken while Redis did not answer was let go (no refresh was made with it)");
+                        return;
+                    }
+                    Ok(Ok(_)) => return,
+                    _ => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
+                }
+            }
+        });
+    }
+}
+
 #[async_trait]
 impl ConnectionStore for RedisStore {
     async fn get_connection(
@@ -396,17 +443,42 @@ impl ConnectionStore for RedisStore {
     ) -> Result<Option<i64>, StoreError> {
         let (provider, account) = (key.provider.as_str(), key.account.as_str());
         let (key, lease, _) = self.conn_keys(provider, account);
+        let call = self.calls.next();
         let mut c = self.conn();
-        self.run("taking a refresh lease", async move {
-            ACQUIRE
-                .key(key)
-                .key(lease)
-                .arg(now_ms)
-                .arg(lease_ms.max(1))
-                .arg(seen_generation)
-                .invoke_async(&mut c)
-                .await
-        })
+        let (k, l, name) = (key.clone(), lease.clone(), call.clone());
+        let taken = self
+            .run("taking a refresh lease", async move {
+                ACQUIRE
+                    .key(k)
+                    .key(l)
+                    .arg(now_ms)
+                    .arg(lease_ms.max(1))
+                    .arg(seen_generation)
+                    .arg(name)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await;
+        if taken.is_err() {
+            self.let_go_unanswered(key, lease, call, lease_ms);
+        }
+        taken
+    }
+
+    async fn release_refresh_lease(
+        &self,
+        key: &ConnectionKey,
+        generation: i64,
+    ) -> Result<bool, StoreError> {
+        let (provider, account) = (key.provider.as_str(), key.account.as_str());
+        let nothing = (Changes::default(), Vec::new());
+        self.fenced(
+            "letting go of a refresh lease",
+            (provider, account),
+            generation,
+            false,
+            nothing,
+        )
         .await
     }
 

@@ -202,6 +202,25 @@ impl ConnectionStore for SqliteStore {
             .await
     }
 
+    async fn release_refresh_lease(
+        &self,
+        key: &ConnectionKey,
+        generation: i64,
+    ) -> Result<bool, StoreError> {
+        let (p, a) = (key.provider.clone(), key.account.clone());
+        self.writer
+            .run("letting go of a refresh lease", move |conn| {
+                let n = conn
+                    .prepare_cached(
+                        "UPDATE connections SET lease_until = NULL, generation = generation + 1
+                         WHERE provider = ?1 AND account = ?2 AND generation = ?3",
+                    )?
+                    .execute(params![p, a, generation])?;
+                Ok(n == 1)
+            })
+            .await
+    }
+
     async fn note_lease_takeover(
         &self,
         key: &ConnectionKey,

@@ -695,8 +695,10 @@ impl super::Store for SqliteStore {
                 StoreError::Full { .. } => {
                     let wal = crate::paths::with_suffix(&self.path, "-wal");
                     let wal_size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+                    // Up to `WAL_SIZE_LIMIT` is a -wal file's usual size between checkpoints.
+                    let past_usual = wal_size > WAL_SIZE_LIMIT.unsigned_abs();
                     let wal = match wal_size / (1024 * 1024) {
-                        0 => String::new(),
+                        _ if !past_usual => String::new(),
                         mib => format!(
                             " (its -wal file holds {mib} MiB: a reader that held checkpoints \
                              off let it grow, and with the disk full it cannot shrink, as the \
