@@ -117,11 +117,39 @@ fn refreshed(provider: &str, result: &str) {
         .inc();
 }
 
-/// Why a refresh failed, as far as what happens next is concerned.
-/// How many times a failed refresh that keeps a new refresh token is stored while the
-/// store fails, 200 ms apart.
-const KEEP_TRIES: usize = 50;
+/// How long before its lease ends a failed refresh that keeps a new refresh token stops
+/// trying to store it while the store fails (a try takes up to 5 s): past the lease,
+/// another process may take over and refresh with the retired one.
+const KEEP_MARGIN: Duration = Duration::from_secs(6);
 
+/// The answer of a lease taken apart from its caller (`Broker::take_lease`). Dropped
+/// unread (the caller gone after the answer came, before it was read), a lease it holds is
+/// let go.
+struct LeaseAnswer {
+    told: tokio::sync::oneshot::Receiver<Result<Option<i64>, crate::store::StoreError>>,
+    store: Arc<dyn super::BrokerStore>,
+    key: ConnectionKey,
+}
+
+impl Drop for LeaseAnswer {
+    fn drop(&mut self) {
+        if let Ok(Ok(Some(generation))) = self.told.try_recv() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(let_go(self.store.clone(), self.key.clone(), generation));
+            }
+        }
+    }
+}
+
+/// Lets go of the lease of `generation`, taken for a caller gone before it learned it had it.
+async fn let_go(store: Arc<dyn super::BrokerStore>, key: ConnectionKey, generation: i64) {
+    match store.release_refresh_lease(&key, generation).await {
+        Ok(_) => log::info!("refresh {key}: the call that took the refresh lease was gone; let go"),
+        Err(e) => log::warn!("refresh {key}: the call that took the refresh lease was gone, and letting go of it failed ({e}); it runs out by itself"),
+    }
+}
+
+/// Why a refresh failed, as far as what happens next is concerned.
 enum Failure {
     /// The grant is gone: only the user can fix it, by connecting again.
     Reauth(String),
@@ -129,8 +157,9 @@ enum Failure {
     Transient {
         error: String,
         asked_ms: i64,
-        /// A new refresh token the answer brought (sealed), kept all the same.
-        refresh_token: Option<Vec<u8>>,
+        /// A new refresh token the answer brought (sealed), kept all the same, and the
+        /// lease's end, until which its save is tried again while the store fails.
+        refresh_token: Option<(Vec<u8>, tokio::time::Instant)>,
     },
 }
 
@@ -735,18 +764,6 @@ impl Broker {
         }
     }
 
-    /// `refresh_with_lease` as a task of its own, on the daemon's runtime, waited for. Once
-    /// the lease is taken the provider may be asked at any moment, and what it answers
-    /// must be stored whatever becomes of the caller: a client that resets its connection
-    /// (actix then drops the request's future), or a stop that drops requests still
-    /// running past its grace. A rotating provider has retired the stored refresh token
-    /// by then; dropping its answer would leave the account to be connected again. The
-    /// stop waits for these tasks (`stop_background`).
-    ///
-    /// The task holds the connection's turn (`turn`) until it ends: in this process, the
-    /// next caller waits for its answer, the background refresher passes the connection,
-    /// and a disconnect waits, instead of each finding the lease taken as if by another
-    /// process.
     /// Takes the refresh lease for the row read at `seen` (`Store::acquire_refresh_lease`),
     /// apart from the caller: a caller gone meanwhile (an app that hung up, a call cut
     /// short) would leave a lease taken that nobody refreshes with, holding off every
@@ -760,16 +777,18 @@ impl Broker {
     ) -> Result<Option<i64>, crate::store::StoreError> {
         let (store, key, lease_ms) = (self.store.clone(), key.clone(), self.lease_ms);
         let (tell, told) = tokio::sync::oneshot::channel();
+        let mut answer = LeaseAnswer {
+            told,
+            store: store.clone(),
+            key: key.clone(),
+        };
         tokio::spawn(async move {
             let taken = store.acquire_refresh_lease(&key, seen, now, lease_ms).await;
             if let Err(Ok(Some(generation))) = tell.send(taken) {
-                match store.release_refresh_lease(&key, generation).await {
-                    Ok(_) => log::info!("refresh {key}: the call that took the refresh lease was gone; let go"),
-                    Err(e) => log::warn!("refresh {key}: the call that took the refresh lease was gone, and letting go of it failed ({e}); it runs out by itself"),
-                }
+                let_go(store, key, generation).await;
             }
         });
-        told.await.unwrap_or_else(|_| {
+        (&mut answer.told).await.unwrap_or_else(|_| {
             Err(crate::store::StoreError::unavailable(
                 "taking a refresh lease",
                 "the task taking it ended",
@@ -777,6 +796,18 @@ impl Broker {
         })
     }
 
+    /// `refresh_with_lease` as a task of its own, on the daemon's runtime, waited for. Once
+    /// the lease is taken the provider may be asked at any moment, and what it answers
+    /// must be stored whatever becomes of the caller: a client that resets its connection
+    /// (actix then drops the request's future), or a stop that drops requests still
+    /// running past its grace. A rotating provider has retired the stored refresh token
+    /// by then; dropping its answer would leave the account to be connected again. The
+    /// stop waits for these tasks (`stop_background`).
+    ///
+    /// The task holds the connection's turn (`turn`) until it ends: in this process, the
+    /// next caller waits for its answer, the background refresher passes the connection,
+    /// and a disconnect waits, instead of each finding the lease taken as if by another
+    /// process.
     async fn refresh_detached(
         self: &Arc<Self>,
         provider: &Arc<Provider>,
@@ -917,11 +948,18 @@ impl Broker {
             // Kept nowhere, they are revoked (in the background: the caller is answered
             // now), unless the row moved on meanwhile: a newer row may share the grant,
             // which revoking would end.
-            if let (true, Some(provider)) = (recorded, self.providers.get(p).cloned()) {
+            if let Some(provider) = self.providers.get(p).cloned() {
                 let (this, key) = (self.clone(), row.key());
+                // Counted as a refresh under way: a stop (and a command's end) waits for it.
+                let running = self.refreshing.enter();
                 self.spawn_background(async move {
-                    let why = "its ID token names another account";
-                    this.revoke_unkept(&provider, &key, &tokens, why).await;
+                    let _running = running;
+                    if recorded {
+                        let why = "its ID token names another account";
+                        this.revoke_unkept(&provider, &key, &tokens, why).await;
+                    } else {
+                        this.revoke_orphaned(&provider, &key, &tokens).await;
+                    }
                 });
             }
             return Err(failed);
@@ -931,7 +969,10 @@ impl Broker {
             // kept (a rotating provider retired the stored one), for the next try.
             refreshed(p, "failed");
             let refresh_token = match &tokens.refresh_token {
-                Some(r) => Some(self.vault.seal_str(&token_aad(p, a, "refresh_token"), r)?),
+                Some(r) => Some((
+                    self.vault.seal_str(&token_aad(p, a, "refresh_token"), r)?,
+                    leased_until,
+                )),
                 None => None,
             };
             let failure = Failure::Transient {
@@ -993,8 +1034,7 @@ impl Broker {
 
     /// `record_failure`, and whether the failure was stored (false: the store failed, or
     /// the row moved on). A failure that keeps a new refresh token is tried again while
-    /// the store fails, for up to `KEEP_TRIES` times 200 ms (well within the lease): lost,
-    /// the next refresh would send the refresh token a rotating provider retired.
+    /// the store fails, until `KEEP_MARGIN` before its lease ends.
     async fn record_failure_saved(
         &self,
         row: &ConnectionRow,
@@ -1041,17 +1081,15 @@ impl Broker {
             Failure::Transient { .. } if !events.is_empty() => row.told.with(Told::FAILING),
             Failure::Transient { .. } => row.told,
         };
-        let refresh_token = match &failure {
-            Failure::Transient { refresh_token, .. } => refresh_token.clone(),
-            Failure::Reauth(_) => None,
+        let (refresh_token, keep_until) = match &failure {
+            Failure::Transient {
+                refresh_token: Some((sealed, lease_ends)),
+                ..
+            } => (Some(sealed.clone()), Some(*lease_ends - KEEP_MARGIN)),
+            _ => (None, None),
         };
-        let tries = if refresh_token.is_some() {
-            KEEP_TRIES
-        } else {
-            1
-        };
-        let mut recorded = Ok(false);
-        for attempt in 0..tries {
+        let mut recorded;
+        loop {
             recorded = self
                 .store
                 .save_refresh_failure(
@@ -1068,23 +1106,33 @@ impl Broker {
                     self.notifier.deliveries(&events),
                 )
                 .await;
-            if recorded.is_ok() || attempt + 1 == tries {
+            // A failure that keeps a new refresh token is tried again while the store
+            // fails and the lease holds (lost, the next refresh would send the refresh
+            // token a rotating provider retired), unless oauthd is stopping.
+            let again = keep_until.is_some_and(|until| tokio::time::Instant::now() < until);
+            if recorded.is_ok() || !again || self.stopping() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        let lost = |why: &dyn std::fmt::Display| {
+            if refresh_token.is_some() {
+                log::error!("refresh {}/{}: the new refresh token its answer brought could not be stored ({why}): the next refresh sends the one before, which a rotating provider has retired", row.provider, row.account);
+            }
+        };
         let stored = match recorded {
             Err(e) => {
-                if refresh_token.is_some() {
-                    log::error!("refresh {}/{}: the new refresh token its answer brought could not be stored ({e}): the next refresh sends the one before, which a rotating provider has retired", row.provider, row.account);
-                }
+                lost(&e);
                 return (e.into(), false);
             }
             Ok(true) => {
                 self.notifier.written(&events);
                 true
             }
-            Ok(false) => false,
+            Ok(false) => {
+                lost(&"the connection moved on meanwhile");
+                false
+            }
         };
         let error = match failure {
             Failure::Reauth(reason) => {

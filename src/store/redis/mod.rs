@@ -11,7 +11,7 @@
 //! | `P g:<hash>` | string | the state's namespace, TTL = lifetime + grace: answers 410 after expiry |
 //! | `P k:<hash>` | hash | an API key record; `P kn` name → hash of the active key; `P ks` all (zset) |
 //! | `P c:<provider>/<account>` | hash | a connection, tokens sealed as in SQLite; `P cs` the index (zset) |
-//! | `P cl:<provider>/<account>` | string | the refresh lease (`SET NX PX`), value = fencing generation |
+//! | `P cl:<provider>/<account>` | string | the refresh lease (`SET NX PX`), value = the taking call's name (`RELEASE_UNANSWERED`), then the fencing generation once held on |
 //! | `P d:<id>` | hash | a device flow; `P dp` pending ids (set); `P dl:<id>` the poll claim |
 //! | `P a:<kind>:<hash>` | string | an admin login link or session, TTL = its lifetime |
 //! | `P rc:<call>` | string | the answer (JSON) of a state script that wrote, TTL 15 s: read back by a call whose answer was lost (`receipt`) |
