@@ -1085,7 +1085,7 @@ impl Broker {
             Failure::Transient {
                 refresh_token: Some((sealed, lease_ends)),
                 ..
-            } => (Some(sealed.clone()), Some(*lease_ends - KEEP_MARGIN)),
+            } => (Some(sealed.clone()), lease_ends.checked_sub(KEEP_MARGIN)),
             _ => (None, None),
         };
         let mut recorded;

@@ -288,7 +288,7 @@ impl<'c> oauth2::AsyncHttpClient<'c> for Sender<'_> {
             let status = answer.status().as_u16();
             self.status
                 .store(status, std::sync::atomic::Ordering::Relaxed);
-            if matches!(answer.status().as_u16(), 429 | 503) {
+            if matches!(status, 429 | 503) {
                 if let Some(secs) = retry_after_secs(answer.headers()) {
                     self.asked_to_wait
                         .store(secs, std::sync::atomic::Ordering::Relaxed);
@@ -551,6 +551,7 @@ fn classify<E: std::error::Error>(
 /// refuses is read as providers write them (`lenient_token_set`) before it is given up:
 /// a refresh's answer lost over the shape of one field would lose the refresh token a
 /// rotating provider has just retired the old one for.
+///
 /// Only a 2xx answer holds tokens: `oauth2` hands any other status whose body is no OAuth
 /// error over as unparsed, and a 500 or 401 whose body looked like tokens was taken as a
 /// refresh that worked (storing a refresh token of that body's in place of a good one).
