@@ -315,6 +315,7 @@ impl Serving {
             change_limit: http::RateLimiter::new(settings.connection_changes_per_minute),
             max_connections_per_key: usize::try_from(settings.max_connections_per_key)
                 .unwrap_or(usize::MAX),
+            connection_adds: Default::default(),
             trusted_proxies: settings.trusted_proxies.clone(),
             no_keys_hint: match settings.store {
                 crate::store::target::StoreTarget::Sqlite => http::NO_KEYS_SQLITE,

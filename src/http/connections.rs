@@ -200,7 +200,7 @@ pub async fn import(
     caller.require_account(&account)?;
     app.connection_change_hit(&caller)?;
     let tokens = ImportedTokens::from_json(body.into_map())?;
-    app.connection_room(&caller, &provider, &account).await?;
+    let _turn = app.connection_room(&caller, &provider, &account).await?;
     let status = match app
         .broker
         .import_tokens(&provider, &account, tokens)

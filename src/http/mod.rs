@@ -90,6 +90,11 @@ pub struct AppState {
     pub change_limit: RateLimiter<String>,
     /// `limits.max_connections_per_key` (0: no cap).
     pub max_connections_per_key: usize,
+    /// Held from a capped key's room check to the end of its import (`connection_room`):
+    /// imports sent at once each passed the check before any was stored, and a burst
+    /// overshot the cap by its size. (Across processes they still may; flows are checked
+    /// when they start.)
+    pub connection_adds: tokio::sync::Mutex<()>,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<crate::ip_range::IpRange>,
     /// What a `401` for one of oauthd's keys adds when the store holds no key at all:
@@ -132,22 +137,29 @@ impl AppState {
         // Each flow holds a state in a namespace of its own account's: without a budget,
         // one key could fill the store's `max_total_states` for every app.
         self.connection_change_hit(caller)?;
-        self.connection_room(caller, provider, account).await?;
+        // A flow stores nothing now: the turn is not held.
+        drop(self.connection_room(caller, provider, account).await?);
         Ok(account)
     }
 
     /// `429 too_many_connections` when `caller` may not add a connection (see
-    /// `Broker::connection_room`).
+    /// `Broker::connection_room`). For a capped key, the turn of `connection_adds`: an
+    /// import holds it until it stored the connection.
     pub async fn connection_room(
         &self,
         caller: &auth::Caller,
         provider: &str,
         account: &str,
-    ) -> Result<(), ApiError> {
-        Ok(self
-            .broker
+    ) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>, ApiError> {
+        let capped = self.max_connections_per_key > 0 && caller.0.accounts.is_some();
+        let turn = match capped {
+            true => Some(self.connection_adds.lock().await),
+            false => None,
+        };
+        self.broker
             .connection_room(&caller.0, self.max_connections_per_key, provider, account)
-            .await?)
+            .await?;
+        Ok(turn)
     }
 
     /// Counts a hit on a public route; `Err` (429) when the client is over its budget.

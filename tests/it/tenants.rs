@@ -11,6 +11,7 @@ contract![
     imported_tokens_are_served_refreshed_and_end_as_needs_reauth_when_rejected,
     connections_import_reports_each_line_and_can_run_again,
     a_key_reaching_its_most_connections_adds_no_other_account,
+    imports_sent_at_once_stop_at_the_cap,
 ];
 
 fn tenant_key(home: &Home, name: &str, accounts: &[&str]) -> String {
@@ -392,6 +393,37 @@ async fn a_key_reaching_its_most_connections_adds_no_other_account(home: Home) {
         .await;
     assert!(gone.status().is_success(), "{gone:?}");
     assert_eq!(import("acme.c", &tenant).await.0, 201);
+}
+
+/// Imports a tenant's key sends at once to one oauthd stop at its cap: each passed the
+/// check before any was stored, and 16 sent at once with a cap of 3 stored 10.
+async fn imports_sent_at_once_stop_at_the_cap(home: Home) {
+    let (_peer, _key, d) = serving(&home, 3600, "[limits]\nmax_connections_per_key = 3\n");
+    let tenant = tenant_key(&home, "acme", &["acme.*"]);
+    let tokens = json!({"access_token": "made-up", "expires_in": 3600});
+    let imports = (0..16).map(|i| {
+        let (d, tenant, tokens) = (&d, tenant.clone(), tokens.clone());
+        async move {
+            d.put(&format!("/v1/connections/peer/acme.{i}"), &tenant, tokens)
+                .await
+                .0
+        }
+    });
+    let answers = futures::future::join_all(imports).await;
+    let stored = answers.iter().filter(|s| **s == 201).count();
+    assert_eq!(stored, 3, "{answers:?}");
+    assert!(
+        answers.iter().all(|s| [201, 429].contains(s)),
+        "{answers:?}"
+    );
+    let mut held = 0;
+    for i in 0..16 {
+        let (status, _) = d
+            .get(&format!("/v1/connections/peer/acme.{i}"), &tenant)
+            .await;
+        held += usize::from(status == 200);
+    }
+    assert_eq!(held, 3);
 }
 
 /// `connections import --file`: each line reported, bad lines refused without a token in
