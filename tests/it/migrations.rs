@@ -115,6 +115,25 @@ fn old_database(db: &Path, key_file: &Path, version: usize) {
     .unwrap();
 }
 
+/// Consumes the state `old_database` made. Data stored in clear (before sealing) is read
+/// once the start's look at stored data has found it; until then it is a 503 to retry, and
+/// the state stays (under a loaded machine the consume came first and was refused as
+/// altered, or answered that 503).
+async fn consume_the_old_state(d: &common::Daemon) -> (u16, serde_json::Value) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, body) = d.consume(API_KEY, STATE, "oauth:old").await;
+        let early = status == 503
+            && body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("the start's look at such data has not finished"));
+        if !early || std::time::Instant::now() > deadline {
+            return (status, body);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_earlier_schema_version_upgrades_with_its_rows_usable() {
     // Nothing answers at the provider: the device flow's polls fail quietly, and the token
@@ -128,21 +147,7 @@ async fn every_earlier_schema_version_upgrades_with_its_rows_usable() {
         old_database(&home.db(), &key_file, version);
 
         let d = home.start();
-        // Data stored in clear (before sealing) is read once the start's look at stored
-        // data has found it; until then it is a 503 to retry, and the state stays (under a
-        // loaded machine the consume came first and was refused as altered).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let (status, body) = loop {
-            let (status, body) = d.consume(API_KEY, STATE, "oauth:old").await;
-            let early = status == 503
-                && body["detail"]
-                    .as_str()
-                    .is_some_and(|d| d.contains("the start's look at such data has not finished"));
-            if !early || std::time::Instant::now() > deadline {
-                break (status, body);
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        };
+        let (status, body) = consume_the_old_state(&d).await;
         assert_eq!(status, 200, "v{version}: {body}");
         assert_eq!(body["data"], json!({"v": 1}), "v{version}");
         let (status, body) = d
@@ -454,7 +459,7 @@ async fn a_database_restored_from_a_dump_is_taken_for_the_version_it_holds() {
     );
     assert_eq!(user_version(&home.db()), 0, "a refused command marked it");
     let d = home.start();
-    let (status, body) = d.consume(API_KEY, STATE, "oauth:old").await;
+    let (status, body) = consume_the_old_state(&d).await;
     assert_eq!(status, 200, "{body}");
     d.signal_and_wait("TERM");
     assert!(user_version(&home.db()) > SCHEMA.len() as i64);
