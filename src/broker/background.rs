@@ -72,6 +72,19 @@ impl Broker {
         }
     }
 
+    /// Runs `task` in the background, counted as a refresh under way: a stop (and a
+    /// command's end) waits for it.
+    pub(super) fn spawn_counted<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let running = self.refreshing.enter();
+        self.spawn_background(async move {
+            let _running = running;
+            task.await;
+        });
+    }
+
     /// Stops device drivers once the poll each has under way, if any, is recorded, and
     /// waits for leased refreshes to store what their provider answered: at most a lease's
     /// length (60 s + `provider_timeout` + 5 s), since each gives up by the end of its

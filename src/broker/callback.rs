@@ -13,7 +13,9 @@ use crate::oauth::flows::{self, FlowError};
 use crate::oauth::provider_text;
 use crate::secret::StateValue;
 use crate::states::StateError;
+use crate::store::ConnectionKey;
 use crate::vault::VaultError;
+use std::sync::Arc;
 
 /// The query of a redirect back from the provider. `Debug` shows neither the state nor
 /// the code: both are credentials.
@@ -204,6 +206,13 @@ pub enum CallbackError {
     StarterRevoked {
         account: String,
     },
+    /// The API key that started an app's flow reaches `limits.max_connections_per_key`
+    /// connections, and this account is not one of them.
+    TooManyConnections {
+        account: String,
+        held: usize,
+        max: usize,
+    },
     /// A flow started on oauthd's page came back to a browser not signed in to oauthd:
     /// put back, for the operator's browser to finish.
     NotSignedIn {
@@ -381,7 +390,7 @@ impl Broker {
     /// (paste-back): the same rules as the callback, once the address is the provider's
     /// registered redirect URI.
     pub async fn finish_pasted(
-        &self,
+        self: &Arc<Self>,
         provider_name: &str,
         pasted: &str,
     ) -> Result<Connected, CallbackError> {
@@ -430,7 +439,7 @@ impl Broker {
     /// unknown, used, expired or for another provider, nor the code of an app's flow that
     /// came back to a browser that did not confirm it.
     pub async fn finish_callback(
-        &self,
+        self: &Arc<Self>,
         provider_name: &str,
         q: CallbackQuery,
         browser: Browser<'_>,
@@ -507,7 +516,7 @@ impl Broker {
                 return Err(CallbackError::NotConfirmedHere { account });
             }
             if let Some(flow) = &secrets.app {
-                let checked = match self.check_starter(flow, &account).await {
+                let checked = match self.check_starter(flow, provider_name, &account).await {
                     // The store failed after the state was taken: put back, the flow is
                     // used up no more than a store failing before would have left it (the
                     // page says to reload); else it is used up, and said as not stored.
@@ -553,7 +562,7 @@ impl Broker {
     /// The rest of a callback, once the flow is used up and may be finished here: the
     /// provider's identity, its answer, the code's exchange, the tokens stored.
     async fn redeem(
-        &self,
+        self: &Arc<Self>,
         provider: &crate::oauth::Provider,
         q: CallbackQuery,
         account: String,
@@ -613,6 +622,7 @@ impl Broker {
                         }
                     }
                 })?;
+        let starter = secrets.app.as_ref().map(|app| app.key_id().to_owned());
         let stored = async {
             let nonce = secrets.nonce.as_deref();
             let prepared = self
@@ -631,6 +641,12 @@ impl Broker {
                 replaced,
             } = prepared;
             let (key, identity) = (save.key.clone(), save.identity.clone());
+            // Checked again where it is stored, in turn with the key's other additions:
+            // flows its key started before it reached its cap stop here.
+            let _turn = match &starter {
+                Some(key_id) => self.starter_room(key_id, provider_name, &account).await?,
+                None => None,
+            };
             self.store_connection(save, events).await?;
             super::grant::log_replaced("connect", &key, replaced.as_ref(), &identity);
             Ok::<_, BrokerError>((identity, same, replaced))
@@ -640,6 +656,18 @@ impl Broker {
             Err(BrokerError::IdToken(message)) => {
                 log::warn!("callback {provider_name}/{account}: {message}; nothing stored");
                 return Err(CallbackError::IdToken { account, message });
+            }
+            Err(BrokerError::TooManyConnections { held, max }) => {
+                log::warn!("callback {provider_name}/{account}: the API key that started this flow reaches {held} connections, its most ({max}); nothing stored");
+                // Kept nowhere: revoked (in the background; the person is answered now).
+                if let Some(provider) = self.providers.get(provider_name).cloned() {
+                    let (this, key) = (self.clone(), ConnectionKey::new(provider_name, &account));
+                    self.spawn_counted(async move {
+                        let why = "connect: the API key that started it has no room for it";
+                        this.revoke_unkept(&provider, &key, &tokens, why).await;
+                    });
+                }
+                return Err(CallbackError::TooManyConnections { account, held, max });
             }
             Err(e) => return Err(CallbackError::NotStored(e.for_callers())),
         };

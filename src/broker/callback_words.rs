@@ -111,6 +111,10 @@ impl CallbackError {
                 "The app's API key was revoked",
                 "An app started this sign-in with an oauthd API key that has been revoked since, so it goes no further and nothing was stored. If you trust the app, ask its operator for a new key and start again from the app.".into(),
             ),
+            TooManyConnections { held, max, .. } => (
+                "The app has no room for another account",
+                format!("The app's oauthd API key already has {held} connections, the most it may have ({max}), so nothing was stored. Disconnect an account in the app, or ask oauthd's operator to raise limits.max_connections_per_key, then start again from the app."),
+            ),
             NotConfirmedHere { .. } => (
                 "Not confirmed in this browser",
                 format!("An app started this sign-in, and it was not confirmed on oauthd's page in this browser, so nothing was stored. If you started it yourself, go back to the app and start again, and stay in one browser until {provider} sends you back. Open the app's link as it was given: confirmed at another address of oauthd's (localhost for 127.0.0.1, another host name), the browser keeps the confirmation for that address, not this one."),

@@ -50,7 +50,25 @@ pub(super) struct AppSecrets {
     ticket: String,
 }
 
+/// What a room check that refused says at a callback: the cap, or a store that failed.
+pub(super) fn no_room(e: super::BrokerError, account: &str) -> CallbackError {
+    match e {
+        super::BrokerError::TooManyConnections { held, max } => CallbackError::TooManyConnections {
+            account: account.to_owned(),
+            held,
+            max,
+        },
+        e => CallbackError::Storage(e.for_callers()),
+    }
+}
+
 impl AppSecrets {
+    /// The id of the API key that started the flow (empty in a flow an older version
+    /// started).
+    pub(super) fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
     pub(super) fn new(
         key_id: &str,
         key_name: &str,
@@ -176,7 +194,7 @@ impl Broker {
             .open_flow_secrets(namespace.as_str(), view.parsed_data().as_ref())
             .map_err(|e| CallbackError::FlowUnreadable(e.to_string()))?;
         let app = secrets.app.ok_or(CallbackError::UnknownState)?;
-        self.check_starter(&app, account).await?;
+        self.check_starter(&app, provider_name, account).await?;
         Ok(AppFlow {
             account: account.to_owned(),
             ticket: app.ticket(),
@@ -277,10 +295,13 @@ impl Broker {
     }
 
     /// `Err(StarterRevoked)` when the API key that started an app's flow is revoked (or
-    /// gone): a revoked key's flows are confirmed nowhere and finish nowhere.
+    /// gone): a revoked key's flows are confirmed nowhere and finish nowhere. And
+    /// `Err(TooManyConnections)` when the key has no room left for `provider`/`account`
+    /// (`connection_room`): the person is told before going to the provider.
     pub(super) async fn check_starter(
         &self,
         app: &AppSecrets,
+        provider: &str,
         account: &str,
     ) -> Result<(), CallbackError> {
         let active = if app.key_id.is_empty() {
@@ -295,7 +316,11 @@ impl Broker {
                 .await
         };
         match active {
-            Ok(true) => Ok(()),
+            Ok(true) => self
+                .starter_room(&app.key_id, provider, account)
+                .await
+                .map(drop)
+                .map_err(|e| no_room(e, account)),
             Ok(false) => {
                 log::warn!(
                     "connect flow for account {account:?}: the API key {:?} that started it was revoked; the flow goes no further",

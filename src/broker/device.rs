@@ -491,6 +491,21 @@ impl Broker {
                 return;
             }
         };
+        // Checked again where it is stored, in turn with the key's other additions: flows
+        // its key started before it reached its cap stop here.
+        let _turn = match flow.started_by.strip_prefix("key:") {
+            Some(key_id) => match self.starter_room(key_id, p, a).await {
+                Ok(turn) => turn,
+                Err(e) => {
+                    self.finish_device(flow, claim, DeviceFlowStatus::Failed, e.to_string())
+                        .await;
+                    let why = "device flow: the API key that started it has no room for it";
+                    self.revoke_unkept(provider, &save.key, tokens, why).await;
+                    return;
+                }
+            },
+            None => None,
+        };
         events.push(self.device_event(flow, DeviceFlowStatus::Connected, "connected"));
         // As for every (re)connect: reads that began before the write cannot put the old
         // token back.

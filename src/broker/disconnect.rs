@@ -378,13 +378,14 @@ impl Broker {
             provider,
             key,
             tokens,
-            "the connection was deleted meanwhile",
+            "refresh: the connection was deleted meanwhile",
         )
         .await;
     }
 
-    /// Revokes tokens a refresh got and does not keep (`why`), as far as the provider can
-    /// be reached: kept nowhere, no disconnect could revoke them later.
+    /// Revokes tokens a refresh or a flow got for `key` and does not keep (`why`, which
+    /// names which), as far as the provider can be reached: kept nowhere, no disconnect
+    /// could revoke them later.
     pub(super) async fn revoke_unkept(
         &self,
         provider: &Provider,
@@ -403,8 +404,8 @@ impl Broker {
             .revoke_tokens(provider, unkept, &mut Revoked::default())
             .await
         {
-            Ok(()) => log::info!("refresh {key}: {why}; the new tokens were revoked"),
-            Err(e) => log::warn!("refresh {key}: {why}, and revoking the new tokens failed ({e}); they may stay valid at the provider until they expire"),
+            Ok(()) => log::info!("{key}: {why}; the new tokens were revoked"),
+            Err(e) => log::warn!("{key}: {why}, and revoking the new tokens failed ({e}); they may stay valid at the provider until they expire"),
         }
     }
 }

@@ -20,6 +20,7 @@ mod refresh_policy;
 mod refresh_save;
 pub mod refresher;
 pub mod return_to;
+mod room;
 mod tokens;
 mod views;
 
@@ -28,6 +29,7 @@ pub use confirm::{AppFlow, Continued, FlowStarter};
 pub(crate) use device::device_aad;
 pub use device::{watch_device_flows, DeviceStart, DeviceStatus};
 pub use disconnect::Disconnected;
+pub use room::RoomTurn;
 pub use tokens::AccessToken;
 pub use views::{ConnectionView, ViewStatus};
 
@@ -149,6 +151,9 @@ pub struct BrokerSettings {
     pub return_to_allowlist: Vec<Url>,
     pub provider_timeout: std::time::Duration,
     pub max_device_flows: u32,
+    /// Connections a key limited to accounts may have (`limits.max_connections_per_key`;
+    /// 0: no cap).
+    pub max_connections_per_key: u32,
     /// What time it is (the states service is given the same clock).
     pub clock: Clock,
     /// How long a token read from the store answers from memory (`token_cache_seconds`).
@@ -197,6 +202,11 @@ pub struct Broker {
     in_flight: Arc<flight::FlightLocks>,
     /// Pending device flows one caller may have (`limits.max_device_flows_per_key`).
     max_device_flows: u32,
+    /// `limits.max_connections_per_key` (0: no cap).
+    max_connections_per_key: usize,
+    /// Held from a capped key's room check until the connection it makes room for is
+    /// stored (`connection_room`).
+    connection_adds: tokio::sync::Mutex<()>,
     /// Device flows this process polls now.
     device_drivers: Mutex<std::collections::HashSet<String>>,
     /// Set when oauthd stops: device drivers start no further poll, the background
@@ -273,6 +283,9 @@ impl Broker {
             return_to_allowlist: settings.return_to_allowlist,
             in_flight: Arc::default(),
             max_device_flows: settings.max_device_flows,
+            max_connections_per_key: usize::try_from(settings.max_connections_per_key)
+                .unwrap_or(usize::MAX),
+            connection_adds: Default::default(),
             device_drivers: Mutex::new(Default::default()),
             stopping: tokio::sync::watch::Sender::new(false),
             runtime: std::sync::OnceLock::new(),

@@ -950,12 +950,9 @@ impl Broker {
             // which revoking would end.
             if let Some(provider) = self.providers.get(p).cloned() {
                 let (this, key) = (self.clone(), row.key());
-                // Counted as a refresh under way: a stop (and a command's end) waits for it.
-                let running = self.refreshing.enter();
-                self.spawn_background(async move {
-                    let _running = running;
+                self.spawn_counted(async move {
                     if recorded {
-                        let why = "its ID token names another account";
+                        let why = "refresh: its ID token names another account";
                         this.revoke_unkept(&provider, &key, &tokens, why).await;
                     } else {
                         this.revoke_orphaned(&provider, &key, &tokens).await;

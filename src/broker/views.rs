@@ -127,46 +127,6 @@ impl Broker {
             .collect())
     }
 
-    /// `Err(TooManyConnections)` when `key`, limited to accounts (a tenant's, made with
-    /// `--account`), reaches `max` connections and `provider`/`account` is not one of
-    /// them: a tenant's imports (made-up tokens, each a connection refreshed under the
-    /// operator's client id and said by event when it fails) and connect and device flows
-    /// for new accounts stop there, where the rate budget only slows them. A key without
-    /// account limits is the operator's own app's, which reaches (and may delete) every
-    /// connection: not capped, or one app serving many users would stop at the cap.
-    /// Reconnecting or replacing a connection the key has is never refused. Checked when a
-    /// flow starts: flows started before the key reached the cap may still connect.
-    /// `max` 0: no cap.
-    pub async fn connection_room(
-        &self,
-        key: &crate::store::ApiKeyRecord,
-        max: usize,
-        provider: &str,
-        account: &str,
-    ) -> Result<(), BrokerError> {
-        if max == 0 || key.accounts.is_none() {
-            return Ok(());
-        }
-        let all = self.store.list_connections().await?;
-        if all
-            .iter()
-            .any(|c| c.provider == provider && c.account == account)
-        {
-            return Ok(());
-        }
-        let held = all
-            .iter()
-            .filter(|c| {
-                crate::apikeys::may_use_provider(key, &c.provider)
-                    && crate::apikeys::may_use_account(key, &c.account)
-            })
-            .count();
-        if held < max {
-            return Ok(());
-        }
-        Err(BrokerError::TooManyConnections { held, max })
-    }
-
     pub async fn connections(&self) -> Result<Vec<ConnectionView>, BrokerError> {
         Ok(self
             .store

@@ -244,6 +244,7 @@ pub(super) fn services(
                 return_to_allowlist: settings.return_to_allowlist.clone(),
                 provider_timeout: settings.provider_timeout,
                 max_device_flows: settings.max_device_flows_per_key,
+                max_connections_per_key: settings.max_connections_per_key,
                 clock,
                 token_cache: settings.token_cache,
                 notifier,

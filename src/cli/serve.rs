@@ -313,9 +313,6 @@ impl Serving {
             failed_sign_in_limit: limit(settings.failed_auth_per_minute),
             failed_metrics_limit: limit(settings.failed_auth_per_minute),
             change_limit: http::RateLimiter::new(settings.connection_changes_per_minute),
-            max_connections_per_key: usize::try_from(settings.max_connections_per_key)
-                .unwrap_or(usize::MAX),
-            connection_adds: Default::default(),
             trusted_proxies: settings.trusted_proxies.clone(),
             no_keys_hint: match settings.store {
                 crate::store::target::StoreTarget::Sqlite => http::NO_KEYS_SQLITE,

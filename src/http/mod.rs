@@ -88,13 +88,6 @@ pub struct AppState {
     /// Budget per API key (by id) for connect and device flow starts, imports and disconnects: each
     /// may call the provider under the operator's client id and send events.
     pub change_limit: RateLimiter<String>,
-    /// `limits.max_connections_per_key` (0: no cap).
-    pub max_connections_per_key: usize,
-    /// Held from a capped key's room check to the end of its import (`connection_room`):
-    /// imports sent at once each passed the check before any was stored, and a burst
-    /// overshot the cap by its size. (Across processes they still may; flows are checked
-    /// when they start.)
-    pub connection_adds: tokio::sync::Mutex<()>,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<crate::ip_range::IpRange>,
     /// What a `401` for one of oauthd's keys adds when the store holds no key at all:
@@ -143,23 +136,18 @@ impl AppState {
     }
 
     /// `429 too_many_connections` when `caller` may not add a connection (see
-    /// `Broker::connection_room`). For a capped key, the turn of `connection_adds`: an
-    /// import holds it until it stored the connection.
+    /// `Broker::connection_room`). For a capped key, its turn: an import holds it until
+    /// it stored the connection.
     pub async fn connection_room(
         &self,
         caller: &auth::Caller,
         provider: &str,
         account: &str,
-    ) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>, ApiError> {
-        let capped = self.max_connections_per_key > 0 && caller.0.accounts.is_some();
-        let turn = match capped {
-            true => Some(self.connection_adds.lock().await),
-            false => None,
-        };
-        self.broker
-            .connection_room(&caller.0, self.max_connections_per_key, provider, account)
-            .await?;
-        Ok(turn)
+    ) -> Result<crate::broker::RoomTurn<'_>, ApiError> {
+        Ok(self
+            .broker
+            .connection_room(&caller.0, provider, account)
+            .await?)
     }
 
     /// Counts a hit on a public route; `Err` (429) when the client is over its budget.

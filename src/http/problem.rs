@@ -329,6 +329,7 @@ pub fn callback_status(e: &CallbackError) -> u16 {
         Storage(_) | NotStored(_) | ProviderUnreachable { .. } => 503,
         ClientRefused { .. } | ExchangeFailed { .. } | IdToken { .. } => 502,
         Denied { .. } | NotSignedIn { .. } | StarterRevoked { .. } | NotConfirmedHere { .. } => 403,
+        TooManyConnections { .. } => 429,
         ByApp(inner) => match **inner {
             NoState | UnknownState => 400,
             _ => callback_status(inner),
@@ -387,6 +388,7 @@ pub fn callback_problem(provider: &str, e: &CallbackError) -> ApiError {
         // Never from a paste (it is refused before); named all the same.
         NotConfirmedHere { .. } => "not_confirmed_here",
         StarterRevoked { .. } => "key_revoked",
+        TooManyConnections { .. } => "too_many_connections",
         // Never from a paste either: a paste is signed in, and is the way they ask for.
         NotSignedIn { .. } => "flow_needs_sign_in",
         PasteOnly { .. } => "paste_only",

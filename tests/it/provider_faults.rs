@@ -1493,3 +1493,68 @@ async fn a_lease_taken_while_redis_did_not_answer_is_let_go() {
     assert_eq!(last["access_token"], "at-3", "{last}");
     assert_eq!(token_requests(&mock, "refresh_token").await.len(), 2);
 }
+
+/// Two flows a capped tenant key started while it had room, whose callbacks arrive at
+/// once and whose codes the provider takes a while to redeem: both pass the check made
+/// before the exchange, and the one that stores second is refused where it stores (`429`,
+/// nothing stored) and has the tokens it got revoked, kept nowhere else. Both connected
+/// before: the cap was checked only when a flow started.
+#[tokio::test(flavor = "multi_thread")]
+async fn flows_redeemed_at_once_stop_at_the_cap_where_they_store() {
+    let mock = MockServer::start().await;
+    for code in ["c1", "c2"] {
+        let tokens = json!({"access_token": format!("at-{code}"), "token_type": "Bearer", "expires_in": 3600, "refresh_token": format!("rt-{code}")});
+        Mock::given(method("POST"))
+            .and(path("/token"))
+            .and(body_string_contains(format!("code={code}")))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(tokens)
+                    .set_delay(Duration::from_millis(700)),
+            )
+            .mount(&mock)
+            .await;
+    }
+    Mock::given(method("POST"))
+        .and(path("/revoke"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&mock)
+        .await;
+    let extra = "[limits]\nmax_connections_per_key = 1\n";
+    let (home, key, d) = serving("acme", "spotify", &mock, extra);
+    let made = home.cli(&["keys", "create", "--name", "tenant", "--account", "t.*"]);
+    assert!(made.status.success(), "{made:?}");
+    let tenant = String::from_utf8_lossy(&made.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    let mut callbacks = Vec::new();
+    for (account, code) in [("t.one", "c1"), ("t.two", "c2")] {
+        let authorize = d.start_connect(&tenant, "acme", account).await;
+        let state = common::query_param(&authorize, "state");
+        callbacks.push(format!("{}/callback/acme?code={code}&state={state}", d.url));
+    }
+    let pages = futures::future::join_all(callbacks.iter().map(|c| d.browser_get(c))).await;
+    let mut statuses: Vec<u16> = pages.iter().map(|(status, _, _)| *status).collect();
+    statuses.sort();
+    assert_eq!(statuses, [200, 429], "{pages:?}");
+    let refused = pages
+        .iter()
+        .position(|(status, _, _)| *status == 429)
+        .unwrap();
+    let (refused_account, refused_code) = [("t.one", "c1"), ("t.two", "c2")][refused];
+    let path = format!("/v1/connections/acme/{refused_account}");
+    assert_eq!(d.get(&path, &key).await.0, 404);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut revoked = revoked_tokens(&mock).await;
+    while revoked.len() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        revoked = revoked_tokens(&mock).await;
+    }
+    revoked.sort();
+    assert_eq!(
+        revoked,
+        [format!("at-{refused_code}"), format!("rt-{refused_code}")]
+    );
+}

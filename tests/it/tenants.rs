@@ -12,6 +12,8 @@ contract![
     connections_import_reports_each_line_and_can_run_again,
     a_key_reaching_its_most_connections_adds_no_other_account,
     imports_sent_at_once_stop_at_the_cap,
+    connect_flows_started_before_the_cap_stop_there,
+    device_flows_started_before_the_cap_stop_there,
 ];
 
 fn tenant_key(home: &Home, name: &str, accounts: &[&str]) -> String {
@@ -424,6 +426,104 @@ async fn imports_sent_at_once_stop_at_the_cap(home: Home) {
         held += usize::from(status == 200);
     }
     assert_eq!(held, 3);
+}
+
+/// Flows a capped tenant key started while it had room are checked again where they
+/// connect: of four callbacks arriving at once, one stores its connection and the others
+/// store nothing (tokens got meanwhile are revoked), and a fifth flow's confirmation page
+/// says so before the person goes to the provider. All four connected before: the cap was
+/// checked only when a flow started.
+async fn connect_flows_started_before_the_cap_stop_there(home: Home) {
+    let (peer, key, d) = serving(&home, 3600, "[limits]\nmax_connections_per_key = 1\n");
+    let tenant = tenant_key(&home, "acme", &["acme.*"]);
+    let accounts = ["acme.a", "acme.b", "acme.c", "acme.d"];
+    let mut callbacks = Vec::new();
+    for account in accounts {
+        let authorize = d.start_connect(&tenant, "peer", account).await;
+        callbacks.push(peer.approve(&authorize).await);
+    }
+    let fifth = d.app_flow_address(&tenant, "peer", "acme.e").await;
+    let revoked_before = peer.revocations().await;
+    let pages = futures::future::join_all(callbacks.iter().map(|c| d.browser_get(c))).await;
+    let statuses: Vec<u16> = pages.iter().map(|(status, _, _)| *status).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    for (status, page, _) in pages.iter().filter(|(status, _, _)| *status != 200) {
+        assert_eq!(*status, 429, "{page}");
+        assert!(
+            page.contains("already has 1 connections") && page.contains("max_connections_per_key"),
+            "{page}"
+        );
+    }
+    let (_, list) = d.get("/v1/connections", &key).await;
+    assert_eq!(list["connections"].as_array().unwrap().len(), 1, "{list}");
+    // Those refused after their code was redeemed had their tokens revoked.
+    let redeemed = home
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("its most (1); nothing stored"))
+        .count() as u64;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while peer.revocations().await < revoked_before + redeemed
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        peer.revocations().await >= revoked_before + redeemed,
+        "{redeemed} refused with tokens, not revoked"
+    );
+    let (status, page, _) = d.browser_get(&fifth).await;
+    assert_eq!(status, 429, "{page}");
+    assert!(page.contains("no room for another account"), "{page}");
+    // The account it has reconnects.
+    let connected = accounts[statuses.iter().position(|s| *s == 200).unwrap()];
+    let (status, page) = connect(&d, &peer, &tenant, connected).await;
+    assert_eq!(status, 200, "{page}");
+}
+
+/// The same for device flows: of two a capped key started while it had room, approved
+/// both, one connects and the other ends `failed` saying why, its tokens revoked.
+async fn device_flows_started_before_the_cap_stop_there(home: Home) {
+    let (peer, key, d) = serving(&home, 3600, "[limits]\nmax_connections_per_key = 1\n");
+    let tenant = tenant_key(&home, "acme", &["acme.*"]);
+    let flows = [
+        d.start_device(&tenant, "peer", "acme.a").await,
+        d.start_device(&tenant, "peer", "acme.b").await,
+    ];
+    for flow in &flows {
+        peer.verify_device(flow["user_code"].as_str().unwrap(), true)
+            .await;
+    }
+    let mut ends = Vec::new();
+    for flow in &flows {
+        let id = flow["id"].as_str().unwrap();
+        let limit = std::time::Duration::from_secs(30);
+        let (status, body) = d.wait_device(&tenant, "peer", id, limit).await;
+        ends.push((status, body));
+    }
+    ends.sort_by_key(|(status, _)| *status);
+    assert_eq!(ends[0].0, 200, "{ends:?}");
+    assert_eq!(
+        (ends[1].0, ends[1].1["status"].as_str()),
+        (502, Some("failed")),
+        "{ends:?}"
+    );
+    assert!(
+        ends[1].1["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("reaches 1 connections")),
+        "{ends:?}"
+    );
+    let (_, list) = d.get("/v1/connections", &key).await;
+    assert_eq!(list["connections"].as_array().unwrap().len(), 1, "{list}");
+    assert!(
+        peer.revocations().await > 0,
+        "the tokens kept nowhere were not revoked"
+    );
 }
 
 /// `connections import --file`: each line reported, bad lines refused without a token in

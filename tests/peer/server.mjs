@@ -79,9 +79,11 @@ provider.on('grant.error', (ctx, err) => console.error(`grant.error ${err.name}:
 provider.on('server_error', (ctx, err) => console.error(`server_error ${err.stack}`));
 
 // Counters the tests read at GET /_test/stats: grants of each type that succeeded and
-// that failed (a failed one is a request that reached the token endpoint).
+// that failed (a failed one is a request that reached the token endpoint), and
+// revocation requests answered 200.
 const grants = {};
 const errors = {};
+let revocations = 0;
 provider.on('grant.success', (ctx) => {
   const type = ctx.oidc.params.grant_type;
   grants[type] = (grants[type] || 0) + 1;
@@ -95,8 +97,13 @@ const handle = provider.callback();
 server.on('request', (req, res) => {
   if (req.url === '/_test/stats') {
     res.setHeader('content-type', 'application/json');
-    res.end(JSON.stringify({ grants, errors }));
+    res.end(JSON.stringify({ grants, errors, revocations }));
     return;
+  }
+  if (req.url.startsWith('/token/revocation')) {
+    res.on('finish', () => {
+      if (res.statusCode === 200) revocations += 1;
+    });
   }
   handle(req, res);
 });

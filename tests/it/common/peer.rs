@@ -333,6 +333,11 @@ impl Peer {
             .unwrap_or(0)
     }
 
+    /// How many revocation requests the provider answered 200.
+    pub async fn revocations(&self) -> u64 {
+        self.stats().await["revocations"].as_u64().unwrap_or(0)
+    }
+
     /// Revokes a token directly at the provider, as if the user revoked access there.
     pub async fn revoke(&self, token: &str) {
         let resp = reqwest::Client::new()
