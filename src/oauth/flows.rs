@@ -366,11 +366,15 @@ impl<'a> Sent<'a> {
         )
     }
 
-    /// What was sent, long enough to be told apart from the words of a text.
+    /// What was sent, long enough to be told apart from the letters of a text.
     fn secrets(&self) -> impl Iterator<Item = &str> {
-        // Shorter values could be any word of the text; no secret is that short.
+        // Shorter values are any text's letters (and no secret at all).
         let basic = self.1.iter().map(String::as_str);
-        self.0.iter().copied().chain(basic).filter(|s| s.len() >= 8)
+        self.0
+            .iter()
+            .copied()
+            .chain(basic)
+            .filter(|s| s.len() >= SHORTEST_SECRET)
     }
 
     /// A provider's error text, bounded and safe to log (`provider_text`), with what was
@@ -403,21 +407,28 @@ impl<'a> Sent<'a> {
 
     /// Whether `text` holds a run of `ECHO_RUN` letters and digits of something sent
     /// (all of it, if shorter), read case-blind and past any other characters, after
-    /// percent- and JSON-unescaping, or of its base64 or hex.
+    /// percent- and JSON-unescaping, or of its base64 or hex. A short secret counts
+    /// whole (a client secret of 7 characters came back in full); its encodings only
+    /// from `ECHO_RUN` on (shorter, they are any text's letters).
     fn echoes(&self, text: &str) -> bool {
         let mut runs = std::collections::HashSet::new();
+        let mut lengths = std::collections::BTreeSet::new();
         for secret in self.secrets() {
-            for form in echo::forms(secret) {
+            for (nth, form) in echo::forms(secret).iter().enumerate() {
                 let plain = echo::plain(form.as_bytes());
-                if plain.len() < 8 {
+                let least = if nth == 0 { SHORTEST_SECRET } else { ECHO_RUN };
+                if plain.len() < least {
                     continue;
                 }
                 let run = plain.len().min(ECHO_RUN);
+                lengths.insert(run);
                 runs.extend(plain.windows(run).map(<[u8]>::to_vec));
             }
         }
         let plain = echo::plain(text.as_bytes());
-        (8..=ECHO_RUN).any(|run| plain.windows(run).any(|w| runs.contains(w)))
+        lengths
+            .iter()
+            .any(|&run| plain.windows(run).any(|w| runs.contains(w)))
     }
 }
 
@@ -435,8 +446,13 @@ const WITHHELD: &str =
     "[not kept: the provider's text held a secret oauthd sent it, encoded or cut]";
 
 /// How long a run of a secret's letters and digits `Sent::echoes` looks for: a random
-/// secret's run of 12 is in no provider's own words.
-const ECHO_RUN: usize = 12;
+/// secret's run of 8 is in no provider's own words (one chance in about 10^12 for each
+/// pair of places), and a provider that echoes a secret cut short ("refresh token
+/// e0RvQk1x... unknown") gives at least that much of it. (12 let cuts of 8 to 11 through.)
+const ECHO_RUN: usize = 8;
+
+/// The shortest value sent that is looked for in a provider's text, as sent and whole.
+const SHORTEST_SECRET: usize = 4;
 
 /// The forms a secret may come back in, and texts reduced to what those forms share.
 mod echo {
@@ -1263,15 +1279,49 @@ mod tests {
             ..Default::default()
         };
         let provider = Provider::from_config("p", &config).unwrap();
-        let sent = Sent::new(&provider, &["device-code-0123", "short"]);
+        let sent = Sent::new(&provider, &["device-code-0123", "abc"]);
         let basic = basic_credentials(&provider).unwrap();
         let text = sent.text(
-            &format!("code device-code-0123 from client s3cret%2Fwith%2Bsigns (s3cret/with+signs) is short; Basic {basic}"),
+            &format!("code device-code-0123 from client s3cret%2Fwith%2Bsigns (s3cret/with+signs) is abc; Basic {basic}"),
             300,
         );
         assert_eq!(
             text,
-            "code [redacted] from client [redacted] ([redacted]) is short; Basic [redacted]"
+            "code [redacted] from client [redacted] ([redacted]) is abc; Basic [redacted]"
         );
+    }
+
+    /// A secret cut short in a provider's text (its first 8 to 11 characters came back
+    /// whole), and a short client secret echoed whole (7 characters), are not kept: the
+    /// first reached the log, the store, events and apps, the second as it was.
+    #[test]
+    fn a_secret_cut_short_or_a_short_one_is_not_kept() {
+        let config = ProviderConfig {
+            authorization_url: Some("https://provider.test/authorize".into()),
+            token_url: Some("https://provider.test/token".into()),
+            client_id: Some("client".into()),
+            client_secret: Some("Sh0rt7x".into()),
+            ..Default::default()
+        };
+        let provider = Provider::from_config("p", &config).unwrap();
+        let refresh = "e0RvQk1xqo-0mL-0B5Tz9Wv3Ys7Ua1";
+        let sent = Sent::new(&provider, &[refresh]);
+        for cut in [8, 9, 11] {
+            let text = sent.text(
+                &format!("refresh token {}... unknown", &refresh[..cut]),
+                300,
+            );
+            assert_eq!(text, WITHHELD, "{cut}");
+        }
+        // 9 of its letters and digits, parted by dashes.
+        let text = sent.text("refresh token xqo-0mL-0B5 unknown", 300);
+        assert_eq!(text, WITHHELD);
+        let text = sent.text("client secret Sh0rt7x does not match", 300);
+        assert_eq!(text, "client secret [redacted] does not match");
+        let text = sent.text("client secret S-h-0-r-t-7-x does not match", 300);
+        assert_eq!(text, WITHHELD);
+        // The provider's own words stay.
+        let words = "The refresh token is invalid, expired or revoked (client 'client')";
+        assert_eq!(sent.text(words, 300), words);
     }
 }
