@@ -949,7 +949,10 @@ fn key_source(db: &Path) -> KeySource {
 fn store_target(over: &Overrides, file: &FileConfig) -> Result<StoreTarget, ConfigError> {
     let env = env_or_file("OAUTHD_STORE")?;
     let text = match (&over.store, env, &file.store) {
-        (Some(t), _, _) => zeroize::Zeroizing::new(t.clone()),
+        (Some(t), _, _) => {
+            password_in_arguments("--store", t);
+            zeroize::Zeroizing::new(t.clone())
+        }
         (None, Some(t), _) => t,
         (None, None, Some(t)) => zeroize::Zeroizing::new(t.clone()),
         (None, None, None) => return Ok(StoreTarget::Sqlite),
@@ -962,8 +965,22 @@ fn store_target(over: &Overrides, file: &FileConfig) -> Result<StoreTarget, Conf
 /// A store named on the command line besides the configured one (`oauthd copy --to`):
 /// `OAUTHD_REDIS_PASSWORD[_FILE]` fills in a Redis URL without a password.
 pub fn other_store(text: &str, redis_prefix: Option<String>) -> Result<StoreTarget, ConfigError> {
+    password_in_arguments("--to", text);
     let password = env_or_file("OAUTHD_REDIS_PASSWORD")?;
     crate::store::target::parse(text, redis_prefix, password).map_err(|e| invalid("--to", e))
+}
+
+/// Whether `text` is a URL that carries a password (a Redis store's).
+fn holds_password(text: &str) -> bool {
+    url::Url::parse(text.trim()).is_ok_and(|u| u.password().is_some())
+}
+
+/// Said when a flag's Redis URL carries its password: the process list shows every
+/// process's arguments to every user of the machine.
+fn password_in_arguments(flag: &str, text: &str) {
+    if holds_password(text) {
+        log::warn!("the Redis password in {flag} can be read by every user of this machine in the process list (ps): give it in OAUTHD_REDIS_PASSWORD_FILE instead (or the whole URL in OAUTHD_STORE_FILE, or the config file's store)");
+    }
 }
 
 /// `Settings::secret_files`.
@@ -976,16 +993,35 @@ fn secret_files(config: Option<&Path>, file: &FileConfig) -> Vec<(String, PathBu
             .filter(|(_, p)| p.client_secret.is_some())
             .map(|(name, _)| name.as_str())
             .collect();
+        let mut held = Vec::new();
         if !inline.is_empty() {
+            held.push(format!(
+                "the client_secret of {} (client_secret_file keeps a secret in a file of its \
+                 own, e.g. one systemd's LoadCredential= gives)",
+                inline.join(", ")
+            ));
+        }
+        if file.store.as_deref().is_some_and(holds_password) {
+            held.push(
+                "the Redis password in store (OAUTHD_REDIS_PASSWORD_FILE keeps it in a file \
+                 of its own)"
+                    .to_owned(),
+            );
+        }
+        if !held.is_empty() {
             found.push((
-                format!(
-                    "the config file, which holds the client_secret of {} (client_secret_file \
-                     keeps a secret in a file of its own, e.g. one systemd's LoadCredential= \
-                     gives)",
-                    inline.join(", ")
-                ),
+                format!("the config file, which holds {}", held.join(", and ")),
                 path.to_owned(),
             ));
+        }
+    }
+    if env_text("OAUTHD_STORE").is_none() {
+        if let Some(path) = env_text("OAUTHD_STORE_FILE") {
+            let read = zeroize::Zeroizing::new(std::fs::read_to_string(&path).unwrap_or_default());
+            if holds_password(&read) {
+                let what = "OAUTHD_STORE_FILE, which holds the Redis password".to_owned();
+                found.push((what, PathBuf::from(path)));
+            }
         }
     }
     for (name, p) in &file.providers {
@@ -1006,7 +1042,11 @@ fn secret_files(config: Option<&Path>, file: &FileConfig) -> Vec<(String, PathBu
             ));
         }
     }
-    for var in ["OAUTHD_ADMIN_TOKEN_FILE", "OAUTHD_METRICS_TOKEN_FILE"] {
+    for var in [
+        "OAUTHD_ADMIN_TOKEN_FILE",
+        "OAUTHD_METRICS_TOKEN_FILE",
+        "OAUTHD_REDIS_PASSWORD_FILE",
+    ] {
         if env_text(var.trim_end_matches("_FILE")).is_none() {
             if let Some(path) = env_text(var) {
                 found.push((var.to_owned(), PathBuf::from(path)));

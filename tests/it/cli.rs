@@ -103,6 +103,59 @@ fn check_goes_on_past_a_store_it_cannot_reach() {
     );
 }
 
+/// A Redis password is warned of where others on the machine can read it: in `--store`
+/// (the process list shows it to every user), in a config file, `OAUTHD_STORE_FILE` or
+/// `OAUTHD_REDIS_PASSWORD_FILE` others may read. Nothing was said of any.
+#[cfg(feature = "redis")]
+#[test]
+fn a_redis_password_where_others_read_it_is_warned_of() {
+    let home = Home::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let with_password = format!("redis://:pw-0123456789@127.0.0.1:{port}/0");
+    let out = home.cli(&["check", "--store", &with_password]);
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("the Redis password in --store can be read by every user of this machine in the process list"),
+        "{said}"
+    );
+    assert!(!said.contains("pw-0123456789"), "{said}");
+    home.write_config(&format!("store = \"{with_password}\"\n"));
+    let out = home.cli(&["check"]);
+    let report = text(&out.stdout);
+    assert!(
+        report.contains("the config file, which holds the Redis password in store")
+            && report.contains("is readable by others (mode 644)"),
+        "{report}"
+    );
+    home.write_config("");
+    let url_file = home.dir.path().join("store-url");
+    std::fs::write(&url_file, &with_password).unwrap();
+    let password_file = home.dir.path().join("redis-password");
+    std::fs::write(&password_file, "pw-0123456789").unwrap();
+    let out = home
+        .cli_command(&["check"])
+        .env("OAUTHD_STORE_FILE", &url_file)
+        .env("OAUTHD_REDIS_PASSWORD_FILE", &password_file)
+        .output()
+        .unwrap();
+    let report = text(&out.stdout);
+    for what in [
+        "OAUTHD_STORE_FILE, which holds the Redis password",
+        "OAUTHD_REDIS_PASSWORD_FILE",
+    ] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.contains(what) && l.contains("readable by others (mode 644)")),
+            "{what}: {report}"
+        );
+    }
+}
+
 /// Runs `command` with its stdout on a full disk (`/dev/full`).
 fn onto_a_full_disk(command: &mut Command) -> std::process::Output {
     let full = std::fs::OpenOptions::new()

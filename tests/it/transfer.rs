@@ -77,6 +77,24 @@ async fn a_sqlite_file_copied_into_a_new_one_serves_with_the_key_copied_beside_i
     );
 }
 
+/// A copy into an empty file made beforehand (`touch`) with a loose mode makes it private,
+/// as a file it makes is: it kept mode 666, and the -wal and -shm files took it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_into_an_empty_file_makes_it_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = Home::new();
+    home.create_key("app", &[]);
+    home.start().signal_and_wait("TERM");
+    let moved = Home::new();
+    let to = moved.db();
+    std::fs::write(&to, "").unwrap();
+    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = home.cli(&["copy", "--to", to.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", said(&out));
+    let mode = std::fs::metadata(&to).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{mode:o}");
+}
+
 #[cfg(feature = "redis")]
 mod redis {
     use super::*;

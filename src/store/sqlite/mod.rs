@@ -479,8 +479,11 @@ impl SqliteStore {
                 Err(e) => return Err(open_err(&e)),
             }
         }
+        // An empty file (made with `touch`, perhaps with a loose mode, for `copy --to`) is
+        // a new database too: private as one made here.
+        let empty = !created && std::fs::metadata(path).is_ok_and(|m| m.len() == 0);
         let mut conn = Connection::open_with_flags(path, open_flags()).map_err(sqlite_err)?;
-        if created {
+        if created || empty {
             // Made by another process in the meantime, perhaps: private all the same.
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
