@@ -623,6 +623,9 @@ impl Broker {
                     }
                 })?;
         let starter = secrets.app.as_ref().map(|app| app.key_id().to_owned());
+        // The stored connections that are this flow's account at the provider, for a flow
+        // refused where it stores.
+        let mut refused_same = Vec::new();
         let stored = async {
             let nonce = secrets.nonce.as_deref();
             let prepared = self
@@ -644,7 +647,13 @@ impl Broker {
             // Checked again where it is stored, in turn with the key's other additions:
             // flows its key started before it reached its cap stop here.
             let _turn = match &starter {
-                Some(key_id) => self.starter_room(key_id, provider_name, &account).await?,
+                Some(key_id) => match self.starter_room(key_id, provider_name, &account).await {
+                    Ok(turn) => turn,
+                    Err(e) => {
+                        refused_same = same;
+                        return Err(e);
+                    }
+                },
                 None => None,
             };
             self.store_connection(save, events).await?;
@@ -663,8 +672,9 @@ impl Broker {
                 if let Some(provider) = self.providers.get(provider_name).cloned() {
                     let (this, key) = (self.clone(), ConnectionKey::new(provider_name, &account));
                     self.spawn_counted(async move {
-                        let why = "connect: the API key that started it has no room for it";
-                        this.revoke_unkept(&provider, &key, &tokens, why).await;
+                        let same = refused_same;
+                        this.revoke_refused(&provider, &key, &tokens, &same, "connect")
+                            .await;
                     });
                 }
                 return Err(CallbackError::TooManyConnections { account, held, max });

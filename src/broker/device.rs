@@ -475,11 +475,16 @@ impl Broker {
         tokens: &flows::TokenSet,
     ) {
         let (p, a) = (flow.provider.as_str(), flow.account.as_str());
-        let (save, mut events, replaced) = match self
+        let (save, mut events, replaced, same) = match self
             .prepare_connection(provider, a, tokens, None, Via::Device)
             .await
         {
-            Ok(prepared) => (prepared.save, prepared.events, prepared.replaced),
+            Ok(prepared) => (
+                prepared.save,
+                prepared.events,
+                prepared.replaced,
+                prepared.same,
+            ),
             Err(e) => {
                 let detail = format!(
                     "tokens were issued but could not be stored: {}",
@@ -499,8 +504,8 @@ impl Broker {
                 Err(e) => {
                     self.finish_device(flow, claim, DeviceFlowStatus::Failed, e.to_string())
                         .await;
-                    let why = "device flow: the API key that started it has no room for it";
-                    self.revoke_unkept(provider, &save.key, tokens, why).await;
+                    self.revoke_refused(provider, &save.key, tokens, &same, "device flow")
+                        .await;
                     return;
                 }
             },

@@ -383,6 +383,29 @@ impl Broker {
         .await;
     }
 
+    /// Revokes the tokens a flow (`how`) got for `key` and stores nothing of, its API key
+    /// having no room for another connection; not when `same`, connections stored for the
+    /// same account at the provider, are there: providers that end the whole grant on a
+    /// revocation (Google) would end theirs.
+    pub(super) async fn revoke_refused(
+        &self,
+        provider: &Provider,
+        key: &ConnectionKey,
+        tokens: &TokenSet,
+        same: &[String],
+        how: &str,
+    ) {
+        if !same.is_empty() {
+            log::info!(
+                "{how} {key}: not stored, nor revoked: the same account at the provider as {}, whose grant a revocation may end",
+                same.join(", ")
+            );
+            return;
+        }
+        let why = format!("{how}: the API key that started it has no room for it");
+        self.revoke_unkept(provider, key, tokens, &why).await;
+    }
+
     /// Revokes tokens a refresh or a flow got for `key` and does not keep (`why`, which
     /// names which), as far as the provider can be reached: kept nowhere, no disconnect
     /// could revoke them later.

@@ -229,6 +229,11 @@ impl Peer {
     /// Plays the user on another device: enters `user_code` at the provider's device page,
     /// confirms (or aborts), logs in and consents. Returns the last page's text.
     pub async fn verify_device(&self, user_code: &str, approve: bool) -> String {
+        self.verify_device_as("alice", user_code, approve).await
+    }
+
+    /// Like `verify_device`, signed in at the provider as `user`.
+    pub async fn verify_device_as(&self, user: &str, user_code: &str, approve: bool) -> String {
         let browser = Self::browser();
         let xsrf = |page: &str| {
             let marker = "name=\"xsrf\" value=\"";
@@ -260,7 +265,7 @@ impl Peer {
                     .unwrap()
                     .join(location)
                     .unwrap();
-                self.walk_with(&browser, next.as_str(), "consent", "alice")
+                self.walk_with(&browser, next.as_str(), "consent", user)
                     .await
             }
             None => format!("page:{}", resp.text().await.unwrap_or_default()),
