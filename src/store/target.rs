@@ -55,6 +55,11 @@ impl RedisTarget {
 
 /// Parses a store URL. `password` (from `OAUTHD_REDIS_PASSWORD[_FILE]`) fills in a Redis
 /// URL that has none, so the URL itself can live in a world-readable config file.
+/// What to do with a Redis password that holds characters a URL gives a meaning.
+const ENCODE_PASSWORD: &str = "in the URL, a password's '/', '?', '#' and '%' must be \
+    written %2F, %3F, %23 and %25; or give the password as it is in \
+    OAUTHD_REDIS_PASSWORD_FILE (the URL without one)";
+
 pub fn parse(
     text: &str,
     prefix: Option<String>,
@@ -65,13 +70,29 @@ pub fn parse(
         return Ok(StoreTarget::Sqlite);
     }
     let mut url = Url::parse(text).map_err(|_| {
-        "expected redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://… for TLS, or \"sqlite\""
-            .to_owned()
+        let expected =
+            "expected redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://… for TLS, or \"sqlite\"";
+        // A password holding `/`, `?` or `#` ends the address's host part early.
+        match text.contains('@') {
+            true => format!("{expected}; {ENCODE_PASSWORD}"),
+            false => expected.to_owned(),
+        }
     })?;
     if !matches!(url.scheme(), "redis" | "rediss") {
         return Err(format!(
             "unsupported scheme {:?}: use redis:// or rediss:// (TLS), or \"sqlite\" for the database file",
             url.scheme()
+        ));
+    }
+    // An `@` after a `#` or `?`: a password holding one of those, read as where the URL's
+    // fragment or query starts, and the password's tail taken for the host.
+    let cut = [url.fragment(), url.query()]
+        .into_iter()
+        .flatten()
+        .any(|part| part.contains('@'));
+    if cut {
+        return Err(format!(
+            "the Redis URL's password holds '#' or '?', which end the address: {ENCODE_PASSWORD}"
         ));
     }
     if url.host_str().is_none_or(str::is_empty) {
@@ -125,6 +146,30 @@ mod tests {
             redis("rediss://cache.example", None).display(),
             "rediss://cache.example:6379/0"
         );
+    }
+
+    /// A password holding `#` or `?` made the rest of it the host (`redis://:p@ss#w@host`
+    /// was a Redis at `ss`), and one holding `/` an unreadable URL: both say to encode it.
+    #[test]
+    fn a_password_with_characters_a_url_gives_a_meaning_is_named() {
+        for text in [
+            "redis://:p@ss#word@127.0.0.1:6379/0",
+            "redis://:pa?ss@w@127.0.0.1/0",
+            "redis://:pa/ss@127.0.0.1/0",
+        ] {
+            let said = parse(text, None, None).unwrap_err();
+            assert!(
+                said.contains("%23") && said.contains("OAUTHD_REDIS_PASSWORD_FILE"),
+                "{text}: {said}"
+            );
+            assert!(!said.contains("ss@") && !said.contains("#word"), "{said}");
+        }
+        // An `@` in a password is read as the password's.
+        assert!(redis("redis://:p@ss@127.0.0.1/0", None)
+            .url()
+            .contains("p%40ss@127.0.0.1"));
+        // A fragment of redis' own (TLS without verification) is no password.
+        redis("rediss://127.0.0.1:6380/0#insecure", None);
     }
 
     #[test]
