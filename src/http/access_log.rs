@@ -144,8 +144,40 @@ impl AccessLog {
     }
 }
 
-/// `path` as an access line writes it: `"` and `\` escaped, at most `MAX_PATH` bytes.
+/// `path` as an access line writes it: segments shaped as oauthd's secrets written
+/// `[secret]`, `"` and `\` escaped, at most `MAX_PATH` bytes.
 fn logged_path(path: &str) -> Cow<'_, str> {
+    match without_secrets(path) {
+        Cow::Borrowed(path) => bounded(path),
+        Cow::Owned(path) => Cow::Owned(bounded(&path).into_owned()),
+    }
+}
+
+/// Whether a path segment has the shape of a secret oauthd issues: a state value (43
+/// characters of base64url) or an API key (`oauthd_` and one).
+fn secret_shaped(segment: &str) -> bool {
+    let token = segment
+        .strip_prefix(crate::secret::API_KEY_PREFIX)
+        .unwrap_or(segment);
+    crate::secret::is_token_shaped(token)
+}
+
+/// `path` with each segment shaped as a secret written `[secret]`: an app that put a
+/// state's value where its id goes (`DELETE /v1/namespaces/session/states/<value>`) had
+/// it logged with the `404`.
+fn without_secrets(path: &str) -> Cow<'_, str> {
+    if !path.split('/').any(secret_shaped) {
+        return Cow::Borrowed(path);
+    }
+    let segments: Vec<&str> = path
+        .split('/')
+        .map(|s| if secret_shaped(s) { "[secret]" } else { s })
+        .collect();
+    Cow::Owned(segments.join("/"))
+}
+
+/// `path` with `"` and `\` escaped, at most `MAX_PATH` bytes.
+fn bounded(path: &str) -> Cow<'_, str> {
     if path.len() <= MAX_PATH && !path.contains(['"', '\\']) {
         return Cow::Borrowed(path);
     }
@@ -430,6 +462,23 @@ mod tests {
         budget.admit_at(1, 404);
         assert_eq!(budget.ended_before(1), None);
         assert_eq!(budget.ended_before(2), Some(LeftOut(vec![(404, 1)])));
+    }
+
+    #[test]
+    fn a_secret_in_a_path_is_not_logged() {
+        let state = "AZr3b1Vx9q0mP2kL7wE4tY6uI8oA1sD3fG5hJ7kL9zX";
+        assert_eq!(state.len(), 43);
+        assert_eq!(
+            logged_path(&format!("/v1/namespaces/session/states/{state}")),
+            "/v1/namespaces/session/states/[secret]"
+        );
+        assert_eq!(
+            logged_path(&format!("/v1/proxy/p/a/keys/oauthd_{state}/x\"")),
+            "/v1/proxy/p/a/keys/[secret]/x%22"
+        );
+        // Ids and names of other lengths stay.
+        let id = "/v1/namespaces/session/states/01a249c2-223b-8d49-8fc8-8faeea5f7ca5";
+        assert_eq!(logged_path(id), id);
     }
 
     #[test]
