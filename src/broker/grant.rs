@@ -14,6 +14,10 @@ use std::time::Duration;
 /// The longest `expires_in` taken from a provider as it is (ten years; imports clamp to it too).
 const MAX_EXPIRES_IN: Duration = Duration::from_secs(10 * 365 * 86400);
 
+/// How long a refresh waits for the provider's key set to be fetched before it asks
+/// (`warm_id_token_keys`).
+const WARM_WAIT: Duration = Duration::from_secs(2);
+
 /// How long a connect looks for the provider's other connections of the same account.
 const SAME_ACCOUNT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -212,6 +216,32 @@ impl Broker {
                 );
                 None
             }
+        }
+    }
+
+    /// Before a refresh whose answer's ID token will be checked (`refreshed_for_another`:
+    /// the connection's account is known), the provider's keys fetched now if they are
+    /// due: else the check fetches them after the answer, while the answer, with the
+    /// refresh token a rotating provider issued in it, waits to be saved (a stop or a kill
+    /// meanwhile loses it). At most `WARM_WAIT`: keys that do not come by then are
+    /// fetched after the answer, as before.
+    pub(super) async fn warm_id_token_keys(
+        &self,
+        provider: &Provider,
+        endpoints: &crate::oauth::provider::Endpoints,
+        row: &ConnectionRow,
+    ) {
+        let (Some(_), Some(url)) = (&row.identity.sub, &endpoints.jwks) else {
+            return;
+        };
+        let warm = provider.jwks.warm(&self.http, url, self.clock.now_ms());
+        if tokio::time::timeout(WARM_WAIT, warm).await.is_err() {
+            log::debug!(
+                "refresh {}/{}: the provider's key set did not come within {} s; fetched after the answer",
+                row.provider,
+                row.account,
+                WARM_WAIT.as_secs()
+            );
         }
     }
 

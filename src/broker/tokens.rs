@@ -893,6 +893,7 @@ impl Broker {
         };
         let result = match endpoints {
             Ok(endpoints) => {
+                self.warm_id_token_keys(provider, endpoints, row).await;
                 flows::refresh(
                     self.refresh_endpoint.as_ref(),
                     provider,

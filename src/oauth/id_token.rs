@@ -115,7 +115,35 @@ fn age(at: i64, now_ms: i64) -> Duration {
     u64::try_from(now_ms.saturating_sub(at)).map_or(Duration::MAX, Duration::from_millis)
 }
 
+/// How long before a held key set is due (`KEYS_TTL`) `JwksCache::warm` fetches it again.
+const WARM_AHEAD: Duration = Duration::from_secs(300);
+
 impl JwksCache {
+    /// Fetches the key set ahead of need: when none is held, or the one held is due
+    /// within `WARM_AHEAD`, and no fetch failed in the last `REFETCH_AFTER`. A failure is
+    /// kept for the verification that needs the keys, as its own would be.
+    pub async fn warm(&self, http: &reqwest::Client, url: &Url, now_ms: i64) {
+        let mut cached = self.keys.lock().await;
+        let due = cached
+            .set
+            .as_ref()
+            .is_none_or(|(at, _)| age(*at, now_ms).saturating_add(WARM_AHEAD) >= KEYS_TTL);
+        let failed_lately = cached
+            .failed
+            .as_ref()
+            .is_some_and(|(at, _)| age(*at, now_ms) < REFETCH_AFTER);
+        if !due || failed_lately {
+            return;
+        }
+        match fetch(http, url).await {
+            Ok(set) => {
+                cached.set = Some((now_ms, set));
+                cached.failed = None;
+            }
+            Err(why) => cached.failed = Some((now_ms, why)),
+        }
+    }
+
     async fn key(
         &self,
         http: &reqwest::Client,

@@ -493,3 +493,83 @@ async fn a_refresh_whose_id_token_names_another_account_is_not_handed_out() {
         "{revoked:?}"
     );
 }
+
+/// A refresh whose answer's ID token is checked (the connection's account is known) has
+/// the provider's key set at hand before it asks: the key set, not held since the start,
+/// was fetched after the answer, while the answer and its rotated refresh token waited
+/// to be saved (a kill then lost them).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_fetches_the_key_set_before_it_asks() {
+    use jsonwebtoken::Algorithm::RS256;
+    let mock = MockServer::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let (good, jwk) = rsa_key(keys.path(), "good", "k1");
+    let uri = mock.uri();
+    Mock::given(method("GET"))
+        .and(path("/.well-known/openid-configuration"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "issuer": uri, "authorization_endpoint": format!("{uri}/authorize"),
+            "token_endpoint": format!("{uri}/token"), "jwks_uri": format!("{uri}/jwks"),
+        })))
+        .mount(&mock)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/jwks"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [jwk]})))
+        .mount(&mock)
+        .await;
+    let home = Home::new();
+    home.write_config(&format!(
+        "[providers.op]\nissuer = \"{uri}\"\nclient_id = \"cid\"\nclient_secret = \"c-secret\"\nscopes = [\"openid\"]\n"
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({"iss": uri, "aud": "cid", "sub": "user-7", "exp": now + 600, "iat": now});
+    let authorize = d.start_connect(&key, "op", "a").await;
+    let state = query_param(&authorize, "state");
+    let mut first = claims.clone();
+    first["nonce"] = json!(query_param(&authorize, "nonce"));
+    for (grant, answer) in [
+        (
+            "grant_type=authorization_code",
+            json!({"access_token": "at-1", "token_type": "Bearer", "expires_in": 1,
+                   "refresh_token": "rt-1", "id_token": sign(&good, "k1", RS256, &first)}),
+        ),
+        (
+            "grant_type=refresh_token",
+            json!({"access_token": "at-2", "token_type": "Bearer", "expires_in": 600,
+                   "refresh_token": "rt-2", "id_token": sign(&good, "k1", RS256, &claims)}),
+        ),
+    ] {
+        Mock::given(method("POST"))
+            .and(path("/token"))
+            .and(wiremock::matchers::body_string_contains(grant))
+            .respond_with(ResponseTemplate::new(200).set_body_json(answer))
+            .mount(&mock)
+            .await;
+    }
+    let callback = format!("{}/callback/op?code=c&state={state}", d.url);
+    let (status, page, _) = d.browser_get(&callback).await;
+    assert_eq!(status, 200, "{page}");
+    d.signal_and_wait("TERM");
+    let before = mock.received_requests().await.unwrap_or_default().len();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let d = home.start();
+    let (status, body) = d.get("/v1/connections/op/a/token", &key).await;
+    assert_eq!(
+        (status, body["access_token"].as_str()),
+        (200, Some("at-2")),
+        "{body}"
+    );
+    let asked: Vec<String> = mock
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .skip(before)
+        .filter(|r| !r.url.path().starts_with("/.well-known/"))
+        .map(|r| format!("{} {}", r.method, r.url.path()))
+        .collect();
+    assert_eq!(asked, ["GET /jwks", "POST /token"], "{asked:?}");
+}
