@@ -623,9 +623,8 @@ impl Broker {
                     }
                 })?;
         let starter = secrets.app.as_ref().map(|app| app.key_id().to_owned());
-        // The stored connections that are this flow's account at the provider, for a flow
-        // refused where it stores.
-        let mut refused_same = Vec::new();
+        // Who this flow's account is at the provider, for a flow refused where it stores.
+        let mut refused_sub = None;
         let stored = async {
             let nonce = secrets.nonce.as_deref();
             let prepared = self
@@ -650,7 +649,7 @@ impl Broker {
                 Some(key_id) => match self.starter_room(key_id, provider_name, &account).await {
                     Ok(turn) => turn,
                     Err(e) => {
-                        refused_same = same;
+                        refused_sub = identity.sub;
                         return Err(e);
                     }
                 },
@@ -672,8 +671,8 @@ impl Broker {
                 if let Some(provider) = self.providers.get(provider_name).cloned() {
                     let (this, key) = (self.clone(), ConnectionKey::new(provider_name, &account));
                     self.spawn_counted(async move {
-                        let same = refused_same;
-                        this.revoke_refused(&provider, &key, &tokens, &same, "connect")
+                        let sub = refused_sub.as_deref();
+                        this.revoke_refused(&provider, &key, &tokens, sub, "connect")
                             .await;
                     });
                 }

@@ -317,9 +317,8 @@ impl Broker {
         };
         match active {
             Ok(true) => self
-                .starter_room(&app.key_id, provider, account)
+                .starter_has_room(&app.key_id, provider, account)
                 .await
-                .map(drop)
                 .map_err(|e| no_room(e, account)),
             Ok(false) => {
                 log::warn!(

@@ -475,16 +475,11 @@ impl Broker {
         tokens: &flows::TokenSet,
     ) {
         let (p, a) = (flow.provider.as_str(), flow.account.as_str());
-        let (save, mut events, replaced, same) = match self
+        let (save, mut events, replaced) = match self
             .prepare_connection(provider, a, tokens, None, Via::Device)
             .await
         {
-            Ok(prepared) => (
-                prepared.save,
-                prepared.events,
-                prepared.replaced,
-                prepared.same,
-            ),
+            Ok(prepared) => (prepared.save, prepared.events, prepared.replaced),
             Err(e) => {
                 let detail = format!(
                     "tokens were issued but could not be stored: {}",
@@ -504,7 +499,8 @@ impl Broker {
                 Err(e) => {
                     self.finish_device(flow, claim, DeviceFlowStatus::Failed, e.to_string())
                         .await;
-                    self.revoke_refused(provider, &save.key, tokens, &same, "device flow")
+                    let sub = save.identity.sub.as_deref();
+                    self.revoke_refused(provider, &save.key, tokens, sub, "device flow")
                         .await;
                     return;
                 }

@@ -206,7 +206,7 @@ pub struct Broker {
     max_connections_per_key: usize,
     /// Held from a capped key's room check until the connection it makes room for is
     /// stored (`connection_room`).
-    connection_adds: tokio::sync::Mutex<()>,
+    connection_adds: room::Turns,
     /// Device flows this process polls now.
     device_drivers: Mutex<std::collections::HashSet<String>>,
     /// Set when oauthd stops: device drivers start no further poll, the background

@@ -130,8 +130,8 @@ impl AppState {
         // Each flow holds a state in a namespace of its own account's: without a budget,
         // one key could fill the store's `max_total_states` for every app.
         self.connection_change_hit(caller)?;
-        // A flow stores nothing now: the turn is not held.
-        drop(self.connection_room(caller, provider, account).await?);
+        // A flow stores nothing now: no turn is taken.
+        self.broker.has_room(&caller.0, provider, account).await?;
         Ok(account)
     }
 

@@ -791,8 +791,10 @@ pub async fn check_client(
     endpoints: &Endpoints,
     redirect: &Url,
 ) -> ClientCheck {
-    let made_up = "oauthd-credentials-check-not-a-real-code";
-    let verifier = "oauthd-credentials-check-verifier-0123456789abcdef";
+    // Letters no provider's words hold: a text echoing them is withheld (`Sent::echoes`),
+    // and one holding a word of theirs would be too ("credentials").
+    let made_up = "Qz7vK2xw9RmT4pLj8NcY3hFd";
+    let verifier = "Vb6Gt1ZsK8qW3nRx5JmP0cYh7LdF2kTa9XwE4uQi6Ro";
     match exchange_code(http, provider, endpoints, redirect, made_up, verifier).await {
         Err(FlowError::InvalidGrant(_)) => ClientCheck::Accepted(
             "a made-up code was refused as invalid_grant, so the client id and secret were accepted".into(),

@@ -93,6 +93,20 @@ async fn a_copy_into_an_empty_file_makes_it_private() {
     assert!(out.status.success(), "{}", said(&out));
     let mode = std::fs::metadata(&to).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "{mode:o}");
+    // A device of no length (a copy of /dev/null, made where root may) is no empty file:
+    // its mode stays (run as root with --db /dev/null, the whole machine's would change).
+    let null = moved.dir.path().join("null");
+    let made = std::process::Command::new("mknod")
+        .arg(&null)
+        .args(["c", "1", "3"])
+        .status();
+    if made.is_ok_and(|s| s.success()) {
+        std::fs::set_permissions(&null, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let out = home.cli(&["copy", "--to", null.to_str().unwrap()]);
+        assert!(!out.status.success(), "{}", said(&out));
+        let mode = std::fs::metadata(&null).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o666, "{mode:o}");
+    }
 }
 
 #[cfg(feature = "redis")]

@@ -481,7 +481,7 @@ impl SqliteStore {
         }
         // An empty file (made with `touch`, perhaps with a loose mode, for `copy --to`) is
         // a new database too: private as one made here.
-        let empty = !created && std::fs::metadata(path).is_ok_and(|m| m.len() == 0);
+        let empty = !created && std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0);
         let mut conn = Connection::open_with_flags(path, open_flags()).map_err(sqlite_err)?;
         if created || empty {
             // Made by another process in the meantime, perhaps: private all the same.
