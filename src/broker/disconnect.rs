@@ -294,12 +294,16 @@ impl Broker {
 
     /// The provider's other active connections signed in as the same account there as
     /// `provider`/`account`: at many providers they share its grant, which a disconnect
-    /// revokes (the page and the terminal ask before). Empty for an unknown connection.
+    /// revokes (the page and the terminal ask before). Empty for an unknown connection,
+    /// and for one of a provider no longer configured, which a disconnect cannot revoke.
     pub async fn sharing_a_grant(
         &self,
         provider: &str,
         account: &str,
     ) -> Result<Vec<ConnectionKey>, BrokerError> {
+        if self.provider(provider).is_err() {
+            return Ok(Vec::new());
+        }
         let key = ConnectionKey::new(provider, account);
         let Some(row) = self.store.get_connection(&key).await? else {
             return Ok(Vec::new());

@@ -284,8 +284,11 @@ async fn shared_grant_confirmed(
          need reconnecting).",
         names.join(", ")
     );
+    // A script is not asked, and does not go on: a delete meant for one connection
+    // would end others' grants unseen (exit 0).
     if !std::io::stdin().is_terminal() {
-        return Ok(true);
+        say!("Not asked, as there is no terminal: give --yes to revoke and delete it anyway.");
+        return Ok(false);
     }
     {
         use std::io::Write as _;

@@ -540,8 +540,9 @@ async fn connected_twice_from_one_browser(home: &Home) -> (Peer, String, Daemon)
 }
 
 /// `connections delete` from the terminal names the connections whose grant it would
-/// revoke too, and in a terminal asks first: a "no" deletes nothing, and a script (no
-/// terminal) is told and goes on. It revoked them without a word (the page asks).
+/// revoke too, and in a terminal asks first: a "no" deletes nothing. A script (no
+/// terminal) deletes nothing without `--yes` (exit 1): it went on, exit 0, and the other
+/// connection needed reconnecting unseen. It revoked them without a word (the page asks).
 async fn the_terminal_asks_before_revoking_a_grant_other_connections_share(home: Home) {
     let (_peer, key, d) = connected_twice_from_one_browser(&home).await;
     let told = "peer/alice is the same account at peer as peer/bob";
@@ -577,11 +578,14 @@ async fn the_terminal_asks_before_revoking_a_grant_other_connections_share(home:
     );
     assert!(shown.contains("nothing was deleted"), "{shown}");
     assert_eq!(d.get("/v1/connections/peer/bob", &key).await.0, 200);
-    // Without a terminal: said, and done.
+    // Without a terminal: said, and nothing deleted without --yes.
     let out = home.cli(&["connections", "delete", "peer", "bob"]);
     let said = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{said}");
-    assert!(said.contains(told), "{said}");
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains(told) && said.contains("give --yes"), "{said}");
+    assert_eq!(d.get("/v1/connections/peer/bob", &key).await.0, 200);
+    let out = home.cli(&["connections", "delete", "peer", "bob", "--yes"]);
+    assert!(out.status.success(), "{out:?}");
     assert_eq!(d.get("/v1/connections/peer/bob", &key).await.0, 404);
 }
 
