@@ -903,10 +903,10 @@ fn env_or_file(name: &str) -> Result<Option<zeroize::Zeroizing<String>>, ConfigE
             Ok(Some(zeroize::Zeroizing::new(t)))
         }
         (None, Some(path)) => {
-            let text = zeroize::Zeroizing::new(
-                std::fs::read_to_string(&path)
-                    .map_err(|e| invalid(&file_var, format!("cannot read {path}: {e}")))?,
-            );
+            let text =
+                zeroize::Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| {
+                    invalid(&file_var, crate::paths::unreadable(path.as_ref(), &e))
+                })?);
             let trimmed = text.trim();
             Ok((!trimmed.is_empty()).then(|| zeroize::Zeroizing::new(trimmed.to_owned())))
         }

@@ -60,6 +60,38 @@ pub fn ownership(path: &Path) -> Option<String> {
     ))
 }
 
+/// The user this process runs as: the owner of its own /proc entry.
+pub fn my_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+}
+
+/// What a file holding a secret could not be read for, with what to do: whose it is
+/// against who asks when this user may not read it (a file made 600 by root for a
+/// service that runs as another user: systemd's `DynamicUser=` makes one up, and hands
+/// such a secret over as a credential instead); that a systemd credential exists only
+/// while its unit runs.
+pub fn unreadable(path: &Path, e: &std::io::Error) -> String {
+    let mut said = format!("cannot read {}: {e}", path.display());
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            if let Some(whose) = ownership(path) {
+                said.push_str(&format!(
+                    " ({whose}, who may not read it: make it that user's, or, for a service \
+                     systemd runs (DynamicUser=), hand it over with LoadCredential= and name \
+                     /run/credentials/<unit>/<name> here: see dist/oauthd.service)"
+                ));
+            }
+        }
+        std::io::ErrorKind::NotFound if path.starts_with("/run/credentials") => said.push_str(
+            " (systemd credentials exist only while their unit runs: run this while it runs, \
+             or give it the file the unit loads the credential from)",
+        ),
+        _ => {}
+    }
+    said
+}
+
 /// A link on the way to a path that another user could have planted (`resolve_trusted`).
 #[derive(Debug, PartialEq, Eq)]
 pub struct UntrustedLink {

@@ -24,16 +24,7 @@ fn providers_one_by_one(
         let one = std::collections::BTreeMap::from([(name.clone(), cfg.clone())]);
         match crate::oauth::provider::build_all(&one, &public_url) {
             Ok(mut p) => built.append(&mut p),
-            Err(e) => {
-                let mut why = e.to_string();
-                if why.contains("/run/credentials/") {
-                    why.push_str(
-                        " (systemd credentials exist only while the unit runs: run check while \
-                         it runs, or with the files the unit loads them from)",
-                    );
-                }
-                broken.push((name.clone(), why));
-            }
+            Err(e) => broken.push((name.clone(), e.to_string())),
         }
     }
     (built, broken)

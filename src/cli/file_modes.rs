@@ -5,14 +5,29 @@ use crate::store::target::StoreTarget;
 
 /// What `check` warns of, and the start logs, when others may read the key file.
 pub(super) fn readable_by_others(path: &std::path::Path) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
-    (mode & 0o077 != 0).then(|| {
-        format!(
-            "{} is readable by others (mode {mode:o}): chmod 600 it (and chown it to the user oauthd runs as, if another: it must still read it)",
-            path.display()
-        )
-    })
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return None;
+    }
+    let fix = match crate::paths::my_uid() {
+        // Another user's, read through its mode: made 600, it would keep oauthd out.
+        Some(me) if me != meta.uid() => format!(
+            "it is uid {}'s, and oauthd runs as uid {me}, so chmod 600 alone would keep \
+             oauthd out: chown it to uid {me} and chmod 600 it, or, for a service systemd \
+             runs with a user it makes up (DynamicUser=, as dist/oauthd.service does), hand \
+             it over with LoadCredential= and name /run/credentials/<unit>/<name> instead",
+            meta.uid()
+        ),
+        _ => "chmod 600 it (and chown it to the user oauthd runs as, if another: it must \
+              still read it)"
+            .to_owned(),
+    };
+    Some(format!(
+        "{} is readable by others (mode {mode:o}): {fix}",
+        path.display()
+    ))
 }
 
 /// Warnings for the files secrets are read from (`Settings::secret_files`) that others

@@ -196,7 +196,7 @@ pub fn build_targets(configs: &[NotifyConfig]) -> Result<Vec<Target>, String> {
             None => None,
             Some(path) => {
                 let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-                    format!("{key}.secret_file: cannot read {}: {e}", path.display())
+                    format!("{key}.secret_file: {}", crate::paths::unreadable(path, &e))
                 })?);
                 Some(
                     SigningKey::parse(&text)

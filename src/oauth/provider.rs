@@ -574,8 +574,8 @@ impl Provider {
             (None, Some(path)) => {
                 let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
                     format!(
-                        "{key}.client_secret_file: cannot read {}: {e}",
-                        path.display()
+                        "{key}.client_secret_file: {}",
+                        crate::paths::unreadable(path, &e)
                     )
                 })?);
                 if text.trim().is_empty() {

@@ -600,7 +600,7 @@ async fn check_reports_a_provider_it_cannot_build_and_checks_the_rest() {
     assert!(
         report.contains("FAIL  provider gone")
             && report.contains("no-such-secret")
-            && report.contains("only while the unit runs"),
+            && report.contains("only while their unit runs"),
         "{report}"
     );
     assert!(

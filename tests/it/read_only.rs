@@ -723,3 +723,61 @@ async fn the_wal_a_long_reader_grew_shrinks_once_it_lets_go() {
     assert!(shrunk, "the -wal stayed at {} bytes", wal_size());
     d.signal_and_wait("TERM");
 }
+
+/// A secret file of another user's: unreadable, it is said with whose it is, who asks and
+/// what to do (a systemd credential for a service whose user systemd makes up); readable
+/// by others, the warning no longer says "chmod 600 it" alone, which would keep oauthd
+/// out (a root-owned secret made 600 stopped the shipped unit's service for good). A
+/// systemd credential's path that is not there says that credentials exist only while
+/// their unit runs.
+#[test]
+fn a_secret_file_of_another_user_is_said_with_what_to_do() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = Home::new();
+    let secret = home.dir.path().join("client-secret");
+    std::fs::write(&secret, "s3cret-s3cret").unwrap();
+    std::os::unix::fs::chown(&secret, Some(65534), Some(65534)).expect("chown");
+    let provider = |file: &Path| {
+        format!(
+            "[providers.peer]\nauthorization_url = \"http://127.0.0.1:9/authorize\"\n\
+             token_url = \"http://127.0.0.1:9/token\"\nclient_id = \"c\"\n\
+             client_secret_file = \"{}\"\n",
+            file.display()
+        )
+    };
+    home.write_config(&provider(&secret));
+    std::fs::set_permissions(home.config(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = home.config().display().to_string();
+    for (mode, said) in [
+        (
+            0o600,
+            "it is owned by uid 65534 with mode 600, and oauthd runs as uid 0, who may not read it: make it that user's, or, for a service systemd runs (DynamicUser=), hand it over with LoadCredential=",
+        ),
+        (
+            0o644,
+            "is readable by others (mode 644): it is uid 65534's, and oauthd runs as uid 0, so chmod 600 alone would keep oauthd out",
+        ),
+    ] {
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(mode)).unwrap();
+        let args = ["check", "--config", config.as_str()];
+        let out = oauthd_without_dac_override(&home, &args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains(said), "{mode:o}: {text}");
+    }
+    home.write_config(&provider(Path::new(
+        "/run/credentials/oauthd-test-absent.service/peer",
+    )));
+    let out = Command::new(BIN)
+        .args(["providers", "list", "--config", config.as_str()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("systemd credentials exist only while their unit runs"),
+        "{err}"
+    );
+}
