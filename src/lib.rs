@@ -54,4 +54,5 @@ pub mod secret;
 pub mod state_data;
 pub mod states;
 pub mod store;
+pub mod systemd_notify;
 pub mod vault;

@@ -630,10 +630,14 @@ pub async fn serve(
         let _ = out.flush();
     }
     let server = server.run();
+    // Bound, and answering as soon as the server task runs: units ordered after oauthd
+    // may start.
+    crate::systemd_notify::notify("READY=1");
     let handle = server.handle();
     actix_web::rt::spawn(async move {
         let mut signals = signals;
         wait_for_stop_signal(&mut signals).await;
+        crate::systemd_notify::notify("STOPPING=1");
         log::info!("stopping: finishing requests, refreshes and device polls in flight");
         let stop = async { tokio::join!(handle.stop(true), broker.stop_background()) };
         tokio::pin!(stop);

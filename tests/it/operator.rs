@@ -1986,3 +1986,45 @@ async fn tokens_stored_ahead_of_the_clock_at_start_are_said_and_not_trusted() {
     let (status, body) = d.get("/v1/connections/mock/alice/token", &key).await;
     assert_eq!(status, 503, "{body}");
 }
+
+/// Run by a `Type=notify` unit (`dist/oauthd.service`), oauthd tells systemd `READY=1`
+/// once it answers, and `STOPPING=1` when a stop begins, on the socket systemd names
+/// (a path, or `@name` in the abstract namespace): a unit ordered after oauthd (an app)
+/// started when oauthd's process began, and its first calls were refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn systemd_is_told_when_oauthd_answers_and_when_it_stops() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/oauthd.service");
+    assert!(std::fs::read_to_string(unit)
+        .unwrap()
+        .contains("\nType=notify\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let abstract_name = format!("oauthd-test-{}", std::process::id());
+    let sockets = [
+        (
+            UnixDatagram::bind(&path).unwrap(),
+            path.to_str().unwrap().to_owned(),
+        ),
+        (
+            UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(&abstract_name).unwrap())
+                .unwrap(),
+            format!("@{abstract_name}"),
+        ),
+    ];
+    for (socket, named) in sockets {
+        socket
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let home = Home::new();
+        let d = home.start_with_env(&[("NOTIFY_SOCKET", named.as_str())]);
+        let mut said = [0u8; 64];
+        let n = socket.recv(&mut said).expect("READY=1");
+        assert_eq!(&said[..n], b"READY=1", "{named}");
+        assert_eq!(d.get_raw("/healthz", None).await.status(), 200);
+        d.signal_and_wait("TERM");
+        let n = socket.recv(&mut said).expect("STOPPING=1");
+        assert_eq!(&said[..n], b"STOPPING=1", "{named}");
+    }
+}
