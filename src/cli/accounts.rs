@@ -22,7 +22,7 @@ fn configured_names(settings: &Settings) -> String {
 
 pub(super) fn providers_list(settings: &Settings) -> Result<(), Fatal> {
     let public_url = settings.public_url_for(settings.listen);
-    let providers = super::providers(settings)?;
+    let providers = super::providers_to_list(settings)?;
     if settings.public_url.is_none() && settings.listen.port() == 0 {
         say!(
             "listen has port 0, which the server picks when it starts: the redirect URIs \
@@ -94,10 +94,16 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
     let store = open_store(&settings, super::Missing::Refuse)?;
     let public_url = settings.public_url_for(settings.listen);
     let clock = Clock::system();
+    let providers = match &command {
+        ConnectionsCommand::List { .. } | ConnectionsCommand::Show { .. } => {
+            super::providers_to_list(&settings)?
+        }
+        _ => super::providers(&settings)?,
+    };
     let (_, broker) = services(
         &settings,
         &store,
-        super::providers(&settings)?,
+        providers,
         clock.clone(),
         public_url,
         super::notifier(&settings, clock.clone())?,

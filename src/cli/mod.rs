@@ -177,6 +177,28 @@ pub(super) fn providers(settings: &Settings) -> Result<Vec<Arc<Provider>>, Fatal
         .map_err(|e| Fatal(e.to_string(), 2))
 }
 
+/// `providers`, for a command that only lists and never asks a provider: a client secret
+/// that cannot be read (a systemd credential while its unit is stopped, before the first
+/// start) is not needed, and is said rather than stopping the command.
+pub(super) fn providers_to_list(settings: &Settings) -> Result<Vec<Arc<Provider>>, Fatal> {
+    let mut configs = settings.providers.clone();
+    for (name, cfg) in configs.iter_mut() {
+        let Some(path) = cfg.client_secret_file.clone() else {
+            continue;
+        };
+        if let Err(e) = std::fs::File::open(&path) {
+            say!(
+                "provider {name}: {} (not needed to list)",
+                crate::paths::unreadable(&path, &e)
+            );
+            cfg.client_secret_file = None;
+            cfg.client_secret = Some("not read".to_owned());
+        }
+    }
+    let public_url = settings.public_url_for(settings.listen);
+    crate::oauth::provider::build_all(&configs, &public_url).map_err(|e| Fatal(e.to_string(), 2))
+}
+
 /// Admin sign-in over this store.
 pub(super) fn admin(settings: &Settings, store: Arc<dyn Store>, clock: Clock) -> Admin {
     Admin::new(

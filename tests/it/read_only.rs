@@ -729,7 +729,7 @@ async fn the_wal_a_long_reader_grew_shrinks_once_it_lets_go() {
 /// by others, the warning no longer says "chmod 600 it" alone, which would keep oauthd
 /// out (a root-owned secret made 600 stopped the shipped unit's service for good). A
 /// systemd credential's path that is not there says that credentials exist only while
-/// their unit runs.
+/// their unit runs, and commands that only list go on without it.
 #[test]
 fn a_secret_file_of_another_user_is_said_with_what_to_do() {
     use std::os::unix::fs::PermissionsExt;
@@ -780,4 +780,13 @@ fn a_secret_file_of_another_user_is_said_with_what_to_do() {
         err.contains("systemd credentials exist only while their unit runs"),
         "{err}"
     );
+    // Listing needs no secret: it lists (it stopped, exit 2, before the unit's first start).
+    assert!(out.status.success(), "{err}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("redirect URI"),
+        "{out:?}"
+    );
+    home.create_key("app", &[]);
+    let out = home.cli(&["connections", "list"]);
+    assert!(out.status.success(), "{out:?}");
 }
