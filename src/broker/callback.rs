@@ -13,9 +13,7 @@ use crate::oauth::flows::{self, FlowError};
 use crate::oauth::provider_text;
 use crate::secret::StateValue;
 use crate::states::StateError;
-use crate::store::ConnectionKey;
 use crate::vault::VaultError;
-use std::sync::Arc;
 
 /// The query of a redirect back from the provider. `Debug` shows neither the state nor
 /// the code: both are credentials.
@@ -390,7 +388,7 @@ impl Broker {
     /// (paste-back): the same rules as the callback, once the address is the provider's
     /// registered redirect URI.
     pub async fn finish_pasted(
-        self: &Arc<Self>,
+        &self,
         provider_name: &str,
         pasted: &str,
     ) -> Result<Connected, CallbackError> {
@@ -439,7 +437,7 @@ impl Broker {
     /// unknown, used, expired or for another provider, nor the code of an app's flow that
     /// came back to a browser that did not confirm it.
     pub async fn finish_callback(
-        self: &Arc<Self>,
+        &self,
         provider_name: &str,
         q: CallbackQuery,
         browser: Browser<'_>,
@@ -562,7 +560,7 @@ impl Broker {
     /// The rest of a callback, once the flow is used up and may be finished here: the
     /// provider's identity, its answer, the code's exchange, the tokens stored.
     async fn redeem(
-        self: &Arc<Self>,
+        &self,
         provider: &crate::oauth::Provider,
         q: CallbackQuery,
         account: String,
@@ -623,8 +621,6 @@ impl Broker {
                     }
                 })?;
         let starter = secrets.app.as_ref().map(|app| app.key_id().to_owned());
-        // Who this flow's account is at the provider, for a flow refused where it stores.
-        let mut refused_sub = None;
         let stored = async {
             let nonce = secrets.nonce.as_deref();
             let prepared = self
@@ -646,13 +642,7 @@ impl Broker {
             // Checked again where it is stored, in turn with the key's other additions:
             // flows its key started before it reached its cap stop here.
             let _turn = match &starter {
-                Some(key_id) => match self.starter_room(key_id, provider_name, &account).await {
-                    Ok(turn) => turn,
-                    Err(e) => {
-                        refused_sub = identity.sub;
-                        return Err(e);
-                    }
-                },
+                Some(key_id) => self.starter_room(key_id, provider_name, &account).await?,
                 None => None,
             };
             self.store_connection(save, events).await?;
@@ -666,16 +656,7 @@ impl Broker {
                 return Err(CallbackError::IdToken { account, message });
             }
             Err(BrokerError::TooManyConnections { held, max }) => {
-                log::warn!("callback {provider_name}/{account}: the API key that started this flow reaches {held} connections, its most ({max}); nothing stored");
-                // Kept nowhere: revoked (in the background; the person is answered now).
-                if let Some(provider) = self.providers.get(provider_name).cloned() {
-                    let (this, key) = (self.clone(), ConnectionKey::new(provider_name, &account));
-                    self.spawn_counted(async move {
-                        let sub = refused_sub.as_deref();
-                        this.revoke_refused(&provider, &key, &tokens, sub, "connect")
-                            .await;
-                    });
-                }
+                log::warn!("callback {provider_name}/{account}: the API key that started this flow reaches {held} connections, its most ({max}); {}", super::room::REFUSED_TOKENS);
                 return Err(CallbackError::TooManyConnections { account, held, max });
             }
             Err(e) => return Err(CallbackError::NotStored(e.for_callers())),

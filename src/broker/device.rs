@@ -497,10 +497,8 @@ impl Broker {
             Some(key_id) => match self.starter_room(key_id, p, a).await {
                 Ok(turn) => turn,
                 Err(e) => {
+                    log::warn!("device {p}/{a}: {}", super::room::REFUSED_TOKENS);
                     self.finish_device(flow, claim, DeviceFlowStatus::Failed, e.to_string())
-                        .await;
-                    let sub = save.identity.sub.as_deref();
-                    self.revoke_refused(provider, &save.key, tokens, sub, "device flow")
                         .await;
                     return;
                 }

@@ -387,45 +387,8 @@ impl Broker {
         .await;
     }
 
-    /// Revokes the tokens a flow (`how`) got for `key` and stores nothing of, its API key
-    /// having no room for another connection: only when they are known to be an account
-    /// at the provider (`sub`) that no stored connection is. Providers that end the whole
-    /// grant on a revocation (Google; the test provider, for one browser's sign-ins) would
-    /// end those connections' grants too; and a flow of unknown account may share a
-    /// grant with any. Tokens not revoked are kept nowhere all the same.
-    pub(super) async fn revoke_refused(
-        &self,
-        provider: &Provider,
-        key: &ConnectionKey,
-        tokens: &TokenSet,
-        sub: Option<&str>,
-        how: &str,
-    ) {
-        let kept = match sub {
-            None => Err("which account they are at the provider is unknown".to_owned()),
-            Some(sub) => match self.store.accounts_signed_in_as(&provider.name, sub).await {
-                Ok(same) if same.is_empty() => Ok(()),
-                Ok(same) => Err(format!(
-                    "the same account at the provider as {}, whose grant a revocation may end",
-                    same.join(", ")
-                )),
-                Err(e) => Err(format!(
-                    "whether connections share their grant is unknown ({e})"
-                )),
-            },
-        };
-        match kept {
-            Ok(()) => {
-                let why = format!("{how}: the API key that started it has no room for it");
-                self.revoke_unkept(provider, key, tokens, &why).await;
-            }
-            Err(why) => log::info!("{how} {key}: not stored; its tokens are not revoked: {why}"),
-        }
-    }
-
-    /// Revokes tokens a refresh or a flow got for `key` and does not keep (`why`, which
-    /// names which), as far as the provider can be reached: kept nowhere, no disconnect
-    /// could revoke them later.
+    /// Revokes tokens a refresh got for `key` and does not keep (`why`), as far as the
+    /// provider can be reached: kept nowhere, no disconnect could revoke them later.
     pub(super) async fn revoke_unkept(
         &self,
         provider: &Provider,

@@ -143,7 +143,7 @@ impl AppState {
         caller: &auth::Caller,
         provider: &str,
         account: &str,
-    ) -> Result<crate::broker::RoomTurn<'_>, ApiError> {
+    ) -> Result<crate::broker::RoomTurn, ApiError> {
         Ok(self
             .broker
             .connection_room(&caller.0, provider, account)

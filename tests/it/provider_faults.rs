@@ -1498,8 +1498,8 @@ async fn a_lease_taken_while_redis_did_not_answer_is_let_go() {
 /// once and whose codes the provider takes a while to redeem: both pass the check made
 /// before the exchange, and the one that stores second is refused where it stores (`429`,
 /// nothing stored). Both connected before: the cap was checked only when a flow started.
-/// Its tokens are not revoked: with no ID token, which account they are is unknown, and
-/// a provider that ends the whole grant on a revocation could end the stored one's.
+/// Its tokens are not revoked: a provider that ends the whole grant on a revocation could
+/// end another connection's of the same account.
 #[tokio::test(flavor = "multi_thread")]
 async fn flows_redeemed_at_once_stop_at_the_cap_where_they_store() {
     let mock = MockServer::start().await;
@@ -1547,7 +1547,7 @@ async fn flows_redeemed_at_once_stop_at_the_cap_where_they_store() {
     let (refused_account, refused_code) = [("t.one", "c1"), ("t.two", "c2")][refused];
     let path = format!("/v1/connections/acme/{refused_account}");
     assert_eq!(d.get(&path, &key).await.0, 404);
-    let said = format!("connect acme/{refused_account}: not stored; its tokens are not revoked: which account they are at the provider is unknown");
+    let said = format!("callback acme/{refused_account}: the API key that started this flow reaches 1 connections, its most (1); nothing stored; the tokens the provider handed out for it are kept nowhere and not revoked");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !home.log_text().contains(&said) && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
