@@ -20,7 +20,11 @@ fn send(socket: &OsStr, state: &str) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::net::{SocketAddr, UnixDatagram};
     let sender = UnixDatagram::unbound()?;
-    // `@name`: a socket in the abstract namespace.
+    // `@name`: a socket in the abstract namespace; else an absolute path (what systemd
+    // sets; a relative one is refused, as libsystemd does).
+    if !socket.as_bytes().starts_with(b"@") && !socket.as_bytes().starts_with(b"/") {
+        return Err(std::io::Error::other("neither an absolute path nor @name"));
+    }
     match socket.as_bytes().strip_prefix(b"@") {
         Some(name) => {
             use std::os::linux::net::SocketAddrExt;

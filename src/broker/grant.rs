@@ -223,8 +223,9 @@ impl Broker {
     /// the connection's account is known), the provider's keys fetched now if they are
     /// due: else the check fetches them after the answer, while the answer, with the
     /// refresh token a rotating provider issued in it, waits to be saved (a stop or a kill
-    /// meanwhile loses it). At most `WARM_WAIT`: keys that do not come by then are
-    /// fetched after the answer, as before.
+    /// meanwhile loses it). At most `WARM_WAIT`: keys that do not come by then are not
+    /// waited for again after the answer (the check uses the set held, if any, or passes
+    /// the ID token over).
     pub(super) async fn warm_id_token_keys(
         &self,
         provider: &Provider,
@@ -234,7 +235,10 @@ impl Broker {
         let (Some(_), Some(url)) = (&row.identity.sub, &endpoints.jwks) else {
             return;
         };
-        let warm = provider.jwks.warm(&self.http, url, self.clock.now_ms());
+        let warm = provider
+            .jwks
+            .warm(&self.http, url, self.clock.now_ms(), WARM_WAIT);
+        // The lock may be held by another caller's fetch: that is waited for no longer.
         if tokio::time::timeout(WARM_WAIT, warm).await.is_err() {
             log::debug!(
                 "refresh {}/{}: the provider's key set did not come within {} s; fetched after the answer",

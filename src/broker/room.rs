@@ -19,20 +19,23 @@ pub(super) const REFUSED_TOKENS: &str = "nothing stored; the tokens the provider
 /// burst would overshoot the cap by its size. `None` for a key without a cap.
 pub type RoomTurn = Option<tokio::sync::OwnedMutexGuard<()>>;
 
-/// The turns at adding connections, one per API key: one key's addition waiting on a slow
-/// store holds up no other key's (keys that shared one of a few turns by their id's hash
-/// did: an import waited 40 s for another tenant's device flow). One entry per capped key
-/// that added a connection since the start, a few bytes each.
+/// The turns at adding connections, one per set of account patterns: keys of one scope
+/// (a tenant's old and new key while it rotates them) count the same connections, and
+/// took turns of their own let both pass a cap of 1 (11 of 15 pairs stored 2); other
+/// keys' additions waiting on a slow store hold up none of theirs (keys that shared one
+/// of a few turns by their id's hash did: an import waited 40 s for another tenant's
+/// device flow). One entry per scope of a capped key that added a connection since the
+/// start, a few bytes each; only keys made with the CLI have one.
 #[derive(Default)]
 pub(super) struct Turns(std::sync::Mutex<std::collections::HashMap<String, Arc<Mutex<()>>>>);
 
 impl Turns {
-    fn of(&self, key_id: &str) -> Arc<Mutex<()>> {
+    fn of(&self, scope: &str) -> Arc<Mutex<()>> {
         let mut turns = match self.0.lock() {
             Ok(turns) => turns,
             Err(poisoned) => poisoned.into_inner(),
         };
-        turns.entry(key_id.to_owned()).or_default().clone()
+        turns.entry(scope.to_owned()).or_default().clone()
     }
 }
 
@@ -59,7 +62,10 @@ impl Broker {
         if !self.capped(key) {
             return Ok(None);
         }
-        let turn = self.connection_adds.of(&key.id).lock_owned().await;
+        let mut patterns = key.accounts.clone().unwrap_or_default();
+        patterns.sort();
+        let scope = patterns.join("\n");
+        let turn = self.connection_adds.of(&scope).lock_owned().await;
         self.count_room(key, provider, account).await?;
         Ok(Some(turn))
     }

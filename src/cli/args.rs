@@ -282,7 +282,7 @@ pub(crate) enum ConnectionsCommand {
         #[arg(long)]
         force: bool,
         /// Do not ask before revoking a grant other connections share (in a terminal it
-        /// asks; otherwise it says so and goes on)
+        /// asks; otherwise it says so and deletes nothing without --yes, exit 1)
         #[arg(long, short = 'y')]
         yes: bool,
     },

@@ -12,8 +12,9 @@ pub(super) fn readable_by_others(path: &std::path::Path) -> Option<String> {
         return None;
     }
     let fix = match crate::paths::my_uid() {
-        // Another user's, read through its mode: made 600, it would keep oauthd out.
-        Some(me) if me != meta.uid() => format!(
+        // Another user's, read through its mode: made 600, it would keep oauthd out (but
+        // root, which reads it all the same: a check run as root for a service's files).
+        Some(me) if me != 0 && me != meta.uid() => format!(
             "it is uid {}'s, and oauthd runs as uid {me}, so chmod 600 alone would keep \
              oauthd out: chown it to uid {me} and chmod 600 it, or, for a service systemd \
              runs with a user it makes up (DynamicUser=, as dist/oauthd.service does), hand \

@@ -120,9 +120,13 @@ const WARM_AHEAD: Duration = Duration::from_secs(300);
 
 impl JwksCache {
     /// Fetches the key set ahead of need: when none is held, or the one held is due
-    /// within `WARM_AHEAD`, and no fetch failed in the last `REFETCH_AFTER`. A failure is
-    /// kept for the verification that needs the keys, as its own would be.
-    pub async fn warm(&self, http: &reqwest::Client, url: &Url, now_ms: i64) {
+    /// within `WARM_AHEAD`, and no fetch failed in the last `REFETCH_AFTER`. A failure, or
+    /// a fetch that takes longer than `wait`, is kept for the verification that needs the
+    /// keys, as its own failure would be: it uses the set held, if any, and does not wait
+    /// for another fetch within `REFETCH_AFTER` (a `jwks_uri` that stalls made a refresh
+    /// wait 2 s here, then its whole timeout again after the answer, which then waited to
+    /// be saved).
+    pub async fn warm(&self, http: &reqwest::Client, url: &Url, now_ms: i64, wait: Duration) {
         let mut cached = self.keys.lock().await;
         let due = cached
             .set
@@ -135,12 +139,16 @@ impl JwksCache {
         if !due || failed_lately {
             return;
         }
-        match fetch(http, url).await {
-            Ok(set) => {
+        match tokio::time::timeout(wait, fetch(http, url)).await {
+            Ok(Ok(set)) => {
                 cached.set = Some((now_ms, set));
                 cached.failed = None;
             }
-            Err(why) => cached.failed = Some((now_ms, why)),
+            Ok(Err(why)) => cached.failed = Some((now_ms, why)),
+            Err(_) => {
+                let why = format!("{url} did not answer within {} s", wait.as_secs());
+                cached.failed = Some((now_ms, IdTokenError::Keys(why)));
+            }
         }
     }
 

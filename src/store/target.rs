@@ -84,25 +84,29 @@ pub fn parse(
             url.scheme()
         ));
     }
-    // An `@` after a `#` or `?`: a password holding one of those, read as where the URL's
-    // fragment or query starts, and the password's tail taken for the host.
-    let cut = [url.fragment(), url.query()]
+    // An `@` after a `/`, `#` or `?`: a password holding one of those, read as where the
+    // URL's path, fragment or query starts, and the password's tail taken for the host
+    // (`redis://user:1234/tail@host/0` reads as host `user`, port 1234).
+    let cut = [Some(url.path()), url.fragment(), url.query()]
         .into_iter()
         .flatten()
         .any(|part| part.contains('@'));
     if cut {
         return Err(format!(
-            "the Redis URL's password holds '#' or '?', which end the address: {ENCODE_PASSWORD}"
+            "the Redis URL's password holds '/', '#' or '?', which end the address: {ENCODE_PASSWORD}"
         ));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err("the Redis URL needs a host, e.g. redis://127.0.0.1:6379/0".into());
     }
     let db = url.path().trim_start_matches('/');
+    // Not echoed: what follows the host may be a password's tail.
     if !db.is_empty() && db.parse::<u32>().is_err() {
-        return Err(format!(
-            "the Redis database must be a number (redis://HOST:PORT/0), not {db:?}"
-        ));
+        return Err(
+            "the Redis database (after the host's `/`) must be a number: \
+                    redis://HOST:PORT/0"
+                .into(),
+        );
     }
     if let Some(pw) = password {
         if url.password().is_none() && url.set_password(Some(&pw)).is_err() {
@@ -156,13 +160,17 @@ mod tests {
             "redis://:p@ss#word@127.0.0.1:6379/0",
             "redis://:pa?ss@w@127.0.0.1/0",
             "redis://:pa/ss@127.0.0.1/0",
+            "redis://default:1234/tail@127.0.0.1/0",
         ] {
             let said = parse(text, None, None).unwrap_err();
             assert!(
                 said.contains("%23") && said.contains("OAUTHD_REDIS_PASSWORD_FILE"),
                 "{text}: {said}"
             );
-            assert!(!said.contains("ss@") && !said.contains("#word"), "{said}");
+            assert!(
+                !said.contains("ss@") && !said.contains("#word") && !said.contains("tail"),
+                "{said}"
+            );
         }
         // An `@` in a password is read as the password's.
         assert!(redis("redis://:p@ss@127.0.0.1/0", None)

@@ -365,6 +365,47 @@ async fn callbacks_queued_behind_a_stalled_key_set_share_its_failure() {
     );
 }
 
+/// oauthd serving provider `op`, an OpenID provider on `mock` (discovery, revocation and
+/// the key set `jwk`: answered `answered` times when given, and stalled after), and an
+/// API key.
+async fn serving_op(
+    mock: &MockServer,
+    jwk: &serde_json::Value,
+    answered: Option<u64>,
+) -> (Home, String, Daemon) {
+    let uri = mock.uri();
+    Mock::given(method("GET"))
+        .and(path("/.well-known/openid-configuration"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "issuer": uri, "authorization_endpoint": format!("{uri}/authorize"),
+            "token_endpoint": format!("{uri}/token"), "jwks_uri": format!("{uri}/jwks"),
+            "revocation_endpoint": format!("{uri}/revoke"),
+        })))
+        .mount(mock)
+        .await;
+    let key_set = Mock::given(method("GET"))
+        .and(path("/jwks"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [jwk]})));
+    match answered {
+        Some(times) => {
+            key_set.up_to_n_times(times).mount(mock).await;
+            Mock::given(method("GET"))
+                .and(path("/jwks"))
+                .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(120)))
+                .mount(mock)
+                .await;
+        }
+        None => key_set.mount(mock).await,
+    }
+    let home = Home::new();
+    home.write_config(&format!(
+        "[providers.op]\nissuer = \"{uri}\"\nclient_id = \"cid\"\nclient_secret = \"c-secret\"\nscopes = [\"openid\"]\n"
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    (home, key, d)
+}
+
 /// An ID token in a refresh's answer that verifies and names another account than the
 /// connection was made for (OpenID Core 12.2) is not handed out as that account's token:
 /// the grant is someone else's now, and the connection needs the user. One that names the
@@ -378,26 +419,7 @@ async fn a_refresh_whose_id_token_names_another_account_is_not_handed_out() {
     let (good, jwk) = rsa_key(keys.path(), "good", "k1");
     let (other, _) = rsa_key(keys.path(), "other", "k1");
     let uri = mock.uri();
-    Mock::given(method("GET"))
-        .and(path("/.well-known/openid-configuration"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "issuer": uri, "authorization_endpoint": format!("{uri}/authorize"),
-            "token_endpoint": format!("{uri}/token"), "jwks_uri": format!("{uri}/jwks"),
-            "revocation_endpoint": format!("{uri}/revoke"),
-        })))
-        .mount(&mock)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/jwks"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [jwk]})))
-        .mount(&mock)
-        .await;
-    let home = Home::new();
-    home.write_config(&format!(
-        "[providers.op]\nissuer = \"{uri}\"\nclient_id = \"cid\"\nclient_secret = \"c-secret\"\nscopes = [\"openid\"]\n"
-    ));
-    let key = home.create_key("app", &[]);
-    let d = home.start();
+    let (_home, key, d) = serving_op(&mock, &jwk, None).await;
     let now = chrono::Utc::now().timestamp();
     let claims =
         |sub: &str| json!({"iss": uri, "aud": "cid", "sub": sub, "exp": now + 600, "iat": now});
@@ -505,25 +527,7 @@ async fn a_refresh_fetches_the_key_set_before_it_asks() {
     let keys = tempfile::tempdir().unwrap();
     let (good, jwk) = rsa_key(keys.path(), "good", "k1");
     let uri = mock.uri();
-    Mock::given(method("GET"))
-        .and(path("/.well-known/openid-configuration"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "issuer": uri, "authorization_endpoint": format!("{uri}/authorize"),
-            "token_endpoint": format!("{uri}/token"), "jwks_uri": format!("{uri}/jwks"),
-        })))
-        .mount(&mock)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/jwks"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [jwk]})))
-        .mount(&mock)
-        .await;
-    let home = Home::new();
-    home.write_config(&format!(
-        "[providers.op]\nissuer = \"{uri}\"\nclient_id = \"cid\"\nclient_secret = \"c-secret\"\nscopes = [\"openid\"]\n"
-    ));
-    let key = home.create_key("app", &[]);
-    let d = home.start();
+    let (home, key, d) = serving_op(&mock, &jwk, None).await;
     let now = chrono::Utc::now().timestamp();
     let claims = json!({"iss": uri, "aud": "cid", "sub": "user-7", "exp": now + 600, "iat": now});
     let authorize = d.start_connect(&key, "op", "a").await;
@@ -572,4 +576,66 @@ async fn a_refresh_fetches_the_key_set_before_it_asks() {
         .map(|r| format!("{} {}", r.method, r.url.path()))
         .collect();
     assert_eq!(asked, ["GET /jwks", "POST /token"], "{asked:?}");
+}
+
+/// A refresh whose provider's key set stalls (not held since the start) asks for it once,
+/// waiting at most 2 s before it asks the token endpoint, and not again after the answer:
+/// the caller has its token. The check after the answer asked again and waited for it
+/// while the answer's refresh token waited to be saved, and the caller was answered 503
+/// after its timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_waits_for_a_stalled_key_set_once() {
+    use jsonwebtoken::Algorithm::RS256;
+    let mock = MockServer::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let (good, jwk) = rsa_key(keys.path(), "good", "k1");
+    let uri = mock.uri();
+    let (home, key, d) = serving_op(&mock, &jwk, Some(1)).await;
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({"iss": uri, "aud": "cid", "sub": "user-7", "exp": now + 600, "iat": now});
+    let authorize = d.start_connect(&key, "op", "a").await;
+    let state = query_param(&authorize, "state");
+    let mut first = claims.clone();
+    first["nonce"] = json!(query_param(&authorize, "nonce"));
+    for (grant, answer) in [
+        (
+            "grant_type=authorization_code",
+            json!({"access_token": "at-1", "token_type": "Bearer", "expires_in": 1,
+                   "refresh_token": "rt-1", "id_token": sign(&good, "k1", RS256, &first)}),
+        ),
+        (
+            "grant_type=refresh_token",
+            json!({"access_token": "at-2", "token_type": "Bearer", "expires_in": 600,
+                   "refresh_token": "rt-2", "id_token": sign(&good, "k1", RS256, &claims)}),
+        ),
+    ] {
+        Mock::given(method("POST"))
+            .and(path("/token"))
+            .and(wiremock::matchers::body_string_contains(grant))
+            .respond_with(ResponseTemplate::new(200).set_body_json(answer))
+            .mount(&mock)
+            .await;
+    }
+    let callback = format!("{}/callback/op?code=c&state={state}", d.url);
+    let (status, page, _) = d.browser_get(&callback).await;
+    assert_eq!(status, 200, "{page}");
+    d.signal_and_wait("TERM");
+    let before = mock.received_requests().await.unwrap_or_default().len();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let d = home.start();
+    let (status, body) = d.get("/v1/connections/op/a/token", &key).await;
+    assert_eq!(
+        (status, body["access_token"].as_str()),
+        (200, Some("at-2")),
+        "{body}"
+    );
+    let key_set_asked = mock
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .skip(before)
+        .filter(|r| r.url.path() == "/jwks")
+        .count();
+    assert_eq!(key_set_asked, 1);
 }

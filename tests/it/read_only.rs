@@ -753,9 +753,10 @@ fn a_secret_file_of_another_user_is_said_with_what_to_do() {
             0o600,
             "it is owned by uid 65534 with mode 600, and oauthd runs as uid 0, who may not read it: make it that user's, or, for a service systemd runs (DynamicUser=), hand it over with LoadCredential=",
         ),
+        // Root reads it anyway: made 600, it stays its owner's (a service's) to read.
         (
             0o644,
-            "is readable by others (mode 644): it is uid 65534's, and oauthd runs as uid 0, so chmod 600 alone would keep oauthd out",
+            "is readable by others (mode 644): chmod 600 it (and chown it to the user oauthd runs as",
         ),
     ] {
         std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -768,6 +769,30 @@ fn a_secret_file_of_another_user_is_said_with_what_to_do() {
         );
         assert!(text.contains(said), "{mode:o}: {text}");
     }
+    // Read by another user than its owner (root's file, oauthd run as uid 65534).
+    let open = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (roots, open_config) = (open.path().join("secret"), open.path().join("oauthd.toml"));
+    std::fs::write(&roots, "s3cret-s3cret").unwrap();
+    std::fs::set_permissions(&roots, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&open_config, provider(&roots)).unwrap();
+    std::fs::set_permissions(&open_config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&open_config, Some(65534), Some(65534)).expect("chown");
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(BIN)
+        .args(["check", "--config"])
+        .arg(&open_config)
+        .arg("--db")
+        .arg(open.path().join("oauthd.db"))
+        .output()
+        .expect("setpriv (util-linux)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("is readable by others (mode 644): it is uid 0's, and oauthd runs as uid 65534, so chmod 600 alone would keep oauthd out: chown it to uid 65534"),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     home.write_config(&provider(Path::new(
         "/run/credentials/oauthd-test-absent.service/peer",
     )));

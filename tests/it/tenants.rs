@@ -398,13 +398,19 @@ async fn a_key_reaching_its_most_connections_adds_no_other_account(home: Home) {
 }
 
 /// Imports a tenant's key sends at once to one oauthd stop at its cap: each passed the
-/// check before any was stored, and 16 sent at once with a cap of 3 stored 10.
+/// check before any was stored, and 16 sent at once with a cap of 3 stored 10. So do those
+/// of two keys of one scope (a tenant's old and new key while it rotates them), which
+/// count the same connections: with a turn each, they stored 2 where the cap was 1.
 async fn imports_sent_at_once_stop_at_the_cap(home: Home) {
     let (_peer, _key, d) = serving(&home, 3600, "[limits]\nmax_connections_per_key = 3\n");
-    let tenant = tenant_key(&home, "acme", &["acme.*"]);
+    let keys = [
+        tenant_key(&home, "acme", &["acme.*"]),
+        tenant_key(&home, "acme-new", &["acme.*"]),
+    ];
+    let tenant = keys[0].clone();
     let tokens = json!({"access_token": "made-up", "expires_in": 3600});
     let imports = (0..16).map(|i| {
-        let (d, tenant, tokens) = (&d, tenant.clone(), tokens.clone());
+        let (d, tenant, tokens) = (&d, keys[i % 2].clone(), tokens.clone());
         async move {
             d.put(&format!("/v1/connections/peer/acme.{i}"), &tenant, tokens)
                 .await
