@@ -522,44 +522,8 @@ async fn a_refresh_whose_id_token_names_another_account_is_not_handed_out() {
 /// to be saved (a kill then lost them).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refresh_fetches_the_key_set_before_it_asks() {
-    use jsonwebtoken::Algorithm::RS256;
     let mock = MockServer::start().await;
-    let keys = tempfile::tempdir().unwrap();
-    let (good, jwk) = rsa_key(keys.path(), "good", "k1");
-    let uri = mock.uri();
-    let (home, key, d) = serving_op(&mock, &jwk, None).await;
-    let now = chrono::Utc::now().timestamp();
-    let claims = json!({"iss": uri, "aud": "cid", "sub": "user-7", "exp": now + 600, "iat": now});
-    let authorize = d.start_connect(&key, "op", "a").await;
-    let state = query_param(&authorize, "state");
-    let mut first = claims.clone();
-    first["nonce"] = json!(query_param(&authorize, "nonce"));
-    for (grant, answer) in [
-        (
-            "grant_type=authorization_code",
-            json!({"access_token": "at-1", "token_type": "Bearer", "expires_in": 1,
-                   "refresh_token": "rt-1", "id_token": sign(&good, "k1", RS256, &first)}),
-        ),
-        (
-            "grant_type=refresh_token",
-            json!({"access_token": "at-2", "token_type": "Bearer", "expires_in": 600,
-                   "refresh_token": "rt-2", "id_token": sign(&good, "k1", RS256, &claims)}),
-        ),
-    ] {
-        Mock::given(method("POST"))
-            .and(path("/token"))
-            .and(wiremock::matchers::body_string_contains(grant))
-            .respond_with(ResponseTemplate::new(200).set_body_json(answer))
-            .mount(&mock)
-            .await;
-    }
-    let callback = format!("{}/callback/op?code=c&state={state}", d.url);
-    let (status, page, _) = d.browser_get(&callback).await;
-    assert_eq!(status, 200, "{page}");
-    d.signal_and_wait("TERM");
-    let before = mock.received_requests().await.unwrap_or_default().len();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let d = home.start();
+    let (_home, key, d, before) = connected_then_restarted(&mock, None).await;
     let (status, body) = d.get("/v1/connections/op/a/token", &key).await;
     assert_eq!(
         (status, body["access_token"].as_str()),
@@ -585,12 +549,39 @@ async fn a_refresh_fetches_the_key_set_before_it_asks() {
 /// after its timeout.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refresh_waits_for_a_stalled_key_set_once() {
-    use jsonwebtoken::Algorithm::RS256;
     let mock = MockServer::start().await;
+    let (_home, key, d, before) = connected_then_restarted(&mock, Some(1)).await;
+    let (status, body) = d.get("/v1/connections/op/a/token", &key).await;
+    assert_eq!(
+        (status, body["access_token"].as_str()),
+        (200, Some("at-2")),
+        "{body}"
+    );
+    let key_set_asked = mock
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .skip(before)
+        .filter(|r| r.url.path() == "/jwks")
+        .count();
+    assert_eq!(key_set_asked, 1);
+}
+
+/// Provider `op` on `mock` (its key set answered `key_set_answered` times when given, and
+/// stalled after), account `a` connected with an ID token for user-7 and an access token
+/// that expires at once, then oauthd restarted (nothing held in memory): its API key, the
+/// daemon and how many requests the mock had before the restart. The refresh answers with
+/// at-2 and an ID token for the same user.
+async fn connected_then_restarted(
+    mock: &MockServer,
+    key_set_answered: Option<u64>,
+) -> (Home, String, Daemon, usize) {
+    use jsonwebtoken::Algorithm::RS256;
     let keys = tempfile::tempdir().unwrap();
     let (good, jwk) = rsa_key(keys.path(), "good", "k1");
     let uri = mock.uri();
-    let (home, key, d) = serving_op(&mock, &jwk, Some(1)).await;
+    let (home, key, d) = serving_op(mock, &jwk, key_set_answered).await;
     let now = chrono::Utc::now().timestamp();
     let claims = json!({"iss": uri, "aud": "cid", "sub": "user-7", "exp": now + 600, "iat": now});
     let authorize = d.start_connect(&key, "op", "a").await;
@@ -613,7 +604,7 @@ async fn a_refresh_waits_for_a_stalled_key_set_once() {
             .and(path("/token"))
             .and(wiremock::matchers::body_string_contains(grant))
             .respond_with(ResponseTemplate::new(200).set_body_json(answer))
-            .mount(&mock)
+            .mount(mock)
             .await;
     }
     let callback = format!("{}/callback/op?code=c&state={state}", d.url);
@@ -623,19 +614,5 @@ async fn a_refresh_waits_for_a_stalled_key_set_once() {
     let before = mock.received_requests().await.unwrap_or_default().len();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let d = home.start();
-    let (status, body) = d.get("/v1/connections/op/a/token", &key).await;
-    assert_eq!(
-        (status, body["access_token"].as_str()),
-        (200, Some("at-2")),
-        "{body}"
-    );
-    let key_set_asked = mock
-        .received_requests()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .skip(before)
-        .filter(|r| r.url.path() == "/jwks")
-        .count();
-    assert_eq!(key_set_asked, 1);
+    (home, key, d, before)
 }
