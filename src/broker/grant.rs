@@ -241,7 +241,7 @@ impl Broker {
         // The lock may be held by another caller's fetch: that is waited for no longer.
         if tokio::time::timeout(WARM_WAIT, warm).await.is_err() {
             log::debug!(
-                "refresh {}/{}: the provider's key set did not come within {} s; fetched after the answer",
+                "refresh {}/{}: the provider's key set did not come within {} s; the ID token in the answer is checked against the keys held, if any",
                 row.provider,
                 row.account,
                 WARM_WAIT.as_secs()
