@@ -153,13 +153,25 @@ fn logged_path(path: &str) -> Cow<'_, str> {
     }
 }
 
-/// Whether a path segment has the shape of a secret oauthd issues: a state value (43
-/// characters of base64url) or an API key (`oauthd_` and one).
+/// Whether a path segment holds something of the shape of a secret oauthd issues: a state
+/// value (43 characters of base64url) or an API key (`oauthd_` and one, in either case),
+/// as sent or percent-decoded, with other characters around it (a line feed, a dot).
 fn secret_shaped(segment: &str) -> bool {
-    let token = segment
-        .strip_prefix(crate::secret::API_KEY_PREFIX)
-        .unwrap_or(segment);
-    crate::secret::is_token_shaped(token)
+    let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+    let found = [segment, decoded.as_ref()].into_iter().any(|text| {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            .any(|word| {
+                let prefix = crate::secret::API_KEY_PREFIX.len();
+                let token = match word.get(..prefix) {
+                    Some(head) if head.eq_ignore_ascii_case(crate::secret::API_KEY_PREFIX) => {
+                        word.get(prefix..).unwrap_or_default()
+                    }
+                    _ => word,
+                };
+                crate::secret::is_token_shaped(token)
+            })
+    });
+    found
 }
 
 /// `path` with each segment shaped as a secret written `[secret]`: an app that put a
@@ -476,6 +488,20 @@ mod tests {
             logged_path(&format!("/v1/proxy/p/a/keys/oauthd_{state}/x\"")),
             "/v1/proxy/p/a/keys/[secret]/x%22"
         );
+        // Percent-encoded, with a character after it, its key's prefix in capitals.
+        let encoded: String = state.bytes().map(|b| format!("%{b:02X}")).collect();
+        for sent in [
+            encoded,
+            format!("{state}%0A"),
+            format!("{state}."),
+            format!("OAUTHD_{state}"),
+        ] {
+            assert_eq!(
+                logged_path(&format!("/v1/namespaces/session/states/{sent}")),
+                "/v1/namespaces/session/states/[secret]",
+                "{sent}"
+            );
+        }
         // Ids and names of other lengths stay.
         let id = "/v1/namespaces/session/states/01a249c2-223b-8d49-8fc8-8faeea5f7ca5";
         assert_eq!(logged_path(id), id);
