@@ -198,8 +198,12 @@ impl Broker {
         provider: &Provider,
         row: &ConnectionRow,
         t: &TokenSet,
+        keys_at_hand: bool,
     ) -> Option<String> {
         t.id_token.as_ref()?;
+        if !keys_at_hand {
+            return None;
+        }
         let stored = row.identity.sub.as_deref()?;
         match self.verify_id_token(provider, t, None).await {
             Ok(AccountIdentity { sub: Some(sub), .. }) if sub != stored => Some(format!(
@@ -223,30 +227,31 @@ impl Broker {
     /// the connection's account is known), the provider's keys fetched now if they are
     /// due: else the check fetches them after the answer, while the answer, with the
     /// refresh token a rotating provider issued in it, waits to be saved (a stop or a kill
-    /// meanwhile loses it). At most `WARM_WAIT`: keys that do not come by then are not
-    /// waited for again after the answer (the check uses the set held, if any, or passes
-    /// the ID token over).
+    /// meanwhile loses it). At most `WARM_WAIT`. Whether the keys are at hand: keys that
+    /// did not come are not asked for again after the answer, whose ID token is then
+    /// passed over, as one that does not verify is (`refreshed_for_another`).
     pub(super) async fn warm_id_token_keys(
         &self,
         provider: &Provider,
         endpoints: &crate::oauth::provider::Endpoints,
         row: &ConnectionRow,
-    ) {
+    ) -> bool {
         let (Some(_), Some(url)) = (&row.identity.sub, &endpoints.jwks) else {
-            return;
+            return true;
         };
         let warm = provider
             .jwks
             .warm(&self.http, url, self.clock.now_ms(), WARM_WAIT);
         // The lock may be held by another caller's fetch: that is waited for no longer.
-        if tokio::time::timeout(WARM_WAIT, warm).await.is_err() {
+        let ready = tokio::time::timeout(WARM_WAIT, warm).await.unwrap_or(false);
+        if !ready {
             log::debug!(
-                "refresh {}/{}: the provider's key set did not come within {} s; the ID token in the answer is checked against the keys held, if any",
+                "refresh {}/{}: the provider's key set is not at hand; an ID token in the answer is passed over",
                 row.provider,
-                row.account,
-                WARM_WAIT.as_secs()
+                row.account
             );
         }
+        ready
     }
 
     async fn verify_id_token(

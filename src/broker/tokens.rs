@@ -891,9 +891,11 @@ impl Broker {
                 retry_after_secs: 5,
             }),
         };
+        // Whether the keys an ID token in the answer is checked against are at hand.
+        let mut keys_at_hand = true;
         let result = match endpoints {
             Ok(endpoints) => {
-                self.warm_id_token_keys(provider, endpoints, row).await;
+                keys_at_hand = self.warm_id_token_keys(provider, endpoints, row).await;
                 flows::refresh(
                     self.refresh_endpoint.as_ref(),
                     provider,
@@ -940,7 +942,10 @@ impl Broker {
         answered.store(true, std::sync::atomic::Ordering::SeqCst);
         // Before anything of the answer is kept (its refresh token included): an answer
         // for another account keeps nothing.
-        if let Some(reason) = self.refreshed_for_another(provider, row, &tokens).await {
+        if let Some(reason) = self
+            .refreshed_for_another(provider, row, &tokens, keys_at_hand)
+            .await
+        {
             log::warn!("refresh {p}/{a}: {reason}; the account must be connected again");
             refreshed(p, "needs_reauth");
             let (failed, recorded) = self

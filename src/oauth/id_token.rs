@@ -125,8 +125,15 @@ impl JwksCache {
     /// keys, as its own failure would be: it uses the set held, if any, and does not wait
     /// for another fetch within `REFETCH_AFTER` (a `jwks_uri` that stalls made a refresh
     /// wait 2 s here, then its whole timeout again after the answer, which then waited to
-    /// be saved).
-    pub async fn warm(&self, http: &reqwest::Client, url: &Url, now_ms: i64, wait: Duration) {
+    /// be saved). Whether a key set is at hand now, fetched or held and not due: when not,
+    /// the caller should not ask for the keys again until it has saved what it waits for.
+    pub async fn warm(
+        &self,
+        http: &reqwest::Client,
+        url: &Url,
+        now_ms: i64,
+        wait: Duration,
+    ) -> bool {
         let mut cached = self.keys.lock().await;
         let due = cached
             .set
@@ -136,18 +143,26 @@ impl JwksCache {
             .failed
             .as_ref()
             .is_some_and(|(at, _)| age(*at, now_ms) < REFETCH_AFTER);
-        if !due || failed_lately {
-            return;
+        if !due {
+            return true;
+        }
+        if failed_lately {
+            return false;
         }
         match tokio::time::timeout(wait, fetch(http, url)).await {
             Ok(Ok(set)) => {
                 cached.set = Some((now_ms, set));
                 cached.failed = None;
+                true
             }
-            Ok(Err(why)) => cached.failed = Some((now_ms, why)),
+            Ok(Err(why)) => {
+                cached.failed = Some((now_ms, why));
+                false
+            }
             Err(_) => {
                 let why = format!("{url} did not answer within {} s", wait.as_secs());
                 cached.failed = Some((now_ms, IdTokenError::Keys(why)));
+                false
             }
         }
     }
