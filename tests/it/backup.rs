@@ -531,6 +531,26 @@ async fn a_database_file_copied_without_its_wal_while_served_is_refused_not_take
     assert!(names.contains("made-before-the-kill"), "{names}");
 }
 
+/// A clean stop left the database file whole only when oauthd's connections were the last
+/// to close it (SQLite merges the -wal then): with another program holding the file open,
+/// an `sqlite3` shell or a monitoring script, the file alone still lacked what oauthd wrote
+/// and held its serving mark, so a copy of it made after the stop was refused. The stop now
+/// merges the -wal itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clean_stop_leaves_the_file_whole_while_another_program_has_it_open() {
+    let home = Home::new();
+    let d = home.start();
+    let mut shell = common::SqliteShell::open(&home.db());
+    assert_eq!(shell.query("SELECT count(*) > 0 FROM meta;"), "1");
+    home.create_key("made-before-the-stop", &[]);
+    d.signal_and_wait("TERM");
+    let copy = Home::new();
+    copy_without_wal(&home, &copy);
+    let names = key_names(&copy).expect("a copy after a clean stop opens");
+    assert!(names.contains("made-before-the-stop"), "{names}");
+    assert!(shell.close().success());
+}
+
 /// A restore puts back the refresh tokens of the copy's time. A provider that rotates them
 /// (the test provider does, as SmartThings and Microsoft do) has replaced those refreshed
 /// since and refuses the copy's: `restore` now names those connections, where it listed

@@ -751,7 +751,27 @@ impl super::Store for SqliteStore {
             .run("noting that oauthd stopped serving the database", |conn| {
                 serving::unmark(conn)
             })
-            .await
+            .await?;
+        // SQLite merges the -wal into the file when its last connection closes, which is
+        // not oauthd's while another program has the file open (an `sqlite3` shell, a
+        // monitoring script): the file alone would lack what oauthd wrote, and keep its
+        // mark. Merged here, it is whole after every clean stop that nothing writes past.
+        let merged = self
+            .read("checkpointing the database at the stop", |conn| {
+                conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |row| {
+                    row.get::<_, i64>(0)
+                })
+            })
+            .await?;
+        if merged != 0 {
+            log::info!(
+                "the database's -wal file could not be merged into {} at the stop: another \
+                 program was reading or writing it; a copy of the file alone lacks what is in \
+                 the -wal until it is merged (`oauthd backup` copies both)",
+                self.path.display()
+            );
+        }
+        Ok(())
     }
 
     async fn was_served(&self) -> Result<bool, StoreError> {
