@@ -10,6 +10,7 @@
 //! Every poll is claimed in the database first, so two processes never poll one flow
 //! at the same time.
 
+use super::device_end::Ended;
 use super::events::Via;
 use super::{Broker, BrokerError, ConnectionView};
 use crate::clock::rfc3339;
@@ -71,6 +72,12 @@ pub struct DeviceStatus {
     pub interval: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Why a flow ended without connecting, a stable code (`denied`: `access_denied`;
+    /// `expired`: `expired_token`; `failed`: `too_many_connections`, `api_key_revoked`,
+    /// `provider_rejected`, `provider_unavailable`, `id_token_invalid`, `vault_error` or
+    /// `storage_unavailable`); absent while pending and once connected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connection: Option<ConnectionView>,
 }
@@ -134,6 +141,7 @@ impl Broker {
             expires_at_ms: now + auth.expires_in.as_millis() as i64,
             status: DeviceFlowStatus::Pending,
             detail: None,
+            error: None,
             next_poll_at_ms: now + interval_ms,
             created_at_ms: now,
             started_by: started_by.to_owned(),
@@ -248,6 +256,7 @@ impl Broker {
             expires_at: rfc3339(flow.expires_at_ms),
             interval: (flow.interval_ms / 1000) as u64,
             detail,
+            error: Ended::code_of(status, flow.error),
             connection,
         })
     }
@@ -295,7 +304,7 @@ impl Broker {
                 self.finish_device(
                     &flow,
                     None,
-                    DeviceFlowStatus::Expired,
+                    Ended::Expired,
                     "the code expired before it was approved".into(),
                 )
                 .await;
@@ -358,7 +367,7 @@ impl Broker {
             self.finish_device(
                 &flow,
                 claim,
-                DeviceFlowStatus::Failed,
+                Ended::KeyRevoked,
                 "the API key that started this flow was revoked".into(),
             )
             .await;
@@ -367,7 +376,7 @@ impl Broker {
         let device_code = match self.vault.open_str(&device_aad(id), &flow.device_code) {
             Ok(c) => c,
             Err(e) => {
-                self.finish_device(&flow, claim, DeviceFlowStatus::Failed, e.to_string())
+                self.finish_device(&flow, claim, Ended::Vault, e.to_string())
                     .await;
                 return true;
             }
@@ -430,7 +439,7 @@ impl Broker {
                 self.finish_device(
                     &flow,
                     claim,
-                    DeviceFlowStatus::Denied,
+                    Ended::Denied,
                     format!("access was declined: {d}"),
                 )
                 .await;
@@ -440,14 +449,14 @@ impl Broker {
                 self.finish_device(
                     &flow,
                     claim,
-                    DeviceFlowStatus::Expired,
+                    Ended::Expired,
                     "the code expired before it was approved".into(),
                 )
                 .await;
                 return true;
             }
             DevicePoll::Failed(e) => {
-                self.finish_device(&flow, claim, DeviceFlowStatus::Failed, e.to_string())
+                self.finish_device(&flow, claim, Ended::of_poll(&e), e.to_string())
                     .await;
                 return true;
             }
@@ -486,7 +495,7 @@ impl Broker {
                     e.for_callers()
                 );
                 log::warn!("device {p}/{a}: {detail}");
-                self.finish_device(flow, claim, DeviceFlowStatus::Failed, detail)
+                self.finish_device(flow, claim, Ended::of_keeping(&e), detail)
                     .await;
                 return;
             }
@@ -498,14 +507,14 @@ impl Broker {
                 Ok(turn) => turn,
                 Err(e) => {
                     log::warn!("device {p}/{a}: {}", super::room::REFUSED_TOKENS);
-                    self.finish_device(flow, claim, DeviceFlowStatus::Failed, e.to_string())
+                    self.finish_device(flow, claim, Ended::of_keeping(&e), e.to_string())
                         .await;
                     return;
                 }
             },
             None => None,
         };
-        events.push(self.device_event(flow, DeviceFlowStatus::Connected, "connected"));
+        events.push(self.device_event(flow, DeviceFlowStatus::Connected, None, "connected"));
         // As for every (re)connect: reads that began before the write cannot put the old
         // token back.
         let _saved = self.token_cache.forget_after(&save.key);
@@ -538,16 +547,21 @@ impl Broker {
         &self,
         flow: &DeviceFlowRow,
         claim: Option<&str>,
-        status: DeviceFlowStatus,
+        ended: Ended,
         detail: String,
     ) {
-        let events = [self.device_event(flow, status, &detail)];
+        let status = ended.status();
+        let events = [self.device_event(flow, status, Some(ended.code()), &detail)];
         // Why, as the API answers it: the operator should not need to ask the API.
         let said = format!(
             "device flow {} ({}/{}): {status}: {detail}",
             flow.id, flow.provider, flow.account
         );
-        let outcome = DevicePollOutcome::Finished { status, detail };
+        let outcome = DevicePollOutcome::Finished {
+            status,
+            error: ended.code().to_owned(),
+            detail,
+        };
         if let Recorded::Yes = self.record_final(flow, claim, outcome, &events).await {
             if status == DeviceFlowStatus::Failed {
                 log::warn!("{said}");

@@ -155,6 +155,7 @@ impl Broker {
         &self,
         flow: &DeviceFlowRow,
         status: DeviceFlowStatus,
+        error: Option<&str>,
         detail: &str,
     ) -> Event {
         let kind = if status == DeviceFlowStatus::Connected {
@@ -162,15 +163,16 @@ impl Broker {
         } else {
             EventType::DeviceFlowFailed
         };
-        self.notifier.event(
-            kind,
-            json!({
-                "id": flow.id,
-                "provider": flow.provider,
-                "account": flow.account,
-                "status": status.as_str(),
-                "detail": detail,
-            }),
-        )
+        let mut data = json!({
+            "id": flow.id,
+            "provider": flow.provider,
+            "account": flow.account,
+            "status": status.as_str(),
+            "detail": detail,
+        });
+        if let (Some(error), Some(fields)) = (error, data.as_object_mut()) {
+            fields.insert("error".into(), error.into());
+        }
+        self.notifier.event(kind, data)
     }
 }

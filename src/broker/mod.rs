@@ -11,6 +11,7 @@ mod callback;
 mod callback_words;
 mod confirm;
 mod device;
+mod device_end;
 mod disconnect;
 mod events;
 mod flight;

@@ -95,7 +95,7 @@ pub(super) fn started_body(started: &DeviceStart) -> DeviceStarted<'_> {
         (status = 403, description = "The person declined.", body = DeviceStatus),
         (status = 404, description = "No such flow (`device_flow_not_found`) or provider (`unknown_provider`).", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 410, description = "Expired before the person finished.", body = DeviceStatus),
-        (status = 502, description = "The provider failed the flow (`detail` says how).", body = DeviceStatus),
+        (status = 502, description = "The flow failed: `error` says why as a stable code, `detail` in words.", body = DeviceStatus),
     ))]
 pub async fn status(
     app: web::Data<AppState>,

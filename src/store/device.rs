@@ -59,6 +59,9 @@ pub struct DeviceFlowRow {
     pub expires_at_ms: i64,
     pub status: DeviceFlowStatus,
     pub detail: Option<String>,
+    /// Why it ended without connecting, as a stable code the broker chose; `None` while
+    /// pending, once connected, and for flows stored before the store kept it.
+    pub error: Option<String>,
     pub next_poll_at_ms: i64,
     pub created_at_ms: i64,
     /// Who started it: "key:<API key id>", "admin" (the page) or "cli".
@@ -71,9 +74,10 @@ pub enum DevicePollOutcome {
     /// Keep polling (authorization_pending, slow_down, a transient fault): at
     /// `interval_ms` (what apps see), the next poll `delay_ms` from now.
     Pending { interval_ms: i64, delay_ms: i64 },
-    /// Final without tokens: denied, expired or failed, with a detail.
+    /// Final without tokens: denied, expired or failed, with a stable code and a detail.
     Finished {
         status: DeviceFlowStatus,
+        error: String,
         detail: String,
     },
     /// The provider issued tokens: the connection is saved as `save_connection` saves it

@@ -44,13 +44,13 @@ async fn expect_final(
     key: &str,
     start: &serde_json::Value,
     secs: u64,
-    (status, word): (u16, &str),
+    (status, word, error): (u16, &str, Option<&str>),
 ) {
     let id = start["id"].as_str().unwrap();
     let (got, body) = wait_final(d, key, id, Duration::from_secs(secs)).await;
     assert_eq!(
-        (got, body["status"].as_str()),
-        (status, Some(word)),
+        (got, body["status"].as_str(), body["error"].as_str()),
+        (status, Some(word), error),
         "{body}"
     );
     // Ended: the code the person typed is no longer said (nor kept).
@@ -85,6 +85,7 @@ async fn approved_device_flow_connects_and_stops_polling_at_the_first_success(ho
     let (status, done) = wait_final(&d, &key, &id, Duration::from_secs(20)).await;
     assert_eq!(status, 200, "{done}");
     assert_eq!(done["status"], "connected");
+    assert!(done.get("error").is_none(), "{done}");
     assert_eq!(done["connection"]["account"], "tv");
     assert_eq!(peer.grants(DEVICE_GRANT).await, 1);
 
@@ -121,7 +122,7 @@ async fn denied_device_flow_answers_403(home: Home) {
     let (_, start) = d.post("/v1/device/peer", &key, json!({})).await;
     peer.verify_device(start["user_code"].as_str().unwrap(), false)
         .await;
-    expect_final(&d, &key, &start, 20, (403, "denied")).await;
+    expect_final(&d, &key, &start, 20, (403, "denied", Some("access_denied"))).await;
     assert_eq!(d.get("/v1/connections/peer/default", &key).await.0, 404);
     assert!(
         home.log_text().contains(&format!(
@@ -138,7 +139,14 @@ async fn unapproved_device_flow_expires_with_410(home: Home) {
     let key = peer.configure(&home, "");
     let d = home.start();
     let (_, start) = d.post("/v1/device/peer", &key, json!({})).await;
-    expect_final(&d, &key, &start, 15, (410, "expired")).await;
+    expect_final(
+        &d,
+        &key,
+        &start,
+        15,
+        (410, "expired", Some("expired_token")),
+    )
+    .await;
 }
 
 /// A device flow an app started ends when its key is revoked, even once the person has
@@ -156,8 +164,8 @@ async fn a_revoked_keys_device_flow_ends_without_redeeming_the_approval(home: Ho
         .await;
     let (status, body) = wait_final(&d, &ops, &id, Duration::from_secs(20)).await;
     assert_eq!(
-        (status, body["status"].as_str()),
-        (502, Some("failed")),
+        (status, body["status"].as_str(), body["error"].as_str()),
+        (502, Some("failed"), Some("api_key_revoked")),
         "{body}"
     );
     assert_eq!(
@@ -246,7 +254,7 @@ async fn a_device_poll_outlasts_a_provider_that_stalls() {
         stalled.elapsed() > Duration::from_secs(7),
         "the stall was too short"
     );
-    expect_final(&d, &key, &start, 30, (200, "connected")).await;
+    expect_final(&d, &key, &start, 30, (200, "connected", None)).await;
     assert_eq!(peer.grants(DEVICE_GRANT).await, 1);
     assert_tv_token_is_live(&d, &key, &peer).await;
     d.signal_and_wait("TERM");

@@ -215,6 +215,7 @@ async fn device_flow_events_tell_how_the_flow_ended(home: Home) {
     assert_eq!(done[0]["json"]["data"]["account"], "tv");
     assert_eq!(failed[0]["json"]["data"]["account"], "radio");
     assert_eq!(failed[0]["json"]["data"]["status"], "denied");
+    assert_eq!(failed[0]["json"]["data"]["error"], "access_denied");
     // The target asked for device flows only: no connection.connected.
     assert_eq!(hooks.received().await.len(), 2);
     assert_verified(&hooks.received().await, &[]);

@@ -1570,6 +1570,7 @@ async fn device_flow(s: &dyn oauthd::store::Store, id: &str, due: i64) {
         expires_at_ms: due + 600_000,
         status: DeviceFlowStatus::Pending,
         detail: None,
+        error: None,
         next_poll_at_ms: due,
         created_at_ms: due,
         started_by: "cli".into(),
@@ -1593,6 +1594,7 @@ async fn claimed_once_the_first_ran_out(
 fn finished(status: DeviceFlowStatus) -> DevicePollOutcome {
     DevicePollOutcome::Finished {
         status,
+        error: format!("{status}_code"),
         detail: status.to_string(),
     }
 }
@@ -1649,6 +1651,7 @@ async fn a_device_poll_is_recorded_only_while_no_one_else_holds_the_flow(b: Back
         .unwrap());
     let flow = s.get_device_flow("f1").await.unwrap().unwrap();
     assert_eq!(flow.status, DeviceFlowStatus::Pending);
+    assert_eq!(flow.error, None);
     assert_eq!(flow.user_code, "ABCD-EFGH");
     assert!(ids(s, DeliveryFilter::All).await.is_empty());
     // The live claim records, and lets go.
@@ -1670,6 +1673,8 @@ async fn a_device_poll_is_recorded_only_while_no_one_else_holds_the_flow(b: Back
         .unwrap());
     let flow = s.get_device_flow("f1").await.unwrap().unwrap();
     assert_eq!(flow.status, DeviceFlowStatus::Denied);
+    // Why, as a code apps read, kept with it.
+    assert_eq!(flow.error.as_deref(), Some("denied_code"));
     assert!(flow.device_code.is_empty());
     // Nor is the code the person typed kept once the flow ended.
     assert_eq!(

@@ -511,8 +511,8 @@ async fn device_flows_started_before_the_cap_stop_there(home: Home) {
         peer.verify_device_as(user, &code(n), true).await;
         let (status, body) = end(n).await;
         assert_eq!(
-            (status, body["status"].as_str()),
-            (502, Some("failed")),
+            (status, body["status"].as_str(), body["error"].as_str()),
+            (502, Some("failed"), Some("too_many_connections")),
             "{body}"
         );
         assert!(

@@ -135,6 +135,7 @@ fn row(f: &Fields) -> Result<DeviceFlowRow, StoreError> {
         status: DeviceFlowStatus::parse(&need_text(CONTEXT, f, "status")?)
             .map_err(|e| StoreError::unavailable(CONTEXT, e))?,
         detail: text(f, "detail"),
+        error: text(f, "error"),
         next_poll_at_ms: need_int(CONTEXT, f, "next_poll_at")?,
         created_at_ms: need_int(CONTEXT, f, "created")?,
         started_by: text(f, "started_by").unwrap_or_default(),
@@ -219,6 +220,7 @@ impl DeviceFlowStore for RedisStore {
             .num("expires_at", d.expires_at_ms)
             .put("status", d.status.as_str())
             .opt("detail", d.detail)
+            .opt("error", d.error)
             .num("next_poll_at", d.next_poll_at_ms)
             .num("created", d.created_at_ms)
             .num("updated", d.created_at_ms)
@@ -340,8 +342,13 @@ impl DeviceFlowStore for RedisStore {
                     .num("next_poll_at", now_ms.saturating_add(delay_ms));
                 (&*FINISH, "0", None)
             }
-            DevicePollOutcome::Finished { status, detail } => {
+            DevicePollOutcome::Finished {
+                status,
+                error,
+                detail,
+            } => {
                 finish(&mut ch, status, detail);
+                ch.put("error", error);
                 (&*FINISH, "1", None)
             }
             DevicePollOutcome::Connected(save) => {

@@ -11,7 +11,7 @@ use rusqlite::{params, OptionalExtension, Row};
 
 const COLUMNS: &str = "id, provider, account, device_code, user_code, verification_uri,
     verification_uri_complete, interval_ms, expires_at, status, detail, next_poll_at, created_at,
-    started_by";
+    started_by, error";
 
 fn row(r: &Row<'_>) -> rusqlite::Result<DeviceFlowRow> {
     Ok(DeviceFlowRow {
@@ -29,6 +29,7 @@ fn row(r: &Row<'_>) -> rusqlite::Result<DeviceFlowRow> {
         next_poll_at_ms: r.get(11)?,
         created_at_ms: r.get(12)?,
         started_by: r.get(13)?,
+        error: r.get(14)?,
     })
 }
 
@@ -44,7 +45,7 @@ impl DeviceFlowStore for SqliteStore {
                 // The single writer makes the count and the insert one step.
                 conn.prepare_cached(&format!(
                     "INSERT INTO device_flows ({COLUMNS}, updated_at)
-                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?13
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?16, ?13
                      WHERE (SELECT count(*) FROM device_flows WHERE started_by = ?14
                             AND status = 'pending' AND expires_at > ?13) < ?15"
                 ))?
@@ -63,7 +64,8 @@ impl DeviceFlowStore for SqliteStore {
                     f.next_poll_at_ms,
                     f.created_at_ms,
                     f.started_by,
-                    max_pending
+                    max_pending,
+                    f.error
                 ])
                 .map(|n| n == 1)
             })
@@ -164,14 +166,19 @@ impl DeviceFlowStore for SqliteStore {
                              WHERE {UNCLAIMED}"
                         ))?
                         .execute(params![id, now_ms, claim, interval_ms, delay_ms]),
-                    DevicePollOutcome::Finished { status, detail } => conn
+                    DevicePollOutcome::Finished {
+                        status,
+                        error,
+                        detail,
+                    } => conn
                         .prepare_cached(&format!(
-                            "UPDATE device_flows SET status = ?4, detail = ?5, lease_until = NULL,
+                            "UPDATE device_flows SET status = ?4, detail = ?5, error = ?6,
+                                lease_until = NULL,
                                 updated_at = ?2, device_code = x'',
                                 user_code = '', verification_uri_complete = NULL
                              WHERE {UNCLAIMED}"
                         ))?
-                        .execute(params![id, now_ms, claim, status, detail]),
+                        .execute(params![id, now_ms, claim, status, detail, error]),
                     DevicePollOutcome::Connected(_) => conn
                         .prepare_cached(
                             "UPDATE device_flows SET status = 'connected', detail = 'connected',

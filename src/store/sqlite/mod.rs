@@ -50,6 +50,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../sql/0014_delivery_outcomes_by_target.sql"),
     include_str!("../../../sql/0015_lease_takeover_noted.sql"),
     include_str!("../../../sql/0016_key_last_used.sql"),
+    include_str!("../../../sql/0017_device_flow_error.sql"),
 ];
 
 /// How long a statement waits for a lock held by another process before failing (503).
