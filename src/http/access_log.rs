@@ -153,25 +153,42 @@ fn logged_path(path: &str) -> Cow<'_, str> {
     }
 }
 
-/// Whether a path segment holds something of the shape of a secret oauthd issues: a state
-/// value (43 characters of base64url) or an API key (`oauthd_` and one, in either case),
-/// as sent or percent-decoded, with other characters around it (a line feed, a dot).
+/// Whether a path segment holds something of the shape of a secret oauthd issues, or of
+/// most of one: a state value (43 characters of base64url) or an API key (`oauthd_` and
+/// one, in either case), as sent or percent-decoded, with other characters around it (a
+/// line feed, a dot) or glued to it (a letter typed after it, two keys run together), or
+/// cut short (a key with its last character lost).
 fn secret_shaped(segment: &str) -> bool {
     let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
     let found = [segment, decoded.as_ref()].into_iter().any(|text| {
         text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-            .any(|word| {
-                let prefix = crate::secret::API_KEY_PREFIX.len();
-                let token = match word.get(..prefix) {
-                    Some(head) if head.eq_ignore_ascii_case(crate::secret::API_KEY_PREFIX) => {
-                        word.get(prefix..).unwrap_or_default()
-                    }
-                    _ => word,
-                };
-                crate::secret::is_token_shaped(token)
-            })
+            .any(secret_word)
     });
     found
+}
+
+/// How much of an API key after its prefix makes a word one, however it goes on.
+const KEY_TAIL: usize = 12;
+/// How long a run of base64url holding both capitals and small letters must be to be
+/// taken for (most of) a random secret: names people give (accounts, namespaces) rarely
+/// run so long in mixed case, and ids oauthd gives are UUIDs in small letters.
+const RANDOM_RUN: usize = 24;
+
+/// A word of base64url characters (`-`, `_`, letters and digits) shaped as a secret.
+fn secret_word(word: &str) -> bool {
+    if crate::secret::is_token_shaped(word) {
+        return true;
+    }
+    let prefix = crate::secret::API_KEY_PREFIX.as_bytes();
+    let bytes = word.as_bytes();
+    let key_inside = bytes
+        .windows(prefix.len())
+        .position(|w| w.eq_ignore_ascii_case(prefix))
+        .is_some_and(|at| bytes.len() - at - prefix.len() >= KEY_TAIL);
+    key_inside
+        || (word.len() >= RANDOM_RUN
+            && bytes.iter().any(u8::is_ascii_uppercase)
+            && bytes.iter().any(u8::is_ascii_lowercase))
 }
 
 /// `path` with each segment shaped as a secret written `[secret]`: an app that put a
@@ -495,6 +512,13 @@ mod tests {
             format!("{state}%0A"),
             format!("{state}."),
             format!("OAUTHD_{state}"),
+            // Glued to other characters, run together, cut short.
+            format!("oauthd_{state}x"),
+            format!("xoauthd_{state}"),
+            format!("{state}{state}"),
+            format!("oauthd_{}+", &state[..42]),
+            state[..30].to_owned(),
+            format!("x{state}"),
         ] {
             assert_eq!(
                 logged_path(&format!("/v1/namespaces/session/states/{sent}")),
@@ -502,9 +526,16 @@ mod tests {
                 "{sent}"
             );
         }
-        // Ids and names of other lengths stay.
-        let id = "/v1/namespaces/session/states/01a249c2-223b-8d49-8fc8-8faeea5f7ca5";
-        assert_eq!(logged_path(id), id);
+        // Ids and names stay: UUIDs, names in one case, short ones in mixed case.
+        for kept in [
+            "/v1/namespaces/session/states/01a249c2-223b-8d49-8fc8-8faeea5f7ca5",
+            "/v1/connections/spotify/living-room-speaker-in-the-basement/token",
+            "/v1/connections/google/LivingRoomSpeaker/token",
+            "/v1/namespaces/oauth:acme/states",
+            "/v1/proxy/p/a/repos/oauthd_rs/issues",
+        ] {
+            assert_eq!(logged_path(kept), kept);
+        }
     }
 
     #[test]
