@@ -695,6 +695,68 @@ async fn a_restore_keeps_what_it_replaces_and_a_backup_overwrites_only_copies() 
     assert_eq!(std::fs::metadata(&db).unwrap().uid(), 65534);
 }
 
+/// A backup replaced any file holding oauthd's database, also the database itself: with
+/// the two paths the wrong way round (`backup --db old-copy.db oauthd.db`) the stopped
+/// database was replaced by the old copy, exit 0, and what was written since was gone.
+/// Only an earlier copy (it carries a backup's mark) or an empty file is replaced now. And
+/// a copy a command had opened since (`check` on it puts it in WAL mode) got -wal and -shm
+/// files from the look at it, which stayed beside the new copy, so the night after the
+/// backup refused the name as a database in use.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_replaces_an_earlier_copy_never_the_database() {
+    let home = Home::new();
+    let d = home.start();
+    home.create_key("before-the-copy", &[]);
+    let copy = home.dir.path().join("nightly.db");
+    let backup = |from: &Path, to: &Path| {
+        Command::new(common::BIN)
+            .arg("backup")
+            .arg("--db")
+            .arg(from)
+            .arg(to)
+            .output()
+            .unwrap()
+    };
+    assert!(backup(&home.db(), &copy).status.success());
+    home.create_key("after-the-copy", &[]);
+    d.signal_and_wait("TERM");
+
+    let before = home.db_bytes();
+    let out = backup(&copy, &home.db());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("is oauthd's database, not a copy `oauthd backup` made"),
+        "{err}"
+    );
+    assert_eq!(home.db_bytes(), before, "the database was replaced");
+    let names = key_names(&home).expect("the database opens");
+    assert!(names.contains("after-the-copy"), "{names}");
+
+    // The copy looked at in WAL mode, then replaced night after night.
+    let wal_mode = Command::new("sqlite3")
+        .arg(&copy)
+        .arg("PRAGMA journal_mode = WAL;")
+        .output()
+        .unwrap();
+    assert!(wal_mode.status.success(), "{wal_mode:?}");
+    for night in 0..2 {
+        let out = backup(&home.db(), &copy);
+        assert!(out.status.success(), "night {night}: {out:?}");
+        for suffix in ["-wal", "-shm"] {
+            let beside = home.dir.path().join(format!("nightly.db{suffix}"));
+            assert!(!beside.exists(), "night {night}: {beside:?} was left");
+        }
+    }
+    assert_eq!(
+        rows(
+            &copy,
+            "SELECT count(*) FROM api_keys WHERE name = 'after-the-copy'"
+        ),
+        1
+    );
+}
+
 /// A backup written to a shared directory (`/tmp`, sticky and open to all) follows no link
 /// another local user planted under the copy's name, and never replaces a database in use:
 /// it resolved the link and renamed the copy over what it pointed to, here another

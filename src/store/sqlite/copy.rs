@@ -201,11 +201,24 @@ pub fn backup(db: &Path, to: &Path) -> Result<Copied, CopyError> {
             &format!("is open{by}: a file in use is never replaced; name another file"),
         ));
     }
-    if to.exists() && !replaceable(to) {
-        return Err(CopyError::refused(
-            to,
-            "exists and is not a copy of oauthd's database: name a new file, or remove it first",
-        ));
+    match replaceable(to) {
+        Replaceable::Yes => {}
+        Replaceable::NotACopy => {
+            return Err(CopyError::refused(
+                to,
+                "is oauthd's database, not a copy `oauthd backup` made of one (it holds no \
+                 backup mark): a backup never replaces a database, which would lose what was \
+                 written to it since the copy (are the two files the wrong way round? `--db` \
+                 names the database to copy). Name a new file, or, if it is an old copy (one \
+                 made before backups were marked, or with `cp`), remove it first",
+            ));
+        }
+        Replaceable::Other => {
+            return Err(CopyError::refused(
+                to,
+                "exists and is not a copy of oauthd's database: name a new file, or remove it first",
+            ));
+        }
     }
     let workspace = Workspace::new(to, "partial").map_err(|e| CopyError::file(to, e))?;
     let partial = workspace.file();
@@ -266,16 +279,34 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Whether an existing file may be replaced by a copy: an empty one, or one that holds
-/// oauthd's database (never a key file, a `-wal` file or another application's data).
-fn replaceable(path: &Path) -> bool {
-    if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
-        return true;
+/// Whether a file may be replaced by a backup.
+enum Replaceable {
+    /// None there, an empty one, or an earlier copy `oauthd backup` made.
+    Yes,
+    /// oauthd's database itself (no backup mark): a slip of the arguments' order.
+    NotACopy,
+    /// Anything else: a key file, a `-wal` file, another application's data.
+    Other,
+}
+
+/// Whether an existing file may be replaced by a copy: an empty one, or a copy of oauthd's
+/// database that `oauthd backup` made (it carries the mark such copies have). Read without
+/// changing anything: opened read-only as it is, a copy a command had put in WAL mode got
+/// -wal and -shm files that stayed beside the new copy, and the next backup refused it.
+fn replaceable(path: &Path) -> Replaceable {
+    if !path.exists() || std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+        return Replaceable::Yes;
     }
-    Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .ok()
-        .and_then(|c| oauthds_version(&c, path, |e| OpenError::open(path, &e)).ok())
-        .is_some_and(|v| v.number > 0)
+    let Ok(conn) = super::open_unchanged(path) else {
+        return Replaceable::Other;
+    };
+    let oauthds =
+        oauthds_version(&conn, path, |e| OpenError::open(path, &e)).is_ok_and(|v| v.number > 0);
+    match BackupMark::read(&conn) {
+        _ if !oauthds => Replaceable::Other,
+        Ok(Some(_)) => Replaceable::Yes,
+        _ => Replaceable::NotACopy,
+    }
 }
 
 /// Whether the file starts as every SQLite database does.

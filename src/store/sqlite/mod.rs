@@ -260,7 +260,7 @@ pub fn token_key_ids(path: &Path) -> Result<Vec<String>, OpenError> {
 }
 
 /// The database at `path`, opened to read without changing anything.
-fn open_unchanged(path: &Path) -> Result<Connection, OpenError> {
+pub(super) fn open_unchanged(path: &Path) -> Result<Connection, OpenError> {
     // Without a journal beside it, read as `immutable`: opened read-only as it is, a database
     // in WAL mode gets -wal and -shm files that stay, and the open after this one would
     // no longer see that it came without its -wal (`OpenError::CopiedWithoutWal`).
