@@ -127,6 +127,38 @@ async fn reseal_pass(vault: &Vault, store: &dyn BrokerStore) -> Result<usize, Re
     Ok(changed)
 }
 
+/// What of the values a rotation re-seals (connections' tokens, pending device codes)
+/// `vault` cannot open, each named with why. Looked at before the key file changes: a
+/// value sealed with a key the file lacks stopped the re-sealing half-way, with the file
+/// already sealing with the new key and the values before it moved to it.
+pub async fn unopenable(vault: &Vault, store: &dyn BrokerStore) -> Result<Vec<String>, RekeyError> {
+    let mut found = Vec::new();
+    for row in store.list_all_connections().await? {
+        let fields = [
+            ("access_token", Some(&row.access_token)),
+            ("refresh_token", row.refresh_token.as_ref()),
+        ];
+        for (field, sealed) in fields {
+            let Some(sealed) = sealed else {
+                continue;
+            };
+            let aad = token_aad(&row.provider, &row.account, field);
+            if let Err(e) = vault.open(&aad, sealed) {
+                found.push(format!("{}/{}'s {field}: {e}", row.provider, row.account));
+            }
+        }
+    }
+    for flow in store.all_pending_device_flows().await? {
+        if flow.device_code.is_empty() {
+            continue;
+        }
+        if let Err(e) = vault.open(&device_aad(&flow.id), &flow.device_code) {
+            found.push(format!("device flow {}'s code: {e}", flow.id));
+        }
+    }
+    Ok(found)
+}
+
 /// The key file's key lines, each with its id, in order (the first seals).
 fn keyed_lines(text: &str) -> Result<Vec<(String, Zeroizing<String>)>, RekeyError> {
     Vault::from_text(text)?;

@@ -76,9 +76,25 @@ pub(super) fn rekey(settings: Settings, prune: bool, to: Option<String>) -> Resu
         create: false,
     };
     let from = source.describe();
-    let keys = crate::vault::Vault::load(&source)
-        .map_err(|e| Fatal(format!("key file {}: {e}", path.display()), 2))?
-        .key_ids();
+    let loaded = crate::vault::Vault::load(&source)
+        .map_err(|e| Fatal(format!("key file {}: {e}", path.display()), 2))?;
+    let keys = loaded.key_ids();
+    // Every value must open before the file changes: one that does not stopped the
+    // re-sealing half-way, the file already sealing with the new key.
+    let unopenable = runtime()?.block_on(crate::rekey::unopenable(&loaded, store.as_ref()))?;
+    if let Some(first) = unopenable.first() {
+        return Err(Fatal(
+            format!(
+                "{} stored value(s) do not open with the keys in {from}, so they could not \
+                 be re-sealed; nothing was changed. The first: {first}. Put the line of each \
+                 key named back in the key file (a `.before-prune-` or `.loaded-` file beside \
+                 it, or a backup of it, may hold it) and run rekey again; or delete those \
+                 connections (`oauthd connections delete`) and connect them again",
+                unopenable.len()
+            ),
+            2,
+        ));
+    }
     let clock = crate::clock::Clock::system();
     super::vault_peers::check(&keys, &from, &store, &clock)?;
     let (new_key_id, added) = match to {
@@ -108,11 +124,26 @@ pub(super) fn rekey(settings: Settings, prune: bool, to: Option<String>) -> Resu
         return Err(refused);
     }
     let (vault, old_keys) = crate::rekey::use_key(&path, &new_key_id)?;
-    let resealed = runtime()?.block_on(crate::rekey::reseal(
-        &vault,
-        store.as_ref(),
-        std::time::Duration::from_millis(1500),
-    ))?;
+    let resealed = runtime()?
+        .block_on(crate::rekey::reseal(
+            &vault,
+            store.as_ref(),
+            std::time::Duration::from_millis(1500),
+        ))
+        .map_err(|e| {
+            // The file changed already: putting back the file as it was would strand the
+            // values moved to the new key.
+            Fatal(
+                format!(
+                    "{e}. The key file {} seals with {new_key_id} now, and keeps its older \
+                     keys, so every value moved to it or not still opens; do not put back the \
+                     key file as it was before this rekey, which lacks {new_key_id}. Once the \
+                     value named opens again, `oauthd rekey --to {new_key_id}` finishes",
+                    path.display()
+                ),
+                1,
+            )
+        })?;
     let which = if added { "New vault key" } else { "Vault key" };
     say!(
         "{which} {new_key_id} now seals; re-sealed {resealed} value(s) (connection tokens, pending device codes; states keep the key their data was sealed with until they are consumed or expire). The {old_keys} older key(s) stay in {} so values sealed under them still open; `oauthd rekey --prune` removes them once nothing uses them.",

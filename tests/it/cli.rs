@@ -684,6 +684,67 @@ fn commands_without_the_serving_oauthds_key_file_say_where_the_key_is() {
 /// A provider "gh" (GitHub's preset) for the import tests.
 const GH: &str = "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n";
 
+/// A rekey that met a value it could not open (sealed with a key the key file lacks)
+/// stopped half-way: the key file already sealed with the new key, and the message named
+/// only the missing key, so an operator who put back the key file as it was stranded
+/// what had been moved. Every value is looked at first now, and nothing changes.
+#[test]
+fn a_rekey_that_cannot_open_every_value_changes_nothing() {
+    let home = Home::new();
+    home.write_config(GH);
+    assert!(home.start().signal_and_wait("TERM").success());
+    let import = |account: &str| {
+        let file = home.dir.path().join(format!("{account}.jsonl"));
+        let line = format!(
+            "{{\"provider\":\"gh\",\"account\":\"{account}\",\"access_token\":\"t-{account}\"}}\n"
+        );
+        std::fs::write(&file, line).unwrap();
+        let out = home.cli(&["connections", "import", "--file", file.to_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+    };
+    let key_lines = |text: &str| -> String {
+        text.lines()
+            .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    // "a" sealed with the first key; "b" with a second, which seals once first; then the
+    // first key is lost from the file.
+    import("a");
+    let first = key_lines(&std::fs::read_to_string(home.key_file()).unwrap());
+    let keygen = Command::new(common::BIN).arg("keygen").output().unwrap();
+    let second = key_lines(&String::from_utf8(keygen.stdout).unwrap());
+    std::fs::write(home.key_file(), format!("{second}{first}")).unwrap();
+    import("b");
+    std::fs::write(home.key_file(), &second).unwrap();
+    let sealed = || -> Vec<Vec<u8>> {
+        let conn = rusqlite::Connection::open(home.db()).unwrap();
+        let mut q = conn
+            .prepare("SELECT access_token FROM connections ORDER BY account")
+            .unwrap();
+        q.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let before = sealed();
+
+    let out = home.cli(&["rekey"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("1 stored value(s) do not open with the keys in ")
+            && err.contains("nothing was changed. The first: gh/a's access_token"),
+        "{err}"
+    );
+    assert_eq!(
+        key_lines(&std::fs::read_to_string(home.key_file()).unwrap()),
+        second,
+        "the key file changed"
+    );
+    assert_eq!(sealed(), before, "a value was re-sealed");
+}
+
 /// Imports a token for gh/me from a file, as the terminal does.
 fn import_gh_me(home: &Home) -> std::process::Output {
     let file = home.dir.path().join("tokens.jsonl");
