@@ -699,6 +699,22 @@ pub fn sealed_key_id(sealed: &[u8]) -> Option<String> {
 /// Writes key file text atomically (temp file, fsync, rename), mode 0600.
 pub fn write_key_file(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
+    // Written through a link, which stays: a key file kept in a secrets directory and
+    // linked where oauthd reads it was replaced by a file of its own, and the new key was
+    // in no copy of the file kept there. Only through links that may be trusted.
+    let resolved = crate::paths::resolve_trusted(path).map_err(|u| {
+        let owner = u.owner.map_or_else(|| "?".to_owned(), |o| o.to_string());
+        std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "leads through {}, a link owned by uid {owner}, neither root nor this user \
+                 nor the owner of a directory only they may write to: not written through; \
+                 name the file it leads to if you trust it",
+                u.link.display()
+            ),
+        )
+    })?;
+    let path = resolved.as_path();
     let dir = crate::paths::dir_of(path);
     let tmp = dir.join(format!(
         ".{}.tmp",

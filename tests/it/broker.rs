@@ -1087,6 +1087,34 @@ fn rekey_keeps_the_key_files_owner() {
     assert_eq!(key_file_ids(&home).len(), 2);
 }
 
+/// A key file kept elsewhere (a secrets directory) and linked where oauthd reads it: rekey
+/// replaced the link with a file of its own, and the file kept there never held the new
+/// key that tokens were sealed with from then on.
+#[test]
+fn rekey_writes_through_a_linked_key_file() {
+    let home = Home::new();
+    assert!(home.start().signal_and_wait("TERM").success());
+    let secrets = home.dir.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    let kept = secrets.join("vault.key");
+    std::fs::rename(home.key_file(), &kept).unwrap();
+    std::os::unix::fs::symlink(&kept, home.key_file()).unwrap();
+    let out = home.cli(&["rekey"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let link = std::fs::symlink_metadata(home.key_file()).unwrap();
+    assert!(link.file_type().is_symlink(), "the link was replaced");
+    let ids = oauthd::vault::key_ids(&std::fs::read_to_string(&kept).unwrap()).unwrap();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_eq!(key_file_ids(&home), ids);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&kept).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
 #[test]
 fn rekey_refuses_a_key_from_the_environment() {
     let home = Home::new();
