@@ -381,7 +381,21 @@ impl KeyPlan {
         };
         let serve = match &destination.store {
             StoreTarget::Sqlite => format!("--db {}", destination.db.display()),
-            StoreTarget::Redis(t) => format!("--store {}", t.display()),
+            // What the URL shown leaves out must be given too: started on the same Redis
+            // under the default prefix, oauthd served an empty store without a word.
+            StoreTarget::Redis(t) => {
+                let mut serve = format!("--store {}", t.display());
+                if t.has_password() {
+                    serve.push_str(" with its password in OAUTHD_REDIS_PASSWORD_FILE");
+                }
+                if t.prefix != crate::store::target::DEFAULT_REDIS_PREFIX {
+                    serve.push_str(&format!(
+                        " and `redis_prefix = \"{}\"` in the config file",
+                        t.prefix.escape_default()
+                    ));
+                }
+                serve
+            }
         };
         use std::io::Write as _;
         let _ = writeln!(

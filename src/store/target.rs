@@ -38,6 +38,11 @@ impl RedisTarget {
         &self.url
     }
 
+    /// Whether the URL holds a password (its own, or one given apart and filled in).
+    pub fn has_password(&self) -> bool {
+        Url::parse(&self.url).is_ok_and(|u| u.password().is_some())
+    }
+
     /// The URL as logs may show it: scheme, host, port and database, never a password.
     pub fn display(&self) -> String {
         match Url::parse(&self.url) {
@@ -145,11 +150,11 @@ mod tests {
         assert_eq!(t.display(), "redis://10.0.0.5:6380/3");
         assert!(!format!("{t:?}").contains("hunter2"));
         assert!(t.url().contains("hunter2"));
+        assert!(t.has_password());
         assert_eq!(t.prefix, "oauthd:");
-        assert_eq!(
-            redis("rediss://cache.example", None).display(),
-            "rediss://cache.example:6379/0"
-        );
+        let open = redis("rediss://cache.example", None);
+        assert_eq!(open.display(), "rediss://cache.example:6379/0");
+        assert!(!open.has_password());
     }
 
     /// A password holding `#` or `?` made the rest of it the host (`redis://:p@ss#w@host`

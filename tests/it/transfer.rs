@@ -181,6 +181,26 @@ mod redis {
         );
     }
 
+    /// Copied under a prefix of its own, the copy's start command named the Redis URL only:
+    /// oauthd started so served an empty store under the default prefix, without a word.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_copy_under_another_prefix_says_how_to_serve_it() {
+        let home = Home::new();
+        home.start().signal_and_wait("TERM");
+        home.create_key("app", &[]);
+        let server = RedisServer::start();
+        let out = home.cli(&["copy", "--to", &server.url(), "--to-prefix", "prod:"]);
+        let text = said(&out);
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains(&format!(
+                "Start oauthd on the copy (--store {} and `redis_prefix = \"prod:\"` in the config file,",
+                server.url()
+            )),
+            "{text}"
+        );
+    }
+
     /// And back: a Redis store copied into a new SQLite file, served from it with the
     /// shared vault key. The active key works there, the revoked one is not copied, the
     /// state's data is there.
