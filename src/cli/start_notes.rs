@@ -17,8 +17,10 @@ pub(super) async fn log(
     key_from: &str,
     rescue_source: Option<KeySource>,
 ) {
+    let mut held = 0;
     match store.list_connections().await {
         Ok(rows) => {
+            held += rows.len();
             if let Some(note) =
                 super::unconfigured::note(rows.iter().map(|r| r.provider.as_str()), settings)
             {
@@ -29,6 +31,7 @@ pub(super) async fn log(
     }
     match store.list_keys().await {
         Ok(keys) => {
+            held += keys.len();
             for key in keys.iter().filter(|k| k.revoked_at_ms.is_none()) {
                 if let Some(note) = crate::apikeys::provider_scope_note(key) {
                     log::info!("API key {:?}: {note}", key.name);
@@ -42,6 +45,11 @@ pub(super) async fn log(
         Ok(total) => {
             if let Some(note) = crate::states::fullness_note(total, max_total) {
                 log::warn!("{note}");
+            }
+            if let (0, 0, crate::store::target::StoreTarget::Redis(target)) =
+                (held, total, &settings.store)
+            {
+                log::warn!("{}", empty_redis(target));
             }
         }
         Err(e) => log::warn!("could not count the store's states: {e}"),
@@ -76,4 +84,18 @@ pub(super) async fn log(
             Err(e) => log::warn!("could not check which vault keys live states need: {e}"),
         }
     });
+}
+
+/// A Redis store that holds nothing, as the start says it: a new SQLite database is said
+/// where it is made; a Redis one was served without a word, also where the data sat under
+/// another prefix or database number (a copy made with `--to-prefix`).
+fn empty_redis(target: &crate::store::target::RedisTarget) -> String {
+    format!(
+        "Redis at {} holds no API keys, connections or states under the key prefix {:?}: \
+         right on a first start; if oauthd served this Redis before, it used another \
+         database number or `redis_prefix` (a copy made with `copy --to-prefix` is under \
+         that prefix), or Redis lost its data",
+        target.display(),
+        target.prefix
+    )
 }

@@ -61,6 +61,22 @@ mod shared {
         (a, b, key)
     }
 
+    /// A start on a Redis store that holds nothing said nothing (a new SQLite database is
+    /// said where it is made): also where the data sat under another prefix, as a copy made
+    /// with `--to-prefix` does, and apps got 401 for keys the operator could see there.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_start_on_an_empty_redis_store_says_so() {
+        let home = Home::redis();
+        home.start().signal_and_wait("TERM");
+        let said = "holds no API keys, connections or states under the key prefix \"oauthd:\": right on a first start; if oauthd served this Redis before, it used another database number or `redis_prefix`";
+        let log = home.log_text();
+        assert_eq!(log.matches(said).count(), 1, "{log}");
+        home.create_key("app", &[]);
+        home.start().signal_and_wait("TERM");
+        let log = home.log_text();
+        assert_eq!(log.matches(said).count(), 1, "{log}");
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn a_state_created_on_one_instance_is_consumed_on_the_other_exactly_once() {
         let (ha, hb, key) = pair("");
