@@ -379,10 +379,9 @@ pub fn rescue_hint(path: &Path, needed: &[String]) -> String {
     };
     if let Some(copy) = rescued_copies(path).into_iter().find(holds) {
         return format!(
-            " A running oauthd wrote the keys it held to {} when the key file went away or was replaced: `mv {} {}` puts them back.",
+            " A running oauthd wrote the keys it held to {} when the key file went away or was replaced:{}",
             copy.display(),
-            crate::paths::shell_word(&copy),
-            crate::paths::shell_word(path)
+            put_back(&copy, path, needed)
         );
     }
     // Keys a prune removed that a database restored from before it still needs.
@@ -398,6 +397,29 @@ pub fn rescue_hint(path: &Path, needed: &[String]) -> String {
         ),
         None => String::new(),
     }
+}
+
+/// How the keys in `copy` go back to the key file `path`: moved into its place when it is
+/// gone; added to it when it is there, since it may hold keys that stored values need (a
+/// rekey since: a command that held the old keys wrote them out, and a move over the file
+/// dropped the new key everything had been re-sealed with).
+fn put_back(copy: &Path, path: &Path, needed: &[String]) -> String {
+    if !path.exists() {
+        return format!(
+            " `mv {} {}` puts them back.",
+            crate::paths::shell_word(copy),
+            crate::paths::shell_word(path)
+        );
+    }
+    let which = match needed {
+        [] => "the keys it holds that the key file lacks".to_owned(),
+        ids => format!("key(s) {}", ids.join(", ")),
+    };
+    format!(
+        " add the line(s) of {which} from it to {} as further lines (its first line seals: \
+         keep it first); moved over the key file, it would drop the keys the file holds now.",
+        path.display()
+    )
 }
 
 /// The copies running oauthds wrote of the keys they held when `path` went away or was
@@ -464,10 +486,9 @@ impl Loaded {
         }
         match &self.rescued {
             Some(copy) => format!(
-                " The keys it holds are written to {} (mode 600): `mv {} {}` puts them back.",
+                " The keys it holds are written to {} (mode 600):{}",
                 copy.display(),
-                crate::paths::shell_word(copy),
-                crate::paths::shell_word(path)
+                put_back(copy, path, &[])
             ),
             None => String::new(),
         }

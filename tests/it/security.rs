@@ -1243,6 +1243,60 @@ async fn a_running_server_never_replaces_a_key_file_that_went_away() {
     assert_eq!((status, &body["data"]), (200, &data), "{body}");
 }
 
+/// The copy of the keys a process held when its key file changed under it was named with
+/// "`mv` it over the key file puts them back", also where the key file is there and holds
+/// keys stored values need: a terminal command left open across a rekey wrote out only the
+/// old keys, and the move dropped the new one everything had been re-sealed with. Where the
+/// file is there, the keys missing are to be added to it.
+#[test]
+fn the_keys_a_process_wrote_out_are_added_to_a_key_file_that_is_there() {
+    let home = Home::new();
+    home.write_config(
+        "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n",
+    );
+    assert!(home.start().signal_and_wait("TERM").success());
+    let file = home.dir.path().join("tokens.jsonl");
+    std::fs::write(
+        &file,
+        "{\"provider\":\"gh\",\"account\":\"me\",\"access_token\":\"t\"}\n",
+    )
+    .unwrap();
+    let out = home.cli(&["connections", "import", "--file", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    // The keys a process held, written out as it saw its key file replaced; the file now
+    // holds another key only.
+    let held = std::fs::read_to_string(home.key_file()).unwrap();
+    let held_ids = oauthd::vault::key_ids(&held).unwrap();
+    let mut copy = home.key_file().into_os_string();
+    copy.push(".loaded-4242-1700000000-1");
+    let copy = std::path::PathBuf::from(copy);
+    std::fs::write(&copy, &held).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let other = std::process::Command::new(common::BIN)
+        .arg("keygen")
+        .output()
+        .unwrap();
+    std::fs::write(home.key_file(), &other.stdout).unwrap();
+
+    let out = home.cli(&["check"]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!(
+            "wrote the keys it held to {} when the key file went away or was replaced: add the line(s) of key(s) {} from it to ",
+            copy.display(),
+            held_ids[0]
+        )),
+        "{said}"
+    );
+    assert!(!said.contains("`mv "), "{said}");
+}
+
 /// A running oauthd's key file written over with another key (`oauthd keygen >` it, the
 /// README's words for a lost key): the new key was taken at once, what the old one sealed
 /// answered 503 from then on, and the old key lived only in the process's memory, lost at
