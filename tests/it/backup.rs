@@ -551,6 +551,44 @@ async fn a_clean_stop_leaves_the_file_whole_while_another_program_has_it_open() 
     assert!(shell.close().success());
 }
 
+/// The stop's merge of the -wal waited (SQLite's FULL checkpoint, up to the 5 s busy
+/// timeout) for a reader holding an older snapshot, and held off every writer meanwhile: a
+/// second oauthd on the file answered `503` for writes. It waits on nobody now.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_holds_off_no_other_writer_while_a_reader_holds_the_file() {
+    let home = Home::new();
+    let d = home.start();
+    let mut reader = common::SqliteShell::open(&home.db());
+    assert_eq!(reader.query("BEGIN; SELECT count(*) > 0 FROM meta;"), "1");
+    home.create_key("after-the-read", &[]);
+    let writer = rusqlite::Connection::open(home.db()).unwrap();
+    writer.busy_timeout(Duration::from_millis(100)).unwrap();
+    common::signal(d.pid(), "TERM");
+    let (mut tried, mut refused) = (0, Vec::new());
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        tried += 1;
+        let probe = format!("probe-{tried}");
+        if let Err(e) = writer.execute(
+            "INSERT INTO meta (name, value) VALUES (?1, 'x')",
+            [probe.as_str()],
+        ) {
+            refused.push(e.to_string());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        refused.is_empty(),
+        "{} of {tried}: {refused:?}",
+        refused.len()
+    );
+    writer
+        .execute("DELETE FROM meta WHERE name LIKE 'probe-%'", [])
+        .unwrap();
+    assert!(d.wait_exit().success());
+    assert!(reader.close().success());
+}
+
 /// A restore puts back the refresh tokens of the copy's time. A provider that rotates them
 /// (the test provider does, as SmartThings and Microsoft do) has replaced those refreshed
 /// since and refuses the copy's: `restore` now names those connections, where it listed

@@ -53,6 +53,10 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../sql/0017_device_flow_error.sql"),
 ];
 
+/// How often, and how far apart, a stop tries to merge the -wal into the database file.
+const STOP_MERGE_TRIES: u32 = 20;
+const STOP_MERGE_PAUSE: Duration = Duration::from_millis(100);
+
 /// How long a statement waits for a lock held by another process before failing (503).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const READ_POOL_SIZE: u32 = 4;
@@ -757,14 +761,24 @@ impl super::Store for SqliteStore {
         // not oauthd's while another program has the file open (an `sqlite3` shell, a
         // monitoring script): the file alone would lack what oauthd wrote, and keep its
         // mark. Merged here, it is whole after every clean stop that nothing writes past.
+        // PASSIVE, tried for up to 2 s: a FULL checkpoint holds off every writer while it
+        // waits for readers, and a second oauthd on the file answered 503 for 5 s.
         let merged = self
             .read("checkpointing the database at the stop", |conn| {
-                conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |row| {
-                    row.get::<_, i64>(0)
-                })
+                for _ in 0..STOP_MERGE_TRIES {
+                    let (log, merged) =
+                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                            Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+                        })?;
+                    if merged >= log {
+                        return Ok(true);
+                    }
+                    std::thread::sleep(STOP_MERGE_PAUSE);
+                }
+                Ok(false)
             })
             .await?;
-        if merged != 0 {
+        if !merged {
             log::info!(
                 "the database's -wal file could not be merged into {} at the stop: another \
                  program was reading or writing it; a copy of the file alone lacks what is in \
