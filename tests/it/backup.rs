@@ -735,8 +735,9 @@ async fn a_restore_keeps_what_it_replaces_and_a_backup_overwrites_only_copies() 
 
 /// A backup replaced any file holding oauthd's database, also the database itself: with
 /// the two paths the wrong way round (`backup --db old-copy.db oauthd.db`) the stopped
-/// database was replaced by the old copy, exit 0, and what was written since was gone.
-/// Only an earlier copy (it carries a backup's mark) or an empty file is replaced now. And
+/// database was replaced by the old copy, exit 0, and what was written since was gone. A
+/// copy (it carries a backup's mark) is never put over a database without the mark now;
+/// a copy of a database replaces an earlier copy, marked or made before copies were. And
 /// a copy a command had opened since (`check` on it puts it in WAL mode) got -wal and -shm
 /// files from the look at it, which stayed beside the new copy, so the night after the
 /// backup refused the name as a database in use.
@@ -786,6 +787,17 @@ async fn a_backup_replaces_an_earlier_copy_never_the_database() {
             assert!(!beside.exists(), "night {night}: {beside:?} was left");
         }
     }
+    // A copy made before copies were marked is replaced by a copy of the database.
+    rusqlite::Connection::open(&copy)
+        .unwrap()
+        .execute("DELETE FROM meta WHERE name = 'backup_of'", [])
+        .unwrap();
+    let out = backup(&home.db(), &copy);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        rows(&copy, "SELECT count(*) FROM meta WHERE name = 'backup_of'"),
+        1
+    );
     assert_eq!(
         rows(
             &copy,

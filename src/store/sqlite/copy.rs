@@ -201,16 +201,21 @@ pub fn backup(db: &Path, to: &Path) -> Result<Copied, CopyError> {
             &format!("is open{by}: a file in use is never replaced; name another file"),
         ));
     }
-    match replaceable(to) {
+    // A backup of a backup names the database the first was made of, and when.
+    let marked = BackupMark::read(&source).map_err(|e| CopyError::file(db, e))?;
+    match replaceable(to, marked.is_some()) {
         Replaceable::Yes => {}
         Replaceable::NotACopy => {
             return Err(CopyError::refused(
                 to,
-                "is oauthd's database, not a copy `oauthd backup` made of one (it holds no \
-                 backup mark): a backup never replaces a database, which would lose what was \
-                 written to it since the copy (are the two files the wrong way round? `--db` \
-                 names the database to copy). Name a new file, or, if it is an old copy (one \
-                 made before backups were marked, or with `cp`), remove it first",
+                &format!(
+                    "is oauthd's database, not a copy `oauthd backup` made of one (it holds no \
+                     backup mark), and {} is such a copy: are the two files the wrong way \
+                     round? `--db` names the database to copy. A backup never replaces a \
+                     database with a copy, which would lose what was written to it since. \
+                     To put a copy back, stop oauthd and use `oauthd restore`",
+                    db.display()
+                ),
             ));
         }
         Replaceable::Other => {
@@ -222,8 +227,6 @@ pub fn backup(db: &Path, to: &Path) -> Result<Copied, CopyError> {
     }
     let workspace = Workspace::new(to, "partial").map_err(|e| CopyError::file(to, e))?;
     let partial = workspace.file();
-    // A backup of a backup names the database the first was made of, and when.
-    let marked = BackupMark::read(&source).map_err(|e| CopyError::file(db, e))?;
     let mark = marked.unwrap_or_else(|| BackupMark {
         made_at_ms: chrono::Utc::now().timestamp_millis(),
         of: std::path::absolute(db)
@@ -283,17 +286,22 @@ fn same_file(a: &Path, b: &Path) -> bool {
 enum Replaceable {
     /// None there, an empty one, or an earlier copy `oauthd backup` made.
     Yes,
-    /// oauthd's database itself (no backup mark): a slip of the arguments' order.
+    /// oauthd's database itself (no backup mark), to be replaced by a copy (the source
+    /// holds one): a slip of the arguments' order.
     NotACopy,
     /// Anything else: a key file, a `-wal` file, another application's data.
     Other,
 }
 
-/// Whether an existing file may be replaced by a copy: an empty one, or a copy of oauthd's
-/// database that `oauthd backup` made (it carries the mark such copies have). Read without
+/// Whether an existing file may be replaced by a copy of a database (`from_copy`: of a
+/// copy `oauthd backup` made): an empty one, a copy that carries the mark such copies
+/// have, or, for a copy of a database, one that holds oauthd's database without the mark
+/// (a copy made before copies were marked, or of a database too old for the mark, schema 9
+/// and before: refused, it stopped nightly backups to one name). What is refused is a copy
+/// over a database without the mark: the two paths the wrong way round. Read without
 /// changing anything: opened read-only as it is, a copy a command had put in WAL mode got
 /// -wal and -shm files that stayed beside the new copy, and the next backup refused it.
-fn replaceable(path: &Path) -> Replaceable {
+fn replaceable(path: &Path, from_copy: bool) -> Replaceable {
     if !path.exists() || std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
         return Replaceable::Yes;
     }
@@ -305,7 +313,8 @@ fn replaceable(path: &Path) -> Replaceable {
     match BackupMark::read(&conn) {
         _ if !oauthds => Replaceable::Other,
         Ok(Some(_)) => Replaceable::Yes,
-        _ => Replaceable::NotACopy,
+        _ if from_copy => Replaceable::NotACopy,
+        _ => Replaceable::Yes,
     }
 }
 
