@@ -39,7 +39,10 @@ pub enum RekeyError {
 /// directory (the file itself is replaced by every write). `None` while another holds it:
 /// two rotations at once each said their key now sealed, and only one did.
 pub fn lock(path: &Path) -> Result<Option<std::fs::File>, RekeyError> {
-    let dir = crate::paths::dir_of(path);
+    // The directory of the file a link leads to, where the key file is written: two
+    // rotations through a link and the file it names locked two directories.
+    let resolved = crate::paths::resolve_trusted(path).unwrap_or_else(|_| path.to_owned());
+    let dir = crate::paths::dir_of(&resolved);
     let failed = |e: std::io::Error| RekeyError::File {
         path: path.display().to_string(),
         message: format!("locking its directory: {e}"),

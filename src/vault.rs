@@ -719,7 +719,6 @@ pub fn sealed_key_id(sealed: &[u8]) -> Option<String> {
 
 /// Writes key file text atomically (temp file, fsync, rename), mode 0600.
 pub fn write_key_file(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
     // Written through a link, which stays: a key file kept in a secrets directory and
     // linked where oauthd reads it was replaced by a file of its own, and the new key was
     // in no copy of the file kept there. Only through links that may be trusted.
@@ -735,7 +734,34 @@ pub fn write_key_file(path: &Path, text: &str) -> std::io::Result<()> {
             ),
         )
     })?;
-    let path = resolved.as_path();
+    if resolved != path {
+        // Said with the file the link leads to, and what to do where it may not be written
+        // (a read-only mount, a directory of root's): the link itself names neither.
+        return write_resolved(&resolved, text).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "a link to {}, which is written (the link stays): {e}{}",
+                    resolved.display(),
+                    match e.kind() {
+                        std::io::ErrorKind::PermissionDenied
+                        | std::io::ErrorKind::ReadOnlyFilesystem => {
+                            "; where that file may not be written, copy it where this user may \
+                             write (mode 600), point the link or OAUTHD_KEY_FILE at the copy, \
+                             and run this again"
+                        }
+                        _ => "",
+                    }
+                ),
+            )
+        });
+    }
+    write_resolved(path, text)
+}
+
+/// `write_key_file` on a path that holds no link.
+fn write_resolved(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
     let dir = crate::paths::dir_of(path);
     let tmp = dir.join(format!(
         ".{}.tmp",

@@ -1115,6 +1115,44 @@ fn rekey_writes_through_a_linked_key_file() {
     assert_eq!(mode & 0o777, 0o600);
 }
 
+/// One rotation at a time holds through a link too: a rekey given the link and one given
+/// the file it leads to each locked the directory of the path they were given, both ran,
+/// and each said its own new key sealed.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_rekey_at_a_time_through_a_link_or_by_the_files_own_name() {
+    let home = Home::new();
+    assert!(home.start().signal_and_wait("TERM").success());
+    let secrets = home.dir.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    let kept = secrets.join("vault.key");
+    std::fs::rename(home.key_file(), &kept).unwrap();
+    std::os::unix::fs::symlink(&kept, home.key_file()).unwrap();
+    // Served: a rekey waits for the serving oauthd to take up the new key.
+    let d = home.start();
+    let first = home
+        .cli_command(&["rekey"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let second = home
+        .cli_command(&["rekey"])
+        .env("OAUTHD_KEY_FILE", &kept)
+        .output()
+        .unwrap();
+    let first = first.wait_with_output().unwrap();
+    assert!(first.status.success(), "{first:?}");
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("another `oauthd rekey` is rotating"),
+        "{said}"
+    );
+    assert_eq!(key_file_ids(&home).len(), 2);
+    d.signal_and_wait("TERM");
+}
+
 #[test]
 fn rekey_refuses_a_key_from_the_environment() {
     let home = Home::new();
