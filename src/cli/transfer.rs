@@ -384,14 +384,14 @@ impl KeyPlan {
             // What the URL shown leaves out must be given too: started on the same Redis
             // under the default prefix, oauthd served an empty store without a word.
             StoreTarget::Redis(t) => {
-                let mut serve = format!("--store {}", t.display());
+                let mut serve = format!("--store {}", t.display_with_user());
                 if t.has_password() {
                     serve.push_str(" with its password in OAUTHD_REDIS_PASSWORD_FILE");
                 }
                 if t.prefix != crate::store::target::DEFAULT_REDIS_PREFIX {
                     serve.push_str(&format!(
-                        " and `redis_prefix = \"{}\"` in the config file",
-                        t.prefix.escape_default()
+                        " and `redis_prefix = {}` in the config file",
+                        toml::Value::String(t.prefix.clone())
                     ));
                 }
                 serve

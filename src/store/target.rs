@@ -45,10 +45,24 @@ impl RedisTarget {
 
     /// The URL as logs may show it: scheme, host, port and database, never a password.
     pub fn display(&self) -> String {
+        self.shown(false)
+    }
+
+    /// The URL to give oauthd for this store, the password left out: `display` with the
+    /// user name (a Redis ACL user), which the password given apart needs.
+    pub fn display_with_user(&self) -> String {
+        self.shown(true)
+    }
+
+    fn shown(&self, with_user: bool) -> String {
         match Url::parse(&self.url) {
             Ok(u) => format!(
-                "{}://{}:{}{}",
+                "{}://{}{}:{}{}",
                 u.scheme(),
+                match u.username() {
+                    user if with_user && !user.is_empty() => format!("{user}@"),
+                    _ => String::new(),
+                },
                 u.host_str().unwrap_or("?"),
                 u.port().unwrap_or(6379),
                 if u.path().is_empty() { "/0" } else { u.path() }
@@ -151,6 +165,10 @@ mod tests {
         assert!(!format!("{t:?}").contains("hunter2"));
         assert!(t.url().contains("hunter2"));
         assert!(t.has_password());
+        assert_eq!(t.display_with_user(), "redis://10.0.0.5:6380/3");
+        let acl = redis("redis://oauthd:hunter2hunter2@10.0.0.5:6380/3", None);
+        assert_eq!(acl.display(), "redis://10.0.0.5:6380/3");
+        assert_eq!(acl.display_with_user(), "redis://oauthd@10.0.0.5:6380/3");
         assert_eq!(t.prefix, "oauthd:");
         let open = redis("rediss://cache.example", None);
         assert_eq!(open.display(), "rediss://cache.example:6379/0");

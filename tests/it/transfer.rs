@@ -189,16 +189,19 @@ mod redis {
         home.start().signal_and_wait("TERM");
         home.create_key("app", &[]);
         let server = RedisServer::start();
-        let out = home.cli(&["copy", "--to", &server.url(), "--to-prefix", "prod:"]);
+        let prefix = "o'x\\:";
+        let out = home.cli(&["copy", "--to", &server.url(), "--to-prefix", prefix]);
         let text = said(&out);
         assert!(out.status.success(), "{text}");
-        assert!(
-            text.contains(&format!(
-                "Start oauthd on the copy (--store {} and `redis_prefix = \"prod:\"` in the config file,",
-                server.url()
-            )),
-            "{text}"
-        );
+        let start = format!("Start oauthd on the copy (--store {} and `", server.url());
+        let line = text
+            .split_once(&start)
+            .and_then(|(_, rest)| rest.split_once("` in the config file,"))
+            .map(|(line, _)| line)
+            .unwrap_or_else(|| panic!("{text}"));
+        // As written, a line of the config file that names the prefix.
+        let table: toml::Table = toml::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert_eq!(table["redis_prefix"].as_str(), Some(prefix), "{line}");
     }
 
     /// And back: a Redis store copied into a new SQLite file, served from it with the
