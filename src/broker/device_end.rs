@@ -75,13 +75,14 @@ impl Ended {
     }
 
     /// The code of a flow as stored: its own, or for a flow that ended before the store
-    /// kept one (or an expiry found on reading it), the one its status implies.
+    /// kept one (or an expiry found on reading it), the one its status implies; none for
+    /// a failure stored without one, whose cause its status does not tell.
     pub(super) fn code_of(status: DeviceFlowStatus, stored: Option<String>) -> Option<String> {
         let implied = match status {
             DeviceFlowStatus::Pending | DeviceFlowStatus::Connected => return None,
+            DeviceFlowStatus::Failed => return stored,
             DeviceFlowStatus::Denied => Ended::Denied,
             DeviceFlowStatus::Expired => Ended::Expired,
-            DeviceFlowStatus::Failed => Ended::ProviderRejected,
         };
         Some(stored.unwrap_or_else(|| implied.code().to_owned()))
     }
@@ -130,5 +131,6 @@ mod tests {
             Ended::code_of(DeviceFlowStatus::Connected, Some("x".into())),
             None
         );
+        assert_eq!(Ended::code_of(DeviceFlowStatus::Failed, None), None);
     }
 }

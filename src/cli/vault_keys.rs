@@ -89,7 +89,8 @@ pub(super) fn rekey(settings: Settings, prune: bool, to: Option<String>) -> Resu
                  be re-sealed; nothing was changed. The first: {first}. Put the line of each \
                  key named back in the key file (a `.before-prune-` or `.loaded-` file beside \
                  it, or a backup of it, may hold it) and run rekey again; or delete those \
-                 connections (`oauthd connections delete`) and connect them again",
+                 connections (`oauthd connections delete`) and connect them again (a \
+                 pending device flow's code goes when the flow ends)",
                 unopenable.len()
             ),
             2,
@@ -138,7 +139,8 @@ pub(super) fn rekey(settings: Settings, prune: bool, to: Option<String>) -> Resu
                     "{e}. The key file {} seals with {new_key_id} now, and keeps its older \
                      keys, so every value moved to it or not still opens; do not put back the \
                      key file as it was before this rekey, which lacks {new_key_id}. Once the \
-                     value named opens again, `oauthd rekey --to {new_key_id}` finishes",
+                     key named is back in the key file as a further line, `oauthd rekey --to \
+                     {new_key_id}` finishes",
                     path.display()
                 ),
                 1,
