@@ -7,6 +7,36 @@ use crate::broker::{Imported, ImportedTokens};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::store::DeviceFlowStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set by Ctrl-C or SIGTERM (`stop_on_signal`) while a terminal command asks a provider for
+/// tokens (a refresh, a device flow's polls): what is under way with the provider ends and
+/// is saved before the command does. Ended by the signal's default action, a refresh the
+/// provider had answered lost the refresh token it rotated, and the next refresh ended the
+/// grant. A second signal ends the command at once.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// What a first Ctrl-C or SIGTERM while a provider is asked is told.
+const FINISHING: &str = "stopping once what the provider is asked now is answered and saved (cut \
+     short, a refresh token it rotates would be lost and the account would need connecting \
+     again); a second Ctrl-C stops at once";
+
+/// Waits for `work`, saying `FINISHING` once if a signal comes meanwhile.
+async fn finished_despite_signals<T>(work: impl std::future::Future<Output = T>) -> T {
+    tokio::pin!(work);
+    let mut told = false;
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {
+                if !told && STOP.load(Ordering::Relaxed) {
+                    say!("{FINISHING}");
+                    told = true;
+                }
+            }
+        }
+    }
+}
 
 /// The providers the config names, for a message.
 fn configured_names(settings: &Settings) -> String {
@@ -176,13 +206,19 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
                 Ok(())
             }
             ConnectionsCommand::Refresh { provider, account } => {
+                super::stop_on_signal(&STOP);
                 say!("Refreshing {provider}/{account}…");
                 let before = broker.connection(&provider, &account).await.ok();
-                let refreshed = broker.refresh_by_hand(&provider, &account).await;
-                // What the refresh began ends before the command does: a provider slower
-                // than a caller's wait is waited for (a refresh cut short could lose a
-                // rotated refresh token), and then the connection tells how it went.
-                broker.stop_background().await;
+                // What the refresh began ends before the command does, Ctrl-C or not: a
+                // provider slower than a caller's wait is waited for (a refresh cut short
+                // could lose a rotated refresh token), and then the connection tells how
+                // it went.
+                let refreshed = finished_despite_signals(async {
+                    let refreshed = broker.refresh_by_hand(&provider, &account).await;
+                    broker.stop_background().await;
+                    refreshed
+                })
+                .await;
                 let view = match refreshed {
                     Ok(view) => view,
                     Err(e @ crate::broker::BrokerError::ProviderUnavailable { .. }) => {
@@ -470,6 +506,7 @@ pub(super) fn connect_device(
         ));
     }
     let (broker, store, clock) = terminal_broker(&settings, provider)?;
+    super::stop_on_signal(&STOP);
     runtime()?.block_on(async {
         let start = broker.start_device(provider, account, "cli").await?;
         let account = account.unwrap_or(crate::broker::DEFAULT_ACCOUNT);
@@ -487,8 +524,26 @@ pub(super) fn connect_device(
         let mut last_note = std::time::Instant::now();
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let stopping = STOP.load(Ordering::Relaxed);
+            if stopping {
+                // A poll under way may have the tokens: it ends and stores them first (the
+                // device code is spent once redeemed). The flow stays pending otherwise,
+                // for a running oauthd to finish.
+                say!("{FINISHING}");
+                broker.stop_background().await;
+            }
             let status = broker.device_status(provider, &start.id).await?;
             match status.status {
+                DeviceFlowStatus::Pending if stopping => {
+                    return Err(Fatal(
+                        format!(
+                            "stopped before {provider}/{account} was approved; a running oauthd \
+                             goes on polling the flow until it expires, and connects it if the \
+                             code is entered"
+                        ),
+                        super::INTERRUPTED,
+                    ));
+                }
                 DeviceFlowStatus::Pending => {
                     if last_note.elapsed() >= std::time::Duration::from_secs(5) {
                         let left = (start.expires_at_ms - clock.now_ms()).max(0) / 1000;

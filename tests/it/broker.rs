@@ -1386,6 +1386,65 @@ async fn a_callback_that_meets_a_store_not_answering_connects_on_reload() {
     );
 }
 
+/// `oauthd connections refresh` stopped (Ctrl-C, `timeout`'s SIGTERM) while the provider
+/// answered ended at once: the refresh token the provider had just rotated was never saved,
+/// the next refresh sent the old one, and the provider ended the grant (`needs_reauth`).
+/// The refresh under way ends and is saved first now.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_terminal_refresh_stopped_by_a_signal_saves_what_the_provider_answered() {
+    use common::relay::{Fault, Relay};
+    let peer = Peer::start(60);
+    let port: u16 = peer
+        .issuer
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the peer's port");
+    let relay = Relay::start(port).await;
+    let home = Home::new();
+    home.write_config(&format!(
+        "refresh_check_seconds = 3600\n{}",
+        peer.provider_toml("peer").replace(
+            "[providers.peer.authorize_params]",
+            &format!(
+                "token_url = \"http://127.0.0.1:{}/token\"\n[providers.peer.authorize_params]",
+                relay.port
+            )
+        )
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
+    d.signal_and_wait("TERM");
+    let refused_before = peer.grant_errors("refresh_token").await;
+
+    relay.arm(
+        "grant_type=refresh_token",
+        Fault::Hold(std::time::Duration::from_secs(3)),
+    );
+    let cli = home
+        .cli_command(&["connections", "refresh", "peer", "alice"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // At the provider by now, which has rotated the refresh token; its answer is held.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    common::signal(cli.id(), "TERM");
+    let out = cli.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {said}", out.status);
+    assert!(
+        said.contains("stopping once what the provider is asked now is answered and saved")
+            && said.contains("Refreshed peer/alice"),
+        "{said}"
+    );
+    // The rotated refresh token was kept: the next refresh works.
+    let again = home.cli(&["connections", "refresh", "peer", "alice"]);
+    assert!(again.status.success(), "{again:?}");
+    assert_eq!(peer.grant_errors("refresh_token").await, refused_before);
+}
+
 /// A token's lifetime counts from when oauthd asked for it. Counted from the provider's
 /// answer, it outlasted the token by as long as the answer took: with a refresh answered
 /// after 8 s, `min_ttl=5` got a token with 3 s left and `min_ttl=0` one the provider had

@@ -636,3 +636,66 @@ async fn the_cli_prints_a_providers_device_texts_without_terminal_escapes() {
     );
     assert!(stdout.contains("\\u{1b}[2JCD"), "{stdout}");
 }
+
+/// `oauthd connect --device` stopped (Ctrl-C, SIGTERM) while a poll's answer was on its
+/// way ended at once: the provider had redeemed the device code for tokens nobody stored,
+/// and the flow was left to be polled again with a spent code. The poll under way ends
+/// and stores its tokens first now.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_terminal_device_flow_stopped_by_a_signal_stores_what_a_poll_got() {
+    use common::relay::{Fault, Relay};
+    use std::io::BufRead;
+    let peer = Peer::start(60);
+    let port: u16 = peer
+        .issuer
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the peer's port");
+    let relay = Relay::start(port).await;
+    let home = Home::new();
+    home.write_config(&peer.provider_toml("peer").replace(
+        "[providers.peer.authorize_params]",
+        &format!(
+            "token_url = \"http://127.0.0.1:{}/token\"\n[providers.peer.authorize_params]",
+            relay.port
+        ),
+    ));
+    assert!(home.start().signal_and_wait("TERM").success());
+    let mut cli = home
+        .cli_command(&["connect", "peer", "--device", "--account", "tv"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(cli.stdout.take().unwrap()).lines();
+    let code = loop {
+        let line = lines.next().expect("the code").unwrap();
+        if let Some(code) = line.strip_prefix("and enter the code: ") {
+            break code.trim().to_owned();
+        }
+    };
+    let page = peer.verify_device(&code, true).await;
+    assert!(page.contains("Sign-in Success"), "{page}");
+    // The next poll (within the 5 s interval) redeems the code; its answer is held.
+    relay.arm(DEVICE_GRANT_FORM, Fault::Hold(Duration::from_secs(8)));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    common::signal(cli.id(), "TERM");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let out = cli.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {said} {rest:?}", out.status);
+    assert!(rest.iter().any(|l| l == "Connected peer/tv."), "{rest:?}");
+    assert!(
+        said.contains("stopping once what the provider is asked now"),
+        "{said}"
+    );
+    assert_eq!(peer.grants(DEVICE_GRANT).await, 1);
+    // Stored, and the grant is live.
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    assert_tv_token_is_live(&d, &key, &peer).await;
+}
+
+/// The device grant's type as a poll's form sends it.
+const DEVICE_GRANT_FORM: &str = "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Adevice_code";
