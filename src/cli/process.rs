@@ -16,9 +16,11 @@ pub(crate) fn output_failed(e: &std::io::Error) -> ! {
 /// The exit code of a command that Ctrl-C or SIGTERM ended (a shell's, for SIGINT).
 pub(crate) const INTERRUPTED: u8 = 130;
 
-/// Ctrl-C or SIGTERM (`timeout`, a stopping unit) sets `stop`, which the command under
-/// way looks at to end cleanly (a copy removes its partial file, `rekey` takes its new key
-/// out again); a second one ends the process at once, with 130.
+/// Ctrl-C, SIGTERM (`timeout`, a stopping unit) or SIGHUP (a terminal or SSH session gone)
+/// sets `stop`, which the command under way looks at to end cleanly (a copy removes its
+/// partial file, `rekey` takes its new key out again, a refresh is saved); a second one
+/// ends the process at once, with the code it would have had (130 for Ctrl-C). A signal
+/// ignored when the command began (`nohup`) stays ignored.
 pub(crate) fn stop_on_signal(stop: &'static std::sync::atomic::AtomicBool) {
     let (ready, listening) = std::sync::mpsc::channel::<()>();
     let watch = move || {
@@ -29,24 +31,12 @@ pub(crate) fn stop_on_signal(stop: &'static std::sync::atomic::AtomicBool) {
             return;
         };
         rt.block_on(async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut int), Ok(mut term)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) else {
-                return;
-            };
+            let first = interrupted();
             let _ = ready.send(());
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
+            first.await;
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-            std::process::exit(i32::from(INTERRUPTED));
+            let (_, code) = interrupted().await;
+            std::process::exit(i32::from(code));
         });
     };
     if std::thread::Builder::new()
@@ -58,6 +48,51 @@ pub(crate) fn stop_on_signal(stop: &'static std::sync::atomic::AtomicBool) {
         // end, which would leave what the work was doing half-done.
         let _ = listening.recv_timeout(std::time::Duration::from_secs(2));
     }
+}
+
+/// The first of SIGINT, SIGTERM and SIGHUP: its name and the exit code a process ended
+/// by it has (128 + its number). One ignored when the command began (`nohup`, a shell's
+/// background job) stays ignored: it would otherwise cut short work meant to outlive it.
+pub(crate) fn interrupted() -> impl std::future::Future<Output = (&'static str, u8)> {
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+    // Listening from here, not from the first poll: a signal a moment later is not the
+    // default end.
+    let ignored = ignored_signals();
+    let listen = |kind: SignalKind, number: u32| {
+        (ignored & (1 << (number - 1)) == 0)
+            .then(|| signal(kind).ok())
+            .flatten()
+    };
+    let mut int = listen(SignalKind::interrupt(), 2);
+    let mut term = listen(SignalKind::terminate(), 15);
+    let mut hup = listen(SignalKind::hangup(), 1);
+    async fn next(signal: &mut Option<Signal>) {
+        match signal {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+    async move {
+        tokio::select! {
+            _ = next(&mut int) => ("SIGINT", 130),
+            _ = next(&mut term) => ("SIGTERM", 143),
+            _ = next(&mut hup) => ("SIGHUP", 129),
+        }
+    }
+}
+
+/// The signals this process ignores, as the kernel tells (`SigIgn` in /proc/self/status:
+/// bit n-1 for signal n); none where it cannot be read.
+fn ignored_signals() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let mask = status.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
+            u64::from_str_radix(mask.trim(), 16).ok()
+        })
+        .unwrap_or(0)
 }
 
 /// A file-size limit reached (systemd's `LimitFSIZE=`, `ulimit -f`) sends SIGXFSZ, whose

@@ -63,46 +63,12 @@ pub(super) fn copy(settings: Settings, to: &str, to_prefix: Option<String>) -> R
             copied = copy_all(&source, &into, &settings, &clock) => {
                 copied.map_err(|e| part(e.to_string(), 1))?
             }
-            (signal, code) = interrupted() => return Err(part(format!("interrupted by {signal}"), code)),
+            (signal, code) = super::process::interrupted() => return Err(part(format!("interrupted by {signal}"), code)),
         };
         report(&source, &into, &copied, &clock).await;
         Ok::<(), Fatal>(())
     })?;
     key.carry_out(&destination)
-}
-
-/// The first of SIGINT, SIGTERM and SIGHUP: its name and the exit code a process ended
-/// by it has (128 + its number). One ignored when the copy began (`nohup`, a shell's
-/// background job) stays ignored: it would otherwise cut short a copy meant to outlive it.
-async fn interrupted() -> (&'static str, u8) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let ignored = ignored_signals();
-    async fn next(kind: SignalKind, ignored: bool) {
-        match (ignored, signal(kind)) {
-            (false, Ok(mut s)) => {
-                s.recv().await;
-            }
-            _ => std::future::pending().await,
-        }
-    }
-    let ignores = |number: u32| ignored & (1 << (number - 1)) != 0;
-    tokio::select! {
-        _ = next(SignalKind::interrupt(), ignores(2)) => ("SIGINT", 130),
-        _ = next(SignalKind::terminate(), ignores(15)) => ("SIGTERM", 143),
-        _ = next(SignalKind::hangup(), ignores(1)) => ("SIGHUP", 129),
-    }
-}
-
-/// The signals this process ignores, as the kernel tells (`SigIgn` in /proc/self/status:
-/// bit n-1 for signal n); none where it cannot be read.
-fn ignored_signals() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let mask = status.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
-            u64::from_str_radix(mask.trim(), 16).ok()
-        })
-        .unwrap_or(0)
 }
 
 /// The settings of the store named by `--to`: a Redis URL, or a SQLite file.

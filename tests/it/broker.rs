@@ -1386,7 +1386,8 @@ async fn a_callback_that_meets_a_store_not_answering_connects_on_reload() {
     );
 }
 
-/// `oauthd connections refresh` stopped (Ctrl-C, `timeout`'s SIGTERM) while the provider
+/// `oauthd connections refresh` stopped (Ctrl-C, `timeout`'s SIGTERM, a lost terminal's
+/// SIGHUP) while the provider
 /// answered ended at once: the refresh token the provider had just rotated was never saved,
 /// the next refresh sent the old one, and the provider ended the grant (`needs_reauth`).
 /// The refresh under way ends and is saved first now.
@@ -1429,8 +1430,9 @@ async fn a_terminal_refresh_stopped_by_a_signal_saves_what_the_provider_answered
         .spawn()
         .unwrap();
     // At the provider by now, which has rotated the refresh token; its answer is held.
+    // The terminal it ran in goes away (an SSH session lost): SIGHUP.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    common::signal(cli.id(), "TERM");
+    common::signal(cli.id(), "HUP");
     let out = cli.wait_with_output().unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{:?}: {said}", out.status);
