@@ -1393,26 +1393,11 @@ async fn a_callback_that_meets_a_store_not_answering_connects_on_reload() {
 /// The refresh under way ends and is saved first now.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_terminal_refresh_stopped_by_a_signal_saves_what_the_provider_answered() {
-    use common::relay::{Fault, Relay};
+    use common::relay::Fault;
     let peer = Peer::start(60);
-    let port: u16 = peer
-        .issuer
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("the peer's port");
-    let relay = Relay::start(port).await;
+    let (relay, provider) = peer.behind_relay("peer").await;
     let home = Home::new();
-    home.write_config(&format!(
-        "refresh_check_seconds = 3600\n{}",
-        peer.provider_toml("peer").replace(
-            "[providers.peer.authorize_params]",
-            &format!(
-                "token_url = \"http://127.0.0.1:{}/token\"\n[providers.peer.authorize_params]",
-                relay.port
-            )
-        )
-    ));
+    home.write_config(&format!("refresh_check_seconds = 3600\n{provider}"));
     let key = home.create_key("app", &[]);
     let d = home.start();
     assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
@@ -1454,26 +1439,11 @@ async fn a_terminal_refresh_stopped_by_a_signal_saves_what_the_provider_answered
 /// not later than the request plus the token's 10 s.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refresh_answered_late_counts_the_tokens_lifetime_from_the_request() {
-    use common::relay::{Fault, Relay};
+    use common::relay::Fault;
     let peer = Peer::start(10);
-    let port: u16 = peer
-        .issuer
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("the peer's port");
-    let relay = Relay::start(port).await;
+    let (relay, provider) = peer.behind_relay("peer").await;
     let home = Home::new();
-    home.write_config(&format!(
-        "refresh_check_seconds = 3600\n{}",
-        peer.provider_toml("peer").replace(
-            "[providers.peer.authorize_params]",
-            &format!(
-                "token_url = \"http://127.0.0.1:{}/token\"\n[providers.peer.authorize_params]",
-                relay.port
-            )
-        )
-    ));
+    home.write_config(&format!("refresh_check_seconds = 3600\n{provider}"));
     let key = home.create_key("app", &[]);
     let d = home.start();
     assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);

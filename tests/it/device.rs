@@ -643,24 +643,12 @@ async fn the_cli_prints_a_providers_device_texts_without_terminal_escapes() {
 /// and stores its tokens first now.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_terminal_device_flow_stopped_by_a_signal_stores_what_a_poll_got() {
-    use common::relay::{Fault, Relay};
+    use common::relay::Fault;
     use std::io::BufRead;
     let peer = Peer::start(60);
-    let port: u16 = peer
-        .issuer
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("the peer's port");
-    let relay = Relay::start(port).await;
+    let (relay, provider) = peer.behind_relay("peer").await;
     let home = Home::new();
-    home.write_config(&peer.provider_toml("peer").replace(
-        "[providers.peer.authorize_params]",
-        &format!(
-            "token_url = \"http://127.0.0.1:{}/token\"\n[providers.peer.authorize_params]",
-            relay.port
-        ),
-    ));
+    home.write_config(&provider);
     assert!(home.start().signal_and_wait("TERM").success());
     let mut cli = home
         .cli_command(&["connect", "peer", "--device", "--account", "tv"])

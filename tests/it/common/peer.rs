@@ -112,6 +112,27 @@ impl Peer {
         )
     }
 
+    /// A relay in front of this provider's token endpoint (`common::relay`: it holds
+    /// back an answer when armed), and `provider_toml` with `token_url` through it.
+    pub async fn behind_relay(&self, name: &str) -> (super::relay::Relay, String) {
+        let port: u16 = self
+            .issuer
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the peer's port");
+        let relay = super::relay::Relay::start(port).await;
+        let section = format!("[providers.{name}.authorize_params]");
+        let toml = self.provider_toml(name).replace(
+            &section,
+            &format!(
+                "token_url = \"http://127.0.0.1:{}/token\"\n{section}",
+                relay.port
+            ),
+        );
+        (relay, toml)
+    }
+
     /// `provider_toml`, with this provider's own endpoints as the proxy's API
     /// (`api_base_url`: its userinfo endpoint is `me`).
     pub fn provider_toml_with_api(&self, name: &str) -> String {
