@@ -1386,6 +1386,19 @@ async fn a_callback_that_meets_a_store_not_answering_connects_on_reload() {
     );
 }
 
+/// A provider (its tokens living `ttl` seconds) whose token answers go through a relay,
+/// and alice connected to it through a running oauthd that refreshes only when asked.
+async fn alice_behind_a_relay(ttl: u64) -> (Peer, common::relay::Relay, Home, String, Daemon) {
+    let peer = Peer::start(ttl);
+    let (relay, provider) = peer.behind_relay("peer").await;
+    let home = Home::new();
+    home.write_config(&format!("refresh_check_seconds = 3600\n{provider}"));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
+    (peer, relay, home, key, d)
+}
+
 /// `oauthd connections refresh` stopped (Ctrl-C, `timeout`'s SIGTERM, a lost terminal's
 /// SIGHUP) while the provider
 /// answered ended at once: the refresh token the provider had just rotated was never saved,
@@ -1394,13 +1407,7 @@ async fn a_callback_that_meets_a_store_not_answering_connects_on_reload() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_terminal_refresh_stopped_by_a_signal_saves_what_the_provider_answered() {
     use common::relay::Fault;
-    let peer = Peer::start(60);
-    let (relay, provider) = peer.behind_relay("peer").await;
-    let home = Home::new();
-    home.write_config(&format!("refresh_check_seconds = 3600\n{provider}"));
-    let key = home.create_key("app", &[]);
-    let d = home.start();
-    assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
+    let (peer, relay, home, _key, d) = alice_behind_a_relay(60).await;
     d.signal_and_wait("TERM");
     let refused_before = peer.grant_errors("refresh_token").await;
 
@@ -1440,13 +1447,7 @@ async fn a_terminal_refresh_stopped_by_a_signal_saves_what_the_provider_answered
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refresh_answered_late_counts_the_tokens_lifetime_from_the_request() {
     use common::relay::Fault;
-    let peer = Peer::start(10);
-    let (relay, provider) = peer.behind_relay("peer").await;
-    let home = Home::new();
-    home.write_config(&format!("refresh_check_seconds = 3600\n{provider}"));
-    let key = home.create_key("app", &[]);
-    let d = home.start();
-    assert_eq!(connect(&d, &peer, &key, "alice").await.0, 200);
+    let (_peer, relay, _home, key, d) = alice_behind_a_relay(10).await;
     // Past half the token's life: a call asking 5 s refreshes it.
     tokio::time::sleep(std::time::Duration::from_secs(6)).await;
     relay.arm(
