@@ -42,7 +42,11 @@ pub fn lock(path: &Path) -> Result<Option<std::fs::File>, RekeyError> {
     // The directory of the file a link leads to, where the key file is written: two
     // rotations through a link and the file it names locked two directories.
     let resolved = crate::paths::resolve_trusted(path).unwrap_or_else(|_| path.to_owned());
-    let dir = crate::paths::dir_of(&resolved);
+    // One this user may not read (a directory of root's, mode 711) is locked where the
+    // link is, so that the write says what is wrong with the file it leads to.
+    let dir = Some(crate::paths::dir_of(&resolved))
+        .filter(|dir| std::fs::File::open(dir).is_ok())
+        .unwrap_or_else(|| crate::paths::dir_of(path));
     let failed = |e: std::io::Error| RekeyError::File {
         path: path.display().to_string(),
         message: format!("locking its directory: {e}"),

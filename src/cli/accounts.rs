@@ -19,7 +19,7 @@ static STOP: AtomicBool = AtomicBool::new(false);
 /// What a first Ctrl-C or SIGTERM while a provider is asked is told.
 const FINISHING: &str = "stopping once what the provider is asked now is answered and saved (cut \
      short, a refresh token it rotates would be lost and the account would need connecting \
-     again); a second Ctrl-C stops at once";
+     again); a second Ctrl-C or SIGTERM, a second or more from now, stops at once";
 
 /// Waits for `work`, saying `FINISHING` once if a signal comes meanwhile.
 async fn finished_despite_signals<T>(work: impl std::future::Future<Output = T>) -> T {
@@ -537,9 +537,9 @@ pub(super) fn connect_device(
                 DeviceFlowStatus::Pending if stopping => {
                     return Err(Fatal(
                         format!(
-                            "stopped before {provider}/{account} was approved; a running oauthd \
-                             goes on polling the flow until it expires, and connects it if the \
-                             code is entered"
+                            "stopped before {provider}/{account} was connected here; a running \
+                             oauthd goes on polling the flow until it expires, and connects it \
+                             once the code is entered (or already has)"
                         ),
                         super::INTERRUPTED,
                     ));

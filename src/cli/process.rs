@@ -18,9 +18,13 @@ pub(crate) const INTERRUPTED: u8 = 130;
 
 /// Ctrl-C, SIGTERM (`timeout`, a stopping unit) or SIGHUP (a terminal or SSH session gone)
 /// sets `stop`, which the command under way looks at to end cleanly (a copy removes its
-/// partial file, `rekey` takes its new key out again, a refresh is saved); a second one
-/// ends the process at once, with the code it would have had (130 for Ctrl-C). A signal
-/// ignored when the command began (`nohup`) stays ignored.
+/// partial file, `rekey` takes its new key out again, a refresh is saved); a second Ctrl-C
+/// or SIGTERM, a second or more after, ends the process at once, with the code it would
+/// have had (130 for Ctrl-C). A signal ignored when the command began (`nohup`) stays
+/// ignored.
+/// How long after the first signal a second one is taken for a person insisting.
+const SECOND_SIGNAL_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub(crate) fn stop_on_signal(stop: &'static std::sync::atomic::AtomicBool) {
     let (ready, listening) = std::sync::mpsc::channel::<()>();
     let watch = move || {
@@ -31,12 +35,22 @@ pub(crate) fn stop_on_signal(stop: &'static std::sync::atomic::AtomicBool) {
             return;
         };
         rt.block_on(async {
-            let first = interrupted();
+            let mut signals = Signals::listen();
             let _ = ready.send(());
-            first.await;
+            signals.next().await;
+            let first = std::time::Instant::now();
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            let (_, code) = interrupted().await;
-            std::process::exit(i32::from(code));
+            loop {
+                let (name, code) = signals.next().await;
+                // A terminal or SSH session that goes away sends SIGHUP more than once (the
+                // shell's, then the kernel's as the session ends), and systemd may send one
+                // after SIGTERM: only a later Ctrl-C or SIGTERM, a person insisting, ends
+                // the work at once.
+                if name == "SIGHUP" || first.elapsed() < SECOND_SIGNAL_AFTER {
+                    continue;
+                }
+                std::process::exit(i32::from(code));
+            }
         });
     };
     if std::thread::Builder::new()
@@ -54,31 +68,48 @@ pub(crate) fn stop_on_signal(stop: &'static std::sync::atomic::AtomicBool) {
 /// by it has (128 + its number). One ignored when the command began (`nohup`, a shell's
 /// background job) stays ignored: it would otherwise cut short work meant to outlive it.
 pub(crate) fn interrupted() -> impl std::future::Future<Output = (&'static str, u8)> {
-    use tokio::signal::unix::{signal, Signal, SignalKind};
-    // Listening from here, not from the first poll: a signal a moment later is not the
-    // default end.
-    let ignored = ignored_signals();
-    let listen = |kind: SignalKind, number: u32| {
-        (ignored & (1 << (number - 1)) == 0)
-            .then(|| signal(kind).ok())
-            .flatten()
-    };
-    let mut int = listen(SignalKind::interrupt(), 2);
-    let mut term = listen(SignalKind::terminate(), 15);
-    let mut hup = listen(SignalKind::hangup(), 1);
-    async fn next(signal: &mut Option<Signal>) {
-        match signal {
-            Some(s) => {
-                s.recv().await;
-            }
-            None => std::future::pending().await,
+    let mut signals = Signals::listen();
+    async move { signals.next().await }
+}
+
+/// SIGINT, SIGTERM and SIGHUP, listened to from when made (a signal a moment later is not
+/// the default end), each unless ignored when the command began.
+struct Signals {
+    int: Option<tokio::signal::unix::Signal>,
+    term: Option<tokio::signal::unix::Signal>,
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn listen() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let ignored = ignored_signals();
+        let listen = |kind: SignalKind, number: u32| {
+            (ignored & (1 << (number - 1)) == 0)
+                .then(|| signal(kind).ok())
+                .flatten()
+        };
+        Signals {
+            int: listen(SignalKind::interrupt(), 2),
+            term: listen(SignalKind::terminate(), 15),
+            hup: listen(SignalKind::hangup(), 1),
         }
     }
-    async move {
+
+    /// The next signal: its name and exit code.
+    async fn next(&mut self) -> (&'static str, u8) {
+        async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
+            match signal {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
         tokio::select! {
-            _ = next(&mut int) => ("SIGINT", 130),
-            _ = next(&mut term) => ("SIGTERM", 143),
-            _ = next(&mut hup) => ("SIGHUP", 129),
+            _ = next(&mut self.int) => ("SIGINT", 130),
+            _ = next(&mut self.term) => ("SIGTERM", 143),
+            _ = next(&mut self.hup) => ("SIGHUP", 129),
         }
     }
 }

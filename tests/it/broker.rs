@@ -1422,8 +1422,11 @@ async fn a_terminal_refresh_stopped_by_a_signal_saves_what_the_provider_answered
         .spawn()
         .unwrap();
     // At the provider by now, which has rotated the refresh token; its answer is held.
-    // The terminal it ran in goes away (an SSH session lost): SIGHUP.
+    // The terminal it ran in goes away (an SSH session lost): SIGHUP, twice (the shell's,
+    // then the kernel's as the session ends), which is no person insisting.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    common::signal(cli.id(), "HUP");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     common::signal(cli.id(), "HUP");
     let out = cli.wait_with_output().unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
