@@ -69,7 +69,17 @@ pub(super) fn backup(settings: Settings, to: PathBuf) -> Result<(), Fatal> {
         ));
     }
     super::stop_on_signal(&copy::STOP);
-    let copied = copy::backup(db, &to).map_err(fatal)?;
+    let backed_up = copy::backup(db, &to).map_err(fatal)?;
+    let copied = backed_up.copied;
+    if let Some(kept) = &backed_up.kept {
+        say!(
+            "{} held oauthd's database without a backup's mark (not a copy this command made, \
+             or one made before copies were marked): kept as {}; delete it once you know it \
+             is an old copy, or `oauthd restore` it if it was the database itself",
+            to.display(),
+            kept.display()
+        );
+    }
     say!(
         "Copied {} to {} (mode 600): schema version {}, {} bytes, consistent as of now. Keep {} with it, as safely: without it the tokens and states' data in the copy cannot be read. `oauthd restore --db {} {}` puts it back, with oauthd stopped; `oauthd check --db {}` (OAUTHD_KEY_FILE naming the key kept with it) tries it out. An oauthd refuses to serve the copy where it is (both would refresh the same connections, and a provider that rotates refresh tokens refuses the loser's): only once restored in a database's place.",
         db.display(),

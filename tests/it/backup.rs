@@ -444,6 +444,17 @@ async fn a_database_moved_without_its_wal_file_is_refused_not_started_afresh() {
     );
 }
 
+/// The files a backup kept aside in place of `path` (`<path>.replaced-…`).
+fn kept_aside(path: &Path) -> Vec<PathBuf> {
+    let name = format!("{}.replaced-", path.file_name().unwrap().to_string_lossy());
+    std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&name))
+        .map(|e| e.path())
+        .collect()
+}
+
 /// Copies the database file alone (and its key file) from `from` into `to`.
 fn copy_without_wal(from: &Home, to: &Home) {
     std::fs::copy(from.db(), to.db()).unwrap();
@@ -787,7 +798,8 @@ async fn a_backup_replaces_an_earlier_copy_never_the_database() {
             assert!(!beside.exists(), "night {night}: {beside:?} was left");
         }
     }
-    // A copy made before copies were marked is replaced by a copy of the database.
+    // A copy made before copies were marked is replaced by a copy of the database, and
+    // kept aside: it cannot be told from the database itself.
     rusqlite::Connection::open(&copy)
         .unwrap()
         .execute("DELETE FROM meta WHERE name = 'backup_of'", [])
@@ -796,6 +808,28 @@ async fn a_backup_replaces_an_earlier_copy_never_the_database() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
         rows(&copy, "SELECT count(*) FROM meta WHERE name = 'backup_of'"),
+        1
+    );
+    assert_eq!(kept_aside(&copy).len(), 1);
+
+    // A copy made with `cp`, put over the database by a slip: the database is kept.
+    let cp = home.dir.path().join("cp.db");
+    std::fs::copy(home.db(), &cp).unwrap();
+    home.create_key("after-the-cp", &[]);
+    let out = backup(&cp, &home.db());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let kept = kept_aside(&home.db());
+    assert_eq!(kept.len(), 1, "{err}");
+    assert!(
+        err.contains(&format!("kept as {}", kept[0].display())),
+        "{err}"
+    );
+    assert_eq!(
+        rows(
+            &kept[0],
+            "SELECT count(*) FROM api_keys WHERE name = 'after-the-cp'"
+        ),
         1
     );
     assert_eq!(

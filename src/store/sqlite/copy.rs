@@ -164,9 +164,18 @@ pub struct Restored {
     pub moved: Vec<PathBuf>,
 }
 
+/// What `backup` made, and where it kept the database it replaced, when that was one
+/// without a backup's mark (oauthd's database itself, named by mistake, or an old copy).
+#[derive(Debug)]
+pub struct BackedUp {
+    pub copied: Copied,
+    pub kept: Option<PathBuf>,
+}
+
 /// Writes a consistent copy of the database at `db` to `to`, replacing a file there once
-/// the copy is whole; only a copy of oauthd's database (or an empty file) is replaced.
-pub fn backup(db: &Path, to: &Path) -> Result<Copied, CopyError> {
+/// the copy is whole; only a copy of oauthd's database (or an empty file) is replaced, and
+/// one without a backup's mark is kept beside it, renamed `<to>.replaced-<stamp>`.
+pub fn backup(db: &Path, to: &Path) -> Result<BackedUp, CopyError> {
     if same_file(db, to) {
         return Err(CopyError::Same {
             path: to.to_owned(),
@@ -203,8 +212,9 @@ pub fn backup(db: &Path, to: &Path) -> Result<Copied, CopyError> {
     }
     // A backup of a backup names the database the first was made of, and when.
     let marked = BackupMark::read(&source).map_err(|e| CopyError::file(db, e))?;
-    match replaceable(to, marked.is_some()) {
-        Replaceable::Yes => {}
+    let keep = match replaceable(to, marked.is_some()) {
+        Replaceable::Yes => false,
+        Replaceable::Unmarked => true,
         Replaceable::NotACopy => {
             return Err(CopyError::refused(
                 to,
@@ -224,7 +234,7 @@ pub fn backup(db: &Path, to: &Path) -> Result<Copied, CopyError> {
                 "exists and is not a copy of oauthd's database: name a new file, or remove it first",
             ));
         }
-    }
+    };
     let workspace = Workspace::new(to, "partial").map_err(|e| CopyError::file(to, e))?;
     let partial = workspace.file();
     let mark = marked.unwrap_or_else(|| BackupMark {
@@ -236,9 +246,28 @@ pub fn backup(db: &Path, to: &Path) -> Result<Copied, CopyError> {
     });
     let (copied, _held) = write_copy(&source, partial, version, None, Some(&mark))?;
     drop(source);
+    // A database without the mark may be one a slip named (`backup --db copy.db
+    // oauthd.db`, the copy made with `cp`): kept, never lost.
+    let kept = if keep {
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
+        let aside = PathBuf::from(format!(
+            "{}.replaced-{stamp}-{}",
+            to.display(),
+            std::process::id()
+        ));
+        std::fs::hard_link(to, &aside).map_err(|e| {
+            CopyError::file(
+                to,
+                format!("cannot keep it aside: {e}; nothing was changed"),
+            )
+        })?;
+        Some(aside)
+    } else {
+        None
+    };
     std::fs::rename(partial, to).map_err(|e| CopyError::file(to, e))?;
     sync_dir(to)?;
-    Ok(copied)
+    Ok(BackedUp { copied, kept })
 }
 
 /// `path` with its links resolved, when each may be trusted (`resolve_trusted`); else the
@@ -284,8 +313,12 @@ fn same_file(a: &Path, b: &Path) -> bool {
 
 /// Whether a file may be replaced by a backup.
 enum Replaceable {
-    /// None there, an empty one, or an earlier copy `oauthd backup` made.
+    /// None there, an empty one, an earlier copy `oauthd backup` made, or a database too
+    /// old for the mark (schema 9 and before, whose copies cannot carry one).
     Yes,
+    /// oauthd's database without a backup's mark, replaced by a copy of a database: an
+    /// old copy, or the database itself named by a slip. Kept aside.
+    Unmarked,
     /// oauthd's database itself (no backup mark), to be replaced by a copy (the source
     /// holds one): a slip of the arguments' order.
     NotACopy,
@@ -310,11 +343,13 @@ fn replaceable(path: &Path, from_copy: bool) -> Replaceable {
     };
     let oauthds =
         oauthds_version(&conn, path, |e| OpenError::open(path, &e)).is_ok_and(|v| v.number > 0);
+    let markable = super::has_table(&conn, "meta").unwrap_or(true);
     match BackupMark::read(&conn) {
         _ if !oauthds => Replaceable::Other,
         Ok(Some(_)) => Replaceable::Yes,
         _ if from_copy => Replaceable::NotACopy,
-        _ => Replaceable::Yes,
+        _ if !markable => Replaceable::Yes,
+        _ => Replaceable::Unmarked,
     }
 }
 
