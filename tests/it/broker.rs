@@ -1087,11 +1087,9 @@ fn rekey_keeps_the_key_files_owner() {
     assert_eq!(key_file_ids(&home).len(), 2);
 }
 
-/// A key file kept elsewhere (a secrets directory) and linked where oauthd reads it: rekey
-/// replaced the link with a file of its own, and the file kept there never held the new
-/// key that tokens were sealed with from then on.
-#[test]
-fn rekey_writes_through_a_linked_key_file() {
+/// A home whose key file is kept in a directory of its own (`secrets/vault.key`, the path
+/// given back) and linked where oauthd reads it.
+fn key_file_behind_a_link() -> (Home, std::path::PathBuf) {
     let home = Home::new();
     assert!(home.start().signal_and_wait("TERM").success());
     let secrets = home.dir.path().join("secrets");
@@ -1099,6 +1097,15 @@ fn rekey_writes_through_a_linked_key_file() {
     let kept = secrets.join("vault.key");
     std::fs::rename(home.key_file(), &kept).unwrap();
     std::os::unix::fs::symlink(&kept, home.key_file()).unwrap();
+    (home, kept)
+}
+
+/// A key file kept elsewhere (a secrets directory) and linked where oauthd reads it: rekey
+/// replaced the link with a file of its own, and the file kept there never held the new
+/// key that tokens were sealed with from then on.
+#[test]
+fn rekey_writes_through_a_linked_key_file() {
+    let (home, kept) = key_file_behind_a_link();
     let out = home.cli(&["rekey"]);
     assert!(
         out.status.success(),
@@ -1120,13 +1127,7 @@ fn rekey_writes_through_a_linked_key_file() {
 /// and each said its own new key sealed.
 #[tokio::test(flavor = "multi_thread")]
 async fn one_rekey_at_a_time_through_a_link_or_by_the_files_own_name() {
-    let home = Home::new();
-    assert!(home.start().signal_and_wait("TERM").success());
-    let secrets = home.dir.path().join("secrets");
-    std::fs::create_dir(&secrets).unwrap();
-    let kept = secrets.join("vault.key");
-    std::fs::rename(home.key_file(), &kept).unwrap();
-    std::os::unix::fs::symlink(&kept, home.key_file()).unwrap();
+    let (home, kept) = key_file_behind_a_link();
     // Served: a rekey waits for the serving oauthd to take up the new key.
     let d = home.start();
     let first = home
