@@ -9,11 +9,11 @@ use crate::config::Settings;
 use crate::store::DeviceFlowStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Set by Ctrl-C or SIGTERM (`stop_on_signal`) while a terminal command asks a provider for
-/// tokens (a refresh, a device flow's polls): what is under way with the provider ends and
-/// is saved before the command does. Ended by the signal's default action, a refresh the
-/// provider had answered lost the refresh token it rotated, and the next refresh ended the
-/// grant. A second signal ends the command at once.
+/// Set by Ctrl-C, SIGTERM or SIGHUP (`stop_on_signal`) while a terminal command asks a
+/// provider for tokens (a refresh, a device flow's polls): what is under way with the
+/// provider ends and is saved before the command does. Ended by the signal's default
+/// action, a refresh the provider had answered lost the refresh token it rotated, and the
+/// next refresh ended the grant.
 static STOP: AtomicBool = AtomicBool::new(false);
 
 /// What a first Ctrl-C or SIGTERM while a provider is asked is told.

@@ -16,15 +16,15 @@ pub(crate) fn output_failed(e: &std::io::Error) -> ! {
 /// The exit code of a command that Ctrl-C or SIGTERM ended (a shell's, for SIGINT).
 pub(crate) const INTERRUPTED: u8 = 130;
 
-/// Ctrl-C, SIGTERM (`timeout`, a stopping unit) or SIGHUP (a terminal or SSH session gone)
-/// sets `stop`, which the command under way looks at to end cleanly (a copy removes its
-/// partial file, `rekey` takes its new key out again, a refresh is saved); a second Ctrl-C
-/// or SIGTERM, a second or more after, ends the process at once, with the code it would
-/// have had (130 for Ctrl-C). A signal ignored when the command began (`nohup`) stays
-/// ignored.
 /// How long after the first signal a second one is taken for a person insisting.
 const SECOND_SIGNAL_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Ctrl-C, SIGTERM (`timeout`, a stopping unit) or SIGHUP (a terminal or SSH session gone)
+/// sets `stop`, which the command under way looks at to end cleanly (a copy removes its
+/// partial file, `rekey` takes its new key out again, a refresh is saved); a second Ctrl-C
+/// or SIGTERM, `SECOND_SIGNAL_AFTER` or more after, ends the process at once, with the
+/// code it would have had (130 for Ctrl-C). A signal ignored when the command began
+/// (`nohup`) stays ignored.
 pub(crate) fn stop_on_signal(stop: &'static std::sync::atomic::AtomicBool) {
     let (ready, listening) = std::sync::mpsc::channel::<()>();
     let watch = move || {
