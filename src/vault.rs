@@ -734,7 +734,7 @@ pub fn write_key_file(path: &Path, text: &str) -> std::io::Result<()> {
             ),
         )
     })?;
-    if resolved != path {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
         // Said with the file the link leads to, and what to do where it may not be written
         // (a read-only mount, a directory of root's): the link itself names neither.
         return write_resolved(&resolved, text).map_err(|e| {
@@ -756,7 +756,7 @@ pub fn write_key_file(path: &Path, text: &str) -> std::io::Result<()> {
             )
         });
     }
-    write_resolved(path, text)
+    write_resolved(&resolved, text)
 }
 
 /// `write_key_file` on a path that holds no link.

@@ -326,14 +326,14 @@ enum Replaceable {
     Other,
 }
 
-/// Whether an existing file may be replaced by a copy of a database (`from_copy`: of a
-/// copy `oauthd backup` made): an empty one, a copy that carries the mark such copies
-/// have, or, for a copy of a database, one that holds oauthd's database without the mark
-/// (a copy made before copies were marked, or of a database too old for the mark, schema 9
-/// and before: refused, it stopped nightly backups to one name). What is refused is a copy
-/// over a database without the mark: the two paths the wrong way round. Read without
-/// changing anything: opened read-only as it is, a copy a command had put in WAL mode got
-/// -wal and -shm files that stayed beside the new copy, and the next backup refused it.
+/// What the file at `path` is to a backup (`from_copy`: the source is itself a copy
+/// `oauthd backup` made). Replaced: none or an empty one, an earlier copy (it carries a
+/// backup's mark), a database too old for the mark (schema 9 and before: its copies
+/// cannot carry one either). Replaced and kept aside: oauthd's database without the mark,
+/// unless the source is a copy, which is refused (the two paths the wrong way round).
+/// Read without changing anything: opened read-only as it is, a copy a command had put in
+/// WAL mode got -wal and -shm files that stayed beside the new copy, and the next backup
+/// refused it.
 fn replaceable(path: &Path, from_copy: bool) -> Replaceable {
     if !path.exists() || std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
         return Replaceable::Yes;
