@@ -371,12 +371,7 @@ fn rescue_copy(path: &Path, text: &str) -> std::io::Result<PathBuf> {
 /// went away or was replaced under a running oauthd: the newest copy it wrote that holds
 /// them all, said as a sentence to add to a message, or nothing.
 pub fn rescue_hint(path: &Path, needed: &[String]) -> String {
-    let holds = |copy: &PathBuf| {
-        let Ok(text) = std::fs::read_to_string(copy).map(Zeroizing::new) else {
-            return false;
-        };
-        key_ids(&text).is_ok_and(|ids| needed.iter().all(|n| ids.contains(n)))
-    };
+    let holds = |copy: &PathBuf| holds_all(copy, needed);
     if let Some(copy) = rescued_copies(path).into_iter().find(holds) {
         return format!(
             " A running oauthd wrote the keys it held to {} when the key file went away or was replaced:{}",
@@ -397,6 +392,27 @@ pub fn rescue_hint(path: &Path, needed: &[String]) -> String {
         ),
         None => String::new(),
     }
+}
+
+/// Whether the key file (or copy of one) at `copy` holds every key in `ids`.
+fn holds_all(copy: &Path, ids: &[String]) -> bool {
+    let Ok(text) = std::fs::read_to_string(copy).map(Zeroizing::new) else {
+        return false;
+    };
+    key_ids(&text).is_ok_and(|held| ids.iter().all(|id| held.contains(id)))
+}
+
+/// The copy `rekey --prune` kept of the key file at `path` that shows `new`, a key file
+/// without the key `sealing` that this process seals with, to be the file it loaded,
+/// rotated and pruned while the process did not look (a terminal command idle across
+/// `rekey` and `rekey --prune`): one holding `sealing` and every key of `new`. A key file
+/// written over with another key (`oauthd keygen >` it) has none.
+fn pruned_from(path: &Path, sealing: &str, new: &Vault) -> Option<PathBuf> {
+    let mut ids = new.key_ids();
+    ids.push(sealing.to_owned());
+    copies_named(path, ".before-prune-")
+        .into_iter()
+        .find(|copy| holds_all(copy, &ids))
 }
 
 /// How the keys in `copy` go back to the key file `path`: moved into its place when it is
@@ -578,7 +594,10 @@ impl VaultHandle {
                 // written over this one (`oauthd keygen >` it, an old copy restored).
                 // Taken, it would leave what was sealed openable only by this process's
                 // memory, lost at the next restart.
-                Ok((v, _)) if !v.key_ids().contains(&cur.vault.current_key_id()) => {
+                Ok((v, _))
+                    if !v.key_ids().contains(&cur.vault.current_key_id())
+                        && self.pruned_from(&cur.vault, &v).is_none() =>
+                {
                     let rescue = cur.rescue(&self.source);
                     log::error!(
                         "vault: the key file {} was replaced by one without key {}, which this oauthd seals with (it holds {}; a rekey keeps the old keys): not taken, the loaded keys ({}) stay in use. Restarted without them, oauthd cannot open what they sealed.{rescue} If the new file was meant, stop oauthd, put the old keys' lines after the new one's, and start it again",
@@ -592,7 +611,13 @@ impl VaultHandle {
                 Ok((v, text)) => {
                     let new_ids = v.key_ids();
                     let old_ids = cur.vault.key_ids();
-                    if v.current_key_id() != cur.vault.current_key_id() {
+                    if let Some(copy) = self.pruned_from(&cur.vault, &v) {
+                        log::info!(
+                            "vault: the key file was rotated (`oauthd rekey`) and its older keys pruned since this process last looked; sealing with key {} (the file as it was before the prune is kept in {})",
+                            v.current_key_id(),
+                            copy.display()
+                        );
+                    } else if v.current_key_id() != cur.vault.current_key_id() {
                         log::info!(
                             "vault: key file changed; sealing with key {}",
                             v.current_key_id()
@@ -647,6 +672,19 @@ impl VaultHandle {
             }
         }
         cur.vault.clone()
+    }
+
+    /// The `.before-prune-` copy showing `new`, a reloaded key file without the key
+    /// `loaded` seals with, to be the loaded file rotated and pruned (`pruned_from`).
+    fn pruned_from(&self, loaded: &Vault, new: &Vault) -> Option<PathBuf> {
+        let KeySource::File { path, .. } = &self.source else {
+            return None;
+        };
+        let sealing = loaded.current_key_id();
+        if new.key_ids().contains(&sealing) {
+            return None;
+        }
+        pruned_from(path, &sealing, new)
     }
 
     pub fn seal_str(&self, aad: &str, plaintext: &str) -> Result<Vec<u8>, VaultError> {

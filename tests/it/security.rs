@@ -1384,6 +1384,83 @@ async fn a_key_file_written_over_with_another_key_is_not_taken() {
     );
 }
 
+/// A terminal command left open across `rekey` and `rekey --prune` (an import reading
+/// stdin) sealed with the key the prune had removed: the changed file lacked the key it
+/// sealed with, which it took for a key file written over, so it kept its old keys and
+/// what it stored next opened nowhere else (`503 vault_error` from the daemon). A file
+/// that the prune's copy beside it shows to be the one it knew, pruned, is taken.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_left_open_across_a_rekey_and_prune_seals_with_the_new_key() {
+    use std::io::{BufRead, Write};
+    let home = Home::new();
+    home.write_config(
+        "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n",
+    );
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let mut import = home
+        .cli_command(&["connections", "import", "--file", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = import.stdin.take().unwrap();
+    let stdout = import.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let line = |account: &str| {
+        format!(
+            "{{\"provider\":\"gh\",\"account\":\"{account}\",\"access_token\":\"t-{account}\"}}\n"
+        )
+    };
+    // The import has loaded its keys and sealed with the first one.
+    stdin.write_all(line("first").as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    let said = rx.recv_timeout(std::time::Duration::from_secs(20));
+    assert_eq!(said.as_deref(), Ok("line 1: created gh/first"), "{said:?}");
+    let out = home.cli(&["rekey"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = home.cli(&["rekey", "--prune"]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("removed 1 key(s)"), "{said}");
+    // Past the vault's once-a-second look at its key file.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    stdin.write_all(line("second").as_bytes()).unwrap();
+    drop(stdin);
+    let said = rx.recv_timeout(std::time::Duration::from_secs(20));
+    assert_eq!(said.as_deref(), Ok("line 2: created gh/second"), "{said:?}");
+    let out = common::exit_of(import);
+    assert!(out.status.success(), "{out:?}");
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !errors.contains("was replaced by one without key"),
+        "{errors}"
+    );
+    for account in ["first", "second"] {
+        let (status, body) = d
+            .get(&format!("/v1/connections/gh/{account}/token"), &key)
+            .await;
+        assert_eq!(
+            (status, &body["access_token"]),
+            (200, &json!(format!("t-{account}"))),
+            "{body}"
+        );
+    }
+    // Nothing the key file lacks seals any stored value.
+    let out = home.cli(&["check"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("opens all 2 connection(s)"), "{said}");
+}
+
 /// A key file that went away under a running oauthd and comes back without some keys it
 /// held (an older copy of it, the current key alone): the copy written when it went still
 /// holds them, and the log says to keep it rather than that it may go.

@@ -55,17 +55,23 @@ pub fn interrupt(child: std::process::Child) -> String {
 /// what it said. One that starts after all is stopped (by PID) within 30 s, and fails
 /// the test.
 pub fn run_until_exit(cmd: &mut Command) -> Output {
-    let mut child = cmd
+    let child = cmd
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    exit_of(child)
+}
+
+/// Waits up to 30 s for `child`, an oauthd command, to end, and returns what it said; one
+/// still running then is stopped (by PID), and fails the test.
+pub fn exit_of(mut child: std::process::Child) -> Output {
     let started = std::time::Instant::now();
     while child.try_wait().unwrap().is_none() {
         if started.elapsed() > std::time::Duration::from_secs(30) {
             let _ = child.kill();
             let out = child.wait_with_output().unwrap();
-            panic!("oauthd kept running where it must stop at start: {out:?}");
+            panic!("oauthd kept running where it must stop: {out:?}");
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
