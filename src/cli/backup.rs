@@ -2,6 +2,7 @@
 
 use super::Fatal;
 use crate::config::Settings;
+use crate::state_data;
 use crate::store::sqlite::copy::{self, CopyError};
 use crate::store::target::StoreTarget;
 use crate::vault::KeySource;
@@ -137,12 +138,18 @@ pub(super) fn restore(settings: Settings, from: PathBuf, create: bool) -> Result
             " There is no key file at {}: put the one kept with the copy there before oauthd starts (it does not start without it).",
             path.display()
         ),
-        source => match source.ok().zip(keys_lacking(&settings, db)) {
-            Some((source, missing)) => format!(
+        source => match source.ok().zip(keys_lacking(&settings, db, now.timestamp_millis())) {
+            Some((source, Lacking { tokens, states })) if !tokens.is_empty() => format!(
                 " But the vault key loaded from {} does not have key(s) {}, which the copy's tokens were sealed with: oauthd does not start on it until it has them (the key file kept with the copy has them).{}",
                 source.describe(),
-                missing.join(", "),
-                source.rescue_hint(&missing)
+                tokens.join(", "),
+                source.rescue_hint(&[tokens, states].concat())
+            ),
+            Some((source, Lacking { states, .. })) => format!(
+                " But the vault key loaded from {} does not have key(s) {}, which the data of live states in the copy was sealed with: those states answer 503 vault_error until it has them (the key file kept with the copy has them).{}",
+                source.describe(),
+                states.join(", "),
+                source.rescue_hint(&states)
             ),
             None => format!(
                 " `oauthd check` says whether {} opens what the copy holds.",
@@ -171,18 +178,38 @@ fn existing_vault(settings: &Settings) -> Option<crate::vault::Vault> {
     crate::vault::Vault::load(&source).ok()
 }
 
-/// The keys the restored database's tokens were sealed with that the settings' vault key
-/// does not have; `None` when it has them all, or cannot be read to tell.
-fn keys_lacking(settings: &Settings, db: &Path) -> Option<Vec<String>> {
+/// The keys a restored database needs that the settings' vault key does not have.
+struct Lacking {
+    /// Those its tokens and pending device flows' codes were sealed with (a start is
+    /// refused without them).
+    tokens: Vec<String>,
+    /// Those only the data of its live states was sealed with (those states answer
+    /// `503 vault_error` without them).
+    states: Vec<String>,
+}
+
+/// The keys the restored database's sealed values need (states: those live at `now_ms`)
+/// that the settings' vault key does not have; `None` when it has them all, or cannot be
+/// read to tell.
+fn keys_lacking(settings: &Settings, db: &Path, now_ms: i64) -> Option<Lacking> {
     let known = existing_vault(settings)?.key_ids();
     // Read from the file as it lies: an open store would leave -wal and -shm files beside
     // the database it just restored.
-    let sealed_with = crate::store::sqlite::token_key_ids(db).ok()?;
-    let missing: Vec<String> = sealed_with
+    let tokens: Vec<String> = crate::store::sqlite::token_key_ids(db, now_ms)
+        .ok()?
         .into_iter()
         .filter(|id| !known.contains(id))
         .collect();
-    (!missing.is_empty()).then_some(missing)
+    let heads = crate::store::sqlite::state_data_heads(db, now_ms, state_data::KEY_ID_CHARS);
+    let mut states: Vec<String> = heads
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|(head, _)| state_data::key_id(head))
+        .filter(|id| !known.contains(id) && !tokens.contains(id))
+        .collect();
+    states.sort();
+    states.dedup();
+    (!tokens.is_empty() || !states.is_empty()).then_some(Lacking { tokens, states })
 }
 
 /// What to say of the connections whose refresh token changed since the copy was made

@@ -1324,6 +1324,7 @@ async fn a_backup_or_restore_stopped_part_way_leaves_no_partial_copy() {
 /// A copy from before `rekey --prune` holds a state whose data is sealed with a key the
 /// prune removed: `check` and the start said the key file lacks it, but not that the
 /// prune kept the old key file beside it, which holds it (as they say for connections).
+/// `restore` said nothing of it (only of tokens' keys): it names the key and the copy.
 #[tokio::test(flavor = "multi_thread")]
 async fn state_data_of_a_copy_from_before_a_prune_names_the_key_file_the_prune_kept() {
     let home = Home::new();
@@ -1347,6 +1348,13 @@ async fn state_data_of_a_copy_from_before_a_prune_names_the_key_file_the_prune_k
     let hint = format!(
         "`oauthd rekey --prune` kept the key file as it was before in {}.before-prune-",
         home.key_file().display()
+    );
+    // The restore says so too, rather than that `check` would tell.
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("which the data of live states in the copy was sealed with: those states answer 503 vault_error")
+            && said.contains(&hint),
+        "{said}"
     );
     let report = String::from_utf8_lossy(&home.cli(&["check"]).stdout).into_owned();
     let line = report

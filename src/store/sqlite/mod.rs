@@ -244,23 +244,60 @@ pub fn backup_mark(path: &Path) -> Result<Option<BackupMark>, OpenError> {
     BackupMark::read(&conn).map_err(|e| OpenError::open(path, &e))
 }
 
-/// The ids of the vault keys the access tokens in the database at `path` were sealed with,
-/// each once; read without changing anything (no -wal or -shm file is made beside it).
-pub fn token_key_ids(path: &Path) -> Result<Vec<String>, OpenError> {
+/// The ids of the vault keys the tokens in the database at `path`, and the codes of its
+/// device flows pending at `now_ms`, were sealed with, each once; read without changing
+/// anything (no -wal or -shm file is made beside it).
+pub fn token_key_ids(path: &Path, now_ms: i64) -> Result<Vec<String>, OpenError> {
     let conn = open_unchanged(path)?;
-    let read = || -> rusqlite::Result<Vec<Vec<u8>>> {
-        conn.prepare("SELECT access_token FROM connections")?
-            .query_map([], |r| r.get(0))?
+    let read = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> rusqlite::Result<Vec<Vec<u8>>> {
+        conn.prepare(sql)?
+            .query_map(params, |r| r.get(0))?
             .collect()
     };
-    let mut ids: Vec<String> = read()
-        .map_err(|e| OpenError::open(path, &e))?
+    let mut sealed = read(
+        "SELECT access_token FROM connections
+         UNION ALL SELECT refresh_token FROM connections WHERE refresh_token IS NOT NULL",
+        &[],
+    )
+    .map_err(|e| OpenError::open(path, &e))?;
+    // Pending device flows' codes, in a database of a schema that has them.
+    if has_table(&conn, "device_flows").map_err(|e| OpenError::open(path, &e))? {
+        let pending = read(
+            "SELECT device_code FROM device_flows WHERE status = 'pending' AND expires_at > ?1",
+            &[&now_ms],
+        );
+        sealed.extend(pending.map_err(|e| OpenError::open(path, &e))?);
+    }
+    let mut ids: Vec<String> = sealed
         .iter()
         .filter_map(|sealed| crate::vault::sealed_key_id(sealed))
         .collect();
     ids.sort();
     ids.dedup();
     Ok(ids)
+}
+
+/// The first `chars` characters of the data of the states live at `now_ms` in the
+/// database at `path`, each with how many states' data begins so; read without changing
+/// anything.
+pub fn state_data_heads(
+    path: &Path,
+    now_ms: i64,
+    chars: usize,
+) -> Result<Vec<(String, u64)>, OpenError> {
+    let conn = open_unchanged(path)?;
+    let chars = i64::try_from(chars).unwrap_or(i64::MAX);
+    let read = || -> rusqlite::Result<Vec<(String, u64)>> {
+        conn.prepare(
+            "SELECT substr(data, 1, ?2), count(*) FROM states
+             WHERE expires_at > ?1 AND data IS NOT NULL GROUP BY 1",
+        )?
+        .query_map(rusqlite::params![now_ms, chars], |r| {
+            Ok((r.get(0)?, r.get::<_, i64>(1)?.try_into().unwrap_or(0)))
+        })?
+        .collect()
+    };
+    read().map_err(|e| OpenError::open(path, &e))
 }
 
 /// The database at `path`, opened to read without changing anything.
