@@ -995,6 +995,52 @@ async fn a_copy_checked_and_restored_from_takes_the_next_backup() {
     d.signal_and_wait("TERM");
 }
 
+/// `backup` left `-wal` and `-shm` files beside the database it copied (it read the file
+/// read-only, which cannot remove them at its close): beside a stopped database, and
+/// beside a checked copy (in WAL mode) that a slip named as the database to copy
+/// (`backup --db nightly.db oauthd.db`, refused). Every later backup to either name was
+/// refused as a database in use: a nightly backup stopped for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_leaves_no_files_beside_what_it_copied() {
+    let home = Home::new();
+    // Served once: its key file made; stopped.
+    home.start().signal_and_wait("TERM");
+    let copy = home.backed_up();
+    let left = |db: &Path| -> Vec<PathBuf> {
+        ["-wal", "-shm"]
+            .iter()
+            .map(|suffix| PathBuf::from(format!("{}{suffix}", db.display())))
+            .filter(|p| p.exists())
+            .collect()
+    };
+    assert_eq!(
+        left(&home.db()),
+        Vec::<PathBuf>::new(),
+        "beside the database"
+    );
+    let out = Command::new(common::BIN)
+        .args(["check", "--db"])
+        .arg(&copy)
+        .env("OAUTHD_KEY_FILE", home.key_file())
+        .env_remove("OAUTHD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // The two paths the wrong way round: refused, as the copy is one.
+    let out = Command::new(common::BIN)
+        .args(["backup", "--db"])
+        .arg(&copy)
+        .arg(home.db())
+        .env_remove("OAUTHD_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(left(&copy), Vec::<PathBuf>::new(), "beside the copy");
+    // The next night's backup.
+    let out = home.cli(&["backup", copy.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+}
+
 /// A restore looks for every process that has the database open, not only for one that
 /// holds a lock on it: in rollback mode (a copy restored by an older oauthd stays so until
 /// it is served, or an operator's `PRAGMA journal_mode`), a connection that is not reading

@@ -181,7 +181,7 @@ pub fn backup(db: &Path, to: &Path) -> Result<BackedUp, CopyError> {
             path: to.to_owned(),
         });
     }
-    let source = open_read_only(db)?;
+    let source = open_source(db)?;
     let version = version_to_copy(&source, db)?;
     // A link names where the copy goes; the link stays. Only a link that may be trusted
     // is followed: one another local user planted where the copy is written (`/tmp`)
@@ -200,7 +200,7 @@ pub fn backup(db: &Path, to: &Path) -> Result<BackedUp, CopyError> {
             to,
             "has a -wal file beside it: a database in use (another oauthd's, or one that \
              stopped without closing) is never replaced; name another file (if nothing uses \
-             it, a reader an older oauthd's restore left: remove its -wal and -shm files)",
+             it, what an older oauthd's backup or restore left: remove its -wal and -shm files)",
         ));
     }
     let by = holders(to);
@@ -585,6 +585,22 @@ fn open_read_only(path: &Path) -> Result<Connection, CopyError> {
         });
     }
     Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| CopyError::Open(OpenError::open(path, &e)))
+}
+
+/// The database `backup` copies, opened where it may write (or, where the file may not be
+/// written, read-only), though nothing is written to it: in WAL mode the last connection
+/// to close removes the `-wal` and `-shm` files opening it made (a stopped database's, or
+/// a copy's that `oauthd check` put in WAL mode), which one opened read-only leaves, and
+/// which a later backup to that name takes for a database in use. Beside a database that
+/// is served, they are the server's, and stay.
+fn open_source(path: &Path) -> Result<Connection, CopyError> {
+    if !path.is_file() {
+        return Err(CopyError::Missing {
+            path: path.to_owned(),
+        });
+    }
+    Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
         .map_err(|e| CopyError::Open(OpenError::open(path, &e)))
 }
 
