@@ -122,6 +122,9 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
         super::open::refuse_a_backup(&settings, doing)?;
     }
     let store = open_store(&settings, super::Missing::Refuse)?;
+    if let Some(doing) = using {
+        super::runtime()?.block_on(super::copied_away::refuse(store.as_ref(), doing))?;
+    }
     let public_url = settings.public_url_for(settings.listen);
     let clock = Clock::system();
     let providers = match &command {

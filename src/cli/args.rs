@@ -166,12 +166,16 @@ pub(crate) enum Command {
         /// Where to: redis://[:PASSWORD@]HOST[:PORT][/DB] (rediss:// for TLS; the password
         /// may come from OAUTHD_REDIS_PASSWORD[_FILE]), or the path of a SQLite database
         /// file, made when missing
-        #[arg(long, value_name = "STORE")]
-        to: String,
+        #[arg(long, value_name = "STORE", required_unless_present = "forget_copy")]
+        to: Option<String>,
         /// The key prefix in a Redis destination [default: the config file's
         /// redis_prefix, else oauthd:]
         #[arg(long, value_name = "PREFIX")]
         to_prefix: Option<String>,
+        /// Take out the mark a copy left in this store, which stops oauthd serving it
+        /// beside the copy: for going back to it on purpose, the copy stopped for good
+        #[arg(long, conflicts_with_all = ["to", "to_prefix"])]
+        forget_copy: bool,
         #[command(flatten)]
         data: DataArgs,
     },

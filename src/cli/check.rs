@@ -232,6 +232,15 @@ fn open_for_check(r: &mut Report, settings: &Settings) -> Option<Arc<dyn Store>>
                 {
                     r.line("warn", "store", format!("{why}; a start on it is refused"));
                 }
+                let copied = super::runtime().map(|rt| {
+                    rt.block_on(super::copied_away::refuse(
+                        store.as_ref(),
+                        "`oauthd serve` on it",
+                    ))
+                });
+                if let Ok(Err(super::Fatal(why, _))) = copied {
+                    r.line("warn", "store", format!("{why}; a start on it is refused"));
+                }
                 Some(store)
             }
             Err(super::Fatal(why, _)) => {

@@ -26,6 +26,7 @@ mod args;
 mod backup;
 mod check;
 mod config_changed;
+mod copied_away;
 mod events;
 mod file_modes;
 mod key_loading;
@@ -150,7 +151,12 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<(), Fatal> {
         Some(Command::Rekey { prune, to, .. }) => vault_keys::rekey(settings, prune, to),
         Some(Command::Backup { to, .. }) => backup::backup(settings, to),
         Some(Command::Restore { from, create, .. }) => backup::restore(settings, from, create),
-        Some(Command::Copy { to, to_prefix, .. }) => transfer::copy(settings, &to, to_prefix),
+        Some(Command::Copy {
+            to: Some(to),
+            to_prefix,
+            ..
+        }) => transfer::copy(settings, &to, to_prefix),
+        Some(Command::Copy { .. }) => copied_away::forget(settings),
         Some(Command::Events { command, .. }) => events::events(settings, command),
         Some(Command::Connect {
             provider,

@@ -32,6 +32,7 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
     let listener = http::bind(&settings)?;
     note_default_db(&settings);
     let store = open_store(&settings, super::Missing::Serve)?;
+    super::runtime()?.block_on(super::copied_away::refuse(store.as_ref(), "serving it"))?;
     log::info!("{}", store.describe());
     note_targets(&made.notifier);
     let bound = listener.local_addr()?;

@@ -66,7 +66,7 @@ pub(super) fn copy(settings: Settings, to: &str, to_prefix: Option<String>) -> R
             (signal, code) = super::process::interrupted() => return Err(part(format!("interrupted by {signal}"), code)),
         };
         report(&source, &into, &copied, &clock).await;
-        Ok::<(), Fatal>(())
+        super::copied_away::note(source.as_ref(), into.describe(), &clock).await
     })?;
     key.carry_out(&destination)
 }

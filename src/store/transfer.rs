@@ -13,4 +13,9 @@ pub trait TransferStore: Send + Sync {
     /// Stores `row` as it is (its generation, status, errors and identity too), without
     /// its refresh lease; `Conflict` when the connection exists.
     async fn put_connection(&self, row: ConnectionRow) -> Result<(), StoreError>;
+    /// What `oauthd copy` noted in the store it copied from (where to, and when), which a
+    /// start on this store refuses; `None` when it holds none.
+    async fn copied_to(&self) -> Result<Option<String>, StoreError>;
+    /// Notes `note` (`None`: takes it out).
+    async fn note_copied_to(&self, note: Option<String>) -> Result<(), StoreError>;
 }

@@ -75,6 +75,29 @@ async fn a_sqlite_file_copied_into_a_new_one_serves_with_the_key_copied_beside_i
         "{}",
         said(&out)
     );
+    // The store copied from started beside the copy without a word (a unit restarted
+    // before its config named the copy): refused, as are refreshes; `check` says so.
+    let copied_to = format!("was copied to database {}", moved.db().display());
+    let (code, why) = home.refused_start();
+    assert_eq!(code, Some(2), "{why}");
+    assert!(
+        why.contains(&copied_to) && why.contains("oauthd copy --forget-copy"),
+        "{why}"
+    );
+    let out = home.cli(&["connections", "refresh", "gh"]);
+    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+    assert!(said(&out).contains(&copied_to), "{}", said(&out));
+    let out = home.cli(&["check"]);
+    assert!(said(&out).contains(&copied_to), "{}", said(&out));
+    // Taken out on purpose: served again.
+    let out = home.cli(&["copy", "--forget-copy"]);
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(
+        said(&out).contains("took out the mark of the copy"),
+        "{}",
+        said(&out)
+    );
+    home.start().signal_and_wait("TERM");
 }
 
 /// A copy into an empty file made beforehand (`touch`) with a loose mode makes it private,
@@ -157,6 +180,9 @@ mod redis {
             "{text}"
         );
 
+        let (code, why) = home.refused_start();
+        assert_eq!(code, Some(2), "{why}");
+        assert!(why.contains("was copied to Redis redis://"), "{why}");
         let on_redis = Home::redis_via(server, url.clone());
         std::fs::copy(home.key_file(), on_redis.key_file()).unwrap();
         std::fs::copy(home.config(), on_redis.config()).unwrap();
@@ -234,6 +260,9 @@ mod redis {
         assert!(text.contains("  API keys: 1 (not the 1 revoked)"), "{text}");
         assert!(text.contains("  live states: 1"), "{text}");
         assert!(text.contains("OAUTHD_KEY_FILE="), "{text}");
+        let (code, why) = home.refused_start();
+        assert_eq!(code, Some(2), "{why}");
+        assert!(why.contains("was copied to "), "{why}");
         let shared = home.key_file();
         let served = sqlite.start_with_env(&[("OAUTHD_KEY_FILE", shared.to_str().unwrap())]);
         let (status, body) = served.consume(&key, &state, NS).await;

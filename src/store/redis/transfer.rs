@@ -77,6 +77,33 @@ impl TransferStore for RedisStore {
             .await
     }
 
+    async fn copied_to(&self) -> Result<Option<String>, StoreError> {
+        let key = self.index("copied_to");
+        let mut c = self.conn();
+        self.run("reading where the store was copied to", async move {
+            redis::cmd("GET").arg(key).query_async(&mut c).await
+        })
+        .await
+    }
+
+    async fn note_copied_to(&self, note: Option<String>) -> Result<(), StoreError> {
+        let key = self.index("copied_to");
+        let mut c = self.conn();
+        self.run("noting where the store was copied to", async move {
+            match note {
+                Some(note) => {
+                    redis::cmd("SET")
+                        .arg(key)
+                        .arg(note)
+                        .query_async(&mut c)
+                        .await
+                }
+                None => redis::cmd("DEL").arg(key).query_async::<()>(&mut c).await,
+            }
+        })
+        .await
+    }
+
     async fn put_connection(&self, row: ConnectionRow) -> Result<(), StoreError> {
         let (conn, _, member) = self.conn_keys(&row.provider, &row.account);
         let shown = member.clone();

@@ -5,7 +5,7 @@ use super::SqliteStore;
 use crate::secret::SecretHash;
 use crate::store::{ApiKeyRecord, ConnectionRow, StateRow, StoreError, TransferStore};
 use async_trait::async_trait;
-use rusqlite::{params, ErrorCode};
+use rusqlite::{params, ErrorCode, OptionalExtension};
 
 #[async_trait]
 impl TransferStore for SqliteStore {
@@ -35,6 +35,34 @@ impl TransferStore for SqliteStore {
             super::states::live_rows(conn, "", now_ms, false)
         })
         .await
+    }
+
+    // Kept in `meta` as `copied_to`.
+    async fn copied_to(&self) -> Result<Option<String>, StoreError> {
+        self.read("reading where the store was copied to", |conn| {
+            conn.prepare_cached("SELECT value FROM meta WHERE name = 'copied_to'")?
+                .query_row([], |r| r.get(0))
+                .optional()
+        })
+        .await
+    }
+
+    async fn note_copied_to(&self, note: Option<String>) -> Result<(), StoreError> {
+        self.writer
+            .run("noting where the store was copied to", move |conn| {
+                match note {
+                    Some(note) => conn
+                        .prepare_cached(
+                            "INSERT OR REPLACE INTO meta (name, value) VALUES ('copied_to', ?1)",
+                        )?
+                        .execute([note]),
+                    None => conn
+                        .prepare_cached("DELETE FROM meta WHERE name = 'copied_to'")?
+                        .execute([]),
+                }
+                .map(drop)
+            })
+            .await
     }
 
     async fn put_connection(&self, row: ConnectionRow) -> Result<(), StoreError> {

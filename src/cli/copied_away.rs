@@ -1,0 +1,80 @@
+//! The mark `oauthd copy` leaves in the store it copied from. The copy holds the same
+//! refresh tokens: served beside it (a unit restarted before its config named the copy,
+//! a second instance left on the old config), the old store refreshes them too, and a
+//! provider that rotates refresh tokens takes the second use for a stolen token and ends
+//! the grant for both. So what would use them here is refused until the mark is taken
+//! out (`oauthd copy --forget-copy`).
+
+use super::open::{open_store, Missing};
+use super::{runtime, Fatal};
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::store::Store;
+
+/// Where a store was copied to, and when, as kept in it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CopiedTo {
+    to: String,
+    at_ms: i64,
+}
+
+/// Notes in `from` that it was copied to `to` (a store's description, never a password).
+pub(super) async fn note(from: &dyn Store, to: String, clock: &Clock) -> Result<(), Fatal> {
+    let note = CopiedTo {
+        to,
+        at_ms: clock.now_ms(),
+    };
+    let text = serde_json::to_string(&note).map_err(|e| Fatal(e.to_string(), 1))?;
+    from.note_copied_to(Some(text)).await.map_err(|e| {
+        Fatal(
+            format!(
+                "the copy is whole, but {} could not be marked as copied ({e}): do not serve it again beside the copy",
+                from.describe()
+            ),
+            1,
+        )
+    })
+}
+
+/// Refuses `doing` (what would use the store's refresh tokens: "serving it") on a store
+/// a copy was made of (exit 2). A mark that does not read is no refusal.
+pub(super) async fn refuse(store: &dyn Store, doing: &str) -> Result<(), Fatal> {
+    let Ok(Some(text)) = store.copied_to().await else {
+        return Ok(());
+    };
+    let Ok(copied) = serde_json::from_str::<CopiedTo>(&text) else {
+        return Ok(());
+    };
+    Err(Fatal(
+        format!(
+            "{} was copied to {} at {} by `oauthd copy`, and holds the refresh tokens it had then: {doing} would use them beside the copy (a provider that rotates refresh tokens takes a second use for a stolen token and ends the grant for both; a revocation ends it for both). Serve the copy (the config's `store`, or `db`, naming it). To come back to this store, copy the other way (`oauthd copy` with the copy's settings, into a new file), which keeps what changed since; or, with the copy stopped for good, `oauthd copy --forget-copy` with this store's settings takes the mark out (refresh tokens rotated since are then lost)",
+            store.describe(),
+            copied.to,
+            crate::clock::rfc3339(copied.at_ms)
+        ),
+        2,
+    ))
+}
+
+/// `oauthd copy --forget-copy`: takes the mark out.
+pub(super) fn forget(settings: Settings) -> Result<(), Fatal> {
+    let store = open_store(&settings, Missing::Refuse)?;
+    let rt = runtime()?;
+    let held = rt.block_on(store.copied_to())?;
+    let Some(text) = held else {
+        say!(
+            "{} holds no mark of a copy: nothing to do",
+            store.describe()
+        );
+        return Ok(());
+    };
+    rt.block_on(store.note_copied_to(None))?;
+    let to = serde_json::from_str::<CopiedTo>(&text)
+        .map(|c| format!(" (to {} at {})", c.to, crate::clock::rfc3339(c.at_ms)))
+        .unwrap_or_default();
+    say!(
+        "took out the mark of the copy{to} from {}: oauthd serves it again. Never beside the copy",
+        store.describe()
+    );
+    Ok(())
+}
