@@ -273,36 +273,7 @@ fn key_file_line(
                 None => None,
             };
             match refusal {
-                Some(why) => {
-                    // A serving oauthd has its key: from where this check was not told.
-                    let serving = match store {
-                        Some(store) => rt
-                            .block_on(store.vault_keys_in_use(now))
-                            .unwrap_or_default(),
-                        None => Vec::new(),
-                    };
-                    let why = match serving.first().and_then(|i| i.keys.first()) {
-                        Some(key) => {
-                            // The copy it wrote, when it saw its key file go, holds its key.
-                            let mut rescued =
-                                crate::vault::rescue_hint(path, std::slice::from_ref(key));
-                            // Named once, when the refusal names that copy already.
-                            if why.contains(rescued.trim()) {
-                                rescued.clear();
-                            }
-                            let only = if rescued.is_empty() && !why.contains("wrote the keys") {
-                                ", and its memory holds the only copy: do not stop it, and see its log"
-                            } else {
-                                ""
-                            };
-                            format!(
-                                "{why} An oauthd serving this store seals with key {key} now: it reads its key from elsewhere (OAUTHD_KEY_FILE or OAUTHD_KEY: run check with the same), or this file was deleted under it{only}.{rescued}"
-                            )
-                        }
-                        None => why,
-                    };
-                    r.line("FAIL", "key file", why)
-                }
+                Some(why) => r.line("FAIL", "key file", why),
                 None => r.line(
                     "ok",
                     "key file",

@@ -24,14 +24,43 @@ pub(super) fn key_source(settings: &Settings) -> Result<KeySource, String> {
 /// (`OAUTHD_KEY_FILE`, `OAUTHD_KEY`) or lost, and a key made now would seal what is
 /// written next under a key the daemon cannot open (or, for `serve`, leave what was
 /// sealed before unreadable), splitting the data between two keys.
-fn no_key_once_served(path: &std::path::Path) -> String {
+/// While an oauthd serves the database (`serving`), starting over is no way out: the key
+/// it serves with is to be given to the command.
+fn no_key_once_served(path: &std::path::Path, serving: bool) -> String {
+    let start_over = if serving {
+        String::new()
+    } else {
+        format!(
+            " To start over with a new key, knowing that what the old one sealed stays \
+             unreadable: (umask 077; oauthd keygen > \"{}\")",
+            path.display()
+        )
+    };
     format!(
         "no vault key: oauthd has served this database, there is no key file at {path}, and \
          neither OAUTHD_KEY_FILE nor OAUTHD_KEY is set. Start oauthd (and give every \
          command) the key it served with (the same OAUTHD_KEY_FILE or OAUTHD_KEY), or put \
-         that key file back; no key was made. To start over with a new key, knowing that \
-         what the old one sealed stays unreadable: (umask 077; oauthd keygen > \"{path}\")",
+         that key file back; no key was made.{start_over}",
         path = path.display()
+    )
+}
+
+/// What a refusal adds when an oauthd serves the store with `key`: it has its key from
+/// where this command was not told, or its file went under it (then the copy it wrote of
+/// its keys holds it, or only its memory does). `why` is the refusal so far.
+fn serving_note(why: &str, key: &String, path: &std::path::Path) -> String {
+    let mut rescued = vault::rescue_hint(path, std::slice::from_ref(key));
+    // Named once, when the refusal names that copy already.
+    if why.contains(rescued.trim()) {
+        rescued.clear();
+    }
+    let only = if rescued.is_empty() && !why.contains("wrote the keys") {
+        ", and its memory holds the only copy: do not stop it, and see its log"
+    } else {
+        ""
+    };
+    format!(
+        " An oauthd serving this store seals with key {key} now: it reads its key from elsewhere (OAUTHD_KEY_FILE or OAUTHD_KEY where it was started: give this command the same), or this file was deleted under it{only}.{rescued}"
     )
 }
 
@@ -111,6 +140,7 @@ pub(super) fn check_vault_opens_tokens(
     source: &KeySource,
     store: &Arc<dyn Store>,
     target: &StoreTarget,
+    db: &std::path::Path,
 ) -> Result<(), Fatal> {
     let known = vault.key_ids();
     let missing = keys_missing_for_tokens(&known, store)?;
@@ -119,10 +149,27 @@ pub(super) fn check_vault_opens_tokens(
     }
     let from = source.describe();
     // The key file written over under a running oauthd, which wrote out what it held.
-    let rescued = match source {
+    let mut rescued = match source {
         KeySource::File { path, .. } => vault::rescue_hint(path, &missing),
         KeySource::Inline(_) => String::new(),
     };
+    // A key file a command made beside the database, run without the OAUTHD_KEY_FILE
+    // the daemon reads (or the other way round): what each sealed needs both keys.
+    let beside = crate::paths::with_suffix(db, ".key");
+    let elsewhere = !matches!(source, KeySource::File { path, .. } if *path == beside);
+    if rescued.is_empty() && elsewhere && matches!(target, StoreTarget::Sqlite) {
+        let holds = std::fs::read_to_string(&beside)
+            .ok()
+            .and_then(|text| vault::key_ids(&text).ok())
+            .is_some_and(|ids| missing.iter().all(|m| ids.contains(m)));
+        if holds {
+            rescued = format!(
+                " The key file beside the database, {}, holds them (made by a command run without the key {from} names, which sealed what it wrote with it): what is stored now needs both keys, so add its line(s) of key(s) {} to the key file as further lines (the first line seals: keep it first), or set OAUTHD_KEY_FILE for every command too.",
+                beside.display(),
+                missing.join(", ")
+            );
+        }
+    }
     let kept = match target {
         StoreTarget::Sqlite => "OAUTHD_KEY, OAUTHD_KEY_FILE, or the key file beside the database",
         StoreTarget::Redis(_) => {
@@ -173,6 +220,22 @@ pub(super) async fn refusal_without_key_file(
     path: &std::path::Path,
     now_ms: i64,
 ) -> Result<Option<String>, crate::store::StoreError> {
+    let serving = store.vault_keys_in_use(now_ms).await.unwrap_or_default();
+    let serving_key = serving.first().and_then(|i| i.keys.first());
+    let refusal = held_without_key_file(store, path, now_ms, serving_key.is_some()).await?;
+    Ok(match (refusal, serving_key) {
+        (Some(why), Some(key)) => Some(format!("{why}{}", serving_note(&why, key, path))),
+        (refusal, _) => refusal,
+    })
+}
+
+/// `refusal_without_key_file` before what a serving oauthd adds.
+async fn held_without_key_file(
+    store: &dyn Store,
+    path: &std::path::Path,
+    now_ms: i64,
+    serving: bool,
+) -> Result<Option<String>, crate::store::StoreError> {
     let mut tokens = std::collections::BTreeMap::<String, usize>::new();
     for row in store.list_connections().await? {
         if let Some(id) = vault::sealed_key_id(&row.access_token) {
@@ -210,5 +273,5 @@ pub(super) async fn refusal_without_key_file(
     Ok(store
         .was_served()
         .await?
-        .then(|| no_key_once_served(path) + &vault::rescue_hint(path, &[])))
+        .then(|| no_key_once_served(path, serving) + &vault::rescue_hint(path, &[])))
 }

@@ -253,7 +253,7 @@ pub(super) fn services(
         }
     }
     let vault = Arc::new(key_loading::load_vault(source.clone())?);
-    check_vault_opens_tokens(&vault, &source, store, &settings.store)?;
+    check_vault_opens_tokens(&vault, &source, store, &settings.store, &settings.db)?;
     vault_peers::check(&vault.key_ids(), &from, store, &clock)?;
     let states = Arc::new(StateService::new(
         store.clone(),

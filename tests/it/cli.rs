@@ -572,7 +572,7 @@ fn a_command_makes_no_key_file_beside_a_database_oauthd_served() {
     )
     .unwrap();
     let vault_env = ("OAUTHD_KEY_FILE", vault.to_str().unwrap());
-    drop(home.start_with_env(&[vault_env]));
+    home.start_with_env(&[vault_env]).signal_and_wait("TERM");
     let key_file = home.key_file();
     assert!(
         !key_file.exists(),
@@ -624,9 +624,73 @@ fn a_command_makes_no_key_file_beside_a_database_oauthd_served() {
     assert!(!key_file.exists(), "a command made the key file");
 }
 
+/// The start-over advice followed while the daemon's key was elsewhere (its
+/// OAUTHD_KEY_FILE, which sealed a state's data): a command sealed what it imported with
+/// the new key file beside the database, and the daemon's next start was refused naming
+/// only the key it lacks. It names the file beside the database that holds it, and that
+/// both keys are needed; done so, the token and the state's data open.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_start_lacking_the_key_a_command_made_beside_the_database_names_that_file() {
+    let home = Home::new();
+    home.write_config(GH);
+    let key = home.create_key("app", &[]);
+    let vault = home.dir.path().join("vault.key");
+    std::fs::write(
+        &vault,
+        Command::new(BIN).arg("keygen").output().unwrap().stdout,
+    )
+    .unwrap();
+    let vault_env = ("OAUTHD_KEY_FILE", vault.to_str().unwrap());
+    let d = home.start_with_env(&[vault_env]);
+    let data = serde_json::json!({"n": 1});
+    let state = d
+        .create_state(
+            &key,
+            serde_json::json!({"namespace": "login", "data": data}),
+        )
+        .await;
+    d.signal_and_wait("TERM");
+    // "To start over with a new key": made beside the database, then used by a command.
+    let made = Command::new(BIN).arg("keygen").output().unwrap();
+    std::fs::write(home.key_file(), &made.stdout).unwrap();
+    let lines = home.dir.path().join("tokens.jsonl");
+    std::fs::write(
+        &lines,
+        "{\"provider\":\"gh\",\"account\":\"second\",\"access_token\":\"t-second\"}\n",
+    )
+    .unwrap();
+    let out = home.cli(&["connections", "import", "--file", lines.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let out = home.serve_once_with(&[vault_env], "127.0.0.1:0");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "The key file beside the database, {}, holds them",
+            home.key_file().display()
+        )) && err.contains("needs both keys"),
+        "{err}"
+    );
+    // As it says: the line added to the daemon's key file.
+    let mut both = std::fs::read_to_string(&vault).unwrap();
+    both.push_str(&String::from_utf8(made.stdout).unwrap());
+    std::fs::write(&vault, both).unwrap();
+    let d = home.start_with_env(&[vault_env]);
+    let (status, body) = d.get("/v1/connections/gh/second/token", &key).await;
+    assert_eq!(
+        (status, &body["access_token"]),
+        (200, &serde_json::json!("t-second")),
+        "{body}"
+    );
+    let (status, body) = d.consume(&key, &state, "login").await;
+    assert_eq!((status, &body["data"]), (200, &data), "{body}");
+    d.signal_and_wait("TERM");
+}
+
 /// `check` and `backup` run without the OAUTHD_KEY_FILE a serving oauthd reads: `check`
 /// failed the key file as lost (and the daemon ran fine), `backup` said to keep a key file
-/// that does not exist. Both say where the key is and that the command was not told.
+/// that does not exist. Both say where the key is and that the command was not told; so
+/// do the other commands, which offered to make a new key.
 #[test]
 fn commands_without_the_serving_oauthds_key_file_say_where_the_key_is() {
     let home = Home::new();
@@ -648,8 +712,19 @@ fn commands_without_the_serving_oauthds_key_file_say_where_the_key_is() {
             && l.contains(&format!(
                 "An oauthd serving this store seals with key {id} now"
             ))
-            && l.contains("run check with the same")),
+            && l.contains("give this command the same")),
         "{report}"
+    );
+    // A command that would seal says the same, and offers no new key while an oauthd
+    // serves: made, it split the data between two keys once the daemon stopped.
+    let out = home.cli(&["connections", "list"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let said = text(&out.stderr);
+    assert!(
+        said.contains(&format!(
+            "An oauthd serving this store seals with key {id} now"
+        )) && !said.contains("oauthd keygen >"),
+        "{said}"
     );
     let copy = home.dir.path().join("copy.db");
     let out = home.cli(&["backup", copy.to_str().unwrap()]);
