@@ -5,15 +5,24 @@ use crate::config::Settings;
 
 const NO_CONFIG_FILE: &str = "no config file was given: --config, OAUTHD_CONFIG; was it left out?";
 
-/// Why `connections delete` of a connection whose provider is not configured stops when no
-/// config file was given: it would revoke nothing at the provider, and the grant would stay
-/// valid there (most likely the config file was left out, not the provider removed).
+/// Why `connections delete` of a connection whose provider is not configured stops: it
+/// would revoke nothing at the provider, and the grant would stay valid there with the
+/// token that could revoke it gone (more likely a config file left out, or another one
+/// given, than the provider removed). `--force` deletes only oauthd's copy.
 pub(super) fn delete_refusal(settings: &Settings, provider: &str, account: &str) -> Option<String> {
-    (settings.config_file.is_none() && !settings.providers.contains_key(provider)).then(|| {
-        format!(
-            "nothing was deleted: provider {provider} is not configured ({NO_CONFIG_FILE}), so deleting {provider}/{account} would revoke nothing at {provider} and its grant would stay valid there. Give the config file to revoke it, or add --force to delete only oauthd's copy"
-        )
-    })
+    if settings.providers.contains_key(provider) {
+        return None;
+    }
+    let why = match &settings.config_file {
+        None => NO_CONFIG_FILE.to_owned(),
+        Some(path) => format!(
+            "not in the config file {}; is it the one the running oauthd reads?",
+            path.display()
+        ),
+    };
+    Some(format!(
+        "nothing was deleted: provider {provider} is not configured ({why}), so deleting {provider}/{account} would revoke nothing at {provider} and its grant would stay valid there, with the token that could revoke it gone. Give the config file that configures {provider} to revoke it, or add --force to delete only oauthd's copy"
+    ))
 }
 
 /// What to say of the connections of `providers` (one name per connection) whose provider

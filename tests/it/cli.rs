@@ -949,7 +949,7 @@ async fn check_names_connections_that_need_reauth_or_fail_to_refresh() {
 /// nothing, while every token call answered `provider_missing`. Both say so now, and that
 /// no config file was given; so does `connections list`. And `connections delete` deleted
 /// such a connection, revoking nothing at the provider, with exit 0: without a config
-/// file it now stops unless told `--force`.
+/// file, or with one that lacks the provider, it now stops unless told `--force`.
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_of_providers_not_in_the_config_are_pointed_out() {
     let home = Home::new();
@@ -982,6 +982,22 @@ async fn connections_of_providers_not_in_the_config_are_pointed_out() {
         text(&out.stderr).contains(
             "nothing was deleted: provider gh is not configured (no config file was given"
         ),
+        "{out:?}"
+    );
+    assert!(home
+        .cli(&["connections", "show", "gh", "me"])
+        .status
+        .success());
+    // A config file given that lacks the provider (another one than the daemon reads):
+    // the same, naming the file.
+    home.write_config("");
+    let out = home.cli(&["connections", "delete", "gh", "me", "--yes"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        text(&out.stderr).contains(&format!(
+            "nothing was deleted: provider gh is not configured (not in the config file {};",
+            home.config().display()
+        )),
         "{out:?}"
     );
     assert!(home

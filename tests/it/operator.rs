@@ -89,7 +89,10 @@ async fn connections_of_a_removed_provider_are_listed_and_can_be_deleted() {
     // Nothing was revoked at the provider (the answer said so).
     assert!(peer.is_active(&token).await);
 
+    // From the terminal, only when told it revokes nothing there.
     let out = home.cli(&["connections", "delete", "peer", "bob"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = home.cli(&["connections", "delete", "peer", "bob", "--force"]);
     assert!(out.status.success(), "{out:?}");
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("no longer configured"), "{said}");
