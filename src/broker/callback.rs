@@ -397,8 +397,16 @@ impl Broker {
             .map_err(|_| CallbackError::UnknownProvider)?;
         let expected = super::redirect_uri(&self.public_url, provider);
         let query = read_pasted(pasted, &expected)?;
-        self.finish_callback(provider_name, query, Browser::Pasted)
-            .await
+        match self
+            .finish_callback(provider_name, query, Browser::Pasted)
+            .await?
+        {
+            super::Finished::Connected(connected) => Ok(connected),
+            // An app's flow pasted is refused before it could be held.
+            super::Finished::Held(held) => Err(CallbackError::AppFlowPasted {
+                account: held.account,
+            }),
+        }
     }
 
     /// Puts a flow taken where it may not finish back as it was (its value, data and
@@ -441,7 +449,7 @@ impl Broker {
         provider_name: &str,
         q: CallbackQuery,
         browser: Browser<'_>,
-    ) -> Result<Connected, CallbackError> {
+    ) -> Result<super::Finished, CallbackError> {
         let provider = self
             .provider(provider_name)
             .map_err(|_| CallbackError::UnknownProvider)?;
@@ -547,19 +555,32 @@ impl Broker {
             }
             return Err(CallbackError::NotSignedIn { account });
         }
+        // An app's flow that came back with a code waits for the person's press on the
+        // page this browser gets (`held.rs`): the flow's cookie may have been set by a page
+        // of the app's on oauthd's host.
+        if app {
+            if let ProviderAnswer::Code(code) = read_answer(&q) {
+                let code = code.to_owned();
+                return self
+                    .hold(provider_name, &q, code, account, secrets)
+                    .await
+                    .map(super::Finished::Held)
+                    .map_err(|e| by_app(e, true));
+            }
+        }
         let connected = self
             .redeem(provider, q, account, secrets)
             .await
             .map_err(|e| by_app(e, app))?;
-        Ok(Connected {
+        Ok(super::Finished::Connected(Connected {
             by_app: app,
             ..connected
-        })
+        }))
     }
 
     /// The rest of a callback, once the flow is used up and may be finished here: the
     /// provider's identity, its answer, the code's exchange, the tokens stored.
-    async fn redeem(
+    pub(super) async fn redeem(
         &self,
         provider: &crate::oauth::Provider,
         q: CallbackQuery,
@@ -698,6 +719,15 @@ impl Broker {
         namespace: &str,
         data: Option<&serde_json::Value>,
     ) -> Result<FlowSecrets, BrokerError> {
+        self.open_sealed(namespace, data)
+    }
+
+    /// What a connect flow's state (or a held flow's) keeps sealed, opened.
+    pub(super) fn open_sealed<T: serde::de::DeserializeOwned>(
+        &self,
+        namespace: &str,
+        data: Option<&serde_json::Value>,
+    ) -> Result<T, BrokerError> {
         let opened = data
             .and_then(sealed_flow_secrets)
             .ok_or(VaultError::Corrupt)

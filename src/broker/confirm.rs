@@ -69,6 +69,11 @@ impl AppSecrets {
         &self.key_id
     }
 
+    /// The name of the API key that started the flow.
+    pub(super) fn key_name(&self) -> &str {
+        &self.key_name
+    }
+
     pub(super) fn new(
         key_id: &str,
         key_name: &str,

@@ -4,7 +4,7 @@
 use super::confirm::{flow_cookie, flow_cookie_name, FlowCookie};
 use super::pages::{escape, page, page_for};
 use super::AppState;
-use crate::broker::{Browser, CallbackError, CallbackQuery, Connected};
+use crate::broker::{Browser, CallbackError, CallbackQuery, Connected, Finished, Held};
 use crate::secret::StateValue;
 use actix_web::cookie::Cookie;
 use actix_web::http::header;
@@ -115,40 +115,8 @@ pub async fn callback(
         String::new()
     };
     let mut resp = match finished {
-        Ok(Connected {
-            return_to: Some(to),
-            ..
-        }) => HttpResponse::SeeOther()
-            .insert_header((header::LOCATION, to))
-            .insert_header((header::CACHE_CONTROL, "no-store"))
-            .finish(),
-        Ok(Connected {
-            provider,
-            account,
-            by_app,
-            caution,
-            identity,
-            same_account_as,
-            replaced,
-            ..
-        }) => page_for(
-            by_app,
-            base,
-            200,
-            "Connected",
-            &format!(
-                "<p><strong>{}</strong> account <strong>{}</strong> is connected{}. Apps with an API key can now fetch its access token from oauthd; you can close this tab.</p>{}{}{}{forget}",
-                escape(&provider),
-                escape(&account),
-                signed_in_as(&provider, &identity),
-                replaced_note(&provider, &account, replaced.as_ref(), by_app),
-                same_account(&provider, &same_account_as, by_app),
-                caution.map_or_else(String::new, |c| format!(
-                    "<p class=\"caution\"><strong>But</strong> {}.</p>",
-                    escape(&c)
-                ))
-            ),
-        ),
+        Ok(Finished::Connected(connected)) => connected_page(base, connected, &forget),
+        Ok(Finished::Held(held)) => held_page(&app, &held, &forget),
         Err(e) => failed(&app, csrf, &provider, e, &forget),
     };
     if let (Some(state), Some(_), true) = (state, cookie, used_up) {
@@ -160,6 +128,123 @@ pub async fn callback(
         }
     }
     resp
+}
+
+/// What the browser gets once a flow connected: a `303` to the app's allowed `return_to`,
+/// else the page that says so.
+fn connected_page(base: &str, connected: Connected, forget: &str) -> HttpResponse {
+    let Connected {
+        provider,
+        account,
+        return_to,
+        by_app,
+        caution,
+        identity,
+        same_account_as,
+        replaced,
+    } = connected;
+    if let Some(to) = return_to {
+        return HttpResponse::SeeOther()
+            .insert_header((header::LOCATION, to))
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .finish();
+    }
+    page_for(
+        by_app,
+        base,
+        200,
+        "Connected",
+        &format!(
+            "<p><strong>{}</strong> account <strong>{}</strong> is connected{}. Apps with an API key can now fetch its access token from oauthd; you can close this tab.</p>{}{}{}{forget}",
+            escape(&provider),
+            escape(&account),
+            signed_in_as(&provider, &identity),
+            replaced_note(&provider, &account, replaced.as_ref(), by_app),
+            same_account(&provider, &same_account_as, by_app),
+            caution.map_or_else(String::new, |c| format!(
+                "<p class=\"caution\"><strong>But</strong> {}.</p>",
+                escape(&c)
+            ))
+        ),
+    )
+}
+
+/// The page of an app's flow back from the provider: nothing is connected until the
+/// person presses its button (`finish`), which carries the value only this page holds.
+fn held_page(app: &AppState, held: &Held, forget: &str) -> HttpResponse {
+    let action = format!("{}/callback/{}/finish", app.base_path, held.provider);
+    let body = format!(
+        "<p>You signed in at <strong>{p}</strong>. An app using oauthd's API key \
+         <strong>{key}</strong> asks to connect that account to oauthd, as account \
+         <strong>{a}</strong>: apps whose API keys reach it will be able to fetch its access \
+         tokens and act as you at {p} until it is disconnected in oauthd.</p>\
+         <p>Connect it only if you started this yourself, in that app. Otherwise close this \
+         page: nothing has been connected.</p>\
+         <form method=\"post\" action=\"{action}\">\
+         <input type=\"hidden\" name=\"held\" value=\"{value}\">\
+         <button type=\"submit\">Connect {p} account {a}</button></form>\
+         <p>Press it now: the sign-in's code from {p} expires within minutes (a minute \
+         at some providers).</p>{forget}",
+        p = escape(&held.provider),
+        key = escape(&held.key_name),
+        a = escape(&held.account),
+        action = escape(&action),
+        value = escape(held.value.expose()),
+    );
+    let mut resp = page_for(
+        true,
+        &app.base_path,
+        200,
+        &format!("Connect {}?", held.provider),
+        &body,
+    );
+    // Its form's `Origin` must name oauthd (`no-referrer` would make it `null`).
+    resp.headers_mut().insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("same-origin"),
+    );
+    resp
+}
+
+#[derive(serde::Deserialize)]
+pub struct FinishForm {
+    held: String,
+}
+
+/// `POST /callback/{provider}/finish`: the held page's button. Only from oauthd's own page,
+/// with the value that page held.
+pub async fn finish(
+    app: web::Data<AppState>,
+    provider: web::Path<String>,
+    req: HttpRequest,
+    form: Option<web::Form<FinishForm>>,
+) -> HttpResponse {
+    let base = app.base_path.as_str();
+    if let Err(e) = app.public_route_hit(&req) {
+        return super::pages::too_many(base, &e);
+    }
+    if !super::confirm::from_own_page(&req, &app.broker.public_origin()) {
+        return page_for(
+            true,
+            base,
+            403,
+            "Please connect from oauthd's page",
+            "<p>This request did not come from oauthd's page. Go back to the app and start again there.</p>",
+        );
+    }
+    let Some(value) = form.and_then(|f| StateValue::parse(&f.held)) else {
+        return failed(
+            &app,
+            None,
+            &provider,
+            CallbackError::ByApp(Box::new(CallbackError::NoState)),
+            "",
+        );
+    };
+    match app.broker.finish_held(&provider, &value).await {
+        Ok(connected) => connected_page(base, connected, ""),
+        Err(e) => failed(&app, None, &provider, e, ""),
+    }
 }
 
 /// The caution for a reconnect that made the connection another account at the provider

@@ -196,7 +196,7 @@ fn continued_before(app: &AppState, provider: &str, flow: &AppFlow) -> HttpRespo
 /// reading `null`). A request that says neither is refused too: no browser of the last
 /// years sends a form that way. (A server may say anything; what it gets, the cookie,
 /// is its own and no person's browser has it.)
-fn from_own_page(req: &HttpRequest, own_origin: &str) -> bool {
+pub(super) fn from_own_page(req: &HttpRequest, own_origin: &str) -> bool {
     let header = |name: &str| req.headers().get(name).map(|v| v.to_str().unwrap_or(""));
     match (header("sec-fetch-site"), header(header::ORIGIN.as_str())) {
         (Some(site), _) => site == "same-origin",

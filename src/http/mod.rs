@@ -433,6 +433,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             Method::GET,
             web::to(callback::callback),
         ))
+        .service(endpoint(
+            "/callback/{provider}/finish",
+            Method::POST,
+            web::to(callback::finish),
+        ))
         .service(
             web::resource("/admin/login")
                 // HEAD as GET (link checkers and previews ask so): the page, which never

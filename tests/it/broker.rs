@@ -1380,6 +1380,9 @@ async fn a_callback_that_meets_a_store_not_answering_connects_on_reload() {
     let status = resp.status();
     let page = resp.text().await.unwrap();
     assert_eq!(status, 200, "{page}");
+    let held = common::held_value(&page).unwrap_or_else(|| panic!("{page}"));
+    let (status, page, _) = common::press_connect(&callback, &held).await;
+    assert_eq!(status, 200, "{page}");
     assert!(page.contains("is connected"), "{page}");
     assert_eq!(
         d.get("/v1/connections/peer/alice", &key).await.1["status"],

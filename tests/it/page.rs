@@ -206,8 +206,8 @@ async fn expired_sign_in_shows_the_retry_page_and_one_click_starts_again() {
 }
 
 /// An app's connect flow in a real browser: the address it hands out shows oauthd's page
-/// naming the key and the account; the button leads on to the provider and the flow ends
-/// connected. Another site's page that posts the same form (with a script, no click) is
+/// naming the key and the account; the button leads on to the provider, back from which
+/// a second page asks before anything is connected; its button connects. Another site's page that posts the same form (with a script, no click) is
 /// refused: Chromium says where the form came from.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_apps_flow_is_confirmed_on_oauthds_page_in_a_real_browser() {
@@ -244,8 +244,18 @@ async fn an_apps_flow_is_confirmed_on_oauthds_page_in_a_real_browser() {
     b.screenshot("02-confirm.png").await;
     b.click("form button[type=submit]").await;
     b.login_and_consent_at_provider("03").await;
+    // Back from the provider: nothing connected until the person presses here.
+    b.wait_text("h1", "Connect peer?").await;
+    let said = b.text("main").await;
+    assert!(
+        said.contains("API key app") && said.contains("as account living-room"),
+        "{said}"
+    );
+    assert_eq!(d.get("/v1/connections/peer/living-room", &key).await.0, 404);
+    b.screenshot("04-connect.png").await;
+    b.click("form button[type=submit]").await;
     b.wait_text("h1", "Connected").await;
-    b.screenshot("04-connected.png").await;
+    b.screenshot("05-connected.png").await;
     assert_eq!(
         d.get("/v1/connections/peer/living-room/token", &key)
             .await

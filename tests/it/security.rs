@@ -1733,6 +1733,10 @@ async fn an_apps_flow_is_confirmed_on_oauthds_page_and_finishes_only_in_that_bro
         "{cleared:?}"
     );
     let text = back.text().await.unwrap();
+    assert!(!text.contains("Back to oauthd"), "{text}");
+    let held = common::held_value(&text).unwrap_or_else(|| panic!("{text}"));
+    let (status, text, _) = common::press_connect(&callback, &held).await;
+    assert_eq!(status, 200, "{text}");
     assert!(text.contains("Connected"), "{text}");
     assert!(!text.contains("Back to oauthd"), "{text}");
     assert_eq!(d.get("/v1/connections/peer/evil", &key).await.0, 200);
@@ -1746,6 +1750,78 @@ async fn an_apps_flow_is_confirmed_on_oauthds_page_and_finishes_only_in_that_bro
         page.contains("Go back to the app and start again there"),
         "{page}"
     );
+}
+
+/// An app that presses its own flow's "Continue" from its server gets the flow's cookie,
+/// and a page of its own on oauthd's host name (at any port: browsers keep cookies apart
+/// by host, not port) can set that cookie in another person's browser. That person,
+/// signed in at a provider that remembers a consent, came back and had their account
+/// connected under the app's name without ever seeing oauthd's page. Back from the
+/// provider, an app's flow now waits for a press on the page that browser gets; the app,
+/// without that page's value, cannot press it for them.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_that_plants_its_flows_cookie_in_another_browser_connects_nothing_unasked() {
+    use reqwest::cookie::CookieStore;
+    let peer = Peer::start(60);
+    let (home, key) = peer.home_with_key("");
+    let d = home.start();
+    let address = d.app_flow_address(&key, "peer", "evil").await;
+    // The app's server presses "Continue" itself, saying what a browser says.
+    let apps = reqwest::cookie::Jar::default();
+    let to_provider = common::confirm_flow(&apps, &d.url, &address).await;
+    // The other person signs in at the provider (silently, where it remembers them).
+    let callback = peer.approve(&to_provider).await;
+    // Their browser comes back with the cookie the app's page set in it.
+    let planted = apps
+        .cookies(&reqwest::Url::parse(&callback).unwrap())
+        .expect("the flow's cookie");
+    let back = no_redirects()
+        .get(&callback)
+        .header("cookie", planted)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(back.status(), 200);
+    let page = back.text().await.unwrap();
+    assert!(
+        page.contains("asks to connect that account to oauthd, as account <strong>evil</strong>"),
+        "{page}"
+    );
+    assert_eq!(
+        d.get("/v1/connections/peer/evil", &key).await.0,
+        404,
+        "connected without the person's press"
+    );
+    // The app presses for them: with what it knows (the flow's state), or nothing.
+    let state = common::query_param(&to_provider, "state");
+    let finish = format!("{}/callback/peer/finish", d.url);
+    for held in [state.as_str(), "", "x"] {
+        let pressed = no_redirects()
+            .post(&finish)
+            .header("origin", &d.url)
+            .header("sec-fetch-site", "same-origin")
+            .form(&[("held", held)])
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(pressed.status(), 200, "{held}");
+    }
+    // From another page (cross-site, or another port of the host): refused too.
+    let value = common::held_value(&page).expect("the page's value");
+    let forged = no_redirects()
+        .post(&finish)
+        .header("sec-fetch-site", "same-site")
+        .form(&[("held", value.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert_eq!(d.get("/v1/connections/peer/evil", &key).await.0, 404);
+    // The person's own press, from the page: connected.
+    let (status, page, _) = common::press_connect(&callback, &value).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("is connected"), "{page}");
+    assert_eq!(d.get("/v1/connections/peer/evil", &key).await.0, 200);
 }
 
 /// The browser that pressed the confirmation's button first may press it again (a double

@@ -355,10 +355,23 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
     let value = oauthd::secret::StateValue::parse(&state).unwrap();
     let flow = broker.app_flow("p", "evil", &value).await.unwrap();
     endpoint.then(200, tokens("access-1", "refresh-1", 3600));
-    broker
+    let finished = broker
         .finish_callback("p", callback(&state), a_browser(Some(&flow.browser)))
         .await
         .unwrap();
+    // Back from the provider, it waits for the person's press on the page this browser
+    // gets: the flow's cookie may have been set there by a page of the app's.
+    let oauthd::broker::Finished::Held(held) = finished else {
+        panic!("an app's flow connected without the press: {finished:?}");
+    };
+    assert_eq!(endpoint.calls(), 0, "nothing redeemed before the press");
+    assert!(broker.connection("p", "evil").await.is_err());
+    broker.finish_held("p", &held.value).await.unwrap();
+    assert_eq!(
+        broker.finish_held("p", &held.value).await.unwrap_err(),
+        CallbackError::ByApp(Box::new(CallbackError::UnknownState)),
+        "pressed once only"
+    );
     assert_eq!(endpoint.calls(), 1);
     let token = broker.access_token("p", "evil", MINUTE).await.unwrap();
     assert_eq!(token.access_token.as_str(), "access-1");
@@ -408,7 +421,32 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
     let flow = broker.app_flow("p", "late", &value).await.unwrap();
     let unconfirmed = start("later").await.unwrap();
     let later = oauthd::secret::StateValue::parse(&state_of(&unconfirmed.authorize_url)).unwrap();
+    // And one back from the provider, its page not pressed yet.
+    let waiting = start("waiting").await.unwrap();
+    let waiting_state = state_of(&waiting.authorize_url);
+    let waiting_value = oauthd::secret::StateValue::parse(&waiting_state).unwrap();
+    let waiting_flow = broker
+        .app_flow("p", "waiting", &waiting_value)
+        .await
+        .unwrap();
+    let finished = broker
+        .finish_callback(
+            "p",
+            callback(&waiting_state),
+            a_browser(Some(&waiting_flow.browser)),
+        )
+        .await
+        .unwrap();
+    let oauthd::broker::Finished::Held(waiting) = finished else {
+        panic!("{finished:?}");
+    };
     assert!(b.store.revoke_key("music", clock.now_ms()).await.unwrap());
+    assert_eq!(
+        broker.finish_held("p", &waiting.value).await.unwrap_err(),
+        CallbackError::ByApp(Box::new(CallbackError::StarterRevoked {
+            account: "waiting".into()
+        }))
+    );
     // A new key of the same name is another key: it revives none of the old one's flows.
     oauthd::apikeys::create(&*b.store, "music", Default::default(), clock.now_ms())
         .await

@@ -706,6 +706,43 @@ pub async fn browser_get_with(
         .get("location")
         .and_then(|l| l.to_str().ok())
         .map(str::to_owned);
+    let page = resp.text().await.unwrap_or_default();
+    // An app's flow back from the provider: the person presses "Connect" on the page.
+    match held_value(&page) {
+        Some(value) if status == 200 => press_connect(url, &value).await,
+        _ => (status, page, location),
+    }
+}
+
+/// The value the page of an app's flow back from the provider holds for its "Connect"
+/// button, when `page` is that page.
+pub fn held_value(page: &str) -> Option<String> {
+    let marker = "name=\"held\" value=\"";
+    let start = page.find(marker)? + marker.len();
+    let end = page[start..].find('"')?;
+    Some(page[start..start + end].to_owned())
+}
+
+/// Presses "Connect" on the page an app's flow came back to at `callback` (the callback's
+/// address), as the browser that got it: `(status, body, Location)` of the answer.
+pub async fn press_connect(callback: &str, value: &str) -> (u16, String, Option<String>) {
+    let url = reqwest::Url::parse(callback).expect("callback url");
+    let origin = url.origin().ascii_serialization();
+    let finish = format!("{}{}/finish", origin, url.path());
+    let resp = no_redirects()
+        .post(&finish)
+        .header("origin", &origin)
+        .header("sec-fetch-site", "same-origin")
+        .form(&[("held", value)])
+        .send()
+        .await
+        .expect("connect press");
+    let status = resp.status().as_u16();
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .map(str::to_owned);
     (status, resp.text().await.unwrap_or_default(), location)
 }
 
