@@ -562,7 +562,14 @@ impl Broker {
             if let ProviderAnswer::Code(code) = read_answer(&q) {
                 let code = code.to_owned();
                 return self
-                    .hold(provider_name, &q, code, account, secrets)
+                    .hold(
+                        provider_name,
+                        &q,
+                        code,
+                        account,
+                        secrets,
+                        consumed.expires_at_ms,
+                    )
                     .await
                     .map(super::Finished::Held)
                     .map_err(|e| by_app(e, true));

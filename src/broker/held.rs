@@ -77,6 +77,7 @@ impl Broker {
         code: String,
         account: String,
         secrets: FlowSecrets,
+        expires_at_ms: i64,
     ) -> Result<Held, CallbackError> {
         let not_kept = |e: String| CallbackError::NotStored(e);
         let namespace = held_namespace(provider, &account).map_err(|e| not_kept(e.to_string()))?;
@@ -97,12 +98,12 @@ impl Broker {
             .seal(&state_aad(namespace.as_str()), &plain)
             .map_err(|e| not_kept(e.to_string()))?;
         self.states
-            .issue_value(
+            // Ends when the flow would have: the app was told so (`expires_at`). The
+            // provider's code expires on its own clock, often sooner.
+            .issue_until(
                 value.clone(),
                 namespace,
-                // As long as a flow lives (the rules of its namespaces): the provider's
-                // code expires on its own clock, sooner (a minute at some, ten at most).
-                None,
+                expires_at_ms,
                 Some(crate::states::JsonText::of(
                     &serde_json::json!({ "sealed": STANDARD.encode(sealed) }),
                 )),
@@ -110,7 +111,12 @@ impl Broker {
                 crate::states::Room::Operator,
             )
             .await
-            .map_err(|e| not_kept(e.to_string()))?;
+            .map_err(|e| match e {
+                StateError::Expired { .. } => CallbackError::Expired {
+                    account: account.clone(),
+                },
+                e => not_kept(e.to_string()),
+            })?;
         log::info!(
             "connect {provider}/{account}: back from the provider; waits for the person to press Connect"
         );

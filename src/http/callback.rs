@@ -58,7 +58,7 @@ pub async fn callback(
             base,
             400,
             "Nothing to finish here",
-            "<p>A provider sends the browser to this address after a sign-in, with what the sign-in gave. A reload of the page that said \"Connected\" (or the back button to it) shows this: the connection made then stands, and oauthd's page lists it.</p>",
+            "<p>A provider sends the browser to this address after a sign-in, with what the sign-in gave. A reload of the page that said \"Connected\" (or the back button to it) shows this: the connection made then stands, and oauthd's page lists it. A reload of a page that asked whether to connect an account for an app shows it too: if its button was not pressed, nothing was connected; go back to the app and start again there.</p>",
         );
     }
     let query = match web::Query::<CallbackQuery>::from_query(req.query_string()) {
@@ -182,14 +182,16 @@ fn held_page(app: &AppState, held: &Held, forget: &str) -> HttpResponse {
          page: nothing has been connected.</p>\
          <form method=\"post\" action=\"{action}\">\
          <input type=\"hidden\" name=\"held\" value=\"{value}\">\
-         <button type=\"submit\">Connect {p} account {a}</button></form>\
+         <button type=\"submit\" data-after-a-moment>Connect {p} account {a}</button></form>\
          <p>Press it now: the sign-in's code from {p} expires within minutes (a minute \
-         at some providers).</p>{forget}",
+         at some providers).</p>{forget}\
+         <script src=\"{base}/static/press-after-a-moment.js\"></script>",
         p = escape(&held.provider),
         key = escape(&held.key_name),
         a = escape(&held.account),
         action = escape(&action),
         value = escape(held.value.expose()),
+        base = escape(&app.base_path),
     );
     let mut resp = page_for(
         true,

@@ -18,6 +18,7 @@ use serde_json::json;
 const INDEX: &str = include_str!("../../static/index.html");
 const APP_JS: &str = include_str!("../../static/app.js");
 const FORGET_ADDRESS_JS: &str = include_str!("../../static/forget-address.js");
+const PRESS_AFTER_A_MOMENT_JS: &str = include_str!("../../static/press-after-a-moment.js");
 const STYLE: &str = include_str!("../../static/style.css");
 const FAVICON: &str = include_str!("../../static/favicon.svg");
 
@@ -36,6 +37,10 @@ pub async fn asset(name: web::Path<String>) -> HttpResponse {
         "forget-address.js" => asset_response(
             "text/javascript; charset=utf-8",
             FORGET_ADDRESS_JS.to_owned(),
+        ),
+        "press-after-a-moment.js" => asset_response(
+            "text/javascript; charset=utf-8",
+            PRESS_AFTER_A_MOMENT_JS.to_owned(),
         ),
         "style.css" => asset_response("text/css; charset=utf-8", STYLE.to_owned()),
         "favicon.svg" => asset_response("image/svg+xml", FAVICON.to_owned()),

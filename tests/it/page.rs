@@ -253,6 +253,23 @@ async fn an_apps_flow_is_confirmed_on_oauthds_page_in_a_real_browser() {
     );
     assert_eq!(d.get("/v1/connections/peer/living-room", &key).await.0, 404);
     b.screenshot("04-connect.png").await;
+    // Its button works once the window has had the focus for a moment: the focus coming
+    // back (a popup over it closed at a click) turns it off first.
+    b.wait_for("form button[type=submit]:not([disabled])").await;
+    let off = b
+        .client
+        .execute(
+            "window.dispatchEvent(new Event('focus')); \
+             return document.querySelector('form button[type=submit]').disabled;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(off, serde_json::Value::Bool(true));
+    // A click that only brings the window the focus presses nothing; once it has had it
+    // for a moment, the button works.
+    b.click("h1").await;
+    b.wait_for("form button[type=submit]:not([disabled])").await;
     b.click("form button[type=submit]").await;
     b.wait_text("h1", "Connected").await;
     b.screenshot("05-connected.png").await;

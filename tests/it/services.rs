@@ -402,6 +402,31 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
         matches!(denied.as_ref().unwrap_err().unwrapped(), (CallbackError::Denied { account, .. }, true) if account == "evil"),
         "{denied:?}"
     );
+    // Back from the provider late, pressed after the flow's end: expired, as the app was
+    // told it would be (the wait for the press is the flow's own time, not more).
+    let late = start("tardy").await.unwrap();
+    let late_state = state_of(&late.authorize_url);
+    let late_value = oauthd::secret::StateValue::parse(&late_state).unwrap();
+    let late_flow = broker.app_flow("p", "tardy", &late_value).await.unwrap();
+    clock.advance(50 * MINUTE);
+    let finished = broker
+        .finish_callback(
+            "p",
+            callback(&late_state),
+            a_browser(Some(&late_flow.browser)),
+        )
+        .await
+        .unwrap();
+    let oauthd::broker::Finished::Held(late) = finished else {
+        panic!("{finished:?}");
+    };
+    clock.advance(11 * MINUTE);
+    assert_eq!(
+        broker.finish_held("p", &late.value).await.unwrap_err(),
+        CallbackError::ByApp(Box::new(CallbackError::Expired {
+            account: "tardy".into()
+        }))
+    );
     let started = start("slow").await.unwrap();
     clock.advance(61 * MINUTE);
     let expired = finish(&started.authorize_url, a_browser(None)).await;
