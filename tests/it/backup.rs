@@ -964,6 +964,19 @@ async fn a_restore_follows_no_link_another_user_planted_nor_replaces_a_program()
     assert!(aside.is_empty(), "{aside:?}");
 }
 
+/// `oauthd check --db COPY` with the key file kept with it, as the README advises to try a
+/// copy out (it puts the copy in WAL mode); it must pass.
+fn check_a_copy(home: &Home, copy: &Path) {
+    let out = Command::new(common::BIN)
+        .args(["check", "--db"])
+        .arg(copy)
+        .env("OAUTHD_KEY_FILE", home.key_file())
+        .env_remove("OAUTHD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
 /// A copy checked with `oauthd check --db` (as the README advises, which puts it in WAL
 /// mode) and then restored from: the restore left `-wal` and `-shm` files beside it, and
 /// every later backup to that name was refused as a database in use.
@@ -973,14 +986,7 @@ async fn a_copy_checked_and_restored_from_takes_the_next_backup() {
     // Served once: its key file made.
     home.start().signal_and_wait("TERM");
     let copy = home.backed_up();
-    let out = Command::new(common::BIN)
-        .args(["check", "--db"])
-        .arg(&copy)
-        .env("OAUTHD_KEY_FILE", home.key_file())
-        .env_remove("OAUTHD_CONFIG")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    check_a_copy(&home, &copy);
     let out = home.cli(&["restore", copy.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
     for suffix in ["-wal", "-shm"] {
@@ -1018,14 +1024,7 @@ async fn a_backup_leaves_no_files_beside_what_it_copied() {
         Vec::<PathBuf>::new(),
         "beside the database"
     );
-    let out = Command::new(common::BIN)
-        .args(["check", "--db"])
-        .arg(&copy)
-        .env("OAUTHD_KEY_FILE", home.key_file())
-        .env_remove("OAUTHD_CONFIG")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    check_a_copy(&home, &copy);
     // The two paths the wrong way round: refused, as the copy is one.
     let out = Command::new(common::BIN)
         .args(["backup", "--db"])

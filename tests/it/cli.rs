@@ -556,6 +556,17 @@ fn a_wrong_vault_key_stops_the_start_naming_its_variable_and_makes_no_database()
     }
 }
 
+/// A new vault key in `vault.key` in `home`, for oauthd to be given as OAUTHD_KEY_FILE.
+fn key_file_of_its_own(home: &Home) -> std::path::PathBuf {
+    let vault = home.dir.path().join("vault.key");
+    std::fs::write(
+        &vault,
+        Command::new(BIN).arg("keygen").output().unwrap().stdout,
+    )
+    .unwrap();
+    vault
+}
+
 /// Once oauthd has served a database, a terminal command that finds no key file beside it
 /// makes none: run from a shell without the daemon's OAUTHD_KEY_FILE, it would seal what it
 /// writes under a key of its own, which the daemon cannot open and which stops the
@@ -565,12 +576,7 @@ fn a_wrong_vault_key_stops_the_start_naming_its_variable_and_makes_no_database()
 fn a_command_makes_no_key_file_beside_a_database_oauthd_served() {
     let home = Home::new();
     home.create_key("app", &[]);
-    let vault = home.dir.path().join("vault.key");
-    std::fs::write(
-        &vault,
-        Command::new(BIN).arg("keygen").output().unwrap().stdout,
-    )
-    .unwrap();
+    let vault = key_file_of_its_own(&home);
     let vault_env = ("OAUTHD_KEY_FILE", vault.to_str().unwrap());
     home.start_with_env(&[vault_env]).signal_and_wait("TERM");
     let key_file = home.key_file();
@@ -634,12 +640,7 @@ async fn a_start_lacking_the_key_a_command_made_beside_the_database_names_that_f
     let home = Home::new();
     home.write_config(GH);
     let key = home.create_key("app", &[]);
-    let vault = home.dir.path().join("vault.key");
-    std::fs::write(
-        &vault,
-        Command::new(BIN).arg("keygen").output().unwrap().stdout,
-    )
-    .unwrap();
+    let vault = key_file_of_its_own(&home);
     let vault_env = ("OAUTHD_KEY_FILE", vault.to_str().unwrap());
     let d = home.start_with_env(&[vault_env]);
     let data = serde_json::json!({"n": 1});

@@ -308,6 +308,25 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
         let started = start(account).await.unwrap();
         finish(&started.authorize_url, browser).await
     };
+    // Starts a flow for `account`, confirmed, and brings it back from the provider
+    // `minutes` later to the browser that confirmed it: held for the person's press (the
+    // value the page holds).
+    let (b_ref, c_ref, callback) = (&broker, &clock, &callback);
+    let held_new = move |account: &'static str, minutes: u32| async move {
+        let (broker, clock) = (b_ref, c_ref);
+        let started = start(account).await.unwrap();
+        let state = state_of(&started.authorize_url);
+        let value = oauthd::secret::StateValue::parse(&state).unwrap();
+        let flow = broker.app_flow("p", account, &value).await.unwrap();
+        clock.advance(minutes * MINUTE);
+        let back = broker
+            .finish_callback("p", callback(&state), a_browser(Some(&flow.browser)))
+            .await;
+        match back {
+            Ok(oauthd::broker::Finished::Held(held)) => held.value,
+            other => panic!("an app's flow back from the provider: {other:?}"),
+        }
+    };
 
     let started = start("evil").await.unwrap();
     assert_eq!(started.authorize_url.path(), "/connect/p/confirm");
@@ -404,25 +423,10 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
     );
     // Back from the provider late, pressed after the flow's end: expired, as the app was
     // told it would be (the wait for the press is the flow's own time, not more).
-    let late = start("tardy").await.unwrap();
-    let late_state = state_of(&late.authorize_url);
-    let late_value = oauthd::secret::StateValue::parse(&late_state).unwrap();
-    let late_flow = broker.app_flow("p", "tardy", &late_value).await.unwrap();
-    clock.advance(50 * MINUTE);
-    let finished = broker
-        .finish_callback(
-            "p",
-            callback(&late_state),
-            a_browser(Some(&late_flow.browser)),
-        )
-        .await
-        .unwrap();
-    let oauthd::broker::Finished::Held(late) = finished else {
-        panic!("{finished:?}");
-    };
+    let late = held_new("tardy", 50).await;
     clock.advance(11 * MINUTE);
     assert_eq!(
-        broker.finish_held("p", &late.value).await.unwrap_err(),
+        broker.finish_held("p", &late).await.unwrap_err(),
         CallbackError::ByApp(Box::new(CallbackError::Expired {
             account: "tardy".into()
         }))
@@ -447,27 +451,10 @@ async fn an_apps_flow_finishes_only_in_the_browser_that_confirmed_it(b: Backend)
     let unconfirmed = start("later").await.unwrap();
     let later = oauthd::secret::StateValue::parse(&state_of(&unconfirmed.authorize_url)).unwrap();
     // And one back from the provider, its page not pressed yet.
-    let waiting = start("waiting").await.unwrap();
-    let waiting_state = state_of(&waiting.authorize_url);
-    let waiting_value = oauthd::secret::StateValue::parse(&waiting_state).unwrap();
-    let waiting_flow = broker
-        .app_flow("p", "waiting", &waiting_value)
-        .await
-        .unwrap();
-    let finished = broker
-        .finish_callback(
-            "p",
-            callback(&waiting_state),
-            a_browser(Some(&waiting_flow.browser)),
-        )
-        .await
-        .unwrap();
-    let oauthd::broker::Finished::Held(waiting) = finished else {
-        panic!("{finished:?}");
-    };
+    let waiting = held_new("waiting", 0).await;
     assert!(b.store.revoke_key("music", clock.now_ms()).await.unwrap());
     assert_eq!(
-        broker.finish_held("p", &waiting.value).await.unwrap_err(),
+        broker.finish_held("p", &waiting).await.unwrap_err(),
         CallbackError::ByApp(Box::new(CallbackError::StarterRevoked {
             account: "waiting".into()
         }))

@@ -579,13 +579,17 @@ pub fn restore(backup: &Path, db: &Path, stamp: &str, create: bool) -> Result<Re
 }
 
 fn open_read_only(path: &Path) -> Result<Connection, CopyError> {
+    open_file(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+}
+
+/// The database file at `path` (`Missing` when there is none), opened with `flags`.
+fn open_file(path: &Path, flags: OpenFlags) -> Result<Connection, CopyError> {
     if !path.is_file() {
         return Err(CopyError::Missing {
             path: path.to_owned(),
         });
     }
-    Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| CopyError::Open(OpenError::open(path, &e)))
+    Connection::open_with_flags(path, flags).map_err(|e| CopyError::Open(OpenError::open(path, &e)))
 }
 
 /// The database `backup` copies, opened where it may write (or, where the file may not be
@@ -595,13 +599,7 @@ fn open_read_only(path: &Path) -> Result<Connection, CopyError> {
 /// which a later backup to that name takes for a database in use. Beside a database that
 /// is served, they are the server's, and stay.
 fn open_source(path: &Path) -> Result<Connection, CopyError> {
-    if !path.is_file() {
-        return Err(CopyError::Missing {
-            path: path.to_owned(),
-        });
-    }
-    Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
-        .map_err(|e| CopyError::Open(OpenError::open(path, &e)))
+    open_file(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
 }
 
 /// A copy to restore from, opened so that nothing is written beside it: as `immutable` when
