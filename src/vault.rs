@@ -405,14 +405,26 @@ fn holds_all(copy: &Path, ids: &[String]) -> bool {
 /// The copy `rekey --prune` kept of the key file at `path` that shows `new`, a key file
 /// without the key `sealing` that this process seals with, to be the file it loaded,
 /// rotated and pruned while the process did not look (a terminal command idle across
-/// `rekey` and `rekey --prune`): one holding `sealing` and every key of `new`. A key file
-/// written over with another key (`oauthd keygen >` it) has none.
+/// `rekey` and `rekey --prune`): one that sealed with `new`'s sealing key, held `sealing`
+/// as an older key, and holds every key of `new`. A key file written over with another key
+/// (`oauthd keygen >` it) has none; nor has an older key file put back (its sealing key is
+/// the copy's older one: the way back, not forward).
 fn pruned_from(path: &Path, sealing: &str, new: &Vault) -> Option<PathBuf> {
-    let mut ids = new.key_ids();
-    ids.push(sealing.to_owned());
+    let new_ids = new.key_ids();
+    let forward = |copy: &PathBuf| {
+        let Ok(text) = std::fs::read_to_string(copy).map(Zeroizing::new) else {
+            return false;
+        };
+        let Ok(held) = key_ids(&text) else {
+            return false;
+        };
+        held.first() == new_ids.first()
+            && held.iter().skip(1).any(|id| id == sealing)
+            && new_ids.iter().all(|id| held.contains(id))
+    };
     copies_named(path, ".before-prune-")
         .into_iter()
-        .find(|copy| holds_all(copy, &ids))
+        .find(forward)
 }
 
 /// How the keys in `copy` go back to the key file `path`: moved into its place when it is

@@ -1461,6 +1461,57 @@ async fn a_command_left_open_across_a_rekey_and_prune_seals_with_the_new_key() {
     assert!(said.contains("opens all 2 connection(s)"), "{said}");
 }
 
+/// The other way: a key file from before a rotation put back over the pruned one (a key
+/// file restored from an older backup). The prune's copy holds both keys, but the file
+/// goes back, not forward: it is not taken, and the running oauthd keeps sealing with the
+/// key every token is sealed with (taking it, it answered `503 vault_error` for them and
+/// sealed with the old key, the current one left only in the prune's copy).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_key_file_put_back_after_a_prune_is_not_taken() {
+    let home = Home::new();
+    home.write_config(
+        "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n",
+    );
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let (status, body) = d
+        .put(
+            "/v1/connections/gh/me",
+            &key,
+            json!({"access_token": "t-1"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let older = std::fs::read(home.key_file()).unwrap();
+    assert!(home.cli(&["rekey"]).status.success());
+    let out = home.cli(&["rekey", "--prune"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("removed 1 key(s)"),
+        "{out:?}"
+    );
+    std::fs::write(home.key_file(), &older).unwrap();
+    assert!(
+        common::eventually(std::time::Duration::from_secs(5), || home
+            .log_text()
+            .contains("was replaced by one without key"))
+        .await,
+        "{}",
+        home.log_text()
+    );
+    let (status, body) = d.get("/v1/connections/gh/me/token", &key).await;
+    assert_eq!(
+        (status, &body["access_token"]),
+        (200, &json!("t-1")),
+        "{body}"
+    );
+    assert!(
+        !home.log_text().contains("older keys pruned since"),
+        "{}",
+        home.log_text()
+    );
+}
+
 /// A key file that went away under a running oauthd and comes back without some keys it
 /// held (an older copy of it, the current key alone): the copy written when it went still
 /// holds them, and the log says to keep it rather than that it may go.
