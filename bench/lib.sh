@@ -81,8 +81,9 @@ fresh_oauthd() {
 
 # connect_bench: connects account bench/default through the browser flow's callback, the
 # bare handler answering as the provider's token endpoint. Where the flow's address is
-# oauthd's confirmation page (an app's flow), it is confirmed first, and the callback
-# carries the cookie that gives (older binaries send the browser to the provider at once).
+# oauthd's confirmation page (an app's flow), it is confirmed first, the callback carries
+# the cookie that gives, and the page it answers with is pressed (older binaries send the
+# browser to the provider at once, and connect at the callback).
 connect_bench() {
   local started address state page jar="$tmp/flow-cookies"
   started=$(curl -sf -X POST -H "Authorization: Bearer $BENCH_API_KEY" \
@@ -95,6 +96,14 @@ connect_bench() {
         || { echo "could not confirm bench/default at $address" >&2; exit 1; } ;;
   esac
   page=$(curl -s -b "$jar" "$OAUTHD/callback/bench?state=$state&code=bench")
+  # Back from the provider, an app's flow asks the person to press "Connect" (older
+  # binaries connect at the callback): pressed as from that page.
+  local held
+  held=$(echo "$page" | sed -n 's/.*name="held" value="\([^"]*\)".*/\1/p')
+  if [ -n "$held" ]; then
+    page=$(curl -s -X POST -H 'Sec-Fetch-Site: same-origin' --data-urlencode "held=$held" \
+      "$OAUTHD/callback/bench/finish")
+  fi
   echo "$page" | grep -q "is connected" || { echo "could not connect bench/default: $page" >&2; exit 1; }
 }
 

@@ -329,7 +329,7 @@ async fn stored_lines(
             {
                 r.line("warn", "connections", note);
             }
-            if let Some(note) = troubled_note(&rows) {
+            if let Some(note) = troubled_note(&rows, &same_store_options(settings)) {
                 r.line("warn", "connections", note);
             }
             vault_line(r, &rows, v, &known, source)
@@ -736,7 +736,27 @@ fn vault_line(
 
 /// Connections that need the person to connect again, and those whose refreshes fail: a
 /// check run from cron hears of them, as `/metrics` and the events tell.
-fn troubled_note(rows: &[crate::store::ConnectionRow]) -> Option<String> {
+/// The options that name the store this check read, for the commands it advises: run
+/// from another directory (cron's), a command without them reads another database. The
+/// config file when one was given (it names the store), else a SQLite file's path; a
+/// Redis URL is not repeated (it may hold a password).
+fn same_store_options(settings: &Settings) -> String {
+    match (&settings.config_file, &settings.store) {
+        (Some(config), _) => format!(
+            " --config {}",
+            crate::paths::shell_word(&std::path::absolute(config).unwrap_or(config.clone()))
+        ),
+        (None, crate::store::target::StoreTarget::Sqlite) => format!(
+            " --db {}",
+            crate::paths::shell_word(
+                &std::path::absolute(&settings.db).unwrap_or(settings.db.clone())
+            )
+        ),
+        (None, _) => String::new(),
+    }
+}
+
+fn troubled_note(rows: &[crate::store::ConnectionRow], options: &str) -> Option<String> {
     use crate::store::ConnectionStatus;
     let names = |keep: &dyn Fn(&crate::store::ConnectionRow) -> bool| -> Vec<String> {
         rows.iter()
@@ -761,7 +781,7 @@ fn troubled_note(rows: &[crate::store::ConnectionRow]) -> Option<String> {
     let mut said = Vec::new();
     if !reauth.is_empty() {
         said.push(format!(
-            "{} of {} need(s) the account's owner to connect again (on the page; or `oauthd connect <provider> --device|--paste --account <name>` for a device-flow or paste-back provider): {}",
+            "{} of {} need(s) the account's owner to connect again (on the page; or `oauthd connect{options} <provider> --device|--paste --account <name>` for a device-flow or paste-back provider): {}",
             reauth.len(),
             rows.len(),
             listed(&reauth)
@@ -769,7 +789,7 @@ fn troubled_note(rows: &[crate::store::ConnectionRow]) -> Option<String> {
     }
     if !failing.is_empty() {
         said.push(format!(
-            "{} refresh(es) failing, tried again with a backoff (`oauthd connections show <provider> <account>` says why; `oauthd connections refresh <provider> <account>` tries at once): {}",
+            "{} refresh(es) failing, tried again with a backoff (`oauthd connections show{options} <provider> <account>` says why; `oauthd connections refresh{options} <provider> <account>` tries at once): {}",
             failing.len(),
             listed(&failing)
         ));

@@ -942,7 +942,9 @@ async fn check_names_connections_that_need_reauth_or_fail_to_refresh() {
         "{line}"
     );
     assert!(line.contains("): gh/you;"), "{line}");
-    assert!(line.ends_with("1 refresh(es) failing, tried again with a backoff (`oauthd connections show <provider> <account>` says why; `oauthd connections refresh <provider> <account>` tries at once): gh/them"), "{line}");
+    // The commands it names read the same store, run from wherever (cron's directory).
+    let config = home.config();
+    assert!(line.ends_with(&format!("1 refresh(es) failing, tried again with a backoff (`oauthd connections show --config {c} <provider> <account>` says why; `oauthd connections refresh --config {c} <provider> <account>` tries at once): gh/them", c = config.display())), "{line}");
 }
 
 /// Connections whose provider the config does not have, as when the config file is left
