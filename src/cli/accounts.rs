@@ -578,6 +578,10 @@ fn terminal_broker(settings: &Settings, provider: &str) -> Result<TerminalBroker
         return Err(Fatal(unknown.to_string(), 2));
     }
     let store = open_store(settings, super::Missing::Refuse)?;
+    super::runtime()?.block_on(super::copied_away::refuse(
+        store.as_ref(),
+        "a connection made into it",
+    ))?;
     let clock = Clock::system();
     let public_url = settings.public_url_for(settings.listen);
     let (_, broker) = services(

@@ -157,8 +157,15 @@ pub(super) fn restore(settings: Settings, from: PathBuf, create: bool) -> Result
             ),
         },
     };
+    // A backup of a store `oauthd copy` copied from keeps its mark.
+    let marked = crate::store::sqlite::copied_to_mark(db)
+        .ok()
+        .flatten()
+        .and_then(|text| super::copied_away::describe(&text))
+        .map(|copied| format!(" It holds the mark `oauthd copy` leaves in the store it copies from ({copied}): oauthd does not serve it (nor refresh, import or delete in it) until `oauthd copy --forget-copy --db {}` takes the mark out, which is right only if that copy is not served.", crate::paths::shell_word(db)))
+        .unwrap_or_default();
     say!(
-        "Restored {} from {} (schema version {}; `oauthd serve` upgrades an older one at its next start).{replaced}{undone} The web page's sign-ins are not restored (`oauthd admin link` for a new one).{rotated}{key}",
+        "Restored {} from {} (schema version {}; `oauthd serve` upgrades an older one at its next start).{replaced}{undone} The web page's sign-ins are not restored (`oauthd admin link` for a new one).{rotated}{key}{marked}",
         db.display(),
         from.display(),
         restored.copied.version,

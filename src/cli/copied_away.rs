@@ -36,21 +36,29 @@ pub(super) async fn note(from: &dyn Store, to: String, clock: &Clock) -> Result<
     })
 }
 
+/// What a mark's text says, as "copied to X at T", when it reads.
+pub(super) fn describe(text: &str) -> Option<String> {
+    let copied = serde_json::from_str::<CopiedTo>(text).ok()?;
+    Some(format!(
+        "copied to {} at {}",
+        copied.to,
+        crate::clock::rfc3339(copied.at_ms)
+    ))
+}
+
 /// Refuses `doing` (what would use the store's refresh tokens: "serving it") on a store
 /// a copy was made of (exit 2). A mark that does not read is no refusal.
 pub(super) async fn refuse(store: &dyn Store, doing: &str) -> Result<(), Fatal> {
     let Ok(Some(text)) = store.copied_to().await else {
         return Ok(());
     };
-    let Ok(copied) = serde_json::from_str::<CopiedTo>(&text) else {
+    let Some(copied) = describe(&text) else {
         return Ok(());
     };
     Err(Fatal(
         format!(
-            "{} was copied to {} at {} by `oauthd copy`, and holds the refresh tokens it had then: {doing} would use them beside the copy (a provider that rotates refresh tokens takes a second use for a stolen token and ends the grant for both; a revocation ends it for both). Serve the copy (the config's `store`, or `db`, naming it). To come back to this store, copy the other way (`oauthd copy` with the copy's settings, into a new file), which keeps what changed since; or, with the copy stopped for good, `oauthd copy --forget-copy` with this store's settings takes the mark out (refresh tokens rotated since are then lost)",
+            "{} was {copied} by `oauthd copy` (or is a backup of a store that was, restored), and holds the refresh tokens it had then: {doing} would use them beside the copy (a provider that rotates refresh tokens takes a second use for a stolen token and ends the grant for both; a revocation ends it for both). Serve the copy (the config's `store`, or `db`, naming it). To come back to this store, copy the other way (`oauthd copy` with the copy's settings, into a new file), which keeps what changed since; or, with the copy stopped for good, `oauthd copy --forget-copy` with this store's settings takes the mark out (refresh tokens rotated since are then lost)",
             store.describe(),
-            copied.to,
-            crate::clock::rfc3339(copied.at_ms)
         ),
         2,
     ))
@@ -69,8 +77,8 @@ pub(super) fn forget(settings: Settings) -> Result<(), Fatal> {
         return Ok(());
     };
     rt.block_on(store.note_copied_to(None))?;
-    let to = serde_json::from_str::<CopiedTo>(&text)
-        .map(|c| format!(" (to {} at {})", c.to, crate::clock::rfc3339(c.at_ms)))
+    let to = describe(&text)
+        .map(|c| format!(" ({c})"))
         .unwrap_or_default();
     say!(
         "took out the mark of the copy{to} from {}: oauthd serves it again. Never beside the copy",

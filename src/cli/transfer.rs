@@ -33,6 +33,12 @@ pub(super) fn copy(settings: Settings, to: &str, to_prefix: Option<String>) -> R
         "the store it copies from",
         &clock,
     ))?;
+    // Copied once already: a second copy would hold the same refresh tokens, grown stale
+    // if the first was served, and the mark would name the second only.
+    rt.block_on(super::copied_away::refuse(
+        source.as_ref(),
+        "another copy made of it",
+    ))?;
     if same_store(&settings, &destination) {
         return Err(Fatal(
             format!(
@@ -66,9 +72,16 @@ pub(super) fn copy(settings: Settings, to: &str, to_prefix: Option<String>) -> R
             (signal, code) = super::process::interrupted() => return Err(part(format!("interrupted by {signal}"), code)),
         };
         report(&source, &into, &copied, &clock).await;
-        super::copied_away::note(source.as_ref(), into.describe(), &clock).await
+        Ok::<(), Fatal>(())
     })?;
-    key.carry_out(&destination)
+    // The copy is whole: its key is put in place (or said) before the mark, so that a
+    // mark that cannot be written leaves a copy that serves.
+    key.carry_out(&destination)?;
+    rt.block_on(super::copied_away::note(
+        source.as_ref(),
+        into.describe(),
+        &clock,
+    ))
 }
 
 /// The settings of the store named by `--to`: a Redis URL, or a SQLite file.

@@ -60,21 +60,6 @@ async fn a_sqlite_file_copied_into_a_new_one_serves_with_the_key_copied_beside_i
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["return_to"], "/x", "{body}");
     copy.signal_and_wait("TERM");
-    // Into a store that holds data: refused, nothing changed.
-    let out = home.cli(&["copy", "--to", to.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
-    assert!(
-        said(&out).contains("holds oauthd data already (API keys: 1"),
-        "{}",
-        said(&out)
-    );
-    let out = home.cli(&["copy", "--to", home.db().to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
-    assert!(
-        said(&out).contains("names the store it copies from"),
-        "{}",
-        said(&out)
-    );
     // The store copied from started beside the copy without a word (a unit restarted
     // before its config named the copy): refused, as are refreshes; `check` says so.
     let copied_to = format!("was copied to database {}", moved.db().display());
@@ -89,6 +74,31 @@ async fn a_sqlite_file_copied_into_a_new_one_serves_with_the_key_copied_beside_i
     assert!(said(&out).contains(&copied_to), "{}", said(&out));
     let out = home.cli(&["check"]);
     assert!(said(&out).contains(&copied_to), "{}", said(&out));
+    // Nor is it copied again (a second store with the same refresh tokens, the mark naming
+    // the second only).
+    let again = Home::new();
+    let out = home.cli(&["copy", "--to", again.db().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+    assert!(
+        said(&out).contains("another copy made of it would use them"),
+        "{}",
+        said(&out)
+    );
+    assert!(!again.db().exists());
+    // A backup of it keeps the mark; restored, it says so.
+    let backup = home.dir.path().join("backup.db");
+    assert!(home
+        .cli(&["backup", backup.to_str().unwrap()])
+        .status
+        .success());
+    let restored = Home::new();
+    let out = restored.cli(&["restore", "--create", backup.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(
+        said(&out).contains("It holds the mark `oauthd copy` leaves in the store it copies from (copied to database"),
+        "{}",
+        said(&out)
+    );
     // Taken out on purpose: served again.
     let out = home.cli(&["copy", "--forget-copy"]);
     assert!(out.status.success(), "{}", said(&out));
@@ -97,7 +107,21 @@ async fn a_sqlite_file_copied_into_a_new_one_serves_with_the_key_copied_beside_i
         "{}",
         said(&out)
     );
-    home.start().signal_and_wait("TERM");
+    home.start().signal_and_wait("TERM"); // Into a store that holds data: refused, nothing changed.
+    let out = home.cli(&["copy", "--to", to.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+    assert!(
+        said(&out).contains("holds oauthd data already (API keys: 1"),
+        "{}",
+        said(&out)
+    );
+    let out = home.cli(&["copy", "--to", home.db().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+    assert!(
+        said(&out).contains("names the store it copies from"),
+        "{}",
+        said(&out)
+    );
 }
 
 /// A copy into an empty file made beforehand (`touch`) with a loose mode makes it private,
@@ -198,6 +222,16 @@ mod redis {
         assert_ne!(first["access_token"], second["access_token"]);
         r.signal_and_wait("TERM");
 
+        // Copied again: refused while the source holds the mark, and into a Redis that
+        // holds data once it does not.
+        let out = home.cli(&["copy", "--to", &url]);
+        assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+        assert!(
+            said(&out).contains("another copy made of it"),
+            "{}",
+            said(&out)
+        );
+        assert!(home.cli(&["copy", "--forget-copy"]).status.success());
         let out = home.cli(&["copy", "--to", &url]);
         assert_eq!(out.status.code(), Some(2), "{}", said(&out));
         assert!(

@@ -592,8 +592,8 @@ fn open_file(path: &Path, flags: OpenFlags) -> Result<Connection, CopyError> {
     Connection::open_with_flags(path, flags).map_err(|e| CopyError::Open(OpenError::open(path, &e)))
 }
 
-/// The database `backup` copies, opened where it may write (or, where the file may not be
-/// written, read-only), though nothing is written to it: in WAL mode the last connection
+/// The database `backup` copies, opened where it may write, though nothing is written to
+/// it: in WAL mode the last connection
 /// to close removes the `-wal` and `-shm` files opening it made (a stopped database's, or
 /// a copy's that `oauthd check` put in WAL mode), which one opened read-only leaves, and
 /// which a later backup to that name takes for a database in use. Beside a database that

@@ -244,6 +244,20 @@ pub fn backup_mark(path: &Path) -> Result<Option<BackupMark>, OpenError> {
     BackupMark::read(&conn).map_err(|e| OpenError::open(path, &e))
 }
 
+/// The mark `oauthd copy` left in the database at `path` if it was copied from (see
+/// `TransferStore::copied_to`); read without changing anything.
+pub fn copied_to_mark(path: &Path) -> Result<Option<String>, OpenError> {
+    let conn = open_unchanged(path)?;
+    if !has_table(&conn, "meta").map_err(|e| OpenError::open(path, &e))? {
+        return Ok(None);
+    }
+    conn.query_row("SELECT value FROM meta WHERE name = 'copied_to'", [], |r| {
+        r.get(0)
+    })
+    .optional()
+    .map_err(|e| OpenError::open(path, &e))
+}
+
 /// The ids of the vault keys the tokens in the database at `path`, and the codes of its
 /// device flows pending at `now_ms`, were sealed with, each once; read without changing
 /// anything (no -wal or -shm file is made beside it).
