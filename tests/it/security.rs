@@ -1297,6 +1297,18 @@ fn the_keys_a_process_wrote_out_are_added_to_a_key_file_that_is_there() {
     assert!(!said.contains("`mv "), "{said}");
 }
 
+/// An oauthd serving a home with provider "gh" (GitHub's preset, never reached) and an
+/// API key "app": the home, the key, the daemon.
+fn gh_served() -> (Home, String, Daemon) {
+    let home = Home::new();
+    home.write_config(
+        "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n",
+    );
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    (home, key, d)
+}
+
 /// A running oauthd's key file written over with another key (`oauthd keygen >` it, the
 /// README's words for a lost key): the new key was taken at once, what the old one sealed
 /// answered 503 from then on, and the old key lived only in the process's memory, lost at
@@ -1304,12 +1316,7 @@ fn the_keys_a_process_wrote_out_are_added_to_a_key_file_that_is_there() {
 /// so as an ERROR, and with the file put back a restart opens everything.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_file_written_over_with_another_key_is_not_taken() {
-    let home = Home::new();
-    home.write_config(
-        "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n",
-    );
-    let key = home.create_key("app", &[]);
-    let d = home.start();
+    let (home, key, d) = gh_served();
     let data = json!({"v": 1});
     let before = d
         .create_state(&key, json!({"namespace": "login", "data": data}))
@@ -1392,12 +1399,7 @@ async fn a_key_file_written_over_with_another_key_is_not_taken() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_command_left_open_across_a_rekey_and_prune_seals_with_the_new_key() {
     use std::io::{BufRead, Write};
-    let home = Home::new();
-    home.write_config(
-        "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n",
-    );
-    let key = home.create_key("app", &[]);
-    let d = home.start();
+    let (home, key, d) = gh_served();
     let mut import = home
         .cli_command(&["connections", "import", "--file", "-"])
         .stdin(std::process::Stdio::piped())
@@ -1468,12 +1470,7 @@ async fn a_command_left_open_across_a_rekey_and_prune_seals_with_the_new_key() {
 /// sealed with the old key, the current one left only in the prune's copy).
 #[tokio::test(flavor = "multi_thread")]
 async fn an_older_key_file_put_back_after_a_prune_is_not_taken() {
-    let home = Home::new();
-    home.write_config(
-        "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n",
-    );
-    let key = home.create_key("app", &[]);
-    let d = home.start();
+    let (home, key, d) = gh_served();
     let (status, body) = d
         .put(
             "/v1/connections/gh/me",
