@@ -203,7 +203,31 @@ impl Browser {
 }
 
 impl Drop for Browser {
+    /// A test that failed mid-way never reaches `close`: chromedriver is killed, and the
+    /// Chromium it started (which outlives it) by PID, found by its profile directory.
     fn drop(&mut self) {
         let _ = self.driver.kill();
+        let _ = self.driver.wait();
+        let marker = format!("--user-data-dir={}", self._profile.path().display());
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let started_here = std::fs::read(entry.path().join("cmdline"))
+                .map(|cmd| cmd.split(|b| *b == 0).any(|arg| arg == marker.as_bytes()))
+                .unwrap_or(false);
+            if started_here {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
     }
 }
