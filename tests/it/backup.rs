@@ -1038,6 +1038,34 @@ async fn a_backup_leaves_no_files_beside_what_it_copied() {
     // The next night's backup.
     let out = home.cli(&["backup", copy.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
+    // An empty -wal and a -shm left beside a database by a process that ended before its
+    // last connection closed (nothing has it open): no database in use.
+    for target in [copy.clone(), home.db()] {
+        std::fs::write(PathBuf::from(format!("{}-wal", target.display())), b"").unwrap();
+        std::fs::write(
+            PathBuf::from(format!("{}-shm", target.display())),
+            [0u8; 32768],
+        )
+        .unwrap();
+    }
+    let out = home.cli(&["backup", copy.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(left(&copy), Vec::<PathBuf>::new(), "beside the copy");
+    let cp = home.dir.path().join("cp.db");
+    std::fs::copy(home.db(), &cp).unwrap();
+    let out = Command::new(common::BIN)
+        .args(["backup", "--db"])
+        .arg(&cp)
+        .arg(home.db())
+        .env_remove("OAUTHD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        left(&home.db()),
+        Vec::<PathBuf>::new(),
+        "beside the database"
+    );
 }
 
 /// A restore looks for every process that has the database open, not only for one that

@@ -195,7 +195,7 @@ pub fn backup(db: &Path, to: &Path) -> Result<BackedUp, CopyError> {
         ));
     }
     directory_exists(to)?;
-    if with_suffix(to, "-wal").exists() {
+    if with_suffix(to, "-wal").exists() && !empty_wal_left_behind(to) {
         return Err(CopyError::refused(
             to,
             "has a -wal file beside it: a database in use (another oauthd's, or one that \
@@ -759,6 +759,30 @@ fn sync_dir(path: &Path) -> Result<(), CopyError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| CopyError::file(dir, e))
+}
+
+/// Whether the `-wal` beside `db` is empty and left by connections gone without closing
+/// (a process that ended before its last connection closed): nothing has the database
+/// open, so it and its `-shm` are removed, as the last close would have. One that holds
+/// frames, or a database in use, stays for the refusal.
+fn empty_wal_left_behind(db: &Path) -> bool {
+    let wal = with_suffix(db, "-wal");
+    if std::fs::metadata(&wal).map_or(true, |m| m.len() != 0) || !holders(db).0.is_empty() {
+        return false;
+    }
+    match hold_exclusively(db) {
+        Ok(Some(held)) => {
+            let gone = ["-wal", "-shm"].iter().all(|suffix| {
+                match std::fs::remove_file(with_suffix(db, suffix)) {
+                    Ok(()) => true,
+                    Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+                }
+            });
+            drop(held);
+            gone && !wal.exists()
+        }
+        _ => false,
+    }
 }
 
 /// An exclusive lock on the database at `db` (`None` when there is none), held until the
