@@ -734,8 +734,6 @@ fn vault_line(
     }
 }
 
-/// Connections that need the person to connect again, and those whose refreshes fail: a
-/// check run from cron hears of them, as `/metrics` and the events tell.
 /// The options that name the store this check read, for the commands it advises: run
 /// from another directory (cron's), a command without them reads another database. The
 /// config file when one was given (it names the store), else a SQLite file's path; a
@@ -756,6 +754,9 @@ fn same_store_options(settings: &Settings) -> String {
     }
 }
 
+/// Connections that need the person to connect again, and those whose refreshes fail: a
+/// check run from cron hears of them, as `/metrics` and the events tell. The commands it
+/// names carry `options` (`same_store_options`).
 fn troubled_note(rows: &[crate::store::ConnectionRow], options: &str) -> Option<String> {
     use crate::store::ConnectionStatus;
     let names = |keep: &dyn Fn(&crate::store::ConnectionRow) -> bool| -> Vec<String> {

@@ -1309,18 +1309,9 @@ fn gh_served() -> (Home, String, Daemon) {
     (home, key, d)
 }
 
-/// A running oauthd's key file written over with another key (`oauthd keygen >` it, the
-/// README's words for a lost key): the new key was taken at once, what the old one sealed
-/// answered 503 from then on, and the old key lived only in the process's memory, lost at
-/// the next restart. The file is not taken now: the loaded keys stay in use, the log says
-/// so as an ERROR, and with the file put back a restart opens everything.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_key_file_written_over_with_another_key_is_not_taken() {
+/// `gh_served`, with connection gh/me holding access token "t-1".
+async fn gh_served_with_a_token() -> (Home, String, Daemon) {
     let (home, key, d) = gh_served();
-    let data = json!({"v": 1});
-    let before = d
-        .create_state(&key, json!({"namespace": "login", "data": data}))
-        .await;
     let (status, body) = d
         .put(
             "/v1/connections/gh/me",
@@ -1329,6 +1320,21 @@ async fn a_key_file_written_over_with_another_key_is_not_taken() {
         )
         .await;
     assert_eq!(status, 201, "{body}");
+    (home, key, d)
+}
+
+/// A running oauthd's key file written over with another key (`oauthd keygen >` it, the
+/// README's words for a lost key): the new key was taken at once, what the old one sealed
+/// answered 503 from then on, and the old key lived only in the process's memory, lost at
+/// the next restart. The file is not taken now: the loaded keys stay in use, the log says
+/// so as an ERROR, and with the file put back a restart opens everything.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_file_written_over_with_another_key_is_not_taken() {
+    let (home, key, d) = gh_served_with_a_token().await;
+    let data = json!({"v": 1});
+    let before = d
+        .create_state(&key, json!({"namespace": "login", "data": data}))
+        .await;
     let kept = std::fs::read(home.key_file()).unwrap();
     let other = std::process::Command::new(common::BIN)
         .arg("keygen")
@@ -1470,15 +1476,7 @@ async fn a_command_left_open_across_a_rekey_and_prune_seals_with_the_new_key() {
 /// sealed with the old key, the current one left only in the prune's copy).
 #[tokio::test(flavor = "multi_thread")]
 async fn an_older_key_file_put_back_after_a_prune_is_not_taken() {
-    let (home, key, d) = gh_served();
-    let (status, body) = d
-        .put(
-            "/v1/connections/gh/me",
-            &key,
-            json!({"access_token": "t-1"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    let (home, key, d) = gh_served_with_a_token().await;
     let older = std::fs::read(home.key_file()).unwrap();
     assert!(home.cli(&["rekey"]).status.success());
     let out = home.cli(&["rekey", "--prune"]);
