@@ -135,6 +135,19 @@ pub async fn login_form(
     if let Err(e) = app.public_route_hit(&req) {
         return too_many(base, &e);
     }
+    // Only from oauthd's own sign-in page: a form another site posts from the operator's
+    // browser would spend the address's budget of refused sign-ins (locking the operator
+    // out of the admin token) or sign the browser in to a session of the poster's making.
+    // Refused before anything is counted.
+    if !super::confirm::from_own_page(&req, &app.broker.public_origin()) {
+        return page_back(
+            base,
+            &page_url(base, None, None),
+            403,
+            "Please sign in from oauthd's page",
+            "<p>This sign-in did not come from oauthd's sign-in page. Open oauthd's page and sign in there, or open a fresh link from <code>oauthd admin link</code>.</p>",
+        );
+    }
     let form = form.into_inner();
     let back = page_url(base, form.reconnect.as_deref(), form.account.as_deref());
     let (presented, with) = match (form.link, form.token) {

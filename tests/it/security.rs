@@ -927,6 +927,77 @@ async fn wrong_admin_tokens_use_up_a_sign_in_budget_that_wrong_api_keys_leave_al
     );
 }
 
+/// A page of another site can post oauthd's sign-in form from the operator's browser: it
+/// must neither spend the address's budget of refused sign-ins (wrong tokens past it lock
+/// the admin token out) nor sign the browser in with a link of the poster's.
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_ins_posted_by_another_site_are_refused_before_they_are_counted() {
+    let home = Home::new();
+    home.write_config("[limits]\nfailed_auth_per_minute = 3\n");
+    let admin_token = "the-right-admin-token";
+    let d = home.start_with_env(&[("OAUTHD_ADMIN_TOKEN", admin_token)]);
+    let post = |fields: Vec<(&'static str, String)>,
+                headers: &'static [(&'static str, &'static str)]| {
+        let d = &d;
+        async move {
+            let mut req = no_redirects()
+                .post(format!("{}/admin/login", d.url))
+                .form(&fields);
+            for (name, value) in headers {
+                req = req.header(*name, *value);
+            }
+            req.send().await.unwrap()
+        }
+    };
+    let cross_site: &[(&str, &str)] = &[
+        ("origin", "https://evil.example"),
+        ("sec-fetch-site", "cross-site"),
+    ];
+    for headers in [
+        cross_site,
+        &[("sec-fetch-site", "same-site")][..],
+        &[("origin", "https://evil.example")][..],
+        &[][..],
+    ] {
+        for _ in 0..4 {
+            let resp = post(vec![("token", "wrong".to_owned())], headers).await;
+            assert_eq!(resp.status(), 403, "{headers:?}");
+            let body = resp.text().await.unwrap();
+            assert!(
+                body.contains("sign in from oauthd&#39;s page")
+                    || body.contains("sign in from oauthd's page"),
+                "{body}"
+            );
+        }
+    }
+    let link = home.login_link(&d);
+    let resp = post(vec![("link", link_token(&link))], cross_site).await;
+    assert_eq!(resp.status(), 403);
+    assert!(resp.headers().get("set-cookie").is_none(), "{resp:?}");
+    // Nothing was counted: the admin token still signs in, from oauthd's page or from a
+    // browser that sends only an `Origin` of oauthd's own.
+    let resp = post(
+        vec![("token", admin_token.to_owned())],
+        &[("sec-fetch-site", "same-origin")],
+    )
+    .await;
+    assert_eq!(resp.status(), 303, "the admin token was locked out");
+    let own = d.url.clone();
+    let resp = no_redirects()
+        .post(format!("{}/admin/login", d.url))
+        .header("origin", own)
+        .form(&[("link", link_token(&link))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        303,
+        "the link posted from oauthd's origin was refused"
+    );
+    assert!(resp.headers().get("set-cookie").is_some());
+}
+
 async fn admin_sessions_are_listed_and_revoked_from_the_cli(home: Home) {
     let d = home.start();
     let first = sign_in(&d, &home.login_link(&d)).await;
@@ -2455,6 +2526,7 @@ async fn forged_forwarded_addresses_get_no_fresh_sign_in_budget() {
             no_redirects()
                 .post(format!("{}/admin/login", d.url))
                 .header("x-forwarded-for", from)
+                .header("sec-fetch-site", "same-origin")
                 .form(&[("token", token)])
                 .send()
                 .await
@@ -2520,6 +2592,7 @@ async fn a_login_url_is_a_try_on_the_sign_in_budget() {
     let resp = no_redirects()
         .post(format!("{}/admin/login", d.url))
         .header("x-forwarded-for", "198.51.100.5")
+        .header("sec-fetch-site", "same-origin")
         .form(&[("token", admin_token)])
         .send()
         .await

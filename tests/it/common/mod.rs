@@ -972,8 +972,10 @@ impl Daemon {
         fields: &[(&str, &str)],
         session: Option<&str>,
     ) -> reqwest::Response {
+        // As a browser posts a form of oauthd's own page.
         let mut req = no_redirects()
             .post(format!("{}{path}", self.url))
+            .header("sec-fetch-site", "same-origin")
             .form(fields);
         if let Some(cookie) = session {
             req = req.header("cookie", format!("oauthd_session={cookie}"));
