@@ -874,7 +874,10 @@ async fn a_backup_follows_no_link_another_user_planted_nor_replaces_a_database_i
         let out = home.cli(&["backup", target.to_str().unwrap()]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{target:?}: {err}");
-        assert!(err.contains("has a -wal file beside it"), "{err}");
+        assert!(
+            err.contains("is open by pid") && err.contains("a file in use is never replaced"),
+            "{err}"
+        );
     }
     assert_eq!(std::fs::read(victim.db()).unwrap(), before);
     assert_eq!(d.consume(&key, &state, NS).await.0, 200);
@@ -1557,4 +1560,65 @@ async fn a_backup_is_not_served_beside_its_database_until_restored() {
         err.contains(&of[of.find(" made of").unwrap_or(0)..]),
         "{err}"
     );
+}
+
+/// After a crash the database has a -wal file that holds its last writes. `backup` with its
+/// two paths swapped told the operator to remove that file (and its writes with it), and
+/// only said the paths were the wrong way round once it was gone; a target with such a file
+/// was called what an older oauthd's backup left. Now the slip is said first, and a -wal
+/// file nothing holds is never advised away: `oauthd check` merges it, as said.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_databases_wal_is_never_advised_away() {
+    let home = Home::new();
+    let d = home.start();
+    home.create_key("before-the-copy", &[]);
+    let copy = home.dir.path().join("nightly.db");
+    let backup = |from: &Path, to: &Path| {
+        let out = Command::new(common::BIN)
+            .arg("backup")
+            .arg("--db")
+            .arg(from)
+            .arg(to)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(backup(&home.db(), &copy).0, Some(0));
+    home.create_key("after-the-copy", &[]);
+    d.kill9();
+    let wal = home.dir.path().join("oauthd.db-wal");
+    assert!(
+        std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0),
+        "the killed oauthd left no -wal with writes in it"
+    );
+
+    let (code, err) = backup(&copy, &home.db());
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("are the two files the wrong way round?"),
+        "{err}"
+    );
+    assert!(!err.contains("remove its -wal"), "{err}");
+
+    // A copy without the mark (made before copies were marked): the -wal is what stops it.
+    rusqlite::Connection::open(&copy)
+        .unwrap()
+        .execute("DELETE FROM meta WHERE name = 'backup_of'", [])
+        .unwrap();
+    let (code, err) = backup(&copy, &home.db());
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("Never delete that -wal file"), "{err}");
+    assert!(!err.contains("remove its -wal"), "{err}");
+    let check = format!("oauthd check --db {}", home.db().display());
+    assert!(err.contains(&check), "{err}");
+    assert!(wal.exists(), "the -wal went");
+
+    // What it says merges the writes, and the database keeps them.
+    let out = home.cli(&["check"]);
+    assert!(!wal.exists(), "check left the -wal: {out:?}");
+    let names = key_names(&home).expect("the database opens");
+    assert!(names.contains("after-the-copy"), "{names}");
 }

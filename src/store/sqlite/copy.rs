@@ -195,13 +195,14 @@ pub fn backup(db: &Path, to: &Path) -> Result<BackedUp, CopyError> {
         ));
     }
     directory_exists(to)?;
-    if with_suffix(to, "-wal").exists() && !empty_wal_left_behind(to) {
-        return Err(CopyError::refused(
-            to,
-            "has a -wal file beside it: a database in use (another oauthd's, or one that \
-             stopped without closing) is never replaced; name another file (if nothing uses \
-             it, what an older oauthd's backup or restore left: remove its -wal and -shm files)",
-        ));
+    // A backup of a backup names the database the first was made of, and when.
+    let marked = BackupMark::read(&source).map_err(|e| CopyError::file(db, e))?;
+    // The two paths the wrong way round are said first, whatever lies beside the target:
+    // after a crash the database has a -wal file holding its last writes, and advice
+    // about that file must not come before the slip that led here.
+    let replace = replaceable(to, marked.is_some());
+    if matches!(replace, Replaceable::NotACopy) {
+        return Err(wrong_way_round(db, to));
     }
     let by = holders(to);
     if !by.0.is_empty() {
@@ -210,24 +211,23 @@ pub fn backup(db: &Path, to: &Path) -> Result<BackedUp, CopyError> {
             &format!("is open{by}: a file in use is never replaced; name another file"),
         ));
     }
-    // A backup of a backup names the database the first was made of, and when.
-    let marked = BackupMark::read(&source).map_err(|e| CopyError::file(db, e))?;
-    let keep = match replaceable(to, marked.is_some()) {
+    if with_suffix(to, "-wal").exists() && !empty_wal_left_behind(to) {
+        return Err(CopyError::refused(
+            to,
+            &format!(
+                "has a -wal file beside it that holds writes not yet merged into it (no \
+                 process has it open: a database that stopped without closing, its process \
+                 killed or the machine stopped). Never delete that -wal file: it holds the \
+                 last writes. Start oauthd on it, or run `oauthd check --db {}`, once to \
+                 merge them. A backup never replaces such a file: name another one",
+                to.display()
+            ),
+        ));
+    }
+    let keep = match replace {
         Replaceable::Yes => false,
         Replaceable::Unmarked => true,
-        Replaceable::NotACopy => {
-            return Err(CopyError::refused(
-                to,
-                &format!(
-                    "is oauthd's database, not a copy `oauthd backup` made of one (it holds no \
-                     backup mark), and {} is such a copy: are the two files the wrong way \
-                     round? `--db` names the database to copy. A backup never replaces a \
-                     database with a copy, which would lose what was written to it since. \
-                     To put a copy back, stop oauthd and use `oauthd restore`",
-                    db.display()
-                ),
-            ));
-        }
+        Replaceable::NotACopy => return Err(wrong_way_round(db, to)),
         Replaceable::Other => {
             return Err(CopyError::refused(
                 to,
@@ -268,6 +268,21 @@ pub fn backup(db: &Path, to: &Path) -> Result<BackedUp, CopyError> {
     std::fs::rename(partial, to).map_err(|e| CopyError::file(to, e))?;
     sync_dir(to)?;
     Ok(BackedUp { copied, kept })
+}
+
+/// The refusal of a backup from a copy (`db`) over oauthd's database (`to`).
+fn wrong_way_round(db: &Path, to: &Path) -> CopyError {
+    CopyError::refused(
+        to,
+        &format!(
+            "is oauthd's database, not a copy `oauthd backup` made of one (it holds no \
+             backup mark), and {} is such a copy: are the two files the wrong way \
+             round? `--db` names the database to copy. A backup never replaces a \
+             database with a copy, which would lose what was written to it since. \
+             To put a copy back, stop oauthd and use `oauthd restore`",
+            db.display()
+        ),
+    )
 }
 
 /// `path` with its links resolved, when each may be trusted (`resolve_trusted`); else the
