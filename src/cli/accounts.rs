@@ -133,6 +133,12 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
         }
         _ => super::providers(&settings)?,
     };
+    let seals = match &command {
+        ConnectionsCommand::Refresh { .. } | ConnectionsCommand::Import { .. } => {
+            super::Seals::Tokens
+        }
+        _ => super::Seals::Nothing,
+    };
     let (_, broker) = services(
         &settings,
         &store,
@@ -140,6 +146,7 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
         clock.clone(),
         public_url,
         super::notifier(&settings, clock.clone())?,
+        seals,
     )?;
     runtime()?.block_on(async {
         match command {
@@ -591,6 +598,7 @@ fn terminal_broker(settings: &Settings, provider: &str) -> Result<TerminalBroker
         clock.clone(),
         public_url,
         super::notifier(settings, clock.clone())?,
+        super::Seals::Tokens,
     )?;
     Ok((broker, store, clock))
 }

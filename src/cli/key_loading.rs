@@ -157,6 +157,23 @@ pub(super) fn check_vault_opens_tokens(
     // the daemon reads (or the other way round): what each sealed needs both keys.
     let beside = crate::paths::with_suffix(db, ".key");
     let elsewhere = !matches!(source, KeySource::File { path, .. } if *path == beside);
+    // An oauthd serving this store seals with a key this command lacks: the command reads
+    // another key than the one it serves with. Said so, and no key is to be added to the
+    // command's file, which would have it seal what the serving oauthd cannot open.
+    let now_ms = crate::clock::Clock::system().now_ms();
+    let serving_with = runtime()?
+        .block_on(store.vault_keys_in_use(now_ms))
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|o| o.keys.into_iter().next())
+        .find(|k| missing.contains(k));
+    if let (true, Some(key)) = (rescued.is_empty(), serving_with) {
+        let beside = matches!(target, StoreTarget::Sqlite).then_some(beside.as_path());
+        rescued = format!(
+            " An oauthd serving this store seals with vault key {key}: this command reads another key than the one it serves with. Run it with that oauthd's key (the same key file, or a copy of it){}; do not add keys to {from}.",
+            super::vault_peers::serving_key_hint(Some(&key), beside)
+        );
+    }
     if rescued.is_empty() && elsewhere && matches!(target, StoreTarget::Sqlite) {
         let holds = std::fs::read_to_string(&beside)
             .ok()

@@ -222,6 +222,16 @@ pub(super) fn notifier(settings: &Settings, clock: Clock) -> Result<Arc<Notifier
     Ok(Arc::new(Notifier::new(targets, settings.events, clock)))
 }
 
+/// What the process `services` are for seals: a serving oauthd (which warns when another
+/// instance cannot open what it seals), a command that seals tokens (refused then), or
+/// one that seals nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Seals {
+    Serving,
+    Tokens,
+    Nothing,
+}
+
 /// The state service and the broker over this store, both reading `clock`, with the
 /// vault key loaded. Events the broker's changes tell of go to the outbox for `notifier`'s
 /// targets (a serving oauthd delivers them, whichever process wrote them).
@@ -232,6 +242,7 @@ pub(super) fn services(
     clock: Clock,
     public_url: Url,
     notifier: Arc<Notifier>,
+    seals: Seals,
 ) -> Result<(Arc<StateService>, Arc<Broker>), Fatal> {
     let source = key_source(settings).map_err(|e| Fatal(e, 2))?;
     let from = source.describe();
@@ -254,7 +265,14 @@ pub(super) fn services(
     }
     let vault = Arc::new(key_loading::load_vault(source.clone())?);
     check_vault_opens_tokens(&vault, &source, store, &settings.store, &settings.db)?;
-    vault_peers::check(&vault.key_ids(), &from, store, &clock)?;
+    let unopenable = match seals {
+        Seals::Serving | Seals::Nothing => vault_peers::Unopenable::Warn,
+        Seals::Tokens => vault_peers::Unopenable::Refuse(
+            matches!(settings.store, crate::store::target::StoreTarget::Sqlite)
+                .then(|| crate::paths::with_suffix(&settings.db, ".key")),
+        ),
+    };
+    vault_peers::check(&vault.key_ids(), &from, store, &clock, unopenable)?;
     let states = Arc::new(StateService::new(
         store.clone(),
         settings.states.clone(),

@@ -45,6 +45,7 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
         clock.clone(),
         public_url.clone(),
         made.notifier.clone(),
+        super::Seals::Serving,
     )?;
     for p in broker.providers() {
         log::info!(

@@ -97,7 +97,13 @@ pub(super) fn rekey(settings: Settings, prune: bool, to: Option<String>) -> Resu
         ));
     }
     let clock = crate::clock::Clock::system();
-    super::vault_peers::check(&keys, &from, &store, &clock)?;
+    super::vault_peers::check(
+        &keys,
+        &from,
+        &store,
+        &clock,
+        super::vault_peers::Unopenable::Warn,
+    )?;
     let (new_key_id, added) = match to {
         Some(id) if keys.contains(&id) => (id, false),
         Some(id) => {

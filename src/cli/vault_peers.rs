@@ -54,6 +54,33 @@ fn refusal(theirs: &VaultKeysInUse, ours: &[String], from: &str) -> Fatal {
     )
 }
 
+/// Where the key a serving instance seals with is to be found, when that is the key file
+/// `beside` the SQLite database (the daemon reads it; a command run with OAUTHD_KEY_FILE
+/// naming another did not): `: the key file beside the database, PATH, holds it (unset
+/// OAUTHD_KEY_FILE)`, else nothing.
+pub(super) fn serving_key_hint(key: Option<&str>, beside: Option<&std::path::Path>) -> String {
+    let (Some(key), Some(beside)) = (key, beside) else {
+        return String::new();
+    };
+    let holds = std::fs::read_to_string(beside)
+        .ok()
+        .and_then(|text| crate::vault::key_ids(&text).ok())
+        .is_some_and(|ids| ids.iter().any(|id| id == key));
+    if holds && std::env::var_os("OAUTHD_KEY_FILE").is_some() {
+        format!(
+            ": the key file beside the database, {}, holds it (unset OAUTHD_KEY_FILE)",
+            beside.display()
+        )
+    } else if holds {
+        format!(
+            ": the key file beside the database, {}, holds it",
+            beside.display()
+        )
+    } else {
+        String::new()
+    }
+}
+
 /// Set by Ctrl-C or SIGTERM while `rekey` waits (`cli::stop_on_signal`): the wait ends
 /// as a refusal, and `rekey` takes its new key out again.
 pub(super) static STOP: AtomicBool = AtomicBool::new(false);
@@ -80,14 +107,28 @@ fn settle<T>(
     }
 }
 
+/// What a process does when a serving instance cannot open the key it seals with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Unopenable {
+    /// Warns: a start, or a command that seals nothing.
+    Warn,
+    /// Refuses: a command that seals tokens (`connect`, `connections refresh` and
+    /// `import`), whose every token would answer `503 vault_error` in that instance. With
+    /// the key file beside the SQLite database, which the refusal names when it holds the
+    /// serving instance's key.
+    Refuse(Option<std::path::PathBuf>),
+}
+
 /// Refuses when another serving instance seals with a key not in `ours` (the ids of the
 /// keys loaded from `from`, the sealing one first), after giving it `SETTLE` to tell of
-/// keys it has just reloaded; warns when another cannot open the key `ours` seals with.
+/// keys it has just reloaded; when another cannot open the key `ours` seals with, warns,
+/// or with `Unopenable::Refuse` refuses once it has had `SETTLE` to tell of that key.
 pub(super) fn check(
     ours: &[String],
     from: &str,
     store: &Arc<dyn Store>,
     clock: &Clock,
+    unopenable: Unopenable,
 ) -> Result<(), Fatal> {
     let rt = runtime()?;
     let blocking = settle(SETTLE, || {
@@ -96,6 +137,23 @@ pub(super) fn check(
     })?;
     if let Some(first) = blocking {
         return Err(refusal(&first, ours, from));
+    }
+    if let (Some(current), Unopenable::Refuse(beside)) = (ours.first(), &unopenable) {
+        let behind = settle(SETTLE, || {
+            let told = rt.block_on(store.vault_keys_in_use(clock.now_ms()))?;
+            Ok(told.into_iter().find(|o| !o.keys.contains(current)))
+        })?;
+        if let Some(other) = behind {
+            return Err(Fatal(
+                format!(
+                    "an oauthd serving this store (it said so within the last {}s) does not have vault key {current}, which the key loaded from {from} seals with (it has {}): every token this command sealed would answer 503 vault_error there. Nothing was changed. Run the command with the key that oauthd serves with (the same key file, or a copy of it){}",
+                    HOLDS_FOR.as_secs(),
+                    other.keys.join(", "),
+                    serving_key_hint(other.keys.first().map(String::as_str), beside.as_deref()),
+                ),
+                2,
+            ));
+        }
     }
     let told = rt.block_on(store.vault_keys_in_use(clock.now_ms()))?;
     if let Some(current) = ours.first() {

@@ -688,6 +688,95 @@ async fn a_start_lacking_the_key_a_command_made_beside_the_database_names_that_f
     d.signal_and_wait("TERM");
 }
 
+/// A command run with another key file than the serving oauthd's (OAUTHD_KEY_FILE left set
+/// in a shell) was refused with advice to add the daemon's key to the command's file as a
+/// further line. Followed, the command sealed with its own key, which the daemon lacks:
+/// the imported token answered 503 there, and the daemon's next start was refused. Now
+/// the refusal says the serving oauthd's key is the one to use and where it is, and a
+/// command that seals tokens is refused while a serving oauthd cannot open what it seals.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_with_another_key_file_than_the_serving_oauthds_is_sent_to_its_key() {
+    let home = Home::new();
+    home.write_config(GH);
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let tokens = |account: &str| {
+        let lines = home.dir.path().join(format!("{account}.jsonl"));
+        std::fs::write(
+            &lines,
+            format!("{{\"provider\":\"gh\",\"account\":\"{account}\",\"access_token\":\"t-{account}\"}}\n"),
+        )
+        .unwrap();
+        lines
+    };
+    let first = tokens("first");
+    let out = home.cli(&["connections", "import", "--file", first.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let import_with = |file: &Path, account: &str| {
+        let lines = tokens(account);
+        home.cli_command(&["connections", "import", "--file", lines.to_str().unwrap()])
+            .env("OAUTHD_KEY_FILE", file)
+            .output()
+            .unwrap()
+    };
+
+    let other = key_file_of_its_own(&home);
+    let out = import_with(&other, "second");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("An oauthd serving this store seals with vault key")
+            && err.contains(&format!(
+                "the key file beside the database, {}, holds it (unset OAUTHD_KEY_FILE)",
+                home.key_file().display()
+            )),
+        "{err}"
+    );
+    assert!(!err.contains("further lines"), "{err}");
+
+    // The old advice followed anyway: the daemon's key added after the command's own.
+    let both = home.dir.path().join("both.key");
+    let daemons = std::fs::read_to_string(home.key_file()).unwrap();
+    std::fs::write(
+        &both,
+        format!("{}{daemons}", std::fs::read_to_string(&other).unwrap()),
+    )
+    .unwrap();
+    let out = import_with(&both, "third");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("an oauthd serving this store")
+            && err.contains("every token this command sealed would answer 503 vault_error there")
+            && err.contains("Nothing was changed"),
+        "{err}"
+    );
+    let (status, _) = d.get("/v1/connections/gh/third/token", &key).await;
+    assert_eq!(status, 404, "the refused import stored the token");
+    // A command that seals nothing still runs with it.
+    let out = home
+        .cli_command(&["connections", "list"])
+        .env("OAUTHD_KEY_FILE", &both)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // With the daemon's key, the import runs and its token opens there.
+    let out = home.cli(&[
+        "connections",
+        "import",
+        "--file",
+        tokens("fourth").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let (status, body) = d.get("/v1/connections/gh/fourth/token", &key).await;
+    assert_eq!(
+        (status, &body["access_token"]),
+        (200, &serde_json::json!("t-fourth")),
+        "{body}"
+    );
+    d.signal_and_wait("TERM");
+}
+
 /// `check` and `backup` run without the OAUTHD_KEY_FILE a serving oauthd reads: `check`
 /// failed the key file as lost (and the daemon ran fine), `backup` said to keep a key file
 /// that does not exist. Both say where the key is and that the command was not told; so
