@@ -242,6 +242,9 @@ pub struct StatesConfig {
     pub max_total_states: u64,
     /// Live states one subject may hold in a namespace (bounds listing and revoking it).
     pub max_states_per_subject: u64,
+    /// Live states the states one API key created may hold, in all namespaces together;
+    /// unset: `default_max_states_per_key` of `max_total_states`.
+    pub max_states_per_key: Option<u64>,
     /// Tries of its code a state created with a `secret` allows, unless the create says.
     pub max_attempts: u32,
     /// Whether creates may ask for `sliding` states, and the latest a sliding state may
@@ -267,6 +270,7 @@ impl Default for StatesConfig {
             max_states: 100_000,
             max_total_states: 250_000,
             max_states_per_subject: 1000,
+            max_states_per_key: None,
             max_attempts: 5,
             sliding: true,
             max_lifetime_seconds: None,
@@ -631,6 +635,15 @@ impl Settings {
                 "must be between 1 and 100000000",
             ));
         }
+        let max_states_per_key = s
+            .max_states_per_key
+            .unwrap_or_else(|| crate::states::default_max_states_per_key(s.max_total_states));
+        if !(1..=100_000_000).contains(&max_states_per_key) {
+            return Err(invalid(
+                "states.max_states_per_key",
+                "must be between 1 and 100000000",
+            ));
+        }
         if !(1..=1024 * 1024).contains(&s.max_data_bytes) {
             return Err(invalid(
                 "states.max_data_bytes",
@@ -713,6 +726,7 @@ impl Settings {
                 overrides,
                 max_data_bytes: s.max_data_bytes,
                 max_total_states: s.max_total_states,
+                max_states_per_key,
                 expired_grace: Duration::from_secs(s.expired_grace_seconds),
                 verify_cache: Duration::from_secs(s.verify_cache_seconds),
             },

@@ -227,11 +227,15 @@ async fn copy_all(
             max_per_subject: u64::MAX,
             max_total: u64::MAX,
             max_tombstones: u64::MAX,
+            max_per_key: u64::MAX,
         };
         match into.insert_state(row, rules).await? {
             Inserted::Stored { .. } => copied.states += 1,
             // No cap applies to a copy.
-            Inserted::NamespaceFull | Inserted::SubjectFull { .. } | Inserted::StoreFull => {}
+            Inserted::NamespaceFull
+            | Inserted::SubjectFull { .. }
+            | Inserted::StoreFull
+            | Inserted::KeyFull => {}
         }
     }
     Ok(copied)

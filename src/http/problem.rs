@@ -207,6 +207,10 @@ impl From<StateError> for ApiError {
             StateError::StoreFull { .. } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "store_full", detail).retry_after(60)
             }
+            StateError::KeyFull { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_key_states", detail)
+                    .retry_after(60)
+            }
             StateError::SubjectFull {
                 retry_after_secs, ..
             } => ApiError::new(

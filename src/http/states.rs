@@ -310,7 +310,7 @@ pub struct Revoked {
         (status = 201, description = "Issued: the value is given out this once.", body = StateCreated),
         (status = 400, description = "A member out of range: `invalid_namespace`, `reserved_namespace`, `invalid_ttl`, `invalid_subject`, `invalid_secret`, `invalid_max_attempts`, `invalid_replace`, `invalid_sliding`, `invalid_max_lifetime`, `sliding_not_allowed` (the namespace's policy), `subject_required` (`replace` without a subject); or the body itself: `malformed_json`, `bad_body`, `unknown_field`.", body = ProblemDoc, content_type = "application/problem+json"),
         (status = 413, description = "`data` is larger than `states.max_data_bytes` (`data_too_large`), or the body too large (`body_too_large`).", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "The namespace holds its maximum of live states (`too_many_states`), the subject (`too_many_subject_states`), or all namespaces together (`store_full`). For the subject, `Retry-After` is when its first live state expires.", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "The namespace holds its maximum of live states (`too_many_states`), the subject (`too_many_subject_states`), all namespaces together (`store_full`), or the states this API key created (`too_many_key_states`, `states.max_states_per_key`). For the subject, `Retry-After` is when its first live state expires.", body = ProblemDoc, content_type = "application/problem+json"),
     ))]
 pub async fn create(
     app: web::Data<AppState>,
@@ -320,7 +320,7 @@ pub async fn create(
     let (ns, request) = create_request(body)?;
     caller.require_namespace(&ns)?;
     let subject = request.subject.clone();
-    let issued = app.states.create(ns, request).await?;
+    let issued = app.states.create(ns, request, &caller.0).await?;
     Ok(no_store(HttpResponse::Created()).json(StateCreated {
         state: issued.state.expose(),
         id: issued.id().to_string(),

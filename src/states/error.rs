@@ -39,6 +39,8 @@ pub enum StateError {
     },
     #[error("the store already holds {max} live states in all namespaces together (states.max_total_states{}); consume or let some expire first", room_full_too(*.room))]
     StoreFull { max: u64, room: super::Room },
+    #[error("this API key's states already hold {max} live states in all namespaces together (states.max_states_per_key); consume, revoke or let some expire first")]
+    KeyFull { max: u64 },
     #[error("wrong code")]
     WrongSecret { attempts_left: u32 },
     #[error("this state is guarded by a code: present it with POST /v1/states/attempt")]

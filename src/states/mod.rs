@@ -10,8 +10,8 @@ use crate::read_cache::{ForgetAfter, ReadCache};
 use crate::secret::{SecretHash, StateId, StateValue};
 use crate::state_data;
 use crate::store::{
-    Attempted, Found, InsertRules, Inserted, NamespaceFilter, Revoked, Sliding, StateRow,
-    StateSecret, StateStore, StoreError, SubjectPage, Taken,
+    ApiKeyRecord, Attempted, Found, InsertRules, Inserted, NamespaceFilter, Revoked, Sliding,
+    StateRow, StateSecret, StateStore, StoreError, SubjectPage, Taken,
 };
 use crate::vault::{VaultError, VaultHandle};
 use bytes::Bytes;
@@ -208,6 +208,33 @@ pub enum Room {
     Operator,
 }
 
+/// `states.max_states_per_key` when unset: 100,000 (as a namespace's `max_states`), or
+/// `max_total_states` when that is lower. At the defaults one key that fills its share
+/// leaves 150,000 of the store's 250,000 to the others.
+pub fn default_max_states_per_key(max_total_states: u64) -> u64 {
+    max_total_states.min(100_000)
+}
+
+/// What a new state draws on: the room of live states, the most data it may hold, and the
+/// API key whose live states it counts against (`None`: oauthd's own).
+#[derive(Clone, Copy)]
+struct Draw<'a> {
+    room: Room,
+    max_data: usize,
+    by: Option<&'a ApiKeyRecord>,
+}
+
+impl Draw<'_> {
+    /// One of oauthd's own states: its data held to `OWN_DATA_MAX`, counted against no key.
+    fn own(room: Room) -> Self {
+        Draw {
+            room,
+            max_data: OWN_DATA_MAX,
+            by: None,
+        }
+    }
+}
+
 /// The room the operator's states have past `max_total_states`: 1 %, at least 100.
 pub fn own_reserve(max_total_states: u64) -> u64 {
     (max_total_states / 100).max(100)
@@ -351,7 +378,7 @@ impl StateService {
             data,
             ..NewState::default()
         };
-        self.store_new(state, namespace, request, OWN_DATA_MAX, room, None)
+        self.store_new(state, namespace, request, Draw::own(room), None)
             .await
     }
 
@@ -375,24 +402,28 @@ impl StateService {
             state,
             namespace,
             request,
-            OWN_DATA_MAX,
-            room,
+            Draw::own(room),
             Some(expires_at_ms),
         )
         .await
     }
 
     /// Issues an app's state with any of the state API's options (subject, code, replace,
-    /// sliding); its data is at most `max_data_bytes`.
+    /// sliding) for the API key `by`, whose live states count against
+    /// `max_states_per_key`; its data is at most `max_data_bytes`.
     pub async fn create(
         &self,
         namespace: Namespace,
         request: NewState,
+        by: &ApiKeyRecord,
     ) -> Result<IssuedState, StateError> {
         let state = StateValue::generate().map_err(|_| StateError::Entropy)?;
-        let max_data = self.policy.max_data_bytes;
-        self.store_new(state, namespace, request, max_data, Room::Apps, None)
-            .await
+        let draw = Draw {
+            room: Room::Apps,
+            max_data: self.policy.max_data_bytes,
+            by: Some(by),
+        };
+        self.store_new(state, namespace, request, draw, None).await
     }
 
     async fn store_new(
@@ -400,10 +431,10 @@ impl StateService {
         state: StateValue,
         namespace: Namespace,
         request: NewState,
-        max_data: usize,
-        room: Room,
+        draw: Draw<'_>,
         until: Option<i64>,
     ) -> Result<IssuedState, StateError> {
+        let Draw { room, max_data, by } = draw;
         let max_total = match room {
             Room::Apps => self.policy.max_total_states,
             Room::Operator => self
@@ -503,6 +534,7 @@ impl StateService {
                     subject: request.subject,
                     secret,
                     sliding,
+                    created_by: by.map(|key| key.id.clone()),
                 },
                 InsertRules {
                     max_live: rule.max_states,
@@ -512,6 +544,7 @@ impl StateService {
                     max_per_subject: rule.max_per_subject,
                     max_total,
                     max_tombstones: self.policy.max_total_states,
+                    max_per_key: self.policy.max_states_per_key,
                 },
             )
             .await;
@@ -554,6 +587,17 @@ impl StateService {
                     );
                 }
                 return Err(StateError::StoreFull { max, room });
+            }
+            Inserted::KeyFull => {
+                let max = self.policy.max_states_per_key;
+                if self.full_logged.take_turn(created_at_ms) {
+                    log::warn!(
+                        "API key {} holds its most live states ({max}, \
+                         states.max_states_per_key): create in {namespace} refused",
+                        by.map_or("?", |key| key.name.as_str())
+                    );
+                }
+                return Err(StateError::KeyFull { max });
             }
         }
         metrics::state_created(namespace.as_str());
@@ -675,6 +719,7 @@ impl StateService {
                     max_per_subject: u64::MAX,
                     max_total: u64::MAX,
                     max_tombstones: self.policy.max_total_states,
+                    max_per_key: u64::MAX,
                 };
                 let id = StateId::of(&row.key_hash);
                 if let Err(put) = self.store.insert_state(row, rules).await {
@@ -989,6 +1034,7 @@ mod tests {
             subject: Some("alice".into()),
             secret: None,
             sliding: None,
+            created_by: None,
         };
         // Stored text that is not JSON (a file edited by hand) is a storage fault, not an
         // answer.

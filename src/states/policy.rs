@@ -32,6 +32,10 @@ pub struct StatePolicy {
     /// Live states all namespaces together may hold (connect flows included); as many
     /// tombstones of expired states are kept at most.
     pub max_total_states: u64,
+    /// Live states the states one API key created may hold, in all namespaces together:
+    /// a key limited to namespace patterns can make up namespaces, each with a cap of its
+    /// own, and could otherwise fill the store for every other app.
+    pub max_states_per_key: u64,
     /// How long after expiry a consume still answers "expired" (410) rather than
     /// "unknown" (404), on every backend.
     pub expired_grace: Duration,
@@ -118,6 +122,7 @@ mod tests {
             ],
             max_data_bytes: 1024,
             max_total_states: 1_000_000,
+            max_states_per_key: 1_000_000,
             expired_grace: Duration::from_secs(60),
             verify_cache: Duration::from_secs(1),
         };

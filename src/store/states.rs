@@ -17,6 +17,9 @@ pub struct StateRow {
     pub secret: Option<StateSecret>,
     /// Set when a verify with `touch` may push the expiry out.
     pub sliding: Option<Sliding>,
+    /// The id of the API key that created it, whose live states count against
+    /// `InsertRules::max_per_key`; `None` for oauthd's own states.
+    pub created_by: Option<String>,
 }
 
 /// A user code guarding a state: its keyed hash and the tries left.
@@ -179,6 +182,10 @@ pub struct InsertRules {
     /// (their states answer 404 instead of 410), so that states made to expire at once
     /// cannot grow the store through their tombstones.
     pub max_tombstones: u64,
+    /// Most live states the API key that creates the row (`StateRow::created_by`) may
+    /// hold in all namespaces together (a key whose namespaces are patterns can make up
+    /// namespaces, each with a cap of its own). Not checked for a row no key created.
+    pub max_per_key: u64,
 }
 
 /// Where a page of a subject's states starts and how much it holds.
@@ -278,6 +285,8 @@ pub enum Inserted {
     SubjectFull { next_expiry_ms: i64 },
     /// Refused: all namespaces together hold `max_total` live states.
     StoreFull,
+    /// Refused: the API key that creates it holds `max_per_key` live states.
+    KeyFull,
 }
 
 /// Removing expired states: all the sweeper needs of a store.

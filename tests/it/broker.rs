@@ -699,6 +699,7 @@ async fn admin_signs_in_with_the_printed_link_and_connects_from_the_browser(home
     let token = common::query_param(&link, "token");
     let resp = browser
         .post(format!("{}/admin/login", d.url))
+        .header("sec-fetch-site", "same-origin")
         .form(&[("link", token.as_str())])
         .send()
         .await

@@ -30,6 +30,7 @@ pub fn room(now: i64) -> oauthd::store::InsertRules {
         max_per_subject: 100,
         max_total: 1000,
         max_tombstones: 1000,
+        max_per_key: 1000,
     }
 }
 
@@ -37,6 +38,21 @@ pub fn room(now: i64) -> oauthd::store::InsertRules {
 pub fn vault() -> Arc<VaultHandle> {
     let key = oauthd::vault::generate_key_text().unwrap();
     Arc::new(VaultHandle::load(KeySource::Inline(key)).unwrap())
+}
+
+/// The API key an app's states are created for (`StateService::create`).
+pub fn app_key() -> &'static oauthd::store::ApiKeyRecord {
+    static KEY: std::sync::LazyLock<oauthd::store::ApiKeyRecord> =
+        std::sync::LazyLock::new(|| oauthd::store::ApiKeyRecord {
+            id: "00000000-0000-4000-8000-000000000001".into(),
+            name: "app".into(),
+            namespaces: None,
+            accounts: None,
+            created_at_ms: 0,
+            revoked_at_ms: None,
+            last_used_at_ms: None,
+        });
+    &KEY
 }
 
 pub fn policy(max_states: u64) -> StatePolicy {
@@ -53,6 +69,7 @@ pub fn policy(max_states: u64) -> StatePolicy {
         overrides: vec![],
         max_data_bytes: 4096,
         max_total_states: 1_000_000,
+        max_states_per_key: 1_000_000,
         expired_grace: 10 * MINUTE,
         verify_cache: Duration::from_secs(1),
     }
@@ -996,6 +1013,7 @@ async fn a_state_under_its_legacy_key_verifies_until_revoked(b: Backend) {
         subject: None,
         secret: None,
         sliding: None,
+        created_by: None,
     };
     b.store.insert_state(row, room(now)).await.unwrap();
     for _ in 0..2 {

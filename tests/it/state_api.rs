@@ -28,6 +28,7 @@ contract![
     expired_states_answer_410_during_the_grace_window_and_404_after,
     a_namespace_holds_at_most_max_states_live_states,
     all_namespaces_together_hold_at_most_max_total_states,
+    one_key_holds_at_most_max_states_per_key_live_states,
     a_store_four_fifths_full_is_pointed_out_at_start_and_by_check,
     metrics_count_states_outcomes_and_requests_behind_an_optional_token,
 ];
@@ -140,6 +141,90 @@ async fn all_namespaces_together_hold_at_most_max_total_states(home: Home) {
     assert_eq!(status, 201, "{body}");
 }
 
+/// A key limited to namespace patterns (`oauth:*`) could make up namespaces, each with a
+/// cap of its own, and fill the store for every other app (their sessions and codes
+/// refused `store_full` for a day). Past `max_states_per_key` live states in all
+/// namespaces together the key's creates answer 429 `too_many_key_states`; other keys
+/// create as before; the key's consumes, revokes and expiries give room back at once, and
+/// a replace at the cap goes ahead (it adds nothing).
+async fn one_key_holds_at_most_max_states_per_key_live_states(home: Home) {
+    home.write_config("[states]\nmax_states_per_key = 4\nmax_total_states = 10\n");
+    let music = home.create_key("music", &["oauth:*"]);
+    let web = home.create_key("web", &["session"]);
+    let d = home.start();
+    let first = d
+        .create_state(&music, json!({"namespace": "oauth:x0"}))
+        .await;
+    d.create_state(&music, json!({"namespace": "oauth:x1", "subject": "alice"}))
+        .await;
+    let short = d
+        .create_state(&music, json!({"namespace": "oauth:x2", "ttl_seconds": 1}))
+        .await;
+    d.create_state(&music, json!({"namespace": "oauth:x3", "subject": "bob"}))
+        .await;
+    let refused = |n: u32| {
+        let (d, music) = (&d, &music);
+        async move {
+            let resp = d
+                .http
+                .post(format!("{}/v1/states", d.url))
+                .bearer_auth(music)
+                .json(&json!({"namespace": format!("oauth:x{n}")}))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let retry = resp.headers().get("retry-after").cloned();
+            let problem: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!(
+                (status, problem["code"].as_str()),
+                (429, Some("too_many_key_states")),
+                "oauth:x{n}: {problem}"
+            );
+            let detail = problem["detail"].as_str().unwrap_or_default();
+            assert!(detail.contains("states.max_states_per_key"), "{problem}");
+            assert!(retry.is_some(), "no Retry-After");
+        }
+    };
+    for n in 4..7 {
+        refused(n).await;
+    }
+    // Another app's key is not held back by this one's states.
+    d.create_state(&web, json!({"namespace": "session", "subject": "alice"}))
+        .await;
+    // A replace at the cap takes the subject's state's place.
+    d.create_state(
+        &music,
+        json!({"namespace": "oauth:x3", "subject": "bob", "replace": true}),
+    )
+    .await;
+    refused(7).await;
+    // A consume makes room at once...
+    assert_eq!(d.consume(&music, &first, "oauth:x0").await.0, 200);
+    d.create_state(&music, json!({"namespace": "oauth:x4"}))
+        .await;
+    refused(8).await;
+    // ...so does a revoke ("sign out everywhere")...
+    let resp = d
+        .delete("/v1/namespaces/oauth:x1/subjects/alice/states", &music)
+        .await;
+    assert_eq!(resp.status(), 200);
+    d.create_state(&music, json!({"namespace": "oauth:x5"}))
+        .await;
+    refused(9).await;
+    // ...and an expiry, swept or not.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    d.create_state(&music, json!({"namespace": "oauth:x6"}))
+        .await;
+    refused(10).await;
+    assert_eq!(d.consume(&music, &short, "oauth:x2").await.0, 410);
+    let log = home.log_text();
+    assert!(
+        log.contains("API key music holds its most live states (4, states.max_states_per_key)"),
+        "{log}"
+    );
+}
+
 /// The operator hears of a store nearing `max_total_states` before creates are refused:
 /// from 80 % on, each start logs a warning and `oauthd check` prints one.
 async fn a_store_four_fifths_full_is_pointed_out_at_start_and_by_check(home: Home) {
@@ -223,10 +308,10 @@ async fn a_namespace_without_live_states_leaves_no_count_behind() {
         assert_eq!(d.consume(&key, &state, &ns).await.0, 200);
     }
     let db = home.db();
-    // The two totals and the one namespace that holds a state.
+    // The two totals, the one namespace that holds a state, and the key that made it.
     let rows = || count_rows(&db, "namespace_counts");
     assert!(
-        eventually(Duration::from_secs(10), || rows() == 3).await,
+        eventually(Duration::from_secs(10), || rows() == 4).await,
         "{} rows",
         rows()
     );

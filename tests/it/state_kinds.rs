@@ -3,7 +3,7 @@
 //! verify without consuming, listing and revoking by subject and by id. Time moves by the
 //! manual clock, never by waiting.
 
-use crate::services::{clock, ns, policy, room, vault};
+use crate::services::{app_key, clock, ns, policy, room, vault};
 use crate::store_contract::Backend;
 use oauthd::clock::Clock;
 use oauthd::states::{JsonText, NewState, StateError, StateService};
@@ -38,7 +38,7 @@ fn of_subject(subject: &str, replace: bool) -> NewState {
 async fn concurrent_wrong_codes_use_up_exactly_the_allowed_attempts(b: Backend) {
     let (states, _) = service(&b);
     let issued = states
-        .create(ns("2fa"), with_code("123456", 5))
+        .create(ns("2fa"), with_code("123456", 5), app_key())
         .await
         .unwrap();
     let tries = (0..100).map(|i| {
@@ -72,7 +72,7 @@ async fn concurrent_wrong_codes_use_up_exactly_the_allowed_attempts(b: Backend) 
 async fn a_right_code_racing_wrong_ones_succeeds_once(b: Backend) {
     let (states, _) = service(&b);
     let issued = states
-        .create(ns("2fa"), with_code("424242", 100))
+        .create(ns("2fa"), with_code("424242", 100), app_key())
         .await
         .unwrap();
     let tries = (0..40).map(|i| {
@@ -91,7 +91,10 @@ async fn a_right_code_racing_wrong_ones_succeeds_once(b: Backend) {
 /// A state with a code is consumed only through its code; one without cannot be tried.
 async fn a_state_with_a_code_is_consumed_only_with_it(b: Backend) {
     let (states, _) = service(&b);
-    let guarded = states.create(ns("2fa"), with_code("777", 3)).await.unwrap();
+    let guarded = states
+        .create(ns("2fa"), with_code("777", 3), app_key())
+        .await
+        .unwrap();
     assert!(matches!(
         states.consume(&guarded.state, &ns("2fa")).await,
         Err(StateError::SecretRequired)
@@ -109,7 +112,10 @@ async fn a_state_with_a_code_is_consumed_only_with_it(b: Backend) {
     // Left untouched by the refused attempt.
     states.consume(&plain.state, &ns("2fa")).await.unwrap();
     // A wrong try counts, under its own namespace only.
-    let guarded = states.create(ns("2fa"), with_code("1", 3)).await.unwrap();
+    let guarded = states
+        .create(ns("2fa"), with_code("1", 3), app_key())
+        .await
+        .unwrap();
     assert!(matches!(
         states.attempt(&guarded.state, &ns("other"), "2").await,
         Err(StateError::NotFound)
@@ -143,18 +149,22 @@ async fn replace_leaves_one_live_state_per_subject(b: Backend) {
     for _ in 0..3 {
         old.push(
             states
-                .create(ns("reset"), of_subject("alice", false))
+                .create(ns("reset"), of_subject("alice", false), app_key())
                 .await
                 .unwrap(),
         );
     }
     let bob = states
-        .create(ns("reset"), of_subject("bob", false))
+        .create(ns("reset"), of_subject("bob", false), app_key())
         .await
         .unwrap();
     let racing = (0..10).map(|_| {
         let states = states.clone();
-        tokio::spawn(async move { states.create(ns("reset"), of_subject("alice", true)).await })
+        tokio::spawn(async move {
+            states
+                .create(ns("reset"), of_subject("alice", true), app_key())
+                .await
+        })
     });
     let issued: Vec<_> = futures::future::join_all(racing)
         .await
@@ -195,7 +205,8 @@ async fn replace_leaves_one_live_state_per_subject(b: Backend) {
                 NewState {
                     replace: true,
                     ..NewState::default()
-                }
+                },
+                app_key()
             )
             .await,
         Err(StateError::SubjectRequired)
@@ -212,7 +223,10 @@ async fn touch_slides_the_expiry_but_never_past_the_lifetime(b: Backend) {
         subject: Some("alice".into()),
         ..NewState::default()
     };
-    let issued = states.create(ns("session"), sliding(150)).await.unwrap();
+    let issued = states
+        .create(ns("session"), sliding(150), app_key())
+        .await
+        .unwrap();
     let created = issued.created_at_ms;
     let session = ns("session");
     clock.advance(Duration::from_secs(50));
@@ -238,7 +252,10 @@ async fn touch_slides_the_expiry_but_never_past_the_lifetime(b: Backend) {
     ));
 
     // Without touch, the expiry stays; expired, then unknown past the grace window.
-    let plain = states.create(ns("session"), sliding(150)).await.unwrap();
+    let plain = states
+        .create(ns("session"), sliding(150), app_key())
+        .await
+        .unwrap();
     clock.advance(Duration::from_secs(50));
     let v = states.verify(&plain.state, &session, false).await.unwrap();
     assert_eq!(v.expires_at_ms, plain.expires_at_ms);
@@ -261,7 +278,9 @@ async fn touch_slides_the_expiry_but_never_past_the_lifetime(b: Backend) {
     // A lifetime shorter than the TTL, or longer than the namespace allows, is refused.
     for lifetime in [59, 31 * 24 * 3600] {
         assert!(matches!(
-            states.create(ns("session"), sliding(lifetime)).await,
+            states
+                .create(ns("session"), sliding(lifetime), app_key())
+                .await,
             Err(StateError::LifetimeOutOfRange { .. })
         ));
     }
@@ -308,7 +327,10 @@ async fn states_are_listed_and_revoked_by_subject_and_id(b: Backend) {
         ttl_seconds: Some(10),
         ..of_subject("alice", false)
     };
-    let expiring = states.create(sessions.clone(), short).await.unwrap();
+    let expiring = states
+        .create(sessions.clone(), short, app_key())
+        .await
+        .unwrap();
     clock.advance(Duration::from_secs(1));
     let mut alice = Vec::new();
     for i in 0..3 {
@@ -316,11 +338,16 @@ async fn states_are_listed_and_revoked_by_subject_and_id(b: Backend) {
             data: Some(JsonText::of(&serde_json::json!({ "device": i }))),
             ..of_subject("alice", false)
         };
-        alice.push(states.create(sessions.clone(), request).await.unwrap());
+        alice.push(
+            states
+                .create(sessions.clone(), request, app_key())
+                .await
+                .unwrap(),
+        );
         clock.advance(Duration::from_millis(5));
     }
     let other_ns = states
-        .create(ns("session2"), of_subject("alice", false))
+        .create(ns("session2"), of_subject("alice", false), app_key())
         .await
         .unwrap();
     clock.advance(Duration::from_secs(10));
@@ -365,7 +392,7 @@ async fn states_are_listed_and_revoked_by_subject_and_id(b: Backend) {
         Err(StateError::NothingToRevoke)
     ));
     let bob = states
-        .create(sessions.clone(), of_subject("bob", false))
+        .create(sessions.clone(), of_subject("bob", false), app_key())
         .await
         .unwrap();
     // Verified (and so held in memory) just before: revoking by subject still ends it.
@@ -413,12 +440,17 @@ async fn a_subject_holds_at_most_its_cap_of_live_states(b: Backend) {
         ..of_subject(subject, false)
     };
     for _ in 0..3 {
-        states.create(ns("session"), short("alice")).await.unwrap();
+        states
+            .create(ns("session"), short("alice"), app_key())
+            .await
+            .unwrap();
         clock.advance(Duration::from_millis(10_500));
     }
     // The refusal says when a place frees: the first state expires at 60 s, and it is
     // 31.5 s now.
-    let refused = states.create(ns("session"), short("alice")).await;
+    let refused = states
+        .create(ns("session"), short("alice"), app_key())
+        .await;
     assert!(
         matches!(
             refused,
@@ -431,18 +463,29 @@ async fn a_subject_holds_at_most_its_cap_of_live_states(b: Backend) {
         "{refused:?}"
     );
     // Another subject, another namespace: their own room.
-    states.create(ns("session"), short("bob")).await.unwrap();
-    states.create(ns("other"), short("alice")).await.unwrap();
+    states
+        .create(ns("session"), short("bob"), app_key())
+        .await
+        .unwrap();
+    states
+        .create(ns("other"), short("alice"), app_key())
+        .await
+        .unwrap();
     // Replace is always possible: it leaves one.
     states
-        .create(ns("session"), of_subject("alice", true))
+        .create(ns("session"), of_subject("alice", true), app_key())
         .await
         .unwrap();
     for _ in 0..2 {
-        states.create(ns("session"), short("alice")).await.unwrap();
+        states
+            .create(ns("session"), short("alice"), app_key())
+            .await
+            .unwrap();
     }
     assert!(matches!(
-        states.create(ns("session"), short("alice")).await,
+        states
+            .create(ns("session"), short("alice"), app_key())
+            .await,
         Err(StateError::SubjectFull { .. })
     ));
     // Expired states do not count.
@@ -450,11 +493,20 @@ async fn a_subject_holds_at_most_its_cap_of_live_states(b: Backend) {
     full.base.max_per_subject = 2;
     let states = StateService::new(b.store.clone(), full, clock.clone(), vault());
     for _ in 0..2 {
-        states.create(ns("2fa"), short("carol")).await.unwrap();
+        states
+            .create(ns("2fa"), short("carol"), app_key())
+            .await
+            .unwrap();
     }
-    assert!(states.create(ns("2fa"), short("carol")).await.is_err());
+    assert!(states
+        .create(ns("2fa"), short("carol"), app_key())
+        .await
+        .is_err());
     clock.advance(Duration::from_secs(61));
-    states.create(ns("2fa"), short("carol")).await.unwrap();
+    states
+        .create(ns("2fa"), short("carol"), app_key())
+        .await
+        .unwrap();
 }
 
 /// A subject at its cap in a namespace that is full too is told about the subject, on
@@ -466,19 +518,21 @@ async fn a_full_subject_in_a_full_namespace_is_named_as_the_subject(b: Backend) 
     let states = StateService::new(b.store.clone(), rules, clock(), vault());
     for _ in 0..2 {
         states
-            .create(ns("session"), of_subject("alice", false))
+            .create(ns("session"), of_subject("alice", false), app_key())
             .await
             .unwrap();
     }
     let refused = states
-        .create(ns("session"), of_subject("alice", false))
+        .create(ns("session"), of_subject("alice", false), app_key())
         .await;
     assert!(
         matches!(refused, Err(StateError::SubjectFull { max: 2, .. })),
         "{refused:?}"
     );
     // Another subject in the same namespace meets the namespace's cap.
-    let refused = states.create(ns("session"), of_subject("bob", false)).await;
+    let refused = states
+        .create(ns("session"), of_subject("bob", false), app_key())
+        .await;
     assert!(
         matches!(refused, Err(StateError::NamespaceFull { .. })),
         "{refused:?}"
@@ -498,8 +552,14 @@ async fn a_states_data_opens_only_in_its_own_row_and_a_failed_open_keeps_the_sta
         data: Some(JsonText::of(&serde_json::json!({ "who": who }))),
         ..NewState::default()
     };
-    let a = states.create(ns("login"), data("a")).await.unwrap();
-    let b_state = states.create(ns("login"), data("b")).await.unwrap();
+    let a = states
+        .create(ns("login"), data("a"), app_key())
+        .await
+        .unwrap();
+    let b_state = states
+        .create(ns("login"), data("b"), app_key())
+        .await
+        .unwrap();
     let coded = states
         .create(
             ns("2fa"),
@@ -507,6 +567,7 @@ async fn a_states_data_opens_only_in_its_own_row_and_a_failed_open_keeps_the_sta
                 data: Some(JsonText::of(&serde_json::json!({ "who": "c" }))),
                 ..with_code("123456", 3)
             },
+            app_key(),
         )
         .await
         .unwrap();
@@ -585,6 +646,7 @@ async fn a_states_data_opens_only_in_its_own_row_and_a_failed_open_keeps_the_sta
                 subject: Some("alice".into()),
                 ..data("alice's")
             },
+            app_key(),
         )
         .await
         .unwrap();

@@ -787,6 +787,7 @@ fn capped(n: u8, expires_at_ms: i64, subject: Option<&str>) -> StateRow {
         subject: subject.map(str::to_owned),
         secret: None,
         sliding: None,
+        created_by: None,
     }
 }
 
@@ -809,6 +810,7 @@ async fn insert_replacing(
         max_per_subject: 100,
         max_total: 1000,
         max_tombstones: 1000,
+        max_per_key: 1000,
     };
     s.insert_state(row, rules).await.unwrap()
 }
@@ -942,6 +944,7 @@ fn store_rules(row: &StateRow, now_ms: i64, max_total: u64, max_tombstones: u64)
         max_per_subject: 100,
         max_total,
         max_tombstones,
+        max_per_key: 1000,
     }
 }
 
@@ -971,6 +974,143 @@ async fn all_namespaces_together_hold_at_most_max_total_live_states(b: Backend) 
     // State 3 expired at 20,000: it no longer counts, swept or not.
     assert_eq!(insert("e", 5, 1_000_000, 30_000).await, stored);
     assert_eq!(insert("f", 6, 1_000_000, 30_000).await, Inserted::StoreFull);
+}
+
+/// The states one API key created hold at most `max_per_key` live states in all
+/// namespaces together; every way a state goes gives its place back (a take, a code's
+/// match, a revoke by value, by id and by subject, a replace, an expiry and the sweep),
+/// and states of another key, or oauthd's own, count for none of it.
+async fn a_key_holds_at_most_max_per_key_live_states_however_they_go(b: Backend) {
+    let s = b.store.as_ref();
+    let row = |n: u8, by: Option<&str>, expires_at_ms: i64| StateRow {
+        namespace: format!("ns{n}"),
+        created_by: by.map(str::to_owned),
+        ..capped(n, expires_at_ms, None)
+    };
+    let insert = |row: StateRow, now_ms: i64, replace: bool| {
+        let rules = InsertRules {
+            max_per_key: 2,
+            replace_subject: replace,
+            ..store_rules(&row, now_ms, 1000, 1000)
+        };
+        async move { s.insert_state(row, rules).await.unwrap() }
+    };
+    let stored = Inserted::Stored { replaced: vec![] };
+    let far = 10_000_000;
+    // Full with two; another key's and oauthd's own go in beside them.
+    assert_eq!(insert(row(1, Some("k1"), far), 10_000, false).await, stored);
+    assert_eq!(insert(row(2, Some("k1"), far), 10_000, false).await, stored);
+    assert_eq!(
+        insert(row(3, Some("k1"), far), 10_000, false).await,
+        Inserted::KeyFull
+    );
+    assert_eq!(insert(row(4, Some("k2"), far), 10_000, false).await, stored);
+    assert_eq!(insert(row(5, None, far), 10_000, false).await, stored);
+    let full = |n: u8| async move {
+        assert_eq!(
+            insert(row(n, Some("k1"), far), 10_000, false).await,
+            Inserted::KeyFull,
+            "state {n}"
+        );
+    };
+
+    // A take.
+    let taken = s
+        .take_state(SecretHash([1; 32]), &NamespaceFilter::Exact("ns1".into()))
+        .await
+        .unwrap();
+    assert!(matches!(taken, Taken::Row(_)), "{taken:?}");
+    assert_eq!(insert(row(6, Some("k1"), far), 10_000, false).await, stored);
+    full(7).await;
+    // A revoke by value.
+    assert!(s
+        .revoke_state(SecretHash([2; 32]), "ns2", 10_000)
+        .await
+        .unwrap());
+    let code = SecretHash([99; 32]);
+    let guarded = StateRow {
+        secret: Some(StateSecret {
+            hash: code,
+            attempts_left: 3,
+        }),
+        ..row(7, Some("k1"), far)
+    };
+    assert_eq!(insert(guarded, 10_000, false).await, stored);
+    full(8).await;
+    // A code's match.
+    let matched = s
+        .attempt_state(SecretHash([7; 32]), "ns7", code, 10_000)
+        .await
+        .unwrap();
+    assert!(matches!(matched, Attempted::Matched(_)), "{matched:?}");
+    let of_alice = StateRow {
+        subject: Some("alice".into()),
+        ..row(8, Some("k1"), far)
+    };
+    assert_eq!(insert(of_alice.clone(), 10_000, false).await, stored);
+    full(9).await;
+    // A replace at the cap takes the subject's state's place.
+    let again = StateRow {
+        key_hash: SecretHash([9; 32]),
+        ..of_alice
+    };
+    let replaced = insert(again, 10_000, true).await;
+    assert_eq!(
+        replaced,
+        Inserted::Stored {
+            replaced: vec![SecretHash([8; 32])]
+        }
+    );
+    full(10).await;
+    // A revoke by subject.
+    let revoked = s.revoke_subject("ns8", "alice", 10_000).await.unwrap();
+    assert_eq!(revoked.live, 1);
+    assert_eq!(
+        insert(row(10, Some("k1"), 20_000), 10_000, false).await,
+        stored
+    );
+    full(11).await;
+    // A revoke by id.
+    let id = oauthd::secret::StateId::of(&SecretHash([6; 32])).to_string();
+    let revoked = s.revoke_state_id("ns6", &id, 10_000).await.unwrap();
+    assert_eq!(revoked.live, 1);
+    assert_eq!(
+        insert(row(11, Some("k1"), far), 10_000, false).await,
+        stored
+    );
+    full(12).await;
+    // State 10 expired at 20,000: it no longer counts, swept or not; nor once swept.
+    assert_eq!(
+        insert(row(12, Some("k1"), far), 30_000, false).await,
+        stored
+    );
+    assert_eq!(
+        insert(row(13, Some("k1"), far), 30_000, false).await,
+        Inserted::KeyFull
+    );
+    assert_eq!(
+        insert(row(14, Some("k2"), far), 30_000, false).await,
+        stored
+    );
+    // The sweep gives an expired state's place back, once.
+    let taken = s
+        .take_state(SecretHash([11; 32]), &NamespaceFilter::Exact("ns11".into()))
+        .await
+        .unwrap();
+    assert!(matches!(taken, Taken::Row(_)), "{taken:?}");
+    assert_eq!(
+        insert(row(15, Some("k1"), 40_000), 30_000, false).await,
+        stored
+    );
+    s.sweep_expired(50_000, 0, 100, 1000).await.unwrap();
+    assert_eq!(
+        insert(row(16, Some("k1"), far), 50_000, false).await,
+        stored
+    );
+    assert_eq!(
+        insert(row(17, Some("k1"), far), 50_000, false).await,
+        Inserted::KeyFull
+    );
 }
 
 /// States made to expire at once cannot grow the store through their tombstones: past
@@ -1355,6 +1495,7 @@ backends!(
     a_vault_keys_note_keeps_its_first_time_until_it_ends,
     the_namespace_cap_counts_what_every_path_leaves_live,
     all_namespaces_together_hold_at_most_max_total_live_states,
+    a_key_holds_at_most_max_per_key_live_states_however_they_go,
     the_store_keeps_at_most_max_tombstones_the_latest_ones,
     a_subjects_states_are_listed_in_pages,
     a_refused_replace_leaves_the_subjects_states,
@@ -1806,6 +1947,7 @@ async fn sqlite_counts_are_the_rows_left_after_racing_inserts_and_every_kind_of_
         max_per_subject: 100,
         max_total: 1000,
         max_tombstones: 1000,
+        max_per_key: 1000,
     };
     let racing = (0..20u8).map(|n| {
         let namespace = if n < 10 { "oauth:p:a" } else { "other" };

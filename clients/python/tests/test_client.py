@@ -241,6 +241,11 @@ def test_a_limit_that_holds_and_a_providers_answer_are_not_sent_again(faulty):
     with pytest.raises(LimitReached) as e:
         client.states.create("app")
     assert e.value.code == "too_many_states" and waits == [] and len(_Faulty.seen) == 1
+    # The states one API key created at their most (states.max_states_per_key).
+    _Faulty.script = [(429, {"Retry-After": "60"}, "too_many_key_states")]
+    with pytest.raises(LimitReached) as e:
+        client.states.create("app")
+    assert e.value.code == "too_many_key_states" and waits == [] and len(_Faulty.seen) == 2
     # Still a RateLimited, as before: code that caught that catches it.
     assert isinstance(e.value, RateLimited)
     # A 429 of another code (a limit that ends by itself) is a RateLimited only.
@@ -251,7 +256,7 @@ def test_a_limit_that_holds_and_a_providers_answer_are_not_sent_again(faulty):
     # A POST through the proxy that the provider answers 503: its answer, sent once.
     _Faulty.script = [(503, {"Retry-After": "1"}, None)]
     answer = client.proxy.post("spotify", "default", "v1/me/player/next")
-    assert answer.status == 503 and waits == [] and len(_Faulty.seen) == 3
+    assert answer.status == 503 and waits == [] and len(_Faulty.seen) == 4
 
 
 class _Silent(http.server.BaseHTTPRequestHandler):

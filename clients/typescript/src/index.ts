@@ -60,7 +60,8 @@ export class RateLimited extends OauthdError {}
  * not help. */
 export class LimitReached extends RateLimited {}
 const LIMIT_CODES = new Set([
-  "too_many_states", "too_many_subject_states", "store_full", "too_many_connections", "too_many_device_flows",
+  "too_many_states", "too_many_subject_states", "store_full", "too_many_key_states", "too_many_connections",
+  "too_many_device_flows",
 ]);
 /** 503, still after the client's bounded retries. */
 export class Unavailable extends OauthdError {}

@@ -178,7 +178,8 @@ test("Retry-After is honoured for 503 and 429 a bounded number of times", async 
 
 test("a limit that holds and a provider's answer are not sent again", async () => {
   const script = [
-    [429, { "retry-after": "60" }, "too_many_states"], [429, { "retry-after": "5" }, "too_many_tests"],
+    [429, { "retry-after": "60" }, "too_many_states"], [429, { "retry-after": "60" }, "too_many_key_states"],
+    [429, { "retry-after": "5" }, "too_many_tests"],
     [503, { "retry-after": "1" }, null],
   ];
   const s = await faulty(script);
@@ -186,6 +187,8 @@ test("a limit that holds and a provider's answer are not sent again", async () =
     const waits = [];
     const c = new Client(s.url, "oauthd_k", { retries: 3, sleep: async (ms) => { waits.push(ms); } });
     await assert.rejects(c.states.create("app"), (e) => e instanceof LimitReached && e instanceof RateLimited && e.code === "too_many_states");
+    // The states one API key created at their most (states.max_states_per_key).
+    await assert.rejects(c.states.create("app"), (e) => e instanceof LimitReached && e.code === "too_many_key_states");
     // A 429 of another code (a limit that ends by itself) is a RateLimited only.
     await assert.rejects(c.states.create("app"), (e) => !(e instanceof LimitReached) && e instanceof RateLimited && e.code === "too_many_tests");
     assert.deepEqual(waits, []);
@@ -193,7 +196,7 @@ test("a limit that holds and a provider's answer are not sent again", async () =
     const answer = await c.proxy.post("spotify", "default", "v1/me/player/next");
     assert.equal(answer.status, 503);
     assert.deepEqual(waits, []);
-    assert.equal(s.seen.length, 3);
+    assert.equal(s.seen.length, 4);
   } finally {
     s.close();
   }

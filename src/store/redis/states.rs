@@ -41,6 +41,9 @@ struct Stored {
     t: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     m: Option<i64>,
+    /// The id of the API key that created it (names its `sk:` set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    k: Option<String>,
 }
 
 impl Stored {
@@ -56,6 +59,7 @@ impl Stored {
             a: row.secret.map(|s| s.attempts_left),
             t: row.sliding.map(|s| s.ttl_ms),
             m: row.sliding.map(|s| s.max_expires_at_ms),
+            k: row.created_by,
         }
     }
 
@@ -84,6 +88,7 @@ impl Stored {
             subject: self.u,
             secret,
             sliding,
+            created_by: self.k,
         }
     }
 }
@@ -130,6 +135,8 @@ const LIB: &str = r#"
 local P, H = ARGV[1], ARGV[2]
 local function live_set(ns) return P .. 'n:' .. ns end
 local function subject_set(ns, u) return P .. 'u:' .. ns .. '\0' .. u end
+-- The live states one API key created, by expiry (states.max_states_per_key).
+local function key_set(k) return P .. 'sk:' .. k end
 -- Every state of every namespace, by expiry, until its grace window ends: the store's
 -- live states and its tombstones are counted here. A member names the state's hash and,
 -- after a '/', its identifier, so that a tombstone dropped for room takes its id key along.
@@ -143,6 +150,7 @@ local function drop(h, s)
   call('ZREM', ALL, member(h, s['i']))
   call('ZREM', live_set(s['n']), h)
   if s['u'] then call('ZREM', subject_set(s['n'], s['u']), h) end
+  if s['k'] then call('ZREM', key_set(s['k']), h) end
   if s['i'] then call('DEL', P .. 'i:' .. s['i']) end
 end
 local function keep_at_least(key, ms)
@@ -203,9 +211,11 @@ return {}
 /// KEYS: state, tombstone. ARGV: P, hash, value, ttl ms, namespace, tombstone ttl ms,
 /// now, expires at, most live states, id, subject ("" for none), "1" to replace the
 /// subject's other states, most live states of the subject, most live states of all
-/// namespaces, most tombstones, grace ms. Returns `{"1", replaced hashes...}`, or
-/// `{"-2", when the subject's first live state expires}` when the subject is full, `{"-1"}` when the namespace is, `{"-3"}` when the
-/// store is, checked in that order as on SQLite (`{"0"}`: the value exists). The first
+/// namespaces, most tombstones, grace ms, the creating API key's id ("" for none), its
+/// most live states. Returns `{"1", replaced hashes...}`, or `{"-2", when the subject's
+/// first live state expires}` when the subject is full, `{"-1"}` when the namespace is,
+/// `{"-3"}` when the store is, `{"-4"}` when the key is, checked in that order as on SQLite
+/// (`{"0"}`: the value exists). The first
 /// write is the state's SET, so a Redis at maxmemory refuses the script (OOM) before it
 /// changes anything.
 static INSERT: LazyLock<Script> = LazyLock::new(|| {
@@ -223,6 +233,17 @@ end
 if call('ZCOUNT', live, '(' .. now, '+inf') - freed >= tonumber(ARGV[9]) then return {'-1'} end
 local all_live = call('ZCOUNT', ALL, '(' .. now, '+inf')
 if all_live - freed >= tonumber(ARGV[14]) then return {'-3'} end
+local by = ARGV[17] ~= '' and key_set(ARGV[17]) or nil
+if by then
+  local held = call('ZCOUNT', by, '(' .. now, '+inf')
+  -- A replace frees the subject's states this key created.
+  if held >= tonumber(ARGV[18]) and sub and ARGV[12] == '1' then
+    for _, h in ipairs(call('ZRANGEBYSCORE', sub, '(' .. now, '+inf')) do
+      if call('ZSCORE', by, h) then held = held - 1 end
+    end
+  end
+  if held >= tonumber(ARGV[18]) then return {'-4'} end
+end
 if not call('SET', KEYS[1], ARGV[3], 'NX', 'PX', ttl) then return {'0'} end
 local answer = {'1'}
 if sub and ARGV[12] == '1' then
@@ -261,6 +282,11 @@ if sub then
   call('ZADD', sub, expires, H)
   call('ZREMRANGEBYSCORE', sub, '-inf', now)
   keep_at_least(sub, ttl)
+end
+if by then
+  call('ZADD', by, expires, H)
+  call('ZREMRANGEBYSCORE', by, '-inf', now)
+  keep_at_least(by, ttl)
 end
 return answer
 "#,
@@ -338,6 +364,10 @@ if v then
       if s['u'] then
         call('ZADD', subject_set(s['n'], s['u']), string.format('%d', e), H)
         keep_at_least(subject_set(s['n'], s['u']), e - now)
+      end
+      if s['k'] then
+        call('ZADD', key_set(s['k']), string.format('%d', e), H)
+        keep_at_least(key_set(s['k']), e - now)
       end
     end
   end
@@ -591,6 +621,7 @@ impl StateStore for RedisStore {
         let key_hash = row.key_hash;
         let ns = row.namespace.clone();
         let subject = row.subject.clone().unwrap_or_default();
+        let by = row.created_by.clone().unwrap_or_default();
         let stored = Stored::from_row(row);
         let id = stored.i.clone().unwrap_or_default();
         let value =
@@ -616,6 +647,8 @@ impl StateStore for RedisStore {
                     rules.max_total.to_string(),
                     rules.max_tombstones.to_string(),
                     (rules.keep_until_ms - expires).max(0).to_string(),
+                    by,
+                    rules.max_per_key.to_string(),
                 ],
             )
             .await?;
@@ -631,6 +664,7 @@ impl StateStore for RedisStore {
             1 => Ok(Inserted::Stored { replaced }),
             -1 => Ok(Inserted::NamespaceFull),
             -3 => Ok(Inserted::StoreFull),
+            -4 => Ok(Inserted::KeyFull),
             _ => Err(StoreError::unavailable(
                 CONTEXT,
                 "a state with this value already exists",

@@ -12,7 +12,8 @@
 //! below zero.
 //!
 //! Two rows no namespace can be named keep the store's totals (schema 9): the live states
-//! of all namespaces together, and the tombstones kept for expired states.
+//! of all namespaces together, and the tombstones kept for expired states. Rows named
+//! `*key:<id>` keep the live states each API key created (schema 18).
 
 use rusqlite::{params, Connection, OptionalExtension};
 use std::cell::RefCell;
@@ -24,6 +25,16 @@ use std::ops::Deref;
 const ALL_STATES: &str = "*states";
 /// The row of tombstones kept for expired states (`expired_states`).
 const TOMBSTONES: &str = "*tombstones";
+/// The start of the row of one API key's live states: `*key:` and the key's id.
+const BY_KEY: &str = "*key:";
+
+/// The row of the live states the API key `id` created.
+fn key_row(id: &str) -> String {
+    let mut row = String::with_capacity(BY_KEY.len() + id.len());
+    row.push_str(BY_KEY);
+    row.push_str(id);
+    row
+}
 
 /// One namespace's count in the open transaction.
 #[derive(Debug, Clone, Copy, Default)]
@@ -62,10 +73,14 @@ impl LiveCounts {
         Ok(stored + count.change)
     }
 
-    /// `change` states of `namespace` added (negative: removed).
-    fn add(&mut self, namespace: &str, change: i64) {
+    /// `change` states of `namespace` added (negative: removed), created by the API key
+    /// `by` (`None`: oauthd's own).
+    fn add(&mut self, namespace: &str, by: Option<&str>, change: i64) {
         self.bump(namespace, change);
         self.bump(ALL_STATES, change);
+        if let Some(id) = by {
+            self.bump(&key_row(id), change);
+        }
     }
 
     fn bump(&mut self, namespace: &str, change: i64) {
@@ -256,6 +271,11 @@ impl<'a> Tx<'a> {
         self.counts.borrow_mut().live(self.conn, namespace)
     }
 
+    /// Live states the API key `id` created, this transaction's changes included.
+    pub fn key_live_states(&self, id: &str) -> rusqlite::Result<i64> {
+        self.counts.borrow_mut().live(self.conn, &key_row(id))
+    }
+
     /// Live states of all namespaces together, this transaction's changes included.
     pub fn all_live_states(&self) -> rusqlite::Result<i64> {
         self.counts.borrow_mut().live(self.conn, ALL_STATES)
@@ -266,10 +286,10 @@ impl<'a> Tx<'a> {
         self.counts.borrow_mut().live(self.conn, TOMBSTONES)
     }
 
-    /// `change` states of `namespace` were added (negative: removed) by a statement that
-    /// succeeded.
-    pub fn states_changed(&self, namespace: &str, change: i64) {
-        self.counts.borrow_mut().add(namespace, change);
+    /// `change` states of `namespace` that the API key `by` created (`None`: oauthd's
+    /// own) were added (negative: removed) by a statement that succeeded.
+    pub fn states_changed(&self, namespace: &str, by: Option<&str>, change: i64) {
+        self.counts.borrow_mut().add(namespace, by, change);
     }
 
     /// `change` tombstones were added (negative: removed) by a statement that succeeded.
@@ -311,6 +331,42 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn a_keys_states_are_counted_in_a_row_of_its_own_that_goes_once_at_zero() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE namespace_counts (namespace TEXT PRIMARY KEY, live INTEGER NOT NULL);
+             INSERT INTO namespace_counts VALUES ('*key:k1', 2);",
+        )
+        .unwrap();
+        let counts = RefCell::new(LiveCounts::default());
+        let emptied = RefCell::new(Emptied::default());
+        let tx = Tx::new(&conn, &counts, &emptied);
+        tx.states_changed("a", Some("k1"), 1);
+        tx.states_changed("b", Some("k1"), 1);
+        tx.states_changed("b", Some("k2"), 1);
+        tx.states_changed("b", None, 1);
+        assert_eq!(tx.key_live_states("k1").unwrap(), 4);
+        assert_eq!(tx.key_live_states("k2").unwrap(), 1);
+        assert_eq!(tx.key_live_states("k3").unwrap(), 0);
+        assert_eq!(tx.live_states("b").unwrap(), 3);
+        assert_eq!(tx.all_live_states().unwrap(), 4);
+        tx.write_counts().unwrap();
+        let written = vec![
+            ("*key:k1".into(), 4),
+            ("*key:k2".into(), 1),
+            ("*states".into(), 4),
+            ("a".into(), 1),
+            ("b".into(), 3),
+        ];
+        assert_eq!(stored(&conn), written);
+        tx.states_changed("b", Some("k2"), -1);
+        tx.write_counts().unwrap();
+        assert_eq!(tx.forget_emptied_namespaces(10).unwrap(), 1);
+        assert_eq!(tx.key_live_states("k2").unwrap(), 0);
+        assert!(!stored(&conn).iter().any(|(row, _)| row == "*key:k2"));
+    }
+
+    #[test]
     fn changes_are_written_once_per_namespace_on_top_of_what_is_stored() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(
@@ -321,14 +377,14 @@ pub(super) mod tests {
         let counts = RefCell::new(LiveCounts::default());
         let emptied = RefCell::new(Emptied::default());
         let tx = Tx::new(&conn, &counts, &emptied);
-        tx.states_changed("a", 1);
+        tx.states_changed("a", None, 1);
         assert_eq!(tx.live_states("a").unwrap(), 6);
-        tx.states_changed("a", -3);
+        tx.states_changed("a", None, -3);
         assert_eq!(tx.live_states("a").unwrap(), 3);
-        tx.states_changed("b", 2);
+        tx.states_changed("b", None, 2);
         assert_eq!(tx.live_states("b").unwrap(), 2);
         let before = tx.snapshot();
-        tx.states_changed("b", 7);
+        tx.states_changed("b", None, 7);
         tx.restore(before);
         assert_eq!(tx.live_states("b").unwrap(), 2);
         assert_eq!(tx.live_states("c").unwrap(), 0);
@@ -351,12 +407,12 @@ pub(super) mod tests {
         // A count left too low by another writer is never written below zero, and a
         // namespace left without live states keeps no row once the sweeper came by (the
         // totals keep theirs).
-        tx.states_changed("a", -5);
-        tx.states_changed("z", -2);
-        tx.states_changed("b", -1);
+        tx.states_changed("a", None, -5);
+        tx.states_changed("z", None, -2);
+        tx.states_changed("b", None, -1);
         tx.write_counts().unwrap();
         assert_eq!(stored(&conn).len(), 5);
-        tx.states_changed("b", 1);
+        tx.states_changed("b", None, 1);
         tx.write_counts().unwrap();
         // Noted: a, z and b (b's count was not read when it went down); one at a time.
         let gone: usize = (0..3)
@@ -390,7 +446,7 @@ pub(super) mod tests {
         // A total's row someone deleted is written afresh.
         conn.execute_batch("DELETE FROM namespace_counts WHERE namespace = '*states'")
             .unwrap();
-        tx.states_changed("b", 1);
+        tx.states_changed("b", None, 1);
         tx.write_counts().unwrap();
         let afresh = vec![
             ("*states".into(), 1),

@@ -20,7 +20,7 @@ macro_rules! sql {
     ($($part:tt),+) => { concat!($(sql!(@part $part)),+) };
     (@part columns) => {
         "key_hash, namespace, data, created_at, expires_at, subject, \
-         secret_hash, attempts_left, sliding_ttl, max_expires_at"
+         secret_hash, attempts_left, sliding_ttl, max_expires_at, created_by"
     };
     (@part $text:literal) => { $text };
 }
@@ -69,6 +69,7 @@ fn state_row(r: &Row<'_>) -> rusqlite::Result<StateRow> {
         subject: r.get(5)?,
         secret,
         sliding,
+        created_by: r.get(10)?,
     })
 }
 
@@ -107,12 +108,12 @@ fn select(
     .optional()
 }
 
-/// Deletes one state row of `namespace` (it is known to be there).
-fn delete(tx: &Tx, key_hash: &SecretHash, namespace: &str) -> rusqlite::Result<()> {
+/// Deletes the state `row` (it is known to be there).
+fn delete(tx: &Tx, row: &StateRow) -> rusqlite::Result<()> {
     let deleted = tx
         .prepare_cached("DELETE FROM states WHERE key_hash = ?1")?
-        .execute([&key_hash.0[..]])?;
-    tx.states_changed(namespace, -(deleted as i64));
+        .execute([&row.key_hash.0[..]])?;
+    tx.states_changed(&row.namespace, row.created_by.as_deref(), -(deleted as i64));
     Ok(())
 }
 
@@ -176,7 +177,7 @@ impl SweepStates for SqliteStore {
                         "DELETE FROM states WHERE key_hash IN
                          (SELECT key_hash FROM states WHERE expires_at <= ?1
                           ORDER BY expires_at LIMIT ?2)
-                         RETURNING key_hash, namespace, expires_at",
+                         RETURNING key_hash, namespace, expires_at, created_by",
                     )?
                     .query_map(params![now_ms, batch], expired_row)?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -248,14 +249,19 @@ impl StateStore for SqliteStore {
             let undo = rules.replace_subject.then(|| conn.snapshot());
             if undo.is_some() {
                 conn.execute_batch("SAVEPOINT replacing")?;
-                replaced = conn
+                let removed: Vec<(SecretHash, Option<String>)> = conn
                     .prepare_cached(
                         "DELETE FROM states INDEXED BY states_subject
-                         WHERE namespace = ?1 AND subject = ?2 RETURNING key_hash",
+                         WHERE namespace = ?1 AND subject = ?2 RETURNING key_hash, created_by",
                     )?
-                    .query_map(params![row.namespace, row.subject], stored_key)?
+                    .query_map(params![row.namespace, row.subject], |r| {
+                        Ok((stored_key(r)?, r.get(1)?))
+                    })?
                     .collect::<rusqlite::Result<_>>()?;
-                conn.states_changed(&row.namespace, -(replaced.len() as i64));
+                for (_, by) in &removed {
+                    conn.states_changed(&row.namespace, by.as_deref(), -1);
+                }
+                replaced = removed.into_iter().map(|(key, _)| key).collect();
             }
             if let Some(refused) = refusal(conn, &row, &rules)? {
                 if let Some(before) = undo {
@@ -269,8 +275,8 @@ impl StateStore for SqliteStore {
             }
             conn.prepare_cached(
                 "INSERT INTO states (key_hash, namespace, data, created_at, expires_at,
-                   subject, secret_hash, attempts_left, sliding_ttl, max_expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                   subject, secret_hash, attempts_left, sliding_ttl, max_expires_at, created_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?
             .execute(params![
                 &row.key_hash.0[..],
@@ -283,8 +289,9 @@ impl StateStore for SqliteStore {
                 row.secret.map(|s| s.attempts_left),
                 row.sliding.map(|s| s.ttl_ms),
                 row.sliding.map(|s| s.max_expires_at_ms),
+                row.created_by,
             ])?;
-            conn.states_changed(&row.namespace, 1);
+            conn.states_changed(&row.namespace, row.created_by.as_deref(), 1);
             Ok(Inserted::Stored { replaced })
         };
         if rules.replace_subject {
@@ -318,7 +325,7 @@ impl StateStore for SqliteStore {
                     .query_row(params![&key_hash.0[..], ns, prefix], state_row)
                     .optional()?;
                 if let Some(row) = row {
-                    delete(conn, &key_hash, &row.namespace)?;
+                    delete(conn, &row)?;
                     return Ok(Taken::Row(row));
                 }
                 if !prefix && select(conn, &key_hash, &ns)?.is_some() {
@@ -393,7 +400,7 @@ impl StateStore for SqliteStore {
                     });
                 };
                 if row.expires_at_ms <= now_ms {
-                    delete(conn, &key_hash, &row.namespace)?;
+                    delete(conn, &row)?;
                     return Ok(Attempted::Expired {
                         namespace: row.namespace,
                         expired_at_ms: Some(row.expires_at_ms),
@@ -403,12 +410,12 @@ impl StateStore for SqliteStore {
                     return Ok(Attempted::NoSecret);
                 };
                 if bool::from(secret.hash.0.ct_eq(&candidate.0)) {
-                    delete(conn, &key_hash, &row.namespace)?;
+                    delete(conn, &row)?;
                     return Ok(Attempted::Matched(row));
                 }
                 let attempts_left = secret.attempts_left.saturating_sub(1);
                 if attempts_left == 0 {
-                    delete(conn, &key_hash, &row.namespace)?;
+                    delete(conn, &row)?;
                 } else {
                     conn.prepare_cached(
                         "UPDATE states SET attempts_left = ?2 WHERE key_hash = ?1",
@@ -429,16 +436,17 @@ impl StateStore for SqliteStore {
         let ns = namespace.to_owned();
         self.writer
             .run_atomic("revoking a state", move |conn| {
-                let expires_at: Option<i64> = conn
+                let deleted: Option<(i64, Option<String>)> = conn
                     .prepare_cached(
                         "DELETE FROM states WHERE key_hash = ?1 AND namespace = ?2
-                         RETURNING expires_at",
+                         RETURNING expires_at, created_by",
                     )?
-                    .query_row(params![&key_hash.0[..], ns], |r| r.get(0))
+                    .query_row(params![&key_hash.0[..], ns], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?;
-                if expires_at.is_some() {
-                    conn.states_changed(&ns, -1);
+                if let Some((_, by)) = &deleted {
+                    conn.states_changed(&ns, by.as_deref(), -1);
                 }
+                let expires_at = deleted.map(|(at, _)| at);
                 take_tombstone(conn, &key_hash, &ns, false)?;
                 Ok(expires_at.is_some_and(|at| at > now_ms))
             })
@@ -460,7 +468,7 @@ impl StateStore for SqliteStore {
                 let Some(row) = select_by_id(conn, &ns, &id)? else {
                     return Ok(Revoked::default());
                 };
-                delete(conn, &row.key_hash, &row.namespace)?;
+                delete(conn, &row)?;
                 Ok(Revoked {
                     live: u64::from(row.expires_at_ms > now_ms),
                     keys: vec![row.key_hash],
@@ -525,17 +533,21 @@ impl StateStore for SqliteStore {
         // reading them must undo the deletes, which were not counted.
         self.writer
             .run_atomic("revoking a subject's states", move |conn| {
-                let removed: Vec<(SecretHash, i64)> = conn
+                let removed: Vec<(SecretHash, i64, Option<String>)> = conn
                     .prepare_cached(
                         "DELETE FROM states INDEXED BY states_subject WHERE namespace = ?1 AND subject = ?2
-                         RETURNING key_hash, expires_at",
+                         RETURNING key_hash, expires_at, created_by",
                     )?
-                    .query_map(params![ns, subject], |r| Ok((stored_key(r)?, r.get(1)?)))?
+                    .query_map(params![ns, subject], |r| {
+                        Ok((stored_key(r)?, r.get(1)?, r.get(2)?))
+                    })?
                     .collect::<rusqlite::Result<_>>()?;
-                conn.states_changed(&ns, -(removed.len() as i64));
+                for (_, _, by) in &removed {
+                    conn.states_changed(&ns, by.as_deref(), -1);
+                }
                 Ok(Revoked {
-                    live: removed.iter().filter(|(_, at)| *at > now_ms).count() as u64,
-                    keys: removed.into_iter().map(|(key, _)| key).collect(),
+                    live: removed.iter().filter(|(_, at, _)| *at > now_ms).count() as u64,
+                    keys: removed.into_iter().map(|(key, _, _)| key).collect(),
                 })
             })
             .await
@@ -630,7 +642,7 @@ fn refusal(conn: &Tx, row: &StateRow, rules: &InsertRules) -> rusqlite::Result<O
     let max_total = i64::try_from(rules.max_total).unwrap_or(i64::MAX);
     let grace = rules.keep_until_ms.saturating_sub(row.expires_at_ms).max(0);
     let purge_before = rules.now_ms.saturating_sub(grace);
-    let ns = Some(row.namespace.as_str());
+    let ns = Retire::OfNamespace(row.namespace.as_str());
     if conn.live_states(&row.namespace)? >= max_live
         && (retire_expired(conn, ns, rules, purge_before)? == 0
             || conn.live_states(&row.namespace)? >= max_live)
@@ -638,19 +650,28 @@ fn refusal(conn: &Tx, row: &StateRow, rules: &InsertRules) -> rusqlite::Result<O
         return Ok(Some(Inserted::NamespaceFull));
     }
     if conn.all_live_states()? >= max_total
-        && (retire_expired(conn, None, rules, purge_before)? == 0
+        && (retire_expired(conn, Retire::First, rules, purge_before)? == 0
             || conn.all_live_states()? >= max_total)
     {
         return Ok(Some(Inserted::StoreFull));
     }
+    if let Some(by) = row.created_by.as_deref() {
+        let max_per_key = i64::try_from(rules.max_per_key).unwrap_or(i64::MAX);
+        if conn.key_live_states(by)? >= max_per_key
+            && (retire_expired(conn, Retire::OfKey(by), rules, purge_before)? == 0
+                || conn.key_live_states(by)? >= max_per_key)
+        {
+            return Ok(Some(Inserted::KeyFull));
+        }
+    }
     Ok(None)
 }
 
-/// An expired state's key, namespace and expiry, as a delete returns them.
-type ExpiredRow = (Vec<u8>, String, i64);
+/// An expired state's key, namespace, expiry and creator, as a delete returns them.
+type ExpiredRow = (Vec<u8>, String, i64, Option<String>);
 
 fn expired_row(r: &rusqlite::Row) -> rusqlite::Result<ExpiredRow> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
 }
 
 /// What moving expired states aside did.
@@ -681,18 +702,22 @@ fn retire(
         forgotten: 0,
     };
     let mut kept = 0;
-    for (key_hash, namespace, expired_at) in rows {
+    // By namespace and creating key: one change of the counts for each.
+    let mut counted_out: std::collections::BTreeMap<(&str, Option<&str>), i64> =
+        std::collections::BTreeMap::new();
+    for (key_hash, namespace, expired_at, by) in rows {
         if *expired_at >= purge_before_ms {
             kept += keep.execute(params![key_hash, namespace, expired_at])?;
         } else {
             retired.forgotten += 1;
         }
         *retired.by_namespace.entry(namespace.clone()).or_default() += 1;
+        *counted_out.entry((namespace, by.as_deref())).or_default() += 1;
     }
     conn.tombstones_changed(kept as i64);
     retired.forgotten += trim_tombstones(conn, max_tombstones, kept as i64)?;
-    for (namespace, moved) in &retired.by_namespace {
-        conn.states_changed(namespace, -(*moved as i64));
+    for ((namespace, by), moved) in counted_out {
+        conn.states_changed(namespace, by, -moved);
     }
     Ok(retired)
 }
@@ -718,12 +743,22 @@ fn trim_tombstones(conn: &Tx, max_tombstones: i64, limit: i64) -> rusqlite::Resu
 /// Expired states one insert at the store's cap moves aside at most.
 const RETIRE_AT_ONCE: i64 = 1000;
 
+/// Which expired states an insert at a cap moves aside.
+#[derive(Debug, Clone, Copy)]
+enum Retire<'a> {
+    /// Every one of a namespace's.
+    OfNamespace(&'a str),
+    /// Every one an API key created.
+    OfKey(&'a str),
+    /// The `RETIRE_AT_ONCE` that expired first.
+    First,
+}
+
 /// Moves expired states aside as the sweeper does (tombstones keep the 410 answer for
-/// the grace window), all or nothing: every one of `namespace`'s, or, without one, the
-/// `RETIRE_AT_ONCE` that expired first. Returns how many moved.
+/// the grace window), all or nothing, as `which` says. Returns how many moved.
 fn retire_expired(
     conn: &Tx,
-    namespace: Option<&str>,
+    which: Retire<'_>,
     rules: &InsertRules,
     purge_before_ms: i64,
 ) -> rusqlite::Result<usize> {
@@ -731,20 +766,27 @@ fn retire_expired(
     let before = conn.snapshot();
     let max_tombstones = i64::try_from(rules.max_tombstones).unwrap_or(i64::MAX);
     let moved = (|| {
-        let rows: Vec<ExpiredRow> = match namespace {
-            Some(ns) => conn
+        let rows: Vec<ExpiredRow> = match which {
+            Retire::OfNamespace(ns) => conn
                 .prepare_cached(
                     "DELETE FROM states WHERE expires_at <= ?1 AND namespace = ?2
-                     RETURNING key_hash, namespace, expires_at",
+                     RETURNING key_hash, namespace, expires_at, created_by",
                 )?
                 .query_map(params![rules.now_ms, ns], expired_row)?
                 .collect::<rusqlite::Result<_>>()?,
-            None => conn
+            Retire::OfKey(by) => conn
+                .prepare_cached(
+                    "DELETE FROM states WHERE expires_at <= ?1 AND created_by = ?2
+                     RETURNING key_hash, namespace, expires_at, created_by",
+                )?
+                .query_map(params![rules.now_ms, by], expired_row)?
+                .collect::<rusqlite::Result<_>>()?,
+            Retire::First => conn
                 .prepare_cached(
                     "DELETE FROM states WHERE key_hash IN
                      (SELECT key_hash FROM states WHERE expires_at <= ?1
                       ORDER BY expires_at LIMIT ?2)
-                     RETURNING key_hash, namespace, expires_at",
+                     RETURNING key_hash, namespace, expires_at, created_by",
                 )?
                 .query_map(params![rules.now_ms, RETIRE_AT_ONCE], expired_row)?
                 .collect::<rusqlite::Result<_>>()?,

@@ -955,15 +955,15 @@ mod tests {
         );
         let failed = writer
             .run_atomic("test", |tx| {
-                tx.states_changed("kept", 1);
-                tx.states_changed("undone", 5);
+                tx.states_changed("kept", None, 1);
+                tx.states_changed("undone", None, 5);
                 Err::<(), _>(rusqlite::Error::QueryReturnedNoRows)
             })
             .await;
         assert!(failed.is_err());
         writer
             .run("test", |tx| {
-                tx.states_changed("kept", 2);
+                tx.states_changed("kept", None, 2);
                 Ok(())
             })
             .await

@@ -61,6 +61,7 @@ LIMIT_CODES = frozenset(
         "too_many_states",
         "too_many_subject_states",
         "store_full",
+        "too_many_key_states",
         "too_many_connections",
         "too_many_device_flows",
     }
@@ -69,8 +70,8 @@ LIMIT_CODES = frozenset(
 
 class LimitReached(RateLimited):
     """429 for a limit that holds until something else changes (`LIMIT_CODES`): the
-    namespace or the subject holds its most live states, the store is full, a key's
-    connections or pending device flows are at their most. Consume, revoke or let states
+    namespace or the subject holds its most live states, the store is full, the states a
+    key created or its connections or pending device flows are at their most. Consume, revoke or let states
     expire, end flows, delete connections; retrying at once does not help."""
 
 
