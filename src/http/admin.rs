@@ -23,21 +23,18 @@ pub async fn login(app: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default();
-    // A link is a try at the sign-in's budget as the form's are: that the admin token was
-    // sent is told (as it is refused) only within that budget, or it would be a way to
-    // guess it past the form's.
-    let attempt = sign_in_try(&app, &req);
-    if attempt.blocked().is_none() && app.admin.is_static_token(&token) {
-        attempt.refused();
+    // The admin token in a URL is answered as any link that does not work: an answer of
+    // its own would tell it apart (a way to guess it), and counting such tries on the
+    // sign-in's budget let any page the operator opened spend that budget with images
+    // (a GET needs no form), locking the admin token out. A link is 256 random bits:
+    // trying one is no guess, so a GET counts nothing. The log says it, for the operator.
+    // The link is looked up either way, so that the time taken tells nothing either.
+    let valid = app.admin.login_link_valid(&token).await;
+    if app.admin.is_static_token(&token) {
         log::warn!("the admin token was sent in a URL and refused; type it into the sign-in form instead (and consider changing it: URLs end up in histories and logs)");
-        return page(
-            base,
-            400,
-            "Not in a link",
-            &format!("<p>The admin token is never accepted in a URL. Type it into the sign-in form on <a href=\"{}/\">oauthd's page</a>.</p>", escape(base)),
-        );
+        return link_not_working(base);
     }
-    match app.admin.login_link_valid(&token).await {
+    match valid {
         Ok(true) => page(
             base,
             200,
@@ -51,12 +48,7 @@ pub async fn login(app: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
                 escape(&token)
             ),
         ),
-        Ok(false) => {
-            if !token.is_empty() {
-                attempt.refused();
-            }
-            link_not_working(base)
-        }
+        Ok(false) => link_not_working(base),
         Err(e) => storage_page(base, &e),
     }
 }
@@ -94,7 +86,7 @@ fn link_not_working(base: &str) -> HttpResponse {
         base,
         401,
         "This login link does not work",
-        "<p>It was already used, has expired, was replaced by a newer link (only the newest works: each start of oauthd and each <code>oauthd admin link</code> makes one, and with several oauthd on one store, the one started last made it), or was never valid. Make a new one with <code>oauthd admin link</code>.</p>",
+        "<p>It was already used, has expired, was replaced by a newer link (only the newest works: each start of oauthd and each <code>oauthd admin link</code> makes one, and with several oauthd on one store, the one started last made it), or was never valid. Make a new one with <code>oauthd admin link</code>. (The admin token is never taken in a link: type it into the sign-in form on oauthd's page.)</p>",
     )
 }
 

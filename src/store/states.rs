@@ -184,7 +184,8 @@ pub struct InsertRules {
     pub max_tombstones: u64,
     /// Most live states the API key that creates the row (`StateRow::created_by`) may
     /// hold in all namespaces together (a key whose namespaces are patterns can make up
-    /// namespaces, each with a cap of its own). Not checked for a row no key created.
+    /// namespaces, each with a cap of its own). Not checked for a row no key created, nor
+    /// when it is not below `max_total` (the store's cap says it then).
     pub max_per_key: u64,
 }
 

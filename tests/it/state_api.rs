@@ -289,6 +289,41 @@ async fn the_stores_totals_are_counted_afresh_at_each_start() {
     );
 }
 
+/// A key's count of live states left too high (its states deleted from the file by hand,
+/// or a database recovered with `sqlite3 .recover`) would refuse that key's creates for
+/// good: each start counts the keys' states afresh.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keys_count_left_wrong_is_counted_afresh_at_the_next_start() {
+    let home = Home::new();
+    home.write_config("[states]\nmax_states_per_key = 2\n");
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    d.create_state(&key, json!({"namespace": "a"})).await;
+    d.create_state(&key, json!({"namespace": "b"})).await;
+    assert_eq!(
+        d.post("/v1/states", &key, json!({"namespace": "c"}))
+            .await
+            .0,
+        429
+    );
+    d.signal_and_wait("TERM");
+    let out = std::process::Command::new("sqlite3")
+        .arg(home.db())
+        .arg("DELETE FROM states WHERE created_by IS NOT NULL")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let d = home.start();
+    d.create_state(&key, json!({"namespace": "c"})).await;
+    d.create_state(&key, json!({"namespace": "d"})).await;
+    let (status, body) = d.post("/v1/states", &key, json!({"namespace": "e"})).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (429, Some("too_many_key_states")),
+        "{body}"
+    );
+}
+
 /// Namespaces are the apps' to make up: one left without live states keeps no row of
 /// counts behind once the sweeper came by (a key creating and consuming in ever new
 /// namespaces would grow the file for good), and rows such namespaces kept before go at

@@ -213,9 +213,9 @@ return {}
 /// subject's other states, most live states of the subject, most live states of all
 /// namespaces, most tombstones, grace ms, the creating API key's id ("" for none), its
 /// most live states. Returns `{"1", replaced hashes...}`, or `{"-2", when the subject's
-/// first live state expires}` when the subject is full, `{"-1"}` when the namespace is,
-/// `{"-3"}` when the store is, `{"-4"}` when the key is, checked in that order as on SQLite
-/// (`{"0"}`: the value exists). The first
+/// first live state expires}` when the subject is full, `{"-4"}` when the key is (a cap
+/// below the store's), `{"-1"}` when the namespace is, `{"-3"}` when the store is, checked
+/// in that order as on SQLite (`{"0"}`: the value exists). The first
 /// write is the state's SET, so a Redis at maxmemory refuses the script (OOM) before it
 /// changes anything.
 static INSERT: LazyLock<Script> = LazyLock::new(|| {
@@ -230,11 +230,9 @@ if sub and ARGV[12] ~= '1' and call('ZCOUNT', sub, '(' .. now, '+inf') >= tonumb
   local first = call('ZRANGEBYSCORE', sub, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
   return {'-2', string.format('%d', tonumber(first[2] or now))}
 end
-if call('ZCOUNT', live, '(' .. now, '+inf') - freed >= tonumber(ARGV[9]) then return {'-1'} end
-local all_live = call('ZCOUNT', ALL, '(' .. now, '+inf')
-if all_live - freed >= tonumber(ARGV[14]) then return {'-3'} end
 local by = ARGV[17] ~= '' and key_set(ARGV[17]) or nil
-if by then
+-- A key's cap below the store's (at or past it, the store's says it first).
+if by and tonumber(ARGV[18]) < tonumber(ARGV[14]) then
   local held = call('ZCOUNT', by, '(' .. now, '+inf')
   -- A replace frees the subject's states this key created.
   if held >= tonumber(ARGV[18]) and sub and ARGV[12] == '1' then
@@ -244,6 +242,9 @@ if by then
   end
   if held >= tonumber(ARGV[18]) then return {'-4'} end
 end
+if call('ZCOUNT', live, '(' .. now, '+inf') - freed >= tonumber(ARGV[9]) then return {'-1'} end
+local all_live = call('ZCOUNT', ALL, '(' .. now, '+inf')
+if all_live - freed >= tonumber(ARGV[14]) then return {'-3'} end
 if not call('SET', KEYS[1], ARGV[3], 'NX', 'PX', ttl) then return {'0'} end
 local answer = {'1'}
 if sub and ARGV[12] == '1' then

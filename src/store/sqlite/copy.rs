@@ -218,8 +218,8 @@ pub fn backup(db: &Path, to: &Path) -> Result<BackedUp, CopyError> {
                 "has a -wal file beside it that holds writes not yet merged into it (no \
                  process has it open: a database that stopped without closing, its process \
                  killed or the machine stopped). Never delete that -wal file: it holds the \
-                 last writes. Start oauthd on it, or run `oauthd check --db {}`, once to \
-                 merge them. A backup never replaces such a file: name another one",
+                 last writes. Run `oauthd check --db {}` once to merge them (as oauthd's \
+                 start does). A backup never replaces such a file: name another one",
                 to.display()
             ),
         ));

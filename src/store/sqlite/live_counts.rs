@@ -166,13 +166,28 @@ impl Emptied {
 /// would refuse every create for good, so each open counts them again (an index-only
 /// count: milliseconds for a few hundred thousand states). (Rows earlier versions left at
 /// zero go with the sweeper, a batch at a time: see `Emptied::after_open`.)
-pub fn recount_totals(conn: &Connection) -> rusqlite::Result<()> {
+///
+/// With `keys`, the keys' rows too (`oauthd serve`'s open: an index-only count through
+/// `states_created_by`): a key's count left too high (rows deleted by hand, a database
+/// recovered with `sqlite3 .recover`) would refuse that key's creates for good.
+pub fn recount_totals(conn: &Connection, keys: bool) -> rusqlite::Result<()> {
+    let keys = if keys {
+        format!(
+            "DELETE FROM namespace_counts WHERE namespace >= '{BY_KEY}' AND namespace < '*key;';
+             INSERT INTO namespace_counts (namespace, live)
+                 SELECT '{BY_KEY}' || created_by, count(*) FROM states INDEXED BY states_created_by
+                 WHERE created_by IS NOT NULL GROUP BY created_by;"
+        )
+    } else {
+        String::new()
+    };
     conn.execute_batch(&format!(
         "BEGIN IMMEDIATE;
          INSERT OR REPLACE INTO namespace_counts (namespace, live)
              SELECT '{ALL_STATES}', count(*) FROM states;
          INSERT OR REPLACE INTO namespace_counts (namespace, live)
              SELECT '{TOMBSTONES}', count(*) FROM expired_states;
+         {keys}
          COMMIT;"
     ))
 }

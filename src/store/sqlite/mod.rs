@@ -617,7 +617,7 @@ impl SqliteStore {
             let serving = upgrade == Upgrade::Allowed;
             conn.busy_timeout(if serving { BUSY_TIMEOUT } else { RECOUNT_WAIT })
                 .map_err(sqlite_err)?;
-            if let Err(e) = live_counts::recount_totals(&conn) {
+            if let Err(e) = live_counts::recount_totals(&conn, serving) {
                 // Not fatal: the totals stay as they were until the next open.
                 let _ = conn.execute_batch("ROLLBACK");
                 let locked = matches!(

@@ -632,16 +632,29 @@ fn found(conn: &Connection, key_hash: &SecretHash, ns: &str) -> rusqlite::Result
     })
 }
 
-/// Why `row` may not be stored now, if the caps say so: its namespace or the store is
-/// full. The single writer makes the check and the insert one step. The counts include
-/// expired states the sweeper has not reached yet, and those must not count: at the cap,
-/// the namespace's are set aside, then it looks again; at the store's cap, those that
-/// expired first.
+/// Why `row` may not be stored now, if the caps say so: the key that creates it, its
+/// namespace or the store is full. The single writer makes the check and the insert one
+/// step. The counts include expired states the sweeper has not reached yet, and those must
+/// not count: at the cap, the key's (the first `RETIRE_AT_ONCE`) or the namespace's are
+/// set aside, then it looks again; at the store's cap, those that expired first. The key
+/// is looked at first: a key at its cap is refused before any namespace's or the store's
+/// expired states are set aside, work a replace's refusal would undo for the next request
+/// to do again.
 fn refusal(conn: &Tx, row: &StateRow, rules: &InsertRules) -> rusqlite::Result<Option<Inserted>> {
     let max_live = i64::try_from(rules.max_live).unwrap_or(i64::MAX);
     let max_total = i64::try_from(rules.max_total).unwrap_or(i64::MAX);
     let grace = rules.keep_until_ms.saturating_sub(row.expires_at_ms).max(0);
     let purge_before = rules.now_ms.saturating_sub(grace);
+    if let Some(by) = row.created_by.as_deref() {
+        let max_per_key = i64::try_from(rules.max_per_key).unwrap_or(i64::MAX);
+        if max_per_key < max_total
+            && conn.key_live_states(by)? >= max_per_key
+            && (retire_expired(conn, Retire::OfKey(by), rules, purge_before)? == 0
+                || conn.key_live_states(by)? >= max_per_key)
+        {
+            return Ok(Some(Inserted::KeyFull));
+        }
+    }
     let ns = Retire::OfNamespace(row.namespace.as_str());
     if conn.live_states(&row.namespace)? >= max_live
         && (retire_expired(conn, ns, rules, purge_before)? == 0
@@ -654,15 +667,6 @@ fn refusal(conn: &Tx, row: &StateRow, rules: &InsertRules) -> rusqlite::Result<O
             || conn.all_live_states()? >= max_total)
     {
         return Ok(Some(Inserted::StoreFull));
-    }
-    if let Some(by) = row.created_by.as_deref() {
-        let max_per_key = i64::try_from(rules.max_per_key).unwrap_or(i64::MAX);
-        if conn.key_live_states(by)? >= max_per_key
-            && (retire_expired(conn, Retire::OfKey(by), rules, purge_before)? == 0
-                || conn.key_live_states(by)? >= max_per_key)
-        {
-            return Ok(Some(Inserted::KeyFull));
-        }
     }
     Ok(None)
 }
@@ -748,7 +752,7 @@ const RETIRE_AT_ONCE: i64 = 1000;
 enum Retire<'a> {
     /// Every one of a namespace's.
     OfNamespace(&'a str),
-    /// Every one an API key created.
+    /// The `RETIRE_AT_ONCE` of an API key's that expired first.
     OfKey(&'a str),
     /// The `RETIRE_AT_ONCE` that expired first.
     First,
@@ -776,10 +780,13 @@ fn retire_expired(
                 .collect::<rusqlite::Result<_>>()?,
             Retire::OfKey(by) => conn
                 .prepare_cached(
-                    "DELETE FROM states WHERE expires_at <= ?1 AND created_by = ?2
+                    "DELETE FROM states WHERE key_hash IN
+                     (SELECT key_hash FROM states INDEXED BY states_created_by
+                      WHERE created_by = ?2 AND expires_at <= ?1
+                      ORDER BY expires_at LIMIT ?3)
                      RETURNING key_hash, namespace, expires_at, created_by",
                 )?
-                .query_map(params![rules.now_ms, by], expired_row)?
+                .query_map(params![rules.now_ms, by, RETIRE_AT_ONCE], expired_row)?
                 .collect::<rusqlite::Result<_>>()?,
             Retire::First => conn
                 .prepare_cached(
