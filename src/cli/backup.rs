@@ -128,10 +128,12 @@ pub(super) fn restore(settings: Settings, from: PathBuf, create: bool) -> Result
     };
     // On a new machine nothing was there before: nothing to undo, but the oauthd the copy
     // came from may still serve elsewhere (a backup being tried out).
-    let undone = if replaced_db.is_some() {
-        " What changed since the copy was made is undone: API keys revoked since are active again (`oauthd keys list`, then `oauthd keys revoke` them again), keys made since are gone, and states consumed since can be consumed again."
-    } else {
-        " Start oauthd on it only if the oauthd it was copied from serves no more: this one would refresh the same connections, and a provider that rotates refresh tokens (SmartThings, Microsoft, and others) then refuses the other's (invalid_grant: those accounts need connecting again). To try a copy out without serving it: `oauthd check --db FILE`."
+    let undone = match replaced_db {
+        Some(aside) => format!(
+            " What changed since the copy was made is undone: {}API keys made since are gone, and states consumed since can be consumed again.",
+            revoked_since(db, aside)
+        ),
+        None => " Start oauthd on it only if the oauthd it was copied from serves no more: this one would refresh the same connections, and a provider that rotates refresh tokens (SmartThings, Microsoft, and others) then refuses the other's (invalid_grant: those accounts need connecting again). To try a copy out without serving it: `oauthd check --db FILE`.".to_owned(),
     };
     let key = match super::key_source(&settings) {
         Ok(KeySource::File { path, .. }) if !path.exists() => format!(
@@ -221,6 +223,35 @@ fn keys_lacking(settings: &Settings, db: &Path, now_ms: i64) -> Option<Lacking> 
 
 /// What to say of the connections whose refresh token changed since the copy was made
 /// (found in the database the restore moved aside, `aside`); nothing when none did.
+/// The API keys revoked since the copy was made, active again in the restored database,
+/// each with the command that revokes it again (none: nothing said of keys revoked).
+fn revoked_since(db: &Path, aside: &Path) -> String {
+    use crate::store::sqlite::tokens_since::keys_revoked_since;
+    match keys_revoked_since(db, aside) {
+        Ok(names) if names.is_empty() => String::new(),
+        Ok(names) => {
+            let commands: Vec<String> = names
+                .iter()
+                .map(|name| {
+                    format!(
+                        "`oauthd keys revoke --db {} {}`",
+                        crate::paths::shell_word(db),
+                        crate::paths::shell_word(std::path::Path::new(name))
+                    )
+                })
+                .collect();
+            format!(
+                "the API key(s) {} were revoked since and are active again: revoke them again ({}); ",
+                names.join(", "),
+                commands.join(", ")
+            )
+        }
+        Err(e) => format!(
+            "API keys revoked since are active again (they could not be named: {e}; `oauthd keys list`, then `oauthd keys revoke` them again); "
+        ),
+    }
+}
+
 fn refreshed_since(settings: &Settings, db: &Path, aside: &Path) -> String {
     use crate::store::sqlite::tokens_since::refresh_tokens_changed;
     // Opened with the key file when there is one (never made here): a `rekey` since the

@@ -40,12 +40,15 @@ fn rows(db: &Path, sql: &str) -> i64 {
 /// instance's presence), and is restored over a database an oauthd killed mid-run left
 /// with its `-wal` file: that file used to be played over a copied-in backup at the next
 /// start, undoing the restore. A restore while an oauthd serves is refused, changing
-/// nothing; the replaced files are kept beside the database.
+/// nothing; the replaced files are kept beside the database. A key revoked since the copy
+/// is active again: the restore names it, with the command that revokes it again (it said
+/// only that such keys might be, and `keys list` does not tell them).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backup_made_while_serving_restores_over_what_a_killed_oauthd_left() {
     let home = Home::new();
     let d = home.start();
     let key = home.create_key("app", &[]);
+    home.create_key("acme", &[]);
     let before = d
         .create_state(&key, json!({"namespace": NS, "data": {"v": 1}}))
         .await;
@@ -71,6 +74,7 @@ async fn a_backup_made_while_serving_restores_over_what_a_killed_oauthd_left() {
     );
     assert_eq!(rows(&copy, "SELECT count(*) FROM states"), 1);
     let after = d.create_state(&key, json!({"namespace": NS})).await;
+    assert!(home.cli(&["keys", "revoke", "acme"]).status.success());
 
     let refused = home.cli(&["restore", copy.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&refused.stderr);
@@ -85,8 +89,15 @@ async fn a_backup_made_while_serving_restores_over_what_a_killed_oauthd_left() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{out:?}");
     assert!(
-        said.contains("keys revoked since are active again"),
+        said.contains(&format!(
+            "the API key(s) acme were revoked since and are active again: revoke them again (`oauthd keys revoke --db {} acme`)",
+            home.db().display()
+        )),
         "{said}"
+    );
+    assert!(
+        !said.contains(" app "),
+        "a key not revoked was named: {said}"
     );
     let aside: Vec<String> = std::fs::read_dir(home.dir.path())
         .unwrap()

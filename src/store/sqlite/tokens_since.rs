@@ -1,8 +1,8 @@
 //! What a restore undoes that the operator cannot see: the refresh tokens stored since
-//! the copy was made. A provider that rotates refresh tokens (SmartThings, Microsoft,
-//! oidc-provider) has replaced the copy's by then, and answers the old one with
+//! the copy was made (a provider that rotates refresh tokens, SmartThings, Microsoft,
+//! oidc-provider, has replaced the copy's by then, and answers the old one with
 //! `invalid_grant`, often revoking the grant with it: those connections need connecting
-//! again.
+//! again), and the API keys revoked since (active again).
 
 use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
@@ -15,13 +15,33 @@ use std::path::Path;
 /// open, so it is read as immutable. None when nothing was moved aside but `-wal` files.
 /// `same(provider, account, restored, replaced)` says of two stored values that differ
 /// whether they hold one token all the same (sealed again by a `rekey`): those are left out.
-pub fn refresh_tokens_changed(
-    restored: &Path,
-    replaced: &Path,
-    same: impl Fn(&str, &str, &[u8], &[u8]) -> bool,
-) -> Result<Vec<String>, String> {
-    if !replaced.is_file() {
+/// The names of the API keys revoked in `replaced` (the database a restore moved aside)
+/// that are active in `restored` (the copy now in place): revoked since the copy was made,
+/// and active again. Read as `refresh_tokens_changed` reads.
+pub fn keys_revoked_since(restored: &Path, replaced: &Path) -> Result<Vec<String>, String> {
+    let Some(conn) = both(restored, replaced)? else {
         return Ok(Vec::new());
+    };
+    let mut names = conn
+        .prepare(
+            "SELECT k.name FROM restored.api_keys k \
+             JOIN replaced.api_keys r ON r.id = k.id \
+             WHERE k.revoked_at IS NULL AND r.revoked_at IS NOT NULL ORDER BY k.name",
+        )
+        .map_err(|e| e.to_string())?;
+    let names = names
+        .query_map([], |r| r.get::<_, String>(0))
+        .map_err(|e| e.to_string())?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(|e| e.to_string());
+    names
+}
+
+/// A connection with `restored` (read as immutable: nobody has it open) and `replaced`
+/// (read-only) attached under those names; `None` when `replaced` is not there.
+fn both(restored: &Path, replaced: &Path) -> Result<Option<Connection>, String> {
+    if !replaced.is_file() {
+        return Ok(None);
     }
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(":memory:", flags).map_err(|e| e.to_string())?;
@@ -33,6 +53,17 @@ pub fn refresh_tokens_changed(
         conn.execute(&format!("ATTACH DATABASE ?1 AS {name}"), [uri.as_str()])
             .map_err(|e| e.to_string())?;
     }
+    Ok(Some(conn))
+}
+
+pub fn refresh_tokens_changed(
+    restored: &Path,
+    replaced: &Path,
+    same: impl Fn(&str, &str, &[u8], &[u8]) -> bool,
+) -> Result<Vec<String>, String> {
+    let Some(conn) = both(restored, replaced)? else {
+        return Ok(Vec::new());
+    };
     let mut changed = conn
         .prepare(
             "SELECT c.provider, c.account, c.refresh_token, r.refresh_token \
