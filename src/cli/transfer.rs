@@ -158,15 +158,21 @@ async fn refuse_served(store: &dyn Store, which: &str, clock: &Clock) -> Result<
         .map_err(|e| Fatal(e.to_string(), 1))?;
     match serving.iter().map(|s| s.since_ms).min() {
         None => Ok(()),
-        Some(since) => Err(Fatal(
-            format!(
-                "{which}, {}, is served by {} oauthd (serving since {}): stop every oauthd serving it first, so that nothing changes under the copy (one stopped by a kill is counted for up to a minute after)",
-                store.describe(),
-                serving.len(),
-                crate::clock::rfc3339(since)
-            ),
-            2,
-        )),
+        Some(since) => {
+            // Until when the last telling holds: an oauthd stopped by a kill counts till
+            // then, so that is when to try again if none serves.
+            let until = serving.iter().map(|s| s.until_ms).max().unwrap_or(since);
+            Err(Fatal(
+                format!(
+                    "{which}, {}, is served by {} oauthd (serving since {}): stop every oauthd serving it first, so that nothing changes under the copy (one stopped by a kill is counted until its last word runs out: if none serves, run this again after {})",
+                    store.describe(),
+                    serving.len(),
+                    crate::clock::rfc3339(since),
+                    crate::clock::rfc3339(until)
+                ),
+                2,
+            ))
+        }
     }
 }
 

@@ -187,6 +187,14 @@ mod redis {
             "{}",
             said(&out)
         );
+        // When to try again after a kill: when the serving oauthd's last word runs out.
+        let again = said(&out)
+            .split_once("if none serves, run this again after ")
+            .and_then(|(_, rest)| rest.split(')').next().map(str::to_owned))
+            .unwrap_or_else(|| panic!("{}", said(&out)));
+        let at = chrono::DateTime::parse_from_rfc3339(&again).expect("a time");
+        let ahead = at.timestamp_millis() - chrono::Utc::now().timestamp_millis();
+        assert!((1..=61_000).contains(&ahead), "{again}: {ahead} ms ahead");
         assert_eq!(server.command("DBSIZE").as_deref(), Some(":0"));
         d.signal_and_wait("TERM");
 
