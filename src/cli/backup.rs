@@ -233,9 +233,11 @@ fn revoked_since(db: &Path, aside: &Path) -> String {
             let commands: Vec<String> = names
                 .iter()
                 .map(|name| {
+                    // A name may start with `-`: after `--` it is not taken for an option.
+                    let ends = if name.starts_with('-') { "-- " } else { "" };
                     format!(
-                        "`oauthd keys revoke --db {} {}`",
-                        crate::paths::shell_word(db),
+                        "`oauthd keys revoke --db {} {ends}{}`",
+                        crate::paths::shell_word(&full_path(db)),
                         crate::paths::shell_word(std::path::Path::new(name))
                     )
                 })

@@ -352,6 +352,7 @@ impl Background {
                 stopped.clone(),
             )),
             spawn(teller.run(stopped.clone())),
+            spawn(crate::http::tell_admin_token_in_urls(stopped.clone())),
             spawn(crate::clock_watch::ClockWatch::new(serving.clock.clone()).run(stopped.clone())),
             spawn(
                 crate::clock_watch::StoreClockWatch::new(

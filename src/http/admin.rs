@@ -27,11 +27,13 @@ pub async fn login(app: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     // its own would tell it apart (a way to guess it), and counting such tries on the
     // sign-in's budget let any page the operator opened spend that budget with images
     // (a GET needs no form), locking the admin token out. A link is 256 random bits:
-    // trying one is no guess, so a GET counts nothing. The log says it, for the operator.
-    // The link is looked up either way, so that the time taken tells nothing either.
+    // trying one is no guess, so a GET counts nothing. The log says it, for the operator,
+    // off the request (`tell_admin_token_in_urls`): a line written while it waits would
+    // make the admin token's answer the slower one. The link is looked up either way, so
+    // that the time taken tells nothing either.
     let valid = app.admin.login_link_valid(&token).await;
     if app.admin.is_static_token(&token) {
-        log::warn!("the admin token was sent in a URL and refused; type it into the sign-in form instead (and consider changing it: URLs end up in histories and logs)");
+        ADMIN_TOKEN_IN_URLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return link_not_working(base);
     }
     match valid {
@@ -51,6 +53,21 @@ pub async fn login(app: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
         Ok(false) => link_not_working(base),
         Err(e) => storage_page(base, &e),
     }
+}
+
+/// Admin tokens sent in a URL since the log last said so.
+static ADMIN_TOKEN_IN_URLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Says in the log, every 2 s at most, that the admin token was sent in a URL (a serving
+/// oauthd's background task, until `stop`).
+pub async fn tell_admin_token_in_urls(stop: tokio::sync::watch::Receiver<bool>) {
+    crate::broker::refresher::every(std::time::Duration::from_secs(2), stop, || async {
+        let sent = ADMIN_TOKEN_IN_URLS.swap(0, std::sync::atomic::Ordering::Relaxed);
+        if sent > 0 {
+            log::warn!("the admin token was sent in a URL and refused ({sent} time(s)); type it into the sign-in form instead (and consider changing it: URLs end up in histories and logs)");
+        }
+    })
+    .await;
 }
 
 /// A sign-in's try at the admin token or a link, against the refused sign-ins' budget.
@@ -124,13 +141,11 @@ pub async fn login_form(
     form: web::Form<LoginForm>,
 ) -> HttpResponse {
     let base = app.base_path.as_str();
-    if let Err(e) = app.public_route_hit(&req) {
-        return too_many(base, &e);
-    }
     // Only from oauthd's own sign-in page: a form another site posts from the operator's
-    // browser would spend the address's budget of refused sign-ins (locking the operator
-    // out of the admin token) or sign the browser in to a session of the poster's making.
-    // Refused before anything is counted.
+    // browser would spend the address's budgets (of refused sign-ins, locking the
+    // operator out of the admin token; of public routes, locking out links and callbacks
+    // too) or sign the browser in to a session of the poster's making. Refused before
+    // anything is counted.
     if !super::confirm::from_own_page(&req, &app.broker.public_origin()) {
         return page_back(
             base,
@@ -139,6 +154,9 @@ pub async fn login_form(
             "Please sign in from oauthd's page",
             "<p>This sign-in did not come from oauthd's sign-in page. Open oauthd's page and sign in there, or open a fresh link from <code>oauthd admin link</code>.</p>",
         );
+    }
+    if let Err(e) = app.public_route_hit(&req) {
+        return too_many(base, &e);
     }
     let form = form.into_inner();
     let back = page_url(base, form.reconnect.as_deref(), form.account.as_deref());

@@ -4,6 +4,7 @@
 mod access_log;
 pub(crate) use access_log::from_http_layer;
 mod admin;
+pub use admin::tell_admin_token_in_urls;
 mod auth;
 pub mod base_path;
 pub(crate) mod body;
@@ -152,11 +153,33 @@ impl AppState {
 
     /// Counts a hit on a public route; `Err` (429) when the client is over its budget.
     pub fn public_route_hit(&self, req: &actix_web::HttpRequest) -> Result<(), ApiError> {
+        // What a page of another site loads from the operator's browser (an image, a
+        // script, a fetch) counts on nothing and is refused: a page that fired such
+        // requests would spend the address's budget, locking the operator out of the
+        // sign-in, login links and callbacks. A person arrives by a navigation (a link,
+        // the provider's redirect back), which is counted as ever; clients that send no
+        // `Sec-Fetch-*` (scripts, scrapers) are counted as ever.
+        if loaded_by_another_site(req) {
+            return Err(ApiError::new(
+                actix_web::http::StatusCode::FORBIDDEN,
+                "cross_site_request",
+                "a page of another site loaded this address (as an image, a script or a fetch): oauthd's pages are opened, not loaded by other sites",
+            ));
+        }
         match ratelimit::client_ip(req, &self.trusted_proxies) {
             Some(ip) => self.public_limit.hit(ip).map_err(ratelimit::too_many),
             None => Ok(()),
         }
     }
+}
+
+/// Whether a browser says a page of another site (or a sibling host) made this request
+/// other than by navigating to it (`Sec-Fetch-Site` cross-site or same-site,
+/// `Sec-Fetch-Mode` not navigate).
+fn loaded_by_another_site(req: &actix_web::HttpRequest) -> bool {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    matches!(header("sec-fetch-site"), Some("cross-site" | "same-site"))
+        && header("sec-fetch-mode").is_some_and(|mode| mode != "navigate")
 }
 
 /// A cookie of oauthd's own for browsers: never read by scripts, sent on top-level

@@ -73,7 +73,12 @@ fn render(base: &str, status: u16, title: &str, body: &str, back: Option<&str>) 
 
 /// 429 for people: a page that says when to come back, with `Retry-After`.
 pub fn too_many(base: &str, err: &super::ApiError) -> HttpResponse {
-    problem_page(base, "Too many requests", err)
+    let title = if err.status == actix_web::http::StatusCode::TOO_MANY_REQUESTS {
+        "Too many requests"
+    } else {
+        "Not from another site"
+    };
+    problem_page(base, title, err)
 }
 
 /// An API's problem for people: a page with its status and words, and its `Retry-After`

@@ -171,25 +171,26 @@ impl Emptied {
 /// `states_created_by`): a key's count left too high (rows deleted by hand, a database
 /// recovered with `sqlite3 .recover`) would refuse that key's creates for good.
 pub fn recount_totals(conn: &Connection, keys: bool) -> rusqlite::Result<()> {
-    let keys = if keys {
-        format!(
-            "DELETE FROM namespace_counts WHERE namespace >= '{BY_KEY}' AND namespace < '*key;';
-             INSERT INTO namespace_counts (namespace, live)
-                 SELECT '{BY_KEY}' || created_by, count(*) FROM states INDEXED BY states_created_by
-                 WHERE created_by IS NOT NULL GROUP BY created_by;"
-        )
-    } else {
-        String::new()
-    };
     conn.execute_batch(&format!(
         "BEGIN IMMEDIATE;
          INSERT OR REPLACE INTO namespace_counts (namespace, live)
              SELECT '{ALL_STATES}', count(*) FROM states;
          INSERT OR REPLACE INTO namespace_counts (namespace, live)
              SELECT '{TOMBSTONES}', count(*) FROM expired_states;
-         {keys}
          COMMIT;"
-    ))
+    ))?;
+    // In a transaction of its own: whatever befalls it leaves the totals counted.
+    if keys {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE;
+             DELETE FROM namespace_counts WHERE namespace >= '{BY_KEY}' AND namespace < '*key;';
+             INSERT INTO namespace_counts (namespace, live)
+                 SELECT '{BY_KEY}' || created_by, count(*) FROM states
+                 WHERE created_by IS NOT NULL GROUP BY created_by;
+             COMMIT;"
+        ))?;
+    }
+    Ok(())
 }
 
 /// The live states of all namespaces together, as counted (expired states the sweeper has

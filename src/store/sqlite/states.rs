@@ -781,7 +781,7 @@ fn retire_expired(
             Retire::OfKey(by) => conn
                 .prepare_cached(
                     "DELETE FROM states WHERE key_hash IN
-                     (SELECT key_hash FROM states INDEXED BY states_created_by
+                     (SELECT key_hash FROM states
                       WHERE created_by = ?2 AND expires_at <= ?1
                       ORDER BY expires_at LIMIT ?3)
                      RETURNING key_hash, namespace, expires_at, created_by",
