@@ -3,7 +3,7 @@
 use super::*;
 
 /// An API key as stored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ApiKeyRecord {
     pub id: String,
     pub name: String,

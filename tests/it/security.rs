@@ -879,16 +879,25 @@ async fn under_https_the_session_cookie_is_host_only() {
     assert_eq!(common::get_with_cookie(&overview, planted).await.0, 401);
 }
 
+/// The admin token `served_with_admin_token` sets.
+const ADMIN_TOKEN: &str = "the-right-admin-token";
+
+/// An oauthd with `config` and `ADMIN_TOKEN` as its admin token.
+fn served_with_admin_token(config: &str) -> (Home, Daemon) {
+    let home = Home::new();
+    home.write_config(config);
+    let d = home.start_with_env(&[("OAUTHD_ADMIN_TOKEN", ADMIN_TOKEN)]);
+    (home, d)
+}
+
 /// Refused sign-ins from one address use up a `failed_auth_per_minute` budget of their own:
 /// wrong API keys from the same address (an app beside the operator's browser) do not lock
 /// the operator out. Past it the admin token waits, a login link (not guessable) still signs
 /// in, and the log says who tried.
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_admin_tokens_use_up_a_sign_in_budget_that_wrong_api_keys_leave_alone() {
-    let home = Home::new();
-    home.write_config("[limits]\nfailed_auth_per_minute = 3\n");
-    let admin_token = "the-right-admin-token";
-    let d = home.start_with_env(&[("OAUTHD_ADMIN_TOKEN", admin_token)]);
+    let (home, d) = served_with_admin_token("[limits]\nfailed_auth_per_minute = 3\n");
+    let admin_token = ADMIN_TOKEN;
     let sign_in = |token: &'static str| {
         let d = &d;
         async move {
@@ -933,10 +942,8 @@ async fn wrong_admin_tokens_use_up_a_sign_in_budget_that_wrong_api_keys_leave_al
 /// the admin token out) nor sign the browser in with a link of the poster's.
 #[tokio::test(flavor = "multi_thread")]
 async fn sign_ins_posted_by_another_site_are_refused_before_they_are_counted() {
-    let home = Home::new();
-    home.write_config("[limits]\nfailed_auth_per_minute = 3\n");
-    let admin_token = "the-right-admin-token";
-    let d = home.start_with_env(&[("OAUTHD_ADMIN_TOKEN", admin_token)]);
+    let (home, d) = served_with_admin_token("[limits]\nfailed_auth_per_minute = 3\n");
+    let admin_token = ADMIN_TOKEN;
     let post = |fields: Vec<(&'static str, String)>,
                 headers: &'static [(&'static str, &'static str)]| {
         let d = &d;
@@ -2517,10 +2524,10 @@ async fn no_answer_can_be_sniffed_into_another_type() {
 /// new address per guess must not buy a new sign-in budget. A login link still signs in.
 #[tokio::test(flavor = "multi_thread")]
 async fn forged_forwarded_addresses_get_no_fresh_sign_in_budget() {
-    let home = Home::new();
-    home.write_config("[limits]\nfailed_auth_per_minute = 3\ntrusted_proxies = [\"127.0.0.1\"]\n");
-    let admin_token = "the-right-admin-token";
-    let d = home.start_with_env(&[("OAUTHD_ADMIN_TOKEN", admin_token)]);
+    let (home, d) = served_with_admin_token(
+        "[limits]\nfailed_auth_per_minute = 3\ntrusted_proxies = [\"127.0.0.1\"]\n",
+    );
+    let admin_token = ADMIN_TOKEN;
     let sign_in = |token: String, from: String| {
         let d = &d;
         async move {
@@ -2560,10 +2567,8 @@ async fn forged_forwarded_addresses_get_no_fresh_sign_in_budget() {
 /// served and counted as before.
 #[tokio::test(flavor = "multi_thread")]
 async fn pages_loaded_by_another_site_spend_no_budget() {
-    let home = Home::new();
-    home.write_config("[limits]\npublic_per_minute = 5\n");
-    let admin_token = "the-right-admin-token";
-    let d = home.start_with_env(&[("OAUTHD_ADMIN_TOKEN", admin_token)]);
+    let (home, d) = served_with_admin_token("[limits]\npublic_per_minute = 5\n");
+    let admin_token = ADMIN_TOKEN;
     let loaded = |path: &'static str, mode: &'static str| {
         let d = &d;
         async move {
@@ -2621,10 +2626,8 @@ async fn pages_loaded_by_another_site_spend_no_budget() {
 /// as any link that does not work, the log says it, and a GET counts nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_login_url_tells_nothing_of_the_admin_token_and_spends_no_budget() {
-    let home = Home::new();
-    home.write_config("[limits]\nfailed_auth_per_minute = 3\n");
-    let admin_token = "the-right-admin-token";
-    let d = home.start_with_env(&[("OAUTHD_ADMIN_TOKEN", admin_token)]);
+    let (home, d) = served_with_admin_token("[limits]\nfailed_auth_per_minute = 3\n");
+    let admin_token = ADMIN_TOKEN;
     let open = |token: String| {
         let d = &d;
         async move {

@@ -46,11 +46,7 @@ pub fn app_key() -> &'static oauthd::store::ApiKeyRecord {
         std::sync::LazyLock::new(|| oauthd::store::ApiKeyRecord {
             id: "00000000-0000-4000-8000-000000000001".into(),
             name: "app".into(),
-            namespaces: None,
-            accounts: None,
-            created_at_ms: 0,
-            revoked_at_ms: None,
-            last_used_at_ms: None,
+            ..Default::default()
         });
     &KEY
 }

@@ -996,16 +996,26 @@ async fn a_key_holds_at_most_max_per_key_live_states_however_they_go(b: Backend)
         async move { s.insert_state(row, rules).await.unwrap() }
     };
     let stored = Inserted::Stored { replaced: vec![] };
+    let put = |n: u8, by: Option<&'static str>, expires_at_ms: i64, now_ms: i64| {
+        insert(row(n, by, expires_at_ms), now_ms, false)
+    };
+    let take = |n: u8| async move {
+        let taken = s
+            .take_state(
+                SecretHash([n; 32]),
+                &NamespaceFilter::Exact(format!("ns{n}")),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(taken, Taken::Row(_)), "{taken:?}");
+    };
     let far = 10_000_000;
     // Full with two; another key's and oauthd's own go in beside them.
-    assert_eq!(insert(row(1, Some("k1"), far), 10_000, false).await, stored);
-    assert_eq!(insert(row(2, Some("k1"), far), 10_000, false).await, stored);
-    assert_eq!(
-        insert(row(3, Some("k1"), far), 10_000, false).await,
-        Inserted::KeyFull
-    );
-    assert_eq!(insert(row(4, Some("k2"), far), 10_000, false).await, stored);
-    assert_eq!(insert(row(5, None, far), 10_000, false).await, stored);
+    assert_eq!(put(1, Some("k1"), far, 10_000).await, stored);
+    assert_eq!(put(2, Some("k1"), far, 10_000).await, stored);
+    assert_eq!(put(3, Some("k1"), far, 10_000).await, Inserted::KeyFull);
+    assert_eq!(put(4, Some("k2"), far, 10_000).await, stored);
+    assert_eq!(put(5, None, far, 10_000).await, stored);
     let full = |n: u8| async move {
         assert_eq!(
             insert(row(n, Some("k1"), far), 10_000, false).await,
@@ -1015,12 +1025,8 @@ async fn a_key_holds_at_most_max_per_key_live_states_however_they_go(b: Backend)
     };
 
     // A take.
-    let taken = s
-        .take_state(SecretHash([1; 32]), &NamespaceFilter::Exact("ns1".into()))
-        .await
-        .unwrap();
-    assert!(matches!(taken, Taken::Row(_)), "{taken:?}");
-    assert_eq!(insert(row(6, Some("k1"), far), 10_000, false).await, stored);
+    take(1).await;
+    assert_eq!(put(6, Some("k1"), far, 10_000).await, stored);
     full(7).await;
     // A revoke by value.
     assert!(s
@@ -1065,52 +1071,24 @@ async fn a_key_holds_at_most_max_per_key_live_states_however_they_go(b: Backend)
     // A revoke by subject.
     let revoked = s.revoke_subject("ns8", "alice", 10_000).await.unwrap();
     assert_eq!(revoked.live, 1);
-    assert_eq!(
-        insert(row(10, Some("k1"), 20_000), 10_000, false).await,
-        stored
-    );
+    assert_eq!(put(10, Some("k1"), 20_000, 10_000).await, stored);
     full(11).await;
     // A revoke by id.
     let id = oauthd::secret::StateId::of(&SecretHash([6; 32])).to_string();
     let revoked = s.revoke_state_id("ns6", &id, 10_000).await.unwrap();
     assert_eq!(revoked.live, 1);
-    assert_eq!(
-        insert(row(11, Some("k1"), far), 10_000, false).await,
-        stored
-    );
+    assert_eq!(put(11, Some("k1"), far, 10_000).await, stored);
     full(12).await;
     // State 10 expired at 20,000: it no longer counts, swept or not; nor once swept.
-    assert_eq!(
-        insert(row(12, Some("k1"), far), 30_000, false).await,
-        stored
-    );
-    assert_eq!(
-        insert(row(13, Some("k1"), far), 30_000, false).await,
-        Inserted::KeyFull
-    );
-    assert_eq!(
-        insert(row(14, Some("k2"), far), 30_000, false).await,
-        stored
-    );
+    assert_eq!(put(12, Some("k1"), far, 30_000).await, stored);
+    assert_eq!(put(13, Some("k1"), far, 30_000).await, Inserted::KeyFull);
+    assert_eq!(put(14, Some("k2"), far, 30_000).await, stored);
     // The sweep gives an expired state's place back, once.
-    let taken = s
-        .take_state(SecretHash([11; 32]), &NamespaceFilter::Exact("ns11".into()))
-        .await
-        .unwrap();
-    assert!(matches!(taken, Taken::Row(_)), "{taken:?}");
-    assert_eq!(
-        insert(row(15, Some("k1"), 40_000), 30_000, false).await,
-        stored
-    );
+    take(11).await;
+    assert_eq!(put(15, Some("k1"), 40_000, 30_000).await, stored);
     s.sweep_expired(50_000, 0, 100, 1000).await.unwrap();
-    assert_eq!(
-        insert(row(16, Some("k1"), far), 50_000, false).await,
-        stored
-    );
-    assert_eq!(
-        insert(row(17, Some("k1"), far), 50_000, false).await,
-        Inserted::KeyFull
-    );
+    assert_eq!(put(16, Some("k1"), far, 50_000).await, stored);
+    assert_eq!(put(17, Some("k1"), far, 50_000).await, Inserted::KeyFull);
 }
 
 /// States made to expire at once cannot grow the store through their tombstones: past
