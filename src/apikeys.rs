@@ -21,7 +21,7 @@ pub const MAX_KEY_NAME_CHARS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("a key name is 1 to {MAX_KEY_NAME_CHARS} letters, digits, '.', '_' or '-'")]
+    #[error("a key name is 1 to {MAX_KEY_NAME_CHARS} letters, digits, '.', '_' or '-', not starting with '-' (a command naming it would take it for an option)")]
     BadName,
     #[error("namespace pattern {pattern:?}: {reason}")]
     BadPattern { pattern: String, reason: String },
@@ -48,7 +48,8 @@ fn check_name(name: &str) -> Result<(), KeyError> {
         && name.len() <= MAX_KEY_NAME_CHARS
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && !name.starts_with('-');
     ok.then_some(()).ok_or(KeyError::BadName)
 }
 
@@ -416,6 +417,16 @@ mod tests {
     use super::*;
     use crate::store::{ApiKeyRecord, KeyStore, StoreError};
     use async_trait::async_trait;
+
+    #[test]
+    fn a_key_name_never_starts_with_a_dash() {
+        for name in ["app", "app-1", "1.app_x", "_app", ".app"] {
+            assert!(check_name(name).is_ok(), "{name}");
+        }
+        for name in ["-app", "--help", "-V", "", "app key", "ä"] {
+            assert!(check_name(name).is_err(), "{name}");
+        }
+    }
 
     #[test]
     fn a_star_anywhere_but_at_the_end_is_said_to_belong_there() {
