@@ -43,7 +43,7 @@ pub(super) async fn restart_hint(
         ),
     };
     Some(format!(
-        "{} changed at {}, and {who}: an oauthd serves the configuration it read at its start, so restart it for the change to apply there (a provider added, a setting changed)",
+        "{} changed at {}, and {who}: an oauthd serves the configuration it read at its start, so if it reads this file, restart it for the change to apply there (a provider added, a setting changed; a draft checked before it is put in place needs no restart yet)",
         path.display(),
         crate::clock::rfc3339(modified_ms)
     ))

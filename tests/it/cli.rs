@@ -937,7 +937,7 @@ async fn a_config_changed_after_the_start_is_pointed_out() {
     let err = text(&out.stderr);
     assert!(out.status.success(), "{out:?}");
     let said = "and the oauthd serving this store started before it: an oauthd serves the \
-                configuration it read at its start, so restart it";
+                configuration it read at its start, so if it reads this file, restart it";
     assert!(err.contains(said), "{err}");
     let (status, _) = d.get("/v1/connections/gh/me/token", &key).await;
     assert_eq!(status, 404, "the running oauthd knows the provider");
