@@ -890,6 +890,21 @@ fn served_with_admin_token(config: &str) -> (Home, Daemon) {
     (home, d)
 }
 
+/// The status of a sign-in with `ADMIN_TOKEN` through the form of oauthd's own page.
+async fn admin_token_sign_in(d: &Daemon) -> u16 {
+    d.post_form("/admin/login", &[("token", ADMIN_TOKEN)], None)
+        .await
+        .status()
+        .as_u16()
+}
+
+/// `req` as a browser sends it from a page of another site, in fetch `mode` (`navigate`:
+/// a link followed; `no-cors`: an image or a script loaded).
+fn from_another_site(req: reqwest::RequestBuilder, mode: &str) -> reqwest::RequestBuilder {
+    req.header("sec-fetch-site", "cross-site")
+        .header("sec-fetch-mode", mode)
+}
+
 /// Refused sign-ins from one address use up a `failed_auth_per_minute` budget of their own:
 /// wrong API keys from the same address (an app beside the operator's browser) do not lock
 /// the operator out. Past it the admin token waits, a login link (not guessable) still signs
@@ -2568,14 +2583,10 @@ async fn forged_forwarded_addresses_get_no_fresh_sign_in_budget() {
 #[tokio::test(flavor = "multi_thread")]
 async fn pages_loaded_by_another_site_spend_no_budget() {
     let (home, d) = served_with_admin_token("[limits]\npublic_per_minute = 5\n");
-    let admin_token = ADMIN_TOKEN;
     let loaded = |path: &'static str, mode: &'static str| {
         let d = &d;
         async move {
-            no_redirects()
-                .get(format!("{}{path}", d.url))
-                .header("sec-fetch-site", "cross-site")
-                .header("sec-fetch-mode", mode)
+            from_another_site(no_redirects().get(format!("{}{path}", d.url)), mode)
                 .header("sec-fetch-dest", "image")
                 .send()
                 .await
@@ -2592,31 +2603,25 @@ async fn pages_loaded_by_another_site_spend_no_budget() {
                 "{body}"
             );
         }
-        let resp = no_redirects()
-            .post(format!("{}/admin/login", d.url))
-            .header("sec-fetch-site", "cross-site")
-            .header("sec-fetch-mode", "navigate")
-            .form(&[("token", "x")])
-            .send()
-            .await
-            .unwrap();
+        let resp = from_another_site(
+            no_redirects().post(format!("{}/admin/login", d.url)),
+            "navigate",
+        )
+        .form(&[("token", "x")])
+        .send()
+        .await
+        .unwrap();
         assert_eq!(resp.status(), 403);
     }
     // Nothing was counted: a login link opened from a mail (a navigation from another
     // site) and the sign-in from oauthd's own page both go through.
     let link = home.login_link(&d);
-    let page = no_redirects()
-        .get(&link)
-        .header("sec-fetch-site", "cross-site")
-        .header("sec-fetch-mode", "navigate")
+    let page = from_another_site(no_redirects().get(&link), "navigate")
         .send()
         .await
         .unwrap();
     assert_eq!(page.status(), 200, "the link's page");
-    let resp = d
-        .post_form("/admin/login", &[("token", admin_token)], None)
-        .await;
-    assert_eq!(resp.status(), 303, "the budget was spent");
+    assert_eq!(admin_token_sign_in(&d).await, 303, "the budget was spent");
 }
 
 /// `GET /admin/login?token=…` told whether the token was the admin token (400 "Not in a
@@ -2658,10 +2663,11 @@ async fn a_login_url_tells_nothing_of_the_admin_token_and_spends_no_budget() {
     for i in 0..10 {
         assert_eq!(open(format!("guess-{i}")).await.0, 401);
     }
-    let resp = d
-        .post_form("/admin/login", &[("token", admin_token)], None)
-        .await;
-    assert_eq!(resp.status(), 303, "the GETs spent the sign-in budget");
+    assert_eq!(
+        admin_token_sign_in(&d).await,
+        303,
+        "the GETs spent the sign-in budget"
+    );
 }
 
 /// The status line's code of `GET path` sent to `d` addressed (`Host`) to `host`.
