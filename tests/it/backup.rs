@@ -734,6 +734,20 @@ async fn a_restore_keeps_what_it_replaces_and_a_backup_overwrites_only_copies() 
         })
         .collect();
     assert_eq!(stamps.len(), 2, "{stamps:?}");
+    // Reading the database it replaced (which had no -wal) to compare made no -wal or
+    // -shm beside it.
+    let aside = kept_aside(&home.db());
+    let beside: Vec<&PathBuf> = aside
+        .iter()
+        .filter(|p| {
+            let name = p.to_string_lossy();
+            ["-wal", "-shm"].iter().any(|end| {
+                name.strip_suffix(end)
+                    .is_some_and(|db| aside.iter().any(|k| k.to_string_lossy() == db))
+            })
+        })
+        .collect();
+    assert!(beside.is_empty(), "{aside:?}");
     let d = home.start();
     assert_eq!(d.consume(&key, &later, NS).await.0, 200);
     assert_eq!(d.consume(&key, &kept, NS).await.0, 200);

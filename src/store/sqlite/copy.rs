@@ -583,14 +583,37 @@ pub fn restore(backup: &Path, db: &Path, stamp: &str, create: bool) -> Result<Re
     // Let go before the copy takes the name: closing, SQLite deletes the `-wal` file by
     // its name, which must not be the restored database's by then.
     drop(held);
+    if let Some(aside) = &replaced {
+        drop_empty_wal(aside);
+    }
     std::fs::rename(partial, db).map_err(|e| CopyError::file(db, e))?;
     sync_dir(db)?;
-    let moved = moved.into_iter().map(|(_, to)| to).collect();
+    let moved = moved
+        .into_iter()
+        .map(|(_, to)| to)
+        .filter(|to| to.symlink_metadata().is_ok())
+        .collect();
     Ok(Restored {
         copied,
         replaced,
         moved,
     })
+}
+
+/// Removes an empty `-wal` beside the database moved aside to `aside`, and then its `-shm`:
+/// they hold nothing (holding the database made them), and beside a file they read as a
+/// database in use. Nothing has it open by now.
+fn drop_empty_wal(aside: &Path) {
+    let wal = with_suffix(aside, "-wal");
+    if wal
+        .symlink_metadata()
+        .is_ok_and(|m| m.is_file() && m.len() == 0)
+    {
+        let _ = std::fs::remove_file(&wal);
+    }
+    if wal.symlink_metadata().is_err() {
+        let _ = std::fs::remove_file(with_suffix(aside, "-shm"));
+    }
 }
 
 fn open_read_only(path: &Path) -> Result<Connection, CopyError> {

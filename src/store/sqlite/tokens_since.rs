@@ -7,14 +7,6 @@
 use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
 
-/// The connections (`provider/account`) whose stored refresh token in `replaced` (the
-/// database a restore moved aside) is not the one in `restored` (the copy now in place):
-/// refreshed with a new refresh token, connected again, or sealed again (`rekey`) since
-/// the copy was made. Both are only read, and nothing is made beside `restored` (a `-wal`
-/// or `-shm` file of root's would keep the service's user from opening it): nobody has it
-/// open, so it is read as immutable. None when nothing was moved aside but `-wal` files.
-/// `same(provider, account, restored, replaced)` says of two stored values that differ
-/// whether they hold one token all the same (sealed again by a `rekey`): those are left out.
 /// The names of the API keys revoked in `replaced` (the database a restore moved aside)
 /// that are active in `restored` (the copy now in place): revoked since the copy was made,
 /// and active again. Read as `refresh_tokens_changed` reads.
@@ -37,17 +29,27 @@ pub fn keys_revoked_since(restored: &Path, replaced: &Path) -> Result<Vec<String
     names
 }
 
-/// A connection with `restored` (read as immutable: nobody has it open) and `replaced`
-/// (read-only) attached under those names; `None` when `replaced` is not there.
+/// A connection with `restored` and `replaced` attached under those names; `None` when
+/// `replaced` is not there. Nobody has either open (the restore holds the database), so
+/// each is read as immutable, which makes no `-wal` or `-shm` file beside it; `replaced`
+/// read-only instead when a `-wal` with writes in it was moved aside with it (immutable
+/// would not read them).
 fn both(restored: &Path, replaced: &Path) -> Result<Option<Connection>, String> {
     if !replaced.is_file() {
         return Ok(None);
     }
+    let mut wal = replaced.as_os_str().to_owned();
+    wal.push("-wal");
+    let written = std::fs::metadata(wal).is_ok_and(|m| m.len() > 0);
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(":memory:", flags).map_err(|e| e.to_string())?;
     for (path, query, name) in [
         (restored, "immutable=1", "restored"),
-        (replaced, "mode=ro", "replaced"),
+        (
+            replaced,
+            if written { "mode=ro" } else { "immutable=1" },
+            "replaced",
+        ),
     ] {
         let uri = super::file_uri(path, query)?;
         conn.execute(&format!("ATTACH DATABASE ?1 AS {name}"), [uri.as_str()])
@@ -56,6 +58,14 @@ fn both(restored: &Path, replaced: &Path) -> Result<Option<Connection>, String> 
     Ok(Some(conn))
 }
 
+/// The connections (`provider/account`) whose stored refresh token in `replaced` (the
+/// database a restore moved aside) is not the one in `restored` (the copy now in place):
+/// refreshed with a new refresh token, connected again, or sealed again (`rekey`) since
+/// the copy was made. Both are only read, and nothing is made beside `restored` (a `-wal`
+/// or `-shm` file of root's would keep the service's user from opening it): nobody has it
+/// open, so it is read as immutable. None when nothing was moved aside but `-wal` files.
+/// `same(provider, account, restored, replaced)` says of two stored values that differ
+/// whether they hold one token all the same (sealed again by a `rekey`): those are left out.
 pub fn refresh_tokens_changed(
     restored: &Path,
     replaced: &Path,
