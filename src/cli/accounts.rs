@@ -199,16 +199,8 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
             ConnectionsCommand::Show { provider, account } => {
                 let view = match broker.connection(&provider, &account).await {
                     Ok(view) => view,
-                    Err(e @ crate::broker::BrokerError::ConnectionNotFound { .. })
-                        if !settings.providers.contains_key(&provider) =>
-                    {
-                        return Err(Fatal(
-                            format!(
-                                "{e}, and no provider {provider:?} is configured ({})",
-                                configured_names(&settings)
-                            ),
-                            1,
-                        ));
+                    Err(e @ crate::broker::BrokerError::ConnectionNotFound { .. }) => {
+                        return Err(not_found(e, &settings, &provider));
                     }
                     Err(e) => return Err(e.into()),
                 };
@@ -217,8 +209,16 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
             }
             ConnectionsCommand::Refresh { provider, account } => {
                 super::stop_on_signal(&STOP);
+                // A connection that is not there is said before anything else ("Refreshing…"
+                // first read as if a refresh had begun).
+                let before = match broker.connection(&provider, &account).await {
+                    Ok(view) => Some(view),
+                    Err(e @ crate::broker::BrokerError::ConnectionNotFound { .. }) => {
+                        return Err(not_found(e, &settings, &provider));
+                    }
+                    Err(_) => None,
+                };
                 say!("Refreshing {provider}/{account}…");
-                let before = broker.connection(&provider, &account).await.ok();
                 // What the refresh began ends before the command does, Ctrl-C or not: a
                 // provider slower than a caller's wait is waited for (a refresh cut short
                 // could lose a rotated refresh token), and then the connection tells how
@@ -288,6 +288,20 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
             }
         }
     })
+}
+
+/// A connection that is not there, and whether its provider is configured.
+fn not_found(e: crate::broker::BrokerError, settings: &Settings, provider: &str) -> Fatal {
+    if settings.providers.contains_key(provider) {
+        return e.into();
+    }
+    Fatal(
+        format!(
+            "{e}, and no provider {provider:?} is configured ({})",
+            configured_names(settings)
+        ),
+        1,
+    )
 }
 
 /// How a refresh that went on past its caller's wait ended, from the connection before and

@@ -549,12 +549,21 @@ async fn connections_refresh_tries_at_once_past_the_backoff() {
         String::from_utf8_lossy(&out.stderr).contains("has no refresh token"),
         "{out:?}"
     );
+    // No such connection: said first, with no "Refreshing…" before it.
     let out = home.cli(&["connections", "refresh", "mock", "carol"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("no connection mock/carol"), "{said}");
+    assert!(!said.contains("Refreshing"), "{said}");
+    // And with a provider that is not configured, that too.
+    let out = home.cli(&["connections", "refresh", "nosuch", "carol"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("no connection mock/carol"),
-        "{out:?}"
+        said.contains("no provider \"nosuch\" is configured"),
+        "{said}"
     );
+    assert!(!said.contains("Refreshing"), "{said}");
 }
 
 /// A mistyped issuer (its discovery answers 404) is said in the log at start: it used to
