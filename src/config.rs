@@ -24,6 +24,14 @@ pub const DEFAULT_DB: &str = "oauthd.db";
 const TTL_CEILING_SECONDS: u64 = 10 * 365 * 24 * 3600;
 /// Most wrong codes a state may be allowed (`states.max_attempts`, per create).
 pub const MAX_ATTEMPTS_CEILING: u32 = 100;
+/// How long a refresh or a device poll waits for the provider's answer once it was sent,
+/// unless `provider_answer_wait_seconds` says. Given up on, the answer is lost with what
+/// the provider issued in it: a refresh's holds the refresh token a rotating provider
+/// issued in place of the stored one (the stored one retired), a device poll's the tokens
+/// for a device code now spent. A provider that stalls for a while (a restart, a long
+/// garbage collection) would cost the connection, or the user's approval. A minute, so that
+/// a stop that waits for it still ends within systemd's default 90 s.
+const DEFAULT_ANSWER_WAIT_SECONDS: u64 = 60;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,6 +53,9 @@ pub struct FileConfig {
     pub admin_session_hours: Option<u64>,
     pub refresh_check_seconds: Option<u64>,
     pub provider_timeout_seconds: Option<u64>,
+    /// How long a refresh or a device poll waits for the provider's answer once sent
+    /// (default 60, and never below `provider_timeout_seconds`).
+    pub provider_answer_wait_seconds: Option<u64>,
     pub public_url: Option<String>,
     /// Names besides localhost, addresses, names without a dot and `public_url`'s host
     /// that requests may be addressed to (`*.suffix`, or `*` for every name).
@@ -354,6 +365,9 @@ pub struct Settings {
     pub refresh_check: Duration,
     /// Bound on each request to a provider (discovery, token, revocation).
     pub provider_timeout: Duration,
+    /// How long a refresh or a device poll waits for the provider's answer once sent: at
+    /// least `provider_timeout`.
+    pub provider_answer_wait: Duration,
     pub states: StatePolicy,
     pub sweep: SweepPolicy,
     /// Where browsers reach oauthd; `None` means `http://<listen address>`.
@@ -548,6 +562,16 @@ impl Settings {
                 "must be between 1 and 300",
             ));
         }
+        let provider_answer_wait_seconds = match file.provider_answer_wait_seconds {
+            None => DEFAULT_ANSWER_WAIT_SECONDS.max(provider_timeout_seconds),
+            Some(wait) if (provider_timeout_seconds..=600).contains(&wait) => wait,
+            Some(_) => return Err(invalid(
+                "provider_answer_wait_seconds",
+                format!(
+                    "must be between provider_timeout_seconds ({provider_timeout_seconds}) and 600"
+                ),
+            )),
+        };
         let s = &file.states;
         // A default given nowhere follows a lower maximum, as a namespace's does: setting
         // only `max_ttl_seconds = 600` is not an error about a default nobody wrote.
@@ -721,6 +745,7 @@ impl Settings {
             rule_warnings,
             refresh_check: Duration::from_secs(refresh_check_seconds),
             provider_timeout: Duration::from_secs(provider_timeout_seconds),
+            provider_answer_wait: Duration::from_secs(provider_answer_wait_seconds),
             states: StatePolicy {
                 base,
                 overrides,
@@ -1537,6 +1562,23 @@ mod tests {
         assert!(e.contains("states.default_ttl_seconds"), "{e}");
         let e = parse("listen = \"localhost\"").unwrap_err().to_string();
         assert!(e.starts_with("listen:"), "{e}");
+        let e = parse("provider_timeout_seconds = 20\nprovider_answer_wait_seconds = 19")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("provider_answer_wait_seconds")
+                && e.contains("between provider_timeout_seconds (20) and 600"),
+            "{e}"
+        );
+        assert!(parse("provider_answer_wait_seconds = 601").is_err());
+        // Unset, it is 60 s, or provider_timeout_seconds when that is longer.
+        let wait = |toml: &str| parse(toml).map(|s| s.provider_answer_wait.as_secs()).ok();
+        assert_eq!(wait(""), Some(60));
+        assert_eq!(wait("provider_timeout_seconds = 90"), Some(90));
+        assert_eq!(
+            wait("provider_timeout_seconds = 2\nprovider_answer_wait_seconds = 5"),
+            Some(5)
+        );
         let e = parse("[proxy]\ntimeout_seconds = 0")
             .unwrap_err()
             .to_string();

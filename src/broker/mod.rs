@@ -153,6 +153,10 @@ pub struct BrokerSettings {
     pub public_url: Url,
     pub return_to_allowlist: Vec<Url>,
     pub provider_timeout: std::time::Duration,
+    /// How long a refresh or a device poll waits for the provider's answer once it was
+    /// sent (`provider_answer_wait_seconds`; callers are answered 503 after
+    /// `provider_timeout` meanwhile). Raised to `provider_timeout` when below it.
+    pub provider_answer_wait: std::time::Duration,
     pub max_device_flows: u32,
     /// Connections a key limited to accounts may have (`limits.max_connections_per_key`;
     /// 0: no cap).
@@ -165,41 +169,28 @@ pub struct BrokerSettings {
     pub notifier: Arc<Notifier>,
 }
 
-/// How long a refresh or a device poll waits for the provider's answer once it was sent.
-/// Given up on, the answer is lost with what the provider issued in it: a refresh's holds
-/// the refresh token a rotating provider issued in place of the stored one (the stored one
-/// retired), a device poll's the tokens for a device code now spent. A provider that stalls
-/// for a while (a restart, a long garbage collection) would cost the connection, or the
-/// user's approval. Callers are answered 503 after `provider_timeout` meanwhile. A minute,
-/// so that a stop that waits for it (`stop_background`) still ends within systemd's
-/// default 90 s.
-pub const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// How long a refresh or a device poll waits for its answer, with `provider_timeout` as
-/// given.
-fn answer_wait(provider_timeout: std::time::Duration) -> std::time::Duration {
-    provider_timeout.max(ANSWER_WAIT)
-}
-
 pub struct Broker {
     providers: BTreeMap<String, Arc<Provider>>,
     states: Arc<StateService>,
     store: Arc<dyn BrokerStore>,
     vault: Arc<VaultHandle>,
     http: reqwest::Client,
-    /// `http` waiting `ANSWER_WAIT` for an answer: for device polls.
+    /// `http` waiting `answer_wait` for an answer: for device polls.
     waiting_http: reqwest::Client,
     /// Where code exchanges are sent (the network, unless a test says).
     token_endpoint: Arc<dyn flows::TokenEndpoint>,
-    /// Where refreshes are sent: the network with `ANSWER_WAIT` for the answer.
+    /// Where refreshes are sent: the network with `answer_wait` for the answer.
     refresh_endpoint: Arc<dyn flows::TokenEndpoint>,
     /// How long a caller waits for a refresh before it is answered 503 (the refresh goes
     /// on, and stores what the provider answers): `provider_timeout`.
     caller_wait: std::time::Duration,
+    /// How long a refresh or a device poll waits for the provider's answer once it was
+    /// sent (`provider_answer_wait_seconds`, at least `caller_wait`).
+    answer_wait: std::time::Duration,
     public_url: Url,
     return_to_allowlist: Vec<Url>,
     /// How long a refresh holds its cross-process lease and a device poll its claim:
-    /// outlives the provider's answer (`ANSWER_WAIT`) and the save after it.
+    /// outlives the provider's answer (`answer_wait`) and the save after it.
     lease_ms: i64,
     /// One refresh per connection at a time inside this process.
     in_flight: Arc<flight::FlightLocks>,
@@ -266,7 +257,7 @@ impl Broker {
     ) -> Result<Broker, String> {
         let timeout = settings.provider_timeout;
         let http = flows::http_client(timeout)?;
-        let answer_wait = answer_wait(timeout);
+        let answer_wait = settings.provider_answer_wait.max(timeout);
         let waiting_http = flows::http_client_waiting(timeout, answer_wait)?;
         let token_cache = ReadCache::new(settings.token_cache)
             .watched_by(store.change_watch())
@@ -276,6 +267,7 @@ impl Broker {
             refresh_endpoint: Arc::new(flows::Network(waiting_http.clone())),
             waiting_http,
             caller_wait: timeout,
+            answer_wait,
             providers: providers.into_iter().map(|p| (p.name.clone(), p)).collect(),
             states,
             store,
@@ -313,9 +305,9 @@ impl Broker {
         self
     }
 
-    /// How long a refresh or a device poll waits for the provider's answer (`ANSWER_WAIT`).
+    /// How long a refresh or a device poll waits for the provider's answer.
     fn answer_wait(&self) -> std::time::Duration {
-        answer_wait(self.caller_wait)
+        self.answer_wait
     }
 
     /// The ids of the vault keys this process opens with, the one it seals with first.

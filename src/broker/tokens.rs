@@ -826,7 +826,7 @@ impl Broker {
             this.refresh_with_lease(&provider, &row, lease, &told).await
         };
         // The caller is answered after `caller_wait`; the refresh goes on until the
-        // provider answers (or `ANSWER_WAIT` passes) and stores what it answers.
+        // provider answers (or `answer_wait` passes) and stores what it answers.
         match tokio::time::timeout_at(answer_by, self.spawn_background(refresh)).await {
             Ok(Ok(done)) => done,
             Ok(Err(e)) => {

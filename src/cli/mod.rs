@@ -289,6 +289,7 @@ pub(super) fn services(
                 public_url,
                 return_to_allowlist: settings.return_to_allowlist.clone(),
                 provider_timeout: settings.provider_timeout,
+                provider_answer_wait: settings.provider_answer_wait,
                 max_device_flows: settings.max_device_flows_per_key,
                 max_connections_per_key: settings.max_connections_per_key,
                 clock,

@@ -1851,7 +1851,8 @@ fn a_start_on_a_wal_file_without_its_database_is_refused() {
 }
 
 /// The longest a stop waits, by default: a refresh the provider is slow to answer is
-/// waited for until its lease ends (60 s + `provider_timeout_seconds` + 5 s), and the
+/// waited for until its lease ends (`provider_answer_wait_seconds` +
+/// `provider_timeout_seconds` + 5 s), and the
 /// shipped files that stop oauthd (systemd's unit, the compose files, the README's
 /// `docker run`) must wait longer, or they kill it half-way and lose a rotated refresh
 /// token (Docker's own default is 10 s).
@@ -1860,12 +1861,14 @@ fn the_shipped_service_and_container_files_wait_out_a_stop() {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
     let example = read("oauthd.example.toml");
-    let timeout: u64 = example
-        .lines()
-        .find_map(|l| l.strip_prefix("provider_timeout_seconds = "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("provider_timeout_seconds in the example config");
-    let longest = 60 + timeout + 5;
+    let setting = |key: &str| -> u64 {
+        example
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} = ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{key} in the example config"))
+    };
+    let longest = setting("provider_answer_wait_seconds") + setting("provider_timeout_seconds") + 5;
     // The number after `prefix` on the first line holding it, and whether one was found.
     let seconds_after = |text: &str, prefix: &str| -> Option<u64> {
         text.lines().find_map(|l| {

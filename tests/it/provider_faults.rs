@@ -974,9 +974,9 @@ async fn a_stop_waits_for_a_refresh_the_provider_is_answering() {
 
 /// The real provider with 2 s tokens (rotating refresh tokens), oauthd with
 /// `provider_timeout_seconds = 2`, peer/alice connected, and its token due for a refresh.
-async fn alice_due_for_refresh() -> (common::peer::Peer, Home, String, Daemon) {
+async fn alice_due_for_refresh(config: &str) -> (common::peer::Peer, Home, String, Daemon) {
     let peer = common::peer::Peer::start(2);
-    let (home, key) = peer.home_with_key("provider_timeout_seconds = 2\n");
+    let (home, key) = peer.home_with_key(&format!("provider_timeout_seconds = 2\n{config}"));
     let d = home.start();
     let authorize = d.start_connect(&key, "peer", "alice").await;
     let callback = peer.approve(&authorize).await;
@@ -1013,7 +1013,7 @@ async fn the_new_refresh_token_was_stored(d: &Daemon, key: &str) {
 /// and the refresh waits for the answer, which keeps the connection.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refresh_outlasts_a_rotating_provider_that_stalls() {
-    let (peer, _home, key, d) = alice_due_for_refresh().await;
+    let (peer, _home, key, d) = alice_due_for_refresh("").await;
 
     let signal = |sig: &str| common::signal(peer.pid(), sig);
     signal("STOP");
@@ -1046,7 +1046,7 @@ async fn a_refresh_outlasts_a_rotating_provider_that_stalls() {
 
 /// A provider that answered a refresh with a rotated refresh token, and a store that could
 /// not save it until past the refresh's lease (here another process's write lock, held
-/// 70 s: as a Redis at `maxmemory` or down for a while): the new tokens were given up at
+/// that long: as a Redis at `maxmemory` or down for a while): the new tokens were given up at
 /// the lease's end with no word, the next refresh sent the retired token, and the provider
 /// revoked the grant. They are now kept, and saved once the store takes writes again.
 #[tokio::test(flavor = "multi_thread")]
@@ -1122,7 +1122,8 @@ impl Locker {
 /// rotated refresh token while the database is locked, until past the refresh's lease.
 async fn answered_and_unsaved_past_the_lease() -> (common::peer::Peer, Home, String, Daemon, Locker)
 {
-    let (peer, home, key, d) = alice_due_for_refresh().await;
+    // A refresh's lease: the answer's wait (5 s) + provider_timeout_seconds + 5 s.
+    let (peer, home, key, d) = alice_due_for_refresh("provider_answer_wait_seconds = 5\n").await;
 
     // The refresh takes its lease and asks the provider, which is stopped; the database is
     // locked before the provider answers, so only the save meets the lock.
@@ -1150,8 +1151,15 @@ async fn answered_and_unsaved_past_the_lease() -> (common::peer::Peer, Home, Str
         body["detail"].as_str().unwrap_or_default().contains(saving),
         "{body}"
     );
-    // Past the lease (60 s + provider_timeout_seconds + 5 s).
-    tokio::time::sleep(Duration::from_secs(70)).await;
+    // The lease is as long as configured (it would be 67 s with the default wait), and
+    // is waited out.
+    let ends: i64 = locker
+        .query("SELECT lease_until FROM connections;")
+        .parse()
+        .expect("a lease");
+    let left = ends - chrono::Utc::now().timestamp_millis();
+    assert!((0..12_000).contains(&left), "{left} ms of lease left");
+    tokio::time::sleep(Duration::from_millis(left.unsigned_abs() + 1_000)).await;
     (peer, home, key, d, Locker(locker))
 }
 

@@ -584,6 +584,7 @@ fn broker_on(
             public_url: "http://127.0.0.1:9/".parse().unwrap(),
             return_to_allowlist: vec![],
             provider_timeout: Duration::from_secs(5),
+            provider_answer_wait: Duration::from_secs(60),
             max_device_flows: 5,
             max_connections_per_key: 0,
             clock: clock.clone(),
