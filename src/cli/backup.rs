@@ -221,8 +221,6 @@ fn keys_lacking(settings: &Settings, db: &Path, now_ms: i64) -> Option<Lacking> 
     (!tokens.is_empty() || !states.is_empty()).then_some(Lacking { tokens, states })
 }
 
-/// What to say of the connections whose refresh token changed since the copy was made
-/// (found in the database the restore moved aside, `aside`); nothing when none did.
 /// The API keys revoked since the copy was made, active again in the restored database,
 /// each with the command that revokes it again (none: nothing said of keys revoked).
 fn revoked_since(db: &Path, aside: &Path) -> String {
@@ -254,6 +252,8 @@ fn revoked_since(db: &Path, aside: &Path) -> String {
     }
 }
 
+/// What to say of the connections whose refresh token changed since the copy was made
+/// (found in the database the restore moved aside, `aside`); nothing when none did.
 fn refreshed_since(settings: &Settings, db: &Path, aside: &Path) -> String {
     use crate::store::sqlite::tokens_since::refresh_tokens_changed;
     // Opened with the key file when there is one (never made here): a `rekey` since the

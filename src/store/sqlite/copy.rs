@@ -582,8 +582,10 @@ pub fn restore(backup: &Path, db: &Path, stamp: &str, create: bool) -> Result<Re
     };
     // Let go before the copy takes the name: closing, SQLite deletes the `-wal` file by
     // its name, which must not be the restored database's by then.
+    // Only once the hold proved nobody else has it open.
+    let was_held = held.is_some();
     drop(held);
-    if let Some(aside) = &replaced {
+    if let (Some(aside), true) = (&replaced, was_held) {
         drop_empty_wal(aside);
     }
     std::fs::rename(partial, db).map_err(|e| CopyError::file(db, e))?;
@@ -602,7 +604,8 @@ pub fn restore(backup: &Path, db: &Path, stamp: &str, create: bool) -> Result<Re
 
 /// Removes an empty `-wal` beside the database moved aside to `aside`, and then its `-shm`:
 /// they hold nothing (holding the database made them), and beside a file they read as a
-/// database in use. Nothing has it open by now.
+/// database in use. Called only once the restore held the database alone: nobody else
+/// had it open, and nobody opens it under its new name.
 fn drop_empty_wal(aside: &Path) {
     let wal = with_suffix(aside, "-wal");
     if wal

@@ -30,17 +30,20 @@ pub fn keys_revoked_since(restored: &Path, replaced: &Path) -> Result<Vec<String
 }
 
 /// A connection with `restored` and `replaced` attached under those names; `None` when
-/// `replaced` is not there. Nobody has either open (the restore holds the database), so
-/// each is read as immutable, which makes no `-wal` or `-shm` file beside it; `replaced`
-/// read-only instead when a `-wal` with writes in it was moved aside with it (immutable
-/// would not read them).
+/// `replaced` is not there. Nobody has either open (oauthd is stopped, the restore has
+/// just put `restored` in place and moved `replaced` aside), so each is read as immutable,
+/// which makes no `-wal` or `-shm` file beside it; `replaced` read-only instead when a
+/// `-wal` or `-journal` with something in it was moved aside with it (immutable would not
+/// read it).
 fn both(restored: &Path, replaced: &Path) -> Result<Option<Connection>, String> {
     if !replaced.is_file() {
         return Ok(None);
     }
-    let mut wal = replaced.as_os_str().to_owned();
-    wal.push("-wal");
-    let written = std::fs::metadata(wal).is_ok_and(|m| m.len() > 0);
+    let written = ["-wal", "-journal"].iter().any(|suffix| {
+        let mut file = replaced.as_os_str().to_owned();
+        file.push(suffix);
+        std::fs::symlink_metadata(file).is_ok_and(|m| m.len() > 0)
+    });
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(":memory:", flags).map_err(|e| e.to_string())?;
     for (path, query, name) in [
