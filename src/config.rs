@@ -565,12 +565,14 @@ impl Settings {
         let provider_answer_wait_seconds = match file.provider_answer_wait_seconds {
             None => DEFAULT_ANSWER_WAIT_SECONDS.max(provider_timeout_seconds),
             Some(wait) if (provider_timeout_seconds..=600).contains(&wait) => wait,
-            Some(_) => return Err(invalid(
-                "provider_answer_wait_seconds",
-                format!(
+            Some(_) => {
+                return Err(invalid(
+                    "provider_answer_wait_seconds",
+                    format!(
                     "must be between provider_timeout_seconds ({provider_timeout_seconds}) and 600"
                 ),
-            )),
+                ))
+            }
         };
         let s = &file.states;
         // A default given nowhere follows a lower maximum, as a namespace's does: setting
@@ -1579,6 +1581,9 @@ mod tests {
             wait("provider_timeout_seconds = 2\nprovider_answer_wait_seconds = 5"),
             Some(5)
         );
+        let equal = "provider_timeout_seconds = 20\nprovider_answer_wait_seconds = 20";
+        assert_eq!(wait(equal), Some(20));
+        assert_eq!(wait("provider_answer_wait_seconds = 600"), Some(600));
         let e = parse("[proxy]\ntimeout_seconds = 0")
             .unwrap_err()
             .to_string();

@@ -736,7 +736,7 @@ impl Broker {
                 // again (bounded), never refresh with the refresh token read before.
                 // Not past `answer_by`: a caller waiting for a lease another process holds
                 // was answered after 20 s whatever its provider_timeout (and a killed
-                // holder's lease runs on for a minute).
+                // holder's lease runs on for the lease's length).
                 None if tokio::time::Instant::now() < deadline.min(answer_by) => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     waited_for_other = true;
@@ -767,7 +767,7 @@ impl Broker {
     /// Takes the refresh lease for the row read at `seen` (`Store::acquire_refresh_lease`),
     /// apart from the caller: a caller gone meanwhile (an app that hung up, a call cut
     /// short) would leave a lease taken that nobody refreshes with, holding off every
-    /// refresh of the connection, in every process, until it ran out (over a minute). One
+    /// refresh of the connection, in every process, until it ran out (the lease's length). One
     /// taken for nobody is let go.
     async fn take_lease(
         &self,

@@ -1861,10 +1861,14 @@ fn the_shipped_service_and_container_files_wait_out_a_stop() {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
     let example = read("oauthd.example.toml");
+    // A setting's value in the example, set or commented out with its default.
     let setting = |key: &str| -> u64 {
         example
             .lines()
-            .find_map(|l| l.strip_prefix(&format!("{key} = ")))
+            .find_map(|l| {
+                let l = l.strip_prefix("# ").unwrap_or(l);
+                l.strip_prefix(&format!("{key} = "))
+            })
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("{key} in the example config"))
     };

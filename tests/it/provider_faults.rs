@@ -1122,8 +1122,8 @@ impl Locker {
 /// rotated refresh token while the database is locked, until past the refresh's lease.
 async fn answered_and_unsaved_past_the_lease() -> (common::peer::Peer, Home, String, Daemon, Locker)
 {
-    // A refresh's lease: the answer's wait (5 s) + provider_timeout_seconds + 5 s.
-    let (peer, home, key, d) = alice_due_for_refresh("provider_answer_wait_seconds = 5\n").await;
+    // A refresh's lease: the answer's wait (10 s) + provider_timeout_seconds + 5 s.
+    let (peer, home, key, d) = alice_due_for_refresh("provider_answer_wait_seconds = 10\n").await;
 
     // The refresh takes its lease and asks the provider, which is stopped; the database is
     // locked before the provider answers, so only the save meets the lock.
@@ -1151,14 +1151,14 @@ async fn answered_and_unsaved_past_the_lease() -> (common::peer::Peer, Home, Str
         body["detail"].as_str().unwrap_or_default().contains(saving),
         "{body}"
     );
-    // The lease is as long as configured (it would be 67 s with the default wait), and
-    // is waited out.
+    // The lease is as long as configured (17 s; 67 s with the default wait), and is
+    // waited out.
     let ends: i64 = locker
         .query("SELECT lease_until FROM connections;")
         .parse()
         .expect("a lease");
     let left = ends - chrono::Utc::now().timestamp_millis();
-    assert!((0..12_000).contains(&left), "{left} ms of lease left");
+    assert!((0..17_000).contains(&left), "{left} ms of lease left");
     tokio::time::sleep(Duration::from_millis(left.unsigned_abs() + 1_000)).await;
     (peer, home, key, d, Locker(locker))
 }

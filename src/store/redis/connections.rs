@@ -315,7 +315,7 @@ impl RedisStore {
     /// After a lease script that got no answer (Redis stalled past the call's deadline,
     /// the connection dropped): it may have run all the same and taken the lease for
     /// nobody, holding off every refresh of the connection, in every instance, until the
-    /// lease ran out (over a minute). Once Redis answers, that call's lease (the lease
+    /// lease ran out (`provider_answer_wait_seconds` + `provider_timeout_seconds` + 5 s). Once Redis answers, that call's lease (the lease
     /// key's value names the call) is let go, tried every second for as long as the lease
     /// would have lasted.
     fn let_go_unanswered(&self, conn: String, lease: String, call: String, lease_ms: i64) {
@@ -323,7 +323,7 @@ impl RedisStore {
             return;
         };
         let link = self.conn();
-        let tries = (lease_ms / 1000).clamp(1, 600);
+        let tries = (lease_ms / 1000).clamp(1, 1_000);
         rt.spawn(async move {
             for _ in 0..tries {
                 let mut c = link.clone();
