@@ -1,7 +1,9 @@
 //! Telling systemd how the service is doing (`sd_notify(3)`), when it asks
 //! (`NOTIFY_SOCKET`, set for a `Type=notify` unit): `READY=1` once oauthd listens, so that
 //! units ordered after it (an app: `After=oauthd.service`) start when it answers, not when
-//! its process began; `STOPPING=1` when a stop begins.
+//! its process began; `STOPPING=1` when a stop begins, with `EXTEND_TIMEOUT_USEC` the
+//! longest the stop may take (systemd kills a stop only past both that and the unit's
+//! `TimeoutStopSec`).
 
 use std::ffi::OsStr;
 

@@ -96,10 +96,9 @@ impl Broker {
         // No refresh takes a lease, and no device flow a claim, once the stop began: each
         // under way ends by a lease's length from now (and a moment for the one it was
         // taking).
-        let lease = Duration::from_millis(u64::try_from(self.lease_ms).unwrap_or(0));
         let by = *self
             .stop_deadline
-            .get_or_init(|| Instant::now() + lease + Duration::from_secs(1));
+            .get_or_init(|| Instant::now() + self.longest_stop());
         let drivers = || self.device_drivers.lock().map_or(0, |d| d.len());
         // A stop that takes a while says what it waits for, every `SAY_EVERY`, so that
         // nobody takes it for a hang and kills it. Two calls wait (the HTTP server's stop

@@ -589,8 +589,7 @@ impl Broker {
             DevicePollOutcome::Pending { .. } => None,
         };
         let deliveries = self.notifier.deliveries(events);
-        let give_up = tokio::time::Instant::now()
-            + Duration::from_millis(u64::try_from(self.lease_ms).unwrap_or(0));
+        let give_up = tokio::time::Instant::now() + self.lease();
         let mut failed = false;
         loop {
             let now = self.clock.now_ms();

@@ -310,6 +310,17 @@ impl Broker {
         self.answer_wait
     }
 
+    /// How long a refresh's lease and a device poll's claim last.
+    fn lease(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(u64::try_from(self.lease_ms).unwrap_or(0))
+    }
+
+    /// The longest a stop waits for what is under way with providers (`stop_background`):
+    /// a lease's length, and a moment for the one being taken as the stop began.
+    pub fn longest_stop(&self) -> std::time::Duration {
+        self.lease() + std::time::Duration::from_secs(1)
+    }
+
     /// The ids of the vault keys this process opens with, the one it seals with first.
     pub fn vault_key_ids(&self) -> Vec<String> {
         self.vault.key_ids()

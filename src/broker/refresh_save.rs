@@ -54,7 +54,7 @@ impl Broker {
         };
         let mut wait = Duration::from_millis(100);
         let mut failed_before = false;
-        let lease = Duration::from_millis(u64::try_from(self.lease_ms).unwrap_or(0));
+        let lease = self.lease();
         let mut last_said: Option<tokio::time::Instant> = None;
         loop {
             let now = self.clock.now_ms();

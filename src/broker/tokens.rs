@@ -712,8 +712,7 @@ impl Broker {
             }
             // The lease's end, taken before the store starts it: the refresh never counts
             // on more of it than it has.
-            let leased_until = tokio::time::Instant::now()
-                + Duration::from_millis(u64::try_from(self.lease_ms).unwrap_or(0));
+            let leased_until = tokio::time::Instant::now() + self.lease();
             match self.take_lease(key, row.generation, now).await? {
                 Some(generation) => {
                     self.mark_tried(key);

@@ -2032,11 +2032,19 @@ async fn systemd_is_told_when_oauthd_answers_and_when_it_stops() {
             format!("@{abstract_name}"),
         ),
     ];
-    for (socket, named) in sockets {
+    // The stop says how long it may take: a refresh's lease (the answer's wait +
+    // provider_timeout_seconds + 5 s) and a second, which systemd waits for past the
+    // unit's TimeoutStopSec (90 s).
+    let configs = [
+        ("", 81_000_000),
+        ("provider_answer_wait_seconds = 300\n", 321_000_000),
+    ];
+    for ((socket, named), (config, usec)) in sockets.into_iter().zip(configs) {
         socket
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
         let home = Home::new();
+        home.write_config(config);
         let d = home.start_with_env(&[("NOTIFY_SOCKET", named.as_str())]);
         let mut said = [0u8; 64];
         let n = socket.recv(&mut said).expect("READY=1");
@@ -2044,6 +2052,7 @@ async fn systemd_is_told_when_oauthd_answers_and_when_it_stops() {
         assert_eq!(d.get_raw("/healthz", None).await.status(), 200);
         d.signal_and_wait("TERM");
         let n = socket.recv(&mut said).expect("STOPPING=1");
-        assert_eq!(&said[..n], b"STOPPING=1", "{named}");
+        let stopping = format!("STOPPING=1\nEXTEND_TIMEOUT_USEC={usec}");
+        assert_eq!(String::from_utf8_lossy(&said[..n]), stopping, "{named}");
     }
 }
