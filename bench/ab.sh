@@ -8,6 +8,9 @@
 #   A=/tmp/oauthd-before bench/ab.sh          # A: another binary (e.g. the last commit's);
 #                                             # B: this tree's release build
 #   B_DURABILITY=normal bench/ab.sh           # one binary, durability full (A) and normal (B)
+#   A=bare-writes bench/ab.sh                 # A: the bare handler with a writer thread that
+#                                             # syncs each group of creates and consumes
+#                                             # (BARE_WRITES): the floor under oauthd's design
 #   SCENARIO=token ROUNDS=8 SLICE=4 bench/ab.sh
 #
 # Each slice prints its rate (wrk's requests/s: a pair counts as two), the server's CPU per
@@ -35,14 +38,22 @@ done
 need_commands wrk:wrk
 cargo build --release --locked --bin oauthd --example bare_handler >&2
 A=${A:-target/release/oauthd} B=${B:-target/release/oauthd}
-for bin in "$A" "$B"; do [ -x "$bin" ] || { echo "not an executable: $bin" >&2; exit 2; }; done
+for bin in "$A" "$B"; do
+  [ "$bin" = bare-writes ] || [ -x "$bin" ] || { echo "not an executable: $bin" >&2; exit 2; }
+done
 
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 BARE_PID=${pids[0]}
-OAUTHD_BIN=$A fresh_oauthd a
-A_URL=$OAUTHD A_PID=$OAUTHD_PID A_KEY=$BENCH_API_KEY
-unset OAUTHD_PID  # fresh_oauthd would stop A
+if [ "$A" = bare-writes ]; then
+  # The bare handler again, on its own file in the same directory as oauthd's database.
+  BARE_WRITES=$tmp/bare-writes start bare-writes target/release/examples/bare_handler 127.0.0.1:0
+  A_URL=$URL A_PID=${pids[-1]} A_KEY=""
+else
+  OAUTHD_BIN=$A fresh_oauthd a
+  A_URL=$OAUTHD A_PID=$OAUTHD_PID A_KEY=$BENCH_API_KEY
+  unset OAUTHD_PID  # fresh_oauthd would stop A
+fi
 sed "s/^durability = .*/durability = \"${B_DURABILITY:-$DURABILITY}\"/" "$tmp/oauthd.toml" >"$tmp/b.toml"
 OAUTHD_TOML=$tmp/b.toml OAUTHD_BIN=$B fresh_oauthd b
 B_URL=$OAUTHD B_PID=$OAUTHD_PID B_KEY=$BENCH_API_KEY

@@ -4,15 +4,80 @@
 //!
 //! It also stands in for provider "bench"'s token endpoint (`POST /provider/token`), so
 //! the benchmark can connect an account without a real provider.
+//!
+//! With `BARE_WRITES=FILE` it is instead the floor under any design that keeps oauthd's
+//! promise for a state change: create and consume each hand a record to one writer thread
+//! and answer once it is on disk. The thread takes whatever is queued, appends it to FILE
+//! and `fsync`s it once for the group (as oauthd's SQLite writer commits a group with
+//! `synchronous = FULL`), over the same tokio channels. No SQL, no key, no JSON checked:
+//! the hop to the thread, the wake-ups and the sync, and nothing else.
+//! `BARE_WRITES_SYNC=0` leaves the sync out (the hop alone).
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{json, Value};
+use std::io::Write;
+use tokio::sync::{mpsc, oneshot};
 
-async fn create(body: web::Json<Value>) -> HttpResponse {
+/// A record for the writer thread, and where to say it is on disk.
+type Job = ([u8; 64], oneshot::Sender<bool>);
+
+/// The writer thread's queue, when `BARE_WRITES` names a file.
+#[derive(Clone)]
+struct Writes(Option<mpsc::Sender<Job>>);
+
+impl Writes {
+    fn start() -> std::io::Result<Writes> {
+        let Some(path) = std::env::var_os("BARE_WRITES") else {
+            return Ok(Writes(None));
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let sync = std::env::var_os("BARE_WRITES_SYNC").is_none_or(|v| v != "0");
+        let (queue, mut rx) = mpsc::channel::<Job>(1024);
+        std::thread::spawn(move || {
+            let mut group = Vec::new();
+            let mut bytes = Vec::new();
+            while let Some(first) = rx.blocking_recv() {
+                group.push(first);
+                while let Ok(next) = rx.try_recv() {
+                    group.push(next);
+                }
+                bytes.clear();
+                for (record, _) in &group {
+                    bytes.extend_from_slice(record);
+                }
+                let ok = file
+                    .write_all(&bytes)
+                    .and_then(|()| if sync { file.sync_all() } else { Ok(()) })
+                    .is_ok();
+                for (_, done) in group.drain(..) {
+                    let _ = done.send(ok);
+                }
+            }
+        });
+        Ok(Writes(Some(queue)))
+    }
+
+    /// Whether `record` is on disk (true at once without a file).
+    async fn write(&self, record: &[u8]) -> bool {
+        let Some(queue) = &self.0 else {
+            return true;
+        };
+        let mut fixed = [0u8; 64];
+        let n = record.len().min(64);
+        fixed[..n].copy_from_slice(&record[..n]);
+        let (done, written) = oneshot::channel();
+        queue.send((fixed, done)).await.is_ok() && written.await.unwrap_or(false)
+    }
+}
+
+async fn create(writes: web::Data<Writes>, body: web::Json<Value>) -> HttpResponse {
     let mut bytes = [0u8; 32];
-    if getrandom::fill(&mut bytes).is_err() {
+    if getrandom::fill(&mut bytes).is_err() || !writes.write(&bytes).await {
         return HttpResponse::ServiceUnavailable().finish();
     }
     let now = chrono::Utc::now();
@@ -24,7 +89,19 @@ async fn create(body: web::Json<Value>) -> HttpResponse {
     }))
 }
 
-async fn consume(body: web::Json<Value>) -> HttpResponse {
+async fn consume(writes: web::Data<Writes>, body: web::Json<Value>) -> HttpResponse {
+    let state = body
+        .get("state")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if !writes.write(state.as_bytes()).await {
+        return HttpResponse::ServiceUnavailable().finish();
+    }
+    verify(body).await
+}
+
+/// What consume answers, without a write.
+async fn verify(body: web::Json<Value>) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "namespace": body.get("namespace"),
         "data": null,
@@ -75,12 +152,14 @@ async fn main() -> std::io::Result<()> {
     let listen = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:0".into());
-    let server = HttpServer::new(|| {
+    let writes = web::Data::new(Writes::start()?);
+    let server = HttpServer::new(move || {
         App::new()
+            .app_data(writes.clone())
             .route("/v1/states", web::post().to(create))
             .route("/v1/states/consume", web::post().to(consume))
             // Verify answers what consume does (a read, not a delete, in oauthd).
-            .route("/v1/states/verify", web::post().to(consume))
+            .route("/v1/states/verify", web::post().to(verify))
             .route(
                 "/v1/connections/{provider}/{account}/token",
                 web::get().to(token),
