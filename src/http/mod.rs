@@ -665,11 +665,12 @@ pub async fn serve(
     actix_web::rt::spawn(async move {
         let mut signals = signals;
         wait_for_stop_signal(&mut signals).await;
-        // With how long the stop may take: systemd waits that long even past the unit's
+        // With how long the stop may take (requests in flight and what is under way with
+        // providers, side by side): systemd waits that long even past the unit's
         // TimeoutStopSec (a raised provider_answer_wait_seconds needs no edit of the unit).
         crate::systemd_notify::notify(&format!(
             "STOPPING=1\nEXTEND_TIMEOUT_USEC={}",
-            broker.longest_stop().as_micros()
+            broker.longest_stop().max(grace).as_micros()
         ));
         log::info!("stopping: finishing requests, refreshes and device polls in flight");
         let stop = async { tokio::join!(handle.stop(true), broker.stop_background()) };
