@@ -24,6 +24,8 @@ pub const DEFAULT_DB: &str = "oauthd.db";
 const TTL_CEILING_SECONDS: u64 = 10 * 365 * 24 * 3600;
 /// Most wrong codes a state may be allowed (`states.max_attempts`, per create).
 pub const MAX_ATTEMPTS_CEILING: u32 = 100;
+/// Tries of its code a state gets when neither its create nor the config says.
+const DEFAULT_ATTEMPTS: u32 = 5;
 /// How long a refresh or a device poll waits for the provider's answer once it was sent,
 /// unless `provider_answer_wait_seconds` says. Given up on, the answer is lost with what
 /// the provider issued in it: a refresh's holds the refresh token a rotating provider
@@ -256,8 +258,11 @@ pub struct StatesConfig {
     /// Live states the states one API key created may hold, in all namespaces together;
     /// unset: `default_max_states_per_key` of `max_total_states`.
     pub max_states_per_key: Option<u64>,
-    /// Tries of its code a state created with a `secret` allows, unless the create says.
-    pub max_attempts: u32,
+    /// Tries of its code a state created with a `secret` allows, unless the create says;
+    /// unset: 5, or `max_attempts_ceiling` when lower.
+    pub max_attempts: Option<u32>,
+    /// Most tries a create may ask for.
+    pub max_attempts_ceiling: u32,
     /// Whether creates may ask for `sliding` states, and the latest a sliding state may
     /// live to, counted from its creation.
     pub sliding: bool,
@@ -282,7 +287,8 @@ impl Default for StatesConfig {
             max_total_states: 250_000,
             max_states_per_subject: 1000,
             max_states_per_key: None,
-            max_attempts: 5,
+            max_attempts: None,
+            max_attempts_ceiling: MAX_ATTEMPTS_CEILING,
             sliding: true,
             max_lifetime_seconds: None,
             namespaces: BTreeMap::new(),
@@ -298,6 +304,7 @@ pub struct NamespaceConfig {
     pub max_states: Option<u64>,
     pub max_states_per_subject: Option<u64>,
     pub max_attempts: Option<u32>,
+    pub max_attempts_ceiling: Option<u32>,
     pub sliding: Option<bool>,
     pub max_lifetime_seconds: Option<u64>,
 }
@@ -580,6 +587,10 @@ impl Settings {
         let default_ttl = s
             .default_ttl_seconds
             .unwrap_or(DEFAULT_TTL_SECONDS.min(s.max_ttl_seconds));
+        // Likewise the tries a create gets when it does not say, below a lower ceiling.
+        let default_attempts = s
+            .max_attempts
+            .unwrap_or(DEFAULT_ATTEMPTS.min(s.max_attempts_ceiling));
         let base = ttl_rule(
             "states",
             &NamespaceConfig {
@@ -587,7 +598,8 @@ impl Settings {
                 max_ttl_seconds: Some(s.max_ttl_seconds),
                 max_states: Some(s.max_states),
                 max_states_per_subject: Some(s.max_states_per_subject),
-                max_attempts: Some(s.max_attempts),
+                max_attempts: Some(default_attempts),
+                max_attempts_ceiling: Some(s.max_attempts_ceiling),
                 sliding: Some(s.sliding),
                 max_lifetime_seconds: Some(lifetime_or_default(
                     s.max_lifetime_seconds,
@@ -601,6 +613,7 @@ impl Settings {
             check_pattern(pattern).map_err(|e| invalid(&key, e.to_string()))?;
             let max = ns.max_ttl_seconds.unwrap_or(s.max_ttl_seconds);
             let ns_default_ttl = ns.default_ttl_seconds.unwrap_or(default_ttl.min(max));
+            let ceiling = ns.max_attempts_ceiling.unwrap_or(s.max_attempts_ceiling);
             let resolved = NamespaceConfig {
                 default_ttl_seconds: Some(ns_default_ttl),
                 max_ttl_seconds: Some(max),
@@ -609,7 +622,8 @@ impl Settings {
                     ns.max_states_per_subject
                         .unwrap_or(s.max_states_per_subject),
                 ),
-                max_attempts: Some(ns.max_attempts.unwrap_or(s.max_attempts)),
+                max_attempts: Some(ns.max_attempts.unwrap_or(default_attempts.min(ceiling))),
+                max_attempts_ceiling: Some(ceiling),
                 sliding: Some(ns.sliding.unwrap_or(s.sliding)),
                 max_lifetime_seconds: Some(lifetime_or_default(
                     ns.max_lifetime_seconds.or(s.max_lifetime_seconds),
@@ -1130,11 +1144,30 @@ fn ttl_rule(key: &str, values: &NamespaceConfig) -> Result<TtlRule, ConfigError>
         ));
     }
     let max_attempts = values.max_attempts.unwrap_or(0);
+    let attempts_ceiling = values.max_attempts_ceiling.unwrap_or(0);
     let max_lifetime = values.max_lifetime_seconds.unwrap_or(0);
-    if !(1..=MAX_ATTEMPTS_CEILING).contains(&max_attempts) {
+    if !(1..=MAX_ATTEMPTS_CEILING).contains(&attempts_ceiling) {
+        return Err(invalid(
+            format!("{key}.max_attempts_ceiling"),
+            format!("must be between 1 and {MAX_ATTEMPTS_CEILING}"),
+        ));
+    }
+    if max_attempts == 0 {
         return Err(invalid(
             format!("{key}.max_attempts"),
-            format!("must be between 1 and {MAX_ATTEMPTS_CEILING}"),
+            format!("must be between 1 and max_attempts_ceiling ({attempts_ceiling})"),
+        ));
+    }
+    if max_attempts > attempts_ceiling {
+        // Left out, a default is never above its table's ceiling.
+        let left_out = if key == "states" {
+            "the lower of 5 and max_attempts_ceiling"
+        } else {
+            "[states]' max_attempts, held to this table's max_attempts_ceiling"
+        };
+        return Err(invalid(
+            format!("{key}.max_attempts"),
+            format!("is {max_attempts}, more than max_attempts_ceiling ({attempts_ceiling}): lower it, or leave it out (then it is {left_out})"),
         ));
     }
     if !(1..=TTL_CEILING_SECONDS).contains(&max_lifetime) {
@@ -1186,6 +1219,7 @@ fn ttl_rule(key: &str, values: &NamespaceConfig) -> Result<TtlRule, ConfigError>
         max_states,
         max_per_subject,
         max_attempts,
+        attempts_ceiling,
         sliding,
         max_lifetime: Duration::from_secs(max_lifetime),
     })
@@ -1603,6 +1637,67 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("bad ns"), "{e}");
+    }
+
+    #[test]
+    fn attempts_default_to_five_and_a_create_may_ask_up_to_the_ceiling() {
+        let rule = |toml: &str, ns: &str| {
+            parse(toml).map(|s| {
+                let r = s
+                    .states
+                    .rule_for(&crate::namespace::Namespace::parse(ns).unwrap());
+                (r.max_attempts, r.attempts_ceiling)
+            })
+        };
+        assert_eq!(rule("", "a").ok(), Some((5, 100)));
+        // An unset default follows a lower ceiling, in [states] and in a table.
+        assert_eq!(
+            rule("[states]\nmax_attempts_ceiling = 3", "a").ok(),
+            Some((3, 3))
+        );
+        let table = "[states.namespaces.\"2fa\"]\nmax_attempts_ceiling = 3";
+        assert_eq!(rule(table, "2fa").ok(), Some((3, 3)));
+        assert_eq!(rule(table, "other").ok(), Some((5, 100)));
+        let both =
+            "[states]\nmax_attempts = 4\n[states.namespaces.\"2fa\"]\nmax_attempts_ceiling = 10";
+        assert_eq!(rule(both, "2fa").ok(), Some((4, 10)));
+        // A default set above its ceiling is refused, naming both.
+        let e = rule("[states]\nmax_attempts = 10\nmax_attempts_ceiling = 5", "a")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("states.max_attempts") && e.contains("more than max_attempts_ceiling (5)"),
+            "{e}"
+        );
+        let e = rule(
+            "[states.namespaces.\"2fa\"]\nmax_attempts = 6\nmax_attempts_ceiling = 5",
+            "2fa",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("states.namespaces.\"2fa\".max_attempts"), "{e}");
+        for bad in [0, 101] {
+            let e = rule(&format!("[states]\nmax_attempts_ceiling = {bad}"), "a")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("max_attempts_ceiling") && e.contains("between 1 and 100"),
+                "{e}"
+            );
+        }
+        // A table whose ceiling is looser than a broader table's is warned of.
+        let s = parse(
+            "[states.namespaces.\"2fa:*\"]\nmax_attempts_ceiling = 5\n\
+             [states.namespaces.\"2fa:login\"]\nsliding = false\n",
+        )
+        .unwrap();
+        assert!(
+            s.rule_warnings
+                .iter()
+                .any(|w| w.contains("max_attempts_ceiling is 100")),
+            "{:?}",
+            s.rule_warnings
+        );
     }
 
     #[test]

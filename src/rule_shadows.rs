@@ -33,7 +33,7 @@ pub fn looser_than_broader(
         };
         // Each limit as a number, larger being looser (`sliding`: 1 allowed, 0 not).
         type Read = fn(&NamespaceConfig) -> Option<u64>;
-        let limits: [(&str, bool, u64, Read); 6] = [
+        let limits: [(&str, bool, u64, Read); 7] = [
             (
                 "max_ttl_seconds",
                 own.max_ttl_seconds.is_some(),
@@ -57,6 +57,12 @@ pub fn looser_than_broader(
                 own.max_attempts.is_some(),
                 u64::from(rule.max_attempts),
                 |t| t.max_attempts.map(u64::from),
+            ),
+            (
+                "max_attempts_ceiling",
+                own.max_attempts_ceiling.is_some(),
+                u64::from(rule.attempts_ceiling),
+                |t| t.max_attempts_ceiling.map(u64::from),
             ),
             (
                 "sliding",

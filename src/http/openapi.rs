@@ -218,7 +218,8 @@ pub struct CreateState {
         pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
     )]
     pub secret: Option<String>,
-    /// Wrong secrets allowed (with `secret`; the namespace's default when absent).
+    /// Wrong secrets allowed (with `secret`; the namespace's default when absent, at most
+    /// its `max_attempts_ceiling`, 100 unless the config says).
     #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: Option<u32>,
     /// Revoke every other live state of this namespace and subject in the same step.

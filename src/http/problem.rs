@@ -233,6 +233,9 @@ impl From<StateError> for ApiError {
             StateError::LifetimeOutOfRange { .. } => {
                 ApiError::bad_request("invalid_max_lifetime", detail)
             }
+            StateError::TooManyAttempts { .. } => {
+                ApiError::bad_request("invalid_max_attempts", detail)
+            }
             StateError::SubjectRequired => ApiError::bad_request("subject_required", detail),
             StateError::Entropy | StateError::Vault(VaultError::Entropy) => entropy_unavailable(),
             // What to do is the operator's (the log says it): an app is told what

@@ -55,6 +55,14 @@ pub enum StateError {
         min: u64,
         max: u64,
     },
+    #[error(
+        "namespace {namespace} allows at most {max} attempts (max_attempts_ceiling in {table})"
+    )]
+    TooManyAttempts {
+        namespace: String,
+        max: u32,
+        table: String,
+    },
     #[error("replace needs a subject: it revokes the subject's other states")]
     SubjectRequired,
     #[error("the system random number generator failed")]

@@ -517,6 +517,15 @@ impl StateService {
                 })
             }
         };
+        if let Some((_, Some(asked))) = &request.secret {
+            if *asked > rule.attempts_ceiling {
+                return Err(StateError::TooManyAttempts {
+                    namespace: namespace.to_string(),
+                    max: rule.attempts_ceiling,
+                    table: self.policy.table_for(&namespace),
+                });
+            }
+        }
         let secret = request.secret.map(|(code, attempts)| StateSecret {
             hash: state.code_hash(&code),
             attempts_left: attempts.unwrap_or(rule.max_attempts),

@@ -17,6 +17,8 @@ pub struct TtlRule {
     /// Tries of its code a state with a secret allows when the create does not say (the
     /// wrong one that uses the last deletes it).
     pub max_attempts: u32,
+    /// Most tries a create may ask for (`max_attempts_ceiling`).
+    pub attempts_ceiling: u32,
     /// Whether `sliding` states may be created, and the longest any may live.
     pub sliding: bool,
     pub max_lifetime: Duration,
@@ -106,6 +108,7 @@ mod tests {
             max_states: 100_000,
             max_per_subject: 1000,
             max_attempts: 5,
+            attempts_ceiling: 100,
             sliding: true,
             max_lifetime: Duration::from_secs(86400),
         }

@@ -59,6 +59,7 @@ pub fn policy(max_states: u64) -> StatePolicy {
             max_states,
             max_per_subject: 1000,
             max_attempts: 5,
+            attempts_ceiling: 100,
             sliding: true,
             max_lifetime: 30 * 24 * 60 * MINUTE,
         },

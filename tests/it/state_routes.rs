@@ -403,7 +403,7 @@ async fn a_subjects_listing_comes_in_pages_bounded_in_states_and_bytes(home: Hom
 /// Every option is checked, and refusals are 4xx problems with stable codes; a key sees
 /// only its namespaces on every new route.
 async fn state_options_are_checked_with_stable_codes(home: Home) {
-    home.write_config("[states.namespaces.\"2fa\"]\nsliding = false\nmax_attempts = 2\nmax_states_per_subject = 2\n[states.namespaces.\"short\"]\nmax_lifetime_seconds = 100\ndefault_ttl_seconds = 60\n");
+    home.write_config("[states.namespaces.\"2fa\"]\nsliding = false\nmax_attempts = 2\nmax_attempts_ceiling = 5\nmax_states_per_subject = 2\n[states.namespaces.\"short\"]\nmax_lifetime_seconds = 100\ndefault_ttl_seconds = 60\n");
     let key = home.create_key("app", &[]);
     let limited = home.create_key("limited", &["2fa"]);
     let d = home.start();
@@ -461,6 +461,11 @@ async fn state_options_are_checked_with_stable_codes(home: Home) {
             json!({"namespace": "2fa", "sliding": true}),
             "sliding_not_allowed",
         ),
+        // More tries than the namespace's ceiling allows (100 elsewhere).
+        (
+            json!({"namespace": "2fa", "secret": "1", "max_attempts": 6}),
+            "invalid_max_attempts",
+        ),
     ];
     for (body, code) in refused {
         let (status, problem) = d.post("/v1/states", &key, body.clone()).await;
@@ -478,6 +483,13 @@ async fn state_options_are_checked_with_stable_codes(home: Home) {
                 "{problem}"
             );
         }
+        if body["namespace"] == "2fa" && code == "invalid_max_attempts" {
+            let detail = problem["detail"].as_str().unwrap_or_default();
+            assert!(
+                detail.contains("namespace 2fa allows at most 5 attempts (max_attempts_ceiling in [states.namespaces.\"2fa\"]"),
+                "{problem}"
+            );
+        }
         // The setting that refused it, as the config spells it.
         if code == "sliding_not_allowed" {
             let detail = problem["detail"].as_str().unwrap_or_default();
@@ -486,6 +498,11 @@ async fn state_options_are_checked_with_stable_codes(home: Home) {
                 "{problem}"
             );
         }
+    }
+    // Up to the ceiling a create gets the tries it asks for, past the namespace's default.
+    for (namespace, tries) in [("2fa", 5), ("s", 100)] {
+        let body = json!({"namespace": namespace, "secret": "1", "max_attempts": tries});
+        created(&d, &key, body).await;
     }
     let state = created(&d, &key, json!({"namespace": "session", "subject": "bob"})).await;
     let state = state["state"].as_str().unwrap();
