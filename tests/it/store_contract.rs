@@ -1902,6 +1902,78 @@ fn sqlite_runs_no_trigger_on_each_state_written() {
     assert_eq!(triggers, Vec::<String>::new());
 }
 
+/// On SQLite a create at its namespace's cap sets at most 1,000 of the namespace's expired
+/// states aside, and looks for them among the 10,000 states that expired first in the
+/// store, no further (the sweeper reaches the rest in the same order). It set every one
+/// aside in one write, and read every expired state not yet swept, of every namespace, on
+/// each create refused at a full namespace, holding the writer all the while.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_a_create_at_a_full_namespace_sets_a_bounded_number_aside() {
+    use oauthd::store::{StateStore, SweepStates};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("oauthd.db");
+    let s =
+        oauthd::store::sqlite::SqliteStore::open(&db, oauthd::store::sqlite::Durability::Normal)
+            .unwrap();
+    let row = |namespace: &str, n: u32, expires_at_ms: i64| {
+        let mut hash = [0u8; 32];
+        hash[..4].copy_from_slice(&n.to_be_bytes());
+        StateRow {
+            key_hash: SecretHash(hash),
+            namespace: namespace.into(),
+            ..capped(0, expires_at_ms, None)
+        }
+    };
+    let rules = |max_live: u64, now_ms: i64| InsertRules {
+        max_live,
+        now_ms,
+        keep_until_ms: 10_000_000,
+        replace_subject: false,
+        max_per_subject: 100,
+        max_total: 100_000,
+        max_tombstones: 100_000,
+        max_per_key: 100_000,
+    };
+    // 1,500 states of "full" that expire at 20 s, and 12,000 of "other" at 10 s.
+    let (full, other) = (1_500u32, 12_000u32);
+    let rows: Vec<StateRow> = (0..full)
+        .map(|n| row("full", n, 20_000))
+        .chain((full..full + other).map(|n| row("other", n, 10_000)))
+        .collect();
+    for chunk in rows.chunks(500) {
+        let inserts = chunk
+            .iter()
+            .map(|r| s.insert_state(r.clone(), rules(100_000, 1_000)));
+        for done in futures::future::join_all(inserts).await {
+            assert_eq!(done.unwrap(), Inserted::Stored { replaced: vec![] });
+        }
+    }
+    let count = |sql: &str| -> i64 {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    };
+    let full_rows = "SELECT count(*) FROM states WHERE namespace = 'full'";
+    let tombstones = "SELECT count(*) FROM expired_states WHERE namespace = 'full'";
+    // All expired at 30 s; "full" is at its cap of 1,500. Its expired states lie past
+    // the 10,000 that expired first: left to the sweeper, and the create is refused.
+    let probe = row("full", 1_000_000, 1_000_000);
+    assert_eq!(
+        s.insert_state(probe.clone(), rules(1_500, 30_000))
+            .await
+            .unwrap(),
+        Inserted::NamespaceFull
+    );
+    assert_eq!((count(full_rows), count(tombstones)), (1_500, 0));
+    // The sweeper's first 10,000 are "other"'s; then "full"'s are in reach: 1,000 of them
+    // are set aside for the create, the other 500 left.
+    s.sweep_expired(30_000, 0, 10_000, 100_000).await.unwrap();
+    assert_eq!(
+        s.insert_state(probe, rules(1_500, 30_000)).await.unwrap(),
+        Inserted::Stored { replaced: vec![] }
+    );
+    assert_eq!((count(full_rows), count(tombstones)), (501, 1_000));
+}
+
 /// On SQLite, after inserts racing for the last places of two namespaces, a consume by
 /// namespace prefix (the broker's callback), a code tried right and one tried on an
 /// expired state, and expired states set aside by an insert, the stored counts (the

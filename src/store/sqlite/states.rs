@@ -635,7 +635,7 @@ fn found(conn: &Connection, key_hash: &SecretHash, ns: &str) -> rusqlite::Result
 /// Why `row` may not be stored now, if the caps say so: the key that creates it, its
 /// namespace or the store is full. The single writer makes the check and the insert one
 /// step. The counts include expired states the sweeper has not reached yet, and those must
-/// not count: at the cap, the key's (the first `RETIRE_AT_ONCE`) or the namespace's are
+/// not count: at the cap, the key's or the namespace's that expired first (`Retire`) are
 /// set aside, then it looks again; at the store's cap, those that expired first. The key
 /// is looked at first: a key at its cap is refused before any namespace's or the store's
 /// expired states are set aside, work a replace's refusal would undo for the next request
@@ -744,13 +744,21 @@ fn trim_tombstones(conn: &Tx, max_tombstones: i64, limit: i64) -> rusqlite::Resu
     Ok(dropped)
 }
 
-/// Expired states one insert at the store's cap moves aside at most.
+/// Expired states one insert at a cap moves aside at most.
 const RETIRE_AT_ONCE: i64 = 1000;
+
+/// Expired states (the first to expire, of every namespace) one insert at its namespace's
+/// cap looks through for the namespace's: the rest are the sweeper's, which goes through
+/// them in the same order. Without a bound, each create refused at a full namespace read
+/// every expired state not yet swept (a backlog after an outage: a million) while holding
+/// the writer.
+const RETIRE_LOOKS_AT: i64 = 10_000;
 
 /// Which expired states an insert at a cap moves aside.
 #[derive(Debug, Clone, Copy)]
 enum Retire<'a> {
-    /// Every one of a namespace's.
+    /// The `RETIRE_AT_ONCE` of a namespace's that expired first, among the
+    /// `RETIRE_LOOKS_AT` that expired first in all.
     OfNamespace(&'a str),
     /// The `RETIRE_AT_ONCE` of an API key's that expired first.
     OfKey(&'a str),
@@ -773,10 +781,17 @@ fn retire_expired(
         let rows: Vec<ExpiredRow> = match which {
             Retire::OfNamespace(ns) => conn
                 .prepare_cached(
-                    "DELETE FROM states WHERE expires_at <= ?1 AND namespace = ?2
+                    "DELETE FROM states WHERE key_hash IN
+                     (SELECT key_hash FROM
+                       (SELECT key_hash, namespace FROM states WHERE expires_at <= ?1
+                        ORDER BY expires_at LIMIT ?4)
+                      WHERE namespace = ?2 LIMIT ?3)
                      RETURNING key_hash, namespace, expires_at, created_by",
                 )?
-                .query_map(params![rules.now_ms, ns], expired_row)?
+                .query_map(
+                    params![rules.now_ms, ns, RETIRE_AT_ONCE, RETIRE_LOOKS_AT],
+                    expired_row,
+                )?
                 .collect::<rusqlite::Result<_>>()?,
             Retire::OfKey(by) => conn
                 .prepare_cached(
