@@ -22,7 +22,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:6288";
 pub const DEFAULT_DB: &str = "oauthd.db";
 /// Ten years: beyond this a "state" is not a state, and milliseconds stay far from overflow.
 const TTL_CEILING_SECONDS: u64 = 10 * 365 * 24 * 3600;
-/// Most wrong codes a state may be allowed (`states.max_attempts`, per create).
+/// Most wrong codes a state may ever be allowed: the highest `max_attempts_ceiling`.
 pub const MAX_ATTEMPTS_CEILING: u32 = 100;
 /// Tries of its code a state gets when neither its create nor the config says.
 const DEFAULT_ATTEMPTS: u32 = 5;
@@ -1661,6 +1661,9 @@ mod tests {
         let both =
             "[states]\nmax_attempts = 4\n[states.namespaces.\"2fa\"]\nmax_attempts_ceiling = 10";
         assert_eq!(rule(both, "2fa").ok(), Some((4, 10)));
+        let lower = "[states]\nmax_attempts = 8\n[states.namespaces.\"2fa\"]\nmax_attempts_ceiling = 3";
+        assert_eq!(rule(lower, "2fa").ok(), Some((3, 3)));
+        assert!(rule("[states]\nmax_attempts = 0", "a").is_err());
         // A default set above its ceiling is refused, naming both.
         let e = rule("[states]\nmax_attempts = 10\nmax_attempts_ceiling = 5", "a")
             .unwrap_err()

@@ -88,9 +88,9 @@ impl Broker {
     /// Stops device drivers once the poll each has under way, if any, is recorded, and
     /// waits for leased refreshes to store what their provider answered: at most a lease's
     /// length (`provider_answer_wait` + `provider_timeout` + 5 s), since each gives up by
-    /// the end of its lease or claim. Pending device flows stay pending, for the next start or another
-    /// process. The first call sets the deadline: a later one waits no longer than it
-    /// allows.
+    /// the end of its lease or claim. Pending device flows stay pending, for the next start
+    /// or another process. The first call sets the deadline: a later one waits no longer
+    /// than it allows.
     pub async fn stop_background(&self) {
         self.stopping.send_replace(true);
         // No refresh takes a lease, and no device flow a claim, once the stop began: each

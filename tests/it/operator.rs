@@ -373,13 +373,13 @@ async fn a_restart_after_fixing_the_client_secret_refreshes_at_once() {
     d.signal_and_wait("TERM");
 
     // The same with a backoff of ten minutes stored and a lease left by a process that
-    // died with it, running 12 s more: the first call waits for it until its
+    // died with it, running 15 s more: the first call waits for it until its
     // provider_timeout (it waited 20 s whatever that was) and gives up, saying when to ask
     // again; a later call takes it over once it ran out. The first call's wait used up the
     // one try (and so did a takeover's wait for a lease that had run out already).
     let mut shell = common::SqliteShell::open(&home.db());
     let now = chrono::Utc::now().timestamp_millis();
-    let (ends, retry_at) = (now + 12_000, now + 600_000);
+    let (ends, retry_at) = (now + 15_000, now + 600_000);
     let changed = shell.query(&format!(
         "UPDATE connections SET lease_until = {ends}, retry_at = {retry_at}; SELECT changes();"
     ));
@@ -413,7 +413,7 @@ async fn a_restart_after_fixing_the_client_secret_refreshes_at_once() {
     );
     assert!(
         (2..=10).contains(&retry_after),
-        "Retry-After {retry_after} for a lease with about 9 s left"
+        "Retry-After {retry_after} for a lease with about 10 s left"
     );
     let mut answered = None;
     for _ in 0..15 {

@@ -324,6 +324,40 @@ async fn a_keys_count_left_wrong_is_counted_afresh_at_the_next_start() {
     );
 }
 
+/// The same for a namespace's count: each start counts the namespaces' states afresh (a
+/// count left too high refused the namespace's creates until repaired by hand).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_namespaces_count_left_wrong_is_counted_afresh_at_the_next_start() {
+    let home = Home::new();
+    home.write_config("[states.namespaces.\"a\"]\nmax_states = 2\n");
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    d.create_state(&key, json!({"namespace": "a"})).await;
+    d.create_state(&key, json!({"namespace": "a"})).await;
+    d.create_state(&key, json!({"namespace": "b"})).await;
+    d.signal_and_wait("TERM");
+    let out = std::process::Command::new("sqlite3")
+        .arg(home.db())
+        .arg("DELETE FROM states WHERE namespace = 'a'")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let d = home.start();
+    d.create_state(&key, json!({"namespace": "a"})).await;
+    d.create_state(&key, json!({"namespace": "a"})).await;
+    let (status, body) = d.post("/v1/states", &key, json!({"namespace": "a"})).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (429, Some("too_many_states")),
+        "{body}"
+    );
+    d.signal_and_wait("TERM");
+    // Each namespace's count is its rows: "b" kept its one.
+    let db = home.db();
+    assert_eq!(common::stored_total(&db, "a"), 2);
+    assert_eq!(common::stored_total(&db, "b"), 1);
+}
+
 /// Namespaces are the apps' to make up: one left without live states keeps no row of
 /// counts behind once the sweeper came by (a key creating and consuming in ever new
 /// namespaces would grow the file for good), and rows such namespaces kept before go at

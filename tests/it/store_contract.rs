@@ -1903,13 +1903,13 @@ fn sqlite_runs_no_trigger_on_each_state_written() {
 }
 
 /// On SQLite a create at its namespace's cap sets at most 1,000 of the namespace's expired
-/// states aside, and looks for them among the 10,000 states that expired first in the
-/// store, no further (the sweeper reaches the rest in the same order). It set every one
-/// aside in one write, and read every expired state not yet swept, of every namespace, on
-/// each create refused at a full namespace, holding the writer all the while.
+/// states aside, those that expired first, found through the namespace's own index
+/// whatever other namespaces hold expired. It set every one aside in one write, and read
+/// every expired state not yet swept, of every namespace, on each create refused at a
+/// full namespace, holding the writer all the while.
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_a_create_at_a_full_namespace_sets_a_bounded_number_aside() {
-    use oauthd::store::{StateStore, SweepStates};
+    use oauthd::store::StateStore;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("oauthd.db");
     let s =
@@ -1954,24 +1954,18 @@ async fn sqlite_a_create_at_a_full_namespace_sets_a_bounded_number_aside() {
     };
     let full_rows = "SELECT count(*) FROM states WHERE namespace = 'full'";
     let tombstones = "SELECT count(*) FROM expired_states WHERE namespace = 'full'";
-    // All expired at 30 s; "full" is at its cap of 1,500. Its expired states lie past
-    // the 10,000 that expired first: left to the sweeper, and the create is refused.
+    // All expired at 30 s, "other"'s first; "full" is at its cap of 1,500. 1,000 of its
+    // are set aside for the create, the other 500 left, and none of "other"'s.
     let probe = row("full", 1_000_000, 1_000_000);
-    assert_eq!(
-        s.insert_state(probe.clone(), rules(1_500, 30_000))
-            .await
-            .unwrap(),
-        Inserted::NamespaceFull
-    );
-    assert_eq!((count(full_rows), count(tombstones)), (1_500, 0));
-    // The sweeper's first 10,000 are "other"'s; then "full"'s are in reach: 1,000 of them
-    // are set aside for the create, the other 500 left.
-    s.sweep_expired(30_000, 0, 10_000, 100_000).await.unwrap();
     assert_eq!(
         s.insert_state(probe, rules(1_500, 30_000)).await.unwrap(),
         Inserted::Stored { replaced: vec![] }
     );
     assert_eq!((count(full_rows), count(tombstones)), (501, 1_000));
+    let others = "SELECT count(*) FROM states WHERE namespace = 'other'";
+    assert_eq!(count(others), i64::from(other));
+    let counted = "SELECT live FROM namespace_counts WHERE namespace = 'full'";
+    assert_eq!(count(counted), 501);
 }
 
 /// On SQLite, after inserts racing for the last places of two namespaces, a consume by

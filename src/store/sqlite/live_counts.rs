@@ -167,9 +167,10 @@ impl Emptied {
 /// count: milliseconds for a few hundred thousand states). (Rows earlier versions left at
 /// zero go with the sweeper, a batch at a time: see `Emptied::after_open`.)
 ///
-/// With `keys`, the keys' rows too (`oauthd serve`'s open: an index-only count through
-/// `states_created_by`): a key's count left too high (rows deleted by hand, a database
-/// recovered with `sqlite3 .recover`) would refuse that key's creates for good.
+/// With `keys`, the keys' and the namespaces' rows too (`oauthd serve`'s open: index-only
+/// counts through `states_created_by` and `states_namespace_expires`): a count left too
+/// high (rows deleted by hand, a database recovered with `sqlite3 .recover`) would refuse
+/// that key's or that namespace's creates for good.
 pub fn recount_totals(conn: &Connection, keys: bool) -> rusqlite::Result<()> {
     conn.execute_batch(&format!(
         "BEGIN IMMEDIATE;
@@ -187,6 +188,10 @@ pub fn recount_totals(conn: &Connection, keys: bool) -> rusqlite::Result<()> {
              INSERT INTO namespace_counts (namespace, live)
                  SELECT '{BY_KEY}' || created_by, count(*) FROM states
                  WHERE created_by IS NOT NULL GROUP BY created_by;
+             DELETE FROM namespace_counts WHERE substr(namespace, 1, 1) <> '*';
+             INSERT INTO namespace_counts (namespace, live)
+                 SELECT namespace, count(*) FROM states INDEXED BY states_namespace_expires
+                 GROUP BY namespace;
              COMMIT;"
         ))?;
     }

@@ -52,6 +52,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../sql/0016_key_last_used.sql"),
     include_str!("../../../sql/0017_device_flow_error.sql"),
     include_str!("../../../sql/0018_states_by_key.sql"),
+    include_str!("../../../sql/0019_states_by_namespace.sql"),
 ];
 
 /// How often, and how far apart, a stop tries to merge the -wal into the database file.

@@ -747,18 +747,10 @@ fn trim_tombstones(conn: &Tx, max_tombstones: i64, limit: i64) -> rusqlite::Resu
 /// Expired states one insert at a cap moves aside at most.
 const RETIRE_AT_ONCE: i64 = 1000;
 
-/// Expired states (the first to expire, of every namespace) one insert at its namespace's
-/// cap looks through for the namespace's: the rest are the sweeper's, which goes through
-/// them in the same order. Without a bound, each create refused at a full namespace read
-/// every expired state not yet swept (a backlog after an outage: a million) while holding
-/// the writer.
-const RETIRE_LOOKS_AT: i64 = 10_000;
-
 /// Which expired states an insert at a cap moves aside.
 #[derive(Debug, Clone, Copy)]
 enum Retire<'a> {
-    /// The `RETIRE_AT_ONCE` of a namespace's that expired first, among the
-    /// `RETIRE_LOOKS_AT` that expired first in all.
+    /// The `RETIRE_AT_ONCE` of a namespace's that expired first.
     OfNamespace(&'a str),
     /// The `RETIRE_AT_ONCE` of an API key's that expired first.
     OfKey(&'a str),
@@ -782,16 +774,12 @@ fn retire_expired(
             Retire::OfNamespace(ns) => conn
                 .prepare_cached(
                     "DELETE FROM states WHERE key_hash IN
-                     (SELECT key_hash FROM
-                       (SELECT key_hash, namespace FROM states WHERE expires_at <= ?1
-                        ORDER BY expires_at LIMIT ?4)
-                      WHERE namespace = ?2 LIMIT ?3)
+                     (SELECT key_hash FROM states INDEXED BY states_namespace_expires
+                      WHERE namespace = ?2 AND expires_at <= ?1
+                      ORDER BY expires_at LIMIT ?3)
                      RETURNING key_hash, namespace, expires_at, created_by",
                 )?
-                .query_map(
-                    params![rules.now_ms, ns, RETIRE_AT_ONCE, RETIRE_LOOKS_AT],
-                    expired_row,
-                )?
+                .query_map(params![rules.now_ms, ns, RETIRE_AT_ONCE], expired_row)?
                 .collect::<rusqlite::Result<_>>()?,
             Retire::OfKey(by) => conn
                 .prepare_cached(
