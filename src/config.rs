@@ -1661,7 +1661,8 @@ mod tests {
         let both =
             "[states]\nmax_attempts = 4\n[states.namespaces.\"2fa\"]\nmax_attempts_ceiling = 10";
         assert_eq!(rule(both, "2fa").ok(), Some((4, 10)));
-        let lower = "[states]\nmax_attempts = 8\n[states.namespaces.\"2fa\"]\nmax_attempts_ceiling = 3";
+        let lower =
+            "[states]\nmax_attempts = 8\n[states.namespaces.\"2fa\"]\nmax_attempts_ceiling = 3";
         assert_eq!(rule(lower, "2fa").ok(), Some((3, 3)));
         assert!(rule("[states]\nmax_attempts = 0", "a").is_err());
         // A default set above its ceiling is refused, naming both.

@@ -347,7 +347,7 @@ async fn shared_grant_confirmed(
     say!(
         "{} {verb} the same account at {provider} as {provider}/{account}: at many providers \
          they share one grant, which revoking {provider}/{account}'s tokens ends ({them} then \
-         need reconnecting).",
+         need connecting again).",
         names.join(", ")
     );
     // A script is not asked, and does not go on: a delete meant for one connection

@@ -48,6 +48,7 @@ pub(super) fn copy(settings: Settings, to: &str, to_prefix: Option<String>) -> R
             2,
         ));
     }
+    refuse_a_key_that_does_not_open(&settings, &source)?;
     let key = KeyPlan::for_destination(&settings, &destination)?;
     let into = open_store(&destination, Missing::CopyInto)?;
     rt.block_on(async {
@@ -81,6 +82,61 @@ pub(super) fn copy(settings: Settings, to: &str, to_prefix: Option<String>) -> R
         source.as_ref(),
         into.describe(),
         &clock,
+    ))
+}
+
+/// Refuses a copy run with a vault key that does not open the source's tokens (a key
+/// made for the new store before the move, `OAUTHD_KEY_FILE` pointing at it): the copy
+/// went ahead, said to serve it with that key, which could not, and marked the source as
+/// copied, which could then not be served either. Nothing is copied or marked; the key
+/// file beside a SQLite database is named when it opens them. A key that cannot be loaded
+/// at all is left to the copy's own refusal.
+fn refuse_a_key_that_does_not_open(
+    settings: &Settings,
+    source: &Arc<dyn Store>,
+) -> Result<(), Fatal> {
+    let Ok(key_source) = super::key_source(settings) else {
+        return Ok(());
+    };
+    let read_only = match key_source {
+        KeySource::File { path, .. } => KeySource::File {
+            path,
+            create: false,
+        },
+        inline => inline,
+    };
+    let Ok(vault) = crate::vault::VaultHandle::load(read_only.clone()) else {
+        return Ok(());
+    };
+    let known = vault.key_ids();
+    let rows = runtime()?.block_on(source.list_connections())?;
+    let missing = super::missing_key_ids(&rows, &known);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let beside = crate::paths::with_suffix(&settings.db, ".key");
+    let opens = matches!(settings.store, StoreTarget::Sqlite)
+        && std::fs::read_to_string(&beside)
+            .ok()
+            .and_then(|text| crate::vault::key_ids(&text).ok())
+            .is_some_and(|ids| missing.iter().all(|m| ids.contains(m)));
+    let which = if opens {
+        format!(
+            ": the key file beside the database, {}, has it (unset OAUTHD_KEY_FILE and OAUTHD_KEY)",
+            beside.display()
+        )
+    } else {
+        " (the key the store is served with)".to_owned()
+    };
+    Err(Fatal(
+        format!(
+            "{} holds tokens sealed with vault key(s) {}, which the vault key loaded from {} does not have ({}): a copy keeps them sealed as they are, and would serve only with the key that sealed them. Run the copy with that key{which}. Nothing was copied.",
+            source.describe(),
+            missing.join(", "),
+            read_only.describe(),
+            known.join(", ")
+        ),
+        2,
     ))
 }
 

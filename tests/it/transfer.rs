@@ -384,3 +384,50 @@ async fn a_copy_cut_short_by_a_signal_says_what_it_leaves_behind() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("  live states: 20000"), "{text}");
 }
+
+/// A copy run with a vault key that does not open the source's tokens (a key made for the
+/// new store before the move, `OAUTHD_KEY_FILE` naming it) went ahead, said to serve the
+/// copy with that key, which could not, and marked the source as copied, which could then
+/// not be served either. Refused now, nothing copied or marked, naming the key file beside
+/// the database that opens them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_run_with_a_key_that_does_not_open_the_sources_tokens_is_refused() {
+    let home = Home::new();
+    home.write_config(
+        "[providers.gh]\nauthorization_url = \"https://gh.example/authorize\"\n\
+         token_url = \"https://gh.example/token\"\nclient_id = \"cid\"\n",
+    );
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let token = json!({"access_token": "at-1"});
+    let (status, body) = d.put("/v1/connections/gh/me", &key, token).await;
+    assert_eq!(status, 201, "{body}");
+    d.signal_and_wait("TERM");
+    let new_key = home.dir.path().join("new.key");
+    let made = std::process::Command::new(common::BIN)
+        .arg("keygen")
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    std::fs::write(&new_key, &made.stdout).unwrap();
+    let moved = Home::new();
+    let to = moved.db();
+    let out = home
+        .cli_command(&["copy", "--to", to.to_str().unwrap()])
+        .env("OAUTHD_KEY_FILE", &new_key)
+        .output()
+        .unwrap();
+    let text = said(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("holds tokens sealed with vault key(s)")
+            && text.contains(&home.key_file().display().to_string())
+            && text.contains("Nothing was copied."),
+        "{text}"
+    );
+    assert!(!to.exists(), "a database was made");
+    // Run with the key that opens them, the copy goes ahead: the source was not marked.
+    let out = home.cli(&["copy", "--to", to.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(said(&out).contains("  connections: 1"), "{}", said(&out));
+}
