@@ -1152,24 +1152,11 @@ fn ttl_rule(key: &str, values: &NamespaceConfig) -> Result<TtlRule, ConfigError>
             format!("must be between 1 and {MAX_ATTEMPTS_CEILING}"),
         ));
     }
-    if max_attempts == 0 {
-        return Err(invalid(
-            format!("{key}.max_attempts"),
-            format!("must be between 1 and max_attempts_ceiling ({attempts_ceiling})"),
-        ));
-    }
-    if max_attempts > attempts_ceiling {
-        // Left out, a default is never above its table's ceiling.
-        let left_out = if key == "states" {
-            "the lower of 5 and max_attempts_ceiling"
-        } else {
-            "[states]' max_attempts, held to this table's max_attempts_ceiling"
-        };
-        return Err(invalid(
-            format!("{key}.max_attempts"),
-            format!("is {max_attempts}, more than max_attempts_ceiling ({attempts_ceiling}): lower it, or leave it out (then it is {left_out})"),
-        ));
-    }
+    default_fits(
+        key,
+        ("max_attempts", max_attempts.into(), DEFAULT_ATTEMPTS.into()),
+        ("max_attempts_ceiling", attempts_ceiling.into()),
+    )?;
     if !(1..=TTL_CEILING_SECONDS).contains(&max_lifetime) {
         return Err(invalid(
             format!("{key}.max_lifetime_seconds"),
@@ -1188,24 +1175,11 @@ fn ttl_rule(key: &str, values: &NamespaceConfig) -> Result<TtlRule, ConfigError>
             format!("must be between 1 and {TTL_CEILING_SECONDS}"),
         ));
     }
-    if default == 0 {
-        return Err(invalid(
-            format!("{key}.default_ttl_seconds"),
-            format!("must be between 1 and max_ttl_seconds ({max})"),
-        ));
-    }
-    if default > max {
-        // Left out, a default is never above its table's maximum.
-        let left_out = if key == "states" {
-            "the lower of 3600 and max_ttl_seconds"
-        } else {
-            "[states]' default_ttl_seconds, held to this table's max_ttl_seconds"
-        };
-        return Err(invalid(
-            format!("{key}.default_ttl_seconds"),
-            format!("is {default}, more than max_ttl_seconds ({max}): lower it, or leave it out (then it is {left_out})"),
-        ));
-    }
+    default_fits(
+        key,
+        ("default_ttl_seconds", default, DEFAULT_TTL_SECONDS),
+        ("max_ttl_seconds", max),
+    )?;
     let sliding = values.sliding.unwrap_or(false);
     if sliding && default > max_lifetime {
         return Err(invalid(
@@ -1223,6 +1197,34 @@ fn ttl_rule(key: &str, values: &NamespaceConfig) -> Result<TtlRule, ConfigError>
         sliding,
         max_lifetime: Duration::from_secs(max_lifetime),
     })
+}
+
+/// Refuses table `key`'s default (its name, value, and what `[states]` has when nobody
+/// sets it) at 0 or above its limit (name and value). Left out, a default is never above
+/// its table's limit: the error says what it would be.
+fn default_fits(
+    key: &str,
+    (name, value, unset): (&str, u64, u64),
+    (limit_name, limit): (&str, u64),
+) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(invalid(
+            format!("{key}.{name}"),
+            format!("must be between 1 and {limit_name} ({limit})"),
+        ));
+    }
+    if value > limit {
+        let left_out = if key == "states" {
+            format!("the lower of {unset} and {limit_name}")
+        } else {
+            format!("[states]' {name}, held to this table's {limit_name}")
+        };
+        return Err(invalid(
+            format!("{key}.{name}"),
+            format!("is {value}, more than {limit_name} ({limit}): lower it, or leave it out (then it is {left_out})"),
+        ));
+    }
+    Ok(())
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

@@ -307,20 +307,30 @@ async fn a_keys_count_left_wrong_is_counted_afresh_at_the_next_start() {
         429
     );
     d.signal_and_wait("TERM");
-    let out = std::process::Command::new("sqlite3")
-        .arg(home.db())
-        .arg("DELETE FROM states WHERE created_by IS NOT NULL")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    deleted_by_hand(&home, "DELETE FROM states WHERE created_by IS NOT NULL");
     let d = home.start();
     d.create_state(&key, json!({"namespace": "c"})).await;
     d.create_state(&key, json!({"namespace": "d"})).await;
-    let (status, body) = d.post("/v1/states", &key, json!({"namespace": "e"})).await;
+    refused(&d, &key, json!({"namespace": "e"}), "too_many_key_states").await;
+}
+
+/// Runs `sql` on the stopped oauthd's database with `sqlite3`, as an operator would.
+fn deleted_by_hand(home: &Home, sql: &str) {
+    let out = std::process::Command::new("sqlite3")
+        .arg(home.db())
+        .arg(sql)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// The create `body` is refused `429` with `code`.
+async fn refused(d: &common::Daemon, key: &str, body: serde_json::Value, code: &str) {
+    let (status, answer) = d.post("/v1/states", key, body).await;
     assert_eq!(
-        (status, body["code"].as_str()),
-        (429, Some("too_many_key_states")),
-        "{body}"
+        (status, answer["code"].as_str()),
+        (429, Some(code)),
+        "{answer}"
     );
 }
 
@@ -336,21 +346,11 @@ async fn a_namespaces_count_left_wrong_is_counted_afresh_at_the_next_start() {
     d.create_state(&key, json!({"namespace": "a"})).await;
     d.create_state(&key, json!({"namespace": "b"})).await;
     d.signal_and_wait("TERM");
-    let out = std::process::Command::new("sqlite3")
-        .arg(home.db())
-        .arg("DELETE FROM states WHERE namespace = 'a'")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    deleted_by_hand(&home, "DELETE FROM states WHERE namespace = 'a'");
     let d = home.start();
     d.create_state(&key, json!({"namespace": "a"})).await;
     d.create_state(&key, json!({"namespace": "a"})).await;
-    let (status, body) = d.post("/v1/states", &key, json!({"namespace": "a"})).await;
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (429, Some("too_many_states")),
-        "{body}"
-    );
+    refused(&d, &key, json!({"namespace": "a"}), "too_many_states").await;
     d.signal_and_wait("TERM");
     // Each namespace's count is its rows: "b" kept its one.
     let db = home.db();
