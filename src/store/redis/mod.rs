@@ -824,7 +824,8 @@ fn classify(context: &'static str, e: &redis::RedisError) -> StoreError {
         Some("NOAUTH") => StoreError::unavailable(
             context,
             "Redis asks for a password and none was given: set OAUTHD_REDIS_PASSWORD (or \
-             OAUTHD_REDIS_PASSWORD_FILE) for this command too, or put it in the store's URL",
+             OAUTHD_REDIS_PASSWORD_FILE) where oauthd runs (the daemon's environment, and each \
+             command's), or put it in the store's URL",
         ),
         Some("WRONGPASS") => StoreError::unavailable(context, format!("Redis {WRONG_PASSWORD}")),
         _ => StoreError::unavailable(context, e),
