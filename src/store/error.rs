@@ -21,6 +21,10 @@ pub enum StoreError {
     /// The store's server did not answer: `why` is for the log (an I/O error, a timeout).
     #[error("{context}: Redis is unreachable ({why})")]
     Unreachable { context: &'static str, why: String },
+    /// Redis refused oauthd's password, or asks for one it was not given: `why`, what to
+    /// set, is for the log.
+    #[error("{context}: {why}")]
+    PasswordRefused { context: &'static str, why: String },
     #[error("{context}: {message}")]
     Unavailable {
         context: &'static str,
@@ -39,7 +43,8 @@ impl StoreError {
     }
 
     /// What is told to whoever called over HTTP, who may not be the operator: the fixed
-    /// texts (locked, full, read-only, out of memory, unreachable) as they are; an
+    /// texts (locked, full, read-only, out of memory, unreachable, a password refused) as
+    /// they are; an
     /// unexpected fault's own message, which may name a file, an address or a setting,
     /// only in oauthd's log.
     pub fn for_callers(&self) -> String {
@@ -57,6 +62,10 @@ impl StoreError {
             StoreError::Unreachable { context, why } => {
                 log_unavailable(context, &format!("Redis is unreachable ({why})"));
                 format!("{context}: Redis is unreachable; oauthd's log says why")
+            }
+            StoreError::PasswordRefused { context, why } => {
+                log_unavailable(context, why);
+                format!("{context}: Redis refused oauthd's password, or asks for one it was not given; oauthd's log says what to set")
             }
             other => other.to_string(),
         }

@@ -671,6 +671,34 @@ mod shared {
         }
         let refused = refused.expect("no 503 while Redis refused the password");
         assert_eq!(refused["code"], "storage_unavailable", "{refused}");
+        // Said as such, to callers and on /readyz (not only "did not answer"), without the
+        // password or where it goes; the log says what to set.
+        let said = "Redis refused oauthd's password, or asks for one it was not given";
+        let mut last = refused.clone();
+        for _ in 0..50 {
+            if last["detail"].as_str().unwrap_or_default().contains(said) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            last = d.post("/v1/states", &key, json!({"namespace": NS})).await.1;
+        }
+        assert!(
+            last["detail"].as_str().unwrap_or_default().contains(said),
+            "{last}\n{}",
+            home.log_text()
+        );
+        let ready = d.get_raw("/readyz", None).await;
+        assert_eq!(ready.status(), 503);
+        let text = ready.text().await.unwrap();
+        assert!(
+            text.contains(said) && !text.contains("another-one") && !text.contains(password),
+            "{text}"
+        );
+        assert!(
+            home.log_text().contains("refused the password"),
+            "{}",
+            home.log_text()
+        );
         assert_eq!(
             as_admin("another-one", &format!("CONFIG SET requirepass {password}")).as_deref(),
             Some("+OK")

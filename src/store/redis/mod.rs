@@ -821,13 +821,19 @@ fn classify(context: &'static str, e: &redis::RedisError) -> StoreError {
             context,
             "Redis refuses writes because it cannot save to disk (MISCONF)",
         ),
-        Some("NOAUTH") => StoreError::unavailable(
+        Some("NOAUTH") => StoreError::PasswordRefused {
             context,
-            "Redis asks for a password and none was given: set OAUTHD_REDIS_PASSWORD (or \
-             OAUTHD_REDIS_PASSWORD_FILE) where oauthd runs (the daemon's environment, and each \
-             command's), or put it in the store's URL",
-        ),
-        Some("WRONGPASS") => StoreError::unavailable(context, format!("Redis {WRONG_PASSWORD}")),
+            why: "Redis asks for a password and none was given: set OAUTHD_REDIS_PASSWORD (or \
+                  OAUTHD_REDIS_PASSWORD_FILE) where oauthd runs (the daemon's environment, and \
+                  each command's), or put it in the store's URL"
+                .into(),
+        },
+        _ if e.kind() == redis::ErrorKind::AuthenticationFailed || e.code() == Some("WRONGPASS") => {
+            StoreError::PasswordRefused {
+                context,
+                why: format!("Redis {WRONG_PASSWORD}"),
+            }
+        }
         _ => StoreError::unavailable(context, e),
     }
 }
