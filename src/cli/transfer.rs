@@ -109,17 +109,34 @@ fn refuse_a_key_that_does_not_open(
         return Ok(());
     };
     let known = vault.key_ids();
-    let rows = runtime()?.block_on(source.list_connections())?;
-    let missing = super::missing_key_ids(&rows, &known);
+    // The keys the copy carries sealed values of: its connections' tokens (every row, as
+    // the copy reads them) and its live states' data.
+    let rt = runtime()?;
+    let mut used: std::collections::BTreeSet<String> = rt
+        .block_on(source.list_all_connections())?
+        .iter()
+        .filter_map(|row| crate::vault::sealed_key_id(&row.access_token))
+        .collect();
+    let now_ms = Clock::system().now_ms();
+    used.extend(
+        rt.block_on(crate::states::data_keys(source.as_ref(), now_ms))?
+            .into_keys(),
+    );
+    let missing: Vec<&str> = used
+        .iter()
+        .filter(|id| !known.contains(*id))
+        .map(String::as_str)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
+    // Named only when it opens everything the copy carries.
     let beside = crate::paths::with_suffix(&settings.db, ".key");
     let opens = matches!(settings.store, StoreTarget::Sqlite)
         && std::fs::read_to_string(&beside)
             .ok()
             .and_then(|text| crate::vault::key_ids(&text).ok())
-            .is_some_and(|ids| missing.iter().all(|m| ids.contains(m)));
+            .is_some_and(|ids| used.iter().all(|u| ids.contains(u)));
     let which = if opens {
         format!(
             ": the key file beside the database, {}, has it (unset OAUTHD_KEY_FILE and OAUTHD_KEY)",
@@ -130,7 +147,7 @@ fn refuse_a_key_that_does_not_open(
     };
     Err(Fatal(
         format!(
-            "{} holds tokens sealed with vault key(s) {}, which the vault key loaded from {} does not have ({}): a copy keeps them sealed as they are, and would serve only with the key that sealed them. Run the copy with that key{which}. Nothing was copied.",
+            "{} holds tokens or live states' data sealed with vault key(s) {}, which the vault key loaded from {} does not have ({}): a copy keeps them sealed as they are, and would serve only with the key that sealed them. Run the copy with that key{which}. Nothing was copied.",
             source.describe(),
             missing.join(", "),
             read_only.describe(),

@@ -44,9 +44,8 @@ impl StoreError {
 
     /// What is told to whoever called over HTTP, who may not be the operator: the fixed
     /// texts (locked, full, read-only, out of memory, unreachable, a password refused) as
-    /// they are; an
-    /// unexpected fault's own message, which may name a file, an address or a setting,
-    /// only in oauthd's log.
+    /// they are; an unexpected fault's own message, which may name a file, an address or a
+    /// setting, only in oauthd's log.
     pub fn for_callers(&self) -> String {
         match self {
             StoreError::Unavailable { context, message } => {

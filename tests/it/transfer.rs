@@ -420,7 +420,7 @@ async fn a_copy_run_with_a_key_that_does_not_open_the_sources_tokens_is_refused(
     let text = said(&out);
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(
-        text.contains("holds tokens sealed with vault key(s)")
+        text.contains("holds tokens or live states' data sealed with vault key(s)")
             && text.contains(&home.key_file().display().to_string())
             && text.contains("Nothing was copied."),
         "{text}"
@@ -430,4 +430,27 @@ async fn a_copy_run_with_a_key_that_does_not_open_the_sources_tokens_is_refused(
     let out = home.cli(&["copy", "--to", to.to_str().unwrap()]);
     assert!(out.status.success(), "{}", said(&out));
     assert!(said(&out).contains("  connections: 1"), "{}", said(&out));
+
+    // A store with no connection, only a live state whose data is sealed: the same.
+    let states_only = Home::new();
+    let key = states_only.create_key("app", &[]);
+    let d = states_only.start();
+    d.create_state(&key, json!({"namespace": NS, "data": {"return_to": "/x"}}))
+        .await;
+    d.signal_and_wait("TERM");
+    let moved = Home::new();
+    let to = moved.db();
+    let out = states_only
+        .cli_command(&["copy", "--to", to.to_str().unwrap()])
+        .env("OAUTHD_KEY_FILE", &new_key)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+    assert!(
+        said(&out).contains("sealed with vault key(s)")
+            && said(&out).contains("Nothing was copied."),
+        "{}",
+        said(&out)
+    );
+    assert!(!to.exists(), "a database was made");
 }
