@@ -10,9 +10,12 @@ mod admin;
 mod connections;
 pub mod copy;
 mod device;
+mod file_reads;
 mod keys;
 mod live_counts;
+mod open_error;
 mod outbox;
+mod schema;
 mod serving;
 mod states;
 pub mod tokens_since;
@@ -32,28 +35,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use writer::Writer;
 
-/// Numbered schema files, applied in order; `PRAGMA user_version` holds the last applied.
-const MIGRATIONS: &[&str] = &[
-    include_str!("../../../sql/0001_init.sql"),
-    include_str!("../../../sql/0002_broker.sql"),
-    include_str!("../../../sql/0003_device.sql"),
-    include_str!("../../../sql/0004_namespace_counts.sql"),
-    include_str!("../../../sql/0005_identity_and_starters.sql"),
-    include_str!("../../../sql/0006_state_kinds.sql"),
-    include_str!("../../../sql/0007_outbox.sql"),
-    include_str!("../../../sql/0008_counts_by_the_writer.sql"),
-    include_str!("../../../sql/0009_store_totals.sql"),
-    include_str!("../../../sql/0010_meta.sql"),
-    include_str!("../../../sql/0011_delivery_retried_by_hand.sql"),
-    include_str!("../../../sql/0012_deliveries_by_target.sql"),
-    include_str!("../../../sql/0013_gone_targets.sql"),
-    include_str!("../../../sql/0014_delivery_outcomes_by_target.sql"),
-    include_str!("../../../sql/0015_lease_takeover_noted.sql"),
-    include_str!("../../../sql/0016_key_last_used.sql"),
-    include_str!("../../../sql/0017_device_flow_error.sql"),
-    include_str!("../../../sql/0018_states_by_key.sql"),
-    include_str!("../../../sql/0019_states_by_namespace.sql"),
-];
+pub(super) use file_reads::open_unchanged;
+pub use file_reads::{backup_mark, copied_to_mark, state_data_heads, token_key_ids, BackupMark};
+use open_error::check_parent;
+pub use open_error::OpenError;
+pub use schema::schema_versions;
+use schema::{check_schema_read_only, migrate, oauthds_version, MIGRATIONS};
 
 /// How often, and how far apart, a stop tries to merge the -wal into the database file.
 const STOP_MERGE_TRIES: u32 = 20;
@@ -84,86 +71,6 @@ impl Durability {
             Durability::Normal => "NORMAL",
             Durability::Full => "FULL",
         }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    #[error("cannot create database {path}: its directory {dir} does not exist (create it first, e.g. `mkdir -p {dir}`)")]
-    NoParent { path: PathBuf, dir: PathBuf },
-    #[error("cannot create database {path}: {dir} is not a directory")]
-    ParentNotDir { path: PathBuf, dir: PathBuf },
-    #[error("database {path} is a directory: --db (OAUTHD_DB, `db`) names the database file in it, e.g. {}", path.join("oauthd.db").display())]
-    IsDirectory { path: PathBuf },
-    #[error("{path} is not an SQLite database: --db (OAUTHD_DB, `db`) names oauthd's database file; a config file goes with --config")]
-    NotADatabase { path: PathBuf },
-    #[error("{path} is an SQLite database, but not oauthd's (it holds {tables} and no oauthd schema): --db (OAUTHD_DB, `db`) names oauthd's own database file; nothing was changed in it")]
-    Foreign { path: PathBuf, tables: String },
-    #[error("{path} holds oauthd's tables but no schema version (SQLite's user_version is 0, as in a copy restored from `sqlite3 .dump`, which does not carry it), and its schema is not one any oauthd schema version makes, so it cannot be upgraded safely: restore a copy made with `oauthd backup` (or the database file itself, with its -wal file); nothing was changed in it")]
-    Unversioned { path: PathBuf },
-    #[error("database {path} is in WAL mode but holds no tables, and no {path}-wal is beside it: oauthd's data is in that -wal file, left behind when the database was moved or copied after oauthd stopped without a clean stop. Put the -wal file (and the -shm file) beside it and start again; to start afresh instead, delete {path}. Nothing was changed in it")]
-    WalLeftBehind { path: PathBuf },
-    #[error("database {path} was copied or moved without {path}-wal while oauthd served it (pid {pid}, since {since}) or after oauthd was killed: what oauthd wrote since its last checkpoint is in that -wal file, and this file alone is the database as it was then. Put the -wal file (and the -shm file) beside it and start again; copy a database that is served with `oauthd backup`. A whole copy made while it was served (`sqlite3 .backup`, `VACUUM INTO`) has no -wal file either, and is refused the same way; take it as it is as below. If the -wal file is lost, take this older copy as it is: move it aside and restore it, `mv {0} {0}.older && oauthd restore --db {0} --create {0}.older`. Nothing was changed in it", crate::paths::shell_word(path))]
-    CopiedWithoutWal {
-        path: PathBuf,
-        pid: String,
-        since: String,
-    },
-    #[error("database {path} does not exist, but its -wal file does ({bytes} bytes): the database was deleted or moved without it, and a new database made here would discard it. Put the database file back beside it, or restore a copy (`oauthd restore --db {} --create COPY`); to start afresh instead, move the -wal and -shm files aside. Nothing was changed", crate::paths::shell_word(path))]
-    WalWithoutDatabase { path: PathBuf, bytes: u64 },
-    #[error("database {path} is damaged ({message}): restore the last copy (`oauthd restore`, with oauthd stopped), or save what SQLite still reads with `sqlite3 {path} .recover`; nothing was changed in it")]
-    Damaged { path: PathBuf, message: String },
-    #[error("cannot open database {path}: {message} ({hint})")]
-    Open {
-        path: PathBuf,
-        message: String,
-        hint: String,
-    },
-    #[error("database {path} has schema version {found}, newer than this oauthd understands ({known}): run a newer oauthd")]
-    TooNew {
-        path: PathBuf,
-        found: i64,
-        known: i64,
-    },
-    #[error("database {path} has schema version {found}; this oauthd uses {known} and upgrades it when `oauthd serve` starts (back it up first: an older oauthd refuses it once upgraded). Start the new oauthd first, or run this command with the oauthd that serves the database")]
-    Older {
-        path: PathBuf,
-        found: i64,
-        known: i64,
-    },
-    #[error("database {path} is read-only for this user and needs schema version {known} (it has {found}): make it, its -wal and -shm files and its directory writable, then start again")]
-    ReadOnlyNeedsMigration {
-        path: PathBuf,
-        found: i64,
-        known: i64,
-    },
-    #[error("cannot migrate database {path} to schema version {version}: {message}")]
-    Migrate {
-        path: PathBuf,
-        version: usize,
-        message: String,
-    },
-}
-
-impl OpenError {
-    /// The path or the file's version can never work as configured: trying again later
-    /// will not help (a file that cannot be opened now, or migrated, may be later).
-    pub fn is_configuration(&self) -> bool {
-        matches!(
-            self,
-            OpenError::NoParent { .. }
-                | OpenError::ParentNotDir { .. }
-                | OpenError::IsDirectory { .. }
-                | OpenError::NotADatabase { .. }
-                | OpenError::Damaged { .. }
-                | OpenError::WalLeftBehind { .. }
-                | OpenError::CopiedWithoutWal { .. }
-                | OpenError::WalWithoutDatabase { .. }
-                | OpenError::Foreign { .. }
-                | OpenError::Unversioned { .. }
-                | OpenError::TooNew { .. }
-                | OpenError::Older { .. }
-        )
     }
 }
 
@@ -198,220 +105,6 @@ fn in_wal_mode(path: &Path) -> bool {
 pub enum Upgrade {
     Allowed,
     Refused,
-}
-
-/// A copy `oauthd backup` made: of which database, and when (unix ms). Kept in the copy's
-/// `meta` as `backup_of` (`<ms> <path>`), taken out by `oauthd restore`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackupMark {
-    pub made_at_ms: i64,
-    pub of: String,
-}
-
-impl BackupMark {
-    pub(crate) const NAME: &'static str = "backup_of";
-
-    pub(crate) fn to_text(&self) -> String {
-        format!("{} {}", self.made_at_ms, self.of)
-    }
-
-    /// The mark the database `conn` holds, if any.
-    pub(crate) fn read(conn: &Connection) -> rusqlite::Result<Option<BackupMark>> {
-        if !has_table(conn, "meta")? {
-            return Ok(None);
-        }
-        let text: Option<String> = conn
-            .query_row(
-                "SELECT value FROM meta WHERE name = ?1",
-                [BackupMark::NAME],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(text.and_then(|text| BackupMark::from_text(&text)))
-    }
-
-    fn from_text(text: &str) -> Option<BackupMark> {
-        let (ms, of) = text.split_once(' ')?;
-        Some(BackupMark {
-            made_at_ms: ms.parse().ok()?,
-            of: of.to_owned(),
-        })
-    }
-}
-
-/// The mark of a copy `oauthd backup` made, if the database at `path` is one; read without
-/// changing anything (a database of a schema before `meta` holds none).
-pub fn backup_mark(path: &Path) -> Result<Option<BackupMark>, OpenError> {
-    let conn = open_unchanged(path)?;
-    BackupMark::read(&conn).map_err(|e| OpenError::open(path, &e))
-}
-
-/// The mark `oauthd copy` left in the database at `path` if it was copied from (see
-/// `TransferStore::copied_to`); read without changing anything.
-pub fn copied_to_mark(path: &Path) -> Result<Option<String>, OpenError> {
-    let conn = open_unchanged(path)?;
-    if !has_table(&conn, "meta").map_err(|e| OpenError::open(path, &e))? {
-        return Ok(None);
-    }
-    conn.query_row("SELECT value FROM meta WHERE name = 'copied_to'", [], |r| {
-        r.get(0)
-    })
-    .optional()
-    .map_err(|e| OpenError::open(path, &e))
-}
-
-/// The ids of the vault keys the tokens in the database at `path`, and the codes of its
-/// device flows pending at `now_ms`, were sealed with, each once; read without changing
-/// anything (no -wal or -shm file is made beside it).
-pub fn token_key_ids(path: &Path, now_ms: i64) -> Result<Vec<String>, OpenError> {
-    let conn = open_unchanged(path)?;
-    let read = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> rusqlite::Result<Vec<Vec<u8>>> {
-        conn.prepare(sql)?
-            .query_map(params, |r| r.get(0))?
-            .collect()
-    };
-    let mut sealed = read(
-        "SELECT access_token FROM connections
-         UNION ALL SELECT refresh_token FROM connections WHERE refresh_token IS NOT NULL",
-        &[],
-    )
-    .map_err(|e| OpenError::open(path, &e))?;
-    // Pending device flows' codes, in a database of a schema that has them.
-    if has_table(&conn, "device_flows").map_err(|e| OpenError::open(path, &e))? {
-        let pending = read(
-            "SELECT device_code FROM device_flows WHERE status = 'pending' AND expires_at > ?1",
-            &[&now_ms],
-        );
-        sealed.extend(pending.map_err(|e| OpenError::open(path, &e))?);
-    }
-    let mut ids: Vec<String> = sealed
-        .iter()
-        .filter_map(|sealed| crate::vault::sealed_key_id(sealed))
-        .collect();
-    ids.sort();
-    ids.dedup();
-    Ok(ids)
-}
-
-/// The first `chars` characters of the data of the states live at `now_ms` in the
-/// database at `path`, each with how many states' data begins so; read without changing
-/// anything.
-pub fn state_data_heads(
-    path: &Path,
-    now_ms: i64,
-    chars: usize,
-) -> Result<Vec<(String, u64)>, OpenError> {
-    let conn = open_unchanged(path)?;
-    let chars = i64::try_from(chars).unwrap_or(i64::MAX);
-    let read = || -> rusqlite::Result<Vec<(String, u64)>> {
-        conn.prepare(
-            "SELECT substr(data, 1, ?2), count(*) FROM states
-             WHERE expires_at > ?1 AND data IS NOT NULL GROUP BY 1",
-        )?
-        .query_map(rusqlite::params![now_ms, chars], |r| {
-            Ok((r.get(0)?, r.get::<_, i64>(1)?.try_into().unwrap_or(0)))
-        })?
-        .collect()
-    };
-    read().map_err(|e| OpenError::open(path, &e))
-}
-
-/// The database at `path`, opened to read without changing anything.
-pub(super) fn open_unchanged(path: &Path) -> Result<Connection, OpenError> {
-    // Without a journal beside it, read as `immutable`: opened read-only as it is, a database
-    // in WAL mode gets -wal and -shm files that stay, and the open after this one would
-    // no longer see that it came without its -wal (`OpenError::CopiedWithoutWal`).
-    let journal = ["-wal", "-journal"]
-        .iter()
-        .any(|suffix| beside(path, suffix).exists());
-    if journal {
-        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-    } else {
-        let uri = file_uri(path, "immutable=1").map_err(|e| OpenError::open(path, &e))?;
-        Connection::open_with_flags(
-            uri,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
-        )
-    }
-    .map_err(|e| OpenError::open(path, &e))
-}
-
-/// The schema version of the database at `path`, and the one this oauthd uses; read
-/// without changing anything.
-pub fn schema_versions(path: &Path) -> Result<(i64, i64), OpenError> {
-    let conn = open_unchanged(path)?;
-    let found = oauthds_version(&conn, path, |e| OpenError::open(path, &e))?;
-    Ok((found.number, MIGRATIONS.len() as i64))
-}
-
-/// oauthd's schema version of a database, and whether the file says so (`user_version`).
-#[derive(Debug, Clone, Copy)]
-struct Version {
-    number: i64,
-    marked: bool,
-}
-
-/// The schema version of oauthd's database on `conn` (0 for an empty one, which oauthd
-/// makes its own), or `Foreign` for another application's. oauthd sets its schema version
-/// in the same transaction as each schema file, and its first makes `states` (keyed by
-/// `key_hash`), `expired_states` and `api_keys`: tables without a version, or a version
-/// without those, are not oauthd's (Home Assistant's recorder has a `states` table too).
-/// oauthd's tables without a version are a copy that lost it (`sqlite3 .dump`): their
-/// version is the one whose schema they hold exactly, else `Unversioned`.
-/// Checked before anything is written, the switch to WAL mode included.
-fn oauthds_version(
-    conn: &Connection,
-    path: &Path,
-    sqlite_err: impl Fn(rusqlite::Error) -> OpenError,
-) -> Result<Version, OpenError> {
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(&sqlite_err)?;
-    let tables: Vec<String> = conn
-        .prepare(
-            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite%'
-             ORDER BY name",
-        )
-        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-        .map_err(&sqlite_err)?;
-    let marked = |number| Version {
-        number,
-        marked: true,
-    };
-    if tables.is_empty() && version == 0 {
-        return Ok(marked(0));
-    }
-    let has = |name: &str| tables.iter().any(|t| t == name);
-    let keyed = conn
-        .prepare("SELECT 1 FROM pragma_table_info('states') WHERE name = 'key_hash'")
-        .and_then(|mut s| s.exists([]))
-        .map_err(&sqlite_err)?;
-    let oauthds = keyed && has("expired_states") && has("api_keys");
-    if version > 0 && oauthds {
-        return Ok(marked(version));
-    }
-    if version == 0 && oauthds {
-        return match unmarked::version_of_schema(conn, MIGRATIONS).map_err(&sqlite_err)? {
-            Some(number) => Ok(Version {
-                number,
-                marked: false,
-            }),
-            None => Err(OpenError::Unversioned {
-                path: path.to_owned(),
-            }),
-        };
-    }
-    let mut shown: Vec<String> = tables.iter().take(5).map(|t| format!("{t:?}")).collect();
-    if tables.len() > 5 {
-        shown.push(format!("{} more", tables.len() - 5));
-    }
-    Err(OpenError::Foreign {
-        path: path.to_owned(),
-        tables: match shown.len() {
-            0 => format!("schema version {version}"),
-            _ => format!("the tables {}", shown.join(", ")),
-        },
-    })
 }
 
 pub struct SqliteStore {
@@ -970,49 +663,6 @@ fn tune(conn: &Connection, durability: Durability) -> rusqlite::Result<()> {
 /// The size a -wal file is brought back to when it restarts (`journal_size_limit`).
 const WAL_SIZE_LIMIT: i64 = 8 << 20;
 
-impl OpenError {
-    fn open(path: &Path, e: &dyn std::fmt::Display) -> OpenError {
-        OpenError::Open {
-            path: path.to_owned(),
-            message: e.to_string(),
-            hint: write_hint(path),
-        }
-    }
-}
-
-/// Why the database may not open, as far as the filesystem tells: whom it belongs to and
-/// who asks, where this user may not read it or write it.
-fn write_hint(path: &Path) -> String {
-    use std::io::ErrorKind;
-    let may_not = |what: &str| match crate::paths::ownership(path) {
-        Some(whose) => format!("{whose}, who may not {what}"),
-        None => format!("this user may not {what}"),
-    };
-    if std::fs::File::open(path).is_err_and(|e| e.kind() == ErrorKind::PermissionDenied) {
-        return format!(
-            "{}: run oauthd as its owner, or chown the file (and its -wal and -shm files) to the user oauthd runs as (`oauthd backup` and `restore` make files of mode 600)",
-            may_not("read it")
-        );
-    }
-    match std::fs::OpenOptions::new().read(true).write(true).open(path) {
-        Err(e) if e.kind() == ErrorKind::ReadOnlyFilesystem => {
-            "its filesystem is read-only, and SQLite cannot create the -wal and -shm files it needs there".into()
-        }
-        Err(e) if e.kind() == ErrorKind::PermissionDenied => format!(
-            "{}: chown the file and its directory to the user oauthd runs as",
-            may_not("write it nor create its -wal and -shm files in its directory")
-        ),
-        _ => match free_bytes(path) {
-            // SQLite needs room for its -wal and -shm files to open the database at all.
-            Some(free) if free < 1024 * 1024 => format!(
-                "the filesystem holding it is full ({} KiB free): make room, and oauthd opens it",
-                free / 1024
-            ),
-            _ => "is the file and its directory writable by this user?".into(),
-        },
-    }
-}
-
 /// `path` as an SQLite `file:` URI with `query` (`immutable=1`, `mode=ro`): absolute, and
 /// escaped as a URI path (`%`, `?` and `#` in a name included).
 fn file_uri(path: &Path, query: &str) -> Result<String, String> {
@@ -1025,156 +675,9 @@ fn file_uri(path: &Path, query: &str) -> Result<String, String> {
     Ok(uri.into())
 }
 
-/// Room left for this user on the filesystem holding `path` (its target's, for a link).
-fn free_bytes(path: &Path) -> Option<u64> {
-    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-    let fs = rustix::fs::statvfs(crate::paths::dir_of(&path)).ok()?;
-    Some(fs.f_bavail.saturating_mul(fs.f_frsize))
-}
-
-fn check_parent(path: &Path) -> Result<(), OpenError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => return Ok(()),
-    };
-    // Only a directory that is not there is a configuration error: one that cannot be
-    // looked at now (no permission, a network filesystem not answering) may be later.
-    use std::io::ErrorKind;
-    match std::fs::metadata(dir) {
-        Ok(meta) if meta.is_dir() => Ok(()),
-        Err(e) if e.kind() == ErrorKind::NotFound => Err(OpenError::NoParent {
-            path: path.to_owned(),
-            dir: dir.to_owned(),
-        }),
-        // A file where the path needs a directory.
-        Ok(_) => Err(OpenError::ParentNotDir {
-            path: path.to_owned(),
-            dir: dir.to_owned(),
-        }),
-        Err(e) if e.kind() == ErrorKind::NotADirectory => Err(OpenError::ParentNotDir {
-            path: path.to_owned(),
-            dir: dir.to_owned(),
-        }),
-        Err(e) => Err(OpenError::open(
-            path,
-            &format!("its directory {}: {e}", dir.display()),
-        )),
-    }
-}
-
-/// On a database this process cannot write: fine when no schema change is pending.
-fn check_schema_read_only(found: i64, path: &Path) -> Result<(), OpenError> {
-    let known = MIGRATIONS.len() as i64;
-    if found > known {
-        return Err(OpenError::TooNew {
-            path: path.to_owned(),
-            found,
-            known,
-        });
-    }
-    if found < known {
-        return Err(OpenError::ReadOnlyNeedsMigration {
-            path: path.to_owned(),
-            found,
-            known,
-        });
-    }
-    log::error!(
-        "database {} is read-only for this process (read-only filesystem, or the file, its \
-         -wal and -shm files or its directory not writable by this user): reads work, writes \
-         fail until it can be written (oauthd serve answers them 503 and tries again at each \
-         write or /readyz, at most once a second)",
-        path.display()
-    );
-    Ok(())
-}
-
 /// How long the count of states at a terminal command's open waits for another process's
 /// write lock.
 const RECOUNT_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
-
-fn migrate(conn: &mut Connection, path: &Path) -> Result<(), OpenError> {
-    let known = MIGRATIONS.len() as i64;
-    // A schema up to date needs no write lock: a start or a command goes on while another
-    // process holds it (an sqlite3 shell left in a transaction), which the writer then
-    // says, rather than failing here as a migration.
-    let found: Option<i64> = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .ok();
-    match found {
-        Some(found) if found == known => return Ok(()),
-        Some(found) if found > known => {
-            return Err(OpenError::TooNew {
-                path: path.to_owned(),
-                found,
-                known,
-            })
-        }
-        _ => {}
-    }
-    // The versions applied, first and last: said in one line when all went well.
-    let mut applied: Option<(usize, usize)> = None;
-    for (index, sql) in MIGRATIONS.iter().enumerate() {
-        let version = index + 1;
-        let fail = |e: rusqlite::Error| match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
-                OpenError::Migrate {
-                    path: path.to_owned(),
-                    version,
-                    message: "another process holds the database's write lock (an sqlite3 \
-                              shell left in a transaction, a copy tool); its schema needs \
-                              upgrading, which waits for it to let go: end that process's \
-                              transaction and start again"
-                        .to_owned(),
-                }
-            }
-            _ => OpenError::Migrate {
-                path: path.to_owned(),
-                version,
-                message: e.to_string(),
-            },
-        };
-        // IMMEDIATE: a second process opening the same file waits instead of migrating twice.
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(fail)?;
-        let current: i64 = tx
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(fail)?;
-        if current > known {
-            return Err(OpenError::TooNew {
-                path: path.to_owned(),
-                found: current,
-                known,
-            });
-        }
-        if current >= version as i64 {
-            continue;
-        }
-        tx.execute_batch(sql).map_err(fail)?;
-        tx.pragma_update(None, "user_version", version as i64)
-            .map_err(fail)?;
-        tx.commit().map_err(fail)?;
-        log::debug!(
-            "database {}: applied schema version {version}",
-            path.display()
-        );
-        applied = Some((applied.map_or(version, |(first, _)| first), version));
-    }
-    match applied {
-        Some((1, last)) => log::info!(
-            "database {}: made its schema (version {last})",
-            path.display()
-        ),
-        Some((first, last)) => log::info!(
-            "database {}: upgraded its schema from version {} to {last}",
-            path.display(),
-            first - 1
-        ),
-        None => {}
-    }
-    Ok(())
-}
 
 /// Maps a SQLite error to the storage error the HTTP layer turns into a 503.
 /// Set when SQLite first finds the database damaged, at any read or write: a damaged file
