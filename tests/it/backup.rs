@@ -553,6 +553,53 @@ async fn a_database_file_copied_without_its_wal_while_served_is_refused_not_take
     assert!(names.contains("made-before-the-kill"), "{names}");
 }
 
+/// Copied whole, with its `-wal` and `-shm` files (`cp -a`, rsync, a file-level backup
+/// tool), while oauthd serves it: the copy opened without a word (a command on it even
+/// took the original's serving mark out of it), and served beside the original it
+/// refreshed the same connections with the same refresh tokens, which ends them at a
+/// provider that rotates them. Now a command and a start on the copy are refused (exit 2,
+/// nothing changed) naming the original, its oauthd and `oauthd backup`; once that oauthd
+/// stops, the copy opens with everything in it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_copied_whole_while_served_is_refused_until_its_original_stops() {
+    let home = Home::new();
+    home.write_config("");
+    let d = home.start();
+    home.create_key("made-while-serving", &[]);
+    let copy = Home::new();
+    copy.write_config("");
+    for name in [
+        "oauthd.db",
+        "oauthd.db-wal",
+        "oauthd.db-shm",
+        "oauthd.db.key",
+    ] {
+        std::fs::copy(home.dir.path().join(name), copy.dir.path().join(name)).unwrap();
+    }
+    let before = std::fs::read(copy.db()).unwrap();
+    let (code, err) = key_names(&copy).expect_err("a copy of a served database opened");
+    assert_eq!(code, Some(2), "{err}");
+    let original = std::fs::canonicalize(home.db()).unwrap();
+    assert!(
+        err.contains(&format!(
+            "is a copy of {}, which oauthd (pid {}) serves now",
+            original.display(),
+            d.pid()
+        )) && err.contains("oauthd backup"),
+        "{err}"
+    );
+    let (code, err) = copy.refused_start();
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("is a copy of "), "{err}");
+    assert_eq!(std::fs::read(copy.db()).unwrap(), before, "changed it");
+    // The original is not a copy of itself.
+    let names = key_names(&home).expect("the original opens");
+    assert!(names.contains("made-while-serving"), "{names}");
+    d.signal_and_wait("TERM");
+    let names = key_names(&copy).expect("the copy opens once the original stopped");
+    assert!(names.contains("made-while-serving"), "{names}");
+}
+
 /// A clean stop left the database file whole only when oauthd's connections were the last
 /// to close it (SQLite merges the -wal then): with another program holding the file open,
 /// an `sqlite3` shell or a monitoring script, the file alone still lacked what oauthd wrote

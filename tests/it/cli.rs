@@ -258,7 +258,11 @@ fn a_new_database_is_private_to_its_owner() {
     assert!(out.status.success(), "{out:?}");
     // Its schema made, said in one line.
     let said = text(&out.stderr);
-    assert_eq!(said.lines().filter(|l| l.contains("schema")).count(), 1, "{said}");
+    assert_eq!(
+        said.lines().filter(|l| l.contains("schema")).count(),
+        1,
+        "{said}"
+    );
     assert!(said.contains("made its schema (version "), "{said}");
     let mode = std::fs::metadata(home.db()).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "{mode:o}");

@@ -9,6 +9,10 @@
 //! `-wal` beside it, so its writes were merged into the file (a clean stop, an `sqlite3`
 //! shell after a kill).
 //!
+//! A file that holds a mark made in another file still in its place, by a process alive
+//! on this machine, is a copy taken with its `-wal` while that process serves the original:
+//! it is refused as long as the original is served (`OpenError::CopyOfServed`).
+//!
 //! A clean stop removes its process's mark, and those of processes it cannot see alive (a
 //! killed oauthd's, one in another container's PID namespace). A writable open removes the
 //! marks of processes gone, marks made elsewhere (a copy taken with its `-wal`, whole), and
@@ -169,6 +173,49 @@ pub fn without_its_wal(
             return Ok(Some(Served {
                 since_ms,
                 pid: Process::from_mark(&name).map(|p| p.pid),
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// The database a file was copied from while it was served, and the process serving it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Original {
+    pub path: String,
+    pub pid: u32,
+}
+
+/// For the database file at `here`: a mark made in another file (not this one under
+/// another path: another device or inode), by a process alive on this machine, in a file
+/// still at the place the mark names. The file at hand is then a copy, taken with its
+/// -wal (`cp -a`, rsync, a file-level backup tool), of a database oauthd serves now:
+/// served or changed beside it, the copy would refresh the same connections with the same
+/// refresh tokens, and a provider that rotates them ends the connection in one of the two.
+pub fn copy_of_served(
+    conn: &Connection,
+    here: Option<&Place>,
+) -> rusqlite::Result<Option<Original>> {
+    let Some(this) = Process::this() else {
+        return Ok(None);
+    };
+    let same_file = |a: &Place, b: &Place| a.device == b.device && a.inode == b.inode;
+    for (name, value) in marks(conn)? {
+        let (Some(process), (_, Some(made_at))) =
+            (Process::from_mark(&name), Place::from_value(&value))
+        else {
+            continue;
+        };
+        if here.is_some_and(|here| same_file(here, &made_at)) || process.alive(&this) != Some(true)
+        {
+            continue;
+        }
+        let still_there = Place::of(std::path::Path::new(&made_at.path))
+            .is_some_and(|there| same_file(&there, &made_at));
+        if still_there {
+            return Ok(Some(Original {
+                path: made_at.path,
+                pid: process.pid,
             }));
         }
     }
@@ -353,6 +400,40 @@ mod tests {
         // No -wal: nothing serves the file.
         forget_gone(&conn, Some(&here), false).unwrap();
         assert!(names(&conn).is_empty());
+    }
+
+    #[test]
+    fn a_copy_is_told_by_a_live_process_mark_on_an_original_still_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let original_path = dir.path().join("oauthd.db");
+        std::fs::write(&original_path, b"db").unwrap();
+        let copy_path = dir.path().join("copy.db");
+        std::fs::write(&copy_path, b"db").unwrap();
+        let (original, copy) = (
+            Place::of(&original_path).unwrap(),
+            Place::of(&copy_path).unwrap(),
+        );
+        let conn = meta();
+        // Marked by this process (alive) in the original: the copy is told, the
+        // original (under any path) is not.
+        mark(&conn, 2_000, &original).unwrap();
+        let told = copy_of_served(&conn, Some(&copy)).unwrap().unwrap();
+        assert_eq!(told.path, original.path);
+        assert_eq!(told.pid, std::process::id());
+        assert_eq!(copy_of_served(&conn, Some(&original)).unwrap(), None);
+        let linked = Place {
+            path: "/another/path/to/it.db".into(),
+            ..original.clone()
+        };
+        assert_eq!(copy_of_served(&conn, Some(&linked)).unwrap(), None);
+        // A process gone, or one that cannot be looked up: nothing tells.
+        let gone = meta();
+        other_mark(&gone, &original, true);
+        other_mark(&gone, &original, false);
+        assert_eq!(copy_of_served(&gone, Some(&copy)).unwrap(), None);
+        // The original no longer there (moved).
+        std::fs::remove_file(&original_path).unwrap();
+        assert_eq!(copy_of_served(&conn, Some(&copy)).unwrap(), None);
     }
 
     #[test]
