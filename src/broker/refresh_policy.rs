@@ -71,11 +71,15 @@ pub(super) fn due_for_refresh(
     now: i64,
     stepped_back: bool,
 ) -> bool {
-    if row.status != ConnectionStatus::Active
-        || row.refresh_token.is_none()
-        || backing_off_until(row, now, stepped_back).is_some()
+    if row.status != ConnectionStatus::Active || backing_off_until(row, now, stepped_back).is_some()
     {
         return false;
+    }
+    if row.refresh_token.is_none() {
+        // Nothing to refresh with: due once its access token has expired, when the
+        // refresh records that only the user can renew it (`needs_reauth`, told to
+        // `[[notify]]` targets) rather than at an app's next call, which may never come.
+        return row.access_expires_at_ms.is_some_and(|at| at <= now);
     }
     if obtained_before_step(row, now, stepped_back) {
         return true;
@@ -187,9 +191,15 @@ mod tests {
         let mut r = due.clone();
         r.status = ConnectionStatus::NeedsReauth;
         assert!(!due_for_refresh(&r, None, now, false));
-        let mut r = due.clone();
+        // Without a refresh token: only once the access token has expired (the refresh
+        // then says the connection needs the user).
+        let mut r = row(HOUR, now);
         r.refresh_token = None;
         assert!(!due_for_refresh(&r, None, now, false));
+        r.access_expires_at_ms = Some(now);
+        assert!(due_for_refresh(&r, None, now, false));
+        r.access_expires_at_ms = None;
+        assert!(!due_for_refresh(&r, None, now, false), "never expires");
         let mut r = due.clone();
         r.retry_at_ms = Some(now + 1);
         assert!(!due_for_refresh(&r, None, now, false), "backing off");

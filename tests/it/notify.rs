@@ -56,6 +56,48 @@ fn import_gh(home: &Home, accounts: impl IntoIterator<Item = String>) {
 const EVENTS_TOML: &str =
     "[events]\nrefresh_failing_after_seconds = 0\nretry_min_seconds = 1\nretry_max_seconds = 2\n";
 
+/// A connection the provider gave no refresh token, once its access token expired, stayed
+/// `active` (its `expires_at` past) and nothing was told until an app asked for its token,
+/// which an app that stopped for good never does. The background refresher's next round
+/// now marks it `needs_reauth` and tells the targets, with no call made.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_without_a_refresh_token_is_told_as_expired_without_a_call() {
+    let home = Home::new();
+    let secret = new_secret();
+    let hooks = Receiver::start(Some(&secret));
+    home.write_config(&format!(
+        "refresh_check_seconds = 1\n{}{EVENTS_TOML}{GH_TOML}",
+        target_toml(&home, "app", &hooks, &secret, "")
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let (status, body) = d
+        .put(
+            "/v1/connections/gh/alice",
+            &key,
+            json!({"access_token": "tok-short-lived", "expires_in": 2}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (_, row) = d.get("/v1/connections/gh/alice", &key).await;
+    assert_eq!(row["status"], "active", "{row}");
+    let told = hooks.wait_for("connection.needs_reauth", 1, WAIT).await;
+    assert_eq!(told.len(), 1, "{told:?}");
+    let data = &told[0]["json"]["data"];
+    assert_eq!(
+        (&data["provider"], &data["account"]),
+        (&json!("gh"), &json!("alice"))
+    );
+    assert!(
+        data["error"].as_str().unwrap().contains("no refresh token"),
+        "{data}"
+    );
+    let (_, row) = d.get("/v1/connections/gh/alice", &key).await;
+    assert_eq!(row["status"], "needs_reauth", "{row}");
+    assert_verified(&told, &["tok-short-lived"]);
+    d.signal_and_wait("TERM");
+}
+
 /// Every delivery verified with the reference library, none carries a token.
 fn assert_verified(deliveries: &[Value], tokens: &[&str]) {
     for d in deliveries {
