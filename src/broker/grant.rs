@@ -176,6 +176,7 @@ impl Broker {
             tokens,
             identity,
             told: Told::NOTHING,
+            from_provider: true,
         };
         Ok(Prepared {
             save,

@@ -213,6 +213,7 @@ impl Broker {
             tokens: sealed,
             identity: AccountIdentity::default(),
             told,
+            from_provider: false,
         };
         self.store
             .save_connection(save, now, self.notifier.deliveries(&events))

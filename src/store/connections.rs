@@ -363,4 +363,11 @@ pub struct ConnectionSave {
     pub identity: AccountIdentity,
     /// `Told::NOTHING` for a connect; what the replaced row had been told, for an import.
     pub told: Told,
+    /// Whether the tokens are a provider's answer of now (a connect), whose expiry counts
+    /// the lifetime it gave them from about now: `last_refresh_at` is then set. Tokens an
+    /// app imports come with an unknown part of their lifetime spent; read as a lifetime,
+    /// the time they have left would hold callers' `min_ttl` to half of it
+    /// (`refresh_policy::half_life_ms`), and a token with seconds left was handed out to a
+    /// call asking for a minute. Their `last_refresh_at` stays unset until a refresh.
+    pub from_provider: bool,
 }

@@ -173,6 +173,42 @@ async fn the_real_providers_api_sees_a_real_token() {
     }
 }
 
+/// An imported token's time left is not its lifetime: read as one, a caller's `min_ttl`
+/// counted at most half of it, and a token with 20 s left was handed out to a call asking
+/// for 60 (and sent by the proxy, which asks for 60). Refreshed first now; the refreshed
+/// token's lifetime is the provider's.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_imported_token_with_less_than_min_ttl_left_is_refreshed_first() {
+    let mock = MockServer::start().await;
+    let api = format!("{}/api/", mock.uri());
+    let tokens = json!({"access_token": "old", "refresh_token": "r1", "expires_in": 20});
+    let (_home, d, key) = api_home(&mock, &api, "", tokens).await;
+    on_refresh(
+        &mock,
+        "r1",
+        ResponseTemplate::new(200).set_body_json(
+            json!({"access_token": "new", "token_type": "Bearer", "expires_in": 3600, "refresh_token": "r2"}),
+        ),
+    )
+    .await;
+    let (status, body) = d
+        .get("/v1/connections/mock/default/token?min_ttl=60", &key)
+        .await;
+    assert_eq!(
+        (status, &body["access_token"]),
+        (200, &json!("new")),
+        "{body}"
+    );
+    let (status, body) = d
+        .get("/v1/connections/mock/default/token?min_ttl=600", &key)
+        .await;
+    assert_eq!(
+        (status, &body["access_token"]),
+        (200, &json!("new")),
+        "{body}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_401_is_cured_by_one_refresh_shared_by_every_caller() {
     let mock = MockServer::start().await;

@@ -64,6 +64,7 @@ fn saved(key: &ConnectionKey, t: SealedTokens) -> ConnectionSave {
         tokens: t,
         identity: AccountIdentity::default(),
         told: Told::NOTHING,
+        from_provider: true,
     }
 }
 
@@ -92,6 +93,31 @@ async fn lease(
 /// A process that read the connection before another one refreshed it must not get the
 /// refresh lease: it would refresh with the refresh token it read, already rotated out,
 /// and a strict provider revokes the whole grant for that replay.
+/// Imported tokens leave `last_refresh_at` unset (their lifetime is unknown), over a row a
+/// refresh or a connect had set it on too; a connect and a refresh set it.
+async fn imported_tokens_leave_no_time_of_a_refresh(b: Backend) {
+    let (s, key) = (b.store.as_ref(), connected(&b).await);
+    let read = || async { s.get_connection(&key).await.unwrap().unwrap() };
+    assert_eq!(read().await.last_refresh_at_ms, Some(1_000));
+    let imported = ConnectionSave {
+        from_provider: false,
+        ..saved(&key, tokens(b"a9", b"r9"))
+    };
+    s.save_connection(imported, 2_000, Vec::new())
+        .await
+        .unwrap();
+    let row = read().await;
+    assert_eq!((row.last_refresh_at_ms, row.updated_at_ms), (None, 2_000));
+    let g = lease(s, &key, row.generation, 3_000)
+        .await
+        .expect("a free lease");
+    assert!(s
+        .save_refreshed(&key, g, tokens(b"a10", b"r10"), 4_000, Vec::new())
+        .await
+        .unwrap());
+    assert_eq!(read().await.last_refresh_at_ms, Some(4_000));
+}
+
 async fn a_refresh_lease_is_refused_to_a_caller_that_read_an_older_row(b: Backend) {
     let (s, key) = (b.store.as_ref(), connected(&b).await);
     let seen = s.get_connection(&key).await.unwrap().unwrap();
@@ -1477,6 +1503,7 @@ backends!(
     the_store_keeps_at_most_max_tombstones_the_latest_ones,
     a_subjects_states_are_listed_in_pages,
     a_refused_replace_leaves_the_subjects_states,
+    imported_tokens_leave_no_time_of_a_refresh,
     a_refresh_lease_is_refused_to_a_caller_that_read_an_older_row,
     a_row_read_during_someone_elses_lease_is_stale_once_they_let_go,
     a_lease_on_a_deleted_connection_does_not_fence_its_successor,

@@ -212,14 +212,21 @@ pub(super) struct SaveKeys {
     pub member: String,
 }
 
-fn token_changes(t: SealedTokens, now_ms: i64, keep_missing: bool, told: Told) -> Changes {
+/// `refreshed`: whether the tokens are a provider's answer of now (`last_refresh_at`;
+/// see `ConnectionSave::from_provider`).
+fn token_changes(
+    t: SealedTokens,
+    now_ms: i64,
+    (keep_missing, refreshed): (bool, bool),
+    told: Told,
+) -> Changes {
     let mut ch = Changes::default();
     ch.put("status", ConnectionStatus::Active.as_str())
         .put("token_type", t.token_type)
         .put("access_token", t.access_token)
         .opt_num("access_expires_at", t.access_expires_at_ms)
         .num("updated", now_ms)
-        .num("last_refresh_at", now_ms)
+        .opt_num("last_refresh_at", refreshed.then_some(now_ms))
         .num("failures", 0)
         .opt("last_error", None::<Vec<u8>>)
         .opt_num("retry_at", None)
@@ -268,7 +275,8 @@ impl RedisStore {
     pub(super) fn connection_save(&self, save: ConnectionSave, now_ms: i64) -> (SaveKeys, Changes) {
         let (provider, account) = (save.key.provider.as_str(), save.key.account.as_str());
         let (conn, lease, member) = self.conn_keys(provider, account);
-        let mut changes = token_changes(save.tokens, now_ms, false, save.told);
+        let mut changes =
+            token_changes(save.tokens, now_ms, (false, save.from_provider), save.told);
         changes
             .put("provider", provider)
             .put("account", account)
@@ -541,7 +549,7 @@ impl ConnectionStore for RedisStore {
         events: Vec<NewDelivery>,
     ) -> Result<bool, StoreError> {
         let (provider, account) = (key.provider.as_str(), key.account.as_str());
-        let changes = token_changes(t, now_ms, true, Told::NOTHING);
+        let changes = token_changes(t, now_ms, (true, true), Told::NOTHING);
         self.fenced(
             "saving refreshed tokens",
             (provider, account),

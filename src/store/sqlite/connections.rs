@@ -57,11 +57,11 @@ pub(super) fn upsert(
             access_token, refresh_token, access_expires_at, created_at, updated_at,
             last_refresh_at, account_sub, account_email, account_name, connected_at,
             generation, failing_notified)
-         VALUES (?1, ?2, 'active', ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8, ?9, ?10, ?11, ?8, ?12, ?13)
+         VALUES (?1, ?2, 'active', ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?14, ?9, ?10, ?11, ?8, ?12, ?13)
          ON CONFLICT (provider, account) DO UPDATE SET
             status = 'active', scopes = ?3, token_type = ?4, access_token = ?5,
             refresh_token = ?6, access_expires_at = ?7, updated_at = ?8,
-            last_refresh_at = ?8, last_error = NULL, failures = 0, retry_at = NULL,
+            last_refresh_at = ?14, last_error = NULL, failures = 0, retry_at = NULL,
             lease_until = NULL, generation = generation + 1, account_sub = ?9,
             account_email = ?10, account_name = ?11, connected_at = ?8,
             failing_since = NULL, failing_notified = ?13",
@@ -79,7 +79,8 @@ pub(super) fn upsert(
         identity.email,
         identity.name,
         crate::store::first_generation(now_ms),
-        save.told.stored()
+        save.told.stored(),
+        save.from_provider.then_some(now_ms)
     ])?;
     Ok(())
 }
