@@ -157,12 +157,18 @@ fn logged_path(path: &str) -> Cow<'_, str> {
 /// most of one: a state value (43 characters of base64url) or an API key (`oauthd_` and
 /// one, in either case), as sent or percent-decoded, with other characters around it (a
 /// line feed, a dot) or glued to it (a letter typed after it, two keys run together), or
-/// cut short (a key with its last character lost).
+/// cut short (a key with its last character lost), or parted by other characters into
+/// runs each too short to tell (`AaJMb3VHu1KXgZpqK7qd.LtH2MO659N9DySpnWBSnkIQ`): its
+/// base64url characters are read together too.
 fn secret_shaped(segment: &str) -> bool {
     let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+    let base64url = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
     let found = [segment, decoded.as_ref()].into_iter().any(|text| {
-        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-            .any(secret_word)
+        text.split(|c: char| !base64url(c)).any(secret_word)
+            || (!text.chars().all(base64url) && {
+                let together: String = text.chars().filter(|&c| base64url(c)).collect();
+                secret_word(&together)
+            })
     });
     found
 }
@@ -519,6 +525,10 @@ mod tests {
             format!("oauthd_{}+", &state[..42]),
             state[..30].to_owned(),
             format!("x{state}"),
+            // Parted into runs each too short to tell.
+            format!("{}.{}", &state[..20], &state[20..]),
+            format!("{}~{}+{}", &state[..14], &state[14..28], &state[28..]),
+            format!("{}%2E{}", &state[..20], &state[20..]),
         ] {
             assert_eq!(
                 logged_path(&format!("/v1/namespaces/session/states/{sent}")),
@@ -533,6 +543,8 @@ mod tests {
             "/v1/connections/google/LivingRoomSpeaker/token",
             "/v1/namespaces/oauth:acme/states",
             "/v1/proxy/p/a/repos/oauthd_rs/issues",
+            "/v1/proxy/graph/me/v1.0/users/alice.smith@example.com/drive",
+            "/v1/proxy/p/a/Artists/The.Velvet.Underground/albums",
         ] {
             assert_eq!(logged_path(kept), kept);
         }
