@@ -16,21 +16,48 @@ pub enum PathError {
     DotSegment,
     #[error("the path may not carry a scheme (`name:` as its first segment)")]
     Scheme,
-    #[error("the path contains a character that is not allowed (`@`, `\\`, `%`-encoded `/`, `\\`, `%`, `?`, `#`, controls or non-ASCII, or a malformed escape)")]
+    #[error("the path contains a character that is not allowed (`@` in its first segment, `\\`, `%`-encoded `/`, `\\`, `%`, `?`, `#`, controls, non-ASCII not percent-encoded as UTF-8, spaces and format characters beyond ASCII, characters servers read as ASCII punctuation such as full-width dots and slashes, or a malformed escape)")]
     Character,
     #[error("the path leaves the provider's API base")]
     OutsideBase,
 }
 
-/// Bytes allowed as they are in a path segment (RFC 3986 `pchar` without `@` and `%`,
-/// which are checked separately).
+/// Bytes allowed as they are in a path segment (RFC 3986 `pchar` without `%`, which is
+/// checked separately).
 fn plain(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:".contains(&b)
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b)
+}
+
+/// A character beyond ASCII (percent-encoded as UTF-8: `Beyonc%C3%A9`) is taken when it
+/// is a letter, a mark, a number, punctuation or a symbol whose compatibility form holds
+/// no ASCII but letters and digits: `é`, `ú` or `u` with its accent, `’`, `★`, `Ａ`. Some
+/// servers fold characters into that form (NFKC) before they route, and `．` and `／`
+/// (full-width dot and slash) are `.` and `/` there; spaces, controls and format characters
+/// (direction overrides, zero-width ones) beyond ASCII are refused too.
+fn allowed_beyond_ascii(c: char) -> bool {
+    use icu_properties::props::{GeneralCategory, GeneralCategoryGroup as Group};
+    let kind = icu_properties::CodePointMapData::<GeneralCategory>::new().get(c);
+    let wanted = [
+        Group::Letter,
+        Group::Mark,
+        Group::Number,
+        Group::Punctuation,
+        Group::Symbol,
+    ];
+    if !wanted.iter().any(|group| group.contains(kind)) {
+        return false;
+    }
+    let mut utf8 = [0u8; 4];
+    icu_normalizer::ComposingNormalizerBorrowed::new_nfkc()
+        .normalize(c.encode_utf8(&mut utf8))
+        .bytes()
+        .all(|b| !b.is_ascii() || b.is_ascii_alphanumeric())
 }
 
 /// One segment as it arrived: percent escapes are well formed, and what they decode to is
-/// neither a separator, `@`, a backslash, a percent sign (no double encoding), nor a control.
-fn check_segment(raw: &str) -> Result<String, PathError> {
+/// neither a separator, a backslash, a percent sign (no double encoding), a control, nor
+/// (`first`) `@`; beyond ASCII, UTF-8 of the characters `allowed_beyond_ascii` takes.
+fn check_segment(raw: &str, first: bool) -> Result<String, PathError> {
     let mut decoded = Vec::with_capacity(raw.len());
     let mut bytes = raw.bytes();
     while let Some(b) = bytes.next() {
@@ -49,14 +76,23 @@ fn check_segment(raw: &str) -> Result<String, PathError> {
             return Err(PathError::Character);
         }
     }
-    // Non-ASCII is refused too: some servers fold full-width dots and slashes into `.`
-    // and `/`.
+    // `@` in the first segment stays refused: it follows the base's path, but a server
+    // that joins strings may read what is before it as a user name.
     if decoded.iter().any(|&b| {
-        matches!(b, b'/' | b'\\' | b'@' | b'%' | b'?' | b'#') || !(0x20..0x7f).contains(&b)
+        matches!(b, b'/' | b'\\' | b'%' | b'?' | b'#')
+            || b < 0x20
+            || b == 0x7f
+            || (first && b == b'@')
     }) {
         return Err(PathError::Character);
     }
     let text = String::from_utf8(decoded).map_err(|_| PathError::Character)?;
+    if !text
+        .chars()
+        .all(|c| c.is_ascii() || allowed_beyond_ascii(c))
+    {
+        return Err(PathError::Character);
+    }
     // `..;x` is `..` to servers that strip path parameters (Tomcat, Spring), and `... ` or
     // `.. ` is `..` to those that drop a name's trailing dots and spaces (Windows').
     let before_params = text.split(';').next().unwrap_or_default();
@@ -79,7 +115,7 @@ pub fn upstream_url(base: &Url, rest: &str, query: Option<&str>) -> Result<Url, 
             }
             return Err(PathError::EmptySegment);
         }
-        let decoded = check_segment(raw)?;
+        let decoded = check_segment(raw, i == 0)?;
         if i == 0 && decoded.contains(':') {
             return Err(PathError::Scheme);
         }
@@ -265,6 +301,19 @@ mod tests {
             upstream_url(&base(), "search/a%20b", None).unwrap().path(),
             "/v1/search/a%20b"
         );
+        // Names beyond ASCII, as UTF-8 (composed or with a combining accent), and `@`
+        // past the first segment.
+        for rest in [
+            "search/Beyonc%C3%A9",
+            "me/drive/root:/Mu%CC%81sica:/children",
+            "users/alice@contoso.com",
+            "users/alice%40contoso.com",
+            "artists/Guns%20N%E2%80%99%20Roses",
+            "tags/%E2%98%85/%E6%97%A5%E6%9C%AC",
+        ] {
+            let u = upstream_url(&base(), rest, None).unwrap();
+            assert_eq!(u.path(), format!("/v1/{rest}"), "{rest}");
+        }
         let ip = Url::parse("http://127.0.0.1:8080/").unwrap();
         assert_eq!(
             upstream_url(&ip, "users/me:batch", None).unwrap().as_str(),
@@ -294,6 +343,14 @@ mod tests {
             ("javascript:alert(1)", Scheme),
             ("user@evil.example/x", Character),
             ("me%40evil.example", Character),
+            ("me%E2%80%AEtxt.exe", Character),
+            ("me%E2%80%8Bx", Character),
+            ("me%C2%A0x", Character),
+            ("me%E2%80%A4%E2%80%A4", Character),
+            ("%EF%B9%92%EF%B9%92/admin", Character),
+            ("me/%EF%BC%85%32%65", Character),
+            ("me/%ED%A0%80", Character),
+            ("me/%F4%8F%BF%BF", Character),
             ("..%2fadmin", Character),
             ("me%2f..%2fadmin", Character),
             ("me%5c..%5cadmin", Character),

@@ -689,6 +689,9 @@ async fn no_path_leaves_the_api_base() {
         "me%0d%0aHost:%20evil",
         "%",
         "me%zz",
+        "%EF%BC%8E%EF%BC%8E/token",
+        "me/%EF%BC%8F..%EF%BC%8Ftoken",
+        "me/a%E2%80%AEb",
     ] {
         let (status, out) = raw_request(&d, &key, &format!("{prefix}{rest}")).await;
         assert!(
@@ -706,6 +709,19 @@ async fn no_path_leaves_the_api_base() {
     let (status, out) = raw_request(&d, &key, &format!("{prefix}v1/me:batch/x-y_z~")).await;
     assert_eq!(status, 200, "{out}");
     assert_eq!(requests_to(&mock, "/api/v1/me:batch/x-y_z~").await.len(), 1);
+    // Names beyond ASCII (percent-encoded UTF-8) and `@` past the first segment too: an
+    // artist's name, a user principal name.
+    for rest in [
+        "search/Beyonc%C3%A9",
+        "users/alice%40contoso.com/drive",
+        "users/bob@contoso.com/drive",
+    ] {
+        let (status, out) = raw_request(&d, &key, &format!("{prefix}{rest}")).await;
+        assert_eq!(status, 200, "{rest}: {out}");
+        let seen = requests_to(&mock, &format!("/api/{rest}")).await;
+        assert_eq!(seen.len(), 1, "{rest}");
+        assert_eq!(seen[0].url.path(), format!("/api/{rest}"));
+    }
 }
 
 /// The requests of one API key hold at most a share of the proxy's room for request bodies
