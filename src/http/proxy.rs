@@ -296,6 +296,9 @@ async fn answer_whole(
 ) -> Result<HttpResponse, ApiError> {
     let mut resp = answer_head(&answer, own);
     let status = answer.status().as_u16();
+    if method == Method::HEAD || matches!(status, 204 | 304) {
+        return Ok(without_body(resp, method, &answer));
+    }
     let body = answer.bytes().await.map_err(|_| {
         ApiError::new(
             StatusCode::BAD_GATEWAY,
@@ -304,10 +307,30 @@ async fn answer_whole(
         )
         .retry_after(5)
     })?;
-    if method == Method::HEAD || matches!(status, 204 | 304) {
-        return Ok(resp.finish());
-    }
     Ok(resp.body(body))
+}
+
+/// An answer without a body: a `204` or `304`, or the answer to `HEAD`, which keeps the
+/// `Content-Length` the provider gave (how a client learns a file's size before fetching
+/// it; it was `0`, as for an empty answer).
+fn without_body(
+    mut resp: actix_web::HttpResponseBuilder,
+    method: &Method,
+    answer: &reqwest::Response,
+) -> HttpResponse {
+    let length = answer
+        .headers()
+        .get(reqwest::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+        .filter(|_| method == Method::HEAD);
+    match length {
+        // Sent as the length of a body that is never written: an answer to HEAD has none.
+        Some(n) => resp.body(SizedStream::new(
+            n,
+            futures_util::stream::empty::<Result<bytes::Bytes, std::io::Error>>(),
+        )),
+        None => resp.finish(),
+    }
 }
 
 /// The status and allowed headers of the provider's answer, with the proxy's own. A
@@ -367,7 +390,7 @@ fn stream_back(
     let status = answer.status().as_u16();
     let length = answer.content_length();
     if method == Method::HEAD || matches!(status, 204 | 304) {
-        return resp.finish();
+        return without_body(resp, method, &answer);
     }
     let mut seen: u64 = 0;
     let body = answer

@@ -724,6 +724,43 @@ async fn no_path_leaves_the_api_base() {
     }
 }
 
+/// `HEAD` through the proxy answered `content-length: 0` whatever the provider said: a
+/// client that reads a file's size before fetching it read 0. The provider's length is
+/// passed on now, with no body; a `GET` of the same answers the body itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn head_passes_on_the_providers_content_length() {
+    let mock = MockServer::start().await;
+    let (_home, d, key) = mock_home(&mock, "").await;
+    let body = "x".repeat(1234);
+    Mock::given(path("/api/files/song.flac"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(body.clone()))
+        .mount(&mock)
+        .await;
+    let url = proxy_url(&d, "files/song.flac");
+    let direct = reqwest::Client::new()
+        .head(format!("{}/api/files/song.flac", mock.uri()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(common::header(&direct, "content-length"), "1234");
+    let head = reqwest::Client::new()
+        .head(&url)
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(common::header(&head, "content-length"), "1234");
+    assert_eq!(head.bytes().await.unwrap().len(), 0);
+    let get = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.text().await.unwrap(), body);
+}
+
 /// The requests of one API key hold at most a share of the proxy's room for request bodies
 /// that leaves room for one more key: tenants that start uploads and stall them half way,
 /// with one key or two, no longer leave the other apps `503 proxy_busy` for as long as they
