@@ -25,9 +25,13 @@ pub(super) fn obtained_before_step(row: &ConnectionRow, now: i64, stepped_back: 
     stepped_back && crate::clock::is_ahead(obtained_at(row), now)
 }
 
-/// When `row`'s token was obtained, as the clock of the process that stored it read.
+/// When `row`'s token was obtained, as the clock of the process that stored it read: its
+/// last refresh, else the (re)connect or import that stored it (an import leaves
+/// `last_refresh_at` unset). Not `updated_at`, which a failed refresh moves on.
 pub(super) fn obtained_at(row: &ConnectionRow) -> i64 {
-    row.last_refresh_at_ms.unwrap_or(row.updated_at_ms)
+    row.last_refresh_at_ms
+        .or(row.connected_at_ms)
+        .unwrap_or(row.updated_at_ms)
 }
 
 /// Until when a failed refresh is not tried again: its backoff, unless the failure was
@@ -93,7 +97,13 @@ pub(super) fn due_for_refresh(
     let idle = idle_expiry.is_some_and(|idle| {
         let idle_ms = idle.as_millis() as i64;
         let keep_alive_after = (idle_ms - KEEP_ALIVE_MARGIN_MS).max(idle_ms / 2);
-        row.last_refresh_at_ms.unwrap_or(row.created_at_ms) + keep_alive_after <= now
+        // The refresh token's last use or arrival: a refresh, else the (re)connect or
+        // import that brought it (an app's import hands in a refresh token of its own).
+        let used = row
+            .last_refresh_at_ms
+            .or(row.connected_at_ms)
+            .unwrap_or(row.created_at_ms);
+        used + keep_alive_after <= now
     });
     expiring || idle
 }
@@ -181,6 +191,33 @@ mod tests {
             !due_for_refresh(&r, None, now, false),
             "no idle limit, no keep-alive"
         );
+    }
+
+    /// An import leaves `last_refresh_at` unset: what it brought counts from the import
+    /// (`connected_at`), not from the row's creation (an idle refresh token kept alive at
+    /// once, spending the one the app just handed in), nor from `updated_at`, which a
+    /// failed refresh moves on (tokens stored ahead of a clock stepped back since then
+    /// taken as stored now).
+    #[test]
+    fn an_imports_tokens_count_from_the_import() {
+        let now = 1_000 * DAY;
+        let idle = Some(Duration::from_secs(30 * 24 * 3600));
+        let mut imported = row(24 * DAY, now);
+        imported.access_expires_at_ms = None;
+        imported.last_refresh_at_ms = None;
+        imported.connected_at_ms = Some(now - HOUR);
+        assert!(!due_for_refresh(&imported, idle, now, false));
+        imported.connected_at_ms = None;
+        assert!(
+            due_for_refresh(&imported, idle, now, false),
+            "no import time known"
+        );
+        let mut ahead = row(0, now);
+        ahead.last_refresh_at_ms = None;
+        ahead.connected_at_ms = Some(now + DAY);
+        ahead.updated_at_ms = now;
+        assert_eq!(obtained_at(&ahead), now + DAY);
+        assert!(obtained_before_step(&ahead, now, true));
     }
 
     #[test]

@@ -154,10 +154,14 @@ impl Broker {
                 }
                 Err(e) => return Err(e),
             };
-            // Someone refreshed while we waited: that is the freshest token there is, even
-            // when it has less than `min_ttl` left (the provider's tokens may simply live
-            // shorter). Refreshing again would only burn refresh tokens.
-            let refreshed_meanwhile = row.last_refresh_at_ms.is_some_and(|t| t >= asked_at);
+            // Someone refreshed (or connected, or imported) while we waited: that is the
+            // freshest token there is, even when it has less than `min_ttl` left (the
+            // provider's tokens may simply live shorter). Refreshing again would only burn
+            // refresh tokens.
+            let refreshed_meanwhile = row
+                .last_refresh_at_ms
+                .or(row.connected_at_ms)
+                .is_some_and(|t| t >= asked_at);
             let wanted = if refreshed_meanwhile {
                 Duration::ZERO
             } else {
@@ -224,7 +228,9 @@ impl Broker {
             // when it succeeds), so that the lease covers the token request alone. A
             // discovery that fails is recorded under the lease like a failed refresh:
             // callers then wait for its backoff instead of each trying again.
-            if discovered.is_none() {
+            // Without a refresh token nothing is asked of the provider: the lease records
+            // that the user is needed, without waiting for a provider that may be down.
+            if discovered.is_none() && row.refresh_token.is_some() {
                 let found = self.endpoints(provider).await;
                 discovered = Some(found.map(|_| ()).map_err(|e| e.to_string()));
             }
