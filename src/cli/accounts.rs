@@ -161,15 +161,15 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
                     out!("{}", serde_json::to_string_pretty(&list)?);
                     return Ok(());
                 }
-                let rows: Vec<[&str; 5]> = list
+                let rows: Vec<[String; 5]> = list
                     .iter()
                     .map(|c| {
                         [
-                            c.provider.as_str(),
-                            c.account.as_str(),
-                            c.status.as_str(),
-                            c.expires_at.as_deref().unwrap_or("unknown"),
-                            c.last_error.as_deref().unwrap_or(""),
+                            c.provider.clone(),
+                            c.account.clone(),
+                            c.status.as_str().to_owned(),
+                            c.expires_at.clone().unwrap_or_else(|| "unknown".into()),
+                            c.last_error.clone().unwrap_or_default(),
                         ]
                     })
                     .collect();
@@ -180,19 +180,8 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
                     "TOKEN EXPIRES",
                     "LAST ERROR",
                 ];
-                // Each column as wide as its widest cell, so long names never shift the
-                // columns after them.
-                let mut widths = header.map(|h| h.chars().count());
-                for row in &rows {
-                    for (w, cell) in widths.iter_mut().zip(row) {
-                        *w = (*w).max(cell.chars().count());
-                    }
-                }
-                for row in std::iter::once(&header).chain(&rows) {
-                    let [p, a, s, e, last] = row;
-                    let [wp, wa, ws, we, _] = widths;
-                    let line = format!("{p:<wp$}  {a:<wa$}  {s:<ws$}  {e:<we$}  {last}");
-                    out!("{}", line.trim_end());
+                for line in super::table::lines(header, &rows, &[]) {
+                    out!("{line}");
                 }
                 Ok(())
             }

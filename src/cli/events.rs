@@ -41,18 +41,7 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
                     out!("{}", serde_json::to_string_pretty(&list)?);
                     return Ok(());
                 }
-                // No table at all when there is nothing to list (said on stderr below).
-                if !rows.is_empty() {
-                    out!(
-                        "{:<36} {:<27} {:<16} {:<9} {:>8} {:<25} LAST ERROR",
-                        "ID",
-                        "TYPE",
-                        "TARGET",
-                        "STATUS",
-                        "ATTEMPTS",
-                        "CREATED"
-                    );
-                }
+                let mut table = Vec::with_capacity(rows.len());
                 for d in &rows {
                     // A delivered one's error is an earlier attempt's, not how it stands.
                     let last_error = match (d.status, d.last_error.as_deref()) {
@@ -60,16 +49,31 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
                         (DeliveryStatus::Delivered, Some(e)) => format!("earlier attempt: {e}"),
                         (_, Some(e)) => e.to_owned(),
                     };
-                    out!(
-                        "{:<36} {:<27} {:<16} {:<9} {:>8} {:<25} {}",
-                        d.id,
-                        d.event_type,
-                        d.target,
-                        d.status.as_str(),
-                        d.attempts,
+                    table.push([
+                        d.id.clone(),
+                        d.event_type.to_string(),
+                        d.target.clone(),
+                        d.status.as_str().to_owned(),
+                        d.attempts.to_string(),
                         rfc3339(d.created_at_ms),
-                        last_error
-                    );
+                        last_error,
+                    ]);
+                }
+                // No table at all when there is nothing to list (said on stderr below).
+                if !table.is_empty() {
+                    use super::table::{lines, Align::*};
+                    let header = [
+                        "ID",
+                        "TYPE",
+                        "TARGET",
+                        "STATUS",
+                        "ATTEMPTS",
+                        "CREATED",
+                        "LAST ERROR",
+                    ];
+                    for line in lines(header, &table, &[Left, Left, Left, Left, Right]) {
+                        out!("{line}");
+                    }
                 }
                 for gone in store.gone_targets().await? {
                     let here = notifier.target(&gone.target);

@@ -134,14 +134,7 @@ pub(super) async fn list_keys(store: &dyn KeyStore, json: bool) -> Result<(), Fa
         out!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    out!(
-        "{:<24} {:<8} {:<24} {:<24} {:<24} ACCOUNTS",
-        "NAME",
-        "STATUS",
-        "CREATED",
-        "LAST USED",
-        "NAMESPACES"
-    );
+    let mut rows = Vec::with_capacity(keys.len());
     for k in &keys {
         let status = if k.revoked_at_ms.is_some() {
             "revoked"
@@ -158,12 +151,25 @@ pub(super) async fn list_keys(store: &dyn KeyStore, json: bool) -> Result<(), Fa
             Some(a) => a.join(","),
         };
         let used = k.last_used_at_ms.map_or("-".to_owned(), rfc3339);
-        out!(
-            "{:<24} {:<8} {:<24} {used:<24} {scope:<24} {accounts}",
-            k.name,
-            status,
-            rfc3339(k.created_at_ms)
-        );
+        rows.push([
+            k.name.clone(),
+            status.to_owned(),
+            rfc3339(k.created_at_ms),
+            used,
+            scope,
+            accounts,
+        ]);
+    }
+    let header = [
+        "NAME",
+        "STATUS",
+        "CREATED",
+        "LAST USED",
+        "NAMESPACES",
+        "ACCOUNTS",
+    ];
+    for line in super::table::lines(header, &rows, &[]) {
+        out!("{line}");
     }
     Ok(())
 }

@@ -35,6 +35,7 @@ mod open;
 mod process;
 mod serve;
 mod start_notes;
+mod table;
 mod transfer;
 mod unconfigured;
 mod vault_keys;

@@ -75,6 +75,37 @@ fn keys_create_prints_the_key_alone_on_the_last_line() {
 /// `check` reports a store it cannot open as one failed line and goes on to the key file
 /// (here a Redis store without the shared key it needs).
 #[cfg(feature = "redis")]
+/// A key with many namespaces: its column widens, and ACCOUNTS still starts where its
+/// header does (namespaces past 24 characters ran into it).
+#[test]
+fn keys_list_widens_a_column_for_a_long_cell() {
+    let home = Home::new();
+    assert!(home
+        .cli(&["keys", "create", "--create", "--name", "app"])
+        .status
+        .success());
+    let many = [
+        "2fa",
+        "2fa:*",
+        "reset",
+        "session",
+        "as:*",
+        "oauth:spotify:*",
+    ];
+    let mut args = vec!["keys", "create", "--name", "many"];
+    for n in many {
+        args.extend(["--namespace", n]);
+    }
+    assert!(home.cli(&args).status.success());
+    let listed = text(&home.cli(&["keys", "list"]).stdout);
+    let header = listed.lines().next().unwrap();
+    let column = header.find("ACCOUNTS").unwrap();
+    let row = listed.lines().find(|l| l.starts_with("many ")).unwrap();
+    assert!(row.contains(&many.join(",")), "{listed}");
+    assert_eq!(row.get(column..), Some("-"), "{listed}");
+    assert_eq!(row.as_bytes()[column - 2..column], *b"  ", "{listed}");
+}
+
 #[test]
 fn check_goes_on_past_a_store_it_cannot_reach() {
     let home = Home::new();
