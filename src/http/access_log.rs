@@ -159,18 +159,34 @@ fn logged_path(path: &str) -> Cow<'_, str> {
 /// line feed, a dot) or glued to it (a letter typed after it, two keys run together), or
 /// cut short (a key with its last character lost), or parted by other characters into
 /// runs each too short to tell (`AaJMb3VHu1KXgZpqK7qd.LtH2MO659N9DySpnWBSnkIQ`): its
-/// base64url characters are read together too.
+/// base64url characters are read together too, when capitals inside words show it random
+/// (`MID_CAPITALS`; names and files, `Firstname.Lastname@Contoso.com`, are not).
 fn secret_shaped(segment: &str) -> bool {
     let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
     let base64url = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
     let found = [segment, decoded.as_ref()].into_iter().any(|text| {
         text.split(|c: char| !base64url(c)).any(secret_word)
-            || (!text.chars().all(base64url) && {
+            || (!text.chars().all(base64url) && mid_capitals(text) >= MID_CAPITALS && {
                 let together: String = text.chars().filter(|&c| base64url(c)).collect();
                 secret_word(&together)
             })
     });
     found
+}
+
+/// How many capitals inside words (after a letter) make a text parted by other characters
+/// read as random: a 43-character state value has about 14, a name or a file's name one
+/// or two (`AdeleV@contoso.OnMicrosoft.com`: 2).
+const MID_CAPITALS: usize = 4;
+
+/// The capitals of `text` that follow a letter.
+fn mid_capitals(text: &str) -> usize {
+    let bytes = text.as_bytes();
+    bytes
+        .iter()
+        .zip(bytes.iter().skip(1))
+        .filter(|(before, b)| before.is_ascii_alphabetic() && b.is_ascii_uppercase())
+        .count()
 }
 
 /// How much of an API key after its prefix makes a word one, however it goes on.
@@ -545,6 +561,10 @@ mod tests {
             "/v1/proxy/p/a/repos/oauthd_rs/issues",
             "/v1/proxy/graph/me/v1.0/users/alice.smith@example.com/drive",
             "/v1/proxy/p/a/Artists/The.Velvet.Underground/albums",
+            "/v1/proxy/graph/me/users/Firstname.Lastname@Contoso.com/drive",
+            "/v1/proxy/graph/me/users/AdeleV@contoso.OnMicrosoft.com",
+            "/v1/proxy/p/a/files/Quarterly-Report.Final.pdf",
+            "/v1/proxy/p/a/search/Beyonc%C3%A9.Knowles-Carter",
         ] {
             assert_eq!(logged_path(kept), kept);
         }
