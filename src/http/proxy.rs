@@ -318,11 +318,18 @@ fn without_body(
     method: &Method,
     answer: &reqwest::Response,
 ) -> HttpResponse {
-    let length = answer
+    // One length, and one an HTTP client takes (Go's refuse past 2^63 - 1); several that
+    // differ, or none that parses, leave it out.
+    let mut lengths = answer
         .headers()
-        .get(reqwest::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-        .filter(|_| method == Method::HEAD);
+        .get_all(reqwest::header::CONTENT_LENGTH)
+        .iter()
+        .map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()));
+    let length = match (lengths.next(), lengths.next()) {
+        (Some(Some(n)), None) if i64::try_from(n).is_ok() => Some(n),
+        _ => None,
+    }
+    .filter(|_| method == Method::HEAD);
     match length {
         // Sent as the length of a body that is never written: an answer to HEAD has none.
         Some(n) => resp.body(SizedStream::new(

@@ -231,9 +231,16 @@ impl Proxy {
     ) -> Result<reqwest::Response, ProxyError> {
         let method = reqwest::Method::from_bytes(out.method.as_bytes())
             .map_err(|_| ProxyError::Unreachable("unsupported method".into()))?;
+        let head = method == reqwest::Method::HEAD;
         let mut request = self.client()?.request(method, out.url.clone());
         for (name, value) in out.headers {
             request = request.header(name.as_str(), value.as_slice());
+        }
+        // Not kept for another request: a server that sends a body with its answer to
+        // HEAD (some frameworks do) would have that body, arriving late, read as the
+        // answer to the next request on the connection, which may be another account's.
+        if head {
+            request = request.header(reqwest::header::CONNECTION, "close");
         }
         // Zeroed once the request is done with it, as the token it carries is.
         let mut bearer =

@@ -761,6 +761,80 @@ async fn head_passes_on_the_providers_content_length() {
     assert_eq!(get.text().await.unwrap(), body);
 }
 
+/// An API that sends a body with its answer to `HEAD` (some frameworks do), late: on a
+/// connection kept for the next request, that body was read as the next request's answer,
+/// which may be another account's. A `HEAD` now has its connection closed after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_sent_late_to_head_is_no_later_requests_answer() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}/api/", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut seen = Vec::new();
+                loop {
+                    let Ok(n) = socket.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+                        seen.drain(..end + 4);
+                        let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                        let answer = if head.starts_with("HEAD ") {
+                            let _ = socket
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n")
+                                .await;
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nSMUGGLED!".to_owned()
+                        } else {
+                            format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
+                                path.len()
+                            )
+                        };
+                        if socket.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let mock = MockServer::start().await;
+    let tokens = json!({"access_token": "old", "refresh_token": "r1", "expires_in": 3600});
+    let (_home, d, key) = api_home(&mock, &api, "", tokens).await;
+    let client = reqwest::Client::new();
+    let head = client
+        .head(proxy_url(&d, "head"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(common::header(&head, "content-length"), "9");
+    // At once, while the late body is on its way (sent 300 ms after the answer).
+    for n in 1..=6 {
+        let answer = client
+            .get(proxy_url(&d, &format!("x{n}")))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(answer, format!("/api/x{n}"));
+    }
+}
+
 /// The requests of one API key hold at most a share of the proxy's room for request bodies
 /// that leaves room for one more key: tenants that start uploads and stall them half way,
 /// with one key or two, no longer leave the other apps `503 proxy_busy` for as long as they
