@@ -32,10 +32,24 @@ fn plain(b: u8) -> bool {
 /// is a letter, a mark, a number, punctuation or a symbol whose compatibility form holds
 /// no ASCII but letters and digits: `é`, `ú` or `u` with its accent, `’`, `★`, `Ａ`. Some
 /// servers fold characters into that form (NFKC) before they route, and `．` and `／`
-/// (full-width dot and slash) are `.` and `/` there; spaces, controls and format characters
-/// (direction overrides, zero-width ones) beyond ASCII are refused too.
+/// (full-width dot and slash) are `.` and `/` there. Refused too: spaces, controls and
+/// characters that render as nothing (direction overrides, zero-width ones, variation
+/// selectors, the combining grapheme joiner, Hangul fillers: software that drops them
+/// reads `..%CD%8F` as `..`), and the look-alikes of `/` and `\` that transliteration
+/// turns into them (`∕`, `⁄`, `∖`).
 fn allowed_beyond_ascii(c: char) -> bool {
-    use icu_properties::props::{GeneralCategory, GeneralCategoryGroup as Group};
+    use icu_properties::props::{
+        DefaultIgnorableCodePoint, GeneralCategory, GeneralCategoryGroup as Group,
+    };
+    const SLASHES: &[char] = &[
+        '\u{2044}', '\u{2215}', '\u{2571}', '\u{27CB}', '\u{29F8}', '\u{2216}', '\u{27CD}',
+        '\u{29F5}', '\u{29F9}',
+    ];
+    if SLASHES.contains(&c)
+        || icu_properties::CodePointSetData::new::<DefaultIgnorableCodePoint>().contains(c)
+    {
+        return false;
+    }
     let kind = icu_properties::CodePointMapData::<GeneralCategory>::new().get(c);
     let wanted = [
         Group::Letter,
@@ -92,6 +106,20 @@ fn check_segment(raw: &str, first: bool) -> Result<String, PathError> {
         .all(|c| c.is_ascii() || allowed_beyond_ascii(c))
     {
         return Err(PathError::Character);
+    }
+    // An accent belongs to a letter: one on punctuation (`..%CC%81`) is `..` to software
+    // that strips accents.
+    let mark = |c: char| {
+        use icu_properties::props::{GeneralCategory, GeneralCategoryGroup};
+        let kind = icu_properties::CodePointMapData::<GeneralCategory>::new().get(c);
+        GeneralCategoryGroup::Mark.contains(kind)
+    };
+    let mut previous: Option<char> = None;
+    for c in text.chars() {
+        if mark(c) && previous.is_none_or(|p| p.is_ascii() && !p.is_ascii_alphanumeric()) {
+            return Err(PathError::Character);
+        }
+        previous = Some(c);
     }
     // `..;x` is `..` to servers that strip path parameters (Tomcat, Spring), and `... ` or
     // `.. ` is `..` to those that drop a name's trailing dots and spaces (Windows').
@@ -351,6 +379,16 @@ mod tests {
             ("me/%EF%BC%85%32%65", Character),
             ("me/%ED%A0%80", Character),
             ("me/%F4%8F%BF%BF", Character),
+            ("x/..%CD%8F/admin", Character),
+            ("x/..%EF%B8%8F/admin", Character),
+            ("x/..%F3%A0%84%80", Character),
+            ("x/..%E1%A0%8B", Character),
+            ("x/..%E3%85%A4", Character),
+            ("x/..%CC%81/admin", Character),
+            ("x/%CC%81", Character),
+            ("x/..%E2%88%95..%E2%88%95admin", Character),
+            ("x/a%E2%81%84b", Character),
+            ("x/a%E2%88%96b", Character),
             ("..%2fadmin", Character),
             ("me%2f..%2fadmin", Character),
             ("me%5c..%5cadmin", Character),

@@ -692,6 +692,9 @@ async fn no_path_leaves_the_api_base() {
         "%EF%BC%8E%EF%BC%8E/token",
         "me/%EF%BC%8F..%EF%BC%8Ftoken",
         "me/a%E2%80%AEb",
+        "me/..%CD%8F/token",
+        "me/..%CC%81/token",
+        "me/..%E2%88%95token",
     ] {
         let (status, out) = raw_request(&d, &key, &format!("{prefix}{rest}")).await;
         assert!(
