@@ -582,7 +582,7 @@ async fn a_database_copied_whole_while_served_is_refused_until_its_original_stop
     let original = std::fs::canonicalize(home.db()).unwrap();
     assert!(
         err.contains(&format!(
-            "is a copy of {}, which oauthd (pid {}) serves now",
+            "is a copy of {}, which is served now by oauthd (pid {})",
             original.display(),
             d.pid()
         )) && err.contains("oauthd backup"),
@@ -595,6 +595,19 @@ async fn a_database_copied_whole_while_served_is_refused_until_its_original_stop
     // The original is not a copy of itself.
     let names = key_names(&home).expect("the original opens");
     assert!(names.contains("made-while-serving"), "{names}");
+    // Served again by another process (a restart): still refused, naming who holds it.
+    d.signal_and_wait("TERM");
+    let d = home.start();
+    let (code, err) = key_names(&copy).expect_err("a copy of a database served again opened");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "which is served now by pid {} \"oauthd\"",
+            d.pid()
+        )),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(copy.db()).unwrap(), before, "changed it");
     d.signal_and_wait("TERM");
     let names = key_names(&copy).expect("the copy opens once the original stopped");
     assert!(names.contains("made-while-serving"), "{names}");

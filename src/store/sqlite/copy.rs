@@ -96,7 +96,7 @@ impl std::fmt::Display for Holders {
 /// reading now (a database an operator put in that mode, or one an older oauthd
 /// restored), which would go on writing to the file moved aside. Processes this user may not look into are
 /// not seen (run as root to see all).
-fn holders(path: &Path) -> Holders {
+pub(super) fn holders(path: &Path) -> Holders {
     let Ok(file) = std::fs::metadata(path) else {
         return Holders::default();
     };

@@ -280,7 +280,7 @@ impl SqliteStore {
                 return Err(OpenError::CopyOfServed {
                     path: path.to_owned(),
                     original: original.path,
-                    pid: original.pid,
+                    by: original.by,
                 });
             }
         }

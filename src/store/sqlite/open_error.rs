@@ -24,11 +24,11 @@ pub enum OpenError {
         pid: String,
         since: String,
     },
-    #[error("database {path} is a copy of {original}, which oauthd (pid {pid}) serves now: it was copied with its -wal file while served (cp -a, rsync, a file-level backup tool). Served or changed beside it, the copy would refresh the same connections with the same refresh tokens, and a provider that rotates them ends the connection in one of the two. Stop the oauthd that serves {original} first, and this copy opens as the database; to copy a database while it is served, use `oauthd backup`. Nothing was changed in it")]
+    #[error("database {path} is a copy of {original}, which is served now{by}: it was copied with its -wal file while served (cp -a, rsync, a file-level backup tool). Served or changed beside it, the copy would refresh the same connections with the same refresh tokens, and a provider that rotates them ends the connection in one of the two. Stop the oauthd that serves {original} first (and whatever else holds it open), and this copy opens as the database; to copy a database while it is served, use `oauthd backup`. Nothing was changed in it")]
     CopyOfServed {
         path: PathBuf,
         original: String,
-        pid: u32,
+        by: String,
     },
     #[error("database {path} does not exist, but its -wal file does ({bytes} bytes): the database was deleted or moved without it, and a new database made here would discard it. Put the database file back beside it, or restore a copy (`oauthd restore --db {} --create COPY`); to start afresh instead, move the -wal and -shm files aside. Nothing was changed", crate::paths::shell_word(path))]
     WalWithoutDatabase { path: PathBuf, bytes: u64 },

@@ -179,43 +179,53 @@ pub fn without_its_wal(
     Ok(None)
 }
 
-/// The database a file was copied from while it was served, and the process serving it.
+/// The database a file was copied from while it was served, and who serves it: the
+/// process that made the mark, or those found holding the original open.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Original {
     pub path: String,
-    pub pid: u32,
+    pub by: String,
 }
 
 /// For the database file at `here`: a mark made in another file (not this one under
-/// another path: another device or inode), by a process alive on this machine, in a file
-/// still at the place the mark names. The file at hand is then a copy, taken with its
-/// -wal (`cp -a`, rsync, a file-level backup tool), of a database oauthd serves now:
-/// served or changed beside it, the copy would refresh the same connections with the same
-/// refresh tokens, and a provider that rotates them ends the connection in one of the two.
+/// another path: another device or inode) that is still at the place the mark names and
+/// is served now: by the process that made the mark, alive on this machine, or (that
+/// process gone since, restarted, or in another PID namespace, as in a container) by any
+/// process found holding it open. The file at hand is then a copy, taken with its -wal
+/// (`cp -a`, rsync, a file-level backup tool), of a database served now: served or changed
+/// beside it, the copy would refresh the same connections with the same refresh tokens,
+/// and a provider that rotates them ends the connection in one of the two.
 pub fn copy_of_served(
     conn: &Connection,
     here: Option<&Place>,
 ) -> rusqlite::Result<Option<Original>> {
-    let Some(this) = Process::this() else {
-        return Ok(None);
-    };
+    let this = Process::this();
     let same_file = |a: &Place, b: &Place| a.device == b.device && a.inode == b.inode;
     for (name, value) in marks(conn)? {
-        let (Some(process), (_, Some(made_at))) =
-            (Process::from_mark(&name), Place::from_value(&value))
+        let (process, (_, Some(made_at))) = (Process::from_mark(&name), Place::from_value(&value))
         else {
             continue;
         };
-        if here.is_some_and(|here| same_file(here, &made_at)) || process.alive(&this) != Some(true)
-        {
+        if here.is_some_and(|here| same_file(here, &made_at)) {
             continue;
         }
-        let still_there = Place::of(std::path::Path::new(&made_at.path))
-            .is_some_and(|there| same_file(&there, &made_at));
-        if still_there {
+        let original = std::path::Path::new(&made_at.path);
+        let still_there = Place::of(original).is_some_and(|there| same_file(&there, &made_at));
+        if !still_there {
+            continue;
+        }
+        let alive = match (&process, &this) {
+            (Some(process), Some(this)) => process.alive(this) == Some(true),
+            _ => false,
+        };
+        let by = match process.filter(|_| alive) {
+            Some(process) => format!(" by oauthd (pid {})", process.pid),
+            None => super::copy::holders(original).to_string(),
+        };
+        if !by.is_empty() {
             return Ok(Some(Original {
                 path: made_at.path,
-                pid: process.pid,
+                by,
             }));
         }
     }
@@ -419,7 +429,7 @@ mod tests {
         mark(&conn, 2_000, &original).unwrap();
         let told = copy_of_served(&conn, Some(&copy)).unwrap().unwrap();
         assert_eq!(told.path, original.path);
-        assert_eq!(told.pid, std::process::id());
+        assert_eq!(told.by, format!(" by oauthd (pid {})", std::process::id()));
         assert_eq!(copy_of_served(&conn, Some(&original)).unwrap(), None);
         let linked = Place {
             path: "/another/path/to/it.db".into(),
