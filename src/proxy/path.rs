@@ -28,27 +28,31 @@ fn plain(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b)
 }
 
+/// The look-alikes of `/` and `\` that transliteration (iconv's, ICU's Latin-ASCII) turns
+/// into them, which their compatibility form does not: refused in a path.
+const SLASHES: &[char] = &[
+    '\u{00F7}', '\u{2044}', '\u{2215}', '\u{2571}', '\u{2572}', '\u{27CB}', '\u{27CD}', '\u{29F5}',
+    '\u{29F8}', '\u{29F9}', '\u{2216}',
+];
+
+/// The look-alikes of `.` that transliteration turns into it: read as dots when a segment
+/// is checked for being only dots (`。。` is `..` there; `モーニング娘。` is a name).
+const DOTS: &[char] = &['\u{00B7}', '\u{2027}', '\u{3002}', '\u{FF61}', '\u{FE52}'];
+
 /// A character beyond ASCII (percent-encoded as UTF-8: `Beyonc%C3%A9`) is taken when it
 /// is a letter, a mark, a number, punctuation or a symbol whose compatibility form holds
-/// no ASCII but letters and digits: `é`, `ú` or `u` with its accent, `’`, `★`, `Ａ`. Some
+/// no ASCII but letters and digits: `é`, `ú` or `u` with its accent, `’`, `★`, `Ａ`, the
+/// joiners emoji and Persian and Indic words are written with (U+200C, U+200D). Some
 /// servers fold characters into that form (NFKC) before they route, and `．` and `／`
-/// (full-width dot and slash) are `.` and `/` there. Refused too: spaces, controls and
-/// characters that render as nothing (direction overrides, zero-width ones, variation
-/// selectors, the combining grapheme joiner, Hangul fillers: software that drops them
-/// reads `..%CD%8F` as `..`), and the look-alikes of `/` and `\` that transliteration
-/// turns into them (`∕`, `⁄`, `∖`).
+/// (full-width dot and slash) are `.` and `/` there. Spaces, controls, other format
+/// characters (direction overrides, the zero-width space) and `SLASHES` are refused.
 fn allowed_beyond_ascii(c: char) -> bool {
-    use icu_properties::props::{
-        DefaultIgnorableCodePoint, GeneralCategory, GeneralCategoryGroup as Group,
-    };
-    const SLASHES: &[char] = &[
-        '\u{2044}', '\u{2215}', '\u{2571}', '\u{27CB}', '\u{29F8}', '\u{2216}', '\u{27CD}',
-        '\u{29F5}', '\u{29F9}',
-    ];
-    if SLASHES.contains(&c)
-        || icu_properties::CodePointSetData::new::<DefaultIgnorableCodePoint>().contains(c)
-    {
+    use icu_properties::props::{GeneralCategory, GeneralCategoryGroup as Group};
+    if SLASHES.contains(&c) {
         return false;
+    }
+    if matches!(c, '\u{200C}' | '\u{200D}') {
+        return true;
     }
     let kind = icu_properties::CodePointMapData::<GeneralCategory>::new().get(c);
     let wanted = [
@@ -66,6 +70,17 @@ fn allowed_beyond_ascii(c: char) -> bool {
         .normalize(c.encode_utf8(&mut utf8))
         .bytes()
         .all(|b| !b.is_ascii() || b.is_ascii_alphanumeric())
+}
+
+/// A character beyond ASCII that software may drop before it routes: one that renders as
+/// nothing (Default_Ignorable_Code_Point: joiners, variation selectors, the combining
+/// grapheme joiner, Hangul fillers) or an accent (a mark), which accent stripping removes.
+fn dropped(c: char) -> bool {
+    use icu_properties::props::{DefaultIgnorableCodePoint, GeneralCategory, GeneralCategoryGroup};
+    !c.is_ascii()
+        && (icu_properties::CodePointSetData::new::<DefaultIgnorableCodePoint>().contains(c)
+            || GeneralCategoryGroup::Mark
+                .contains(icu_properties::CodePointMapData::<GeneralCategory>::new().get(c)))
 }
 
 /// One segment as it arrived: percent escapes are well formed, and what they decode to is
@@ -107,24 +122,17 @@ fn check_segment(raw: &str, first: bool) -> Result<String, PathError> {
     {
         return Err(PathError::Character);
     }
-    // An accent belongs to a letter: one on punctuation (`..%CC%81`) is `..` to software
-    // that strips accents.
-    let mark = |c: char| {
-        use icu_properties::props::{GeneralCategory, GeneralCategoryGroup};
-        let kind = icu_properties::CodePointMapData::<GeneralCategory>::new().get(c);
-        GeneralCategoryGroup::Mark.contains(kind)
-    };
-    let mut previous: Option<char> = None;
-    for c in text.chars() {
-        if mark(c) && previous.is_none_or(|p| p.is_ascii() && !p.is_ascii_alphanumeric()) {
-            return Err(PathError::Character);
-        }
-        previous = Some(c);
-    }
     // `..;x` is `..` to servers that strip path parameters (Tomcat, Spring), and `... ` or
-    // `.. ` is `..` to those that drop a name's trailing dots and spaces (Windows').
+    // `.. ` is `..` to those that drop a name's trailing dots and spaces (Windows'). Read
+    // as software that drops invisible characters and accents and transliterates dots
+    // reads it: `..%CD%8F`, `..%CC%81` and `。。` are `..` there.
     let before_params = text.split(';').next().unwrap_or_default();
-    if before_params.trim_end_matches(['.', ' ']).is_empty() {
+    let read: String = before_params
+        .chars()
+        .filter(|&c| !dropped(c))
+        .map(|c| if DOTS.contains(&c) { '.' } else { c })
+        .collect();
+    if read.trim_end_matches(['.', ' ']).is_empty() {
         return Err(PathError::DotSegment);
     }
     Ok(text)
@@ -338,6 +346,13 @@ mod tests {
             "users/alice%40contoso.com",
             "artists/Guns%20N%E2%80%99%20Roses",
             "tags/%E2%98%85/%E6%97%A5%E6%9C%AC",
+            // ❤️ (with its variation selector), a family emoji joined by ZWJ, a Persian
+            // word with ZWNJ, Sinhala with ZWJ, a Japanese name ending in 。
+            "tags/%E2%9D%A4%EF%B8%8F",
+            "tags/%F0%9F%91%A8%E2%80%8D%F0%9F%91%A9%E2%80%8D%F0%9F%91%A7",
+            "search/%D9%85%DB%8C%E2%80%8C%D8%AE%D9%88%D8%A7%D9%87%D9%85",
+            "search/%E0%B7%81%E0%B7%8A%E2%80%8D%E0%B6%BB%E0%B7%93",
+            "artists/%E3%83%A2%E3%83%BC%E3%83%8B%E3%83%B3%E3%82%B0%E5%A8%98%E3%80%82",
         ] {
             let u = upstream_url(&base(), rest, None).unwrap();
             assert_eq!(u.path(), format!("/v1/{rest}"), "{rest}");
@@ -379,16 +394,23 @@ mod tests {
             ("me/%EF%BC%85%32%65", Character),
             ("me/%ED%A0%80", Character),
             ("me/%F4%8F%BF%BF", Character),
-            ("x/..%CD%8F/admin", Character),
-            ("x/..%EF%B8%8F/admin", Character),
-            ("x/..%F3%A0%84%80", Character),
-            ("x/..%E1%A0%8B", Character),
-            ("x/..%E3%85%A4", Character),
-            ("x/..%CC%81/admin", Character),
-            ("x/%CC%81", Character),
+            ("x/..%CD%8F/admin", DotSegment),
+            ("x/..%EF%B8%8F/admin", DotSegment),
+            ("x/..%F3%A0%84%80", DotSegment),
+            ("x/..%E1%A0%8B", DotSegment),
+            ("x/..%E3%85%A4", DotSegment),
+            ("x/..%E2%80%8D", DotSegment),
+            ("x/..%CC%81/admin", DotSegment),
+            ("x/%CC%81", DotSegment),
+            ("x/%E3%80%82%E3%80%82/admin", DotSegment),
+            ("x/%C2%B7%C2%B7", DotSegment),
+            ("x/%EF%BD%A1%EF%BD%A1", DotSegment),
             ("x/..%E2%88%95..%E2%88%95admin", Character),
             ("x/a%E2%81%84b", Character),
             ("x/a%E2%88%96b", Character),
+            ("x/a%E2%95%B2b", Character),
+            ("x/a%C3%B7b", Character),
+            ("x/a%E2%80%8Bb", Character),
             ("..%2fadmin", Character),
             ("me%2f..%2fadmin", Character),
             ("me%5c..%5cadmin", Character),
