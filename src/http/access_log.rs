@@ -159,25 +159,27 @@ fn logged_path(path: &str) -> Cow<'_, str> {
 /// line feed, a dot) or glued to it (a letter typed after it, two keys run together), or
 /// cut short (a key with its last character lost), or parted by other characters into
 /// runs each too short to tell (`AaJMb3VHu1KXgZpqK7qd.LtH2MO659N9DySpnWBSnkIQ`): its
-/// base64url characters are read together too, when capitals inside words show it random
-/// (`MID_CAPITALS`; names and files, `Firstname.Lastname@Contoso.com`, are not).
+/// base64url characters are read together too. Read together, a long run of mixed case
+/// counts only with capitals inside words as a random value has them (`MID_CAPITALS`):
+/// names and files (`Firstname.Lastname@Contoso.com`) have few.
 fn secret_shaped(segment: &str) -> bool {
     let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
     let base64url = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
     let found = [segment, decoded.as_ref()].into_iter().any(|text| {
         text.split(|c: char| !base64url(c)).any(secret_word)
-            || (!text.chars().all(base64url) && mid_capitals(text) >= MID_CAPITALS && {
+            || (!text.chars().all(base64url) && {
                 let together: String = text.chars().filter(|&c| base64url(c)).collect();
-                secret_word(&together)
+                issued_shape(&together)
+                    || (mid_capitals(text) >= MID_CAPITALS && random_run(&together))
             })
     });
     found
 }
 
-/// How many capitals inside words (after a letter) make a text parted by other characters
-/// read as random: a 43-character state value has about 14, a name or a file's name one
-/// or two (`AdeleV@contoso.OnMicrosoft.com`: 2).
-const MID_CAPITALS: usize = 4;
+/// How many capitals inside words (after a letter) make a long mixed-case text parted by
+/// other characters read as random: a 43-character state value has about 14, names and
+/// files' names a few (`Adele.McDonald.DeShawn@ContosoPharma.OnMicrosoft.com`: 4).
+const MID_CAPITALS: usize = 6;
 
 /// The capitals of `text` that follow a letter.
 fn mid_capitals(text: &str) -> usize {
@@ -198,19 +200,28 @@ const RANDOM_RUN: usize = 24;
 
 /// A word of base64url characters (`-`, `_`, letters and digits) shaped as a secret.
 fn secret_word(word: &str) -> bool {
+    issued_shape(word) || random_run(word)
+}
+
+/// A word shaped as what oauthd issues: a state value, or an API key inside it.
+fn issued_shape(word: &str) -> bool {
     if crate::secret::is_token_shaped(word) {
         return true;
     }
     let prefix = crate::secret::API_KEY_PREFIX.as_bytes();
     let bytes = word.as_bytes();
-    let key_inside = bytes
+    bytes
         .windows(prefix.len())
         .position(|w| w.eq_ignore_ascii_case(prefix))
-        .is_some_and(|at| bytes.len() - at - prefix.len() >= KEY_TAIL);
-    key_inside
-        || (word.len() >= RANDOM_RUN
-            && bytes.iter().any(u8::is_ascii_uppercase)
-            && bytes.iter().any(u8::is_ascii_lowercase))
+        .is_some_and(|at| bytes.len() - at - prefix.len() >= KEY_TAIL)
+}
+
+/// A long run in mixed case: most of a random secret.
+fn random_run(word: &str) -> bool {
+    let bytes = word.as_bytes();
+    word.len() >= RANDOM_RUN
+        && bytes.iter().any(u8::is_ascii_uppercase)
+        && bytes.iter().any(u8::is_ascii_lowercase)
 }
 
 /// `path` with each segment shaped as a secret written `[secret]`: an app that put a
@@ -545,6 +556,12 @@ mod tests {
             format!("{}.{}", &state[..20], &state[20..]),
             format!("{}~{}+{}", &state[..14], &state[14..28], &state[28..]),
             format!("{}%2E{}", &state[..20], &state[20..]),
+            // Parted after every character.
+            state.chars().map(|c| format!("{c}.")).collect::<String>(),
+            format!("oauthd_{state}")
+                .chars()
+                .map(|c| format!("{c}."))
+                .collect::<String>(),
         ] {
             assert_eq!(
                 logged_path(&format!("/v1/namespaces/session/states/{sent}")),
@@ -565,6 +582,8 @@ mod tests {
             "/v1/proxy/graph/me/users/AdeleV@contoso.OnMicrosoft.com",
             "/v1/proxy/p/a/files/Quarterly-Report.Final.pdf",
             "/v1/proxy/p/a/search/Beyonc%C3%A9.Knowles-Carter",
+            "/v1/proxy/graph/me/users/Adele.McDonald.DeShawn@ContosoPharma.OnMicrosoft.com",
+            "/v1/proxy/p/a/files/MyTeamMeetingNotes.OneNote.pdf",
         ] {
             assert_eq!(logged_path(kept), kept);
         }
