@@ -609,7 +609,18 @@ async fn a_database_copied_whole_while_served_is_refused_until_its_original_stop
     );
     assert_eq!(std::fs::read(copy.db()).unwrap(), before, "changed it");
     d.signal_and_wait("TERM");
-    let names = key_names(&copy).expect("the copy opens once the original stopped");
+    // Another program reading the original (a backup tool, here `tail`) serves nothing.
+    let mut reader = Command::new("tail")
+        .arg("-f")
+        .arg(home.db())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let names = key_names(&copy);
+    common::signal(reader.id(), "KILL");
+    let _ = reader.wait();
+    let names = names.expect("the copy opens once the original stopped");
     assert!(names.contains("made-while-serving"), "{names}");
 }
 

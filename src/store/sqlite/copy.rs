@@ -81,6 +81,19 @@ pub enum CopyError {
 #[derive(Debug, Default)]
 pub struct Holders(Vec<(u32, String)>);
 
+impl Holders {
+    /// Those that are oauthd (a serving one, or a command on the file): a backup tool, a
+    /// replication tool or an `sqlite3` shell reading the file serves nothing.
+    pub(super) fn oauthds(self) -> Holders {
+        Holders(
+            self.0
+                .into_iter()
+                .filter(|(_, name)| name.starts_with("oauthd"))
+                .collect(),
+        )
+    }
+}
+
 impl std::fmt::Display for Holders {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for (i, (pid, name)) in self.0.iter().enumerate() {

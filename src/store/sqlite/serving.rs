@@ -122,6 +122,12 @@ impl Place {
         })
     }
 
+    /// Whether the file this names is still there: the same device and inode at its path.
+    fn in_place(&self) -> bool {
+        Place::of(std::path::Path::new(&self.path))
+            .is_some_and(|there| there.device == self.device && there.inode == self.inode)
+    }
+
     /// A mark's value: since when (unix ms), then the place.
     fn value(&self, since_ms: i64) -> String {
         format!("{since_ms} {} {} {}", self.device, self.inode, self.path)
@@ -190,8 +196,8 @@ pub struct Original {
 /// For the database file at `here`: a mark made in another file (not this one under
 /// another path: another device or inode) that is still at the place the mark names and
 /// is served now: by the process that made the mark, alive on this machine, or (that
-/// process gone since, restarted, or in another PID namespace, as in a container) by any
-/// process found holding it open. The file at hand is then a copy, taken with its -wal
+/// process gone since, restarted, or in another PID namespace, as in a container) by an
+/// oauthd found holding it open (a backup or replication tool reading it serves nothing). The file at hand is then a copy, taken with its -wal
 /// (`cp -a`, rsync, a file-level backup tool), of a database served now: served or changed
 /// beside it, the copy would refresh the same connections with the same refresh tokens,
 /// and a provider that rotates them ends the connection in one of the two.
@@ -209,18 +215,17 @@ pub fn copy_of_served(
         if here.is_some_and(|here| same_file(here, &made_at)) {
             continue;
         }
-        let original = std::path::Path::new(&made_at.path);
-        let still_there = Place::of(original).is_some_and(|there| same_file(&there, &made_at));
-        if !still_there {
+        if !made_at.in_place() {
             continue;
         }
+        let original = std::path::Path::new(&made_at.path);
         let alive = match (&process, &this) {
             (Some(process), Some(this)) => process.alive(this) == Some(true),
             _ => false,
         };
         let by = match process.filter(|_| alive) {
             Some(process) => format!(" by oauthd (pid {})", process.pid),
-            None => super::copy::holders(original).to_string(),
+            None => super::copy::holders(original).oauthds().to_string(),
         };
         if !by.is_empty() {
             return Ok(Some(Original {
@@ -248,13 +253,19 @@ pub fn forget_gone(
 ) -> rusqlite::Result<()> {
     let this = Process::this();
     for (name, value) in marks(conn)? {
-        let gone = match (Process::from_mark(&name), &this) {
-            (Some(process), Some(this)) => process.alive(this) == Some(false),
-            (None, _) => true,
-            (Some(_), None) => false,
+        let alive = match (Process::from_mark(&name), &this) {
+            (Some(process), Some(this)) => process.alive(this),
+            (None, _) => Some(false),
+            (Some(_), None) => None,
         };
-        let elsewhere = Place::from_value(&value).1.as_ref() != here;
-        if gone || elsewhere || !wal_beside {
+        let made_at = Place::from_value(&value).1;
+        let elsewhere = made_at.as_ref() != here;
+        // Made elsewhere by a process that cannot be looked up from here (in another PID
+        // namespace: a command in a container), in a file still in its place: kept, so
+        // that an open that can see that process (on the host) still tells this file for
+        // a copy of one served.
+        let unseen = elsewhere && alive.is_none() && made_at.as_ref().is_some_and(Place::in_place);
+        if alive == Some(false) || (elsewhere && !unseen) || !wal_beside {
             remove(conn, &name)?;
         }
     }
@@ -439,8 +450,12 @@ mod tests {
         // A process gone, or one that cannot be looked up: nothing tells.
         let gone = meta();
         other_mark(&gone, &original, true);
-        other_mark(&gone, &original, false);
+        let unseen = other_mark(&gone, &original, false);
         assert_eq!(copy_of_served(&gone, Some(&copy)).unwrap(), None);
+        // An open of the copy forgets the mark of the process gone, and keeps the one it
+        // cannot look up while the original is in place (an open on the host may).
+        forget_gone(&gone, Some(&copy), true).unwrap();
+        assert_eq!(names(&gone), [unseen]);
         // The original no longer there (moved).
         std::fs::remove_file(&original_path).unwrap();
         assert_eq!(copy_of_served(&conn, Some(&copy)).unwrap(), None);
