@@ -591,6 +591,15 @@ async fn a_database_copied_whole_while_served_is_refused_until_its_original_stop
     let (code, err) = copy.refused_start();
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("is a copy of "), "{err}");
+    // A backup of it too: it merged the copy's -wal into it (the last connection to close
+    // it does), and the copy was refused after as one copied without its -wal.
+    let dest = copy.dir.path().join("copy-backup.db");
+    let out = copy.cli(&["backup", dest.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("is a copy of "), "{err}");
+    assert!(!dest.exists());
+    assert!(copy.dir.path().join("oauthd.db-wal").exists());
     assert_eq!(std::fs::read(copy.db()).unwrap(), before, "changed it");
     // The original is not a copy of itself.
     let names = key_names(&home).expect("the original opens");

@@ -28,7 +28,6 @@ mod writer;
 use super::{ChangeWatch, StoreError, VaultKeysInUse, VaultKeysNote};
 use r2d2::{ManageConnection, Pool};
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, MAIN_DB};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -269,20 +268,7 @@ impl SqliteStore {
             }
         }
         if found > 0 {
-            if let Some(original) =
-                serving::copy_of_served(&conn, here.as_ref()).map_err(sqlite_err)?
-            {
-                // Closed, the last connection to a database merges its -wal into it and
-                // removes it: the copy would lose the -wal this names, and open after that
-                // as one copied without it.
-                conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
-                    .map_err(sqlite_err)?;
-                return Err(OpenError::CopyOfServed {
-                    path: path.to_owned(),
-                    original: original.path,
-                    by: original.by,
-                });
-            }
+            serving::refuse_a_copy_of_served(&conn, path)?;
         }
         if !created && found == 0 {
             log::warn!(

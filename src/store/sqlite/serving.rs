@@ -237,6 +237,30 @@ pub fn copy_of_served(
     Ok(None)
 }
 
+/// Refuses the database at `path`, opened on `conn`, when it is a copy of one served now
+/// (`copy_of_served`), leaving its files as they were: closed, the last connection to a
+/// database merges its -wal into it and removes it, and the copy would lose the -wal this
+/// names and be refused after that as one copied without it.
+pub(super) fn refuse_a_copy_of_served(
+    conn: &Connection,
+    path: &std::path::Path,
+) -> Result<(), super::OpenError> {
+    let sqlite_err = |e: rusqlite::Error| super::OpenError::open(path, &e);
+    let Some(original) = copy_of_served(conn, Place::of(path).as_ref()).map_err(sqlite_err)? else {
+        return Ok(());
+    };
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )
+    .map_err(sqlite_err)?;
+    Err(super::OpenError::CopyOfServed {
+        path: path.to_owned(),
+        original: original.path,
+        by: original.by,
+    })
+}
+
 fn remove(conn: &Connection, name: &str) -> rusqlite::Result<()> {
     conn.prepare_cached("DELETE FROM meta WHERE name = ?1")?
         .execute([name])
