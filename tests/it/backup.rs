@@ -618,17 +618,29 @@ async fn a_database_copied_whole_while_served_is_refused_until_its_original_stop
     );
     assert_eq!(std::fs::read(copy.db()).unwrap(), before, "changed it");
     d.signal_and_wait("TERM");
-    // Another program reading the original (a backup tool, here `tail`) serves nothing.
-    let mut reader = Command::new("tail")
-        .arg("-f")
-        .arg(home.db())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Other programs reading the original (a backup tool, here `tail`, and a script whose
+    // name starts with oauthd, as a process names itself) serve nothing.
+    let script = home.dir.path().join("oauthd-reader");
+    std::fs::write(
+        &script,
+        "#!/usr/bin/python3\nimport sys, time\nf = open(sys.argv[1], 'rb')\ntime.sleep(30)\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut tail = Command::new("tail");
+    tail.arg("-f");
+    let mut readers = [tail, Command::new(&script)].map(|mut cmd| {
+        cmd.arg(home.db())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(500));
     let names = key_names(&copy);
-    common::signal(reader.id(), "KILL");
-    let _ = reader.wait();
+    for reader in &mut readers {
+        common::signal(reader.id(), "KILL");
+        let _ = reader.wait();
+    }
     let names = names.expect("the copy opens once the original stopped");
     assert!(names.contains("made-while-serving"), "{names}");
 }

@@ -77,18 +77,23 @@ pub enum CopyError {
 }
 
 /// The processes found holding a file open, for a message: ` (pid 12 oauthd, pid 40
-/// sqlite3)`, or nothing when none could be named.
+/// sqlite3)`, or nothing when none could be named. Each with the name of the program it
+/// runs, where it can be read.
 #[derive(Debug, Default)]
-pub struct Holders(Vec<(u32, String)>);
+pub struct Holders(Vec<(u32, String, Option<String>)>);
 
 impl Holders {
-    /// Those that are oauthd (a serving one, or a command on the file): a backup tool, a
-    /// replication tool or an `sqlite3` shell reading the file serves nothing.
+    /// Those running oauthd (a serving one, or a command on the file), told by the program
+    /// they run, not by their name, which a script picks itself (`oauthd-litestream`): a
+    /// backup tool, a replication tool or an `sqlite3` shell reading the file serves
+    /// nothing.
     pub(super) fn oauthds(self) -> Holders {
         Holders(
             self.0
                 .into_iter()
-                .filter(|(_, name)| name.starts_with("oauthd"))
+                .filter(|(_, _, program)| {
+                    program.as_deref().is_some_and(|p| p.starts_with("oauthd"))
+                })
                 .collect(),
         )
     }
@@ -96,7 +101,7 @@ impl Holders {
 
 impl std::fmt::Display for Holders {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, (pid, name)) in self.0.iter().enumerate() {
+        for (i, (pid, name, _)) in self.0.iter().enumerate() {
             let sep = if i == 0 { " by " } else { ", " };
             write!(f, "{sep}pid {pid} {name:?}")?;
         }
@@ -138,7 +143,11 @@ pub(super) fn holders(path: &Path) -> Holders {
         });
         if open {
             let name = std::fs::read_to_string(process.path().join("comm")).unwrap_or_default();
-            found.push((pid, name.trim().to_owned()));
+            // "/usr/bin/oauthd", or "… (deleted)" for a binary replaced since it started.
+            let program = std::fs::read_link(process.path().join("exe"))
+                .ok()
+                .and_then(|exe| Some(exe.file_name()?.to_string_lossy().into_owned()));
+            found.push((pid, name.trim().to_owned(), program));
         }
     }
     Holders(found)

@@ -330,7 +330,7 @@ impl SqliteStore {
                     );
                 }
             }
-            if let Err(e) = serving::forget_gone(&conn, here.as_ref(), !wal_left_behind) {
+            if let Err(e) = serving::forget_gone(&conn, !wal_left_behind) {
                 log::debug!(
                     "database {}: marks of oauthds gone left for now: {e}",
                     path.display()

@@ -267,29 +267,21 @@ fn remove(conn: &Connection, name: &str) -> rusqlite::Result<()> {
         .map(|_| ())
 }
 
-/// At a writable open of the database file at `here` (not refused): removes the marks of
-/// processes gone and those made elsewhere, and with no -wal beside it (`wal_beside`
-/// false: no process serves it), every mark.
-pub fn forget_gone(
-    conn: &Connection,
-    here: Option<&Place>,
-    wal_beside: bool,
-) -> rusqlite::Result<()> {
+/// At a writable open of the database file (not refused): removes the marks of processes
+/// gone and, with no -wal beside it (`wal_beside` false: no process serves it), every
+/// mark. A mark of a process alive is kept wherever it was made: the same file reached
+/// through another path (a bind mount) is served by it. So is one of a process that
+/// cannot be looked up from here (another PID namespace): an open that can see it (on the
+/// host) may still tell this file for a copy of one served.
+pub fn forget_gone(conn: &Connection, wal_beside: bool) -> rusqlite::Result<()> {
     let this = Process::this();
-    for (name, value) in marks(conn)? {
-        let alive = match (Process::from_mark(&name), &this) {
-            (Some(process), Some(this)) => process.alive(this),
-            (None, _) => Some(false),
-            (Some(_), None) => None,
+    for (name, _) in marks(conn)? {
+        let gone = match (Process::from_mark(&name), &this) {
+            (Some(process), Some(this)) => process.alive(this) == Some(false),
+            (None, _) => true,
+            (Some(_), None) => false,
         };
-        let made_at = Place::from_value(&value).1;
-        let elsewhere = made_at.as_ref() != here;
-        // Made elsewhere by a process that cannot be looked up from here (in another PID
-        // namespace: a command in a container), in a file still in its place: kept, so
-        // that an open that can see that process (on the host) still tells this file for
-        // a copy of one served.
-        let unseen = elsewhere && alive.is_none() && made_at.as_ref().is_some_and(Place::in_place);
-        if alive == Some(false) || (elsewhere && !unseen) || !wal_beside {
+        if gone || !wal_beside {
             remove(conn, &name)?;
         }
     }
@@ -423,7 +415,7 @@ mod tests {
     }
 
     #[test]
-    fn an_open_forgets_marks_gone_or_made_elsewhere_and_all_without_a_wal() {
+    fn an_open_forgets_marks_gone_and_all_without_a_wal() {
         let conn = meta();
         let here = place("/srv/oauthd.db");
         mark(&conn, 2_000, &here).unwrap();
@@ -433,17 +425,18 @@ mod tests {
         let copied = meta();
         mark(&copied, 2_000, &place("/elsewhere/oauthd.db")).unwrap();
         // With the -wal beside it: the gone one goes, what cannot be looked up stays.
-        forget_gone(&conn, Some(&here), true).unwrap();
+        forget_gone(&conn, true).unwrap();
         let mut left = names(&conn);
         left.sort();
         let mut expected = vec![this.clone(), unseen];
         expected.sort();
         assert_eq!(left, expected);
-        // A copy taken with its -wal: marks made elsewhere go.
-        forget_gone(&copied, Some(&here), true).unwrap();
-        assert!(names(&copied).is_empty());
+        // Made elsewhere by a process alive (this file through another path, or its
+        // original, which the open refuses while it is in place): kept.
+        forget_gone(&copied, true).unwrap();
+        assert_eq!(names(&copied), [this]);
         // No -wal: nothing serves the file.
-        forget_gone(&conn, Some(&here), false).unwrap();
+        forget_gone(&conn, false).unwrap();
         assert!(names(&conn).is_empty());
     }
 
@@ -478,7 +471,7 @@ mod tests {
         assert_eq!(copy_of_served(&gone, Some(&copy)).unwrap(), None);
         // An open of the copy forgets the mark of the process gone, and keeps the one it
         // cannot look up while the original is in place (an open on the host may).
-        forget_gone(&gone, Some(&copy), true).unwrap();
+        forget_gone(&gone, true).unwrap();
         assert_eq!(names(&gone), [unseen]);
         // The original no longer there (moved).
         std::fs::remove_file(&original_path).unwrap();
