@@ -35,10 +35,6 @@ const SLASHES: &[char] = &[
     '\u{29F8}', '\u{29F9}', '\u{2216}',
 ];
 
-/// The look-alikes of `.` that transliteration turns into it: read as dots when a segment
-/// is checked for being only dots (`。。` is `..` there; `モーニング娘。` is a name).
-const DOTS: &[char] = &['\u{00B7}', '\u{2027}', '\u{3002}', '\u{FF61}', '\u{FE52}'];
-
 /// A character beyond ASCII (percent-encoded as UTF-8: `Beyonc%C3%A9`) is taken when it
 /// is a letter, a mark, a number, punctuation or a symbol whose compatibility form holds
 /// no ASCII but letters and digits: `é`, `ú` or `u` with its accent, `’`, `★`, `Ａ`, the
@@ -70,6 +66,13 @@ fn allowed_beyond_ascii(c: char) -> bool {
         .normalize(c.encode_utf8(&mut utf8))
         .bytes()
         .all(|b| !b.is_ascii() || b.is_ascii_alphanumeric())
+}
+
+/// Whether `c` is punctuation (any script's full stop among it).
+fn punctuation(c: char) -> bool {
+    use icu_properties::props::{GeneralCategory, GeneralCategoryGroup};
+    GeneralCategoryGroup::Punctuation
+        .contains(icu_properties::CodePointMapData::<GeneralCategory>::new().get(c))
 }
 
 /// A character beyond ASCII that software may drop before it routes: one that renders as
@@ -124,15 +127,16 @@ fn check_segment(raw: &str, first: bool) -> Result<String, PathError> {
     }
     // `..;x` is `..` to servers that strip path parameters (Tomcat, Spring), and `... ` or
     // `.. ` is `..` to those that drop a name's trailing dots and spaces (Windows'). Read
-    // as software that drops invisible characters and accents and transliterates dots
-    // reads it: `..%CD%8F`, `..%CC%81` and `。。` are `..` there.
+    // as software that drops invisible characters and accents and transliterates reads
+    // it: `..%CD%8F`, `..%CC%81`, and full stops of other scripts (`。。`, `··`, `።።`) are
+    // `..` there. A segment of only those, dots and spaces is refused; `モーニング娘。`
+    // is a name.
     let before_params = text.split(';').next().unwrap_or_default();
-    let read: String = before_params
+    let only_dots = before_params
         .chars()
         .filter(|&c| !dropped(c))
-        .map(|c| if DOTS.contains(&c) { '.' } else { c })
-        .collect();
-    if read.trim_end_matches(['.', ' ']).is_empty() {
+        .all(|c| matches!(c, '.' | ' ') || (!c.is_ascii() && punctuation(c)));
+    if only_dots {
         return Err(PathError::DotSegment);
     }
     Ok(text)
@@ -405,6 +409,9 @@ mod tests {
             ("x/%E3%80%82%E3%80%82/admin", DotSegment),
             ("x/%C2%B7%C2%B7", DotSegment),
             ("x/%EF%BD%A1%EF%BD%A1", DotSegment),
+            ("x/%CE%87%CE%87", DotSegment),
+            ("x/%E1%8D%A2%E1%8D%A2/admin", DotSegment),
+            ("x/%DB%94%E0%A5%A4", DotSegment),
             ("x/..%E2%88%95..%E2%88%95admin", Character),
             ("x/a%E2%81%84b", Character),
             ("x/a%E2%88%96b", Character),
