@@ -169,7 +169,10 @@ fn secret_shaped(segment: &str) -> bool {
         text.split(|c: char| !base64url(c)).any(secret_word)
             || (!text.chars().all(base64url) && {
                 let together: String = text.chars().filter(|&c| base64url(c)).collect();
-                issued_shape(&together)
+                // A state value read together is in mixed case, as a random one is: a
+                // file's name in small letters whose letters come to 43 is not one.
+                key_inside(&together)
+                    || (crate::secret::is_token_shaped(&together) && mixed_case(&together))
                     || (mid_capitals(text) >= MID_CAPITALS && random_run(&together))
             })
     });
@@ -205,9 +208,11 @@ fn secret_word(word: &str) -> bool {
 
 /// A word shaped as what oauthd issues: a state value, or an API key inside it.
 fn issued_shape(word: &str) -> bool {
-    if crate::secret::is_token_shaped(word) {
-        return true;
-    }
+    crate::secret::is_token_shaped(word) || key_inside(word)
+}
+
+/// Whether `word` holds an API key's prefix (in either case) and enough of a key after it.
+fn key_inside(word: &str) -> bool {
     let prefix = crate::secret::API_KEY_PREFIX.as_bytes();
     let bytes = word.as_bytes();
     bytes
@@ -216,12 +221,15 @@ fn issued_shape(word: &str) -> bool {
         .is_some_and(|at| bytes.len() - at - prefix.len() >= KEY_TAIL)
 }
 
+/// Whether `word` holds both capitals and small letters.
+fn mixed_case(word: &str) -> bool {
+    let bytes = word.as_bytes();
+    bytes.iter().any(u8::is_ascii_uppercase) && bytes.iter().any(u8::is_ascii_lowercase)
+}
+
 /// A long run in mixed case: most of a random secret.
 fn random_run(word: &str) -> bool {
-    let bytes = word.as_bytes();
-    word.len() >= RANDOM_RUN
-        && bytes.iter().any(u8::is_ascii_uppercase)
-        && bytes.iter().any(u8::is_ascii_lowercase)
+    word.len() >= RANDOM_RUN && mixed_case(word)
 }
 
 /// `path` with each segment shaped as a secret written `[secret]`: an app that put a
@@ -584,6 +592,7 @@ mod tests {
             "/v1/proxy/p/a/search/Beyonc%C3%A9.Knowles-Carter",
             "/v1/proxy/graph/me/users/Adele.McDonald.DeShawn@ContosoPharma.OnMicrosoft.com",
             "/v1/proxy/p/a/files/MyTeamMeetingNotes.OneNote.pdf",
+            "/v1/proxy/p/a/files/meeting.notes.from.the.quarterly.review.2026.v2.txt",
         ] {
             assert_eq!(logged_path(kept), kept);
         }
