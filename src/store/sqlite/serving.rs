@@ -9,15 +9,17 @@
 //! `-wal` beside it, so its writes were merged into the file (a clean stop, an `sqlite3`
 //! shell after a kill).
 //!
-//! A file that holds a mark made in another file still in its place, by a process alive
-//! on this machine, is a copy taken with its `-wal` while that process serves the original:
-//! it is refused as long as the original is served (`OpenError::CopyOfServed`).
+//! A file that holds a mark made in another file still in its place, served now (by the
+//! marking process, alive on this machine, or an oauthd found holding it open), is a copy
+//! taken with its `-wal` while the original is served: it is refused as long as the
+//! original is served (`OpenError::CopyOfServed`).
 //!
 //! A clean stop removes its process's mark, and those of processes it cannot see alive (a
 //! killed oauthd's, one in another container's PID namespace). A writable open removes the
-//! marks of processes gone, marks made elsewhere (a copy taken with its `-wal`, whole), and
-//! with no `-wal` beside the file, every mark. `oauthd backup` and `restore` leave every
-//! mark out of what they copy.
+//! marks of processes gone, and with no `-wal` beside the file, every mark; a mark of a
+//! process alive or one it cannot look up stays, wherever it was made (the same file
+//! through another path is served by it). `oauthd backup` and `restore` leave every mark
+//! out of what they copy.
 
 use rusqlite::Connection;
 
