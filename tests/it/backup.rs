@@ -1572,11 +1572,10 @@ async fn a_database_served_through_a_link_opens_in_commands_meanwhile() {
     let real = home.dir.path().join("data");
     std::fs::create_dir(&real).unwrap();
     std::fs::rename(home.db(), real.join("oauthd.db")).unwrap();
-    std::fs::rename(
-        home.dir.path().join("oauthd.db.key"),
-        real.join("oauthd.db.key"),
-    )
-    .ok();
+    // With whatever lies beside it: a command's last writes may still be in its -wal.
+    for name in ["oauthd.db-wal", "oauthd.db-shm", "oauthd.db.key"] {
+        std::fs::rename(home.dir.path().join(name), real.join(name)).ok();
+    }
     std::os::unix::fs::symlink(real.join("oauthd.db"), home.db()).unwrap();
     let d = home.start();
     home.create_key("while-served", &[]);
