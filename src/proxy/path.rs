@@ -35,10 +35,16 @@ const SLASHES: &[char] = &[
     '\u{29F8}', '\u{29F9}', '\u{2216}',
 ];
 
+/// The ASCII punctuation a character beyond ASCII may fold into (`（` into `(`): what a
+/// path segment takes as it is (`plain`), but for `.` (dot segments), `:` (a scheme in the
+/// first segment) and `@` (a user name there).
+const FOLDS_TO: &[u8] = b"-_~!$&'()*+,;=";
+
 /// A character beyond ASCII (percent-encoded as UTF-8: `Beyonc%C3%A9`) is taken when it
-/// is a letter, a mark, a number, punctuation or a symbol whose compatibility form holds
-/// no ASCII but letters and digits: `é`, `ú` or `u` with its accent, `’`, `★`, `Ａ`, the
-/// joiners emoji and Persian and Indic words are written with (U+200C, U+200D). Some
+/// is a letter, a mark, a number, punctuation or a symbol whose compatibility form holds no
+/// ASCII but letters, digits and the punctuation a path takes as it is (`FOLDS_TO`): `é`,
+/// `ú` or `u` with its accent, `’`, `★`, `Ａ`, the full-width parentheses of CJK file names,
+/// the joiners emoji and Persian and Indic words are written with (U+200C, U+200D). Some
 /// servers fold characters into that form (NFKC) before they route, and `．` and `／`
 /// (full-width dot and slash) are `.` and `/` there. Spaces, controls, other format
 /// characters (direction overrides, the zero-width space) and `SLASHES` are refused.
@@ -65,7 +71,7 @@ fn allowed_beyond_ascii(c: char) -> bool {
     icu_normalizer::ComposingNormalizerBorrowed::new_nfkc()
         .normalize(c.encode_utf8(&mut utf8))
         .bytes()
-        .all(|b| !b.is_ascii() || b.is_ascii_alphanumeric())
+        .all(|b| !b.is_ascii() || b.is_ascii_alphanumeric() || FOLDS_TO.contains(&b))
 }
 
 /// Whether `c` is punctuation (any script's full stop among it).
@@ -357,6 +363,8 @@ mod tests {
             "search/%D9%85%DB%8C%E2%80%8C%D8%AE%D9%88%D8%A7%D9%87%D9%85",
             "search/%E0%B7%81%E0%B7%8A%E2%80%8D%E0%B6%BB%E0%B7%93",
             "artists/%E3%83%A2%E3%83%BC%E3%83%8B%E3%83%B3%E3%82%B0%E5%A8%98%E3%80%82",
+            // A CJK file name with full-width parentheses: （1）.
+            "files/%E5%86%99%E7%9C%9F%EF%BC%88%EF%BC%91%EF%BC%89.jpg",
         ] {
             let u = upstream_url(&base(), rest, None).unwrap();
             assert_eq!(u.path(), format!("/v1/{rest}"), "{rest}");
@@ -418,6 +426,9 @@ mod tests {
             ("x/a%E2%95%B2b", Character),
             ("x/a%C3%B7b", Character),
             ("x/a%E2%80%8Bb", Character),
+            ("%EF%BC%9Aevil", Character),
+            ("x/%EF%BC%A0a", Character),
+            ("x/a%E2%80%A6", Character),
             ("..%2fadmin", Character),
             ("me%2f..%2fadmin", Character),
             ("me%5c..%5cadmin", Character),
