@@ -207,7 +207,8 @@ pub fn backup(db: &Path, to: &Path) -> Result<BackedUp, CopyError> {
     let version = version_to_copy(&source, db)?;
     // A copy taken whole while its original is served: a backup of it would merge its
     // -wal into it (the last connection to close it does), as any write would.
-    super::serving::refuse_a_copy_of_served(&source, db).map_err(CopyError::Open)?;
+    let here = super::serving::Place::of(db);
+    super::serving::refuse_a_copy_of_served(&source, db, here.as_ref()).map_err(CopyError::Open)?;
     // A link names where the copy goes; the link stays. Only a link that may be trusted
     // is followed: one another local user planted where the copy is written (`/tmp`)
     // would have it replace a file of their choosing, another oauthd's database. What is

@@ -268,7 +268,7 @@ impl SqliteStore {
             }
         }
         if found > 0 {
-            serving::refuse_a_copy_of_served(&conn, path)?;
+            serving::refuse_a_copy_of_served(&conn, path, here.as_ref())?;
         }
         if !created && found == 0 {
             log::warn!(

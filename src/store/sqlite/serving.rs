@@ -124,10 +124,14 @@ impl Place {
         })
     }
 
-    /// Whether the file this names is still there: the same device and inode at its path.
+    /// Whether `other` is the same file (device and inode), whatever path reached it.
+    fn same_file(&self, other: &Place) -> bool {
+        self.device == other.device && self.inode == other.inode
+    }
+
+    /// Whether the file this names is still there: the same file at its path.
     fn in_place(&self) -> bool {
-        Place::of(std::path::Path::new(&self.path))
-            .is_some_and(|there| there.device == self.device && there.inode == self.inode)
+        Place::of(std::path::Path::new(&self.path)).is_some_and(|there| there.same_file(self))
     }
 
     /// A mark's value: since when (unix ms), then the place.
@@ -208,13 +212,12 @@ pub fn copy_of_served(
     here: Option<&Place>,
 ) -> rusqlite::Result<Option<Original>> {
     let this = Process::this();
-    let same_file = |a: &Place, b: &Place| a.device == b.device && a.inode == b.inode;
     for (name, value) in marks(conn)? {
         let (process, (_, Some(made_at))) = (Process::from_mark(&name), Place::from_value(&value))
         else {
             continue;
         };
-        if here.is_some_and(|here| same_file(here, &made_at)) {
+        if here.is_some_and(|here| here.same_file(&made_at)) {
             continue;
         }
         if !made_at.in_place() {
@@ -239,16 +242,18 @@ pub fn copy_of_served(
     Ok(None)
 }
 
-/// Refuses the database at `path`, opened on `conn`, when it is a copy of one served now
+/// Refuses the database at `path` (its place `here`), opened on `conn`, when it is a copy of
+/// one served now
 /// (`copy_of_served`), leaving its files as they were: closed, the last connection to a
 /// database merges its -wal into it and removes it, and the copy would lose the -wal this
 /// names and be refused after that as one copied without it.
 pub(super) fn refuse_a_copy_of_served(
     conn: &Connection,
     path: &std::path::Path,
+    here: Option<&Place>,
 ) -> Result<(), super::OpenError> {
     let sqlite_err = |e: rusqlite::Error| super::OpenError::open(path, &e);
-    let Some(original) = copy_of_served(conn, Place::of(path).as_ref()).map_err(sqlite_err)? else {
+    let Some(original) = copy_of_served(conn, here).map_err(sqlite_err)? else {
         return Ok(());
     };
     conn.set_db_config(
