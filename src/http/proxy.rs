@@ -185,6 +185,8 @@ pub async fn forward(
         .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
         .collect();
     let out = Outgoing {
+        provider: &provider,
+        account: &account,
         method: req.method().as_str(),
         url: &url,
         headers: &forwarded,

@@ -7,11 +7,13 @@
 //! Never: a redirect followed, a host other than the base's, the caller's credentials or
 //! cookies passed on (see `headers`), a path outside the base (see `path`).
 
+mod clients;
 pub mod headers;
 pub mod path;
 
 use crate::broker::AccessToken;
 use bytes::Bytes;
+use clients::ClientSetup;
 use std::time::Duration;
 use url::Url;
 
@@ -54,6 +56,10 @@ pub enum ProxyError {
 
 /// One attempt at the provider's API.
 pub struct Outgoing<'a> {
+    /// Whose token it carries: each account's requests go over connections of its own
+    /// (see `clients`).
+    pub provider: &'a str,
+    pub account: &'a str,
     pub method: &'a str,
     pub url: &'a Url,
     /// The caller's headers that `headers::forwards_request` let through.
@@ -63,6 +69,7 @@ pub struct Outgoing<'a> {
 
 pub struct Proxy {
     pub policy: ProxyPolicy,
+    clients: ClientSetup,
     /// Request bodies held in memory at once, in KiB, across every proxied request:
     /// four full-size bodies or 64 MiB, whichever is more. Past it, 503 `proxy_busy`.
     budget_kib: u32,
@@ -126,38 +133,14 @@ impl Drop for BodyRoom<'_> {
     }
 }
 
-thread_local! {
-    /// One client per thread, for the timeouts it was built with. hyper runs a pooled
-    /// connection on the runtime that opened it, and actix-web runs one runtime per
-    /// worker thread: with one client for all workers, a call handled on one worker went
-    /// out over a connection on the other and came back (two thread hand-offs each way;
-    /// measured: p50 of a proxied call at two connections 0.6-0.9 ms, see bench/README).
-    static CLIENT: std::cell::RefCell<Option<(Duration, Duration, reqwest::Client)>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-fn build_client(policy: &ProxyPolicy) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(policy.timeout.min(Duration::from_secs(10)))
-        .read_timeout(policy.read_timeout)
-        // A burst of calls leaves at most this many idle connections per API host and
-        // worker, for half a minute (reqwest keeps every one for 90 s: measured, 171
-        // descriptors held after 200 concurrent calls to one slow API).
-        .pool_max_idle_per_host(16)
-        .pool_idle_timeout(Duration::from_secs(30))
-        .user_agent(concat!("oauthd/", env!("CARGO_PKG_VERSION"), " (proxy)"))
-        .build()
-        .map_err(|e| format!("cannot set up the HTTP client for the proxy: {e}"))
-}
-
 impl Proxy {
     /// Failing to build the client (no TLS roots, say) is a start-up error.
     pub fn new(policy: ProxyPolicy) -> Result<Proxy, String> {
-        build_client(&policy)?;
+        let clients = ClientSetup::new(&policy)?;
         let budget_kib = (policy.max_request_bytes.saturating_mul(4) / 1024).max(64 * 1024);
         Ok(Proxy {
             policy,
+            clients,
             budget_kib: u32::try_from(budget_kib).unwrap_or(u32::MAX),
             held: Default::default(),
         })
@@ -166,22 +149,6 @@ impl Proxy {
     /// What bodies hold (a poisoned lock only means a thread panicked while counting).
     fn held(&self) -> std::sync::MutexGuard<'_, Held> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// This thread's client (see `CLIENT`).
-    fn client(&self) -> Result<reqwest::Client, ProxyError> {
-        let (connect, read) = (self.policy.timeout, self.policy.read_timeout);
-        CLIENT.with(|slot| {
-            let mut slot = slot.borrow_mut();
-            if let Some((c, r, client)) = slot.as_ref() {
-                if (*c, *r) == (connect, read) {
-                    return Ok(client.clone());
-                }
-            }
-            let client = build_client(&self.policy).map_err(ProxyError::Unreachable)?;
-            *slot = Some((connect, read, client.clone()));
-            Ok(client)
-        })
     }
 
     /// An empty claim on the body budget for a request of the API key `key_id`, to grow
@@ -232,13 +199,18 @@ impl Proxy {
         let method = reqwest::Method::from_bytes(out.method.as_bytes())
             .map_err(|_| ProxyError::Unreachable("unsupported method".into()))?;
         let head = method == reqwest::Method::HEAD;
-        let mut request = self.client()?.request(method, out.url.clone());
+        let client = self
+            .clients
+            .client(out.provider, out.account)
+            .map_err(ProxyError::Unreachable)?;
+        let mut request = client.request(method, out.url.clone());
         for (name, value) in out.headers {
             request = request.header(name.as_str(), value.as_slice());
         }
         // Not kept for another request: a server that sends a body with its answer to
         // HEAD (some frameworks do) would have that body, arriving late, read as the
-        // answer to the next request on the connection, which may be another account's.
+        // answer to the next request on the connection (the same account's: see
+        // `clients`), a framework's bug the account's next call should not pay for.
         if head {
             request = request.header(reqwest::header::CONNECTION, "close");
         }

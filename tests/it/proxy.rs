@@ -764,11 +764,11 @@ async fn head_passes_on_the_providers_content_length() {
     assert_eq!(get.text().await.unwrap(), body);
 }
 
-/// An API that sends a body with its answer to `HEAD` (some frameworks do), late: on a
-/// connection kept for the next request, that body was read as the next request's answer,
-/// which may be another account's. A `HEAD` now has its connection closed after it.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_body_sent_late_to_head_is_no_later_requests_answer() {
+/// An API on a raw socket at the returned base (`.../api/`): each request's head (request
+/// line and headers) goes to `answer`, which gives what to write at once and what to
+/// write 300 ms later, on the same connection, before the next request is read. That late
+/// part is an answer to nothing: a misbehaving API's.
+async fn raw_api(answer: fn(&str) -> (String, Option<&'static str>)) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = format!("http://{}/api/", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -790,32 +790,56 @@ async fn a_body_sent_late_to_head_is_no_later_requests_answer() {
                     while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
                         let head = String::from_utf8_lossy(&seen[..end]).into_owned();
                         seen.drain(..end + 4);
-                        let path = head.split(' ').nth(1).unwrap_or("").to_owned();
-                        let answer = if head.starts_with("HEAD ") {
-                            let _ = socket
-                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n")
-                                .await;
-                            tokio::time::sleep(Duration::from_millis(300)).await;
-                            "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nSMUGGLED!".to_owned()
-                        } else {
-                            format!(
-                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
-                                path.len()
-                            )
-                        };
-                        if socket.write_all(answer.as_bytes()).await.is_err() {
+                        let (now, late) = answer(&head);
+                        if socket.write_all(now.as_bytes()).await.is_err() {
                             return;
+                        }
+                        if let Some(late) = late {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            if socket.write_all(late.as_bytes()).await.is_err() {
+                                return;
+                            }
                         }
                     }
                 }
             });
         }
     });
+    api
+}
+
+/// The late answer `raw_api`'s misbehaving APIs send.
+const SMUGGLED: &str = "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nSMUGGLED!";
+
+/// `raw_api`'s answer to a request that is answered well: its path as the body.
+fn path_as_body(head: &str) -> String {
+    let path = head.split(' ').nth(1).unwrap_or("");
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
+        path.len()
+    )
+}
+
+/// An API that sends a body with its answer to `HEAD` (some frameworks do), late: on a
+/// connection kept for the next request, that body was read as the next request's answer,
+/// which may be another account's. A `HEAD` now has its connection closed after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_sent_late_to_head_is_no_later_requests_answer() {
+    let api = raw_api(|head| {
+        if head.starts_with("HEAD ") {
+            let now = "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n".to_owned();
+            (now, Some(SMUGGLED))
+        } else {
+            (path_as_body(head), None)
+        }
+    })
+    .await;
     let mock = MockServer::start().await;
     let tokens = json!({"access_token": "old", "refresh_token": "r1", "expires_in": 3600});
     let (_home, d, key) = api_home(&mock, &api, "", tokens).await;
-    let client = reqwest::Client::new();
-    let head = client
+    // The same client, and so the same connection to oauthd and the same worker, for all.
+    let head = d
+        .http
         .head(proxy_url(&d, "head"))
         .bearer_auth(&key)
         .send()
@@ -825,16 +849,38 @@ async fn a_body_sent_late_to_head_is_no_later_requests_answer() {
     assert_eq!(common::header(&head, "content-length"), "9");
     // At once, while the late body is on its way (sent 300 ms after the answer).
     for n in 1..=6 {
-        let answer = client
-            .get(proxy_url(&d, &format!("x{n}")))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let answer = get(&d, &key, &format!("x{n}")).await.text().await.unwrap();
         assert_eq!(answer, format!("/api/x{n}"));
+    }
+}
+
+/// An API that sends a whole answer more than it was asked for (here, after a `204`): the
+/// connection it came on was kept, and shared by every account of the provider, so the
+/// extra answer was read as the next request's, which another account's could be. Each
+/// account now has connections of its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_extra_answer_from_the_api_never_reaches_another_account() {
+    let api = raw_api(|head| {
+        if head.contains("Bearer old") && head.starts_with("DELETE ") {
+            ("HTTP/1.1 204 No Content\r\n\r\n".to_owned(), Some(SMUGGLED))
+        } else {
+            (path_as_body(head), None)
+        }
+    })
+    .await;
+    let mock = MockServer::start().await;
+    let tokens = json!({"access_token": "old", "refresh_token": "r1", "expires_in": 3600});
+    let (_home, d, key) = api_home(&mock, &api, "", tokens).await;
+    let other = json!({"access_token": "other-token", "expires_in": 3600});
+    let (status, body) = d.put("/v1/connections/mock/other", &key, other).await;
+    assert_eq!(status, 201, "{body}");
+    let deleted = call(&d, &key, reqwest::Method::DELETE, "mock/default/items/1").await;
+    assert_eq!(deleted.status(), 204);
+    // At once, while the extra answer is on its way (sent 300 ms after the 204).
+    for n in 1..=6 {
+        let target = format!("mock/other/x{n}");
+        let answer = call(&d, &key, reqwest::Method::GET, &target).await;
+        assert_eq!(answer.text().await.unwrap(), format!("/api/x{n}"));
     }
 }
 
@@ -1142,4 +1188,166 @@ async fn a_proxy_address_without_the_apis_path_says_what_is_missing() {
     // Any other unknown path keeps the plain answer.
     let (status, body) = d.get("/v1/nothing-here", &key).await;
     assert_eq!((status, &body["detail"]), (404, &json!("no such endpoint")));
+}
+
+/// `openssl s_server` serving the files of a directory over TLS, with a certificate for
+/// 127.0.0.1 issued by a CA of its own; stopped (by PID) when dropped.
+struct TlsApi {
+    dir: tempfile::TempDir,
+    server: std::process::Child,
+    port: u16,
+}
+
+impl TlsApi {
+    fn start(files: &[(&str, &str)]) -> TlsApi {
+        let dir = tempfile::tempdir().unwrap();
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("openssl (Debian package openssl)");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509", "-days", "1", "-subj", "/CN=test CA"][..],
+                &key,
+                &["-keyout", "ca.key", "-out", "ca.pem"],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req", "-subj", "/CN=127.0.0.1"][..],
+                &key,
+                &["-keyout", "api.key", "-out", "api.csr"],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            dir.path().join("api.ext"),
+            "subjectAltName = IP:127.0.0.1\nbasicConstraints = CA:FALSE\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "api.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "api.ext",
+            "-out",
+            "api.pem",
+        ]);
+        for (name, body) in files {
+            let file = dir.path().join(name);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, body).unwrap();
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = std::process::Command::new("openssl")
+            .args([
+                "s_server", "-quiet", "-WWW", "-cert", "api.pem", "-key", "api.key",
+            ])
+            .args(["-accept", &format!("127.0.0.1:{port}")])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        let api = TlsApi { dir, server, port };
+        let until = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < until, "openssl s_server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        api
+    }
+}
+
+impl Drop for TlsApi {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// An API over TLS: reached when its certificate's CA is among the roots oauthd trusts
+/// (`SSL_CERT_FILE` names them, as for any program using the system's store), refused as
+/// unreachable when it is not. The proxy's clients, one per account, share a TLS set-up
+/// made once at start.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_over_tls_is_reached_through_the_roots_oauthd_trusts() {
+    let api = TlsApi::start(&[("api/me.txt", "hello over TLS")]);
+    let mock = MockServer::start().await;
+    let base = format!("https://127.0.0.1:{}/api/", api.port);
+    let home = Home::new();
+    home.write_config(&mock_provider(&mock, &base));
+    let key = home.create_key("app", &[]);
+    let tokens = json!({"access_token": "old", "expires_in": 3600});
+    // Not trusted: neither the system's roots nor the bundled ones hold the API's CA.
+    let d = home.start();
+    for account in ["default", "other"] {
+        let path = format!("/v1/connections/mock/{account}");
+        let (status, body) = d.put(&path, &key, tokens.clone()).await;
+        assert_eq!(status, 201, "{body}");
+        let resp = call(
+            &d,
+            &key,
+            reqwest::Method::GET,
+            &format!("mock/{account}/me.txt"),
+        )
+        .await;
+        assert_eq!(resp.status(), 502);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["code"], "upstream_unavailable", "{body}");
+    }
+    drop(d);
+    // A roots file that is not there is said at start, not only as "unknown issuer" later.
+    let missing = api.dir.path().join("no-such-roots.pem");
+    let d = home.start_with_env(&[("SSL_CERT_FILE", missing.to_str().unwrap())]);
+    let resp = call(&d, &key, reqwest::Method::GET, "mock/default/me.txt").await;
+    assert_eq!(resp.status(), 502);
+    drop(d);
+    let log = home.log_text();
+    assert!(
+        log.contains("TLS roots could not be read") && log.contains("no-such-roots.pem"),
+        "{log}"
+    );
+    let ca = api.dir.path().join("ca.pem");
+    let d = home.start_with_env(&[("SSL_CERT_FILE", ca.to_str().unwrap())]);
+    for account in ["default", "other"] {
+        let resp = call(
+            &d,
+            &key,
+            reqwest::Method::GET,
+            &format!("mock/{account}/me.txt"),
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), "hello over TLS");
+    }
 }

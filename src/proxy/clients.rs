@@ -1,0 +1,210 @@
+//! The HTTP clients the proxy sends with: one per account on each worker thread, so that no
+//! connection to a provider's API carries two accounts' requests.
+//!
+//! A connection kept for the next request is only as sound as the API's last answer on it:
+//! an API that sends more than it was asked for (a body after a `204` or a `304`, more
+//! bytes than its `Content-Length`, a body with its answer to `HEAD`) has the rest read as
+//! the next request's answer. With one pool for every account of a provider, that next
+//! request could be another account's, and the answer another account's data. What an API
+//! gets wrong on an account's connections now reaches that account alone.
+//!
+//! Per thread, because hyper runs a pooled connection on the runtime that opened it, and
+//! actix-web runs one runtime per worker thread: with one client for all workers, a call
+//! handled on one worker went out over a connection on the other and came back (two thread
+//! hand-offs each way; measured: p50 of a proxied call at two connections 0.6-0.9 ms, see
+//! bench/README).
+
+use super::ProxyPolicy;
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Accounts with a client of their own on one thread at once. Past it, the client of the
+/// account that sent least recently goes, and its idle connections close with it.
+const MOST: usize = 64;
+
+/// A client unused this long goes when another is made (its idle connections are closed
+/// by then: see `build`).
+const IDLE: Duration = Duration::from_secs(30);
+
+/// What each client is built from: the proxy's timeouts and one TLS set-up, whose roots
+/// are read once (reading them took about 30 ms a client).
+pub struct ClientSetup {
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    tls: rustls::ClientConfig,
+}
+
+/// A client kept on this thread for one account.
+struct Kept {
+    provider: String,
+    account: String,
+    /// The timeouts it was built with: another setup's (a test's, say) builds its own.
+    timeouts: (Duration, Duration),
+    client: reqwest::Client,
+    used: Instant,
+}
+
+thread_local! {
+    static KEPT: RefCell<Vec<Kept>> = const { RefCell::new(Vec::new()) };
+}
+
+impl ClientSetup {
+    /// Reads the TLS roots and builds a client once: failing (no roots, say) is a start-up
+    /// error.
+    pub fn new(policy: &ProxyPolicy) -> Result<ClientSetup, String> {
+        let setup = ClientSetup {
+            connect_timeout: policy.timeout.min(Duration::from_secs(10)),
+            read_timeout: policy.read_timeout,
+            tls: tls_config()?,
+        };
+        setup.build()?;
+        Ok(setup)
+    }
+
+    /// This thread's client for `provider`'s `account`.
+    pub fn client(&self, provider: &str, account: &str) -> Result<reqwest::Client, String> {
+        let timeouts = (self.connect_timeout, self.read_timeout);
+        KEPT.with(|kept| {
+            let mut kept = kept.borrow_mut();
+            let now = Instant::now();
+            if let Some(k) = kept
+                .iter_mut()
+                .find(|k| k.provider == provider && k.account == account && k.timeouts == timeouts)
+            {
+                k.used = now;
+                return Ok(k.client.clone());
+            }
+            kept.retain(|k| now.duration_since(k.used) < IDLE);
+            if kept.len() >= MOST {
+                let oldest = kept.iter().enumerate().min_by_key(|(_, k)| k.used);
+                if let Some((oldest, _)) = oldest {
+                    kept.swap_remove(oldest);
+                }
+            }
+            let client = self.build()?;
+            kept.push(Kept {
+                provider: provider.to_owned(),
+                account: account.to_owned(),
+                timeouts,
+                client: client.clone(),
+                used: now,
+            });
+            Ok(client)
+        })
+    }
+
+    fn build(&self) -> Result<reqwest::Client, String> {
+        reqwest::Client::builder()
+            .use_preconfigured_tls(self.tls.clone())
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(self.connect_timeout)
+            .read_timeout(self.read_timeout)
+            // A burst of calls leaves at most this many idle connections to an API host,
+            // for one account on one worker, for at most `IDLE` (reqwest keeps every one
+            // for 90 s: measured, 171 descriptors held after 200 concurrent calls to one
+            // slow API).
+            .pool_max_idle_per_host(16)
+            .pool_idle_timeout(IDLE)
+            .user_agent(concat!("oauthd/", env!("CARGO_PKG_VERSION"), " (proxy)"))
+            .build()
+            .map_err(|e| format!("cannot set up the HTTP client for the proxy: {e}"))
+    }
+}
+
+/// The roots reqwest would trust (the system's, which `SSL_CERT_FILE` and `SSL_CERT_DIR`
+/// replace, and the bundled Mozilla set), TLS 1.2 and 1.3, HTTP/1.1.
+fn tls_config() -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    // A system store often holds old certificates rustls cannot parse: those are left
+    // out, as reqwest leaves them out.
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    // A file `SSL_CERT_FILE` names that is not there, say: the API's TLS would then fail
+    // with "unknown issuer", far from the cause.
+    for e in native.errors {
+        log::warn!("proxy: some of the system's TLS roots could not be read: {e}");
+    }
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(rustls::ALL_VERSIONS)
+        .map_err(|e| format!("cannot set up TLS for the proxy: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tls)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The accounts this thread keeps a client for, in the order kept.
+    fn kept() -> Vec<String> {
+        KEPT.with(|k| {
+            k.borrow()
+                .iter()
+                .map(|k| format!("{}/{}", k.provider, k.account))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn each_account_has_a_client_of_its_own_on_a_thread() {
+        let setup = ClientSetup::new(&ProxyPolicy::default()).unwrap();
+        setup.client("spotify", "default").unwrap();
+        setup.client("spotify", "default").unwrap();
+        setup.client("spotify", "kitchen").unwrap();
+        setup.client("tidal", "default").unwrap();
+        assert_eq!(
+            kept(),
+            ["spotify/default", "spotify/kitchen", "tidal/default"]
+        );
+        // Another thread keeps its own.
+        let there = std::thread::scope(|s| {
+            s.spawn(|| {
+                setup.client("spotify", "default").unwrap();
+                kept()
+            })
+            .join()
+            .unwrap()
+        });
+        assert_eq!(there, ["spotify/default"]);
+        // Other timeouts (a proxy set up anew) build another.
+        let slower = ClientSetup::new(&ProxyPolicy {
+            read_timeout: Duration::from_secs(90),
+            ..ProxyPolicy::default()
+        })
+        .unwrap();
+        slower.client("spotify", "default").unwrap();
+        assert_eq!(kept().len(), 4);
+    }
+
+    #[test]
+    fn clients_unused_for_a_while_or_past_the_most_go() {
+        let setup = ClientSetup::new(&ProxyPolicy::default()).unwrap();
+        for n in 0..MOST {
+            setup.client("spotify", &format!("a{n}")).unwrap();
+        }
+        // a0 sends again: a1 is now the one that sent least recently.
+        setup.client("spotify", "a0").unwrap();
+        setup.client("spotify", "one-more").unwrap();
+        let now = kept();
+        assert_eq!(now.len(), MOST);
+        assert!(!now.contains(&"spotify/a1".to_owned()), "{now:?}");
+        assert!(now.contains(&"spotify/a0".to_owned()), "{now:?}");
+        // Clients unused for `IDLE` go when the next is made.
+        KEPT.with(|k| {
+            for k in k.borrow_mut().iter_mut().filter(|k| k.account != "a0") {
+                k.used -= IDLE;
+            }
+        });
+        setup.client("tidal", "default").unwrap();
+        assert_eq!(kept(), ["spotify/a0", "tidal/default"]);
+    }
+}
