@@ -489,19 +489,21 @@ fn key_names(home: &Home) -> Result<String, (Option<i32>, String)> {
 }
 
 /// The database file copied without its `-wal` while oauthd serves holds what was there
-/// at the last checkpoint: it opened as a whole database without a word (a key made since
-/// was not in it, nor anything else written since), as did one copied after oauthd was
-/// killed. Now it is refused (exit 2, nothing changed) naming the -wal file and `oauthd
+/// at the last checkpoint: it opened as a whole database without a word (a state made
+/// since was not in it, nor anything else oauthd wrote since), as did one copied after
+/// oauthd was killed. Now it is refused (exit 2, nothing changed) naming the -wal file and `oauthd
 /// backup`, and `restore` takes it as it is when asked. Copied after a clean stop, or
 /// after the killed oauthd's database was opened again in its place, it is whole and
 /// opens as ever.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_database_file_copied_without_its_wal_while_served_is_refused_not_taken_as_whole() {
     let home = Home::new();
+    let key = home.create_key("app", &[]);
     // Served before: the file holds what there was at that stop.
     home.start().signal_and_wait("TERM");
     let d = home.start();
-    home.create_key("made-while-serving", &[]);
+    d.create_state(&key, json!({"namespace": "oauth:app"}))
+        .await;
     let copy = Home::new();
     copy_without_wal(&home, &copy);
     let before = std::fs::read(copy.db()).unwrap();
@@ -524,15 +526,15 @@ async fn a_database_file_copied_without_its_wal_while_served_is_refused_not_take
     std::fs::rename(copy.db(), &aside).unwrap();
     let out = copy.cli(&["restore", "--create", aside.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
-    let names = key_names(&copy).expect("the restored copy opens");
-    assert!(!names.contains("made-while-serving"), "{names}");
+    key_names(&copy).expect("the restored copy opens");
+    assert_eq!(common::count_rows(&copy.db(), "states"), 0);
 
     // After a clean stop the file is whole.
     d.signal_and_wait("TERM");
     let after_stop = Home::new();
     copy_without_wal(&home, &after_stop);
-    let names = key_names(&after_stop).expect("a copy after a clean stop opens");
-    assert!(names.contains("made-while-serving"), "{names}");
+    key_names(&after_stop).expect("a copy after a clean stop opens");
+    assert_eq!(common::count_rows(&after_stop.db(), "states"), 1);
 
     // Killed: the file alone lacks what was written since the start, and says so. Started
     // again in its place (its -wal beside it), the killed oauthd's mark goes, and after a
@@ -1585,6 +1587,28 @@ async fn a_database_served_through_a_link_opens_in_commands_meanwhile() {
         "{names}"
     );
     d.signal_and_wait("TERM");
+}
+
+/// A command run while another program has the database open (an `sqlite3` shell left
+/// open) left what it wrote in the `-wal`: SQLite merges it into the file only as the last
+/// connection to the file closes, which the command's was not. The file moved or copied
+/// alone lacked the command's key. The command merges what it wrote as its writer stops.
+#[test]
+fn a_commands_writes_are_in_the_file_while_another_program_has_it_open() {
+    let home = Home::new();
+    home.create_key("first", &[]);
+    let mut shell = common::SqliteShell::open(&home.db());
+    assert_eq!(shell.query("SELECT count(*) FROM api_keys;"), "1");
+    home.create_key("second", &[]);
+    let alone = home.dir.path().join("alone.db");
+    std::fs::copy(home.db(), &alone).unwrap();
+    let names: Vec<String> = rusqlite::Connection::open(&alone)
+        .unwrap()
+        .prepare("SELECT name FROM api_keys ORDER BY name")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["first", "second"], "the file alone");
+    assert_eq!(shell.close().code(), Some(0));
 }
 
 /// A copy `oauthd backup` made, served beside its database (a backup tried out on another

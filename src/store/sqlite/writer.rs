@@ -694,7 +694,25 @@ fn writer_loop(mut link: Link, mut rx: mpsc::Receiver<Msg>) {
         }
         link.look();
     }
+    link.merge_at_stop();
     log::debug!("database writer stopped");
+}
+
+impl Link {
+    /// Merges the `-wal` into the database file as far as no reader holds it back (PASSIVE:
+    /// it never waits). SQLite merges it when the last connection to the file closes,
+    /// which is not the writer's while another is open, here (one the read pool opens in
+    /// the background) or in another program: a process ending before that one closes left
+    /// its writes in the `-wal`, and the file alone without them.
+    fn merge_at_stop(&self) {
+        let Some(conn) = &self.conn else { return };
+        if self.moved.load(Ordering::Acquire) || conn_is_read_only(conn) {
+            return;
+        }
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            log::debug!("the database's -wal was not merged as the writer stopped: {e}");
+        }
+    }
 }
 
 fn job_of(msg: Msg) -> Option<Box<dyn WriteJob>> {
@@ -971,5 +989,42 @@ mod tests {
         let stored =
             crate::store::sqlite::live_counts::tests::stored(&Connection::open(&path).unwrap());
         assert_eq!(stored, vec![("*states".into(), 2), ("kept".into(), 2)]);
+    }
+
+    /// A command's writes were left in the `-wal` when another connection to the file was
+    /// still open as the writer stopped (one the read pool was opening in the background
+    /// as the command ended): SQLite merges the `-wal` into the file only when the last
+    /// connection closes, and the process ended before that one did. The file alone (moved,
+    /// or copied, without its `-wal`) lacked the schema and the key the command made. The
+    /// writer now merges what it can as it stops.
+    #[tokio::test]
+    async fn what_the_writer_wrote_is_in_the_file_when_it_stops_beside_another_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("writer.db");
+        let writer = test_writer(&path, "CREATE TABLE t (x INTEGER)");
+        writer
+            .run("test", |c| {
+                c.execute("INSERT INTO t VALUES (7)", []).map(|_| ())
+            })
+            .await
+            .unwrap();
+        // Another connection that has read the database (and so holds it open, as SQLite
+        // counts).
+        let other = Connection::open(&path).unwrap();
+        let n: i64 = other
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        drop(writer);
+        // The file alone, as a move or copy without the -wal leaves it.
+        let alone = dir.path().join("alone.db");
+        std::fs::copy(&path, &alone).unwrap();
+        drop(other);
+        let rows: Vec<i64> = Connection::open(&alone)
+            .unwrap()
+            .prepare("SELECT x FROM t")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .unwrap_or_default();
+        assert_eq!(rows, [7], "the file alone lacks what the writer wrote");
     }
 }
