@@ -138,6 +138,40 @@ pub(super) fn catch_file_size_signal() {
     }
 }
 
+/// The open-file limit `oauthd serve` raises its own to, when the hard limit allows:
+/// `dist/oauthd.service`'s (`LimitNOFILE`).
+const OPEN_FILES: u64 = 65_536;
+
+/// Raises the soft open-file limit to `OPEN_FILES` (or the hard limit, when lower), as a
+/// unit's `LimitNOFILE` does: run by hand, the soft limit is often 1,024, and every client
+/// connection, proxied call and idle connection to a provider's API holds a descriptor.
+/// Past the limit, new connections are refused with "Too many open files". A limit set
+/// higher is left as it is.
+pub(super) fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let now = getrlimit(Resource::Nofile);
+    let Some(soft) = now.current else { return };
+    let wanted = now.maximum.map_or(OPEN_FILES, |hard| hard.min(OPEN_FILES));
+    if soft >= wanted {
+        return;
+    }
+    let raised = Rlimit {
+        current: Some(wanted),
+        maximum: now.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => log::info!("open-file limit raised from {soft} to {wanted}"),
+        Err(e) => log::warn!("the open-file limit ({soft}) could not be raised to {wanted}: {e}"),
+    }
+    if wanted < 4096 {
+        log::warn!(
+            "the open-file limit is {wanted} (the hard limit): each client connection and \
+             proxied call holds one; raise it (LimitNOFILE, ulimit -Hn) for more than a few \
+             hundred at once"
+        );
+    }
+}
+
 /// The variables clap reads itself (`--db`, `--config`, `--listen`) are taken as the
 /// others are: trimmed, and empty as unset. Clap would refuse an empty one as a flag given
 /// without its value, even for commands that use neither.

@@ -24,6 +24,7 @@ use url::Url;
 pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
     log::info!("oauthd {} starting", crate::VERSION);
     crate::metrics::BUILD_INFO.set(1);
+    super::process::raise_open_files_limit();
     // The one system clock every service of this process reads.
     let clock = Clock::system();
     let made = FromConfig::make(&settings, &clock)?;

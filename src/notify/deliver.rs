@@ -51,7 +51,12 @@ pub fn http_client() -> Result<reqwest::Client, String> {
         .connect_timeout(ATTEMPT_TIMEOUT)
         .user_agent(concat!("oauthd/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| format!("cannot build the HTTP client for notifications: {e}"))
+        .map_err(|e| {
+            format!(
+                "cannot build the HTTP client for notifications: {}",
+                crate::oauth::with_causes(&e)
+            )
+        })
 }
 
 /// Delivers until `stop` turns true. With no target configured it runs all the same:

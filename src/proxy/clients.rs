@@ -1,5 +1,6 @@
-//! The HTTP clients the proxy sends with: one per account on each worker thread, so that no
-//! connection to a provider's API carries two accounts' requests.
+//! The HTTP clients the proxy sends with: one per account and token on each worker thread,
+//! so that no connection to a provider's API carries two accounts' requests, nor those of
+//! a connection deleted and made again under the same name (another person's, maybe).
 //!
 //! A connection kept for the next request is only as sound as the API's last answer on it:
 //! an API that sends more than it was asked for (a body after a `204` or a `304`, more
@@ -19,13 +20,19 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Accounts with a client of their own on one thread at once. Past it, the client of the
-/// account that sent least recently goes, and its idle connections close with it.
-const MOST: usize = 64;
+/// Clients kept on one thread at once. Past it, the client that sent least recently goes,
+/// and its idle connections close with it. With `IDLE_PER_CLIENT`, this bounds the idle
+/// connections a worker holds (256), whatever an API key's calls do: any key may import
+/// tokens under as many account names as it likes.
+const MOST: usize = 16;
 
-/// A client unused this long goes when another is made (its idle connections are closed
-/// by then: see `build`).
-const IDLE: Duration = Duration::from_secs(30);
+/// Idle connections one client keeps for its next calls; a burst opens as many as it
+/// needs, and closes those past this as they finish.
+const IDLE_PER_CLIENT: usize = 16;
+
+/// A client unused this long goes when another is made. Its idle connections are not used
+/// past it, and are closed within twice it (hyper looks for them once every `IDLE`).
+const IDLE: Duration = Duration::from_secs(15);
 
 /// What each client is built from: the proxy's timeouts and one TLS set-up, whose roots
 /// are read once (reading them took about 30 ms a client).
@@ -35,10 +42,14 @@ pub struct ClientSetup {
     tls: rustls::ClientConfig,
 }
 
-/// A client kept on this thread for one account.
+/// A client kept on this thread for one account and token.
 struct Kept {
     provider: String,
     account: String,
+    /// The token's `fingerprint`: a connection deleted and made again under the account's
+    /// name, or refreshed, gets connections of its own; the old token's client goes once
+    /// unused.
+    token: u64,
     /// The timeouts it was built with: another setup's (a test's, say) builds its own.
     timeouts: (Duration, Duration),
     client: reqwest::Client,
@@ -62,16 +73,24 @@ impl ClientSetup {
         Ok(setup)
     }
 
-    /// This thread's client for `provider`'s `account`.
-    pub fn client(&self, provider: &str, account: &str) -> Result<reqwest::Client, String> {
+    /// This thread's client for `provider`'s `account`, sending `token`.
+    pub fn client(
+        &self,
+        provider: &str,
+        account: &str,
+        token: &str,
+    ) -> Result<reqwest::Client, String> {
         let timeouts = (self.connect_timeout, self.read_timeout);
+        let token = fingerprint(token);
         KEPT.with(|kept| {
             let mut kept = kept.borrow_mut();
             let now = Instant::now();
-            if let Some(k) = kept
-                .iter_mut()
-                .find(|k| k.provider == provider && k.account == account && k.timeouts == timeouts)
-            {
+            if let Some(k) = kept.iter_mut().find(|k| {
+                k.token == token
+                    && k.provider == provider
+                    && k.account == account
+                    && k.timeouts == timeouts
+            }) {
                 k.used = now;
                 return Ok(k.client.clone());
             }
@@ -86,6 +105,7 @@ impl ClientSetup {
             kept.push(Kept {
                 provider: provider.to_owned(),
                 account: account.to_owned(),
+                token,
                 timeouts,
                 client: client.clone(),
                 used: now,
@@ -100,16 +120,27 @@ impl ClientSetup {
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(self.connect_timeout)
             .read_timeout(self.read_timeout)
-            // A burst of calls leaves at most this many idle connections to an API host,
-            // for one account on one worker, for at most `IDLE` (reqwest keeps every one
-            // for 90 s: measured, 171 descriptors held after 200 concurrent calls to one
-            // slow API).
-            .pool_max_idle_per_host(16)
+            // reqwest keeps every one for 90 s: measured, 171 descriptors held after 200
+            // concurrent calls to one slow API.
+            .pool_max_idle_per_host(IDLE_PER_CLIENT)
             .pool_idle_timeout(IDLE)
             .user_agent(concat!("oauthd/", env!("CARGO_PKG_VERSION"), " (proxy)"))
             .build()
-            .map_err(|e| format!("cannot set up the HTTP client for the proxy: {e}"))
+            .map_err(|e| {
+                format!(
+                    "cannot set up the HTTP client for the proxy: {}",
+                    crate::oauth::with_causes(&e)
+                )
+            })
     }
+}
+
+/// A token told from others without keeping it: a keyed hash whose key is made anew by
+/// each process.
+fn fingerprint(token: &str) -> u64 {
+    static KEY: std::sync::LazyLock<std::hash::RandomState> =
+        std::sync::LazyLock::new(std::hash::RandomState::new);
+    std::hash::BuildHasher::hash_one(&*KEY, token)
 }
 
 /// The roots reqwest would trust (the system's, which `SSL_CERT_FILE` and `SSL_CERT_DIR`
@@ -117,16 +148,25 @@ impl ClientSetup {
 fn tls_config() -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    // A system store often holds old certificates rustls cannot parse: those are left
-    // out, as reqwest leaves them out.
+    // A file `SSL_CERT_FILE` names that is not there, or that holds no certificate
+    // rustls can read, is said at start: the API's TLS would then fail with "unknown
+    // issuer", far from the cause. A system store often holds a few old certificates
+    // rustls cannot parse; those are left out, as reqwest leaves them out.
     let native = rustls_native_certs::load_native_certs();
+    let (read, mut unreadable) = (native.certs.len(), 0);
     for cert in native.certs {
-        let _ = roots.add(cert);
+        if roots.add(cert).is_err() {
+            unreadable += 1;
+        }
     }
-    // A file `SSL_CERT_FILE` names that is not there, say: the API's TLS would then fail
-    // with "unknown issuer", far from the cause.
     for e in native.errors {
         log::warn!("proxy: some of the system's TLS roots could not be read: {e}");
+    }
+    if unreadable > 0 {
+        log::warn!(
+            "proxy: {unreadable} of the {read} certificates of the system's TLS roots could \
+             not be parsed, and are left out"
+        );
     }
     let provider = rustls::crypto::CryptoProvider::get_default()
         .cloned()
@@ -155,20 +195,23 @@ mod tests {
     }
 
     #[test]
-    fn each_account_has_a_client_of_its_own_on_a_thread() {
+    fn each_account_and_token_has_a_client_of_its_own_on_a_thread() {
         let setup = ClientSetup::new(&ProxyPolicy::default()).unwrap();
-        setup.client("spotify", "default").unwrap();
-        setup.client("spotify", "default").unwrap();
-        setup.client("spotify", "kitchen").unwrap();
-        setup.client("tidal", "default").unwrap();
+        setup.client("spotify", "default", "t1").unwrap();
+        setup.client("spotify", "default", "t1").unwrap();
+        setup.client("spotify", "kitchen", "t2").unwrap();
+        setup.client("tidal", "default", "t3").unwrap();
         assert_eq!(
             kept(),
             ["spotify/default", "spotify/kitchen", "tidal/default"]
         );
+        // The same name with another token: deleted and made again, or refreshed.
+        setup.client("spotify", "default", "t4").unwrap();
+        assert_eq!(kept().len(), 4);
         // Another thread keeps its own.
         let there = std::thread::scope(|s| {
             s.spawn(|| {
-                setup.client("spotify", "default").unwrap();
+                setup.client("spotify", "default", "t1").unwrap();
                 kept()
             })
             .join()
@@ -181,19 +224,19 @@ mod tests {
             ..ProxyPolicy::default()
         })
         .unwrap();
-        slower.client("spotify", "default").unwrap();
-        assert_eq!(kept().len(), 4);
+        slower.client("spotify", "default", "t1").unwrap();
+        assert_eq!(kept().len(), 5);
     }
 
     #[test]
     fn clients_unused_for_a_while_or_past_the_most_go() {
         let setup = ClientSetup::new(&ProxyPolicy::default()).unwrap();
         for n in 0..MOST {
-            setup.client("spotify", &format!("a{n}")).unwrap();
+            setup.client("spotify", &format!("a{n}"), "t").unwrap();
         }
         // a0 sends again: a1 is now the one that sent least recently.
-        setup.client("spotify", "a0").unwrap();
-        setup.client("spotify", "one-more").unwrap();
+        setup.client("spotify", "a0", "t").unwrap();
+        setup.client("spotify", "one-more", "t").unwrap();
         let now = kept();
         assert_eq!(now.len(), MOST);
         assert!(!now.contains(&"spotify/a1".to_owned()), "{now:?}");
@@ -204,7 +247,7 @@ mod tests {
                 k.used -= IDLE;
             }
         });
-        setup.client("tidal", "default").unwrap();
+        setup.client("tidal", "default", "t").unwrap();
         assert_eq!(kept(), ["spotify/a0", "tidal/default"]);
     }
 }

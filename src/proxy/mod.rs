@@ -201,7 +201,7 @@ impl Proxy {
         let head = method == reqwest::Method::HEAD;
         let client = self
             .clients
-            .client(out.provider, out.account)
+            .client(out.provider, out.account, &token.access_token)
             .map_err(ProxyError::Unreachable)?;
         let mut request = client.request(method, out.url.clone());
         for (name, value) in out.headers {

@@ -2056,3 +2056,39 @@ async fn systemd_is_told_when_oauthd_answers_and_when_it_stops() {
         assert_eq!(String::from_utf8_lossy(&said[..n]), stopping, "{named}");
     }
 }
+
+/// Run by hand, the soft open-file limit is often 1,024, and each client connection,
+/// proxied call and idle connection to a provider's API holds a descriptor: past it, new
+/// connections were refused with "Too many open files". `oauthd serve` raises its own to
+/// 65,536 (`dist/oauthd.service`'s `LimitNOFILE`), or the hard limit when that is lower,
+/// and says when the hard limit leaves it low.
+#[test]
+fn serve_raises_its_open_file_limit_as_far_as_the_hard_limit_allows() {
+    let soft_limit = |pid: u32| -> String {
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap()
+            .to_owned();
+        line.split_whitespace().nth(3).unwrap().to_owned()
+    };
+    let home = Home::new();
+    for (hard, low) in [(8192, false), (2048, true)] {
+        let d = home.start_via_shell(&format!(
+            "ulimit -Sn 1024 && ulimit -Hn {hard} && exec \"$@\""
+        ));
+        assert_eq!(soft_limit(d.pid()), hard.to_string());
+        d.signal_and_wait("TERM");
+        let log = home.log_text();
+        assert!(
+            log.contains(&format!("open-file limit raised from 1024 to {hard}")),
+            "{log}"
+        );
+        assert_eq!(
+            log.contains(&format!("the open-file limit is {hard} (the hard limit)")),
+            low,
+            "{log}"
+        );
+    }
+}

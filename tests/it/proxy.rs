@@ -766,8 +766,8 @@ async fn head_passes_on_the_providers_content_length() {
 
 /// An API on a raw socket at the returned base (`.../api/`): each request's head (request
 /// line and headers) goes to `answer`, which gives what to write at once and what to
-/// write 300 ms later, on the same connection, before the next request is read. That late
-/// part is an answer to nothing: a misbehaving API's.
+/// write a second later, on the same connection, before the next request is read. That
+/// late part is an answer to nothing: a misbehaving API's.
 async fn raw_api(answer: fn(&str) -> (String, Option<&'static str>)) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = format!("http://{}/api/", listener.local_addr().unwrap());
@@ -795,7 +795,7 @@ async fn raw_api(answer: fn(&str) -> (String, Option<&'static str>)) -> String {
                             return;
                         }
                         if let Some(late) = late {
-                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            tokio::time::sleep(Duration::from_secs(1)).await;
                             if socket.write_all(late.as_bytes()).await.is_err() {
                                 return;
                             }
@@ -847,10 +847,20 @@ async fn a_body_sent_late_to_head_is_no_later_requests_answer() {
         .unwrap();
     assert_eq!(head.status(), 200);
     assert_eq!(common::header(&head, "content-length"), "9");
-    // At once, while the late body is on its way (sent 300 ms after the answer).
+    // At once, while the late body is on its way (sent a second after the answer).
     for n in 1..=6 {
         let answer = get(&d, &key, &format!("x{n}")).await.text().await.unwrap();
         assert_eq!(answer, format!("/api/x{n}"));
+    }
+}
+
+/// `raw_api`'s misbehaving API: a `DELETE` with the token `old` is answered `204`, and
+/// an extra answer follows a second later.
+fn extra_answer_after_a_204(head: &str) -> (String, Option<&'static str>) {
+    if head.contains("Bearer old") && head.starts_with("DELETE ") {
+        ("HTTP/1.1 204 No Content\r\n\r\n".to_owned(), Some(SMUGGLED))
+    } else {
+        (path_as_body(head), None)
     }
 }
 
@@ -860,14 +870,7 @@ async fn a_body_sent_late_to_head_is_no_later_requests_answer() {
 /// account now has connections of its own.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_extra_answer_from_the_api_never_reaches_another_account() {
-    let api = raw_api(|head| {
-        if head.contains("Bearer old") && head.starts_with("DELETE ") {
-            ("HTTP/1.1 204 No Content\r\n\r\n".to_owned(), Some(SMUGGLED))
-        } else {
-            (path_as_body(head), None)
-        }
-    })
-    .await;
+    let api = raw_api(extra_answer_after_a_204).await;
     let mock = MockServer::start().await;
     let tokens = json!({"access_token": "old", "refresh_token": "r1", "expires_in": 3600});
     let (_home, d, key) = api_home(&mock, &api, "", tokens).await;
@@ -876,12 +879,32 @@ async fn an_extra_answer_from_the_api_never_reaches_another_account() {
     assert_eq!(status, 201, "{body}");
     let deleted = call(&d, &key, reqwest::Method::DELETE, "mock/default/items/1").await;
     assert_eq!(deleted.status(), 204);
-    // At once, while the extra answer is on its way (sent 300 ms after the 204).
+    // At once, while the extra answer is on its way (sent a second after the 204).
     for n in 1..=6 {
         let target = format!("mock/other/x{n}");
         let answer = call(&d, &key, reqwest::Method::GET, &target).await;
         assert_eq!(answer.text().await.unwrap(), format!("/api/x{n}"));
     }
+}
+
+/// The same with a connection deleted and made again under the same name (another
+/// person's account, maybe): its calls went over the connections the old grant's had
+/// left, so the old grant's extra answer was read as the new one's.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_extra_answer_never_reaches_a_connection_made_again_under_the_name() {
+    let api = raw_api(extra_answer_after_a_204).await;
+    let mock = MockServer::start().await;
+    let tokens = json!({"access_token": "old", "refresh_token": "r1", "expires_in": 3600});
+    let (_home, d, key) = api_home(&mock, &api, "", tokens).await;
+    let deleted = call(&d, &key, reqwest::Method::DELETE, "mock/default/items/1").await;
+    assert_eq!(deleted.status(), 204);
+    let gone = d.delete("/v1/connections/mock/default", &key).await;
+    assert_eq!(gone.status(), 204);
+    let again = json!({"access_token": "new-person", "expires_in": 3600});
+    let (status, body) = d.put("/v1/connections/mock/default", &key, again).await;
+    assert_eq!(status, 201, "{body}");
+    let answer = get(&d, &key, "x1").await;
+    assert_eq!(answer.text().await.unwrap(), "/api/x1");
 }
 
 /// The requests of one API key hold at most a share of the proxy's room for request bodies
@@ -1326,19 +1349,46 @@ async fn an_api_over_tls_is_reached_through_the_roots_oauthd_trusts() {
         assert_eq!(body["code"], "upstream_unavailable", "{body}");
     }
     drop(d);
-    // A roots file that is not there is said at start, not only as "unknown issuer" later.
+    // A roots file that is not there, or whose certificate cannot be parsed, is said at
+    // start, not only as "unknown issuer" later. (`SSL_CERT_DIR`, which some machines set,
+    // would add its own: empty, it is unset.)
+    let unparsable = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    let ca_pem = std::fs::read_to_string(api.dir.path().join("ca.pem")).unwrap();
+    let bad = api.dir.path().join("bad-roots.pem");
+    std::fs::write(&bad, format!("{ca_pem}{unparsable}")).unwrap();
     let missing = api.dir.path().join("no-such-roots.pem");
-    let d = home.start_with_env(&[("SSL_CERT_FILE", missing.to_str().unwrap())]);
-    let resp = call(&d, &key, reqwest::Method::GET, "mock/default/me.txt").await;
-    assert_eq!(resp.status(), 502);
-    drop(d);
-    let log = home.log_text();
-    assert!(
-        log.contains("TLS roots could not be read") && log.contains("no-such-roots.pem"),
-        "{log}"
+    for (roots, said) in [
+        (&missing, "TLS roots could not be read"),
+        (
+            &bad,
+            "1 of the 2 certificates of the system's TLS roots could not be parsed",
+        ),
+    ] {
+        let d = home.start_with_env(&[
+            ("SSL_CERT_DIR", ""),
+            ("SSL_CERT_FILE", roots.to_str().unwrap()),
+        ]);
+        drop(d);
+        let log = home.log_text();
+        assert!(log.contains(said), "{log}");
+    }
+    assert!(home.log_text().contains("no-such-roots.pem"));
+    // None that parses: no HTTP client can be set up, and the refused start says why.
+    std::fs::write(&bad, unparsable).unwrap();
+    let out = common::run_until_exit(
+        home.cli_command(&["serve", "--listen", "127.0.0.1:0"])
+            .env("SSL_CERT_DIR", "")
+            .env("SSL_CERT_FILE", &bad)
+            .stdin(std::process::Stdio::null()),
     );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("zero valid certificates"), "{said}");
     let ca = api.dir.path().join("ca.pem");
-    let d = home.start_with_env(&[("SSL_CERT_FILE", ca.to_str().unwrap())]);
+    let d = home.start_with_env(&[
+        ("SSL_CERT_DIR", ""),
+        ("SSL_CERT_FILE", ca.to_str().unwrap()),
+    ]);
     for account in ["default", "other"] {
         let resp = call(
             &d,

@@ -62,7 +62,12 @@ pub fn http_client_waiting(timeout: Duration, answer: Duration) -> Result<reqwes
         .pool_max_idle_per_host(0)
         .user_agent(concat!("oauthd/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| format!("cannot set up the HTTP client for providers: {e}"))
+        .map_err(|e| {
+            format!(
+                "cannot set up the HTTP client for providers: {}",
+                crate::oauth::with_causes(&e)
+            )
+        })
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
