@@ -883,4 +883,36 @@ mod shared {
         let again = d.create_state(&key, json!({"namespace": NS})).await;
         assert_eq!(d.consume(&key, &again, NS).await.0, 200);
     }
+
+    /// Each insert took every expired member out of its namespace's set of states and of
+    /// the set of all states in one script: after a quiet hour in which a million states
+    /// expired, the next insert held Redis (which runs one script at a time) for as long
+    /// as that took, and every other call with it. An insert now takes out a thousand of
+    /// each set's, more than it adds, so a backlog drains over the next inserts.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_insert_takes_out_a_bounded_number_of_expired_members() {
+        let (ha, _hb, key) = pair("");
+        let d = ha.start();
+        let fill = |set: &str| {
+            let script =
+                "for i = 1, 5000 do redis.call('ZADD', KEYS[1], 1000 + i, 'gone' .. i) end \
+                          return redis.call('ZCARD', KEYS[1])";
+            let reply = ha
+                .redis_server()
+                .command(&format!("EVAL \"{script}\" 1 {set}"));
+            assert_eq!(reply.as_deref(), Some(":5000"));
+        };
+        let live = format!("oauthd:n:{NS}");
+        fill(&live);
+        fill("oauthd:all");
+        let card = |set: &str| ha.redis_server().command(&format!("ZCARD {set}"));
+        for left in [4001, 3002] {
+            d.create_state(&key, json!({"namespace": NS})).await;
+            assert_eq!(card(&live).as_deref(), Some(format!(":{left}").as_str()));
+            assert_eq!(
+                card("oauthd:all").as_deref(),
+                Some(format!(":{left}").as_str())
+            );
+        }
+    }
 }

@@ -156,6 +156,16 @@ end
 local function keep_at_least(key, ms)
   if call('PTTL', key) < ms then call('PEXPIRE', key, ms) end
 end
+-- Takes out the members of the sorted set `key` scored up to `upto` (a ZCOUNT bound,
+-- '(' for below), the first TRIM of them: an insert after a quiet hour in which a million
+-- states expired takes out a thousand, not a million at once (Redis runs one script at a
+-- time, and every other client waits for it). Each insert takes out more than it adds,
+-- so a backlog drains.
+local TRIM = 1000
+local function trim(key, upto)
+  local n = call('ZCOUNT', key, '-inf', upto)
+  if n > 0 then call('ZREMRANGEBYRANK', key, 0, math.min(n, TRIM) - 1) end
+end
 "#;
 
 /// `command` on the members of the sorted set `key` scored after `now_ms` (states by
@@ -263,10 +273,10 @@ end
 call('SET', KEYS[2], ns, 'PX', ARGV[6])
 call('SET', P .. 'i:' .. ARGV[10], H, 'PX', ARGV[6])
 call('ZADD', live, expires, H)
-call('ZREMRANGEBYSCORE', live, '-inf', now)
+trim(live, now)
 keep_at_least(live, ttl)
 local max_tombstones, grace = tonumber(ARGV[15]), tonumber(ARGV[16])
-call('ZREMRANGEBYSCORE', ALL, '-inf', '(' .. string.format('%d', tonumber(now) - grace))
+trim(ALL, '(' .. string.format('%d', tonumber(now) - grace))
 call('ZADD', ALL, expires, member(H, ARGV[10]))
 -- Past the most tombstones kept, the oldest expired states' go (a few per insert).
 local over = call('ZCARD', ALL) - (all_live - freed + 1) - max_tombstones
@@ -281,12 +291,12 @@ if over > 0 then
 end
 if sub then
   call('ZADD', sub, expires, H)
-  call('ZREMRANGEBYSCORE', sub, '-inf', now)
+  trim(sub, now)
   keep_at_least(sub, ttl)
 end
 if by then
   call('ZADD', by, expires, H)
-  call('ZREMRANGEBYSCORE', by, '-inf', now)
+  trim(by, now)
   keep_at_least(by, ttl)
 end
 return answer
