@@ -1608,6 +1608,15 @@ fn a_commands_writes_are_in_the_file_while_another_program_has_it_open() {
         .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
         .unwrap_or_default();
     assert_eq!(names, ["first", "second"], "the file alone");
+    // A read the shell holds open keeps the command from merging all: it says so.
+    assert_eq!(shell.query("BEGIN; SELECT count(*) FROM api_keys;"), "2");
+    let out = home.cli(&["keys", "create", "--name", "third"]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(" WARN ") && said.contains("-wal file could not all be merged into"),
+        "{said}"
+    );
     assert_eq!(shell.close().code(), Some(0));
 }
 

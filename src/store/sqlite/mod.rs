@@ -512,29 +512,21 @@ impl super::Store for SqliteStore {
         // mark. Merged here, it is whole after every clean stop that nothing writes past.
         // PASSIVE, tried for up to 2 s: a FULL checkpoint holds off every writer while it
         // waits for readers, and a second oauthd on the file answered 503 for 5 s.
-        let merged = self
-            .read("checkpointing the database at the stop", |conn| {
-                for _ in 0..STOP_MERGE_TRIES {
-                    let (log, merged) =
-                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-                            Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
-                        })?;
-                    if merged >= log {
-                        return Ok(true);
-                    }
-                    std::thread::sleep(STOP_MERGE_PAUSE);
+        // What it could not merge, the writer tries once more as it ends, and says.
+        self.read("checkpointing the database at the stop", |conn| {
+            for _ in 0..STOP_MERGE_TRIES {
+                let (log, merged) =
+                    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                        Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+                    })?;
+                if merged >= log {
+                    break;
                 }
-                Ok(false)
-            })
-            .await?;
-        if !merged {
-            log::info!(
-                "the database's -wal file could not be merged into {} at the stop: another \
-                 program was reading or writing it; a copy of the file alone lacks what is in \
-                 the -wal until it is merged (`oauthd backup` copies both)",
-                self.path.display()
-            );
-        }
+                std::thread::sleep(STOP_MERGE_PAUSE);
+            }
+            Ok(())
+        })
+        .await?;
         Ok(())
     }
 

@@ -703,14 +703,27 @@ impl Link {
     /// it never waits). SQLite merges it when the last connection to the file closes,
     /// which is not the writer's while another is open, here (one the read pool opens in
     /// the background) or in another program: a process ending before that one closes left
-    /// its writes in the `-wal`, and the file alone without them.
-    fn merge_at_stop(&self) {
+    /// its writes in the `-wal`, and the file alone without them. Not when the files are
+    /// no longer the ones opened (looked at again here, not 250 ms ago): the old `-wal`'s
+    /// pages would go into a file another process uses with another `-wal`.
+    fn merge_at_stop(&mut self) {
+        self.look_at_files();
         let Some(conn) = &self.conn else { return };
         if self.moved.load(Ordering::Acquire) || conn_is_read_only(conn) {
             return;
         }
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            log::debug!("the database's -wal was not merged as the writer stopped: {e}");
+        let merged = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+        });
+        match merged {
+            Ok((log, merged)) if merged < log => log::warn!(
+                "the database's -wal file could not all be merged into {} as oauthd ended: \
+                 another program was reading or writing it; a copy of the file alone lacks \
+                 what is in the -wal until it is merged (`oauthd backup` copies both)",
+                self.files.paths[0].display()
+            ),
+            Ok(_) => {}
+            Err(e) => log::debug!("the database's -wal was not merged as the writer stopped: {e}"),
         }
     }
 }
