@@ -152,22 +152,26 @@ pub(super) fn raise_open_files_limit() {
     let now = getrlimit(Resource::Nofile);
     let Some(soft) = now.current else { return };
     let wanted = now.maximum.map_or(OPEN_FILES, |hard| hard.min(OPEN_FILES));
-    if soft >= wanted {
-        return;
+    let mut limit = soft;
+    if soft < wanted {
+        let raised = Rlimit {
+            current: Some(wanted),
+            maximum: now.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => {
+                log::info!("open-file limit raised from {soft} to {wanted}");
+                limit = wanted;
+            }
+            Err(e) => {
+                log::warn!("the open-file limit ({soft}) could not be raised to {wanted}: {e}")
+            }
+        }
     }
-    let raised = Rlimit {
-        current: Some(wanted),
-        maximum: now.maximum,
-    };
-    match setrlimit(Resource::Nofile, raised) {
-        Ok(()) => log::info!("open-file limit raised from {soft} to {wanted}"),
-        Err(e) => log::warn!("the open-file limit ({soft}) could not be raised to {wanted}: {e}"),
-    }
-    if wanted < 4096 {
+    if limit < 4096 {
         log::warn!(
-            "the open-file limit is {wanted} (the hard limit): each client connection and \
-             proxied call holds one; raise it (LimitNOFILE, ulimit -Hn) for more than a few \
-             hundred at once"
+            "the open-file limit is {limit}: each client connection and proxied call holds \
+             one; raise it (LimitNOFILE, ulimit -Hn) for more than a few hundred at once"
         );
     }
 }

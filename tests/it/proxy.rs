@@ -767,15 +767,21 @@ async fn head_passes_on_the_providers_content_length() {
 /// An API on a raw socket at the returned base (`.../api/`): each request's head (request
 /// line and headers) goes to `answer`, which gives what to write at once and what to
 /// write a second later, on the same connection, before the next request is read. That
-/// late part is an answer to nothing: a misbehaving API's.
-async fn raw_api(answer: fn(&str) -> (String, Option<&'static str>)) -> String {
+/// late part is an answer to nothing: a misbehaving API's. Also: how many connections it
+/// accepted so far.
+async fn raw_api(
+    answer: fn(&str) -> (String, Option<&'static str>),
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = format!("http://{}/api/", listener.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
     tokio::spawn(async move {
         loop {
             let Ok((mut socket, _)) = listener.accept().await else {
                 return;
             };
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 8192];
                 let mut seen = Vec::new();
@@ -805,7 +811,7 @@ async fn raw_api(answer: fn(&str) -> (String, Option<&'static str>)) -> String {
             });
         }
     });
-    api
+    (api, accepted)
 }
 
 /// The late answer `raw_api`'s misbehaving APIs send.
@@ -825,7 +831,7 @@ fn path_as_body(head: &str) -> String {
 /// which may be another account's. A `HEAD` now has its connection closed after it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_body_sent_late_to_head_is_no_later_requests_answer() {
-    let api = raw_api(|head| {
+    let (api, _) = raw_api(|head| {
         if head.starts_with("HEAD ") {
             let now = "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n".to_owned();
             (now, Some(SMUGGLED))
@@ -870,7 +876,7 @@ fn extra_answer_after_a_204(head: &str) -> (String, Option<&'static str>) {
 /// account now has connections of its own.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_extra_answer_from_the_api_never_reaches_another_account() {
-    let api = raw_api(extra_answer_after_a_204).await;
+    let (api, _) = raw_api(extra_answer_after_a_204).await;
     let mock = MockServer::start().await;
     let tokens = json!({"access_token": "old", "refresh_token": "r1", "expires_in": 3600});
     let (_home, d, key) = api_home(&mock, &api, "", tokens).await;
@@ -892,7 +898,7 @@ async fn an_extra_answer_from_the_api_never_reaches_another_account() {
 /// left, so the old grant's extra answer was read as the new one's.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_extra_answer_never_reaches_a_connection_made_again_under_the_name() {
-    let api = raw_api(extra_answer_after_a_204).await;
+    let (api, _) = raw_api(extra_answer_after_a_204).await;
     let mock = MockServer::start().await;
     let tokens = json!({"access_token": "old", "refresh_token": "r1", "expires_in": 3600});
     let (_home, d, key) = api_home(&mock, &api, "", tokens).await;
@@ -905,6 +911,48 @@ async fn an_extra_answer_never_reaches_a_connection_made_again_under_the_name() 
     assert_eq!(status, 201, "{body}");
     let answer = get(&d, &key, "x1").await;
     assert_eq!(answer.text().await.unwrap(), "/api/x1");
+}
+
+/// Calls that go round twenty accounts, one after another, reuse each account's
+/// connection: with clients for only 16 accounts kept on a worker, each call past the
+/// sixteenth account pushed out the client the next call needed, and every call opened a
+/// connection (a TCP and TLS handshake to a real API).
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_that_go_round_twenty_accounts_reuse_their_connections() {
+    let (api, accepted) = raw_api(|head| (path_as_body(head), None)).await;
+    let mock = MockServer::start().await;
+    let tokens = json!({"access_token": "t-default", "expires_in": 3600});
+    let (_home, d, key) = api_home(&mock, &api, "", tokens).await;
+    let accounts: Vec<String> = (1..20)
+        .map(|n| format!("a{n}"))
+        .chain(["default".into()])
+        .collect();
+    for account in &accounts {
+        if account != "default" {
+            let tokens = json!({"access_token": format!("t-{account}"), "expires_in": 3600});
+            let (status, body) = d
+                .put(&format!("/v1/connections/mock/{account}"), &key, tokens)
+                .await;
+            assert_eq!(status, 201, "{body}");
+        }
+    }
+    // One client, so one connection to oauthd and one worker, for every call.
+    for round in 0..3 {
+        for account in &accounts {
+            let answer = call(
+                &d,
+                &key,
+                reqwest::Method::GET,
+                &format!("mock/{account}/r{round}"),
+            )
+            .await;
+            assert_eq!(answer.text().await.unwrap(), format!("/api/r{round}"));
+        }
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        accounts.len()
+    );
 }
 
 /// The requests of one API key hold at most a share of the proxy's room for request bodies
@@ -1357,7 +1405,13 @@ async fn an_api_over_tls_is_reached_through_the_roots_oauthd_trusts() {
     let bad = api.dir.path().join("bad-roots.pem");
     std::fs::write(&bad, format!("{ca_pem}{unparsable}")).unwrap();
     let missing = api.dir.path().join("no-such-roots.pem");
+    let not_pem = api.dir.path().join("roots.der");
+    std::fs::write(&not_pem, b"\x30\x82\x01\x0a not a PEM file").unwrap();
     for (roots, said) in [
+        (
+            &not_pem,
+            "SSL_CERT_FILE or SSL_CERT_DIR names no certificate in PEM form",
+        ),
         (&missing, "TLS roots could not be read"),
         (
             &bad,
