@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Clients kept on one thread at most; fewer when the open-file limit is low (see
-/// `most_clients`). Past it, the client that sent least recently goes, and its idle
+/// `sizes`). Past it, the client that sent least recently goes, and its idle
 /// connections close with it. With `IDLE_PER_CLIENT`, this bounds the idle connections a
 /// worker holds (1,024), whatever an API key's calls do: any key may import tokens under
 /// as many account names as it likes. Past it, calls that go round more accounts than it
@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 /// turn opened 162 connections in 170 calls).
 const MOST: usize = 64;
 
-/// Idle connections one client keeps for its next calls; a burst opens as many as it
-/// needs, and closes those past this as they finish.
+/// Idle connections one client keeps for its next calls (fewer with a low open-file limit);
+/// a burst opens as many as it needs, and closes those past this as they finish.
 const IDLE_PER_CLIENT: usize = 16;
 
 /// A client unused this long goes when another is made. Its idle connections are not used
@@ -40,8 +40,9 @@ const IDLE: Duration = Duration::from_secs(15);
 /// What each client is built from: the proxy's timeouts and one TLS set-up, whose roots
 /// are read once (reading them took about 30 ms a client).
 pub struct ClientSetup {
-    /// Clients kept on a thread at most (`most_clients`).
+    /// Clients kept on a thread at most, and idle connections each keeps (`sizes`).
     most: usize,
+    idle_per_client: usize,
     connect_timeout: Duration,
     read_timeout: Duration,
     tls: rustls::ClientConfig,
@@ -69,8 +70,10 @@ impl ClientSetup {
     /// Reads the TLS roots and builds a client once: failing (no roots, say) is a start-up
     /// error.
     pub fn new(policy: &ProxyPolicy) -> Result<ClientSetup, String> {
+        let (most, idle_per_client) = sizes();
         let setup = ClientSetup {
-            most: most_clients(),
+            most,
+            idle_per_client,
             connect_timeout: policy.timeout.min(Duration::from_secs(10)),
             read_timeout: policy.read_timeout,
             tls: tls_config()?,
@@ -128,7 +131,7 @@ impl ClientSetup {
             .read_timeout(self.read_timeout)
             // reqwest keeps every one for 90 s: measured, 171 descriptors held after 200
             // concurrent calls to one slow API.
-            .pool_max_idle_per_host(IDLE_PER_CLIENT)
+            .pool_max_idle_per_host(self.idle_per_client)
             .pool_idle_timeout(IDLE)
             .user_agent(concat!("oauthd/", env!("CARGO_PKG_VERSION"), " (proxy)"))
             .build()
@@ -141,15 +144,21 @@ impl ClientSetup {
     }
 }
 
-/// Clients a thread keeps at most: `MOST`, or fewer, so that the idle connections of all
-/// worker threads (one a core) stay within a quarter of the open-file limit; at least 4.
-fn most_clients() -> usize {
+/// Clients a thread keeps at most, and idle connections each keeps: `MOST` of
+/// `IDLE_PER_CLIENT`, or fewer, so that the idle connections of all worker threads (one a
+/// core) stay within a quarter of the open-file limit (16 cores at 1,024: one client of 16).
+fn sizes() -> (usize, usize) {
     use rustix::process::{getrlimit, Resource};
     let limit = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let per_client = u64::try_from(workers.saturating_mul(IDLE_PER_CLIENT)).unwrap_or(u64::MAX);
-    let most = (limit / 4 / per_client.max(1)).clamp(4, MOST as u64);
-    usize::try_from(most).unwrap_or(MOST)
+    sizes_for(limit, workers)
+}
+
+fn sizes_for(limit: u64, workers: usize) -> (usize, usize) {
+    let per_worker = limit / 4 / u64::try_from(workers).unwrap_or(u64::MAX).max(1);
+    let per_worker = usize::try_from(per_worker).unwrap_or(usize::MAX).max(1);
+    let most = (per_worker / IDLE_PER_CLIENT).clamp(1, MOST);
+    (most, (per_worker / most).clamp(1, IDLE_PER_CLIENT))
 }
 
 /// A token told from others without keeping it: a keyed hash whose key is made anew by
@@ -253,6 +262,24 @@ mod tests {
         .unwrap();
         slower.client("spotify", "default", "t1").unwrap();
         assert_eq!(kept().len(), 5);
+    }
+
+    #[test]
+    fn idle_connections_stay_within_a_quarter_of_the_open_file_limit() {
+        for (limit, workers, sizes) in [
+            (65_536, 2, (64, 16)),
+            (u64::MAX, 2, (64, 16)),
+            (1024, 2, (8, 16)),
+            (1024, 16, (1, 16)),
+            (4096, 32, (2, 16)),
+            (100, 2, (1, 12)),
+            (0, 2, (1, 1)),
+        ] {
+            assert_eq!(sizes_for(limit, workers), sizes, "{limit} {workers}");
+            let (most, idle) = sizes;
+            let held = (most * idle * workers) as u64;
+            assert!(limit < 8 || held <= limit / 4, "{limit} {workers}");
+        }
     }
 
     #[test]

@@ -653,6 +653,58 @@ async fn raw_request(d: &Daemon, key: &str, target: &str) -> (u16, String) {
     (status, out)
 }
 
+/// One connection to oauthd kept for every request, so that one worker thread answers
+/// them all (a client's pool may open another, which may go to the other worker).
+struct OneConnection {
+    stream: tokio::io::BufReader<tokio::net::TcpStream>,
+    addr: String,
+}
+
+impl OneConnection {
+    async fn open(d: &Daemon) -> OneConnection {
+        let addr = d.url.trim_start_matches("http://").to_owned();
+        let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        OneConnection {
+            stream: tokio::io::BufReader::new(stream),
+            addr,
+        }
+    }
+
+    /// `method` of `target`: the status and the body (which must have a length).
+    async fn send(&mut self, key: &str, method: &str, target: &str) -> (u16, String) {
+        use tokio::io::AsyncBufReadExt;
+        let req = format!(
+            "{method} {target} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {key}\r\n\r\n",
+            self.addr
+        );
+        self.stream
+            .get_mut()
+            .write_all(req.as_bytes())
+            .await
+            .unwrap();
+        let (mut status, mut length) = (0, 0);
+        loop {
+            let mut line = String::new();
+            self.stream.read_line(&mut line).await.unwrap();
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some(code) = line.strip_prefix("HTTP/1.1 ") {
+                status = code[..3].parse().unwrap();
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap();
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body).await.unwrap();
+        (status, String::from_utf8(body).unwrap())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn no_path_leaves_the_api_base() {
     let mock = MockServer::start().await;
@@ -883,13 +935,17 @@ async fn an_extra_answer_from_the_api_never_reaches_another_account() {
     let other = json!({"access_token": "other-token", "expires_in": 3600});
     let (status, body) = d.put("/v1/connections/mock/other", &key, other).await;
     assert_eq!(status, 201, "{body}");
-    let deleted = call(&d, &key, reqwest::Method::DELETE, "mock/default/items/1").await;
-    assert_eq!(deleted.status(), 204);
+    let mut oauthd = OneConnection::open(&d).await;
+    let deleted = oauthd
+        .send(&key, "DELETE", "/v1/proxy/mock/default/items/1")
+        .await;
+    assert_eq!(deleted, (204, String::new()));
     // At once, while the extra answer is on its way (sent a second after the 204).
     for n in 1..=6 {
-        let target = format!("mock/other/x{n}");
-        let answer = call(&d, &key, reqwest::Method::GET, &target).await;
-        assert_eq!(answer.text().await.unwrap(), format!("/api/x{n}"));
+        let answer = oauthd
+            .send(&key, "GET", &format!("/v1/proxy/mock/other/x{n}"))
+            .await;
+        assert_eq!(answer, (200, format!("/api/x{n}")));
     }
 }
 
@@ -902,15 +958,20 @@ async fn an_extra_answer_never_reaches_a_connection_made_again_under_the_name() 
     let mock = MockServer::start().await;
     let tokens = json!({"access_token": "old", "refresh_token": "r1", "expires_in": 3600});
     let (_home, d, key) = api_home(&mock, &api, "", tokens).await;
-    let deleted = call(&d, &key, reqwest::Method::DELETE, "mock/default/items/1").await;
-    assert_eq!(deleted.status(), 204);
-    let gone = d.delete("/v1/connections/mock/default", &key).await;
-    assert_eq!(gone.status(), 204);
+    let mut oauthd = OneConnection::open(&d).await;
+    let deleted = oauthd
+        .send(&key, "DELETE", "/v1/proxy/mock/default/items/1")
+        .await;
+    assert_eq!(deleted, (204, String::new()));
+    let gone = oauthd
+        .send(&key, "DELETE", "/v1/connections/mock/default")
+        .await;
+    assert_eq!(gone.0, 204);
     let again = json!({"access_token": "new-person", "expires_in": 3600});
     let (status, body) = d.put("/v1/connections/mock/default", &key, again).await;
     assert_eq!(status, 201, "{body}");
-    let answer = get(&d, &key, "x1").await;
-    assert_eq!(answer.text().await.unwrap(), "/api/x1");
+    let answer = oauthd.send(&key, "GET", "/v1/proxy/mock/default/x1").await;
+    assert_eq!(answer, (200, "/api/x1".to_owned()));
 }
 
 /// Calls that go round twenty accounts, one after another, reuse each account's
@@ -936,17 +997,12 @@ async fn calls_that_go_round_twenty_accounts_reuse_their_connections() {
             assert_eq!(status, 201, "{body}");
         }
     }
-    // One client, so one connection to oauthd and one worker, for every call.
+    let mut oauthd = OneConnection::open(&d).await;
     for round in 0..3 {
         for account in &accounts {
-            let answer = call(
-                &d,
-                &key,
-                reqwest::Method::GET,
-                &format!("mock/{account}/r{round}"),
-            )
-            .await;
-            assert_eq!(answer.text().await.unwrap(), format!("/api/r{round}"));
+            let target = format!("/v1/proxy/mock/{account}/r{round}");
+            let answer = oauthd.send(&key, "GET", &target).await;
+            assert_eq!(answer, (200, format!("/api/r{round}")));
         }
     }
     assert_eq!(

@@ -712,14 +712,24 @@ impl Link {
         if self.moved.load(Ordering::Acquire) || conn_is_read_only(conn) {
             return;
         }
-        let merged = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-            Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
-        });
+        // A read in another oauthd on the file holds a merge back for a moment: tried a few
+        // times before saying so (a read held open, by an sqlite3 shell say, holds it for
+        // as long as it stays open).
+        let mut merged = Ok((0, 0));
+        for pause in [0, 20, 40, 80, 160] {
+            std::thread::sleep(Duration::from_millis(pause));
+            merged = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+            });
+            if !matches!(merged, Ok((log, done)) if done < log) {
+                break;
+            }
+        }
         match merged {
             Ok((log, merged)) if merged < log => log::warn!(
                 "the database's -wal file could not all be merged into {} as oauthd ended: \
-                 another program was reading or writing it; a copy of the file alone lacks \
-                 what is in the -wal until it is merged (`oauthd backup` copies both)",
+                 another program was reading it; a copy of the file alone lacks what is in \
+                 the -wal until it is merged (`oauthd backup` copies both)",
                 self.files.paths[0].display()
             ),
             Ok(_) => {}
