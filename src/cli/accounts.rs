@@ -207,6 +207,9 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
                     }
                     Err(_) => None,
                 };
+                if let Some(refusal) = super::unconfigured::refresh_refusal(&settings, &provider) {
+                    return Err(Fatal(refusal, 2));
+                }
                 say!("Refreshing {provider}/{account}…");
                 // What the refresh began ends before the command does, Ctrl-C or not: a
                 // provider slower than a caller's wait is waited for (a refresh cut short

@@ -10,19 +10,33 @@ const NO_CONFIG_FILE: &str = "no config file was given: --config, OAUTHD_CONFIG;
 /// token that could revoke it gone (more likely a config file left out, or another one
 /// given, than the provider removed). `--force` deletes only oauthd's copy.
 pub(super) fn delete_refusal(settings: &Settings, provider: &str, account: &str) -> Option<String> {
+    let why = why_missing(settings, provider)?;
+    Some(format!(
+        "nothing was deleted: provider {provider} is not configured ({why}), so deleting {provider}/{account} would revoke nothing at {provider} and its grant would stay valid there, with the token that could revoke it gone. Give the config file that configures {provider} to revoke it, or add --force to delete only oauthd's copy"
+    ))
+}
+
+/// Why `connections refresh` of a connection whose provider is not configured stops,
+/// before it says it refreshes: there is nothing to refresh with.
+pub(super) fn refresh_refusal(settings: &Settings, provider: &str) -> Option<String> {
+    let why = why_missing(settings, provider)?;
+    Some(format!(
+        "nothing was refreshed: provider {provider} is not configured ({why}). Give the config file that configures {provider}"
+    ))
+}
+
+/// Why `provider` is not configured, when it is not.
+fn why_missing(settings: &Settings, provider: &str) -> Option<String> {
     if settings.providers.contains_key(provider) {
         return None;
     }
-    let why = match &settings.config_file {
+    Some(match &settings.config_file {
         None => NO_CONFIG_FILE.to_owned(),
         Some(path) => format!(
             "not in the config file {}; is it the one the running oauthd reads?",
             path.display()
         ),
-    };
-    Some(format!(
-        "nothing was deleted: provider {provider} is not configured ({why}), so deleting {provider}/{account} would revoke nothing at {provider} and its grant would stay valid there, with the token that could revoke it gone. Give the config file that configures {provider} to revoke it, or add --force to delete only oauthd's copy"
-    ))
+    })
 }
 
 /// What to say of the connections of `providers` (one name per connection) whose provider

@@ -1074,7 +1074,8 @@ async fn check_names_connections_that_need_reauth_or_fail_to_refresh() {
 /// Connections whose provider the config does not have, as when the config file is left
 /// out (a unit or a shell without `--config`): `check` said all was well and the start said
 /// nothing, while every token call answered `provider_missing`. Both say so now, and that
-/// no config file was given; so does `connections list`. And `connections delete` deleted
+/// no config file was given; so do `connections list` and `connections refresh` (which
+/// said "Refreshing…" first). And `connections delete` deleted
 /// such a connection, revoking nothing at the provider, with exit 0: without a config
 /// file, or with one that lacks the provider, it now stops unless told `--force`.
 #[tokio::test(flavor = "multi_thread")]
@@ -1103,6 +1104,15 @@ async fn connections_of_providers_not_in_the_config_are_pointed_out() {
     d.signal_and_wait("TERM");
     let out = home.cli(&["connections", "list"]);
     assert!(text(&out.stderr).contains(said), "{out:?}");
+    // A refresh says why before it says it refreshes.
+    let out = home.cli(&["connections", "refresh", "gh", "me"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        text(&out.stderr).contains(
+            "nothing was refreshed: provider gh is not configured (no config file was given"
+        ) && !text(&out.stderr).contains("Refreshing"),
+        "{out:?}"
+    );
     let out = home.cli(&["connections", "delete", "gh", "me", "--yes"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(
