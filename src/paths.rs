@@ -60,6 +60,13 @@ pub fn ownership(path: &Path) -> Option<String> {
     ))
 }
 
+/// `path` from the root, with `.` and `..` resolved, for a command to paste anywhere.
+pub fn full_path(path: &Path) -> std::path::PathBuf {
+    std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_owned())
+}
+
 /// The user this process runs as: the owner of its own /proc entry.
 pub fn my_uid() -> Option<u32> {
     use std::os::unix::fs::MetadataExt;

@@ -51,12 +51,7 @@ pub(super) fn key_named(settings: &Settings) -> String {
     }
 }
 
-/// `path` from the root, with `.` and `..` resolved, for a command to paste anywhere.
-fn full_path(path: &std::path::Path) -> PathBuf {
-    std::fs::canonicalize(path)
-        .or_else(|_| std::path::absolute(path))
-        .unwrap_or_else(|_| path.to_owned())
-}
+use crate::paths::full_path;
 
 pub(super) fn backup(settings: Settings, to: PathBuf) -> Result<(), Fatal> {
     let db = database(&settings, "backup")?;

@@ -21,6 +21,25 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use url::Url;
 
+/// Which config file and vault key this start runs with, beside the database's line: an
+/// operator with two configs, or a unit and a shell that differ, sees which one it was.
+fn note_sources(settings: &Settings, key: Option<&crate::vault::KeySource>) {
+    match &settings.config_file {
+        Some(path) => log::info!("config file {}", crate::paths::full_path(path).display()),
+        None => log::info!(
+            "no config file (--config, OAUTHD_CONFIG): defaults and the environment only"
+        ),
+    }
+    if let Some(key) = key {
+        match key {
+            crate::vault::KeySource::File { path, .. } => {
+                log::info!("vault key from {}", crate::paths::full_path(path).display())
+            }
+            inline => log::info!("vault key from {}", inline.describe()),
+        }
+    }
+}
+
 pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
     log::info!("oauthd {} starting", crate::VERSION);
     crate::metrics::BUILD_INFO.set(1);
@@ -57,6 +76,7 @@ pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
     }
     note_readable_files(&settings);
     let key_source = super::key_source(&settings);
+    note_sources(&settings, key_source.as_ref().ok());
     let serving = Serving {
         admin: super::admin(&settings, store.clone(), clock.clone()),
         key_from: key_source

@@ -2087,3 +2087,20 @@ fn serve_raises_its_open_file_limit_as_far_as_the_hard_limit_allows() {
         assert_eq!(log.contains(&said), low, "{log}");
     }
 }
+
+/// The start named the database but not the config file nor the vault key it ran with:
+/// an operator with a unit and a shell that differ could not tell which were read.
+#[test]
+fn a_start_names_its_config_file_and_vault_key() {
+    let home = Home::new();
+    home.start().signal_and_wait("TERM");
+    let log = home.log_text();
+    let key = home.key_file().canonicalize().unwrap();
+    assert!(log.contains("no config file (--config, OAUTHD_CONFIG)"), "{log}");
+    assert!(log.contains(&format!("vault key from {}", key.display())), "{log}");
+    home.write_config("");
+    home.start().signal_and_wait("TERM");
+    let config = home.config().canonicalize().unwrap();
+    let log = home.log_text();
+    assert!(log.contains(&format!("config file {}", config.display())), "{log}");
+}
