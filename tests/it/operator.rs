@@ -2096,11 +2096,20 @@ fn a_start_names_its_config_file_and_vault_key() {
     home.start().signal_and_wait("TERM");
     let log = home.log_text();
     let key = home.key_file().canonicalize().unwrap();
-    assert!(log.contains("no config file (--config, OAUTHD_CONFIG)"), "{log}");
-    assert!(log.contains(&format!("vault key from {}", key.display())), "{log}");
+    assert!(
+        log.contains("no config file (--config, OAUTHD_CONFIG)"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("vault key from {}", key.display())),
+        "{log}"
+    );
     home.write_config("");
     home.start().signal_and_wait("TERM");
     let config = home.config().canonicalize().unwrap();
     let log = home.log_text();
-    assert!(log.contains(&format!("config file {}", config.display())), "{log}");
+    assert!(
+        log.contains(&format!("config file {}", config.display())),
+        "{log}"
+    );
 }

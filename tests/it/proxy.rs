@@ -85,6 +85,12 @@ async fn get(d: &Daemon, key: &str, rest: &str) -> reqwest::Response {
     .await
 }
 
+/// `GET` of `rest` through mock/`account`'s proxy route, with the key.
+async fn get_of(d: &Daemon, key: &str, account: &str, rest: &str) -> reqwest::Response {
+    let target = format!("mock/{account}/{rest}");
+    call(d, key, reqwest::Method::GET, &target).await
+}
+
 /// `POST` of `body` to `rest` through mock/default's proxy route, with the key.
 async fn post(
     d: &Daemon,
@@ -1441,13 +1447,7 @@ async fn an_api_over_tls_is_reached_through_the_roots_oauthd_trusts() {
         let path = format!("/v1/connections/mock/{account}");
         let (status, body) = d.put(&path, &key, tokens.clone()).await;
         assert_eq!(status, 201, "{body}");
-        let resp = call(
-            &d,
-            &key,
-            reqwest::Method::GET,
-            &format!("mock/{account}/me.txt"),
-        )
-        .await;
+        let resp = get_of(&d, &key, account, "me.txt").await;
         assert_eq!(resp.status(), 502);
         let body: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(body["code"], "upstream_unavailable", "{body}");
@@ -1500,13 +1500,7 @@ async fn an_api_over_tls_is_reached_through_the_roots_oauthd_trusts() {
         ("SSL_CERT_FILE", ca.to_str().unwrap()),
     ]);
     for account in ["default", "other"] {
-        let resp = call(
-            &d,
-            &key,
-            reqwest::Method::GET,
-            &format!("mock/{account}/me.txt"),
-        )
-        .await;
+        let resp = get_of(&d, &key, account, "me.txt").await;
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.text().await.unwrap(), "hello over TLS");
     }
