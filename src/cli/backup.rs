@@ -125,8 +125,9 @@ pub(super) fn restore(settings: Settings, from: PathBuf, create: bool) -> Result
     // came from may still serve elsewhere (a backup being tried out).
     let undone = match replaced_db {
         Some(aside) => format!(
-            " What changed since the copy was made is undone: {}API keys made since are gone, and states consumed since can be consumed again.",
-            revoked_since(db, aside)
+            " What changed since the copy was made is undone: {}{}, and states consumed since can be consumed again.",
+            revoked_since(db, aside),
+            made_since(db, aside)
         ),
         None => " Start oauthd on it only if the oauthd it was copied from serves no more: this one would refresh the same connections, and a provider that rotates refresh tokens (SmartThings, Microsoft, and others) then refuses the other's (invalid_grant: those accounts need connecting again). To try a copy out without serving it: `oauthd check --db FILE`.".to_owned(),
     };
@@ -244,6 +245,20 @@ fn revoked_since(db: &Path, aside: &Path) -> String {
         Err(e) => format!(
             "API keys revoked since are active again (they could not be named: {e}; `oauthd keys list`, then `oauthd keys revoke` them again); "
         ),
+    }
+}
+
+/// The API keys made since the copy was made, gone with the restore: named, since their
+/// apps get 401 until each is made again.
+fn made_since(db: &Path, aside: &Path) -> String {
+    use crate::store::sqlite::tokens_since::keys_made_since;
+    match keys_made_since(db, aside) {
+        Ok(names) if names.is_empty() => "no API key was made since".to_owned(),
+        Ok(names) => format!(
+            "the API key(s) {} were made since and are gone: their apps get 401 until `oauthd keys create` makes each again (a new key, for the app's configuration)",
+            names.join(", ")
+        ),
+        Err(e) => format!("API keys made since are gone (they could not be named: {e})"),
     }
 }
 

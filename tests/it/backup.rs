@@ -42,7 +42,8 @@ fn rows(db: &Path, sql: &str) -> i64 {
 /// start, undoing the restore. A restore while an oauthd serves is refused, changing
 /// nothing; the replaced files are kept beside the database. A key revoked since the copy
 /// is active again: the restore names it, with the command that revokes it again (it said
-/// only that such keys might be, and `keys list` does not tell them).
+/// only that such keys might be, and `keys list` does not tell them). A key made since is
+/// gone, and named too (its app's calls turned 401 without a word).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backup_made_while_serving_restores_over_what_a_killed_oauthd_left() {
     let home = Home::new();
@@ -75,6 +76,7 @@ async fn a_backup_made_while_serving_restores_over_what_a_killed_oauthd_left() {
     assert_eq!(rows(&copy, "SELECT count(*) FROM states"), 1);
     let after = d.create_state(&key, json!({"namespace": NS})).await;
     assert!(home.cli(&["keys", "revoke", "acme"]).status.success());
+    home.create_key("script-2", &[]);
 
     let refused = home.cli(&["restore", copy.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&refused.stderr);
@@ -98,6 +100,10 @@ async fn a_backup_made_while_serving_restores_over_what_a_killed_oauthd_left() {
     assert!(
         !said.contains(" app "),
         "a key not revoked was named: {said}"
+    );
+    assert!(
+        said.contains("the API key(s) script-2 were made since and are gone: their apps get 401"),
+        "{said}"
     );
     let aside: Vec<String> = std::fs::read_dir(home.dir.path())
         .unwrap()

@@ -29,6 +29,29 @@ pub fn keys_revoked_since(restored: &Path, replaced: &Path) -> Result<Vec<String
     names
 }
 
+/// The names of the API keys active in `replaced` that `restored` does not hold: made
+/// since the copy was made, and gone with the restore (their apps get 401 until made
+/// again).
+pub fn keys_made_since(restored: &Path, replaced: &Path) -> Result<Vec<String>, String> {
+    let Some(conn) = both(restored, replaced)? else {
+        return Ok(Vec::new());
+    };
+    let mut names = conn
+        .prepare(
+            "SELECT r.name FROM replaced.api_keys r \
+             WHERE r.revoked_at IS NULL \
+             AND NOT EXISTS (SELECT 1 FROM restored.api_keys k WHERE k.id = r.id) \
+             ORDER BY r.name",
+        )
+        .map_err(|e| e.to_string())?;
+    let names = names
+        .query_map([], |r| r.get::<_, String>(0))
+        .map_err(|e| e.to_string())?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(|e| e.to_string());
+    names
+}
+
 /// A connection with `restored` and `replaced` attached under those names; `None` when
 /// `replaced` is not there. Nobody has either open (oauthd is stopped, the restore has
 /// just put `restored` in place and moved `replaced` aside), so each is read as immutable,
