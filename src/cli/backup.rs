@@ -131,20 +131,35 @@ pub(super) fn restore(settings: Settings, from: PathBuf, create: bool) -> Result
         ),
         None => " Start oauthd on it only if the oauthd it was copied from serves no more: this one would refresh the same connections, and a provider that rotates refresh tokens (SmartThings, Microsoft, and others) then refuses the other's (invalid_grant: those accounts need connecting again). To try a copy out without serving it: `oauthd check --db FILE`.".to_owned(),
     };
+    // The key file kept with the copy, when it lies beside it under the copy's name.
+    let kept_key = crate::paths::with_suffix(&from, ".key");
+    let kept = if kept_key.is_file() {
+        format!(
+            "the key file kept with the copy has them: {}, it seems",
+            full_path(&kept_key).display()
+        )
+    } else {
+        "the key file kept with the copy has them".to_owned()
+    };
     let key = match super::key_source(&settings) {
         Ok(KeySource::File { path, .. }) if !path.exists() => format!(
-            " There is no key file at {}: put the one kept with the copy there before oauthd starts (it does not start without it).",
-            path.display()
+            " There is no key file at {}: put the one kept with the copy there before oauthd starts (it does not start without it){}.",
+            path.display(),
+            if kept_key.is_file() {
+                format!(": {}, it seems", full_path(&kept_key).display())
+            } else {
+                String::new()
+            }
         ),
         source => match source.ok().zip(keys_lacking(&settings, db, now.timestamp_millis())) {
             Some((source, Lacking { tokens, states })) if !tokens.is_empty() => format!(
-                " But the vault key loaded from {} does not have key(s) {}, which the copy's tokens were sealed with: oauthd does not start on it until it has them (the key file kept with the copy has them).{}",
+                " But the vault key loaded from {} does not have key(s) {}, which the copy's tokens were sealed with: oauthd does not start on it until it has them ({kept}).{}",
                 source.describe(),
                 tokens.join(", "),
                 source.rescue_hint(&[tokens, states].concat())
             ),
             Some((source, Lacking { states, .. })) => format!(
-                " But the vault key loaded from {} does not have key(s) {}, which the data of live states in the copy was sealed with: those states answer 503 vault_error until it has them (the key file kept with the copy has them).{}",
+                " But the vault key loaded from {} does not have key(s) {}, which the data of live states in the copy was sealed with: those states answer 503 vault_error until it has them ({kept}).{}",
                 source.describe(),
                 states.join(", "),
                 source.rescue_hint(&states)

@@ -180,19 +180,29 @@ async fn a_restore_brings_back_no_session_signed_out_or_link_used_since_the_copy
 }
 
 /// A copy restored on a new machine (`--create`), where no key file is yet: the restore
-/// says so at once (the start then refuses without it), and does not speak of undoing
-/// what changed since the copy, with nothing there before it.
+/// says so at once (the start then refuses without it), naming the key file kept beside
+/// the copy under its name, and does not speak of undoing what changed since the copy,
+/// with nothing there before it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restore_on_a_new_machine_says_the_key_file_is_missing() {
     let old = Home::new();
     let copy = old.backed_up();
+    // The key file kept with it, under its name: the restore points at it.
+    let mut kept = copy.clone().into_os_string();
+    kept.push(".key");
+    std::fs::write(&kept, "a key line\n").unwrap();
     let new = Home::new();
     let out = new.cli(&["restore", "--create", copy.to_str().unwrap()]);
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{out:?}");
     let key_file = new.dir.path().join("oauthd.db.key");
+    let kept = std::fs::canonicalize(&kept).unwrap();
     assert!(
-        said.contains(&format!("There is no key file at {}", key_file.display())),
+        said.contains(&format!(
+            "There is no key file at {}: put the one kept with the copy there before oauthd starts (it does not start without it): {}, it seems.",
+            key_file.display(),
+            kept.display()
+        )),
         "{said}"
     );
     assert!(!said.contains("is undone"), "{said}");
