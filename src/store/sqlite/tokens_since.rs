@@ -14,19 +14,12 @@ pub fn keys_revoked_since(restored: &Path, replaced: &Path) -> Result<Vec<String
     let Some(conn) = both(restored, replaced)? else {
         return Ok(Vec::new());
     };
-    let mut names = conn
-        .prepare(
-            "SELECT k.name FROM restored.api_keys k \
-             JOIN replaced.api_keys r ON r.id = k.id \
-             WHERE k.revoked_at IS NULL AND r.revoked_at IS NOT NULL ORDER BY k.name",
-        )
-        .map_err(|e| e.to_string())?;
-    let names = names
-        .query_map([], |r| r.get::<_, String>(0))
-        .map_err(|e| e.to_string())?
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(|e| e.to_string());
-    names
+    names(
+        &conn,
+        "SELECT k.name FROM restored.api_keys k \
+         JOIN replaced.api_keys r ON r.id = k.id \
+         WHERE k.revoked_at IS NULL AND r.revoked_at IS NOT NULL ORDER BY k.name",
+    )
 }
 
 /// The names of the API keys active in `replaced` that `restored` does not hold: made
@@ -36,15 +29,19 @@ pub fn keys_made_since(restored: &Path, replaced: &Path) -> Result<Vec<String>, 
     let Some(conn) = both(restored, replaced)? else {
         return Ok(Vec::new());
     };
-    let mut names = conn
-        .prepare(
-            "SELECT r.name FROM replaced.api_keys r \
-             WHERE r.revoked_at IS NULL \
-             AND NOT EXISTS (SELECT 1 FROM restored.api_keys k WHERE k.id = r.id) \
-             ORDER BY r.name",
-        )
-        .map_err(|e| e.to_string())?;
-    let names = names
+    names(
+        &conn,
+        "SELECT r.name FROM replaced.api_keys r \
+         WHERE r.revoked_at IS NULL \
+         AND NOT EXISTS (SELECT 1 FROM restored.api_keys k WHERE k.id = r.id) \
+         ORDER BY r.name",
+    )
+}
+
+/// The first column of `sql`'s rows, as text.
+fn names(conn: &Connection, sql: &str) -> Result<Vec<String>, String> {
+    let mut query = conn.prepare(sql).map_err(|e| e.to_string())?;
+    let names = query
         .query_map([], |r| r.get::<_, String>(0))
         .map_err(|e| e.to_string())?
         .collect::<rusqlite::Result<Vec<_>>>()
