@@ -133,23 +133,16 @@ pub(super) fn restore(settings: Settings, from: PathBuf, create: bool) -> Result
     };
     // The key file kept with the copy, when it lies beside it under the copy's name.
     let kept_key = crate::paths::with_suffix(&from, ".key");
-    let kept = if kept_key.is_file() {
-        format!(
-            "the key file kept with the copy has them: {}, it seems",
-            full_path(&kept_key).display()
-        )
+    let beside = if kept_key.is_file() {
+        format!(": {}, it seems", full_path(&kept_key).display())
     } else {
-        "the key file kept with the copy has them".to_owned()
+        String::new()
     };
+    let kept = format!("the key file kept with the copy has them{beside}");
     let key = match super::key_source(&settings) {
         Ok(KeySource::File { path, .. }) if !path.exists() => format!(
-            " There is no key file at {}: put the one kept with the copy there before oauthd starts (it does not start without it){}.",
+            " There is no key file at {}: put the one kept with the copy there before oauthd starts (it does not start without it){beside}.",
             path.display(),
-            if kept_key.is_file() {
-                format!(": {}, it seems", full_path(&kept_key).display())
-            } else {
-                String::new()
-            }
         ),
         source => match source.ok().zip(keys_lacking(&settings, db, now.timestamp_millis())) {
             Some((source, Lacking { tokens, states })) if !tokens.is_empty() => format!(

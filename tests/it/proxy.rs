@@ -76,13 +76,7 @@ async fn call(d: &Daemon, key: &str, method: reqwest::Method, target: &str) -> r
 
 /// `GET` of `rest` through mock/default's proxy route, with the key.
 async fn get(d: &Daemon, key: &str, rest: &str) -> reqwest::Response {
-    call(
-        d,
-        key,
-        reqwest::Method::GET,
-        &format!("mock/default/{rest}"),
-    )
-    .await
+    get_of(d, key, "default", rest).await
 }
 
 /// `GET` of `rest` through mock/`account`'s proxy route, with the key.
