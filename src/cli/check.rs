@@ -594,10 +594,12 @@ async fn health_answer(mut resp: reqwest::Response) -> Option<bool> {
 /// two checkpoints, so below 8 MiB writes are about to fail (the README's margin), and
 /// below 64 MiB they soon may.
 fn check_room(r: &mut Report, db: &std::path::Path) {
+    use crate::store::sqlite::room::ROOM;
     const MIB: u64 = 1024 * 1024;
     // Where the data is: a link's target's filesystem.
     let db = std::fs::canonicalize(db).unwrap_or_else(|_| db.to_owned());
     let dir = crate::paths::dir_of(&db);
+    // The room any user has: `check` run by root says it for a daemon that may not be.
     match rustix::fs::statvfs(dir) {
         Ok(fs) => {
             let free = fs.f_bavail.saturating_mul(fs.f_frsize);
@@ -607,10 +609,13 @@ fn check_room(r: &mut Report, db: &std::path::Path) {
                 dir.display()
             );
             match free {
-                f if f < 8 * MIB => r.line(
+                f if f < ROOM => r.line(
                     "FAIL",
                     "disk",
-                    format!("{said}: writes fail below about 8 MiB (the -wal file grows to 4 MB between checkpoints); make room"),
+                    format!(
+                        "{said}: writes fail below about {} MiB (the -wal file grows to 4 MB between checkpoints); make room",
+                        ROOM / MIB
+                    ),
                 ),
                 f if f < 64 * MIB => r.line("warn", "disk", format!("{said}: little room left")),
                 _ => r.line("ok", "disk", said),

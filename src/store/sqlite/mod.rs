@@ -15,6 +15,7 @@ mod keys;
 mod live_counts;
 mod open_error;
 mod outbox;
+pub mod room;
 mod schema;
 mod serving;
 mod states;

@@ -121,22 +121,15 @@ fn write_hint(path: &Path) -> String {
             "{}: chown the file and its directory to the user oauthd runs as",
             may_not("write it nor create its -wal and -shm files in its directory")
         ),
-        _ => match free_bytes(path) {
+        _ => match super::room::free_bytes(path) {
             // SQLite needs room for its -wal and -shm files to open the database at all.
-            Some(free) if free < 1024 * 1024 => format!(
+            Ok(free) if free < 1024 * 1024 => format!(
                 "the filesystem holding it is full ({} KiB free): make room, and oauthd opens it",
                 free / 1024
             ),
             _ => "is the file and its directory writable by this user?".into(),
         },
     }
-}
-
-/// Room left for this user on the filesystem holding `path` (its target's, for a link).
-fn free_bytes(path: &Path) -> Option<u64> {
-    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-    let fs = rustix::fs::statvfs(crate::paths::dir_of(&path)).ok()?;
-    Some(fs.f_bavail.saturating_mul(fs.f_frsize))
 }
 
 pub(super) fn check_parent(path: &Path) -> Result<(), OpenError> {

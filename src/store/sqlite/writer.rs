@@ -60,8 +60,6 @@ trait WriteJob: Send {
     fn complete(self: Box<Self>, ended: Result<(), StoreError>) -> bool;
     /// Answers the caller without running (no transaction could be started).
     fn abort(self: Box<Self>, err: StoreError);
-    /// A write `/readyz` makes to see whether writes go through (`Writer::check_writable`).
-    fn is_probe(&self) -> bool;
 }
 
 /// A job's work until it runs, then its result until the transaction ends: one allocation
@@ -76,7 +74,6 @@ struct FnJob<T, F> {
     context: &'static str,
     /// Run inside a savepoint: needed only when the job makes several changes.
     atomic: bool,
-    probe: bool,
     stage: Stage<T, F>,
     reply: oneshot::Sender<Result<T, StoreError>>,
 }
@@ -135,10 +132,6 @@ where
 
     fn abort(self: Box<Self>, err: StoreError) {
         let _ = self.reply.send(Err(err));
-    }
-
-    fn is_probe(&self) -> bool {
-        self.probe
     }
 }
 
@@ -206,6 +199,8 @@ pub struct Writer {
     disk_full: Arc<AtomicBool>,
     locked: Arc<AtomicBool>,
     moved: Arc<AtomicBool>,
+    /// The database file, for the room a full disk's mark waits for.
+    db: std::path::PathBuf,
 }
 
 impl Writer {
@@ -232,8 +227,10 @@ impl Writer {
         let locked = Arc::new(AtomicBool::new(false));
         let moved = Arc::new(AtomicBool::new(false));
         crate::metrics::STORAGE_DISK_FULL.set(0);
+        let files = Files::of(path);
+        let db = files.paths[0].clone();
         let link = Link {
-            files: Files::of(path),
+            files,
             moved: moved.clone(),
             conn: Some(conn),
             reopen,
@@ -268,6 +265,7 @@ impl Writer {
             disk_full,
             locked,
             moved,
+            db,
         })
     }
 
@@ -280,7 +278,7 @@ impl Writer {
     /// in a process of its own whose writer has written nothing yet. Waits for the write
     /// lock up to the busy timeout.
     pub async fn probe_write(&self, context: &'static str) -> Result<(), StoreError> {
-        self.submit(context, false, true, |tx: &Tx| {
+        self.submit(context, false, |tx: &Tx| {
             tx.prepare_cached("INSERT OR REPLACE INTO meta (name, value) VALUES ('probe', 1)")?
                 .execute([])?;
             tx.prepare_cached("DELETE FROM meta WHERE name = 'probe'")?
@@ -300,11 +298,17 @@ impl Writer {
         if !marked.iter().any(|m| m.load(Ordering::Acquire)) {
             return Ok(());
         }
+        // A full disk stays full until `ROOM` is free: a write that fits in what the -wal
+        // file already holds goes through at the edge of full, and said nothing.
+        let full = || Err(StoreError::Full { context });
+        if self.disk_full.load(Ordering::Acquire) && !super::room::has_room(&self.db) {
+            return full();
+        }
         // A write that needs what a request's needs: the write lock, a writable file (else
         // SQLITE_READONLY), and room: 64 KiB of new pages appended to the WAL, more than a
         // request writes (a page or two fit in what a failed commit left allocated). A
-        // second, small write takes it out again. Probes clear the read-only and lock
-        // marks; the full-disk one only a request's write clears.
+        // second, small write takes it out again. Its commit clears the marks, the
+        // full-disk one where there is room.
         let probe =
             |sql: &'static str| move |tx: &Tx| tx.prepare_cached(sql)?.execute([]).map(|_| ());
         if !self.read_only.load(Ordering::Acquire) && !self.disk_full.load(Ordering::Acquire) {
@@ -313,7 +317,7 @@ impl Writer {
             // balancer's check timeout; one given up on is skipped by the writer (nobody
             // waits for it), and the next /readyz sends another, which commits at once
             // when the lock is free and clears the mark.
-            let wrote = self.submit(context, false, true, move |tx: &Tx| {
+            let wrote = self.submit(context, false, move |tx: &Tx| {
                 probe("INSERT OR REPLACE INTO meta (name, value) VALUES ('probe', 1)")(tx)?;
                 probe("DELETE FROM meta WHERE name = 'probe'")(tx)
             });
@@ -325,17 +329,20 @@ impl Writer {
         self.submit(
             context,
             false,
-            true,
             probe("INSERT OR REPLACE INTO meta (name, value) VALUES ('probe', randomblob(65536))"),
         )
         .await?;
         self.submit(
             context,
             false,
-            true,
             probe("DELETE FROM meta WHERE name = 'probe'"),
         )
-        .await
+        .await?;
+        // Written, with no room to spare (or another write found the disk full since).
+        if self.disk_full.load(Ordering::Acquire) {
+            return full();
+        }
+        Ok(())
     }
 
     /// Runs `work`, which makes at most one change (a single statement is atomic by
@@ -345,7 +352,7 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Tx) -> rusqlite::Result<T> + Send + 'static,
     {
-        self.submit(context, false, false, work).await
+        self.submit(context, false, work).await
     }
 
     /// Like `run`, for work that makes several changes: all of them or none commit.
@@ -354,14 +361,13 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Tx) -> rusqlite::Result<T> + Send + 'static,
     {
-        self.submit(context, true, false, work).await
+        self.submit(context, true, work).await
     }
 
     async fn submit<T, F>(
         &self,
         context: &'static str,
         atomic: bool,
-        probe: bool,
         work: F,
     ) -> Result<T, StoreError>
     where
@@ -372,7 +378,6 @@ impl Writer {
         let job = Box::new(FnJob {
             context,
             atomic,
-            probe,
             stage: Stage::Queued(work),
             reply,
         });
@@ -485,8 +490,8 @@ struct Link {
     reopen: Reopen,
     name: String,
     read_only: Arc<AtomicBool>,
-    /// Set while writes fail for want of room; cleared, as `read_only` is, by the next commit
-    /// that changed rows.
+    /// Set while writes fail for want of room; cleared by the next commit that changed rows
+    /// once `ROOM` is free.
     disk_full: Arc<AtomicBool>,
     /// Set while another process holds the write lock past the busy timeout; cleared alike.
     locked: Arc<AtomicBool>,
@@ -542,14 +547,20 @@ impl Link {
             self.full_said = Some(Instant::now());
             log::error!(
                 "database {}: the disk is full (or the process's file-size limit reached): \
-                 writes and /readyz answer 503 until there is room again; nothing \
-                 acknowledged is lost, and no restart is needed",
-                self.name
+                 writes that find no room and /readyz answer 503 until {} MiB are free \
+                 again; nothing acknowledged is lost, and no restart is needed",
+                self.name,
+                super::room::ROOM >> 20
             );
         }
     }
 
+    /// After a commit: a full disk's mark waits for `ROOM` as well, as a write that fits in
+    /// what the -wal file already holds goes through at the edge of full.
     fn mark_room(&mut self) {
+        if !self.disk_full.load(Ordering::Acquire) || !super::room::has_room(&self.files.paths[0]) {
+            return;
+        }
         if self.disk_full.swap(false, Ordering::AcqRel) {
             crate::metrics::STORAGE_DISK_FULL.set(0);
             log::info!("database {}: there is room to write again", self.name);
@@ -761,15 +772,12 @@ fn write_group(link: &mut Link, group: &mut Vec<Box<dyn WriteJob>>) {
         return;
     };
     let changes_before = conn.total_changes();
-    let probes_only = group.iter().all(|job| job.is_probe());
     match commit_group(conn, group, &link.watch, &link.emptied) {
         // A group that changed nothing wrote nothing to disk: it proves nothing.
         Outcome::Committed if conn.total_changes() != changes_before => {
             link.mark_writable();
             link.mark_unlocked();
-            if !probes_only {
-                link.mark_room();
-            }
+            link.mark_room();
         }
         Outcome::Committed => {}
         Outcome::CannotWrite => link.mark_read_only(),
