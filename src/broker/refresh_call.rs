@@ -153,14 +153,15 @@ impl Broker {
         let tokens = match result {
             Ok(tokens) => tokens,
             Err(FlowError::InvalidGrant(reason)) => {
-                // A refresh token spent by a refresh that was never saved is the likelier
-                // cause than the user revoking access: say so.
-                let lost = after_lost.map_or_else(String::new, |at| {
-                    format!(
+                // A refresh token spent by a refresh that was never saved, or whose answer
+                // never came, is the likelier cause than the user revoking access: say so.
+                let lost = match after_lost {
+                    Some(at) => format!(
                         " (a refresh an oauthd process began at {} was never saved: killed, or its store failed; the provider may have rotated the refresh token for it)",
                         crate::clock::rfc3339(at)
-                    )
-                });
+                    ),
+                    None => after_unanswered(row).unwrap_or_default(),
+                };
                 log::warn!("refresh {p}/{a}: invalid_grant ({reason}){lost}; the account must be connected again");
                 refreshed(p, "needs_reauth");
                 let failure = Failure::Reauth(format!("invalid_grant: {reason}{lost}"));
@@ -396,4 +397,18 @@ impl Broker {
         };
         (error, stored)
     }
+}
+
+/// What an `invalid_grant` likely follows when the connection's last failure was a refresh
+/// sent that got no answer (the provider stalled past `provider_answer_wait_seconds`, or
+/// the connection dropped): the provider may have carried it out, and a rotating one
+/// retired the refresh token it was sent for one in the answer that never came.
+fn after_unanswered(row: &ConnectionRow) -> Option<String> {
+    let error = row.last_error.as_deref()?;
+    error.contains(flows::NO_ANSWER).then(|| {
+        format!(
+            " (the refresh before it, given up at {}, was sent and got no answer: the provider may have carried it out and rotated the refresh token in the answer that never came; a longer provider_answer_wait_seconds outlasts such a stall)",
+            crate::clock::rfc3339(row.updated_at_ms)
+        )
+    })
 }

@@ -1044,6 +1044,59 @@ async fn a_refresh_outlasts_a_rotating_provider_that_stalls() {
     d.signal_and_wait("TERM");
 }
 
+/// A rotating provider that stalls past `provider_answer_wait_seconds`, then carries out the
+/// refresh it was sent: the answer, with the new refresh token, never came, and the next
+/// refresh sent the retired one (the provider revokes the grant). Nothing oauthd holds can
+/// keep the connection then; what it said of it was `invalid_grant` alone, as if the user
+/// had revoked access. It now names the refresh that got no answer, and the setting that
+/// outlasts such a stall.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_grant_after_a_refresh_that_got_no_answer_names_it() {
+    let (peer, home, key, d) = alice_due_for_refresh("provider_answer_wait_seconds = 2\n").await;
+    let signal = |sig: &str| common::signal(peer.pid(), sig);
+    let path = "/v1/connections/peer/alice/token";
+    let connection = || async { d.get("/v1/connections/peer/alice", &key).await.1 };
+    signal("STOP");
+    let (status, body) = d.get(path, &key).await;
+    assert_eq!(status, 503, "{body}");
+    // Given up: the connection's first failure is recorded.
+    let mut conn = serde_json::Value::Null;
+    for _ in 0..50 {
+        conn = connection().await;
+        if !conn["last_error"].is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!conn["last_error"].is_null(), "{conn}");
+    // The provider carries out the refresh it was sent; the next one sends the retired
+    // refresh token.
+    signal("CONT");
+    for _ in 0..100 {
+        let _ = d.get(path, &key).await;
+        conn = connection().await;
+        if conn["status"] == "needs_reauth" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(conn["status"], "needs_reauth", "{conn}");
+    let error = conn["last_error"].as_str().unwrap_or_default();
+    for said in [
+        "invalid_grant",
+        "was sent and got no answer",
+        "provider_answer_wait_seconds",
+    ] {
+        assert!(error.contains(said), "{said}: {conn}");
+    }
+    assert!(
+        home.log_text().contains("was sent and got no answer"),
+        "{}",
+        home.log_text()
+    );
+    d.signal_and_wait("TERM");
+}
+
 /// A provider that answered a refresh with a rotated refresh token, and a store that could
 /// not save it until past the refresh's lease (here another process's write lock, held
 /// that long: as a Redis at `maxmemory` or down for a while): the new tokens were given up at

@@ -31,7 +31,9 @@ pub use device_grant::{
     device_authorize, device_poll, parse_device_authorization, DeviceAuthorization, DevicePoll,
 };
 use sender::Sender;
-pub use sender::{retry_after_secs, Network, TokenEndpoint, TokenFuture, MAX_PROVIDER_WAIT_SECS};
+pub use sender::{
+    retry_after_secs, Network, TokenEndpoint, TokenFuture, MAX_PROVIDER_WAIT_SECS, NO_ANSWER,
+};
 use sent::{form_encode, Sent, CODE_MAX};
 
 /// Largest token response accepted from a provider.

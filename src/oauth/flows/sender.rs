@@ -111,6 +111,11 @@ impl<'c> oauth2::AsyncHttpClient<'c> for Sender<'_> {
 /// The network, through the shared client (no redirects, a size cap on answers).
 pub struct Network(pub reqwest::Client);
 
+/// What a token request's error starts with when the request may have reached the
+/// provider (no connection failed) and no answer came back in time: a refresh the provider
+/// carried out all the same spent the refresh token it was sent.
+pub const NO_ANSWER: &str = "no answer came to the request sent";
+
 impl TokenEndpoint for Network {
     fn send<'a>(&'a self, req: oauth2::HttpRequest) -> TokenFuture<'a> {
         Box::pin(send(&self.0, req))
@@ -129,7 +134,13 @@ async fn send(
         .body(body)
         .send()
         .await
-        .map_err(std::io::Error::other)?;
+        .map_err(|e| {
+            let text = crate::oauth::with_causes(&e);
+            std::io::Error::other(match e.is_connect() {
+                true => text,
+                false => format!("{NO_ANSWER} ({text})"),
+            })
+        })?;
     let status = resp.status();
     let headers = resp.headers().clone();
     let body = crate::oauth::read_limited(resp, MAX_RESPONSE_BYTES)
