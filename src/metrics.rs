@@ -341,6 +341,15 @@ pub static CONNECTIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
+/// The process's own series, as every Prometheus client exports them and dashboards
+/// expect (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// `process_open_fds` against `process_max_fds`, `process_start_time_seconds`, …): read
+/// from `/proc` at each scrape. For the daemon only.
+pub fn register_process() {
+    let process = prometheus::process_collector::ProcessCollector::for_self();
+    let _ = REGISTRY.register(Box::new(process));
+}
+
 /// Prometheus text format of everything registered.
 pub fn render() -> String {
     // A counter without labels is shown from the start, at 0: an alert on its rate, or a

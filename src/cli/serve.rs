@@ -43,6 +43,7 @@ fn note_sources(settings: &Settings, key: Option<&crate::vault::KeySource>) {
 pub(super) fn serve(settings: Settings) -> Result<(), Fatal> {
     log::info!("oauthd {} starting", crate::VERSION);
     crate::metrics::BUILD_INFO.set(1);
+    crate::metrics::register_process();
     super::process::raise_open_files_limit();
     // The one system clock every service of this process reads.
     let clock = Clock::system();

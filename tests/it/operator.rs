@@ -2113,3 +2113,44 @@ fn a_start_names_its_config_file_and_vault_key() {
         "{log}"
     );
 }
+
+/// The scrape has the process's own series that every Prometheus client exports and
+/// dashboards chart (memory, CPU, descriptors against their limit, when the process
+/// started): an operator watching for a leak or for the open-file limit had none of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_scrape_has_the_process_series_dashboards_expect() {
+    let home = Home::new();
+    let d = home.start();
+    let metrics = d.metrics_text().await;
+    let value = |series: &str| {
+        common::sample(&metrics, series).unwrap_or_else(|| panic!("no {series}: {metrics}"))
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = value("process_start_time_seconds");
+    assert!(
+        now - 300.0 < started && started <= now + 1.0,
+        "{started} vs {now}"
+    );
+    let (open, most) = (value("process_open_fds"), value("process_max_fds"));
+    assert!(
+        3.0 <= open && open < most && most >= 1024.0,
+        "{open} of {most}"
+    );
+    // The limit the start raised the soft one to, as /proc says of the process.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("{limits}"));
+    assert_eq!(most, soft, "{limits}");
+    assert!(value("process_resident_memory_bytes") > f64::from(1 << 20));
+    assert!(value("process_virtual_memory_bytes") > value("process_resident_memory_bytes"));
+    assert!(value("process_threads") >= 3.0);
+    assert!(value("process_cpu_seconds_total") >= 0.0);
+    d.signal_and_wait("TERM");
+}
