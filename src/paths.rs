@@ -99,6 +99,20 @@ pub fn unreadable(path: &Path, e: &std::io::Error) -> String {
     said
 }
 
+/// Whether `path` is a systemd credential (`/run/credentials/<unit>/<name>`) of a unit that
+/// does not run now: systemd makes that directory as the unit starts and takes it away as
+/// it stops. (A unit that runs without the file has it misconfigured: not this.)
+pub fn credential_of_a_stopped_unit(path: &Path) -> bool {
+    let Ok(rest) = path.strip_prefix("/run/credentials") else {
+        return false;
+    };
+    let Some(unit) = rest.components().next() else {
+        return false;
+    };
+    let dir = Path::new("/run/credentials").join(unit);
+    rest.components().count() >= 2 && !dir.exists()
+}
+
 /// A link on the way to a path that another user could have planted (`resolve_trusted`).
 #[derive(Debug, PartialEq, Eq)]
 pub struct UntrustedLink {

@@ -588,15 +588,15 @@ async fn a_provider_whose_endpoints_cannot_be_found_is_said_at_start() {
     d.signal_and_wait("TERM");
 }
 
-/// `check` goes on past a provider it cannot build (a systemd credential that exists only
-/// while the unit runs): that provider fails, the others and the store are still checked.
+/// `check` goes on past a provider it cannot build (a secret file that is not there): that
+/// provider fails, the others and the store are still checked.
 #[tokio::test(flavor = "multi_thread")]
 async fn check_reports_a_provider_it_cannot_build_and_checks_the_rest() {
     let peer = Peer::start(60);
     let home = Home::new();
     home.write_config(&format!(
         "{}\n[providers.gone]\npreset = \"spotify\"\nclient_id = \"c\"\n\
-         client_secret_file = \"/run/credentials/oauthd.service/no-such-secret\"\n",
+         client_secret_file = \"/etc/oauthd-test-absent/no-such-secret\"\n",
         peer.provider_toml("peer")
     ));
     home.create_key("app", &[]);
@@ -610,9 +610,7 @@ async fn check_reports_a_provider_it_cannot_build_and_checks_the_rest() {
         "{report}"
     );
     assert!(
-        report.contains("FAIL  provider gone")
-            && report.contains("no-such-secret")
-            && report.contains("only while their unit runs"),
+        report.contains("FAIL  provider gone") && report.contains("no-such-secret"),
         "{report}"
     );
     assert!(
@@ -620,6 +618,45 @@ async fn check_reports_a_provider_it_cannot_build_and_checks_the_rest() {
         "{report}"
     );
     assert!(report.contains("passes integrity_check"), "{report}");
+}
+
+/// A client secret handed over as a systemd credential (`LoadCredential=`, read from
+/// `/run/credentials/<unit>/…`) exists only while the unit runs. `check` run beside a
+/// stopped unit failed the provider and the config ("oauthd does not start with it"),
+/// though the unit's oauthd starts with it. It now says the secret is not checked, and
+/// checks the rest of that provider.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_of_a_stopped_unit_s_credential_warns_and_checks_the_rest() {
+    let peer = Peer::start(60);
+    let home = Home::new();
+    let secret = "/run/credentials/oauthd-test-absent.service/peer";
+    home.write_config(&peer.provider_toml("peer").replace(
+        &format!("client_secret = \"{}\"", common::peer::CLIENT_SECRET),
+        &format!("client_secret_file = \"{secret}\""),
+    ));
+    home.create_key("app", &[]);
+    let out = home.cli(&["check"]);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        report.contains("ok    config: 1 provider(s)") && !report.contains("FAIL  provider"),
+        "{report}"
+    );
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("warn  provider peer: ")
+                && l.contains(secret)
+                && l.contains("only while its unit runs")),
+        "{report}"
+    );
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("ok    provider peer: token endpoint ")
+                && l.contains("the client secret is not checked")),
+        "{report}"
+    );
+    assert!(out.status.success(), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
