@@ -87,6 +87,13 @@ pub(super) fn providers_list(settings: &Settings) -> Result<(), Fatal> {
         match (p.preset, p.issuer()) {
             (Some(preset), _) => out!("  preset:       {preset}"),
             (None, Some(issuer)) => {
+                // As configured: a URL's text has a `/` for an empty path, which the issuer
+                // (and the `iss` of its ID tokens) may not.
+                let issuer = settings
+                    .providers
+                    .get(&p.name)
+                    .and_then(|cfg| cfg.issuer.as_deref())
+                    .unwrap_or(issuer.as_str());
                 out!("  issuer:       {issuer} (endpoints discovered when oauthd starts, and again on use until found)")
             }
             (None, None) => out!("  endpoints:    explicit"),

@@ -1590,6 +1590,12 @@ fn providers_list_prints_the_redirect_uri_to_register() {
         block("oidc").contains("device flow:  if the issuer's metadata lists"),
         "{listed}"
     );
+    // The issuer as configured: `iss` in its ID tokens must be that, and a slash added
+    // (`https://id.home.example/`) made it look as if it should end in one.
+    assert!(
+        block("oidc").contains("issuer:       https://id.home.example (endpoints"),
+        "{listed}"
+    );
     assert!(
         !listed.contains("s3cret-value"),
         "a client secret was printed"
