@@ -317,7 +317,7 @@ pub static STORAGE_READ_ONLY: LazyLock<IntGauge> = LazyLock::new(|| {
 pub static STORAGE_DISK_FULL: LazyLock<IntGauge> = LazyLock::new(|| {
     let name = "storage_disk_full";
     let help = "1 from a SQLite write that failed for want of room on the disk (writes that \
-                find none answer 503) until 8 MiB are free again, else 0.";
+                find none answer 503) until one goes through with room again, else 0.";
     registered(name, IntGauge::with_opts(opts(name, help)))
 });
 

@@ -176,7 +176,7 @@ impl Broker {
                     _ => 0,
                 };
                 let failure = Failure::Transient {
-                    error: e.to_string(),
+                    error: keeping_unanswered(row, e.to_string()),
                     asked_ms,
                     refresh_token: None,
                 };
@@ -399,16 +399,45 @@ impl Broker {
     }
 }
 
-/// What an `invalid_grant` likely follows when the connection's last failure was a refresh
-/// sent that got no answer (the provider stalled past `provider_answer_wait_seconds`, or
-/// the connection dropped): the provider may have carried it out, and a rotating one
-/// retired the refresh token it was sent for one in the answer that never came.
+/// Where a failed refresh's `last_error` tells what failed after a refresh that got no
+/// answer.
+const SINCE: &str = "; since then: ";
+
+/// How a failed refresh's `last_error` starts when it was sent and got no whole answer:
+/// oauthd's own words, before any of the provider's.
+fn unanswered_start() -> String {
+    FlowError::Transient(flows::NO_ANSWER.to_owned()).to_string()
+}
+
+/// `error`, a failed refresh's `last_error`, after the connection's earlier refresh that
+/// got no answer, if any: what failed since (a restarting provider refusing connections)
+/// says nothing of whether the provider carried that one out. A refresh that succeeds
+/// clears it; one answered with `invalid_grant` tells it (`after_unanswered`).
+fn keeping_unanswered(row: &ConnectionRow, error: String) -> String {
+    let start = unanswered_start();
+    match row.last_error.as_deref() {
+        Some(last) if last.starts_with(&start) && !error.starts_with(&start) => {
+            let unanswered = last.split(SINCE).next().unwrap_or(last);
+            format!("{unanswered}{SINCE}{error}")
+        }
+        _ => error,
+    }
+}
+
+/// What an `invalid_grant` likely follows when a refresh since the last that succeeded was
+/// sent and got no answer (the provider stalled past `provider_answer_wait_seconds`, or the
+/// connection dropped): the provider may have carried it out, and a rotating one retired
+/// the refresh token it was sent for one in the answer that never came.
 fn after_unanswered(row: &ConnectionRow) -> Option<String> {
-    let error = row.last_error.as_deref()?;
-    error.contains(flows::NO_ANSWER).then(|| {
-        format!(
-            " (the refresh before it, given up at {}, was sent and got no answer: the provider may have carried it out and rotated the refresh token in the answer that never came; a longer provider_answer_wait_seconds outlasts such a stall)",
-            crate::clock::rfc3339(row.updated_at_ms)
-        )
-    })
+    let last = row.last_error.as_deref()?;
+    let why = last.strip_prefix(&unanswered_start())?;
+    let why = why.split(SINCE).next().unwrap_or(why);
+    // Only a wait that ran out is helped by a longer one.
+    let advice = match why.contains("timed out") {
+        true => "; a longer provider_answer_wait_seconds outlasts such a stall",
+        false => "",
+    };
+    Some(format!(
+        " (an earlier refresh, since the last that succeeded, was sent and got no answer: the provider may have carried it out and rotated the refresh token in the answer that never came{advice})"
+    ))
 }

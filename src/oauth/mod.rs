@@ -66,17 +66,36 @@ fn without_url(mut text: String) -> String {
     text
 }
 
+/// Why a response body was not read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the response is larger than {0} bytes")]
+    TooLarge(usize),
+    /// The connection failed, or the time ran out, part-way.
+    #[error("{0}")]
+    Cut(String),
+}
+
 /// Reads a response body, refusing more than `limit` bytes (a provider answering with an
 /// endless body must not exhaust memory).
-pub async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+pub async fn read_body(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| with_causes(&e))? {
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| BodyError::Cut(with_causes(&e)))?
+    {
         if body.len() + chunk.len() > limit {
-            return Err(format!("the response is larger than {limit} bytes"));
+            return Err(BodyError::TooLarge(limit));
         }
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// `read_body`, its error as text.
+pub async fn read_limited(resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    read_body(resp, limit).await.map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

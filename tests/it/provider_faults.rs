@@ -1097,6 +1097,123 @@ async fn an_invalid_grant_after_a_refresh_that_got_no_answer_names_it() {
     d.signal_and_wait("TERM");
 }
 
+/// The connection's `needs_reauth` after `first`, the provider's answer to a refresh (then
+/// `invalid_grant`): peer/me connected through the mock with a token that expires at once.
+async fn needs_reauth_after(first: ResponseTemplate) -> serde_json::Value {
+    let mock = MockServer::start().await;
+    on_code_expiring(&mock).await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("grant_type=refresh_token"))
+        .respond_with(first)
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    let refused = json!({"error": "invalid_grant", "error_description": "grant revoked"});
+    on_refresh(
+        &mock,
+        "rt-1",
+        ResponseTemplate::new(400).set_body_json(refused),
+    )
+    .await;
+    let (_home, key, d) = serving("peer", "spotify", &mock, "");
+    connect(&d, &key, "peer", "me", "c1").await;
+    let mut conn = serde_json::Value::Null;
+    for _ in 0..100 {
+        let _ = d.get("/v1/connections/peer/me/token", &key).await;
+        conn = d.get("/v1/connections/peer/me", &key).await.1;
+        if conn["status"] == "needs_reauth" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    d.signal_and_wait("TERM");
+    conn
+}
+
+/// The hint that a refresh got no answer comes from oauthd's own words only: a provider's
+/// error text that reads the same does not bring it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provider_s_error_text_does_not_pass_for_a_refresh_that_got_no_answer() {
+    let forged = json!({
+        "error": "temporarily_unavailable",
+        "error_description": "no answer came to the request sent (operation timed out)"
+    });
+    let conn = needs_reauth_after(ResponseTemplate::new(503).set_body_json(forged)).await;
+    assert_eq!(conn["status"], "needs_reauth", "{conn}");
+    let error = conn["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("invalid_grant") && !error.contains("got no answer"),
+        "{conn}"
+    );
+}
+
+/// An answer whose body was cut off (its headers came, then the provider stalled past
+/// `provider_answer_wait_seconds`) is the surest sign the provider carried the refresh out:
+/// the `invalid_grant` after it names it, as after one that got no answer at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_grant_after_an_answer_cut_off_names_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The token endpoint: the first refresh gets its headers and part of its body, then
+    // nothing; every later one `invalid_grant`.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let token_url = format!("http://{}/token", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        for n in 0..20 {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                break;
+            };
+            let mut buf = vec![0u8; 16 * 1024];
+            let _ = conn.read(&mut buf).await;
+            let answer = match n {
+                0 => "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n{\"access_token\": \"at-2\",".to_owned(),
+                _ => {
+                    let body = r#"{"error":"invalid_grant","error_description":"grant revoked"}"#;
+                    format!("HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+                }
+            };
+            let _ = conn.write_all(answer.as_bytes()).await;
+            held.push(conn);
+        }
+    });
+    let home = Home::new();
+    home.write_config(&format!(
+        "provider_timeout_seconds = 1\nprovider_answer_wait_seconds = 2\n\
+         [providers.peer]\npreset = \"spotify\"\nauthorization_url = \"http://127.0.0.1:9/authorize\"\n\
+         token_url = \"{token_url}\"\nclient_id = \"cid\"\nclient_secret = \"c-secret\"\n"
+    ));
+    let key = home.create_key("app", &[]);
+    let file = home.dir.path().join("tokens.jsonl");
+    std::fs::write(
+        &file,
+        "{\"provider\":\"peer\",\"account\":\"me\",\"access_token\":\"at-1\",\"refresh_token\":\"rt-1\",\"expires_in\":1}\n",
+    )
+    .unwrap();
+    let out = home.cli(&["connections", "import", "--file", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let d = home.start();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut conn = serde_json::Value::Null;
+    for _ in 0..100 {
+        let _ = d.get("/v1/connections/peer/me/token", &key).await;
+        conn = d.get("/v1/connections/peer/me", &key).await.1;
+        if conn["status"] == "needs_reauth" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(conn["status"], "needs_reauth", "{conn}");
+    let error = conn["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("invalid_grant") && error.contains("was sent and got no answer"),
+        "{conn}"
+    );
+    d.signal_and_wait("TERM");
+    server.abort();
+}
+
 /// A provider that answered a refresh with a rotated refresh token, and a store that could
 /// not save it until past the refresh's lease (here another process's write lock, held
 /// that long: as a Redis at `maxmemory` or down for a while): the new tokens were given up at

@@ -577,7 +577,7 @@ async fn a_disk_that_fills_up_is_said_by_readyz_and_recovered_from_once_there_is
     let seed = home.dir.path().join("seed.db");
     std::fs::rename(disk.join("oauthd.db"), &seed).expect("move the new database aside");
     let d = home.start_via_shell(&format!(
-        "exec unshare -m --propagation private sh -c 'mount -t tmpfs -o size=16m tmpfs \"$1\" \
+        "exec unshare -m --propagation private sh -c 'mount -t tmpfs -o size=4m tmpfs \"$1\" \
          || {{ echo \"mount -t tmpfs failed: this test needs CAP_SYS_ADMIN\" >&2; exit 97; }}; \
          cp \"$2\" \"$1\"/oauthd.db && shift 2 && exec \"$@\"' sh {} {} \"$@\"",
         disk.display(),
@@ -601,7 +601,7 @@ async fn a_disk_that_fills_up_is_said_by_readyz_and_recovered_from_once_there_is
                 Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
                 Err(e) => panic!("filling the disk: {e}"),
             }
-            assert!(written < 32 << 20, "a 16 MiB disk took more than 32 MiB");
+            assert!(written < 8 << 20, "a 4 MiB disk took more than 8 MiB");
         }
         f.set_len((written - (12 << 10)) as u64)
             .expect("make 12 KiB of room");

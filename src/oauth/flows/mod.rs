@@ -52,7 +52,13 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
 pub fn http_client_waiting(timeout: Duration, answer: Duration) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        // Shorter than `answer`: a connection never made is said as such, not as a request
+        // that got no answer (`NO_ANSWER`).
+        .connect_timeout(
+            timeout
+                .min(Duration::from_secs(5))
+                .min(answer.mul_f64(0.75)),
+        )
         .timeout(answer)
         // A connection per request. A pooled connection is driven by a task on the runtime
         // of the call that opened it (an HTTP worker's, or the refresher's): a later call

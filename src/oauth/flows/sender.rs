@@ -112,9 +112,14 @@ impl<'c> oauth2::AsyncHttpClient<'c> for Sender<'_> {
 pub struct Network(pub reqwest::Client);
 
 /// What a token request's error starts with when the request may have reached the
-/// provider (no connection failed) and no answer came back in time: a refresh the provider
+/// provider (a connection was made) and no whole answer came back: a refresh the provider
 /// carried out all the same spent the refresh token it was sent.
 pub const NO_ANSWER: &str = "no answer came to the request sent";
+
+/// `NO_ANSWER` and why, as the I/O error oauth2's client passes on.
+fn unanswered(why: &str) -> std::io::Error {
+    std::io::Error::other(format!("{NO_ANSWER} ({why})"))
+}
 
 impl TokenEndpoint for Network {
     fn send<'a>(&'a self, req: oauth2::HttpRequest) -> TokenFuture<'a> {
@@ -134,18 +139,20 @@ async fn send(
         .body(body)
         .send()
         .await
-        .map_err(|e| {
-            let text = crate::oauth::with_causes(&e);
-            std::io::Error::other(match e.is_connect() {
-                true => text,
-                false => format!("{NO_ANSWER} ({text})"),
-            })
+        .map_err(|e| match e.is_connect() {
+            true => std::io::Error::other(crate::oauth::with_causes(&e)),
+            false => unanswered(&crate::oauth::with_causes(&e)),
         })?;
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = crate::oauth::read_limited(resp, MAX_RESPONSE_BYTES)
+    let body = crate::oauth::read_body(resp, MAX_RESPONSE_BYTES)
         .await
-        .map_err(std::io::Error::other)?;
+        .map_err(|e| match e {
+            crate::oauth::BodyError::Cut(why) => {
+                unanswered(&format!("its answer was cut off: {why}"))
+            }
+            too_large => std::io::Error::other(too_large.to_string()),
+        })?;
     let mut out = oauth2::http::Response::builder().status(status);
     if let Some(h) = out.headers_mut() {
         *h = headers;

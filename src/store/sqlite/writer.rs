@@ -40,6 +40,12 @@ const REOPEN_EVERY: Duration = Duration::from_secs(1);
 /// Least time between two logged full disks.
 const FULL_SAID_EVERY: Duration = Duration::from_secs(60);
 
+/// How long after the last write that found no room the full-disk mark ends with a write
+/// that goes through, room or not: what the filesystem says of its room can be wrong (a
+/// small filesystem, root's reserved blocks, a network filesystem), and a mark that never
+/// ended took a writable instance out of a load balancer for good.
+const FULL_QUIET: Duration = Duration::from_secs(60);
+
 /// Opens a new connection to the database, configured like the first one.
 pub type Reopen = Box<dyn Fn() -> rusqlite::Result<Connection> + Send>;
 
@@ -199,8 +205,6 @@ pub struct Writer {
     disk_full: Arc<AtomicBool>,
     locked: Arc<AtomicBool>,
     moved: Arc<AtomicBool>,
-    /// The database file, for the room a full disk's mark waits for.
-    db: std::path::PathBuf,
 }
 
 impl Writer {
@@ -227,10 +231,8 @@ impl Writer {
         let locked = Arc::new(AtomicBool::new(false));
         let moved = Arc::new(AtomicBool::new(false));
         crate::metrics::STORAGE_DISK_FULL.set(0);
-        let files = Files::of(path);
-        let db = files.paths[0].clone();
         let link = Link {
-            files,
+            files: Files::of(path),
             moved: moved.clone(),
             conn: Some(conn),
             reopen,
@@ -239,6 +241,7 @@ impl Writer {
             disk_full: disk_full.clone(),
             locked: locked.clone(),
             full_said: None,
+            last_full: None,
             last_reopen: None,
             watch,
             data_version: None,
@@ -265,7 +268,6 @@ impl Writer {
             disk_full,
             locked,
             moved,
-            db,
         })
     }
 
@@ -297,12 +299,6 @@ impl Writer {
         let marked = [&self.read_only, &self.disk_full, &self.locked];
         if !marked.iter().any(|m| m.load(Ordering::Acquire)) {
             return Ok(());
-        }
-        // A full disk stays full until `ROOM` is free: a write that fits in what the -wal
-        // file already holds goes through at the edge of full, and said nothing.
-        let full = || Err(StoreError::Full { context });
-        if self.disk_full.load(Ordering::Acquire) && !super::room::has_room(&self.db) {
-            return full();
         }
         // A write that needs what a request's needs: the write lock, a writable file (else
         // SQLITE_READONLY), and room: 64 KiB of new pages appended to the WAL, more than a
@@ -338,9 +334,10 @@ impl Writer {
             probe("DELETE FROM meta WHERE name = 'probe'"),
         )
         .await?;
-        // Written, with no room to spare (or another write found the disk full since).
+        // Written, and yet not ready while the full-disk mark stays: the write fitted in
+        // what the -wal file already holds, with no room to spare (`Link::mark_room`).
         if self.disk_full.load(Ordering::Acquire) {
-            return full();
+            return Err(StoreError::Full { context });
         }
         Ok(())
     }
@@ -497,6 +494,8 @@ struct Link {
     locked: Arc<AtomicBool>,
     /// When a full disk was last logged.
     full_said: Option<Instant>,
+    /// When a write last found no room.
+    last_full: Option<Instant>,
     last_reopen: Option<Instant>,
     watch: Arc<ChangeWatch>,
     /// `PRAGMA data_version` at the last look (`None`: not looked on this connection).
@@ -534,6 +533,7 @@ impl Link {
     }
 
     fn mark_disk_full(&mut self) {
+        self.last_full = Some(Instant::now());
         if !self.disk_full.swap(true, Ordering::AcqRel) {
             crate::metrics::STORAGE_DISK_FULL.set(1);
             // At the edge of full, writes that fit and writes that do not take turns: said
@@ -548,17 +548,24 @@ impl Link {
             log::error!(
                 "database {}: the disk is full (or the process's file-size limit reached): \
                  writes that find no room and /readyz answer 503 until {} MiB are free \
-                 again; nothing acknowledged is lost, and no restart is needed",
+                 again (or writes have gone through for {} s); nothing acknowledged is \
+                 lost, and no restart is needed",
                 self.name,
-                super::room::ROOM >> 20
+                super::room::ROOM >> 20,
+                FULL_QUIET.as_secs()
             );
         }
     }
 
-    /// After a commit: a full disk's mark waits for `ROOM` as well, as a write that fits in
-    /// what the -wal file already holds goes through at the edge of full.
+    /// After a commit: a full disk's mark waits for room as well (`room::has_room`), as a
+    /// write that fits in what the -wal file already holds goes through at the edge of
+    /// full, or for a quiet `FULL_QUIET` with no write finding none.
     fn mark_room(&mut self) {
-        if !self.disk_full.load(Ordering::Acquire) || !super::room::has_room(&self.files.paths[0]) {
+        if !self.disk_full.load(Ordering::Acquire) {
+            return;
+        }
+        let quiet = self.last_full.is_none_or(|t| t.elapsed() >= FULL_QUIET);
+        if !quiet && !super::room::has_room(&self.files.paths[0]) {
             return;
         }
         if self.disk_full.swap(false, Ordering::AcqRel) {
