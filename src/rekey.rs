@@ -83,7 +83,7 @@ fn key_lines(text: &str) -> Vec<String> {
         .collect()
 }
 
-const HEADER: &str = "# oauthd vault keys, one per line: the first seals, all open.\n# Back this file up with the database; keep it private.\n";
+const HEADER: &str = "# oauthd vault keys, one per line (after each, its id): the first seals, all open.\n# Back this file up with the database; keep it private.\n";
 
 /// Re-seals what is not under the vault's current key; returns how many values changed.
 async fn reseal_pass(vault: &Vault, store: &dyn BrokerStore) -> Result<usize, RekeyError> {
@@ -182,7 +182,7 @@ fn keyed_lines(text: &str) -> Result<Vec<(String, Zeroizing<String>)>, RekeyErro
 fn write_lines(path: &Path, lines: &[(String, Zeroizing<String>)]) -> Result<Vault, RekeyError> {
     let mut text = Zeroizing::new(HEADER.to_owned());
     for (_, line) in lines {
-        text.push_str(line);
+        text.push_str(&vault::labelled_key_line(line)?);
         text.push('\n');
     }
     let vault = Vault::from_text(&text)?;
@@ -325,8 +325,12 @@ pub async fn prune(path: &Path, store: &dyn Store, now_ms: i64) -> Result<Pruned
         }
         write(&kept_as, &text)?;
         before = Some(kept_as);
-        let joined: Vec<&str> = keep.iter().map(|(_, (line, _))| line.as_str()).collect();
-        write(path, &format!("{HEADER}{}\n", joined.join("\n")))?;
+        let mut kept = Zeroizing::new(HEADER.to_owned());
+        for (_, (line, _)) in &keep {
+            kept.push_str(&vault::labelled_key_line(line)?);
+            kept.push('\n');
+        }
+        write(path, &kept)?;
     }
     Ok(Pruned {
         kept: keep.len(),

@@ -185,12 +185,8 @@ impl Vault {
 
     /// Parses key text: one key per line, first current, `#` comments.
     pub fn from_text(text: &str) -> Result<Vault, VaultError> {
-        let keys = text
-            .lines()
-            .map(|l| l.split('#').next().unwrap_or("").trim())
-            .enumerate()
-            .filter(|(_, l)| !l.is_empty())
-            .map(|(i, l)| parse_key(l).map_err(|_| VaultError::BadKeyLine(i + 1)))
+        let keys = numbered_keys(text)
+            .map(|(_, key)| key)
             .collect::<Result<Vec<_>, _>>()?;
         Vault::from_keys(&keys)
     }
@@ -305,13 +301,45 @@ impl Vault {
 fn write_new_key_file(path: &Path) -> std::io::Result<()> {
     use std::io::Write;
     let key = generate_key_text().map_err(std::io::Error::other)?;
+    let line = labelled_key_line(&key).map_err(std::io::Error::other)?;
     let mut file = crate::paths::create_private(path)?;
     writeln!(
         file,
         "# oauthd vault key. Back it up with the database; keep it private.\n{}",
-        key.as_str()
+        line.as_str()
     )?;
     file.sync_all()
+}
+
+/// A key file's keys, each with the number of its line (from 1); text after a `#` is a
+/// comment.
+fn numbered_keys(
+    text: &str,
+) -> impl Iterator<Item = (usize, Result<Zeroizing<[u8; 32]>, VaultError>)> + '_ {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .enumerate()
+        .filter(|(_, l)| !l.is_empty())
+        .map(|(i, l)| {
+            (
+                i + 1,
+                parse_key(l).map_err(|_| VaultError::BadKeyLine(i + 1)),
+            )
+        })
+}
+
+/// The id of each key in a key file's text, with the number of its line: the ids oauthd's
+/// messages name keys by (`rekey`, `check`, a refused start).
+pub fn key_ids_by_line(text: &str) -> Result<Vec<(usize, String)>, VaultError> {
+    numbered_keys(text)
+        .map(|(line, key)| Ok((line, Vault::from_keys(&[key?])?.current_key_id())))
+        .collect()
+}
+
+/// `key` as a key file's line: the key, and its id in a comment after it.
+pub fn labelled_key_line(key: &str) -> Result<Zeroizing<String>, VaultError> {
+    let id = Vault::from_text(key)?.current_key_id();
+    Ok(Zeroizing::new(format!("{}  # id {id}", key.trim())))
 }
 
 /// The vault as the running server uses it: follows its key file, so `oauthd rekey`

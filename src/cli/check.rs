@@ -313,7 +313,11 @@ fn key_file_line(
                 ),
             ),
             (Some(note), Ok(_)) => r.line("warn", "key file", note),
-            (None, Ok(_)) => r.line("ok", "key file", format!("{} (mode 600)", path.display())),
+            (None, Ok(_)) => r.line(
+                "ok",
+                "key file",
+                format!("{} (mode 600){}", path.display(), keys_by_line(path)),
+            ),
         },
         (Err(e), _) => r.line(
             "FAIL",
@@ -326,6 +330,26 @@ fn key_file_line(
         ),
     }
     Ok(())
+}
+
+/// Which line of the key file holds which key, by the ids oauthd's messages name keys by
+/// (empty when it does not read: the vault's line says why).
+fn keys_by_line(path: &std::path::Path) -> String {
+    let Ok(text) = std::fs::read_to_string(path).map(zeroize::Zeroizing::new) else {
+        return String::new();
+    };
+    let Ok(ids) = crate::vault::key_ids_by_line(&text) else {
+        return String::new();
+    };
+    let said: Vec<String> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, (line, id))| match i {
+            0 => format!("{id} on line {line} (seals)"),
+            _ => format!("{id} on line {line}"),
+        })
+        .collect();
+    format!("; key(s) {}", said.join(", "))
 }
 
 /// What the vault key `v` opens of what the store holds, the other instances' keys, and
@@ -618,15 +642,13 @@ async fn health_answer(mut resp: reqwest::Response) -> Option<bool> {
 /// two checkpoints, so below 8 MiB writes are about to fail (the README's margin), and
 /// below 64 MiB they soon may.
 fn check_room(r: &mut Report, db: &std::path::Path) {
-    use crate::store::sqlite::room::ROOM;
+    use crate::store::sqlite::room::{free_bytes, ROOM};
     const MIB: u64 = 1024 * 1024;
     // Where the data is: a link's target's filesystem.
     let db = std::fs::canonicalize(db).unwrap_or_else(|_| db.to_owned());
     let dir = crate::paths::dir_of(&db);
-    // The room any user has: `check` run by root says it for a daemon that may not be.
-    match rustix::fs::statvfs(dir) {
-        Ok(fs) => {
-            let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+    match free_bytes(&db) {
+        Ok((free, _)) => {
             let said = format!(
                 "{} MiB free on the filesystem of {}",
                 free / MIB,

@@ -948,6 +948,45 @@ fn key_file_ids(home: &Home) -> Vec<String> {
     oauthd::vault::key_ids(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// Each key line of the key file names its key's id after it (`# id …`), the id `rekey`,
+/// `check` and a refused start name keys by: nothing told which line was which. Returns
+/// the ids with their lines.
+fn key_lines_name_their_ids(home: &Home) -> Vec<(usize, String)> {
+    let mut path = home.db().into_os_string();
+    path.push(".key");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut found = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let (key, comment) = line.split_once('#').unwrap_or((line, ""));
+        if key.trim().is_empty() {
+            continue;
+        }
+        let id = oauthd::vault::key_ids(key).unwrap().remove(0);
+        assert_eq!(comment.trim(), format!("id {id}"), "line {}: {text}", i + 1);
+        found.push((i + 1, id));
+    }
+    found
+}
+
+/// `check` lists the key file's keys by id and line, the first as the one that seals.
+fn check_lists(home: &Home, keys: &[(usize, String)]) {
+    let out = home.cli(&["check"]);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let listed: Vec<String> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, (line, id))| match i {
+            0 => format!("{id} on line {line} (seals)"),
+            _ => format!("{id} on line {line}"),
+        })
+        .collect();
+    assert!(
+        report.lines().any(|l| l.starts_with("ok    key file: ")
+            && l.ends_with(&format!("(mode 600); key(s) {}", listed.join(", ")))),
+        "{report}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn rekey_moves_every_token_to_a_new_key_while_the_server_runs() {
     let (peer, home, key) = setup(3, "");
@@ -958,6 +997,9 @@ async fn rekey_moves_every_token_to_a_new_key_while_the_server_runs() {
     let original = key_file_ids(&home);
     assert_eq!(original.len(), 1);
     assert_eq!(sealed_key_ids(&home), original.iter().cloned().collect());
+    let lines = key_lines_name_their_ids(&home);
+    assert_eq!(lines.len(), 1);
+    check_lists(&home, &lines);
 
     let out = home.cli(&["rekey"]);
     assert!(
@@ -968,6 +1010,12 @@ async fn rekey_moves_every_token_to_a_new_key_while_the_server_runs() {
     let ids = key_file_ids(&home);
     assert_eq!(ids.len(), 2, "new key first, old key kept");
     assert_eq!(ids[1], original[0]);
+    let lines = key_lines_name_their_ids(&home);
+    assert_eq!(
+        lines.iter().map(|(_, id)| id).collect::<Vec<_>>(),
+        [&ids[0], &ids[1]]
+    );
+    check_lists(&home, &lines);
     assert_eq!(
         sealed_key_ids(&home),
         [ids[0].clone()].into_iter().collect(),
@@ -1000,6 +1048,7 @@ async fn rekey_moves_every_token_to_a_new_key_while_the_server_runs() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(key_file_ids(&home), vec![ids[0].clone()]);
+    assert_eq!(key_lines_name_their_ids(&home).len(), 1);
     d.signal_and_wait("TERM");
     let d = home.start();
     let (status, _) = d
