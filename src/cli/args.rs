@@ -306,11 +306,15 @@ pub(crate) enum EventsCommand {
     /// The newest deliveries (one line per event and target), newest first
     List {
         /// Only dead deliveries and those still being retried after a failure
-        #[arg(long, conflicts_with = "delivered")]
+        #[arg(long, conflicts_with_all = ["delivered", "dead"])]
         failed: bool,
         /// Only delivered ones
-        #[arg(long)]
+        #[arg(long, conflicts_with = "dead")]
         delivered: bool,
+        /// Only dead ones (retried for events.retry_for_seconds, in vain), as `retry --dead`
+        /// takes them
+        #[arg(long)]
+        dead: bool,
         /// Only this [[notify]] target's (its `name`)
         #[arg(long, value_name = "NAME")]
         target: Option<String>,

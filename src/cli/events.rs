@@ -14,13 +14,15 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
             EventsCommand::List {
                 failed,
                 delivered,
+                dead,
                 target,
                 limit,
                 json,
             } => {
-                let filter = match (failed, delivered) {
-                    (true, _) => DeliveryFilter::Failed,
-                    (_, true) => DeliveryFilter::Delivered,
+                let filter = match (failed, delivered, dead) {
+                    (true, _, _) => DeliveryFilter::Failed,
+                    (_, true, _) => DeliveryFilter::Delivered,
+                    (_, _, true) => DeliveryFilter::Dead,
                     _ => DeliveryFilter::All,
                 };
                 let rows = store
@@ -117,6 +119,7 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
                 target,
                 ..
             } => {
+                super::copied_away::refuse(store.as_ref(), "retrying its deliveries").await?;
                 // At most this many at once, newest first: the command says when more are
                 // left, for another run.
                 const AT_ONCE: u32 = 10_000;
@@ -144,9 +147,13 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
                 } else {
                     ("deliveries", "are")
                 };
-                say!(
-                    "{due} dead {noun}{to} {verb} due now; the running oauthd sends them within a second, at most two at once per target."
-                );
+                let sends = match who_sends(store.as_ref()).await {
+                    Sends::Serving => {
+                        "the running oauthd sends them within a second, at most two at once per target"
+                    }
+                    Sends::Nobody => NOBODY_SENDS,
+                };
+                say!("{due} dead {noun}{to} {verb} due now; {sends}.");
                 if dead.len() == AT_ONCE as usize {
                     say!("There may be more: run this again once these are sent.");
                 }
@@ -157,13 +164,18 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
                 again,
                 ..
             } => {
+                super::copied_away::refuse(store.as_ref(), "retrying its deliveries").await?;
                 let now = Clock::system().now_ms();
                 match store
                     .retry_delivery(&id, now, notifier.retry_deadline(), again)
                     .await?
                 {
                     Retried::Due => {
-                        say!("Delivery {id} is due now; the running oauthd sends it within a second.");
+                        let sends = match who_sends(store.as_ref()).await {
+                            Sends::Serving => "the running oauthd sends it within a second",
+                            Sends::Nobody => NOBODY_SENDS,
+                        };
+                        say!("Delivery {id} is due now; {sends}.");
                         Ok(())
                     }
                     // It may have gone through since it was listed (oauthd retries by itself).
@@ -184,7 +196,9 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
                     )),
                     Retried::NotFound if id.starts_with("msg_") => Err(Fatal(
                         format!(
-                            "{id:?} is an event's id (a receiver's webhook-id), and retry takes a                              delivery's (dlv_…, one per target): `oauthd events list --json`                              shows each delivery with its event's id"
+                            "{id:?} is an event's id (a receiver's webhook-id), and retry takes a \
+                             delivery's (dlv_…, one per target): `oauthd events list --json` \
+                             shows each delivery with its event's id"
                         ),
                         1,
                     )),
@@ -196,4 +210,24 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
             }
         }
     })
+}
+
+/// Who sends what a retry made due.
+enum Sends {
+    /// An oauthd serves the store (or whether one does could not be read).
+    Serving,
+    /// None does: what is due waits for one to start.
+    Nobody,
+}
+
+const NOBODY_SENDS: &str =
+    "but no oauthd serves this store now: it is sent once one is started on it";
+
+/// Whether an oauthd serves `store` now: each tells every 20 s (`vault_keys_in_use`). The
+/// retry said "the running oauthd sends it" with none running, and nothing was sent.
+async fn who_sends(store: &dyn crate::store::Store) -> Sends {
+    match store.vault_keys_in_use(Clock::system().now_ms()).await {
+        Ok(serving) if serving.is_empty() => Sends::Nobody,
+        _ => Sends::Serving,
+    }
 }

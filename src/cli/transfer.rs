@@ -7,6 +7,7 @@ use super::open::{open_store, Missing};
 use super::{runtime, Fatal};
 use crate::clock::Clock;
 use crate::config::Settings;
+use crate::store::outbox::{DeliveryFilter, DeliveryStatus, NewDelivery};
 use crate::store::target::StoreTarget;
 use crate::store::{InsertRules, Inserted, Store, StoreError};
 use crate::vault::KeySource;
@@ -20,6 +21,8 @@ struct Copied {
     connections: usize,
     states: usize,
     revoked_keys: usize,
+    /// Deliveries not yet made, which the oauthd serving the copy makes.
+    deliveries: usize,
 }
 
 pub(super) fn copy(settings: Settings, to: &str, to_prefix: Option<String>) -> Result<(), Fatal> {
@@ -317,6 +320,28 @@ async fn copy_all(
             | Inserted::KeyFull => {}
         }
     }
+    // Not left behind in a store that may never be served again: the receiver would
+    // never hear of what happened before the copy (delivered at least once). Each comes
+    // with its event id (`webhook-id`), due at once, its attempts counted afresh.
+    let pending: Vec<NewDelivery> = from
+        .list_deliveries(DeliveryFilter::All, None, u32::MAX)
+        .await?
+        .into_iter()
+        .filter(|d| d.status == DeliveryStatus::Pending)
+        .map(|d| NewDelivery {
+            id: d.id,
+            event_id: d.event_id,
+            event_type: d.event_type,
+            target: d.target,
+            body: d.body,
+            created_at_ms: d.created_at_ms,
+            deadline_ms: d.deadline_ms,
+        })
+        .collect();
+    copied.deliveries = pending.len();
+    if !pending.is_empty() {
+        into.add_deliveries(pending).await?;
+    }
     Ok(copied)
 }
 
@@ -337,6 +362,14 @@ async fn report(from: &Arc<dyn Store>, into: &Arc<dyn Store>, copied: &Copied, c
             copied.connections
         ),
         format!("  live states: {}", copied.states),
+        format!(
+            "  notifications not yet delivered: {}{}",
+            copied.deliveries,
+            match copied.deliveries {
+                0 => "",
+                _ => " (the oauthd serving the copy sends them)",
+            }
+        ),
     ];
     let mut behind = Vec::new();
     if from
@@ -350,9 +383,6 @@ async fn report(from: &Arc<dyn Store>, into: &Arc<dyn Store>, copied: &Copied, c
         if !flows.is_empty() {
             behind.push(format!("{} device flows under way", flows.len()));
         }
-    }
-    if let Ok(n @ 1..) = from.pending_deliveries().await {
-        behind.push(format!("{n} notifications not yet delivered"));
     }
     if !behind.is_empty() {
         lines.push(format!("not copied: {}", behind.join(", ")));

@@ -486,7 +486,7 @@ async fn a_dead_delivery_is_sent_again_by_events_retry() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("is an event's id") && err.contains("dlv_"),
+        err.contains("is an event's id") && err.contains("dlv_") && !err.contains("  "),
         "{err}"
     );
 
@@ -508,12 +508,19 @@ async fn a_dead_delivery_is_sent_again_by_events_retry() {
             .map_or(0, |l| l.iter().filter(|r| r["status"] == "dead").count())
     };
     assert!(common::eventually(Duration::from_secs(15), || dead(&home) == 2).await);
+    // Listed as `retry --dead` takes them.
+    let out = home.cli(&["events", "list", "--dead", "--json"]);
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let statuses: Vec<&Value> = listed
+        .as_array()
+        .map_or(vec![], |l| l.iter().map(|r| &r["status"]).collect());
+    assert_eq!(statuses, [&json!("dead"), &json!("dead")], "{out:?}");
     hooks.fail_next(0, 500).await;
     let out = home.cli(&["events", "retry", "--dead", "--target", "app"]);
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{said}");
     assert!(
-        said.contains("2 dead deliveries to app are due now"),
+        said.contains("2 dead deliveries to app are due now; the running oauthd sends them"),
         "{said}"
     );
     assert!(common::eventually(WAIT, || dead(&home) == 0).await);
@@ -527,7 +534,18 @@ async fn a_dead_delivery_is_sent_again_by_events_retry() {
         said.contains("No [[notify]] target is named nosuch"),
         "{said}"
     );
-    drop(d);
+    // With no oauthd serving the database, a retry said "the running oauthd sends it", and
+    // nothing was sent: it says that none serves it.
+    d.signal_and_wait("TERM");
+    let out = home.cli(&["events", "retry", "--again", id]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains(
+            "is due now; but no oauthd serves this store now: it is sent once one is started on it"
+        ),
+        "{said}"
+    );
 }
 
 /// A daemon with one signed target, `app`, at a receiver of its own, `events` as its
@@ -1411,4 +1429,43 @@ async fn many_hanging_targets_do_not_hold_up_a_working_one() {
         tokio::time::sleep(Duration::from_millis(5_200).saturating_sub(asked.elapsed())).await;
     }
     drop(hanging);
+}
+
+/// `oauthd copy` left the deliveries not yet made behind ("not copied: 1 notifications not
+/// yet delivered"), in a store not to be served again: a receiver that was down while the
+/// operator moved to a new file (or to Redis) never heard of what happened before. They
+/// are copied, and the oauthd serving the copy sends them, with their event ids.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_carries_the_deliveries_not_yet_made() {
+    let secret = new_secret();
+    let mut receiver = Receiver::start(Some(&secret));
+    let home = Home::new();
+    let moved = Home::new();
+    let config = format!(
+        "{GH_TOML}{}",
+        target_toml(&home, "app", &receiver, &secret, "")
+    );
+    home.write_config(&config);
+    moved.write_config(&config);
+    receiver.stop();
+    home.create_key("app", &[]);
+    import_gh(&home, ["me".to_owned()]);
+    let out = home.cli(&["copy", "--to", moved.db().to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains(
+            "  notifications not yet delivered: 1 (the oauthd serving the copy sends them)"
+        ) && !said.contains("not copied"),
+        "{said}"
+    );
+    receiver.restart();
+    let d = moved.start();
+    let got = receiver.wait_for("connection.connected", 1, WAIT).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    d.signal_and_wait("TERM");
 }
