@@ -99,18 +99,61 @@ pub fn unreadable(path: &Path, e: &std::io::Error) -> String {
     said
 }
 
-/// Whether `path` is a systemd credential (`/run/credentials/<unit>/<name>`) of a unit that
-/// does not run now: systemd makes that directory as the unit starts and takes it away as
-/// it stops. (A unit that runs without the file has it misconfigured: not this.)
+/// Whether `path` is a systemd credential (`/run/credentials/<unit>/<name>`) of a unit
+/// installed here that does not run now: systemd makes that directory as the unit starts
+/// and takes it away as it stops. Not a unit that runs without the file, nor a unit name
+/// no unit file has (mistyped, or no systemd here): those are misconfigured.
 pub fn credential_of_a_stopped_unit(path: &Path) -> bool {
+    use std::path::Component;
     let Ok(rest) = path.strip_prefix("/run/credentials") else {
         return false;
     };
-    let Some(unit) = rest.components().next() else {
+    let names: Option<Vec<&std::ffi::OsStr>> = rest
+        .components()
+        .map(|c| match c {
+            Component::Normal(name) => Some(name),
+            _ => None,
+        })
+        .collect();
+    let Some([unit, _, ..]) = names.as_deref() else {
         return false;
     };
-    let dir = Path::new("/run/credentials").join(unit);
-    rest.components().count() >= 2 && !dir.exists()
+    let Some(unit) = unit.to_str() else {
+        return false;
+    };
+    !Path::new("/run/credentials").join(unit).exists() && unit_installed(unit)
+}
+
+/// Whether systemd has a unit file for `unit` (or, for `name@instance.kind`, its
+/// template): in the directories `$SYSTEMD_UNIT_PATH` names, as systemd reads it (an empty
+/// entry adds the usual ones), else in the usual ones.
+fn unit_installed(unit: &str) -> bool {
+    const USUAL: [&str; 5] = [
+        "/etc/systemd/system",
+        "/run/systemd/system",
+        "/usr/local/lib/systemd/system",
+        "/usr/lib/systemd/system",
+        "/lib/systemd/system",
+    ];
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    match std::env::var_os("SYSTEMD_UNIT_PATH") {
+        Some(list) => {
+            for dir in std::env::split_paths(&list) {
+                match dir.as_os_str().is_empty() {
+                    true => dirs.extend(USUAL.map(PathBuf::from)),
+                    false => dirs.push(dir),
+                }
+            }
+        }
+        None => dirs.extend(USUAL.map(PathBuf::from)),
+    }
+    let template = unit.split_once('@').and_then(|(name, rest)| {
+        rest.rsplit_once('.')
+            .map(|(_, kind)| format!("{name}@.{kind}"))
+    });
+    dirs.iter().any(|dir| {
+        dir.join(unit).is_file() || template.as_ref().is_some_and(|t| dir.join(t).is_file())
+    })
 }
 
 /// A link on the way to a path that another user could have planted (`resolve_trusted`).

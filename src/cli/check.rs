@@ -648,7 +648,7 @@ fn check_room(r: &mut Report, db: &std::path::Path) {
     let db = std::fs::canonicalize(db).unwrap_or_else(|_| db.to_owned());
     let dir = crate::paths::dir_of(&db);
     match free_bytes(&db) {
-        Ok((free, _)) => {
+        Ok(crate::store::sqlite::room::Free { any_user: free, .. }) => {
             let said = format!(
                 "{} MiB free on the filesystem of {}",
                 free / MIB,

@@ -635,8 +635,29 @@ async fn check_of_a_stopped_unit_s_credential_warns_and_checks_the_rest() {
         &format!("client_secret_file = \"{secret}\""),
     ));
     home.create_key("app", &[]);
-    let out = home.cli(&["check"]);
-    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    // systemd's unit directories, as SYSTEMD_UNIT_PATH names them to systemd too.
+    let units = home.dir.path().join("units");
+    std::fs::create_dir(&units).unwrap();
+    let check = |units: &std::path::Path| {
+        let out = home
+            .cli_command(&["check"])
+            .env("SYSTEMD_UNIT_PATH", units)
+            .output()
+            .unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // No such unit here (a mistyped name, no systemd): the start would fail, and so does
+    // the check, as for any missing file.
+    let (status, report) = check(&units);
+    assert!(
+        !status.success() && report.contains("FAIL  provider peer") && report.contains(secret),
+        "{report}"
+    );
+    std::fs::write(units.join("oauthd-test-absent.service"), "[Service]\n").unwrap();
+    let (status, report) = check(&units);
     assert!(
         report.contains("ok    config: 1 provider(s)") && !report.contains("FAIL  provider"),
         "{report}"
@@ -656,7 +677,19 @@ async fn check_of_a_stopped_unit_s_credential_warns_and_checks_the_rest() {
                 && l.contains("the client secret is not checked")),
         "{report}"
     );
-    assert!(out.status.success(), "{report}");
+    assert!(status.success(), "{report}");
+    // A path that climbs out of the unit's directory is no credential of it.
+    let climbing = "/run/credentials/oauthd-test-absent.service/../../../etc/oauthd-test-absent";
+    home.write_config(
+        &std::fs::read_to_string(home.config())
+            .unwrap()
+            .replace(secret, climbing),
+    );
+    let (status, report) = check(&units);
+    assert!(
+        !status.success() && report.contains("FAIL  provider peer"),
+        "{report}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -43,23 +43,27 @@ pub(super) const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// follows redirects. Failing to build it (no TLS roots, say) is a start-up error: a default
 /// client would follow redirects and wait forever.
 pub fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
-    http_client_waiting(timeout, timeout)
+    build_client(timeout.min(Duration::from_secs(5)), timeout)
 }
 
 /// `http_client` whose requests, once connected, may take `answer` in all: a refresh's
 /// answer carries the refresh token a rotating provider has just issued in place of the
 /// stored one, and given up on, the connection is lost to a slow provider.
 pub fn http_client_waiting(timeout: Duration, answer: Duration) -> Result<reqwest::Client, String> {
+    // Shorter than `answer`: a connection never made is said as such, not as a request
+    // that got no answer (`NO_ANSWER`).
+    let connect = timeout
+        .min(Duration::from_secs(5))
+        .min(answer.mul_f64(0.75));
+    build_client(connect, answer)
+}
+
+/// The providers' client: `connect` to connect, `total` for a whole request.
+fn build_client(connect: Duration, total: Duration) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
-        // Shorter than `answer`: a connection never made is said as such, not as a request
-        // that got no answer (`NO_ANSWER`).
-        .connect_timeout(
-            timeout
-                .min(Duration::from_secs(5))
-                .min(answer.mul_f64(0.75)),
-        )
-        .timeout(answer)
+        .connect_timeout(connect)
+        .timeout(total)
         // A connection per request. A pooled connection is driven by a task on the runtime
         // of the call that opened it (an HTTP worker's, or the refresher's): a later call
         // on another worker failed with "error sending request" once that worker stopped

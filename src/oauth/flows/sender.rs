@@ -145,13 +145,16 @@ async fn send(
         })?;
     let status = resp.status();
     let headers = resp.headers().clone();
+    // A success whose body does not come whole was carried out all the same (a refresh's
+    // spent the refresh token sent); an error answer was not.
     let body = crate::oauth::read_body(resp, MAX_RESPONSE_BYTES)
         .await
-        .map_err(|e| match e {
-            crate::oauth::BodyError::Cut(why) => {
+        .map_err(|e| match (status.is_success(), e) {
+            (true, crate::oauth::BodyError::Cut(why)) => {
                 unanswered(&format!("its answer was cut off: {why}"))
             }
-            too_large => std::io::Error::other(too_large.to_string()),
+            (true, e) => unanswered(&format!("its answer could not be read: {e}")),
+            (false, e) => std::io::Error::other(e.to_string()),
         })?;
     let mut out = oauth2::http::Response::builder().status(status);
     if let Some(h) = out.headers_mut() {

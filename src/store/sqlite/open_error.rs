@@ -123,7 +123,7 @@ fn write_hint(path: &Path) -> String {
         ),
         _ => match super::room::free_bytes(path) {
             // SQLite needs room for its -wal and -shm files to open the database at all.
-            Ok((free, _)) if free < 1024 * 1024 => format!(
+            Ok(super::room::Free { any_user: free, .. }) if free < 1024 * 1024 => format!(
                 "the filesystem holding it is full ({} KiB free): make room, and oauthd opens it",
                 free / 1024
             ),

@@ -1,32 +1,61 @@
-//! Whether the database has room to grow: what ends the full-disk mark early, and what a
-//! refused open says of the disk.
+//! Whether the database has room to grow: what ends the full-disk mark, and what a refused
+//! open says of the disk.
 
 use std::path::Path;
 
-/// The room that ends a full-disk mark at once, and below which `oauthd check` fails:
-/// SQLite's `-wal` file grows to about 4 MB between two checkpoints, and a checkpoint grows
-/// the database. A quarter of a smaller filesystem.
+/// The room that ends a full-disk mark, and below which `oauthd check` fails: SQLite's
+/// `-wal` file grows to about 4 MB between two checkpoints, and a checkpoint grows the
+/// database. A quarter of a smaller filesystem.
 pub const ROOM: u64 = 8 * 1024 * 1024;
 
 /// Bytes any user may still write on the filesystem holding `path` (a link's target's),
-/// and the filesystem's size.
-pub fn free_bytes(path: &Path) -> std::io::Result<(u64, u64)> {
+/// those root may (its reserved blocks too), and the filesystem's size.
+pub fn free_bytes(path: &Path) -> std::io::Result<Free> {
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     let fs = rustix::fs::statvfs(crate::paths::dir_of(&path))?;
-    Ok((
-        fs.f_bavail.saturating_mul(fs.f_frsize),
-        fs.f_blocks.saturating_mul(fs.f_frsize),
-    ))
+    Ok(Free {
+        any_user: fs.f_bavail.saturating_mul(fs.f_frsize),
+        root: fs.f_bfree.saturating_mul(fs.f_frsize),
+        size: fs.f_blocks.saturating_mul(fs.f_frsize),
+    })
 }
 
-/// Whether the filesystem holding the database at `db` has `ROOM` free (a quarter of a
-/// smaller one). What cannot be read, or says it has no size (some FUSE filesystems),
-/// counts as room. At the edge of full, a write that fits in what the `-wal` file already
-/// holds goes through while bigger ones fail: such a write says nothing of room. Root's
-/// reserved blocks are not counted (root in a user namespace cannot use them).
-pub(super) fn has_room(db: &Path) -> bool {
+/// What `statvfs` says of a filesystem's room, in bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Free {
+    pub any_user: u64,
+    pub root: u64,
+    pub size: u64,
+}
+
+/// What the filesystem holding the database says of its room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Room {
+    /// `ROOM` free for any user (a quarter of a smaller filesystem).
+    Enough,
+    /// Whether this process has room cannot be told: only root's reserved blocks are free
+    /// (root in a user namespace cannot use them), the filesystem has no size (some FUSE
+    /// ones), or `statvfs` failed.
+    Unsure,
+    /// Not enough free, even for root.
+    Short,
+}
+
+/// The room on the filesystem holding the database at `db`. At the edge of full, a write
+/// that fits in what the `-wal` file already holds goes through while bigger ones fail:
+/// such a write says nothing of room, this does.
+pub(super) fn room(db: &Path) -> Room {
     match free_bytes(db) {
-        Ok((_, 0)) | Err(_) => true,
-        Ok((free, size)) => free >= ROOM.min(size / 4),
+        Ok(free) if free.size > 0 => {
+            let need = ROOM.min(free.size / 4);
+            if free.any_user >= need {
+                Room::Enough
+            } else if free.root >= need {
+                Room::Unsure
+            } else {
+                Room::Short
+            }
+        }
+        _ => Room::Unsure,
     }
 }

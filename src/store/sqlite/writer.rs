@@ -41,9 +41,9 @@ const REOPEN_EVERY: Duration = Duration::from_secs(1);
 const FULL_SAID_EVERY: Duration = Duration::from_secs(60);
 
 /// How long after the last write that found no room the full-disk mark ends with a write
-/// that goes through, room or not: what the filesystem says of its room can be wrong (a
-/// small filesystem, root's reserved blocks, a network filesystem), and a mark that never
-/// ended took a writable instance out of a load balancer for good.
+/// that goes through, where the filesystem cannot tell whether there is room
+/// (`room::Room::Unsure`): a mark that never ended would take a writable instance out of a
+/// load balancer for good.
 const FULL_QUIET: Duration = Duration::from_secs(60);
 
 /// Opens a new connection to the database, configured like the first one.
@@ -203,6 +203,9 @@ pub struct Writer {
     thread: Option<JoinHandle<()>>,
     read_only: Arc<AtomicBool>,
     disk_full: Arc<AtomicBool>,
+    /// Set while the disk is marked full and its filesystem says there is no room: then
+    /// `/readyz` answers without writing.
+    short: Arc<AtomicBool>,
     locked: Arc<AtomicBool>,
     moved: Arc<AtomicBool>,
 }
@@ -228,6 +231,7 @@ impl Writer {
         let read_only = Arc::new(AtomicBool::new(conn_is_read_only(&conn)));
         crate::metrics::STORAGE_READ_ONLY.set(read_only.load(Ordering::Acquire).into());
         let disk_full = Arc::new(AtomicBool::new(false));
+        let short = Arc::new(AtomicBool::new(false));
         let locked = Arc::new(AtomicBool::new(false));
         let moved = Arc::new(AtomicBool::new(false));
         crate::metrics::STORAGE_DISK_FULL.set(0);
@@ -239,6 +243,7 @@ impl Writer {
             name,
             read_only: read_only.clone(),
             disk_full: disk_full.clone(),
+            short: short.clone(),
             locked: locked.clone(),
             full_said: None,
             last_full: None,
@@ -266,6 +271,7 @@ impl Writer {
             thread: Some(thread),
             read_only,
             disk_full,
+            short,
             locked,
             moved,
         })
@@ -299,6 +305,12 @@ impl Writer {
         let marked = [&self.read_only, &self.disk_full, &self.locked];
         if !marked.iter().any(|m| m.load(Ordering::Acquire)) {
             return Ok(());
+        }
+        // Full, and the filesystem says so (the writer looks every `LOOK_EVERY`): no write,
+        // which could only take freed blocks from the requests' writes. Read-only as well:
+        // the probe below, which reopens the connection.
+        if self.short.load(Ordering::Acquire) && !self.read_only.load(Ordering::Acquire) {
+            return Err(StoreError::Full { context });
         }
         // A write that needs what a request's needs: the write lock, a writable file (else
         // SQLITE_READONLY), and room: 64 KiB of new pages appended to the WAL, more than a
@@ -490,6 +502,8 @@ struct Link {
     /// Set while writes fail for want of room; cleared by the next commit that changed rows
     /// once `ROOM` is free.
     disk_full: Arc<AtomicBool>,
+    /// Set while `disk_full` is and the filesystem says it has no room (`room::Room::Short`).
+    short: Arc<AtomicBool>,
     /// Set while another process holds the write lock past the busy timeout; cleared alike.
     locked: Arc<AtomicBool>,
     /// When a full disk was last logged.
@@ -534,6 +548,7 @@ impl Link {
 
     fn mark_disk_full(&mut self) {
         self.last_full = Some(Instant::now());
+        self.look_at_room();
         if !self.disk_full.swap(true, Ordering::AcqRel) {
             crate::metrics::STORAGE_DISK_FULL.set(1);
             // At the edge of full, writes that fit and writes that do not take turns: said
@@ -547,27 +562,39 @@ impl Link {
             self.full_said = Some(Instant::now());
             log::error!(
                 "database {}: the disk is full (or the process's file-size limit reached): \
-                 writes that find no room and /readyz answer 503 until {} MiB are free \
-                 again (or writes have gone through for {} s); nothing acknowledged is \
-                 lost, and no restart is needed",
+                 writes that find no room and /readyz answer 503 until there is room again \
+                 ({} MiB free, a quarter of a filesystem under {} MiB); nothing \
+                 acknowledged is lost, and no restart is needed",
                 self.name,
                 super::room::ROOM >> 20,
-                FULL_QUIET.as_secs()
+                super::room::ROOM >> 18
             );
         }
     }
 
-    /// After a commit: a full disk's mark waits for room as well (`room::has_room`), as a
-    /// write that fits in what the -wal file already holds goes through at the edge of
-    /// full, or for a quiet `FULL_QUIET` with no write finding none.
+    /// While the disk is marked full: what its filesystem says of its room, for `/readyz`.
+    fn look_at_room(&mut self) -> super::room::Room {
+        let room = super::room::room(&self.files.paths[0]);
+        self.short
+            .store(room == super::room::Room::Short, Ordering::Release);
+        room
+    }
+
+    /// After a commit: a full disk's mark waits for room as well, as a write that fits in
+    /// what the -wal file already holds goes through at the edge of full; where the
+    /// filesystem cannot tell, for `FULL_QUIET` with no write finding none.
     fn mark_room(&mut self) {
+        use super::room::Room;
         if !self.disk_full.load(Ordering::Acquire) {
             return;
         }
         let quiet = self.last_full.is_none_or(|t| t.elapsed() >= FULL_QUIET);
-        if !quiet && !super::room::has_room(&self.files.paths[0]) {
-            return;
+        match self.look_at_room() {
+            Room::Enough => {}
+            Room::Unsure if quiet => {}
+            Room::Unsure | Room::Short => return,
         }
+        self.short.store(false, Ordering::Release);
         if self.disk_full.swap(false, Ordering::AcqRel) {
             crate::metrics::STORAGE_DISK_FULL.set(0);
             log::info!("database {}: there is room to write again", self.name);
@@ -678,6 +705,9 @@ impl Link {
             return;
         }
         self.look_at_files();
+        if self.disk_full.load(Ordering::Acquire) {
+            self.look_at_room();
+        }
         let Some(conn) = &self.conn else { return };
         // Inside a transaction (a COMMIT that failed and left it open) the pragma would
         // read that transaction's old snapshot: confirm nothing then.
