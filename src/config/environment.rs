@@ -164,8 +164,14 @@ pub(super) fn secret_files(config: Option<&Path>, file: &FileConfig) -> Vec<(Str
     }
     for n in &file.notify {
         if let Some(path) = &n.secret_file {
-            // Named, never by its URL: a webhook's URL may carry a token of its own.
-            let target = n.name.as_deref().map_or(String::new(), |t| format!(" {t}"));
+            // Named, never by its URL: a webhook's URL may carry a token of its own. Without
+            // a name, by the one its URL's host gives it.
+            let name = n.name.clone().or_else(|| {
+                url::Url::parse(&n.url)
+                    .ok()
+                    .map(|u| crate::notify::default_name(&u))
+            });
+            let target = name.map_or(String::new(), |t| format!(" {t}"));
             found.push((
                 format!("the secret_file of the [[notify]] target{target}"),
                 path.clone(),

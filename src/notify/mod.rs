@@ -37,6 +37,14 @@ pub struct NotifyConfig {
     pub events: Option<Vec<String>>,
 }
 
+/// A target's name when its table gives none: its URL's host (`::1` as `--1`).
+pub fn default_name(url: &Url) -> String {
+    url.host_str()
+        .unwrap_or("target")
+        .trim_matches(|c| c == '[' || c == ']')
+        .replace(':', "-")
+}
+
 /// What a target receives.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -171,11 +179,7 @@ pub fn build_targets(configs: &[NotifyConfig]) -> Result<Vec<Target>, String> {
         };
         let name = match &c.name {
             Some(n) => n.clone(),
-            None => url
-                .host_str()
-                .unwrap_or("target")
-                .trim_matches(|c| c == '[' || c == ']')
-                .replace(':', "-"),
+            None => default_name(&url),
         };
         if name.is_empty()
             || name.len() > 64

@@ -1285,8 +1285,16 @@ fn secrets_others_may_read_and_a_wide_proxy_range_are_warned_of_by_check() {
              token_url = \"http://127.0.0.1:9/token\"\nclient_id = \"c\"\n{secret}\n"
         )
     };
+    // A [[notify]] target with no name is named by its URL's host (said without the URL,
+    // which may carry a token).
+    let hook_secret = home.dir.path().join("hook.secret");
+    std::fs::write(&hook_secret, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n").unwrap();
+    let hook = format!(
+        "[[notify]]\nurl = \"https://hooks.example/t0ken\"\nsecret_file = \"{}\"\n",
+        hook_secret.display()
+    );
     home.write_config(&format!(
-        "[limits]\ntrusted_proxies = [\"0.0.0.0/0\"]\n{}{}",
+        "[limits]\ntrusted_proxies = [\"0.0.0.0/0\"]\n{}{}{hook}",
         provider("peer", "client_secret = \"s\""),
         provider(
             "other",
@@ -1298,10 +1306,13 @@ fn secrets_others_may_read_and_a_wide_proxy_range_are_warned_of_by_check() {
     };
     mode(&home.config(), 0o644);
     mode(&secret, 0o644);
+    mode(&hook_secret, 0o644);
     let report = text(&home.cli(&["check"]).stdout);
+    assert!(!report.contains("t0ken"), "{report}");
     for said in [
         "warn  secrets: the config file, which holds the client_secret of peer (client_secret_file keeps a secret in a file of its own",
         "warn  secrets: provider other's client_secret_file:",
+        "warn  secrets: the secret_file of the [[notify]] target hooks.example:",
         "warn  config: limits.trusted_proxies: 0.0.0.0/0 holds many addresses",
     ] {
         assert!(
@@ -1318,6 +1329,7 @@ fn secrets_others_may_read_and_a_wide_proxy_range_are_warned_of_by_check() {
     );
     mode(&home.config(), 0o600);
     mode(&secret, 0o600);
+    mode(&hook_secret, 0o600);
     let report = text(&home.cli(&["check"]).stdout);
     assert!(!report.contains("warn  secrets"), "{report}");
 }
