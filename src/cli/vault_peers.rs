@@ -318,7 +318,7 @@ impl Teller {
             keys: keys.clone(),
             since_ms: self.since_ms,
             holds: HOLDS_FOR,
-            providers: provider_words(&self.broker),
+            providers: told_settings(&self.broker, &self.notifier),
         };
         match self.store.note_vault_keys(note, self.clock.now_ms()).await {
             Ok(since) => {
@@ -393,8 +393,12 @@ impl Teller {
     /// configured as this one's: it answers `404 unknown_provider` for one this one has,
     /// or refreshes and connects with another client or endpoint (an old config left on one
     /// machine, a change made on one only).
+    ///
+    /// Its `[[notify]]` targets alike: deliveries wait in the store for whichever instance
+    /// claims them first, and one without the target retries them until they die.
     fn compare_providers(&mut self, told: &[VaultKeysInUse]) {
-        let ours = provider_words(&self.broker);
+        let (ours, our_targets) = split_settings(&told_settings(&self.broker, &self.notifier));
+        let our_targets = our_targets.unwrap_or_default();
         for other in told.iter().filter(|o| o.instance != self.instance) {
             let Some(theirs) = &other.providers else {
                 continue;
@@ -402,10 +406,22 @@ impl Teller {
             if self.warned_providers.contains(&other.instance) {
                 continue;
             }
-            if let Some(what) = providers_differ(&ours, theirs) {
+            let (theirs, their_targets) = split_settings(theirs);
+            let mut said = Vec::new();
+            if let Some(what) = settings_differ(&ours, &theirs, &PROVIDERS) {
+                said.push(format!("its providers are configured otherwise than this one's: {what}. Give every instance the same providers (the same config file): a request answered by one instance or the other gets a different answer"));
+            }
+            // An oauthd that does not tell its targets says nothing of them.
+            if let Some(what) =
+                their_targets.and_then(|theirs| settings_differ(&our_targets, &theirs, &TARGETS))
+            {
+                said.push(format!("its [[notify]] targets are configured otherwise than this one's: {what}. Give every instance the same targets: a delivery is sent by whichever instance takes it first, and one without its target retries it until it dies"));
+            }
+            if !said.is_empty() {
                 log::warn!(
-                    "another oauthd serving this store since {} has its providers configured otherwise than this one: {what}. Give every instance the same providers (the same config file): a request answered by one instance or the other gets a different answer",
+                    "another oauthd serving this store since {}: {}",
                     crate::clock::rfc3339(other.since_ms),
+                    said.join("; and ")
                 );
                 self.warned_providers.push(other.instance.clone());
             }
@@ -479,30 +495,85 @@ impl Teller {
 }
 
 /// This instance's providers as told to the others: `name=digest`, sorted by name.
-fn provider_words(broker: &Broker) -> Vec<String> {
+/// Before each `[[notify]]` target's word among what an instance tells of its settings;
+/// alone, that the instance tells its targets (an older one does not). No provider's name
+/// holds a `:`, so older oauthds pass these words over.
+const TARGET_WORD: &str = "notify:";
+
+/// What an instance tells of its settings: each provider as `name=digest`
+/// (`Provider::settings_digest`), then each `[[notify]]` target as `notify:name=digest` (of
+/// its URL), after a lone `notify:`.
+fn told_settings(broker: &Broker, notifier: &crate::notify::Notifier) -> Vec<String> {
     let mut words: Vec<String> = broker
         .providers()
         .map(|p| format!("{}={}", p.name, p.settings_digest()))
         .collect();
     words.sort();
+    words.push(TARGET_WORD.to_owned());
+    let mut targets: Vec<String> = notifier
+        .targets()
+        .iter()
+        .map(|t| format!("{TARGET_WORD}{}={}", t.name, &t.url_hash()[..16]))
+        .collect();
+    targets.sort();
+    words.extend(targets);
     words
 }
 
-/// How two instances' providers (`provider_words`) differ, said from this one's side;
+/// An instance's told settings as its providers' words and, when it tells them, its
+/// targets' (without `notify:`).
+fn split_settings(words: &[String]) -> (Vec<String>, Option<Vec<String>>) {
+    let providers = words
+        .iter()
+        .filter(|w| !w.starts_with(TARGET_WORD))
+        .cloned()
+        .collect();
+    let tells = words.iter().any(|w| w == TARGET_WORD);
+    let targets = words
+        .iter()
+        .filter_map(|w| w.strip_prefix(TARGET_WORD))
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect();
+    (providers, tells.then_some(targets))
+}
+
+/// What two instances compare, and how it is said.
+struct Compared {
+    /// What one of them is called.
+    one: &'static str,
+    /// What a different digest of one means.
+    changed: &'static str,
+}
+
+const PROVIDERS: Compared = Compared {
+    one: "provider",
+    changed: "has another client id, client authentication, scopes, endpoints or issuer there",
+};
+
+const TARGETS: Compared = Compared {
+    one: "[[notify]] target",
+    changed: "sends to another URL there",
+};
+
+/// How two instances' settings (`name=digest` words) differ, said from this one's side;
 /// `None` when alike.
-fn providers_differ(ours: &[String], theirs: &[String]) -> Option<String> {
+fn settings_differ(ours: &[String], theirs: &[String], compared: &Compared) -> Option<String> {
     let split = |w: &String| -> (String, String) {
         let (name, digest) = w.split_once('=').unwrap_or((w.as_str(), ""));
         (name.to_owned(), digest.to_owned())
     };
     let ours: std::collections::BTreeMap<String, String> = ours.iter().map(split).collect();
-    // Read from the store, where any process may write: only what a provider's name and
-    // a digest can be reaches the log.
+    // Read from the store, where any process may write: only what a name (as providers'
+    // and targets' names are checked) and a digest can be reaches the log.
     let theirs: std::collections::BTreeMap<String, String> = theirs
         .iter()
         .map(split)
         .filter(|(name, digest)| {
-            crate::oauth::provider::check_name("provider", name).is_ok()
+            (1..=64).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
                 && digest.len() <= 16
                 && digest.bytes().all(|b| b.is_ascii_hexdigit())
         })
@@ -516,13 +587,14 @@ fn providers_differ(ours: &[String], theirs: &[String]) -> Option<String> {
     };
     let mut what = Vec::new();
     let lacking = only(&ours, &theirs);
+    let one = compared.one;
     if !lacking.is_empty() {
-        what.push(format!("it has no provider {}", lacking.join(", ")));
+        what.push(format!("it has no {one} {}", lacking.join(", ")));
     }
     let extra = only(&theirs, &ours);
     if !extra.is_empty() {
         what.push(format!(
-            "it has provider {}, which this one does not",
+            "it has {one} {}, which this one does not",
             extra.join(", ")
         ));
     }
@@ -532,17 +604,18 @@ fn providers_differ(ours: &[String], theirs: &[String]) -> Option<String> {
         .map(|(n, _)| n.clone())
         .collect();
     if !differ.is_empty() {
-        what.push(format!(
-            "provider {} has another client id, client authentication, scopes, endpoints or issuer there",
-            differ.join(", ")
-        ));
+        what.push(format!("{one} {} {}", differ.join(", "), compared.changed));
     }
     (!what.is_empty()).then(|| what.join("; "))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::providers_differ;
+    use super::{settings_differ, split_settings, PROVIDERS, TARGETS};
+
+    fn providers_differ(ours: &[String], theirs: &[String]) -> Option<String> {
+        settings_differ(ours, theirs, &PROVIDERS)
+    }
 
     fn words(w: &[&str]) -> Vec<String> {
         w.iter().map(|s| s.to_string()).collect()
@@ -565,5 +638,22 @@ mod tests {
         // What no provider's name or digest can be is not repeated in the log.
         let forged = words(&["a=1", "b=2", "c=3", "\u{1b}[31mx=1", "e=zz"]);
         assert_eq!(providers_differ(&ours, &forged), None);
+    }
+
+    #[test]
+    fn targets_are_compared_when_the_other_tells_them() {
+        let ours = words(&["a=1", "notify:", "notify:app=0a"]);
+        let (providers, targets) = split_settings(&ours);
+        assert_eq!(providers, words(&["a=1"]));
+        assert_eq!(targets, Some(words(&["app=0a"])));
+        // An older oauthd tells providers only: nothing is said of targets.
+        assert_eq!(split_settings(&words(&["a=1"])).1, None);
+        let theirs = words(&["app2=0a", "app=0b"]);
+        let said = settings_differ(&words(&["app=0a"]), &theirs, &TARGETS).unwrap();
+        assert!(
+            said.contains("it has [[notify]] target app2, which this one does not")
+                && said.contains("[[notify]] target app sends to another URL there"),
+            "{said}"
+        );
     }
 }

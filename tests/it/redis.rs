@@ -723,7 +723,9 @@ mod shared {
     /// Instances on one Redis with providers configured otherwise (one lacks a provider,
     /// one has another client id) answered apps differently, and nothing said so. Each
     /// now tells the others a digest of each provider's settings (never its secret) and
-    /// warns of what differs, on both sides; alike instances stay quiet.
+    /// warns of what differs, on both sides; alike instances stay quiet. `[[notify]]`
+    /// targets alike (b's is named otherwise): deliveries wait for whichever instance
+    /// takes them, and one without the target retried them until they died, unsaid.
     #[tokio::test(flavor = "multi_thread")]
     async fn instances_with_providers_configured_otherwise_warn_of_it() {
         let provider = |name: &str, client_id: &str| {
@@ -736,11 +738,17 @@ mod shared {
         let a = Home::redis();
         let b = Home::sharing(&a);
         let c = Home::sharing(&a);
-        a.write_config(&(provider("mail", "cid") + &provider("music", "m1")));
-        b.write_config(&(provider("mail", "other-cid") + &provider("photos", "p1")));
+        let target = |name: &str| {
+            format!("[[notify]]\nname = \"{name}\"\nurl = \"http://127.0.0.1:9/hook\"\n")
+        };
+        a.write_config(&(provider("mail", "cid") + &provider("music", "m1") + &target("app")));
+        b.write_config(
+            &(provider("mail", "other-cid") + &provider("photos", "p1") + &target("app2")),
+        );
         // Alike but for the client secret, which is not compared.
         c.write_config(
-            &(provider("mail", "cid") + &provider("music", "m1")).replace("s-cid", "s-new"),
+            &(provider("mail", "cid") + &provider("music", "m1") + &target("app"))
+                .replace("s-cid", "s-new"),
         );
         let _da = a.start();
         let _dc = c.start();
@@ -748,7 +756,7 @@ mod shared {
         let warned = |h: &Home| {
             h.log_text()
                 .lines()
-                .filter(|l| l.contains("has its providers configured otherwise"))
+                .filter(|l| l.contains("its providers are configured otherwise than this one's"))
                 .map(str::to_owned)
                 .collect::<Vec<_>>()
         };
@@ -769,6 +777,10 @@ mod shared {
             );
             assert!(
                 w[0].contains("provider mail has another client id"),
+                "{w:?}"
+            );
+            assert!(
+                w[0].contains("its [[notify]] targets are configured otherwise than this one's: it has no [[notify]] target app; it has [[notify]] target app2, which this one does not"),
                 "{w:?}"
             );
         }
