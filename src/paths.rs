@@ -125,27 +125,31 @@ pub fn credential_of_a_stopped_unit(path: &Path) -> bool {
 }
 
 /// Whether systemd has a unit file for `unit` (or, for `name@instance.kind`, its
-/// template): in the directories `$SYSTEMD_UNIT_PATH` names, as systemd reads it (an empty
-/// entry adds the usual ones), else in the usual ones.
+/// template): in the directories `$SYSTEMD_UNIT_PATH` names, as systemd reads it (absolute
+/// ones; a `:` at its end adds the usual ones), else in the usual ones.
 fn unit_installed(unit: &str) -> bool {
-    const USUAL: [&str; 5] = [
+    const USUAL: [&str; 9] = [
+        "/etc/systemd/system.control",
+        "/run/systemd/system.control",
         "/etc/systemd/system",
+        "/etc/systemd/system.attached",
         "/run/systemd/system",
+        "/run/systemd/system.attached",
         "/usr/local/lib/systemd/system",
         "/usr/lib/systemd/system",
         "/lib/systemd/system",
     ];
     let mut dirs: Vec<PathBuf> = Vec::new();
-    match std::env::var_os("SYSTEMD_UNIT_PATH") {
-        Some(list) => {
-            for dir in std::env::split_paths(&list) {
-                match dir.as_os_str().is_empty() {
-                    true => dirs.extend(USUAL.map(PathBuf::from)),
-                    false => dirs.push(dir),
-                }
-            }
-        }
-        None => dirs.extend(USUAL.map(PathBuf::from)),
+    let list = std::env::var("SYSTEMD_UNIT_PATH").ok();
+    if let Some(list) = &list {
+        dirs.extend(
+            list.split(':')
+                .map(PathBuf::from)
+                .filter(|dir| dir.is_absolute()),
+        );
+    }
+    if list.as_deref().is_none_or(|l| l.ends_with(':')) {
+        dirs.extend(USUAL.map(PathBuf::from));
     }
     let template = unit.split_once('@').and_then(|(name, rest)| {
         rest.rsplit_once('.')

@@ -49,10 +49,7 @@ pub(super) fn describe(text: &str) -> Option<String> {
 /// Refuses `doing` (what would use the store's refresh tokens: "serving it") on a store
 /// a copy was made of (exit 2). A mark that does not read is no refusal.
 pub(super) async fn refuse(store: &dyn Store, doing: &str) -> Result<(), Fatal> {
-    let Ok(Some(text)) = store.copied_to().await else {
-        return Ok(());
-    };
-    let Some(copied) = describe(&text) else {
+    let Some(copied) = copied(store).await else {
         return Ok(());
     };
     Err(Fatal(
@@ -62,6 +59,13 @@ pub(super) async fn refuse(store: &dyn Store, doing: &str) -> Result<(), Fatal> 
         ),
         2,
     ))
+}
+
+/// Where `store` was copied to, and when ("copied to X at T"), when it holds a mark that
+/// reads.
+pub(super) async fn copied(store: &dyn Store) -> Option<String> {
+    let text = store.copied_to().await.ok()??;
+    describe(&text)
 }
 
 /// `oauthd copy --forget-copy`: takes the mark out.
@@ -81,7 +85,7 @@ pub(super) fn forget(settings: Settings) -> Result<(), Fatal> {
         .map(|c| format!(" ({c})"))
         .unwrap_or_default();
     say!(
-        "took out the mark of the copy{to} from {}: oauthd serves it again. Never beside the copy",
+        "took out the mark of the copy{to} from {}: oauthd serves it again. Never beside the copy. The notifications that were pending at the copy are sent from here again, with their webhook-ids (a receiver that keeps them tells the ones the copy sent)",
         store.describe()
     );
     Ok(())

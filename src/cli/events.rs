@@ -93,6 +93,7 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
                         DeliveryFilter::Failed => " failed",
                         DeliveryFilter::Delivered => " delivered",
                         DeliveryFilter::Dead => " dead",
+                        DeliveryFilter::Pending => " pending",
                     };
                     let Some(target) = target else {
                         say!("No deliveries{which}.");
@@ -119,7 +120,7 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
                 target,
                 ..
             } => {
-                super::copied_away::refuse(store.as_ref(), "retrying its deliveries").await?;
+                refuse_copied(store.as_ref()).await?;
                 // At most this many at once, newest first: the command says when more are
                 // left, for another run.
                 const AT_ONCE: u32 = 10_000;
@@ -164,7 +165,7 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
                 again,
                 ..
             } => {
-                super::copied_away::refuse(store.as_ref(), "retrying its deliveries").await?;
+                refuse_copied(store.as_ref()).await?;
                 let now = Clock::system().now_ms();
                 match store
                     .retry_delivery(&id, now, notifier.retry_deadline(), again)
@@ -230,4 +231,19 @@ async fn who_sends(store: &dyn crate::store::Store) -> Sends {
         Ok(serving) if serving.is_empty() => Sends::Nobody,
         _ => Sends::Serving,
     }
+}
+
+/// A retry in a store `oauthd copy` copied from makes due what nothing sends: no oauthd
+/// serves it. Its pending deliveries went along with the copy; dead ones did not.
+async fn refuse_copied(store: &dyn crate::store::Store) -> Result<(), Fatal> {
+    let Some(copied) = super::copied_away::copied(store).await else {
+        return Ok(());
+    };
+    Err(Fatal(
+        format!(
+            "{} was {copied} by `oauthd copy`, and no oauthd serves it: what a retry makes due here is never sent. Its deliveries pending at the copy went along with it (retry them in the copy, with the copy's settings); its dead ones did not, and stay listed here",
+            store.describe()
+        ),
+        2,
+    ))
 }

@@ -1,13 +1,13 @@
 //! `oauthd copy --to STORE`: the API keys, connections and live states of the configured
 //! store, as stored (sealed), into another: from one SQLite file to a Redis that several
-//! instances share, and back. Sign-ins, device flows under way and pending deliveries stay
-//! behind (each said).
+//! instances share, and back, with the notifications not yet delivered. Sign-ins, device
+//! flows under way and dead deliveries stay behind (each said).
 
 use super::open::{open_store, Missing};
 use super::{runtime, Fatal};
 use crate::clock::Clock;
 use crate::config::Settings;
-use crate::store::outbox::{DeliveryFilter, DeliveryStatus, NewDelivery};
+use crate::store::outbox::{DeliveryFilter, NewDelivery};
 use crate::store::target::StoreTarget;
 use crate::store::{InsertRules, Inserted, Store, StoreError};
 use crate::vault::KeySource;
@@ -23,6 +23,8 @@ struct Copied {
     revoked_keys: usize,
     /// Deliveries not yet made, which the oauthd serving the copy makes.
     deliveries: usize,
+    /// Dead deliveries, left behind.
+    dead_deliveries: usize,
 }
 
 pub(super) fn copy(settings: Settings, to: &str, to_prefix: Option<String>) -> Result<(), Fatal> {
@@ -322,12 +324,15 @@ async fn copy_all(
     }
     // Not left behind in a store that may never be served again: the receiver would
     // never hear of what happened before the copy (delivered at least once). Each comes
-    // with its event id (`webhook-id`), due at once, its attempts counted afresh.
+    // with its event id (`webhook-id`), due at once, its attempts counted afresh; and the
+    // targets that answered 410 Gone, whose deliveries are not sent.
+    for gone in from.gone_targets().await? {
+        into.set_target_gone(gone).await?;
+    }
     let pending: Vec<NewDelivery> = from
-        .list_deliveries(DeliveryFilter::All, None, u32::MAX)
+        .list_deliveries(DeliveryFilter::Pending, None, u32::MAX)
         .await?
         .into_iter()
-        .filter(|d| d.status == DeliveryStatus::Pending)
         .map(|d| NewDelivery {
             id: d.id,
             event_id: d.event_id,
@@ -339,9 +344,17 @@ async fn copy_all(
         })
         .collect();
     copied.deliveries = pending.len();
-    if !pending.is_empty() {
-        into.add_deliveries(pending).await?;
+    // In batches: one write of a day's backlog held Redis, which runs one script at a
+    // time, for longer than a command may take.
+    let mut pending = pending.into_iter().peekable();
+    while pending.peek().is_some() {
+        into.add_deliveries(pending.by_ref().take(500).collect())
+            .await?;
     }
+    copied.dead_deliveries = from
+        .list_deliveries(DeliveryFilter::Dead, None, u32::MAX)
+        .await?
+        .len();
     Ok(copied)
 }
 
@@ -378,6 +391,12 @@ async fn report(from: &Arc<dyn Store>, into: &Arc<dyn Store>, copied: &Copied, c
         .unwrap_or(false)
     {
         behind.push("sign-ins to the page (sign in again: `oauthd admin link`)".to_owned());
+    }
+    if copied.dead_deliveries > 0 {
+        behind.push(format!(
+            "{} dead notifications (retried in vain; `oauthd events retry --dead` sends them again, before a copy)",
+            copied.dead_deliveries
+        ));
     }
     if let Ok(flows) = from.all_pending_device_flows().await {
         if !flows.is_empty() {

@@ -502,7 +502,7 @@ const TARGET_WORD: &str = "notify:";
 
 /// What an instance tells of its settings: each provider as `name=digest`
 /// (`Provider::settings_digest`), then each `[[notify]]` target as `notify:name=digest` (of
-/// its URL), after a lone `notify:`.
+/// its URL's scheme, host and port), after a lone `notify:`.
 fn told_settings(broker: &Broker, notifier: &crate::notify::Notifier) -> Vec<String> {
     let mut words: Vec<String> = broker
         .providers()
@@ -513,7 +513,13 @@ fn told_settings(broker: &Broker, notifier: &crate::notify::Notifier) -> Vec<Str
     let mut targets: Vec<String> = notifier
         .targets()
         .iter()
-        .map(|t| format!("{TARGET_WORD}{}={}", t.name, &t.url_hash()[..16]))
+        .map(|t| {
+            // Of the URL's origin only: the store is readable by whoever runs it, and the
+            // rest of a webhook's URL may be a token (an ntfy topic) short enough to guess
+            // back from its hash.
+            let origin = crate::secret::SecretHash::of(&t.url.origin().ascii_serialization());
+            format!("{TARGET_WORD}{}={}", t.name, &origin.to_hex()[..16])
+        })
         .collect();
     targets.sort();
     words.extend(targets);
@@ -553,7 +559,7 @@ const PROVIDERS: Compared = Compared {
 
 const TARGETS: Compared = Compared {
     one: "[[notify]] target",
-    changed: "sends to another URL there",
+    changed: "sends to another scheme, host or port there",
 };
 
 /// How two instances' settings (`name=digest` words) differ, said from this one's side;
@@ -652,7 +658,8 @@ mod tests {
         let said = settings_differ(&words(&["app=0a"]), &theirs, &TARGETS).unwrap();
         assert!(
             said.contains("it has [[notify]] target app2, which this one does not")
-                && said.contains("[[notify]] target app sends to another URL there"),
+                && said
+                    .contains("[[notify]] target app sends to another scheme, host or port there"),
             "{said}"
         );
     }

@@ -181,6 +181,8 @@ pub enum DeliveryFilter {
     Delivered,
     /// Dead ones only (`events retry --dead`).
     Dead,
+    /// Pending ones only (what `oauthd copy` carries).
+    Pending,
 }
 
 impl DeliveryFilter {
@@ -194,6 +196,7 @@ impl DeliveryFilter {
             }
             DeliveryFilter::Delivered => status == DeliveryStatus::Delivered,
             DeliveryFilter::Dead => status == DeliveryStatus::Dead,
+            DeliveryFilter::Pending => status == DeliveryStatus::Pending,
         }
     }
 }

@@ -1450,6 +1450,13 @@ async fn a_copy_carries_the_deliveries_not_yet_made() {
     receiver.stop();
     home.create_key("app", &[]);
     import_gh(&home, ["me".to_owned()]);
+    let out = home.cli(&["events", "list", "--json"]);
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let event_id = listed[0]["event_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(event_id.starts_with("msg_"), "{listed}");
     let out = home.cli(&["copy", "--to", moved.db().to_str().unwrap()]);
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
@@ -1467,5 +1474,18 @@ async fn a_copy_carries_the_deliveries_not_yet_made() {
     let d = moved.start();
     let got = receiver.wait_for("connection.connected", 1, WAIT).await;
     assert_eq!(got.len(), 1, "{got:?}");
+    // The same event (a receiver that keeps webhook-ids tells it from a new one), once.
+    assert_eq!(got[0]["webhook_id"], event_id.as_str(), "{got:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.received().await.len(), 1);
+    // Retried in the store copied from, it would be sent by nothing: refused, saying where
+    // it went.
+    let out = home.cli(&["events", "retry", "--dead"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("no oauthd serves it") && err.contains("went along with it"),
+        "{err}"
+    );
     d.signal_and_wait("TERM");
 }

@@ -1072,15 +1072,7 @@ async fn an_invalid_grant_after_a_refresh_that_got_no_answer_names_it() {
     // The provider carries out the refresh it was sent; the next one sends the retired
     // refresh token.
     signal("CONT");
-    for _ in 0..100 {
-        let _ = d.get(path, &key).await;
-        conn = connection().await;
-        if conn["status"] == "needs_reauth" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    assert_eq!(conn["status"], "needs_reauth", "{conn}");
+    let conn = once_it_needs_reauth(&d, &key, "peer/alice").await;
     let error = conn["last_error"].as_str().unwrap_or_default();
     for said in [
         "invalid_grant",
@@ -1095,6 +1087,24 @@ async fn an_invalid_grant_after_a_refresh_that_got_no_answer_names_it() {
         home.log_text()
     );
     d.signal_and_wait("TERM");
+}
+
+/// The connection `provider/account` once it needs reauth (its token asked for meanwhile,
+/// which refreshes it), or as it is after 30 s.
+async fn once_it_needs_reauth(d: &Daemon, key: &str, connection: &str) -> serde_json::Value {
+    let mut conn = serde_json::Value::Null;
+    for _ in 0..100 {
+        let _ = d
+            .get(&format!("/v1/connections/{connection}/token"), key)
+            .await;
+        conn = d.get(&format!("/v1/connections/{connection}"), key).await.1;
+        if conn["status"] == "needs_reauth" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(conn["status"], "needs_reauth", "{conn}");
+    conn
 }
 
 /// The connection's `needs_reauth` after `first`, the provider's answer to a refresh (then
@@ -1119,15 +1129,7 @@ async fn needs_reauth_after(first: ResponseTemplate) -> serde_json::Value {
     .await;
     let (_home, key, d) = serving("peer", "spotify", &mock, "");
     connect(&d, &key, "peer", "me", "c1").await;
-    let mut conn = serde_json::Value::Null;
-    for _ in 0..100 {
-        let _ = d.get("/v1/connections/peer/me/token", &key).await;
-        conn = d.get("/v1/connections/peer/me", &key).await.1;
-        if conn["status"] == "needs_reauth" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let conn = once_it_needs_reauth(&d, &key, "peer/me").await;
     d.signal_and_wait("TERM");
     conn
 }
@@ -1195,16 +1197,7 @@ async fn an_invalid_grant_after_an_answer_cut_off_names_it() {
     assert!(out.status.success(), "{out:?}");
     let d = home.start();
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let mut conn = serde_json::Value::Null;
-    for _ in 0..100 {
-        let _ = d.get("/v1/connections/peer/me/token", &key).await;
-        conn = d.get("/v1/connections/peer/me", &key).await.1;
-        if conn["status"] == "needs_reauth" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    assert_eq!(conn["status"], "needs_reauth", "{conn}");
+    let conn = once_it_needs_reauth(&d, &key, "peer/me").await;
     let error = conn["last_error"].as_str().unwrap_or_default();
     assert!(
         error.contains("invalid_grant") && error.contains("was sent and got no answer"),

@@ -249,6 +249,48 @@ mod redis {
         );
     }
 
+    /// Notifications not yet delivered go along into Redis, in batches (one script for a
+    /// day's backlog held Redis past a command's time), the dead ones are said as left
+    /// behind, and the oauthd serving the copy lists them as pending.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn notifications_not_yet_delivered_are_copied_into_redis() {
+        let home = Home::new();
+        home.write_config(
+            "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nclient_secret = \"s\"\n\
+             [[notify]]\nname = \"app\"\nurl = \"http://127.0.0.1:9/hook\"\n",
+        );
+        home.create_key("app", &[]);
+        let lines: String = (0..1200)
+            .map(|i| {
+                format!("{{\"provider\":\"gh\",\"account\":\"a{i}\",\"access_token\":\"t{i}\"}}\n")
+            })
+            .collect();
+        let file = home.dir.path().join("tokens.jsonl");
+        std::fs::write(&file, lines).unwrap();
+        let out = home.cli(&["connections", "import", "--file", file.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", said(&out));
+        let server = RedisServer::start();
+        let url = server.url();
+        let out = home.cli(&["copy", "--to", &url]);
+        let text = said(&out);
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains(
+                "  notifications not yet delivered: 1200 (the oauthd serving the copy sends them)"
+            ),
+            "{text}"
+        );
+        let on_redis = Home::redis_via(server, url);
+        std::fs::copy(home.key_file(), on_redis.key_file()).unwrap();
+        std::fs::copy(home.config(), on_redis.config()).unwrap();
+        let out = on_redis.cli(&["events", "list", "--json", "--limit", "10000"]);
+        let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let pending = listed
+            .as_array()
+            .map_or(0, |l| l.iter().filter(|d| d["status"] == "pending").count());
+        assert_eq!(pending, 1200, "{}", said(&out));
+    }
+
     /// Copied under a prefix of its own, the copy's start command named the Redis URL only:
     /// oauthd started so served an empty store under the default prefix, without a word.
     #[tokio::test(flavor = "multi_thread")]

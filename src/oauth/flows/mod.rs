@@ -43,7 +43,7 @@ pub(super) const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// follows redirects. Failing to build it (no TLS roots, say) is a start-up error: a default
 /// client would follow redirects and wait forever.
 pub fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
-    build_client(timeout.min(Duration::from_secs(5)), timeout)
+    http_client_waiting(timeout, timeout)
 }
 
 /// `http_client` whose requests, once connected, may take `answer` in all: a refresh's
@@ -51,7 +51,8 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
 /// stored one, and given up on, the connection is lost to a slow provider.
 pub fn http_client_waiting(timeout: Duration, answer: Duration) -> Result<reqwest::Client, String> {
     // Shorter than `answer`: a connection never made is said as such, not as a request
-    // that got no answer (`NO_ANSWER`).
+    // that got no answer (`NO_ANSWER`). (With `answer` above 6.7 s, as by default, the
+    // 5 s rule decides.)
     let connect = timeout
         .min(Duration::from_secs(5))
         .min(answer.mul_f64(0.75));

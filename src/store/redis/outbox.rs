@@ -595,9 +595,12 @@ impl OutboxStore for RedisStore {
         // log ends: the ones asked for may be older than any window of fixed size.
         let window = match filter {
             DeliveryFilter::All => limit.max(1),
-            DeliveryFilter::Failed | DeliveryFilter::Delivered | DeliveryFilter::Dead => {
-                limit.max(LIST_WINDOW)
-            }
+            // Each window is one pipelined read: bounded, however many are asked for (a
+            // copy asks for every pending one), so that none outlasts a command's time.
+            DeliveryFilter::Failed
+            | DeliveryFilter::Delivered
+            | DeliveryFilter::Dead
+            | DeliveryFilter::Pending => limit.clamp(LIST_WINDOW, 5 * LIST_WINDOW),
         };
         let log = match target {
             Some(t) => self.target_log(t),

@@ -166,6 +166,7 @@ impl OutboxStore for SqliteStore {
             }
             DeliveryFilter::Delivered => "status = 'delivered'",
             DeliveryFilter::Dead => "status = 'dead'",
+            DeliveryFilter::Pending => "status = 'pending'",
         };
         // One target's newest come from `deliveries_by_target`, however long ago it had one.
         let of_target = if target.is_some() {
