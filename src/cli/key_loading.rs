@@ -14,7 +14,7 @@ pub(super) fn key_source(settings: &Settings) -> Result<KeySource, String> {
     let source = settings.key_source.clone();
     match (&settings.store, &source) {
         (StoreTarget::Redis(_), KeySource::File { create: true, .. }) => Err(
-            "with a Redis store every instance, and every command, must use the same vault key, which is never made for you: set OAUTHD_KEY_FILE (or OAUTHD_KEY) to the key file the instances serving this store use. For a store no instance has served yet, make it with `(umask 077; oauthd keygen > oauthd.key)` and copy it to each instance".to_owned(),
+            "with a Redis store every instance, and every command, must use the same vault key, which is never made for you: set OAUTHD_KEY_FILE (or OAUTHD_KEY, or `key_file` in the config file) to the key file the instances serving this store use. For a store no instance has served yet, make it with `(umask 077; oauthd keygen > oauthd.key)` and copy it to each instance".to_owned(),
         ),
         _ => Ok(source),
     }

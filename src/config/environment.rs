@@ -47,19 +47,22 @@ fn warn_both_set(name: &str, file_var: &str) {
     log::warn!("{name} and {file_var} are both set: {name} is used and {file_var} ignored; unset one of them");
 }
 
-/// The vault key: `OAUTHD_KEY`, else the file `OAUTHD_KEY_FILE`, else `<db>.key` beside
-/// the database (created at the server's first start). Both set: `OAUTHD_KEY`, with the
-/// warning every such setting gives.
-pub(super) fn key_source(db: &Path) -> KeySource {
+/// The vault key: `OAUTHD_KEY`, else the file `OAUTHD_KEY_FILE`, else the config's
+/// `key_file`, else `<db>.key` beside the database (created at the server's first start).
+/// Both variables set: `OAUTHD_KEY`, with the warning every such setting gives.
+pub(super) fn key_source(db: &Path, key_file: Option<&Path>) -> KeySource {
     if let Some(key) = env_text("OAUTHD_KEY") {
         if env_text("OAUTHD_KEY_FILE").is_some() {
             warn_both_set("OAUTHD_KEY", "OAUTHD_KEY_FILE");
         }
         return KeySource::Inline(zeroize::Zeroizing::new(key));
     }
-    if let Some(path) = env_text("OAUTHD_KEY_FILE") {
+    if let Some(path) = env_text("OAUTHD_KEY_FILE")
+        .map(PathBuf::from)
+        .or_else(|| key_file.map(Path::to_owned))
+    {
         return KeySource::File {
-            path: PathBuf::from(path),
+            path,
             create: false,
         };
     }

@@ -51,6 +51,9 @@ const DEFAULT_ANSWER_WAIT_SECONDS: u64 = 60;
 pub struct FileConfig {
     pub listen: Option<String>,
     pub db: Option<PathBuf>,
+    /// The vault key file, as `OAUTHD_KEY_FILE` names it (which wins): for a Redis store,
+    /// where no `<db>.key` is made, every command reads it from the config then.
+    pub key_file: Option<PathBuf>,
     /// `redis://…` to share data between instances; the SQLite file `db` otherwise.
     pub store: Option<String>,
     pub redis_prefix: Option<String>,
@@ -253,6 +256,7 @@ impl Settings {
                     let paths = file
                         .db
                         .iter_mut()
+                        .chain(file.key_file.iter_mut())
                         .chain(
                             file.providers
                                 .values_mut()
@@ -350,7 +354,7 @@ impl Settings {
         };
         let allowed_hosts = addresses::allowed_hosts(&file.allowed_hosts)?;
         let return_to_allowlist = addresses::return_to_allowlist(&file.return_to_allowlist)?;
-        let key_source = environment::key_source(&db);
+        let key_source = environment::key_source(&db, file.key_file.as_deref());
         let events = file.events.policy()?;
         let proxy = file.proxy.policy()?;
         Ok(Settings {

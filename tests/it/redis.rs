@@ -49,6 +49,48 @@ mod shared {
     use serde_json::json;
     use std::time::Duration;
 
+    /// With a Redis store no key file is made, and every command needed OAUTHD_KEY_FILE in
+    /// its environment (`connections list` refused without it). The config file names it
+    /// now (`key_file`, relative to the config's directory), for the daemon and every
+    /// command; the variable still wins.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_config_names_the_key_file_for_every_command() {
+        let home = Home::redis();
+        let without_variable = |args: &[&str]| {
+            home.cli_command(args)
+                .env_remove("OAUTHD_KEY_FILE")
+                .output()
+                .unwrap()
+        };
+        let out = without_variable(&["connections", "list"]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("`key_file` in the config file"),
+            "{out:?}"
+        );
+        let key_file = home.key_file();
+        let beside = home.config().parent().unwrap().join("vault.key");
+        std::fs::copy(&key_file, &beside).unwrap();
+        home.write_config("key_file = \"vault.key\"\n");
+        let out = without_variable(&["keys", "create", "--name", "app"]);
+        assert!(out.status.success(), "{out:?}");
+        let out = without_variable(&["connections", "list"]);
+        assert!(out.status.success(), "{out:?}");
+        let out = without_variable(&["check"]);
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            report.contains(&format!("{}", beside.display())),
+            "{report}"
+        );
+        // The variable wins over the file: a missing file named there is refused.
+        let out = home
+            .cli_command(&["connections", "list"])
+            .env("OAUTHD_KEY_FILE", home.dir.path().join("nowhere.key"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+    }
+
     const NS: &str = "oauth:app";
 
     /// Two instances (own directories and logs) on one Redis, one key file; an API key.
