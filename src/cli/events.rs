@@ -148,12 +148,11 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
                 } else {
                     ("deliveries", "are")
                 };
-                let sends = match who_sends(store.as_ref()).await {
-                    Sends::Serving => {
-                        "the running oauthd sends them within a second, at most two at once per target"
-                    }
-                    Sends::Nobody => NOBODY_SENDS,
-                };
+                let sends = who_sends(
+                    store.as_ref(),
+                    "the running oauthd sends them within a second, at most two at once per target",
+                )
+                .await;
                 say!("{due} dead {noun}{to} {verb} due now; {sends}.");
                 if dead.len() == AT_ONCE as usize {
                     say!("There may be more: run this again once these are sent.");
@@ -172,10 +171,9 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
                     .await?
                 {
                     Retried::Due => {
-                        let sends = match who_sends(store.as_ref()).await {
-                            Sends::Serving => "the running oauthd sends it within a second",
-                            Sends::Nobody => NOBODY_SENDS,
-                        };
+                        let sends =
+                            who_sends(store.as_ref(), "the running oauthd sends it within a second")
+                                .await;
                         say!("Delivery {id} is due now; {sends}.");
                         Ok(())
                     }
@@ -213,23 +211,16 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
     })
 }
 
-/// Who sends what a retry made due.
-enum Sends {
-    /// An oauthd serves the store (or whether one does could not be read).
-    Serving,
-    /// None does: what is due waits for one to start.
-    Nobody,
-}
-
-const NOBODY_SENDS: &str =
-    "but no oauthd serves this store now: it is sent once one is started on it";
-
-/// Whether an oauthd serves `store` now: each tells every 20 s (`vault_keys_in_use`). The
-/// retry said "the running oauthd sends it" with none running, and nothing was sent.
-async fn who_sends(store: &dyn crate::store::Store) -> Sends {
+/// Who sends what a retry made due: `serving` (what the running oauthd does) while an
+/// oauthd serves `store` (each tells every 20 s, `vault_keys_in_use`; or whether one does
+/// could not be read), else that none does. The retry said "the running oauthd sends it"
+/// with none running, and nothing was sent.
+async fn who_sends(store: &dyn crate::store::Store, serving: &'static str) -> &'static str {
     match store.vault_keys_in_use(Clock::system().now_ms()).await {
-        Ok(serving) if serving.is_empty() => Sends::Nobody,
-        _ => Sends::Serving,
+        Ok(told) if told.is_empty() => {
+            "but no oauthd serves this store now: it is sent once one is started on it"
+        }
+        _ => serving,
     }
 }
 

@@ -500,7 +500,7 @@ struct Link {
     name: String,
     read_only: Arc<AtomicBool>,
     /// Set while writes fail for want of room; cleared by the next commit that changed rows
-    /// once `ROOM` is free.
+    /// once there is room (`mark_room`).
     disk_full: Arc<AtomicBool>,
     /// Set while `disk_full` is and the filesystem says it has no room (`room::Room::Short`).
     short: Arc<AtomicBool>,
@@ -567,7 +567,7 @@ impl Link {
                  acknowledged is lost, and no restart is needed",
                 self.name,
                 super::room::ROOM >> 20,
-                super::room::ROOM >> 18
+                (4 * super::room::ROOM) >> 20
             );
         }
     }
