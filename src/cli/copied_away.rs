@@ -68,6 +68,26 @@ pub(super) async fn copied(store: &dyn Store) -> Option<String> {
     describe(&text)
 }
 
+/// The settings that open the copy a mark names (`Store::describe` of it: `database
+/// PATH`, or `Redis URL (key prefix "P")` with no password), where it can be opened.
+fn copy_settings(settings: &Settings, text: &str) -> Option<Settings> {
+    use crate::store::target::StoreTarget;
+    let copied = serde_json::from_str::<CopiedTo>(text).ok()?;
+    let mut copy = settings.clone();
+    if let Some(path) = copied.to.strip_prefix("database ") {
+        copy.store = StoreTarget::Sqlite;
+        copy.db = std::path::PathBuf::from(path);
+        return copy.db.exists().then_some(copy);
+    }
+    let (url, prefix) = copied
+        .to
+        .strip_prefix("Redis ")?
+        .split_once(" (key prefix ")?;
+    let prefix: String = serde_json::from_str(prefix.strip_suffix(')')?).ok()?;
+    copy.store = crate::config::other_store(url, Some(prefix)).ok()?;
+    Some(copy)
+}
+
 /// `oauthd copy --forget-copy`: takes the mark out.
 pub(super) fn forget(settings: Settings) -> Result<(), Fatal> {
     let store = open_store(&settings, Missing::Refuse)?;
@@ -80,6 +100,23 @@ pub(super) fn forget(settings: Settings) -> Result<(), Fatal> {
         );
         return Ok(());
     };
+    // Right only with the copy stopped for good: refused while an oauthd serves it, where
+    // the copy can be asked (its Redis may need OAUTHD_REDIS_PASSWORD; one gone for good
+    // cannot be asked, and is no reason to refuse).
+    if let Some(copy) = copy_settings(&settings, &text) {
+        let asked = open_store(&copy, Missing::Refuse).and_then(|copy| {
+            rt.block_on(super::transfer::refuse_served(
+                copy.as_ref(),
+                "the copy",
+                &Clock::system(),
+            ))
+        });
+        match asked {
+            Err(Fatal(served, 2)) => return Err(Fatal(served, 2)),
+            Err(Fatal(why, _)) => say!("whether an oauthd serves the copy could not be asked ({why}): take the mark out only with the copy stopped for good"),
+            Ok(()) => {}
+        }
+    }
     rt.block_on(store.note_copied_to(None))?;
     let to = describe(&text)
         .map(|c| format!(" ({c})"))

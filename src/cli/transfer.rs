@@ -229,7 +229,11 @@ fn how_to_empty(destination: &Settings) -> String {
 /// An oauthd serving a store tells its vault keys there every 20 s, good for a minute: a
 /// copy made meanwhile would miss what it writes after (a refresh token it rotates, and
 /// the copy's connection then refreshes with a spent one).
-async fn refuse_served(store: &dyn Store, which: &str, clock: &Clock) -> Result<(), Fatal> {
+pub(super) async fn refuse_served(
+    store: &dyn Store,
+    which: &str,
+    clock: &Clock,
+) -> Result<(), Fatal> {
     let serving = store
         .vault_keys_in_use(clock.now_ms())
         .await

@@ -99,6 +99,18 @@ async fn a_sqlite_file_copied_into_a_new_one_serves_with_the_key_copied_beside_i
         "{}",
         said(&out)
     );
+    // Not while the copy is served (the walkthrough took the mark out beside two serving
+    // instances, and the two stores then used the same refresh tokens): refused.
+    let served = moved.start();
+    let out = home.cli(&["copy", "--forget-copy"]);
+    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+    assert!(
+        said(&out).contains(&format!("the copy, database {}", moved.db().display()))
+            && said(&out).contains("is served by 1 oauthd"),
+        "{}",
+        said(&out)
+    );
+    served.signal_and_wait("TERM");
     // Taken out on purpose: served again.
     let out = home.cli(&["copy", "--forget-copy"]);
     assert!(out.status.success(), "{}", said(&out));
