@@ -397,8 +397,7 @@ impl Teller {
     /// Its `[[notify]]` targets alike: deliveries wait in the store for whichever instance
     /// claims them first, and one without the target retries them until they die.
     fn compare_providers(&mut self, told: &[VaultKeysInUse]) {
-        let (ours, our_targets) = split_settings(&told_settings(&self.broker, &self.notifier));
-        let our_targets = our_targets.unwrap_or_default();
+        let (ours, our_targets) = (provider_words(&self.broker), target_words(&self.notifier));
         for other in told.iter().filter(|o| o.instance != self.instance) {
             let Some(theirs) = &other.providers else {
                 continue;
@@ -504,25 +503,39 @@ const TARGET_WORD: &str = "notify:";
 /// (`Provider::settings_digest`), then each `[[notify]]` target as `notify:name=digest` (of
 /// its URL's scheme, host and port), after a lone `notify:`.
 fn told_settings(broker: &Broker, notifier: &crate::notify::Notifier) -> Vec<String> {
+    let mut words = provider_words(broker);
+    words.push(TARGET_WORD.to_owned());
+    words.extend(
+        target_words(notifier)
+            .iter()
+            .map(|t| format!("{TARGET_WORD}{t}")),
+    );
+    words
+}
+
+/// This instance's providers, each as `name=digest`, sorted.
+fn provider_words(broker: &Broker) -> Vec<String> {
     let mut words: Vec<String> = broker
         .providers()
         .map(|p| format!("{}={}", p.name, p.settings_digest()))
         .collect();
     words.sort();
-    words.push(TARGET_WORD.to_owned());
-    let mut targets: Vec<String> = notifier
+    words
+}
+
+/// This instance's `[[notify]]` targets, each as `name=digest`, sorted. The digest is of
+/// the URL's origin only: the store is readable by whoever runs it, and the rest of a
+/// webhook's URL may be a token (an ntfy topic) short enough to guess back from its hash.
+fn target_words(notifier: &crate::notify::Notifier) -> Vec<String> {
+    let mut words: Vec<String> = notifier
         .targets()
         .iter()
         .map(|t| {
-            // Of the URL's origin only: the store is readable by whoever runs it, and the
-            // rest of a webhook's URL may be a token (an ntfy topic) short enough to guess
-            // back from its hash.
             let origin = crate::secret::SecretHash::of(&t.url.origin().ascii_serialization());
-            format!("{TARGET_WORD}{}={}", t.name, &origin.to_hex()[..16])
+            format!("{}={}", t.name, &origin.to_hex()[..16])
         })
         .collect();
-    targets.sort();
-    words.extend(targets);
+    words.sort();
     words
 }
 
