@@ -191,6 +191,26 @@ impl Vault {
         Vault::from_keys(&keys)
     }
 
+    /// The keys of the key file at `path` (which must be there) with those of the copies
+    /// kept beside it, a prune's (`.before-prune-…`) and running oauthds' (`.loaded-…`):
+    /// what opens values sealed before a prune, to compare them. Never to seal with: its
+    /// first key is the file's, but a copy's keys are not the file's.
+    pub fn with_kept_copies(path: &Path) -> Result<Vault, VaultError> {
+        let read = |file: &Path| -> Option<Vec<Zeroizing<[u8; 32]>>> {
+            let text = Zeroizing::new(std::fs::read_to_string(file).ok()?);
+            numbered_keys(&text).map(|(_, key)| key.ok()).collect()
+        };
+        let mut keys = read(path).ok_or_else(|| VaultError::File {
+            path: path.to_owned(),
+            message: "could not be read".to_owned(),
+        })?;
+        let copies = copies_named(path, ".before-prune-")
+            .into_iter()
+            .chain(rescued_copies(path));
+        keys.extend(copies.filter_map(|copy| read(&copy)).flatten());
+        Vault::from_keys(&keys)
+    }
+
     /// Loads the vault, creating a 0600 key file beside the database on first run.
     pub fn load(source: &KeySource) -> Result<Vault, VaultError> {
         Vault::load_text(source).map(|(vault, _)| vault)

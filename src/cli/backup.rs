@@ -275,8 +275,12 @@ fn made_since(db: &Path, aside: &Path) -> String {
 fn refreshed_since(settings: &Settings, db: &Path, aside: &Path) -> String {
     use crate::store::sqlite::tokens_since::refresh_tokens_changed;
     // Opened with the key file when there is one (never made here): a `rekey` since the
-    // copy sealed the same refresh token again, which is no new token.
-    let vault = existing_vault(settings);
+    // copy sealed the same refresh token again, which is no new token. With the keys a
+    // prune since took out of it too, kept beside it: the copy's were sealed with those.
+    let vault = match super::key_source(settings) {
+        Ok(KeySource::File { path, .. }) => crate::vault::Vault::with_kept_copies(&path).ok(),
+        _ => existing_vault(settings),
+    };
     // Without a key that opens them, a value sealed again is not told from a new token.
     let opened = std::cell::Cell::new(true);
     let same = |provider: &str, account: &str, mine: &[u8], theirs: &[u8]| {

@@ -508,7 +508,8 @@ fn key_names(home: &Home) -> Result<String, (Option<i32>, String)> {
 /// at the last checkpoint: it opened as a whole database without a word (a state made
 /// since was not in it, nor anything else oauthd wrote since), as did one copied after
 /// oauthd was killed. Now it is refused (exit 2, nothing changed) naming the -wal file and `oauthd
-/// backup`, and `restore` takes it as it is when asked. Copied after a clean stop, or
+/// backup`, and `restore` takes it as it is when asked (once its original is served no
+/// more). Copied after a clean stop, or
 /// after the killed oauthd's database was opened again in its place, it is whole and
 /// opens as ever.
 #[tokio::test(flavor = "multi_thread")]
@@ -537,16 +538,24 @@ async fn a_database_file_copied_without_its_wal_while_served_is_refused_not_take
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("was copied or moved without "), "{err}");
 
-    // Taken as it is, when asked: what it held then, and no mark.
+    // Taken as it is, when asked, once its original is served no more (served beside it,
+    // it would refresh the same connections): what it held then, and no mark.
     let aside = copy.dir.path().join("older.db");
     std::fs::rename(copy.db(), &aside).unwrap();
+    let out = copy.cli(&["restore", "--create", aside.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("served now by oauthd (pid {})", d.pid())),
+        "{err}"
+    );
+    d.signal_and_wait("TERM");
     let out = copy.cli(&["restore", "--create", aside.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
     key_names(&copy).expect("the restored copy opens");
     assert_eq!(common::count_rows(&copy.db(), "states"), 0);
 
     // After a clean stop the file is whole.
-    d.signal_and_wait("TERM");
     let after_stop = Home::new();
     copy_without_wal(&home, &after_stop);
     key_names(&after_stop).expect("a copy after a clean stop opens");
@@ -663,6 +672,53 @@ async fn a_database_copied_whole_while_served_is_refused_until_its_original_stop
     assert!(names.contains("made-while-serving"), "{names}");
 }
 
+/// `restore` took a database served now, or a copy of one taken whole (`cp -a`), and left
+/// out the marks that tell such a copy: the database it made started beside the original,
+/// refreshing the same connections. Both are refused now (exit 2, nothing made), naming the
+/// original and its oauthd; once that oauthd stops, the copy restores.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_served_now_or_copied_whole_from_one_is_not_restored() {
+    let home = Home::new();
+    home.write_config("");
+    let d = home.start();
+    home.create_key("made-while-serving", &[]);
+    let copy = Home::new();
+    for name in ["oauthd.db", "oauthd.db-wal", "oauthd.db-shm"] {
+        std::fs::copy(home.dir.path().join(name), copy.dir.path().join(name)).unwrap();
+    }
+    let original = std::fs::canonicalize(home.db()).unwrap();
+    let served_by = format!("served now by oauthd (pid {})", d.pid());
+    let new = Home::new();
+    for (from, said) in [
+        (
+            copy.db(),
+            format!(
+                "is a copy of {}, taken with its -wal file while that was served",
+                original.display()
+            ),
+        ),
+        (home.db(), format!("{} is {served_by}", home.db().display())),
+    ] {
+        let out = new.cli(&["restore", "--create", from.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(&said), "{err}");
+        assert!(err.contains(&served_by), "{err}");
+        assert!(err.contains("`oauthd backup`"), "{err}");
+        assert!(!new.db().exists(), "{err}");
+    }
+    d.signal_and_wait("TERM");
+    let out = new.cli(&["restore", "--create", copy.db().to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    std::fs::copy(
+        home.dir.path().join("oauthd.db.key"),
+        new.dir.path().join("oauthd.db.key"),
+    )
+    .unwrap();
+    let names = key_names(&new).expect("the restored copy opens");
+    assert!(names.contains("made-while-serving"), "{names}");
+}
+
 /// A clean stop left the database file whole only when oauthd's connections were the last
 /// to close it (SQLite merges the -wal then): with another program holding the file open,
 /// an `sqlite3` shell or a monitoring script, the file alone still lacked what oauthd wrote
@@ -724,7 +780,8 @@ async fn a_stop_holds_off_no_other_writer_while_a_reader_holds_the_file() {
 /// A restore puts back the refresh tokens of the copy's time. A provider that rotates them
 /// (the test provider does, as SmartThings and Microsoft do) has replaced those refreshed
 /// since and refuses the copy's: `restore` now names those connections, where it listed
-/// only keys and states as undone.
+/// only keys and states as undone. A token only sealed again since (`rekey`) is not named,
+/// also when a prune took the copy's key out of the key file (it was, as a refresh).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restore_names_the_connections_whose_refresh_token_changed_since_the_copy() {
     let peer = common::peer::Peer::start(2);
@@ -749,6 +806,12 @@ async fn a_restore_names_the_connections_whose_refresh_token_changed_since_the_c
     let (status, body) = d.get("/v1/connections/peer/alice/token", &key).await;
     assert_eq!(status, 200, "{body}");
     d.signal_and_wait("TERM");
+    // A prune then takes the key the copy's tokens were sealed with out of the key file:
+    // they are opened with the copy the prune kept, not taken for new tokens (bob was).
+    let out = home.cli(&["rekey", "--prune"]);
+    assert!(out.status.success(), "{out:?}");
+    let key_file = home.dir.path().join("oauthd.db.key");
+    let pruned = std::fs::read(&key_file).unwrap();
 
     let out = home.cli(&["restore", copy.to_str().unwrap()]);
     let said =
@@ -759,6 +822,22 @@ async fn a_restore_names_the_connections_whose_refresh_token_changed_since_the_c
             && said.contains("and have the copy's again: peer/alice."),
         "{said}"
     );
+    assert!(
+        said.contains("`oauthd rekey --prune` kept the key file"),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read(&key_file).unwrap(),
+        pruned,
+        "the key file changed"
+    );
+    // As the restore says: the kept copy's keys go back (it holds the file's too).
+    let kept = std::fs::read_dir(home.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("oauthd.db.key.before-prune-"))
+        .expect("the copy the prune kept");
+    std::fs::copy(kept, &key_file).unwrap();
     // Read without leaving files beside the restored copy (root's would keep the
     // service's user out).
     for suffix in ["-wal", "-shm"] {

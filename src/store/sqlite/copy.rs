@@ -72,6 +72,9 @@ pub enum CopyError {
     Stopped,
     #[error("{path} is the database itself: name the copy")]
     Same { path: PathBuf },
+    /// The copy to restore is a database served now, or a copy of one taken with its -wal.
+    #[error("{what}: restored, it would be served beside the original, refreshing the same connections with the same refresh tokens, and a provider that rotates them ends the connection in one of the two. Stop the oauthd that serves {original} first, then restore; to move a database that is served, copy it with `oauthd backup` and start the copy only once the original serves no more. Nothing was changed")]
+    SourceServed { what: String, original: String },
     #[error("a process has {path} open{by} (an oauthd serving it, or a command or an sqlite3 shell using it): stop every oauthd serving it first, then restore")]
     InUse { path: PathBuf, by: Holders },
 }
@@ -540,6 +543,7 @@ pub fn restore(backup: &Path, db: &Path, stamp: &str, create: bool) -> Result<Re
         CopyError::Open(OpenError::Foreign { .. } | OpenError::NotADatabase { .. }) => not_a_copy(),
         e => e,
     })?;
+    refuse_served(&source, backup)?;
     let held = hold_exclusively(db)?;
     let by = holders(db);
     if !by.0.is_empty() {
@@ -691,6 +695,32 @@ fn open_copy(path: &Path) -> Result<Connection, CopyError> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
     )
     .map_err(|e| CopyError::Open(OpenError::open(path, &e)))
+}
+
+/// Refuses to restore `backup` (opened on `source`) when it is a database served now, or a
+/// copy of one taken with its -wal (`cp -a`): a restore leaves the marks that tell such a
+/// copy out of what it copies, and the database it makes would start beside the original.
+fn refuse_served(source: &Connection, backup: &Path) -> Result<(), CopyError> {
+    let here = super::serving::Place::of(backup);
+    let Some(original) = super::serving::served_now(source, backup, here.as_ref())
+        .map_err(|e| CopyError::Open(OpenError::open(backup, &e)))?
+    else {
+        return Ok(());
+    };
+    let what = if here.is_some_and(|h| h.is_at(&original.path)) {
+        format!("{} is served now{}", backup.display(), original.by)
+    } else {
+        format!(
+            "{} is a copy of {}, taken with its -wal file while that was served (cp -a, rsync, a file-level backup tool), and it is served now{}",
+            backup.display(),
+            original.path,
+            original.by
+        )
+    };
+    Err(CopyError::SourceServed {
+        what,
+        original: original.path,
+    })
 }
 
 /// The schema version a copy of `conn` gets: its own, or for one that lost it (a dump),

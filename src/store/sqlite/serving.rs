@@ -129,6 +129,11 @@ impl Place {
         self.device == other.device && self.inode == other.inode
     }
 
+    /// Whether this is the place named by `path` as a mark names it.
+    pub fn is_at(&self, path: &str) -> bool {
+        self.path == path
+    }
+
     /// Whether the file this names is still there: the same file at its path.
     fn in_place(&self) -> bool {
         Place::of(std::path::Path::new(&self.path)).is_some_and(|there| there.same_file(self))
@@ -240,6 +245,39 @@ pub fn copy_of_served(
         }
     }
     Ok(None)
+}
+
+/// For a database file at `here` (`path`) about to be put in service elsewhere (`restore`
+/// of it): the database served now that would then be served twice. This very file, when
+/// an oauthd that marked it here serves it now (alive on this machine, or found holding it
+/// open), or the original it was copied from with its -wal while served (`copy_of_served`).
+pub fn served_now(
+    conn: &Connection,
+    path: &std::path::Path,
+    here: Option<&Place>,
+) -> rusqlite::Result<Option<Original>> {
+    let this = Process::this();
+    for (name, value) in marks(conn)? {
+        let (Some(here), (_, Some(made_at))) = (here, Place::from_value(&value)) else {
+            continue;
+        };
+        if !here.same_file(&made_at) {
+            continue;
+        }
+        let by = match (Process::from_mark(&name), &this) {
+            (Some(process), Some(this)) if process.alive(this) == Some(true) => {
+                format!(" by oauthd (pid {})", process.pid)
+            }
+            _ => super::copy::holders(path).oauthds().to_string(),
+        };
+        if !by.is_empty() {
+            return Ok(Some(Original {
+                path: here.path.clone(),
+                by,
+            }));
+        }
+    }
+    copy_of_served(conn, here)
 }
 
 /// Refuses the database at `path` (its place `here`), opened on `conn`, when it is a copy of
