@@ -36,13 +36,14 @@ pub(super) fn key_named(settings: &Settings) -> String {
             path,
             create: false,
         }) if !path.exists() => format!(
-            "the vault key it is served with (OAUTHD_KEY_FILE names {}, which does not exist: check the name)",
+            "the vault key it is served with ({} names {}, which does not exist: check the name)",
+            crate::config::key_file_setting(),
             path.display()
         ),
         // The oauthd serving it reads its key from elsewhere, which this command was not
         // told, or the file was deleted under it (`oauthd check` says which).
         Ok(KeySource::File { path, .. }) if !path.exists() => format!(
-            "the vault key it is served with (there is no key file at {}: oauthd reads it from where OAUTHD_KEY_FILE or OAUTHD_KEY says, which this command was not given, or the file was deleted under it: `oauthd check` says which)",
+            "the vault key it is served with (there is no key file at {}: oauthd reads it from where OAUTHD_KEY_FILE, OAUTHD_KEY or its config file's `key_file` says, which this command was not given (--config), or the file was deleted under it: `oauthd check` says which)",
             path.display()
         ),
         Ok(KeySource::File { path, .. }) => format!("the key file {}", path.display()),

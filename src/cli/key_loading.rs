@@ -38,9 +38,10 @@ fn no_key_once_served(path: &std::path::Path, serving: bool) -> String {
     };
     format!(
         "no vault key: oauthd has served this database, there is no key file at {path}, and \
-         neither OAUTHD_KEY_FILE nor OAUTHD_KEY is set. Start oauthd (and give every \
-         command) the key it served with (the same OAUTHD_KEY_FILE or OAUTHD_KEY), or put \
-         that key file back; no key was made.{start_over}",
+         neither OAUTHD_KEY_FILE nor OAUTHD_KEY is set, nor `key_file` in a config file \
+         given. Start oauthd (and give every command) the key it served with (the same \
+         OAUTHD_KEY_FILE or OAUTHD_KEY, or --config with its `key_file`), or put that key \
+         file back; no key was made.{start_over}",
         path = path.display()
     )
 }
@@ -60,7 +61,7 @@ fn serving_note(why: &str, key: &String, path: &std::path::Path) -> String {
         ""
     };
     format!(
-        " An oauthd serving this store seals with key {key} now: it reads its key from elsewhere (OAUTHD_KEY_FILE or OAUTHD_KEY where it was started: give this command the same), or this file was deleted under it{only}.{rescued}"
+        " An oauthd serving this store seals with key {key} now: it reads its key from elsewhere (OAUTHD_KEY_FILE, OAUTHD_KEY or its config file's `key_file` where it was started: give this command the same, or --config), or this file was deleted under it{only}.{rescued}"
     )
 }
 
@@ -102,14 +103,18 @@ pub(super) fn load_vault(source: KeySource) -> Result<VaultHandle, Fatal> {
         Err(_) => 1,
     };
     let (named_by, code) = match &source {
-        KeySource::Inline(_) => ("", 2),
+        KeySource::Inline(_) => (String::new(), 2),
         KeySource::File {
             create: false,
             path,
-        } => (" (OAUTHD_KEY_FILE)", file_code(path)),
-        KeySource::File { path, create: true } => {
-            ("", if path.exists() { file_code(path) } else { 1 })
-        }
+        } => (
+            format!(" ({})", crate::config::key_file_setting()),
+            file_code(path),
+        ),
+        KeySource::File { path, create: true } => (
+            String::new(),
+            if path.exists() { file_code(path) } else { 1 },
+        ),
     };
     VaultHandle::load(source).map_err(|e| match e {
         crate::vault::VaultError::File { path, message } => {
@@ -188,7 +193,7 @@ pub(super) fn check_vault_opens_tokens(
         }
     }
     let kept = match target {
-        StoreTarget::Sqlite => "OAUTHD_KEY, OAUTHD_KEY_FILE, or the key file beside the database",
+        StoreTarget::Sqlite => "OAUTHD_KEY, OAUTHD_KEY_FILE, `key_file` in the config file, or the key file beside the database",
         StoreTarget::Redis(_) => {
             "the OAUTHD_KEY_FILE (or OAUTHD_KEY) every instance serving this store uses"
         }

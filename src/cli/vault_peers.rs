@@ -41,13 +41,20 @@ async fn lacking(
         .collect())
 }
 
-fn refusal(theirs: &VaultKeysInUse, ours: &[String], from: &str) -> Fatal {
+/// `beside`: the key file beside the SQLite database, named when it holds their key.
+fn refusal(
+    theirs: &VaultKeysInUse,
+    ours: &[String],
+    from: &str,
+    beside: Option<&std::path::Path>,
+) -> Fatal {
+    let key = theirs.keys.first().map_or("", String::as_str);
     Fatal(
         format!(
-            "another oauthd serving this store (it said so within the last {}s) seals with vault key {}, which the key loaded from {from} does not have (it has {}): what each sealed would not open in the other (states answering 503 vault_error, tokens that cannot be read). Give every instance, and every command, the same key (the same key file, or a copy of it); an oauthd stopped without saying so stops counting within {}s",
+            "another oauthd serving this store (it said so within the last {}s) seals with vault key {key}, which the key loaded from {from} does not have (it has {}): what each sealed would not open in the other (states answering 503 vault_error, tokens that cannot be read). Give every instance, and every command, the same key (the same key file, or a copy of it){}; an oauthd stopped without saying so stops counting within {}s",
             HOLDS_FOR.as_secs(),
-            theirs.keys.first().map_or("", String::as_str),
             ours.join(", "),
+            serving_key_hint(Some(key), beside),
             HOLDS_FOR.as_secs()
         ),
         2,
@@ -136,7 +143,11 @@ pub(super) fn check(
         Ok(others.into_iter().next())
     })?;
     if let Some(first) = blocking {
-        return Err(refusal(&first, ours, from));
+        let beside = match &unopenable {
+            Unopenable::Refuse(beside) => beside.as_deref(),
+            Unopenable::Warn => None,
+        };
+        return Err(refusal(&first, ours, from, beside));
     }
     if let (Some(current), Unopenable::Refuse(beside)) = (ours.first(), &unopenable) {
         let behind = settle(SETTLE, || {
@@ -274,7 +285,7 @@ impl Teller {
         let others = lacking(self.store.as_ref(), &keys, now, Some(&self.instance)).await?;
         if let Some(older) = others.iter().find(|o| o.since_ms <= ours) {
             let _ = self.store.forget_vault_keys(&self.instance).await;
-            return Err(refusal(older, &keys, &self.from));
+            return Err(refusal(older, &keys, &self.from, None));
         }
         Ok(())
     }

@@ -47,6 +47,17 @@ fn warn_both_set(name: &str, file_var: &str) {
     log::warn!("{name} and {file_var} are both set: {name} is used and {file_var} ignored; unset one of them");
 }
 
+/// What names a key file that is not the one beside the database (`KeySource::File`
+/// without `create`), for messages: `OAUTHD_KEY_FILE` when it is set (it wins), else the
+/// config file's `key_file`.
+pub fn key_file_setting() -> &'static str {
+    if env_text("OAUTHD_KEY_FILE").is_some() {
+        "OAUTHD_KEY_FILE"
+    } else {
+        "`key_file` in the config file"
+    }
+}
+
 /// The vault key: `OAUTHD_KEY`, else the file `OAUTHD_KEY_FILE`, else the config's
 /// `key_file`, else `<db>.key` beside the database (created at the server's first start).
 /// Both variables set: `OAUTHD_KEY`, with the warning every such setting gives.

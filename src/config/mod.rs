@@ -16,7 +16,7 @@ mod states;
 #[cfg(test)]
 mod tests;
 
-pub use environment::other_store;
+pub use environment::{key_file_setting, other_store};
 pub use sections::{EventsConfig, LimitsConfig, ProxyConfig};
 pub use states::{NamespaceConfig, StatesConfig, MAX_ATTEMPTS_CEILING};
 

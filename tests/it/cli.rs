@@ -556,8 +556,8 @@ fn missing_parent_directory_is_explained() {
 }
 
 /// A vault key that is not there or is no key stops the start as a configuration error
-/// (exit 2: the systemd unit does not restart for it), naming the variable that set it,
-/// before a database is made.
+/// (exit 2: the systemd unit does not restart for it), naming the variable (or the config
+/// file's setting) that set it, before a database is made.
 #[test]
 fn a_wrong_vault_key_stops_the_start_naming_its_variable_and_makes_no_database() {
     let home = Home::new();
@@ -589,6 +589,18 @@ fn a_wrong_vault_key_stops_the_start_naming_its_variable_and_makes_no_database()
         assert!(!err.contains("key file OAUTHD_KEY"), "{err}");
         assert!(!home.db().exists(), "{env:?}: a database was made");
     }
+    // Named by the config file's `key_file` (it was said to be OAUTHD_KEY_FILE's, unset).
+    home.write_config(&format!("key_file = {missing:?}\n"));
+    let out = home.serve_once_with(&[], "127.0.0.1:0");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "key file {missing} (`key_file` in the config file): No such file"
+        )),
+        "{err}"
+    );
+    assert!(!home.db().exists(), "a database was made");
 }
 
 /// A new vault key in `vault.key` in `home`, for oauthd to be given as OAUTHD_KEY_FILE.
@@ -744,9 +756,6 @@ async fn a_command_with_another_key_file_than_the_serving_oauthds_is_sent_to_its
         .unwrap();
         lines
     };
-    let first = tokens("first");
-    let out = home.cli(&["connections", "import", "--file", first.to_str().unwrap()]);
-    assert!(out.status.success(), "{out:?}");
     let import_with = |file: &Path, account: &str| {
         let lines = tokens(account);
         home.cli_command(&["connections", "import", "--file", lines.to_str().unwrap()])
@@ -754,8 +763,24 @@ async fn a_command_with_another_key_file_than_the_serving_oauthds_is_sent_to_its
             .output()
             .unwrap()
     };
-
     let other = key_file_of_its_own(&home);
+    let unset = format!(
+        "the key file beside the database, {}, holds it (unset OAUTHD_KEY_FILE)",
+        home.key_file().display()
+    );
+    // No token stored yet: refused as the serving oauthd seals with another key, and sent
+    // to the file that holds it (it said only "the same key file, or a copy of it").
+    let out = import_with(&other, "zero");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("which the key loaded from") && err.contains(&unset),
+        "{err}"
+    );
+    let first = tokens("first");
+    let out = home.cli(&["connections", "import", "--file", first.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+
     let out = import_with(&other, "second");
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
