@@ -12,6 +12,13 @@ pub(super) fn keys(settings: Settings, command: KeysCommand) -> Result<(), Fatal
         _ => Missing::Refuse,
     };
     let store = open_store(&settings, missing)?;
+    match &command {
+        KeysCommand::Create { .. } => super::open::note_a_backup(&settings, "a key made here"),
+        KeysCommand::Revoke { .. } => {
+            super::open::note_a_backup(&settings, "a revocation made here")
+        }
+        KeysCommand::List { .. } => {}
+    }
     let revoke_flags = store_flags(&settings);
     let clock = Clock::system();
     runtime()?.block_on(async {

@@ -109,6 +109,25 @@ pub(super) fn refuse_a_backup(settings: &Settings, doing: &str) -> Result<(), Fa
     }
 }
 
+/// Says so when a command that changes the database (`doing`: "a key made here") runs on a
+/// copy `oauthd backup` made: a `--db` that names the copy by mistake (a key made there is
+/// not in the database oauthd serves, whose apps get 401 with it). Nothing for Redis.
+pub(super) fn note_a_backup(settings: &Settings, doing: &str) {
+    if !matches!(settings.store, StoreTarget::Sqlite) {
+        return;
+    }
+    let db = std::path::absolute(&settings.db).unwrap_or(settings.db.clone());
+    if let Ok(Some(mark)) = crate::store::sqlite::backup_mark(&db) {
+        say!(
+            "Note: {} is a copy `oauthd backup` made of {} at {}: {doing} is in this copy only, not in {} (check --db if that is the database you meant).",
+            db.display(),
+            mark.of,
+            crate::clock::rfc3339(mark.made_at_ms),
+            mark.of
+        );
+    }
+}
+
 fn backup_refusal(
     db: &std::path::Path,
     mark: &crate::store::sqlite::BackupMark,

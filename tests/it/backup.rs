@@ -1719,7 +1719,8 @@ fn a_commands_writes_are_in_the_file_while_another_program_has_it_open() {
 /// port), refreshed the same refresh tokens: a provider that rotates them took the second
 /// use for a stolen token and ended the grant, the database's too. A start on such a copy,
 /// and `connections refresh` on it, are refused now (exit 2) and `check` says why; put in a
-/// database's place by `restore`, the copy serves.
+/// database's place by `restore`, the copy serves. `keys create`, `keys revoke` and `rekey`
+/// on it say that what they change is in the copy only.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backup_is_not_served_beside_its_database_until_restored() {
     let said = |out: &std::process::Output| {
@@ -1762,11 +1763,34 @@ async fn a_backup_is_not_served_beside_its_database_until_restored() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", said(&out));
         assert!(said(&out).contains(doing), "{args:?}: {}", said(&out));
     }
+    // What changes it is done, and said to be in the copy only (a --db that names it by
+    // mistake made a key that the oauthd serving the database answered 401): listings
+    // say nothing.
+    for (args, doing) in [
+        (
+            &["keys", "create", "--name", "on-the-copy"][..],
+            "a key made here",
+        ),
+        (&["keys", "revoke", "on-the-copy"], "a revocation made here"),
+        (&["rekey"], "what a rekey seals again"),
+        (&["keys", "list"], ""),
+    ] {
+        let out = elsewhere.cli(args);
+        assert!(out.status.success(), "{args:?}: {}", said(&out));
+        let note = format!("{of} at ");
+        assert_eq!(
+            said(&out).contains(&note)
+                && said(&out).contains(&format!(": {doing} is in this copy only, not in ")),
+            !doing.is_empty(),
+            "{args:?}: {}",
+            said(&out)
+        );
+    }
     // A backup of the backup names the database the first was made of.
     let again = Home::new();
     let out = elsewhere.cli(&["backup", again.db().to_str().unwrap()]);
     assert!(out.status.success(), "{}", said(&out));
-    std::fs::copy(home.key_file(), again.key_file()).unwrap();
+    std::fs::copy(elsewhere.key_file(), again.key_file()).unwrap();
     let (code, err) = again.refused_start();
     assert_eq!(code, Some(2), "{err}");
     assert!(
