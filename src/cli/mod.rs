@@ -265,6 +265,9 @@ pub(super) fn services(
         }
     }
     let vault = Arc::new(key_loading::load_vault(source.clone())?);
+    if let Some(path) = key_file_to_make {
+        open::give_key_file_to_database_owner(path, &settings.db);
+    }
     check_vault_opens_tokens(&vault, &source, store, &settings.store, &settings.db)?;
     let unopenable = match seals {
         Seals::Serving | Seals::Nothing => vault_peers::Unopenable::Warn,

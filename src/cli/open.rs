@@ -152,30 +152,44 @@ fn backup_refusal(
 /// as `restore --create` gives a copy: a file of root's, mode 600, the service could not
 /// open.
 fn give_to_directory_owner(db: &std::path::Path) {
-    use std::os::unix::fs::MetadataExt;
-    if std::fs::metadata("/proc/self").map(|m| m.uid()).ok() != Some(0) {
-        return;
-    }
-    let Ok(dir) = std::fs::metadata(crate::paths::dir_of(db)) else {
+    let Some(dir) = owner_other_than_root(crate::paths::dir_of(db)) else {
         return;
     };
-    if dir.uid() == 0 {
+    for suffix in ["", "-wal", "-shm"] {
+        give(&crate::paths::with_suffix(db, suffix), dir, "its directory");
+    }
+}
+
+/// The key file a command run as root made beside a database another user owns (the
+/// service's) is given to that user, as the database was: a file of root's, mode 600, the
+/// service could not read, and its start failed.
+pub(super) fn give_key_file_to_database_owner(key_file: &std::path::Path, db: &std::path::Path) {
+    if let Some(owner) = owner_other_than_root(db) {
+        give(key_file, owner, "its database");
+    }
+}
+
+/// The owner of `path` (uid, gid) when this process runs as root and it is another user.
+fn owner_other_than_root(path: &std::path::Path) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata("/proc/self").map(|m| m.uid()).ok() != Some(0) {
+        return None;
+    }
+    let meta = std::fs::metadata(path).ok()?;
+    (meta.uid() != 0).then(|| (meta.uid(), meta.gid()))
+}
+
+fn give(path: &std::path::Path, (uid, gid): (u32, u32), whose: &str) {
+    if path.symlink_metadata().is_err() {
         return;
     }
-    for suffix in ["", "-wal", "-shm"] {
-        let path = crate::paths::with_suffix(db, suffix);
-        if path.symlink_metadata().is_err() {
-            continue;
-        }
-        // Not through a link: the directory's owner could have put one in the file's
-        // place meanwhile (to have root give them /etc/shadow).
-        if let Err(e) = std::os::unix::fs::lchown(&path, Some(dir.uid()), Some(dir.gid())) {
-            log::warn!(
-                "could not give {} to the owner of its directory (uid {}): {e}; chown it to the user oauthd runs as",
-                path.display(),
-                dir.uid()
-            );
-        }
+    // Not through a link: the directory's owner could have put one in the file's place
+    // meanwhile (to have root give them /etc/shadow).
+    if let Err(e) = std::os::unix::fs::lchown(path, Some(uid), Some(gid)) {
+        log::warn!(
+            "could not give {} to the owner of {whose} (uid {uid}): {e}; chown it to the user oauthd runs as",
+            path.display(),
+        );
     }
 }
 

@@ -1889,7 +1889,7 @@ async fn the_version_names_the_commit_the_build_came_from() {
 /// `keys create --create` run as root in the directory made for the service's user made a
 /// database of root's, mode 600, which the service then could not open (`restore
 /// --create` gave its copy the directory's owner). It is now the directory owner's, and
-/// that user's commands open it.
+/// that user's commands open it; so is the key file a later command run as root makes.
 #[test]
 fn keys_create_as_root_gives_a_new_database_its_directorys_owner() {
     use std::os::unix::fs::MetadataExt;
@@ -1922,6 +1922,52 @@ fn keys_create_as_root_gives_a_new_database_its_directorys_owner() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("first"));
+    // The key file a command run as root makes beside it (the first token sealed) is
+    // that user's too: it was root's, mode 600, and the service's start failed on it.
+    let config = dir.path().join("oauthd.toml");
+    std::fs::write(
+        &config,
+        "[providers.music]\npreset = \"spotify\"\nclient_id = \"c\"\nclient_secret = \"s\"\n",
+    )
+    .unwrap();
+    let lines = dir.path().join("tokens.jsonl");
+    std::fs::write(
+        &lines,
+        "{\"provider\":\"music\",\"account\":\"me\",\"access_token\":\"t\"}\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["connections", "import", "--file"])
+        .arg(&lines)
+        .arg("--config")
+        .arg(&config)
+        .arg("--db")
+        .arg(&db)
+        .env_remove("OAUTHD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let key_file = home.join("oauthd.db.key");
+    let meta = std::fs::metadata(&key_file).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o777),
+        (65534, 65534, 0o600)
+    );
+    let out = Command::new(&bin)
+        .args(["connections", "list", "--db"])
+        .arg(&db)
+        .arg("--config")
+        .arg(&config)
+        .env_remove("OAUTHD_CONFIG")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("me"),
+        "{out:?}"
+    );
 }
 
 /// Small traps an operator met: an empty import file (an export that failed upstream)
