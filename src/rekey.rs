@@ -202,7 +202,7 @@ pub fn add_key(path: &Path) -> Result<String, RekeyError> {
 }
 
 /// Takes the key `id` out of the key file again (never the first, which seals).
-pub fn remove_key(path: &Path, id: &str) -> Result<(), RekeyError> {
+fn remove_key(path: &Path, id: &str) -> Result<(), RekeyError> {
     let lines = keyed_lines(&read(path)?)?;
     let kept: Vec<_> = lines
         .iter()
@@ -214,6 +214,27 @@ pub fn remove_key(path: &Path, id: &str) -> Result<(), RekeyError> {
         write_lines(path, &kept)?;
     }
     Ok(())
+}
+
+/// Takes the key `id` that `add_key` added out of the key file again: the file is put back
+/// as it was (`before`, its comments with it) when nothing else changed its keys since,
+/// else only that key is taken out.
+pub fn take_back(path: &Path, id: &str, before: &str) -> Result<(), RekeyError> {
+    let ids = |text: &str| -> Result<Vec<String>, RekeyError> {
+        Ok(keyed_lines(text)?.into_iter().map(|(key, _)| key).collect())
+    };
+    let mut added = ids(before)?;
+    added.push(id.to_owned());
+    if ids(&read(path)?)? == added {
+        write(path, before)
+    } else {
+        remove_key(path, id)
+    }
+}
+
+/// The key file's text, to put back with `take_back`.
+pub fn text_of(path: &Path) -> Result<Zeroizing<String>, RekeyError> {
+    read(path)
 }
 
 /// Moves the key `id` first in the key file, so that it seals from the next reload.

@@ -105,6 +105,8 @@ pub(super) fn rekey(settings: Settings, prune: bool, to: Option<String>) -> Resu
         &clock,
         super::vault_peers::Unopenable::Warn,
     )?;
+    // To put back as it was when a key added goes out again.
+    let before = crate::rekey::text_of(&path)?;
     let (new_key_id, added) = match to {
         Some(id) if keys.contains(&id) => (id, false),
         Some(id) => {
@@ -122,7 +124,7 @@ pub(super) fn rekey(settings: Settings, prune: bool, to: Option<String>) -> Resu
         super::vault_peers::taken_up(&new_key_id, &from, added, &store, &clock)
     {
         if added {
-            crate::rekey::remove_key(&path, &new_key_id)?;
+            crate::rekey::take_back(&path, &new_key_id, &before)?;
             if refused.1 == super::INTERRUPTED {
                 refused
                     .0

@@ -199,12 +199,12 @@ pub(super) fn taken_up(
     };
     let what = if added {
         format!(
-            "within {}s of its being added to {from}: it reads another key file (a copy of this one, on this host or another). Nothing changed: the new key was taken out of {from} again. Where instances read their own copies, add one new key (`oauthd keygen` prints a key and its id) as the last line of every copy (there it only opens), then run `oauthd rekey --to <id>` with each copy",
+            "within {}s of its being added to {from}: it reads another key file (a copy of this one, on this host or another), or its key from OAUTHD_KEY, which it cannot re-read. Nothing changed: the new key was taken out of {from} again. Where instances read their own copies, add one new key (`oauthd keygen` prints a key and its id) as the last line of every copy (there it only opens), then run `oauthd rekey --to <id>` with each copy; an oauthd given OAUTHD_KEY is rotated once it reads its key from a file (OAUTHD_KEY_FILE) instead",
             TAKE_UP.as_secs()
         )
     } else {
         format!(
-            "within {}s: it reads another key file, which lacks the key. Nothing changed. Add the key's line as the last line of that file (there it only opens), then run this again",
+            "within {}s: it reads another key file, which lacks the key, or its key from OAUTHD_KEY, which it cannot re-read. Nothing changed. Add the key's line as the last line of that file (there it only opens), then run this again",
             TAKE_UP.as_secs()
         )
     };
