@@ -61,6 +61,10 @@ impl VaultKey {
 
 /// Why the key file at `path` could not be read, with what to do when this user may not.
 fn read_failed(path: &Path, e: &std::io::Error) -> String {
+    // A database, an archive: no key file is anything but text.
+    if e.kind() == std::io::ErrorKind::InvalidData {
+        return "it is not text, so no key file (one holds a key per line, as `oauthd keygen` prints it): is this path the key file's?".to_owned();
+    }
     if e.kind() != std::io::ErrorKind::PermissionDenied {
         return e.to_string();
     }

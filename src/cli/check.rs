@@ -341,6 +341,9 @@ fn keys_by_line(path: &std::path::Path) -> String {
     let Ok(ids) = crate::vault::key_ids_by_line(&text) else {
         return String::new();
     };
+    if ids.is_empty() {
+        return String::new();
+    }
     let said: Vec<String> = ids
         .iter()
         .enumerate()

@@ -246,7 +246,11 @@ pub(super) async fn refusal_without_key_file(
     let serving_key = serving.first().and_then(|i| i.keys.first());
     let refusal = held_without_key_file(store, path, now_ms, serving_key.is_some()).await?;
     Ok(match (refusal, serving_key) {
-        (Some(why), Some(key)) => Some(format!("{why}{}", serving_note(&why, key, path))),
+        (Some(why), Some(key)) => {
+            // The note is sentences of its own: the refusal before it ends as one.
+            let end = if why.ends_with('.') { "" } else { "." };
+            Some(format!("{why}{end}{}", serving_note(&why, key, path)))
+        }
         (refusal, _) => refusal,
     })
 }

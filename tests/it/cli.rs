@@ -2006,3 +2006,55 @@ fn empty_imports_unknown_providers_and_a_missing_config_are_said_so() {
         "{out:?}"
     );
 }
+
+/// Slips with paths an operator made: `backup --db` naming the database's directory was
+/// said to be "no such file"; `check` with an empty key file printed `key(s) ` with
+/// nothing after it on its ok line; the database given as the key file was "stream did
+/// not contain valid UTF-8".
+#[test]
+fn a_directory_an_empty_key_file_and_a_database_as_the_key_file_are_said_so() {
+    let home = Home::new();
+    home.create_key("app", &[]);
+    let out = Command::new(BIN)
+        .args(["backup", "--db"])
+        .arg(home.dir.path())
+        .arg(home.dir.path().join("copy.db"))
+        .env_remove("OAUTHD_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        text(&out.stderr).contains(&format!(
+            "{}: is a directory: name the database file in it",
+            home.dir.path().display()
+        )),
+        "{out:?}"
+    );
+    let empty = home.dir.path().join("empty.key");
+    std::fs::write(&empty, "").unwrap();
+    std::fs::set_permissions(&empty, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = home
+        .cli_command(&["check"])
+        .env("OAUTHD_KEY_FILE", &empty)
+        .output()
+        .unwrap();
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.lines().any(|l| l.starts_with("ok ")
+            && l.ends_with(&format!("key file: {} (mode 600)", empty.display()))),
+        "{report}"
+    );
+    assert!(report.contains("it holds no key (it is empty"), "{report}");
+    let out = home
+        .cli_command(&["check"])
+        .env("OAUTHD_KEY_FILE", home.db())
+        .output()
+        .unwrap();
+    let report = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("it is not text, so no key file") && !report.contains("UTF-8"),
+        "{report}"
+    );
+}

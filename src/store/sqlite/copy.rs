@@ -653,12 +653,22 @@ fn open_read_only(path: &Path) -> Result<Connection, CopyError> {
     open_file(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
 }
 
+/// Why `path` is no file to copy: a directory (a --db or copy named by its directory), or
+/// nothing there.
+fn not_a_file(path: &Path) -> CopyError {
+    if path.is_dir() {
+        CopyError::refused(path, "is a directory: name the database file in it")
+    } else {
+        CopyError::Missing {
+            path: path.to_owned(),
+        }
+    }
+}
+
 /// The database file at `path` (`Missing` when there is none), opened with `flags`.
 fn open_file(path: &Path, flags: OpenFlags) -> Result<Connection, CopyError> {
     if !path.is_file() {
-        return Err(CopyError::Missing {
-            path: path.to_owned(),
-        });
+        return Err(not_a_file(path));
     }
     Connection::open_with_flags(path, flags).map_err(|e| CopyError::Open(OpenError::open(path, &e)))
 }
@@ -679,9 +689,7 @@ fn open_source(path: &Path) -> Result<Connection, CopyError> {
 /// takes them for a database in use. With a journal beside it, the journal is read as ever.
 fn open_copy(path: &Path) -> Result<Connection, CopyError> {
     if !path.is_file() {
-        return Err(CopyError::Missing {
-            path: path.to_owned(),
-        });
+        return Err(not_a_file(path));
     }
     if ["-wal", "-journal"]
         .iter()
