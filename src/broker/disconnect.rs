@@ -38,6 +38,9 @@ pub enum Disconnected {
     RevocationFailed,
     /// The provider is no longer configured: deleted locally, nothing revoked.
     ProviderMissing,
+    /// Its tokens could not be opened (sealed with a vault key not loaded), and `force`
+    /// deleted it: nothing revoked.
+    Unopened,
 }
 
 impl Disconnected {
@@ -48,6 +51,7 @@ impl Disconnected {
             Disconnected::NotOffered => format!("provider {provider} offers no revocation: its grant stays valid there until it expires or is removed in the account's settings at {provider}"),
             Disconnected::RevocationFailed => "revocation at the provider failed; its grant may still be valid there".into(),
             Disconnected::ProviderMissing => format!("provider {provider} is no longer configured: nothing was revoked there, only oauthd's copy was deleted"),
+            Disconnected::Unopened => format!("its tokens could not be opened (sealed with a vault key not loaded): nothing was revoked, and its grant stays valid at {provider} until revoked there"),
         }
     }
 
@@ -57,7 +61,7 @@ impl Disconnected {
             // `revoked` is documented as "revoked where the provider offers revocation":
             // a new value would change what apps already get for such providers.
             Disconnected::Revoked | Disconnected::NotOffered => "revoked",
-            Disconnected::RevocationFailed => "failed",
+            Disconnected::RevocationFailed | Disconnected::Unopened => "failed",
             Disconnected::ProviderMissing => "provider_missing",
         }
     }
@@ -66,7 +70,7 @@ impl Disconnected {
     /// from `Revoked`): a pass that failed is not hidden by a later one that succeeded.
     fn and(self, later: Disconnected) -> Disconnected {
         match (self, later) {
-            (Disconnected::RevocationFailed, _) => self,
+            (Disconnected::RevocationFailed | Disconnected::Unopened, _) => self,
             _ => later,
         }
     }
@@ -204,17 +208,26 @@ impl Broker {
         };
         let (p, a) = (&row.provider, &row.account);
         // Refresh token first (revokes the grant at most providers), then the access token.
-        let mut tokens = Vec::new();
-        if let Some(sealed) = &row.refresh_token {
-            let token = self
-                .vault
-                .open_str(&token_aad(p, a, "refresh_token"), sealed)?;
-            tokens.push((token, "refresh_token"));
-        }
-        let token = self
-            .vault
-            .open_str(&token_aad(p, a, "access_token"), &row.access_token)?;
-        tokens.push((token, "access_token"));
+        let open = |field: &'static str, sealed: &[u8]| {
+            self.vault
+                .open_str(&token_aad(p, a, field), sealed)
+                .map(|token| (token, field))
+        };
+        let opened: Result<Vec<_>, _> = row
+            .refresh_token
+            .iter()
+            .map(|sealed| open("refresh_token", sealed))
+            .chain(std::iter::once(open("access_token", &row.access_token)))
+            .collect();
+        let mut tokens = match opened {
+            Ok(tokens) => tokens,
+            // A key lost for good: the way out is to delete what it sealed.
+            Err(e) if force => {
+                log::warn!("disconnect {p}/{a}: its tokens could not be opened ({e}): nothing revoked; deleting anyway (force)");
+                return Ok(Disconnected::Unopened);
+            }
+            Err(e) => return Err(e.into()),
+        };
         tokens.retain(|(token, _)| !revoked.contains(token));
         match self.revoke_tokens(provider, tokens, revoked).await {
             // Known by now (revoking needed the endpoints): whether there was anywhere to

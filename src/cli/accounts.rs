@@ -144,6 +144,7 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
         ConnectionsCommand::Refresh { .. } | ConnectionsCommand::Import { .. } => {
             super::Seals::Tokens
         }
+        ConnectionsCommand::Delete { force: true, .. } => super::Seals::NothingOpened,
         _ => super::Seals::Nothing,
     };
     let (_, broker) = services(

@@ -148,10 +148,12 @@ pub(super) fn check_vault_opens_tokens(
     db: &std::path::Path,
 ) -> Result<(), Fatal> {
     let known = vault.key_ids();
-    let missing = keys_missing_for_tokens(&known, store)?;
+    let rows = runtime()?.block_on(store.list_connections())?;
+    let missing = missing_key_ids(&rows, &known);
     if missing.is_empty() {
         return Ok(());
     }
+    let lost = lost_for_good(&rows, &missing);
     let from = source.describe();
     // The key file written over under a running oauthd, which wrote out what it held.
     let mut rescued = match source {
@@ -200,7 +202,7 @@ pub(super) fn check_vault_opens_tokens(
     };
     Err(Fatal(
         format!(
-            "{} holds tokens sealed with vault key(s) {} but the vault key loaded from {from} has {}: restore the key that was used ({kept}).{rescued}",
+            "{} holds tokens sealed with vault key(s) {} but the vault key loaded from {from} has {}: restore the key that was used ({kept}).{rescued}{lost}",
             store.describe(),
             missing.join(", "),
             known.join(", ")
@@ -209,11 +211,31 @@ pub(super) fn check_vault_opens_tokens(
     ))
 }
 
-/// The ids of the keys stored tokens were sealed with that are not in `known`, sorted,
-/// each once.
-fn keys_missing_for_tokens(known: &[String], store: &Arc<dyn Store>) -> Result<Vec<String>, Fatal> {
-    let rows = runtime()?.block_on(store.list_connections())?;
-    Ok(missing_key_ids(&rows, known))
+/// The way out when the keys `missing` are lost for good: the connections whose tokens
+/// they sealed are deleted here (`--force` opens no token), their grants revoked at the
+/// providers by hand, and the accounts connected again.
+fn lost_for_good(rows: &[crate::store::ConnectionRow], missing: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let names: Vec<String> = rows
+        .iter()
+        .filter(|r| vault::sealed_key_id(&r.access_token).is_some_and(|id| missing.contains(&id)))
+        .map(|r| format!("{}/{}", r.provider, r.account))
+        .collect();
+    let mut shown = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        shown.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    format!(
+        " If {} lost for good, so are the tokens {} sealed, of {} connection(s): {shown}. `oauthd connections delete PROVIDER ACCOUNT --force --yes` deletes oauthd's copy of each, revoking nothing (their grants stay valid at the providers until revoked there), and the accounts are connected again",
+        if missing.len() == 1 { "that key is" } else { "those keys are" },
+        if missing.len() == 1 { "it" } else { "they" },
+        names.len()
+    )
 }
 
 /// The ids of the keys `rows`' tokens were sealed with that are not in `known`, sorted,

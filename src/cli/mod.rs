@@ -231,6 +231,9 @@ pub(super) enum Seals {
     Serving,
     Tokens,
     Nothing,
+    /// Seals nothing and needs no token opened: `connections delete --force`, the way out
+    /// of tokens sealed with a key lost for good, which would refuse it otherwise.
+    NothingOpened,
 }
 
 /// The state service and the broker over this store, both reading `clock`, with the
@@ -268,9 +271,11 @@ pub(super) fn services(
     if let Some(path) = key_file_to_make {
         open::give_key_file_to_database_owner(path, &settings.db);
     }
-    check_vault_opens_tokens(&vault, &source, store, &settings.store, &settings.db)?;
+    if seals != Seals::NothingOpened {
+        check_vault_opens_tokens(&vault, &source, store, &settings.store, &settings.db)?;
+    }
     let unopenable = match seals {
-        Seals::Serving | Seals::Nothing => vault_peers::Unopenable::Warn,
+        Seals::Serving | Seals::Nothing | Seals::NothingOpened => vault_peers::Unopenable::Warn,
         Seals::Tokens => vault_peers::Unopenable::Refuse(
             matches!(settings.store, crate::store::target::StoreTarget::Sqlite)
                 .then(|| crate::paths::with_suffix(&settings.db, ".key")),

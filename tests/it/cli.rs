@@ -2058,3 +2058,44 @@ fn a_directory_an_empty_key_file_and_a_database_as_the_key_file_are_said_so() {
         "{report}"
     );
 }
+
+/// A vault key lost for good, with tokens stored: every command and the start were refused
+/// with "restore the key that was used", and a forced delete too, so that only editing the
+/// database by hand got the daemon going. The refusal now names the connections whose
+/// tokens the key sealed and the way out, `connections delete … --force`, which deletes
+/// oauthd's copy without opening the tokens; then the start goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_of_a_key_lost_for_good_are_deleted_by_a_forced_delete() {
+    let home = Home::new();
+    home.write_config(GH);
+    home.create_key("app", &[]);
+    let lines = home.dir.path().join("tokens.jsonl");
+    std::fs::write(
+        &lines,
+        "{\"provider\":\"gh\",\"account\":\"me\",\"access_token\":\"t\",\"refresh_token\":\"r\"}\n",
+    )
+    .unwrap();
+    let out = home.cli(&["connections", "import", "--file", lines.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    // The key file lost; a new one made in its place.
+    let made = Command::new(BIN).arg("keygen").output().unwrap();
+    std::fs::write(home.key_file(), &made.stdout).unwrap();
+    let (code, err) = home.refused_start();
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(
+            "If that key is lost for good, so are the tokens it sealed, of 1 connection(s): gh/me."
+        ) && err.contains("`oauthd connections delete PROVIDER ACCOUNT --force --yes`"),
+        "{err}"
+    );
+    let out = home.cli(&["connections", "delete", "gh", "me"]);
+    assert_eq!(out.status.code(), Some(2), "unforced: {out:?}");
+    let out = home.cli(&["connections", "delete", "gh", "me", "--force", "--yes"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("Deleted connection gh/me: its tokens could not be opened"),
+        "{out:?}"
+    );
+    let d = home.start();
+    d.signal_and_wait("TERM");
+}
