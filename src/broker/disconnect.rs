@@ -100,6 +100,34 @@ impl Broker {
         account: &str,
         force: bool,
     ) -> Result<Disconnected, BrokerError> {
+        self.disconnect_as(provider_name, account, force, false)
+            .await
+    }
+
+    /// Whether the connection's tokens open with the vault key loaded.
+    pub async fn tokens_open(&self, provider: &str, account: &str) -> Result<bool, BrokerError> {
+        let row = self.row(&ConnectionKey::new(provider, account)).await?;
+        Ok(self.open_tokens(&row).is_ok())
+    }
+
+    /// Deletes a connection whose tokens the vault key cannot open (sealed with a key lost
+    /// for good): nothing can be revoked, only oauthd's copy goes (`Unopened`). Tokens that
+    /// open (a key loaded meanwhile) are revoked as a forced `disconnect` does.
+    pub async fn forget_unopened(
+        self: &Arc<Self>,
+        provider: &str,
+        account: &str,
+    ) -> Result<Disconnected, BrokerError> {
+        self.disconnect_as(provider, account, true, true).await
+    }
+
+    async fn disconnect_as(
+        self: &Arc<Self>,
+        provider_name: &str,
+        account: &str,
+        force: bool,
+        lost_key: bool,
+    ) -> Result<Disconnected, BrokerError> {
         let key = ConnectionKey::new(provider_name, account);
         // A refresh of this connection on its way in this process ends first, so that what
         // is revoked is what the provider issued last. The turn is held through the waits
@@ -142,7 +170,7 @@ impl Broker {
                 // Forced: deleted under the lease; that refresh revokes what it gets.
             }
             let pass = self
-                .revoke_for_disconnect(&row, force, &mut revoked)
+                .revoke_for_disconnect(&row, force, lost_key, &mut revoked)
                 .await?;
             outcome = outcome.and(pass);
             let events = vec![self.deleted_event(&key, outcome.revocation())];
@@ -195,38 +223,50 @@ impl Broker {
         }
     }
 
-    /// Revokes `row`'s tokens that are not in `revoked` yet; with `force` a failure is
-    /// logged and the disconnect goes on.
-    async fn revoke_for_disconnect(
+    /// `row`'s tokens opened, the refresh token first (revoking it ends the grant at most
+    /// providers), then the access token.
+    fn open_tokens(
         &self,
         row: &ConnectionRow,
-        force: bool,
-        revoked: &mut Revoked,
-    ) -> Result<Disconnected, BrokerError> {
-        let Some(provider) = self.providers.get(&row.provider) else {
-            return Ok(Disconnected::ProviderMissing);
-        };
+    ) -> Result<Vec<(zeroize::Zeroizing<String>, &'static str)>, crate::vault::VaultError> {
         let (p, a) = (&row.provider, &row.account);
-        // Refresh token first (revokes the grant at most providers), then the access token.
         let open = |field: &'static str, sealed: &[u8]| {
             self.vault
                 .open_str(&token_aad(p, a, field), sealed)
                 .map(|token| (token, field))
         };
-        let opened: Result<Vec<_>, _> = row
-            .refresh_token
+        row.refresh_token
             .iter()
             .map(|sealed| open("refresh_token", sealed))
             .chain(std::iter::once(open("access_token", &row.access_token)))
-            .collect();
-        let mut tokens = match opened {
+            .collect()
+    }
+
+    /// Revokes `row`'s tokens that are not in `revoked` yet; with `force` a failure is
+    /// logged and the disconnect goes on. With `lost_key`, tokens that do not open are
+    /// not revoked, and the disconnect goes on (`Unopened`).
+    async fn revoke_for_disconnect(
+        &self,
+        row: &ConnectionRow,
+        force: bool,
+        lost_key: bool,
+        revoked: &mut Revoked,
+    ) -> Result<Disconnected, BrokerError> {
+        let (p, a) = (&row.provider, &row.account);
+        let provider = self.providers.get(&row.provider);
+        if provider.is_none() && !lost_key {
+            return Ok(Disconnected::ProviderMissing);
+        }
+        let mut tokens = match self.open_tokens(row) {
             Ok(tokens) => tokens,
-            // A key lost for good: the way out is to delete what it sealed.
-            Err(e) if force => {
-                log::warn!("disconnect {p}/{a}: its tokens could not be opened ({e}): nothing revoked; deleting anyway (force)");
+            Err(e) if lost_key => {
+                log::warn!("disconnect {p}/{a}: its tokens could not be opened ({e}): nothing revoked; deleted as asked (--lost-key)");
                 return Ok(Disconnected::Unopened);
             }
             Err(e) => return Err(e.into()),
+        };
+        let Some(provider) = provider else {
+            return Ok(Disconnected::ProviderMissing);
         };
         tokens.retain(|(token, _)| !revoked.contains(token));
         match self.revoke_tokens(provider, tokens, revoked).await {

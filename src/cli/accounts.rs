@@ -144,7 +144,7 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
         ConnectionsCommand::Refresh { .. } | ConnectionsCommand::Import { .. } => {
             super::Seals::Tokens
         }
-        ConnectionsCommand::Delete { force: true, .. } => super::Seals::NothingOpened,
+        ConnectionsCommand::Delete { lost_key: true, .. } => super::Seals::NothingOpened,
         _ => super::Seals::Nothing,
     };
     let (_, broker) = services(
@@ -263,8 +263,28 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
             ConnectionsCommand::Delete {
                 provider,
                 account,
+                lost_key: true,
+                ..
+            } => {
+                if broker.tokens_open(&provider, &account).await? {
+                    return Err(Fatal(
+                        format!("nothing was deleted: the tokens of {provider}/{account} open with the vault key loaded, so its key is not lost: `oauthd connections delete {provider} {account}` (without --lost-key) revokes them at {provider} and deletes it"),
+                        2,
+                    ));
+                }
+                let outcome = broker.forget_unopened(&provider, &account).await?;
+                say!(
+                    "Deleted connection {provider}/{account}: {}.",
+                    outcome.describe(&provider)
+                );
+                Ok(())
+            }
+            ConnectionsCommand::Delete {
+                provider,
+                account,
                 force,
                 yes,
+                ..
             } => {
                 if !force && broker.connection(&provider, &account).await.is_ok() {
                     if let Some(why) =

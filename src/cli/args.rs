@@ -285,6 +285,11 @@ pub(crate) enum ConnectionsCommand {
         /// and no config file was given
         #[arg(long)]
         force: bool,
+        /// Delete a connection whose tokens the vault key cannot open, sealed with a key
+        /// lost for good: only oauthd's copy, nothing revoked (revoke the grant at the
+        /// provider). Refused when its tokens open with the key loaded
+        #[arg(long)]
+        lost_key: bool,
         /// Do not ask before revoking a grant other connections share (in a terminal it
         /// asks; otherwise it says so and deletes nothing without --yes, exit 1)
         #[arg(long, short = 'y')]

@@ -153,7 +153,14 @@ pub(super) fn check_vault_opens_tokens(
     if missing.is_empty() {
         return Ok(());
     }
-    let lost = lost_for_good(&rows, &missing);
+    // Named only where no copy of the key was found: a key that is there is no key lost.
+    let lost_later = |rescued: &str| {
+        if rescued.is_empty() {
+            lost_for_good(&rows, &missing)
+        } else {
+            String::new()
+        }
+    };
     let from = source.describe();
     // The key file written over under a running oauthd, which wrote out what it held.
     let mut rescued = match source {
@@ -202,17 +209,18 @@ pub(super) fn check_vault_opens_tokens(
     };
     Err(Fatal(
         format!(
-            "{} holds tokens sealed with vault key(s) {} but the vault key loaded from {from} has {}: restore the key that was used ({kept}).{rescued}{lost}",
+            "{} holds tokens sealed with vault key(s) {} but the vault key loaded from {from} has {}: restore the key that was used ({kept}).{rescued}{}",
             store.describe(),
             missing.join(", "),
-            known.join(", ")
+            known.join(", "),
+            lost_later(&rescued)
         ),
         2,
     ))
 }
 
 /// The way out when the keys `missing` are lost for good: the connections whose tokens
-/// they sealed are deleted here (`--force` opens no token), their grants revoked at the
+/// they sealed are deleted here (`--lost-key` opens no token), their grants revoked at the
 /// providers by hand, and the accounts connected again.
 fn lost_for_good(rows: &[crate::store::ConnectionRow], missing: &[String]) -> String {
     const SHOWN: usize = 10;
@@ -231,7 +239,7 @@ fn lost_for_good(rows: &[crate::store::ConnectionRow], missing: &[String]) -> St
         shown.push_str(&format!(" and {} more", names.len() - SHOWN));
     }
     format!(
-        " If {} lost for good, so are the tokens {} sealed, of {} connection(s): {shown}. `oauthd connections delete PROVIDER ACCOUNT --force --yes` deletes oauthd's copy of each, revoking nothing (their grants stay valid at the providers until revoked there), and the accounts are connected again",
+        " If {} lost for good, so are the tokens {} sealed, of {} connection(s): {shown}. `oauthd connections delete PROVIDER ACCOUNT --lost-key` deletes oauthd's copy of each, revoking nothing (their grants stay valid at the providers until revoked there), and the accounts are connected again",
         if missing.len() == 1 { "that key is" } else { "those keys are" },
         if missing.len() == 1 { "it" } else { "they" },
         names.len()

@@ -128,6 +128,33 @@ pub(super) fn note_a_backup(settings: &Settings, doing: &str) {
     }
 }
 
+/// Refuses `rekey` on a copy `oauthd backup` made: it would rotate the key file `key_file`,
+/// which the oauthd serving the database the copy was made of may read too, and a prune
+/// after it takes out keys that database still needs. A copy is rekeyed once restored.
+pub(super) fn refuse_rekey_of_a_backup(
+    settings: &Settings,
+    key_file: &std::path::Path,
+) -> Result<(), Fatal> {
+    if !matches!(settings.store, StoreTarget::Sqlite) {
+        return Ok(());
+    }
+    let db = std::path::absolute(&settings.db).unwrap_or(settings.db.clone());
+    match crate::store::sqlite::backup_mark(&db) {
+        Ok(Some(mark)) => Err(Fatal(
+            format!(
+                "{} is a copy `oauthd backup` made of {} at {}: a rekey on it would rotate the key file {}, which an oauthd serving {} may read too (a prune after it takes out keys that database still needs). Nothing changed. Rekey the database oauthd serves, or restore the copy first (`oauthd restore`)",
+                db.display(),
+                mark.of,
+                crate::clock::rfc3339(mark.made_at_ms),
+                key_file.display(),
+                mark.of
+            ),
+            2,
+        )),
+        Ok(None) | Err(_) => Ok(()),
+    }
+}
+
 fn backup_refusal(
     db: &std::path::Path,
     mark: &crate::store::sqlite::BackupMark,
@@ -160,12 +187,18 @@ fn give_to_directory_owner(db: &std::path::Path) {
     }
 }
 
-/// The key file a command run as root made beside a database another user owns (the
-/// service's) is given to that user, as the database was: a file of root's, mode 600, the
-/// service could not read, and its start failed.
+/// The key file a command run as root made beside a database of the user who owns its
+/// directory (the service's) is given to that user, as `keys create --create` gives the
+/// database: a file of root's, mode 600, the service could not read, and its start failed.
+/// Only where that user owns the directory too: in a shared one (`/tmp`) anyone may own a
+/// file named as the database, and would get the key.
 pub(super) fn give_key_file_to_database_owner(key_file: &std::path::Path, db: &std::path::Path) {
-    if let Some(owner) = owner_other_than_root(db) {
-        give(key_file, owner, "its database");
+    use std::os::unix::fs::MetadataExt;
+    let Some(dir) = owner_other_than_root(crate::paths::dir_of(db)) else {
+        return;
+    };
+    if std::fs::symlink_metadata(db).is_ok_and(|m| m.uid() == dir.0) {
+        give(key_file, dir, "its directory");
     }
 }
 

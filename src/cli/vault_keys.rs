@@ -16,7 +16,7 @@ pub(super) fn rekey(settings: Settings, prune: bool, to: Option<String>) -> Resu
     };
     // The database first: a mistyped --db is named as such, not as a missing key file.
     let store = open_store(&settings, super::Missing::Refuse)?;
-    super::open::note_a_backup(&settings, "what a rekey seals again");
+    super::open::refuse_rekey_of_a_backup(&settings, &path)?;
     if !path.exists() {
         return Err(Fatal(
             format!(

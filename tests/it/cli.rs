@@ -1968,6 +1968,37 @@ fn keys_create_as_root_gives_a_new_database_its_directorys_owner() {
         String::from_utf8_lossy(&out.stdout).contains("me"),
         "{out:?}"
     );
+    // In a shared directory (root's, mode 1777) a database file another user made there
+    // does not get them the key file.
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(
+        &shared,
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
+    let planted = shared.join("x.db");
+    std::fs::write(&planted, "").unwrap();
+    std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
+    for args in [
+        &["keys", "create", "--create", "--name", "a"][..],
+        &["connections", "list"],
+    ] {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--db")
+            .arg(&planted)
+            .env_remove("OAUTHD_CONFIG")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    let meta = std::fs::metadata(shared.join("x.db.key")).unwrap();
+    assert_eq!(
+        meta.uid(),
+        0,
+        "the key file was given to the database file's owner"
+    );
 }
 
 /// Small traps an operator met: an empty import file (an export that failed upstream)
@@ -2062,8 +2093,10 @@ fn a_directory_an_empty_key_file_and_a_database_as_the_key_file_are_said_so() {
 /// A vault key lost for good, with tokens stored: every command and the start were refused
 /// with "restore the key that was used", and a forced delete too, so that only editing the
 /// database by hand got the daemon going. The refusal now names the connections whose
-/// tokens the key sealed and the way out, `connections delete … --force`, which deletes
-/// oauthd's copy without opening the tokens; then the start goes on.
+/// tokens the key sealed and the way out, `connections delete … --lost-key`, which deletes
+/// oauthd's copy without opening the tokens; then the start goes on. `--force` is not it
+/// (it deleted whatever the key, without revoking, under the first version of this), nor
+/// does `--lost-key` delete a connection whose tokens open.
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_of_a_key_lost_for_good_are_deleted_by_a_forced_delete() {
     let home = Home::new();
@@ -2078,6 +2111,7 @@ async fn tokens_of_a_key_lost_for_good_are_deleted_by_a_forced_delete() {
     let out = home.cli(&["connections", "import", "--file", lines.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
     // The key file lost; a new one made in its place.
+    let kept = std::fs::read(home.key_file()).unwrap();
     let made = Command::new(BIN).arg("keygen").output().unwrap();
     std::fs::write(home.key_file(), &made.stdout).unwrap();
     let (code, err) = home.refused_start();
@@ -2085,12 +2119,24 @@ async fn tokens_of_a_key_lost_for_good_are_deleted_by_a_forced_delete() {
     assert!(
         err.contains(
             "If that key is lost for good, so are the tokens it sealed, of 1 connection(s): gh/me."
-        ) && err.contains("`oauthd connections delete PROVIDER ACCOUNT --force --yes`"),
+        ) && err.contains("`oauthd connections delete PROVIDER ACCOUNT --lost-key`"),
         "{err}"
     );
-    let out = home.cli(&["connections", "delete", "gh", "me"]);
-    assert_eq!(out.status.code(), Some(2), "unforced: {out:?}");
-    let out = home.cli(&["connections", "delete", "gh", "me", "--force", "--yes"]);
+    for forced in [&[][..], &["--force", "--yes"]] {
+        let out = home.cli(&[&["connections", "delete", "gh", "me"][..], forced].concat());
+        assert_eq!(out.status.code(), Some(2), "{forced:?}: {out:?}");
+    }
+    // A key that is there is not lost: --lost-key deletes nothing with it.
+    let lost = std::fs::read(home.key_file()).unwrap();
+    std::fs::write(home.key_file(), &kept).unwrap();
+    let out = home.cli(&["connections", "delete", "gh", "me", "--lost-key"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("open with the vault key loaded"),
+        "{out:?}"
+    );
+    std::fs::write(home.key_file(), &lost).unwrap();
+    let out = home.cli(&["connections", "delete", "gh", "me", "--lost-key"]);
     assert!(out.status.success(), "{out:?}");
     assert!(
         text(&out.stderr).contains("Deleted connection gh/me: its tokens could not be opened"),

@@ -718,8 +718,13 @@ fn refuse_served(source: &Connection, backup: &Path) -> Result<(), CopyError> {
     let what = if here.is_some_and(|h| h.is_at(&original.path)) {
         format!("{} is served now{}", backup.display(), original.by)
     } else {
+        let how = if with_suffix(backup, "-wal").exists() {
+            "with its -wal file while that was served (cp -a, rsync, a file-level backup tool)"
+        } else {
+            "while that was served"
+        };
         format!(
-            "{} is a copy of {}, taken with its -wal file while that was served (cp -a, rsync, a file-level backup tool), and it is served now{}",
+            "{} is a copy of {}, taken {how}, and it is served now{}",
             backup.display(),
             original.path,
             original.by
