@@ -203,14 +203,30 @@ fn open_for_check(r: &mut Report, settings: &Settings) -> Option<Arc<dyn Store>>
             None
         }
         (crate::store::target::StoreTarget::Sqlite, _) if !settings.db.exists() => {
-            r.line(
-                "skip",
-                "store",
-                format!(
-                    "no database at {} yet: `oauthd serve` makes one on its first start (if one should be there, check --db, OAUTHD_DB or `db` in the config file)",
-                    settings.db.display()
-                ),
-            );
+            // A --db mistyped: oauthd's database beside where it points.
+            let beside = crate::store::sqlite::databases_beside(&settings.db, 3);
+            if beside.is_empty() {
+                r.line(
+                    "skip",
+                    "store",
+                    format!(
+                        "no database at {} yet: `oauthd serve` makes one on its first start (if one should be there, check --db, OAUTHD_DB or `db` in the config file)",
+                        settings.db.display()
+                    ),
+                );
+            } else {
+                let named: Vec<String> = beside.iter().map(|p| p.display().to_string()).collect();
+                r.line(
+                    "warn",
+                    "store",
+                    format!(
+                        "no database at {}, but {} beside it {} oauthd's: is --db (or OAUTHD_DB, or `db` in the config file) mistyped? `oauthd serve` would make a new, empty database there, without the keys and connections",
+                        settings.db.display(),
+                        named.join(", "),
+                        if beside.len() == 1 { "is" } else { "are" }
+                    ),
+                );
+            }
             None
         }
         // Nor does it make the schema in an empty file.

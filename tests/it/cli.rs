@@ -2145,3 +2145,37 @@ async fn tokens_of_a_key_lost_for_good_are_deleted_by_a_forced_delete() {
     let d = home.start();
     d.signal_and_wait("TERM");
 }
+
+/// `check --db` with the database's name mistyped said "skip: no database yet" and exited
+/// 0, as on a first install: it now warns, naming oauthd's database beside that path.
+#[test]
+fn check_names_the_database_beside_a_mistyped_db() {
+    let home = Home::new();
+    home.create_key("app", &[]);
+    std::fs::write(home.dir.path().join("notes.db"), "not a database").unwrap();
+    let typo = home.dir.path().join("oauhtd.db");
+    let out = Command::new(BIN)
+        .args(["check", "--db"])
+        .arg(&typo)
+        .env_remove("OAUTHD_CONFIG")
+        .output()
+        .unwrap();
+    let report = text(&out.stdout);
+    assert!(
+        report.lines().any(|l| l.starts_with("warn  store: ")
+            && l.contains(&format!(
+                "no database at {}, but {} beside it is oauthd's",
+                typo.display(),
+                home.db().display()
+            ))),
+        "{report}"
+    );
+    assert!(!typo.exists());
+    // Where none is beside it (a first install), it is a first start's to make.
+    let first = Home::new();
+    let out = first.cli(&["check"]);
+    assert!(
+        text(&out.stdout).contains("skip  store: no database at "),
+        "{out:?}"
+    );
+}

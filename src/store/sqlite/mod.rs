@@ -40,8 +40,8 @@ pub(super) use file_reads::open_unchanged;
 pub use file_reads::{backup_mark, copied_to_mark, state_data_heads, token_key_ids, BackupMark};
 use open_error::check_parent;
 pub use open_error::OpenError;
-pub use schema::schema_versions;
 use schema::{check_schema_read_only, migrate, oauthds_version, MIGRATIONS};
+pub use schema::{databases_beside, schema_versions};
 
 /// How often, and how far apart, a stop tries to merge the -wal into the database file.
 const STOP_MERGE_TRIES: u32 = 20;

@@ -36,6 +36,32 @@ pub fn schema_versions(path: &Path) -> Result<(i64, i64), OpenError> {
     Ok((found.number, MIGRATIONS.len() as i64))
 }
 
+/// oauthd's databases in the directory of `path`, where there is no file (a --db
+/// mistyped, or one relative to another directory): at most `most`, by name. Read without
+/// changing anything; files that do not start as SQLite's do are not opened.
+pub fn databases_beside(path: &Path, most: usize) -> Vec<std::path::PathBuf> {
+    const LOOKED_AT: usize = 200;
+    let Ok(entries) = std::fs::read_dir(crate::paths::dir_of(path)) else {
+        return Vec::new();
+    };
+    let sqlite = |p: &Path| {
+        let mut header = [0u8; 16];
+        std::fs::File::open(p)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
+            .is_ok_and(|()| &header == b"SQLite format 3\0")
+    };
+    let mut found: Vec<std::path::PathBuf> = entries
+        .flatten()
+        .take(LOOKED_AT)
+        .map(|e| e.path())
+        .filter(|p| p.symlink_metadata().is_ok_and(|m| m.is_file()) && sqlite(p))
+        .filter(|p| schema_versions(p).is_ok_and(|(found, _)| found > 0))
+        .collect();
+    found.sort();
+    found.truncate(most);
+    found
+}
+
 /// oauthd's schema version of a database, and whether the file says so (`user_version`).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Version {
