@@ -72,11 +72,29 @@ fn open_named_store(settings: &Settings, missing: Missing) -> Result<Arc<dyn Sto
                     crate::store::sqlite::Upgrade::Refused
                 }
             };
+            // A --db mistyped: oauthd's database beside where it points, looked for before
+            // the new one is made.
+            let beside = if exists {
+                Vec::new()
+            } else {
+                crate::store::sqlite::databases_beside(&settings.db, 3)
+            };
             let store = SqliteStore::open_with(&settings.db, settings.durability, upgrade)
                 .map_err(|e| Fatal(e.to_string(), if e.is_configuration() { 2 } else { 1 }))?;
             if !exists && missing != Missing::CopyInto {
+                let mistyped = match beside.as_slice() {
+                    [] => String::new(),
+                    found => format!(
+                        "; oauthd's database {} lies beside it: is --db mistyped?",
+                        found
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                };
                 log::warn!(
-                    "created a new, empty database at {}: right on a first start; if oauthd ran before, it was given another database path (--db and OAUTHD_DB are taken from the working directory, `db` in a config file from that file's directory), so its keys, connections and states are not here",
+                    "created a new, empty database at {}: right on a first start; if oauthd ran before, it was given another database path (--db and OAUTHD_DB are taken from the working directory, `db` in a config file from that file's directory), so its keys, connections and states are not here{mistyped}",
                     std::path::absolute(&settings.db)
                         .unwrap_or(settings.db.clone())
                         .display()

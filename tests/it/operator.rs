@@ -1086,6 +1086,38 @@ async fn a_key_refused_by_a_database_without_keys_points_at_the_database() {
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["detail"], "the API key is unknown or revoked");
     assert_eq!(d.get("/v1/connections", &key).await.0, 200);
+    d.signal_and_wait("TERM");
+    // Mistyped beside it: the warning names the database that is there.
+    let typo = home.dir.path().join("oauhtd.db");
+    let mut serving = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(&typo)
+        .env("RUST_LOG", "warn")
+        .env_remove("OAUTHD_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = serving.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("created a new, empty database") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let warned = rx.recv_timeout(Duration::from_secs(20));
+    common::signal(serving.id(), "KILL");
+    let _ = serving.wait();
+    let warned = warned.expect("no warning of the new database");
+    assert!(
+        warned.contains(&format!(
+            "; oauthd's database {} lies beside it: is --db mistyped?",
+            home.db().display()
+        )),
+        "{warned}"
+    );
 }
 
 contract![
