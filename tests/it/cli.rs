@@ -2064,26 +2064,25 @@ fn a_directory_an_empty_key_file_and_a_database_as_the_key_file_are_said_so() {
     let empty = home.dir.path().join("empty.key");
     std::fs::write(&empty, "").unwrap();
     std::fs::set_permissions(&empty, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let out = home
-        .cli_command(&["check"])
-        .env("OAUTHD_KEY_FILE", &empty)
-        .output()
-        .unwrap();
-    let report = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{report}");
+    // `check`'s report with `key_file` as the key file; it fails.
+    let check_with = |key_file: &Path| {
+        let out = home
+            .cli_command(&["check"])
+            .env("OAUTHD_KEY_FILE", key_file)
+            .output()
+            .unwrap();
+        let report = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{report}");
+        report
+    };
+    let report = check_with(&empty);
     assert!(
         report.lines().any(|l| l.starts_with("ok ")
             && l.ends_with(&format!("key file: {} (mode 600)", empty.display()))),
         "{report}"
     );
     assert!(report.contains("it holds no key (it is empty"), "{report}");
-    let out = home
-        .cli_command(&["check"])
-        .env("OAUTHD_KEY_FILE", home.db())
-        .output()
-        .unwrap();
-    let report = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{report}");
+    let report = check_with(&home.db());
     assert!(
         report.contains("it is not text, so no key file") && !report.contains("UTF-8"),
         "{report}"
