@@ -694,7 +694,11 @@ impl StateService {
         drop(consumed);
         let row = match taken? {
             Taken::Missing => return Err(unknown()),
-            Taken::SecretRequired => return Err(StateError::SecretRequired),
+            Taken::SecretRequired {
+                namespace,
+                expires_at_ms,
+            } if expires_at_ms <= now => return Err(expired(namespace, Some(expires_at_ms))),
+            Taken::SecretRequired { .. } => return Err(StateError::SecretRequired),
             Taken::ExpiredTombstone {
                 namespace,
                 expired_at_ms,

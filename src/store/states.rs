@@ -101,8 +101,12 @@ pub enum Taken {
     },
     /// Never issued, already consumed, or expired longer ago than the grace window.
     Missing,
-    /// The state is guarded by a code (see `attempt_state`); it was left untouched.
-    SecretRequired,
+    /// The state is guarded by a code (see `attempt_state`); it was left untouched. With its
+    /// namespace and expiry: one past its TTL, not swept yet, is expired to a consume.
+    SecretRequired {
+        namespace: String,
+        expires_at_ms: i64,
+    },
 }
 
 /// Which namespaces a take may match. A state of any other namespace is left untouched

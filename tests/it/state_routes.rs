@@ -194,6 +194,24 @@ async fn a_two_factor_challenge_takes_its_code_and_counts_wrong_ones(home: Home)
     left.sort();
     assert_eq!(left, vec![0, 1, 2, 3, 4]);
     assert_eq!(answers.iter().filter(|(s, _)| *s == 404).count(), 95);
+
+    // Past its TTL (not swept yet), a consume says it expired, as for any state: it said
+    // `secret_required`, sending the app to `attempt` with a state already dead.
+    let short = created(
+        &d,
+        &key,
+        json!({"namespace": "2fa", "secret": "1", "ttl_seconds": 1}),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    let (status, problem) = d
+        .consume(&key, short["state"].as_str().unwrap(), "2fa")
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (410, Some("state_expired")),
+        "{problem}"
+    );
 }
 
 /// Sessions: a sliding state verified (and touched) on every request, listed per user

@@ -192,7 +192,8 @@ fn script(body: &str) -> Script {
 /// KEYS: state, tombstone. ARGV: P, hash, namespace, "p" when the namespace is a prefix.
 /// Takes the state (with everything naming it), or else the tombstone, only when its
 /// namespace matches and it has no code: `{"row", json}`, `{"gone", namespace}`,
-/// `{"secret"}` or `{}` (a state of another namespace is left as it is).
+/// `{"secret", namespace, expires at}` or `{}` (a state of another namespace is left as
+/// it is).
 static TAKE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -204,7 +205,7 @@ local v = call('GET', KEYS[1])
 if v then
   local s = cjson.decode(v)
   if not ours(s['n']) then return {} end
-  if s['h'] then return {'secret'} end
+  if s['h'] then return {'secret', s['n'], string.format('%d', s['e'])} end
   drop(H, s)
   return {'row', v}
 end
@@ -700,7 +701,11 @@ impl StateStore for RedisStore {
             )
             .await?;
         Ok(match reply.as_slice() {
-            [kind] if kind == b"secret" => Taken::SecretRequired,
+            [kind, namespace, expires] if kind == b"secret" => Taken::SecretRequired {
+                namespace: text(namespace),
+                // Unread, it is no expiry: the code is asked for, as before.
+                expires_at_ms: text(expires).parse().unwrap_or(i64::MAX),
+            },
             _ => found(CONTEXT, key_hash, &reply)?.into(),
         })
     }

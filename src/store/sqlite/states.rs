@@ -328,8 +328,11 @@ impl StateStore for SqliteStore {
                     delete(conn, &row)?;
                     return Ok(Taken::Row(row));
                 }
-                if !prefix && select(conn, &key_hash, &ns)?.is_some() {
-                    return Ok(Taken::SecretRequired);
+                if let Some(guarded) = select(conn, &key_hash, &ns)?.filter(|_| !prefix) {
+                    return Ok(Taken::SecretRequired {
+                        namespace: guarded.namespace,
+                        expires_at_ms: guarded.expires_at_ms,
+                    });
                 }
                 Ok(match take_tombstone(conn, &key_hash, &ns, prefix)? {
                     Some((namespace, expired_at)) => Taken::ExpiredTombstone {
