@@ -61,8 +61,19 @@ fn short_text(
     }
 }
 
+/// A subject, in a body or a path. `.` and `..` could be stored, but not listed or
+/// revoked: URL parsers (fetch, browsers, most HTTP libraries) resolve them away in
+/// `/subjects/{subject}/states`, escaped or not; refused in a path too, where a client
+/// that sent one escaped got an empty listing of a subject no state can have.
 fn subject(text: Option<String>) -> Result<Option<String>, ApiError> {
-    short_text(text, "subject", "invalid_subject", MAX_SUBJECT_CHARS)
+    let subject = short_text(text, "subject", "invalid_subject", MAX_SUBJECT_CHARS)?;
+    if let Some(dots @ ("." | "..")) = subject.as_deref() {
+        return Err(ApiError::bad_request(
+            "invalid_subject",
+            format!("subject {dots:?} cannot be named in a URL path (HTTP clients resolve it away), so its states could not be listed or revoked: use another"),
+        ));
+    }
+    Ok(subject)
 }
 
 /// A state's secret (a 2FA code, a PIN), as set on create and tried by attempt: a
@@ -77,14 +88,6 @@ pub(super) fn create_request(mut body: JsonObject) -> Result<(Namespace, NewStat
     let ttl_seconds = body.opt_positive_int("ttl_seconds", "invalid_ttl")?;
     let data = body.opt_verbatim("data");
     let subject = subject(body.opt_string("subject", "invalid_subject")?)?;
-    // `.` and `..` could be stored, but not listed or revoked: URL parsers (fetch, browsers,
-    // most HTTP libraries) resolve them away in `/subjects/{subject}/states`, escaped or not.
-    if let Some(dots @ ("." | "..")) = subject.as_deref() {
-        return Err(ApiError::bad_request(
-            "invalid_subject",
-            format!("subject {dots:?} cannot be named in a URL path (HTTP clients resolve it away), so its states could not be listed or revoked: use another"),
-        ));
-    }
     let secret = secret(body.opt_string("secret", "invalid_secret")?)?;
     let max_attempts = body.opt_positive_int("max_attempts", "invalid_max_attempts")?;
     let replace = body

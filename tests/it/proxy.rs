@@ -634,23 +634,8 @@ async fn a_redirect_to_the_address_the_caller_used_is_left_out() {
     assert_eq!(status, 200, "the connection is still there");
 }
 
-/// Sends a request line as written (no client normalises its path) and returns the status
-/// and body.
 async fn raw_request(d: &Daemon, key: &str, target: &str) -> (u16, String) {
-    let addr = d.url.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, out)
+    d.raw("GET", key, target).await
 }
 
 /// One connection to oauthd kept for every request, so that one worker thread answers

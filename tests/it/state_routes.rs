@@ -608,6 +608,18 @@ async fn state_options_are_checked_with_stable_codes(home: Home) {
             "{path}"
         );
     }
+    // `.` and `..` escaped, sent as written (clients resolve them away): refused as the
+    // create refuses them, not answered with an empty listing.
+    for dots in ["%2E", "%2e%2E"] {
+        for method in ["GET", "DELETE"] {
+            let path = format!("/v1/namespaces/session/subjects/{dots}/states");
+            let (status, out) = d.raw(method, &key, &path).await;
+            assert!(
+                status == 400 && out.contains("\"invalid_subject\""),
+                "{method} {path}: {out}"
+            );
+        }
+    }
     let resp = d
         .delete("/v1/namespaces/session/states/not-an-id", &key)
         .await;

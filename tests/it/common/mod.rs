@@ -411,6 +411,26 @@ impl Daemon {
         }
     }
 
+    /// Sends `method target` as written (no client normalises its path: `%2E` stays) with
+    /// the API key; the status and the whole answer.
+    pub async fn raw(&self, method: &str, key: &str, target: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.url.trim_start_matches("http://");
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let status = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (status, out)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
