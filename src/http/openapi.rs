@@ -318,8 +318,42 @@ pub fn json() -> &'static str {
         add_rules_between_members(&mut doc);
         add_state_links(&mut doc);
         any_answer_through_the_proxy(&mut doc);
+        unique_operation_ids(&mut doc);
         serde_json::to_string_pretty(&doc).unwrap_or_default()
     })
+}
+
+/// OpenAPI wants each operation's id unique, and one handler serving several methods (the
+/// proxy's) gives each the same: such an id gets its method after it (`forward_get`), as
+/// client generators name their functions by it.
+fn unique_operation_ids(doc: &mut serde_json::Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    for operation in paths
+        .values()
+        .filter_map(|p| p.as_object())
+        .flat_map(|p| p.values())
+    {
+        if let Some(id) = operation.get("operationId").and_then(|i| i.as_str()) {
+            *seen.entry(id.to_owned()).or_default() += 1;
+        }
+    }
+    for (method, operation) in paths
+        .values_mut()
+        .filter_map(|p| p.as_object_mut())
+        .flat_map(|p| p.iter_mut())
+    {
+        let shared = operation
+            .get("operationId")
+            .and_then(|i| i.as_str())
+            .filter(|id| seen.get(*id).is_some_and(|n| *n > 1))
+            .map(str::to_owned);
+        if let Some(id) = shared {
+            operation["operationId"] = serde_json::Value::String(format!("{id}_{method}"));
+        }
+    }
 }
 
 /// What JSON Schema says and the derive cannot: members that only go with another

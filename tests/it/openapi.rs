@@ -142,6 +142,33 @@ fn schemathesis_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis")
 }
 
+/// The description holds to the OpenAPI 3.1 schema and rules, as openapi-spec-validator
+/// (PyPI) checks them: the proxy's seven methods had one operation id, `forward`, which
+/// client generators take as one function (the validator refused the file for it).
+#[test]
+fn the_description_passes_an_openapi_validator() {
+    let validator = schemathesis_dir().join(".venv/bin/openapi-spec-validator");
+    assert!(
+        validator.exists(),
+        "openapi-spec-validator's venv is missing: run scripts/test (it installs tests/schemathesis/requirements.txt)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("openapi.json");
+    let out = Command::new(BIN).arg("openapi").output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(&spec, &out.stdout).unwrap();
+    let out = Command::new(&validator).arg(&spec).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&std::fs::read(&spec).unwrap()).unwrap();
+    let proxy = &doc["paths"]["/v1/proxy/{provider}/{account}/{path}"];
+    assert_eq!(proxy["get"]["operationId"], "forward_get", "{proxy}");
+}
+
 /// schemathesis runs every operation from the served description: its examples, the
 /// coverage phase (edges of every schema, and values just outside them), random cases, and
 /// chains along the description's links (create -> consume, verify, revoke, by id, by
