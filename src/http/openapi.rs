@@ -536,7 +536,32 @@ fn takes_json(op: &Operation) -> bool {
         .is_some_and(|b| b.content.contains_key("application/json"))
 }
 
-fn add_errors(op: &mut Operation) {
+/// An operation's own description of `status` that leaves out `code`, which every route
+/// may answer with it, gets `words` after it.
+fn also(op: &mut Operation, status: &str, code: &str, words: &str) {
+    if let Some(RefOr::T(response)) = op.responses.responses.get_mut(status) {
+        if !response.description.contains(code) {
+            response.description.push_str(words);
+        }
+    }
+}
+
+fn add_errors(op: &mut Operation, query_checked: bool) {
+    // Before the common ones are added: they name these.
+    also(
+        op,
+        "429",
+        "`rate_limited`",
+        " Or too many requests from this client (`rate_limited`), with `Retry-After`.",
+    );
+    if query_checked {
+        also(
+            op,
+            "400",
+            "`unknown_parameter`",
+            " Or a query parameter the operation does not take (`unknown_parameter`).",
+        );
+    }
     let takes_body = takes_json(op);
     let more = if takes_body { WITH_BODY } else { &[] };
     for (status, description) in COMMON.iter().chain(more) {
@@ -655,7 +680,9 @@ impl Modify for Common {
                     .build(),
             ),
         );
-        for item in doc.paths.paths.values_mut() {
+        for (path, item) in doc.paths.paths.iter_mut() {
+            // The proxy's query is the provider's, passed on as it is.
+            let query_checked = !path.starts_with("/v1/proxy/");
             for op in [
                 &mut item.get,
                 &mut item.put,
@@ -668,7 +695,7 @@ impl Modify for Common {
             .into_iter()
             .flatten()
             {
-                add_errors(op);
+                add_errors(op, query_checked);
             }
         }
     }
