@@ -135,6 +135,22 @@ pub fn declared_length(req: &HttpRequest) -> Option<u64> {
         .and_then(|v| v.parse::<u64>().ok())
 }
 
+/// What went wrong with a body, in words (actix-web's own end in a `Debug` form:
+/// "payload reached EOF before completing: None").
+fn payload_words(e: &actix_web::error::PayloadError) -> String {
+    use actix_web::error::PayloadError;
+    match e {
+        PayloadError::Incomplete(_) => {
+            "it ended before its end (the connection closed, or a chunked body was cut short)"
+                .to_owned()
+        }
+        PayloadError::EncodingCorrupted => "its transfer coding is not valid".to_owned(),
+        PayloadError::Overflow => "it is larger than it was said to be".to_owned(),
+        PayloadError::UnknownLength => "its length is not known".to_owned(),
+        other => other.to_string(),
+    }
+}
+
 /// Reads a whole request body of at most `limit` bytes: refused by its declared length
 /// before reading, else as soon as it runs past the limit. `admit` sees each chunk's size
 /// before it is kept and may refuse it.
@@ -158,7 +174,10 @@ where
             if super::body_deadline::is_deadline(&e) {
                 body_timeout(e.to_string())
             } else {
-                ApiError::bad_request("bad_body", format!("could not read the body: {e}"))
+                ApiError::bad_request(
+                    "bad_body",
+                    format!("could not read the body: {}", payload_words(&e)),
+                )
             }
         })?;
         if body.len() + chunk.len() > limit {
@@ -267,6 +286,20 @@ impl JsonObject {
                 // serde_json's words for half a surrogate pair (`"\ud800"`, which some
                 // encoders let through) speak of hex escapes, not of what is wrong.
                 let said = e.to_string();
+                // Valid JSON past what oauthd reads is said as that, not as invalid JSON.
+                let beyond = if said.starts_with("number out of range") {
+                    Some("a number past what a double holds (about 1.8e308); send it as a string")
+                } else if said.starts_with("recursion limit exceeded") {
+                    Some("arrays and objects nested more than 127 deep, the body's own object counting as one")
+                } else {
+                    None
+                };
+                if let Some(beyond) = beyond {
+                    return Err(ApiError::bad_request(
+                        "malformed_json",
+                        format!("the body is JSON oauthd does not take: {beyond} ({said})"),
+                    ));
+                }
                 let hint = if said.contains("hex escape") || said.contains("surrogate") {
                     " (a \\u escape of half a UTF-16 surrogate pair, \\ud800 to \\udfff alone, is no character: the string is not text)"
                 } else {

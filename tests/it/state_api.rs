@@ -1097,6 +1097,35 @@ async fn bad_input_gets_a_4xx_problem_never_a_5xx(home: Home) {
         problem["detail"],
         "unknown field \"extra\"; this endpoint takes: state, namespace"
     );
+    // Valid JSON past what oauthd reads is said so, not "not valid JSON".
+    for (body, said) in [
+        (
+            format!("{{\"namespace\":\"{NS}\",\"data\":1e999}}"),
+            "a number past what a double holds (about 1.8e308); send it as a string",
+        ),
+        (
+            format!("{{\"namespace\":\"a\",\"data\":{deep}}}"),
+            "arrays and objects nested more than 127 deep",
+        ),
+    ] {
+        let resp = d
+            .http
+            .post(format!("{}/v1/states", d.url))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let problem: serde_json::Value = resp.json().await.unwrap();
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(
+            problem["code"] == "malformed_json"
+                && detail.starts_with("the body is JSON oauthd does not take: ")
+                && detail.contains(said),
+            "{problem}"
+        );
+    }
     // None of that disturbed the state it was issued next to.
     assert_eq!(d.consume(&key, &state, NS).await.0, 200);
     let resp = d.get_raw("/v1/states", Some(&key)).await;
@@ -1152,6 +1181,26 @@ async fn bad_input_gets_a_4xx_problem_never_a_5xx(home: Home) {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+
+    // A chunked body cut short is said in words (it was "payload reached EOF before
+    // completing: None").
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = d.url.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/states HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{{\"namesp"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 400")
+            && out.contains("\"bad_body\"")
+            && out.contains("it ended before its end")
+            && !out.contains("None"),
+        "{out}"
+    );
 }
 
 async fn hundred_concurrent_consumes_of_one_state_give_exactly_one_200(home: Home) {
