@@ -261,6 +261,7 @@ impl Serving {
         let background = Background::start(&self, teller);
         let devices = self.broker.clone();
         let (app, settings, listener) = self.app_state();
+        http::set_openapi_longest_ttl(settings.states.longest_ttl().as_secs());
         let served = http::serve(&settings, listener, app).await;
         // Device polls were told to stop with the HTTP server; a poll or a leased refresh
         // still under way (its provider slower than the requests) is waited for here.

@@ -45,7 +45,7 @@ use actix_web::{
     guard, web, App, HttpResponse, HttpResponseBuilder, Resource, ResponseError, Route, Scope,
 };
 pub use body::BodyLimit;
-pub use openapi::json as openapi_json;
+pub use openapi::{json as openapi_json, set_longest_ttl as set_openapi_longest_ttl};
 pub use problem::ApiError;
 pub use ratelimit::RateLimiter;
 use std::io::Write;

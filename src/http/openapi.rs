@@ -203,7 +203,8 @@ impl ToSchema for ProxyBody {}
 pub struct CreateState {
     pub namespace: NamespaceName,
     /// Lifetime in seconds: the namespace's default when absent, at most its
-    /// `max_ttl_seconds` (86,400 unless the config says otherwise).
+    /// `max_ttl_seconds` (86,400 unless the config says otherwise; the description a
+    /// server serves gives the longest its config allows).
     #[schema(minimum = 1, maximum = 86400, example = 600)]
     pub ttl_seconds: Option<u64>,
     /// Anything JSON, handed back on consume and verify (at most `states.max_data_bytes`).
@@ -310,11 +311,28 @@ pub fn document() -> &'static utoipa::openapi::OpenApi {
     DOC.get_or_init(ApiDoc::openapi)
 }
 
+/// The longest TTL the serving config allows a create (`StatePolicy::longest_ttl`), when
+/// it is not the default: the description's `ttl_seconds` maximum, so that a client that
+/// checks its requests against it sends what the server takes.
+static LONGEST_TTL: OnceLock<u64> = OnceLock::new();
+
+/// Sets the description's longest TTL from the config served; before the description is
+/// first made (a server's start).
+pub fn set_longest_ttl(seconds: u64) {
+    let _ = LONGEST_TTL.set(seconds);
+}
+
 /// The description as JSON, for `GET /openapi.json` and `oauthd openapi`.
 pub fn json() -> &'static str {
     static JSON: OnceLock<String> = OnceLock::new();
     JSON.get_or_init(|| {
         let mut doc = serde_json::to_value(document()).unwrap_or_default();
+        if let (Some(longest), Some(ttl)) = (
+            LONGEST_TTL.get(),
+            doc.pointer_mut("/components/schemas/CreateState/properties/ttl_seconds"),
+        ) {
+            ttl["maximum"] = (*longest).into();
+        }
         add_rules_between_members(&mut doc);
         add_state_links(&mut doc);
         any_answer_through_the_proxy(&mut doc);

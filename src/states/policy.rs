@@ -52,6 +52,14 @@ impl StatePolicy {
         ttl_text(self.rule_for(ns).default_ttl.as_secs())
     }
 
+    /// The longest TTL any namespace may ask for: the bound the API's description gives.
+    pub fn longest_ttl(&self) -> Duration {
+        self.overrides
+            .iter()
+            .map(|(_, rule)| rule.max_ttl)
+            .fold(self.base.max_ttl, Duration::max)
+    }
+
     pub fn rule_for(&self, ns: &Namespace) -> TtlRule {
         self.matching(ns)
             .map(|(_, rule)| *rule)

@@ -54,6 +54,28 @@ async fn the_description_is_served_without_a_key_and_printed_alike() {
     }
 }
 
+/// The description a server serves bounds `ttl_seconds` by the longest TTL its config
+/// allows: it said 86,400 under a namespace allowed 30 days (the README's advice for
+/// grants), and a client checking its requests against it refused what the server takes.
+#[tokio::test]
+async fn the_served_description_bounds_the_ttl_by_the_config() {
+    let home = Home::new();
+    home.write_config("[states.namespaces.\"as:grant\"]\nmax_ttl_seconds = 2592000\n");
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let doc = served(&d).await;
+    let ttl = &doc["components"]["schemas"]["CreateState"]["properties"]["ttl_seconds"];
+    assert_eq!(ttl["maximum"], 2_592_000, "{ttl}");
+    let (status, body) = d
+        .post(
+            "/v1/states",
+            &key,
+            serde_json::json!({"namespace": "as:grant", "ttl_seconds": 2_592_000}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
 /// `{name}` segments filled with values the routes take.
 fn fill(path: &str) -> String {
     path.replace("{provider}", "spotify")
