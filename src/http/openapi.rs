@@ -262,7 +262,14 @@ pub struct VerifyState {
 pub struct AttemptState {
     pub state: StateValueText,
     pub namespace: NamespaceName,
-    /// The code the user typed; compared in constant time.
+    /// The code the user typed; compared in constant time. Out of range (empty, too long,
+    /// a control character) it is refused as the create refuses it (`invalid_secret`), and
+    /// spends no attempt.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
     pub secret: String,
 }
 
@@ -668,16 +675,16 @@ fn add_state_links(doc: &mut serde_json::Value) {
             "description": "Revoke the state just created by its id.",
         }),
     );
-    for (name, operation) in [
-        ("ListSubject", "list_subject"),
-        ("RevokeSubject", "revoke_subject"),
+    for (name, operation, what) in [
+        ("ListSubject", "list_subject", "List"),
+        ("RevokeSubject", "revoke_subject", "Revoke"),
     ] {
         links.insert(
             name.into(),
             json!({
                 "operationId": operation,
                 "parameters": subject,
-                "description": "The states of the subject the state was created for.",
+                "description": format!("{what} the states of the subject the state was created for (when it was created with a `subject`: the answer's is `null` otherwise)."),
             }),
         );
     }

@@ -189,6 +189,17 @@ fn the_description_passes_an_openapi_validator() {
     let doc: Value = serde_json::from_slice(&std::fs::read(&spec).unwrap()).unwrap();
     let proxy = &doc["paths"]["/v1/proxy/{provider}/{account}/{path}"];
     assert_eq!(proxy["get"]["operationId"], "forward_get", "{proxy}");
+    // The code an attempt sends is bounded as the create's is (the server refuses it out
+    // of range, `invalid_secret`; the description let any string through).
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["AttemptState"]["properties"]["secret"]["maxLength"],
+        schemas["CreateState"]["properties"]["secret"]["maxLength"]
+    );
+    assert_eq!(
+        schemas["AttemptState"]["properties"]["secret"]["maxLength"],
+        128
+    );
     // Codes every route may answer are named where an operation describes the status
     // itself (they were left out there: `unknown_parameter` on create, consume, verify;
     // `rate_limited` on create), the proxy's 400s aside (its query is the provider's).
