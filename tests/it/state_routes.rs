@@ -408,6 +408,8 @@ async fn a_subjects_listing_comes_in_pages_bounded_in_states_and_bytes(home: Hom
         ("limit=1001", "invalid_limit"),
         ("after=not-a-cursor", "invalid_after"),
         ("page=2", "unknown_parameter"),
+        // Given twice, which one counts is a guess: the last counted, silently.
+        ("limit=10&limit=5", "invalid_limit"),
     ] {
         let (status, problem) = d.get(&format!("{path}?{query}"), &key).await;
         assert_eq!(
