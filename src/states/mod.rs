@@ -697,7 +697,15 @@ impl StateService {
             Taken::SecretRequired {
                 namespace,
                 expires_at_ms,
-            } if expires_at_ms <= now => return Err(expired(namespace, Some(expires_at_ms))),
+            } if expires_at_ms <= now => {
+                // Gone as any expired state a consume finds is: 410 once, then 404.
+                for key in [state.hash(), state.legacy_hash()] {
+                    if let Err(e) = self.store.revoke_state(key, &namespace, now).await {
+                        log::warn!("state {state}: expired, and could not be deleted now ({e}); the sweeper deletes it");
+                    }
+                }
+                return Err(expired(namespace, Some(expires_at_ms)));
+            }
             Taken::SecretRequired { .. } => return Err(StateError::SecretRequired),
             Taken::ExpiredTombstone {
                 namespace,

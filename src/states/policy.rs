@@ -52,12 +52,25 @@ impl StatePolicy {
         ttl_text(self.rule_for(ns).default_ttl.as_secs())
     }
 
-    /// The longest TTL any namespace may ask for: the bound the API's description gives.
+    /// The longest TTL a create through the API may ask for: the bound the API's
+    /// description gives. oauthd's own namespaces' rules are not the API's; `[states]`'s
+    /// own counts unless a `"*"` pattern overrides it for every namespace.
     pub fn longest_ttl(&self) -> Duration {
+        let every = self.overrides.iter().any(|(pattern, _)| pattern == "*");
+        let base = if every {
+            Duration::ZERO
+        } else {
+            self.base.max_ttl
+        };
         self.overrides
             .iter()
+            .filter(|(pattern, _)| {
+                !crate::namespace::RESERVED_PREFIXES
+                    .iter()
+                    .any(|p| pattern.starts_with(p))
+            })
             .map(|(_, rule)| rule.max_ttl)
-            .fold(self.base.max_ttl, Duration::max)
+            .fold(base, Duration::max)
     }
 
     pub fn rule_for(&self, ns: &Namespace) -> TtlRule {

@@ -60,7 +60,10 @@ async fn the_description_is_served_without_a_key_and_printed_alike() {
 #[tokio::test]
 async fn the_served_description_bounds_the_ttl_by_the_config() {
     let home = Home::new();
-    home.write_config("[states.namespaces.\"as:grant\"]\nmax_ttl_seconds = 2592000\n");
+    // oauthd's own connect flows' rule is not the API's: it does not count.
+    home.write_config(
+        "[states.namespaces.\"as:grant\"]\nmax_ttl_seconds = 2592000\n[states.namespaces.\"connect:*\"]\nmax_ttl_seconds = 5000000\n",
+    );
     let key = home.create_key("app", &[]);
     let d = home.start();
     let doc = served(&d).await;

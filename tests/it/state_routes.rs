@@ -212,6 +212,11 @@ async fn a_two_factor_challenge_takes_its_code_and_counts_wrong_ones(home: Home)
         (410, Some("state_expired")),
         "{problem}"
     );
+    // Once, as for any state: then it is unknown.
+    let (status, problem) = d
+        .consume(&key, short["state"].as_str().unwrap(), "2fa")
+        .await;
+    assert_eq!(status, 404, "{problem}");
 }
 
 /// Sessions: a sliding state verified (and touched) on every request, listed per user
