@@ -104,10 +104,24 @@ impl Broker {
             .await
     }
 
-    /// Whether the connection's tokens open with the vault key loaded.
-    pub async fn tokens_open(&self, provider: &str, account: &str) -> Result<bool, BrokerError> {
+    /// Whether the connection's tokens open with the vault key loaded; when they do not,
+    /// the ids of the keys they name (sealed with), each once.
+    pub async fn tokens_open(
+        &self,
+        provider: &str,
+        account: &str,
+    ) -> Result<Result<(), Vec<String>>, BrokerError> {
         let row = self.row(&ConnectionKey::new(provider, account)).await?;
-        Ok(self.open_tokens(&row).is_ok())
+        if self.open_tokens(&row).is_ok() {
+            return Ok(Ok(()));
+        }
+        let mut ids: Vec<String> = std::iter::once(&row.access_token)
+            .chain(row.refresh_token.as_ref())
+            .filter_map(|sealed| crate::vault::sealed_key_id(sealed))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        Ok(Err(ids))
     }
 
     /// Deletes a connection whose tokens the vault key cannot open (sealed with a key lost

@@ -266,9 +266,38 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
                 lost_key: true,
                 ..
             } => {
-                if broker.tokens_open(&provider, &account).await? {
-                    return Err(Fatal(
+                let ids = match broker.tokens_open(&provider, &account).await? {
+                    Ok(()) => return Err(Fatal(
                         format!("nothing was deleted: the tokens of {provider}/{account} open with the vault key loaded, so its key is not lost: `oauthd connections delete {provider} {account}` (without --lost-key) revokes them at {provider} and deletes it"),
+                        2,
+                    )),
+                    Err(ids) => ids,
+                };
+                // A key that is somewhere is no key lost: this command may only have been
+                // given another (OAUTHD_KEY_FILE left set in a shell).
+                let source = super::key_source(&settings).map_err(|e| Fatal(e, 2))?;
+                let mut found = super::key_loading::where_the_keys_are(
+                    &source,
+                    &store,
+                    &settings.store,
+                    &settings.db,
+                    &ids,
+                )
+                .await;
+                let now_ms = clock.now_ms();
+                if found.is_empty() {
+                    let serving = store.vault_keys_in_use(now_ms).await.unwrap_or_default();
+                    if let Some(key) = ids.iter().find(|id| serving.iter().any(|o| o.keys.contains(id))) {
+                        found = format!(" An oauthd serving this store has vault key {key}: run this command with its key.");
+                    }
+                }
+                if !found.is_empty() {
+                    return Err(Fatal(
+                        format!(
+                            "nothing was deleted: the tokens of {provider}/{account} were sealed with vault key(s) {}, which the key loaded from {} lacks, but that key is not lost.{found}",
+                            ids.join(", "),
+                            source.describe()
+                        ),
                         2,
                     ));
                 }

@@ -162,9 +162,40 @@ pub(super) fn check_vault_opens_tokens(
         }
     };
     let from = source.describe();
+    let rescued = runtime()?.block_on(where_the_keys_are(source, store, target, db, &missing));
+    let kept = match target {
+        StoreTarget::Sqlite => "OAUTHD_KEY, OAUTHD_KEY_FILE, `key_file` in the config file, or the key file beside the database",
+        StoreTarget::Redis(_) => {
+            "the OAUTHD_KEY_FILE (or OAUTHD_KEY) every instance serving this store uses"
+        }
+    };
+    Err(Fatal(
+        format!(
+            "{} holds tokens sealed with vault key(s) {} but the vault key loaded from {from} has {}: restore the key that was used ({kept}).{rescued}{}",
+            store.describe(),
+            missing.join(", "),
+            known.join(", "),
+            lost_later(&rescued)
+        ),
+        2,
+    ))
+}
+
+/// Where the vault keys `missing` (which the key loaded from `source` lacks) are to be
+/// found, in words for a refusal, or nothing: a copy a running oauthd or a prune wrote
+/// beside the key file, an oauthd serving the store with one of them, the key file
+/// beside the SQLite database `db`.
+pub(super) async fn where_the_keys_are(
+    source: &KeySource,
+    store: &Arc<dyn Store>,
+    target: &StoreTarget,
+    db: &std::path::Path,
+    missing: &[String],
+) -> String {
+    let from = source.describe();
     // The key file written over under a running oauthd, which wrote out what it held.
     let mut rescued = match source {
-        KeySource::File { path, .. } => vault::rescue_hint(path, &missing),
+        KeySource::File { path, .. } => vault::rescue_hint(path, missing),
         KeySource::Inline(_) => String::new(),
     };
     // A key file a command made beside the database, run without the OAUTHD_KEY_FILE
@@ -175,8 +206,9 @@ pub(super) fn check_vault_opens_tokens(
     // another key than the one it serves with. Said so, and no key is to be added to the
     // command's file, which would have it seal what the serving oauthd cannot open.
     let now_ms = crate::clock::Clock::system().now_ms();
-    let serving_with = runtime()?
-        .block_on(store.vault_keys_in_use(now_ms))
+    let serving_with = store
+        .vault_keys_in_use(now_ms)
+        .await
         .unwrap_or_default()
         .into_iter()
         .filter_map(|o| o.keys.into_iter().next())
@@ -201,22 +233,7 @@ pub(super) fn check_vault_opens_tokens(
             );
         }
     }
-    let kept = match target {
-        StoreTarget::Sqlite => "OAUTHD_KEY, OAUTHD_KEY_FILE, `key_file` in the config file, or the key file beside the database",
-        StoreTarget::Redis(_) => {
-            "the OAUTHD_KEY_FILE (or OAUTHD_KEY) every instance serving this store uses"
-        }
-    };
-    Err(Fatal(
-        format!(
-            "{} holds tokens sealed with vault key(s) {} but the vault key loaded from {from} has {}: restore the key that was used ({kept}).{rescued}{}",
-            store.describe(),
-            missing.join(", "),
-            known.join(", "),
-            lost_later(&rescued)
-        ),
-        2,
-    ))
+    rescued
 }
 
 /// The way out when the keys `missing` are lost for good: the connections whose tokens

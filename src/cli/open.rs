@@ -74,7 +74,7 @@ fn open_named_store(settings: &Settings, missing: Missing) -> Result<Arc<dyn Sto
             };
             // A --db mistyped: oauthd's database beside where it points, looked for before
             // the new one is made.
-            let beside = if exists {
+            let beside = if exists || missing == Missing::CopyInto {
                 Vec::new()
             } else {
                 crate::store::sqlite::databases_beside(&settings.db, 3)

@@ -44,10 +44,22 @@ pub fn databases_beside(path: &Path, most: usize) -> Vec<std::path::PathBuf> {
     let Ok(entries) = std::fs::read_dir(crate::paths::dir_of(path)) else {
         return Vec::new();
     };
+    // Not through a link, never waiting (a FIFO put in a file's place), a regular file.
     let sqlite = |p: &Path| {
+        use std::os::unix::fs::OpenOptionsExt;
         let mut header = [0u8; 16];
-        std::fs::File::open(p)
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(
+                (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
+            )
+            .open(p)
+            .and_then(|mut f| {
+                if !f.metadata()?.is_file() {
+                    return Err(std::io::ErrorKind::InvalidInput.into());
+                }
+                std::io::Read::read_exact(&mut f, &mut header)
+            })
             .is_ok_and(|()| &header == b"SQLite format 3\0")
     };
     let mut found: Vec<std::path::PathBuf> = entries
