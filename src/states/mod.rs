@@ -877,6 +877,20 @@ impl StateService {
     ) -> Result<StateView, StateError> {
         let now = self.clock.now_ms();
         let ns = namespace.as_str();
+        // A state whose data does not open (its vault key not loaded) is not tried: a right
+        // code would answer 503 and put the state back, telling the caller the code was
+        // right without consuming it. Its 503 comes first, and no attempt is spent.
+        let found = on_either_key(
+            state,
+            |f| matches!(f, Ok(Found::Missing)),
+            |key| self.store.read_state(key, ns),
+        )
+        .await?;
+        if let Found::Row(row) = &found {
+            if let Err(e @ StateError::Vault(_)) = self.opened_data(row) {
+                return Err(e);
+            }
+        }
         let tried = self.seen.forget_after(&state.hash());
         let candidate = state.code_hash(code);
         let attempted = on_either_key(

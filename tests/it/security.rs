@@ -1140,6 +1140,12 @@ async fn a_states_data_keeps_its_vault_key_and_waits_for_it_when_lost(home: Home
     let second = d
         .create_state(&key, json!({"namespace": "login", "data": data}))
         .await;
+    let coded = d
+        .create_state(
+            &key,
+            json!({"namespace": "login", "data": data, "secret": "123456"}),
+        )
+        .await;
     d.signal_and_wait("TERM");
     let kept = std::fs::read(home.key_file()).unwrap();
     let other = std::process::Command::new(common::BIN)
@@ -1153,7 +1159,7 @@ async fn a_states_data_keeps_its_vault_key_and_waits_for_it_when_lost(home: Home
     let warned = common::eventually(std::time::Duration::from_secs(10), || {
         let log = home.log_text();
         log.contains("live states hold data sealed with vault key(s)")
-            && log.contains("(1 state(s))")
+            && log.contains("(2 state(s))")
     })
     .await;
     assert!(warned, "{}", home.log_text());
@@ -1188,11 +1194,35 @@ async fn a_states_data_keeps_its_vault_key_and_waits_for_it_when_lost(home: Home
         "{}",
         home.log_text()
     );
+    // A code-guarded one tries no code meanwhile: a right code answered 503 and put the
+    // state back, telling the caller it was right; a wrong one spent an attempt.
+    for code in ["000000", "123456"] {
+        let (status, body) = d
+            .post(
+                "/v1/states/attempt",
+                &key,
+                json!({"state": coded, "namespace": "login", "secret": code}),
+            )
+            .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (503, Some("vault_error")),
+            "{code}: {body}"
+        );
+    }
     d.signal_and_wait("TERM");
     std::fs::write(home.key_file(), kept).unwrap();
     let d = home.start();
     let (status, body) = d.consume(&key, &second, "login").await;
     assert_eq!((status, &body["data"]), (200, &data), "{body}");
+    let (status, body) = d
+        .post(
+            "/v1/states/verify",
+            &key,
+            json!({"state": coded, "namespace": "login"}),
+        )
+        .await;
+    assert_eq!((status, &body["attempts_left"]), (200, &json!(5)), "{body}");
 }
 
 /// A database restored without its key file, holding states but no tokens: the start
