@@ -887,8 +887,11 @@ impl StateService {
         )
         .await?;
         if let Found::Row(row) = &found {
-            if let Err(e @ StateError::Vault(_)) = self.opened_data(row) {
-                return Err(e);
+            // An expired one is said expired by the attempt, whatever its data.
+            if row.expires_at_ms > now {
+                if let Err(e @ StateError::Vault(_)) = self.opened_data(row) {
+                    return Err(e);
+                }
             }
         }
         let tried = self.seen.forget_after(&state.hash());
