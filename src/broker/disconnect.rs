@@ -38,8 +38,8 @@ pub enum Disconnected {
     RevocationFailed,
     /// The provider is no longer configured: deleted locally, nothing revoked.
     ProviderMissing,
-    /// Its tokens could not be opened (sealed with a vault key not loaded), and `force`
-    /// deleted it: nothing revoked.
+    /// Its tokens could not be opened (sealed with a vault key not loaded, or altered at
+    /// rest), and `forget_unopened` deleted it: nothing revoked.
     Unopened,
 }
 
@@ -51,7 +51,7 @@ impl Disconnected {
             Disconnected::NotOffered => format!("provider {provider} offers no revocation: its grant stays valid there until it expires or is removed in the account's settings at {provider}"),
             Disconnected::RevocationFailed => "revocation at the provider failed; its grant may still be valid there".into(),
             Disconnected::ProviderMissing => format!("provider {provider} is no longer configured: nothing was revoked there, only oauthd's copy was deleted"),
-            Disconnected::Unopened => format!("its tokens could not be opened (sealed with a vault key not loaded): nothing was revoked, and its grant stays valid at {provider} until revoked there"),
+            Disconnected::Unopened => format!("its tokens could not be opened (sealed with a vault key not loaded, or altered): nothing was revoked, and its grant stays valid at {provider} until revoked there"),
         }
     }
 
