@@ -114,28 +114,31 @@ fn open_named_store(settings: &Settings, missing: Missing) -> Result<Arc<dyn Sto
 /// provider that rotates them take the second use for a stolen token and end the grant for
 /// both, and a revocation ends it for both (exit 2). Nothing for Redis.
 pub(super) fn refuse_a_backup(settings: &Settings, doing: &str) -> Result<(), Fatal> {
-    if !matches!(settings.store, StoreTarget::Sqlite) {
-        return Ok(());
-    }
     // Also at the path of the database it was made of: that is every container's path,
     // and a copy tried out in a second container would run beside its database.
-    let db = std::path::absolute(&settings.db).unwrap_or(settings.db.clone());
-    match crate::store::sqlite::backup_mark(&db) {
-        Ok(Some(mark)) => Err(Fatal(backup_refusal(&db, &mark, doing), 2)),
-        // A file that does not read is said by the open that follows.
-        Ok(None) | Err(_) => Ok(()),
+    match a_backup(settings) {
+        Some((db, mark)) => Err(Fatal(backup_refusal(&db, &mark, doing), 2)),
+        None => Ok(()),
     }
+}
+
+/// The settings' SQLite database (its full path) with the mark of the copy `oauthd backup`
+/// made when it is one; `None` otherwise, for Redis, and for a file that does not read
+/// (the open that follows says why).
+fn a_backup(settings: &Settings) -> Option<(std::path::PathBuf, crate::store::sqlite::BackupMark)> {
+    if !matches!(settings.store, StoreTarget::Sqlite) {
+        return None;
+    }
+    let db = std::path::absolute(&settings.db).unwrap_or(settings.db.clone());
+    let mark = crate::store::sqlite::backup_mark(&db).ok().flatten()?;
+    Some((db, mark))
 }
 
 /// Says so when a command that changes the database (`doing`: "a key made here") runs on a
 /// copy `oauthd backup` made: a `--db` that names the copy by mistake (a key made there is
 /// not in the database oauthd serves, whose apps get 401 with it). Nothing for Redis.
 pub(super) fn note_a_backup(settings: &Settings, doing: &str) {
-    if !matches!(settings.store, StoreTarget::Sqlite) {
-        return;
-    }
-    let db = std::path::absolute(&settings.db).unwrap_or(settings.db.clone());
-    if let Ok(Some(mark)) = crate::store::sqlite::backup_mark(&db) {
+    if let Some((db, mark)) = a_backup(settings) {
         say!(
             "Note: {} is a copy `oauthd backup` made of {} at {}: {doing} is in this copy only, not in {} (check --db if that is the database you meant).",
             db.display(),
@@ -153,12 +156,8 @@ pub(super) fn refuse_rekey_of_a_backup(
     settings: &Settings,
     key_file: &std::path::Path,
 ) -> Result<(), Fatal> {
-    if !matches!(settings.store, StoreTarget::Sqlite) {
-        return Ok(());
-    }
-    let db = std::path::absolute(&settings.db).unwrap_or(settings.db.clone());
-    match crate::store::sqlite::backup_mark(&db) {
-        Ok(Some(mark)) => Err(Fatal(
+    match a_backup(settings) {
+        Some((db, mark)) => Err(Fatal(
             format!(
                 "{} is a copy `oauthd backup` made of {} at {}: a rekey on it would rotate the key file {}, which an oauthd serving {} may read too (a prune after it takes out keys that database still needs). Nothing changed. Rekey the database oauthd serves, or restore the copy first (`oauthd restore`)",
                 db.display(),
@@ -169,7 +168,7 @@ pub(super) fn refuse_rekey_of_a_backup(
             ),
             2,
         )),
-        Ok(None) | Err(_) => Ok(()),
+        None => Ok(()),
     }
 }
 
