@@ -603,6 +603,13 @@ fn a_wrong_vault_key_stops_the_start_naming_its_variable_and_makes_no_database()
     assert!(!home.db().exists(), "a database was made");
 }
 
+/// `connections import` of one JSON line in `home`.
+fn import_line(home: &Home, line: &str) -> std::process::Output {
+    let lines = home.dir.path().join("tokens.jsonl");
+    std::fs::write(&lines, format!("{line}\n")).unwrap();
+    home.cli(&["connections", "import", "--file", lines.to_str().unwrap()])
+}
+
 /// A new vault key in `vault.key` in `home`, for oauthd to be given as OAUTHD_KEY_FILE.
 fn key_file_of_its_own(home: &Home) -> std::path::PathBuf {
     let vault = home.dir.path().join("vault.key");
@@ -701,13 +708,10 @@ async fn a_start_lacking_the_key_a_command_made_beside_the_database_names_that_f
     // "To start over with a new key": made beside the database, then used by a command.
     let made = Command::new(BIN).arg("keygen").output().unwrap();
     std::fs::write(home.key_file(), &made.stdout).unwrap();
-    let lines = home.dir.path().join("tokens.jsonl");
-    std::fs::write(
-        &lines,
-        "{\"provider\":\"gh\",\"account\":\"second\",\"access_token\":\"t-second\"}\n",
-    )
-    .unwrap();
-    let out = home.cli(&["connections", "import", "--file", lines.to_str().unwrap()]);
+    let out = import_line(
+        &home,
+        "{\"provider\":\"gh\",\"account\":\"second\",\"access_token\":\"t-second\"}",
+    );
     assert!(out.status.success(), "{out:?}");
     let out = home.serve_once_with(&[vault_env], "127.0.0.1:0");
     assert_eq!(out.status.code(), Some(2), "{out:?}");
@@ -2101,13 +2105,10 @@ async fn tokens_of_a_key_lost_for_good_are_deleted_by_a_forced_delete() {
     let home = Home::new();
     home.write_config(GH);
     home.create_key("app", &[]);
-    let lines = home.dir.path().join("tokens.jsonl");
-    std::fs::write(
-        &lines,
-        "{\"provider\":\"gh\",\"account\":\"me\",\"access_token\":\"t\",\"refresh_token\":\"r\"}\n",
-    )
-    .unwrap();
-    let out = home.cli(&["connections", "import", "--file", lines.to_str().unwrap()]);
+    let out = import_line(
+        &home,
+        "{\"provider\":\"gh\",\"account\":\"me\",\"access_token\":\"t\",\"refresh_token\":\"r\"}",
+    );
     assert!(out.status.success(), "{out:?}");
     // The key file lost; a new one made in its place.
     let kept = std::fs::read(home.key_file()).unwrap();
