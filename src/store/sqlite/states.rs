@@ -328,7 +328,13 @@ impl StateStore for SqliteStore {
                     delete(conn, &row)?;
                     return Ok(Taken::Row(row));
                 }
-                if let Some(guarded) = select(conn, &key_hash, &ns)?.filter(|_| !prefix) {
+                // A prefix (a provider's connect flows) never names a code-guarded state.
+                let guarded = if prefix {
+                    None
+                } else {
+                    select(conn, &key_hash, &ns)?
+                };
+                if let Some(guarded) = guarded {
                     return Ok(Taken::SecretRequired {
                         namespace: guarded.namespace,
                         expires_at_ms: guarded.expires_at_ms,
