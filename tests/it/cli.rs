@@ -1916,14 +1916,20 @@ fn keys_create_as_root_gives_a_new_database_its_directorys_owner() {
     // (a clone in a directory of `mktemp -d`).
     let bin = dir.path().join("oauthd");
     std::fs::copy(BIN, &bin).unwrap();
-    let out = Command::new(&bin)
-        .args(["keys", "list", "--db"])
-        .arg(&db)
-        .env_remove("OAUTHD_CONFIG")
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
+    // A command run as that user on the database, with `more` arguments.
+    let as_that_user = |command: &[&str], more: &[&std::ffi::OsStr]| {
+        Command::new(&bin)
+            .args(command)
+            .arg("--db")
+            .arg(&db)
+            .args(more)
+            .env_remove("OAUTHD_CONFIG")
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    let out = as_that_user(&["keys", "list"], &[]);
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("first"));
     // The key file a command run as root makes beside it (the first token sealed) is
@@ -1957,16 +1963,10 @@ fn keys_create_as_root_gives_a_new_database_its_directorys_owner() {
         (meta.uid(), meta.gid(), meta.mode() & 0o777),
         (65534, 65534, 0o600)
     );
-    let out = Command::new(&bin)
-        .args(["connections", "list", "--db"])
-        .arg(&db)
-        .arg("--config")
-        .arg(&config)
-        .env_remove("OAUTHD_CONFIG")
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
+    let out = as_that_user(
+        &["connections", "list"],
+        &["--config".as_ref(), config.as_os_str()],
+    );
     assert!(out.status.success(), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("me"),
