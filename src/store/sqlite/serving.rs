@@ -228,15 +228,7 @@ pub fn copy_of_served(
         if !made_at.in_place() {
             continue;
         }
-        let original = std::path::Path::new(&made_at.path);
-        let alive = match (&process, &this) {
-            (Some(process), Some(this)) => process.alive(this) == Some(true),
-            _ => false,
-        };
-        let by = match process.filter(|_| alive) {
-            Some(process) => format!(" by oauthd (pid {})", process.pid),
-            None => super::copy::holders(original).oauthds().to_string(),
-        };
+        let by = served_by(process, this.as_ref(), std::path::Path::new(&made_at.path));
         if !by.is_empty() {
             return Ok(Some(Original {
                 path: made_at.path,
@@ -245,6 +237,19 @@ pub fn copy_of_served(
         }
     }
     Ok(None)
+}
+
+/// Who serves the database file at `path` that `process` marked, for a message (` by
+/// oauthd (pid 12)`): that process, alive on this machine, or else the oauthds found
+/// holding the file open (it gone since, restarted, or in another PID namespace); nothing
+/// when none does.
+fn served_by(process: Option<Process>, this: Option<&Process>, path: &std::path::Path) -> String {
+    match (process, this) {
+        (Some(process), Some(this)) if process.alive(this) == Some(true) => {
+            format!(" by oauthd (pid {})", process.pid)
+        }
+        _ => super::copy::holders(path).oauthds().to_string(),
+    }
 }
 
 /// For a database file at `here` (`path`) about to be put in service elsewhere (`restore`
@@ -264,12 +269,7 @@ pub fn served_now(
         if !here.same_file(&made_at) {
             continue;
         }
-        let by = match (Process::from_mark(&name), &this) {
-            (Some(process), Some(this)) if process.alive(this) == Some(true) => {
-                format!(" by oauthd (pid {})", process.pid)
-            }
-            _ => super::copy::holders(path).oauthds().to_string(),
-        };
+        let by = served_by(Process::from_mark(&name), this.as_ref(), path);
         if !by.is_empty() {
             return Ok(Some(Original {
                 path: here.path.clone(),
