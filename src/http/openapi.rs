@@ -318,9 +318,9 @@ pub fn document() -> &'static utoipa::openapi::OpenApi {
     DOC.get_or_init(ApiDoc::openapi)
 }
 
-/// The longest TTL the serving config allows a create (`StatePolicy::longest_ttl`), when
-/// it is not the default: the description's `ttl_seconds` maximum, so that a client that
-/// checks its requests against it sends what the server takes.
+/// The longest TTL the serving config allows a create (`StatePolicy::longest_ttl`): the
+/// description's `ttl_seconds` maximum, so that a client that checks its requests against
+/// it sends what the server takes. Unset (`oauthd openapi`), the default's.
 static LONGEST_TTL: OnceLock<u64> = OnceLock::new();
 
 /// Sets the description's longest TTL from the config served; before the description is
