@@ -16,10 +16,12 @@ fn env_text(name: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// `NAME`, else the trimmed contents of the file named by `NAME_FILE`; empty counts as
-/// unset. Both set: `NAME` wins, as it always did, with a warning that names both (the
-/// operator may think the file is used). A `NAME_FILE` that cannot be read is an error
-/// naming it.
+/// `NAME`, else the trimmed contents of the file named by `NAME_FILE`; an empty `NAME`
+/// counts as unset. Both set: `NAME` wins, as it always did, with a warning that names
+/// both (the operator may think the file is used). A `NAME_FILE` that cannot be read, or
+/// that holds nothing, is an error naming it: an empty file is a credential or secret not
+/// filled in yet (`echo "$TOKEN" > file` with the variable unset), and taking it as unset
+/// would leave `/metrics` open or the store on a new SQLite file without a word.
 fn env_or_file(name: &str) -> Result<Option<zeroize::Zeroizing<String>>, ConfigError> {
     let file_var = format!("{name}_FILE");
     match (env_text(name), env_text(&file_var)) {
@@ -35,7 +37,13 @@ fn env_or_file(name: &str) -> Result<Option<zeroize::Zeroizing<String>>, ConfigE
                     invalid(&file_var, crate::paths::unreadable(path.as_ref(), &e))
                 })?);
             let trimmed = text.trim();
-            Ok((!trimmed.is_empty()).then(|| zeroize::Zeroizing::new(trimmed.to_owned())))
+            if trimmed.is_empty() {
+                return Err(invalid(
+                    &file_var,
+                    format!("{path} is empty: write the value into it, or unset {file_var}"),
+                ));
+            }
+            Ok(Some(zeroize::Zeroizing::new(trimmed.to_owned())))
         }
         (None, None) => Ok(None),
     }

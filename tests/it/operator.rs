@@ -747,6 +747,38 @@ async fn every_setting_from_the_environment_follows_one_rule_trimmed_and_empty_i
     );
     // Named once (it was named twice: "OAUTHD_METRICS_TOKEN: OAUTHD_METRICS_TOKEN_FILE: …").
     assert!(!err.contains("OAUTHD_METRICS_TOKEN:"), "{err}");
+    // A *_FILE naming an empty file (a credential not filled in yet) stops every command
+    // too: taken as unset, it left `/metrics` open, the sign-in form off, or the store on
+    // a new SQLite file, without a word.
+    let empty = home.dir.path().join("empty-secret");
+    std::fs::write(&empty, " \n").unwrap();
+    for (var, store) in [
+        ("OAUTHD_METRICS_TOKEN_FILE", "sqlite"),
+        ("OAUTHD_ADMIN_TOKEN_FILE", "sqlite"),
+        ("OAUTHD_STORE_FILE", "sqlite"),
+        // Read only for a Redis store (nothing listens there: the file stops it first).
+        ("OAUTHD_REDIS_PASSWORD_FILE", "redis://127.0.0.1:9/0"),
+    ] {
+        for command in ["check", "serve"] {
+            let mut cmd = std::process::Command::new(BIN);
+            cmd.args([command, "--listen", "127.0.0.1:0", "--db"])
+                .arg(home.db());
+            if store != "sqlite" {
+                cmd.args(["--store", store]);
+            }
+            let out = cmd
+                .env(var, &empty)
+                .env_remove("OAUTHD_CONFIG")
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(2), "{var} {command}: {out:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains(&format!("{var}: {} is empty", empty.display())),
+                "{var} {command}: {err}"
+            );
+        }
+    }
     // A value and a file for the same setting: the value is used, as it always was, and
     // the log says the file is ignored (the operator may think it is used).
     // `NAME` set to `value` and `NAME_FILE` naming `file`: the value is used, and the log
