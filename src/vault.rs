@@ -60,10 +60,22 @@ impl VaultKey {
 }
 
 /// Why the key file at `path` could not be read, with what to do when this user may not.
-fn read_failed(path: &Path, e: &std::io::Error) -> String {
+pub(crate) fn read_failed(path: &Path, e: &std::io::Error) -> String {
     // A database, an archive: no key file is anything but text.
     if e.kind() == std::io::ErrorKind::InvalidData {
         return "it is not text, so no key file (one holds a key per line, as `oauthd keygen` prints it): is this path the key file's?".to_owned();
+    }
+    if e.kind() == std::io::ErrorKind::NotFound {
+        // oauthd makes a key file only beside the database; one named by the operator is
+        // theirs to make (a first start after uncommenting the example's `key_file`).
+        return format!(
+            "{e}: oauthd makes a key file only beside the database (`<db>.key`); one given \
+             by path is made once, before the first start, with (umask 077; oauthd keygen > \
+             \"{}\"). If an oauthd has served this database before, do not make a new one \
+             (what the old key sealed would stay unreadable): give the path of the key file \
+             it served with",
+            path.display()
+        );
     }
     if e.kind() != std::io::ErrorKind::PermissionDenied {
         return e.to_string();

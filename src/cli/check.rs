@@ -335,15 +335,19 @@ fn key_file_line(
                 format!("{} (mode 600){}", path.display(), keys_by_line(path)),
             ),
         },
-        (Err(e), _) => r.line(
-            "FAIL",
-            "key file",
-            format!(
-                "{}: {e}{}",
-                path.display(),
-                crate::vault::rescue_hint(path, &[])
-            ),
-        ),
+        (Err(e), _) => {
+            let rescued = crate::vault::rescue_hint(path, &[]);
+            let end = if rescued.is_empty() { "" } else { "." };
+            r.line(
+                "FAIL",
+                "key file",
+                format!(
+                    "{}: {}{end}{rescued}",
+                    path.display(),
+                    crate::vault::read_failed(path, &e)
+                ),
+            )
+        }
     }
     Ok(())
 }

@@ -600,7 +600,21 @@ fn a_wrong_vault_key_stops_the_start_naming_its_variable_and_makes_no_database()
         )),
         "{err}"
     );
+    // With how to make it before a first start, and why not once oauthd has served.
+    assert!(
+        err.contains(&format!("(umask 077; oauthd keygen > \"{missing}\")"))
+            && err.contains("If an oauthd has served this database before, do not make a new one"),
+        "{err}"
+    );
     assert!(!home.db().exists(), "a database was made");
+    // `check` says the same.
+    let report = text(&home.cli(&["check"]).stdout);
+    assert!(
+        report.lines().any(|l| l.starts_with(&format!(
+            "FAIL  key file: {missing}: No such file or directory (os error 2): oauthd makes a key file only beside the database"
+        )) && l.contains("oauthd keygen >")),
+        "{report}"
+    );
 }
 
 /// `connections import` of one JSON line in `home`.
