@@ -352,6 +352,51 @@ async fn what_is_not_a_copy_of_oauthds_database_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("does not exist"), "{err}");
+
+    // A copy damaged past its first pages (its header reads, its tables do not) is named
+    // as damaged, exit 2, with nothing made; it was "…/.oauthd.db.restoring-PID-…/oauthd.db:
+    // copying: database disk image is malformed", exit 1, naming a directory already gone.
+    // So is a damaged database given to `backup`.
+    let damaged = home.dir.path().join("damaged.db");
+    let mut bytes = std::fs::read(&copy).unwrap();
+    assert!(bytes.len() > 4 * 4096, "{} bytes", bytes.len());
+    bytes[3 * 4096..4 * 4096].fill(0xde);
+    std::fs::write(&damaged, &bytes).unwrap();
+    let elsewhere = home.dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let out = Command::new(common::BIN)
+        .args(["restore", "--create", "--db"])
+        .arg(elsewhere.join("oauthd.db"))
+        .arg(&damaged)
+        .env_remove("OAUTHD_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{} is damaged (database disk image is malformed)",
+            damaged.display()
+        )) && err.contains("Restore another copy")
+            && !err.contains("restoring-"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    let out = Command::new(common::BIN)
+        .args(["backup", "--db"])
+        .arg(&damaged)
+        .arg(elsewhere.join("copy.db"))
+        .env_remove("OAUTHD_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("{} is damaged", damaged.display()))
+            && err.contains("Restore the last copy"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
 }
 
 /// An existing but empty database file (a copy of a running oauthd's database made

@@ -54,6 +54,14 @@ pub enum CopyError {
     },
     #[error("{path} is damaged: {detail}")]
     Damaged { path: PathBuf, detail: String },
+    /// What was to be copied does not read whole: a database (`backup`) or a copy
+    /// (`restore`) that is damaged. Nothing was made.
+    #[error("{path} is damaged ({detail}), so no whole copy of it can be made; nothing was changed. {}", damaged_advice(path, *restoring))]
+    SourceDamaged {
+        path: PathBuf,
+        detail: String,
+        restoring: bool,
+    },
     #[error("{path}: {detail}")]
     File { path: PathBuf, detail: String },
     /// A path given that cannot be one: a directory, one in a directory that is not
@@ -77,6 +85,16 @@ pub enum CopyError {
     SourceServed { what: String, original: String },
     #[error("a process has {path} open{by} (an oauthd serving it, or a command or an sqlite3 shell using it): stop every oauthd serving it first, then restore")]
     InUse { path: PathBuf, by: Holders },
+}
+
+/// What to do about a damaged database (`restoring`: a copy to restore) at `path`.
+fn damaged_advice(path: &Path, restoring: bool) -> String {
+    let recover = format!("`sqlite3 {} .recover`", crate::paths::shell_word(path));
+    if restoring {
+        format!("Restore another copy (an older backup); what SQLite still reads of this one can be saved with {recover}")
+    } else {
+        format!("Restore the last copy (`oauthd restore`, with oauthd stopped), or save what SQLite still reads with {recover}")
+    }
 }
 
 /// The processes found holding a file open, for a message: ` (pid 12 oauthd, pid 40
@@ -805,9 +823,21 @@ fn fill(
         .to_str()
         .ok_or_else(|| CopyError::file(partial, "the path is not UTF-8"))?;
     stoppable(source, partial)?;
-    source
-        .execute("VACUUM INTO ?1", [name])
-        .map_err(|e| stopped_or(e, |e| CopyError::file(partial, format!("copying: {e}"))))?;
+    source.execute("VACUUM INTO ?1", [name]).map_err(|e| {
+        stopped_or(e, |e| match (e.sqlite_error_code(), source.path()) {
+            // The source's pages do not read: its fault, named by its own path (not the
+            // partial file's, which is gone with the failure).
+            (
+                Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase),
+                Some(path),
+            ) => CopyError::SourceDamaged {
+                path: PathBuf::from(path),
+                detail: e.to_string(),
+                restoring: mark.is_none(),
+            },
+            _ => CopyError::file(partial, format!("copying: {e}")),
+        })
+    })?;
     let copy = Connection::open(partial).map_err(|e| CopyError::file(partial, e))?;
     stoppable(&copy, partial)?;
     let damaged = |e: rusqlite::Error| {
