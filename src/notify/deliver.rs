@@ -24,10 +24,11 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a claim holds a delivery: outlives an attempt, so only a worker that died
 /// leaves it to be claimed again.
 const LEASE_MS: i64 = 30_000;
-/// Attempts running at once to one target, and at least in all. The pool holds
-/// `PER_TARGET` for every configured target (`pool_size`): a target that hangs until the
-/// timeout holds its own two slots, never the others' (with a pool of sixteen, eight
-/// hanging targets took it all).
+/// Attempts running at once to one target (in every instance on the store together: the
+/// store counts the claims not ended), and at least in all. The pool holds `PER_TARGET`
+/// for every configured target (`pool_size`): a target that hangs until the timeout holds
+/// its own two slots, never the others' (with a pool of sixteen, eight hanging targets
+/// took it all).
 const MIN_IN_FLIGHT: usize = 16;
 const PER_TARGET: u32 = 2;
 

@@ -8,8 +8,10 @@ use async_trait::async_trait;
 use std::collections::BTreeMap;
 
 /// What one claim may take: at most `limit` deliveries, and for each target only as many
-/// as keep its attempts running at once, with those it already runs (`busy`), within
-/// `per_target`: a target that hangs never holds all of the worker's room.
+/// as keep its attempts running at once within `per_target`: a target that hangs never
+/// holds all of the worker's room. The attempts a target runs are those whose claim, in
+/// the store, has not ended (every instance's), or those this worker runs (`busy`) when
+/// they are more (an attempt that outlived its lease).
 #[derive(Debug, Clone)]
 pub struct ClaimRoom {
     pub limit: u32,

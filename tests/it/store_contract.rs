@@ -705,6 +705,48 @@ async fn a_claim_past_a_backlog_takes_the_others_oldest_first(b: Backend) {
     assert_eq!(claimed_past_hangs(s).await, ["f1", "f2", "h00"]);
 }
 
+/// A target's room is the store's, not one process's: claims that run nothing of their
+/// own (two instances on one store) run at most `per_target` attempts a target between
+/// them, until an attempt ends or its lease does. Each instance counted only its own, and
+/// a target got two attempts at once from every instance.
+async fn a_targets_room_is_shared_by_every_claimer(b: Backend) {
+    let s = b.store.as_ref();
+    let hooks: Vec<_> = (0..5)
+        .map(|i| delivery(&format!("h{i}"), "hook", 1_000 + i))
+        .collect();
+    s.add_deliveries(hooks).await.unwrap();
+    s.add_deliveries(vec![delivery("o1", "other", 1_100)])
+        .await
+        .unwrap();
+    let room = || ClaimRoom {
+        limit: 10,
+        per_target: 2,
+        busy: Default::default(),
+        longest_wait_ms: None,
+    };
+    let claim = |now: i64| async move {
+        let got = s.claim_deliveries(now, 10_000, &room()).await.unwrap();
+        let mut ids: Vec<_> = got.into_iter().map(|d| d.id).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(claim(2_000).await, ["h0", "h1", "o1"]);
+    // Another instance: nothing of "hook" while two of its attempts run.
+    assert_eq!(claim(2_100).await, Vec::<String>::new());
+    // One ends: the next takes its place.
+    for id in ["h0", "o1"] {
+        assert!(s
+            .finish_delivery(id, 1, DeliveryOutcome::Delivered, 2_200)
+            .await
+            .unwrap());
+    }
+    assert_eq!(claim(2_300).await, ["h2"]);
+    // h1's lease ends (its instance was killed): its place is free, h2's is not. The
+    // oldest due goes first.
+    assert_eq!(claim(12_000).await, ["h3"]);
+    assert_eq!(claim(12_001).await, Vec::<String>::new());
+}
+
 /// A signed-out session no longer counts as one: the next start prints a sign-in link.
 async fn a_signed_out_session_leaves_no_admin_session_behind(b: Backend) {
     use oauthd::store::{AdminSecretKind, SecretUse};
@@ -1493,6 +1535,7 @@ backends!(
     a_claim_leaves_the_skipped_targets_deliveries_due,
     a_claim_takes_each_target_within_its_room_past_an_older_backlog,
     a_claim_past_a_backlog_takes_the_others_oldest_first,
+    a_targets_room_is_shared_by_every_claimer,
     a_claim_finds_the_others_behind_any_backlog,
     a_signed_out_session_leaves_no_admin_session_behind,
     only_the_newest_login_link_works,

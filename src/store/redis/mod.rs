@@ -16,7 +16,7 @@
 //! | `P a:<kind>:<hash>` | string | an admin login link or session, TTL = its lifetime |
 //! | `P rc:<call>` | string | the answer (JSON) of a state script that wrote, TTL 15 s: read back by a call whose answer was lost (`receipt`) |
 //! | `P probe` | string | written by `/readyz` (TTL 1 s): Redis that refuses writes is not ready |
-//! | `P o:<id>` | hash | an event's delivery to one target; `P od:<target>` its target's pending ones by due time, `P odt` the targets with pending ones (set), `P ol` all by creation (zset) |
+//! | `P o:<id>` | hash | an event's delivery to one target; `P od:<target>` its target's pending ones by due time, `P odt` the targets with pending ones (set), `P odc:<target>` its attempts under way by the end of their claim (zset; expires a second after the last), `P ol` all by creation (zset) |
 //!
 //! Only SHA-256 hashes of secrets and sealed tokens are stored, as in SQLite.
 //!

@@ -31,6 +31,7 @@ use std::sync::LazyLock;
 pub(super) const ENQUEUE_LUA: &str = r#"
 local function due_of(root, target) return root .. ':' .. target end
 local function targets_of(root) return root .. 't' end
+local function claims_of(root, target) return root .. 'c:' .. target end
 local function enqueue(kfirst, first)
   local n = tonumber(ARGV[first])
   local a = first + 1
@@ -65,8 +66,11 @@ const LIST_WINDOW: u32 = 1000;
 const LEGACY_BATCH: u32 = 1000;
 
 /// KEYS: due root, hash. ARGV: id, now, lease ms, the target whose due set the id was read
-/// from. The claimed delivery's fields (flat), an empty list when it is not due (another
-/// instance claimed it first) or no longer pending, or `{'unreadable'}` when its record is
+/// from, the longest wait, how many attempts may run at once for the target ("" for no
+/// bound). The claimed delivery's fields (flat), an empty list when it is not due (another
+/// instance claimed it first), no longer pending, or its target runs as many attempts as
+/// it may (in all instances: each claim is in the target's claims, `odc:<target>`, until
+/// its attempt ends or its lease does), or `{'unreadable'}` when its record is
 /// not a hash or its attempts not a whole number (`HINCRBY` would fail; nothing changed:
 /// `BURY` ends it). An id whose delivery is gone
 /// (its hash deleted by hand or evicted) leaves the due set: it would stand at its front,
@@ -91,7 +95,13 @@ end
 if not string.match(redis.call('HGET', KEYS[2], 'attempts') or '', '^%d+$') then
   return {'unreadable'}
 end
+local claims = claims_of(KEYS[1], target)
+redis.call('ZREMRANGEBYSCORE', claims, '-inf', ARGV[2])
+if ARGV[6] ~= '' and redis.call('ZCARD', claims) >= tonumber(ARGV[6]) then return {} end
 local lease_end = tonumber(ARGV[2]) + tonumber(ARGV[3])
+redis.call('ZADD', claims, lease_end, ARGV[1])
+-- Gone a second after the last lease ends, whatever becomes of its target.
+redis.call('PEXPIRE', claims, tonumber(ARGV[3]) + 1000)
 redis.call('HINCRBY', KEYS[2], 'attempts', 1)
 redis.call('HSET', KEYS[2], 'next_attempt_at', lease_end, 'last_attempt_at', ARGV[2],
   'claimed_until', lease_end)
@@ -110,6 +120,7 @@ static BURY: LazyLock<Script> = LazyLock::new(|| {
         r#"
 local due_set = due_of(KEYS[1], ARGV[2])
 redis.call('ZREM', due_set, ARGV[1])
+redis.call('ZREM', claims_of(KEYS[1], ARGV[2]), ARGV[1])
 if redis.call('ZCARD', due_set) == 0 then redis.call('SREM', targets_of(KEYS[1]), ARGV[2]) end
 local kind = redis.call('TYPE', KEYS[2])['ok']
 if kind ~= 'hash' then
@@ -134,6 +145,7 @@ if redis.call('HGET', KEYS[2], 'status') ~= 'pending' then return 0 end
 if redis.call('HGET', KEYS[2], 'attempts') ~= ARGV[2] then return 0 end
 local target = redis.call('HGET', KEYS[2], 'target')
 local due_set = due_of(KEYS[1], target)
+redis.call('ZREM', claims_of(KEYS[1], target), ARGV[1])
 redis.call('HSET', KEYS[2], 'status', ARGV[3])
 redis.call('HDEL', KEYS[2], 'claimed_until')
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'last_error', ARGV[5]) end
@@ -518,7 +530,12 @@ impl OutboxStore for RedisStore {
                 .arg(now_ms)
                 .arg(lease_ms)
                 .arg(target)
-                .arg(longest);
+                .arg(longest)
+                .arg(if room.per_target == u32::MAX {
+                    String::new()
+                } else {
+                    room.per_target.to_string()
+                });
             let mut c = self.conn();
             let flat = self
                 .run("claiming a delivery", async move {

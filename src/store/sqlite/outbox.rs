@@ -59,6 +59,22 @@ pub(super) fn enqueue(conn: &Connection, deliveries: &[NewDelivery]) -> rusqlite
     Ok(())
 }
 
+/// The attempts under way now by target, in every process on this file (`leased`): the
+/// deliveries claimed, whose claim (set with their next attempt, `?5` after the claim)
+/// has not ended. A claim further off than a lease was made on a clock since stepped
+/// back, and holds nothing. `?1` is now.
+const LEASED: &str = "WITH leased AS (
+    SELECT target, count(*) AS n FROM deliveries
+    WHERE status = 'pending' AND next_attempt_at > ?1 AND next_attempt_at <= ?1 + ?5
+      AND claimed_until > ?1
+    GROUP BY target)";
+
+/// How many attempts run now for the target of the row `d`: those leased in the store, or
+/// more as this process counts them (`?2`, JSON: an attempt that outlived its lease).
+const RUNNING: &str = "max(
+    coalesce((SELECT b.value FROM json_each(?2) b WHERE b.key = d.target), 0),
+    coalesce((SELECT l.n FROM leased l WHERE l.target = d.target), 0))";
+
 #[async_trait]
 impl OutboxStore for SqliteStore {
     async fn add_deliveries(&self, deliveries: Vec<NewDelivery>) -> Result<(), StoreError> {
@@ -83,16 +99,16 @@ impl OutboxStore for SqliteStore {
         // nothing is due, which needs no write transaction.
         let any_due = self
             .point_read("looking for due deliveries", move |conn| {
-                conn.prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM deliveries
+                conn.prepare_cached(&format!(
+                    "{LEASED} SELECT EXISTS (SELECT 1 FROM deliveries d
                                     WHERE status = 'pending'
                                       AND (next_attempt_at <= ?1 OR next_attempt_at > ?1 + ?4)
-                                      AND coalesce((SELECT b.value FROM json_each(?2) b
-                                                    WHERE b.key = target), 0) < ?3)",
-                )?
-                .query_row(params![now_ms, busy_now, per_target, longest], |r| {
-                    r.get::<_, bool>(0)
-                })
+                                      AND {RUNNING} < ?3)"
+                ))?
+                .query_row(
+                    params![now_ms, busy_now, per_target, longest, lease_ms],
+                    |r| r.get::<_, bool>(0),
+                )
             })
             .await?;
         if !any_due {
@@ -103,24 +119,23 @@ impl OutboxStore for SqliteStore {
         self.writer
             .run("claiming deliveries", move |conn| {
                 conn.prepare_cached(&format!(
-                    "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = ?1 + ?2,
-                        claimed_until = ?1 + ?2, last_attempt_at = ?1
+                    "{LEASED} UPDATE deliveries SET attempts = attempts + 1,
+                        next_attempt_at = ?1 + ?5, claimed_until = ?1 + ?5, last_attempt_at = ?1
                      WHERE id IN (
                        SELECT id FROM (
                          SELECT id, next_attempt_at,
                            row_number() OVER (PARTITION BY target
                                               ORDER BY next_attempt_at, id)
-                           + coalesce((SELECT b.value FROM json_each(?4) b
-                                       WHERE b.key = target), 0) AS nth
-                         FROM deliveries
+                           + {RUNNING} AS nth
+                         FROM deliveries d
                          WHERE status = 'pending'
-                           AND (next_attempt_at <= ?1 OR next_attempt_at > ?1 + ?6))
-                       WHERE nth <= ?5
-                       ORDER BY next_attempt_at LIMIT ?3)
+                           AND (next_attempt_at <= ?1 OR next_attempt_at > ?1 + ?4))
+                       WHERE nth <= ?3
+                       ORDER BY next_attempt_at LIMIT ?6)
                      RETURNING {COLUMNS}"
                 ))?
                 .query_map(
-                    params![now_ms, lease_ms, limit, busy, per_target, longest],
+                    params![now_ms, busy, per_target, longest, lease_ms, limit],
                     row,
                 )?
                 .collect()
