@@ -408,7 +408,11 @@ impl Teller {
     /// Its `[[notify]]` targets alike: deliveries wait in the store for whichever instance
     /// claims them first, and one without the target retries them until they die.
     fn compare_providers(&mut self, told: &[VaultKeysInUse]) {
-        let (ours, our_targets) = (provider_words(&self.broker), target_words(&self.notifier));
+        let (ours, our_targets, our_sending) = (
+            provider_words(&self.broker),
+            target_words(&self.notifier),
+            sending_words(&self.notifier),
+        );
         for other in told.iter().filter(|o| o.instance != self.instance) {
             let Some(theirs) = &other.providers else {
                 continue;
@@ -416,16 +420,28 @@ impl Teller {
             if self.warned_providers.contains(&other.instance) {
                 continue;
             }
-            let (theirs, their_targets) = split_settings(theirs);
+            let Told {
+                providers: theirs,
+                targets: their_targets,
+                sending: their_sending,
+            } = split_settings(theirs);
             let mut said = Vec::new();
             if let Some(what) = settings_differ(&ours, &theirs, &PROVIDERS) {
                 said.push(format!("its providers are configured otherwise than this one's: {what}. Give every instance the same providers (the same config file): a request answered by one instance or the other gets a different answer"));
             }
             // An oauthd that does not tell its targets says nothing of them.
-            if let Some(what) =
-                their_targets.and_then(|theirs| settings_differ(&our_targets, &theirs, &TARGETS))
-            {
-                said.push(format!("its [[notify]] targets are configured otherwise than this one's: {what}. Give every instance the same targets: a delivery is sent by whichever instance takes it first, and one without its target retries it until it dies"));
+            let targets =
+                their_targets.and_then(|theirs| settings_differ(&our_targets, &theirs, &TARGETS));
+            let sending = their_sending.and_then(|theirs| {
+                settings_differ(
+                    &shared_names(&our_sending, &theirs),
+                    &shared_names(&theirs, &our_sending),
+                    &SENDING,
+                )
+            });
+            let what: Vec<String> = targets.into_iter().chain(sending).collect();
+            if !what.is_empty() {
+                said.push(format!("its [[notify]] targets are configured otherwise than this one's: {}. Give every instance the same targets: a delivery is sent by whichever instance takes it first (each attempt of it, signed with its secret, in its format), and one without its target retries it until it dies", what.join("; ")));
             }
             if !said.is_empty() {
                 log::warn!(
@@ -510,17 +526,24 @@ impl Teller {
 /// holds a `:`, so older oauthds pass these words over.
 const TARGET_WORD: &str = "notify:";
 
+/// Before each `[[notify]]` target's word of how it sends (`Target::sending_digest`);
+/// alone, that the instance tells them (an older one does not). Older oauthds pass these
+/// words over too (a `:`; not `notify:`).
+const SENDING_WORD: &str = "notify-sending:";
+
 /// What an instance tells of its settings: each provider as `name=digest`
 /// (`Provider::settings_digest`), then each `[[notify]]` target as `notify:name=digest` (of
-/// its URL's scheme, host and port), after a lone `notify:`.
+/// its URL's scheme, host and port), after a lone `notify:`, and as
+/// `notify-sending:name=digest` (how it sends), after a lone `notify-sending:`.
 fn told_settings(broker: &Broker, notifier: &crate::notify::Notifier) -> Vec<String> {
     let mut words = provider_words(broker);
-    words.push(TARGET_WORD.to_owned());
-    words.extend(
-        target_words(notifier)
-            .iter()
-            .map(|t| format!("{TARGET_WORD}{t}")),
-    );
+    for (word, told) in [
+        (TARGET_WORD, target_words(notifier)),
+        (SENDING_WORD, sending_words(notifier)),
+    ] {
+        words.push(word.to_owned());
+        words.extend(told.iter().map(|t| format!("{word}{t}")));
+    }
     words
 }
 
@@ -550,22 +573,58 @@ fn target_words(notifier: &crate::notify::Notifier) -> Vec<String> {
     words
 }
 
-/// An instance's told settings as its providers' words and, when it tells them, its
-/// targets' (without `notify:`).
-fn split_settings(words: &[String]) -> (Vec<String>, Option<Vec<String>>) {
-    let providers = words
+/// This instance's `[[notify]]` targets, each as `name=digest` of how it sends
+/// (`Target::sending_digest`), sorted.
+fn sending_words(notifier: &crate::notify::Notifier) -> Vec<String> {
+    let mut words: Vec<String> = notifier
+        .targets()
         .iter()
-        .filter(|w| !w.starts_with(TARGET_WORD))
+        .map(|t| format!("{}={}", t.name, t.sending_digest()))
+        .collect();
+    words.sort();
+    words
+}
+
+/// An instance's told settings: its providers' words, and, when it tells them, its
+/// targets' (without `notify:`) and how they send (without `notify-sending:`).
+struct Told {
+    providers: Vec<String>,
+    targets: Option<Vec<String>>,
+    sending: Option<Vec<String>>,
+}
+
+fn split_settings(words: &[String]) -> Told {
+    let tagged = |word: &str| {
+        let tells = words.iter().any(|w| w == word);
+        let told = words
+            .iter()
+            .filter_map(|w| w.strip_prefix(word))
+            .filter(|w| !w.is_empty())
+            .map(str::to_owned)
+            .collect();
+        tells.then_some(told)
+    };
+    Told {
+        providers: words
+            .iter()
+            .filter(|w| !w.starts_with(TARGET_WORD) && !w.starts_with(SENDING_WORD))
+            .cloned()
+            .collect(),
+        targets: tagged(TARGET_WORD),
+        sending: tagged(SENDING_WORD),
+    }
+}
+
+/// `words` (`name=digest`) of the names `others` has too: what one has and the other has
+/// not is said once, by the targets' comparison.
+fn shared_names(words: &[String], others: &[String]) -> Vec<String> {
+    let name = |w: &String| w.split_once('=').map_or(w.clone(), |(n, _)| n.to_owned());
+    let theirs: std::collections::BTreeSet<String> = others.iter().map(name).collect();
+    words
+        .iter()
+        .filter(|w| theirs.contains(&name(w)))
         .cloned()
-        .collect();
-    let tells = words.iter().any(|w| w == TARGET_WORD);
-    let targets = words
-        .iter()
-        .filter_map(|w| w.strip_prefix(TARGET_WORD))
-        .filter(|w| !w.is_empty())
-        .map(str::to_owned)
-        .collect();
-    (providers, tells.then_some(targets))
+        .collect()
 }
 
 /// What two instances compare, and how it is said.
@@ -584,6 +643,12 @@ const PROVIDERS: Compared = Compared {
 const TARGETS: Compared = Compared {
     one: "[[notify]] target",
     changed: "sends to another scheme, host or port there",
+};
+
+const SENDING: Compared = Compared {
+    one: "[[notify]] target",
+    changed:
+        "has another secret_file, format or events there, or (signed) another URL path or query",
 };
 
 /// How two instances' settings (`name=digest` words) differ, said from this one's side;
@@ -641,7 +706,7 @@ fn settings_differ(ours: &[String], theirs: &[String], compared: &Compared) -> O
 
 #[cfg(test)]
 mod tests {
-    use super::{settings_differ, split_settings, PROVIDERS, TARGETS};
+    use super::{settings_differ, shared_names, split_settings, PROVIDERS, SENDING, TARGETS};
 
     fn providers_differ(ours: &[String], theirs: &[String]) -> Option<String> {
         settings_differ(ours, theirs, &PROVIDERS)
@@ -672,12 +737,33 @@ mod tests {
 
     #[test]
     fn targets_are_compared_when_the_other_tells_them() {
-        let ours = words(&["a=1", "notify:", "notify:app=0a"]);
-        let (providers, targets) = split_settings(&ours);
-        assert_eq!(providers, words(&["a=1"]));
-        assert_eq!(targets, Some(words(&["app=0a"])));
-        // An older oauthd tells providers only: nothing is said of targets.
-        assert_eq!(split_settings(&words(&["a=1"])).1, None);
+        let ours = words(&[
+            "a=1",
+            "notify:",
+            "notify:app=0a",
+            "notify-sending:",
+            "notify-sending:app=0c",
+        ]);
+        let told = split_settings(&ours);
+        assert_eq!(told.providers, words(&["a=1"]));
+        assert_eq!(told.targets, Some(words(&["app=0a"])));
+        assert_eq!(told.sending, Some(words(&["app=0c"])));
+        // An older oauthd tells providers only: nothing is said of targets; one a little
+        // less old, targets but not how they send.
+        assert_eq!(split_settings(&words(&["a=1"])).targets, None);
+        let older = split_settings(&words(&["a=1", "notify:", "notify:app=0a"]));
+        assert_eq!((older.targets.is_some(), older.sending), (true, None));
+        // How they send is compared for the targets both have.
+        let said = settings_differ(
+            &shared_names(&words(&["app=0c", "b=01"]), &words(&["app=0d"])),
+            &shared_names(&words(&["app=0d"]), &words(&["app=0c", "b=01"])),
+            &SENDING,
+        )
+        .unwrap();
+        assert_eq!(
+            said,
+            "[[notify]] target app has another secret_file, format or events there, or (signed) another URL path or query"
+        );
         let theirs = words(&["app2=0a", "app=0b"]);
         let said = settings_differ(&words(&["app=0a"]), &theirs, &TARGETS).unwrap();
         assert!(

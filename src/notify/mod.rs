@@ -106,6 +106,28 @@ pub struct Target {
 }
 
 impl Target {
+    /// How this target's deliveries are made, for instances sharing a store to compare
+    /// (16 hex digits): its format, its `events`, and, for a signed target, its secret and
+    /// its URL's path and query, both through an HMAC keyed with the secret. Without a
+    /// secret the path is left out: the store is readable by whoever runs it, and a push
+    /// service's topic is a token short enough to guess back from a plain hash.
+    pub fn sending_digest(&self) -> String {
+        let mut patterns = self.patterns.clone();
+        patterns.sort();
+        let signed = match &self.key {
+            None => "unsigned".to_owned(),
+            Some(key) => {
+                let path = match self.url.query() {
+                    Some(q) => format!("{}?{q}", self.url.path()),
+                    None => self.url.path().to_owned(),
+                };
+                key.sign("oauthd-instances-compare", 0, &path)
+            }
+        };
+        let text = format!("{}\n{}\n{signed}", self.format.name(), patterns.join(","));
+        crate::secret::SecretHash::of(&text).to_hex()[..16].to_owned()
+    }
+
     /// What a `410 Gone` is recorded against: SHA-256 of the URL, hex (the URL may hold a
     /// token; its hash tells a changed URL from the one that answered).
     pub fn url_hash(&self) -> String {

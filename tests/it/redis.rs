@@ -841,6 +841,101 @@ mod shared {
         }
     }
 
+    /// Instances whose `[[notify]]` target of one name sends to the same host but with
+    /// another secret, format or path: each delivery is rendered and signed by whichever
+    /// instance takes it, so a receiver got one event in two formats, and a share of the
+    /// deliveries failed its signature check, with nothing said. Each instance now tells
+    /// a digest of how each target sends (the secret and the path only through an HMAC
+    /// keyed with the secret), and warns of what differs; a target alike is not named.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn instances_whose_targets_send_otherwise_warn_of_it() {
+        let a = Home::redis();
+        let b = Home::sharing(&a);
+        let secret_file = |h: &Home, secret: &str| {
+            let file = h.dir.path().join("hook.secret");
+            std::fs::write(&file, format!("{secret}\n")).unwrap();
+            file
+        };
+        let (secret_a, secret_b) = (
+            common::receiver::new_secret(),
+            common::receiver::new_secret(),
+        );
+        let targets = |secret: &std::path::Path, path: &str, push_format: &str| {
+            format!(
+                "[[notify]]\nname = \"hook\"\nurl = \"http://127.0.0.1:9{path}\"\nsecret_file = \"{}\"\n\
+                 [[notify]]\nname = \"push\"\nurl = \"http://127.0.0.1:9/topic\"\nformat = \"{push_format}\"\n\
+                 [[notify]]\nname = \"same\"\nurl = \"http://127.0.0.1:9/same\"\nformat = \"text\"\n",
+                secret.display()
+            )
+        };
+        a.write_config(&targets(&secret_file(&a, &secret_a), "/hook", "text"));
+        b.write_config(&targets(&secret_file(&b, &secret_b), "/hook", "gotify"));
+        let da = a.start();
+        let db = b.start();
+        let warned = |h: &Home| {
+            h.log_text()
+                .lines()
+                .filter(|l| l.contains("its [[notify]] targets are configured otherwise"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while (warned(&a).is_empty() || warned(&b).is_empty())
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for h in [&a, &b] {
+            let w = warned(h);
+            assert_eq!(w.len(), 1, "{w:?}");
+            assert!(
+                w[0].contains(
+                    "[[notify]] target hook, push has another secret_file, format or events there"
+                ),
+                "{w:?}"
+            );
+            assert!(
+                !w[0].contains(", same") && !w[0].contains("target same"),
+                "{w:?}"
+            );
+            let log = h.log_text();
+            for secret in [&secret_a, &secret_b] {
+                assert!(!log.contains(secret.trim_start_matches("whsec_")), "{log}");
+            }
+        }
+        // Stopped: they no longer count as serving.
+        da.signal_and_wait("TERM");
+        db.signal_and_wait("TERM");
+        // The same secret, but another path: said too (the path is compared for a signed
+        // target); alike otherwise, nothing is said.
+        let c = Home::sharing(&a);
+        let d = Home::sharing(&a);
+        c.write_config(&targets(&secret_file(&c, &secret_a), "/hook", "text"));
+        d.write_config(&targets(&secret_file(&d, &secret_a), "/other-hook", "text"));
+        let e = Home::sharing(&a);
+        e.write_config(&targets(&secret_file(&e, &secret_a), "/hook", "text"));
+        let _dc = c.start();
+        let _dd = d.start();
+        let _de = e.start();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while (warned(&c).is_empty() || warned(&e).is_empty() || warned(&d).len() < 2)
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // c and e of d only; d of both.
+        for (h, n) in [(&c, 1), (&e, 1), (&d, 2)] {
+            let w = warned(h);
+            assert_eq!(w.len(), n, "{w:?}");
+            for w in &w {
+                assert!(
+                    w.contains("[[notify]] target hook has another secret_file, format or events there, or (signed) another URL path or query"),
+                    "{w}"
+                );
+            }
+        }
+    }
+
     /// A failover behind oauthd's address (a virtual IP, a DNS name, a proxy that follows
     /// the primary): oauthd's open connection still reached the old primary, now a replica
     /// of the new one, which answered every write `READONLY`, so every write and /readyz
