@@ -239,18 +239,13 @@ async fn attempt(
             ..
         }) => {
             let now = notifier.now_ms();
-            if now >= d.deadline_ms {
-                DeliveryOutcome::Dead { error }
-            } else {
-                // Attempts since the last retry by hand: that retry starts the backoff
-                // afresh.
-                let failed = d.attempts.saturating_sub(d.attempts_before_retry);
-                let wait = next_wait(notifier.policy(), failed, retry_after_ms, jitter());
-                DeliveryOutcome::Retry {
-                    at_ms: now.saturating_add(wait).min(d.deadline_ms),
-                    error,
-                }
-            }
+            // Attempts since the last retry by hand: that retry starts the backoff afresh.
+            let failed = d.attempts.saturating_sub(d.attempts_before_retry);
+            let policy = notifier.policy();
+            let wait = next_wait(policy, failed, retry_after_ms, jitter());
+            // Honoured up to `retry_max`, as by `next_wait`.
+            let asked = retry_after_ms.map(|a| a.clamp(0, super::millis(policy.retry_max)));
+            retry_or_end(now, d.deadline_ms, wait, asked, error)
         }
     };
     let result = match &outcome {
@@ -332,6 +327,36 @@ fn longest_wait(policy: super::EventsPolicy) -> i64 {
     super::millis(policy.retry_max)
         .max(LEASE_MS)
         .saturating_add(crate::clock::CLOCK_SLACK_MS)
+}
+
+/// What follows a failed attempt `wait` ms from `now`: the next one, at the deadline at
+/// the latest, or the end (dead) when the deadline has come, or when the receiver's
+/// `Retry-After` (`retry_after_ms`, as honoured: up to `retry_max`) asks for a wait past
+/// it: an attempt sooner than it asked would only be refused again (and a `429` may count
+/// it against the sender).
+fn retry_or_end(
+    now: i64,
+    deadline: i64,
+    wait: i64,
+    retry_after_ms: Option<i64>,
+    error: String,
+) -> DeliveryOutcome {
+    if now >= deadline {
+        return DeliveryOutcome::Dead { error };
+    }
+    let at_ms = now.saturating_add(wait);
+    match retry_after_ms {
+        Some(asked) if now.saturating_add(asked) > deadline => DeliveryOutcome::Dead {
+            error: format!(
+                "{error}; its Retry-After asks for a wait past the end of the delivery's retry window ({}: events.retry_for_seconds)",
+                crate::clock::rfc3339(deadline)
+            ),
+        },
+        _ => DeliveryOutcome::Retry {
+            at_ms: at_ms.min(deadline),
+            error,
+        },
+    }
 }
 
 fn next_wait(

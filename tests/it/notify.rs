@@ -707,6 +707,34 @@ async fn a_receivers_retry_after_holds_the_next_attempt_back() {
     assert_verified(&got, &[]);
 }
 
+/// A `Retry-After` that reaches past the delivery's retry window ends it, rather than
+/// bringing the last attempt in sooner than the receiver asked (it was tried at the
+/// deadline, and refused again).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_after_past_the_window_ends_the_delivery_rather_than_coming_sooner() {
+    let (home, hooks, key, d) = daemon_with_app_target(
+        "[events]\nretry_for_seconds = 4\nretry_min_seconds = 1\nretry_max_seconds = 60\n",
+    )
+    .await;
+    hooks.fail_next_asking(1000, 503, Some("30")).await;
+    let (status, _) = d.post("/v1/notify/test", &key, json!({})).await;
+    assert_eq!(status, 202);
+    let dead = failed_row_once(&home, |r| r["status"] == "dead").await;
+    assert_eq!(dead["attempts"], 1, "{dead}");
+    assert!(
+        dead["last_error"].as_str().is_some_and(|e| e.contains(
+            "its Retry-After asks for a wait past the end of the delivery's retry window"
+        )),
+        "{dead}"
+    );
+    // Nothing more came, though the window has ended.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let got = hooks
+        .wait_for("notify.test", 2, Duration::from_millis(100))
+        .await;
+    assert_eq!(got.len(), 1, "{got:?}");
+}
+
 /// A delivery retried by hand backs off from `retry_min` again, not from where its
 /// earlier attempts had taken the wait (which the deadline would have capped).
 #[tokio::test(flavor = "multi_thread")]
