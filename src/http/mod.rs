@@ -670,9 +670,10 @@ pub async fn serve(
         // TimeoutStopSec (a raised provider_answer_wait_seconds needs no edit of the unit).
         crate::systemd_notify::notify(&format!(
             "STOPPING=1\nEXTEND_TIMEOUT_USEC={}",
-            broker.longest_stop().max(grace).as_micros()
+            // Then notification deliveries under way get theirs.
+            (broker.longest_stop().max(grace) + crate::notify::deliver::STOP_GRACE).as_micros()
         ));
-        log::info!("stopping: finishing requests, refreshes and device polls in flight");
+        log::info!("stopping: finishing requests, refreshes, device polls and notification deliveries in flight");
         let stop = async { tokio::join!(handle.stop(true), broker.stop_background()) };
         tokio::pin!(stop);
         // Another signal meanwhile (a second Ctrl-C) is answered, not silently ignored.

@@ -24,6 +24,10 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a claim holds a delivery: outlives an attempt, so only a worker that died
 /// leaves it to be claimed again.
 const LEASE_MS: i64 = 30_000;
+/// How long a stop waits for attempts under way to be answered (most are within a
+/// second); those still waiting then are given back, due at once, for another instance
+/// or the next start, rather than held by their claim until its lease ends.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Attempts running at once to one target (in every instance on the store together: the
 /// store counts the claims not ended), and at least in all. The pool holds `PER_TARGET`
 /// for every configured target (`pool_size`): a target that hangs until the timeout holds
@@ -81,6 +85,9 @@ pub async fn run(
     let mut failing = false;
     let mut running: tokio::task::JoinSet<String> = tokio::task::JoinSet::new();
     let mut busy: HashMap<String, u32> = HashMap::new();
+    // The attempts under way, by delivery id (with their attempt's number): what a stop
+    // gives back if they are not done by then.
+    let under_way: Arc<std::sync::Mutex<HashMap<String, u32>>> = Arc::default();
     let pool = pool_size(notifier.targets().len());
     while !*stop.borrow() {
         if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
@@ -124,11 +131,17 @@ pub async fn run(
                     for d in batch {
                         *busy.entry(d.target.clone()).or_default() += 1;
                         let gone = gone.iter().find(|g| g.target == d.target).cloned();
-                        let (store, notifier, http) =
-                            (store.clone(), notifier.clone(), http.clone());
+                        let (store, notifier, http, under_way) = (
+                            store.clone(),
+                            notifier.clone(),
+                            http.clone(),
+                            under_way.clone(),
+                        );
                         running.spawn(async move {
-                            let target = d.target.clone();
+                            let (target, id) = (d.target.clone(), d.id.clone());
+                            set(&under_way, |u| u.insert(id.clone(), d.attempts));
                             attempt(store.as_ref(), &notifier, &http, d, gone).await;
+                            set(&under_way, |u| u.remove(&id));
                             target
                         });
                     }
@@ -158,9 +171,45 @@ pub async fn run(
             busy.clear();
         }
     }
-    // Attempts still running are dropped: their claims end (or, on SQLite, are released at
-    // the next start) and they are sent again.
+    // Attempts under way get a moment to be answered; those still waiting are dropped and
+    // given back, due now: sent again by another instance, or this one's next start, not
+    // only once their claim's lease ends.
+    let grace = tokio::time::sleep(STOP_GRACE);
+    tokio::pin!(grace);
+    while !running.is_empty() {
+        tokio::select! {
+            _ = &mut grace => break,
+            _ = running.join_next() => {}
+        }
+    }
     running.shutdown().await;
+    let left: Vec<(String, u32)> = set(&under_way, |u| u.drain().collect());
+    for (id, attempt) in left {
+        let outcome = DeliveryOutcome::Retry {
+            at_ms: notifier.now_ms(),
+            error: "oauthd stopped before the target answered; sent again".to_owned(),
+        };
+        match store.finish_delivery(&id, attempt, outcome, notifier.now_ms()).await {
+            Ok(_) => log::info!(
+                "notifications: delivery {id} was under way as oauthd stopped: it is due again now"
+            ),
+            Err(e) => log::warn!(
+                "notifications: delivery {id} was under way as oauthd stopped, and could not be given back ({e}): it is sent again once its claim ends"
+            ),
+        }
+    }
+}
+
+/// `change` applied to the attempts under way (a poisoned lock is taken as it is: the map
+/// only says what to give back at a stop).
+fn set<T>(
+    under_way: &std::sync::Mutex<HashMap<String, u32>>,
+    change: impl FnOnce(&mut HashMap<String, u32>) -> T,
+) -> T {
+    let mut map = under_way
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    change(&mut map)
 }
 
 /// Whether `d` is sent to a target recorded as gone: a test event, or the first attempt

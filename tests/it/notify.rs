@@ -735,6 +735,56 @@ async fn a_retry_after_past_the_window_ends_the_delivery_rather_than_coming_soon
     assert_eq!(got.len(), 1, "{got:?}");
 }
 
+/// A stop gives back a delivery whose target has not answered within 5 s, due at once,
+/// rather than leaving it claimed until the claim's lease ends (30 s; on SQLite, until the
+/// next start): another instance, or the next start, sends it without waiting.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_gives_back_a_delivery_whose_target_has_not_answered() {
+    // Takes the connection (the kernel's backlog) and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let home = Home::new();
+    home.write_config(&format!(
+        "[[notify]]\nname = \"silent\"\nurl = \"http://127.0.0.1:{port}/h\"\nformat = \"text\"\n"
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let (status, _) = d.post("/v1/notify/test", &key, json!({})).await;
+    assert_eq!(status, 202);
+    let row = |home: &Home| {
+        let out = home.cli(&["events", "list", "--json"]);
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        list[0].clone()
+    };
+    assert!(
+        common::eventually(WAIT, || row(&home)["attempts"] == 1).await,
+        "{}",
+        row(&home)
+    );
+    let asked = std::time::Instant::now();
+    d.signal_and_wait("TERM");
+    let took = asked.elapsed();
+    let stopped_at = chrono::Utc::now().timestamp_millis();
+    // The attempt's 5 s, and the rest of the stop.
+    assert!(took < Duration::from_secs(12), "the stop took {took:?}");
+    let r = row(&home);
+    assert_eq!(r["status"], "pending", "{r}");
+    assert!(
+        r["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("oauthd stopped before the target answered")),
+        "{r}"
+    );
+    assert!(millis_of(&r, "next_attempt_at") <= stopped_at, "{r}");
+    assert!(
+        home.log_text()
+            .contains("was under way as oauthd stopped: it is due again now"),
+        "{}",
+        home.log_text()
+    );
+    drop(silent);
+}
+
 /// A delivery retried by hand backs off from `retry_min` again, not from where its
 /// earlier attempts had taken the wait (which the deadline would have capped).
 #[tokio::test(flavor = "multi_thread")]

@@ -2174,11 +2174,11 @@ async fn systemd_is_told_when_oauthd_answers_and_when_it_stops() {
         ),
     ];
     // The stop says how long it may take: a refresh's lease (the answer's wait +
-    // provider_timeout_seconds + 5 s) and a second, which systemd waits for past the
-    // unit's TimeoutStopSec (90 s).
+    // provider_timeout_seconds + 5 s) and a second, then 5 s for notification deliveries
+    // under way, which systemd waits for past the unit's TimeoutStopSec (90 s).
     let configs = [
-        ("", 81_000_000),
-        ("provider_answer_wait_seconds = 300\n", 321_000_000),
+        ("", 86_000_000),
+        ("provider_answer_wait_seconds = 300\n", 326_000_000),
     ];
     for ((socket, named), (config, usec)) in sockets.into_iter().zip(configs) {
         socket
