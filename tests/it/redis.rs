@@ -465,6 +465,30 @@ mod shared {
         assert!(!err.contains("pw-secret"), "password in the message: {err}");
     }
 
+    /// A `rediss://` URL given for a Redis without TLS gets no answer, which said nothing
+    /// of TLS: it now says what the `s` asks for.
+    #[test]
+    fn a_tls_url_for_a_plain_redis_is_named_as_such() {
+        let server = RedisServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(BIN)
+            .args(["--store", &format!("rediss://127.0.0.1:{}/0", server.port)])
+            .args(["events", "list"])
+            .env("OAUTHD_KEY_FILE", dir.path().join("none"))
+            .env_remove("OAUTHD_CONFIG")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{out:?}");
+        assert!(
+            err.contains(&format!(
+                "cannot reach Redis at rediss://127.0.0.1:{}/0: no answer (a rediss:// URL speaks TLS",
+                server.port
+            )),
+            "{err}"
+        );
+    }
+
     /// An address where another service answers (a web server, at a port mixed up) is told
     /// as such, with the configuration's exit code 2, not as a parser's bytes.
     #[test]

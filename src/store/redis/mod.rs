@@ -245,7 +245,15 @@ impl RedisStore {
                 )
                 .await
             })
-            .map_err(|_| transient(format!("cannot reach Redis at {display}: no answer")))?
+            .map_err(|_| {
+                // TLS on one side only ends in silence, not in an error that says so.
+                let hint = if target.url().starts_with("rediss://") {
+                    " (a rediss:// URL speaks TLS: a Redis that does not on that port, its plain one, never answers; give it as redis:// then)"
+                } else {
+                    " (if that port is Redis's TLS port, the URL is rediss://)"
+                };
+                transient(format!("cannot reach Redis at {display}: no answer{hint}"))
+            })?
             .map_err(|e| {
                 // Redis refuses a password when it has none, and the client library keeps
                 // its words to itself: asked again without one.
