@@ -143,6 +143,10 @@ pub(super) fn events(settings: Settings, command: EventsCommand) -> Result<(), F
                         due += 1;
                     }
                 }
+                if due == 0 {
+                    say!("No dead delivery{to} to retry.");
+                    return Ok(());
+                }
                 let (noun, verb) = if due == 1 {
                     ("delivery", "is")
                 } else {

@@ -534,6 +534,11 @@ async fn a_dead_delivery_is_sent_again_by_events_retry() {
         said.contains("No [[notify]] target is named nosuch"),
         "{said}"
     );
+    // Nothing dead: said so (it was "0 dead deliveries are due now; …").
+    assert!(
+        said.contains("No dead delivery to nosuch to retry.") && !said.contains("due now"),
+        "{said}"
+    );
     // With no oauthd serving the database, a retry said "the running oauthd sends it", and
     // nothing was sent: it says that none serves it.
     d.signal_and_wait("TERM");
