@@ -8,6 +8,10 @@ pub enum StoreError {
     Busy { context: &'static str },
     #[error("{context}: the disk is full")]
     Full { context: &'static str },
+    /// The database's files reached the process's file-size limit (`RLIMIT_FSIZE`): as a
+    /// full disk, said as what it is.
+    #[error("{context}: the database reached oauthd's file-size limit (LimitFSIZE=, ulimit -f)")]
+    SizeLimit { context: &'static str },
     #[error("{context}: the database is read-only")]
     ReadOnly { context: &'static str },
     /// A file of the database was deleted or replaced under oauthd: writes would be lost.

@@ -1784,9 +1784,27 @@ async fn a_full_disk_gives_503_and_recovers_by_itself_when_space_returns() {
         .unwrap();
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().get("retry-after").is_some());
-    // A load balancer sees it, and sees it end with no other write.
-    let (status, body) = d.get("/readyz", "").await;
-    assert_eq!(status, 503, "ready while writes fail: {body}");
+    // Said as what it is: it was "the storage did not answer; oauthd's log says why".
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("the database reached oauthd's file-size limit")),
+        "{body}"
+    );
+    // A load balancer sees it, steadily (it answered 200 now and then while writes
+    // failed), and sees it end with no other write.
+    for _ in 0..8 {
+        let (status, body) = d.get("/readyz", "").await;
+        assert_eq!(status, 503, "ready while writes fail: {body}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let metrics = d.get_raw("/metrics", None).await.text().await.unwrap();
+    assert!(
+        metrics.contains("oauthd_storage_disk_full 1")
+            && metrics.contains("oauthd_storage_read_only 0"),
+        "{metrics}"
+    );
 
     prlimit("unlimited:unlimited");
     let (status, body) = d.readyz_until(200).await;

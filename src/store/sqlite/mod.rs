@@ -689,6 +689,9 @@ pub(crate) fn classify(context: &'static str, e: rusqlite::Error) -> StoreError 
             StoreError::Damaged { context }
         }
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Busy { context },
+        Some(ErrorCode::DiskFull | ErrorCode::SystemIoFailure) if room::size_limited() => {
+            StoreError::SizeLimit { context }
+        }
         Some(ErrorCode::DiskFull) => StoreError::Full { context },
         Some(ErrorCode::ReadOnly) => StoreError::ReadOnly { context },
         _ => StoreError::unavailable(context, e),

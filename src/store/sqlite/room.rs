@@ -2,6 +2,28 @@
 //! open says of the disk.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
+
+/// Set by SIGXFSZ: a write of this process's went past its file-size limit (the write
+/// fails with EFBIG, which SQLite says as an I/O error, or as a full disk for a write cut
+/// short). Cleared by a commit. (`cli::process` catches the signal into it.)
+pub static SIZE_SIGNAL: LazyLock<Arc<AtomicBool>> = LazyLock::new(Arc::default);
+
+/// Set while the room that is short is what the file-size limit leaves (one database a
+/// process, as `DAMAGED`).
+static SHORT_BY_LIMIT: AtomicBool = AtomicBool::new(false);
+
+/// Whether a write's failure is the file-size limit's: the signal came since the last
+/// commit, or the limit leaves the database no room.
+pub(crate) fn size_limited() -> bool {
+    SIZE_SIGNAL.load(Ordering::Acquire) || SHORT_BY_LIMIT.load(Ordering::Acquire)
+}
+
+/// After a commit: what the signal said holds no more.
+pub(super) fn committed() {
+    SIZE_SIGNAL.store(false, Ordering::Release);
+}
 
 /// The room that ends a full-disk mark, and below which `oauthd check` fails: SQLite's
 /// `-wal` file grows to about 4 MB between two checkpoints, and a checkpoint grows the
@@ -45,6 +67,11 @@ pub(super) enum Room {
 /// that fits in what the `-wal` file already holds goes through while bigger ones fail:
 /// such a write says nothing of room, this does.
 pub(super) fn room(db: &Path) -> Room {
+    let by_limit = limit_short(db);
+    SHORT_BY_LIMIT.store(by_limit, Ordering::Release);
+    if by_limit {
+        return Room::Short;
+    }
     match free_bytes(db) {
         Ok(free) if free.size > 0 => {
             let need = ROOM.min(free.size / 4);
@@ -58,4 +85,19 @@ pub(super) fn room(db: &Path) -> Room {
         }
         _ => Room::Unsure,
     }
+}
+
+/// Whether the process's file-size limit leaves the database or its `-wal` file less than
+/// `ROOM` to grow (a quarter of a smaller limit): a disk with room all the same.
+fn limit_short(db: &Path) -> bool {
+    let Some(limit) = rustix::process::getrlimit(rustix::process::Resource::Fsize).current else {
+        return false;
+    };
+    let largest = [db.to_owned(), crate::paths::with_suffix(db, "-wal")]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0);
+    limit.saturating_sub(largest) < ROOM.min(limit / 4)
 }

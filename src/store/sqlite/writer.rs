@@ -185,6 +185,11 @@ struct Faults {
 impl Faults {
     fn note(&mut self, e: &rusqlite::Error) {
         match e.sqlite_error_code() {
+            // EFBIG: the file-size limit, which leaves the connection as able to write as
+            // a full disk does.
+            Some(ErrorCode::SystemIoFailure) if super::room::size_limited() => {
+                self.disk_full = true
+            }
             Some(ErrorCode::ReadOnly | ErrorCode::SystemIoFailure | ErrorCode::CannotOpen) => {
                 self.cannot_write = true
             }
@@ -310,7 +315,7 @@ impl Writer {
         // which could only take freed blocks from the requests' writes. Read-only as well:
         // the probe below, which reopens the connection.
         if self.short.load(Ordering::Acquire) && !self.read_only.load(Ordering::Acquire) {
-            return Err(StoreError::Full { context });
+            return Err(full(context));
         }
         // A write that needs what a request's needs: the write lock, a writable file (else
         // SQLITE_READONLY), and room: 64 KiB of new pages appended to the WAL, more than a
@@ -349,7 +354,7 @@ impl Writer {
         // Written, and yet not ready while the full-disk mark stays: the write fitted in
         // what the -wal file already holds, with no room to spare (`Link::mark_room`).
         if self.disk_full.load(Ordering::Acquire) {
-            return Err(StoreError::Full { context });
+            return Err(full(context));
         }
         Ok(())
     }
@@ -412,6 +417,15 @@ fn conn_is_read_only(conn: &Connection) -> bool {
 }
 
 /// What oauthd answers while the database's files are not the ones it opened.
+/// A full disk's error, or the file-size limit's when that is what leaves no room.
+fn full(context: &'static str) -> StoreError {
+    if super::room::size_limited() {
+        StoreError::SizeLimit { context }
+    } else {
+        StoreError::Full { context }
+    }
+}
+
 fn moved_error(context: &'static str) -> StoreError {
     StoreError::Moved { context }
 }
@@ -812,6 +826,7 @@ fn write_group(link: &mut Link, group: &mut Vec<Box<dyn WriteJob>>) {
     match commit_group(conn, group, &link.watch, &link.emptied) {
         // A group that changed nothing wrote nothing to disk: it proves nothing.
         Outcome::Committed if conn.total_changes() != changes_before => {
+            super::room::committed();
             link.mark_writable();
             link.mark_unlocked();
             link.mark_room();
