@@ -65,9 +65,11 @@ pub(crate) fn read_failed(path: &Path, e: &std::io::Error) -> String {
     if e.kind() == std::io::ErrorKind::InvalidData {
         return "it is not text, so no key file (one holds a key per line, as `oauthd keygen` prints it): is this path the key file's?".to_owned();
     }
-    if e.kind() == std::io::ErrorKind::NotFound {
-        // oauthd makes a key file only beside the database; one named by the operator is
-        // theirs to make (a first start after uncommenting the example's `key_file`).
+    // oauthd makes a key file only beside the database; one named by the operator is
+    // theirs to make (a first start after uncommenting the example's `key_file`). Not
+    // where a running oauthd wrote out its keys when this file went: that copy is the
+    // way back, which the message names.
+    if e.kind() == std::io::ErrorKind::NotFound && rescued_copies(path).is_empty() {
         return format!(
             "{e}: oauthd makes a key file only beside the database (`<db>.key`); one given \
              by path is made once, before the first start, with (umask 077; oauthd keygen > \
