@@ -245,11 +245,11 @@ pub trait OutboxStore: Send + Sync {
         again: bool,
     ) -> Result<Retried, StoreError>;
     /// At start, on SQLite: deliveries a previous run claimed and never finished (killed
-    /// mid-attempt) are due now rather than when their claim would end. Should another
-    /// process on the same file be attempting one right now, the receiver gets it twice
-    /// (at least once; the `webhook-id` tells); that process's outcome is not recorded
-    /// over the new claim's. On Redis the claims may be other instances' live ones: nothing
-    /// changes, and a dead instance's claims end with their lease.
+    /// mid-attempt) are due now rather than when their claim would end; only while no
+    /// other `oauthd serve` may serve the file, whose attempts under way they could be
+    /// (they were sent twice, and counted no more in their target's room). On Redis the
+    /// claims may be other instances' live ones: nothing changes, and a dead instance's
+    /// claims end with their lease.
     async fn release_claims(&self, now_ms: i64) -> Result<u64, StoreError>;
     /// How many deliveries are pending.
     async fn pending_deliveries(&self) -> Result<u64, StoreError>;

@@ -790,6 +790,50 @@ async fn a_stop_gives_back_a_delivery_whose_target_has_not_answered() {
     drop(silent);
 }
 
+/// A second oauthd started on the same SQLite file leaves the first's attempts under way
+/// alone: its start made every claimed delivery due again, and sent it beside the first's
+/// attempt (twice, and past the target's room).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_oauthd_on_the_file_leaves_the_firsts_attempts_alone() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // Takes each connection, holds it, and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let taken = std::sync::Arc::new(AtomicUsize::new(0));
+    {
+        let taken = taken.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in silent.incoming().flatten().take(10) {
+                taken.fetch_add(1, Ordering::SeqCst);
+                held.push(conn);
+            }
+        });
+    }
+    let home = Home::new();
+    home.write_config(&format!(
+        "[[notify]]\nname = \"silent\"\nurl = \"http://127.0.0.1:{port}/h\"\nformat = \"text\"\n"
+    ));
+    let key = home.create_key("app", &[]);
+    let a = home.start();
+    let (status, _) = a.post("/v1/notify/test", &key, json!({})).await;
+    assert_eq!(status, 202);
+    assert!(common::eventually(WAIT, || taken.load(Ordering::SeqCst) == 1).await);
+    let b = home.start();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        taken.load(Ordering::SeqCst),
+        1,
+        "sent again beside the first attempt"
+    );
+    let out = home.cli(&["events", "list", "--json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    assert!(millis_of(&list[0], "next_attempt_at") > now, "{list}");
+    drop(b);
+    drop(a);
+}
+
 /// A delivery retried by hand backs off from `retry_min` again, not from where its
 /// earlier attempts had taken the wait (which the deadline would have capped).
 #[tokio::test(flavor = "multi_thread")]

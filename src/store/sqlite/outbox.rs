@@ -240,6 +240,11 @@ impl OutboxStore for SqliteStore {
     async fn release_claims(&self, now_ms: i64) -> Result<u64, StoreError> {
         self.writer
             .run("releasing unfinished deliveries", move |conn| {
+                // Another oauthd serving this file may be sending them now: theirs to
+                // finish, or their claims' leases to end.
+                if super::serving::others_may_serve(conn)? {
+                    return Ok(0);
+                }
                 let n = conn
                     .prepare_cached(
                         "UPDATE deliveries SET next_attempt_at = ?1, claimed_until = NULL

@@ -176,6 +176,18 @@ fn marks(conn: &Connection) -> rusqlite::Result<Vec<(String, String)>> {
     .collect()
 }
 
+/// Whether another `oauthd serve` may serve the database now: a mark of a process other
+/// than this one that is alive, or that cannot be looked up (another PID namespace). The
+/// marks of processes gone are removed as a writable open starts.
+pub fn others_may_serve(conn: &Connection) -> rusqlite::Result<bool> {
+    let Some(this) = Process::this() else {
+        return Ok(true);
+    };
+    Ok(marks(conn)?.iter().any(|(name, _)| {
+        Process::from_mark(name).is_some_and(|p| p != this && p.alive(&this) != Some(false))
+    }))
+}
+
 /// For a database file with no `-wal` beside it, at `here`: the first mark made in
 /// another file or place (a copy, or a move, without the -wal), whose process's writes
 /// since the last checkpoint are not in this file. `None`: no mark, or only marks made in
