@@ -128,11 +128,11 @@ fn ignored_signals() -> u64 {
 
 /// A file-size limit reached (systemd's `LimitFSIZE=`, `ulimit -f`) sends SIGXFSZ, whose
 /// default action ends the process without a word in the log; caught (by a handler that
-/// only sets a flag, which tells the store's I/O error from others), the write fails with
-/// EFBIG instead, which the daemon answers with 503 and recovers from as from a full disk,
-/// and a command reports as an error.
+/// only sets a flag nobody reads), the write fails with EFBIG instead, which the daemon
+/// answers with 503 and recovers from as from a full disk (`store::sqlite::room`), and a
+/// command reports as an error.
 pub(super) fn catch_file_size_signal() {
-    let caught = crate::store::sqlite::room::SIZE_SIGNAL.clone();
+    let caught = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGXFSZ, caught) {
         log::warn!("could not catch SIGXFSZ (a file-size limit then ends oauthd): {e}");
     }

@@ -3,26 +3,25 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock};
 
-/// Set by SIGXFSZ: a write of this process's went past its file-size limit (the write
-/// fails with EFBIG, which SQLite says as an I/O error, or as a full disk for a write cut
-/// short). Cleared by a commit. (`cli::process` catches the signal into it.)
-pub static SIZE_SIGNAL: LazyLock<Arc<AtomicBool>> = LazyLock::new(Arc::default);
-
-/// Set while the room that is short is what the file-size limit leaves (one database a
-/// process, as `DAMAGED`).
+/// Whether the process's file-size limit left the database no room, as last looked at: by
+/// a write that failed (the limit's EFBIG is an I/O error to SQLite, or a full disk for a
+/// write cut short), and while the full-disk mark stands, at every look at the room (one
+/// database a process, as `DAMAGED`). Judged by the database's own files: the process's
+/// other files (a log past the limit) say nothing of them.
 static SHORT_BY_LIMIT: AtomicBool = AtomicBool::new(false);
 
-/// Whether a write's failure is the file-size limit's: the signal came since the last
-/// commit, or the limit leaves the database no room.
+/// Whether the last look found the file-size limit leaving the database no room.
 pub(crate) fn size_limited() -> bool {
-    SIZE_SIGNAL.load(Ordering::Acquire) || SHORT_BY_LIMIT.load(Ordering::Acquire)
+    SHORT_BY_LIMIT.load(Ordering::Acquire)
 }
 
-/// After a commit: what the signal said holds no more.
-pub(super) fn committed() {
-    SIZE_SIGNAL.store(false, Ordering::Release);
+/// For a write to `db` that failed as an I/O error or a full disk: whether the file-size
+/// limit is why (and so `size_limited` from now on).
+pub(super) fn failed_by_limit(db: &Path) -> bool {
+    let by_limit = limit_short(db);
+    SHORT_BY_LIMIT.store(by_limit, Ordering::Release);
+    by_limit
 }
 
 /// The room that ends a full-disk mark, and below which `oauthd check` fails: SQLite's
@@ -66,11 +65,12 @@ pub(super) enum Room {
 /// The room on the filesystem holding the database at `db`. At the edge of full, a write
 /// that fits in what the `-wal` file already holds goes through while bigger ones fail:
 /// such a write says nothing of room, this does.
+/// Near the file-size limit, `Unsure`: SQLite reuses the pages it freed within the file,
+/// so writes may go through again while the file stays as large; the mark ends as where the
+/// filesystem cannot tell, once writes have gone through for a while.
 pub(super) fn room(db: &Path) -> Room {
-    let by_limit = limit_short(db);
-    SHORT_BY_LIMIT.store(by_limit, Ordering::Release);
-    if by_limit {
-        return Room::Short;
+    if failed_by_limit(db) {
+        return Room::Unsure;
     }
     match free_bytes(db) {
         Ok(free) if free.size > 0 => {
@@ -99,5 +99,5 @@ fn limit_short(db: &Path) -> bool {
         .map(|m| m.len())
         .max()
         .unwrap_or(0);
-    limit.saturating_sub(largest) < ROOM.min(limit / 4)
+    largest >= limit || limit - largest < ROOM.min(limit / 4)
 }

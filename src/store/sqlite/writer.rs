@@ -174,6 +174,9 @@ fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 /// What a group's failures said about the connection and its disk.
 #[derive(Default)]
 struct Faults {
+    /// The database's file, whose size a failed write is judged by against the file-size
+    /// limit.
+    db: Option<std::path::PathBuf>,
     /// The connection cannot write (it is replaced; a fresh one may).
     cannot_write: bool,
     /// The disk (or the process's file-size limit) had no room for the write.
@@ -183,13 +186,22 @@ struct Faults {
 }
 
 impl Faults {
+    fn of(conn: &Connection) -> Faults {
+        Faults {
+            db: conn.path().map(std::path::PathBuf::from),
+            ..Faults::default()
+        }
+    }
+
+    /// Before `classify` of the same error, which reads what this finds of the limit.
     fn note(&mut self, e: &rusqlite::Error) {
-        match e.sqlite_error_code() {
-            // EFBIG: the file-size limit, which leaves the connection as able to write as
-            // a full disk does.
-            Some(ErrorCode::SystemIoFailure) if super::room::size_limited() => {
-                self.disk_full = true
-            }
+        let code = e.sqlite_error_code();
+        // EFBIG, the file-size limit reached, leaves the connection as able to write as a
+        // full disk does.
+        let by_limit = matches!(code, Some(ErrorCode::SystemIoFailure | ErrorCode::DiskFull))
+            && self.db.as_deref().is_some_and(super::room::failed_by_limit);
+        match code {
+            Some(ErrorCode::SystemIoFailure) if by_limit => self.disk_full = true,
             Some(ErrorCode::ReadOnly | ErrorCode::SystemIoFailure | ErrorCode::CannotOpen) => {
                 self.cannot_write = true
             }
@@ -826,7 +838,6 @@ fn write_group(link: &mut Link, group: &mut Vec<Box<dyn WriteJob>>) {
     match commit_group(conn, group, &link.watch, &link.emptied) {
         // A group that changed nothing wrote nothing to disk: it proves nothing.
         Outcome::Committed if conn.total_changes() != changes_before => {
-            super::room::committed();
             link.mark_writable();
             link.mark_unlocked();
             link.mark_room();
@@ -861,7 +872,7 @@ fn commit_group(
     watch: &ChangeWatch,
     emptied: &RefCell<Emptied>,
 ) -> Outcome {
-    let mut faults = Faults::default();
+    let mut faults = Faults::of(conn);
     let mut failed = false;
     let outcome = |faults: &Faults, failed: bool| {
         if faults.cannot_write {
