@@ -157,6 +157,32 @@ async fn answers_without_password(target: &RedisTarget) -> bool {
     )
 }
 
+/// Whether Redis without TLS answers a `PING` at the target's address (1 s at most).
+async fn answers_in_plain(target: &RedisTarget) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(url) = url::Url::parse(target.url()) else {
+        return false;
+    };
+    let (Some(host), port) = (url.host_str(), url.port().unwrap_or(6379)) else {
+        return false;
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let asked = async {
+        let mut conn = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+        conn.write_all(b"PING\r\n").await?;
+        let mut first = [0u8; 1];
+        conn.read_exact(&mut first).await?;
+        std::io::Result::Ok(first[0])
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), asked).await,
+        Ok(Ok(b'+' | b'-'))
+    )
+}
+
 /// Why opening the store at `display` failed, and whether it is the configuration's fault
 /// (exit 2: starting again as it is will not help) rather than Redis not answering now.
 fn open_failure(display: &str, prefix: &str, e: &redis::RedisError) -> (String, bool) {
@@ -197,7 +223,16 @@ fn open_failure(display: &str, prefix: &str, e: &redis::RedisError) -> (String, 
             true,
         );
     }
-    (format!("cannot reach Redis at {display}: {e}"), false)
+    // A TLS listener drops what does not start a TLS handshake.
+    let hint = if display.starts_with("redis://")
+        && e.is_connection_dropped()
+        && !e.is_connection_refusal()
+    {
+        " (if that port is Redis's TLS listener, tls-port, the URL is rediss://)"
+    } else {
+        ""
+    };
+    (format!("cannot reach Redis at {display}: {e}{hint}"), false)
 }
 
 /// Why the store could not be opened.
@@ -246,11 +281,14 @@ impl RedisStore {
                 .await
             })
             .map_err(|_| {
-                // TLS on one side only ends in silence, not in an error that says so.
-                let hint = if target.url().starts_with("rediss://") {
-                    " (a rediss:// URL speaks TLS: a Redis that does not on that port, its plain one, never answers; give it as redis:// then)"
+                // TLS asked of a port that speaks plain Redis ends in silence, not in an
+                // error that says so: told only where plain Redis answers there.
+                let hint = if target.url().starts_with("rediss://")
+                    && runtime.block_on(answers_in_plain(target))
+                {
+                    " (a rediss:// URL speaks TLS, and what answers at that port is Redis without it: give the URL as redis://, or the port of its TLS listener, tls-port)"
                 } else {
-                    " (if that port is Redis's TLS port, the URL is rediss://)"
+                    ""
                 };
                 transient(format!("cannot reach Redis at {display}: no answer{hint}"))
             })?
