@@ -71,12 +71,12 @@ pub(crate) fn read_failed(path: &Path, e: &std::io::Error) -> String {
     // way back, which the message names.
     if e.kind() == std::io::ErrorKind::NotFound && rescued_copies(path).is_empty() {
         return format!(
-            "{e}: oauthd makes a key file only beside the database (`<db>.key`); one given \
-             by path is made once, before the first start, with (umask 077; oauthd keygen > \
-             \"{}\"). If an oauthd has served this database before, do not make a new one \
-             (what the old key sealed would stay unreadable): give the path of the key file \
-             it served with",
-            path.display()
+            "{e}: oauthd makes a key file only beside an SQLite database (`<db>.key`); one \
+             given by path is yours to put there: the key file this database, or the other \
+             instances on its store, were served with, or, for a store no oauthd has served \
+             yet, a new one made once with (umask 077; oauthd keygen > {}). A new key for a \
+             store served before leaves what the old one sealed unreadable",
+            crate::paths::shell_word(path)
         );
     }
     if e.kind() != std::io::ErrorKind::PermissionDenied {

@@ -190,9 +190,11 @@ pub async fn run(
             error: "oauthd stopped before the target answered; sent again".to_owned(),
         };
         match store.finish_delivery(&id, attempt, outcome, notifier.now_ms()).await {
-            Ok(_) => log::info!(
+            Ok(true) => log::info!(
                 "notifications: delivery {id} was under way as oauthd stopped: it is due again now"
             ),
+            // Its outcome was recorded after all, or it moved on (claimed again elsewhere).
+            Ok(false) => {}
             Err(e) => log::warn!(
                 "notifications: delivery {id} was under way as oauthd stopped, and could not be given back ({e}): it is sent again once its claim ends"
             ),

@@ -602,8 +602,10 @@ fn a_wrong_vault_key_stops_the_start_naming_its_variable_and_makes_no_database()
     );
     // With how to make it before a first start, and why not once oauthd has served.
     assert!(
-        err.contains(&format!("(umask 077; oauthd keygen > \"{missing}\")"))
-            && err.contains("If an oauthd has served this database before, do not make a new one"),
+        err.contains(&format!("(umask 077; oauthd keygen > {missing})"))
+            && err.contains(
+                "A new key for a store served before leaves what the old one sealed unreadable"
+            ),
         "{err}"
     );
     assert!(!home.db().exists(), "a database was made");
@@ -611,7 +613,7 @@ fn a_wrong_vault_key_stops_the_start_naming_its_variable_and_makes_no_database()
     let report = text(&home.cli(&["check"]).stdout);
     assert!(
         report.lines().any(|l| l.starts_with(&format!(
-            "FAIL  key file: {missing}: No such file or directory (os error 2): oauthd makes a key file only beside the database"
+            "FAIL  key file: {missing}: No such file or directory (os error 2): oauthd makes a key file only beside an SQLite database"
         )) && l.contains("oauthd keygen >")),
         "{report}"
     );
