@@ -62,8 +62,8 @@ pub(super) fn enqueue(conn: &Connection, deliveries: &[NewDelivery]) -> rusqlite
 /// The attempts under way now by target, in every process on this file (`leased`): the
 /// deliveries claimed, whose claim (set with their next attempt, `?5` after the claim)
 /// has not ended. A claim further off than a lease was made on a clock since stepped
-/// back, and holds nothing. `?1` is now.
-const LEASED: &str = "WITH leased AS (
+/// back, and holds nothing. `?1` is now. Counted once a claim, not once a row.
+const LEASED: &str = "WITH leased AS MATERIALIZED (
     SELECT target, count(*) AS n FROM deliveries
     WHERE status = 'pending' AND next_attempt_at > ?1 AND next_attempt_at <= ?1 + ?5
       AND claimed_until > ?1
