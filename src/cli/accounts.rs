@@ -460,10 +460,12 @@ async fn import(broker: &crate::broker::Broker, file: &std::path::Path) -> Resul
             }
         }
     }
-    // One summary: the error when a line was refused (the exit status says so too).
+    // One summary, the same line whatever came of the lines (a script reads it); the exit
+    // status says whether any was refused.
     let summary = format!("{done} imported, {refused} refused.");
     if refused > 0 {
-        return Err(Fatal(summary, 1));
+        say!("{summary}");
+        return Err(Fatal::said(1));
     }
     // An empty file is a mistake upstream (an export that failed), not a success.
     if done == 0 {
@@ -535,7 +537,11 @@ fn read_line(reader: &mut dyn std::io::BufRead) -> std::io::Result<Line> {
         bytes.pop();
     }
     match std::str::from_utf8(&bytes) {
-        Ok(text) => Ok(Line::Text(zeroize::Zeroizing::new(text.to_owned()))),
+        // A byte-order mark (a file saved by PowerShell 5's Out-File, or Notepad) is no
+        // part of the JSON: taken off, as JSON parsers that read files do.
+        Ok(text) => Ok(Line::Text(zeroize::Zeroizing::new(
+            text.strip_prefix('\u{feff}').unwrap_or(text).to_owned(),
+        ))),
         Err(_) => Ok(Line::Refused("not UTF-8")),
     }
 }

@@ -68,6 +68,13 @@ use url::Url;
 /// A failure that ends the process: the message and the exit code.
 pub(crate) struct Fatal(pub(crate) String, pub(crate) u8);
 
+impl Fatal {
+    /// An exit with `code` whose why the command has said already.
+    pub(crate) fn said(code: u8) -> Fatal {
+        Fatal(String::new(), code)
+    }
+}
+
 impl<E: std::fmt::Display> From<E> for Fatal {
     fn from(e: E) -> Self {
         Fatal(e.to_string(), 1)
@@ -83,7 +90,9 @@ pub fn main() -> ExitCode {
     match run(cli, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fatal(message, code)) => {
-            say!("oauthd: {message}");
+            if !message.is_empty() {
+                say!("oauthd: {message}");
+            }
             ExitCode::from(code)
         }
     }
