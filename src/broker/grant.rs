@@ -12,7 +12,7 @@ use crate::store::{
 use std::time::Duration;
 
 /// The longest `expires_in` taken from a provider as it is (ten years; imports clamp to it too).
-const MAX_EXPIRES_IN: Duration = Duration::from_secs(10 * 365 * 86400);
+pub(super) const MAX_EXPIRES_IN: Duration = Duration::from_secs(10 * 365 * 86400);
 
 /// How long a refresh waits for the provider's key set to be fetched before it asks
 /// (`warm_id_token_keys`).

@@ -91,6 +91,7 @@ impl ImportedTokens {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) => Some(
                 crate::numbers::whole_number(&n)
+                    .or_else(|| beyond_any_lifetime(&n))
                     .ok_or_else(|| bad("expires_in must be a whole number of seconds"))?,
             ),
             // As providers write it at times (and oauthd reads it from them): "3600".
@@ -137,7 +138,7 @@ impl ImportedTokens {
                     .map_err(|_| bad("expires_at must be an RFC 3339 time"))?
                     .timestamp_millis(),
             ),
-            (None, Some(secs)) => ImportExpiry::In(Duration::from_secs(secs.min(10 * 365 * 86400))),
+            (None, Some(secs)) => ImportExpiry::In(Duration::from_secs(secs)),
             (None, None) => ImportExpiry::Unknown,
         };
         Ok(ImportedTokens {
@@ -148,6 +149,14 @@ impl ImportedTokens {
             token_type,
         })
     }
+}
+
+/// A whole number of seconds too large to be held exactly (`1e20`): longer than any
+/// lifetime oauthd keeps, which is what it is taken as.
+fn beyond_any_lifetime(n: &serde_json::Number) -> Option<u64> {
+    n.as_f64()
+        .filter(|f| *f > 1e15 && f.is_finite() && f.fract() == 0.0)
+        .map(|_| u64::MAX)
 }
 
 impl Broker {
@@ -164,10 +173,14 @@ impl Broker {
         let key = ConnectionKey::new(&provider, &account);
         let before = self.store.get_connection(&key).await?;
         let now = self.clock.now_ms();
+        // Both ways at most `MAX_EXPIRES_IN` ahead, as a provider's `expires_in` is taken.
+        let longest = now.saturating_add(super::grant::MAX_EXPIRES_IN.as_millis() as i64);
         let expires_at_ms = match tokens.expiry {
             ImportExpiry::Unknown => None,
-            ImportExpiry::AtMs(at) => Some(at),
-            ImportExpiry::In(d) => Some(now.saturating_add(d.as_millis() as i64)),
+            ImportExpiry::AtMs(at) => Some(at.min(longest)),
+            ImportExpiry::In(d) => {
+                Some(now.saturating_add(d.min(super::grant::MAX_EXPIRES_IN).as_millis() as i64))
+            }
         };
         // Stored, it would only ever answer needs_reauth: the app is told now instead.
         if tokens.refresh_token.is_none() && expires_at_ms.is_some_and(|at| at <= now) {

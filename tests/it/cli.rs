@@ -626,6 +626,38 @@ fn import_line(home: &Home, line: &str) -> std::process::Output {
     home.cli(&["connections", "import", "--file", lines.to_str().unwrap()])
 }
 
+/// An imported lifetime is kept for ten years at most, whichever way it is given: an
+/// `expires_at` in 9999 was stored as it was, and an `expires_in` too large for a double to
+/// hold exactly was refused as "not a whole number of seconds".
+#[test]
+fn an_imported_lifetime_is_kept_for_ten_years_at_most() {
+    let home = Home::new();
+    home.write_config(GH);
+    home.create_key("app", &[]);
+    for (account, expiry) in [
+        ("at", r#""expires_at": "9999-12-31T23:59:59Z""#),
+        ("in", r#""expires_in": 100000000000000000000"#),
+        ("max", r#""expires_in": 18446744073709551615"#),
+    ] {
+        let out = import_line(
+            &home,
+            &format!(
+                r#"{{"provider": "gh", "account": "{account}", "access_token": "t", {expiry}}}"#
+            ),
+        );
+        assert!(out.status.success(), "{account}: {out:?}");
+    }
+    let listed: serde_json::Value =
+        serde_json::from_slice(&home.cli(&["connections", "list", "--json"]).stdout).unwrap();
+    let ten_years = chrono::Utc::now() + chrono::Duration::days(3651);
+    let rows = listed.as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{listed}");
+    for row in rows {
+        let at = chrono::DateTime::parse_from_rfc3339(row["expires_at"].as_str().unwrap()).unwrap();
+        assert!(at < ten_years, "{row}");
+    }
+}
+
 /// A new vault key in `vault.key` in `home`, for oauthd to be given as OAUTHD_KEY_FILE.
 fn key_file_of_its_own(home: &Home) -> std::path::PathBuf {
     let vault = home.dir.path().join("vault.key");
