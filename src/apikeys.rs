@@ -95,9 +95,14 @@ pub async fn create(
 ) -> Result<(ApiKey, ApiKeyRecord), KeyError> {
     check_name(name)?;
     let KeyScope {
-        namespaces,
-        accounts,
+        mut namespaces,
+        mut accounts,
     } = scope;
+    // A pattern given twice is one limit, kept and shown once.
+    for patterns in [&mut namespaces, &mut accounts] {
+        let mut seen = std::collections::HashSet::new();
+        patterns.retain(|p| seen.insert(p.clone()));
+    }
     for pattern in &namespaces {
         if star_inside(pattern) {
             return Err(KeyError::BadPattern {
@@ -109,6 +114,15 @@ pub async fn create(
             pattern: pattern.clone(),
             reason: e.to_string(),
         })?;
+        // `provider:` alone names the provider "", which no provider is.
+        if pattern == PROVIDER_SCOPE_PREFIX {
+            return Err(KeyError::BadPattern {
+                pattern: pattern.clone(),
+                reason: format!(
+                    "it names no provider: '{PROVIDER_SCOPE_PREFIX}P' for provider P, or '{PROVIDER_SCOPE_PREFIX}*' for every one"
+                ),
+            });
+        }
         // It would reach nothing: every use of the key would be refused.
         if pattern.starts_with(CONNECT_PREFIX) {
             return Err(KeyError::BadPattern {

@@ -15,6 +15,7 @@ fn text(bytes: &[u8]) -> String {
 #[test]
 fn keys_create_prints_the_key_alone_on_the_last_line() {
     let home = Home::new();
+    // A pattern given twice is kept once (it was stored, and listed, twice).
     let out = home.cli(&[
         "keys",
         "create",
@@ -25,6 +26,8 @@ fn keys_create_prints_the_key_alone_on_the_last_line() {
         "oauth:*",
         "--namespace",
         "2fa",
+        "--namespace",
+        "oauth:*",
     ]);
     assert!(out.status.success(), "{out:?}");
     let stdout = text(&out.stdout);
@@ -70,6 +73,20 @@ fn keys_create_prints_the_key_alone_on_the_last_line() {
         .cli(&["keys", "create", "--name", "st-bridge"])
         .status
         .success());
+    // `provider:` alone names no provider: refused (it was made, reaching nothing).
+    let out = home.cli(&[
+        "keys",
+        "create",
+        "--name",
+        "nothing",
+        "--namespace",
+        "provider:",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("it names no provider"),
+        "{out:?}"
+    );
 }
 
 /// `check` reports a store it cannot open as one failed line and goes on to the key file
