@@ -50,7 +50,7 @@ impl Disconnected {
             Disconnected::Revoked => "revoked at the provider".into(),
             Disconnected::NotOffered => format!("provider {provider} offers no revocation: its grant stays valid there until it expires or is removed in the account's settings at {provider}"),
             Disconnected::RevocationFailed => "revocation at the provider failed; its grant may still be valid there".into(),
-            Disconnected::ProviderMissing => format!("provider {provider} is no longer configured: nothing was revoked there, only oauthd's copy was deleted"),
+            Disconnected::ProviderMissing => format!("provider {provider} is not configured (not in the config given): nothing was revoked there, only oauthd's copy was deleted"),
             Disconnected::Unopened => format!("its tokens could not be opened (sealed with a vault key not loaded, or altered): nothing was revoked, and its grant stays valid at {provider} until revoked there"),
         }
     }

@@ -113,7 +113,7 @@ impl Broker {
         } = lease;
         let (p, a) = (provider.name.as_str(), row.account.as_str());
         let Some(sealed_refresh) = &row.refresh_token else {
-            let reason = "the access token expired and the provider gave no refresh token";
+            let reason = "the access token expired and the connection has no refresh token (none was given by the provider, or by its import)";
             return Err(self
                 .record_failure(row, generation, Failure::Reauth(reason.into()))
                 .await);

@@ -217,8 +217,9 @@ impl Broker {
                 if let Some(left) = row.access_expires_at_ms.filter(|e| *e > now) {
                     let mut row = row.clone();
                     row.last_error = Some(format!(
-                        "the provider gave no refresh token, and the access token expires in \
-                         {} s, sooner than asked for (min_ttl)",
+                        "the connection has no refresh token (none was given by the provider, \
+                         or by its import), and the access token expires in {} s, sooner than \
+                         asked for (min_ttl)",
                         (left - now) / 1000
                     ));
                     return Err(self.needs_reauth(&row));

@@ -389,14 +389,14 @@ async fn shared_grant_confirmed(
     }
     let names: Vec<String> = same.iter().map(ToString::to_string).collect();
     let (verb, them) = if same.len() == 1 {
-        ("is", "it")
+        ("is", "it then needs")
     } else {
-        ("are", "them")
+        ("are", "they then need")
     };
     say!(
         "{} {verb} the same account at {provider} as {provider}/{account}: at many providers \
-         they share one grant, which revoking {provider}/{account}'s tokens ends ({them} then \
-         need connecting again).",
+         they share one grant, which revoking {provider}/{account}'s tokens ends ({them} \
+         connecting again).",
         names.join(", ")
     );
     // A script is not asked, and does not go on: a delete meant for one connection
