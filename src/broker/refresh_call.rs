@@ -13,6 +13,10 @@ use crate::store::{ConnectionRow, ConnectionStatus, RefreshFailure, Told};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What a refresh whose result was dropped answers: the connection changed meanwhile (an
+/// import, a reconnect, a delete), and what it holds now is the answer, if anything.
+pub(super) const SUPERSEDED: &str = "the connection changed while refreshing";
+
 fn refreshed(provider: &str, result: &str) {
     crate::metrics::REFRESHES
         .with_label_values(&[provider, result])
@@ -251,7 +255,7 @@ impl Broker {
             );
             self.revoke_orphaned(provider, &row.key(), &tokens).await;
             return Err(BrokerError::ProviderUnavailable {
-                message: "the connection changed while refreshing".into(),
+                message: SUPERSEDED.into(),
                 retry_after_secs: 1,
             });
         }

@@ -223,7 +223,24 @@ impl Broker {
             rejected: None,
             asked_at: self.clock.now_ms(),
         };
-        self.refresh_single_flight(&provider, &key, ask).await
+        match self.refresh_single_flight(&provider, &key, ask).await {
+            // Replaced while refreshing (an import, a reconnect): what it holds now is the
+            // answer, when it lasts; else the refresh's 503 and its Retry-After.
+            Err(BrokerError::ProviderUnavailable { message, .. })
+                if message == super::refresh_call::SUPERSEDED =>
+            {
+                let ticket = self.token_cache.begin_read();
+                let row = self.row(&key).await?;
+                match self.usable(&row, min_ttl, ticket)? {
+                    Some(token) => Ok(token),
+                    None => Err(BrokerError::ProviderUnavailable {
+                        message,
+                        retry_after_secs: 1,
+                    }),
+                }
+            }
+            answered => answered,
+        }
     }
 
     /// Refreshes `key` now, whatever its token has left (unless something refreshed it

@@ -568,6 +568,36 @@ async fn expired_with_slow_refresh(delay: Duration) -> (MockServer, Home, String
     (mock, home, key, d)
 }
 
+/// A token call waiting on a refresh that an import replaced meanwhile answered `503`
+/// ("the connection changed while refreshing"), though the import had stored a token
+/// good for an hour: it now answers with that token.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_call_whose_refresh_an_import_replaced_gets_the_imported_token() {
+    let (_mock, _home, key, d) = expired_with_slow_refresh(Duration::from_secs(3)).await;
+    let (http, url, k) = (d.http.clone(), d.url.clone(), key.clone());
+    let waiting = tokio::spawn(async move {
+        let resp = http
+            .get(format!("{url}/v1/connections/st/home/token"))
+            .bearer_auth(&k)
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (status, body) = d
+        .put(
+            "/v1/connections/st/home",
+            &key,
+            json!({"access_token": "imported", "refresh_token": "rt-imp", "expires_in": 3600}),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+    let (status, body) = waiting.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"imported\""), "{body}");
+}
+
 /// A refresh whose save meets the database locked by another process past the busy
 /// timeout (5 s) is saved once the lock is gone, while the lease holds: the provider has
 /// already rotated the refresh token, and a result given up would leave the connection
