@@ -100,7 +100,9 @@ impl ImportedTokens {
                 serde_json::from_str::<serde_json::Number>(s.trim())
                     .ok()
                     .as_ref()
-                    .and_then(crate::numbers::whole_number)
+                    .and_then(|n| {
+                        crate::numbers::whole_number(n).or_else(|| beyond_any_lifetime(n))
+                    })
                     .ok_or_else(|| bad("expires_in must be a whole number of seconds"))?,
             ),
             Some(_) => return Err(bad("expires_in must be a number of seconds")),

@@ -434,11 +434,32 @@ async fn import(broker: &crate::broker::Broker, file: &std::path::Path) -> Resul
     };
     let (mut done, mut refused) = (0, 0);
     let mut reader = reader;
+    // UTF-16 (what PowerShell 5's `>` and `Out-File` write): every line would be refused
+    // as "not UTF-8" or "not a JSON object", none saying why.
+    if let Ok([0xFF, 0xFE, ..] | [0xFE, 0xFF, ..]) = reader.fill_buf() {
+        return Err(Fatal(
+            format!(
+                "{} is UTF-16 text (it starts with a UTF-16 byte-order mark); an import reads UTF-8: save it as UTF-8 (PowerShell: Out-File -Encoding utf8) and import again. Nothing was imported",
+                if file.as_os_str() == "-" {
+                    "standard input".to_owned()
+                } else {
+                    file.display().to_string()
+                }
+            ),
+            1,
+        ));
+    }
     for n in 0.. {
         let read = read_line(&mut reader)
             .map_err(|e| Fatal(format!("cannot read {}: {e}", file.display()), 1))?;
         let line = match read {
             Line::End => break,
+            // A byte-order mark (a file saved as "UTF-8 with BOM", as Notepad and
+            // PowerShell 7's Out-File -Encoding utf8BOM do) is no part of the first line's
+            // JSON: taken off, as JSON parsers that read files do.
+            Line::Text(text) if n == 0 && text.starts_with('\u{feff}') => {
+                zeroize::Zeroizing::new(text.trim_start_matches('\u{feff}').to_owned())
+            }
             Line::Text(text) => text,
             Line::Refused(why) => {
                 out!("line {}: refused: {why}", n + 1);
@@ -537,11 +558,7 @@ fn read_line(reader: &mut dyn std::io::BufRead) -> std::io::Result<Line> {
         bytes.pop();
     }
     match std::str::from_utf8(&bytes) {
-        // A byte-order mark (a file saved by PowerShell 5's Out-File, or Notepad) is no
-        // part of the JSON: taken off, as JSON parsers that read files do.
-        Ok(text) => Ok(Line::Text(zeroize::Zeroizing::new(
-            text.strip_prefix('\u{feff}').unwrap_or(text).to_owned(),
-        ))),
+        Ok(text) => Ok(Line::Text(zeroize::Zeroizing::new(text.to_owned()))),
         Err(_) => Ok(Line::Refused("not UTF-8")),
     }
 }

@@ -643,6 +643,30 @@ fn import_line(home: &Home, line: &str) -> std::process::Output {
     home.cli(&["connections", "import", "--file", lines.to_str().unwrap()])
 }
 
+/// A UTF-16 file (what PowerShell 5's `>` and `Out-File` write) is refused as such, before
+/// any line: each line was refused as "not UTF-8" or "not a JSON object", none saying why.
+#[test]
+fn an_import_of_utf16_text_says_so() {
+    let home = Home::new();
+    home.write_config(GH);
+    home.create_key("app", &[]);
+    let line = r#"{"provider": "gh", "account": "a", "access_token": "t"}"#;
+    let mut bytes = vec![0xFF, 0xFE];
+    for unit in format!("{line}\r\n").encode_utf16() {
+        bytes.extend(unit.to_le_bytes());
+    }
+    let path = home.dir.path().join("utf16.jsonl");
+    std::fs::write(&path, &bytes).unwrap();
+    let out = home.cli(&["connections", "import", "--file", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("is UTF-16 text") && err.contains("Out-File -Encoding utf8"),
+        "{err}"
+    );
+    assert!(text(&out.stdout).is_empty(), "{out:?}");
+}
+
 /// An imported lifetime is kept for ten years at most, whichever way it is given: an
 /// `expires_at` in 9999 was stored as it was, and an `expires_in` too large for a double to
 /// hold exactly was refused as "not a whole number of seconds".
@@ -655,6 +679,7 @@ fn an_imported_lifetime_is_kept_for_ten_years_at_most() {
         ("at", r#""expires_at": "9999-12-31T23:59:59Z""#),
         ("in", r#""expires_in": 100000000000000000000"#),
         ("max", r#""expires_in": 18446744073709551615"#),
+        ("text", r#""expires_in": "1e20""#),
     ] {
         let out = import_line(
             &home,
@@ -668,7 +693,7 @@ fn an_imported_lifetime_is_kept_for_ten_years_at_most() {
         serde_json::from_slice(&home.cli(&["connections", "list", "--json"]).stdout).unwrap();
     let ten_years = chrono::Utc::now() + chrono::Duration::days(3651);
     let rows = listed.as_array().unwrap();
-    assert_eq!(rows.len(), 3, "{listed}");
+    assert_eq!(rows.len(), 4, "{listed}");
     for row in rows {
         let at = chrono::DateTime::parse_from_rfc3339(row["expires_at"].as_str().unwrap()).unwrap();
         assert!(at < ten_years, "{row}");
@@ -1238,7 +1263,7 @@ async fn connections_of_providers_not_in_the_config_are_pointed_out() {
     let out = home.cli(&["connections", "delete", "gh", "me", "--force"]);
     assert!(out.status.success(), "{out:?}");
     assert!(
-        text(&out.stderr).contains("no longer configured"),
+        text(&out.stderr).contains("is not configured (not in the config given)"),
         "{out:?}"
     );
     assert!(!home
@@ -1265,7 +1290,7 @@ async fn an_import_refuses_bad_lines_one_by_one() {
     };
     let mut file = Vec::new();
     for part in [
-        // After a byte-order mark, as PowerShell 5's Out-File and Notepad save a file.
+        // After a byte-order mark, as Notepad saves a file ("UTF-8 with BOM").
         [b"\xef\xbb\xbf".to_vec(), line("first", "t1")].concat(),
         b"{\"provider\":\"gh\",\"account\":\"bad\",\"access_token\":\"\xff\xfe\"}".to_vec(),
         line("long", &"x".repeat(70_000)),

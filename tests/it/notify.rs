@@ -826,6 +826,13 @@ async fn a_second_oauthd_on_the_file_leaves_the_firsts_attempts_alone() {
         1,
         "sent again beside the first attempt"
     );
+    assert!(
+        home.log_text().contains(
+            "1 delivery attempt(s) claimed and not finished are left to their claims' end"
+        ),
+        "{}",
+        home.log_text()
+    );
     let out = home.cli(&["events", "list", "--json"]);
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     let now = chrono::Utc::now().timestamp_millis();

@@ -84,7 +84,7 @@ async fn connections_of_a_removed_provider_are_listed_and_can_be_deleted() {
     assert!(body["detail"]
         .as_str()
         .unwrap()
-        .contains("no longer configured"));
+        .contains("is not configured (not in the config given)"));
     assert_eq!(d.get("/v1/connections/peer/alice", &key).await.0, 404);
     // Nothing was revoked at the provider (the answer said so).
     assert!(peer.is_active(&token).await);
@@ -95,7 +95,10 @@ async fn connections_of_a_removed_provider_are_listed_and_can_be_deleted() {
     let out = home.cli(&["connections", "delete", "peer", "bob", "--force"]);
     assert!(out.status.success(), "{out:?}");
     let said = String::from_utf8_lossy(&out.stderr);
-    assert!(said.contains("no longer configured"), "{said}");
+    assert!(
+        said.contains("is not configured (not in the config given)"),
+        "{said}"
+    );
     assert_eq!(d.get("/v1/connections/peer/bob", &key).await.0, 404);
 }
 

@@ -722,7 +722,7 @@ async fn a_targets_room_is_shared_by_every_claimer(b: Backend) {
         limit: 10,
         per_target: 2,
         busy: Default::default(),
-        longest_wait_ms: None,
+        longest_wait_ms: Some(15_000),
     };
     let claim = |now: i64| async move {
         let got = s.claim_deliveries(now, 10_000, &room()).await.unwrap();
@@ -745,9 +745,35 @@ async fn a_targets_room_is_shared_by_every_claimer(b: Backend) {
     // oldest due goes first.
     assert_eq!(claim(12_000).await, ["h3"]);
     assert_eq!(claim(12_001).await, Vec::<String>::new());
-    // The clock steps back past a lease: claims that end further off than one hold no
-    // place (both stores alike; Redis held them until its clock caught up).
+    // h1's attempt, whose lease ended, is recorded after all.
+    assert!(s
+        .finish_delivery("h1", 1, DeliveryOutcome::Delivered, 12_002)
+        .await
+        .unwrap());
+    // The clock steps back further than any wait: a claim that ends further off than
+    // that holds no place (h3's, made at 12,000), one within it does (h2's), on both
+    // stores (Redis held them all until its clock caught up). h3 is due again: the
+    // oldest due goes first, and there is room for one.
     assert_eq!(claim(1_500).await, ["h4"]);
+    // Another instance's clock 3 s behind the first's: the first's claims, which end a
+    // lease and 3 s ahead of its own now, still hold their places (they were dropped as
+    // set on a clock stepped back, and the target got twice its room).
+    let skewed: Vec<_> = (0..4)
+        .map(|i| delivery(&format!("s{i}"), "skewed", 1_000 + i))
+        .collect();
+    s.add_deliveries(skewed).await.unwrap();
+    let take = |now: i64| async move {
+        let got = s.claim_deliveries(now, 10_000, &room()).await.unwrap();
+        let mut ids: Vec<_> = got
+            .into_iter()
+            .map(|d| d.id)
+            .filter(|id| id.starts_with('s'))
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(take(5_000).await, ["s0", "s1"]);
+    assert_eq!(take(2_000).await, Vec::<String>::new());
 }
 
 /// A signed-out session no longer counts as one: the next start prints a sign-in link.

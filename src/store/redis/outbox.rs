@@ -96,9 +96,11 @@ if not string.match(redis.call('HGET', KEYS[2], 'attempts') or '', '^%d+$') then
   return {'unreadable'}
 end
 local claims = claims_of(KEYS[1], target)
--- Ended, or set further off than a lease (on a clock since stepped back): held by none.
+-- Ended, or set further off than any wait (ARGV[5]: a lease or retry_max, and the slack
+-- instances' clocks may differ by) on a clock since stepped back: held by none. (Not
+-- further off than a lease: another host's clock a few seconds ahead sets its claims so.)
 redis.call('ZREMRANGEBYSCORE', claims, '-inf', ARGV[2])
-redis.call('ZREMRANGEBYSCORE', claims, '(' .. (tonumber(ARGV[2]) + tonumber(ARGV[3])), '+inf')
+redis.call('ZREMRANGEBYSCORE', claims, '(' .. (tonumber(ARGV[2]) + tonumber(ARGV[5])), '+inf')
 if ARGV[6] ~= '' and redis.call('ZCARD', claims) >= tonumber(ARGV[6]) then return {} end
 local lease_end = tonumber(ARGV[2]) + tonumber(ARGV[3])
 redis.call('ZADD', claims, lease_end, ARGV[1])

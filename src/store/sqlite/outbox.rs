@@ -60,12 +60,13 @@ pub(super) fn enqueue(conn: &Connection, deliveries: &[NewDelivery]) -> rusqlite
 }
 
 /// The attempts under way now by target, in every process on this file (`leased`): the
-/// deliveries claimed, whose claim (set with their next attempt, `?5` after the claim)
-/// has not ended. A claim further off than a lease was made on a clock since stepped
-/// back, and holds nothing. `?1` is now. Counted once a claim, not once a row.
+/// deliveries claimed, whose claim (set with their next attempt, a lease after the claim)
+/// has not ended. A claim further off than any wait (`?4`, as for what is due) was made on
+/// a clock since stepped back, and holds nothing (as on Redis, where instances' clocks
+/// differ by a few seconds). `?1` is now. Counted once a claim, not once a row.
 const LEASED: &str = "WITH leased AS MATERIALIZED (
     SELECT target, count(*) AS n FROM deliveries
-    WHERE status = 'pending' AND next_attempt_at > ?1 AND next_attempt_at <= ?1 + ?5
+    WHERE status = 'pending' AND next_attempt_at > ?1 AND next_attempt_at <= ?1 + ?4
       AND claimed_until > ?1
     GROUP BY target)";
 
@@ -105,10 +106,9 @@ impl OutboxStore for SqliteStore {
                                       AND (next_attempt_at <= ?1 OR next_attempt_at > ?1 + ?4)
                                       AND {RUNNING} < ?3)"
                 ))?
-                .query_row(
-                    params![now_ms, busy_now, per_target, longest, lease_ms],
-                    |r| r.get::<_, bool>(0),
-                )
+                .query_row(params![now_ms, busy_now, per_target, longest], |r| {
+                    r.get::<_, bool>(0)
+                })
             })
             .await?;
         if !any_due {
@@ -243,6 +243,17 @@ impl OutboxStore for SqliteStore {
                 // Another oauthd serving this file may be sending them now: theirs to
                 // finish, or their claims' leases to end.
                 if super::serving::others_may_serve(conn)? {
+                    let claimed: i64 = conn
+                        .prepare_cached(
+                            "SELECT count(*) FROM deliveries
+                             WHERE status = 'pending' AND claimed_until IS NOT NULL",
+                        )?
+                        .query_row([], |r| r.get(0))?;
+                    if claimed > 0 {
+                        log::info!(
+                            "notifications: {claimed} delivery attempt(s) claimed and not finished are left to their claims' end (30 s at most): another oauthd may serve this database, and be sending them"
+                        );
+                    }
                     return Ok(0);
                 }
                 let n = conn

@@ -69,9 +69,14 @@ pub(super) enum Room {
 /// so writes may go through again while the file stays as large; the mark ends as where the
 /// filesystem cannot tell, once writes have gone through for a while.
 pub(super) fn room(db: &Path) -> Room {
-    if failed_by_limit(db) {
-        return Room::Unsure;
+    match (failed_by_limit(db), disk_room(db)) {
+        (true, Room::Enough) => Room::Unsure,
+        (_, room) => room,
     }
+}
+
+/// The room on the filesystem holding the database at `db`.
+fn disk_room(db: &Path) -> Room {
     match free_bytes(db) {
         Ok(free) if free.size > 0 => {
             let need = ROOM.min(free.size / 4);
