@@ -62,6 +62,8 @@ async function api(method, path, body) {
   if (!resp.ok && resp.status !== 202) {
     const err = new Error(resp.status === 401 ? "your session ended: sign in again" : data.detail || `HTTP ${resp.status}`);
     err.code = data.code;
+    // Set where a flow's state was taken: the flow is over, for that account.
+    err.account = data.account;
     throw err;
   }
   return { status: resp.status, data };
@@ -293,8 +295,11 @@ function pasteBox(provider, account, authorizeUrl, opened) {
       notice(`Connected ${data.provider}/${data.account}.`);
       await load();
     } catch (e) {
-      status.textContent = e.code === "flow_expired" || e.code === "unknown_state"
-        ? `${e.message} Press "Connect ${provider}" to start again.`
+      // The flow is over (its state taken, expired or unknown): another paste cannot
+      // finish it.
+      const over = e.account !== undefined || e.code === "flow_expired" || e.code === "unknown_state";
+      status.textContent = over
+        ? `${e.message} This sign-in is over: press "Connect ${provider}" to start again.`
         : e.message;
     } finally {
       busy = false;

@@ -97,11 +97,11 @@ impl CallbackError {
             },
             NotSignedIn { .. } => (
                 "Sign in to oauthd to finish",
-                "This sign-in was started on oauthd's page, and only a browser signed in to oauthd finishes it; this one is not, so nothing was stored. If you started it, sign in to oauthd in this browser (`oauthd admin link` prints a sign-in link) and open this address again within a few minutes: the sign-in is still open. If you did not, close this page.".into(),
+                "This sign-in was started on oauthd's page, and only a browser signed in to oauthd finishes it; this one is not, so nothing was stored. If you started it, sign in to oauthd in this browser (the command oauthd admin link prints a sign-in link) and open this address again within a few minutes: the sign-in is still open. If you did not, close this page.".into(),
             ),
             PasteOnly { redirect_uri } => (
                 "Paste the address instead",
-                format!("Sign-ins at {provider} come back to {redirect_uri}, not to this address: paste the address the browser shows there on oauthd's page (or into `oauthd connect --paste`). Nothing was changed."),
+                format!("Sign-ins at {provider} come back to {redirect_uri}, not to this address: paste the address the browser shows there on oauthd's page (or into the command oauthd connect --paste). Nothing was changed."),
             ),
             AppFlowPasted { .. } => (
                 "An app's sign-in",

@@ -440,11 +440,7 @@ async fn import(broker: &crate::broker::Broker, file: &std::path::Path) -> Resul
         return Err(Fatal(
             format!(
                 "{} is UTF-16 text (it starts with a UTF-16 byte-order mark); an import reads UTF-8: save it as UTF-8 (PowerShell: Out-File -Encoding utf8) and import again. Nothing was imported",
-                if file.as_os_str() == "-" {
-                    "standard input".to_owned()
-                } else {
-                    file.display().to_string()
-                }
+                read_from(file)
             ),
             1,
         ));
@@ -493,17 +489,22 @@ async fn import(broker: &crate::broker::Broker, file: &std::path::Path) -> Resul
         return Err(Fatal(
             format!(
                 "nothing imported: {} holds no line to import (one JSON object per line)",
-                if file.as_os_str() == "-" {
-                    "standard input".to_owned()
-                } else {
-                    file.display().to_string()
-                }
+                read_from(file)
             ),
             1,
         ));
     }
     say!("{summary}");
     Ok(())
+}
+
+/// What an import reads from, for a message: the file, or standard input (`-`).
+fn read_from(file: &std::path::Path) -> String {
+    if file.as_os_str() == "-" {
+        "standard input".to_owned()
+    } else {
+        file.display().to_string()
+    }
 }
 
 /// The longest import line read: two tokens at their longest, escaped, and the rest.

@@ -192,6 +192,13 @@ pub async fn login_form(
             to_page(&back).cookie(cookie).finish()
         }
         Ok(None) => {
+            // A link pressed again in the browser it signed in (a second tab, a double
+            // press): that browser is signed in, and nothing was guessed.
+            if with == SignInWith::LoginLink
+                && matches!(super::ui::session(&app, &req).await, Ok(Some(_)))
+            {
+                return to_page(&back).finish();
+            }
             if let Some(secs) = blocked {
                 return too_many(base, &ratelimit::too_many(secs));
             }

@@ -62,7 +62,7 @@ pub struct UiSession {
 }
 
 /// The session cookie, if it names a live session.
-async fn session(app: &AppState, req: &HttpRequest) -> Result<Option<String>, ApiError> {
+pub(super) async fn session(app: &AppState, req: &HttpRequest) -> Result<Option<String>, ApiError> {
     let Some(cookie) = req
         .cookie(super::admin::session_cookie_name(app))
         .map(|c| c.value().to_owned())

@@ -364,15 +364,25 @@ async fn what_is_not_a_copy_of_oauthds_database_is_refused() {
     std::fs::write(&damaged, &bytes).unwrap();
     let elsewhere = home.dir.path().join("elsewhere");
     std::fs::create_dir(&elsewhere).unwrap();
-    let out = Command::new(common::BIN)
-        .args(["restore", "--create", "--db"])
-        .arg(elsewhere.join("oauthd.db"))
-        .arg(&damaged)
-        .env_remove("OAUTHD_CONFIG")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    // `oauthd ARGS`, refused with exit 2 and nothing made: what it said.
+    let refused = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new(common::BIN)
+            .args(args)
+            .env_remove("OAUTHD_CONFIG")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+        err
+    };
+    let err = refused(&[
+        "restore".as_ref(),
+        "--create".as_ref(),
+        "--db".as_ref(),
+        elsewhere.join("oauthd.db").as_os_str(),
+        damaged.as_os_str(),
+    ]);
     assert!(
         err.contains(&format!(
             "{} is damaged (database disk image is malformed)",
@@ -381,22 +391,17 @@ async fn what_is_not_a_copy_of_oauthds_database_is_refused() {
             && !err.contains("restoring-"),
         "{err}"
     );
-    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
-    let out = Command::new(common::BIN)
-        .args(["backup", "--db"])
-        .arg(&damaged)
-        .arg(elsewhere.join("copy.db"))
-        .env_remove("OAUTHD_CONFIG")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = refused(&[
+        "backup".as_ref(),
+        "--db".as_ref(),
+        damaged.as_os_str(),
+        elsewhere.join("copy.db").as_os_str(),
+    ]);
     assert!(
         err.contains(&format!("{} is damaged", damaged.display()))
             && err.contains("Restore the last copy"),
         "{err}"
     );
-    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
 }
 
 /// An existing but empty database file (a copy of a running oauthd's database made

@@ -2007,7 +2007,11 @@ fn keys_create_as_root_gives_a_new_database_its_directorys_owner() {
     // Run from a directory the other user may enter: the build's own may be root's alone
     // (a clone in a directory of `mktemp -d`).
     let bin = dir.path().join("oauthd");
-    std::fs::copy(BIN, &bin).unwrap();
+    // Copied by `cp`, not by this process: a thread of the tests forking meanwhile kept
+    // this process's write handle on the copy open in its child, and its exec failed
+    // with "Text file busy".
+    let copied = Command::new("cp").arg(BIN).arg(&bin).status().unwrap();
+    assert!(copied.success());
     // A command run as that user on the database, with `more` arguments.
     let as_that_user = |command: &[&str], more: &[&std::ffi::OsStr]| {
         Command::new(&bin)

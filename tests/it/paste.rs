@@ -156,6 +156,10 @@ async fn paste_back_from_the_page_in_chromium() {
     field.send_keys(&denied).await.unwrap();
     b.click("[data-paste=peer]").await;
     b.wait_text("#paste-peer", "access was not granted").await;
+    // The flow is over with it (its state taken): the page says to start again, not to
+    // paste once more (it said only what went wrong, and the box stayed, inviting a paste
+    // that could only be refused).
+    b.wait_text("#paste-peer", "This sign-in is over").await;
     b.screenshot("07-declined.png").await;
     b.close().await;
 }
@@ -286,6 +290,8 @@ async fn pasting_runs_the_callbacks_rules() {
         .await;
     assert_eq!(status, 400, "{page}");
     assert!(page.contains("Paste the address instead"), "{page}");
+    // Prose, not Markdown: a backtick shows as it is on an HTML page.
+    assert!(!page.contains('`'), "{page}");
     // The flow stays open: the address is not taken out of the address bar.
     assert!(!page.contains("forget-address.js"), "{page}");
     assert_eq!(d.get("/v1/connections/peer/default", &key).await.0, 404);

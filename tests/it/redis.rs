@@ -979,7 +979,7 @@ mod shared {
         // Everything written so far is on the standby before it takes over.
         let synced = home
             .redis_server()
-            .command_after("SET oauthd-test-sync 1", "WAIT 1 5000");
+            .command_after("SET oauthd-test-sync 1", "WAIT 1 30000");
         assert_eq!(synced.as_deref(), Some(":1"));
         assert_eq!(standby.command("REPLICAOF NO ONE").as_deref(), Some("+OK"));
         relay.retarget(standby.port);

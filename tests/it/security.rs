@@ -521,6 +521,25 @@ async fn a_link_preview_does_not_use_up_a_login_link() {
     assert_eq!(http.get(&link).send().await.unwrap().status(), 401);
     assert_eq!(http.head(&link).send().await.unwrap().status(), 401);
     assert_eq!(press_sign_in(&d, &link).await.status(), 401);
+    // Pressed again in the browser it signed in (a second tab, a double press): to the
+    // page, not refused (it was a 401, a refused sign-in in the log, and a charge against
+    // the address's budget of refused sign-ins).
+    let refused_before = home.log_text().matches("was refused").count();
+    let resp = d
+        .post_form(
+            "/admin/login",
+            &[("link", &link_token(&link))],
+            Some(&cookie),
+        )
+        .await;
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()["location"], "/");
+    assert_eq!(
+        home.log_text().matches("was refused").count(),
+        refused_before,
+        "{}",
+        home.log_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -2110,6 +2129,8 @@ async fn a_flow_started_on_the_page_finishes_only_in_a_signed_in_browser() {
     let (status, page, _) = d.browser_get(&callback).await;
     assert_eq!(status, 403, "{page}");
     assert!(page.contains("Sign in to oauthd to finish"), "{page}");
+    // Prose, not Markdown: a backtick shows as it is on an HTML page.
+    assert!(!page.contains('`'), "{page}");
     // The address is what finishes it: kept in the address bar.
     assert!(!page.contains("forget-address.js"), "{page}");
     assert_eq!(d.get("/v1/connections/peer/own", &key).await.0, 404);
