@@ -342,7 +342,10 @@ async function disconnect(provider, account, missing, same) {
     }
     try {
       const { data } = await api("DELETE", `${path}?force=true`);
-      notice(`Deleted ${provider}/${account}: ${data && data.detail ? data.detail : "done"}.`);
+      // 204 (no detail): the provider answered meanwhile, and the tokens were revoked.
+      notice(data && data.detail
+        ? `Deleted ${provider}/${account}: ${data.detail}.`
+        : `Disconnected ${provider}/${account}: ${provider} answered after all, and its tokens were revoked there.`);
       await load();
     } catch (e2) { notice(`Could not disconnect: ${e2.message}`); }
   }

@@ -86,7 +86,7 @@ impl CallbackError {
             ),
             PasteUnreadable => (
                 "Not an address",
-                "Paste the whole address from the browser's address bar (it starts with http://).".into(),
+                "Paste the whole address from the browser's address bar, as it is (it starts with http://, and names each of code and state once).".into(),
             ),
             ByApp(inner) => match **inner {
                 NoState | UnknownState => (
