@@ -740,6 +740,17 @@ async fn a_retry_after_past_the_window_ends_the_delivery_rather_than_coming_soon
     assert_eq!(got.len(), 1, "{got:?}");
 }
 
+/// oauthd with one text target, `silent`, at `port` on this machine, and an API key.
+fn home_with_target_at(port: u16) -> (Home, String, common::Daemon) {
+    let home = Home::new();
+    home.write_config(&format!(
+        "[[notify]]\nname = \"silent\"\nurl = \"http://127.0.0.1:{port}/h\"\nformat = \"text\"\n"
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    (home, key, d)
+}
+
 /// A stop gives back a delivery whose target has not answered within 5 s, due at once,
 /// rather than leaving it claimed until the claim's lease ends (30 s; on SQLite, until the
 /// next start): another instance, or the next start, sends it without waiting.
@@ -748,12 +759,7 @@ async fn a_stop_gives_back_a_delivery_whose_target_has_not_answered() {
     // Takes the connection (the kernel's backlog) and never answers.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
-    let home = Home::new();
-    home.write_config(&format!(
-        "[[notify]]\nname = \"silent\"\nurl = \"http://127.0.0.1:{port}/h\"\nformat = \"text\"\n"
-    ));
-    let key = home.create_key("app", &[]);
-    let d = home.start();
+    let (home, key, d) = home_with_target_at(port);
     let (status, _) = d.post("/v1/notify/test", &key, json!({})).await;
     assert_eq!(status, 202);
     let row = |home: &Home| {
@@ -810,12 +816,7 @@ async fn a_second_oauthd_on_the_file_leaves_the_firsts_attempts_alone() {
             }
         });
     }
-    let home = Home::new();
-    home.write_config(&format!(
-        "[[notify]]\nname = \"silent\"\nurl = \"http://127.0.0.1:{port}/h\"\nformat = \"text\"\n"
-    ));
-    let key = home.create_key("app", &[]);
-    let a = home.start();
+    let (home, key, a) = home_with_target_at(port);
     let (status, _) = a.post("/v1/notify/test", &key, json!({})).await;
     assert_eq!(status, 202);
     assert!(common::eventually(WAIT, || taken.load(Ordering::SeqCst) == 1).await);

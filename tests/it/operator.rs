@@ -1937,6 +1937,10 @@ async fn a_database_deleted_under_oauthd_can_be_copied_out_before_it_stops() {
     std::fs::remove_file(home.db()).unwrap();
     let (status, body) = d.readyz_until(503).await;
     assert_eq!(status, 503, "{body}");
+    // Said within the writer's next look at its files (a read that found the path empty
+    // may answer 503 first).
+    let said = |l: &str| l.contains(" ERROR ") && l.contains("was deleted or replaced");
+    common::eventually(Duration::from_secs(5), || home.log_text().lines().any(said)).await;
     let log = home.log_text();
     // The text between "`PREFIX" and the next backtick of the ERROR line.
     let quoted = |prefix: &str| -> String {
