@@ -65,6 +65,7 @@ pub(super) enum Room {
 /// The room on the filesystem holding the database at `db`. At the edge of full, a write
 /// that fits in what the `-wal` file already holds goes through while bigger ones fail:
 /// such a write says nothing of room, this does.
+///
 /// Near the file-size limit, `Unsure`: SQLite reuses the pages it freed within the file,
 /// so writes may go through again while the file stays as large; the mark ends as where the
 /// filesystem cannot tell, once writes have gone through for a while.

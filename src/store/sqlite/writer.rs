@@ -428,7 +428,6 @@ fn conn_is_read_only(conn: &Connection) -> bool {
     conn.is_readonly(MAIN_DB).unwrap_or(true)
 }
 
-/// What oauthd answers while the database's files are not the ones it opened.
 /// A full disk's error, or the file-size limit's when that is what leaves no room.
 fn full(context: &'static str) -> StoreError {
     if super::room::size_limited() {
@@ -438,6 +437,7 @@ fn full(context: &'static str) -> StoreError {
     }
 }
 
+/// What oauthd answers while the database's files are not the ones it opened.
 fn moved_error(context: &'static str) -> StoreError {
     StoreError::Moved { context }
 }
