@@ -786,6 +786,15 @@ mod shared {
         assert_eq!(d.get("/readyz", "").await.0, 200);
     }
 
+    /// The lines of `h`'s log that hold `said`.
+    fn log_lines(h: &Home, said: &str) -> Vec<String> {
+        h.log_text()
+            .lines()
+            .filter(|l| l.contains(said))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Instances on one Redis with providers configured otherwise (one lacks a provider,
     /// one has another client id) answered apps differently, and nothing said so. Each
     /// now tells the others a digest of each provider's settings (never its secret) and
@@ -819,13 +828,8 @@ mod shared {
         let _da = a.start();
         let _dc = c.start();
         let _db = b.start();
-        let warned = |h: &Home| {
-            h.log_text()
-                .lines()
-                .filter(|l| l.contains("its providers are configured otherwise than this one's"))
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        };
+        let warned =
+            |h: &Home| log_lines(h, "its providers are configured otherwise than this one's");
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         while (warned(&a).is_empty() || warned(&b).len() < 2 || warned(&c).is_empty())
             && std::time::Instant::now() < deadline
@@ -896,19 +900,11 @@ mod shared {
         b.write_config(&targets(&secret_file(&b, &secret_b), "/hook", "gotify"));
         let da = a.start();
         let db = b.start();
-        let warned = |h: &Home| {
-            h.log_text()
-                .lines()
-                .filter(|l| l.contains("its [[notify]] targets are configured otherwise"))
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        while (warned(&a).is_empty() || warned(&b).is_empty())
-            && std::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let warned = |h: &Home| log_lines(h, "its [[notify]] targets are configured otherwise");
+        common::eventually(Duration::from_secs(15), || {
+            !warned(&a).is_empty() && !warned(&b).is_empty()
+        })
+        .await;
         for h in [&a, &b] {
             let w = warned(h);
             assert_eq!(w.len(), 1, "{w:?}");
@@ -941,12 +937,10 @@ mod shared {
         let _dc = c.start();
         let _dd = d.start();
         let _de = e.start();
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        while (warned(&c).is_empty() || warned(&e).is_empty() || warned(&d).len() < 2)
-            && std::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        common::eventually(Duration::from_secs(15), || {
+            !warned(&c).is_empty() && !warned(&e).is_empty() && warned(&d).len() >= 2
+        })
+        .await;
         // c and e of d only; d of both.
         for (h, n) in [(&c, 1), (&e, 1), (&d, 2)] {
             let w = warned(h);
