@@ -275,7 +275,9 @@ impl Teller {
     /// at the same moment with a key this one lacks (each found nothing when it checked)
     /// is seen by the later of the two, which stops here. Of two that told before either
     /// looked, the later sees the earlier; of one that looked before the other told, the
-    /// other told later and sees it; of two that told in the same millisecond, both stop.
+    /// other told later and sees it. The store stamps each first telling after every
+    /// other it holds, so "later" is the order the store took them in, whatever the clocks
+    /// read.
     pub(super) async fn start(&mut self) -> Result<(), Fatal> {
         self.look_for_loss().await;
         self.tell().await;

@@ -72,7 +72,8 @@ pub trait Store: StateStore + KeyStore + AdminStore + BrokerStore + TransferStor
     async fn store_id(&self, candidate: &str) -> Result<String, StoreError>;
     /// Tells the other instances on this store which vault keys this one uses (over
     /// what it told before), and forgets what others told that ended before now; returns
-    /// when the instance first told, as recorded. `now_ms` is this process's clock: a store
+    /// when the instance first told, as recorded: after every other note that holds
+    /// (`first_told`). `now_ms` is this process's clock: a store
     /// that instances on other machines share (Redis) goes by its own, so that hosts whose
     /// clocks differ still see each other's notes for as long as they hold.
     async fn note_vault_keys(&self, note: VaultKeysNote, now_ms: i64) -> Result<i64, StoreError>;

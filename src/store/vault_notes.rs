@@ -18,6 +18,17 @@ pub struct VaultKeysInUse {
     pub providers: Option<Vec<String>>,
 }
 
+/// When `instance`, telling for the first time at `now_ms`, first told: after every other
+/// note that still holds. Of two that tell at once, the clock one read before the other
+/// wrote may be the later; the store orders them as it took their notes, so that the
+/// later to tell always sees the earlier, and never do two tell at the same time.
+pub fn first_told(now_ms: i64, instance: &str, told: &[VaultKeysInUse]) -> i64 {
+    told.iter()
+        .filter(|t| t.instance != instance && t.until_ms >= now_ms)
+        .map(|t| t.since_ms.saturating_add(1))
+        .fold(now_ms, i64::max)
+}
+
 /// Between the key ids and the providers in a note's text (no key id is `|`).
 const PROVIDERS_FOLLOW: &str = "|";
 

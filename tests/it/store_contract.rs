@@ -873,6 +873,56 @@ async fn a_vault_keys_note_keeps_its_first_time_until_it_ends(b: Backend) {
     assert!(s.vault_keys_in_use(now()).await.unwrap().is_empty());
 }
 
+/// Two oauthd starting at once: one reads its clock, the other reads a later one and
+/// tells first (the first waited for the write lock). Stamped by the clock each read, the
+/// one that told later would seem the earlier, and neither would give way to the other.
+/// The store stamps a first note after every other that holds; an ended one, or one told
+/// again, keeps its own.
+async fn a_first_vault_keys_note_is_stamped_after_every_note_that_holds(b: Backend) {
+    use oauthd::store::VaultKeysNote;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    let s = b.store.as_ref();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let note = |instance: &str, since_ms, holds| VaultKeysNote {
+        instance: instance.into(),
+        keys: vec![format!("k-{instance}")],
+        since_ms,
+        holds,
+        providers: Vec::new(),
+    };
+    let hour = Duration::from_secs(3600);
+    // Told first, by a clock 10 s ahead of the store's (and of `now`).
+    let ahead = now + 10_000;
+    let told = s
+        .note_vault_keys(note("ahead", Some(ahead), hour), now)
+        .await;
+    assert_eq!(told.unwrap(), ahead);
+    // Its note ends at once: it counts no more.
+    s.note_vault_keys(note("ended", Some(now + 60_000), Duration::ZERO), now)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let later = s.note_vault_keys(note("later", None, hour), now + 20);
+    let later = later.await.unwrap();
+    assert_eq!(later, ahead + 1);
+    let in_use = s.vault_keys_in_use(now + 20).await.unwrap();
+    let since = |i: &str| in_use.iter().find(|t| t.instance == i).map(|t| t.since_ms);
+    assert_eq!(since("later"), Some(ahead + 1), "{in_use:?}");
+    assert_eq!(since("ahead"), Some(ahead), "{in_use:?}");
+    assert_eq!(since("ended"), None, "{in_use:?}");
+    // Told again, each keeps its first time.
+    let again = s
+        .note_vault_keys(note("ahead", Some(ahead), hour), now)
+        .await;
+    assert_eq!(again.unwrap(), ahead);
+    for instance in ["ahead", "later"] {
+        s.forget_vault_keys(instance).await.unwrap();
+    }
+}
+
 /// State `n` of namespace "cap", expiring at `expires_at_ms`.
 fn capped(n: u8, expires_at_ms: i64, subject: Option<&str>) -> StateRow {
     StateRow {
@@ -1569,6 +1619,7 @@ backends!(
     a_signed_out_session_leaves_no_admin_session_behind,
     only_the_newest_login_link_works,
     a_vault_keys_note_keeps_its_first_time_until_it_ends,
+    a_first_vault_keys_note_is_stamped_after_every_note_that_holds,
     the_namespace_cap_counts_what_every_path_leaves_live,
     all_namespaces_together_hold_at_most_max_total_live_states,
     a_key_holds_at_most_max_per_key_live_states_however_they_go,

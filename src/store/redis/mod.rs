@@ -724,7 +724,8 @@ impl super::Store for RedisStore {
 
 /// Records an instance's vault keys (`ARGV[4]`, space-separated) under its name
 /// (`ARGV[1]`) in the hash `KEYS[1]`, holding for `ARGV[2]` ms from Redis's `TIME`, since
-/// `ARGV[3]` (0: since now), and drops the notes that ended before now, in one step: none
+/// `ARGV[3]` (0: since now, or just after the latest other note that holds when that is
+/// later, as `first_told` has it), and drops the notes that ended before now, in one step: none
 /// renewed meanwhile is lost. Returns the since it recorded.
 static NOTE_VAULT_KEYS: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
@@ -733,11 +734,17 @@ if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local since = tonumber(ARGV[3])
-if since == nil or since <= 0 then since = now end
+local first = since == nil or since <= 0
+if first then since = now end
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
-  local untl = tonumber(string.match(all[i + 1], '^(%d+) '))
-  if untl == nil or untl < now then redis.call('HDEL', KEYS[1], all[i]) end
+  local untl, theirs = string.match(all[i + 1], '^(%d+) (%d+)')
+  untl, theirs = tonumber(untl), tonumber(theirs)
+  if untl == nil or untl < now then
+    redis.call('HDEL', KEYS[1], all[i])
+  elseif first and all[i] ~= ARGV[1] and theirs >= since then
+    since = theirs + 1
+  end
 end
 redis.call('HSET', KEYS[1], ARGV[1],
   string.format('%d %d %s', now + tonumber(ARGV[2]), since, ARGV[4]))

@@ -81,6 +81,18 @@ fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
         .exists([name])
 }
 
+/// Every note of vault keys in `meta` (`vault:<instance>`), ended or not.
+fn vault_notes(conn: &Connection) -> rusqlite::Result<Vec<VaultKeysInUse>> {
+    let rows = conn
+        .prepare_cached("SELECT name, value FROM meta WHERE name LIKE 'vault:%'")?
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows
+        .iter()
+        .filter_map(|(name, value)| VaultKeysInUse::from_text(name.strip_prefix("vault:")?, value))
+        .collect())
+}
+
 /// The file SQLite keeps beside a database (`-wal`, `-journal`): beside the file a link
 /// leads to.
 fn beside(path: &Path, suffix: &str) -> PathBuf {
@@ -565,16 +577,9 @@ impl super::Store for SqliteStore {
     }
 
     // Kept in `meta` as `vault:<instance>` = `VaultKeysInUse::to_text`. One file
-    // is on one machine: this process's clock is the store's.
+    // is on one machine: this process's clock is the store's. `now_ms` was read before
+    // the write lock was had: another process may have told since with a later clock.
     async fn note_vault_keys(&self, note: VaultKeysNote, now_ms: i64) -> Result<i64, StoreError> {
-        let since_ms = note.since_ms.unwrap_or(now_ms);
-        let keys = VaultKeysInUse {
-            instance: note.instance,
-            keys: note.keys,
-            since_ms,
-            until_ms: now_ms.saturating_add(note.holds.as_millis().try_into().unwrap_or(i64::MAX)),
-            providers: Some(note.providers),
-        };
         self.writer
             .run_atomic("telling which vault keys this oauthd uses", move |conn| {
                 conn.prepare_cached(
@@ -582,27 +587,30 @@ impl super::Store for SqliteStore {
                      AND CAST(substr(value, 1, instr(value, ' ') - 1) AS INTEGER) < ?1",
                 )?
                 .execute([now_ms])?;
+                let since_ms = match note.since_ms {
+                    Some(since) => since,
+                    None => super::first_told(now_ms, &note.instance, &vault_notes(conn)?),
+                };
+                let keys = VaultKeysInUse {
+                    instance: note.instance,
+                    keys: note.keys,
+                    since_ms,
+                    until_ms: now_ms
+                        .saturating_add(note.holds.as_millis().try_into().unwrap_or(i64::MAX)),
+                    providers: Some(note.providers),
+                };
                 conn.prepare_cached("INSERT OR REPLACE INTO meta (name, value) VALUES (?1, ?2)")?
-                    .execute([format!("vault:{}", keys.instance), keys.to_text()])
-                    .map(|_| ())
+                    .execute([format!("vault:{}", keys.instance), keys.to_text()])?;
+                Ok(since_ms)
             })
-            .await?;
-        Ok(since_ms)
+            .await
     }
 
     async fn vault_keys_in_use(&self, now_ms: i64) -> Result<Vec<VaultKeysInUse>, StoreError> {
         self.read("reading which vault keys other oauthds use", move |conn| {
-            let rows = conn
-                .prepare_cached("SELECT name, value FROM meta WHERE name LIKE 'vault:%'")?
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows
-                .iter()
-                .filter_map(|(name, value)| {
-                    VaultKeysInUse::from_text(name.strip_prefix("vault:")?, value)
-                })
-                .filter(|k| k.until_ms >= now_ms)
-                .collect())
+            let mut told = vault_notes(conn)?;
+            told.retain(|k| k.until_ms >= now_ms);
+            Ok(told)
         })
         .await
     }
