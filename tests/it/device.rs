@@ -388,20 +388,27 @@ async fn mock_provider() -> MockServer {
     mock
 }
 
-/// A token endpoint that fails on the way (503, 429) is polled ever more slowly: the wait
-/// doubles after each failed poll (RFC 8628 3.5), so a provider in trouble is not hammered
-/// under the operator's client_id. The first poll that gets through ends the backoff: the
-/// flow is polled at the provider's interval again, and apps were shown that interval all
-/// along.
+/// A token endpoint that fails on the way (503, 500, 429, with an OAuth error in the body
+/// or without) is polled ever more slowly: the wait doubles after each failed poll (RFC
+/// 8628 3.5), so a provider in trouble is not hammered under the operator's client_id. The
+/// first poll that gets through ends the backoff: the flow is polled at the provider's
+/// interval again, and apps were shown that interval all along. (A 503 or 500 whose body
+/// named an error, `temporarily_unavailable` or `server_error`, used to end the flow as
+/// refused, the person's approval lost.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_token_endpoint_is_polled_ever_more_slowly_until_it_answers() {
     let mock = device_endpoint(120).await;
-    // The token endpoint fails once with 503, twice with 429, then works again.
+    // The token endpoint fails with 503 and 500 (each naming an error) and 429, then
+    // works again.
     let pending =
         ResponseTemplate::new(400).set_body_json(json!({"error": "authorization_pending"}));
+    let unavailable =
+        ResponseTemplate::new(503).set_body_json(json!({"error": "temporarily_unavailable"}));
+    let failed = ResponseTemplate::new(500).set_body_json(json!({"error": "server_error"}));
     for (answer, times) in [
-        (ResponseTemplate::new(503), Some(1)),
-        (ResponseTemplate::new(429), Some(2)),
+        (unavailable, Some(1)),
+        (failed, Some(1)),
+        (ResponseTemplate::new(429), Some(1)),
         (pending, None),
     ] {
         let mock_answer = Mock::given(method("POST"))
@@ -417,7 +424,7 @@ async fn a_failing_token_endpoint_is_polled_ever_more_slowly_until_it_answers() 
     assert_eq!(status, 201, "{start}");
     assert_eq!(start["interval"], 1);
     let status_path = format!("/v1/device/slow/{}", start["id"].as_str().unwrap());
-    // After the 503 (at 1 s) and the first 429 (2 s later): waits of 2, then 4 s.
+    // After the 503 (at 1 s) and the 500 (2 s later): waits of 2, then 4 s.
     let grown = common::eventually(Duration::from_secs(15), || {
         home.log_text().contains("trying again in 4 s")
     })

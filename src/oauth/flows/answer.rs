@@ -57,12 +57,15 @@ impl std::fmt::Debug for TokenSet {
     }
 }
 
+/// `status`: the answer's, when one came.
 fn classify<E: std::error::Error>(
     err: RequestTokenError<E, oauth2::basic::BasicErrorResponse>,
+    status: Option<reqwest::StatusCode>,
     sent: &Sent<'_>,
 ) -> FlowError {
     match err {
-        RequestTokenError::ServerResponse(r) => provider_error(
+        RequestTokenError::ServerResponse(r) => answered_error(
+            status,
             r.error().as_ref(),
             r.error_description().map(String::as_str),
             sent,
@@ -105,9 +108,13 @@ pub(super) fn answered<E: std::error::Error>(
         }
         Err(RequestTokenError::Parse(e, body)) => match lenient_token_set(&body, asked) {
             Ok(tokens) if !names_an_error(&body) => Ok(fit(tokens)),
-            _ => Err(classify::<E>(RequestTokenError::Parse(e, body), sent)),
+            _ => Err(classify::<E>(
+                RequestTokenError::Parse(e, body),
+                status,
+                sent,
+            )),
         },
-        Err(e) => Err(classify(e, sent)),
+        Err(e) => Err(classify(e, status, sent)),
     }
 }
 
@@ -281,16 +288,45 @@ pub(super) fn error_response(
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     let code = v.get("error").and_then(|e| e.as_str()).unwrap_or("");
     match code {
-        "" if status.is_server_error() || status.as_u16() == 429 => {
-            FlowError::Transient(format!("HTTP {status}"))
-        }
+        "" if temporary(Some(status), code) => FlowError::Transient(format!("HTTP {status}")),
         "" => FlowError::Transient(format!("HTTP {status} without an OAuth error")),
-        code => provider_error(
+        code => answered_error(
+            Some(status),
             code,
             v.get("error_description").and_then(|e| e.as_str()),
             sent,
         ),
     }
+}
+
+/// Whether an OAuth error answered with `status` is the provider's trouble, not a
+/// refusal: a 5xx or 429 whatever its body says (a device flow given up over a
+/// `503 {"error":"temporarily_unavailable"}` threw a person's approval away), or RFC 6749's
+/// codes for it.
+fn temporary(status: Option<reqwest::StatusCode>, code: &str) -> bool {
+    status.is_some_and(|s| s.is_server_error() || s.as_u16() == 429)
+        || matches!(code, "temporarily_unavailable" | "server_error")
+}
+
+/// An OAuth error answered with `status` (`None`: not known): `FlowError::Transient`
+/// when it is `temporary`, with the provider's words as `provider_error` keeps them,
+/// else what `provider_error` makes of it.
+fn answered_error(
+    status: Option<reqwest::StatusCode>,
+    code: &str,
+    description: Option<&str>,
+    sent: &Sent<'_>,
+) -> FlowError {
+    let error = provider_error(code, description, sent);
+    if !temporary(status, code) {
+        return error;
+    }
+    let status = status.map_or_else(|| "an error".to_owned(), |s| format!("HTTP {s}"));
+    FlowError::Transient(match error {
+        FlowError::Rejected { code, description } => format!("{status} ({code}): {description}"),
+        FlowError::InvalidGrant(description) => format!("{status} (invalid_grant): {description}"),
+        other => format!("{status}: {other}"),
+    })
 }
 
 /// An OAuth error's code and description as a provider sent them, each without what was
@@ -337,5 +373,69 @@ fn rejected(code: &str, description: String, sent: &Sent<'_>) -> FlowError {
             code: sent.text(other, CODE_MAX),
             description,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oauth::{Provider, ProviderConfig};
+    use reqwest::StatusCode;
+
+    /// A 5xx or 429 is the provider's trouble whatever error its body names, and so are
+    /// RFC 6749's codes for it; any other error is a refusal, kept as the provider said
+    /// it, and the secrets sent stay out of either.
+    #[test]
+    fn a_providers_trouble_is_temporary_whatever_its_body_names() {
+        let config = ProviderConfig {
+            authorization_url: Some("https://provider.test/authorize".into()),
+            token_url: Some("https://provider.test/token".into()),
+            client_id: Some("client".into()),
+            client_secret: Some("the-client-secret".into()),
+            ..Default::default()
+        };
+        let provider = Provider::from_config("p", &config).unwrap();
+        let sent = Sent::new(&provider, &["the-device-code"]);
+        let body = |code: &str| {
+            serde_json::json!({"error": code, "error_description": "try later, the-device-code"})
+                .to_string()
+        };
+        for (status, code) in [
+            (503, "temporarily_unavailable"),
+            (500, "server_error"),
+            (502, "access_denied"),
+            (429, "slow_down"),
+            (400, "temporarily_unavailable"),
+            (400, "server_error"),
+        ] {
+            let status = StatusCode::from_u16(status).unwrap();
+            let error = error_response(status, body(code).as_bytes(), &sent);
+            let FlowError::Transient(said) = &error else {
+                panic!("{status} {code}: {error:?}");
+            };
+            assert!(
+                said.starts_with(&format!("HTTP {status} ({code}): try later")),
+                "{said}"
+            );
+            assert!(!said.contains("the-device-code"), "{said}");
+        }
+        for (status, code) in [
+            (400, "invalid_client"),
+            (401, "invalid_client"),
+            (400, "slow_down"),
+        ] {
+            let status = StatusCode::from_u16(status).unwrap();
+            let error = error_response(status, body(code).as_bytes(), &sent);
+            assert!(
+                matches!(&error, FlowError::Rejected { code: c, .. } if c == code),
+                "{status} {code}: {error:?}"
+            );
+        }
+        let error = error_response(
+            StatusCode::BAD_REQUEST,
+            body("invalid_grant").as_bytes(),
+            &sent,
+        );
+        assert!(matches!(error, FlowError::InvalidGrant(_)), "{error:?}");
     }
 }
