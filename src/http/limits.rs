@@ -111,7 +111,7 @@ fn check(req: &ServiceRequest) -> Option<ApiError> {
             format!("headers may be at most {MAX_HEADER_BYTES} bytes in {MAX_HEADERS} fields"),
         ));
     }
-    unknown_query_parameter(req)
+    query_refusal(req)
 }
 
 /// Whether `path` is one of the API's routes, as `/openapi.json` describes them (`{name}`
@@ -126,6 +126,17 @@ fn documented(path: &str) -> bool {
                     || part == segment
             })
     })
+}
+
+/// The code a bad value of query parameter `name` is refused with (each handler's own).
+fn invalid_code(name: &str) -> &'static str {
+    match name {
+        "min_ttl" => "invalid_min_ttl",
+        "force" => "invalid_force",
+        "limit" => "invalid_limit",
+        "after" => "invalid_after",
+        _ => "unknown_parameter",
+    }
 }
 
 /// The query parameters a `/v1` route takes. A method the path does not serve may carry
@@ -157,7 +168,10 @@ fn known_query(method: &actix_web::http::Method, path: &str) -> &'static [&'stat
     }
 }
 
-fn unknown_query_parameter(req: &ServiceRequest) -> Option<ApiError> {
+/// A query parameter the endpoint does not take, or one it takes given twice (which one
+/// counts is a guess: clients and proxies differ; the first was read and the second, a
+/// fix appended, silently dropped), refused with the code its bad value gets.
+fn query_refusal(req: &ServiceRequest) -> Option<ApiError> {
     // The path as the router matches it: `%73` is `s` there (only `%2F`, `%25` and `%2B`
     // stay encoded), so `/v1/connection%73` is `/v1/connections` here too.
     let path = req.match_info().as_str();
@@ -166,14 +180,35 @@ fn unknown_query_parameter(req: &ServiceRequest) -> Option<ApiError> {
         return None;
     }
     let known = known_query(req.method(), path);
-    let unknown = url::form_urlencoded::parse(req.query_string().as_bytes())
-        .map(|(k, _)| k)
-        .find(|k| !known.contains(&k.as_ref()))?;
+    let mut seen = Vec::new();
+    let mut twice = None;
+    let mut unknown = None;
+    for (name, _) in url::form_urlencoded::parse(req.query_string().as_bytes()) {
+        if !known.contains(&name.as_ref()) {
+            unknown = Some(name);
+            break;
+        }
+        if seen.contains(&name) {
+            twice = twice.or(Some(name));
+        } else {
+            seen.push(name);
+        }
+    }
+    if unknown.is_none() && twice.is_none() {
+        return None;
+    }
     // A path no route serves is a 404, whatever its query (looked at only here, when
     // something is refused).
     if !documented(path) {
         return None;
     }
+    let Some(unknown) = unknown else {
+        let name = twice.unwrap_or_default();
+        return Some(ApiError::bad_request(
+            invalid_code(&name),
+            format!("{name} is given more than once: give it once"),
+        ));
+    };
     let takes = if known.is_empty() {
         "this endpoint takes no query parameters".to_owned()
     } else {
@@ -190,7 +225,7 @@ fn unknown_query_parameter(req: &ServiceRequest) -> Option<ApiError> {
 
 #[cfg(test)]
 mod tests {
-    use super::known_query;
+    use super::{invalid_code, known_query};
     use actix_web::http::Method;
     use std::str::FromStr;
 
@@ -226,6 +261,15 @@ mod tests {
                     .filter_map(|p| p["name"].as_str())
                     .collect();
                 let mut taken = known_query(&method, &concrete).to_vec();
+                // Given twice, each is refused with the code the operation names for it.
+                let refused = op["responses"]["400"]["description"].as_str().unwrap_or("");
+                for name in &taken {
+                    let code = invalid_code(name);
+                    assert!(
+                        code != "unknown_parameter" && refused.contains(&format!("`{code}`")),
+                        "{method} {path}: {name}"
+                    );
+                }
                 described.sort_unstable();
                 taken.sort_unstable();
                 assert_eq!(described, taken, "{method} {path}");

@@ -338,7 +338,8 @@ async fn what_the_fuzzer_found_stays_fixed() {
         assert_eq!(resp.status(), 400, "{id}");
         common::assert_code(resp, "invalid_id").await;
     }
-    for force in ["null", "yes", ""] {
+    // Given twice (`false&force=bogus` passed, and answered 404): refused too.
+    for force in ["null", "yes", "", "false&force=bogus", "true&force=true"] {
         let resp = d
             .delete(&format!("/v1/connections/p/a?force={force}"), &key)
             .await;
