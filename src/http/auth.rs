@@ -88,13 +88,35 @@ impl Caller {
 }
 
 /// The API key the request carries, in a copy zeroed when dropped (the future that checks
-/// it outlives the request's borrow).
-fn bearer(req: &HttpRequest) -> Option<zeroize::Zeroizing<String>> {
-    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| zeroize::Zeroizing::new(token.trim().to_owned()))
+/// it outlives the request's borrow); else `401 missing_api_key`, saying what was wrong
+/// with the header (a key sent twice, or otherwise than as `Bearer`, was said to be none).
+fn bearer(req: &HttpRequest) -> Result<zeroize::Zeroizing<String>, ApiError> {
+    const HOW: &str =
+        "send an API key as Authorization: Bearer <key> (create one with `oauthd keys create`)";
+    let missing = |what: &str| ApiError::unauthorized("missing_api_key", format!("{what}{HOW}"));
+    let mut headers = req.headers().get_all(header::AUTHORIZATION);
+    let Some(value) = headers.next() else {
+        return Err(missing(""));
+    };
+    if headers.next().is_some() {
+        return Err(missing(
+            "the request has more than one Authorization header (a client and a proxy each adding one?): send one; ",
+        ));
+    }
+    let value = value.to_str().unwrap_or_default();
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(missing(
+            "the Authorization header is not of the Bearer scheme (an API key is not sent as Basic credentials, nor alone): ",
+        ));
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(missing(
+            "the Authorization header holds no key after Bearer: ",
+        ));
+    }
+    Ok(zeroize::Zeroizing::new(token.to_owned()))
 }
 
 impl FromRequest for Caller {
@@ -108,12 +130,7 @@ impl FromRequest for Caller {
             .as_ref()
             .and_then(|s| super::ratelimit::client_ip(req, &s.trusted_proxies));
         Box::pin(async move {
-            let token = token.ok_or_else(|| {
-                ApiError::unauthorized(
-                    "missing_api_key",
-                    "send an API key as Authorization: Bearer <key> (create one with `oauthd keys create`)",
-                )
-            })?;
+            let token = token?;
             let state = state.ok_or_else(|| {
                 ApiError::new(
                     actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
@@ -141,7 +158,7 @@ impl FromRequest for Caller {
                         state
                             .failed_auth_limit
                             .hit(ip)
-                            .map_err(super::ratelimit::too_many)?;
+                            .map_err(super::ratelimit::too_many_refused_keys)?;
                     }
                     let mut detail = "the API key is unknown or revoked".to_owned();
                     // Only for what looks like oauthd's key: other tokens are refused

@@ -221,6 +221,22 @@ pub fn too_many(retry_after: u64) -> ApiError {
     .retry_after(retry_after)
 }
 
+/// 429 for an unknown or revoked API key from an address past
+/// `limits.failed_auth_per_minute`: the key is refused either way, and "too many requests"
+/// alone sent the app's owner looking for a load that is not there.
+pub fn too_many_refused_keys(retry_after: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!(
+            "the API key is unknown or revoked, and this address sent too many such in the last \
+             minute (limits.failed_auth_per_minute): check the app's key (`oauthd keys list`); \
+             try again in {retry_after} s"
+        ),
+    )
+    .retry_after(retry_after)
+}
+
 /// 429 for an API key past `limits.connection_changes_per_minute`.
 pub fn too_many_changes(retry_after: u64) -> ApiError {
     ApiError::new(

@@ -1610,6 +1610,42 @@ async fn metrics_count_states_outcomes_and_requests_behind_an_optional_token(hom
     assert!(!text.contains("/probe/"), "unmatched paths became labels");
 }
 
+/// An API key sent twice (a client and a proxy each adding the header), or otherwise than
+/// as `Bearer`, was answered as if no key came ("send an API key as Authorization: Bearer
+/// <key>"): the detail says what is wrong with the header. The code stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_authorization_header_that_is_no_bearer_key_is_said_as_such() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let bearer = format!("Bearer {key}");
+    let cases: [(&[&str], &str); 5] = [
+        (&[], "send an API key as Authorization: Bearer <key>"),
+        (&[&bearer, &bearer], "more than one Authorization header"),
+        (&[&key], "not of the Bearer scheme"),
+        (&["Basic YXBwOnNlY3JldA=="], "not of the Bearer scheme"),
+        (&["Bearer   "], "no key after Bearer"),
+    ];
+    for (headers, said) in cases {
+        let mut request = d.http.get(format!("{}/v1/connections", d.url));
+        for value in headers {
+            request = request.header("authorization", *value);
+        }
+        let resp = request.send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{headers:?}");
+        let problem: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(problem["code"], "missing_api_key", "{problem}");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(said), "{headers:?}: {problem}");
+        assert!(!detail.contains(&key), "{problem}");
+    }
+    let resp = d
+        .http
+        .get(format!("{}/v1/connections", d.url))
+        .header("authorization", &bearer);
+    assert_eq!(resp.send().await.unwrap().status(), 200);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_api_keys_are_rate_limited_without_locking_out_valid_ones() {
     let home = Home::new();
@@ -1639,7 +1675,15 @@ async fn wrong_api_keys_are_rate_limited_without_locking_out_valid_ones() {
     assert_eq!(resp.status(), 429);
     let wait: u64 = common::retry_after(&resp);
     assert!((1..=60).contains(&wait), "{wait}");
-    common::assert_code(resp, "rate_limited").await;
+    // It says why: "too many requests" alone sent the app's owner looking for a load.
+    let problem: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(problem["code"], "rate_limited", "{problem}");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("the API key is unknown or revoked")
+            && detail.contains("limits.failed_auth_per_minute"),
+        "{problem}"
+    );
     // The app with the right key, on the same address, carries on.
     assert_eq!(
         d.post("/v1/states", &key, json!({"namespace": NS})).await.0,
