@@ -639,6 +639,21 @@ impl Provider {
                     "{key}.authorize_params.{k}: oauthd sets this parameter itself"
                 ));
             }
+            // The authorization URL is the browser's: its history, the provider's access
+            // log, a proxy's, a link preview.
+            if matches!(
+                k.as_str(),
+                "client_secret" | "client_assertion" | "client_assertion_type"
+            ) {
+                return Err(format!(
+                    "{key}.authorize_params.{k}: the authorization URL goes through the browser (its history, the provider's and any proxy's logs), so no client credential goes there; oauthd sends the client's credentials to the token endpoint only (client_secret, client_auth)"
+                ));
+            }
+            if matches!(k.as_str(), "request" | "request_uri") {
+                return Err(format!(
+                    "{key}.authorize_params.{k}: oauthd sends no request object (RFC 9101, RFC 9126): the provider would take the request's parameters from it rather than from oauthd's state and PKCE, and the flow could not finish"
+                ));
+            }
             authorize_params.retain(|(pk, _)| pk != k);
             authorize_params.push((k.clone(), v.clone()));
         }
@@ -999,6 +1014,21 @@ mod tests {
                 .contains("plain http")
         );
         assert!(err("issuer = \"https://x\"\nclient_id = \"a\"\nclient_auth = \"none\"\n[authorize_params]\nstate = \"x\"").contains("authorize_params.state"));
+        // A credential would travel in the browser's URL; a request object would replace
+        // oauthd's parameters.
+        for (param, said) in [
+            ("client_secret", "no client credential"),
+            ("client_assertion", "no client credential"),
+            ("request_uri", "no request object"),
+            ("request", "no request object"),
+        ] {
+            let refused = err(&format!("issuer = \"https://x\"\nclient_id = \"a\"\nclient_secret = \"s\"\n[authorize_params]\n{param} = \"x\""));
+            assert!(
+                refused.contains(&format!("providers.p.authorize_params.{param}: "))
+                    && refused.contains(said),
+                "{refused}"
+            );
+        }
         assert!(err(
             "preset = \"spotify\"\nclient_id = \"a\"\nclient_secret_file = \"/nonexistent/secret\""
         )
