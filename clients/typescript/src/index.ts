@@ -214,6 +214,13 @@ const IDEMPOTENT = new Set(["GET", "HEAD", "PUT", "DELETE", "OPTIONS"]);
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 const segment = (s: string) => encodeURIComponent(s);
 
+/** What failed, with its cause: fetch's own message ("fetch failed") says nothing of it. */
+function failure(e: unknown): string {
+  const message = (e as Error)?.message ?? String(e);
+  const cause = (e as { cause?: { message?: unknown } })?.cause?.message;
+  return typeof cause === "string" && cause !== "" ? `${message} (${cause})` : message;
+}
+
 function refused(e: unknown): boolean {
   const cause = (e as { cause?: { code?: string } })?.cause;
   return cause?.code === "ECONNREFUSED";
@@ -278,7 +285,7 @@ class Transport {
             `oauthd at ${this.baseUrl} did not answer within ${this.#o.timeoutMs} ms (the client's timeoutMs)`,
           );
         }
-        throw new ConnectionFailed(`cannot reach oauthd at ${this.baseUrl}: ${(e as Error).message}`);
+        throw new ConnectionFailed(`cannot reach oauthd at ${this.baseUrl}: ${failure(e)}`);
       }
       if ((answer.status === 429 || answer.status === 503) && attempt < this.#o.retries
         && RETRY_CODES.has(String(oauthdsProblem(answer)?.code))) {

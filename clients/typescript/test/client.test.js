@@ -265,7 +265,11 @@ test("an unreachable oauthd is a clear error", async () => {
   await new Promise((r) => probe.close(r));
   const waits = [];
   const c = new Client(`http://127.0.0.1:${port}`, "oauthd_k", { retries: 2, sleep: async (ms) => { waits.push(ms); } });
-  await assert.rejects(c.states.create("app"), (e) => e instanceof ConnectionFailed && /cannot reach oauthd/.test(e.message));
+  // With the cause: fetch's own "fetch failed" alone says nothing of it.
+  await assert.rejects(
+    c.states.create("app"),
+    (e) => e instanceof ConnectionFailed && /cannot reach oauthd.*ECONNREFUSED/.test(e.message),
+  );
   assert.equal(waits.length, 2);
   assert.ok(OauthdError);
 });
