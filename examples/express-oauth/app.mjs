@@ -5,6 +5,7 @@
 //   the OAuth state and PKCE verifier   oauthd state, 60 minutes, consumed once on /callback
 //   the session                          oauthd state, 24 h sliding, verified on each request
 //   the 2FA code                         oauthd state with a secret, 5 minutes, 5 attempts
+//   the codes sent to a person           a marker per code, capped by oauthd's config
 //
 // Restart the app (or oauthd) in the middle of a sign-in, or let the person take a quarter
 // of an hour over the provider's own 2FA: the sign-in still finishes.
@@ -15,7 +16,7 @@
 import express from "express";
 import { createHash, randomBytes, randomInt } from "node:crypto";
 import { appendFileSync } from "node:fs";
-import { Client, Gone, NotFound, WrongSecret } from "oauthd-client";
+import { Client, Gone, LimitReached, NotFound, OauthdError, WrongSecret } from "oauthd-client";
 
 const env = (name) => {
   const value = process.env[name];
@@ -36,6 +37,10 @@ if (String(meta.issuer).replace(/\/+$/, "") !== issuer) {
 const SIGN_IN = "express:oauth"; // the OAuth state: one per sign-in, consumed on /callback
 const SESSIONS = "express:session"; // one per signed-in browser
 const CODES = "express:2fa"; // one per 2FA challenge
+// One marker per code sent, never consumed: oauthd's config caps them per person and
+// window ([states.namespaces."express:2fa:sent"], README), so that a script asking for
+// code after code, five guesses each, does not get through a 6-digit code within a day.
+const SENT = "express:2fa:sent";
 
 const b64url = (bytes) => Buffer.from(bytes).toString("base64url");
 const page = (res, status, text) => res.status(status).type("text/plain").send(text + "\n");
@@ -80,7 +85,10 @@ app.get("/callback", async (req, res) => {
     signIn = await oauthd.states.consume(state, SIGN_IN);
   } catch (e) {
     if (e instanceof Gone) return page(res, 410, "this sign-in took too long: start again at /login");
-    if (e instanceof NotFound) return page(res, 400, "unknown or already used sign-in: start again at /login");
+    // 404, or 400 for a value that is no state at all (a cookie set by hand).
+    if (e instanceof NotFound || refusedInput(e)) {
+      return page(res, 400, "unknown or already used sign-in: start again at /login");
+    }
     throw e;
   }
   if (error) return page(res, 403, "the provider did not sign you in: start again at /login");
@@ -120,6 +128,9 @@ app.get("/callback", async (req, res) => {
   page(res, 200, `signed in as ${me.sub}`);
 });
 
+/** oauthd's 400: what the person sent (a challenge, a code, a cookie) is not valid. */
+const refusedInput = (e) => e instanceof OauthdError && e.status === 400;
+
 /** The signed-in person, from the session cookie (verified, and its expiry slid). */
 async function person(req) {
   const value = cookie(req, "session");
@@ -127,7 +138,7 @@ async function person(req) {
   try {
     return (await oauthd.states.verify(value, SESSIONS, { touch: true })).subject;
   } catch (e) {
-    if (e instanceof NotFound || e instanceof Gone) return undefined;
+    if (e instanceof NotFound || e instanceof Gone || refusedInput(e)) return undefined;
     throw e;
   }
 }
@@ -138,11 +149,20 @@ app.get("/me", async (req, res) => {
   page(res, 200, `signed in as ${who}`);
 });
 
-// A real app also limits how often a person may ask for a new code: each new one comes with
-// five fresh attempts.
 app.post("/2fa/start", async (req, res) => {
   const who = await person(req);
   if (!who) return page(res, 401, "not signed in: /login");
+  // Each new code comes with five fresh attempts: count the codes sent first.
+  try {
+    await oauthd.states.create(SENT, { subject: who });
+  } catch (e) {
+    if (e instanceof LimitReached) {
+      const minutes = Math.ceil((e.retryAfter ?? 3600) / 60);
+      res.setHeader("retry-after", String(e.retryAfter ?? 3600));
+      return page(res, 429, `too many codes asked for: try again in ${minutes} minutes`);
+    }
+    throw e;
+  }
   const code = String(randomInt(0, 1_000_000)).padStart(6, "0");
   // One challenge per person (replace), 5 minutes, 5 attempts; oauthd keeps only a hash.
   const challenge = await oauthd.states.create(CODES, {
@@ -158,7 +178,8 @@ app.post("/2fa/verify", async (req, res) => {
   const { challenge, code } = req.body ?? {};
   if (typeof challenge !== "string" || typeof code !== "string") return page(res, 400, "send challenge and code");
   try {
-    const done = await oauthd.states.attempt(challenge, CODES, code);
+    // oauthd compares byte for byte: " 493817" would be a wrong try.
+    const done = await oauthd.states.attempt(challenge, CODES, code.trim());
     // Another person's challenge verifies nothing for this one.
     if (done.subject !== who) return page(res, 403, "this code is someone else's");
     page(res, 200, `verified ${done.subject}`);
@@ -169,6 +190,7 @@ app.post("/2fa/verify", async (req, res) => {
         : page(res, 403, "wrong code: no attempts left, ask for a new one");
     }
     if (e instanceof NotFound || e instanceof Gone) return page(res, 410, "this code is no longer valid: ask for a new one");
+    if (refusedInput(e)) return page(res, 400, "not a challenge and code this app sent: ask for a new one");
     throw e;
   }
 });

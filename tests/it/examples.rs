@@ -76,6 +76,8 @@ async fn express_signs_in_a_slow_user_and_checks_2fa_codes_with_state_in_oauthd(
     );
     let peer = Peer::start(3600);
     let home = Home::new();
+    // The cap on codes sent, as the example's README configures it.
+    home.write_config(&express_config());
     let key = home.create_key("express", &["express:*"]);
     let tmp = tempfile::tempdir().unwrap();
     let clock = tmp.path().join("clock");
@@ -202,10 +204,21 @@ async fn express_signs_in_a_slow_user_and_checks_2fa_codes_with_state_in_oauthd(
         verify(challenge.clone(), wrong(&code)).await,
         (403, "wrong code: 4 attempts left\n".into())
     );
+    // What the person typed is trimmed (a space before it was a wrong try).
     assert_eq!(
-        verify(challenge.clone(), code.clone()).await,
+        verify(challenge.clone(), format!(" {code}\n")).await,
         (200, "verified alice\n".into())
     );
+    // A challenge that is none, or no code: the person's error, not the app's (503).
+    for (challenge, code) in [("short", code.as_str()), (challenge.as_str(), "")] {
+        assert_eq!(
+            verify(challenge.to_owned(), code.to_owned()).await,
+            (
+                400,
+                "not a challenge and code this app sent: ask for a new one\n".into()
+            )
+        );
+    }
     assert_eq!(verify(challenge, code).await.0, 410);
     let (challenge, code) = start_2fa().await;
     for left in (0..5).rev() {
@@ -228,6 +241,36 @@ async fn express_signs_in_a_slow_user_and_checks_2fa_codes_with_state_in_oauthd(
         (
             410,
             "this code is no longer valid: ask for a new one\n".into()
+        )
+    );
+    // Three codes sent within the hour: a fourth is not (five guesses each, asked for
+    // again and again, got through a 6-digit code within a day).
+    let fourth = http
+        .post(format!("{}/2fa/start", app.url))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    let wait: u64 = common::header(&fourth, "retry-after").parse().unwrap();
+    assert!((3000..=3600).contains(&wait), "{wait}");
+    let (status, said) = body(fourth).await;
+    assert_eq!(status, 429, "{said}");
+    assert!(
+        said.starts_with("too many codes asked for: try again in "),
+        "{said}"
+    );
+    // A sign-in cookie set by hand to something no state is: refused as unknown.
+    let forged = http
+        .get(format!("{}/callback?state=short&code=x", app.url))
+        .header("cookie", "signin=short")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        body(forged).await,
+        (
+            400,
+            "unknown or already used sign-in: start again at /login\n".into()
         )
     );
     drop(app);
@@ -265,6 +308,18 @@ async fn express_signs_in_a_slow_user_and_checks_2fa_codes_with_state_in_oauthd(
 }
 
 /// `/login` at the app: the provider's address to sign in at, and the sign-in's cookie.
+/// The oauthd config the express example's README gives: at most three codes sent to a
+/// person an hour.
+fn express_config() -> String {
+    let readme = std::fs::read_to_string(root().join("examples/express-oauth/README.md")).unwrap();
+    let start = readme
+        .find("```toml\n")
+        .expect("a toml block in the README")
+        + 8;
+    let end = start + readme[start..].find("```").unwrap();
+    readme[start..end].to_owned()
+}
+
 async fn start_sign_in(http: &reqwest::Client, app: &str) -> (String, String) {
     let login = http.get(format!("{app}/login")).send().await.unwrap();
     assert_eq!(login.status(), 302);
