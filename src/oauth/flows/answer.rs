@@ -300,12 +300,26 @@ pub(super) fn error_response(
 }
 
 /// Whether an OAuth error answered with `status` is the provider's trouble, not a
-/// refusal: a 5xx or 429 whatever its body says (a device flow given up over a
-/// `503 {"error":"temporarily_unavailable"}` threw a person's approval away), or RFC 6749's
-/// codes for it.
+/// refusal: RFC 6749's codes for it, or a 5xx or 429 (a device flow given up over a
+/// `503 {"error":"temporarily_unavailable"}` threw a person's approval away) unless its
+/// code is one a flow acts on: a `429 slow_down` slows the polling down (RFC 8628 3.5),
+/// a declined or expired device code ends the flow, a dead grant or a refused client is
+/// said as such, whatever the status.
 fn temporary(status: Option<reqwest::StatusCode>, code: &str) -> bool {
-    status.is_some_and(|s| s.is_server_error() || s.as_u16() == 429)
-        || matches!(code, "temporarily_unavailable" | "server_error")
+    const ACTED_ON: &[&str] = &[
+        "authorization_pending",
+        "slow_down",
+        "access_denied",
+        "authorization_declined",
+        "expired_token",
+        "invalid_grant",
+        "bad_refresh_token",
+        "bad_verification_code",
+        "invalid_client",
+    ];
+    matches!(code, "temporarily_unavailable" | "server_error")
+        || (status.is_some_and(|s| s.is_server_error() || s.as_u16() == 429)
+            && !ACTED_ON.contains(&code))
 }
 
 /// An OAuth error answered with `status` (`None`: not known): `FlowError::Transient`
@@ -378,23 +392,16 @@ fn rejected(code: &str, description: String, sent: &Sent<'_>) -> FlowError {
 
 #[cfg(test)]
 mod tests {
+    use super::super::sent::tests::provider_with_secret;
     use super::*;
-    use crate::oauth::{Provider, ProviderConfig};
     use reqwest::StatusCode;
 
-    /// A 5xx or 429 is the provider's trouble whatever error its body names, and so are
-    /// RFC 6749's codes for it; any other error is a refusal, kept as the provider said
-    /// it, and the secrets sent stay out of either.
+    /// A 5xx or 429 is the provider's trouble unless its body names an error a flow acts
+    /// on, and so are RFC 6749's codes for it; any other error is a refusal, kept as the
+    /// provider said it, and the secrets sent stay out of either.
     #[test]
     fn a_providers_trouble_is_temporary_whatever_its_body_names() {
-        let config = ProviderConfig {
-            authorization_url: Some("https://provider.test/authorize".into()),
-            token_url: Some("https://provider.test/token".into()),
-            client_id: Some("client".into()),
-            client_secret: Some("the-client-secret".into()),
-            ..Default::default()
-        };
-        let provider = Provider::from_config("p", &config).unwrap();
+        let provider = provider_with_secret("the-client-secret");
         let sent = Sent::new(&provider, &["the-device-code"]);
         let body = |code: &str| {
             serde_json::json!({"error": code, "error_description": "try later, the-device-code"})
@@ -403,8 +410,8 @@ mod tests {
         for (status, code) in [
             (503, "temporarily_unavailable"),
             (500, "server_error"),
-            (502, "access_denied"),
-            (429, "slow_down"),
+            (502, "upstream_down"),
+            (429, "rate_limit_exceeded"),
             (400, "temporarily_unavailable"),
             (400, "server_error"),
         ] {
@@ -419,10 +426,15 @@ mod tests {
             );
             assert!(!said.contains("the-device-code"), "{said}");
         }
+        // What a flow acts on, whatever the status: a 429 slow_down still slows down.
         for (status, code) in [
             (400, "invalid_client"),
             (401, "invalid_client"),
+            (500, "invalid_client"),
             (400, "slow_down"),
+            (429, "slow_down"),
+            (503, "access_denied"),
+            (500, "expired_token"),
         ] {
             let status = StatusCode::from_u16(status).unwrap();
             let error = error_response(status, body(code).as_bytes(), &sent);
@@ -431,11 +443,9 @@ mod tests {
                 "{status} {code}: {error:?}"
             );
         }
-        let error = error_response(
-            StatusCode::BAD_REQUEST,
-            body("invalid_grant").as_bytes(),
-            &sent,
-        );
-        assert!(matches!(error, FlowError::InvalidGrant(_)), "{error:?}");
+        for status in [StatusCode::BAD_REQUEST, StatusCode::SERVICE_UNAVAILABLE] {
+            let error = error_response(status, body("invalid_grant").as_bytes(), &sent);
+            assert!(matches!(error, FlowError::InvalidGrant(_)), "{error:?}");
+        }
     }
 }

@@ -206,21 +206,26 @@ pub(super) fn form_encode(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::answer::provider_error;
     use super::super::FlowError;
     use super::*;
     use crate::oauth::ProviderConfig;
 
-    fn echoing_provider() -> Provider {
+    /// A provider "p" of client "client" with `secret`, at provider.test.
+    pub(in crate::oauth::flows) fn provider_with_secret(secret: &str) -> Provider {
         let config = ProviderConfig {
             authorization_url: Some("https://provider.test/authorize".into()),
             token_url: Some("https://provider.test/token".into()),
             client_id: Some("client".into()),
-            client_secret: Some("s3cret/with+signs~\"q\\x".into()),
+            client_secret: Some(secret.into()),
             ..Default::default()
         };
         Provider::from_config("p", &config).unwrap()
+    }
+
+    fn echoing_provider() -> Provider {
+        provider_with_secret("s3cret/with+signs~\"q\\x")
     }
 
     /// A provider's text that holds what was sent in another form than as sent or
@@ -313,14 +318,7 @@ mod tests {
 
     #[test]
     fn a_providers_error_text_loses_what_was_sent_as_sent_and_form_encoded() {
-        let config = ProviderConfig {
-            authorization_url: Some("https://provider.test/authorize".into()),
-            token_url: Some("https://provider.test/token".into()),
-            client_id: Some("client".into()),
-            client_secret: Some("s3cret/with+signs".into()),
-            ..Default::default()
-        };
-        let provider = Provider::from_config("p", &config).unwrap();
+        let provider = provider_with_secret("s3cret/with+signs");
         let sent = Sent::new(&provider, &["device-code-0123", "abc"]);
         let basic = basic_credentials(&provider).unwrap();
         let text = sent.text(
