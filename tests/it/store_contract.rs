@@ -923,6 +923,44 @@ async fn a_first_vault_keys_note_is_stamped_after_every_note_that_holds(b: Backe
     }
 }
 
+/// Notes Redis holds in another shape (an older oauthd's, one written by hand, a stamp no
+/// clock gives) are kept while they hold, as ever, and pass over when a first note is
+/// stamped: one with a stamp past what Lua's numbers hold made the next first note's
+/// stamp negative (the newcomer then seemed the oldest of all).
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread")]
+async fn on_redis_a_first_vault_keys_note_passes_over_notes_of_another_shape() {
+    use oauthd::store::VaultKeysNote;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    let b = tokio::task::spawn_blocking(redis).await.unwrap();
+    let server = b._redis.as_ref().unwrap();
+    let odd = [
+        ("odd-since", "99999999999999 abcdef0123 k2"),
+        ("huge-since", "99999999999999 9223372036854775807 k3 |"),
+    ];
+    for (instance, text) in odd {
+        let set = server.command(&format!("HSET oauthd:vault {instance} \"{text}\""));
+        assert_eq!(set.as_deref(), Some(":1"));
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let note = VaultKeysNote {
+        instance: "new".into(),
+        keys: vec!["k1".into()],
+        since_ms: None,
+        holds: Duration::from_secs(60),
+        providers: Vec::new(),
+    };
+    let since = b.store.note_vault_keys(note, now).await.unwrap();
+    assert!((now - 5_000..=now + 5_000).contains(&since), "{since}");
+    for (instance, _) in odd {
+        let kept = server.command(&format!("HEXISTS oauthd:vault {instance}"));
+        assert_eq!(kept.as_deref(), Some(":1"), "{instance}");
+    }
+}
+
 /// State `n` of namespace "cap", expiring at `expires_at_ms`.
 fn capped(n: u8, expires_at_ms: i64, subject: Option<&str>) -> StateRow {
     StateRow {

@@ -725,7 +725,8 @@ impl super::Store for RedisStore {
 /// Records an instance's vault keys (`ARGV[4]`, space-separated) under its name
 /// (`ARGV[1]`) in the hash `KEYS[1]`, holding for `ARGV[2]` ms from Redis's `TIME`, since
 /// `ARGV[3]` (0: since now, or just after the latest other note that holds when that is
-/// later, as `first_told` has it), and drops the notes that ended before now, in one step: none
+/// later, as `first_told` has it; a note whose stamp is no number, or one past what Lua's
+/// numbers hold exactly, is passed over for that, and kept while it holds), and drops the notes that ended before now, in one step: none
 /// renewed meanwhile is lost. Returns the since it recorded.
 static NOTE_VAULT_KEYS: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
@@ -738,11 +739,12 @@ local first = since == nil or since <= 0
 if first then since = now end
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
-  local untl, theirs = string.match(all[i + 1], '^(%d+) (%d+)')
-  untl, theirs = tonumber(untl), tonumber(theirs)
+  local untl = tonumber(string.match(all[i + 1], '^(%d+) '))
+  local theirs = tonumber(string.match(all[i + 1], '^%d+ (%d+)'))
   if untl == nil or untl < now then
     redis.call('HDEL', KEYS[1], all[i])
-  elseif first and all[i] ~= ARGV[1] and theirs >= since then
+  elseif first and all[i] ~= ARGV[1] and theirs ~= nil and theirs >= since
+    and theirs < 9007199254740991 then
     since = theirs + 1
   end
 end
