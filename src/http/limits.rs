@@ -139,25 +139,30 @@ fn invalid_code(name: &str) -> &'static str {
     }
 }
 
+/// The methods a `/v1` path serves that take query parameters, each with those it takes
+/// (by the path's segments: an account named `token` is no token route).
+fn query_routes(path: &str) -> &'static [(actix_web::http::Method, &'static [&'static str])] {
+    use actix_web::http::Method;
+    let segments: Vec<&str> = path.split('/').collect();
+    match segments.as_slice() {
+        ["", "v1", "connections", _, _, "token"] => &[(Method::GET, &["min_ttl"])],
+        ["", "v1", "connections", _, _] => &[
+            (Method::GET, &[]),
+            (Method::PUT, &[]),
+            (Method::DELETE, &["force"]),
+        ],
+        ["", "v1", "namespaces", _, "subjects", _, "states"] => {
+            &[(Method::GET, &["limit", "after"]), (Method::DELETE, &[])]
+        }
+        _ => &[],
+    }
+}
+
 /// The query parameters a `/v1` route takes. A method the path does not serve may carry
 /// those of the path's method that takes some (no path has two): it gets the 405 it asked
 /// for, not a 400.
 fn known_query(method: &actix_web::http::Method, path: &str) -> &'static [&'static str] {
-    use actix_web::http::Method;
-    let served: &[(Method, &'static [&'static str])] =
-        if path.starts_with("/v1/connections/") && path.ends_with("/token") {
-            &[(Method::GET, &["min_ttl"])]
-        } else if path.starts_with("/v1/connections/") {
-            &[
-                (Method::GET, &[]),
-                (Method::PUT, &[]),
-                (Method::DELETE, &["force"]),
-            ]
-        } else if path.starts_with("/v1/namespaces/") && path.ends_with("/states") {
-            &[(Method::GET, &["limit", "after"]), (Method::DELETE, &[])]
-        } else {
-            &[]
-        };
+    let served = query_routes(path);
     match served.iter().find(|(m, _)| m == method) {
         Some((_, known)) => known,
         None => served
@@ -193,6 +198,10 @@ fn query_refusal(req: &ServiceRequest) -> Option<ApiError> {
         } else {
             seen.push(name);
         }
+    }
+    // A method the path does not serve gets its 405 (`known_query`), twice or not.
+    if !query_routes(path).iter().any(|(m, _)| m == req.method()) {
+        twice = None;
     }
     if unknown.is_none() && twice.is_none() {
         return None;

@@ -346,4 +346,24 @@ async fn what_the_fuzzer_found_stays_fixed() {
         assert_eq!(resp.status(), 400, "force={force}");
         common::assert_code(resp, "invalid_force").await;
     }
+    // A method the route does not serve gets its 405, a parameter given twice or not.
+    for method in [reqwest::Method::POST, reqwest::Method::HEAD] {
+        for query in ["min_ttl=5", "min_ttl=5&min_ttl=6"] {
+            let resp = d
+                .http
+                .request(
+                    method.clone(),
+                    format!("{}/v1/connections/p/a/token?{query}", d.url),
+                )
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 405, "{method} {query}");
+        }
+    }
+    // An account named `token` is a connection's route, not the token route.
+    let resp = d.delete("/v1/connections/p/token?force=true", &key).await;
+    assert_eq!(resp.status(), 404);
+    common::assert_code(resp, "connection_not_found").await;
 }
