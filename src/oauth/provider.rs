@@ -498,6 +498,37 @@ impl Provider {
         digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
     }
 
+    /// Why `authorize_params` may not hold `name` = `value`, if it may not. Names are
+    /// compared as providers may read them: without case, and trimmed.
+    fn authorize_param_refused(
+        name: &str,
+        value: &str,
+        client_secret: Option<&str>,
+    ) -> Option<&'static str> {
+        const RESERVED: &[&str] = &[
+            "state",
+            "code_challenge",
+            "code_challenge_method",
+            "redirect_uri",
+            "client_id",
+            "response_type",
+            "nonce",
+        ];
+        let name = name.trim().to_ascii_lowercase();
+        // The authorization URL is the browser's: its history, the provider's access log, a
+        // proxy's, a link preview.
+        const NO_CREDENTIAL: &str = "the authorization URL goes through the browser (its history, the provider's and any proxy's logs), so no client credential goes there; oauthd sends the client's credentials to the token endpoint only (client_secret, client_auth)";
+        match name.as_str() {
+        "scope" => Some("set scopes = [...] instead (oauthd sends the scope parameter itself, and asks for a nonce when it holds openid)"),
+        "response_mode" => Some("oauthd's callback reads the provider's answer from the query string (the default mode for the code flow)"),
+        "client_secret" | "client_assertion" | "client_assertion_type" => Some(NO_CREDENTIAL),
+        "request" | "request_uri" => Some("oauthd sends no request object (RFC 9101, RFC 9126): the provider would take the request's parameters from it rather than from oauthd's state and PKCE, and the flow could not finish"),
+        name if RESERVED.contains(&name) => Some("oauthd sets this parameter itself"),
+        _ if client_secret.is_some_and(|secret| value.trim() == secret.trim()) => Some(NO_CREDENTIAL),
+        _ => None,
+    }
+    }
+
     /// Builds a provider from its config table; `key` is the table's name for messages.
     pub fn from_config(name: &str, cfg: &ProviderConfig) -> Result<Provider, String> {
         let key = format!("providers.{name}");
@@ -615,44 +646,9 @@ impl Provider {
             })
             .unwrap_or_default();
         for (k, v) in cfg.authorize_params.iter().flatten() {
-            const RESERVED: &[&str] = &[
-                "state",
-                "code_challenge",
-                "code_challenge_method",
-                "redirect_uri",
-                "client_id",
-                "response_type",
-                "nonce",
-            ];
-            if k == "scope" {
-                return Err(format!(
-                    "{key}.authorize_params.scope: set scopes = [...] instead (oauthd sends the scope parameter itself, and asks for a nonce when it holds openid)"
-                ));
-            }
-            if k == "response_mode" {
-                return Err(format!(
-                    "{key}.authorize_params.response_mode: oauthd's callback reads the provider's answer from the query string (the default mode for the code flow)"
-                ));
-            }
-            if RESERVED.contains(&k.as_str()) {
-                return Err(format!(
-                    "{key}.authorize_params.{k}: oauthd sets this parameter itself"
-                ));
-            }
-            // The authorization URL is the browser's: its history, the provider's access
-            // log, a proxy's, a link preview.
-            if matches!(
-                k.as_str(),
-                "client_secret" | "client_assertion" | "client_assertion_type"
-            ) {
-                return Err(format!(
-                    "{key}.authorize_params.{k}: the authorization URL goes through the browser (its history, the provider's and any proxy's logs), so no client credential goes there; oauthd sends the client's credentials to the token endpoint only (client_secret, client_auth)"
-                ));
-            }
-            if matches!(k.as_str(), "request" | "request_uri") {
-                return Err(format!(
-                    "{key}.authorize_params.{k}: oauthd sends no request object (RFC 9101, RFC 9126): the provider would take the request's parameters from it rather than from oauthd's state and PKCE, and the flow could not finish"
-                ));
+            let secret = client_secret.as_ref().map(|s| s.as_str());
+            if let Some(why) = Self::authorize_param_refused(k, v, secret) {
+                return Err(format!("{key}.authorize_params.{k}: {why}"));
             }
             authorize_params.retain(|(pk, _)| pk != k);
             authorize_params.push((k.clone(), v.clone()));
@@ -1021,8 +1017,14 @@ mod tests {
             ("client_assertion", "no client credential"),
             ("request_uri", "no request object"),
             ("request", "no request object"),
+            // As providers may read the name: without case, trimmed.
+            ("\"Client_Secret\"", "no client credential"),
+            ("\"client_secret \"", "no client credential"),
+            // The secret under any name.
+            ("audience", "no client credential"),
         ] {
-            let refused = err(&format!("issuer = \"https://x\"\nclient_id = \"a\"\nclient_secret = \"s\"\n[authorize_params]\n{param} = \"x\""));
+            let refused = err(&format!("issuer = \"https://x\"\nclient_id = \"a\"\nclient_secret = \"cs-0123\"\n[authorize_params]\n{param} = \"cs-0123\""));
+            let param = param.trim_matches('"');
             assert!(
                 refused.contains(&format!("providers.p.authorize_params.{param}: "))
                     && refused.contains(said),
