@@ -37,10 +37,11 @@ if (String(meta.issuer).replace(/\/+$/, "") !== issuer) {
 const SIGN_IN = "express:oauth"; // the OAuth state: one per sign-in, consumed on /callback
 const SESSIONS = "express:session"; // one per signed-in browser
 const CODES = "express:2fa"; // one per 2FA challenge
-// One marker per code sent, never consumed: oauthd's config caps them per person and
-// window ([states.namespaces."express:2fa:sent"], README), so that a script asking for
-// code after code, five guesses each, does not get through a 6-digit code within a day.
+// One marker per code sent, never consumed, for an hour: at most MAX_CODES a person an
+// hour, so that a script asking for code after code, five guesses each, does not get
+// through a 6-digit code within a day.
 const SENT = "express:2fa:sent";
+const MAX_CODES = 3;
 
 const b64url = (bytes) => Buffer.from(bytes).toString("base64url");
 const page = (res, status, text) => res.status(status).type("text/plain").send(text + "\n");
@@ -152,16 +153,24 @@ app.get("/me", async (req, res) => {
 app.post("/2fa/start", async (req, res) => {
   const who = await person(req);
   if (!who) return page(res, 401, "not signed in: /login");
-  // Each new code comes with five fresh attempts: count the codes sent first.
+  // Each new code comes with five fresh attempts: count the codes sent first. oauthd's
+  // config may refuse the marker past a cap of its own (README); without it, the app
+  // counts: its marker first, then the person's markers, so that of any number of asks at
+  // once none past the cap sees itself within it. A refused ask takes its marker back.
+  let marker;
   try {
-    await oauthd.states.create(SENT, { subject: who });
+    marker = await oauthd.states.create(SENT, { subject: who, ttl_seconds: 3600 });
   } catch (e) {
-    if (e instanceof LimitReached) {
-      const minutes = Math.ceil((e.retryAfter ?? 3600) / 60);
-      res.setHeader("retry-after", String(e.retryAfter ?? 3600));
-      return page(res, 429, `too many codes asked for: try again in ${minutes} minutes`);
-    }
+    if (e instanceof LimitReached) return tooManyCodes(res, e.retryAfter ?? 3600);
     throw e;
+  }
+  const sent = await oauthd.states.listSubject(SENT, who);
+  if (sent.length > MAX_CODES) {
+    await oauthd.states.revokeId(SENT, marker.id);
+    // Free once all but MAX_CODES - 1 of the others have expired.
+    const ends = sent.filter((s) => s.id !== marker.id).map((s) => Date.parse(s.expires_at));
+    ends.sort((a, b) => a - b);
+    return tooManyCodes(res, Math.ceil((ends[ends.length - MAX_CODES] - Date.now()) / 1000));
   }
   const code = String(randomInt(0, 1_000_000)).padStart(6, "0");
   // One challenge per person (replace), 5 minutes, 5 attempts; oauthd keeps only a hash.
@@ -171,6 +180,12 @@ app.post("/2fa/start", async (req, res) => {
   appendFileSync(env("CODE_OUTBOX"), `${who} ${code}\n`); // a real app mails or texts it
   res.json({ challenge: challenge.state });
 });
+
+function tooManyCodes(res, seconds) {
+  const wait = Math.max(1, seconds);
+  res.setHeader("retry-after", String(wait));
+  page(res, 429, `too many codes asked for: try again in ${Math.ceil(wait / 60)} minutes`);
+}
 
 app.post("/2fa/verify", async (req, res) => {
   const who = await person(req);
