@@ -104,7 +104,8 @@ fn bearer(req: &HttpRequest) -> Result<zeroize::Zeroizing<String>, ApiError> {
         ));
     }
     let value = value.to_str().unwrap_or_default();
-    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    // A tab after the scheme, as some hand-written clients send it, separates it too.
+    let (scheme, token) = value.split_once([' ', '\t']).unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(missing(
             "the Authorization header is not of the Bearer scheme (an API key is not sent as Basic credentials, nor alone): ",
