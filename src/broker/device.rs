@@ -543,13 +543,48 @@ impl Broker {
         }
     }
 
+    /// Ends the pending device flows of `key`, whose connection was just deleted:
+    /// approved afterwards, one would bring the connection back. One being polled now is
+    /// waited for until its poll ends (within its lease): one that connected meanwhile was
+    /// approved before the delete, and stays as it ended.
+    pub(super) async fn end_device_flows_of(&self, key: &crate::store::ConnectionKey) {
+        let flows = match self.store.pending_device_flows().await {
+            Ok(flows) => flows,
+            Err(e) => {
+                log::warn!("disconnect {key}: could not look for its device flows waiting for approval ({e}): one approved later connects it again");
+                return;
+            }
+        };
+        let detail = format!(
+            "the connection {key} was deleted while this flow waited for approval: start a new flow to connect it again"
+        );
+        for flow in flows
+            .iter()
+            .filter(|f| f.provider == key.provider && f.account == key.account)
+        {
+            let give_up = tokio::time::Instant::now() + self.lease();
+            while !self
+                .finish_device(flow, None, Ended::ConnectionDeleted, detail.clone())
+                .await
+                && tokio::time::Instant::now() < give_up
+            {
+                let pending = self.store.get_device_flow(&flow.id).await;
+                if !matches!(pending, Ok(Some(f)) if f.status == DeviceFlowStatus::Pending) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    /// Ends `flow` as `ended`; returns whether that was recorded.
     async fn finish_device(
         &self,
         flow: &DeviceFlowRow,
         claim: Option<&str>,
         ended: Ended,
         detail: String,
-    ) {
+    ) -> bool {
         let status = ended.status();
         let events = [self.device_event(flow, status, Some(ended.code()), &detail)];
         // Why, as the API answers it: the operator should not need to ask the API.
@@ -568,7 +603,9 @@ impl Broker {
             } else {
                 log::info!("{said}");
             }
+            return true;
         }
+        false
     }
 
     /// Records how a flow ended, with its events. A store that fails is tried again, for

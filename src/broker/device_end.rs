@@ -27,6 +27,9 @@ pub(super) enum Ended {
     TooManyConnections,
     /// Tokens were issued but the store could not keep them.
     NotStored,
+    /// Its connection was deleted while it waited: approved afterwards, it would have
+    /// brought the connection back (another person's account even, whoever had the code).
+    ConnectionDeleted,
 }
 
 impl Ended {
@@ -51,6 +54,7 @@ impl Ended {
             Ended::IdTokenInvalid => "id_token_invalid",
             Ended::TooManyConnections => "too_many_connections",
             Ended::NotStored => "storage_unavailable",
+            Ended::ConnectionDeleted => "connection_deleted",
         }
     }
 
@@ -104,6 +108,7 @@ mod tests {
             Ended::IdTokenInvalid,
             Ended::TooManyConnections,
             Ended::NotStored,
+            Ended::ConnectionDeleted,
         ];
         let codes: std::collections::HashSet<_> = all.iter().map(|e| e.code()).collect();
         assert_eq!(codes.len(), all.len());

@@ -216,6 +216,7 @@ impl Broker {
                         "disconnect {provider_name}/{account}: deleted ({})",
                         outcome.describe(provider_name)
                     );
+                    self.end_device_flows_of(&key).await;
                     if outcome == Disconnected::Revoked {
                         self.check_same_account(&row).await;
                     }

@@ -606,6 +606,78 @@ async fn a_stop_waits_for_the_device_poll_under_way_and_stores_its_tokens() {
     assert_eq!(token_calls().await, 1, "the spent code was polled again");
 }
 
+/// A connection deleted while a device flow for it waits for approval: the flow ends
+/// (`failed`, `connection_deleted`), and an approval afterwards brings nothing back. It used
+/// to stay pending, and whoever had its code (shown on a screen, or left by a terminal
+/// stopped with Ctrl-C) connected the deleted account again, as their own account.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_connections_device_flow_waiting_for_approval_ends_with_it() {
+    let mock = device_endpoint(120).await;
+    let tokens = ResponseTemplate::new(200).set_body_json(json!({
+        "access_token": "at-1", "token_type": "Bearer", "expires_in": 3600, "refresh_token": "rt-1"
+    }));
+    // The first flow is approved at once; every later poll finds the person not done.
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(tokens.clone())
+        .up_to_n_times(1)
+        .mount(&mock)
+        .await;
+    let pending =
+        ResponseTemplate::new(400).set_body_json(json!({"error": "authorization_pending"}));
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(pending)
+        .mount(&mock)
+        .await;
+    let (home, key, d) = serving_mock(&mock, "tvp");
+    let start = |account: &'static str| {
+        let d = &d;
+        let key = &key;
+        async move {
+            let (status, start) = d
+                .post("/v1/device/tvp", key, json!({"account": account}))
+                .await;
+            assert_eq!(status, 201, "{start}");
+            start
+        }
+    };
+    let ended = |start: serde_json::Value| {
+        let d = &d;
+        let key = &key;
+        async move {
+            let id = start["id"].as_str().unwrap().to_owned();
+            let (status, body) = d
+                .wait_device(key, "tvp", &id, Duration::from_secs(10))
+                .await;
+            (status, body["status"].clone(), body["error"].clone())
+        }
+    };
+    let connected = (200, json!("connected"), serde_json::Value::Null);
+    let first = start("tv").await;
+    assert_eq!(ended(first).await, connected);
+    let second = start("tv").await;
+    // Another account's flow is left alone.
+    let other = start("radio").await;
+    let resp = d.delete("/v1/connections/tvp/tv", &key).await;
+    assert!(resp.status().is_success(), "{}", resp.status());
+    assert_eq!(
+        ended(second).await,
+        (502, json!("failed"), json!("connection_deleted"))
+    );
+    // The person approves now: nothing polls the ended flow, nothing is connected.
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(tokens)
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    assert_eq!(ended(other).await, connected);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, body) = d.get("/v1/connections/tvp/tv", &key).await;
+    assert_eq!(status, 404, "{body}\n{}", home.log_text());
+}
+
 /// `oauthd connect --device` prints what the provider sent with control characters
 /// escaped: a user code or address holding terminal escapes (clear the screen, hidden
 /// text, a link disguised as another) would act on the operator's terminal.
