@@ -379,21 +379,32 @@ impl Broker {
         Ok(self.same_account(&row).await?)
     }
 
-    /// Of `row`'s provider, the other active connections signed in as the same account
-    /// there (the same `sub`, as when one browser signed in at the provider connects
-    /// several accounts).
+    /// Of `row`'s provider, and of every other table configured as the same client there
+    /// (`Provider::same_client_as`), the other active connections signed in as the same
+    /// account there (the same `sub`, as when one browser signed in at the provider
+    /// connects several accounts).
     async fn same_account(&self, row: &ConnectionRow) -> Result<Vec<ConnectionKey>, StoreError> {
         let Some(sub) = row.identity.sub.as_deref() else {
             return Ok(Vec::new());
         };
-        Ok(self
-            .store
-            .accounts_signed_in_as(&row.provider, sub)
-            .await?
-            .into_iter()
-            .filter(|a| *a != row.account)
-            .map(|a| ConnectionKey::new(&row.provider, &a))
-            .collect())
+        let tables: Vec<&str> = match self.providers.get(&row.provider) {
+            Some(ours) => self
+                .providers
+                .values()
+                .filter(|p| p.name == row.provider || p.same_client_as(ours))
+                .map(|p| p.name.as_str())
+                .collect(),
+            None => vec![row.provider.as_str()],
+        };
+        let mut same = Vec::new();
+        for table in tables {
+            for account in self.store.accounts_signed_in_as(table, sub).await? {
+                if table != row.provider || account != row.account {
+                    same.push(ConnectionKey::new(table, &account));
+                }
+            }
+        }
+        Ok(same)
     }
 
     /// Revokes `tokens` in order where the provider has a revocation endpoint, adding each

@@ -462,6 +462,18 @@ pub fn api_base_url(key: &str, text: &str) -> Result<Url, String> {
 }
 
 impl Provider {
+    /// Whether `other` is the same client at the same provider (its client id, and its
+    /// issuer or token endpoint) under another table's name: a grant there is one grant,
+    /// whichever table's connection a revocation went through (two tables of one provider,
+    /// as for a paste-back one beside a callback one).
+    pub fn same_client_as(&self, other: &Provider) -> bool {
+        let grantor = |p: &Provider| match &p.source {
+            Source::Discover { issuer, .. } => issuer.as_str().trim_end_matches('/').to_owned(),
+            Source::Known(e) => e.token.to_string(),
+        };
+        self.client_id == other.client_id && grantor(self) == grantor(other)
+    }
+
     /// A short digest of what every instance on one store must configure alike for this
     /// provider: client id, client authentication, scopes, endpoints or issuer, the
     /// paste-back address. Never the client secret: the digest is told to the other

@@ -548,6 +548,43 @@ async fn connected_twice_from_one_browser(home: &Home) -> (Peer, String, Daemon)
     (peer, key, d)
 }
 
+/// Two tables of one provider (the same issuer and client: a paste-back table beside a
+/// callback one, say) connected from one browser share one grant at the provider. The
+/// delete of one asked nothing and revoked the other's grant unsaid: the connections that
+/// share it were looked for under its own table only. Both tables count now.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grant_shared_across_two_tables_of_one_provider_is_named_before_it_is_revoked() {
+    let peer = Peer::start(3600);
+    let home = Home::new();
+    home.write_config(&format!(
+        "{}\n{}",
+        peer.provider_toml("peer"),
+        peer.provider_toml("direct")
+    ));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let browser = Peer::browser();
+    for (table, account) in [("peer", "alice"), ("direct", "bob")] {
+        let authorize = d.start_connect(&key, table, account).await;
+        let callback = peer.approve_in(&browser, &authorize).await;
+        let (status, page, _) = d.browser_get(&callback).await;
+        assert_eq!(status, 200, "{table}/{account}: {page}");
+    }
+    let out = home.cli(&["connections", "delete", "direct", "bob"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("peer/alice is the same account") && said.contains("give --yes"),
+        "{said}"
+    );
+    assert_eq!(d.get("/v1/connections/direct/bob", &key).await.0, 200);
+    let out = home.cli(&["connections", "delete", "direct", "bob", "--yes"]);
+    assert!(out.status.success(), "{out:?}");
+    // The other table's connection is refreshed at once, and found without a grant.
+    let (_, alice) = d.get("/v1/connections/peer/alice", &key).await;
+    assert_eq!(alice["status"], "needs_reauth", "{alice}");
+}
+
 /// `connections delete` from the terminal names the connections whose grant it would
 /// revoke too, and in a terminal asks first: a "no" deletes nothing. A script (no
 /// terminal) deletes nothing without `--yes` (exit 1): it went on, exit 0, and the other
