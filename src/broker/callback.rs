@@ -191,6 +191,9 @@ pub enum CallbackError {
     PasteElsewhere {
         expected: String,
     },
+    /// A pasted address that ends another flow than the one a terminal started: left as
+    /// it is, for where it was started.
+    PasteOtherFlow,
     /// An app started the flow, and this browser did not confirm it on oauthd's page.
     NotConfirmedHere {
         account: String,
@@ -249,6 +252,7 @@ impl CallbackError {
             self,
             PasteUnreadable
                 | PasteElsewhere { .. }
+                | PasteOtherFlow
                 | NoState
                 | UnknownState
                 | AppFlowPasted { .. }
@@ -387,16 +391,26 @@ impl Broker {
     /// Finishes a flow from the address the person's browser ended on, pasted back
     /// (paste-back): the same rules as the callback, once the address is the provider's
     /// registered redirect URI.
+    ///
+    /// `only`: the flow a terminal's `connect --paste` started, the only one it finishes
+    /// (another terminal's address pasted there connected that one's account, and the
+    /// command said so as if it were its own).
     pub async fn finish_pasted(
         &self,
         provider_name: &str,
         pasted: &str,
+        only: Option<&super::ConnectStart>,
     ) -> Result<Connected, CallbackError> {
         let provider = self
             .provider(provider_name)
             .map_err(|_| CallbackError::UnknownProvider)?;
         let expected = super::redirect_uri(&self.public_url, provider);
         let query = read_pasted(pasted, &expected)?;
+        if let (Some(start), Some(state)) = (only, query.state.as_deref()) {
+            if state != start.flow.0.expose() {
+                return Err(CallbackError::PasteOtherFlow);
+            }
+        }
         match self
             .finish_callback(provider_name, query, Browser::Pasted)
             .await?

@@ -119,6 +119,10 @@ impl CallbackError {
                 "Not confirmed in this browser",
                 format!("An app started this sign-in, and it was not confirmed on oauthd's page in this browser, so nothing was stored. If you started it yourself, go back to the app and start again, and stay in one browser until {provider} sends you back. Open the app's link as it was given: confirmed at another address of oauthd's (localhost for 127.0.0.1, another host name), the browser keeps the confirmation for that address, not this one."),
             ),
+            PasteOtherFlow => (
+                "Another sign-in's address",
+                "This address ends another sign-in than the one this command printed (one used already, another terminal's, an older one): nothing was changed by it, and one still open stays open where it was started. Paste the address the browser ended on after opening the link printed above.".into(),
+            ),
             PasteElsewhere { expected } => (
                 "Not the address oauthd waits for",
                 format!("The pasted address is not {expected}, the redirect URI registered for {provider}: paste the address of the page the provider sent you to after you approved."),

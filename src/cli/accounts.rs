@@ -768,7 +768,10 @@ async fn paste_or_wait(
     // A paste that touched no flow leaves this one open for the right address, as
     // the page does: ask again, a few times.
     let mut refused = None;
-    for _ in 0..PASTE_TRIES {
+    // Addresses pasted; the loop ends early at an empty line (given up).
+    let mut tries = 0;
+    let mut given_up = false;
+    while tries < PASTE_TRIES {
         let line = tokio::select! {
             line = read_stdin_line() => line?,
             connected = &mut elsewhere => {
@@ -784,9 +787,11 @@ async fn paste_or_wait(
             }
         };
         if line.trim().is_empty() {
+            given_up = true;
             break;
         }
-        match broker.finish_pasted(provider, &line).await {
+        tries += 1;
+        match broker.finish_pasted(provider, &line, Some(start)).await {
             Ok(c) => {
                 out!("Connected {}/{}.", c.provider, c.account);
                 restart_hint(settings, store, clock).await;
@@ -800,11 +805,17 @@ async fn paste_or_wait(
                 }
                 say!("{title}: {detail}");
                 out!("Paste the address again and press Enter (an empty line gives up):");
-                refused = Some(message);
+                refused = Some(format!("{title}: {detail}"));
             }
         }
     }
-    let message = refused.unwrap_or_else(|| "nothing was pasted; not connected".into());
+    let message = match refused {
+        Some(last) if !given_up => {
+            format!("not connected: {PASTE_TRIES} addresses were pasted and none finished the sign-in (the last: {last}). Start again")
+        }
+        Some(last) => format!("not connected: given up (the last address: {last})"),
+        None => "nothing was pasted; not connected".into(),
+    };
     Err(Fatal(message, 1))
 }
 

@@ -349,7 +349,8 @@ pub fn callback_status(e: &CallbackError) -> u16 {
         | PasteUnreadable
         | PasteOnly { .. }
         | AppFlowPasted { .. }
-        | PasteElsewhere { .. } => 400,
+        | PasteElsewhere { .. }
+        | PasteOtherFlow => 400,
     }
 }
 
@@ -391,6 +392,8 @@ pub fn callback_problem(provider: &str, e: &CallbackError) -> ApiError {
         IdToken { .. } => "id_token_invalid",
         PasteUnreadable => "paste_unreadable",
         PasteElsewhere { .. } => "paste_wrong_address",
+        // Never from the page's paste (it finishes any of the operator's flows).
+        PasteOtherFlow => "paste_other_flow",
         AppFlowPasted { .. } => "app_flow_pasted",
         // Never from a paste (it is refused before); named all the same.
         NotConfirmedHere { .. } => "not_confirmed_here",

@@ -193,7 +193,7 @@ pub async fn paste(
     body.finish()?;
     let connected = app
         .broker
-        .finish_pasted(&provider, &url)
+        .finish_pasted(&provider, &url, None)
         .await
         .map_err(|e| super::problem::callback_problem(&provider, &e))?;
     Ok(no_store(HttpResponse::Ok()).json(json!({

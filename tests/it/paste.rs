@@ -521,9 +521,13 @@ async fn paste_back_from_the_terminal() {
         "{list:?}"
     );
 
-    // The used address again, garbage and another address: not connected, exit 1, and why.
+    // The used address again (another flow's, for this command), garbage and another
+    // address: not connected, exit 1, and why.
     let (ok, printed) = cli_paste(&home, &peer, |_| kept.clone()).await;
-    assert!(!ok && printed.contains("already used"), "{printed}");
+    assert!(
+        !ok && printed.contains("Another sign-in's address"),
+        "{printed}"
+    );
     let (ok, printed) = cli_paste(&home, &peer, |_| "garbage".into()).await;
     assert!(!ok && printed.contains("Not an address"), "{printed}");
     let (ok, printed) =
@@ -534,6 +538,12 @@ async fn paste_back_from_the_terminal() {
     );
     let (ok, printed) = cli_paste(&home, &peer, |_| String::new()).await;
     assert!(!ok && printed.contains("nothing was pasted"), "{printed}");
+    // Five tries used: said as such, not as the last try's "Paste the whole address".
+    let (ok, printed) = cli_paste(&home, &peer, |_| ["garbage"; 5].join("\n")).await;
+    assert!(
+        !ok && printed.contains("5 addresses were pasted and none finished the sign-in"),
+        "{printed}"
+    );
 
     // A wrong paste leaves the flow open, as on the page: the right address pasted next
     // connects.
@@ -549,6 +559,46 @@ async fn paste_back_from_the_terminal() {
             && printed.contains("Connected peer/default."),
         "{printed}"
     );
+}
+
+/// Two `connect --paste` at once: the address of one's sign-in pasted into the other is
+/// refused there and left to its own, which connects with it. It used to connect the first
+/// one's account from the second command, which said "Connected peer/xa." and exited 0
+/// although asked for xb (a script's `&&` went on).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_terminal_paste_finishes_only_its_own_sign_in() {
+    let peer = Peer::start(60);
+    let (home, key) = paste_home(&peer, dead_port(), "");
+    let (mut a, mut a_out) = start_paste(&home, &["--account", "xa"]);
+    let (mut b, mut b_out) = start_paste(&home, &["--account", "xb"]);
+    let (printed, authorize) = until_the_paste_prompt(&mut a_out, &peer);
+    let authorize = authorize.unwrap_or_else(|| panic!("no authorization URL printed: {printed}"));
+    let (printed, _) = until_the_paste_prompt(&mut b_out, &peer);
+    assert!(printed.contains("peer/xb"), "{printed}");
+    let address = peer.approve(&authorize).await;
+    let mut stdin = b.stdin.take().unwrap();
+    writeln!(stdin, "{address}").unwrap();
+    drop(stdin);
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut b_out, &mut said).unwrap();
+    let output = b.wait_with_output().unwrap();
+    said.push_str(&String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("Another sign-in's address") && !said.contains("Connected"),
+        "{said}"
+    );
+    let mut stdin = a.stdin.take().unwrap();
+    writeln!(stdin, "{address}").unwrap();
+    drop(stdin);
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut a_out, &mut said).unwrap();
+    let output = a.wait_with_output().unwrap();
+    assert!(output.status.success(), "{said}{output:?}");
+    assert!(said.contains("Connected peer/xa."), "{said}");
+    let d = home.start();
+    assert_eq!(d.get("/v1/connections/peer/xa", &key).await.0, 200);
+    assert_eq!(d.get("/v1/connections/peer/xb", &key).await.0, 404);
 }
 
 /// `connect --paste` for a provider whose redirect URI is oauthd's own callback, with
