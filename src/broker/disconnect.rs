@@ -284,7 +284,22 @@ impl Broker {
             return Ok(Disconnected::ProviderMissing);
         };
         tokens.retain(|(token, _)| !revoked.contains(token));
-        match self.revoke_tokens(provider, tokens, revoked).await {
+        let asked: Vec<&'static str> = tokens.iter().map(|(_, field)| *field).collect();
+        let before = revoked.0.len();
+        let result = self.revoke_tokens(provider, tokens, revoked).await;
+        // Revoked before one failed (the refresh token goes first): said, since at most
+        // providers that already ended the grant.
+        let done = asked
+            .get(..revoked.0.len() - before)
+            .filter(|done| !done.is_empty())
+            .map(|done| {
+                format!(
+                    "; the {} was revoked before (at most providers that ended the grant), and a retry revokes what is left",
+                    done.join(" and the ").replace('_', " ")
+                )
+            })
+            .unwrap_or_default();
+        match result {
             // Known by now (revoking needed the endpoints): whether there was anywhere to
             // send the tokens to.
             Ok(()) => Ok(match self.endpoints(provider).await {
@@ -296,9 +311,12 @@ impl Broker {
                     message,
                     retry_after_secs,
                 } => BrokerError::ProviderUnavailable {
-                    message: format!("{message}: nothing was deleted ({FORCE_HINT})"),
+                    message: format!("{message}: nothing was deleted{done} ({FORCE_HINT})"),
                     retry_after_secs,
                 },
+                BrokerError::ProviderRejected(message) => {
+                    BrokerError::ProviderRejected(format!("{message}{done}"))
+                }
                 other => other,
             }),
             Err(e) => {

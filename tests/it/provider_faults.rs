@@ -1605,17 +1605,40 @@ async fn a_disconnect_takes_a_token_the_provider_calls_invalid_as_revoked() {
         )
         .mount(&mock)
         .await;
+    // The access token's revocation fails on the way, after the refresh token's went.
+    on_code(&mock, "e", json!({"access_token": "at-e", "token_type": "Bearer", "expires_in": 3600, "refresh_token": "rt-e"})).await;
+    Mock::given(method("POST"))
+        .and(path("/revoke"))
+        .and(body_string_contains("token=at-e"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&mock)
+        .await;
     Mock::given(method("POST"))
         .and(path("/revoke"))
         .respond_with(ResponseTemplate::new(200))
         .mount(&mock)
         .await;
     let (_home, key, d) = serving("p", "spotify", &mock, "");
-    for account in ["a", "b", "c", "d"] {
+    for account in ["a", "b", "c", "d", "e"] {
         connect(&d, &key, "p", account, account).await;
     }
+    // What was revoked before a failure is said with it: "nothing was deleted" alone
+    // read as if nothing had happened at the provider.
+    let revoked_before =
+        "the refresh token was revoked before (at most providers that ended the grant)";
     let resp = d.delete("/v1/connections/p/d", &key).await;
     assert_eq!(resp.status(), 502, "a 401 counted as revoked");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(revoked_before), "{body}");
+    let resp = d.delete("/v1/connections/p/e", &key).await;
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("nothing was deleted") && detail.contains(revoked_before),
+        "{body}"
+    );
     for account in ["a", "b"] {
         let resp = d
             .delete(&format!("/v1/connections/p/{account}"), &key)
