@@ -21,6 +21,12 @@ const FINISHING: &str = "stopping once what the provider is asked now is answere
      short, a refresh token it rotates would be lost and the account would need connecting \
      again); a second Ctrl-C or SIGTERM, a second or more from now, stops at once";
 
+/// `FINISHING` for a device flow's poll.
+const FINISHING_POLL: &str =
+    "stopping once what the provider is asked now is answered and saved (cut \
+     short, the tokens an approved code is redeemed for would be lost, and the code spent); a \
+     second Ctrl-C or SIGTERM, a second or more from now, stops at once";
+
 /// Waits for `work`, saying `FINISHING` once if a signal comes meanwhile.
 async fn finished_despite_signals<T>(work: impl std::future::Future<Output = T>) -> T {
     tokio::pin!(work);
@@ -626,16 +632,24 @@ pub(super) fn connect_device(
                 // A poll under way may have the tokens: it ends and stores them first (the
                 // device code is spent once redeemed). The flow stays pending otherwise,
                 // for a running oauthd to finish.
-                say!("{FINISHING}");
+                say!("{FINISHING_POLL}");
                 broker.stop_background().await;
             }
             let status = broker.device_status(provider, &start.id).await?;
             match status.status {
                 DeviceFlowStatus::Pending if stopping => {
+                    // Told by the serving instances' notes (a serving oauthd tells every
+                    // 20 s, and one killed counts for 60 s more).
+                    let serving = store.vault_keys_in_use(clock.now_ms()).await;
+                    let who = match serving {
+                        Ok(told) if told.is_empty() => {
+                            "no oauthd serves this store now: one started on it before the flow expires polls it, and connects it"
+                        }
+                        _ => "a running oauthd goes on polling the flow until it expires, and connects it",
+                    };
                     return Err(Fatal(
                         format!(
-                            "stopped before {provider}/{account} was connected here; a running \
-                             oauthd goes on polling the flow until it expires, and connects it \
+                            "stopped before {provider}/{account} was connected here; {who} \
                              once the code is entered (or already has)"
                         ),
                         super::INTERRUPTED,

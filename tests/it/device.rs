@@ -764,5 +764,50 @@ async fn a_terminal_device_flow_stopped_by_a_signal_stores_what_a_poll_got() {
     assert_tv_token_is_live(&d, &key, &peer).await;
 }
 
+/// `oauthd connect --device` stopped before the person approved, with no oauthd serving
+/// the store: said as such. It said that "a running oauthd goes on polling the flow",
+/// with none running.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_terminal_device_flow_stopped_with_no_oauthd_serving_says_so() {
+    use std::io::BufRead;
+    let mock = device_endpoint(120).await;
+    let pending =
+        ResponseTemplate::new(400).set_body_json(json!({"error": "authorization_pending"}));
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(pending)
+        .mount(&mock)
+        .await;
+    let home = Home::new();
+    home.write_config(&format!(
+        "[providers.tvp]\ndevice_authorization_url = \"{uri}/device\"\ntoken_url = \"{uri}/token\"\n\
+         authorization_url = \"{uri}/authorize\"\nclient_id = \"cid\"\nclient_secret = \"cs\"\n",
+        uri = mock.uri()
+    ));
+    home.create_key("app", &[]);
+    let mut cli = home
+        .cli_command(&["connect", "tvp", "--device", "--account", "tv"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(cli.stdout.take().unwrap()).lines();
+    while !lines
+        .next()
+        .expect("the code")
+        .unwrap()
+        .starts_with("and enter the code: ")
+    {}
+    common::signal(cli.id(), "TERM");
+    let out = cli.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{said}");
+    assert!(
+        said.contains("the tokens an approved code is redeemed for would be lost")
+            && said.contains("no oauthd serves this store now: one started on it before the flow expires polls it"),
+        "{said}"
+    );
+}
+
 /// The device grant's type as a poll's form sends it.
 const DEVICE_GRANT_FORM: &str = "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Adevice_code";
