@@ -167,7 +167,11 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
             ConnectionsCommand::List { json } => {
                 let list = broker.connections().await?;
                 if let Some(note) =
-                    super::unconfigured::note(list.iter().map(|c| c.provider.as_str()), &settings)
+                    super::unconfigured::note(
+                        list.iter().map(|c| c.provider.as_str()),
+                        &settings,
+                        super::unconfigured::Reader::Command,
+                    )
                 {
                     say!("{note}");
                 }

@@ -390,9 +390,11 @@ async fn stored_lines(
         // not a connection fewer.
         Err(e) => r.line("FAIL", "vault", format!("not every connection reads: {e}")),
         Ok(rows) => {
-            if let Some(note) =
-                super::unconfigured::note(rows.iter().map(|r| r.provider.as_str()), settings)
-            {
+            if let Some(note) = super::unconfigured::note(
+                rows.iter().map(|r| r.provider.as_str()),
+                settings,
+                super::unconfigured::Reader::Command,
+            ) {
                 r.line("warn", "connections", note);
             }
             if let Some(note) = troubled_note(&rows, &same_store_options(settings)) {

@@ -21,9 +21,11 @@ pub(super) async fn log(
     match store.list_connections().await {
         Ok(rows) => {
             held += rows.len();
-            if let Some(note) =
-                super::unconfigured::note(rows.iter().map(|r| r.provider.as_str()), settings)
-            {
+            if let Some(note) = super::unconfigured::note(
+                rows.iter().map(|r| r.provider.as_str()),
+                settings,
+                super::unconfigured::Reader::Daemon,
+            ) {
                 log::warn!("{note}");
             }
         }

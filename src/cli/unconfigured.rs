@@ -39,11 +39,20 @@ fn why_missing(settings: &Settings, provider: &str) -> Option<String> {
     })
 }
 
+/// Who reads a `note`: the daemon serving with the config, or a command, which may have
+/// been given another config than the one a running oauthd reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reader {
+    Daemon,
+    Command,
+}
+
 /// What to say of the connections of `providers` (one name per connection) whose provider
 /// is not configured, if any are.
 pub(super) fn note<'a>(
     providers: impl Iterator<Item = &'a str>,
     settings: &Settings,
+    reader: Reader,
 ) -> Option<String> {
     let mut missing = std::collections::BTreeMap::<&str, usize>::new();
     for provider in providers {
@@ -60,8 +69,13 @@ pub(super) fn note<'a>(
         Some(path) => format!("the config file {}", path.display()),
         None => format!("the config ({NO_CONFIG_FILE})"),
     };
+    // A command's config may not be the running oauthd's: that one may hand them out.
+    let whose = match reader {
+        Reader::Daemon => "",
+        Reader::Command => " by an oauthd run with it (is it the config the running oauthd reads?)",
+    };
     Some(format!(
-        "{count} connection(s) belong to providers not in {config}: {}; their tokens are not handed out (provider_missing) until the providers are configured again",
+        "{count} connection(s) belong to providers not in {config}: {}; their tokens are not handed out{whose} (provider_missing) until the providers are configured again",
         named.join(", ")
     ))
 }

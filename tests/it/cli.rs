@@ -1214,7 +1214,7 @@ async fn connections_of_providers_not_in_the_config_are_pointed_out() {
         report
             .lines()
             .any(|l| l.starts_with("warn  connections: ") && l.contains(said) && l.ends_with(
-                "gh (1); their tokens are not handed out (provider_missing) until the providers are configured again"
+                "gh (1); their tokens are not handed out by an oauthd run with it (is it the config the running oauthd reads?) (provider_missing) until the providers are configured again"
             )),
         "{report}"
     );
