@@ -74,8 +74,9 @@ pub struct DeviceStatus {
     pub detail: Option<String>,
     /// Why a flow ended without connecting, a stable code (`denied`: `access_denied`;
     /// `expired`: `expired_token`; `failed`: `too_many_connections`, `api_key_revoked`,
-    /// `provider_rejected`, `provider_unavailable`, `id_token_invalid`, `vault_error` or
-    /// `storage_unavailable`); absent while pending and once connected.
+    /// `provider_rejected`, `provider_unavailable`, `id_token_invalid`, `vault_error`,
+    /// `storage_unavailable` or `connection_deleted`); absent while pending and once
+    /// connected.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -531,11 +532,20 @@ impl Broker {
             // Only after this poll outlived its claim (a process stalled past the lease):
             // the flow was found expired, or failed when another process polled the spent
             // code, and the user was told so.
-            Recorded::Refused(status) => log::error!(
-                "device {p}/{a}: tokens came for flow {} after it had ended ({}); they were not stored: connect again",
-                flow.id,
-                status.map_or("gone".into(), |s| s.to_string())
-            ),
+            Recorded::Refused(status) => {
+                log::error!(
+                    "device {p}/{a}: tokens came for flow {} after it had ended ({}); they were not stored: connect again",
+                    flow.id,
+                    status.map_or("gone".into(), |s| s.to_string())
+                );
+                // Kept nowhere: revoked, as far as the provider can be reached (a flow its
+                // delete ended asked that nothing be connected). Not when another poll
+                // stored tokens of this grant.
+                if status != Some(DeviceFlowStatus::Connected) {
+                    self.revoke_unkept(provider, &key, tokens, "device: the flow had ended")
+                        .await;
+                }
+            }
             Recorded::Failed => log::error!(
                 "device {p}/{a}: tokens came for flow {} and could not be stored: connect again",
                 flow.id
@@ -544,9 +554,9 @@ impl Broker {
     }
 
     /// Ends the pending device flows of `key`, whose connection was just deleted:
-    /// approved afterwards, one would bring the connection back. One being polled now is
-    /// waited for until its poll ends (within its lease): one that connected meanwhile was
-    /// approved before the delete, and stays as it ended.
+    /// approved afterwards, one would bring the connection back. Ended whoever polls it
+    /// (`DevicePollOutcome::Withdrawn`): a poll under way that comes back with tokens
+    /// stores nothing and revokes them (`connect_device`). Nothing is waited for.
     pub(super) async fn end_device_flows_of(&self, key: &crate::store::ConnectionKey) {
         let flows = match self.store.pending_device_flows().await {
             Ok(flows) => flows,
@@ -558,33 +568,39 @@ impl Broker {
         let detail = format!(
             "the connection {key} was deleted while this flow waited for approval: start a new flow to connect it again"
         );
+        let ended = Ended::ConnectionDeleted;
         for flow in flows
             .iter()
             .filter(|f| f.provider == key.provider && f.account == key.account)
         {
-            let give_up = tokio::time::Instant::now() + self.lease();
-            while !self
-                .finish_device(flow, None, Ended::ConnectionDeleted, detail.clone())
-                .await
-                && tokio::time::Instant::now() < give_up
-            {
-                let pending = self.store.get_device_flow(&flow.id).await;
-                if !matches!(pending, Ok(Some(f)) if f.status == DeviceFlowStatus::Pending) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            let events = [self.device_event(flow, ended.status(), Some(ended.code()), &detail)];
+            let outcome = DevicePollOutcome::Withdrawn {
+                error: ended.code().to_owned(),
+                detail: detail.clone(),
+            };
+            match self.record_final(flow, None, outcome, &events).await {
+                Recorded::Yes => log::info!("device flow {} ({key}): ended: {detail}", flow.id),
+                // Ended meanwhile by its own poll.
+                Recorded::Refused(Some(DeviceFlowStatus::Connected)) => log::warn!(
+                    "disconnect {key}: device flow {} connected it again as it was deleted (approved just before)",
+                    flow.id
+                ),
+                Recorded::Refused(_) => {}
+                Recorded::Failed => log::warn!(
+                    "disconnect {key}: device flow {} could not be ended: approved later, it connects {key} again",
+                    flow.id
+                ),
             }
         }
     }
 
-    /// Ends `flow` as `ended`; returns whether that was recorded.
     async fn finish_device(
         &self,
         flow: &DeviceFlowRow,
         claim: Option<&str>,
         ended: Ended,
         detail: String,
-    ) -> bool {
+    ) {
         let status = ended.status();
         let events = [self.device_event(flow, status, Some(ended.code()), &detail)];
         // Why, as the API answers it: the operator should not need to ask the API.
@@ -603,9 +619,7 @@ impl Broker {
             } else {
                 log::info!("{said}");
             }
-            return true;
         }
-        false
     }
 
     /// Records how a flow ended, with its events. A store that fails is tried again, for
@@ -622,6 +636,7 @@ impl Broker {
         let id = flow.id.as_str();
         let ends_as = match &outcome {
             DevicePollOutcome::Finished { status, .. } => Some(*status),
+            DevicePollOutcome::Withdrawn { .. } => Some(DeviceFlowStatus::Failed),
             DevicePollOutcome::Connected(_) => Some(DeviceFlowStatus::Connected),
             DevicePollOutcome::Pending { .. } => None,
         };

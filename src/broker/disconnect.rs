@@ -294,7 +294,7 @@ impl Broker {
             .filter(|done| !done.is_empty())
             .map(|done| {
                 format!(
-                    "; the {} was revoked before (at most providers that ended the grant), and a retry revokes what is left",
+                    "; the {} was revoked before (at most providers that ended the grant)",
                     done.join(" and the ").replace('_', " ")
                 )
             })
@@ -500,10 +500,15 @@ impl Broker {
         if !tokens.access_token.is_empty() {
             unkept.push((tokens.access_token.clone(), "access_token"));
         }
+        let offered = match self.endpoints(provider).await {
+            Ok(endpoints) => endpoints.revocation.is_some(),
+            Err(_) => true,
+        };
         match self
             .revoke_tokens(provider, unkept, &mut Revoked::default())
             .await
         {
+            Ok(()) if !offered => log::warn!("{key}: {why}; the new tokens could not be revoked ({} has no revocation endpoint): they stay valid at the provider until they expire", key.provider),
             Ok(()) => log::info!("{key}: {why}; the new tokens were revoked"),
             Err(e) => log::warn!("{key}: {why}, and revoking the new tokens failed ({e}); they may stay valid at the provider until they expire"),
         }

@@ -80,6 +80,9 @@ pub enum DevicePollOutcome {
         error: String,
         detail: String,
     },
+    /// Ended from outside as `failed` (its connection deleted), whoever polls it: a poll
+    /// under way that comes back with tokens finds it ended, and stores nothing.
+    Withdrawn { error: String, detail: String },
     /// The provider issued tokens: the connection is saved as `save_connection` saves it
     /// and the flow finished `connected`, in one write. The device code has been redeemed,
     /// so a flow left pending after a crash would be polled with it again.

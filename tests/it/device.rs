@@ -349,6 +349,13 @@ async fn device_endpoint(expires_in: u64) -> MockServer {
 /// A home whose provider `name` is `mock`'s device and token endpoints, with an app's key,
 /// and oauthd serving it.
 fn serving_mock(mock: &MockServer, name: &str) -> (Home, String, Daemon) {
+    let (home, key) = mock_home(mock, name);
+    let d = home.start();
+    (home, key, d)
+}
+
+/// `serving_mock`'s home and key, with no oauthd serving it.
+fn mock_home(mock: &MockServer, name: &str) -> (Home, String) {
     let home = Home::new();
     home.write_config(&format!(
         "[providers.{name}]\ndevice_authorization_url = \"{uri}/device\"\ntoken_url = \"{uri}/token\"\n\
@@ -356,8 +363,19 @@ fn serving_mock(mock: &MockServer, name: &str) -> (Home, String, Daemon) {
         uri = mock.uri()
     ));
     let key = home.create_key("app", &[]);
-    let d = home.start();
-    (home, key, d)
+    (home, key)
+}
+
+/// Has `mock`'s token endpoint answer `authorization_pending` (the person not done yet)
+/// to every poll no other answer is mounted for.
+async fn pending_until_approved(mock: &MockServer) {
+    let pending =
+        ResponseTemplate::new(400).set_body_json(json!({"error": "authorization_pending"}));
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(pending)
+        .mount(mock)
+        .await;
 }
 
 /// A provider whose device endpoint answers like Tidal and whose token endpoint says
@@ -623,13 +641,7 @@ async fn a_deleted_connections_device_flow_waiting_for_approval_ends_with_it() {
         .up_to_n_times(1)
         .mount(&mock)
         .await;
-    let pending =
-        ResponseTemplate::new(400).set_body_json(json!({"error": "authorization_pending"}));
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(pending)
-        .mount(&mock)
-        .await;
+    pending_until_approved(&mock).await;
     let (home, key, d) = serving_mock(&mock, "tvp");
     let start = |account: &'static str| {
         let d = &d;
@@ -676,6 +688,80 @@ async fn a_deleted_connections_device_flow_waiting_for_approval_ends_with_it() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (status, body) = d.get("/v1/connections/tvp/tv", &key).await;
     assert_eq!(status, 404, "{body}\n{}", home.log_text());
+}
+
+/// A delete while a poll of the account's pending flow is out at the provider, and the
+/// person approves meanwhile: the delete does not wait for that poll (it waited up to a
+/// poll's lease, 80 s by default, longer than clients wait), and the tokens the poll
+/// brings back are not stored: the delete answered 204 and the connection came back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delete_waits_for_no_poll_and_what_the_poll_brings_is_not_kept() {
+    let mock = device_endpoint(120).await;
+    let tokens = |n: u8| {
+        ResponseTemplate::new(200).set_body_json(json!({
+            "access_token": format!("at-{n}"), "token_type": "Bearer", "expires_in": 3600,
+            "refresh_token": format!("rt-{n}")
+        }))
+    };
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(tokens(1))
+        .up_to_n_times(1)
+        .mount(&mock)
+        .await;
+    // Every later poll: the person approves while it is out, and its answer takes 8 s.
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(tokens(2).set_delay(Duration::from_secs(8)))
+        .mount(&mock)
+        .await;
+    let (home, key, d) = serving_mock(&mock, "tvp");
+    let start = || async {
+        let (status, start) = d
+            .post("/v1/device/tvp", &key, json!({"account": "tv"}))
+            .await;
+        assert_eq!(status, 201, "{start}");
+        start["id"].as_str().unwrap().to_owned()
+    };
+    let first = start().await;
+    let (status, _) = d
+        .wait_device(&key, "tvp", &first, Duration::from_secs(10))
+        .await;
+    assert_eq!(status, 200);
+    let polls = || async {
+        let requests = mock.received_requests().await.unwrap_or_default();
+        requests.iter().filter(|r| r.url.path() == "/token").count()
+    };
+    let second = start().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while polls().await < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(polls().await, 2, "no poll under way");
+    // Answered long before the poll's answer comes.
+    let deleted = d
+        .http
+        .delete(format!("{}/v1/connections/tvp/tv", d.url))
+        .bearer_auth(&key)
+        .timeout(Duration::from_secs(6))
+        .send()
+        .await
+        .expect("the delete waited for the poll");
+    assert_eq!(deleted.status(), 204);
+    let (status, flow) = d.get(&format!("/v1/device/tvp/{second}"), &key).await;
+    assert_eq!(
+        (status, flow["error"].as_str()),
+        (502, Some("connection_deleted")),
+        "{flow}"
+    );
+    let came = common::eventually(Duration::from_secs(20), || {
+        home.log_text()
+            .contains("after it had ended (failed); they were not stored")
+    })
+    .await;
+    assert!(came, "{}", home.log_text());
+    let (status, body) = d.get("/v1/connections/tvp/tv", &key).await;
+    assert_eq!(status, 404, "{body}");
 }
 
 /// `oauthd connect --device` prints what the provider sent with control characters
@@ -771,20 +857,8 @@ async fn a_terminal_device_flow_stopped_by_a_signal_stores_what_a_poll_got() {
 async fn a_terminal_device_flow_stopped_with_no_oauthd_serving_says_so() {
     use std::io::BufRead;
     let mock = device_endpoint(120).await;
-    let pending =
-        ResponseTemplate::new(400).set_body_json(json!({"error": "authorization_pending"}));
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(pending)
-        .mount(&mock)
-        .await;
-    let home = Home::new();
-    home.write_config(&format!(
-        "[providers.tvp]\ndevice_authorization_url = \"{uri}/device\"\ntoken_url = \"{uri}/token\"\n\
-         authorization_url = \"{uri}/authorize\"\nclient_id = \"cid\"\nclient_secret = \"cs\"\n",
-        uri = mock.uri()
-    ));
-    home.create_key("app", &[]);
+    pending_until_approved(&mock).await;
+    let (home, _key) = mock_home(&mock, "tvp");
     let mut cli = home
         .cli_command(&["connect", "tvp", "--device", "--account", "tv"])
         .stdout(std::process::Stdio::piped())

@@ -469,19 +469,30 @@ async fn cli_paste(
     peer: &Peer,
     answer: impl FnOnce(String) -> String,
 ) -> (bool, String) {
-    let (mut child, mut out) = start_paste(home, &[]);
+    let (child, mut out) = start_paste(home, &[]);
     let (mut printed, authorize) = until_the_paste_prompt(&mut out, peer);
     let authorize = authorize.unwrap_or_else(|| panic!("no authorization URL printed: {printed}"));
     let address = peer.approve(&authorize).await;
-    let mut stdin = child.stdin.take().unwrap();
-    writeln!(stdin, "{}", answer(address)).unwrap();
-    drop(stdin);
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let (status, rest) = paste_and_wait(child, out, &answer(address));
     printed.push_str(&rest);
+    (status.success(), printed)
+}
+
+/// Writes `text` and a newline to a `connect --paste`'s stdin and closes it; its exit
+/// status, and everything it printed from then on (stdout, then stderr).
+fn paste_and_wait(
+    mut child: std::process::Child,
+    mut out: BufReader<std::process::ChildStdout>,
+    text: &str,
+) -> (std::process::ExitStatus, String) {
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{text}").unwrap();
+    drop(stdin);
+    let mut printed = String::new();
+    std::io::Read::read_to_string(&mut out, &mut printed).unwrap();
     let output = child.wait_with_output().unwrap();
     printed.push_str(&String::from_utf8_lossy(&output.stderr));
-    (output.status.success(), printed)
+    (output.status, printed)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -569,32 +580,21 @@ async fn paste_back_from_the_terminal() {
 async fn a_terminal_paste_finishes_only_its_own_sign_in() {
     let peer = Peer::start(60);
     let (home, key) = paste_home(&peer, dead_port(), "");
-    let (mut a, mut a_out) = start_paste(&home, &["--account", "xa"]);
-    let (mut b, mut b_out) = start_paste(&home, &["--account", "xb"]);
+    let (a, mut a_out) = start_paste(&home, &["--account", "xa"]);
+    let (b, mut b_out) = start_paste(&home, &["--account", "xb"]);
     let (printed, authorize) = until_the_paste_prompt(&mut a_out, &peer);
     let authorize = authorize.unwrap_or_else(|| panic!("no authorization URL printed: {printed}"));
     let (printed, _) = until_the_paste_prompt(&mut b_out, &peer);
     assert!(printed.contains("peer/xb"), "{printed}");
     let address = peer.approve(&authorize).await;
-    let mut stdin = b.stdin.take().unwrap();
-    writeln!(stdin, "{address}").unwrap();
-    drop(stdin);
-    let mut said = String::new();
-    std::io::Read::read_to_string(&mut b_out, &mut said).unwrap();
-    let output = b.wait_with_output().unwrap();
-    said.push_str(&String::from_utf8_lossy(&output.stderr));
-    assert_eq!(output.status.code(), Some(1), "{said}");
+    let (status, said) = paste_and_wait(b, b_out, &address);
+    assert_eq!(status.code(), Some(1), "{said}");
     assert!(
         said.contains("Another sign-in's address") && !said.contains("Connected"),
         "{said}"
     );
-    let mut stdin = a.stdin.take().unwrap();
-    writeln!(stdin, "{address}").unwrap();
-    drop(stdin);
-    let mut said = String::new();
-    std::io::Read::read_to_string(&mut a_out, &mut said).unwrap();
-    let output = a.wait_with_output().unwrap();
-    assert!(output.status.success(), "{said}{output:?}");
+    let (status, said) = paste_and_wait(a, a_out, &address);
+    assert!(status.success(), "{said}");
     assert!(said.contains("Connected peer/xa."), "{said}");
     let d = home.start();
     assert_eq!(d.get("/v1/connections/peer/xa", &key).await.0, 200);

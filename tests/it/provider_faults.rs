@@ -1605,6 +1605,15 @@ async fn a_disconnect_takes_a_token_the_provider_calls_invalid_as_revoked() {
         )
         .mount(&mock)
         .await;
+    // A refresh token revoked before (a delete tried again): `invalid_grant`, as some
+    // providers answer it, is no refusal.
+    on_code(&mock, "f", json!({"access_token": "at-f", "token_type": "Bearer", "expires_in": 3600, "refresh_token": "rt-f"})).await;
+    Mock::given(method("POST"))
+        .and(path("/revoke"))
+        .and(body_string_contains("token=rt-f"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({"error": "invalid_grant"})))
+        .mount(&mock)
+        .await;
     // The access token's revocation fails on the way, after the refresh token's went.
     on_code(&mock, "e", json!({"access_token": "at-e", "token_type": "Bearer", "expires_in": 3600, "refresh_token": "rt-e"})).await;
     Mock::given(method("POST"))
@@ -1619,7 +1628,7 @@ async fn a_disconnect_takes_a_token_the_provider_calls_invalid_as_revoked() {
         .mount(&mock)
         .await;
     let (_home, key, d) = serving("p", "spotify", &mock, "");
-    for account in ["a", "b", "c", "d", "e"] {
+    for account in ["a", "b", "c", "d", "e", "f"] {
         connect(&d, &key, "p", account, account).await;
     }
     // What was revoked before a failure is said with it: "nothing was deleted" alone
@@ -1639,7 +1648,7 @@ async fn a_disconnect_takes_a_token_the_provider_calls_invalid_as_revoked() {
         detail.contains("nothing was deleted") && detail.contains(revoked_before),
         "{body}"
     );
-    for account in ["a", "b"] {
+    for account in ["a", "b", "f"] {
         let resp = d
             .delete(&format!("/v1/connections/p/{account}"), &key)
             .await;

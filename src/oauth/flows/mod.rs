@@ -326,7 +326,9 @@ pub async fn revoke(
     let bad_request = status == reqwest::StatusCode::BAD_REQUEST;
     match code.as_deref() {
         // Only as 400 (RFC 6749 5.2's status): a 401 invalid_token refuses the caller.
-        Some("invalid_token") if bad_request => Ok(()),
+        // `invalid_grant`: a provider's word for a token revoked before (a retried delete
+        // sends the refresh token a first try revoked).
+        Some("invalid_token" | "invalid_grant") if bad_request => Ok(()),
         Some("unsupported_token_type") if bad_request && hint == "access_token" => Ok(()),
         _ => Err(FlowError::Rejected {
             code: format!("http_{}", status.as_u16()),

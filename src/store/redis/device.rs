@@ -100,6 +100,21 @@ return 1
     ))
 });
 
+/// `FINISH` whoever holds a claim (`DevicePollOutcome::Withdrawn`): the poll under way
+/// records nothing after it. Same KEYS and ARGV.
+static FINISH_ANY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{APPLY_LUA}\n{ENQUEUE_LUA}\n{}",
+        r#"
+if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
+apply(KEYS[1], enqueue(4, 4))
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('DEL', KEYS[2])
+return 1
+"#
+    ))
+});
+
 /// KEYS: flow, claim, pending set, conn, lease, connection index, then the outbox's. ARGV:
 /// id, "1", claim (unused: tokens in hand end the flow whoever polls it), member, now, the
 /// deliveries (from ARGV[6]), the flow's changes, the connection's. 1 when recorded.
@@ -350,6 +365,11 @@ impl DeviceFlowStore for RedisStore {
                 finish(&mut ch, status, detail);
                 ch.put("error", error);
                 (&*FINISH, "1", None)
+            }
+            DevicePollOutcome::Withdrawn { error, detail } => {
+                finish(&mut ch, DeviceFlowStatus::Failed, detail);
+                ch.put("error", error);
+                (&*FINISH_ANY, "1", None)
             }
             DevicePollOutcome::Connected(save) => {
                 finish(&mut ch, DeviceFlowStatus::Connected, "connected".into());

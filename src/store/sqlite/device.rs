@@ -179,6 +179,15 @@ impl DeviceFlowStore for SqliteStore {
                              WHERE {UNCLAIMED}"
                         ))?
                         .execute(params![id, now_ms, claim, status, detail, error]),
+                    DevicePollOutcome::Withdrawn { error, detail } => conn
+                        .prepare_cached(
+                            "UPDATE device_flows SET status = 'failed', detail = ?3, error = ?4,
+                                lease_until = NULL,
+                                updated_at = ?2, device_code = x'',
+                                user_code = '', verification_uri_complete = NULL
+                             WHERE id = ?1 AND status = 'pending'",
+                        )?
+                        .execute(params![id, now_ms, detail, error]),
                     DevicePollOutcome::Connected(_) => conn
                         .prepare_cached(
                             "UPDATE device_flows SET status = 'connected', detail = 'connected',
