@@ -529,9 +529,10 @@ impl Broker {
                     log::warn!("device {p}/{a}: {caution}");
                 }
             }
-            // Only after this poll outlived its claim (a process stalled past the lease):
-            // the flow was found expired, or failed when another process polled the spent
-            // code, and the user was told so.
+            // After this poll outlived its claim (a process stalled past the lease): the
+            // flow was found expired, or failed when another process polled the spent
+            // code, and the user was told so. Or its connection was deleted meanwhile
+            // (`end_device_flows_of`).
             Recorded::Refused(status) => {
                 log::error!(
                     "device {p}/{a}: tokens came for flow {} after it had ended ({}); they were not stored: connect again",

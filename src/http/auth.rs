@@ -88,8 +88,9 @@ impl Caller {
 }
 
 /// The API key the request carries, in a copy zeroed when dropped (the future that checks
-/// it outlives the request's borrow); else `401 missing_api_key`, saying what was wrong
-/// with the header (a key sent twice, or otherwise than as `Bearer`, was said to be none).
+/// it outlives the request's borrow); else `401 missing_api_key`, saying what is wrong
+/// with the header: none, two (which one a proxy in front reads is not known), another
+/// scheme than `Bearer`, or no key after it.
 fn bearer(req: &HttpRequest) -> Result<zeroize::Zeroizing<String>, ApiError> {
     const HOW: &str =
         "send an API key as Authorization: Bearer <key> (create one with `oauthd keys create`)";
