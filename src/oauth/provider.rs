@@ -461,6 +461,42 @@ pub fn api_base_url(key: &str, text: &str) -> Result<Url, String> {
     Ok(url)
 }
 
+/// Why `authorize_params` may not hold `name` = `value`, if it may not. Names are compared
+/// as providers may read them: without case, and trimmed.
+fn authorize_param_refused(
+    name: &str,
+    value: &str,
+    client_secret: Option<&str>,
+) -> Option<&'static str> {
+    const RESERVED: &[&str] = &[
+        "state",
+        "code_challenge",
+        "code_challenge_method",
+        "redirect_uri",
+        "client_id",
+        "response_type",
+        "nonce",
+    ];
+    // The authorization URL is the browser's: its history, the provider's access log, a
+    // proxy's, a link preview.
+    const NO_CREDENTIAL: &str = "the authorization URL goes through the browser (its history, the provider's and any proxy's logs), so no client credential goes there; oauthd sends the client's credentials to the token endpoint only (client_secret, client_auth)";
+    const SCOPE: &str = "set scopes = [...] instead (oauthd sends the scope parameter itself, and asks for a nonce when it holds openid)";
+    const RESPONSE_MODE: &str = "oauthd's callback reads the provider's answer from the query string (the default mode for the code flow)";
+    const REQUEST: &str = "oauthd sends no request object (RFC 9101, RFC 9126): the provider would take the request's parameters from it rather than from oauthd's state and PKCE, and the flow could not finish";
+    let name = name.trim().to_ascii_lowercase();
+    match name.as_str() {
+        "scope" => Some(SCOPE),
+        "response_mode" => Some(RESPONSE_MODE),
+        "client_secret" | "client_assertion" | "client_assertion_type" => Some(NO_CREDENTIAL),
+        "request" | "request_uri" => Some(REQUEST),
+        name if RESERVED.contains(&name) => Some("oauthd sets this parameter itself"),
+        _ if client_secret.is_some_and(|secret| value.trim() == secret.trim()) => {
+            Some(NO_CREDENTIAL)
+        }
+        _ => None,
+    }
+}
+
 impl Provider {
     /// Whether `other` is the same client at the same provider (its client id, and its
     /// issuer or token endpoint) under another table's name: a grant there is one grant,
@@ -508,37 +544,6 @@ impl Provider {
         );
         let digest = Sha256::digest(text.as_bytes());
         digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
-    }
-
-    /// Why `authorize_params` may not hold `name` = `value`, if it may not. Names are
-    /// compared as providers may read them: without case, and trimmed.
-    fn authorize_param_refused(
-        name: &str,
-        value: &str,
-        client_secret: Option<&str>,
-    ) -> Option<&'static str> {
-        const RESERVED: &[&str] = &[
-            "state",
-            "code_challenge",
-            "code_challenge_method",
-            "redirect_uri",
-            "client_id",
-            "response_type",
-            "nonce",
-        ];
-        let name = name.trim().to_ascii_lowercase();
-        // The authorization URL is the browser's: its history, the provider's access log, a
-        // proxy's, a link preview.
-        const NO_CREDENTIAL: &str = "the authorization URL goes through the browser (its history, the provider's and any proxy's logs), so no client credential goes there; oauthd sends the client's credentials to the token endpoint only (client_secret, client_auth)";
-        match name.as_str() {
-        "scope" => Some("set scopes = [...] instead (oauthd sends the scope parameter itself, and asks for a nonce when it holds openid)"),
-        "response_mode" => Some("oauthd's callback reads the provider's answer from the query string (the default mode for the code flow)"),
-        "client_secret" | "client_assertion" | "client_assertion_type" => Some(NO_CREDENTIAL),
-        "request" | "request_uri" => Some("oauthd sends no request object (RFC 9101, RFC 9126): the provider would take the request's parameters from it rather than from oauthd's state and PKCE, and the flow could not finish"),
-        name if RESERVED.contains(&name) => Some("oauthd sets this parameter itself"),
-        _ if client_secret.is_some_and(|secret| value.trim() == secret.trim()) => Some(NO_CREDENTIAL),
-        _ => None,
-    }
     }
 
     /// Builds a provider from its config table; `key` is the table's name for messages.
@@ -659,7 +664,7 @@ impl Provider {
             .unwrap_or_default();
         for (k, v) in cfg.authorize_params.iter().flatten() {
             let secret = client_secret.as_ref().map(|s| s.as_str());
-            if let Some(why) = Self::authorize_param_refused(k, v, secret) {
+            if let Some(why) = authorize_param_refused(k, v, secret) {
                 return Err(format!("{key}.authorize_params.{k}: {why}"));
             }
             authorize_params.retain(|(pk, _)| pk != k);

@@ -1675,6 +1675,7 @@ backends!(
     a_retry_set_before_the_clock_stepped_back_is_due,
     racing_claimers_split_the_due_deliveries,
     a_device_poll_is_recorded_only_while_no_one_else_holds_the_flow,
+    a_withdrawn_flow_ends_whoever_polls_it_and_its_poll_records_nothing_after,
     a_connected_poll_stores_the_connection_and_ends_the_flow_in_one_write,
     a_failed_delivery_is_listed_behind_any_number_of_newer_ones,
     a_targets_newest_are_listed_behind_any_number_of_the_others,
@@ -1923,6 +1924,40 @@ fn connected_as(account: &str, access: &[u8]) -> DevicePollOutcome {
 /// A poll that ran past its claim's lease must not free the flow under the process that
 /// claimed it next (a third would then poll beside it), nor end it: only the live claim,
 /// or anyone while nobody holds one, records an outcome.
+/// A flow whose connection was deleted is withdrawn whoever holds its claim (the delete
+/// waits for no poll), and the poll under way records nothing after it, tokens or not.
+async fn a_withdrawn_flow_ends_whoever_polls_it_and_its_poll_records_nothing_after(b: Backend) {
+    let s = b.store.as_ref();
+    let t0 = now_ms();
+    device_flow(s, "f1", t0).await;
+    let polling = s
+        .claim_device_poll("f1", t0, 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let withdrawn = DevicePollOutcome::Withdrawn {
+        error: "connection_deleted".into(),
+        detail: "deleted".into(),
+    };
+    let events = vec![delivery("d1", "t", t0)];
+    assert!(s
+        .finish_device_poll("f1", None, withdrawn, t0, events)
+        .await
+        .unwrap());
+    let flow = s.get_device_flow("f1").await.unwrap().unwrap();
+    assert_eq!(flow.status, DeviceFlowStatus::Failed);
+    assert_eq!(flow.error.as_deref(), Some("connection_deleted"));
+    assert_eq!(ids(s, DeliveryFilter::All).await.len(), 1);
+    let claim = Some(polling.claim.as_str());
+    let tokens = connected_as("a", b"at-late");
+    assert!(!s
+        .finish_device_poll("f1", claim, tokens, t0, Vec::new())
+        .await
+        .unwrap());
+    let key = ConnectionKey::new("p", "a");
+    assert!(s.get_connection(&key).await.unwrap().is_none());
+}
+
 async fn a_device_poll_is_recorded_only_while_no_one_else_holds_the_flow(b: Backend) {
     let s = b.store.as_ref();
     let t0 = now_ms();

@@ -76,14 +76,18 @@ return 1
 });
 
 /// Lua: whether a poll's outcome may be recorded on flow KEYS[1] by the holder of claim
-/// ARGV[3] ("" for none): the flow is pending, and nobody else holds a live claim.
+/// ARGV[3] ("" for none; `ANYONE` whoever holds one): the flow is pending, and nobody else
+/// holds a live claim.
 const FREE_LUA: &str = r#"
 local function free_to_record()
   if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return false end
   local held = redis.call('GET', KEYS[2])
-  return (not held) or held == ARGV[3]
+  return (not held) or held == ARGV[3] or ARGV[3] == '*'
 end
 "#;
+
+/// The claim a `DevicePollOutcome::Withdrawn` records with: any (a claim is a uuid).
+const ANYONE: &str = "*";
 
 /// KEYS: flow, claim, pending set, then the outbox's. ARGV: id, finished ("1"/"0"), claim,
 /// the deliveries (from ARGV[4]), changes…. 1 when recorded.
@@ -94,21 +98,6 @@ static FINISH: LazyLock<Script> = LazyLock::new(|| {
 if not free_to_record() then return 0 end
 apply(KEYS[1], enqueue(4, 4))
 if ARGV[2] == '1' then redis.call('SREM', KEYS[3], ARGV[1]) end
-redis.call('DEL', KEYS[2])
-return 1
-"#
-    ))
-});
-
-/// `FINISH` whoever holds a claim (`DevicePollOutcome::Withdrawn`): the poll under way
-/// records nothing after it. Same KEYS and ARGV.
-static FINISH_ANY: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "{APPLY_LUA}\n{ENQUEUE_LUA}\n{}",
-        r#"
-if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
-apply(KEYS[1], enqueue(4, 4))
-redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('DEL', KEYS[2])
 return 1
 "#
@@ -336,7 +325,7 @@ impl DeviceFlowStore for RedisStore {
         events: Vec<NewDelivery>,
     ) -> Result<bool, StoreError> {
         let (key, claim_key, pending) = (self.key("d", id), self.key("dl", id), self.index("dp"));
-        let claim = claim.unwrap_or_default().to_owned();
+        let mut claim = claim.unwrap_or_default().to_owned();
         let mut ch = Changes::default();
         ch.num("updated", now_ms);
         let finish = |ch: &mut Changes, status: DeviceFlowStatus, detail: String| {
@@ -369,7 +358,8 @@ impl DeviceFlowStore for RedisStore {
             DevicePollOutcome::Withdrawn { error, detail } => {
                 finish(&mut ch, DeviceFlowStatus::Failed, detail);
                 ch.put("error", error);
-                (&*FINISH_ANY, "1", None)
+                ANYONE.clone_into(&mut claim);
+                (&*FINISH, "1", None)
             }
             DevicePollOutcome::Connected(save) => {
                 finish(&mut ch, DeviceFlowStatus::Connected, "connected".into());

@@ -155,6 +155,20 @@ impl DeviceFlowStore for SqliteStore {
                 // Free to record: nobody else holds a live claim on the flow.
                 const UNCLAIMED: &str = "id = ?1 AND status = 'pending'
                     AND (lease_until IS NULL OR lease_until <= ?2 OR lease_until = ?3)";
+                // Ended (`anyone`: whoever holds a claim, `Withdrawn`).
+                let end = |status: crate::store::DeviceFlowStatus,
+                           error: &str,
+                           detail: &str,
+                           anyone: bool| {
+                    conn.prepare_cached(&format!(
+                        "UPDATE device_flows SET status = ?4, detail = ?5, error = ?6,
+                            lease_until = NULL,
+                            updated_at = ?2, device_code = x'',
+                            user_code = '', verification_uri_complete = NULL
+                         WHERE (?7 AND id = ?1 AND status = 'pending') OR ({UNCLAIMED})"
+                    ))?
+                    .execute(params![id, now_ms, claim, status, detail, error, anyone])
+                };
                 let n = match &outcome {
                     DevicePollOutcome::Pending {
                         interval_ms,
@@ -170,24 +184,10 @@ impl DeviceFlowStore for SqliteStore {
                         status,
                         error,
                         detail,
-                    } => conn
-                        .prepare_cached(&format!(
-                            "UPDATE device_flows SET status = ?4, detail = ?5, error = ?6,
-                                lease_until = NULL,
-                                updated_at = ?2, device_code = x'',
-                                user_code = '', verification_uri_complete = NULL
-                             WHERE {UNCLAIMED}"
-                        ))?
-                        .execute(params![id, now_ms, claim, status, detail, error]),
-                    DevicePollOutcome::Withdrawn { error, detail } => conn
-                        .prepare_cached(
-                            "UPDATE device_flows SET status = 'failed', detail = ?3, error = ?4,
-                                lease_until = NULL,
-                                updated_at = ?2, device_code = x'',
-                                user_code = '', verification_uri_complete = NULL
-                             WHERE id = ?1 AND status = 'pending'",
-                        )?
-                        .execute(params![id, now_ms, detail, error]),
+                    } => end(*status, error, detail, false),
+                    DevicePollOutcome::Withdrawn { error, detail } => {
+                        end(crate::store::DeviceFlowStatus::Failed, error, detail, true)
+                    }
                     DevicePollOutcome::Connected(_) => conn
                         .prepare_cached(
                             "UPDATE device_flows SET status = 'connected', detail = 'connected',
