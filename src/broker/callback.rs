@@ -62,8 +62,9 @@ pub struct Connected {
     /// was still signed in at the provider as it).
     pub same_account_as: Vec<String>,
     /// Who the connection was at the provider before this reconnect, when that was
-    /// another account: the apps that read it now get the new one's tokens.
-    pub replaced: Option<crate::store::AccountIdentity>,
+    /// another account (the apps that read it now get the new one's tokens), and what
+    /// became of that account's grant.
+    pub replaced: Option<super::Replaced>,
 }
 
 /// Callbacks with a state oauthd does not know, said in the log: at most 5 a second (anyone
@@ -680,7 +681,7 @@ impl Broker {
                 same,
                 replaced,
             } = prepared;
-            let (key, identity) = (save.key.clone(), save.identity.clone());
+            let identity = save.identity.clone();
             // Checked again where it is stored, in turn with the key's other additions:
             // flows its key started before it reached its cap stop here.
             let _turn = match &starter {
@@ -688,7 +689,6 @@ impl Broker {
                 None => None,
             };
             self.store_connection(save, events).await?;
-            super::grant::log_replaced("connect", &key, replaced.as_ref(), &identity);
             Ok::<_, BrokerError>((identity, same, replaced))
         };
         let (identity, same_account_as, replaced) = match stored.await {
@@ -704,6 +704,10 @@ impl Broker {
             Err(e) => return Err(CallbackError::NotStored(e.for_callers())),
         };
         log::info!("connect {provider_name}/{account}: connected");
+        let replaced = match replaced {
+            Some(old) => Some(self.end_replaced(provider, "connect", old, &identity).await),
+            None => None,
+        };
         if !same_account_as.is_empty() {
             log::info!(
                 "connect {provider_name}/{account}: the same account at {provider_name} as {}",

@@ -524,7 +524,9 @@ impl Broker {
         match self.record_final(flow, claim, outcome, &events).await {
             Recorded::Yes => {
                 log::info!("device {p}/{a}: connected");
-                super::grant::log_replaced("device", &key, replaced.as_ref(), &identity);
+                if let Some(old) = replaced {
+                    self.end_replaced(provider, "device", old, &identity).await;
+                }
                 if let Some(caution) = super::callback::no_refresh_token(provider, tokens, true) {
                     log::warn!("device {p}/{a}: {caution}");
                 }

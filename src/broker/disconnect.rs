@@ -80,7 +80,7 @@ impl Disconnected {
 /// some of its tokens) does not send them again. Some providers answer 400 for a token
 /// already revoked, which would make the disconnect fail for good.
 #[derive(Default)]
-struct Revoked(Vec<Zeroizing<String>>);
+pub(super) struct Revoked(Vec<Zeroizing<String>>);
 
 impl Revoked {
     fn contains(&self, token: &str) -> bool {
@@ -240,7 +240,7 @@ impl Broker {
 
     /// `row`'s tokens opened, the refresh token first (revoking it ends the grant at most
     /// providers), then the access token.
-    fn open_tokens(
+    pub(super) fn open_tokens(
         &self,
         row: &ConnectionRow,
     ) -> Result<Vec<(zeroize::Zeroizing<String>, &'static str)>, crate::vault::VaultError> {
@@ -401,7 +401,10 @@ impl Broker {
     /// (`Provider::same_client_as`), the other active connections signed in as the same
     /// account there (the same `sub`, as when one browser signed in at the provider
     /// connects several accounts).
-    async fn same_account(&self, row: &ConnectionRow) -> Result<Vec<ConnectionKey>, StoreError> {
+    pub(super) async fn same_account(
+        &self,
+        row: &ConnectionRow,
+    ) -> Result<Vec<ConnectionKey>, StoreError> {
         let Some(sub) = row.identity.sub.as_deref() else {
             return Ok(Vec::new());
         };
@@ -427,7 +430,7 @@ impl Broker {
 
     /// Revokes `tokens` in order where the provider has a revocation endpoint, adding each
     /// one revoked to `revoked`; stops at the first failure.
-    async fn revoke_tokens(
+    pub(super) async fn revoke_tokens(
         &self,
         provider: &Provider,
         tokens: Vec<(Zeroizing<String>, &'static str)>,
@@ -457,31 +460,36 @@ impl Broker {
     }
 
     /// A refresh found its connection deleted when it came to save what the provider gave
-    /// it (a disconnect forced past its lease, or one made after the lease ran out): those
-    /// tokens have no row left to be revoked from, so they are revoked here, as far as the
-    /// provider can be reached. Only then: a row that moved on (a reconnect) may share
-    /// the grant, which revoking would end.
+    /// it (a disconnect forced past its lease, or one made after the lease ran out), or
+    /// reconnected as another account at the provider (`end_replaced` revokes the grant
+    /// `row` was of, and the tokens this refresh got belong to it): those tokens have no
+    /// row left to be revoked from, so they are revoked here, as far as the provider can be
+    /// reached. Only then: a row that moved on to the same account (a reconnect) may share
+    /// the grant, which revoking would end, as may another connection of the account `row`
+    /// was.
     pub(super) async fn revoke_orphaned(
         &self,
         provider: &Provider,
-        key: &ConnectionKey,
+        row: &ConnectionRow,
         tokens: &TokenSet,
     ) {
-        match self.store.get_connection(key).await {
-            Ok(None) => {}
+        let key = row.key();
+        let why = match self.store.get_connection(&key).await {
+            Ok(None) => "refresh: the connection was deleted meanwhile",
+            Ok(Some(now)) if now.identity.another_than(&row.identity) => {
+                match self.same_account(row).await {
+                    Ok(same) if same.is_empty() => {}
+                    _ => return,
+                }
+                "refresh: the connection was reconnected as another account meanwhile"
+            }
             Ok(Some(_)) => return,
             Err(e) => {
                 log::warn!("refresh {key}: could not tell whether the connection was deleted ({e}); its new tokens were not revoked");
                 return;
             }
-        }
-        self.revoke_unkept(
-            provider,
-            key,
-            tokens,
-            "refresh: the connection was deleted meanwhile",
-        )
-        .await;
+        };
+        self.revoke_unkept(provider, &key, tokens, why).await;
     }
 
     /// Revokes tokens a refresh got for `key` and does not keep (`why`), as far as the

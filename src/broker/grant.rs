@@ -27,36 +27,9 @@ pub(super) struct Prepared {
     pub events: Vec<Event>,
     /// The provider's other connections that are the same account there.
     pub same: Vec<String>,
-    /// Who the connection was at the provider before, when that was another account.
-    pub replaced: Option<AccountIdentity>,
-}
-
-/// Said once the connection is stored (`how`: "connect", "device"): a reconnect that made
-/// it another account at the provider than it was.
-pub(super) fn log_replaced(
-    how: &str,
-    key: &ConnectionKey,
-    replaced: Option<&AccountIdentity>,
-    now: &AccountIdentity,
-) {
-    if let Some(old) = replaced {
-        log::warn!(
-            "{how} {key}: it was {} at {}, and is now {}: apps that read {key} get the new account's tokens",
-            who(old),
-            key.provider,
-            who(now)
-        );
-    }
-}
-
-/// An account at a provider in a log line: its email, or name, and its id there, quoted
-/// (a name is its user's choice, control characters and all).
-fn who(identity: &AccountIdentity) -> String {
-    let sub = identity.sub.as_deref().unwrap_or("?");
-    match identity.email.as_deref().or(identity.name.as_deref()) {
-        Some(shown) if shown != sub => format!("{shown:?} (id {sub:?})"),
-        _ => format!("id {sub:?}"),
-    }
+    /// The row a reconnect replaces, when it was another account at the provider: its
+    /// grant is ended once the new one is stored (`Broker::end_replaced`).
+    pub replaced: Option<ConnectionRow>,
 }
 
 impl Broker {
@@ -159,17 +132,13 @@ impl Broker {
         // connection, and the apps that read it, to that account: said everywhere.
         let replaced = before
             .as_ref()
-            .map(|row| &row.identity)
-            .filter(|old| match (old.sub.as_deref(), identity.sub.as_deref()) {
-                (Some(old), Some(new)) => old != new,
-                _ => false,
-            })
+            .filter(|row| row.identity.another_than(&identity))
             .cloned();
         let events = self.connected_events(
             &key,
             before.as_ref(),
             via,
-            (&identity, &same, replaced.as_ref()),
+            (&identity, &same, replaced.as_ref().map(|row| &row.identity)),
         );
         let save = ConnectionSave {
             key,

@@ -203,13 +203,14 @@ impl Broker {
             // now), unless the row moved on meanwhile: a newer row may share the grant,
             // which revoking would end.
             if let Some(provider) = self.providers.get(p).cloned() {
-                let (this, key) = (self.clone(), row.key());
+                let (this, row) = (self.clone(), row.clone());
                 self.spawn_counted(async move {
                     if recorded {
                         let why = "refresh: its ID token names another account";
-                        this.revoke_unkept(&provider, &key, &tokens, why).await;
+                        this.revoke_unkept(&provider, &row.key(), &tokens, why)
+                            .await;
                     } else {
-                        this.revoke_orphaned(&provider, &key, &tokens).await;
+                        this.revoke_orphaned(&provider, &row, &tokens).await;
                     }
                 });
             }
@@ -253,7 +254,7 @@ impl Broker {
             log::warn!(
                 "refresh {p}/{a}: superseded by a newer connection or lease; result dropped"
             );
-            self.revoke_orphaned(provider, &row.key(), &tokens).await;
+            self.revoke_orphaned(provider, row, &tokens).await;
             return Err(BrokerError::ProviderUnavailable {
                 message: SUPERSEDED.into(),
                 retry_after_secs: 1,

@@ -255,10 +255,10 @@ pub async fn finish(
 fn replaced_note(
     provider: &str,
     account: &str,
-    was: Option<&crate::store::AccountIdentity>,
+    replaced: Option<&crate::broker::Replaced>,
     by_app: bool,
 ) -> String {
-    let Some(was) = was else {
+    let Some(crate::broker::Replaced { was, grant }) = replaced else {
         return String::new();
     };
     let before = if by_app {
@@ -270,9 +270,10 @@ fn replaced_note(
         signed_in_as(provider, was)
     };
     format!(
-        "<p class=\"caution\"><strong>Changed</strong> {a} was connected{before}: it is another account now, and the apps that read {a} get this account's tokens from now on. If you meant the account it was, sign out at {p}, then connect {a} again.</p>",
+        "<p class=\"caution\"><strong>Changed</strong> {a} was connected{before}: it is another account now, and the apps that read {a} get this account's tokens from now on. The account it was: {grant}. If you meant the account it was, sign out at {p}, then connect {a} again.</p>",
         a = escape(account),
-        p = escape(provider)
+        p = escape(provider),
+        grant = escape(&grant.describe(provider, !by_app))
     )
 }
 

@@ -106,6 +106,11 @@ impl AccountIdentity {
     pub fn is_empty(&self) -> bool {
         self.sub.is_none() && self.email.is_none() && self.name.is_none()
     }
+
+    /// Whether both say which account they are (`sub`), and they are not the same one.
+    pub fn another_than(&self, other: &AccountIdentity) -> bool {
+        matches!((&self.sub, &other.sub), (Some(a), Some(b)) if a != b)
+    }
 }
 
 /// Connections of one provider in one status (`ConnectionStore::count_connections`).

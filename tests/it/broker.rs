@@ -30,7 +30,48 @@ contract![
     background_refresher_renews_tokens_before_they_expire,
     admin_signs_in_with_the_printed_link_and_connects_from_the_browser,
     the_token_api_sees_another_processs_delete_within_token_cache_seconds,
+    a_reconnect_as_another_account_revokes_the_grant_it_replaced,
 ];
+
+/// The access token `/v1/connections/peer/{account}/token` hands out now.
+async fn token_of(d: &Daemon, key: &str, account: &str) -> String {
+    let (status, body) = d
+        .get(&format!("/v1/connections/peer/{account}/token"), key)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().unwrap_or_default().to_owned()
+}
+
+/// A reconnect that came back as another account at the provider (a browser signed in
+/// there as someone else) made the connection that account, and left the grant of the
+/// account it was live at the provider, with no row left to revoke it from. It is revoked
+/// now, once the new tokens are stored (a grant another connection shares is kept:
+/// `a_connect_names_the_provider_account_and_the_connections_that_are_it_too`).
+async fn a_reconnect_as_another_account_revokes_the_grant_it_replaced(home: Home) {
+    let (peer, key, d) = connected_alice(&home, 3600, "").await;
+    let old = token_of(&d, &key, "alice").await;
+    assert!(peer.is_active(&old).await);
+    let authorize = d.start_connect(&key, "peer", "alice").await;
+    let callback = peer.approve_as("carol", &authorize).await;
+    let (status, page, _) = d.browser_get(&callback).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("The account it was: its grant was revoked at peer."),
+        "{page}"
+    );
+    assert!(
+        !peer.is_active(&old).await,
+        "the replaced account's grant is still live at the provider"
+    );
+    let new = token_of(&d, &key, "alice").await;
+    assert!(peer.is_active(&new).await, "the new account's grant ended");
+    let log = home.log_text();
+    assert!(
+        log.contains("connect peer/alice: it was id \"alice\" at peer, and is now id \"carol\"")
+            && log.contains("the account it was: its grant was revoked at peer"),
+        "{log}"
+    );
+}
 
 /// The token API answers from memory: a delete made by another process (the CLI) is seen
 /// within `token_cache_seconds` (on SQLite at the writer's next look for other processes'

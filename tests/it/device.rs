@@ -33,6 +33,42 @@ async fn assert_tv_token_is_live(d: &Daemon, key: &str, peer: &Peer) {
     );
 }
 
+/// A device flow that reconnects peer/tv as another account at the provider (the device
+/// that approved was signed in there as someone else) revokes the grant of the account it
+/// was, as a browser's reconnect does: no row is left to revoke it from.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_reconnect_as_another_account_revokes_the_grant_it_replaced() {
+    let home = Home::new();
+    let (peer, key, d) = serving(&home, 3600, "");
+    let mut tokens = Vec::new();
+    for user in ["alice", "carol"] {
+        let start = d.start_device(&key, "peer", "tv").await;
+        let code = start["user_code"].as_str().unwrap();
+        peer.verify_device_as(user, code, true).await;
+        let id = start["id"].as_str().unwrap();
+        let (status, done) = wait_final(&d, &key, id, Duration::from_secs(20)).await;
+        assert_eq!(
+            (status, done["status"].as_str()),
+            (200, Some("connected")),
+            "{done}"
+        );
+        let (status, token) = d.get("/v1/connections/peer/tv/token", &key).await;
+        assert_eq!(status, 200, "{token}");
+        tokens.push(token["access_token"].as_str().unwrap().to_owned());
+    }
+    assert!(
+        !peer.is_active(&tokens[0]).await,
+        "alice's grant is still live at the provider"
+    );
+    assert!(peer.is_active(&tokens[1]).await, "carol's grant ended");
+    let log = home.log_text();
+    assert!(
+        log.contains("device peer/tv: it was id \"alice\" at peer, and is now id \"carol\"")
+            && log.contains("the account it was: its grant was revoked at peer"),
+        "{log}"
+    );
+}
+
 /// Polls oauthd's status endpoint until it is no longer 202, at most `limit`.
 async fn wait_final(d: &Daemon, key: &str, id: &str, limit: Duration) -> (u16, serde_json::Value) {
     d.wait_device(key, "peer", id, limit).await

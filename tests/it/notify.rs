@@ -1009,6 +1009,12 @@ async fn a_connect_names_the_provider_account_and_the_connections_that_are_it_to
     let (status, page, _) = d.browser_get(&callback).await;
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("<strong>Changed</strong>"), "{page}");
+    // The grant bob was, alice's, is alice's connection's too: kept, and alice's name is
+    // not said to a person an app sent.
+    assert!(
+        page.contains("The account it was: its grant was kept, since another connection is that account at peer too."),
+        "{page}"
+    );
     assert!(
         !page.contains(">alice<"),
         "an app's flow named the account it was: {page}"
@@ -1028,6 +1034,13 @@ async fn a_connect_names_the_provider_account_and_the_connections_that_are_it_to
         home.log_text().contains("connect peer/bob: it was "),
         "{}",
         home.log_text()
+    );
+    let (status, token) = d.get("/v1/connections/peer/alice/token", &key).await;
+    assert_eq!(status, 200, "{token}");
+    assert!(
+        peer.is_active(token["access_token"].as_str().unwrap_or_default())
+            .await,
+        "alice's grant ended with bob's reconnect"
     );
 }
 
