@@ -58,6 +58,19 @@ fn id_of(hash: &SecretHash) -> String {
     hash.to_hex()[..SESSION_ID_CHARS].to_owned()
 }
 
+/// Who makes a login link. A start's ends the links earlier starts printed (a crash loop
+/// leaves one live, not one per start); `oauthd admin link`'s ends every earlier one. A
+/// start does not end the command's: one made while oauthd was stopped still works once it
+/// starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkBy {
+    Start,
+    Command,
+}
+
+/// The kinds of login links, by who makes them.
+const LINKS: [AdminSecretKind; 2] = [AdminSecretKind::LoginLink, AdminSecretKind::StartLink];
+
 /// How a sign-in was presented: a login link's token (link page), or the sign-in form,
 /// where the fixed admin token is accepted too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,12 +125,19 @@ impl Admin {
             .is_some_and(|t| secret_matches(t.expose(), presented))
     }
 
-    /// A new one-time login link, valid 24 hours; the links made before it stop working.
-    pub async fn login_link(&self, public_url: &Url) -> Result<Url, StoreError> {
+    /// A new one-time login link, valid 24 hours; the links it ends (`LinkBy`) stop
+    /// working.
+    pub async fn login_link(&self, public_url: &Url, by: LinkBy) -> Result<Url, StoreError> {
         let secret = new_secret()?;
+        let (kind, ends): (_, &[AdminSecretKind]) = match by {
+            LinkBy::Start => (AdminSecretKind::StartLink, &[AdminSecretKind::StartLink]),
+            LinkBy::Command => (AdminSecretKind::LoginLink, &LINKS),
+        };
         self.store
             .replace_login_link(
                 SecretHash::of(&secret),
+                kind,
+                ends,
                 self.clock.now_ms() + LOGIN_LINK_TTL_MS,
             )
             .await?;
@@ -132,8 +152,17 @@ impl Admin {
 
     /// Whether a login link still works, without using it up (a link preview may look).
     pub async fn login_link_valid(&self, presented: &str) -> Result<bool, StoreError> {
-        self.use_secret(presented, AdminSecretKind::LoginLink, SecretUse::Check)
-            .await
+        Ok(self.link_kind(presented).await?.is_some())
+    }
+
+    /// The kind of live login link `presented` is, if it is one.
+    async fn link_kind(&self, presented: &str) -> Result<Option<AdminSecretKind>, StoreError> {
+        for kind in LINKS {
+            if self.use_secret(presented, kind, SecretUse::Check).await? {
+                return Ok(Some(kind));
+            }
+        }
+        Ok(None)
     }
 
     /// Whether `presented` is an unexpired secret of this kind (taken when `how` says).
@@ -168,12 +197,10 @@ impl Admin {
         // Looked up with a read first: a wrong link (most are, from a guesser) costs no
         // write.
         let by_link = !by_static
-            && self
-                .use_secret(presented, AdminSecretKind::LoginLink, SecretUse::Check)
-                .await?
-            && self
-                .use_secret(presented, AdminSecretKind::LoginLink, SecretUse::Take)
-                .await?;
+            && match self.link_kind(presented).await? {
+                Some(kind) => self.use_secret(presented, kind, SecretUse::Take).await?,
+                None => false,
+            };
         if !by_static && !by_link {
             return Ok(None);
         }

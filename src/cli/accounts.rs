@@ -883,7 +883,7 @@ pub(super) fn admin_link(settings: Settings) -> Result<(), Fatal> {
     let store = open_store(&settings, super::Missing::Refuse)?;
     let admin = admin(&settings, store, Clock::system());
     let public_url = settings.public_url_for(settings.listen);
-    let link = runtime()?.block_on(admin.login_link(&public_url))?;
+    let link = runtime()?.block_on(admin.login_link(&public_url, crate::admin::LinkBy::Command))?;
     say!("One-time login link, valid 24 hours:");
     out!("{link}");
     // This command cannot know the address of a server started with another --listen.

@@ -298,7 +298,11 @@ impl Serving {
         if !self.admin.needs_first_link().await? {
             return Ok(());
         }
-        match self.admin.login_link(&self.public_url).await {
+        match self
+            .admin
+            .login_link(&self.public_url, crate::admin::LinkBy::Start)
+            .await
+        {
             Ok(link) => {
                 use std::io::Write as _;
                 // A closed stdout must not stop the server (`println!` would panic).

@@ -103,7 +103,7 @@ fn link_not_working(base: &str) -> HttpResponse {
         base,
         401,
         "This login link does not work",
-        "<p>It was already used, has expired, was replaced by a newer link (only the newest works: each start of oauthd and each <code>oauthd admin link</code> makes one, and with several oauthd on one store, the one started last made it), or was never valid. Make a new one with <code>oauthd admin link</code>. (The admin token is never taken in a link: type it into the sign-in form on oauthd's page.)</p>",
+        "<p>It was already used, has expired, was replaced by a newer link (a start's link ends those earlier starts printed, and with several oauthd on one store only the one started last works; <code>oauthd admin link</code> ends every link before it), or was never valid. Make a new one with <code>oauthd admin link</code>. (The admin token is never taken in a link: type it into the sign-in form on oauthd's page.)</p>",
     )
 }
 

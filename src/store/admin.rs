@@ -5,8 +5,10 @@ use super::*;
 /// What an admin secret is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdminSecretKind {
-    /// A one-time login link: consumed on use.
+    /// A one-time login link `oauthd admin link` made: consumed on use.
     LoginLink,
+    /// A one-time login link a start printed (nobody had signed in): consumed on use.
+    StartLink,
     /// A browser session cookie.
     Session,
 }
@@ -15,6 +17,7 @@ impl AdminSecretKind {
     pub fn as_str(self) -> &'static str {
         match self {
             AdminSecretKind::LoginLink => "login_link",
+            AdminSecretKind::StartLink => "start_link",
             AdminSecretKind::Session => "session",
         }
     }
@@ -37,12 +40,14 @@ pub trait AdminStore: Send + Sync {
         kind: AdminSecretKind,
         expires_at_ms: i64,
     ) -> Result<(), StoreError>;
-    /// Stores a new login link and ends every earlier one, in one step: only the newest
-    /// works, so restarts (a crash loop prints one each time) do not pile up live sign-in
-    /// credentials in the log.
+    /// Stores a new login link of `kind` and ends every earlier one of the kinds `ends`,
+    /// in one step: restarts (a crash loop prints one each time) do not pile up live
+    /// sign-in credentials in the log.
     async fn replace_login_link(
         &self,
         hash: SecretHash,
+        kind: AdminSecretKind,
+        ends: &[AdminSecretKind],
         expires_at_ms: i64,
     ) -> Result<(), StoreError>;
     /// Whether an unexpired secret of this kind exists; `SecretUse::Take` deletes it in

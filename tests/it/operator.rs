@@ -839,26 +839,67 @@ async fn a_database_others_may_read_is_warned_of() {
     assert!(home.log_text().contains(&said), "{}", home.log_text());
 }
 
-/// Only the newest sign-in link works: each start that finds nobody signed in prints one,
-/// and a crash loop used to leave a live 24-hour credential in the log for every start.
+/// What opening a sign-in link answers (200: it works, 401: it does not).
+async fn link_status(link: String) -> u16 {
+    common::no_redirects()
+        .get(link)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// A new sign-in link from `oauthd admin link` ends the ones before: each start that finds
+/// nobody signed in prints one too, and a crash loop used to leave a live 24-hour
+/// credential in the log for every start.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_sign_in_link_ends_the_ones_before() {
     let home = Home::new();
     let d = home.start();
     let first = home.login_link(&d);
     let second = home.login_link(&d);
-    let status = |link: String| async move {
-        common::no_redirects()
-            .get(link)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    };
-    assert_eq!(status(first).await, 401, "the earlier link still works");
-    assert_eq!(status(second.clone()).await, 200);
+    assert_eq!(
+        link_status(first).await,
+        401,
+        "the earlier link still works"
+    );
+    assert_eq!(link_status(second.clone()).await, 200);
     d.sign_in(&second).await;
+}
+
+/// A link `oauthd admin link` made while oauthd was stopped (nobody signed in yet) stopped
+/// working at the next start, whose own link replaced it: the operator who followed the
+/// README's order (make the link, start, open it) got `401`. A start now ends only the
+/// links earlier starts printed; the command's link ends them all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_link_made_while_stopped_works_after_the_start() {
+    let home = Home::new();
+    let out = home.cli(&["keys", "create", "--create", "--name", "app"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = home.cli(&["admin", "link"]);
+    assert!(out.status.success(), "{out:?}");
+    let made = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let d = home.start();
+    let printed = d
+        .printed_line("http://")
+        .await
+        .expect("the start printed no sign-in link");
+    let at_d = |link: &str| {
+        let token = link.split_once("/admin/login").map_or("", |(_, t)| t);
+        format!("{}/admin/login{token}", d.url)
+    };
+    assert_eq!(
+        link_status(at_d(&made)).await,
+        200,
+        "the start ended the command's link"
+    );
+    assert_eq!(link_status(at_d(&printed)).await, 200);
+    // The command's next link ends both.
+    let newest = home.login_link(&d);
+    assert_eq!(link_status(at_d(&made)).await, 401);
+    assert_eq!(link_status(at_d(&printed)).await, 401);
+    d.sign_in(&newest).await;
 }
 
 /// The access lines (target `oauthd::access`) in a home's log.

@@ -793,9 +793,12 @@ async fn a_signed_out_session_leaves_no_admin_session_behind(b: Backend) {
     assert!(!s.any_admin_session(1_000).await.unwrap());
 }
 
-/// A new login link ends the ones before it (only the newest works); sessions stay.
-async fn only_the_newest_login_link_works(b: Backend) {
+/// A new login link ends the earlier ones of the kinds it names, and no other: a start's
+/// ends the starts' (a crash loop leaves one live), `oauthd admin link`'s ends them all;
+/// sessions stay.
+async fn a_new_login_link_ends_the_kinds_it_names(b: Backend) {
     use oauthd::store::{AdminSecretKind, SecretUse};
+    let (command, start) = (AdminSecretKind::LoginLink, AdminSecretKind::StartLink);
     let s = b.store.as_ref();
     let far = 9_000_000_000_000;
     let session = SecretHash::of("a-session-value");
@@ -804,17 +807,35 @@ async fn only_the_newest_login_link_works(b: Backend) {
         .unwrap();
     // One stored as an earlier oauthd stored them, beside nothing that names it.
     let earlier = SecretHash::of("link-0");
-    s.insert_admin_secret(earlier, AdminSecretKind::LoginLink, far)
+    s.insert_admin_secret(earlier, command, far).await.unwrap();
+    let [first, second] = [SecretHash::of("link-1"), SecretHash::of("link-2")];
+    let [started, restarted] = [SecretHash::of("start-1"), SecretHash::of("start-2")];
+    let works = |h: SecretHash, kind| s.use_admin_secret((h, kind), SecretUse::Check, 1_000);
+    s.replace_login_link(first, command, &[command, start], far)
         .await
         .unwrap();
-    let [first, second] = [SecretHash::of("link-1"), SecretHash::of("link-2")];
-    s.replace_login_link(first, far).await.unwrap();
-    let works = |h: SecretHash, kind| s.use_admin_secret((h, kind), SecretUse::Check, 1_000);
-    assert!(works(first, AdminSecretKind::LoginLink).await.unwrap());
-    assert!(!works(earlier, AdminSecretKind::LoginLink).await.unwrap());
-    s.replace_login_link(second, far).await.unwrap();
-    assert!(!works(first, AdminSecretKind::LoginLink).await.unwrap());
-    assert!(works(second, AdminSecretKind::LoginLink).await.unwrap());
+    assert!(works(first, command).await.unwrap());
+    assert!(!works(earlier, command).await.unwrap());
+    s.replace_login_link(started, start, &[start], far)
+        .await
+        .unwrap();
+    assert!(works(started, start).await.unwrap());
+    assert!(
+        works(first, command).await.unwrap(),
+        "a start ended the command's link"
+    );
+    s.replace_login_link(restarted, start, &[start], far)
+        .await
+        .unwrap();
+    assert!(!works(started, start).await.unwrap());
+    assert!(works(restarted, start).await.unwrap());
+    assert!(works(first, command).await.unwrap());
+    s.replace_login_link(second, command, &[command, start], far)
+        .await
+        .unwrap();
+    assert!(!works(first, command).await.unwrap());
+    assert!(!works(restarted, start).await.unwrap());
+    assert!(works(second, command).await.unwrap());
     assert!(works(session, AdminSecretKind::Session).await.unwrap());
 }
 
@@ -1655,7 +1676,7 @@ backends!(
     a_targets_room_is_shared_by_every_claimer,
     a_claim_finds_the_others_behind_any_backlog,
     a_signed_out_session_leaves_no_admin_session_behind,
-    only_the_newest_login_link_works,
+    a_new_login_link_ends_the_kinds_it_names,
     a_vault_keys_note_keeps_its_first_time_until_it_ends,
     a_first_vault_keys_note_is_stamped_after_every_note_that_holds,
     the_namespace_cap_counts_what_every_path_leaves_live,

@@ -56,14 +56,17 @@ impl AdminStore for RedisStore {
     async fn replace_login_link(
         &self,
         hash: SecretHash,
+        kind: AdminSecretKind,
+        ends: &[AdminSecretKind],
         expires_at_ms: i64,
     ) -> Result<(), StoreError> {
         const CONTEXT: &str = "storing a login link";
         // Every earlier link, whichever oauthd made it, is found by a scan: making a link
         // is rare (a start, `oauthd admin link`).
-        let before = self
-            .scan_keys(CONTEXT, self.admin_prefix(AdminSecretKind::LoginLink))
-            .await?;
+        let mut before = Vec::new();
+        for ended in ends {
+            before.extend(self.scan_keys(CONTEXT, self.admin_prefix(*ended)).await?);
+        }
         if !before.is_empty() {
             let mut c = self.conn();
             self.run(CONTEXT, async move {
@@ -74,8 +77,7 @@ impl AdminStore for RedisStore {
             })
             .await?;
         }
-        self.insert_admin_secret(hash, AdminSecretKind::LoginLink, expires_at_ms)
-            .await
+        self.insert_admin_secret(hash, kind, expires_at_ms).await
     }
 
     async fn use_admin_secret(

@@ -28,17 +28,22 @@ impl AdminStore for SqliteStore {
     async fn replace_login_link(
         &self,
         hash: SecretHash,
+        kind: AdminSecretKind,
+        ends: &[AdminSecretKind],
         expires_at_ms: i64,
     ) -> Result<(), StoreError> {
+        let ends: Vec<&'static str> = ends.iter().map(|k| k.as_str()).collect();
         self.writer
             .run_atomic("storing a login link", move |conn| {
-                conn.prepare_cached("DELETE FROM admin_secrets WHERE kind = 'login_link'")?
-                    .execute([])?;
+                for ended in &ends {
+                    conn.prepare_cached("DELETE FROM admin_secrets WHERE kind = ?1")?
+                        .execute([ended])?;
+                }
                 conn.prepare_cached(
                     "INSERT INTO admin_secrets (secret_hash, kind, expires_at)
-                     VALUES (?1, 'login_link', ?2)",
+                     VALUES (?1, ?2, ?3)",
                 )?
-                .execute(params![&hash.0[..], expires_at_ms])
+                .execute(params![&hash.0[..], kind.as_str(), expires_at_ms])
                 .map(|_| ())
             })
             .await

@@ -342,6 +342,8 @@ pub struct Daemon {
     /// The cookies the person's browser got from oauthd's confirmation pages (`confirm`);
     /// `browser_get` sends them, as the browser would on the provider's redirect back.
     pub flow_cookies: Arc<reqwest::cookie::Jar>,
+    /// The lines it printed on stdout so far (the sign-in link of a start among them).
+    printed: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Daemon {
@@ -381,10 +383,15 @@ impl Daemon {
         let mut child = cmd.spawn().expect("spawn oauthd");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
+        let printed = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = printed.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(url) = line.strip_prefix("oauthd listening on ") {
                     let _ = tx.send(url.to_owned());
+                }
+                if let Ok(mut lines) = lines.lock() {
+                    lines.push(line);
                 }
             }
         });
@@ -408,6 +415,23 @@ impl Daemon {
                 .build()
                 .expect("client"),
             flow_cookies: home.browser.clone(),
+            printed,
+        }
+    }
+
+    /// The first line it printed on stdout that starts with `start`, waited for up to 10 s.
+    pub async fn printed_line(&self, start: &str) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self
+                .printed
+                .lock()
+                .ok()
+                .and_then(|lines| lines.iter().find(|l| l.starts_with(start)).cloned());
+            if found.is_some() || Instant::now() > deadline {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
