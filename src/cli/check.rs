@@ -483,7 +483,7 @@ async fn provider_lines(
                         &what,
                         format!(
                             "token endpoint {} unreachable: {}",
-                            e.token,
+                            crate::oauth::url_shown(&e.token),
                             crate::oauth::with_causes(&err)
                         ),
                     );
@@ -491,7 +491,8 @@ async fn provider_lines(
                 }
                 if providers.unloaded.iter().any(|(name, _)| *name == p.name) {
                     let said = "reachable; the client secret is not checked (above)";
-                    r.line("ok", &what, format!("token endpoint {}: {said}", e.token));
+                    let token = crate::oauth::url_shown(&e.token);
+                    r.line("ok", &what, format!("token endpoint {token}: {said}"));
                     continue;
                 }
                 let public_url = settings.public_url_for(settings.listen);
@@ -508,7 +509,11 @@ async fn provider_lines(
                 r.line(
                     line.0,
                     &what,
-                    format!("token endpoint {}: {}", e.token, line.1),
+                    format!(
+                        "token endpoint {}: {}",
+                        crate::oauth::url_shown(&e.token),
+                        line.1
+                    ),
                 );
                 if let Some(note) = unlisted_scopes(p, e) {
                     r.line("warn", &what, note);

@@ -128,10 +128,21 @@ impl Target {
         crate::secret::SecretHash::of(&text).to_hex()[..16].to_owned()
     }
 
-    /// What a `410 Gone` is recorded against: SHA-256 of the URL, hex (the URL may hold a
-    /// token; its hash tells a changed URL from the one that answered).
+    /// What a `410 Gone` is recorded against, in the store: what tells a changed URL from
+    /// the one that answered. The URL may hold a token (an ntfy topic, a `?token=`), short
+    /// enough to guess back from a plain hash: a signed target's URL goes through an HMAC
+    /// keyed with its secret (hex); an unsigned one's is 4 hex digits of its SHA-256, too
+    /// few to tell a guess from thousands of others. A changed URL with the same 4 digits
+    /// (1 in 65,536) is taken as the one that answered: a retry by hand or a test
+    /// notification then starts it again.
     pub fn url_hash(&self) -> String {
-        crate::secret::SecretHash::of(self.url.as_str()).to_hex()
+        match &self.key {
+            Some(key) => {
+                let mac = key.sign("oauthd-gone-target", 0, self.url.as_str());
+                crate::secret::SecretHash::of(&mac).to_hex()
+            }
+            None => crate::secret::SecretHash::of(self.url.as_str()).to_hex()[..4].to_owned(),
+        }
     }
 
     /// Why this target's deliveries cannot be trusted by their receiver, if they cannot: a
@@ -489,6 +500,27 @@ mod tests {
             format: Format::Json,
             events: events.map(|v| v.into_iter().map(str::to_owned).collect()),
         }])
+    }
+
+    /// A `410`'s record holds nothing a topic or token in the URL can be guessed back from
+    /// with a plain hash: an HMAC for a signed target, 4 hex digits for an unsigned one.
+    #[test]
+    fn a_gone_targets_record_is_no_plain_hash_of_its_url() {
+        use base64::{engine::general_purpose::STANDARD, Engine};
+        let url = "https://ntfy.example.net/alicesphone";
+        let plain = crate::secret::SecretHash::of(url).to_hex();
+        let mut t = target(None).expect("targets").remove(0);
+        t.url = Url::parse(url).unwrap();
+        let unsigned = t.url_hash();
+        assert_eq!(unsigned.len(), 4);
+        assert!(plain.starts_with(&unsigned));
+        t.key = Some(SigningKey::parse(&format!("whsec_{}", STANDARD.encode([7u8; 32]))).unwrap());
+        let signed = t.url_hash();
+        assert_ne!(signed, plain);
+        t.key = Some(SigningKey::parse(&format!("whsec_{}", STANDARD.encode([8u8; 32]))).unwrap());
+        assert_ne!(t.url_hash(), signed, "not keyed with the secret");
+        t.url = Url::parse("https://ntfy.example.net/bobsphone").unwrap();
+        assert_ne!(t.url_hash(), signed);
     }
 
     #[test]

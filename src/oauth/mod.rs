@@ -66,6 +66,21 @@ fn without_url(mut text: String) -> String {
     text
 }
 
+/// An endpoint's URL as a terminal command shows it: without a user or password, and its
+/// query, if it has one, as `?…` (either may carry a credential).
+pub fn url_shown(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    let query = shown.query().is_some();
+    shown.set_query(None);
+    let mut text = shown.to_string();
+    if query {
+        text.push_str("?…");
+    }
+    text
+}
+
 /// Why a response body was not read whole.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -100,6 +115,14 @@ pub async fn read_limited(resp: reqwest::Response, limit: usize) -> Result<Vec<u
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_url_shown_has_no_user_password_or_query() {
+        let url = url::Url::parse("https://cid:pw-s3cret@auth.example.net/t?key=q-s3cret").unwrap();
+        assert_eq!(super::url_shown(&url), "https://auth.example.net/t?…");
+        let plain = url::Url::parse("http://127.0.0.1:9/token").unwrap();
+        assert_eq!(super::url_shown(&plain), "http://127.0.0.1:9/token");
+    }
+
     #[test]
     fn an_http_error_names_the_server_and_not_the_url() {
         let said = |t: &str| super::without_url(t.to_owned());

@@ -490,11 +490,39 @@ fn authorize_param_refused(
         "client_secret" | "client_assertion" | "client_assertion_type" => Some(NO_CREDENTIAL),
         "request" | "request_uri" => Some(REQUEST),
         name if RESERVED.contains(&name) => Some("oauthd sets this parameter itself"),
-        _ if client_secret.is_some_and(|secret| value.trim() == secret.trim()) => {
-            Some(NO_CREDENTIAL)
-        }
+        _ if holds_secret(value, client_secret) => Some(NO_CREDENTIAL),
         _ => None,
     }
+}
+
+/// Whether `value` carries the client secret: is it, or, for a secret long enough not to
+/// turn up by chance (8 characters or more), holds it (`Basic …`, `x SECRET`).
+fn holds_secret(value: &str, client_secret: Option<&str>) -> bool {
+    let Some(secret) = client_secret.map(str::trim).filter(|s| !s.is_empty()) else {
+        return false;
+    };
+    let value = value.trim();
+    value == secret || (secret.chars().count() >= 8 && value.contains(secret))
+}
+
+/// Why `authorization_url` may not be as configured, if it may not: the browser gets it
+/// whole (its history, the provider's and any proxy's logs), so it holds no user or
+/// password, no credential parameter and nothing that carries the client secret.
+fn authorization_url_refused(text: &str, client_secret: Option<&str>) -> Option<String> {
+    let url = Url::parse(text).ok()?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Some("no user or password in it: the browser gets this URL whole (its history, the provider's and any proxy's logs)".into());
+    }
+    let credential = ["client_secret", "client_assertion", "client_assertion_type"];
+    for (name, value) in url.query_pairs() {
+        let lower = name.trim().to_ascii_lowercase();
+        if credential.contains(&lower.as_str()) || holds_secret(&value, client_secret) {
+            let name: String = name.chars().take(64).collect();
+            return Some(format!("its query parameter {name:?}: the authorization URL goes through the browser (its history, the provider's and any proxy's logs), so no client credential goes there; oauthd sends the client's credentials to the token endpoint only (client_secret, client_auth)"));
+        }
+    }
+    holds_secret(url.path(), client_secret)
+        .then(|| "its path holds the client secret: the browser gets this URL whole".into())
 }
 
 impl Provider {
@@ -662,8 +690,15 @@ impl Provider {
                     .collect()
             })
             .unwrap_or_default();
+        let secret = client_secret.as_ref().map(|s| s.as_str());
+        if let Some(why) = cfg
+            .authorization_url
+            .as_deref()
+            .and_then(|text| authorization_url_refused(text, secret))
+        {
+            return Err(format!("{key}.authorization_url: {why}"));
+        }
         for (k, v) in cfg.authorize_params.iter().flatten() {
-            let secret = client_secret.as_ref().map(|s| s.as_str());
             if let Some(why) = authorize_param_refused(k, v, secret) {
                 return Err(format!("{key}.authorize_params.{k}: {why}"));
             }
@@ -1048,6 +1083,31 @@ mod tests {
                 "{refused}"
             );
         }
+        // Carried inside a longer value (a secret of 8 characters or more).
+        let inside = err("issuer = \"https://x\"\nclient_id = \"a\"\nclient_secret = \"cs-012345\"\n[authorize_params]\naudience = \"x cs-012345\"");
+        assert!(inside.contains("authorize_params.audience: "), "{inside}");
+        // The authorization URL goes to the browser whole: no credential in it either.
+        let known =
+            "token_url = \"https://x/t\"\nclient_id = \"a\"\nclient_secret = \"cs-012345\"\n";
+        for url in [
+            "https://x/a?client_secret=other",
+            "https://x/a?Client_Assertion=j",
+            "https://x/a?k=cs-012345",
+            "https://x/a?k=Basic%20cs-012345",
+            "https://x/cs-012345/a",
+            "https://u:pw@x/a",
+            "https://u@x/a",
+        ] {
+            let refused = err(&format!("{known}authorization_url = \"{url}\""));
+            assert!(
+                refused.contains("providers.p.authorization_url: ")
+                    && !refused.contains("cs-012345"),
+                "{url}: {refused}"
+            );
+        }
+        let fine =
+            format!("{known}authorization_url = \"https://x/a?audience=api&prompt=consent\"");
+        assert!(Provider::from_config("p", &cfg(&fine)).is_ok());
         assert!(err(
             "preset = \"spotify\"\nclient_id = \"a\"\nclient_secret_file = \"/nonexistent/secret\""
         )

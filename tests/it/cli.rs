@@ -439,6 +439,28 @@ fn keys_refuses_bad_names_patterns_and_unknown_revokes() {
     assert!(text(&unknown.stderr).contains("no active API key named \"nobody\""));
 }
 
+/// `check` named a token endpoint as configured, a password or a query's key in it too;
+/// it shows it without them now, as every other output does.
+#[test]
+fn check_shows_no_credential_of_a_token_url() {
+    let home = Home::new();
+    home.write_config(
+        "[providers.p]\nauthorization_url = \"http://127.0.0.1:1/a\"\n\
+         token_url = \"http://cid:pw-marker-1@127.0.0.1:1/t?key=q-marker-2\"\n\
+         client_id = \"c\"\nclient_secret = \"cs\"\n",
+    );
+    let out = home.cli(&["check"]);
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        said.contains("token endpoint http://127.0.0.1:1/t?… unreachable"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("pw-marker-1") && !said.contains("q-marker-2"),
+        "{said}"
+    );
+}
+
 #[test]
 fn only_the_server_creates_a_database() {
     let home = Home::new();
