@@ -74,15 +74,16 @@ impl Broker {
 
     /// Runs `task` in the background, counted as a refresh under way: a stop (and a
     /// command's end) waits for it.
-    pub(super) fn spawn_counted<F>(&self, task: F)
+    pub(super) fn spawn_counted<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
     where
-        F: Future<Output = ()> + Send + 'static,
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
     {
         let running = self.refreshing.enter();
         self.spawn_background(async move {
             let _running = running;
-            task.await;
-        });
+            task.await
+        })
     }
 
     /// Stops device drivers once the poll each has under way, if any, is recorded, and

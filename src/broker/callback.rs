@@ -397,7 +397,7 @@ impl Broker {
     /// (another terminal's address pasted there connected that one's account, and the
     /// command said so as if it were its own).
     pub async fn finish_pasted(
-        &self,
+        self: &std::sync::Arc<Self>,
         provider_name: &str,
         pasted: &str,
         only: Option<&super::ConnectStart>,
@@ -460,7 +460,7 @@ impl Broker {
     /// unknown, used, expired or for another provider, nor the code of an app's flow that
     /// came back to a browser that did not confirm it.
     pub async fn finish_callback(
-        &self,
+        self: &std::sync::Arc<Self>,
         provider_name: &str,
         q: CallbackQuery,
         browser: Browser<'_>,
@@ -603,7 +603,7 @@ impl Broker {
     /// The rest of a callback, once the flow is used up and may be finished here: the
     /// provider's identity, its answer, the code's exchange, the tokens stored.
     pub(super) async fn redeem(
-        &self,
+        self: &std::sync::Arc<Self>,
         provider: &crate::oauth::Provider,
         q: CallbackQuery,
         account: String,
@@ -705,7 +705,7 @@ impl Broker {
         };
         log::info!("connect {provider_name}/{account}: connected");
         let replaced = match replaced {
-            Some(old) => Some(self.end_replaced(provider, "connect", old, &identity).await),
+            Some(old) => Some(self.end_replaced("connect", old, &identity).await),
             None => None,
         };
         if !same_account_as.is_empty() {

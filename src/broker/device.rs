@@ -274,7 +274,7 @@ impl Broker {
     /// Stops between polls once oauthd stops: a poll under way is never cut off
     /// (`stop_background` waits for it), since the provider may have redeemed the code
     /// already, and its tokens must be stored.
-    async fn poll_until_done(&self, id: &str) {
+    async fn poll_until_done(self: &std::sync::Arc<Self>, id: &str) {
         let id = id.to_owned();
         let mut stop = self.stopping.subscribe();
         // Polls in a row that failed on the way (timeouts, 5xx, 429): each doubles the
@@ -342,7 +342,7 @@ impl Broker {
 
     /// One poll of a claimed flow, `failures` polls in a row after failing on the way;
     /// returns true when the flow has ended.
-    async fn poll_device_once(&self, claimed: ClaimedPoll, failures: &mut u32) -> bool {
+    async fn poll_device_once(self: &Arc<Self>, claimed: ClaimedPoll, failures: &mut u32) -> bool {
         let ClaimedPoll { flow, claim } = claimed;
         let claim = Some(claim.as_str());
         let (id, p, a) = (
@@ -478,7 +478,7 @@ impl Broker {
 
     /// Stores the tokens a poll got and finishes the flow `connected`, in one write.
     async fn connect_device(
-        &self,
+        self: &Arc<Self>,
         flow: &DeviceFlowRow,
         claim: Option<&str>,
         provider: &crate::oauth::Provider,
@@ -525,7 +525,7 @@ impl Broker {
             Recorded::Yes => {
                 log::info!("device {p}/{a}: connected");
                 if let Some(old) = replaced {
-                    self.end_replaced(provider, "device", old, &identity).await;
+                    self.end_replaced("device", old, &identity).await;
                 }
                 if let Some(caution) = super::callback::no_refresh_token(provider, tokens, true) {
                     log::warn!("device {p}/{a}: {caution}");

@@ -408,24 +408,41 @@ impl Broker {
         let Some(sub) = row.identity.sub.as_deref() else {
             return Ok(Vec::new());
         };
-        let tables: Vec<&str> = match self.providers.get(&row.provider) {
+        let own = row.key();
+        let mut same = self.signed_in_as(&row.provider, sub).await?;
+        same.retain(|key| *key != own);
+        Ok(same)
+    }
+
+    /// The active connections of `provider`'s client (`same_client_tables`) signed in as
+    /// `sub` at the provider.
+    pub(super) async fn signed_in_as(
+        &self,
+        provider: &str,
+        sub: &str,
+    ) -> Result<Vec<ConnectionKey>, StoreError> {
+        let mut found = Vec::new();
+        for table in self.same_client_tables(provider) {
+            for account in self.store.accounts_signed_in_as(table, sub).await? {
+                found.push(ConnectionKey::new(table, &account));
+            }
+        }
+        Ok(found)
+    }
+
+    /// `provider`'s table, and every other table configured as the same client there
+    /// (`Provider::same_client_as`): one grant at the provider, whichever table's
+    /// connection holds it.
+    pub(super) fn same_client_tables<'a>(&'a self, provider: &'a str) -> Vec<&'a str> {
+        match self.providers.get(provider) {
             Some(ours) => self
                 .providers
                 .values()
-                .filter(|p| p.name == row.provider || p.same_client_as(ours))
+                .filter(|p| p.name == provider || p.same_client_as(ours))
                 .map(|p| p.name.as_str())
                 .collect(),
-            None => vec![row.provider.as_str()],
-        };
-        let mut same = Vec::new();
-        for table in tables {
-            for account in self.store.accounts_signed_in_as(table, sub).await? {
-                if table != row.provider || account != row.account {
-                    same.push(ConnectionKey::new(table, &account));
-                }
-            }
+            None => vec![provider],
         }
-        Ok(same)
     }
 
     /// Revokes `tokens` in order where the provider has a revocation endpoint, adding each
@@ -466,17 +483,19 @@ impl Broker {
     /// row left to be revoked from, so they are revoked here, as far as the provider can be
     /// reached. Only then: a row that moved on to the same account (a reconnect) may share
     /// the grant, which revoking would end, as may another connection of the account `row`
-    /// was.
+    /// was. `of_row`: whether the tokens are of `row`'s account (not when the answer's ID
+    /// token named another: the row may have become that one, whose grant they are).
     pub(super) async fn revoke_orphaned(
         &self,
         provider: &Provider,
         row: &ConnectionRow,
         tokens: &TokenSet,
+        of_row: bool,
     ) {
         let key = row.key();
         let why = match self.store.get_connection(&key).await {
             Ok(None) => "refresh: the connection was deleted meanwhile",
-            Ok(Some(now)) if now.identity.another_than(&row.identity) => {
+            Ok(Some(now)) if of_row && now.identity.another_than(&row.identity) => {
                 match self.same_account(row).await {
                     Ok(same) if same.is_empty() => {}
                     _ => return,

@@ -131,7 +131,7 @@ impl Broker {
     /// The press of "Connect" on a held flow's page, with the value the page held: redeems
     /// the code as the callback would have, once only.
     pub async fn finish_held(
-        &self,
+        self: &std::sync::Arc<Self>,
         provider_name: &str,
         value: &StateValue,
     ) -> Result<Connected, CallbackError> {

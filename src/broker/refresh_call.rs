@@ -210,7 +210,7 @@ impl Broker {
                         this.revoke_unkept(&provider, &row.key(), &tokens, why)
                             .await;
                     } else {
-                        this.revoke_orphaned(&provider, &row, &tokens).await;
+                        this.revoke_orphaned(&provider, &row, &tokens, false).await;
                     }
                 });
             }
@@ -254,7 +254,7 @@ impl Broker {
             log::warn!(
                 "refresh {p}/{a}: superseded by a newer connection or lease; result dropped"
             );
-            self.revoke_orphaned(provider, row, &tokens).await;
+            self.revoke_orphaned(provider, row, &tokens, true).await;
             return Err(BrokerError::ProviderUnavailable {
                 message: SUPERSEDED.into(),
                 retry_after_secs: 1,

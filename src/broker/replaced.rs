@@ -2,12 +2,20 @@
 //! browser, or a device, signed in there as someone else): the apps that read the
 //! connection get the new account's tokens from then on, and the grant of the account it
 //! was has no row left to be revoked from. Once the new tokens are stored, that grant is
-//! revoked (RFC 7009), unless another connection is that account too: at most providers
-//! they share it, and revoking would end theirs.
+//! revoked (RFC 7009), unless another connection may share it: one that is that account
+//! too, or one whose account there is unknown (imported, or connected before oauthd kept
+//! it). Connections that became that account while it was revoked, and the connection
+//! itself (a provider may count both accounts as one person), are refreshed then, so that
+//! a grant the revocation ended is said at once.
 
-use super::Broker;
-use crate::oauth::Provider;
-use crate::store::{AccountIdentity, ConnectionKey, ConnectionRow};
+use super::{Broker, ConnectionKey};
+use crate::store::{AccountIdentity, ConnectionRow, ConnectionStatus};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a serving oauthd's reconnect waits for the revocation before it answers the
+/// page: a slower provider's goes on in the background, and the log says how it went.
+const REVOKE_WAIT: Duration = Duration::from_secs(5);
 
 /// Who a connection was before a reconnect made it another account, and what became of
 /// that account's grant.
@@ -25,8 +33,13 @@ pub enum ReplacedGrant {
     /// Kept: these connections (of the provider, or of a table configured as the same
     /// client there) are that account too.
     Shared(Vec<String>),
+    /// Kept: this many connections of the same client, whose account at the provider is
+    /// unknown, may share it.
+    Unknown(usize),
     /// The provider has no revocation endpoint: the grant stays valid there.
     NotOffered,
+    /// Still being revoked when the page was answered: the log says how it went.
+    Pending,
     /// Not revoked, for this reason: the grant may stay valid there.
     Failed(String),
 }
@@ -48,9 +61,15 @@ impl ReplacedGrant {
                 };
                 format!("its grant was kept, since {who} {verb} that account at {provider} too")
             }
-            ReplacedGrant::NotOffered => {
-                format!("{provider} offers no revocation, so its grant stays valid there: {remove}")
-            }
+            ReplacedGrant::Unknown(n) => format!(
+                "its grant was kept, since {n} connection(s) of {provider} whose account there is unknown (imported, or connected before oauthd kept it) may share it; if none is that account, {remove}"
+            ),
+            ReplacedGrant::NotOffered => format!(
+                "{provider} offers no revocation, so its grant stays valid there: {remove}"
+            ),
+            ReplacedGrant::Pending => format!(
+                "its grant is being revoked at {provider}, which is slow to answer (oauthd's log says how it went)"
+            ),
             ReplacedGrant::Failed(why) => {
                 format!("its grant could not be revoked ({why}) and may stay valid: {remove}")
             }
@@ -60,31 +79,54 @@ impl ReplacedGrant {
 
 impl Broker {
     /// Once a reconnect of `old`'s connection to another account (`now`) is stored: the
-    /// old grant revoked where nothing else shares it, and the change said in the log
-    /// (`how`: "connect", "device"), whose line a terminal command shows too.
+    /// change said in the log at once (`how`: "connect", "device"; a terminal command
+    /// shows the line too), and the old grant revoked where nothing may share it. A serving
+    /// oauthd waits `REVOKE_WAIT` at most for it; a terminal command until it is done.
     pub(super) async fn end_replaced(
-        &self,
-        provider: &Provider,
-        how: &str,
+        self: &Arc<Self>,
+        how: &'static str,
         old: ConnectionRow,
         now: &AccountIdentity,
     ) -> Replaced {
-        let grant = self.revoke_replaced(provider, &old).await;
         let key = old.key();
         log::warn!(
-            "{how} {key}: it was {} at {}, and is now {}: apps that read {key} get the new account's tokens; the account it was: {}",
+            "{how} {key}: it was {} at {}, and is now {}: apps that read {key} get the new account's tokens",
             who(&old.identity),
             key.provider,
-            who(now),
-            grant.describe(&key.provider, true)
+            who(now)
         );
-        Replaced {
-            was: old.identity,
-            grant,
-        }
+        let was = old.identity.clone();
+        let this = self.clone();
+        let revoking = async move {
+            let grant = this.revoke_replaced(&old).await;
+            let said = grant.describe(&key.provider, true);
+            match grant {
+                ReplacedGrant::Revoked => log::info!("{how} {key}: the account it was: {said}"),
+                _ => log::warn!("{how} {key}: the account it was: {said}"),
+            }
+            if grant == ReplacedGrant::Revoked {
+                this.check_after_revoking(&old).await;
+            }
+            grant
+        };
+        let grant = if self.serving() {
+            // Counted: a stop waits for it.
+            let task = self.spawn_counted(revoking);
+            match tokio::time::timeout(REVOKE_WAIT, task).await {
+                Ok(Ok(grant)) => grant,
+                Ok(Err(e)) => ReplacedGrant::Failed(format!("the revocation did not finish: {e}")),
+                Err(_) => ReplacedGrant::Pending,
+            }
+        } else {
+            revoking.await
+        };
+        Replaced { was, grant }
     }
 
-    async fn revoke_replaced(&self, provider: &Provider, old: &ConnectionRow) -> ReplacedGrant {
+    async fn revoke_replaced(&self, old: &ConnectionRow) -> ReplacedGrant {
+        let Some(provider) = self.providers.get(&old.provider).cloned() else {
+            return ReplacedGrant::Failed("its provider is not configured".into());
+        };
         match self.same_account(old).await {
             Ok(same) if !same.is_empty() => {
                 return ReplacedGrant::Shared(same.iter().map(ConnectionKey::to_string).collect())
@@ -92,7 +134,18 @@ impl Broker {
             Ok(_) => {}
             Err(e) => {
                 return ReplacedGrant::Failed(format!(
-                    "whether other connections are that account could not be told: {e}"
+                    "whether other connections are that account could not be told: {}",
+                    e.for_callers()
+                ))
+            }
+        }
+        match self.unknown_accounts(old).await {
+            Ok(0) => {}
+            Ok(n) => return ReplacedGrant::Unknown(n),
+            Err(e) => {
+                return ReplacedGrant::Failed(format!(
+                    "whether other connections are that account could not be told: {}",
+                    e.for_callers()
                 ))
             }
         }
@@ -101,14 +154,60 @@ impl Broker {
             Err(e) => return ReplacedGrant::Failed(format!("its tokens could not be opened: {e}")),
         };
         match self
-            .revoke_tokens(provider, tokens, &mut Default::default())
+            .revoke_tokens(&provider, tokens, &mut Default::default())
             .await
         {
-            Ok(()) => match self.endpoints(provider).await {
+            Ok(()) => match self.endpoints(&provider).await {
                 Ok(endpoints) if endpoints.revocation.is_none() => ReplacedGrant::NotOffered,
                 _ => ReplacedGrant::Revoked,
             },
-            Err(e) => ReplacedGrant::Failed(e.to_string()),
+            Err(e) => ReplacedGrant::Failed(e.for_callers()),
+        }
+    }
+
+    /// How many other active connections of `old`'s client (its table, and the tables
+    /// configured as the same client) say nothing of their account at the provider.
+    async fn unknown_accounts(
+        &self,
+        old: &ConnectionRow,
+    ) -> Result<usize, crate::store::StoreError> {
+        let tables = self.same_client_tables(&old.provider);
+        Ok(self
+            .store
+            .list_connections()
+            .await?
+            .iter()
+            .filter(|row| {
+                row.identity.sub.is_none()
+                    && row.status != ConnectionStatus::NeedsReauth
+                    && tables.contains(&row.provider.as_str())
+                    && (row.provider != old.provider || row.account != old.account)
+            })
+            .count())
+    }
+
+    /// After the grant `old` held was revoked: the connections that are its account now
+    /// (made so while it was revoked, this one included), and this one whatever its
+    /// account (a provider may count both as one person, whose one grant the revocation
+    /// ended), refreshed, so that one whose grant ended is `needs_reauth` (and said) at
+    /// once rather than at its next refresh.
+    async fn check_after_revoking(self: &Arc<Self>, old: &ConnectionRow) {
+        let mut keys = vec![old.key()];
+        let sub = old.identity.sub.as_deref().unwrap_or_default();
+        match self.signed_in_as(&old.provider, sub).await {
+            Ok(same) => keys.extend(same.into_iter().filter(|k| *k != old.key())),
+            Err(e) => log::warn!(
+                "{}: could not look for connections of the account whose grant was revoked ({e})",
+                old.key()
+            ),
+        }
+        for key in keys {
+            if let Err(e) = self.refresh_now(&key).await {
+                log::warn!(
+                    "after revoking the grant {} replaced: {key}: {e}",
+                    old.key()
+                );
+            }
         }
     }
 }

@@ -758,7 +758,7 @@ pub(super) fn connect_paste(
 /// running oauthd, finishes it.
 async fn paste_or_wait(
     settings: &Settings,
-    broker: &crate::broker::Broker,
+    broker: &std::sync::Arc<crate::broker::Broker>,
     store: &dyn crate::store::Store,
     clock: &crate::clock::Clock,
     provider: &str,

@@ -50,6 +50,9 @@ pub trait AdminStore: Send + Sync {
         ends: &[AdminSecretKind],
         expires_at_ms: i64,
     ) -> Result<(), StoreError>;
+    /// Ends every login link of the kinds `ends` (a sign-in made with one: no link printed
+    /// before needs to live on).
+    async fn end_login_links(&self, ends: &[AdminSecretKind]) -> Result<(), StoreError>;
     /// Whether an unexpired secret of this kind exists; `SecretUse::Take` deletes it in
     /// the same step (one-time links, sign-out).
     async fn use_admin_secret(

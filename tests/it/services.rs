@@ -249,14 +249,14 @@ async fn expired(b: &Backend) -> (Clock, Arc<Scripted>, Arc<Broker>) {
 
 /// Connects `account` of provider "p" through a real connect flow; its tokens expire in
 /// an hour.
-async fn connect_account(broker: &Broker, endpoint: &Scripted, account: &str) {
+async fn connect_account(broker: &std::sync::Arc<Broker>, endpoint: &Scripted, account: &str) {
     let answer = tokens("access-1", "refresh-1", 3600);
     connect_account_with(broker, endpoint, account, answer).await;
 }
 
 /// `connect_account`, the provider answering the code with `answer`.
 async fn connect_account_with(
-    broker: &Broker,
+    broker: &std::sync::Arc<Broker>,
     endpoint: &Scripted,
     account: &str,
     answer: serde_json::Value,

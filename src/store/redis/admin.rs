@@ -60,24 +60,29 @@ impl AdminStore for RedisStore {
         ends: &[AdminSecretKind],
         expires_at_ms: i64,
     ) -> Result<(), StoreError> {
-        const CONTEXT: &str = "storing a login link";
+        self.end_login_links(ends).await?;
+        self.insert_admin_secret(hash, kind, expires_at_ms).await
+    }
+
+    async fn end_login_links(&self, ends: &[AdminSecretKind]) -> Result<(), StoreError> {
+        const CONTEXT: &str = "ending login links";
         // Every earlier link, whichever oauthd made it, is found by a scan: making a link
-        // is rare (a start, `oauthd admin link`).
+        // is rare (a start, `oauthd admin link`, a sign-in with one).
         let mut before = Vec::new();
         for ended in ends {
             before.extend(self.scan_keys(CONTEXT, self.admin_prefix(*ended)).await?);
         }
-        if !before.is_empty() {
-            let mut c = self.conn();
-            self.run(CONTEXT, async move {
-                redis::cmd("DEL")
-                    .arg(before)
-                    .query_async::<()>(&mut c)
-                    .await
-            })
-            .await?;
+        if before.is_empty() {
+            return Ok(());
         }
-        self.insert_admin_secret(hash, kind, expires_at_ms).await
+        let mut c = self.conn();
+        self.run(CONTEXT, async move {
+            redis::cmd("DEL")
+                .arg(before)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
     }
 
     async fn use_admin_secret(

@@ -49,6 +49,19 @@ impl AdminStore for SqliteStore {
             .await
     }
 
+    async fn end_login_links(&self, ends: &[AdminSecretKind]) -> Result<(), StoreError> {
+        let ends: Vec<&'static str> = ends.iter().map(|k| k.as_str()).collect();
+        self.writer
+            .run_atomic("ending login links", move |conn| {
+                for ended in &ends {
+                    conn.prepare_cached("DELETE FROM admin_secrets WHERE kind = ?1")?
+                        .execute([ended])?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
     async fn use_admin_secret(
         &self,
         (hash, kind): (SecretHash, AdminSecretKind),
