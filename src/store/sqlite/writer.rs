@@ -25,7 +25,7 @@ use crate::store::change_watch::LOOK_EVERY;
 use crate::store::{ChangeWatch, StoreError};
 use rusqlite::{Connection, ErrorCode, MAIN_DB};
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -212,6 +212,50 @@ impl Faults {
     }
 }
 
+/// How long a caller waits for its write to be answered before it gets a 503: past two
+/// busy timeouts (a group queued behind one that waited for the lock waits for its own),
+/// so that only a writer stuck in the filesystem (a frozen or stalled disk, a network
+/// filesystem gone) makes callers give up, rather than hang with the connection held.
+const ANSWER_WITHIN: Duration = Duration::from_secs(20);
+/// How long one group may take before `/readyz` says the writer is stuck.
+const STUCK_AFTER: Duration = Duration::from_secs(12);
+
+/// Since when the writer has been in its current group, if it is in one.
+struct Busy {
+    base: Instant,
+    /// Milliseconds since `base` at which the group began, plus one; 0 while idle.
+    since: AtomicU64,
+}
+
+impl Busy {
+    fn new() -> Busy {
+        Busy {
+            base: Instant::now(),
+            since: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(&self) {
+        let now = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.since.store(now + 1, Ordering::Release);
+    }
+
+    fn end(&self) {
+        self.since.store(0, Ordering::Release);
+    }
+
+    /// How long the current group has taken so far, if one is under way.
+    fn for_how_long(&self) -> Option<Duration> {
+        match self.since.load(Ordering::Acquire) {
+            0 => None,
+            began => {
+                let now = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+                Some(Duration::from_millis(now.saturating_sub(began - 1)))
+            }
+        }
+    }
+}
+
 /// How long `check_writable` waits for its probe while another process holds the lock.
 const LOCKED_PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -225,6 +269,10 @@ pub struct Writer {
     short: Arc<AtomicBool>,
     locked: Arc<AtomicBool>,
     moved: Arc<AtomicBool>,
+    busy: Arc<Busy>,
+    /// `ANSWER_WITHIN` and `STUCK_AFTER` (shorter in tests).
+    answer_within: Duration,
+    stuck_after: Duration,
 }
 
 impl Writer {
@@ -270,9 +318,11 @@ impl Writer {
             last_look: None,
             emptied: RefCell::new(Emptied::after_open()),
         };
+        let busy = Arc::new(Busy::new());
+        let in_group = busy.clone();
         let thread = std::thread::Builder::new()
             .name("oauthd-sqlite-writer".into())
-            .spawn(move || writer_loop(link, rx))?;
+            .spawn(move || writer_loop(link, rx, &in_group))?;
         // Holds only a weak handle: the queue still closes when the Writer is dropped.
         let ticks = queue.downgrade();
         std::thread::Builder::new()
@@ -291,6 +341,9 @@ impl Writer {
             short,
             locked,
             moved,
+            busy,
+            answer_within: ANSWER_WITHIN,
+            stuck_after: STUCK_AFTER,
         })
     }
 
@@ -318,6 +371,15 @@ impl Writer {
     pub async fn check_writable(&self, context: &'static str) -> Result<(), StoreError> {
         if self.moved.load(Ordering::Acquire) {
             return Err(moved_error(context));
+        }
+        if let Some(taken) = self.busy.for_how_long().filter(|t| *t >= self.stuck_after) {
+            return Err(StoreError::unavailable(
+                context,
+                format!(
+                    "the database writer has been in one write for {} s: the disk or filesystem does not answer (frozen, stalled, or a network filesystem gone)",
+                    taken.as_secs()
+                ),
+            ));
         }
         let marked = [&self.read_only, &self.disk_full, &self.locked];
         if !marked.iter().any(|m| m.load(Ordering::Acquire)) {
@@ -408,8 +470,21 @@ impl Writer {
             reply,
         });
         let gone = || StoreError::unavailable(context, "the database writer has stopped");
-        self.queue.send(Msg::Job(job)).await.map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        let answered = async {
+            self.queue.send(Msg::Job(job)).await.map_err(|_| gone())?;
+            answer.await.map_err(|_| gone())?
+        };
+        // A job given up on stays queued: the writer runs it when it can, for nobody.
+        match tokio::time::timeout(self.answer_within, answered).await {
+            Ok(answered) => answered,
+            Err(_) => Err(StoreError::unavailable(
+                context,
+                format!(
+                    "the database did not answer within {} s (the disk or filesystem is stalled, or another process held the lock that long): the change may or may not be made",
+                    self.answer_within.as_secs()
+                ),
+            )),
+        }
     }
 }
 
@@ -753,9 +828,10 @@ impl Link {
     }
 }
 
-fn writer_loop(mut link: Link, mut rx: mpsc::Receiver<Msg>) {
+fn writer_loop(mut link: Link, mut rx: mpsc::Receiver<Msg>, busy: &Busy) {
     let mut group: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = rx.blocking_recv() {
+        busy.begin();
         group.extend(job_of(first));
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -767,6 +843,7 @@ fn writer_loop(mut link: Link, mut rx: mpsc::Receiver<Msg>) {
             write_group(&mut link, &mut group);
         }
         link.look();
+        busy.end();
     }
     link.merge_at_stop();
     log::debug!("database writer stopped");
@@ -961,6 +1038,58 @@ mod tests {
             Arc::new(ChangeWatch::default()),
         )
         .unwrap()
+    }
+
+    /// A writer stuck in the filesystem (a frozen disk: here a job that does not return)
+    /// answered nobody, ever, and `/readyz` said ready: the callers queued behind it held
+    /// their connections until the per-address cap shut every app out. They get a 503 in
+    /// bounded time now, and the writable check says the writer is stuck; both recover
+    /// once it moves again; a write given up on before it ran is not made.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn callers_of_a_stuck_writer_get_an_answer_and_readiness_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("writer.db");
+        let mut writer = test_writer(&path, "CREATE TABLE t (x INTEGER)");
+        writer.answer_within = Duration::from_millis(400);
+        writer.stuck_after = Duration::from_millis(200);
+        let writer = Arc::new(writer);
+        let stuck = writer.clone();
+        let stalled = tokio::spawn(async move {
+            stuck
+                .run("test", |_| {
+                    std::thread::sleep(Duration::from_millis(1500));
+                    Ok(())
+                })
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let asked = Instant::now();
+        let behind = writer
+            .run("test", |c| c.execute("INSERT INTO t VALUES (1)", []).map(|_| ()))
+            .await;
+        assert!(behind.is_err(), "answered {behind:?}");
+        assert!(asked.elapsed() < Duration::from_millis(1000), "{:?}", asked.elapsed());
+        let ready = writer.check_writable("test").await;
+        assert!(
+            ready.as_ref().is_err_and(|e| e.to_string().contains("in one write for")),
+            "{ready:?}"
+        );
+        assert!(stalled.await.unwrap().is_err(), "the stuck caller waited past its bound");
+        // Moving again (the job returns at 1.5 s): ready, with nothing else done.
+        let mut ready = writer.check_writable("test").await;
+        for _ in 0..40 {
+            if ready.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            ready = writer.check_writable("test").await;
+        }
+        ready.unwrap();
+        let count: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, 0, "a write its caller gave up on was made");
     }
 
     /// A job that panics (a bug) fails, with its group, and the writer goes on: it used
