@@ -461,6 +461,42 @@ fn check_shows_no_credential_of_a_token_url() {
     );
 }
 
+/// A first start that could not make the database's tables (the disk full; here a
+/// file-size limit) left a file in WAL mode with no table, which every later start refused
+/// as a database whose -wal was left behind (exit 2, which a unit's
+/// RestartPreventExitStatus stops at): once there was room, it needed deleting by hand.
+/// The start takes back what it began now, and the next one makes the database.
+#[test]
+fn a_first_start_that_could_not_make_the_tables_leaves_nothing_behind() {
+    let home = Home::new();
+    let db = home.db();
+    // 8 blocks of 512 bytes: SQLite's first pages fit, the schema does not.
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -f 8; exec \"$0\" serve --db \"$1\" --listen 127.0.0.1:0",
+            BIN,
+        ])
+        .arg(&db)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains("cannot migrate"), "{err}");
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = db.clone().into_os_string();
+        file.push(suffix);
+        assert!(
+            !Path::new(&file).exists(),
+            "{} was left behind: {err}",
+            Path::new(&file).display()
+        );
+    }
+    let out = home.cli(&["keys", "create", "--create", "--name", "app"]);
+    assert!(out.status.success(), "{out:?}");
+}
+
 #[test]
 fn only_the_server_creates_a_database() {
     let home = Home::new();

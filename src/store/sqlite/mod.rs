@@ -318,7 +318,19 @@ impl SqliteStore {
                     path.display()
                 );
             }
-            migrate(&mut conn, path)?;
+            if let Err(e) = migrate(&mut conn, path) {
+                // A database made here that got no table (the disk full at the first
+                // start): left as it is, in WAL mode with no table, the next start would
+                // take it for a database whose -wal was left behind, and refuse it.
+                let tables = conn
+                    .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
+                    .unwrap_or(0);
+                if (created || empty) && tables == 0 {
+                    drop(conn);
+                    discard_unmade(path, created);
+                }
+                return Err(e);
+            }
             // A terminal command does not wait past a moment: with another process holding
             // the write lock (an sqlite3 shell left in a transaction) every command would
             // stall for the busy timeout here, and the writer says what holds it when a
@@ -703,5 +715,37 @@ pub(crate) fn classify(context: &'static str, e: rusqlite::Error) -> StoreError 
         Some(ErrorCode::DiskFull) => StoreError::Full { context },
         Some(ErrorCode::ReadOnly) => StoreError::ReadOnly { context },
         _ => StoreError::unavailable(context, e),
+    }
+}
+
+/// Takes back a database the first open made, or an empty file it began to fill, once
+/// its tables could not be made: the file removed (or emptied again, when it was there
+/// before), and its -wal and -shm files with it. What cannot be removed is said.
+fn discard_unmade(path: &Path, created: bool) {
+    let mut left = Vec::new();
+    for suffix in ["-wal", "-shm"] {
+        let file = beside(path, suffix);
+        if let Err(e) = std::fs::remove_file(&file) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                left.push(format!("{} ({e})", file.display()));
+            }
+        }
+    }
+    let own = if created {
+        std::fs::remove_file(path)
+    } else {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_len(0))
+    };
+    if let Err(e) = own {
+        left.push(format!("{} ({e})", path.display()));
+    }
+    if !left.is_empty() {
+        log::error!(
+            "the database could not be made, and what was begun could not all be taken back: delete {} before starting again",
+            left.join(", ")
+        );
     }
 }

@@ -220,11 +220,20 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(20);
 /// How long one group may take before `/readyz` says the writer is stuck.
 const STUCK_AFTER: Duration = Duration::from_secs(12);
 
-/// Since when the writer has been in its current group, if it is in one.
+/// How long a write that went through tells `/readyz` the database can be written: past
+/// it, with nothing written since, `/readyz` writes a little itself (a filesystem turned
+/// read-only, or a lock another process holds, shows only to a write).
+const WROTE_LATELY: Duration = Duration::from_secs(5);
+
+/// Since when the writer has been in its current group, if it is in one, and when a
+/// write last went through.
 struct Busy {
     base: Instant,
     /// Milliseconds since `base` at which the group began, plus one; 0 while idle.
     since: AtomicU64,
+    /// Milliseconds since `base` at which a group last committed a change, plus one; 0
+    /// before the first.
+    wrote: AtomicU64,
 }
 
 impl Busy {
@@ -232,12 +241,28 @@ impl Busy {
         Busy {
             base: Instant::now(),
             since: AtomicU64::new(0),
+            wrote: AtomicU64::new(0),
         }
     }
 
+    fn now(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
     fn begin(&self) {
-        let now = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-        self.since.store(now + 1, Ordering::Release);
+        self.since.store(self.now() + 1, Ordering::Release);
+    }
+
+    fn wrote_now(&self) {
+        self.wrote.store(self.now() + 1, Ordering::Release);
+    }
+
+    /// Whether a write went through within `within`.
+    fn wrote_within(&self, within: Duration) -> bool {
+        match self.wrote.load(Ordering::Acquire) {
+            0 => false,
+            at => u128::from(self.now().saturating_sub(at - 1)) < within.as_millis(),
+        }
     }
 
     fn end(&self) {
@@ -273,6 +298,7 @@ pub struct Writer {
     /// `ANSWER_WITHIN` and `STUCK_AFTER` (shorter in tests).
     answer_within: Duration,
     stuck_after: Duration,
+    wrote_lately: Duration,
 }
 
 impl Writer {
@@ -300,6 +326,7 @@ impl Writer {
         let locked = Arc::new(AtomicBool::new(false));
         let moved = Arc::new(AtomicBool::new(false));
         crate::metrics::STORAGE_DISK_FULL.set(0);
+        let busy = Arc::new(Busy::new());
         let link = Link {
             files: Files::of(path),
             moved: moved.clone(),
@@ -317,12 +344,11 @@ impl Writer {
             data_version: None,
             last_look: None,
             emptied: RefCell::new(Emptied::after_open()),
+            busy: busy.clone(),
         };
-        let busy = Arc::new(Busy::new());
-        let in_group = busy.clone();
         let thread = std::thread::Builder::new()
             .name("oauthd-sqlite-writer".into())
-            .spawn(move || writer_loop(link, rx, &in_group))?;
+            .spawn(move || writer_loop(link, rx))?;
         // Holds only a weak handle: the queue still closes when the Writer is dropped.
         let ticks = queue.downgrade();
         std::thread::Builder::new()
@@ -344,6 +370,7 @@ impl Writer {
             busy,
             answer_within: ANSWER_WITHIN,
             stuck_after: STUCK_AFTER,
+            wrote_lately: WROTE_LATELY,
         })
     }
 
@@ -382,7 +409,8 @@ impl Writer {
             ));
         }
         let marked = [&self.read_only, &self.disk_full, &self.locked];
-        if !marked.iter().any(|m| m.load(Ordering::Acquire)) {
+        let unmarked = !marked.iter().any(|m| m.load(Ordering::Acquire));
+        if unmarked && self.busy.wrote_within(self.wrote_lately) {
             return Ok(());
         }
         // Full, and the filesystem says so (the writer looks every `LOOK_EVERY`): no write,
@@ -399,7 +427,8 @@ impl Writer {
         let probe =
             |sql: &'static str| move |tx: &Tx| tx.prepare_cached(sql)?.execute([]).map(|_| ());
         if !self.read_only.load(Ordering::Acquire) && !self.disk_full.load(Ordering::Acquire) {
-            // Locked only: one small write, waited for a second at most. A probe waits for
+            // Nothing written lately, or locked only: one small write, waited for a second
+            // at most. A probe waits for
             // the busy timeout (5 s) behind the writes queued before it, past a load
             // balancer's check timeout; one given up on is skipped by the writer (nobody
             // waits for it), and the next /readyz sends another, which commits at once
@@ -542,8 +571,19 @@ impl Files {
     }
 
     fn id(path: &std::path::Path) -> Option<(u64, u64)> {
+        Files::look(path).ok().flatten()
+    }
+
+    /// The file's device and inode; `None` when there is no file there, an error when
+    /// that cannot be told (the directory's permissions taken away: the file may be there
+    /// as it was, and is not to be said deleted).
+    fn look(path: &std::path::Path) -> std::io::Result<Option<(u64, u64)>> {
         use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+        match std::fs::metadata(path) {
+            Ok(m) => Ok(Some((m.dev(), m.ino()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// How to copy out what this process still holds of the database and its `-wal` file
@@ -579,7 +619,8 @@ impl Files {
     /// `-wal` made later) is taken as it is now.
     fn changed(&mut self) -> Option<&std::path::Path> {
         for (path, opened) in self.paths.iter().zip(self.opened.iter_mut()) {
-            let now = Files::id(path);
+            // Not told (permission denied on the directory): its writes say how they fail.
+            let Ok(now) = Files::look(path) else { continue };
             match opened {
                 None => *opened = now,
                 Some(was) if now != Some(*was) => return Some(path),
@@ -618,6 +659,8 @@ struct Link {
     last_look: Option<Instant>,
     /// Namespaces the groups since the last sweep may have left without live states.
     emptied: RefCell<Emptied>,
+    /// When the current group began, and when a write last went through.
+    busy: Arc<Busy>,
 }
 
 impl Link {
@@ -828,7 +871,8 @@ impl Link {
     }
 }
 
-fn writer_loop(mut link: Link, mut rx: mpsc::Receiver<Msg>, busy: &Busy) {
+fn writer_loop(mut link: Link, mut rx: mpsc::Receiver<Msg>) {
+    let busy = link.busy.clone();
     let mut group: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = rx.blocking_recv() {
         busy.begin();
@@ -915,6 +959,7 @@ fn write_group(link: &mut Link, group: &mut Vec<Box<dyn WriteJob>>) {
     match commit_group(conn, group, &link.watch, &link.emptied) {
         // A group that changed nothing wrote nothing to disk: it proves nothing.
         Outcome::Committed if conn.total_changes() != changes_before => {
+            link.busy.wrote_now();
             link.mark_writable();
             link.mark_unlocked();
             link.mark_room();
@@ -1049,7 +1094,8 @@ mod tests {
     async fn callers_of_a_stuck_writer_get_an_answer_and_readiness_says_so() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("writer.db");
-        let mut writer = test_writer(&path, "CREATE TABLE t (x INTEGER)");
+        let schema = "CREATE TABLE t (x INTEGER); CREATE TABLE meta (name TEXT PRIMARY KEY, value)";
+        let mut writer = test_writer(&path, schema);
         writer.answer_within = Duration::from_millis(400);
         writer.stuck_after = Duration::from_millis(200);
         let writer = Arc::new(writer);
@@ -1065,16 +1111,27 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let asked = Instant::now();
         let behind = writer
-            .run("test", |c| c.execute("INSERT INTO t VALUES (1)", []).map(|_| ()))
+            .run("test", |c| {
+                c.execute("INSERT INTO t VALUES (1)", []).map(|_| ())
+            })
             .await;
         assert!(behind.is_err(), "answered {behind:?}");
-        assert!(asked.elapsed() < Duration::from_millis(1000), "{:?}", asked.elapsed());
+        assert!(
+            asked.elapsed() < Duration::from_millis(1000),
+            "{:?}",
+            asked.elapsed()
+        );
         let ready = writer.check_writable("test").await;
         assert!(
-            ready.as_ref().is_err_and(|e| e.to_string().contains("in one write for")),
+            ready
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("in one write for")),
             "{ready:?}"
         );
-        assert!(stalled.await.unwrap().is_err(), "the stuck caller waited past its bound");
+        assert!(
+            stalled.await.unwrap().is_err(),
+            "the stuck caller waited past its bound"
+        );
         // Moving again (the job returns at 1.5 s): ready, with nothing else done.
         let mut ready = writer.check_writable("test").await;
         for _ in 0..40 {
@@ -1090,6 +1147,65 @@ mod tests {
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();
         assert_eq!(count, 0, "a write its caller gave up on was made");
+    }
+
+    /// With nothing written lately, readiness said 200 while the database could not be
+    /// written (a filesystem turned read-only, another process holding the lock) until a
+    /// request's write found out. It writes a little itself now, past `wrote_lately`.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn readiness_with_nothing_written_lately_writes_to_find_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("writer.db");
+        let mut writer = test_writer(
+            &path,
+            "CREATE TABLE t (x INTEGER); CREATE TABLE meta (name TEXT PRIMARY KEY, value)",
+        );
+        writer.wrote_lately = Duration::from_millis(300);
+        writer
+            .run("test", |c| {
+                c.execute("INSERT INTO t VALUES (1)", []).map(|_| ())
+            })
+            .await
+            .unwrap();
+        let other = Connection::open(&path).unwrap();
+        other
+            .execute_batch("BEGIN EXCLUSIVE; INSERT INTO t VALUES (2);")
+            .unwrap();
+        // Written a moment ago: taken as it is.
+        writer.check_writable("test").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let held = writer.check_writable("test").await;
+        assert!(held.is_err(), "ready while another process holds the lock");
+        other.execute_batch("COMMIT").unwrap();
+        let mut ready = writer.check_writable("test").await;
+        for _ in 0..80 {
+            if ready.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            ready = writer.check_writable("test").await;
+        }
+        ready.unwrap();
+    }
+
+    /// A file that cannot be looked at (its directory's permissions taken away: here a
+    /// path through a plain file, which fails the same way with another error) is not
+    /// said deleted or replaced: that sent operators through a restore of files intact.
+    /// One that is gone is.
+    #[test]
+    fn a_file_that_cannot_be_looked_at_is_not_taken_for_one_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "x").unwrap();
+        let unreadable = plain.join("o.db");
+        let gone = dir.path().join("gone.db");
+        let mut files = Files {
+            paths: [unreadable, gone.clone(), dir.path().join("none")],
+            opened: [Some((1, 1)), None, None],
+        };
+        assert_eq!(files.changed(), None);
+        files.opened[1] = Some((1, 2));
+        assert_eq!(files.changed(), Some(gone.as_path()));
     }
 
     /// A job that panics (a bug) fails, with its group, and the writer goes on: it used
