@@ -35,10 +35,7 @@ impl AdminStore for SqliteStore {
         let ends: Vec<&'static str> = ends.iter().map(|k| k.as_str()).collect();
         self.writer
             .run_atomic("storing a login link", move |conn| {
-                for ended in &ends {
-                    conn.prepare_cached("DELETE FROM admin_secrets WHERE kind = ?1")?
-                        .execute([ended])?;
-                }
+                delete_links(conn, &ends)?;
                 conn.prepare_cached(
                     "INSERT INTO admin_secrets (secret_hash, kind, expires_at)
                      VALUES (?1, ?2, ?3)",
@@ -53,10 +50,7 @@ impl AdminStore for SqliteStore {
         let ends: Vec<&'static str> = ends.iter().map(|k| k.as_str()).collect();
         self.writer
             .run_atomic("ending login links", move |conn| {
-                for ended in &ends {
-                    conn.prepare_cached("DELETE FROM admin_secrets WHERE kind = ?1")?
-                        .execute([ended])?;
-                }
+                delete_links(conn, &ends)?;
                 Ok(())
             })
             .await
@@ -149,4 +143,13 @@ impl AdminStore for SqliteStore {
             })
             .await
     }
+}
+
+/// Deletes every login link of these kinds (`AdminSecretKind::as_str`).
+fn delete_links(conn: &rusqlite::Connection, kinds: &[&str]) -> rusqlite::Result<()> {
+    for kind in kinds {
+        conn.prepare_cached("DELETE FROM admin_secrets WHERE kind = ?1")?
+            .execute([kind])?;
+    }
+    Ok(())
 }

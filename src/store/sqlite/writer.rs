@@ -1070,6 +1070,19 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// Asks `check_writable` every 100 ms until it says ready, `tries` times at most.
+    async fn ready_within(writer: &Writer, tries: usize) {
+        let mut ready = writer.check_writable("test").await;
+        for _ in 0..tries {
+            if ready.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            ready = writer.check_writable("test").await;
+        }
+        ready.unwrap();
+    }
+
     /// A writer on a new WAL database at `path` holding `schema`.
     fn test_writer(path: &std::path::Path, schema: &str) -> Writer {
         let conn = Connection::open(path).unwrap();
@@ -1133,15 +1146,7 @@ mod tests {
             "the stuck caller waited past its bound"
         );
         // Moving again (the job returns at 1.5 s): ready, with nothing else done.
-        let mut ready = writer.check_writable("test").await;
-        for _ in 0..40 {
-            if ready.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            ready = writer.check_writable("test").await;
-        }
-        ready.unwrap();
+        ready_within(&writer, 40).await;
         let count: i64 = Connection::open(&path)
             .unwrap()
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
@@ -1177,15 +1182,7 @@ mod tests {
         let held = writer.check_writable("test").await;
         assert!(held.is_err(), "ready while another process holds the lock");
         other.execute_batch("COMMIT").unwrap();
-        let mut ready = writer.check_writable("test").await;
-        for _ in 0..80 {
-            if ready.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            ready = writer.check_writable("test").await;
-        }
-        ready.unwrap();
+        ready_within(&writer, 80).await;
     }
 
     /// A file that cannot be looked at (its directory's permissions taken away: here a
