@@ -204,13 +204,6 @@ impl Admin {
         if !by_static && !by_link {
             return Ok(None);
         }
-        // Signed in: the links printed before (a start's in the journal, the command's)
-        // need not live on. One that fails to end still ends within its 24 hours.
-        if by_link {
-            if let Err(e) = self.store.end_login_links(&LINKS).await {
-                log::warn!("signed in with a login link; the other links could not be ended ({e}): they work until they expire");
-            }
-        }
         let session = new_secret()?;
         self.store
             .insert_admin_secret(
@@ -219,6 +212,13 @@ impl Admin {
                 self.clock.now_ms().saturating_add(self.session_ttl_ms),
             )
             .await?;
+        // Signed in: the links printed before (a start's in the journal, the command's)
+        // need not live on. One that fails to end still ends within its 24 hours.
+        if by_link {
+            if let Err(e) = self.store.end_login_links(&LINKS).await {
+                log::warn!("signed in with a login link; the other links could not be ended ({e}): they work until they expire");
+            }
+        }
         Ok(Some(session))
     }
 

@@ -68,7 +68,12 @@ impl ReplacedGrant {
                 "{provider} offers no revocation, so its grant stays valid there: {remove}"
             ),
             ReplacedGrant::Pending => format!(
-                "its grant is being revoked at {provider}, which is slow to answer (oauthd's log says how it went)"
+                "its grant is being revoked at {provider}, which is slow to answer{}",
+                if name_others {
+                    " (oauthd's log says how it went)"
+                } else {
+                    ""
+                }
             ),
             ReplacedGrant::Failed(why) => {
                 format!("its grant could not be revoked ({why}) and may stay valid: {remove}")
@@ -105,7 +110,14 @@ impl Broker {
                 _ => log::warn!("{how} {key}: the account it was: {said}"),
             }
             if grant == ReplacedGrant::Revoked {
-                this.check_after_revoking(&old).await;
+                // Not waited for by the page: it said what became of the grant.
+                let checker = this.clone();
+                let checking = async move { checker.check_after_revoking(&old).await };
+                if this.serving() {
+                    this.spawn_counted(checking);
+                } else {
+                    checking.await;
+                }
             }
             grant
         };

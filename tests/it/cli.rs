@@ -495,6 +495,31 @@ fn a_first_start_that_could_not_make_the_tables_leaves_nothing_behind() {
     }
     let out = home.cli(&["keys", "create", "--create", "--name", "app"]);
     assert!(out.status.success(), "{out:?}");
+
+    // A --db that is a link to where the database is to be: the link stays, and what
+    // SQLite began where it leads goes.
+    let dir = db.parent().unwrap();
+    let (target, link) = (dir.join("elsewhere.db"), dir.join("link.db"));
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -f 8; exec \"$0\" serve --db \"$1\" --listen 127.0.0.1:0",
+            BIN,
+        ])
+        .arg(&link)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        std::fs::symlink_metadata(&link).is_ok(),
+        "the link was removed"
+    );
+    assert!(
+        !target.exists(),
+        "what SQLite began where the link leads was left"
+    );
 }
 
 #[test]

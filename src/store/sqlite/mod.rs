@@ -322,11 +322,8 @@ impl SqliteStore {
                 // A database made here that got no table (the disk full at the first
                 // start): left as it is, in WAL mode with no table, the next start would
                 // take it for a database whose -wal was left behind, and refuse it.
-                let tables = conn
-                    .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
-                    .unwrap_or(0);
-                if (created || empty) && tables == 0 {
-                    drop(conn);
+                drop(conn);
+                if (created || empty) && e.made_no_table() {
                     discard_unmade(path, created);
                 }
                 return Err(e);
@@ -731,16 +728,18 @@ fn discard_unmade(path: &Path, created: bool) {
             }
         }
     }
+    // What SQLite made: the file a link leads to (the link itself stays, as it was).
+    let made = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     let own = if created {
-        std::fs::remove_file(path)
+        std::fs::remove_file(&made)
     } else {
         std::fs::OpenOptions::new()
             .write(true)
-            .open(path)
+            .open(&made)
             .and_then(|f| f.set_len(0))
     };
     if let Err(e) = own {
-        left.push(format!("{} ({e})", path.display()));
+        left.push(format!("{} ({e})", made.display()));
     }
     if !left.is_empty() {
         log::error!(

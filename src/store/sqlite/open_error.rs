@@ -63,6 +63,8 @@ pub enum OpenError {
         path: PathBuf,
         version: usize,
         message: String,
+        /// Another process held the write lock (it may be making this database now).
+        locked: bool,
     },
 }
 
@@ -90,6 +92,19 @@ impl OpenError {
 }
 
 impl OpenError {
+    /// Whether the first schema version failed for want of anything but the write lock:
+    /// a database made with it holds no table (each version commits on its own).
+    pub(super) fn made_no_table(&self) -> bool {
+        matches!(
+            self,
+            OpenError::Migrate {
+                version: 1,
+                locked: false,
+                ..
+            }
+        )
+    }
+
     pub(super) fn open(path: &Path, e: &dyn std::fmt::Display) -> OpenError {
         OpenError::Open {
             path: path.to_owned(),

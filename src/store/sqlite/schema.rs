@@ -204,12 +204,14 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), OpenErro
                               upgrading, which waits for it to let go: end that process's \
                               transaction and start again"
                         .to_owned(),
+                    locked: true,
                 }
             }
             _ => OpenError::Migrate {
                 path: path.to_owned(),
                 version,
                 message: e.to_string(),
+                locked: false,
             },
         };
         // IMMEDIATE: a second process opening the same file waits instead of migrating twice.
