@@ -139,21 +139,20 @@ impl Broker {
         let Some(provider) = self.providers.get(&old.provider).cloned() else {
             return ReplacedGrant::Failed("its provider is not configured".into());
         };
-        match self.same_account(old).await {
-            Ok(same) if !same.is_empty() => {
-                return ReplacedGrant::Shared(same.iter().map(ConnectionKey::to_string).collect())
+        let kept = async {
+            let same = self.same_account(old).await?;
+            if !same.is_empty() {
+                let names = same.iter().map(ConnectionKey::to_string).collect();
+                return Ok(Some(ReplacedGrant::Shared(names)));
             }
-            Ok(_) => {}
-            Err(e) => {
-                return ReplacedGrant::Failed(format!(
-                    "whether other connections are that account could not be told: {}",
-                    e.for_callers()
-                ))
-            }
-        }
-        match self.unknown_accounts(old).await {
-            Ok(0) => {}
-            Ok(n) => return ReplacedGrant::Unknown(n),
+            let unknown = self.unknown_accounts(old).await?;
+            Ok::<_, crate::store::StoreError>(
+                (unknown > 0).then_some(ReplacedGrant::Unknown(unknown)),
+            )
+        };
+        match kept.await {
+            Ok(Some(kept)) => return kept,
+            Ok(None) => {}
             Err(e) => {
                 return ReplacedGrant::Failed(format!(
                     "whether other connections are that account could not be told: {}",
@@ -163,7 +162,15 @@ impl Broker {
         }
         let tokens = match self.open_tokens(old) {
             Ok(tokens) => tokens,
-            Err(e) => return ReplacedGrant::Failed(format!("its tokens could not be opened: {e}")),
+            Err(e) => {
+                log::warn!(
+                    "{}: the tokens of the account it was could not be opened: {e}",
+                    old.key()
+                );
+                return ReplacedGrant::Failed(
+                    "its tokens could not be opened with the vault key loaded".into(),
+                );
+            }
         };
         match self
             .revoke_tokens(&provider, tokens, &mut Default::default())

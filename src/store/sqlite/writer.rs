@@ -273,10 +273,7 @@ impl Busy {
     fn for_how_long(&self) -> Option<Duration> {
         match self.since.load(Ordering::Acquire) {
             0 => None,
-            began => {
-                let now = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
-                Some(Duration::from_millis(now.saturating_sub(began - 1)))
-            }
+            began => Some(Duration::from_millis(self.now().saturating_sub(began - 1))),
         }
     }
 }
@@ -295,7 +292,7 @@ pub struct Writer {
     locked: Arc<AtomicBool>,
     moved: Arc<AtomicBool>,
     busy: Arc<Busy>,
-    /// `ANSWER_WITHIN` and `STUCK_AFTER` (shorter in tests).
+    /// `ANSWER_WITHIN`, `STUCK_AFTER` and `WROTE_LATELY` (shorter in tests).
     answer_within: Duration,
     stuck_after: Duration,
     wrote_lately: Duration,
