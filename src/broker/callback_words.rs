@@ -19,7 +19,7 @@ impl CallbackError {
             ),
             NoState => (
                 "Unknown sign-in",
-                "This link carries no valid state. Start connecting again from oauthd.".into(),
+                "This address carries no valid state from oauthd, so no sign-in oauthd started ends here. Start connecting again from oauthd; or, pasting an address, paste the one the browser ended on after you approved (it names code and state).".into(),
             ),
             UnknownState => (
                 "Unknown sign-in",

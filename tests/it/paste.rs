@@ -251,6 +251,22 @@ async fn pasting_runs_the_callbacks_rules() {
         );
     }
     let query = address.split_once('?').unwrap().1;
+    // The redirect URI with a code and no state: no sign-in ends there, and the words
+    // say what to paste instead (they said only to start again, while the terminal asked
+    // for another paste).
+    let code_only = format!("http://127.0.0.1:{port}/callback/peer?code=abc");
+    let (status, body) = paste(code_only).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("no_state")),
+        "{body}"
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("paste the one the browser ended on after you approved")),
+        "{body}"
+    );
     for elsewhere in [
         format!("http://127.0.0.1:{}/callback/peer?{query}", dead_port()),
         format!("http://127.0.0.1:{port}/callback/other?{query}"),
