@@ -57,6 +57,21 @@ impl Report {
     }
 }
 
+/// What `check` reports for a configuration it parsed but cannot take (a value out of
+/// range, a namespace table that contradicts itself): a FAIL line and exit 1. The other
+/// checks need a configuration that loads.
+pub(super) fn config_refused(e: &crate::config::ConfigError) -> Fatal {
+    let mut r = Report::default();
+    r.line(
+        "FAIL",
+        "config",
+        format!(
+            "{e}; oauthd does not start with it (the other checks need a configuration that loads)"
+        ),
+    );
+    Fatal(format!("{} check(s) failed", r.failed), 1)
+}
+
 pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
     let providers = providers_one_by_one(&settings);
     let mut r = Report::default();
@@ -114,7 +129,9 @@ pub(super) fn check(settings: Settings) -> Result<(), Fatal> {
 /// it leaves open to others or to doubt.
 fn config_lines(r: &mut Report, settings: &Settings, providers: &Providers) -> Result<(), Fatal> {
     let (built, broken) = (providers.built.len(), &providers.broken);
-    let notifier = super::notifier(settings, crate::clock::Clock::system())?;
+    // A target it cannot take is said below, after the config's line.
+    let notifier = super::notifier(settings, crate::clock::Clock::system());
+    let targets = notifier.as_ref().map_or(0, |n| n.targets().len());
     // oauthd does not start while a provider does not build: the config is not ok then.
     let (verdict, stops) = if broken.is_empty() {
         ("ok", "")
@@ -130,7 +147,7 @@ fn config_lines(r: &mut Report, settings: &Settings, providers: &Providers) -> R
         format!(
             "{} provider(s), {} notification target(s), listen {}{stops}",
             built + broken.len(),
-            notifier.targets().len(),
+            targets,
             settings.listen
         ),
     );
@@ -166,12 +183,21 @@ fn config_lines(r: &mut Report, settings: &Settings, providers: &Providers) -> R
     for note in &settings.env_warnings {
         r.line("warn", "environment", note);
     }
-    for warning in notifier
-        .targets()
-        .iter()
-        .filter_map(|t| t.unsigned_warning())
-    {
-        r.line("warn", "notify", warning);
+    match notifier {
+        Ok(notifier) => {
+            for warning in notifier
+                .targets()
+                .iter()
+                .filter_map(|t| t.unsigned_warning())
+            {
+                r.line("warn", "notify", warning);
+            }
+        }
+        Err(Fatal(why, _)) => r.line(
+            "FAIL",
+            "notify",
+            format!("{why}; oauthd does not start with it"),
+        ),
     }
     Ok(())
 }

@@ -141,7 +141,17 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<(), Fatal> {
         }
         _ => {}
     }
-    let settings = Settings::load(&overrides).map_err(|e| Fatal(e.to_string(), 2))?;
+    let settings = match Settings::load(&overrides) {
+        Ok(settings) => settings,
+        // `check` reports a value it cannot take, as it does a provider table it cannot
+        // use; only a file that does not parse stops it with exit 2.
+        Err(e @ crate::config::ConfigError::Invalid { .. })
+            if matches!(cli.command, Some(Command::Check { .. })) =>
+        {
+            return Err(check::config_refused(&e));
+        }
+        Err(e) => return Err(Fatal(e.to_string(), 2)),
+    };
     match cli.command {
         None | Some(Command::Serve(_)) => serve::serve(settings),
         Some(Command::Keys { command, .. }) => keys::keys(settings, command),

@@ -439,6 +439,34 @@ fn keys_refuses_bad_names_patterns_and_unknown_revokes() {
     assert!(text(&unknown.stderr).contains("no active API key named \"nobody\""));
 }
 
+/// `check` stopped with exit 2 and one line on a value it parsed but could not take (a
+/// number out of range, a notification target's bad URL), where the README says it
+/// reports problems as FAIL lines and exits 1, and exits 2 only on a file that does not
+/// parse.
+#[test]
+fn check_reports_a_value_it_cannot_take_and_exits_1() {
+    let home = Home::new();
+    for (toml, said) in [
+        (
+            "[states]\nmax_attempts_ceiling = 101\n",
+            "FAIL  config: states.max_attempts_ceiling",
+        ),
+        (
+            "[[notify]]\nurl = \"ftp://hooks.example/x\"\n",
+            "FAIL  notify: notify[0].url",
+        ),
+    ] {
+        home.write_config(toml);
+        let out = home.cli(&["check"]);
+        let report = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{toml}: {out:?}");
+        assert!(report.contains(said), "{toml}: {report}");
+    }
+    home.write_config("[providers.p]\nisuer = \"https://x\"\n");
+    let out = home.cli(&["check"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
 /// `check` named a token endpoint as configured, a password or a query's key in it too;
 /// it shows it without them now, as every other output does.
 #[test]
