@@ -489,6 +489,21 @@ fn check_shows_no_credential_of_a_token_url() {
     );
 }
 
+/// `oauthd serve --db db` with a file-size limit of 8 blocks of 512 bytes: SQLite's first
+/// pages fit, the schema does not.
+fn serve_under_a_tiny_file_limit(db: &Path) -> std::process::Output {
+    Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -f 8; exec \"$0\" serve --db \"$1\" --listen 127.0.0.1:0",
+            BIN,
+        ])
+        .arg(db)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
 /// A first start that could not make the database's tables (the disk full; here a
 /// file-size limit) left a file in WAL mode with no table, which every later start refused
 /// as a database whose -wal was left behind (exit 2, which a unit's
@@ -498,17 +513,7 @@ fn check_shows_no_credential_of_a_token_url() {
 fn a_first_start_that_could_not_make_the_tables_leaves_nothing_behind() {
     let home = Home::new();
     let db = home.db();
-    // 8 blocks of 512 bytes: SQLite's first pages fit, the schema does not.
-    let out = Command::new("sh")
-        .args([
-            "-c",
-            "ulimit -f 8; exec \"$0\" serve --db \"$1\" --listen 127.0.0.1:0",
-            BIN,
-        ])
-        .arg(&db)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = serve_under_a_tiny_file_limit(&db);
     assert!(!out.status.success(), "{out:?}");
     let err = text(&out.stderr);
     assert!(err.contains("cannot migrate"), "{err}");
@@ -529,16 +534,7 @@ fn a_first_start_that_could_not_make_the_tables_leaves_nothing_behind() {
     let dir = db.parent().unwrap();
     let (target, link) = (dir.join("elsewhere.db"), dir.join("link.db"));
     std::os::unix::fs::symlink(&target, &link).unwrap();
-    let out = Command::new("sh")
-        .args([
-            "-c",
-            "ulimit -f 8; exec \"$0\" serve --db \"$1\" --listen 127.0.0.1:0",
-            BIN,
-        ])
-        .arg(&link)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = serve_under_a_tiny_file_limit(&link);
     assert!(!out.status.success(), "{out:?}");
     assert!(
         std::fs::symlink_metadata(&link).is_ok(),
