@@ -530,12 +530,27 @@ impl Provider {
     /// issuer or token endpoint) under another table's name: a grant there is one grant,
     /// whichever table's connection a revocation went through (two tables of one provider,
     /// as for a paste-back one beside a callback one).
+    /// A table discovered from its issuer and one with its endpoints written out are told
+    /// apart by the token endpoint, once the first's is known (configured, or
+    /// discovered).
     pub fn same_client_as(&self, other: &Provider) -> bool {
-        let grantor = |p: &Provider| match &p.source {
-            Source::Discover { issuer, .. } => issuer.as_str().trim_end_matches('/').to_owned(),
-            Source::Known(e) => e.token.to_string(),
+        let issuer = |p: &Provider| match &p.source {
+            Source::Discover { issuer, .. } => {
+                Some(issuer.as_str().trim_end_matches('/').to_owned())
+            }
+            Source::Known(_) => None,
         };
-        self.client_id == other.client_id && grantor(self) == grantor(other)
+        let token = |p: &Provider| match &p.source {
+            Source::Known(e) => Some(e.token.to_string()),
+            Source::Discover { overrides, .. } => overrides
+                .token
+                .as_ref()
+                .or_else(|| p.resolved.get().map(|e| &e.token))
+                .map(Url::to_string),
+        };
+        let same = |a: Option<String>, b: Option<String>| a.is_some() && a == b;
+        self.client_id == other.client_id
+            && (same(issuer(self), issuer(other)) || same(token(self), token(other)))
     }
 
     /// A short digest of what every instance on one store must configure alike for this
@@ -1048,6 +1063,36 @@ mod tests {
         assert!(!g
             .authorize_params
             .contains(&("prompt".into(), "consent".into())));
+    }
+
+    /// One client at one provider, configured twice: by its issuer, and with its
+    /// endpoints written out. Told as one by the token endpoint (a grant revoked through
+    /// one is the other's too); before, a discovered table and a written-out one never
+    /// were.
+    #[test]
+    fn a_discovered_table_and_a_written_out_one_of_one_client_are_one_client() {
+        let build = |t: &str| Provider::from_config("p", &cfg(t)).unwrap();
+        let written = build("authorization_url = \"https://idp.example/auth\"\ntoken_url = \"https://idp.example/token\"\nclient_id = \"a\"\nclient_auth = \"none\"");
+        let overridden = build("issuer = \"https://idp.example\"\ntoken_url = \"https://idp.example/token\"\nclient_id = \"a\"\nclient_auth = \"none\"");
+        let discovered =
+            build("issuer = \"https://idp.example\"\nclient_id = \"a\"\nclient_auth = \"none\"");
+        let other_client = build("authorization_url = \"https://idp.example/auth\"\ntoken_url = \"https://idp.example/token\"\nclient_id = \"b\"\nclient_auth = \"none\"");
+        assert!(written.same_client_as(&overridden) && overridden.same_client_as(&written));
+        assert!(discovered.same_client_as(&overridden));
+        assert!(!written.same_client_as(&other_client));
+        // Not discovered yet: not told.
+        assert!(!written.same_client_as(&discovered));
+        let _ = discovered.resolved.set(Endpoints {
+            authorization: Url::parse("https://idp.example/auth").unwrap(),
+            token: Url::parse("https://idp.example/token").unwrap(),
+            revocation: None,
+            device_authorization: None,
+            issuer: Some("https://idp.example".into()),
+            jwks: None,
+            iss_parameter_supported: false,
+            scopes_supported: None,
+        });
+        assert!(written.same_client_as(&discovered) && discovered.same_client_as(&written));
     }
 
     #[test]
