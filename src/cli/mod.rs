@@ -143,10 +143,12 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<(), Fatal> {
     }
     let settings = match Settings::load(&overrides) {
         Ok(settings) => settings,
-        // `check` reports a value it cannot take, as it does a provider table it cannot
-        // use; only a file that does not parse stops it with exit 2.
-        Err(e @ crate::config::ConfigError::Invalid { .. })
-            if matches!(cli.command, Some(Command::Check { .. })) =>
+        // `check` reports a value of the file it cannot take, as it does a provider table
+        // it cannot use; a file that does not parse, and the environment's settings (named
+        // by their variable, `OAUTHD_…`), stop it with exit 2 as every command.
+        Err(e)
+            if matches!(cli.command, Some(Command::Check { .. }))
+                && matches!(&e, crate::config::ConfigError::Invalid { key, .. } if !key.starts_with("OAUTHD_")) =>
         {
             return Err(check::config_refused(&e));
         }

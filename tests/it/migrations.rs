@@ -148,7 +148,7 @@ async fn every_earlier_schema_version_upgrades_with_its_rows_usable() {
 
         let d = home.start();
         let (status, body) = consume_the_old_state(&d).await;
-        assert_eq!(status, 200, "v{version}: {body}");
+        assert_eq!(status, 200, "v{version}: {body}; log:\n{}", home.log_text());
         assert_eq!(body["data"], json!({"v": 1}), "v{version}");
         let (status, body) = d
             .post("/v1/states", API_KEY, json!({"namespace": "oauth:new"}))
