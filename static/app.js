@@ -292,7 +292,7 @@ function pasteBox(provider, account, authorizeUrl, opened) {
     try {
       const { data } = await api("POST", `/ui/api/paste/${encodeURIComponent(provider)}`, { url: field.value });
       box.replaceChildren();
-      notice(`Connected ${data.provider}/${data.account}.`);
+      notice([`Connected ${data.provider}/${data.account}.`, ...(data.notes || [])].join(" "));
       await load();
     } catch (e) {
       // The flow is over (its state taken, expired or unknown): another paste cannot

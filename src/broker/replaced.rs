@@ -59,7 +59,7 @@ impl ReplacedGrant {
                     [_] => ("another connection".to_owned(), "is"),
                     _ => (format!("{} other connections", others.len()), "are"),
                 };
-                format!("its grant was kept, since {who} {verb} that account at {provider} too")
+                format!("its grant was kept, since {who} {verb} that account at {provider} too: at most providers they share one grant (one that gives each sign-in a grant of its own keeps the one it was, unused, until it expires)")
             }
             ReplacedGrant::Unknown(n) => format!(
                 "its grant was kept, since {n} connection(s) of {provider} whose account there is unknown (imported, or connected before oauthd kept it) may share it; if none is that account, {remove}"
@@ -105,10 +105,8 @@ impl Broker {
         let revoking = async move {
             let grant = this.revoke_replaced(&old).await;
             let said = grant.describe(&key.provider, true);
-            match grant {
-                ReplacedGrant::Revoked => log::info!("{how} {key}: the account it was: {said}"),
-                _ => log::warn!("{how} {key}: the account it was: {said}"),
-            }
+            // A WARN as the change itself: a terminal command shows it.
+            log::warn!("{how} {key}: the account it was: {said}");
             if grant == ReplacedGrant::Revoked {
                 // Not waited for by the page: it said what became of the grant.
                 let checker = this.clone();

@@ -149,24 +149,96 @@ fn connected_page(base: &str, connected: Connected, forget: &str) -> HttpRespons
             .insert_header((header::CACHE_CONTROL, "no-store"))
             .finish();
     }
+    let notes = Notes {
+        provider: &provider,
+        account: &account,
+        by_app,
+        caution: caution.as_deref(),
+        same_account_as: &same_account_as,
+        replaced: replaced.as_ref(),
+    };
     page_for(
         by_app,
         base,
         200,
         "Connected",
         &format!(
-            "<p><strong>{}</strong> account <strong>{}</strong> is connected{}. Apps with an API key can now fetch its access token from oauthd; you can close this tab.</p>{}{}{}{forget}",
+            "<p><strong>{}</strong> account <strong>{}</strong> is connected{}. Apps with an API key can now fetch its access token from oauthd; you can close this tab.</p>{}{forget}",
             escape(&provider),
             escape(&account),
-            signed_in_as(&provider, &identity),
-            replaced_note(&provider, &account, replaced.as_ref(), by_app),
-            same_account(&provider, &same_account_as, by_app),
-            caution.map_or_else(String::new, |c| format!(
-                "<p class=\"caution\"><strong>But</strong> {}.</p>",
-                escape(&c)
-            ))
+            signed_in_as(&provider, &identity, Words::Html),
+            notes.said(Words::Html).concat()
         ),
     )
+}
+
+/// How a connect's notes are written: in its page (HTML), or in the answer to the page's
+/// paste (text, which the page shows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Words {
+    Html,
+    Text,
+}
+
+impl Words {
+    /// A name set apart (in bold on a page).
+    fn strong(self, text: &str) -> String {
+        match self {
+            Words::Html => format!("<strong>{}</strong>", escape(text)),
+            Words::Text => text.to_owned(),
+        }
+    }
+
+    /// Text as it is (escaped on a page).
+    fn plain(self, text: &str) -> String {
+        match self {
+            Words::Html => escape(text),
+            Words::Text => text.to_owned(),
+        }
+    }
+
+    /// A caution: a paragraph of its own on a page, with its label in bold.
+    fn caution(self, label: &str, body: &str) -> String {
+        match self {
+            Words::Html => format!("<p class=\"caution\"><strong>{label}</strong> {body}</p>"),
+            Words::Text => format!("{label}: {body}"),
+        }
+    }
+}
+
+/// What a person should know of a connect that went through: the account it replaced,
+/// the other connections that are the same account, and a caution (no refresh token).
+pub(super) struct Notes<'a> {
+    pub provider: &'a str,
+    pub account: &'a str,
+    pub by_app: bool,
+    pub caution: Option<&'a str>,
+    pub same_account_as: &'a [String],
+    pub replaced: Option<&'a crate::broker::Replaced>,
+}
+
+impl Notes<'_> {
+    /// Each note, written `w`'s way (none when there is nothing to know).
+    pub(super) fn said(&self, w: Words) -> Vec<String> {
+        let mut notes = Vec::new();
+        notes.extend(replaced_note(
+            self.provider,
+            self.account,
+            self.replaced,
+            self.by_app,
+            w,
+        ));
+        notes.extend(same_account(
+            self.provider,
+            self.same_account_as,
+            self.by_app,
+            w,
+        ));
+        if let Some(c) = self.caution {
+            notes.push(w.caution("But", &format!("{}.", w.plain(c))));
+        }
+        notes
+    }
 }
 
 /// The page of an app's flow back from the provider: nothing is connected until the
@@ -257,50 +329,52 @@ fn replaced_note(
     account: &str,
     replaced: Option<&crate::broker::Replaced>,
     by_app: bool,
-) -> String {
-    let Some(crate::broker::Replaced { was, grant }) = replaced else {
-        return String::new();
-    };
+    w: Words,
+) -> Option<String> {
+    let crate::broker::Replaced { was, grant } = replaced?;
     let before = if by_app {
-        format!(
-            " as another account at <strong>{}</strong>",
-            escape(provider)
-        )
+        format!(" as another account at {}", w.strong(provider))
     } else {
-        signed_in_as(provider, was)
+        signed_in_as(provider, was, w)
     };
-    format!(
-        "<p class=\"caution\"><strong>Changed</strong> {a} was connected{before}: it is another account now, and the apps that read {a} get this account's tokens from now on. The account it was: {grant}. If you meant the account it was, sign out at {p}, then connect {a} again.</p>",
-        a = escape(account),
-        p = escape(provider),
-        grant = escape(&grant.describe(provider, !by_app))
-    )
+    Some(w.caution(
+        "Changed",
+        &format!(
+            "{a} was connected{before}: it is another account now, and the apps that read {a} get this account's tokens from now on. The account it was: {grant}. If you meant the account it was, sign out at {p}, then connect {a} again.",
+            a = w.plain(account),
+            p = w.plain(provider),
+            grant = w.plain(&grant.describe(provider, !by_app))
+        ),
+    ))
 }
 
 /// The caution for a connection that is the same account at the provider as `others`:
 /// the browser was still signed in there, so the person may have meant another account.
 /// An app's flow (whose key may reach only some accounts) is not told the others' names.
-fn same_account(provider: &str, others: &[String], by_app: bool) -> String {
+fn same_account(provider: &str, others: &[String], by_app: bool, w: Words) -> Option<String> {
     let named = match others {
-        [] => return String::new(),
+        [] => return None,
         _ if by_app => format!("{} other connection(s)", others.len()),
         _ => others
             .iter()
-            .map(|a| format!("<strong>{}</strong>", escape(a)))
+            .map(|a| w.strong(a))
             .collect::<Vec<_>>()
             .join(", "),
     };
-    format!(
-        "<p class=\"caution\"><strong>Note</strong> this is the same account at {p} as {named}: the browser was still signed in there. To connect another account, sign out at {p} first, then connect again.</p>",
-        p = escape(provider)
-    )
+    Some(w.caution(
+        "Note",
+        &format!(
+            "this is the same account at {p} as {named}: the browser was still signed in there. To connect another account, sign out at {p} first, then connect again.",
+            p = w.plain(provider)
+        ),
+    ))
 }
 
 /// ", signed in at PROVIDER as NAME (EMAIL)", as far as the provider said who: a browser
 /// signed in there already connects that account without a word. A name is one its user
 /// chose, and may look like anyone's: without an email (kept only when verified) the
 /// provider's id for the account follows it.
-fn signed_in_as(provider: &str, who: &crate::store::AccountIdentity) -> String {
+fn signed_in_as(provider: &str, who: &crate::store::AccountIdentity, w: Words) -> String {
     let (name, sub) = (who.name.as_deref(), who.sub.as_deref());
     let shown = match (name.or(sub), who.email.as_deref()) {
         (Some(name), Some(email)) if name != email => format!("{name} ({email})"),
@@ -312,9 +386,9 @@ fn signed_in_as(provider: &str, who: &crate::store::AccountIdentity) -> String {
         (None, None) => return String::new(),
     };
     format!(
-        ", signed in at <strong>{}</strong> as <strong>{}</strong>",
-        escape(provider),
-        escape(&shown)
+        ", signed in at {} as {}",
+        w.strong(provider),
+        w.strong(&shown)
     )
 }
 /// The page for a callback that stored nothing: the only place that words these. A flow
@@ -406,7 +480,7 @@ mod tests {
     /// no verified email says who it is.
     #[test]
     fn a_chosen_name_is_shown_with_what_identifies_the_account() {
-        let said = |w| signed_in_as("peer", &w);
+        let said = |w| signed_in_as("peer", &w, super::Words::Html);
         assert_eq!(
             said(who(Some("81726"), None, Some("operator@corp.example"))),
             ", signed in at <strong>peer</strong> as <strong>operator@corp.example (user id 81726)</strong>"

@@ -196,10 +196,22 @@ pub async fn paste(
         .finish_pasted(&provider, &url, None)
         .await
         .map_err(|e| super::problem::callback_problem(&provider, &e))?;
+    // What the callback's page says beside "Connected" (another account than it was, the
+    // same account as others, no refresh token), for the page to show.
+    let notes = super::callback::Notes {
+        provider: &connected.provider,
+        account: &connected.account,
+        by_app: false,
+        caution: connected.caution.as_deref(),
+        same_account_as: &connected.same_account_as,
+        replaced: connected.replaced.as_ref(),
+    }
+    .said(super::callback::Words::Text);
     Ok(no_store(HttpResponse::Ok()).json(json!({
         "provider": connected.provider,
         "account": connected.account,
         "status": "connected",
+        "notes": notes,
     })))
 }
 

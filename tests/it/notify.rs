@@ -1012,7 +1012,7 @@ async fn a_connect_names_the_provider_account_and_the_connections_that_are_it_to
     // The grant bob was, alice's, is alice's connection's too: kept, and alice's name is
     // not said to a person an app sent.
     assert!(
-        page.contains("The account it was: its grant was kept, since another connection is that account at peer too."),
+        page.contains("The account it was: its grant was kept, since another connection is that account at peer too: at most providers they share one grant"),
         "{page}"
     );
     assert!(

@@ -403,6 +403,48 @@ async fn a_paste_back_provider_sent_to_oauthds_own_callback_finishes_there() {
     assert_eq!(d.get("/v1/connections/peer/default", &key).await.0, 200);
 }
 
+/// A paste on the page that reconnected an account as another one at the provider said
+/// only "Connected": the callback's page says that the apps now get another account's
+/// tokens, and what became of the grant it was; the paste's answer carries the same notes
+/// for the page to show.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paste_that_reconnects_another_account_says_so() {
+    let peer = Peer::start(3600);
+    let (home, _key) = paste_home(&peer, dead_port(), "");
+    let d = home.start();
+    let ui = home.ui_session(&d).await;
+    for user in ["alice", "carol"] {
+        let (status, started) = d
+            .ui_post(
+                &ui,
+                "/ui/api/connect/peer",
+                serde_json::json!({"account": "tv"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{started}");
+        let authorize = started["authorize_url"].as_str().unwrap();
+        let address = peer.approve_as(user, authorize).await;
+        let (status, body) = d
+            .ui_post(
+                &ui,
+                "/ui/api/paste/peer",
+                serde_json::json!({ "url": address }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let notes = body["notes"].to_string();
+        if user == "alice" {
+            assert_eq!(body["notes"], serde_json::json!([]), "{body}");
+        } else {
+            assert!(
+                notes.contains("Changed: tv was connected, signed in at peer as alice")
+                    && notes.contains("The account it was: its grant was revoked at peer"),
+                "{body}"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_expired_paste_says_start_again() {
     let peer = Peer::start(60);
