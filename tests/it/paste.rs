@@ -20,6 +20,21 @@ fn dead_port() -> u16 {
         .port()
 }
 
+/// Starts a connect of provider "peer" (`request`: `{}` or `{"account": …}`) as oauthd's
+/// page does; the address it hands out.
+async fn page_connect(
+    d: &common::Daemon,
+    ui: &(String, String),
+    request: serde_json::Value,
+) -> String {
+    let (status, started) = d.ui_post(ui, "/ui/api/connect/peer", request).await;
+    assert_eq!(status, 201, "{started}");
+    started["authorize_url"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// The peer as provider "peer" with a paste-back redirect URI on `port`, plus `extra`.
 fn paste_home(peer: &Peer, port: u16, extra: &str) -> (Home, String) {
     let provider = peer.provider_toml("peer").replace(
@@ -223,11 +238,7 @@ async fn pasting_runs_the_callbacks_rules() {
                 .await
         }
     };
-    let (status, started) = d
-        .ui_post(&ui, "/ui/api/connect/peer", serde_json::json!({}))
-        .await;
-    assert_eq!(status, 201, "{started}");
-    let authorize = started["authorize_url"].as_str().unwrap().to_owned();
+    let authorize = page_connect(&d, &ui, serde_json::json!({})).await;
     assert!(
         authorize.contains(&format!(
             "redirect_uri=http%3A%2F%2F127.0.0.1%3A{port}%2Fcallback%2Fpeer"
@@ -329,14 +340,8 @@ async fn pasting_runs_the_callbacks_rules() {
     );
 
     // The provider's error, shown with the account to start again for.
-    let (_, started) = d
-        .ui_post(
-            &ui,
-            "/ui/api/connect/peer",
-            serde_json::json!({"account": "second"}),
-        )
-        .await;
-    let denied = peer.deny(started["authorize_url"].as_str().unwrap()).await;
+    let authorize = page_connect(&d, &ui, serde_json::json!({"account": "second"})).await;
+    let denied = peer.deny(&authorize).await;
     assert!(denied.contains("error=access_denied"), "{denied}");
     let (status, body) = paste(denied).await;
     assert_eq!(
@@ -384,17 +389,8 @@ async fn a_paste_back_provider_sent_to_oauthds_own_callback_finishes_there() {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let (status, started) = d
-        .ui_post(
-            &(session, csrf),
-            "/ui/api/connect/peer",
-            serde_json::json!({}),
-        )
-        .await;
-    assert_eq!(status, 201, "{started}");
-    let address = peer
-        .approve(started["authorize_url"].as_str().unwrap_or_default())
-        .await;
+    let authorize = page_connect(&d, &(session, csrf), serde_json::json!({})).await;
+    let address = peer.approve(&authorize).await;
     let query = address.split_once('?').map(|(_, q)| q).unwrap_or_default();
     let (status, page, _) = d
         .browser_get(&format!("{}/callback/peer?{query}", d.url))
@@ -414,16 +410,8 @@ async fn a_paste_that_reconnects_another_account_says_so() {
     let d = home.start();
     let ui = home.ui_session(&d).await;
     for user in ["alice", "carol"] {
-        let (status, started) = d
-            .ui_post(
-                &ui,
-                "/ui/api/connect/peer",
-                serde_json::json!({"account": "tv"}),
-            )
-            .await;
-        assert_eq!(status, 201, "{started}");
-        let authorize = started["authorize_url"].as_str().unwrap();
-        let address = peer.approve_as(user, authorize).await;
+        let authorize = page_connect(&d, &ui, serde_json::json!({"account": "tv"})).await;
+        let address = peer.approve_as(user, &authorize).await;
         let (status, body) = d
             .ui_post(
                 &ui,
@@ -456,12 +444,8 @@ async fn an_expired_paste_says_start_again() {
     );
     let d = home.start();
     let ui = home.ui_session(&d).await;
-    let (_, started) = d
-        .ui_post(&ui, "/ui/api/connect/peer", serde_json::json!({}))
-        .await;
-    let address = peer
-        .approve(started["authorize_url"].as_str().unwrap())
-        .await;
+    let authorize = page_connect(&d, &ui, serde_json::json!({})).await;
+    let address = peer.approve(&authorize).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (status, body) = d
         .ui_post(
