@@ -35,6 +35,18 @@ async fn page_connect(
         .to_owned()
 }
 
+/// Pastes `url` into the page's field for `provider`, as oauthd's page does.
+async fn page_paste(
+    d: &common::Daemon,
+    ui: &(String, String),
+    provider: &str,
+    url: &str,
+) -> (u16, serde_json::Value) {
+    let path = format!("/ui/api/paste/{provider}");
+    d.ui_post(ui, &path, serde_json::json!({ "url": url }))
+        .await
+}
+
 /// The peer as provider "peer" with a paste-back redirect URI on `port`, plus `extra`.
 fn paste_home(peer: &Peer, port: u16, extra: &str) -> (Home, String) {
     let provider = peer.provider_toml("peer").replace(
@@ -203,13 +215,7 @@ async fn apps_neither_start_paste_back_flows_nor_have_their_flows_pasted() {
     let address = d.app_flow_address(&key, "direct", "evil").await;
     // The person confirms it and signs in at the provider: the way back is the callback.
     let callback = peer.approve(&d.confirm(&address).await).await;
-    let (status, body) = d
-        .ui_post(
-            &ui,
-            "/ui/api/paste/direct",
-            serde_json::json!({ "url": callback }),
-        )
-        .await;
+    let (status, body) = page_paste(&d, &ui, "direct", &callback).await;
     assert_eq!(
         (status, body["code"].as_str()),
         (400, Some("app_flow_pasted")),
@@ -233,10 +239,7 @@ async fn pasting_runs_the_callbacks_rules() {
     let ui = home.ui_session(&d).await;
     let paste = |url: String| {
         let (d, ui) = (&d, &ui);
-        async move {
-            d.ui_post(ui, "/ui/api/paste/peer", serde_json::json!({ "url": url }))
-                .await
-        }
+        async move { page_paste(d, ui, "peer", &url).await }
     };
     let authorize = page_connect(&d, &ui, serde_json::json!({})).await;
     assert!(
@@ -300,13 +303,7 @@ async fn pasting_runs_the_callbacks_rules() {
         "{body}"
     );
     // Without the CSRF token nothing happens.
-    let (status, body) = d
-        .ui_post(
-            &(ui.0.clone(), "wrong".into()),
-            "/ui/api/paste/peer",
-            serde_json::json!({ "url": address }),
-        )
-        .await;
+    let (status, body) = page_paste(&d, &(ui.0.clone(), "wrong".into()), "peer", &address).await;
     assert_eq!((status, body["code"].as_str()), (403, Some("csrf_failed")));
 
     // The same answer presented at oauthd's own callback, where this provider never
@@ -412,13 +409,7 @@ async fn a_paste_that_reconnects_another_account_says_so() {
     for user in ["alice", "carol"] {
         let authorize = page_connect(&d, &ui, serde_json::json!({"account": "tv"})).await;
         let address = peer.approve_as(user, &authorize).await;
-        let (status, body) = d
-            .ui_post(
-                &ui,
-                "/ui/api/paste/peer",
-                serde_json::json!({ "url": address }),
-            )
-            .await;
+        let (status, body) = page_paste(&d, &ui, "peer", &address).await;
         assert_eq!(status, 200, "{body}");
         let notes = body["notes"].to_string();
         if user == "alice" {
@@ -447,13 +438,7 @@ async fn an_expired_paste_says_start_again() {
     let authorize = page_connect(&d, &ui, serde_json::json!({})).await;
     let address = peer.approve(&authorize).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (status, body) = d
-        .ui_post(
-            &ui,
-            "/ui/api/paste/peer",
-            serde_json::json!({ "url": address }),
-        )
-        .await;
+    let (status, body) = page_paste(&d, &ui, "peer", &address).await;
     assert_eq!(
         (status, body["code"].as_str()),
         (410, Some("flow_expired")),
