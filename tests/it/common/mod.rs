@@ -65,17 +65,41 @@ pub fn run_until_exit(cmd: &mut Command) -> Output {
 
 /// Waits up to 30 s for `child`, an oauthd command, to end, and returns what it said; one
 /// still running then is stopped (by PID), and fails the test.
-pub fn exit_of(mut child: std::process::Child) -> Output {
-    let started = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > std::time::Duration::from_secs(30) {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!("oauthd kept running where it must stop: {out:?}");
+pub fn exit_of(child: std::process::Child) -> Output {
+    exit_within(
+        child,
+        Duration::from_secs(30),
+        "oauthd kept running where it must stop",
+    )
+}
+
+/// Waits up to `limit` for `child` to end, and returns what it said; one still running
+/// then is stopped (by PID), and fails the test with `what` and what it said.
+pub fn exit_within(mut child: Child, limit: Duration, what: &str) -> Output {
+    let stdout = child.stdout.take().map(drain);
+    let stderr = child.stderr.take().map(drain);
+    let started = Instant::now();
+    let (status, ran_on) = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break (status, false);
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            break (child.wait().expect("wait"), true);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let said = |pipe: Option<std::thread::JoinHandle<Vec<u8>>>| {
+        pipe.map(|p| p.join().unwrap_or_default())
+            .unwrap_or_default()
+    };
+    let out = Output {
+        status,
+        stdout: said(stdout),
+        stderr: said(stderr),
+    };
+    assert!(!ran_on, "{what} ({limit:?}): {out:?}");
+    out
 }
 
 /// libfaketime (Debian package `faketime`, installed by scripts/test), found where dpkg put it.
@@ -219,7 +243,18 @@ impl Home {
 
     /// Runs an oauthd CLI command against this home's database (and config, when written).
     pub fn cli(&self, args: &[&str]) -> Output {
-        self.cli_command(args).output().expect("run oauthd")
+        let child = self
+            .cli_command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run oauthd");
+        exit_within(
+            child,
+            Duration::from_secs(120),
+            &format!("oauthd {args:?} ran on"),
+        )
     }
 
     /// The command `cli` runs, to run another way.
@@ -586,8 +621,13 @@ pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> boo
 pub struct SqliteShell {
     child: Child,
     input: Option<std::process::ChildStdin>,
-    output: BufReader<std::process::ChildStdout>,
+    lines: mpsc::Receiver<String>,
+    errors: Option<std::thread::JoinHandle<Vec<u8>>>,
 }
+
+/// How long the shell waits for a lock another process holds (its `.timeout`), as an
+/// operator's would, rather than failing its statement.
+const SHELL_LOCK_WAIT: Duration = Duration::from_secs(10);
 
 impl SqliteShell {
     pub fn open(db: &Path) -> SqliteShell {
@@ -595,31 +635,71 @@ impl SqliteShell {
             .arg(db)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("sqlite3 (scripts/test installs it)");
         let input = child.stdin.take().expect("sqlite3 stdin");
         let output = BufReader::new(child.stdout.take().expect("sqlite3 stdout"));
-        SqliteShell {
+        let errors = Some(drain(child.stderr.take().expect("sqlite3 stderr")));
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in output.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut shell = SqliteShell {
             child,
             input: Some(input),
-            output,
-        }
+            lines,
+            errors,
+        };
+        // Without it, a statement that meets oauthd's write under way (a key's first use
+        // is recorded in the background) fails, and prints nothing.
+        shell.send(&format!(".timeout {}", SHELL_LOCK_WAIT.as_millis()));
+        shell
     }
 
-    /// Runs `sql` and returns the line it printed (`sql` must print exactly one).
-    pub fn query(&mut self, sql: &str) -> String {
+    fn send(&mut self, sql: &str) {
         use std::io::Write;
         let input = self.input.as_mut().expect("sqlite3 still open");
         writeln!(input, "{sql}").expect("write to sqlite3");
-        let mut line = String::new();
-        self.output.read_line(&mut line).expect("read from sqlite3");
-        line.trim().to_owned()
     }
 
-    /// Ends the shell as an operator would (end of input) and waits for it.
+    /// Runs `sql` and returns the line it printed (`sql` must print exactly one); fails
+    /// the test, with what sqlite3 said, when none comes within 30 s.
+    pub fn query(&mut self, sql: &str) -> String {
+        self.send(sql);
+        match self.lines.recv_timeout(SHELL_LOCK_WAIT * 3) {
+            Ok(line) => line.trim().to_owned(),
+            Err(e) => panic!("sqlite3 printed nothing for {sql:?} ({e}): {}", self.stop()),
+        }
+    }
+
+    /// Stops the shell (by PID); what it said on stderr.
+    fn stop(&mut self) -> String {
+        drop(self.input.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let said = self.errors.take().map(|e| e.join().unwrap_or_default());
+        String::from_utf8_lossy(&said.unwrap_or_default()).into_owned()
+    }
+
+    /// Ends the shell as an operator would (end of input) and waits for it, 30 s at most.
     pub fn close(mut self) -> ExitStatus {
         drop(self.input.take());
-        self.child.wait().expect("wait for sqlite3")
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for sqlite3") {
+                return status;
+            }
+            assert!(
+                started.elapsed() < SHELL_LOCK_WAIT * 3,
+                "sqlite3 went on after the end of its input"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -630,6 +710,16 @@ impl Drop for SqliteShell {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Reads `from` (a child's pipe) to its end on a thread of its own, so that a child that
+/// says much is not stalled on a full pipe while it is waited for.
+fn drain(mut from: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut said = Vec::new();
+        let _ = from.read_to_end(&mut said);
+        said
+    })
 }
 
 /// Counts rows of a table in the database file, read-only, as an operator with sqlite3 would.
