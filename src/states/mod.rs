@@ -259,9 +259,11 @@ pub struct StateService {
     /// Live states verify has read within `verify_cache`, by hash: the session hot path.
     seen: ReadCache<SecretHash, Arc<StateView>>,
     /// The states whose data, stored in clear (by an oauthd from before data was sealed),
-    /// is read as it is: those `check_stored_data` found at the start. Data in clear in
-    /// any other state is refused as altered: someone who can write the database could
-    /// otherwise make any state answer data of their choosing.
+    /// is read as it is: those `check_stored_data` found at the start, and those a
+    /// consume took out of the store before that look was done (the look may have missed
+    /// them: see `taken_view`). Data in clear in any other state is refused as altered:
+    /// someone who can write the database could otherwise make any state answer data of
+    /// their choosing.
     read_in_clear: std::sync::RwLock<std::collections::HashSet<SecretHash>>,
     /// Set once `check_stored_data` has run (whatever it found): until then data in clear
     /// is neither read nor refused as altered.
@@ -337,8 +339,9 @@ impl StateService {
                 })
                 .map(|row| row.key_hash)
                 .collect();
+            // Added to, not replaced: a consume may have added one the look missed.
             if let Ok(mut held) = self.read_in_clear.write() {
-                *held = in_clear;
+                held.extend(in_clear);
             }
         }
         Ok(found)
@@ -685,6 +688,7 @@ impl StateService {
         // Dropped after the write (even when this call is cancelled meanwhile): a verify
         // that read before it cannot put the state back.
         let consumed = self.seen.forget_after(&state.hash());
+        let checked = self.data_checked();
         let taken = on_either_key(
             state,
             |t| matches!(t, Ok(Taken::Missing)),
@@ -716,22 +720,43 @@ impl StateService {
         if row.expires_at_ms <= now {
             return Err(expired(row.namespace, Some(row.expires_at_ms)));
         }
-        self.taken_view(row, now).await
+        self.taken_view(row, now, checked).await
+    }
+
+    /// Whether `check_stored_data` has run.
+    fn data_checked(&self) -> bool {
+        self.stored_data_checked
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The row with its data opened.
     fn view(&self, row: StateRow) -> Result<StateView, StateError> {
-        let data = self.opened_data(&row)?;
+        let data = self.opened_data(&row, self.data_checked())?;
         StateView::of(StateRow { data, ..row })
     }
 
-    /// A row a consume took, with its data opened. Data that does not open (a vault key
-    /// not loaded, a row altered at rest) answers an error and puts the row back as it
-    /// was, so the state still works once the right key is back.
-    async fn taken_view(&self, row: StateRow, now: i64) -> Result<StateView, StateError> {
-        let data = match self.opened_data(&row) {
+    /// A row a consume took, with its data opened; `checked`: whether `check_stored_data`
+    /// had run before it was taken. Data that does not open (a vault key not loaded, a
+    /// row altered at rest, data in clear taken before that look was done) answers an
+    /// error and puts the row back as it was, so the state still works once the right
+    /// key is back, or the look is done.
+    async fn taken_view(
+        &self,
+        row: StateRow,
+        now: i64,
+        checked: bool,
+    ) -> Result<StateView, StateError> {
+        let data = match self.opened_data(&row, checked) {
             Ok(data) => data,
             Err(e) => {
+                if matches!(e, StateError::DataNotYetChecked) {
+                    // Out of the store while the look read it, which then counted it
+                    // neither as in clear nor as anything else: it was there before the
+                    // look was done, as those it found were, and is read as they are.
+                    if let Ok(mut held) = self.read_in_clear.write() {
+                        held.insert(row.key_hash);
+                    }
+                }
                 let rules = InsertRules {
                     max_live: u64::MAX,
                     now_ms: now,
@@ -754,8 +779,9 @@ impl StateService {
         StateView::of(StateRow { data, ..row })
     }
 
-    /// A row's stored data opened (`None`: it has none).
-    fn opened_data(&self, row: &StateRow) -> Result<Option<String>, StateError> {
+    /// A row's stored data opened (`None`: it has none); `checked`: whether
+    /// `check_stored_data` had run when the row was read.
+    fn opened_data(&self, row: &StateRow, checked: bool) -> Result<Option<String>, StateError> {
         let Some(stored) = row.data.as_deref() else {
             return Ok(None);
         };
@@ -765,11 +791,7 @@ impl StateService {
             subject: row.subject.as_deref(),
         };
         let sealed = state_data::is_sealed(stored);
-        if !sealed
-            && !self
-                .stored_data_checked
-                .load(std::sync::atomic::Ordering::Acquire)
-        {
+        if !sealed && !checked {
             return Err(StateError::DataNotYetChecked);
         }
         let in_clear = !sealed
@@ -877,19 +899,23 @@ impl StateService {
     ) -> Result<StateView, StateError> {
         let now = self.clock.now_ms();
         let ns = namespace.as_str();
-        // A state whose data does not open (its vault key not loaded) is not tried: a right
-        // code would answer 503 and put the state back, telling the caller the code was
-        // right without consuming it. Its 503 comes first, and no attempt is spent.
+        // A state whose data does not open (its vault key not loaded, or data in clear
+        // before the start's look at stored data is done) is not tried: a right code
+        // would answer 503 and put the state back, telling the caller the code was right
+        // without consuming it. Its 503 comes first, and no attempt is spent.
         let found = on_either_key(
             state,
             |f| matches!(f, Ok(Found::Missing)),
             |key| self.store.read_state(key, ns),
         )
         .await?;
+        let checked = self.data_checked();
         if let Found::Row(row) = &found {
             // An expired one is said expired by the attempt, whatever its data.
             if row.expires_at_ms > now {
-                if let Err(e @ StateError::Vault(_)) = self.opened_data(row) {
+                if let Err(e @ (StateError::Vault(_) | StateError::DataNotYetChecked)) =
+                    self.opened_data(row, checked)
+                {
                     return Err(e);
                 }
             }
@@ -906,7 +932,7 @@ impl StateService {
         let attempted = attempted?;
         let outcome = match attempted {
             Attempted::Matched(row) => {
-                let view = self.taken_view(row, now).await?;
+                let view = self.taken_view(row, now, checked).await?;
                 metrics::state_consumed(Some(ns), "ok");
                 return Ok(view);
             }

@@ -6,8 +6,9 @@
 use crate::services::{app_key, clock, ns, policy, room, vault};
 use crate::store_contract::Backend;
 use oauthd::clock::Clock;
+use oauthd::secret::SecretHash;
 use oauthd::states::{JsonText, NewState, StateError, StateService};
-use oauthd::store::SubjectPage;
+use oauthd::store::{StateRow, StoreError, SubjectPage};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -674,7 +675,244 @@ async fn a_states_data_opens_only_in_its_own_row_and_a_failed_open_keeps_the_sta
     );
 }
 
+/// Where a store lets the start's look at stored data (`check_stored_data`) run, once:
+/// right after a state left the store (a consume's take, or a right code), or as a state
+/// that failed to open is put back. Either way the look finds the state out of the store.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum LookAt {
+    Take,
+    PutBack,
+}
+
+/// A store that runs the start's look at stored data at `at`, as a consume that came before
+/// it can: a state whose data was stored in clear was then refused as altered for as long
+/// as the process ran.
+struct LookWhileOut {
+    inner: Arc<dyn oauthd::store::Store>,
+    at: LookAt,
+    states: std::sync::OnceLock<std::sync::Weak<StateService>>,
+    looked: std::sync::atomic::AtomicBool,
+}
+
+impl LookWhileOut {
+    async fn look(&self, here: LookAt) {
+        if here != self.at || self.looked.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let states = self.states.get().and_then(std::sync::Weak::upgrade);
+        let found = states.expect("the service").check_stored_data().await;
+        assert_eq!(found.expect("the look").in_clear, 0, "the state was out");
+    }
+}
+
+#[async_trait::async_trait]
+impl oauthd::store::SweepStates for LookWhileOut {
+    async fn sweep_expired(
+        &self,
+        now_ms: i64,
+        purge_before_ms: i64,
+        batch: usize,
+        max_tombstones: u64,
+    ) -> Result<oauthd::store::SweepCount, StoreError> {
+        (self.inner)
+            .sweep_expired(now_ms, purge_before_ms, batch, max_tombstones)
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl oauthd::store::StateStore for LookWhileOut {
+    async fn insert_state(
+        &self,
+        row: StateRow,
+        rules: oauthd::store::InsertRules,
+    ) -> Result<oauthd::store::Inserted, StoreError> {
+        // Every insert through here puts back a state that failed to open.
+        self.look(LookAt::PutBack).await;
+        self.inner.insert_state(row, rules).await
+    }
+    async fn take_state(
+        &self,
+        key_hash: SecretHash,
+        filter: &oauthd::store::NamespaceFilter,
+    ) -> Result<oauthd::store::Taken, StoreError> {
+        let taken = self.inner.take_state(key_hash, filter).await;
+        self.look(LookAt::Take).await;
+        taken
+    }
+    async fn read_state(
+        &self,
+        key_hash: SecretHash,
+        namespace: &str,
+    ) -> Result<oauthd::store::Found, StoreError> {
+        self.inner.read_state(key_hash, namespace).await
+    }
+    async fn touch_state(
+        &self,
+        key_hash: SecretHash,
+        namespace: &str,
+        now_ms: i64,
+        grace_ms: i64,
+    ) -> Result<oauthd::store::Found, StoreError> {
+        let inner = &self.inner;
+        inner
+            .touch_state(key_hash, namespace, now_ms, grace_ms)
+            .await
+    }
+    async fn attempt_state(
+        &self,
+        key_hash: SecretHash,
+        namespace: &str,
+        candidate: SecretHash,
+        now_ms: i64,
+    ) -> Result<oauthd::store::Attempted, StoreError> {
+        let inner = &self.inner;
+        let attempted = inner.attempt_state(key_hash, namespace, candidate, now_ms);
+        let attempted = attempted.await;
+        self.look(LookAt::Take).await;
+        attempted
+    }
+    async fn revoke_state(
+        &self,
+        key_hash: SecretHash,
+        namespace: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.inner.revoke_state(key_hash, namespace, now_ms).await
+    }
+    async fn revoke_state_id(
+        &self,
+        namespace: &str,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<oauthd::store::Revoked, StoreError> {
+        self.inner.revoke_state_id(namespace, id, now_ms).await
+    }
+    async fn subject_states(
+        &self,
+        namespace: &str,
+        subject: &str,
+        now_ms: i64,
+        page: SubjectPage,
+    ) -> Result<oauthd::store::SubjectStates, StoreError> {
+        let inner = &self.inner;
+        inner.subject_states(namespace, subject, now_ms, page).await
+    }
+    async fn revoke_subject(
+        &self,
+        namespace: &str,
+        subject: &str,
+        now_ms: i64,
+    ) -> Result<oauthd::store::Revoked, StoreError> {
+        self.inner.revoke_subject(namespace, subject, now_ms).await
+    }
+    async fn live_states_total(&self, now_ms: i64) -> Result<u64, StoreError> {
+        self.inner.live_states_total(now_ms).await
+    }
+    async fn states_with_data(
+        &self,
+        prefix: &str,
+        now_ms: i64,
+    ) -> Result<Vec<StateRow>, StoreError> {
+        self.inner.states_with_data(prefix, now_ms).await
+    }
+    async fn state_data_prefixes(
+        &self,
+        now_ms: i64,
+        chars: usize,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        self.inner.state_data_prefixes(now_ms, chars).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
+
+/// A state whose data an oauthd from before data was sealed stored in clear, consumed (or
+/// its code presented) before the start's look at stored data is done: it answers "not
+/// checked yet", and once the look is done it is read, even where the look ran while the
+/// state was out of the store (it was refused as altered from then on, 503 `vault_error`
+/// at every consume, until a restart).
+async fn data_in_clear_taken_before_the_start_looked_is_read_once_it_has(b: Backend) {
+    use oauthd::secret::StateValue;
+    let data = r#"{"return_to":"/after"}"#;
+    for (at, code) in [
+        (LookAt::Take, None),
+        (LookAt::PutBack, None),
+        (LookAt::Take, Some("493871")),
+    ] {
+        let store = Arc::new(LookWhileOut {
+            inner: b.store.clone(),
+            at,
+            states: std::sync::OnceLock::new(),
+            looked: Default::default(),
+        });
+        let clock = clock();
+        let states = Arc::new(StateService::new(
+            store.clone(),
+            policy(100_000),
+            clock.clone(),
+            vault(),
+        ));
+        let _ = store.states.set(Arc::downgrade(&states));
+        let state = StateValue::generate().unwrap();
+        let now = clock.now_ms();
+        let row = StateRow {
+            key_hash: state.hash(),
+            namespace: "oauth:legacy".into(),
+            data: Some(data.into()),
+            created_at_ms: now,
+            expires_at_ms: now + 600_000,
+            subject: None,
+            secret: code.map(|code| oauthd::store::StateSecret {
+                hash: state.code_hash(code),
+                attempts_left: 3,
+            }),
+            sliding: None,
+            created_by: None,
+        };
+        b.store.insert_state(row, room(now)).await.unwrap();
+
+        let ns = ns("oauth:legacy");
+        let present = || async {
+            match code {
+                None => states.consume(&state, &ns).await,
+                Some(code) => states.attempt(&state, &ns, code).await,
+            }
+        };
+        if code.is_some() {
+            // Not tried before the look: a right code would say it was right.
+            let early = present().await.err();
+            assert!(
+                matches!(early, Some(StateError::DataNotYetChecked)),
+                "{early:?}"
+            );
+            states.check_stored_data().await.unwrap();
+            // The look read the state where it was: it reads.
+            let view = present().await.expect("read once the look is done");
+            assert_eq!(
+                view.parsed_data(),
+                Some(serde_json::from_str(data).unwrap())
+            );
+            continue;
+        }
+        let first = present().await.err();
+        assert!(
+            matches!(first, Some(StateError::DataNotYetChecked)),
+            "{at:?}: {first:?}"
+        );
+        let view = present().await.unwrap_or_else(|e| panic!("{at:?}: {e:?}"));
+        assert_eq!(
+            view.parsed_data(),
+            Some(serde_json::from_str(data).unwrap())
+        );
+        // Consumed: once.
+        assert!(matches!(present().await, Err(StateError::NotFound)));
+    }
+}
+
 backends!(
+    data_in_clear_taken_before_the_start_looked_is_read_once_it_has,
     a_states_data_opens_only_in_its_own_row_and_a_failed_open_keeps_the_state,
     a_subject_holds_at_most_its_cap_of_live_states,
     a_full_subject_in_a_full_namespace_is_named_as_the_subject,
