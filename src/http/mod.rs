@@ -279,7 +279,7 @@ where
     F::Output: actix_web::Responder + 'static,
 {
     let methods: Vec<Method> = P::methods().iter().map(http_method).collect();
-    let any_of = methods
+    let any_of = answered(&methods)
         .iter()
         .fold(None, |any: Option<guard::AnyGuard>, m| {
             let one = guard::Method(m.clone());
@@ -297,6 +297,19 @@ where
         methods,
         route: Some(route.to(handler)),
     }
+}
+
+/// The methods a path's operations answer: theirs, and HEAD beside a GET (answered as the
+/// GET, without the body: uptime checks and link checkers send it, and RFC 9110 has every
+/// server answer it). Not in the API's description, which lists the operations.
+fn answered(methods: &[Method]) -> Vec<Method> {
+    let mut answered = methods.to_vec();
+    if let Some(get) = methods.iter().position(|m| *m == Method::GET) {
+        if !methods.contains(&Method::HEAD) {
+            answered.insert(get + 1, Method::HEAD);
+        }
+    }
+    answered
 }
 
 /// Every `/v1` operation, in the order the router tries them: a static path is a string
@@ -385,7 +398,7 @@ fn v1_scope() -> Scope {
                     .fold(web::resource(path).app_data(pattern), |r, route| {
                         r.route(route)
                     });
-                scope.service(resource.default_service(method_not_allowed(&methods)))
+                scope.service(resource.default_service(method_not_allowed(&answered(&methods))))
             }
         });
     scope.default_service(web::to(not_found))
@@ -405,15 +418,20 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         ))
         .service(
             web::resource("/connect/{provider}/confirm")
-                .route(web::get().to(confirm::show))
+                // HEAD as GET: the page, which changes nothing, without its body.
+                .route(
+                    web::route()
+                        .guard(guard::Any(guard::Get()).or(guard::Head()))
+                        .to(confirm::show),
+                )
                 .route(web::post().to(confirm::confirm))
-                .default_service(method_not_allowed(&[Method::GET, Method::POST])),
+                .default_service(method_not_allowed(&[
+                    Method::GET,
+                    Method::HEAD,
+                    Method::POST,
+                ])),
         )
-        .service(endpoint(
-            "/ui/api/overview",
-            Method::GET,
-            web::to(ui::overview),
-        ))
+        .service(readable("/ui/api/overview", web::to(ui::overview)))
         .service(endpoint(
             "/ui/api/connect/{provider}",
             Method::POST,
@@ -429,9 +447,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             Method::POST,
             web::to(ui::device_start),
         ))
-        .service(endpoint(
+        .service(readable(
             "/ui/api/device/{provider}/{id}",
-            Method::GET,
             web::to(ui::device_status),
         ))
         .service(endpoint(
@@ -439,11 +456,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             Method::DELETE,
             web::to(ui::disconnect),
         ))
-        .service(endpoint(
-            "/ui/api/events",
-            Method::GET,
-            web::to(notify::ui_events),
-        ))
+        .service(readable("/ui/api/events", web::to(notify::ui_events)))
         .service(endpoint(
             "/ui/api/notify/test",
             Method::POST,

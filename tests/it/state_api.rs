@@ -1386,6 +1386,41 @@ async fn health_and_readiness_need_no_key(home: Home) {
         .unwrap();
     assert_eq!(head.status(), 405);
     assert_eq!(common::header(&head, "allow"), "GET");
+
+    // And on every other read: the API's with a key (a monitor checking its key and the
+    // connections it serves), the page's, a confirm page a link previewer opens; they
+    // answered 405.
+    let key = home.create_key("monitor", &[]);
+    let reads = [
+        ("/v1/connections", Some(&key), 200),
+        ("/v1/connections/nobody/none/token", Some(&key), 404),
+        ("/v1/connections", None, 401),
+        ("/ui/api/overview", None, 401),
+        ("/ui/api/events", None, 401),
+        ("/connect/nobody/confirm", None, 400),
+    ];
+    for (path, key, status) in reads {
+        let get = d.get_raw(path, key.map(String::as_str)).await;
+        assert_eq!(get.status(), status, "GET {path}");
+        let length = get.bytes().await.unwrap().len();
+        let mut head = d.http.head(format!("{}{path}", d.url));
+        if let Some(key) = key {
+            head = head.bearer_auth(key);
+        }
+        let head = head.send().await.unwrap();
+        assert_eq!(head.status(), status, "HEAD {path}");
+        assert_eq!(
+            common::header(&head, "content-length"),
+            length.to_string(),
+            "HEAD {path}"
+        );
+        assert!(head.bytes().await.unwrap().is_empty(), "HEAD {path}");
+    }
+    let post = d
+        .send_json(reqwest::Method::POST, "/v1/connections", &key, json!({}))
+        .await;
+    assert_eq!(post.status(), 405);
+    assert_eq!(common::header(&post, "allow"), "GET, HEAD");
 }
 
 /// SIGHUP (sent by habit to reload a daemon) is logged and ignored: oauthd keeps serving
