@@ -802,7 +802,9 @@ async fn a_stop_holds_off_no_other_writer_while_a_reader_holds_the_file() {
     assert_eq!(reader.query("BEGIN; SELECT count(*) > 0 FROM meta;"), "1");
     home.create_key("after-the-read", &[]);
     let writer = rusqlite::Connection::open(home.db()).unwrap();
-    writer.busy_timeout(Duration::from_millis(100)).unwrap();
+    // Room for a commit's sync on a loaded disk; the hold-off this was written for lasted
+    // the stop's busy timeout, 5 s.
+    writer.busy_timeout(Duration::from_secs(1)).unwrap();
     common::signal(d.pid(), "TERM");
     let (mut tried, mut refused) = (0, Vec::new());
     let until = std::time::Instant::now() + Duration::from_secs(3);

@@ -1310,13 +1310,18 @@ async fn one_rekey_at_a_time_through_a_link_or_by_the_files_own_name() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Under way once it added its key (a fixed wait could start the second first).
+    let added = common::eventually(std::time::Duration::from_secs(10), || {
+        key_file_ids(&home).len() == 2
+    })
+    .await;
+    assert!(added, "the first rekey added no key");
     let second = home
         .cli_command(&["rekey"])
         .env("OAUTHD_KEY_FILE", &kept)
         .output()
         .unwrap();
-    let first = first.wait_with_output().unwrap();
+    let first = common::exit_of(first);
     assert!(first.status.success(), "{first:?}");
     let said = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(2), "{said}");
@@ -1599,14 +1604,17 @@ async fn a_terminal_refresh_stopped_by_a_signal_saves_what_the_provider_answered
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // At the provider by now, which has rotated the refresh token; its answer is held.
-    // The terminal it ran in goes away (an SSH session lost): SIGHUP, twice (the shell's,
-    // then the kernel's as the session ends), which is no person insisting.
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // At the provider once the relay holds it (a fixed wait could signal before the
+    // command got there), which has rotated the refresh token; its answer is held. The
+    // terminal it ran in goes away (an SSH session lost): SIGHUP, twice (the shell's, then
+    // the kernel's as the session ends), which is no person insisting.
+    let held = relay.struck(std::time::Duration::from_secs(20)).await;
+    assert!(held, "the refresh never reached the provider");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     common::signal(cli.id(), "HUP");
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     common::signal(cli.id(), "HUP");
-    let out = cli.wait_with_output().unwrap();
+    let out = common::exit_of(cli);
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{:?}: {said}", out.status);
     assert!(

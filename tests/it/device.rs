@@ -298,7 +298,6 @@ async fn a_device_poll_outlasts_a_provider_that_stalls() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cli_connect_device_prints_the_code_and_exits_0_once_connected() {
-    use std::io::{BufRead, BufReader};
     let peer = Peer::start(60);
     let (home, _key) = peer.home_with_key("");
     let mut child = std::process::Command::new(common::BIN)
@@ -310,15 +309,8 @@ async fn cli_connect_device_prints_the_code_and_exits_0_once_connected() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut code = None;
-    for line in lines.by_ref().map_while(Result::ok) {
-        if let Some(c) = line.strip_prefix("and enter the code: ") {
-            code = Some(c.to_owned());
-            break;
-        }
-    }
-    let code = code.expect("the CLI printed no code");
+    let lines = common::Lines::of(child.stdout.take().unwrap());
+    let code = lines.after("and enter the code: ");
     peer.verify_device(&code, true).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
@@ -329,7 +321,7 @@ async fn cli_connect_device_prints_the_code_and_exits_0_once_connected() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(status.success(), "{status:?}");
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let rest = lines.rest();
     assert!(rest.iter().any(|l| l == "Connected peer/cli."), "{rest:?}");
     let out = home.cli(&["connections", "show", "peer", "cli"]);
     assert!(out.status.success());
@@ -845,7 +837,6 @@ async fn the_cli_prints_a_providers_device_texts_without_terminal_escapes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_terminal_device_flow_stopped_by_a_signal_stores_what_a_poll_got() {
     use common::relay::Fault;
-    use std::io::BufRead;
     let peer = Peer::start(60);
     let (relay, provider) = peer.behind_relay("peer").await;
     let home = Home::new();
@@ -857,21 +848,18 @@ async fn a_terminal_device_flow_stopped_by_a_signal_stores_what_a_poll_got() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = std::io::BufReader::new(cli.stdout.take().unwrap()).lines();
-    let code = loop {
-        let line = lines.next().expect("the code").unwrap();
-        if let Some(code) = line.strip_prefix("and enter the code: ") {
-            break code.trim().to_owned();
-        }
-    };
+    let lines = common::Lines::of(cli.stdout.take().unwrap());
+    let code = lines.after("and enter the code: ").trim().to_owned();
     let page = peer.verify_device(&code, true).await;
     assert!(page.contains("Sign-in Success"), "{page}");
     // The next poll (within the 5 s interval) redeems the code; its answer is held.
     relay.arm(DEVICE_GRANT_FORM, Fault::Hold(Duration::from_secs(8)));
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Once the poll is under way (a fixed wait could signal before it began).
+    assert!(relay.struck(Duration::from_secs(20)).await, "no poll came");
+    tokio::time::sleep(Duration::from_millis(500)).await;
     common::signal(cli.id(), "TERM");
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let out = cli.wait_with_output().unwrap();
+    let rest = lines.rest();
+    let out = common::exit_of(cli);
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{:?}: {said} {rest:?}", out.status);
     assert!(rest.iter().any(|l| l == "Connected peer/tv."), "{rest:?}");
@@ -891,7 +879,6 @@ async fn a_terminal_device_flow_stopped_by_a_signal_stores_what_a_poll_got() {
 /// with none running.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_terminal_device_flow_stopped_with_no_oauthd_serving_says_so() {
-    use std::io::BufRead;
     let mock = device_endpoint(120).await;
     pending_until_approved(&mock).await;
     let (home, _key) = mock_home(&mock, "tvp");
@@ -901,15 +888,10 @@ async fn a_terminal_device_flow_stopped_with_no_oauthd_serving_says_so() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = std::io::BufReader::new(cli.stdout.take().unwrap()).lines();
-    while !lines
-        .next()
-        .expect("the code")
-        .unwrap()
-        .starts_with("and enter the code: ")
-    {}
+    let lines = common::Lines::of(cli.stdout.take().unwrap());
+    lines.after("and enter the code: ");
     common::signal(cli.id(), "TERM");
-    let out = cli.wait_with_output().unwrap();
+    let out = common::exit_of(cli);
     let said = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{said}");
     assert!(

@@ -515,9 +515,13 @@ fn paste_and_wait(
     let mut stdin = child.stdin.take().unwrap();
     writeln!(stdin, "{text}").unwrap();
     drop(stdin);
-    let mut printed = String::new();
-    std::io::Read::read_to_string(&mut out, &mut printed).unwrap();
-    let output = child.wait_with_output().unwrap();
+    let rest = std::thread::spawn(move || {
+        let mut printed = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut printed);
+        printed
+    });
+    let output = common::exit_of(child);
+    let mut printed = rest.join().unwrap_or_default();
     printed.push_str(&String::from_utf8_lossy(&output.stderr));
     (output.status, printed)
 }
@@ -715,7 +719,7 @@ async fn a_terminal_paste_given_up_leaves_no_flow_another_browser_can_finish() {
     let mut stdin = child.stdin.take().unwrap();
     writeln!(stdin).unwrap();
     drop(stdin);
-    let output = child.wait_with_output().unwrap();
+    let output = common::exit_of(child);
     let said = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{said}");
     assert!(

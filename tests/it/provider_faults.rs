@@ -1324,7 +1324,15 @@ async fn answered_and_unsaved_past_the_lease() -> (common::peer::Peer, Home, Str
     common::signal(peer.pid(), "STOP");
     let mut locker = common::SqliteShell::open(&home.db());
     let (answer, ()) = tokio::join!(d.get(path, &key), async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Once the lease is stored (a fixed wait could lock before it, and the lease's
+        // own write met the lock).
+        let leased = "SELECT lease_until IS NOT NULL FROM connections
+                      WHERE provider = 'peer' AND account = 'alice';";
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while locker.query(leased) != "1" {
+            assert!(std::time::Instant::now() < until, "no lease taken");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert_eq!(locker.query("BEGIN IMMEDIATE; SELECT 'locked';"), "locked");
         common::signal(peer.pid(), "CONT");
     });

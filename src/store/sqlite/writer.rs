@@ -964,7 +964,8 @@ fn write_group(link: &mut Link, group: &mut Vec<Box<dyn WriteJob>>) {
         return;
     };
     let changes_before = conn.total_changes();
-    match commit_group(conn, group, &link.watch, &link.emptied) {
+    let (outcome, unanswered) = commit_group(conn, group, &link.watch, &link.emptied);
+    match outcome {
         // A group that changed nothing wrote nothing to disk: it proves nothing.
         Outcome::Committed if conn.total_changes() != changes_before => {
             link.busy.wrote_now();
@@ -978,7 +979,17 @@ fn write_group(link: &mut Link, group: &mut Vec<Box<dyn WriteJob>>) {
         Outcome::Locked => link.mark_locked(),
         Outcome::Failed => {}
     }
+    // Answered once marked: a `/readyz` asked right after the answer finds the mark.
+    if let Some((err, jobs)) = unanswered {
+        for job in jobs {
+            job.abort(err.clone());
+        }
+    }
 }
+
+/// Jobs a group could not begin, with the error to answer them with once the writer's
+/// marks are set.
+type Unanswered = Option<(StoreError, Vec<Box<dyn WriteJob>>)>;
 
 /// How a group ended, for the writer's read-only mark.
 enum Outcome {
@@ -996,12 +1007,13 @@ enum Outcome {
 
 /// Runs the group in as few transactions as failures allow. A job that committed for a
 /// caller who was gone by then makes `watch` drop every cached value (nobody else will).
+/// Jobs left when a transaction could not begin are returned, to be answered by the caller.
 fn commit_group(
     conn: &Connection,
     group: &mut Vec<Box<dyn WriteJob>>,
     watch: &ChangeWatch,
     emptied: &RefCell<Emptied>,
-) -> Outcome {
+) -> (Outcome, Unanswered) {
     let mut faults = Faults::of(conn);
     let mut failed = false;
     let outcome = |faults: &Faults, failed: bool| {
@@ -1023,10 +1035,7 @@ fn commit_group(
             faults.note(&e);
             let err = classify("starting a write transaction", e);
             log::warn!("{err}");
-            for job in jobs.by_ref() {
-                job.abort(err.clone());
-            }
-            return outcome(&faults, true);
+            return (outcome(&faults, true), Some((err, jobs.collect())));
         }
         let mut done: Vec<Box<dyn WriteJob>> = Vec::with_capacity(jobs.len());
         let mut rolled_back = false;
@@ -1070,7 +1079,7 @@ fn commit_group(
             watch.changed_unseen();
         }
     }
-    outcome(&faults, failed)
+    (outcome(&faults, failed), None)
 }
 
 #[cfg(test)]

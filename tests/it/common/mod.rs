@@ -44,7 +44,7 @@ pub fn signal(pid: u32, sig: &str) {
 /// as interrupted (exit 130, said so); returns what it said on stderr.
 pub fn interrupt(child: std::process::Child) -> String {
     signal(child.id(), "INT");
-    let out = child.wait_with_output().expect("wait");
+    let out = exit_of(child);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted"), "{err}");
@@ -481,7 +481,10 @@ impl Daemon {
         );
         s.write_all(req.as_bytes()).await.unwrap();
         let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(30), s.read_to_string(&mut out))
+            .await
+            .expect("an answer within 30 s")
+            .unwrap();
         let status = out
             .split_whitespace()
             .nth(1)
@@ -621,7 +624,7 @@ pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> boo
 pub struct SqliteShell {
     child: Child,
     input: Option<std::process::ChildStdin>,
-    lines: mpsc::Receiver<String>,
+    lines: Lines,
     errors: Option<std::thread::JoinHandle<Vec<u8>>>,
 }
 
@@ -639,16 +642,8 @@ impl SqliteShell {
             .spawn()
             .expect("sqlite3 (scripts/test installs it)");
         let input = child.stdin.take().expect("sqlite3 stdin");
-        let output = BufReader::new(child.stdout.take().expect("sqlite3 stdout"));
+        let lines = Lines::of(child.stdout.take().expect("sqlite3 stdout"));
         let errors = Some(drain(child.stderr.take().expect("sqlite3 stderr")));
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in output.lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
         let mut shell = SqliteShell {
             child,
             input: Some(input),
@@ -671,7 +666,7 @@ impl SqliteShell {
     /// the test, with what sqlite3 said, when none comes within 30 s.
     pub fn query(&mut self, sql: &str) -> String {
         self.send(sql);
-        match self.lines.recv_timeout(SHELL_LOCK_WAIT * 3) {
+        match self.lines.0.recv_timeout(LINE_WITHIN) {
             Ok(line) => line.trim().to_owned(),
             Err(e) => panic!("sqlite3 printed nothing for {sql:?} ({e}): {}", self.stop()),
         }
@@ -709,6 +704,54 @@ impl Drop for SqliteShell {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// A child's output read line by line on a thread of its own: a test waits for a line a
+/// bounded time, and fails saying so, where a read would wait for ever.
+pub struct Lines(mpsc::Receiver<String>);
+
+/// How long `Lines` waits for a line.
+const LINE_WITHIN: Duration = Duration::from_secs(30);
+
+impl Lines {
+    pub fn of(from: impl std::io::Read + Send + 'static) -> Lines {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(from).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines(rx)
+    }
+
+    /// The next line; `None` at the end of the output. Fails the test when none comes
+    /// within 30 s.
+    pub fn next_line(&self) -> Option<String> {
+        match self.0.recv_timeout(LINE_WITHIN) {
+            Ok(line) => Some(line),
+            Err(mpsc::RecvTimeoutError::Disconnected) => None,
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("no line within {LINE_WITHIN:?}"),
+        }
+    }
+
+    /// The rest of the first line that starts with `prefix`, the lines before it skipped.
+    pub fn after(&self, prefix: &str) -> String {
+        loop {
+            let line = self
+                .next_line()
+                .unwrap_or_else(|| panic!("the output ended without {prefix:?}"));
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return rest.to_owned();
+            }
+        }
+    }
+
+    /// Every line to the end of the output.
+    pub fn rest(&self) -> Vec<String> {
+        std::iter::from_fn(|| self.next_line()).collect()
     }
 }
 
@@ -1004,6 +1047,7 @@ pub async fn get_with_cookie(url: &str, cookie: &str) -> (u16, String) {
 pub fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
         .build()
         .expect("client")
 }

@@ -68,6 +68,24 @@ impl Relay {
         *self.armed.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((marker.as_bytes().to_vec(), fault));
     }
+
+    /// Waits until the armed fault has struck (a request held the marker), at most
+    /// `within`; whether it did.
+    pub async fn struck(&self, within: std::time::Duration) -> bool {
+        let until = tokio::time::Instant::now() + within;
+        while self
+            .armed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
+    }
 }
 
 impl Drop for Relay {
