@@ -184,7 +184,12 @@ fn query_refusal(req: &ServiceRequest) -> Option<ApiError> {
     if !path.starts_with("/v1/") || path.starts_with("/v1/proxy/") {
         return None;
     }
-    let known = known_query(req.method(), path);
+    // A HEAD is answered as its path's GET: it takes the GET's parameters, by its rules.
+    let method = match req.method() {
+        m if *m == actix_web::http::Method::HEAD => &actix_web::http::Method::GET,
+        m => m,
+    };
+    let known = known_query(method, path);
     let mut seen = Vec::new();
     let mut twice = None;
     let mut unknown = None;
@@ -200,7 +205,7 @@ fn query_refusal(req: &ServiceRequest) -> Option<ApiError> {
         }
     }
     // A method the path does not serve gets its 405 (`known_query`), twice or not.
-    if !query_routes(path).iter().any(|(m, _)| m == req.method()) {
+    if !query_routes(path).iter().any(|(m, _)| m == method) {
         twice = None;
     }
     if unknown.is_none() && twice.is_none() {

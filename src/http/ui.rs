@@ -97,7 +97,8 @@ impl FromRequest for UiSession {
                 ApiError::unauthorized("not_signed_in", "sign in with a login link first")
             })?;
             let csrf = csrf_token(&cookie);
-            if req.method() != Method::GET {
+            // A HEAD is answered as the GET: it changes nothing either.
+            if !matches!(*req.method(), Method::GET | Method::HEAD) {
                 let presented = req
                     .headers()
                     .get("x-csrf-token")

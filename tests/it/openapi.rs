@@ -346,6 +346,13 @@ async fn what_the_fuzzer_found_stays_fixed() {
         assert_eq!(resp.status(), 400, "force={force}");
         common::assert_code(resp, "invalid_force").await;
     }
+    // A HEAD is refused as its GET is.
+    let twice = format!("{}/v1/connections/p/a/token?min_ttl=5&min_ttl=6", d.url);
+    let resp = d.http.head(twice).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let forced = format!("{}/v1/connections/p/a?force=true", d.url);
+    let resp = d.http.head(forced).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
     // A method the route does not serve gets its 405, a parameter given twice or not.
     for method in [reqwest::Method::POST, reqwest::Method::PUT] {
         for query in ["min_ttl=5", "min_ttl=5&min_ttl=6"] {

@@ -1416,6 +1416,20 @@ async fn health_and_readiness_need_no_key(home: Home) {
         );
         assert!(head.bytes().await.unwrap().is_empty(), "HEAD {path}");
     }
+    // Signed in, the page's reads answer HEAD as GET too (it asked for a CSRF token).
+    let (session, _) = home.ui_session(&d).await;
+    for path in ["/ui/api/overview", "/ui/api/events"] {
+        let get = d.ui_get(path, &session).await;
+        assert_eq!(get.status(), 200, "GET {path}");
+        let head = d
+            .http
+            .head(format!("{}{path}", d.url))
+            .header("cookie", format!("oauthd_session={session}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), 200, "HEAD {path}");
+    }
     let post = d
         .send_json(reqwest::Method::POST, "/v1/connections", &key, json!({}))
         .await;
