@@ -676,10 +676,7 @@ impl Broker {
                 )
                 .await?;
             let super::grant::Prepared {
-                save,
-                events,
-                same,
-                replaced,
+                save, events, same, ..
             } = prepared;
             let identity = save.identity.clone();
             // Checked again where it is stored, in turn with the key's other additions:
@@ -688,7 +685,10 @@ impl Broker {
                 Some(key_id) => self.starter_room(key_id, provider_name, &account).await?,
                 None => None,
             };
-            self.store_connection(save, events).await?;
+            // The row the save replaced, as it was then: the one read before may be older
+            // (a refresh saved meanwhile, whose rotated token only it holds).
+            let was = self.store_connection(save, events).await?;
+            let replaced = was.filter(|row| row.identity.another_than(&identity));
             Ok::<_, BrokerError>((identity, same, replaced))
         };
         let (identity, same_account_as, replaced) = match stored.await {

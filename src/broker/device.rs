@@ -16,7 +16,9 @@ use super::{Broker, BrokerError, ConnectionView};
 use crate::clock::rfc3339;
 use crate::oauth::flows::{self, DevicePoll, FlowError};
 use crate::oauth::provider::check_name;
-use crate::store::{ClaimedPoll, DeviceFlowRow, DeviceFlowStatus, DevicePollOutcome};
+use crate::store::{
+    ClaimedPoll, ConnectionRow, DeviceFlowRow, DeviceFlowStatus, DevicePollOutcome, PollRecorded,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -467,10 +469,10 @@ impl Broker {
             .finish_device_poll(id, claim, outcome, self.clock.now_ms(), Vec::new())
             .await
         {
-            Ok(true) => {}
+            Ok(PollRecorded::Yes(_)) => {}
             // The poll outlived its claim and another process polls the flow now; the
             // next look at the flow finds out how it stands.
-            Ok(false) => log::info!("device flow {id}: another process polls it now"),
+            Ok(PollRecorded::No) => log::info!("device flow {id}: another process polls it now"),
             Err(e) => log::warn!("device flow {id}: {e}"),
         }
         false
@@ -522,9 +524,15 @@ impl Broker {
         let (key, identity) = (save.key.clone(), save.identity.clone());
         let outcome = DevicePollOutcome::Connected(Box::new(save));
         match self.record_final(flow, claim, outcome, &events).await {
-            Recorded::Yes => {
+            Recorded::Yes(was) => {
                 log::info!("device {p}/{a}: connected");
-                if let Some(old) = replaced {
+                // The row the save replaced, as it was then: the one read before may be
+                // older (a refresh saved meanwhile, whose rotated token only it holds).
+                let was = match was {
+                    Some(was) => was.map(|row| *row),
+                    None => replaced,
+                };
+                if let Some(old) = was.filter(|row| row.identity.another_than(&identity)) {
                     self.end_replaced("device", old, &identity).await;
                 }
                 if let Some(caution) = super::callback::no_refresh_token(provider, tokens, true) {
@@ -582,7 +590,7 @@ impl Broker {
                 detail: detail.clone(),
             };
             match self.record_final(flow, None, outcome, &events).await {
-                Recorded::Yes => log::info!("device flow {} ({key}): ended: {detail}", flow.id),
+                Recorded::Yes(_) => log::info!("device flow {} ({key}): ended: {detail}", flow.id),
                 // Ended meanwhile by its own poll.
                 Recorded::Refused(Some(DeviceFlowStatus::Connected)) => log::warn!(
                     "disconnect {key}: device flow {} connected it again as it was deleted (approved just before)",
@@ -616,7 +624,7 @@ impl Broker {
             error: ended.code().to_owned(),
             detail,
         };
-        if let Recorded::Yes = self.record_final(flow, claim, outcome, &events).await {
+        if let Recorded::Yes(_) = self.record_final(flow, claim, outcome, &events).await {
             if status == DeviceFlowStatus::Failed {
                 log::warn!("{said}");
             } else {
@@ -653,17 +661,17 @@ impl Broker {
                 .finish_device_poll(id, claim, outcome.clone(), now, deliveries.clone())
                 .await
             {
-                Ok(true) => {
+                Ok(PollRecorded::Yes(was)) => {
                     self.notifier.written(events);
-                    return Recorded::Yes;
+                    return Recorded::Yes(Some(was));
                 }
-                Ok(false) => {
+                Ok(PollRecorded::No) => {
                     let status = self.store.get_device_flow(id).await.ok().flatten();
                     let status = status.map(|f| f.status);
                     // A try that failed may have written before its answer was lost.
                     if failed && status.is_some() && status == ends_as {
                         self.notifier.written(events);
-                        return Recorded::Yes;
+                        return Recorded::Yes(None);
                     }
                     log::info!("device flow {id}: not recorded; another process ended or polls it");
                     return Recorded::Refused(status);
@@ -684,7 +692,9 @@ impl Broker {
 
 /// How recording a device flow's end went.
 enum Recorded {
-    Yes,
+    /// Recorded; for tokens, the connection row they replaced as the store said it
+    /// (`None`: not known, a try whose answer was lost recorded it).
+    Yes(Option<Option<Box<ConnectionRow>>>),
     /// Not pending any more, or polled by another process now: the flow's status then.
     Refused(Option<DeviceFlowStatus>),
     /// The store kept failing.

@@ -70,20 +70,22 @@ impl Broker {
         })
     }
 
-    /// Stores a (re)connect `prepare_connection` made, with its events.
+    /// Stores a (re)connect `prepare_connection` made, with its events; the row it
+    /// replaced, as it was then (`save_connection`).
     pub(super) async fn store_connection(
         &self,
         save: ConnectionSave,
         events: Vec<Event>,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<Option<ConnectionRow>, BrokerError> {
         // Dropped after the write (even when this call is cancelled meanwhile): reads that
         // began before it cannot put the old token back.
         let _saved = self.token_cache.forget_after(&save.key);
-        self.store
+        let was = self
+            .store
             .save_connection(save, self.clock.now_ms(), self.notifier.deliveries(&events))
             .await?;
         self.notifier.written(&events);
-        Ok(())
+        Ok(was)
     }
 
     /// What a (re)connect with tokens `t` stores, the other connections that are the same

@@ -266,12 +266,16 @@ pub trait ConnectionStore: Send + Sync {
     ///
     /// Every write that changes a connection also adds `events` to the outbox, in the same
     /// transaction, and only when the change itself is made.
+    ///
+    /// Returns the row it replaced, as it was at that moment (`None`: a new connection):
+    /// what the caller read before may be older (a refresh saved since, in this process or
+    /// another), and only this row's grant is the one the save leaves behind.
     async fn save_connection(
         &self,
         save: ConnectionSave,
         now_ms: i64,
         events: Vec<NewDelivery>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<Option<ConnectionRow>, StoreError>;
     /// Takes the refresh lease when nobody holds it and the connection is still at
     /// `seen_generation` (the row the caller decided on); returns the new generation.
     /// A row that changed meanwhile (another process refreshed and released the lease)

@@ -89,6 +89,22 @@ pub enum DevicePollOutcome {
     Connected(Box<ConnectionSave>),
 }
 
+/// What `finish_device_poll` did.
+#[derive(Debug)]
+pub enum PollRecorded {
+    /// Not recorded: the flow was no longer pending, or another process holds its claim.
+    No,
+    /// Recorded. For `Connected`, the connection row its tokens replaced, as it was then
+    /// (see `save_connection`).
+    Yes(Option<Box<ConnectionRow>>),
+}
+
+impl PollRecorded {
+    pub fn recorded(&self) -> bool {
+        matches!(self, PollRecorded::Yes(_))
+    }
+}
+
 /// A device poll claimed by one process: the flow as claimed, and the claim that fences
 /// what is recorded for it (`finish_device_poll`).
 #[derive(Debug, Clone)]
@@ -150,5 +166,5 @@ pub trait DeviceFlowStore: Send + Sync {
         outcome: DevicePollOutcome,
         now_ms: i64,
         events: Vec<NewDelivery>,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<PollRecorded, StoreError>;
 }

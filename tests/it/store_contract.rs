@@ -5,8 +5,8 @@ use oauthd::secret::{SecretHash, StateId};
 use oauthd::store::{
     AccountIdentity, Attempted, ClaimRoom, ConnectionKey, ConnectionSave, ConnectionStatus,
     DeliveryFilter, DeliveryOutcome, DeliveryStatus, DeviceFlowRow, DeviceFlowStatus,
-    DevicePollOutcome, InsertRules, Inserted, NamespaceFilter, NewDelivery, RefreshFailure,
-    Retried, Revoked, SealedTokens, StateRow, StateSecret, Taken, Told,
+    DevicePollOutcome, InsertRules, Inserted, NamespaceFilter, NewDelivery, PollRecorded,
+    RefreshFailure, Retried, Revoked, SealedTokens, StateRow, StateSecret, Taken, Told,
 };
 use std::sync::Arc;
 
@@ -1697,6 +1697,7 @@ backends!(
     racing_claimers_split_the_due_deliveries,
     a_device_poll_is_recorded_only_while_no_one_else_holds_the_flow,
     a_withdrawn_flow_ends_whoever_polls_it_and_its_poll_records_nothing_after,
+    a_save_returns_the_row_it_replaced_as_it_was_then,
     a_connected_poll_stores_the_connection_and_ends_the_flow_in_one_write,
     a_failed_delivery_is_listed_behind_any_number_of_newer_ones,
     a_targets_newest_are_listed_behind_any_number_of_the_others,
@@ -1887,10 +1888,15 @@ fn now_ms() -> i64 {
 
 /// A pending device flow `id` of p/a, due at `due`.
 async fn device_flow(s: &dyn oauthd::store::Store, id: &str, due: i64) {
+    device_flow_for(s, id, "a", due).await
+}
+
+/// A pending device flow `id` of p/`account`, due at `due`.
+async fn device_flow_for(s: &dyn oauthd::store::Store, id: &str, account: &str, due: i64) {
     let row = DeviceFlowRow {
         id: id.into(),
         provider: "p".into(),
-        account: "a".into(),
+        account: account.into(),
         device_code: b"sealed-code".to_vec(),
         user_code: "ABCD-EFGH".into(),
         verification_uri: "https://p.example/device".into(),
@@ -1942,6 +1948,74 @@ fn connected_as(account: &str, access: &[u8]) -> DevicePollOutcome {
     )))
 }
 
+/// A reconnect's save returns the row it replaced as it was then, not as the caller read it
+/// before: a refresh saved in between holds the only live refresh token of the grant the
+/// reconnect leaves behind (when it made the connection another account, that grant is
+/// revoked, and it was the rotated-out one read before that was). A new connection
+/// replaces nothing; a device flow's save answers the same.
+async fn a_save_returns_the_row_it_replaced_as_it_was_then(b: Backend) {
+    let s = b.store.as_ref();
+    let key = ConnectionKey::new("p", "a");
+    let was = s
+        .save_connection(saved(&key, tokens(b"a1", b"r1")), 1_000, Vec::new())
+        .await
+        .unwrap();
+    assert!(was.is_none(), "{was:?}");
+    // Read by the reconnect; then refreshed, rotating r1 to r2.
+    let read = s.get_connection(&key).await.unwrap().unwrap();
+    let g = lease(s, &key, read.generation, 2_000).await.expect("lease");
+    assert!(s
+        .save_refreshed(&key, g, tokens(b"a2", b"r2"), 3_000, Vec::new())
+        .await
+        .unwrap());
+    let bob = ConnectionSave {
+        identity: AccountIdentity {
+            sub: Some("bob".into()),
+            ..AccountIdentity::default()
+        },
+        ..saved(&key, tokens(b"a3", b"r3"))
+    };
+    let was = s
+        .save_connection(bob, 4_000, Vec::new())
+        .await
+        .unwrap()
+        .expect("the row replaced");
+    assert_eq!(was.refresh_token.as_deref(), Some(&b"r2"[..]));
+    assert_eq!(was.identity.sub, None);
+    assert_eq!(was.last_refresh_at_ms, Some(3_000));
+
+    // A device flow's tokens for it: the row as the save above left it.
+    let t0 = now_ms();
+    device_flow(s, "f1", t0).await;
+    let claim = s
+        .claim_device_poll("f1", t0, 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let recorded = s
+        .finish_device_poll(
+            "f1",
+            Some(&claim.claim),
+            connected_as("a", b"a4"),
+            t0,
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    let PollRecorded::Yes(Some(was)) = recorded else {
+        panic!("{recorded:?}")
+    };
+    assert_eq!(was.refresh_token.as_deref(), Some(&b"r3"[..]));
+    assert_eq!(was.identity.sub.as_deref(), Some("bob"));
+    // A device flow's tokens for a new connection replace nothing.
+    device_flow_for(s, "f2", "new", t0).await;
+    let recorded = s
+        .finish_device_poll("f2", None, connected_as("new", b"a5"), t0, Vec::new())
+        .await
+        .unwrap();
+    assert!(matches!(recorded, PollRecorded::Yes(None)), "{recorded:?}");
+}
+
 /// A poll that ran past its claim's lease must not free the flow under the process that
 /// claimed it next (a third would then poll beside it), nor end it: only the live claim,
 /// or anyone while nobody holds one, records an outcome.
@@ -1964,7 +2038,8 @@ async fn a_withdrawn_flow_ends_whoever_polls_it_and_its_poll_records_nothing_aft
     assert!(s
         .finish_device_poll("f1", None, withdrawn, t0, events)
         .await
-        .unwrap());
+        .unwrap()
+        .recorded());
     let flow = s.get_device_flow("f1").await.unwrap().unwrap();
     assert_eq!(flow.status, DeviceFlowStatus::Failed);
     assert_eq!(flow.error.as_deref(), Some("connection_deleted"));
@@ -1974,7 +2049,8 @@ async fn a_withdrawn_flow_ends_whoever_polls_it_and_its_poll_records_nothing_aft
     assert!(!s
         .finish_device_poll("f1", claim, tokens, t0, Vec::new())
         .await
-        .unwrap());
+        .unwrap()
+        .recorded());
     let key = ConnectionKey::new("p", "a");
     assert!(s.get_connection(&key).await.unwrap().is_none());
 }
@@ -1990,7 +2066,8 @@ async fn a_device_poll_is_recorded_only_while_no_one_else_holds_the_flow(b: Back
     assert!(!s
         .finish_device_poll("f1", None, expired, t0, Vec::new())
         .await
-        .unwrap());
+        .unwrap()
+        .recorded());
     // The first claim runs out; another process claims the next poll.
     let (t1, second) = claimed_once_the_first_ran_out(s, "f1", t0).await;
     assert_ne!(first.claim, second.claim);
@@ -1998,7 +2075,8 @@ async fn a_device_poll_is_recorded_only_while_no_one_else_holds_the_flow(b: Back
     assert!(!s
         .finish_device_poll("f1", late, pending_again(), t1, Vec::new())
         .await
-        .unwrap());
+        .unwrap()
+        .recorded());
     assert!(
         s.claim_device_poll("f1", t1, 60_000)
             .await
@@ -2011,7 +2089,8 @@ async fn a_device_poll_is_recorded_only_while_no_one_else_holds_the_flow(b: Back
     assert!(!s
         .finish_device_poll("f1", late, failed, t1, events)
         .await
-        .unwrap());
+        .unwrap()
+        .recorded());
     let flow = s.get_device_flow("f1").await.unwrap().unwrap();
     assert_eq!(flow.status, DeviceFlowStatus::Pending);
     assert_eq!(flow.error, None);
@@ -2022,7 +2101,8 @@ async fn a_device_poll_is_recorded_only_while_no_one_else_holds_the_flow(b: Back
     assert!(s
         .finish_device_poll("f1", live, pending_again(), t1, Vec::new())
         .await
-        .unwrap());
+        .unwrap()
+        .recorded());
     let third = s
         .claim_device_poll("f1", t1, 60_000)
         .await
@@ -2033,7 +2113,8 @@ async fn a_device_poll_is_recorded_only_while_no_one_else_holds_the_flow(b: Back
     assert!(s
         .finish_device_poll("f1", Some(&third.claim), denied, t1, events)
         .await
-        .unwrap());
+        .unwrap()
+        .recorded());
     let flow = s.get_device_flow("f1").await.unwrap().unwrap();
     assert_eq!(flow.status, DeviceFlowStatus::Denied);
     // Why, as a code apps read, kept with it.
@@ -2070,7 +2151,8 @@ async fn a_connected_poll_stores_the_connection_and_ends_the_flow_in_one_write(b
             events
         )
         .await
-        .unwrap());
+        .unwrap()
+        .recorded());
     let flow = s.get_device_flow("f1").await.unwrap().unwrap();
     assert_eq!(flow.status, DeviceFlowStatus::Connected);
     assert!(flow.device_code.is_empty());
@@ -2101,7 +2183,8 @@ async fn a_connected_poll_stores_the_connection_and_ends_the_flow_in_one_write(b
         assert!(!s
             .finish_device_poll("f1", claim, connected_as("a", b"a2"), t1, events)
             .await
-            .unwrap());
+            .unwrap()
+            .recorded());
     }
     let conn = s
         .get_connection(&ConnectionKey::new("p", "a"))
@@ -2115,11 +2198,13 @@ async fn a_connected_poll_stores_the_connection_and_ends_the_flow_in_one_write(b
     assert!(s
         .finish_device_poll("f2", None, expired, t1, Vec::new())
         .await
-        .unwrap());
+        .unwrap()
+        .recorded());
     assert!(!s
         .finish_device_poll("f2", None, connected_as("b", b"b1"), t1, Vec::new())
         .await
-        .unwrap());
+        .unwrap()
+        .recorded());
     let key_b = ConnectionKey::new("p", "b");
     assert!(s.get_connection(&key_b).await.unwrap().is_none());
     assert_eq!(ids(s, DeliveryFilter::All).await.len(), 2);

@@ -37,13 +37,24 @@ end
 "#;
 
 /// KEYS: conn, lease, index, then the outbox's. ARGV: member, now, the deliveries (from
-/// ARGV[3]), changes….
+/// ARGV[3]), changes…. Returns the connection as it was (HGETALL; empty: a new one).
 static SAVE: LazyLock<Script> = LazyLock::new(|| {
     script(&format!(
         "{SAVE_LUA}\n{}",
-        "save_connection(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], enqueue(4, 3))"
+        "local was = redis.call('HGETALL', KEYS[1])
+save_connection(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], enqueue(4, 3))
+return was"
     ))
 });
+
+/// The connection a save replaced, from its HGETALL before the save (`None`: empty,
+/// a new connection).
+pub(super) fn was(flat: Vec<Vec<u8>>) -> Result<Option<ConnectionRow>, StoreError> {
+    if flat.is_empty() {
+        return Ok(None);
+    }
+    row(&super::flat_fields(flat)).map(Some)
+}
 
 /// KEYS: conn, lease. ARGV: now, lease ms, the generation the caller read, the call's
 /// name (the lease key's value, for `RELEASE_UNANSWERED`). Returns the new generation, or
@@ -428,7 +439,7 @@ impl ConnectionStore for RedisStore {
         save: ConnectionSave,
         now_ms: i64,
         events: Vec<NewDelivery>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<ConnectionRow>, StoreError> {
         let (keys, changes) = self.connection_save(save, now_ms);
         let mut inv = SAVE.prepare_invoke();
         inv.key(keys.conn).key(keys.lease).key(keys.index);
@@ -436,10 +447,12 @@ impl ConnectionStore for RedisStore {
         self.enqueue_args(&mut inv, &events);
         changes.to_args(&mut inv);
         let mut c = self.conn();
-        self.run("saving a connection", async move {
-            inv.invoke_async::<()>(&mut c).await
-        })
-        .await
+        let flat = self
+            .run("saving a connection", async move {
+                inv.invoke_async::<Vec<Vec<u8>>>(&mut c).await
+            })
+            .await?;
+        was(flat)
     }
 
     async fn acquire_refresh_lease(

@@ -7,7 +7,7 @@ use super::outbox::ENQUEUE_LUA;
 use super::{need_int, need_text, text, Changes, Fields, RedisStore, APPLY_LUA};
 use crate::store::{
     ClaimedPoll, DeviceFlowRow, DeviceFlowStatus, DeviceFlowStore, DevicePollOutcome, NewDelivery,
-    StoreError,
+    PollRecorded, StoreError,
 };
 use async_trait::async_trait;
 use redis::Script;
@@ -111,12 +111,13 @@ static FINISH_CONNECTED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{APPLY_LUA}\n{ENQUEUE_LUA}\n{SAVE_LUA}\n{}",
         r#"
-if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
+if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return false end
 local after = apply(KEYS[1], enqueue(7, 6))
+local was = redis.call('HGETALL', KEYS[4])
 save_connection(KEYS[4], KEYS[5], KEYS[6], ARGV[4], ARGV[5], after)
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('DEL', KEYS[2])
-return 1
+return was
 "#
     ))
 });
@@ -144,16 +145,6 @@ fn row(f: &Fields) -> Result<DeviceFlowRow, StoreError> {
         created_at_ms: need_int(CONTEXT, f, "created")?,
         started_by: text(f, "started_by").unwrap_or_default(),
     })
-}
-
-/// Reads a flat HGETALL-style reply (`[field, value, …]`) into fields.
-fn pairs(flat: Vec<Vec<u8>>) -> Fields {
-    let mut it = flat.into_iter();
-    let mut f = Fields::new();
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        f.insert(String::from_utf8_lossy(&k).into_owned(), v);
-    }
-    f
 }
 
 impl RedisStore {
@@ -308,7 +299,7 @@ impl DeviceFlowStore for RedisStore {
             })
             .await?;
         flat.map(|flat| {
-            row(&pairs(flat)).map(|flow| ClaimedPoll {
+            row(&super::flat_fields(flat)).map(|flow| ClaimedPoll {
                 flow,
                 claim: claim.clone(),
             })
@@ -323,7 +314,7 @@ impl DeviceFlowStore for RedisStore {
         outcome: DevicePollOutcome,
         now_ms: i64,
         events: Vec<NewDelivery>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<PollRecorded, StoreError> {
         let (key, claim_key, pending) = (self.key("d", id), self.key("dl", id), self.index("dp"));
         let mut claim = claim.unwrap_or_default().to_owned();
         let mut ch = Changes::default();
@@ -380,12 +371,26 @@ impl DeviceFlowStore for RedisStore {
             changes.to_args(&mut inv);
         }
         let mut c = self.conn();
-        let recorded: i64 = self
+        if connection.is_none() {
+            let recorded: i64 = self
+                .run("recording a device poll", async move {
+                    inv.invoke_async(&mut c).await
+                })
+                .await?;
+            return Ok(match recorded {
+                1 => PollRecorded::Yes(None),
+                _ => PollRecorded::No,
+            });
+        }
+        let was: Option<Vec<Vec<u8>>> = self
             .run("recording a device poll", async move {
                 inv.invoke_async(&mut c).await
             })
             .await?;
-        Ok(recorded == 1)
+        Ok(match was {
+            None => PollRecorded::No,
+            Some(was) => PollRecorded::Yes(super::connections::was(was)?.map(Box::new)),
+        })
     }
 
     async fn reseal_device_code(

@@ -92,6 +92,16 @@ impl Drop for RedisStore {
 /// A record read with HGETALL.
 type Fields = HashMap<String, Vec<u8>>;
 
+/// A flat HGETALL answer (field, value, field, value…) as `Fields`.
+fn flat_fields(flat: Vec<Vec<u8>>) -> Fields {
+    let mut f = Fields::new();
+    let mut it = flat.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        f.insert(String::from_utf8_lossy(&k).into_owned(), v);
+    }
+    f
+}
+
 /// `text` as a Redis glob pattern that matches only itself: `*`, `?`, `[`, `]` and `\`
 /// escaped.
 fn glob_literal(text: &str) -> String {

@@ -299,16 +299,6 @@ fn row(f: &Fields) -> Result<DeliveryRow, StoreError> {
     })
 }
 
-/// A flat HGETALL answer (field, value, field, value…) as `Fields`.
-fn fields(flat: Vec<Vec<u8>>) -> Fields {
-    let mut f = Fields::new();
-    let mut it = flat.into_iter();
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        f.insert(String::from_utf8_lossy(&k).into_owned(), v);
-    }
-    f
-}
-
 impl RedisStore {
     /// The root the due sets are named after (`due_of` in `ENQUEUE_LUA`); its own key is
     /// an earlier version's one due set.
@@ -553,7 +543,7 @@ impl OutboxStore for RedisStore {
                     // A failure here is the claim's: what it took already is still sent.
                     self.bury(&id, target, &why, now_ms).await.map(|()| None)
                 }
-                Ok(flat) => match row(&fields(flat)) {
+                Ok(flat) => match row(&super::flat_fields(flat)) {
                     Ok(d) => Ok(Some(d)),
                     Err(e) => self.bury(&id, target, &e, now_ms).await.map(|()| None),
                 },

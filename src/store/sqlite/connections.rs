@@ -50,8 +50,14 @@ pub(super) fn upsert(
     conn: &rusqlite::Connection,
     save: &ConnectionSave,
     now_ms: i64,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<Option<ConnectionRow>> {
     let (t, identity) = (&save.tokens, &save.identity);
+    let was = conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM connections WHERE provider = ?1 AND account = ?2"
+        ))?
+        .query_row(params![save.key.provider, save.key.account], row)
+        .optional()?;
     conn.prepare_cached(
         "INSERT INTO connections (provider, account, status, scopes, token_type,
             access_token, refresh_token, access_expires_at, created_at, updated_at,
@@ -82,7 +88,7 @@ pub(super) fn upsert(
         save.told.stored(),
         save.from_provider.then_some(now_ms)
     ])?;
-    Ok(())
+    Ok(was)
 }
 
 #[async_trait]
@@ -168,11 +174,12 @@ impl ConnectionStore for SqliteStore {
         save: ConnectionSave,
         now_ms: i64,
         events: Vec<NewDelivery>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<ConnectionRow>, StoreError> {
         self.writer
             .run_atomic("saving a connection", move |conn| {
-                upsert(conn, &save, now_ms)?;
-                enqueue(conn, &events)
+                let was = upsert(conn, &save, now_ms)?;
+                enqueue(conn, &events)?;
+                Ok(was)
             })
             .await
     }

@@ -4,7 +4,8 @@ use super::connections::upsert;
 use super::outbox::enqueue;
 use super::SqliteStore;
 use crate::store::{
-    ClaimedPoll, DeviceFlowRow, DeviceFlowStore, DevicePollOutcome, NewDelivery, StoreError,
+    ClaimedPoll, DeviceFlowRow, DeviceFlowStore, DevicePollOutcome, NewDelivery, PollRecorded,
+    StoreError,
 };
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};
@@ -146,7 +147,7 @@ impl DeviceFlowStore for SqliteStore {
         outcome: DevicePollOutcome,
         now_ms: i64,
         events: Vec<NewDelivery>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<PollRecorded, StoreError> {
         let id = id.to_owned();
         // A claim that is not a number is nobody's: it fences like none.
         let claim: Option<i64> = claim.and_then(|c| c.parse().ok());
@@ -198,13 +199,14 @@ impl DeviceFlowStore for SqliteStore {
                         .execute(params![id, now_ms]),
                 }?;
                 if n != 1 {
-                    return Ok(false);
+                    return Ok(PollRecorded::No);
                 }
-                if let DevicePollOutcome::Connected(save) = &outcome {
-                    upsert(conn, save, now_ms)?;
-                }
+                let was = match &outcome {
+                    DevicePollOutcome::Connected(save) => upsert(conn, save, now_ms)?,
+                    _ => None,
+                };
                 enqueue(conn, &events)?;
-                Ok(true)
+                Ok(PollRecorded::Yes(was.map(Box::new)))
             })
             .await
     }
