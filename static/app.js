@@ -386,8 +386,10 @@ async function device(provider, account) {
         return;
       }
       await load().catch(() => {}); // redraws the providers, this box included
+      // Connected as another account than it was: the flow's detail says so.
+      const said = body.detail && body.detail !== "connected" ? ` ${body.detail}.` : "";
       notice(body.status === "connected"
-        ? `Connected ${provider}/${account || "default"}.`
+        ? `Connected ${provider}/${account || "default"}.${said}`
         : `Not connected: ${body.status}${body.detail ? ` (${body.detail})` : ""}.`);
     };
     setTimeout(poll, 3000);

@@ -517,12 +517,16 @@ impl Broker {
             },
             None => None,
         };
-        events.push(self.device_event(flow, DeviceFlowStatus::Connected, None, "connected"));
+        let detail = connected_detail(flow, replaced.as_ref(), &save.identity);
+        events.push(self.device_event(flow, DeviceFlowStatus::Connected, None, &detail));
         // As for every (re)connect: reads that began before the write cannot put the old
         // token back.
         let _saved = self.token_cache.forget_after(&save.key);
         let (key, identity) = (save.key.clone(), save.identity.clone());
-        let outcome = DevicePollOutcome::Connected(Box::new(save));
+        let outcome = DevicePollOutcome::Connected {
+            save: Box::new(save),
+            detail,
+        };
         match self.record_final(flow, claim, outcome, &events).await {
             Recorded::Yes(was) => {
                 log::info!("device {p}/{a}: connected");
@@ -648,7 +652,7 @@ impl Broker {
         let ends_as = match &outcome {
             DevicePollOutcome::Finished { status, .. } => Some(*status),
             DevicePollOutcome::Withdrawn { .. } => Some(DeviceFlowStatus::Failed),
-            DevicePollOutcome::Connected(_) => Some(DeviceFlowStatus::Connected),
+            DevicePollOutcome::Connected { .. } => Some(DeviceFlowStatus::Connected),
             DevicePollOutcome::Pending { .. } => None,
         };
         let deliveries = self.notifier.deliveries(events);
@@ -688,6 +692,29 @@ impl Broker {
             }
         }
     }
+}
+
+/// A connected flow's detail, as its status says it (the page, an app): "connected", and
+/// for a reconnect that made the connection another account at the provider than it was,
+/// that the apps that read it get the new account's tokens (the account it was is not
+/// named to an app, whose key may not reach it).
+fn connected_detail(
+    flow: &DeviceFlowRow,
+    replaced: Option<&ConnectionRow>,
+    now: &crate::store::AccountIdentity,
+) -> String {
+    let Some(old) = replaced.filter(|old| old.identity.another_than(now)) else {
+        return "connected".into();
+    };
+    let (p, a) = (&flow.provider, &flow.account);
+    let was = if flow.started_by.starts_with("key:") {
+        String::new()
+    } else {
+        format!(" (it was {})", super::replaced::who(&old.identity))
+    };
+    format!(
+        "connected as another account at {p} than it was{was}: the apps that read {p}/{a} get this account's tokens from now on. The grant of the account it was is revoked at {p} unless another connection is that account (oauthd's log says how it went)"
+    )
 }
 
 /// How recording a device flow's end went.

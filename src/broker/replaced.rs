@@ -231,7 +231,7 @@ impl Broker {
 
 /// An account at a provider in a log line: its email, or name, and its id there, quoted
 /// (a name is its user's choice, control characters and all).
-fn who(identity: &AccountIdentity) -> String {
+pub(super) fn who(identity: &AccountIdentity) -> String {
     let sub = identity.sub.as_deref().unwrap_or("?");
     match identity.email.as_deref().or(identity.name.as_deref()) {
         Some(shown) if shown != sub => format!("{shown:?} (id {sub:?})"),

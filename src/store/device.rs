@@ -84,9 +84,12 @@ pub enum DevicePollOutcome {
     /// under way that comes back with tokens finds it ended, and stores nothing.
     Withdrawn { error: String, detail: String },
     /// The provider issued tokens: the connection is saved as `save_connection` saves it
-    /// and the flow finished `connected`, in one write. The device code has been redeemed,
-    /// so a flow left pending after a crash would be polled with it again.
-    Connected(Box<ConnectionSave>),
+    /// and the flow finished `connected`, with `detail`, in one write. The device code has
+    /// been redeemed, so a flow left pending after a crash would be polled with it again.
+    Connected {
+        save: Box<ConnectionSave>,
+        detail: String,
+    },
 }
 
 /// What `finish_device_poll` did.

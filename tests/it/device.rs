@@ -41,6 +41,7 @@ async fn a_device_reconnect_as_another_account_revokes_the_grant_it_replaced() {
     let home = Home::new();
     let (peer, key, d) = serving(&home, 3600, "");
     let mut tokens = Vec::new();
+    let mut details = Vec::new();
     for user in ["alice", "carol"] {
         let start = d.start_device(&key, "peer", "tv").await;
         let code = start["user_code"].as_str().unwrap();
@@ -52,6 +53,7 @@ async fn a_device_reconnect_as_another_account_revokes_the_grant_it_replaced() {
             (200, Some("connected")),
             "{done}"
         );
+        details.push(done["detail"].as_str().unwrap_or_default().to_owned());
         let (status, token) = d.get("/v1/connections/peer/tv/token", &key).await;
         assert_eq!(status, 200, "{token}");
         tokens.push(token["access_token"].as_str().unwrap().to_owned());
@@ -66,6 +68,40 @@ async fn a_device_reconnect_as_another_account_revokes_the_grant_it_replaced() {
         log.contains("device peer/tv: it was id \"alice\" at peer, and is now id \"carol\"")
             && log.contains("the account it was: its grant was revoked at peer"),
         "{log}"
+    );
+    // The flow's status says so (it said only "connected"), to an app without naming the
+    // account it was.
+    assert_eq!(details[0], "connected");
+    let changed = "connected as another account at peer than it was";
+    assert!(
+        details[1].starts_with(changed) && !details[1].contains("alice"),
+        "{}",
+        details[1]
+    );
+    // And to the page, which "Connect with a code" shows beside Connected, naming it.
+    let session = home.ui_session(&d).await;
+    let (status, start) = d
+        .ui_post(&session, "/ui/api/device/peer", json!({"account": "tv"}))
+        .await;
+    assert_eq!(status, 201, "{start}");
+    peer.verify_device_as("alice", start["user_code"].as_str().unwrap(), true)
+        .await;
+    let path = format!("/ui/api/device/peer/{}", start["id"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let done = loop {
+        let resp = d.ui_get(&path, &session.0).await;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap();
+        if status != 202 || Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(done["status"], "connected", "{done}");
+    let detail = done["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.starts_with(&format!("{changed} (it was id \"carol\")")),
+        "{detail}"
     );
 }
 

@@ -1942,10 +1942,10 @@ fn pending_again() -> DevicePollOutcome {
 }
 
 fn connected_as(account: &str, access: &[u8]) -> DevicePollOutcome {
-    DevicePollOutcome::Connected(Box::new(saved(
-        &ConnectionKey::new("p", account),
-        tokens(access, b"r"),
-    )))
+    DevicePollOutcome::Connected {
+        save: Box::new(saved(&ConnectionKey::new("p", account), tokens(access, b"r"))),
+        detail: "connected".into(),
+    }
 }
 
 /// A reconnect's save returns the row it replaced as it was then, not as the caller read it

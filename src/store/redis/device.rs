@@ -352,8 +352,8 @@ impl DeviceFlowStore for RedisStore {
                 ANYONE.clone_into(&mut claim);
                 (&*FINISH, "1", None)
             }
-            DevicePollOutcome::Connected(save) => {
-                finish(&mut ch, DeviceFlowStatus::Connected, "connected".into());
+            DevicePollOutcome::Connected { save, detail } => {
+                finish(&mut ch, DeviceFlowStatus::Connected, detail);
                 (&*FINISH_CONNECTED, "1", Some(*save))
             }
         };

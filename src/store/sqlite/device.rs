@@ -189,20 +189,20 @@ impl DeviceFlowStore for SqliteStore {
                     DevicePollOutcome::Withdrawn { error, detail } => {
                         end(crate::store::DeviceFlowStatus::Failed, error, detail, true)
                     }
-                    DevicePollOutcome::Connected(_) => conn
+                    DevicePollOutcome::Connected { detail, .. } => conn
                         .prepare_cached(
-                            "UPDATE device_flows SET status = 'connected', detail = 'connected',
+                            "UPDATE device_flows SET status = 'connected', detail = ?3,
                                 lease_until = NULL, updated_at = ?2, device_code = x'',
                                 user_code = '', verification_uri_complete = NULL
                              WHERE id = ?1 AND status = 'pending'",
                         )?
-                        .execute(params![id, now_ms]),
+                        .execute(params![id, now_ms, detail]),
                 }?;
                 if n != 1 {
                     return Ok(PollRecorded::No);
                 }
                 let was = match &outcome {
-                    DevicePollOutcome::Connected(save) => upsert(conn, save, now_ms)?,
+                    DevicePollOutcome::Connected { save, .. } => upsert(conn, save, now_ms)?,
                     _ => None,
                 };
                 enqueue(conn, &events)?;
