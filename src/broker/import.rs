@@ -54,11 +54,28 @@ impl std::fmt::Debug for ImportedTokens {
     }
 }
 
-/// Whether the import made a new connection or replaced one.
+/// Whether the import made a new connection or replaced one, or kept the one there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Imported {
     Created,
     Replaced,
+    /// Kept (`Replacing::Imported`): its tokens came from the provider through oauthd, a
+    /// connect or a refresh, at this time.
+    Kept {
+        since_ms: i64,
+    },
+}
+
+/// Which connection an import replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replacing {
+    /// Any (`PUT`, `import --replace`).
+    Any,
+    /// Only one whose tokens are still the ones imported, or that needs reauth: one whose
+    /// tokens oauthd got from the provider since (a connect, a refresh) is kept. Imported
+    /// again, older tokens would replay a refresh token the provider may have rotated out
+    /// since, which ends the whole grant at providers that rotate them.
+    Imported,
 }
 
 fn bad(message: impl Into<String>) -> BrokerError {
@@ -163,17 +180,27 @@ fn beyond_any_lifetime(n: &serde_json::Number) -> Option<u64> {
 
 impl Broker {
     /// Stores tokens an app already holds for a configured provider, sealed as if oauthd
-    /// had obtained them. Importing the same tokens again replaces them (idempotent).
+    /// had obtained them, over the connection there as `replacing` says. Importing the
+    /// same tokens again replaces them, or keeps what oauthd refreshed since (idempotent).
     pub async fn import_tokens(
         &self,
         provider: &str,
         account: &str,
         tokens: ImportedTokens,
+        replacing: Replacing,
     ) -> Result<Imported, BrokerError> {
         let provider = self.provider(provider)?.name.clone();
         let account = Self::account(Some(account))?;
         let key = ConnectionKey::new(&provider, &account);
         let before = self.store.get_connection(&key).await?;
+        if let Some(b) = &before {
+            let own = b
+                .last_refresh_at_ms
+                .filter(|_| b.status != ConnectionStatus::NeedsReauth);
+            if let (Replacing::Imported, Some(since_ms)) = (replacing, own) {
+                return Ok(Imported::Kept { since_ms });
+            }
+        }
         let now = self.clock.now_ms();
         // Both ways at most `MAX_EXPIRES_IN` ahead, as a provider's `expires_in` is taken.
         let longest = now.saturating_add(super::grant::MAX_EXPIRES_IN.as_millis() as i64);

@@ -60,7 +60,7 @@ use zeroize::Zeroizing;
 
 pub const DEFAULT_ACCOUNT: &str = "default";
 pub use crate::namespace::CONNECT_PREFIX;
-pub use import::{Imported, ImportedTokens, MAX_IMPORT_BODY_BYTES};
+pub use import::{Imported, ImportedTokens, Replacing, MAX_IMPORT_BODY_BYTES};
 
 /// What the broker keeps: connections and device flows.
 pub use crate::store::BrokerStore;

@@ -3,7 +3,7 @@
 
 use super::{admin, open_store, runtime, services, ConnectionsCommand, Fatal, SessionsCommand};
 use crate::admin::RevokeError;
-use crate::broker::{Imported, ImportedTokens};
+use crate::broker::{Imported, ImportedTokens, Replacing};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::store::DeviceFlowStatus;
@@ -265,8 +265,12 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
                 restart_hint(&settings, store.as_ref(), &clock).await;
                 Ok(())
             }
-            ConnectionsCommand::Import { file } => {
-                import(&broker, &file).await?;
+            ConnectionsCommand::Import { file, replace } => {
+                let replacing = match replace {
+                    true => Replacing::Any,
+                    false => Replacing::Imported,
+                };
+                import(&broker, &file, replacing).await?;
                 restart_hint(&settings, store.as_ref(), &clock).await;
                 Ok(())
             }
@@ -433,7 +437,11 @@ async fn shared_grant_confirmed(
 
 /// `connections import --file`: each line on its own; a refused line is reported (never
 /// with a token in the message) and the others go on.
-async fn import(broker: &crate::broker::Broker, file: &std::path::Path) -> Result<(), Fatal> {
+async fn import(
+    broker: &crate::broker::Broker,
+    file: &std::path::Path,
+    replacing: Replacing,
+) -> Result<(), Fatal> {
     use std::io::BufRead;
     let reader: Box<dyn BufRead> = if file.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
@@ -442,7 +450,7 @@ async fn import(broker: &crate::broker::Broker, file: &std::path::Path) -> Resul
             .map_err(|e| Fatal(format!("cannot read {}: {e}", file.display()), 1))?;
         Box::new(std::io::BufReader::new(f))
     };
-    let (mut done, mut refused) = (0, 0);
+    let (mut done, mut kept, mut refused) = (0, 0, 0);
     let mut reader = reader;
     // UTF-16 (what PowerShell 5's `>` and `Out-File` write): every line would be refused
     // as "not UTF-8" or "not a JSON object", none saying why.
@@ -476,8 +484,12 @@ async fn import(broker: &crate::broker::Broker, file: &std::path::Path) -> Resul
         if line.trim().is_empty() {
             continue;
         }
-        match import_line(broker, &line).await {
-            Ok(said) => {
+        match import_line(broker, &line, replacing).await {
+            Ok((said, Imported::Kept { .. })) => {
+                out!("line {}: {said}", n + 1);
+                kept += 1;
+            }
+            Ok((said, _)) => {
                 out!("line {}: {said}", n + 1);
                 done += 1;
             }
@@ -489,13 +501,13 @@ async fn import(broker: &crate::broker::Broker, file: &std::path::Path) -> Resul
     }
     // One summary, the same line whatever came of the lines (a script reads it); the exit
     // status says whether any was refused.
-    let summary = format!("{done} imported, {refused} refused.");
+    let summary = format!("{done} imported, {kept} kept, {refused} refused.");
     if refused > 0 {
         say!("{summary}");
         return Err(Fatal::said(1));
     }
     // An empty file is a mistake upstream (an export that failed), not a success.
-    if done == 0 {
+    if done + kept == 0 {
         return Err(Fatal(
             format!(
                 "nothing imported: {} holds no line to import (one JSON object per line)",
@@ -574,7 +586,11 @@ fn read_line(reader: &mut dyn std::io::BufRead) -> std::io::Result<Line> {
     }
 }
 
-async fn import_line(broker: &crate::broker::Broker, line: &str) -> Result<String, String> {
+async fn import_line(
+    broker: &crate::broker::Broker,
+    line: &str,
+    replacing: Replacing,
+) -> Result<(String, Imported), String> {
     // Read as an HTTP body is: a member named twice is refused, not the last one taken.
     let mut map = match crate::http::body::JsonObject::parse(line.as_bytes()) {
         Ok(object) => object.into_map(),
@@ -590,13 +606,18 @@ async fn import_line(broker: &crate::broker::Broker, line: &str) -> Result<Strin
     let (provider, account) = (name("provider")?, name("account")?);
     let tokens = ImportedTokens::from_json(map).map_err(|e| e.to_string())?;
     let done = broker
-        .import_tokens(&provider, &account, tokens)
+        .import_tokens(&provider, &account, tokens, replacing)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(match done {
+    let said = match done {
         Imported::Created => format!("created {provider}/{account}"),
         Imported::Replaced => format!("replaced {provider}/{account}"),
-    })
+        Imported::Kept { since_ms } => format!(
+            "kept {provider}/{account}: oauthd has had its tokens from {provider} since {} (connected or refreshed); these over them could replay a refresh token {provider} has rotated out since, which ends the whole grant at providers that rotate them (--replace imports them anyway)",
+            crate::clock::rfc3339(since_ms)
+        ),
+    };
+    Ok((said, done))
 }
 
 /// Runs a device flow from the terminal: shows the code, waits, exits 0 once connected.

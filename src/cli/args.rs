@@ -297,12 +297,17 @@ pub(crate) enum ConnectionsCommand {
     },
     /// Import tokens an app already holds, one JSON object per line: {"provider",
     /// "account", "access_token", "refresh_token"?, "expires_at"? or "expires_in"?,
-    /// "scope"?, "token_type"?}. Reports each line; running it again replaces the same
-    /// connections (idempotent). Exits 1 when a line was refused.
+    /// "scope"?, "token_type"?}. Reports each line; running it again replaces the
+    /// connections still holding imported tokens, and keeps those oauthd has refreshed or
+    /// connected since (idempotent). Exits 1 when a line was refused.
     Import {
         /// The JSON lines file ("-" reads standard input)
         #[arg(long, value_name = "FILE")]
         file: PathBuf,
+        /// Replace connections oauthd has refreshed or connected since too (their newer
+        /// refresh token is lost, and the file's may have been rotated out at the provider)
+        #[arg(long)]
+        replace: bool,
     },
 }
 

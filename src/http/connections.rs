@@ -6,7 +6,7 @@ use super::body::JsonObject;
 use super::openapi::{ImportTokens, ProblemDoc};
 use super::problem::ApiError;
 use super::{no_store, AppState};
-use crate::broker::{ConnectionView, Disconnected, Imported, ImportedTokens};
+use crate::broker::{ConnectionView, Disconnected, Imported, ImportedTokens, Replacing};
 use crate::clock::rfc3339;
 use actix_web::{web, HttpRequest, HttpResponse};
 use std::time::Duration;
@@ -203,11 +203,12 @@ pub async fn import(
     let _turn = app.connection_room(&caller, &provider, &account).await?;
     let status = match app
         .broker
-        .import_tokens(&provider, &account, tokens)
+        .import_tokens(&provider, &account, tokens, Replacing::Any)
         .await?
     {
         Imported::Created => HttpResponse::Created(),
-        Imported::Replaced => HttpResponse::Ok(),
+        // `Kept` is not answered to a PUT, which replaces any.
+        Imported::Replaced | Imported::Kept { .. } => HttpResponse::Ok(),
     };
     let view = app.broker.connection(&provider, &account).await?;
     Ok(no_store(status).json(view))

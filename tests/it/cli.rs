@@ -1425,7 +1425,10 @@ async fn an_import_refuses_bad_lines_one_by_one() {
     let err = text(&out.stderr);
     assert_eq!(err.matches("refused").count(), 1, "{err}");
     // As a line of its own, as without a refused line (it was "oauthd: 2 imported, …").
-    assert!(err.lines().any(|l| l == "2 imported, 3 refused."), "{err}");
+    assert!(
+        err.lines().any(|l| l == "2 imported, 0 kept, 3 refused."),
+        "{err}"
+    );
 
     let d = home.start();
     let long = "y".repeat(16_000);

@@ -1943,7 +1943,10 @@ fn pending_again() -> DevicePollOutcome {
 
 fn connected_as(account: &str, access: &[u8]) -> DevicePollOutcome {
     DevicePollOutcome::Connected {
-        save: Box::new(saved(&ConnectionKey::new("p", account), tokens(access, b"r"))),
+        save: Box::new(saved(
+            &ConnectionKey::new("p", account),
+            tokens(access, b"r"),
+        )),
         detail: "connected".into(),
     }
 }

@@ -10,6 +10,7 @@ contract![
     an_account_scoped_key_reaches_only_its_accounts_on_every_connection_route,
     imported_tokens_are_served_refreshed_and_end_as_needs_reauth_when_rejected,
     connections_import_reports_each_line_and_can_run_again,
+    an_import_run_again_keeps_what_oauthd_refreshed_since,
     a_key_reaching_its_most_connections_adds_no_other_account,
     imports_sent_at_once_stop_at_the_cap,
     connect_flows_started_before_the_cap_stop_there,
@@ -222,6 +223,56 @@ async fn a_namespace_pattern_reaches_providers_only_when_it_names_them() {
         .collect();
     assert_eq!(warned.len(), 1, "{report}");
     assert!(warned[0].contains("API key \"k0\": p*"), "{report}");
+}
+
+/// `connections import` run again after oauthd refreshed an imported connection replaced its
+/// tokens with the file's, whose refresh token the provider had rotated out: the next
+/// refresh replayed it, the provider ended the whole grant, and the connection needed
+/// reauth. Run again, it keeps what oauthd refreshed (or connected) since; `--replace`
+/// imports anyway.
+async fn an_import_run_again_keeps_what_oauthd_refreshed_since(home: Home) {
+    let (peer, key, d) = serving(&home, 3600, "");
+    let (access, refresh) = peer.device_tokens().await;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    // Due at once: the first token call refreshes it, rotating its refresh token.
+    let line = json!({"provider": "peer", "account": "moved", "access_token": access,
+                      "refresh_token": refresh, "expires_at": "2020-01-01T00:00:00Z"});
+    std::fs::write(file.path(), format!("{line}\n")).unwrap();
+    let path = file.path().to_str().unwrap();
+    let import = |more: &[&str]| {
+        let mut args = vec!["connections", "import", "--file", path];
+        args.extend(more);
+        let out = home.cli(&args);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(import(&[]).contains("line 1: created peer/moved"));
+    // Imported again before any refresh: its tokens are still the file's.
+    assert!(import(&[]).contains("line 1: replaced peer/moved"));
+    let (status, token) = d.get("/v1/connections/peer/moved/token", &key).await;
+    assert_eq!(status, 200, "{token}");
+    assert_eq!(peer.grants("refresh_token").await, 1);
+
+    let said = import(&[]);
+    assert!(
+        said.contains("line 1: kept peer/moved: oauthd has had its tokens from peer since"),
+        "{said}"
+    );
+    // What oauthd refreshed still refreshes.
+    let out = home.cli(&["connections", "refresh", "peer", "moved"]);
+    assert!(out.status.success(), "{out:?}");
+    let (_, view) = d.get("/v1/connections/peer/moved", &key).await;
+    assert_eq!(view["status"], "active", "{view}");
+
+    // --replace imports over it: the rotated-out refresh token then ends the grant, as the
+    // line said it would.
+    assert!(import(&["--replace"]).contains("line 1: replaced peer/moved"));
+    let (status, problem) = d.get("/v1/connections/peer/moved/token", &key).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (409, Some("needs_reauth")),
+        "{problem}"
+    );
 }
 
 /// Tokens an app got by itself are handed to oauthd: served as they are, refreshed with
