@@ -225,8 +225,13 @@ impl Proxy {
             })?;
         bearer.set_sensitive(true);
         request = request.header(reqwest::header::AUTHORIZATION, bearer);
+        // An empty body where the method gives one meaning goes with `Content-Length: 0`
+        // (RFC 9110, 8.6): without, the request said no length at all, which front ends
+        // (Google's) answer with 411.
         if !out.body.is_empty() {
             request = request.body(out.body.clone());
+        } else if matches!(out.method, "POST" | "PUT" | "PATCH") {
+            request = request.header(reqwest::header::CONTENT_LENGTH, "0");
         }
         match tokio::time::timeout(self.policy.timeout, request.send()).await {
             Err(_) => Err(ProxyError::Timeout(self.policy.timeout.as_secs())),

@@ -101,6 +101,33 @@ async fn post(
         .unwrap()
 }
 
+/// An empty body sent with POST, PUT or PATCH (Spotify's `PUT /me/player/pause`) goes on
+/// with `Content-Length: 0`, as RFC 9110 has a request whose method gives a body meaning
+/// say its length: it went with neither a length nor chunks, which front ends such as
+/// Google's answer with 411. A DELETE still goes without one.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_body_goes_on_with_its_length() {
+    let mock = MockServer::start().await;
+    let (_home, d, key) = mock_home(&mock, "").await;
+    Mock::given(path("/api/player/pause"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&mock)
+        .await;
+    use reqwest::Method;
+    for m in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+        let resp = call(&d, &key, m.clone(), "mock/default/player/pause").await;
+        assert_eq!(resp.status(), 204, "{m}");
+    }
+    let seen = requests_to(&mock, "/api/player/pause").await;
+    assert_eq!(seen.len(), 4);
+    for r in seen {
+        let length = r.headers.get("content-length").map(|v| v.as_bytes().to_vec());
+        let chunked = r.headers.get("transfer-encoding").is_some();
+        let want = (r.method.as_str() != "DELETE").then(|| b"0".to_vec());
+        assert_eq!((length, chunked), (want, false), "{}", r.method);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_real_providers_api_sees_a_real_token() {
     let peer = Peer::start(60);
