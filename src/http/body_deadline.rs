@@ -29,8 +29,6 @@ use tokio::time::{Instant, Sleep};
 
 use super::next_request::{Turn, Watch};
 
-/// Where the proxy's routes start (see `apply`).
-const PROXY_PREFIX: &str = "/v1/proxy/";
 
 /// How long a request body may take, whole (`[limits] body_seconds`), as app data.
 #[derive(Debug, Clone, Copy)]
@@ -83,7 +81,7 @@ pub fn apply(req: &mut ServiceRequest) -> Option<Unread> {
     if !declares_body {
         return None;
     }
-    let deadline = match req.path().starts_with(PROXY_PREFIX) {
+    let deadline = match req.path().starts_with(super::proxy::PREFIX) {
         true => None,
         false => req.app_data::<BodyDeadline>().copied(),
     };

@@ -39,7 +39,8 @@ pub async fn enforce(
         .map(super::next_request::Turn::begin);
     // First: a refusal below leaves the body unread too.
     let unread = super::body_deadline::apply(&mut req);
-    let res = match check(&req) {
+    let proxied = req.path().starts_with(super::proxy::PREFIX);
+    let mut res = match check(&req) {
         Some(refusal) => {
             let answer = match refusal.code {
                 "host_not_allowed" if opened_by_a_browser(&req) => host_page(&req, &refusal),
@@ -49,6 +50,9 @@ pub async fn enforce(
         }
         None => next.call(req).await?.map_into_left_body(),
     };
+    if proxied {
+        super::proxy::mark_own(res.response_mut());
+    }
     Ok(res.map_body(|_, body| Held::new(body, unread, turn)))
 }
 

@@ -10,6 +10,11 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use std::fmt;
 
+/// The code of a problem answer, kept with the answer for what looks at it after
+/// (`proxy::mark_own`).
+#[derive(Debug, Clone, Copy)]
+pub struct ProblemCode(pub &'static str);
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -154,7 +159,9 @@ impl ResponseError for ApiError {
         if let Some(challenge) = self.challenge {
             resp.insert_header((header::WWW_AUTHENTICATE, challenge));
         }
-        resp.body(serde_json::to_string(&body).unwrap_or_default())
+        let mut resp = resp.body(serde_json::to_string(&body).unwrap_or_default());
+        resp.extensions_mut().insert(ProblemCode(self.code));
+        resp
     }
 }
 

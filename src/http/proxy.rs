@@ -99,13 +99,50 @@ pub async fn label(
 /// The proxy's path, as the OpenAPI description spells it.
 const ENDPOINT: &str = "/v1/proxy/{provider}/{account}/{path}";
 
+/// Where the proxy's routes start.
+pub const PREFIX: &str = "/v1/proxy/";
+
+/// RFC 9209's header: which answers to a proxied call are the API's, and which oauthd's.
+const PROXY_STATUS: &str = "proxy-status";
+
+/// An answer to a proxied call that oauthd gave itself (a refused key, no such
+/// connection, `needs_reauth`, the API unreachable) says so in `Proxy-Status` (RFC 9209),
+/// with its problem's code: a caller tells oauthd's 404 or 409 from the API's, whose
+/// answers say the status oauthd received instead.
+pub fn mark_own<B>(resp: &mut actix_web::HttpResponse<B>) {
+    if resp.headers().contains_key(PROXY_STATUS) {
+        return;
+    }
+    let code = resp
+        .extensions()
+        .get::<super::problem::ProblemCode>()
+        .map_or("unknown", |c| c.0);
+    // RFC 9209's error types; every other answer oauthd made without the API's.
+    let error = match code {
+        "upstream_unavailable" => "destination_unavailable",
+        "upstream_timeout" => "http_response_timeout",
+        "upstream_too_large" => "http_response_content_size",
+        "upstream_upgraded" => "http_protocol_error",
+        _ => "proxy_internal_response",
+    };
+    let value = format!("oauthd; error={error}; details=\"{code}\"");
+    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&value) {
+        resp.headers_mut().insert(
+            actix_web::http::header::HeaderName::from_static(PROXY_STATUS),
+            value,
+        );
+    }
+}
+
 /// Call a provider's API with the account's token
 ///
 /// The request goes to the provider's `api_base_url` + `{path}` (which may hold `/`; the
 /// query is passed on) with a fresh access token in place of any `Authorization`; the
 /// answer streams back. On a `401` from the API, one refresh and one retry. Redirects are
 /// handed back, never followed: a `Location` inside `api_base_url` as this route's path
-/// for it, any other made absolute.
+/// for it, any other made absolute. `Proxy-Status` (RFC 9209) says whose answer it is:
+/// the API's (`oauthd; received-status=…`) or oauthd's own (`oauthd; error=…;
+/// details="<code>"`).
 #[utoipa::path(
     method(get, post, put, patch, delete, head, options),
     path = "/v1/proxy/{provider}/{account}/{path}", tag = "proxy",
@@ -380,8 +417,13 @@ fn answer_head(
         }
     }
     // The answer is served from oauthd's origin, to a caller holding a key: never
-    // rendered as a page there, never kept by a cache in between.
-    resp.insert_header(("x-content-type-options", "nosniff"))
+    // rendered as a page there, never kept by a cache in between. And said to be the
+    // API's (`mark_own`).
+    resp.insert_header((
+        PROXY_STATUS,
+        format!("oauthd; received-status={}", answer.status().as_u16()),
+    ))
+    .insert_header(("x-content-type-options", "nosniff"))
         .insert_header(("content-security-policy", "sandbox; default-src 'none'"))
         .insert_header(("cache-control", "no-store"));
     resp

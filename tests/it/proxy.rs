@@ -101,6 +101,37 @@ async fn post(
         .unwrap()
 }
 
+/// Which answers are the API's and which oauthd's: a 404 or a 401 looked the same whoever
+/// gave it (only a problem document's type told, and an API may answer in one too). Every
+/// answer to a proxied call says so in `Proxy-Status` (RFC 9209): the API's with the status
+/// oauthd received, oauthd's own with its problem's code.
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_status_says_whose_answer_it_is() {
+    let mock = MockServer::start().await;
+    let (_home, d, key) = mock_home(&mock, "").await;
+    Mock::given(path("/api/missing"))
+        .respond_with(ResponseTemplate::new(404).set_body_string("no such track"))
+        .mount(&mock)
+        .await;
+    let status = |resp: &reqwest::Response| {
+        (resp.status().as_u16(), common::header(resp, "proxy-status"))
+    };
+    let theirs = get(&d, &key, "missing").await;
+    assert_eq!(
+        status(&theirs),
+        (404, "oauthd; received-status=404".to_owned())
+    );
+    let own = |code: &str| format!("oauthd; error=proxy_internal_response; details=\"{code}\"");
+    let missing = get_of(&d, &key, "nobody", "missing").await;
+    assert_eq!(status(&missing), (404, own("connection_not_found")));
+    let unkeyed = call(&d, "", reqwest::Method::GET, "mock/default/missing").await;
+    assert_eq!(status(&unkeyed), (401, own("missing_api_key")));
+    // Refused before any route (a URL too long), too.
+    let long = format!("mock/default/{}", "a".repeat(9000));
+    let refused = call(&d, &key, reqwest::Method::GET, &long).await;
+    assert_eq!(status(&refused), (414, own("uri_too_long")));
+}
+
 /// An empty body sent with POST, PUT or PATCH (Spotify's `PUT /me/player/pause`) goes on
 /// with `Content-Length: 0`, as RFC 9110 has a request whose method gives a body meaning
 /// say its length: it went with neither a length nor chunks, which front ends such as
@@ -1225,6 +1256,10 @@ async fn an_api_that_switches_protocols_is_a_bad_gateway() {
     let resp = get(&d, &key, "socket").await;
     assert_eq!(resp.status(), 502);
     assert!(resp.headers().get("upgrade").is_none());
+    assert_eq!(
+        common::header(&resp, "proxy-status"),
+        "oauthd; error=http_protocol_error; details=\"upstream_upgraded\""
+    );
     common::assert_code(resp, "upstream_upgraded").await;
 }
 
