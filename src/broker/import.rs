@@ -102,6 +102,14 @@ impl ImportedTokens {
     pub fn from_json(mut map: Map<String, Value>) -> Result<ImportedTokens, BrokerError> {
         let access_token = string_field(&mut map, "access_token")?
             .ok_or_else(|| bad("access_token is required"))?;
+        // Empty, as an app's table holds "" where it has none (and a provider's answer
+        // that carries one is read): none.
+        if map
+            .get("refresh_token")
+            .is_some_and(|v| v.as_str() == Some(""))
+        {
+            map.remove("refresh_token");
+        }
         let refresh_token = string_field(&mut map, "refresh_token")?;
         let expires_at = string_field(&mut map, "expires_at")?;
         let expires_in = match map.remove("expires_in") {
@@ -298,6 +306,10 @@ mod tests {
         let t = parse(json!({"access_token": "at", "expires_at": "2030-01-01T00:00:00Z"})).unwrap();
         assert_eq!(t.expiry, ImportExpiry::AtMs(1_893_456_000_000));
         assert_eq!(t.token_type, "Bearer");
+        // An app's table holds "" where it has no refresh token: none, as in a provider's
+        // answer (it was refused).
+        let t = parse(json!({"access_token": "at", "refresh_token": "", "expires_in": 60}));
+        assert!(t.unwrap().refresh_token.is_none());
         for bad in [
             json!({}),
             json!({"access_token": ""}),

@@ -19,7 +19,7 @@ pub enum ReturnToError {
     NotAUrl,
     #[error("return_to carries a user name or password")]
     UserInfo,
-    #[error("return_to {0:?} is not on the configured return_to_allowlist")]
+    #[error("return_to {0:?} is not on the configured return_to_allowlist (`return_to_allowlist = [\"https://app.example.com/\"]` at the top of oauthd's config file; each entry allows its scheme, host, port and the paths below its own)")]
     NotAllowed(String),
 }
 

@@ -223,6 +223,8 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
                     Err(e @ crate::broker::BrokerError::ConnectionNotFound { .. }) => {
                         return Err(not_found(e, &settings, &provider));
                     }
+                    // A name no connection can have: said before "Refreshing…" too.
+                    Err(e @ crate::broker::BrokerError::InvalidAccount(_)) => return Err(e.into()),
                     Err(_) => None,
                 };
                 if let Some(refusal) = super::unconfigured::refresh_refusal(&settings, &provider) {
@@ -282,7 +284,7 @@ pub(super) fn connections(settings: Settings, command: ConnectionsCommand) -> Re
             } => {
                 let ids = match broker.tokens_open(&provider, &account).await? {
                     Ok(()) => return Err(Fatal(
-                        format!("nothing was deleted: the tokens of {provider}/{account} open with the vault key loaded, so its key is not lost: `oauthd connections delete {provider} {account}` (without --lost-key) revokes them at {provider} and deletes it"),
+                        format!("nothing was deleted: the tokens of {provider}/{account} open with the vault key loaded, so its key is not lost: `oauthd connections delete {provider} {account}{}` (without --lost-key) revokes them at {provider} and deletes it", super::check::same_store_options(&settings)),
                         2,
                     )),
                     Err(ids) => ids,
@@ -586,6 +588,30 @@ fn read_line(reader: &mut dyn std::io::BufRead) -> std::io::Result<Line> {
     }
 }
 
+/// Why an import line is no JSON object, from the parser's words (never quoted: they may
+/// hold part of a token).
+fn unreadable_line(said: &str) -> String {
+    if said.contains("appears more than once") {
+        return "a JSON object that names a member more than once".into();
+    }
+    if said.contains("must be a JSON object") {
+        return "JSON, but not an object (one {…} per line)".into();
+    }
+    // serde_json ends its messages with "at line L column C".
+    let column = said
+        .rsplit_once(" column ")
+        .map(|(_, c)| {
+            c.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .and_then(|c| c.parse::<u64>().ok());
+    match column {
+        Some(c) => format!("not valid JSON (from character {c} of the line on)"),
+        None => "not valid JSON".into(),
+    }
+}
+
 async fn import_line(
     broker: &crate::broker::Broker,
     line: &str,
@@ -594,10 +620,9 @@ async fn import_line(
     // Read as an HTTP body is: a member named twice is refused, not the last one taken.
     let mut map = match crate::http::body::JsonObject::parse(line.as_bytes()) {
         Ok(object) => object.into_map(),
-        // The parser's message could quote part of the line, which may hold a token.
-        Err(_) => {
-            return Err("not a JSON object, or one that names a member more than once".into())
-        }
+        // The parser's message could quote part of the line, which may hold a token: said
+        // in words of oauthd's own, with where it went wrong.
+        Err(e) => return Err(unreadable_line(&e.detail)),
     };
     let mut name = |field: &str| match map.remove(field) {
         Some(serde_json::Value::String(s)) => Ok(s),

@@ -845,7 +845,7 @@ fn vault_line(
 /// from another directory (cron's), a command without them reads another database. The
 /// config file when one was given (it names the store), else a SQLite file's path; a
 /// Redis URL is not repeated (it may hold a password).
-fn same_store_options(settings: &Settings) -> String {
+pub(super) fn same_store_options(settings: &Settings) -> String {
     match (&settings.config_file, &settings.store) {
         (Some(config), _) => format!(
             " --config {}",

@@ -29,7 +29,6 @@ use tokio::time::{Instant, Sleep};
 
 use super::next_request::{Turn, Watch};
 
-
 /// How long a request body may take, whole (`[limits] body_seconds`), as app data.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyDeadline(pub Duration);

@@ -424,8 +424,8 @@ fn answer_head(
         format!("oauthd; received-status={}", answer.status().as_u16()),
     ))
     .insert_header(("x-content-type-options", "nosniff"))
-        .insert_header(("content-security-policy", "sandbox; default-src 'none'"))
-        .insert_header(("cache-control", "no-store"));
+    .insert_header(("content-security-policy", "sandbox; default-src 'none'"))
+    .insert_header(("cache-control", "no-store"));
     resp
 }
 

@@ -1027,6 +1027,12 @@ async fn keys_limited_to_other_providers_cannot_reach_connections() {
         (status, problem["code"].as_str()),
         (400, Some("return_to_not_allowed"))
     );
+    // Where the allowlist is set, said (it was named only).
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("`return_to_allowlist = [") && detail.contains("config file"),
+        "{detail}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

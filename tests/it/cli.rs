@@ -2339,8 +2339,13 @@ async fn tokens_of_a_key_lost_for_good_are_deleted_by_a_forced_delete() {
     std::fs::write(home.key_file(), &kept).unwrap();
     let out = home.cli(&["connections", "delete", "gh", "me", "--lost-key"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // The command it names reads the same store and config (it named neither).
+    let config = oauthd::paths::shell_word(&home.config());
     assert!(
-        text(&out.stderr).contains("open with the vault key loaded"),
+        text(&out.stderr).contains("open with the vault key loaded")
+            && text(&out.stderr).contains(&format!(
+                "`oauthd connections delete gh me --config {config}` (without --lost-key)"
+            )),
         "{out:?}"
     );
     let other = home.dir.path().join("other.key");

@@ -567,6 +567,11 @@ async fn connections_refresh_tries_at_once_past_the_backoff() {
         "{said}"
     );
     assert!(!said.contains("Refreshing"), "{said}");
+    // And a name no connection can have.
+    let out = home.cli(&["connections", "refresh", "mock", "bad name"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("account"), "{said}");
+    assert!(!said.contains("Refreshing"), "{said}");
 }
 
 /// A mistyped issuer (its discovery answers 404) is said in the log at start: it used to

@@ -113,9 +113,8 @@ async fn proxy_status_says_whose_answer_it_is() {
         .respond_with(ResponseTemplate::new(404).set_body_string("no such track"))
         .mount(&mock)
         .await;
-    let status = |resp: &reqwest::Response| {
-        (resp.status().as_u16(), common::header(resp, "proxy-status"))
-    };
+    let status =
+        |resp: &reqwest::Response| (resp.status().as_u16(), common::header(resp, "proxy-status"));
     let theirs = get(&d, &key, "missing").await;
     assert_eq!(
         status(&theirs),
@@ -152,7 +151,10 @@ async fn an_empty_body_goes_on_with_its_length() {
     let seen = requests_to(&mock, "/api/player/pause").await;
     assert_eq!(seen.len(), 4);
     for r in seen {
-        let length = r.headers.get("content-length").map(|v| v.as_bytes().to_vec());
+        let length = r
+            .headers
+            .get("content-length")
+            .map(|v| v.as_bytes().to_vec());
         let chunked = r.headers.get("transfer-encoding").is_some();
         let want = (r.method.as_str() != "DELETE").then(|| b"0".to_vec());
         assert_eq!((length, chunked), (want, false), "{}", r.method);

@@ -606,6 +606,13 @@ async fn connections_import_reports_each_line_and_can_run_again(home: Home) {
     for n in [3, 4, 6, 7] {
         assert!(stdout.contains(&format!("line {n}: refused")), "{stdout}");
     }
+    // Which of the two a line is not (it said "not a JSON object, or one that names a
+    // member more than once" of both).
+    assert!(
+        stdout.contains("line 6: refused: not valid JSON (from character 2 of the line on)")
+            && stdout.contains("line 7: refused: a JSON object that names a member more than once"),
+        "{stdout}"
+    );
     let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(!all.contains("SECRET-") && !all.contains("tok-"), "{all}");
     let (status, token) = d.get("/v1/connections/peer/one/token", &key).await;
