@@ -364,7 +364,7 @@ fn same_account(provider: &str, others: &[String], by_app: bool, w: Words) -> Op
     Some(w.caution(
         "Note",
         &format!(
-            "this is the same account at {p} as {named}: the browser was still signed in there. To connect another account, sign out at {p} first, then connect again.",
+            "this is the same account at {p} as {named}: the browser was most likely still signed in there. To connect another account, sign out at {p} first, then connect again.",
             p = w.plain(provider)
         ),
     ))
