@@ -260,7 +260,8 @@ pub async fn forward(
         .content_length()
         .is_some_and(|n| n <= WHOLE_ANSWER_BYTES)
     {
-        return answer_whole(answer, req.method(), &own).await;
+        let silence = app.proxy.policy.read_timeout;
+        return answer_whole(answer, req.method(), &own, silence).await;
     }
     Ok(stream_back(answer, req.method(), limit, &own))
 }
@@ -327,24 +328,29 @@ fn called_as(req: &HttpRequest) -> Vec<path::CalledAs> {
     called
 }
 
-/// A small answer, read whole: one write to the caller instead of headers, then body.
+/// A small answer, read whole: one write to the caller instead of headers, then body
+/// (`silence`: the read timeout it may fail with).
 async fn answer_whole(
     answer: reqwest::Response,
     method: &Method,
     own: &path::RedirectBase<'_>,
+    silence: std::time::Duration,
 ) -> Result<HttpResponse, ApiError> {
     let mut resp = answer_head(&answer, own);
     let status = answer.status().as_u16();
     if method == Method::HEAD || matches!(status, 204 | 304) {
         return Ok(without_body(resp, method, &answer));
     }
-    let body = answer.bytes().await.map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "upstream_unavailable",
-            "the provider's answer broke off",
-        )
-        .retry_after(5)
+    let body = answer.bytes().await.map_err(|e| {
+        let detail = if e.is_timeout() {
+            format!(
+                "the provider's answer went silent for {} s before its end (proxy.read_timeout_seconds)",
+                silence.as_secs()
+            )
+        } else {
+            "the provider's answer broke off".to_owned()
+        };
+        ApiError::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", detail).retry_after(5)
     })?;
     Ok(resp.body(body))
 }

@@ -1265,6 +1265,37 @@ async fn an_api_that_switches_protocols_is_a_bad_gateway() {
     common::assert_code(resp, "upstream_upgraded").await;
 }
 
+/// A small answer that goes silent half-way (its `Content-Length` not reached) is said to
+/// have gone silent, naming the setting: it was "the provider's answer broke off".
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_that_goes_silent_says_so() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhalf an answer")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(20)).await;
+            });
+        }
+    });
+    let mock = MockServer::start().await;
+    let limits = "[proxy]\nread_timeout_seconds = 1";
+    let (_home, d, key) = api_home(&mock, &upstream, limits, json!({"access_token": "t"})).await;
+    let resp = get(&d, &key, "silent").await;
+    assert_eq!(resp.status(), 502);
+    let problem: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(problem["code"], "upstream_unavailable");
+    assert_eq!(
+        problem["detail"],
+        "the provider's answer went silent for 1 s before its end (proxy.read_timeout_seconds)"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn answers_stream_through_and_stop_at_the_limit() {
     let mock = MockServer::start().await;
