@@ -386,8 +386,9 @@ async function device(provider, account) {
         return;
       }
       await load().catch(() => {}); // redraws the providers, this box included
-      // Connected as another account than it was: the flow's detail says so.
-      const said = body.detail && body.detail !== "connected" ? ` ${body.detail}.` : "";
+      // Connected as another account than it was: the flow's detail says so (not of a
+      // connection deleted since, which the detail says instead).
+      const said = body.connection && body.detail && body.detail !== "connected" ? ` ${body.detail}.` : "";
       notice(body.status === "connected"
         ? `Connected ${provider}/${account || "default"}.${said}`
         : `Not connected: ${body.status}${body.detail ? ` (${body.detail})` : ""}.`);

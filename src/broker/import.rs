@@ -60,9 +60,9 @@ pub enum Imported {
     Created,
     Replaced,
     /// Kept (`Replacing::Imported`): its tokens came from the provider through oauthd, a
-    /// connect or a refresh, at this time.
+    /// connect or a refresh, at this time (`None`: a refresh of it is under way).
     Kept {
-        since_ms: i64,
+        since_ms: Option<i64>,
     },
 }
 
@@ -71,10 +71,11 @@ pub enum Imported {
 pub enum Replacing {
     /// Any (`PUT`, `import --replace`).
     Any,
-    /// Only one whose tokens are still the ones imported, or that needs reauth: one whose
-    /// tokens oauthd got from the provider since (a connect, a refresh) is kept. Imported
-    /// again, older tokens would replay a refresh token the provider may have rotated out
-    /// since, which ends the whole grant at providers that rotate them.
+    /// Only one whose tokens are still the ones imported, that needs reauth, or that has
+    /// no refresh token: one whose refresh token oauthd got from the provider since (a
+    /// connect, a refresh), or is getting now, is kept. Imported again, older tokens would
+    /// replay a refresh token the provider may have rotated out since, which ends the whole
+    /// grant at providers that rotate them.
     Imported,
 }
 
@@ -201,15 +202,20 @@ impl Broker {
         let account = Self::account(Some(account))?;
         let key = ConnectionKey::new(&provider, &account);
         let before = self.store.get_connection(&key).await?;
-        if let Some(b) = &before {
-            let own = b
-                .last_refresh_at_ms
-                .filter(|_| b.status != ConnectionStatus::NeedsReauth);
-            if let (Replacing::Imported, Some(since_ms)) = (replacing, own) {
-                return Ok(Imported::Kept { since_ms });
+        let now = self.clock.now_ms();
+        if let (Replacing::Imported, Some(b)) = (replacing, &before) {
+            let live = b.status != ConnectionStatus::NeedsReauth && b.refresh_token.is_some();
+            // A refresh under way saves after this import, or is fenced off by it and its
+            // rotated refresh token lost.
+            if live && b.lease_until_ms.is_some_and(|until| until > now) {
+                return Ok(Imported::Kept { since_ms: None });
+            }
+            if let Some(since_ms) = b.last_refresh_at_ms.filter(|_| live) {
+                return Ok(Imported::Kept {
+                    since_ms: Some(since_ms),
+                });
             }
         }
-        let now = self.clock.now_ms();
         // Both ways at most `MAX_EXPIRES_IN` ahead, as a provider's `expires_in` is taken.
         let longest = now.saturating_add(super::grant::MAX_EXPIRES_IN.as_millis() as i64);
         let expires_at_ms = match tokens.expiry {

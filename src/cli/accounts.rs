@@ -597,6 +597,9 @@ fn unreadable_line(said: &str) -> String {
     if said.contains("must be a JSON object") {
         return "JSON, but not an object (one {…} per line)".into();
     }
+    if said.contains("JSON oauthd does not take") {
+        return "JSON oauthd does not take (a number past what a double holds, or arrays and objects nested more than 127 deep)".into();
+    }
     // serde_json ends its messages with "at line L column C".
     let column = said
         .rsplit_once(" column ")
@@ -607,7 +610,7 @@ fn unreadable_line(said: &str) -> String {
         })
         .and_then(|c| c.parse::<u64>().ok());
     match column {
-        Some(c) => format!("not valid JSON (from character {c} of the line on)"),
+        Some(c) => format!("not valid JSON (from byte {c} of the line on)"),
         None => "not valid JSON".into(),
     }
 }
@@ -638,8 +641,14 @@ async fn import_line(
         Imported::Created => format!("created {provider}/{account}"),
         Imported::Replaced => format!("replaced {provider}/{account}"),
         Imported::Kept { since_ms } => format!(
-            "kept {provider}/{account}: oauthd has had its tokens from {provider} since {} (connected or refreshed); these over them could replay a refresh token {provider} has rotated out since, which ends the whole grant at providers that rotate them (--replace imports them anyway)",
-            crate::clock::rfc3339(since_ms)
+            "kept {provider}/{account}: oauthd {}; these over them could replay a refresh token {provider} has rotated out since, which ends the whole grant at providers that rotate them (--replace imports them anyway)",
+            match since_ms {
+                Some(at) => format!(
+                    "has had its tokens from {provider} since {} (connected or refreshed)",
+                    crate::clock::rfc3339(at)
+                ),
+                None => format!("is refreshing it at {provider} now"),
+            }
         ),
     };
     Ok((said, done))

@@ -80,7 +80,8 @@ pub fn apply(req: &mut ServiceRequest) -> Option<Unread> {
     if !declares_body {
         return None;
     }
-    let deadline = match req.path().starts_with(super::proxy::PREFIX) {
+    // The path as the router matches it (`/v1/%70roxy/` is the proxy's there).
+    let deadline = match req.match_info().as_str().starts_with(super::proxy::PREFIX) {
         true => None,
         false => req.app_data::<BodyDeadline>().copied(),
     };

@@ -39,7 +39,8 @@ pub async fn enforce(
         .map(super::next_request::Turn::begin);
     // First: a refusal below leaves the body unread too.
     let unread = super::body_deadline::apply(&mut req);
-    let proxied = req.path().starts_with(super::proxy::PREFIX);
+    // The path as the router matches it (`/v1/%70roxy/` is the proxy's there).
+    let proxied = req.match_info().as_str().starts_with(super::proxy::PREFIX);
     let mut res = match check(&req) {
         Some(refusal) => {
             let answer = match refusal.code {

@@ -11,6 +11,7 @@ contract![
     imported_tokens_are_served_refreshed_and_end_as_needs_reauth_when_rejected,
     connections_import_reports_each_line_and_can_run_again,
     an_import_run_again_keeps_what_oauthd_refreshed_since,
+    an_import_during_a_refresh_keeps_what_the_refresh_saves,
     a_key_reaching_its_most_connections_adds_no_other_account,
     imports_sent_at_once_stop_at_the_cap,
     connect_flows_started_before_the_cap_stop_there,
@@ -273,6 +274,48 @@ async fn an_import_run_again_keeps_what_oauthd_refreshed_since(home: Home) {
         (409, Some("needs_reauth")),
         "{problem}"
     );
+}
+
+/// An import run while oauthd refreshes the connection it names: saved, it would fence off
+/// the refresh, whose rotated refresh token was then lost (the file's replayed instead).
+/// It keeps the connection, saying the refresh is under way.
+async fn an_import_during_a_refresh_keeps_what_the_refresh_saves(home: Home) {
+    use crate::common::relay::Fault;
+    use std::time::Duration;
+    let peer = crate::common::peer::Peer::start(3600);
+    let (relay, provider) = peer.behind_relay("peer").await;
+    home.write_config(&provider);
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let (access, refresh) = peer.device_tokens().await;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let line = json!({"provider": "peer", "account": "busy", "access_token": access,
+                      "refresh_token": refresh, "expires_at": "2020-01-01T00:00:00Z"});
+    std::fs::write(file.path(), format!("{line}\n")).unwrap();
+    let path = file.path().to_str().unwrap();
+    let out = home.cli(&["connections", "import", "--file", path]);
+    assert!(out.status.success(), "{out:?}");
+    // Its first token call refreshes it; the provider's answer is held a while.
+    relay.arm(
+        "grant_type=refresh_token",
+        Fault::Hold(Duration::from_secs(3)),
+    );
+    let token = d.get("/v1/connections/peer/busy/token", &key);
+    let importing = async {
+        assert!(relay.struck(Duration::from_secs(20)).await, "no refresh");
+        let out = home.cli(&["connections", "import", "--file", path]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ((status, answer), said) = tokio::join!(token, importing);
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        said.contains("line 1: kept peer/busy: oauthd is refreshing it at peer now"),
+        "{said}"
+    );
+    // What the refresh saved refreshes again.
+    let out = home.cli(&["connections", "refresh", "peer", "busy"]);
+    assert!(out.status.success(), "{out:?}");
 }
 
 /// Tokens an app got by itself are handed to oauthd: served as they are, refreshed with
@@ -609,7 +652,7 @@ async fn connections_import_reports_each_line_and_can_run_again(home: Home) {
     // Which of the two a line is not (it said "not a JSON object, or one that names a
     // member more than once" of both).
     assert!(
-        stdout.contains("line 6: refused: not valid JSON (from character 2 of the line on)")
+        stdout.contains("line 6: refused: not valid JSON (from byte 2 of the line on)")
             && stdout.contains("line 7: refused: a JSON object that names a member more than once"),
         "{stdout}"
     );

@@ -48,12 +48,17 @@ return was"
 });
 
 /// The connection a save replaced, from its HGETALL before the save (`None`: empty,
-/// a new connection).
-pub(super) fn was(flat: Vec<Vec<u8>>) -> Result<Option<ConnectionRow>, StoreError> {
+/// a new connection). The save is made by then: a row that does not read back is said,
+/// and taken as none (its grant, if another account's, is then not revoked).
+pub(super) fn was(flat: Vec<Vec<u8>>) -> Option<ConnectionRow> {
     if flat.is_empty() {
-        return Ok(None);
+        return None;
     }
-    row(&super::flat_fields(flat)).map(Some)
+    row(&super::flat_fields(flat))
+        .inspect_err(|e| {
+            log::warn!("saving a connection: the one it replaced could not be read ({e}): its grant is not revoked, if it was another account's")
+        })
+        .ok()
 }
 
 /// KEYS: conn, lease. ARGV: now, lease ms, the generation the caller read, the call's
@@ -452,7 +457,7 @@ impl ConnectionStore for RedisStore {
                 inv.invoke_async::<Vec<Vec<u8>>>(&mut c).await
             })
             .await?;
-        was(flat)
+        Ok(was(flat))
     }
 
     async fn acquire_refresh_lease(

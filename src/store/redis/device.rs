@@ -389,7 +389,7 @@ impl DeviceFlowStore for RedisStore {
             .await?;
         Ok(match was {
             None => PollRecorded::No,
-            Some(was) => PollRecorded::Yes(super::connections::was(was)?.map(Box::new)),
+            Some(was) => PollRecorded::Yes(super::connections::was(was).map(Box::new)),
         })
     }
 
