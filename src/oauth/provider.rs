@@ -732,6 +732,15 @@ impl Provider {
         let mut proxy_headers = Vec::new();
         for (i, name) in cfg.proxy_headers.iter().flatten().enumerate() {
             let lower = name.trim().to_ascii_lowercase();
+            let is_a_name = !lower.is_empty()
+                && lower
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !is_a_name {
+                return Err(format!(
+                    "{key}.proxy_headers[{i}]: {name:?} is not a header name (letters, digits and '-', as `X-App-Version`)"
+                ));
+            }
             if !crate::proxy::headers::may_forward(&lower) {
                 return Err(format!(
                     "{key}.proxy_headers[{i}]: {name:?} is not a header the proxy may pass on (credentials, cookies, routing and hop-by-hop headers never are)"
@@ -951,6 +960,22 @@ mod tests {
         let st =
             configs("[st]\npreset = \"smartthings\"\nclient_id = \"a\"\nclient_secret = \"b\"\n");
         assert!(build_all(&st, &at("http://localhost:6288")).is_ok());
+    }
+
+    #[test]
+    fn a_proxy_header_that_is_no_name_is_said_to_be_none() {
+        let with = |name: &str| -> Result<Provider, String> {
+            let text = format!(
+                "preset = \"spotify\"\nclient_id = \"a\"\nclient_secret = \"b\"\nproxy_headers = [{name:?}]\n"
+            );
+            Provider::from_config("sp", &toml::from_str(&text).unwrap())
+        };
+        assert_eq!(with("X-App-Version").unwrap().proxy_headers, ["x-app-version"]);
+        // It was called a header the proxy may not pass on, as if it were a credential.
+        let e = with("Bad Header").unwrap_err();
+        assert!(e.contains("is not a header name"), "{e}");
+        let e = with("Cookie").unwrap_err();
+        assert!(e.contains("not a header the proxy may pass on"), "{e}");
     }
 
     fn metadata(issuer: &str, token: &str, jwks: &str) -> Metadata {
