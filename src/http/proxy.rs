@@ -205,8 +205,15 @@ pub async fn forward(
             format!("provider {provider} has no API to proxy: set api_base_url in [providers.{provider}]"),
         )
     })?;
-    let url = path::upstream_url(&base, rest, req.uri().query())
-        .map_err(|e| invalid_path(e.to_string()))?;
+    let url = path::upstream_url(&base, rest, req.uri().query()).map_err(|e| {
+        // Where, without repeating the path (the caller's own, and a query may follow).
+        match path::refused_segment(rest) {
+            Some(n) => invalid_path(format!(
+                "segment {n} of the API's path (after the account): {e}"
+            )),
+            None => invalid_path(e.to_string()),
+        }
+    })?;
     let mut room = app.proxy.body_room(&caller.0.id);
     let body = read_body(&req, payload, &app.proxy, &mut room).await?;
     let hop_by_hop = headers::connection_options(

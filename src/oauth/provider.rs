@@ -970,7 +970,10 @@ mod tests {
             );
             Provider::from_config("sp", &toml::from_str(&text).unwrap())
         };
-        assert_eq!(with("X-App-Version").unwrap().proxy_headers, ["x-app-version"]);
+        assert_eq!(
+            with("X-App-Version").unwrap().proxy_headers,
+            ["x-app-version"]
+        );
         // It was called a header the proxy may not pass on, as if it were a credential.
         let e = with("Bad Header").unwrap_err();
         assert!(e.contains("is not a header name"), "{e}");

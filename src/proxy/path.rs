@@ -148,9 +148,8 @@ fn check_segment(raw: &str, first: bool) -> Result<String, PathError> {
     Ok(text)
 }
 
-/// `base` + `rest` (the caller's path after `/v1/proxy/{provider}/{account}/`, as it
-/// arrived) + `query`. `base` ends in `/` (the config loader makes sure).
-pub fn upstream_url(base: &Url, rest: &str, query: Option<&str>) -> Result<Url, PathError> {
+/// Each segment of `rest` checked; the first refused, counted from 1, and why.
+fn check_segments(rest: &str) -> Result<(), (usize, PathError)> {
     let segments: Vec<&str> = rest.split('/').collect();
     let last = segments.len() - 1;
     for (i, raw) in segments.iter().enumerate() {
@@ -159,13 +158,26 @@ pub fn upstream_url(base: &Url, rest: &str, query: Option<&str>) -> Result<Url, 
             if i == last {
                 continue;
             }
-            return Err(PathError::EmptySegment);
+            return Err((i + 1, PathError::EmptySegment));
         }
-        let decoded = check_segment(raw, i == 0)?;
+        let decoded = check_segment(raw, i == 0).map_err(|e| (i + 1, e))?;
         if i == 0 && decoded.contains(':') {
-            return Err(PathError::Scheme);
+            return Err((1, PathError::Scheme));
         }
     }
+    Ok(())
+}
+
+/// Which segment of `rest` (counted from 1) `upstream_url` refuses, if one: said with the
+/// refusal, as the path itself is not repeated.
+pub fn refused_segment(rest: &str) -> Option<usize> {
+    check_segments(rest).err().map(|(n, _)| n)
+}
+
+/// `base` + `rest` (the caller's path after `/v1/proxy/{provider}/{account}/`, as it
+/// arrived) + `query`. `base` ends in `/` (the config loader makes sure).
+pub fn upstream_url(base: &Url, rest: &str, query: Option<&str>) -> Result<Url, PathError> {
+    check_segments(rest).map_err(|(_, e)| e)?;
     let mut url = base.clone();
     url.set_path(&format!("{}{rest}", base.path()));
     url.set_query(query.filter(|q| !q.is_empty()));
@@ -455,7 +467,11 @@ mod tests {
             ("caf\u{e9}", Character),
             ("a b", Character),
         ] {
+            let outside = why == OutsideBase;
             assert_eq!(upstream_url(&base(), rest, None), Err(why), "{rest}");
+            if !outside {
+                assert!(refused_segment(rest).is_some(), "{rest}");
+            }
         }
     }
 

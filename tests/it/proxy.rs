@@ -799,6 +799,12 @@ async fn no_path_leaves_the_api_base() {
             "{rest}: {out}"
         );
     }
+    // Which segment, said (the detail was the same long list for every one).
+    let (_, out) = raw_request(&d, &key, &format!("{prefix}me/a%E2%80%AEb")).await;
+    assert!(
+        out.contains("segment 2 of the API's path (after the account): "),
+        "{out}"
+    );
     let seen = requests_to(&mock, "/").await;
     assert!(
         seen.is_empty(),
