@@ -226,6 +226,20 @@ async fn a_namespace_pattern_reaches_providers_only_when_it_names_them() {
     assert!(warned[0].contains("API key \"k0\": p*"), "{report}");
 }
 
+/// A file to import peer/`account` from, with tokens the provider issued, due at once:
+/// the first token call refreshes them, rotating the refresh token.
+async fn due_import_file(
+    peer: &crate::common::peer::Peer,
+    account: &str,
+) -> tempfile::NamedTempFile {
+    let (access, refresh) = peer.device_tokens().await;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let line = json!({"provider": "peer", "account": account, "access_token": access,
+                      "refresh_token": refresh, "expires_at": "2020-01-01T00:00:00Z"});
+    std::fs::write(file.path(), format!("{line}\n")).unwrap();
+    file
+}
+
 /// `connections import` run again after oauthd refreshed an imported connection replaced its
 /// tokens with the file's, whose refresh token the provider had rotated out: the next
 /// refresh replayed it, the provider ended the whole grant, and the connection needed
@@ -233,12 +247,7 @@ async fn a_namespace_pattern_reaches_providers_only_when_it_names_them() {
 /// imports anyway.
 async fn an_import_run_again_keeps_what_oauthd_refreshed_since(home: Home) {
     let (peer, key, d) = serving(&home, 3600, "");
-    let (access, refresh) = peer.device_tokens().await;
-    let file = tempfile::NamedTempFile::new().unwrap();
-    // Due at once: the first token call refreshes it, rotating its refresh token.
-    let line = json!({"provider": "peer", "account": "moved", "access_token": access,
-                      "refresh_token": refresh, "expires_at": "2020-01-01T00:00:00Z"});
-    std::fs::write(file.path(), format!("{line}\n")).unwrap();
+    let file = due_import_file(&peer, "moved").await;
     let path = file.path().to_str().unwrap();
     let import = |more: &[&str]| {
         let mut args = vec!["connections", "import", "--file", path];
@@ -287,11 +296,7 @@ async fn an_import_during_a_refresh_keeps_what_the_refresh_saves(home: Home) {
     home.write_config(&provider);
     let key = home.create_key("app", &[]);
     let d = home.start();
-    let (access, refresh) = peer.device_tokens().await;
-    let file = tempfile::NamedTempFile::new().unwrap();
-    let line = json!({"provider": "peer", "account": "busy", "access_token": access,
-                      "refresh_token": refresh, "expires_at": "2020-01-01T00:00:00Z"});
-    std::fs::write(file.path(), format!("{line}\n")).unwrap();
+    let file = due_import_file(&peer, "busy").await;
     let path = file.path().to_str().unwrap();
     let out = home.cli(&["connections", "import", "--file", path]);
     assert!(out.status.success(), "{out:?}");
