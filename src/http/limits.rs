@@ -195,7 +195,7 @@ fn query_refusal(req: &ServiceRequest) -> Option<ApiError> {
     // stay encoded), so `/v1/connection%73` is `/v1/connections` here too.
     let path = req.match_info().as_str();
     // The proxy's query is the provider's, passed on as it is.
-    if !path.starts_with("/v1/") || path.starts_with("/v1/proxy/") {
+    if !path.starts_with("/v1/") || path.starts_with(super::proxy::PREFIX) {
         return None;
     }
     // A HEAD is answered as its path's GET: it takes the GET's parameters, by its rules.
@@ -266,7 +266,7 @@ mod tests {
         let paths = doc["paths"].as_object().unwrap();
         let mut seen = 0;
         for (path, item) in paths {
-            if !path.starts_with("/v1/") || path.starts_with("/v1/proxy/") {
+            if !path.starts_with("/v1/") || path.starts_with(crate::http::proxy::PREFIX) {
                 continue;
             }
             // A path as requested: each `{name}` filled in.

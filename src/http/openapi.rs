@@ -707,7 +707,7 @@ impl Modify for Common {
         );
         for (path, item) in doc.paths.paths.iter_mut() {
             // The proxy's query is the provider's, passed on as it is.
-            let query_checked = !path.starts_with("/v1/proxy/");
+            let query_checked = !path.starts_with(super::proxy::PREFIX);
             for op in [
                 &mut item.get,
                 &mut item.put,

@@ -180,7 +180,7 @@ pub async fn forward(
     let mut parts = req
         .uri()
         .path()
-        .strip_prefix("/v1/proxy/")
+        .strip_prefix(PREFIX)
         .unwrap_or_default()
         .splitn(3, '/');
     let (Some(provider), Some(account), Some(rest)) = (parts.next(), parts.next(), parts.next())
