@@ -73,11 +73,8 @@ pub fn apply(req: &mut ServiceRequest) -> Option<Unread> {
                 .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
         });
     let chunked = endless || headers.contains_key(header::TRANSFER_ENCODING);
-    let declares_body = chunked
-        || headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0");
-    if !declares_body {
+    let length = headers.get(header::CONTENT_LENGTH);
+    if !chunked && length.is_none_or(|v| v.as_bytes() == b"0") {
         return None;
     }
     // The path as the router matches it (`/v1/%70roxy/` is the proxy's there).
@@ -88,8 +85,17 @@ pub fn apply(req: &mut ServiceRequest) -> Option<Unread> {
     let within = |deadline: Option<BodyDeadline>| {
         deadline.map(|BodyDeadline(within)| (Instant::now() + within, within))
     };
-    // The connection reads on for a body only while it is waited for (`next_request`).
+    // The connection reads on for a body only while it is waited for (`next_request`),
+    // and knows how much of it may still come once the request is answered.
     let watch = req.conn_data::<Rc<Watch>>().cloned();
+    if let Some(watch) = &watch {
+        let declared = match chunked {
+            true => None,
+            // actix-web refused a length that is not a number before this.
+            false => length.and_then(|v| v.to_str().ok()?.parse().ok()),
+        };
+        watch.body_declared(declared.unwrap_or(u64::MAX));
+    }
     let inner = req.take_payload();
     let (body, unread) = match (chunked, within(deadline)) {
         (false, None) => (waited(inner, watch), None),
@@ -138,9 +144,16 @@ where
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_next(cx);
         if let Some(watch) = &this.watch {
-            match polled {
+            match &polled {
                 Poll::Pending => watch.body_wanted(),
-                Poll::Ready(_) => watch.body_given(),
+                Poll::Ready(read) => {
+                    watch.body_given();
+                    watch.body_read(match read {
+                        Some(Ok(bytes)) => Some(bytes.len()),
+                        // An error ends the body too: actix-web closes the connection.
+                        Some(Err(_)) | None => None,
+                    });
+                }
             }
         }
         polled

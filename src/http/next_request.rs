@@ -24,6 +24,13 @@
 //! `BODY_READ_MAX` a turn. Bytes read meanwhile wait in the connection (at most `HELD_MAX`),
 //! the rest in the socket, where TCP holds the client back; nor is anything read while an
 //! answer waits for the client to take it.
+//!
+//! A body left unread when its request was answered (refused before it was read: too large,
+//! no key) is read and dropped by actix-web once the answer is sent, for at most its
+//! `client_disconnect_timeout`, before it closes the connection: closed with the body
+//! unread, the connection is reset, and a client still sending its body fails to send and
+//! never reads the answer. Those bytes (`Watch::unread_body`, at most `DRAIN_MAX`) are
+//! given as a body's, not counted against the next request's head.
 
 use bytes::BytesMut;
 use std::cell::Cell;
@@ -52,6 +59,9 @@ pub const HEAD_MAX: usize = 32 * 1024;
 /// The most bytes a connection reads ahead of what it gave actix-web.
 pub const HELD_MAX: usize = 16 * 1024;
 
+/// The most bytes of a body left unread at its answer given for actix-web to drop.
+pub const DRAIN_MAX: u64 = 16 * 1024 * 1024;
+
 /// The keep-alive wait (5 s) and the time a request head may take (5 s).
 pub const NEXT_REQUEST_WITHIN: Duration = Duration::from_secs(10);
 
@@ -68,6 +78,10 @@ pub struct Watch {
     begun: Cell<u64>,
     /// The request being answered waits for more of its body.
     body_wanted: Cell<bool>,
+    /// Bytes the request being answered said its body has and that were not read yet (a
+    /// chunked body's: `DRAIN_MAX`); once it is answered, what may still be given for
+    /// actix-web to drop.
+    unread_body: Cell<u64>,
     /// The connection's task, while its reads wait for an answer to end or a body to ask.
     parked: Cell<Option<Waker>>,
 }
@@ -103,6 +117,20 @@ impl Watch {
     pub fn body_given(&self) {
         self.body_wanted.set(false);
     }
+
+    /// The request being answered has a body of `bytes` (`DRAIN_MAX` when it does not say).
+    pub fn body_declared(&self, bytes: u64) {
+        self.unread_body.set(bytes.min(DRAIN_MAX));
+    }
+
+    /// The body's stream gave `bytes` of it (`None`: its end).
+    pub fn body_read(&self, bytes: Option<usize>) {
+        let left = match bytes {
+            Some(n) => self.unread_body.get().saturating_sub(n as u64),
+            None => 0,
+        };
+        self.unread_body.set(left);
+    }
 }
 
 /// A request being answered on a watched connection; dropped when its answer is sent (or
@@ -114,6 +142,7 @@ impl Turn {
     pub fn begin(watch: &Rc<Watch>) -> Turn {
         watch.answering.set(watch.answering.get().saturating_add(1));
         watch.begun.set(watch.begun.get().wrapping_add(1));
+        watch.unread_body.set(0);
         Turn(Rc::clone(watch))
     }
 }
@@ -152,6 +181,9 @@ pub struct Watched<T> {
     /// began.
     head_given: usize,
     since_begun: u64,
+    /// Bytes of that request's body, left unread at its answer, still to be given for
+    /// actix-web to drop (taken from `Watch::unread_body` when it was answered).
+    draining: u64,
 }
 
 impl<T> Watched<T> {
@@ -163,6 +195,7 @@ impl<T> Watched<T> {
                 quiet_since: Cell::new(Instant::now()),
                 begun: Cell::new(0),
                 body_wanted: Cell::new(false),
+                unread_body: Cell::new(0),
                 parked: Cell::new(None),
             }),
             timer: None,
@@ -174,6 +207,7 @@ impl<T> Watched<T> {
             gave: false,
             head_given: 0,
             since_begun: 0,
+            draining: 0,
         }
     }
 
@@ -312,14 +346,18 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
             if this.since_begun != begun {
                 this.since_begun = begun;
                 this.head_given = 0;
+                this.draining = this.watch.unread_body.replace(0);
             }
-            if this.head_given >= HEAD_MAX {
+            if this.draining > 0 {
+                usize::try_from(this.draining).map_or(BODY_READ_MAX, |n| n.min(BODY_READ_MAX))
+            } else if this.head_given >= HEAD_MAX {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "no request began within the bytes a request head may take",
                 )));
+            } else {
+                READ_MAX
             }
-            READ_MAX
         }
         .min(buf.remaining());
         if !this.held.is_empty() {
@@ -343,6 +381,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let given = buf.filled().len().saturating_sub(from);
         if answering {
             this.watch.body_given();
+        } else if this.draining > 0 {
+            this.draining = this.draining.saturating_sub(given as u64);
         } else {
             this.head_given = this.head_given.saturating_add(given);
         }
@@ -554,6 +594,45 @@ mod tests {
         }
         drop(Turn::begin(&watch));
         assert_eq!(watched.read(&mut buf).await.unwrap(), READ_MAX);
+    }
+
+    /// Bytes given after the answer, until a read fails at a head's limit.
+    async fn given_until_refused<T: AsyncRead + Unpin>(watched: &mut Watched<T>) -> usize {
+        let mut given = 0;
+        let mut buf = vec![0u8; 8 * 1024];
+        loop {
+            match watched.read(&mut buf).await {
+                Ok(n) => given += n,
+                Err(e) => {
+                    assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+                    return given;
+                }
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_left_unread_at_its_answer_is_given_as_a_body_not_a_head() {
+        const BODY: usize = 100 * 1024;
+        for (read, end, left) in [
+            // Refused after reading 10 KiB: the 90 KiB left, then a head's limit.
+            (10 * 1024, false, 90 * 1024),
+            // Read to its end: a head's limit at once.
+            (BODY, true, 0),
+        ] {
+            let (mut client, server) = tokio::io::duplex(256 * 1024);
+            let mut watched = Watched::new(server, None);
+            let watch = watched.watch();
+            let turn = Turn::begin(&watch);
+            watch.body_declared(BODY as u64);
+            watch.body_read(Some(read));
+            if end {
+                watch.body_read(None);
+            }
+            drop(turn);
+            client.write_all(&[b' '; BODY + HEAD_MAX]).await.unwrap();
+            assert_eq!(given_until_refused(&mut watched).await, left + HEAD_MAX);
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -2510,6 +2510,63 @@ async fn a_body_that_trickles_in_is_cut_off_at_the_deadline() {
     assert!(answers[1].starts_with("HTTP/1.1 200"), "{answers:?}");
 }
 
+/// A body of megabytes that oauthd refuses (over the limit: `413`; without a key: `401`,
+/// before the body is read) is answered, and the client reads the answer. A client sends
+/// its whole body before it reads (most do): oauthd reads and drops the rest of the body
+/// after answering, then closes. It closed with the body unread, which resets the
+/// connection: the client's send failed, and it never read why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_of_megabytes_that_is_refused_is_answered_not_reset() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let data = vec![b' '; 4 << 20];
+    let chunked = {
+        let mut body = Vec::new();
+        for piece in data.chunks(64 << 10) {
+            body.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+            body.extend_from_slice(piece);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(b"0\r\n\r\n");
+        body
+    };
+    for (what, key, chunked, status) in [
+        ("length", key.as_str(), None, "413 "),
+        ("length, no key", "oauthd_wrong", None, "401 "),
+        ("chunked", key.as_str(), Some(&chunked), "413 "),
+        ("chunked, no key", "oauthd_wrong", Some(&chunked), "401 "),
+    ] {
+        let (framing, body) = match chunked {
+            Some(body) => ("Transfer-Encoding: chunked".to_owned(), body),
+            None => (format!("Content-Length: {}", data.len()), &data),
+        };
+        let head = format!(
+            "POST /v1/states HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\
+             Content-Type: application/json\r\n{framing}\r\n\r\n"
+        );
+        let mut conn = tokio::net::TcpStream::connect(d.url.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        let exchange = async {
+            conn.write_all(head.as_bytes()).await?;
+            conn.write_all(body).await?;
+            let mut answer = Vec::new();
+            conn.read_to_end(&mut answer).await?;
+            Ok::<_, std::io::Error>(String::from_utf8_lossy(&answer).into_owned())
+        };
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(30), exchange)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no end in 30 s"))
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{what}: {answer}"
+        );
+    }
+}
+
 /// Sends each request on one connection after the answer to the one before; the answers'
 /// heads and bodies as text (each read until it has stopped arriving for 300 ms).
 async fn on_one_connection(d: &Daemon, requests: &[&str]) -> Vec<String> {
