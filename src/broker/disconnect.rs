@@ -9,6 +9,7 @@
 //! tokens are revoked in turn. A refresh whose row was deleted under it revokes what it
 //! got itself (`revoke_orphaned`).
 
+use super::flight::Doing;
 use super::tokens::WAIT_FOR_OTHER;
 use super::{token_aad, Broker, BrokerError};
 use crate::oauth::flows::{self, FlowError, TokenSet};
@@ -149,15 +150,17 @@ impl Broker {
         // One waiting for a slow provider's answer is waited for as long as another
         // process's (forced: deleted meanwhile, and that refresh revokes what it gets).
         let _turn = match tokio::time::timeout(WAIT_FOR_OTHER, self.in_flight.turn(&key)).await {
-            Ok(turn) => Some(turn),
+            Ok(turn) => {
+                turn.doing(Doing::Deleting);
+                Some(turn)
+            }
             Err(_) if force => None,
             Err(_) => {
+                let held = self.turn_held(self.in_flight.doing(&key), provider_name);
                 return Err(BrokerError::ProviderUnavailable {
-                    message: format!(
-                        "a refresh of this connection is under way here (waiting for the provider's answer, or to save what it answered); {FORCE_HINT}"
-                    ),
+                    message: format!("{held}; {FORCE_HINT}"),
                     retry_after_secs: 5,
-                })
+                });
             }
         };
         let deadline = tokio::time::Instant::now() + WAIT_FOR_OTHER;

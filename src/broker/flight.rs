@@ -2,28 +2,82 @@
 //! disconnect. A connection's lock lives only while a turn holds or waits for it, so the
 //! map stays as small as the requests in flight, whatever names callers send. A turn owns
 //! what it needs (it is `'static`): a refresh the caller stopped waiting for keeps it
-//! until the provider answers.
+//! until the provider answers. What the turn's holder is doing (`Doing`) is kept beside its
+//! lock, for a caller that waited for the turn in vain to be told what held it.
 
 use crate::store::ConnectionKey;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 type Lock = Arc<tokio::sync::Mutex<()>>;
 
+/// What the holder of a connection's turn is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(super) enum Doing {
+    /// Reading the connection, or finding the provider's endpoints (its discovery
+    /// document), before a refresh.
+    Preparing = 0,
+    /// Waiting for another oauthd process's refresh of the connection (its lease).
+    WaitingForOther = 1,
+    /// Waiting for the provider's answer to a refresh.
+    AskingProvider = 2,
+    /// Saving what the provider answered.
+    Saving = 3,
+    /// Deleting the connection (revoking its grant at the provider first).
+    Deleting = 4,
+}
+
+impl Doing {
+    fn from_u8(n: u8) -> Doing {
+        match n {
+            1 => Doing::WaitingForOther,
+            2 => Doing::AskingProvider,
+            3 => Doing::Saving,
+            4 => Doing::Deleting,
+            _ => Doing::Preparing,
+        }
+    }
+}
+
+/// A connection's lock, and what its holder is doing.
+#[derive(Default, Clone)]
+struct Flight {
+    lock: Lock,
+    doing: Arc<AtomicU8>,
+}
+
 #[derive(Default)]
 pub(super) struct FlightLocks {
-    locks: Mutex<HashMap<ConnectionKey, Lock>>,
+    locks: Mutex<HashMap<ConnectionKey, Flight>>,
 }
 
 /// A connection's turn: held until dropped.
 pub(super) struct Turn {
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    now: DoingNow,
     locks: Arc<FlightLocks>,
     key: ConnectionKey,
 }
 
+/// Where a turn's holder says what it does, apart from the turn (a task that does not
+/// hold it).
+#[derive(Clone)]
+pub(super) struct DoingNow(Arc<AtomicU8>);
+
+impl DoingNow {
+    pub(super) fn set(&self, doing: Doing) {
+        self.0.store(doing as u8, Ordering::Relaxed);
+    }
+
+    pub(super) fn get(&self) -> Doing {
+        Doing::from_u8(self.0.load(Ordering::Relaxed))
+    }
+}
+
 impl FlightLocks {
-    fn map(&self) -> MutexGuard<'_, HashMap<ConnectionKey, Lock>> {
+    fn map(&self) -> MutexGuard<'_, HashMap<ConnectionKey, Flight>> {
         // The map holds no invariant a panic elsewhere could break.
         self.locks
             .lock()
@@ -33,29 +87,39 @@ impl FlightLocks {
     /// Waits for `key`'s turn. The lock is taken from the map only under the map's mutex,
     /// so a lock nobody else holds a copy of is one nobody waits for.
     pub(super) async fn turn(self: &Arc<Self>, key: &ConnectionKey) -> Turn {
-        let lock = self.map().entry(key.clone()).or_default().clone();
+        let (lock, mut turn) = self.unheld(key);
         // Built before the wait: a caller that gives up waiting (a cancelled request) still
         // removes the lock it no longer waits for (the wait, made later, is dropped first,
         // and with it the lock's copy it holds; the test below checks the map is empty).
-        let mut turn = Turn {
+        turn.guard = Some(lock.lock_owned().await);
+        turn.doing(Doing::Preparing);
+        turn
+    }
+
+    /// `key`'s lock, and a turn of it not held yet.
+    fn unheld(self: &Arc<Self>, key: &ConnectionKey) -> (Lock, Turn) {
+        let Flight { lock, doing } = self.map().entry(key.clone()).or_default().clone();
+        let turn = Turn {
             guard: None,
+            now: DoingNow(doing),
             locks: self.clone(),
             key: key.clone(),
         };
-        turn.guard = Some(lock.lock_owned().await);
-        turn
+        (lock, turn)
+    }
+
+    /// What the holder of `key`'s turn is doing (`Preparing` when nobody holds it).
+    pub(super) fn doing(&self, key: &ConnectionKey) -> Doing {
+        let doing = self.map().get(key).map(|f| f.doing.load(Ordering::Relaxed));
+        doing.map_or(Doing::Preparing, Doing::from_u8)
     }
 
     /// `key`'s turn if nobody holds it or waits for it now; `None` otherwise.
     pub(super) fn try_turn(self: &Arc<Self>, key: &ConnectionKey) -> Option<Turn> {
-        let lock = self.map().entry(key.clone()).or_default().clone();
         // As in `turn`: built first, so that a lock taken for nothing leaves the map.
-        let mut turn = Turn {
-            guard: None,
-            locks: self.clone(),
-            key: key.clone(),
-        };
+        let (lock, mut turn) = self.unheld(key);
         turn.guard = Some(lock.try_lock_owned().ok()?);
+        turn.doing(Doing::Preparing);
         Some(turn)
     }
 
@@ -66,13 +130,25 @@ impl FlightLocks {
     }
 }
 
+impl Turn {
+    /// Says what the turn's holder does now.
+    pub(super) fn doing(&self, doing: Doing) {
+        self.now.set(doing);
+    }
+
+    /// Where a task that does not hold the turn says what its holder does.
+    pub(super) fn now(&self) -> DoingNow {
+        self.now.clone()
+    }
+}
+
 impl Drop for Turn {
     fn drop(&mut self) {
         drop(self.guard.take());
         let mut map = self.locks.map();
         if map
             .get(&self.key)
-            .is_some_and(|l| Arc::strong_count(l) == 1)
+            .is_some_and(|f| Arc::strong_count(&f.lock) == 1)
         {
             map.remove(&self.key);
         }
@@ -128,6 +204,27 @@ mod tests {
         assert_eq!(locks.len(), 0);
         let again = tokio::time::timeout(Duration::from_millis(100), locks.turn(&key)).await;
         assert!(again.is_ok(), "the lock was left held");
+    }
+
+    #[tokio::test]
+    async fn what_a_turns_holder_does_is_read_by_those_that_wait_for_it() {
+        let locks = Arc::new(FlightLocks::default());
+        let key = ConnectionKey::new("p", "a");
+        assert_eq!(locks.doing(&key), Doing::Preparing);
+        let held = locks.turn(&key).await;
+        let waiting = tokio::spawn({
+            let (locks, key) = (locks.clone(), key.clone());
+            async move { locks.turn(&key).await.now().get() }
+        });
+        held.doing(Doing::AskingProvider);
+        assert_eq!(locks.doing(&key), Doing::AskingProvider);
+        // Said by a task that does not hold the turn.
+        held.now().set(Doing::Saving);
+        assert_eq!(locks.doing(&key), Doing::Saving);
+        // The next holder starts afresh.
+        drop(held);
+        assert_eq!(waiting.await.unwrap(), Doing::Preparing);
+        assert_eq!(locks.len(), 0);
     }
 
     #[tokio::test]

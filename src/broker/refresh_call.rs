@@ -1,7 +1,7 @@
 //! One refresh at the provider under a lease: asking, saving what came back before
 //! anyone gets the new access token, and recording a failure with its backoff.
 
-use super::flight::Turn;
+use super::flight::{Doing, DoingNow, Turn};
 use super::refresh_policy::backoff_ms;
 use super::refresh_save::SAVE_FAILING;
 use super::refresh_turn::Leased;
@@ -65,12 +65,14 @@ impl Broker {
     ) -> Result<Arc<AccessToken>, BrokerError> {
         let (this, provider) = (self.clone(), provider.clone());
         let running = self.refreshing.enter();
-        let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let told = answered.clone();
+        turn.doing(Doing::AskingProvider);
+        let doing = turn.now();
         let refresh = async move {
             let _running = running;
+            let doing = turn.now();
             let _turn = turn;
-            this.refresh_with_lease(&provider, &row, lease, &told).await
+            this.refresh_with_lease(&provider, &row, lease, &doing)
+                .await
         };
         // The caller is answered after `caller_wait`; the refresh goes on until the
         // provider answers (or `answer_wait` passes) and stores what it answers.
@@ -83,7 +85,7 @@ impl Broker {
                     retry_after_secs: 1,
                 })
             }
-            Err(_) if answered.load(std::sync::atomic::Ordering::SeqCst) => {
+            Err(_) if doing.get() == Doing::Saving => {
                 Err(BrokerError::ProviderUnavailable {
                     message: SAVE_FAILING.into(),
                     retry_after_secs: 5,
@@ -100,14 +102,14 @@ impl Broker {
         }
     }
 
-    /// Refreshes `row` under `lease`; `answered` is set once the provider answered with
-    /// new tokens (what is left is saving them).
+    /// Refreshes `row` under `lease`; `doing` is set to `Saving` once the provider answered
+    /// with new tokens (what is left is saving them).
     async fn refresh_with_lease(
         self: &Arc<Self>,
         provider: &Provider,
         row: &ConnectionRow,
         lease: Leased,
-        answered: &std::sync::atomic::AtomicBool,
+        doing: &DoingNow,
     ) -> Result<Arc<AccessToken>, BrokerError> {
         let Leased {
             generation,
@@ -187,7 +189,7 @@ impl Broker {
                 return Err(self.record_failure(row, generation, failure).await);
             }
         };
-        answered.store(true, std::sync::atomic::Ordering::SeqCst);
+        doing.set(Doing::Saving);
         // Before anything of the answer is kept (its refresh token included): an answer
         // for another account keeps nothing.
         if let Some(reason) = self

@@ -2,7 +2,7 @@
 //! queued behind it take its token) and across processes (the refresh lease, taken over
 //! only once its holder had time to save what its provider answered).
 
-use super::flight::Turn;
+use super::flight::{Doing, Turn};
 use super::refresh_policy::{backing_off_until, BACKOFF_MAX_MS};
 use super::refresh_save::SAVE_FAILING;
 use super::tokens::{AccessToken, Ask, WAIT_FOR_OTHER};
@@ -99,15 +99,38 @@ impl Broker {
             }
         };
         let Some(turn) = turn else {
+            let doing = self.in_flight.doing(key);
+            let then = match doing {
+                Doing::Deleting => "the connection is gone once it ends",
+                _ => "its token is handed out once stored",
+            };
             return Err(BrokerError::ProviderUnavailable {
-                message: format!(
-                    "a refresh of this connection is under way here (waiting for the provider's answer, up to {} s, for another oauthd process's refresh, or to save what the provider answered); its token is handed out once stored",
-                    self.answer_wait().as_secs()
-                ),
+                message: format!("{}; {then}", self.turn_held(doing, &provider.name)),
                 retry_after_secs: 5,
             });
         };
         self.refresh_in_turn(turn, provider, key, ask, waited).await
+    }
+
+    /// What holds a connection's turn in this process, said to a caller that waited for it
+    /// in vain.
+    pub(super) fn turn_held(&self, doing: Doing, provider: &str) -> String {
+        match doing {
+            Doing::Preparing => format!(
+                "a refresh of this connection is being prepared here (reading the connection from the store, or {provider}'s discovery document, takes long)"
+            ),
+            Doing::WaitingForOther => "a refresh of this connection here waits for another oauthd process's refresh of it, which holds its lease".into(),
+            Doing::AskingProvider => format!(
+                "a refresh of this connection is under way here, waiting for {provider}'s answer (up to {} s in all: provider_answer_wait_seconds)",
+                self.answer_wait().as_secs()
+            ),
+            Doing::Saving => format!(
+                "a refresh of this connection got {provider}'s answer and is saving it here (the store is slow or fails)"
+            ),
+            Doing::Deleting => format!(
+                "a delete of this connection is under way here (revoking its grant at {provider} first)"
+            ),
+        }
     }
 
     /// `refresh_single_flight` once `key`'s turn is had (held until this returns). The
@@ -280,6 +303,7 @@ impl Broker {
                             retry_after_secs: wait.as_secs().max(1),
                         });
                     }
+                    turn.doing(Doing::WaitingForOther);
                     self.sleep_unless_stopping(wait.min(TAKEOVER_LOOK).min(left))
                         .await;
                     waited_for_other = true;
@@ -313,6 +337,7 @@ impl Broker {
                 // was answered after 20 s whatever its provider_timeout (and a killed
                 // holder's lease runs on for the lease's length).
                 None if tokio::time::Instant::now() < deadline.min(answer_by) => {
+                    turn.doing(Doing::WaitingForOther);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     waited_for_other = true;
                 }
