@@ -9,8 +9,10 @@
 //! A chunked body nobody reads to its end (a `401` answered before it) is another way to
 //! hold a connection: actix-web drains such a body after the answer, for as long as the
 //! client sends it. It closes the connection instead when the body's receiving end is
-//! still held at the answer, so the receiving end of a chunked body is kept (`Unread`) by
-//! the answer's body (`Held`) until it is sent.
+//! still held at the answer, so the receiving end of a body not read to its end is kept
+//! (`Unread`) by the answer's body (`Held`) until it is sent. Then what actix-web holds of
+//! it is taken, to tell the connection how much of it may still come (`next_request`):
+//! none when it has all come, and actix-web keeps the connection for the next request.
 
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest};
@@ -19,7 +21,7 @@ use actix_web::http::header;
 use actix_web::web::Bytes;
 use actix_web::HttpMessage;
 use futures_util::Stream;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -38,19 +40,64 @@ pub fn is_deadline(e: &PayloadError) -> bool {
     matches!(e, PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
 }
 
-/// The receiving end of a chunked request body, kept until the answer is sent (see the
-/// module's notes).
-pub struct Unread(#[allow(dead_code, reason = "held, never read")] Rc<RefCell<Payload>>);
+/// A request body's receiving end, shared by the stream the app reads (`Shared`) and the
+/// answer (`Unread`).
+struct Body {
+    payload: RefCell<Payload>,
+    /// Read to its end (or to an error, after which actix-web reads no more of it).
+    ended: Cell<bool>,
+}
 
-/// A chunked body, read through the end that `Unread` keeps.
-struct Shared(Rc<RefCell<Payload>>);
+/// The receiving end of a request body not read to its end, kept until the answer is sent
+/// (see the module's notes).
+pub struct Unread {
+    body: Rc<Body>,
+    watch: Option<Rc<Watch>>,
+}
+
+impl Unread {
+    /// Whether the body was read to its end: nothing is left to keep.
+    fn read_whole(&self) -> bool {
+        self.body.ended.get()
+    }
+}
+
+impl Drop for Unread {
+    /// Takes what actix-web holds of the body, counted (`Watch::body_read`): the connection
+    /// then knows how much more of it may come after the answer.
+    fn drop(&mut self) {
+        let Some(watch) = &self.watch else { return };
+        if self.read_whole() {
+            return;
+        }
+        let Ok(mut payload) = self.body.payload.try_borrow_mut() else {
+            return;
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        // What actix-web holds is bounded (it reads on only for a body that asks).
+        loop {
+            match Pin::new(&mut *payload).poll_next(&mut cx) {
+                Poll::Ready(Some(Ok(bytes))) => watch.body_read(Some(bytes.len())),
+                Poll::Ready(Some(Err(_)) | None) => break watch.body_read(None),
+                Poll::Pending => break,
+            }
+        }
+    }
+}
+
+/// A body, read through the end that `Unread` keeps.
+struct Shared(Rc<Body>);
 
 impl Stream for Shared {
     type Item = Result<Bytes, PayloadError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let mut payload = self.0.borrow_mut();
-        Pin::new(&mut *payload).poll_next(cx)
+        let mut payload = self.0.payload.borrow_mut();
+        let polled = Pin::new(&mut *payload).poll_next(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            self.0.ended.set(true);
+        }
+        polled
     }
 }
 
@@ -58,8 +105,8 @@ impl Stream for Shared {
 /// it waits for more (`next_request` reads for a body only then); a request that declares
 /// no body (most reads) is left as it is and costs nothing. The proxy's bodies, up to
 /// `[proxy] max_request_bytes`, keep the proxy's own deadline (`timeout_seconds`). For a
-/// chunked body (the proxy's too), what the answer must hold (`Held`) so that the
-/// connection is closed when the body was not read to its end.
+/// body (the proxy's too), what the answer must hold (`Held`) so that the connection is
+/// closed when the body was not read to its end, and knows how much more of it may come.
 pub fn apply(req: &mut ServiceRequest) -> Option<Unread> {
     let headers = req.headers();
     // A body that runs until the connection ends: actix-web reads one after the head of a
@@ -96,26 +143,20 @@ pub fn apply(req: &mut ServiceRequest) -> Option<Unread> {
         };
         watch.body_declared(declared.unwrap_or(u64::MAX));
     }
-    let inner = req.take_payload();
-    let (body, unread) = match (chunked, within(deadline)) {
-        (false, None) => (waited(inner, watch), None),
-        (false, Some((until, within))) => {
-            (waited(Deadline::new(inner, until, within), watch), None)
-        }
-        (true, deadline) => {
-            let shared = Rc::new(RefCell::new(inner));
-            let unread = Some(Unread(shared.clone()));
-            match deadline {
-                Some((until, within)) => (
-                    waited(Deadline::new(Shared(shared), until, within), watch),
-                    unread,
-                ),
-                None => (waited(Shared(shared), watch), unread),
-            }
-        }
+    let shared = Rc::new(Body {
+        payload: RefCell::new(req.take_payload()),
+        ended: Cell::new(false),
+    });
+    let unread = Unread {
+        body: shared.clone(),
+        watch: watch.clone(),
+    };
+    let body = match within(deadline) {
+        Some((until, within)) => waited(Deadline::new(Shared(shared), until, within), watch),
+        None => waited(Shared(shared), watch),
     };
     req.set_payload(Payload::from(body));
-    unread
+    Some(unread)
 }
 
 type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>>;
@@ -181,6 +222,8 @@ pin_project_lite::pin_project! {
 
 impl<B> Held<B> {
     pub fn new(body: B, unread: Option<Unread>, turn: Option<Turn>) -> Self {
+        // A body read whole leaves nothing to hold: the answer is written as it is.
+        let unread = unread.filter(|unread| !unread.read_whole());
         Held { body, unread, turn }
     }
 }

@@ -2567,6 +2567,56 @@ async fn a_body_of_megabytes_that_is_refused_is_answered_not_reset() {
     }
 }
 
+/// A refused request whose body came whole with it (here behind another request, in one
+/// write) leaves nothing of its body to come: the connection is kept, and the next request
+/// head is held to the head's limit (32 KiB), not given what a body left unread may still
+/// send after its answer (a chunked one's: 16 MiB, past actix-web's own 128 KiB head limit).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_body_that_came_whole_lends_nothing_to_the_next_head() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let home = Home::new();
+    let d = home.start();
+    let first = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    for framing in [
+        "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "Content-Length: 5\r\n\r\nhello",
+    ] {
+        let refused = format!("POST /nothing-here HTTP/1.1\r\nHost: 127.0.0.1\r\n{framing}");
+        let mut conn = tokio::net::TcpStream::connect(d.url.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        conn.write_all(format!("{first}{refused}").as_bytes())
+            .await
+            .unwrap();
+        // Both answered, the connection kept.
+        let mut answers = String::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        while answers.matches("HTTP/1.1 ").count() < 2 || !answers.ends_with('}') {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(10), conn.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("{framing}: answers {answers}"))
+                .unwrap();
+            assert!(n > 0, "{framing}: closed after {answers}");
+            answers.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        assert!(answers.contains("HTTP/1.1 404"), "{framing}: {answers}");
+        // A head that never ends: the connection ends at the head's limit, unanswered.
+        let mut head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n".to_vec();
+        while head.len() < 200 * 1024 {
+            head.extend_from_slice(format!("X-Filler: {}\r\n", "a".repeat(1000)).as_bytes());
+        }
+        let _ = conn.write_all(&head).await;
+        let mut after = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(15),
+            conn.read_to_end(&mut after),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{framing}: the connection was kept"));
+        assert_eq!(String::from_utf8_lossy(&after), "", "{framing}");
+    }
+}
+
 /// Sends each request on one connection after the answer to the one before; the answers'
 /// heads and bodies as text (each read until it has stopped arriving for 300 ms).
 async fn on_one_connection(d: &Daemon, requests: &[&str]) -> Vec<String> {
