@@ -4,12 +4,17 @@
 
 /// Sets the logger up; once, at the start. `RUST_LOG` unset, the daemon logs from `info`
 /// and a terminal command from `warn`: a command's own words are its output, and the
-/// broker's progress lines (a flow started, a refresh done) only crowd them.
+/// broker's progress lines (a flow started, a refresh done) only crowd them. An empty
+/// `RUST_LOG` counts as unset, as an empty `OAUTHD_*` variable does (a compose file's
+/// `RUST_LOG: ${RUST_LOG:-}`): read as it is, it left every line out, warnings too.
 pub fn init(daemon: bool) {
     let default = if daemon { "info" } else { "warn" };
-    let inner =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
-            .build();
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
+    if std::env::var_os("RUST_LOG").is_some_and(|v| v.to_string_lossy().trim().is_empty()) {
+        builder.parse_filters(default);
+    }
+    let inner = builder.build();
     let max = inner.filter();
     if log::set_boxed_logger(Box::new(Logger { inner })).is_ok() {
         log::set_max_level(max);

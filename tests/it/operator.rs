@@ -1003,6 +1003,24 @@ fn left_out(home: &Home, label: &str) -> Vec<u64> {
         .collect()
 }
 
+/// An empty `RUST_LOG` (a compose file's `RUST_LOG: ${RUST_LOG:-}`) counts as unset, as an
+/// empty `OAUTHD_*` variable does: read as it is, it left every line out, warnings too.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_rust_log_logs_as_an_unset_one() {
+    let home = Home::new();
+    let d = home.start_with_env(&[("RUST_LOG", ""), ("OAUTHD_NO_SUCH_SETTING", "1")]);
+    assert!(d.signal_and_wait("TERM").success());
+    let log = home.log_text();
+    assert!(
+        log.contains(" INFO ") && log.contains("listening on"),
+        "{log}"
+    );
+    assert!(
+        log.contains(" WARN ") && log.contains("OAUTHD_NO_SUCH_SETTING"),
+        "{log}"
+    );
+}
+
 /// Requests actix-http cannot parse (answered 400 before any of oauthd's code runs) are
 /// access lines within the access log's budget: it wrote an `ERROR` line for each, so
 /// anyone who reached the port could write the journal past its rate limit, which drops

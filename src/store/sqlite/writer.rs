@@ -936,7 +936,12 @@ impl Link {
                 self.files.paths[0].display()
             ),
             Ok(_) => {}
-            Err(e) => log::debug!("the database's -wal was not merged as the writer stopped: {e}"),
+            Err(e) => log::warn!(
+                "the database's -wal file was not merged into {} as oauthd ended ({e}): a copy \
+                 of the file alone lacks what is in the -wal until it is merged (`oauthd \
+                 backup` copies both; the next start merges it)",
+                self.files.paths[0].display()
+            ),
         }
     }
 }
