@@ -338,6 +338,7 @@ impl Serving {
             base_path: self.base_path,
             metrics_token: settings.metrics_token.clone(),
             public_limit: limit(settings.public_per_minute),
+            metrics_limit: limit(settings.public_per_minute),
             failed_auth_limit: limit(settings.failed_auth_per_minute),
             failed_sign_in_limit: limit(settings.failed_auth_per_minute),
             failed_metrics_limit: limit(settings.failed_auth_per_minute),

@@ -7,12 +7,17 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 pub async fn metrics(app: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    // Each scrape reads the store (the connections' counts, the outbox): a public route's
-    // budget per address, as the callback's. The token is the operator's choice, so wrong
-    // ones have a budget of their own per client, past which none of its tries is checked
-    // (`SecretTry::of_client`: charged to the client alone, or anyone could keep the
-    // scraper out).
-    app.public_route_hit(&req)?;
+    // Each scrape reads the store (the connections' counts, the outbox). Open, it has a
+    // budget per address of its own, apart from the callback's and the sign-in's (which
+    // the scraper's address may share), so that they cannot make scrapes fail. The token
+    // is the operator's choice, so wrong ones have a budget of their own per client, past
+    // which none of its tries is checked (`SecretTry::of_client`: charged to the client
+    // alone, or anyone could keep the scraper out); a scrape with the right one is the
+    // operator's and counts on no budget.
+    match &app.metrics_token {
+        None => app.budget_hit(&app.metrics_limit, &req)?,
+        Some(_) => super::refuse_cross_site(&req)?,
+    }
     if let Some(token) = &app.metrics_token {
         let attempt = super::ratelimit::SecretTry::of_client(
             &app.failed_metrics_limit,

@@ -77,6 +77,10 @@ pub struct AppState {
     pub metrics_token: Option<crate::secret::SecretText>,
     /// Budget per client address on the public routes.
     pub public_limit: RateLimiter,
+    /// Budget per client address for `/metrics` without a metrics token, of the same size
+    /// as the public routes' and apart from it: callbacks and sign-ins from the scraper's
+    /// address (everything on 127.0.0.1) must not make its scrapes fail.
+    pub metrics_limit: RateLimiter,
     /// Budget per client address for requests with a wrong API key.
     pub failed_auth_limit: RateLimiter,
     /// Budget per client address for wrong metrics tokens, of the same size (a scraper
@@ -153,23 +157,39 @@ impl AppState {
 
     /// Counts a hit on a public route; `Err` (429) when the client is over its budget.
     pub fn public_route_hit(&self, req: &actix_web::HttpRequest) -> Result<(), ApiError> {
+        self.budget_hit(&self.public_limit, req)
+    }
+
+    /// A request on a public route, charged to `limit` (see `public_route_hit`).
+    fn budget_hit(
+        &self,
+        limit: &RateLimiter,
+        req: &actix_web::HttpRequest,
+    ) -> Result<(), ApiError> {
         // What a page of another site loads from the operator's browser (an image, a
         // script, a fetch) counts on nothing and is refused: a page that fired such
         // requests would spend the address's budget, locking the operator out of the
         // sign-in, login links and callbacks. A person arrives by a navigation (a link,
         // the provider's redirect back), which is counted as ever; clients that send no
         // `Sec-Fetch-*` (scripts, scrapers) are counted as ever.
-        if loaded_by_another_site(req) {
-            return Err(ApiError::new(
-                actix_web::http::StatusCode::FORBIDDEN,
-                "cross_site_request",
-                "a page of another site loaded this address (as an image, a script or a fetch): oauthd's pages are opened, not loaded by other sites",
-            ));
-        }
+        refuse_cross_site(req)?;
         match ratelimit::client_ip(req, &self.trusted_proxies) {
-            Some(ip) => self.public_limit.hit(ip).map_err(ratelimit::too_many),
+            Some(ip) => limit.hit(ip).map_err(ratelimit::too_many),
             None => Ok(()),
         }
+    }
+}
+
+/// `403 cross_site_request` for what a page of another site loaded from the browser
+/// (`loaded_by_another_site`).
+fn refuse_cross_site(req: &actix_web::HttpRequest) -> Result<(), ApiError> {
+    match loaded_by_another_site(req) {
+        true => Err(ApiError::new(
+            actix_web::http::StatusCode::FORBIDDEN,
+            "cross_site_request",
+            "a page of another site loaded this address (as an image, a script or a fetch): oauthd's pages are opened, not loaded by other sites",
+        )),
+        false => Ok(()),
     }
 }
 
