@@ -314,6 +314,14 @@ pub static STORAGE_READ_ONLY: LazyLock<IntGauge> = LazyLock::new(|| {
     registered(name, IntGauge::with_opts(opts(name, help)))
 });
 
+pub static STORAGE_READY: LazyLock<IntGauge> = LazyLock::new(|| {
+    let name = "storage_ready";
+    let help = "1 when the storage answered a read and could take writes at the last scrape \
+                (what /readyz checks), else 0: a lock another process holds, a database \
+                deleted or moved, read-only or full, Redis down.";
+    registered(name, IntGauge::with_opts(opts(name, help)))
+});
+
 pub static STORAGE_DISK_FULL: LazyLock<IntGauge> = LazyLock::new(|| {
     let name = "storage_disk_full";
     let help = "1 from a SQLite write that failed for want of room on the disk (writes that \

@@ -32,17 +32,32 @@ pub async fn metrics(app: web::Data<AppState>, req: HttpRequest) -> Result<HttpR
             return Err(refused);
         }
     }
-    // Connections by status, counted now by the store (SQLite reads no token for it).
-    let counts = app.broker.connection_counts().await?;
-    metrics::CONNECTIONS.reset();
-    for (provider, status, count) in counts {
-        let count = i64::try_from(count).unwrap_or(i64::MAX);
-        metrics::CONNECTIONS
-            .with_label_values(&[provider.as_str(), status])
-            .add(count);
+    // What /readyz checks, as a gauge: the scrape answers while the store does not, and
+    // says so (a lock another process holds, a database deleted or moved, left the
+    // gauges of a read-only or full disk at 0).
+    let ready = app.store.ping().await.is_ok();
+    metrics::STORAGE_READY.set(i64::from(ready));
+    // Connections by status, counted now by the store (SQLite reads no token for it); as
+    // the last scrape counted them when it is not ready (a store that does not answer
+    // would hold the scrape for each of its timeouts).
+    if let Some(Ok(counts)) = match ready {
+        true => Some(app.broker.connection_counts().await),
+        false => None,
+    } {
+        metrics::CONNECTIONS.reset();
+        for (provider, status, count) in counts {
+            let count = i64::try_from(count).unwrap_or(i64::MAX);
+            metrics::CONNECTIONS
+                .with_label_values(&[provider.as_str(), status])
+                .add(count);
+        }
     }
-    let pending = app.outbox.pending_deliveries().await?;
-    metrics::OUTBOX_PENDING.set(i64::try_from(pending).unwrap_or(i64::MAX));
+    if let Some(Ok(pending)) = match ready {
+        true => Some(app.outbox.pending_deliveries().await),
+        false => None,
+    } {
+        metrics::OUTBOX_PENDING.set(i64::try_from(pending).unwrap_or(i64::MAX));
+    }
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, "no-store"))

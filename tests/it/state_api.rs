@@ -1545,6 +1545,9 @@ async fn a_database_locked_by_another_process_gives_503_and_recovers_by_itself()
         body["detail"].as_str().unwrap().contains("locked"),
         "{body}"
     );
+    // So does a scrape, which answers (only a storage error counter moved, with the
+    // probes that asked).
+    assert_eq!(d.metric("oauthd_storage_ready").await, Some(0.0));
     let said = "another process holds its write lock";
     assert_eq!(
         home.log_text().matches(said).count(),
@@ -1569,6 +1572,7 @@ async fn a_database_locked_by_another_process_gives_503_and_recovers_by_itself()
     assert!(locker.close().success());
     let (status, body) = d.get("/readyz", "").await;
     assert_eq!(status, 200, "not ready once the lock is free: {body}");
+    assert_eq!(d.metric("oauthd_storage_ready").await, Some(1.0));
     // No restart: the next write goes through, and nothing acknowledged was lost.
     let after = d.create_state(&key, json!({"namespace": NS})).await;
     assert_eq!(d.consume(&key, &before, NS).await.0, 200);
