@@ -1555,6 +1555,9 @@ async fn a_database_locked_by_another_process_gives_503_and_recovers_by_itself()
         "{}",
         home.log_text()
     );
+    // Naming who has the file open: one of them holds the lock.
+    let holder = format!("the file is held open by pid {} \"sqlite3\")", locker.pid());
+    assert!(home.log_text().contains(&holder), "{}", home.log_text());
     // The terminal's commands read on (they failed as "cannot migrate database to schema
     // version 1: database is locked"), and `check` says what holds the writes (it said ok).
     let out = home.cli(&["keys", "list"]);
@@ -1564,7 +1567,7 @@ async fn a_database_locked_by_another_process_gives_503_and_recovers_by_itself()
     assert!(
         report
             .lines()
-            .any(|l| l.starts_with("FAIL  store: ") && l.contains(said)),
+            .any(|l| l.starts_with("FAIL  store: ") && l.contains(said) && l.contains(&holder)),
         "{report}"
     );
 

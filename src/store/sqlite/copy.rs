@@ -109,12 +109,17 @@ impl Holders {
     /// backup tool, a replication tool or an `sqlite3` shell reading the file serves
     /// nothing.
     pub(super) fn oauthds(self) -> Holders {
+        self.those(true)
+    }
+
+    /// Those running oauthd (`oauthd`), or those that do not.
+    fn those(self, oauthd: bool) -> Holders {
+        let runs_oauthd =
+            |program: &Option<String>| program.as_deref().is_some_and(|p| p.starts_with("oauthd"));
         Holders(
             self.0
                 .into_iter()
-                .filter(|(_, _, program)| {
-                    program.as_deref().is_some_and(|p| p.starts_with("oauthd"))
-                })
+                .filter(|(_, _, program)| runs_oauthd(program) == oauthd)
                 .collect(),
         )
     }
@@ -127,6 +132,17 @@ impl std::fmt::Display for Holders {
             write!(f, "{sep}pid {pid} {name:?}")?;
         }
         Ok(())
+    }
+}
+
+/// Who has the file at `path` open, oauthd aside (it takes the lock only for a commit),
+/// for a message about its write lock: `; the file is held open by pid 40 "sqlite3"`, or
+/// nothing when none is seen.
+pub(super) fn lock_suspects(path: &Path) -> String {
+    let open = holders(path).those(false).to_string();
+    match open.is_empty() {
+        true => String::new(),
+        false => format!("; the file is held open{open}"),
     }
 }
 

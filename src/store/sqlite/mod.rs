@@ -461,9 +461,10 @@ impl super::Store for SqliteStore {
             .map_err(|e| match e {
                 StoreError::Busy { .. } => format!(
                     "database {} passes integrity_check, but another process holds its write \
-                     lock (an sqlite3 shell left in a transaction, a copy tool): oauthd's \
+                     lock (an sqlite3 shell left in a transaction, a copy tool{}): oauthd's \
                      writes wait for it, then answer 503, until it ends that transaction",
-                    self.path.display()
+                    self.path.display(),
+                    copy::lock_suspects(&self.path)
                 ),
                 StoreError::ReadOnly { .. } => format!(
                     "database {} passes integrity_check, but {e} for this user: make the \

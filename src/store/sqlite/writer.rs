@@ -755,10 +755,13 @@ impl Link {
 
     fn mark_locked(&mut self) {
         if !self.locked.swap(true, Ordering::AcqRel) {
+            // Who has the file open, once per lock (a look through /proc).
+            let open = super::copy::lock_suspects(&self.files.paths[0]);
             log::error!(
                 "database {}: another process holds its write lock (an sqlite3 shell left in \
-                 a transaction, a copy tool): writes and /readyz answer 503 after waiting for \
-                 it, until it lets go; nothing acknowledged is lost, and no restart is needed",
+                 a transaction, a copy tool{open}): writes and /readyz answer 503 after \
+                 waiting for it, until it lets go; nothing acknowledged is lost, and no \
+                 restart is needed",
                 self.name
             );
         }

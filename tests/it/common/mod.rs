@@ -656,6 +656,10 @@ impl SqliteShell {
         shell
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn send(&mut self, sql: &str) {
         use std::io::Write;
         let input = self.input.as_mut().expect("sqlite3 still open");
