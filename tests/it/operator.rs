@@ -2032,6 +2032,50 @@ async fn a_database_deleted_under_oauthd_can_be_copied_out_before_it_stops() {
     d.signal_and_wait("TERM");
 }
 
+/// The database's directory moved away while oauthd runs (an `mv data data.old`): the log
+/// said the file was deleted or replaced and gave rescue commands that wrote into the
+/// directory that was gone. It now says the directory is gone and to move it back, which
+/// oauthd carries on from by itself, and copies out, if wanted, where the directory was.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_whose_directory_moved_away_says_to_move_it_back() {
+    let home = Home::new();
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let kept = d
+        .create_state(&key, json!({"namespace": "oauth:app"}))
+        .await;
+    let dir = home.dir.path().to_owned();
+    let moved = dir.with_extension("moved");
+    std::fs::rename(&dir, &moved).unwrap();
+    let (status, body) = d.readyz_until(503).await;
+    // The log is in the directory, moved with it.
+    let log = || std::fs::read_to_string(moved.join("oauthd.log")).unwrap_or_default();
+    let said = |l: &str| l.contains(" ERROR ") && l.contains("its directory");
+    common::eventually(Duration::from_secs(5), || log().lines().any(said)).await;
+    let text = log();
+    let line = text
+        .lines()
+        .find(|l| said(l))
+        .unwrap_or_default()
+        .to_owned();
+    std::fs::rename(&moved, &dir).unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        line.contains(&format!("its directory {} is gone", dir.display()))
+            && line.contains(&format!("move it back to {}", dir.display()))
+            && !line.contains("deleted or replaced"),
+        "{line}"
+    );
+    let parent = dir.parent().unwrap().display().to_string();
+    let copy_to = format!(" {parent}/oauthd.db.rescued-");
+    assert!(line.contains(&copy_to), "{line}");
+    // Moved back: oauthd carries on by itself, nothing lost.
+    let (status, body) = d.readyz_until(200).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(d.consume(&key, &kept, "oauth:app").await.0, 200);
+    d.signal_and_wait("TERM");
+}
+
 /// A `-wal` file with no database beside it (the database deleted or moved without it):
 /// a start made a new database there, and SQLite emptied the `-wal` as a stale one of it,
 /// its data gone. It is refused (exit 2, nothing changed).

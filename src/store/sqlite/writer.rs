@@ -810,18 +810,39 @@ impl Link {
             Some(file) => {
                 if !self.moved.swap(true, Ordering::AcqRel) {
                     let db = &self.files.paths[0];
-                    let copy =
-                        crate::paths::with_suffix(db, &format!(".rescued-{}", std::process::id()));
+                    // The directory gone (moved or renamed away, with the files in it): the
+                    // copy goes where it was, as far up as there is a directory.
+                    let gone = db.parent().filter(|d| !d.exists());
+                    let beside = gone
+                        .and_then(|d| d.ancestors().find(|a| a.is_dir()))
+                        .and_then(|a| Some(a.join(db.file_name()?)));
+                    let copy = crate::paths::with_suffix(
+                        beside.as_deref().unwrap_or(db),
+                        &format!(".rescued-{}", std::process::id()),
+                    );
                     // What it held is lost when it stops: say how to keep it first.
                     let keep = match self.files.rescue(&copy) {
                         Some(cp) => format!(
-                            "; or keep what oauthd holds: before stopping it, `{cp}`, then stop it and `oauthd restore --db {}{} {}`",
+                            "; or keep what oauthd holds: before stopping it, `{cp}`, then stop it{} and `oauthd restore --db {}{} {}`",
+                            match gone {
+                                Some(dir) => format!(", make {} again", dir.display()),
+                                None => String::new(),
+                            },
                             crate::paths::shell_word(db),
                             if db.exists() { "" } else { " --create" },
                             crate::paths::shell_word(&copy)
                         ),
                         None => String::new(),
                     };
+                    if let Some(dir) = gone {
+                        log::error!(
+                            "database {}: its directory {} is gone (moved, renamed or deleted while oauthd had the database open): what oauthd wrote now would be lost at its next start, so writes and /readyz answer 503. If it was moved, move it back to {} and oauthd carries on by itself{keep}",
+                            self.name,
+                            dir.display(),
+                            dir.display()
+                        );
+                        return;
+                    }
                     // A database file put in place while the -wal beside it is still the
                     // old database's: started on as they are, SQLite replays the old
                     // -wal's pages into the new file, which that damages.
