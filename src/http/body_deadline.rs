@@ -161,8 +161,8 @@ pub fn apply(req: &mut ServiceRequest) -> Option<Unread> {
 
 type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>>;
 
-/// A request body that tells its connection when it waits for more (one allocation, as
-/// the deadline alone took).
+/// A request body that tells its connection when it waits for more (the deadline and the
+/// telling in one allocation).
 fn waited<S>(inner: S, watch: Option<Rc<Watch>>) -> BodyStream
 where
     S: Stream<Item = Result<Bytes, PayloadError>> + Unpin + 'static,
@@ -189,11 +189,15 @@ where
                 Poll::Pending => watch.body_wanted(),
                 Poll::Ready(read) => {
                     watch.body_given();
-                    watch.body_read(match read {
-                        Some(Ok(bytes)) => Some(bytes.len()),
-                        // An error ends the body too: actix-web closes the connection.
-                        Some(Err(_)) | None => None,
-                    });
+                    match read {
+                        Some(Ok(bytes)) => watch.body_read(Some(bytes.len())),
+                        // The deadline is oauthd's: actix-web, which knows nothing of it,
+                        // reads and drops the rest after the answer, as of any body left
+                        // unread.
+                        Some(Err(e)) if is_deadline(e) => {}
+                        // Its own error ends the body: actix-web closes the connection.
+                        Some(Err(_)) | None => watch.body_read(None),
+                    }
                 }
             }
         }

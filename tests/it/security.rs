@@ -2594,6 +2594,42 @@ async fn a_body_of_megabytes_that_is_refused_is_answered_not_reset() {
     }
 }
 
+/// A body cut off at its deadline (`408`) is drained after the answer as any body left
+/// unread: the rest of it, sent once the client is done waiting (a client that sends its
+/// whole body before it reads), was counted as the next request's head, and past 32 KiB
+/// the connection was reset before the client read the `408`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_cut_off_at_its_deadline_is_answered_not_reset() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let home = Home::new();
+    home.write_config("[limits]\nbody_seconds = 1\n");
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    let body = vec![b' '; 60_000];
+    let head = format!(
+        "POST /v1/states HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut conn = tokio::net::TcpStream::connect(d.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let exchange = async {
+        conn.write_all(head.as_bytes()).await?;
+        conn.write_all(&body[..1000]).await?;
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        conn.write_all(&body[1000..]).await?;
+        let mut answer = Vec::new();
+        conn.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&answer).into_owned())
+    };
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), exchange)
+        .await
+        .expect("no end in 30 s")
+        .expect("the connection was reset");
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+}
+
 /// A refused request whose body came whole with it (here behind another request, in one
 /// write) leaves nothing of its body to come: the connection is kept, and the next request
 /// head is held to the head's limit (32 KiB), not given what a body left unread may still
