@@ -144,7 +144,12 @@ impl Turn {
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        drop(self.guard.take());
+        // Not what the next holder does, in the moment before it says (a wait given up
+        // held nothing, and says nothing).
+        if let Some(guard) = self.guard.take() {
+            self.now.set(Doing::Preparing);
+            drop(guard);
+        }
         let mut map = self.locks.map();
         if map
             .get(&self.key)
@@ -221,8 +226,13 @@ mod tests {
         // Said by a task that does not hold the turn.
         held.now().set(Doing::Saving);
         assert_eq!(locks.doing(&key), Doing::Saving);
-        // The next holder starts afresh.
+        // A wait given up leaves what the holder does as it is.
+        let given_up = tokio::time::timeout(Duration::from_millis(10), locks.turn(&key)).await;
+        assert!(given_up.is_err());
+        assert_eq!(locks.doing(&key), Doing::Saving);
+        // The next holder starts afresh, and so does what is read meanwhile.
         drop(held);
+        assert_eq!(locks.doing(&key), Doing::Preparing);
         assert_eq!(waiting.await.unwrap(), Doing::Preparing);
         assert_eq!(locks.len(), 0);
     }

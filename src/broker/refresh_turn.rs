@@ -162,6 +162,7 @@ impl Broker {
         // then refreshes itself is given `caller_wait` for that refresh, as before the wait.
         let mut waited_for_other = false;
         loop {
+            turn.doing(Doing::Preparing);
             let ticket = self.token_cache.begin_read();
             let row = match self.row(key).await {
                 Ok(row) => row,
