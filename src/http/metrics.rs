@@ -3,6 +3,7 @@
 use super::problem::ApiError;
 use super::AppState;
 use crate::metrics;
+use crate::store::StoreError;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -35,12 +36,14 @@ pub async fn metrics(app: web::Data<AppState>, req: HttpRequest) -> Result<HttpR
     // What /readyz checks, as a gauge: the scrape answers while the store does not, and
     // says so (a lock another process holds, a database deleted or moved, left the
     // gauges of a read-only or full disk at 0).
-    let ready = app.store.ping().await.is_ok();
-    metrics::STORAGE_READY.set(i64::from(ready));
-    // Connections by status, counted now by the store (SQLite reads no token for it); as
-    // the last scrape counted them when it is not ready (a store that does not answer
-    // would hold the scrape for each of its timeouts).
-    if let Some(Ok(counts)) = match ready {
+    let ready = app.store.ping().await;
+    metrics::STORAGE_READY.set(i64::from(ready.is_ok()));
+    // Connections by status, counted now by the store (SQLite reads no token for it),
+    // also while writes are refused (a lock, a full disk: deliveries pile up then); as
+    // the last scrape counted them when the store does not answer (it would hold the
+    // scrape for each of its timeouts).
+    let reads = ready.as_ref().err().is_none_or(StoreError::reads_answer);
+    if let Some(Ok(counts)) = match reads {
         true => Some(app.broker.connection_counts().await),
         false => None,
     } {
@@ -52,7 +55,7 @@ pub async fn metrics(app: web::Data<AppState>, req: HttpRequest) -> Result<HttpR
                 .add(count);
         }
     }
-    if let Some(Ok(pending)) = match ready {
+    if let Some(Ok(pending)) = match reads {
         true => Some(app.outbox.pending_deliveries().await),
         false => None,
     } {

@@ -39,6 +39,21 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether reads may still answer at once while this fault holds: writes refused (a
+    /// lock another process holds, a disk read-only or full, Redis at maxmemory), not a
+    /// store that does not answer, or whose files are not the ones opened.
+    pub fn reads_answer(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Busy { .. }
+                | StoreError::Full { .. }
+                | StoreError::SizeLimit { .. }
+                | StoreError::ReadOnly { .. }
+                | StoreError::OutOfMemory { .. }
+                | StoreError::Conflict(_)
+        )
+    }
+
     pub fn unavailable(context: &'static str, message: impl ToString) -> Self {
         StoreError::Unavailable {
             context,

@@ -17,6 +17,33 @@ async fn connect(d: &Daemon, peer: &Peer, key: &str, account: &str) {
     assert_eq!(status, 200, "{page}");
 }
 
+/// A scrape while another process holds the write lock says the store is not ready, and
+/// still counts the connections (reads answer under a lock, and a dashboard of connections
+/// or of deliveries piling up should not freeze when writes are refused).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scrape_under_a_write_lock_counts_the_connections_and_says_not_ready() {
+    let peer = Peer::start(60);
+    let home = Home::new();
+    home.write_config(&peer.provider_toml("peer"));
+    let key = home.create_key("app", &[]);
+    let d = home.start();
+    connect(&d, &peer, &key, "alice").await;
+    let mut locker = common::SqliteShell::open(&home.db());
+    assert_eq!(locker.query("BEGIN IMMEDIATE; SELECT 'locked';"), "locked");
+    let (status, body) = d.readyz_until(503).await;
+    assert_eq!(status, 503, "{body}");
+    let metrics = d.metrics_text().await;
+    assert_eq!(locker.query("ROLLBACK; SELECT 'free';"), "free");
+    assert!(locker.close().success());
+    assert!(metrics.contains("\noauthd_storage_ready 0\n"), "{metrics}");
+    assert!(
+        metrics.contains("oauthd_connections{provider=\"peer\",status=\"active\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(d.metric("oauthd_storage_ready").await, Some(1.0));
+    d.signal_and_wait("TERM");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_of_a_removed_provider_are_listed_and_can_be_deleted() {
     let peer = Peer::start(60);
