@@ -1548,6 +1548,11 @@ async fn a_database_locked_by_another_process_gives_503_and_recovers_by_itself()
     // So does a scrape, which answers (only a storage error counter moved, with the
     // probes that asked).
     assert_eq!(d.metric("oauthd_storage_ready").await, Some(0.0));
+    // Naming who has the file open (one of them holds the lock), looked for apart from
+    // the writer.
+    let holder = format!("the file is held open by pid {} \"sqlite3\"", locker.pid());
+    common::eventually(Duration::from_secs(5), || home.log_text().contains(&holder)).await;
+    assert!(home.log_text().contains(&holder), "{}", home.log_text());
     let said = "another process holds its write lock";
     assert_eq!(
         home.log_text().matches(said).count(),
@@ -1555,9 +1560,6 @@ async fn a_database_locked_by_another_process_gives_503_and_recovers_by_itself()
         "{}",
         home.log_text()
     );
-    // Naming who has the file open: one of them holds the lock.
-    let holder = format!("the file is held open by pid {} \"sqlite3\")", locker.pid());
-    assert!(home.log_text().contains(&holder), "{}", home.log_text());
     // The terminal's commands read on (they failed as "cannot migrate database to schema
     // version 1: database is locked"), and `check` says what holds the writes (it said ok).
     let out = home.cli(&["keys", "list"]);

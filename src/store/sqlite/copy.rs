@@ -109,20 +109,18 @@ impl Holders {
     /// backup tool, a replication tool or an `sqlite3` shell reading the file serves
     /// nothing.
     pub(super) fn oauthds(self) -> Holders {
-        self.those(true)
-    }
-
-    /// Those running oauthd (`oauthd`), or those that do not.
-    fn those(self, oauthd: bool) -> Holders {
-        let runs_oauthd =
-            |program: &Option<String>| program.as_deref().is_some_and(|p| p.starts_with("oauthd"));
         Holders(
             self.0
                 .into_iter()
-                .filter(|(_, _, program)| runs_oauthd(program) == oauthd)
+                .filter(|(_, _, program)| runs_oauthd(program))
                 .collect(),
         )
     }
+}
+
+/// Whether a process runs oauthd, told by the program it runs.
+fn runs_oauthd(program: &Option<String>) -> bool {
+    program.as_deref().is_some_and(|p| p.starts_with("oauthd"))
 }
 
 impl std::fmt::Display for Holders {
@@ -135,11 +133,14 @@ impl std::fmt::Display for Holders {
     }
 }
 
-/// Who has the file at `path` open, oauthd aside (it takes the lock only for a commit),
-/// for a message about its write lock: `; the file is held open by pid 40 "sqlite3"`, or
-/// nothing when none is seen.
+/// Who has the file at `path` open, for a message about its write lock: `; the file is
+/// held open by pid 40 "sqlite3", pid 12 "oauthd"`, or nothing when none is seen. Other
+/// programs first: an oauthd takes the lock for a commit (a command's, such as a rekey's,
+/// may be long).
 pub(super) fn lock_suspects(path: &Path) -> String {
-    let open = holders(path).those(false).to_string();
+    let mut ordered = holders(path).0;
+    ordered.sort_by_key(|(_, _, program)| runs_oauthd(program));
+    let open = Holders(ordered).to_string();
     match open.is_empty() {
         true => String::new(),
         false => format!("; the file is held open{open}"),

@@ -25,6 +25,7 @@ use crate::store::change_watch::LOOK_EVERY;
 use crate::store::{ChangeWatch, StoreError};
 use rusqlite::{Connection, ErrorCode, MAIN_DB};
 use std::cell::RefCell;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -755,15 +756,26 @@ impl Link {
 
     fn mark_locked(&mut self) {
         if !self.locked.swap(true, Ordering::AcqRel) {
-            // Who has the file open, once per lock (a look through /proc).
-            let open = super::copy::lock_suspects(&self.files.paths[0]);
-            log::error!(
-                "database {}: another process holds its write lock (an sqlite3 shell left in \
-                 a transaction, a copy tool{open}): writes and /readyz answer 503 after \
-                 waiting for it, until it lets go; nothing acknowledged is lost, and no \
-                 restart is needed",
-                self.name
-            );
+            // Who has the file open, once per lock: a look through /proc, on a thread of
+            // its own (the writer answers the writes queued meanwhile).
+            let (name, path) = (self.name.clone(), self.files.paths[0].clone());
+            let said = std::thread::Builder::new()
+                .name("oauthd-lock-holders".into())
+                .spawn(move || {
+                    let open = super::copy::lock_suspects(&path);
+                    log::error!(
+                        "database {name}: another process holds its write lock (an sqlite3 \
+                         shell left in a transaction, a copy tool{open}): writes and /readyz \
+                         answer 503 after waiting for it, until it lets go; nothing \
+                         acknowledged is lost, and no restart is needed"
+                    );
+                });
+            if let Err(e) = said {
+                log::error!(
+                    "database {}: another process holds its write lock ({e} looking for it)",
+                    self.name
+                );
+            }
         }
     }
 
@@ -810,12 +822,17 @@ impl Link {
             Some(file) => {
                 if !self.moved.swap(true, Ordering::AcqRel) {
                     let db = &self.files.paths[0];
-                    // The directory gone (moved or renamed away, with the files in it): the
-                    // copy goes where it was, as far up as there is a directory.
-                    let gone = db.parent().filter(|d| !d.exists());
-                    let beside = gone
-                        .and_then(|d| d.ancestors().find(|a| a.is_dir()))
-                        .and_then(|a| Some(a.join(db.file_name()?)));
+                    // The directory gone: the copy goes into the first directory above it
+                    // that oauthd may write, else the temporary directory.
+                    let gone = gone_directory(db);
+                    let writable = |a: &std::path::Path| {
+                        a.is_dir() && rustix::fs::access(a, rustix::fs::Access::WRITE_OK).is_ok()
+                    };
+                    let beside = gone.and_then(|g| {
+                        let dir = g.ancestors().skip(1).find(|a| writable(a));
+                        let dir = dir.map_or_else(std::env::temp_dir, std::path::Path::to_owned);
+                        Some(dir.join(db.file_name()?))
+                    });
                     let copy = crate::paths::with_suffix(
                         beside.as_deref().unwrap_or(db),
                         &format!(".rescued-{}", std::process::id()),
@@ -824,9 +841,12 @@ impl Link {
                     let keep = match self.files.rescue(&copy) {
                         Some(cp) => format!(
                             "; or keep what oauthd holds: before stopping it, `{cp}`, then stop it{} and `oauthd restore --db {}{} {}`",
-                            match gone {
-                                Some(dir) => format!(", make {} again", dir.display()),
-                                None => String::new(),
+                            match (gone, db.parent()) {
+                                (Some(_), Some(dir)) => format!(
+                                    ", `mkdir -p {}`",
+                                    crate::paths::shell_word(dir)
+                                ),
+                                _ => String::new(),
                             },
                             crate::paths::shell_word(db),
                             if db.exists() { "" } else { " --create" },
@@ -968,6 +988,18 @@ impl Link {
             ),
         }
     }
+}
+
+/// The directory of the database at `db` that is gone (moved or renamed away, with the
+/// files in it), named as far up as it is gone; `None` while the database's directory is
+/// there.
+fn gone_directory(db: &Path) -> Option<&Path> {
+    let dir = db
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())?;
+    dir.ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .last()
 }
 
 fn job_of(msg: Msg) -> Option<Box<dyn WriteJob>> {
@@ -1114,6 +1146,21 @@ fn commit_group(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_gone_is_named_as_far_up_as_it_is_gone() {
+        let home = tempfile::tempdir().unwrap();
+        let db = home.path().join("srv/oauthd/data/oauthd.db");
+        assert_eq!(gone_directory(&db), Some(home.path().join("srv").as_path()));
+        std::fs::create_dir_all(home.path().join("srv")).unwrap();
+        assert_eq!(
+            gone_directory(&db),
+            Some(home.path().join("srv/oauthd").as_path())
+        );
+        std::fs::create_dir_all(home.path().join("srv/oauthd/data")).unwrap();
+        assert_eq!(gone_directory(&db), None);
+        assert_eq!(gone_directory(Path::new("oauthd.db")), None);
+    }
     use std::time::Duration;
 
     /// Asks `check_writable` every 100 ms until it says ready, `tries` times at most.
