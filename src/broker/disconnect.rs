@@ -149,8 +149,11 @@ impl Broker {
         // below: this process's own refreshes of the connection queue behind the delete.
         // One waiting for a slow provider's answer is waited for as long as another
         // process's (forced: deleted meanwhile, and that refresh revokes what it gets).
-        let turn = match tokio::time::timeout(WAIT_FOR_OTHER, self.in_flight.turn(&key)).await {
-            Ok(turn) => Some(turn),
+        let _turn = match tokio::time::timeout(WAIT_FOR_OTHER, self.in_flight.turn(&key)).await {
+            Ok(turn) => {
+                turn.doing(Doing::Deleting);
+                Some(turn)
+            }
             Err(_) if force => None,
             Err(_) => {
                 let held = self.turn_held(self.in_flight.doing(&key), provider_name);
@@ -158,11 +161,6 @@ impl Broker {
                     message: format!("{held}; {FORCE_HINT}"),
                     retry_after_secs: 5,
                 });
-            }
-        };
-        let doing = |doing: Doing| {
-            if let Some(turn) = &turn {
-                turn.doing(doing);
             }
         };
         let deadline = tokio::time::Instant::now() + WAIT_FOR_OTHER;
@@ -174,7 +172,6 @@ impl Broker {
             let now = self.clock.now_ms();
             if let Some(until) = row.lease_until_ms.filter(|until| *until > now) {
                 if tokio::time::Instant::now() < deadline {
-                    doing(Doing::WaitingForOther);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     row = self.row(&key).await?;
                     continue;
@@ -189,7 +186,6 @@ impl Broker {
                 }
                 // Forced: deleted under the lease; that refresh revokes what it gets.
             }
-            doing(Doing::Deleting);
             let pass = self
                 .revoke_for_disconnect(&row, force, lost_key, &mut revoked)
                 .await?;

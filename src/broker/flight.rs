@@ -25,7 +25,8 @@ pub(super) enum Doing {
     AskingProvider = 2,
     /// Saving what the provider answered.
     Saving = 3,
-    /// Deleting the connection (revoking its grant at the provider first).
+    /// Deleting the connection, from its start (waiting for another process's refresh,
+    /// revoking its grant at the provider) to its end.
     Deleting = 4,
 }
 

@@ -101,7 +101,7 @@ impl Broker {
         let Some(turn) = turn else {
             let doing = self.in_flight.doing(key);
             let then = match doing {
-                Doing::Deleting => "the connection is gone once it ends",
+                Doing::Deleting => "ask again once it ends",
                 _ => "its token is handed out once stored",
             };
             return Err(BrokerError::ProviderUnavailable {
@@ -128,7 +128,7 @@ impl Broker {
                 "a refresh of this connection got {provider}'s answer and is saving it here (the store is slow or fails)"
             ),
             Doing::Deleting => format!(
-                "a delete of this connection is under way here (revoking its grant at {provider} first)"
+                "a delete of this connection is under way here (it waits for a refresh of it another oauthd process runs, if any, then revokes its grant at {provider})"
             ),
         }
     }

@@ -14,7 +14,8 @@ pub async fn metrics(app: web::Data<AppState>, req: HttpRequest) -> Result<HttpR
     // is the operator's choice, so wrong ones have a budget of their own per client, past
     // which none of its tries is checked (`SecretTry::of_client`: charged to the client
     // alone, or anyone could keep the scraper out); a scrape with the right one is the
-    // operator's and counts on no budget.
+    // operator's and counts on no budget (past that client's wrong ones, though, no token
+    // of its is checked until the minute is over).
     match &app.metrics_token {
         None => app.budget_hit(&app.metrics_limit, &req)?,
         Some(_) => super::refuse_cross_site(&req)?,

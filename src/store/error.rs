@@ -22,6 +22,9 @@ pub enum StoreError {
     Damaged { context: &'static str },
     #[error("{context}: Redis is out of memory (maxmemory reached) and refuses writes")]
     OutOfMemory { context: &'static str },
+    /// Redis refuses writes because it cannot save to disk; reads answer.
+    #[error("{context}: Redis refuses writes because it cannot save to disk (MISCONF)")]
+    NotSaving { context: &'static str },
     /// The store's server did not answer: `why` is for the log (an I/O error, a timeout).
     #[error("{context}: Redis is unreachable ({why})")]
     Unreachable { context: &'static str, why: String },
@@ -50,6 +53,7 @@ impl StoreError {
                 | StoreError::SizeLimit { .. }
                 | StoreError::ReadOnly { .. }
                 | StoreError::OutOfMemory { .. }
+                | StoreError::NotSaving { .. }
                 | StoreError::Conflict(_)
         )
     }
@@ -80,6 +84,10 @@ impl StoreError {
             StoreError::Unreachable { context, why } => {
                 log_unavailable(context, &format!("Redis is unreachable ({why})"));
                 format!("{context}: Redis is unreachable; oauthd's log says why")
+            }
+            StoreError::NotSaving { context } => {
+                log_unavailable(context, "Redis refuses writes because it cannot save to disk (MISCONF): see Redis' log, and its `dir` and free space");
+                self.to_string()
             }
             StoreError::PasswordRefused { context, why } => {
                 log_unavailable(context, why);

@@ -882,10 +882,7 @@ fn classify(context: &'static str, e: &redis::RedisError) -> StoreError {
             "Redis' clock went back while oauthd read it, twice in a row; nothing was changed",
         ),
         Some("READONLY") => StoreError::ReadOnly { context },
-        Some("MISCONF") => StoreError::unavailable(
-            context,
-            "Redis refuses writes because it cannot save to disk (MISCONF)",
-        ),
+        Some("MISCONF") => StoreError::NotSaving { context },
         Some("NOAUTH") => StoreError::PasswordRefused {
             context,
             why: "Redis asks for a password and none was given: set OAUTHD_REDIS_PASSWORD (or \

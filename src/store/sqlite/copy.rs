@@ -133,18 +133,13 @@ impl std::fmt::Display for Holders {
     }
 }
 
-/// Who has the file at `path` open, for a message about its write lock: `; the file is
-/// held open by pid 40 "sqlite3", pid 12 "oauthd"`, or nothing when none is seen. Other
-/// programs first: an oauthd takes the lock for a commit (a command's, such as a rekey's,
-/// may be long).
+/// Who has the file at `path` open, for a message about its write lock: ` by pid 40
+/// "sqlite3", pid 12 "oauthd"`, or nothing when none is seen. Other programs first: an
+/// oauthd takes the lock for a commit (a command's, such as a rekey's, may be long).
 pub(super) fn lock_suspects(path: &Path) -> String {
     let mut ordered = holders(path).0;
     ordered.sort_by_key(|(_, _, program)| runs_oauthd(program));
-    let open = Holders(ordered).to_string();
-    match open.is_empty() {
-        true => String::new(),
-        false => format!("; the file is held open{open}"),
-    }
+    Holders(ordered).to_string()
 }
 
 /// The other processes that have the file at `path` open, found in `/proc` by the file's

@@ -464,7 +464,10 @@ impl super::Store for SqliteStore {
                      lock (an sqlite3 shell left in a transaction, a copy tool{}): oauthd's \
                      writes wait for it, then answer 503, until it ends that transaction",
                     self.path.display(),
-                    copy::lock_suspects(&self.path)
+                    match copy::lock_suspects(&self.path) {
+                        by if by.is_empty() => by,
+                        by => format!("; the file is held open{by}"),
+                    }
                 ),
                 StoreError::ReadOnly { .. } => format!(
                     "database {} passes integrity_check, but {e} for this user: make the \

@@ -756,26 +756,28 @@ impl Link {
 
     fn mark_locked(&mut self) {
         if !self.locked.swap(true, Ordering::AcqRel) {
+            log::error!(
+                "database {}: another process holds its write lock (an sqlite3 shell left in \
+                 a transaction, a copy tool): writes and /readyz answer 503 after waiting for \
+                 it, until it lets go; nothing acknowledged is lost, and no restart is needed",
+                self.name
+            );
             // Who has the file open, once per lock: a look through /proc, on a thread of
-            // its own (the writer answers the writes queued meanwhile).
+            // its own (the writer answers the writes queued meanwhile), said only while the
+            // lock is still held.
             let (name, path) = (self.name.clone(), self.files.paths[0].clone());
-            let said = std::thread::Builder::new()
+            let locked = self.locked.clone();
+            let _ = std::thread::Builder::new()
                 .name("oauthd-lock-holders".into())
                 .spawn(move || {
                     let open = super::copy::lock_suspects(&path);
-                    log::error!(
-                        "database {name}: another process holds its write lock (an sqlite3 \
-                         shell left in a transaction, a copy tool{open}): writes and /readyz \
-                         answer 503 after waiting for it, until it lets go; nothing \
-                         acknowledged is lost, and no restart is needed"
-                    );
+                    if !open.is_empty() && locked.load(Ordering::Acquire) {
+                        log::error!(
+                            "database {name}: the file is held open{open}: one of them holds \
+                             its write lock"
+                        );
+                    }
                 });
-            if let Err(e) = said {
-                log::error!(
-                    "database {}: another process holds its write lock ({e} looking for it)",
-                    self.name
-                );
-            }
         }
     }
 
