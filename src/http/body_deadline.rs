@@ -9,10 +9,11 @@
 //! A chunked body nobody reads to its end (a `401` answered before it) is another way to
 //! hold a connection: actix-web drains such a body after the answer, for as long as the
 //! client sends it. It closes the connection instead when the body's receiving end is
-//! still held at the answer, so the receiving end of a body not read to its end is kept
-//! (`Unread`) by the answer's body (`Held`) until it is sent. Then what actix-web holds of
-//! it is taken, to tell the connection how much of it may still come (`next_request`):
-//! none when it has all come, and actix-web keeps the connection for the next request.
+//! still held at the answer, so the receiving end of a chunked body is kept (`Unread`) by
+//! the answer's body (`Held`) until it is sent. When the app lets go of a body not read to
+//! its end, what actix-web holds of it is taken, to tell the connection how much of it may
+//! still come after the answer (`next_request`): none when it has all come, and actix-web
+//! keeps the connection for the next request.
 
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest};
@@ -21,7 +22,7 @@ use actix_web::http::header;
 use actix_web::web::Bytes;
 use actix_web::HttpMessage;
 use futures_util::Stream;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -40,64 +41,19 @@ pub fn is_deadline(e: &PayloadError) -> bool {
     matches!(e, PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
 }
 
-/// A request body's receiving end, shared by the stream the app reads (`Shared`) and the
-/// answer (`Unread`).
-struct Body {
-    payload: RefCell<Payload>,
-    /// Read to its end (or to an error, after which actix-web reads no more of it).
-    ended: Cell<bool>,
-}
+/// The receiving end of a chunked request body, kept until the answer is sent (see the
+/// module's notes).
+pub struct Unread(#[allow(dead_code, reason = "held, never read")] Rc<RefCell<Payload>>);
 
-/// The receiving end of a request body not read to its end, kept until the answer is sent
-/// (see the module's notes).
-pub struct Unread {
-    body: Rc<Body>,
-    watch: Option<Rc<Watch>>,
-}
-
-impl Unread {
-    /// Whether the body was read to its end: nothing is left to keep.
-    fn read_whole(&self) -> bool {
-        self.body.ended.get()
-    }
-}
-
-impl Drop for Unread {
-    /// Takes what actix-web holds of the body, counted (`Watch::body_read`): the connection
-    /// then knows how much more of it may come after the answer.
-    fn drop(&mut self) {
-        let Some(watch) = &self.watch else { return };
-        if self.read_whole() {
-            return;
-        }
-        let Ok(mut payload) = self.body.payload.try_borrow_mut() else {
-            return;
-        };
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        // What actix-web holds is bounded (it reads on only for a body that asks).
-        loop {
-            match Pin::new(&mut *payload).poll_next(&mut cx) {
-                Poll::Ready(Some(Ok(bytes))) => watch.body_read(Some(bytes.len())),
-                Poll::Ready(Some(Err(_)) | None) => break watch.body_read(None),
-                Poll::Pending => break,
-            }
-        }
-    }
-}
-
-/// A body, read through the end that `Unread` keeps.
-struct Shared(Rc<Body>);
+/// A chunked body, read through the end that `Unread` keeps.
+struct Shared(Rc<RefCell<Payload>>);
 
 impl Stream for Shared {
     type Item = Result<Bytes, PayloadError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let mut payload = self.0.payload.borrow_mut();
-        let polled = Pin::new(&mut *payload).poll_next(cx);
-        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-            self.0.ended.set(true);
-        }
-        polled
+        let mut payload = self.0.borrow_mut();
+        Pin::new(&mut *payload).poll_next(cx)
     }
 }
 
@@ -105,8 +61,8 @@ impl Stream for Shared {
 /// it waits for more (`next_request` reads for a body only then); a request that declares
 /// no body (most reads) is left as it is and costs nothing. The proxy's bodies, up to
 /// `[proxy] max_request_bytes`, keep the proxy's own deadline (`timeout_seconds`). For a
-/// body (the proxy's too), what the answer must hold (`Held`) so that the connection is
-/// closed when the body was not read to its end, and knows how much more of it may come.
+/// chunked body (the proxy's too), what the answer must hold (`Held`) so that the
+/// connection is closed when the body was not read to its end.
 pub fn apply(req: &mut ServiceRequest) -> Option<Unread> {
     let headers = req.headers();
     // A body that runs until the connection ends: actix-web reads one after the head of a
@@ -143,36 +99,51 @@ pub fn apply(req: &mut ServiceRequest) -> Option<Unread> {
         };
         watch.body_declared(declared.unwrap_or(u64::MAX));
     }
-    let shared = Rc::new(Body {
-        payload: RefCell::new(req.take_payload()),
-        ended: Cell::new(false),
-    });
-    let unread = Unread {
-        body: shared.clone(),
-        watch: watch.clone(),
-    };
-    let body = match within(deadline) {
-        Some((until, within)) => waited(Deadline::new(Shared(shared), until, within), watch),
-        None => waited(Shared(shared), watch),
+    let inner = req.take_payload();
+    let (body, unread) = match (chunked, within(deadline)) {
+        (false, None) => (waited(inner, watch), None),
+        (false, Some((until, within))) => {
+            (waited(Deadline::new(inner, until, within), watch), None)
+        }
+        (true, deadline) => {
+            let shared = Rc::new(RefCell::new(inner));
+            let unread = Some(Unread(shared.clone()));
+            match deadline {
+                Some((until, within)) => (
+                    waited(Deadline::new(Shared(shared), until, within), watch),
+                    unread,
+                ),
+                None => (waited(Shared(shared), watch), unread),
+            }
+        }
     };
     req.set_payload(Payload::from(body));
-    Some(unread)
+    unread
 }
 
 type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>>;
 
-/// A request body that tells its connection when it waits for more (the deadline and the
-/// telling in one allocation).
+/// A request body that tells its connection when it waits for more, and how much of it
+/// was read (one allocation, as the deadline alone took).
 fn waited<S>(inner: S, watch: Option<Rc<Watch>>) -> BodyStream
 where
     S: Stream<Item = Result<Bytes, PayloadError>> + Unpin + 'static,
 {
-    Box::pin(Waited { inner, watch })
+    Box::pin(Waited {
+        inner,
+        watch,
+        ended: false,
+    })
 }
 
-struct Waited<S> {
+struct Waited<S>
+where
+    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+{
     inner: S,
     watch: Option<Rc<Watch>>,
+    /// Read to its end, or to an error: nothing more comes from it.
+    ended: bool,
 }
 
 impl<S> Stream for Waited<S>
@@ -189,15 +160,8 @@ where
                 Poll::Pending => watch.body_wanted(),
                 Poll::Ready(read) => {
                     watch.body_given();
-                    match read {
-                        Some(Ok(bytes)) => watch.body_read(Some(bytes.len())),
-                        // The deadline is oauthd's: actix-web, which knows nothing of it,
-                        // reads and drops the rest after the answer, as of any body left
-                        // unread.
-                        Some(Err(e)) if is_deadline(e) => {}
-                        // Its own error ends the body: actix-web closes the connection.
-                        Some(Err(_)) | None => watch.body_read(None),
-                    }
+                    counted(watch, read);
+                    this.ended = !matches!(read, Some(Ok(_)));
                 }
             }
         }
@@ -205,10 +169,38 @@ where
     }
 }
 
-impl<S> Drop for Waited<S> {
+/// What the body gave, counted for its connection (`Watch::body_read`).
+fn counted(watch: &Watch, read: &Option<Result<Bytes, PayloadError>>) {
+    match read {
+        Some(Ok(bytes)) => watch.body_read(Some(bytes.len())),
+        // The deadline is oauthd's: actix-web, which knows nothing of it, reads and drops
+        // the rest after the answer, as of any body left unread.
+        Some(Err(e)) if is_deadline(e) => {}
+        // Its own error ends the body: actix-web closes the connection.
+        Some(Err(_)) | None => watch.body_read(None),
+    }
+}
+
+impl<S> Drop for Waited<S>
+where
+    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+{
+    /// A body let go before its end: what actix-web holds of it is taken and counted, so
+    /// that the connection knows how much more of it may come after the answer (none when
+    /// it has all come: actix-web then keeps the connection).
     fn drop(&mut self) {
-        if let Some(watch) = &self.watch {
-            watch.body_given();
+        let Some(watch) = &self.watch else { return };
+        watch.body_given();
+        if self.ended {
+            return;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        // What actix-web holds is bounded (it reads on only for a body that asks).
+        while let Poll::Ready(read) = Pin::new(&mut self.inner).poll_next(&mut cx) {
+            counted(watch, &read);
+            if !matches!(read, Some(Ok(_))) {
+                break;
+            }
         }
     }
 }
@@ -226,8 +218,6 @@ pin_project_lite::pin_project! {
 
 impl<B> Held<B> {
     pub fn new(body: B, unread: Option<Unread>, turn: Option<Turn>) -> Self {
-        // A body read whole leaves nothing to hold: the answer is written as it is.
-        let unread = unread.filter(|unread| !unread.read_whole());
         Held { body, unread, turn }
     }
 }
