@@ -67,12 +67,11 @@ impl Broker {
         let running = self.refreshing.enter();
         turn.doing(Doing::AskingProvider);
         let doing = turn.now();
+        let told = doing.clone();
         let refresh = async move {
             let _running = running;
-            let doing = turn.now();
             let _turn = turn;
-            this.refresh_with_lease(&provider, &row, lease, &doing)
-                .await
+            this.refresh_with_lease(&provider, &row, lease, &told).await
         };
         // The caller is answered after `caller_wait`; the refresh goes on until the
         // provider answers (or `answer_wait` passes) and stores what it answers.

@@ -827,12 +827,12 @@ impl Link {
                     // The directory gone: the copy goes into the first directory above it
                     // that oauthd may write, else the temporary directory.
                     let gone = gone_directory(db);
-                    let writable = |a: &std::path::Path| {
+                    let writable = |a: &Path| {
                         a.is_dir() && rustix::fs::access(a, rustix::fs::Access::WRITE_OK).is_ok()
                     };
                     let beside = gone.and_then(|g| {
                         let dir = g.ancestors().skip(1).find(|a| writable(a));
-                        let dir = dir.map_or_else(std::env::temp_dir, std::path::Path::to_owned);
+                        let dir = dir.map_or_else(std::env::temp_dir, Path::to_owned);
                         Some(dir.join(db.file_name()?))
                     });
                     let copy = crate::paths::with_suffix(
