@@ -510,7 +510,6 @@ mod tests {
             first.hash().0 < second.hash().0,
             "keys sort by creation time"
         );
-        assert_eq!(first.hash(), first.hash());
         let parsed = StateValue::parse(first.expose()).unwrap();
         assert_eq!(parsed.hash(), first.hash());
         assert_eq!(parsed, first);

@@ -1576,8 +1576,18 @@ async fn a_clock_stepped_ahead_is_not_taken_for_a_store_that_lost_its_data() {
     let clock = home.dir.path().join("clock");
     let (hooks, d) = served_with_a_receiver(&home, |h| h.start_on_a_virtual_clock(&clock)).await;
     std::fs::write(&clock, "+90").unwrap();
+    // The clock did step, as oauthd saw it: without this the checks below would pass on
+    // a clock that never moved.
+    assert!(
+        common::eventually(Duration::from_secs(10), || {
+            home.log_text().contains("the system clock stepped forward by 9")
+        })
+        .await,
+        "{}",
+        home.log_text()
+    );
     // The next looks (one a second) find the note ended, and tell it again.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let log = home.log_text();
     assert!(!log.contains("lost what it held"), "{log}");
     assert!(hooks.of_type("store.data_lost").await.is_empty());
@@ -2404,7 +2414,17 @@ fn a_start_names_its_config_file_and_vault_key() {
 async fn the_scrape_has_the_process_series_dashboards_expect() {
     let home = Home::new();
     let d = home.start();
+    // The CPU the process has used, as /proc says of it (clock ticks of 1/100 s), either
+    // side of the scrape.
+    let cpu_seconds = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", d.pid())).unwrap();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        let ticks = |i: usize| fields[i].parse::<f64>().unwrap();
+        (ticks(11) + ticks(12)) / 100.0
+    };
+    let cpu_before = cpu_seconds();
     let metrics = d.metrics_text().await;
+    let cpu_after = cpu_seconds();
     let value = |series: &str| {
         common::sample(&metrics, series).unwrap_or_else(|| panic!("no {series}: {metrics}"))
     };
@@ -2434,6 +2454,10 @@ async fn the_scrape_has_the_process_series_dashboards_expect() {
     assert!(value("process_resident_memory_bytes") > f64::from(1 << 20));
     assert!(value("process_virtual_memory_bytes") > value("process_resident_memory_bytes"));
     assert!(value("process_threads") >= 3.0);
-    assert!(value("process_cpu_seconds_total") >= 0.0);
+    let cpu = value("process_cpu_seconds_total");
+    assert!(
+        cpu_before - 0.01 <= cpu && cpu <= cpu_after + 0.01 && cpu > 0.0,
+        "{cpu} against /proc's {cpu_before}..{cpu_after}"
+    );
     d.signal_and_wait("TERM");
 }

@@ -1825,6 +1825,13 @@ async fn a_storage_outage_is_said_a_few_lines_a_second() {
             .entry(line.get(..21).unwrap_or(line))
             .or_default() += 1;
     }
+    // The outage was said, and the 503s with it: a log that said nothing would pass the
+    // bound below.
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" WARN ") && l.contains("503 storage_unavailable")),
+        "{log}"
+    );
     assert!(
         per_second.values().all(|n| *n <= 25),
         "{per_second:?}\n{log}"
