@@ -154,6 +154,16 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<(), Fatal> {
         }
         Err(e) => return Err(Fatal(e.to_string(), 2)),
     };
+    // `serve` logs these and `check` reports them; a terminal command says them too: an
+    // `OAUTHD_DB_FILE` meant as the database's name leaves the command on the default one.
+    if !matches!(
+        cli.command,
+        None | Some(Command::Serve(_) | Command::Check { .. })
+    ) {
+        for note in &settings.env_warnings {
+            say!("warning: {note}");
+        }
+    }
     match cli.command {
         None | Some(Command::Serve(_)) => serve::serve(settings),
         Some(Command::Keys { command, .. }) => keys::keys(settings, command),

@@ -1708,6 +1708,18 @@ fn a_misspelled_variable_stops_oauthd_and_an_unknown_one_is_warned_of() {
         ),
         "{said}"
     );
+    // A terminal command says it too: it looks for the default database, not the one the
+    // variable was meant to name.
+    let out = home
+        .cli_command(&["keys", "list"])
+        .env("OAUTHD_DB_FILE", "/tmp/elsewhere.db")
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stderr)
+            .contains("warning: the environment variable OAUTHD_DB_FILE is not one oauthd reads"),
+        "{out:?}"
+    );
 }
 
 #[test]

@@ -1580,7 +1580,8 @@ async fn a_clock_stepped_ahead_is_not_taken_for_a_store_that_lost_its_data() {
     // a clock that never moved.
     assert!(
         common::eventually(Duration::from_secs(10), || {
-            home.log_text().contains("the system clock stepped forward by 9")
+            home.log_text()
+                .contains("the system clock stepped forward by 9")
         })
         .await,
         "{}",
@@ -2418,7 +2419,12 @@ async fn the_scrape_has_the_process_series_dashboards_expect() {
     // side of the scrape.
     let cpu_seconds = || {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", d.pid())).unwrap();
-        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
         let ticks = |i: usize| fields[i].parse::<f64>().unwrap();
         (ticks(11) + ticks(12)) / 100.0
     };
