@@ -325,6 +325,114 @@ async fn only_serve_upgrades_an_older_schema() {
     drop(d);
 }
 
+/// A first start killed while it made the database (a power cut, an OOM kill, a stop that
+/// came early): killed between the switch to WAL mode and its tables, it left a file that
+/// every later start refused for good (`in WAL mode but holds no tables`, exit 2, which
+/// systemd does not restart), and killed between two schema versions, one the terminal
+/// commands refused as an older schema. Each of a first start's syncs is made the moment
+/// of a SIGKILL in turn (strace injects it); the next start must make the database.
+#[test]
+fn a_first_start_killed_at_any_of_its_syncs_leaves_what_the_next_start_takes() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut killed = 0;
+    let mut ran_whole = false;
+    for n in 1..=100 {
+        let home = Home::new();
+        let first = std::process::Command::new("strace")
+            .args([
+                "-f",
+                "-qq",
+                "-o",
+                "/dev/null",
+                "-e",
+                "trace=fsync,fdatasync",
+                "-e",
+            ])
+            .arg(format!("inject=fsync,fdatasync:signal=KILL:when={n}"))
+            .arg(common::BIN)
+            .args(["keys", "create", "--create", "--name", "first", "--db"])
+            .arg(home.db())
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("strace (scripts/test installs it)");
+        if first.status.success() {
+            // Past the start's last sync: nothing was killed.
+            ran_whole = true;
+            break;
+        }
+        let signal = first
+            .status
+            .signal()
+            .or(first.status.code().map(|c| c - 128));
+        assert_eq!(signal, Some(9), "sync {n}: {first:?}");
+        killed += 1;
+        let again = home.cli(&["keys", "create", "--create", "--name", "second"]);
+        let err = String::from_utf8_lossy(&again.stderr);
+        assert!(again.status.success(), "killed at sync {n}: {err}");
+        let listed = home.cli(&["keys", "list"]);
+        assert!(
+            String::from_utf8_lossy(&listed.stdout).contains("second"),
+            "killed at sync {n}: {listed:?}"
+        );
+        let versions = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/sql"))
+            .unwrap()
+            .count();
+        assert_eq!(
+            user_version(&home.db()),
+            versions as i64,
+            "killed at sync {n}"
+        );
+    }
+    assert!(
+        ran_whole && killed >= 3,
+        "{killed} kills, whole run: {ran_whole}"
+    );
+}
+
+/// A new oauthd started while an older one still serves the database (a rolling upgrade
+/// on one host): it upgraded the schema under the older one, and each then misread what
+/// the other wrote (the older one's states' data taken for altered, 503 `vault_error`).
+/// Now the upgrade waits while another oauthd has the file open: the start is refused
+/// (exit 1, so that systemd tries again), naming it, and changes nothing; once that one
+/// is gone, the start upgrades.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_does_not_upgrade_a_schema_under_an_older_oauthd_serving_it() {
+    let home = Home::new();
+    let key_file = new_key_file(&home);
+    let old = SCHEMA.len();
+    old_database(&home.db(), &key_file, old);
+    // The older oauthd: a process whose program is named oauthd, holding the file open.
+    let found = std::process::Command::new("sh")
+        .args(["-c", "command -v sqlite3"])
+        .output()
+        .unwrap();
+    let sqlite3 = String::from_utf8(found.stdout).unwrap();
+    let program = home.dir.path().join("oauthd-0.0.9");
+    std::fs::copy(sqlite3.trim(), &program).unwrap();
+    let mut older = common::SqliteShell::open_as(&home.db(), &program);
+    assert_eq!(older.query("SELECT count(*) FROM api_keys;"), "1");
+
+    let (code, err) = home.refused_start();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "has schema version {old}, which this oauthd upgrades to"
+        )) && err.contains(&format!(
+            "another oauthd has it open by pid {} \"oauthd-0.0.9\"",
+            older.pid()
+        )),
+        "{err}"
+    );
+    assert_eq!(user_version(&home.db()), old as i64, "upgraded under it");
+
+    assert!(older.close().success());
+    let d = home.start();
+    assert!(user_version(&home.db()) > old as i64);
+    let (status, body) = consume_the_old_state(&d).await;
+    assert_eq!(status, 200, "{body}");
+    drop(d);
+}
+
 /// An SQLite file of another application's given as `--db` (a path mix-up): every command
 /// refuses it (exit 2, naming what it holds) and leaves it as it was. It used to get
 /// oauthd's tables beside its own and be switched to WAL mode for good, by `check` too.

@@ -118,6 +118,12 @@ impl Holders {
     }
 }
 
+impl Holders {
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Whether a process runs oauthd, told by the program it runs.
 fn runs_oauthd(program: &Option<String>) -> bool {
     program.as_deref().is_some_and(|p| p.starts_with("oauthd"))

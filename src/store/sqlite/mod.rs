@@ -219,6 +219,9 @@ impl SqliteStore {
         }
         // Read before SQLite opens it (which makes a -wal file of its own).
         let wal_left_behind = !created && in_wal_mode(path) && !beside(path, "-wal").exists();
+        // A rollback journal beside it: a transaction cut short (on a new database, a first
+        // start killed while it made its tables), which SQLite takes back as it opens.
+        let journal_left = !created && beside(path, "-journal").exists();
         let open_err = |e: &dyn std::fmt::Display| OpenError::open(path, e);
         // A file that is there and is no database (a config file given as --db) is a
         // configuration error, and is left as it is.
@@ -283,30 +286,48 @@ impl SqliteStore {
         if found > 0 {
             serving::refuse_a_copy_of_served(&conn, path, here.as_ref())?;
         }
-        if !created && found == 0 {
+        if !created && found == 0 && journal_left {
+            log::warn!(
+                "database {}: an earlier start ended (killed, or the power cut) before it had made its tables; they are made now",
+                path.display()
+            );
+        } else if !created && found == 0 {
             log::warn!(
                 "database {} was there but empty (no tables): oauthd starts on it as on a new database. If oauthd served it before, its data is not here: a copy of a running oauthd's database made without its -wal file, or a backup cut short, is empty like this",
                 path.display()
             );
         }
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(sqlite_err)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(open_err(&format!(
-                "could not switch to WAL mode (got {mode})"
-            )));
+        // A new database gets its tables before WAL mode: a first start killed before its
+        // tables were made left a file in WAL mode with none, which every later start took
+        // for a database whose -wal was left behind, and refused. Made in the rollback
+        // journal's mode, what a kill leaves is taken back by SQLite at the next open, or
+        // is a database with (some of) its tables.
+        let new_database = found == 0;
+        if !new_database {
+            to_wal_mode(&conn, path, &sqlite_err)?;
         }
         if conn.is_readonly(MAIN_DB).unwrap_or(true) {
             check_schema_read_only(found, path)?;
         } else {
-            if upgrade == Upgrade::Refused {
-                let known = MIGRATIONS.len() as i64;
-                if found > 0 && found < known {
+            let known = MIGRATIONS.len() as i64;
+            if found > 0 && found < known {
+                if upgrade == Upgrade::Refused {
                     return Err(OpenError::Older {
                         path: path.to_owned(),
                         found,
                         known,
+                    });
+                }
+                // An older oauthd still serving it (a new one started beside it, as in a
+                // rolling upgrade): the upgrade waits for it to stop. Only processes this
+                // user may look into are seen.
+                let oauthds = copy::holders(path).oauthds();
+                if !oauthds.is_empty() {
+                    return Err(OpenError::UpgradeUnderOauthd {
+                        path: path.to_owned(),
+                        found,
+                        known,
+                        by: oauthds.to_string(),
                     });
                 }
             }
@@ -320,13 +341,22 @@ impl SqliteStore {
             }
             if let Err(e) = migrate(&mut conn, path) {
                 // A database made here that got no table (the disk full at the first
-                // start): left as it is, in WAL mode with no table, the next start would
-                // take it for a database whose -wal was left behind, and refuse it.
+                // start): not left behind as a file that is no database of anyone's.
+                // Unless another process holds the lock: it may be making it now.
+                let no_table = !e.lock_held()
+                    && conn
+                        .query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                            r.get::<_, i64>(0)
+                        })
+                        .is_ok_and(|n| n == 0);
                 drop(conn);
-                if (created || empty) && e.made_no_table() {
+                if (created || empty) && no_table {
                     discard_unmade(path, created);
                 }
                 return Err(e);
+            }
+            if new_database {
+                to_wal_mode(&conn, path, &sqlite_err)?;
             }
             // A terminal command does not wait past a moment: with another process holding
             // the write lock (an sqlite3 shell left in a transaction) every command would
@@ -658,6 +688,24 @@ fn open_flags() -> OpenFlags {
 }
 
 /// What every connection is set to when opened; none of it reads the database.
+/// Puts the database in WAL mode, as oauthd keeps it.
+fn to_wal_mode(
+    conn: &Connection,
+    path: &Path,
+    sqlite_err: &dyn Fn(rusqlite::Error) -> OpenError,
+) -> Result<(), OpenError> {
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(sqlite_err)?;
+    if mode.eq_ignore_ascii_case("wal") {
+        return Ok(());
+    }
+    Err(OpenError::open(
+        path,
+        &format!("could not switch to WAL mode (got {mode})"),
+    ))
+}
+
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;

@@ -16,7 +16,7 @@ pub enum OpenError {
     Foreign { path: PathBuf, tables: String },
     #[error("{path} holds oauthd's tables but no schema version (SQLite's user_version is 0, as in a copy restored from `sqlite3 .dump`, which does not carry it), and its schema is not one any oauthd schema version makes, so it cannot be upgraded safely: restore a copy made with `oauthd backup` (or the database file itself, with its -wal file); nothing was changed in it")]
     Unversioned { path: PathBuf },
-    #[error("database {path} is in WAL mode but holds no tables, and no {path}-wal is beside it: oauthd's data is in that -wal file, left behind when the database was moved or copied after oauthd stopped without a clean stop. Put the -wal file (and the -shm file) beside it and start again; to start afresh instead (or if this file is what a first start left when it could not make its tables, the disk full, say), delete {path}. Nothing was changed in it")]
+    #[error("database {path} is in WAL mode but holds no tables, and no {path}-wal is beside it: oauthd's data is in that -wal file, left behind when the database was moved or copied after oauthd stopped without a clean stop. Put the -wal file (and the -shm file) beside it and start again; to start afresh instead (or if this file is what the first start of an earlier oauthd left when it was killed or could not make its tables), delete {path}. Nothing was changed in it")]
     WalLeftBehind { path: PathBuf },
     #[error("database {path} was copied or moved without {path}-wal while oauthd served it (pid {pid}, since {since}) or after oauthd was killed: what oauthd wrote since its last checkpoint is in that -wal file, and this file alone is the database as it was then. Put the -wal file (and the -shm file) beside it and start again; copy a database that is served with `oauthd backup`. A whole copy made while it was served (`sqlite3 .backup`, `VACUUM INTO`) has no -wal file either, and is refused the same way; take it as it is as below. If the -wal file is lost, take this older copy as it is: move it aside and restore it, `mv {0} {0}.older && oauthd restore --db {0} --create {0}.older`. Nothing was changed in it", crate::paths::shell_word(path))]
     CopiedWithoutWal {
@@ -51,6 +51,13 @@ pub enum OpenError {
         path: PathBuf,
         found: i64,
         known: i64,
+    },
+    #[error("database {path} has schema version {found}, which this oauthd upgrades to {known}, but another oauthd has it open{by}: upgraded under it, each would misread what the other writes (its states' data, its keys' counts). Stop every oauthd on the database and start this one again (under systemd it tries again by itself); nothing was changed in it")]
+    UpgradeUnderOauthd {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+        by: String,
     },
     #[error("database {path} is read-only for this user and needs schema version {known} (it has {found}): make it, its -wal and -shm files and its directory writable, then start again")]
     ReadOnlyNeedsMigration {
@@ -92,17 +99,10 @@ impl OpenError {
 }
 
 impl OpenError {
-    /// Whether the first schema version failed for want of anything but the write lock:
-    /// a database made with it holds no table (each version commits on its own).
-    pub(super) fn made_no_table(&self) -> bool {
-        matches!(
-            self,
-            OpenError::Migrate {
-                version: 1,
-                locked: false,
-                ..
-            }
-        )
+    /// Whether a schema version failed for want of the write lock: another process holds
+    /// it, and may be making this database now.
+    pub(super) fn lock_held(&self) -> bool {
+        matches!(self, OpenError::Migrate { locked: true, .. })
     }
 
     pub(super) fn open(path: &Path, e: &dyn std::fmt::Display) -> OpenError {

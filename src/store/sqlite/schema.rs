@@ -171,6 +171,30 @@ pub(super) fn check_schema_read_only(found: i64, path: &Path) -> Result<(), Open
     Ok(())
 }
 
+/// What a failure to apply schema `version` is said as.
+fn migrate_error(path: &Path, version: usize) -> impl Fn(rusqlite::Error) -> OpenError + '_ {
+    move |e: rusqlite::Error| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            OpenError::Migrate {
+                path: path.to_owned(),
+                version,
+                message: "another process holds the database's write lock (an sqlite3 shell \
+                          left in a transaction, a copy tool); its schema needs upgrading, \
+                          which waits for it to let go: end that process's transaction and \
+                          start again"
+                    .to_owned(),
+                locked: true,
+            }
+        }
+        _ => OpenError::Migrate {
+            path: path.to_owned(),
+            version,
+            message: e.to_string(),
+            locked: false,
+        },
+    }
+}
+
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), OpenError> {
     let known = MIGRATIONS.len() as i64;
     // A schema up to date needs no write lock: a start or a command goes on while another
@@ -190,37 +214,44 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), OpenErro
         }
         _ => {}
     }
+    // A new database gets every version in one transaction: a start killed while it made
+    // them leaves no tables at all (taken back by SQLite at the next open), never some of
+    // them, which the terminal commands would refuse as an older schema to upgrade.
+    if found == Some(0) {
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(migrate_error(path, 1))?;
+        let current: i64 = tx
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(migrate_error(path, 1))?;
+        // Made by another process meanwhile: the versions one at a time, below.
+        if current == 0 {
+            for (index, sql) in MIGRATIONS.iter().enumerate() {
+                tx.execute_batch(sql)
+                    .map_err(migrate_error(path, index + 1))?;
+            }
+            tx.pragma_update(None, "user_version", known)
+                .map_err(migrate_error(path, MIGRATIONS.len()))?;
+            tx.commit().map_err(migrate_error(path, MIGRATIONS.len()))?;
+            log::info!(
+                "database {}: made its schema (version {known})",
+                path.display()
+            );
+            return Ok(());
+        }
+    }
     // The versions applied, first and last: said in one line when all went well.
     let mut applied: Option<(usize, usize)> = None;
     for (index, sql) in MIGRATIONS.iter().enumerate() {
         let version = index + 1;
-        let fail = |e: rusqlite::Error| match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
-                OpenError::Migrate {
-                    path: path.to_owned(),
-                    version,
-                    message: "another process holds the database's write lock (an sqlite3 \
-                              shell left in a transaction, a copy tool); its schema needs \
-                              upgrading, which waits for it to let go: end that process's \
-                              transaction and start again"
-                        .to_owned(),
-                    locked: true,
-                }
-            }
-            _ => OpenError::Migrate {
-                path: path.to_owned(),
-                version,
-                message: e.to_string(),
-                locked: false,
-            },
-        };
+        let fail = migrate_error(path, version);
         // IMMEDIATE: a second process opening the same file waits instead of migrating twice.
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(fail)?;
+            .map_err(&fail)?;
         let current: i64 = tx
             .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(fail)?;
+            .map_err(&fail)?;
         if current > known {
             return Err(OpenError::TooNew {
                 path: path.to_owned(),
@@ -231,10 +262,10 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), OpenErro
         if current >= version as i64 {
             continue;
         }
-        tx.execute_batch(sql).map_err(fail)?;
+        tx.execute_batch(sql).map_err(&fail)?;
         tx.pragma_update(None, "user_version", version as i64)
-            .map_err(fail)?;
-        tx.commit().map_err(fail)?;
+            .map_err(&fail)?;
+        tx.commit().map_err(&fail)?;
         log::debug!(
             "database {}: applied schema version {version}",
             path.display()

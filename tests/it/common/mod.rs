@@ -634,7 +634,13 @@ const SHELL_LOCK_WAIT: Duration = Duration::from_secs(10);
 
 impl SqliteShell {
     pub fn open(db: &Path) -> SqliteShell {
-        let mut child = Command::new("sqlite3")
+        SqliteShell::open_as(db, Path::new("sqlite3"))
+    }
+
+    /// `open`, running the shell as `program` (a copy of sqlite3 under another name, for a
+    /// process that is named as another program would be).
+    pub fn open_as(db: &Path, program: &Path) -> SqliteShell {
+        let mut child = Command::new(program)
             .arg(db)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
