@@ -56,6 +56,11 @@ pub(super) fn keys(settings: Settings, command: KeysCommand) -> Result<(), Fatal
                     None => "every account".to_owned(),
                     Some(a) => format!("accounts {}", a.join(", ")),
                 };
+                // In the database file before it is printed: killed after, the key is
+                // not left in the -wal alone, which a move of the file could leave behind.
+                if let Err(e) = store.settle().await {
+                    log::warn!("the new key is stored, but only in the database's -wal file so far: {e}");
+                }
                 say!("Created API key {:?} for {scope}; {accounts}.", record.name);
                 if record.accounts.is_some() && record.namespaces.is_none() {
                     say!("Note: --account limits connections only; this key may still use every state namespace (add --namespace to limit that too).");

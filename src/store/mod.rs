@@ -61,6 +61,13 @@ pub trait Store: StateStore + KeyStore + AdminStore + BrokerStore + TransferStor
     async fn mark_stopped(&self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Puts what this process wrote into the store's own file (SQLite: a checkpoint of
+    /// the -wal), so that the file alone holds it: for a terminal command about to print
+    /// what it made (a new key), which a kill before its end would otherwise leave only in
+    /// the -wal. Nothing to do where there is no such file.
+    async fn settle(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Whether `oauthd serve` has run on this store (false where it is not kept).
     async fn was_served(&self) -> Result<bool, StoreError> {
         Ok(false)

@@ -389,6 +389,49 @@ fn a_first_start_killed_at_any_of_its_syncs_leaves_what_the_next_start_takes() {
     );
 }
 
+/// The key a first `keys create --create` prints was, on the database it had just made,
+/// only in the -wal until the command ended: killed as it printed it, and the file then
+/// moved without its -wal, the database opened with its tables and without the key, and
+/// said nothing. The key is in the database file before it is printed.
+#[test]
+fn the_key_a_first_keys_create_prints_is_in_the_database_file() {
+    use std::os::unix::process::ExitStatusExt;
+    let home = Home::new();
+    let printed = home.dir.path().join("printed");
+    // Killed at its first write to standard output (strace -P: the file it goes to).
+    let first = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-P"])
+        .arg(&printed)
+        .args(["-e", "trace=write", "-e", "inject=write:signal=KILL:when=1"])
+        .arg(common::BIN)
+        .args(["keys", "create", "--create", "--name", "first", "--db"])
+        .arg(home.db())
+        .env("RUST_LOG", "warn")
+        .stdout(std::fs::File::create(&printed).unwrap())
+        .output()
+        .expect("strace (scripts/test installs it)");
+    let signal = first
+        .status
+        .signal()
+        .or(first.status.code().map(|c| c - 128));
+    assert_eq!(signal, Some(9), "{first:?}");
+    assert_eq!(
+        std::fs::read(&printed).unwrap(),
+        b"",
+        "printed before the kill"
+    );
+    // The database file alone, as a move without the -wal leaves it.
+    let alone = rusqlite::Connection::open_with_flags(
+        format!("file:{}?immutable=1", home.db().display()),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+    )
+    .unwrap();
+    let keys: i64 = alone
+        .query_row("SELECT count(*) FROM api_keys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(keys, 1);
+}
+
 /// A new oauthd started while an older one still serves the database (a rolling upgrade
 /// on one host): it upgraded the schema under the older one, and each then misread what
 /// the other wrote (the older one's states' data taken for altered, 503 `vault_error`).

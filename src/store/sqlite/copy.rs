@@ -131,8 +131,13 @@ fn runs_oauthd(program: &Option<String>) -> bool {
 
 impl std::fmt::Display for Holders {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, (pid, name, _)) in self.0.iter().enumerate() {
+        for (i, (pid, name, program)) in self.0.iter().enumerate() {
             let sep = if i == 0 { " by " } else { ", " };
+            // The program's file name whole: the process's own name is cut at 15 bytes.
+            let name = program
+                .as_ref()
+                .filter(|p| p.starts_with(name.as_str()))
+                .unwrap_or(name);
             write!(f, "{sep}pid {pid} {name:?}")?;
         }
         Ok(())

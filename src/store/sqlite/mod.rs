@@ -457,6 +457,14 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::unavailable(context, e))?
     }
+
+    /// Merges the -wal into the database file as far as no reader holds it back.
+    async fn checkpoint(&self, context: &'static str) -> Result<(), StoreError> {
+        self.read(context, |conn| {
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        })
+        .await
+    }
 }
 
 #[async_trait::async_trait]
@@ -550,10 +558,12 @@ impl super::Store for SqliteStore {
             })
             .await?;
         // Into the database file, so that a copy of it made without the -wal says so.
-        self.read("checkpointing the serving mark", |conn| {
-            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-        })
-        .await
+        self.checkpoint("checkpointing the serving mark").await
+    }
+
+    async fn settle(&self) -> Result<(), StoreError> {
+        self.checkpoint("merging what was written into the database file")
+            .await
     }
 
     async fn mark_stopped(&self) -> Result<(), StoreError> {
