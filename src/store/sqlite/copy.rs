@@ -116,9 +116,7 @@ impl Holders {
                 .collect(),
         )
     }
-}
 
-impl Holders {
     pub(super) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -300,8 +300,8 @@ impl SqliteStore {
         // A new database gets its tables before WAL mode: a first start killed before its
         // tables were made left a file in WAL mode with none, which every later start took
         // for a database whose -wal was left behind, and refused. Made in the rollback
-        // journal's mode, what a kill leaves is taken back by SQLite at the next open, or
-        // is a database with (some of) its tables.
+        // journal's mode and in one transaction (`migrate`), what a kill leaves is taken
+        // back by SQLite at the next open, or is a database with all its tables.
         let new_database = found == 0;
         if !new_database {
             to_wal_mode(&conn, path, &sqlite_err)?;
@@ -697,7 +697,6 @@ fn open_flags() -> OpenFlags {
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
 }
 
-/// What every connection is set to when opened; none of it reads the database.
 /// Puts the database in WAL mode, as oauthd keeps it.
 fn to_wal_mode(
     conn: &Connection,
@@ -716,6 +715,7 @@ fn to_wal_mode(
     ))
 }
 
+/// What every connection is set to when opened; none of it reads the database.
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
