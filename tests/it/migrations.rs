@@ -461,7 +461,7 @@ async fn serve_does_not_upgrade_a_schema_under_an_older_oauthd_serving_it() {
         err.contains(&format!(
             "has schema version {old}, which this oauthd upgrades to"
         )) && err.contains(&format!(
-            "another oauthd has it open by pid {} \"oauthd-0.0.9\"",
+            "another oauthd, of another program file than this one, has it open by pid {} \"oauthd-0.0.9\"",
             older.pid()
         )),
         "{err}"
@@ -474,6 +474,43 @@ async fn serve_does_not_upgrade_a_schema_under_an_older_oauthd_serving_it() {
     let (status, body) = consume_the_old_state(&d).await;
     assert_eq!(status, 200, "{body}");
     drop(d);
+}
+
+/// Two instances on one database upgraded together (`systemctl restart` of both after
+/// the package's upgrade): each found the other holding the file open and refused to
+/// upgrade it, and both exited. Another start of the same binary file is not an older
+/// oauthd: here an `sqlite3` shell holds the write lock, so that the first start waits in
+/// its upgrade with the file open while the second opens it; then it lets go, and both
+/// must serve.
+#[test]
+fn two_starts_of_the_same_binary_upgrade_an_older_schema_together() {
+    let home = Home::new();
+    let key_file = new_key_file(&home);
+    let old = SCHEMA.len();
+    old_database(&home.db(), &key_file, old);
+    // In WAL mode, as an older oauthd left it.
+    rusqlite::Connection::open(home.db())
+        .unwrap()
+        .query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+        .unwrap();
+    let mut locker = common::SqliteShell::open(&home.db());
+    assert_eq!(locker.query("BEGIN IMMEDIATE; SELECT 'locked';"), "locked");
+    std::thread::scope(|scope| {
+        let first = scope.spawn(|| home.start());
+        // The first waits for the lock in its upgrade (for up to 5 s) by now.
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+        let second = scope.spawn(|| home.start());
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+        assert_eq!(locker.query("ROLLBACK; SELECT 'free';"), "free");
+        let (first, second) = (first.join().unwrap(), second.join().unwrap());
+        assert!(user_version(&home.db()) > old as i64);
+        assert!(
+            !home.log_text().contains("another oauthd"),
+            "{}",
+            home.log_text()
+        );
+        drop((first, second));
+    });
 }
 
 /// An SQLite file of another application's given as `--db` (a path mix-up): every command

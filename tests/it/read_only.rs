@@ -528,7 +528,8 @@ fn check_says_a_full_disk_is_full_not_read_only() {
 /// A start (and `check`) on a database whose disk is full: the start said "is the file and
 /// its directory writable by this user?", and `check` left out its disk line with the store
 /// that did not open. Both name the full disk now. On a 6 MiB tmpfs of its own, in a
-/// private mount namespace, filled before the start.
+/// private mount namespace, filled before the start (and again after `check`, whose -wal
+/// and -shm files, when it can remove them, leave room).
 #[test]
 fn a_start_on_a_full_disk_names_it() {
     let home = Home::new();
@@ -537,6 +538,7 @@ fn a_start_on_a_full_disk_names_it() {
         "\"$2\" keys create --create --db \"$1/oauthd.db\" --name app >/dev/null || exit 98; \
          dd if=/dev/zero of=\"$1/fill\" bs=64k 2>/dev/null; \
          \"$2\" check --db \"$1/oauthd.db\"; echo \"check exit $?\"; \
+         dd if=/dev/zero of=\"$1/fill2\" bs=4k 2>/dev/null; \
          timeout 10 \"$2\" serve --db \"$1/oauthd.db\" --listen 127.0.0.1:0; echo \"serve exit $?\"",
     );
     let (said, err) = (

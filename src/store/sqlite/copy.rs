@@ -117,6 +117,20 @@ impl Holders {
         )
     }
 
+    /// Those that run another program file than this process: an older oauthd, whose
+    /// binary an upgrade replaced (a running binary cannot be written over in place), and
+    /// not another start of this same one. One whose program cannot be looked into counts.
+    pub(super) fn other_programs(self) -> Holders {
+        let file = |exe: &str| std::fs::metadata(exe).ok().map(|m| (m.dev(), m.ino()));
+        let own = file("/proc/self/exe");
+        Holders(
+            self.0
+                .into_iter()
+                .filter(|(pid, _, _)| own.is_none() || file(&format!("/proc/{pid}/exe")) != own)
+                .collect(),
+        )
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

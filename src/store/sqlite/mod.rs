@@ -319,9 +319,10 @@ impl SqliteStore {
                     });
                 }
                 // An older oauthd still serving it (a new one started beside it, as in a
-                // rolling upgrade): the upgrade waits for it to stop. Only processes this
-                // user may look into are seen.
-                let oauthds = copy::holders(path).oauthds();
+                // rolling upgrade): the upgrade waits for it to stop. Another start of this
+                // same binary is not one (two instances upgraded together would each have
+                // refused the other). Only processes this user may look into are seen.
+                let oauthds = copy::holders(path).oauthds().other_programs();
                 if !oauthds.is_empty() {
                     return Err(OpenError::UpgradeUnderOauthd {
                         path: path.to_owned(),
@@ -562,8 +563,19 @@ impl super::Store for SqliteStore {
     }
 
     async fn settle(&self) -> Result<(), StoreError> {
-        self.checkpoint("merging what was written into the database file")
-            .await
+        // On a connection of its own, closed at once: one left in the read pool by a
+        // terminal command can outlive its end, and leave the -wal and -shm files behind.
+        const CONTEXT: &str = "merging what was written into the database file";
+        let opener = manager(&self.path);
+        tokio::task::spawn_blocking(move || {
+            let conn = opener
+                .connect()
+                .map_err(|e| StoreError::unavailable(CONTEXT, e))?;
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                .map_err(|e| classify(CONTEXT, e))
+        })
+        .await
+        .map_err(|e| StoreError::unavailable(CONTEXT, e))?
     }
 
     async fn mark_stopped(&self) -> Result<(), StoreError> {

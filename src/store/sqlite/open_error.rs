@@ -52,7 +52,7 @@ pub enum OpenError {
         found: i64,
         known: i64,
     },
-    #[error("database {path} has schema version {found}, which this oauthd upgrades to {known}, but another oauthd has it open{by}: upgraded under an older one, each would misread what the other writes (its states' data, its keys' counts). Stop every older oauthd on the database, and start this one again (under systemd it tries again by itself; two new ones started at the same moment may each find the other once); nothing was changed in it")]
+    #[error("database {path} has schema version {found}, which this oauthd upgrades to {known}, but another oauthd, of another program file than this one, has it open{by}: upgraded under an older oauthd, each would misread what the other writes (its states' data, its keys' counts). Stop every older oauthd on the database, and start this one again (under systemd it tries again by itself); nothing was changed in it")]
     UpgradeUnderOauthd {
         path: PathBuf,
         found: i64,
