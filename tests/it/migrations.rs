@@ -115,6 +115,16 @@ fn old_database(db: &Path, key_file: &Path, version: usize) {
     .unwrap();
 }
 
+/// A home whose database is at the last schema version these tests make (older than the
+/// binary's), with `old_database`'s rows; and that version.
+fn home_at_the_last_old_version() -> (Home, usize) {
+    let home = Home::new();
+    let key_file = new_key_file(&home);
+    let old = SCHEMA.len();
+    old_database(&home.db(), &key_file, old);
+    (home, old)
+}
+
 /// Consumes the state `old_database` made. Data stored in clear (before sealing) is read
 /// once the start's look at stored data has found it; until then it is a 503 to retry, and
 /// the state stays (under a loaded machine the consume came first and was refused as
@@ -279,10 +289,7 @@ async fn states_stored_under_the_old_key_keep_working() {
 /// that serves it, which would then refuse it.
 #[tokio::test(flavor = "multi_thread")]
 async fn only_serve_upgrades_an_older_schema() {
-    let home = Home::new();
-    let key_file = new_key_file(&home);
-    let old = SCHEMA.len();
-    old_database(&home.db(), &key_file, old);
+    let (home, old) = home_at_the_last_old_version();
     let version = || -> i64 {
         rusqlite::Connection::open(home.db())
             .unwrap()
@@ -440,10 +447,7 @@ fn the_key_a_first_keys_create_prints_is_in_the_database_file() {
 /// is gone, the start upgrades.
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_does_not_upgrade_a_schema_under_an_older_oauthd_serving_it() {
-    let home = Home::new();
-    let key_file = new_key_file(&home);
-    let old = SCHEMA.len();
-    old_database(&home.db(), &key_file, old);
+    let (home, old) = home_at_the_last_old_version();
     // The older oauthd: a process whose program is named oauthd, holding the file open.
     let found = std::process::Command::new("sh")
         .args(["-c", "command -v sqlite3"])
@@ -484,10 +488,7 @@ async fn serve_does_not_upgrade_a_schema_under_an_older_oauthd_serving_it() {
 /// must serve.
 #[test]
 fn two_starts_of_the_same_binary_upgrade_an_older_schema_together() {
-    let home = Home::new();
-    let key_file = new_key_file(&home);
-    let old = SCHEMA.len();
-    old_database(&home.db(), &key_file, old);
+    let (home, old) = home_at_the_last_old_version();
     // In WAL mode, as an older oauthd left it.
     rusqlite::Connection::open(home.db())
         .unwrap()
